@@ -1,0 +1,62 @@
+"""Alembic environment: runs on a connection handed over by ometer, or opens one itself."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from ollama_meter.ledger._engine import create_ledger_engine
+from ollama_meter.ledger.models import Base
+
+# Any constant works; it only has to be the same for every ometer process.
+_PG_MIGRATION_LOCK = 0x6F6D6574  # "omet"
+
+config = context.config
+
+
+def _run(connection: Connection) -> None:
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # Take the write lock before reading the version, so a second process waits
+        # for the first one's migration instead of repeating it.
+        connection.execution_options(sqlite_begin="IMMEDIATE")
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=sqlite,
+        transactional_ddl=True,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+            )
+        context.run_migrations()
+
+
+def _url() -> str:
+    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
+        "sqlalchemy.url"
+    )
+    if url:
+        return url
+    from ollama_meter.config import load_settings
+
+    return load_settings().ledger_url
+
+
+if context.is_offline_mode():
+    context.configure(url=_url(), target_metadata=Base.metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    given = config.attributes.get("connection")
+    if given is not None:
+        _run(given)
+    else:
+        engine = create_ledger_engine(_url())
+        with engine.connect() as conn:
+            _run(conn)
+        engine.dispose()

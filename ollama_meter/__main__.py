@@ -1,0 +1,3 @@
+from ollama_meter.cli import main
+
+main()

@@ -1,0 +1,23 @@
+"""Rules for tenant, department and user names, shared by settings and the meter."""
+
+from __future__ import annotations
+
+import re
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
+MAX_NAME = 64
+MAX_USER = 128
+
+
+def name_problem(value: str, *, limit: int = MAX_NAME) -> str | None:
+    """Why ``value`` is not a valid name, or None when it is."""
+    if not value:
+        return "is empty"
+    if len(value) > limit:
+        return f"is longer than {limit} characters"
+    if not _NAME.match(value):
+        return (
+            f"{value!r} has characters other than letters, digits and . _ @ + - "
+            "(and must start with a letter or digit)"
+        )
+    return None

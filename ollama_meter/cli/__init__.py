@@ -1,0 +1,60 @@
+"""The ``ometer`` command line: thin commands that parse, call the library, and render.
+
+Only this package imports typer and rich. Each module holds one command or one
+sub-app; errors the user can fix become one line on stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.markup import escape
+
+from ollama_meter import __version__
+from ollama_meter.cli import chat, db, demo, log, pricing, report
+from ollama_meter.cli._common import err
+from ollama_meter.errors import OmeterError
+
+app = typer.Typer(
+    name="ometer",
+    help="Meter, price and charge back every Ollama call.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+app.command("chat")(chat.chat)
+app.command("log")(log.log)
+app.command("report")(report.report)
+app.command("reprice")(pricing.reprice_command)
+app.command("demo")(demo.demo)
+app.add_typer(pricing.app, name="pricing")
+app.add_typer(db.app, name="db")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"ometer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Meter, price and charge back every Ollama call."""
+
+
+def main() -> None:
+    """Entry point: run the app, turning ometer's own errors into one line and an exit code."""
+    try:
+        app()
+    except OmeterError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,70 @@
+"""What every command shares: option types, consoles, settings, and how errors are shown."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from ollama_meter.config import Settings, load_settings
+from ollama_meter.errors import OmeterError
+from ollama_meter.pricing import format_micros
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Ledger database URL (overrides OMETER_DB_URL).", show_default=False),
+]
+TenantOption = Annotated[
+    str | None,
+    typer.Option("--tenant", "-t", help="Tenant (default: OMETER_TENANT or 'default')."),
+]
+DeptOption = Annotated[
+    str | None,
+    typer.Option("--dept", "--department", "-d", help="Department (default: OMETER_DEPARTMENT)."),
+]
+ModelFilter = Annotated[str | None, typer.Option("--model", "-m", help="Only this model.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+OutOption = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Write to this file instead of stdout.", dir_okay=False),
+]
+
+
+def settings(**overrides: Any) -> Settings:
+    """Settings with command-line overrides on top of the environment and ``.env``."""
+    return load_settings(**overrides)
+
+
+def money(micros: int, currency: str | None = None) -> str:
+    text = format_micros(micros)
+    return f"{text} {currency}" if currency else text
+
+
+def local_time(moment: datetime, cfg: Settings) -> str:
+    return moment.astimezone(cfg.tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def ms(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e6:,.0f} ms"
+
+
+def write_output(text: str, path: Path | None) -> None:
+    """Print, or write ``path`` atomically (a temp file renamed over it)."""
+    if path is None:
+        out.file.write(text)
+        out.file.flush()
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8", newline="")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
+    err.print(f"wrote {path}")

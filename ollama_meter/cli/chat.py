@@ -1,0 +1,202 @@
+"""``ometer chat``: a metered chat with Ollama from the terminal."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from ollama_meter.cli._common import DbOption, DeptOption, TenantOption, err, money, ms, out, settings
+from ollama_meter.errors import UpstreamError, ValidationError
+from ollama_meter.meter import Attribution, Meter, SpanRecord, TokenSource
+from ollama_meter.pricing import format_micros
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["temperature=0.2", "num_predict=64"]`` → Ollama options with JSON-typed values."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValidationError(f"--option {pair!r} is not key=value, e.g. --option temperature=0.2")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options[key.strip()] = value
+    return options
+
+
+def footer(span: SpanRecord) -> str:
+    """One line for stderr: tokens, cost, time to first token, speed."""
+    approx = "~" if span.token_source == TokenSource.ESTIMATED else ""
+    cost = "unpriced" if span.unpriced else money(span.cost_total, span.currency)
+    speed = "-"
+    if span.eval_duration_ns and span.output_tokens:
+        speed = f"{span.output_tokens / (span.eval_duration_ns / 1e9):.1f} tok/s"
+    return (
+        f"{approx}{span.input_tokens} in / {approx}{span.output_tokens} out tokens · {cost} · "
+        f"TTFT {ms(span.ttft_ns)} · {speed} · span {span.id}"
+    )
+
+
+def result_json(span: SpanRecord, reply: str) -> dict[str, Any]:
+    return {
+        "reply": reply,
+        "model": span.model,
+        "span_id": span.id,
+        "trace_id": span.trace_id,
+        "tenant": span.tenant,
+        "department": span.department,
+        "user": span.user,
+        "status": span.status,
+        "input_tokens": span.input_tokens,
+        "output_tokens": span.output_tokens,
+        "token_source": span.token_source,
+        "cost": format_micros(span.cost_total),
+        "cost_parts": {
+            "tokens": format_micros(span.cost_tokens),
+            "compute": format_micros(span.cost_compute),
+            "energy": format_micros(span.cost_energy),
+            "fee": format_micros(span.cost_fee),
+        },
+        "currency": span.currency,
+        "unpriced": span.unpriced,
+        "done_reason": span.done_reason,
+        "durations_ns": {
+            "total": span.total_duration_ns,
+            "load": span.load_duration_ns,
+            "prompt_eval": span.prompt_eval_duration_ns,
+            "eval": span.eval_duration_ns,
+            "latency": span.latency_ns,
+            "ttft": span.ttft_ns,
+        },
+    }
+
+
+def _turn(
+    meter: Meter,
+    *,
+    model: str,
+    messages: list[dict[str, str]],
+    attribution: Attribution,
+    stream: bool,
+    options: dict[str, Any] | None,
+    as_json: bool,
+) -> str:
+    """Run one metered exchange, printing the reply as it arrives; returns the reply."""
+    run = meter.chat(
+        model=model, messages=messages, attribution=attribution, stream=stream, options=options
+    )
+    parts: list[str] = []
+    for chunk in run:
+        text = chunk.message.content or ""
+        parts.append(text)
+        if not as_json and text:
+            out.file.write(text)
+            out.file.flush()
+    reply = "".join(parts)
+    if as_json:
+        out.file.write(json.dumps(result_json(run.span, reply), ensure_ascii=False) + "\n")
+    else:
+        if not reply.endswith("\n"):
+            out.file.write("\n")
+        out.file.flush()
+        err.print(f"[dim]{footer(run.span)}[/]")
+    return reply
+
+
+def chat(
+    prompt: Annotated[
+        str | None,
+        typer.Argument(help="The prompt. Read from stdin when piped; interactive when omitted."),
+    ] = None,
+    model: Annotated[str, typer.Option("--model", "-m", help="Ollama model, e.g. llama3.1:8b.")] = "llama3.1:8b",
+    dept: DeptOption = None,
+    tenant: TenantOption = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="User to attribute the call to.")] = None,
+    system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
+    no_stream: Annotated[bool, typer.Option("--no-stream", help="Wait for the whole reply.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object: reply, tokens, cost, durations, span id.")
+    ] = False,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-o", help="Ollama option key=value (repeatable), e.g. temperature=0.2."),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Chat with a model through the meter: the reply on stdout, usage and cost on stderr."""
+    cfg = settings(db_url=db)
+    attribution = Attribution(
+        tenant=tenant or cfg.tenant, department=dept or cfg.department, user=user
+    )
+    options = parse_options(option or []) or None
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read().strip()
+        if not prompt:
+            raise ValidationError("stdin was empty; give a prompt as an argument or pipe one in")
+    meter = Meter.from_settings(cfg, source="cli")
+    try:
+        if prompt is not None:
+            _turn(
+                meter,
+                model=model,
+                messages=[*history, {"role": "user", "content": prompt}],
+                attribution=attribution,
+                stream=not no_stream,
+                options=options,
+                as_json=as_json,
+            )
+            return
+        _interactive(meter, model, history, attribution, not no_stream, options, as_json)
+    finally:
+        meter.close_upstream()
+
+
+def _interactive(
+    meter: Meter,
+    model: str,
+    history: list[dict[str, str]],
+    attribution: Attribution,
+    stream: bool,
+    options: dict[str, Any] | None,
+    as_json: bool,
+) -> None:
+    """A conversation kept for the session; every turn is its own metered call."""
+    err.print(f"[dim]chatting with {model} as {attribution.tenant}/{attribution.department}; "
+              "/reset clears the history, /exit or Ctrl-D leaves[/]")
+    while True:
+        try:
+            line = err.input("[bold cyan]you>[/] ").strip()
+        except EOFError:
+            err.print()
+            return
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/reset":
+            history = [m for m in history if m["role"] == "system"]
+            err.print("[dim]history cleared[/]")
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            reply = _turn(
+                meter,
+                model=model,
+                messages=history,
+                attribution=attribution,
+                stream=stream,
+                options=options,
+                as_json=as_json,
+            )
+        except UpstreamError as exc:  # the span is recorded; the session goes on
+            history.pop()
+            err.print(f"[red]error:[/] {escape(str(exc))}")
+            continue
+        history.append({"role": "assistant", "content": reply})

@@ -1,0 +1,54 @@
+"""``ometer demo``: the product working end to end with no Ollama installed."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from ollama_meter.cli._common import err, out, settings
+from ollama_meter.cli.report import render_table
+from ollama_meter.config import default_data_dir
+from ollama_meter.demo import DEMO_CALLS, run_demo
+from ollama_meter.ledger import open_ledger
+from ollama_meter.meter import utc_now
+from ollama_meter.reports import parse_period, spend_report
+
+
+def demo(
+    calls: Annotated[int, typer.Option("--calls", min=1, max=5000, help="How many calls to send.")] = DEMO_CALLS,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="Ledger URL to fill (default: a separate demo ledger, recreated)."),
+    ] = None,
+) -> None:
+    """Start an Ollama emulator, meter a month of realistic traffic, and show the report."""
+    path = default_data_dir() / "demo.db"
+    if db is None:
+        path.unlink(missing_ok=True)
+        for suffix in ("-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+    url = db or f"sqlite:///{path}"
+    cfg = settings(db_url=url)
+    with Progress(
+        TextColumn("metering demo calls"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
+    ) as bar:
+        task = bar.add_task("demo", total=calls)
+        summary = run_demo(cfg, calls=calls, progress=lambda: bar.advance(task))
+    err.print(
+        f"sent {summary.calls} calls through the meter to an Ollama emulator at {summary.upstream}: "
+        f"{summary.ok} ok, {summary.errors} failed (on purpose), over the past 30 days"
+    )
+    window = parse_period("month", tz=cfg.tz, now=utc_now())
+    result = spend_report(open_ledger(url), window, ["tenant", "department", "model"], tz=cfg.tz)
+    out.print(render_table(result, cfg.timezone))
+    flag = f"--db {url}"
+    out.print(
+        "\nexplore the demo ledger:\n"
+        f"  ometer log {flag} --limit 10\n"
+        f"  ometer report {flag} --since {summary.first_day} --by department,day\n"
+        f"  ometer report {flag} --period month --by model --format csv\n"
+        f"  ometer pricing list {flag}\n"
+        "then point OLLAMA_HOST at your Ollama and run `ometer chat -m llama3.1:8b \"hello\"`."
+    )

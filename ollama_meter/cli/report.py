@@ -1,0 +1,125 @@
+"""``ometer report``: spend and usage by tenant, department, user, model and time."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ollama_meter.cli._common import (
+    DbOption,
+    DeptOption,
+    ModelFilter,
+    OutOption,
+    TenantOption,
+    money,
+    out,
+    settings,
+    write_output,
+)
+from ollama_meter.errors import ValidationError
+from ollama_meter.ledger import open_ledger
+from ollama_meter.meter import utc_now
+from ollama_meter.reports import (
+    BY_CHOICES,
+    PERIOD_HELP,
+    SpendReport,
+    parse_by,
+    parse_period,
+    spend_report,
+    to_csv,
+    to_json,
+    window_between,
+)
+
+
+class Format(StrEnum):
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+
+
+def report(
+    period: Annotated[str | None, typer.Option("--period", "-p", help=f"{PERIOD_HELP} (default: month).")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="From this local date (YYYY-MM-DD).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Through this local date (YYYY-MM-DD).")] = None,
+    by: Annotated[str, typer.Option("--by", "-b", help=f"Group by any of: {', '.join(BY_CHOICES)}.")] = "department",
+    tenant: TenantOption = None,
+    dept: DeptOption = None,
+    model: ModelFilter = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.TABLE,
+    out_file: OutOption = None,
+    db: DbOption = None,
+) -> None:
+    """Spend and usage over a period, grouped as you ask. Costs are exact."""
+    cfg = settings(db_url=db)
+    if period and (since or until):
+        raise ValidationError("give either --period or --since/--until, not both")
+    now = utc_now()
+    if since or until:
+        window = window_between(since, until, tz=cfg.tz, now=now)
+    else:
+        window = parse_period(period or "month", tz=cfg.tz, now=now)
+    columns = parse_by(by)
+    result = spend_report(
+        open_ledger(cfg.ledger_url), window, columns, tz=cfg.tz, tenant=tenant, department=dept, model=model
+    )
+    if fmt is Format.CSV:
+        write_output(to_csv(result.columns, result.rows), out_file)
+    elif fmt is Format.JSON:
+        write_output(to_json(result.columns, result.rows), out_file)
+    else:
+        if out_file is not None:
+            raise ValidationError("--out needs --format csv or json")
+        out.print(render_table(result, cfg.timezone))
+
+
+def _cell(name: str, value: object) -> str:
+    if name == "cost" and isinstance(value, int):
+        return money(value)
+    if name == "gpu_seconds":
+        return f"{Decimal(str(value)):,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def render_table(result: SpendReport, zone: str) -> Table:
+    """Rows, a total line when there is one currency, unpriced usage flagged."""
+    totals = result.totals()
+    table = Table(
+        title=f"spend {result.window.label} ({zone})",
+        title_justify="left",
+        show_footer=len(totals) == 1,
+    )
+    for name in result.columns:
+        footer = ""
+        if len(totals) == 1:
+            if name in result.by:
+                footer = "total" if name == result.by[0] else ""
+            else:
+                footer = _cell(name, totals[0][name])
+        numeric = name not in result.by and name != "currency"
+        table.add_column(name, justify="right" if numeric else "left", footer=footer)
+    for row in result.rows:
+        cells = [_cell(name, row[name]) for name in result.columns]
+        unpriced = row["unpriced_requests"]
+        if isinstance(unpriced, int) and unpriced > 0:
+            position = result.columns.index("cost")
+            cells[position] += f" [yellow]({unpriced} unpriced)[/]"
+        table.add_row(*cells)
+    notes = []
+    if not result.rows:
+        notes.append("no calls in this period")
+    if len(totals) > 1:
+        notes.extend(f"total {money(int(str(t['cost'])), str(t['currency']))}" for t in totals)
+    if result.unpriced_requests:
+        notes.append(
+            f"[yellow]{result.unpriced_requests} call(s) matched no price rule and count as 0; "
+            "add one with `ometer pricing set`[/]"
+        )
+    table.caption = " · ".join(notes) or None
+    return table

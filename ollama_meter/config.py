@@ -1,0 +1,182 @@
+"""Settings: read once from flags, then the environment, then a ``.env`` file.
+
+Owns names, defaults and validation of every setting. Nothing here opens a
+database or a socket; a bad value becomes one :class:`ConfigError` line that
+names the setting the user has to fix.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import platformdirs
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ollama_meter._names import name_problem
+from ollama_meter.errors import ConfigError
+
+DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+APP_NAME = "ollama-meter"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def normalize_host(value: str) -> str:
+    """Turn ``OLLAMA_HOST`` forms (``0.0.0.0``, ``host:port``, full URLs) into a base URL.
+
+    Mirrors how the Ollama CLI reads the variable: scheme defaults to http and
+    the port to 11434 (443 for https when no port is given).
+    """
+    raw = value.strip().rstrip("/")
+    if not raw:
+        raise ValueError("is empty; expected a URL such as http://127.0.0.1:11434")
+    if "://" not in raw:
+        raw = "http://" + raw
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL such as http://127.0.0.1:11434")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{value!r} has an invalid port") from exc
+    if port is None:
+        port = 443 if parts.scheme == "https" else 11434
+    host = parts.hostname
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{port}{parts.path}"
+
+
+def system_timezone() -> str:
+    """The machine's IANA zone name, UTC when it cannot be told."""
+    try:
+        import tzlocal
+
+        name = tzlocal.get_localzone_name()
+    except Exception:  # tzlocal raises various errors on unusual systems
+        return "UTC"
+    return name or "UTC"
+
+
+class Settings(BaseSettings):
+    """All of ometer's settings. Field aliases are the environment variable names."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    ollama_host: Annotated[str, Field(validation_alias="OLLAMA_HOST")] = DEFAULT_OLLAMA_HOST
+    db_url: Annotated[str | None, Field(validation_alias="OMETER_DB_URL")] = None
+    tenant: Annotated[str, Field(validation_alias="OMETER_TENANT")] = "default"
+    department: Annotated[str, Field(validation_alias="OMETER_DEPARTMENT")] = "unassigned"
+    currency: Annotated[str, Field(validation_alias="OMETER_CURRENCY")] = "USD"
+    timezone: Annotated[str, Field(validation_alias="OMETER_TIMEZONE")] = Field(
+        default_factory=system_timezone
+    )
+    pricing_file: Annotated[Path | None, Field(validation_alias="OMETER_PRICING_FILE")] = None
+    upstream_timeout: Annotated[float, Field(validation_alias="OMETER_UPSTREAM_TIMEOUT", gt=0)] = (
+        300.0
+    )
+
+    @field_validator("ollama_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return normalize_host(value)
+
+    @field_validator("db_url")
+    @classmethod
+    def _db_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value.strip())
+        except ArgumentError as exc:
+            raise ValueError(
+                f"{value!r} is not a database URL; expected e.g. sqlite:////path/ledger.db "
+                "or postgresql+psycopg://user:pass@host/db"
+            ) from exc
+        return value.strip()
+
+    @field_validator("tenant", "department")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        code = value.strip().upper()
+        if not re.fullmatch(r"[A-Z]{3}", code):
+            raise ValueError(f"{value!r} is not a 3-letter ISO 4217 code such as USD or EUR")
+        return code
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"{value!r} is not a known time zone; use an IANA name such as Europe/Berlin or UTC"
+            ) from exc
+        return value
+
+    @field_validator("pricing_file")
+    @classmethod
+    def _pricing_file(cls, value: Path | None) -> Path | None:
+        if value is None or str(value) == "":
+            return None
+        if not value.is_file():
+            raise ValueError(f"{str(value)!r} does not exist or is not a file")
+        return value.resolve()
+
+    @cached_property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def ledger_url(self) -> str:
+        """The database URL in use: ``OMETER_DB_URL`` or the default SQLite file."""
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{default_data_dir() / 'ledger.db'}"
+
+
+def _env_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    return alias if isinstance(alias, str) else field
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from overrides (flags) over the environment and ``.env``.
+
+    Overrides that are ``None`` are ignored so CLI options can be passed through
+    as they are. A bad value raises :class:`ConfigError` naming the variable.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{_env_name(field)}: {message}") from None

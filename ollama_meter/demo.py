@@ -1,0 +1,110 @@
+"""The demo's traffic: a month of plausible calls from several tenants and departments.
+
+Runs the real meter against the in-process Ollama emulator; only the clock is
+simulated so the calls spread over the past 30 days.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from ollama_meter.config import Settings, load_settings
+from ollama_meter.errors import UpstreamError
+from ollama_meter.meter import Attribution, Meter, utc_now
+from ollama_meter.pricing import PriceRule
+from ollama_meter.testing import Fault, OllamaEmulator
+
+DEMO_CALLS = 300
+
+TEAMS = {
+    "acme": {"sales": ["alice", "bob"], "support": ["carol", "dan"], "engineering": ["erin", "frank"]},
+    "globex": {"research": ["grace", "heidi"], "marketing": ["ivan"]},
+}
+MODELS = ["llama3.1:8b", "llama3.1:8b", "qwen2.5:7b", "mistral:7b"]
+PROMPTS = [
+    "Summarise this customer email in three bullet points",
+    "Draft a polite reply declining the meeting",
+    "Explain the difference between a mutex and a semaphore",
+    "Write a SQL query that lists overdue invoices by customer",
+    "Translate the product description into German",
+    "Give me five subject lines for the spring campaign",
+    "What are the main risks in this vendor contract",
+    "Classify this support ticket as billing, bug or question",
+]
+
+
+def demo_prices(currency: str) -> list[PriceRule]:
+    """On-prem compute and energy for the local models, a token price for one of them."""
+    return [
+        PriceRule(pattern="llama3.1:*", currency=currency, gpu_hour=Decimal("2.40"),
+                  watts=Decimal(350), kwh_price=Decimal("0.30"), source="demo"),
+        PriceRule(pattern="qwen2.5:*", currency=currency, input_per_1m=Decimal("0.20"),
+                  output_per_1m=Decimal("0.80"), source="demo"),
+        PriceRule(pattern="mistral:*", currency=currency, gpu_hour=Decimal("1.80"),
+                  charge_load=True, source="demo"),
+    ]
+
+
+@dataclass
+class DemoSummary:
+    calls: int
+    ok: int
+    errors: int
+    upstream: str
+    first_day: date
+
+
+class _Clock:
+    """The simulated start time of the call being made."""
+
+    def __init__(self) -> None:
+        self.now = utc_now()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def run_demo(cfg: Settings, *, calls: int, progress: Callable[[], None], seed: int = 7) -> DemoSummary:
+    """Send ``calls`` metered chats to a fresh emulator, recording into ``cfg``'s ledger."""
+    rng = random.Random(seed)
+    end = utc_now()
+    moments = sorted(end - timedelta(seconds=rng.uniform(0, 30 * 86400)) for _ in range(calls))
+    clock = _Clock()
+    ok = errors = 0
+    with OllamaEmulator() as emulator:
+        demo_cfg = load_settings(**{**cfg.model_dump(), "ollama_host": emulator.url})
+        meter = Meter.from_settings(demo_cfg, source="cli", clock=clock)
+        if not any(rule.source == "demo" for rule in meter.ledger.price_rules()):
+            for rule in demo_prices(cfg.currency):
+                meter.ledger.add_price_rule(rule)
+        for number, moment in enumerate(moments):
+            tenant = rng.choice(sorted(TEAMS))
+            department = rng.choice(sorted(TEAMS[tenant]))
+            user = rng.choice(TEAMS[tenant][department])
+            model = rng.choice(MODELS)
+            if number % 97 == 50:
+                model = "llama3.3:70b"  # not pulled: a model_not_found error
+            elif number % 41 == 20:
+                emulator.inject(Fault.MIDSTREAM_ERROR)
+            elif number % 53 == 30:
+                emulator.inject(Fault.HTTP_500)
+            clock.now = moment
+            run = meter.chat(
+                model=model,
+                messages=[{"role": "user", "content": rng.choice(PROMPTS)}],
+                attribution=Attribution(tenant=tenant, department=department, user=user),
+                stream=rng.random() < 0.7,
+            )
+            try:
+                for _ in run:
+                    pass
+                ok += 1
+            except UpstreamError:
+                errors += 1
+            progress()
+        meter.close_upstream()
+        return DemoSummary(calls, ok, errors, emulator.url, moments[0].astimezone(cfg.tz).date())

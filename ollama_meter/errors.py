@@ -1,0 +1,79 @@
+"""Every error ometer raises on purpose, in one tree.
+
+    OmeterError                      base; carries a one-line, user-facing message
+    ├── ConfigError                  a setting is missing or malformed (names the setting)
+    ├── ValidationError              a user-supplied value is malformed (names, dates, prices)
+    ├── LedgerError                  the ledger cannot be opened, migrated or written
+    ├── PricingError                 a price rule is invalid or cannot be found
+    └── UpstreamError                a call to Ollama failed; ``error_type`` classifies it
+        ├── UpstreamConnectionError  Ollama cannot be reached            (connection)
+        ├── UpstreamTimeout          Ollama did not answer in time       (timeout)
+        ├── ModelNotFound            Ollama does not have the model      (model_not_found)
+        ├── UpstreamBadRequest       Ollama refused the request (4xx)    (bad_request)
+        ├── UpstreamServerError      Ollama answered 5xx                 (upstream_5xx)
+        └── StreamError              the stream broke after it started   (stream_error)
+
+Messages say what happened and what to do; the CLI prints ``str(error)`` as is.
+"""
+
+from __future__ import annotations
+
+
+class OmeterError(Exception):
+    """Base of every error ometer raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(OmeterError):
+    """A setting is missing or malformed."""
+
+    exit_code = 2
+
+
+class ValidationError(OmeterError):
+    """A value the user gave is malformed."""
+
+    exit_code = 2
+
+
+class LedgerError(OmeterError):
+    """The ledger cannot be opened, migrated or written."""
+
+
+class PricingError(OmeterError):
+    """A price rule is invalid or does not exist."""
+
+
+class UpstreamError(OmeterError):
+    """A call to Ollama failed."""
+
+    error_type: str = "upstream_error"
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class UpstreamConnectionError(UpstreamError):
+    error_type = "connection"
+
+
+class UpstreamTimeout(UpstreamError):
+    error_type = "timeout"
+
+
+class ModelNotFound(UpstreamError):
+    error_type = "model_not_found"
+
+
+class UpstreamBadRequest(UpstreamError):
+    error_type = "bad_request"
+
+
+class UpstreamServerError(UpstreamError):
+    error_type = "upstream_5xx"
+
+
+class StreamError(UpstreamError):
+    error_type = "stream_error"

@@ -1,0 +1,74 @@
+"""Opening the ledger: engines tuned per backend, migrations applied on first use.
+
+SQLite gets WAL (readers never block the writer), a busy timeout (several
+processes take turns instead of failing) and explicit BEGIN so a transaction
+that must write can say so up front (``BEGIN IMMEDIATE``) and never dead-locks
+on a lock upgrade. PostgreSQL needs nothing special.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from ollama_meter.errors import LedgerError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The file behind a SQLite URL, None for other backends and in-memory databases."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).expanduser()
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control from pysqlite so BEGIN is ours to emit (see _sqlite_begin).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    # NORMAL in WAL mode loses nothing when a process dies, only on power loss.
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get("sqlite_begin", "")
+    conn.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def create_ledger_engine(url: str | URL) -> Engine:
+    """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise LedgerError(f"OMETER_DB_URL {str(url)!r} is not a database URL") from exc
+    path = sqlite_path(parsed)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(f"cannot create the ledger folder {path.parent}: {exc}") from exc
+    options: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        options.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
+    try:
+        engine = create_engine(parsed, **options)
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        hint = (
+            " Install the PostgreSQL driver with: pip install 'ollama-meter[postgres]'"
+            if parsed.get_backend_name() == "postgresql"
+            else ""
+        )
+        raise LedgerError(f"no database driver for {parsed.drivername!r}.{hint}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+    return engine

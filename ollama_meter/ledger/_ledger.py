@@ -1,0 +1,144 @@
+"""The ledger: one object per database, shared by every entry point of a process.
+
+Owns the engine, first-use migration and transactions. Writes go through
+:meth:`Ledger.record`, one transaction per batch; the meter's
+:class:`GroupCommitWriter` batches concurrent callers into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from sqlalchemy import Connection, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from ollama_meter.errors import LedgerError, PricingError
+from ollama_meter.ledger import _prices, _spans
+from ollama_meter.ledger._engine import create_ledger_engine, sqlite_path
+from ollama_meter.ledger._migrate import ensure_current
+from ollama_meter.ledger.models import SpanRow
+from ollama_meter.meter.span import SpanRecord
+from ollama_meter.pricing import PriceRule
+
+_WRITE_ATTEMPTS = 5
+
+
+class Ledger:
+    """A ledger database at ``url`` (any SQLAlchemy URL), migrated to the current schema."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        self.engine = create_ledger_engine(url)
+        self._sqlite = self.engine.dialect.name == "sqlite"
+        if migrate:
+            try:
+                ensure_current(self.engine)
+            except OperationalError as exc:
+                raise LedgerError(
+                    f"cannot open the ledger at {self.display_url}: {exc.orig}"
+                ) from exc
+
+    @property
+    def display_url(self) -> str:
+        """The URL with any password hidden, or the file path for SQLite."""
+        path = self.path
+        return str(path) if path is not None else make_url(self.url).render_as_string()
+
+    @property
+    def path(self) -> Path | None:
+        return sqlite_path(make_url(self.url))
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+        with self.engine.connect() as conn:
+            if self._sqlite:
+                conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                yield conn
+
+    def record(self, spans: Sequence[SpanRecord]) -> None:
+        """Commit ``spans`` in one transaction. Re-recording a span id is a no-op.
+
+        SQLite's busy timeout already waits for other writers; on top of that a
+        few retries ride out lock storms, and only then is the failure raised.
+        """
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                with self.write() as conn:
+                    _spans.insert_spans(conn, spans)
+                return
+            except OperationalError as exc:
+                if attempt == _WRITE_ATTEMPTS or not _is_lock_error(exc):
+                    raise LedgerError(
+                        f"could not write {len(spans)} span(s) to the ledger at "
+                        f"{self.display_url}: {exc.orig}"
+                    ) from exc
+                time.sleep(0.05 * 2**attempt)
+
+    def latest(self, where: _spans.SpanFilter, limit: int = 20) -> list[SpanRecord]:
+        with self.read() as conn:
+            return _spans.latest_spans(conn, where, limit)
+
+    def count(self, where: _spans.SpanFilter | None = None) -> int:
+        clauses = where.clauses() if where else []
+        with self.read() as conn:
+            return int(
+                conn.execute(select(func.count()).select_from(SpanRow).where(*clauses)).scalar_one()
+            )
+
+    # -- price rules -----------------------------------------------------------------
+
+    def price_rules(self) -> list[PriceRule]:
+        with self.read() as conn:
+            return _prices.list_rules(conn)
+
+    def add_price_rule(self, rule: PriceRule) -> PriceRule:
+        with self.write() as conn:
+            return _prices.add_rules(conn, [rule])[0]
+
+    def remove_price_rule(self, rule_id: int) -> None:
+        with self.write() as conn:
+            if not _prices.remove_rule(conn, rule_id):
+                raise PricingError(f"no price rule with id {rule_id}; see `ometer pricing list`")
+
+    def sync_price_rules(self, source: str, rules: Sequence[PriceRule], content: bytes) -> bool:
+        """Make the rules from ``source`` (a pricing file) match its content; True if they changed."""
+        digest = hashlib.sha256(content).hexdigest()
+        with self.write() as conn:
+            if _prices.file_digest(conn, source) == digest:
+                return False
+            _prices.replace_source(conn, source, rules, digest)
+            return True
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _is_lock_error(exc: DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    return "locked" in text or "busy" in text
+
+
+_shared: dict[str, Ledger] = {}
+_shared_lock = threading.Lock()
+
+
+def open_ledger(url: str) -> Ledger:
+    """The process-wide ledger for ``url``: one engine and one migration check per URL."""
+    with _shared_lock:
+        ledger = _shared.get(url)
+        if ledger is None:
+            ledger = _shared[url] = Ledger(url)
+        return ledger

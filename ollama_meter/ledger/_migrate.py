@@ -1,0 +1,55 @@
+"""Bringing a ledger's schema to the current Alembic head.
+
+Checking costs one small query, so every process can afford it at start-up;
+Alembic itself is loaded only when there is something to do. Concurrent first
+runs are serialised by the migration transaction (BEGIN IMMEDIATE on SQLite, an
+advisory lock on PostgreSQL), so the losers find the work done.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import as_file, files
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from ollama_meter.errors import LedgerError
+
+HEAD_REVISION = "0001"
+"""The newest migration; a test keeps it equal to the head of ``migrations/versions``."""
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        try:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except DBAPIError:
+            conn.rollback()
+            return None
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply migrations up to ``revision`` in one transaction."""
+    from alembic import command
+    from alembic.config import Config
+
+    with as_file(files("ollama_meter._migrations")) as location:
+        config = Config()
+        config.set_main_option("script_location", str(location))
+        try:
+            with engine.connect() as conn:
+                config.attributes["connection"] = conn
+                command.upgrade(config, revision)
+        except DBAPIError as exc:
+            raise LedgerError(
+                f"could not migrate the ledger at {engine.url.render_as_string()}: "
+                f"{exc.orig or exc}"
+            ) from exc
+
+
+def ensure_current(engine: Engine) -> bool:
+    """Migrate when the ledger is behind; True when a migration ran."""
+    if current_revision(engine) == HEAD_REVISION:
+        return False
+    upgrade(engine)
+    return True

@@ -1,0 +1,112 @@
+"""The ledger's tables as SQLAlchemy 2.0 models.
+
+Changing a model needs a new Alembic migration in ``migrations/versions``; a
+test compares the two. Released migrations are never edited: fix forward.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from ollama_meter.ledger._types import DecimalText, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class SpanRow(Base):
+    """One metered call. Columns mirror :class:`ollama_meter.meter.SpanRecord`."""
+
+    __tablename__ = "spans"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    trace_id: Mapped[str] = mapped_column(String(32))
+    span_id: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    tenant: Mapped[str] = mapped_column(String(64))
+    department: Mapped[str] = mapped_column(String(64))
+    user: Mapped[str | None] = mapped_column(String(128))
+    tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    source: Mapped[str] = mapped_column(String(16))
+    operation: Mapped[str] = mapped_column(String(32))
+    upstream_host: Mapped[str] = mapped_column(String(255))
+    request_model: Mapped[str] = mapped_column(String(255))
+    response_model: Mapped[str | None] = mapped_column(String(255))
+    stream: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16))
+    error_type: Mapped[str | None] = mapped_column(String(32))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    done_reason: Mapped[str | None] = mapped_column(String(32))
+    input_tokens: Mapped[int] = mapped_column(Integer)
+    output_tokens: Mapped[int] = mapped_column(Integer)
+    token_source: Mapped[str] = mapped_column(String(16))
+    total_duration_ns: Mapped[int | None] = mapped_column(BigInteger)
+    load_duration_ns: Mapped[int | None] = mapped_column(BigInteger)
+    prompt_eval_duration_ns: Mapped[int | None] = mapped_column(BigInteger)
+    eval_duration_ns: Mapped[int | None] = mapped_column(BigInteger)
+    latency_ns: Mapped[int | None] = mapped_column(BigInteger)
+    ttft_ns: Mapped[int | None] = mapped_column(BigInteger)
+    cost_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_compute: Mapped[int] = mapped_column(BigInteger)
+    cost_energy: Mapped[int] = mapped_column(BigInteger)
+    cost_fee: Mapped[int] = mapped_column(BigInteger)
+    cost_total: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    price_rule_id: Mapped[int | None] = mapped_column(Integer)
+    unpriced: Mapped[bool] = mapped_column(Boolean)
+    prompt: Mapped[str | None] = mapped_column(Text)
+    reply: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_spans_started_at", "started_at"),
+        Index("ix_spans_tenant_department_started_at", "tenant", "department", "started_at"),
+    )
+
+
+class PriceRuleRow(Base):
+    """A price rule (see :class:`ollama_meter.pricing.PriceRule`)."""
+
+    __tablename__ = "price_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pattern: Mapped[str] = mapped_column(String(255))
+    currency: Mapped[str] = mapped_column(String(3))
+    input_per_1m: Mapped[Decimal | None] = mapped_column(DecimalText())
+    output_per_1m: Mapped[Decimal | None] = mapped_column(DecimalText())
+    gpu_hour: Mapped[Decimal | None] = mapped_column(DecimalText())
+    watts: Mapped[Decimal | None] = mapped_column(DecimalText())
+    kwh_price: Mapped[Decimal | None] = mapped_column(DecimalText())
+    per_request: Mapped[Decimal | None] = mapped_column(DecimalText())
+    fee_per_1m: Mapped[Decimal | None] = mapped_column(DecimalText())
+    charge_load: Mapped[bool] = mapped_column(Boolean, default=False)
+    effective_from: Mapped[date | None] = mapped_column(Date)
+    effective_until: Mapped[date | None] = mapped_column(Date)
+    source: Mapped[str] = mapped_column(String(512), default="cli")
+    source_digest: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,41 @@
+"""The meter: the one metering sequence, the span record, and re-pricing.
+
+Entry points call in here; this package calls out to upstream, pricing and the
+ledger, and to observers (telemetry, alerts). Nothing calls back in.
+"""
+
+from ollama_meter.meter._core import (
+    Attribution,
+    ChatRun,
+    Meter,
+    MeteredCall,
+    PriceSource,
+    SpanObserver,
+    sync_pricing_file,
+    utc_now,
+)
+from ollama_meter.meter._reprice import RepriceSummary, reprice
+from ollama_meter.meter._usage import estimate_tokens, usage_of
+from ollama_meter.meter._writer import GroupCommitWriter
+from ollama_meter.meter.span import Source, SpanRecord, Status, TokenSource, new_span_row_id
+
+__all__ = [
+    "Attribution",
+    "ChatRun",
+    "GroupCommitWriter",
+    "Meter",
+    "MeteredCall",
+    "PriceSource",
+    "RepriceSummary",
+    "Source",
+    "SpanObserver",
+    "SpanRecord",
+    "Status",
+    "TokenSource",
+    "estimate_tokens",
+    "new_span_row_id",
+    "reprice",
+    "sync_pricing_file",
+    "usage_of",
+    "utc_now",
+]

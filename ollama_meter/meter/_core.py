@@ -1,0 +1,375 @@
+"""The meter: the one sequence every metered call goes through (DESIGN §2).
+
+    attribute → open span → call upstream → measure → price → write → observers
+
+Entry points (CLI, gateway, Python API) differ only in how they reach Ollama;
+they all open a :class:`MeteredCall` here, feed it what Ollama sent, and let
+the meter close it. Budgets, telemetry and alerts attach as observers and gates
+on this sequence; the ledger never calls back into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import ollama
+
+from ollama_meter._names import MAX_USER, name_problem
+from ollama_meter.errors import PricingError, UpstreamError, ValidationError
+from ollama_meter.meter._usage import estimate_tokens, usage_of
+from ollama_meter.meter._writer import GroupCommitWriter
+from ollama_meter.meter.span import (
+    SpanRecord,
+    Status,
+    TokenSource,
+    new_otel_span_id,
+    new_span_row_id,
+    new_trace_id,
+)
+from ollama_meter.pricing import PriceBook, parse_pricing_toml
+
+if TYPE_CHECKING:
+    from ollama_meter.config import Settings
+    from ollama_meter.ledger import Ledger
+    from ollama_meter.upstream import Message, Upstream
+
+log = logging.getLogger("ollama_meter.meter")
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Who a call is charged to (DESIGN §3). Names are checked here, once, for every entry point."""
+
+    tenant: str
+    department: str
+    user: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for what, value, limit in (
+            ("tenant", self.tenant, 64),
+            ("department", self.department, 64),
+            ("user", self.user, MAX_USER),
+        ):
+            if value is None:
+                continue
+            problem = name_problem(value, limit=limit)
+            if problem:
+                raise ValidationError(f"{what} name {problem}")
+        for key, value in self.tags.items():
+            if name_problem(key) or len(str(value)) > 256:
+                raise ValidationError(
+                    f"tag {key!r}: keys follow the name rules and values are at most 256 characters"
+                )
+
+
+class SpanObserver(Protocol):
+    """Something that watches calls: telemetry, alerts, user hooks. Failures are logged, never fatal."""
+
+    def on_start(self, span: SpanRecord) -> None: ...
+
+    def on_end(self, span: SpanRecord) -> None: ...
+
+
+class MeteredCall:
+    """One call in flight: collects what Ollama sends, becomes a span when the meter closes it."""
+
+    def __init__(self, span: SpanRecord, prompt_text: str) -> None:
+        self.span = span
+        self.prompt_text = prompt_text
+        self.reply_parts: list[str] = []
+        self.content_chunks = 0
+        self.final: ollama.ChatResponse | ollama.GenerateResponse | None = None
+        self._t0 = time.perf_counter_ns()
+        self._first_ns: int | None = None
+
+    def observe(self, part: ollama.ChatResponse | ollama.GenerateResponse) -> None:
+        """Take one chunk (or the whole non-streamed answer) from Ollama."""
+        if self._first_ns is None:
+            self._first_ns = time.perf_counter_ns()
+        text = (
+            (part.message.content or "")
+            if isinstance(part, ollama.ChatResponse)
+            else (part.response or "")
+        )
+        if text:
+            self.content_chunks += 1
+            self.reply_parts.append(text)
+        if part.done:
+            self.final = part
+
+    @property
+    def reply(self) -> str:
+        return "".join(self.reply_parts)
+
+    def measure(self, ended_ns: int) -> None:
+        """Fill the span's timings and tokens from what was observed."""
+        span = self.span
+        span.latency_ns = ended_ns - self._t0
+        span.ended_at = span.started_at + timedelta(microseconds=span.latency_ns // 1000)
+        if span.stream and self._first_ns is not None:
+            span.ttft_ns = self._first_ns - self._t0
+        final = self.final
+        if final is not None:
+            span.response_model = final.model or None
+            span.done_reason = final.done_reason
+            span.total_duration_ns = final.total_duration
+            span.load_duration_ns = final.load_duration
+            span.prompt_eval_duration_ns = final.prompt_eval_duration
+            span.eval_duration_ns = final.eval_duration
+        if final is None and self._first_ns is None:
+            return  # Ollama never answered: nothing was consumed
+        # Ollama omits counts that are zero, and a broken stream has no final chunk:
+        # then the count is estimated from the text, and the span says so.
+        reported_in = final.prompt_eval_count if final is not None else None
+        reported_out = final.eval_count if final is not None else None
+        span.input_tokens = (
+            reported_in if reported_in is not None else estimate_tokens(self.prompt_text)
+        )
+        if reported_out is not None:
+            span.output_tokens = reported_out
+        else:
+            span.output_tokens = self.content_chunks if span.stream else estimate_tokens(self.reply)
+        if reported_in is None or reported_out is None:
+            span.token_source = TokenSource.ESTIMATED
+
+
+def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> bool:
+    """Load ``OMETER_PRICING_FILE`` into the ledger when its content changed; True if it did."""
+    content = path.read_bytes()
+    try:
+        rules = parse_pricing_toml(
+            content.decode("utf-8"), default_currency=default_currency, source=f"file:{path}"
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PricingError(f"OMETER_PRICING_FILE {path}: {exc}") from None
+    return ledger.sync_price_rules(f"file:{path}", rules, content)
+
+
+class PriceSource:
+    """The price book in force, reloaded from the ledger at most every ``ttl`` seconds."""
+
+    def __init__(self, ledger: Ledger, *, settings: Settings, ttl: float = 30.0) -> None:
+        self._ledger = ledger
+        self._settings = settings
+        self._ttl = ttl
+        self._book: PriceBook | None = None
+        self._loaded = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> PriceBook:
+        with self._lock:
+            now = time.monotonic()
+            if self._book is None or now - self._loaded > self._ttl:
+                self._book = PriceBook(
+                    self._ledger.price_rules(),
+                    tz=self._settings.tz,
+                    currency=self._settings.currency,
+                )
+                self._loaded = now
+            return self._book
+
+
+class Meter:
+    """Runs the metering sequence. One per process and upstream; thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        prices: Callable[[], PriceBook],
+        upstream: Upstream,
+        source: str,
+        clock: Clock = utc_now,
+        observers: Sequence[SpanObserver] = (),
+    ) -> None:
+        self.ledger = ledger
+        self.prices = prices
+        self.upstream = upstream
+        self.source = source
+        self.clock = clock
+        self.observers = list(observers)
+        self.writer = GroupCommitWriter(ledger)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, source: str, clock: Clock = utc_now) -> Meter:
+        """A meter wired to the configured ledger, prices and Ollama."""
+        from ollama_meter.ledger import open_ledger
+        from ollama_meter.upstream import Upstream
+
+        ledger = open_ledger(settings.ledger_url)
+        if settings.pricing_file is not None:
+            sync_pricing_file(ledger, settings.pricing_file, default_currency=settings.currency)
+        return cls(
+            ledger=ledger,
+            prices=PriceSource(ledger, settings=settings),
+            upstream=Upstream(settings.ollama_host, timeout=settings.upstream_timeout),
+            source=source,
+            clock=clock,
+        )
+
+    # -- the sequence ------------------------------------------------------------------
+
+    def open(
+        self,
+        *,
+        operation: str,
+        model: str,
+        stream: bool,
+        attribution: Attribution,
+        prompt_text: str = "",
+    ) -> MeteredCall:
+        if not model or not model.strip():
+            raise ValidationError("no model given; pass one with -m/--model, e.g. -m llama3.1:8b")
+        span = SpanRecord(
+            id=new_span_row_id(),
+            trace_id=new_trace_id(),
+            span_id=new_otel_span_id(),
+            started_at=self.clock(),
+            tenant=attribution.tenant,
+            department=attribution.department,
+            user=attribution.user,
+            tags=dict(attribution.tags),
+            source=self.source,
+            operation=operation,
+            upstream_host=self.upstream.host,
+            request_model=model,
+            stream=stream,
+            currency=self.prices().currency,
+        )
+        self._notify("on_start", span)
+        return MeteredCall(span, prompt_text)
+
+    def close(self, call: MeteredCall, error: BaseException | None = None) -> SpanRecord:
+        """Measure, price and write the call; the span is durable when this returns."""
+        call.measure(time.perf_counter_ns())
+        span = call.span
+        if error is None:
+            span.status = Status.OK
+            span.http_status = 200
+        elif isinstance(error, UpstreamError):
+            span.status = Status.ERROR
+            span.error_type = error.error_type
+            span.error_message = str(error)[:2000]
+            span.http_status = error.status_code
+        elif isinstance(error, GeneratorExit | KeyboardInterrupt):
+            span.status = Status.CLIENT_ABORT
+            span.error_type = "client_abort"
+        else:
+            span.status = Status.ERROR
+            span.error_type = type(error).__name__
+            span.error_message = str(error)[:2000]
+        span.apply_cost(self.prices().cost(span.model, span.started_at, usage_of(span)))
+        self.writer.write(span)
+        self._notify("on_end", span)
+        return span
+
+    @contextlib.contextmanager
+    def call(
+        self,
+        *,
+        operation: str,
+        model: str,
+        stream: bool,
+        attribution: Attribution,
+        prompt_text: str = "",
+    ) -> Iterator[MeteredCall]:
+        """Open a call, let the caller talk to Ollama, close it however that ended."""
+        metered = self.open(
+            operation=operation,
+            model=model,
+            stream=stream,
+            attribution=attribution,
+            prompt_text=prompt_text,
+        )
+        try:
+            yield metered
+        except BaseException as exc:
+            self.close(metered, exc)
+            raise
+        self.close(metered)
+
+    # -- operations ---------------------------------------------------------------------
+
+    def chat(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Message],
+        attribution: Attribution,
+        stream: bool = True,
+        options: Mapping[str, Any] | None = None,
+    ) -> ChatRun:
+        """A metered ``/api/chat`` call; iterate it for Ollama's chunks, then read ``.span``."""
+        return ChatRun(self, model, messages, attribution, stream, options)
+
+    def _notify(self, hook: str, span: SpanRecord) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(span)
+            except Exception:
+                log.exception("observer %r failed in %s; the call goes on", observer, hook)
+
+    def close_upstream(self) -> None:
+        self.upstream.close()
+
+
+class ChatRun:
+    """An iterable metered chat. ``span`` is set once iteration has ended, however it ended."""
+
+    def __init__(
+        self,
+        meter: Meter,
+        model: str,
+        messages: Sequence[Message],
+        attribution: Attribution,
+        stream: bool,
+        options: Mapping[str, Any] | None,
+    ) -> None:
+        self._meter = meter
+        self._model = model
+        self._messages = messages
+        self._attribution = attribution
+        self._stream = stream
+        self._options = options
+        self.call: MeteredCall | None = None
+
+    @property
+    def span(self) -> SpanRecord:
+        if self.call is None:
+            raise RuntimeError("the chat has not run yet; iterate it first")
+        return self.call.span
+
+    def __iter__(self) -> Iterator[ollama.ChatResponse]:
+        meter = self._meter
+        prompt = "\n".join(str(m.get("content") or "") for m in self._messages)
+        with meter.call(
+            operation="chat",
+            model=self._model,
+            stream=self._stream,
+            attribution=self._attribution,
+            prompt_text=prompt,
+        ) as call:
+            self.call = call
+            if self._stream:
+                for part in meter.upstream.chat_stream(self._model, self._messages, self._options):
+                    call.observe(part)
+                    yield part
+            else:
+                part = meter.upstream.chat(self._model, self._messages, self._options)
+                call.observe(part)
+                yield part

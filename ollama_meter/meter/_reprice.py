@@ -1,0 +1,80 @@
+"""Re-pricing recorded spans after a price change (``ometer reprice``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from ollama_meter.meter._usage import usage_of
+from ollama_meter.pricing import PriceBook
+
+if TYPE_CHECKING:
+    from ollama_meter.ledger import Ledger
+
+
+@dataclass
+class RepriceSummary:
+    """What a re-pricing changed. Totals are integer micro-units per currency."""
+
+    examined: int = 0
+    changed: int = 0
+    before: Counter[str] = field(default_factory=Counter)
+    after: Counter[str] = field(default_factory=Counter)
+    newly_priced: int = 0
+    newly_unpriced: int = 0
+
+    def delta(self) -> dict[str, int]:
+        currencies = sorted(set(self.before) | set(self.after))
+        return {c: self.after[c] - self.before[c] for c in currencies}
+
+
+def reprice(
+    ledger: Ledger,
+    book: PriceBook,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    batch: int = 2000,
+    progress: Callable[[int], None] | None = None,
+) -> RepriceSummary:
+    """Recompute every span's cost from ``since`` under ``book``; writes only spans that moved.
+
+    Works in keyset pages, one write transaction per page, so a large ledger
+    never sits in memory and concurrent writers are blocked only briefly.
+    """
+    # The ledger imports the span record from this package: import it late.
+    from ollama_meter.ledger import SpanFilter, page_after, update_costs
+
+    summary = RepriceSummary()
+    where = SpanFilter(since=since, until=until)
+    after = ""
+    while True:
+        with ledger.read() as conn:
+            page = page_after(conn, where, after, batch)
+        if not page:
+            return summary
+        moved = []
+        for span in page:
+            old = (span.cost_total, span.currency, span.unpriced, span.price_rule_id)
+            old_parts = (span.cost_tokens, span.cost_compute, span.cost_energy, span.cost_fee)
+            summary.before[span.currency] += span.cost_total
+            span.apply_cost(book.cost(span.model, span.started_at, usage_of(span)))
+            summary.after[span.currency] += span.cost_total
+            new_parts = (span.cost_tokens, span.cost_compute, span.cost_energy, span.cost_fee)
+            if old != (span.cost_total, span.currency, span.unpriced, span.price_rule_id) or (
+                old_parts != new_parts
+            ):
+                moved.append(span)
+                summary.newly_priced += old[2] and not span.unpriced
+                summary.newly_unpriced += span.unpriced and not old[2]
+        if moved:
+            with ledger.write() as conn:
+                update_costs(conn, moved)
+        summary.examined += len(page)
+        summary.changed += len(moved)
+        if progress is not None:
+            progress(len(page))
+        after = page[-1].id

@@ -1,0 +1,37 @@
+"""Pricing: rules, rule choice and cost calculation. Pure functions, no I/O.
+
+Takes usage facts and rules, returns integer micro-units. Must not import the
+ledger, the meter or any entry point.
+"""
+
+from ollama_meter.pricing._book import PriceBook
+from ollama_meter.pricing._calc import Cost, Usage, compute_cost
+from ollama_meter.pricing._money import MICROS, format_micros, from_micros, parse_amount, to_micros
+from ollama_meter.pricing._rules import (
+    PRICE_FIELDS,
+    PriceRule,
+    model_names,
+    select_rule,
+    sort_rules,
+    specificity,
+)
+from ollama_meter.pricing._toml import parse_pricing_toml
+
+__all__ = [
+    "MICROS",
+    "PRICE_FIELDS",
+    "Cost",
+    "PriceBook",
+    "PriceRule",
+    "Usage",
+    "compute_cost",
+    "format_micros",
+    "from_micros",
+    "model_names",
+    "parse_amount",
+    "parse_pricing_toml",
+    "select_rule",
+    "sort_rules",
+    "specificity",
+    "to_micros",
+]

@@ -1,0 +1,83 @@
+"""Price rules from TOML text (``ometer pricing import`` and ``OMETER_PRICING_FILE``).
+
+currency = "EUR"                 # default for rules that don't say
+
+[[rule]]
+model = "llama3.1:*"
+input_per_1m = 1000              # numbers are read as exact decimals
+output_per_1m = "2000"           # strings work too
+from = 2026-11-01                # optional; TOML date or "YYYY-MM-DD"
+
+[[rule]]
+model = "qwen2.5:*"
+gpu_hour = 3.60
+watts = 350
+kwh_price = 0.30
+charge_load = true
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from ollama_meter.pricing._money import parse_amount
+from ollama_meter.pricing._rules import PRICE_FIELDS, PriceRule
+
+_KNOWN = {"model", "pattern", "currency", "charge_load", "from", "until", *PRICE_FIELDS}
+
+
+def _date(value: Any, where: str) -> date | None:
+    if value is None:
+        return None
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"{where}: {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def parse_pricing_toml(
+    text: str, *, default_currency: str, source: str = "file"
+) -> list[PriceRule]:
+    """Rules in file order; raises ValueError naming the rule and field that is wrong."""
+    try:
+        data = tomllib.loads(text, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"not valid TOML: {exc}") from None
+    currency = str(data.get("currency", default_currency)).upper()
+    entries = data.get("rule", [])
+    if not isinstance(entries, list) or not entries:
+        raise ValueError("no [[rule]] tables found; each rule is a [[rule]] with a model pattern")
+    rules = []
+    for number, entry in enumerate(entries, start=1):
+        where = f"rule {number}"
+        unknown = sorted(set(entry) - _KNOWN)
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        pattern = entry.get("model", entry.get("pattern"))
+        if not pattern:
+            raise ValueError(f'{where}: needs a model pattern, e.g. model = "llama3.1:*"')
+        prices: dict[str, Any] = {
+            name: parse_amount(entry[name], what=f"{where} {name}")
+            for name in PRICE_FIELDS
+            if name in entry
+        }
+        try:
+            rules.append(
+                PriceRule(
+                    pattern=str(pattern),
+                    currency=str(entry.get("currency", currency)).upper(),
+                    charge_load=bool(entry.get("charge_load", False)),
+                    effective_from=_date(entry.get("from"), where),
+                    effective_until=_date(entry.get("until"), where),
+                    source=source,
+                    **prices,
+                )
+            )
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    return rules

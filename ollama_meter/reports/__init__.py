@@ -1,0 +1,39 @@
+"""Reports: ledger aggregates turned into rows, and rows rendered as CSV or JSON.
+
+Reads the ledger through its queries; never writes it. Tables for the terminal
+are drawn by the CLI, which alone imports rich.
+"""
+
+from ollama_meter.reports._periods import (
+    PERIOD_HELP,
+    TIME_UNITS,
+    Window,
+    bucket_bounds,
+    local_midnight,
+    parse_day,
+    parse_period,
+    window_between,
+)
+from ollama_meter.reports._render import iso_utc, safe_cell, span_to_dict, to_csv, to_json
+from ollama_meter.reports._spend import BY_CHOICES, SpendReport, gpu_seconds, parse_by, spend_report
+
+__all__ = [
+    "BY_CHOICES",
+    "PERIOD_HELP",
+    "TIME_UNITS",
+    "SpendReport",
+    "Window",
+    "bucket_bounds",
+    "gpu_seconds",
+    "iso_utc",
+    "local_midnight",
+    "parse_by",
+    "parse_day",
+    "parse_period",
+    "safe_cell",
+    "span_to_dict",
+    "spend_report",
+    "to_csv",
+    "to_json",
+    "window_between",
+]

@@ -1,0 +1,114 @@
+"""Reporting windows and time buckets, cut at local midnight in the configured zone.
+
+Pure functions of (text, zone, now). Boundaries come back as aware UTC
+datetimes, which is how the ledger stores time, so DST days are 23 or 25 hours
+long exactly as the wall clock says.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from ollama_meter.errors import ValidationError
+
+TIME_UNITS = ("day", "week", "month")
+PERIOD_HELP = "today, week, month, YYYY-MM or YYYY-MM-DD"
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A half-open interval [start, end) of UTC time, with a label for humans."""
+
+    start: datetime
+    end: datetime
+    label: str
+
+
+def local_midnight(day: date, tz: ZoneInfo) -> datetime:
+    """The UTC instant at which ``day`` starts in ``tz``."""
+    return datetime.combine(day, time.min, tzinfo=tz).astimezone(UTC)
+
+
+def month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def next_month(day: date) -> date:
+    return date(day.year + (day.month == 12), day.month % 12 + 1, 1)
+
+
+def week_start(day: date) -> date:
+    return day - timedelta(days=day.weekday())
+
+
+def _days(first: date, after_last: date, tz: ZoneInfo, label: str) -> Window:
+    return Window(local_midnight(first, tz), local_midnight(after_last, tz), label)
+
+
+def parse_period(text: str, *, tz: ZoneInfo, now: datetime) -> Window:
+    """``today``, ``week`` (ISO, from Monday), ``month``, ``YYYY-MM`` or ``YYYY-MM-DD``."""
+    today = now.astimezone(tz).date()
+    value = text.strip().lower()
+    if value == "today":
+        return _days(today, today + timedelta(days=1), tz, today.isoformat())
+    if value == "week":
+        first = week_start(today)
+        iso = first.isocalendar()
+        return _days(first, first + timedelta(days=7), tz, f"{iso.year}-W{iso.week:02d}")
+    if value == "month":
+        first = month_start(today)
+        return _days(first, next_month(first), tz, first.strftime("%Y-%m"))
+    if re.fullmatch(r"\d{4}-\d{2}", value):
+        try:
+            first = date.fromisoformat(value + "-01")
+        except ValueError:
+            raise ValidationError(f"period {text!r} is not a valid month") from None
+        return _days(first, next_month(first), tz, value)
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        day = parse_day(value, what="period")
+        return _days(day, day + timedelta(days=1), tz, value)
+    raise ValidationError(f"period {text!r} is not one of: {PERIOD_HELP}")
+
+
+def parse_day(text: str, *, what: str) -> date:
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise ValidationError(f"{what} {text!r} is not a date; use YYYY-MM-DD") from None
+
+
+def window_between(since: str | None, until: str | None, *, tz: ZoneInfo, now: datetime) -> Window:
+    """From the start of ``since`` through the end of ``until`` (both local dates, inclusive)."""
+    today = now.astimezone(tz).date()
+    first = parse_day(since, what="--since") if since else date(1970, 1, 1)
+    last = parse_day(until, what="--until") if until else today
+    if last < first:
+        raise ValidationError(f"--until {last} is before --since {first}")
+    label = f"{since or 'start'}..{last.isoformat()}"
+    return _days(first, last + timedelta(days=1), tz, label)
+
+
+def bucket_bounds(window: Window, unit: str, tz: ZoneInfo) -> list[tuple[datetime, str]]:
+    """Consecutive (start, label) buckets of ``unit`` covering ``window``, starts in UTC."""
+    if unit not in TIME_UNITS:
+        raise ValueError(f"unknown time unit {unit!r}")
+    day = window.start.astimezone(tz).date()
+    if unit == "week":
+        day = week_start(day)
+    elif unit == "month":
+        day = month_start(day)
+    bounds = []
+    while (start := local_midnight(day, tz)) < window.end:
+        if unit == "day":
+            label, after = day.isoformat(), day + timedelta(days=1)
+        elif unit == "week":
+            iso = day.isocalendar()
+            label, after = f"{iso.year}-W{iso.week:02d}", day + timedelta(days=7)
+        else:
+            label, after = day.strftime("%Y-%m"), next_month(day)
+        bounds.append((start, label))
+        day = after
+    return bounds

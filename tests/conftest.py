@@ -1,0 +1,109 @@
+"""Shared fixtures: isolated environment, ledgers on SQLite and PostgreSQL, the Ollama emulator."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from ollama_meter.cli import main
+from ollama_meter.testing import OllamaEmulator
+from tests._pg import postgres_server
+
+_CLEAR_PREFIXES = ("OMETER_", "OLLAMA_", "OTEL_", "LANGFUSE_", "TRACELOOP_")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No user settings, no .env, no real ledger: every test starts from nothing."""
+    for name in list(os.environ):
+        if name.startswith(_CLEAR_PREFIXES) and name != "OMETER_TEST_PG_URL":
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.setenv("OMETER_TIMEZONE", "UTC")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str | None]:
+    with postgres_server() as url:
+        yield url
+
+
+def _fresh_pg_database(server: str) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{server}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_server: str | None) -> str:
+    """A fresh, empty ledger URL on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    if pg_server is None:
+        if os.environ.get("OMETER_REQUIRE_PG"):
+            pytest.fail("OMETER_REQUIRE_PG is set but no PostgreSQL server could be started")
+        pytest.skip("no PostgreSQL server available (install postgresql or set OMETER_TEST_PG_URL)")
+    return _fresh_pg_database(pg_server)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture(scope="session")
+def emulator_session() -> Iterator[OllamaEmulator]:
+    with OllamaEmulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def emulator(emulator_session: OllamaEmulator, monkeypatch: pytest.MonkeyPatch) -> OllamaEmulator:
+    """The session's emulator, reset, with OLLAMA_HOST pointing at it."""
+    emulator_session.reset()
+    monkeypatch.setenv("OLLAMA_HOST", emulator_session.url)
+    return emulator_session
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Run ``ometer ARGS`` in-process through the real entry point; returns code and output."""
+
+    def run(*args: str, stdin: str | None = None) -> CliResult:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["ometer", *args])
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run

@@ -1,0 +1,206 @@
+"""Pricing is pure: exact money for every part, the most specific rule, effective dates."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ollama_meter.pricing import (
+    Cost,
+    PriceBook,
+    PriceRule,
+    Usage,
+    compute_cost,
+    format_micros,
+    parse_amount,
+    parse_pricing_toml,
+    select_rule,
+    to_micros,
+)
+
+D = Decimal
+
+
+def rule(pattern: str = "*", **kw: object) -> PriceRule:
+    kw.setdefault("currency", "USD")
+    if not any(k in kw for k in ("input_per_1m", "output_per_1m", "gpu_hour", "watts", "per_request", "fee_per_1m")):
+        kw["input_per_1m"] = D(1)
+    return PriceRule(pattern=pattern, **kw)  # type: ignore[arg-type]
+
+
+def test_token_price_is_exact() -> None:
+    cost = compute_cost(
+        rule("llama3.1:*", id=1, input_per_1m=D(1000), output_per_1m=D(2000)),
+        Usage(input_tokens=7, output_tokens=12),
+        currency="USD",
+    )
+    assert (cost.tokens, cost.total, cost.unpriced, cost.rule_id) == (31000, 31000, False, 1)
+    assert format_micros(cost.total) == "0.031000"
+
+
+def test_gpu_hour_charges_prompt_eval_plus_eval_only() -> None:
+    usage = Usage(prompt_eval_ns=1_500_000_000, eval_ns=2_100_000_000, load_ns=9_000_000_000)
+    cost = compute_cost(rule(gpu_hour=D("3.60")), usage, currency="USD")
+    # 3.6 s at 3.60/hour = 0.0036
+    assert cost.compute == 3600
+    with_load = compute_cost(rule(gpu_hour=D("3.60"), charge_load=True), usage, currency="USD")
+    assert with_load.compute == 12600  # 12.6 s
+
+
+def test_energy_is_watts_times_busy_hours_times_kwh_price() -> None:
+    usage = Usage(prompt_eval_ns=0, eval_ns=3_600_000_000_000)  # one hour
+    cost = compute_cost(rule(watts=D(350), kwh_price=D("0.30")), usage, currency="EUR")
+    assert cost.energy == to_micros(D("0.105"))
+    assert cost.currency == "USD"  # the rule's currency wins
+
+
+def test_fees_apply_only_when_ollama_answered() -> None:
+    fees = rule(per_request=D("0.002"), fee_per_1m=D("0.50"))
+    answered = compute_cost(fees, Usage(input_tokens=600_000, output_tokens=400_000), currency="USD")
+    assert answered.fee == 2000 + 500_000
+    refused = compute_cost(fees, Usage(answered=False), currency="USD")
+    assert refused.fee == 0
+
+
+def test_no_rule_is_zero_and_unpriced() -> None:
+    cost = compute_cost(None, Usage(input_tokens=10), currency="EUR")
+    assert cost == Cost(currency="EUR")
+    assert cost.unpriced and cost.total == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("llama3.1:8b", "llama3.1:8b"),
+        ("llama3.1:70b", "llama3.1:*"),
+        ("llama3.1", "llama3.1:*"),  # bare name is :latest
+        ("qwen2.5:7b", "*"),
+        ("LLAMA3.1:70B", "llama3.1:*"),
+    ],
+)
+def test_most_specific_rule_wins(model: str, expected: str) -> None:
+    rules = [rule("*", id=1), rule("llama3.1:*", id=2), rule("llama3.1:8b", id=3), rule("llama*", id=4)]
+    chosen = select_rule(rules, model, date(2026, 11, 1))
+    assert chosen is not None and chosen.pattern == expected
+
+
+def test_effective_dates_pick_the_rule_in_force() -> None:
+    old = rule("llama3.1:*", id=1, input_per_1m=D(1))
+    new = rule("llama3.1:*", id=2, input_per_1m=D(2), effective_from=date(2026, 11, 15))
+    ended = rule("llama3.1:8b", id=3, input_per_1m=D(9), effective_until=date(2026, 11, 10))
+    rules = [old, new, ended]
+    assert select_rule(rules, "llama3.1:8b", date(2026, 11, 9)) is ended
+    assert select_rule(rules, "llama3.1:8b", date(2026, 11, 10)) is old
+    assert select_rule(rules, "llama3.1:8b", date(2026, 11, 15)) is new
+
+
+def test_price_book_reads_dates_in_the_configured_zone() -> None:
+    new = rule("*", id=2, input_per_1m=D(2), effective_from=date(2026, 11, 15))
+    old = rule("*", id=1, input_per_1m=D(1))
+    book = PriceBook([old, new], tz=ZoneInfo("Asia/Tokyo"), currency="USD")
+    # 16:00 UTC on the 14th is already the 15th in Tokyo
+    assert book.rule_for("m", datetime(2026, 11, 14, 16, tzinfo=UTC)) is new
+    assert book.rule_for("m", datetime(2026, 11, 14, 14, tzinfo=UTC)) is old
+    assert book.cost("m", datetime(2026, 11, 14, 16, tzinfo=UTC), Usage(input_tokens=1_000_000)).total == 2_000_000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"currency": "USD"}, "sets no price"),
+        ({"currency": "USD", "watts": D(300)}, "both --watts and --kwh-price"),
+        ({"currency": "USD", "input_per_1m": D(-1)}, "non-negative"),
+        ({"currency": "USD", "input_per_1m": D(1), "effective_from": date(2026, 2, 1), "effective_until": date(2026, 1, 1)}, "after its start"),
+    ],
+)
+def test_invalid_rules_say_why(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PriceRule(pattern="x", **kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_pattern_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a model name or glob"):
+        rule("llama 3")
+
+
+def test_parse_amount_rejects_floats_and_junk() -> None:
+    assert parse_amount("3.60") == D("3.60")
+    with pytest.raises(ValueError, match="not a number"):
+        parse_amount("three")
+    with pytest.raises(ValueError, match="negative"):
+        parse_amount("-1")
+    with pytest.raises(ValueError, match="finite"):
+        parse_amount("Infinity")
+    with pytest.raises(TypeError):
+        parse_amount(1.5)  # type: ignore[arg-type]
+
+
+def test_toml_rules_are_exact_and_validated() -> None:
+    text = """
+currency = "EUR"
+[[rule]]
+model = "llama3.1:*"
+input_per_1m = 0.1
+output_per_1m = "0.30"
+from = 2026-11-01
+[[rule]]
+model = "qwen2.5:*"
+gpu_hour = 3.60
+watts = 350
+kwh_price = 0.3
+charge_load = true
+currency = "usd"
+"""
+    first, second = parse_pricing_toml(text, default_currency="USD")
+    assert first.input_per_1m == D("0.1") and first.output_per_1m == D("0.30")
+    assert first.currency == "EUR" and first.effective_from == date(2026, 11, 1)
+    assert second.gpu_hour == D("3.60") and second.charge_load and second.currency == "USD"
+    with pytest.raises(ValueError, match="rule 1: unknown field"):
+        parse_pricing_toml('[[rule]]\nmodel="x"\ninput=1\n', default_currency="USD")
+    with pytest.raises(ValueError, match="needs a model pattern"):
+        parse_pricing_toml("[[rule]]\ninput_per_1m=1\n", default_currency="USD")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        parse_pricing_toml("[[rule\n", default_currency="USD")
+    with pytest.raises(ValueError, match="no \\[\\[rule\\]\\]"):
+        parse_pricing_toml("currency='USD'\n", default_currency="USD")
+    with pytest.raises(ValueError, match="not a date"):
+        parse_pricing_toml('[[rule]]\nmodel="x"\ninput_per_1m=1\nfrom="soon"\n', default_currency="USD")
+    with pytest.raises(ValueError, match="rule 1: energy"):
+        parse_pricing_toml('[[rule]]\nmodel="x"\nwatts=1\n', default_currency="USD")
+
+
+prices = st.decimals(min_value=0, max_value=100_000, places=4, allow_nan=False, allow_infinity=False)
+counts = st.integers(min_value=0, max_value=10_000_000)
+nanos = st.integers(min_value=0, max_value=10**13)
+
+
+@given(prices, prices, prices, prices, prices, prices, counts, counts, nanos, nanos, nanos, st.booleans())
+def test_parts_are_exact_rounded_and_sum_to_total(
+    inp: Decimal, out: Decimal, gpu: Decimal, watts: Decimal, kwh: Decimal, fee: Decimal,
+    n_in: int, n_out: int, pe: int, ev: int, load: int, charge_load: bool,
+) -> None:
+    r = rule(input_per_1m=inp, output_per_1m=out, gpu_hour=gpu, watts=watts, kwh_price=kwh,
+             fee_per_1m=fee, charge_load=charge_load)
+    usage = Usage(n_in, n_out, pe, ev, load)
+    cost = compute_cost(r, usage, currency="USD")
+    busy = pe + ev + (load if charge_load else 0)
+    exact_tokens = (n_in * inp + n_out * out) / 1_000_000
+    assert abs(D(cost.tokens) - exact_tokens * 1_000_000) <= D("0.5")
+    assert abs(D(cost.compute) - D(busy) * gpu / 3_600_000_000_000 * 1_000_000) <= D("0.5")
+    assert cost.total == cost.tokens + cost.compute + cost.energy + cost.fee
+    assert min(cost.tokens, cost.compute, cost.energy, cost.fee) >= 0
+    assert all(isinstance(v, int) for v in (cost.tokens, cost.compute, cost.energy, cost.fee))
+
+
+@given(st.lists(st.sampled_from(["*", "llama*", "llama3.1:*", "llama3.1:8b", "*:8b", "l?ama3.1:8b"]), min_size=1, max_size=6), st.randoms())
+def test_rule_choice_does_not_depend_on_order(patterns: list[str], rnd) -> None:  # type: ignore[no-untyped-def]
+    rules = [rule(p, id=i + 1) for i, p in enumerate(patterns)]
+    chosen = select_rule(rules, "llama3.1:8b", date(2026, 1, 1))
+    shuffled = list(rules)
+    rnd.shuffle(shuffled)
+    assert select_rule(shuffled, "llama3.1:8b", date(2026, 1, 1)) == chosen
