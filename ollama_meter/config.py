@@ -35,7 +35,7 @@ def normalize_host(value: str) -> str:
     Mirrors how the Ollama CLI reads the variable: scheme defaults to http and
     the port to 11434 (443 for https when no port is given).
     """
-    raw = value.strip().rstrip("/")
+    raw = value.strip()
     if not raw:
         raise ValueError("is empty; expected a URL such as http://127.0.0.1:11434")
     if "://" not in raw:
@@ -52,7 +52,7 @@ def normalize_host(value: str) -> str:
     host = parts.hostname
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
-    return f"{parts.scheme}://{host}:{port}{parts.path}"
+    return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
 
 
 def system_timezone() -> str:

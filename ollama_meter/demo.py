@@ -18,10 +18,12 @@ from ollama_meter.meter import Attribution, Meter, utc_now
 from ollama_meter.pricing import PriceRule
 from ollama_meter.testing import Fault, OllamaEmulator
 
-DEMO_CALLS = 300
-
 TEAMS = {
-    "acme": {"sales": ["alice", "bob"], "support": ["carol", "dan"], "engineering": ["erin", "frank"]},
+    "acme": {
+        "sales": ["alice", "bob"],
+        "support": ["carol", "dan"],
+        "engineering": ["erin", "frank"],
+    },
     "globex": {"research": ["grace", "heidi"], "marketing": ["ivan"]},
 }
 MODELS = ["llama3.1:8b", "llama3.1:8b", "qwen2.5:7b", "mistral:7b"]
@@ -40,12 +42,28 @@ PROMPTS = [
 def demo_prices(currency: str) -> list[PriceRule]:
     """On-prem compute and energy for the local models, a token price for one of them."""
     return [
-        PriceRule(pattern="llama3.1:*", currency=currency, gpu_hour=Decimal("2.40"),
-                  watts=Decimal(350), kwh_price=Decimal("0.30"), source="demo"),
-        PriceRule(pattern="qwen2.5:*", currency=currency, input_per_1m=Decimal("0.20"),
-                  output_per_1m=Decimal("0.80"), source="demo"),
-        PriceRule(pattern="mistral:*", currency=currency, gpu_hour=Decimal("1.80"),
-                  charge_load=True, source="demo"),
+        PriceRule(
+            pattern="llama3.1:*",
+            currency=currency,
+            gpu_hour=Decimal("2.40"),
+            watts=Decimal(350),
+            kwh_price=Decimal("0.30"),
+            source="demo",
+        ),
+        PriceRule(
+            pattern="qwen2.5:*",
+            currency=currency,
+            input_per_1m=Decimal("0.20"),
+            output_per_1m=Decimal("0.80"),
+            source="demo",
+        ),
+        PriceRule(
+            pattern="mistral:*",
+            currency=currency,
+            gpu_hour=Decimal("1.80"),
+            charge_load=True,
+            source="demo",
+        ),
     ]
 
 
@@ -68,7 +86,9 @@ class _Clock:
         return self.now
 
 
-def run_demo(cfg: Settings, *, calls: int, progress: Callable[[], None], seed: int = 7) -> DemoSummary:
+def run_demo(
+    cfg: Settings, *, calls: int, progress: Callable[[], None], seed: int = 7
+) -> DemoSummary:
     """Send ``calls`` metered chats to a fresh emulator, recording into ``cfg``'s ledger."""
     rng = random.Random(seed)
     end = utc_now()

@@ -58,8 +58,18 @@ def postgres_server() -> Iterator[str | None]:
             capture_output=True,
         )
         subprocess.run(
-            [*prefix, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-             f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+            [
+                *prefix,
+                pg_ctl,
+                "-D",
+                str(data),
+                "-l",
+                str(root / "log"),
+                "-w",
+                "-o",
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "start",
+            ],
             check=True,
             capture_output=True,
         )
@@ -70,6 +80,10 @@ def postgres_server() -> Iterator[str | None]:
     try:
         yield f"postgresql+psycopg://ometer@127.0.0.1:{port}"
     finally:
-        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run(
+            [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+            check=False,
+            capture_output=True,
+        )
         time.sleep(0.1)
         shutil.rmtree(root, ignore_errors=True)

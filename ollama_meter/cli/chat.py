@@ -9,7 +9,16 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from ollama_meter.cli._common import DbOption, DeptOption, TenantOption, err, money, ms, out, settings
+from ollama_meter.cli._common import (
+    DbOption,
+    DeptOption,
+    TenantOption,
+    err,
+    money,
+    ms,
+    out,
+    settings,
+)
 from ollama_meter.errors import UpstreamError, ValidationError
 from ollama_meter.meter import Attribution, Meter, SpanRecord, TokenSource
 from ollama_meter.pricing import format_micros
@@ -21,7 +30,9 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise ValidationError(f"--option {pair!r} is not key=value, e.g. --option temperature=0.2")
+            raise ValidationError(
+                f"--option {pair!r} is not key=value, e.g. --option temperature=0.2"
+            )
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -114,18 +125,29 @@ def chat(
         str | None,
         typer.Argument(help="The prompt. Read from stdin when piped; interactive when omitted."),
     ] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="Ollama model, e.g. llama3.1:8b.")] = "llama3.1:8b",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Ollama model, e.g. llama3.1:8b.")
+    ] = "llama3.1:8b",
     dept: DeptOption = None,
     tenant: TenantOption = None,
-    user: Annotated[str | None, typer.Option("--user", "-u", help="User to attribute the call to.")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", "-u", help="User to attribute the call to.")
+    ] = None,
     system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt.")] = None,
-    no_stream: Annotated[bool, typer.Option("--no-stream", help="Wait for the whole reply.")] = False,
+    no_stream: Annotated[
+        bool, typer.Option("--no-stream", help="Wait for the whole reply.")
+    ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object: reply, tokens, cost, durations, span id.")
+        bool,
+        typer.Option(
+            "--json", help="Print one JSON object: reply, tokens, cost, durations, span id."
+        ),
     ] = False,
     option: Annotated[
         list[str] | None,
-        typer.Option("--option", "-o", help="Ollama option key=value (repeatable), e.g. temperature=0.2."),
+        typer.Option(
+            "--option", "-o", help="Ollama option key=value (repeatable), e.g. temperature=0.2."
+        ),
     ] = None,
     db: DbOption = None,
 ) -> None:
@@ -168,8 +190,10 @@ def _interactive(
     as_json: bool,
 ) -> None:
     """A conversation kept for the session; every turn is its own metered call."""
-    err.print(f"[dim]chatting with {model} as {attribution.tenant}/{attribution.department}; "
-              "/reset clears the history, /exit or Ctrl-D leaves[/]")
+    err.print(
+        f"[dim]chatting with {model} as {attribution.tenant}/{attribution.department}; "
+        "/reset clears the history, /exit or Ctrl-D leaves[/]"
+    )
     while True:
         try:
             line = err.input("[bold cyan]you>[/] ").strip()

@@ -10,29 +10,41 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from ollama_meter.cli._common import err, out, settings
 from ollama_meter.cli.report import render_table
 from ollama_meter.config import default_data_dir
-from ollama_meter.demo import DEMO_CALLS, run_demo
-from ollama_meter.ledger import open_ledger
+from ollama_meter.ledger import close_ledger, open_ledger
 from ollama_meter.meter import utc_now
 from ollama_meter.reports import parse_period, spend_report
 
+DEMO_CALLS = 300
+
 
 def demo(
-    calls: Annotated[int, typer.Option("--calls", min=1, max=5000, help="How many calls to send.")] = DEMO_CALLS,
+    calls: Annotated[
+        int, typer.Option("--calls", min=1, max=5000, help="How many calls to send.")
+    ] = DEMO_CALLS,
     db: Annotated[
         str | None,
-        typer.Option("--db", help="Ledger URL to fill (default: a separate demo ledger, recreated)."),
+        typer.Option(
+            "--db", help="Ledger URL to fill (default: a separate demo ledger, recreated)."
+        ),
     ] = None,
 ) -> None:
     """Start an Ollama emulator, meter a month of realistic traffic, and show the report."""
+    from ollama_meter.demo import run_demo  # loads the emulator only when asked
+
     path = default_data_dir() / "demo.db"
     if db is None:
+        close_ledger(f"sqlite:///{path}")
         path.unlink(missing_ok=True)
         for suffix in ("-wal", "-shm"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
     url = db or f"sqlite:///{path}"
     cfg = settings(db_url=url)
     with Progress(
-        TextColumn("metering demo calls"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
+        TextColumn("metering demo calls"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
     ) as bar:
         task = bar.add_task("demo", total=calls)
         summary = run_demo(cfg, calls=calls, progress=lambda: bar.advance(task))
@@ -50,5 +62,5 @@ def demo(
         f"  ometer report {flag} --since {summary.first_day} --by department,day\n"
         f"  ometer report {flag} --period month --by model --format csv\n"
         f"  ometer pricing list {flag}\n"
-        "then point OLLAMA_HOST at your Ollama and run `ometer chat -m llama3.1:8b \"hello\"`."
+        'then point OLLAMA_HOST at your Ollama and run `ometer chat -m llama3.1:8b "hello"`.'
     )

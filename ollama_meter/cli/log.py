@@ -28,7 +28,9 @@ _STATUS_STYLE = {Status.OK: "green", Status.ERROR: "red", Status.REJECTED: "yell
 
 
 def log(
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100_000, help="How many spans.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, max=100_000, help="How many spans.")
+    ] = 20,
     dept: DeptOption = None,
     tenant: TenantOption = None,
     model: ModelFilter = None,
@@ -43,18 +45,38 @@ def log(
     cfg = settings(db_url=db)
     ledger = open_ledger(cfg.ledger_url)
     where = SpanFilter(
-        tenant=tenant, department=dept, model=model, status=status.value if status else None, user=user
+        tenant=tenant,
+        department=dept,
+        model=model,
+        status=status.value if status else None,
+        user=user,
     )
     spans = ledger.latest(where, limit)
     if as_json:
-        out.file.write(json.dumps([span_to_dict(s) for s in spans], indent=2, ensure_ascii=False) + "\n")
+        out.file.write(
+            json.dumps([span_to_dict(s) for s in spans], indent=2, ensure_ascii=False) + "\n"
+        )
         return
     if not spans:
         out.print("no spans yet; run `ometer chat ...` or `ometer demo`")
         return
     table = Table(title=f"latest {len(spans)} span(s) · {cfg.timezone}", title_justify="left")
-    for name in ("time", "tenant", "dept", "user", "model", "op", "status", "in", "out", "cost", "latency"):
-        table.add_column(name, justify="right" if name in ("in", "out", "cost", "latency") else "left")
+    for name in (
+        "time",
+        "tenant",
+        "dept",
+        "user",
+        "model",
+        "op",
+        "status",
+        "in",
+        "out",
+        "cost",
+        "latency",
+    ):
+        table.add_column(
+            name, justify="right" if name in ("in", "out", "cost", "latency") else "left"
+        )
     for span in spans:
         approx = "~" if span.token_source == TokenSource.ESTIMATED else ""
         status_text = span.status if span.error_type is None else f"{span.status}:{span.error_type}"

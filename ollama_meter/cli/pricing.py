@@ -6,7 +6,7 @@ import json
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -16,7 +16,13 @@ from ollama_meter.cli._common import DbOption, JsonFlag, err, money, out, settin
 from ollama_meter.errors import PricingError, ValidationError
 from ollama_meter.ledger import SpanFilter, open_ledger
 from ollama_meter.meter import PriceSource, reprice
-from ollama_meter.pricing import PRICE_FIELDS, PriceRule, parse_amount, parse_pricing_toml, sort_rules
+from ollama_meter.pricing import (
+    PRICE_FIELDS,
+    PriceRule,
+    parse_amount,
+    parse_pricing_toml,
+    sort_rules,
+)
 from ollama_meter.reports import local_midnight, parse_day
 
 app = typer.Typer(help="Price rules: what calls to each model cost.", no_args_is_help=True)
@@ -34,17 +40,39 @@ def _amount(value: str | None, flag: str) -> Decimal | None:
 @app.command("set")
 def set_rule(
     pattern: Annotated[str, typer.Argument(help="Model name or glob, e.g. 'llama3.1:*' or '*'.")],
-    input_per_1m: Annotated[str | None, typer.Option("--input-per-1m", help="Price per 1M input tokens.")] = None,
-    output_per_1m: Annotated[str | None, typer.Option("--output-per-1m", help="Price per 1M output tokens.")] = None,
-    gpu_hour: Annotated[str | None, typer.Option("--gpu-hour", help="Price per GPU-hour of Ollama busy time.")] = None,
-    watts: Annotated[str | None, typer.Option("--watts", help="Average power draw while busy (W).")] = None,
-    kwh_price: Annotated[str | None, typer.Option("--kwh-price", help="Electricity price per kWh.")] = None,
-    per_request: Annotated[str | None, typer.Option("--per-request", help="Fee per request.")] = None,
-    fee_per_1m: Annotated[str | None, typer.Option("--fee-per-1m", help="Fee per 1M tokens (in + out).")] = None,
-    charge_load: Annotated[bool, typer.Option("--charge-load", help="Also charge model load time.")] = False,
-    currency: Annotated[str | None, typer.Option("--currency", help="ISO currency (default OMETER_CURRENCY).")] = None,
-    start: Annotated[str | None, typer.Option("--from", help="In force from this local date (YYYY-MM-DD).")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="In force until this local date, exclusive.")] = None,
+    input_per_1m: Annotated[
+        str | None, typer.Option("--input-per-1m", help="Price per 1M input tokens.")
+    ] = None,
+    output_per_1m: Annotated[
+        str | None, typer.Option("--output-per-1m", help="Price per 1M output tokens.")
+    ] = None,
+    gpu_hour: Annotated[
+        str | None, typer.Option("--gpu-hour", help="Price per GPU-hour of Ollama busy time.")
+    ] = None,
+    watts: Annotated[
+        str | None, typer.Option("--watts", help="Average power draw while busy (W).")
+    ] = None,
+    kwh_price: Annotated[
+        str | None, typer.Option("--kwh-price", help="Electricity price per kWh.")
+    ] = None,
+    per_request: Annotated[
+        str | None, typer.Option("--per-request", help="Fee per request.")
+    ] = None,
+    fee_per_1m: Annotated[
+        str | None, typer.Option("--fee-per-1m", help="Fee per 1M tokens (in + out).")
+    ] = None,
+    charge_load: Annotated[
+        bool, typer.Option("--charge-load", help="Also charge model load time.")
+    ] = False,
+    currency: Annotated[
+        str | None, typer.Option("--currency", help="ISO currency (default OMETER_CURRENCY).")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option("--from", help="In force from this local date (YYYY-MM-DD).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="In force until this local date, exclusive.")
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Add a price rule. The most specific pattern wins; a later --from supersedes."""
@@ -58,7 +86,9 @@ def set_rule(
         "per_request": per_request,
         "fee_per_1m": fee_per_1m,
     }
-    prices = {name: _amount(value, "--" + name.replace("_", "-")) for name, value in given.items()}
+    prices: dict[str, Any] = {
+        name: _amount(value, "--" + name.replace("_", "-")) for name, value in given.items()
+    }
     try:
         rule = PriceRule(
             pattern=pattern,
@@ -72,13 +102,20 @@ def set_rule(
         raise ValidationError(str(exc)) from None
     saved = open_ledger(cfg.ledger_url).add_price_rule(rule)
     parts = ", ".join(f"{name} {value}" for name, value in saved.prices().items())
-    out.print(f"rule {saved.id}: {saved.pattern} → {parts} {saved.currency}" + (
-        f" from {saved.effective_from}" if saved.effective_from else ""))
+    out.print(
+        f"rule {saved.id}: {saved.pattern} → {parts} {saved.currency}"
+        + (f" from {saved.effective_from}" if saved.effective_from else "")
+    )
 
 
 def rule_to_dict(rule: PriceRule) -> dict[str, object]:
     data: dict[str, object] = {"id": rule.id, "pattern": rule.pattern, "currency": rule.currency}
-    data.update({name: (f"{v:f}" if (v := getattr(rule, name)) is not None else None) for name in PRICE_FIELDS})
+    data.update(
+        {
+            name: (f"{v:f}" if (v := getattr(rule, name)) is not None else None)
+            for name in PRICE_FIELDS
+        }
+    )
     data.update(
         charge_load=rule.charge_load,
         effective_from=rule.effective_from.isoformat() if rule.effective_from else None,
@@ -97,24 +134,42 @@ def list_rules(as_json: JsonFlag = False, db: DbOption = None) -> None:
         out.file.write(json.dumps([rule_to_dict(r) for r in rules], indent=2) + "\n")
         return
     if not rules:
-        out.print("no price rules: every call is unpriced. Add one with `ometer pricing set 'MODEL*' ...`")
+        out.print(
+            "no price rules: every call is unpriced. Add one with `ometer pricing set 'MODEL*' ...`"
+        )
         return
     table = Table(title="price rules", title_justify="left")
-    for name in ("id", "pattern", "currency", *PRICE_FIELDS, "charge_load", "from", "until", "source"):
+    for name in (
+        "id",
+        "pattern",
+        "currency",
+        *PRICE_FIELDS,
+        "charge_load",
+        "from",
+        "until",
+        "source",
+    ):
         table.add_column(name.replace("_", " "))
     for rule in rules:
         row = rule_to_dict(rule)
         table.add_row(
-            str(rule.id), rule.pattern, rule.currency,
+            str(rule.id),
+            rule.pattern,
+            rule.currency,
             *[str(row[name] or "") for name in PRICE_FIELDS],
             "yes" if rule.charge_load else "",
-            str(row["effective_from"] or ""), str(row["effective_until"] or ""), rule.source,
+            str(row["effective_from"] or ""),
+            str(row["effective_until"] or ""),
+            rule.source,
         )
     out.print(table)
 
 
 @app.command("rm")
-def remove_rule(rule_id: Annotated[int, typer.Argument(help="Rule id from `ometer pricing list`.")], db: DbOption = None) -> None:
+def remove_rule(
+    rule_id: Annotated[int, typer.Argument(help="Rule id from `ometer pricing list`.")],
+    db: DbOption = None,
+) -> None:
     """Remove a price rule. Spans already priced keep their cost until `ometer reprice`."""
     cfg = settings(db_url=db)
     open_ledger(cfg.ledger_url).remove_price_rule(rule_id)
@@ -123,13 +178,17 @@ def remove_rule(rule_id: Annotated[int, typer.Argument(help="Rule id from `omete
 
 @app.command("import")
 def import_rules(
-    file: Annotated[Path, typer.Argument(help="TOML file with [[rule]] tables.", exists=True, dir_okay=False)],
+    file: Annotated[
+        Path, typer.Argument(help="TOML file with [[rule]] tables.", exists=True, dir_okay=False)
+    ],
     db: DbOption = None,
 ) -> None:
     """Add every rule in a TOML file (see README for the format)."""
     cfg = settings(db_url=db)
     try:
-        rules = parse_pricing_toml(file.read_text(encoding="utf-8"), default_currency=cfg.currency, source="cli")
+        rules = parse_pricing_toml(
+            file.read_text(encoding="utf-8"), default_currency=cfg.currency, source="cli"
+        )
     except (ValueError, UnicodeDecodeError) as exc:
         raise PricingError(f"{file}: {exc}") from None
     ledger = open_ledger(cfg.ledger_url)
@@ -139,8 +198,12 @@ def import_rules(
 
 
 def reprice_command(
-    since: Annotated[str, typer.Option("--since", help="Re-price spans from this local date (YYYY-MM-DD).")],
-    until: Annotated[str | None, typer.Option("--until", help="Through this local date (inclusive).")] = None,
+    since: Annotated[
+        str, typer.Option("--since", help="Re-price spans from this local date (YYYY-MM-DD).")
+    ],
+    until: Annotated[
+        str | None, typer.Option("--until", help="Through this local date (inclusive).")
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Recompute recorded costs with today's price rules and say how much moved."""
@@ -153,11 +216,17 @@ def reprice_command(
     total = ledger.count(SpanFilter(since=start, until=end))
     book = PriceSource(ledger, settings=cfg)()
     with Progress(
-        TextColumn("re-pricing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err, transient=True,
+        TextColumn("re-pricing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
     ) as bar:
         task = bar.add_task("reprice", total=total)
-        summary = reprice(ledger, book, since=start, until=end, progress=lambda n: bar.advance(task, n))
+        summary = reprice(
+            ledger, book, since=start, until=end, progress=lambda n: bar.advance(task, n)
+        )
     out.print(f"examined {summary.examined} span(s) since {since}; {summary.changed} changed")
     for currency, delta in summary.delta().items():
         sign = "+" if delta >= 0 else "-"

@@ -43,10 +43,18 @@ class Format(StrEnum):
 
 
 def report(
-    period: Annotated[str | None, typer.Option("--period", "-p", help=f"{PERIOD_HELP} (default: month).")] = None,
-    since: Annotated[str | None, typer.Option("--since", help="From this local date (YYYY-MM-DD).")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="Through this local date (YYYY-MM-DD).")] = None,
-    by: Annotated[str, typer.Option("--by", "-b", help=f"Group by any of: {', '.join(BY_CHOICES)}.")] = "department",
+    period: Annotated[
+        str | None, typer.Option("--period", "-p", help=f"{PERIOD_HELP} (default: month).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="From this local date (YYYY-MM-DD).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Through this local date (YYYY-MM-DD).")
+    ] = None,
+    by: Annotated[
+        str, typer.Option("--by", "-b", help=f"Group by any of: {', '.join(BY_CHOICES)}.")
+    ] = "department",
     tenant: TenantOption = None,
     dept: DeptOption = None,
     model: ModelFilter = None,
@@ -65,7 +73,13 @@ def report(
         window = parse_period(period or "month", tz=cfg.tz, now=now)
     columns = parse_by(by)
     result = spend_report(
-        open_ledger(cfg.ledger_url), window, columns, tz=cfg.tz, tenant=tenant, department=dept, model=model
+        open_ledger(cfg.ledger_url),
+        window,
+        columns,
+        tz=cfg.tz,
+        tenant=tenant,
+        department=dept,
+        model=model,
     )
     if fmt is Format.CSV:
         write_output(to_csv(result.columns, result.rows), out_file)

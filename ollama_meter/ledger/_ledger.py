@@ -142,3 +142,11 @@ def open_ledger(url: str) -> Ledger:
         if ledger is None:
             ledger = _shared[url] = Ledger(url)
         return ledger
+
+
+def close_ledger(url: str) -> None:
+    """Dispose of the process-wide ledger for ``url``, e.g. before its file is replaced."""
+    with _shared_lock:
+        ledger = _shared.pop(url, None)
+    if ledger is not None:
+        ledger.dispose()

@@ -32,19 +32,28 @@ class GroupCommitWriter:
         self._sink = sink
         self._max_batch = max_batch
         self._queue: list[_Ticket] = []
-        self._queue_lock = threading.Lock()
-        self._commit_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._committing = False
 
     def write(self, span: SpanRecord) -> None:
         """Commit ``span`` (with whatever else is waiting); raises if the commit failed."""
         ticket = _Ticket(span)
-        with self._queue_lock:
+        with self._cond:
             self._queue.append(ticket)
-        while not ticket.done:
-            with self._commit_lock:
-                if ticket.done:
-                    break
-                with self._queue_lock:
+            # Wait while another thread commits; it may well take our span along.
+            while self._committing and not ticket.done:
+                self._cond.wait()
+            if ticket.done:
+                leader = False
+            else:
+                leader = self._committing = True
+        if not leader:
+            if ticket.error is not None:
+                raise ticket.error
+            return
+        try:
+            while not ticket.done:
+                with self._cond:
                     batch = self._queue[: self._max_batch]
                     del self._queue[: self._max_batch]
                 error: BaseException | None = None
@@ -52,8 +61,13 @@ class GroupCommitWriter:
                     self._sink.record([t.span for t in batch])
                 except BaseException as exc:  # every waiter must learn the outcome
                     error = exc
-                for waiting in batch:
-                    waiting.error = error
-                    waiting.done = True
+                with self._cond:
+                    for waiting in batch:
+                        waiting.error = error
+                        waiting.done = True
+        finally:
+            with self._cond:
+                self._committing = False
+                self._cond.notify_all()
         if ticket.error is not None:
             raise ticket.error

@@ -28,7 +28,10 @@ D = Decimal
 
 def rule(pattern: str = "*", **kw: object) -> PriceRule:
     kw.setdefault("currency", "USD")
-    if not any(k in kw for k in ("input_per_1m", "output_per_1m", "gpu_hour", "watts", "per_request", "fee_per_1m")):
+    if not any(
+        k in kw
+        for k in ("input_per_1m", "output_per_1m", "gpu_hour", "watts", "per_request", "fee_per_1m")
+    ):
         kw["input_per_1m"] = D(1)
     return PriceRule(pattern=pattern, **kw)  # type: ignore[arg-type]
 
@@ -61,7 +64,9 @@ def test_energy_is_watts_times_busy_hours_times_kwh_price() -> None:
 
 def test_fees_apply_only_when_ollama_answered() -> None:
     fees = rule(per_request=D("0.002"), fee_per_1m=D("0.50"))
-    answered = compute_cost(fees, Usage(input_tokens=600_000, output_tokens=400_000), currency="USD")
+    answered = compute_cost(
+        fees, Usage(input_tokens=600_000, output_tokens=400_000), currency="USD"
+    )
     assert answered.fee == 2000 + 500_000
     refused = compute_cost(fees, Usage(answered=False), currency="USD")
     assert refused.fee == 0
@@ -84,7 +89,12 @@ def test_no_rule_is_zero_and_unpriced() -> None:
     ],
 )
 def test_most_specific_rule_wins(model: str, expected: str) -> None:
-    rules = [rule("*", id=1), rule("llama3.1:*", id=2), rule("llama3.1:8b", id=3), rule("llama*", id=4)]
+    rules = [
+        rule("*", id=1),
+        rule("llama3.1:*", id=2),
+        rule("llama3.1:8b", id=3),
+        rule("llama*", id=4),
+    ]
     chosen = select_rule(rules, model, date(2026, 11, 1))
     assert chosen is not None and chosen.pattern == expected
 
@@ -106,7 +116,10 @@ def test_price_book_reads_dates_in_the_configured_zone() -> None:
     # 16:00 UTC on the 14th is already the 15th in Tokyo
     assert book.rule_for("m", datetime(2026, 11, 14, 16, tzinfo=UTC)) is new
     assert book.rule_for("m", datetime(2026, 11, 14, 14, tzinfo=UTC)) is old
-    assert book.cost("m", datetime(2026, 11, 14, 16, tzinfo=UTC), Usage(input_tokens=1_000_000)).total == 2_000_000
+    assert (
+        book.cost("m", datetime(2026, 11, 14, 16, tzinfo=UTC), Usage(input_tokens=1_000_000)).total
+        == 2_000_000
+    )
 
 
 @pytest.mark.parametrize(
@@ -115,7 +128,15 @@ def test_price_book_reads_dates_in_the_configured_zone() -> None:
         ({"currency": "USD"}, "sets no price"),
         ({"currency": "USD", "watts": D(300)}, "both --watts and --kwh-price"),
         ({"currency": "USD", "input_per_1m": D(-1)}, "non-negative"),
-        ({"currency": "USD", "input_per_1m": D(1), "effective_from": date(2026, 2, 1), "effective_until": date(2026, 1, 1)}, "after its start"),
+        (
+            {
+                "currency": "USD",
+                "input_per_1m": D(1),
+                "effective_from": date(2026, 2, 1),
+                "effective_until": date(2026, 1, 1),
+            },
+            "after its start",
+        ),
     ],
 )
 def test_invalid_rules_say_why(kwargs: dict[str, object], message: str) -> None:
@@ -169,23 +190,57 @@ currency = "usd"
     with pytest.raises(ValueError, match="no \\[\\[rule\\]\\]"):
         parse_pricing_toml("currency='USD'\n", default_currency="USD")
     with pytest.raises(ValueError, match="not a date"):
-        parse_pricing_toml('[[rule]]\nmodel="x"\ninput_per_1m=1\nfrom="soon"\n', default_currency="USD")
+        parse_pricing_toml(
+            '[[rule]]\nmodel="x"\ninput_per_1m=1\nfrom="soon"\n', default_currency="USD"
+        )
     with pytest.raises(ValueError, match="rule 1: energy"):
         parse_pricing_toml('[[rule]]\nmodel="x"\nwatts=1\n', default_currency="USD")
 
 
-prices = st.decimals(min_value=0, max_value=100_000, places=4, allow_nan=False, allow_infinity=False)
+prices = st.decimals(
+    min_value=0, max_value=100_000, places=4, allow_nan=False, allow_infinity=False
+)
 counts = st.integers(min_value=0, max_value=10_000_000)
 nanos = st.integers(min_value=0, max_value=10**13)
 
 
-@given(prices, prices, prices, prices, prices, prices, counts, counts, nanos, nanos, nanos, st.booleans())
+@given(
+    prices,
+    prices,
+    prices,
+    prices,
+    prices,
+    prices,
+    counts,
+    counts,
+    nanos,
+    nanos,
+    nanos,
+    st.booleans(),
+)
 def test_parts_are_exact_rounded_and_sum_to_total(
-    inp: Decimal, out: Decimal, gpu: Decimal, watts: Decimal, kwh: Decimal, fee: Decimal,
-    n_in: int, n_out: int, pe: int, ev: int, load: int, charge_load: bool,
+    inp: Decimal,
+    out: Decimal,
+    gpu: Decimal,
+    watts: Decimal,
+    kwh: Decimal,
+    fee: Decimal,
+    n_in: int,
+    n_out: int,
+    pe: int,
+    ev: int,
+    load: int,
+    charge_load: bool,
 ) -> None:
-    r = rule(input_per_1m=inp, output_per_1m=out, gpu_hour=gpu, watts=watts, kwh_price=kwh,
-             fee_per_1m=fee, charge_load=charge_load)
+    r = rule(
+        input_per_1m=inp,
+        output_per_1m=out,
+        gpu_hour=gpu,
+        watts=watts,
+        kwh_price=kwh,
+        fee_per_1m=fee,
+        charge_load=charge_load,
+    )
     usage = Usage(n_in, n_out, pe, ev, load)
     cost = compute_cost(r, usage, currency="USD")
     busy = pe + ev + (load if charge_load else 0)
@@ -197,7 +252,14 @@ def test_parts_are_exact_rounded_and_sum_to_total(
     assert all(isinstance(v, int) for v in (cost.tokens, cost.compute, cost.energy, cost.fee))
 
 
-@given(st.lists(st.sampled_from(["*", "llama*", "llama3.1:*", "llama3.1:8b", "*:8b", "l?ama3.1:8b"]), min_size=1, max_size=6), st.randoms())
+@given(
+    st.lists(
+        st.sampled_from(["*", "llama*", "llama3.1:*", "llama3.1:8b", "*:8b", "l?ama3.1:8b"]),
+        min_size=1,
+        max_size=6,
+    ),
+    st.randoms(),
+)
 def test_rule_choice_does_not_depend_on_order(patterns: list[str], rnd) -> None:  # type: ignore[no-untyped-def]
     rules = [rule(p, id=i + 1) for i, p in enumerate(patterns)]
     chosen = select_rule(rules, "llama3.1:8b", date(2026, 1, 1))

@@ -1,0 +1,56 @@
+"""A stand-in Ollama server for tests and the demo, speaking the real REST API.
+
+Owns the public face of the emulator: :class:`OllamaEmulator` (the server),
+:class:`EmulatedModel` and :data:`DEFAULT_MODELS` (what it has "pulled"),
+:class:`Fault` (run-time misbehaviour), and the pure helpers that say in advance
+what it will answer (:func:`expected_reply`, :func:`expected_counts`,
+:func:`expected_embedding`) or give an address where nothing answers
+(:func:`unreachable_url`, :func:`unused_port`).
+
+Typical use::
+
+    with OllamaEmulator() as emu:
+        client = ollama.Client(host=emu.url)
+        emu.inject(Fault.HTTP_503, times=2)
+        ...
+
+Run ``python -m ollama_meter.testing`` to serve it in the foreground.
+"""
+
+from ollama_meter.testing._emulator import (
+    HANG_LIMIT_S,
+    OLLAMA_VERSION,
+    Fault,
+    OllamaEmulator,
+    RecordedRequest,
+    unreachable_url,
+    unused_port,
+)
+from ollama_meter.testing._models import (
+    DEFAULT_MODELS,
+    OVERHEAD_NS,
+    WARM_LOAD_NS,
+    EmulatedModel,
+    ExpectedReply,
+    expected_counts,
+    expected_embedding,
+    expected_reply,
+)
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "HANG_LIMIT_S",
+    "OLLAMA_VERSION",
+    "OVERHEAD_NS",
+    "WARM_LOAD_NS",
+    "EmulatedModel",
+    "ExpectedReply",
+    "Fault",
+    "OllamaEmulator",
+    "RecordedRequest",
+    "expected_counts",
+    "expected_embedding",
+    "expected_reply",
+    "unreachable_url",
+    "unused_port",
+]

@@ -1,0 +1,340 @@
+"""The emulated models and the pure arithmetic behind every reply the emulator gives.
+
+Owns :class:`EmulatedModel`, :data:`DEFAULT_MODELS`, model-name resolution and the
+deterministic functions that turn a prompt into reply words, token counts, durations
+and embedding vectors. Nothing here touches a socket, so tests can compute exactly
+what the emulator will answer (:func:`expected_reply`, :func:`expected_counts`,
+:func:`expected_embedding`) without calling it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+WARM_LOAD_NS = 2_000_000
+"""``load_duration`` reported when the model is already loaded (warm)."""
+
+OVERHEAD_NS = 500_000
+"""Fixed per-request overhead added to ``total_duration`` (templating, sampling setup)."""
+
+MIN_REPLY_TOKENS = 8
+MAX_REPLY_TOKENS = 40
+
+# Plain words so replies read as text, and each word is exactly one emulated token.
+_VOCABULARY = (
+    "the", "model", "answer", "is", "clear", "and", "simple", "because", "data",
+    "shows", "a", "steady", "trend", "over", "time", "we", "can", "see", "that",
+    "each", "request", "uses", "tokens", "to", "build", "reply", "in", "short",
+    "steps", "so", "cost", "stays", "low", "while", "quality", "remains", "high",
+    "for", "most", "teams", "this", "means", "faster", "work", "with", "fewer",
+    "errors", "overall", "local", "servers", "handle", "load", "well", "today",
+    "users", "get", "useful", "results", "quickly", "every", "day", "it", "helps",
+    "plan",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EmulatedModel:
+    """One model the emulator has "pulled": its metadata and its deterministic speed.
+
+    ``load_ns`` is the cold ``load_duration``; ``prompt_ns_per_token`` and
+    ``eval_ns_per_token`` scale ``prompt_eval_duration`` and ``eval_duration``.
+    ``reply_tokens`` fixes the reply length (else it derives from the prompt).
+    Embedding models refuse chat and generate, as Ollama does.
+    """
+
+    name: str
+    family: str
+    parameter_size: str
+    quantization_level: str
+    size: int
+    load_ns: int
+    prompt_ns_per_token: int
+    eval_ns_per_token: int
+    embedding: bool = False
+    reply_tokens: int | None = None
+    embedding_dim: int = 768
+    context_length: int = 4096
+
+    @property
+    def digest(self) -> str:
+        """A stable sha256-looking digest, as /api/tags reports."""
+        return hashlib.sha256(f"emulated:{self.name}".encode()).hexdigest()
+
+
+DEFAULT_MODELS: tuple[EmulatedModel, ...] = (
+    EmulatedModel(
+        name="llama3.1:8b",
+        family="llama",
+        parameter_size="8.0B",
+        quantization_level="Q4_K_M",
+        size=4_920_753_328,
+        load_ns=1_200_000_000,
+        prompt_ns_per_token=1_000_000,
+        eval_ns_per_token=20_000_000,
+        embedding_dim=4096,
+        context_length=131_072,
+    ),
+    EmulatedModel(
+        name="qwen2.5:7b",
+        family="qwen2",
+        parameter_size="7.6B",
+        quantization_level="Q4_K_M",
+        size=4_683_087_332,
+        load_ns=1_100_000_000,
+        prompt_ns_per_token=900_000,
+        eval_ns_per_token=18_000_000,
+        embedding_dim=3584,
+        context_length=32_768,
+    ),
+    EmulatedModel(
+        name="mistral:7b",
+        family="llama",
+        parameter_size="7.2B",
+        quantization_level="Q4_0",
+        size=4_113_301_824,
+        load_ns=1_000_000_000,
+        prompt_ns_per_token=800_000,
+        eval_ns_per_token=16_000_000,
+        embedding_dim=4096,
+        context_length=32_768,
+    ),
+    EmulatedModel(
+        name="nomic-embed-text:latest",
+        family="nomic-bert",
+        parameter_size="137M",
+        quantization_level="F16",
+        size=274_302_450,
+        load_ns=300_000_000,
+        prompt_ns_per_token=100_000,
+        eval_ns_per_token=0,
+        embedding=True,
+        embedding_dim=768,
+        context_length=2048,
+    ),
+)
+
+
+def normalize_name(name: str) -> str:
+    """The canonical form Ollama resolves a name to: lower case, ``:latest`` if untagged."""
+    name = name.strip()
+    last = name.rsplit("/", 1)[-1]
+    if ":" not in last:
+        name = f"{name}:latest"
+    return name.casefold()
+
+
+def find_model(models: Iterable[EmulatedModel], name: str) -> EmulatedModel | None:
+    """The model ``name`` resolves to, or None when it is not "pulled"."""
+    wanted = normalize_name(name)
+    for model in models:
+        if normalize_name(model.name) == wanted:
+            return model
+    return None
+
+
+def _resolve(model: EmulatedModel | str, models: Iterable[EmulatedModel]) -> EmulatedModel:
+    if isinstance(model, EmulatedModel):
+        return model
+    found = find_model(models, model)
+    if found is None:
+        raise KeyError(f"no emulated model named {model!r}")
+    return found
+
+
+def count_tokens(text: str) -> int:
+    """The emulator's tokenizer: one token per whitespace-separated word."""
+    return len(text.split())
+
+
+def message_texts(messages: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The text contents of chat messages (non-string contents count as empty)."""
+    return [m["content"] if isinstance(m.get("content"), str) else "" for m in messages]
+
+
+def generate_texts(prompt: str, system: str | None) -> list[str]:
+    """/api/generate as the chat it is templated into: the system message, then the prompt."""
+    return [system, prompt] if system else [prompt]
+
+
+def num_predict(options: Mapping[str, Any] | None) -> int | None:
+    """``options.num_predict`` when it caps the reply (>= 0), else None (negative means no cap)."""
+    if not options:
+        return None
+    value = options.get("num_predict")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value) if value >= 0 else None
+
+
+def _seed(texts: Sequence[str]) -> bytes:
+    return hashlib.sha256("\n".join(texts).encode("utf-8", "replace")).digest()
+
+
+def _word(seed: bytes, index: int) -> str:
+    block = hashlib.sha256(seed + index.to_bytes(8, "big")).digest()
+    return _VOCABULARY[int.from_bytes(block[:4], "big") % len(_VOCABULARY)]
+
+
+@dataclass(frozen=True)
+class ExpectedReply:
+    """What the emulator answers to a prompt: the reply pieces and the final metrics.
+
+    ``pieces`` are the streamed chunk contents in order (one token each: the first
+    word, then ``" " + word``); ``content`` is their concatenation, which is also the
+    non-streamed reply.
+    """
+
+    model: EmulatedModel
+    prompt_tokens: int
+    pieces: tuple[str, ...]
+    done_reason: str
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.pieces)
+
+    @property
+    def content(self) -> str:
+        return "".join(self.pieces)
+
+    def load_duration(self, *, cold: bool) -> int:
+        return self.model.load_ns if cold else WARM_LOAD_NS
+
+    @property
+    def prompt_eval_duration(self) -> int:
+        return self.prompt_tokens * self.model.prompt_ns_per_token
+
+    @property
+    def eval_duration(self) -> int:
+        return self.output_tokens * self.model.eval_ns_per_token
+
+    def total_duration(self, *, cold: bool) -> int:
+        return (
+            self.load_duration(cold=cold)
+            + self.prompt_eval_duration
+            + self.eval_duration
+            + OVERHEAD_NS
+        )
+
+    def metrics(self, *, cold: bool) -> dict[str, int]:
+        """The metric fields of the final chunk, in Ollama's order, zeros omitted.
+
+        ``cold`` is True for the first call to the model since the emulator
+        started or was reset.
+        """
+        fields = {
+            "total_duration": self.total_duration(cold=cold),
+            "load_duration": self.load_duration(cold=cold),
+            "prompt_eval_count": self.prompt_tokens,
+            "prompt_eval_duration": self.prompt_eval_duration,
+            "eval_count": self.output_tokens,
+            "eval_duration": self.eval_duration,
+        }
+        return {key: value for key, value in fields.items() if value}
+
+
+def reply_for_texts(
+    model: EmulatedModel, texts: Sequence[str], options: Mapping[str, Any] | None
+) -> ExpectedReply:
+    """The reply to a prompt given as its message texts; see :func:`expected_reply`."""
+    seed = _seed(texts)
+    cap = num_predict(options)
+    if cap is not None:
+        length, reason = cap, "length"
+    elif model.reply_tokens is not None:
+        length, reason = model.reply_tokens, "stop"
+    else:
+        spread = MAX_REPLY_TOKENS - MIN_REPLY_TOKENS + 1
+        length = MIN_REPLY_TOKENS + int.from_bytes(seed[:4], "big") % spread
+        reason = "stop"
+    pieces = tuple(
+        _word(seed, i) if i == 0 else " " + _word(seed, i) for i in range(max(0, length))
+    )
+    prompt_tokens = sum(count_tokens(text) for text in texts)
+    return ExpectedReply(model, prompt_tokens, pieces, reason)
+
+
+def expected_reply(
+    model: EmulatedModel | str,
+    messages: Sequence[Mapping[str, Any]] | None = None,
+    options: Mapping[str, Any] | None = None,
+    *,
+    prompt: str | None = None,
+    system: str | None = None,
+    models: Iterable[EmulatedModel] = DEFAULT_MODELS,
+) -> ExpectedReply:
+    """Exactly what the emulator replies to a chat (``messages``) or generate (``prompt``).
+
+    - prompt tokens: the sum of ``len(text.split())`` over every message content
+      (or over ``system`` and ``prompt`` for generate);
+    - reply length: ``options["num_predict"]`` when given and >= 0 (done_reason
+      ``"length"``), else ``model.reply_tokens`` when set, else 8..40 derived from a
+      sha256 of the prompt text (done_reason ``"stop"``);
+    - reply words: drawn deterministically from the same hash, so a shorter
+      ``num_predict`` gives a prefix of the longer reply.
+
+    A generate call with ``system`` and ``prompt`` replies like a chat whose
+    messages are that system message and that user prompt. ``model`` is an
+    :class:`EmulatedModel` or a name looked up in ``models``.
+    """
+    resolved = _resolve(model, models)
+    texts = generate_texts(prompt, system) if prompt is not None else message_texts(messages or ())
+    return reply_for_texts(resolved, texts, options)
+
+
+def expected_counts(
+    model: EmulatedModel | str,
+    messages: Sequence[Mapping[str, Any]] | None = None,
+    options: Mapping[str, Any] | None = None,
+    *,
+    prompt: str | None = None,
+    system: str | None = None,
+    models: Iterable[EmulatedModel] = DEFAULT_MODELS,
+) -> tuple[int, int]:
+    """``(prompt_eval_count, eval_count)`` the emulator reports; see :func:`expected_reply`."""
+    reply = expected_reply(model, messages, options, prompt=prompt, system=system, models=models)
+    return reply.prompt_tokens, reply.output_tokens
+
+
+def _float32(value: float) -> float:
+    result: float = struct.unpack("<f", struct.pack("<f", value))[0]
+    return result
+
+
+def _shortest_float32(value: float) -> float:
+    # Go marshals float32 with the fewest digits that round-trip, so mirror that
+    # (0.0123 rather than 0.012299999594688416) to keep the wire bytes alike.
+    exact = _float32(value)
+    for digits in range(1, 10):
+        candidate = float(f"{exact:.{digits}g}")
+        if _float32(candidate) == exact:
+            return candidate
+    return exact
+
+
+def expected_embedding(
+    model: EmulatedModel | str, text: str, *, models: Iterable[EmulatedModel] = DEFAULT_MODELS
+) -> list[float]:
+    """The unit-length vector /api/embed returns for ``text`` on ``model``."""
+    resolved = _resolve(model, models)
+    seed = hashlib.sha256(f"{resolved.name}\0{text}".encode("utf-8", "replace")).digest()
+    raw: list[float] = []
+    counter = 0
+    while len(raw) < resolved.embedding_dim:
+        block = hashlib.sha256(seed + counter.to_bytes(8, "big")).digest()
+        counter += 1
+        for offset in range(0, len(block), 2):
+            unit = int.from_bytes(block[offset : offset + 2], "big") / 65535.0
+            # Keep magnitudes away from zero so every value prints in plain
+            # decimal notation in both Go and Python after normalising.
+            magnitude = 0.05 + 0.95 * unit
+            raw.append(magnitude if block[offset] & 1 else -magnitude)
+    raw = raw[: resolved.embedding_dim]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [_shortest_float32(v / norm) for v in raw]

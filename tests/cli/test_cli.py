@@ -1,0 +1,341 @@
+"""The ometer commands, run through the real entry point against the emulator."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ollama_meter.testing import Fault, OllamaEmulator, expected_reply, unreachable_url
+
+PRICE_LLAMA = ("pricing", "set", "llama3.1:*", "--input-per-1m", "1000", "--output-per-1m", "2000")
+
+
+@pytest.fixture
+def db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("OMETER_DB_URL", db_url)
+    return db_url
+
+
+def test_chat_streams_reply_and_prints_footer(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
+    assert cli(*PRICE_LLAMA).code == 0
+    result = cli(
+        "chat", "--dept", "sales", "--tenant", "acme", "-m", "llama3.1:8b", "hello there friend"
+    )
+    assert result.code == 0, result.stderr
+    assert result.stdout.strip()
+    assert "3 in /" in result.stderr and "USD" in result.stderr and "TTFT" in result.stderr
+    logged = json.loads(cli("log", "--json").stdout)
+    assert len(logged) == 1
+    span = logged[0]
+    assert (span["tenant"], span["department"], span["model"], span["status"]) == (
+        "acme",
+        "sales",
+        "llama3.1:8b",
+        "ok",
+    )
+    assert span["input_tokens"] == 3
+    assert span["cost"] == f"{Decimal(3 * 1000 + span['output_tokens'] * 2000) / 1_000_000:.6f}"
+    expected = expected_reply("llama3.1:8b", [{"role": "user", "content": "hello there friend"}])
+    assert result.stdout == expected.content + "\n"
+    assert span["output_tokens"] == expected.output_tokens
+
+
+def test_chat_json_and_stdin(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
+    result = cli(
+        "chat",
+        "--dept",
+        "support",
+        "-m",
+        "qwen2.5:7b",
+        "--json",
+        "--no-stream",
+        stdin="summarise this\n",
+    )
+    assert result.code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (
+        data["input_tokens"] == 2
+        and data["department"] == "support"
+        and data["tenant"] == "default"
+    )
+    assert data["cost"] == "0.000000" and data["unpriced"] is True
+    assert set(data["cost_parts"]) == {"tokens", "compute", "energy", "fee"}
+    assert data["durations_ns"]["eval"] > 0 and data["span_id"]
+    assert data["reply"]
+
+
+def test_chat_options_and_system_reach_ollama(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
+    result = cli(
+        "chat",
+        "-m",
+        "llama3.1:8b",
+        "--system",
+        "be brief",
+        "--option",
+        "num_predict=5",
+        "--option",
+        "temperature=0.5",
+        "--json",
+        "hi",
+    )
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["output_tokens"] == 5
+    body = emulator.requests[-1].body
+    assert body["options"] == {"num_predict": 5, "temperature": 0.5}
+    assert body["messages"][0] == {"role": "system", "content": "be brief"}
+
+
+def test_chat_errors_are_one_line_exit_1_and_recorded(
+    cli, db: str, emulator: OllamaEmulator, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    unknown = cli("chat", "-m", "nope:1b", "hi")
+    assert unknown.code == 1
+    assert unknown.stderr.strip().count("\n") == 0 and "nope:1b" in unknown.stderr
+    emulator.inject(Fault.MIDSTREAM_ERROR)
+    broken = cli("chat", "-m", "llama3.1:8b", "hi")
+    assert broken.code == 1 and "mid-stream" in broken.stderr
+    monkeypatch.setenv("OLLAMA_HOST", unreachable_url())
+    down = cli("chat", "-m", "llama3.1:8b", "hi")
+    assert down.code == 1 and "cannot reach Ollama" in down.stderr
+    assert "Traceback" not in unknown.stderr + broken.stderr + down.stderr
+    spans = json.loads(cli("log", "--json", "--status", "error").stdout)
+    assert [s["error_type"] for s in spans] == ["connection", "stream_error", "model_not_found"]
+
+
+def test_bad_input_is_a_clear_error(cli, db: str, emulator: OllamaEmulator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    assert "department name" in cli("chat", "--dept", "no spaces", "hi").stderr
+    assert cli("chat", "--option", "novalue", "hi").code == 2
+    assert "stdin was empty" in cli("chat", stdin="").stderr
+    monkeypatch.setenv("OMETER_TIMEZONE", "Mars/Olympus")
+    bad = cli("log")
+    assert bad.code == 2 and bad.stderr.strip() == (
+        "error: OMETER_TIMEZONE: 'Mars/Olympus' is not a known time zone; use an IANA name such as Europe/Berlin or UTC"
+    )
+
+
+def test_interactive_session_keeps_history(
+    cli, db: str, emulator: OllamaEmulator, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    stdin = io.StringIO("first question\n\n/reset\nsecond one\nthird\n/exit\n")
+    stdin.isatty = lambda: True  # type: ignore[method-assign]
+    monkeypatch.setattr("sys.stdin", stdin)
+    result = cli("chat", "-m", "llama3.1:8b")
+    assert result.code == 0, result.stderr
+    chats = [r.body for r in emulator.requests if r.path == "/api/chat"]
+    assert [len(c["messages"]) for c in chats] == [1, 1, 3]
+    assert chats[2]["messages"][0]["content"] == "second one"
+    assert len(json.loads(cli("log", "--json").stdout)) == 3
+
+
+def test_log_table_and_filters(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
+    assert "no spans yet" in cli("log").stdout
+    cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "a b c")
+    cli("chat", "--dept", "support", "-m", "qwen2.5:7b", "a b c")
+    table = cli("log", "--limit", "5").stdout
+    assert "sales" in table and "support" in table and "unpriced" in table
+    only = json.loads(cli("log", "--json", "--dept", "support").stdout)
+    assert [s["model"] for s in only] == ["qwen2.5:7b"]
+    assert (
+        json.loads(cli("log", "--json", "--model", "llama3.1:8b", "--limit", "1").stdout)[0][
+            "department"
+        ]
+        == "sales"
+    )
+    keys = {
+        "id",
+        "started_at",
+        "tenant",
+        "department",
+        "user",
+        "model",
+        "operation",
+        "status",
+        "error_type",
+        "input_tokens",
+        "output_tokens",
+        "token_source",
+        "cost",
+        "currency",
+    }
+    assert keys <= set(only[0])
+    assert isinstance(only[0]["cost"], str)
+
+
+def test_pricing_commands(cli, db: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert "no price rules" in cli("pricing", "list").stdout
+    assert cli(*PRICE_LLAMA).code == 0
+    assert (
+        cli(
+            "pricing",
+            "set",
+            "qwen2.5:*",
+            "--gpu-hour",
+            "3.60",
+            "--currency",
+            "eur",
+            "--from",
+            "2026-11-01",
+        ).code
+        == 0
+    )
+    rules = json.loads(cli("pricing", "list", "--json").stdout)
+    assert [
+        (r["pattern"], r["input_per_1m"], r["gpu_hour"], r["currency"], r["effective_from"])
+        for r in rules
+    ] == [
+        ("llama3.1:*", "1000", None, "USD", None),
+        ("qwen2.5:*", None, "3.60", "EUR", "2026-11-01"),
+    ]
+    assert "llama3.1:*" in cli("pricing", "list").stdout
+    assert "both --watts and --kwh-price" in cli("pricing", "set", "x", "--watts", "300").stderr
+    assert "not a number" in cli("pricing", "set", "x", "--gpu-hour", "cheap").stderr
+    assert "sets no price" in cli("pricing", "set", "x").stderr
+    assert cli("pricing", "rm", str(rules[0]["id"])).code == 0
+    missing = cli("pricing", "rm", "999")
+    assert missing.code == 1 and "no price rule with id 999" in missing.stderr
+    toml = tmp_path / "p.toml"
+    toml.write_text('[[rule]]\nmodel = "mistral:*"\nper_request = "0.01"\n')
+    assert "imported 1 rule" in cli("pricing", "import", str(toml)).stdout
+    toml.write_text("[[rule]]\nmodel = 3\n")
+    assert cli("pricing", "import", str(toml)).code == 1
+
+
+def test_report_sums_exactly_to_the_spans(
+    cli, db: str, emulator: OllamaEmulator, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    cli(*PRICE_LLAMA)
+    cli("pricing", "set", "qwen2.5:*", "--gpu-hour", "3.60")
+    for dept, model in [
+        ("sales", "llama3.1:8b"),
+        ("sales", "qwen2.5:7b"),
+        ("support", "llama3.1:8b"),
+        ("support", "mistral:7b"),
+        ("sales", "llama3.1:8b"),
+    ]:
+        assert (
+            cli(
+                "chat", "--dept", dept, "--tenant", "acme", "-m", model, f"question for {dept}"
+            ).code
+            == 0
+        )
+    cli("chat", "--dept", "sales", "-m", "nope:1b", "x")
+    spans = json.loads(cli("log", "--json", "--limit", "100").stdout)
+    out = tmp_path / "nov.csv"
+    assert (
+        cli(
+            "report",
+            "--period",
+            "month",
+            "--by",
+            "department,model",
+            "--format",
+            "csv",
+            "--out",
+            str(out),
+        ).code
+        == 0
+    )
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == [
+        "department",
+        "model",
+        "requests",
+        "errors",
+        "input_tokens",
+        "output_tokens",
+        "gpu_seconds",
+        "cost",
+        "currency",
+    ]
+    assert sum(int(r["requests"]) for r in rows) == len(spans) == 6
+    assert sum(int(r["errors"]) for r in rows) == 1
+    assert sum(Decimal(r["cost"]) for r in rows) == sum(Decimal(s["cost"]) for s in spans)
+    assert sum(int(r["output_tokens"]) for r in rows) == sum(s["output_tokens"] for s in spans)
+    gpu_ns = sum(
+        (s["durations_ns"]["prompt_eval"] or 0) + (s["durations_ns"]["eval"] or 0) for s in spans
+    )
+    assert sum(Decimal(r["gpu_seconds"]) for r in rows) == Decimal(gpu_ns) / 10**9
+    sales_llama = next(
+        r for r in rows if r["department"] == "sales" and r["model"] == "llama3.1:8b"
+    )
+    assert sales_llama["requests"] == "2"
+    as_json = json.loads(cli("report", "--by", "tenant", "--format", "json").stdout)
+    assert as_json == [
+        {
+            "tenant": "acme",
+            "requests": 5,
+            "errors": 0,
+            **{k: as_json[0][k] for k in ("input_tokens", "output_tokens", "gpu_seconds", "cost")},
+            "currency": "USD",
+        },
+        {
+            "tenant": "default",
+            "requests": 1,
+            "errors": 1,
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "gpu_seconds": "0E-9" if as_json[1]["gpu_seconds"] == "0E-9" else "0.000000000",
+            "cost": "0.000000",
+            "currency": "USD",
+        },
+    ]
+    table = cli("report", "--by", "department,model").stdout
+    assert "total" in table and "unpriced" in table
+    assert cli("report", "--by", "day", "--format", "csv").code == 0
+
+
+def test_report_options_are_validated(cli, db: str) -> None:  # type: ignore[no-untyped-def]
+    assert "is not one of" in cli("report", "--by", "colour").stderr
+    assert "at most one of day, week, month" in cli("report", "--by", "day,month").stderr
+    assert "not one of" in cli("report", "--period", "yesterday").stderr
+    assert (
+        "either --period or --since"
+        in cli("report", "--period", "month", "--since", "2026-01-01").stderr
+    )
+    assert (
+        "before --since" in cli("report", "--since", "2026-02-01", "--until", "2026-01-01").stderr
+    )
+    assert "--out needs" in cli("report", "--out", "x.txt").stderr
+    assert "no calls in this period" in cli("report", "--period", "2026-10").stdout
+
+
+def test_db_commands(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'x' / 'ledger.db'}"
+    assert cli("db", "path", "--db", url).stdout.strip() == str(tmp_path / "x" / "ledger.db")
+    assert "empty → 0001" in cli("db", "upgrade", "--db", url).stdout
+    assert "up to date" in cli("db", "upgrade", "--db", url).stdout
+    default = cli("db", "path").stdout.strip()
+    assert default.endswith("ollama-meter/ledger.db") and str(tmp_path) in default
+
+
+def test_reprice_command(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
+    cli("chat", "-m", "llama3.1:8b", "one two three")
+    cli(*PRICE_LLAMA)
+    spans = json.loads(cli("log", "--json").stdout)
+    assert spans[0]["unpriced"] is True
+    result = cli("reprice", "--since", spans[0]["started_at"][:10])
+    assert result.code == 0, result.stderr
+    new = json.loads(cli("log", "--json").stdout)[0]
+    assert "examined 1 span(s)" in result.stdout and "1 changed" in result.stdout
+    assert f"(+{new['cost']})" in result.stdout and "1 newly priced" in result.stdout
+    assert "is not a date" in cli("reprice", "--since", "last week").stderr
+
+
+def test_version_and_help(cli) -> None:  # type: ignore[no-untyped-def]
+    assert cli("--version").stdout.startswith("ometer ")
+    for command in (
+        ["chat"],
+        ["log"],
+        ["report"],
+        ["pricing", "set"],
+        ["reprice"],
+        ["db", "upgrade"],
+        ["demo"],
+    ):
+        result = cli(*command, "--help")
+        assert result.code == 0 and "Usage" in result.stdout, command

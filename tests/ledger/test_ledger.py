@@ -1,0 +1,196 @@
+"""The ledger on SQLite and PostgreSQL: schema, migrations, writes, price rules."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from ollama_meter.errors import LedgerError, PricingError
+from ollama_meter.ledger import HEAD_REVISION, Ledger, SpanFilter, current_revision
+from ollama_meter.ledger.models import Base
+from ollama_meter.meter import GroupCommitWriter
+from ollama_meter.pricing import PriceRule
+from tests.factories import make_span
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_head_revision_constant_matches_the_migrations() -> None:
+    config = Config()
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    assert ScriptDirectory.from_config(config).get_current_head() == HEAD_REVISION
+
+
+def test_first_use_migrates_and_models_match_migrations(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    assert current_revision(ledger.engine) == HEAD_REVISION
+    assert {"spans", "price_rules", "alembic_version"} <= set(
+        inspect(ledger.engine).get_table_names()
+    )
+    with ledger.engine.connect() as conn:
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        )
+    assert diff == []
+    # opening again is a no-op
+    assert current_revision(Ledger(db_url).engine) == HEAD_REVISION
+
+
+def test_span_round_trip_keeps_every_field(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    span = make_span(
+        user="alice",
+        tags={"job": "nightly"},
+        ended_at=datetime(2026, 11, 10, 12, 0, 1, 250000, tzinfo=UTC),
+        response_model="llama3.1:8b",
+        status="error",
+        error_type="stream_error",
+        error_message="boom",
+        http_status=200,
+        done_reason="stop",
+        token_source="estimated",
+        total_duration_ns=9_000_000_000_000,
+        load_duration_ns=1,
+        latency_ns=5,
+        ttft_ns=4,
+        cost_tokens=31000,
+        cost_compute=2,
+        cost_energy=3,
+        cost_fee=4,
+        cost_total=31009,
+        price_rule_id=7,
+        unpriced=False,
+    )
+    ledger.record([span])
+    (back,) = ledger.latest(SpanFilter(), 10)
+    assert back == span
+    assert back.started_at.tzinfo is UTC
+
+
+def test_recording_twice_is_idempotent(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    span = make_span()
+    ledger.record([span])
+    ledger.record([span, make_span()])
+    assert ledger.count() == 2
+
+
+def test_naive_datetimes_are_refused(sqlite_url: str) -> None:
+    ledger = Ledger(sqlite_url)
+    with pytest.raises(Exception, match="naive datetime"):
+        ledger.record([make_span(started_at=datetime(2026, 11, 1))])
+
+
+def test_filters_and_newest_first(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    base = datetime(2026, 11, 1, tzinfo=UTC)
+    spans = [
+        make_span(
+            started_at=base + timedelta(minutes=i),
+            department="sales" if i % 2 else "support",
+            status="ok" if i % 3 else "error",
+            response_model="qwen2.5:7b" if i == 4 else None,
+        )
+        for i in range(10)
+    ]
+    ledger.record(spans)
+    latest = ledger.latest(SpanFilter(), 3)
+    assert [s.id for s in latest] == [s.id for s in reversed(spans)][:3]
+    assert {s.department for s in ledger.latest(SpanFilter(department="sales"), 50)} == {"sales"}
+    assert len(ledger.latest(SpanFilter(status="error"), 50)) == 4
+    assert [s.id for s in ledger.latest(SpanFilter(model="qwen2.5:7b"), 50)] == [spans[4].id]
+    assert len(ledger.latest(SpanFilter(model="llama3.1:8b"), 50)) == 9
+    window = SpanFilter(since=base + timedelta(minutes=2), until=base + timedelta(minutes=5))
+    assert ledger.count(window) == 3
+
+
+def test_price_rules_crud_and_exact_decimals(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    saved = ledger.add_price_rule(
+        PriceRule(
+            pattern="llama3.1:*",
+            currency="EUR",
+            input_per_1m=Decimal("0.000000123456789"),
+            gpu_hour=Decimal("3.60"),
+            effective_from=date(2026, 11, 1),
+        )
+    )
+    assert saved.id is not None
+    (back,) = ledger.price_rules()
+    assert back == saved
+    assert back.input_per_1m == Decimal("0.000000123456789")
+    ledger.remove_price_rule(saved.id)
+    assert ledger.price_rules() == []
+    with pytest.raises(PricingError, match="no price rule with id 999"):
+        ledger.remove_price_rule(999)
+
+
+def test_pricing_file_sync_replaces_only_on_change(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    ledger.add_price_rule(PriceRule(pattern="*", currency="USD", input_per_1m=Decimal(1)))
+    rules = [PriceRule(pattern="a:*", currency="USD", input_per_1m=Decimal(2))]
+    assert ledger.sync_price_rules("file:/p.toml", rules, b"v1") is True
+    assert ledger.sync_price_rules("file:/p.toml", rules, b"v1") is False
+    rules2 = [
+        PriceRule(pattern="b:*", currency="USD", input_per_1m=Decimal(3)),
+        PriceRule(pattern="c:*", currency="USD", input_per_1m=Decimal(4)),
+    ]
+    assert ledger.sync_price_rules("file:/p.toml", rules2, b"v2") is True
+    assert sorted(r.pattern for r in ledger.price_rules()) == ["*", "b:*", "c:*"]
+
+
+def test_group_commit_from_many_threads_loses_nothing(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    writer = GroupCommitWriter(ledger)
+    per_thread, threads = 50, 8
+    batches: list[int] = []
+    original = ledger.record
+
+    def counting(spans: list) -> None:  # type: ignore[type-arg]
+        batches.append(len(spans))
+        original(spans)
+
+    ledger.record = counting  # type: ignore[method-assign]
+    workers = [
+        threading.Thread(target=lambda: [writer.write(make_span()) for _ in range(per_thread)])
+        for _ in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert ledger.count() == per_thread * threads
+    assert sum(batches) == per_thread * threads
+
+
+def test_group_commit_reports_failure_to_every_waiter(sqlite_url: str) -> None:
+    class Broken:
+        def record(self, spans: list) -> None:  # type: ignore[type-arg]
+            raise LedgerError("disk full")
+
+    writer = GroupCommitWriter(Broken())
+    with pytest.raises(LedgerError, match="disk full"):
+        writer.write(make_span())
+
+
+def test_unknown_driver_and_bad_url_are_clear() -> None:
+    with pytest.raises(LedgerError, match="not a database URL"):
+        Ledger("not a url")
+    with pytest.raises(LedgerError, match="no database driver"):
+        Ledger("mysql+nosuchdriver://x/y")
+
+
+def test_unwritable_folder_is_clear(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(LedgerError, match="cannot create the ledger folder"):
+        Ledger(f"sqlite:///{blocker}/sub/ledger.db")

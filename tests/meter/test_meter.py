@@ -1,0 +1,252 @@
+"""The meter end to end against the Ollama emulator: tokens, timings, prices, failures."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ollama_meter.config import load_settings
+from ollama_meter.errors import (
+    ModelNotFound,
+    PricingError,
+    StreamError,
+    UpstreamConnectionError,
+    UpstreamServerError,
+    ValidationError,
+)
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter import Attribution, Meter, SpanRecord, reprice
+from ollama_meter.meter._core import PriceSource
+from ollama_meter.pricing import PriceRule, to_micros
+from ollama_meter.testing import Fault, OllamaEmulator, unreachable_url
+
+WHO = Attribution(tenant="acme", department="sales", user="alice", tags={"job": "test"})
+HELLO = [{"role": "user", "content": "hello there friend"}]
+
+
+def make_meter(db_url: str, **overrides: object) -> Meter:
+    return Meter.from_settings(load_settings(db_url=db_url, **overrides), source="sdk")
+
+
+def run_chat(
+    meter: Meter, *, stream: bool = True, model: str = "llama3.1:8b", messages=HELLO, options=None
+):  # type: ignore[no-untyped-def]
+    run = meter.chat(
+        model=model, messages=messages, attribution=WHO, stream=stream, options=options
+    )
+    parts = list(run)
+    return run.span, parts
+
+
+def stored(meter: Meter) -> list[SpanRecord]:
+    return meter.ledger.latest(SpanFilter(), 1000)
+
+
+def test_streamed_chat_is_measured_priced_and_written(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    meter = make_meter(db_url)
+    meter.ledger.add_price_rule(
+        PriceRule(
+            pattern="llama3.1:*",
+            currency="USD",
+            input_per_1m=Decimal(1000),
+            output_per_1m=Decimal(2000),
+        )
+    )
+    span, parts = run_chat(meter)
+    final = parts[-1]
+    assert final.done and len(parts) > 2
+    assert span.input_tokens == final.prompt_eval_count == 3
+    assert span.output_tokens == final.eval_count == len(parts) - 1
+    assert span.token_source == "reported"
+    assert span.cost_tokens == 3 * 1000 + span.output_tokens * 2000
+    assert span.cost_total == span.cost_tokens and not span.unpriced
+    assert (span.total_duration_ns, span.load_duration_ns) == (
+        final.total_duration,
+        final.load_duration,
+    )
+    assert (span.prompt_eval_duration_ns, span.eval_duration_ns) == (
+        final.prompt_eval_duration,
+        final.eval_duration,
+    )
+    assert (
+        span.ttft_ns is not None
+        and span.latency_ns is not None
+        and 0 < span.ttft_ns <= span.latency_ns
+    )
+    assert span.status == "ok" and span.http_status == 200 and span.done_reason == "stop"
+    assert (span.tenant, span.department, span.user, span.tags) == (
+        "acme",
+        "sales",
+        "alice",
+        {"job": "test"},
+    )
+    assert span.source == "sdk" and span.operation == "chat" and span.stream
+    assert span.upstream_host == emulator.url
+    assert stored(meter) == [span]
+
+
+def test_non_streamed_chat(db_url: str, emulator: OllamaEmulator) -> None:
+    meter = make_meter(db_url)
+    span, parts = run_chat(meter, stream=False)
+    assert len(parts) == 1 and parts[0].done
+    assert span.output_tokens == parts[0].eval_count
+    assert span.ttft_ns is None and not span.stream
+    assert span.unpriced and span.cost_total == 0
+    assert stored(meter) == [span]
+
+
+def test_gpu_hour_charges_exactly_the_busy_time(db_url: str, emulator: OllamaEmulator) -> None:
+    meter = make_meter(db_url)
+    meter.ledger.add_price_rule(
+        PriceRule(pattern="qwen2.5:*", currency="USD", gpu_hour=Decimal("3.60"))
+    )
+    span, _ = run_chat(meter, model="qwen2.5:7b")
+    busy_ns = span.prompt_eval_duration_ns + span.eval_duration_ns  # type: ignore[operator]
+    assert span.load_duration_ns and span.load_duration_ns > 0  # load is not charged
+    assert span.cost_compute == to_micros(
+        Decimal(busy_ns) / Decimal(3_600_000_000_000) * Decimal("3.60")
+    )
+    assert span.cost_total == span.cost_compute
+
+
+def test_unknown_model_is_a_clear_error_span(db_url: str, emulator: OllamaEmulator) -> None:
+    meter = make_meter(db_url)
+    with pytest.raises(ModelNotFound, match="'nope:1b' is not available .*ollama pull nope:1b"):
+        run_chat(meter, model="nope:1b")
+    (span,) = stored(meter)
+    assert (span.status, span.error_type, span.http_status) == ("error", "model_not_found", 404)
+    assert (span.input_tokens, span.output_tokens) == (0, 0)
+    assert span.request_model == "nope:1b"
+
+
+def test_unreachable_ollama_is_a_connection_error_span(db_url: str) -> None:
+    meter = make_meter(db_url, ollama_host=unreachable_url())
+    with pytest.raises(UpstreamConnectionError, match="cannot reach Ollama at .*OLLAMA_HOST"):
+        run_chat(meter)
+    (span,) = stored(meter)
+    assert (span.status, span.error_type) == ("error", "connection")
+
+
+def test_server_error(db_url: str, emulator: OllamaEmulator) -> None:
+    meter = make_meter(db_url)
+    emulator.inject(Fault.HTTP_500)
+    with pytest.raises(UpstreamServerError, match="HTTP 500"):
+        run_chat(meter, stream=False)
+    (span,) = stored(meter)
+    assert (span.error_type, span.http_status) == ("upstream_5xx", 500)
+
+
+@pytest.mark.parametrize("fault", [Fault.MIDSTREAM_ERROR, Fault.DROP])
+def test_broken_stream_keeps_what_was_consumed(
+    db_url: str, emulator: OllamaEmulator, fault: Fault
+) -> None:
+    meter = make_meter(db_url)
+    meter.ledger.add_price_rule(
+        PriceRule(pattern="*", currency="USD", output_per_1m=Decimal(1_000_000))
+    )
+    emulator.inject(fault, after_tokens=4)
+    with pytest.raises(StreamError):
+        run_chat(meter)
+    (span,) = stored(meter)
+    assert (span.status, span.error_type) == ("error", "stream_error")
+    assert span.output_tokens == 4 and span.input_tokens == 5  # "hello there friend" ≈ 18 chars / 4
+    assert span.token_source == "estimated"
+    # the tokens Ollama produced are charged; request fees are not
+    assert span.cost_tokens == span.cost_total == 4_000_000
+
+
+def test_omitted_counts_are_estimated(db_url: str, emulator: OllamaEmulator) -> None:
+    meter = make_meter(db_url)
+    emulator.inject(Fault.OMIT_COUNTS)
+    span, parts = run_chat(meter)
+    assert span.status == "ok" and span.token_source == "estimated"
+    assert span.output_tokens == len(parts) - 1
+    assert span.input_tokens == 5
+
+
+def test_abandoned_stream_is_a_client_abort(db_url: str, emulator: OllamaEmulator) -> None:
+    meter = make_meter(db_url)
+    run = meter.chat(model="llama3.1:8b", messages=HELLO, attribution=WHO)
+    iterator = iter(run)
+    next(iterator)
+    next(iterator)
+    iterator.close()  # type: ignore[attr-defined]
+    (span,) = stored(meter)
+    assert (span.status, span.error_type, span.token_source) == (
+        "client_abort",
+        "client_abort",
+        "estimated",
+    )
+    assert span.output_tokens == 2
+
+
+def test_bad_names_and_missing_model_are_refused_before_any_call(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    with pytest.raises(ValidationError, match="department name 'a b' has characters"):
+        Attribution(tenant="acme", department="a b")
+    with pytest.raises(ValidationError, match="tenant name is longer than 64"):
+        Attribution(tenant="x" * 65, department="d")
+    with pytest.raises(ValidationError, match="tag"):
+        Attribution(tenant="t", department="d", tags={"bad key": "v"})
+    meter = make_meter(db_url)
+    with pytest.raises(ValidationError, match="no model given"):
+        run_chat(meter, model=" ")
+    assert emulator.requests == []
+
+
+def test_observers_see_start_and_end_and_cannot_break_the_call(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Watcher:
+        def on_start(self, span: SpanRecord) -> None:
+            seen.append(("start", span.id))
+
+        def on_end(self, span: SpanRecord) -> None:
+            seen.append(("end", span.status))
+            raise RuntimeError("observer bug")
+
+    meter = make_meter(db_url)
+    meter.observers.append(Watcher())
+    span, _ = run_chat(meter)
+    assert seen == [("start", span.id), ("end", "ok")]
+    assert len(stored(meter)) == 1
+
+
+def test_pricing_file_is_loaded_and_kept_in_sync(
+    db_url: str, emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[[rule]]\nmodel = "llama3.1:*"\ninput_per_1m = 1000\noutput_per_1m = 2000\n')
+    meter = make_meter(db_url, pricing_file=str(prices))
+    span, _ = run_chat(meter)
+    assert span.cost_tokens == 3000 + span.output_tokens * 2000
+    (rule,) = meter.ledger.price_rules()
+    assert rule.source == f"file:{prices.resolve()}"
+    prices.write_text("[[rule]]\nmodel = 'broken\n")
+    with pytest.raises(PricingError, match="OMETER_PRICING_FILE"):
+        make_meter(db_url, pricing_file=str(prices))
+
+
+def test_reprice_moves_costs_and_says_by_how_much(db_url: str, emulator: OllamaEmulator) -> None:
+    meter = make_meter(db_url)
+    spans = [run_chat(meter)[0] for _ in range(3)]
+    outputs = sum(s.output_tokens for s in spans)
+    meter.ledger.add_price_rule(
+        PriceRule(pattern="llama3.1:*", currency="USD", output_per_1m=Decimal(1000))
+    )
+    book = PriceSource(meter.ledger, settings=load_settings(db_url=db_url))()
+    seen: list[int] = []
+    summary = reprice(meter.ledger, book, since=spans[0].started_at, batch=2, progress=seen.append)
+    assert (summary.examined, summary.changed, summary.newly_priced) == (3, 3, 3)
+    assert summary.delta() == {"USD": outputs * 1000}
+    assert seen == [2, 1]
+    assert sum(s.cost_total for s in stored(meter)) == outputs * 1000
+    again = reprice(meter.ledger, book, since=spans[0].started_at)
+    assert (again.examined, again.changed) == (3, 0)

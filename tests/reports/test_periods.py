@@ -1,0 +1,93 @@
+"""Windows and buckets cut at local midnight, DST included."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from ollama_meter.errors import ValidationError
+from ollama_meter.reports import bucket_bounds, parse_period, window_between
+
+BERLIN = ZoneInfo("Europe/Berlin")
+NOW = datetime(2026, 11, 26, 20, 0, tzinfo=UTC)  # a Thursday
+
+
+@pytest.mark.parametrize(
+    ("text", "start", "end", "label"),
+    [
+        (
+            "today",
+            datetime(2026, 11, 25, 23, tzinfo=UTC),
+            datetime(2026, 11, 26, 23, tzinfo=UTC),
+            "2026-11-26",
+        ),
+        (
+            "week",
+            datetime(2026, 11, 22, 23, tzinfo=UTC),
+            datetime(2026, 11, 29, 23, tzinfo=UTC),
+            "2026-W48",
+        ),
+        (
+            "month",
+            datetime(2026, 10, 31, 23, tzinfo=UTC),
+            datetime(2026, 11, 30, 23, tzinfo=UTC),
+            "2026-11",
+        ),
+        (
+            "2026-03",
+            datetime(2026, 2, 28, 23, tzinfo=UTC),
+            datetime(2026, 3, 31, 22, tzinfo=UTC),
+            "2026-03",
+        ),
+        (
+            "2026-12",
+            datetime(2026, 11, 30, 23, tzinfo=UTC),
+            datetime(2026, 12, 31, 23, tzinfo=UTC),
+            "2026-12",
+        ),
+        (
+            "2026-03-29",
+            datetime(2026, 3, 28, 23, tzinfo=UTC),
+            datetime(2026, 3, 29, 22, tzinfo=UTC),
+            "2026-03-29",
+        ),
+    ],
+)
+def test_periods_in_berlin(text: str, start: datetime, end: datetime, label: str) -> None:
+    window = parse_period(text, tz=BERLIN, now=NOW)
+    assert (window.start, window.end, window.label) == (start, end, label)
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2026-13", "2026-02-30", "26-11"])
+def test_bad_periods(text: str) -> None:
+    with pytest.raises(ValidationError):
+        parse_period(text, tz=BERLIN, now=NOW)
+
+
+def test_since_until_are_inclusive_local_days() -> None:
+    window = window_between("2026-11-01", "2026-11-02", tz=BERLIN, now=NOW)
+    assert window.start == datetime(2026, 10, 31, 23, tzinfo=UTC)
+    assert window.end == datetime(2026, 11, 2, 23, tzinfo=UTC)
+    open_ended = window_between(None, None, tz=UTC, now=NOW)
+    assert open_ended.start.year == 1970 and open_ended.end == datetime(2026, 11, 27, tzinfo=UTC)
+    with pytest.raises(ValidationError, match="not a date"):
+        window_between("first of may", None, tz=UTC, now=NOW)
+
+
+def test_buckets_follow_the_wall_clock_across_dst() -> None:
+    window = parse_period("2026-03", tz=BERLIN, now=NOW)
+    days = bucket_bounds(window, "day", BERLIN)
+    assert len(days) == 31 and days[0][1] == "2026-03-01"
+    assert (
+        days[29][0] - days[28][0] == (days[28][0] - days[27][0]) - (days[28][0] - days[27][0]) / 24
+    )
+    weeks = bucket_bounds(window, "week", BERLIN)
+    assert weeks[0][1] == "2026-W09" and weeks[-1][1] == "2026-W14"
+    months = bucket_bounds(
+        window_between("2025-12-15", "2026-02-01", tz=BERLIN, now=NOW), "month", BERLIN
+    )
+    assert [label for _, label in months] == ["2025-12", "2026-01", "2026-02"]
+    with pytest.raises(ValueError, match="unknown time unit"):
+        bucket_bounds(window, "year", BERLIN)

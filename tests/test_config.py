@@ -1,0 +1,92 @@
+"""Settings: defaults, normalisation, .env, and one clear line per bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ollama_meter.config import load_settings, normalize_host, system_timezone
+from ollama_meter.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("raw", "url"),
+    [
+        ("0.0.0.0", "http://0.0.0.0:11434"),
+        ("gpu1:8080", "http://gpu1:8080"),
+        ("https://ollama.example", "https://ollama.example:443"),
+        ("http://[::1]:11434/", "http://[::1]:11434"),
+        ("http://host:11434/proxy", "http://host:11434/proxy"),
+    ],
+)
+def test_ollama_host_forms(raw: str, url: str) -> None:
+    assert normalize_host(raw) == url
+
+
+@pytest.mark.parametrize("raw", ["", "ftp://x", "http://host:notaport", "http://"])
+def test_bad_hosts(raw: str) -> None:
+    with pytest.raises(ValueError):
+        normalize_host(raw)
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMETER_TIMEZONE")
+    cfg = load_settings()
+    assert (cfg.ollama_host, cfg.tenant, cfg.department, cfg.currency) == (
+        "http://127.0.0.1:11434",
+        "default",
+        "unassigned",
+        "USD",
+    )
+    assert cfg.timezone == system_timezone()
+    assert cfg.ledger_url.endswith("ollama-meter/ledger.db") and cfg.ledger_url.startswith(
+        "sqlite:///"
+    )
+
+
+def test_dotenv_is_read_and_environment_and_flags_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text(
+        "OMETER_TENANT=from-dotenv\nOMETER_DEPARTMENT=ops\nOMETER_CURRENCY=eur\nUNRELATED=1\n"
+    )
+    monkeypatch.setenv("OMETER_DEPARTMENT", "from-env")
+    cfg = load_settings()
+    assert (cfg.tenant, cfg.department, cfg.currency) == ("from-dotenv", "from-env", "EUR")
+    assert load_settings(tenant="flag", db_url=None).tenant == "flag"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "OMETER_CURRENCY",
+            "dollars",
+            "OMETER_CURRENCY: 'dollars' is not a 3-letter ISO 4217 code",
+        ),
+        ("OMETER_TENANT", "a b", "OMETER_TENANT: 'a b' has characters"),
+        ("OMETER_DEPARTMENT", "x" * 65, "OMETER_DEPARTMENT: is longer than 64"),
+        ("OLLAMA_HOST", "ftp://x", "OLLAMA_HOST: 'ftp://x' is not an http(s) URL"),
+        ("OMETER_DB_URL", "not a url", "OMETER_DB_URL: 'not a url' is not a database URL"),
+        (
+            "OMETER_PRICING_FILE",
+            "/no/such/file.toml",
+            "OMETER_PRICING_FILE: '/no/such/file.toml' does not exist",
+        ),
+        ("OMETER_UPSTREAM_TIMEOUT", "0", "OMETER_UPSTREAM_TIMEOUT: Input should be greater than 0"),
+    ],
+)
+def test_bad_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_blank_db_url_means_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMETER_DB_URL", "  ")
+    assert load_settings().db_url is None

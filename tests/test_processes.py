@@ -1,0 +1,89 @@
+"""Real ometer processes sharing one ledger file: none may fail, none may be lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from ollama_meter.testing import OllamaEmulator
+
+OMETER = [sys.executable, "-m", "ollama_meter"]
+
+
+def _env(emulator: OllamaEmulator, url: str) -> dict[str, str]:
+    return {**os.environ, "OLLAMA_HOST": emulator.url, "OMETER_DB_URL": url}
+
+
+@pytest.mark.slow
+def test_four_parallel_chat_processes_leave_exactly_100_spans(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"  # fresh: the first calls also race to migrate
+    env = _env(emulator, url)
+
+    def worker(number: int) -> list[int]:
+        codes = []
+        for call in range(25):
+            done = subprocess.run(
+                [
+                    *OMETER,
+                    "chat",
+                    "--dept",
+                    f"d{number}",
+                    "-m",
+                    "llama3.1:8b",
+                    f"call {call} from {number}",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            codes.append(done.returncode)
+            assert done.returncode == 0, done.stderr
+        return codes
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(worker, range(4)))
+    assert results == [[0] * 25] * 4
+    listing = subprocess.run(
+        [*OMETER, "log", "--json", "--limit", "1000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    spans = json.loads(listing.stdout)
+    assert len(spans) == 100 and len({s["id"] for s in spans}) == 100
+    assert sorted({s["department"] for s in spans}) == ["d0", "d1", "d2", "d3"]
+    assert all(s["status"] == "ok" for s in spans)
+
+
+def test_user_mistakes_never_print_a_traceback(emulator: OllamaEmulator, tmp_path: Path) -> None:
+    env = _env(emulator, f"sqlite:///{tmp_path / 'l.db'}")
+    for args, env_extra in [
+        (["chat", "-m", "missing:1b", "hi"], {}),
+        (["log"], {"OMETER_CURRENCY": "dollars"}),
+        (["report", "--by", "colour"], {}),
+        (["chat", "hi"], {"OLLAMA_HOST": "ftp://x"}),
+        (["log"], {"OMETER_DB_URL": "postgresql+nosuchdriver://x/y"}),
+    ]:
+        done = subprocess.run(
+            [*OMETER, *args],
+            env={**env, **env_extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode != 0, args
+        assert "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.strip().startswith("error:"), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -1,0 +1,547 @@
+"""The Ollama emulator, checked through the official client and on the raw wire."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+
+from ollama_meter.testing import (
+    DEFAULT_MODELS,
+    OLLAMA_VERSION,
+    OVERHEAD_NS,
+    WARM_LOAD_NS,
+    EmulatedModel,
+    Fault,
+    OllamaEmulator,
+    expected_counts,
+    expected_embedding,
+    expected_reply,
+    unreachable_url,
+)
+
+USER = [{"role": "user", "content": "Why is the sky blue on a clear day?"}]
+CHAT_KEYS = ["model", "created_at", "message", "done_reason", "done"]
+METRIC_KEYS = [
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+]
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[OllamaEmulator]:
+    with OllamaEmulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def emu(shared: OllamaEmulator) -> OllamaEmulator:
+    shared.reset()
+    shared.latency = shared.token_latency = 0.0
+    return shared
+
+
+@pytest.fixture
+def client(emu: OllamaEmulator) -> Iterator[ollama.Client]:
+    with ollama.Client(host=emu.url, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+def http(emu: OllamaEmulator) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=emu.url, timeout=10) as c:
+        yield c
+
+
+def ndjson(response: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in response.text.splitlines() if line]
+
+
+def drain(stream: Iterator[ollama.ChatResponse], into: list[str]) -> None:
+    """Collect streamed contents until the stream ends or raises."""
+    for part in stream:
+        into.append(part.message.content or "")
+
+
+def sse(response: httpx.Response) -> list[str]:
+    assert response.text.endswith("\n\n")
+    return [event.removeprefix("data: ") for event in response.text.split("\n\n") if event]
+
+
+# --- replies and metrics -----------------------------------------------------
+
+
+def test_streamed_chat_sends_one_token_per_chunk_then_exact_metrics(client: ollama.Client) -> None:
+    expected = expected_reply("llama3.1:8b", USER)
+    parts = list(client.chat(model="llama3.1:8b", messages=USER, stream=True))
+
+    assert [p.message.content for p in parts[:-1]] == list(expected.pieces)
+    assert all(not p.done for p in parts[:-1])
+    final = parts[-1]
+    assert final.done
+    assert final.done_reason == "stop"
+    assert final.message.content == ""
+    assert final.prompt_eval_count == 9 == expected.prompt_tokens
+    assert 8 <= final.eval_count == expected.output_tokens <= 40  # type: ignore[operator]
+    assert final.load_duration == 1_200_000_000
+    assert final.prompt_eval_duration == 9 * 1_000_000
+    assert final.eval_duration == expected.output_tokens * 20_000_000
+    assert final.total_duration == (
+        1_200_000_000 + 9_000_000 + expected.output_tokens * 20_000_000 + OVERHEAD_NS
+    )
+
+
+def test_second_call_is_warm_and_reset_makes_it_cold(
+    client: ollama.Client, emu: OllamaEmulator
+) -> None:
+    assert client.chat(model="qwen2.5:7b", messages=USER).load_duration == 1_100_000_000
+    assert emu.is_loaded("qwen2.5:7b")
+    assert client.chat(model="qwen2.5:7b", messages=USER).load_duration == WARM_LOAD_NS
+    emu.reset()
+    assert client.chat(model="qwen2.5:7b", messages=USER).load_duration == 1_100_000_000
+
+
+def test_non_stream_equals_concatenated_stream(client: ollama.Client) -> None:
+    streamed = list(client.chat(model="mistral:7b", messages=USER, stream=True))
+    whole = client.chat(model="mistral:7b", messages=USER)
+    assert whole.message.content == "".join(p.message.content or "" for p in streamed)
+    assert whole.eval_count == streamed[-1].eval_count
+    assert whole.prompt_eval_count == streamed[-1].prompt_eval_count
+
+    gen_parts = list(
+        client.generate(model="mistral:7b", prompt="Why?", system="Be brief.", stream=True)
+    )
+    gen = client.generate(model="mistral:7b", prompt="Why?", system="Be brief.")
+    assert gen.response == "".join(p.response or "" for p in gen_parts)
+    reply = expected_reply("mistral:7b", prompt="Why?", system="Be brief.")
+    assert gen.response == reply.content
+    assert (gen.prompt_eval_count, gen.eval_count) == (3, reply.output_tokens)
+
+
+def test_reply_is_deterministic_and_num_predict_caps_it(client: ollama.Client) -> None:
+    first = client.chat(model="llama3.1:8b", messages=USER).message.content or ""
+    assert client.chat(model="llama3.1:8b", messages=USER).message.content == first
+
+    capped = client.chat(model="llama3.1:8b", messages=USER, options={"num_predict": 5})
+    assert capped.eval_count == 5
+    assert capped.done_reason == "length"
+    assert first.startswith(capped.message.content or "-")
+    assert expected_counts("llama3.1:8b", USER, {"num_predict": 5}) == (9, 5)
+    assert expected_counts("llama3.1:8b", USER, {"num_predict": -1}) == expected_counts(
+        "llama3.1:8b", USER
+    )
+
+
+def test_fixed_reply_length_and_custom_models() -> None:
+    tiny = EmulatedModel(
+        name="tiny:1b",
+        family="llama",
+        parameter_size="1B",
+        quantization_level="Q8_0",
+        size=1_000,
+        load_ns=10,
+        prompt_ns_per_token=1,
+        eval_ns_per_token=2,
+        reply_tokens=4,
+    )
+    with OllamaEmulator(models=[tiny]) as emu, ollama.Client(host=emu.url) as c:
+        reply = c.chat(model="tiny:1b", messages=USER)
+        assert reply.eval_count == 4
+        assert reply.done_reason == "stop"
+        assert reply.total_duration == 10 + 9 + 8 + OVERHEAD_NS
+        assert expected_reply(tiny, USER).content == reply.message.content
+
+
+# --- the raw wire ------------------------------------------------------------
+
+
+def test_stream_wire_format(http: httpx.Client) -> None:
+    body = {"model": "llama3.1:8b", "messages": USER}  # stream defaults to true
+    response = http.post("/api/chat", json=body)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/x-ndjson"
+    assert response.headers["transfer-encoding"] == "chunked"
+    assert "server" not in response.headers
+    lines = response.text.split("\n")
+    assert lines[-1] == ""
+    assert all(" " not in line.split('"content"')[0] for line in lines[:-1])  # compact JSON
+    chunks = [json.loads(line) for line in lines[:-1]]
+    assert list(chunks[0]) == ["model", "created_at", "message", "done"]
+    assert chunks[0]["message"] == {"role": "assistant", "content": chunks[0]["message"]["content"]}
+    assert list(chunks[-1]) == CHAT_KEYS + METRIC_KEYS
+    assert chunks[-1]["created_at"].endswith("Z")
+    assert "T" in chunks[-1]["created_at"]
+
+
+def test_zero_counts_and_durations_are_omitted(http: httpx.Client) -> None:
+    body = {
+        "model": "llama3.1:8b",
+        "messages": USER,
+        "stream": False,
+        "options": {"num_predict": 0},
+    }
+    response = http.post("/api/chat", json=body)
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    assert int(response.headers["content-length"]) == len(response.content)
+    final = response.json()
+    assert "eval_count" not in final
+    assert "eval_duration" not in final
+    assert final["done_reason"] == "length"
+    assert final["message"]["content"] == ""
+    assert final["prompt_eval_count"] == 9
+
+    empty = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": ""}], "stream": False}
+    assert "prompt_eval_count" not in http.post("/api/chat", json=empty).json()
+
+
+def test_generate_wire_fields(http: httpx.Client) -> None:
+    chunks = ndjson(http.post("/api/generate", json={"model": "qwen2.5:7b", "prompt": "a b c"}))
+    assert list(chunks[0]) == ["model", "created_at", "response", "done"]
+    assert list(chunks[-1])[:6] == [
+        "model",
+        "created_at",
+        "response",
+        "done",
+        "done_reason",
+        "context",
+    ]
+    assert chunks[-1]["prompt_eval_count"] == 3
+
+
+def test_empty_prompt_loads_the_model(http: httpx.Client, emu: OllamaEmulator) -> None:
+    loaded = http.post("/api/generate", json={"model": "mistral:7b"}).json()
+    assert loaded["done"] is True
+    assert loaded["done_reason"] == "load"
+    assert emu.is_loaded("mistral:7b")
+    unloaded = http.post("/api/chat", json={"model": "mistral:7b", "keep_alive": 0}).json()
+    assert unloaded["done_reason"] == "unload"
+    assert not emu.is_loaded("mistral:7b")
+
+
+def test_go_style_html_escaping(http: httpx.Client) -> None:
+    body = {
+        "model": "llama3.1:8b",
+        "prompt": "a<b & c>d",
+        "stream": False,
+        "options": {"num_predict": 1},
+    }
+    assert b"\\u003c" not in http.post("/api/generate", json=body).content  # prompt is not echoed
+    response = http.post("/api/chat", json={"model": "<x>", "messages": USER})
+    assert (
+        response.content
+        == b'{"error":"model \\"\\u003cx\\u003e\\" not found, try pulling it first"}'
+    )
+
+
+# --- errors ------------------------------------------------------------------
+
+
+def test_unknown_model_is_404_through_the_client(client: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as info:
+        client.chat(model="llama3.3:70b", messages=USER)
+    assert info.value.status_code == 404
+    assert info.value.error == 'model "llama3.3:70b" not found, try pulling it first'
+    with pytest.raises(ollama.ResponseError, match="not found") as streamed:
+        list(client.chat(model="llama3.3:70b", messages=USER, stream=True))
+    assert streamed.value.status_code == 404
+
+
+def test_untagged_name_means_latest(client: ollama.Client, http: httpx.Client) -> None:
+    assert client.embed(model="nomic-embed-text", input="hi").model == "nomic-embed-text"
+    response = http.post("/api/chat", json={"model": "llama3.1", "messages": USER})
+    assert response.status_code == 404
+    assert response.json() == {"error": 'model "llama3.1" not found, try pulling it first'}
+
+
+def test_request_errors(http: httpx.Client) -> None:
+    bad = http.post("/api/chat", content=b"{not json")
+    assert bad.status_code == 400
+    assert set(bad.json()) == {"error"}
+    missing = http.post("/api/generate", json={"prompt": "hi"})
+    assert (missing.status_code, missing.json()) == (400, {"error": "model is required"})
+    empty = http.post("/api/chat")
+    assert (empty.status_code, empty.json()) == (400, {"error": "missing request body"})
+    embed_chat = http.post("/api/chat", json={"model": "nomic-embed-text", "messages": USER})
+    assert embed_chat.status_code == 400
+    assert "does not support chat" in embed_chat.json()["error"]
+    nowhere = http.get("/api/nowhere")
+    assert (nowhere.status_code, nowhere.text) == (404, "404 page not found")
+    assert nowhere.headers["content-type"] == "text/plain; charset=utf-8"
+    assert http.get("/api/chat").status_code == 405
+
+
+def test_unreachable_url_refuses_connections() -> None:
+    with ollama.Client(host=unreachable_url(), timeout=2) as c, pytest.raises(ConnectionError):
+        c.list()
+
+
+# --- faults ------------------------------------------------------------------
+
+
+def test_midstream_error_after_some_chunks(client: ollama.Client, emu: OllamaEmulator) -> None:
+    emu.inject(Fault.MIDSTREAM_ERROR, after_tokens=2)
+    seen: list[str] = []
+    stream = client.chat(model="llama3.1:8b", messages=USER, stream=True)
+    with pytest.raises(ollama.ResponseError) as info:
+        drain(stream, seen)
+    assert seen == list(expected_reply("llama3.1:8b", USER).pieces[:2])
+    assert info.value.status_code == -1  # an error line inside a 200 stream
+
+    emu.inject(Fault.MIDSTREAM_ERROR)
+    with pytest.raises(ollama.ResponseError) as whole:
+        client.chat(model="llama3.1:8b", messages=USER)
+    assert whole.value.status_code == 500
+    assert client.chat(model="llama3.1:8b", messages=USER).done
+
+
+def test_midstream_error_wire_ends_cleanly(http: httpx.Client, emu: OllamaEmulator) -> None:
+    emu.inject(Fault.MIDSTREAM_ERROR, after_tokens=1)
+    lines = ndjson(http.post("/api/generate", json={"model": "qwen2.5:7b", "prompt": "hi"}))
+    assert len(lines) == 2
+    assert set(lines[-1]) == {"error"}
+
+
+def test_drop_breaks_the_stream(client: ollama.Client, emu: OllamaEmulator) -> None:
+    emu.inject(Fault.DROP, after_tokens=3)
+    seen: list[str] = []
+    stream = client.chat(model="llama3.1:8b", messages=USER, stream=True)
+    with pytest.raises(httpx.RemoteProtocolError):
+        drain(stream, seen)
+    assert len(seen) == 3
+
+    emu.inject(Fault.DROP)
+    with pytest.raises(httpx.RemoteProtocolError):
+        client.generate(model="llama3.1:8b", prompt="hi")
+    assert client.chat(model="llama3.1:8b", messages=USER).done  # the server lives on
+
+
+def test_flaky_503_then_success(client: ollama.Client, emu: OllamaEmulator) -> None:
+    emu.inject(Fault.HTTP_503, times=2)
+    assert emu.pending_faults == 2
+    for _ in range(2):
+        with pytest.raises(ollama.ResponseError) as info:
+            client.chat(model="llama3.1:8b", messages=USER)
+        assert info.value.status_code == 503
+    assert client.chat(model="llama3.1:8b", messages=USER).done
+    assert emu.pending_faults == 0
+
+
+def test_http_500_and_model_filter(client: ollama.Client, emu: OllamaEmulator) -> None:
+    emu.inject(Fault.HTTP_500, model="mistral")  # untagged: mistral:latest, never requested
+    emu.inject(Fault.HTTP_500, model="qwen2.5:7b")
+    assert client.chat(model="llama3.1:8b", messages=USER).done
+    with pytest.raises(ollama.ResponseError) as info:
+        list(client.chat(model="qwen2.5:7b", messages=USER, stream=True))
+    assert info.value.status_code == 500
+    assert info.value.error
+    assert emu.pending_faults == 1
+
+
+def test_omit_counts(http: httpx.Client, emu: OllamaEmulator) -> None:
+    emu.inject(Fault.OMIT_COUNTS, times=2)
+    final = ndjson(http.post("/api/chat", json={"model": "llama3.1:8b", "messages": USER}))[-1]
+    assert final["done"]
+    assert "prompt_eval_count" not in final
+    assert "eval_count" not in final
+    assert final["eval_duration"] > 0
+    whole = http.post("/api/chat", json={"model": "llama3.1:8b", "messages": USER, "stream": False})
+    assert "eval_count" not in whole.json()
+    assert whole.json()["message"]["content"]
+
+
+def test_hang_until_stop() -> None:
+    emu = OllamaEmulator().start()
+    emu.inject(Fault.HANG)
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            with ollama.Client(host=emu.url, timeout=10) as c:
+                c.chat(model="llama3.1:8b", messages=USER)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.2)
+    assert caller.is_alive()
+    assert len(emu.requests) == 1
+    started = time.monotonic()
+    emu.stop()
+    assert time.monotonic() - started < 1.0
+    caller.join(timeout=2)
+    assert isinstance(outcome[0], httpx.HTTPError)
+
+
+def test_hang_ends_when_client_gives_up(emu: OllamaEmulator, http: httpx.Client) -> None:
+    emu.inject(Fault.HANG)
+    with pytest.raises(httpx.ReadTimeout):
+        http.post("/api/chat", json={"model": "llama3.1:8b", "messages": USER}, timeout=0.2)
+    assert http.get("/").text == "Ollama is running"
+
+
+# --- OpenAI compatibility ----------------------------------------------------
+
+
+def test_openai_non_stream_usage(http: httpx.Client) -> None:
+    body = {"model": "qwen2.5:7b", "messages": USER, "max_tokens": 4}
+    completion = http.post("/v1/chat/completions", json=body).json()
+    assert completion["object"] == "chat.completion"
+    assert completion["choices"][0]["finish_reason"] == "length"
+    assert completion["usage"] == {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_openai_stream(http: httpx.Client, include_usage: bool) -> None:
+    body: dict[str, Any] = {"model": "qwen2.5:7b", "messages": USER, "stream": True}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.headers["content-type"] == "text/event-stream"
+    events = sse(response)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    expected = expected_reply("qwen2.5:7b", USER)
+    content = [c for c in chunks if c["choices"]]
+    assert "".join(c["choices"][0]["delta"]["content"] for c in content) == expected.content
+    assert content[-1]["choices"][0]["finish_reason"] == "stop"
+    if include_usage:
+        assert chunks[-1]["choices"] == []
+        assert chunks[-1]["usage"]["completion_tokens"] == expected.output_tokens
+        assert len(content) == expected.output_tokens + 1
+    else:
+        assert all("usage" not in c for c in chunks)
+
+
+def test_openai_errors_and_models(http: httpx.Client, emu: OllamaEmulator) -> None:
+    missing = http.post("/v1/chat/completions", json={"model": "gpt-4", "messages": USER})
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "error": {
+            "message": 'model "gpt-4" not found, try pulling it first',
+            "type": "not_found_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    empty = http.post("/v1/chat/completions", json={"model": "qwen2.5:7b", "messages": []})
+    assert empty.status_code == 400
+    assert empty.json()["error"]["type"] == "invalid_request_error"
+    emu.inject(Fault.HTTP_503)
+    busy = http.post("/v1/chat/completions", json={"model": "qwen2.5:7b", "messages": USER})
+    assert busy.status_code == 503
+    assert busy.json()["error"]["type"] == "api_error"
+    models = http.get("/v1/models").json()
+    assert [m["id"] for m in models["data"]] == [m.name for m in DEFAULT_MODELS]
+
+
+# --- embeddings and metadata -------------------------------------------------
+
+
+def test_embed(client: ollama.Client) -> None:
+    result = client.embed(model="nomic-embed-text:latest", input=["one two", "three"])
+    assert len(result.embeddings) == 2
+    assert len(result.embeddings[0]) == 768
+    assert math.isclose(sum(v * v for v in result.embeddings[0]), 1.0, rel_tol=1e-4)
+    assert list(result.embeddings[1]) == expected_embedding("nomic-embed-text:latest", "three")
+    assert result.prompt_eval_count == 3
+    assert result.load_duration == 300_000_000
+    single = client.embed(model="nomic-embed-text:latest", input="three")
+    assert single.embeddings[0] == result.embeddings[1]
+    assert single.load_duration == WARM_LOAD_NS
+
+
+def test_tags_ps_show_version(client: ollama.Client, http: httpx.Client) -> None:
+    tags = client.list()
+    assert [m.model for m in tags.models] == [m.name for m in DEFAULT_MODELS]
+    assert tags.models[0].details
+    assert tags.models[0].details.parameter_size == "8.0B"
+    assert client.ps().models == []
+    client.chat(model="mistral:7b", messages=USER)
+    running = client.ps().models
+    assert [m.model for m in running] == ["mistral:7b"]
+    assert running[0].expires_at
+    shown = client.show("nomic-embed-text")
+    assert shown.capabilities == ["embedding"]
+    assert shown.details
+    assert shown.details.family == "nomic-bert"
+    with pytest.raises(ollama.ResponseError) as info:
+        client.show("nope:1b")
+    assert info.value.status_code == 404
+    assert http.get("/api/version").json() == {"version": OLLAMA_VERSION}
+    assert http.get("/").text == "Ollama is running"
+    head = http.head("/")
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == "17"
+
+
+def test_requests_are_recorded(client: ollama.Client, emu: OllamaEmulator) -> None:
+    assert emu.requests == []
+    client.chat(model="llama3.1:8b", messages=USER, options={"temperature": 0})
+    (request,) = emu.requests
+    assert (request.method, request.path) == ("POST", "/api/chat")
+    assert request.body["options"] == {"temperature": 0}
+    assert request.headers["content-type"] == "application/json"
+    assert emu.requests_to("/api/chat") == [request]
+    emu.reset()
+    assert emu.requests == []
+
+
+def test_latency_is_real_wall_time(emu: OllamaEmulator, client: ollama.Client) -> None:
+    emu.latency, emu.token_latency = 0.05, 0.01
+    started = time.monotonic()
+    parts = list(
+        client.chat(model="llama3.1:8b", messages=USER, stream=True, options={"num_predict": 5})
+    )
+    assert len(parts) == 6
+    assert time.monotonic() - started >= 0.05 + 5 * 0.01
+
+
+def test_restart_on_the_same_port() -> None:
+    emu = OllamaEmulator().start()
+    url = emu.url
+    emu.stop()
+    with ollama.Client(host=url, timeout=2) as c:
+        with pytest.raises(ConnectionError):
+            c.list()
+        with emu:
+            assert emu.url == url
+            assert c.list().models
+
+
+def test_module_runs_from_the_command_line() -> None:
+    command = [sys.executable, "-m", "ollama_meter.testing", "--port", "0", "--latency", "0"]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+            assert url.startswith("http://127.0.0.1:")
+            assert httpx.get(url, timeout=5).text == "Ollama is running"
+            with ollama.Client(host=url, timeout=5) as c:
+                reply = c.chat(model="llama3.1:8b", messages=USER)
+            assert reply.message.content == expected_reply("llama3.1:8b", USER).content
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=5) == 0
+            assert proc.stderr is not None
+            assert proc.stderr.read() == ""
+        finally:
+            if proc.poll() is None:
+                proc.kill()
