@@ -60,37 +60,49 @@ def log(
     if not spans:
         out.print("no spans yet; run `ometer chat ...` or `ometer demo`")
         return
+    currencies = {span.currency for span in spans}
+    single = len(currencies) == 1
     table = Table(title=f"latest {len(spans)} span(s) · {cfg.timezone}", title_justify="left")
-    for name in (
-        "time",
-        "tenant",
-        "dept",
-        "user",
-        "model",
-        "op",
-        "status",
-        "in",
-        "out",
-        "cost",
-        "latency",
-    ):
-        table.add_column(
-            name, justify="right" if name in ("in", "out", "cost", "latency") else "left"
-        )
+    cost_heading = f"cost {next(iter(currencies))}" if single else "cost"
+    rows: list[list[str]] = []
     for span in spans:
         approx = "~" if span.token_source == TokenSource.ESTIMATED else ""
-        status_text = span.status if span.error_type is None else f"{span.status}:{span.error_type}"
-        table.add_row(
-            local_time(span.started_at, cfg),
-            span.tenant,
-            span.department,
-            span.user or "",
-            span.model,
-            span.operation,
-            f"[{_STATUS_STYLE.get(Status(span.status), 'magenta')}]{status_text}[/]",
-            f"{approx}{span.input_tokens}",
-            f"{approx}{span.output_tokens}",
-            "[yellow]unpriced[/]" if span.unpriced else money(span.cost_total, span.currency),
-            ms(span.latency_ns),
+        shown_status = span.error_type or span.status
+        operation = "" if span.operation == "chat" else f" ({span.operation})"
+        rows.append(
+            [
+                local_time(span.started_at, cfg)[5:],
+                f"{span.tenant}/{span.department}",
+                span.user or "",
+                span.model + operation,
+                shown_status,
+                f"{approx}{span.input_tokens}→{approx}{span.output_tokens}",
+                money(span.cost_total, None if single else span.currency)
+                + ("*" if span.unpriced_usage else ""),
+                ms(span.latency_ns),
+            ]
         )
+    headings = ["time", "tenant/dept", "user", "model", "status", "tokens", cost_heading, "latency"]
+    if not any(span.user for span in spans):
+        headings.remove("user")
+        for row in rows:
+            del row[2]
+    for index, name in enumerate(headings):
+        numeric = index >= len(headings) - 3
+        width = max(len(name), *(len(row[index]) for row in rows))
+        table.add_column(
+            name,
+            justify="right" if numeric else "left",
+            no_wrap=True,
+            min_width=width if numeric or name == "time" else None,
+        )
+    for span, row in zip(spans, rows, strict=True):
+        style = _STATUS_STYLE.get(Status(span.status), "magenta")
+        at = headings.index("status")
+        row[at] = f"[{style}]{row[at]}[/]"
+        if span.unpriced_usage:
+            row[at + 2] = f"[yellow]{row[at + 2]}[/]"
+        table.add_row(*row)
+    if any(span.unpriced_usage for span in spans):
+        table.caption = "[yellow]* unpriced: no price rule matched (`ometer pricing set`)[/]"
     out.print(table)

@@ -91,6 +91,15 @@ def report(
         out.print(render_table(result, cfg.timezone))
 
 
+# Narrow headings for the terminal; CSV and JSON keep the exact column names.
+_HEADINGS = {
+    "requests": "calls",
+    "input_tokens": "in tok",
+    "output_tokens": "out tok",
+    "gpu_seconds": "GPU s",
+}
+
+
 def _cell(name: str, value: object) -> str:
     if name == "cost" and isinstance(value, int):
         return money(value)
@@ -102,28 +111,44 @@ def _cell(name: str, value: object) -> str:
 
 
 def render_table(result: SpendReport, zone: str) -> Table:
-    """Rows, a total line when there is one currency, unpriced usage flagged."""
+    """Rows, a total line when there is one currency, unpriced usage flagged.
+
+    With one currency the currency goes into the cost heading, and numbers are
+    never cut short: the key columns give way first on a narrow terminal.
+    """
     totals = result.totals()
+    single = len(totals) == 1
+    columns = [c for c in result.columns if not (single and c == "currency")]
+    rows = [[_cell(name, row[name]) for name in columns] for row in result.rows]
+    footers = [""] * len(columns)
+    if single:
+        footers = [
+            ("total" if name == result.by[0] else "")
+            if name in result.by
+            else _cell(name, totals[0][name])
+            for name in columns
+        ]
     table = Table(
-        title=f"spend {result.window.label} ({zone})",
-        title_justify="left",
-        show_footer=len(totals) == 1,
+        title=f"spend {result.window.label} ({zone})", title_justify="left", show_footer=single
     )
-    for name in result.columns:
-        footer = ""
-        if len(totals) == 1:
-            if name in result.by:
-                footer = "total" if name == result.by[0] else ""
-            else:
-                footer = _cell(name, totals[0][name])
+    for index, name in enumerate(columns):
         numeric = name not in result.by and name != "currency"
-        table.add_column(name, justify="right" if numeric else "left", footer=footer)
-    for row in result.rows:
-        cells = [_cell(name, row[name]) for name in result.columns]
+        heading = _HEADINGS.get(name, name)
+        if name == "cost" and single:
+            heading = f"cost {totals[0]['currency']}"
+        width = max([len(heading), len(footers[index]), *(len(r[index]) + 1 for r in rows)])
+        table.add_column(
+            heading,
+            justify="right" if numeric else "left",
+            footer=footers[index],
+            no_wrap=True,
+            min_width=width if numeric else None,
+        )
+    cost_at = columns.index("cost")
+    for row, cells in zip(result.rows, rows, strict=True):
         unpriced = row["unpriced_requests"]
         if isinstance(unpriced, int) and unpriced > 0:
-            position = result.columns.index("cost")
-            cells[position] += f" [yellow]({unpriced} unpriced)[/]"
+            cells[cost_at] = f"[yellow]{cells[cost_at]}*[/]"
         table.add_row(*cells)
     notes = []
     if not result.rows:
@@ -132,7 +157,7 @@ def render_table(result: SpendReport, zone: str) -> Table:
         notes.extend(f"total {money(int(str(t['cost'])), str(t['currency']))}" for t in totals)
     if result.unpriced_requests:
         notes.append(
-            f"[yellow]{result.unpriced_requests} call(s) matched no price rule and count as 0; "
+            f"[yellow]* {result.unpriced_requests} call(s) matched no price rule and count as 0; "
             "add one with `ometer pricing set`[/]"
         )
     table.caption = " · ".join(notes) or None

@@ -76,7 +76,18 @@ def aggregate_spend(
             ).label("gpu_ns"),
             func.sum(SpanRow.cost_total).label("cost"),
             func.sum(
-                case(((SpanRow.unpriced == True) & (SpanRow.status != "rejected"), 1), else_=zero)  # noqa: E712
+                # Unpriced usage, not unpriced failures: a call that consumed nothing costs nothing.
+                case(
+                    (
+                        (SpanRow.unpriced == True)  # noqa: E712
+                        & (
+                            (SpanRow.status == "ok")
+                            | (SpanRow.input_tokens + SpanRow.output_tokens > 0)
+                        ),
+                        1,
+                    ),
+                    else_=zero,
+                )
             ).label("unpriced"),
         )
         .where(*where.clauses())

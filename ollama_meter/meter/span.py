@@ -114,6 +114,13 @@ class SpanRecord:
         """The model the call ran on: Ollama's answer when it gave one."""
         return self.response_model or self.request_model
 
+    @property
+    def unpriced_usage(self) -> bool:
+        """Usage that no price rule covered: worth flagging, unlike a failure that consumed nothing."""
+        return self.unpriced and (
+            self.status == Status.OK or self.input_tokens + self.output_tokens > 0
+        )
+
     def apply_cost(self, cost: Cost) -> None:
         self.cost_tokens = cost.tokens
         self.cost_compute = cost.compute
