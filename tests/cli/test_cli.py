@@ -286,7 +286,9 @@ def test_report_sums_exactly_to_the_spans(
     ]
     table = cli("report", "--by", "department,model").stdout
     assert "total" in table
-    assert "1 call(s) matched no price rule" in table  # mistral has no rule; nope:1b consumed nothing
+    assert (
+        "1 call(s) matched no price rule" in table
+    )  # mistral has no rule; nope:1b consumed nothing
     assert cli("report", "--by", "day", "--format", "csv").code == 0
 
 

@@ -1,0 +1,120 @@
+"""The README's commands are the product's contract: run them as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from ollama_meter.cli import app
+from ollama_meter.testing import OllamaEmulator
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+BIN = Path(sys.executable).parent
+
+
+def fenced_blocks(kind: str) -> list[str]:
+    return re.findall(rf"^```{kind}\n(.*?)^```", README, flags=re.S | re.M)
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    first = re.search(r"^```(\w*)\n(.*?)^```", README, flags=re.S | re.M)
+    assert first is not None
+    lines = first.group(2).strip().splitlines()
+    assert len(lines) == 2
+    setup_and_demo, setup_and_test = lines
+    assert setup_and_demo.startswith("python3 -m venv .venv && ")
+    assert "pip install ." in setup_and_demo and setup_and_demo.endswith("ometer demo")
+    assert "pip install -e '.[test]'" in setup_and_test and "pytest" in setup_and_test
+    ci = subprocess.run(
+        ["bash", "-c", "awk '/^```/{n++; next} n==1' README.md | sed -n 2p"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert ci.stdout.strip() == setup_and_test
+    assert (
+        "awk '/^```/{n++; next} n==1' README.md | sed -n 2p" in (ROOT / ".ci" / "run").read_text()
+    )
+
+
+def test_every_command_is_documented_and_has_help() -> None:
+    group = typer.main.get_group(app)
+    names = []
+    for name, command in group.commands.items():
+        sub = getattr(command, "commands", None)
+        names.extend(f"{name} {child}" for child in sub) if sub else names.append(name)
+    for name in names:
+        assert f"ometer {name}" in README, f"`ometer {name}` is missing from the README"
+    assert len(names) >= 10
+
+
+def test_walkthrough_runs_as_written(emulator: OllamaEmulator, tmp_path: Path) -> None:
+    console = fenced_blocks("console")[0]
+    commands = [line[2:] for line in console.splitlines() if line.startswith("$ ")]
+    assert commands[0] == "export OLLAMA_HOST=http://127.0.0.1:11434"
+    script = "set -e\n" + "\n".join(commands).replace("http://127.0.0.1:11434", emulator.url)
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "OMETER_TIMEZONE": "Europe/Berlin",
+    }
+    done = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    # The README shows real output: the deterministic parts must match it exactly.
+    shown_csv = console.split("$ cat nov.csv\n", 1)[1].strip()
+    assert (tmp_path / "nov.csv").read_text().strip() == shown_csv
+    assert (
+        '"input_tokens": 6, "output_tokens": 12' in console and '"cost": "0.030000"' in done.stdout
+    )
+    assert "3 in / 39 out tokens · 0.081000 USD" in done.stderr
+    assert "2 in / 18 out tokens · 0.000326 USD" in done.stderr
+
+
+@pytest.mark.slow
+def test_first_command_from_a_clean_copy(tmp_path: Path) -> None:
+    """`pip install .` into a new venv from a copy of the tracked files, then `ometer demo`."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs the git checkout to know the tracked files")
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    copy = tmp_path / "clone"
+    for name in filter(None, files.decode().split("\0")):
+        target = copy / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, target)
+    first = re.search(r"^```\w*\n(.*?)\n", README, flags=re.M)
+    assert first is not None
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "COLUMNS": "120"}
+    env.pop("VIRTUAL_ENV", None)
+    done = subprocess.run(
+        ["bash", "-c", first.group(1)],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "sent 300 calls" in done.stderr
+    assert "spend" in done.stdout and "total" in done.stdout
+    assert (tmp_path / "data" / "ollama-meter" / "demo.db").exists()
