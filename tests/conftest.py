@@ -14,10 +14,18 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from ollama_meter.cli import main
+from ollama_meter.ledger import close_ledgers
 from ollama_meter.testing import OllamaEmulator
 from tests._pg import postgres_server
 
 _CLEAR_PREFIXES = ("OMETER_", "OLLAMA_", "OTEL_", "LANGFUSE_", "TRACELOOP_")
+
+
+@pytest.fixture(autouse=True)
+def _close_ledgers() -> Iterator[None]:
+    """Each test's ledgers are its own: release their connections when it ends."""
+    yield
+    close_ledgers()
 
 
 @pytest.fixture(autouse=True)

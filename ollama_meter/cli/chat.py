@@ -21,7 +21,7 @@ from ollama_meter.cli._common import (
 )
 from ollama_meter.errors import UpstreamError, ValidationError
 from ollama_meter.meter import Attribution, Meter, SpanRecord, TokenSource
-from ollama_meter.pricing import format_micros
+from ollama_meter.reports import span_to_dict
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -55,37 +55,8 @@ def footer(span: SpanRecord) -> str:
 
 
 def result_json(span: SpanRecord, reply: str) -> dict[str, Any]:
-    return {
-        "reply": reply,
-        "model": span.model,
-        "span_id": span.id,
-        "trace_id": span.trace_id,
-        "tenant": span.tenant,
-        "department": span.department,
-        "user": span.user,
-        "status": span.status,
-        "input_tokens": span.input_tokens,
-        "output_tokens": span.output_tokens,
-        "token_source": span.token_source,
-        "cost": format_micros(span.cost_total),
-        "cost_parts": {
-            "tokens": format_micros(span.cost_tokens),
-            "compute": format_micros(span.cost_compute),
-            "energy": format_micros(span.cost_energy),
-            "fee": format_micros(span.cost_fee),
-        },
-        "currency": span.currency,
-        "unpriced": span.unpriced,
-        "done_reason": span.done_reason,
-        "durations_ns": {
-            "total": span.total_duration_ns,
-            "load": span.load_duration_ns,
-            "prompt_eval": span.prompt_eval_duration_ns,
-            "eval": span.eval_duration_ns,
-            "latency": span.latency_ns,
-            "ttft": span.ttft_ns,
-        },
-    }
+    """``--json``: the reply, the span's ledger id, then the span as ``ometer log --json`` shows it."""
+    return {"reply": reply, "span_id": span.id, **span_to_dict(span)}
 
 
 def _turn(

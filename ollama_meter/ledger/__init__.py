@@ -4,7 +4,7 @@ Stores spans and price rules, in UTC and integer micro-units. Must not import
 typer, rich, the gateway or telemetry; reports read through its queries.
 """
 
-from ollama_meter.ledger._ledger import Ledger, close_ledger, open_ledger
+from ollama_meter.ledger._ledger import Ledger, close_ledger, close_ledgers, open_ledger
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, upgrade
 from ollama_meter.ledger._spans import SpanFilter, page_after, update_costs
 
@@ -13,6 +13,7 @@ __all__ = [
     "Ledger",
     "SpanFilter",
     "close_ledger",
+    "close_ledgers",
     "current_revision",
     "open_ledger",
     "page_after",

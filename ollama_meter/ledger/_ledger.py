@@ -150,3 +150,12 @@ def close_ledger(url: str) -> None:
         ledger = _shared.pop(url, None)
     if ledger is not None:
         ledger.dispose()
+
+
+def close_ledgers() -> None:
+    """Dispose of every process-wide ledger (tests, and long-running hosts on shutdown)."""
+    with _shared_lock:
+        ledgers = list(_shared.values())
+        _shared.clear()
+    for ledger in ledgers:
+        ledger.dispose()

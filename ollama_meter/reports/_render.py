@@ -108,5 +108,5 @@ def span_to_dict(span: SpanRecord) -> dict[str, Any]:
         },
         "upstream_host": span.upstream_host,
         "trace_id": span.trace_id,
-        "span_id": span.span_id,
+        "otel_span_id": span.span_id,
     }

@@ -65,7 +65,10 @@ def test_chat_json_and_stdin(cli, db: str, emulator: OllamaEmulator) -> None:  #
     )
     assert data["cost"] == "0.000000" and data["unpriced"] is True
     assert set(data["cost_parts"]) == {"tokens", "compute", "energy", "fee"}
-    assert data["durations_ns"]["eval"] > 0 and data["span_id"]
+    assert data["durations_ns"]["eval"] > 0
+    (logged,) = json.loads(cli("log", "--json").stdout)
+    assert data["span_id"] == logged["id"]
+    assert {k: v for k, v in data.items() if k not in ("reply", "span_id")} == logged
     assert data["reply"]
 
 
