@@ -8,6 +8,7 @@ on a lock upgrade. PostgreSQL needs nothing special.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,18 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(url.database).expanduser()
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connector(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def connect(dbapi_connection: Any, _record: Any) -> None:
+        _sqlite_setup(dbapi_connection, busy_timeout_ms)
+
+    return connect
+
+
+def _sqlite_setup(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     # Take transaction control from pysqlite so BEGIN is ours to emit (see _sqlite_begin).
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     cursor.execute("PRAGMA journal_mode = WAL")
     # NORMAL in WAL mode loses nothing when a process dies, only on power loss.
     cursor.execute("PRAGMA synchronous = NORMAL")
@@ -44,7 +52,9 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
 
-def create_ledger_engine(url: str | URL) -> Engine:
+def create_ledger_engine(
+    url: str | URL, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+) -> Engine:
     """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder."""
     try:
         parsed = make_url(url)
@@ -69,6 +79,6 @@ def create_ledger_engine(url: str | URL) -> Engine:
         )
         raise LedgerError(f"no database driver for {parsed.drivername!r}.{hint}") from exc
     if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "connect", _sqlite_connector(busy_timeout_ms))
         event.listen(engine, "begin", _sqlite_begin)
     return engine

@@ -2,13 +2,15 @@
 
 Owns the engine, first-use migration and transactions. Writes go through
 :meth:`Ledger.record`, one transaction per batch; the meter's
-:class:`GroupCommitWriter` batches concurrent callers into it.
+:class:`GroupCommitWriter` batches concurrent callers into it. A write the
+database refuses past every retry goes to the spool and is recorded later.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -18,24 +20,46 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from ollama_meter.config import default_data_dir
 from ollama_meter.errors import LedgerError, PricingError
 from ollama_meter.ledger import _prices, _spans
-from ollama_meter.ledger._engine import create_ledger_engine, sqlite_path
+from ollama_meter.ledger._engine import SQLITE_BUSY_TIMEOUT_MS, create_ledger_engine, sqlite_path
 from ollama_meter.ledger._migrate import ensure_current
+from ollama_meter.ledger._spool import Spool
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.meter.span import SpanRecord
 from ollama_meter.pricing import PriceRule
 
 _WRITE_ATTEMPTS = 5
+log = logging.getLogger("ollama_meter.ledger")
+
+
+def default_spool_dir(url: str) -> Path:
+    """Beside a SQLite file; in the user data dir, per database, for servers."""
+    path = sqlite_path(make_url(url))
+    if path is not None:
+        return path.with_name(f"{path.name}.spool")
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return default_data_dir() / "spool" / digest
 
 
 class Ledger:
     """A ledger database at ``url`` (any SQLAlchemy URL), migrated to the current schema."""
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrate: bool = True,
+        spool_dir: Path | None = None,
+        busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+        retry_delay: float = 0.05,
+    ) -> None:
         self.url = url
-        self.engine = create_ledger_engine(url)
+        self.engine = create_ledger_engine(url, busy_timeout_ms=busy_timeout_ms)
         self._sqlite = self.engine.dialect.name == "sqlite"
+        self._retry_delay = retry_delay
+        self.spool = Spool(spool_dir or default_spool_dir(url))
         if migrate:
             try:
                 ensure_current(self.engine)
@@ -43,6 +67,19 @@ class Ledger:
                 raise LedgerError(
                     f"cannot open the ledger at {self.display_url}: {exc.orig}"
                 ) from exc
+            self.recover()
+
+    def recover(self) -> int:
+        """Record spans a refused write left in the spool; how many there were."""
+        if not self.spool.pending():
+            return 0
+        try:
+            count = self.spool.drain(self._record_now)
+        except LedgerError as exc:
+            log.warning("spooled spans stay spooled for now: %s", exc)
+            return 0
+        log.info("recorded %d spooled span(s) into %s", count, self.display_url)
+        return count
 
     @property
     def display_url(self) -> str:
@@ -69,11 +106,22 @@ class Ledger:
                 yield conn
 
     def record(self, spans: Sequence[SpanRecord]) -> None:
-        """Commit ``spans`` in one transaction. Re-recording a span id is a no-op.
+        """Make ``spans`` durable: committed in one transaction, or else spooled.
 
-        SQLite's busy timeout already waits for other writers; on top of that a
-        few retries ride out lock storms, and only then is the failure raised.
+        Re-recording a span id is a no-op. SQLite's busy timeout already waits for
+        other writers; a few retries ride out lock storms; only then do the spans
+        go to the spool (and a warning to the log) instead of being lost.
         """
+        try:
+            self._record_now(spans)
+        except LedgerError as exc:
+            try:
+                where = self.spool.put(spans)
+            except OSError as spool_exc:
+                raise LedgerError(f"{exc}; the spool failed too: {spool_exc}") from exc
+            log.warning("%s; kept them in %s to be recorded on the next start", exc, where)
+
+    def _record_now(self, spans: Sequence[SpanRecord]) -> None:
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 with self.write() as conn:
@@ -85,7 +133,7 @@ class Ledger:
                         f"could not write {len(spans)} span(s) to the ledger at "
                         f"{self.display_url}: {exc.orig}"
                     ) from exc
-                time.sleep(0.05 * 2**attempt)
+                time.sleep(self._retry_delay * 2**attempt)
 
     def latest(self, where: _spans.SpanFilter, limit: int = 20) -> list[SpanRecord]:
         with self.read() as conn:

@@ -194,3 +194,50 @@ def test_unwritable_folder_is_clear(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(LedgerError, match="cannot create the ledger folder"):
         Ledger(f"sqlite:///{blocker}/sub/ledger.db")
+
+
+def test_a_locked_database_spools_and_the_next_open_records(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).dispose()
+    blocker = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    ledger = Ledger(url, busy_timeout_ms=10, retry_delay=0.001)
+    spans = [
+        make_span(),
+        make_span(
+            user="bob", tags={"k": "v"}, ended_at=datetime(2026, 11, 10, 12, 0, 1, tzinfo=UTC)
+        ),
+    ]
+    ledger.record(spans)  # does not raise: the spans are kept
+    (spooled,) = ledger.spool.pending()
+    assert spooled.parent == tmp_path / "ledger.db.spool"
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    reopened = Ledger(url)
+    assert reopened.spool.pending() == []
+    assert sorted(reopened.latest(SpanFilter(), 10), key=lambda s: s.id) == sorted(
+        spans, key=lambda s: s.id
+    )
+    assert reopened.recover() == 0
+
+
+def test_spool_recovery_waits_while_the_database_is_still_locked(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url, busy_timeout_ms=10, retry_delay=0.001)
+    ledger.spool.put([make_span()])
+    blocker = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    assert ledger.recover() == 0 and len(ledger.spool.pending()) == 1
+    blocker.execute("ROLLBACK")
+    assert ledger.recover() == 1 and ledger.count() == 1
+
+
+def test_spool_for_a_server_database_lives_in_the_data_dir() -> None:
+    from ollama_meter.ledger._ledger import default_spool_dir
+
+    spool = default_spool_dir("postgresql+psycopg://u:p@db/ometer")
+    assert spool.parent.name == "spool" and "ollama-meter" in str(spool)
