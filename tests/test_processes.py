@@ -87,3 +87,35 @@ def test_user_mistakes_never_print_a_traceback(emulator: OllamaEmulator, tmp_pat
         assert "Traceback" not in done.stderr, done.stderr
         assert done.stderr.strip().startswith("error:"), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_sigterm_mid_stream_still_writes_the_span(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    with OllamaEmulator(token_latency=0.1) as slow:
+        env = _env(slow, url)
+        proc = subprocess.Popen(
+            [*OMETER, "chat", "--dept", "ops", "-m", "llama3.1:8b", "tell me a long story"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        proc.stdout.read(12)  # some of the reply has arrived
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert proc.returncode == 128 + signal.SIGTERM
+        time.sleep(0.1)
+    listing = subprocess.run(
+        [*OMETER, "log", "--json"], env=env, capture_output=True, text=True, check=True
+    )
+    (span,) = json.loads(listing.stdout)
+    assert (span["status"], span["token_source"], span["department"]) == (
+        "client_abort",
+        "estimated",
+        "ops",
+    )
+    assert span["output_tokens"] >= 2

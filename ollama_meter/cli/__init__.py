@@ -6,6 +6,7 @@ sub-app; errors the user can fix become one line on stderr and an exit code.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -48,8 +49,14 @@ def _root(
     """Meter, price and charge back every Ollama call."""
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    # Unwind like Ctrl-C does, so a call in flight is still written as a span.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Entry point: run the app, turning ometer's own errors into one line and an exit code."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except OmeterError as exc:

@@ -266,7 +266,7 @@ class Meter:
             span.error_type = error.error_type
             span.error_message = str(error)[:2000]
             span.http_status = error.status_code
-        elif isinstance(error, GeneratorExit | KeyboardInterrupt):
+        elif isinstance(error, GeneratorExit | KeyboardInterrupt | SystemExit):
             span.status = Status.CLIENT_ABORT
             span.error_type = "client_abort"
         else:

@@ -250,3 +250,26 @@ def test_reprice_moves_costs_and_says_by_how_much(db_url: str, emulator: OllamaE
     assert sum(s.cost_total for s in stored(meter)) == outputs * 1000
     again = reprice(meter.ledger, book, since=spans[0].started_at)
     assert (again.examined, again.changed) == (3, 0)
+
+
+def test_a_silent_ollama_times_out(db_url: str, emulator: OllamaEmulator) -> None:
+    from ollama_meter.errors import UpstreamTimeout
+
+    meter = make_meter(db_url, upstream_timeout=0.3)
+    emulator.inject(Fault.HANG)
+    with pytest.raises(
+        UpstreamTimeout, match="did not answer in time; raise OMETER_UPSTREAM_TIMEOUT"
+    ):
+        run_chat(meter, stream=False)
+    (span,) = stored(meter)
+    assert (span.status, span.error_type) == ("error", "timeout")
+
+
+def test_bad_request_is_classified(db_url: str, emulator: OllamaEmulator) -> None:
+    from ollama_meter.errors import UpstreamBadRequest
+
+    meter = make_meter(db_url)
+    with pytest.raises(UpstreamBadRequest, match="HTTP 400"):
+        run_chat(meter, model="nomic-embed-text")  # an embedding model cannot chat
+    (span,) = stored(meter)
+    assert (span.error_type, span.http_status) == ("bad_request", 400)
