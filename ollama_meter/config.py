@@ -8,6 +8,7 @@ names the setting the user has to fix.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import platformdirs
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ollama_meter._names import name_problem
@@ -89,6 +90,21 @@ class Settings(BaseSettings):
     upstream_timeout: Annotated[float, Field(validation_alias="OMETER_UPSTREAM_TIMEOUT", gt=0)] = (
         300.0
     )
+    department_budgets: Annotated[str | None, Field(validation_alias="DEPARTMENT_BUDGETS")] = None
+    alert_webhook_url: Annotated[str | None, Field(validation_alias="OMETER_ALERT_WEBHOOK_URL")] = (
+        None
+    )
+    smtp_host: Annotated[str | None, Field(validation_alias="OMETER_SMTP_HOST")] = None
+    smtp_port: Annotated[int, Field(validation_alias="OMETER_SMTP_PORT", gt=0, lt=65536)] = 25
+    smtp_user: Annotated[str | None, Field(validation_alias="OMETER_SMTP_USER")] = None
+    smtp_password: Annotated[SecretStr | None, Field(validation_alias="OMETER_SMTP_PASSWORD")] = (
+        None
+    )
+    smtp_from: Annotated[str, Field(validation_alias="OMETER_SMTP_FROM")] = "ometer@localhost"
+    alert_email_to: Annotated[str | None, Field(validation_alias="OMETER_ALERT_EMAIL_TO")] = None
+    fixed_monthly_cost: Annotated[
+        Decimal | None, Field(validation_alias="OMETER_FIXED_MONTHLY_COST", ge=0)
+    ] = None
 
     @field_validator("ollama_host")
     @classmethod
@@ -111,6 +127,34 @@ class Settings(BaseSettings):
                 "or postgresql+psycopg://user:pass@host/db"
             ) from exc
         return value.strip()
+
+    @field_validator("department_budgets")
+    @classmethod
+    def _department_budgets(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from ollama_meter.budgets import parse_department_budgets
+
+        parse_department_budgets(value, currency="USD")  # raises ValueError saying what is wrong
+        return value
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.strip().startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.strip()
+
+    @field_validator("fixed_monthly_cost", mode="before")
+    @classmethod
+    def _no_float(cls, value: object) -> object:
+        return str(value) if isinstance(value, float) else value
+
+    @property
+    def email_recipients(self) -> list[str]:
+        return [a.strip() for a in (self.alert_email_to or "").split(",") if a.strip()]
 
     @field_validator("tenant", "department")
     @classmethod

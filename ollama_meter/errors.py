@@ -5,6 +5,8 @@
     ├── ValidationError              a user-supplied value is malformed (names, dates, prices)
     ├── LedgerError                  the ledger cannot be opened, migrated or written
     ├── PricingError                 a price rule is invalid or cannot be found
+    ├── BudgetError                  a budget is invalid or cannot be found
+    ├── BudgetExceeded               a hard budget refuses the call      (budget_exceeded, exit 3)
     └── UpstreamError                a call to Ollama failed; ``error_type`` classifies it
         ├── UpstreamConnectionError  Ollama cannot be reached            (connection)
         ├── UpstreamTimeout          Ollama did not answer in time       (timeout)
@@ -43,6 +45,23 @@ class LedgerError(OmeterError):
 
 class PricingError(OmeterError):
     """A price rule is invalid or does not exist."""
+
+
+class BudgetError(OmeterError):
+    """A budget is invalid or does not exist."""
+
+
+class BudgetExceeded(OmeterError):
+    """A hard budget has no room for this call; it was refused before reaching Ollama."""
+
+    exit_code = 3
+    error_type = "budget_exceeded"
+
+    def __init__(self, message: str, *, budget_id: int, retry_after: int) -> None:
+        super().__init__(message)
+        self.budget_id = budget_id
+        self.retry_after = retry_after
+        """Seconds until the period that refused the call ends."""
 
 
 class UpstreamError(OmeterError):

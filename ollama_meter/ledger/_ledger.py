@@ -15,14 +15,16 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from ollama_meter.budgets import Budget, PastCall
 from ollama_meter.config import default_data_dir
-from ollama_meter.errors import LedgerError, PricingError
-from ollama_meter.ledger import _prices, _spans
+from ollama_meter.errors import BudgetError, LedgerError, PricingError
+from ollama_meter.ledger import _budgets, _prices, _spans
 from ollama_meter.ledger._engine import SQLITE_BUSY_TIMEOUT_MS, create_ledger_engine, sqlite_path
 from ollama_meter.ledger._migrate import ensure_current
 from ollama_meter.ledger._spool import Spool
@@ -169,6 +171,44 @@ class Ledger:
                 return False
             _prices.replace_source(conn, source, rules, digest)
             return True
+
+    def recent_usage(self, model: str, limit: int = 20) -> list[PastCall]:
+        """Usage of the latest successful calls to ``model``: what budgets estimate from."""
+        with self.read() as conn:
+            return _spans.recent_usage(conn, model, limit)
+
+    # -- budgets and alerts --------------------------------------------------------------
+
+    def budgets(self) -> list[Budget]:
+        with self.read() as conn:
+            return _budgets.list_budgets(conn)
+
+    def save_budget(self, budget: Budget) -> Budget:
+        with self.write() as conn:
+            return _budgets.save_budget(conn, budget)
+
+    def remove_budget(self, budget_id: int) -> None:
+        with self.write() as conn:
+            if not _budgets.remove_budget(conn, budget_id):
+                raise BudgetError(f"no budget with id {budget_id}; see `ometer budget list`")
+
+    def sync_budgets(self, source: str, budgets: Sequence[Budget]) -> bool:
+        with self.write() as conn:
+            return _budgets.sync_source(conn, source, budgets)
+
+    def alerts(
+        self, *, undelivered_only: bool = False, max_attempts: int | None = None
+    ) -> list[Any]:
+        with self.read() as conn:
+            return _budgets.alerts(
+                conn, undelivered_only=undelivered_only, max_attempts=max_attempts
+            )
+
+    def record_alert_delivery(
+        self, alert_id: int, deliveries: dict[str, str], delivered: bool
+    ) -> None:
+        with self.write() as conn:
+            _budgets.record_delivery(conn, alert_id, deliveries, delivered)
 
     def dispose(self) -> None:
         self.engine.dispose()

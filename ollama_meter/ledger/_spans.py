@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Insert, Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ollama_meter.budgets import PastCall
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.meter.span import SpanRecord
 
@@ -107,3 +108,22 @@ def update_costs(conn: Connection, spans: Sequence[SpanRecord]) -> None:
     )
     params = [{"_id": s.id, **{name: getattr(s, name) for name in _COST_COLUMNS}} for s in spans]
     conn.execute(stmt, params)
+
+
+def recent_usage(conn: Connection, model: str, limit: int) -> list[PastCall]:
+    query = (
+        select(
+            SpanRow.input_tokens,
+            SpanRow.output_tokens,
+            SpanRow.prompt_eval_duration_ns,
+            SpanRow.eval_duration_ns,
+            SpanRow.load_duration_ns,
+        )
+        .where(SpanRow.request_model == model, SpanRow.status == "ok")
+        .order_by(SpanRow.id.desc())
+        .limit(limit)
+    )
+    return [
+        PastCall(row[0], row[1], row[2] or 0, row[3] or 0, row[4] or 0)
+        for row in conn.execute(query)
+    ]

@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -110,3 +111,65 @@ class PriceRuleRow(Base):
     source: Mapped[str] = mapped_column(String(512), default="cli")
     source_digest: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BudgetRow(Base):
+    """A spending cap on a tenant (``department`` None) or one of its departments.
+
+    ``tenant`` ``*`` means "each tenant's department" (budgets from
+    ``DEPARTMENT_BUDGETS``): every tenant gets its own allowance.
+    """
+
+    __tablename__ = "budgets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    department: Mapped[str | None] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(8))
+    limit_micros: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    hard: Mapped[bool] = mapped_column(Boolean)
+    thresholds: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ReservationRow(Base):
+    """Money set aside for a call in flight; gone when settled, ignored once expired."""
+
+    __tablename__ = "budget_reservations"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    budget_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    amount_micros: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_budget_reservations_budget_id", "budget_id", "tenant", "period_start"),
+    )
+
+
+class AlertRow(Base):
+    """A threshold crossed, once per budget, tenant, period and threshold; and where it went."""
+
+    __tablename__ = "budget_alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    budget_id: Mapped[int] = mapped_column(Integer)
+    tenant: Mapped[str] = mapped_column(String(64))
+    department: Mapped[str | None] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(8))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    period_label: Mapped[str] = mapped_column(String(16))
+    threshold: Mapped[int] = mapped_column(Integer)
+    spent_micros: Mapped[int] = mapped_column(BigInteger)
+    limit_micros: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    fired_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    deliveries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    delivered: Mapped[bool] = mapped_column(Boolean)
+    attempts: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (UniqueConstraint("budget_id", "tenant", "period_start", "threshold"),)

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import ollama
 
 from ollama_meter._names import MAX_USER, name_problem
-from ollama_meter.errors import PricingError, UpstreamError, ValidationError
+from ollama_meter.budgets import BudgetGate, Reservation, estimate_cost
+from ollama_meter.errors import BudgetExceeded, PricingError, UpstreamError, ValidationError
 from ollama_meter.meter._usage import estimate_tokens, usage_of
 from ollama_meter.meter._writer import GroupCommitWriter
 from ollama_meter.meter.span import (
@@ -94,6 +95,7 @@ class MeteredCall:
         self.reply_parts: list[str] = []
         self.content_chunks = 0
         self.final: ollama.ChatResponse | ollama.GenerateResponse | None = None
+        self.reservation: Reservation | None = None
         self._t0 = time.perf_counter_ns()
         self._first_ns: int | None = None
 
@@ -160,6 +162,41 @@ def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> b
     return ledger.sync_price_rules(f"file:{path}", rules, content)
 
 
+def budget_gate(ledger: Ledger, settings: Settings) -> BudgetGate:
+    """Budgets from the ledger (``DEPARTMENT_BUDGETS`` synced in) and the configured alert channels."""
+    from ollama_meter.budgets import (
+        AlertDispatcher,
+        Channel,
+        EmailChannel,
+        WebhookChannel,
+        parse_department_budgets,
+    )
+
+    if settings.department_budgets:
+        ledger.sync_budgets(
+            "env", parse_department_budgets(settings.department_budgets, currency=settings.currency)
+        )
+    channels: list[Channel] = []
+    if settings.alert_webhook_url:
+        channels.append(WebhookChannel(settings.alert_webhook_url))
+    if settings.smtp_host and settings.email_recipients:
+        channels.append(
+            EmailChannel(
+                settings.smtp_host,
+                settings.smtp_port,
+                sender=settings.smtp_from,
+                recipients=settings.email_recipients,
+                user=settings.smtp_user,
+                password=settings.smtp_password.get_secret_value()
+                if settings.smtp_password
+                else None,
+            )
+        )
+    gate = BudgetGate(ledger, tz=settings.tz, alerts=AlertDispatcher(ledger, channels))
+    gate.retry_undelivered()
+    return gate
+
+
 class PriceSource:
     """The price book in force, reloaded from the ledger at most every ``ttl`` seconds."""
 
@@ -196,7 +233,9 @@ class Meter:
         source: str,
         clock: Clock = utc_now,
         observers: Sequence[SpanObserver] = (),
+        budgets: BudgetGate | None = None,
     ) -> None:
+        self.budgets = budgets
         self.ledger = ledger
         self.prices = prices
         self.upstream = upstream
@@ -220,6 +259,7 @@ class Meter:
             upstream=Upstream(settings.ollama_host, timeout=settings.upstream_timeout),
             source=source,
             clock=clock,
+            budgets=budget_gate(ledger, settings),
         )
 
     # -- the sequence ------------------------------------------------------------------
@@ -232,7 +272,9 @@ class Meter:
         stream: bool,
         attribution: Attribution,
         prompt_text: str = "",
+        num_predict: int | None = None,
     ) -> MeteredCall:
+        """Start a call: attribute it, let the budgets admit it (or refuse it), open its span."""
         if not model or not model.strip():
             raise ValidationError("no model given; pass one with -m/--model, e.g. -m llama3.1:8b")
         span = SpanRecord(
@@ -251,8 +293,45 @@ class Meter:
             stream=stream,
             currency=self.prices().currency,
         )
+        call = MeteredCall(span, prompt_text)
+        if self.budgets is not None:
+            self._admit(call, num_predict)
         self._notify("on_start", span)
-        return MeteredCall(span, prompt_text)
+        return call
+
+    def _admit(self, call: MeteredCall, num_predict: int | None) -> None:
+        """Reserve budget for the call; a refusal is written as a ``rejected`` span, then raised."""
+        assert self.budgets is not None
+        span = call.span
+        if not self.budgets.budgets_for(span.tenant, span.department):
+            return
+        estimate = estimate_cost(
+            self.prices(),
+            span.request_model,
+            span.started_at,
+            input_tokens=estimate_tokens(call.prompt_text),
+            history=self.ledger.recent_usage(span.request_model),
+            num_predict=num_predict,
+        )
+        try:
+            call.reservation = self.budgets.admit(
+                call_id=span.id,
+                tenant=span.tenant,
+                department=span.department,
+                estimate=estimate,
+                now=span.started_at,
+            )
+        except BudgetExceeded as refusal:
+            span.status = Status.REJECTED
+            span.error_type = refusal.error_type
+            span.error_message = str(refusal)[:2000]
+            span.http_status = 429
+            span.ended_at = span.started_at
+            span.latency_ns = 0
+            span.apply_cost(self.prices().cost(span.model, span.started_at, usage_of(span)))
+            self.writer.write(span)
+            self._notify("on_end", span)
+            raise
 
     def close(self, call: MeteredCall, error: BaseException | None = None) -> SpanRecord:
         """Measure, price and write the call; the span is durable when this returns."""
@@ -275,8 +354,24 @@ class Meter:
             span.error_message = str(error)[:2000]
         span.apply_cost(self.prices().cost(span.model, span.started_at, usage_of(span)))
         self.writer.write(span)
+        if self.budgets is not None:
+            self._settle(call)
         self._notify("on_end", span)
         return span
+
+    def _settle(self, call: MeteredCall) -> None:
+        """Release the reservation and fire alerts; a failure here never fails the call."""
+        assert self.budgets is not None
+        span = call.span
+        try:
+            if call.reservation is not None:
+                self.budgets.settle(call.reservation)
+            if span.cost_total > 0:
+                self.budgets.check_alerts(span.tenant, span.department, span.started_at)
+        except Exception:
+            log.exception(
+                "settling budgets for span %s failed; its reservation will expire", span.id
+            )
 
     @contextlib.contextmanager
     def call(
@@ -287,6 +382,7 @@ class Meter:
         stream: bool,
         attribution: Attribution,
         prompt_text: str = "",
+        num_predict: int | None = None,
     ) -> Iterator[MeteredCall]:
         """Open a call, let the caller talk to Ollama, close it however that ended."""
         metered = self.open(
@@ -295,6 +391,7 @@ class Meter:
             stream=stream,
             attribution=attribution,
             prompt_text=prompt_text,
+            num_predict=num_predict,
         )
         try:
             yield metered
@@ -357,12 +454,14 @@ class ChatRun:
     def __iter__(self) -> Iterator[ollama.ChatResponse]:
         meter = self._meter
         prompt = "\n".join(str(m.get("content") or "") for m in self._messages)
+        predict = (self._options or {}).get("num_predict")
         with meter.call(
             operation="chat",
             model=self._model,
             stream=self._stream,
             attribution=self._attribution,
             prompt_text=prompt,
+            num_predict=predict if isinstance(predict, int) else None,
         ) as call:
             self.call = call
             if self._stream:

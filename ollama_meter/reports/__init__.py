@@ -4,7 +4,7 @@ Reads the ledger through its queries; never writes it. Tables for the terminal
 are drawn by the CLI, which alone imports rich.
 """
 
-from ollama_meter.reports._periods import (
+from ollama_meter.periods import (
     PERIOD_HELP,
     TIME_UNITS,
     Window,

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger._aggregate import GROUP_COLUMNS, aggregate_spend
-from ollama_meter.reports._periods import TIME_UNITS, Window, bucket_bounds
+from ollama_meter.periods import TIME_UNITS, Window, bucket_bounds
 
 BY_CHOICES = (*GROUP_COLUMNS, *TIME_UNITS)
 METRICS = ("requests", "errors", "input_tokens", "output_tokens", "gpu_seconds", "cost", "currency")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ollama_meter.ledger import HEAD_REVISION
 from ollama_meter.testing import Fault, OllamaEmulator, expected_reply, unreachable_url
 
 PRICE_LLAMA = ("pricing", "set", "llama3.1:*", "--input-per-1m", "1000", "--output-per-1m", "2000")
@@ -313,7 +314,7 @@ def test_report_options_are_validated(cli, db: str) -> None:  # type: ignore[no-
 def test_db_commands(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path / 'x' / 'ledger.db'}"
     assert cli("db", "path", "--db", url).stdout.strip() == str(tmp_path / "x" / "ledger.db")
-    assert "empty → 0001" in cli("db", "upgrade", "--db", url).stdout
+    assert f"empty → {HEAD_REVISION}" in cli("db", "upgrade", "--db", url).stdout
     assert "up to date" in cli("db", "upgrade", "--db", url).stdout
     default = cli("db", "path").stdout.strip()
     assert default.endswith("ollama-meter/ledger.db") and str(tmp_path) in default

@@ -1,4 +1,4 @@
-"""Reporting windows and time buckets, cut at local midnight in the configured zone.
+"""Periods: report windows, time buckets and budget periods, cut at local midnight.
 
 Pure functions of (text, zone, now). Boundaries come back as aware UTC
 datetimes, which is how the ledger stores time, so DST days are 23 or 25 hours
@@ -112,3 +112,11 @@ def bucket_bounds(window: Window, unit: str, tz: ZoneInfo) -> list[tuple[datetim
         bounds.append((start, label))
         day = after
     return bounds
+
+
+PERIOD_UNITS = {"day": "today", "week": "week", "month": "month"}
+
+
+def current_period(unit: str, *, tz: ZoneInfo, now: datetime) -> Window:
+    """The day, ISO week or month that contains ``now`` in ``tz``."""
+    return parse_period(PERIOD_UNITS[unit], tz=tz, now=now)

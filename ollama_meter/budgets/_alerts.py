@@ -1,0 +1,212 @@
+"""Budget alerts: the message, the channels it goes to, and delivery that never blocks a call.
+
+The log always gets the alert. A webhook (Slack-compatible JSON) and email
+(SMTP, STARTTLS when the server offers it) get it when configured. Delivery
+runs on a background thread with retries and backoff; what happened is written
+back to the alert's row, and undelivered alerts are retried by the next run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import random
+import smtplib
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+
+from ollama_meter.pricing import format_micros
+
+if TYPE_CHECKING:
+    from ollama_meter.ledger import Ledger
+
+log = logging.getLogger("ollama_meter.alerts")
+
+PERIOD_ADVERB = {"day": "daily", "week": "weekly", "month": "monthly"}
+MAX_RUNS = 5
+"""Runs (processes) that try an undelivered alert before giving up on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    id: int
+    budget_id: int
+    tenant: str
+    department: str | None
+    period: str
+    period_label: str
+    period_start: datetime
+    threshold: int
+    spent: int
+    limit: int
+    currency: str
+
+    @property
+    def scope(self) -> str:
+        return f"{self.tenant}/{self.department}" if self.department else self.tenant
+
+    def text(self) -> str:
+        used = self.spent * 100 // self.limit
+        return (
+            f"Budget {self.budget_id} ({self.scope}, {PERIOD_ADVERB[self.period]} {self.period_label}) "
+            f"crossed {self.threshold}%: spent {format_micros(self.spent)} of "
+            f"{format_micros(self.limit)} {self.currency} ({used}% used)"
+        )
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "text": self.text(),
+            "budget_id": self.budget_id,
+            "tenant": self.tenant,
+            "department": self.department,
+            "period": self.period,
+            "period_label": self.period_label,
+            "period_start": self.period_start.isoformat().replace("+00:00", "Z"),
+            "threshold": self.threshold,
+            "spent": format_micros(self.spent),
+            "limit": format_micros(self.limit),
+            "currency": self.currency,
+        }
+
+
+class Channel(Protocol):
+    name: str
+
+    def send(self, alert: Alert) -> str:
+        """Deliver; return where it went. Raise on failure."""
+        ...
+
+
+class WebhookChannel:
+    name = "webhook"
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self.url = url
+        self.timeout = timeout
+
+    def send(self, alert: Alert) -> str:
+        response = httpx.post(self.url, json=alert.payload(), timeout=self.timeout)
+        response.raise_for_status()
+        return f"sent to {self.url}"
+
+
+class EmailChannel:
+    name = "email"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        sender: str,
+        recipients: Sequence[str],
+        user: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.host, self.port = host, port
+        self.sender, self.recipients = sender, list(recipients)
+        self.user, self.password = user, password
+        self.timeout = timeout
+
+    def send(self, alert: Alert) -> str:
+        message = EmailMessage()
+        message["Subject"] = f"[ometer] {alert.scope} budget at {alert.threshold}%"
+        message["From"] = self.sender
+        message["To"] = ", ".join(self.recipients)
+        message.set_content(alert.text() + "\n")
+        with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+            smtp.ehlo()
+            if smtp.has_extn("starttls"):
+                smtp.starttls(context=ssl.create_default_context())
+                smtp.ehlo()
+            if self.user:
+                smtp.login(self.user, self.password or "")
+            smtp.send_message(message)
+        return f"sent to {', '.join(self.recipients)}"
+
+
+def deliver(
+    alert: Alert,
+    channels: Sequence[Channel],
+    *,
+    done: dict[str, str] | None = None,
+    attempts: int = 3,
+    backoff: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[dict[str, str], bool]:
+    """Send to every channel not yet done, retrying with jittered backoff; never raises.
+
+    Returns what happened per channel and whether all of them have it now.
+    """
+    log.warning("budget alert: %s", alert.text())
+    outcome = dict(done or {})
+    outcome["log"] = "sent"
+    for channel in channels:
+        if outcome.get(channel.name, "").startswith("sent"):
+            continue
+        for attempt in range(1, attempts + 1):
+            try:
+                outcome[channel.name] = channel.send(alert)
+                break
+            except Exception as exc:  # a channel's failure must never reach the call
+                outcome[channel.name] = f"failed: {exc}"[:500]
+                if attempt < attempts:
+                    sleep(backoff * 2 ** (attempt - 1) * (1 + random.random() / 2))
+        if not outcome[channel.name].startswith("sent"):
+            log.warning(
+                "alert %d not delivered by %s: %s", alert.id, channel.name, outcome[channel.name]
+            )
+    delivered = all(value.startswith("sent") for value in outcome.values())
+    return outcome, delivered
+
+
+class AlertDispatcher:
+    """Delivers alerts on one background thread and records the outcome in the ledger."""
+
+    def __init__(
+        self, ledger: Ledger, channels: Sequence[Channel], *, backoff: float = 0.5
+    ) -> None:
+        self.ledger = ledger
+        self.channels = list(channels)
+        self.backoff = backoff
+        self._queue: queue.Queue[tuple[Alert, dict[str, str]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def dispatch(self, alert: Alert, done: dict[str, str] | None = None) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ometer-alerts", daemon=True)
+                self._thread.start()
+                atexit.register(self.flush)
+        self._queue.put((alert, done or {}))
+
+    def flush(self, timeout: float = 15.0) -> bool:
+        """Wait (bounded) until every queued alert has been tried; True if all were."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            alert, done = self._queue.get()
+            try:
+                outcome, delivered = deliver(alert, self.channels, done=done, backoff=self.backoff)
+                self.ledger.record_alert_delivery(alert.id, outcome, delivered)
+            except Exception:
+                log.exception("could not record the delivery of alert %d", alert.id)
+            finally:
+                self._queue.task_done()

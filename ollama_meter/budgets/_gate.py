@@ -1,0 +1,208 @@
+"""The budget gate: admission before a call, settlement and alerts after it.
+
+Admission runs in one write transaction per call (SQLite's write lock, or an
+advisory lock per budget on PostgreSQL): settled spend from the ledger plus
+unexpired reservations plus this call's expected cost must fit every hard
+budget, or the call is refused. Spend is read from the spans themselves, so
+budgets, reports and chargeback always agree, and a period rolls over by its
+key: a new day or month simply has no spans yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from ollama_meter.budgets._alerts import PERIOD_ADVERB, Alert, AlertDispatcher
+from ollama_meter.budgets._estimate import Estimate
+from ollama_meter.budgets._model import Budget
+from ollama_meter.errors import BudgetExceeded
+from ollama_meter.periods import Window, current_period
+from ollama_meter.pricing import format_micros
+
+if TYPE_CHECKING:
+    from ollama_meter.ledger import Ledger
+
+log = logging.getLogger("ollama_meter.budgets")
+
+RESERVATION_TTL = timedelta(minutes=15)
+"""How long a reservation holds if its caller dies without settling."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str
+    budget_ids: tuple[int, ...]
+
+
+class BudgetGate:
+    """Budgets for one ledger; reloaded from it every ``ttl`` seconds."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        tz: ZoneInfo,
+        alerts: AlertDispatcher | None = None,
+        ttl: float = 5.0,
+        reservation_ttl: timedelta = RESERVATION_TTL,
+    ) -> None:
+        self.ledger = ledger
+        self.tz = tz
+        self.alerts = alerts
+        self._ttl = ttl
+        self._reservation_ttl = reservation_ttl
+        self._budgets: list[Budget] = []
+        self._loaded = -1.0
+        self._lock = threading.Lock()
+
+    def budgets_for(self, tenant: str, department: str) -> list[Budget]:
+        with self._lock:
+            if self._loaded < 0 or time.monotonic() - self._loaded > self._ttl:
+                self._budgets = self.ledger.budgets()
+                self._loaded = time.monotonic()
+            budgets = self._budgets
+        return [b for b in budgets if b.covers(tenant, department)]
+
+    def admit(
+        self, *, call_id: str, tenant: str, department: str, estimate: Estimate, now: datetime
+    ) -> Reservation | None:
+        """Reserve room for the call in every hard budget, or raise :class:`BudgetExceeded`."""
+        from ollama_meter.ledger import _budgets as store
+
+        hard = [b for b in self.budgets_for(tenant, department) if b.hard]
+        if not hard:
+            return None
+        rows: list[dict[str, Any]] = []
+        with self.ledger.write() as conn:
+            store.lock_budgets(conn, [b.id for b in hard if b.id is not None])
+            for budget in hard:
+                assert budget.id is not None
+                window = current_period(budget.period, tz=self.tz, now=now)
+                spent = store.spent(conn, budget, tenant, window.start, window.end)
+                held = store.reserved(conn, budget.id, tenant, window.start, now)
+                expected = estimate.expected if estimate.currency == budget.currency else 0
+                ceiling = estimate.ceiling if estimate.currency == budget.currency else 0
+                if spent >= budget.limit or spent + held + expected > budget.limit:
+                    raise self._refusal(budget, tenant, window, spent, held, expected, now)
+                room = budget.limit - spent - held
+                rows.append(
+                    {
+                        "id": call_id,
+                        "budget_id": budget.id,
+                        "tenant": tenant,
+                        "period_start": window.start,
+                        "amount_micros": max(expected, min(ceiling, room)),
+                        "expires_at": now + self._reservation_ttl,
+                    }
+                )
+            store.add_reservations(conn, rows)
+        return Reservation(call_id, tuple(row["budget_id"] for row in rows))
+
+    def _refusal(
+        self,
+        budget: Budget,
+        tenant: str,
+        window: Window,
+        spent: int,
+        held: int,
+        expected: int,
+        now: datetime,
+    ) -> BudgetExceeded:
+        in_flight = f" (+{format_micros(held)} held by calls in flight)" if held else ""
+        needs = f"; this call needs about {format_micros(expected)}" if expected else ""
+        resumes = window.end.astimezone(self.tz).strftime("%Y-%m-%d %H:%M %Z")
+        return BudgetExceeded(
+            f"{budget.kind} budget {budget.id} for {budget.scope(tenant)} "
+            f"({PERIOD_ADVERB[budget.period]} {window.label}) refuses the call: spent "
+            f"{format_micros(spent)} of {format_micros(budget.limit)} {budget.currency}"
+            f"{in_flight}{needs}; the next period starts {resumes}",
+            budget_id=budget.id or 0,
+            retry_after=max(1, int((window.end - now).total_seconds())),
+        )
+
+    def settle(self, reservation: Reservation) -> None:
+        """Release the call's reservation; its span, now in the ledger, carries the actual cost."""
+        from ollama_meter.ledger import _budgets as store
+
+        with self.ledger.write() as conn:
+            store.drop_reservations(conn, reservation.id)
+
+    def check_alerts(self, tenant: str, department: str, now: datetime) -> list[Alert]:
+        """Fire each threshold the settled spend has reached, once per budget, tenant and period."""
+        from ollama_meter.ledger import _budgets as store
+
+        fired: list[Alert] = []
+        budgets = self.budgets_for(tenant, department)
+        if not budgets:
+            return fired
+        with self.ledger.write() as conn:
+            for budget in budgets:
+                assert budget.id is not None
+                window = current_period(budget.period, tz=self.tz, now=now)
+                spent = store.spent(conn, budget, tenant, window.start, window.end)
+                for threshold in budget.thresholds:
+                    if spent * 100 < threshold * budget.limit:
+                        break
+                    values = {
+                        "budget_id": budget.id,
+                        "tenant": tenant,
+                        "department": budget.department,
+                        "period": budget.period,
+                        "period_start": window.start,
+                        "period_label": window.label,
+                        "threshold": threshold,
+                        "spent_micros": spent,
+                        "limit_micros": budget.limit,
+                        "currency": budget.currency,
+                        "fired_at": now,
+                        "deliveries": {},
+                        "delivered": False,
+                        "attempts": 0,
+                    }
+                    alert_id = store.claim_alert(conn, values)
+                    if alert_id is not None:
+                        fired.append(_alert(alert_id, values))
+        if self.alerts is not None:
+            for alert in fired:
+                self.alerts.dispatch(alert)
+        return fired
+
+    def retry_undelivered(self) -> int:
+        """Queue alerts an earlier run could not deliver; how many."""
+        if self.alerts is None:
+            return 0
+        from ollama_meter.budgets._alerts import MAX_RUNS
+
+        pending = self.ledger.alerts(undelivered_only=True, max_attempts=MAX_RUNS)
+        for row in pending:
+            values = {key: getattr(row, key) for key in _ALERT_KEYS}
+            self.alerts.dispatch(_alert(row.id, values), dict(row.deliveries or {}))
+        return len(pending)
+
+
+_ALERT_KEYS = (
+    "budget_id", "tenant", "department", "period", "period_start", "period_label",
+    "threshold", "spent_micros", "limit_micros", "currency",
+)  # fmt: skip
+
+
+def _alert(alert_id: int, values: dict[str, Any]) -> Alert:
+    return Alert(
+        id=alert_id,
+        budget_id=values["budget_id"],
+        tenant=values["tenant"],
+        department=values["department"],
+        period=values["period"],
+        period_label=values["period_label"],
+        period_start=values["period_start"],
+        threshold=values["threshold"],
+        spent=values["spent_micros"],
+        limit=values["limit_micros"],
+        currency=values["currency"],
+    )

@@ -1,0 +1,128 @@
+"""Budgets as data: what a cap covers, its period, limit and thresholds. No I/O."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ollama_meter._names import name_problem
+from ollama_meter.pricing import to_micros
+
+PERIODS = ("day", "week", "month")
+PERIOD_WORDS = {"daily": "day", "weekly": "week", "monthly": "month"}
+DEFAULT_THRESHOLDS = (75, 90, 100)
+EACH_TENANT = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A cap on spend per ``period`` for a tenant, or one department of it.
+
+    ``tenant == "*"`` gives every tenant's ``department`` its own allowance.
+    ``limit`` is integer micro-units of ``currency``; a hard budget refuses calls,
+    a soft one only alerts at each threshold (percent of the limit).
+    """
+
+    tenant: str
+    department: str | None
+    period: str
+    limit: int
+    currency: str
+    hard: bool = True
+    thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
+    source: str = "cli"
+    id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.period not in PERIODS:
+            raise ValueError(f"period {self.period!r} is not one of {', '.join(PERIODS)}")
+        if self.limit <= 0:
+            raise ValueError("a budget's limit must be more than 0")
+        if self.tenant != EACH_TENANT and (problem := name_problem(self.tenant)):
+            raise ValueError(f"tenant name {problem}")
+        if self.department is not None and (problem := name_problem(self.department)):
+            raise ValueError(f"department name {problem}")
+        if not self.thresholds or any(not 0 < t <= 1000 for t in self.thresholds):
+            raise ValueError("thresholds are percentages between 1 and 1000, e.g. 50,75,90,100")
+
+    def covers(self, tenant: str, department: str) -> bool:
+        return self.tenant in (tenant, EACH_TENANT) and self.department in (None, department)
+
+    def scope(self, tenant: str | None = None) -> str:
+        """``acme/sales``, ``acme`` (whole tenant) or ``*/sales`` (each tenant)."""
+        who = tenant if tenant is not None and self.tenant == EACH_TENANT else self.tenant
+        return f"{who}/{self.department}" if self.department else who
+
+    @property
+    def kind(self) -> str:
+        return "hard" if self.hard else "soft"
+
+
+def parse_thresholds(text: str) -> tuple[int, ...]:
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ValueError(
+            f"thresholds {text!r} are not whole percentages like 50,75,90,100"
+        ) from None
+    return tuple(values)
+
+
+def parse_limit(value: Any, *, what: str) -> int:
+    """A positive amount of money (text or number, never float-rounded) → micro-units."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"{what} must be an amount such as 100 or 12.50")
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{what} {value!r} is not an amount") from None
+    if not amount.is_finite() or amount <= 0:
+        raise ValueError(f"{what} must be a positive amount, not {value!r}")
+    return to_micros(amount)
+
+
+def parse_department_budgets(text: str, *, currency: str) -> list[Budget]:
+    """``DEPARTMENT_BUDGETS``: ``{"sales": {"daily": 5, "monthly": 100}, ...}``.
+
+    Each department of each tenant gets the limits given. A department may also
+    say ``"soft": true`` and ``"thresholds": [50, 90]``.
+    """
+    try:
+        data = json.loads(text, parse_float=Decimal)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(data, dict):
+        raise ValueError('expected an object like {"sales": {"daily": 5, "monthly": 100}}')
+    budgets = []
+    for department, limits in data.items():
+        if not isinstance(limits, dict):
+            raise ValueError(f'{department!r}: expected an object like {{"monthly": 100}}')
+        unknown = set(limits) - {*PERIOD_WORDS, "soft", "thresholds"}
+        if unknown:
+            raise ValueError(
+                f"{department!r}: unknown key(s) {', '.join(sorted(unknown))}; use daily, weekly, monthly, soft, thresholds"
+            )
+        periods = [word for word in PERIOD_WORDS if word in limits]
+        if not periods:
+            raise ValueError(f"{department!r}: give at least one of daily, weekly, monthly")
+        thresholds = limits.get("thresholds", DEFAULT_THRESHOLDS)
+        if not isinstance(thresholds, list | tuple) or not all(
+            isinstance(t, int) for t in thresholds
+        ):
+            raise ValueError(f"{department!r}: thresholds must be a list of whole percentages")
+        for word in periods:
+            budgets.append(
+                Budget(
+                    tenant=EACH_TENANT,
+                    department=department,
+                    period=PERIOD_WORDS[word],
+                    limit=parse_limit(limits[word], what=f"{department!r} {word}"),
+                    currency=currency,
+                    hard=not bool(limits.get("soft", False)),
+                    thresholds=tuple(sorted(set(thresholds))),
+                    source="env",
+                )
+            )
+    return budgets

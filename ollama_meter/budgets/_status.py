@@ -1,0 +1,79 @@
+"""Where each budget stands now: spent, held, share of the limit, projection to period end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+
+from ollama_meter.budgets._model import EACH_TENANT, Budget
+from ollama_meter.periods import Window, current_period
+
+if TYPE_CHECKING:
+    from ollama_meter.ledger import Ledger
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    budget: Budget
+    tenant: str
+    window: Window
+    spent: int
+    held: int
+    projected: int
+
+    @property
+    def percent(self) -> int:
+        return self.spent * 100 // self.budget.limit
+
+    @property
+    def state(self) -> str:
+        """``ok``, ``warning`` (first threshold reached), ``over`` or ``exhausted`` (hard, at 100 %)."""
+        if self.spent >= self.budget.limit:
+            return "exhausted" if self.budget.hard else "over"
+        if self.spent * 100 >= min(self.budget.thresholds) * self.budget.limit:
+            return "warning"
+        return "ok"
+
+
+def project(spent: int, window: Window, now: datetime) -> int:
+    """Spend at period end if the pace so far holds (integer micro-units)."""
+    total = (window.end - window.start).total_seconds()
+    elapsed = min(max((now - window.start).total_seconds(), 0.0), total)
+    if elapsed <= 0:
+        return spent
+    return spent * int(total * 1000) // max(int(elapsed * 1000), 1)
+
+
+def budget_status(ledger: Ledger, *, tz: ZoneInfo, now: datetime) -> list[BudgetStatus]:
+    """One line per budget, and per tenant for budgets that give each tenant its own allowance."""
+    from ollama_meter.ledger import _budgets as store
+    from ollama_meter.ledger.models import SpanRow
+
+    rows = []
+    with ledger.read() as conn:
+        for budget in ledger.budgets():
+            assert budget.id is not None
+            window = current_period(budget.period, tz=tz, now=now)
+            tenants = [budget.tenant]
+            if budget.tenant == EACH_TENANT:
+                query = (
+                    select(SpanRow.tenant)
+                    .distinct()
+                    .where(
+                        SpanRow.department == budget.department,
+                        SpanRow.started_at >= window.start,
+                        SpanRow.started_at < window.end,
+                    )
+                )
+                tenants = sorted(str(t) for t in conn.execute(query).scalars()) or [EACH_TENANT]
+            for tenant in tenants:
+                spent = store.spent(conn, budget, tenant, window.start, window.end)
+                held = store.reserved(conn, budget.id, tenant, window.start, now)
+                rows.append(
+                    BudgetStatus(budget, tenant, window, spent, held, project(spent, window, now))
+                )
+    return rows

@@ -1,0 +1,218 @@
+"""``ometer budget ...``: caps per tenant or department, and where they stand."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from ollama_meter.budgets import (
+    DEFAULT_THRESHOLDS,
+    PERIOD_ADVERB,
+    Budget,
+    BudgetStatus,
+    budget_status,
+    parse_limit,
+    parse_thresholds,
+)
+from ollama_meter.cli._common import DbOption, JsonFlag, money, out, settings
+from ollama_meter.errors import BudgetError
+from ollama_meter.ledger import open_ledger
+from ollama_meter.meter import utc_now
+from ollama_meter.meter._core import budget_gate
+from ollama_meter.pricing import format_micros
+
+app = typer.Typer(help="Budgets: spending caps that refuse or alert.", no_args_is_help=True)
+
+_STATE_STYLE = {"ok": "green", "warning": "yellow", "over": "red", "exhausted": "bold red"}
+
+
+@app.command("set")
+def set_budget(
+    department: Annotated[
+        str | None, typer.Argument(help="Department to cap; leave out for a tenant-wide cap.")
+    ] = None,
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", "-t", help="Tenant (default OMETER_TENANT).")
+    ] = None,
+    daily: Annotated[str | None, typer.Option("--daily", help="Limit per local day.")] = None,
+    weekly: Annotated[str | None, typer.Option("--weekly", help="Limit per ISO week.")] = None,
+    monthly: Annotated[str | None, typer.Option("--monthly", help="Limit per month.")] = None,
+    soft: Annotated[bool, typer.Option("--soft", help="Only alert; never refuse calls.")] = False,
+    thresholds: Annotated[
+        str, typer.Option("--thresholds", help="Alert at these percentages of the limit.")
+    ] = ",".join(str(t) for t in DEFAULT_THRESHOLDS),
+    currency: Annotated[
+        str | None, typer.Option("--currency", help="Currency (default OMETER_CURRENCY).")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Cap a department's (or a whole tenant's) spend per day, week or month."""
+    cfg = settings(db_url=db, currency=currency, tenant=tenant)
+    limits = {"day": daily, "week": weekly, "month": monthly}
+    if not any(limits.values()):
+        raise BudgetError("give at least one of --daily, --weekly, --monthly")
+    ledger = open_ledger(cfg.ledger_url)
+    try:
+        budgets = [
+            Budget(
+                tenant=cfg.tenant,
+                department=department,
+                period=period,
+                limit=parse_limit(value, what=f"--{word}"),
+                currency=cfg.currency,
+                hard=not soft,
+                thresholds=parse_thresholds(thresholds),
+            )
+            for (period, value), word in zip(
+                limits.items(), ("daily", "weekly", "monthly"), strict=True
+            )
+            if value is not None
+        ]
+    except ValueError as exc:
+        raise BudgetError(str(exc)) from None
+    for budget in budgets:
+        saved = ledger.save_budget(budget)
+        out.print(
+            f"budget {saved.id}: {saved.scope()} {PERIOD_ADVERB[saved.period]} limit "
+            f"{money(saved.limit, saved.currency)} ({saved.kind}, alerts at "
+            f"{', '.join(f'{t}%' for t in saved.thresholds)})"
+        )
+
+
+def budget_to_dict(budget: Budget) -> dict[str, Any]:
+    return {
+        "id": budget.id,
+        "tenant": budget.tenant,
+        "department": budget.department,
+        "period": budget.period,
+        "limit": format_micros(budget.limit),
+        "currency": budget.currency,
+        "hard": budget.hard,
+        "thresholds": list(budget.thresholds),
+        "source": budget.source,
+    }
+
+
+def _loaded(db: str | None) -> Any:
+    cfg = settings(db_url=db)
+    ledger = open_ledger(cfg.ledger_url)
+    budget_gate(ledger, cfg)  # brings DEPARTMENT_BUDGETS in
+    return cfg, ledger
+
+
+@app.command("list")
+def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
+    """Every budget, with its limit, kind and thresholds."""
+    _, ledger = _loaded(db)
+    budgets = ledger.budgets()
+    if as_json:
+        out.file.write(json.dumps([budget_to_dict(b) for b in budgets], indent=2) + "\n")
+        return
+    if not budgets:
+        out.print("no budgets; add one with `ometer budget set DEPT --monthly 100`")
+        return
+    table = Table(title="budgets", title_justify="left")
+    for name in ("id", "scope", "period", "limit", "kind", "thresholds", "source"):
+        table.add_column(name, justify="right" if name in ("id", "limit") else "left")
+    for b in budgets:
+        table.add_row(
+            str(b.id),
+            b.scope(),
+            b.period,
+            money(b.limit, b.currency),
+            b.kind,
+            ",".join(map(str, b.thresholds)),
+            b.source,
+        )
+    out.print(table)
+
+
+def status_to_dict(row: BudgetStatus) -> dict[str, Any]:
+    return {
+        **budget_to_dict(row.budget),
+        "tenant": row.tenant,
+        "period_label": row.window.label,
+        "period_start": row.window.start.isoformat().replace("+00:00", "Z"),
+        "period_end": row.window.end.isoformat().replace("+00:00", "Z"),
+        "spent": format_micros(row.spent),
+        "held": format_micros(row.held),
+        "percent": row.percent,
+        "projected": format_micros(row.projected),
+        "state": row.state,
+    }
+
+
+@app.command("status")
+def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
+    """Each budget's use this period: spent, share, bar, projection to period end, state."""
+    cfg, ledger = _loaded(db)
+    rows = budget_status(ledger, tz=cfg.tz, now=utc_now())
+    if as_json:
+        out.file.write(json.dumps([status_to_dict(r) for r in rows], indent=2) + "\n")
+        return
+    if not rows:
+        out.print("no budgets; add one with `ometer budget set DEPT --monthly 100`")
+        return
+    currencies = {row.budget.currency for row in rows}
+    heading = f" {next(iter(currencies))}" if len(currencies) == 1 else ""
+    table = Table(title=f"budgets now ({cfg.timezone})", title_justify="left")
+    names = [
+        "id",
+        "scope",
+        "period",
+        f"spent{heading}",
+        f"limit{heading}",
+        "used",
+        "",
+        f"projected{heading}",
+        "state",
+    ]
+    cells = [
+        [
+            str(row.budget.id),
+            row.budget.scope(row.tenant),
+            f"{row.budget.period} {row.window.label}",
+            money(row.spent, None if heading else row.budget.currency),
+            money(row.budget.limit, None if heading else row.budget.currency),
+            f"{row.percent}%",
+            "",
+            money(row.projected, None if heading else row.budget.currency),
+            row.state,
+        ]
+        for row in rows
+    ]
+    for index, name in enumerate(names):
+        numeric = name not in ("scope", "period", "", "state")
+        width = max(len(name), *(len(c[index]) for c in cells))
+        table.add_column(
+            name,
+            justify="right" if numeric else "left",
+            no_wrap=True,
+            min_width=None if name == "scope" else max(width, 10 if name == "" else 0),
+        )
+    for row, line in zip(rows, cells, strict=True):
+        style = _STATE_STYLE[row.state]
+        bar = ProgressBar(
+            total=100,
+            completed=min(row.percent, 100),
+            width=10,
+            complete_style=style,
+            finished_style=style,
+        )
+        table.add_row(*line[:6], bar, line[7], f"[{style}]{line[8]}[/]")
+    out.print(table)
+
+
+@app.command("rm")
+def remove(
+    budget_id: Annotated[int, typer.Argument(help="Budget id from `ometer budget list`.")],
+    db: DbOption = None,
+) -> None:
+    """Remove a budget."""
+    cfg = settings(db_url=db)
+    open_ledger(cfg.ledger_url).remove_budget(budget_id)
+    out.print(f"removed budget {budget_id}")

@@ -1,0 +1,175 @@
+"""Budgets, reservations and alerts in the ledger. Portable SQL; callers own the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from ollama_meter.budgets._model import Budget
+from ollama_meter.ledger.models import AlertRow, BudgetRow, ReservationRow, SpanRow
+
+_BUDGETS: Table = BudgetRow.__table__  # type: ignore[assignment]
+_RESERVATIONS: Table = ReservationRow.__table__  # type: ignore[assignment]
+_ALERTS: Table = AlertRow.__table__  # type: ignore[assignment]
+
+
+def _to_budget(row: Any) -> Budget:
+    return Budget(
+        id=row.id,
+        tenant=row.tenant,
+        department=row.department,
+        period=row.period,
+        limit=row.limit_micros,
+        currency=row.currency,
+        hard=row.hard,
+        thresholds=tuple(int(t) for t in row.thresholds.split(",")),
+        source=row.source,
+    )
+
+
+def _values(budget: Budget) -> dict[str, Any]:
+    return {
+        "tenant": budget.tenant,
+        "department": budget.department,
+        "period": budget.period,
+        "limit_micros": budget.limit,
+        "currency": budget.currency,
+        "hard": budget.hard,
+        "thresholds": ",".join(str(t) for t in budget.thresholds),
+        "source": budget.source,
+    }
+
+
+def list_budgets(conn: Connection) -> list[Budget]:
+    return [_to_budget(row) for row in conn.execute(select(BudgetRow).order_by(BudgetRow.id))]
+
+
+def save_budget(conn: Connection, budget: Budget) -> Budget:
+    """Insert, or replace the budget with the same scope, period and source."""
+    same = conn.execute(
+        select(BudgetRow.id).where(
+            BudgetRow.tenant == budget.tenant,
+            BudgetRow.department.is_(None)
+            if budget.department is None
+            else BudgetRow.department == budget.department,
+            BudgetRow.period == budget.period,
+            BudgetRow.source == budget.source,
+        )
+    ).scalar()
+    if same is not None:
+        conn.execute(update(_BUDGETS).where(_BUDGETS.c.id == same).values(_values(budget)))
+        return replace(budget, id=same)
+    new = conn.execute(
+        insert(_BUDGETS).values(**_values(budget), created_at=datetime.now(UTC))
+    ).inserted_primary_key
+    assert new is not None
+    return replace(budget, id=int(new[0]))
+
+
+def remove_budget(conn: Connection, budget_id: int) -> bool:
+    conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.budget_id == budget_id))
+    return conn.execute(delete(_BUDGETS).where(_BUDGETS.c.id == budget_id)).rowcount > 0
+
+
+def _identity(b: Budget) -> tuple[object, ...]:
+    return (b.tenant, b.department or "", b.period, b.limit, b.currency, b.hard, b.thresholds)
+
+
+def sync_source(conn: Connection, source: str, budgets: Sequence[Budget]) -> bool:
+    """Make the budgets from ``source`` exactly ``budgets``; True when anything changed."""
+    current = [b for b in list_budgets(conn) if b.source == source]
+    if sorted(map(_identity, current)) == sorted(map(_identity, budgets)):
+        return False
+    for old in current:
+        assert old.id is not None
+        remove_budget(conn, old.id)
+    for budget in budgets:
+        save_budget(conn, replace(budget, source=source))
+    return True
+
+
+def lock_budgets(conn: Connection, budget_ids: Sequence[int]) -> None:
+    """Serialise admission per budget across processes (SQLite already holds its write lock)."""
+    if conn.dialect.name == "postgresql":
+        for budget_id in sorted(budget_ids):
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": 0x6F6D, "b": budget_id}
+            )
+
+
+def spent(conn: Connection, budget: Budget, tenant: str, start: datetime, end: datetime) -> int:
+    """Settled spend in the budget's currency for ``tenant`` (and its department) in [start, end)."""
+    query = select(func.coalesce(func.sum(SpanRow.cost_total), 0)).where(
+        SpanRow.tenant == tenant,
+        SpanRow.started_at >= start,
+        SpanRow.started_at < end,
+        SpanRow.currency == budget.currency,
+    )
+    if budget.department is not None:
+        query = query.where(SpanRow.department == budget.department)
+    return int(conn.execute(query).scalar_one())
+
+
+def reserved(
+    conn: Connection, budget_id: int, tenant: str, period_start: datetime, now: datetime
+) -> int:
+    query = select(func.coalesce(func.sum(ReservationRow.amount_micros), 0)).where(
+        ReservationRow.budget_id == budget_id,
+        ReservationRow.tenant == tenant,
+        ReservationRow.period_start == period_start,
+        ReservationRow.expires_at > now,
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def add_reservations(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(insert(_RESERVATIONS), list(rows))
+
+
+def drop_reservations(conn: Connection, reservation_id: str) -> None:
+    conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.id == reservation_id))
+
+
+def purge_expired(conn: Connection, now: datetime) -> int:
+    return conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.expires_at <= now)).rowcount
+
+
+def claim_alert(conn: Connection, values: dict[str, Any]) -> int | None:
+    """Record an alert unless this budget, tenant, period and threshold already has one.
+
+    The unique constraint decides, so across processes exactly one caller gets an id.
+    """
+    try:
+        with conn.begin_nested():
+            new = conn.execute(insert(_ALERTS).values(**values)).inserted_primary_key
+    except IntegrityError:
+        return None
+    assert new is not None
+    return int(new[0])
+
+
+def record_delivery(
+    conn: Connection, alert_id: int, deliveries: dict[str, str], delivered: bool
+) -> None:
+    conn.execute(
+        update(_ALERTS)
+        .where(_ALERTS.c.id == alert_id)
+        .values(deliveries=deliveries, delivered=delivered, attempts=_ALERTS.c.attempts + 1)
+    )
+
+
+def alerts(
+    conn: Connection, *, undelivered_only: bool = False, max_attempts: int | None = None
+) -> list[Any]:
+    query = select(AlertRow).order_by(AlertRow.id)
+    if undelivered_only:
+        query = query.where(AlertRow.delivered == False)  # noqa: E712
+    if max_attempts is not None:
+        query = query.where(AlertRow.attempts < max_attempts)
+    return list(conn.execute(query))
