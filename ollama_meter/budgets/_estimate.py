@@ -46,7 +46,10 @@ def estimate_cost(
     num_predict: int | None = None,
 ) -> Estimate:
     """Expected and ceiling cost (micro-units) of a call with ``input_tokens`` of prompt."""
+    expected_in = input_tokens
     if history:
+        # The character count over-estimates short prompts; recent calls cap the guess.
+        expected_in = min(input_tokens, max(call.input_tokens for call in history))
         out = max(call.output_tokens for call in history)
         prompt_ns = max(call.prompt_eval_ns // max(call.input_tokens, 1) for call in history)
         eval_ns = max(call.eval_ns // max(call.output_tokens, 1) for call in history)
@@ -59,15 +62,15 @@ def estimate_cost(
         out = ceiling_out = num_predict
     ceiling_eval_ns = eval_ns or DEFAULT_EVAL_NS_PER_TOKEN
 
-    def usage(output: int, per_token_eval: int) -> Usage:
+    def usage(prompt: int, output: int, per_token_eval: int) -> Usage:
         return Usage(
-            input_tokens=input_tokens,
+            input_tokens=prompt,
             output_tokens=output,
-            prompt_eval_ns=input_tokens * prompt_ns,
+            prompt_eval_ns=prompt * prompt_ns,
             eval_ns=output * per_token_eval,
             load_ns=load_ns,
         )
 
-    expected = book.cost(model, when, usage(out, eval_ns))
-    ceiling = book.cost(model, when, usage(ceiling_out, ceiling_eval_ns))
+    expected = book.cost(model, when, usage(expected_in, out, eval_ns))
+    ceiling = book.cost(model, when, usage(input_tokens, ceiling_out, ceiling_eval_ns))
     return Estimate(expected.total, max(ceiling.total, expected.total), expected.currency)

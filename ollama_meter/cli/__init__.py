@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from ollama_meter import __version__
-from ollama_meter.cli import budget, chat, db, demo, log, pricing, report
+from ollama_meter.cli import budget, chargeback, chat, db, demo, log, pricing, report
 from ollama_meter.cli._common import err
 from ollama_meter.errors import OmeterError
 
@@ -29,6 +29,7 @@ app.command("chat")(chat.chat)
 app.command("log")(log.log)
 app.command("report")(report.report)
 app.command("reprice")(pricing.reprice_command)
+app.command("chargeback")(chargeback.chargeback_command)
 app.command("demo")(demo.demo)
 app.add_typer(pricing.app, name="pricing")
 app.add_typer(budget.app, name="budget")

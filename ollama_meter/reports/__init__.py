@@ -14,16 +14,25 @@ from ollama_meter.periods import (
     parse_period,
     window_between,
 )
+from ollama_meter.reports._allocation import allocate, union_length
+from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS
+from ollama_meter.reports._chargeback import IDLE, IDLE_MODES, Chargeback, chargeback
 from ollama_meter.reports._render import iso_utc, safe_cell, span_to_dict, to_csv, to_json
 from ollama_meter.reports._spend import BY_CHOICES, SpendReport, gpu_seconds, parse_by, spend_report
 
 __all__ = [
     "BY_CHOICES",
+    "CHARGEBACK_COLUMNS",
+    "IDLE",
+    "IDLE_MODES",
     "PERIOD_HELP",
     "TIME_UNITS",
+    "Chargeback",
     "SpendReport",
     "Window",
+    "allocate",
     "bucket_bounds",
+    "chargeback",
     "gpu_seconds",
     "iso_utc",
     "local_midnight",
@@ -35,5 +44,6 @@ __all__ = [
     "spend_report",
     "to_csv",
     "to_json",
+    "union_length",
     "window_between",
 ]

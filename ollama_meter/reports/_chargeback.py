@@ -1,0 +1,174 @@
+"""Monthly chargeback: one row per tenant and department, usage plus a share of fixed cost.
+
+A fixed monthly cost (amortised servers, power, admin) is spread by GPU busy
+time. Capacity is the month's length times GPUs per upstream host; busy time is
+the union of the spans' busy intervals per host, so parallel calls do not count
+twice. Idle capacity is either shared in proportion (``share``) or shown as its
+own ``__idle__`` row (``separate``). Shares are whole cents that add up exactly.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+
+from ollama_meter.errors import ValidationError
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger._aggregate import aggregate_spend
+from ollama_meter.ledger.models import SpanRow
+from ollama_meter.periods import Window, parse_period
+from ollama_meter.reports._allocation import allocate, union_length
+from ollama_meter.reports._spend import gpu_seconds
+
+COLUMNS = (
+    "month", "tenant", "department", "requests", "input_tokens", "output_tokens",
+    "gpu_seconds", "usage_cost", "fixed_cost_share", "total_cost", "currency",
+)  # fmt: skip
+IDLE = "__idle__"
+IDLE_MODES = ("share", "separate")
+_CENT_IN_MICROS = 10_000
+
+
+@dataclass
+class Chargeback:
+    month: str
+    window: Window
+    rows: list[dict[str, object]] = field(default_factory=list)
+    capacity_ns: int = 0
+    busy_ns: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_month(text: str, *, tz: ZoneInfo, now: datetime) -> Window:
+    if len(text) != 7 or text[4] != "-":
+        raise ValidationError(f"--month {text!r} is not a month; use YYYY-MM, e.g. 2026-11")
+    return parse_period(text, tz=tz, now=now)
+
+
+def fixed_cost_cents(amount: Decimal) -> int:
+    """The fixed cost in whole cents; more precision than cents is refused, not rounded."""
+    cents = amount * 100
+    if amount < 0 or cents != cents.to_integral_value():
+        raise ValidationError(f"fixed cost {amount} must be a non-negative amount in whole cents")
+    return int(cents)
+
+
+def _busy_union(ledger: Ledger, window: Window) -> tuple[int, int]:
+    """(union of busy time over all hosts, number of hosts) in nanoseconds."""
+    busy = SpanRow.prompt_eval_duration_ns + SpanRow.eval_duration_ns
+    query = select(SpanRow.upstream_host, SpanRow.ended_at, SpanRow.started_at, busy).where(
+        SpanRow.started_at >= window.start, SpanRow.started_at < window.end
+    )
+    per_host: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    start_us = int(window.start.timestamp() * 1_000_000)
+    end_us = int(window.end.timestamp() * 1_000_000)
+    with ledger.read() as conn:
+        for host, ended, started, busy_ns in conn.execute(query):
+            intervals = per_host[host]  # a host that was only idle still adds capacity
+            if not busy_ns:
+                continue
+            # Ollama's busy time ends when the call does; µs resolution, clipped to the month.
+            end = int((ended or started).timestamp() * 1_000_000)
+            begin = end - busy_ns // 1000
+            intervals.append((max(begin, start_us) * 1000, min(end, end_us) * 1000))
+    return sum(union_length(intervals) for intervals in per_host.values()), len(per_host)
+
+
+def chargeback(
+    ledger: Ledger,
+    month: str,
+    *,
+    tz: ZoneInfo,
+    now: datetime,
+    currency: str,
+    fixed_cost: Decimal | None = None,
+    idle: str = "share",
+    gpus: int = 1,
+) -> Chargeback:
+    """Rows for ``month`` (YYYY-MM in ``tz``), sorted by tenant, department, currency."""
+    if idle not in IDLE_MODES:
+        raise ValidationError(f"--idle {idle!r} is not one of: {', '.join(IDLE_MODES)}")
+    if gpus < 1:
+        raise ValidationError("--gpus must be at least 1")
+    window = parse_month(month, tz=tz, now=now)
+    result = Chargeback(month=window.label, window=window)
+    if now < window.end:
+        result.warnings.append(f"{window.label} is not over yet; these figures will still change")
+    with ledger.read() as conn:
+        groups = aggregate_spend(
+            conn, SpanFilter(since=window.start, until=window.end), ["tenant", "department"]
+        )
+    rows: dict[tuple[str, str, str], dict[str, object]] = {}
+    weights: dict[tuple[str, str], int] = defaultdict(int)
+    for group in groups:
+        tenant, department = group.keys
+        rows[(tenant, department, group.currency)] = {
+            "month": window.label,
+            "tenant": tenant,
+            "department": department,
+            "requests": group.requests,
+            "input_tokens": group.input_tokens,
+            "output_tokens": group.output_tokens,
+            "gpu_ns": group.gpu_ns,
+            "usage_cost": group.cost,
+            "fixed_cents": 0,
+            "currency": group.currency,
+        }
+        weights[(tenant, department)] += group.gpu_ns
+    if fixed_cost is not None:
+        cents = fixed_cost_cents(fixed_cost)
+        busy, hosts = _busy_union(ledger, window)
+        capacity = (
+            int((window.end - window.start) / timedelta(microseconds=1))
+            * 1000
+            * gpus
+            * max(hosts, 1)
+        )
+        busy = min(busy, capacity)
+        result.capacity_ns, result.busy_ns = capacity, busy
+        shares = _fixed_shares(cents, weights, idle=idle, busy=busy, capacity=capacity)
+        for (tenant, department), share in shares.items():
+            key = (tenant, department, currency)
+            if key not in rows:
+                rows[key] = {
+                    "month": window.label, "tenant": tenant, "department": department,
+                    "requests": 0, "input_tokens": 0, "output_tokens": 0, "gpu_ns": 0,
+                    "usage_cost": 0, "fixed_cents": 0, "currency": currency,
+                }  # fmt: skip
+            rows[key]["fixed_cents"] = share
+    for key in sorted(rows, key=lambda k: (k[0] == IDLE, k)):
+        row = rows[key]
+        usage = int(str(row["usage_cost"]))
+        fixed = int(str(row.pop("fixed_cents")))
+        row["gpu_seconds"] = gpu_seconds(int(str(row.pop("gpu_ns"))))
+        row["fixed_cost_share"] = Decimal(fixed).scaleb(-2)
+        row["total_cost"] = usage + fixed * _CENT_IN_MICROS
+        result.rows.append(row)
+    return result
+
+
+def _fixed_shares(
+    cents: int, weights: dict[tuple[str, str], int], *, idle: str, busy: int, capacity: int
+) -> dict[tuple[str, str], int]:
+    """Cents per (tenant, department), plus ``(IDLE, IDLE)`` when idle is separate or nobody was busy."""
+    used = {key: w for key, w in weights.items() if w > 0}
+    total_weight = sum(used.values())
+    if total_weight == 0:
+        return {(IDLE, IDLE): cents}
+    if idle == "share":
+        return allocate(cents, used)
+    # Busy capacity goes to departments by their busy seconds; idle capacity to its own row.
+    # Integer weights keep the split exact: idle * sum(w) against busy * w_i.
+    scaled = {key: busy * w for key, w in used.items()}
+    scaled[(IDLE, IDLE)] = (capacity - busy) * total_weight
+    order = [*sorted(used), (IDLE, IDLE)]
+    return {
+        key: share
+        for key, share in allocate(cents, scaled, order=order).items()
+        if key in used or share
+    }

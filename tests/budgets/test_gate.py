@@ -1,0 +1,324 @@
+"""Budgets enforced by the meter against the emulator: refusals, rollover, reservations, alerts."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from ollama_meter.budgets import (
+    AlertDispatcher,
+    Budget,
+    BudgetGate,
+    EmailChannel,
+    WebhookChannel,
+    deliver,
+)
+from ollama_meter.config import load_settings
+from ollama_meter.errors import BudgetExceeded
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter import Attribution, Meter
+from ollama_meter.pricing import PriceRule
+from ollama_meter.testing import OllamaEmulator, expected_counts
+
+HELLO = [{"role": "user", "content": "hello there friend"}]
+IN, OUT = expected_counts("llama3.1:8b", HELLO)
+CALL_COST = IN * 1000 + OUT * 2000  # micro-units at 1000/2000 per 1M tokens
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make_meter(db_url: str, clock: Clock, **settings: Any) -> Meter:
+    cfg = load_settings(db_url=db_url, timezone="Europe/Berlin", **settings)
+    meter = Meter.from_settings(cfg, source="sdk", clock=clock)
+    if not meter.ledger.price_rules():
+        meter.ledger.add_price_rule(
+            PriceRule(
+                pattern="llama3.1:*",
+                currency="USD",
+                input_per_1m=Decimal(1000),
+                output_per_1m=Decimal(2000),
+            )
+        )
+    return meter
+
+
+def call(meter: Meter, tenant: str = "acme", department: str = "sales") -> Any:
+    run = meter.chat(
+        model="llama3.1:8b",
+        messages=HELLO,
+        attribution=Attribution(tenant=tenant, department=department),
+    )
+    list(run)
+    return run.span
+
+
+def budget(meter: Meter, limit: int, **kw: Any) -> Budget:
+    values: dict[str, Any] = {
+        "tenant": "acme",
+        "department": "sales",
+        "period": "month",
+        "currency": "USD",
+    }
+    values.update(kw)
+    saved = meter.ledger.save_budget(Budget(limit=limit, **values))
+    assert meter.budgets is not None
+    meter.budgets._loaded = -1  # see the new budget now, not after the reload interval
+    return saved
+
+
+NOV = datetime(2026, 11, 10, 12, tzinfo=UTC)
+
+
+def test_hard_budget_refuses_the_call_that_would_cross_it(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    meter = make_meter(db_url, Clock(NOV))
+    b = budget(meter, CALL_COST * 2 + CALL_COST // 2)
+    call(meter)
+    call(meter)
+    sent = len(emulator.requests)
+    with pytest.raises(BudgetExceeded) as refused:
+        call(meter)
+    assert len(emulator.requests) == sent  # Ollama never saw it
+    message = str(refused.value)
+    assert f"budget {b.id}" in message and "acme/sales" in message and "monthly 2026-11" in message
+    assert f"spent {CALL_COST * 2 / 1e6:.6f} of {b.limit / 1e6:.6f} USD" in message
+    assert refused.value.exit_code == 3 and refused.value.retry_after > 0
+    spans = meter.ledger.latest(SpanFilter(), 10)
+    assert [(s.status, s.error_type) for s in spans] == [
+        ("rejected", "budget_exceeded"),
+        ("ok", None),
+        ("ok", None),
+    ]
+    assert spans[0].cost_total == 0 and spans[0].http_status == 429
+    # other departments and tenants are not affected
+    call(meter, department="support")
+    call(meter, tenant="globex")
+
+
+def test_periods_roll_over_at_local_midnight(db_url: str, emulator: OllamaEmulator) -> None:
+    # 22:59 UTC on 30 Nov is 23:59 in Berlin: still November, still the 30th.
+    clock = Clock(datetime(2026, 11, 30, 22, 59, tzinfo=UTC))
+    meter = make_meter(db_url, clock)
+    # room for one call each, with the slack of the prompt's token estimate (4 characters a token)
+    budget(meter, CALL_COST + 5000, period="day")
+    budget(meter, CALL_COST + 5000, period="month", department="support")
+    call(meter)
+    call(meter, department="support")
+    with pytest.raises(BudgetExceeded, match="daily 2026-11-30"):
+        call(meter)
+    with pytest.raises(BudgetExceeded, match="monthly 2026-11"):
+        call(meter, department="support")
+    clock.now = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)  # midnight in Berlin: 1 December
+    assert call(meter).status == "ok"
+    assert call(meter, department="support").status == "ok"
+    with pytest.raises(BudgetExceeded, match="daily 2026-12-01"):
+        call(meter)
+
+
+def test_tenant_wide_and_soft_budgets(db_url: str, emulator: OllamaEmulator) -> None:
+    meter = make_meter(db_url, Clock(NOV))
+    budget(meter, CALL_COST, department=None)
+    budget(meter, CALL_COST // 2, department="support", hard=False)
+    call(meter, department="ops")
+    with pytest.raises(BudgetExceeded, match="for acme "):
+        call(meter, department="sales")
+    assert call(meter, tenant="other", department="support").status == "ok"  # soft: alerts only
+
+
+def test_a_crashed_callers_reservation_expires(db_url: str, emulator: OllamaEmulator) -> None:
+    clock = Clock(NOV)
+    meter = make_meter(db_url, clock)
+    call(meter)  # history: the next call is expected to cost CALL_COST
+    budget(meter, CALL_COST * 3)
+    # A caller reserves and dies before settling.
+    assert meter.budgets is not None
+    from ollama_meter.budgets import Estimate
+
+    meter.budgets.admit(
+        call_id="crashed",
+        tenant="acme",
+        department="sales",
+        estimate=Estimate(CALL_COST, CALL_COST * 2, "USD"),
+        now=clock.now,
+    )
+    with pytest.raises(BudgetExceeded, match="held by calls in flight"):
+        call(meter)
+    clock.now = NOV + timedelta(minutes=16)
+    assert call(meter).status == "ok"
+
+
+def test_department_budgets_from_the_environment(db_url: str, emulator: OllamaEmulator) -> None:
+    limit = Decimal(CALL_COST) / 1_000_000
+    meter = make_meter(
+        db_url, Clock(NOV), department_budgets=json.dumps({"sales": {"daily": str(limit)}})
+    )
+    call(meter, tenant="acme")
+    call(meter, tenant="globex")  # every tenant's sales has its own allowance
+    with pytest.raises(BudgetExceeded, match="budget .* for acme/sales"):
+        call(meter, tenant="acme")
+    (env,) = meter.ledger.budgets()
+    assert (env.tenant, env.department, env.source) == ("*", "sales", "env")
+    # the same variable again changes nothing; a new value replaces the old budget
+    make_meter(db_url, Clock(NOV), department_budgets=json.dumps({"sales": {"daily": str(limit)}}))
+    assert [b.id for b in meter.ledger.budgets()] == [env.id]
+    make_meter(db_url, Clock(NOV), department_budgets='{"sales": {"monthly": 100}}')
+    assert [(b.period, b.limit) for b in meter.ledger.budgets()] == [("month", 100_000_000)]
+
+
+class Receiver:
+    """A real HTTP server that records JSON posts; can be told to fail."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.fail = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.fail > 0:
+                    receiver.fail -= 1
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                receiver.posts.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+def test_webhook_gets_exactly_one_alert_per_threshold(
+    db_url: str, emulator: OllamaEmulator, receiver: Receiver
+) -> None:
+    meter = make_meter(db_url, Clock(NOV), alert_webhook_url=receiver.url)
+    b = budget(meter, CALL_COST * 4, hard=False, thresholds=(25, 50, 90, 100))
+    for _ in range(5):
+        call(meter)
+    assert meter.budgets is not None and meter.budgets.alerts is not None
+    assert meter.budgets.alerts.flush()
+    assert [p["threshold"] for p in receiver.posts] == [25, 50, 90, 100]
+    first = receiver.posts[0]
+    assert (
+        first["budget_id"] == b.id and first["tenant"] == "acme" and first["department"] == "sales"
+    )
+    assert first["period"] == "month" and first["period_label"] == "2026-11"
+    assert first["period_start"] == "2026-10-31T23:00:00Z"
+    assert first["spent"] == f"{CALL_COST / 1e6:.6f}" and first["limit"] == f"{b.limit / 1e6:.6f}"
+    assert first["currency"] == "USD" and "crossed 25%" in first["text"]
+    rows = meter.ledger.alerts()
+    assert [(r.threshold, r.delivered, r.deliveries["webhook"]) for r in rows] == [
+        (t, True, f"sent to {receiver.url}") for t in (25, 50, 90, 100)
+    ]
+
+
+def test_failing_webhook_is_retried_recorded_and_retried_by_the_next_run(
+    db_url: str, emulator: OllamaEmulator, receiver: Receiver
+) -> None:
+    receiver.fail = 3  # more than one run's attempts
+    meter = make_meter(db_url, Clock(NOV), alert_webhook_url=receiver.url)
+    assert meter.budgets is not None and meter.budgets.alerts is not None
+    meter.budgets.alerts.backoff = 0.01
+    budget(meter, CALL_COST * 10, thresholds=(5,))
+    assert call(meter).status == "ok"  # the call never waits for the channel
+    assert meter.budgets.alerts.flush()
+    (row,) = meter.ledger.alerts()
+    assert (
+        not row.delivered and row.deliveries["webhook"].startswith("failed:") and row.attempts == 1
+    )
+    assert row.deliveries["log"] == "sent"
+    later = make_meter(db_url, Clock(NOV), alert_webhook_url=receiver.url)  # a later run
+    assert later.budgets is not None and later.budgets.alerts is not None
+    assert later.budgets.alerts.flush()
+    (row,) = later.ledger.alerts()
+    assert row.delivered and row.attempts == 2
+    assert [p["threshold"] for p in receiver.posts] == [5]
+
+
+def test_email_alert_over_a_real_smtp_server(sqlite_url: str) -> None:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+
+    received: list[Any] = []
+
+    class Collect(Message):  # type: ignore[misc]
+        def handle_message(self, message: Any) -> None:
+            received.append(message)
+
+    from ollama_meter.testing import unused_port
+
+    port = unused_port()
+    controller = Controller(Collect(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        from ollama_meter.budgets import Alert
+
+        alert = Alert(
+            1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 90_000_000, 100_000_000, "EUR"
+        )
+        channel = EmailChannel(
+            "127.0.0.1",
+            controller.server.sockets[0].getsockname()[1],
+            sender="ometer@example.org",
+            recipients=["it@example.org", "cfo@example.org"],
+        )
+        outcome, delivered = deliver(alert, [channel])
+    finally:
+        controller.stop()
+    assert delivered and outcome["email"] == "sent to it@example.org, cfo@example.org"
+    (message,) = received
+    assert message["Subject"] == "[ometer] acme/sales budget at 90%"
+    assert "spent 90.000000 of 100.000000 EUR (90% used)" in message.get_payload(decode=True).decode()
+
+
+def test_a_channel_that_keeps_failing_never_raises() -> None:
+    from ollama_meter.budgets import Alert
+
+    alert = Alert(1, 7, "acme", None, "day", "2026-11-10", NOV, 100, 1, 1, "USD")
+    waits: list[float] = []
+    outcome, delivered = deliver(
+        alert, [WebhookChannel("http://127.0.0.1:1/x", timeout=0.5)], sleep=waits.append
+    )
+    assert not delivered and outcome["webhook"].startswith("failed:") and len(waits) == 2
+    assert waits[1] > waits[0]
+
+
+def test_gate_without_hard_budgets_reserves_nothing(sqlite_url: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.budgets import Estimate
+    from ollama_meter.ledger import Ledger
+
+    ledger = Ledger(sqlite_url)
+    gate = BudgetGate(ledger, tz=ZoneInfo("UTC"), alerts=AlertDispatcher(ledger, []))
+    assert (
+        gate.admit(call_id="x", tenant="t", department="d", estimate=Estimate(1, 1, "USD"), now=NOV)
+        is None
+    )
+    assert gate.retry_undelivered() == 0

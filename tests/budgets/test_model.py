@@ -1,0 +1,93 @@
+"""Budget data: validation and the DEPARTMENT_BUDGETS format."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from ollama_meter.budgets import (
+    Budget,
+    estimate_cost,
+    parse_department_budgets,
+    parse_limit,
+    parse_thresholds,
+)
+from ollama_meter.budgets._estimate import DEFAULT_OUTPUT_TOKENS, PastCall
+from ollama_meter.pricing import PriceBook, PriceRule
+
+
+def test_department_budgets_from_json() -> None:
+    budgets = parse_department_budgets(
+        '{"sales": {"daily": 5, "monthly": 100.50}, "ops": {"weekly": "20", "soft": true, "thresholds": [90, 50]}}',
+        currency="EUR",
+    )
+    assert [
+        (b.tenant, b.department, b.period, b.limit, b.hard, b.thresholds, b.currency)
+        for b in budgets
+    ] == [
+        ("*", "sales", "day", 5_000_000, True, (75, 90, 100), "EUR"),
+        ("*", "sales", "month", 100_500_000, True, (75, 90, 100), "EUR"),
+        ("*", "ops", "week", 20_000_000, False, (50, 90), "EUR"),
+    ]
+    assert budgets[0].covers("acme", "sales") and budgets[0].covers("globex", "sales")
+    assert not budgets[0].covers("acme", "ops")
+    assert budgets[0].scope("acme") == "acme/sales"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{sales", "not valid JSON"),
+        ("[1]", "expected an object"),
+        ('{"sales": 5}', "expected an object"),
+        ('{"sales": {"yearly": 5}}', "unknown key"),
+        ('{"sales": {"soft": true}}', "at least one of daily"),
+        ('{"sales": {"daily": -1}}', "positive amount"),
+        ('{"sales": {"daily": "lots"}}', "not an amount"),
+        ('{"sales": {"daily": true}}', "must be an amount"),
+        ('{"sales": {"daily": 1, "thresholds": "50"}}', "list of whole percentages"),
+        ('{"bad name": {"daily": 1}}', "department name"),
+    ],
+)
+def test_bad_department_budgets_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_department_budgets(text, currency="USD")
+
+
+def test_budget_validation() -> None:
+    with pytest.raises(ValueError, match="period"):
+        Budget(tenant="a", department=None, period="year", limit=1, currency="USD")
+    with pytest.raises(ValueError, match="more than 0"):
+        Budget(tenant="a", department=None, period="day", limit=0, currency="USD")
+    with pytest.raises(ValueError, match="thresholds"):
+        Budget(tenant="a", department=None, period="day", limit=1, currency="USD", thresholds=(0,))
+    with pytest.raises(ValueError, match="tenant name"):
+        Budget(tenant="a b", department=None, period="day", limit=1, currency="USD")
+    assert parse_thresholds("90, 50,75,50") == (50, 75, 90)
+    with pytest.raises(ValueError, match="whole percentages"):
+        parse_thresholds("half")
+    assert parse_limit("0.000001", what="x") == 1
+
+
+def test_estimates_follow_history_and_num_predict() -> None:
+    rule = PriceRule(
+        pattern="*", currency="USD", input_per_1m=Decimal(1000), output_per_1m=Decimal(2000), id=1
+    )
+    book = PriceBook([rule], tz=__import__("zoneinfo").ZoneInfo("UTC"), currency="USD")
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    cold = estimate_cost(book, "m", now, input_tokens=10, history=[])
+    assert cold.expected == 10_000 and cold.ceiling == 10_000 + DEFAULT_OUTPUT_TOKENS * 2000
+    warm = estimate_cost(
+        book,
+        "m",
+        now,
+        input_tokens=10,
+        history=[PastCall(5, 20, 0, 0, 0), PastCall(5, 30, 0, 0, 0)],
+    )
+    # the prompt guess is capped by recent prompts; the ceiling keeps the full guess
+    assert warm.expected == 5_000 + 30 * 2000 and warm.ceiling == 10_000 + 62 * 2000
+    capped = estimate_cost(book, "m", now, input_tokens=10, history=[], num_predict=5)
+    assert capped.expected == capped.ceiling == 10_000 + 5 * 2000
