@@ -10,7 +10,6 @@ import signal
 import sys
 
 import typer
-from rich.markup import escape
 
 from ollama_meter import __version__
 from ollama_meter.cli import budget, chargeback, chat, db, demo, log, pricing, report
@@ -62,7 +61,8 @@ def main() -> None:
     try:
         app()
     except OmeterError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
+        # Plain write: one line whatever the terminal width, easy to grep in cron mail.
+        sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

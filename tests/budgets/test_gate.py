@@ -294,7 +294,9 @@ def test_email_alert_over_a_real_smtp_server(sqlite_url: str) -> None:
     assert delivered and outcome["email"] == "sent to it@example.org, cfo@example.org"
     (message,) = received
     assert message["Subject"] == "[ometer] acme/sales budget at 90%"
-    assert "spent 90.000000 of 100.000000 EUR (90% used)" in message.get_payload(decode=True).decode()
+    assert (
+        "spent 90.000000 of 100.000000 EUR (90% used)" in message.get_payload(decode=True).decode()
+    )
 
 
 def test_a_channel_that_keeps_failing_never_raises() -> None:

@@ -1,0 +1,75 @@
+"""Twenty `ometer chat` processes against one hard budget: no overshoot beyond one call."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ollama_meter.testing import OllamaEmulator, expected_counts
+
+OMETER = [sys.executable, "-m", "ollama_meter"]
+PROMPT = "hello there friend"
+IN, OUT = expected_counts("llama3.1:8b", [{"role": "user", "content": PROMPT}])
+CALL = IN * 1000 + OUT * 2000  # micro-units
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*OMETER, *args], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh-ledger", "with-history"])
+def test_twenty_concurrent_callers_do_not_overshoot(
+    emulator: OllamaEmulator, tmp_path: Path, db_url: str, warm: bool
+) -> None:
+    env = {**os.environ, "OLLAMA_HOST": emulator.url, "OMETER_DB_URL": db_url}
+    assert (
+        _run(
+            env, "pricing", "set", "llama3.1:*", "--input-per-1m", "1000", "--output-per-1m", "2000"
+        ).returncode
+        == 0
+    )
+    limit = CALL * 6 + CALL // 2
+    assert (
+        _run(
+            env, "budget", "set", "sales", "--tenant", "acme", "--monthly", f"{limit / 1e6:.6f}"
+        ).returncode
+        == 0
+    )
+    if warm:
+        assert (
+            _run(
+                env, "chat", "--dept", "sales", "--tenant", "acme", "-m", "llama3.1:8b", PROMPT
+            ).returncode
+            == 0
+        )
+
+    def caller(_: int) -> int:
+        return _run(
+            env, "chat", "--dept", "sales", "--tenant", "acme", "-m", "llama3.1:8b", PROMPT
+        ).returncode
+
+    with ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(caller, range(20)))
+    assert set(codes) <= {0, 3}, codes
+    spans = json.loads(_run(env, "log", "--json", "--limit", "1000").stdout)
+    assert len(spans) == 20 + warm
+    ok = [s for s in spans if s["status"] == "ok"]
+    rejected = [s for s in spans if s["status"] == "rejected"]
+    assert len(ok) + len(rejected) == len(spans)
+    assert len(rejected) == codes.count(3) and all(
+        s["error_type"] == "budget_exceeded" for s in rejected
+    )
+    settled = sum(int(Decimal(s["cost"]) * 1_000_000) for s in ok)
+    print(f"admitted {len(ok)}, refused {len(rejected)}, settled {settled} of {limit}")
+    assert settled <= limit + CALL, (settled, limit)
+    assert len(ok) >= 1

@@ -1,0 +1,111 @@
+"""`ometer budget ...` and budget refusals as a user sees them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ollama_meter.testing import OllamaEmulator
+
+
+@pytest.fixture
+def db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("OMETER_DB_URL", db_url)
+    return db_url
+
+
+def test_budget_commands(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
+    assert "no budgets" in cli("budget", "list").stdout
+    assert "no budgets" in cli("budget", "status").stdout
+    first = cli("budget", "set", "sales", "--tenant", "acme", "--daily", "5", "--monthly", "100")
+    assert first.code == 0, first.stderr
+    assert "budget 1: acme/sales daily limit 5.000000 USD (hard" in first.stdout
+    assert "budget 2: acme/sales monthly limit 100.000000 USD" in first.stdout
+    assert (
+        cli(
+            "budget", "set", "support", "--monthly", "40", "--soft", "--thresholds", "50,75,90,100"
+        ).code
+        == 0
+    )
+    assert cli("budget", "set", "--tenant", "acme", "--monthly", "500").code == 0
+    assert (
+        cli("budget", "set", "sales", "--tenant", "acme", "--daily", "6").code == 0
+    )  # replaces budget 1
+    listed = json.loads(cli("budget", "list", "--json").stdout)
+    assert [
+        (b["id"], b["tenant"], b["department"], b["period"], b["limit"], b["hard"], b["thresholds"])
+        for b in listed
+    ] == [
+        (1, "acme", "sales", "day", "6.000000", True, [75, 90, 100]),
+        (2, "acme", "sales", "month", "100.000000", True, [75, 90, 100]),
+        (3, "default", "support", "month", "40.000000", False, [50, 75, 90, 100]),
+        (4, "acme", None, "month", "500.000000", True, [75, 90, 100]),
+    ]
+    assert "acme/sales" in cli("budget", "list").stdout
+    cli("pricing", "set", "*", "--per-request", "1.5")
+    assert cli("chat", "--tenant", "acme", "--dept", "sales", "-m", "llama3.1:8b", "hi").code == 0
+    status = json.loads(cli("budget", "status", "--json").stdout)
+    daily = status[0]
+    assert (daily["spent"], daily["percent"], daily["state"], daily["period"]) == (
+        "1.500000",
+        25,
+        "ok",
+        "day",
+    )
+    assert daily["period_label"] == daily["period_start"][:10]
+    table = cli("budget", "status").stdout
+    assert "25%" in table and "acme/sales" in table
+    assert cli("budget", "rm", "4").code == 0
+    assert "no budget with id 4" in cli("budget", "rm", "4").stderr
+    assert "at least one of --daily" in cli("budget", "set", "x").stderr
+    assert "positive amount" in cli("budget", "set", "x", "--daily", "0").stderr
+    assert (
+        "whole percentages"
+        in cli("budget", "set", "x", "--daily", "1", "--thresholds", "most").stderr
+    )
+
+
+def test_refusal_exits_3_with_one_line_and_a_rejected_span(
+    cli, db: str, emulator: OllamaEmulator
+) -> None:  # type: ignore[no-untyped-def]
+    cli("pricing", "set", "*", "--per-request", "2")
+    cli("budget", "set", "sales", "--tenant", "acme", "--monthly", "3")
+    assert cli("chat", "--tenant", "acme", "--dept", "sales", "-m", "llama3.1:8b", "hi").code == 0
+    before = len(emulator.requests)
+    refused = cli("chat", "--tenant", "acme", "--dept", "sales", "-m", "llama3.1:8b", "hi")
+    assert refused.code == 3
+    line = refused.stderr.strip()
+    assert "\n" not in line and line.startswith("error: hard budget 1 for acme/sales (monthly ")
+    assert "spent 2.000000 of 3.000000 USD" in line
+    assert len(emulator.requests) == before
+    (span,) = json.loads(cli("log", "--json", "--status", "rejected").stdout)
+    assert (span["error_type"], span["http_status"], span["cost"]) == (
+        "budget_exceeded",
+        429,
+        "0.000000",
+    )
+
+
+def test_department_budgets_variable(
+    cli, db: str, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    cli("pricing", "set", "*", "--per-request", "2")
+    monkeypatch.setenv("DEPARTMENT_BUDGETS", '{"sales": {"daily": 5, "monthly": 100}}')
+    assert cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "one").code == 0
+    assert cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "two").code == 0
+    refused = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "three")
+    assert refused.code == 3 and "default/sales (daily" in refused.stderr
+    listed = json.loads(cli("budget", "list", "--json").stdout)
+    assert [(b["tenant"], b["period"], b["source"]) for b in listed] == [
+        ("*", "day", "env"),
+        ("*", "month", "env"),
+    ]
+    monkeypatch.setenv("DEPARTMENT_BUDGETS", '{"sales": {"daily": "five"}}')
+    bad = cli("budget", "list")
+    assert (
+        bad.code == 2
+        and bad.stderr.strip() == "error: DEPARTMENT_BUDGETS: 'sales' daily 'five' is not an amount"
+    )
+    monkeypatch.setenv("DEPARTMENT_BUDGETS", "{sales")
+    assert cli("chat", "hi").stderr.startswith("error: DEPARTMENT_BUDGETS: not valid JSON")

@@ -1,0 +1,61 @@
+"""Allocation and busy-time union: exact, never negative, independent of row order."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ollama_meter.reports import allocate, union_length
+
+weights = st.dictionaries(
+    st.text(min_size=1, max_size=6),
+    st.integers(min_value=0, max_value=10**12),
+    min_size=1,
+    max_size=25,
+).filter(lambda w: sum(w.values()) > 0)
+
+
+@given(st.integers(min_value=0, max_value=10**10), weights, st.randoms())
+def test_shares_sum_exactly_are_never_negative_and_stable_under_row_order(
+    total: int, w: dict[str, int], rnd: random.Random
+) -> None:
+    shares = allocate(total, w)
+    assert sum(shares.values()) == total
+    assert all(share >= 0 for share in shares.values())
+    denominator = sum(w.values())
+    for key, share in shares.items():
+        exact = total * w[key] / denominator
+        assert abs(share - exact) < 1 + 1e-6  # within a cent of the exact share
+    items = list(w.items())
+    rnd.shuffle(items)
+    assert allocate(total, dict(items)) == shares
+
+
+def test_leftover_cents_go_to_the_largest_remainders_then_the_first_key() -> None:
+    assert allocate(100, {"a": 1, "b": 1, "c": 1}) == {"a": 34, "b": 33, "c": 33}
+    assert allocate(10, {"a": 1, "b": 2}) == {"a": 3, "b": 7}
+    assert allocate(5, {"x": 0, "y": 3}) == {"x": 0, "y": 5}
+    with pytest.raises(ValueError, match="every weight is zero"):
+        allocate(5, {"x": 0})
+    with pytest.raises(ValueError, match="negative"):
+        allocate(-1, {"x": 1})
+    with pytest.raises(ValueError, match="negative"):
+        allocate(1, {"x": -1, "y": 2})
+
+
+intervals = st.lists(
+    st.tuples(st.integers(0, 200), st.integers(0, 60)).map(lambda t: (t[0], t[0] + t[1])),
+    max_size=30,
+)
+
+
+@given(intervals)
+def test_union_counts_overlaps_once(spans: list[tuple[int, int]]) -> None:
+    covered = set()
+    for start, end in spans:
+        covered.update(range(start, end))
+    assert union_length(spans) == len(covered)
+    assert union_length(spans) <= sum(end - start for start, end in spans)

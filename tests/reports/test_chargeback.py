@@ -1,0 +1,254 @@
+"""Chargeback from known spans: rows tie out to the cent, idle shared or separate, same bytes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ollama_meter.ledger import Ledger
+from ollama_meter.reports import CHARGEBACK_COLUMNS, chargeback, to_csv
+from tests.factories import make_span
+
+NOW = datetime(2026, 12, 2, tzinfo=UTC)
+SEC = 1_000_000_000
+HEADER = "month,tenant,department,requests,input_tokens,output_tokens,gpu_seconds,usage_cost,fixed_cost_share,total_cost,currency"
+
+
+def span(
+    dept: str,
+    start: datetime,
+    busy_s: int,
+    cost: int,
+    host: str = "http://gpu1:11434",
+    tenant: str = "acme",
+    **kw: object,
+):  # type: ignore[no-untyped-def]
+    return make_span(
+        tenant=tenant,
+        department=dept,
+        started_at=start,
+        ended_at=start + timedelta(seconds=busy_s),
+        prompt_eval_duration_ns=0,
+        eval_duration_ns=busy_s * SEC,
+        cost_total=cost,
+        cost_tokens=cost,
+        upstream_host=host,
+        **kw,
+    )
+
+
+@pytest.fixture
+def ledger(db_url: str) -> Ledger:
+    ledger = Ledger(db_url)
+    t = datetime(2026, 11, 3, 9, tzinfo=UTC)
+    ledger.record(
+        [
+            span("sales", t, 100, 1_000_000),  # 100 s
+            span("sales", t + timedelta(seconds=50), 100, 2_500_000),  # overlaps the first by 50 s
+            span("support", t + timedelta(hours=1), 200, 500_000),  # 200 s
+            span(
+                "research", t, 300, 0, host="http://gpu2:11434", tenant="globex"
+            ),  # other host, same time
+            span(
+                "support", datetime(2026, 10, 31, 23, 30, tzinfo=UTC), 10, 7
+            ),  # October in UTC, November in Berlin
+            span("sales", t, 0, 0, status="error", input_tokens=0, output_tokens=0),
+        ]
+    )
+    return ledger
+
+
+def rows_of(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_usage_only(ledger: Ledger) -> None:
+    result = chargeback(
+        ledger, "2026-11", tz=__import__("zoneinfo").ZoneInfo("UTC"), now=NOW, currency="USD"
+    )
+    text = to_csv(CHARGEBACK_COLUMNS, result.rows)
+    assert text.splitlines()[0] == HEADER
+    assert [
+        (
+            r["tenant"],
+            r["department"],
+            r["requests"],
+            r["gpu_seconds"],
+            r["usage_cost"],
+            r["fixed_cost_share"],
+            r["total_cost"],
+        )
+        for r in rows_of(text)
+    ] == [
+        ("acme", "sales", "3", "200.000000000", "3.500000", "0.00", "3.500000"),
+        ("acme", "support", "1", "200.000000000", "0.500000", "0.00", "0.500000"),
+        ("globex", "research", "1", "300.000000000", "0.000000", "0.00", "0.000000"),
+    ]
+    assert result.warnings == []
+
+
+def test_fixed_cost_with_idle_shared(ledger: Ledger) -> None:
+    from zoneinfo import ZoneInfo
+
+    result = chargeback(
+        ledger,
+        "2026-11",
+        tz=ZoneInfo("UTC"),
+        now=NOW,
+        currency="USD",
+        fixed_cost=Decimal("2400.00"),
+    )
+    rows = rows_of(to_csv(CHARGEBACK_COLUMNS, result.rows))
+    # shared by busy seconds 200 : 200 : 300 of 700
+    assert [r["fixed_cost_share"] for r in rows] == ["685.72", "685.71", "1028.57"]
+    assert sum(Decimal(r["fixed_cost_share"]) for r in rows) == Decimal("2400.00")
+    assert sum(Decimal(r["total_cost"]) for r in rows) == Decimal("2400.00") + Decimal("4.000000")
+    # capacity: 30 days x 2 hosts; busy: the union per host (150 + 200 on gpu1, 300 on gpu2)
+    assert result.capacity_ns == 30 * 86400 * SEC * 2
+    assert result.busy_ns == 650 * SEC
+
+
+def test_fixed_cost_with_idle_separate(ledger: Ledger) -> None:
+    from zoneinfo import ZoneInfo
+
+    result = chargeback(
+        ledger,
+        "2026-11",
+        tz=ZoneInfo("UTC"),
+        now=NOW,
+        currency="USD",
+        fixed_cost=Decimal("2400.00"),
+        idle="separate",
+        gpus=1,
+    )
+    rows = rows_of(to_csv(CHARGEBACK_COLUMNS, result.rows))
+    assert [(r["tenant"], r["department"]) for r in rows][-1] == ("__idle__", "__idle__")
+    capacity, busy = 30 * 86400 * 2, 650
+    exact_busy_share = Decimal(2400) * busy / capacity  # what departments carry together
+    departments = [Decimal(r["fixed_cost_share"]) for r in rows[:-1]]
+    assert abs(sum(departments) - exact_busy_share) <= Decimal("0.02")
+    assert sum(Decimal(r["fixed_cost_share"]) for r in rows) == Decimal("2400.00")
+    assert Decimal(rows[-1]["total_cost"]) == Decimal(rows[-1]["fixed_cost_share"])
+    gpus2 = chargeback(
+        ledger,
+        "2026-11",
+        tz=ZoneInfo("UTC"),
+        now=NOW,
+        currency="USD",
+        fixed_cost=Decimal("2400.00"),
+        idle="separate",
+        gpus=2,
+    )
+    assert gpus2.capacity_ns == 2 * result.capacity_ns
+
+
+def test_months_are_cut_in_the_configured_zone(ledger: Ledger) -> None:
+    from zoneinfo import ZoneInfo
+
+    berlin = chargeback(ledger, "2026-11", tz=ZoneInfo("Europe/Berlin"), now=NOW, currency="USD")
+    support = next(r for r in berlin.rows if r["department"] == "support")
+    assert (support["requests"], support["usage_cost"]) == (2, 500_007)
+
+
+def test_same_ledger_same_bytes_and_no_data_is_a_header(ledger: Ledger, tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    def render(led: Ledger, month: str) -> str:
+        r = chargeback(
+            led,
+            month,
+            tz=ZoneInfo("UTC"),
+            now=NOW,
+            currency="USD",
+            fixed_cost=Decimal(1000),
+            idle="separate",
+        )
+        return to_csv(CHARGEBACK_COLUMNS, r.rows)
+
+    assert render(ledger, "2026-11") == render(ledger, "2026-11")
+    empty = Ledger(f"sqlite:///{tmp_path / 'empty.db'}")
+    # nobody was busy: the whole fixed cost is idle capacity
+    assert (
+        render(empty, "2026-11")
+        == HEADER
+        + "\n2026-11,__idle__,__idle__,0,0,0,0.000000000,0.000000,1000.00,1000.000000,USD\n"
+    )
+    usage_only = chargeback(empty, "2026-09", tz=ZoneInfo("UTC"), now=NOW, currency="USD")
+    assert to_csv(CHARGEBACK_COLUMNS, usage_only.rows) == HEADER + "\n"
+
+
+def test_formula_cells_are_neutralised(sqlite_url: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    ledger = Ledger(sqlite_url)
+    ledger.record([span("=HYPERLINK(1)", datetime(2026, 11, 3, tzinfo=UTC), 1, 1, tenant="+cmd")])
+    text = to_csv(
+        CHARGEBACK_COLUMNS,
+        chargeback(ledger, "2026-11", tz=ZoneInfo("UTC"), now=NOW, currency="USD").rows,
+    )
+    row = rows_of(text)[0]
+    assert row["tenant"] == "'+cmd" and row["department"] == "'=HYPERLINK(1)"
+
+
+def test_month_not_over_warns_and_bad_input_is_refused(ledger: Ledger) -> None:
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.errors import ValidationError
+
+    early = chargeback(
+        ledger,
+        "2026-11",
+        tz=ZoneInfo("UTC"),
+        now=datetime(2026, 11, 20, tzinfo=UTC),
+        currency="USD",
+    )
+    assert early.warnings == ["2026-11 is not over yet; these figures will still change"]
+    for kwargs, message in [
+        ({"fixed_cost": Decimal("10.001")}, "whole cents"),
+        ({"fixed_cost": Decimal("-1")}, "whole cents"),
+        ({"idle": "ignore"}, "not one of"),
+        ({"gpus": 0}, "at least 1"),
+    ]:
+        with pytest.raises(ValidationError, match=message):
+            chargeback(ledger, "2026-11", tz=ZoneInfo("UTC"), now=NOW, currency="USD", **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="YYYY-MM"):
+        chargeback(ledger, "2026-11-01", tz=ZoneInfo("UTC"), now=NOW, currency="USD")
+
+
+def test_cli_writes_atomically_and_reads_the_fixed_cost_from_the_environment(
+    cli, ledger: Ledger, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("OMETER_DB_URL", ledger.url)
+    monkeypatch.setenv("OMETER_FIXED_MONTHLY_COST", "700")
+    out = tmp_path / "cb.csv"
+    result = cli("chargeback", "--month", "2026-11", "--out", str(out))
+    assert result.code == 0, result.stderr
+    assert [r["fixed_cost_share"] for r in rows_of(out.read_text())] == [
+        "200.00",
+        "200.00",
+        "300.00",
+    ]
+    assert not list(tmp_path.glob(".cb.csv*"))
+    as_json = json.loads(
+        cli(
+            "chargeback",
+            "--month",
+            "2026-11",
+            "--format",
+            "json",
+            "--fixed-cost",
+            "7",
+            "--idle",
+            "separate",
+        ).stdout
+    )
+    assert list(as_json[0]) == HEADER.split(",")
+    assert as_json[-1]["department"] == "__idle__" and isinstance(as_json[0]["total_cost"], str)
+    assert cli("chargeback", "--month", "nov").code == 2
+    assert "not an amount" in cli("chargeback", "--month", "2026-11", "--fixed-cost", "lots").stderr
