@@ -21,8 +21,7 @@ from ollama_meter.budgets import (
 from ollama_meter.cli._common import DbOption, JsonFlag, money, out, settings
 from ollama_meter.errors import BudgetError
 from ollama_meter.ledger import open_ledger
-from ollama_meter.meter import utc_now
-from ollama_meter.meter._core import budget_gate
+from ollama_meter.meter import sync_env_budgets, utc_now
 from ollama_meter.pricing import format_micros
 
 app = typer.Typer(help="Budgets: spending caps that refuse or alert.", no_args_is_help=True)
@@ -100,7 +99,7 @@ def budget_to_dict(budget: Budget) -> dict[str, Any]:
 def _loaded(db: str | None) -> Any:
     cfg = settings(db_url=db)
     ledger = open_ledger(cfg.ledger_url)
-    budget_gate(ledger, cfg)  # brings DEPARTMENT_BUDGETS in
+    sync_env_budgets(ledger, cfg)
     return cfg, ledger
 
 

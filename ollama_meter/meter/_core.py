@@ -162,20 +162,21 @@ def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> b
     return ledger.sync_price_rules(f"file:{path}", rules, content)
 
 
-def budget_gate(ledger: Ledger, settings: Settings) -> BudgetGate:
-    """Budgets from the ledger (``DEPARTMENT_BUDGETS`` synced in) and the configured alert channels."""
-    from ollama_meter.budgets import (
-        AlertDispatcher,
-        Channel,
-        EmailChannel,
-        WebhookChannel,
-        parse_department_budgets,
-    )
+def sync_env_budgets(ledger: Ledger, settings: Settings) -> None:
+    """Bring ``DEPARTMENT_BUDGETS`` into the ledger when it is set (source ``env``)."""
+    from ollama_meter.budgets import parse_department_budgets
 
     if settings.department_budgets:
         ledger.sync_budgets(
             "env", parse_department_budgets(settings.department_budgets, currency=settings.currency)
         )
+
+
+def budget_gate(ledger: Ledger, settings: Settings) -> BudgetGate:
+    """Budgets from the ledger (``DEPARTMENT_BUDGETS`` synced in) and the configured alert channels."""
+    from ollama_meter.budgets import AlertDispatcher, Channel, EmailChannel, WebhookChannel
+
+    sync_env_budgets(ledger, settings)
     channels: list[Channel] = []
     if settings.alert_webhook_url:
         channels.append(WebhookChannel(settings.alert_webhook_url))
