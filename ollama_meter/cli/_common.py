@@ -10,7 +10,9 @@ import typer
 from rich.console import Console
 
 from ollama_meter.config import Settings, load_settings
-from ollama_meter.errors import OmeterError
+from ollama_meter.errors import OmeterError, ValidationError
+from ollama_meter.meter import utc_now
+from ollama_meter.periods import Window, parse_period, window_between
 from ollama_meter.pricing import format_micros
 
 out = Console(highlight=False, soft_wrap=True)
@@ -39,6 +41,32 @@ OutOption = Annotated[
 def settings(**overrides: Any) -> Settings:
     """Settings with command-line overrides on top of the environment and ``.env``."""
     return load_settings(**overrides)
+
+
+PeriodOption = Annotated[
+    str | None,
+    typer.Option(
+        "--period", "-p", help="today, week, month, YYYY-MM or YYYY-MM-DD (default: month)."
+    ),
+]
+SinceOption = Annotated[
+    str | None, typer.Option("--since", help="From this local date (YYYY-MM-DD).")
+]
+UntilOption = Annotated[
+    str | None, typer.Option("--until", help="Through this local date (YYYY-MM-DD).")
+]
+
+
+def window_from_options(
+    period: str | None, since: str | None, until: str | None, cfg: Settings
+) -> Window:
+    """The reporting window of ``--period`` or ``--since/--until`` (default: this month)."""
+    if period and (since or until):
+        raise ValidationError("give either --period or --since/--until, not both")
+    now = utc_now()
+    if since or until:
+        return window_between(since, until, tz=cfg.tz, now=now)
+    return parse_period(period or "month", tz=cfg.tz, now=now)
 
 
 def money(micros: int, currency: str | None = None) -> str:

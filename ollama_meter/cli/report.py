@@ -18,21 +18,19 @@ from ollama_meter.cli._common import (
     money,
     out,
     settings,
+    window_from_options,
     write_output,
 )
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import open_ledger
-from ollama_meter.meter import utc_now
 from ollama_meter.reports import (
     BY_CHOICES,
     PERIOD_HELP,
     SpendReport,
     parse_by,
-    parse_period,
     spend_report,
     to_csv,
     to_json,
-    window_between,
 )
 
 
@@ -64,13 +62,7 @@ def report(
 ) -> None:
     """Spend and usage over a period, grouped as you ask. Costs are exact."""
     cfg = settings(db_url=db)
-    if period and (since or until):
-        raise ValidationError("give either --period or --since/--until, not both")
-    now = utc_now()
-    if since or until:
-        window = window_between(since, until, tz=cfg.tz, now=now)
-    else:
-        window = parse_period(period or "month", tz=cfg.tz, now=now)
+    window = window_from_options(period, since, until, cfg)
     columns = parse_by(by)
     result = spend_report(
         open_ledger(cfg.ledger_url),
