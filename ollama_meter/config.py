@@ -90,6 +90,46 @@ class Settings(BaseSettings):
     upstream_timeout: Annotated[float, Field(validation_alias="OMETER_UPSTREAM_TIMEOUT", gt=0)] = (
         300.0
     )
+    retries: Annotated[int, Field(validation_alias="OMETER_RETRIES", ge=0, le=10)] = 2
+    retry_backoff: Annotated[float, Field(validation_alias="OMETER_RETRY_BACKOFF", ge=0)] = 0.5
+    breaker_failures: Annotated[int, Field(validation_alias="OMETER_BREAKER_FAILURES", ge=1)] = 3
+    breaker_reset: Annotated[float, Field(validation_alias="OMETER_BREAKER_RESET", gt=0)] = 60.0
+    capture_content: Annotated[bool, Field(validation_alias="OMETER_CAPTURE_CONTENT")] = False
+    log_format: Annotated[
+        str, Field(validation_alias="OMETER_LOG_FORMAT", pattern="^(text|json)$")
+    ] = "text"
+    log_level: Annotated[
+        str,
+        Field(
+            validation_alias="OMETER_LOG_LEVEL", pattern="(?i)^(debug|info|warning|error|critical)$"
+        ),
+    ] = "WARNING"
+    otlp_endpoint: Annotated[str | None, Field(validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")] = (
+        None
+    )
+    otlp_traces_endpoint: Annotated[
+        str | None, Field(validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ] = None
+    otlp_metrics_endpoint: Annotated[
+        str | None, Field(validation_alias="OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    ] = None
+    otlp_protocol: Annotated[
+        str, Field(validation_alias="OTEL_EXPORTER_OTLP_PROTOCOL", pattern="^(http/protobuf|grpc)$")
+    ] = "http/protobuf"
+    otlp_headers: Annotated[str | None, Field(validation_alias="OTEL_EXPORTER_OTLP_HEADERS")] = None
+    otel_service_name: Annotated[str, Field(validation_alias="OTEL_SERVICE_NAME")] = "ollama-meter"
+    langfuse_public_key: Annotated[str | None, Field(validation_alias="LANGFUSE_PUBLIC_KEY")] = None
+    langfuse_secret_key: Annotated[
+        SecretStr | None, Field(validation_alias="LANGFUSE_SECRET_KEY")
+    ] = None
+    langfuse_host: Annotated[str | None, Field(validation_alias="LANGFUSE_HOST")] = None
+    traceloop_api_key: Annotated[SecretStr | None, Field(validation_alias="TRACELOOP_API_KEY")] = (
+        None
+    )
+    traceloop_base_url: Annotated[str, Field(validation_alias="TRACELOOP_BASE_URL")] = (
+        "https://api.traceloop.com"
+    )
+    export_timeout: Annotated[float, Field(validation_alias="OMETER_EXPORT_TIMEOUT", gt=0)] = 3.0
     department_budgets: Annotated[str | None, Field(validation_alias="DEPARTMENT_BUDGETS")] = None
     alert_webhook_url: Annotated[str | None, Field(validation_alias="OMETER_ALERT_WEBHOOK_URL")] = (
         None
@@ -151,6 +191,17 @@ class Settings(BaseSettings):
     @classmethod
     def _no_float(cls, value: object) -> object:
         return str(value) if isinstance(value, float) else value
+
+    @property
+    def telemetry_configured(self) -> bool:
+        """Whether any exporter is asked for; without one, no telemetry code runs at all."""
+        return bool(
+            self.otlp_endpoint
+            or self.otlp_traces_endpoint
+            or self.otlp_metrics_endpoint
+            or (self.langfuse_public_key and self.langfuse_secret_key and self.langfuse_host)
+            or self.traceloop_api_key
+        )
 
     @property
     def email_recipients(self) -> list[str]:

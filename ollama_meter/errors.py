@@ -13,6 +13,8 @@
         ├── ModelNotFound            Ollama does not have the model      (model_not_found)
         ├── UpstreamBadRequest       Ollama refused the request (4xx)    (bad_request)
         ├── UpstreamServerError      Ollama answered 5xx                 (upstream_5xx)
+        ├── RateLimited              Ollama answered 429                 (rate_limited)
+        ├── CircuitOpen              too many failures: failing fast     (circuit_open)
         └── StreamError              the stream broke after it started   (stream_error)
 
 Messages say what happened and what to do; the CLI prints ``str(error)`` as is.
@@ -96,3 +98,17 @@ class UpstreamServerError(UpstreamError):
 
 class StreamError(UpstreamError):
     error_type = "stream_error"
+
+
+class RateLimited(UpstreamError):
+    error_type = "rate_limited"
+
+
+class CircuitOpen(UpstreamError):
+    """The breaker for this upstream is open: the call was not attempted."""
+
+    error_type = "circuit_open"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, status_code=503)
+        self.retry_after = retry_after

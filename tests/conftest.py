@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 from ollama_meter.cli import main
 from ollama_meter.ledger import close_ledgers
 from ollama_meter.testing import OllamaEmulator
+from ollama_meter.upstream import reset_breakers
 from tests._pg import postgres_server
 
 _CLEAR_PREFIXES = ("OMETER_", "OLLAMA_", "OTEL_", "LANGFUSE_", "TRACELOOP_")
@@ -26,6 +27,7 @@ def _close_ledgers() -> Iterator[None]:
     """Each test's ledgers are its own: release their connections when it ends."""
     yield
     close_ledgers()
+    reset_breakers()
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +42,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
     monkeypatch.setenv("OMETER_TIMEZONE", "UTC")
     monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("OMETER_RETRY_BACKOFF", "0.01")  # retries without the wait
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -12,7 +12,7 @@ import sys
 import typer
 
 from ollama_meter import __version__
-from ollama_meter.cli import budget, chargeback, chat, db, demo, log, pricing, report
+from ollama_meter.cli import budget, chargeback, chat, db, demo, log, perf, pricing, report
 from ollama_meter.cli._common import err
 from ollama_meter.errors import OmeterError
 
@@ -27,6 +27,7 @@ app = typer.Typer(
 app.command("chat")(chat.chat)
 app.command("log")(log.log)
 app.command("report")(report.report)
+app.command("perf")(perf.perf)
 app.command("reprice")(pricing.reprice_command)
 app.command("chargeback")(chargeback.chargeback_command)
 app.command("demo")(demo.demo)

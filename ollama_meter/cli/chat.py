@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Annotated, Any
 
+import ollama
 import typer
 from rich.markup import escape
 
@@ -75,7 +76,7 @@ def _turn(
     )
     parts: list[str] = []
     for chunk in run:
-        text = chunk.message.content or ""
+        text = (chunk.message.content or "") if isinstance(chunk, ollama.ChatResponse) else ""
         parts.append(text)
         if not as_json and text:
             out.file.write(text)

@@ -6,10 +6,10 @@ ledger, and to observers (telemetry, alerts). Nothing calls back in.
 
 from ollama_meter.meter._core import (
     Attribution,
-    ChatRun,
     Meter,
     MeteredCall,
     PriceSource,
+    Run,
     SpanObserver,
     budget_gate,
     sync_env_budgets,
@@ -23,12 +23,12 @@ from ollama_meter.meter.span import Source, SpanRecord, Status, TokenSource, new
 
 __all__ = [
     "Attribution",
-    "ChatRun",
     "GroupCommitWriter",
     "Meter",
     "MeteredCall",
     "PriceSource",
     "RepriceSummary",
+    "Run",
     "Source",
     "SpanObserver",
     "SpanRecord",

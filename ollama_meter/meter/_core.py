@@ -10,11 +10,12 @@ on this sequence; the ledger never calls back into it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from ollama_meter.config import Settings
     from ollama_meter.ledger import Ledger
     from ollama_meter.upstream import Message, Upstream
+
+Response = ollama.ChatResponse | ollama.GenerateResponse | ollama.EmbedResponse
 
 log = logging.getLogger("ollama_meter.meter")
 
@@ -94,15 +97,18 @@ class MeteredCall:
         self.prompt_text = prompt_text
         self.reply_parts: list[str] = []
         self.content_chunks = 0
-        self.final: ollama.ChatResponse | ollama.GenerateResponse | None = None
+        self.final: Response | None = None
         self.reservation: Reservation | None = None
         self._t0 = time.perf_counter_ns()
         self._first_ns: int | None = None
 
-    def observe(self, part: ollama.ChatResponse | ollama.GenerateResponse) -> None:
+    def observe(self, part: Response) -> None:
         """Take one chunk (or the whole non-streamed answer) from Ollama."""
         if self._first_ns is None:
             self._first_ns = time.perf_counter_ns()
+        if isinstance(part, ollama.EmbedResponse):
+            self.final = part
+            return
         text = (
             (part.message.content or "")
             if isinstance(part, ollama.ChatResponse)
@@ -128,17 +134,19 @@ class MeteredCall:
         final = self.final
         if final is not None:
             span.response_model = final.model or None
-            span.done_reason = final.done_reason
+            span.done_reason = getattr(final, "done_reason", None)
             span.total_duration_ns = final.total_duration
             span.load_duration_ns = final.load_duration
-            span.prompt_eval_duration_ns = final.prompt_eval_duration
-            span.eval_duration_ns = final.eval_duration
+            span.prompt_eval_duration_ns = getattr(final, "prompt_eval_duration", None)
+            span.eval_duration_ns = getattr(final, "eval_duration", None)
         if final is None and self._first_ns is None:
             return  # Ollama never answered: nothing was consumed
         # Ollama omits counts that are zero, and a broken stream has no final chunk:
         # then the count is estimated from the text, and the span says so.
         reported_in = final.prompt_eval_count if final is not None else None
-        reported_out = final.eval_count if final is not None else None
+        reported_out = getattr(final, "eval_count", None) if final is not None else None
+        if isinstance(final, ollama.EmbedResponse):
+            reported_out = 0  # embeddings produce no tokens
         span.input_tokens = (
             reported_in if reported_in is not None else estimate_tokens(self.prompt_text)
         )
@@ -249,7 +257,7 @@ class Meter:
     def from_settings(cls, settings: Settings, *, source: str, clock: Clock = utc_now) -> Meter:
         """A meter wired to the configured ledger, prices and Ollama."""
         from ollama_meter.ledger import open_ledger
-        from ollama_meter.upstream import Upstream
+        from ollama_meter.upstream import RetryPolicy, Upstream, breaker_for
 
         ledger = open_ledger(settings.ledger_url)
         if settings.pricing_file is not None:
@@ -257,7 +265,16 @@ class Meter:
         return cls(
             ledger=ledger,
             prices=PriceSource(ledger, settings=settings),
-            upstream=Upstream(settings.ollama_host, timeout=settings.upstream_timeout),
+            upstream=Upstream(
+                settings.ollama_host,
+                timeout=settings.upstream_timeout,
+                retry=RetryPolicy(retries=settings.retries, backoff=settings.retry_backoff),
+                breaker=breaker_for(
+                    settings.ollama_host,
+                    threshold=settings.breaker_failures,
+                    reset_after=settings.breaker_reset,
+                ),
+            ),
             source=source,
             clock=clock,
             budgets=budget_gate(ledger, settings),
@@ -411,9 +428,16 @@ class Meter:
         attribution: Attribution,
         stream: bool = True,
         options: Mapping[str, Any] | None = None,
-    ) -> ChatRun:
+    ) -> Run:
         """A metered ``/api/chat`` call; iterate it for Ollama's chunks, then read ``.span``."""
-        return ChatRun(self, model, messages, attribution, stream, options)
+        request = {"model": model, "messages": messages, "options": options}
+        return Run(self, "chat", request, attribution, stream)
+
+    def run(
+        self, operation: str, request: Mapping[str, Any], *, attribution: Attribution, stream: bool
+    ) -> Run:
+        """Any metered operation (``chat``, ``generate``, ``embed``) with the client's own arguments."""
+        return Run(self, operation, request, attribution, stream)
 
     def _notify(self, hook: str, span: SpanRecord) -> None:
         for observer in self.observers:
@@ -426,50 +450,95 @@ class Meter:
         self.upstream.close()
 
 
-class ChatRun:
-    """An iterable metered chat. ``span`` is set once iteration has ended, however it ended."""
+def prompt_of(operation: str, request: Mapping[str, Any]) -> str:
+    """The text a request sends, for estimating tokens Ollama does not report."""
+    if operation == "chat":
+        return "\n".join(str(m.get("content") or "") for m in request.get("messages") or [])
+    if operation == "embed":
+        given = request.get("input") or ""
+        return given if isinstance(given, str) else "\n".join(map(str, given))
+    return "\n".join(str(request.get(key) or "") for key in ("system", "prompt"))
+
+
+class Run:
+    """An iterable metered call: Ollama's chunks (or its one answer), then ``span`` is final.
+
+    The last chunk is handed over only after the span is written, so whoever
+    receives it can read the call's cost and ids.
+    """
 
     def __init__(
         self,
         meter: Meter,
-        model: str,
-        messages: Sequence[Message],
+        operation: str,
+        request: Mapping[str, Any],
         attribution: Attribution,
         stream: bool,
-        options: Mapping[str, Any] | None,
     ) -> None:
         self._meter = meter
-        self._model = model
-        self._messages = messages
+        self.operation = operation
+        self.request = request
         self._attribution = attribution
-        self._stream = stream
-        self._options = options
+        self.stream = stream
         self.call: MeteredCall | None = None
 
     @property
     def span(self) -> SpanRecord:
         if self.call is None:
-            raise RuntimeError("the chat has not run yet; iterate it first")
+            raise RuntimeError("the call has not run yet; iterate it first")
         return self.call.span
 
-    def __iter__(self) -> Iterator[ollama.ChatResponse]:
-        meter = self._meter
-        prompt = "\n".join(str(m.get("content") or "") for m in self._messages)
-        predict = (self._options or {}).get("num_predict")
-        with meter.call(
-            operation="chat",
-            model=self._model,
-            stream=self._stream,
+    def open(self) -> MeteredCall:
+        options = self.request.get("options") or {}
+        predict = options.get("num_predict") if isinstance(options, Mapping) else None
+        self.call = self._meter.open(
+            operation=self.operation,
+            model=str(self.request.get("model") or ""),
+            stream=self.stream,
             attribution=self._attribution,
-            prompt_text=prompt,
+            prompt_text=prompt_of(self.operation, self.request),
             num_predict=predict if isinstance(predict, int) else None,
-        ) as call:
-            self.call = call
-            if self._stream:
-                for part in meter.upstream.chat_stream(self._model, self._messages, self._options):
+        )
+        return self.call
+
+    def __iter__(self) -> Iterator[Response]:
+        meter = self._meter
+        call = self.open()
+        last: Response | None = None
+        try:
+            if self.stream:
+                for part in meter.upstream.stream(self.operation, self.request):
                     call.observe(part)
-                    yield part
+                    if last is not None:
+                        yield last
+                    last = part
             else:
-                part = meter.upstream.chat(self._model, self._messages, self._options)
-                call.observe(part)
-                yield part
+                last = meter.upstream.call(self.operation, self.request)
+                call.observe(last)
+        except BaseException as exc:
+            meter.close(call, exc)
+            raise
+        meter.close(call)
+        if last is not None:
+            yield last
+
+    async def __aiter__(self) -> AsyncIterator[Response]:
+        meter = self._meter
+        call = await asyncio.to_thread(self.open)
+        last: Response | None = None
+        try:
+            if self.stream:
+                async for part in meter.upstream.astream(self.operation, self.request):
+                    call.observe(part)
+                    if last is not None:
+                        yield last
+                    last = part
+            else:
+                last = await meter.upstream.acall(self.operation, self.request)
+                call.observe(last)
+        except BaseException as exc:
+            await asyncio.to_thread(meter.close, call, exc)
+            raise
+        await asyncio.to_thread(meter.close, call)
+        if last is not None:
+            yield last

@@ -17,17 +17,32 @@ from ollama_meter.periods import (
 from ollama_meter.reports._allocation import allocate, union_length
 from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS
 from ollama_meter.reports._chargeback import IDLE, IDLE_MODES, Chargeback, chargeback
+from ollama_meter.reports._perf import (
+    COLD_LOAD_NS,
+    PERF_BY_CHOICES,
+    PERF_DEFAULT_BY,
+    PERF_METRICS,
+    PerfReport,
+    parse_perf_by,
+    percentile,
+    perf_report,
+)
 from ollama_meter.reports._render import iso_utc, safe_cell, span_to_dict, to_csv, to_json
 from ollama_meter.reports._spend import BY_CHOICES, SpendReport, gpu_seconds, parse_by, spend_report
 
 __all__ = [
     "BY_CHOICES",
     "CHARGEBACK_COLUMNS",
+    "COLD_LOAD_NS",
     "IDLE",
     "IDLE_MODES",
+    "PERF_BY_CHOICES",
+    "PERF_DEFAULT_BY",
+    "PERF_METRICS",
     "PERIOD_HELP",
     "TIME_UNITS",
     "Chargeback",
+    "PerfReport",
     "SpendReport",
     "Window",
     "allocate",
@@ -38,7 +53,10 @@ __all__ = [
     "local_midnight",
     "parse_by",
     "parse_day",
+    "parse_perf_by",
     "parse_period",
+    "percentile",
+    "perf_report",
     "safe_cell",
     "span_to_dict",
     "spend_report",

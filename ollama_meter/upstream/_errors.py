@@ -9,6 +9,7 @@ import ollama
 
 from ollama_meter.errors import (
     ModelNotFound,
+    RateLimited,
     StreamError,
     UpstreamBadRequest,
     UpstreamConnectionError,
@@ -52,6 +53,10 @@ def _from_response(exc: ollama.ResponseError, *, host: str, model: str) -> Upstr
             f"model {model!r} is not available on {host} ({detail}); "
             f"pull it with `ollama pull {model}` or pick one from `ollama list`",
             status_code=status,
+        )
+    if status == 429:
+        return RateLimited(
+            f"Ollama at {host} is rate limiting (HTTP 429): {detail}", status_code=status
         )
     if 400 <= status < 500:
         return UpstreamBadRequest(

@@ -131,13 +131,14 @@ def test_unreachable_ollama_is_a_connection_error_span(db_url: str) -> None:
     assert (span.status, span.error_type) == ("error", "connection")
 
 
-def test_server_error(db_url: str, emulator: OllamaEmulator) -> None:
+def test_server_error_after_the_retries(db_url: str, emulator: OllamaEmulator) -> None:
     meter = make_meter(db_url)
-    emulator.inject(Fault.HTTP_500)
+    emulator.inject(Fault.HTTP_500, times=3)  # the first try and both retries
     with pytest.raises(UpstreamServerError, match="HTTP 500"):
         run_chat(meter, stream=False)
     (span,) = stored(meter)
     assert (span.error_type, span.http_status) == ("upstream_5xx", 500)
+    assert len(emulator.requests_to("/api/chat")) == 3
 
 
 @pytest.mark.parametrize("fault", [Fault.MIDSTREAM_ERROR, Fault.DROP])
@@ -181,7 +182,8 @@ def test_abandoned_stream_is_a_client_abort(db_url: str, emulator: OllamaEmulato
         "client_abort",
         "estimated",
     )
-    assert span.output_tokens == 2
+    # what Ollama produced: the two chunks handed over and the one read ahead
+    assert span.output_tokens == 3
 
 
 def test_bad_names_and_missing_model_are_refused_before_any_call(
@@ -255,7 +257,7 @@ def test_reprice_moves_costs_and_says_by_how_much(db_url: str, emulator: OllamaE
 def test_a_silent_ollama_times_out(db_url: str, emulator: OllamaEmulator) -> None:
     from ollama_meter.errors import UpstreamTimeout
 
-    meter = make_meter(db_url, upstream_timeout=0.3)
+    meter = make_meter(db_url, upstream_timeout=0.3, retries=0)
     emulator.inject(Fault.HANG)
     with pytest.raises(
         UpstreamTimeout, match="did not answer in time; raise OMETER_UPSTREAM_TIMEOUT"

@@ -1,0 +1,140 @@
+"""``ometer perf``: where the time goes, per model and department (or any grouping)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ollama_meter.cli._common import (
+    DbOption,
+    DeptOption,
+    ModelFilter,
+    OutOption,
+    PeriodOption,
+    SinceOption,
+    TenantOption,
+    UntilOption,
+    out,
+    settings,
+    window_from_options,
+    write_output,
+)
+from ollama_meter.errors import ValidationError
+from ollama_meter.ledger import open_ledger
+from ollama_meter.reports import (
+    PERF_BY_CHOICES,
+    PERF_DEFAULT_BY,
+    PerfReport,
+    parse_perf_by,
+    perf_report,
+    to_csv,
+    to_json,
+)
+
+
+class Format(StrEnum):
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+
+
+def perf(
+    period: PeriodOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    by: Annotated[
+        str, typer.Option("--by", "-b", help=f"Group by any of: {', '.join(PERF_BY_CHOICES)}.")
+    ] = ",".join(PERF_DEFAULT_BY),
+    tenant: TenantOption = None,
+    dept: DeptOption = None,
+    model: ModelFilter = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.TABLE,
+    out_file: OutOption = None,
+    db: DbOption = None,
+) -> None:
+    """Latency and TTFT percentiles, tokens/s, cold loads, queueing and errors per group."""
+    cfg = settings(db_url=db)
+    window = window_from_options(period, since, until, cfg)
+    columns = parse_perf_by(by)
+    if fmt is Format.TABLE and out_file is not None:
+        raise ValidationError("--out needs --format csv or json")
+    result = perf_report(
+        open_ledger(cfg.ledger_url),
+        window,
+        columns,
+        tenant=tenant,
+        department=dept,
+        model=model,
+    )
+    if fmt is Format.CSV:
+        write_output(to_csv(result.columns, result.rows), out_file)
+    elif fmt is Format.JSON:
+        write_output(to_json(result.columns, result.rows), out_file)
+    else:
+        out.print(render_table(result, cfg.timezone))
+
+
+# Narrow headings for the terminal; CSV and JSON keep the exact column names.
+_HEADINGS = {
+    "requests": "calls",
+    "error_rate": "err %",
+    "latency_p50_ms": "lat p50",
+    "latency_p95_ms": "lat p95",
+    "latency_p99_ms": "lat p99",
+    "ttft_p50_ms": "TTFT p50",
+    "ttft_p95_ms": "TTFT p95",
+    "tokens_per_s": "tok/s",
+    "cold_loads": "cold",
+    "cold_load_s": "cold s",
+    "queue_p50_ms": "queue p50",
+    "queue_p95_ms": "queue p95",
+}
+
+
+def _cell(name: str, value: object) -> str:
+    if value is None:
+        return "-"
+    if name == "error_rate" and isinstance(value, Decimal):
+        return f"{value * 100:.1f}%"
+    if isinstance(value, Decimal):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return escape(str(value))
+
+
+def render_table(result: PerfReport, zone: str) -> Table:
+    """One line per group; the worst latency, speed, error rate and cold-load cells in bold red."""
+    table = Table(title=f"perf {result.window.label} ({zone})", title_justify="left")
+    for name in result.columns:
+        numeric = name not in result.by
+        table.add_column(
+            _HEADINGS.get(name, name), justify="right" if numeric else "left", no_wrap=True
+        )
+    worst = result.worst()
+    for index, row in enumerate(result.rows):
+        cells = [_cell(name, row[name]) for name in result.columns]
+        for column, rows in worst.items():
+            if index in rows:
+                at = result.columns.index(column)
+                cells[at] = f"[bold red]{cells[at]}[/]"
+        table.add_row(*cells)
+    if not result.rows:
+        table.caption = "no calls in this period"
+    else:
+        notes = [
+            "lat, TTFT and queue in ms",
+            "queue = Ollama's total time less load, prompt and generation",
+            "cold = model load ≥ 100 ms",
+        ]
+        if worst:
+            notes.append(
+                "[bold red]red[/]: highest lat p95, lowest tok/s, highest err %, most cold s"
+            )
+        table.caption = " · ".join(notes)
+    return table

@@ -1,0 +1,457 @@
+"""Real OTLP receivers for the tests, and flat views of what they decoded.
+
+``OtlpHttpReceiver`` (OTLP/HTTP, protobuf) and ``OtlpGrpcReceiver`` (OTLP/gRPC)
+listen on 127.0.0.1 with a free port, decode every export with the
+``opentelemetry-proto`` messages and keep it, so a test asserts on what an
+exporter actually put on the wire rather than on what an SDK object held.
+``spans`` and ``metric_points`` flatten the kept requests of either receiver
+into plain values; ``wait_for`` polls until an (asynchronous) export arrived.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Literal, Protocol, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+__all__ = [
+    "SPAN_KIND_CLIENT",
+    "GrpcRequest",
+    "HttpRequest",
+    "OtlpGrpcReceiver",
+    "OtlpHttpReceiver",
+    "PointView",
+    "SpanView",
+    "any_value",
+    "attributes",
+    "metric_points",
+    "spans",
+    "wait_for",
+]
+
+T = TypeVar("T")
+
+# opentelemetry.proto.trace.v1.Span.SpanKind; the one an Ollama call is.
+SPAN_KIND_CLIENT = 3
+
+TRACE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+METRICS_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+
+ExportRequest = (
+    trace_service_pb2.ExportTraceServiceRequest | metrics_service_pb2.ExportMetricsServiceRequest
+)
+
+# Path suffix -> (request type, empty response bytes). Matching on the suffix
+# lets a prefixed ingestion path such as Langfuse's /api/public/otel/v1/traces in.
+_HTTP_SIGNALS: dict[str, tuple[type[Message], bytes]] = {
+    "/v1/traces": (
+        trace_service_pb2.ExportTraceServiceRequest,
+        trace_service_pb2.ExportTraceServiceResponse().SerializeToString(),
+    ),
+    "/v1/metrics": (
+        metrics_service_pb2.ExportMetricsServiceRequest,
+        metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString(),
+    ),
+}
+_PROTOBUF = "application/x-protobuf"
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """One OTLP/HTTP export as received: ``status`` is what the receiver answered."""
+
+    path: str
+    headers: dict[str, str]
+    message: ExportRequest
+    status: int
+
+
+@dataclass(frozen=True)
+class GrpcRequest:
+    """One OTLP/gRPC export as received: ``method`` is the full gRPC method name."""
+
+    method: str
+    metadata: dict[str, str | bytes]
+    message: ExportRequest
+    code: grpc.StatusCode
+
+
+class _Receiver(Protocol):
+    @property
+    def requests(self) -> Sequence[HttpRequest | GrpcRequest]: ...
+
+
+# ---------------------------------------------------------------- OTLP/HTTP
+
+
+class _HttpHandler(BaseHTTPRequestHandler):
+    server: _HttpServer
+    # HTTP/1.1 keeps the exporter's pooled connection alive; the timeout ends
+    # the handler thread of an idle one instead of leaving it blocked forever.
+    protocol_version = "HTTP/1.1"
+    timeout = 5
+
+    def do_POST(self) -> None:
+        signal = next((s for s in _HTTP_SIGNALS if self.path.split("?")[0].endswith(s)), None)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if signal is None:
+            self._answer(404, b"", "text/plain")
+            return
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != _PROTOBUF:
+            self._answer(415, b"only application/x-protobuf", "text/plain")
+            return
+        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+        try:
+            if encoding == "gzip":
+                body = gzip.decompress(body)
+            elif encoding == "deflate":
+                body = zlib.decompress(body)
+            elif encoding != "identity":
+                self._answer(415, f"unsupported encoding {encoding}".encode(), "text/plain")
+                return
+            request_type, empty_response = _HTTP_SIGNALS[signal]
+            message = request_type.FromString(body)
+        except (OSError, zlib.error, DecodeError) as exc:
+            self._answer(400, str(exc).encode(), "text/plain")
+            return
+        receiver = self.server.receiver
+        status = receiver.status
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        receiver._record(HttpRequest(self.path, headers, message, status))
+        if 200 <= status < 300:
+            self._answer(status, empty_response, _PROTOBUF)
+        else:
+            self._answer(status, b"", "text/plain")
+
+    def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the exporters retry on purpose; their requests would flood the test output
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    receiver: OtlpHttpReceiver
+
+
+class OtlpHttpReceiver:
+    """An OTLP/HTTP collector on 127.0.0.1 that keeps every decoded export.
+
+    Accepts protobuf POSTs (optionally gzip or deflate) on any path ending in
+    ``/v1/traces`` or ``/v1/metrics``. ``status`` is the answer to give, so a
+    test can play a failing collector (and recover it by setting it back);
+    rejected requests are recorded too, with the status they got.
+    """
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self._lock = threading.Lock()
+        self._requests: list[HttpRequest] = []
+        self._server: _HttpServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> OtlpHttpReceiver:
+        self._server = _HttpServer(("127.0.0.1", 0), _HttpHandler)
+        self._server.receiver = self
+        # A short poll interval: shutdown() waits for it, once per test.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="otlp-http-receiver",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, without a signal path: append ``/v1/traces`` or ``/v1/metrics``."""
+        if self._server is None:
+            raise RuntimeError("OtlpHttpReceiver is not running; use it as a context manager")
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def requests(self) -> list[HttpRequest]:
+        """A snapshot of the exports received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def _record(self, request: HttpRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+
+# ---------------------------------------------------------------- OTLP/gRPC
+
+
+class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, receiver: OtlpGrpcReceiver) -> None:
+        self._receiver = receiver
+
+    def Export(
+        self,
+        request: trace_service_pb2.ExportTraceServiceRequest,
+        context: grpc.ServicerContext,
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self._receiver._handle(TRACE_METHOD, request, context)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, receiver: OtlpGrpcReceiver) -> None:
+        self._receiver = receiver
+
+    def Export(
+        self,
+        request: metrics_service_pb2.ExportMetricsServiceRequest,
+        context: grpc.ServicerContext,
+    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        self._receiver._handle(METRICS_METHOD, request, context)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+class OtlpGrpcReceiver:
+    """An OTLP/gRPC collector (insecure) on 127.0.0.1 that keeps every decoded export.
+
+    ``code`` is the status to answer with; anything but OK plays a failing
+    collector. Rejected requests are recorded too, with the code they got.
+    """
+
+    def __init__(self, code: grpc.StatusCode = grpc.StatusCode.OK) -> None:
+        self.code = code
+        self._lock = threading.Lock()
+        self._requests: list[GrpcRequest] = []
+        self._server: grpc.Server | None = None
+        self._port: int | None = None
+
+    def __enter__(self) -> OtlpGrpcReceiver:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(self), server)
+        self._port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self._server = server
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            self._server.stop(grace=None).wait(timeout=5)
+        self._server = self._port = None
+
+    @property
+    def endpoint(self) -> str:
+        """What the gRPC exporters take as ``endpoint`` (with ``insecure=True``)."""
+        if self._port is None:
+            raise RuntimeError("OtlpGrpcReceiver is not running; use it as a context manager")
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def requests(self) -> list[GrpcRequest]:
+        """A snapshot of the exports received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def _handle(self, method: str, message: ExportRequest, context: grpc.ServicerContext) -> None:
+        code = self.code
+        metadata = {item.key: item.value for item in context.invocation_metadata()}
+        with self._lock:
+            self._requests.append(GrpcRequest(method, metadata, message, code))
+        if code is not grpc.StatusCode.OK:
+            context.abort(code, "simulated collector failure")  # raises
+
+
+# ---------------------------------------------------------------- flat views
+
+
+@dataclass(frozen=True)
+class SpanView:
+    """One exported span, in plain values; ids are lower-case hex."""
+
+    name: str
+    kind: int
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    status_code: int  # 0 unset, 1 ok, 2 error
+    status_message: str
+    resource: dict[str, Any]
+    scope_name: str
+
+
+@dataclass(frozen=True)
+class PointView:
+    """One exported data point: ``value`` for sums and gauges, the rest for histograms."""
+
+    kind: Literal["sum", "gauge", "histogram"]
+    attributes: dict[str, Any]
+    value: int | float | None = None
+    count: int | None = None
+    sum: float | None = None
+    bucket_counts: tuple[int, ...] | None = None
+    explicit_bounds: tuple[float, ...] | None = None
+
+
+def any_value(value: AnyValue) -> Any:
+    """An OTLP ``AnyValue`` as Python: arrays become tuples, kvlists dicts, unset None."""
+    which = value.WhichOneof("value")
+    if which is None:
+        return None
+    if which == "array_value":
+        return tuple(any_value(item) for item in value.array_value.values)
+    if which == "kvlist_value":
+        return attributes(value.kvlist_value.values)
+    return getattr(value, which)
+
+
+def attributes(pairs: Sequence[KeyValue]) -> dict[str, Any]:
+    """OTLP attributes (repeated ``KeyValue``) as a dict of Python values."""
+    return {pair.key: any_value(pair.value) for pair in pairs}
+
+
+def _messages(receiver: _Receiver, kind: type[T]) -> Iterator[T]:
+    for request in receiver.requests:
+        if isinstance(request.message, kind):
+            yield request.message
+
+
+def spans(receiver: _Receiver) -> list[SpanView]:
+    """Every span in every trace export the receiver got, in arrival order."""
+    found: list[SpanView] = []
+    for message in _messages(receiver, trace_service_pb2.ExportTraceServiceRequest):
+        for resource_spans in message.resource_spans:
+            resource = attributes(resource_spans.resource.attributes)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    found.append(
+                        SpanView(
+                            name=span.name,
+                            kind=span.kind,
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_span_id=span.parent_span_id.hex(),
+                            start_ns=span.start_time_unix_nano,
+                            end_ns=span.end_time_unix_nano,
+                            attributes=attributes(span.attributes),
+                            status_code=span.status.code,
+                            status_message=span.status.message,
+                            resource=resource,
+                            scope_name=scope_spans.scope.name,
+                        )
+                    )
+    return found
+
+
+def metric_points(receiver: _Receiver) -> dict[str, list[PointView]]:
+    """Data points by metric name, over every metrics export in arrival order.
+
+    Cumulative metrics repeat in each export, so a test that flushed twice sees
+    a point per flush; take the last one for the current total.
+    """
+    found: dict[str, list[PointView]] = {}
+    for message in _messages(receiver, metrics_service_pb2.ExportMetricsServiceRequest):
+        for resource_metrics in message.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    found.setdefault(metric.name, []).extend(_points(metric))
+    return found
+
+
+def _points(metric: Any) -> list[PointView]:
+    data = metric.WhichOneof("data")
+    if data in ("sum", "gauge"):
+        points = []
+        for point in getattr(metric, data).data_points:
+            which = point.WhichOneof("value")  # as_int or as_double
+            value = getattr(point, which) if which else None
+            points.append(
+                PointView(kind=data, attributes=attributes(point.attributes), value=value)
+            )
+        return points
+    if data == "histogram":
+        return [
+            PointView(
+                kind="histogram",
+                attributes=attributes(point.attributes),
+                count=point.count,
+                sum=point.sum if point.HasField("sum") else None,
+                bucket_counts=tuple(point.bucket_counts),
+                explicit_bounds=tuple(point.explicit_bounds),
+            )
+            for point in metric.histogram.data_points
+        ]
+    # Exponential histograms and summaries are not produced by anything under test.
+    raise ValueError(f"metric {metric.name!r}: unsupported data {data!r}")
+
+
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    *,
+    interval: float = 0.02,
+    what: str | None = None,
+) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    Raises AssertionError after ``timeout`` seconds, naming what was awaited
+    and the last value seen, so a missing export reads as a test failure.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            label = what or getattr(predicate, "__qualname__", repr(predicate))
+            raise AssertionError(
+                f"timed out after {timeout:g}s waiting for {label}; last value: {result!r}"
+            )
+        time.sleep(interval)

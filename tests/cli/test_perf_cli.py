@@ -1,0 +1,115 @@
+"""``ometer perf`` through the real entry point, on spans the emulator's calls produced."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from ollama_meter.cli.perf import render_table
+from ollama_meter.periods import Window
+from ollama_meter.reports import PERF_METRICS, PerfReport
+from ollama_meter.testing import OllamaEmulator
+
+HEADER = (
+    "model,department,requests,errors,error_rate,latency_p50_ms,latency_p95_ms,latency_p99_ms,"
+    "ttft_p50_ms,ttft_p95_ms,tokens_per_s,cold_loads,cold_load_s,queue_p50_ms,queue_p95_ms"
+)
+
+
+@pytest.fixture
+def db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("OMETER_DB_URL", db_url)
+    return db_url
+
+
+@pytest.fixture
+def calls(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
+    """Two llama calls for sales (the first loads the model: 1.2 s), one qwen call for support."""
+    for dept, model in (
+        ("sales", "llama3.1:8b"),
+        ("sales", "llama3.1:8b"),
+        ("support", "qwen2.5:7b"),
+    ):
+        result = cli("chat", "--dept", dept, "-m", model, "hi")
+        assert result.code == 0, result.stderr
+
+
+def test_csv_header_and_emulated_figures(cli, calls: None) -> None:  # type: ignore[no-untyped-def]
+    result = cli("perf", "--format", "csv")
+    assert result.code == 0, result.stderr
+    assert result.stdout.splitlines()[0] == HEADER
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(r["model"], r["department"], r["requests"]) for r in rows] == [
+        ("llama3.1:8b", "sales", "2"),
+        ("qwen2.5:7b", "support", "1"),
+    ]
+    llama = rows[0]
+    # The emulator's durations are deterministic: 20 ms per token, 0.5 ms overhead, cold 1.2 s.
+    assert (llama["errors"], llama["error_rate"], llama["tokens_per_s"]) == ("0", "0.0000", "50.0")
+    assert (llama["cold_loads"], llama["cold_load_s"]) == ("1", "1.200")
+    assert (llama["queue_p50_ms"], llama["queue_p95_ms"]) == ("0.500", "0.500")
+    assert all(llama[c] for c in ("latency_p50_ms", "latency_p99_ms", "ttft_p95_ms"))
+
+
+def test_json_keys_and_filters(cli, calls: None) -> None:  # type: ignore[no-untyped-def]
+    result = cli("perf", "--format", "json", "--by", "department", "--dept", "support")
+    assert result.code == 0, result.stderr
+    (row,) = json.loads(result.stdout)
+    assert list(row) == ["department", *HEADER.split(",")[2:]]
+    assert (row["department"], row["requests"], row["cold_loads"]) == ("support", 1, 1)
+    assert isinstance(row["latency_p95_ms"], str) and isinstance(row["error_rate"], str)
+    assert json.loads(cli("perf", "-f", "json", "--model", "nope:1b").stdout) == []
+
+
+def test_table_renders_and_marks_worst(cli, calls: None) -> None:  # type: ignore[no-untyped-def]
+    result = cli("perf", "--by", "model")
+    assert result.code == 0, result.stderr
+    out = result.stdout
+    assert "llama3.1:8b" in out and "qwen2.5:7b" in out and "lat p95" in out and "tok/s" in out
+    assert "cold = model load ≥ 100 ms" in out and "highest lat p95" in out
+    assert "no calls in this period" in cli("perf", "--period", "2020-01").stdout
+
+
+def test_worst_cells_are_bold_red() -> None:
+    report = PerfReport(
+        window=Window(
+            datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC), "2026-11"
+        ),
+        by=["model"],
+        rows=[
+            {"model": "fast", **dict.fromkeys(PERF_METRICS), "latency_p95_ms": Decimal("10.000")},
+            {"model": "slow", **dict.fromkeys(PERF_METRICS), "latency_p95_ms": Decimal("99.000")},
+        ],
+    )
+    console = Console(record=True, force_terminal=True, color_system="standard", width=200)
+    console.print(render_table(report, "UTC"))
+    lines = console.export_text(styles=True).splitlines()
+    slow = next(line for line in lines if "slow" in line)
+    fast = next(line for line in lines if "fast" in line)
+    assert "\x1b[1;31m99.0" in slow and "\x1b[1;31m" not in fast
+    assert " - " in fast  # None renders as a dash
+
+
+def test_by_is_validated(cli, db: str) -> None:  # type: ignore[no-untyped-def]
+    bad = cli("perf", "--by", "model,day")
+    assert bad.code == 2
+    assert bad.stderr.strip() == "error: --by day is not one of: tenant, department, user, model"
+    both = cli("perf", "--period", "today", "--since", "2026-11-01")
+    assert both.code == 2 and "either --period or --since/--until" in both.stderr
+
+
+def test_out_writes_the_file(cli, calls: None, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    target = tmp_path / "perf.csv"
+    result = cli("perf", "-f", "csv", "--out", str(target))
+    assert result.code == 0, result.stderr
+    assert result.stdout == "" and f"wrote {target}" in result.stderr
+    assert target.read_text(encoding="utf-8").splitlines()[0] == HEADER
+    table_out = cli("perf", "--out", str(tmp_path / "x.txt"))
+    assert table_out.code == 2 and "--out needs --format csv or json" in table_out.stderr

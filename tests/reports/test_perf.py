@@ -1,0 +1,256 @@
+"""The perf report from known spans: every figure exact, nearest-rank percentiles, worst cells."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ollama_meter.errors import ValidationError
+from ollama_meter.ledger import Ledger
+from ollama_meter.periods import parse_period
+from ollama_meter.reports import (
+    COLD_LOAD_NS,
+    PERF_METRICS,
+    parse_perf_by,
+    percentile,
+    perf_report,
+    to_csv,
+    to_json,
+)
+from tests.factories import make_span
+
+MS = 1_000_000
+NOVEMBER = parse_period("2026-11", tz=ZoneInfo("UTC"), now=datetime(2026, 12, 2, tzinfo=UTC))
+
+
+def llama(**kw: object):  # type: ignore[no-untyped-def]
+    return make_span(request_model="llama3.1:8b", department="sales", **kw)
+
+
+def qwen(**kw: object):  # type: ignore[no-untyped-def]
+    return make_span(request_model="qwen2.5:7b", department="support", **kw)
+
+
+SPANS = [
+    # llama3.1:8b / sales: a cold streamed call, a warm one, a non-streamed one, a failure.
+    llama(
+        latency_ns=123_456_789,  # 123.456789 ms → 123.457
+        ttft_ns=20 * MS,
+        output_tokens=10,
+        eval_duration_ns=500 * MS,  # 20 tok/s
+        load_duration_ns=1_200 * MS,  # cold
+        prompt_eval_duration_ns=50 * MS,
+        total_duration_ns=(1_200 + 50 + 500 + 5) * MS,  # 5 ms queued
+    ),
+    llama(
+        latency_ns=200 * MS,
+        ttft_ns=30 * MS,
+        output_tokens=40,
+        eval_duration_ns=1_000 * MS,  # 40 tok/s
+        load_duration_ns=2 * MS,
+        prompt_eval_duration_ns=10 * MS,
+        total_duration_ns=(2 + 10 + 1_000 + 1) * MS,  # 1 ms queued
+    ),
+    llama(
+        stream=False,
+        latency_ns=300 * MS,
+        ttft_ns=None,
+        output_tokens=30,
+        eval_duration_ns=1_000 * MS,  # 30 tok/s
+        load_duration_ns=COLD_LOAD_NS - 1,  # just warm
+        prompt_eval_duration_ns=10 * MS,
+        total_duration_ns=1_000 * MS,  # less than its parts: clamped to 0
+    ),
+    llama(
+        status="error",
+        latency_ns=50 * MS,
+        output_tokens=0,
+        eval_duration_ns=None,
+        prompt_eval_duration_ns=None,
+    ),
+    # qwen2.5:7b / support: two cold calls, one without total_duration.
+    qwen(
+        latency_ns=1_500 * MS,
+        ttft_ns=400 * MS,
+        output_tokens=7,
+        eval_duration_ns=700 * MS,  # 10 tok/s
+        load_duration_ns=150 * MS,
+        prompt_eval_duration_ns=100 * MS,
+        total_duration_ns=1_000 * MS,  # 50 ms queued
+    ),
+    qwen(
+        latency_ns=1_000 * MS,
+        ttft_ns=100 * MS,
+        output_tokens=2,
+        eval_duration_ns=300 * MS,  # 6.666… tok/s
+        load_duration_ns=COLD_LOAD_NS,  # exactly the threshold: cold
+        prompt_eval_duration_ns=0,
+    ),
+    # Outside the window, another tenant: neither may leak into the rows above.
+    llama(started_at=datetime(2026, 10, 31, 23, 59, tzinfo=UTC), latency_ns=9_999 * MS),
+    make_span(tenant="globex", department="research", status="error", eval_duration_ns=None),
+]
+
+LLAMA_ROW = {
+    "model": "llama3.1:8b",
+    "department": "sales",
+    "requests": 4,
+    "errors": 1,
+    "error_rate": Decimal("0.2500"),
+    "latency_p50_ms": Decimal("123.457"),
+    "latency_p95_ms": Decimal("300.000"),
+    "latency_p99_ms": Decimal("300.000"),
+    "ttft_p50_ms": Decimal("20.000"),
+    "ttft_p95_ms": Decimal("30.000"),
+    "tokens_per_s": Decimal("30.0"),
+    "cold_loads": 1,
+    "cold_load_s": Decimal("1.200"),
+    "queue_p50_ms": Decimal("1.000"),
+    "queue_p95_ms": Decimal("5.000"),
+}
+QWEN_ROW = {
+    "model": "qwen2.5:7b",
+    "department": "support",
+    "requests": 2,
+    "errors": 0,
+    "error_rate": Decimal("0.0000"),
+    "latency_p50_ms": Decimal("1000.000"),
+    "latency_p95_ms": Decimal("1500.000"),
+    "latency_p99_ms": Decimal("1500.000"),
+    "ttft_p50_ms": Decimal("100.000"),
+    "ttft_p95_ms": Decimal("400.000"),
+    "tokens_per_s": Decimal("6.7"),
+    "cold_loads": 2,
+    "cold_load_s": Decimal("0.250"),
+    "queue_p50_ms": Decimal("50.000"),
+    "queue_p95_ms": Decimal("50.000"),
+}
+
+
+@pytest.fixture
+def ledger(db_url: str) -> Ledger:
+    ledger = Ledger(db_url)
+    ledger.record(SPANS)
+    return ledger
+
+
+def test_rows_are_exact_for_each_group(ledger: Ledger) -> None:
+    result = perf_report(ledger, NOVEMBER, ["model", "department"], tenant="acme")
+    assert result.columns == ["model", "department", *PERF_METRICS]
+    assert result.rows == [LLAMA_ROW, QWEN_ROW]
+    # Equal Decimals can differ in exponent; the places are part of the contract.
+    assert [str(result.rows[0][c]) for c in ("error_rate", "latency_p95_ms", "tokens_per_s")] == [
+        "0.2500",
+        "300.000",
+        "30.0",
+    ]
+
+
+def test_csv_and_json_are_decimal_strings_and_empty_for_none(ledger: Ledger) -> None:
+    result = perf_report(ledger, NOVEMBER, ["tenant"])
+    text = to_csv(result.columns, result.rows)
+    assert text.splitlines() == [
+        "tenant," + ",".join(PERF_METRICS),
+        "acme,6,1,0.1667,200.000,1500.000,1500.000,30.000,400.000,20.0,3,1.450,1.000,50.000",
+        "globex,1,1,1.0000,,,,,,,0,0.000,,",
+    ]
+    data = json.loads(to_json(result.columns, result.rows))
+    assert data[1] == {
+        "tenant": "globex",
+        "requests": 1,
+        "errors": 1,
+        "error_rate": "1.0000",
+        "latency_p50_ms": None,
+        "latency_p95_ms": None,
+        "latency_p99_ms": None,
+        "ttft_p50_ms": None,
+        "ttft_p95_ms": None,
+        "tokens_per_s": None,
+        "cold_loads": 0,
+        "cold_load_s": "0.000",
+        "queue_p50_ms": None,
+        "queue_p95_ms": None,
+    }
+
+
+def test_filters_and_user_grouping(ledger: Ledger) -> None:
+    only = perf_report(ledger, NOVEMBER, ["model"], model="qwen2.5:7b")
+    assert [(r["model"], r["requests"]) for r in only.rows] == [("qwen2.5:7b", 2)]
+    sales = perf_report(ledger, NOVEMBER, ["user"], department="sales")
+    assert [(r["user"], r["requests"]) for r in sales.rows] == [("", 4)]
+    assert perf_report(ledger, NOVEMBER, [], tenant="acme").rows[0]["requests"] == 6
+    december = parse_period("2026-12", tz=ZoneInfo("UTC"), now=datetime(2026, 12, 2, tzinfo=UTC))
+    assert perf_report(ledger, december, ["model"]).rows == []
+
+
+def test_worst_cells_need_two_rows_that_differ(ledger: Ledger) -> None:
+    result = perf_report(ledger, NOVEMBER, ["model", "department"], tenant="acme")
+    assert result.worst() == {
+        "latency_p95_ms": {1},
+        "tokens_per_s": {1},
+        "error_rate": {0},
+        "cold_load_s": {0},
+    }
+    assert perf_report(ledger, NOVEMBER, ["model"], model="qwen2.5:7b").worst() == {}
+
+
+def test_parse_perf_by() -> None:
+    assert parse_perf_by(" Model, department ") == ["model", "department"]
+    with pytest.raises(ValidationError, match="--by day is not one of: tenant, department"):
+        parse_perf_by("model,day")
+    with pytest.raises(ValidationError, match="twice"):
+        parse_perf_by("model,model")
+
+
+@pytest.mark.parametrize(
+    ("values", "p", "expected"),
+    [
+        # The textbook example of the nearest-rank method.
+        ([15, 20, 35, 40, 50], 5, 15),
+        ([15, 20, 35, 40, 50], 30, 20),
+        ([15, 20, 35, 40, 50], 40, 20),
+        ([15, 20, 35, 40, 50], 50, 35),
+        ([15, 20, 35, 40, 50], 100, 50),
+        ([1, 2, 3, 4], 50, 2),  # the lower middle of an even count
+        ([1, 2, 3, 4], 95, 4),
+        ([1, 2, 3, 4], 25, 1),
+        ([1, 2, 3, 4], 26, 2),
+        (list(range(1, 21)), 95, 19),  # exactly rank 19: no float error
+        (list(range(1, 21)), 99, 20),
+        (list(range(1, 101)), 99, 99),
+        (list(range(1, 101)), 50, 50),
+        ([7], 0.001, 7),
+        ([7], 100, 7),
+        ([3, 9], Decimal("50"), 3),
+        ([3, 9], Decimal("50.0001"), 9),
+    ],
+)
+def test_percentile_nearest_rank(values: list[int], p: float, expected: int) -> None:
+    assert percentile(values, p) == expected
+
+
+def test_percentile_edges() -> None:
+    assert percentile([], 50) is None
+    for bad in (0, -1, 100.5, float("nan")):
+        with pytest.raises(ValueError, match=r"\(0, 100\]"):
+            percentile([1], bad)
+
+
+@given(
+    values=st.lists(st.integers(min_value=0, max_value=10**12), min_size=1),
+    p=st.floats(min_value=0, max_value=100, exclude_min=True),
+    q=st.floats(min_value=0, max_value=100, exclude_min=True),
+)
+def test_percentile_is_a_value_and_monotone(values: list[int], p: float, q: float) -> None:
+    ordered = sorted(values)
+    low, high = sorted((p, q))
+    at_low, at_high = percentile(ordered, low), percentile(ordered, high)
+    assert at_low in values and at_high in values
+    assert at_low is not None and at_high is not None and at_low <= at_high
+    assert percentile(ordered, 100) == ordered[-1]
