@@ -42,7 +42,13 @@ def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> None:
 
 
 def row_to_span(row: Any) -> SpanRecord:
-    return SpanRecord(**{name: getattr(row, name) for name in SpanRecord.__dataclass_fields__})
+    return SpanRecord(
+        **{
+            name: getattr(row, name)
+            for name in SpanRecord.__dataclass_fields__
+            if name != "attributes"
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,6 +170,14 @@ def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> b
     return ledger.sync_price_rules(f"file:{path}", rules, content)
 
 
+def telemetry_observers(settings: Settings) -> list[SpanObserver]:
+    """The exporter observer when one is configured; none otherwise (and no OTel import)."""
+    from ollama_meter.telemetry import telemetry_for
+
+    telemetry = telemetry_for(settings)
+    return [telemetry.observer] if telemetry is not None else []
+
+
 def sync_env_budgets(ledger: Ledger, settings: Settings) -> None:
     """Bring ``DEPARTMENT_BUDGETS`` into the ledger when it is set (source ``env``)."""
     from ollama_meter.budgets import parse_department_budgets
@@ -243,8 +251,10 @@ class Meter:
         clock: Clock = utc_now,
         observers: Sequence[SpanObserver] = (),
         budgets: BudgetGate | None = None,
+        capture_content: bool = False,
     ) -> None:
         self.budgets = budgets
+        self.capture_content = capture_content
         self.ledger = ledger
         self.prices = prices
         self.upstream = upstream
@@ -254,8 +264,18 @@ class Meter:
         self.writer = GroupCommitWriter(ledger)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, source: str, clock: Clock = utc_now) -> Meter:
-        """A meter wired to the configured ledger, prices and Ollama."""
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        source: str,
+        clock: Clock = utc_now,
+        observers: Sequence[SpanObserver] = (),
+    ) -> Meter:
+        """A meter wired to the configured ledger, prices, budgets, telemetry and Ollama.
+
+        ``observers`` (user hooks) run before telemetry, so what they add is exported.
+        """
         from ollama_meter.ledger import open_ledger
         from ollama_meter.upstream import RetryPolicy, Upstream, breaker_for
 
@@ -278,6 +298,8 @@ class Meter:
             source=source,
             clock=clock,
             budgets=budget_gate(ledger, settings),
+            observers=[*observers, *telemetry_observers(settings)],
+            capture_content=settings.capture_content,
         )
 
     # -- the sequence ------------------------------------------------------------------
@@ -347,8 +369,8 @@ class Meter:
             span.ended_at = span.started_at
             span.latency_ns = 0
             span.apply_cost(self.prices().cost(span.model, span.started_at, usage_of(span)))
-            self.writer.write(span)
             self._notify("on_end", span)
+            self.writer.write(span)
             raise
 
     def close(self, call: MeteredCall, error: BaseException | None = None) -> SpanRecord:
@@ -371,10 +393,13 @@ class Meter:
             span.error_type = type(error).__name__
             span.error_message = str(error)[:2000]
         span.apply_cost(self.prices().cost(span.model, span.started_at, usage_of(span)))
+        if self.capture_content:
+            span.prompt, span.reply = call.prompt_text, call.reply
+        # Hooks see the finished span before it is written, so the tags they add are kept.
+        self._notify("on_end", span)
         self.writer.write(span)
         if self.budgets is not None:
             self._settle(call)
-        self._notify("on_end", span)
         return span
 
     def _settle(self, call: MeteredCall) -> None:

@@ -108,6 +108,8 @@ class SpanRecord:
     unpriced: bool = True
     prompt: str | None = None
     reply: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    """Extra attributes hooks add for telemetry; not stored in the ledger."""
 
     @property
     def model(self) -> str:
@@ -136,4 +138,6 @@ class SpanRecord:
         return {name: getattr(self, name) for name in _ROW_FIELDS}
 
 
-_ROW_FIELDS: tuple[str, ...] = tuple(SpanRecord.__dataclass_fields__)
+_ROW_FIELDS: tuple[str, ...] = tuple(
+    name for name in SpanRecord.__dataclass_fields__ if name != "attributes"
+)

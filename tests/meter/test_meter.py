@@ -275,3 +275,70 @@ def test_bad_request_is_classified(db_url: str, emulator: OllamaEmulator) -> Non
         run_chat(meter, model="nomic-embed-text")  # an embedding model cannot chat
     (span,) = stored(meter)
     assert (span.error_type, span.http_status) == ("bad_request", 400)
+
+
+def test_a_flaky_upstream_is_retried_and_metered_once(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    meter = make_meter(db_url)
+    emulator.inject(Fault.HTTP_503, times=2)
+    span, parts = run_chat(meter, stream=False)
+    assert span.status == "ok" and parts[0].done
+    assert len(emulator.requests_to("/api/chat")) == 3
+    assert len(stored(meter)) == 1
+
+
+def test_4xx_is_never_retried(db_url: str, emulator: OllamaEmulator) -> None:
+    meter = make_meter(db_url)
+    with pytest.raises(ModelNotFound):
+        run_chat(meter, model="nope:1b", stream=False)
+    assert len(emulator.requests_to("/api/chat")) == 1
+
+
+def test_a_dead_upstream_opens_the_breaker_after_three_failures(db_url: str) -> None:
+    from ollama_meter.errors import CircuitOpen
+
+    meter = make_meter(db_url, ollama_host=unreachable_url(), retries=0, breaker_reset=30)
+    for _ in range(3):
+        with pytest.raises(UpstreamConnectionError):
+            run_chat(meter)
+    with pytest.raises(
+        CircuitOpen, match=r"failed 3 times in a row; not calling it until .* \(in 30 s\)"
+    ):
+        run_chat(meter)
+    spans = stored(meter)
+    assert [s.error_type for s in spans] == [
+        "circuit_open",
+        "connection",
+        "connection",
+        "connection",
+    ]
+    assert spans[0].http_status == 503
+
+
+def test_breaker_half_opens_and_closes_on_success() -> None:
+    from ollama_meter.errors import CircuitOpen, UpstreamServerError
+    from ollama_meter.upstream import CircuitBreaker
+
+    now = [0.0]
+    breaker = CircuitBreaker("http://x:1", threshold=2, reset_after=10, clock=lambda: now[0])
+    failure = UpstreamServerError("boom", status_code=500)
+    breaker.failure(failure)
+    breaker.before()
+    breaker.failure(failure)
+    assert breaker.state == "open"
+    with pytest.raises(CircuitOpen):
+        breaker.before()
+    now[0] = 10.0
+    assert breaker.state == "half_open"
+    breaker.before()  # the one trial call
+    with pytest.raises(CircuitOpen):
+        breaker.before()  # others still fail fast meanwhile
+    breaker.failure(failure)  # the trial failed: open again for another 10 s
+    assert breaker.state == "open"
+    now[0] = 20.0
+    breaker.before()
+    breaker.success()
+    assert breaker.state == "closed" and breaker.failures == 0
+    breaker.failure(ModelNotFound("no", status_code=404))  # caller mistakes never count
+    assert breaker.failures == 0

@@ -1,0 +1,48 @@
+"""Telemetry: OpenTelemetry spans and metrics per call, exported over OTLP, to Langfuse, Traceloop.
+
+An output of the meter, never an input: the meter calls the observer, nothing
+here reads the ledger. Nothing in this package is imported, and no exporter is
+created, unless an exporter is configured.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ollama_meter.config import Settings
+    from ollama_meter.telemetry._setup import Telemetry
+
+_instances: dict[str, Telemetry] = {}
+_lock = threading.Lock()
+
+
+def telemetry_for(settings: Settings) -> Telemetry | None:
+    """The process's telemetry for this configuration, or None when nothing is configured."""
+    if not settings.telemetry_configured:
+        return None
+    from ollama_meter.telemetry._setup import Telemetry
+
+    key = settings.model_dump_json(
+        include={
+            "otlp_endpoint",
+            "otlp_traces_endpoint",
+            "otlp_metrics_endpoint",
+            "otlp_protocol",
+            "otlp_headers",
+            "langfuse_host",
+            "langfuse_public_key",
+            "traceloop_base_url",
+            "capture_content",
+            "otel_service_name",
+            "export_timeout",
+        }
+    )
+    with _lock:
+        if key not in _instances:
+            _instances[key] = Telemetry(settings)
+        return _instances[key]
+
+
+__all__ = ["telemetry_for"]

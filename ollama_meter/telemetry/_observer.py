@@ -1,0 +1,182 @@
+"""The telemetry observer: one OTel CLIENT span and the GenAI metrics per metered call.
+
+It starts the OTel span when the call opens, so the ledger row carries the
+same trace and span ids, and ends it with the measured usage, cost and status.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry.metrics import Meter as OtelMeter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from ollama_meter.meter.span import SpanRecord
+from ollama_meter.meter.span import Status as SpanStatus
+from ollama_meter.pricing import format_micros
+from ollama_meter.telemetry import _semconv as sc
+
+
+def _ns(span: SpanRecord, *, end: bool) -> int:
+    moment = span.ended_at if end and span.ended_at is not None else span.started_at
+    return int(moment.timestamp() * 1_000_000) * 1000
+
+
+class TelemetryObserver:
+    def __init__(
+        self, tracer: Tracer, meter: OtelMeter | None, *, capture_content: bool = False
+    ) -> None:
+        self.tracer = tracer
+        self.capture_content = capture_content
+        self._live: dict[str, Span] = {}
+        self._lock = threading.Lock()
+        self._metrics = meter is not None
+        if meter is not None:
+            self.tokens = meter.create_histogram(
+                sc.METRIC_TOKEN_USAGE,
+                unit="{token}",
+                description="Tokens used per call.",
+                explicit_bucket_boundaries_advisory=list(sc.TOKEN_BUCKETS),
+            )
+            self.duration = meter.create_histogram(
+                sc.METRIC_OPERATION_DURATION,
+                unit="s",
+                description="Call duration.",
+                explicit_bucket_boundaries_advisory=list(sc.DURATION_BUCKETS),
+            )
+            self.first_chunk = meter.create_histogram(
+                sc.METRIC_TIME_TO_FIRST_CHUNK,
+                unit="s",
+                description="Time to the first streamed chunk.",
+                explicit_bucket_boundaries_advisory=list(sc.DURATION_BUCKETS),
+            )
+            self.cost = meter.create_counter(
+                sc.METRIC_COST,
+                unit="{micro_currency}",
+                description="Cost in millionths of the currency.",
+            )
+            self.requests = meter.create_counter(
+                sc.METRIC_REQUESTS, unit="{request}", description="Metered calls."
+            )
+
+    def _start(self, span: SpanRecord) -> Span:
+        operation = sc.OPERATION_NAMES.get(span.operation, span.operation)
+        address = urlsplit(span.upstream_host)
+        attributes: dict[str, Any] = {
+            sc.GEN_AI_OPERATION_NAME: operation,
+            sc.GEN_AI_PROVIDER_NAME: sc.PROVIDER_OLLAMA,
+            sc.GEN_AI_REQUEST_MODEL: span.request_model,
+            sc.SERVER_ADDRESS: address.hostname or "",
+            sc.OMETER_TENANT: span.tenant,
+            sc.OMETER_DEPARTMENT: span.department,
+        }
+        if address.port:
+            attributes[sc.SERVER_PORT] = address.port
+        return self.tracer.start_span(
+            f"{operation} {span.request_model}",
+            kind=SpanKind.CLIENT,
+            start_time=_ns(span, end=False),
+            attributes=attributes,
+        )
+
+    def on_start(self, span: SpanRecord) -> None:
+        otel = self._start(span)
+        context = otel.get_span_context()
+        # The ledger row and the exported span share their ids.
+        span.trace_id = f"{context.trace_id:032x}"
+        span.span_id = f"{context.span_id:016x}"
+        with self._lock:
+            self._live[span.id] = otel
+
+    def on_end(self, span: SpanRecord) -> None:
+        with self._lock:
+            otel = self._live.pop(span.id, None)
+        if otel is None:  # refused before it started
+            otel = self._start(span)
+            context = otel.get_span_context()
+            span.trace_id, span.span_id = f"{context.trace_id:032x}", f"{context.span_id:016x}"
+        otel.set_attributes(self._end_attributes(span))
+        if span.status in (SpanStatus.ERROR, SpanStatus.REJECTED):
+            otel.set_status(Status(StatusCode.ERROR, (span.error_message or "")[:500]))
+        otel.end(end_time=_ns(span, end=True))
+        if self._metrics:
+            self._record_metrics(span)
+
+    def _end_attributes(self, span: SpanRecord) -> dict[str, Any]:
+        cost = Decimal(format_micros(span.cost_total))
+        attributes: dict[str, Any] = {
+            sc.GEN_AI_USAGE_INPUT_TOKENS: span.input_tokens,
+            sc.GEN_AI_USAGE_OUTPUT_TOKENS: span.output_tokens,
+            sc.OMETER_STATUS: span.status,
+            sc.OMETER_SPAN_ID: span.id,
+            sc.OMETER_COST: f"{cost:f}",
+            sc.OMETER_CURRENCY: span.currency,
+            sc.OMETER_TOKEN_SOURCE: span.token_source,
+            sc.OMETER_UNPRICED: span.unpriced,
+            sc.LANGFUSE_OBSERVATION_TYPE: "generation",
+            sc.LANGFUSE_MODEL: span.model,
+            sc.LANGFUSE_USAGE: json.dumps(
+                {
+                    "input": span.input_tokens,
+                    "output": span.output_tokens,
+                    "total": span.input_tokens + span.output_tokens,
+                }
+            ),
+            sc.LANGFUSE_COST: json.dumps({"total": float(cost)}),
+            sc.LANGFUSE_TAGS: [
+                f"tenant:{span.tenant}",
+                f"department:{span.department}",
+                *(f"{k}:{v}" for k, v in sorted(span.tags.items())),
+            ],
+        }
+        for part in sc.OMETER_COST_PARTS:
+            attributes[f"{sc.OMETER_COST}.{part}"] = format_micros(getattr(span, f"cost_{part}"))
+        if span.response_model:
+            attributes[sc.GEN_AI_RESPONSE_MODEL] = span.response_model
+        if span.done_reason:
+            attributes[sc.GEN_AI_RESPONSE_FINISH_REASONS] = [span.done_reason]
+        if span.user:
+            attributes[sc.OMETER_USER] = span.user
+            attributes[sc.USER_ID] = span.user
+        if span.error_type:
+            attributes[sc.ERROR_TYPE] = span.error_type
+        if self.capture_content and span.prompt is not None:
+            attributes[sc.GEN_AI_INPUT_MESSAGES] = json.dumps(
+                [{"role": "user", "parts": [{"type": "text", "content": span.prompt}]}]
+            )
+        if self.capture_content and span.reply is not None:
+            attributes[sc.GEN_AI_OUTPUT_MESSAGES] = json.dumps(
+                [{"role": "assistant", "parts": [{"type": "text", "content": span.reply}]}]
+            )
+        for key, value in span.attributes.items():
+            attributes[key] = value
+        return attributes
+
+    def _record_metrics(self, span: SpanRecord) -> None:
+        base: dict[str, Any] = {
+            sc.GEN_AI_OPERATION_NAME: sc.OPERATION_NAMES.get(span.operation, span.operation),
+            sc.GEN_AI_PROVIDER_NAME: sc.PROVIDER_OLLAMA,
+            sc.GEN_AI_REQUEST_MODEL: span.request_model,
+        }
+        if span.response_model:
+            base[sc.GEN_AI_RESPONSE_MODEL] = span.response_model
+        if span.error_type:
+            base[sc.ERROR_TYPE] = span.error_type
+        if span.status == SpanStatus.OK:
+            self.tokens.record(span.input_tokens, {**base, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_INPUT})
+            self.tokens.record(span.output_tokens, {**base, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_OUTPUT})
+        if span.latency_ns is not None:
+            self.duration.record(span.latency_ns / 1e9, base)
+        if span.ttft_ns is not None:
+            self.first_chunk.record(span.ttft_ns / 1e9, base)
+        who = {
+            sc.OMETER_TENANT: span.tenant,
+            sc.OMETER_DEPARTMENT: span.department,
+            sc.GEN_AI_REQUEST_MODEL: span.model,
+        }
+        self.cost.add(span.cost_total, {**who, sc.OMETER_CURRENCY: span.currency})
+        self.requests.add(1, {**who, sc.OMETER_STATUS: span.status})

@@ -1,0 +1,88 @@
+"""Attribute and metric names: the GenAI semantic conventions, plus ometer's own and Langfuse's."""
+
+from __future__ import annotations
+
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
+from opentelemetry.semconv.attributes import error_attributes, server_attributes
+
+GEN_AI_OPERATION_NAME = gen_ai.GEN_AI_OPERATION_NAME
+GEN_AI_PROVIDER_NAME = gen_ai.GEN_AI_PROVIDER_NAME
+GEN_AI_REQUEST_MODEL = gen_ai.GEN_AI_REQUEST_MODEL
+GEN_AI_RESPONSE_MODEL = gen_ai.GEN_AI_RESPONSE_MODEL
+GEN_AI_USAGE_INPUT_TOKENS = gen_ai.GEN_AI_USAGE_INPUT_TOKENS
+GEN_AI_USAGE_OUTPUT_TOKENS = gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS
+GEN_AI_RESPONSE_FINISH_REASONS = gen_ai.GEN_AI_RESPONSE_FINISH_REASONS
+GEN_AI_TOKEN_TYPE = gen_ai.GEN_AI_TOKEN_TYPE
+GEN_AI_INPUT_MESSAGES = gen_ai.GEN_AI_INPUT_MESSAGES
+GEN_AI_OUTPUT_MESSAGES = gen_ai.GEN_AI_OUTPUT_MESSAGES
+SERVER_ADDRESS = server_attributes.SERVER_ADDRESS
+SERVER_PORT = server_attributes.SERVER_PORT
+ERROR_TYPE = error_attributes.ERROR_TYPE
+
+PROVIDER_OLLAMA = "ollama"
+TOKEN_INPUT = gen_ai.GenAiTokenTypeValues.INPUT.value
+TOKEN_OUTPUT = gen_ai.GenAiTokenTypeValues.OUTPUT.value
+OPERATION_NAMES = {
+    "chat": gen_ai.GenAiOperationNameValues.CHAT.value,
+    "generate": gen_ai.GenAiOperationNameValues.TEXT_COMPLETION.value,
+    "embed": gen_ai.GenAiOperationNameValues.EMBEDDINGS.value,
+}
+
+METRIC_TOKEN_USAGE = gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE
+METRIC_OPERATION_DURATION = gen_ai_metrics.GEN_AI_CLIENT_OPERATION_DURATION
+METRIC_TIME_TO_FIRST_CHUNK = gen_ai_metrics.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK
+METRIC_COST = "ometer.cost"
+METRIC_REQUESTS = "ometer.requests"
+
+# Bucket boundaries the GenAI metric conventions ask for.
+TOKEN_BUCKETS = (
+    1,
+    4,
+    16,
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262144,
+    1048576,
+    4194304,
+    16777216,
+    67108864,
+)
+DURATION_BUCKETS = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
+
+OMETER_TENANT = "ometer.tenant"
+OMETER_DEPARTMENT = "ometer.department"
+OMETER_USER = "ometer.user"
+OMETER_STATUS = "ometer.status"
+OMETER_SPAN_ID = "ometer.span.id"
+OMETER_COST = "ometer.cost"
+OMETER_COST_PARTS = ("tokens", "compute", "energy", "fee")
+OMETER_CURRENCY = "ometer.currency"
+OMETER_TOKEN_SOURCE = "ometer.token_source"
+OMETER_UNPRICED = "ometer.unpriced"
+
+LANGFUSE_OBSERVATION_TYPE = "langfuse.observation.type"
+LANGFUSE_MODEL = "langfuse.observation.model.name"
+LANGFUSE_USAGE = "langfuse.observation.usage_details"
+LANGFUSE_COST = "langfuse.observation.cost_details"
+LANGFUSE_TAGS = "langfuse.trace.tags"
+USER_ID = "user.id"

@@ -1,0 +1,260 @@
+"""Exporters from configuration: OTLP (http/protobuf or grpc), Langfuse, Traceloop.
+
+Providers are ometer's own, not the global ones, so an application that also
+uses OpenTelemetry keeps its setup. Every exporter is bounded by
+``OMETER_EXPORT_TIMEOUT``; at exit the providers flush within that bound and a
+collector that could not be reached costs one warning line, never the call.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from ollama_meter import __version__
+from ollama_meter.config import Settings
+from ollama_meter.telemetry import _semconv as sc
+from ollama_meter.telemetry._observer import TelemetryObserver
+
+log = logging.getLogger("ollama_meter.telemetry")
+
+
+def parse_headers(text: str | None) -> dict[str, str]:
+    """``OTEL_EXPORTER_OTLP_HEADERS``: ``key=value,key2=value2`` with URL-encoded values."""
+    headers: dict[str, str] = {}
+    for pair in (text or "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            headers[key.strip().lower()] = unquote(value.strip())
+    return headers
+
+
+class _Watched(SpanExporter):
+    """Remembers the last failure of the exporter it wraps, for one warning at exit."""
+
+    def __init__(self, name: str, inner: SpanExporter) -> None:
+        self.name = name
+        self.inner = inner
+        self.failed = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:
+            result = SpanExportResult.FAILURE
+        self.failed = self.failed or result is not SpanExportResult.SUCCESS
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+class _WatchedMetrics(MetricExporter):
+    def __init__(self, name: str, inner: MetricExporter) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self.name = name
+        self.inner = inner
+        self.failed = False
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        try:
+            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception:
+            result = MetricExportResult.FAILURE
+        self.failed = self.failed or result is not MetricExportResult.SUCCESS
+        return result
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def _span_exporters(settings: Settings) -> list[_Watched]:
+    timeout = settings.export_timeout
+    exporters: list[_Watched] = []
+    traces = settings.otlp_traces_endpoint or settings.otlp_endpoint
+    headers = parse_headers(settings.otlp_headers)
+    if traces:
+        if settings.otlp_protocol == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as Grpc,
+            )
+
+            exporters.append(
+                _Watched(
+                    traces,
+                    Grpc(
+                        endpoint=traces,
+                        insecure=traces.startswith("http://"),
+                        headers=headers,
+                        timeout=timeout,
+                    ),
+                )
+            )
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                OTLPSpanExporter as Http,
+            )
+
+            url = settings.otlp_traces_endpoint or f"{traces.rstrip('/')}/v1/traces"
+            exporters.append(_Watched(url, Http(endpoint=url, headers=headers, timeout=timeout)))
+    if settings.langfuse_public_key and settings.langfuse_secret_key and settings.langfuse_host:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+
+        secret = settings.langfuse_secret_key.get_secret_value()
+        token = base64.b64encode(f"{settings.langfuse_public_key}:{secret}".encode()).decode()
+        url = f"{settings.langfuse_host.rstrip('/')}/api/public/otel/v1/traces"
+        exporters.append(
+            _Watched(
+                url,
+                Http(
+                    endpoint=url,
+                    headers={
+                        "authorization": f"Basic {token}",
+                        "x-langfuse-ingestion-version": "4",
+                    },
+                    timeout=timeout,
+                ),
+            )
+        )
+    if settings.traceloop_api_key:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
+
+        url = f"{settings.traceloop_base_url.rstrip('/')}/v1/traces"
+        key = settings.traceloop_api_key.get_secret_value()
+        exporters.append(
+            _Watched(
+                url, Http(endpoint=url, headers={"authorization": f"Bearer {key}"}, timeout=timeout)
+            )
+        )
+    return exporters
+
+
+def _metric_exporter(settings: Settings) -> _WatchedMetrics | None:
+    endpoint = settings.otlp_metrics_endpoint or settings.otlp_endpoint
+    if not endpoint:
+        return None
+    headers = parse_headers(settings.otlp_headers)
+    timeout = settings.export_timeout
+    if settings.otlp_protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter as Grpc,
+        )
+
+        return _WatchedMetrics(
+            endpoint,
+            Grpc(
+                endpoint=endpoint,
+                insecure=endpoint.startswith("http://"),
+                headers=headers,
+                timeout=timeout,
+            ),
+        )
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
+
+    url = settings.otlp_metrics_endpoint or f"{endpoint.rstrip('/')}/v1/metrics"
+    return _WatchedMetrics(url, Http(endpoint=url, headers=headers, timeout=timeout))
+
+
+class Telemetry:
+    """The providers, the observer the meter calls, and a bounded flush for exit."""
+
+    def __init__(self, settings: Settings) -> None:
+        resource = Resource.create(
+            {"service.name": settings.otel_service_name, "service.version": __version__}
+        )
+        self.timeout = settings.export_timeout
+        self.span_exporters = _span_exporters(settings)
+        self.tracer_provider = TracerProvider(resource=resource)
+        for exporter in self.span_exporters:
+            self.tracer_provider.add_span_processor(
+                BatchSpanProcessor(exporter, export_timeout_millis=int(self.timeout * 1000))
+            )
+        self.metric_exporter = _metric_exporter(settings)
+        self.meter_provider: MeterProvider | None = None
+        if self.metric_exporter is not None:
+            views = [
+                View(
+                    instrument_name=sc.METRIC_TOKEN_USAGE,
+                    aggregation=ExplicitBucketHistogramAggregation(sc.TOKEN_BUCKETS),
+                ),
+                View(
+                    instrument_name=sc.METRIC_OPERATION_DURATION,
+                    aggregation=ExplicitBucketHistogramAggregation(sc.DURATION_BUCKETS),
+                ),
+                View(
+                    instrument_name=sc.METRIC_TIME_TO_FIRST_CHUNK,
+                    aggregation=ExplicitBucketHistogramAggregation(sc.DURATION_BUCKETS),
+                ),
+            ]
+            reader = PeriodicExportingMetricReader(
+                self.metric_exporter,
+                export_interval_millis=60_000,
+                export_timeout_millis=self.timeout * 1000,
+            )
+            self.meter_provider = MeterProvider(
+                resource=resource, metric_readers=[reader], views=views
+            )
+        tracer = self.tracer_provider.get_tracer("ollama_meter", __version__)
+        meter = (
+            self.meter_provider.get_meter("ollama_meter", __version__)
+            if self.meter_provider
+            else None
+        )
+        self.observer = TelemetryObserver(tracer, meter, capture_content=settings.capture_content)
+        # The SDK logs every failed export with a traceback; one line at exit says it better.
+        logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
+        atexit.register(self.shutdown)
+
+    def flush(self) -> bool:
+        millis = int(self.timeout * 1000)
+        done = self.tracer_provider.force_flush(millis)
+        if self.meter_provider is not None:
+            done = self.meter_provider.force_flush(millis) and done
+        return done
+
+    def failures(self) -> list[str]:
+        names = [e.name for e in self.span_exporters if e.failed]
+        if self.metric_exporter is not None and self.metric_exporter.failed:
+            names.append(self.metric_exporter.name)
+        return names
+
+    def shutdown(self) -> None:
+        """Flush (bounded) and stop; warn once if a collector could not be reached."""
+        try:
+            self.flush()
+            self.tracer_provider.shutdown()
+            if self.meter_provider is not None:
+                self.meter_provider.shutdown(timeout_millis=self.timeout * 1000)
+        except Exception:  # exit must not fail because a collector did
+            log.debug("telemetry shutdown failed", exc_info=True)
+        failed = self.failures()
+        if failed:
+            sys.stderr.write(f"warning: could not export telemetry to {', '.join(failed)}\n")
