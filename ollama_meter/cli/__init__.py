@@ -12,8 +12,10 @@ import sys
 import typer
 
 from ollama_meter import __version__
+from ollama_meter._logging import configure_logging
 from ollama_meter.cli import budget, chargeback, chat, db, demo, log, perf, pricing, report
 from ollama_meter.cli._common import err
+from ollama_meter.config import load_settings
 from ollama_meter.errors import OmeterError
 
 app = typer.Typer(
@@ -56,9 +58,20 @@ def _terminate(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _logging() -> None:
+    """Logs as configured; a broken setting is reported by the command that reads it."""
+    try:
+        cfg = load_settings()
+    except OmeterError:
+        configure_logging()
+        return
+    configure_logging(cfg.log_level, cfg.log_format)
+
+
 def main() -> None:
     """Entry point: run the app, turning ometer's own errors into one line and an exit code."""
     signal.signal(signal.SIGTERM, _terminate)
+    _logging()
     try:
         app()
     except OmeterError as exc:

@@ -1,0 +1,194 @@
+"""The Python API against the emulator: the ollama client's objects, plus ``meter``."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import ollama
+import pytest
+
+import ollama_meter
+from ollama_meter import AsyncMeteredClient, BudgetExceeded, MeteredClient, SpanRecord
+from ollama_meter.budgets import Budget
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.pricing import PriceRule
+from ollama_meter.testing import OllamaEmulator, expected_embedding, expected_reply
+
+HI = [{"role": "user", "content": "say hi to the team"}]
+EXPECTED = expected_reply("llama3.1:8b", HI)
+
+
+@pytest.fixture
+def client(db_url: str, emulator: OllamaEmulator):  # type: ignore[no-untyped-def]
+    with MeteredClient(department="sales", tenant="acme", db_url=db_url) as metered:
+        metered.meter.ledger.add_price_rule(
+            PriceRule(
+                pattern="*", currency="USD", input_per_1m=Decimal(1000), output_per_1m=Decimal(2000)
+            )
+        )
+        yield metered
+
+
+def cost_of(prompt: int, output: int) -> Decimal:
+    return Decimal(prompt * 1000 + output * 2000) / 1_000_000
+
+
+def test_chat_returns_the_ollama_object_plus_meter(
+    client: MeteredClient, emulator: OllamaEmulator
+) -> None:
+    reply = client.chat(model="llama3.1:8b", messages=HI)
+    plain = ollama.Client(host=emulator.url).chat(model="llama3.1:8b", messages=HI)
+    assert isinstance(reply, ollama.ChatResponse)
+    assert reply.message == plain.message and reply.message.content == EXPECTED.content
+    assert (reply.prompt_eval_count, reply.eval_count, reply.done_reason) == (
+        plain.prompt_eval_count,
+        plain.eval_count,
+        "stop",
+    )
+    assert "meter" not in reply.model_dump()
+    meter = reply.meter
+    assert meter is not None
+    assert (meter.input_tokens, meter.output_tokens, meter.token_source) == (
+        EXPECTED.prompt_tokens,
+        EXPECTED.output_tokens,
+        "reported",
+    )
+    assert meter.cost == cost_of(EXPECTED.prompt_tokens, EXPECTED.output_tokens)
+    assert meter.cost_parts["tokens"] == meter.cost and meter.currency == "USD"
+    assert meter.durations_ns["eval"] == reply.eval_duration
+    (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.id, span.trace_id, span.source, span.tenant, span.department) == (
+        meter.span_id,
+        meter.trace_id,
+        "sdk",
+        "acme",
+        "sales",
+    )
+
+
+def test_streaming_chat_puts_meter_on_the_last_chunk(client: MeteredClient) -> None:
+    chunks = list(
+        client.chat(model="llama3.1:8b", messages=HI, stream=True, department="support", user="bob")
+    )
+    assert "".join(c.message.content or "" for c in chunks) == EXPECTED.content
+    assert all(getattr(c, "meter", None) is None for c in chunks[:-1])
+    last = chunks[-1]
+    assert (
+        last.done and last.meter is not None and last.meter.output_tokens == EXPECTED.output_tokens
+    )
+    (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.department, span.user, span.stream) == ("support", "bob", True)
+    assert span.ttft_ns is not None
+
+
+def test_generate_and_embed(client: MeteredClient) -> None:
+    generated = client.generate(model="mistral:7b", prompt="write a haiku about disks")
+    assert isinstance(generated, ollama.GenerateResponse) and generated.meter is not None
+    expected = expected_reply("mistral:7b", prompt="write a haiku about disks")
+    assert generated.response == expected.content
+    parts = list(
+        client.generate(model="mistral:7b", prompt="write a haiku about disks", stream=True)
+    )
+    assert "".join(p.response for p in parts) == expected.content and parts[-1].meter is not None
+    embedded = client.embed(model="nomic-embed-text", input=["first text", "second"])
+    assert isinstance(embedded, ollama.EmbedResponse)
+    assert embedded.embeddings[0] == pytest.approx(
+        expected_embedding("nomic-embed-text", "first text")
+    )
+    assert embedded.meter is not None and embedded.meter.output_tokens == 0
+    assert embedded.meter.token_source == "reported" and embedded.meter.input_tokens == 3
+    operations = [s.operation for s in client.meter.ledger.latest(SpanFilter(), 10)]
+    assert operations == ["embed", "generate", "generate"]
+
+
+def test_budget_refusal_is_a_typed_exception(client: MeteredClient) -> None:
+    first = client.chat(model="llama3.1:8b", messages=HI)
+    assert first.meter is not None
+    spent = int(first.meter.cost * 1_000_000)
+    client.meter.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=spent, currency="USD")
+    )
+    assert client.meter.budgets is not None
+    client.meter.budgets._loaded = -1  # see the new budget at once
+    with pytest.raises(BudgetExceeded) as refused:
+        client.chat(model="llama3.1:8b", messages=HI)
+    assert refused.value.exit_code == 3 and refused.value.retry_after > 0
+
+
+def test_hooks_read_the_call_add_tags_and_cannot_break_it(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    seen: list[str] = []
+
+    def on_start(span: SpanRecord) -> None:
+        seen.append(span.request_model)
+
+    def on_end(span: SpanRecord) -> None:
+        span.tags["reviewed"] = "yes"
+        span.attributes["app.feature"] = "summary"
+        raise RuntimeError("a bug in the hook")
+
+    with MeteredClient(
+        db_url=db_url, on_start=on_start, on_end=on_end, tags={"job": "nightly"}
+    ) as metered:
+        reply = metered.chat(model="llama3.1:8b", messages=HI)
+        assert reply.meter is not None
+        (span,) = metered.meter.ledger.latest(SpanFilter(), 5)
+    assert seen == ["llama3.1:8b"]
+    assert span.tags == {"job": "nightly", "reviewed": "yes"}
+
+
+def test_async_client(db_url: str, emulator: OllamaEmulator) -> None:
+    async def main() -> tuple[Any, list[Any], Any]:
+        client = AsyncMeteredClient(department="research", db_url=db_url)
+        reply = await client.chat(model="qwen2.5:7b", messages=HI)
+        stream = await client.chat(model="qwen2.5:7b", messages=HI, stream=True)
+        chunks = [chunk async for chunk in stream]
+        embedded = await client.embed(model="nomic-embed-text", input="one text")
+        return reply, chunks, embedded
+
+    reply, chunks, embedded = asyncio.run(main())
+    expected = expected_reply("qwen2.5:7b", HI)
+    assert isinstance(reply, ollama.ChatResponse) and reply.message.content == expected.content
+    assert reply.meter is not None and reply.meter.output_tokens == expected.output_tokens
+    assert "".join(c.message.content or "" for c in chunks) == expected.content
+    assert chunks[-1].meter is not None and embedded.meter is not None
+
+
+def test_public_surface_is_pinned() -> None:
+    assert sorted(ollama_meter.__all__) == sorted(
+        [
+            "AsyncMeteredClient",
+            "Attribution",
+            "BudgetError",
+            "BudgetExceeded",
+            "CircuitOpen",
+            "ConfigError",
+            "LedgerError",
+            "MeterInfo",
+            "MeteredChatResponse",
+            "MeteredClient",
+            "MeteredEmbedResponse",
+            "MeteredGenerateResponse",
+            "ModelNotFound",
+            "OmeterError",
+            "PricingError",
+            "RateLimited",
+            "Settings",
+            "SpanRecord",
+            "StreamError",
+            "UpstreamBadRequest",
+            "UpstreamConnectionError",
+            "UpstreamError",
+            "UpstreamServerError",
+            "UpstreamTimeout",
+            "ValidationError",
+            "__version__",
+            "configure_logging",
+            "load_settings",
+        ]
+    )
+    for name in ollama_meter.__all__:
+        assert hasattr(ollama_meter, name), name
