@@ -186,7 +186,7 @@ class MeteredClient(_Base):
             keep_alive=keep_alive,
         )
         answer = self._go("chat", request, stream, self._who(tenant, department, user, tags))
-        return answer  # type: ignore[no-any-return]
+        return answer  # type: ignore[no-any-return]  # noqa: RET504
 
     def generate(
         self,
@@ -224,7 +224,7 @@ class MeteredClient(_Base):
             keep_alive=keep_alive,
         )
         answer = self._go("generate", request, stream, self._who(tenant, department, user, tags))
-        return answer  # type: ignore[no-any-return]
+        return answer  # type: ignore[no-any-return]  # noqa: RET504
 
     def embed(
         self,
@@ -249,7 +249,7 @@ class MeteredClient(_Base):
             dimensions=dimensions,
         )
         answer = self._go("embed", request, False, self._who(tenant, department, user, tags))
-        return answer  # type: ignore[no-any-return]
+        return answer  # type: ignore[no-any-return]  # noqa: RET504
 
     def _go(self, operation: str, request: dict[str, Any], stream: bool, who: Attribution) -> Any:
         run = self._run(operation, request, stream, who)
@@ -306,7 +306,7 @@ class AsyncMeteredClient(_Base):
             keep_alive=keep_alive,
         )
         answer = await self._go("chat", request, stream, self._who(tenant, department, user, tags))
-        return answer  # type: ignore[no-any-return]
+        return answer  # type: ignore[no-any-return]  # noqa: RET504
 
     async def generate(
         self,
@@ -346,7 +346,7 @@ class AsyncMeteredClient(_Base):
         answer = await self._go(
             "generate", request, stream, self._who(tenant, department, user, tags)
         )
-        return answer  # type: ignore[no-any-return]
+        return answer  # type: ignore[no-any-return]  # noqa: RET504
 
     async def embed(
         self,
@@ -371,7 +371,7 @@ class AsyncMeteredClient(_Base):
             dimensions=dimensions,
         )
         answer = await self._go("embed", request, False, self._who(tenant, department, user, tags))
-        return answer  # type: ignore[no-any-return]
+        return answer  # type: ignore[no-any-return]  # noqa: RET504
 
     async def _go(
         self, operation: str, request: dict[str, Any], stream: bool, who: Attribution
