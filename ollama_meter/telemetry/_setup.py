@@ -231,6 +231,7 @@ class Telemetry:
         self.observer = TelemetryObserver(tracer, meter, capture_content=settings.capture_content)
         # The SDK logs every failed export with a traceback; one line at exit says it better.
         logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
+        self._closed = False
         atexit.register(self.shutdown)
 
     def flush(self) -> bool:
@@ -248,6 +249,9 @@ class Telemetry:
 
     def shutdown(self) -> None:
         """Flush (bounded) and stop; warn once if a collector could not be reached."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.flush()
             self.tracer_provider.shutdown()

@@ -1,0 +1,100 @@
+"""The telemetry observer in-process: ids shared with the ledger, refusals exported, flush bounded."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ollama_meter import BudgetExceeded, MeteredClient, load_settings
+from ollama_meter.budgets import Budget
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.pricing import PriceRule
+from ollama_meter.telemetry import telemetry_for
+from ollama_meter.telemetry._setup import parse_headers
+from ollama_meter.testing import OllamaEmulator, unreachable_url
+from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver, metric_points, spans, wait_for
+
+HI = [{"role": "user", "content": "hello"}]
+
+
+def test_spans_and_metrics_in_process(
+    emulator: OllamaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with OtlpHttpReceiver() as rx, OtlpGrpcReceiver() as grpc_rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url)
+        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk")
+        monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk")
+        monkeypatch.setenv("LANGFUSE_HOST", rx.url)
+        monkeypatch.setenv("TRACELOOP_API_KEY", "tl")
+        monkeypatch.setenv("TRACELOOP_BASE_URL", rx.url)
+        client = MeteredClient(
+            db_url=f"sqlite:///{tmp_path / 'l.db'}",
+            department="sales",
+            tenant="acme",
+            on_end=lambda span: span.attributes.update({"app.feature": "faq"}),
+        )
+        client.meter.ledger.add_price_rule(
+            PriceRule(pattern="*", currency="USD", per_request=Decimal(1))
+        )
+        list(client.chat(model="llama3.1:8b", messages=HI, stream=True))
+        client.meter.ledger.save_budget(
+            Budget(tenant="acme", department="sales", period="day", limit=1, currency="USD")
+        )
+        assert client.meter.budgets is not None
+        client.meter.budgets._loaded = -1
+        with pytest.raises(BudgetExceeded):
+            client.chat(model="llama3.1:8b", messages=HI)
+        telemetry = telemetry_for(load_settings())
+        assert telemetry is not None and telemetry.flush()
+        views = wait_for(
+            lambda: s if len(s := spans(rx)) >= 6 else None, what="two spans to three exporters"
+        )
+        assert {r.path for r in rx.requests} >= {
+            "/v1/traces",
+            "/api/public/otel/v1/traces",
+            "/v1/metrics",
+        }
+        ledger = {s.id: s for s in client.meter.ledger.latest(SpanFilter(), 10)}
+        ok = next(v for v in views if v.attributes["ometer.status"] == "ok")
+        assert ok.attributes["app.feature"] == "faq"
+        assert ledger[ok.attributes["ometer.span.id"]].trace_id == ok.trace_id
+        refused = next(v for v in views if v.attributes["ometer.status"] == "rejected")
+        assert refused.attributes["error.type"] == "budget_exceeded" and refused.status_code == 2
+        assert "gen_ai.client.token.usage" in metric_points(rx)
+        # grpc with the same observer code
+        monkeypatch.delenv("LANGFUSE_HOST")
+        monkeypatch.delenv("TRACELOOP_API_KEY")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", grpc_rx.endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        grpc_client = MeteredClient(db_url=f"sqlite:///{tmp_path / 'g.db'}")
+        grpc_client.embed(model="nomic-embed-text", input="x")
+        grpc_telemetry = telemetry_for(load_settings())
+        assert grpc_telemetry is not None and grpc_telemetry is not telemetry
+        grpc_telemetry.shutdown()
+        (view,) = wait_for(lambda: spans(grpc_rx), what="a grpc span")
+        assert view.name == "embeddings nomic-embed-text"
+        telemetry.shutdown()
+
+
+def test_failed_exports_are_reported_once(
+    emulator: OllamaEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url())
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
+    client = MeteredClient(db_url=f"sqlite:///{tmp_path / 'l.db'}")
+    client.chat(model="llama3.1:8b", messages=HI)
+    telemetry = telemetry_for(load_settings())
+    assert telemetry is not None
+    telemetry.shutdown()
+    assert telemetry.failures()
+    assert capsys.readouterr().err.count("warning: could not export telemetry") == 1
+
+
+def test_headers_parse() -> None:
+    assert parse_headers("a=1, B=two%20words,bad,=x") == {"a": "1", "b": "two words"}
+    assert parse_headers(None) == {}
