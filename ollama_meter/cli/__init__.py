@@ -13,7 +13,7 @@ import typer
 
 from ollama_meter import __version__
 from ollama_meter._logging import configure_logging
-from ollama_meter.cli import budget, chargeback, chat, db, demo, log, perf, pricing, report
+from ollama_meter.cli import budget, chargeback, chat, db, demo, log, perf, pricing, report, serve
 from ollama_meter.cli._common import err
 from ollama_meter.config import load_settings
 from ollama_meter.errors import OmeterError
@@ -33,6 +33,9 @@ app.command("perf")(perf.perf)
 app.command("reprice")(pricing.reprice_command)
 app.command("chargeback")(chargeback.chargeback_command)
 app.command("demo")(demo.demo)
+app.command("serve")(serve.serve)
+app.command("run", context_settings={"allow_interspersed_args": False})(serve.run)
+app.add_typer(serve.keys_app, name="keys")
 app.add_typer(pricing.app, name="pricing")
 app.add_typer(budget.app, name="budget")
 app.add_typer(db.app, name="db")

@@ -24,8 +24,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from ollama_meter.budgets import Budget, PastCall
 from ollama_meter.config import default_data_dir
 from ollama_meter.errors import BudgetError, LedgerError, PricingError
-from ollama_meter.ledger import _budgets, _prices, _spans
+from ollama_meter.ledger import _budgets, _keys, _prices, _spans
 from ollama_meter.ledger._engine import SQLITE_BUSY_TIMEOUT_MS, create_ledger_engine, sqlite_path
+from ollama_meter.ledger._keys import ApiKey
 from ollama_meter.ledger._migrate import ensure_current
 from ollama_meter.ledger._spool import Spool
 from ollama_meter.ledger.models import SpanRow
@@ -209,6 +210,21 @@ class Ledger:
     ) -> None:
         with self.write() as conn:
             _budgets.record_delivery(conn, alert_id, deliveries, delivered)
+
+    # -- gateway keys ---------------------------------------------------------------------
+
+    def create_key(self, *, name: str, tenant: str, department: str) -> tuple[ApiKey, str]:
+        with self.write() as conn:
+            return _keys.create_key(conn, name=name, tenant=tenant, department=department)
+
+    def keys(self) -> list[ApiKey]:
+        with self.read() as conn:
+            return _keys.list_keys(conn)
+
+    def revoke_key(self, key_id: int) -> None:
+        with self.write() as conn:
+            if not _keys.revoke_key(conn, key_id):
+                raise LedgerError(f"no live key with id {key_id}; see `ometer keys list`")
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -173,3 +173,20 @@ class AlertRow(Base):
     attempts: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (UniqueConstraint("budget_id", "tenant", "period_start", "threshold"),)
+
+
+class ApiKeyRow(Base):
+    """A gateway key: only its SHA-256 is kept; the prefix finds it without a scan."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str] = mapped_column(String(64))
+    department: Mapped[str] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_api_keys_prefix", "prefix"),)

@@ -385,7 +385,9 @@ class Meter:
             span.error_type = error.error_type
             span.error_message = str(error)[:2000]
             span.http_status = error.status_code
-        elif isinstance(error, GeneratorExit | KeyboardInterrupt | SystemExit):
+        elif isinstance(
+            error, GeneratorExit | KeyboardInterrupt | SystemExit | asyncio.CancelledError
+        ):
             span.status = Status.CLIENT_ABORT
             span.error_type = "client_abort"
         else:

@@ -1,0 +1,167 @@
+"""The gateway ASGI app: Ollama's API in front of Ollama, every inference call metered.
+
+Only this package imports the web framework. Metered routes go through the one
+meter (budgets, pricing, telemetry, alerts included); read-only routes pass
+through; model management is refused unless allowed. Errors keep Ollama's
+``{"error": ...}`` shape (OpenAI's on ``/v1``); a client mistake is never a 500.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ollama_meter.config import Settings
+from ollama_meter.errors import ValidationError
+from ollama_meter.gateway._attribution import Unauthorized, resolve
+from ollama_meter.gateway._relay import (
+    OLLAMA_ROUTES,
+    OPENAI_ROUTES,
+    Relay,
+    error_response,
+    forward_headers,
+)
+from ollama_meter.meter import Meter
+
+log = logging.getLogger("ollama_meter.gateway")
+
+PASSTHROUGH = ("/api/tags", "/api/ps", "/api/show", "/api/version", "/v1/models", "/")
+ADMIN = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayOptions:
+    require_key: bool = False
+    allow_admin: bool = False
+    admin_token: str | None = None
+    default_user: str | None = None
+
+
+def create_app(
+    settings: Settings, options: GatewayOptions | None = None, *, meter: Meter | None = None
+) -> Starlette:
+    """The gateway for ``settings.ollama_host`` (the upstream)."""
+    opts = options or GatewayOptions()
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state["meter"] = meter or Meter.from_settings(settings, source="gateway")
+        state["client"] = httpx.AsyncClient(
+            base_url=settings.ollama_host,
+            timeout=httpx.Timeout(settings.upstream_timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        )
+        state["relay"] = Relay(state["meter"], state["client"], settings.ollama_host)
+        try:
+            yield
+        finally:
+            await state["client"].aclose()
+
+    async def metered(request: Request) -> Response:
+        path = request.url.path
+        openai = path in OPENAI_ROUTES
+        try:
+            raw = await request.body()
+            body = json.loads(raw) if raw else None
+        except (ValueError, UnicodeDecodeError) as exc:
+            return error_response(openai, 400, f"invalid JSON body: {exc}")
+        if not isinstance(body, dict):
+            return error_response(openai, 400, "the request body must be a JSON object")
+        if not body.get("model") or not isinstance(body.get("model"), str):
+            return error_response(openai, 400, "model is required")
+        try:
+            caller = await anyio.to_thread.run_sync(
+                lambda: resolve(
+                    request, state["meter"].ledger, settings, require_key=opts.require_key
+                )
+            )
+        except Unauthorized as exc:
+            return error_response(openai, 401, str(exc))
+        except ValidationError as exc:
+            return error_response(openai, 400, str(exc))
+        relay: Relay = state["relay"]
+        return await relay.metered(
+            path, body, request.headers, caller.attribution, request.url.query
+        )
+
+    async def passthrough(request: Request) -> Response:
+        client: httpx.AsyncClient = state["client"]
+        upstream = client.build_request(
+            request.method,
+            request.url.path,
+            params=request.url.query or None,
+            content=await request.body(),
+            headers=forward_headers(request.headers),
+        )
+        try:
+            response = await client.send(upstream, stream=True)
+        except httpx.HTTPError as exc:
+            return error_response(
+                request.url.path.startswith("/v1"),
+                502,
+                f"cannot reach Ollama at {settings.ollama_host}: {exc or 'connection refused'}",
+            )
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_raw():
+                    yield chunk
+            finally:
+                await response.aclose()
+
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower()
+            not in ("content-length", "transfer-encoding", "connection", "content-encoding")
+        }
+        return StreamingResponse(body(), status_code=response.status_code, headers=headers)
+
+    async def admin(request: Request) -> Response:
+        if opts.allow_admin:
+            return await passthrough(request)
+        return error_response(
+            False,
+            403,
+            f"{request.url.path} manages models and is refused by the gateway; "
+            "start `ometer serve --allow-admin` to allow it",
+        )
+
+    async def healthz(request: Request) -> Response:
+        meter: Meter = state["meter"]
+        checks: dict[str, str] = {}
+        try:
+            await anyio.to_thread.run_sync(meter.ledger.count)
+            checks["ledger"] = "ok"
+        except Exception as exc:
+            checks["ledger"] = f"failed: {exc}"
+        try:
+            reply = await state["client"].get("/api/version", timeout=3.0)
+            checks["upstream"] = "ok" if reply.status_code == 200 else f"HTTP {reply.status_code}"
+        except httpx.HTTPError as exc:
+            checks["upstream"] = f"unreachable: {exc or type(exc).__name__}"
+        healthy = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ok" if healthy else "degraded", **checks},
+            status_code=200 if healthy else 503,
+        )
+
+    routes = [
+        *(Route(path, metered, methods=["POST"]) for path in (*OLLAMA_ROUTES, *OPENAI_ROUTES)),
+        *(Route(path, passthrough, methods=["GET", "POST", "HEAD"]) for path in PASSTHROUGH),
+        *(Route(path, admin, methods=["POST", "DELETE", "PUT"]) for path in ADMIN),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

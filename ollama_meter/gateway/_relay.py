@@ -1,0 +1,345 @@
+"""Metered relay of one call: admit, forward, observe chunks as they pass, write the span.
+
+The reply is streamed to the client line by line as Ollama sends it. The last
+line (Ollama's ``done`` chunk, or the SSE ``[DONE]``) is held until the span is
+in the ledger: a client that has its whole answer always has its span written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import httpx
+import ollama
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ollama_meter.errors import (
+    BudgetExceeded,
+    CircuitOpen,
+    StreamError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from ollama_meter.meter import Attribution, Meter, MeteredCall
+from ollama_meter.meter._core import prompt_of
+from ollama_meter.upstream import classify
+
+OLLAMA_ROUTES = {
+    "/api/chat": "chat",
+    "/api/generate": "generate",
+    "/api/embed": "embed",
+    "/api/embeddings": "embeddings",
+}
+OPENAI_ROUTES = {
+    "/v1/chat/completions": "openai.chat",
+    "/v1/completions": "openai.completions",
+    "/v1/embeddings": "openai.embeddings",
+}
+HOP_BY_HOP = frozenset({
+    "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
+    "upgrade", "proxy-authorization", "proxy-authenticate", "authorization",
+    "x-ometer-key", "x-ometer-tenant", "x-ometer-department", "x-ometer-user",
+})  # fmt: skip
+
+
+def error_response(
+    openai: bool, status: int, message: str, *, headers: dict[str, str] | None = None
+) -> Response:
+    """Ollama's ``{"error": "..."}``, or OpenAI's error object on ``/v1``."""
+    if openai:
+        kind = "invalid_request_error" if status < 500 else "api_error"
+        body: dict[str, Any] = {
+            "error": {"message": message, "type": kind, "param": None, "code": None}
+        }
+    else:
+        body = {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def forward_headers(headers: Any) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Ledger and budget work off the event loop, finished even if the request is cancelled."""
+    with anyio.CancelScope(shield=True):
+        return await anyio.to_thread.run_sync(fn, *args)
+
+
+def _ollama_part(
+    operation: str, obj: dict[str, Any]
+) -> ollama.ChatResponse | ollama.GenerateResponse | ollama.EmbedResponse | None:
+    try:
+        if operation == "chat":
+            return ollama.ChatResponse(**obj)
+        if operation == "generate":
+            return ollama.GenerateResponse(**obj)
+        if operation == "embed":
+            return ollama.EmbedResponse(**obj)
+    except Exception:  # a shape we do not know is relayed, not metered
+        return None
+    return None
+
+
+def _openai_observe(call: MeteredCall, operation: str, obj: dict[str, Any]) -> bool:
+    """Feed an OpenAI-shaped object to the call; True when it carried the usage."""
+    choices = obj.get("choices") or []
+    for choice in choices:
+        delta = choice.get("delta") or choice.get("message") or {}
+        text = delta.get("content") if isinstance(delta, dict) else None
+        text = text if text is not None else choice.get("text")
+        if text:
+            call.observe(
+                ollama.ChatResponse(message={"role": "assistant", "content": text}, done=False)
+            )
+    usage = obj.get("usage")
+    if not usage:
+        return False
+    finish = (
+        next((c.get("finish_reason") for c in choices if c.get("finish_reason")), None)
+        or call.span.done_reason
+    )
+    call.observe(
+        ollama.ChatResponse(
+            model=obj.get("model"),
+            message={"role": "assistant", "content": ""},
+            done=True,
+            done_reason=finish,
+            prompt_eval_count=usage.get("prompt_tokens"),
+            eval_count=0 if operation == "openai.embeddings" else usage.get("completion_tokens"),
+        )
+    )
+    return True
+
+
+class Relay:
+    """One gateway, one upstream: relays metered calls through ``meter``."""
+
+    def __init__(self, meter: Meter, client: httpx.AsyncClient, upstream: str) -> None:
+        self.meter = meter
+        self.client = client
+        self.upstream = upstream
+
+    async def metered(
+        self,
+        path: str,
+        body: dict[str, Any],
+        raw_headers: Any,
+        attribution: Attribution,
+        query: str,
+    ) -> Response:
+        openai = path in OPENAI_ROUTES
+        operation = OPENAI_ROUTES.get(path) or OLLAMA_ROUTES[path]
+        default_stream = not openai and operation in ("chat", "generate")
+        stream = bool(body.get("stream", default_stream)) and operation not in (
+            "embed",
+            "embeddings",
+            "openai.embeddings",
+        )
+        hide_usage = False
+        if openai and stream:
+            options = body.get("stream_options") or {}
+            if not options.get("include_usage"):
+                # Ask for usage so the span has exact counts; the client never sees that chunk.
+                body = {**body, "stream_options": {**options, "include_usage": True}}
+                hide_usage = True
+        options = body.get("options") or {}
+        predict = options.get("num_predict") if isinstance(options, dict) else None
+        if openai and isinstance(body.get("max_tokens"), int):
+            predict = body["max_tokens"]
+        try:
+            call = await in_thread(
+                lambda: self.meter.open(
+                    operation=operation,
+                    model=str(body["model"]),
+                    stream=stream,
+                    attribution=attribution,
+                    prompt_text=prompt_of(
+                        "chat"
+                        if "messages" in body
+                        else ("embed" if "input" in body else "generate"),
+                        body,
+                    ),
+                    num_predict=predict if isinstance(predict, int) else None,
+                )
+            )
+        except BudgetExceeded as refused:
+            return error_response(
+                openai, 429, str(refused), headers={"Retry-After": str(refused.retry_after)}
+            )
+        breaker = self.meter.upstream.breaker
+        try:
+            breaker.before()
+        except CircuitOpen as exc:
+            await in_thread(self.meter.close, call, exc)
+            return error_response(
+                openai, 503, str(exc), headers={"Retry-After": str(max(1, int(exc.retry_after)))}
+            )
+        request = self.client.build_request(
+            "POST",
+            path,
+            content=json.dumps(body).encode(),
+            params=query or None,
+            headers={**forward_headers(raw_headers), "content-type": "application/json"},
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            error = UpstreamConnectionError(
+                f"cannot reach Ollama at {self.upstream}: {exc or 'connection refused'}"
+            )
+            breaker.failure(error)
+            await in_thread(self.meter.close, call, error)
+            return error_response(openai, 502, str(error))
+        except httpx.TimeoutException:
+            late = UpstreamTimeout(f"Ollama at {self.upstream} did not answer in time")
+            breaker.failure(late)
+            await in_thread(self.meter.close, call, late)
+            return error_response(openai, 504, str(late))
+        if response.status_code != 200:
+            content = await response.aread()
+            await response.aclose()
+            failure = classify(
+                ollama.ResponseError(content.decode(errors="replace"), response.status_code),
+                host=self.upstream,
+                model=str(body["model"]),
+                started=False,
+            )
+            breaker.failure(failure)
+            await in_thread(self.meter.close, call, failure)
+            return Response(
+                content,
+                status_code=response.status_code,
+                media_type=response.headers.get("content-type"),
+            )
+        if not stream:
+            return await self._whole(call, operation, openai, response)
+        media = (
+            "text/event-stream"
+            if openai
+            else response.headers.get("content-type", "application/x-ndjson")
+        )
+        return StreamingResponse(
+            self._stream(call, operation, openai, response, hide_usage),
+            media_type=media,
+            headers={"cache-control": "no-cache"} if openai else None,
+        )
+
+    async def _whole(
+        self, call: MeteredCall, operation: str, openai: bool, response: httpx.Response
+    ) -> Response:
+        try:
+            content = await response.aread()
+        except httpx.HTTPError as exc:
+            error = classify(exc, host=self.upstream, model=call.span.request_model, started=True)
+            await in_thread(self.meter.close, call, error)
+            return error_response(openai, 502, str(error))
+        finally:
+            await response.aclose()
+        try:
+            obj = json.loads(content)
+        except ValueError:
+            obj = {}
+        if openai:
+            _openai_observe(call, operation, obj)
+        elif (part := _ollama_part(operation, obj)) is not None:
+            call.observe(part)
+        else:
+            # legacy /api/embeddings reports no counts: the meter estimates them
+            call.observe(ollama.EmbedResponse(model=obj.get("model"), embeddings=[]))
+        self.meter.upstream.breaker.success()
+        await in_thread(self.meter.close, call)
+        return Response(
+            content,
+            status_code=200,
+            media_type=response.headers.get("content-type", "application/json"),
+        )
+
+    async def _stream(
+        self,
+        call: MeteredCall,
+        operation: str,
+        openai: bool,
+        response: httpx.Response,
+        hide_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        closed = False
+        try:
+            buffer = b""
+            separator = b"\n\n" if openai else b"\n"
+            async for data in response.aiter_bytes():
+                buffer += data
+                while separator in buffer:
+                    item, buffer = buffer.split(separator, 1)
+                    if not item.strip():
+                        continue
+                    out, ending = self._observe_item(call, operation, openai, item, hide_usage)
+                    if isinstance(ending, UpstreamError):
+                        if out is not None:
+                            yield out + separator  # the client sees Ollama's own error line
+                        await in_thread(self.meter.close, call, ending)
+                        closed = True
+                        return
+                    if ending:
+                        self.meter.upstream.breaker.success()
+                        await in_thread(self.meter.close, call)
+                        closed = True
+                    if out is not None:
+                        yield out + separator
+            if not closed:
+                raise StreamError(
+                    f"the stream from Ollama at {self.upstream} ended without its final chunk"
+                )
+        except BaseException as exc:
+            if not closed:
+                error: BaseException = exc
+                if isinstance(exc, httpx.HTTPError):
+                    error = classify(
+                        exc, host=self.upstream, model=call.span.request_model, started=True
+                    )
+                await in_thread(self.meter.close, call, error)
+                closed = True
+            if isinstance(exc, UpstreamError):
+                return  # end the body; the span says what broke
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+
+    def _observe_item(
+        self, call: MeteredCall, operation: str, openai: bool, item: bytes, hide_usage: bool
+    ) -> tuple[bytes | None, Any]:
+        """What to send on for one line/event, and whether it ends the call."""
+        if openai:
+            text = item.decode(errors="replace").strip()
+            if not text.startswith("data:"):
+                return item, None
+            payload = text[5:].strip()
+            if payload == "[DONE]":
+                return item, True
+            try:
+                obj = json.loads(payload)
+            except ValueError:
+                return item, None
+            if "error" in obj and not obj.get("choices"):
+                return item, StreamError(f"Ollama failed mid-stream: {obj['error']}")
+            carried_usage = _openai_observe(call, operation, obj)
+            if carried_usage and hide_usage and not obj.get("choices"):
+                return None, None
+            return item, None
+        try:
+            obj = json.loads(item)
+        except ValueError:
+            return item, None
+        if obj.get("error") and not obj.get("done"):
+            return item, StreamError(f"Ollama failed mid-stream: {obj['error']}")
+        part = _ollama_part(operation, obj)
+        if part is not None:
+            call.observe(part)
+            if getattr(part, "done", False):
+                return item, True
+        return item, None
