@@ -32,7 +32,7 @@ from ollama_meter.gateway._relay import (
     error_response,
     forward_headers,
 )
-from ollama_meter.meter import Meter
+from ollama_meter.meter import Attribution, Meter
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -72,25 +72,48 @@ def create_app(
     async def metered(request: Request) -> Response:
         path = request.url.path
         openai = path in OPENAI_ROUTES
+        operation = OPENAI_ROUTES.get(path) or OLLAMA_ROUTES[path]
+        meter: Meter = state["meter"]
+
+        async def refuse(status: int, error_type: str, message: str, model: str = "") -> Response:
+            # Every refusal is a span too, charged to the defaults when the caller is unknown.
+            who = Attribution(tenant=settings.tenant, department=settings.department)
+            await anyio.to_thread.run_sync(
+                lambda: meter.refuse(
+                    operation=operation,
+                    model=model,
+                    attribution=who,
+                    error_type=error_type,
+                    message=message,
+                    http_status=status,
+                )
+            )
+            return error_response(openai, status, message)
+
         try:
             raw = await request.body()
             body = json.loads(raw) if raw else None
         except (ValueError, UnicodeDecodeError) as exc:
-            return error_response(openai, 400, f"invalid JSON body: {exc}")
+            return await refuse(400, "bad_request", f"invalid JSON body: {exc}")
         if not isinstance(body, dict):
-            return error_response(openai, 400, "the request body must be a JSON object")
-        if not body.get("model") or not isinstance(body.get("model"), str):
-            return error_response(openai, 400, "model is required")
+            return await refuse(400, "bad_request", "the request body must be a JSON object")
+        model = body.get("model")
+        if not model or not isinstance(model, str):
+            return await refuse(400, "bad_request", "model is required")
         try:
             caller = await anyio.to_thread.run_sync(
                 lambda: resolve(
-                    request, state["meter"].ledger, settings, require_key=opts.require_key
+                    request,
+                    meter.ledger,
+                    settings,
+                    require_key=opts.require_key,
+                    default_user=opts.default_user,
                 )
             )
         except Unauthorized as exc:
-            return error_response(openai, 401, str(exc))
+            return await refuse(401, "unauthorized", str(exc), model)
         except ValidationError as exc:
-            return error_response(openai, 400, str(exc))
+            return await refuse(400, "bad_request", str(exc), model)
         relay: Relay = state["relay"]
         return await relay.metered(
             path, body, request.headers, caller.attribution, request.url.query

@@ -339,6 +339,43 @@ class Meter:
         self._notify("on_start", span)
         return call
 
+    def refuse(
+        self,
+        *,
+        operation: str,
+        model: str,
+        attribution: Attribution,
+        error_type: str,
+        message: str,
+        http_status: int,
+        stream: bool = False,
+    ) -> SpanRecord:
+        """Record a call refused before metering could start (a malformed request, no key)."""
+        span = SpanRecord(
+            id=new_span_row_id(),
+            trace_id=new_trace_id(),
+            span_id=new_otel_span_id(),
+            started_at=self.clock(),
+            tenant=attribution.tenant,
+            department=attribution.department,
+            user=attribution.user,
+            source=self.source,
+            operation=operation,
+            upstream_host=self.upstream.host,
+            request_model=model[:255],
+            stream=stream,
+            currency=self.prices().currency,
+            status=Status.ERROR,
+            error_type=error_type,
+            error_message=message[:2000],
+            http_status=http_status,
+            latency_ns=0,
+        )
+        span.ended_at = span.started_at
+        self._notify("on_end", span)
+        self.writer.write(span)
+        return span
+
     def _admit(self, call: MeteredCall, num_predict: int | None) -> None:
         """Reserve budget for the call; a refusal is written as a ``rejected`` span, then raised."""
         assert self.budgets is not None

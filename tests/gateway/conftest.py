@@ -1,0 +1,55 @@
+"""A real gateway on a loopback port, in front of the emulator, on a fresh ledger."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+
+from ollama_meter.config import load_settings
+from ollama_meter.gateway import GatewayOptions, create_app
+from ollama_meter.ledger import Ledger, open_ledger
+from ollama_meter.testing import OllamaEmulator, unused_port
+
+
+@dataclass
+class Gateway:
+    url: str
+    ledger: Ledger
+    server: uvicorn.Server
+
+
+@pytest.fixture
+def serve(db_url: str) -> Iterator[Callable[..., Gateway]]:
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(upstream: str, **options: Any) -> Gateway:
+        settings = load_settings(db_url=db_url, ollama_host=upstream)
+        port = unused_port()
+        app = create_app(settings, GatewayOptions(**options))
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.01)
+        servers.append((server, thread))
+        return Gateway(f"http://127.0.0.1:{port}", open_ledger(settings.ledger_url), server)
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def gateway(serve: Callable[..., Gateway], emulator: OllamaEmulator) -> Gateway:
+    return serve(emulator.url)
