@@ -279,10 +279,10 @@ class Relay:
                         continue
                     out, ending = self._observe_item(call, operation, openai, item, hide_usage)
                     if isinstance(ending, UpstreamError):
-                        if out is not None:
-                            yield out + separator  # the client sees Ollama's own error line
                         await in_thread(self.meter.close, call, ending)
                         closed = True
+                        if out is not None:
+                            yield out + separator  # the client sees Ollama's own error line
                         return
                     if ending:
                         self.meter.upstream.breaker.success()

@@ -1,0 +1,149 @@
+"""The gateway as real processes: kill -9 loses no completed call, SIGTERM drains, ometer run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import ollama
+
+from ollama_meter.testing import OllamaEmulator, unused_port
+
+OMETER = [sys.executable, "-m", "ollama_meter"]
+HI = [{"role": "user", "content": "hello"}]
+
+
+def start_gateway(env: dict[str, str], upstream: str) -> tuple[subprocess.Popen[str], str]:
+    port = unused_port()
+    proc = subprocess.Popen(
+        [*OMETER, "serve", "--port", str(port), "--upstream", upstream],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "gateway did not come up"
+        time.sleep(0.1)
+
+
+def logged(env: dict[str, str]) -> list[dict[str, object]]:
+    out = subprocess.run(
+        [*OMETER, "log", "--json", "--limit", "1000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return list(json.loads(out.stdout))
+
+
+def test_kill_9_right_after_the_answers_loses_no_span(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}"}
+    proc, url = start_gateway(env, emulator.url)
+    client = ollama.Client(host=url)
+    completed = 0
+    for i in range(30):
+        if i % 2:
+            list(client.chat(model="llama3.1:8b", messages=HI, stream=True))
+        else:
+            client.chat(model="llama3.1:8b", messages=HI)
+        completed += 1
+    proc.send_signal(signal.SIGKILL)  # no chance to flush anything
+    proc.wait(timeout=10)
+    spans = logged(env)
+    assert len(spans) == completed == 30
+    assert {s["status"] for s in spans} == {"ok"}
+
+
+def test_sigterm_drains_an_in_flight_stream(emulator: OllamaEmulator, tmp_path: Path) -> None:
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}"}
+    proc, url = start_gateway(env, emulator.url)
+    emulator.token_latency = 0.05
+    received: list[str] = []
+    first = threading.Event()
+
+    def stream() -> None:
+        for chunk in ollama.Client(host=url).chat(model="llama3.1:8b", messages=HI, stream=True):
+            received.append(chunk.message.content or "")
+            first.set()
+            if chunk.done:
+                received.append("<done>")
+
+    reader = threading.Thread(target=stream)
+    try:
+        reader.start()
+        assert first.wait(10)
+        proc.send_signal(signal.SIGTERM)
+        reader.join(timeout=30)
+        assert proc.wait(timeout=30) in (0, 128 + signal.SIGTERM)  # exits after draining
+    finally:
+        emulator.token_latency = 0.0
+    assert received[-1] == "<done>"
+    (span,) = logged(env)
+    assert span["status"] == "ok"
+
+
+def test_ometer_run_meters_a_legacy_script(emulator: OllamaEmulator, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "OLLAMA_HOST": emulator.url,
+        "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}",
+    }
+    script = (
+        "import os, sys, ollama\n"
+        "assert os.environ['OLLAMA_HOST'] != " + repr(emulator.url) + "\n"
+        "assert os.environ['OPENAI_BASE_URL'].endswith('/v1')\n"
+        "ollama.chat(model='llama3.1:8b', messages=[{'role': 'user', 'content': 'monthly summary'}])\n"
+        "ollama.chat(model='qwen2.5:7b', messages=[{'role': 'user', 'content': 'and again'}])\n"
+        "sys.exit(7)\n"
+    )
+    done = subprocess.run(
+        [*OMETER, "run", "--dept", "finance", "--user", "dora", "--", sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 7, done.stderr
+    assert "ometer: 2 call(s) metered for default/finance" in done.stderr
+    spans = logged(env)
+    assert [(s["department"], s["user"], s["source"]) for s in spans] == [
+        ("finance", "dora", "gateway")
+    ] * 2
+
+
+def test_keys_commands(cli, db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("OMETER_DB_URL", db_url)
+    created = cli("keys", "create", "--tenant", "acme", "--dept", "sales", "--name", "crm-bot")
+    assert (
+        created.code == 0
+        and created.stdout.startswith("om_")
+        and "shown only this once" in created.stderr
+    )
+    listed = json.loads(cli("keys", "list", "--json").stdout)
+    assert [(k["name"], k["tenant"], k["department"], k["revoked"]) for k in listed] == [
+        ("crm-bot", "acme", "sales", False)
+    ]
+    assert created.stdout.strip() not in cli("keys", "list").stdout
+    assert cli("keys", "revoke", str(listed[0]["id"])).code == 0
+    assert json.loads(cli("keys", "list", "--json").stdout)[0]["revoked"] is True
+    assert "no live key" in cli("keys", "revoke", str(listed[0]["id"])).stderr
