@@ -54,14 +54,7 @@ class MeterInfo:
                 part: from_micros(getattr(span, f"cost_{part}"))
                 for part in ("tokens", "compute", "energy", "fee")
             },
-            durations_ns={
-                "total": span.total_duration_ns,
-                "load": span.load_duration_ns,
-                "prompt_eval": span.prompt_eval_duration_ns,
-                "eval": span.eval_duration_ns,
-                "latency": span.latency_ns,
-                "ttft": span.ttft_ns,
-            },
+            durations_ns=span.durations(),
         )
 
 

@@ -317,15 +317,23 @@ class Meter:
         """Start a call: attribute it, let the budgets admit it (or refuse it), open its span."""
         if not model or not model.strip():
             raise ValidationError("no model given; pass one with -m/--model, e.g. -m llama3.1:8b")
-        span = SpanRecord(
+        span = self._new_span(operation, model, stream, attribution)
+        call = MeteredCall(span, prompt_text)
+        if self.budgets is not None:
+            self._admit(call, num_predict)
+        self._notify("on_start", span)
+        return call
+
+    def _new_span(self, operation: str, model: str, stream: bool, who: Attribution) -> SpanRecord:
+        return SpanRecord(
             id=new_span_row_id(),
             trace_id=new_trace_id(),
             span_id=new_otel_span_id(),
             started_at=self.clock(),
-            tenant=attribution.tenant,
-            department=attribution.department,
-            user=attribution.user,
-            tags=dict(attribution.tags),
+            tenant=who.tenant,
+            department=who.department,
+            user=who.user,
+            tags=dict(who.tags),
             source=self.source,
             operation=operation,
             upstream_host=self.upstream.host,
@@ -333,11 +341,6 @@ class Meter:
             stream=stream,
             currency=self.prices().currency,
         )
-        call = MeteredCall(span, prompt_text)
-        if self.budgets is not None:
-            self._admit(call, num_predict)
-        self._notify("on_start", span)
-        return call
 
     def refuse(
         self,
@@ -351,26 +354,12 @@ class Meter:
         stream: bool = False,
     ) -> SpanRecord:
         """Record a call refused before metering could start (a malformed request, no key)."""
-        span = SpanRecord(
-            id=new_span_row_id(),
-            trace_id=new_trace_id(),
-            span_id=new_otel_span_id(),
-            started_at=self.clock(),
-            tenant=attribution.tenant,
-            department=attribution.department,
-            user=attribution.user,
-            source=self.source,
-            operation=operation,
-            upstream_host=self.upstream.host,
-            request_model=model[:255],
-            stream=stream,
-            currency=self.prices().currency,
-            status=Status.ERROR,
-            error_type=error_type,
-            error_message=message[:2000],
-            http_status=http_status,
-            latency_ns=0,
-        )
+        span = self._new_span(operation, model[:255], stream, attribution)
+        span.status = Status.ERROR
+        span.error_type = error_type
+        span.error_message = message[:2000]
+        span.http_status = http_status
+        span.latency_ns = 0
         span.ended_at = span.started_at
         self._notify("on_end", span)
         self.writer.write(span)

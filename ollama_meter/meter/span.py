@@ -116,6 +116,17 @@ class SpanRecord:
         """The model the call ran on: Ollama's answer when it gave one."""
         return self.response_model or self.request_model
 
+    def durations(self) -> dict[str, int | None]:
+        """Ollama's durations and the client's timings, in nanoseconds."""
+        return {
+            "total": self.total_duration_ns,
+            "load": self.load_duration_ns,
+            "prompt_eval": self.prompt_eval_duration_ns,
+            "eval": self.eval_duration_ns,
+            "latency": self.latency_ns,
+            "ttft": self.ttft_ns,
+        }
+
     @property
     def unpriced_usage(self) -> bool:
         """Usage that no price rule covered: worth flagging, unlike a failure that consumed nothing."""
