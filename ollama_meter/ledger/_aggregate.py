@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, func, literal, literal_column, select
+from sqlalchemy import Connection, Select, case, func, literal, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from ollama_meter.ledger._spans import SpanFilter
@@ -111,3 +111,19 @@ def aggregate_spend(
         )
         for row in conn.execute(query)
     ]
+
+
+def timing_rows(where: SpanFilter, by: Sequence[str]) -> Select[Any]:
+    """One row per span: its group keys and the timing columns ``ometer perf`` needs."""
+    keys = [GROUP_COLUMNS[name].label(f"k_{name}") for name in by]
+    return select(
+        *keys,
+        SpanRow.status,
+        SpanRow.latency_ns,
+        SpanRow.ttft_ns,
+        SpanRow.output_tokens,
+        SpanRow.total_duration_ns,
+        SpanRow.load_duration_ns,
+        SpanRow.prompt_eval_duration_ns,
+        SpanRow.eval_duration_ns,
+    ).where(*where.clauses())

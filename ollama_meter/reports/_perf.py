@@ -17,12 +17,9 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select
-
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.ledger._aggregate import GROUP_COLUMNS
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger._aggregate import GROUP_COLUMNS, timing_rows
 from ollama_meter.meter.span import Status
 from ollama_meter.periods import Window
 
@@ -189,22 +186,6 @@ class PerfReport:
         return marked
 
 
-def _calls(where: SpanFilter, by: Sequence[str]) -> Select[Any]:
-    """One row per span: its group keys and only the columns the figures need."""
-    keys = [GROUP_COLUMNS[name].label(f"k_{name}") for name in by]
-    return select(
-        *keys,
-        SpanRow.status,
-        SpanRow.latency_ns,
-        SpanRow.ttft_ns,
-        SpanRow.output_tokens,
-        SpanRow.total_duration_ns,
-        SpanRow.load_duration_ns,
-        SpanRow.prompt_eval_duration_ns,
-        SpanRow.eval_duration_ns,
-    ).where(*where.clauses())
-
-
 def perf_report(
     ledger: Ledger,
     window: Window,
@@ -220,7 +201,7 @@ def perf_report(
     )
     groups: dict[tuple[str, ...], _Samples] = {}
     with ledger.read() as conn:
-        for call in conn.execute(_calls(where, by)):
+        for call in conn.execute(timing_rows(where, by)):
             keys = tuple(str(call[index]) for index in range(len(by)))
             groups.setdefault(keys, _Samples()).add(call)
     report = PerfReport(window=window, by=list(by))
