@@ -25,6 +25,7 @@ from starlette.routing import Route
 from ollama_meter.config import Settings
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._attribution import Unauthorized, resolve
+from ollama_meter.gateway._dash import dashboard_routes
 from ollama_meter.gateway._relay import (
     OLLAMA_ROUTES,
     OPENAI_ROUTES,
@@ -186,5 +187,6 @@ def create_app(
         *(Route(path, passthrough, methods=["GET", "POST", "HEAD"]) for path in PASSTHROUGH),
         *(Route(path, admin, methods=["POST", "DELETE", "PUT"]) for path in ADMIN),
         Route("/healthz", healthz, methods=["GET"]),
+        *dashboard_routes(lambda: state["meter"], settings, opts.admin_token),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
