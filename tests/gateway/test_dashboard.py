@@ -129,3 +129,62 @@ def test_admin_token_guards_the_dashboard(serve: Any, emulator: OllamaEmulator) 
     assert page.status_code == 200 and 'name="token" value="s3cret"' in page.text
     assert httpx.get(f"{gw.url}/metrics").status_code == 200
     assert Decimal(httpx.get(f"{gw.url}/api/dash?token=s3cret").json()["totals"]["cost"]) == 0
+
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+]
+
+
+def test_dashboard_in_headless_chromium(gateway: Gateway, tmp_path: Any) -> None:
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("OMETER_REQUIRE_BROWSER"):
+            pytest.fail("OMETER_REQUIRE_BROWSER is set but /usr/bin/chromium is missing")
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    fill(gateway)
+    profile = tmp_path / "profile"
+    url = f"{gateway.url}/dashboard?period=month"
+    dom = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert 'data-ready="1"' in dom.stdout
+    assert "1.750000 USD" in dom.stdout and "sales" in dom.stdout and "support" in dom.stdout
+    assert dom.stdout.count("<rect") >= 6  # the charts' bars were rendered into the page
+    assert "CONSOLE" not in dom.stderr and "Uncaught" not in dom.stderr
+    shot = tmp_path / "dashboard.png"
+    subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={profile}",
+            f"--screenshot={shot}",
+            "--window-size=1100,1400",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert shot.stat().st_size > 10_000
+    shutil.copy(shot, "/tmp/ometer-dashboard.png")
