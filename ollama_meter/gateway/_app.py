@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from ollama_meter.config import Settings
 from ollama_meter.errors import ValidationError
-from ollama_meter.gateway._attribution import Unauthorized, resolve
+from ollama_meter.gateway._attribution import Caller, Unauthorized, presented_key, resolve
 from ollama_meter.gateway._dash import dashboard_routes
 from ollama_meter.gateway._relay import (
     OLLAMA_ROUTES,
@@ -102,15 +102,18 @@ def create_app(
         if not model or not isinstance(model, str):
             return await refuse(400, "bad_request", "model is required")
         try:
-            caller = await anyio.to_thread.run_sync(
-                lambda: resolve(
+
+            def who() -> Caller:
+                return resolve(
                     request,
                     meter.ledger,
                     settings,
                     require_key=opts.require_key,
                     default_user=opts.default_user,
                 )
-            )
+
+            # Only a presented key needs the ledger; headers and defaults are resolved in place.
+            caller = await anyio.to_thread.run_sync(who) if presented_key(request) else who()
         except Unauthorized as exc:
             return await refuse(401, "unauthorized", str(exc), model)
         except ValidationError as exc:
