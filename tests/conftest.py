@@ -20,6 +20,8 @@ from ollama_meter.upstream import reset_breakers
 from tests._pg import postgres_server
 
 _CLEAR_PREFIXES = ("OMETER_", "OLLAMA_", "OTEL_", "LANGFUSE_", "TRACELOOP_")
+# What CI sets for the test run itself: a server to use, and "fail, don't skip".
+_KEEP = frozenset({"OMETER_TEST_PG_URL", "OMETER_REQUIRE_PG", "OMETER_REQUIRE_BROWSER"})
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +36,7 @@ def _close_ledgers() -> Iterator[None]:
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No user settings, no .env, no real ledger: every test starts from nothing."""
     for name in list(os.environ):
-        if name.startswith(_CLEAR_PREFIXES) and name != "OMETER_TEST_PG_URL":
+        if name.startswith(_CLEAR_PREFIXES) and name not in _KEEP:
             monkeypatch.delenv(name)
     home = tmp_path / "home"
     home.mkdir()
