@@ -11,7 +11,6 @@ on this sequence; the ledger never calls back into it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -361,8 +360,7 @@ class Meter:
         span.http_status = http_status
         span.latency_ns = 0
         span.ended_at = span.started_at
-        self._notify("on_end", span)
-        self.writer.write(span)
+        self._record(span)
         return span
 
     def _admit(self, call: MeteredCall, num_predict: int | None) -> None:
@@ -395,8 +393,7 @@ class Meter:
             span.ended_at = span.started_at
             span.latency_ns = 0
             span.apply_cost(self.prices().cost(span.model, span.started_at, usage_of(span)))
-            self._notify("on_end", span)
-            self.writer.write(span)
+            self._record(span)
             raise
 
     def close(self, call: MeteredCall, error: BaseException | None = None) -> SpanRecord:
@@ -423,9 +420,7 @@ class Meter:
         span.apply_cost(self.prices().cost(span.model, span.started_at, usage_of(span)))
         if self.capture_content:
             span.prompt, span.reply = call.prompt_text, call.reply
-        # Hooks see the finished span before it is written, so the tags they add are kept.
-        self._notify("on_end", span)
-        self.writer.write(span)
+        self._record(span)
         if self.budgets is not None:
             self._settle(call)
         return span
@@ -443,33 +438,6 @@ class Meter:
             log.exception(
                 "settling budgets for span %s failed; its reservation will expire", span.id
             )
-
-    @contextlib.contextmanager
-    def call(
-        self,
-        *,
-        operation: str,
-        model: str,
-        stream: bool,
-        attribution: Attribution,
-        prompt_text: str = "",
-        num_predict: int | None = None,
-    ) -> Iterator[MeteredCall]:
-        """Open a call, let the caller talk to Ollama, close it however that ended."""
-        metered = self.open(
-            operation=operation,
-            model=model,
-            stream=stream,
-            attribution=attribution,
-            prompt_text=prompt_text,
-            num_predict=num_predict,
-        )
-        try:
-            yield metered
-        except BaseException as exc:
-            self.close(metered, exc)
-            raise
-        self.close(metered)
 
     # -- operations ---------------------------------------------------------------------
 
@@ -491,6 +459,14 @@ class Meter:
     ) -> Run:
         """Any metered operation (``chat``, ``generate``, ``embed``) with the client's own arguments."""
         return Run(self, operation, request, attribution, stream)
+
+    def _record(self, span: SpanRecord) -> None:
+        """Hand a finished span to the observers, then make it durable.
+
+        Hooks see it before it is written, so the tags they add are kept.
+        """
+        self._notify("on_end", span)
+        self.writer.write(span)
 
     def _notify(self, hook: str, span: SpanRecord) -> None:
         for observer in self.observers:
