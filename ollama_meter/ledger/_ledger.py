@@ -13,7 +13,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +64,9 @@ class Ledger:
         self._retry_delay = retry_delay
         self.spool = Spool(spool_dir or default_spool_dir(url))
         if migrate:
-            try:
-                ensure_current(self.engine)
-            except OperationalError as exc:
-                raise LedgerError(
-                    f"cannot open the ledger at {self.display_url}: {exc.orig}"
-                ) from exc
+            self._retry_locked(
+                lambda: ensure_current(self.engine), f"cannot open the ledger at {self.display_url}"
+            )
             self.recover()
 
     def recover(self) -> int:
@@ -125,17 +122,34 @@ class Ledger:
             log.warning("%s; kept them in %s to be recorded on the next start", exc, where)
 
     def _record_now(self, spans: Sequence[SpanRecord]) -> None:
+        def insert() -> None:
+            with self.write() as conn:
+                _spans.insert_spans(conn, spans)
+
+        self._retry_locked(
+            insert, f"could not write {len(spans)} span(s) to the ledger at {self.display_url}"
+        )
+
+    def _retry_locked(self, action: Callable[[], object], failure: str) -> None:
+        """Run ``action``, again with backoff while the database reports a lock.
+
+        The busy timeout covers ordinary waits; SQLite still answers "locked" at
+        once in a few races (a fresh file switching to WAL, a snapshot gone stale),
+        and those pass on a second try. Anything else, or the last try, is one
+        LedgerError starting with ``failure``.
+        """
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
-                with self.write() as conn:
-                    _spans.insert_spans(conn, spans)
+                action()
                 return
-            except OperationalError as exc:
-                if attempt == _WRITE_ATTEMPTS or not _is_lock_error(exc):
-                    raise LedgerError(
-                        f"could not write {len(spans)} span(s) to the ledger at "
-                        f"{self.display_url}: {exc.orig}"
-                    ) from exc
+            except (OperationalError, LedgerError) as exc:
+                cause = exc if isinstance(exc, OperationalError) else exc.__cause__
+                locked = isinstance(cause, DBAPIError) and _is_lock_error(cause)
+                if attempt == _WRITE_ATTEMPTS or not locked:
+                    if isinstance(exc, LedgerError):
+                        raise
+                    raise LedgerError(f"{failure}: {exc.orig}") from exc
+                log.debug("%s: database locked, try %d of %d", failure, attempt, _WRITE_ATTEMPTS)
                 time.sleep(self._retry_delay * 2**attempt)
 
     def latest(self, where: _spans.SpanFilter, limit: int = 20) -> list[SpanRecord]:

@@ -236,6 +236,36 @@ def test_spool_recovery_waits_while_the_database_is_still_locked(tmp_path: Path)
     assert ledger.recover() == 1 and ledger.count() == 1
 
 
+def test_opening_retries_while_another_process_holds_a_fresh_file(tmp_path: Path) -> None:
+    import sqlite3
+    import threading
+
+    path = tmp_path / "ledger.db"
+    blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    blocker.execute("CREATE TABLE placeholder (x INTEGER)")
+    blocker.execute("BEGIN EXCLUSIVE")  # not yet WAL: nobody can even read the file
+    threading.Timer(0.3, lambda: (blocker.execute("ROLLBACK"), blocker.close())).start()
+    # Each try gives up after 10 ms; only retrying with backoff outlasts the 300 ms hold.
+    ledger = Ledger(f"sqlite:///{path}", busy_timeout_ms=10, retry_delay=0.05)
+    ledger.record([make_span()])
+    assert ledger.count() == 1
+
+
+def test_opening_a_file_locked_for_good_is_one_clear_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "ledger.db"
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("CREATE TABLE placeholder (x INTEGER)")
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(LedgerError, match=r"^cannot open the ledger at .*database is locked$"):
+            Ledger(f"sqlite:///{path}", busy_timeout_ms=10, retry_delay=0.001)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+
+
 def test_spool_for_a_server_database_lives_in_the_data_dir() -> None:
     from ollama_meter.ledger._ledger import default_spool_dir
 
