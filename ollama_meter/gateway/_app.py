@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ollama_meter.config import Settings
-from ollama_meter.errors import ValidationError
+from ollama_meter.errors import UpstreamError, ValidationError
 from ollama_meter.gateway._attribution import Caller, Unauthorized, presented_key, resolve
 from ollama_meter.gateway._dash import dashboard_routes
 from ollama_meter.gateway._relay import (
@@ -33,6 +32,7 @@ from ollama_meter.gateway._relay import (
     error_response,
     forward_headers,
 )
+from ollama_meter.gateway._upstream import UpstreamPool, finish, gateway_status
 from ollama_meter.meter import Attribution, Meter
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -59,16 +59,12 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state["meter"] = meter or Meter.from_settings(settings, source="gateway")
-        state["client"] = httpx.AsyncClient(
-            base_url=settings.ollama_host,
-            timeout=httpx.Timeout(settings.upstream_timeout, connect=10.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-        )
-        state["relay"] = Relay(state["meter"], state["client"], settings.ollama_host)
+        state["pool"] = UpstreamPool(settings.ollama_host, timeout=settings.upstream_timeout)
+        state["relay"] = Relay(state["meter"], state["pool"])
         try:
             yield
         finally:
-            await state["client"].aclose()
+            await state["pool"].aclose()
 
     async def metered(request: Request) -> Response:
         path = request.url.path
@@ -124,29 +120,26 @@ def create_app(
         )
 
     async def passthrough(request: Request) -> Response:
-        client: httpx.AsyncClient = state["client"]
-        upstream = client.build_request(
-            request.method,
-            request.url.path,
-            params=request.url.query or None,
-            content=await request.body(),
-            headers=forward_headers(request.headers),
-        )
+        pool: UpstreamPool = state["pool"]
         try:
-            response = await client.send(upstream, stream=True)
-        except httpx.HTTPError as exc:
-            return error_response(
-                request.url.path.startswith("/v1"),
-                502,
-                f"cannot reach Ollama at {settings.ollama_host}: {exc or 'connection refused'}",
+            response = await pool.request(
+                request.method,
+                request.url.path,
+                body=await request.body(),
+                query=request.url.query,
+                headers=forward_headers(request.headers),
             )
+        except UpstreamError as exc:
+            return error_response(request.url.path.startswith("/v1"), gateway_status(exc), str(exc))
 
         async def body() -> AsyncIterator[bytes]:
             try:
-                async for chunk in response.aiter_raw():
+                async for chunk in pool.chunks(response):
                     yield chunk
+            except UpstreamError as exc:
+                log.warning("passing %s through: %s", request.url.path, exc)
             finally:
-                await response.aclose()
+                finish(response, completed=response.content.at_eof())
 
         headers = {
             k: v
@@ -154,7 +147,7 @@ def create_app(
             if k.lower()
             not in ("content-length", "transfer-encoding", "connection", "content-encoding")
         }
-        return StreamingResponse(body(), status_code=response.status_code, headers=headers)
+        return StreamingResponse(body(), status_code=response.status, headers=headers)
 
     async def admin(request: Request) -> Response:
         if opts.allow_admin:
@@ -174,11 +167,13 @@ def create_app(
             checks["ledger"] = "ok"
         except Exception as exc:
             checks["ledger"] = f"failed: {exc}"
+        pool: UpstreamPool = state["pool"]
         try:
-            reply = await state["client"].get("/api/version", timeout=3.0)
-            checks["upstream"] = "ok" if reply.status_code == 200 else f"HTTP {reply.status_code}"
-        except httpx.HTTPError as exc:
-            checks["upstream"] = f"unreachable: {exc or type(exc).__name__}"
+            reply = await pool.request("GET", "/api/version", timeout=3.0)
+            finish(reply, completed=False)
+            checks["upstream"] = "ok" if reply.status == 200 else f"HTTP {reply.status}"
+        except UpstreamError as exc:
+            checks["upstream"] = f"unreachable: {exc}"
         healthy = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ok" if healthy else "degraded", **checks},

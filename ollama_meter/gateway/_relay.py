@@ -7,23 +7,20 @@ in the ledger: a client that has its whole answer always has its span written.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import aiohttp
 import anyio
-import httpx
 import ollama
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ollama_meter.errors import (
-    BudgetExceeded,
-    CircuitOpen,
-    StreamError,
-    UpstreamConnectionError,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from ollama_meter.errors import BudgetExceeded, CircuitOpen, StreamError, UpstreamError
+from ollama_meter.gateway._upstream import UpstreamPool, finish, gateway_status
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._core import prompt_of
 from ollama_meter.upstream import classify
@@ -64,10 +61,16 @@ def forward_headers(headers: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
 
+# Threads for ledger work. Many may wait in one group commit at once, so the pool is
+# wider than anyio's default of 40; a plain executor also skips anyio's per-call overhead.
+_LEDGER_THREADS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="ometer-ledger")
+
+
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     """Ledger and budget work off the event loop, finished even if the request is cancelled."""
+    loop = asyncio.get_running_loop()
     with anyio.CancelScope(shield=True):
-        return await anyio.to_thread.run_sync(fn, *args)
+        return await loop.run_in_executor(_LEDGER_THREADS, functools.partial(fn, *args))
 
 
 def _ollama_part(
@@ -119,10 +122,10 @@ def _openai_observe(call: MeteredCall, operation: str, obj: dict[str, Any]) -> b
 class Relay:
     """One gateway, one upstream: relays metered calls through ``meter``."""
 
-    def __init__(self, meter: Meter, client: httpx.AsyncClient, upstream: str) -> None:
+    def __init__(self, meter: Meter, pool: UpstreamPool) -> None:
         self.meter = meter
-        self.client = client
-        self.upstream = upstream
+        self.pool = pool
+        self.upstream = pool.base_url
 
     async def metered(
         self,
@@ -151,22 +154,23 @@ class Relay:
         predict = options.get("num_predict") if isinstance(options, dict) else None
         if openai and isinstance(body.get("max_tokens"), int):
             predict = body["max_tokens"]
-        try:
-            call = await in_thread(
-                lambda: self.meter.open(
-                    operation=operation,
-                    model=str(body["model"]),
-                    stream=stream,
-                    attribution=attribution,
-                    prompt_text=prompt_of(
-                        "chat"
-                        if "messages" in body
-                        else ("embed" if "input" in body else "generate"),
-                        body,
-                    ),
-                    num_predict=predict if isinstance(predict, int) else None,
-                )
+
+        def open_call() -> MeteredCall:
+            return self.meter.open(
+                operation=operation,
+                model=str(body["model"]),
+                stream=stream,
+                attribution=attribution,
+                prompt_text=prompt_of(
+                    "chat" if "messages" in body else ("embed" if "input" in body else "generate"),
+                    body,
+                ),
+                num_predict=predict if isinstance(predict, int) else None,
             )
+
+        try:
+            # A budget reservation is a ledger transaction: off the loop. Without one, in place.
+            call = await in_thread(open_call) if self.meter.reserves(attribution) else open_call()
         except BudgetExceeded as refused:
             return error_response(
                 openai, 429, str(refused), headers={"Retry-After": str(refused.retry_after)}
@@ -179,32 +183,26 @@ class Relay:
             return error_response(
                 openai, 503, str(exc), headers={"Retry-After": str(max(1, int(exc.retry_after)))}
             )
-        request = self.client.build_request(
-            "POST",
-            path,
-            content=json.dumps(body).encode(),
-            params=query or None,
-            headers={**forward_headers(raw_headers), "content-type": "application/json"},
-        )
         try:
-            response = await self.client.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            error = UpstreamConnectionError(
-                f"cannot reach Ollama at {self.upstream}: {exc or 'connection refused'}"
+            response = await self.pool.request(
+                "POST",
+                path,
+                body=json.dumps(body).encode(),
+                query=query,
+                headers={**forward_headers(raw_headers), "content-type": "application/json"},
             )
+        except UpstreamError as error:  # unreachable (502) or silent (504)
             breaker.failure(error)
             await in_thread(self.meter.close, call, error)
-            return error_response(openai, 502, str(error))
-        except httpx.TimeoutException:
-            late = UpstreamTimeout(f"Ollama at {self.upstream} did not answer in time")
-            breaker.failure(late)
-            await in_thread(self.meter.close, call, late)
-            return error_response(openai, 504, str(late))
-        if response.status_code != 200:
-            content = await response.aread()
-            await response.aclose()
+            return error_response(openai, gateway_status(error), str(error))
+        if response.status != 200:
+            try:
+                content = await self.pool.read(response)
+            except UpstreamError as error:
+                content = json.dumps({"error": str(error)}).encode()
+            finish(response, completed=True)
             failure = classify(
-                ollama.ResponseError(content.decode(errors="replace"), response.status_code),
+                ollama.ResponseError(content.decode(errors="replace"), response.status),
                 host=self.upstream,
                 model=str(body["model"]),
                 started=False,
@@ -213,7 +211,7 @@ class Relay:
             await in_thread(self.meter.close, call, failure)
             return Response(
                 content,
-                status_code=response.status_code,
+                status_code=response.status,
                 media_type=response.headers.get("content-type"),
             )
         if not stream:
@@ -230,16 +228,15 @@ class Relay:
         )
 
     async def _whole(
-        self, call: MeteredCall, operation: str, openai: bool, response: httpx.Response
+        self, call: MeteredCall, operation: str, openai: bool, response: aiohttp.ClientResponse
     ) -> Response:
         try:
-            content = await response.aread()
-        except httpx.HTTPError as exc:
-            error = classify(exc, host=self.upstream, model=call.span.request_model, started=True)
+            content = await self.pool.read(response)
+        except UpstreamError as error:
+            finish(response, completed=False)
             await in_thread(self.meter.close, call, error)
             return error_response(openai, 502, str(error))
-        finally:
-            await response.aclose()
+        finish(response, completed=True)
         try:
             obj = json.loads(content)
         except ValueError:
@@ -264,14 +261,14 @@ class Relay:
         call: MeteredCall,
         operation: str,
         openai: bool,
-        response: httpx.Response,
+        response: aiohttp.ClientResponse,
         hide_usage: bool,
     ) -> AsyncIterator[bytes]:
         closed = False
         try:
             buffer = b""
             separator = b"\n\n" if openai else b"\n"
-            async for data in response.aiter_bytes():
+            async for data in self.pool.chunks(response):
                 buffer += data
                 while separator in buffer:
                     item, buffer = buffer.split(separator, 1)
@@ -296,19 +293,15 @@ class Relay:
                 )
         except BaseException as exc:
             if not closed:
-                error: BaseException = exc
-                if isinstance(exc, httpx.HTTPError):
-                    error = classify(
-                        exc, host=self.upstream, model=call.span.request_model, started=True
-                    )
-                await in_thread(self.meter.close, call, error)
+                await in_thread(self.meter.close, call, exc)
                 closed = True
             if isinstance(exc, UpstreamError):
                 return  # end the body; the span says what broke
             raise
         finally:
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
+            # Read to the end: the connection goes back to the pool. Cut short (the
+            # client hung up, the stream broke): it is dropped, which stops Ollama.
+            finish(response, completed=response.content.at_eof())
 
     def _observe_item(
         self, call: MeteredCall, operation: str, openai: bool, item: bytes, hide_usage: bool

@@ -323,6 +323,15 @@ class Meter:
         self._notify("on_start", span)
         return call
 
+    def reserves(self, attribution: Attribution) -> bool:
+        """Whether :meth:`open` for this caller reserves budget in the ledger, and so may wait.
+
+        Otherwise opening is in-memory work that an event loop can do in place.
+        """
+        return self.budgets is not None and bool(
+            self.budgets.budgets_for(attribution.tenant, attribution.department)
+        )
+
     def _new_span(self, operation: str, model: str, stream: bool, who: Attribution) -> SpanRecord:
         return SpanRecord(
             id=new_span_row_id(),

@@ -108,6 +108,7 @@ class _State:
     faults: list[_ArmedFault] = field(default_factory=list)
     loaded: dict[str, datetime] = field(default_factory=dict)
     completions: int = 0
+    hangups: int = 0
 
 
 class _Refusal(Exception):
@@ -362,7 +363,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _write_chunk(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        try:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        except OSError:
+            self.emulator._hung_up()
+            raise
 
     def _end_chunked(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
@@ -1063,11 +1068,18 @@ class OllamaEmulator:
             self._state.faults.clear()
 
     def reset(self) -> None:
-        """Forget requests and faults, and unload every model (the next call is cold)."""
+        """Forget requests, faults and hang-ups, and unload every model (the next call is cold)."""
         with self._state.lock:
             self._state.requests.clear()
             self._state.faults.clear()
             self._state.loaded.clear()
+            self._state.hangups = 0
+
+    @property
+    def hangups(self) -> int:
+        """Streamed replies the client hung up on before their end (what Ollama then stops)."""
+        with self._state.lock:
+            return self._state.hangups
 
     def is_loaded(self, model: str) -> bool:
         """Whether ``model`` is warm (a call to it since start or reset)."""
@@ -1079,6 +1091,10 @@ class OllamaEmulator:
     def _record(self, request: RecordedRequest) -> None:
         with self._state.lock:
             self._state.requests.append(request)
+
+    def _hung_up(self) -> None:
+        with self._state.lock:
+            self._state.hangups += 1
 
     def _take_fault(self, model: EmulatedModel) -> _ArmedFault | None:
         key = normalize_name(model.name)

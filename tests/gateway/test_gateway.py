@@ -264,10 +264,11 @@ def test_client_hang_up_mid_stream_cancels_upstream_and_records_abort(
         import time
 
         deadline = time.monotonic() + 10
-        while not spans(gateway) and time.monotonic() < deadline:
+        while not (spans(gateway) and emulator.hangups) and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         emulator.token_latency = 0.0
+    assert emulator.hangups == 1  # the gateway dropped its upstream stream too
     (span,) = spans(gateway)
     assert (span.status, span.error_type, span.token_source) == (
         "client_abort",
@@ -303,3 +304,40 @@ def test_healthz(gateway: Gateway) -> None:
 def test_count_helper_agrees() -> None:
     assert expected_counts("llama3.1:8b", HI) == (EXPECTED.prompt_tokens, EXPECTED.output_tokens)
     assert json.loads(json.dumps({"a": 1})) == {"a": 1}
+
+
+def test_upstream_dropping_the_connection_is_a_stream_error(
+    gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    emulator.inject(Fault.DROP, after_tokens=3)
+    with httpx.stream(
+        "POST", f"{gateway.url}/api/chat", json={"model": "llama3.1:8b", "messages": HI}
+    ) as reply:
+        lines = [json.loads(line) for line in reply.iter_lines()]
+    assert len(lines) == 3 and not any(line.get("done") for line in lines)
+    emulator.inject(Fault.DROP)
+    whole = httpx.post(
+        f"{gateway.url}/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
+    )
+    assert whole.status_code == 502 and gateway.url not in whole.json()["error"]
+    aborted, streamed = spans(gateway)
+    assert (streamed.status, streamed.error_type, streamed.output_tokens) == (
+        "error",
+        "stream_error",
+        3,
+    )
+    assert aborted.status == "error" and aborted.error_type in ("stream_error", "connection")
+
+
+def test_silent_upstream_is_504_and_a_timeout_span(
+    serve: Any, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMETER_UPSTREAM_TIMEOUT", "0.5")
+    gw = serve(emulator.url)
+    emulator.inject(Fault.HANG)
+    reply = httpx.post(
+        f"{gw.url}/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
+    )
+    assert reply.status_code == 504 and "did not answer in time" in reply.json()["error"]
+    (span,) = spans(gw)
+    assert (span.status, span.error_type) == ("error", "timeout")
