@@ -48,11 +48,16 @@ class UpstreamPool:
         timeout: float | None = None,
     ) -> aiohttp.ClientResponse:
         url = f"{self.base_url}{path}" + (f"?{query}" if query else "")
-        # Passing timeout=None would switch the session's timeouts off: give it only when set.
-        extra = {"timeout": aiohttp.ClientTimeout(total=timeout)} if timeout else {}
+        # Never timeout=None: that would switch aiohttp's timeouts off altogether.
+        limits = aiohttp.ClientTimeout(total=timeout) if timeout else self._timeout
         try:
             return await self.session.request(
-                method, url, data=body, headers=dict(headers or {}), allow_redirects=False, **extra
+                method,
+                url,
+                data=body,
+                headers=dict(headers or {}),
+                allow_redirects=False,
+                timeout=limits,
             )
         except TimeoutError as exc:
             raise UpstreamTimeout(
