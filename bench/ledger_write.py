@@ -3,11 +3,11 @@
 Runs each scenario several times on a fresh ledger and prints the median:
 
   single        1 process, 1 thread: one transaction per span (what one `ometer chat` does)
-  threads       1 process, T threads sharing a GroupCommitWriter (what the gateway does)
+  threads       1 process, T threads sharing a GroupCommitWriter (the gateway has 64)
   processes     P processes x T threads, each process with its own writer, one ledger file
   bulk          one transaction of N spans: the ceiling the database allows, for comparison
 
-    python bench/ledger_write.py [--spans 20000] [--threads 16] [--processes 4] [--db URL]
+    python bench/ledger_write.py [--spans 20000] [--threads 64] [--processes 4] [--db URL]
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--spans", type=int, default=20_000)
-    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=64)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--db", help="ledger URL (default: a fresh SQLite file per run)")

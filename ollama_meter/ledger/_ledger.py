@@ -9,6 +9,7 @@ database refuses past every retry goes to the spool and is recorded later.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import threading
@@ -81,7 +82,7 @@ class Ledger:
         log.info("recorded %d spooled span(s) into %s", count, self.display_url)
         return count
 
-    @property
+    @functools.cached_property
     def display_url(self) -> str:
         """The URL with any password hidden, or the file path for SQLite."""
         path = self.path

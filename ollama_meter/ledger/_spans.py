@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Dialect, Insert, Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ollama_meter.budgets import PastCall
@@ -36,9 +36,54 @@ def _idempotent_insert(dialect: str) -> Insert:
     return insert(_TABLE)
 
 
+class _SpanInsert:
+    """The idempotent span INSERT compiled once per dialect, with each column's bind processor.
+
+    The write path is every call's, so it skips what SQLAlchemy redoes per execution
+    (cache-key, compiled-cache lookup, parameter coercion) and hands the driver its own
+    SQL and rows. Values go through the very processors the Core statement would use
+    (UTC datetimes, exact decimal text, JSON), so the stored bytes are the same.
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        columns = [c.name for c in _TABLE.c]
+        compiled = (
+            _idempotent_insert(dialect.name)
+            .values({name: bindparam(name) for name in columns})
+            .compile(dialect=dialect)
+        )
+        self.sql = compiled.string
+        self.positional = bool(compiled.positional)
+        self.names: tuple[str, ...] = tuple(compiled.positiontup or columns)
+        processors = {
+            c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in _TABLE.c
+        }
+        self.steps = tuple((name, processors[name]) for name in self.names)
+
+    def rows(self, spans: Sequence[SpanRecord]) -> list[Any]:
+        out: list[Any] = []
+        for span in spans:
+            values = [
+                process(getattr(span, name)) if process else getattr(span, name)
+                for name, process in self.steps
+            ]
+            out.append(
+                tuple(values) if self.positional else dict(zip(self.names, values, strict=True))
+            )
+        return out
+
+
+_INSERTS: dict[str, _SpanInsert] = {}
+
+
 def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> None:
-    if spans:
-        conn.execute(_idempotent_insert(conn.dialect.name), [s.as_row() for s in spans])
+    if not spans:
+        return
+    dialect = conn.dialect
+    statement = _INSERTS.get(dialect.name)
+    if statement is None:
+        statement = _INSERTS[dialect.name] = _SpanInsert(dialect)
+    conn.exec_driver_sql(statement.sql, statement.rows(spans))
 
 
 def row_to_span(row: Any) -> SpanRecord:

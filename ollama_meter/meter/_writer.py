@@ -2,15 +2,15 @@
 
 A caller's :meth:`write` returns only once its span is committed, so a call
 that has answered is in the ledger even if the process is killed right after.
-While one batch commits, newcomers queue; the next caller to take the commit
-lock writes the whole queue. At one caller this is one transaction per span;
-under load the batch grows and the cost per span falls.
+While one batch commits, newcomers gather in the next; when the commit ends, one
+of them commits the whole gathered batch. At one caller this is one transaction
+per span; under load the batch grows and the cost per span falls. Each batch has
+its own condition, so a commit wakes only the threads it concerns.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Protocol
 
 from ollama_meter.meter.span import SpanRecord
@@ -20,54 +20,54 @@ class SpanSink(Protocol):
     def record(self, spans: list[SpanRecord]) -> None: ...
 
 
-@dataclass(slots=True)
-class _Ticket:
-    span: SpanRecord
-    done: bool = False
-    error: BaseException | None = None
+class _Batch:
+    """Spans that will share one transaction, and the waiters that learn its outcome."""
+
+    __slots__ = ("done", "error", "spans", "turn")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.spans: list[SpanRecord] = []
+        self.done = False
+        self.error: BaseException | None = None
+        self.turn = threading.Condition(lock)
+        """Notified when this batch is committed, or when it may lead its own commit."""
 
 
 class GroupCommitWriter:
-    def __init__(self, sink: SpanSink, *, max_batch: int = 5000) -> None:
+    def __init__(self, sink: SpanSink) -> None:
         self._sink = sink
-        self._max_batch = max_batch
-        self._queue: list[_Ticket] = []
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._pending = _Batch(self._lock)
         self._committing = False
 
     def write(self, span: SpanRecord) -> None:
-        """Commit ``span`` (with whatever else is waiting); raises if the commit failed."""
-        ticket = _Ticket(span)
-        with self._cond:
-            self._queue.append(ticket)
-            # Wait while another thread commits; it may well take our span along.
-            while self._committing and not ticket.done:
-                self._cond.wait()
-            if ticket.done:
-                leader = False
-            else:
-                leader = self._committing = True
-        if not leader:
-            if ticket.error is not None:
-                raise ticket.error
-            return
+        """Commit ``span`` (with whatever else is waiting); raises if the commit failed.
+
+        While a commit runs, newcomers gather in the pending batch. When it ends, its
+        own waiters are told the outcome and one waiter of the pending batch is woken
+        to commit that batch: no thread is woken for another batch's news.
+        """
+        with self._lock:
+            batch = self._pending
+            batch.spans.append(span)
+            while self._committing and not batch.done:
+                batch.turn.wait()
+            if batch.done:
+                if batch.error is not None:
+                    raise batch.error
+                return
+            self._committing = True
+            self._pending = _Batch(self._lock)
+        error: BaseException | None = None
         try:
-            while not ticket.done:
-                with self._cond:
-                    batch = self._queue[: self._max_batch]
-                    del self._queue[: self._max_batch]
-                error: BaseException | None = None
-                try:
-                    self._sink.record([t.span for t in batch])
-                except BaseException as exc:  # every waiter must learn the outcome
-                    error = exc
-                with self._cond:
-                    for waiting in batch:
-                        waiting.error = error
-                        waiting.done = True
-        finally:
-            with self._cond:
-                self._committing = False
-                self._cond.notify_all()
-        if ticket.error is not None:
-            raise ticket.error
+            self._sink.record(batch.spans)
+        except BaseException as exc:  # every waiter must learn the outcome
+            error = exc
+        with self._lock:
+            batch.error = error
+            batch.done = True
+            batch.turn.notify_all()
+            self._committing = False
+            self._pending.turn.notify()
+        if error is not None:
+            raise error

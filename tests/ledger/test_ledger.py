@@ -182,6 +182,43 @@ def test_group_commit_reports_failure_to_every_waiter(sqlite_url: str) -> None:
         writer.write(make_span())
 
 
+def test_group_commit_gathers_waiters_and_each_learns_its_own_batchs_outcome() -> None:
+    import time
+
+    batches: list[list[str]] = []
+
+    class SlowSink:
+        def record(self, spans: list) -> None:  # type: ignore[type-arg]
+            batches.append([s.id for s in spans])
+            time.sleep(0.2)  # while the first batch commits, the others gather
+            if len(batches) > 1:
+                raise LedgerError("disk full")
+
+    writer = GroupCommitWriter(SlowSink())
+    start = threading.Barrier(8)
+    outcome: dict[str, str] = {}
+
+    def one() -> None:
+        span = make_span()
+        start.wait()
+        try:
+            writer.write(span)
+            outcome[span.id] = "ok"
+        except LedgerError:
+            outcome[span.id] = "failed"
+
+    workers = [threading.Thread(target=one) for _ in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(batches) >= 2 and sum(map(len, batches)) == 8
+    assert max(map(len, batches)) > 1  # waiters shared a transaction
+    assert (
+        dict.fromkeys(batches[0], "ok") | {i: "failed" for b in batches[1:] for i in b} == outcome
+    )
+
+
 def test_unknown_driver_and_bad_url_are_clear() -> None:
     with pytest.raises(LedgerError, match="not a database URL"):
         Ledger("not a url")
@@ -271,3 +308,39 @@ def test_spool_for_a_server_database_lives_in_the_data_dir() -> None:
 
     spool = default_spool_dir("postgresql+psycopg://u:p@db/ometer")
     assert spool.parent.name == "spool" and "ollama-meter" in str(spool)
+
+
+def test_the_fast_span_insert_stores_what_the_core_insert_stores(db_url: str) -> None:
+    from dataclasses import replace
+
+    from sqlalchemy import text
+
+    from ollama_meter.ledger._spans import _idempotent_insert
+    from ollama_meter.meter.span import new_span_row_id
+
+    ledger = Ledger(db_url)
+    full = make_span(
+        user="bob",
+        tags={"k": "v", "ünï": "ok"},
+        ended_at=datetime(2026, 11, 10, 12, 0, 1, 250, tzinfo=UTC),
+        cost_tokens=31_000,  # micro-units: 0.031000
+        cost_total=31_000,
+        price_rule_id=None,
+        unpriced=False,
+        error_message="a 'quoted' message",
+        ttft_ns=123,
+    )
+    core = replace(full, id=new_span_row_id())
+    ledger.record([full])  # the fast path
+    with ledger.write() as conn:
+        conn.execute(_idempotent_insert(conn.dialect.name), [core.as_row()])
+    with ledger.read() as conn:
+        rows = {
+            row[0]: tuple(row[1:])
+            for row in conn.execute(text("SELECT * FROM spans ORDER BY id")).all()
+        }
+    assert rows[full.id] == rows[core.id]
+    read_back = {s.id: s for s in ledger.latest(SpanFilter(), 10)}
+    assert replace(read_back[full.id], attributes={}) == replace(full, attributes={})
+    ledger.record([full])  # recording again keeps one row
+    assert ledger.count() == 2
