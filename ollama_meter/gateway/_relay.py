@@ -23,7 +23,7 @@ from ollama_meter.errors import BudgetExceeded, CircuitOpen, StreamError, Upstre
 from ollama_meter.gateway._upstream import UpstreamPool, finish, gateway_status
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._core import prompt_of
-from ollama_meter.upstream import classify
+from ollama_meter.upstream import classify, is_transient
 
 OLLAMA_ROUTES = {
     "/api/chat": "chat",
@@ -175,45 +175,10 @@ class Relay:
             return error_response(
                 openai, 429, str(refused), headers={"Retry-After": str(refused.retry_after)}
             )
-        breaker = self.meter.upstream.breaker
-        try:
-            breaker.before()
-        except CircuitOpen as exc:
-            await in_thread(self.meter.close, call, exc)
-            return error_response(
-                openai, 503, str(exc), headers={"Retry-After": str(max(1, int(exc.retry_after)))}
-            )
-        try:
-            response = await self.pool.request(
-                "POST",
-                path,
-                body=json.dumps(body).encode(),
-                query=query,
-                headers={**forward_headers(raw_headers), "content-type": "application/json"},
-            )
-        except UpstreamError as error:  # unreachable (502) or silent (504)
-            breaker.failure(error)
-            await in_thread(self.meter.close, call, error)
-            return error_response(openai, gateway_status(error), str(error))
-        if response.status != 200:
-            try:
-                content = await self.pool.read(response)
-            except UpstreamError as error:
-                content = json.dumps({"error": str(error)}).encode()
-            finish(response, completed=True)
-            failure = classify(
-                ollama.ResponseError(content.decode(errors="replace"), response.status),
-                host=self.upstream,
-                model=str(body["model"]),
-                started=False,
-            )
-            breaker.failure(failure)
-            await in_thread(self.meter.close, call, failure)
-            return Response(
-                content,
-                status_code=response.status,
-                media_type=response.headers.get("content-type"),
-            )
+        sent = await self._send(call, path, body, raw_headers, query, openai, retry=not stream)
+        if isinstance(sent, Response):
+            return sent
+        response = sent
         if not stream:
             return await self._whole(call, operation, openai, response)
         media = (
@@ -226,6 +191,69 @@ class Relay:
             media_type=media,
             headers={"cache-control": "no-cache"} if openai else None,
         )
+
+    async def _send(
+        self,
+        call: MeteredCall,
+        path: str,
+        body: dict[str, Any],
+        raw_headers: Any,
+        query: str,
+        openai: bool,
+        *,
+        retry: bool,
+    ) -> aiohttp.ClientResponse | Response:
+        """Ollama's 200 response, or the error answer for the client (the span is then closed).
+
+        Through the circuit breaker; a non-streamed call is retried on transient failures
+        (unreachable, silent, 5xx, 429) with the meter's backoff, never on a 4xx. Nothing
+        has reached the client yet, so a retry is invisible to it.
+        """
+        breaker = self.meter.upstream.breaker
+        policy = self.meter.upstream.retry
+        attempts = 1 + (policy.retries if retry else 0)
+        content = json.dumps(body).encode()
+        headers = {**forward_headers(raw_headers), "content-type": "application/json"}
+        for attempt in range(1, attempts + 1):
+            try:
+                breaker.before()
+            except CircuitOpen as exc:
+                await in_thread(self.meter.close, call, exc)
+                wait = str(max(1, int(exc.retry_after)))
+                return error_response(openai, 503, str(exc), headers={"Retry-After": wait})
+            try:
+                response = await self.pool.request(
+                    "POST", path, body=content, query=query, headers=headers
+                )
+            except UpstreamError as error:  # unreachable (502) or silent (504)
+                breaker.failure(error)
+                if is_transient(error) and attempt < attempts:
+                    await asyncio.sleep(policy.delay(attempt))
+                    continue
+                await in_thread(self.meter.close, call, error)
+                return error_response(openai, gateway_status(error), str(error))
+            if response.status == 200:
+                return response
+            try:
+                answer = await self.pool.read(response)
+            except UpstreamError as error:
+                answer = json.dumps({"error": str(error)}).encode()
+            finish(response, completed=True)
+            failure = classify(
+                ollama.ResponseError(answer.decode(errors="replace"), response.status),
+                host=self.upstream,
+                model=str(body["model"]),
+                started=False,
+            )
+            breaker.failure(failure)
+            if is_transient(failure) and attempt < attempts:
+                await asyncio.sleep(policy.delay(attempt))
+                continue
+            await in_thread(self.meter.close, call, failure)
+            return Response(
+                answer, status_code=response.status, media_type=response.headers.get("content-type")
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _whole(
         self, call: MeteredCall, operation: str, openai: bool, response: aiohttp.ClientResponse

@@ -153,10 +153,11 @@ def test_client_mistakes_are_400_in_the_right_shape_and_spans(gateway: Gateway) 
     assert {s.http_status for s in recorded} == {400}
 
 
-def test_unknown_model_is_the_upstreams_404(gateway: Gateway) -> None:
+def test_unknown_model_is_the_upstreams_404(gateway: Gateway, emulator: OllamaEmulator) -> None:
     with pytest.raises(ollama.ResponseError) as missing:
         ollama.Client(host=gateway.url).chat(model="nope:1b", messages=HI)
     assert missing.value.status_code == 404 and "not found" in missing.value.error
+    assert len(emulator.requests_to("/api/chat")) == 1  # a 4xx is never retried
     (span,) = spans(gateway)
     assert (span.error_type, span.http_status) == ("model_not_found", 404)
 
@@ -315,7 +316,7 @@ def test_upstream_dropping_the_connection_is_a_stream_error(
     ) as reply:
         lines = [json.loads(line) for line in reply.iter_lines()]
     assert len(lines) == 3 and not any(line.get("done") for line in lines)
-    emulator.inject(Fault.DROP)
+    emulator.inject(Fault.DROP, times=3)  # every attempt of the non-streamed call
     whole = httpx.post(
         f"{gateway.url}/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
     )
@@ -334,10 +335,28 @@ def test_silent_upstream_is_504_and_a_timeout_span(
 ) -> None:
     monkeypatch.setenv("OMETER_UPSTREAM_TIMEOUT", "0.5")
     gw = serve(emulator.url)
-    emulator.inject(Fault.HANG)
+    emulator.inject(Fault.HANG, times=3)
     reply = httpx.post(
         f"{gw.url}/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
     )
     assert reply.status_code == 504 and "did not answer in time" in reply.json()["error"]
     (span,) = spans(gw)
     assert (span.status, span.error_type) == ("error", "timeout")
+
+
+def test_flaky_upstream_is_retried_for_whole_answers_and_metered_once(
+    gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    emulator.inject(Fault.HTTP_503, times=2)
+    whole = ollama.Client(host=gateway.url).chat(model="llama3.1:8b", messages=HI, stream=False)
+    assert whole.message.content == EXPECTED.content
+    assert len(emulator.requests_to("/api/chat")) == 3
+    (span,) = spans(gateway)
+    assert (span.status, span.output_tokens) == ("ok", EXPECTED.output_tokens)
+    # A stream is not retried: the client gets Ollama's 503 and the span says so.
+    emulator.inject(Fault.HTTP_503)
+    with pytest.raises(ollama.ResponseError) as busy:
+        list(ollama.Client(host=gateway.url).chat(model="llama3.1:8b", messages=HI, stream=True))
+    assert busy.value.status_code == 503
+    assert len(emulator.requests_to("/api/chat")) == 4
+    assert spans(gateway)[0].error_type == "upstream_5xx"
