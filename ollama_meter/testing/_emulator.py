@@ -275,6 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
         "/api/embeddings",
         "/api/show",
         "/v1/chat/completions",
+        "/v1/completions",
         "/v1/embeddings",
     }
 
@@ -433,6 +434,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", "/api/embed"): self._embed,
             ("POST", "/api/embeddings"): self._embeddings,
             ("POST", "/v1/chat/completions"): self._openai_chat,
+            ("POST", "/v1/completions"): self._openai_completions,
             ("POST", "/v1/embeddings"): self._openai_embeddings,
         }
         # HEAD answers carry GET's headers but never a body.
@@ -719,17 +721,32 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _openai_chat(self, raw: bytes) -> None:
+        self._openai_generation(raw, chat=True)
+
+    def _openai_completions(self, raw: bytes) -> None:
+        self._openai_generation(raw, chat=False)
+
+    def _openai_generation(self, raw: bytes, *, chat: bool) -> None:
+        """``/v1/chat/completions`` (``chat``) or ``/v1/completions``: same flow, two shapes."""
         emu = self.emulator
+        go_type = "openai.ChatCompletionRequest" if chat else "openai.CompletionRequest"
         try:
-            body = _decode_body(raw, "openai.ChatCompletionRequest")
-            messages = body.get("messages") or []
-            if not isinstance(messages, list) or not messages:
-                raise _Refusal(400, "[] is too short - 'messages'")
-            texts = _openai_texts(messages)
-            name = _model_field(body, "openai.ChatCompletionRequest")
+            body = _decode_body(raw, go_type)
+            if chat:
+                messages = body.get("messages") or []
+                if not isinstance(messages, list) or not messages:
+                    raise _Refusal(400, "[] is too short - 'messages'")
+                texts = _openai_texts(messages)
+            else:
+                prompt = body.get("prompt", "")
+                if not isinstance(prompt, str):
+                    raise _Refusal(400, "prompt must be a string")
+                texts = [prompt]
+            name = _model_field(body, go_type)
             model = self._lookup(name)
             if model.embedding:
-                raise _Refusal(400, f"{json.dumps(name)} does not support chat")
+                what = "chat" if chat else "generate"
+                raise _Refusal(400, f"{json.dumps(name)} does not support {what}")
             options: dict[str, Any] = {}
             max_tokens = body.get("max_tokens")
             if isinstance(max_tokens, int | float) and not isinstance(max_tokens, bool):
@@ -766,43 +783,46 @@ class _Handler(BaseHTTPRequestHandler):
             "completion_tokens": output_tokens,
             "total_tokens": prompt_tokens + output_tokens,
         }
-        ident = f"chatcmpl-{emu._next_completion_id()}"
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{emu._next_completion_id()}"
         created = int(time.time())
+
+        def choice(content: str, finish: str | None, key: str) -> dict[str, Any]:
+            if not chat:
+                return {"text": content, "index": 0, "finish_reason": finish}
+            message = {"role": "assistant", "content": content}
+            return {"index": 0, key: message, "finish_reason": finish}
 
         if not stream:
             self._pause(emu.latency + emu.token_latency * reply.output_tokens)
             completion = {
                 "id": ident,
-                "object": "chat.completion",
+                "object": "chat.completion" if chat else "text_completion",
                 "created": created,
                 "model": name,
                 "system_fingerprint": "fp_ollama",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": reply.content},
-                        "finish_reason": reply.done_reason,
-                    }
-                ],
+                "choices": [choice(reply.content, reply.done_reason, "message")],
                 "usage": usage,
             }
             self._send_json(200, completion, newline=True)
             return
 
         def chunk(content: str, finish: str | None) -> dict[str, Any]:
+            if not chat:  # Ollama's CompletionChunk puts choices before model
+                return {
+                    "id": ident,
+                    "object": "text_completion",
+                    "created": created,
+                    "choices": [choice(content, finish, "delta")],
+                    "model": name,
+                    "system_fingerprint": "fp_ollama",
+                }
             return {
                 "id": ident,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": name,
                 "system_fingerprint": "fp_ollama",
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": content},
-                        "finish_reason": finish,
-                    }
-                ],
+                "choices": [choice(content, finish, "delta")],
             }
 
         def event(obj: object) -> bytes:

@@ -112,6 +112,29 @@ def test_openai_client_gets_what_it_asked_for(gateway: Gateway) -> None:
     assert {s.operation for s in recorded} == {"openai.chat", "openai.embeddings"}
 
 
+def test_openai_legacy_completions_are_metered(gateway: Gateway) -> None:
+    prompt = "write a limerick about invoices"
+    expected = expected_reply("mistral:7b", prompt=prompt)
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", default_headers=SALES)
+    whole = client.completions.create(model="mistral:7b", prompt=prompt)
+    assert whole.choices[0].text == expected.content
+    chunks = list(client.completions.create(model="mistral:7b", prompt=prompt, stream=True))
+    assert all(c.usage is None and c.choices for c in chunks)  # the usage chunk stays hidden
+    assert "".join(c.choices[0].text for c in chunks) == expected.content
+    recorded = spans(gateway)
+    assert [(s.operation, s.stream, s.status) for s in recorded] == [
+        ("openai.completions", True, "ok"),
+        ("openai.completions", False, "ok"),
+    ]
+    for span in recorded:
+        assert (span.input_tokens, span.output_tokens, span.token_source) == (
+            expected.prompt_tokens,
+            expected.output_tokens,
+            "reported",
+        )
+        assert (span.department, span.user) == ("sales", "carol")
+
+
 def test_passthrough_and_admin_refusal(
     serve: Any, emulator: OllamaEmulator, gateway: Gateway
 ) -> None:

@@ -428,6 +428,26 @@ def test_openai_stream(http: httpx.Client, include_usage: bool) -> None:
         assert all("usage" not in c for c in chunks)
 
 
+def test_openai_completions_whole_and_streamed(http: httpx.Client) -> None:
+    expected = expected_reply("qwen2.5:7b", prompt="why is the sky blue")
+    body: dict[str, Any] = {"model": "qwen2.5:7b", "prompt": "why is the sky blue"}
+    whole = http.post("/v1/completions", json=body).json()
+    assert whole["object"] == "text_completion" and whole["id"].startswith("cmpl-")
+    assert whole["choices"] == [{"text": expected.content, "index": 0, "finish_reason": "stop"}]
+    assert whole["usage"]["completion_tokens"] == expected.output_tokens
+    body |= {"stream": True, "stream_options": {"include_usage": True}}
+    events = sse(http.post("/v1/completions", json=body))
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    # Ollama's CompletionChunk: choices come before model
+    assert list(chunks[0]) == ["id", "object", "created", "choices", "model", "system_fingerprint"]
+    texts = [c["choices"][0]["text"] for c in chunks if c["choices"]]
+    assert "".join(texts) == expected.content
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    wrong = http.post("/v1/completions", json={"model": "qwen2.5:7b", "prompt": ["a"]})
+    assert wrong.status_code == 400 and wrong.json()["error"]["type"] == "invalid_request_error"
+
+
 def test_openai_errors_and_models(http: httpx.Client, emu: OllamaEmulator) -> None:
     missing = http.post("/v1/chat/completions", json={"model": "gpt-4", "messages": USER})
     assert missing.status_code == 404
