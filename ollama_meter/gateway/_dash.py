@@ -144,22 +144,73 @@ def _bars(title: str, items: list[tuple[str, Decimal]], unit: str) -> str:
     )
 
 
+_PALETTE = ("#3b7dd8", "#e07b39", "#4aa564", "#c44e52", "#8172b2", "#937860", "#da8bc3", "#8c8c8c")
+
+
+def _spend_over_days(title: str, rows: list[dict[str, Any]], currency: str) -> str:
+    """Spend per department over days: one column per day, stacked by department, as SVG."""
+    head = f"<section><h2>{html.escape(title)}</h2>"
+    if not rows:
+        return head + "<p class=empty>no data</p></section>"
+    cells: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for row in rows:
+        cells[(row["day"], row["department"])] += Decimal(row["cost"])
+    days = sorted({day for day, _ in cells})
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    for (_, department), cost in cells.items():
+        totals[department] += cost
+    departments = sorted(totals, key=lambda d: (-totals[d], d))
+    colour = {d: _PALETTE[i % len(_PALETTE)] for i, d in enumerate(departments)}
+    top = max(sum(cells.get((day, d), Decimal(0)) for d in departments) for day in days)
+    left, width, height = 84, 540, 180
+    step = width / len(days)
+    column = max(min(step * 0.8, 28.0), 2.0)
+    shapes = [
+        f'<line x1="{left}" y1="{height}" x2="{left + width}" y2="{height}" class="axis"/>',
+        f'<text x="{left - 6}" y="12" class="value" text-anchor="end">{html.escape(f"{top}")}</text>',
+        f'<text x="{left - 6}" y="{height}" class="value" text-anchor="end">0</text>',
+    ]
+    label_every = max(1, len(days) // 12)
+    for index, day in enumerate(days):
+        x = left + index * step + (step - column) / 2
+        y = float(height)
+        for department in departments:
+            spent = cells.get((day, department))
+            if not spent:
+                continue
+            h = float(spent / top) * (height - 10) if top else 0.0
+            y -= h
+            tip = html.escape(f"{day} · {department}: {spent} {currency}")
+            shapes.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{column:.1f}" height="{h:.1f}" '
+                f'fill="{colour[department]}"><title>{tip}</title></rect>'
+            )
+        if index % label_every == 0:
+            shapes.append(
+                f'<text x="{x + column / 2:.1f}" y="{height + 14}" class="label" '
+                f'text-anchor="middle">{html.escape(day[5:])}</text>'
+            )
+    legend = "".join(
+        f'<li><span class="swatch" style="background:{colour[d]}"></span>{html.escape(d)} '
+        f"<b>{totals[d]} {html.escape(currency)}</b></li>"
+        for d in departments
+    )
+    return (
+        f'{head}<svg class="chart" width="640" height="{height + 22}" role="img" '
+        f'aria-label="{html.escape(title)}">{"".join(shapes)}</svg>'
+        f'<ul class="legend">{legend}</ul></section>'
+    )
+
+
 def dashboard_page(
     data: dict[str, Any], *, period: str, tenant: str | None, token: str | None
 ) -> str:
     totals = data["totals"]
-    per_department: dict[str, Decimal] = defaultdict(Decimal)
-    for row in data["spend_by_department_by_day"]:
-        per_department[row["department"]] += Decimal(row["cost"])
-    days: dict[str, Decimal] = defaultdict(Decimal)
-    for row in data["spend_by_department_by_day"]:
-        days[row["day"]] += Decimal(row["cost"])
     currency = str(totals["currency"])
     charts = [
-        _bars(
-            "Spend per department", sorted(per_department.items(), key=lambda kv: -kv[1]), currency
+        _spend_over_days(
+            "Spend per department over days", data["spend_by_department_by_day"], currency
         ),
-        _bars("Spend per day", sorted(days.items()), currency),
         _bars(
             "Models by spend", [(m["model"], Decimal(m["cost"])) for m in data["models"]], currency
         ),
@@ -193,6 +244,8 @@ def dashboard_page(
 <style>
 body{{font:14px system-ui,sans-serif;margin:24px;color:#222}} h1{{font-size:20px}} h2{{font-size:15px;margin:18px 0 6px}}
 .chart .bar{{fill:#3b7dd8}} .chart .label{{font-size:12px}} .chart .value{{font-size:12px;fill:#444}}
+.chart .axis{{stroke:#999}} .legend{{list-style:none;padding:0;margin:4px 0}} .legend li{{display:inline-block;margin-right:16px}}
+.swatch{{display:inline-block;width:10px;height:10px;margin-right:4px}}
 .totals span{{margin-right:18px}} table{{border-collapse:collapse}} td,th{{padding:2px 10px;border-bottom:1px solid #ddd;text-align:left}}
 </style></head>
 <body data-ready="1">

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from ollama_meter.config import load_settings
 from ollama_meter.meter import utc_now
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
@@ -16,10 +17,7 @@ from tests.gateway.conftest import Gateway
 
 
 def fill(gw: Gateway) -> None:
-    now = utc_now()
-    today = now.replace(hour=12, minute=0, second=0, microsecond=0)
-    if today > now:
-        today -= timedelta(days=1)
+    today = utc_now()  # always inside this month's window, whatever the date and time zone
     gw.ledger.record(
         [
             make_span(
@@ -95,6 +93,11 @@ def test_dashboard_page_shows_the_numbers_escaped(gateway: Gateway) -> None:
     text = page.text
     assert '<span id="total-cost">1.750000 USD</span>' in text
     assert text.count("<svg") >= 4 and "sales" in text and "support" in text
+    day = utc_now().astimezone(load_settings().tz).date().isoformat()
+    # spend per department over days: one column, stacked sales on support, a legend of totals
+    assert f"<title>{day} · sales: 1.250000 USD</title>" in text
+    assert f"<title>{day} · support: 0.500000 USD</title>" in text
+    assert "sales <b>1.250000 USD</b>" in text and "support <b>0.500000 USD</b>" in text
     assert "<script>" not in text and "&lt;script&gt;x&lt;/script&gt;" in text
     assert "http://" not in text and "https://" not in text  # nothing fetched from anywhere
 
