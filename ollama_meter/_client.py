@@ -37,6 +37,8 @@ class MeterInfo:
     unpriced: bool
     cost_parts: dict[str, Decimal] = field(default_factory=dict)
     durations_ns: dict[str, int | None] = field(default_factory=dict)
+    duration_source: str | None = None
+    """``reported`` (Ollama's own timing) or ``measured`` (the meter's clock, where Ollama gave none)."""
 
     @classmethod
     def of(cls, span: SpanRecord) -> MeterInfo:
@@ -55,6 +57,7 @@ class MeterInfo:
                 for part in ("tokens", "compute", "energy", "fee")
             },
             durations_ns=span.durations(),
+            duration_source=span.duration_source,
         )
 
 

@@ -58,6 +58,7 @@ def test_chat_returns_the_ollama_object_plus_meter(
     assert meter.cost == cost_of(EXPECTED.prompt_tokens, EXPECTED.output_tokens)
     assert meter.cost_parts["tokens"] == meter.cost and meter.currency == "USD"
     assert meter.durations_ns["eval"] == reply.eval_duration
+    assert meter.duration_source == "reported"
     (span,) = client.meter.ledger.latest(SpanFilter(), 5)
     assert (span.id, span.trace_id, span.source, span.tenant, span.department) == (
         meter.span_id,

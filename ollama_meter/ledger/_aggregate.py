@@ -126,4 +126,5 @@ def timing_rows(where: SpanFilter, by: Sequence[str]) -> Select[Any]:
         SpanRow.load_duration_ns,
         SpanRow.prompt_eval_duration_ns,
         SpanRow.eval_duration_ns,
+        SpanRow.duration_source,
     ).where(*where.clauses())

@@ -71,6 +71,7 @@ class SpanRow(Base):
     load_duration_ns: Mapped[int | None] = mapped_column(BigInteger)
     prompt_eval_duration_ns: Mapped[int | None] = mapped_column(BigInteger)
     eval_duration_ns: Mapped[int | None] = mapped_column(BigInteger)
+    duration_source: Mapped[str | None] = mapped_column(String(16))
     latency_ns: Mapped[int | None] = mapped_column(BigInteger)
     ttft_ns: Mapped[int | None] = mapped_column(BigInteger)
     cost_tokens: Mapped[int] = mapped_column(BigInteger)

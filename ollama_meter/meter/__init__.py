@@ -19,10 +19,18 @@ from ollama_meter.meter._core import (
 from ollama_meter.meter._reprice import RepriceSummary, reprice
 from ollama_meter.meter._usage import estimate_tokens, usage_of
 from ollama_meter.meter._writer import GroupCommitWriter
-from ollama_meter.meter.span import Source, SpanRecord, Status, TokenSource, new_span_row_id
+from ollama_meter.meter.span import (
+    DurationSource,
+    Source,
+    SpanRecord,
+    Status,
+    TokenSource,
+    new_span_row_id,
+)
 
 __all__ = [
     "Attribution",
+    "DurationSource",
     "GroupCommitWriter",
     "Meter",
     "MeteredCall",

@@ -28,6 +28,7 @@ from ollama_meter.errors import BudgetExceeded, PricingError, UpstreamError, Val
 from ollama_meter.meter._usage import estimate_tokens, usage_of
 from ollama_meter.meter._writer import GroupCommitWriter
 from ollama_meter.meter.span import (
+    DurationSource,
     SpanRecord,
     Status,
     TokenSource,
@@ -140,6 +141,15 @@ class MeteredCall:
             span.eval_duration_ns = getattr(final, "eval_duration", None)
         if final is None and self._first_ns is None:
             return  # Ollama never answered: nothing was consumed
+        if span.prompt_eval_duration_ns is None and span.eval_duration_ns is None:
+            # Ollama did not say how long it was busy (its /v1 routes never do; an aborted
+            # stream has no final chunk): the meter's own clock stands in, and says so.
+            first = span.ttft_ns or 0
+            span.prompt_eval_duration_ns = first
+            span.eval_duration_ns = span.latency_ns - first
+            span.duration_source = DurationSource.MEASURED
+        else:
+            span.duration_source = DurationSource.REPORTED
         # Ollama omits counts that are zero, and a broken stream has no final chunk:
         # then the count is estimated from the text, and the span says so.
         reported_in = final.prompt_eval_count if final is not None else None

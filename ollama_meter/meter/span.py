@@ -35,6 +35,16 @@ class TokenSource(StrEnum):
     ESTIMATED = "estimated"
 
 
+class DurationSource(StrEnum):
+    """Who timed a call's busy time (prompt evaluation and generation)."""
+
+    REPORTED = "reported"
+    """Ollama, in its final chunk: exact."""
+    MEASURED = "measured"
+    """The meter's clock, where Ollama said nothing (its OpenAI-compatible routes, an
+    aborted stream): an upper bound, since it includes network, queueing and loading."""
+
+
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -97,6 +107,7 @@ class SpanRecord:
     load_duration_ns: int | None = None
     prompt_eval_duration_ns: int | None = None
     eval_duration_ns: int | None = None
+    duration_source: str | None = None
     latency_ns: int | None = None
     ttft_ns: int | None = None
     cost_tokens: int = 0

@@ -119,7 +119,8 @@ class _Samples:
             self.latency_ns.append(call.latency_ns)
         if call.ttft_ns is not None:
             self.ttft_ns.append(call.ttft_ns)
-        if call.output_tokens > 0 and (call.eval_duration_ns or 0) > 0:
+        reported = call.duration_source != "measured"  # Ollama's speed, not the network's
+        if reported and call.output_tokens > 0 and (call.eval_duration_ns or 0) > 0:
             self.tokens_per_s.append(Fraction(call.output_tokens * 10**9, call.eval_duration_ns))
         load = call.load_duration_ns or 0
         if load >= COLD_LOAD_NS:

@@ -99,6 +99,7 @@ def span_to_dict(span: SpanRecord) -> dict[str, Any]:
         "unpriced": span.unpriced,
         "price_rule_id": span.price_rule_id,
         "durations_ns": span.durations(),
+        "duration_source": span.duration_source,
         "upstream_host": span.upstream_host,
         "trace_id": span.trace_id,
         "otel_span_id": span.span_id,

@@ -383,3 +383,37 @@ def test_flaky_upstream_is_retried_for_whole_answers_and_metered_once(
     assert busy.value.status_code == 503
     assert len(emulator.requests_to("/api/chat")) == 4
     assert spans(gateway)[0].error_type == "upstream_5xx"
+
+
+def test_openai_routes_price_gpu_time_on_the_meters_clock(gateway: Gateway) -> None:
+    """Ollama's /v1 answers carry no durations: the gateway's timing stands in, and says so."""
+    from ollama_meter.pricing import Usage, compute_cost, to_micros
+
+    rule = gateway.ledger.add_price_rule(
+        PriceRule(pattern="llama3.1:*", currency="USD", gpu_hour=Decimal("3.60"))
+    )
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", default_headers=SALES)
+    client.chat.completions.create(model="llama3.1:8b", messages=HI)  # type: ignore[arg-type]
+    list(client.chat.completions.create(model="llama3.1:8b", messages=HI, stream=True))  # type: ignore[arg-type]
+    ollama.Client(host=gateway.url).chat(model="llama3.1:8b", messages=HI, stream=False)
+    native, streamed, whole = spans(gateway)
+    assert (whole.duration_source, whole.prompt_eval_duration_ns) == ("measured", 0)
+    assert whole.eval_duration_ns == whole.latency_ns
+    assert streamed.duration_source == "measured" and streamed.ttft_ns is not None
+    assert streamed.prompt_eval_duration_ns == streamed.ttft_ns
+    assert streamed.eval_duration_ns == streamed.latency_ns - streamed.ttft_ns
+    assert native.duration_source == "reported"
+    assert native.eval_duration_ns == EXPECTED.eval_duration
+    for span in (native, streamed, whole):
+        busy = Usage(
+            input_tokens=span.input_tokens,
+            output_tokens=span.output_tokens,
+            prompt_eval_ns=span.prompt_eval_duration_ns,
+            eval_ns=span.eval_duration_ns,
+        )
+        assert span.cost_compute == compute_cost(rule, busy, currency="USD").compute > 0
+        assert span.cost_total == span.cost_compute and span.price_rule_id == rule.id
+    # 3.60 an hour is 1 micro-unit per millisecond of busy time
+    assert whole.cost_compute == to_micros(
+        Decimal(whole.latency_ns) / 10**9 / 3600 * Decimal("3.60")
+    )

@@ -45,6 +45,38 @@ def test_first_use_migrates_and_models_match_migrations(db_url: str) -> None:
     assert current_revision(Ledger(db_url).engine) == HEAD_REVISION
 
 
+def test_upgrading_from_0003_marks_stored_durations_as_reported(db_url: str) -> None:
+    from sqlalchemy import text
+
+    from ollama_meter.ledger import upgrade
+    from ollama_meter.ledger._engine import create_ledger_engine
+
+    engine = create_ledger_engine(db_url)
+    upgrade(engine, "0003")
+    columns = (
+        "id, trace_id, span_id, started_at, tenant, department, source, operation, "
+        "upstream_host, request_model, stream, status, input_tokens, output_tokens, "
+        "token_source, eval_duration_ns, cost_tokens, cost_compute, cost_energy, cost_fee, "
+        "cost_total, currency, unpriced, tags"
+    )
+    with engine.begin() as conn:
+        for row_id, eval_ns in (("A", 2_000_000), ("B", None)):
+            conn.execute(
+                text(
+                    f"INSERT INTO spans ({columns}) VALUES (:id, 't', 's', '2026-11-01 10:00:00', "
+                    "'acme', 'sales', 'cli', 'chat', 'h', 'm', false, 'ok', 1, 1, 'reported', "
+                    ":eval, 0, 0, 0, 0, 0, 'USD', true, '{}')"
+                ),
+                {"id": row_id, "eval": eval_ns},
+            )
+    engine.dispose()
+    ledger = Ledger(db_url)  # opening migrates to the head
+    assert current_revision(ledger.engine) == HEAD_REVISION
+    with ledger.read() as conn:
+        sources = dict(conn.execute(text("SELECT id, duration_source FROM spans")).all())
+    assert sources == {"A": "reported", "B": None}
+
+
 def test_span_round_trip_keeps_every_field(db_url: str) -> None:
     ledger = Ledger(db_url)
     span = make_span(

@@ -254,3 +254,41 @@ def test_percentile_is_a_value_and_monotone(values: list[int], p: float, q: floa
     assert at_low in values and at_high in values
     assert at_low is not None and at_high is not None and at_low <= at_high
     assert percentile(ordered, 100) == ordered[-1]
+
+
+def test_measured_durations_stay_out_of_tokens_per_second(ledger: Ledger) -> None:
+    """A /v1 call's timing is the gateway's clock (network and queue included), not Ollama's speed."""
+    measured = [
+        make_span(
+            request_model="gemma:2b",
+            latency_ns=100 * MS,
+            output_tokens=10,
+            prompt_eval_duration_ns=0,
+            eval_duration_ns=100 * MS,  # 100 tok/s, were it Ollama's figure
+            duration_source="measured",
+        )
+        for _ in range(2)
+    ]
+    ledger.record(
+        [
+            *measured,
+            make_span(
+                request_model="gemma:2b",
+                latency_ns=100 * MS,
+                output_tokens=10,
+                prompt_eval_duration_ns=0,
+                eval_duration_ns=100 * MS,  # 100 tok/s, were it Ollama's figure
+                duration_source="measured",
+            ),
+            make_span(
+                request_model="gemma:2b",
+                latency_ns=600 * MS,
+                output_tokens=10,
+                prompt_eval_duration_ns=10 * MS,
+                eval_duration_ns=500 * MS,  # 20 tok/s
+                duration_source="reported",
+            ),
+        ]
+    )
+    (row,) = perf_report(ledger, NOVEMBER, ["model"], model="gemma:2b").rows
+    assert (row["requests"], row["tokens_per_s"]) == (4, Decimal("20.0"))
