@@ -63,11 +63,22 @@ class BudgetGate:
 
     def budgets_for(self, tenant: str, department: str) -> list[Budget]:
         with self._lock:
-            if self._loaded < 0 or time.monotonic() - self._loaded > self._ttl:
+            if self._stale():
                 self._budgets = self.ledger.budgets()
                 self._loaded = time.monotonic()
             budgets = self._budgets
         return [b for b in budgets if b.covers(tenant, department)]
+
+    def cached_budgets_for(self, tenant: str, department: str) -> list[Budget] | None:
+        """What :meth:`budgets_for` would say, without touching the ledger; None when stale."""
+        with self._lock:
+            if self._stale():
+                return None
+            budgets = self._budgets
+        return [b for b in budgets if b.covers(tenant, department)]
+
+    def _stale(self) -> bool:
+        return self._loaded < 0 or time.monotonic() - self._loaded > self._ttl
 
     def admit(
         self, *, call_id: str, tenant: str, department: str, estimate: Estimate, now: datetime

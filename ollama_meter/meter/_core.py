@@ -334,13 +334,16 @@ class Meter:
         return call
 
     def reserves(self, attribution: Attribution) -> bool:
-        """Whether :meth:`open` for this caller reserves budget in the ledger, and so may wait.
+        """Whether :meth:`open` for this caller may touch the ledger (and so wait on it).
 
-        Otherwise opening is in-memory work that an event loop can do in place.
+        True when a budget covers the caller, or when the budgets are due to be reloaded;
+        False means opening is in-memory work that an event loop can do in place. This
+        never touches the ledger itself.
         """
-        return self.budgets is not None and bool(
-            self.budgets.budgets_for(attribution.tenant, attribution.department)
-        )
+        if self.budgets is None:
+            return False
+        known = self.budgets.cached_budgets_for(attribution.tenant, attribution.department)
+        return known is None or bool(known)
 
     def _new_span(self, operation: str, model: str, stream: bool, who: Attribution) -> SpanRecord:
         return SpanRecord(

@@ -324,3 +324,19 @@ def test_gate_without_hard_budgets_reserves_nothing(sqlite_url: str) -> None:
         is None
     )
     assert gate.retry_undelivered() == 0
+
+
+def test_reserves_says_when_opening_may_touch_the_ledger(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    meter = make_meter(db_url, Clock(NOV), ollama_host=emulator.url)
+    sales, support = (
+        Attribution(tenant="acme", department="sales"),
+        Attribution(tenant="acme", department="support"),
+    )
+    budget(meter, 5_000_000)
+    assert meter.budgets is not None
+    assert meter.budgets.cached_budgets_for("acme", "sales") is None  # stale: not read yet
+    assert meter.reserves(sales) and meter.reserves(support)  # a reload may be due: off the loop
+    meter.budgets.budgets_for("acme", "sales")  # the reload open() would do
+    assert meter.reserves(sales) and not meter.reserves(support)
