@@ -33,6 +33,57 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class PgCluster:
+    """A private PostgreSQL cluster in a temp folder, which a test may stop and start again."""
+
+    def __init__(self, initdb: str, pg_ctl: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="ometer-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self._pg_ctl = pg_ctl
+        self._prefix: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            shutil.chown(self.root, "postgres")
+            self._prefix = ["runuser", "-u", "postgres", "--"]
+        self._run(initdb, "-D", str(self.data), "-U", "ometer", "--auth=trust", "-E", "UTF8")
+
+    @classmethod
+    def create(cls) -> PgCluster | None:
+        """A new, stopped cluster; None when this machine has no PostgreSQL to make one."""
+        initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
+        if not initdb or not pg_ctl:
+            return None
+        try:
+            return cls(initdb, pg_ctl)
+        except (subprocess.CalledProcessError, OSError, KeyError, LookupError):
+            return None
+
+    @property
+    def url(self) -> str:
+        """A superuser URL to the server, without a database."""
+        return f"postgresql+psycopg://ometer@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.root / "log")
+        self._run(self._pg_ctl, "-D", str(self.data), "-l", log, "-w", "-o", options, "start")
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self._prefix, self._pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+            check=False,
+            capture_output=True,
+        )
+
+    def remove(self) -> None:
+        self.stop()
+        time.sleep(0.1)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self._prefix, *args], check=True, capture_output=True)
+
+
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str | None]:
     """Yield a superuser URL to a server (without a database), or None when none can be had."""
@@ -40,50 +91,17 @@ def postgres_server() -> Iterator[str | None]:
     if given:
         yield given
         return
-    initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        yield None
-        return
-    root = Path(tempfile.mkdtemp(prefix="ometer-pg-"))
-    data = root / "data"
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(root, "postgres")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    try:
-        subprocess.run(
-            [*prefix, initdb, "-D", str(data), "-U", "ometer", "--auth=trust", "-E", "UTF8"],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [
-                *prefix,
-                pg_ctl,
-                "-D",
-                str(data),
-                "-l",
-                str(root / "log"),
-                "-w",
-                "-o",
-                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
-                "start",
-            ],
-            check=True,
-            capture_output=True,
-        )
-    except (subprocess.CalledProcessError, OSError, KeyError, LookupError):
-        shutil.rmtree(root, ignore_errors=True)
+    cluster = PgCluster.create()
+    if cluster is None:
         yield None
         return
     try:
-        yield f"postgresql+psycopg://ometer@127.0.0.1:{port}"
+        cluster.start()
+    except (subprocess.CalledProcessError, OSError):
+        cluster.remove()
+        yield None
+        return
+    try:
+        yield cluster.url
     finally:
-        subprocess.run(
-            [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-            check=False,
-            capture_output=True,
-        )
-        time.sleep(0.1)
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.remove()

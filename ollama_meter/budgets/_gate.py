@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 from ollama_meter.budgets._alerts import PERIOD_ADVERB, Alert, AlertDispatcher
 from ollama_meter.budgets._estimate import Estimate
 from ollama_meter.budgets._model import Budget
-from ollama_meter.errors import BudgetExceeded
+from ollama_meter.errors import BudgetExceeded, LedgerError
 from ollama_meter.periods import Window, current_period
 from ollama_meter.pricing import format_micros
 
@@ -62,9 +62,20 @@ class BudgetGate:
         self._lock = threading.Lock()
 
     def budgets_for(self, tenant: str, department: str) -> list[Budget]:
+        """The budgets covering a caller, reloaded every ``ttl`` seconds.
+
+        If a reload fails (the database is down) after a first load succeeded, the
+        budgets already known stay in force and the reload is tried again later:
+        callers no budget covers keep being served while the outage lasts.
+        """
         with self._lock:
             if self._stale():
-                self._budgets = self.ledger.budgets()
+                try:
+                    self._budgets = self.ledger.budgets()
+                except LedgerError as exc:
+                    if self._loaded < 0:
+                        raise
+                    log.warning("keeping the budgets loaded before: %s", exc)
                 self._loaded = time.monotonic()
             budgets = self._budgets
         return [b for b in budgets if b.covers(tenant, department)]

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ollama_meter.config import Settings
-from ollama_meter.errors import UpstreamError, ValidationError
+from ollama_meter.errors import LedgerError, UpstreamError, ValidationError
 from ollama_meter.gateway._attribution import Caller, Unauthorized, presented_key, resolve
 from ollama_meter.gateway._dash import dashboard_routes
 from ollama_meter.gateway._relay import (
@@ -112,6 +112,9 @@ def create_app(
             caller = await anyio.to_thread.run_sync(who) if presented_key(request) else who()
         except Unauthorized as exc:
             return await refuse(401, "unauthorized", str(exc), model)
+        except LedgerError as exc:
+            message = f"the API key cannot be checked, so the call was not made: {exc}"
+            return await refuse(503, "ledger_unavailable", message, model)
         except ValidationError as exc:
             return await refuse(400, "bad_request", str(exc), model)
         relay: Relay = state["relay"]

@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from ollama_meter.budgets import budget_status
 from ollama_meter.config import Settings
-from ollama_meter.errors import OmeterError
+from ollama_meter.errors import LedgerError, OmeterError
 from ollama_meter.meter import Meter, utc_now
 from ollama_meter.periods import parse_period
 from ollama_meter.pricing import format_micros
@@ -290,7 +290,9 @@ def dashboard_routes(
                     model=q.get("model") or None,
                 )
             )
-        except OmeterError as exc:
+        except LedgerError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        except OmeterError as exc:  # a bad period or filter
             return JSONResponse({"error": str(exc)}, status_code=400)
 
     async def api_dash(request: Request) -> Response:

@@ -19,7 +19,13 @@ import anyio
 import ollama
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ollama_meter.errors import BudgetExceeded, CircuitOpen, StreamError, UpstreamError
+from ollama_meter.errors import (
+    BudgetExceeded,
+    CircuitOpen,
+    LedgerError,
+    StreamError,
+    UpstreamError,
+)
 from ollama_meter.gateway._upstream import UpstreamPool, finish, gateway_status
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._core import prompt_of
@@ -175,6 +181,8 @@ class Relay:
             return error_response(
                 openai, 429, str(refused), headers={"Retry-After": str(refused.retry_after)}
             )
+        except LedgerError as unchecked:  # a covering budget, and no database to check it in
+            return error_response(openai, 503, str(unchecked), headers={"Retry-After": "5"})
         sent = await self._send(call, path, body, raw_headers, query, openai, retry=not stream)
         if isinstance(sent, Response):
             return sent

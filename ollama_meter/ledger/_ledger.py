@@ -64,6 +64,7 @@ class Ledger:
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._retry_delay = retry_delay
         self.spool = Spool(spool_dir or default_spool_dir(url))
+        self._spooled = False
         if migrate:
             self._retry_locked(
                 lambda: ensure_current(self.engine), f"cannot open the ledger at {self.display_url}"
@@ -94,17 +95,25 @@ class Ledger:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with self._failures_named(), self.engine.connect() as conn:
             yield conn
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
-        with self.engine.connect() as conn:
+        with self._failures_named(), self.engine.connect() as conn:
             if self._sqlite:
                 conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
                 yield conn
+
+    @contextlib.contextmanager
+    def _failures_named(self) -> Iterator[None]:
+        """A database failure (server down, disk full, locked) leaves as one LedgerError."""
+        try:
+            yield
+        except DBAPIError as exc:
+            raise LedgerError(f"the ledger at {self.display_url} failed: {exc.orig}") from exc
 
     def record(self, spans: Sequence[SpanRecord]) -> None:
         """Make ``spans`` durable: committed in one transaction, or else spooled.
@@ -120,7 +129,12 @@ class Ledger:
                 where = self.spool.put(spans)
             except OSError as spool_exc:
                 raise LedgerError(f"{exc}; the spool failed too: {spool_exc}") from exc
-            log.warning("%s; kept them in %s to be recorded on the next start", exc, where)
+            self._spooled = True
+            log.warning("%s; kept them in %s to be recorded once the database answers", exc, where)
+            return
+        if self._spooled:  # the database answers again: bring in what waited
+            self._spooled = False
+            self.recover()
 
     def _record_now(self, spans: Sequence[SpanRecord]) -> None:
         def insert() -> None:
@@ -147,9 +161,9 @@ class Ledger:
                 cause = exc if isinstance(exc, OperationalError) else exc.__cause__
                 locked = isinstance(cause, DBAPIError) and _is_lock_error(cause)
                 if attempt == _WRITE_ATTEMPTS or not locked:
-                    if isinstance(exc, LedgerError):
-                        raise
-                    raise LedgerError(f"{failure}: {exc.orig}") from exc
+                    if isinstance(cause, DBAPIError):
+                        raise LedgerError(f"{failure}: {cause.orig}") from cause
+                    raise
                 log.debug("%s: database locked, try %d of %d", failure, attempt, _WRITE_ATTEMPTS)
                 time.sleep(self._retry_delay * 2**attempt)
 

@@ -1,9 +1,10 @@
 """The spool: where spans wait when the database cannot take them, so none is lost.
 
 If the ledger stays locked or unreachable past every retry, the spans of that
-write go to a JSON-lines file (written to a temp name, fsynced, renamed), and
-the next process that opens the ledger records them. Recording is idempotent,
-so a crash between recording and deleting a file only repeats a no-op.
+write go to a JSON-lines file (written to a temp name, fsynced, renamed). The
+same process records them once a write succeeds again, and any process that
+opens the ledger does too. Recording is idempotent, so a crash between
+recording and deleting a file only repeats a no-op.
 """
 
 from __future__ import annotations

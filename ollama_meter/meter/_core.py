@@ -24,7 +24,13 @@ import ollama
 
 from ollama_meter._names import MAX_USER, name_problem
 from ollama_meter.budgets import BudgetGate, Reservation, estimate_cost
-from ollama_meter.errors import BudgetExceeded, PricingError, UpstreamError, ValidationError
+from ollama_meter.errors import (
+    BudgetExceeded,
+    LedgerError,
+    PricingError,
+    UpstreamError,
+    ValidationError,
+)
 from ollama_meter.meter._usage import estimate_tokens, usage_of
 from ollama_meter.meter._writer import GroupCommitWriter
 from ollama_meter.meter.span import (
@@ -238,11 +244,17 @@ class PriceSource:
         with self._lock:
             now = time.monotonic()
             if self._book is None or now - self._loaded > self._ttl:
-                self._book = PriceBook(
-                    self._ledger.price_rules(),
-                    tz=self._settings.tz,
-                    currency=self._settings.currency,
-                )
+                try:
+                    rules = self._ledger.price_rules()
+                except LedgerError as exc:
+                    if self._book is None:
+                        raise
+                    # The database is away: the prices in force a moment ago still are.
+                    log.warning("keeping the price rules loaded before: %s", exc)
+                else:
+                    self._book = PriceBook(
+                        rules, tz=self._settings.tz, currency=self._settings.currency
+                    )
                 self._loaded = now
             return self._book
 
@@ -391,15 +403,15 @@ class Meter:
         span = call.span
         if not self.budgets.budgets_for(span.tenant, span.department):
             return
-        estimate = estimate_cost(
-            self.prices(),
-            span.request_model,
-            span.started_at,
-            input_tokens=estimate_tokens(call.prompt_text),
-            history=self.ledger.recent_usage(span.request_model),
-            num_predict=num_predict,
-        )
         try:
+            estimate = estimate_cost(
+                self.prices(),
+                span.request_model,
+                span.started_at,
+                input_tokens=estimate_tokens(call.prompt_text),
+                history=self.ledger.recent_usage(span.request_model),
+                num_predict=num_predict,
+            )
             call.reservation = self.budgets.admit(
                 call_id=span.id,
                 tenant=span.tenant,
@@ -407,6 +419,20 @@ class Meter:
                 estimate=estimate,
                 now=span.started_at,
             )
+        except LedgerError as exc:
+            # A hard budget that cannot be checked is not waved through.
+            unchecked = LedgerError(
+                f"the budget for {span.tenant}/{span.department} cannot be checked, so the "
+                f"call was not made: {exc}. Retry when the database is back"
+            )
+            span.status = Status.ERROR
+            span.error_type = "ledger_unavailable"
+            span.error_message = str(unchecked)[:2000]
+            span.http_status = 503
+            span.ended_at = span.started_at
+            span.latency_ns = 0
+            self._record(span)  # spooled while the database is away
+            raise unchecked from exc
         except BudgetExceeded as refusal:
             span.status = Status.REJECTED
             span.error_type = refusal.error_type

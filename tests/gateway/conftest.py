@@ -25,11 +25,12 @@ class Gateway:
 
 
 @pytest.fixture
-def serve(db_url: str) -> Iterator[Callable[..., Gateway]]:
+def serve_on() -> Iterator[Callable[..., Gateway]]:
+    """Start gateways on a given ledger URL: ``serve_on(upstream, db, **options)``."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(upstream: str, **options: Any) -> Gateway:
-        settings = load_settings(db_url=db_url, ollama_host=upstream)
+    def start(upstream: str, db: str, **options: Any) -> Gateway:
+        settings = load_settings(db_url=db, ollama_host=upstream)
         port = unused_port()
         app = create_app(settings, GatewayOptions(**options))
         server = uvicorn.Server(
@@ -48,6 +49,16 @@ def serve(db_url: str) -> Iterator[Callable[..., Gateway]]:
     for server, thread in servers:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def serve(db_url: str, serve_on: Callable[..., Gateway]) -> Callable[..., Gateway]:
+    """Start gateways on this test's ledger (SQLite, then PostgreSQL)."""
+
+    def start(upstream: str, **options: Any) -> Gateway:
+        return serve_on(upstream, db_url, **options)
+
+    return start
 
 
 @pytest.fixture

@@ -1,0 +1,99 @@
+"""The ledger's database goes away under a running gateway, and comes back."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from ollama_meter.budgets import Budget
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.testing import OllamaEmulator
+from tests._pg import PgCluster
+from tests.gateway.conftest import Gateway
+
+HI = [{"role": "user", "content": "hello from the crm bot"}]
+
+
+@pytest.fixture
+def cluster() -> Iterator[PgCluster]:
+    made = PgCluster.create()
+    if made is None:
+        if os.environ.get("OMETER_REQUIRE_PG"):
+            pytest.fail("OMETER_REQUIRE_PG is set but PostgreSQL's initdb/pg_ctl are missing")
+        pytest.skip("no PostgreSQL binaries to make a private cluster")
+    made.start()
+    yield made
+    made.remove()
+
+
+def test_an_outage_refuses_only_what_it_must_and_loses_no_span(
+    cluster: PgCluster, serve_on: Callable[..., Gateway], emulator: OllamaEmulator
+) -> None:
+    url = f"{cluster.url}/postgres"
+    setup = Ledger(url)
+    setup.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10**9, currency="USD")
+    )
+    setup.dispose()
+    gw = serve_on(emulator.url, url)
+
+    def chat(department: str) -> httpx.Response:
+        return httpx.post(
+            f"{gw.url}/api/chat",
+            json={"model": "llama3.1:8b", "messages": HI, "stream": False},
+            headers={"X-Ometer-Tenant": "acme", "X-Ometer-Department": department},
+            timeout=30,
+        )
+
+    assert chat("support").status_code == 200 and chat("sales").status_code == 200
+    cluster.stop()
+    # No budget covers support: served, its span kept in the spool.
+    assert chat("support").status_code == 200
+    # Sales has a hard budget that cannot be checked now: refused before Ollama, clearly.
+    refused = chat("sales")
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert "budget for acme/sales cannot be checked" in refused.json()["error"]
+    assert len(gw.ledger.spool.pending()) == 2
+    assert len(emulator.requests_to("/api/chat")) == 3
+    time.sleep(5.2)  # past the budget cache's reload interval: the reload fails, the budgets stay
+    assert chat("support").status_code == 200
+    assert chat("sales").status_code == 503
+    assert len(gw.ledger.spool.pending()) == 4
+    cluster.start()
+    assert chat("support").status_code == 200  # this write succeeds and brings in the spool
+    assert gw.ledger.spool.pending() == []
+    spans: list[Any] = Ledger(url).latest(SpanFilter(), 10)
+    assert sorted((s.department, s.status, s.error_type) for s in spans) == [
+        ("sales", "error", "ledger_unavailable"),
+        ("sales", "error", "ledger_unavailable"),
+        ("sales", "ok", None),
+        ("support", "ok", None),
+        ("support", "ok", None),
+        ("support", "ok", None),
+        ("support", "ok", None),
+    ]
+
+
+def test_prices_in_force_stay_in_force_while_the_database_is_away(cluster: PgCluster) -> None:
+    from decimal import Decimal
+
+    from ollama_meter.config import load_settings
+    from ollama_meter.errors import LedgerError
+    from ollama_meter.meter import PriceSource
+    from ollama_meter.pricing import PriceRule
+
+    url = f"{cluster.url}/postgres"
+    ledger = Ledger(url)
+    ledger.add_price_rule(PriceRule(pattern="*", currency="USD", input_per_1m=Decimal(7)))
+    prices = PriceSource(ledger, settings=load_settings(db_url=url), ttl=0.0)
+    before = prices()
+    cluster.stop()
+    assert prices() is before  # the reload fails; the book in force a moment ago still is
+    with pytest.raises(LedgerError, match="failed"):
+        PriceSource(ledger, settings=load_settings(db_url=url))()  # nothing known yet: say so
+    ledger.dispose()
