@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,8 +14,9 @@ from rich.console import Console
 from ollama_meter.config import Settings, load_settings
 from ollama_meter.errors import OmeterError, ValidationError
 from ollama_meter.meter import utc_now
-from ollama_meter.periods import Window, parse_period, window_between
+from ollama_meter.periods import PERIOD_HELP, Window, parse_period, window_between
 from ollama_meter.pricing import format_micros
+from ollama_meter.reports import to_csv, to_json
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -44,10 +47,7 @@ def settings(**overrides: Any) -> Settings:
 
 
 PeriodOption = Annotated[
-    str | None,
-    typer.Option(
-        "--period", "-p", help="today, week, month, YYYY-MM or YYYY-MM-DD (default: month)."
-    ),
+    str | None, typer.Option("--period", "-p", help=f"{PERIOD_HELP} (default: month).")
 ]
 SinceOption = Annotated[
     str | None, typer.Option("--since", help="From this local date (YYYY-MM-DD).")
@@ -67,6 +67,33 @@ def window_from_options(
     if since or until:
         return window_between(since, until, tz=cfg.tz, now=now)
     return parse_period(period or "month", tz=cfg.tz, now=now)
+
+
+class Format(StrEnum):
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+
+
+FormatOption = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+
+
+def write_rows(
+    fmt: Format,
+    columns: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+    path: Path | None,
+    show_table: Callable[[], None],
+) -> None:
+    """A report's rows as CSV or JSON (to stdout or ``--out``), or as a table on the terminal."""
+    if fmt is Format.CSV:
+        write_output(to_csv(columns, rows), path)
+    elif fmt is Format.JSON:
+        write_output(to_json(columns, rows), path)
+    elif path is not None:
+        raise ValidationError("--out needs --format csv or json")
+    else:
+        show_table()
 
 
 def money(micros: int, currency: str | None = None) -> str:

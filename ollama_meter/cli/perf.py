@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -13,6 +12,8 @@ from rich.table import Table
 from ollama_meter.cli._common import (
     DbOption,
     DeptOption,
+    Format,
+    FormatOption,
     ModelFilter,
     OutOption,
     PeriodOption,
@@ -22,9 +23,8 @@ from ollama_meter.cli._common import (
     out,
     settings,
     window_from_options,
-    write_output,
+    write_rows,
 )
-from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import open_ledger
 from ollama_meter.reports import (
     PERF_BY_CHOICES,
@@ -32,15 +32,7 @@ from ollama_meter.reports import (
     PerfReport,
     parse_perf_by,
     perf_report,
-    to_csv,
-    to_json,
 )
-
-
-class Format(StrEnum):
-    TABLE = "table"
-    CSV = "csv"
-    JSON = "json"
 
 
 def perf(
@@ -53,7 +45,7 @@ def perf(
     tenant: TenantOption = None,
     dept: DeptOption = None,
     model: ModelFilter = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.TABLE,
+    fmt: FormatOption = Format.TABLE,
     out_file: OutOption = None,
     db: DbOption = None,
 ) -> None:
@@ -61,8 +53,6 @@ def perf(
     cfg = settings(db_url=db)
     window = window_from_options(period, since, until, cfg)
     columns = parse_perf_by(by)
-    if fmt is Format.TABLE and out_file is not None:
-        raise ValidationError("--out needs --format csv or json")
     result = perf_report(
         open_ledger(cfg.ledger_url),
         window,
@@ -71,12 +61,13 @@ def perf(
         department=dept,
         model=model,
     )
-    if fmt is Format.CSV:
-        write_output(to_csv(result.columns, result.rows), out_file)
-    elif fmt is Format.JSON:
-        write_output(to_json(result.columns, result.rows), out_file)
-    else:
-        out.print(render_table(result, cfg.timezone))
+    write_rows(
+        fmt,
+        result.columns,
+        result.rows,
+        out_file,
+        lambda: out.print(render_table(result, cfg.timezone)),
+    )
 
 
 # Narrow headings for the terminal; CSV and JSON keep the exact column names.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -12,51 +11,35 @@ from rich.table import Table
 from ollama_meter.cli._common import (
     DbOption,
     DeptOption,
+    Format,
+    FormatOption,
     ModelFilter,
     OutOption,
+    PeriodOption,
+    SinceOption,
     TenantOption,
+    UntilOption,
     money,
     out,
     settings,
     window_from_options,
-    write_output,
+    write_rows,
 )
-from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import open_ledger
-from ollama_meter.reports import (
-    BY_CHOICES,
-    PERIOD_HELP,
-    SpendReport,
-    parse_by,
-    spend_report,
-    to_csv,
-    to_json,
-)
-
-
-class Format(StrEnum):
-    TABLE = "table"
-    CSV = "csv"
-    JSON = "json"
+from ollama_meter.reports import BY_CHOICES, SpendReport, parse_by, spend_report
 
 
 def report(
-    period: Annotated[
-        str | None, typer.Option("--period", "-p", help=f"{PERIOD_HELP} (default: month).")
-    ] = None,
-    since: Annotated[
-        str | None, typer.Option("--since", help="From this local date (YYYY-MM-DD).")
-    ] = None,
-    until: Annotated[
-        str | None, typer.Option("--until", help="Through this local date (YYYY-MM-DD).")
-    ] = None,
+    period: PeriodOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     by: Annotated[
         str, typer.Option("--by", "-b", help=f"Group by any of: {', '.join(BY_CHOICES)}.")
     ] = "department",
     tenant: TenantOption = None,
     dept: DeptOption = None,
     model: ModelFilter = None,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.TABLE,
+    fmt: FormatOption = Format.TABLE,
     out_file: OutOption = None,
     db: DbOption = None,
 ) -> None:
@@ -73,14 +56,13 @@ def report(
         department=dept,
         model=model,
     )
-    if fmt is Format.CSV:
-        write_output(to_csv(result.columns, result.rows), out_file)
-    elif fmt is Format.JSON:
-        write_output(to_json(result.columns, result.rows), out_file)
-    else:
-        if out_file is not None:
-            raise ValidationError("--out needs --format csv or json")
-        out.print(render_table(result, cfg.timezone))
+    write_rows(
+        fmt,
+        result.columns,
+        result.rows,
+        out_file,
+        lambda: out.print(render_table(result, cfg.timezone)),
+    )
 
 
 # Narrow headings for the terminal; CSV and JSON keep the exact column names.
