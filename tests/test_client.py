@@ -112,7 +112,7 @@ def test_budget_refusal_is_a_typed_exception(client: MeteredClient) -> None:
         Budget(tenant="acme", department="sales", period="month", limit=spent, currency="USD")
     )
     assert client.meter.budgets is not None
-    client.meter.budgets._loaded = -1  # see the new budget at once
+    client.meter.budgets.reload_soon()  # see the new budget at once
     with pytest.raises(BudgetExceeded) as refused:
         client.chat(model="llama3.1:8b", messages=HI)
     assert refused.value.exit_code == 3 and refused.value.retry_after > 0

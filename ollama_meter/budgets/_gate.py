@@ -11,17 +11,16 @@ key: a new day or month simply has no spans yet.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from ollama_meter._reloaded import Reloaded
 from ollama_meter.budgets._alerts import PERIOD_ADVERB, Alert, AlertDispatcher
 from ollama_meter.budgets._estimate import Estimate
 from ollama_meter.budgets._model import Budget
-from ollama_meter.errors import BudgetExceeded, LedgerError
+from ollama_meter.errors import BudgetExceeded
 from ollama_meter.periods import Window, current_period
 from ollama_meter.pricing import format_micros
 
@@ -55,41 +54,23 @@ class BudgetGate:
         self.ledger = ledger
         self.tz = tz
         self.alerts = alerts
-        self._ttl = ttl
         self._reservation_ttl = reservation_ttl
-        self._budgets: list[Budget] = []
-        self._loaded = -1.0
-        self._lock = threading.Lock()
+        # While the database is away the budgets loaded before stay in force, so callers
+        # no budget covers keep being served.
+        self._budgets = Reloaded(ledger.budgets, ttl=ttl, what="budgets")
 
     def budgets_for(self, tenant: str, department: str) -> list[Budget]:
-        """The budgets covering a caller, reloaded every ``ttl`` seconds.
-
-        If a reload fails (the database is down) after a first load succeeded, the
-        budgets already known stay in force and the reload is tried again later:
-        callers no budget covers keep being served while the outage lasts.
-        """
-        with self._lock:
-            if self._stale():
-                try:
-                    self._budgets = self.ledger.budgets()
-                except LedgerError as exc:
-                    if self._loaded < 0:
-                        raise
-                    log.warning("keeping the budgets loaded before: %s", exc)
-                self._loaded = time.monotonic()
-            budgets = self._budgets
-        return [b for b in budgets if b.covers(tenant, department)]
+        """The budgets covering a caller, reloaded from the ledger every ``ttl`` seconds."""
+        return [b for b in self._budgets.get() if b.covers(tenant, department)]
 
     def cached_budgets_for(self, tenant: str, department: str) -> list[Budget] | None:
         """What :meth:`budgets_for` would say, without touching the ledger; None when stale."""
-        with self._lock:
-            if self._stale():
-                return None
-            budgets = self._budgets
-        return [b for b in budgets if b.covers(tenant, department)]
+        known = self._budgets.peek()
+        return None if known is None else [b for b in known if b.covers(tenant, department)]
 
-    def _stale(self) -> bool:
-        return self._loaded < 0 or time.monotonic() - self._loaded > self._ttl
+    def reload_soon(self) -> None:
+        """Read the budgets again on the next call (after this process changed them)."""
+        self._budgets.expire()
 
     def admit(
         self, *, call_id: str, tenant: str, department: str, estimate: Estimate, now: datetime

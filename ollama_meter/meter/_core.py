@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import ollama
 
 from ollama_meter._names import MAX_USER, name_problem
+from ollama_meter._reloaded import Reloaded
 from ollama_meter.budgets import BudgetGate, Reservation, estimate_cost
 from ollama_meter.errors import (
     BudgetExceeded,
@@ -233,30 +233,14 @@ class PriceSource:
     """The price book in force, reloaded from the ledger at most every ``ttl`` seconds."""
 
     def __init__(self, ledger: Ledger, *, settings: Settings, ttl: float = 30.0) -> None:
-        self._ledger = ledger
-        self._settings = settings
-        self._ttl = ttl
-        self._book: PriceBook | None = None
-        self._loaded = 0.0
-        self._lock = threading.Lock()
+        self._book = Reloaded(
+            lambda: PriceBook(ledger.price_rules(), tz=settings.tz, currency=settings.currency),
+            ttl=ttl,
+            what="price rules",
+        )
 
     def __call__(self) -> PriceBook:
-        with self._lock:
-            now = time.monotonic()
-            if self._book is None or now - self._loaded > self._ttl:
-                try:
-                    rules = self._ledger.price_rules()
-                except LedgerError as exc:
-                    if self._book is None:
-                        raise
-                    # The database is away: the prices in force a moment ago still are.
-                    log.warning("keeping the price rules loaded before: %s", exc)
-                else:
-                    self._book = PriceBook(
-                        rules, tz=self._settings.tz, currency=self._settings.currency
-                    )
-                self._loaded = now
-            return self._book
+        return self._book.get()
 
 
 class Meter:

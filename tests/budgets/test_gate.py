@@ -75,7 +75,7 @@ def budget(meter: Meter, limit: int, **kw: Any) -> Budget:
     values.update(kw)
     saved = meter.ledger.save_budget(Budget(limit=limit, **values))
     assert meter.budgets is not None
-    meter.budgets._loaded = -1  # see the new budget now, not after the reload interval
+    meter.budgets.reload_soon()  # see the new budget now, not after the reload interval
     return saved
 
 

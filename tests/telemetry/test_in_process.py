@@ -43,7 +43,7 @@ def test_spans_and_metrics_in_process(
             Budget(tenant="acme", department="sales", period="day", limit=1, currency="USD")
         )
         assert client.meter.budgets is not None
-        client.meter.budgets._loaded = -1
+        client.meter.budgets.reload_soon()
         with pytest.raises(BudgetExceeded):
             client.chat(model="llama3.1:8b", messages=HI)
         telemetry = telemetry_for(load_settings())
