@@ -1,12 +1,25 @@
-"""Span records for tests that write the ledger directly."""
+"""Span records and price rules for tests that write the ledger directly."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from ollama_meter.meter import SpanRecord, new_span_row_id
 from ollama_meter.meter.span import new_otel_span_id, new_trace_id
+from ollama_meter.pricing import PriceRule
+
+
+def token_prices(pattern: str = "*", **fields: Any) -> PriceRule:
+    """The tests' usual token price: 1000 USD per 1M input tokens, 2000 per 1M output."""
+    return PriceRule(
+        pattern=pattern,
+        currency="USD",
+        input_per_1m=Decimal(1000),
+        output_per_1m=Decimal(2000),
+        **fields,
+    )
 
 
 def make_span(**fields: Any) -> SpanRecord:

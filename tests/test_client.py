@@ -13,8 +13,8 @@ import ollama_meter
 from ollama_meter import AsyncMeteredClient, BudgetExceeded, MeteredClient, SpanRecord
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.pricing import PriceRule
 from ollama_meter.testing import OllamaEmulator, expected_embedding, expected_reply
+from tests.factories import token_prices
 
 HI = [{"role": "user", "content": "say hi to the team"}]
 EXPECTED = expected_reply("llama3.1:8b", HI)
@@ -23,11 +23,7 @@ EXPECTED = expected_reply("llama3.1:8b", HI)
 @pytest.fixture
 def client(db_url: str, emulator: OllamaEmulator):  # type: ignore[no-untyped-def]
     with MeteredClient(department="sales", tenant="acme", db_url=db_url) as metered:
-        metered.meter.ledger.add_price_rule(
-            PriceRule(
-                pattern="*", currency="USD", input_per_1m=Decimal(1000), output_per_1m=Decimal(2000)
-            )
-        )
+        metered.meter.ledger.add_price_rule(token_prices())
         yield metered
 
 

@@ -24,8 +24,8 @@ from ollama_meter.config import load_settings
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter import Attribution, Meter
-from ollama_meter.pricing import PriceRule
 from ollama_meter.testing import OllamaEmulator, expected_counts
+from tests.factories import token_prices
 
 HELLO = [{"role": "user", "content": "hello there friend"}]
 IN, OUT = expected_counts("llama3.1:8b", HELLO)
@@ -44,14 +44,7 @@ def make_meter(db_url: str, clock: Clock, **settings: Any) -> Meter:
     cfg = load_settings(db_url=db_url, timezone="Europe/Berlin", **settings)
     meter = Meter.from_settings(cfg, source="sdk", clock=clock)
     if not meter.ledger.price_rules():
-        meter.ledger.add_price_rule(
-            PriceRule(
-                pattern="llama3.1:*",
-                currency="USD",
-                input_per_1m=Decimal(1000),
-                output_per_1m=Decimal(2000),
-            )
-        )
+        meter.ledger.add_price_rule(token_prices("llama3.1:*"))
     return meter
 
 

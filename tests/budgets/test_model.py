@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 
 from ollama_meter.budgets import (
@@ -14,7 +12,8 @@ from ollama_meter.budgets import (
     parse_thresholds,
 )
 from ollama_meter.budgets._estimate import DEFAULT_OUTPUT_TOKENS, PastCall
-from ollama_meter.pricing import PriceBook, PriceRule
+from ollama_meter.pricing import PriceBook
+from tests.factories import token_prices
 
 
 def test_department_budgets_from_json() -> None:
@@ -71,9 +70,7 @@ def test_budget_validation() -> None:
 
 
 def test_estimates_follow_history_and_num_predict() -> None:
-    rule = PriceRule(
-        pattern="*", currency="USD", input_per_1m=Decimal(1000), output_per_1m=Decimal(2000), id=1
-    )
+    rule = token_prices(id=1)
     book = PriceBook([rule], tz=__import__("zoneinfo").ZoneInfo("UTC"), currency="USD")
     from datetime import UTC, datetime
 

@@ -21,6 +21,7 @@ from ollama_meter.testing import (
     expected_reply,
     unreachable_url,
 )
+from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
 HI = [{"role": "user", "content": "hello from the crm bot"}]
@@ -33,11 +34,7 @@ def spans(gw: Gateway) -> list[Any]:
 
 
 def price(gw: Gateway) -> None:
-    gw.ledger.add_price_rule(
-        PriceRule(
-            pattern="*", currency="USD", input_per_1m=Decimal(1000), output_per_1m=Decimal(2000)
-        )
-    )
+    gw.ledger.add_price_rule(token_prices())
 
 
 def test_ollama_client_streaming_and_not(gateway: Gateway) -> None:

@@ -21,6 +21,7 @@ from ollama_meter.meter import Attribution, Meter, SpanRecord, reprice
 from ollama_meter.meter._core import PriceSource
 from ollama_meter.pricing import PriceRule, to_micros
 from ollama_meter.testing import Fault, OllamaEmulator, unreachable_url
+from tests.factories import token_prices
 
 WHO = Attribution(tenant="acme", department="sales", user="alice", tags={"job": "test"})
 HELLO = [{"role": "user", "content": "hello there friend"}]
@@ -48,14 +49,7 @@ def test_streamed_chat_is_measured_priced_and_written(
     db_url: str, emulator: OllamaEmulator
 ) -> None:
     meter = make_meter(db_url)
-    meter.ledger.add_price_rule(
-        PriceRule(
-            pattern="llama3.1:*",
-            currency="USD",
-            input_per_1m=Decimal(1000),
-            output_per_1m=Decimal(2000),
-        )
-    )
+    meter.ledger.add_price_rule(token_prices("llama3.1:*"))
     span, parts = run_chat(meter)
     final = parts[-1]
     assert final.done and len(parts) > 2
