@@ -19,7 +19,7 @@ from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -94,6 +94,31 @@ class _Receiver(Protocol):
     def requests(self) -> Sequence[HttpRequest | GrpcRequest]: ...
 
 
+R = TypeVar("R", HttpRequest, GrpcRequest)
+
+
+class _Recorder(Generic[R]):
+    """The exports a receiver got, kept thread-safely in arrival order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: list[R] = []
+
+    @property
+    def requests(self) -> list[R]:
+        """A snapshot of the exports received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def _record(self, request: R) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+
 # ---------------------------------------------------------------- OTLP/HTTP
 
 
@@ -154,7 +179,7 @@ class _HttpServer(ThreadingHTTPServer):
     receiver: OtlpHttpReceiver
 
 
-class OtlpHttpReceiver:
+class OtlpHttpReceiver(_Recorder[HttpRequest]):
     """An OTLP/HTTP collector on 127.0.0.1 that keeps every decoded export.
 
     Accepts protobuf POSTs (optionally gzip or deflate) on any path ending in
@@ -164,9 +189,8 @@ class OtlpHttpReceiver:
     """
 
     def __init__(self, status: int = 200) -> None:
+        super().__init__()
         self.status = status
-        self._lock = threading.Lock()
-        self._requests: list[HttpRequest] = []
         self._server: _HttpServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -203,20 +227,6 @@ class OtlpHttpReceiver:
             raise RuntimeError("OtlpHttpReceiver is not running; use it as a context manager")
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    @property
-    def requests(self) -> list[HttpRequest]:
-        """A snapshot of the exports received so far, oldest first."""
-        with self._lock:
-            return list(self._requests)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._requests.clear()
-
-    def _record(self, request: HttpRequest) -> None:
-        with self._lock:
-            self._requests.append(request)
-
 
 # ---------------------------------------------------------------- OTLP/gRPC
 
@@ -247,7 +257,7 @@ class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
-class OtlpGrpcReceiver:
+class OtlpGrpcReceiver(_Recorder[GrpcRequest]):
     """An OTLP/gRPC collector (insecure) on 127.0.0.1 that keeps every decoded export.
 
     ``code`` is the status to answer with; anything but OK plays a failing
@@ -255,9 +265,8 @@ class OtlpGrpcReceiver:
     """
 
     def __init__(self, code: grpc.StatusCode = grpc.StatusCode.OK) -> None:
+        super().__init__()
         self.code = code
-        self._lock = threading.Lock()
-        self._requests: list[GrpcRequest] = []
         self._server: grpc.Server | None = None
         self._port: int | None = None
 
@@ -287,21 +296,10 @@ class OtlpGrpcReceiver:
             raise RuntimeError("OtlpGrpcReceiver is not running; use it as a context manager")
         return f"http://127.0.0.1:{self._port}"
 
-    @property
-    def requests(self) -> list[GrpcRequest]:
-        """A snapshot of the exports received so far, oldest first."""
-        with self._lock:
-            return list(self._requests)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._requests.clear()
-
     def _handle(self, method: str, message: ExportRequest, context: grpc.ServicerContext) -> None:
         code = self.code
         metadata = {item.key: item.value for item in context.invocation_metadata()}
-        with self._lock:
-            self._requests.append(GrpcRequest(method, metadata, message, code))
+        self._record(GrpcRequest(method, metadata, message, code))
         if code is not grpc.StatusCode.OK:
             context.abort(code, "simulated collector failure")  # raises
 
