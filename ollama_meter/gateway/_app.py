@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -32,6 +31,7 @@ from ollama_meter.gateway._relay import (
     error_response,
     forward_headers,
 )
+from ollama_meter.gateway._threads import in_thread
 from ollama_meter.gateway._upstream import UpstreamPool, finish, gateway_status
 from ollama_meter.meter import Attribution, Meter
 
@@ -75,7 +75,7 @@ def create_app(
         async def refuse(status: int, error_type: str, message: str, model: str = "") -> Response:
             # Every refusal is a span too, charged to the defaults when the caller is unknown.
             who = Attribution(tenant=settings.tenant, department=settings.department)
-            await anyio.to_thread.run_sync(
+            await in_thread(
                 lambda: meter.refuse(
                     operation=operation,
                     model=model,
@@ -109,7 +109,7 @@ def create_app(
                 )
 
             # Only a presented key needs the ledger; headers and defaults are resolved in place.
-            caller = await anyio.to_thread.run_sync(who) if presented_key(request) else who()
+            caller = await in_thread(who) if presented_key(request) else who()
         except Unauthorized as exc:
             return await refuse(401, "unauthorized", str(exc), model)
         except LedgerError as exc:
@@ -166,7 +166,7 @@ def create_app(
         meter: Meter = state["meter"]
         checks: dict[str, str] = {}
         try:
-            await anyio.to_thread.run_sync(meter.ledger.count)
+            await in_thread(meter.ledger.count)
             checks["ledger"] = "ok"
         except Exception as exc:
             checks["ledger"] = f"failed: {exc}"

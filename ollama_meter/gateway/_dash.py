@@ -14,7 +14,6 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -22,6 +21,7 @@ from starlette.routing import Route
 from ollama_meter.budgets import budget_status
 from ollama_meter.config import Settings
 from ollama_meter.errors import LedgerError, OmeterError
+from ollama_meter.gateway._threads import in_thread
 from ollama_meter.meter import Meter, utc_now
 from ollama_meter.periods import parse_period
 from ollama_meter.pricing import format_micros
@@ -280,7 +280,7 @@ def dashboard_routes(
             )
         q = request.query_params
         try:
-            return await anyio.to_thread.run_sync(
+            return await in_thread(  # type: ignore[no-any-return]
                 lambda: dash_data(
                     get_meter(),
                     settings,
@@ -313,7 +313,7 @@ def dashboard_routes(
         )
 
     async def metrics(request: Request) -> Response:
-        text = await anyio.to_thread.run_sync(lambda: prometheus_text(get_meter(), settings))
+        text = await in_thread(prometheus_text, get_meter(), settings)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return [

@@ -8,14 +8,11 @@ in the ledger: a client that has its whole answer always has its span written.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import anyio
 import ollama
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -26,6 +23,7 @@ from ollama_meter.errors import (
     StreamError,
     UpstreamError,
 )
+from ollama_meter.gateway._threads import in_thread
 from ollama_meter.gateway._upstream import UpstreamPool, finish, gateway_status
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._core import prompt_of
@@ -65,18 +63,6 @@ def error_response(
 
 def forward_headers(headers: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
-
-
-# Threads for ledger work. Many may wait in one group commit at once, so the pool is
-# wider than anyio's default of 40; a plain executor also skips anyio's per-call overhead.
-_LEDGER_THREADS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="ometer-ledger")
-
-
-async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """Ledger and budget work off the event loop, finished even if the request is cancelled."""
-    loop = asyncio.get_running_loop()
-    with anyio.CancelScope(shield=True):
-        return await loop.run_in_executor(_LEDGER_THREADS, functools.partial(fn, *args))
 
 
 def _ollama_part(
