@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]*")
 MAX_NAME = 64
 MAX_USER = 128
 
@@ -15,7 +15,7 @@ def name_problem(value: str, *, limit: int = MAX_NAME) -> str | None:
         return "is empty"
     if len(value) > limit:
         return f"is longer than {limit} characters"
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):  # fullmatch: `$` would let a trailing newline through
         return (
             f"{value!r} has characters other than letters, digits and . _ @ + - "
             "(and must start with a letter or digit)"

@@ -7,7 +7,6 @@ names the setting the user has to fix.
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -129,6 +128,12 @@ class Settings(BaseSettings):
     traceloop_base_url: Annotated[str, Field(validation_alias="TRACELOOP_BASE_URL")] = (
         "https://api.traceloop.com"
     )
+    ledger_wait: Annotated[float, Field(validation_alias="OMETER_LEDGER_WAIT", gt=0, le=600)] = 5.0
+    """Seconds a write waits for a busy ledger before its spans go to the spool instead."""
+    budget_reply_cap: Annotated[
+        int, Field(validation_alias="OMETER_BUDGET_REPLY_CAP", ge=1, le=10_000_000)
+    ] = 4096
+    """Reply tokens a call under a hard budget may produce when it sets no num_predict/max_tokens."""
     export_timeout: Annotated[float, Field(validation_alias="OMETER_EXPORT_TIMEOUT", gt=0)] = 3.0
     department_budgets: Annotated[str | None, Field(validation_alias="DEPARTMENT_BUDGETS")] = None
     alert_webhook_url: Annotated[str | None, Field(validation_alias="OMETER_ALERT_WEBHOOK_URL")] = (
@@ -160,12 +165,17 @@ class Settings(BaseSettings):
         from sqlalchemy.exc import ArgumentError
 
         try:
-            make_url(value.strip())
+            url = make_url(value.strip())
         except ArgumentError as exc:
             raise ValueError(
                 f"{value!r} is not a database URL; expected e.g. sqlite:////path/ledger.db "
                 "or postgresql+psycopg://user:pass@host/db"
             ) from exc
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            raise ValueError(
+                f"{value!r} is an in-memory SQLite database, which keeps nothing once the "
+                "command ends; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
+            )
         return value.strip()
 
     @field_validator("department_budgets")
@@ -189,8 +199,13 @@ class Settings(BaseSettings):
 
     @field_validator("fixed_monthly_cost", mode="before")
     @classmethod
-    def _no_float(cls, value: object) -> object:
-        return str(value) if isinstance(value, float) else value
+    def _fixed_cost(cls, value: object) -> object:
+        from ollama_meter.pricing import MAX_AMOUNT, parse_amount
+
+        if value is None or value == "":
+            return None
+        given = value if isinstance(value, str | int | Decimal) else str(value)
+        return parse_amount(given, what="the value", limit=MAX_AMOUNT)
 
     @property
     def telemetry_configured(self) -> bool:
@@ -218,10 +233,9 @@ class Settings(BaseSettings):
     @field_validator("currency")
     @classmethod
     def _currency(cls, value: str) -> str:
-        code = value.strip().upper()
-        if not re.fullmatch(r"[A-Z]{3}", code):
-            raise ValueError(f"{value!r} is not a 3-letter ISO 4217 code such as USD or EUR")
-        return code
+        from ollama_meter.pricing import parse_currency
+
+        return parse_currency(value, what="")
 
     @field_validator("timezone")
     @classmethod

@@ -13,7 +13,15 @@ from ollama_meter.budgets._alerts import (
     WebhookChannel,
     deliver,
 )
-from ollama_meter.budgets._estimate import Estimate, PastCall, estimate_cost
+from ollama_meter.budgets._estimate import (
+    IMAGE_TOKENS,
+    MESSAGE_TOKENS,
+    TEMPLATE_TOKENS,
+    CallBound,
+    Estimate,
+    PastCall,
+    bound_cost,
+)
 from ollama_meter.budgets._gate import BudgetGate, Reservation
 from ollama_meter.budgets._model import (
     DEFAULT_THRESHOLDS,
@@ -30,23 +38,27 @@ from ollama_meter.budgets._status import BudgetStatus, budget_status, project
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "EACH_TENANT",
+    "IMAGE_TOKENS",
+    "MESSAGE_TOKENS",
     "PERIODS",
     "PERIOD_ADVERB",
     "PERIOD_WORDS",
+    "TEMPLATE_TOKENS",
     "Alert",
     "AlertDispatcher",
     "Budget",
     "BudgetGate",
     "BudgetStatus",
+    "CallBound",
     "Channel",
     "EmailChannel",
     "Estimate",
     "PastCall",
     "Reservation",
     "WebhookChannel",
+    "bound_cost",
     "budget_status",
     "deliver",
-    "estimate_cost",
     "parse_department_budgets",
     "parse_limit",
     "parse_thresholds",

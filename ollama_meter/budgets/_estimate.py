@@ -1,9 +1,13 @@
-"""What a call will probably cost, before it runs, for reserving budget.
+"""The most a call can cost, known before it runs: what a hard budget reserves and admits on.
 
-Two figures: ``expected``, the best guess (recent calls to the model, or
-``num_predict``), which decides admission; and ``ceiling``, a generous bound
-that is reserved when room allows, so concurrent calls cannot together
-overshoot by more than the guess was wrong for one of them.
+A bound, not a guess from history. The prompt cannot count more tokens than it
+has bytes (every tokenizer Ollama runs maps at least one byte to a token), plus
+what the model's template adds; the reply cannot count more tokens than the
+``num_predict``/``max_tokens`` the caller set, or the cap the meter imposes when
+the caller set none. Token prices, fees and per-request charges are therefore
+bounded exactly. Time-priced parts (GPU-hours, energy) depend on how fast the
+server runs: they are bounded with the slowest per-token time seen recently, or
+conservative defaults, which is as close to a bound as time allows.
 """
 
 from __future__ import annotations
@@ -14,10 +18,18 @@ from datetime import datetime
 
 from ollama_meter.pricing import PriceBook, Usage
 
-DEFAULT_OUTPUT_TOKENS = 256
-"""Output assumed for the ceiling when a model has no history and no ``num_predict``."""
-DEFAULT_EVAL_NS_PER_TOKEN = 50_000_000
+TEMPLATE_TOKENS = 32
+"""Tokens a model's chat template may add to any request (Llama 3's adds about ten)."""
+MESSAGE_TOKENS = 8
+"""Tokens each chat message's role markers may add."""
+IMAGE_TOKENS = 4096
+"""Tokens one image may count as (vision models use a few hundred to a few thousand)."""
+
 DEFAULT_PROMPT_NS_PER_TOKEN = 2_000_000
+DEFAULT_EVAL_NS_PER_TOKEN = 50_000_000
+DEFAULT_LOAD_NS = 60_000_000_000
+HISTORY_MARGIN = 3
+"""Per-token times seen recently are scaled by 3/2 for the bound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,47 +42,43 @@ class PastCall:
 
 
 @dataclass(frozen=True, slots=True)
+class CallBound:
+    """The most tokens a call can count, in and out."""
+
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class Estimate:
-    expected: int
-    ceiling: int
+    """The most a call can cost (integer micro-units of ``currency``)."""
+
+    amount: int
     currency: str
 
 
-def estimate_cost(
-    book: PriceBook,
-    model: str,
-    when: datetime,
-    *,
-    input_tokens: int,
-    history: Sequence[PastCall],
-    num_predict: int | None = None,
+def _slowest(history: Sequence[PastCall], ns: str, count: str, default: int) -> int:
+    rates = [getattr(c, ns) // getattr(c, count) for c in history if getattr(c, count) > 0]
+    return max(rates) * HISTORY_MARGIN // 2 if rates else default
+
+
+def bound_cost(
+    book: PriceBook, model: str, when: datetime, bound: CallBound, history: Sequence[PastCall]
 ) -> Estimate:
-    """Expected and ceiling cost (micro-units) of a call with ``input_tokens`` of prompt."""
-    expected_in = input_tokens
-    if history:
-        # The character count over-estimates short prompts; recent calls cap the guess.
-        expected_in = min(input_tokens, max(call.input_tokens for call in history))
-        out = max(call.output_tokens for call in history)
-        prompt_ns = max(call.prompt_eval_ns // max(call.input_tokens, 1) for call in history)
-        eval_ns = max(call.eval_ns // max(call.output_tokens, 1) for call in history)
-        load_ns = max(call.load_ns for call in history)
-        ceiling_out = max(2 * out, out + 32)
-    else:
-        out, prompt_ns, eval_ns, load_ns = 0, DEFAULT_PROMPT_NS_PER_TOKEN, 0, 0
-        ceiling_out = DEFAULT_OUTPUT_TOKENS
-    if num_predict is not None and num_predict >= 0:
-        out = ceiling_out = num_predict
-    ceiling_eval_ns = eval_ns or DEFAULT_EVAL_NS_PER_TOKEN
-
-    def usage(prompt: int, output: int, per_token_eval: int) -> Usage:
-        return Usage(
-            input_tokens=prompt,
-            output_tokens=output,
-            prompt_eval_ns=prompt * prompt_ns,
-            eval_ns=output * per_token_eval,
+    """What a call within ``bound`` can cost at most under the rule in force for ``model``."""
+    prompt_ns = _slowest(history, "prompt_eval_ns", "input_tokens", DEFAULT_PROMPT_NS_PER_TOKEN)
+    eval_ns = _slowest(history, "eval_ns", "output_tokens", DEFAULT_EVAL_NS_PER_TOKEN)
+    loads = [c.load_ns for c in history]
+    load_ns = max(loads) * HISTORY_MARGIN // 2 if loads else DEFAULT_LOAD_NS
+    cost = book.cost(
+        model,
+        when,
+        Usage(
+            input_tokens=bound.input_tokens,
+            output_tokens=bound.output_tokens,
+            prompt_eval_ns=bound.input_tokens * prompt_ns,
+            eval_ns=bound.output_tokens * eval_ns,
             load_ns=load_ns,
-        )
-
-    expected = book.cost(model, when, usage(expected_in, out, eval_ns))
-    ceiling = book.cost(model, when, usage(input_tokens, ceiling_out, ceiling_eval_ns))
-    return Estimate(expected.total, max(ceiling.total, expected.total), expected.currency)
+        ),
+    )
+    return Estimate(cost.total, cost.currency)

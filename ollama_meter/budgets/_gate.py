@@ -2,10 +2,12 @@
 
 Admission runs in one write transaction per call (SQLite's write lock, or an
 advisory lock per budget on PostgreSQL): settled spend from the ledger plus
-unexpired reservations plus this call's expected cost must fit every hard
-budget, or the call is refused. Spend is read from the spans themselves, so
-budgets, reports and chargeback always agree, and a period rolls over by its
-key: a new day or month simply has no spans yet.
+unexpired reservations plus the most this call can cost (its bound, see
+``_estimate``) must fit every hard budget, or the call is refused. The bound is
+reserved until the call settles, so calls in flight together cannot overshoot
+either. Spend is read from the spans themselves, so budgets, reports and
+chargeback always agree, and a period rolls over by its key: a new day or month
+simply has no spans yet.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ log = logging.getLogger("ollama_meter.budgets")
 
 RESERVATION_TTL = timedelta(minutes=15)
 """How long a reservation holds if its caller dies without settling."""
+IN_FLIGHT_RETRY_AFTER = 5
+"""Seconds to wait when only money held by calls in flight is in the way."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,20 +91,22 @@ class BudgetGate:
             for budget in hard:
                 assert budget.id is not None
                 window = current_period(budget.period, tz=self.tz, now=now)
+                if estimate.currency != budget.currency and estimate.amount > 0:
+                    raise self._mismatch(budget, tenant, window, estimate, now)
                 spent = store.spent(conn, budget, tenant, window.start, window.end)
                 held = store.reserved(conn, budget.id, tenant, window.start, now)
-                expected = estimate.expected if estimate.currency == budget.currency else 0
-                ceiling = estimate.ceiling if estimate.currency == budget.currency else 0
-                if spent >= budget.limit or spent + held + expected > budget.limit:
-                    raise self._refusal(budget, tenant, window, spent, held, expected, now)
-                room = budget.limit - spent - held
+                need = estimate.amount if estimate.currency == budget.currency else 0
+                if spent >= budget.limit or spent + need > budget.limit:
+                    raise self._refusal(budget, tenant, window, spent, 0, need, now)
+                if spent + held + need > budget.limit:
+                    raise self._refusal(budget, tenant, window, spent, held, need, now)
                 rows.append(
                     {
                         "id": call_id,
                         "budget_id": budget.id,
                         "tenant": tenant,
                         "period_start": window.start,
-                        "amount_micros": max(expected, min(ceiling, room)),
+                        "amount_micros": need,
                         "expires_at": now + self._reservation_ttl,
                     }
                 )
@@ -114,17 +120,46 @@ class BudgetGate:
         window: Window,
         spent: int,
         held: int,
-        expected: int,
+        need: int,
         now: datetime,
     ) -> BudgetExceeded:
-        in_flight = f" (+{format_micros(held)} held by calls in flight)" if held else ""
-        needs = f"; this call needs about {format_micros(expected)}" if expected else ""
-        resumes = window.end.astimezone(self.tz).strftime("%Y-%m-%d %H:%M %Z")
-        return BudgetExceeded(
+        """Why the call does not fit; ``held`` > 0 means only calls in flight are in the way."""
+        head = (
             f"{budget.kind} budget {budget.id} for {budget.scope(tenant)} "
             f"({PERIOD_ADVERB[budget.period]} {window.label}) refuses the call: spent "
             f"{format_micros(spent)} of {format_micros(budget.limit)} {budget.currency}"
-            f"{in_flight}{needs}; the next period starts {resumes}",
+        )
+        needs = f"this call may cost up to {format_micros(need)}"
+        until_end = max(1, int((window.end - now).total_seconds()))
+        if held:
+            return BudgetExceeded(
+                f"{head}, and calls in flight hold {format_micros(held)} more; {needs}, which "
+                f"fits once they settle: retry in a few seconds",
+                budget_id=budget.id or 0,
+                retry_after=min(IN_FLIGHT_RETRY_AFTER, until_end),
+            )
+        resumes = window.end.astimezone(self.tz).strftime("%Y-%m-%d %H:%M %Z")
+        hint = (
+            "; set a smaller num_predict/max_tokens or a shorter prompt to fit"
+            if need and spent < budget.limit
+            else ""
+        )
+        return BudgetExceeded(
+            f"{head}; {needs}{hint}; the next period starts {resumes}"
+            if need
+            else f"{head}; the next period starts {resumes}",
+            budget_id=budget.id or 0,
+            retry_after=until_end,
+        )
+
+    def _mismatch(
+        self, budget: Budget, tenant: str, window: Window, estimate: Estimate, now: datetime
+    ) -> BudgetExceeded:
+        return BudgetExceeded(
+            f"{budget.kind} budget {budget.id} for {budget.scope(tenant)} counts "
+            f"{budget.currency}, but this model is priced in {estimate.currency}: the budget "
+            "could not count the call, so it is refused. Use one currency for the budget and "
+            "the price rules",
             budget_id=budget.id or 0,
             retry_after=max(1, int((window.end - now).total_seconds())),
         )

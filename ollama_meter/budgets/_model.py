@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from ollama_meter._names import name_problem
-from ollama_meter.pricing import to_micros
+from ollama_meter.pricing import MAX_AMOUNT, parse_amount, parse_currency, to_micros
 
 PERIODS = ("day", "week", "month")
 PERIOD_WORDS = {"daily": "day", "weekly": "week", "monthly": "month"}
@@ -38,8 +38,9 @@ class Budget:
     def __post_init__(self) -> None:
         if self.period not in PERIODS:
             raise ValueError(f"period {self.period!r} is not one of {', '.join(PERIODS)}")
-        if self.limit <= 0:
-            raise ValueError("a budget's limit must be more than 0")
+        if not 0 < self.limit <= to_micros(MAX_AMOUNT):
+            raise ValueError(f"a budget's limit must be more than 0 and at most {MAX_AMOUNT:,f}")
+        object.__setattr__(self, "currency", parse_currency(self.currency))
         if self.tenant != EACH_TENANT and (problem := name_problem(self.tenant)):
             raise ValueError(f"tenant name {problem}")
         if self.department is not None and (problem := name_problem(self.department)):
@@ -72,15 +73,13 @@ def parse_thresholds(text: str) -> tuple[int, ...]:
 
 def parse_limit(value: Any, *, what: str) -> int:
     """A positive amount of money (text or number, never float-rounded) → micro-units."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError(f"{what} must be an amount such as 100 or 12.50")
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        raise ValueError(f"{what} {value!r} is not an amount") from None
-    if not amount.is_finite() or amount <= 0:
-        raise ValueError(f"{what} must be a positive amount, not {value!r}")
-    return to_micros(amount)
+    if isinstance(value, float):
+        value = str(value)  # JSON numbers arrive as floats; their text is what the user wrote
+    amount = parse_amount(value, what=what, limit=MAX_AMOUNT, positive=True)
+    micros = to_micros(amount)
+    if micros <= 0:
+        raise ValueError(f"{what} must be a positive amount of at least 0.000001, not {value!r}")
+    return micros
 
 
 def parse_department_budgets(text: str, *, currency: str) -> list[Budget]:

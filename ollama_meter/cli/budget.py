@@ -20,8 +20,7 @@ from ollama_meter.budgets import (
 )
 from ollama_meter.cli._common import DbOption, JsonFlag, money, out, settings
 from ollama_meter.errors import BudgetError
-from ollama_meter.ledger import open_ledger
-from ollama_meter.meter import sync_env_budgets, utc_now
+from ollama_meter.meter import ledger_for, sync_env_budgets, utc_now
 from ollama_meter.pricing import format_micros
 
 app = typer.Typer(help="Budgets: spending caps that refuse or alert.", no_args_is_help=True)
@@ -54,7 +53,7 @@ def set_budget(
     limits = {"day": daily, "week": weekly, "month": monthly}
     if not any(limits.values()):
         raise BudgetError("give at least one of --daily, --weekly, --monthly")
-    ledger = open_ledger(cfg.ledger_url)
+    ledger = ledger_for(cfg)
     try:
         budgets = [
             Budget(
@@ -98,7 +97,7 @@ def budget_to_dict(budget: Budget) -> dict[str, Any]:
 
 def _loaded(db: str | None) -> Any:
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url)
+    ledger = ledger_for(cfg)
     sync_env_budgets(ledger, cfg)
     return cfg, ledger
 
@@ -213,5 +212,5 @@ def remove(
 ) -> None:
     """Remove a budget."""
     cfg = settings(db_url=db)
-    open_ledger(cfg.ledger_url).remove_budget(budget_id)
+    ledger_for(cfg).remove_budget(budget_id)
     out.print(f"removed budget {budget_id}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated
 
@@ -10,8 +9,8 @@ import typer
 
 from ollama_meter.cli._common import DbOption, OutOption, err, settings, write_output
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import open_ledger
-from ollama_meter.meter import utc_now
+from ollama_meter.meter import ledger_for, utc_now
+from ollama_meter.pricing import MAX_AMOUNT, parse_amount
 from ollama_meter.reports import CHARGEBACK_COLUMNS, chargeback, to_csv, to_json
 
 
@@ -54,11 +53,11 @@ def chargeback_command(
     amount = cfg.fixed_monthly_cost
     if fixed_cost is not None:
         try:
-            amount = Decimal(fixed_cost)
-        except InvalidOperation:
-            raise ValidationError(f"--fixed-cost {fixed_cost!r} is not an amount") from None
+            amount = parse_amount(fixed_cost, what="--fixed-cost", limit=MAX_AMOUNT)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
     result = chargeback(
-        open_ledger(cfg.ledger_url),
+        ledger_for(cfg),
         month,
         tz=cfg.tz,
         now=utc_now(),

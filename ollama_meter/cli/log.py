@@ -20,8 +20,8 @@ from ollama_meter.cli._common import (
     out,
     settings,
 )
-from ollama_meter.ledger import SpanFilter, open_ledger
-from ollama_meter.meter import Status, TokenSource
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter import Status, TokenSource, ledger_for
 from ollama_meter.reports import span_to_dict
 
 _STATUS_STYLE = {Status.OK: "green", Status.ERROR: "red", Status.REJECTED: "yellow"}
@@ -43,7 +43,7 @@ def log(
 ) -> None:
     """Show the latest metered calls, newest first."""
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url)
+    ledger = ledger_for(cfg)
     where = SpanFilter(
         tenant=tenant,
         department=dept,

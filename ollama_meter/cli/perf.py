@@ -25,7 +25,7 @@ from ollama_meter.cli._common import (
     window_from_options,
     write_rows,
 )
-from ollama_meter.ledger import open_ledger
+from ollama_meter.meter import ledger_for
 from ollama_meter.reports import (
     PERF_BY_CHOICES,
     PERF_DEFAULT_BY,
@@ -54,7 +54,7 @@ def perf(
     window = window_from_options(period, since, until, cfg)
     columns = parse_perf_by(by)
     result = perf_report(
-        open_ledger(cfg.ledger_url),
+        ledger_for(cfg),
         window,
         columns,
         tenant=tenant,

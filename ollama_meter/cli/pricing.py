@@ -14,8 +14,8 @@ from rich.table import Table
 
 from ollama_meter.cli._common import DbOption, JsonFlag, err, money, out, settings
 from ollama_meter.errors import PricingError, ValidationError
-from ollama_meter.ledger import SpanFilter, open_ledger
-from ollama_meter.meter import PriceSource, reprice
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter import PriceSource, ledger_for, reprice
 from ollama_meter.pricing import (
     PRICE_FIELDS,
     PriceRule,
@@ -100,7 +100,7 @@ def set_rule(
         )
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
-    saved = open_ledger(cfg.ledger_url).add_price_rule(rule)
+    saved = ledger_for(cfg).add_price_rule(rule)
     parts = ", ".join(f"{name} {value}" for name, value in saved.prices().items())
     out.print(
         f"rule {saved.id}: {saved.pattern} → {parts} {saved.currency}"
@@ -129,7 +129,7 @@ def rule_to_dict(rule: PriceRule) -> dict[str, object]:
 def list_rules(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Show every price rule."""
     cfg = settings(db_url=db)
-    rules = sort_rules(open_ledger(cfg.ledger_url).price_rules())
+    rules = sort_rules(ledger_for(cfg).price_rules())
     if as_json:
         out.file.write(json.dumps([rule_to_dict(r) for r in rules], indent=2) + "\n")
         return
@@ -172,7 +172,7 @@ def remove_rule(
 ) -> None:
     """Remove a price rule. Spans already priced keep their cost until `ometer reprice`."""
     cfg = settings(db_url=db)
-    open_ledger(cfg.ledger_url).remove_price_rule(rule_id)
+    ledger_for(cfg).remove_price_rule(rule_id)
     out.print(f"removed rule {rule_id}")
 
 
@@ -191,7 +191,7 @@ def import_rules(
         )
     except (ValueError, UnicodeDecodeError) as exc:
         raise PricingError(f"{file}: {exc}") from None
-    ledger = open_ledger(cfg.ledger_url)
+    ledger = ledger_for(cfg)
     for rule in rules:
         ledger.add_price_rule(rule)
     out.print(f"imported {len(rules)} rule(s) from {file}")
@@ -212,7 +212,7 @@ def reprice_command(
     end = None
     if until:
         end = local_midnight(parse_day(until, what="--until") + timedelta(days=1), cfg.tz)
-    ledger = open_ledger(cfg.ledger_url)
+    ledger = ledger_for(cfg)
     total = ledger.count(SpanFilter(since=start, until=end))
     book = PriceSource(ledger, settings=cfg)()
     with Progress(

@@ -25,7 +25,7 @@ from ollama_meter.cli._common import (
     window_from_options,
     write_rows,
 )
-from ollama_meter.ledger import open_ledger
+from ollama_meter.meter import ledger_for
 from ollama_meter.reports import BY_CHOICES, SpendReport, parse_by, spend_report
 
 
@@ -48,7 +48,7 @@ def report(
     window = window_from_options(period, since, until, cfg)
     columns = parse_by(by)
     result = spend_report(
-        open_ledger(cfg.ledger_url),
+        ledger_for(cfg),
         window,
         columns,
         tz=cfg.tz,

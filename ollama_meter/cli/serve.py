@@ -26,8 +26,8 @@ from ollama_meter.cli._common import (
     settings,
 )
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import SpanFilter, open_ledger
-from ollama_meter.meter import Attribution
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter import Attribution, ledger_for
 
 keys_app = typer.Typer(
     help="Gateway API keys: each maps to a tenant and department.", no_args_is_help=True
@@ -67,7 +67,7 @@ def serve(
         GatewayOptions(require_key=require_key, allow_admin=allow_admin, admin_token=admin_token),
     )
     err.print(
-        f"ometer gateway on http://{host}:{port} → {cfg.ollama_host} (ledger {open_ledger(cfg.ledger_url).display_url})"
+        f"ometer gateway on http://{host}:{port} → {cfg.ollama_host} (ledger {ledger_for(cfg).display_url})"
     )
     uvicorn.run(
         app,
@@ -122,7 +122,7 @@ def run(
     finally:
         server.should_exit = True
         thread.join(timeout=15)
-    spans = open_ledger(cfg.ledger_url).latest(
+    spans = ledger_for(cfg).latest(
         SpanFilter(since=started, tenant=who.tenant, department=who.department), 100_000
     )
     spans = [s for s in spans if s.source == "gateway"]
@@ -146,7 +146,7 @@ def create_key(
     """Create a key for a tenant and department; the key is printed once and stored hashed."""
     cfg = settings(db_url=db, tenant=tenant, department=dept)
     who = Attribution(tenant=cfg.tenant, department=cfg.department)
-    key, secret = open_ledger(cfg.ledger_url).create_key(
+    key, secret = ledger_for(cfg).create_key(
         name=name, tenant=who.tenant, department=who.department
     )
     err.print(
@@ -159,7 +159,7 @@ def create_key(
 def list_keys(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every key (never the secret), live or revoked."""
     cfg = settings(db_url=db)
-    keys = open_ledger(cfg.ledger_url).keys()
+    keys = ledger_for(cfg).keys()
     if as_json:
         rows = [
             {
@@ -197,5 +197,5 @@ def revoke_key(
 ) -> None:
     """Revoke a key; the gateway refuses it from the next request on."""
     cfg = settings(db_url=db)
-    open_ledger(cfg.ledger_url).revoke_key(key_id)
+    ledger_for(cfg).revoke_key(key_id)
     out.print(f"revoked key {key_id}")

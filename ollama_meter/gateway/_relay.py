@@ -26,7 +26,7 @@ from ollama_meter.errors import (
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.gateway._upstream import UpstreamPool, finish, gateway_status
 from ollama_meter.meter import Attribution, Meter, MeteredCall
-from ollama_meter.meter._core import prompt_of
+from ollama_meter.meter._request import facts_of, with_output_cap
 from ollama_meter.upstream import classify, is_transient
 
 OLLAMA_ROUTES = {
@@ -142,10 +142,6 @@ class Relay:
                 # Ask for usage so the span has exact counts; the client never sees that chunk.
                 body = {**body, "stream_options": {**options, "include_usage": True}}
                 hide_usage = True
-        options = body.get("options") or {}
-        predict = options.get("num_predict") if isinstance(options, dict) else None
-        if openai and isinstance(body.get("max_tokens"), int):
-            predict = body["max_tokens"]
 
         def open_call() -> MeteredCall:
             return self.meter.open(
@@ -153,11 +149,7 @@ class Relay:
                 model=str(body["model"]),
                 stream=stream,
                 attribution=attribution,
-                prompt_text=prompt_of(
-                    "chat" if "messages" in body else ("embed" if "input" in body else "generate"),
-                    body,
-                ),
-                num_predict=predict if isinstance(predict, int) else None,
+                facts=facts_of(operation, body),
             )
 
         try:
@@ -167,8 +159,10 @@ class Relay:
             return error_response(
                 openai, 429, str(refused), headers={"Retry-After": str(refused.retry_after)}
             )
-        except LedgerError as unchecked:  # a covering budget, and no database to check it in
+        except LedgerError as unchecked:  # a covering budget unchecked, or nothing can record
             return error_response(openai, 503, str(unchecked), headers={"Retry-After": "5"})
+        if call.output_cap is not None:  # a hard budget admitted the call on this reply cap
+            body = with_output_cap(operation, body, call.output_cap)
         sent = await self._send(call, path, body, raw_headers, query, openai, retry=not stream)
         if isinstance(sent, Response):
             return sent

@@ -8,6 +8,7 @@ on a lock upgrade. PostgreSQL needs nothing special.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,22 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from ollama_meter.errors import LedgerError
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_WAIT = 5.0
+"""Seconds a ledger operation waits for a busy database (``OMETER_LEDGER_WAIT``)."""
+
+log = logging.getLogger("ollama_meter.ledger")
 
 
 def sqlite_path(url: URL) -> Path | None:
     """The file behind a SQLite URL, None for other backends and in-memory databases."""
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+    if not is_sqlite_file(url):
         return None
+    assert url.database is not None
     return Path(url.database).expanduser()
+
+
+def is_sqlite_file(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
 
 
 def _sqlite_connector(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
@@ -55,23 +64,37 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
 
-def create_ledger_engine(
-    url: str | URL, *, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
-) -> Engine:
-    """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder."""
+def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engine:
+    """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder.
+
+    ``wait`` bounds how long a statement waits for another writer's lock (SQLite's busy
+    timeout, PostgreSQL's ``lock_timeout``) and for a PostgreSQL server to answer.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise LedgerError(f"OMETER_DB_URL {str(url)!r} is not a database URL") from exc
+    if parsed.get_backend_name() == "sqlite" and not is_sqlite_file(parsed):
+        raise LedgerError(
+            f"{str(url)!r} is an in-memory SQLite database, which keeps nothing; "
+            "give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
+        )
     path = sqlite_path(parsed)
-    if path is not None:
+    if path is not None and not path.parent.is_dir():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LedgerError(f"cannot create the ledger folder {path.parent}: {exc}") from exc
+        log.warning("created the folder %s for the ledger %s", path.parent, path.name)
     options: dict[str, Any] = {}
+    millis = max(int(wait * 1000), 1)
     if parsed.get_backend_name() == "postgresql":
         options.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
+        if parsed.get_driver_name() == "psycopg":
+            options["connect_args"] = {
+                "connect_timeout": max(int(wait), 2),
+                "options": f"-c lock_timeout={millis}",
+            }
     try:
         engine = create_engine(parsed, **options)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
@@ -82,6 +105,6 @@ def create_ledger_engine(
         )
         raise LedgerError(f"no database driver for {parsed.drivername!r}.{hint}") from exc
     if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_connector(busy_timeout_ms))
+        event.listen(engine, "connect", _sqlite_connector(millis))
         event.listen(engine, "begin", _sqlite_begin)
     return engine

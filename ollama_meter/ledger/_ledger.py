@@ -2,8 +2,19 @@
 
 Owns the engine, first-use migration and transactions. Writes go through
 :meth:`Ledger.record`, one transaction per batch; the meter's
-:class:`GroupCommitWriter` batches concurrent callers into it. A write the
-database refuses past every retry goes to the spool and is recorded later.
+:class:`GroupCommitWriter` batches concurrent callers into it.
+
+No completed call is lost, whatever goes wrong with the write:
+
+- the database is busy, away or full: the spans go to the spool, and are
+  recorded by the next write that succeeds (or the next process that opens);
+- the spool cannot be written either (the disk is full): the spans are held in
+  memory (bounded) and :meth:`check_writable` refuses new calls until they are
+  written somewhere;
+- one span in a batch is refused for its content: the others are recorded, and
+  that one goes to the quarantine with a log line saying why and where.
+
+Each write waits at most ``wait`` seconds for a busy database.
 """
 
 from __future__ import annotations
@@ -20,22 +31,26 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, StatementError
 
 from ollama_meter.budgets import Budget, PastCall
 from ollama_meter.config import default_data_dir
 from ollama_meter.errors import BudgetError, LedgerError, PricingError
 from ollama_meter.ledger import _budgets, _keys, _prices, _spans
-from ollama_meter.ledger._engine import SQLITE_BUSY_TIMEOUT_MS, create_ledger_engine, sqlite_path
+from ollama_meter.ledger._engine import DEFAULT_WAIT, create_ledger_engine, sqlite_path
+from ollama_meter.ledger._journal import Journal
 from ollama_meter.ledger._keys import ApiKey
 from ollama_meter.ledger._migrate import ensure_current
-from ollama_meter.ledger._spool import Spool
+from ollama_meter.ledger._spool import Rejected, Spool
 from ollama_meter.ledger.models import SpanRow
-from ollama_meter.meter.span import SpanRecord
+from ollama_meter.meter.span import DURABLE, SpanRecord, Stored
 from ollama_meter.pricing import PriceRule
 
-_WRITE_ATTEMPTS = 5
 log = logging.getLogger("ollama_meter.ledger")
+
+MAX_HELD = 10_000
+"""Spans kept in memory while neither the database nor the spool can take them."""
+_HELD_RETRY_SECONDS = 1.0
 
 
 def default_spool_dir(url: str) -> Path:
@@ -47,6 +62,16 @@ def default_spool_dir(url: str) -> Path:
     return default_data_dir() / "spool" / digest
 
 
+def _is_content_error(exc: BaseException) -> bool:
+    """A failure caused by what a span holds, not by the database being unavailable."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return False
+    # Raised while binding parameters: text that cannot be encoded, a value out of range.
+    return isinstance(exc, StatementError | ValueError | TypeError | OverflowError)
+
+
 class Ledger:
     """A ledger database at ``url`` (any SQLAlchemy URL), migrated to the current schema."""
 
@@ -56,15 +81,20 @@ class Ledger:
         *,
         migrate: bool = True,
         spool_dir: Path | None = None,
-        busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+        wait: float = DEFAULT_WAIT,
         retry_delay: float = 0.05,
     ) -> None:
         self.url = url
-        self.engine = create_ledger_engine(url, busy_timeout_ms=busy_timeout_ms)
+        self.engine = create_ledger_engine(url, wait=wait)
         self._sqlite = self.engine.dialect.name == "sqlite"
+        self._wait = wait
         self._retry_delay = retry_delay
         self.spool = Spool(spool_dir or default_spool_dir(url))
+        self.journal = Journal(self.spool.directory / "journal")
         self._spooled = False
+        self._held: list[SpanRecord] = []
+        self._held_lock = threading.Lock()
+        self._held_tried = 0.0
         if migrate:
             self._retry_locked(
                 lambda: ensure_current(self.engine), f"cannot open the ledger at {self.display_url}"
@@ -76,7 +106,7 @@ class Ledger:
         if not self.spool.pending():
             return 0
         try:
-            count = self.spool.drain(self._record_now)
+            count = self.spool.drain(self._record_now, self._isolate)
         except LedgerError as exc:
             log.warning("spooled spans stay spooled for now: %s", exc)
             return 0
@@ -113,59 +143,198 @@ class Ledger:
         try:
             yield
         except DBAPIError as exc:
-            raise LedgerError(f"the ledger at {self.display_url} failed: {exc.orig}") from exc
+            if _is_content_error(exc):
+                raise
+            raise LedgerError(
+                f"the ledger at {self.display_url} failed: {self.explain(exc)}"
+            ) from exc
 
-    def record(self, spans: Sequence[SpanRecord]) -> None:
-        """Make ``spans`` durable: committed in one transaction, or else spooled.
+    def explain(self, exc: DBAPIError) -> str:
+        """The driver's message, and what to do when the cause is one a user can fix."""
+        text = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        lowered = text.lower()
+        if "malformed" in lowered or "not a database" in lowered:
+            return (
+                f"{text}: the file is damaged or is not an ometer ledger. Restore it from a "
+                "backup (`ometer db backup FILE` makes one), or move it aside to start a new "
+                "ledger; spans spooled since stay in the spool"
+            )
+        if "disk is full" in lowered or "no space" in lowered:
+            return f"{text}: free some disk space; spans wait in the spool meanwhile"
+        return text
 
-        Re-recording a span id is a no-op. SQLite's busy timeout already waits for
-        other writers; a few retries ride out lock storms; only then do the spans
-        go to the spool (and a warning to the log) instead of being lost.
+    # -- writing spans -------------------------------------------------------------------
+
+    def record(self, spans: Sequence[SpanRecord]) -> dict[str, Stored]:
+        """Make ``spans`` durable; says where each one went.
+
+        Committed in one transaction when the database takes them. Re-recording a span
+        id is a no-op. A busy database gets ``wait`` seconds; then the spans go to the
+        spool (and a warning to the log). A span refused for its content is isolated
+        from the others and quarantined. Raises :class:`LedgerError` only when nothing,
+        not even memory, can keep them.
         """
+        if self._held:
+            self._write_held()
         try:
             self._record_now(spans)
+            stored = dict.fromkeys((s.id for s in spans), Stored.COMMITTED)
+        except Rejected:
+            stored = self._isolate(spans)
         except LedgerError as exc:
-            try:
-                where = self.spool.put(spans)
-            except OSError as spool_exc:
-                raise LedgerError(f"{exc}; the spool failed too: {spool_exc}") from exc
-            self._spooled = True
-            log.warning("%s; kept them in %s to be recorded once the database answers", exc, where)
-            return
+            return self._keep(spans, exc)
         if self._spooled:  # the database answers again: bring in what waited
             self._spooled = False
             self.recover()
+        self.journal.closed([i for i, where in stored.items() if where in DURABLE])
+        return stored
 
     def _record_now(self, spans: Sequence[SpanRecord]) -> None:
         def insert() -> None:
             with self.write() as conn:
                 _spans.insert_spans(conn, spans)
 
-        self._retry_locked(
-            insert, f"could not write {len(spans)} span(s) to the ledger at {self.display_url}"
+        try:
+            self._retry_locked(
+                insert, f"could not write {len(spans)} span(s) to the ledger at {self.display_url}"
+            )
+        except LedgerError:
+            raise
+        except Exception as exc:
+            if _is_content_error(exc):
+                raise Rejected(str(exc)) from exc
+            raise
+
+    def _isolate(self, spans: Sequence[SpanRecord]) -> dict[str, Stored]:
+        """Record spans one by one: a span the database refuses cannot take the others with it."""
+        stored: dict[str, Stored] = {}
+        for span in spans:
+            try:
+                self._record_now([span])
+                stored[span.id] = Stored.COMMITTED
+            except Rejected as refused:
+                stored[span.id] = self._quarantine(span, str(refused.__cause__ or refused))
+            except LedgerError as exc:
+                stored.update(self._keep([span], exc))
+        return stored
+
+    def _quarantine(self, span: SpanRecord, reason: str) -> Stored:
+        reason = reason.strip().splitlines()[0][:500] if reason.strip() else "refused"
+        try:
+            where = self.spool.quarantine(span, reason)
+        except OSError as exc:
+            return self._hold([span], f"{reason}; and the quarantine failed: {exc}")
+        log.error(
+            "span %s (%s/%s, model %.80r) cannot be stored in the ledger at %s: %s; "
+            "kept in %s for a human to look at",
+            span.id,
+            span.tenant,
+            span.department,
+            span.request_model,
+            self.display_url,
+            reason,
+            where,
         )
+        return Stored.QUARANTINED
+
+    def _keep(self, spans: Sequence[SpanRecord], exc: LedgerError) -> dict[str, Stored]:
+        """The database cannot take ``spans`` now: spool them, else hold them in memory."""
+        try:
+            where = self.spool.put(spans)
+        except OSError as spool_exc:
+            stored = self._hold(
+                spans, f"{exc}; the spool at {self.spool.directory} failed too: {spool_exc}"
+            )
+            return dict.fromkeys((s.id for s in spans), stored)
+        self._spooled = True
+        log.warning("%s; kept them in %s to be recorded once the database answers", exc, where)
+        self.journal.closed([s.id for s in spans])
+        return dict.fromkeys((s.id for s in spans), Stored.SPOOLED)
+
+    def _hold(self, spans: Sequence[SpanRecord], why: str) -> Stored:
+        with self._held_lock:
+            if len(self._held) + len(spans) > MAX_HELD:
+                raise LedgerError(
+                    f"cannot record {len(spans)} span(s): {why}; {len(self._held)} more wait "
+                    "in memory already"
+                )
+            self._held.extend(spans)
+            held = len(self._held)
+        log.error(
+            "%s; holding %d span(s) in memory and refusing new calls until they are written",
+            why,
+            held,
+        )
+        return Stored.HELD
+
+    def _write_held(self) -> bool:
+        """Try to put the spans held in memory somewhere durable; True when none is left."""
+        with self._held_lock:
+            spans, self._held = self._held, []
+            self._held_tried = time.monotonic()
+        if not spans:
+            return True
+        try:
+            self._record_now(spans)
+            durable = [s.id for s in spans]
+        except (Rejected, LedgerError):
+            try:
+                self.spool.put(spans)
+                durable = [s.id for s in spans]
+            except OSError:
+                with self._held_lock:
+                    self._held[:0] = spans
+                return False
+        log.warning("wrote the %d span(s) that were held in memory", len(spans))
+        self.journal.closed(durable)
+        return True
+
+    def check_writable(self) -> None:
+        """Raise :class:`LedgerError` while spans are held in memory: no new call is taken
+        on that can't be recorded. Costs nothing when all is well."""
+        if not self._held:
+            return
+        if time.monotonic() - self._held_tried >= _HELD_RETRY_SECONDS and self._write_held():
+            return
+        raise LedgerError(
+            f"nothing can be recorded right now: the ledger at {self.display_url} and its spool "
+            f"at {self.spool.directory} both fail to write (is the disk full?); "
+            f"{len(self._held)} span(s) wait in memory. Calls are refused until they are written"
+        )
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
 
     def _retry_locked(self, action: Callable[[], object], failure: str) -> None:
         """Run ``action``, again with backoff while the database reports a lock.
 
-        The busy timeout covers ordinary waits; SQLite still answers "locked" at
-        once in a few races (a fresh file switching to WAL, a snapshot gone stale),
-        and those pass on a second try. Anything else, or the last try, is one
-        LedgerError starting with ``failure``.
+        The busy timeout covers ordinary waits; SQLite still answers "locked" at once
+        in a few races (a fresh file switching to WAL, a snapshot gone stale), and those
+        pass on a second try. Retries stop once ``wait`` seconds have passed. Anything
+        else, or the last try, is one LedgerError starting with ``failure``.
         """
-        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+        deadline = time.monotonic() + self._wait
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 action()
                 return
             except (OperationalError, LedgerError) as exc:
                 cause = exc if isinstance(exc, OperationalError) else exc.__cause__
                 locked = isinstance(cause, DBAPIError) and _is_lock_error(cause)
-                if attempt == _WRITE_ATTEMPTS or not locked:
+                delay = self._retry_delay * 2 ** min(attempt, 6)
+                if not locked or time.monotonic() + delay > deadline:
                     if isinstance(cause, DBAPIError):
-                        raise LedgerError(f"{failure}: {cause.orig}") from cause
+                        raise LedgerError(f"{failure}: {self.explain(cause)}") from cause
                     raise
-                log.debug("%s: database locked, try %d of %d", failure, attempt, _WRITE_ATTEMPTS)
-                time.sleep(self._retry_delay * 2**attempt)
+                log.debug("%s: database locked, try %d", failure, attempt)
+                time.sleep(delay)
+            except DBAPIError as exc:
+                if _is_content_error(exc):
+                    raise
+                raise LedgerError(f"{failure}: {self.explain(exc)}") from exc
 
     def latest(self, where: _spans.SpanFilter, limit: int = 20) -> list[SpanRecord]:
         with self.read() as conn:
@@ -256,6 +425,7 @@ class Ledger:
                 raise LedgerError(f"no live key with id {key_id}; see `ometer keys list`")
 
     def dispose(self) -> None:
+        self.journal.close()
         self.engine.dispose()
 
 
@@ -268,12 +438,12 @@ _shared: dict[str, Ledger] = {}
 _shared_lock = threading.Lock()
 
 
-def open_ledger(url: str) -> Ledger:
+def open_ledger(url: str, *, wait: float = DEFAULT_WAIT) -> Ledger:
     """The process-wide ledger for ``url``: one engine and one migration check per URL."""
     with _shared_lock:
         ledger = _shared.get(url)
         if ledger is None:
-            ledger = _shared[url] = Ledger(url)
+            ledger = _shared[url] = Ledger(url, wait=wait)
         return ledger
 
 

@@ -1,15 +1,20 @@
 """The spool: where spans wait when the database cannot take them, so none is lost.
 
-If the ledger stays locked or unreachable past every retry, the spans of that
-write go to a JSON-lines file (written to a temp name, fsynced, renamed). The
-same process records them once a write succeeds again, and any process that
-opens the ledger does too. Recording is idempotent, so a crash between
-recording and deleting a file only repeats a no-op.
+If the ledger stays locked or unreachable past the configured wait, the spans of
+that write go to a JSON-lines file (written to a temp name, fsynced, renamed).
+The same process records them once a write succeeds again, and any process that
+opens the ledger does too. Recording is idempotent, so a crash between recording
+and deleting a file only repeats a no-op.
+
+A span the database refuses for its content (which the meter's sanitising should
+make impossible) is not retried for ever: it goes to ``quarantine/`` beside the
+spool, one file per span with the reason, and a log line says where.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -19,42 +24,81 @@ from typing import Any
 
 from ollama_meter.meter.span import SpanRecord
 
+log = logging.getLogger("ollama_meter.ledger")
+
 _TIMES = ("started_at", "ended_at")
 
 
-def _encode(span: SpanRecord) -> str:
-    row = span.as_row()
+def span_json(span: SpanRecord, fields: Sequence[str] | None = None) -> dict[str, Any]:
+    """The span's columns (or just ``fields``) as JSON-ready values."""
+    row = span.as_row() if fields is None else {name: getattr(span, name) for name in fields}
     for key in _TIMES:
-        if row[key] is not None:
+        if row.get(key) is not None:
             row[key] = row[key].isoformat()
-    return json.dumps(row, ensure_ascii=False)
+    return row
 
 
-def _decode(line: str) -> SpanRecord:
-    row: dict[str, Any] = json.loads(line)
+def span_from_json(row: dict[str, Any]) -> SpanRecord:
+    row = dict(row)
     for key in _TIMES:
         if row.get(key) is not None:
             row[key] = datetime.fromisoformat(row[key])
     return SpanRecord(**row)
 
 
+def encode_span(span: SpanRecord) -> str:
+    """One JSON line; ASCII so that even text UTF-8 cannot encode survives the trip."""
+    return json.dumps(span_json(span), ensure_ascii=True, default=str)
+
+
+def decode_span(line: str) -> SpanRecord:
+    return span_from_json(json.loads(line))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """``text`` at ``path`` durably, or nothing at all (temp file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class Rejected(Exception):
+    """The database refused these spans for what they contain, not because it is away."""
+
+
 class Spool:
-    """A folder of JSON-lines files, one per failed write."""
+    """A folder of JSON-lines files, one per failed write, and a quarantine beside it."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.quarantine_dir = directory / "quarantine"
 
     def put(self, spans: Sequence[SpanRecord]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"{time.time_ns()}-{os.getpid()}-{spans[0].id}.jsonl"
-        final = self.directory / name
-        tmp = self.directory / f".{name}.tmp"
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.writelines(_encode(span) + "\n" for span in spans)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(final)
+        final = self.directory / f"{time.time_ns()}-{os.getpid()}-{spans[0].id}.jsonl"
+        write_atomically(final, "".join(encode_span(span) + "\n" for span in spans))
         return final
+
+    def quarantine(self, span: SpanRecord, reason: str) -> Path:
+        """Set aside a span the database will not take, with why; returns where it went."""
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        path = self.quarantine_dir / f"{span.id}.json"
+        record = {"reason": reason, "span": span_json(span)}
+        write_atomically(path, json.dumps(record, ensure_ascii=True, indent=1) + "\n")
+        return path
+
+    def quarantined(self) -> list[Path]:
+        try:
+            return sorted(self.quarantine_dir.glob("*.json"))
+        except OSError:
+            return []
 
     def pending(self) -> list[Path]:
         try:
@@ -62,17 +106,43 @@ class Spool:
         except OSError:
             return []
 
-    def drain(self, record: Callable[[list[SpanRecord]], None]) -> int:
-        """Record every spooled span with ``record``; returns how many were recorded."""
-        recorded = 0
+    def drain(
+        self,
+        record: Callable[[list[SpanRecord]], object],
+        isolate: Callable[[list[SpanRecord]], object],
+    ) -> int:
+        """Record every spooled span; returns how many were recorded or set aside.
+
+        ``record`` raises :class:`Rejected` when a file holds a span the database refuses:
+        then ``isolate`` records that file's spans one by one, quarantining the bad ones,
+        and the drain goes on. Any other failure (the database is away) stops the drain
+        and propagates; the files stay for the next try.
+        """
+        done = 0
         for path in self.pending():
             try:
                 spans = [
-                    _decode(line) for line in path.read_text(encoding="utf-8").splitlines() if line
+                    decode_span(line)
+                    for line in path.read_text(encoding="utf-8").splitlines()
+                    if line
                 ]
-            except (OSError, ValueError, TypeError):
-                continue  # unreadable: leave it for a human rather than lose it
-            record(spans)
+            except (OSError, ValueError, TypeError) as exc:
+                self._set_aside(path, exc)
+                continue
+            try:
+                record(spans)
+            except Rejected:
+                isolate(spans)
             path.unlink(missing_ok=True)
-            recorded += len(spans)
-        return recorded
+            done += len(spans)
+        return done
+
+    def _set_aside(self, path: Path, exc: Exception) -> None:
+        """An unreadable spool file is kept for a human, out of the drain's way."""
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        target = self.quarantine_dir / f"{path.name}.unreadable"
+        try:
+            path.replace(target)
+        except OSError:
+            return
+        log.error("spool file %s cannot be read (%s); moved it to %s", path, exc, target)

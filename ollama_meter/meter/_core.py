@@ -23,7 +23,7 @@ import ollama
 
 from ollama_meter._names import MAX_USER, name_problem
 from ollama_meter._reloaded import Reloaded
-from ollama_meter.budgets import BudgetGate, Reservation, estimate_cost
+from ollama_meter.budgets import BudgetGate, Reservation, bound_cost
 from ollama_meter.errors import (
     BudgetExceeded,
     LedgerError,
@@ -31,13 +31,16 @@ from ollama_meter.errors import (
     UpstreamError,
     ValidationError,
 )
+from ollama_meter.meter._request import RequestFacts, facts_of, with_output_cap
 from ollama_meter.meter._usage import estimate_tokens, usage_of
 from ollama_meter.meter._writer import GroupCommitWriter
 from ollama_meter.meter.span import (
     DurationSource,
     SpanRecord,
     Status,
+    Stored,
     TokenSource,
+    make_storable,
     new_otel_span_id,
     new_span_row_id,
     new_trace_id,
@@ -54,6 +57,13 @@ Response = ollama.ChatResponse | ollama.GenerateResponse | ollama.EmbedResponse
 log = logging.getLogger("ollama_meter.meter")
 
 Clock = Callable[[], datetime]
+
+DEFAULT_REPLY_CAP = 4096
+"""Reply tokens a call under a hard budget may produce when it sets no cap of its own."""
+INTERRUPTED_MESSAGE = (
+    "the process that made this call ended before the call did (killed or crashed); "
+    "what Ollama did with it is unknown, so only its prompt (estimated) is charged"
+)
 
 
 def utc_now() -> datetime:
@@ -105,6 +115,10 @@ class MeteredCall:
         self.content_chunks = 0
         self.final: Response | None = None
         self.reservation: Reservation | None = None
+        self.output_cap: int | None = None
+        """A reply cap the meter imposes (a hard budget covers a call that set none)."""
+        self.stored: Stored | None = None
+        """Where the span went once the call closed: the ledger, the spool, ..."""
         self._t0 = time.perf_counter_ns()
         self._first_ns: int | None = None
 
@@ -130,8 +144,11 @@ class MeteredCall:
     def reply(self) -> str:
         return "".join(self.reply_parts)
 
-    def measure(self, ended_ns: int) -> None:
-        """Fill the span's timings and tokens from what was observed."""
+    def measure(self, ended_ns: int, *, ok: bool = False) -> None:
+        """Fill the span's timings and tokens from what was observed.
+
+        ``ok``: the call ended well, so even with nothing observed it consumed its prompt.
+        """
         span = self.span
         span.latency_ns = ended_ns - self._t0
         span.ended_at = span.started_at + timedelta(microseconds=span.latency_ns // 1000)
@@ -145,7 +162,7 @@ class MeteredCall:
             span.load_duration_ns = final.load_duration
             span.prompt_eval_duration_ns = getattr(final, "prompt_eval_duration", None)
             span.eval_duration_ns = getattr(final, "eval_duration", None)
-        if final is None and self._first_ns is None:
+        if final is None and self._first_ns is None and not ok:
             return  # Ollama never answered: nothing was consumed
         if span.prompt_eval_duration_ns is None and span.eval_duration_ns is None:
             # Ollama did not say how long it was busy (its /v1 routes never do; an aborted
@@ -203,11 +220,25 @@ def sync_env_budgets(ledger: Ledger, settings: Settings) -> None:
         )
 
 
+def ledger_for(settings: Settings) -> Ledger:
+    """The configured ledger, with ``OMETER_PRICING_FILE`` and ``DEPARTMENT_BUDGETS`` brought in.
+
+    Every command that reads prices or budgets opens the ledger through here, so the
+    file and the variable apply the same way everywhere.
+    """
+    from ollama_meter.ledger import open_ledger
+
+    ledger = open_ledger(settings.ledger_url, wait=settings.ledger_wait)
+    if settings.pricing_file is not None:
+        sync_pricing_file(ledger, settings.pricing_file, default_currency=settings.currency)
+    sync_env_budgets(ledger, settings)
+    return ledger
+
+
 def budget_gate(ledger: Ledger, settings: Settings) -> BudgetGate:
-    """Budgets from the ledger (``DEPARTMENT_BUDGETS`` synced in) and the configured alert channels."""
+    """Budgets from the ledger and the configured alert channels."""
     from ollama_meter.budgets import AlertDispatcher, Channel, EmailChannel, WebhookChannel
 
-    sync_env_budgets(ledger, settings)
     channels: list[Channel] = []
     if settings.alert_webhook_url:
         channels.append(WebhookChannel(settings.alert_webhook_url))
@@ -257,8 +288,10 @@ class Meter:
         observers: Sequence[SpanObserver] = (),
         budgets: BudgetGate | None = None,
         capture_content: bool = False,
+        reply_cap: int = DEFAULT_REPLY_CAP,
     ) -> None:
         self.budgets = budgets
+        self.reply_cap = reply_cap
         self.capture_content = capture_content
         self.ledger = ledger
         self.prices = prices
@@ -281,13 +314,10 @@ class Meter:
 
         ``observers`` (user hooks) run before telemetry, so what they add is exported.
         """
-        from ollama_meter.ledger import open_ledger
         from ollama_meter.upstream import RetryPolicy, Upstream, breaker_for
 
-        ledger = open_ledger(settings.ledger_url)
-        if settings.pricing_file is not None:
-            sync_pricing_file(ledger, settings.pricing_file, default_currency=settings.currency)
-        return cls(
+        ledger = ledger_for(settings)
+        meter = cls(
             ledger=ledger,
             prices=PriceSource(ledger, settings=settings),
             upstream=Upstream(
@@ -305,7 +335,10 @@ class Meter:
             budgets=budget_gate(ledger, settings),
             observers=[*observers, *telemetry_observers(settings)],
             capture_content=settings.capture_content,
+            reply_cap=settings.budget_reply_cap,
         )
+        meter.recover_interrupted()
+        return meter
 
     # -- the sequence ------------------------------------------------------------------
 
@@ -316,16 +349,22 @@ class Meter:
         model: str,
         stream: bool,
         attribution: Attribution,
-        prompt_text: str = "",
-        num_predict: int | None = None,
+        facts: RequestFacts | None = None,
     ) -> MeteredCall:
-        """Start a call: attribute it, let the budgets admit it (or refuse it), open its span."""
+        """Start a call: attribute it, let the budgets admit it (or refuse it), open its span.
+
+        Raises :class:`LedgerError` while nothing can be recorded (the call is not made),
+        :class:`BudgetExceeded` when a hard budget has no room for the call's bound.
+        """
         if not model or not model.strip():
             raise ValidationError("no model given; pass one with -m/--model, e.g. -m llama3.1:8b")
+        self.ledger.check_writable()
+        facts = facts or RequestFacts(prompt_text="", prompt_bytes=0)
         span = self._new_span(operation, model, stream, attribution)
-        call = MeteredCall(span, prompt_text)
+        call = MeteredCall(span, facts.prompt_text)
         if self.budgets is not None:
-            self._admit(call, num_predict)
+            self._admit(call, facts)
+        self.ledger.journal.opened(make_storable(span), estimate_tokens(facts.prompt_text))
         self._notify("on_start", span)
         return call
 
@@ -381,26 +420,32 @@ class Meter:
         self._record(span)
         return span
 
-    def _admit(self, call: MeteredCall, num_predict: int | None) -> None:
-        """Reserve budget for the call; a refusal is written as a ``rejected`` span, then raised."""
+    def _admit(self, call: MeteredCall, facts: RequestFacts) -> None:
+        """Reserve the call's bound in every hard budget; a refusal is a ``rejected`` span, then raised.
+
+        A call under a hard budget that sets no reply cap gets :attr:`reply_cap`, so the
+        bound it was admitted on holds.
+        """
         assert self.budgets is not None
         span = call.span
-        if not self.budgets.budgets_for(span.tenant, span.department):
+        if not any(b.hard for b in self.budgets.budgets_for(span.tenant, span.department)):
             return
+        limits = facts.bound(self.reply_cap)
+        if facts.max_output is None and not facts.embedding:
+            call.output_cap = limits.output_tokens
         try:
-            estimate = estimate_cost(
+            bound = bound_cost(
                 self.prices(),
                 span.request_model,
                 span.started_at,
-                input_tokens=estimate_tokens(call.prompt_text),
-                history=self.ledger.recent_usage(span.request_model),
-                num_predict=num_predict,
+                limits,
+                self.ledger.recent_usage(span.request_model),
             )
             call.reservation = self.budgets.admit(
                 call_id=span.id,
                 tenant=span.tenant,
                 department=span.department,
-                estimate=estimate,
+                estimate=bound,
                 now=span.started_at,
             )
         except LedgerError as exc:
@@ -429,8 +474,11 @@ class Meter:
             raise
 
     def close(self, call: MeteredCall, error: BaseException | None = None) -> SpanRecord:
-        """Measure, price and write the call; the span is durable when this returns."""
-        call.measure(time.perf_counter_ns())
+        """Measure, price and write the call; the span is durable when this returns.
+
+        Raises :class:`LedgerError` only when not even memory can keep the span.
+        """
+        call.measure(time.perf_counter_ns(), ok=error is None)
         span = call.span
         if error is None:
             span.status = Status.OK
@@ -449,10 +497,12 @@ class Meter:
             span.status = Status.ERROR
             span.error_type = type(error).__name__
             span.error_message = str(error)[:2000]
-        span.apply_cost(self.prices().cost(span.model, span.started_at, usage_of(span)))
         if self.capture_content:
             span.prompt, span.reply = call.prompt_text, call.reply
-        self._record(span)
+        # Counts and names came from a caller and from Ollama: bound them before pricing.
+        make_storable(span)
+        span.apply_cost(self.prices().cost(span.model, span.started_at, usage_of(span)))
+        call.stored = self._record(span)
         if self.budgets is not None:
             self._settle(call)
         return span
@@ -492,13 +542,42 @@ class Meter:
         """Any metered operation (``chat``, ``generate``, ``embed``) with the client's own arguments."""
         return Run(self, operation, request, attribution, stream)
 
-    def _record(self, span: SpanRecord) -> None:
-        """Hand a finished span to the observers, then make it durable.
+    def _record(self, span: SpanRecord) -> Stored:
+        """Hand a finished span to the observers, then make it durable; says where it went.
 
-        Hooks see it before it is written, so the tags they add are kept.
+        Hooks see it before it is written, so the tags they add are kept; what they or
+        anyone else put in it is made storable last.
         """
+        make_storable(span)
         self._notify("on_end", span)
-        self.writer.write(span)
+        make_storable(span)
+        return self.writer.write(span)
+
+    def recover_interrupted(self) -> int:
+        """Record the calls dead processes left open in the journal, as ``interrupted``.
+
+        Ollama received each of them; how they ended is unknown. The prompt's estimated
+        tokens are charged, nothing more. Returns how many there were.
+        """
+        spans = []
+        with self.ledger.journal.orphans() as orphans:
+            for orphan in orphans:
+                span = orphan.span
+                span.status = Status.INTERRUPTED
+                span.error_type = "interrupted"
+                span.error_message = INTERRUPTED_MESSAGE
+                span.input_tokens = orphan.input_estimate
+                span.token_source = TokenSource.ESTIMATED
+                make_storable(span)
+                span.apply_cost(self.prices().cost(span.model, span.started_at, usage_of(span)))
+                spans.append(span)
+            if spans:
+                self.ledger.record(spans)
+        if spans:
+            log.warning(
+                "recorded %d call(s) a dead process left unfinished as interrupted", len(spans)
+            )
+        return len(spans)
 
     def _notify(self, hook: str, span: SpanRecord) -> None:
         for observer in self.observers:
@@ -509,16 +588,6 @@ class Meter:
 
     def close_upstream(self) -> None:
         self.upstream.close()
-
-
-def prompt_of(operation: str, request: Mapping[str, Any]) -> str:
-    """The text a request sends, for estimating tokens Ollama does not report."""
-    if operation == "chat":
-        return "\n".join(str(m.get("content") or "") for m in request.get("messages") or [])
-    if operation == "embed":
-        given = request.get("input") or ""
-        return given if isinstance(given, str) else "\n".join(map(str, given))
-    return "\n".join(str(request.get(key) or "") for key in ("system", "prompt"))
 
 
 class Run:
@@ -550,17 +619,16 @@ class Run:
         return self.call.span
 
     def open(self) -> MeteredCall:
-        options = self.request.get("options") or {}
-        predict = options.get("num_predict") if isinstance(options, Mapping) else None
-        self.call = self._meter.open(
+        self.call = call = self._meter.open(
             operation=self.operation,
             model=str(self.request.get("model") or ""),
             stream=self.stream,
             attribution=self._attribution,
-            prompt_text=prompt_of(self.operation, self.request),
-            num_predict=predict if isinstance(predict, int) else None,
+            facts=facts_of(self.operation, self.request),
         )
-        return self.call
+        if call.output_cap is not None:
+            self.request = with_output_cap(self.operation, self.request, call.output_cap)
+        return call
 
     def __iter__(self) -> Iterator[Response]:
         meter = self._meter

@@ -13,20 +13,21 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
-from ollama_meter.meter.span import SpanRecord
+from ollama_meter.meter.span import SpanRecord, Stored
 
 
 class SpanSink(Protocol):
-    def record(self, spans: list[SpanRecord]) -> None: ...
+    def record(self, spans: list[SpanRecord]) -> dict[str, Stored]: ...
 
 
 class _Batch:
     """Spans that will share one transaction, and the waiters that learn its outcome."""
 
-    __slots__ = ("done", "error", "spans", "turn")
+    __slots__ = ("done", "error", "spans", "stored", "turn")
 
     def __init__(self, lock: threading.Lock) -> None:
         self.spans: list[SpanRecord] = []
+        self.stored: dict[str, Stored] = {}
         self.done = False
         self.error: BaseException | None = None
         self.turn = threading.Condition(lock)
@@ -40,8 +41,8 @@ class GroupCommitWriter:
         self._pending = _Batch(self._lock)
         self._committing = False
 
-    def write(self, span: SpanRecord) -> None:
-        """Commit ``span`` (with whatever else is waiting); raises if the commit failed.
+    def write(self, span: SpanRecord) -> Stored:
+        """Commit ``span`` (with whatever else is waiting); says where it went, raises if nowhere.
 
         While a commit runs, newcomers gather in the pending batch. When it ends, its
         own waiters are told the outcome and one waiter of the pending batch is woken
@@ -55,19 +56,22 @@ class GroupCommitWriter:
             if batch.done:
                 if batch.error is not None:
                     raise batch.error
-                return
+                return batch.stored[span.id]
             self._committing = True
             self._pending = _Batch(self._lock)
         error: BaseException | None = None
+        stored: dict[str, Stored] = {}
         try:
-            self._sink.record(batch.spans)
+            stored = self._sink.record(batch.spans)
         except BaseException as exc:  # every waiter must learn the outcome
             error = exc
         with self._lock:
             batch.error = error
+            batch.stored = stored
             batch.done = True
             batch.turn.notify_all()
             self._committing = False
             self._pending.turn.notify()
         if error is not None:
             raise error
+        return stored[span.id]

@@ -8,6 +8,7 @@ it to a row, telemetry maps it to an OTel span.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +23,23 @@ class Status(StrEnum):
     ERROR = "error"
     REJECTED = "rejected"
     CLIENT_ABORT = "client_abort"
+    INTERRUPTED = "interrupted"
+    """The process recording the call died while the call was in flight; its end is unknown."""
+
+
+class Stored(StrEnum):
+    """Where a recorded span ended up."""
+
+    COMMITTED = "committed"
+    SPOOLED = "spooled"
+    """Written to the spool: the database was busy or away; recorded later."""
+    QUARANTINED = "quarantined"
+    """Refused by the database for its content; kept in the quarantine folder."""
+    HELD = "held"
+    """Only in this process's memory: nothing on disk could take it (yet)."""
+
+
+DURABLE = frozenset({Stored.COMMITTED, Stored.SPOOLED, Stored.QUARANTINED})
 
 
 class Source(StrEnum):
@@ -163,3 +181,78 @@ class SpanRecord:
 _ROW_FIELDS: tuple[str, ...] = tuple(
     name for name in SpanRecord.__dataclass_fields__ if name != "attributes"
 )
+
+# -- what the ledger can store -------------------------------------------------------------
+
+TEXT_LIMITS: dict[str, int] = {
+    "id": 26, "trace_id": 32, "span_id": 16, "tenant": 64, "department": 64, "user": 128,
+    "source": 16, "operation": 32, "upstream_host": 255, "request_model": 255,
+    "response_model": 255, "status": 16, "error_type": 32, "done_reason": 32,
+    "token_source": 16, "duration_source": 16, "currency": 3,
+    "error_message": 2000, "prompt": 1_000_000, "reply": 1_000_000,
+}  # fmt: skip
+"""Characters each text column holds; a test keeps these equal to the ledger's columns."""
+MAX_TAG_KEY = 64
+MAX_TAG_VALUE = 256
+MAX_TOKENS = 2**31 - 1
+"""The token columns are 32-bit; no real call comes near."""
+MAX_DURATION_NS = 10**15
+"""About 11.6 days: longer than any call; a lying upstream's figure is cut to this."""
+COUNT_FIELDS = ("input_tokens", "output_tokens")
+DURATION_FIELDS = (
+    "total_duration_ns", "load_duration_ns", "prompt_eval_duration_ns", "eval_duration_ns",
+    "latency_ns", "ttft_ns",
+)  # fmt: skip
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""NUL (PostgreSQL text cannot hold it) and lone surrogates (UTF-8 cannot encode them)."""
+
+
+def storable_text(value: str, limit: int) -> str:
+    """``value`` as every backend can store it: no NUL, no lone surrogate, at most ``limit`` chars.
+
+    What cannot be stored becomes U+FFFD; what is too long is cut and ends in "…".
+    """
+    if _UNSTORABLE.search(value):
+        value = _UNSTORABLE.sub("\ufffd", value)
+    if len(value) > limit:
+        value = value[: limit - 1] + "…"
+    return value
+
+
+def _bounded(value: object, top: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 0
+    return min(max(value, 0), top)
+
+
+def make_storable(span: SpanRecord) -> SpanRecord:
+    """Bring every field of ``span`` within what the ledger stores, in place; idempotent.
+
+    Values reach a span from callers and from Ollama (model names, error texts, tags,
+    counts, durations), so any of them may be hostile or malformed. Done once at the
+    meter's boundary, a span can never fail a write for its content.
+    """
+    for name, limit in TEXT_LIMITS.items():
+        value = getattr(span, name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            value = str(value)
+        if not value.isascii() or len(value) > limit or "\x00" in value:
+            value = storable_text(value, limit)
+        setattr(span, name, value)
+    if span.tags:
+        span.tags = {
+            storable_text(str(k), MAX_TAG_KEY): storable_text(str(v), MAX_TAG_VALUE)
+            for k, v in span.tags.items()
+        }
+    for name in COUNT_FIELDS:
+        setattr(span, name, _bounded(getattr(span, name), MAX_TOKENS))
+    for name in DURATION_FIELDS:
+        if getattr(span, name) is not None:
+            setattr(span, name, _bounded(getattr(span, name), MAX_DURATION_NS))
+    if span.http_status is not None and not (
+        isinstance(span.http_status, int) and 100 <= span.http_status <= 999
+    ):
+        span.http_status = None
+    return span

@@ -6,7 +6,17 @@ ledger, the meter or any entry point.
 
 from ollama_meter.pricing._book import PriceBook
 from ollama_meter.pricing._calc import Cost, Usage, compute_cost
-from ollama_meter.pricing._money import MICROS, format_micros, from_micros, parse_amount, to_micros
+from ollama_meter.pricing._money import (
+    MAX_AMOUNT,
+    MAX_PRICE,
+    MICROS,
+    check_amount,
+    format_micros,
+    from_micros,
+    parse_amount,
+    parse_currency,
+    to_micros,
+)
 from ollama_meter.pricing._rules import (
     PRICE_FIELDS,
     PriceRule,
@@ -18,17 +28,21 @@ from ollama_meter.pricing._rules import (
 from ollama_meter.pricing._toml import parse_pricing_toml
 
 __all__ = [
+    "MAX_AMOUNT",
+    "MAX_PRICE",
     "MICROS",
     "PRICE_FIELDS",
     "Cost",
     "PriceBook",
     "PriceRule",
     "Usage",
+    "check_amount",
     "compute_cost",
     "format_micros",
     "from_micros",
     "model_names",
     "parse_amount",
+    "parse_currency",
     "parse_pricing_toml",
     "select_rule",
     "sort_rules",

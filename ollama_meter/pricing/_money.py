@@ -1,11 +1,27 @@
-"""Exact money: Decimal in, integer micro-units out, never float."""
+"""Exact money: Decimal in, integer micro-units out, never float.
+
+Every amount a user gives is bounded here, once, so that whatever a call can
+cost fits the ledger's 64-bit integer columns (and SQLite's 64-bit SUM) with
+room to spare: a price is at most :data:`MAX_PRICE` per unit, a budget or a
+fixed cost at most :data:`MAX_AMOUNT`.
+"""
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 MICROS = 1_000_000
 _MICRO = Decimal("0.000001")
+
+MAX_PRICE = Decimal(1_000_000)
+"""The most a price may say per unit (per 1M tokens, per GPU-hour, per kWh, per request, per W)."""
+MAX_AMOUNT = Decimal(1_000_000_000_000)
+"""The largest budget or fixed monthly cost: a trillion units of the currency."""
+MAX_DIGITS = 40
+"""Significant digits an amount may have; more is a typo, not a price."""
+
+_CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 def to_micros(amount: Decimal) -> int:
@@ -22,16 +38,44 @@ def format_micros(micros: int) -> str:
     return f"{from_micros(micros):f}"
 
 
-def parse_amount(text: str | int | Decimal, *, what: str = "amount") -> Decimal:
-    """Parse a non-negative, finite decimal amount given by a user."""
+def parse_amount(
+    text: str | int | Decimal,
+    *,
+    what: str = "amount",
+    limit: Decimal = MAX_PRICE,
+    positive: bool = False,
+) -> Decimal:
+    """Parse a non-negative, finite decimal amount given by a user, at most ``limit``."""
     if isinstance(text, float):
         raise TypeError("money must not be a float; pass a str or Decimal")
+    if isinstance(text, bool) or not isinstance(text, str | int | Decimal):
+        raise ValueError(f"{what} must be an amount such as 100 or 12.50, not {text!r}")
     try:
         value = Decimal(str(text).strip())
     except InvalidOperation:
         raise ValueError(f"{what} {text!r} is not a number") from None
-    if not value.is_finite():
-        raise ValueError(f"{what} {text!r} is not a finite number")
-    if value < 0:
-        raise ValueError(f"{what} {text!r} must not be negative")
+    check_amount(value, what=what, limit=limit)
+    if positive and value == 0:
+        raise ValueError(f"{what} must be a positive amount, not {text!r}")
     return value
+
+
+def check_amount(value: Decimal, *, what: str, limit: Decimal = MAX_PRICE) -> None:
+    """Raise ValueError unless ``value`` is a finite amount in [0, ``limit``] of sane length."""
+    if not value.is_finite():
+        raise ValueError(f"{what} {value} is not a finite number")
+    if value < 0:
+        raise ValueError(f"{what} {value} must not be negative (a positive amount, or 0)")
+    if value > limit:
+        raise ValueError(f"{what} {value} is more than the largest allowed, {limit:,f}")
+    if len(value.as_tuple().digits) > MAX_DIGITS or (value and value.adjusted() < -MAX_DIGITS):
+        raise ValueError(f"{what} {value} has more than {MAX_DIGITS} digits")
+
+
+def parse_currency(text: object, *, what: str = "currency") -> str:
+    """An ISO 4217-shaped code (three letters), upper-cased: ``" eur"`` → ``"EUR"``."""
+    code = str(text).strip().upper() if isinstance(text, str) else ""
+    if not _CURRENCY.fullmatch(code):
+        given = f"{what} {text!r}".strip()
+        raise ValueError(f"{given} is not a 3-letter ISO 4217 code such as USD or EUR")
+    return code

@@ -13,6 +13,8 @@ from datetime import date
 from decimal import Decimal
 from fnmatch import fnmatchcase
 
+from ollama_meter.pricing._money import check_amount, parse_currency
+
 _WILDCARDS = re.compile(r"[*?\[\]]")
 _PATTERN_OK = re.compile(r"^[A-Za-z0-9._:/@*?\[\]!-]{1,255}$")
 
@@ -66,14 +68,19 @@ class PriceRule:
             raise ValueError("energy pricing needs both --watts and --kwh-price")
         for name in PRICE_FIELDS:
             value = getattr(self, name)
-            if value is not None and (not value.is_finite() or value < 0):
-                raise ValueError(f"{name} must be a non-negative number, not {value}")
+            if value is not None:
+                check_amount(value, what=name)
+        object.__setattr__(self, "currency", parse_currency(self.currency))
         if (
             self.effective_from is not None
             and self.effective_until is not None
             and self.effective_until <= self.effective_from
         ):
             raise ValueError("the rule's end date must be after its start date")
+
+    def same_as(self, other: PriceRule) -> bool:
+        """Whether ``other`` prices exactly like this rule (ids and where it came from aside)."""
+        return _identity(self) == _identity(other)
 
     def prices(self) -> dict[str, Decimal]:
         """The price parts this rule sets."""
@@ -89,6 +96,12 @@ class PriceRule:
 
 
 RULE_FIELDS = tuple(f.name for f in fields(PriceRule))
+_IDENTITY_FIELDS = tuple(name for name in RULE_FIELDS if name not in ("id", "source"))
+
+
+def _identity(rule: PriceRule) -> tuple[object, ...]:
+    # Decimal("1.0") == Decimal("1"): the same price written two ways is the same rule.
+    return tuple(getattr(rule, name) for name in _IDENTITY_FIELDS)
 
 
 def model_names(model: str) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from ollama_meter.pricing._money import parse_amount
+from ollama_meter.pricing._money import parse_amount, parse_currency
 from ollama_meter.pricing._rules import PRICE_FIELDS, PriceRule
 
 _KNOWN = {"model", "pattern", "currency", "charge_load", "from", "until", *PRICE_FIELDS}
@@ -48,30 +48,33 @@ def parse_pricing_toml(
         data = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"not valid TOML: {exc}") from None
-    currency = str(data.get("currency", default_currency)).upper()
+    currency = parse_currency(data.get("currency", default_currency), what="the file's currency")
     entries = data.get("rule", [])
     if not isinstance(entries, list) or not entries:
         raise ValueError("no [[rule]] tables found; each rule is a [[rule]] with a model pattern")
     rules = []
     for number, entry in enumerate(entries, start=1):
         where = f"rule {number}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a [[rule]] table, got {entry!r}")
         unknown = sorted(set(entry) - _KNOWN)
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
         pattern = entry.get("model", entry.get("pattern"))
-        if not pattern:
+        if not pattern or not isinstance(pattern, str):
             raise ValueError(f'{where}: needs a model pattern, e.g. model = "llama3.1:*"')
-        prices: dict[str, Any] = {
-            name: parse_amount(entry[name], what=f"{where} {name}")
-            for name in PRICE_FIELDS
-            if name in entry
-        }
+        charge_load = entry.get("charge_load", False)
+        if not isinstance(charge_load, bool):
+            raise ValueError(f"{where}: charge_load must be true or false, not {charge_load!r}")
         try:
+            prices: dict[str, Any] = {
+                name: parse_amount(entry[name], what=name) for name in PRICE_FIELDS if name in entry
+            }
             rules.append(
                 PriceRule(
-                    pattern=str(pattern),
-                    currency=str(entry.get("currency", currency)).upper(),
-                    charge_load=bool(entry.get("charge_load", False)),
+                    pattern=pattern,
+                    currency=parse_currency(entry.get("currency", currency), what="currency"),
+                    charge_load=charge_load,
                     effective_from=_date(entry.get("from"), where),
                     effective_until=_date(entry.get("until"), where),
                     source=source,

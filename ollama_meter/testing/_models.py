@@ -245,14 +245,14 @@ def reply_for_texts(
     """The reply to a prompt given as its message texts; see :func:`expected_reply`."""
     seed = _seed(texts)
     cap = num_predict(options)
-    if cap is not None:
-        length, reason = cap, "length"
-    elif model.reply_tokens is not None:
-        length, reason = model.reply_tokens, "stop"
+    if model.reply_tokens is not None:
+        length = model.reply_tokens
     else:
         spread = MAX_REPLY_TOKENS - MIN_REPLY_TOKENS + 1
         length = MIN_REPLY_TOKENS + int.from_bytes(seed[:4], "big") % spread
-        reason = "stop"
+    reason = "stop"
+    if cap is not None and cap < length:  # like Ollama: num_predict caps, it does not pad
+        length, reason = cap, "length"
     pieces = tuple(
         _word(seed, i) if i == 0 else " " + _word(seed, i) for i in range(max(0, length))
     )
@@ -273,9 +273,9 @@ def expected_reply(
 
     - prompt tokens: the sum of ``len(text.split())`` over every message content
       (or over ``system`` and ``prompt`` for generate);
-    - reply length: ``options["num_predict"]`` when given and >= 0 (done_reason
-      ``"length"``), else ``model.reply_tokens`` when set, else 8..40 derived from a
-      sha256 of the prompt text (done_reason ``"stop"``);
+    - reply length: ``model.reply_tokens`` when set, else 8..40 derived from a sha256
+      of the prompt text (done_reason ``"stop"``), cut to ``options["num_predict"]``
+      when that is given, >= 0 and shorter (done_reason ``"length"``);
     - reply words: drawn deterministically from the same hash, so a shorter
       ``num_predict`` gives a prefix of the longer reply.
 

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from ollama_meter.budgets import (
+    MESSAGE_TOKENS,
+    TEMPLATE_TOKENS,
     AlertDispatcher,
     Budget,
     BudgetGate,
@@ -30,6 +32,9 @@ from tests.factories import token_prices
 HELLO = [{"role": "user", "content": "hello there friend"}]
 IN, OUT = expected_counts("llama3.1:8b", HELLO)
 CALL_COST = IN * 1000 + OUT * 2000  # micro-units at 1000/2000 per 1M tokens
+# What a hard budget reserves for such a call with num_predict=OUT: the prompt's bytes plus
+# template and message allowance in, OUT out.
+BOUND = (len(HELLO[0]["content"].encode()) + TEMPLATE_TOKENS + MESSAGE_TOKENS) * 1000 + OUT * 2000
 
 
 class Clock:
@@ -53,6 +58,7 @@ def call(meter: Meter, tenant: str = "acme", department: str = "sales") -> Any:
         model="llama3.1:8b",
         messages=HELLO,
         attribution=Attribution(tenant=tenant, department=department),
+        options={"num_predict": OUT},
     )
     list(run)
     return run.span
@@ -79,7 +85,7 @@ def test_hard_budget_refuses_the_call_that_would_cross_it(
     db_url: str, emulator: OllamaEmulator
 ) -> None:
     meter = make_meter(db_url, Clock(NOV))
-    b = budget(meter, CALL_COST * 2 + CALL_COST // 2)
+    b = budget(meter, CALL_COST * 2 + BOUND - 1)  # the third call's bound does not fit
     call(meter)
     call(meter)
     sent = len(emulator.requests)
@@ -106,9 +112,9 @@ def test_periods_roll_over_at_local_midnight(db_url: str, emulator: OllamaEmulat
     # 22:59 UTC on 30 Nov is 23:59 in Berlin: still November, still the 30th.
     clock = Clock(datetime(2026, 11, 30, 22, 59, tzinfo=UTC))
     meter = make_meter(db_url, clock)
-    # room for one call each, with the slack of the prompt's token estimate (4 characters a token)
-    budget(meter, CALL_COST + 5000, period="day")
-    budget(meter, CALL_COST + 5000, period="month", department="support")
+    # room for one call's bound, then not for another
+    budget(meter, BOUND, period="day")
+    budget(meter, BOUND, period="month", department="support")
     call(meter)
     call(meter, department="support")
     with pytest.raises(BudgetExceeded, match="daily 2026-11-30"):
@@ -124,7 +130,7 @@ def test_periods_roll_over_at_local_midnight(db_url: str, emulator: OllamaEmulat
 
 def test_tenant_wide_and_soft_budgets(db_url: str, emulator: OllamaEmulator) -> None:
     meter = make_meter(db_url, Clock(NOV))
-    budget(meter, CALL_COST, department=None)
+    budget(meter, BOUND, department=None)
     budget(meter, CALL_COST // 2, department="support", hard=False)
     call(meter, department="ops")
     with pytest.raises(BudgetExceeded, match="for acme "):
@@ -135,27 +141,25 @@ def test_tenant_wide_and_soft_budgets(db_url: str, emulator: OllamaEmulator) -> 
 def test_a_crashed_callers_reservation_expires(db_url: str, emulator: OllamaEmulator) -> None:
     clock = Clock(NOV)
     meter = make_meter(db_url, clock)
-    call(meter)  # history: the next call is expected to cost CALL_COST
-    budget(meter, CALL_COST * 3)
+    call(meter)
+    budget(meter, CALL_COST + BOUND * 2 - 1)
     # A caller reserves and dies before settling.
     assert meter.budgets is not None
     from ollama_meter.budgets import Estimate
 
     meter.budgets.admit(
-        call_id="crashed",
-        tenant="acme",
-        department="sales",
-        estimate=Estimate(CALL_COST, CALL_COST * 2, "USD"),
+        call_id="crashed", tenant="acme", department="sales", estimate=Estimate(BOUND, "USD"),
         now=clock.now,
-    )
-    with pytest.raises(BudgetExceeded, match="held by calls in flight"):
+    )  # fmt: skip
+    with pytest.raises(BudgetExceeded, match="calls in flight hold") as refused:
         call(meter)
+    assert refused.value.retry_after == 5  # seconds, not the rest of the month
     clock.now = NOV + timedelta(minutes=16)
     assert call(meter).status == "ok"
 
 
 def test_department_budgets_from_the_environment(db_url: str, emulator: OllamaEmulator) -> None:
-    limit = Decimal(CALL_COST) / 1_000_000
+    limit = Decimal(BOUND) / 1_000_000
     meter = make_meter(
         db_url, Clock(NOV), department_budgets=json.dumps({"sales": {"daily": str(limit)}})
     )
@@ -313,7 +317,7 @@ def test_gate_without_hard_budgets_reserves_nothing(sqlite_url: str) -> None:
     ledger = Ledger(sqlite_url)
     gate = BudgetGate(ledger, tz=ZoneInfo("UTC"), alerts=AlertDispatcher(ledger, []))
     assert (
-        gate.admit(call_id="x", tenant="t", department="d", estimate=Estimate(1, 1, "USD"), now=NOV)
+        gate.admit(call_id="x", tenant="t", department="d", estimate=Estimate(1, "USD"), now=NOV)
         is None
     )
     assert gate.retry_undelivered() == 0

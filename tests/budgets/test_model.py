@@ -6,12 +6,14 @@ import pytest
 
 from ollama_meter.budgets import (
     Budget,
-    estimate_cost,
+    CallBound,
+    Estimate,
+    bound_cost,
     parse_department_budgets,
     parse_limit,
     parse_thresholds,
 )
-from ollama_meter.budgets._estimate import DEFAULT_OUTPUT_TOKENS, PastCall
+from ollama_meter.budgets._estimate import PastCall
 from ollama_meter.pricing import PriceBook
 from tests.factories import token_prices
 
@@ -42,8 +44,8 @@ def test_department_budgets_from_json() -> None:
         ('{"sales": 5}', "expected an object"),
         ('{"sales": {"yearly": 5}}', "unknown key"),
         ('{"sales": {"soft": true}}', "at least one of daily"),
-        ('{"sales": {"daily": -1}}', "positive amount"),
-        ('{"sales": {"daily": "lots"}}', "not an amount"),
+        ('{"sales": {"daily": -1}}', "must not be negative"),
+        ('{"sales": {"daily": "lots"}}', "is not a number"),
         ('{"sales": {"daily": true}}', "must be an amount"),
         ('{"sales": {"daily": 1, "thresholds": "50"}}', "list of whole percentages"),
         ('{"bad name": {"daily": 1}}', "department name"),
@@ -69,22 +71,14 @@ def test_budget_validation() -> None:
     assert parse_limit("0.000001", what="x") == 1
 
 
-def test_estimates_follow_history_and_num_predict() -> None:
-    rule = token_prices(id=1)
-    book = PriceBook([rule], tz=__import__("zoneinfo").ZoneInfo("UTC"), currency="USD")
+def test_bound_uses_the_calls_own_size_not_history() -> None:
     from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
 
+    book = PriceBook([token_prices(id=1)], tz=ZoneInfo("UTC"), currency="USD")
     now = datetime(2026, 11, 1, tzinfo=UTC)
-    cold = estimate_cost(book, "m", now, input_tokens=10, history=[])
-    assert cold.expected == 10_000 and cold.ceiling == 10_000 + DEFAULT_OUTPUT_TOKENS * 2000
-    warm = estimate_cost(
-        book,
-        "m",
-        now,
-        input_tokens=10,
-        history=[PastCall(5, 20, 0, 0, 0), PastCall(5, 30, 0, 0, 0)],
-    )
-    # the prompt guess is capped by recent prompts; the ceiling keeps the full guess
-    assert warm.expected == 5_000 + 30 * 2000 and warm.ceiling == 10_000 + 62 * 2000
-    capped = estimate_cost(book, "m", now, input_tokens=10, history=[], num_predict=5)
-    assert capped.expected == capped.ceiling == 10_000 + 5 * 2000
+    small_history = [PastCall(5, 20, 0, 0, 0)]
+    # 1000 per 1M in, 2000 per 1M out: micro-units are tokens x 1000 and x 2000.
+    bound = bound_cost(book, "m", now, CallBound(1_000_000, 64), small_history)
+    assert bound == Estimate(1_000_000 * 1000 + 64 * 2000, "USD")
+    assert bound_cost(book, "m", now, CallBound(10, 0), []).amount == 10_000

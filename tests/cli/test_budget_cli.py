@@ -105,7 +105,7 @@ def test_department_budgets_variable(
     bad = cli("budget", "list")
     assert (
         bad.code == 2
-        and bad.stderr.strip() == "error: DEPARTMENT_BUDGETS: 'sales' daily 'five' is not an amount"
+        and bad.stderr.strip() == "error: DEPARTMENT_BUDGETS: 'sales' daily 'five' is not a number"
     )
     monkeypatch.setenv("DEPARTMENT_BUDGETS", "{sales")
     assert cli("chat", "hi").stderr.startswith("error: DEPARTMENT_BUDGETS: not valid JSON")

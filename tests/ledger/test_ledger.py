@@ -18,6 +18,7 @@ from ollama_meter.errors import LedgerError, PricingError
 from ollama_meter.ledger import HEAD_REVISION, Ledger, SpanFilter, current_revision
 from ollama_meter.ledger.models import Base
 from ollama_meter.meter import GroupCommitWriter
+from ollama_meter.meter.span import Stored
 from ollama_meter.pricing import PriceRule
 from tests.factories import make_span
 
@@ -116,10 +117,13 @@ def test_recording_twice_is_idempotent(db_url: str) -> None:
     assert ledger.count() == 2
 
 
-def test_naive_datetimes_are_refused(sqlite_url: str) -> None:
+def test_naive_datetimes_are_refused_and_set_aside(sqlite_url: str) -> None:
     ledger = Ledger(sqlite_url)
-    with pytest.raises(Exception, match="naive datetime"):
-        ledger.record([make_span(started_at=datetime(2026, 11, 1))])
+    bad, good = make_span(started_at=datetime(2026, 11, 1)), make_span()
+    assert ledger.record([bad, good]) == {bad.id: "quarantined", good.id: "committed"}
+    assert ledger.count() == 1
+    (kept,) = ledger.spool.quarantined()
+    assert "naive datetime" in kept.read_text()
 
 
 def test_filters_and_newest_first(db_url: str) -> None:
@@ -187,9 +191,9 @@ def test_group_commit_from_many_threads_loses_nothing(db_url: str) -> None:
     batches: list[int] = []
     original = ledger.record
 
-    def counting(spans: list) -> None:  # type: ignore[type-arg]
+    def counting(spans: list) -> dict:  # type: ignore[type-arg]
         batches.append(len(spans))
-        original(spans)
+        return original(spans)
 
     ledger.record = counting  # type: ignore[method-assign]
     workers = [
@@ -220,11 +224,12 @@ def test_group_commit_gathers_waiters_and_each_learns_its_own_batchs_outcome() -
     batches: list[list[str]] = []
 
     class SlowSink:
-        def record(self, spans: list) -> None:  # type: ignore[type-arg]
+        def record(self, spans: list) -> dict:  # type: ignore[type-arg]
             batches.append([s.id for s in spans])
             time.sleep(0.2)  # while the first batch commits, the others gather
             if len(batches) > 1:
                 raise LedgerError("disk full")
+            return {s.id: Stored.COMMITTED for s in spans}
 
     writer = GroupCommitWriter(SlowSink())
     start = threading.Barrier(8)
@@ -272,7 +277,7 @@ def test_a_locked_database_spools_and_the_next_open_records(tmp_path: Path) -> N
     Ledger(url).dispose()
     blocker = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
-    ledger = Ledger(url, busy_timeout_ms=10, retry_delay=0.001)
+    ledger = Ledger(url, wait=0.05, retry_delay=0.001)
     spans = [
         make_span(),
         make_span(
@@ -296,7 +301,7 @@ def test_spool_recovery_waits_while_the_database_is_still_locked(tmp_path: Path)
     import sqlite3
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    ledger = Ledger(url, busy_timeout_ms=10, retry_delay=0.001)
+    ledger = Ledger(url, wait=0.05, retry_delay=0.001)
     ledger.spool.put([make_span()])
     blocker = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
@@ -314,8 +319,8 @@ def test_opening_retries_while_another_process_holds_a_fresh_file(tmp_path: Path
     blocker.execute("CREATE TABLE placeholder (x INTEGER)")
     blocker.execute("BEGIN EXCLUSIVE")  # not yet WAL: nobody can even read the file
     threading.Timer(0.3, lambda: (blocker.execute("ROLLBACK"), blocker.close())).start()
-    # Each try gives up after 10 ms; only retrying with backoff outlasts the 300 ms hold.
-    ledger = Ledger(f"sqlite:///{path}", busy_timeout_ms=10, retry_delay=0.05)
+    # Opening waits (up to a second) for the 300 ms hold to end.
+    ledger = Ledger(f"sqlite:///{path}", wait=1.0, retry_delay=0.05)
     ledger.record([make_span()])
     assert ledger.count() == 1
 
@@ -329,7 +334,7 @@ def test_opening_a_file_locked_for_good_is_one_clear_error(tmp_path: Path) -> No
     blocker.execute("BEGIN EXCLUSIVE")
     try:
         with pytest.raises(LedgerError, match=r"^cannot open the ledger at .*database is locked$"):
-            Ledger(f"sqlite:///{path}", busy_timeout_ms=10, retry_delay=0.001)
+            Ledger(f"sqlite:///{path}", wait=0.05, retry_delay=0.001)
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()

@@ -127,7 +127,7 @@ def test_price_book_reads_dates_in_the_configured_zone() -> None:
     [
         ({"currency": "USD"}, "sets no price"),
         ({"currency": "USD", "watts": D(300)}, "both --watts and --kwh-price"),
-        ({"currency": "USD", "input_per_1m": D(-1)}, "non-negative"),
+        ({"currency": "USD", "input_per_1m": D(-1)}, "must not be negative"),
         (
             {
                 "currency": "USD",

@@ -251,4 +251,4 @@ def test_cli_writes_atomically_and_reads_the_fixed_cost_from_the_environment(
     assert list(as_json[0]) == HEADER.split(",")
     assert as_json[-1]["department"] == "__idle__" and isinstance(as_json[0]["total_cost"], str)
     assert cli("chargeback", "--month", "nov").code == 2
-    assert "not an amount" in cli("chargeback", "--month", "2026-11", "--fixed-cost", "lots").stderr
+    assert "not a number" in cli("chargeback", "--month", "2026-11", "--fixed-cost", "lots").stderr

@@ -1,0 +1,186 @@
+"""The journal: every call is written down before it goes to Ollama, so a crash leaves a trace.
+
+A process appends one line when a call opens and one when its span is durable
+(committed, spooled or quarantined). ``kill -9`` keeps what was appended: the
+lines are in the kernel's page cache, not in a buffer of ours. Each process
+holds an exclusive ``flock`` on its own file for as long as it lives; a file
+that can be locked by someone else belongs to a dead process, and its opened
+but never closed calls are the ones whose end is unknown.
+
+Cost: two small appends per call, no fsync (a crash of the process loses
+nothing; only a power cut could, and the ledger's own WAL is as exposed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ollama_meter.ledger._spool import span_from_json, span_json
+from ollama_meter.meter.span import SpanRecord
+
+log = logging.getLogger("ollama_meter.ledger")
+
+ROTATE_BYTES = 4 * 1024 * 1024
+_OPEN_FIELDS = (
+    "id", "trace_id", "span_id", "started_at", "tenant", "department", "user", "tags",
+    "source", "operation", "upstream_host", "request_model", "stream", "currency",
+)  # fmt: skip
+"""What is known of a call when it opens: enough to charge an interrupted span to its caller."""
+"""A journal is rewritten with only its open calls once it grows past this."""
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """A call a dead process opened and never closed, with what was known when it opened."""
+
+    span: SpanRecord
+    input_estimate: int
+
+
+class Journal:
+    """This process's journal file in ``directory`` (made on the first call)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._open: dict[str, bytes] = {}
+        self._size = 0
+        self._warned = False
+
+    def opened(self, span: SpanRecord, input_estimate: int) -> None:
+        """Note a call about to go upstream. Best effort: a failure is logged, never raised."""
+        entry = {"o": span_json(span, _OPEN_FIELDS), "in": input_estimate}
+        line = json.dumps(entry, ensure_ascii=True).encode() + b"\n"
+        with self._lock:
+            try:
+                self._append(line)
+            except OSError as exc:
+                self._warn(exc)
+                return
+            self._open[span.id] = line
+
+    def closed(self, span_ids: list[str]) -> None:
+        """Note that these calls' spans are durable; ids never opened here are ignored."""
+        with self._lock:
+            known = [i for i in span_ids if self._open.pop(i, None) is not None]
+            if not known or self._fd is None:
+                return
+            try:
+                self._append(b"".join(b'{"c":"%s"}\n' % i.encode() for i in known))
+                if self._size > ROTATE_BYTES:
+                    self._rotate()
+            except OSError as exc:
+                self._warn(exc)
+
+    def _append(self, data: bytes) -> None:
+        if self._fd is None:
+            self._start()
+        assert self._fd is not None
+        os.write(self._fd, data)
+        self._size += len(data)
+
+    def _start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{os.getpid()}-{os.urandom(4).hex()}.journal"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd, self._path, self._size = fd, path, 0
+
+    def _rotate(self) -> None:
+        """Start a new file holding only the calls still open, then drop the old one."""
+        old_fd, old_path = self._fd, self._path
+        self._fd = None
+        self._start()
+        for line in self._open.values():
+            self._append(line)
+        if old_fd is not None:
+            os.close(old_fd)
+        if old_path is not None:
+            old_path.unlink(missing_ok=True)
+
+    def _warn(self, exc: OSError) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "cannot write the call journal in %s (%s): a crash of this process would "
+                "leave no trace of its calls in flight",
+                self.directory,
+                exc,
+            )
+
+    def close(self) -> None:
+        """Give the file up; with no call open it is removed."""
+        with self._lock:
+            if self._fd is None:
+                return
+            os.close(self._fd)
+            if not self._open and self._path is not None:
+                self._path.unlink(missing_ok=True)
+            self._fd = self._path = None
+
+    # -- recovery ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def orphans(self) -> Iterator[list[Orphan]]:
+        """Calls left open in the journals of dead processes; their files go once handled.
+
+        The caller records the orphans inside the ``with``; if it raises, the files stay
+        for the next try. Files of live processes (this one included) are locked, so
+        they are skipped.
+        """
+        try:
+            paths = sorted(self.directory.glob("*.journal"))
+        except OSError:
+            paths = []
+        held: list[tuple[int, Path]] = []
+        found: dict[str, Orphan] = {}
+        try:
+            for path in paths:
+                if path == self._path:
+                    continue
+                try:
+                    fd = os.open(path, os.O_RDWR)
+                except OSError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    continue  # its process is alive
+                held.append((fd, path))
+                found.update(_open_calls(path))
+            yield list(found.values())
+            for _, path in held:
+                path.unlink(missing_ok=True)
+        finally:
+            for fd, _ in held:
+                os.close(fd)
+
+
+def _open_calls(path: Path) -> dict[str, Orphan]:
+    opened: dict[str, Orphan] = {}
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return opened
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+            if "c" in entry:
+                opened.pop(str(entry["c"]), None)
+            else:
+                span = span_from_json(entry["o"])
+                opened[span.id] = Orphan(span, int(entry.get("in", 0)))
+        except (ValueError, TypeError, KeyError):
+            continue  # a line cut short by the crash
+    return opened

@@ -1,0 +1,197 @@
+"""What a request says about the call it asks for, read the same way for every wire format.
+
+The meter needs three things from a request before it goes upstream: the text it
+sends (to estimate tokens Ollama does not count), the most tokens it can count
+in and out (to bound its cost for a hard budget), and where to put a reply cap
+when the meter must impose one. Ollama's native bodies and OpenAI's differ in
+shape only; both are read here, defensively: a request is untrusted input.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ollama_meter.budgets import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS, CallBound
+
+OPENAI_PREFIX = "openai."
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the meter reads from a request before calling upstream."""
+
+    prompt_text: str
+    """Every text the request sends, joined: what unreported input tokens are estimated from."""
+    prompt_bytes: int
+    """UTF-8 bytes of everything that becomes prompt tokens (text, tool definitions)."""
+    messages: int = 0
+    images: int = 0
+    given_tokens: int = 0
+    """Tokens sent as numbers (``context`` arrays, OpenAI token-id inputs)."""
+    max_output: int | None = None
+    """The reply cap the caller set (``num_predict``, ``max_tokens``), if any."""
+    context: int | None = None
+    """The context size the caller set (``num_ctx``): no reply is longer."""
+    embedding: bool = False
+
+    def bound(self, default_output: int) -> CallBound:
+        """The most tokens the call can count; ``default_output`` when the caller set no cap."""
+        inputs = (
+            self.prompt_bytes
+            + self.given_tokens
+            + self.messages * MESSAGE_TOKENS
+            + self.images * IMAGE_TOKENS
+            + TEMPLATE_TOKENS
+        )
+        if self.embedding:
+            return CallBound(inputs, 0)
+        if self.max_output is not None:
+            return CallBound(inputs, self.max_output)
+        return CallBound(inputs, min(default_output, self.context or default_output))
+
+
+def options_of(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The request's ``options`` as a dict: a mapping, or the ``ollama.Options`` model the SDK takes."""
+    options = body.get("options")
+    if isinstance(options, Mapping):
+        return dict(options)
+    dump = getattr(options, "model_dump", None)
+    if callable(dump):
+        dumped = dump(exclude_none=True)
+        return dict(dumped) if isinstance(dumped, Mapping) else {}
+    return {}
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _positive_int(value: object) -> int | None:
+    """A caller's cap: a positive integer, else None (Ollama reads -1/-2 as "no cap")."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None
+    return value
+
+
+def _bytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _json_bytes(value: object) -> int:
+    if value is None:
+        return 0
+    try:
+        return _bytes(json.dumps(value, ensure_ascii=False, default=str))
+    except (TypeError, ValueError, RecursionError):
+        return 0
+
+
+def _content_parts(content: object) -> tuple[list[str], int]:
+    """Texts and image count of one message's content (a string, or OpenAI's list of parts)."""
+    if isinstance(content, str):
+        return [content], 0
+    texts: list[str] = []
+    images = 0
+    if isinstance(content, list):
+        for part in content:
+            if not isinstance(part, Mapping):
+                continue
+            if part.get("type") in ("image_url", "input_image", "image"):
+                images += 1
+            elif isinstance(part.get("text"), str):
+                texts.append(part["text"])
+    return texts, images
+
+
+def _messages(messages: object) -> tuple[list[str], int, int, int]:
+    """Texts, message count, image count and extra bytes (tool calls) of a chat."""
+    texts: list[str] = []
+    count = images = extra = 0
+    if not isinstance(messages, list):
+        return texts, count, images, extra
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        count += 1
+        parts, pictures = _content_parts(message.get("content"))
+        texts.extend(parts)
+        images += pictures
+        if isinstance(message.get("images"), list):
+            images += len(message["images"])
+        extra += _json_bytes(message.get("tool_calls"))
+    return texts, count, images, extra
+
+
+def _inputs(value: object) -> tuple[list[str], int]:
+    """Embedding inputs: texts, and tokens given as numbers (OpenAI accepts token ids)."""
+    if isinstance(value, str):
+        return [value], 0
+    texts: list[str] = []
+    tokens = 0
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, int):
+                tokens += 1
+            elif isinstance(item, list):
+                tokens += len(item)
+    return texts, tokens
+
+
+def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
+    """Read ``body`` (Ollama native, or OpenAI for ``openai.*`` operations)."""
+    openai = operation.startswith(OPENAI_PREFIX)
+    kind = operation.removeprefix(OPENAI_PREFIX)
+    options = options_of(body)
+    if openai:
+        cap = _positive_int(body.get("max_completion_tokens")) or _positive_int(
+            body.get("max_tokens")
+        )
+    else:
+        cap = _positive_int(options.get("num_predict"))
+    texts: list[str] = []
+    messages = images = extra = given = 0
+    embedding = kind in ("embed", "embeddings")
+    if kind == "chat":
+        texts, messages, images, extra = _messages(body.get("messages"))
+        extra += _json_bytes(body.get("tools"))
+    elif embedding:
+        texts, given = _inputs(body.get("input", body.get("prompt")))
+    else:  # generate, completions
+        prompt = body.get("prompt")
+        if openai and isinstance(prompt, list):
+            texts, given = _inputs(prompt)
+        else:
+            texts = [_text(prompt)]
+        texts += [_text(body.get(key)) for key in ("system", "suffix", "template")]
+        if isinstance(body.get("images"), list):
+            images = len(body["images"])
+        context = body.get("context")
+        if isinstance(context, list):
+            given += len(context)
+    texts = [t for t in texts if t]
+    prompt_text = "\n".join(texts)
+    return RequestFacts(
+        prompt_text=prompt_text,
+        prompt_bytes=sum(_bytes(t) for t in texts) + extra,
+        messages=messages,
+        images=images,
+        given_tokens=given,
+        max_output=None if embedding else cap,
+        context=_positive_int(options.get("num_ctx")),
+        embedding=embedding,
+    )
+
+
+def with_output_cap(operation: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:
+    """``body`` with the reply capped at ``cap`` tokens, in the wire format's own field."""
+    new = dict(body)
+    if operation.startswith(OPENAI_PREFIX):
+        new["max_tokens"] = cap
+    else:
+        new["options"] = {**options_of(body), "num_predict": cap}
+    return new
