@@ -16,6 +16,18 @@ from ollama_meter.errors import ValidationError
 
 TIME_UNITS = ("day", "week", "month")
 PERIOD_HELP = "today, week, month, YYYY-MM or YYYY-MM-DD"
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date(9998, 12, 31)
+"""Days a period may start on: enough for any ledger, and far from the calendar's edges."""
+
+
+def _in_range(day: date, what: str) -> date:
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValidationError(
+            f"{what} {day.isoformat()} is outside the dates ometer works with "
+            f"({FIRST_DAY.isoformat()} to {LAST_DAY.isoformat()})"
+        )
+    return day
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +78,7 @@ def parse_period(text: str, *, tz: ZoneInfo, now: datetime) -> Window:
             first = date.fromisoformat(value + "-01")
         except ValueError:
             raise ValidationError(f"period {text!r} is not a valid month") from None
+        _in_range(first, "period")
         return _days(first, next_month(first), tz, value)
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
         day = parse_day(value, what="period")
@@ -75,15 +88,16 @@ def parse_period(text: str, *, tz: ZoneInfo, now: datetime) -> Window:
 
 def parse_day(text: str, *, what: str) -> date:
     try:
-        return date.fromisoformat(text.strip())
+        day = date.fromisoformat(text.strip())
     except ValueError:
         raise ValidationError(f"{what} {text!r} is not a date; use YYYY-MM-DD") from None
+    return _in_range(day, what)
 
 
 def window_between(since: str | None, until: str | None, *, tz: ZoneInfo, now: datetime) -> Window:
     """From the start of ``since`` through the end of ``until`` (both local dates, inclusive)."""
     today = now.astimezone(tz).date()
-    first = parse_day(since, what="--since") if since else date(1970, 1, 1)
+    first = parse_day(since, what="--since") if since else FIRST_DAY
     last = parse_day(until, what="--until") if until else today
     if last < first:
         raise ValidationError(f"--until {last} is before --since {first}")

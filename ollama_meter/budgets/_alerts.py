@@ -86,10 +86,16 @@ class Channel(Protocol):
         ...
 
 
+CHANNEL_TIMEOUT = 3.0
+"""Seconds a channel may take to take an alert; a hanging one is a failed attempt."""
+EXIT_WAIT = 1.0
+"""Seconds a process that is ending waits for alerts still being delivered."""
+
+
 class WebhookChannel:
     name = "webhook"
 
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, timeout: float = CHANNEL_TIMEOUT) -> None:
         self.url = url
         self.timeout = timeout
 
@@ -111,7 +117,7 @@ class EmailChannel:
         recipients: Sequence[str],
         user: str | None = None,
         password: str | None = None,
-        timeout: float = 10.0,
+        timeout: float = CHANNEL_TIMEOUT,
     ) -> None:
         self.host, self.port = host, port
         self.sender, self.recipients = sender, list(recipients)
@@ -188,7 +194,9 @@ class AlertDispatcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ometer-alerts", daemon=True)
                 self._thread.start()
-                atexit.register(self.flush)
+                # A short-lived process (the CLI) waits a moment, never long: what is not
+                # delivered by then is retried by the next run.
+                atexit.register(self.flush, EXIT_WAIT)
         self._queue.put((alert, done or {}))
 
     def flush(self, timeout: float = 15.0) -> bool:
@@ -204,6 +212,9 @@ class AlertDispatcher:
         while True:
             alert, done = self._queue.get()
             try:
+                # The attempt counts before it is made: a process that ends mid-delivery
+                # (or a channel that hangs) still uses up one of the alert's runs.
+                self.ledger.record_alert_attempt(alert.id)
                 outcome, delivered = deliver(alert, self.channels, done=done, backoff=self.backoff)
                 self.ledger.record_alert_delivery(alert.id, outcome, delivered)
             except Exception:

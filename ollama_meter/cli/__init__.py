@@ -6,6 +6,7 @@ sub-app; errors the user can fix become one line on stderr and an exit code.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 
@@ -84,3 +85,10 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except Exception as exc:  # a bug, not the user's mistake: one line, the traceback on request
+        logging.getLogger("ollama_meter").debug("unexpected failure", exc_info=True)
+        sys.stderr.write(
+            f"error: unexpected {type(exc).__name__}: {exc}. This is a bug in ometer: run again "
+            "with OMETER_LOG_LEVEL=debug for the traceback, and report it\n"
+        )
+        sys.exit(70)

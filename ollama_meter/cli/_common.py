@@ -34,6 +34,13 @@ DeptOption = Annotated[
     typer.Option("--dept", "--department", "-d", help="Department (default: OMETER_DEPARTMENT)."),
 ]
 ModelFilter = Annotated[str | None, typer.Option("--model", "-m", help="Only this model.")]
+TenantFilter = Annotated[
+    str | None, typer.Option("--tenant", "-t", help="Only this tenant (default: all).")
+]
+DeptFilter = Annotated[
+    str | None,
+    typer.Option("--dept", "--department", "-d", help="Only this department (default: all)."),
+]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 OutOption = Annotated[
     Path | None,

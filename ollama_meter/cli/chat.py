@@ -20,8 +20,8 @@ from ollama_meter.cli._common import (
     out,
     settings,
 )
-from ollama_meter.errors import UpstreamError, ValidationError
-from ollama_meter.meter import Attribution, Meter, SpanRecord, TokenSource
+from ollama_meter.errors import OmeterError, UpstreamError, ValidationError
+from ollama_meter.meter import Attribution, Meter, SpanRecord, Stored, TokenSource
 from ollama_meter.reports import span_to_dict
 
 
@@ -70,17 +70,29 @@ def _turn(
     options: dict[str, Any] | None,
     as_json: bool,
 ) -> str:
-    """Run one metered exchange, printing the reply as it arrives; returns the reply."""
+    """Run one metered exchange, printing the reply as it arrives; returns the reply.
+
+    With ``as_json`` a failure prints an error object too (with the span when there is
+    one), then raises as usual, so scripts get JSON and an exit code either way.
+    """
     run = meter.chat(
         model=model, messages=messages, attribution=attribution, stream=stream, options=options
     )
     parts: list[str] = []
-    for chunk in run:
-        text = (chunk.message.content or "") if isinstance(chunk, ollama.ChatResponse) else ""
-        parts.append(text)
-        if not as_json and text:
-            out.file.write(text)
-            out.file.flush()
+    try:
+        for chunk in run:
+            text = (chunk.message.content or "") if isinstance(chunk, ollama.ChatResponse) else ""
+            parts.append(text)
+            if not as_json and text:
+                out.file.write(text)
+                out.file.flush()
+    except OmeterError as exc:
+        if as_json:
+            failure: dict[str, Any] = {"error": str(exc), "error_type": _error_type(exc)}
+            if run.call is not None:
+                failure |= {"span_id": run.span.id, **span_to_dict(run.span)}
+            out.file.write(json.dumps(failure, ensure_ascii=False) + "\n")
+        raise
     reply = "".join(parts)
     if as_json:
         out.file.write(json.dumps(result_json(run.span, reply), ensure_ascii=False) + "\n")
@@ -89,7 +101,37 @@ def _turn(
             out.file.write("\n")
         out.file.flush()
         err.print(f"[dim]{footer(run.span)}[/]")
+    if run.call is not None and run.call.stored not in (None, Stored.COMMITTED):
+        err.print(f"[yellow]note:[/] {STORED_NOTES[run.call.stored]}")
     return reply
+
+
+STORED_NOTES = {
+    Stored.SPOOLED: "the ledger was busy or away, so this call's span waits in the spool; "
+    "the next ometer command that can write records it",
+    Stored.QUARANTINED: "the ledger refused this call's span; it was set aside in the spool's "
+    "quarantine folder (see the log)",
+    Stored.HELD: "nothing on disk could record this call's span (is the disk full?); it was "
+    "kept in memory and is lost when this command ends",
+}
+
+
+def _error_type(exc: OmeterError) -> str:
+    return str(getattr(exc, "error_type", None) or type(exc).__name__)
+
+
+def read_prompt(stdin: Any) -> str:
+    """The prompt piped in on stdin, which must be UTF-8 text."""
+    raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValidationError(
+                f"stdin is not UTF-8 text (byte {raw[exc.start]:#04x} at position {exc.start}); "
+                "convert it first, e.g. with `iconv -t UTF-8`"
+            ) from None
+    return str(raw).strip()
 
 
 def chat(
@@ -131,9 +173,11 @@ def chat(
     options = parse_options(option or []) or None
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     if prompt is None and not sys.stdin.isatty():
-        prompt = sys.stdin.read().strip()
+        prompt = read_prompt(sys.stdin)
         if not prompt:
             raise ValidationError("stdin was empty; give a prompt as an argument or pipe one in")
+    elif prompt is not None and not prompt.strip():
+        raise ValidationError("the prompt is empty; nothing was sent (and nothing charged)")
     meter = Meter.from_settings(cfg, source="cli")
     try:
         if prompt is not None:
@@ -163,8 +207,8 @@ def _interactive(
 ) -> None:
     """A conversation kept for the session; every turn is its own metered call."""
     err.print(
-        f"[dim]chatting with {model} as {attribution.tenant}/{attribution.department}; "
-        "/reset clears the history, /exit or Ctrl-D leaves[/]"
+        f"[dim]chatting with {escape(model)} as {attribution.tenant}/{attribution.department}; "
+        "/help lists commands, /exit or Ctrl-D leaves[/]"
     )
     while True:
         try:
@@ -172,13 +216,21 @@ def _interactive(
         except EOFError:
             err.print()
             return
+        except KeyboardInterrupt:
+            err.print("\n[dim](/exit or Ctrl-D leaves)[/]")
+            continue
         if not line:
             continue
-        if line in ("/exit", "/quit"):
-            return
-        if line == "/reset":
-            history = [m for m in history if m["role"] == "system"]
-            err.print("[dim]history cleared[/]")
+        if line.startswith("/"):  # commands are never sent to the model, nor charged
+            if line in ("/exit", "/quit"):
+                return
+            if line == "/reset":
+                history = [m for m in history if m["role"] == "system"]
+                err.print("[dim]history cleared[/]")
+            elif line in ("/help", "/?"):
+                err.print(INTERACTIVE_HELP)
+            else:
+                err.print(f"unknown command {escape(line.split()[0])}; /help lists them")
             continue
         history.append({"role": "user", "content": line})
         try:
@@ -191,8 +243,20 @@ def _interactive(
                 options=options,
                 as_json=as_json,
             )
+        except KeyboardInterrupt:  # Ctrl-C cancels this answer, not the session
+            history.pop()
+            out.file.write("\n")
+            err.print("[dim]answer cancelled (its span is recorded as client_abort)[/]")
+            continue
         except UpstreamError as exc:  # the span is recorded; the session goes on
             history.pop()
             err.print(f"[red]error:[/] {escape(str(exc))}")
             continue
         history.append({"role": "assistant", "content": reply})
+
+
+INTERACTIVE_HELP = """commands (never sent to the model):
+  /reset   forget the conversation so far (the system prompt stays)
+  /help    this list
+  /exit    leave (also /quit or Ctrl-D)
+Ctrl-C cancels the answer being written."""

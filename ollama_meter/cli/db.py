@@ -14,12 +14,13 @@ app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 def upgrade_command(db: DbOption = None) -> None:
     """Apply pending migrations (also done automatically on first use)."""
     cfg = settings(db_url=db)
-    ledger = Ledger(cfg.ledger_url, migrate=False)
-    before = current_revision(ledger.engine)
-    if before == HEAD_REVISION:
-        out.print(f"ledger at {ledger.display_url} is up to date (revision {HEAD_REVISION})")
-        return
-    upgrade(ledger.engine)
+    ledger = Ledger(cfg.ledger_url, migrate=False, wait=cfg.ledger_wait)
+    with ledger.failures_named():
+        before = current_revision(ledger.engine)
+        if before == HEAD_REVISION:
+            out.print(f"ledger at {ledger.display_url} is up to date (revision {HEAD_REVISION})")
+            return
+        upgrade(ledger.engine)
     out.print(f"ledger at {ledger.display_url}: {before or 'empty'} → {HEAD_REVISION}")
 
 

@@ -10,10 +10,10 @@ from rich.table import Table
 
 from ollama_meter.cli._common import (
     DbOption,
-    DeptOption,
+    DeptFilter,
     JsonFlag,
     ModelFilter,
-    TenantOption,
+    TenantFilter,
     local_time,
     money,
     ms,
@@ -24,18 +24,28 @@ from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter import Status, TokenSource, ledger_for
 from ollama_meter.reports import span_to_dict
 
-_STATUS_STYLE = {Status.OK: "green", Status.ERROR: "red", Status.REJECTED: "yellow"}
+_STATUS_STYLE: dict[str, str] = {
+    Status.OK: "green",
+    Status.ERROR: "red",
+    Status.REJECTED: "yellow",
+    Status.INTERRUPTED: "red",
+}
 
 
 def log(
     limit: Annotated[
         int, typer.Option("--limit", "-n", min=1, max=100_000, help="How many spans.")
     ] = 20,
-    dept: DeptOption = None,
-    tenant: TenantOption = None,
+    dept: DeptFilter = None,
+    tenant: TenantFilter = None,
     model: ModelFilter = None,
     status: Annotated[
-        Status | None, typer.Option("--status", help="Only spans with this status.")
+        str | None,
+        typer.Option(
+            "--status",
+            help="Only spans with this status (ok, error, rejected, client_abort, interrupted) "
+            "or error type (timeout, connection, budget_exceeded, ...), as the table shows it.",
+        ),
     ] = None,
     user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user.")] = None,
     as_json: JsonFlag = False,
@@ -44,11 +54,13 @@ def log(
     """Show the latest metered calls, newest first."""
     cfg = settings(db_url=db)
     ledger = ledger_for(cfg)
+    statuses = {s.value for s in Status}
     where = SpanFilter(
         tenant=tenant,
         department=dept,
         model=model,
-        status=status.value if status else None,
+        status=status if status in statuses else None,
+        error_type=status if status and status not in statuses else None,
         user=user,
     )
     spans = ledger.latest(where, limit)
@@ -97,7 +109,7 @@ def log(
             min_width=width if numeric or name == "time" else None,
         )
     for span, row in zip(spans, rows, strict=True):
-        style = _STATUS_STYLE.get(Status(span.status), "magenta")
+        style = _STATUS_STYLE.get(span.status, "magenta")
         at = headings.index("status")
         row[at] = f"[{style}]{row[at]}[/]"
         if span.unpriced_usage:

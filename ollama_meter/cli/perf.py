@@ -11,14 +11,14 @@ from rich.table import Table
 
 from ollama_meter.cli._common import (
     DbOption,
-    DeptOption,
+    DeptFilter,
     Format,
     FormatOption,
     ModelFilter,
     OutOption,
     PeriodOption,
     SinceOption,
-    TenantOption,
+    TenantFilter,
     UntilOption,
     out,
     settings,
@@ -42,8 +42,8 @@ def perf(
     by: Annotated[
         str, typer.Option("--by", "-b", help=f"Group by any of: {', '.join(PERF_BY_CHOICES)}.")
     ] = ",".join(PERF_DEFAULT_BY),
-    tenant: TenantOption = None,
-    dept: DeptOption = None,
+    tenant: TenantFilter = None,
+    dept: DeptFilter = None,
     model: ModelFilter = None,
     fmt: FormatOption = Format.TABLE,
     out_file: OutOption = None,

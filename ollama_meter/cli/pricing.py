@@ -100,11 +100,12 @@ def set_rule(
         )
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
-    saved = ledger_for(cfg).add_price_rule(rule)
+    ((saved, new),) = ledger_for(cfg).add_price_rules([rule])
     parts = ", ".join(f"{name} {value}" for name, value in saved.prices().items())
     out.print(
         f"rule {saved.id}: {saved.pattern} → {parts} {saved.currency}"
         + (f" from {saved.effective_from}" if saved.effective_from else "")
+        + ("" if new else " (already there)")
     )
 
 
@@ -191,10 +192,10 @@ def import_rules(
         )
     except (ValueError, UnicodeDecodeError) as exc:
         raise PricingError(f"{file}: {exc}") from None
-    ledger = ledger_for(cfg)
-    for rule in rules:
-        ledger.add_price_rule(rule)
-    out.print(f"imported {len(rules)} rule(s) from {file}")
+    added = ledger_for(cfg).add_price_rules(rules)
+    new = sum(is_new for _, is_new in added)
+    same = f"; {len(added) - new} were already there" if new < len(added) else ""
+    out.print(f"imported {new} new rule(s) from {file}{same}")
 
 
 def reprice_command(

@@ -10,14 +10,14 @@ from rich.table import Table
 
 from ollama_meter.cli._common import (
     DbOption,
-    DeptOption,
+    DeptFilter,
     Format,
     FormatOption,
     ModelFilter,
     OutOption,
     PeriodOption,
     SinceOption,
-    TenantOption,
+    TenantFilter,
     UntilOption,
     money,
     out,
@@ -36,8 +36,8 @@ def report(
     by: Annotated[
         str, typer.Option("--by", "-b", help=f"Group by any of: {', '.join(BY_CHOICES)}.")
     ] = "department",
-    tenant: TenantOption = None,
-    dept: DeptOption = None,
+    tenant: TenantFilter = None,
+    dept: DeptFilter = None,
     model: ModelFilter = None,
     fmt: FormatOption = Format.TABLE,
     out_file: OutOption = None,

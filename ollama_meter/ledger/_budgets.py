@@ -154,13 +154,19 @@ def claim_alert(conn: Connection, values: dict[str, Any]) -> int | None:
     return int(new[0])
 
 
+def record_attempt(conn: Connection, alert_id: int) -> None:
+    conn.execute(
+        update(_ALERTS).where(_ALERTS.c.id == alert_id).values(attempts=_ALERTS.c.attempts + 1)
+    )
+
+
 def record_delivery(
     conn: Connection, alert_id: int, deliveries: dict[str, str], delivered: bool
 ) -> None:
     conn.execute(
         update(_ALERTS)
         .where(_ALERTS.c.id == alert_id)
-        .values(deliveries=deliveries, delivered=delivered, attempts=_ALERTS.c.attempts + 1)
+        .values(deliveries=deliveries, delivered=delivered)
     )
 
 

@@ -36,7 +36,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 from ollama_meter.budgets import Budget, PastCall
 from ollama_meter.config import default_data_dir
 from ollama_meter.errors import BudgetError, LedgerError, PricingError
-from ollama_meter.ledger import _budgets, _keys, _prices, _spans
+from ollama_meter.ledger import _budgets, _currencies, _keys, _prices, _spans
 from ollama_meter.ledger._engine import DEFAULT_WAIT, create_ledger_engine, sqlite_path
 from ollama_meter.ledger._journal import Journal
 from ollama_meter.ledger._keys import ApiKey
@@ -125,20 +125,20 @@ class Ledger:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        with self._failures_named(), self.engine.connect() as conn:
+        with self.failures_named(), self.engine.connect() as conn:
             yield conn
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
-        with self._failures_named(), self.engine.connect() as conn:
+        with self.failures_named(), self.engine.connect() as conn:
             if self._sqlite:
                 conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
                 yield conn
 
     @contextlib.contextmanager
-    def _failures_named(self) -> Iterator[None]:
+    def failures_named(self) -> Iterator[None]:
         """A database failure (server down, disk full, locked) leaves as one LedgerError."""
         try:
             yield
@@ -354,8 +354,27 @@ class Ledger:
             return _prices.list_rules(conn)
 
     def add_price_rule(self, rule: PriceRule) -> PriceRule:
+        """Add ``rule``, or return the identical rule already there (the same rule is the same rule)."""
+        return self.add_price_rules([rule])[0][0]
+
+    def add_price_rules(self, rules: Sequence[PriceRule]) -> list[tuple[PriceRule, bool]]:
+        """Add every rule not already present, in one transaction; (rule, whether it is new) each.
+
+        Refused as a whole if a rule would leave a budget unable to count its calls.
+        """
         with self.write() as conn:
-            return _prices.add_rules(conn, [rule])[0]
+            existing = _prices.list_rules(conn)
+            result: list[tuple[PriceRule, bool]] = []
+            for rule in rules:
+                same = next((r for r in existing if r.same_as(rule)), None)
+                if same is None:
+                    same = _prices.add_rules(conn, [rule])[0]
+                    existing.append(same)
+                    result.append((same, True))
+                else:
+                    result.append((same, False))
+            _currencies.check_rules(conn, [r for r, new in result if new])
+            return result
 
     def remove_price_rule(self, rule_id: int) -> None:
         with self.write() as conn:
@@ -369,6 +388,7 @@ class Ledger:
             if _prices.file_digest(conn, source) == digest:
                 return False
             _prices.replace_source(conn, source, rules, digest)
+            _currencies.check_rules(conn, rules)
             return True
 
     def recent_usage(self, model: str, limit: int = 20) -> list[PastCall]:
@@ -383,7 +403,9 @@ class Ledger:
             return _budgets.list_budgets(conn)
 
     def save_budget(self, budget: Budget) -> Budget:
+        """Insert or replace a budget; refused if it could not count calls (currency)."""
         with self.write() as conn:
+            _currencies.check_budgets(conn, [budget])
             return _budgets.save_budget(conn, budget)
 
     def remove_budget(self, budget_id: int) -> None:
@@ -393,7 +415,10 @@ class Ledger:
 
     def sync_budgets(self, source: str, budgets: Sequence[Budget]) -> bool:
         with self.write() as conn:
-            return _budgets.sync_source(conn, source, budgets)
+            changed = _budgets.sync_source(conn, source, budgets)
+            if changed:
+                _currencies.check_budgets(conn, budgets)
+            return changed
 
     def alerts(
         self, *, undelivered_only: bool = False, max_attempts: int | None = None
@@ -402,6 +427,10 @@ class Ledger:
             return _budgets.alerts(
                 conn, undelivered_only=undelivered_only, max_attempts=max_attempts
             )
+
+    def record_alert_attempt(self, alert_id: int) -> None:
+        with self.write() as conn:
+            _budgets.record_attempt(conn, alert_id)
 
     def record_alert_delivery(
         self, alert_id: int, deliveries: dict[str, str], delivered: bool

@@ -20,10 +20,13 @@ HEAD_REVISION = "0004"
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The ledger's schema revision, None for an empty database; connection failures raise."""
     with engine.connect() as conn:
         try:
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except DBAPIError:
+        except DBAPIError as exc:
+            if conn.invalidated or "version" not in str(exc.orig).lower():
+                raise  # not "no such table": the database itself failed
             conn.rollback()
             return None
 

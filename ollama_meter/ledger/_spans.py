@@ -107,6 +107,7 @@ class SpanFilter:
     model: str | None = None
     status: str | None = None
     user: str | None = None
+    error_type: str | None = None
 
     def clauses(self) -> list[Any]:
         clauses: list[Any] = []
@@ -119,6 +120,7 @@ class SpanFilter:
             (SpanRow.department, self.department),
             (SpanRow.status, self.status),
             (SpanRow.user, self.user),
+            (SpanRow.error_type, self.error_type),
         ):
             if value is not None:
                 clauses.append(column == value)

@@ -25,6 +25,7 @@ from ollama_meter.meter.span import (
     Source,
     SpanRecord,
     Status,
+    Stored,
     TokenSource,
     new_span_row_id,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "SpanObserver",
     "SpanRecord",
     "Status",
+    "Stored",
     "TokenSource",
     "budget_gate",
     "estimate_tokens",

@@ -12,6 +12,7 @@ import atexit
 import base64
 import logging
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote
@@ -248,10 +249,28 @@ class Telemetry:
         return names
 
     def shutdown(self) -> None:
-        """Flush (bounded) and stop; warn once if a collector could not be reached."""
+        """Flush and stop within ``OMETER_EXPORT_TIMEOUT`` in all; warn if a collector failed.
+
+        Each exporter has its own timeout and retries, and flush, shutdown and the metric
+        reader each take up to that long: run together they could take several times the
+        setting. So they run on a thread the exit waits for, at most the setting, once.
+        """
         if self._closed:
             return
         self._closed = True
+        worker = threading.Thread(target=self._stop, name="ometer-telemetry-exit", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        failed = self.failures()
+        if worker.is_alive():
+            sys.stderr.write(
+                f"warning: telemetry export did not finish within OMETER_EXPORT_TIMEOUT "
+                f"({self.timeout:g} s); what was not sent is dropped\n"
+            )
+        elif failed:
+            sys.stderr.write(f"warning: could not export telemetry to {', '.join(failed)}\n")
+
+    def _stop(self) -> None:
         try:
             self.flush()
             self.tracer_provider.shutdown()
@@ -259,6 +278,3 @@ class Telemetry:
                 self.meter_provider.shutdown(timeout_millis=self.timeout * 1000)
         except Exception:  # exit must not fail because a collector did
             log.debug("telemetry shutdown failed", exc_info=True)
-        failed = self.failures()
-        if failed:
-            sys.stderr.write(f"warning: could not export telemetry to {', '.join(failed)}\n")

@@ -204,7 +204,9 @@ def test_pricing_commands(cli, db: str, tmp_path: Path) -> None:  # type: ignore
     assert missing.code == 1 and "no price rule with id 999" in missing.stderr
     toml = tmp_path / "p.toml"
     toml.write_text('[[rule]]\nmodel = "mistral:*"\nper_request = "0.01"\n')
-    assert "imported 1 rule" in cli("pricing", "import", str(toml)).stdout
+    assert "imported 1 new rule" in cli("pricing", "import", str(toml)).stdout
+    again = cli("pricing", "import", str(toml)).stdout
+    assert "imported 0 new rule(s)" in again and "1 were already there" in again
     toml.write_text("[[rule]]\nmodel = 3\n")
     assert cli("pricing", "import", str(toml)).code == 1
 

@@ -1,0 +1,69 @@
+"""One currency per budget and the prices it counts: checked where both are written.
+
+A budget sums the cost of the calls it covers in its own currency. A price rule
+in another currency would price some of those calls where the budget cannot see
+them: the budget would say 0 spent while money goes out. Rules apply to every
+tenant, so a budget and every rule that can still price a call (in force today
+or later) must share one currency. The check runs inside the transaction that
+adds a budget or a rule, so two processes cannot slip a mismatch in together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection
+
+from ollama_meter.budgets import Budget
+from ollama_meter.errors import BudgetError, PricingError
+from ollama_meter.ledger import _budgets, _prices
+from ollama_meter.pricing import PriceRule
+
+
+def _live_rules(conn: Connection) -> list[PriceRule]:
+    today = datetime.now(UTC).date()
+    return [
+        r
+        for r in _prices.list_rules(conn)
+        if r.effective_until is None or r.effective_until > today
+    ]
+
+
+def _names(rules: Sequence[PriceRule]) -> str:
+    shown = ", ".join(f"{r.id} ({r.pattern})" for r in rules[:5])
+    return shown + (f" and {len(rules) - 5} more" if len(rules) > 5 else "")
+
+
+def check_budgets(conn: Connection, budgets: Sequence[Budget]) -> None:
+    """Raise :class:`BudgetError` if a live price rule is in a currency ``budgets`` don't count."""
+    rules = _live_rules(conn)
+    for budget in budgets:
+        other = [r for r in rules if r.currency != budget.currency]
+        if other:
+            currencies = ", ".join(sorted({r.currency for r in other}))
+            raise BudgetError(
+                f"a {budget.currency} budget for {budget.scope()} could not count calls priced "
+                f"in {currencies} by rule(s) {_names(other)}: it would show them as 0. Set the "
+                f"budget in {currencies} (--currency or OMETER_CURRENCY), or replace those "
+                f"rules with {budget.currency} ones"
+            )
+
+
+def check_rules(conn: Connection, rules: Sequence[PriceRule]) -> None:
+    """Raise :class:`PricingError` if a budget could not count calls ``rules`` price."""
+    today = datetime.now(UTC).date()
+    budgets = _budgets.list_budgets(conn)
+    for rule in rules:
+        if rule.effective_until is not None and rule.effective_until <= today:
+            continue
+        other = [b for b in budgets if b.currency != rule.currency]
+        if other:
+            currencies = ", ".join(sorted({b.currency for b in other}))
+            ids = ", ".join(f"{b.id} ({b.scope()})" for b in other[:5])
+            raise PricingError(
+                f"the rule for {rule.pattern!r} prices in {rule.currency}, but budget(s) {ids} "
+                f"count {currencies} and could not count its calls. Give the rule "
+                f'--currency {currencies} (or `currency = "{currencies}"` in TOML), or '
+                "change the budgets first"
+            )
