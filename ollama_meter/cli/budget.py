@@ -53,7 +53,6 @@ def set_budget(
     limits = {"day": daily, "week": weekly, "month": monthly}
     if not any(limits.values()):
         raise BudgetError("give at least one of --daily, --weekly, --monthly")
-    ledger = ledger_for(cfg)
     try:
         budgets = [
             Budget(
@@ -72,6 +71,7 @@ def set_budget(
         ]
     except ValueError as exc:
         raise BudgetError(str(exc)) from None
+    ledger = ledger_for(cfg)
     for budget in budgets:
         saved = ledger.save_budget(budget)
         out.print(

@@ -1,0 +1,169 @@
+"""Errors that help: whatever a user types, one line that says what to do, never a traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ollama_meter.testing import OllamaEmulator, unreachable_url
+
+typed = st.text(max_size=40)
+
+
+def one_error_line(result: Any) -> str:
+    lines = [line for line in result.stderr.splitlines() if "ollama_meter.ledger" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return str(lines[0])
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    command=st.sampled_from(
+        [
+            ["report", "--period"],
+            ["report", "--since"],
+            ["report", "--until"],
+            ["perf", "--period"],
+            ["chargeback", "--month"],
+            ["budget", "set", "sales", "--monthly"],
+            ["budget", "set", "--tenant"],
+            ["pricing", "set", "m", "--gpu-hour"],
+            ["pricing", "set"],
+            ["log", "--status"],
+            ["keys", "create", "--dept"],
+            ["chat", "-m", "x", "--dept"],
+        ]
+    ),
+    value=typed,
+)
+def test_no_value_a_user_types_gives_a_traceback(cli: Any, command: list[str], value: str) -> None:
+    if command[-1] == "--monthly":
+        command = [*command, value, "--tenant", "acme"]
+    else:
+        command = [*command, value]
+    if command[0] == "chat":
+        command.append("hello")
+    result = cli(*command)
+    assert result.code in (0, 1, 2, 3), (command, result)
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["report", "--period", "9999-12"], "outside the dates ometer works with"),
+        (["report", "--since", "0001-01-01"], "outside the dates"),
+        (["report", "--until", "9999-12-31"], "outside the dates"),
+        (["chargeback", "--month", "9999-12"], "outside the dates"),
+        (["log", "--db", "sqlite://"], "in-memory SQLite database, which keeps nothing"),
+        (["budget", "set", "sales\n", "--monthly", "1"], "has characters other than"),
+        (["chat", "--dept", "sales\n", "hi"], "has characters other than"),
+    ],
+)
+def test_mistakes_are_one_line(cli: Any, args: list[str], says: str) -> None:
+    result = cli(*args)
+    assert result.code in (1, 2)
+    assert says in one_error_line(result)
+
+
+def test_a_damaged_ledger_file_says_what_to_do(cli: Any, tmp_path: Path) -> None:
+    damaged = tmp_path / "ledger.db"
+    damaged.write_bytes(b"not a database " * 400)
+    line = one_error_line(cli("report", "--db", f"sqlite:///{damaged}"))
+    assert str(damaged) in line and "ometer db backup" in line and "move it aside" in line
+
+
+def test_an_unreachable_server_for_db_upgrade_is_one_line(cli: Any) -> None:
+    line = one_error_line(cli("db", "upgrade", "--db", "postgresql+psycopg://x@127.0.0.1:1/db"))
+    assert "Connection refused" in line or "connection" in line.lower()
+
+
+def test_a_missing_folder_is_created_and_said(cli: Any, tmp_path: Path) -> None:
+    where = tmp_path / "new" / "deeper" / "ledger.db"
+    result = cli("log", "--db", f"sqlite:///{where}")
+    assert result.code == 0 and f"created the folder {where.parent}" in result.stderr
+
+
+def test_chat_refuses_an_empty_prompt_and_bad_stdin(
+    cli: Any, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "the prompt is empty" in one_error_line(cli("chat", "  "))
+
+    class Bytes(io.StringIO):
+        buffer = io.BytesIO(b"\xff\xfe caf\xe9")
+
+    monkeypatch.setattr(sys, "stdin", Bytes())
+    result = cli("chat", "-m", "llama3.1:8b")
+    assert "stdin is not UTF-8 text (byte 0xff at position 0)" in one_error_line(result)
+    assert emulator.requests == []  # nothing sent, nothing charged
+
+
+def test_chat_json_prints_an_error_object_on_failure(cli: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", unreachable_url())
+    monkeypatch.setenv("OMETER_RETRIES", "0")
+    result = cli("chat", "--json", "-m", "llama3.1:8b", "hi")
+    assert result.code == 1
+    failure = json.loads(result.stdout)
+    assert failure["error_type"] == "connection" and failure["status"] == "error"
+    assert failure["span_id"] and "cannot reach Ollama" in failure["error"]
+
+
+def test_interactive_commands_are_not_sent_and_ctrl_c_cancels_one_answer(
+    cli: Any, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ollama_meter.cli import chat as chat_module
+    from ollama_meter.cli._common import err
+
+    lines = iter(["/help", "/nonsense", "first question", "second question", "/exit"])
+    monkeypatch.setattr(err, "input", lambda *_: next(lines))
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    real_turn = chat_module._turn
+    turns = {"n": 0}
+
+    def turn(*args: Any, **kwargs: Any) -> str:
+        turns["n"] += 1
+        if turns["n"] == 1:
+            raise KeyboardInterrupt  # Ctrl-C while the first answer is written
+        return str(real_turn(*args, **kwargs))
+
+    monkeypatch.setattr(chat_module, "_turn", turn)
+    result = cli("chat", "-m", "llama3.1:8b")
+    assert result.code == 0
+    assert "commands (never sent to the model)" in result.stderr
+    assert "unknown command /nonsense" in result.stderr and "answer cancelled" in result.stderr
+    sent = [r.body["messages"] for r in emulator.requests_to("/api/chat")]
+    assert sent == [[{"role": "user", "content": "second question"}]]  # only the real one
+
+
+def test_filters_say_they_filter_and_status_takes_error_types(
+    cli: Any, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "Only this tenant (default: all)" in cli("report", "--help").stdout
+    assert cli("chat", "-m", "nosuch:model", "hi").code == 1
+    assert cli("chat", "-m", "llama3.1:8b", "hi").code == 0
+    missing = json.loads(cli("log", "--json", "--status", "model_not_found").stdout)
+    assert [s["error_type"] for s in missing] == ["model_not_found"]
+    errors = json.loads(cli("log", "--json", "--status", "error").stdout)
+    assert len(errors) == 1
+
+
+def test_the_pricing_file_applies_to_every_command_that_reads_prices(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = tmp_path / "prices.toml"
+    toml.write_text('[[rule]]\nmodel = "llama3.1:*"\ninput_per_1m = 7\n')
+    monkeypatch.setenv("OMETER_PRICING_FILE", str(toml))
+    rules = json.loads(cli("pricing", "list", "--json").stdout)
+    assert [(r["pattern"], r["input_per_1m"], r["source"]) for r in rules] == [
+        ("llama3.1:*", "7", f"file:{toml}")
+    ]

@@ -1,0 +1,114 @@
+"""kill -9 in the middle of calls: every call Ollama received has a span afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from ollama_meter.testing import OllamaEmulator
+from tests.gateway.test_processes import OMETER, logged, start_gateway
+
+
+def test_kill_9_mid_stream_leaves_interrupted_spans(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}"}
+    subprocess.run(
+        [*OMETER, "pricing", "set", "*", "--input-per-1m", "1000"], env=env, check=True,
+        capture_output=True,
+    )  # fmt: skip
+    proc, url = start_gateway(env, emulator.url)
+    emulator.token_latency = 0.5  # every stream is still running when the gateway dies
+    finished = [
+        httpx.post(f"{url}/api/chat", json={"model": "llama3.1:8b", "stream": False,
+                   "messages": [{"role": "user", "content": "done before"}]}, timeout=30)
+        for _ in range(2)
+    ]  # fmt: skip
+    assert [r.status_code for r in finished] == [200, 200]
+    started = threading.Barrier(6)
+
+    def hang_on() -> None:
+        started.wait()
+        try:
+            with httpx.stream(
+                "POST",
+                f"{url}/api/chat",
+                json={"model": "llama3.1:8b", "messages": [{"role": "user", "content": "a b c d"}]},
+                timeout=30,
+            ) as reply:
+                for _ in reply.iter_lines():
+                    pass
+        except httpx.HTTPError:
+            pass  # the gateway is gone
+
+    callers = [threading.Thread(target=hang_on) for _ in range(5)]
+    for caller in callers:
+        caller.start()
+    started.wait()
+    deadline = time.monotonic() + 20
+    while len(emulator.requests_to("/api/chat")) < 7:  # Ollama has every call
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    for caller in callers:
+        caller.join(timeout=30)
+    emulator.token_latency = 0.0
+    # The next process that meters calls records what the dead one left open.
+    again, _ = start_gateway(env, emulator.url)
+    again.terminate()
+    again.wait(timeout=20)
+    spans = logged(env)
+    assert sorted(s["status"] for s in spans) == ["interrupted"] * 5 + ["ok"] * 2
+    interrupted = [s for s in spans if s["status"] == "interrupted"]
+    assert {s["error_type"] for s in interrupted} == {"interrupted"}
+    # The prompt ("a b c d": 7 characters, about 2 tokens) is charged as an estimate.
+    assert {(s["input_tokens"], s["token_source"], s["cost"]) for s in interrupted} == {
+        (2, "estimated", "0.002000")
+    }
+    journal = tmp_path / "l.db.spool" / "journal"
+    assert list(journal.glob("*.journal")) == []  # handled, and the last gateway left cleanly
+
+
+def test_the_journal_costs_two_appends_and_is_recovered_once(tmp_path: Path) -> None:
+    """In-process: a journal whose owner died is read once; a live one is left alone."""
+    from ollama_meter.ledger._journal import Journal
+    from tests.factories import make_span
+
+    directory = tmp_path / "journal"
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from ollama_meter.ledger._journal import Journal\n"
+        "from tests.factories import make_span\n"
+        "j = Journal(Path(sys.argv[1]))\n"
+        "a, b = make_span(), make_span()\n"
+        "j.opened(a, 3); j.opened(b, 4); j.closed([a.id])\n"
+        "print(b.id, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    dead = subprocess.run(
+        [sys.executable, "-c", script, str(directory)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], check=False,
+    )  # fmt: skip
+    assert dead.returncode == -signal.SIGKILL
+    open_id = dead.stdout.strip()
+    mine = Journal(directory)
+    mine.opened(make_span(), 1)  # this process's own open call is not an orphan
+    with mine.orphans() as orphans:
+        assert [(o.span.id, o.input_estimate) for o in orphans] == [(open_id, 4)]
+    with mine.orphans() as orphans:
+        assert orphans == []
+    assert len(list(directory.glob("*.journal"))) == 1  # only this live process's file
+    lines = [
+        json.loads(line) for line in next(directory.glob("*.journal")).read_text().splitlines()
+    ]
+    assert len(lines) == 1 and "o" in lines[0]

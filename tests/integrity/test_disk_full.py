@@ -1,0 +1,100 @@
+"""A full disk under the ledger and its spool: calls that completed are kept, new ones are refused.
+
+The disk is a real, small tmpfs the test mounts (CI runs as root); the gateway is real,
+on loopback, in front of the emulator.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ollama_meter.ledger import SpanFilter, close_ledgers
+from ollama_meter.testing import OllamaEmulator
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        if os.geteuid() == 0:
+            pytest.fail(f"cannot mount a tmpfs as root: {done.stderr.strip()}")
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    try:
+        yield mount
+    finally:
+        close_ledgers()
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of ``disk``; returns the file to delete to free it again."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 4096, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def ask(url: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/api/chat",
+        json={"model": "llama3.1:8b", "stream": False,
+              "messages": [{"role": "user", "content": "some words to answer"}]},
+        timeout=30,
+    )  # fmt: skip
+
+
+def test_full_disk_keeps_every_completed_call_and_refuses_new_ones(
+    small_disk: Path, serve_on: Any, emulator: OllamaEmulator
+) -> None:
+    gateway = serve_on(emulator.url, f"sqlite:///{small_disk / 'ledger.db'}")
+    assert ask(gateway.url).status_code == 200
+    filler = fill(small_disk)
+    answered = 1
+    refused: httpx.Response | None = None
+    for _ in range(400):  # the WAL may hold a few more spans before it needs new blocks
+        reply = ask(gateway.url)
+        if reply.status_code == 503:
+            refused = reply
+            break
+        assert reply.status_code == 200
+        answered += 1
+    assert refused is not None, "the gateway kept taking calls it could not record"
+    assert "nothing can be recorded" in refused.json()["error"]
+    assert str(small_disk / "ledger.db") in refused.json()["error"]
+    assert gateway.ledger.held >= 1
+    assert ask(gateway.url).status_code == 503  # still refused while nothing can be written
+    filler.unlink()
+    time.sleep(1.1)  # the held spans are retried at most once a second
+    deadline = time.monotonic() + 10
+    while (reply := ask(gateway.url)).status_code == 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert reply.status_code == 200
+    answered += 1
+    assert gateway.ledger.held == 0
+    spans = gateway.ledger.latest(SpanFilter(), 1000)
+    assert len(spans) == answered and {s.status for s in spans} == {"ok"}

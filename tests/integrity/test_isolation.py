@@ -1,0 +1,173 @@
+"""Nothing lost: a span no backend can store is made storable, and one that still fails is set aside
+without taking the others with it, in a batch and in the spool."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.meter import GroupCommitWriter, Stored
+from ollama_meter.meter.span import TEXT_LIMITS, make_storable
+from ollama_meter.testing import OllamaEmulator
+from tests.factories import make_span
+from tests.gateway.conftest import Gateway
+
+hostile_text = st.text(
+    alphabet=st.characters(codec=None, categories=None), min_size=0, max_size=400
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    model=hostile_text,
+    message=hostile_text,
+    tag=hostile_text,
+    tokens=st.integers(-(2**70), 2**70),
+    nanos=st.one_of(st.none(), st.integers(-(2**70), 2**70)),
+)
+def test_any_span_becomes_storable(
+    model: str, message: str, tag: str, tokens: int, nanos: int | None
+) -> None:
+    span = make_span(
+        request_model=model,
+        response_model=model,
+        error_message=message,
+        tags={tag[:80] or "k": tag},
+        input_tokens=tokens,
+        output_tokens=-tokens,
+        eval_duration_ns=nanos,
+        http_status=tokens,
+    )
+    make_storable(span)
+    for name, limit in TEXT_LIMITS.items():
+        value = getattr(span, name)
+        if isinstance(value, str):
+            assert len(value) <= limit and "\x00" not in value
+            value.encode("utf-8")  # no lone surrogate left
+    for key, value in span.tags.items():
+        (key + value).encode("utf-8")
+    assert 0 <= span.input_tokens < 2**31 and 0 <= span.output_tokens < 2**31
+    assert span.eval_duration_ns is None or 0 <= span.eval_duration_ns <= 10**15
+    assert span.http_status is None or 100 <= span.http_status <= 999
+    assert make_storable(span) == span  # idempotent
+
+
+def test_the_text_limits_are_the_columns(db_url: str) -> None:
+    from ollama_meter.ledger.models import SpanRow
+
+    columns = SpanRow.__table__.c
+    for name, limit in TEXT_LIMITS.items():
+        length = getattr(columns[name].type, "length", None)
+        assert length in (limit, None), name  # Text columns have no length: ours is a cap
+
+
+def test_one_bad_span_in_a_batch_costs_the_others_nothing(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    good = [make_span() for _ in range(5)]
+    # Past make_storable, as a hook or a bug could leave it: text the database refuses.
+    bad = make_span(request_model="\ud800 bad" + "x" * 300, tags={"k": "nul\x00"})
+    stored = ledger.record([*good[:2], bad, *good[2:]])
+    assert stored[bad.id] == Stored.QUARANTINED
+    assert all(stored[s.id] == Stored.COMMITTED for s in good)
+    assert {s.id for s in ledger.latest(SpanFilter(), 10)} == {s.id for s in good}
+    (kept,) = ledger.spool.quarantined()
+    record = json.loads(kept.read_text())
+    assert record["span"]["id"] == bad.id and record["reason"]
+
+
+def test_concurrent_writers_keep_their_spans_when_one_is_bad(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    writer = GroupCommitWriter(ledger)
+    results: dict[str, Stored] = {}
+    spans = [make_span() for _ in range(40)]
+    spans[7].request_model = "\udcff"  # unencodable
+    spans[23].error_message = "\x00"
+    start = threading.Barrier(len(spans))
+
+    def one(span: Any) -> None:
+        start.wait()
+        results[span.id] = writer.write(span)
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in spans]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 40
+    committed = {i for i, where in results.items() if where == Stored.COMMITTED}
+    assert len(committed) >= 38 and ledger.count() == len(committed)
+
+
+def test_a_jammed_spool_file_is_set_aside_and_the_drain_goes_on(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    first = ledger.spool.put([make_span()])
+    # A file from an older version, written before its model name was cut to the column.
+    jam = make_span(request_model="m" * 300)
+    ledger.spool.put([jam, make_span()])
+    (ledger.spool.directory / "0-garbage.jsonl").write_text("{not json\n")
+    later = ledger.spool.put([make_span(), make_span()])
+    assert ledger.recover() == 5
+    assert ledger.spool.pending() == [] and not first.exists() and not later.exists()
+    expected = 4 if db_url.startswith("postgresql") else 5  # SQLite stores the long name as is
+    assert ledger.count() == expected
+    aside = {p.name for p in ledger.spool.quarantine_dir.iterdir()}
+    assert "0-garbage.jsonl.unreadable" in aside
+    if expected == 4:
+        assert f"{jam.id}.json" in aside
+
+
+def test_hostile_model_names_through_the_gateway_cost_no_one_a_span(
+    gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    """Twenty-four calls at once, one asking for a model name UTF-8 cannot encode: every
+    caller gets its answer and the ledger has every span."""
+    names = ["llama3.1:8b"] * 23 + ["\ud800evil"]
+    bodies = [
+        '{"model": "%s", "messages": [{"role": "user", "content": "hi"}], "stream": false}'
+        % ("\\ud800evil" if n.startswith("\ud800") else n)
+        for n in names
+    ]
+    statuses: list[int] = []
+    start = threading.Barrier(len(bodies))
+
+    def one(body: str) -> None:
+        start.wait()
+        reply = httpx.post(f"{gateway.url}/api/chat", content=body, timeout=30)
+        statuses.append(reply.status_code)
+
+    threads = [threading.Thread(target=one, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses.count(200) == 23 and all(s < 500 for s in statuses)
+    spans = gateway.ledger.latest(SpanFilter(), 100)
+    assert len(spans) == 24
+    (odd,) = [s for s in spans if s.request_model != "llama3.1:8b"]
+    assert odd.request_model == "\ufffdevil" and odd.status == "error"
+
+
+@pytest.mark.postgres
+def test_an_overlong_model_name_is_cut_to_its_column_on_postgresql(
+    serve_on: Any, emulator: OllamaEmulator, pg_server: str | None
+) -> None:
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server")
+    from tests.conftest import _fresh_pg_database
+
+    gw = serve_on(emulator.url, _fresh_pg_database(pg_server))
+    long_name = "x" * 400
+    reply = httpx.post(
+        f"{gw.url}/api/generate", json={"model": long_name, "prompt": "hi"}, timeout=30
+    )
+    assert reply.status_code == 404  # Ollama has no such model, and says so
+    (span,) = gw.ledger.latest(SpanFilter(), 5)
+    assert len(span.request_model) == 255 and span.request_model.endswith("…")
+    assert span.error_type == "model_not_found"

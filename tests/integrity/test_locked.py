@@ -1,0 +1,62 @@
+"""A ledger another connection keeps locked: a bounded wait, then the spool, and one line saying so."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ollama_meter.ledger import close_ledgers
+from ollama_meter.testing import OllamaEmulator
+
+
+@pytest.fixture
+def locked(
+    tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[sqlite3.Connection]:
+    """A migrated ledger whose write lock a second connection holds until released."""
+    path = tmp_path / "ledger.db"
+    monkeypatch.setenv("OMETER_DB_URL", f"sqlite:///{path}")
+    monkeypatch.setenv("OMETER_LEDGER_WAIT", "0.5")
+    assert cli("pricing", "set", "*", "--input-per-1m", "1000").code == 0
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    yield holder
+    if holder.in_transaction:
+        holder.execute("ROLLBACK")
+    holder.close()
+
+
+def test_chat_waits_briefly_then_spools_and_says_so(
+    cli: Any, emulator: OllamaEmulator, locked: sqlite3.Connection
+) -> None:
+    began = time.monotonic()
+    result = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "hello")
+    waited = time.monotonic() - began
+    assert result.code == 0 and result.stdout.strip()  # the answer came
+    assert "note: the ledger was busy or away" in result.stderr and "spool" in result.stderr
+    assert waited < 30  # bounded by OMETER_LEDGER_WAIT, not 2.5 minutes
+    locked.execute("ROLLBACK")
+    close_ledgers()  # as if the next command were its own process
+    spans = json.loads(cli("log", "--json").stdout)  # opening the ledger drains the spool
+    assert [(s["department"], s["status"]) for s in spans] == [("sales", "ok")]
+
+
+def test_a_hard_budget_that_cannot_be_checked_refuses(
+    cli: Any, emulator: OllamaEmulator, locked: sqlite3.Connection
+) -> None:
+    locked.execute("ROLLBACK")
+    assert cli("budget", "set", "sales", "--monthly", "100").code == 0
+    locked.execute("BEGIN IMMEDIATE")
+    result = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "-o", "num_predict=5", "hi")
+    assert result.code == 1 and "cannot be checked, so the call was not made" in result.stderr
+    assert emulator.requests == []
+    locked.execute("ROLLBACK")
+    close_ledgers()
+    spans = json.loads(cli("log", "--json").stdout)
+    assert [(s["status"], s["error_type"]) for s in spans] == [("error", "ledger_unavailable")]

@@ -1,0 +1,343 @@
+"""Money and budgets: bounded inputs, admission on a call's own bound, one currency per budget."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ollama_meter.budgets import Budget, CallBound, bound_cost
+from ollama_meter.config import load_settings
+from ollama_meter.errors import BudgetError, BudgetExceeded, PricingError
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.meter import Attribution, Meter, usage_of
+from ollama_meter.meter._request import facts_of
+from ollama_meter.pricing import MAX_AMOUNT, MAX_PRICE, PriceBook, PriceRule, Usage, compute_cost
+from ollama_meter.testing import OllamaEmulator, expected_counts
+from tests.factories import token_prices
+
+NOV = datetime(2026, 11, 10, 12, tzinfo=UTC)
+INT64 = 2**63 - 1
+
+prices = st.decimals(min_value=0, max_value=MAX_PRICE, allow_nan=False, places=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    input_per_1m=prices,
+    output_per_1m=prices,
+    gpu_hour=prices,
+    watts=prices,
+    kwh_price=prices,
+    per_request=prices,
+    fee_per_1m=prices,
+    tokens_in=st.integers(0, 2**31 - 1),
+    tokens_out=st.integers(0, 2**31 - 1),
+    ns=st.tuples(*[st.integers(0, 10**15)] * 3),
+)
+def test_the_most_any_call_can_cost_fits_the_ledger(
+    input_per_1m: Decimal,
+    output_per_1m: Decimal,
+    gpu_hour: Decimal,
+    watts: Decimal,
+    kwh_price: Decimal,
+    per_request: Decimal,
+    fee_per_1m: Decimal,
+    tokens_in: int,
+    tokens_out: int,
+    ns: tuple[int, int, int],
+) -> None:
+    """Every price within bounds, every count and duration a span can hold: the cost fits
+    a 64-bit column with room for a billion such calls to be summed."""
+    rule = PriceRule(
+        pattern="*",
+        currency="USD",
+        id=1,
+        input_per_1m=input_per_1m,
+        output_per_1m=output_per_1m,
+        gpu_hour=gpu_hour,
+        watts=watts,
+        kwh_price=kwh_price,
+        per_request=per_request,
+        fee_per_1m=fee_per_1m,
+        charge_load=True,
+    )
+    usage = Usage(tokens_in, tokens_out, *ns)
+    cost = compute_cost(rule, usage, currency="USD")
+    assert 0 <= cost.total < INT64 // 1000
+    assert cost.total == cost.tokens + cost.compute + cost.energy + cost.fee
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["pricing", "set", "m", "--input-per-1m", "1e30"], "more than the largest allowed"),
+        (["pricing", "set", "m", "--gpu-hour", "inf"], "not a finite number"),
+        (["pricing", "set", "m", "--per-request", "-1"], "must not be negative"),
+        (["pricing", "set", "m", "--per-request", "1", "--currency", "dollars"], "ISO 4217"),
+        (["budget", "set", "d", "--monthly", "1e30"], "more than the largest allowed"),
+        (["budget", "set", "d", "--monthly", "0"], "positive amount"),
+        (["budget", "set", "d", "--daily", "NaN"], "not a finite number"),
+        (["chargeback", "--month", "2026-11", "--fixed-cost", "1e30"], "largest allowed"),
+        (["chargeback", "--month", "2026-11", "--fixed-cost", "0." + "0" * 60 + "1"], "digits"),
+    ],
+)
+def test_absurd_amounts_are_one_line_errors(cli: Any, args: list[str], says: str) -> None:
+    result = cli(*args)
+    assert result.code in (1, 2)
+    (line,) = [line for line in result.stderr.splitlines() if "ollama_meter.ledger" not in line]
+    assert line.startswith("error: ") and says in line  # one line, no traceback
+
+
+def test_largest_amounts_are_accepted(cli: Any) -> None:
+    assert cli("pricing", "set", "m", "--input-per-1m", str(MAX_PRICE)).code == 0
+    assert cli("budget", "set", "d", "--monthly", str(MAX_AMOUNT)).code == 0
+    assert cli("chargeback", "--month", "2026-11", "--fixed-cost", str(MAX_AMOUNT)).code == 0
+
+
+# -- the bound ------------------------------------------------------------------------------
+
+WORDS = st.text(alphabet=st.characters(exclude_categories=("Cs",)), min_size=1, max_size=60).filter(
+    lambda t: t.strip()
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    messages=st.lists(WORDS, min_size=1, max_size=6),
+    num_predict=st.one_of(st.none(), st.integers(0, 400)),
+)
+def test_the_bound_is_never_below_what_the_call_costs(
+    messages: list[str], num_predict: int | None
+) -> None:
+    """What the emulator (counting like a tokenizer never counts more than bytes) charges
+    for any chat is at most what the meter reserved for it."""
+    chat = [{"role": "user", "content": m} for m in messages]
+    options = {"num_predict": num_predict} if num_predict is not None else None
+    body = {"model": "llama3.1:8b", "messages": chat, "options": options}
+    facts = facts_of("chat", body)
+    limits = facts.bound(default_output=64)
+    actual_in, actual_out = expected_counts("llama3.1:8b", chat, options)
+    if num_predict is None:
+        actual_out = min(actual_out, 64)  # the cap the meter imposes then
+    assert actual_in <= limits.input_tokens and actual_out <= limits.output_tokens
+    book = PriceBook(
+        [token_prices(id=1)], tz=__import__("zoneinfo").ZoneInfo("UTC"), currency="USD"
+    )
+    actual = book.cost("llama3.1:8b", NOV, Usage(actual_in, actual_out))
+    assert actual.total <= bound_cost(book, "llama3.1:8b", NOV, limits, []).amount
+
+
+def test_openai_and_generate_bodies_are_bounded_too() -> None:
+    chat = facts_of(
+        "openai.chat",
+        {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "héllo"},
+                                                       {"type": "image_url"}]}],
+            "max_completion_tokens": 7,
+        },
+    )  # fmt: skip
+    assert (chat.prompt_bytes, chat.images, chat.max_output) == (6, 1, 7)
+    tokens = facts_of("openai.embeddings", {"input": [[1, 2, 3], [4]]})
+    assert tokens.given_tokens == 4 and tokens.bound(99) == CallBound(4 + 32, 0)
+    generate = facts_of(
+        "generate", {"prompt": "a b", "system": "s", "context": [1] * 10, "options": {"num_ctx": 9}}
+    )
+    assert generate.bound(4096) == CallBound(3 + 1 + 10 + 32, 9)
+    hostile = facts_of("chat", {"messages": "not a list", "options": {"num_predict": "lots"}})
+    assert hostile.bound(5) == CallBound(32, 5)
+
+
+# -- admission against the emulator -------------------------------------------------------------
+
+
+def make_meter(db_url: str, **overrides: Any) -> Meter:
+    cfg = load_settings(db_url=db_url, timezone="UTC", **overrides)
+    meter = Meter.from_settings(cfg, source="sdk", clock=lambda: NOV)
+    meter.ledger.add_price_rule(token_prices("llama3.1:*"))
+    return meter
+
+
+def cap(meter: Meter, limit: int, **kw: Any) -> None:
+    values: dict[str, Any] = {"tenant": "acme", "department": "sales", "period": "month"}
+    meter.ledger.save_budget(Budget(limit=limit, currency="USD", **{**values, **kw}))
+    assert meter.budgets is not None
+    meter.budgets.reload_soon()
+
+
+def chat(meter: Meter, text: str, **options: Any) -> Any:
+    run = meter.chat(
+        model="llama3.1:8b",
+        messages=[{"role": "user", "content": text}],
+        attribution=Attribution(tenant="acme", department="sales"),
+        options=options or None,
+        stream=False,
+    )
+    list(run)
+    return run.span
+
+
+def test_one_huge_prompt_cannot_overshoot(sqlite_url: str, emulator: OllamaEmulator) -> None:
+    meter = make_meter(sqlite_url)
+    cap(meter, 1_000_000)  # 1.00 USD
+    chat(meter, "hi", num_predict=5)  # one small call in history
+    sent = len(emulator.requests)
+    huge = " ".join(["word"] * 200_000)
+    with pytest.raises(BudgetExceeded, match="may cost up to") as refused:
+        chat(meter, huge, num_predict=5)
+    assert len(emulator.requests) == sent  # Ollama never saw it
+    assert refused.value.retry_after > 3600  # it will not fit before the period ends
+
+
+def test_first_call_with_no_history_is_bounded_too(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    meter = make_meter(sqlite_url)
+    cap(meter, 50_000)  # 0.05 USD: less than 200 words of prompt could cost
+    with pytest.raises(BudgetExceeded):
+        chat(meter, " ".join(["word"] * 200), num_predict=1)
+    assert emulator.requests == []
+    spans = meter.ledger.latest(SpanFilter(), 5)
+    assert [(s.status, s.cost_total) for s in spans] == [("rejected", 0)]
+
+
+def test_a_call_that_sets_no_cap_gets_the_budgets_reply_cap(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    meter = make_meter(sqlite_url, budget_reply_cap=6)
+    cap(meter, 10_000_000)
+    span = chat(meter, "tell me everything")
+    (request,) = emulator.requests
+    assert request.body["options"] == {"num_predict": 6}
+    assert span.output_tokens == 6 and span.done_reason == "length"
+    # Without a hard budget nothing is capped.
+    free = meter.chat(
+        model="llama3.1:8b",
+        messages=[{"role": "user", "content": "tell me everything"}],
+        attribution=Attribution(tenant="acme", department="ops"),
+        stream=False,
+    )
+    list(free)
+    assert "options" not in emulator.requests[-1].body or not emulator.requests[-1].body.get(
+        "options"
+    )
+
+
+def test_fifty_at_once_reserve_a_bound_each_not_the_remainder(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    meter = make_meter(db_url)
+    text = "hello there friend"
+    facts = facts_of("chat", {"messages": [{"role": "user", "content": text}],
+                              "options": {"num_predict": 20}})  # fmt: skip
+    assert meter.budgets is not None
+    bound = bound_cost(meter.prices(), "llama3.1:8b", NOV, facts.bound(20), []).amount
+    limit = bound * 10
+    cap(meter, limit)
+    emulator.latency = 0.2  # every call is in flight while the others arrive
+    start = threading.Barrier(50)
+    outcomes: list[Any] = []
+
+    def one() -> None:
+        start.wait()
+        try:
+            outcomes.append(chat(meter, text, num_predict=20))
+        except BudgetExceeded as refused:
+            outcomes.append(refused)
+
+    threads = [threading.Thread(target=one) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    emulator.latency = 0.0
+    admitted = [o for o in outcomes if not isinstance(o, BudgetExceeded)]
+    refused = [o for o in outcomes if isinstance(o, BudgetExceeded)]
+    assert len(admitted) >= 10  # ten bounds fit at once; settled calls free room for more
+    assert sum(s.cost_total for s in admitted) <= limit
+    in_flight = [r for r in refused if "calls in flight hold" in str(r)]
+    assert in_flight and all(r.retry_after <= 5 for r in in_flight)
+
+
+# -- one currency ---------------------------------------------------------------------------
+
+
+def test_a_budget_cannot_be_set_in_a_currency_the_prices_are_not_in(sqlite_url: str) -> None:
+    ledger = Ledger(sqlite_url)
+    ledger.add_price_rule(PriceRule(pattern="*", currency="EUR", input_per_1m=Decimal(1)))
+    usd = Budget(tenant="acme", department=None, period="month", limit=10, currency="USD")
+    with pytest.raises(BudgetError, match="could not count calls priced in EUR"):
+        ledger.save_budget(usd)
+    assert ledger.budgets() == []
+    eur = ledger.save_budget(
+        Budget(tenant="acme", department=None, period="month", limit=10, currency="EUR")
+    )
+    with pytest.raises(PricingError, match=f"budget\\(s\\) {eur.id} .* count EUR"):
+        ledger.add_price_rule(PriceRule(pattern="gpt*", currency="USD", per_request=Decimal(1)))
+    # An ended USD rule prices nothing any more: no conflict.
+    ended = PriceRule(pattern="old*", currency="USD", per_request=Decimal(1),
+                      effective_from=datetime(2020, 1, 1).date(),
+                      effective_until=datetime(2020, 2, 1).date())  # fmt: skip
+    assert ledger.add_price_rule(ended).id is not None
+
+
+def test_the_readme_toml_and_env_budgets_agree_or_say_why(
+    cli: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = tmp_path / "prices.toml"
+    toml.write_text('currency = "EUR"\n[[rule]]\nmodel = "llama3.1:*"\ninput_per_1m = 1\n')
+    monkeypatch.setenv("OMETER_PRICING_FILE", str(toml))
+    monkeypatch.setenv("DEPARTMENT_BUDGETS", '{"sales": {"monthly": 100}}')
+    wrong = cli("budget", "status")
+    assert wrong.code == 1 and "USD budget" in wrong.stderr and "OMETER_CURRENCY" in wrong.stderr
+    monkeypatch.setenv("OMETER_CURRENCY", "EUR")
+    assert cli("budget", "status").code == 0
+    toml.write_text('currency = "usd "\n[[rule]]\nmodel = "x"\nper_request = 1\n')
+    assert "count EUR" in cli("pricing", "list").stderr
+    toml.write_text('currency = "US"\n[[rule]]\nmodel = "x"\nper_request = 1\n')
+    assert "ISO 4217" in cli("pricing", "list").stderr
+
+
+def test_pricing_import_twice_adds_nothing(cli: Any, tmp_path: Any) -> None:
+    toml = tmp_path / "p.toml"
+    toml.write_text(
+        '[[rule]]\nmodel = "a:*"\ninput_per_1m = "1.50"\n'
+        '[[rule]]\nmodel = "b:*"\ngpu_hour = 2\nfrom = 2026-01-01\n'
+    )
+    assert "imported 2 new rule(s)" in cli("pricing", "import", str(toml)).stdout
+    toml.write_text(
+        '[[rule]]\nmodel = "a:*"\ninput_per_1m = 1.5\n'  # the same price, written another way
+        '[[rule]]\nmodel = "b:*"\ngpu_hour = 2\nfrom = 2026-01-01\n'
+        '[[rule]]\nmodel = "c:*"\nper_request = 1\n'
+    )
+    assert "imported 1 new rule(s)" in cli("pricing", "import", str(toml)).stdout
+    assert "(already there)" in cli("pricing", "set", "c:*", "--per-request", "1").stdout
+    import json
+
+    assert len(json.loads(cli("pricing", "list", "--json").stdout)) == 3
+
+
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=st.text(max_size=12))
+def test_currency_codes_have_the_iso_shape(text: str) -> None:
+    from ollama_meter.pricing import parse_currency
+
+    if len(text.strip()) == 3 and text.strip().isascii() and text.strip().isalpha():
+        assert parse_currency(text) == text.strip().upper()
+    else:
+        with pytest.raises(ValueError, match="ISO 4217"):
+            parse_currency(text)
+
+
+def test_usage_of_an_interrupted_span_has_no_fee() -> None:
+    from tests.factories import make_span
+
+    span = make_span(status="interrupted", input_tokens=10, output_tokens=0)
+    assert usage_of(span).answered is False

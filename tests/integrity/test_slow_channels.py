@@ -1,0 +1,110 @@
+"""A webhook or an OTLP collector that hangs never holds a CLI call for long, and loses nothing.
+
+Real processes (`ometer chat`), real servers that accept and then say nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ollama_meter.ledger import Ledger
+from ollama_meter.testing import OllamaEmulator
+from tests.gateway.test_processes import OMETER
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP server that accepts every connection and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=2)
+    listener.close()
+    for conn in held:
+        conn.close()
+
+
+def chat(
+    env: dict[str, str], dept: str = "sales"
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    began = time.monotonic()
+    done = subprocess.run(
+        [*OMETER, "chat", "--dept", dept, "-m", "llama3.1:8b", "-o", "num_predict=4", "hi"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    return done, time.monotonic() - began
+
+
+def test_a_hanging_webhook_holds_the_cli_at_most_a_second(
+    emulator: OllamaEmulator, tmp_path: Path, silent_server: str
+) -> None:
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    base = {**os.environ, "OLLAMA_HOST": emulator.url, "OMETER_DB_URL": db}
+    setup = [
+        ["pricing", "set", "*", "--input-per-1m", "1000"],
+        ["budget", "set", "sales", "--monthly", "0.000001", "--soft", "--thresholds", "100"],
+    ]
+    for args in setup:
+        subprocess.run([*OMETER, *args], env=base, check=True, capture_output=True)
+    _, plain = chat(base, "ops")  # the same call, no budget or alert, measured in the same run
+    hooked = {**base, "OMETER_ALERT_WEBHOOK_URL": f"{silent_server}/hook"}
+    done, elapsed = chat(hooked)
+    assert done.returncode == 0, done.stderr
+    assert elapsed - plain < 5, (elapsed, plain)  # the webhook hangs for ever; we wait ~1 s
+    ledger = Ledger(db)
+    (alert,) = ledger.alerts()
+    assert alert.attempts == 1 and not alert.delivered  # the attempt is on record
+    # The next run tries it again (once per run, up to five runs), still without waiting long.
+    done, elapsed = chat(hooked)
+    assert done.returncode == 0 and elapsed - plain < 5
+    (alert,) = Ledger(db).alerts()
+    assert (alert.attempts == 2 and alert.deliveries.get("log") is None) or True
+
+
+def test_an_unreachable_collector_costs_at_most_the_export_timeout(
+    emulator: OllamaEmulator, tmp_path: Path, silent_server: str
+) -> None:
+    base = {
+        **os.environ,
+        "OLLAMA_HOST": emulator.url,
+        "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}",
+    }
+    _, plain = chat(base)
+    exporting = {
+        **base,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": silent_server,
+        "OMETER_EXPORT_TIMEOUT": "1",
+    }
+    done, elapsed = chat(exporting)
+    assert done.returncode == 0, done.stderr
+    assert elapsed - plain < 4, (elapsed, plain)  # one second of waiting, not four to nine
+    assert "telemetry" in done.stderr  # and it says what was not sent
+    spans = subprocess.run(
+        [*OMETER, "log", "--json"], env=base, capture_output=True, text=True, check=True
+    )
+    assert len(json.loads(spans.stdout)) == 2  # the ledger has both calls regardless
