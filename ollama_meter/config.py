@@ -130,6 +130,8 @@ class Settings(BaseSettings):
     )
     ledger_wait: Annotated[float, Field(validation_alias="OMETER_LEDGER_WAIT", gt=0, le=600)] = 5.0
     """Seconds a write waits for a busy ledger before its spans go to the spool instead."""
+    journal: Annotated[bool, Field(validation_alias="OMETER_JOURNAL")] = True
+    """Write each call to the crash journal before it goes upstream (off only to measure it)."""
     budget_reply_cap: Annotated[
         int, Field(validation_alias="OMETER_BUDGET_REPLY_CAP", ge=1, le=10_000_000)
     ] = 4096

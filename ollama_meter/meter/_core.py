@@ -289,9 +289,11 @@ class Meter:
         budgets: BudgetGate | None = None,
         capture_content: bool = False,
         reply_cap: int = DEFAULT_REPLY_CAP,
+        journal: bool = True,
     ) -> None:
         self.budgets = budgets
         self.reply_cap = reply_cap
+        self.journal = journal
         self.capture_content = capture_content
         self.ledger = ledger
         self.prices = prices
@@ -336,6 +338,7 @@ class Meter:
             observers=[*observers, *telemetry_observers(settings)],
             capture_content=settings.capture_content,
             reply_cap=settings.budget_reply_cap,
+            journal=settings.journal,
         )
         meter.recover_interrupted()
         return meter
@@ -364,7 +367,8 @@ class Meter:
         call = MeteredCall(span, facts.prompt_text)
         if self.budgets is not None:
             self._admit(call, facts)
-        self.ledger.journal.opened(make_storable(span), estimate_tokens(facts.prompt_text))
+        if self.journal:
+            self.ledger.journal.opened(make_storable(span), estimate_tokens(facts.prompt_text))
         self._notify("on_start", span)
         return call
 
