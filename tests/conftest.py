@@ -120,3 +120,9 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  #
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+# The real-gateway fixtures serve every folder (budgets and integrity tests start gateways too).
+from tests.gateway.conftest import gateway, serve, serve_on  # noqa: E402
+
+__all__ = ["gateway", "serve", "serve_on"]

@@ -1,19 +1,35 @@
 """The budget gate: admission before a call, settlement and alerts after it.
 
-Admission runs in one write transaction per call (SQLite's write lock, or an
-advisory lock per budget on PostgreSQL): settled spend from the ledger plus
-unexpired reservations plus the most this call can cost (its bound, see
-``_estimate``) must fit every hard budget, or the call is refused. The bound is
-reserved until the call settles, so calls in flight together cannot overshoot
-either. Spend is read from the spans themselves, so budgets, reports and
-chargeback always agree, and a period rolls over by its key: a new day or month
-simply has no spans yet.
+Every call a hard budget covers is admitted on its bound (the most it can cost,
+see ``_estimate``): spent + held + bound must fit the limit. What a process holds
+lives in the ledger as a **lease**: one reservation row per budget, tenant and
+period, written in one transaction (SQLite's write lock, or an advisory lock per
+budget on PostgreSQL) that also reads the settled spend (from rollups) and what
+other processes hold. Calls are then admitted against the lease in memory; when
+one's bound does not fit what is left, the lease is renewed: spend read again, a
+new slice taken. The slice is a share of the room left (``lease_share``), never
+less than the call's bound, so it shrinks as the budget nears its limit and the
+last calls are decided exactly, in the database.
+
+Invariant, across processes and gateways: settled spend plus every live lease is
+at most the limit, and a lease always covers the bounds of its calls in flight;
+so calls together can never spend past the limit. A settled call's bound stays
+in its lease until the next renewal reads its span's actual cost, which only
+errs on the safe side. A lease that is not renewed expires (a crashed process
+frees its room after ``reservation_ttl``); one in use is renewed well before.
+
+The CLI uses ``lease_share=0``: a lease of exactly the call's bound, given back
+when the call settles, which is a per-call reservation. The gateway takes a
+quarter of the room and gives back what it did not use when idle or shutting down.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+import threading
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -27,24 +43,80 @@ from ollama_meter.periods import Window, current_period
 from ollama_meter.pricing import format_micros
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from ollama_meter.ledger import Ledger
 
 log = logging.getLogger("ollama_meter.budgets")
 
 RESERVATION_TTL = timedelta(minutes=15)
-"""How long a reservation holds if its caller dies without settling."""
+"""How long a lease holds if its process dies without giving it back."""
 IN_FLIGHT_RETRY_AFTER = 5
 """Seconds to wait when only money held by calls in flight is in the way."""
+IDLE_RELEASE_SECONDS = 30.0
+"""A lease with no call in flight for this long is given back."""
+WATCH_SECONDS = 30.0
+"""How old this process's view of a budget's spend may get before alerts read it again."""
+
+
+@dataclass(slots=True)
+class _Watch:
+    """This process's view of a budget's spend, for deciding when alerts must look."""
+
+    spent: int
+    read_at: float
+    local: int = 0
+
+
+def crossed(budget: Budget, before: int, after: int) -> bool:
+    """Whether spend going from ``before`` to ``after`` reaches a threshold not reached before."""
+    return any(before * 100 < t * budget.limit <= after * 100 for t in budget.thresholds)
+
+
+def _lease_id() -> str:
+    return "L" + os.urandom(12).hex()[:25]
 
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
+    """What one admitted call holds: its bound, in the leases it was admitted against."""
+
     id: str
     budget_ids: tuple[int, ...]
+    keys: tuple[tuple[int, str, datetime], ...] = ()
+    amount: int = 0
+
+
+@dataclass(slots=True)
+class _Lease:
+    """Money this process holds for one budget, tenant and period."""
+
+    budget: Budget
+    tenant: str
+    window: Window
+    row_id: str = field(default_factory=_lease_id)
+    amount: int = 0
+    """What the lease row holds in the ledger."""
+    in_flight: dict[str, int] = field(default_factory=dict)
+    """Bounds of the calls admitted and not yet settled."""
+    used: int = 0
+    """Bounds of calls settled since the row was written: their spans are in the ledger."""
+    kept: int = 0
+    """Bounds of settled calls whose span is not (yet) in the ledger: never given back."""
+    spent: int = 0
+    """Settled spend read at the last renewal."""
+    renewed: float = 0.0
+    last_used: float = 0.0
+    stale: bool = True
+    """Not written yet, or written long enough ago to renew before its row expires."""
+
+    @property
+    def free(self) -> int:
+        return self.amount - sum(self.in_flight.values()) - self.used - self.kept
 
 
 class BudgetGate:
-    """Budgets for one ledger; reloaded from it every ``ttl`` seconds."""
+    """Budgets for one ledger (reloaded every ``ttl`` seconds) and this process's leases."""
 
     def __init__(
         self,
@@ -54,11 +126,20 @@ class BudgetGate:
         alerts: AlertDispatcher | None = None,
         ttl: float = 5.0,
         reservation_ttl: timedelta = RESERVATION_TTL,
+        lease_share: float = 0.0,
+        clock: Any = time.monotonic,
     ) -> None:
         self.ledger = ledger
         self.tz = tz
         self.alerts = alerts
         self._reservation_ttl = reservation_ttl
+        self.lease_share = lease_share
+        self._clock = clock
+        self._leases: dict[tuple[int, str, datetime], _Lease] = {}
+        self._watch: dict[tuple[int, str, datetime], _Watch] = {}
+        self._lock = threading.Lock()
+        self.renewals = 0
+        """Lease renewals so far: the admissions that had to go to the ledger."""
         # While the database is away the budgets loaded before stay in force, so callers
         # no budget covers keep being served.
         self._budgets = Reloaded(ledger.budgets, ttl=ttl, what="budgets")
@@ -76,42 +157,149 @@ class BudgetGate:
         """Read the budgets again on the next call (after this process changed them)."""
         self._budgets.expire()
 
+    # -- admission ---------------------------------------------------------------------------
+
     def admit(
         self, *, call_id: str, tenant: str, department: str, estimate: Estimate, now: datetime
     ) -> Reservation | None:
-        """Reserve room for the call in every hard budget, or raise :class:`BudgetExceeded`."""
-        from ollama_meter.ledger import _budgets as store
-
+        """Hold the call's bound in every hard budget covering it, or raise :class:`BudgetExceeded`."""
         hard = [b for b in self.budgets_for(tenant, department) if b.hard]
         if not hard:
             return None
-        rows: list[dict[str, Any]] = []
-        with self.ledger.write() as conn:
-            store.lock_budgets(conn, [b.id for b in hard if b.id is not None])
-            for budget in hard:
-                assert budget.id is not None
+        for budget in hard:
+            if estimate.currency != budget.currency and estimate.amount > 0:
                 window = current_period(budget.period, tz=self.tz, now=now)
-                if estimate.currency != budget.currency and estimate.amount > 0:
-                    raise self._mismatch(budget, tenant, window, estimate, now)
-                spent = store.spent(conn, budget, tenant, window.start, window.end)
-                held = store.reserved(conn, budget.id, tenant, window.start, now)
-                need = estimate.amount if estimate.currency == budget.currency else 0
-                if spent >= budget.limit or spent + need > budget.limit:
-                    raise self._refusal(budget, tenant, window, spent, 0, need, now)
-                if spent + held + need > budget.limit:
-                    raise self._refusal(budget, tenant, window, spent, held, need, now)
-                rows.append(
-                    {
-                        "id": call_id,
-                        "budget_id": budget.id,
-                        "tenant": tenant,
-                        "period_start": window.start,
-                        "amount_micros": need,
-                        "expires_at": now + self._reservation_ttl,
-                    }
+                raise self._mismatch(budget, tenant, window, estimate, now)
+        with self._lock:
+            self._release_idle(now)
+            leases = [self._lease(b, tenant, now) for b in hard]
+            short = [le for le in leases if le.stale or le.free < estimate.amount]
+            if short:
+                self._renew(short, estimate.amount, now)
+            for lease in leases:
+                lease.in_flight[call_id] = estimate.amount
+                lease.last_used = self._clock()
+        keys = tuple((le.budget.id or 0, le.tenant, le.window.start) for le in leases)
+        return Reservation(call_id, tuple(k[0] for k in keys), keys, estimate.amount)
+
+    def _lease(self, budget: Budget, tenant: str, now: datetime) -> _Lease:
+        window = current_period(budget.period, tz=self.tz, now=now)
+        assert budget.id is not None
+        key = (budget.id, tenant, window.start)
+        lease = self._leases.get(key)
+        if lease is None or lease.budget != budget:
+            lease = self._leases[key] = _Lease(budget, tenant, window)
+        elif self._clock() - lease.renewed > self._reservation_ttl.total_seconds() / 2:
+            lease.stale = True  # renew well before its row expires in the ledger
+        return lease
+
+    def _renew(self, leases: list[_Lease], need: int, now: datetime) -> None:
+        """Read spend and others' holds, and take new slices, for ``leases`` in one transaction.
+
+        Raises :class:`BudgetExceeded` (writing nothing) when ``need`` does not fit one of them.
+        """
+        from ollama_meter.ledger import _budgets as store
+
+        self.renewals += 1
+        with self.ledger.write() as conn:
+            store.lock_budgets(conn, [le.budget.id for le in leases if le.budget.id is not None])
+            sizes: list[tuple[_Lease, int, int]] = []
+            for lease in leases:
+                budget = lease.budget
+                assert budget.id is not None
+                spent = store.spent(
+                    conn, budget, lease.tenant, lease.window.start, lease.window.end
                 )
-            store.add_reservations(conn, rows)
-        return Reservation(call_id, tuple(row["budget_id"] for row in rows))
+                others = store.reserved(
+                    conn, budget.id, lease.tenant, lease.window.start, now, exclude=lease.row_id
+                )
+                mine = sum(lease.in_flight.values()) + lease.kept
+                room = budget.limit - spent - others - mine
+                if spent >= budget.limit or spent + need > budget.limit:
+                    raise self._refusal(budget, lease.tenant, lease.window, spent, 0, need, now)
+                if need > room:
+                    raise self._refusal(
+                        budget, lease.tenant, lease.window, spent, others + mine, need, now
+                    )
+                slice_ = max(need, int(room * self.lease_share))
+                sizes.append((lease, mine + slice_, spent))
+            for lease, amount, spent in sizes:
+                self._write_lease(conn, lease, amount, now)
+                lease.spent = spent
+                lease.used = 0
+                lease.stale = False
+
+    def _write_lease(self, conn: Connection, lease: _Lease, amount: int, now: datetime) -> None:
+        from ollama_meter.ledger import _budgets as store
+
+        assert lease.budget.id is not None
+        store.put_reservation(
+            conn,
+            {
+                "id": lease.row_id,
+                "budget_id": lease.budget.id,
+                "tenant": lease.tenant,
+                "period_start": lease.window.start,
+                "amount_micros": amount,
+                "expires_at": now + self._reservation_ttl,
+            },
+        )
+        lease.amount = amount
+        lease.renewed = self._clock()
+
+    def settle(self, reservation: Reservation, *, recorded: bool = True) -> None:
+        """The call is over and its span written (``recorded``) or kept elsewhere.
+
+        With ``lease_share`` 0 the lease is given back at once; otherwise nothing is
+        written now: the next renewal reads the call's actual cost from the ledger.
+        """
+        give_back: list[_Lease] = []
+        with self._lock:
+            for key in reservation.keys:
+                lease = self._leases.get(key)
+                if lease is None:
+                    continue
+                bound = lease.in_flight.pop(reservation.id, 0)
+                if recorded:
+                    lease.used += bound
+                else:
+                    lease.kept += bound
+                if not self.lease_share and not lease.in_flight and not lease.kept:
+                    give_back.append(self._leases.pop(key))
+        if give_back:
+            self._give_back(give_back)
+
+    def _release_idle(self, now: datetime) -> None:
+        """Give back leases no call has used for a while, or whose period is over (lock held)."""
+        idle = [
+            key
+            for key, lease in self._leases.items()
+            if not lease.in_flight
+            and not lease.kept
+            and (self._clock() - lease.last_used > IDLE_RELEASE_SECONDS or lease.window.end <= now)
+        ]
+        if idle:
+            self._give_back([self._leases.pop(key) for key in idle])
+
+    def _give_back(self, leases: list[_Lease]) -> None:
+        from ollama_meter.ledger import _budgets as store
+
+        try:
+            with self.ledger.write() as conn:
+                for lease in leases:
+                    store.drop_reservations(conn, lease.row_id)
+        except Exception:  # it expires on its own; the call must not fail for this
+            log.warning("could not give back %d budget lease(s); they expire", len(leases))
+
+    def close(self) -> None:
+        """Give back every lease with no call in flight (a gateway shutting down)."""
+        with self._lock:
+            done = [
+                k for k, lease in self._leases.items() if not lease.in_flight and not lease.kept
+            ]
+            leases = [self._leases.pop(k) for k in done]
+        if leases:
+            self._give_back(leases)
 
     def _refusal(
         self,
@@ -164,19 +352,20 @@ class BudgetGate:
             retry_after=max(1, int((window.end - now).total_seconds())),
         )
 
-    def settle(self, reservation: Reservation) -> None:
-        """Release the call's reservation; its span, now in the ledger, carries the actual cost."""
-        from ollama_meter.ledger import _budgets as store
+    def check_alerts(
+        self, tenant: str, department: str, now: datetime, cost: int | None = None
+    ) -> list[Alert]:
+        """Fire each threshold the settled spend has reached, once per budget, tenant and period.
 
-        with self.ledger.write() as conn:
-            store.drop_reservations(conn, reservation.id)
-
-    def check_alerts(self, tenant: str, department: str, now: datetime) -> list[Alert]:
-        """Fire each threshold the settled spend has reached, once per budget, tenant and period."""
+        ``cost``, the call just settled, lets the check stay in memory while this process's
+        view of the spend (read at most :data:`WATCH_SECONDS` ago, plus what it settled
+        since) is below the next threshold; the ledger is read, and alerts claimed there,
+        only when a threshold may have been crossed. Without ``cost`` it always reads.
+        """
         from ollama_meter.ledger import _budgets as store
 
         fired: list[Alert] = []
-        budgets = self.budgets_for(tenant, department)
+        budgets = self._to_check(self.budgets_for(tenant, department), tenant, now, cost)
         if not budgets:
             return fired
         with self.ledger.write() as conn:
@@ -184,6 +373,7 @@ class BudgetGate:
                 assert budget.id is not None
                 window = current_period(budget.period, tz=self.tz, now=now)
                 spent = store.spent(conn, budget, tenant, window.start, window.end)
+                self._watch[(budget.id, tenant, window.start)] = _Watch(spent, self._clock())
                 for threshold in budget.thresholds:
                     if spent * 100 < threshold * budget.limit:
                         break
@@ -210,6 +400,26 @@ class BudgetGate:
             for alert in fired:
                 self.alerts.dispatch(alert)
         return fired
+
+    def _to_check(
+        self, budgets: list[Budget], tenant: str, now: datetime, cost: int | None
+    ) -> list[Budget]:
+        """The budgets whose spend may have crossed a threshold; the rest keep counting here."""
+        due = []
+        with self._lock:
+            for budget in budgets:
+                window = current_period(budget.period, tz=self.tz, now=now)
+                watch = self._watch.get((budget.id or 0, tenant, window.start))
+                if (
+                    cost is None
+                    or watch is None
+                    or self._clock() - watch.read_at > WATCH_SECONDS
+                    or crossed(budget, watch.spent, watch.spent + watch.local + cost)
+                ):
+                    due.append(budget)
+                else:
+                    watch.local += cost
+        return due
 
     def retry_undelivered(self) -> int:
         """Queue alerts an earlier run could not deliver; how many."""

@@ -65,6 +65,8 @@ def create_app(
             yield
         finally:
             await state["pool"].aclose()
+            if state["meter"].budgets is not None:  # give back the budget leases not in use
+                await in_thread(state["meter"].budgets.close)
 
     async def metered(request: Request) -> Response:
         path = request.url.path

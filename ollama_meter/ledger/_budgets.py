@@ -116,15 +116,34 @@ def spent(conn: Connection, budget: Budget, tenant: str, start: datetime, end: d
 
 
 def reserved(
-    conn: Connection, budget_id: int, tenant: str, period_start: datetime, now: datetime
+    conn: Connection,
+    budget_id: int,
+    tenant: str,
+    period_start: datetime,
+    now: datetime,
+    *,
+    exclude: str | None = None,
 ) -> int:
+    """What live reservations (leases) hold for a budget, tenant and period; ``exclude`` one."""
     query = select(func.coalesce(func.sum(ReservationRow.amount_micros), 0)).where(
         ReservationRow.budget_id == budget_id,
         ReservationRow.tenant == tenant,
         ReservationRow.period_start == period_start,
         ReservationRow.expires_at > now,
     )
+    if exclude is not None:
+        query = query.where(ReservationRow.id != exclude)
     return int(conn.execute(query).scalar_one())
+
+
+def put_reservation(conn: Connection, row: dict[str, Any]) -> None:
+    """Write a lease row, replacing the one with the same id and budget."""
+    conn.execute(
+        delete(_RESERVATIONS).where(
+            _RESERVATIONS.c.id == row["id"], _RESERVATIONS.c.budget_id == row["budget_id"]
+        )
+    )
+    conn.execute(insert(_RESERVATIONS).values(**row))
 
 
 def add_reservations(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:

@@ -23,7 +23,7 @@ import ollama
 
 from ollama_meter._names import MAX_USER, name_problem
 from ollama_meter._reloaded import Reloaded
-from ollama_meter.budgets import BudgetGate, Reservation, bound_cost
+from ollama_meter.budgets import BudgetGate, PastCall, Reservation, bound_cost
 from ollama_meter.errors import (
     BudgetExceeded,
     LedgerError,
@@ -58,6 +58,8 @@ log = logging.getLogger("ollama_meter.meter")
 
 Clock = Callable[[], datetime]
 
+HISTORY_TTL = 30.0
+"""Seconds a model's recent calls are reused for bounding time-priced costs."""
 DEFAULT_REPLY_CAP = 4096
 """Reply tokens a call under a hard budget may produce when it sets no cap of its own."""
 INTERRUPTED_MESSAGE = (
@@ -235,8 +237,16 @@ def ledger_for(settings: Settings) -> Ledger:
     return ledger
 
 
-def budget_gate(ledger: Ledger, settings: Settings) -> BudgetGate:
-    """Budgets from the ledger and the configured alert channels."""
+GATEWAY_LEASE_SHARE = 0.25
+"""The share of a budget's room a long-running process leases at a time."""
+
+
+def budget_gate(ledger: Ledger, settings: Settings, *, lease_share: float = 0.0) -> BudgetGate:
+    """Budgets from the ledger and the configured alert channels.
+
+    ``lease_share`` 0 (a CLI run: one call, then exit) reserves each call's bound on its
+    own; a long-running process leases a share of the room and admits calls in memory.
+    """
     from ollama_meter.budgets import AlertDispatcher, Channel, EmailChannel, WebhookChannel
 
     channels: list[Channel] = []
@@ -255,7 +265,12 @@ def budget_gate(ledger: Ledger, settings: Settings) -> BudgetGate:
                 else None,
             )
         )
-    gate = BudgetGate(ledger, tz=settings.tz, alerts=AlertDispatcher(ledger, channels))
+    gate = BudgetGate(
+        ledger,
+        tz=settings.tz,
+        alerts=AlertDispatcher(ledger, channels),
+        lease_share=lease_share,
+    )
     gate.retry_undelivered()
     return gate
 
@@ -294,6 +309,7 @@ class Meter:
         self.budgets = budgets
         self.reply_cap = reply_cap
         self.journal = journal
+        self._recent: dict[str, tuple[float, list[PastCall]]] = {}
         self.capture_content = capture_content
         self.ledger = ledger
         self.prices = prices
@@ -334,7 +350,9 @@ class Meter:
             ),
             source=source,
             clock=clock,
-            budgets=budget_gate(ledger, settings),
+            budgets=budget_gate(
+                ledger, settings, lease_share=GATEWAY_LEASE_SHARE if source == "gateway" else 0.0
+            ),
             observers=[*observers, *telemetry_observers(settings)],
             capture_content=settings.capture_content,
             reply_cap=settings.budget_reply_cap,
@@ -443,7 +461,7 @@ class Meter:
                 span.request_model,
                 span.started_at,
                 limits,
-                self.ledger.recent_usage(span.request_model),
+                self._history(span.request_model),
             )
             call.reservation = self.budgets.admit(
                 call_id=span.id,
@@ -476,6 +494,16 @@ class Meter:
             span.apply_cost(self.prices().cost(span.model, span.started_at, usage_of(span)))
             self._record(span)
             raise
+
+    def _history(self, model: str) -> list[PastCall]:
+        """The model's recent calls (for time-priced bounds), read at most every 30 s."""
+        now = time.monotonic()
+        cached = self._recent.get(model)
+        if cached is None or now - cached[0] > HISTORY_TTL:
+            if len(self._recent) > 1000:
+                self._recent.clear()
+            cached = self._recent[model] = (now, self.ledger.recent_usage(model))
+        return cached[1]
 
     def close(self, call: MeteredCall, error: BaseException | None = None) -> SpanRecord:
         """Measure, price and write the call; the span is durable when this returns.
@@ -517,9 +545,11 @@ class Meter:
         span = call.span
         try:
             if call.reservation is not None:
-                self.budgets.settle(call.reservation)
+                self.budgets.settle(call.reservation, recorded=call.stored == Stored.COMMITTED)
             if span.cost_total > 0:
-                self.budgets.check_alerts(span.tenant, span.department, span.started_at)
+                self.budgets.check_alerts(
+                    span.tenant, span.department, span.started_at, span.cost_total
+                )
         except Exception:
             log.exception(
                 "settling budgets for span %s failed; its reservation will expire", span.id

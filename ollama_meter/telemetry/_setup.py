@@ -263,12 +263,17 @@ class Telemetry:
         worker.join(self.timeout)
         failed = self.failures()
         if worker.is_alive():
+            names = failed or self.exporter_names()
             sys.stderr.write(
-                f"warning: telemetry export did not finish within OMETER_EXPORT_TIMEOUT "
-                f"({self.timeout:g} s); what was not sent is dropped\n"
+                f"warning: could not export telemetry to {', '.join(names)} within "
+                f"OMETER_EXPORT_TIMEOUT ({self.timeout:g} s); what was not sent is dropped\n"
             )
         elif failed:
             sys.stderr.write(f"warning: could not export telemetry to {', '.join(failed)}\n")
+
+    def exporter_names(self) -> list[str]:
+        names = [e.name for e in self.span_exporters]
+        return names + ([self.metric_exporter.name] if self.metric_exporter is not None else [])
 
     def _stop(self) -> None:
         try:

@@ -142,15 +142,19 @@ def test_a_crashed_callers_reservation_expires(db_url: str, emulator: OllamaEmul
     clock = Clock(NOV)
     meter = make_meter(db_url, clock)
     call(meter)
-    budget(meter, CALL_COST + BOUND * 2 - 1)
-    # A caller reserves and dies before settling.
-    assert meter.budgets is not None
-    from ollama_meter.budgets import Estimate
+    b = budget(meter, CALL_COST + BOUND * 2 - 1)
+    # Another process leased room for a call and died before settling.
+    from ollama_meter.ledger import _budgets as store
 
-    meter.budgets.admit(
-        call_id="crashed", tenant="acme", department="sales", estimate=Estimate(BOUND, "USD"),
-        now=clock.now,
-    )  # fmt: skip
+    with meter.ledger.write() as conn:
+        store.put_reservation(
+            conn,
+            {
+                "id": "crashed", "budget_id": b.id, "tenant": "acme",
+                "period_start": datetime(2026, 10, 31, 23, tzinfo=UTC), "amount_micros": BOUND,
+                "expires_at": clock.now + timedelta(minutes=15),
+            },
+        )  # fmt: skip
     with pytest.raises(BudgetExceeded, match="calls in flight hold") as refused:
         call(meter)
     assert refused.value.retry_after == 5  # seconds, not the rest of the month
