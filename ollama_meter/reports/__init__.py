@@ -1,4 +1,4 @@
-"""Reports: ledger aggregates turned into rows, and rows rendered as CSV or JSON.
+"""Reports: ledger aggregates turned into rows, and rows rendered as CSV, JSON or HTML.
 
 Reads the ledger through its queries; never writes it. Tables for the terminal
 are drawn by the CLI, which alone imports rich.
@@ -17,6 +17,21 @@ from ollama_meter.periods import (
 from ollama_meter.reports._allocation import allocate, union_length
 from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS
 from ollama_meter.reports._chargeback import IDLE, IDLE_MODES, Chargeback, chargeback
+from ollama_meter.reports._dashboard import (
+    PERIOD_CHOICES,
+    Dashboard,
+    DashQuery,
+    dashboard_report,
+    failures_report,
+)
+from ollama_meter.reports._html import (
+    Links,
+    content_security_policy,
+    render_chargeback_html,
+    render_dashboard,
+    render_error_page,
+    render_spend_html,
+)
 from ollama_meter.reports._perf import (
     COLD_LOAD_NS,
     PERF_BY_CHOICES,
@@ -39,15 +54,22 @@ __all__ = [
     "PERF_BY_CHOICES",
     "PERF_DEFAULT_BY",
     "PERF_METRICS",
+    "PERIOD_CHOICES",
     "PERIOD_HELP",
     "TIME_UNITS",
     "Chargeback",
+    "DashQuery",
+    "Dashboard",
+    "Links",
     "PerfReport",
     "SpendReport",
     "Window",
     "allocate",
     "bucket_bounds",
     "chargeback",
+    "content_security_policy",
+    "dashboard_report",
+    "failures_report",
     "gpu_seconds",
     "iso_utc",
     "local_midnight",
@@ -57,6 +79,10 @@ __all__ = [
     "parse_period",
     "percentile",
     "perf_report",
+    "render_chargeback_html",
+    "render_dashboard",
+    "render_error_page",
+    "render_spend_html",
     "safe_cell",
     "span_to_dict",
     "spend_report",
