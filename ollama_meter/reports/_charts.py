@@ -162,7 +162,7 @@ def _y_axis(
 def _x_labels(
     chart: Chart, xs: Sequence[str], centre: Callable[[int], float], bottom: float
 ) -> None:
-    every = max(1, math.ceil(len(xs) / (chart.width // 56)))
+    every = max(1, math.ceil(len(xs) / (chart.width // 70)))
     for index, text in enumerate(xs):
         if index % every == 0:
             chart.labels.append(Label(round(centre(index), 1), bottom + 16, text))

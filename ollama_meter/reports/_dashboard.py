@@ -217,6 +217,7 @@ class Dashboard:
         unit = self.unit
         counts = self.counts()
         previous = self.previous_counts()
+        rate = share(counts["errors"], counts["requests"], 2)
         return {
             "period": {
                 "query": self.query.period,
@@ -235,7 +236,7 @@ class Dashboard:
             "currencies": self.currencies,
             "summary": {
                 **counts,
-                "error_rate": _text(share(counts["errors"], counts["requests"], 2)),
+                "error_rate": _text(None if rate is None else rate.scaleb(-2)),  # as perf has it
             },
             "spend": [
                 {

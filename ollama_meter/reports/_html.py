@@ -390,32 +390,28 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
 def _timing_charts(d: Dashboard) -> dict[str, Chart]:
     by_time = {str(r[d.unit]): r for r in d.timing_by_time.rows}
     xs = d.buckets
-    series = []
-    for column, name, css, dashed in (
-        ("ttft_p50_ms", "TTFT p50", "ttft", False),
-        ("ttft_p95_ms", "TTFT p95", "ttft", True),
-        ("latency_p50_ms", "latency p50", "lat", False),
-        ("latency_p95_ms", "latency p95", "lat", True),
-    ):
-        values: list[Decimal | None] = []
-        for x in xs:
-            value = by_time.get(x, {}).get(column)
-            values.append(value if isinstance(value, Decimal) else None)
-        tips = [
-            f"{name} · {x}: {'–' if v is None else f'{v:f} ms'}"
-            for x, v in zip(xs, values, strict=True)
-        ]
-        exact = ["" if v is None else f"{v:f}" for v in values]
-        series.append(Series(name, css, values, tips, exact, dashed=dashed))
-    timing = lines(
-        f"Time to first token and latency per {d.unit}",
-        xs,
-        series,
-        unit="ms",
-        x_text=lambda x: short_label(x, d.unit),
-        height=300,
-        width=WIDE,
-    )
+
+    def percentiles(label: str, column: str, css: str) -> Chart:
+        series = []
+        for p in ("p50", "p95"):
+            values: list[Decimal | None] = []
+            for x in xs:
+                value = by_time.get(x, {}).get(f"{column}_{p}_ms")
+                values.append(value if isinstance(value, Decimal) else None)
+            tips = [
+                f"{label} {p} · {x}: {'no data' if v is None else f'{v:f} ms'}"
+                for x, v in zip(xs, values, strict=True)
+            ]
+            exact = ["" if v is None else f"{v:f}" for v in values]
+            series.append(Series(f"{p}", css, values, tips, exact, dashed=p == "p95"))
+        return lines(
+            f"{label} per {d.unit}, p50 and p95",
+            xs,
+            series,
+            unit="ms",
+            x_text=lambda x: short_label(x, d.unit),
+        )
+
     models = d.timing_by_model.rows
 
     def model_bars(label: str, unit: str, rows: list[tuple[str, Decimal, str, str]]) -> Chart:
@@ -444,7 +440,7 @@ def _timing_charts(d: Dashboard) -> dict[str, Chart]:
             (
                 str(r["model"]),
                 Decimal(int(str(r["cold_loads"]))),
-                f"{r['cold_loads']} · {r['cold_load_s']} s",
+                f"{r['cold_loads']} ({r['cold_load_s']} s)",
                 f"{r['model']}: {r['cold_loads']} cold load(s), {r['cold_load_s']} s loading",
             )
             for r in models
@@ -509,7 +505,8 @@ def _timing_charts(d: Dashboard) -> dict[str, Chart]:
     )
     counts.legend = [LegendItem("calls without error", "calls"), LegendItem("errors", "err")]
     return {
-        "timing": timing,
+        "ttft": percentiles("Time to first token", "ttft", "ttft"),
+        "latency": percentiles("Latency", "latency", "lat"),
         "speed": speed,
         "cold": cold,
         "queue": queue,

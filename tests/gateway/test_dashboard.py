@@ -72,7 +72,7 @@ def test_api_dash_matches_the_ledger(dash: Gateway) -> None:
         "input_tokens": 14,
         "output_tokens": 24,
         "unpriced_requests": 0,
-        "error_rate": "33.33",
+        "error_rate": "0.3333",
     }
     assert data["spend"] == [
         {
