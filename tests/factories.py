@@ -46,6 +46,15 @@ def make_span(**fields: Any) -> SpanRecord:
     return SpanRecord(**values)
 
 
+def two_currencies(at: datetime) -> list[SpanRecord]:
+    """Sales spends 1.25 USD and 0.70 EUR, legal 0.50 EUR: totals 1.20 EUR and 1.25 USD, never 2.45."""
+    return [
+        make_span(started_at=at, department="sales", cost_total=1_250_000, currency="USD"),
+        make_span(started_at=at, department="sales", cost_total=700_000, currency="EUR"),
+        make_span(started_at=at, department="legal", cost_total=500_000, currency="EUR"),
+    ]
+
+
 OFFICE_NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 """The clock of :func:`office_spans`: a Friday afternoon, two thirds into November."""
 

@@ -168,6 +168,36 @@ def _x_labels(
             chart.labels.append(Label(round(centre(index), 1), bottom + 16, text))
 
 
+@dataclass
+class _Plot:
+    """A chart with a y axis over ``xs``: where each x position's centre is, and each value's y."""
+
+    chart: Chart
+    y: Callable[[Decimal], float]
+    step: float
+
+    def centre(self, index: int) -> float:
+        return _LEFT + self.step * index + self.step / 2
+
+
+def _plot(
+    label: str,
+    xs: Sequence[str],
+    top: Decimal,
+    *,
+    unit: str,
+    x_text: Callable[[str], str],
+    height: int,
+    width: int,
+) -> _Plot:
+    chart = Chart(label=label, height=height, width=width)
+    plot_w, plot_h = width - _LEFT - _RIGHT, height - _TOP - _BOTTOM
+    y = _y_axis(chart, nice_ticks(top), unit, plot_h)
+    plot = _Plot(chart, y, plot_w / max(len(xs), 1))
+    _x_labels(chart, [x_text(x) for x in xs], plot.centre, _TOP + plot_h)
+    return plot
+
+
 def columns(
     label: str,
     xs: Sequence[str],
@@ -179,31 +209,23 @@ def columns(
     width: int = WIDTH,
 ) -> Chart:
     """Stacked columns: one per ``xs`` position, the series stacked in order, with a y axis."""
-    chart = Chart(label=label, height=height, width=width)
-    plot_w, plot_h = width - _LEFT - _RIGHT, height - _TOP - _BOTTOM
     totals = [sum((s.values[i] or Decimal(0) for s in series), Decimal(0)) for i in range(len(xs))]
-    y = _y_axis(chart, nice_ticks(max(totals, default=Decimal(0))), unit, plot_h)
-    if not xs:
-        return chart
-    step = plot_w / len(xs)
-    column = max(min(step * 0.72, 36.0), 1.5)
-
-    def centre(index: int) -> float:
-        return _LEFT + step * index + step / 2
-
+    top = max(totals, default=Decimal(0))
+    plot = _plot(label, xs, top, unit=unit, x_text=x_text, height=height, width=width)
+    column = max(min(plot.step * 0.72, 36.0), 1.5)
     for index, x in enumerate(xs):
         base = Decimal(0)
         for s in series:
             value = s.values[index]
             if not value:
                 continue
-            top, bottom = y(base + value), y(base)
-            chart.marks.append(
+            top_y, bottom_y = plot.y(base + value), plot.y(base)
+            plot.chart.marks.append(
                 Mark(
-                    x=round(centre(index) - column / 2, 1),
-                    y=top,
+                    x=round(plot.centre(index) - column / 2, 1),
+                    y=top_y,
                     w=round(column, 1),
-                    h=round(max(bottom - top, 0.5), 1),
+                    h=round(max(bottom_y - top_y, 0.5), 1),
                     css=s.css,
                     tip=s.tips[index],
                     series=s.name,
@@ -213,8 +235,7 @@ def columns(
                 )
             )
             base += value
-    _x_labels(chart, [x_text(x) for x in xs], centre, _TOP + plot_h)
-    return chart
+    return plot.chart
 
 
 def lines(
@@ -228,33 +249,22 @@ def lines(
     width: int = WIDTH,
 ) -> Chart:
     """Lines over ``xs`` with a dot per known value; a gap where a value is None."""
-    chart = Chart(label=label, height=height, width=width)
-    plot_w, plot_h = width - _LEFT - _RIGHT, height - _TOP - _BOTTOM
-    known = [v for s in series for v in s.values if v is not None]
-    y = _y_axis(chart, nice_ticks(max(known, default=Decimal(0))), unit, plot_h)
-    if not xs:
-        return chart
-    step = plot_w / len(xs)
-
-    def centre(index: int) -> float:
-        return _LEFT + step * index + step / 2
-
+    top = max((v for s in series for v in s.values if v is not None), default=Decimal(0))
+    plot = _plot(label, xs, top, unit=unit, x_text=x_text, height=height, width=width)
+    chart = plot.chart
     for s in series:
-        run: list[str] = []
         css = f"line {s.css}" + (" dashed" if s.dashed else "")
-        for index, value in enumerate(s.values):
+        run: list[str] = []
+        for index, value in enumerate([*s.values, None]):  # a None at the end closes the last run
             if value is None:
                 if len(run) > 1:
                     chart.lines.append(Line(" ".join(run), css))
                 run = []
                 continue
-            cx, cy = round(centre(index), 1), y(value)
+            cx, cy = round(plot.centre(index), 1), plot.y(value)
             run.append(f"{cx},{cy}")
             chart.dots.append(Dot(cx, cy, s.css, s.tips[index], s.name, xs[index], s.exact[index]))
-        if len(run) > 1:
-            chart.lines.append(Line(" ".join(run), css))
         chart.legend.append(LegendItem(s.name, s.css + (" dashed" if s.dashed else "")))
-    _x_labels(chart, [x_text(x) for x in xs], centre, _TOP + plot_h)
     return chart
 
 

@@ -90,6 +90,18 @@ def _to_decimal(micros: object) -> Decimal:
     return Decimal(int(str(micros))).scaleb(-6)
 
 
+def cost_bar(label: str, micros: object, currency: str, href: str | None = None) -> Bar:
+    """One bar of a spend chart: rounded at its end, exact in its tooltip."""
+    amount = int(str(micros))
+    exact = format_micros(amount)
+    return Bar(
+        label=label,
+        segments=[Segment(_to_decimal(amount), "accent", f"{label}: {exact} {currency}", exact)],
+        text=money(amount),
+        href=href,
+    )
+
+
 @cache
 def _asset(name: str) -> str:
     return (files("ollama_meter.reports") / "templates" / name).read_text(encoding="utf-8")
@@ -357,19 +369,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
     model_chart = bars(
         f"Spend by model in {currency}",
         [
-            Bar(
-                label=str(m["model"]),
-                segments=[
-                    Segment(
-                        _to_decimal(m["cost"]),
-                        "accent",
-                        f"{m['model']}: {format_micros(int(str(m['cost'])))} {currency}",
-                        format_micros(int(str(m["cost"]))),
-                    )
-                ],
-                text=money(int(str(m["cost"]))),
-                href=links.href(model=str(m["model"])),
-            )
+            cost_bar(str(m["model"]), m["cost"], currency, links.href(model=str(m["model"])))
             for m in models[:TOP]
         ],
         unit=currency,
@@ -582,21 +582,7 @@ def render_spend_html(
             charts.append(
                 bars(
                     f"Spend by {' / '.join(groups)} in {currency}",
-                    [
-                        Bar(
-                            label=_key(r, groups),
-                            segments=[
-                                Segment(
-                                    _to_decimal(r["cost"]),
-                                    "accent",
-                                    f"{_key(r, groups)}: {format_micros(int(str(r['cost'])))} {currency}",
-                                    format_micros(int(str(r["cost"]))),
-                                )
-                            ],
-                            text=money(int(str(r["cost"]))),
-                        )
-                        for r in by_cost[:25]
-                    ],
+                    [cost_bar(_key(r, groups), r["cost"], currency) for r in by_cost[:25]],
                     unit=currency,
                     width=WIDE,
                 )

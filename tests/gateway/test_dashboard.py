@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ollama_meter.testing import OllamaEmulator
-from tests.factories import make_span
+from tests.factories import make_span, two_currencies
 from tests.gateway.conftest import Gateway
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
@@ -107,22 +107,17 @@ def test_api_dash_matches_the_ledger(dash: Gateway) -> None:
 
 
 def test_mixed_currencies_are_never_summed_or_relabelled(dash: Gateway) -> None:
-    dash.ledger.record(
-        [
-            make_span(started_at=TODAY, department="sales", cost_total=1_250_000, currency="USD"),
-            make_span(started_at=TODAY, department="sales", cost_total=700_000, currency="EUR"),
-        ]
-    )
+    dash.ledger.record(two_currencies(TODAY))
     data = httpx.get(f"{dash.url}/api/dash").json()
     assert [(s["currency"], s["cost"]) for s in data["spend"]] == [
-        ("EUR", "0.700000"),
+        ("EUR", "1.200000"),
         ("USD", "1.250000"),
     ]
     page = httpx.get(f"{dash.url}/dashboard").text
     assert '<div class="card-label">Spend (EUR)</div>' in page
     assert '<div class="card-label">Spend (USD)</div>' in page
     assert 'data-currency="EUR"' in page and 'data-currency="USD"' in page
-    assert "1.95" not in page and "1.950000" not in page
+    assert "2.45" not in page and "2.450000" not in page
 
 
 def test_dashboard_page_has_the_numbers_without_script(dash: Gateway) -> None:

@@ -28,7 +28,7 @@ from ollama_meter.reports import (
     spend_report,
 )
 from ollama_meter.reports._dashboard import chart_unit, dash_window, previous_window
-from tests.factories import OFFICE_NOW, make_span, office_spans
+from tests.factories import OFFICE_NOW, make_span, office_spans, two_currencies
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -171,14 +171,7 @@ def test_budgets_carry_exact_shares_and_projections(
 
 def test_currencies_are_never_added_together(db_url: str) -> None:
     ledger = Ledger(db_url)
-    at = datetime(2026, 11, 3, 9, tzinfo=UTC)
-    ledger.record(
-        [
-            make_span(started_at=at, department="sales", cost_total=1_250_000, currency="USD"),
-            make_span(started_at=at, department="sales", cost_total=700_000, currency="EUR"),
-            make_span(started_at=at, department="legal", cost_total=500_000, currency="EUR"),
-        ]
-    )
+    ledger.record(two_currencies(datetime(2026, 11, 3, 9, tzinfo=UTC)))
     data = dashboard_report(ledger, DashQuery(), tz=UTC_ZONE, now=OFFICE_NOW).to_json()
     assert data["currencies"] == ["EUR", "USD"]
     assert [(s["currency"], s["cost"]) for s in data["spend"]] == [

@@ -29,7 +29,7 @@ from ollama_meter.reports import (
 from ollama_meter.reports._charts import nice_ticks, tick_text
 from ollama_meter.reports._html import money, short_label
 from tests.conftest import CliResult
-from tests.factories import OFFICE_NOW, make_span, office_spans
+from tests.factories import OFFICE_NOW, make_span, office_spans, two_currencies
 
 UTC_ZONE = ZoneInfo("UTC")
 HOSTILE = "<script>alert('x')</script>&\"'"
@@ -121,14 +121,7 @@ def test_report_file_has_exactly_the_csv(ledger: Ledger, by: list[str]) -> None:
 
 def test_report_file_with_two_currencies_totals_each(db_url: str) -> None:
     ledger = Ledger(db_url)
-    at = datetime(2026, 11, 3, 9, tzinfo=UTC)
-    ledger.record(
-        [
-            make_span(started_at=at, department="sales", cost_total=1_250_000, currency="USD"),
-            make_span(started_at=at, department="sales", cost_total=700_000, currency="EUR"),
-            make_span(started_at=at, department="legal", cost_total=500_000, currency="EUR"),
-        ]
-    )
+    ledger.record(two_currencies(datetime(2026, 11, 3, 9, tzinfo=UTC)))
     window = parse_period("2026-11", tz=UTC_ZONE, now=OFFICE_NOW)
     report = spend_report(ledger, window, ["department"], tz=UTC_ZONE)
     page = render_spend_html(report, tz=UTC_ZONE, zone="UTC", generated=OFFICE_NOW, title="x")
