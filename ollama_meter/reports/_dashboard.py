@@ -142,6 +142,18 @@ def share(part: int, whole: int, places: int = 1) -> Decimal | None:
     return Decimal(round(Fraction(part * 100, whole) * 10**places)).scaleb(-places)
 
 
+@dataclass(frozen=True, slots=True)
+class DepartmentDrill:
+    """One department's drill-down in one currency: its sums and its rows by model, user and time."""
+
+    name: str
+    cost: int
+    row: dict[str, object]
+    models: list[dict[str, object]]
+    users: list[dict[str, object]]
+    days: list[dict[str, object]]
+
+
 @dataclass
 class Dashboard:
     """The dashboard's reports for one query. ``cost`` values are integer micro-units."""
@@ -193,24 +205,27 @@ class Dashboard:
         """Rows by descending cost, then name: the order of every top list."""
         return sorted(rows, key=lambda r: (-int(str(r["cost"])), str(r[name])))
 
-    def departments(self, currency: str) -> list[dict[str, object]]:
-        """Per department in ``currency``: its sums, and its models, users and days (the drill-down)."""
+    def departments(self, currency: str) -> list[DepartmentDrill]:
+        """Per department in ``currency``, by cost: its sums, and its models, users and days."""
         models = self.in_currency(self.spend.rollup(["department", "model"]), currency)
         users = self.in_currency(self.users.rows, currency)
         days = self.in_currency(self.spend.rollup(["department", self.unit]), currency)
-        result = []
         rows = self.in_currency(self.spend.rollup(["department"]), currency)
-        for row in self.by_cost(rows, "department"):
-            name = row["department"]
-            result.append(
-                {
-                    **row,
-                    "models": self.by_cost([m for m in models if m["department"] == name], "model"),
-                    "users": self.by_cost([u for u in users if u["department"] == name], "user"),
-                    "days": [d for d in days if d["department"] == name],
-                }
+        return [
+            DepartmentDrill(
+                name=str(row["department"]),
+                cost=int(str(row["cost"])),
+                row=row,
+                models=self.by_cost(
+                    [m for m in models if m["department"] == row["department"]], "model"
+                ),
+                users=self.by_cost(
+                    [u for u in users if u["department"] == row["department"]], "user"
+                ),
+                days=[d for d in days if d["department"] == row["department"]],
             )
-        return result
+            for row in self.by_cost(rows, "department")
+        ]
 
     def to_json(self) -> dict[str, Any]:
         """``/api/dash``: exact money as decimal strings, each with its currency."""
@@ -274,10 +289,10 @@ class Dashboard:
             ],
             "departments": [
                 {
-                    **_money_rows([d], ["department"])[0],
-                    "models": _money_rows(d["models"], ["model"]),  # type: ignore[arg-type]
-                    "users": _money_rows(d["users"], ["user"]),  # type: ignore[arg-type]
-                    unit: _money_rows(d["days"], [unit]),  # type: ignore[arg-type]
+                    **_money_rows([d.row], ["department"])[0],
+                    "models": _money_rows(d.models, ["model"]),
+                    "users": _money_rows(d.users, ["user"]),
+                    unit: _money_rows(d.days, [unit]),
                 }
                 for currency in self.currencies
                 for d in self.departments(currency)

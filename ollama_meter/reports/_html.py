@@ -48,6 +48,7 @@ from ollama_meter.reports._dashboard import (
     PERIOD_CHOICES,
     TOP,
     Dashboard,
+    DepartmentDrill,
     budget_share,
     change,
     share,
@@ -188,7 +189,7 @@ class DepartmentPanel:
     name: str
     anchor: str
     css: str
-    row: dict[str, object]
+    drill: DepartmentDrill
     share: Decimal | None
     chart: Chart
     filter_href: str
@@ -252,7 +253,6 @@ def _cards(d: Dashboard) -> list[Card]:
                 value=money(cost),
                 exact=format_micros(cost),
                 note=_change_note(delta, f"{money(earlier)} {currency}"),
-                tone="",
                 tip=f"{format_micros(cost)} {currency}; before: {format_micros(earlier)} {currency}",
             )
         )
@@ -313,15 +313,15 @@ def _change_note(delta: Decimal | None, before: str) -> str:
 def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
     colours = {name: series_class(i) for i, name in enumerate(d.options["department"])}
     departments = d.departments(currency)
-    cost = sum(int(str(row["cost"])) for row in departments)
+    cost = sum(dept.cost for dept in departments)
     xs = d.buckets
     series = []
     panels = []
     for index, dept in enumerate(departments):
-        name = str(dept["department"])
+        name = dept.name
         css = colours.get(name, series_class(len(colours) + index))
         anchor = f"dept-{currency}-{index}"
-        by_time = {str(r[d.unit]): int(str(r["cost"])) for r in dept["days"]}  # type: ignore[attr-defined]
+        by_time = {str(r[d.unit]): int(str(r["cost"])) for r in dept.days}
         values = [_to_decimal(by_time.get(x, 0)) for x in xs]
         tips = [f"{name} · {x}: {format_micros(by_time.get(x, 0))} {currency}" for x in xs]
         exact = [format_micros(by_time.get(x, 0)) for x in xs]
@@ -339,8 +339,8 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
                 name=name,
                 anchor=anchor,
                 css=css,
-                row=dept,
-                share=share(int(str(dept["cost"])), cost),
+                drill=dept,
+                share=share(dept.cost, cost),
                 chart=alone,
                 filter_href=links.href(dept=name),
             )
@@ -358,8 +358,8 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         LegendItem(
             name=p.name,
             css=p.css,
-            value=money(int(str(p.row["cost"]))),
-            tip=f"{format_micros(int(str(p.row['cost'])))} {currency}",
+            value=money(p.drill.cost),
+            tip=f"{format_micros(p.drill.cost)} {currency}",
             href=f"#{p.anchor}",
         )
         for p in panels

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright import sync_api
 
 from ollama_meter.budgets import Budget
 from ollama_meter.meter import SpanRecord
@@ -47,8 +48,6 @@ BUDGETS = [
     Budget("globex", None, "month", 1_000_000_000, "USD", hard=False),
     Budget("acme", "support", "day", 40_000_000, "USD"),
 ]
-
-sync_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
