@@ -9,10 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from ollama_meter.testing import OllamaEmulator
-from tests.factories import make_span, two_currencies
+from tests.factories import make_span, office_spans, two_currencies
 from tests.gateway.conftest import Gateway
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
@@ -194,3 +196,39 @@ def test_admin_token_guards_the_dashboard(serve: Any, emulator: OllamaEmulator) 
     assert 'href="/api/dash?dept=sales&amp;token=s3cret"' in page.text  # links keep the token
     assert httpx.get(f"{gw.url}/metrics").status_code == 200
     assert httpx.get(f"{gw.url}/api/dash?token=s3cret").json()["spend"] == []
+
+
+_text = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40
+) | st.sampled_from(["", "today", "week", "month", "previous-month", "custom", "2026-11",
+                     "2026-11-20", "9999-12", "0000-01", "2026-02-30", "1970-01-01"])  # fmt: skip
+
+
+@pytest.fixture
+def office_gateway(
+    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> Gateway:
+    gw = serve_on(emulator.url, sqlite_url, clock=lambda: NOW)
+    gw.ledger.record(office_spans(NOW))
+    return gw
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    params=st.dictionaries(
+        st.sampled_from(["period", "since", "until", "tenant", "dept", "model"]), _text
+    )
+)
+def test_any_query_is_a_page_or_a_400(office_gateway: Gateway, params: dict[str, str]) -> None:
+    """Whatever the URL says, the answer is the dashboard or one line of error, never a 500."""
+    api = httpx.get(f"{office_gateway.url}/api/dash", params=params)
+    page = httpx.get(f"{office_gateway.url}/dashboard", params=params)
+    assert api.status_code in (200, 400), api.text
+    assert page.status_code == api.status_code
+    if api.status_code == 400:
+        assert "\n" not in api.json()["error"]
+    else:
+        assert api.json()["filters"]["tenant"] == (params.get("tenant") or None)
+        assert page.text.count("<script") == 1  # ours; any name in the page is text
