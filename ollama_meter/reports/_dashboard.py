@@ -24,6 +24,7 @@ from ollama_meter.ledger._aggregate import FailureCount, aggregate_failures
 from ollama_meter.periods import (
     Window,
     bucket_bounds,
+    local_midnight,
     month_start,
     next_month,
     parse_period,
@@ -95,9 +96,9 @@ def previous_window(window: Window, *, tz: ZoneInfo, now: datetime) -> Window:
         before = month_start(first - timedelta(days=1))
     else:
         before = first - (last - first)
-    earlier = window_between(
-        before.isoformat(), (first - timedelta(days=1)).isoformat(), tz=tz, now=now
-    )
+    # Built here, not parsed: the period before the first allowed day is still a comparison.
+    label = f"{before.isoformat()}..{(first - timedelta(days=1)).isoformat()}"
+    earlier = Window(local_midnight(before, tz), local_midnight(first, tz), label)
     if window.start <= now < window.end:
         cut = min(earlier.start + (now - window.start), earlier.end)
         return Window(

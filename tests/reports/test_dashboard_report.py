@@ -276,8 +276,9 @@ def test_period_choices(query: DashQuery, label: str) -> None:
         (DashQuery(period="custom"), "needs a start date"),
         (DashQuery(period="custom", since="2026-13-01"), "is not a date"),
         (DashQuery(period="custom", since="2026-11-02", until="2026-11-01"), "is before"),
-        (DashQuery(period="custom", since="0001-01-01", until="0001-01-05"), "beyond the calendar"),
-        (DashQuery(period="custom", since="9999-12-01", until="9999-12-31"), "beyond the calendar"),
+        (DashQuery(period="custom", since="0001-01-01", until="0001-01-05"), "outside the dates"),
+        (DashQuery(period="9999-12"), "outside the dates"),
+        (DashQuery(period="custom", since="1970-01-01", until="9998-12-31"), "beyond the calendar"),
     ],
 )
 def test_bad_periods_are_one_line_errors(db_url: str, query: DashQuery, message: str) -> None:
@@ -313,6 +314,12 @@ def test_the_comparison_period_comes_right_before(
             (first.replace(day=1) - timedelta(days=1)).replace(day=1),
         }
     assert chart_unit(window) == ("day" if days <= 62 else "week" if days <= 366 else "month")
+
+
+def test_the_first_days_compare_with_days_before_them(db_url: str) -> None:
+    query = DashQuery(period="custom", since="1970-01-05", until="1970-02-10")
+    d = dashboard_report(Ledger(db_url), query, tz=BERLIN, now=OFFICE_NOW)
+    assert d.previous.label == "1969-11-29..1970-01-04"
 
 
 def test_a_calendar_month_compares_with_the_month_before() -> None:
