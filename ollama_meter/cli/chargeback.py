@@ -14,7 +14,6 @@ from ollama_meter.pricing import MAX_AMOUNT, parse_amount
 from ollama_meter.reports import (
     CHARGEBACK_COLUMNS,
     chargeback,
-    render_chargeback_html,
     to_csv,
     to_json,
 )
@@ -76,6 +75,8 @@ def chargeback_command(
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
     if fmt is Format.HTML:
+        from ollama_meter.reports import render_chargeback_html
+
         page = render_chargeback_html(result, tz=cfg.tz, zone=cfg.timezone, generated=utc_now())
         write_output(page, out_file)
         return

@@ -31,7 +31,6 @@ from ollama_meter.reports import (
     BY_CHOICES,
     SpendReport,
     parse_by,
-    render_spend_html,
     spend_report,
 )
 
@@ -74,6 +73,8 @@ def report(
         model=model,
     )
     if fmt is ReportFormat.HTML:
+        from ollama_meter.reports import render_spend_html
+
         page = render_spend_html(
             result,
             tz=cfg.tz,

@@ -1,8 +1,11 @@
 """Reports: ledger aggregates turned into rows, and rows rendered as CSV, JSON or HTML.
 
 Reads the ledger through its queries; never writes it. Tables for the terminal
-are drawn by the CLI, which alone imports rich.
+are drawn by the CLI, which alone imports rich. The HTML renderer (and Jinja2)
+loads on first use, so a command that prints no HTML never pays for it.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ollama_meter.periods import (
     PERIOD_HELP,
@@ -24,14 +27,6 @@ from ollama_meter.reports._dashboard import (
     dashboard_report,
     failures_report,
 )
-from ollama_meter.reports._html import (
-    Links,
-    content_security_policy,
-    render_chargeback_html,
-    render_dashboard,
-    render_error_page,
-    render_spend_html,
-)
 from ollama_meter.reports._perf import (
     COLD_LOAD_NS,
     PERF_BY_CHOICES,
@@ -44,6 +39,36 @@ from ollama_meter.reports._perf import (
 )
 from ollama_meter.reports._render import iso_utc, safe_cell, span_to_dict, to_csv, to_json
 from ollama_meter.reports._spend import BY_CHOICES, SpendReport, gpu_seconds, parse_by, spend_report
+
+if TYPE_CHECKING:
+    from ollama_meter.reports._html import (
+        Links,
+        content_security_policy,
+        render_chargeback_html,
+        render_dashboard,
+        render_error_page,
+        render_spend_html,
+    )
+
+_HTML = frozenset(
+    {
+        "Links",
+        "content_security_policy",
+        "render_chargeback_html",
+        "render_dashboard",
+        "render_error_page",
+        "render_spend_html",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HTML:
+        from ollama_meter.reports import _html
+
+        return getattr(_html, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BY_CHOICES",
