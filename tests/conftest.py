@@ -20,8 +20,11 @@ from ollama_meter.upstream import reset_breakers
 from tests._pg import postgres_server
 
 _CLEAR_PREFIXES = ("OMETER_", "OLLAMA_", "OTEL_", "LANGFUSE_", "TRACELOOP_")
-# What CI sets for the test run itself: a server to use, and "fail, don't skip".
-_KEEP = frozenset({"OMETER_TEST_PG_URL", "OMETER_REQUIRE_PG", "OMETER_REQUIRE_BROWSER"})
+# What CI sets for the test run itself: a server to use, and "fail, don't skip"; where
+# the browser tests save their screenshots.
+_KEEP = frozenset(
+    {"OMETER_TEST_PG_URL", "OMETER_REQUIRE_PG", "OMETER_REQUIRE_BROWSER", "OMETER_SCREENSHOTS"}
+)
 
 
 @pytest.fixture(autouse=True)

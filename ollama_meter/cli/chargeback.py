@@ -11,7 +11,12 @@ from ollama_meter.cli._common import DbOption, OutOption, err, settings, write_o
 from ollama_meter.errors import ValidationError
 from ollama_meter.meter import ledger_for, utc_now
 from ollama_meter.pricing import MAX_AMOUNT, parse_amount
-from ollama_meter.reports import CHARGEBACK_COLUMNS, chargeback, to_csv, to_json
+from ollama_meter.reports import (
+    CHARGEBACK_COLUMNS,
+    chargeback,
+    to_csv,
+    to_json,
+)
 
 
 class Idle(StrEnum):
@@ -22,6 +27,7 @@ class Idle(StrEnum):
 class Format(StrEnum):
     CSV = "csv"
     JSON = "json"
+    HTML = "html"
 
 
 def chargeback_command(
@@ -68,5 +74,11 @@ def chargeback_command(
     )
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}")
+    if fmt is Format.HTML:
+        from ollama_meter.reports import render_chargeback_html
+
+        page = render_chargeback_html(result, tz=cfg.tz, zone=cfg.timezone, generated=utc_now())
+        write_output(page, out_file)
+        return
     render = to_csv if fmt is Format.CSV else to_json
     write_output(render(CHARGEBACK_COLUMNS, result.rows), out_file)

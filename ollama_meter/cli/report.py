@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -12,7 +13,6 @@ from ollama_meter.cli._common import (
     DbOption,
     DeptFilter,
     Format,
-    FormatOption,
     ModelFilter,
     OutOption,
     PeriodOption,
@@ -23,10 +23,23 @@ from ollama_meter.cli._common import (
     out,
     settings,
     window_from_options,
+    write_output,
     write_rows,
 )
-from ollama_meter.meter import ledger_for
-from ollama_meter.reports import BY_CHOICES, SpendReport, parse_by, spend_report
+from ollama_meter.meter import ledger_for, utc_now
+from ollama_meter.reports import (
+    BY_CHOICES,
+    SpendReport,
+    parse_by,
+    spend_report,
+)
+
+
+class ReportFormat(StrEnum):
+    TABLE = "table"
+    CSV = "csv"
+    JSON = "json"
+    HTML = "html"
 
 
 def report(
@@ -39,7 +52,10 @@ def report(
     tenant: TenantFilter = None,
     dept: DeptFilter = None,
     model: ModelFilter = None,
-    fmt: FormatOption = Format.TABLE,
+    fmt: Annotated[
+        ReportFormat,
+        typer.Option("--format", "-f", help="Output format; html is one self-contained page."),
+    ] = ReportFormat.TABLE,
     out_file: OutOption = None,
     db: DbOption = None,
 ) -> None:
@@ -56,8 +72,20 @@ def report(
         department=dept,
         model=model,
     )
+    if fmt is ReportFormat.HTML:
+        from ollama_meter.reports import render_spend_html
+
+        page = render_spend_html(
+            result,
+            tz=cfg.tz,
+            zone=cfg.timezone,
+            generated=utc_now(),
+            title=f"Spend by {', '.join(columns) or 'period'}",
+        )
+        write_output(page, out_file)
+        return
     write_rows(
-        fmt,
+        Format(fmt.value),
         result.columns,
         result.rows,
         out_file,

@@ -127,4 +127,27 @@ def timing_rows(where: SpanFilter, by: Sequence[str]) -> Select[Any]:
         SpanRow.prompt_eval_duration_ns,
         SpanRow.eval_duration_ns,
         SpanRow.duration_source,
+        SpanRow.started_at,
     ).where(*where.clauses())
+
+
+@dataclass(frozen=True, slots=True)
+class FailureCount:
+    """How many calls ended with one (status, error type), e.g. ``("error", "timeout")``."""
+
+    status: str
+    error_type: str | None
+    requests: int
+
+
+def aggregate_failures(conn: Connection, where: SpanFilter) -> list[FailureCount]:
+    """Calls that did not end ``ok``, counted per (status, error type)."""
+    query = (
+        select(SpanRow.status, SpanRow.error_type, func.count().label("requests"))
+        .where(*where.clauses(), SpanRow.status != "ok")
+        .group_by(SpanRow.status, SpanRow.error_type)
+    )
+    return [
+        FailureCount(status=row.status, error_type=row.error_type, requests=int(row.requests))
+        for row in conn.execute(query)
+    ]

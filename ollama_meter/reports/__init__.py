@@ -1,8 +1,11 @@
-"""Reports: ledger aggregates turned into rows, and rows rendered as CSV or JSON.
+"""Reports: ledger aggregates turned into rows, and rows rendered as CSV, JSON or HTML.
 
 Reads the ledger through its queries; never writes it. Tables for the terminal
-are drawn by the CLI, which alone imports rich.
+are drawn by the CLI, which alone imports rich. The HTML renderer (and Jinja2)
+loads on first use, so a command that prints no HTML never pays for it.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ollama_meter.periods import (
     PERIOD_HELP,
@@ -17,6 +20,13 @@ from ollama_meter.periods import (
 from ollama_meter.reports._allocation import allocate, union_length
 from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS
 from ollama_meter.reports._chargeback import IDLE, IDLE_MODES, Chargeback, chargeback
+from ollama_meter.reports._dashboard import (
+    PERIOD_CHOICES,
+    Dashboard,
+    DashQuery,
+    dashboard_report,
+    failures_report,
+)
 from ollama_meter.reports._perf import (
     COLD_LOAD_NS,
     PERF_BY_CHOICES,
@@ -30,6 +40,36 @@ from ollama_meter.reports._perf import (
 from ollama_meter.reports._render import iso_utc, safe_cell, span_to_dict, to_csv, to_json
 from ollama_meter.reports._spend import BY_CHOICES, SpendReport, gpu_seconds, parse_by, spend_report
 
+if TYPE_CHECKING:
+    from ollama_meter.reports._html import (
+        Links,
+        content_security_policy,
+        render_chargeback_html,
+        render_dashboard,
+        render_error_page,
+        render_spend_html,
+    )
+
+_HTML = frozenset(
+    {
+        "Links",
+        "content_security_policy",
+        "render_chargeback_html",
+        "render_dashboard",
+        "render_error_page",
+        "render_spend_html",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HTML:
+        from ollama_meter.reports import _html
+
+        return getattr(_html, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BY_CHOICES",
     "CHARGEBACK_COLUMNS",
@@ -39,15 +79,22 @@ __all__ = [
     "PERF_BY_CHOICES",
     "PERF_DEFAULT_BY",
     "PERF_METRICS",
+    "PERIOD_CHOICES",
     "PERIOD_HELP",
     "TIME_UNITS",
     "Chargeback",
+    "DashQuery",
+    "Dashboard",
+    "Links",
     "PerfReport",
     "SpendReport",
     "Window",
     "allocate",
     "bucket_bounds",
     "chargeback",
+    "content_security_policy",
+    "dashboard_report",
+    "failures_report",
     "gpu_seconds",
     "iso_utc",
     "local_midnight",
@@ -57,6 +104,10 @@ __all__ = [
     "parse_period",
     "percentile",
     "perf_report",
+    "render_chargeback_html",
+    "render_dashboard",
+    "render_error_page",
+    "render_spend_html",
     "safe_cell",
     "span_to_dict",
     "spend_report",

@@ -10,18 +10,20 @@ rounded Decimal, never a float, so CSV and JSON are the same bytes every run.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger._aggregate import GROUP_COLUMNS, timing_rows
 from ollama_meter.meter.span import Status
-from ollama_meter.periods import Window
+from ollama_meter.periods import Window, bucket_bounds
 
 PERF_BY_CHOICES: tuple[str, ...] = tuple(GROUP_COLUMNS)
 PERF_DEFAULT_BY: tuple[str, ...] = ("model", "department")
@@ -192,22 +194,36 @@ def perf_report(
     window: Window,
     by: Sequence[str],
     *,
+    unit: str | None = None,
+    tz: ZoneInfo | None = None,
     tenant: str | None = None,
     department: str | None = None,
     model: str | None = None,
 ) -> PerfReport:
-    """Latency, TTFT, speed, cold loads and queueing per ``by`` group over ``window``."""
+    """Latency, TTFT, speed, cold loads and queueing per ``by`` group over ``window``.
+
+    With a time ``unit`` (``day``, ``week``, ``month``, cut in ``tz``) each group is
+    also split per period, which becomes the last ``by`` column; rows keep time order.
+    """
     where = SpanFilter(
         since=window.start, until=window.end, tenant=tenant, department=department, model=model
     )
-    groups: dict[tuple[str, ...], _Samples] = {}
+    bounds = bucket_bounds(window, unit, tz or ZoneInfo("UTC")) if unit else []
+    starts = [start for start, _ in bounds]
+    groups: dict[tuple[Any, ...], _Samples] = {}
     with ledger.read() as conn:
         for call in conn.execute(timing_rows(where, by)):
-            keys = tuple(str(call[index]) for index in range(len(by)))
+            keys: tuple[Any, ...] = tuple(str(call[index]) for index in range(len(by)))
+            if unit:
+                keys = (*keys, max(bisect.bisect_right(starts, call.started_at) - 1, 0))
             groups.setdefault(keys, _Samples()).add(call)
-    report = PerfReport(window=window, by=list(by))
+    columns = [*by, unit] if unit else list(by)
+    report = PerfReport(window=window, by=columns)
     for keys in sorted(groups):
-        row: dict[str, object] = dict(zip(by, keys, strict=True))
+        labels = list(keys[: len(by)])
+        if unit:
+            labels.append(bounds[keys[-1]][1])
+        row: dict[str, object] = dict(zip(columns, labels, strict=True))
         row.update(groups[keys].metrics())
         report.rows.append(row)
     return report

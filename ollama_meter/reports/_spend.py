@@ -48,25 +48,38 @@ class SpendReport:
 
     def totals(self) -> list[dict[str, object]]:
         """One total row per currency (sums of different currencies are meaningless)."""
-        sums: dict[str, dict[str, object]] = {}
+        return self.rollup([])
+
+    def rollup(self, by: Sequence[str]) -> list[dict[str, object]]:
+        """The rows summed down to ``by`` (some of this report's columns), per currency.
+
+        Ordered by the ``by`` values, then currency; a subtotal never mixes currencies.
+        """
+        sums: dict[tuple[str, ...], dict[str, object]] = {}
         for row in self.rows:
-            currency = str(row["currency"])
-            total = sums.setdefault(
-                currency,
-                {
-                    "requests": 0,
-                    "errors": 0,
-                    "input_tokens": 0,
-                    "output_tokens": 0,
-                    "gpu_seconds": Decimal(0),
-                    "cost": 0,
-                    "currency": currency,
-                },
-            )
-            for key in ("requests", "errors", "input_tokens", "output_tokens", "cost"):
-                total[key] = int(total[key]) + int(row[key])  # type: ignore[call-overload]
-            total["gpu_seconds"] = Decimal(total["gpu_seconds"]) + Decimal(row["gpu_seconds"])  # type: ignore[arg-type]
-        return [sums[c] for c in sorted(sums)]
+            key = (*(str(row[name]) for name in by), str(row["currency"]))
+            total = sums.get(key)
+            if total is None:
+                total = sums[key] = {name: row[name] for name in by}
+                total.update(dict.fromkeys(_COUNTS, 0), gpu_seconds=Decimal(0))
+                total["currency"] = row["currency"]
+            for name in _COUNTS:
+                total[name] = _int(total[name]) + _int(row[name])
+            total["gpu_seconds"] = _decimal(total["gpu_seconds"]) + _decimal(row["gpu_seconds"])
+        return [sums[key] for key in sorted(sums)]
+
+
+_COUNTS = ("requests", "errors", "input_tokens", "output_tokens", "cost", "unpriced_requests")
+
+
+def _int(value: object) -> int:
+    assert isinstance(value, int)
+    return value
+
+
+def _decimal(value: object) -> Decimal:
+    assert isinstance(value, Decimal)
+    return value
 
 
 def spend_report(

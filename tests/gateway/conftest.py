@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import uvicorn
 from ollama_meter.config import load_settings
 from ollama_meter.gateway import GatewayOptions, create_app
 from ollama_meter.ledger import Ledger, open_ledger
+from ollama_meter.meter import Meter
 from ollama_meter.testing import OllamaEmulator, unused_port
 
 
@@ -26,13 +28,16 @@ class Gateway:
 
 @pytest.fixture
 def serve_on() -> Iterator[Callable[..., Gateway]]:
-    """Start gateways on a given ledger URL: ``serve_on(upstream, db, **options)``."""
+    """Start gateways on a given ledger URL: ``serve_on(upstream, db, clock=None, **options)``."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(upstream: str, db: str, **options: Any) -> Gateway:
+    def start(
+        upstream: str, db: str, clock: Callable[[], datetime] | None = None, **options: Any
+    ) -> Gateway:
         settings = load_settings(db_url=db, ollama_host=upstream)
         port = unused_port()
-        app = create_app(settings, GatewayOptions(**options))
+        meter = Meter.from_settings(settings, source="gateway", clock=clock) if clock else None
+        app = create_app(settings, GatewayOptions(**options), meter=meter)
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         )

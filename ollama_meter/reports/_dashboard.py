@@ -1,0 +1,407 @@
+"""The dashboard's numbers: one period, optionally one tenant, department or model.
+
+Everything comes from the report functions (:func:`spend_report`,
+:func:`perf_report`, :func:`failures_report`) and :func:`budget_status`, so the
+dashboard, ``/api/dash`` and ``ometer report`` always agree. Money is never
+summed across currencies: every amount here sits next to its currency, and the
+counts (calls, errors, tokens) are the only figures that span currencies.
+Reads the ledger; never writes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any, TypedDict
+from zoneinfo import ZoneInfo
+
+from ollama_meter.budgets import BudgetStatus, budget_status
+from ollama_meter.errors import ValidationError
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger._aggregate import FailureCount, aggregate_failures
+from ollama_meter.periods import (
+    Window,
+    bucket_bounds,
+    local_midnight,
+    month_start,
+    next_month,
+    parse_period,
+    window_between,
+)
+from ollama_meter.pricing import format_micros
+from ollama_meter.reports._perf import PerfReport, perf_report
+from ollama_meter.reports._render import iso_utc
+from ollama_meter.reports._spend import SpendReport, spend_report
+
+PERIOD_CHOICES = {
+    "today": "Today",
+    "week": "This week",
+    "month": "This month",
+    "previous-month": "Previous month",
+    "custom": "Custom range",
+}
+"""The dashboard's period selector: value → label. ``YYYY-MM`` and ``YYYY-MM-DD`` work too."""
+
+TOP = 10
+"""How many users and models the top lists show."""
+
+
+class Filters(TypedDict):
+    tenant: str | None
+    department: str | None
+    model: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DashQuery:
+    """What the dashboard was asked for; the URL's query parameters, validated."""
+
+    period: str = "month"
+    since: str | None = None
+    until: str | None = None
+    tenant: str | None = None
+    department: str | None = None
+    model: str | None = None
+
+    def filters(self) -> Filters:
+        return {"tenant": self.tenant, "department": self.department, "model": self.model}
+
+
+def dash_window(query: DashQuery, *, tz: ZoneInfo, now: datetime) -> Window:
+    """The window a :class:`DashQuery` names: a period word, a month or day, or a range."""
+    if query.period == "custom" or (query.period == "month" and (query.since or query.until)):
+        if not query.since:
+            raise ValidationError("a custom range needs a start date (since=YYYY-MM-DD)")
+        return window_between(query.since, query.until, tz=tz, now=now)
+    if query.period == "previous-month":
+        first = month_start(now.astimezone(tz).date())
+        previous = month_start(first - timedelta(days=1))
+        return parse_period(previous.strftime("%Y-%m"), tz=tz, now=now)
+    return parse_period(query.period, tz=tz, now=now)
+
+
+def previous_window(window: Window, *, tz: ZoneInfo, now: datetime) -> Window:
+    """The period to compare ``window`` with: the one before it, as far into it as we are now.
+
+    A calendar month compares with the month before; any other window with as many
+    days right before it. While ``window`` is still running (it holds ``now``), the
+    comparison stops as far into the earlier period as ``now`` is into this one, so
+    the first 20 days of a month are set against the first 20 days of the last.
+    """
+    first = window.start.astimezone(tz).date()
+    last = window.end.astimezone(tz).date()
+    if first == month_start(first) and last == next_month(first):
+        before = month_start(first - timedelta(days=1))
+    else:
+        before = first - (last - first)
+    # Built here, not parsed: the period before the first allowed day is still a comparison.
+    label = f"{before.isoformat()}..{(first - timedelta(days=1)).isoformat()}"
+    earlier = Window(local_midnight(before, tz), local_midnight(first, tz), label)
+    if window.start <= now < window.end:
+        cut = min(earlier.start + (now - window.start), earlier.end)
+        return Window(
+            earlier.start, cut, f"{before.isoformat()}..{_minute(cut, tz)} (same stretch)"
+        )
+    return earlier
+
+
+def _minute(moment: datetime, tz: ZoneInfo) -> str:
+    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+
+def chart_unit(window: Window) -> str:
+    """Days for up to two months, weeks for up to a year, months beyond."""
+    days = (window.end - window.start) / timedelta(days=1)
+    if days <= 62:
+        return "day"
+    return "week" if days <= 366 else "month"
+
+
+def failures_report(
+    ledger: Ledger,
+    window: Window,
+    *,
+    tenant: str | None = None,
+    department: str | None = None,
+    model: str | None = None,
+) -> list[FailureCount]:
+    """Calls that did not end ``ok`` per (status, error type), most frequent first."""
+    where = SpanFilter(
+        since=window.start, until=window.end, tenant=tenant, department=department, model=model
+    )
+    with ledger.read() as conn:
+        rows = aggregate_failures(conn, where)
+    return sorted(rows, key=lambda f: (-f.requests, f.status, f.error_type or ""))
+
+
+def share(part: int, whole: int, places: int = 1) -> Decimal | None:
+    """``part`` as a percentage of ``whole``, exactly rounded (half to even); None when whole is 0."""
+    if whole == 0:
+        return None
+    return Decimal(round(Fraction(part * 100, whole) * 10**places)).scaleb(-places)
+
+
+@dataclass(frozen=True, slots=True)
+class DepartmentDrill:
+    """One department's drill-down in one currency: its sums and its rows by model, user and time."""
+
+    name: str
+    cost: int
+    row: dict[str, object]
+    models: list[dict[str, object]]
+    users: list[dict[str, object]]
+    days: list[dict[str, object]]
+
+
+@dataclass
+class Dashboard:
+    """The dashboard's reports for one query. ``cost`` values are integer micro-units."""
+
+    query: DashQuery
+    window: Window
+    previous: Window
+    now: datetime
+    unit: str
+    buckets: list[str]
+    options: dict[str, list[str]]
+    """Tenants, departments and models with calls in the window, whatever the filters."""
+    spend: SpendReport
+    """By department, model and :attr:`unit`: the charts, the model list and the drill-down."""
+    users: SpendReport
+    """By department and user."""
+    previous_totals: list[dict[str, object]]
+    timing_by_time: PerfReport
+    timing_by_model: PerfReport
+    failures: list[FailureCount]
+    budgets: list[BudgetStatus]
+    totals: list[dict[str, object]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.totals = self.spend.totals()
+
+    @property
+    def currencies(self) -> list[str]:
+        return [str(t["currency"]) for t in self.totals]
+
+    def counts(self) -> dict[str, int]:
+        """Calls, errors, tokens and unpriced calls over every currency: counts, never money."""
+        keys = ("requests", "errors", "input_tokens", "output_tokens", "unpriced_requests")
+        return {key: sum(int(str(t[key])) for t in self.totals) for key in keys}
+
+    def previous_counts(self) -> dict[str, int]:
+        return {
+            key: sum(int(str(t[key])) for t in self.previous_totals)
+            for key in ("requests", "errors")
+        }
+
+    def previous_cost(self, currency: str) -> int:
+        return sum(int(str(t["cost"])) for t in self.previous_totals if t["currency"] == currency)
+
+    def in_currency(self, rows: list[dict[str, object]], currency: str) -> list[dict[str, object]]:
+        return [row for row in rows if row["currency"] == currency]
+
+    def by_cost(self, rows: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+        """Rows by descending cost, then name: the order of every top list."""
+        return sorted(rows, key=lambda r: (-int(str(r["cost"])), str(r[name])))
+
+    def departments(self, currency: str) -> list[DepartmentDrill]:
+        """Per department in ``currency``, by cost: its sums, and its models, users and days."""
+        models = self.in_currency(self.spend.rollup(["department", "model"]), currency)
+        users = self.in_currency(self.users.rows, currency)
+        days = self.in_currency(self.spend.rollup(["department", self.unit]), currency)
+        rows = self.in_currency(self.spend.rollup(["department"]), currency)
+        return [
+            DepartmentDrill(
+                name=str(row["department"]),
+                cost=int(str(row["cost"])),
+                row=row,
+                models=self.by_cost(
+                    [m for m in models if m["department"] == row["department"]], "model"
+                ),
+                users=self.by_cost(
+                    [u for u in users if u["department"] == row["department"]], "user"
+                ),
+                days=[d for d in days if d["department"] == row["department"]],
+            )
+            for row in self.by_cost(rows, "department")
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """``/api/dash``: exact money as decimal strings, each with its currency."""
+        unit = self.unit
+        counts = self.counts()
+        previous = self.previous_counts()
+        rate = share(counts["errors"], counts["requests"], 2)
+        return {
+            "period": {
+                "query": self.query.period,
+                "label": self.window.label,
+                "start": iso_utc(self.window.start),
+                "end": iso_utc(self.window.end),
+                "unit": unit,
+                "previous": {
+                    "label": self.previous.label,
+                    "start": iso_utc(self.previous.start),
+                    "end": iso_utc(self.previous.end),
+                    **previous,
+                },
+            },
+            "filters": self.query.filters(),
+            "currencies": self.currencies,
+            "summary": {
+                **counts,
+                "error_rate": _text(None if rate is None else rate.scaleb(-2)),  # as perf has it
+            },
+            "spend": [
+                {
+                    "currency": currency,
+                    "cost": format_micros(int(str(total["cost"]))),
+                    "previous_cost": format_micros(self.previous_cost(currency)),
+                    "change_percent": _text(
+                        change(int(str(total["cost"])), self.previous_cost(currency))
+                    ),
+                    "requests": total["requests"],
+                    "unpriced_requests": total["unpriced_requests"],
+                }
+                for currency, total in zip(self.currencies, self.totals, strict=True)
+            ],
+            f"spend_by_department_by_{unit}": _money_rows(
+                self.spend.rollup(["department", unit]), ["department", unit]
+            ),
+            f"requests_by_{unit}": [
+                {unit: label, "requests": r["requests"], "errors": r["errors"]}
+                for label, r in self.requests_by_time().items()
+            ],
+            "models": _money_rows(
+                self.by_cost(self.spend.rollup(["model"]), "model"),
+                ["model", "input_tokens", "output_tokens", "unpriced_requests"],
+            ),
+            "top_users": [
+                row
+                for currency in self.currencies
+                for row in _money_rows(
+                    self.by_cost(self.in_currency(self.users.rollup(["user"]), currency), "user")[
+                        :TOP
+                    ],
+                    ["user"],
+                )
+            ],
+            "departments": [
+                {
+                    **_money_rows([d.row], ["department"])[0],
+                    "models": _money_rows(d.models, ["model"]),
+                    "users": _money_rows(d.users, ["user"]),
+                    unit: _money_rows(d.days, [unit]),
+                }
+                for currency in self.currencies
+                for d in self.departments(currency)
+            ],
+            "budgets": [budget_json(b) for b in self.budgets],
+            f"timing_by_{unit}": [_plain(r) for r in self.timing_by_time.rows],
+            "timing_by_model": [_plain(r) for r in self.timing_by_model.rows],
+            "failures": [
+                {"status": f.status, "error_type": f.error_type, "requests": f.requests}
+                for f in self.failures
+            ],
+        }
+
+    def requests_by_time(self) -> dict[str, dict[str, int]]:
+        """Calls and errors per time bucket, every bucket present (0 where none)."""
+        result = {label: {"requests": 0, "errors": 0} for label in self.buckets}
+        for row in self.spend.rollup([self.unit]):
+            cell = result[str(row[self.unit])]
+            cell["requests"] += int(str(row["requests"]))
+            cell["errors"] += int(str(row["errors"]))
+        return result
+
+
+def change(now: int, before: int) -> Decimal | None:
+    """Percent change from ``before`` to ``now``; None when there was nothing before."""
+    return None if before == 0 else share(now - before, before)
+
+
+def budget_share(status: BudgetStatus) -> Decimal:
+    return share(status.spent, status.budget.limit) or Decimal(0)
+
+
+def budget_json(status: BudgetStatus) -> dict[str, Any]:
+    budget = status.budget
+    return {
+        "id": budget.id,
+        "scope": budget.scope(status.tenant),
+        "period": budget.period,
+        "period_label": status.window.label,
+        "currency": budget.currency,
+        "hard": budget.hard,
+        "spent": format_micros(status.spent),
+        "held": format_micros(status.held),
+        "limit": format_micros(budget.limit),
+        "percent": _text(budget_share(status)),
+        "projected": format_micros(status.projected),
+        "projected_percent": _text(share(status.projected, budget.limit)),
+        "state": status.state,
+    }
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else f"{value:f}"
+
+
+def _plain(row: dict[str, object]) -> dict[str, object]:
+    return {key: _text(v) if isinstance(v, Decimal) else v for key, v in row.items()}
+
+
+def _money_rows(rows: list[dict[str, object]], keys: list[str]) -> list[dict[str, object]]:
+    """Rows for JSON: ``keys``, then calls, errors, the exact cost and its currency."""
+    return [
+        {
+            **{key: row[key] for key in keys},
+            "requests": row["requests"],
+            "errors": row["errors"],
+            "cost": format_micros(int(str(row["cost"]))),
+            "currency": row["currency"],
+        }
+        for row in rows
+    ]
+
+
+def dashboard_report(ledger: Ledger, query: DashQuery, *, tz: ZoneInfo, now: datetime) -> Dashboard:
+    """Every report the dashboard shows, for ``query`` as of ``now``."""
+    try:
+        window = dash_window(query, tz=tz, now=now)
+        previous = previous_window(window, tz=tz, now=now)
+    except ValidationError:
+        raise
+    except (OverflowError, ValueError):  # date arithmetic past year 1 or 9999
+        raise ValidationError("that period reaches beyond the calendar (years 1 to 9999)") from None
+    unit = chart_unit(window)
+    filters = query.filters()
+    everything = spend_report(ledger, window, ["tenant", "department", "model"], tz=tz)
+    options = {
+        name: sorted({str(row[name]) for row in everything.rows})
+        for name in ("tenant", "department", "model")
+    }
+    budgets = [
+        status
+        for status in budget_status(ledger, tz=tz, now=now)
+        if query.tenant in (None, status.tenant, "*")
+        and (query.department is None or status.budget.department in (None, query.department))
+    ]
+    return Dashboard(
+        query=query,
+        window=window,
+        previous=previous,
+        now=now,
+        unit=unit,
+        buckets=[label for _, label in bucket_bounds(window, unit, tz)],
+        options=options,
+        spend=spend_report(ledger, window, ["department", "model", unit], tz=tz, **filters),
+        users=spend_report(ledger, window, ["department", "user"], tz=tz, **filters),
+        previous_totals=spend_report(ledger, previous, [], tz=tz, **filters).totals(),
+        timing_by_time=perf_report(ledger, window, [], unit=unit, tz=tz, **filters),
+        timing_by_model=perf_report(ledger, window, ["model"], **filters),
+        failures=failures_report(ledger, window, **filters),
+        budgets=budgets,
+    )

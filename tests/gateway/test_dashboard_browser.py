@@ -1,0 +1,308 @@
+"""The dashboard in a real browser: Debian's headless Chromium, driven by Playwright.
+
+A gateway with seven weeks of known spans and four budgets, its clock fixed at
+:data:`OFFICE_NOW`; the browser reads the numbers off the page and compares them
+with sums computed here from the spans. Screenshots go to ``OMETER_SCREENSHOTS``
+(the README's come from ``OMETER_SCREENSHOTS=docs``) or to the test's tmp dir.
+Nothing is downloaded: Playwright drives ``/usr/bin/chromium``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright import sync_api
+
+from ollama_meter.budgets import Budget
+from ollama_meter.meter import SpanRecord
+from ollama_meter.pricing import format_micros
+from ollama_meter.reports._html import money
+from ollama_meter.testing import OllamaEmulator
+from tests.factories import OFFICE_NOW, office_spans
+from tests.gateway.conftest import Gateway
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TOKEN = "s3cret"
+NOVEMBER = datetime(2026, 11, 1, tzinfo=UTC)
+OCTOBER = datetime(2026, 10, 1, tzinfo=UTC)
+BUDGETS = [
+    Budget("acme", "engineering", "month", 500_000_000, "USD"),
+    Budget("acme", "sales", "month", 300_000_000, "USD"),
+    Budget("globex", None, "month", 1_000_000_000, "USD", hard=False),
+    Budget("acme", "support", "day", 40_000_000, "USD"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("OMETER_REQUIRE_BROWSER"):
+            pytest.fail("OMETER_REQUIRE_BROWSER is set but /usr/bin/chromium is missing")
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def spans() -> list[SpanRecord]:
+    return office_spans()
+
+
+@pytest.fixture
+def office(
+    serve_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    spans: list[SpanRecord],
+) -> Gateway:
+    gw = serve_on(emulator.url, sqlite_url, clock=lambda: OFFICE_NOW, admin_token=TOKEN)
+    gw.ledger.record(spans)
+    for budget in BUDGETS:
+        gw.ledger.save_budget(budget)
+    return gw
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    """Where screenshots go: ``OMETER_SCREENSHOTS`` (relative to the repository) or tmp."""
+    wanted = os.environ.get("OMETER_SCREENSHOTS")
+    folder = REPO / wanted if wanted else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@dataclass
+class Watched:
+    """A page and everything that went wrong on it: console errors, script errors, outside requests."""
+
+    page: Any
+    problems: list[str] = field(default_factory=list)
+
+
+def open_page(browser: Any, url: str, allowed: str, **context: Any) -> Watched:
+    ctx = browser.new_context(device_scale_factor=1, **context)
+    page = ctx.new_page()
+    watched = Watched(page)
+
+    def console(message: Any) -> None:
+        if message.type in ("error", "warning"):
+            watched.problems.append(f"console {message.type}: {message.text}")
+
+    def route(route: Any) -> None:
+        if route.request.url.startswith((allowed, "data:")):
+            route.continue_()
+        else:
+            watched.problems.append(f"request outside the gateway: {route.request.url}")
+            route.abort()
+
+    page.on("console", console)
+    page.on("pageerror", lambda error: watched.problems.append(f"script error: {error}"))
+    ctx.route("**/*", route)
+    page.goto(url)
+    return watched
+
+
+def cost(spans: list[SpanRecord], start: datetime, end: datetime, **match: str) -> int:
+    return sum(
+        s.cost_total
+        for s in spans
+        if start <= s.started_at < end and all(getattr(s, k) == v for k, v in match.items())
+    )
+
+
+def percent(part: int, whole: int) -> str:
+    return f"{(Decimal(part * 100) / whole).quantize(Decimal('0.1'), ROUND_HALF_EVEN)}"
+
+
+def card(page: Any, key: str) -> tuple[str, str]:
+    element = page.locator(f"#card-{key}")
+    return element.locator(".card-value").inner_text(), element.get_attribute("data-value")
+
+
+def test_dashboard_numbers_drill_down_and_filters(
+    browser: Any, office: Gateway, spans: list[SpanRecord], shots: Path
+) -> None:
+    watched = open_page(
+        browser,
+        f"{office.url}/dashboard?token={TOKEN}",
+        office.url,
+        viewport={"width": 1280, "height": 900},
+    )
+    page = watched.page
+    month = [s for s in spans if NOVEMBER <= s.started_at < OFFICE_NOW]
+    total = cost(spans, NOVEMBER, OFFICE_NOW)
+    assert page.locator("#period-label").inner_text() == "2026-11"
+    assert card(page, "spend-USD") == (money(total), format_micros(total))
+    assert card(page, "calls") == (f"{len(month):,}", str(len(month)))
+    errors = sum(s.status == "error" for s in month)
+    assert card(page, "error-rate")[1] == f"{Decimal(errors * 100) / len(month):.2f}"
+    unpriced = sum(s.unpriced_usage for s in month)
+    assert card(page, "unpriced") == (str(unpriced), str(unpriced)) and unpriced > 0
+    assert page.get_by_role("alert").inner_text().startswith(f"{unpriced} call(s) matched no price")
+
+    # the budget gauges, as a screen reader (or this test) reads them
+    meters = {
+        m.get_attribute("data-scope"): m
+        for m in page.get_by_role("meter").all()  # role="meter" with aria-valuenow
+    }
+    assert set(meters) == {"acme/engineering", "acme/sales", "globex", "acme/support"}
+    today = datetime(2026, 11, 20, tzinfo=UTC)
+    expected = {
+        "acme/engineering": (
+            cost(spans, NOVEMBER, OFFICE_NOW, department="engineering"),
+            500,
+            "ok",
+        ),
+        "acme/sales": (cost(spans, NOVEMBER, OFFICE_NOW, department="sales"), 300, "warning"),
+        "globex": (cost(spans, NOVEMBER, OFFICE_NOW, tenant="globex"), 1000, "over"),
+        "acme/support": (cost(spans, today, OFFICE_NOW, department="support"), 40, "exhausted"),
+    }
+    for scope, (spent, limit, state) in expected.items():
+        meter = meters[scope]
+        assert meter.get_attribute("aria-valuenow") == percent(spent, limit * 10**6), scope
+        assert meter.get_attribute("data-state") == state, scope
+        assert f"{money(spent)} of {limit:,}.00 USD" in meter.inner_text()
+    assert "on pace to exceed" in meters["acme/sales"].inner_text()
+    assert "calls are refused" in meters["acme/support"].inner_text()
+
+    # hover a column segment: its exact value
+    segment = page.locator('rect.mark[data-series="engineering"]').first
+    segment.hover()
+    tip = page.locator(".tip")
+    assert tip.is_visible() and tip.inner_text() == segment.get_attribute("data-tip")
+    assert tip.inner_text().endswith(f"{segment.get_attribute('data-value')} USD")
+    page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+
+    # drill-down: the legend's engineering opens engineering's models, users and days
+    drill = page.locator('details[data-department="engineering"]')
+    assert not drill.evaluate("el => el.open")
+    page.locator(".legend a", has_text="engineering").click()
+    assert drill.evaluate("el => el.open")
+    engineering = [s for s in month if s.department == "engineering"]
+    by_model: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for s in engineering:
+        by_model[s.response_model or s.request_model][0] += 1
+        by_model[s.response_model or s.request_model][1] += s.cost_total
+    rows = [
+        [cell.inner_text() for cell in row.locator("td").all()]
+        for row in drill.locator(".drill-models tbody tr").all()
+    ]
+    assert rows == [
+        [model, str(calls), money(micros)]
+        for model, (calls, micros) in sorted(by_model.items(), key=lambda kv: (-kv[1][1], kv[0]))
+    ]
+    assert drill.locator(".drill-models tbody tr").first.is_visible()
+    users = drill.locator(".drill-users tbody tr td:first-child").all_inner_texts()
+    assert sorted(users) == sorted({s.user for s in engineering if s.user})
+
+    # a filter: the URL says what is shown, and the numbers follow
+    page.select_option("#f-dept", "sales")
+    page.wait_for_url("**dept=sales**")
+    assert page.url == f"{office.url}/dashboard?period=month&dept=sales&token={TOKEN}"
+    sales = cost(spans, NOVEMBER, OFFICE_NOW, department="sales")
+    assert card(page, "spend-USD")[1] == format_micros(sales) != format_micros(total)
+    assert page.locator("details.drill").count() == 1
+    assert {m.get_attribute("data-scope") for m in page.get_by_role("meter").all()} == {
+        "acme/sales",
+        "globex",
+    }
+    page.select_option("#f-period", "previous-month")
+    page.wait_for_url("**period=previous-month**")
+    assert page.locator("#period-label").inner_text() == "2026-10"
+    assert card(page, "spend-USD")[1] == format_micros(
+        cost(spans, OCTOBER, NOVEMBER, department="sales")
+    )
+    page.go_back()
+    page.wait_for_url("**period=month&dept=sales**")
+    assert card(page, "spend-USD")[1] == format_micros(sales)
+    assert watched.problems == []
+
+
+def test_dashboard_on_a_phone_in_the_dark(browser: Any, office: Gateway, shots: Path) -> None:
+    url = f"{office.url}/dashboard?token={TOKEN}"
+    for name, options in {
+        "dashboard-phone.png": {"viewport": {"width": 390, "height": 844}, "is_mobile": True},
+        "dashboard-dark.png": {"viewport": {"width": 1280, "height": 900}, "color_scheme": "dark"},
+    }.items():
+        watched = open_page(browser, url, office.url, **options)
+        page = watched.page
+        width = options["viewport"]["width"]  # type: ignore[index]
+        # nothing sticks out sideways; wide charts scroll inside their card
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        assert page.get_by_role("meter").first.is_visible()
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        dark = options.get("color_scheme") == "dark"
+        assert background == ("rgb(14, 18, 24)" if dark else "rgb(244, 246, 249)")
+        page.screenshot(path=str(shots / name), full_page=True)
+        assert watched.problems == []
+
+
+def test_numbers_read_with_javascript_off(
+    browser: Any, office: Gateway, spans: list[SpanRecord]
+) -> None:
+    watched = open_page(
+        browser,
+        f"{office.url}/dashboard?token={TOKEN}",
+        office.url,
+        java_script_enabled=False,
+        viewport={"width": 1280, "height": 900},
+    )
+    page = watched.page
+    total = cost(spans, NOVEMBER, OFFICE_NOW)
+    assert card(page, "spend-USD") == (money(total), format_micros(total))
+    drill = page.locator('details[data-department="finance"]')
+    drill.locator("summary").click()  # a details element opens without any script
+    assert drill.locator(".drill-models tbody tr").first.is_visible()
+    page.select_option("#f-model", "mistral:7b")
+    page.locator("#filters button").click()
+    page.wait_for_url("**model=mistral%3A7b**")
+    mistral = sum(
+        s.cost_total
+        for s in spans
+        if NOVEMBER <= s.started_at < OFFICE_NOW and s.request_model == "mistral:7b"
+    )
+    assert card(page, "spend-USD")[1] == format_micros(mistral)
+    assert watched.problems == []
+
+
+def test_html_report_file_in_the_browser(
+    browser: Any, cli: Any, office: Gateway, sqlite_url: str, tmp_path: Path, shots: Path
+) -> None:
+    out = tmp_path / "spend.html"
+    db = sqlite_url
+    result = cli(
+        "report", "--db", db, "--period", "2026-11", "--by", "department,day",
+        "--format", "html", "--out", str(out),
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    watched = open_page(browser, out.as_uri(), "file:", viewport={"width": 1280, "height": 1000})
+    page = watched.page
+    csv = cli(
+        "report", "--db", db, "--period", "2026-11", "--by", "department,day", "--format", "csv"
+    )
+    assert page.locator("#rows tbody tr").count() == len(csv.stdout.splitlines()) - 1
+    assert page.locator("svg.chart rect.mark").count() > 0
+    page.screenshot(path=str(shots / "report.png"))  # the top: totals, chart, first rows
+    assert watched.problems == []

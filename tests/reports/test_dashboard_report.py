@@ -1,0 +1,378 @@
+"""The dashboard's reports against sums computed here from the spans themselves."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ollama_meter.budgets import Budget
+from ollama_meter.errors import ValidationError
+from ollama_meter.ledger import Ledger
+from ollama_meter.meter import SpanRecord
+from ollama_meter.pricing import format_micros
+from ollama_meter.reports import (
+    DashQuery,
+    dashboard_report,
+    failures_report,
+    parse_period,
+    percentile,
+    perf_report,
+    spend_report,
+)
+from ollama_meter.reports._dashboard import chart_unit, dash_window, previous_window
+from tests.factories import OFFICE_NOW, make_span, office_spans, two_currencies
+
+UTC_ZONE = ZoneInfo("UTC")
+BERLIN = ZoneInfo("Europe/Berlin")
+NOVEMBER_START = datetime(2026, 11, 1, tzinfo=UTC)
+OCTOBER_START = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def model_of(span: SpanRecord) -> str:
+    return span.response_model or span.request_model
+
+
+def between(spans: list[SpanRecord], start: datetime, end: datetime) -> list[SpanRecord]:
+    return [s for s in spans if start <= s.started_at < end]
+
+
+@pytest.fixture(scope="module")
+def spans() -> list[SpanRecord]:
+    return office_spans()
+
+
+@pytest.fixture
+def ledger(db_url: str, spans: list[SpanRecord]) -> Ledger:
+    ledger = Ledger(db_url)
+    ledger.record(spans)
+    return ledger
+
+
+def test_month_so_far_matches_the_spans(ledger: Ledger, spans: list[SpanRecord]) -> None:
+    d = dashboard_report(ledger, DashQuery(period="month"), tz=UTC_ZONE, now=OFFICE_NOW)
+    month = between(spans, NOVEMBER_START, OFFICE_NOW + timedelta(days=30))
+    assert d.window.label == "2026-11" and d.unit == "day" and len(d.buckets) == 30
+    data = d.to_json()
+    assert data["currencies"] == ["USD"]
+    assert data["spend"][0]["cost"] == format_micros(sum(s.cost_total for s in month))
+    assert data["summary"]["requests"] == len(month)
+    assert data["summary"]["errors"] == sum(s.status == "error" for s in month)
+    assert data["summary"]["input_tokens"] == sum(s.input_tokens for s in month)
+    assert data["summary"]["unpriced_requests"] == sum(s.unpriced_usage for s in month)
+    # The comparison: the same stretch of October, up to the 20th at 15:00.
+    earlier = between(spans, OCTOBER_START, datetime(2026, 10, 20, 15, tzinfo=UTC))
+    assert data["period"]["previous"]["end"] == "2026-10-20T15:00:00.000000Z"
+    assert data["spend"][0]["previous_cost"] == format_micros(sum(s.cost_total for s in earlier))
+    assert data["period"]["previous"]["requests"] == len(earlier)
+    # Per department per day, every cell; and the per-day calls with every bucket present.
+    cells: dict[tuple[str, str], int] = defaultdict(int)
+    for s in month:
+        cells[(s.department, s.started_at.date().isoformat())] += s.cost_total
+    assert {(r["department"], r["day"]): r["cost"] for r in data["spend_by_department_by_day"]} == {
+        key: format_micros(cost) for key, cost in cells.items()
+    }
+    per_day = Counter(s.started_at.date().isoformat() for s in month)
+    assert [(r["day"], r["requests"]) for r in data["requests_by_day"]] == [
+        (day, per_day.get(day, 0)) for day in d.buckets
+    ]
+
+
+def test_drill_down_and_top_lists(ledger: Ledger, spans: list[SpanRecord]) -> None:
+    d = dashboard_report(ledger, DashQuery(period="month"), tz=UTC_ZONE, now=OFFICE_NOW)
+    month = between(spans, NOVEMBER_START, OFFICE_NOW)
+    data = d.to_json()
+    for dept in data["departments"]:
+        mine = [s for s in month if s.department == dept["department"]]
+        assert dept["cost"] == format_micros(sum(s.cost_total for s in mine))
+        by_model: dict[str, int] = defaultdict(int)
+        for s in mine:
+            by_model[model_of(s)] += s.cost_total
+        assert [(m["model"], m["cost"]) for m in dept["models"]] == [
+            (name, format_micros(cost))
+            for name, cost in sorted(by_model.items(), key=lambda kv: (-kv[1], kv[0]))
+        ]
+        assert sum(u["requests"] for u in dept["users"]) == len(mine)
+        assert sum(Decimal(day["cost"]) for day in dept["day"]) == Decimal(dept["cost"])
+    by_user: dict[str, int] = defaultdict(int)
+    for s in month:
+        by_user[s.user or ""] += s.cost_total
+    assert [(u["user"], u["cost"]) for u in data["top_users"]] == [
+        (name, format_micros(cost))
+        for name, cost in sorted(by_user.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+    ]
+    assert data["models"][0]["model"] == "llama3.1:70b"  # the expensive one
+
+
+def test_filters_narrow_every_figure(ledger: Ledger, spans: list[SpanRecord]) -> None:
+    query = DashQuery(period="month", tenant="acme", department="sales", model="llama3.1:8b")
+    data = dashboard_report(ledger, query, tz=UTC_ZONE, now=OFFICE_NOW).to_json()
+    mine = [
+        s
+        for s in between(spans, NOVEMBER_START, OFFICE_NOW)
+        if s.tenant == "acme" and s.department == "sales" and model_of(s) == "llama3.1:8b"
+    ]
+    assert data["summary"]["requests"] == len(mine) > 0
+    assert data["spend"][0]["cost"] == format_micros(sum(s.cost_total for s in mine))
+    assert {r["model"] for r in data["timing_by_model"]} == {"llama3.1:8b"}
+    assert [d["department"] for d in data["departments"]] == ["sales"]
+    assert data["filters"] == {"tenant": "acme", "department": "sales", "model": "llama3.1:8b"}
+
+
+def test_where_the_time_goes(ledger: Ledger, spans: list[SpanRecord]) -> None:
+    d = dashboard_report(ledger, DashQuery(period="week"), tz=UTC_ZONE, now=OFFICE_NOW)
+    week = between(spans, datetime(2026, 11, 16, tzinfo=UTC), datetime(2026, 11, 23, tzinfo=UTC))
+    data = d.to_json()
+    for row in data["timing_by_day"]:
+        day = [s for s in week if s.started_at.date().isoformat() == row["day"]]
+        latencies = sorted(s.latency_ns for s in day if s.latency_ns is not None)
+        p95 = percentile(latencies, 95)
+        assert p95 is not None and row["latency_p95_ms"] == f"{Decimal(p95) / 10**6:.3f}"
+        assert row["requests"] == len(day)
+    failures = Counter((s.status, s.error_type) for s in week if s.status != "ok")
+    assert {(f["status"], f["error_type"]): f["requests"] for f in data["failures"]} == failures
+    cold = Counter(model_of(s) for s in week if (s.load_duration_ns or 0) >= 100_000_000)
+    assert {r["model"]: r["cold_loads"] for r in data["timing_by_model"] if r["cold_loads"]} == cold
+
+
+def test_budgets_carry_exact_shares_and_projections(
+    ledger: Ledger, spans: list[SpanRecord]
+) -> None:
+    ledger.save_budget(Budget("acme", "sales", "month", 120_000_000, "USD"))
+    ledger.save_budget(Budget("globex", None, "month", 1_000_000, "USD", hard=False))
+    data = dashboard_report(ledger, DashQuery(), tz=UTC_ZONE, now=OFFICE_NOW).to_json()
+    sales = sum(
+        s.cost_total
+        for s in between(spans, NOVEMBER_START, OFFICE_NOW)
+        if (s.tenant, s.department) == ("acme", "sales")
+    )
+    budgets = {b["scope"]: b for b in data["budgets"]}
+    assert budgets["acme/sales"]["spent"] == format_micros(sales)
+    share = Decimal(sales * 100) / 120_000_000
+    assert budgets["acme/sales"]["percent"] == f"{share.quantize(Decimal('0.1')):f}"
+    # 19 days and 15 hours of a 30-day month: the pace so far, to the end
+    projected = sales * 30 * 24 * 3600 * 1000 // ((19 * 24 + 15) * 3600 * 1000)
+    assert budgets["acme/sales"]["projected"] == format_micros(projected)
+    assert budgets["globex"]["state"] == "over"  # soft: over, not exhausted
+    only_acme = dashboard_report(ledger, DashQuery(tenant="acme"), tz=UTC_ZONE, now=OFFICE_NOW)
+    assert [b.budget.scope() for b in only_acme.budgets] == ["acme/sales"]
+    only_support = dashboard_report(
+        ledger, DashQuery(department="support"), tz=UTC_ZONE, now=OFFICE_NOW
+    )
+    assert [b.budget.scope() for b in only_support.budgets] == ["globex"]  # tenant-wide
+
+
+def test_currencies_are_never_added_together(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    ledger.record(two_currencies(datetime(2026, 11, 3, 9, tzinfo=UTC)))
+    data = dashboard_report(ledger, DashQuery(), tz=UTC_ZONE, now=OFFICE_NOW).to_json()
+    assert data["currencies"] == ["EUR", "USD"]
+    assert [(s["currency"], s["cost"]) for s in data["spend"]] == [
+        ("EUR", "1.200000"),
+        ("USD", "1.250000"),
+    ]
+    assert data["summary"]["requests"] == 3  # counts span currencies; money never does
+    assert sorted((d["department"], d["currency"], d["cost"]) for d in data["departments"]) == [
+        ("legal", "EUR", "0.500000"),
+        ("sales", "EUR", "0.700000"),
+        ("sales", "USD", "1.250000"),
+    ]
+    assert_every_amount_has_a_currency(data)
+
+
+def assert_every_amount_has_a_currency(value: Any) -> None:
+    """Each object with a money key also names its currency."""
+    if isinstance(value, dict):
+        money = {"cost", "previous_cost", "spent", "limit", "projected", "held"} & set(value)
+        assert not money or "currency" in value, value
+        for item in value.values():
+            assert_every_amount_has_a_currency(item)
+    elif isinstance(value, list):
+        for item in value:
+            assert_every_amount_has_a_currency(item)
+
+
+_amounts = st.lists(
+    st.tuples(
+        st.sampled_from(["USD", "EUR", "CHF"]),
+        st.sampled_from(["sales", "support", "legal"]),
+        st.integers(min_value=0, max_value=10**12),
+        st.integers(min_value=0, max_value=19),  # day of the month, less one
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+_example = itertools.count()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(calls=_amounts)
+def test_per_currency_sums_hold_for_any_mix(
+    sqlite_url: str, calls: list[tuple[str, str, int, int]]
+) -> None:
+    ledger = Ledger(sqlite_url)
+    name = f"t{next(_example)}"  # one tenant per example: examples share the ledger
+    ledger.record(
+        [
+            make_span(
+                started_at=NOVEMBER_START + timedelta(days=day, hours=8),
+                tenant=name,
+                department=dept,
+                currency=currency,
+                cost_total=cost,
+            )
+            for currency, dept, cost, day in calls
+        ]
+    )
+    data = dashboard_report(ledger, DashQuery(tenant=name), tz=UTC_ZONE, now=OFFICE_NOW).to_json()
+    expected: dict[str, int] = defaultdict(int)
+    for currency, _, cost, _ in calls:
+        expected[currency] += cost
+    assert {s["currency"]: s["cost"] for s in data["spend"]} == {
+        c: format_micros(v) for c, v in expected.items()
+    }
+    for section in ("spend_by_department_by_day", "departments", "models", "top_users"):
+        sums: dict[str, Decimal] = defaultdict(Decimal)
+        for row in data[section]:
+            sums[row["currency"]] += Decimal(row["cost"])
+        assert sums == {c: Decimal(format_micros(v)) for c, v in expected.items()}, section
+    assert_every_amount_has_a_currency(data)
+
+
+@pytest.mark.parametrize(
+    ("query", "label"),
+    [
+        (DashQuery(period="today"), "2026-11-20"),
+        (DashQuery(period="week"), "2026-W47"),
+        (DashQuery(period="month"), "2026-11"),
+        (DashQuery(period="previous-month"), "2026-10"),
+        (DashQuery(period="2025-02"), "2025-02"),
+        (
+            DashQuery(period="custom", since="2026-09-01", until="2026-09-30"),
+            "2026-09-01..2026-09-30",
+        ),
+        (DashQuery(since="2026-09-01"), "2026-09-01..2026-11-20"),
+    ],
+)
+def test_period_choices(query: DashQuery, label: str) -> None:
+    assert dash_window(query, tz=UTC_ZONE, now=OFFICE_NOW).label == label
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (DashQuery(period="fortnight"), "is not one of"),
+        (DashQuery(period="custom"), "needs a start date"),
+        (DashQuery(period="custom", since="2026-13-01"), "is not a date"),
+        (DashQuery(period="custom", since="2026-11-02", until="2026-11-01"), "is before"),
+        (DashQuery(period="custom", since="0001-01-01", until="0001-01-05"), "outside the dates"),
+        (DashQuery(period="9999-12"), "outside the dates"),
+        (DashQuery(period="custom", since="1970-01-01", until="9998-12-31"), "beyond the calendar"),
+    ],
+)
+def test_bad_periods_are_one_line_errors(db_url: str, query: DashQuery, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        dashboard_report(Ledger(db_url), query, tz=UTC_ZONE, now=OFFICE_NOW)
+
+
+@given(
+    first=st.dates(min_value=date(2001, 1, 1), max_value=date(2098, 12, 31)),
+    days=st.integers(min_value=1, max_value=400),
+    into=st.floats(min_value=-2, max_value=2),
+    zone=st.sampled_from([UTC_ZONE, BERLIN, ZoneInfo("America/New_York")]),
+)
+def test_the_comparison_period_comes_right_before(
+    first: date, days: int, into: float, zone: ZoneInfo
+) -> None:
+    last = first + timedelta(days=days - 1)
+    window = dash_window(
+        DashQuery(period="custom", since=first.isoformat(), until=last.isoformat()),
+        tz=zone,
+        now=datetime(2000, 1, 1, tzinfo=UTC),
+    )
+    now = window.start + (window.end - window.start) * into
+    before = previous_window(window, tz=zone, now=now)
+    assert before.start <= before.end <= window.start
+    if window.start <= now < window.end:  # as far into the period before as we are into this one
+        assert before.end - before.start <= now - window.start
+    else:
+        assert before.end == window.start
+        # as many local days, or the calendar month before
+        assert before.start.astimezone(zone).date() in {
+            first - timedelta(days=days),
+            (first.replace(day=1) - timedelta(days=1)).replace(day=1),
+        }
+    assert chart_unit(window) == ("day" if days <= 62 else "week" if days <= 366 else "month")
+
+
+def test_the_first_days_compare_with_days_before_them(db_url: str) -> None:
+    query = DashQuery(period="custom", since="1970-01-05", until="1970-02-10")
+    d = dashboard_report(Ledger(db_url), query, tz=BERLIN, now=OFFICE_NOW)
+    assert d.previous.label == "1969-11-29..1970-01-04"
+
+
+def test_a_calendar_month_compares_with_the_month_before() -> None:
+    march = parse_period("2026-03", tz=BERLIN, now=OFFICE_NOW)
+    before = previous_window(march, tz=BERLIN, now=OFFICE_NOW)
+    assert before.label == "2026-02-01..2026-02-28"
+    assert before.end == march.start
+
+
+def test_rollup_equals_asking_the_ledger(ledger: Ledger) -> None:
+    window = parse_period("2026-11", tz=UTC_ZONE, now=OFFICE_NOW)
+    fine = spend_report(ledger, window, ["department", "model", "day"], tz=UTC_ZONE)
+    for by in (["department"], ["model"], ["day"], ["department", "day"], []):
+        direct = spend_report(ledger, window, by, tz=UTC_ZONE).rows
+        assert fine.rollup(by) == direct, by
+
+
+def test_perf_per_day_buckets_in_the_zone(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    # 23:30 UTC on the 2nd is already the 3rd in Berlin
+    late = datetime(2026, 11, 2, 23, 30, tzinfo=UTC)
+    ledger.record(
+        [
+            make_span(started_at=late, latency_ns=5_000_000),
+            make_span(started_at=late - timedelta(hours=2), latency_ns=7_000_000),
+        ]
+    )
+    window = parse_period("2026-11", tz=BERLIN, now=OFFICE_NOW)
+    report = perf_report(ledger, window, ["model"], unit="day", tz=BERLIN)
+    assert report.columns[:2] == ["model", "day"]
+    assert [(r["day"], r["latency_p50_ms"]) for r in report.rows] == [
+        ("2026-11-02", Decimal("7.000")),
+        ("2026-11-03", Decimal("5.000")),
+    ]
+
+
+def test_failures_report_counts_each_kind(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    at = datetime(2026, 11, 5, tzinfo=UTC)
+    ledger.record(
+        [
+            make_span(started_at=at, status="error", error_type="timeout"),
+            make_span(started_at=at, status="error", error_type="timeout"),
+            make_span(started_at=at, status="client_abort", error_type="client_abort"),
+            make_span(started_at=at, status="rejected", error_type="budget_exceeded"),
+            make_span(started_at=at),
+        ]
+    )
+    window = parse_period("2026-11", tz=UTC_ZONE, now=OFFICE_NOW)
+    rows = failures_report(ledger, window)
+    assert [(f.status, f.error_type, f.requests) for f in rows] == [
+        ("error", "timeout", 2),
+        ("client_abort", "client_abort", 1),
+        ("rejected", "budget_exceeded", 1),
+    ]
+    assert failures_report(ledger, window, department="nobody") == []

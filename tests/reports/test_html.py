@@ -1,0 +1,225 @@
+"""The HTML files: self-contained, escaped, and with exactly the CSV's cells and totals."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections import defaultdict
+from datetime import UTC, datetime
+from decimal import Decimal
+from html.parser import HTMLParser
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ollama_meter.ledger import Ledger
+from ollama_meter.reports import (
+    CHARGEBACK_COLUMNS,
+    chargeback,
+    parse_period,
+    render_chargeback_html,
+    render_spend_html,
+    spend_report,
+    to_csv,
+)
+from ollama_meter.reports._charts import nice_ticks, tick_text
+from ollama_meter.reports._html import money, short_label
+from tests.conftest import CliResult
+from tests.factories import OFFICE_NOW, make_span, office_spans, two_currencies
+
+UTC_ZONE = ZoneInfo("UTC")
+HOSTILE = "<script>alert('x')</script>&\"'"
+
+
+class Tables(HTMLParser):
+    """Every table's rows as lists of cell texts, split into body and foot."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body: list[list[str]] = []
+        self.foot: list[list[str]] = []
+        self.head: list[str] = []
+        self._part = ""
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("thead", "tbody", "tfoot"):
+            self._part = tag
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._row is not None and self._cell is not None:
+            self._row.append("".join(self._cell))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            if self._part == "thead":
+                self.head = self._row
+            else:
+                (self.foot if self._part == "tfoot" else self.body).append(self._row)
+            self._row = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def tables(page: str) -> Tables:
+    parser = Tables()
+    parser.feed(page)
+    return parser
+
+
+def assert_self_contained(page: str) -> None:
+    """Nothing a mail client or browser would fetch: no URL, no script, no external reference."""
+    assert page.startswith("<!doctype html>")
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", page, re.I)
+    assert "<script" not in page.lower()
+    assert not re.search(r"\bsrc=|@import|url\(", page, re.I)
+    assert '<link rel="icon" href="data:,">' in page
+
+
+@pytest.fixture
+def ledger(db_url: str) -> Ledger:
+    ledger = Ledger(db_url)
+    ledger.record(office_spans())
+    return ledger
+
+
+@pytest.mark.parametrize("by", [["department", "day"], ["model"], ["tenant", "department"], []])
+def test_report_file_has_exactly_the_csv(ledger: Ledger, by: list[str]) -> None:
+    window = parse_period("2026-11", tz=UTC_ZONE, now=OFFICE_NOW)
+    report = spend_report(ledger, window, by, tz=UTC_ZONE)
+    page = render_spend_html(report, tz=UTC_ZONE, zone="UTC", generated=OFFICE_NOW, title="Spend")
+    assert_self_contained(page)
+    rows = list(csv.reader(io.StringIO(to_csv(report.columns, report.rows))))
+    found = tables(page)
+    assert found.head == rows[0]
+    assert found.body == rows[1:]
+    # the totals line sums the CSV's own cells
+    if by:
+        (total,) = found.foot
+        for index, name in enumerate(rows[0]):
+            if name in ("requests", "errors", "input_tokens", "output_tokens"):
+                assert int(total[index]) == sum(int(r[index]) for r in rows[1:])
+            if name in ("cost", "gpu_seconds"):
+                assert Decimal(total[index]) == sum(Decimal(r[index]) for r in rows[1:])
+    cost = sum(int(str(r["cost"])) for r in report.rows)
+    assert f'<div class="card-value">{money(cost)}</div>' in page
+    assert page.count("<svg") == (1 if by else 0)
+    november = [s for s in office_spans() if s.started_at >= datetime(2026, 11, 1, tzinfo=UTC)]
+    unpriced = sum(s.unpriced_usage for s in november)
+    assert unpriced and f"{unpriced} call(s) matched no price rule" in page
+
+
+def test_report_file_with_two_currencies_totals_each(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    ledger.record(two_currencies(datetime(2026, 11, 3, 9, tzinfo=UTC)))
+    window = parse_period("2026-11", tz=UTC_ZONE, now=OFFICE_NOW)
+    report = spend_report(ledger, window, ["department"], tz=UTC_ZONE)
+    page = render_spend_html(report, tz=UTC_ZONE, zone="UTC", generated=OFFICE_NOW, title="x")
+    found = tables(page)
+    cost = found.head.index("cost")
+    assert [(row[cost], row[-1]) for row in found.foot] == [
+        ("1.200000", "EUR"),
+        ("1.250000", "USD"),
+    ]
+    assert "2.45" not in page and "2.450000" not in page  # never the two added together
+    assert page.count("<svg") == 2  # one chart per currency
+
+
+def test_chargeback_file_has_exactly_the_csv(ledger: Ledger) -> None:
+    result = chargeback(
+        ledger,
+        "2026-10",
+        tz=UTC_ZONE,
+        now=OFFICE_NOW,
+        currency="USD",
+        fixed_cost=Decimal("2400.00"),
+        idle="separate",
+    )
+    page = render_chargeback_html(result, tz=UTC_ZONE, zone="UTC", generated=OFFICE_NOW)
+    assert_self_contained(page)
+    rows = list(csv.reader(io.StringIO(to_csv(CHARGEBACK_COLUMNS, result.rows))))
+    found = tables(page)
+    assert found.head == rows[0] and found.body == rows[1:]
+    (total,) = found.foot
+    sums: dict[str, Decimal] = defaultdict(Decimal)
+    for row in rows[1:]:
+        for index, name in enumerate(rows[0]):
+            if name not in ("month", "tenant", "department", "currency"):
+                sums[name] += Decimal(row[index])
+    assert total[:3] == ["total", "", ""] and total[-1] == "USD"
+    assert {name: Decimal(total[rows[0].index(name)]) for name in sums} == sums
+    assert sums["fixed_cost_share"] == Decimal("2400.00")
+    assert "GPU capacity used" in page
+
+
+def test_names_are_text_not_markup(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    at = datetime(2026, 11, 3, 9, tzinfo=UTC)
+    ledger.record([make_span(started_at=at, user=HOSTILE, request_model=HOSTILE, cost_total=5)])
+    window = parse_period("2026-11", tz=UTC_ZONE, now=OFFICE_NOW)
+    report = spend_report(ledger, window, ["user", "model", "day"], tz=UTC_ZONE)
+    page = render_spend_html(report, tz=UTC_ZONE, zone="UTC", generated=OFFICE_NOW, title=HOSTILE)
+    assert_self_contained(page)
+    assert HOSTILE not in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&#34;&#39;" in page
+    assert tables(page).body[0][:2] == [HOSTILE, HOSTILE]  # and reads back as the name
+
+
+def test_cli_writes_html_files(cli, sqlite_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    Ledger(sqlite_url).record(office_spans(datetime.now(UTC)))
+    out = tmp_path / "spend.html"
+    result: CliResult = cli(
+        "report",
+        "--db",
+        sqlite_url,
+        "--by",
+        "department,day",
+        "--format",
+        "html",
+        "--out",
+        str(out),
+    )
+    assert result.code == 0, result.stderr
+    assert_self_contained(out.read_text())
+    month = datetime.now(UTC).strftime("%Y-%m")
+    bill = tmp_path / "bill.html"
+    result = cli(
+        "chargeback", "--db", sqlite_url, "--month", month, "--format", "html", "--out", str(bill)
+    )
+    assert result.code == 0, result.stderr
+    page = bill.read_text()
+    assert_self_contained(page) and "Chargeback" in page
+    csv_out = cli("chargeback", "--db", sqlite_url, "--month", month).stdout
+    assert tables(page).body == list(csv.reader(io.StringIO(csv_out)))[1:]
+
+
+@given(st.decimals(min_value=0, max_value=10**15, places=6))
+def test_axis_ticks_are_round_and_cover_the_top(top: Decimal) -> None:
+    ticks = nice_ticks(top)
+    step = ticks[1]
+    assert ticks[0] == 0 and ticks[-1] >= top and 2 <= len(ticks) <= 5
+    assert ticks == [step * i for i in range(len(ticks))]
+    assert step.normalize().as_tuple().digits[0] in (1, 2, 5)
+
+
+def test_axis_labels() -> None:
+    for top, ticks in [
+        (Decimal(0), ["0", "0.5", "1"]),
+        (Decimal(57), ["0", "20", "40", "60"]),
+        (Decimal("1234.5"), ["0", "500", "1,000", "1,500"]),
+        (Decimal("0.003"), ["0", "0.001", "0.002", "0.003"]),
+    ]:
+        assert [tick_text(t) for t in nice_ticks(top)] == ticks
+    assert short_label("2026-11-03", "day") == "3 Nov"
+    assert short_label("2026-W45", "week") == "W45"
+    assert money(1_234_567_891) == "1,234.57" and money(5_000) == "0.01" and money(4_999) == "0.00"
