@@ -36,9 +36,11 @@ def test_an_outage_refuses_only_what_it_must_and_loses_no_span(
 ) -> None:
     url = f"{cluster.url}/postgres"
     setup = Ledger(url)
-    setup.save_budget(
-        Budget(tenant="acme", department="sales", period="month", limit=10**9, currency="USD")
-    )
+    for department in ("sales", "legal"):
+        setup.save_budget(
+            Budget(tenant="acme", department=department, period="month", limit=10**9,
+                   currency="USD")
+        )  # fmt: skip
     setup.dispose()
     gw = serve_on(emulator.url, url)
 
@@ -54,23 +56,27 @@ def test_an_outage_refuses_only_what_it_must_and_loses_no_span(
     cluster.stop()
     # No budget covers support: served, its span kept in the spool.
     assert chat("support").status_code == 200
-    # Sales has a hard budget that cannot be checked now: refused before Ollama, clearly.
-    refused = chat("sales")
+    # Sales' budget leased room before the outage: its calls are admitted against it.
+    assert chat("sales").status_code == 200
+    # Legal has a hard budget with no lease here, and it cannot be checked now: refused
+    # before Ollama, clearly.
+    refused = chat("legal")
     assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
-    assert "budget for acme/sales cannot be checked" in refused.json()["error"]
-    assert len(gw.ledger.spool.pending()) == 2
-    assert len(emulator.requests_to("/api/chat")) == 3
+    assert "budget for acme/legal cannot be checked" in refused.json()["error"]
+    assert len(gw.ledger.spool.pending()) == 3
+    assert len(emulator.requests_to("/api/chat")) == 4
     time.sleep(5.2)  # past the budget cache's reload interval: the reload fails, the budgets stay
     assert chat("support").status_code == 200
-    assert chat("sales").status_code == 503
-    assert len(gw.ledger.spool.pending()) == 4
+    assert chat("legal").status_code == 503
+    assert len(gw.ledger.spool.pending()) == 5
     cluster.start()
     assert chat("support").status_code == 200  # this write succeeds and brings in the spool
     assert gw.ledger.spool.pending() == []
     spans: list[Any] = Ledger(url).latest(SpanFilter(), 10)
     assert sorted((s.department, s.status, s.error_type) for s in spans) == [
-        ("sales", "error", "ledger_unavailable"),
-        ("sales", "error", "ledger_unavailable"),
+        ("legal", "error", "ledger_unavailable"),
+        ("legal", "error", "ledger_unavailable"),
+        ("sales", "ok", None),
         ("sales", "ok", None),
         ("support", "ok", None),
         ("support", "ok", None),
