@@ -2,8 +2,10 @@
 
 Every amount a user gives is bounded here, once, so that whatever a call can
 cost fits the ledger's 64-bit integer columns (and SQLite's 64-bit SUM) with
-room to spare: a price is at most :data:`MAX_PRICE` per unit, a budget or a
-fixed cost at most :data:`MAX_AMOUNT`.
+room to spare: a price is at most :data:`MAX_PRICE` per unit (less for power
+and electricity, :data:`PRICE_LIMITS`), a budget or a fixed cost at most
+:data:`MAX_AMOUNT`. With counts and durations bounded too (see the span), no call
+can cost more than about 10^9 units, so a thousand of the worst still sum in 64 bits.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 MICROS = 1_000_000
 _MICRO = Decimal("0.000001")
 
-MAX_PRICE = Decimal(1_000_000)
-"""The most a price may say per unit (per 1M tokens, per GPU-hour, per kWh, per request, per W)."""
+MAX_PRICE = Decimal(100_000)
+"""The most a price may say per unit (per 1M tokens, per GPU-hour, per request)."""
+PRICE_LIMITS = {"watts": Decimal(100_000), "kwh_price": Decimal(1_000)}
+"""Tighter bounds where the unit is physical: 100 kW of draw, 1,000 per kWh."""
 MAX_AMOUNT = Decimal(1_000_000_000_000)
 """The largest budget or fixed monthly cost: a trillion units of the currency."""
 MAX_DIGITS = 40

@@ -13,7 +13,7 @@ from datetime import date
 from decimal import Decimal
 from fnmatch import fnmatchcase
 
-from ollama_meter.pricing._money import check_amount, parse_currency
+from ollama_meter.pricing._money import MAX_PRICE, PRICE_LIMITS, check_amount, parse_currency
 
 _WILDCARDS = re.compile(r"[*?\[\]]")
 _PATTERN_OK = re.compile(r"^[A-Za-z0-9._:/@*?\[\]!-]{1,255}$")
@@ -69,7 +69,7 @@ class PriceRule:
         for name in PRICE_FIELDS:
             value = getattr(self, name)
             if value is not None:
-                check_amount(value, what=name)
+                check_amount(value, what=name, limit=PRICE_LIMITS.get(name, MAX_PRICE))
         object.__setattr__(self, "currency", parse_currency(self.currency))
         if (
             self.effective_from is not None

@@ -17,7 +17,15 @@ from ollama_meter.errors import BudgetError, BudgetExceeded, PricingError
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.meter import Attribution, Meter, usage_of
 from ollama_meter.meter._request import facts_of
-from ollama_meter.pricing import MAX_AMOUNT, MAX_PRICE, PriceBook, PriceRule, Usage, compute_cost
+from ollama_meter.pricing import (
+    MAX_AMOUNT,
+    MAX_PRICE,
+    PRICE_LIMITS,
+    PriceBook,
+    PriceRule,
+    Usage,
+    compute_cost,
+)
 from ollama_meter.testing import OllamaEmulator, expected_counts
 from tests.factories import token_prices
 
@@ -25,6 +33,8 @@ NOV = datetime(2026, 11, 10, 12, tzinfo=UTC)
 INT64 = 2**63 - 1
 
 prices = st.decimals(min_value=0, max_value=MAX_PRICE, allow_nan=False, places=6)
+watts_ = st.decimals(min_value=0, max_value=PRICE_LIMITS["watts"], allow_nan=False, places=3)
+kwh_ = st.decimals(min_value=0, max_value=PRICE_LIMITS["kwh_price"], allow_nan=False, places=6)
 
 
 @settings(max_examples=300, deadline=None)
@@ -32,8 +42,8 @@ prices = st.decimals(min_value=0, max_value=MAX_PRICE, allow_nan=False, places=6
     input_per_1m=prices,
     output_per_1m=prices,
     gpu_hour=prices,
-    watts=prices,
-    kwh_price=prices,
+    watts=watts_,
+    kwh_price=kwh_,
     per_request=prices,
     fee_per_1m=prices,
     tokens_in=st.integers(0, 2**31 - 1),
@@ -53,7 +63,7 @@ def test_the_most_any_call_can_cost_fits_the_ledger(
     ns: tuple[int, int, int],
 ) -> None:
     """Every price within bounds, every count and duration a span can hold: the cost fits
-    a 64-bit column with room for a billion such calls to be summed."""
+    a 64-bit column with room for a thousand of the worst such calls to be summed."""
     rule = PriceRule(
         pattern="*",
         currency="USD",
@@ -78,6 +88,10 @@ def test_the_most_any_call_can_cost_fits_the_ledger(
     [
         (["pricing", "set", "m", "--input-per-1m", "1e30"], "more than the largest allowed"),
         (["pricing", "set", "m", "--gpu-hour", "inf"], "not a finite number"),
+        (
+            ["pricing", "set", "m", "--watts", "300", "--kwh-price", "5000"],
+            "largest allowed, 1,000",
+        ),
         (["pricing", "set", "m", "--per-request", "-1"], "must not be negative"),
         (["pricing", "set", "m", "--per-request", "1", "--currency", "dollars"], "ISO 4217"),
         (["budget", "set", "d", "--monthly", "1e30"], "more than the largest allowed"),

@@ -200,6 +200,7 @@ currency = "usd"
 prices = st.decimals(
     min_value=0, max_value=100_000, places=4, allow_nan=False, allow_infinity=False
 )
+kwh_prices = st.decimals(min_value=0, max_value=1_000, places=4, allow_nan=False)
 counts = st.integers(min_value=0, max_value=10_000_000)
 nanos = st.integers(min_value=0, max_value=10**13)
 
@@ -209,7 +210,7 @@ nanos = st.integers(min_value=0, max_value=10**13)
     prices,
     prices,
     prices,
-    prices,
+    kwh_prices,
     prices,
     counts,
     counts,
