@@ -102,8 +102,38 @@ class _Body(BaseModel):
 # -- Ollama ------------------------------------------------------------------------------
 
 
+Number = int | float  # Ollama takes any JSON number for an integer option
+
+
+class OllamaOptions(BaseModel):
+    """Ollama's documented model options; Ollama answers 500 for a wrong type, so they are checked."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    numa: bool | None = None
+    num_ctx: Number | None = None
+    num_batch: Number | None = None
+    num_gpu: Number | None = None
+    main_gpu: Number | None = None
+    use_mmap: bool | None = None
+    num_thread: Number | None = None
+    num_keep: Number | None = None
+    seed: Number | None = None
+    num_predict: Number | None = None
+    top_k: Number | None = None
+    top_p: Number | None = None
+    min_p: Number | None = None
+    typical_p: Number | None = None
+    repeat_last_n: Number | None = None
+    temperature: Number | None = None
+    repeat_penalty: Number | None = None
+    presence_penalty: Number | None = None
+    frequency_penalty: Number | None = None
+    stop: list[str] | None = None
+
+
 class _OllamaBody(_Body):
-    options: dict[str, Any] | None = None
+    options: OllamaOptions | None = None
     keep_alive: KeepAlive = None
 
 
@@ -260,7 +290,7 @@ def parse_request(path: str, raw: bytes) -> MeteredRequest:
     openai = path in OPENAI_ROUTES
     shape = OPENAI_ROUTES[path] if openai else OLLAMA_ROUTES[path]
     try:
-        body = json.loads(raw) if raw.strip() else None
+        body = json.loads(raw, parse_constant=_not_json) if raw.strip() else None
     except RecursionError:
         raise BadRequest("the JSON body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -291,7 +321,7 @@ def parse_request(path: str, raw: bytes) -> MeteredRequest:
         path=path,
         operation=shape.operation,
         openai=openai,
-        model=checked.model,
+        model=model,
         stream=stream,
         body=body,
         upstream_body=upstream,
@@ -310,6 +340,10 @@ def _where(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int) or not (part in _UNION_TAGS or "[" in part or "-" in part)
     ]
     return ".".join(parts) or "body"
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def _explain(exc: PydanticError) -> str:

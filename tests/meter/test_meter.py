@@ -308,5 +308,3 @@ def test_a_dead_upstream_opens_the_breaker_after_three_failures(db_url: str) -> 
         "connection",
     ]
     assert spans[0].http_status == 503
-
-
