@@ -160,14 +160,17 @@ def create_app(
             message = f"the API key cannot be checked, so the call was not made: {exc}"
             raise _BadCall(503, "ledger_unavailable", message) from None
 
-    async def admin_only(request: Request) -> None:
-        """The admin token when one is set; else a key when keys are required."""
+    async def admin_only(request: Request, *, in_query: bool = False) -> None:
+        """The admin token when one is set; else a key when keys are required.
+
+        ``in_query``: the gateway's own pages also take ``?token=`` (links in a browser);
+        a route forwarded to Ollama never does, or the token would travel on in the URL.
+        """
         if opts.admin_token:
-            given = bearer(request) or request.query_params.get("token")
+            given = bearer(request) or (request.query_params.get("token") if in_query else None)
             if not token_matches(given, opts.admin_token):
-                raise refuse_unauthenticated(
-                    request, "this needs the admin token: Authorization: Bearer <token> or ?token="
-                )
+                how = "Authorization: Bearer <token>" + (" or ?token=" if in_query else "")
+                raise refuse_unauthenticated(request, f"this needs the admin token: {how}")
         elif opts.require_key:
             await required_key(request)
 
@@ -289,7 +292,7 @@ def create_app(
     def guard(endpoint: Endpoint, path: str) -> Endpoint:
         async def guarded(request: Request) -> Response:
             try:
-                await admin_only(request)
+                await admin_only(request, in_query=True)
             except _Refused as refused:
                 return refused.response
             response = await endpoint(request)
