@@ -43,7 +43,7 @@ from ollama_meter.gateway._requests import (
 )
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.gateway._upstream import UpstreamPool, finish, gateway_status
-from ollama_meter.ledger._keys import ApiKey, find_key
+from ollama_meter.ledger._keys import KEY_PREFIX, ApiKey, find_key
 from ollama_meter.meter import Attribution, Meter
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -121,8 +121,8 @@ def create_app(
     async def key_of(request: Request) -> ApiKey | None:
         """The live key the caller presented (None: none presented, or not a live key)."""
         secret = presented_key(request)
-        if secret is None:
-            return None
+        if secret is None or not secret.startswith(KEY_PREFIX):
+            return None  # not one of ours (an OpenAI client sends its api_key): no ledger read
 
         def lookup() -> ApiKey | None:
             with state().meter.ledger.read() as conn:
