@@ -32,7 +32,8 @@ class _GuardedHttpTools(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True  # until a request's headers are complete
-        self._began_now = False
+        self._began_now = False  # a request began in the read being parsed
+        self._ended_now = False  # a request ended in it
         self._too_large = False
         self._head_bytes = 0  # the request line and complete headers, exactly
         self._partial_bytes = 0  # whole reads while a header is still arriving
@@ -67,11 +68,15 @@ class _GuardedHttpTools(HttpToolsProtocol):
         self._in_head = False
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        self._ended_now = True
+        super().on_message_complete()
+
     def data_received(self, data: bytes) -> None:
-        self._began_now = False
+        self._began_now = self._ended_now = False
         super().data_received(data)
-        if not self._in_head or self._began_now or self._too_large:
-            return
+        if not self._in_head or self._too_large or (self._began_now and self._ended_now):
+            return  # (a read that ended one request and began the next: its share is unknown)
         # A header still arriving: httptools holds it until it ends, so count the reads.
         self._partial_bytes += len(data)
         if self._partial_bytes > self.max_header_bytes and not self.transport.is_closing():

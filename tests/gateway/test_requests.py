@@ -258,3 +258,35 @@ def test_a_trial_calls_own_retry_is_not_refused_by_the_circuit_it_reopened(
     trial = spans(gw)[0]
     assert (trial.status, trial.error_type) == ("ok", None)  # its retry went through
     assert len(emulator.requests_to("/api/chat")) == 11
+
+
+def test_header_limit_and_trailers_in_the_http_protocol(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    """The same protocol as ``ometer serve`` (see test_security.py for the processes)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from ollama_meter.gateway import MAX_HEADER_BYTES
+
+    big = httpx.get(f"{sqlite_gateway.url}/api/tags", headers={"X-Big": "a" * MAX_HEADER_BYTES})
+    assert big.status_code == 431
+    parts = urlsplit(sqlite_gateway.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: gw\r\nX-Big: ")
+        for _ in range(3):  # one header arriving in pieces, never ending
+            sock.sendall(b"a" * (MAX_HEADER_BYTES // 2))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 431 ")
+    body = json.dumps({"model": "llama3.1:8b", "messages": HI, "stream": False}).encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /api/chat HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n%x\r\n%s\r\n0\r\nX-Ometer-Department: stolen\r\n\r\n"
+            % (len(body), body)
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    (span,) = spans(sqlite_gateway)
+    assert span.department == "unassigned"
