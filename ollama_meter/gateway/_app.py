@@ -296,9 +296,10 @@ def create_app(
             except _Refused as refused:
                 return refused.response
             response = await endpoint(request)
-            if path == "/metrics" and response.status_code == 200:
-                # This process's refusals, after the ledger's series.
-                text = bytes(response.body) + unauthenticated.prometheus().encode()
+            body = getattr(response, "body", None)
+            if path == "/metrics" and response.status_code == 200 and isinstance(body, bytes):
+                # This process's refusals, after the other series.
+                text = body + unauthenticated.prometheus().encode()
                 return Response(text, media_type=response.media_type)
             return response
 
