@@ -96,7 +96,10 @@ def run_demo(
     clock = _Clock()
     ok = errors = 0
     with OllamaEmulator() as emulator:
-        demo_cfg = load_settings(**{**cfg.model_dump(), "ollama_host": emulator.url})
+        # The emulator answers at once: no point waiting between retries.
+        demo_cfg = load_settings(
+            **{**cfg.model_dump(), "ollama_host": emulator.url, "retry_backoff": 0.0}
+        )
         meter = Meter.from_settings(demo_cfg, source="cli", clock=clock)
         if not any(rule.source == "demo" for rule in meter.ledger.price_rules()):
             for rule in demo_prices(cfg.currency):
@@ -111,7 +114,8 @@ def run_demo(
             elif number % 41 == 20:
                 emulator.inject(Fault.MIDSTREAM_ERROR)
             elif number % 53 == 30:
-                emulator.inject(Fault.HTTP_500)
+                # Failing past every retry: an upstream_5xx error.
+                emulator.inject(Fault.HTTP_500, times=demo_cfg.retries + 1)
             clock.now = moment
             run = meter.chat(
                 model=model,

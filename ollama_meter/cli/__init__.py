@@ -15,7 +15,7 @@ import typer
 from ollama_meter import __version__
 from ollama_meter._logging import configure_logging
 from ollama_meter.cli import budget, chargeback, chat, db, demo, log, perf, pricing, report, serve
-from ollama_meter.cli._common import err
+from ollama_meter.cli._common import err, printable
 from ollama_meter.config import load_settings
 from ollama_meter.errors import OmeterError
 
@@ -80,7 +80,7 @@ def main() -> None:
         app()
     except OmeterError as exc:
         # Plain write: one line whatever the terminal width, easy to grep in cron mail.
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {printable(str(exc))}\n")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -88,7 +88,8 @@ def main() -> None:
     except Exception as exc:  # a bug, not the user's mistake: one line, the traceback on request
         logging.getLogger("ollama_meter").debug("unexpected failure", exc_info=True)
         sys.stderr.write(
-            f"error: unexpected {type(exc).__name__}: {exc}. This is a bug in ometer: run again "
+            f"error: unexpected {type(exc).__name__}: {printable(str(exc))}. This is a bug in "
+            "ometer: run again "
             "with OMETER_LOG_LEVEL=debug for the traceback, and report it\n"
         )
         sys.exit(70)

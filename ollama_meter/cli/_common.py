@@ -1,15 +1,27 @@
-"""What every command shares: option types, consoles, settings, and how errors are shown."""
+"""What every command shares: option types, consoles, tables, settings, and how errors are shown.
+
+Everything printed goes through :data:`out` and :data:`err`, or a table made by
+:func:`table`. Names, models, messages and tags come from callers, so nothing
+printed is ever read as rich markup, and control characters (C0, DEL, C1,
+bidirectional overrides) are replaced before they reach the terminal: data
+cannot make links, clear the screen, move the cursor or hide text.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.table import Table
+from rich.text import Text
 
 from ollama_meter.config import Settings, load_settings
 from ollama_meter.errors import OmeterError, ValidationError
@@ -18,8 +30,161 @@ from ollama_meter.periods import PERIOD_HELP, Window, parse_period, window_betwe
 from ollama_meter.pricing import format_micros
 from ollama_meter.reports import to_csv, to_json
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NEWLINE = re.compile("\n")
+REPLACEMENT = "\ufffd"
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """``text`` with every control character replaced by U+FFFD (newlines kept if asked).
+
+    One character for one, so styled spans over the text stay where they were.
+    """
+    text = _CONTROL.sub(REPLACEMENT, text)
+    return text if newlines else _NEWLINE.sub(REPLACEMENT, text)
+
+
+def shown(value: object, style: str = "") -> Text:
+    """A value as plain text for the terminal: never markup, no control characters."""
+    if isinstance(value, Text):
+        safe = value.copy()
+        safe.plain = printable(value.plain)
+        if style:
+            safe.stylize(style)
+        return safe
+    text = Text(printable(str(value)))
+    text.stylize(style)  # the characters only, not a cell's padding
+    return text
+
+
+class _TextConsole(Console):
+    """A console that prints strings as text: no markup, control characters replaced."""
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        safe = [
+            Text(printable(o, newlines=True))
+            if isinstance(o, str)
+            else (shown(o) if isinstance(o, Text) else o)
+            for o in objects
+        ]
+        super().print(*safe, **options)
+
+
+out = _TextConsole(highlight=False, soft_wrap=True, markup=False, emoji=False)
+err = _TextConsole(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a :func:`table`."""
+
+    heading: str
+    numeric: bool = False
+    """Numbers, money, times: right-aligned, and the last to wrap (never inside a word)."""
+    footer: str = ""
+    width: int | None = None
+    """A fixed width, for a cell that is not text (a bar)."""
+
+
+class DataTable:
+    """A table laid out for the terminal it is printed on; see :func:`table`."""
+
+    def __init__(
+        self,
+        title: str,
+        columns: Sequence[Column],
+        rows: Iterable[Sequence[object]],
+        caption: str | Text | None,
+    ) -> None:
+        self.title = title
+        self.columns = list(columns)
+        self.rows: list[list[Any]] = [
+            [shown(c) if isinstance(c, str | Text) else c for c in row] for row in rows
+        ]
+        self.caption = caption
+
+    def _sizes(self, index: int, column: Column) -> _Size:
+        """How wide a column would like to be, and the longest word it should keep whole."""
+        if column.width is not None:
+            return _Size(column.width, column.width, fixed=True)
+        texts = [r[index].plain for r in self.rows if isinstance(r[index], Text)]
+        words = [w for t in [column.heading, *texts] for w in t.split()]
+        longest = max((cell_len(w) for w in words), default=1)
+        # A heading may wrap over its words; it does not set the width.
+        natural = max(cell_len(t) for t in [column.footer, *texts, *column.heading.split()])
+        return _Size(natural, longest, fixed=column.numeric)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        sizes = [self._sizes(i, c) for i, c in enumerate(self.columns)]
+        room = options.max_width - (3 * len(self.columns) + 1)  # borders and padding
+        widths = _fit(sizes, room)
+        grid = Table(
+            title=shown(self.title, "table.title"),
+            title_justify="left",
+            show_footer=any(c.footer for c in self.columns),
+            caption=None if self.caption is None else shown(self.caption, "table.caption"),
+        )
+        for column, width in zip(self.columns, widths, strict=True):
+            grid.add_column(
+                shown(column.heading),
+                footer=shown(column.footer),
+                justify="right" if column.numeric else "left",
+                overflow="fold",
+                width=width,
+            )
+        for row in self.rows:
+            grid.add_row(*row)
+        yield grid
+
+
+@dataclass(frozen=True, slots=True)
+class _Size:
+    natural: int
+    word: int
+    fixed: bool
+
+
+# How columns give way on a narrow terminal, in order: (which columns, the floor of each).
+_STEPS: list[tuple[bool | None, Callable[[_Size], int]]] = [
+    (False, lambda size: min(size.natural, 10)),  # names wrap, 10 a line
+    (False, lambda size: min(size.natural, 6)),  # names, 6 a line
+    (True, lambda size: max(size.word, (size.natural + 1) // 2)),  # numbers wrap, whole words
+    (False, lambda size: min(size.natural, 3)),  # names, 3 a line
+    (None, lambda size: 1),  # anything folds
+]
+
+
+def _fit(sizes: Sequence[_Size], room: int) -> list[int]:
+    """Column widths within ``room``: each step narrows its widest column first."""
+    widths = [size.natural for size in sizes]
+    for which, floor in _STEPS:
+        floors = [floor(size) for size in sizes]
+        movable = [i for i, size in enumerate(sizes) if which is None or size.fixed is which]
+        while sum(widths) > room:
+            candidates = [i for i in movable if widths[i] > floors[i]]
+            if not candidates:
+                break
+            widths[max(candidates, key=lambda i: widths[i])] -= 1
+    return widths
+
+
+def table(
+    title: str,
+    columns: Sequence[Column],
+    rows: Iterable[Sequence[object]],
+    *,
+    caption: str | Text | None = None,
+) -> DataTable:
+    """A table of data, safe whatever the data and readable at any width.
+
+    Every string or Text cell is shown as text (:func:`shown`). Nothing is cut
+    short with an ellipsis: when the terminal is too narrow, headings wrap, names
+    wrap and fold onto more lines first (down to six characters a line), then
+    numbers wrap between their words (never inside one: money stays whole), and
+    only past that does anything fold further.
+    """
+    return DataTable(title, columns, rows, caption)
+
 
 DbOption = Annotated[
     str | None,

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress_bar import ProgressBar
-from rich.table import Table
 
 from ollama_meter.budgets import (
     DEFAULT_THRESHOLDS,
@@ -18,7 +17,7 @@ from ollama_meter.budgets import (
     parse_limit,
     parse_thresholds,
 )
-from ollama_meter.cli._common import DbOption, JsonFlag, money, out, settings
+from ollama_meter.cli._common import Column, DbOption, JsonFlag, money, out, settings, shown, table
 from ollama_meter.errors import BudgetError
 from ollama_meter.meter import ledger_for, sync_env_budgets, utc_now
 from ollama_meter.pricing import format_micros
@@ -113,11 +112,17 @@ def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
     if not budgets:
         out.print("no budgets; add one with `ometer budget set DEPT --monthly 100`")
         return
-    table = Table(title="budgets", title_justify="left")
-    for name in ("id", "scope", "period", "limit", "kind", "thresholds", "source"):
-        table.add_column(name, justify="right" if name in ("id", "limit") else "left")
-    for b in budgets:
-        table.add_row(
+    columns = [
+        Column("id", numeric=True),
+        Column("scope"),
+        Column("period"),
+        Column("limit", numeric=True),
+        Column("kind"),
+        Column("thresholds"),
+        Column("source"),
+    ]
+    rows = [
+        [
             str(b.id),
             b.scope(),
             b.period,
@@ -125,8 +130,10 @@ def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
             b.kind,
             ",".join(map(str, b.thresholds)),
             b.source,
-        )
-    out.print(table)
+        ]
+        for b in budgets
+    ]
+    out.print(table("budgets", columns, rows))
 
 
 def status_to_dict(row: BudgetStatus) -> dict[str, Any]:
@@ -157,52 +164,39 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
         return
     currencies = {row.budget.currency for row in rows}
     heading = f" {next(iter(currencies))}" if len(currencies) == 1 else ""
-    table = Table(title=f"budgets now ({cfg.timezone})", title_justify="left")
-    names = [
-        "id",
-        "scope",
-        "period",
-        f"spent{heading}",
-        f"limit{heading}",
-        "used",
-        "",
-        f"projected{heading}",
-        "state",
+    columns = [
+        Column("id", numeric=True),
+        Column("scope"),
+        Column("period"),
+        Column(f"spent{heading}", numeric=True),
+        Column(f"limit{heading}", numeric=True),
+        Column("used", numeric=True),
+        Column("", width=10),
+        Column(f"projected{heading}", numeric=True),
+        Column("state"),
     ]
-    cells = [
+    per_row = not heading  # several currencies: each amount says its own
+    lines = [
         [
             str(row.budget.id),
             row.budget.scope(row.tenant),
             f"{row.budget.period} {row.window.label}",
-            money(row.spent, None if heading else row.budget.currency),
-            money(row.budget.limit, None if heading else row.budget.currency),
+            money(row.spent, row.budget.currency if per_row else None),
+            money(row.budget.limit, row.budget.currency if per_row else None),
             f"{row.percent}%",
-            "",
-            money(row.projected, None if heading else row.budget.currency),
-            row.state,
+            ProgressBar(
+                total=100,
+                completed=min(row.percent, 100),
+                width=10,
+                complete_style=_STATE_STYLE[row.state],
+                finished_style=_STATE_STYLE[row.state],
+            ),
+            money(row.projected, row.budget.currency if per_row else None),
+            shown(row.state, _STATE_STYLE[row.state]),
         ]
         for row in rows
     ]
-    for index, name in enumerate(names):
-        numeric = name not in ("scope", "period", "", "state")
-        width = max(len(name), *(len(c[index]) for c in cells))
-        table.add_column(
-            name,
-            justify="right" if numeric else "left",
-            no_wrap=True,
-            min_width=None if name == "scope" else max(width, 10 if name == "" else 0),
-        )
-    for row, line in zip(rows, cells, strict=True):
-        style = _STATE_STYLE[row.state]
-        bar = ProgressBar(
-            total=100,
-            completed=min(row.percent, 100),
-            width=10,
-            complete_style=style,
-            finished_style=style,
-        )
-        table.add_row(*line[:6], bar, line[7], f"[{style}]{line[8]}[/]")
-    out.print(table)
+    out.print(table(f"budgets now ({cfg.timezone})", columns, lines))
 
 
 @app.command("rm")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ollama_meter.cli._common import DbOption, OutOption, err, settings, write_output
+from ollama_meter.cli._common import DbOption, OutOption, err, settings, shown, write_output
 from ollama_meter.errors import ValidationError
 from ollama_meter.meter import ledger_for, utc_now
 from ollama_meter.pricing import MAX_AMOUNT, parse_amount
@@ -73,7 +73,7 @@ def chargeback_command(
         gpus=gpus,
     )
     for warning in result.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
+        err.print(shown("warning:", "yellow"), warning)
     if fmt is Format.HTML:
         from ollama_meter.reports import render_chargeback_html
 

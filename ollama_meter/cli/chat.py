@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import ollama
 import typer
-from rich.markup import escape
 
 from ollama_meter.cli._common import (
     DbOption,
@@ -19,6 +18,7 @@ from ollama_meter.cli._common import (
     ms,
     out,
     settings,
+    shown,
 )
 from ollama_meter.errors import OmeterError, UpstreamError, ValidationError
 from ollama_meter.meter import Attribution, Meter, SpanRecord, Stored, TokenSource
@@ -100,9 +100,9 @@ def _turn(
         if not reply.endswith("\n"):
             out.file.write("\n")
         out.file.flush()
-        err.print(f"[dim]{footer(run.span)}[/]")
+        err.print(shown(footer(run.span), "dim"))
     if run.call is not None and run.call.stored not in (None, Stored.COMMITTED):
-        err.print(f"[yellow]note:[/] {STORED_NOTES[run.call.stored]}")
+        err.print(shown("note:", "yellow"), STORED_NOTES[run.call.stored])
     return reply
 
 
@@ -207,17 +207,21 @@ def _interactive(
 ) -> None:
     """A conversation kept for the session; every turn is its own metered call."""
     err.print(
-        f"[dim]chatting with {escape(model)} as {attribution.tenant}/{attribution.department}; "
-        "/help lists commands, /exit or Ctrl-D leaves[/]"
+        shown(
+            f"chatting with {model} as {attribution.tenant}/{attribution.department}; "
+            "/help lists commands, /exit or Ctrl-D leaves",
+            "dim",
+        )
     )
     while True:
         try:
-            line = err.input("[bold cyan]you>[/] ").strip()
+            line = err.input(shown("you> ", "bold cyan")).strip()
         except EOFError:
             err.print()
             return
         except KeyboardInterrupt:
-            err.print("\n[dim](/exit or Ctrl-D leaves)[/]")
+            err.print()
+            err.print(shown("(/exit or Ctrl-D leaves)", "dim"))
             continue
         if not line:
             continue
@@ -226,11 +230,11 @@ def _interactive(
                 return
             if line == "/reset":
                 history = [m for m in history if m["role"] == "system"]
-                err.print("[dim]history cleared[/]")
+                err.print(shown("history cleared", "dim"))
             elif line in ("/help", "/?"):
                 err.print(INTERACTIVE_HELP)
             else:
-                err.print(f"unknown command {escape(line.split()[0])}; /help lists them")
+                err.print(f"unknown command {line.split()[0]}; /help lists them")
             continue
         history.append({"role": "user", "content": line})
         try:
@@ -246,11 +250,11 @@ def _interactive(
         except KeyboardInterrupt:  # Ctrl-C cancels this answer, not the session
             history.pop()
             out.file.write("\n")
-            err.print("[dim]answer cancelled (its span is recorded as client_abort)[/]")
+            err.print(shown("answer cancelled (its span is recorded as client_abort)", "dim"))
             continue
         except UpstreamError as exc:  # the span is recorded; the session goes on
             history.pop()
-            err.print(f"[red]error:[/] {escape(str(exc))}")
+            err.print(shown("error:", "red"), str(exc))
             continue
         history.append({"role": "assistant", "content": reply})
 

@@ -6,9 +6,10 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
 from ollama_meter.cli._common import (
+    Column,
     DbOption,
     DeptFilter,
     JsonFlag,
@@ -19,6 +20,8 @@ from ollama_meter.cli._common import (
     ms,
     out,
     settings,
+    shown,
+    table,
 )
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter import Status, TokenSource, ledger_for
@@ -74,47 +77,44 @@ def log(
         return
     currencies = {span.currency for span in spans}
     single = len(currencies) == 1
-    table = Table(title=f"latest {len(spans)} span(s) · {cfg.timezone}", title_justify="left")
     cost_heading = f"cost {next(iter(currencies))}" if single else "cost"
-    rows: list[list[str]] = []
+    rows: list[list[str | Text]] = []
     for span in spans:
         approx = "~" if span.token_source == TokenSource.ESTIMATED else ""
-        shown_status = span.error_type or span.status
         operation = "" if span.operation == "chat" else f" ({span.operation})"
+        cost = money(span.cost_total, None if single else span.currency)
         rows.append(
             [
                 local_time(span.started_at, cfg)[5:],
                 f"{span.tenant}/{span.department}",
                 span.user or "",
                 span.model + operation,
-                shown_status,
+                shown(
+                    span.error_type or span.status,
+                    _STATUS_STYLE.get(span.status, "magenta"),
+                ),
                 f"{approx}{span.input_tokens}→{approx}{span.output_tokens}",
-                money(span.cost_total, None if single else span.currency)
-                + ("*" if span.unpriced_usage else ""),
+                shown(cost + "*", "yellow") if span.unpriced_usage else cost,
                 ms(span.latency_ns),
             ]
         )
-    headings = ["time", "tenant/dept", "user", "model", "status", "tokens", cost_heading, "latency"]
+    columns = [
+        Column("time", numeric=True),
+        Column("tenant/dept"),
+        Column("user"),
+        Column("model"),
+        Column("status"),
+        Column("tokens", numeric=True),
+        Column(cost_heading, numeric=True),
+        Column("latency", numeric=True),
+    ]
     if not any(span.user for span in spans):
-        headings.remove("user")
+        del columns[2]
         for row in rows:
             del row[2]
-    for index, name in enumerate(headings):
-        numeric = index >= len(headings) - 3
-        width = max(len(name), *(len(row[index]) for row in rows))
-        table.add_column(
-            name,
-            justify="right" if numeric else "left",
-            no_wrap=True,
-            min_width=width if numeric or name == "time" else None,
-        )
-    for span, row in zip(spans, rows, strict=True):
-        style = _STATUS_STYLE.get(span.status, "magenta")
-        at = headings.index("status")
-        row[at] = f"[{style}]{row[at]}[/]"
-        if span.unpriced_usage:
-            row[at + 2] = f"[yellow]{row[at + 2]}[/]"
-        table.add_row(*row)
+    caption = None
     if any(span.unpriced_usage for span in spans):
-        table.caption = "[yellow]* unpriced: no price rule matched (`ometer pricing set`)[/]"
-    out.print(table)
+        caption = shown("* unpriced: no price rule matched (`ometer pricing set`)", "yellow")
+    out.print(
+        table(f"latest {len(spans)} span(s) · {cfg.timezone}", columns, rows, caption=caption)
+    )

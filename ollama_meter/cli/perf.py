@@ -6,10 +6,11 @@ from decimal import Decimal
 from typing import Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
 from ollama_meter.cli._common import (
+    Column,
+    DataTable,
     DbOption,
     DeptFilter,
     Format,
@@ -22,6 +23,8 @@ from ollama_meter.cli._common import (
     UntilOption,
     out,
     settings,
+    shown,
+    table,
     window_from_options,
     write_rows,
 )
@@ -96,36 +99,35 @@ def _cell(name: str, value: object) -> str:
         return f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value:,}"
-    return escape(str(value))
+    return str(value)
 
 
-def render_table(result: PerfReport, zone: str) -> Table:
+def render_table(result: PerfReport, zone: str) -> DataTable:
     """One line per group; the worst latency, speed, error rate and cold-load cells in bold red."""
-    table = Table(title=f"perf {result.window.label} ({zone})", title_justify="left")
-    for name in result.columns:
-        numeric = name not in result.by
-        table.add_column(
-            _HEADINGS.get(name, name), justify="right" if numeric else "left", no_wrap=True
-        )
+    columns = [
+        Column(_HEADINGS.get(name, name), numeric=name not in result.by) for name in result.columns
+    ]
     worst = result.worst()
+    rows: list[list[str | Text]] = []
     for index, row in enumerate(result.rows):
-        cells = [_cell(name, row[name]) for name in result.columns]
-        for column, rows in worst.items():
-            if index in rows:
+        cells: list[str | Text] = [_cell(name, row[name]) for name in result.columns]
+        for column, flagged in worst.items():
+            if index in flagged:
                 at = result.columns.index(column)
-                cells[at] = f"[bold red]{cells[at]}[/]"
-        table.add_row(*cells)
+                cells[at] = shown(cells[at], "bold red")
+        rows.append(cells)
+    caption: Text | str
     if not result.rows:
-        table.caption = "no calls in this period"
+        caption = "no calls in this period"
     else:
         notes = [
             "lat, TTFT and queue in ms",
             "queue = Ollama's total time less load, prompt and generation",
             "cold = model load ≥ 100 ms",
         ]
+        caption = Text(" · ".join(notes))
         if worst:
-            notes.append(
-                "[bold red]red[/]: highest lat p95, lowest tok/s, highest err %, most cold s"
-            )
-        table.caption = " · ".join(notes)
-    return table
+            caption.append(" · ")
+            caption.append("red", style="bold red")
+            caption.append(": highest lat p95, lowest tok/s, highest err %, most cold s")
+    return table(f"perf {result.window.label} ({zone})", columns, rows, caption=caption)

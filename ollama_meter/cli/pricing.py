@@ -10,9 +10,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from ollama_meter.cli._common import DbOption, JsonFlag, err, money, out, settings
+from ollama_meter.cli._common import Column, DbOption, JsonFlag, err, money, out, settings, table
 from ollama_meter.errors import PricingError, ValidationError
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter import PriceSource, ledger_for, reprice
@@ -139,31 +138,25 @@ def list_rules(as_json: JsonFlag = False, db: DbOption = None) -> None:
             "no price rules: every call is unpriced. Add one with `ometer pricing set 'MODEL*' ...`"
         )
         return
-    table = Table(title="price rules", title_justify="left")
-    for name in (
-        "id",
-        "pattern",
-        "currency",
-        *PRICE_FIELDS,
-        "charge_load",
-        "from",
-        "until",
-        "source",
-    ):
-        table.add_column(name.replace("_", " "))
+    names = ["id", "pattern", "currency", *PRICE_FIELDS, "charge_load", "from", "until", "source"]
+    numeric = {"id", *PRICE_FIELDS}
+    columns = [Column(name.replace("_", " "), numeric=name in numeric) for name in names]
+    rows = []
     for rule in rules:
         row = rule_to_dict(rule)
-        table.add_row(
-            str(rule.id),
-            rule.pattern,
-            rule.currency,
-            *[str(row[name] or "") for name in PRICE_FIELDS],
-            "yes" if rule.charge_load else "",
-            str(row["effective_from"] or ""),
-            str(row["effective_until"] or ""),
-            rule.source,
+        rows.append(
+            [
+                str(rule.id),
+                rule.pattern,
+                rule.currency,
+                *[str(row[name] or "") for name in PRICE_FIELDS],
+                "yes" if rule.charge_load else "",
+                str(row["effective_from"] or ""),
+                str(row["effective_until"] or ""),
+                rule.source,
+            ]
         )
-    out.print(table)
+    out.print(table("price rules", columns, rows))
 
 
 @app.command("rm")

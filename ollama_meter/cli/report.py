@@ -7,9 +7,11 @@ from enum import StrEnum
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
 from ollama_meter.cli._common import (
+    Column,
+    DataTable,
     DbOption,
     DeptFilter,
     Format,
@@ -22,6 +24,8 @@ from ollama_meter.cli._common import (
     money,
     out,
     settings,
+    shown,
+    table,
     window_from_options,
     write_output,
     write_rows,
@@ -112,55 +116,49 @@ def _cell(name: str, value: object) -> str:
     return str(value)
 
 
-def render_table(result: SpendReport, zone: str) -> Table:
+def render_table(result: SpendReport, zone: str) -> DataTable:
     """Rows, a total line when there is one currency, unpriced usage flagged.
 
-    With one currency the currency goes into the cost heading, and numbers are
-    never cut short: the key columns give way first on a narrow terminal.
+    With one currency the currency goes into the cost heading. Numbers are never
+    cut short; names fold onto more lines on a narrow terminal.
     """
     totals = result.totals()
     single = len(totals) == 1
-    columns = [c for c in result.columns if not (single and c == "currency")]
-    rows = [[_cell(name, row[name]) for name in columns] for row in result.rows]
-    footers = [""] * len(columns)
-    if single:
-        footers = [
-            ("total" if name == result.by[0] else "")
-            if name in result.by
-            else _cell(name, totals[0][name])
-            for name in columns
-        ]
-    table = Table(
-        title=f"spend {result.window.label} ({zone})", title_justify="left", show_footer=single
-    )
-    for index, name in enumerate(columns):
-        numeric = name not in result.by and name != "currency"
+    names = [c for c in result.columns if not (single and c == "currency")]
+    columns = []
+    for name in names:
         heading = _HEADINGS.get(name, name)
         if name == "cost" and single:
             heading = f"cost {totals[0]['currency']}"
-        width = max([len(heading), len(footers[index]), *(len(r[index]) + 1 for r in rows)])
-        table.add_column(
-            heading,
-            justify="right" if numeric else "left",
-            footer=footers[index],
-            no_wrap=True,
-            min_width=width if numeric else None,
-        )
-    cost_at = columns.index("cost")
-    for row, cells in zip(result.rows, rows, strict=True):
+        footer = ""
+        if single:
+            footer = (
+                ("total" if name == result.by[0] else "")
+                if name in result.by
+                else _cell(name, totals[0][name])
+            )
+        numeric = name not in result.by and name != "currency"
+        columns.append(Column(heading, numeric=numeric, footer=footer))
+    rows: list[list[str | Text]] = []
+    for row in result.rows:
+        cells: list[str | Text] = [_cell(name, row[name]) for name in names]
         unpriced = row["unpriced_requests"]
         if isinstance(unpriced, int) and unpriced > 0:
-            cells[cost_at] = f"[yellow]{cells[cost_at]}*[/]"
-        table.add_row(*cells)
-    notes = []
+            at = names.index("cost")
+            cells[at] = shown(f"{cells[at]}*", "yellow")
+        rows.append(cells)
+    notes: list[str | Text] = []
     if not result.rows:
         notes.append("no calls in this period")
     if len(totals) > 1:
         notes.extend(f"total {money(int(str(t['cost'])), str(t['currency']))}" for t in totals)
     if result.unpriced_requests:
         notes.append(
-            f"[yellow]* {result.unpriced_requests} call(s) matched no price rule and count as 0; "
-            "add one with `ometer pricing set`[/]"
+            shown(
+                f"* {result.unpriced_requests} call(s) matched no price rule and count as 0; "
+                "add one with `ometer pricing set`",
+                "yellow",
+            )
         )
-    table.caption = " · ".join(notes) or None
-    return table
+    caption = Text(" · ").join(shown(n) for n in notes) if notes else None
+    return table(f"spend {result.window.label} ({zone})", columns, rows, caption=caption)

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from ollama_meter.cli._common import (
+    Column,
     DbOption,
     DeptOption,
     JsonFlag,
@@ -24,9 +24,12 @@ from ollama_meter.cli._common import (
     money,
     out,
     settings,
+    table,
 )
 from ollama_meter.errors import ValidationError
+from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 from ollama_meter.ledger import SpanFilter
+from ollama_meter.ledger._keys import ApiKey
 from ollama_meter.meter import Attribution, ledger_for
 
 keys_app = typer.Typer(
@@ -43,7 +46,7 @@ def serve(
         str | None, typer.Option("--upstream", help="Ollama to relay to (default OLLAMA_HOST).")
     ] = None,
     require_key: Annotated[
-        bool, typer.Option("--require-key", help="Refuse calls without a valid API key.")
+        bool, typer.Option("--require-key", help="Every route needs a valid API key.")
     ] = False,
     allow_admin: Annotated[
         bool, typer.Option("--allow-admin", help="Let pull/push/create/copy/delete through.")
@@ -51,32 +54,69 @@ def serve(
     admin_token: Annotated[
         str | None,
         typer.Option(
-            "--admin-token", envvar="OMETER_ADMIN_TOKEN", help="Token protecting the dashboard."
+            "--admin-token",
+            envvar="OMETER_ADMIN_TOKEN",
+            help="Token for the dashboard, /api/dash, /metrics and (with --allow-admin) model management.",
         ),
     ] = None,
+    insecure_open: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-open",
+            help="Listen beyond loopback with no key and no admin token (a trusted network only).",
+        ),
+    ] = False,
+    max_body_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-body-bytes",
+            envvar="OMETER_MAX_BODY_BYTES",
+            min=1024,
+            help="Largest request body; more is refused with 413.",
+        ),
+    ] = MAX_BODY_BYTES,
+    max_header_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-header-bytes",
+            envvar="OMETER_MAX_HEADER_BYTES",
+            min=1024,
+            help="Largest request line and headers; more is refused with 431.",
+        ),
+    ] = MAX_HEADER_BYTES,
     db: DbOption = None,
 ) -> None:
     """Run the metering gateway: point OLLAMA_HOST at it instead of Ollama."""
     import uvicorn
 
-    from ollama_meter.gateway import GatewayOptions, create_app
+    from ollama_meter.gateway import GatewayOptions, create_app, is_loopback, server_config
 
+    if not (is_loopback(host) or require_key or admin_token or insecure_open):
+        raise ValidationError(
+            f"not listening on {host}: with neither --require-key nor --admin-token, anyone who "
+            "can reach the port could call Ollama on someone else's budget and read everyone's "
+            "spend. Add --require-key (keys from `ometer keys create`) and/or --admin-token, "
+            "or --insecure-open if only trusted machines can reach it"
+        )
     cfg = settings(db_url=db, ollama_host=upstream)
     app = create_app(
         cfg,
-        GatewayOptions(require_key=require_key, allow_admin=allow_admin, admin_token=admin_token),
+        GatewayOptions(
+            require_key=require_key,
+            allow_admin=allow_admin,
+            admin_token=admin_token,
+            max_body_bytes=max_body_bytes,
+        ),
     )
     err.print(
         f"ometer gateway on http://{host}:{port} → {cfg.ollama_host} (ledger {ledger_for(cfg).display_url})"
     )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        timeout_graceful_shutdown=10,
-        access_log=False,
+    if insecure_open and not (is_loopback(host) or require_key or admin_token):
+        err.print(f"warning: listening on {host} with no key and no admin token (--insecure-open)")
+    config = server_config(
+        app, host=host, port=port, max_header_bytes=max_header_bytes, timeout_graceful_shutdown=10
     )
+    uvicorn.Server(config).run()
 
 
 def _free_port() -> int:
@@ -97,15 +137,13 @@ def run(
     """Run a program with OLLAMA_HOST pointed at a short-lived gateway: legacy scripts, metered."""
     import uvicorn
 
-    from ollama_meter.gateway import GatewayOptions, create_app
+    from ollama_meter.gateway import GatewayOptions, create_app, server_config
 
     cfg = settings(db_url=db, tenant=tenant, department=dept)
     who = Attribution(tenant=cfg.tenant, department=cfg.department, user=user)
     port = _free_port()
     app = create_app(cfg, GatewayOptions(default_user=user))
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port))
     thread = threading.Thread(target=server.run, daemon=True)
     started = datetime.now(UTC)
     thread.start()
@@ -141,18 +179,42 @@ def create_key(
     tenant: TenantOption = None,
     dept: DeptOption = None,
     name: Annotated[str, typer.Option("--name", help="What the key is for, e.g. crm-bot.")] = "key",
+    user: Annotated[
+        str | None,
+        typer.Option("--user", "-u", help="Charge every call with this key to this user."),
+    ] = None,
+    allow_users: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-user",
+            help="A user callers with this key may name in X-Ometer-User (repeat for more).",
+        ),
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Create a key for a tenant and department; the key is printed once and stored hashed."""
     cfg = settings(db_url=db, tenant=tenant, department=dept)
     who = Attribution(tenant=cfg.tenant, department=cfg.department)
     key, secret = ledger_for(cfg).create_key(
-        name=name, tenant=who.tenant, department=who.department
+        name=name,
+        tenant=who.tenant,
+        department=who.department,
+        user=user,
+        users=tuple(allow_users or ()),
     )
     err.print(
-        f"key {key.id} ({key.name}) for {key.tenant}/{key.department}; it is shown only this once:"
+        f"key {key.id} ({key.name}) for {key.tenant}/{key.department}{_users(key)}; "
+        "it is shown only this once:"
     )
     out.file.write(secret + "\n")
+
+
+def _users(key: ApiKey) -> str:
+    if key.user:
+        return f", user {key.user}"
+    if key.users:
+        return f", users {', '.join(key.users)}"
+    return ""
 
 
 @keys_app.command("list")
@@ -167,6 +229,8 @@ def list_keys(as_json: JsonFlag = False, db: DbOption = None) -> None:
                 "name": k.name,
                 "tenant": k.tenant,
                 "department": k.department,
+                "user": k.user,
+                "allowed_users": list(k.users),
                 "prefix": k.prefix,
                 "created_at": k.created_at.isoformat(),
                 "revoked": k.revoked_at is not None,
@@ -175,19 +239,28 @@ def list_keys(as_json: JsonFlag = False, db: DbOption = None) -> None:
         ]
         out.file.write(json.dumps(rows, indent=2) + "\n")
         return
-    table = Table(title="gateway keys", title_justify="left")
-    for name in ("id", "name", "tenant/dept", "prefix", "created", "state"):
-        table.add_column(name)
-    for k in keys:
-        table.add_row(
+    columns = [
+        Column("id", numeric=True),
+        Column("name"),
+        Column("tenant/dept"),
+        Column("users"),
+        Column("prefix"),
+        Column("created"),
+        Column("state"),
+    ]
+    cells = [
+        [
             str(k.id),
             k.name,
             f"{k.tenant}/{k.department}",
+            k.user or ", ".join(k.users) or "any (unverified)",
             f"om_{k.prefix}…",
             f"{k.created_at:%Y-%m-%d}",
             "revoked" if k.revoked_at else "live",
-        )
-    out.print(table)
+        ]
+        for k in keys
+    ]
+    out.print(table("gateway keys", columns, cells))
 
 
 @keys_app.command("revoke")

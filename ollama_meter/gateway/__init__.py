@@ -1,5 +1,42 @@
-"""The metering gateway (``ometer serve``): an Ollama-compatible ASGI app. Only place importing starlette."""
+"""The metering gateway (``ometer serve``): an Ollama-compatible ASGI app. Only place importing starlette.
 
-from ollama_meter.gateway._app import ADMIN, PASSTHROUGH, GatewayOptions, create_app
+Imported lazily (PEP 562): the CLI reads the limits without loading the web stack.
+"""
 
-__all__ = ["ADMIN", "PASSTHROUGH", "GatewayOptions", "create_app"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
+
+if TYPE_CHECKING:
+    from ollama_meter.gateway._app import ADMIN, PASSTHROUGH, GatewayOptions, create_app
+    from ollama_meter.gateway._server import is_loopback, server_config
+
+__all__ = [
+    "ADMIN",
+    "MAX_BODY_BYTES",
+    "MAX_HEADER_BYTES",
+    "PASSTHROUGH",
+    "GatewayOptions",
+    "create_app",
+    "is_loopback",
+    "server_config",
+]
+
+_LAZY = {
+    "ADMIN": "_app",
+    "PASSTHROUGH": "_app",
+    "GatewayOptions": "_app",
+    "create_app": "_app",
+    "is_loopback": "_server",
+    "server_config": "_server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"ollama_meter.gateway.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'ollama_meter.gateway' has no attribute {name!r}")

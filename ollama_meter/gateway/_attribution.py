@@ -1,60 +1,40 @@
-"""Who a gateway call is charged to: headers, then the API key, then the defaults (DESIGN §3)."""
+"""Who a gateway call is charged to: headers, then the API key, then the defaults (DESIGN §3).
+
+With keys required the key decides the tenant and department, and a key can
+vouch for its users (one fixed user, or an allow-list). A user that only a
+header names, with no key vouching for it, is kept but tagged
+``user_verified=false`` on the span.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from starlette.requests import Request
+from collections.abc import Mapping
 
 from ollama_meter.config import Settings
-from ollama_meter.ledger import Ledger
-from ollama_meter.ledger._keys import ApiKey, find_key
+from ollama_meter.ledger._keys import ApiKey
 from ollama_meter.meter import Attribution
 
 HEADER_TENANT = "x-ometer-tenant"
 HEADER_DEPARTMENT = "x-ometer-department"
 HEADER_USER = "x-ometer-user"
 HEADER_KEY = "x-ometer-key"
+UNVERIFIED = {"user_verified": "false"}
 
 
-class Unauthorized(Exception):
-    """No valid key where one is required."""
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    attribution: Attribution
-    key: ApiKey | None
-
-
-def presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip() or None
-    return request.headers.get(HEADER_KEY) or None
+class Forbidden(Exception):
+    """The caller's key does not allow what the request asks (a user it does not vouch for)."""
 
 
 def resolve(
-    request: Request,
-    ledger: Ledger,
+    headers: Mapping[str, str],
+    key: ApiKey | None,
     settings: Settings,
     *,
     require_key: bool,
     default_user: str | None = None,
-) -> Caller:
-    """Attribution for ``request``; raises :class:`Unauthorized` or ``ValidationError`` (names)."""
-    secret = presented_key(request)
-    key = None
-    if secret is not None:
-        with ledger.read() as conn:
-            key = find_key(conn, secret)
-    if require_key and key is None:
-        raise Unauthorized(
-            "a valid API key is required: send `Authorization: Bearer <key>` (see `ometer keys create`)"
-        )
-    headers = request.headers
-    if require_key:
-        assert key is not None
+) -> Attribution:
+    """Attribution for a call; raises :class:`Forbidden` or ``ValidationError`` (names)."""
+    if require_key and key is not None:
         # With keys required, the key decides: headers cannot move a call to another budget.
         tenant, department = key.tenant, key.department
     else:
@@ -62,5 +42,18 @@ def resolve(
         department = headers.get(HEADER_DEPARTMENT) or (
             key.department if key else settings.department
         )
-    user = headers.get(HEADER_USER) or default_user
-    return Caller(Attribution(tenant=tenant, department=department, user=user), key)
+    named = headers.get(HEADER_USER) or None
+    tags: dict[str, str] = {}
+    if key is not None and key.user is not None and (require_key or named is None):
+        user: str | None = key.user
+    elif named is None:
+        user = default_user
+    elif key is not None and key.vouches_for(named):
+        user = named
+    elif require_key and key is not None and key.users:
+        raise Forbidden(
+            f"this key may not call as user {named[:128]!r}; it allows {', '.join(key.users)}"
+        )
+    else:
+        user, tags = named, UNVERIFIED
+    return Attribution(tenant=tenant, department=department, user=user, tags=tags)

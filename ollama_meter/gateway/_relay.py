@@ -3,6 +3,14 @@
 The reply is streamed to the client line by line as Ollama sends it. The last
 line (Ollama's ``done`` chunk, or the SSE ``[DONE]``) is held until the span is
 in the ledger: a client that has its whole answer always has its span written.
+
+A call goes through the same retry and breaker policy as the CLI's
+(:class:`~ollama_meter.upstream.CallAttempts`): admitted once, retried on
+transient failures while nothing has reached the client, counted once. Any
+``error`` in what Ollama sends ends the call as an error. A stream that breaks
+ends with an error line in the route's own format (an NDJSON ``{"error": ...}``
+line, or an SSE error event), so the official clients raise, as they do
+against Ollama directly.
 """
 
 from __future__ import annotations
@@ -23,23 +31,13 @@ from ollama_meter.errors import (
     StreamError,
     UpstreamError,
 )
+from ollama_meter.gateway._requests import MeteredRequest
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.gateway._upstream import UpstreamPool, finish, gateway_status
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._request import facts_of, with_output_cap
-from ollama_meter.upstream import classify, is_transient
+from ollama_meter.upstream import CallAttempts, classify, error_text
 
-OLLAMA_ROUTES = {
-    "/api/chat": "chat",
-    "/api/generate": "generate",
-    "/api/embed": "embed",
-    "/api/embeddings": "embeddings",
-}
-OPENAI_ROUTES = {
-    "/v1/chat/completions": "openai.chat",
-    "/v1/completions": "openai.completions",
-    "/v1/embeddings": "openai.embeddings",
-}
 HOP_BY_HOP = frozenset({
     "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
     "upgrade", "proxy-authorization", "proxy-authenticate", "authorization",
@@ -47,18 +45,24 @@ HOP_BY_HOP = frozenset({
 })  # fmt: skip
 
 
-def error_response(
-    openai: bool, status: int, message: str, *, headers: dict[str, str] | None = None
-) -> Response:
+def error_body(openai: bool, status: int, message: str) -> dict[str, Any]:
     """Ollama's ``{"error": "..."}``, or OpenAI's error object on ``/v1``."""
     if openai:
         kind = "invalid_request_error" if status < 500 else "api_error"
-        body: dict[str, Any] = {
-            "error": {"message": message, "type": kind, "param": None, "code": None}
-        }
-    else:
-        body = {"error": message}
-    return JSONResponse(body, status_code=status, headers=headers)
+        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return {"error": message}
+
+
+def error_response(
+    openai: bool, status: int, message: str, *, headers: dict[str, str] | None = None
+) -> Response:
+    return JSONResponse(error_body(openai, status, message), status_code=status, headers=headers)
+
+
+def error_line(openai: bool, message: str) -> bytes:
+    """The last line of a stream that broke: what Ollama itself would send."""
+    body = json.dumps(error_body(openai, 500, message), ensure_ascii=False).encode()
+    return b"data: " + body + b"\n\n" if openai else body + b"\n"
 
 
 def forward_headers(headers: Any) -> dict[str, str]:
@@ -80,35 +84,72 @@ def _ollama_part(
     return None
 
 
-def _openai_observe(call: MeteredCall, operation: str, obj: dict[str, Any]) -> bool:
-    """Feed an OpenAI-shaped object to the call; True when it carried the usage."""
-    choices = obj.get("choices") or []
-    for choice in choices:
-        delta = choice.get("delta") or choice.get("message") or {}
-        text = delta.get("content") if isinstance(delta, dict) else None
-        text = text if text is not None else choice.get("text")
-        if text:
-            call.observe(
-                ollama.ChatResponse(message={"role": "assistant", "content": text}, done=False)
-            )
-    usage = obj.get("usage")
-    if not usage:
-        return False
-    finish = (
-        next((c.get("finish_reason") for c in choices if c.get("finish_reason")), None)
-        or call.span.done_reason
-    )
-    call.observe(
-        ollama.ChatResponse(
-            model=obj.get("model"),
-            message={"role": "assistant", "content": ""},
-            done=True,
-            done_reason=finish,
-            prompt_eval_count=usage.get("prompt_tokens"),
-            eval_count=0 if operation == "openai.embeddings" else usage.get("completion_tokens"),
+def _reported_error(obj: dict[str, Any]) -> UpstreamError | None:
+    """The error an object from Ollama reports, if any: one rule for the CLI and the gateway."""
+    if obj.get("error") is None and obj.get("done_reason") != "error":
+        return None
+    detail = error_text(obj.get("error") or "the answer ended with done_reason 'error'")
+    return classify(ollama.ResponseError(detail, -1), host="", model="", started=True)
+
+
+class _OpenAIReply:
+    """Feeds OpenAI-shaped objects to a call: text, the model, the finish reason, usage."""
+
+    def __init__(self, call: MeteredCall, operation: str) -> None:
+        self.call = call
+        self.operation = operation
+        self.model: str | None = None
+        self.finish: str | None = None
+        self.usage_seen = False
+
+    def observe(self, obj: dict[str, Any]) -> bool:
+        """Take one object; True when it carried the usage."""
+        if isinstance(obj.get("model"), str):
+            self.model = obj["model"]
+        choices = obj.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta") or choice.get("message") or {}
+            text = delta.get("content") if isinstance(delta, dict) else None
+            text = text if text is not None else choice.get("text")
+            if text and isinstance(text, str):
+                self.call.observe(
+                    ollama.ChatResponse(message={"role": "assistant", "content": text}, done=False)
+                )
+            if isinstance(choice.get("finish_reason"), str):
+                self.finish = choice["finish_reason"]
+        usage = obj.get("usage")
+        if not isinstance(usage, dict) or not usage:
+            return False
+        self.usage_seen = True
+        embeddings = self.operation == "openai.embeddings"
+        self._final(
+            _count(usage.get("prompt_tokens")),
+            0 if embeddings else _count(usage.get("completion_tokens")),
         )
-    )
-    return True
+        return True
+
+    def end(self) -> None:
+        """No usage came: keep the model and finish reason; the meter estimates the counts."""
+        if not self.usage_seen:
+            self._final(None, None)
+
+    def _final(self, prompt_tokens: int | None, output_tokens: int | None) -> None:
+        self.call.observe(
+            ollama.ChatResponse(
+                model=self.model,
+                message={"role": "assistant", "content": ""},
+                done=True,
+                done_reason=self.finish,
+                prompt_eval_count=prompt_tokens,
+                eval_count=output_tokens,
+            )
+        )
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 class Relay:
@@ -120,36 +161,17 @@ class Relay:
         self.upstream = pool.base_url
 
     async def metered(
-        self,
-        path: str,
-        body: dict[str, Any],
-        raw_headers: Any,
-        attribution: Attribution,
-        query: str,
+        self, request: MeteredRequest, raw_headers: Any, attribution: Attribution, query: str
     ) -> Response:
-        openai = path in OPENAI_ROUTES
-        operation = OPENAI_ROUTES.get(path) or OLLAMA_ROUTES[path]
-        default_stream = not openai and operation in ("chat", "generate")
-        stream = bool(body.get("stream", default_stream)) and operation not in (
-            "embed",
-            "embeddings",
-            "openai.embeddings",
-        )
-        hide_usage = False
-        if openai and stream:
-            options = body.get("stream_options") or {}
-            if not options.get("include_usage"):
-                # Ask for usage so the span has exact counts; the client never sees that chunk.
-                body = {**body, "stream_options": {**options, "include_usage": True}}
-                hide_usage = True
+        openai = request.openai
 
         def open_call() -> MeteredCall:
             return self.meter.open(
-                operation=operation,
-                model=str(body["model"]),
-                stream=stream,
+                operation=request.operation,
+                model=request.model,
+                stream=request.stream,
                 attribution=attribution,
-                facts=facts_of(operation, body),
+                facts=facts_of(request.operation, request.body),
             )
 
         try:
@@ -161,21 +183,33 @@ class Relay:
             )
         except LedgerError as unchecked:  # a covering budget unchecked, or nothing can record
             return error_response(openai, 503, str(unchecked), headers={"Retry-After": "5"})
+        content = request.upstream_body
         if call.output_cap is not None:  # a hard budget admitted the call on this reply cap
-            body = with_output_cap(operation, body, call.output_cap)
-        sent = await self._send(call, path, body, raw_headers, query, openai, retry=not stream)
+            capped = with_output_cap(request.operation, request.body, call.output_cap)
+            content = json.dumps(capped).encode()
+        try:
+            attempts = self.meter.upstream.attempts(request.model)
+        except CircuitOpen as exc:
+            await in_thread(self.meter.close, call, exc)
+            wait = str(max(1, int(exc.retry_after)))
+            return error_response(openai, 503, str(exc), headers={"Retry-After": wait})
+        try:
+            sent = await self._send(call, attempts, request, content, raw_headers, query)
+        except BaseException as exc:  # cancelled while waiting on Ollama: still one span
+            attempts.end(exc)
+            await in_thread(self.meter.close, call, exc)
+            raise
         if isinstance(sent, Response):
             return sent
-        response = sent
-        if not stream:
-            return await self._whole(call, operation, openai, response)
+        if not request.stream:
+            return await self._whole(call, attempts, request, sent)
         media = (
             "text/event-stream"
             if openai
-            else response.headers.get("content-type", "application/x-ndjson")
+            else sent.headers.get("content-type", "application/x-ndjson")
         )
         return StreamingResponse(
-            self._stream(call, operation, openai, response, hide_usage),
+            self._stream(call, attempts, request, sent),
             media_type=media,
             headers={"cache-control": "no-cache"} if openai else None,
         )
@@ -183,43 +217,30 @@ class Relay:
     async def _send(
         self,
         call: MeteredCall,
-        path: str,
-        body: dict[str, Any],
+        attempts: CallAttempts,
+        request: MeteredRequest,
+        content: bytes,
         raw_headers: Any,
         query: str,
-        openai: bool,
-        *,
-        retry: bool,
     ) -> aiohttp.ClientResponse | Response:
         """Ollama's 200 response, or the error answer for the client (the span is then closed).
 
-        Through the circuit breaker; a non-streamed call is retried on transient failures
-        (unreachable, silent, 5xx, 429) with the meter's backoff, never on a 4xx. Nothing
-        has reached the client yet, so a retry is invisible to it.
+        Transient failures (unreachable, silent, 5xx, 429) are retried with the meter's
+        backoff while nothing has reached the client, streamed or not; a 4xx never is.
         """
-        breaker = self.meter.upstream.breaker
-        policy = self.meter.upstream.retry
-        attempts = 1 + (policy.retries if retry else 0)
-        content = json.dumps(body).encode()
         headers = {**forward_headers(raw_headers), "content-type": "application/json"}
-        for attempt in range(1, attempts + 1):
-            try:
-                breaker.before()
-            except CircuitOpen as exc:
-                await in_thread(self.meter.close, call, exc)
-                wait = str(max(1, int(exc.retry_after)))
-                return error_response(openai, 503, str(exc), headers={"Retry-After": wait})
+        while True:
             try:
                 response = await self.pool.request(
-                    "POST", path, body=content, query=query, headers=headers
+                    "POST", request.path, body=content, query=query, headers=headers
                 )
             except UpstreamError as error:  # unreachable (502) or silent (504)
-                breaker.failure(error)
-                if is_transient(error) and attempt < attempts:
-                    await asyncio.sleep(policy.delay(attempt))
+                wait = attempts.retry_in(error)
+                if wait is not None:
+                    await asyncio.sleep(wait)
                     continue
                 await in_thread(self.meter.close, call, error)
-                return error_response(openai, gateway_status(error), str(error))
+                return error_response(request.openai, gateway_status(error), str(error))
             if response.status == 200:
                 return response
             try:
@@ -230,41 +251,56 @@ class Relay:
             failure = classify(
                 ollama.ResponseError(answer.decode(errors="replace"), response.status),
                 host=self.upstream,
-                model=str(body["model"]),
+                model=request.model,
                 started=False,
             )
-            breaker.failure(failure)
-            if is_transient(failure) and attempt < attempts:
-                await asyncio.sleep(policy.delay(attempt))
+            wait = attempts.retry_in(failure)
+            if wait is not None:
+                await asyncio.sleep(wait)
                 continue
             await in_thread(self.meter.close, call, failure)
             return Response(
                 answer, status_code=response.status, media_type=response.headers.get("content-type")
             )
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _whole(
-        self, call: MeteredCall, operation: str, openai: bool, response: aiohttp.ClientResponse
+        self,
+        call: MeteredCall,
+        attempts: CallAttempts,
+        request: MeteredRequest,
+        response: aiohttp.ClientResponse,
     ) -> Response:
         try:
             content = await self.pool.read(response)
         except UpstreamError as error:
             finish(response, completed=False)
+            attempts.end(error)
             await in_thread(self.meter.close, call, error)
-            return error_response(openai, 502, str(error))
+            return error_response(request.openai, 502, str(error))
         finish(response, completed=True)
         try:
             obj = json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):
             obj = {}
-        if openai:
-            _openai_observe(call, operation, obj)
-        elif (part := _ollama_part(operation, obj)) is not None:
+        obj = obj if isinstance(obj, dict) else {}
+        failure = _reported_error(obj)
+        if failure is not None:
+            attempts.end(failure)
+            await in_thread(self.meter.close, call, failure)
+            return error_response(request.openai, 502, str(failure))
+        if request.openai:
+            reply = _OpenAIReply(call, request.operation)
+            reply.observe(obj)
+            reply.end()
+        elif (part := _ollama_part(request.operation, obj)) is not None:
             call.observe(part)
         else:
             # legacy /api/embeddings reports no counts: the meter estimates them
-            call.observe(ollama.EmbedResponse(model=obj.get("model"), embeddings=[]))
-        self.meter.upstream.breaker.success()
+            model = obj.get("model")
+            call.observe(
+                ollama.EmbedResponse(model=model if isinstance(model, str) else None, embeddings=[])
+            )
+        attempts.end()
         await in_thread(self.meter.close, call)
         return Response(
             content,
@@ -275,44 +311,53 @@ class Relay:
     async def _stream(
         self,
         call: MeteredCall,
-        operation: str,
-        openai: bool,
+        attempts: CallAttempts,
+        request: MeteredRequest,
         response: aiohttp.ClientResponse,
-        hide_usage: bool,
     ) -> AsyncIterator[bytes]:
         closed = False
+
+        async def close(outcome: BaseException | None = None) -> None:
+            nonlocal closed
+            closed = True
+            attempts.end(outcome)
+            await in_thread(self.meter.close, call, outcome)
+
+        openai = request.openai
+        reply = _OpenAIReply(call, request.operation) if openai else None
+        separator = b"\n\n" if openai else b"\n"
         try:
             buffer = b""
-            separator = b"\n\n" if openai else b"\n"
             async for data in self.pool.chunks(response):
                 buffer += data
                 while separator in buffer:
                     item, buffer = buffer.split(separator, 1)
                     if not item.strip():
                         continue
-                    out, ending = self._observe_item(call, operation, openai, item, hide_usage)
+                    if closed:  # after the end: relayed as is
+                        yield item + separator
+                        continue
+                    out, ending = self._observe_item(call, request, reply, item)
                     if isinstance(ending, UpstreamError):
-                        await in_thread(self.meter.close, call, ending)
-                        closed = True
+                        await close(ending)
                         if out is not None:
                             yield out + separator  # the client sees Ollama's own error line
                         return
                     if ending:
-                        self.meter.upstream.breaker.success()
-                        await in_thread(self.meter.close, call)
-                        closed = True
+                        await close()
                     if out is not None:
                         yield out + separator
             if not closed:
                 raise StreamError(
                     f"the stream from Ollama at {self.upstream} ended without its final chunk"
                 )
-        except BaseException as exc:
+        except UpstreamError as error:  # broke off, went silent, or ended early
             if not closed:
-                await in_thread(self.meter.close, call, exc)
-                closed = True
-            if isinstance(exc, UpstreamError):
-                return  # end the body; the span says what broke
+                await close(error)
+                yield error_line(openai, str(error))
+        except BaseException as exc:  # the client hung up (or the server is stopping)
+            if not closed:
+                await close(exc)
             raise
         finally:
             # Read to the end: the connection goes back to the pool. Cut short (the
@@ -320,35 +365,44 @@ class Relay:
             finish(response, completed=response.content.at_eof())
 
     def _observe_item(
-        self, call: MeteredCall, operation: str, openai: bool, item: bytes, hide_usage: bool
-    ) -> tuple[bytes | None, Any]:
-        """What to send on for one line/event, and whether it ends the call."""
-        if openai:
+        self, call: MeteredCall, request: MeteredRequest, reply: _OpenAIReply | None, item: bytes
+    ) -> tuple[bytes | None, bool | UpstreamError]:
+        """What to send on for one line/event, and whether (and how) it ends the call."""
+        if reply is not None:
             text = item.decode(errors="replace").strip()
             if not text.startswith("data:"):
-                return item, None
+                return item, False
             payload = text[5:].strip()
             if payload == "[DONE]":
+                reply.end()
                 return item, True
-            try:
-                obj = json.loads(payload)
-            except ValueError:
-                return item, None
-            if "error" in obj and not obj.get("choices"):
-                return item, StreamError(f"Ollama failed mid-stream: {obj['error']}")
-            carried_usage = _openai_observe(call, operation, obj)
-            if carried_usage and hide_usage and not obj.get("choices"):
-                return None, None
-            return item, None
-        try:
-            obj = json.loads(item)
-        except ValueError:
-            return item, None
-        if obj.get("error") and not obj.get("done"):
-            return item, StreamError(f"Ollama failed mid-stream: {obj['error']}")
-        part = _ollama_part(operation, obj)
+            obj = _json_object(payload)
+            if obj is None:
+                return item, False
+            failure = _reported_error(obj)
+            if failure is not None:
+                return item, failure
+            carried_usage = reply.observe(obj)
+            if carried_usage and request.hide_usage and not obj.get("choices"):
+                return None, False
+            return item, False
+        obj = _json_object(item)
+        if obj is None:
+            return item, False
+        failure = _reported_error(obj)
+        if failure is not None:
+            return item, failure
+        part = _ollama_part(request.operation, obj)
         if part is not None:
             call.observe(part)
             if getattr(part, "done", False):
                 return item, True
-        return item, None
+        return item, False
+
+
+def _json_object(text: str | bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None

@@ -1,4 +1,9 @@
-"""Gateway API keys: created once (shown once), stored hashed, compared in constant time."""
+"""Gateway API keys: created once (shown once), stored hashed, compared in constant time.
+
+A key maps to a tenant and department, and may vouch for its users: one fixed
+user, or an allow-list of users its caller may name. Names follow the same
+rules as tenants and departments, checked here for every way a key is made.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, insert, select, update
 
+from ollama_meter._names import MAX_USER, name_problem
+from ollama_meter.errors import ValidationError
 from ollama_meter.ledger.models import ApiKeyRow
 
 _KEYS: Table = ApiKeyRow.__table__  # type: ignore[assignment]
@@ -26,6 +33,13 @@ class ApiKey:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None = None
+    user: str | None = None
+    """Every call with this key is charged to this user."""
+    users: tuple[str, ...] = ()
+    """The users a caller with this key may name in ``X-Ometer-User``; empty: any, unverified."""
+
+    def vouches_for(self, user: str) -> bool:
+        return user == self.user or user in self.users
 
 
 def _hash(key: str) -> str:
@@ -35,12 +49,47 @@ def _hash(key: str) -> str:
 
 def _to_key(row: Any) -> ApiKey:
     return ApiKey(
-        row.id, row.name, row.tenant, row.department, row.prefix, row.created_at, row.revoked_at
+        row.id,
+        row.name,
+        row.tenant,
+        row.department,
+        row.prefix,
+        row.created_at,
+        row.revoked_at,
+        row.user,
+        tuple(row.allowed_users.split(",")) if row.allowed_users else (),
     )
 
 
-def create_key(conn: Connection, *, name: str, tenant: str, department: str) -> tuple[ApiKey, str]:
-    """A new key; the secret is returned here and never again."""
+def _check_names(name: str, tenant: str, department: str, users: tuple[str, ...]) -> None:
+    for what, value, limit in (
+        ("key name", name, 64),
+        ("tenant name", tenant, 64),
+        ("department name", department, 64),
+        *(("user name", user, MAX_USER) for user in users),
+    ):
+        problem = name_problem(value, limit=limit)
+        if problem:
+            raise ValidationError(f"{what} {problem}")
+
+
+def create_key(
+    conn: Connection,
+    *,
+    name: str,
+    tenant: str,
+    department: str,
+    user: str | None = None,
+    users: tuple[str, ...] = (),
+) -> tuple[ApiKey, str]:
+    """A new key; the secret is returned here and never again.
+
+    ``user`` fixes the user of every call; ``users`` lists those a caller may name.
+    """
+    if user is not None and users:
+        raise ValidationError("give a key either one fixed user or a list of allowed users")
+    users = tuple(dict.fromkeys(users))
+    _check_names(name, tenant, department, (user,) if user is not None else users)
     secret = KEY_PREFIX + secrets.token_urlsafe(24)
     prefix = secret[len(KEY_PREFIX) : len(KEY_PREFIX) + 8]
     now = datetime.now(UTC)
@@ -52,10 +101,12 @@ def create_key(conn: Connection, *, name: str, tenant: str, department: str) -> 
             prefix=prefix,
             key_hash=_hash(secret),
             created_at=now,
+            user=user,
+            allowed_users=",".join(users) or None,
         )
     ).inserted_primary_key
     assert new is not None
-    return ApiKey(int(new[0]), name, tenant, department, prefix, now), secret
+    return ApiKey(int(new[0]), name, tenant, department, prefix, now, None, user, users), secret
 
 
 def list_keys(conn: Connection) -> list[ApiKey]:

@@ -440,9 +440,19 @@ class Ledger:
 
     # -- gateway keys ---------------------------------------------------------------------
 
-    def create_key(self, *, name: str, tenant: str, department: str) -> tuple[ApiKey, str]:
+    def create_key(
+        self,
+        *,
+        name: str,
+        tenant: str,
+        department: str,
+        user: str | None = None,
+        users: tuple[str, ...] = (),
+    ) -> tuple[ApiKey, str]:
         with self.write() as conn:
-            return _keys.create_key(conn, name=name, tenant=tenant, department=department)
+            return _keys.create_key(
+                conn, name=name, tenant=tenant, department=department, user=user, users=users
+            )
 
     def keys(self) -> list[ApiKey]:
         with self.read() as conn:

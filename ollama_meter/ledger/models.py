@@ -189,5 +189,9 @@ class ApiKeyRow(Base):
     key_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    user: Mapped[str | None] = mapped_column(String(128))
+    """The one user this key's calls are charged to, whatever a header says."""
+    allowed_users: Mapped[str | None] = mapped_column(Text())
+    """Comma-separated users this key may name in ``X-Ometer-User`` (names have no commas)."""
 
     __table_args__ = (Index("ix_api_keys_prefix", "prefix"),)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -14,14 +15,24 @@ from ollama_meter.meter.span import SpanRecord
 from ollama_meter.pricing import format_micros
 
 MONEY_KEYS = frozenset({"cost", "usage_cost", "fixed_cost_share", "total_cost"})
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A line starting with one of these is a formula to a spreadsheet; so is one starting
+# after a line break inside a cell, which some read as a new row.
+_FORMULA_LINE = re.compile(r"(^|\r\n|\r|\n)(?=[=+\-@\t\r])")
 
 
 def safe_cell(value: str) -> str:
-    """Neutralise text a spreadsheet would run as a formula (CSV injection)."""
-    if value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
+    """Neutralise text a spreadsheet would run as a formula (CSV injection).
+
+    Every line of the cell that starts with ``= + - @``, a tab or a carriage return
+    gets a leading ``'``, the first line and each one after a line break alike.
+    """
+    return _FORMULA_LINE.sub(lambda m: m.group(1) + "'", value)
+
+
+class _Spreadsheet(csv.excel):
+    # The csv module quotes a cell holding the terminator's characters: "\r\n" makes it
+    # quote both kinds of line break. Rows still end in "\n" (see to_csv).
+    lineterminator = "\r\n"
 
 
 def _cell(key: str, value: object) -> str:
@@ -37,13 +48,23 @@ def _cell(key: str, value: object) -> str:
 
 
 def to_csv(columns: Sequence[str], rows: Iterable[dict[str, object]]) -> str:
-    """RFC 4180 CSV with ``\\n`` line ends; the same rows always give the same bytes."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_cell(key, row.get(key)) for key in columns])
-    return out.getvalue()
+    """RFC 4180 CSV with ``\\n`` line ends; the same rows always give the same bytes.
+
+    A cell with a line break of any kind is quoted (the csv module quotes only the
+    line terminator's own characters, and would leave a bare ``\\r`` unquoted).
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, dialect=_Spreadsheet)
+
+    def line(cells: Sequence[str]) -> str:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(cells)
+        return buffer.getvalue()[:-2] + "\n"  # the row's own "\r\n", never one inside quotes
+
+    lines = [line(columns)]
+    lines.extend(line([_cell(key, row.get(key)) for key in columns]) for row in rows)
+    return "".join(lines)
 
 
 def _json_value(key: str, value: object) -> Any:

@@ -74,6 +74,21 @@ class Fault(StrEnum):
     HANG = "hang"
     """Accept the request and send nothing until the client leaves, :meth:`stop`
     is called, or :data:`HANG_LIMIT_S` passes."""
+    ERROR_DONE = "error_done"
+    """On ``/api/chat`` and ``/api/generate``: stream ``after_tokens`` chunks, then
+    end with ``{"done": true, "done_reason": "error", "error": ...}``, as an
+    Ollama-compatible proxy does when its backend dies; a non-streamed request
+    gets that object with status 200. Elsewhere it acts as MIDSTREAM_ERROR."""
+    NO_USAGE = "no_usage"
+    """On ``/v1`` generation routes: leave the usage out of a whole answer, and
+    send no usage chunk even when ``stream_options.include_usage`` asks for it."""
+    NO_ROUTE = "no_route"
+    """Answer ``404 page not found`` (text/plain), as an Ollama too old to have
+    the route does."""
+
+
+_CUT_SHORT = frozenset({Fault.MIDSTREAM_ERROR, Fault.DROP, Fault.ERROR_DONE})
+"""Faults that stream ``after_tokens`` chunks and then fail."""
 
 
 @dataclass(frozen=True)
@@ -550,6 +565,9 @@ class _Handler(BaseHTTPRequestHandler):
         armed = emu._take_fault(model)
         fault = armed.fault if armed else None
         streaming = stream and not load_only
+        if fault is Fault.NO_ROUTE:
+            self._send_text(404, "404 page not found")
+            return
         if fault is Fault.HTTP_500 or (fault is Fault.MIDSTREAM_ERROR and not streaming):
             self._send_json(
                 500, {"error": ERROR_500 if fault is Fault.HTTP_500 else ERROR_MIDSTREAM}
@@ -600,21 +618,23 @@ class _Handler(BaseHTTPRequestHandler):
                 final["context"] = _context_tokens(texts, reply)
         final.update(metrics)
 
+        if fault is Fault.ERROR_DONE:
+            final = envelope(None)
+            final.update({"done": True, "done_reason": "error", "error": ERROR_MIDSTREAM})
         if not streaming:
             self._pause(emu.latency + emu.token_latency * reply.output_tokens)
             final["created_at"] = rfc3339_nano()
-            if kind == "chat":
-                final["message"]["content"] = reply.content
-            else:
-                final["response"] = reply.content
+            if fault is not Fault.ERROR_DONE:
+                if kind == "chat":
+                    final["message"]["content"] = reply.content
+                else:
+                    final["response"] = reply.content
             self._send_json(200, final)
             return
 
         self._pause(emu.latency)
         self._start_chunked("application/x-ndjson")
-        limit = (
-            armed.after_tokens if armed and fault in (Fault.MIDSTREAM_ERROR, Fault.DROP) else None
-        )
+        limit = armed.after_tokens if armed and fault in _CUT_SHORT else None
         for index, piece in enumerate(reply.pieces):
             if limit is not None and index >= limit:
                 break
@@ -657,7 +677,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _embed_fault(self, armed: _ArmedFault | None) -> bool:
         """Act on a fault that ends an embedding request early; True when it did."""
         fault = armed.fault if armed else None
-        if fault in (Fault.HTTP_500, Fault.MIDSTREAM_ERROR):
+        if fault is Fault.NO_ROUTE:
+            self._send_text(404, "404 page not found")
+            return True
+        if fault in (Fault.HTTP_500, Fault.MIDSTREAM_ERROR, Fault.ERROR_DONE):
             self._send_json(500, {"error": ERROR_500})
             return True
         if fault is Fault.HTTP_503:
@@ -762,6 +785,11 @@ class _Handler(BaseHTTPRequestHandler):
 
         armed = emu._take_fault(model)
         fault = armed.fault if armed else None
+        if fault is Fault.ERROR_DONE:
+            fault = Fault.MIDSTREAM_ERROR
+        if fault is Fault.NO_ROUTE:
+            self._send_text(404, "404 page not found")
+            return
         if fault is Fault.HTTP_500 or (fault is Fault.MIDSTREAM_ERROR and not stream):
             self._openai_error(500, ERROR_500 if fault is Fault.HTTP_500 else ERROR_MIDSTREAM)
             return
@@ -803,6 +831,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "choices": [choice(reply.content, reply.done_reason, "message")],
                 "usage": usage,
             }
+            if fault is Fault.NO_USAGE:
+                del completion["usage"]
             self._send_json(200, completion, newline=True)
             return
 
@@ -830,9 +860,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         self._pause(emu.latency)
         self._start_chunked("text/event-stream")
-        limit = (
-            armed.after_tokens if armed and fault in (Fault.MIDSTREAM_ERROR, Fault.DROP) else None
-        )
+        limit = armed.after_tokens if armed and fault in _CUT_SHORT else None
         for index, piece in enumerate(reply.pieces):
             if limit is not None and index >= limit:
                 break
@@ -850,7 +878,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._pause(emu.token_latency)
         last = chunk("", reply.done_reason)
         self._write_chunk(event(last))
-        if include_usage:
+        if include_usage and fault is not Fault.NO_USAGE:
             last["choices"] = []
             last["usage"] = usage
             self._write_chunk(event(last))
@@ -871,7 +899,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         armed = self.emulator._take_fault(model)
         fault = armed.fault if armed else None
-        if fault in (Fault.HTTP_500, Fault.MIDSTREAM_ERROR, Fault.HTTP_503):
+        if fault is Fault.NO_ROUTE:
+            self._send_text(404, "404 page not found")
+            return
+        if fault in (Fault.HTTP_500, Fault.MIDSTREAM_ERROR, Fault.ERROR_DONE, Fault.HTTP_503):
             status = 503 if fault is Fault.HTTP_503 else 500
             self._openai_error(status, ERROR_503 if status == 503 else ERROR_500)
             return

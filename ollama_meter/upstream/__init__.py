@@ -4,9 +4,10 @@ Knows Ollama's wire format and nothing of spans, prices or the ledger.
 """
 
 from ollama_meter.upstream._client import OPERATIONS, Message, Response, Upstream
-from ollama_meter.upstream._errors import classify
+from ollama_meter.upstream._errors import classify, error_text
 from ollama_meter.upstream._resilience import (
     TRANSIENT,
+    CallAttempts,
     CircuitBreaker,
     RetryPolicy,
     breaker_for,
@@ -17,6 +18,7 @@ from ollama_meter.upstream._resilience import (
 __all__ = [
     "OPERATIONS",
     "TRANSIENT",
+    "CallAttempts",
     "CircuitBreaker",
     "Message",
     "Response",
@@ -24,6 +26,7 @@ __all__ = [
     "Upstream",
     "breaker_for",
     "classify",
+    "error_text",
     "is_transient",
     "reset_breakers",
 ]

@@ -1,9 +1,10 @@
 """Calls to Ollama through the official ``ollama`` client: classified, retried, behind a breaker.
 
 ``call`` (one answer) retries transient failures; ``stream`` (chunks as they
-arrive) does not, since a retried stream would show the caller a reply twice.
-Both go through the per-host circuit breaker. Async twins do the same with
-``ollama.AsyncClient``.
+arrive) retries them only before its first chunk, since a stream retried after
+that would show the caller a reply twice. Both go through the circuit breaker
+as one unit per call (``_resilience.py``, the policy the gateway's relay uses
+too). Async twins do the same with ``ollama.AsyncClient``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from typing import Any
 import httpx
 import ollama
 
-from ollama_meter.errors import CircuitOpen, UpstreamError
 from ollama_meter.upstream._errors import classify
-from ollama_meter.upstream._resilience import CircuitBreaker, RetryPolicy, breaker_for, is_transient
+from ollama_meter.upstream._resilience import CallAttempts, CircuitBreaker, RetryPolicy, breaker_for
 
 Message = Mapping[str, Any]
 Response = ollama.ChatResponse | ollama.GenerateResponse | ollama.EmbedResponse
@@ -53,71 +53,101 @@ class Upstream:
             )
         return self._async
 
-    def _fail(self, exc: BaseException, model: str, *, started: bool) -> UpstreamError:
-        error = classify(exc, host=self.host, model=model, started=started)
-        if not isinstance(error, CircuitOpen):
-            self.breaker.failure(error)
-        return error
+    def attempts(self, model: str) -> CallAttempts:
+        """One call's passage through this upstream's breaker and retry policy."""
+        return CallAttempts(self.breaker, self.retry, model)
 
     def call(self, operation: str, request: Mapping[str, Any]) -> Response:
         """One answer, retrying transient failures with backoff; raises a classified error."""
         method = getattr(self.client, operation)
         model = str(request.get("model", ""))
-        for attempt in range(1, self.retry.retries + 2):
-            self.breaker.before()
+        attempts = self.attempts(model)
+        while True:
             try:
                 result: Response = method(**request, **_no_stream(operation))
             except Exception as exc:
-                error = self._fail(exc, model, started=False)
-                if not is_transient(error) or attempt > self.retry.retries:
+                error = classify(exc, host=self.host, model=model, started=False)
+                wait = attempts.retry_in(error)
+                if wait is None:
                     raise error from exc
-                time.sleep(self.retry.delay(attempt))
+                time.sleep(wait)
                 continue
-            self.breaker.success()
+            except BaseException as exc:  # Ctrl-C, SIGTERM
+                attempts.end(exc)
+                raise
+            attempts.end()
             return result
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def stream(self, operation: str, request: Mapping[str, Any]) -> Iterator[Response]:
-        """Ollama's chunks as they arrive; raises a classified error, never retries."""
+        """Ollama's chunks as they arrive; raises a classified error.
+
+        A failure before the first chunk is retried like :meth:`call` (the caller has
+        seen nothing yet); after it, never.
+        """
         model = str(request.get("model", ""))
-        self.breaker.before()
-        started = False
-        try:
-            for part in getattr(self.client, operation)(**request, stream=True):
-                started = True
-                yield part
-        except Exception as exc:
-            raise self._fail(exc, model, started=started) from exc
-        self.breaker.success()
+        attempts = self.attempts(model)
+        while True:
+            started = False
+            try:
+                for part in getattr(self.client, operation)(**request, stream=True):
+                    started = True
+                    yield part
+            except Exception as exc:
+                error = classify(exc, host=self.host, model=model, started=started)
+                wait = attempts.retry_in(error, started=started)
+                if wait is None:
+                    raise error from exc
+                time.sleep(wait)
+                continue
+            except BaseException as exc:  # the caller stopped reading, Ctrl-C
+                attempts.end(exc)
+                raise
+            attempts.end()
+            return
 
     async def acall(self, operation: str, request: Mapping[str, Any]) -> Response:
         method = getattr(self.async_client, operation)
         model = str(request.get("model", ""))
-        for attempt in range(1, self.retry.retries + 2):
-            self.breaker.before()
+        attempts = self.attempts(model)
+        while True:
             try:
                 result: Response = await method(**request, **_no_stream(operation))
             except Exception as exc:
-                error = self._fail(exc, model, started=False)
-                if not is_transient(error) or attempt > self.retry.retries:
+                error = classify(exc, host=self.host, model=model, started=False)
+                wait = attempts.retry_in(error)
+                if wait is None:
                     raise error from exc
-                await asyncio.sleep(self.retry.delay(attempt))
+                await asyncio.sleep(wait)
                 continue
-            self.breaker.success()
+            except BaseException as exc:
+                attempts.end(exc)
+                raise
+            attempts.end()
             return result
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def astream(self, operation: str, request: Mapping[str, Any]) -> AsyncIterator[Response]:
         model = str(request.get("model", ""))
-        self.breaker.before()
-        started = False
-        try:
-            async for part in await getattr(self.async_client, operation)(**request, stream=True):
-                started = True
-                yield part
-        except Exception as exc:
-            raise self._fail(exc, model, started=started) from exc
-        self.breaker.success()
+        attempts = self.attempts(model)
+        while True:
+            started = False
+            try:
+                async for part in await getattr(self.async_client, operation)(
+                    **request, stream=True
+                ):
+                    started = True
+                    yield part
+            except Exception as exc:
+                error = classify(exc, host=self.host, model=model, started=started)
+                wait = attempts.retry_in(error, started=started)
+                if wait is None:
+                    raise error from exc
+                await asyncio.sleep(wait)
+                continue
+            except BaseException as exc:
+                attempts.end(exc)
+                raise
+            attempts.end()
+            return
 
     def close(self) -> None:
         self.client.close()  # type: ignore[no-untyped-call]

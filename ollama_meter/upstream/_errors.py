@@ -45,10 +45,11 @@ def classify(exc: BaseException, *, host: str, model: str, started: bool) -> Ups
 
 def _from_response(exc: ollama.ResponseError, *, host: str, model: str) -> UpstreamError:
     status = exc.status_code
-    detail = str(exc.error).strip()
+    detail = error_text(exc.error)
     if status == -1:  # an {"error": ...} line inside a 200 stream
         return StreamError(f"Ollama failed mid-stream: {detail}")
-    if status == 404 and "not found" in detail.lower():
+    lowered = detail.lower()
+    if status == 404 and "model" in lowered and "not found" in lowered:
         return ModelNotFound(
             f"model {model!r} is not available on {host} ({detail}); "
             f"pull it with `ollama pull {model}` or pick one from `ollama list`",
@@ -57,6 +58,11 @@ def _from_response(exc: ollama.ResponseError, *, host: str, model: str) -> Upstr
     if status == 429:
         return RateLimited(
             f"Ollama at {host} is rate limiting (HTTP 429): {detail}", status_code=status
+        )
+    if status == 404:  # Ollama's "404 page not found": no such route, whatever the model
+        return UpstreamBadRequest(
+            f"Ollama has no such endpoint (HTTP 404: {detail}); check the URL path",
+            status_code=status,
         )
     if 400 <= status < 500:
         return UpstreamBadRequest(
@@ -67,6 +73,16 @@ def _from_response(exc: ollama.ResponseError, *, host: str, model: str) -> Upstr
             f"Ollama at {host} failed (HTTP {status}): {detail}", status_code=status
         )
     return UpstreamError(f"Ollama answered HTTP {status}: {detail}", status_code=status)
+
+
+def error_text(value: object) -> str:
+    """The message of an error as Ollama sends it: a string, or OpenAI's ``{"message": ...}``."""
+    if isinstance(value, dict):
+        message = value.get("message")
+        if isinstance(message, str):
+            return message.strip()
+        return json.dumps(value, ensure_ascii=False)
+    return str(value).strip()
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,11 +1,22 @@
-"""Retries and a circuit breaker for calls to Ollama (DESIGN §10).
+"""Retries and circuit breakers for calls to Ollama (DESIGN §10): one policy for every transport.
 
-Only transient failures are retried (connection, timeout, 5xx, 429), with
-exponential backoff and jitter, and only for calls that have not started
-streaming: a 4xx is the caller's mistake and is never repeated. The breaker
-counts consecutive transient failures per upstream host; once open, calls fail
-fast with :class:`CircuitOpen` until ``reset_after`` seconds pass, then one
-trial call decides whether it closes again.
+A call is one unit. It passes the breaker once, before its first attempt; its
+own retries are never refused by a circuit that its first attempt opened; and
+its outcome counts once, however many attempts it took. Only transient
+failures are retried (connection, timeout, 5xx, 429), with exponential
+backoff and jitter, and only while nothing has been streamed to the caller: a
+4xx is the caller's mistake and is never repeated.
+
+Each upstream host has two kinds of circuit. The host's own counts connection
+failures (nothing answers there at all). One circuit per (host, model) counts
+that model's own failures: a 5xx or 429 answer, a timeout, a stream that broke.
+So one tenant's broken model never fails everyone else's calls. A circuit
+opens after ``threshold`` consecutive failed calls, fails fast with
+:class:`CircuitOpen` until ``reset_after`` seconds pass, then lets one trial
+call through, whose outcome closes or re-opens it.
+
+The two transports (the ``ollama`` client in ``_client.py``, the gateway's
+aiohttp relay) both drive a call through :class:`CallAttempts`.
 """
 
 from __future__ import annotations
@@ -14,12 +25,18 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from ollama_meter.errors import CircuitOpen, UpstreamError
 
 TRANSIENT = frozenset({"connection", "timeout", "upstream_5xx", "rate_limited"})
+"""Failures worth another attempt, when nothing was streamed yet."""
+_HOST_FAILURES = frozenset({"connection"})
+_MODEL_FAILURES = frozenset({"timeout", "upstream_5xx", "rate_limited", "stream_error"})
+_HOST_SILENT = frozenset({"connection", "timeout"})
+"""Failures that do not prove the host answered; any other outcome does."""
+_MAX_MODEL_CIRCUITS = 4096
 
 
 def is_transient(error: UpstreamError) -> bool:
@@ -38,8 +55,25 @@ class RetryPolicy:
         return float(base * (1 + random.random() / 2))
 
 
+@dataclass(slots=True)
+class _Circuit:
+    failures: int = 0
+    opened_at: float | None = None
+    trial_running: bool = False
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One call's admission: which circuits let it through as their trial."""
+
+    model: str
+    host_trial: bool = False
+    model_trial: bool = False
+    settled: bool = field(default=False, repr=False)
+
+
 class CircuitBreaker:
-    """Per-host breaker: closed → open after ``threshold`` failures → half-open after ``reset_after``."""
+    """The circuits of one upstream host: the host's own and one per model."""
 
     def __init__(
         self,
@@ -54,56 +88,132 @@ class CircuitBreaker:
         self.reset_after = reset_after
         self._clock = clock
         self._lock = threading.Lock()
-        self.failures = 0
-        self.opened_at: float | None = None
-        self._trial_running = False
+        self._host = _Circuit()
+        self._models: dict[str, _Circuit] = {}
 
-    @property
-    def state(self) -> str:
+    def state(self, model: str | None = None) -> str:
+        """``closed``, ``open`` or ``half_open``: the host's circuit, or ``model``'s."""
         with self._lock:
-            return self._state()
+            circuit = self._host if model is None else self._models.get(model, _Circuit())
+            return self._state(circuit)
 
-    def _state(self) -> str:
-        if self.opened_at is None:
+    def failures(self, model: str | None = None) -> int:
+        """Consecutive failed calls counted against the host, or against ``model``."""
+        with self._lock:
+            circuit = self._host if model is None else self._models.get(model, _Circuit())
+            return circuit.failures
+
+    def _state(self, circuit: _Circuit) -> str:
+        if circuit.opened_at is None:
             return "closed"
-        if self._clock() - self.opened_at >= self.reset_after:
+        if self._clock() - circuit.opened_at >= self.reset_after:
             return "half_open"
         return "open"
 
-    def before(self) -> None:
-        """Raise :class:`CircuitOpen` unless a call may go through now."""
+    def admit(self, model: str) -> Ticket:
+        """Let a call to ``model`` through, or raise :class:`CircuitOpen` saying until when."""
         with self._lock:
-            state = self._state()
-            if state == "closed":
-                return
-            if state == "half_open" and not self._trial_running:
-                self._trial_running = True  # one trial; the rest keep failing fast
-                return
-            assert self.opened_at is not None
-            wait = max(self.reset_after - (self._clock() - self.opened_at), 0.0)
+            ticket = Ticket(model)
+            circuit = self._models.get(model)
+            refused = self._refusal(self._host, f"Ollama at {self.host}")
+            if refused is None and circuit is not None:
+                refused = self._refusal(
+                    circuit,
+                    f"model {model!r} on {self.host}",
+                    hint="; other models on this server are not affected",
+                )
+            if refused is not None:
+                raise refused
+            if self._state(self._host) == "half_open":
+                self._host.trial_running = ticket.host_trial = True
+            if circuit is not None and self._state(circuit) == "half_open":
+                circuit.trial_running = ticket.model_trial = True
+            return ticket
+
+    def _refusal(self, circuit: _Circuit, what: str, hint: str = "") -> CircuitOpen | None:
+        state = self._state(circuit)
+        if state == "closed" or (state == "half_open" and not circuit.trial_running):
+            return None
+        assert circuit.opened_at is not None
+        wait = max(self.reset_after - (self._clock() - circuit.opened_at), 0.0)
         retry_at = datetime.now(UTC) + timedelta(seconds=wait)
-        raise CircuitOpen(
-            f"Ollama at {self.host} failed {self.failures} times in a row; not calling it until "
-            f"{retry_at:%H:%M:%S} UTC (in {wait:.0f} s). Check the server, or wait",
+        return CircuitOpen(
+            f"{what} failed {circuit.failures} calls in a row; not calling it until "
+            f"{retry_at:%H:%M:%S} UTC (in {wait:.0f} s){hint}. Check the server, or wait",
             retry_after=wait,
         )
 
-    def success(self) -> None:
-        with self._lock:
-            self.failures = 0
-            self.opened_at = None
-            self._trial_running = False
+    def settle(self, ticket: Ticket, outcome: BaseException | None) -> None:
+        """Count a call's outcome once: None is success; an UpstreamError is classified.
 
-    def failure(self, error: UpstreamError) -> None:
-        if not is_transient(error):
-            with self._lock:
-                self._trial_running = False
-            return
+        Anything else (the caller left, a bug) counts neither way; it only ends the
+        call's trial, if it was one.
+        """
         with self._lock:
-            self.failures += 1
-            if self._trial_running or self.failures >= self.threshold:
-                self.opened_at = self._clock()
-            self._trial_running = False
+            if ticket.settled:
+                return
+            ticket.settled = True
+            kind = outcome.error_type if isinstance(outcome, UpstreamError) else None
+            circuit = self._models.get(ticket.model)
+            if outcome is None:
+                self._host = _Circuit()
+                self._models.pop(ticket.model, None)
+                return
+            if kind is not None and kind not in _HOST_SILENT:
+                self._host = _Circuit()  # the host answered
+            elif ticket.host_trial:
+                self._host.trial_running = False
+            if kind in _HOST_FAILURES:
+                self._fail(self._host, ticket.host_trial)
+            if ticket.model_trial and circuit is not None:
+                circuit.trial_running = False
+            if kind in _MODEL_FAILURES:
+                if circuit is None:
+                    circuit = self._models[ticket.model] = _Circuit()
+                    self._forget_closed()
+                self._fail(circuit, ticket.model_trial)
+
+    def _fail(self, circuit: _Circuit, was_trial: bool) -> None:
+        circuit.failures += 1
+        circuit.trial_running = False
+        if was_trial or circuit.failures >= self.threshold:
+            circuit.opened_at = self._clock()
+
+    def _forget_closed(self) -> None:
+        # Model names come from callers: keep the table bounded by dropping closed circuits.
+        if len(self._models) > _MAX_MODEL_CIRCUITS:
+            for name in [n for n, c in self._models.items() if c.opened_at is None]:
+                del self._models[name]
+
+
+class CallAttempts:
+    """One call's way through the breaker and its retries, for any transport.
+
+    Admitted once (:class:`CircuitOpen` if not); ask :meth:`retry_in` after each
+    failed attempt; :meth:`end` counts the outcome, once.
+    """
+
+    def __init__(self, breaker: CircuitBreaker, retry: RetryPolicy, model: str) -> None:
+        self._breaker = breaker
+        self._retry = retry
+        self._ticket = breaker.admit(model)
+        self.attempts = 0
+
+    def retry_in(self, error: UpstreamError, *, started: bool = False) -> float | None:
+        """Seconds to wait before the next attempt; None when the call ends with ``error``.
+
+        A call is retried only on a transient failure, only while nothing has been
+        streamed (``started``), and at most ``retries`` times.
+        """
+        self.attempts += 1
+        if not started and is_transient(error) and self.attempts <= self._retry.retries:
+            return self._retry.delay(self.attempts)
+        self.end(error)
+        return None
+
+    def end(self, outcome: BaseException | None = None) -> None:
+        """The call is over: count it (success with None) on its circuits."""
+        self._breaker.settle(self._ticket, outcome)
 
 
 _breakers: dict[tuple[str, int, float], CircuitBreaker] = {}

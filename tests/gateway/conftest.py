@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from ollama_meter.config import load_settings
-from ollama_meter.gateway import GatewayOptions, create_app
+from ollama_meter.gateway import GatewayOptions, create_app, server_config
 from ollama_meter.ledger import Ledger, open_ledger
 from ollama_meter.meter import Meter
 from ollama_meter.testing import OllamaEmulator, unused_port
@@ -38,9 +38,7 @@ def serve_on() -> Iterator[Callable[..., Gateway]]:
         port = unused_port()
         meter = Meter.from_settings(settings, source="gateway", clock=clock) if clock else None
         app = create_app(settings, GatewayOptions(**options), meter=meter)
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        )
+        server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         deadline = time.monotonic() + 10
@@ -69,3 +67,11 @@ def serve(db_url: str, serve_on: Callable[..., Gateway]) -> Callable[..., Gatewa
 @pytest.fixture
 def gateway(serve: Callable[..., Gateway], emulator: OllamaEmulator) -> Gateway:
     return serve(emulator.url)
+
+
+@pytest.fixture
+def sqlite_gateway(
+    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> Gateway:
+    """A gateway on SQLite only, for what does not depend on the database."""
+    return serve_on(emulator.url, sqlite_url)

@@ -194,7 +194,10 @@ def test_admin_token_guards_the_dashboard(serve: Any, emulator: OllamaEmulator) 
     page = httpx.get(f"{gw.url}/dashboard?token=s3cret&dept=sales")
     assert page.status_code == 200 and 'name="token" value="s3cret"' in page.text
     assert 'href="/api/dash?dept=sales&amp;token=s3cret"' in page.text  # links keep the token
-    assert httpx.get(f"{gw.url}/metrics").status_code == 200
+    assert httpx.get(f"{gw.url}/metrics").status_code == 401  # spend per tenant: the token's
+    metrics = httpx.get(f"{gw.url}/metrics", headers={"Authorization": "Bearer s3cret"})
+    assert metrics.status_code == 200
+    assert 'ometer_gateway_unauthenticated_requests_total{route="/metrics"} 1.0' in metrics.text
     assert httpx.get(f"{gw.url}/api/dash?token=s3cret").json()["spend"] == []
 
 

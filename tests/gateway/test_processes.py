@@ -20,10 +20,13 @@ OMETER = [sys.executable, "-m", "ollama_meter"]
 HI = [{"role": "user", "content": "hello"}]
 
 
-def start_gateway(env: dict[str, str], upstream: str) -> tuple[subprocess.Popen[str], str]:
+def start_gateway(
+    env: dict[str, str], upstream: str, *options: str, host: str = "127.0.0.1"
+) -> tuple[subprocess.Popen[str], str]:
+    """``ometer serve`` as its own process; returns it and its URL once /healthz answers."""
     port = unused_port()
     proc = subprocess.Popen(
-        [*OMETER, "serve", "--port", str(port), "--upstream", upstream],
+        [*OMETER, "serve", "--host", host, "--port", str(port), "--upstream", upstream, *options],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,0 +1,128 @@
+"""Who may call which gateway route, and how much a request may carry.
+
+The policy (README, "Security"):
+
+- ``--require-key``: every Ollama route needs a live key (metered, pass-through
+  and admin alike); the gateway's own pages need it too unless an admin token is set.
+- ``--admin-token``: the dashboard, ``/api/dash`` and ``/metrics`` need that token;
+  so do model-management routes, on top of ``--allow-admin`` (a key alone cannot
+  delete a model).
+- ``/healthz`` stays open for load balancers, and says only ok or not.
+
+Refused unauthenticated requests are never spans (anyone could grow the ledger
+with them): they are counted, and logged at most once per interval.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from starlette.requests import Request
+
+from ollama_meter.gateway._attribution import HEADER_KEY
+
+log = logging.getLogger("ollama_meter.gateway")
+
+
+class TooLarge(Exception):
+    """The request body is over the gateway's limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the request body is larger than {limit} bytes, the gateway's limit "
+            "(`ometer serve --max-body-bytes`, OMETER_MAX_BODY_BYTES)"
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, or :class:`TooLarge` as soon as it passes ``limit`` (before, when it says so)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(limit)
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise TooLarge(limit)
+        parts.append(part)
+    return b"".join(parts)
+
+
+def bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return None
+
+
+def presented_key(request: Request) -> str | None:
+    """The API key a caller sent: ``Authorization: Bearer`` or ``X-Ometer-Key``."""
+    return bearer(request) or request.headers.get(HEADER_KEY) or None
+
+
+def token_matches(given: str | None, token: str) -> bool:
+    """Constant-time comparison of a presented admin token."""
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+class Unauthenticated:
+    """Counts refused unauthenticated requests; logs them at most once per ``interval``."""
+
+    def __init__(
+        self, *, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.by_route: dict[str, int] = {}
+        self._unlogged = 0
+        self._last_log: float | None = None
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.by_route.values())
+
+    def refused(self, route: str, client: str) -> None:
+        with self._lock:
+            self.by_route[route] = self.by_route.get(route, 0) + 1
+            self._unlogged += 1
+            now = self._clock()
+            if self._last_log is not None and now - self._last_log < self.interval:
+                return
+            count, self._unlogged, self._last_log = self._unlogged, 0, now
+        log.warning(
+            "refused %d unauthenticated request(s) in the last %.0f s (latest: %s from %s)",
+            count,
+            self.interval,
+            route,
+            client,
+        )
+
+    def prometheus(self) -> str:
+        """This process's count, as Prometheus text."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.core import CounterMetricFamily
+
+        with self._lock:
+            counts = dict(self.by_route)
+
+        class _Refused:
+            def collect(self) -> list[CounterMetricFamily]:
+                family = CounterMetricFamily(
+                    "ometer_gateway_unauthenticated_requests",
+                    "Requests this gateway process refused for want of a key or the admin token.",
+                    labels=["route"],
+                )
+                for route, count in sorted(counts.items()):
+                    family.add_metric([route], count)
+                return [family]
+
+        registry = CollectorRegistry()
+        registry.register(_Refused())
+        return generate_latest(registry).decode()

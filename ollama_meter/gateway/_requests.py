@@ -1,0 +1,374 @@
+"""The metered routes' request bodies, checked before anything is metered or forwarded.
+
+Pydantic models of the documented Ollama (``/api/chat``, ``/api/generate``,
+``/api/embed``, ``/api/embeddings``) and OpenAI (``/v1/chat/completions``,
+``/v1/completions``, ``/v1/embeddings``) bodies. They are as strict as Ollama's
+own decoder on the fields they name (a string is not a list, ``"true"`` is not
+a boolean) and as permissive as the APIs elsewhere: unknown fields pass
+through untouched, since the body is forwarded as the client sent it. A body
+that fails is a :class:`BadRequest` with one line saying which field and why.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import ValidationError as PydanticError
+from pydantic_core import PydanticCustomError
+
+
+class BadRequest(Exception):
+    """The body is not a request this route can take; the message says what is wrong."""
+
+    def __init__(self, message: str, *, model: str = "") -> None:
+        super().__init__(message)
+        self.model = model
+        """The model the body names, when it names one (for the refusal's span)."""
+
+
+def _texts(value: Any) -> Any:
+    if isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(item, str) for item in value)
+    ):
+        return value
+    raise PydanticCustomError("texts", "must be a string or a list of strings")
+
+
+def _openai_input(value: Any) -> Any:
+    """OpenAI's prompt/input: text, texts, token ids, or lists of token ids."""
+    if _is_texts(value) or _is_ints(value):
+        return value
+    if isinstance(value, list) and all(_is_ints(item) for item in value):
+        return value
+    raise PydanticCustomError(
+        "openai_input",
+        "must be a string, a list of strings, a list of token ids or a list of such lists",
+    )
+
+
+def _is_texts(value: Any) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(item, str) for item in value)
+    )
+
+
+def _is_ints(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(item, int) and not isinstance(item, bool) for item in value
+    )
+
+
+def _openai_content(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(part, dict) for part in value):
+        return value
+    raise PydanticCustomError("content", "must be a string or a list of content parts (objects)")
+
+
+def _model_name(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("model", "must not be blank")
+    return value
+
+
+Texts = Annotated[Any, AfterValidator(_texts)]
+OpenAIInput = Annotated[Any, AfterValidator(_openai_input)]
+ModelName = Annotated[str, AfterValidator(_model_name)]
+Format = str | dict[str, Any] | None
+KeepAlive = str | int | float | None
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    operation: ClassVar[str]
+    streams_by_default: ClassVar[bool] = False
+    can_stream: ClassVar[bool] = True
+
+    model: ModelName
+    stream: bool | None = None
+
+    def streamed(self) -> bool:
+        if not self.can_stream:
+            return False
+        return self.streams_by_default if self.stream is None else self.stream
+
+
+# -- Ollama ------------------------------------------------------------------------------
+
+
+Number = int | float  # Ollama takes any JSON number for an integer option
+
+
+class OllamaOptions(BaseModel):
+    """Ollama's documented model options; Ollama answers 500 for a wrong type, so they are checked."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    numa: bool | None = None
+    num_ctx: Number | None = None
+    num_batch: Number | None = None
+    num_gpu: Number | None = None
+    main_gpu: Number | None = None
+    use_mmap: bool | None = None
+    num_thread: Number | None = None
+    num_keep: Number | None = None
+    seed: Number | None = None
+    num_predict: Number | None = None
+    top_k: Number | None = None
+    top_p: Number | None = None
+    min_p: Number | None = None
+    typical_p: Number | None = None
+    repeat_last_n: Number | None = None
+    temperature: Number | None = None
+    repeat_penalty: Number | None = None
+    presence_penalty: Number | None = None
+    frequency_penalty: Number | None = None
+    stop: list[str] | None = None
+
+
+class _OllamaBody(_Body):
+    options: OllamaOptions | None = None
+    keep_alive: KeepAlive = None
+
+
+class OllamaMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    role: str | None = None
+    content: str | None = None
+    thinking: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
+
+
+class ChatRequest(_OllamaBody):
+    operation = "chat"
+    streams_by_default = True
+
+    messages: list[OllamaMessage] | None = None
+    format: Format = None
+    tools: list[dict[str, Any]] | None = None
+    think: bool | str | None = None
+
+
+class GenerateRequest(_OllamaBody):
+    operation = "generate"
+    streams_by_default = True
+
+    prompt: str | None = None
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: bool | None = None
+    format: Format = None
+    images: list[str] | None = None
+    think: bool | str | None = None
+
+
+class EmbedRequest(_OllamaBody):
+    operation = "embed"
+    can_stream = False
+
+    input: Texts = None
+    truncate: bool | None = None
+    dimensions: int | None = None
+
+
+class EmbeddingsRequest(_OllamaBody):
+    operation = "embeddings"
+    can_stream = False
+
+    prompt: str | None = None
+
+
+# -- OpenAI ------------------------------------------------------------------------------
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    include_usage: bool | None = None
+
+
+class OpenAIMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    role: str
+    content: Annotated[Any, AfterValidator(_openai_content)] = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class _OpenAIGeneration(_Body):
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stop: Texts = None
+    seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    user: str | None = None
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class OpenAIChatRequest(_OpenAIGeneration):
+    operation = "openai.chat"
+
+    messages: list[OpenAIMessage]
+    max_completion_tokens: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+
+class OpenAICompletionRequest(_OpenAIGeneration):
+    operation = "openai.completions"
+
+    prompt: OpenAIInput = None
+    suffix: str | None = None
+    echo: bool | None = None
+
+
+class OpenAIEmbeddingRequest(_Body):
+    operation = "openai.embeddings"
+    can_stream = False
+
+    input: OpenAIInput
+    encoding_format: str | None = None
+    dimensions: int | None = None
+    user: str | None = None
+
+
+OLLAMA_ROUTES: dict[str, type[_Body]] = {
+    "/api/chat": ChatRequest,
+    "/api/generate": GenerateRequest,
+    "/api/embed": EmbedRequest,
+    "/api/embeddings": EmbeddingsRequest,
+}
+OPENAI_ROUTES: dict[str, type[_Body]] = {
+    "/v1/chat/completions": OpenAIChatRequest,
+    "/v1/completions": OpenAICompletionRequest,
+    "/v1/embeddings": OpenAIEmbeddingRequest,
+}
+
+
+def operation_of(path: str) -> str:
+    return (OLLAMA_ROUTES.get(path) or OPENAI_ROUTES[path]).operation
+
+
+@dataclass(frozen=True, slots=True)
+class MeteredRequest:
+    """A checked request: what the meter needs to know, and the bytes to send upstream."""
+
+    path: str
+    operation: str
+    openai: bool
+    model: str
+    stream: bool
+    body: dict[str, Any]
+    """The body as it goes upstream, for the meter to read (``facts_of``)."""
+    upstream_body: bytes
+    hide_usage: bool
+    """True when the gateway asked Ollama for the usage chunk the client did not ask for."""
+
+
+def parse_request(path: str, raw: bytes) -> MeteredRequest:
+    """Check ``raw`` as a body of ``path``'s documented shape; raises :class:`BadRequest`."""
+    openai = path in OPENAI_ROUTES
+    shape = OPENAI_ROUTES[path] if openai else OLLAMA_ROUTES[path]
+    try:
+        body = json.loads(raw, parse_constant=_not_json) if raw.strip() else None
+    except RecursionError:
+        raise BadRequest("the JSON body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"invalid JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    if not isinstance(body.get("model"), str) or not body["model"].strip():
+        raise BadRequest("model is required")
+    model = body["model"]
+    try:
+        checked = shape.model_validate(body)
+    except PydanticError as exc:
+        raise BadRequest(_explain(exc), model=model) from None
+    except RecursionError:
+        raise BadRequest("the JSON body is nested too deeply", model=model) from None
+    stream = checked.streamed()
+    upstream, hide_usage = raw, False
+    if isinstance(checked, _OpenAIGeneration) and stream and not checked.include_usage():
+        # Ask for usage so the span has exact counts; the client never sees that chunk.
+        options = body.get("stream_options") or {}
+        body = {**body, "stream_options": {**options, "include_usage": True}}
+        try:
+            upstream = json.dumps(body).encode()
+        except RecursionError:
+            raise BadRequest("the JSON body is nested too deeply", model=model) from None
+        hide_usage = True
+    return MeteredRequest(
+        path=path,
+        operation=shape.operation,
+        openai=openai,
+        model=model,
+        stream=stream,
+        body=body,
+        upstream_body=upstream,
+        hide_usage=hide_usage,
+    )
+
+
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none"})
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    # Union members tag the location with their type ("str", "dict[str,any]"): not a field.
+    parts = [
+        str(part)
+        for part in loc
+        if isinstance(part, int) or not (part in _UNION_TAGS or "[" in part or "-" in part)
+    ]
+    return ".".join(parts) or "body"
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _explain(exc: PydanticError) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    where = _where(first["loc"])
+    problems = {_where(e["loc"]) for e in errors}
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    if first["type"] == "missing":
+        return f"{where} is required{more}"
+    got = _json_type(type(first.get("input")).__name__)
+    if sum(_where(e["loc"]) == where for e in errors) > 1:
+        return f"{where}: has the wrong type, got {got}{more}"
+    # Say it in JSON's words: an object, not "a valid dictionary or instance of OllamaMessage".
+    message = re.sub(r" or instance of \w+", "", first["msg"]).replace("dictionary", "object")
+    return f"{where}: {message[:1].lower()}{message[1:]}, got {got}{more}"
+
+
+def _json_type(python: str) -> str:
+    return {
+        "str": "a string",
+        "int": "a number",
+        "float": "a number",
+        "bool": "a boolean",
+        "list": "a list",
+        "dict": "an object",
+        "NoneType": "null",
+    }.get(python, python)

@@ -1,0 +1,136 @@
+"""The gateway's HTTP server: uvicorn on httptools, with limits the app alone cannot set.
+
+Two things have to happen where the bytes are parsed, before the app sees a request:
+
+- **Header size.** A request whose request line and headers pass ``max_header_bytes``
+  is answered 431 and the connection closed, counted as the bytes arrive, so a
+  50 MB header is never held in memory.
+- **Attribution from headers only.** uvicorn appends chunked-body trailers to the
+  headers the app reads (the same list), so an ``X-Ometer-Department`` trailer
+  would move a call to another budget. Trailers are dropped here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ollama_meter.gateway._limits import MAX_HEADER_BYTES
+
+
+class _HeadTooLarge(Exception):
+    """Raised inside a parser callback to stop parsing a request whose head is too large."""
+
+
+class _GuardedHttpTools(HttpToolsProtocol):
+    max_header_bytes = MAX_HEADER_BYTES
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # until a request's headers are complete
+        self._began_now = False  # a request began in the read being parsed
+        self._ended_now = False  # a request ended in it
+        self._too_large = False
+        self._head_bytes = 0  # the request line and complete headers, exactly
+        self._partial_bytes = 0  # whole reads while a header is still arriving
+        self._trailer_bytes = 0
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._began_now = True, True
+        self._head_bytes = self._partial_bytes = self._trailer_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+            return
+        # A trailer: never part of the request the app sees; bounded like headers.
+        self._trailer_bytes += len(name) + len(value)
+        if self._trailer_bytes > self.max_header_bytes:
+            self.transport.close()
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.max_header_bytes:
+            self._too_large = True
+            raise _HeadTooLarge  # the parser stops; uvicorn calls send_400_response
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._ended_now = True
+        super().on_message_complete()
+
+    def data_received(self, data: bytes) -> None:
+        self._began_now = self._ended_now = False
+        super().data_received(data)
+        if not self._in_head or self._too_large or (self._began_now and self._ended_now):
+            return  # (a read that ended one request and began the next: its share is unknown)
+        # A header still arriving: httptools holds it until it ends, so count the reads.
+        self._partial_bytes += len(data)
+        if self._partial_bytes > self.max_header_bytes and not self.transport.is_closing():
+            self._too_large = True
+            self._refuse_head()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_large:
+            self._refuse_head()
+        else:
+            super().send_400_response(msg)
+
+    def _refuse_head(self) -> None:
+        body = json.dumps(
+            {
+                "error": f"the request's headers are larger than {self.max_header_bytes} bytes; "
+                "send less in headers (prompts go in the body)"
+            }
+        ).encode()
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: application/json; charset=utf-8\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n" + body
+        )
+        self.transport.close()
+
+
+def server_config(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+    **options: Any,
+) -> uvicorn.Config:
+    """uvicorn's configuration for the gateway ``app``, with the guarded HTTP protocol."""
+    protocol = type("GatewayHttp", (_GuardedHttpTools,), {"max_header_bytes": max_header_bytes})
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol,
+        log_level=options.pop("log_level", "warning"),
+        access_log=options.pop("access_log", False),
+        **options,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a --host value) listens only on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

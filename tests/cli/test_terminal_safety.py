@@ -1,0 +1,100 @@
+"""What callers put in names reaches the terminal as text (issue 9 item 5, issue 8 item 21).
+
+Rendered in colour (``FORCE_COLOR=1``) at 80 columns, as a person would see it:
+the only escape sequences are rich's own colours, never a link (OSC 8), a cursor
+move or a screen erase from the data; and nothing is cut short.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+from rich.cells import cell_len
+
+from ollama_meter.ledger import Ledger
+from tests.factories import make_span
+
+LINK = "[link=http://evil.example/]CLICK[/link]"
+ERASE = "\x1b[2J\x1b[H"
+OSC8 = "\x1b]8;;http://evil.example/\x07here\x1b]8;;\x07"
+C1 = "\x9b2J"  # CSI as one C1 character
+LONG = "hf.co/some-organisation/a-very-long-model-repository-name-GGUF:Q4_K_M-imatrix-2026"
+SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def ometer(*args: str) -> str:
+    env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "80", "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "ollama_meter", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+def assert_only_colours(output: str) -> str:
+    """The output's escape sequences are all SGR colours; returns the visible text."""
+    assert "\x1b]" not in output  # no OSC: no hyperlinks, no window titles
+    visible = SGR.sub("", output)
+    assert "\x1b" not in visible, repr(visible[visible.index("\x1b") - 20 :][:60])
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", visible)
+    assert "…" not in visible  # nothing truncated
+    for line in visible.splitlines():  # tables fit; one-line messages are the terminal's to wrap
+        assert cell_len(line) <= 80 or line[:1] not in "┏┃┡│├└", line
+    return visible
+
+
+def column(table: str, index: int) -> str:
+    """The text of one column, read down the table's body (folded cells joined up)."""
+    return "".join(
+        line.split("│")[index + 1].strip() for line in table.splitlines() if line.startswith("│")
+    )
+
+
+def test_hostile_names_render_as_text_in_every_table(sqlite_url: str) -> None:
+    ledger = Ledger(sqlite_url)
+    moment = datetime(2026, 11, 3, 9, tzinfo=UTC)
+    ledger.record(
+        [
+            make_span(request_model=LINK, started_at=moment, user="mallory" + ERASE),
+            make_span(request_model="x" + OSC8 + C1, started_at=moment, status="error",
+                      error_type="bad_request" + ERASE),
+            make_span(request_model=LONG, started_at=moment, cost_total=123_456_789_012,
+                      cost_tokens=123_456_789_012, unpriced=False),
+        ]
+    )  # fmt: skip
+    log = assert_only_colours(ometer("log", "--db", sqlite_url))
+    models = column(log, 3)
+    assert LINK in models and LONG in models  # shown as typed, folded, never cut
+    assert "x\ufffd]8;;http://evil.example/\ufffdhere" in models
+    assert "123456.789012" in column(log, 6)
+    report = assert_only_colours(
+        ometer("report", "--db", sqlite_url, "--period", "2026-11", "--by", "model,user")
+    )
+    assert LONG in column(report, 0) and LINK in column(report, 0)
+    assert "mallory\ufffd[2J\ufffd[H" in column(report, 1)
+    assert "123456.789012" in column(report, 7)  # money whole at 80 columns
+    perf = assert_only_colours(
+        ometer("perf", "--db", sqlite_url, "--period", "2026-11", "--by", "model")
+    )
+    assert LINK in column(perf, 0)
+
+
+def test_error_messages_show_data_as_text(sqlite_url: str) -> None:
+    env = {**os.environ, "FORCE_COLOR": "1"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "ollama_meter", "keys", "create", "--name", "x" + ERASE,
+         "--db", sqlite_url],
+        env=env, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "key name" in bad.stderr
+    assert_only_colours(bad.stderr)

@@ -1,0 +1,292 @@
+"""Client mistakes are 4xx in the route's own format, with a span; Ollama's failures end calls as errors.
+
+Issue 8 items 13, 18 and 19: request shapes checked against the documented
+bodies; a broken stream ends with an error the official clients raise on; any
+``error`` in what Ollama sends is an error, not an ``ok`` charged on estimates.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.testing import Fault, OllamaEmulator
+from ollama_meter.testing._emulator import ERROR_500, ERROR_MIDSTREAM
+from tests.gateway.conftest import Gateway
+
+HI = [{"role": "user", "content": "hello"}]
+
+
+def spans(gw: Gateway) -> list[Any]:
+    return gw.ledger.latest(SpanFilter(), 100)
+
+
+MISTAKES: list[tuple[str, Any, str]] = [
+    ("/api/chat", {"model": "llama3.1:8b", "messages": "hello"}, "messages: input should be a valid list, got a string"),
+    ("/api/chat", {"model": "llama3.1:8b", "messages": ["hello"]}, "messages.0: input should be a valid object, got a string"),
+    ("/api/chat", {"model": "llama3.1:8b", "messages": 7}, "messages: input should be a valid list, got a number"),
+    ("/api/chat", {"model": "llama3.1:8b", "messages": [{"role": "user", "content": ["x"]}]}, "messages.0.content: input should be a valid string, got a list"),
+    ("/api/chat", {"model": "   ", "messages": HI}, "model is required"),
+    ("/api/chat", {"model": 7, "messages": HI}, "model is required"),
+    ("/api/chat", {"model": "llama3.1:8b", "stream": "yes"}, "stream: input should be a valid boolean, got a string"),
+    ("/api/generate", {"model": "llama3.1:8b", "prompt": ["a"]}, "prompt: input should be a valid string, got a list"),
+    ("/api/embed", {"model": "nomic-embed-text", "input": 5}, "input: must be a string or a list of strings, got a number"),
+    ("/api/embed", {"model": "nomic-embed-text", "input": [1, 2]}, "input: must be a string or a list of strings, got a list"),
+    ("/api/embeddings", {"model": "nomic-embed-text", "prompt": {"a": 1}}, "prompt: input should be a valid string, got an object"),
+    ("/v1/chat/completions", {"model": "llama3.1:8b", "messages": "hi"}, "messages: input should be a valid list, got a string"),
+    ("/v1/chat/completions", {"model": "llama3.1:8b", "messages": HI, "stream": True, "stream_options": "yes"}, "stream_options: input should be a valid object, got a string"),
+    ("/v1/chat/completions", {"model": "llama3.1:8b", "messages": HI, "stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage: input should be a valid boolean, got a string"),
+    ("/v1/chat/completions", {"model": "", "messages": HI}, "model is required"),
+    ("/v1/completions", {"model": "mistral:7b", "prompt": {"a": 1}}, "prompt: must be a string, a list of strings, a list of token ids or a list of such lists, got an object"),
+    ("/v1/embeddings", {"model": "nomic-embed-text", "input": {"a": 1}}, "input: must be a string, a list of strings, a list of token ids or a list of such lists, got an object"),
+    ("/v1/embeddings", {"model": "nomic-embed-text"}, "input is required"),
+]  # fmt: skip
+
+
+def error_of(reply: httpx.Response) -> str:
+    body = reply.json()
+    return str(body["error"]["message"] if isinstance(body["error"], dict) else body["error"])
+
+
+def test_malformed_bodies_are_400_in_the_routes_format_each_with_a_span(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    for path, body, message in MISTAKES:
+        reply = httpx.post(f"{sqlite_gateway.url}{path}", json=body)
+        assert reply.status_code == 400, (path, body, reply.text)
+        assert error_of(reply) == message
+        if path.startswith("/v1/"):
+            assert reply.json()["error"]["type"] == "invalid_request_error"
+    deep = b'{"model": "llama3.1:8b", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    reply = httpx.post(f"{sqlite_gateway.url}/api/chat", content=deep)
+    assert reply.status_code == 400 and error_of(reply) == "the JSON body is nested too deeply"
+    recorded = spans(sqlite_gateway)
+    assert len(recorded) == len(MISTAKES) + 1
+    assert {(s.status, s.error_type, s.http_status) for s in recorded} == {
+        ("error", "bad_request", 400)
+    }
+    assert emulator.requests_to("/api/chat") == []  # nothing malformed reached Ollama
+
+
+def test_unknown_fields_pass_through_untouched(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    body = {"model": "llama3.1:8b", "messages": HI, "stream": False, "x_custom": {"a": [1]}}
+    assert httpx.post(f"{sqlite_gateway.url}/api/chat", json=body).status_code == 200
+    (sent,) = emulator.requests_to("/api/chat")
+    assert sent.body == body
+
+
+def test_a_period_past_9999_is_a_400(sqlite_gateway: Gateway) -> None:
+    reply = httpx.get(f"{sqlite_gateway.url}/api/dash?period=9999-12")
+    assert reply.status_code == 400 and reply.json()["error"]
+
+
+def test_an_oversized_body_is_413_with_a_span(
+    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    gw = serve_on(emulator.url, sqlite_url, max_body_bytes=4096)
+    big = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "x" * 5000}]}
+    ollama_reply = httpx.post(f"{gw.url}/api/chat", json=big)
+    assert ollama_reply.status_code == 413 and "--max-body-bytes" in error_of(ollama_reply)
+    with pytest.raises(openai.APIStatusError) as refused:
+        openai.OpenAI(base_url=f"{gw.url}/v1", api_key="-", max_retries=0).chat.completions.create(
+            model="llama3.1:8b",
+            messages=big["messages"],  # type: ignore[arg-type]
+        )
+    assert refused.value.status_code == 413
+    assert [(s.error_type, s.http_status, s.request_model) for s in spans(gw)] == [
+        ("bad_request", 413, ""),
+        ("bad_request", 413, ""),
+    ]
+    assert httpx.post(f"{gw.url}/api/show", json={"model": "x" * 5000}).status_code == 413
+    assert emulator.requests == []
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+def test_a_broken_stream_ends_with_an_error_line_the_client_raises_on(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator, path: str
+) -> None:
+    client = ollama.Client(host=sqlite_gateway.url)
+    emulator.inject(Fault.DROP, after_tokens=3)
+    received: list[Any] = []
+    call = (
+        client.chat(model="llama3.1:8b", messages=HI, stream=True)
+        if path == "/api/chat"
+        else client.generate(model="llama3.1:8b", prompt="hello", stream=True)
+    )
+    with pytest.raises(ollama.ResponseError, match="broke off"):
+        received.extend(call)
+    assert len(received) == 3
+    (span,) = spans(sqlite_gateway)
+    assert (span.status, span.error_type, span.output_tokens) == ("error", "stream_error", 3)
+
+
+def test_a_broken_openai_stream_ends_with_an_error_event(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    client = openai.OpenAI(base_url=f"{sqlite_gateway.url}/v1", api_key="-", max_retries=0)
+    emulator.inject(Fault.DROP, after_tokens=2)
+    chunks = []
+    with pytest.raises(openai.APIError, match="broke off"):
+        chunks.extend(
+            client.chat.completions.create(model="llama3.1:8b", messages=HI, stream=True)  # type: ignore[arg-type]
+        )
+    assert len(chunks) == 2
+    (span,) = spans(sqlite_gateway)
+    assert (span.error_type, span.output_tokens, span.token_source) == (
+        "stream_error",
+        2,
+        "estimated",
+    )
+
+
+def test_an_error_in_a_done_chunk_ends_the_call_as_an_error(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    """{"done": true, "done_reason": "error", "error": ...}: not ok, not charged as ok."""
+    client = ollama.Client(host=sqlite_gateway.url)
+    emulator.inject(Fault.ERROR_DONE, after_tokens=2)
+    with pytest.raises(ollama.ResponseError, match=ERROR_MIDSTREAM):
+        list(client.chat(model="llama3.1:8b", messages=HI, stream=True))
+    emulator.inject(Fault.ERROR_DONE)
+    whole = httpx.post(
+        f"{sqlite_gateway.url}/api/chat",
+        json={"model": "llama3.1:8b", "messages": HI, "stream": False},
+    )
+    assert whole.status_code == 502 and ERROR_MIDSTREAM in error_of(whole)
+    for span in spans(sqlite_gateway):
+        assert (span.status, span.error_type) == ("error", "stream_error")
+        assert span.error_message == f"Ollama failed mid-stream: {ERROR_MIDSTREAM}"
+    # A failed call is counted against the model's circuit, never as a success.
+    emulator.inject(Fault.ERROR_DONE)
+    httpx.post(
+        f"{sqlite_gateway.url}/api/chat",
+        json={"model": "llama3.1:8b", "messages": HI, "stream": False},
+    )
+    refused = httpx.post(
+        f"{sqlite_gateway.url}/api/chat",
+        json={"model": "llama3.1:8b", "messages": HI, "stream": False},
+    )
+    assert refused.status_code == 503 and "llama3.1:8b" in error_of(refused)
+
+
+def test_openai_stream_errors_are_stored_as_text(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    client = openai.OpenAI(base_url=f"{sqlite_gateway.url}/v1", api_key="-", max_retries=0)
+    emulator.inject(Fault.MIDSTREAM_ERROR, after_tokens=1)
+    with pytest.raises(openai.APIError):
+        list(client.chat.completions.create(model="llama3.1:8b", messages=HI, stream=True))  # type: ignore[arg-type]
+    emulator.inject(Fault.HTTP_500, times=3)
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="llama3.1:8b", messages=HI)  # type: ignore[arg-type]
+    whole, streamed = spans(sqlite_gateway)
+    assert streamed.error_message == f"Ollama failed mid-stream: {ERROR_MIDSTREAM}"
+    assert whole.error_message is not None and whole.error_message.endswith(f": {ERROR_500}")
+    assert "{" not in whole.error_message
+
+
+def test_openai_streams_without_usage_keep_model_and_finish_reason(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    client = openai.OpenAI(base_url=f"{sqlite_gateway.url}/v1", api_key="-", max_retries=0)
+    emulator.inject(Fault.NO_USAGE)
+    list(
+        client.chat.completions.create(
+            model="llama3.1:8b",
+            messages=HI,  # type: ignore[arg-type]
+            stream=True,
+            max_tokens=0,  # no content at all
+        )
+    )
+    emulator.inject(Fault.NO_USAGE)
+    client.chat.completions.create(model="llama3.1:8b", messages=HI)  # type: ignore[arg-type]
+    whole, empty = spans(sqlite_gateway)
+    for span in (whole, empty):
+        assert span.status == "ok" and span.response_model == "llama3.1:8b"
+        assert span.token_source == "estimated" and span.input_tokens > 0
+    assert empty.done_reason == "length" and empty.output_tokens == 0
+    assert whole.done_reason == "stop"
+
+
+def test_a_missing_route_is_a_bad_request_not_a_missing_model(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    emulator.inject(Fault.NO_ROUTE)
+    reply = httpx.post(
+        f"{sqlite_gateway.url}/api/embed", json={"model": "nomic-embed-text", "input": "a"}
+    )
+    assert reply.status_code == 404 and reply.text == "404 page not found"
+    (span,) = spans(sqlite_gateway)
+    assert (span.error_type, span.http_status) == ("bad_request", 404)
+    assert "no such endpoint" in (span.error_message or "")
+
+
+def test_cli_and_gateway_classify_a_missing_route_alike(emulator: OllamaEmulator) -> None:
+    from ollama_meter.errors import UpstreamBadRequest
+    from ollama_meter.upstream import Upstream
+
+    emulator.inject(Fault.NO_ROUTE)
+    with pytest.raises(UpstreamBadRequest, match="no such endpoint"):
+        Upstream(emulator.url).call("embed", {"model": "nomic-embed-text", "input": "a"})
+    assert json.loads(json.dumps({"ok": True}))
+
+
+def test_a_trial_calls_own_retry_is_not_refused_by_the_circuit_it_reopened(
+    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    monkeypatch.setenv("OMETER_BREAKER_RESET", "0.5")
+    gw = serve_on(emulator.url, sqlite_url)
+    body = {"model": "mistral:7b", "messages": HI, "stream": False}
+    emulator.inject(Fault.HTTP_503, times=9)
+    for _ in range(3):
+        assert httpx.post(f"{gw.url}/api/chat", json=body).status_code == 503
+    assert httpx.post(f"{gw.url}/api/chat", json=body).status_code == 503  # open: not sent
+    assert len(emulator.requests_to("/api/chat")) == 9
+    time.sleep(0.6)  # half-open: the next call is the trial
+    emulator.inject(Fault.HTTP_503)  # ... whose first attempt fails
+    assert httpx.post(f"{gw.url}/api/chat", json=body).status_code == 200
+    trial = spans(gw)[0]
+    assert (trial.status, trial.error_type) == ("ok", None)  # its retry went through
+    assert len(emulator.requests_to("/api/chat")) == 11
+
+
+def test_header_limit_and_trailers_in_the_http_protocol(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    """The same protocol as ``ometer serve`` (see test_security.py for the processes)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from ollama_meter.gateway import MAX_HEADER_BYTES
+
+    big = httpx.get(f"{sqlite_gateway.url}/api/tags", headers={"X-Big": "a" * MAX_HEADER_BYTES})
+    assert big.status_code == 431
+    parts = urlsplit(sqlite_gateway.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: gw\r\nX-Big: ")
+        for _ in range(3):  # one header arriving in pieces, never ending
+            sock.sendall(b"a" * (MAX_HEADER_BYTES // 2))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 431 ")
+    body = json.dumps({"model": "llama3.1:8b", "messages": HI, "stream": False}).encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /api/chat HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n%x\r\n%s\r\n0\r\nX-Ometer-Department: stolen\r\n\r\n"
+            % (len(body), body)
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    (span,) = spans(sqlite_gateway)
+    assert span.department == "unassigned"

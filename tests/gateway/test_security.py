@@ -1,0 +1,358 @@
+"""Issue 9, tried as an attacker would, against real ``ometer serve`` processes.
+
+Two gateways serve the whole module: ``locked`` (keys required, admin allowed
+behind an admin token, small limits) and ``open_gw`` (the defaults). Tests use
+models or keys of their own, so they do not disturb each other's circuits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.testing import Fault, OllamaEmulator, unused_port
+from tests.cli.test_terminal_safety import assert_only_colours
+from tests.gateway.test_processes import OMETER
+from tests.reports.test_csv_safety import assert_safe
+
+HI = [{"role": "user", "content": "hello"}]
+TOKEN = "admin-s3cret"
+_CLEAR = ("OMETER_", "OLLAMA_", "OTEL_", "LANGFUSE_", "TRACELOOP_")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_CLEAR)}
+    return {**env, "OMETER_TIMEZONE": "UTC", "OMETER_RETRY_BACKOFF": "0.01", **extra}
+
+
+@dataclass
+class Proc:
+    url: str
+    proc: subprocess.Popen[bytes]
+    ledger: Ledger
+    env: dict[str, str]
+    log: Path
+    keys: dict[str, str]
+
+    def spans(self) -> list[Any]:
+        return self.ledger.latest(SpanFilter(), 1000)
+
+
+def launch(env: dict[str, str], upstream: str, log: Path, *options: str, host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], str]:  # fmt: skip
+    port = unused_port()
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [*OMETER, "serve", "--host", host, "--port", str(port), "--upstream", upstream,
+             *options],
+            env=env, stdout=out, stderr=out,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "gateway did not come up"
+        time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def locked(
+    emulator_session: OllamaEmulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proc]:
+    folder = tmp_path_factory.mktemp("locked")
+    url = f"sqlite:///{folder / 'ledger.db'}"
+    ledger = Ledger(url)
+    keys = {
+        "plain": ledger.create_key(name="crm-bot", tenant="acme", department="sales")[1],
+        "fixed": ledger.create_key(
+            name="alice-app", tenant="acme", department="sales", user="alice"
+        )[1],
+        "listed": ledger.create_key(
+            name="team-app", tenant="acme", department="support", users=("bob", "carol")
+        )[1],
+        "revoked": ledger.create_key(name="old", tenant="acme", department="sales")[1],
+    }
+    ledger.revoke_key(4)
+    env = clean_env(OMETER_DB_URL=url)
+    log = folder / "gateway.log"
+    proc, gw = launch(
+        env, emulator_session.url, log,
+        "--require-key", "--allow-admin", "--admin-token", TOKEN,
+        "--max-body-bytes", "65536", "--max-header-bytes", "8192",
+    )  # fmt: skip
+    yield Proc(gw, proc, ledger, env, log, keys)
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def open_gw(
+    emulator_session: OllamaEmulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Proc]:
+    folder = tmp_path_factory.mktemp("open")
+    url = f"sqlite:///{folder / 'ledger.db'}"
+    env = clean_env(OMETER_DB_URL=url)
+    log = folder / "gateway.log"
+    proc, gw = launch(env, emulator_session.url, log)
+    yield Proc(gw, proc, Ledger(url), env, log, {})
+    stop(proc)
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+ROUTES = [
+    ("POST", "/api/chat"), ("POST", "/api/generate"), ("POST", "/api/embed"),
+    ("POST", "/api/embeddings"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"), ("GET", "/api/tags"), ("GET", "/api/ps"),
+    ("GET", "/api/version"), ("GET", "/v1/models"), ("GET", "/"), ("HEAD", "/"),
+    ("POST", "/api/show"), ("POST", "/api/pull"), ("DELETE", "/api/delete"),
+    ("POST", "/api/create"), ("POST", "/api/copy"), ("POST", "/api/push"),
+    ("GET", "/api/dash"), ("GET", "/dashboard"), ("GET", "/metrics"),
+]  # fmt: skip
+
+
+def test_every_route_needs_a_key_and_admin_routes_the_admin_token(
+    locked: Proc, emulator: OllamaEmulator
+) -> None:
+    before = len(locked.spans())
+    with httpx.Client() as client:
+        for method, path in ROUTES:
+            for headers in ({}, bearer("om_forged"), bearer(locked.keys["revoked"])):
+                reply = client.request(
+                    method, f"{locked.url}{path}", json={"model": "llama3.1:8b"}, headers=headers
+                )
+                assert reply.status_code == 401, (method, path, headers)
+    assert emulator.requests == []  # nothing reached Ollama
+    assert len(locked.spans()) == before  # and nobody can grow the ledger without a key
+    key = bearer(locked.keys["plain"])
+    assert httpx.get(f"{locked.url}/api/tags", headers=key).status_code == 200
+    assert httpx.get(f"{locked.url}/v1/models", headers={"X-Ometer-Key": locked.keys["plain"]}).status_code == 200  # fmt: skip
+    # A key alone cannot manage models or read everyone's spend.
+    for method, path in (("POST", "/api/pull"), ("DELETE", "/api/delete"), ("GET", "/metrics")):
+        assert httpx.request(method, f"{locked.url}{path}", headers=key).status_code == 401
+    assert emulator.requests_to("/api/pull") == []
+    admin = bearer(TOKEN)
+    # Never in the URL for a forwarded route: it would travel on to Ollama.
+    assert (
+        httpx.post(f"{locked.url}/api/pull?token={TOKEN}", json={"model": "x"}).status_code == 401
+    )
+    pulled = httpx.post(f"{locked.url}/api/pull", json={"model": "x"}, headers=admin)
+    assert pulled.status_code == 404  # forwarded: the emulator has no /api/pull
+    deleted = httpx.request("DELETE", f"{locked.url}/api/delete", json={"model": "x"}, headers=admin)  # fmt: skip
+    assert deleted.status_code == 404
+    assert [r.path for r in emulator.requests] == ["/api/tags", "/v1/models", "/api/pull", "/api/delete"]  # fmt: skip
+    assert "authorization" not in emulator.requests[-1].headers  # never passed on
+
+
+def test_metrics_need_the_admin_token_and_count_refusals_without_spans(locked: Proc) -> None:
+    def refused() -> float:
+        text = httpx.get(f"{locked.url}/metrics", headers=bearer(TOKEN)).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("ometer_gateway_unauthenticated_requests_total")
+        )
+
+    assert httpx.get(f"{locked.url}/metrics").status_code == 401
+    first = refused()
+    with httpx.Client() as client:
+        for _ in range(25):
+            client.post(f"{locked.url}/api/chat", json={"model": "llama3.1:8b", "messages": HI})
+    assert refused() == first + 25
+    time.sleep(0.2)
+    logged = [line for line in locked.log.read_text().splitlines() if "unauthenticated" in line]
+    assert 1 <= len(logged) <= 3  # a line at most every 10 s, whatever the flood
+
+
+def test_keys_vouch_for_users_and_header_users_are_marked_unverified(locked: Proc) -> None:
+    def chat(key: str, user: str | None) -> httpx.Response:
+        headers = {**bearer(locked.keys[key]), **({"X-Ometer-User": user} if user else {})}
+        body = {"model": "llama3.1:8b", "messages": HI, "stream": False}
+        return httpx.post(f"{locked.url}/api/chat", json=body, headers=headers)
+
+    assert chat("listed", "carol").status_code == 200
+    forbidden = chat("listed", "mallory")
+    assert forbidden.status_code == 403 and "bob, carol" in forbidden.json()["error"]
+    assert chat("fixed", "mallory").status_code == 200
+    assert chat("plain", "dave").status_code == 200
+    dave, alice, mallory, carol = locked.ledger.latest(SpanFilter(department=None), 4)
+    assert (carol.user, carol.department, carol.tags) == ("carol", "support", {})
+    assert (mallory.status, mallory.error_type, mallory.http_status) == ("error", "forbidden", 403)
+    assert (alice.user, alice.tags) == ("alice", {})  # the key's user, whatever the header said
+    assert (dave.user, dave.tags) == ("dave", {"user_verified": "false"})
+
+
+def test_listening_beyond_loopback_needs_a_key_a_token_or_insecure_open(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    env = clean_env(OMETER_DB_URL=f"sqlite:///{tmp_path / 'l.db'}")
+    refused = subprocess.run(
+        [*OMETER, "serve", "--host", "0.0.0.0", "--upstream", emulator.url],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "not listening on 0.0.0.0" in refused.stderr and "--insecure-open" in refused.stderr
+    proc, _ = launch(env, emulator.url, tmp_path / "gw.log", "--insecure-open", host="0.0.0.0")
+    stop(proc)
+    assert "warning: listening on 0.0.0.0 with no key" in (tmp_path / "gw.log").read_text()
+
+
+def raw(url: str, data: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send bytes as they are on one connection; what came back until the server closed it."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def test_sizes_are_limited_413_and_431(locked: Proc) -> None:
+    key = bearer(locked.keys["plain"])
+    big = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "x" * 70_000}]}
+    too_big = httpx.post(f"{locked.url}/api/chat", json=big, headers=key)
+    assert too_big.status_code == 413 and "65536 bytes" in too_big.json()["error"]
+    assert locked.spans()[0].http_status == 413
+    headers = httpx.post(f"{locked.url}/api/chat", json=HI, headers={**key, "X-Big": "a" * 9000})
+    assert headers.status_code == 431 and "8192 bytes" in headers.json()["error"]
+    # 50 MB announced: refused at once, nothing read past the limit.
+    announced = raw(
+        locked.url,
+        f"POST /api/chat HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {locked.keys['plain']}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 52428800\r\n\r\n".encode()
+        + b'{"model": "x", "messages": [',
+    )
+    assert announced.startswith(b"HTTP/1.1 413 ")
+    # A 50 MB header: the connection is cut long before it has all been sent.
+    sent = 0
+    parts = urlsplit(locked.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: gw\r\nX-Big: ")
+        with pytest.raises(OSError):  # noqa: PT012
+            while sent < 50 * 2**20:
+                sock.sendall(b"a" * 2**20)
+                sent += 2**20
+            sock.sendall(b"\r\n\r\n")
+            assert sock.recv(65536) == b"", "the server read all of it"
+    assert sent < 8 * 2**20
+    assert httpx.get(f"{locked.url}/healthz").status_code == 200
+
+
+def test_a_get_body_is_never_forwarded(open_gw: Proc, emulator: OllamaEmulator) -> None:
+    hidden = (
+        b'POST /api/pull HTTP/1.1\r\nHost: ollama\r\nContent-Length: 16\r\n\r\n{"model":"evil"}'
+    )
+    answer = raw(
+        open_gw.url,
+        b"GET /api/tags HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % len(hidden)
+        + hidden
+        + b"GET /api/version HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    assert answer.count(b"HTTP/1.1 200 OK") == 2 and b'"version"' in answer
+    assert [(r.method, r.path, r.body) for r in emulator.requests] == [
+        ("GET", "/api/tags", None),
+        ("GET", "/api/version", None),
+    ]
+    assert "content-length" not in emulator.requests[0].headers
+
+
+def test_chunked_trailers_never_set_attribution(open_gw: Proc, emulator: OllamaEmulator) -> None:
+    body = json.dumps({"model": "llama3.1:8b", "messages": HI, "stream": False}).encode()
+    answer = raw(
+        open_gw.url,
+        b"POST /api/chat HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+        b"Trailer: X-Ometer-Department, X-Ometer-Tenant\r\n"
+        b"X-Ometer-Department: support\r\nConnection: close\r\n\r\n"
+        + b"%x\r\n" % len(body) + body + b"\r\n"
+        + b"0\r\nX-Ometer-Department: stolen\r\nX-Ometer-Tenant: evil\r\n\r\n",
+    )  # fmt: skip
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    (span,) = open_gw.ledger.latest(SpanFilter(department="support"), 10)
+    assert (span.tenant, span.department, span.status) == ("default", "support", "ok")
+    assert open_gw.ledger.latest(SpanFilter(department="stolen"), 10) == []
+
+
+def test_one_tenants_broken_model_never_fails_the_others(
+    open_gw: Proc, emulator: OllamaEmulator
+) -> None:
+    def chat(model: str) -> httpx.Response:
+        body = {"model": model, "messages": HI, "stream": False}
+        return httpx.post(f"{open_gw.url}/api/chat", json=body, timeout=30)
+
+    emulator.inject(Fault.HTTP_503, times=100, model="qwen2.5:7b")
+    assert chat("qwen2.5:7b").status_code == 503
+    # One call is one failure, however often it was retried: the next still reaches Ollama.
+    assert len(emulator.requests_to("/api/chat")) == 3
+    assert chat("qwen2.5:7b").status_code == 503
+    assert chat("qwen2.5:7b").status_code == 503
+    opened = chat("qwen2.5:7b")
+    assert opened.status_code == 503 and "other models on this server are not affected" in opened.json()["error"]  # fmt: skip
+    assert len(emulator.requests_to("/api/chat")) == 9  # the fourth call was not sent
+    assert int(opened.headers["retry-after"]) > 0
+    assert chat("llama3.1:8b").status_code == 200  # another model, untouched
+    qwen = [s for s in open_gw.spans() if s.request_model == "qwen2.5:7b"]
+    assert [s.error_type for s in qwen[:4]] == ["circuit_open", *["upstream_5xx"] * 3]
+
+
+def test_hostile_names_through_the_gateway_stay_text_in_reports(  # type: ignore[no-untyped-def]
+    open_gw: Proc, emulator: OllamaEmulator, tmp_path: Path, cli, monkeypatch
+) -> None:
+    names = [
+        "[link=http://evil.example/]CLICK[/link]",
+        "x\x1b[2J\x1b]8;;http://e/\x07y",
+        "=1+1\r=2",
+    ]
+    for name in names:
+        httpx.post(f"{open_gw.url}/api/chat", json={"model": name, "messages": HI, "stream": False})
+    env = {**open_gw.env, "FORCE_COLOR": "1", "COLUMNS": "80"}
+    log = subprocess.run([*OMETER, "log", "--limit", "50"], env=env, capture_output=True,
+                         text=True, timeout=60, check=True)  # fmt: skip
+    assert_only_colours(log.stdout)
+    monkeypatch.setenv("OMETER_DB_URL", open_gw.env["OMETER_DB_URL"])
+    assert (
+        cli("report", "--by", "model", "--format", "csv", "--out", str(tmp_path / "r.csv")).code
+        == 0
+    )
+    with (tmp_path / "r.csv").open(encoding="utf-8", newline="") as file:
+        rows = assert_safe(file.read())
+    assert "'=1+1\r'=2" in {row[0] for row in rows}
+
+
+def test_key_names_follow_the_name_rules(cli, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]
+    for bad in ("crm bot", "x\n", "", "-flag"):
+        done = cli("keys", "create", "--name", bad, "--db", sqlite_url)
+        assert done.code == 2 and "key name" in done.stderr, bad
+    both = cli("keys", "create", "--user", "a", "--allow-user", "b", "--db", sqlite_url)
+    assert both.code == 2 and "either one fixed user or a list" in both.stderr
+    made = cli("keys", "create", "--name", "team", "--allow-user", "bob", "--allow-user", "carol",
+               "--db", sqlite_url)  # fmt: skip
+    assert made.code == 0 and "users bob, carol" in made.stderr
+    (listed,) = json.loads(cli("keys", "list", "--json", "--db", sqlite_url).stdout)
+    assert (listed["user"], listed["allowed_users"]) == (None, ["bob", "carol"])

@@ -1,0 +1,204 @@
+"""The one retry and breaker policy: circuits per host and per (host, model), a call counts once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ollama_meter.errors import (
+    CircuitOpen,
+    ModelNotFound,
+    StreamError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamServerError,
+    UpstreamTimeout,
+)
+from ollama_meter.meter import Attribution, Meter
+from ollama_meter.testing import Fault, OllamaEmulator
+from ollama_meter.upstream import CallAttempts, CircuitBreaker, RetryPolicy, Upstream
+
+HOST = "http://gpu-1:11434"
+BOOM = UpstreamServerError("boom", status_code=500)
+DOWN = UpstreamConnectionError("down")
+MISSING = ModelNotFound("no", status_code=404)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def breaker(threshold: int = 2, reset_after: float = 10.0) -> tuple[CircuitBreaker, Clock]:
+    clock = Clock()
+    return CircuitBreaker(HOST, threshold=threshold, reset_after=reset_after, clock=clock), clock
+
+
+def call(b: CircuitBreaker, model: str, outcome: BaseException | None) -> None:
+    b.settle(b.admit(model), outcome)
+
+
+def test_half_open_lets_one_trial_through_and_closes_on_success() -> None:
+    b, clock = breaker()
+    call(b, "m", BOOM)
+    call(b, "m", BOOM)
+    assert b.state("m") == "open" and b.state() == "closed"
+    with pytest.raises(CircuitOpen, match=r"model 'm' on http://gpu-1:11434 failed 2 calls"):
+        b.admit("m")
+    clock.now = 10.0
+    assert b.state("m") == "half_open"
+    trial = b.admit("m")
+    with pytest.raises(CircuitOpen):
+        b.admit("m")  # others still fail fast meanwhile
+    b.settle(trial, BOOM)  # the trial failed: open again for another 10 s
+    assert b.state("m") == "open"
+    clock.now = 20.0
+    b.settle(b.admit("m"), None)
+    assert b.state("m") == "closed" and b.failures("m") == 0
+    call(b, "m", MISSING)  # caller mistakes never count
+    assert b.failures("m") == 0
+
+
+def test_a_models_failures_never_refuse_another_model() -> None:
+    b, _ = breaker()
+    for _ in range(5):
+        with contextlib.suppress(CircuitOpen):
+            call(b, "broken:1b", BOOM)
+    assert b.state("broken:1b") == "open"
+    call(b, "healthy:8b", None)  # not refused
+    assert b.state() == "closed"
+
+
+def test_connection_failures_open_the_host_for_every_model() -> None:
+    b, clock = breaker()
+    call(b, "a", DOWN)
+    call(b, "b", DOWN)
+    with pytest.raises(CircuitOpen, match=r"^Ollama at http://gpu-1:11434 failed 2 calls"):
+        b.admit("c")
+    clock.now = 10.0
+    b.settle(b.admit("c"), None)
+    assert b.state() == "closed"
+
+
+def test_an_answer_proves_the_host_is_up() -> None:
+    b, _ = breaker(threshold=3)
+    call(b, "a", DOWN)
+    call(b, "a", DOWN)
+    call(b, "a", BOOM)  # Ollama answered 500: reachable after all
+    assert b.failures() == 0 and b.failures("a") == 1
+    call(b, "a", UpstreamTimeout("silent"))  # silence proves nothing about the host
+    assert b.failures() == 0 and b.failures("a") == 2
+
+
+def test_one_call_counts_once_however_often_it_was_retried() -> None:
+    b, _ = breaker(threshold=2)
+    attempts = CallAttempts(b, RetryPolicy(retries=2, backoff=0), "m")
+    assert attempts.retry_in(BOOM) is not None
+    assert attempts.retry_in(BOOM) is not None
+    assert attempts.retry_in(BOOM) is None  # out of retries: the call ends, counted once
+    assert b.failures("m") == 1 and b.state("m") == "closed"
+
+
+def test_a_calls_retry_is_not_refused_by_the_circuit_its_first_attempt_reopened() -> None:
+    b, clock = breaker(threshold=1)
+    call(b, "m", BOOM)
+    clock.now = 10.0  # half-open: this call is the trial
+    attempts = CallAttempts(b, RetryPolicy(retries=2, backoff=0), "m")
+    assert attempts.retry_in(BOOM) is not None  # no second admission: the retry goes ahead
+    attempts.end()  # ... and succeeds
+    assert b.state("m") == "closed"
+
+
+def test_streams_are_not_retried_once_started_and_an_abandoned_call_counts_neither_way() -> None:
+    b, clock = breaker(threshold=1)
+    attempts = CallAttempts(b, RetryPolicy(retries=2, backoff=0), "m")
+    assert attempts.retry_in(StreamError("broke"), started=True) is None
+    assert b.state("m") == "open"  # a broken stream is the model's failure
+    clock.now = 10.0
+    CallAttempts(b, RetryPolicy(), "m").end(KeyboardInterrupt())  # the trial's caller left
+    assert b.state("m") == "half_open"
+    b.admit("m")  # the next caller may try
+
+
+OUTCOMES = st.sampled_from(
+    [None, BOOM, DOWN, MISSING, UpstreamTimeout("t"), StreamError("s"), KeyboardInterrupt()]
+)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), OUTCOMES), max_size=60))
+def test_circuits_count_consecutive_failed_calls_per_host_and_per_model(
+    calls: list[tuple[str, BaseException | None]],
+) -> None:
+    """Against a reference: a model opens after 3 of its own failures in a row, the host after
+    3 connection failures in a row, and nothing else refuses a call (the clock stands still)."""
+    b, _ = breaker(threshold=3)
+    host = 0
+    models = {"a": 0, "b": 0, "c": 0}
+    for model, outcome in calls:
+        refused = host >= 3 or models[model] >= 3
+        try:
+            ticket = b.admit(model)
+        except CircuitOpen:
+            assert refused
+            continue
+        assert not refused
+        b.settle(ticket, outcome)
+        kind = outcome.error_type if isinstance(outcome, UpstreamError) else None
+        if outcome is None:
+            host, models[model] = 0, 0
+        elif kind == "connection":
+            host += 1
+        elif kind is not None:
+            host = 0 if kind != "timeout" else host
+            if kind in ("upstream_5xx", "timeout", "stream_error"):
+                models[model] += 1
+
+
+def test_cli_streams_are_retried_before_their_first_chunk(
+    emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    from ollama_meter.config import load_settings
+
+    emulator.inject(Fault.HTTP_503)
+    meter = Meter.from_settings(load_settings(db_url=sqlite_url), source="cli")
+    who = Attribution(tenant="acme", department="sales")
+    run = meter.chat(
+        model="llama3.1:8b",
+        messages=[{"role": "user", "content": "hi"}],
+        attribution=who,
+        stream=True,
+    )
+    assert list(run)[-1].done
+    assert len(emulator.requests_to("/api/chat")) == 2  # the 503, then the stream
+    assert run.span.status == "ok"
+    # After the first chunk, never: the caller has seen part of a reply.
+    emulator.inject(Fault.DROP, after_tokens=2)
+    again = meter.chat(
+        model="llama3.1:8b",
+        messages=[{"role": "user", "content": "hi"}],
+        attribution=who,
+        stream=True,
+    )
+    with pytest.raises(StreamError):
+        list(again)
+    assert len(emulator.requests_to("/api/chat")) == 3
+    assert again.span.error_type == "stream_error"
+
+
+def test_async_streams_are_retried_before_their_first_chunk(emulator: OllamaEmulator) -> None:
+    emulator.inject(Fault.HTTP_503)
+    upstream = Upstream(emulator.url, retry=RetryPolicy(retries=1, backoff=0))
+    request = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}]}
+
+    async def chunks() -> list[object]:
+        return [part async for part in upstream.astream("chat", request)]
+
+    parts = asyncio.run(chunks())
+    assert getattr(parts[-1], "done", False) and len(emulator.requests_to("/api/chat")) == 2
