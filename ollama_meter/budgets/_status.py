@@ -7,8 +7,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
-
 from ollama_meter.budgets._model import EACH_TENANT, Budget
 from ollama_meter.periods import Window, current_period
 
@@ -50,8 +48,9 @@ def project(spent: int, window: Window, now: datetime) -> int:
 
 def budget_status(ledger: Ledger, *, tz: ZoneInfo, now: datetime) -> list[BudgetStatus]:
     """One line per budget, and per tenant for budgets that give each tenant its own allowance."""
+    from ollama_meter.ledger import SpanFilter
     from ollama_meter.ledger import _budgets as store
-    from ollama_meter.ledger.models import SpanRow
+    from ollama_meter.ledger._aggregate import aggregate_spend
 
     rows = []
     with ledger.read() as conn:
@@ -60,16 +59,11 @@ def budget_status(ledger: Ledger, *, tz: ZoneInfo, now: datetime) -> list[Budget
             window = current_period(budget.period, tz=tz, now=now)
             tenants = [budget.tenant]
             if budget.tenant == EACH_TENANT:
-                query = (
-                    select(SpanRow.tenant)
-                    .distinct()
-                    .where(
-                        SpanRow.department == budget.department,
-                        SpanRow.started_at >= window.start,
-                        SpanRow.started_at < window.end,
-                    )
+                where = SpanFilter(
+                    since=window.start, until=window.end, department=budget.department
                 )
-                tenants = sorted(str(t) for t in conn.execute(query).scalars()) or [EACH_TENANT]
+                seen = {row.keys[0] for row in aggregate_spend(conn, where, ["tenant"])}
+                tenants = sorted(seen) or [EACH_TENANT]
             for tenant in tenants:
                 spent = store.spent(conn, budget, tenant, window.start, window.end)
                 held = store.reserved(conn, budget.id, tenant, window.start, now)

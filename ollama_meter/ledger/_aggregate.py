@@ -1,21 +1,56 @@
-"""Spend aggregation in SQL: GROUP BY attribution columns and local-time buckets.
+"""Aggregates over a window: from rollups in a few rows, or from raw spans in one GROUP BY.
 
-Time buckets are a CASE over precomputed UTC boundaries rather than a date
-function, which keeps the SQL identical on SQLite and PostgreSQL and honours
-the configured zone (DST included) exactly.
+A window [a, b) is cut into pieces of whole rollup cells, coarsest first, with
+signs: [a, b) = [a, A) + [A, B) + [B, b), where A and B are the month (then day,
+then quarter-hour) boundaries nearest a and b, and a piece that runs backwards
+(A before a) is subtracted. Every sum in a rollup is additive, so a November cut
+at Berlin midnight is the UTC month of November, plus the quarter hours from
+23:00 UTC on 31 October, less those from 23:00 UTC on 30 November: one month
+row and eight quarter rows per group instead of thirty days of spans. What no
+cell covers (an end not on a quarter hour) comes from raw spans, the open edge.
+
+The raw path (``raw=True``, or every query inside :func:`raw_spans`) is the same
+question asked of the spans themselves: the reference the tests hold rollups to,
+and the benchmark's baseline. Time
+buckets there are a CASE over precomputed UTC boundaries, which keeps the SQL
+identical on SQLite and PostgreSQL and honours the configured zone exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, case, func, literal, literal_column, select
+from sqlalchemy import Connection, and_, case, func, literal, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from ollama_meter.ledger._spans import SpanFilter
+from ollama_meter.ledger._rollup import (
+    BIN_COLUMNS,
+    COLD_LOAD_NS,
+    DAY_US,
+    ERROR_STATUSES,
+    HISTOGRAM_KEY,
+    HISTOGRAMS,
+    ROLLUPS,
+    Grain,
+    Metric,
+    busy_pieces,
+    floor_cell,
+    histogram_entries,
+    merge_intervals,
+    next_cell,
+    parse_intervals,
+    pruned_before,
+    slot_edge,
+)
+from ollama_meter.ledger._rollup import BUSY as BUSY_TABLE
+from ollama_meter.ledger._spans import SpanFilter, row_to_span
+from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 
 GROUP_COLUMNS: dict[str, ColumnElement[Any]] = {
@@ -24,6 +59,27 @@ GROUP_COLUMNS: dict[str, ColumnElement[Any]] = {
     "user": func.coalesce(SpanRow.user, ""),
     "model": func.coalesce(SpanRow.response_model, SpanRow.request_model),
 }
+"""What reports group by, as raw span expressions; rollups store these very values."""
+
+SUMS = ("requests", "input_tokens", "output_tokens", "busy_ns", "cost_total", "unpriced",
+        "unpriced_tokens", "cold_loads", "cold_load_ns")  # fmt: skip
+CUBE_GRAINS = (Grain.MONTH, Grain.DAY, Grain.QUARTER)
+HISTOGRAM_GRAINS = (Grain.MONTH, Grain.DAY)
+_MAX_GAP = {Grain.MONTH: DAY_US, Grain.DAY: DAY_US // 2, Grain.QUARTER: 450 * 10**6}
+"""How far past an end a coarse cell may reach and be trimmed back with finer ones."""
+
+
+_RAW: ContextVar[bool] = ContextVar("ometer_raw_spans", default=False)
+
+
+@contextlib.contextmanager
+def raw_spans() -> Iterator[None]:
+    """Answer every aggregate in this block from raw spans, as if there were no rollups."""
+    token = _RAW.set(True)
+    try:
+        yield
+    finally:
+        _RAW.reset(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +96,135 @@ class SpendRow:
     gpu_ns: int
     cost: int
     unpriced_requests: int
+    cold_loads: int = 0
+    cold_load_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Part of a bucket: whole cells of ``grain`` (None: raw spans) in [lo, hi) µs, added or subtracted."""
+
+    grain: Grain | None
+    lo: int
+    hi: int
+    sign: int
+    bucket: int
+
+
+def _snap(grain: Grain, t: int, low_end: bool) -> int:
+    floor = floor_cell(grain, t)
+    if floor == t:
+        return t
+    ceil = next_cell(grain, floor)
+    nearest = floor if t - floor <= ceil - t else ceil
+    if abs(nearest - t) <= _MAX_GAP[grain]:
+        return nearest
+    return ceil if low_end else floor
+
+
+def decompose(
+    lo: int, hi: int, grains: Sequence[Grain], *, bucket: int = 0, sign: int = 1
+) -> list[Piece]:
+    """[lo, hi) as signed pieces of whole cells of ``grains`` (coarsest first), then raw spans."""
+    if lo == hi:
+        return []
+    if lo > hi:
+        return decompose(hi, lo, grains, bucket=bucket, sign=-sign)
+    if not grains:
+        return [Piece(None, lo, hi, sign, bucket)]
+    grain, finer = grains[0], grains[1:]
+    a, b = _snap(grain, lo, True), _snap(grain, hi, False)
+    if a >= b:
+        return decompose(lo, hi, finer, bucket=bucket, sign=sign)
+    return [
+        Piece(grain, a, b, sign, bucket),
+        *decompose(lo, a, finer, bucket=bucket, sign=sign),
+        *decompose(b, hi, finer, bucket=bucket, sign=sign),
+    ]
+
+
+def _buckets(where: SpanFilter, bucket_starts: Sequence[datetime]) -> list[tuple[int, int, int]]:
+    """(index, lo, hi) in µs of each bucket's part of the window."""
+    assert where.since is not None
+    assert where.until is not None
+    since, until = to_us(where.since), to_us(where.until)
+    if not bucket_starts:
+        return [(0, since, until)]
+    starts = [to_us(s) for s in bucket_starts]
+    out = []
+    for index, start in enumerate(starts):
+        end = starts[index + 1] if index + 1 < len(starts) else until
+        lo, hi = max(start, since), min(end, until)
+        if lo < hi:
+            out.append((index, lo, hi))
+    return out
+
+
+def plan(
+    where: SpanFilter, bucket_starts: Sequence[datetime], grains: Sequence[Grain]
+) -> list[Piece]:
+    return [
+        piece
+        for index, lo, hi in _buckets(where, bucket_starts)
+        for piece in decompose(lo, hi, grains, bucket=index)
+    ]
+
+
+def _cells(pieces: Iterable[Piece]) -> tuple[dict[int, list[tuple[int, int]]], list[Any]]:
+    """Cell start (s) → [(bucket, sign)], and the SQL ranges covering those cells."""
+    cells: defaultdict[int, list[tuple[int, int]]] = defaultdict(list)
+    spans: list[tuple[int, int]] = []
+    for piece in pieces:
+        assert piece.grain is not None
+        cell = piece.lo
+        while cell < piece.hi:
+            cells[cell // 10**6].append((piece.bucket, piece.sign))
+            cell = next_cell(piece.grain, cell)
+        spans.append((piece.lo // 10**6, piece.hi // 10**6))
+    return cells, merge_intervals(spans)
+
+
+def _in_ranges(column: Any, ranges: Sequence[tuple[int, int]]) -> Any:
+    return or_(*(and_(column >= lo, column < hi) for lo, hi in ranges))
+
+
+def _rollup_filters(table: Any, where: SpanFilter, columns: Sequence[str]) -> list[Any]:
+    clauses = []
+    for name in columns:
+        value = getattr(where, name)
+        if value is not None:
+            clauses.append(table.c[name] == value)
+    return clauses
+
+
+class _Sums:
+    """Signed sums per (bucket, keys, currency), folded from rollup or raw rows alike."""
+
+    def __init__(self) -> None:
+        self.rows: defaultdict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * 9)
+
+    def add(self, bucket: int, keys: tuple[str, ...], currency: str, status: str,
+            values: Sequence[Any], sign: int) -> None:  # fmt: skip
+        (requests, input_tokens, output_tokens, busy, cost, unpriced, unpriced_tokens,
+         cold, cold_ns) = (int(v or 0) for v in values)  # fmt: skip
+        row = self.rows[(bucket, keys, currency)]
+        row[0] += sign * requests
+        row[1] += sign * (requests if status in ERROR_STATUSES else 0)
+        row[2] += sign * input_tokens
+        row[3] += sign * output_tokens
+        row[4] += sign * busy
+        row[5] += sign * cost
+        # Unpriced usage, not unpriced failures: a call that consumed nothing costs nothing.
+        row[6] += sign * (unpriced if status == "ok" else unpriced_tokens)
+        row[7] += sign * cold
+        row[8] += sign * cold_ns
+
+    def result(self) -> list[SpendRow]:
+        return [
+            SpendRow(keys, bucket, currency, *values)
+            for (bucket, keys, currency), values in self.rows.items()
+            if values[0]  # a group seen only in cells that were subtracted again
+        ]
 
 
 def aggregate_spend(
@@ -47,9 +232,72 @@ def aggregate_spend(
     where: SpanFilter,
     by: Sequence[str],
     bucket_starts: Sequence[datetime] = (),
+    *,
+    raw: bool = False,
 ) -> list[SpendRow]:
-    """Sums per (``by`` columns, time bucket, currency)."""
+    """Sums per (``by`` columns, time bucket, currency) over the window ``where`` gives."""
+    sums = _Sums()
+    if raw or _RAW.get() or where.since is None or where.until is None:
+        _raw_sums(conn, where, by, bucket_starts, sums, sign=1, bucket=None)
+        return sums.result()
+    pieces = plan(where, bucket_starts, CUBE_GRAINS)
+    for grain in CUBE_GRAINS:
+        chosen = [p for p in pieces if p.grain is grain]
+        if chosen:
+            _cube_sums(conn, grain, chosen, where, by, sums)
+    for piece in pieces:
+        if piece.grain is None:
+            edge = SpanFilter(**{**_filter_values(where), "since": from_us(piece.lo),
+                                 "until": from_us(piece.hi)})  # fmt: skip
+            _raw_sums(conn, edge, by, (), sums, sign=piece.sign, bucket=piece.bucket)
+    return sums.result()
+
+
+def _filter_values(where: SpanFilter) -> dict[str, Any]:
+    return {name: getattr(where, name) for name in SpanFilter.__dataclass_fields__}
+
+
+def _cube_sums(
+    conn: Connection,
+    grain: Grain,
+    pieces: Sequence[Piece],
+    where: SpanFilter,
+    by: Sequence[str],
+    sums: _Sums,
+) -> None:
+    cells, ranges = _cells(pieces)
+    c = ROLLUPS.c
+    groups = [c.start, *(c[name] for name in by), c.currency, c.status]
+    query = (
+        select(*groups, *(func.sum(c[name]) for name in SUMS))
+        .where(
+            c.grain == int(grain),
+            _in_ranges(c.start, ranges),
+            *_rollup_filters(ROLLUPS, where, ("tenant", "department", "user", "model", "status")),
+        )
+        .group_by(*groups)
+    )
+    width = len(by)
+    for row in conn.execute(query):
+        keys = tuple(row[1 : 1 + width])
+        currency, status = row[1 + width], row[2 + width]
+        values = row[3 + width :]
+        for bucket, sign in cells.get(row[0], ()):
+            sums.add(bucket, keys, currency, status, values, sign)
+
+
+def _raw_sums(
+    conn: Connection,
+    where: SpanFilter,
+    by: Sequence[str],
+    bucket_starts: Sequence[datetime],
+    sums: _Sums,
+    *,
+    sign: int,
+    bucket: int | None,
+) -> None:
     keys = [GROUP_COLUMNS[name].label(f"k_{name}") for name in by]
+    zero = literal(0)
     if bucket_starts:
         # Spans are filtered to the window, so every span falls in one bucket;
         # the boundaries are searched from the newest down.
@@ -57,97 +305,208 @@ def aggregate_spend(
             (SpanRow.started_at >= start, literal(index))
             for index, start in reversed(list(enumerate(bucket_starts)))
         ]
-        bucket: ColumnElement[Any] = case(*whens, else_=literal(0)).label("bucket")
+        bucket_column: ColumnElement[Any] = case(*whens, else_=zero).label("bucket")
     else:
-        bucket = literal(0).label("bucket")
-    zero = literal(0)
+        bucket_column = zero.label("bucket")
+    load = func.coalesce(SpanRow.load_duration_ns, zero)
+    cold = load >= COLD_LOAD_NS
+    unpriced = SpanRow.unpriced == True  # noqa: E712
     query = (
         select(
             *keys,
-            bucket,
+            bucket_column,
             SpanRow.currency,
-            func.count().label("requests"),
-            func.sum(case((SpanRow.status == "error", 1), else_=zero)).label("errors"),
-            func.sum(SpanRow.input_tokens).label("input_tokens"),
-            func.sum(SpanRow.output_tokens).label("output_tokens"),
+            SpanRow.status,
+            func.count(),
+            func.sum(SpanRow.input_tokens),
+            func.sum(SpanRow.output_tokens),
             func.sum(
                 func.coalesce(SpanRow.prompt_eval_duration_ns, zero)
                 + func.coalesce(SpanRow.eval_duration_ns, zero)
-            ).label("gpu_ns"),
-            func.sum(SpanRow.cost_total).label("cost"),
+            ),
+            func.sum(SpanRow.cost_total),
+            func.sum(case((unpriced, 1), else_=zero)),
             func.sum(
-                # Unpriced usage, not unpriced failures: a call that consumed nothing costs nothing.
-                case(
-                    (
-                        (SpanRow.unpriced == True)  # noqa: E712
-                        & (
-                            (SpanRow.status == "ok")
-                            | (SpanRow.input_tokens + SpanRow.output_tokens > 0)
-                        ),
-                        1,
-                    ),
-                    else_=zero,
-                )
-            ).label("unpriced"),
+                case((unpriced & (SpanRow.input_tokens + SpanRow.output_tokens > 0), 1), else_=zero)
+            ),
+            func.sum(case((cold, 1), else_=zero)),
+            func.sum(case((cold, load), else_=zero)),
         )
         .where(*where.clauses())
         # By output name: PostgreSQL cannot match bound parameters in SELECT and GROUP BY.
         .group_by(
-            *(literal_column(k.name) for k in keys), literal_column("bucket"), SpanRow.currency
+            *(literal_column(k.name) for k in keys),
+            literal_column("bucket"),
+            SpanRow.currency,
+            SpanRow.status,
         )
     )
-    return [
-        SpendRow(
-            keys=tuple(str(row[i]) for i in range(len(keys))),
-            bucket=int(row.bucket),
-            currency=row.currency,
-            requests=int(row.requests),
-            errors=int(row.errors or 0),
-            input_tokens=int(row.input_tokens or 0),
-            output_tokens=int(row.output_tokens or 0),
-            gpu_ns=int(row.gpu_ns or 0),
-            cost=int(row.cost or 0),
-            unpriced_requests=int(row.unpriced or 0),
+    width = len(keys)
+    for row in conn.execute(query):
+        sums.add(
+            int(row[width]) if bucket is None else bucket,
+            tuple(str(v) for v in row[:width]),
+            row[width + 1],
+            row[width + 2],
+            row[width + 3 :],
+            sign,
         )
-        for row in conn.execute(query)
-    ]
 
 
-def timing_rows(where: SpanFilter, by: Sequence[str]) -> Select[Any]:
-    """One row per span: its group keys and the timing columns ``ometer perf`` needs."""
+# -- histograms (perf) -------------------------------------------------------------------
+
+Histograms = dict[tuple[str, ...], dict[Metric, dict[int, int]]]
+"""Per group: per metric, bin edge → calls."""
+
+TIMING_COLUMNS = (
+    SpanRow.status,
+    SpanRow.latency_ns,
+    SpanRow.ttft_ns,
+    SpanRow.output_tokens,
+    SpanRow.total_duration_ns,
+    SpanRow.load_duration_ns,
+    SpanRow.prompt_eval_duration_ns,
+    SpanRow.eval_duration_ns,
+    SpanRow.duration_source,
+)
+
+
+@dataclass
+class HistogramResult:
+    groups: Histograms
+    pruned_before: int | None = None
+    """Set (µs) when raw spans were needed from before the prune horizon: they are gone."""
+
+
+def aggregate_histograms(
+    conn: Connection, where: SpanFilter, by: Sequence[str], *, raw: bool = False
+) -> HistogramResult:
+    """Latency, TTFT, queue and speed histograms per ``by`` group over the window.
+
+    From day and month rollups when ``by`` and the filters fit their key (tenant,
+    department, model); raw spans otherwise, and for the hours between a UTC
+    midnight and the window's ends.
+    """
+    fits = set(by) <= set(HISTOGRAM_KEY) and where.user is None and where.status is None
+    result = HistogramResult({})
+    horizon = pruned_before(conn)
+    if raw or _RAW.get() or not fits or where.since is None or where.until is None:
+        if horizon is not None and (where.since is None or to_us(where.since) < horizon):
+            result.pruned_before = horizon
+        _raw_histograms(conn, where, by, result, sign=1)
+        return result
+    pieces = plan(where, (), HISTOGRAM_GRAINS)
+    c = HISTOGRAMS.c
+    for grain in HISTOGRAM_GRAINS:
+        chosen = [p for p in pieces if p.grain is grain]
+        if not chosen:
+            continue
+        cells, ranges = _cells(chosen)
+        groups = [c.start, *(c[name] for name in by), c.metric, c.decade]
+        query = (
+            select(*groups, *(func.sum(c[name]) for name in BIN_COLUMNS))
+            .where(
+                c.grain == int(grain),
+                _in_ranges(c.start, ranges),
+                *_rollup_filters(HISTOGRAMS, where, ("tenant", "department", "model")),
+            )
+            .group_by(*groups)
+        )
+        width = len(by)
+        for row in conn.execute(query):
+            keys = tuple(row[1 : 1 + width])
+            metric, decade = Metric(row[1 + width]), int(row[2 + width])
+            counts = [(index, int(n)) for index, n in enumerate(row[3 + width :]) if n]
+            for _, sign in cells.get(row[0], ()):
+                bins = result.groups.setdefault(keys, {}).setdefault(metric, {})
+                for index, calls in counts:
+                    edge = slot_edge(metric, decade, index)
+                    bins[edge] = bins.get(edge, 0) + sign * calls
+    for piece in pieces:
+        if piece.grain is None:
+            if horizon is not None and piece.lo < horizon:
+                result.pruned_before = horizon
+            edge_filter = SpanFilter(**{**_filter_values(where), "since": from_us(piece.lo),
+                                        "until": from_us(piece.hi)})  # fmt: skip
+            _raw_histograms(conn, edge_filter, by, result, sign=piece.sign)
+    for metrics in result.groups.values():
+        for metric, bins in list(metrics.items()):
+            metrics[metric] = {edge: n for edge, n in bins.items() if n}
+    return result
+
+
+def _raw_histograms(
+    conn: Connection, where: SpanFilter, by: Sequence[str], result: HistogramResult, *, sign: int
+) -> None:
     keys = [GROUP_COLUMNS[name].label(f"k_{name}") for name in by]
-    return select(
-        *keys,
-        SpanRow.status,
-        SpanRow.latency_ns,
-        SpanRow.ttft_ns,
-        SpanRow.output_tokens,
-        SpanRow.total_duration_ns,
-        SpanRow.load_duration_ns,
-        SpanRow.prompt_eval_duration_ns,
-        SpanRow.eval_duration_ns,
-        SpanRow.duration_source,
-        SpanRow.started_at,
-    ).where(*where.clauses())
+    query = select(*keys, *TIMING_COLUMNS).where(*where.clauses())
+    width = len(keys)
+    for call in conn.execute(query):
+        group = result.groups.setdefault(tuple(str(v) for v in call[:width]), {})
+        for metric, edge in histogram_entries(call):
+            bins = group.setdefault(metric, {})
+            bins[edge] = bins.get(edge, 0) + sign
 
 
-@dataclass(frozen=True, slots=True)
-class FailureCount:
-    """How many calls ended with one (status, error type), e.g. ``("error", "timeout")``."""
-
-    status: str
-    error_type: str | None
-    requests: int
+# -- busy time per host (chargeback) ----------------------------------------------------
 
 
-def aggregate_failures(conn: Connection, where: SpanFilter) -> list[FailureCount]:
-    """Calls that did not end ``ok``, counted per (status, error type)."""
-    query = (
-        select(SpanRow.status, SpanRow.error_type, func.count().label("requests"))
-        .where(*where.clauses(), SpanRow.status != "ok")
-        .group_by(SpanRow.status, SpanRow.error_type)
+def busy_union(
+    conn: Connection, since: datetime, until: datetime, *, raw: bool = False
+) -> tuple[int, int]:
+    """(busy nanoseconds summed over hosts, number of hosts) in [since, until).
+
+    A host's busy time is the union of its calls' busy intervals, so parallel calls
+    count once; a host counts when it served a call that started in the window or
+    was busy in it.
+    """
+    lo, hi = to_us(since), to_us(until)
+    if raw or _RAW.get():
+        return _raw_busy(conn, lo, hi)
+    c = BUSY_TABLE.c
+    first = floor_cell(Grain.QUARTER, lo)
+    inner_lo = first if first == lo else first + 900 * 10**6
+    inner_hi = floor_cell(Grain.QUARTER, hi)
+    hosts: set[str] = set()
+    busy_us = 0
+    if inner_lo < inner_hi:
+        query = (
+            select(c.host, func.sum(c.busy_us))
+            .where(c.start >= inner_lo // 10**6, c.start < inner_hi // 10**6)
+            .group_by(c.host)
+        )
+        for host, total in conn.execute(query):
+            hosts.add(host)
+            busy_us += int(total or 0)
+    # Quarter hours the window only partly covers (never at a local midnight): clip.
+    partial = {
+        cell for cell, inside in ((first, first == lo), (inner_hi, inner_hi == hi)) if not inside
+    }
+    for cell in sorted(partial):
+        query = select(c.host, c.intervals).where(c.start == cell // 10**6)
+        for host, intervals in conn.execute(query):
+            hosts.add(host)
+            clipped = [
+                (max(a + cell, lo), min(b + cell, hi)) for a, b in parse_intervals(intervals)
+            ]
+            busy_us += sum(b - a for a, b in clipped if b > a)
+    return busy_us * 1000, len(hosts)
+
+
+def _raw_busy(conn: Connection, lo: int, hi: int) -> tuple[int, int]:
+    query = select(SpanRow).where(
+        SpanRow.started_at >= from_us(lo - DAY_US), SpanRow.started_at < from_us(hi)
     )
-    return [
-        FailureCount(status=row.status, error_type=row.error_type, requests=int(row.requests))
-        for row in conn.execute(query)
-    ]
+    per_host: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+    hosts: set[str] = set()
+    for row in conn.execute(query):
+        span = row_to_span(row)
+        if to_us(span.started_at) >= lo:
+            hosts.add(span.upstream_host)
+        for cell, (a, b) in busy_pieces(span):
+            begin, end = max(cell + a, lo), min(cell + b, hi)
+            if end > begin:
+                hosts.add(span.upstream_host)
+                per_host[span.upstream_host].append((begin, end))
+    busy = sum(b - a for intervals in per_host.values() for a, b in merge_intervals(intervals))
+    return busy * 1000, len(hosts)

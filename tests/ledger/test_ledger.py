@@ -350,9 +350,9 @@ def test_spool_for_a_server_database_lives_in_the_data_dir() -> None:
 def test_the_fast_span_insert_stores_what_the_core_insert_stores(db_url: str) -> None:
     from dataclasses import replace
 
-    from sqlalchemy import text
+    from sqlalchemy import insert, text
 
-    from ollama_meter.ledger._spans import _idempotent_insert
+    from ollama_meter.ledger.models import SpanRow
     from ollama_meter.meter.span import new_span_row_id
 
     ledger = Ledger(db_url)
@@ -370,7 +370,7 @@ def test_the_fast_span_insert_stores_what_the_core_insert_stores(db_url: str) ->
     core = replace(full, id=new_span_row_id())
     ledger.record([full])  # the fast path
     with ledger.write() as conn:
-        conn.execute(_idempotent_insert(conn.dialect.name), [core.as_row()])
+        conn.execute(insert(SpanRow.__table__), [core.as_row()])
     with ledger.read() as conn:
         rows = {
             row[0]: tuple(row[1:])
