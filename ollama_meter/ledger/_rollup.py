@@ -633,18 +633,36 @@ def _rebuild_days(
     last = floor_cell(Grain.DAY, high)
     total = 0
     months: set[int] = set()
-    day = first
-    while day <= last:
+    day: int | None = first
+    while day is not None and day <= last:
         with write() as conn:
-            total += _rebuild_day(conn, day)
+            count = _rebuild_day(conn, day)
+            total += count
+            # The next day with anything to redo; the day after one with calls always
+            # (a call may have been busy past midnight).
+            following = day + DAY_US if count else _next_day(conn, day + DAY_US)
         months.add(floor_cell(Grain.MONTH, day))
         if progress is not None:
             progress(day)
-        day += DAY_US
+        day = following
     for month in sorted(months):
         with write() as conn:
             _rebuild_month(conn, month)
     return total
+
+
+def _next_day(conn: Connection, after: int) -> int | None:
+    """The first day from ``after`` on with spans or rollups (skips years of nothing at once)."""
+    seconds = after // 10**6
+    found = [
+        conn.execute(select(func.min(SpanRow.started_at)).where(
+            SpanRow.started_at >= from_us(after))).scalar(),
+        conn.execute(select(func.min(ROLLUPS.c.start)).where(
+            ROLLUPS.c.grain == int(Grain.QUARTER), ROLLUPS.c.start >= seconds)).scalar(),
+        conn.execute(select(func.min(BUSY.c.start)).where(BUSY.c.start >= seconds)).scalar(),
+    ]  # fmt: skip
+    moments = [to_us(f) if isinstance(f, datetime) else f * 10**6 for f in found if f is not None]
+    return floor_cell(Grain.DAY, min(moments)) if moments else None
 
 
 def _rebuild_day(conn: Connection, day: int) -> int:
