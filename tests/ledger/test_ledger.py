@@ -115,7 +115,7 @@ def test_upgrading_from_0004_keeps_every_span_and_builds_its_rollups(db_url: str
                     "ended": ended,
                     "department": department,
                     "cost": cost,
-                },  # fmt: skip
+                },
             )
     engine.dispose()
     ledger = Ledger(db_url)  # migrates, then builds the rollups of what was there
