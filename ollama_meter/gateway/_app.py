@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from ollama_meter.config import Settings
 from ollama_meter.errors import LedgerError, UpstreamError, ValidationError
+from ollama_meter.gateway import _metrics as metrics
 from ollama_meter.gateway._attribution import Caller, Unauthorized, presented_key, resolve
 from ollama_meter.gateway._dash import dashboard_routes
 from ollama_meter.gateway._relay import (
@@ -59,6 +60,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state["meter"] = meter or Meter.from_settings(settings, source="gateway")
+        metrics.install(state["meter"])  # /metrics counts from the first call on
         state["pool"] = UpstreamPool(settings.ollama_host, timeout=settings.upstream_timeout)
         state["relay"] = Relay(state["meter"], state["pool"])
         try:

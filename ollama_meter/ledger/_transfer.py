@@ -41,8 +41,11 @@ def iso_utc(moment: datetime) -> str:
 
 
 def span_to_dict(span: SpanRecord) -> dict[str, Any]:
-    """A span as ``ometer log --json`` prints it: times in UTC ISO 8601, money as strings."""
-    return {
+    """A span as ``ometer log --json`` prints it: times in UTC ISO 8601, money as strings.
+
+    ``prompt`` and ``reply`` appear only when content capture stored them.
+    """
+    data = {
         "id": span.id,
         "started_at": iso_utc(span.started_at),
         "ended_at": iso_utc(span.ended_at) if span.ended_at else None,
@@ -79,9 +82,11 @@ def span_to_dict(span: SpanRecord) -> dict[str, Any]:
         "upstream_host": span.upstream_host,
         "trace_id": span.trace_id,
         "otel_span_id": span.span_id,
-        "prompt": span.prompt,
-        "reply": span.reply,
     }
+    for key in ("prompt", "reply"):
+        if (content := getattr(span, key)) is not None:
+            data[key] = content
+    return data
 
 
 # -- export ------------------------------------------------------------------------------
