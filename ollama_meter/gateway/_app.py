@@ -8,6 +8,7 @@ through; model management is refused unless allowed. Errors keep Ollama's
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -32,6 +33,7 @@ from ollama_meter.gateway._relay import (
     error_response,
     forward_headers,
 )
+from ollama_meter.gateway._retention import prune_daily
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.gateway._upstream import UpstreamPool, finish, gateway_status
 from ollama_meter.meter import Attribution, Meter
@@ -63,9 +65,14 @@ def create_app(
         metrics.install(state["meter"])  # /metrics counts from the first call on
         state["pool"] = UpstreamPool(settings.ollama_host, timeout=settings.upstream_timeout)
         state["relay"] = Relay(state["meter"], state["pool"])
+        retention = None
+        if settings.keep_days is not None:
+            retention = asyncio.create_task(prune_daily(state["meter"].ledger, settings.keep_days))
         try:
             yield
         finally:
+            if retention is not None:
+                retention.cancel()
             await state["pool"].aclose()
             if state["meter"].budgets is not None:  # give back the budget leases not in use
                 await in_thread(state["meter"].budgets.close)
