@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, literal, literal_column, or_, select
+from sqlalchemy import Connection, case, func, literal, literal_column, select, union_all
 from sqlalchemy.sql.elements import ColumnElement
 
 from ollama_meter.ledger._rollup import (
@@ -184,8 +184,33 @@ def _cells(pieces: Iterable[Piece]) -> tuple[dict[int, list[tuple[int, int]]], l
     return cells, merge_intervals(spans)
 
 
-def _in_ranges(column: Any, ranges: Sequence[tuple[int, int]]) -> Any:
-    return or_(*(and_(column >= lo, column < hi) for lo, hi in ranges))
+def _grouped_in_ranges(
+    conn: Connection,
+    table: Any,
+    grain: Grain,
+    ranges: Sequence[tuple[int, int]],
+    groups: Sequence[Any],
+    sums: Sequence[Any],
+    filters: Sequence[Any],
+) -> Iterator[Any]:
+    """Rows of ``SELECT groups, sums ... GROUP BY groups`` over cells in ``ranges``.
+
+    One SELECT per range, joined by UNION ALL: each is a range scan of the primary key
+    (grain, start), where an OR of ranges would scan every cell of the grain. The
+    ranges are disjoint and ``start`` is among the groups, so no row is split.
+    """
+    for first in range(0, len(ranges), _UNION_LIMIT):
+        parts = [
+            select(*groups, *sums)
+            .where(table.c.grain == int(grain), table.c.start >= lo, table.c.start < hi, *filters)
+            .group_by(*groups)
+            for lo, hi in ranges[first : first + _UNION_LIMIT]
+        ]
+        yield from conn.execute(parts[0] if len(parts) == 1 else union_all(*parts))
+
+
+_UNION_LIMIT = 200
+"""SELECTs per UNION ALL: SQLite allows 500."""
 
 
 def _rollup_filters(table: Any, where: SpanFilter, columns: Sequence[str]) -> list[Any]:
@@ -267,18 +292,17 @@ def _cube_sums(
 ) -> None:
     cells, ranges = _cells(pieces)
     c = ROLLUPS.c
-    groups = [c.start, *(c[name] for name in by), c.currency, c.status]
-    query = (
-        select(*groups, *(func.sum(c[name]) for name in SUMS))
-        .where(
-            c.grain == int(grain),
-            _in_ranges(c.start, ranges),
-            *_rollup_filters(ROLLUPS, where, ("tenant", "department", "user", "model", "status")),
-        )
-        .group_by(*groups)
+    rows = _grouped_in_ranges(
+        conn,
+        ROLLUPS,
+        grain,
+        ranges,
+        [c.start, *(c[name] for name in by), c.currency, c.status],
+        [func.sum(c[name]) for name in SUMS],
+        _rollup_filters(ROLLUPS, where, ("tenant", "department", "user", "model", "status")),
     )
     width = len(by)
-    for row in conn.execute(query):
+    for row in rows:
         keys = tuple(row[1 : 1 + width])
         currency, status = row[1 + width], row[2 + width]
         values = row[3 + width :]
@@ -402,18 +426,17 @@ def aggregate_histograms(
         if not chosen:
             continue
         cells, ranges = _cells(chosen)
-        groups = [c.start, *(c[name] for name in by), c.metric, c.decade]
-        query = (
-            select(*groups, *(func.sum(c[name]) for name in BIN_COLUMNS))
-            .where(
-                c.grain == int(grain),
-                _in_ranges(c.start, ranges),
-                *_rollup_filters(HISTOGRAMS, where, ("tenant", "department", "model")),
-            )
-            .group_by(*groups)
+        rows = _grouped_in_ranges(
+            conn,
+            HISTOGRAMS,
+            grain,
+            ranges,
+            [c.start, *(c[name] for name in by), c.metric, c.decade],
+            [func.sum(c[name]) for name in BIN_COLUMNS],
+            _rollup_filters(HISTOGRAMS, where, ("tenant", "department", "model")),
         )
         width = len(by)
-        for row in conn.execute(query):
+        for row in rows:
             keys = tuple(row[1 : 1 + width])
             metric, decade = Metric(row[1 + width]), int(row[2 + width])
             counts = [(index, int(n)) for index, n in enumerate(row[3 + width :]) if n]

@@ -170,20 +170,30 @@ class _Line(msgspec.Struct):
 
 _DECODER = msgspec.json.Decoder(_Line)
 _ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
-_MONEY = re.compile(r"(\d{1,13})\.(\d{6})")
 _CURRENCY = re.compile(r"[A-Z]{3}")
-_LIMITS = {
-    "request_model": 255, "response_model": 255, "operation": 32, "source": 16, "status": 16,
-    "error_type": 32, "done_reason": 32, "token_source": 16, "duration_source": 16,
-    "upstream_host": 255, "trace_id": 32, "otel_span_id": 16,
-}  # fmt: skip
+_NAMES = (("tenant", 64), ("department", 64), ("user", MAX_USER))
+_TEXTS = (
+    ("request_model", 255), ("response_model", 255), ("operation", 32), ("source", 16),
+    ("status", 16), ("error_type", 32), ("done_reason", 32), ("token_source", 16),
+    ("duration_source", 16), ("upstream_host", 255), ("trace_id", 32), ("otel_span_id", 16),
+)  # fmt: skip
+_COUNTS = ("input_tokens", "output_tokens")
+_DURATIONS = ("total", "load", "prompt_eval", "eval", "latency", "ttft")
+_checked: set[tuple[str, str]] = set()
+"""(field, value) pairs already found valid: names, models and hosts repeat on every line."""
 
 
 def _micros(value: str, what: str) -> int:
-    match = _MONEY.fullmatch(value)
-    if match is None:
+    whole, dot, fraction = value.partition(".")
+    if not (
+        dot
+        and len(fraction) == 6
+        and 0 < len(whole) <= 13
+        and whole.isdigit()
+        and fraction.isdigit()
+    ):
         raise ValueError(f"{what} {value!r} is not an amount with six decimals, e.g. 0.031000")
-    return int(match[1]) * 1_000_000 + int(match[2])
+    return int(whole) * 1_000_000 + int(fraction)
 
 
 def _moment(value: str, what: str) -> datetime:
@@ -193,13 +203,39 @@ def _moment(value: str, what: str) -> datetime:
         raise ValueError(f"{what} {value!r} is not an ISO 8601 time") from None
     if moment.tzinfo is None:
         raise ValueError(f"{what} {value!r} has no time zone; times are UTC, e.g. ...Z")
-    return moment.astimezone(UTC)
+    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
 
 
-def _nonneg(value: int | None, what: str) -> int | None:
-    if value is not None and not 0 <= value < 2**63:
-        raise ValueError(f"{what} {value} is out of range")
-    return value
+def _check(d: _Line) -> None:
+    """Refuse what the ledger would store wrong: bad names, odd strings, impossible numbers."""
+    if not _ULID.fullmatch(d.id):
+        raise ValueError(f"id {d.id!r} is not a span id (26 characters, Crockford base32)")
+    if len(_checked) > 100_000:
+        _checked.clear()
+    for what, limit in _NAMES:
+        value = getattr(d, what)
+        if value is not None and (what, value) not in _checked:
+            if problem := name_problem(value, limit=limit):
+                raise ValueError(f"{what} {problem}")
+            _checked.add((what, value))
+    for what, limit in _TEXTS:
+        value = getattr(d, what)
+        if value is not None and (what, value) not in _checked:
+            if len(value) > limit or not value.isprintable():
+                raise ValueError(f"{what} {value!r} is longer than {limit} or not printable")
+            if what not in ("trace_id", "otel_span_id"):
+                _checked.add((what, value))
+    if (d.currency, "currency") not in _checked:
+        if not _CURRENCY.fullmatch(d.currency):
+            raise ValueError(f"currency {d.currency!r} is not a 3-letter code like USD")
+        _checked.add((d.currency, "currency"))
+    for what in _COUNTS:
+        if not 0 <= getattr(d, what) < 2**31:
+            raise ValueError(f"{what} {getattr(d, what)} is out of range")
+    for what in _DURATIONS:
+        value = getattr(d.durations_ns, what)
+        if value is not None and not 0 <= value < 2**63:
+            raise ValueError(f"durations_ns.{what} {value} is out of range")
 
 
 def span_from_line(line: bytes) -> SpanRecord:
@@ -210,25 +246,11 @@ def span_from_line(line: bytes) -> SpanRecord:
         raise ValueError(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ValueError(f"not JSON: {exc}") from None
-    if not _ULID.fullmatch(d.id):
-        raise ValueError(f"id {d.id!r} is not a span id (26 characters, Crockford base32)")
-    for what, value, limit in (
-        ("tenant", d.tenant, 64),
-        ("department", d.department, 64),
-        ("user", d.user, MAX_USER),
-    ):
-        if value is not None and (problem := name_problem(value, limit=limit)):
-            raise ValueError(f"{what} {problem}")
-    for what, limit in _LIMITS.items():
-        value = getattr(d, what)
-        if value is not None and (len(value) > limit or not value.isprintable()):
-            raise ValueError(f"{what} {value!r} is longer than {limit} or not printable")
-    if not _CURRENCY.fullmatch(d.currency):
-        raise ValueError(f"currency {d.currency!r} is not a 3-letter code like USD")
+    _check(d)
     response = d.response_model
     if response is None and d.model is not None and d.model != d.request_model:
         response = d.model  # an export from before response_model was its own key
-    durations = d.durations_ns
+    durations, parts = d.durations_ns, d.cost_parts
     return SpanRecord(
         id=d.id,
         trace_id=d.trace_id,
@@ -250,20 +272,20 @@ def span_from_line(line: bytes) -> SpanRecord:
         error_message=d.error_message,
         http_status=d.http_status,
         done_reason=d.done_reason,
-        input_tokens=_nonneg(d.input_tokens, "input_tokens") or 0,
-        output_tokens=_nonneg(d.output_tokens, "output_tokens") or 0,
+        input_tokens=d.input_tokens,
+        output_tokens=d.output_tokens,
         token_source=d.token_source,
-        total_duration_ns=_nonneg(durations.total, "durations_ns.total"),
-        load_duration_ns=_nonneg(durations.load, "durations_ns.load"),
-        prompt_eval_duration_ns=_nonneg(durations.prompt_eval, "durations_ns.prompt_eval"),
-        eval_duration_ns=_nonneg(durations.eval, "durations_ns.eval"),
+        total_duration_ns=durations.total,
+        load_duration_ns=durations.load,
+        prompt_eval_duration_ns=durations.prompt_eval,
+        eval_duration_ns=durations.eval,
         duration_source=d.duration_source,
-        latency_ns=_nonneg(durations.latency, "durations_ns.latency"),
-        ttft_ns=_nonneg(durations.ttft, "durations_ns.ttft"),
-        cost_tokens=_micros(d.cost_parts.tokens, "cost_parts.tokens"),
-        cost_compute=_micros(d.cost_parts.compute, "cost_parts.compute"),
-        cost_energy=_micros(d.cost_parts.energy, "cost_parts.energy"),
-        cost_fee=_micros(d.cost_parts.fee, "cost_parts.fee"),
+        latency_ns=durations.latency,
+        ttft_ns=durations.ttft,
+        cost_tokens=_micros(parts.tokens, "cost_parts.tokens"),
+        cost_compute=_micros(parts.compute, "cost_parts.compute"),
+        cost_energy=_micros(parts.energy, "cost_parts.energy"),
+        cost_fee=_micros(parts.fee, "cost_parts.fee"),
         cost_total=_micros(d.cost, "cost"),
         currency=d.currency,
         price_rule_id=d.price_rule_id,
