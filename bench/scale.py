@@ -311,7 +311,11 @@ def child(what: str, db: str, end: datetime) -> None:
     ledger = Ledger(db)
     if what != "nothing":
         answers(ledger, end)[what]()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    # VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss across fork and exec.
+    status = Path("/proc/self/status").read_text().splitlines()
+    peak = next((line.split()[1] for line in status if line.startswith("VmHWM:")), None)
+    kib = int(peak) if peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(kib / 1024)
 
 
 # -- the run ---------------------------------------------------------------------------------

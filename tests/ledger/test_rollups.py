@@ -235,6 +235,11 @@ def test_budget_spend_and_status_from_rollups_are_the_raw_ones(
     with raw_spans():
         expected = budget_status(ledger, tz=zone, now=now)
     assert status == expected
+    with ledger.read() as conn:  # status sums one aggregate per period; the gate asks per budget
+        for line in status:
+            assert line.spent == store.spent(
+                conn, line.budget, line.tenant, line.window.start, line.window.end
+            )
     # and the gate's own lookup, over an arbitrary stretch
     start, end = datetime(2026, 10, 31, 23, 15, tzinfo=UTC), datetime(2026, 11, 17, 5, tzinfo=UTC)
     with ledger.read() as conn:
