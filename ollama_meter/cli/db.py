@@ -65,7 +65,7 @@ def rollup_command(db: DbOption = None) -> None:
     Days before the prune horizon keep their rollups: their raw spans are gone.
     """
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
     began = time.monotonic()
     with _bar("rolling up", " days") as bar:
         task = bar.add_task("days", total=None)
@@ -82,7 +82,7 @@ def export_command(
 ) -> None:
     """Write spans as JSON lines (one span per line, as `ometer log --json` shows them)."""
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
     start = end = None
     if since or until:
         window = window_between(since, until, tz=cfg.tz, now=utc_now())
@@ -113,7 +113,7 @@ def import_command(
 ) -> None:
     """Load spans from JSON lines (an `ometer db export`); spans already there are skipped."""
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
     stream: BinaryIO
     if source == "-":
         # text-only stdins (an embedding host, a test) have no bytes underneath
@@ -152,7 +152,7 @@ def prune_command(
 ) -> None:
     """Remove raw spans older than N days; rollups stay, so reports do not change."""
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
     result = prune(ledger, keep_days, now=utc_now(), vacuum=vacuum)
     out.print(
         f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d} UTC; "
@@ -186,7 +186,7 @@ def backup_command(
             "ometer backs up SQLite ledgers; for PostgreSQL run the pg_dump command above "
             "(its password from PGPASSWORD or ~/.pgpass)"
         )
-    ledger = open_ledger(cfg.ledger_url)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
     began = time.monotonic()
     with _bar("copying", " pages") as bar:
         task = bar.add_task("pages", total=None)

@@ -213,6 +213,18 @@ _UNION_LIMIT = 200
 """SELECTs per UNION ALL: SQLite allows 500."""
 
 
+_CUBE_FILTERS = ("tenant", "department", "user", "model", "status", "error_type")
+"""SpanFilter fields rollup rows can answer; since and until are the cells themselves."""
+
+
+def _cube_answers(where: SpanFilter) -> bool:
+    """Whether rollups hold what ``where`` asks: a bounded window, and filters they keep."""
+    if where.since is None or where.until is None:
+        return False
+    other = set(SpanFilter.__dataclass_fields__) - {"since", "until", *_CUBE_FILTERS}
+    return all(getattr(where, name) is None for name in other)
+
+
 def _rollup_filters(table: Any, where: SpanFilter, columns: Sequence[str]) -> list[Any]:
     clauses = []
     for name in columns:
@@ -262,7 +274,7 @@ def aggregate_spend(
 ) -> list[SpendRow]:
     """Sums per (``by`` columns, time bucket, currency) over the window ``where`` gives."""
     sums = _Sums()
-    if raw or _RAW.get() or where.since is None or where.until is None:
+    if raw or _RAW.get() or not _cube_answers(where):
         _raw_sums(conn, where, by, bucket_starts, sums, sign=1, bucket=None)
         return sums.result()
     pieces = plan(where, bucket_starts, CUBE_GRAINS)
@@ -299,7 +311,7 @@ def _cube_sums(
         ranges,
         [c.start, *(c[name] for name in by), c.currency, c.status],
         [func.sum(c[name]) for name in SUMS],
-        _rollup_filters(ROLLUPS, where, ("tenant", "department", "user", "model", "status")),
+        _rollup_filters(ROLLUPS, where, _CUBE_FILTERS),
     )
     width = len(by)
     for row in rows:
@@ -411,7 +423,9 @@ def aggregate_histograms(
     department, model); raw spans otherwise, and for the hours between a UTC
     midnight and the window's ends.
     """
-    fits = set(by) <= set(HISTOGRAM_KEY) and where.user is None and where.status is None
+    fits = set(by) <= set(HISTOGRAM_KEY) and all(
+        getattr(where, name) is None for name in ("user", "status", "error_type")
+    )
     result = HistogramResult({})
     horizon = pruned_before(conn)
     if raw or _RAW.get() or not fits or where.since is None or where.until is None:
