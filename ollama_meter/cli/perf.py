@@ -20,6 +20,7 @@ from ollama_meter.cli._common import (
     SinceOption,
     TenantFilter,
     UntilOption,
+    err,
     out,
     settings,
     window_from_options,
@@ -68,6 +69,8 @@ def perf(
         out_file,
         lambda: out.print(render_table(result, cfg.timezone)),
     )
+    for warning in result.warnings:
+        err.print(f"warning: {warning}")
 
 
 # Narrow headings for the terminal; CSV and JSON keep the exact column names.

@@ -191,7 +191,7 @@ def test_rollup_command(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped
     assert done.code == 0 and "rolled up 40 span(s)" in done.stdout
 
 
-def test_pruned_months_report_and_bill_the_same_bytes(db_url: str) -> None:
+def test_pruned_months_report_and_bill_the_same_bytes(db_url: str, cli) -> None:  # type: ignore[no-untyped-def]
     ledger = Ledger(db_url)
     ledger.record(_spans(300))
     before = {month: _monthly(ledger, month) for month in ("2026-10", "2026-11")}
@@ -208,6 +208,8 @@ def test_pruned_months_report_and_bill_the_same_bytes(db_url: str) -> None:
     assert perf_report(ledger, window, ["model"]).warnings
     assert perf_report(ledger, window, ["user"]).warnings
     assert not perf_report(ledger, parse_period("2026-12", tz=BERLIN, now=NOW), ["model"]).warnings
+    shown = cli("perf", "--by", "user", "--period", "2026-11", "--db", db_url)
+    assert shown.code == 0 and "warning: percentiles leave out calls before" in shown.stderr
     # rebuilding keeps the pruned days' rollups and recomputes the rest
     rebuild(ledger.write, ledger.read)
     assert {month: _monthly(ledger, month) for month in ("2026-10", "2026-11")} == before
