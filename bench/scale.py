@@ -15,7 +15,8 @@ then in one run:
     python bench/scale.py [--spans 1000000] [--small 20000] [--runs 5] [--dir DIR]
 
 The export files are kept in --dir and reused when present (generating 10M spans
-takes minutes); ledgers are rebuilt every run. Needs about 500 bytes of disk per span.
+takes minutes); ledgers are rebuilt every run. Needs about 1.5 KB of disk per span
+(export file and ledger).
 """
 
 from __future__ import annotations
