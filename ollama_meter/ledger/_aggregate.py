@@ -31,6 +31,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from ollama_meter.ledger._rollup import (
     BIN_COLUMNS,
+    BUSY_US,
     COLD_LOAD_NS,
     DAY_US,
     ERROR_STATUSES,
@@ -501,9 +502,9 @@ def busy_union(
     if raw or _RAW.get():
         return _raw_busy(conn, lo, hi)
     c = BUSY_TABLE.c
-    first = floor_cell(Grain.QUARTER, lo)
-    inner_lo = first if first == lo else first + 900 * 10**6
-    inner_hi = floor_cell(Grain.QUARTER, hi)
+    first = lo - lo % BUSY_US
+    inner_lo = first if first == lo else first + BUSY_US
+    inner_hi = hi - hi % BUSY_US
     hosts: set[str] = set()
     busy_us = 0
     if inner_lo < inner_hi:
@@ -515,7 +516,7 @@ def busy_union(
         for host, total in conn.execute(query):
             hosts.add(host)
             busy_us += int(total or 0)
-    # Quarter hours the window only partly covers (never at a local midnight): clip.
+    # Minutes the window only partly covers (never at a local midnight): clip.
     partial = {
         cell for cell, inside in ((first, first == lo), (inner_hi, inner_hi == hi)) if not inside
     }

@@ -10,8 +10,8 @@ Every span that is inserted adds to three tables, in the same transaction:
 - ``rollup_histograms``: per UTC day and month and (tenant, department, model),
   how many calls fell in each bin of latency, time to first token, queue time and
   generation speed, so percentiles can be merged (:func:`duration_bin`).
-- ``rollup_busy``: per quarter hour and upstream host, the union of the calls'
-  busy intervals, so chargeback's utilisation is exact without a scan.
+- ``rollup_busy``: per minute and upstream host, the union of the calls' busy
+  intervals, so chargeback's utilisation is exact without a scan.
 
 Only spans the insert really added count (re-recording an id adds nothing), the
 cell is the span's own start time (a span that arrives a month late lands in its
@@ -71,6 +71,8 @@ class Grain(IntEnum):
 
 
 QUARTER_US = 900 * 10**6
+BUSY_US = 60 * 10**6
+"""Busy time per host is kept per minute: few enough intervals in a row to merge cheaply."""
 DAY_US = 86_400 * 10**6
 
 ERROR_STATUSES = frozenset({"error"})
@@ -301,14 +303,14 @@ def busy_interval(span: SpanRecord, start: int | None = None) -> tuple[int, int]
 def busy_pieces(
     span: SpanRecord, start: int | None = None
 ) -> Iterator[tuple[int, tuple[int, int]]]:
-    """The span's busy interval cut at quarter hours: (quarter start, (begin, end) offsets in it)."""
+    """The span's busy interval cut at minutes: (minute start, (begin, end) offsets in it)."""
     interval = busy_interval(span, start)
     if interval is None:
         return
     begin, end = interval
-    cell = begin - begin % QUARTER_US
+    cell = begin - begin % BUSY_US
     while cell < end:
-        after = cell + QUARTER_US
+        after = cell + BUSY_US
         yield cell, (max(begin, cell) - cell, min(end, after) - cell)
         cell = after
 
@@ -380,12 +382,12 @@ class RollupDelta:
                 counts = histograms[hkey] = [0] * SLOTS
             counts[index] += sign
         if busy:
-            self._add_busy(span, us, quarter)
+            self._add_busy(span, us)
 
-    def _add_busy(self, span: SpanRecord, start: int, quarter: int) -> None:
+    def _add_busy(self, span: SpanRecord, start: int) -> None:
         host = span.upstream_host
         busy = self.busy
-        busy[(quarter, host)]  # the host served a call then: it adds capacity
+        busy[(start - start % BUSY_US, host)]  # the host served a call then: it adds capacity
         if span.prompt_eval_duration_ns or span.eval_duration_ns:
             for cell, piece in busy_pieces(span, start):
                 busy[(cell, host)].append(piece)
@@ -450,26 +452,19 @@ def _write_busy(
     conn: Connection, statements: _Statements, busy: dict[tuple[int, str], list[tuple[int, int]]]
 ) -> None:
     keys = sorted(busy)
-    # Make sure each row exists, then (on PostgreSQL) lock the ones whose intervals change:
-    # a concurrent writer of the same quarter waits here and then sees ours.
+    # Make sure each row exists, then (on PostgreSQL) lock the ones whose intervals change,
+    # in key order.
     conn.exec_driver_sql(
         statements.busy_presence.sql, [(start // 10**6, host, "", 0) for start, host in keys]
     )
     changed = [key for key in keys if busy[key]]
     if not changed:
         return
-    starts = sorted({start // 10**6 for start, _ in changed})
-    hosts = sorted({host for _, host in changed})
-    query = select(BUSY.c.start, BUSY.c.host, BUSY.c.intervals).where(
-        BUSY.c.start.in_(starts), BUSY.c.host.in_(hosts)
-    )
-    if conn.dialect.name == "postgresql":
-        query = query.order_by(BUSY.c.start, BUSY.c.host).with_for_update()
-    stored = {(row.start, row.host): row.intervals for row in conn.execute(query)}
     updates = []
-    for start, host in changed:
+    for start, host in changed:  # a call touches one or two quarters: one lookup each
         seconds = start // 10**6
-        merged = merge_intervals([*parse_intervals(stored[(seconds, host)]), *busy[(start, host)]])
+        stored = conn.exec_driver_sql(statements.busy_select.sql, (seconds, host)).scalar_one()
+        merged = merge_intervals([*parse_intervals(stored), *busy[(start, host)]])
         updates.append(
             (format_intervals(merged), sum(end - begin for begin, end in merged), seconds, host)
         )
@@ -539,6 +534,13 @@ class _Statements:
         self.busy_update = _DriverSQL(
             _positional(changed, dialect, ["b_intervals", "b_busy", "b_start", "b_host"])
         )
+        stored = select(BUSY.c.intervals).where(
+            BUSY.c.start == bindparam("b_start"), BUSY.c.host == bindparam("b_host")
+        )
+        if dialect.name == "postgresql":
+            # Lock the row: a concurrent writer of the same quarter waits, then sees ours.
+            stored = stored.with_for_update()
+        self.busy_select = _DriverSQL(_positional(stored, dialect, ["b_start", "b_host"]))
 
 
 @functools.cache

@@ -177,7 +177,7 @@ would cost a row per call). ``metric`` is latency, TTFT, queue or generation spe
 
 
 class RollupBusyRow(Base):
-    """One upstream host's busy time in one quarter hour, as the union of its calls' intervals.
+    """One upstream host's busy time in one minute, as the union of its calls' intervals.
 
     ``intervals`` lists the merged intervals as ``begin-end`` microsecond offsets from
     ``start``, comma-separated; ``busy_us`` is their total length. A row with no

@@ -3,7 +3,7 @@
 A fixed monthly cost (amortised servers, power, admin) is spread by GPU busy
 time. Capacity is the month's length times GPUs per upstream host; busy time is
 the union of the calls' busy intervals per host inside the month (kept per
-quarter hour in the rollups), so parallel calls do not count twice. Idle capacity is either shared in proportion (``share``) or shown as its
+minute in the rollups), so parallel calls do not count twice. Idle capacity is either shared in proportion (``share``) or shown as its
 own ``__idle__`` row (``separate``). Shares are whole cents that add up exactly.
 """
 
