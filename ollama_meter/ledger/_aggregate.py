@@ -18,6 +18,7 @@ identical on SQLite and PostgreSQL and honours the configured zone exactly.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -390,10 +391,64 @@ def _raw_sums(
         )
 
 
+# -- failures (the dashboard) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FailureCount:
+    """How many calls ended with one (status, error type), e.g. ``("error", "timeout")``."""
+
+    status: str
+    error_type: str | None
+    requests: int
+
+
+def aggregate_failures(
+    conn: Connection, where: SpanFilter, *, raw: bool = False
+) -> list[FailureCount]:
+    """Calls that did not end ``ok``, counted per (status, error type)."""
+    counts: defaultdict[tuple[str, str | None], int] = defaultdict(int)
+    if raw or _RAW.get() or not _cube_answers(where):
+        query = (
+            select(SpanRow.status, SpanRow.error_type, func.count())
+            .where(*where.clauses(), SpanRow.status != "ok")
+            .group_by(SpanRow.status, SpanRow.error_type)
+        )
+        for status, error_type, requests in conn.execute(query):
+            counts[(status, error_type)] += int(requests)
+    else:
+        pieces = plan(where, (), CUBE_GRAINS)
+        for grain in CUBE_GRAINS:
+            chosen = [p for p in pieces if p.grain is grain]
+            if not chosen:
+                continue
+            cells, ranges = _cells(chosen)
+            c = ROLLUPS.c
+            rows = _grouped_in_ranges(
+                conn,
+                ROLLUPS,
+                grain,
+                ranges,
+                [c.start, c.status, c.error_type],
+                [func.sum(c.requests)],
+                [*_rollup_filters(ROLLUPS, where, _CUBE_FILTERS), c.status != "ok"],
+            )
+            for start, status, error_type, requests in rows:
+                for _, sign in cells.get(start, ()):
+                    counts[(status, error_type or None)] += sign * int(requests)
+        for piece in pieces:
+            if piece.grain is None:
+                edge = SpanFilter(**{**_filter_values(where), "since": from_us(piece.lo),
+                                     "until": from_us(piece.hi)})  # fmt: skip
+                for failure in aggregate_failures(conn, edge, raw=True):
+                    counts[(failure.status, failure.error_type)] += piece.sign * failure.requests
+    return [FailureCount(status, error_type, n) for (status, error_type), n in counts.items() if n]
+
+
 # -- histograms (perf) -------------------------------------------------------------------
 
-Histograms = dict[tuple[str, ...], dict[Metric, dict[int, int]]]
-"""Per group: per metric, bin edge → calls."""
+Histograms = dict[tuple[Any, ...], dict[Metric, dict[int, int]]]
+"""Per group (and time bucket, when asked): per metric, bin edge → calls."""
 
 TIMING_COLUMNS = (
     SpanRow.status,
@@ -416,13 +471,19 @@ class HistogramResult:
 
 
 def aggregate_histograms(
-    conn: Connection, where: SpanFilter, by: Sequence[str], *, raw: bool = False
+    conn: Connection,
+    where: SpanFilter,
+    by: Sequence[str],
+    bucket_starts: Sequence[datetime] = (),
+    *,
+    raw: bool = False,
 ) -> HistogramResult:
     """Latency, TTFT, queue and speed histograms per ``by`` group over the window.
 
     From day and month rollups when ``by`` and the filters fit their key (tenant,
     department, model); raw spans otherwise, and for the hours between a UTC
-    midnight and the window's ends.
+    midnight and the window's ends. With ``bucket_starts`` each group's key ends with
+    its time bucket's index.
     """
     fits = set(by) <= set(HISTOGRAM_KEY) and all(
         getattr(where, name) is None for name in ("user", "status", "error_type")
@@ -432,9 +493,10 @@ def aggregate_histograms(
     if raw or _RAW.get() or not fits or where.since is None or where.until is None:
         if horizon is not None and (where.since is None or to_us(where.since) < horizon):
             result.pruned_before = horizon
-        _raw_histograms(conn, where, by, result, sign=1)
+        _raw_histograms(conn, where, by, result, sign=1, bucket_starts=bucket_starts)
         return result
-    pieces = plan(where, (), HISTOGRAM_GRAINS)
+    pieces = plan(where, bucket_starts, HISTOGRAM_GRAINS)
+    bucketed = bool(bucket_starts)
     c = HISTOGRAMS.c
     for grain in HISTOGRAM_GRAINS:
         chosen = [p for p in pieces if p.grain is grain]
@@ -455,8 +517,9 @@ def aggregate_histograms(
             keys = tuple(row[1 : 1 + width])
             metric, decade = Metric(row[1 + width]), int(row[2 + width])
             counts = [(index, int(n)) for index, n in enumerate(row[3 + width :]) if n]
-            for _, sign in cells.get(row[0], ()):
-                bins = result.groups.setdefault(keys, {}).setdefault(metric, {})
+            for bucket, sign in cells.get(row[0], ()):
+                group = (*keys, bucket) if bucketed else keys
+                bins = result.groups.setdefault(group, {}).setdefault(metric, {})
                 for index, calls in counts:
                     edge = slot_edge(metric, decade, index)
                     bins[edge] = bins.get(edge, 0) + sign * calls
@@ -466,7 +529,10 @@ def aggregate_histograms(
                 result.pruned_before = horizon
             edge_filter = SpanFilter(**{**_filter_values(where), "since": from_us(piece.lo),
                                         "until": from_us(piece.hi)})  # fmt: skip
-            _raw_histograms(conn, edge_filter, by, result, sign=piece.sign)
+            _raw_histograms(
+                conn, edge_filter, by, result, sign=piece.sign,
+                bucket=piece.bucket if bucketed else None,
+            )  # fmt: skip
     for metrics in result.groups.values():
         for metric, bins in list(metrics.items()):
             metrics[metric] = {edge: n for edge, n in bins.items() if n}
@@ -474,13 +540,26 @@ def aggregate_histograms(
 
 
 def _raw_histograms(
-    conn: Connection, where: SpanFilter, by: Sequence[str], result: HistogramResult, *, sign: int
+    conn: Connection,
+    where: SpanFilter,
+    by: Sequence[str],
+    result: HistogramResult,
+    *,
+    sign: int,
+    bucket_starts: Sequence[datetime] = (),
+    bucket: int | None = None,
 ) -> None:
     keys = [GROUP_COLUMNS[name].label(f"k_{name}") for name in by]
-    query = select(*keys, *TIMING_COLUMNS).where(*where.clauses())
+    query = select(*keys, *TIMING_COLUMNS, SpanRow.started_at).where(*where.clauses())
     width = len(keys)
     for call in conn.execute(query):
-        group = result.groups.setdefault(tuple(str(v) for v in call[:width]), {})
+        group_key: tuple[Any, ...] = tuple(str(v) for v in call[:width])
+        if bucket is not None:
+            group_key = (*group_key, bucket)
+        elif bucket_starts:
+            index = max(bisect.bisect_right(bucket_starts, call.started_at) - 1, 0)
+            group_key = (*group_key, index)
+        group = result.groups.setdefault(group_key, {})
         for metric, edge in histogram_entries(call):
             bins = group.setdefault(metric, {})
             bins[edge] = bins.get(edge, 0) + sign

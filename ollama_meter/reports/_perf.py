@@ -17,14 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
-from typing import TypeVar
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger._aggregate import GROUP_COLUMNS, aggregate_histograms, aggregate_spend
 from ollama_meter.ledger._rollup import Metric
 from ollama_meter.ledger._types import from_us
-from ollama_meter.periods import Window
+from ollama_meter.periods import Window, bucket_bounds
 
 PERF_BY_CHOICES: tuple[str, ...] = tuple(GROUP_COLUMNS)
 PERF_DEFAULT_BY: tuple[str, ...] = ("model", "department")
@@ -188,35 +189,48 @@ def perf_report(
     window: Window,
     by: Sequence[str],
     *,
+    unit: str | None = None,
+    tz: ZoneInfo | None = None,
     tenant: str | None = None,
     department: str | None = None,
     model: str | None = None,
 ) -> PerfReport:
-    """Latency, TTFT, speed, cold loads and queueing per ``by`` group over ``window``."""
+    """Latency, TTFT, speed, cold loads and queueing per ``by`` group over ``window``.
+
+    With a time ``unit`` (``day``, ``week``, ``month``, cut in ``tz``) each group is
+    also split per period, which becomes the last ``by`` column; rows keep time order.
+    """
     where = SpanFilter(
         since=window.start, until=window.end, tenant=tenant, department=department, model=model
     )
-    groups: dict[tuple[str, ...], _Group] = {}
+    bounds = bucket_bounds(window, unit, tz or ZoneInfo("UTC")) if unit else []
+    starts = [start for start, _ in bounds]
+    groups: dict[tuple[Any, ...], _Group] = {}
     with ledger.read() as conn:
-        for sums in aggregate_spend(conn, where, by):
-            group = groups.setdefault(sums.keys, _Group())
+        for sums in aggregate_spend(conn, where, by, starts):
+            keys: tuple[Any, ...] = (*sums.keys, sums.bucket) if unit else sums.keys
+            group = groups.setdefault(keys, _Group())
             group.requests += sums.requests
             group.errors += sums.errors
             group.cold_loads += sums.cold_loads
             group.cold_load_ns += sums.cold_load_ns
-        histograms = aggregate_histograms(conn, where, by)
-    for keys, bins in histograms.groups.items():
-        if keys in groups:
-            groups[keys].bins = bins
-    report = PerfReport(window=window, by=list(by))
+        histograms = aggregate_histograms(conn, where, by, starts)
+    for hkeys, bins in histograms.groups.items():
+        if hkeys in groups:
+            groups[hkeys].bins = bins
+    columns = [*by, unit] if unit else list(by)
+    report = PerfReport(window=window, by=columns)
     if histograms.pruned_before is not None:
         report.warnings.append(
             "percentiles leave out calls before "
             f"{from_us(histograms.pruned_before).isoformat(timespec='seconds')}: "
             "their raw spans were pruned and this grouping needs them"
         )
-    for keys in sorted(groups):
-        row: dict[str, object] = dict(zip(by, keys, strict=True))
-        row.update(groups[keys].metrics())
+    for group_keys in sorted(groups):
+        labels = list(group_keys[: len(by)])
+        if unit:
+            labels.append(bounds[group_keys[-1]][1])
+        row: dict[str, object] = dict(zip(columns, labels, strict=True))
+        row.update(groups[group_keys].metrics())
         report.rows.append(row)
     return report

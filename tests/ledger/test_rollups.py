@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 from sqlalchemy import delete
 
 from ollama_meter.budgets import Budget, budget_status
-from ollama_meter.ledger import Ledger
+from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger import _budgets as store
 from ollama_meter.ledger._aggregate import (
     CUBE_GRAINS,
+    aggregate_failures,
     decompose,
     raw_spans,
 )
@@ -161,6 +162,10 @@ def test_spend_report_from_rollups_is_the_raw_report(
     assert report.rows == expected.rows
     assert report.unpriced_requests == expected.unpriced_requests
     assert ledger.count() == len(content[0])
+    where = SpanFilter(since=window.start, until=window.end, tenant=tenant, model=model)
+    with ledger.read() as conn:
+        failures = sorted(aggregate_failures(conn, where), key=repr)
+        assert failures == sorted(aggregate_failures(conn, where, raw=True), key=repr)
 
 
 @EXAMPLES
@@ -170,6 +175,7 @@ def test_spend_report_from_rollups_is_the_raw_report(
     by=BY,
     period=st.sampled_from(["2026-11", "2026-11-30", "2026-12"]),
     department=st.sampled_from([None, "sales"]),
+    unit=st.sampled_from([None, "day", "week"]),
 )
 def test_perf_report_from_rollups_is_the_raw_report(
     ledger: Ledger,
@@ -178,12 +184,14 @@ def test_perf_report_from_rollups_is_the_raw_report(
     by: list[str],
     period: str,
     department: str | None,
+    unit: str | None,
 ) -> None:
     _fill(ledger, content[1])
     window = parse_period(period, tz=zone, now=NOW)
-    report = perf_report(ledger, window, by, department=department)
+    options = {"department": department, "unit": unit, "tz": zone}
+    report = perf_report(ledger, window, by, **options)  # type: ignore[arg-type]
     with raw_spans():
-        expected = perf_report(ledger, window, by, department=department)
+        expected = perf_report(ledger, window, by, **options)  # type: ignore[arg-type]
     assert report.rows == expected.rows
     assert report.warnings == expected.warnings == []
 
