@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,14 +42,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import msgspec
 
 from ollama_meter.budgets import Budget, budget_status
-from ollama_meter.config import load_settings
 from ollama_meter.ledger import Ledger
 from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.ledger._rollup import rebuild
 from ollama_meter.ledger._transfer import import_lines, span_to_dict
 from ollama_meter.meter.span import SpanRecord, new_span_row_id
 from ollama_meter.periods import parse_period
-from ollama_meter.reports import chargeback, perf_report, spend_report
+from ollama_meter.reports import (
+    DashQuery,
+    chargeback,
+    dashboard_report,
+    perf_report,
+    spend_report,
+)
 
 TZ = ZoneInfo("Europe/Berlin")
 DAYS = 60
@@ -217,10 +221,6 @@ def median_time(action: Callable[[], object], runs: int) -> float:
 def answers(ledger: Ledger, end: datetime) -> dict[str, Callable[[], object]]:
     month = parse_period("month", tz=TZ, now=end)
     last_month = parse_period("month", tz=TZ, now=month.start - timedelta(days=1)).label
-    settings = load_settings(db_url=ledger.url, timezone=str(TZ))
-    from ollama_meter.gateway._dash import dash_data
-
-    meter = SimpleNamespace(ledger=ledger)
     return {
         "report --period month --by department": lambda: spend_report(
             ledger, month, ["department"], tz=TZ
@@ -235,14 +235,10 @@ def answers(ledger: Ledger, end: datetime) -> dict[str, Callable[[], object]]:
             ledger, last_month, tz=TZ, now=end, currency="USD", fixed_cost=Decimal(2400)
         ),
         "budget status": lambda: budget_status(ledger, tz=TZ, now=end),
-        "/api/dash?period=month": lambda: dash_data(
-            meter,
-            settings,
-            period="month",
-            tenant=None,
-            department=None,
-            model=None,  # type: ignore[arg-type]
-        ),
+        # what /api/dash computes for a poll its 3 s cache cannot answer
+        "/api/dash?period=month": lambda: dashboard_report(
+            ledger, DashQuery(period="month"), tz=TZ, now=end
+        ).to_json(),
         "perf --by model": lambda: perf_report(ledger, month, ["model"]),
     }
 
