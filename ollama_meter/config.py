@@ -152,6 +152,7 @@ class Settings(BaseSettings):
     fixed_monthly_cost: Annotated[
         Decimal | None, Field(validation_alias="OMETER_FIXED_MONTHLY_COST", ge=0)
     ] = None
+    keep_days: Annotated[int | None, Field(validation_alias="OMETER_KEEP_DAYS", ge=1)] = None
 
     @field_validator("ollama_host")
     @classmethod

@@ -7,8 +7,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
-
 from ollama_meter.budgets._model import EACH_TENANT, Budget
 from ollama_meter.periods import Window, current_period
 
@@ -50,28 +48,37 @@ def project(spent: int, window: Window, now: datetime) -> int:
 
 def budget_status(ledger: Ledger, *, tz: ZoneInfo, now: datetime) -> list[BudgetStatus]:
     """One line per budget, and per tenant for budgets that give each tenant its own allowance."""
+    from ollama_meter.ledger import SpanFilter
     from ollama_meter.ledger import _budgets as store
-    from ollama_meter.ledger.models import SpanRow
+    from ollama_meter.ledger._aggregate import aggregate_spend
 
     rows = []
+    # One aggregate per period (day, week, month) answers every budget of that period:
+    # spend per (tenant, department, currency), summed as each budget's scope says.
+    spend: dict[str, dict[tuple[str, str, str], int]] = {}
     with ledger.read() as conn:
         for budget in ledger.budgets():
             assert budget.id is not None
             window = current_period(budget.period, tz=tz, now=now)
+            if budget.period not in spend:
+                where = SpanFilter(since=window.start, until=window.end)
+                spend[budget.period] = {
+                    (row.keys[0], row.keys[1], row.currency): row.cost
+                    for row in aggregate_spend(conn, where, ["tenant", "department"])
+                }
+            sums = spend[budget.period]
             tenants = [budget.tenant]
             if budget.tenant == EACH_TENANT:
-                query = (
-                    select(SpanRow.tenant)
-                    .distinct()
-                    .where(
-                        SpanRow.department == budget.department,
-                        SpanRow.started_at >= window.start,
-                        SpanRow.started_at < window.end,
-                    )
-                )
-                tenants = sorted(str(t) for t in conn.execute(query).scalars()) or [EACH_TENANT]
+                seen = {tenant for tenant, department, _ in sums if department == budget.department}
+                tenants = sorted(seen) or [EACH_TENANT]
             for tenant in tenants:
-                spent = store.spent(conn, budget, tenant, window.start, window.end)
+                spent = sum(
+                    cost
+                    for (t, department, currency), cost in sums.items()
+                    if t == tenant
+                    and currency == budget.currency
+                    and budget.department in (None, department)
+                )
                 held = store.reserved(conn, budget.id, tenant, window.start, now)
                 rows.append(
                     BudgetStatus(budget, tenant, window, spent, held, project(spent, window, now))

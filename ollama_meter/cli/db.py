@@ -1,11 +1,30 @@
-"""``ometer db ...``: where the ledger is and bringing its schema up to date."""
+"""``ometer db ...``: the ledger itself: schema, rollups, export and import, retention, backup."""
 
 from __future__ import annotations
 
-import typer
+import io
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, BinaryIO
 
-from ollama_meter.cli._common import DbOption, out, settings
-from ollama_meter.ledger import HEAD_REVISION, Ledger, current_revision, upgrade
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from ollama_meter.cli._common import DbOption, SinceOption, UntilOption, err, out, settings
+from ollama_meter.errors import OmeterError, ValidationError
+from ollama_meter.ledger import HEAD_REVISION, Ledger, current_revision, open_ledger, upgrade
+from ollama_meter.ledger._rollup import rebuild
+from ollama_meter.ledger._transfer import (
+    backup,
+    export_lines,
+    import_lines,
+    pg_dump_command,
+    prune,
+)
+from ollama_meter.meter import utc_now
+from ollama_meter.periods import window_between
 
 app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 
@@ -29,3 +48,153 @@ def path_command(db: DbOption = None) -> None:
     """Print the ledger's location: the SQLite file, or the database URL without its password."""
     cfg = settings(db_url=db)
     out.print(Ledger(cfg.ledger_url, migrate=False).display_url)
+
+
+def _bar(what: str, unit: str = "", *, rate: bool = False) -> Progress:
+    """A progress bar on stderr, gone when done; ``rate`` shows bytes per second."""
+    count = TransferSpeedColumn() if rate else TextColumn("{task.completed:,.0f}" + unit)
+    return Progress(
+        TextColumn(what), BarColumn(), count, TimeRemainingColumn(), console=err, transient=True
+    )
+
+
+@app.command("rollup")
+def rollup_command(db: DbOption = None) -> None:
+    """Rebuild the rollups from raw spans (after a bulk load outside ometer).
+
+    Days before the prune horizon keep their rollups: their raw spans are gone.
+    """
+    cfg = settings(db_url=db)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
+    began = time.monotonic()
+    with _bar("rolling up", " days") as bar:
+        task = bar.add_task("days", total=None)
+        count = rebuild(ledger.write, ledger.read, progress=lambda _day: bar.advance(task))
+    took = time.monotonic() - began
+    out.print(f"rolled up {count:,} span(s) in {took:.1f} s")
+
+
+@app.command("export")
+def export_command(
+    since: SinceOption = None,
+    until: UntilOption = None,
+    db: DbOption = None,
+) -> None:
+    """Write spans as JSON lines (one span per line, as `ometer log --json` shows them)."""
+    cfg = settings(db_url=db)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
+    start = end = None
+    if since or until:
+        window = window_between(since, until, tz=cfg.tz, now=utc_now())
+        start, end = window.start, window.end
+    sink = sys.stdout.buffer
+    count = 0
+    try:
+        for line in export_lines(ledger, since=start, until=end):
+            sink.write(line)
+            count += 1
+        sink.flush()
+    except BrokenPipeError:  # `| head` is a fine way to look
+        sys.stderr.close()
+        return
+    err.print(f"exported {count:,} span(s)")
+
+
+def _counted(stream: BinaryIO, advance: Callable[[int], object]) -> Iterator[bytes]:
+    for line in stream:
+        advance(len(line))
+        yield line
+
+
+@app.command("import")
+def import_command(
+    source: Annotated[str, typer.Argument(help="A file of JSON lines, or - for stdin.")],
+    db: DbOption = None,
+) -> None:
+    """Load spans from JSON lines (an `ometer db export`); spans already there are skipped."""
+    cfg = settings(db_url=db)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
+    stream: BinaryIO
+    if source == "-":
+        # text-only stdins (an embedding host, a test) have no bytes underneath
+        stream = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode())
+        total = None
+    else:
+        path = Path(source)
+        try:
+            stream, total = path.open("rb"), path.stat().st_size
+        except OSError as exc:
+            raise OmeterError(f"cannot read {source}: {exc.strerror}") from None
+    began = time.monotonic()
+    with stream, _bar("importing", rate=True) as bar:
+        task = bar.add_task("bytes", total=total)
+        summary = import_lines(ledger, _counted(stream, lambda n: bar.advance(task, n)))
+    took = max(time.monotonic() - began, 1e-9)
+    out.print(
+        f"imported {summary.added:,} span(s) into {ledger.display_url}"
+        f" ({summary.present:,} already there) in {took:.1f} s, {summary.read / took:,.0f} spans/s"
+    )
+
+
+@app.command("prune")
+def prune_command(
+    keep_days: Annotated[
+        int, typer.Option("--keep-days", min=1, help="Keep raw spans of the last N days.")
+    ],
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            "--vacuum",
+            help="SQLite: rewrite an older file once so freed space goes back to the disk.",
+        ),
+    ] = False,
+    db: DbOption = None,
+) -> None:
+    """Remove raw spans older than N days; rollups stay, so reports do not change."""
+    cfg = settings(db_url=db)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
+    result = prune(ledger, keep_days, now=utc_now(), vacuum=vacuum)
+    out.print(
+        f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d} UTC; "
+        f"{_mb(result.reclaimed)} back to the disk ({_mb(result.bytes_before)} → "
+        f"{_mb(result.bytes_after)})"
+    )
+    if result.free_bytes and ledger.path is not None:
+        err.print(
+            f"{_mb(result.free_bytes)} is free inside the file for new spans; "
+            "`ometer db prune --vacuum` gives it back to the disk (rewrites the file once)"
+        )
+    elif ledger.path is None:
+        err.print("PostgreSQL reuses the space itself (autovacuum); VACUUM FULL shrinks the files")
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB"
+
+
+@app.command("backup")
+def backup_command(
+    target: Annotated[Path, typer.Argument(help="The file to write the copy to.", dir_okay=False)],
+    db: DbOption = None,
+) -> None:
+    """Copy the live ledger to FILE (SQLite; prints the pg_dump command for PostgreSQL)."""
+    cfg = settings(db_url=db)
+    ledger = Ledger(cfg.ledger_url, migrate=False)
+    if ledger.path is None:
+        out.print(pg_dump_command(ledger, target))
+        raise ValidationError(
+            "ometer backs up SQLite ledgers; for PostgreSQL run the pg_dump command above "
+            "(its password from PGPASSWORD or ~/.pgpass)"
+        )
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
+    began = time.monotonic()
+    with _bar("copying", " pages") as bar:
+        task = bar.add_task("pages", total=None)
+        size = backup(
+            ledger,
+            target,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    out.print(
+        f"backed up {ledger.display_url} to {target}: {_mb(size)} in {time.monotonic() - began:.1f} s"
+    )

@@ -21,6 +21,7 @@ from ollama_meter.cli._common import (
     SinceOption,
     TenantFilter,
     UntilOption,
+    err,
     out,
     settings,
     shown,
@@ -71,6 +72,8 @@ def perf(
         out_file,
         lambda: out.print(render_table(result, cfg.timezone)),
     )
+    for warning in result.warnings:
+        err.print(f"warning: {warning}")
 
 
 # Narrow headings for the terminal; CSV and JSON keep the exact column names.

@@ -9,6 +9,7 @@ on ``/v1``); a client mistake is a 4xx and a span, never a 500.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -22,6 +23,7 @@ from starlette.routing import Route
 
 from ollama_meter.config import Settings
 from ollama_meter.errors import LedgerError, UpstreamError, ValidationError
+from ollama_meter.gateway import _metrics as metrics
 from ollama_meter.gateway._access import (
     TooLarge,
     Unauthenticated,
@@ -41,6 +43,7 @@ from ollama_meter.gateway._requests import (
     operation_of,
     parse_request,
 )
+from ollama_meter.gateway._retention import prune_daily
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.gateway._upstream import UpstreamPool, finish, gateway_status
 from ollama_meter.ledger._keys import KEY_PREFIX, ApiKey, find_key
@@ -99,11 +102,17 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         the_meter = meter or Meter.from_settings(settings, source="gateway")
+        metrics.install(the_meter)  # /metrics counts from the first call on
         pool = UpstreamPool(settings.ollama_host, timeout=settings.upstream_timeout)
         running.append(_State(the_meter, pool, Relay(the_meter, pool)))
+        retention = None
+        if settings.keep_days is not None:
+            retention = asyncio.create_task(prune_daily(the_meter.ledger, settings.keep_days))
         try:
             yield
         finally:
+            if retention is not None:
+                retention.cancel()
             running.clear()
             await pool.aclose()
             if the_meter.budgets is not None:  # give back the budget leases not in use

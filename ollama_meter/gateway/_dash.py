@@ -9,8 +9,8 @@ loads nothing from anywhere (its Content-Security-Policy says so).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -19,8 +19,7 @@ from starlette.routing import Route
 from ollama_meter.config import Settings
 from ollama_meter.errors import LedgerError, OmeterError
 from ollama_meter.gateway._threads import in_thread
-from ollama_meter.meter import Meter, utc_now
-from ollama_meter.periods import parse_period
+from ollama_meter.meter import Meter
 from ollama_meter.reports import (
     Dashboard,
     DashQuery,
@@ -29,7 +28,6 @@ from ollama_meter.reports import (
     dashboard_report,
     render_dashboard,
     render_error_page,
-    spend_report,
 )
 
 
@@ -45,6 +43,9 @@ def dash_query(params: Mapping[str, str]) -> DashQuery:
     )
 
 
+DASH_CACHE_SECONDS = 3.0
+"""How long ``/api/dash`` and the dashboard answer from figures already computed."""
+
 _KEPT = ("period", "since", "until", "tenant", "dept", "model", "token")
 _PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
@@ -52,13 +53,25 @@ _PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 def dashboard_routes(get_meter: Callable[[], Meter], settings: Settings) -> list[Route]:
     """The routes; who may call them is the app's access policy (``_access.py``)."""
 
+    # Ledger-wide sums change by the call, but nobody reads them that often: answer repeated
+    # polls (several dashboards, a reload, the page and its JSON) from the last few seconds'.
+    recent: dict[DashQuery, tuple[float, Dashboard]] = {}
+
+    def cached(query: DashQuery) -> Dashboard:
+        hit = recent.get(query)
+        if hit is not None and time.monotonic() - hit[0] < DASH_CACHE_SECONDS:
+            return hit[1]
+        meter = get_meter()
+        result = dashboard_report(meter.ledger, query, tz=settings.tz, now=meter.clock())
+        if len(recent) > 64:
+            recent.clear()
+        recent[query] = (time.monotonic(), result)
+        return result
+
     async def report(request: Request) -> Dashboard:
         """The dashboard's reports for the URL's query; raises OmeterError for a bad one."""
         query = dash_query(request.query_params)
-        meter = get_meter()
-        return await in_thread(  # type: ignore[no-any-return]
-            lambda: dashboard_report(meter.ledger, query, tz=settings.tz, now=meter.clock())
-        )
+        return await in_thread(lambda: cached(query))  # type: ignore[no-any-return]
 
     async def api_dash(request: Request) -> Response:
         try:
@@ -97,44 +110,7 @@ def dashboard_routes(get_meter: Callable[[], Meter], settings: Settings) -> list
 
 
 def prometheus_text(meter: Meter, settings: Settings) -> str:
-    """This month's counters in the Prometheus text format, built with ``prometheus_client``."""
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily
+    """This process's counters and histograms in the Prometheus text format (see ``_metrics``)."""
+    from ollama_meter.gateway._metrics import install
 
-    window = parse_period("month", tz=settings.tz, now=utc_now())
-    report = spend_report(meter.ledger, window, ["tenant", "department", "model"], tz=settings.tz)
-
-    class Ledger:
-        def collect(self) -> Any:
-            calls = CounterMetricFamily(
-                "ometer_requests",
-                "Metered calls this month.",
-                labels=["tenant", "department", "model"],
-            )
-            errors = CounterMetricFamily(
-                "ometer_errors",
-                "Failed calls this month.",
-                labels=["tenant", "department", "model"],
-            )
-            tokens = CounterMetricFamily(
-                "ometer_tokens",
-                "Tokens this month.",
-                labels=["tenant", "department", "model", "type"],
-            )
-            cost = CounterMetricFamily(
-                "ometer_cost_micros",
-                "Cost this month, millionths of the currency.",
-                labels=["tenant", "department", "model", "currency"],
-            )
-            for r in report.rows:
-                who = [str(r["tenant"]), str(r["department"]), str(r["model"])]
-                calls.add_metric(who, float(str(r["requests"])))
-                errors.add_metric(who, float(str(r["errors"])))
-                tokens.add_metric([*who, "input"], float(str(r["input_tokens"])))
-                tokens.add_metric([*who, "output"], float(str(r["output_tokens"])))
-                cost.add_metric([*who, str(r["currency"])], float(str(r["cost"])))
-            yield from (calls, errors, tokens, cost)
-
-    registry = CollectorRegistry()
-    registry.register(Ledger())
-    return generate_latest(registry).decode()
+    return install(meter).text()

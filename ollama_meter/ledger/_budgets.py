@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Table, delete, func, insert, select, text, up
 from sqlalchemy.exc import IntegrityError
 
 from ollama_meter.budgets._model import Budget
-from ollama_meter.ledger.models import AlertRow, BudgetRow, ReservationRow, SpanRow
+from ollama_meter.ledger.models import AlertRow, BudgetRow, ReservationRow
 
 _BUDGETS: Table = BudgetRow.__table__  # type: ignore[assignment]
 _RESERVATIONS: Table = ReservationRow.__table__  # type: ignore[assignment]
@@ -103,16 +103,18 @@ def lock_budgets(conn: Connection, budget_ids: Sequence[int]) -> None:
 
 
 def spent(conn: Connection, budget: Budget, tenant: str, start: datetime, end: datetime) -> int:
-    """Settled spend in the budget's currency for ``tenant`` (and its department) in [start, end)."""
-    query = select(func.coalesce(func.sum(SpanRow.cost_total), 0)).where(
-        SpanRow.tenant == tenant,
-        SpanRow.started_at >= start,
-        SpanRow.started_at < end,
-        SpanRow.currency == budget.currency,
+    """Settled spend in the budget's currency for ``tenant`` (and its department) in [start, end).
+
+    Read from rollups: a month is one cell per group plus the quarter hours at its
+    edges, however many spans it holds.
+    """
+    from ollama_meter.ledger._aggregate import aggregate_spend
+    from ollama_meter.ledger._spans import SpanFilter
+
+    where = SpanFilter(since=start, until=end, tenant=tenant, department=budget.department)
+    return sum(
+        row.cost for row in aggregate_spend(conn, where, []) if row.currency == budget.currency
     )
-    if budget.department is not None:
-        query = query.where(SpanRow.department == budget.department)
-    return int(conn.execute(query).scalar_one())
 
 
 def reserved(

@@ -49,6 +49,10 @@ def _sqlite_setup(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    # Only a file without tables can choose: a new ledger gives pages that pruning frees
+    # back to the disk (`ometer db prune`); an older one needs one VACUUM for it.
+    if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+        cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
     # WAL sticks to the file: switch once, not on every connection (the switch needs
     # the file to itself, so asking again while others write only invites "locked").
     if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":

@@ -36,7 +36,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 from ollama_meter.budgets import Budget, PastCall
 from ollama_meter.config import default_data_dir
 from ollama_meter.errors import BudgetError, LedgerError, PricingError
-from ollama_meter.ledger import _budgets, _currencies, _keys, _prices, _spans
+from ollama_meter.ledger import _budgets, _currencies, _keys, _prices, _rollup, _spans
 from ollama_meter.ledger._engine import DEFAULT_WAIT, create_ledger_engine, sqlite_path
 from ollama_meter.ledger._journal import Journal
 from ollama_meter.ledger._keys import ApiKey
@@ -99,6 +99,7 @@ class Ledger:
             self._retry_locked(
                 lambda: ensure_current(self.engine), f"cannot open the ledger at {self.display_url}"
             )
+            _rollup.build_if_stale(self)
             self.recover()
 
     def recover(self) -> int:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Insert, Table, bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Dialect, Table, bindparam, select, update
 
 from ollama_meter.budgets import PastCall
+from ollama_meter.ledger import _rollup
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.meter.span import SpanRecord
 
@@ -27,63 +28,110 @@ _COST_COLUMNS = (
 )
 
 
-def _idempotent_insert(dialect: str) -> Insert:
-    """INSERT that skips ids already present, so recording a span twice keeps one row."""
-    if dialect == "sqlite":
-        return sqlite.insert(_TABLE).on_conflict_do_nothing(index_elements=["id"])
-    if dialect == "postgresql":
-        return postgresql.insert(_TABLE).on_conflict_do_nothing(index_elements=["id"])
-    return insert(_TABLE)
-
-
 class _SpanInsert:
-    """The idempotent span INSERT compiled once per dialect, with each column's bind processor.
+    """The idempotent span INSERT for a dialect, saying which spans it really added.
 
-    The write path is every call's, so it skips what SQLAlchemy redoes per execution
-    (cache-key, compiled-cache lookup, parameter coercion) and hands the driver its own
-    SQL and rows. Values go through the very processors the Core statement would use
-    (UTC datetimes, exact decimal text, JSON), so the stored bytes are the same.
+    ``INSERT ... VALUES (...), (...) ON CONFLICT (id) DO NOTHING RETURNING id``:
+    one statement per chunk of rows, and only the ids it returns count in the
+    rollups, so recording a span twice (a retry, a spool drained twice, an import
+    run again) adds it once, also when two processes race on PostgreSQL.
+
+    The write path is every call's, so the SQL is written once per dialect and
+    chunk size and rows go to the driver as they are, through the very bind
+    processors SQLAlchemy would use (UTC times, exact decimals, JSON): the stored
+    bytes are the same as a Core insert's.
     """
 
+    CHUNK = 500
+    """Rows per statement: 41 columns each stays under SQLite's 32,766 parameters."""
+
     def __init__(self, dialect: Dialect) -> None:
-        columns = [c.name for c in _TABLE.c]
-        compiled = (
-            _idempotent_insert(dialect.name)
-            .values({name: bindparam(name) for name in columns})
-            .compile(dialect=dialect)
-        )
-        self.sql = compiled.string
-        self.positional = bool(compiled.positional)
-        self.names: tuple[str, ...] = tuple(compiled.positiontup or columns)
-        processors = {
+        self.dialect = dialect
+        quote = dialect.identifier_preparer.quote
+        self.columns = tuple(c.name for c in _TABLE.c)
+        self.head = f"INSERT INTO {quote(_TABLE.name)} ({', '.join(quote(n) for n in self.columns)}) VALUES "
+        self.mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self.row = "(" + ", ".join([self.mark] * len(self.columns)) + ")"
+        self.returning = dialect.name in ("sqlite", "postgresql")
+        self.tail = " ON CONFLICT (id) DO NOTHING RETURNING id" if self.returning else ""
+        processors: dict[str, Callable[[Any], Any] | None] = {
             c.name: c.type.dialect_impl(dialect).bind_processor(dialect) for c in _TABLE.c
         }
-        self.steps = tuple((name, processors[name]) for name in self.names)
+        self.fetch = operator.attrgetter(*self.columns)
+        # Most spans carry no tags: skip the JSON encoder for the answer it always gives.
+        encode = processors["tags"]
+        if encode is not None:
+            processors["tags"] = _skip_empty(encode)
+        self.steps: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
+            (index, process)
+            for index, name in enumerate(self.columns)
+            if (process := processors[name]) is not None
+        )
+        self._sql: dict[int, str] = {}
 
-    def rows(self, spans: Sequence[SpanRecord]) -> list[Any]:
+    def sql(self, rows: int) -> str:
+        text = self._sql.get(rows)
+        if text is None:
+            text = self._sql[rows] = self.head + ", ".join([self.row] * rows) + self.tail
+        return text
+
+    def values(self, spans: Sequence[SpanRecord]) -> list[Any]:
         out: list[Any] = []
+        fetch, steps = self.fetch, self.steps
         for span in spans:
-            values = [
-                process(getattr(span, name)) if process else getattr(span, name)
-                for name, process in self.steps
-            ]
-            out.append(
-                tuple(values) if self.positional else dict(zip(self.names, values, strict=True))
-            )
+            row = list(fetch(span))
+            for index, process in steps:
+                row[index] = process(row[index])
+            out += row
         return out
+
+    def insert(self, conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanRecord]:
+        """Insert ``spans`` (distinct ids); the ones that were not there yet."""
+        if not self.returning:
+            known = set(
+                conn.execute(
+                    select(SpanRow.id).where(SpanRow.id.in_([s.id for s in spans]))
+                ).scalars()
+            )
+            fresh = [s for s in spans if s.id not in known]
+            for start in range(0, len(fresh), self.CHUNK):
+                chunk = fresh[start : start + self.CHUNK]
+                conn.exec_driver_sql(self.sql(len(chunk)), tuple(self.values(chunk)))
+            return fresh
+        added: list[SpanRecord] = []
+        for start in range(0, len(spans), self.CHUNK):
+            chunk = list(spans[start : start + self.CHUNK])
+            result = conn.exec_driver_sql(self.sql(len(chunk)), tuple(self.values(chunk)))
+            ids = {row[0] for row in result}
+            added.extend(span for span in chunk if span.id in ids)
+        return added
+
+
+def _skip_empty(encode: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    empty = encode({})
+    return lambda value: encode(value) if value else empty
 
 
 _INSERTS: dict[str, _SpanInsert] = {}
 
 
-def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> None:
+def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanRecord]:
+    """Record ``spans`` and add the new ones to the rollups, in the caller's transaction.
+
+    Spans go in id order (ULIDs: start time), so concurrent writers on PostgreSQL
+    lock ids in one order; an id given twice is recorded once. Returns the spans
+    that were new.
+    """
     if not spans:
-        return
+        return []
     dialect = conn.dialect
     statement = _INSERTS.get(dialect.name)
     if statement is None:
         statement = _INSERTS[dialect.name] = _SpanInsert(dialect)
-    conn.exec_driver_sql(statement.sql, statement.rows(spans))
+    unique = sorted({span.id: span for span in reversed(spans)}.values(), key=lambda s: s.id)
+    added = statement.insert(conn, unique)
+    _rollup.apply(conn, added)
+    return added
 
 
 def row_to_span(row: Any) -> SpanRecord:
@@ -151,9 +199,14 @@ def page_after(conn: Connection, where: SpanFilter, after: str, limit: int) -> l
 
 
 def update_costs(conn: Connection, spans: Sequence[SpanRecord]) -> None:
-    """Write the cost columns of already-recorded spans back."""
+    """Write the cost columns of already-recorded spans back, and move the rollups with them."""
     if not spans:
         return
+    ids = [s.id for s in spans]
+    query = select(SpanRow).where(SpanRow.id.in_(ids)).order_by(SpanRow.id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    before = [row_to_span(row) for row in conn.execute(query)]
     stmt = (
         update(_TABLE)
         .where(_TABLE.c.id == bindparam("_id"))
@@ -161,6 +214,14 @@ def update_costs(conn: Connection, spans: Sequence[SpanRecord]) -> None:
     )
     params = [{"_id": s.id, **{name: getattr(s, name) for name in _COST_COLUMNS}} for s in spans]
     conn.execute(stmt, params)
+    known = {span.id for span in before}
+    delta = _rollup.RollupDelta()
+    for old in before:
+        delta.add(old, -1, busy=False)
+    for new in spans:
+        if new.id in known:
+            delta.add(new, busy=False)
+    delta.write(conn)
 
 
 def recent_usage(conn: Connection, model: str, limit: int) -> list[PastCall]:

@@ -14,17 +14,21 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     Date,
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from ollama_meter.ledger._types import DecimalText, UTCDateTime
+from ollama_meter.ledger._types import DecimalText, UTCDateTime, UTCMicros
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -47,8 +51,8 @@ class SpanRow(Base):
     id: Mapped[str] = mapped_column(String(26), primary_key=True)
     trace_id: Mapped[str] = mapped_column(String(32))
     span_id: Mapped[str] = mapped_column(String(16))
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime] = mapped_column(UTCMicros())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCMicros())
     tenant: Mapped[str] = mapped_column(String(64))
     department: Mapped[str] = mapped_column(String(64))
     user: Mapped[str | None] = mapped_column(String(128))
@@ -85,10 +89,118 @@ class SpanRow(Base):
     prompt: Mapped[str | None] = mapped_column(Text)
     reply: Mapped[str | None] = mapped_column(Text)
 
+    # Reports, budgets and chargeback read rollups; raw spans are found by time (export,
+    # prune, the open edge) or by id. Nothing else pays for an index on every span.
+    __table_args__ = (Index("ix_spans_started_at", "started_at"),)
+
+
+_KEY = {"sqlite_with_rowid": False}
+"""Rollup tables are their primary key: no rowid beside it, no second copy of the key."""
+
+
+class RollupRow(Base):
+    """Sums over the spans that started in one cell: a quarter hour, UTC day or UTC month.
+
+    ``grain`` says which (see ``ollama_meter.ledger._rollup.Grain``), ``start`` is the
+    cell's first second (Unix time, UTC). ``user`` and ``error_type`` are ``''`` when the
+    spans had none, ``model`` is the answering model (else the requested one), as
+    reports group them. ``busy_ns`` is prompt evaluation plus generation; ``unpriced``
+    counts spans no rule priced, ``unpriced_tokens`` those of them with tokens;
+    ``cold_loads`` counts loads of at least 100 ms.
+    """
+
+    __tablename__ = "rollups"
+
+    grain: Mapped[int] = mapped_column(SmallInteger)
+    start: Mapped[int] = mapped_column(BigInteger)
+    tenant: Mapped[str] = mapped_column(String(64))
+    department: Mapped[str] = mapped_column(String(64))
+    user: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(255))
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16))
+    error_type: Mapped[str] = mapped_column(String(32))
+    requests: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    busy_ns: Mapped[int] = mapped_column(BigInteger)
+    load_ns: Mapped[int] = mapped_column(BigInteger)
+    cost_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_compute: Mapped[int] = mapped_column(BigInteger)
+    cost_energy: Mapped[int] = mapped_column(BigInteger)
+    cost_fee: Mapped[int] = mapped_column(BigInteger)
+    cost_total: Mapped[int] = mapped_column(BigInteger)
+    unpriced: Mapped[int] = mapped_column(BigInteger)
+    unpriced_tokens: Mapped[int] = mapped_column(BigInteger)
+    cold_loads: Mapped[int] = mapped_column(BigInteger)
+    cold_load_ns: Mapped[int] = mapped_column(BigInteger)
+
     __table_args__ = (
-        Index("ix_spans_started_at", "started_at"),
-        Index("ix_spans_tenant_department_started_at", "tenant", "department", "started_at"),
+        PrimaryKeyConstraint(
+            "grain",
+            "start",
+            "tenant",
+            "department",
+            "user",
+            "model",
+            "currency",
+            "status",
+            "error_type",
+        ),
+        _KEY,
     )
+
+
+HISTOGRAM_BINS = 75
+"""Bins per decade in ``rollup_histograms`` (see ``ollama_meter.ledger._rollup``)."""
+
+ROLLUP_HISTOGRAMS = Table(
+    "rollup_histograms",
+    Base.metadata,
+    Column("grain", SmallInteger, nullable=False),
+    Column("start", BigInteger, nullable=False),
+    Column("tenant", String(64), nullable=False),
+    Column("department", String(64), nullable=False),
+    Column("model", String(255), nullable=False),
+    Column("metric", SmallInteger, nullable=False),
+    Column("decade", SmallInteger, nullable=False),
+    *(Column(f"b{index:02d}", BigInteger, nullable=False) for index in range(HISTOGRAM_BINS)),
+    PrimaryKeyConstraint("grain", "start", "tenant", "department", "model", "metric", "decade"),
+    sqlite_with_rowid=False,
+)
+"""How many calls of a (tenant, department, model) fell in each bin of one decade, per cell.
+
+Cells are UTC days and months only (percentiles are merged from bins; finer cells
+would cost a row per call). ``metric`` is latency, TTFT, queue or generation speed;
+``decade`` the power of ten the row's 75 bins ``b00`` ... ``b74`` divide.
+"""
+
+
+class RollupBusyRow(Base):
+    """One upstream host's busy time in one minute, as the union of its calls' intervals.
+
+    ``intervals`` lists the merged intervals as ``begin-end`` microsecond offsets from
+    ``start``, comma-separated; ``busy_us`` is their total length. A row with no
+    intervals says the host served calls then without being busy (it still adds capacity).
+    """
+
+    __tablename__ = "rollup_busy"
+
+    start: Mapped[int] = mapped_column(BigInteger)
+    host: Mapped[str] = mapped_column(String(255))
+    intervals: Mapped[str] = mapped_column(Text)
+    busy_us: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (PrimaryKeyConstraint("start", "host"), _KEY)
+
+
+class LedgerMetaRow(Base):
+    """Facts about the ledger itself: where raw spans were pruned, whether rollups need a rebuild."""
+
+    __tablename__ = "ledger_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
 
 
 class PriceRuleRow(Base):

@@ -7,6 +7,7 @@ loads on first use, so a command that prints no HTML never pays for it.
 
 from typing import TYPE_CHECKING, Any
 
+from ollama_meter.ledger._rollup import COLD_LOAD_NS
 from ollama_meter.periods import (
     PERIOD_HELP,
     TIME_UNITS,
@@ -28,11 +29,11 @@ from ollama_meter.reports._dashboard import (
     failures_report,
 )
 from ollama_meter.reports._perf import (
-    COLD_LOAD_NS,
     PERF_BY_CHOICES,
     PERF_DEFAULT_BY,
     PERF_METRICS,
     PerfReport,
+    histogram_percentile,
     parse_perf_by,
     percentile,
     perf_report,
@@ -96,6 +97,7 @@ __all__ = [
     "dashboard_report",
     "failures_report",
     "gpu_seconds",
+    "histogram_percentile",
     "iso_utc",
     "local_midnight",
     "parse_by",

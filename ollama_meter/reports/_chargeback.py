@@ -2,8 +2,8 @@
 
 A fixed monthly cost (amortised servers, power, admin) is spread by GPU busy
 time. Capacity is the month's length times GPUs per upstream host; busy time is
-the union of the spans' busy intervals per host, so parallel calls do not count
-twice. Idle capacity is either shared in proportion (``share``) or shown as its
+the union of the calls' busy intervals per host inside the month (kept per
+minute in the rollups), so parallel calls do not count twice. Idle capacity is either shared in proportion (``share``) or shown as its
 own ``__idle__`` row (``separate``). Shares are whole cents that add up exactly.
 """
 
@@ -15,14 +15,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
-
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.ledger._aggregate import aggregate_spend
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger._aggregate import aggregate_spend, busy_union
 from ollama_meter.periods import Window, parse_period
-from ollama_meter.reports._allocation import allocate, union_length
+from ollama_meter.reports._allocation import allocate
 from ollama_meter.reports._spend import gpu_seconds
 
 COLUMNS = (
@@ -58,27 +55,6 @@ def fixed_cost_cents(amount: Decimal) -> int:
     return int(cents)
 
 
-def _busy_union(ledger: Ledger, window: Window) -> tuple[int, int]:
-    """(union of busy time over all hosts, number of hosts) in nanoseconds."""
-    busy = SpanRow.prompt_eval_duration_ns + SpanRow.eval_duration_ns
-    query = select(SpanRow.upstream_host, SpanRow.ended_at, SpanRow.started_at, busy).where(
-        SpanRow.started_at >= window.start, SpanRow.started_at < window.end
-    )
-    per_host: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    start_us = int(window.start.timestamp() * 1_000_000)
-    end_us = int(window.end.timestamp() * 1_000_000)
-    with ledger.read() as conn:
-        for host, ended, started, busy_ns in conn.execute(query):
-            intervals = per_host[host]  # a host that was only idle still adds capacity
-            if not busy_ns:
-                continue
-            # Ollama's busy time ends when the call does; µs resolution, clipped to the month.
-            end = int((ended or started).timestamp() * 1_000_000)
-            begin = end - busy_ns // 1000
-            intervals.append((max(begin, start_us) * 1000, min(end, end_us) * 1000))
-    return sum(union_length(intervals) for intervals in per_host.values()), len(per_host)
-
-
 def chargeback(
     ledger: Ledger,
     month: str,
@@ -101,7 +77,9 @@ def chargeback(
         result.warnings.append(f"{window.label} is not over yet; these figures will still change")
     with ledger.read() as conn:
         groups = aggregate_spend(
-            conn, SpanFilter(since=window.start, until=window.end), ["tenant", "department"]
+            conn,
+            SpanFilter(since=window.start, until=window.end),
+            ["tenant", "department"],
         )
     rows: dict[tuple[str, str, str], dict[str, object]] = {}
     weights: dict[tuple[str, str], int] = defaultdict(int)
@@ -122,7 +100,8 @@ def chargeback(
         weights[(tenant, department)] += group.gpu_ns
     if fixed_cost is not None:
         cents = fixed_cost_cents(fixed_cost)
-        busy, hosts = _busy_union(ledger, window)
+        with ledger.read() as conn:
+            busy, hosts = busy_union(conn, window.start, window.end)
         capacity = (
             int((window.end - window.start) / timedelta(microseconds=1))
             * 1000

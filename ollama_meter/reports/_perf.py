@@ -1,18 +1,19 @@
 """The performance report (``ometer perf``): where the time of metered calls goes.
 
 Owns the per-group figures (latency and time-to-first-token percentiles,
-generation speed, cold loads, time queued inside Ollama, error rate) and the
-nearest-rank :func:`percentile` they rest on. Reads the ledger with one SELECT
-of the few columns it needs and computes in Python, because percentiles have no
-portable SQL; never writes the ledger. Every figure is an int or an exactly
-rounded Decimal, never a float, so CSV and JSON are the same bytes every run.
+generation speed, cold loads, time queued inside Ollama, error rate). Counts come
+from rollup sums; percentiles from histograms kept per day and month with fixed
+bins (see :func:`ollama_meter.ledger._rollup.duration_bin`), merged across cells:
+a percentile is the edge of the bin that holds the true nearest-rank value, so
+it never understates a latency or overstates a speed, by at most 2.5 %. Never
+writes the ledger. Every figure is an int or an exactly rounded Decimal, never a
+float, so CSV and JSON are the same bytes every run.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
@@ -21,8 +22,9 @@ from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.ledger._aggregate import GROUP_COLUMNS, timing_rows
-from ollama_meter.meter.span import Status
+from ollama_meter.ledger._aggregate import GROUP_COLUMNS, aggregate_histograms, aggregate_spend
+from ollama_meter.ledger._rollup import Metric
+from ollama_meter.ledger._types import from_us
 from ollama_meter.periods import Window, bucket_bounds
 
 PERF_BY_CHOICES: tuple[str, ...] = tuple(GROUP_COLUMNS)
@@ -42,13 +44,6 @@ PERF_METRICS: tuple[str, ...] = (
     "queue_p50_ms",
     "queue_p95_ms",
 )
-
-COLD_LOAD_NS = 100_000_000
-"""A ``load_duration`` at or above this (100 ms) means the model was loaded for the call.
-
-Ollama reports a few milliseconds of load time when the model is already in
-memory, and hundreds of milliseconds to seconds when it has to read the weights.
-"""
 
 WORST: dict[str, str] = {
     "latency_p95_ms": "max",
@@ -78,6 +73,28 @@ def percentile(sorted_values: Sequence[T], p: float | Decimal) -> T | None:
     return sorted_values[rank - 1]
 
 
+def histogram_percentile(bins: Mapping[int, int], p: float | Decimal) -> int | None:
+    """:func:`percentile` of the values a histogram counted, as the edge of their bin.
+
+    ``bins`` maps each bin's edge to how many values fell in it. Bins keep the
+    order of the values, so the bin holding the rank-th value is the first whose
+    running count reaches the rank: the result is exactly the edge of the bin of
+    the true nearest-rank percentile.
+    """
+    if not 0 < p <= 100:
+        raise ValueError(f"percentile p must be in (0, 100], not {p}")
+    total = sum(bins.values())
+    if total <= 0:
+        return None
+    rank = math.ceil(Fraction(p) * total / 100)
+    seen = 0
+    for edge in sorted(bins):
+        seen += bins[edge]
+        if seen >= rank:
+            return edge
+    raise AssertionError("unreachable: the counts add up to the total")
+
+
 def parse_perf_by(text: str) -> list[str]:
     """``"model,department"`` → the group columns, validated."""
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
@@ -101,57 +118,34 @@ def _ms(ns: int | None) -> Decimal | None:
 
 
 @dataclass
-class _Samples:
-    """What one group's spans contribute, kept raw until the row is computed."""
+class _Group:
+    """One group's counts and histograms, from rollups or raw spans alike."""
 
     requests: int = 0
     errors: int = 0
-    latency_ns: list[int] = field(default_factory=list)
-    ttft_ns: list[int] = field(default_factory=list)
-    tokens_per_s: list[Fraction] = field(default_factory=list)
     cold_loads: int = 0
     cold_load_ns: int = 0
-    queue_ns: list[int] = field(default_factory=list)
-
-    def add(self, call: Any) -> None:
-        self.requests += 1
-        if call.status == Status.ERROR:
-            self.errors += 1
-        if call.latency_ns is not None:
-            self.latency_ns.append(call.latency_ns)
-        if call.ttft_ns is not None:
-            self.ttft_ns.append(call.ttft_ns)
-        reported = call.duration_source != "measured"  # Ollama's speed, not the network's
-        if reported and call.output_tokens > 0 and (call.eval_duration_ns or 0) > 0:
-            self.tokens_per_s.append(Fraction(call.output_tokens * 10**9, call.eval_duration_ns))
-        load = call.load_duration_ns or 0
-        if load >= COLD_LOAD_NS:
-            self.cold_loads += 1
-            self.cold_load_ns += load
-        if call.total_duration_ns is not None:
-            busy = load + (call.prompt_eval_duration_ns or 0) + (call.eval_duration_ns or 0)
-            # Durations are measured separately and can overlap by a hair; waiting is never negative.
-            self.queue_ns.append(max(0, call.total_duration_ns - busy))
+    bins: dict[Metric, dict[int, int]] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, object]:
-        latency = sorted(self.latency_ns)
-        ttft = sorted(self.ttft_ns)
-        queue = sorted(self.queue_ns)
-        speed = percentile(sorted(self.tokens_per_s), 50)
+        def pct(metric: Metric, p: int) -> int | None:
+            return histogram_percentile(self.bins.get(metric, {}), p)
+
+        speed = pct(Metric.SPEED, 50)
         return {
             "requests": self.requests,
             "errors": self.errors,
             "error_rate": _fixed(Fraction(self.errors, self.requests), 4),
-            "latency_p50_ms": _ms(percentile(latency, 50)),
-            "latency_p95_ms": _ms(percentile(latency, 95)),
-            "latency_p99_ms": _ms(percentile(latency, 99)),
-            "ttft_p50_ms": _ms(percentile(ttft, 50)),
-            "ttft_p95_ms": _ms(percentile(ttft, 95)),
-            "tokens_per_s": None if speed is None else _fixed(speed, 1),
+            "latency_p50_ms": _ms(pct(Metric.LATENCY, 50)),
+            "latency_p95_ms": _ms(pct(Metric.LATENCY, 95)),
+            "latency_p99_ms": _ms(pct(Metric.LATENCY, 99)),
+            "ttft_p50_ms": _ms(pct(Metric.TTFT, 50)),
+            "ttft_p95_ms": _ms(pct(Metric.TTFT, 95)),
+            "tokens_per_s": None if speed is None else _fixed(Fraction(speed, 10**6), 1),
             "cold_loads": self.cold_loads,
             "cold_load_s": _fixed(Fraction(self.cold_load_ns, 10**9), 3),
-            "queue_p50_ms": _ms(percentile(queue, 50)),
-            "queue_p95_ms": _ms(percentile(queue, 95)),
+            "queue_p50_ms": _ms(pct(Metric.QUEUE, 50)),
+            "queue_p95_ms": _ms(pct(Metric.QUEUE, 95)),
         }
 
 
@@ -161,6 +155,7 @@ class PerfReport:
     by: list[str]
     rows: list[dict[str, object]] = field(default_factory=list)
     """Dicts keyed by :attr:`columns`, ordered by the ``by`` values; None where no call had the value."""
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def columns(self) -> list[str]:
@@ -210,20 +205,32 @@ def perf_report(
     )
     bounds = bucket_bounds(window, unit, tz or ZoneInfo("UTC")) if unit else []
     starts = [start for start, _ in bounds]
-    groups: dict[tuple[Any, ...], _Samples] = {}
+    groups: dict[tuple[Any, ...], _Group] = {}
     with ledger.read() as conn:
-        for call in conn.execute(timing_rows(where, by)):
-            keys: tuple[Any, ...] = tuple(str(call[index]) for index in range(len(by)))
-            if unit:
-                keys = (*keys, max(bisect.bisect_right(starts, call.started_at) - 1, 0))
-            groups.setdefault(keys, _Samples()).add(call)
+        for sums in aggregate_spend(conn, where, by, starts):
+            keys: tuple[Any, ...] = (*sums.keys, sums.bucket) if unit else sums.keys
+            group = groups.setdefault(keys, _Group())
+            group.requests += sums.requests
+            group.errors += sums.errors
+            group.cold_loads += sums.cold_loads
+            group.cold_load_ns += sums.cold_load_ns
+        histograms = aggregate_histograms(conn, where, by, starts)
+    for hkeys, bins in histograms.groups.items():
+        if hkeys in groups:
+            groups[hkeys].bins = bins
     columns = [*by, unit] if unit else list(by)
     report = PerfReport(window=window, by=columns)
-    for keys in sorted(groups):
-        labels = list(keys[: len(by)])
+    if histograms.pruned_before is not None:
+        report.warnings.append(
+            "percentiles leave out calls before "
+            f"{from_us(histograms.pruned_before).isoformat(timespec='seconds')}: "
+            "their raw spans were pruned and this grouping needs them"
+        )
+    for group_keys in sorted(groups):
+        labels = list(group_keys[: len(by)])
         if unit:
-            labels.append(bounds[keys[-1]][1])
+            labels.append(bounds[group_keys[-1]][1])
         row: dict[str, object] = dict(zip(columns, labels, strict=True))
-        row.update(groups[keys].metrics())
+        row.update(groups[group_keys].metrics())
         report.rows.append(row)
     return report

@@ -1,4 +1,7 @@
-"""Rendering report rows and spans as CSV and JSON: exact money as decimal strings."""
+"""Rendering report rows and spans as CSV and JSON: exact money as decimal strings.
+
+A span's JSON (:func:`span_to_dict`) is the ledger's export format, defined there.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from ollama_meter.meter.span import SpanRecord
+from ollama_meter.ledger._transfer import iso_utc, span_to_dict
 from ollama_meter.pricing import format_micros
 
 MONEY_KEYS = frozenset({"cost", "usage_cost", "fixed_cost_share", "total_cost"})
@@ -83,45 +86,4 @@ def to_json(columns: Sequence[str], rows: Iterable[dict[str, object]]) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def iso_utc(moment: datetime) -> str:
-    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def span_to_dict(span: SpanRecord) -> dict[str, Any]:
-    """A span as ``ometer log --json`` prints it: times in UTC ISO 8601, money as strings."""
-    return {
-        "id": span.id,
-        "started_at": iso_utc(span.started_at),
-        "ended_at": iso_utc(span.ended_at) if span.ended_at else None,
-        "tenant": span.tenant,
-        "department": span.department,
-        "user": span.user,
-        "tags": span.tags,
-        "model": span.model,
-        "request_model": span.request_model,
-        "operation": span.operation,
-        "source": span.source,
-        "stream": span.stream,
-        "status": span.status,
-        "error_type": span.error_type,
-        "error_message": span.error_message,
-        "http_status": span.http_status,
-        "input_tokens": span.input_tokens,
-        "output_tokens": span.output_tokens,
-        "token_source": span.token_source,
-        "cost": format_micros(span.cost_total),
-        "cost_parts": {
-            "tokens": format_micros(span.cost_tokens),
-            "compute": format_micros(span.cost_compute),
-            "energy": format_micros(span.cost_energy),
-            "fee": format_micros(span.cost_fee),
-        },
-        "currency": span.currency,
-        "unpriced": span.unpriced,
-        "price_rule_id": span.price_rule_id,
-        "durations_ns": span.durations(),
-        "duration_source": span.duration_source,
-        "upstream_host": span.upstream_host,
-        "trace_id": span.trace_id,
-        "otel_span_id": span.span_id,
-    }
+__all__ = ["iso_utc", "safe_cell", "span_to_dict", "to_csv", "to_json"]

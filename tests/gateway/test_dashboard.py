@@ -8,13 +8,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import ollama
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
-from tests.factories import make_span, office_spans, two_currencies
+from tests.factories import make_span, office_spans, token_prices, two_currencies
 from tests.gateway.conftest import Gateway
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
@@ -164,22 +166,66 @@ def test_a_bad_period_is_a_400_with_one_line(dash: Gateway, query: str) -> None:
     assert 'href="/dashboard"' in page.text
 
 
-def test_metrics_are_prometheus_text(gateway: Gateway) -> None:
-    fill(gateway, datetime.now(UTC))  # /metrics counts this month on the real clock
-    reply = httpx.get(f"{gateway.url}/metrics")
-    families = {f.name: f for f in text_string_to_metric_families(reply.text)}
+def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    families = text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families
+        for sample in family.samples
+    }
+
+
+def _total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+           **labels: str) -> float:  # fmt: skip
+    return sum(
+        value
+        for (sample, pairs), value in samples.items()
+        if sample == name and labels.items() <= dict(pairs).items()
+    )
+
+
+def test_metrics_count_this_gateways_calls_and_only_go_up(
+    serve: Any, emulator: OllamaEmulator
+) -> None:
+    first = serve(emulator.url)
+    first.ledger.add_price_rule(token_prices())
+    fill(first)  # spans another process wrote: this gateway did not meter them
+    sales = ollama.Client(host=first.url, headers={"X-Ometer-Department": "sales"})
+    sales.chat(model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}])
+    for _ in sales.chat(
+        model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}], stream=True
+    ):
+        pass
+    support = ollama.Client(host=first.url, headers={"X-Ometer-Department": "support"})
+    support.generate(model="qwen2.5:7b", prompt="hello")
+    with pytest.raises(ollama.ResponseError):
+        support.chat(model="no-such-model", messages=[])
+    samples = _samples(first.url)
     calls = {
-        s.labels["department"]: s.value
-        for s in families["ometer_requests"].samples
-        if s.name.endswith("_total")
+        d: _total(samples, "ometer_requests_total", department=d) for d in ("sales", "support")
     }
-    assert calls == {"sales": 2.0, "support": 1.0}
-    cost = {
-        s.labels["department"]: s.value
-        for s in families["ometer_cost_micros"].samples
-        if s.name.endswith("_total")
-    }
-    assert cost == {"sales": 1_250_000.0, "support": 500_000.0}
+    assert calls == {"sales": 2.0, "support": 2.0}
+    assert _total(samples, "ometer_errors_total", error_type="model_not_found") == 1.0
+    spans = [s for s in first.ledger.latest(SpanFilter(), 10) if s.source == "gateway"]
+    assert len(spans) == 4
+    assert (
+        _total(samples, "ometer_cost_micros_total", currency="USD")
+        == sum(s.cost_total for s in spans)
+        > 0
+    )
+    assert _total(samples, "ometer_tokens_total", type="output") == sum(
+        s.output_tokens for s in spans
+    )
+    assert _total(samples, "gen_ai_client_operation_duration_seconds_count") == 4.0
+    assert _total(samples, "gen_ai_client_operation_time_to_first_chunk_seconds_count") >= 1.0
+    assert _total(samples, "ometer_requests_in_flight") == 0.0
+    # A second gateway on the same ledger counts its own calls: the sum is the truth.
+    second = serve(emulator.url)
+    ollama.Client(host=second.url).chat(model="llama3.1:8b", messages=[])
+    assert _total(_samples(second.url), "ometer_requests_total") == 1.0
+    again = _samples(first.url)
+    assert _total(again, "ometer_requests_total") == 4.0  # unchanged: not the ledger's total
+    assert all(again[key] >= value for key, value in samples.items() if key[0].endswith("_total"))
 
 
 def test_admin_token_guards_the_dashboard(serve: Any, emulator: OllamaEmulator) -> None:

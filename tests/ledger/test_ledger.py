@@ -6,6 +6,7 @@ import threading
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -76,6 +77,61 @@ def test_upgrading_from_0003_marks_stored_durations_as_reported(db_url: str) -> 
     with ledger.read() as conn:
         sources = dict(conn.execute(text("SELECT id, duration_source FROM spans")).all())
     assert sources == {"A": "reported", "B": None}
+
+
+def test_upgrading_from_0004_keeps_every_span_and_builds_its_rollups(db_url: str) -> None:
+    from sqlalchemy import text
+
+    from ollama_meter.ledger import upgrade
+    from ollama_meter.ledger._aggregate import raw_spans
+    from ollama_meter.ledger._engine import create_ledger_engine
+    from ollama_meter.periods import parse_period
+    from ollama_meter.reports import spend_report
+
+    engine = create_ledger_engine(db_url)
+    upgrade(engine, "0004")
+    columns = (
+        "id, trace_id, span_id, started_at, ended_at, tenant, department, source, operation, "
+        "upstream_host, request_model, stream, status, input_tokens, output_tokens, "
+        "token_source, cost_tokens, cost_compute, cost_energy, cost_fee, cost_total, currency, "
+        "unpriced, tags"
+    )
+    times = [  # as SQLAlchemy wrote them before: text on SQLite, with and without fractions
+        ("01A", "2026-10-31 23:30:00.250000", "2026-10-31 23:30:01.000001", "sales", 1_500),
+        ("01B", "2026-11-15 08:00:00.000000", None, "sales", 2_500),
+        ("01C", "1969-12-31 23:59:59.999999", "1970-01-01 00:00:00.500000", "ops", 7),
+    ]
+    with engine.begin() as conn:
+        for row_id, started, ended, department, cost in times:
+            conn.execute(
+                text(
+                    f"INSERT INTO spans ({columns}) VALUES (:id, 't', 's', :started, :ended, "
+                    "'acme', :department, 'cli', 'chat', 'h', 'm', false, 'ok', 1, 1, 'reported', "
+                    ":cost, 0, 0, 0, :cost, 'USD', false, '{}')"
+                ),
+                {
+                    "id": row_id,
+                    "started": started,
+                    "ended": ended,
+                    "department": department,
+                    "cost": cost,
+                },
+            )
+    engine.dispose()
+    ledger = Ledger(db_url)  # migrates, then builds the rollups of what was there
+    spans = {s.id: s for s in ledger.latest(SpanFilter(), 10)}
+    assert spans["01A"].started_at == datetime(2026, 10, 31, 23, 30, 0, 250000, tzinfo=UTC)
+    assert spans["01A"].ended_at == datetime(2026, 10, 31, 23, 30, 1, 1, tzinfo=UTC)
+    assert spans["01B"].ended_at is None
+    assert spans["01C"].started_at == datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    berlin = ZoneInfo("Europe/Berlin")
+    window = parse_period("2026-11", tz=berlin, now=datetime(2026, 12, 1, tzinfo=UTC))
+    report = spend_report(ledger, window, ["department"], tz=berlin)
+    with raw_spans():
+        assert report.rows == spend_report(ledger, window, ["department"], tz=berlin).rows
+    assert [(r["department"], r["cost"], r["requests"]) for r in report.rows] == [
+        ("sales", 4_000, 2)
+    ]
 
 
 def test_span_round_trip_keeps_every_field(db_url: str) -> None:
@@ -350,9 +406,9 @@ def test_spool_for_a_server_database_lives_in_the_data_dir() -> None:
 def test_the_fast_span_insert_stores_what_the_core_insert_stores(db_url: str) -> None:
     from dataclasses import replace
 
-    from sqlalchemy import text
+    from sqlalchemy import insert, text
 
-    from ollama_meter.ledger._spans import _idempotent_insert
+    from ollama_meter.ledger.models import SpanRow
     from ollama_meter.meter.span import new_span_row_id
 
     ledger = Ledger(db_url)
@@ -370,7 +426,7 @@ def test_the_fast_span_insert_stores_what_the_core_insert_stores(db_url: str) ->
     core = replace(full, id=new_span_row_id())
     ledger.record([full])  # the fast path
     with ledger.write() as conn:
-        conn.execute(_idempotent_insert(conn.dialect.name), [core.as_row()])
+        conn.execute(insert(SpanRow.__table__), [core.as_row()])
     with ledger.read() as conn:
         rows = {
             row[0]: tuple(row[1:])

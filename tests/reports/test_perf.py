@@ -40,7 +40,7 @@ def qwen(**kw: object):  # type: ignore[no-untyped-def]
 SPANS = [
     # llama3.1:8b / sales: a cold streamed call, a warm one, a non-streamed one, a failure.
     llama(
-        latency_ns=123_456_789,  # 123.456789 ms → 123.457
+        latency_ns=123_456_789,  # 123.456789 ms: in the bin (120, 125] ms
         ttft_ns=20 * MS,
         output_tokens=10,
         eval_duration_ns=500 * MS,  # 20 tok/s
@@ -103,7 +103,7 @@ LLAMA_ROW = {
     "requests": 4,
     "errors": 1,
     "error_rate": Decimal("0.2500"),
-    "latency_p50_ms": Decimal("123.457"),
+    "latency_p50_ms": Decimal("125.000"),  # the edge of its bin: never below, ≤ 5 % above
     "latency_p95_ms": Decimal("300.000"),
     "latency_p99_ms": Decimal("300.000"),
     "ttft_p50_ms": Decimal("20.000"),
@@ -125,7 +125,7 @@ QWEN_ROW = {
     "latency_p99_ms": Decimal("1500.000"),
     "ttft_p50_ms": Decimal("100.000"),
     "ttft_p95_ms": Decimal("400.000"),
-    "tokens_per_s": Decimal("6.7"),
+    "tokens_per_s": Decimal("6.6"),  # 6.666… lies in the bin [6.6, 6.7): never above
     "cold_loads": 2,
     "cold_load_s": Decimal("0.250"),
     "queue_p50_ms": Decimal("50.000"),

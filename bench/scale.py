@@ -1,0 +1,383 @@
+"""Answers that do not grow with the ledger: every report at N spans against the same at 20,000.
+
+Generates a realistic ledger (60 days of calls ending now, 20 departments in two
+tenants, 300 users, six models, three GPU hosts, Europe/Berlin) as an export file,
+then in one run:
+
+  import     ``ometer db import`` of the file into a fresh SQLite ledger (spans/s)
+  rollup     ``ometer db rollup``: every rollup rebuilt from the raw spans
+  size       bytes per span: spans table and indexes, rollups, file
+  answers    each report's median over --runs, in process, at N spans and at --small
+             spans (the ratio is the point: it should stay near 1), and a raw GROUP BY
+             over the spans as baseline
+  memory     peak RSS of the fixed-cost chargeback and of perf, each in a fresh process
+
+    python bench/scale.py [--spans 1000000] [--small 20000] [--runs 5] [--dir DIR]
+
+The export files are kept in --dir and reused when present (generating 10M spans
+takes minutes); ledgers are rebuilt every run. Needs about 1.5 KB of disk per span
+(export file and ledger).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import msgspec
+
+from ollama_meter.budgets import Budget, budget_status
+from ollama_meter.ledger import Ledger
+from ollama_meter.ledger._aggregate import raw_spans
+from ollama_meter.ledger._rollup import rebuild
+from ollama_meter.ledger._transfer import import_lines, span_to_dict
+from ollama_meter.meter.span import SpanRecord, new_span_row_id
+from ollama_meter.periods import parse_period
+from ollama_meter.reports import (
+    DashQuery,
+    chargeback,
+    dashboard_report,
+    perf_report,
+    spend_report,
+)
+
+TZ = ZoneInfo("Europe/Berlin")
+DAYS = 60
+MODELS = [  # name, share, operation, priced by
+    ("llama3.1:8b", 40, "chat", "tokens"),
+    ("qwen2.5:7b", 20, "chat", "gpu"),
+    ("mistral:7b", 15, "generate", "gpu"),
+    ("llama3.3:70b", 10, "chat", "tokens"),
+    ("nomic-embed-text", 10, "embed", None),
+    ("gemma2:9b", 5, "chat", "gpu"),
+]
+HOSTS = ["http://gpu1.internal:11434", "http://gpu2.internal:11434", "http://gpu3.internal:11434"]
+GOALS = {  # seconds at 10M spans, from the issue
+    "report --period month --by department": 0.3,
+    "report --by tenant,department,model": 0.3,
+    "chargeback --month": 0.5,
+    "chargeback --fixed-cost": 1.0,
+    "budget status": 0.2,
+    "/api/dash?period=month": 0.3,
+    "perf --by model": 0.5,
+}
+
+
+# -- the data ----------------------------------------------------------------------------
+
+
+def generate(count: int, end: datetime, seed: int = 7) -> Iterator[SpanRecord]:
+    """``count`` calls over the 60 days before ``end``, busier in (Berlin) working hours."""
+    rng = random.Random(seed)
+    departments = [("acme", f"dept{i:02d}") for i in range(15)]
+    departments += [("globex", f"team{i:02d}") for i in range(5)]
+    users = [(departments[i % 20], f"user{i:03d}") for i in range(300)]
+    weighted = [m for m in MODELS for _ in range(m[1])]
+    start = end - timedelta(days=DAYS)
+    span_us = DAYS * 86_400 * 10**6
+    offsets = []
+    while len(offsets) < count:  # working hours three times as likely as the night
+        offset = rng.randrange(span_us)
+        hour = (start + timedelta(microseconds=offset)).astimezone(TZ).hour
+        if 8 <= hour < 19 or rng.random() < 1 / 3:
+            offsets.append(offset)
+    offsets.sort()
+    for offset in offsets:
+        started = start + timedelta(microseconds=offset)
+        (tenant, department), user = rng.choice(users)
+        model, _, operation, priced = rng.choice(weighted)
+        roll = rng.random()
+        status, error = "ok", None
+        if roll < 0.02:
+            status, error = "error", rng.choice(["upstream_5xx", "timeout", "connection"])
+        elif roll < 0.025:
+            status, error = "rejected", "budget_exceeded"
+        elif roll < 0.03:
+            status, error = "client_abort", "client_abort"
+        ok = status == "ok"
+        tokens_in = rng.randrange(20, 2000) if status != "rejected" else 0
+        tokens_out = rng.randrange(10, 800) if ok and operation != "embed" else 0
+        load = (
+            rng.randrange(10**9, 3 * 10**9)
+            if rng.random() < 0.01
+            else rng.randrange(10**6, 5 * 10**6)
+        )
+        prompt_ns = tokens_in * rng.randrange(200_000, 400_000) if ok else None
+        eval_ns = tokens_out * rng.randrange(15_000_000, 30_000_000) if ok else None
+        total = load + (prompt_ns or 0) + (eval_ns or 0) + rng.randrange(2_000_000) if ok else None
+        latency = (total or rng.randrange(10**6, 30 * 10**9)) + rng.randrange(300_000, 3_000_000)
+        stream = operation == "chat" and rng.random() < 0.7
+        cost_tokens = (tokens_in * 1000 + tokens_out * 2000) // 1000 if priced == "tokens" else 0
+        cost_compute = ((prompt_ns or 0) + (eval_ns or 0)) // 10**6 if priced == "gpu" else 0
+        yield SpanRecord(
+            id=new_span_row_id(int(started.timestamp() * 10**9)),
+            trace_id=rng.getrandbits(128).to_bytes(16, "big").hex(),
+            span_id=rng.getrandbits(64).to_bytes(8, "big").hex(),
+            started_at=started,
+            ended_at=started + timedelta(microseconds=latency // 1000),
+            tenant=tenant,
+            department=department,
+            user=None if rng.random() < 0.2 else user,
+            source="gateway",
+            operation=operation,
+            upstream_host=rng.choice(HOSTS),
+            request_model=model,
+            response_model=model if ok else None,
+            stream=stream,
+            status=status,
+            error_type=error,
+            error_message=None if ok else "upstream said no",
+            http_status=200 if ok else (429 if status == "rejected" else 502),
+            done_reason="stop" if ok and operation != "embed" else None,
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+            total_duration_ns=total,
+            load_duration_ns=load if ok else None,
+            prompt_eval_duration_ns=prompt_ns,
+            eval_duration_ns=eval_ns,
+            duration_source="reported" if ok else None,
+            latency_ns=latency,
+            ttft_ns=load + (prompt_ns or 0) + rng.randrange(10**7, 4 * 10**7)
+            if stream and ok
+            else None,
+            cost_tokens=cost_tokens,
+            cost_compute=cost_compute,
+            cost_total=cost_tokens + cost_compute,
+            currency="USD",
+            price_rule_id=1 if priced else None,
+            unpriced=priced is None,
+        )
+
+
+def export_file(directory: Path, count: int, end: datetime) -> Path:
+    path = directory / f"spans-{count}.jsonl"
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists() and json.loads(meta.read_text())["end"] == end.isoformat():
+        return path
+    encode = msgspec.json.Encoder().encode
+    began = time.perf_counter()
+    with path.open("wb") as out:
+        for span in generate(count, end):
+            out.write(encode(span_to_dict(span)) + b"\n")
+    meta.write_text(json.dumps({"end": end.isoformat(), "spans": count}))
+    print(
+        f"generated {count:,} spans in {time.perf_counter() - began:.0f} s: {path}", file=sys.stderr
+    )
+    return path
+
+
+def budgets() -> list[Budget]:
+    """25 budgets, as the issue measured: each department, both tenants, three per-tenant."""
+    out = [
+        Budget(
+            tenant=tenant,
+            department=f"{prefix}{i:02d}",
+            period="month",
+            limit=10**9,
+            currency="USD",
+        )
+        for tenant, prefix, n in (("acme", "dept", 15), ("globex", "team", 5))
+        for i in range(n)
+    ]
+    out += [
+        Budget(tenant=t, department=None, period="month", limit=10**10, currency="USD")
+        for t in ("acme", "globex")
+    ]
+    out += [
+        Budget(tenant="*", department=d, period=p, limit=10**8, currency="USD")
+        for d, p in (("dept00", "day"), ("dept01", "week"), ("team00", "day"))
+    ]
+    return out
+
+
+# -- measuring -----------------------------------------------------------------------------
+
+
+def median_time(action: Callable[[], object], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        gc.collect()
+        began = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def answers(ledger: Ledger, end: datetime) -> dict[str, Callable[[], object]]:
+    month = parse_period("month", tz=TZ, now=end)
+    last_month = parse_period("month", tz=TZ, now=month.start - timedelta(days=1)).label
+    return {
+        "report --period month --by department": lambda: spend_report(
+            ledger, month, ["department"], tz=TZ
+        ),
+        "report --by tenant,department,model": lambda: spend_report(
+            ledger, month, ["tenant", "department", "model"], tz=TZ
+        ),
+        "chargeback --month": lambda: chargeback(
+            ledger, last_month, tz=TZ, now=end, currency="USD"
+        ),
+        "chargeback --fixed-cost": lambda: chargeback(
+            ledger, last_month, tz=TZ, now=end, currency="USD", fixed_cost=Decimal(2400)
+        ),
+        "budget status": lambda: budget_status(ledger, tz=TZ, now=end),
+        # what /api/dash computes for a poll its 3 s cache cannot answer
+        "/api/dash?period=month": lambda: dashboard_report(
+            ledger, DashQuery(period="month"), tz=TZ, now=end
+        ).to_json(),
+        "perf --by model": lambda: perf_report(ledger, month, ["model"]),
+    }
+
+
+def load(directory: Path, count: int, end: datetime, label: str) -> tuple[Ledger, dict[str, float]]:
+    source = export_file(directory, count, end)
+    path = directory / f"ledger-{count}.db"
+    for stale in directory.glob(f"ledger-{count}.db*"):
+        stale.unlink()
+    ledger = Ledger(f"sqlite:///{path}")
+    for budget in budgets():
+        ledger.save_budget(budget)
+    figures: dict[str, float] = {}
+    began = time.perf_counter()
+    with source.open("rb") as lines:
+        summary = import_lines(ledger, lines)
+    figures["import s"] = time.perf_counter() - began
+    figures["import spans/s"] = summary.added / figures["import s"]
+    began = time.perf_counter()
+    rebuild(ledger.write, ledger.read)
+    figures["rollup s"] = time.perf_counter() - began
+    figures.update(sizes(ledger, count))
+    print(
+        f"{label}: imported {count:,} spans in {figures['import s']:.1f} s "
+        f"({figures['import spans/s']:,.0f}/s), rollup rebuilt in {figures['rollup s']:.1f} s",
+        file=sys.stderr,
+    )
+    return ledger, figures
+
+
+def sizes(ledger: Ledger, count: int) -> dict[str, float]:
+    """Bytes per span: the spans table with its indexes, the rollups, the whole file."""
+    import sqlite3
+
+    assert ledger.path is not None
+    db = sqlite3.connect(ledger.path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    per_table: dict[str, int] = {}
+    for name, size in db.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"):
+        per_table[name] = size
+    db.close()
+    spans = sum(
+        v
+        for k, v in per_table.items()
+        if k == "spans" or k.startswith(("ix_spans", "sqlite_autoindex_spans"))
+    )
+    rollups = sum(
+        v for k, v in per_table.items() if k.startswith(("rollup", "sqlite_autoindex_rollup"))
+    )
+    return {
+        "spans B/span": spans / count,
+        "rollups B/span": rollups / count,
+        "file B/span": ledger.path.stat().st_size / count,
+    }
+
+
+def peak_rss(db: str, what: str, end: datetime) -> float:
+    """Peak RSS (MB) of a fresh process that answers ``what`` once."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", what, "--db", db, "--end", end.isoformat()],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(done.stdout.strip())
+
+
+def child(what: str, db: str, end: datetime) -> None:
+    ledger = Ledger(db)
+    if what != "nothing":
+        answers(ledger, end)[what]()
+    # VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss across fork and exec.
+    status = Path("/proc/self/status").read_text().splitlines()
+    peak = next((line.split()[1] for line in status if line.startswith("VmHWM:")), None)
+    kib = int(peak) if peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(kib / 1024)
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--spans", type=int, default=1_000_000)
+    parser.add_argument("--small", type=int, default=20_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "ometer-scale"
+    )
+    parser.add_argument("--end", help="the data's last instant (ISO); default: now, to the hour")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    end = datetime.fromisoformat(args.end) if args.end else now
+    if args.child:
+        child(args.child, args.db, end)
+        return
+    args.dir.mkdir(parents=True, exist_ok=True)
+    small, small_figures = load(args.dir, args.small, end, "small")
+    large, large_figures = load(args.dir, args.spans, end, "large")
+    print(
+        f"\nSQLite, Europe/Berlin, data ending {end:%Y-%m-%d %H:%M} UTC; medians of {args.runs} runs\n"
+    )
+    print(f"| | {args.small:,} spans | {args.spans:,} spans |")
+    print("|---|---|---|")
+    for key in (
+        "import spans/s",
+        "import s",
+        "rollup s",
+        "spans B/span",
+        "rollups B/span",
+        "file B/span",
+    ):
+        print(f"| {key} | {small_figures[key]:,.1f} | {large_figures[key]:,.1f} |")
+    small_answers, large_answers = answers(small, end), answers(large, end)
+    print(
+        f"\n| answer | {args.small:,} spans | {args.spans:,} spans | ratio | raw GROUP BY at {args.spans:,} | goal at 10M |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, action in large_answers.items():
+        little = median_time(small_answers[name], args.runs)
+        big = median_time(action, args.runs)
+        baseline = "-"
+        if name.startswith(("report", "budget")):
+            with raw_spans():
+                baseline = f"{median_time(action, 1):.3f} s"
+        goal = GOALS[name]
+        print(
+            f"| `{name}` | {little * 1000:.1f} ms | {big * 1000:.1f} ms | {big / little:.2f}x "
+            f"| {baseline} | < {goal} s {'ok' if big < goal else 'MISSED'} |"
+        )
+    db = f"sqlite:///{args.dir / f'ledger-{args.spans}.db'}"
+    base = peak_rss(db, "nothing", end)
+    print(f"\npeak RSS, a fresh process: opening the ledger {base:.0f} MB", end="")
+    for what in ("chargeback --fixed-cost", "perf --by model"):
+        print(f"; `{what}` {peak_rss(db, what, end):.0f} MB", end="")
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""``/metrics``: this gateway process's own counters and histograms, fed by a span observer.
+
+Each process counts the calls it metered since it started, so counters only go up
+(a restart starts them again, which Prometheus' ``rate()`` and ``increase()``
+expect) and ``sum()`` over several gateways sharing one ledger is the truth, not a
+multiple of it. Ledger-wide totals are ``/api/dash``'s job. Money is counted in
+micro-units with the currency as a label, so sums never mix currencies.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ollama_meter.meter import Meter, SpanRecord
+from ollama_meter.telemetry._semconv import DURATION_BUCKETS, OPERATION_NAMES, TOKEN_BUCKETS
+
+_WHO = ("tenant", "department", "model")
+_GENAI = ("gen_ai_operation_name", "gen_ai_request_model", "error_type")
+
+
+class GatewayMetrics:
+    """A :class:`~ollama_meter.meter.SpanObserver` that counts every call this process meters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ometer_requests", "Metered calls, by status.", [*_WHO, "status"], registry=r
+        )
+        self.errors = Counter(
+            "ometer_errors", "Calls that failed, by error type.", [*_WHO, "error_type"], registry=r
+        )
+        self.tokens = Counter("ometer_tokens", "Tokens used.", [*_WHO, "type"], registry=r)
+        self.cost = Counter(
+            "ometer_cost_micros",
+            "Cost in millionths of the currency.",
+            [*_WHO, "currency"],
+            registry=r,
+        )
+        self.unpriced = Counter(
+            "ometer_unpriced_requests",
+            "Calls with usage that no price rule covered (their cost is counted as 0).",
+            _WHO,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "ometer_requests_in_flight", "Calls being metered right now.", registry=r
+        )
+        self.duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration, as the caller saw it.",
+            _GENAI,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.first_chunk = Histogram(
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            "Time to the first streamed chunk.",
+            _GENAI,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens per call, input and output.",
+            [*_GENAI, "gen_ai_token_type"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+
+        self._open: set[str] = set()
+
+    def on_start(self, span: SpanRecord) -> None:
+        self._open.add(span.id)
+        self.in_flight.inc()
+
+    def on_end(self, span: SpanRecord) -> None:
+        # A refusal ends without having started: the gauge follows only calls that did.
+        if span.id in self._open:
+            self._open.discard(span.id)
+            self.in_flight.dec()
+        who = (span.tenant, span.department, span.model)
+        self.requests.labels(*who, span.status).inc()
+        if span.status == "error":
+            self.errors.labels(*who, span.error_type or "unknown").inc()
+        self.tokens.labels(*who, "input").inc(span.input_tokens)
+        self.tokens.labels(*who, "output").inc(span.output_tokens)
+        self.cost.labels(*who, span.currency).inc(span.cost_total)
+        if span.unpriced_usage:
+            self.unpriced.labels(*who).inc()
+        genai = (
+            OPERATION_NAMES.get(span.operation, span.operation),
+            span.request_model,
+            span.error_type or "",
+        )
+        if span.latency_ns is not None:
+            self.duration.labels(*genai).observe(span.latency_ns / 1e9)
+        if span.ttft_ns is not None:
+            self.first_chunk.labels(*genai).observe(span.ttft_ns / 1e9)
+        if span.status == "ok":
+            self.token_usage.labels(*genai, "input").observe(span.input_tokens)
+            self.token_usage.labels(*genai, "output").observe(span.output_tokens)
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+def install(meter: Meter) -> GatewayMetrics:
+    """The meter's metrics observer, added on first use (once per meter)."""
+    for observer in meter.observers:
+        if isinstance(observer, GatewayMetrics):
+            return observer
+    metrics = GatewayMetrics()
+    meter.observers.append(metrics)
+    return metrics

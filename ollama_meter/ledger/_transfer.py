@@ -1,0 +1,481 @@
+"""Spans in and out of a ledger: JSON lines export and import, pruning, backup.
+
+A span's JSON is what ``ometer log --json`` shows (:func:`span_to_dict`), one
+object per line; import reads the same lines back into the same span, checks
+every field (a bad line is refused with its number, never stored half-right),
+and records them through the ordinary write path: idempotent by id, rollups
+included. Pruning removes raw spans past a horizon and keeps the rollups, so
+reports of pruned months do not change. Backup copies a live SQLite file with
+SQLite's online backup API while gateways keep writing.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from sqlalchemy import delete, select, text
+
+from ollama_meter._names import MAX_USER, name_problem
+from ollama_meter.errors import LedgerError, ValidationError
+from ollama_meter.ledger import _rollup
+from ollama_meter.ledger._rollup import DAY_US, floor_cell
+from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span
+from ollama_meter.ledger._types import from_us, to_us
+from ollama_meter.ledger.models import SpanRow
+from ollama_meter.meter.span import SpanRecord
+from ollama_meter.pricing import format_micros
+
+if TYPE_CHECKING:
+    from ollama_meter.ledger._ledger import Ledger
+
+
+def iso_utc(moment: datetime) -> str:
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def span_to_dict(span: SpanRecord) -> dict[str, Any]:
+    """A span as ``ometer log --json`` prints it: times in UTC ISO 8601, money as strings.
+
+    ``prompt`` and ``reply`` appear only when content capture stored them.
+    """
+    data = {
+        "id": span.id,
+        "started_at": iso_utc(span.started_at),
+        "ended_at": iso_utc(span.ended_at) if span.ended_at else None,
+        "tenant": span.tenant,
+        "department": span.department,
+        "user": span.user,
+        "tags": span.tags,
+        "model": span.model,
+        "request_model": span.request_model,
+        "response_model": span.response_model,
+        "operation": span.operation,
+        "source": span.source,
+        "stream": span.stream,
+        "status": span.status,
+        "error_type": span.error_type,
+        "error_message": span.error_message,
+        "http_status": span.http_status,
+        "done_reason": span.done_reason,
+        "input_tokens": span.input_tokens,
+        "output_tokens": span.output_tokens,
+        "token_source": span.token_source,
+        "cost": format_micros(span.cost_total),
+        "cost_parts": {
+            "tokens": format_micros(span.cost_tokens),
+            "compute": format_micros(span.cost_compute),
+            "energy": format_micros(span.cost_energy),
+            "fee": format_micros(span.cost_fee),
+        },
+        "currency": span.currency,
+        "unpriced": span.unpriced,
+        "price_rule_id": span.price_rule_id,
+        "durations_ns": span.durations(),
+        "duration_source": span.duration_source,
+        "upstream_host": span.upstream_host,
+        "trace_id": span.trace_id,
+        "otel_span_id": span.span_id,
+    }
+    for key in ("prompt", "reply"):
+        if (content := getattr(span, key)) is not None:
+            data[key] = content
+    return data
+
+
+# -- export ------------------------------------------------------------------------------
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def export_lines(
+    ledger: Ledger, *, since: datetime | None = None, until: datetime | None = None
+) -> Iterator[bytes]:
+    """Every span started in [since, until) as one JSON line each, oldest first.
+
+    One read transaction streams them (a consistent snapshot, however long it takes;
+    writers are not blocked).
+    """
+    where = SpanFilter(since=since, until=until)
+    order = SpanRow.id if since is None and until is None else SpanRow.started_at
+    query = select(SpanRow).where(*where.clauses()).order_by(order)
+    with ledger.read() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
+        for row in result:
+            yield _ENCODER.encode(span_to_dict(row_to_span(row))) + b"\n"
+
+
+# -- import ------------------------------------------------------------------------------
+
+
+class _Parts(msgspec.Struct, forbid_unknown_fields=True):
+    tokens: str
+    compute: str
+    energy: str
+    fee: str
+
+
+class _Durations(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    total: int | None = None
+    load: int | None = None
+    prompt_eval: int | None = None
+    eval: int | None = None
+    latency: int | None = None
+    ttft: int | None = None
+
+
+class _Line(msgspec.Struct):
+    """One exported span. Unknown keys are ignored: a newer export still imports."""
+
+    id: str
+    started_at: str
+    tenant: str
+    department: str
+    request_model: str
+    operation: str
+    source: str
+    status: str
+    cost: str
+    cost_parts: _Parts
+    currency: str
+    upstream_host: str
+    trace_id: str
+    otel_span_id: str
+    stream: bool = False
+    ended_at: str | None = None
+    user: str | None = None
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    model: str | None = None
+    response_model: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    http_status: int | None = None
+    done_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    token_source: str = "reported"
+    unpriced: bool = False
+    price_rule_id: int | None = None
+    durations_ns: _Durations = _Durations()
+    duration_source: str | None = None
+    prompt: str | None = None
+    reply: str | None = None
+
+
+_DECODER = msgspec.json.Decoder(_Line)
+_ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_NAMES = (("tenant", 64), ("department", 64), ("user", MAX_USER))
+_TEXTS = (
+    ("request_model", 255), ("response_model", 255), ("operation", 32), ("source", 16),
+    ("status", 16), ("error_type", 32), ("done_reason", 32), ("token_source", 16),
+    ("duration_source", 16), ("upstream_host", 255), ("trace_id", 32), ("otel_span_id", 16),
+)  # fmt: skip
+_COUNTS = ("input_tokens", "output_tokens")
+_DURATIONS = ("total", "load", "prompt_eval", "eval", "latency", "ttft")
+_checked: set[tuple[str, str]] = set()
+"""(field, value) pairs already found valid: names, models and hosts repeat on every line."""
+
+
+def _micros(value: str, what: str) -> int:
+    whole, dot, fraction = value.partition(".")
+    if not (
+        dot
+        and len(fraction) == 6
+        and 0 < len(whole) <= 13
+        and whole.isdigit()
+        and fraction.isdigit()
+    ):
+        raise ValueError(f"{what} {value!r} is not an amount with six decimals, e.g. 0.031000")
+    return int(whole) * 1_000_000 + int(fraction)
+
+
+def _moment(value: str, what: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{what} {value!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{what} {value!r} has no time zone; times are UTC, e.g. ...Z")
+    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+
+
+def _check(d: _Line) -> None:
+    """Refuse what the ledger would store wrong: bad names, odd strings, impossible numbers."""
+    if not _ULID.fullmatch(d.id):
+        raise ValueError(f"id {d.id!r} is not a span id (26 characters, Crockford base32)")
+    if len(_checked) > 100_000:
+        _checked.clear()
+    for what, limit in _NAMES:
+        value = getattr(d, what)
+        if value is not None and (what, value) not in _checked:
+            if problem := name_problem(value, limit=limit):
+                raise ValueError(f"{what} {problem}")
+            _checked.add((what, value))
+    for what, limit in _TEXTS:
+        value = getattr(d, what)
+        if value is not None and (what, value) not in _checked:
+            if len(value) > limit or not value.isprintable():
+                raise ValueError(f"{what} {value!r} is longer than {limit} or not printable")
+            if what not in ("trace_id", "otel_span_id"):
+                _checked.add((what, value))
+    if (d.currency, "currency") not in _checked:
+        if not _CURRENCY.fullmatch(d.currency):
+            raise ValueError(f"currency {d.currency!r} is not a 3-letter code like USD")
+        _checked.add((d.currency, "currency"))
+    for what in _COUNTS:
+        if not 0 <= getattr(d, what) < 2**31:
+            raise ValueError(f"{what} {getattr(d, what)} is out of range")
+    for what in _DURATIONS:
+        value = getattr(d.durations_ns, what)
+        if value is not None and not 0 <= value < 2**63:
+            raise ValueError(f"durations_ns.{what} {value} is out of range")
+
+
+def span_from_line(line: bytes) -> SpanRecord:
+    """The span an export line describes; ValueError saying what is wrong otherwise."""
+    try:
+        d = _DECODER.decode(line)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    _check(d)
+    response = d.response_model
+    if response is None and d.model is not None and d.model != d.request_model:
+        response = d.model  # an export from before response_model was its own key
+    durations, parts = d.durations_ns, d.cost_parts
+    return SpanRecord(
+        id=d.id,
+        trace_id=d.trace_id,
+        span_id=d.otel_span_id,
+        started_at=_moment(d.started_at, "started_at"),
+        ended_at=None if d.ended_at is None else _moment(d.ended_at, "ended_at"),
+        tenant=d.tenant,
+        department=d.department,
+        user=d.user,
+        tags=d.tags,
+        source=d.source,
+        operation=d.operation,
+        upstream_host=d.upstream_host,
+        request_model=d.request_model,
+        response_model=response,
+        stream=d.stream,
+        status=d.status,
+        error_type=d.error_type,
+        error_message=d.error_message,
+        http_status=d.http_status,
+        done_reason=d.done_reason,
+        input_tokens=d.input_tokens,
+        output_tokens=d.output_tokens,
+        token_source=d.token_source,
+        total_duration_ns=durations.total,
+        load_duration_ns=durations.load,
+        prompt_eval_duration_ns=durations.prompt_eval,
+        eval_duration_ns=durations.eval,
+        duration_source=d.duration_source,
+        latency_ns=durations.latency,
+        ttft_ns=durations.ttft,
+        cost_tokens=_micros(parts.tokens, "cost_parts.tokens"),
+        cost_compute=_micros(parts.compute, "cost_parts.compute"),
+        cost_energy=_micros(parts.energy, "cost_parts.energy"),
+        cost_fee=_micros(parts.fee, "cost_parts.fee"),
+        cost_total=_micros(d.cost, "cost"),
+        currency=d.currency,
+        price_rule_id=d.price_rule_id,
+        unpriced=d.unpriced,
+        prompt=d.prompt,
+        reply=d.reply,
+    )
+
+
+@dataclass
+class ImportSummary:
+    read: int = 0
+    added: int = 0
+
+    @property
+    def present(self) -> int:
+        """Spans the ledger already had (an import run again, or lines given twice)."""
+        return self.read - self.added
+
+
+def import_lines(
+    ledger: Ledger,
+    lines: Iterable[bytes],
+    *,
+    batch: int = 20_000,
+    progress: Callable[[int], None] | None = None,
+) -> ImportSummary:
+    """Record the spans of export ``lines``; spans already in the ledger are skipped.
+
+    Each batch is one transaction (spans and rollups together). A bad line stops the
+    import with its number; what came before it is recorded, so the same command
+    runs again after the line is fixed.
+    """
+    summary = ImportSummary()
+    pending: list[SpanRecord] = []
+
+    def flush() -> None:
+        if pending:
+            with ledger.write() as conn:
+                summary.added += len(insert_spans(conn, pending))
+            summary.read += len(pending)
+            if progress is not None:
+                progress(len(pending))
+            pending.clear()
+
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            pending.append(span_from_line(line))
+        except ValueError as exc:
+            flush()
+            raise ValidationError(
+                f"line {number}: {exc}; the {summary.read} span(s) before it are recorded, "
+                "fix the line and import again (spans already there are skipped)"
+            ) from None
+        if len(pending) >= batch:
+            flush()
+    flush()
+    return summary
+
+
+# -- retention ----------------------------------------------------------------------------
+
+
+@dataclass
+class PruneResult:
+    cutoff: datetime
+    removed: int
+    bytes_before: int
+    bytes_after: int
+    free_bytes: int
+    """Space freed inside the file but not given back (SQLite without incremental vacuum)."""
+
+    @property
+    def reclaimed(self) -> int:
+        return max(0, self.bytes_before - self.bytes_after)
+
+
+def prune(
+    ledger: Ledger, keep_days: int, *, now: datetime, vacuum: bool = False, chunk: int = 20_000
+) -> PruneResult:
+    """Remove raw spans that started before UTC midnight ``keep_days`` days ago; rollups stay.
+
+    The horizon is recorded first (``pruned_before``), so reports know which raw spans
+    may be gone. Deletes go in chunks, each its own short transaction, so gateways keep
+    writing. On SQLite freed pages go back to the disk when the file uses incremental
+    vacuum (new ledgers do); ``vacuum`` converts an older file once (a full rewrite).
+    """
+    if keep_days < 1:
+        raise ValidationError("--keep-days must be at least 1")
+    cutoff_us = floor_cell(_rollup.Grain.DAY, to_us(now)) - keep_days * DAY_US
+    cutoff = from_us(cutoff_us)
+    before = _size(ledger)
+    with ledger.write() as conn:
+        known = _rollup.pruned_before(conn)
+        if known is None or known < cutoff_us:
+            _rollup.set_meta(conn, "pruned_before", str(cutoff_us))
+    removed = 0
+    while True:
+        with ledger.write() as conn:
+            ids = select(SpanRow.id).where(SpanRow.started_at < cutoff).limit(chunk)
+            done = conn.execute(delete(SpanRow).where(SpanRow.id.in_(ids.scalar_subquery())))
+        removed += done.rowcount
+        if done.rowcount < chunk:
+            break
+    free = _reclaim(ledger, vacuum=vacuum)
+    return PruneResult(cutoff, removed, before, _size(ledger), free)
+
+
+def _size(ledger: Ledger) -> int:
+    """The ledger's size on disk: the SQLite file and its WAL, or PostgreSQL's tables."""
+    path = ledger.path
+    if path is not None:
+        return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+    with ledger.read() as conn:
+        if conn.dialect.name != "postgresql":
+            return 0
+        return int(
+            conn.execute(
+                text("SELECT sum(pg_total_relation_size(oid)) FROM pg_class WHERE relkind = 'r'")
+            ).scalar_one()
+        )
+
+
+def _reclaim(ledger: Ledger, *, vacuum: bool) -> int:
+    """Give freed SQLite pages back to the disk; the bytes still free inside the file."""
+    if ledger.path is None:
+        return 0
+    with ledger.engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        if vacuum and raw.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            raw.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            raw.execute("VACUUM")  # once: from now on freed pages can be released
+        if raw.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            # It frees one page per step, and the driver's execute() steps once:
+            # executescript() runs it to the end.
+            raw.executescript("PRAGMA incremental_vacuum;")
+        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        free = raw.execute("PRAGMA freelist_count").fetchone()[0]
+        page = raw.execute("PRAGMA page_size").fetchone()[0]
+    return int(free) * int(page)
+
+
+# -- backup --------------------------------------------------------------------------------
+
+
+def backup(
+    ledger: Ledger, target: Path, *, progress: Callable[[int, int], None] | None = None
+) -> int:
+    """Copy a SQLite ledger to ``target`` with the online backup API; its size in bytes.
+
+    The copy is one consistent snapshot, taken while other processes keep writing
+    (WAL readers never block writers). It is written beside ``target`` and renamed
+    into place, so a failed backup never leaves half a file under that name.
+    """
+    source = ledger.path
+    if source is None:
+        raise LedgerError("not a SQLite ledger; back PostgreSQL up with pg_dump")
+    if target.resolve() == source.resolve():
+        raise ValidationError(f"{target} is the ledger itself; give another file")
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+        dst = sqlite3.connect(partial)
+        try:
+            # One step: the whole copy reads one snapshot, so it never restarts.
+            src.backup(dst, pages=-1, progress=None if progress is None else _pages(progress))
+            dst.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
+        finally:
+            dst.close()
+            src.close()
+        partial.replace(target)
+    except (OSError, sqlite3.Error) as exc:
+        partial.unlink(missing_ok=True)
+        raise LedgerError(f"could not back up {source} to {target}: {exc}") from exc
+    return target.stat().st_size
+
+
+def _pages(progress: Callable[[int, int], None]) -> Callable[[int, int, int], None]:
+    return lambda status, remaining, total: progress(total - remaining, total)
+
+
+def pg_dump_command(ledger: Ledger, target: Path) -> str:
+    """The ``pg_dump`` command that backs up a PostgreSQL ledger (password left out)."""
+    from sqlalchemy.engine import URL, make_url
+
+    url = make_url(ledger.url)
+    plain = URL.create(
+        "postgresql", url.username, None, url.host, url.port, url.database, url.query
+    ).render_as_string(hide_password=False)
+    return f"pg_dump --format=custom --file {target} '{plain}'"

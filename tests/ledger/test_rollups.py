@@ -1,0 +1,347 @@
+"""Rollups give every report exactly what raw spans give, on generated data, on both backends."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import delete
+
+from ollama_meter.budgets import Budget, budget_status
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger import _budgets as store
+from ollama_meter.ledger._aggregate import (
+    CUBE_GRAINS,
+    aggregate_failures,
+    decompose,
+    raw_spans,
+)
+from ollama_meter.ledger._rollup import (
+    BUSY,
+    HISTOGRAMS,
+    META,
+    ROLLUPS,
+    Grain,
+    duration_bin,
+    floor_cell,
+    next_cell,
+    speed_bin,
+)
+from ollama_meter.ledger._types import from_us, to_us
+from ollama_meter.ledger.models import SpanRow
+from ollama_meter.meter import SpanRecord
+from ollama_meter.periods import bucket_bounds, parse_period
+from ollama_meter.reports import (
+    chargeback,
+    histogram_percentile,
+    percentile,
+    perf_report,
+    spend_report,
+)
+from tests.factories import make_span
+
+ZONES = [
+    ZoneInfo(name)
+    for name in ("UTC", "Europe/Berlin", "Asia/Kolkata", "Asia/Kathmandu", "America/St_Johns")
+]
+NOW = datetime(2026, 12, 3, tzinfo=UTC)
+FIRST = datetime(2026, 10, 29, tzinfo=UTC)
+MS = 1_000_000
+
+_durations = st.none() | st.integers(0, 3_000 * MS)
+
+
+@st.composite
+def spans(draw: st.DrawFn) -> SpanRecord:
+    started = FIRST + timedelta(microseconds=draw(st.integers(0, 36 * 86_400 * 10**6)))
+    status = draw(st.sampled_from(["ok", "ok", "ok", "error", "rejected", "client_abort"]))
+    cost_parts = draw(st.lists(st.integers(0, 5_000), min_size=4, max_size=4))
+    return make_span(
+        started_at=started,
+        ended_at=draw(
+            st.none()
+            | st.integers(0, 7_200 * 10**6).map(lambda us: started + timedelta(microseconds=us))
+        ),
+        tenant=draw(st.sampled_from(["acme", "globex"])),
+        department=draw(st.sampled_from(["sales", "support", "ops"])),
+        user=draw(st.sampled_from([None, "alice", "bob"])),
+        upstream_host=draw(st.sampled_from(["http://gpu1:11434", "http://gpu2:11434"])),
+        request_model=draw(st.sampled_from(["llama3.1:8b", "qwen2.5:7b"])),
+        response_model=draw(st.sampled_from([None, "llama3.1:8b", "llama3.1:8b-q4"])),
+        status=status,
+        error_type=None if status == "ok" else draw(st.sampled_from(["timeout", "upstream_5xx"])),
+        input_tokens=draw(st.integers(0, 500)),
+        output_tokens=draw(st.integers(0, 500)),
+        total_duration_ns=draw(_durations),
+        load_duration_ns=draw(st.none() | st.sampled_from([2 * MS, 99 * MS, 100 * MS, 1_500 * MS])),
+        prompt_eval_duration_ns=draw(_durations),
+        eval_duration_ns=draw(_durations),
+        duration_source=draw(st.sampled_from([None, "reported", "measured"])),
+        latency_ns=draw(_durations),
+        ttft_ns=draw(_durations),
+        cost_tokens=cost_parts[0],
+        cost_compute=cost_parts[1],
+        cost_energy=cost_parts[2],
+        cost_fee=cost_parts[3],
+        cost_total=sum(cost_parts),
+        currency=draw(st.sampled_from(["USD", "USD", "EUR"])),
+        unpriced=draw(st.booleans()),
+    )
+
+
+@st.composite
+def ledger_contents(draw: st.DrawFn) -> tuple[list[SpanRecord], list[list[SpanRecord]]]:
+    """Spans, and the batches that record them: any order (late spans), some twice."""
+    unique = draw(st.lists(spans(), min_size=1, max_size=40))
+    order = draw(st.permutations(unique))
+    again = draw(st.lists(st.sampled_from(unique), max_size=8))
+    stream = [*order, *again]
+    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    batches = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    return unique, [b for b in batches if b]
+
+
+def _wipe(ledger: Ledger) -> None:
+    with ledger.write() as conn:
+        for table in (SpanRow.__table__, ROLLUPS, HISTOGRAMS, BUSY):
+            conn.execute(delete(table))
+        conn.execute(delete(META).where(META.c.key == "pruned_before"))
+
+
+def _fill(ledger: Ledger, batches: list[list[SpanRecord]]) -> None:
+    _wipe(ledger)
+    for batch in batches:
+        ledger.record([replace(span) for span in batch])
+
+
+BY = st.lists(st.sampled_from(["tenant", "department", "user", "model"]), unique=True, max_size=3)
+EXAMPLES = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@pytest.fixture
+def ledger(db_url: str) -> Ledger:
+    return Ledger(db_url)
+
+
+@EXAMPLES
+@given(
+    content=ledger_contents(),
+    zone=st.sampled_from(ZONES),
+    by=BY,
+    unit=st.sampled_from([None, "day", "week", "month"]),
+    period=st.sampled_from(["2026-11", "2026-10", "2026-11-15", "2026-12"]),
+    tenant=st.sampled_from([None, "acme"]),
+    model=st.sampled_from([None, "llama3.1:8b"]),
+)
+def test_spend_report_from_rollups_is_the_raw_report(
+    ledger: Ledger,
+    content: tuple[list[SpanRecord], list[list[SpanRecord]]],
+    zone: ZoneInfo,
+    by: list[str],
+    unit: str | None,
+    period: str,
+    tenant: str | None,
+    model: str | None,
+) -> None:
+    _fill(ledger, content[1])
+    window = parse_period(period, tz=zone, now=NOW)
+    columns = [*by, unit] if unit else by
+    report = spend_report(ledger, window, columns, tz=zone, tenant=tenant, model=model)
+    with raw_spans():
+        expected = spend_report(ledger, window, columns, tz=zone, tenant=tenant, model=model)
+    assert report.rows == expected.rows
+    assert report.unpriced_requests == expected.unpriced_requests
+    assert ledger.count() == len(content[0])
+    where = SpanFilter(since=window.start, until=window.end, tenant=tenant, model=model)
+    with ledger.read() as conn:
+        failures = sorted(aggregate_failures(conn, where), key=repr)
+        assert failures == sorted(aggregate_failures(conn, where, raw=True), key=repr)
+
+
+@EXAMPLES
+@given(
+    content=ledger_contents(),
+    zone=st.sampled_from(ZONES),
+    by=BY,
+    period=st.sampled_from(["2026-11", "2026-11-30", "2026-12"]),
+    department=st.sampled_from([None, "sales"]),
+    unit=st.sampled_from([None, "day", "week"]),
+)
+def test_perf_report_from_rollups_is_the_raw_report(
+    ledger: Ledger,
+    content: tuple[list[SpanRecord], list[list[SpanRecord]]],
+    zone: ZoneInfo,
+    by: list[str],
+    period: str,
+    department: str | None,
+    unit: str | None,
+) -> None:
+    _fill(ledger, content[1])
+    window = parse_period(period, tz=zone, now=NOW)
+    options = {"department": department, "unit": unit, "tz": zone}
+    report = perf_report(ledger, window, by, **options)  # type: ignore[arg-type]
+    with raw_spans():
+        expected = perf_report(ledger, window, by, **options)  # type: ignore[arg-type]
+    assert report.rows == expected.rows
+    assert report.warnings == expected.warnings == []
+
+
+@EXAMPLES
+@given(
+    content=ledger_contents(),
+    zone=st.sampled_from(ZONES),
+    month=st.sampled_from(["2026-10", "2026-11"]),
+    idle=st.sampled_from(["share", "separate"]),
+    gpus=st.integers(1, 3),
+)
+def test_chargeback_from_rollups_is_the_raw_chargeback(
+    ledger: Ledger,
+    content: tuple[list[SpanRecord], list[list[SpanRecord]]],
+    zone: ZoneInfo,
+    month: str,
+    idle: str,
+    gpus: int,
+) -> None:
+    _fill(ledger, content[1])
+    options = {"tz": zone, "now": NOW, "currency": "USD", "idle": idle, "gpus": gpus}
+    result = chargeback(ledger, month, fixed_cost=Decimal("2400.17"), **options)  # type: ignore[arg-type]
+    with raw_spans():
+        expected = chargeback(ledger, month, fixed_cost=Decimal("2400.17"), **options)  # type: ignore[arg-type]
+    assert (result.rows, result.busy_ns, result.capacity_ns) == (
+        expected.rows,
+        expected.busy_ns,
+        expected.capacity_ns,
+    )
+
+
+@EXAMPLES
+@given(content=ledger_contents(), zone=st.sampled_from(ZONES))
+def test_budget_spend_and_status_from_rollups_are_the_raw_ones(
+    ledger: Ledger, content: tuple[list[SpanRecord], list[list[SpanRecord]]], zone: ZoneInfo
+) -> None:
+    _fill(ledger, content[1])
+    now = datetime(2026, 11, 30, 22, 30, tzinfo=UTC)
+    budgets = [
+        Budget(tenant="acme", department=None, period="month", limit=10**6, currency="USD"),
+        Budget(tenant="*", department="sales", period="day", limit=10**5, currency="EUR"),
+        Budget(tenant="globex", department="ops", period="week", limit=10**5, currency="USD"),
+    ]
+    if not ledger.budgets():
+        for budget in budgets:
+            ledger.save_budget(budget)
+    status = budget_status(ledger, tz=zone, now=now)
+    with raw_spans():
+        expected = budget_status(ledger, tz=zone, now=now)
+    assert status == expected
+    with ledger.read() as conn:  # status sums one aggregate per period; the gate asks per budget
+        for line in status:
+            assert line.spent == store.spent(
+                conn, line.budget, line.tenant, line.window.start, line.window.end
+            )
+    # and the gate's own lookup, over an arbitrary stretch
+    start, end = datetime(2026, 10, 31, 23, 15, tzinfo=UTC), datetime(2026, 11, 17, 5, tzinfo=UTC)
+    with ledger.read() as conn:
+        spent = store.spent(conn, budgets[0], "acme", start, end)
+        with raw_spans():
+            assert spent == store.spent(conn, budgets[0], "acme", start, end)
+    assert spent == sum(
+        s.cost_total
+        for s in content[0]
+        if s.tenant == "acme" and s.currency == "USD" and start <= s.started_at < end
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    a=st.integers(-(10**16), 10**16),
+    length=st.integers(0, 400 * 86_400 * 10**6),
+    probes=st.lists(st.integers(-(10**16), 10**16), max_size=20),
+)
+def test_pieces_cover_the_window_exactly_once(a: int, length: int, probes: list[int]) -> None:
+    b = a + length
+    pieces = decompose(a, b, CUBE_GRAINS)
+    for piece in pieces:
+        if piece.grain is not None:
+            assert floor_cell(piece.grain, piece.lo) == piece.lo
+            assert floor_cell(piece.grain, piece.hi) == piece.hi
+    for t in [a, b - 1, b, *probes, *(p.lo for p in pieces), *(p.hi - 1 for p in pieces)]:
+        covered = sum(p.sign for p in pieces if p.lo <= t < p.hi)
+        assert covered == (1 if a <= t < b else 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    zone=st.sampled_from(ZONES), day=st.integers(0, 3000), unit=st.sampled_from(["day", "month"])
+)
+def test_local_midnights_need_no_raw_spans(zone: ZoneInfo, day: int, unit: str) -> None:
+    moment = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(days=day)
+    window = parse_period("month", tz=zone, now=moment)
+    for start, _ in bucket_bounds(window, unit, zone):
+        pieces = decompose(to_us(start), to_us(start) + 86_400 * 10**6, CUBE_GRAINS)
+        assert all(p.grain is not None for p in pieces)
+        # and a month costs a handful of cells, not thirty days of quarters
+        assert len(pieces) <= 5
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    values=st.lists(st.integers(0, 10**13), min_size=1, max_size=50),
+    p=st.sampled_from([50, 95, 99]),
+)
+def test_a_binned_percentile_is_the_bin_edge_of_the_true_one(values: list[int], p: int) -> None:
+    bins: dict[int, int] = {}
+    for value in values:
+        bins[duration_bin(value)] = bins.get(duration_bin(value), 0) + 1
+    true = percentile(sorted(values), p)
+    assert true is not None
+    edge = histogram_percentile(bins, p)
+    assert edge == duration_bin(true)
+    assert true <= edge <= max(100, true + true // 20)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    calls=st.lists(st.tuples(st.integers(1, 5000), st.integers(1, 10**11)), min_size=1, max_size=30)
+)
+def test_a_binned_speed_is_the_lower_edge_of_the_true_median(calls: list[tuple[int, int]]) -> None:
+    bins: dict[int, int] = {}
+    for tokens, ns in calls:
+        edge = speed_bin(tokens, ns)
+        bins[edge] = bins.get(edge, 0) + 1
+    true = percentile(sorted(Fraction(t * 10**15, ns) for t, ns in calls), 50)  # µtoken/s
+    assert true is not None
+    edge = histogram_percentile(bins, 50)
+    assert edge is not None
+    assert edge == speed_bin(true.numerator, true.denominator * 10**15)
+    assert true * Fraction(95, 100) - 100 <= edge <= true
+
+
+def test_duration_bins_are_readable_and_narrow() -> None:
+    assert [duration_bin(v) for v in (0, 1, 100, 101, 199, 201, 499, 501, 999, 1001)] == [
+        0, 100, 100, 105, 200, 210, 500, 520, 1000, 1050,
+    ]  # fmt: skip
+    assert duration_bin(1_734_000) == 1_750_000  # 1.734 ms → 1.75 ms
+    assert speed_bin(20, 10**9) == 20 * 10**6 and speed_bin(2, 300 * MS) == 6_600_000
+    assert speed_bin(1, 10**15) == 0
+
+
+def test_cells_follow_the_calendar() -> None:
+    nov = to_us(datetime(2026, 11, 1, tzinfo=UTC))
+    assert next_cell(Grain.MONTH, nov) == to_us(datetime(2026, 12, 1, tzinfo=UTC))
+    assert next_cell(Grain.MONTH, to_us(datetime(2026, 12, 1, tzinfo=UTC))) == to_us(
+        datetime(2027, 1, 1, tzinfo=UTC)
+    )
+    assert floor_cell(Grain.MONTH, nov + 5 * 86_400 * 10**6) == nov
+    assert from_us(floor_cell(Grain.QUARTER, nov + 16 * 60 * 10**6)) == datetime(
+        2026, 11, 1, 0, 15, tzinfo=UTC
+    )

@@ -1,0 +1,336 @@
+"""Export and import, rebuilding rollups, pruning, backup: nothing lost, nothing counted twice."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import select, text
+
+from ollama_meter.errors import ValidationError
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger._aggregate import raw_spans
+from ollama_meter.ledger._rollup import BUSY, HISTOGRAMS, ROLLUPS, rebuild
+from ollama_meter.ledger._transfer import (
+    export_lines,
+    import_lines,
+    prune,
+    span_from_line,
+    span_to_dict,
+)
+from ollama_meter.ledger._types import to_us
+from ollama_meter.meter import SpanRecord, new_span_row_id, reprice
+from ollama_meter.periods import parse_period
+from ollama_meter.pricing import PriceBook
+from ollama_meter.reports import chargeback, perf_report, spend_report, to_csv
+from tests.factories import make_span, token_prices
+
+BERLIN = ZoneInfo("Europe/Berlin")
+NOW = datetime(2026, 12, 20, 12, tzinfo=UTC)
+
+
+def _spans(count: int = 120, *, seed: int = 0) -> list[SpanRecord]:
+    """Calls spread over October to December, several tenants, hosts and models."""
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    out = []
+    for n in range(count):
+        at = start + timedelta(minutes=(n * 977 + seed * 13) % (80 * 24 * 60), microseconds=n)
+        out.append(
+            make_span(
+                # the same id every time it is made: processes that make it share it
+                id=new_span_row_id(to_us(at) * 1000)[:10] + f"{seed:04d}{n:012d}",
+                started_at=at,
+                ended_at=at + timedelta(seconds=n % 7 + 1),
+                tenant=("acme", "globex")[n % 2],
+                department=("sales", "support", "ops")[n % 3],
+                user=(None, "alice", "bob")[n % 3],
+                request_model=("llama3.1:8b", "qwen2.5:7b")[n % 2],
+                response_model=("llama3.1:8b", None)[n % 2],
+                upstream_host=("http://gpu1:11434", "http://gpu2:11434")[n % 2],
+                status=("ok", "ok", "ok", "error")[n % 4],
+                latency_ns=(n % 50 + 1) * 10_000_000,
+                ttft_ns=None if n % 5 == 0 else (n % 9 + 1) * 1_000_000,
+                total_duration_ns=(n % 40 + 2) * 10_000_000,
+                load_duration_ns=(2_000_000, 150_000_000)[n % 7 == 0],
+                eval_duration_ns=(n % 30 + 1) * 5_000_000,
+                output_tokens=n % 200,
+                cost_tokens=n * 17,
+                cost_total=n * 17,
+                unpriced=n % 11 == 0,
+                tags={"job": f"j{n % 4}"} if n % 6 == 0 else {},
+            )
+        )
+    return out
+
+
+def _tables(ledger: Ledger) -> dict[str, list[tuple[object, ...]]]:
+    with ledger.read() as conn:
+        return {
+            table.name: sorted(tuple(row) for row in conn.execute(select(table)))
+            for table in (ROLLUPS, HISTOGRAMS, BUSY)
+        }
+
+
+def _monthly(ledger: Ledger, month: str) -> list[str]:
+    """What finance sees of a month: the department report and chargeback, as CSV bytes."""
+    window = parse_period(month, tz=BERLIN, now=NOW)
+    spend = spend_report(ledger, window, ["tenant", "department", "model", "day"], tz=BERLIN)
+    bill = chargeback(
+        ledger, month, tz=BERLIN, now=NOW, currency="USD", fixed_cost=Decimal(2400), idle="separate"
+    )
+    return [
+        to_csv(spend.columns, spend.rows),
+        to_csv(list(bill.rows[0]) if bill.rows else [], bill.rows),
+    ]
+
+
+def test_export_then_import_gives_the_same_ledger(db_url: str, tmp_path: Path) -> None:
+    source = Ledger(f"sqlite:///{tmp_path / 'source.db'}")
+    spans = _spans()
+    spans[3] = replace(spans[3], prompt="hi ünïcode", reply="there", done_reason="stop")
+    source.record(spans)
+    lines = list(export_lines(source))
+    assert [json.loads(line) for line in lines] == [
+        span_to_dict(s) for s in sorted(spans, key=lambda s: s.id)
+    ]
+    target = Ledger(db_url)
+    summary = import_lines(target, lines, batch=50)
+    assert (summary.read, summary.added, summary.present) == (120, 120, 0)
+    back = {s.id: replace(s, attributes={}) for s in target.latest(SpanFilter(), 1000)}
+    assert back == {s.id: s for s in spans}
+    assert _tables(target) == _tables(source)
+    assert _monthly(target, "2026-11") == _monthly(source, "2026-11")
+    # again, and with lines given twice: nothing new, nothing counted twice
+    again = import_lines(target, [*lines[:10], *lines], batch=7)
+    assert (again.read, again.added, again.present) == (130, 0, 130)
+    assert _tables(target) == _tables(source)
+
+
+def test_export_by_local_dates(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    Ledger(db).record(_spans())
+    done = cli("db", "export", "--since", "2026-11-01", "--until", "2026-11-30", "--db", db)
+    assert done.code == 0, done.stderr
+    starts = [json.loads(line)["started_at"] for line in done.stdout.splitlines()]
+    assert starts == sorted(starts) and len(starts) == 44
+    assert min(starts) >= "2026-10-31T23:00" and max(starts) < "2026-11-30T23:00"
+    assert "exported 44 span(s)" in done.stderr
+
+
+def test_cli_import_from_stdin_and_a_file(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    source = Ledger(f"sqlite:///{tmp_path / 's.db'}")
+    source.record(_spans(30))
+    exported = b"".join(export_lines(source)).decode()
+    db = f"sqlite:///{tmp_path / 't.db'}"
+    done = cli("db", "import", "-", "--db", db, stdin=exported)
+    assert done.code == 0, done.stderr
+    assert "imported 30 span(s)" in done.stdout and "(0 already there)" in done.stdout
+    (tmp_path / "spans.jsonl").write_text(exported)
+    again = cli("db", "import", str(tmp_path / "spans.jsonl"), "--db", db)
+    assert "imported 0 span(s)" in again.stdout and "(30 already there)" in again.stdout
+    missing = cli("db", "import", str(tmp_path / "nope.jsonl"), "--db", db)
+    assert missing.code == 1 and "cannot read" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(started_at="yesterday"), "started_at 'yesterday' is not an ISO 8601"),
+        (lambda d: d.update(started_at="2026-11-01T10:00:00"), "has no time zone"),
+        (lambda d: d.update(cost="1.5"), "cost '1.5' is not an amount with six decimals"),
+        (lambda d: d.update(cost=1.5), "Expected `str`, got `float`"),
+        (lambda d: d.update(department="sa les"), "department 'sa les' has characters"),
+        (lambda d: d.update(id="x"), "id 'x' is not a span id"),
+        (lambda d: d.update(currency="usd"), "currency 'usd' is not a 3-letter code"),
+        (lambda d: d.update(input_tokens=-1), "input_tokens -1 is out of range"),
+        (lambda d: d.update(upstream_host="h\x1b[31m"), "upstream_host 'h\\x1b[31m'"),
+        (lambda d: d.pop("tenant"), "missing required field `tenant`"),
+    ],
+)
+def test_a_bad_line_is_refused_with_its_number(
+    sqlite_url: str, change: object, message: str
+) -> None:
+    ledger = Ledger(sqlite_url)
+    good = [json.dumps(span_to_dict(s)).encode() for s in _spans(3)]
+    bad = span_to_dict(make_span())
+    change(bad)  # type: ignore[operator]
+    with pytest.raises(ValidationError) as caught:
+        import_lines(ledger, [*good[:2], b"", json.dumps(bad).encode(), good[2]])
+    assert str(caught.value).startswith(f"line 4: {message}") or message in str(caught.value)
+    assert "the 2 span(s) before it are recorded" in str(caught.value)
+    assert ledger.count() == 2
+    with pytest.raises(ValueError, match="not JSON"):
+        span_from_line(b"{nope")
+
+
+def test_rebuilding_gives_what_was_kept_as_spans_arrived(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    spans = _spans()
+    for start in range(0, len(spans), 17):  # several batches, late ones included
+        ledger.record(list(reversed(spans[start : start + 17])))
+    kept = _tables(ledger)
+    with ledger.write() as conn:
+        for table in (ROLLUPS, HISTOGRAMS, BUSY):
+            conn.execute(table.delete())
+    assert rebuild(ledger.write, ledger.read) == len(spans)
+    assert _tables(ledger) == kept
+
+
+def test_rollup_command(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    Ledger(db).record(_spans(40))
+    done = cli("db", "rollup", "--db", db)
+    assert done.code == 0 and "rolled up 40 span(s)" in done.stdout
+
+
+def test_pruned_months_report_and_bill_the_same_bytes(db_url: str, cli) -> None:  # type: ignore[no-untyped-def]
+    ledger = Ledger(db_url)
+    ledger.record(_spans(300))
+    before = {month: _monthly(ledger, month) for month in ("2026-10", "2026-11")}
+    assert all(len(csv.splitlines()) > 5 for csv in before["2026-10"])
+    result = prune(ledger, 25, now=NOW)  # keeps 25 November .. on
+    assert result.cutoff == datetime(2026, 11, 25, tzinfo=UTC)
+    assert result.removed > 100
+    assert ledger.count(SpanFilter(until=result.cutoff)) == 0
+    assert ledger.count() == 300 - result.removed
+    after = {month: _monthly(ledger, month) for month in ("2026-10", "2026-11")}
+    assert after == before
+    # the raw edge of a pruned month is gone: perf says its percentiles leave it out
+    window = parse_period("2026-11", tz=BERLIN, now=NOW)
+    assert perf_report(ledger, window, ["model"]).warnings
+    assert perf_report(ledger, window, ["user"]).warnings
+    assert not perf_report(ledger, parse_period("2026-12", tz=BERLIN, now=NOW), ["model"]).warnings
+    shown = cli("perf", "--by", "user", "--period", "2026-11", "--db", db_url)
+    assert shown.code == 0 and "warning: percentiles leave out calls before" in shown.stderr
+    # rebuilding keeps the pruned days' rollups and recomputes the rest
+    rebuild(ledger.write, ledger.read)
+    assert {month: _monthly(ledger, month) for month in ("2026-10", "2026-11")} == before
+    with raw_spans():  # and raw spans alone could no longer say it
+        assert _monthly(ledger, "2026-10") != before["2026-10"]
+
+
+def test_prune_gives_space_back_and_converts_an_old_file(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    new = tmp_path / "new.db"
+    Ledger(f"sqlite:///{new}").record(_spans(2000))
+    result = prune(Ledger(f"sqlite:///{new}"), 30, now=NOW)
+    assert result.removed > 1000 and result.reclaimed > 0 and result.free_bytes == 0
+    old = tmp_path / "old.db"
+    plain = sqlite3.connect(old)
+    plain.execute("PRAGMA auto_vacuum = NONE")
+    plain.execute("CREATE TABLE t (x)")  # a file made before ledgers chose incremental vacuum
+    plain.close()
+    db = f"sqlite:///{old}"
+    Ledger(db).record(_spans(2000))
+    done = cli("db", "prune", "--keep-days", "30", "--db", db)
+    assert done.code == 0, done.stderr
+    assert done.stdout.startswith("removed ") and "is free inside the file" in done.stderr
+    Ledger(db).record(_spans(2000, seed=1))
+    vacuumed = cli("db", "prune", "--keep-days", "30", "--vacuum", "--db", db)
+    assert "is free inside" not in vacuumed.stderr
+    assert sqlite3.connect(old).execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    assert cli("db", "prune", "--keep-days", "0", "--db", db).code == 2
+
+
+def test_backup_while_another_thread_writes(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    db = f"sqlite:///{tmp_path / 'live.db'}"
+    ledger = Ledger(db)
+    ledger.record(_spans(500))
+    stop = threading.Event()
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            ledger.record([make_span(started_at=NOW - timedelta(seconds=n))])
+            n += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        done = cli("db", "backup", str(tmp_path / "copy.db"), "--db", db)
+    finally:
+        stop.set()
+        writer.join()
+    assert done.code == 0, done.stderr
+    assert "backed up" in done.stdout
+    copy = Ledger(f"sqlite:///{tmp_path / 'copy.db'}")
+    with copy.read() as conn:
+        assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+    assert copy.count() >= 500
+    with raw_spans():
+        raw = spend_report(copy, parse_period("2026-11", tz=BERLIN, now=NOW), ["model"], tz=BERLIN)
+    assert (
+        raw.rows
+        == spend_report(
+            copy, parse_period("2026-11", tz=BERLIN, now=NOW), ["model"], tz=BERLIN
+        ).rows
+    )
+    assert cli("db", "backup", str(tmp_path / "live.db"), "--db", db).code == 2
+
+
+def test_backup_of_postgresql_prints_pg_dump(cli) -> None:  # type: ignore[no-untyped-def]
+    url = "postgresql+psycopg://meter:s3cret@db.example:5433/ometer"
+    done = cli("db", "backup", "/srv/x.dump", "--db", url)
+    assert done.code == 2
+    assert done.stdout == (
+        "pg_dump --format=custom --file /srv/x.dump 'postgresql://meter@db.example:5433/ometer'\n"
+    )
+    assert "PGPASSWORD" in done.stderr and "s3cret" not in done.stdout + done.stderr
+
+
+def test_reprice_moves_the_rollups_with_the_spans(db_url: str) -> None:
+    ledger = Ledger(db_url)
+    ledger.record(_spans())
+    # llama in EUR now, qwen unpriced: costs, currencies and unpriced flags all move
+    rule = replace(token_prices("llama3.1:*"), currency="EUR", id=1)
+    book = PriceBook([rule], tz=BERLIN, currency="EUR")
+    summary = reprice(ledger, book, since=datetime(2026, 10, 1, tzinfo=UTC))
+    assert summary.changed > 100
+    window = parse_period("2026-11", tz=BERLIN, now=NOW)
+    report = spend_report(ledger, window, ["department", "model", "day"], tz=BERLIN)
+    with raw_spans():
+        raw = spend_report(ledger, window, ["department", "model", "day"], tz=BERLIN)
+    assert report.rows == raw.rows
+    assert report.unpriced_requests == raw.unpriced_requests > 0
+    assert {row["currency"] for row in report.rows} == {"EUR"}
+
+
+def _write_overlapping(url: str, worker: int) -> None:
+    ledger = Ledger(url)
+    spans = _spans(200)
+    mine = spans[worker * 40 : worker * 40 + 80]  # each overlaps its neighbour by 40
+    for start in range(0, len(mine), 5):
+        ledger.record(mine[start : start + 5])
+    ledger.dispose()
+
+
+@pytest.mark.slow
+def test_four_processes_writing_at_once_count_each_span_once(db_url: str) -> None:
+    Ledger(db_url).dispose()  # migrated before the race: this test is about the rollups
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_overlapping, args=(db_url, n)) for n in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(120)
+        assert process.exitcode == 0
+    ledger = Ledger(db_url)
+    assert ledger.count() == 200
+    for month in ("2026-10", "2026-11", "2026-12"):
+        window = parse_period(month, tz=BERLIN, now=NOW)
+        by = ["tenant", "department", "user", "model"]
+        report = spend_report(ledger, window, by, tz=BERLIN)
+        bill = chargeback(ledger, month, tz=BERLIN, now=NOW, currency="USD", fixed_cost=Decimal(9))
+        with raw_spans():
+            assert report.rows == spend_report(ledger, window, by, tz=BERLIN).rows
+            raw_bill = chargeback(
+                ledger, month, tz=BERLIN, now=NOW, currency="USD", fixed_cost=Decimal(9)
+            )
+        assert (bill.rows, bill.busy_ns) == (raw_bill.rows, raw_bill.busy_ns)
