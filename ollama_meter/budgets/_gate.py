@@ -251,7 +251,10 @@ class BudgetGate:
         """The call is over and its span written (``recorded``) or kept elsewhere.
 
         With ``lease_share`` 0 the lease is given back at once; otherwise nothing is
-        written now: the next renewal reads the call's actual cost from the ledger.
+        written now: the next renewal reads the call's actual cost from the ledger. A
+        lease left with less than such a call needs and nothing in flight is a fragment
+        only this process could use: it goes back at once, so near the limit another
+        process's call can have that room.
         """
         give_back: list[_Lease] = []
         with self._lock:
@@ -264,7 +267,8 @@ class BudgetGate:
                     lease.used += bound
                 else:
                     lease.kept += bound
-                if not self.lease_share and not lease.in_flight and not lease.kept:
+                idle = not lease.in_flight and not lease.kept
+                if idle and (not self.lease_share or lease.free < bound):
                     give_back.append(self._leases.pop(key))
         if give_back:
             self._give_back(give_back)

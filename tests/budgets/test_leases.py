@@ -95,7 +95,9 @@ def test_two_gateways_on_one_ledger_never_overshoot(serve: Any, emulator: Ollama
     assert set(outcomes) <= {200, 429}
     spent = sum(s.cost_total for s in one.ledger.latest(SpanFilter(status="ok"), 1000))
     assert 0 < spent <= limit
-    assert outcomes.count(200) >= 12  # at least the bounds that fit at once were admitted
+    # Twelve bounds fit at once; each gateway's lease may strand less than one call's bound
+    # while its calls are in flight.
+    assert outcomes.count(200) >= 10
 
 
 def test_leases_are_given_back_when_the_gateway_stops(
