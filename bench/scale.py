@@ -46,8 +46,8 @@ from ollama_meter.ledger import Ledger
 from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.ledger._rollup import rebuild
 from ollama_meter.ledger._transfer import import_lines, span_to_dict
-from ollama_meter.meter.span import SpanRecord, new_span_row_id
 from ollama_meter.periods import parse_period
+from ollama_meter.records import SpanRecord, new_span_row_id
 from ollama_meter.reports import (
     DashQuery,
     chargeback,

@@ -14,19 +14,14 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ollama_meter._names import name_problem
+from ollama_meter._paths import default_data_dir
 from ollama_meter.errors import ConfigError
 
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
-APP_NAME = "ollama-meter"
-
-
-def default_data_dir() -> Path:
-    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
 
 def normalize_host(value: str) -> str:
@@ -186,7 +181,7 @@ class Settings(BaseSettings):
     def _department_budgets(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        from ollama_meter.budgets import parse_department_budgets
+        from ollama_meter.records import parse_department_budgets
 
         parse_department_budgets(value, currency="USD")  # raises ValueError saying what is wrong
         return value
@@ -203,7 +198,7 @@ class Settings(BaseSettings):
     @field_validator("fixed_monthly_cost", mode="before")
     @classmethod
     def _fixed_cost(cls, value: object) -> object:
-        from ollama_meter.pricing import MAX_AMOUNT, parse_amount
+        from ollama_meter.records import MAX_AMOUNT, parse_amount
 
         if value is None or value == "":
             return None
@@ -236,7 +231,7 @@ class Settings(BaseSettings):
     @field_validator("currency")
     @classmethod
     def _currency(cls, value: str) -> str:
-        from ollama_meter.pricing import parse_currency
+        from ollama_meter.records import parse_currency
 
         return parse_currency(value, what="")
 

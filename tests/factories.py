@@ -7,8 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 from ollama_meter.meter import SpanRecord, new_span_row_id
-from ollama_meter.meter.span import new_otel_span_id, new_trace_id
 from ollama_meter.pricing import PriceRule
+from ollama_meter.records import new_otel_span_id, new_trace_id
 
 
 def token_prices(pattern: str = "*", **fields: Any) -> PriceRule:

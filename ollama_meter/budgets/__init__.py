@@ -5,8 +5,6 @@ The meter calls in (admit, settle, check alerts); nothing here calls the meter.
 """
 
 from ollama_meter.budgets._alerts import (
-    PERIOD_ADVERB,
-    Alert,
     AlertDispatcher,
     Channel,
     EmailChannel,
@@ -19,21 +17,23 @@ from ollama_meter.budgets._estimate import (
     TEMPLATE_TOKENS,
     CallBound,
     Estimate,
-    PastCall,
     bound_cost,
 )
 from ollama_meter.budgets._gate import BudgetGate, Reservation
-from ollama_meter.budgets._model import (
+from ollama_meter.budgets._status import BudgetStatus, budget_status, project
+from ollama_meter.records import (
     DEFAULT_THRESHOLDS,
     EACH_TENANT,
+    PERIOD_ADVERB,
     PERIOD_WORDS,
     PERIODS,
+    Alert,
     Budget,
+    PastCall,
     parse_department_budgets,
     parse_limit,
     parse_thresholds,
 )
-from ollama_meter.budgets._status import BudgetStatus, budget_status, project
 
 __all__ = [
     "DEFAULT_THRESHOLDS",

@@ -17,65 +17,20 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
-from ollama_meter.pricing import format_micros
+from ollama_meter.records import Alert
 
 if TYPE_CHECKING:
     from ollama_meter.ledger import Ledger
 
 log = logging.getLogger("ollama_meter.alerts")
 
-PERIOD_ADVERB = {"day": "daily", "week": "weekly", "month": "monthly"}
 MAX_RUNS = 5
 """Runs (processes) that try an undelivered alert before giving up on it."""
-
-
-@dataclass(frozen=True, slots=True)
-class Alert:
-    id: int
-    budget_id: int
-    tenant: str
-    department: str | None
-    period: str
-    period_label: str
-    period_start: datetime
-    threshold: int
-    spent: int
-    limit: int
-    currency: str
-
-    @property
-    def scope(self) -> str:
-        return f"{self.tenant}/{self.department}" if self.department else self.tenant
-
-    def text(self) -> str:
-        used = self.spent * 100 // self.limit
-        return (
-            f"Budget {self.budget_id} ({self.scope}, {PERIOD_ADVERB[self.period]} {self.period_label}) "
-            f"crossed {self.threshold}%: spent {format_micros(self.spent)} of "
-            f"{format_micros(self.limit)} {self.currency} ({used}% used)"
-        )
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "text": self.text(),
-            "budget_id": self.budget_id,
-            "tenant": self.tenant,
-            "department": self.department,
-            "period": self.period,
-            "period_label": self.period_label,
-            "period_start": self.period_start.isoformat().replace("+00:00", "Z"),
-            "threshold": self.threshold,
-            "spent": format_micros(self.spent),
-            "limit": format_micros(self.limit),
-            "currency": self.currency,
-        }
 
 
 class Channel(Protocol):

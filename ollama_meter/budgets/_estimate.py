@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from ollama_meter.pricing import PriceBook, Usage
+from ollama_meter.pricing import PriceBook
+from ollama_meter.records import PastCall, Usage
 
 TEMPLATE_TOKENS = 32
 """Tokens a model's chat template may add to any request (Llama 3's adds about ten)."""
@@ -30,15 +31,6 @@ DEFAULT_EVAL_NS_PER_TOKEN = 50_000_000
 DEFAULT_LOAD_NS = 60_000_000_000
 HISTORY_MARGIN = 3
 """Per-token times seen recently are scaled by 3/2 for the bound."""
-
-
-@dataclass(frozen=True, slots=True)
-class PastCall:
-    input_tokens: int
-    output_tokens: int
-    prompt_eval_ns: int
-    eval_ns: int
-    load_ns: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,12 +35,11 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from ollama_meter._reloaded import Reloaded
-from ollama_meter.budgets._alerts import PERIOD_ADVERB, Alert, AlertDispatcher
+from ollama_meter.budgets._alerts import AlertDispatcher
 from ollama_meter.budgets._estimate import Estimate
-from ollama_meter.budgets._model import Budget
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.periods import Window, current_period
-from ollama_meter.pricing import format_micros
+from ollama_meter.records import PERIOD_ADVERB, Alert, Budget, format_micros
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection

@@ -7,8 +7,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from ollama_meter.budgets._model import EACH_TENANT, Budget
 from ollama_meter.periods import Window, current_period
+from ollama_meter.records import EACH_TENANT, Budget
 
 if TYPE_CHECKING:
     from ollama_meter.ledger import Ledger

@@ -12,8 +12,8 @@ import sys
 
 import typer
 
-from ollama_meter import __version__
 from ollama_meter._logging import configure_logging
+from ollama_meter._version import __version__
 from ollama_meter.cli import budget, chargeback, chat, db, demo, log, perf, pricing, report, serve
 from ollama_meter.cli._common import err, printable
 from ollama_meter.config import load_settings

@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from ollama_meter._paths import default_data_dir
 from ollama_meter.cli._common import err, out, settings
 from ollama_meter.cli.report import render_table
-from ollama_meter.config import default_data_dir
 from ollama_meter.ledger import close_ledger, open_ledger
 from ollama_meter.meter import utc_now
 from ollama_meter.reports import parse_period, spend_report

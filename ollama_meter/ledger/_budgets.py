@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from ollama_meter.budgets._model import Budget
 from ollama_meter.ledger.models import AlertRow, BudgetRow, ReservationRow
+from ollama_meter.records import Budget
 
 _BUDGETS: Table = BudgetRow.__table__  # type: ignore[assignment]
 _RESERVATIONS: Table = ReservationRow.__table__  # type: ignore[assignment]

@@ -15,10 +15,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection
 
-from ollama_meter.budgets import Budget
 from ollama_meter.errors import BudgetError, PricingError
 from ollama_meter.ledger import _budgets, _prices
-from ollama_meter.pricing import PriceRule
+from ollama_meter.records import Budget, PriceRule
 
 
 def _live_rules(conn: Connection) -> list[PriceRule]:

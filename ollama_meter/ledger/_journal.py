@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ollama_meter.ledger._spool import span_from_json, span_json
-from ollama_meter.meter.span import SpanRecord
+from ollama_meter.records import SpanRecord
 
 log = logging.getLogger("ollama_meter.ledger")
 

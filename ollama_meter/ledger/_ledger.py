@@ -33,8 +33,7 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, StatementError
 
-from ollama_meter.budgets import Budget, PastCall
-from ollama_meter.config import default_data_dir
+from ollama_meter._paths import default_data_dir
 from ollama_meter.errors import BudgetError, LedgerError, PricingError
 from ollama_meter.ledger import _budgets, _currencies, _keys, _prices, _rollup, _spans
 from ollama_meter.ledger._engine import DEFAULT_WAIT, create_ledger_engine, sqlite_path
@@ -43,8 +42,7 @@ from ollama_meter.ledger._keys import ApiKey
 from ollama_meter.ledger._migrate import ensure_current
 from ollama_meter.ledger._spool import Rejected, Spool
 from ollama_meter.ledger.models import SpanRow
-from ollama_meter.meter.span import DURABLE, SpanRecord, Stored
-from ollama_meter.pricing import PriceRule
+from ollama_meter.records import DURABLE, Budget, PastCall, PriceRule, SpanRecord, Stored
 
 log = logging.getLogger("ollama_meter.ledger")
 

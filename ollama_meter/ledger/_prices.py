@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, insert, select
 
 from ollama_meter.ledger.models import PriceRuleRow
-from ollama_meter.pricing import PRICE_FIELDS, PriceRule
+from ollama_meter.records import PRICE_FIELDS, PriceRule
 
 _TABLE: Table = PriceRuleRow.__table__  # type: ignore[assignment]
 

@@ -52,7 +52,7 @@ from ollama_meter.ledger.models import (
     RollupRow,
     SpanRow,
 )
-from ollama_meter.meter.span import SpanRecord
+from ollama_meter.records import SpanRecord
 
 log = logging.getLogger("ollama_meter.ledger")
 

@@ -10,10 +10,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table, bindparam, select, update
 
-from ollama_meter.budgets import PastCall
 from ollama_meter.ledger import _rollup
 from ollama_meter.ledger.models import SpanRow
-from ollama_meter.meter.span import SpanRecord
+from ollama_meter.records import PastCall, SpanRecord
 
 _TABLE: Table = SpanRow.__table__  # type: ignore[assignment]
 _COST_COLUMNS = (

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ollama_meter.meter.span import SpanRecord
+from ollama_meter.records import SpanRecord
 
 log = logging.getLogger("ollama_meter.ledger")
 

@@ -29,8 +29,7 @@ from ollama_meter.ledger._rollup import DAY_US, floor_cell
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
-from ollama_meter.meter.span import SpanRecord
-from ollama_meter.pricing import format_micros
+from ollama_meter.records import SpanRecord, format_micros
 
 if TYPE_CHECKING:
     from ollama_meter.ledger._ledger import Ledger

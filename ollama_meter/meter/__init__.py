@@ -20,7 +20,7 @@ from ollama_meter.meter._core import (
 from ollama_meter.meter._reprice import RepriceSummary, reprice
 from ollama_meter.meter._usage import estimate_tokens, usage_of
 from ollama_meter.meter._writer import GroupCommitWriter
-from ollama_meter.meter.span import (
+from ollama_meter.records import (
     DurationSource,
     Source,
     SpanRecord,

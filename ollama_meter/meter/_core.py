@@ -34,7 +34,8 @@ from ollama_meter.errors import (
 from ollama_meter.meter._request import RequestFacts, facts_of, with_output_cap
 from ollama_meter.meter._usage import estimate_tokens, usage_of
 from ollama_meter.meter._writer import GroupCommitWriter
-from ollama_meter.meter.span import (
+from ollama_meter.pricing import PriceBook, parse_pricing_toml
+from ollama_meter.records import (
     DurationSource,
     SpanRecord,
     Status,
@@ -45,7 +46,6 @@ from ollama_meter.meter.span import (
     new_span_row_id,
     new_trace_id,
 )
-from ollama_meter.pricing import PriceBook, parse_pricing_toml
 
 if TYPE_CHECKING:
     from ollama_meter.config import Settings

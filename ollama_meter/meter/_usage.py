@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ollama_meter.meter.span import SpanRecord, Status
 from ollama_meter.pricing import Usage
+from ollama_meter.records import SpanRecord, Status
 
 _CHARS_PER_TOKEN = 4
 

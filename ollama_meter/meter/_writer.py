@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
-from ollama_meter.meter.span import SpanRecord, Stored
+from ollama_meter.records import SpanRecord, Stored
 
 
 class SpanSink(Protocol):

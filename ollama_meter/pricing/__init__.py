@@ -1,32 +1,31 @@
-"""Pricing: rules, rule choice and cost calculation. Pure functions, no I/O.
+"""Pricing: rule choice and cost calculation. Pure functions, no I/O.
 
-Takes usage facts and rules, returns integer micro-units. Must not import the
-ledger, the meter or any entry point.
+Takes usage facts and rules, returns integer micro-units. The rules, costs and
+money helpers are plain records (``ollama_meter.records``), re-exported here.
+Must not import the ledger, the meter or any entry point.
 """
 
 from ollama_meter.pricing._book import PriceBook
-from ollama_meter.pricing._calc import Cost, Usage, compute_cost
-from ollama_meter.pricing._money import (
+from ollama_meter.pricing._calc import compute_cost
+from ollama_meter.pricing._rules import select_rule, sort_rules, specificity
+from ollama_meter.pricing._toml import parse_pricing_toml
+from ollama_meter.records import (
     MAX_AMOUNT,
     MAX_PRICE,
     MICROS,
+    PRICE_FIELDS,
     PRICE_LIMITS,
+    Cost,
+    PriceRule,
+    Usage,
     check_amount,
     format_micros,
     from_micros,
+    model_names,
     parse_amount,
     parse_currency,
     to_micros,
 )
-from ollama_meter.pricing._rules import (
-    PRICE_FIELDS,
-    PriceRule,
-    model_names,
-    select_rule,
-    sort_rules,
-    specificity,
-)
-from ollama_meter.pricing._toml import parse_pricing_toml
 
 __all__ = [
     "MAX_AMOUNT",

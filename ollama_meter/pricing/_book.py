@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from ollama_meter.pricing._calc import Cost, Usage, compute_cost
-from ollama_meter.pricing._rules import PriceRule, select_rule
+from ollama_meter.pricing._calc import compute_cost
+from ollama_meter.pricing._rules import select_rule
+from ollama_meter.records import Cost, PriceRule, Usage
 
 
 class PriceBook:

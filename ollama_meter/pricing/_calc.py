@@ -7,49 +7,13 @@ to the total in every report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
 
-from ollama_meter.pricing._money import to_micros
-from ollama_meter.pricing._rules import PriceRule
+from ollama_meter.records import Cost, PriceRule, Usage, to_micros
 
 _MILLION = Decimal(1_000_000)
 _NS_PER_HOUR = Decimal(3_600_000_000_000)
 _WATTS_PER_KW = Decimal(1000)
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """The measured facts of one call that prices depend on."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    prompt_eval_ns: int = 0
-    eval_ns: int = 0
-    load_ns: int = 0
-    answered: bool = True
-    """Whether Ollama served the call; request fees apply only then."""
-
-    def busy_ns(self, *, charge_load: bool) -> int:
-        """Ollama's own busy time: prompt evaluation and generation, plus loading if charged."""
-        return self.prompt_eval_ns + self.eval_ns + (self.load_ns if charge_load else 0)
-
-
-@dataclass(frozen=True, slots=True)
-class Cost:
-    """A call's cost in integer micro-units of ``currency``, by part."""
-
-    currency: str
-    tokens: int = 0
-    compute: int = 0
-    energy: int = 0
-    fee: int = 0
-    rule_id: int | None = None
-    unpriced: bool = True
-
-    @property
-    def total(self) -> int:
-        return self.tokens + self.compute + self.energy + self.fee
 
 
 def _per_million(count: int, price: Decimal | None) -> Decimal:

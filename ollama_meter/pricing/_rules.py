@@ -1,6 +1,7 @@
-"""Price rules and the choice of the rule that prices a call.
+"""The choice of the rule that prices a call.
 
-Pure data and pure functions: no I/O. The ledger stores rules; this module
+Pure functions, no I/O. The rules themselves are plain records
+(:class:`ollama_meter.records.PriceRule`); the ledger stores them, this module
 decides which one applies to a model on a given local date.
 """
 
@@ -8,108 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
 from datetime import date
-from decimal import Decimal
-from fnmatch import fnmatchcase
 
-from ollama_meter.pricing._money import MAX_PRICE, PRICE_LIMITS, check_amount, parse_currency
+from ollama_meter.records import PriceRule
 
 _WILDCARDS = re.compile(r"[*?\[\]]")
-_PATTERN_OK = re.compile(r"^[A-Za-z0-9._:/@*?\[\]!-]{1,255}$")
-
-PRICE_FIELDS = (
-    "input_per_1m",
-    "output_per_1m",
-    "gpu_hour",
-    "watts",
-    "kwh_price",
-    "per_request",
-    "fee_per_1m",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class PriceRule:
-    """How calls to models matching ``pattern`` are priced, from a local date on.
-
-    ``effective_until`` is exclusive. Every price is per its unit in ``currency``:
-    per million tokens, per GPU-hour, per kWh, per request. ``watts`` is the
-    average draw while Ollama is busy.
-    """
-
-    pattern: str
-    currency: str
-    id: int | None = None
-    input_per_1m: Decimal | None = None
-    output_per_1m: Decimal | None = None
-    gpu_hour: Decimal | None = None
-    watts: Decimal | None = None
-    kwh_price: Decimal | None = None
-    per_request: Decimal | None = None
-    fee_per_1m: Decimal | None = None
-    charge_load: bool = False
-    effective_from: date | None = None
-    effective_until: date | None = None
-    source: str = "cli"
-
-    def __post_init__(self) -> None:
-        if not _PATTERN_OK.match(self.pattern):
-            raise ValueError(
-                f"model pattern {self.pattern!r} is not a model name or glob such as 'llama3.1:*'"
-            )
-        if all(getattr(self, name) is None for name in PRICE_FIELDS):
-            raise ValueError(
-                f"rule for {self.pattern!r} sets no price; give at least one of "
-                "--input-per-1m, --output-per-1m, --gpu-hour, --watts/--kwh-price, "
-                "--per-request, --fee-per-1m"
-            )
-        if (self.watts is None) != (self.kwh_price is None):
-            raise ValueError("energy pricing needs both --watts and --kwh-price")
-        for name in PRICE_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                check_amount(value, what=name, limit=PRICE_LIMITS.get(name, MAX_PRICE))
-        object.__setattr__(self, "currency", parse_currency(self.currency))
-        if (
-            self.effective_from is not None
-            and self.effective_until is not None
-            and self.effective_until <= self.effective_from
-        ):
-            raise ValueError("the rule's end date must be after its start date")
-
-    def same_as(self, other: PriceRule) -> bool:
-        """Whether ``other`` prices exactly like this rule (ids and where it came from aside)."""
-        return _identity(self) == _identity(other)
-
-    def prices(self) -> dict[str, Decimal]:
-        """The price parts this rule sets."""
-        return {n: v for n in PRICE_FIELDS if (v := getattr(self, n)) is not None}
-
-    def applies_on(self, day: date) -> bool:
-        if self.effective_from is not None and day < self.effective_from:
-            return False
-        return self.effective_until is None or day < self.effective_until
-
-    def matches(self, model: str) -> bool:
-        return any(fnmatchcase(name, self.pattern.lower()) for name in model_names(model))
-
-
-RULE_FIELDS = tuple(f.name for f in fields(PriceRule))
-_IDENTITY_FIELDS = tuple(name for name in RULE_FIELDS if name not in ("id", "source"))
-
-
-def _identity(rule: PriceRule) -> tuple[object, ...]:
-    # Decimal("1.0") == Decimal("1"): the same price written two ways is the same rule.
-    return tuple(getattr(rule, name) for name in _IDENTITY_FIELDS)
-
-
-def model_names(model: str) -> tuple[str, ...]:
-    """The names a model answers to: Ollama reads a bare ``llama3.1`` as ``llama3.1:latest``."""
-    name = model.strip().lower()
-    if ":" in name.rsplit("/", 1)[-1]:
-        return (name,)
-    return (name, f"{name}:latest")
 
 
 def specificity(pattern: str) -> tuple[int, int, int]:

@@ -23,8 +23,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from ollama_meter.pricing._money import parse_amount, parse_currency
-from ollama_meter.pricing._rules import PRICE_FIELDS, PriceRule
+from ollama_meter.records import PRICE_FIELDS, PriceRule, parse_amount, parse_currency
 
 _KNOWN = {"model", "pattern", "currency", "charge_load", "from", "until", *PRICE_FIELDS}
 

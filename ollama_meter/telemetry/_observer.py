@@ -15,9 +15,8 @@ from urllib.parse import urlsplit
 from opentelemetry.metrics import Meter as OtelMeter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from ollama_meter.meter.span import SpanRecord
-from ollama_meter.meter.span import Status as SpanStatus
-from ollama_meter.pricing import format_micros
+from ollama_meter.records import SpanRecord, format_micros
+from ollama_meter.records import Status as SpanStatus
 from ollama_meter.telemetry import _semconv as sc
 
 

@@ -29,7 +29,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from ollama_meter import __version__
+from ollama_meter._version import __version__
 from ollama_meter.config import Settings
 from ollama_meter.telemetry import _semconv as sc
 from ollama_meter.telemetry._observer import TelemetryObserver

@@ -8,12 +8,12 @@ from ollama_meter.budgets import (
     Budget,
     CallBound,
     Estimate,
+    PastCall,
     bound_cost,
     parse_department_budgets,
     parse_limit,
     parse_thresholds,
 )
-from ollama_meter.budgets._estimate import PastCall
 from ollama_meter.pricing import PriceBook
 from tests.factories import token_prices
 

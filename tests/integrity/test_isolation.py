@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.meter import GroupCommitWriter, Stored
-from ollama_meter.meter.span import TEXT_LIMITS, make_storable
+from ollama_meter.records import TEXT_LIMITS, make_storable
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
 from tests.gateway.conftest import Gateway

@@ -19,8 +19,8 @@ from ollama_meter.errors import LedgerError, PricingError
 from ollama_meter.ledger import HEAD_REVISION, Ledger, SpanFilter, current_revision
 from ollama_meter.ledger.models import Base
 from ollama_meter.meter import GroupCommitWriter
-from ollama_meter.meter.span import Stored
 from ollama_meter.pricing import PriceRule
+from ollama_meter.records import Stored
 from tests.factories import make_span
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -409,7 +409,7 @@ def test_the_fast_span_insert_stores_what_the_core_insert_stores(db_url: str) ->
     from sqlalchemy import insert, text
 
     from ollama_meter.ledger.models import SpanRow
-    from ollama_meter.meter.span import new_span_row_id
+    from ollama_meter.records import new_span_row_id
 
     ledger = Ledger(db_url)
     full = make_span(

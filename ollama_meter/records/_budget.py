@@ -1,19 +1,33 @@
-"""Budgets as data: what a cap covers, its period, limit and thresholds. No I/O."""
+"""Budgets, their alerts and what budgets learn from past calls: plain data, no I/O.
+
+A :class:`Budget` checks its own values when made; the ``parse_*`` functions read
+budgets from text (flags, ``DEPARTMENT_BUDGETS``). Admission, leases and
+delivery live in :mod:`ollama_meter.budgets`; the ledger stores these records.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from ollama_meter._names import name_problem
-from ollama_meter.pricing import MAX_AMOUNT, parse_amount, parse_currency, to_micros
+from ollama_meter.records._money import (
+    MAX_AMOUNT,
+    format_micros,
+    parse_amount,
+    parse_currency,
+    to_micros,
+)
 
 PERIODS = ("day", "week", "month")
 PERIOD_WORDS = {"daily": "day", "weekly": "week", "monthly": "month"}
 DEFAULT_THRESHOLDS = (75, 90, 100)
 EACH_TENANT = "*"
+PERIOD_ADVERB = {"day": "daily", "week": "weekly", "month": "monthly"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +139,66 @@ def parse_department_budgets(text: str, *, currency: str) -> list[Budget]:
                 )
             )
     return budgets
+
+
+@dataclass(frozen=True, slots=True)
+class PastCall:
+    """What one recent successful call to a model used: budgets bound time-priced costs from it."""
+
+    input_tokens: int
+    output_tokens: int
+    prompt_eval_ns: int
+    eval_ns: int
+    load_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A threshold a budget's spend crossed, once per budget, tenant, period and threshold.
+
+    ``deliveries`` (channel → outcome), ``delivered`` and ``attempts`` are where the
+    alert went, as the ledger last recorded it.
+    """
+
+    id: int
+    budget_id: int
+    tenant: str
+    department: str | None
+    period: str
+    period_label: str
+    period_start: datetime
+    threshold: int
+    spent: int
+    limit: int
+    currency: str
+    fired_at: datetime | None = None
+    deliveries: Mapping[str, str] = field(default_factory=dict)
+    delivered: bool = False
+    attempts: int = 0
+
+    @property
+    def scope(self) -> str:
+        return f"{self.tenant}/{self.department}" if self.department else self.tenant
+
+    def text(self) -> str:
+        used = self.spent * 100 // self.limit
+        return (
+            f"Budget {self.budget_id} ({self.scope}, {PERIOD_ADVERB[self.period]} {self.period_label}) "
+            f"crossed {self.threshold}%: spent {format_micros(self.spent)} of "
+            f"{format_micros(self.limit)} {self.currency} ({used}% used)"
+        )
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "text": self.text(),
+            "budget_id": self.budget_id,
+            "tenant": self.tenant,
+            "department": self.department,
+            "period": self.period,
+            "period_label": self.period_label,
+            "period_start": self.period_start.isoformat().replace("+00:00", "Z"),
+            "threshold": self.threshold,
+            "spent": format_micros(self.spent),
+            "limit": format_micros(self.limit),
+            "currency": self.currency,
+        }

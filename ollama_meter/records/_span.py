@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from ollama_meter.pricing import Cost
+from ollama_meter.records._price import Cost
 
 
 class Status(StrEnum):
