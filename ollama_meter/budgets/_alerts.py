@@ -20,12 +20,10 @@ from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Protocol
 
-import httpx
-
 from ollama_meter.records import Alert
 
 if TYPE_CHECKING:
-    from ollama_meter.ledger import Ledger
+    from ollama_meter.budgets._store import AlertLog
 
 log = logging.getLogger("ollama_meter.alerts")
 
@@ -55,6 +53,8 @@ class WebhookChannel:
         self.timeout = timeout
 
     def send(self, alert: Alert) -> str:
+        import httpx  # loaded when an alert goes out, not by every command that reads budgets
+
         response = httpx.post(self.url, json=alert.payload(), timeout=self.timeout)
         response.raise_for_status()
         return f"sent to {self.url}"
@@ -135,7 +135,7 @@ class AlertDispatcher:
     """Delivers alerts on one background thread and records the outcome in the ledger."""
 
     def __init__(
-        self, ledger: Ledger, channels: Sequence[Channel], *, backoff: float = 0.5
+        self, ledger: AlertLog, channels: Sequence[Channel], *, backoff: float = 0.5
     ) -> None:
         self.ledger = ledger
         self.channels = list(channels)

@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -42,9 +42,7 @@ from ollama_meter.periods import Window, current_period
 from ollama_meter.records import PERIOD_ADVERB, Alert, Budget, format_micros
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
-
-    from ollama_meter.ledger import Ledger
+    from ollama_meter.budgets._store import BudgetStore, BudgetWrites
 
 log = logging.getLogger("ollama_meter.budgets")
 
@@ -115,11 +113,11 @@ class _Lease:
 
 
 class BudgetGate:
-    """Budgets for one ledger (reloaded every ``ttl`` seconds) and this process's leases."""
+    """Budgets from one store, the ledger (reloaded every ``ttl`` seconds), and this process's leases."""
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: BudgetStore,
         *,
         tz: ZoneInfo,
         alerts: AlertDispatcher | None = None,
@@ -197,20 +195,16 @@ class BudgetGate:
 
         Raises :class:`BudgetExceeded` (writing nothing) when ``need`` does not fit one of them.
         """
-        from ollama_meter.ledger import _budgets as store
-
         self.renewals += 1
-        with self.ledger.write() as conn:
-            store.lock_budgets(conn, [le.budget.id for le in leases if le.budget.id is not None])
+        with self.ledger.budget_transaction() as store:
+            store.lock([le.budget.id for le in leases if le.budget.id is not None])
             sizes: list[tuple[_Lease, int, int]] = []
             for lease in leases:
                 budget = lease.budget
                 assert budget.id is not None
-                spent = store.spent(
-                    conn, budget, lease.tenant, lease.window.start, lease.window.end
-                )
-                others = store.reserved(
-                    conn, budget.id, lease.tenant, lease.window.start, now, exclude=lease.row_id
+                spent = store.spent(budget, lease.tenant, lease.window.start, lease.window.end)
+                others = store.held(
+                    budget.id, lease.tenant, lease.window.start, now, exclude=lease.row_id
                 )
                 mine = sum(lease.in_flight.values()) + lease.kept
                 room = budget.limit - spent - others - mine
@@ -223,25 +217,20 @@ class BudgetGate:
                 slice_ = max(need, int(room * self.lease_share))
                 sizes.append((lease, mine + slice_, spent))
             for lease, amount, spent in sizes:
-                self._write_lease(conn, lease, amount, now)
+                self._write_lease(store, lease, amount, now)
                 lease.spent = spent
                 lease.used = 0
                 lease.stale = False
 
-    def _write_lease(self, conn: Connection, lease: _Lease, amount: int, now: datetime) -> None:
-        from ollama_meter.ledger import _budgets as store
-
+    def _write_lease(self, store: BudgetWrites, lease: _Lease, amount: int, now: datetime) -> None:
         assert lease.budget.id is not None
-        store.put_reservation(
-            conn,
-            {
-                "id": lease.row_id,
-                "budget_id": lease.budget.id,
-                "tenant": lease.tenant,
-                "period_start": lease.window.start,
-                "amount_micros": amount,
-                "expires_at": now + self._reservation_ttl,
-            },
+        store.put_lease(
+            lease.row_id,
+            budget_id=lease.budget.id,
+            tenant=lease.tenant,
+            period_start=lease.window.start,
+            amount=amount,
+            expires_at=now + self._reservation_ttl,
         )
         lease.amount = amount
         lease.renewed = self._clock()
@@ -285,12 +274,10 @@ class BudgetGate:
             self._give_back([self._leases.pop(key) for key in idle])
 
     def _give_back(self, leases: list[_Lease]) -> None:
-        from ollama_meter.ledger import _budgets as store
-
         try:
-            with self.ledger.write() as conn:
+            with self.ledger.budget_transaction() as store:
                 for lease in leases:
-                    store.drop_reservations(conn, lease.row_id)
+                    store.drop_lease(lease.row_id)
         except Exception:  # it expires on its own; the call must not fail for this
             log.warning("could not give back %d budget lease(s); they expire", len(leases))
 
@@ -365,40 +352,35 @@ class BudgetGate:
         since) is below the next threshold; the ledger is read, and alerts claimed there,
         only when a threshold may have been crossed. Without ``cost`` it always reads.
         """
-        from ollama_meter.ledger import _budgets as store
-
         fired: list[Alert] = []
         budgets = self._to_check(self.budgets_for(tenant, department), tenant, now, cost)
         if not budgets:
             return fired
-        with self.ledger.write() as conn:
+        with self.ledger.budget_transaction() as store:
             for budget in budgets:
                 assert budget.id is not None
                 window = current_period(budget.period, tz=self.tz, now=now)
-                spent = store.spent(conn, budget, tenant, window.start, window.end)
+                spent = store.spent(budget, tenant, window.start, window.end)
                 self._watch[(budget.id, tenant, window.start)] = _Watch(spent, self._clock())
                 for threshold in budget.thresholds:
                     if spent * 100 < threshold * budget.limit:
                         break
-                    values = {
-                        "budget_id": budget.id,
-                        "tenant": tenant,
-                        "department": budget.department,
-                        "period": budget.period,
-                        "period_start": window.start,
-                        "period_label": window.label,
-                        "threshold": threshold,
-                        "spent_micros": spent,
-                        "limit_micros": budget.limit,
-                        "currency": budget.currency,
-                        "fired_at": now,
-                        "deliveries": {},
-                        "delivered": False,
-                        "attempts": 0,
-                    }
-                    alert_id = store.claim_alert(conn, values)
+                    alert = Alert(
+                        id=0,
+                        budget_id=budget.id,
+                        tenant=tenant,
+                        department=budget.department,
+                        period=budget.period,
+                        period_label=window.label,
+                        period_start=window.start,
+                        threshold=threshold,
+                        spent=spent,
+                        limit=budget.limit,
+                        currency=budget.currency,
+                    )
+                    alert_id = store.claim_alert(alert, now)
                     if alert_id is not None:
-                        fired.append(_alert(alert_id, values))
+                        fired.append(replace(alert, id=alert_id))
         if self.alerts is not None:
             for alert in fired:
                 self.alerts.dispatch(alert)
@@ -431,29 +413,6 @@ class BudgetGate:
         from ollama_meter.budgets._alerts import MAX_RUNS
 
         pending = self.ledger.alerts(undelivered_only=True, max_attempts=MAX_RUNS)
-        for row in pending:
-            values = {key: getattr(row, key) for key in _ALERT_KEYS}
-            self.alerts.dispatch(_alert(row.id, values), dict(row.deliveries or {}))
+        for alert in pending:
+            self.alerts.dispatch(alert, dict(alert.deliveries))
         return len(pending)
-
-
-_ALERT_KEYS = (
-    "budget_id", "tenant", "department", "period", "period_start", "period_label",
-    "threshold", "spent_micros", "limit_micros", "currency",
-)  # fmt: skip
-
-
-def _alert(alert_id: int, values: dict[str, Any]) -> Alert:
-    return Alert(
-        id=alert_id,
-        budget_id=values["budget_id"],
-        tenant=values["tenant"],
-        department=values["department"],
-        period=values["period"],
-        period_label=values["period_label"],
-        period_start=values["period_start"],
-        threshold=values["threshold"],
-        spent=values["spent_micros"],
-        limit=values["limit_micros"],
-        currency=values["currency"],
-    )

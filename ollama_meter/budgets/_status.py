@@ -11,7 +11,7 @@ from ollama_meter.periods import Window, current_period
 from ollama_meter.records import EACH_TENANT, Budget
 
 if TYPE_CHECKING:
-    from ollama_meter.ledger import Ledger
+    from ollama_meter.budgets._store import BudgetStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,26 +46,18 @@ def project(spent: int, window: Window, now: datetime) -> int:
     return spent * int(total * 1000) // max(int(elapsed * 1000), 1)
 
 
-def budget_status(ledger: Ledger, *, tz: ZoneInfo, now: datetime) -> list[BudgetStatus]:
+def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[BudgetStatus]:
     """One line per budget, and per tenant for budgets that give each tenant its own allowance."""
-    from ollama_meter.ledger import SpanFilter
-    from ollama_meter.ledger import _budgets as store
-    from ollama_meter.ledger._aggregate import aggregate_spend
-
     rows = []
     # One aggregate per period (day, week, month) answers every budget of that period:
     # spend per (tenant, department, currency), summed as each budget's scope says.
     spend: dict[str, dict[tuple[str, str, str], int]] = {}
-    with ledger.read() as conn:
+    with ledger.budget_snapshot() as store:
         for budget in ledger.budgets():
             assert budget.id is not None
             window = current_period(budget.period, tz=tz, now=now)
             if budget.period not in spend:
-                where = SpanFilter(since=window.start, until=window.end)
-                spend[budget.period] = {
-                    (row.keys[0], row.keys[1], row.currency): row.cost
-                    for row in aggregate_spend(conn, where, ["tenant", "department"])
-                }
+                spend[budget.period] = store.spend_by_scope(window.start, window.end)
             sums = spend[budget.period]
             tenants = [budget.tenant]
             if budget.tenant == EACH_TENANT:
@@ -79,7 +71,7 @@ def budget_status(ledger: Ledger, *, tz: ZoneInfo, now: datetime) -> list[Budget
                     and currency == budget.currency
                     and budget.department in (None, department)
                 )
-                held = store.reserved(conn, budget.id, tenant, window.start, now)
+                held = store.held(budget.id, tenant, window.start, now)
                 rows.append(
                     BudgetStatus(budget, tenant, window, spent, held, project(spent, window, now))
                 )

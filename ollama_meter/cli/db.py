@@ -14,14 +14,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, 
 
 from ollama_meter.cli._common import DbOption, SinceOption, UntilOption, err, out, settings
 from ollama_meter.errors import OmeterError, ValidationError
-from ollama_meter.ledger import HEAD_REVISION, Ledger, current_revision, open_ledger, upgrade
-from ollama_meter.ledger._rollup import rebuild
-from ollama_meter.ledger._transfer import (
+from ollama_meter.ledger import (
+    HEAD_REVISION,
+    Ledger,
     backup,
+    current_revision,
     export_lines,
     import_lines,
+    open_ledger,
     pg_dump_command,
     prune,
+    rebuild,
+    upgrade,
 )
 from ollama_meter.meter import utc_now
 from ollama_meter.periods import window_between

@@ -28,8 +28,7 @@ from ollama_meter.cli._common import (
 )
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
-from ollama_meter.ledger import SpanFilter
-from ollama_meter.ledger._keys import ApiKey
+from ollama_meter.ledger import ApiKey, SpanFilter
 from ollama_meter.meter import Attribution, ledger_for
 
 keys_app = typer.Typer(

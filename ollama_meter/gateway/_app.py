@@ -46,7 +46,7 @@ from ollama_meter.gateway._requests import (
 from ollama_meter.gateway._retention import prune_daily
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.gateway._upstream import UpstreamPool, finish, gateway_status
-from ollama_meter.ledger._keys import KEY_PREFIX, ApiKey, find_key
+from ollama_meter.ledger import KEY_PREFIX, ApiKey
 from ollama_meter.meter import Attribution, Meter
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -133,11 +133,7 @@ def create_app(
         if secret is None or not secret.startswith(KEY_PREFIX):
             return None  # not one of ours (an OpenAI client sends its api_key): no ledger read
 
-        def lookup() -> ApiKey | None:
-            with state().meter.ledger.read() as conn:
-                return find_key(conn, secret)
-
-        found: ApiKey | None = await in_thread(lookup)
+        found: ApiKey | None = await in_thread(state().meter.ledger.find_key, secret)
         return found
 
     async def required_key(request: Request) -> ApiKey:

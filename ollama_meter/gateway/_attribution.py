@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ollama_meter.config import Settings
-from ollama_meter.ledger._keys import ApiKey
+from ollama_meter.ledger import ApiKey
 from ollama_meter.meter import Attribution
 
 HEADER_TENANT = "x-ometer-tenant"

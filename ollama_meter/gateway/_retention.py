@@ -11,8 +11,7 @@ import asyncio
 import logging
 
 from ollama_meter.gateway._threads import in_thread
-from ollama_meter.ledger import Ledger
-from ollama_meter.ledger._transfer import prune
+from ollama_meter.ledger import Ledger, prune
 from ollama_meter.meter import utc_now
 
 log = logging.getLogger("ollama_meter.gateway")

@@ -1,22 +1,70 @@
 """The ledger: SQLAlchemy models, engine, migrations, writes and queries.
 
-Stores spans and price rules, in UTC and integer micro-units. Must not import
-typer, rich, the gateway or telemetry; reports read through its queries.
+Stores spans, price rules, budgets, leases, alerts and gateway keys, in UTC and
+integer micro-units, as the plain records of ``ollama_meter.records``. All SQL
+of the package lives here, behind named methods on :class:`Ledger` (and the
+export, import, prune and backup functions below); reports and budgets ask,
+they never build queries. Must not import typer, rich, the gateway, telemetry,
+the meter or budgets' logic.
 """
 
+from ollama_meter.ledger._aggregate import (
+    GROUP_COLUMNS,
+    FailureCount,
+    HistogramResult,
+    SpendRow,
+    raw_spans,
+)
+from ollama_meter.ledger._jsonl import (
+    ImportSummary,
+    export_lines,
+    import_lines,
+    iso_utc,
+    span_from_line,
+    span_to_dict,
+)
+from ollama_meter.ledger._keys import KEY_PREFIX, ApiKey
 from ollama_meter.ledger._ledger import Ledger, close_ledger, close_ledgers, open_ledger
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, upgrade
+from ollama_meter.ledger._rollup import COLD_LOAD_NS, Metric, rebuild
 from ollama_meter.ledger._spans import SpanFilter, page_after, update_costs
+from ollama_meter.ledger._types import from_us, to_us
+from ollama_meter.ledger._upkeep import PruneResult, backup, pg_dump_command, prune
+
+GROUPS: tuple[str, ...] = tuple(GROUP_COLUMNS)
+"""What aggregates group by: ``tenant``, ``department``, ``user``, ``model``."""
 
 __all__ = [
+    "COLD_LOAD_NS",
+    "GROUPS",
     "HEAD_REVISION",
+    "KEY_PREFIX",
+    "ApiKey",
+    "FailureCount",
+    "HistogramResult",
+    "ImportSummary",
     "Ledger",
+    "Metric",
+    "PruneResult",
     "SpanFilter",
+    "SpendRow",
+    "backup",
     "close_ledger",
     "close_ledgers",
     "current_revision",
+    "export_lines",
+    "from_us",
+    "import_lines",
+    "iso_utc",
     "open_ledger",
     "page_after",
+    "pg_dump_command",
+    "prune",
+    "raw_spans",
+    "rebuild",
+    "span_from_line",
+    "span_to_dict",
+    "to_us",
     "update_costs",
     "upgrade",
 ]

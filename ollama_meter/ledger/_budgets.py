@@ -1,4 +1,9 @@
-"""Budgets, reservations and alerts in the ledger. Portable SQL; callers own the transaction."""
+"""Budgets, leases and alerts in the ledger. Portable SQL; callers own the transaction.
+
+:class:`BudgetTables` is what the budget gate works with inside one transaction
+(see :meth:`Ledger.budget_transaction`): it answers the questions admission and
+alerts ask, and writes their rows, so the gate decides and the ledger keeps SQL.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from sqlalchemy import Connection, Table, delete, func, insert, select, text, up
 from sqlalchemy.exc import IntegrityError
 
 from ollama_meter.ledger.models import AlertRow, BudgetRow, ReservationRow
-from ollama_meter.records import Budget
+from ollama_meter.records import Alert, Budget
 
 _BUDGETS: Table = BudgetRow.__table__  # type: ignore[assignment]
 _RESERVATIONS: Table = ReservationRow.__table__  # type: ignore[assignment]
@@ -193,10 +198,120 @@ def record_delivery(
 
 def alerts(
     conn: Connection, *, undelivered_only: bool = False, max_attempts: int | None = None
-) -> list[Any]:
+) -> list[Alert]:
     query = select(AlertRow).order_by(AlertRow.id)
     if undelivered_only:
         query = query.where(AlertRow.delivered == False)  # noqa: E712
     if max_attempts is not None:
         query = query.where(AlertRow.attempts < max_attempts)
-    return list(conn.execute(query))
+    return [_to_alert(row) for row in conn.execute(query)]
+
+
+def _to_alert(row: Any) -> Alert:
+    return Alert(
+        id=row.id,
+        budget_id=row.budget_id,
+        tenant=row.tenant,
+        department=row.department,
+        period=row.period,
+        period_label=row.period_label,
+        period_start=row.period_start,
+        threshold=row.threshold,
+        spent=row.spent_micros,
+        limit=row.limit_micros,
+        currency=row.currency,
+        fired_at=row.fired_at,
+        deliveries=dict(row.deliveries or {}),
+        delivered=row.delivered,
+        attempts=row.attempts,
+    )
+
+
+def _alert_values(alert: Alert, fired_at: datetime) -> dict[str, Any]:
+    return {
+        "budget_id": alert.budget_id,
+        "tenant": alert.tenant,
+        "department": alert.department,
+        "period": alert.period,
+        "period_start": alert.period_start,
+        "period_label": alert.period_label,
+        "threshold": alert.threshold,
+        "spent_micros": alert.spent,
+        "limit_micros": alert.limit,
+        "currency": alert.currency,
+        "fired_at": fired_at,
+        "deliveries": {},
+        "delivered": False,
+        "attempts": 0,
+    }
+
+
+def spend_by_scope(
+    conn: Connection, start: datetime, end: datetime
+) -> dict[tuple[str, str, str], int]:
+    """Settled spend per (tenant, department, currency) in [start, end), from rollups."""
+    from ollama_meter.ledger._aggregate import aggregate_spend
+    from ollama_meter.ledger._spans import SpanFilter
+
+    where = SpanFilter(since=start, until=end)
+    return {
+        (row.keys[0], row.keys[1], row.currency): row.cost
+        for row in aggregate_spend(conn, where, ["tenant", "department"])
+    }
+
+
+class BudgetTables:
+    """The budget tables inside one transaction: what the gate reads and writes there."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def lock(self, budget_ids: Sequence[int]) -> None:
+        """Serialise admission per budget across processes until the transaction ends."""
+        lock_budgets(self._conn, budget_ids)
+
+    def spent(self, budget: Budget, tenant: str, start: datetime, end: datetime) -> int:
+        return spent(self._conn, budget, tenant, start, end)
+
+    def spend_by_scope(self, start: datetime, end: datetime) -> dict[tuple[str, str, str], int]:
+        return spend_by_scope(self._conn, start, end)
+
+    def held(
+        self,
+        budget_id: int,
+        tenant: str,
+        period_start: datetime,
+        now: datetime,
+        *,
+        exclude: str | None = None,
+    ) -> int:
+        return reserved(self._conn, budget_id, tenant, period_start, now, exclude=exclude)
+
+    def put_lease(
+        self,
+        lease_id: str,
+        *,
+        budget_id: int,
+        tenant: str,
+        period_start: datetime,
+        amount: int,
+        expires_at: datetime,
+    ) -> None:
+        put_reservation(
+            self._conn,
+            {
+                "id": lease_id,
+                "budget_id": budget_id,
+                "tenant": tenant,
+                "period_start": period_start,
+                "amount_micros": amount,
+                "expires_at": expires_at,
+            },
+        )
+
+    def drop_lease(self, lease_id: str) -> None:
+        drop_reservations(self._conn, lease_id)
+
+    def claim_alert(self, alert: Alert, fired_at: datetime) -> int | None:
+        """Record ``alert`` (its id is ignored) unless its threshold already fired; the new id."""
+        return claim_alert(self._conn, _alert_values(alert, fired_at))

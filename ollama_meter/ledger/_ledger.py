@@ -26,8 +26,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Connection, func, select
 from sqlalchemy.engine import make_url
@@ -35,14 +35,14 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 
 from ollama_meter._paths import default_data_dir
 from ollama_meter.errors import BudgetError, LedgerError, PricingError
-from ollama_meter.ledger import _budgets, _currencies, _keys, _prices, _rollup, _spans
+from ollama_meter.ledger import _aggregate, _budgets, _currencies, _keys, _prices, _rollup, _spans
 from ollama_meter.ledger._engine import DEFAULT_WAIT, create_ledger_engine, sqlite_path
 from ollama_meter.ledger._journal import Journal
 from ollama_meter.ledger._keys import ApiKey
 from ollama_meter.ledger._migrate import ensure_current
 from ollama_meter.ledger._spool import Rejected, Spool
 from ollama_meter.ledger.models import SpanRow
-from ollama_meter.records import DURABLE, Budget, PastCall, PriceRule, SpanRecord, Stored
+from ollama_meter.records import DURABLE, Alert, Budget, PastCall, PriceRule, SpanRecord, Stored
 
 log = logging.getLogger("ollama_meter.ledger")
 
@@ -346,6 +346,49 @@ class Ledger:
                 conn.execute(select(func.count()).select_from(SpanRow).where(*clauses)).scalar_one()
             )
 
+    def page_after(self, where: _spans.SpanFilter, after: str, limit: int) -> list[SpanRecord]:
+        """The next ``limit`` matching spans with ids above ``after`` (keyset paging)."""
+        with self.read() as conn:
+            return _spans.page_after(conn, where, after, limit)
+
+    def update_costs(self, spans: Sequence[SpanRecord]) -> None:
+        """Write the cost columns of recorded spans back, rollups with them, in one transaction."""
+        with self.write() as conn:
+            _spans.update_costs(conn, spans)
+
+    # -- aggregates: what reports, budgets and the dashboard read -----------------------
+
+    def spend(
+        self,
+        where: _spans.SpanFilter,
+        by: Sequence[str] = (),
+        bucket_starts: Sequence[datetime] = (),
+    ) -> list[_aggregate.SpendRow]:
+        """Sums per (``by`` groups, time bucket, currency) over ``where``'s window."""
+        with self.read() as conn:
+            return _aggregate.aggregate_spend(conn, where, by, bucket_starts)
+
+    def timings(
+        self,
+        where: _spans.SpanFilter,
+        by: Sequence[str] = (),
+        bucket_starts: Sequence[datetime] = (),
+    ) -> tuple[list[_aggregate.SpendRow], _aggregate.HistogramResult]:
+        """Sums and latency/TTFT/queue/speed histograms per group, read as one snapshot."""
+        with self.read() as conn:
+            sums = _aggregate.aggregate_spend(conn, where, by, bucket_starts)
+            return sums, _aggregate.aggregate_histograms(conn, where, by, bucket_starts)
+
+    def failures(self, where: _spans.SpanFilter) -> list[_aggregate.FailureCount]:
+        """Calls that did not end ``ok``, counted per (status, error type)."""
+        with self.read() as conn:
+            return _aggregate.aggregate_failures(conn, where)
+
+    def busy(self, since: datetime, until: datetime) -> tuple[int, int]:
+        """(busy ns summed over upstream hosts, number of hosts) in [since, until)."""
+        with self.read() as conn:
+            return _aggregate.busy_union(conn, since, until)
+
     # -- price rules -----------------------------------------------------------------
 
     def price_rules(self) -> list[PriceRule]:
@@ -419,9 +462,21 @@ class Ledger:
                 _currencies.check_budgets(conn, budgets)
             return changed
 
+    @contextlib.contextmanager
+    def budget_transaction(self) -> Iterator[_budgets.BudgetTables]:
+        """The budget tables in one write transaction (locks, leases, alerts)."""
+        with self.write() as conn:
+            yield _budgets.BudgetTables(conn)
+
+    @contextlib.contextmanager
+    def budget_snapshot(self) -> Iterator[_budgets.BudgetTables]:
+        """The budget tables as one consistent read (use only its read methods)."""
+        with self.read() as conn:
+            yield _budgets.BudgetTables(conn)
+
     def alerts(
         self, *, undelivered_only: bool = False, max_attempts: int | None = None
-    ) -> list[Any]:
+    ) -> list[Alert]:
         with self.read() as conn:
             return _budgets.alerts(
                 conn, undelivered_only=undelivered_only, max_attempts=max_attempts
@@ -452,6 +507,11 @@ class Ledger:
             return _keys.create_key(
                 conn, name=name, tenant=tenant, department=department, user=user, users=users
             )
+
+    def find_key(self, secret: str) -> ApiKey | None:
+        """The live key ``secret`` belongs to, or None; revocation counts at once."""
+        with self.read() as conn:
+            return _keys.find_key(conn, secret)
 
     def keys(self) -> list[ApiKey]:
         with self.read() as conn:

@@ -6,13 +6,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
 
+from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.meter._usage import usage_of
 from ollama_meter.pricing import PriceBook
-
-if TYPE_CHECKING:
-    from ollama_meter.ledger import Ledger
 
 
 @dataclass
@@ -45,15 +42,11 @@ def reprice(
     Works in keyset pages, one write transaction per page, so a large ledger
     never sits in memory and concurrent writers are blocked only briefly.
     """
-    # The ledger imports the span record from this package: import it late.
-    from ollama_meter.ledger import SpanFilter, page_after, update_costs
-
     summary = RepriceSummary()
     where = SpanFilter(since=since, until=until)
     after = ""
     while True:
-        with ledger.read() as conn:
-            page = page_after(conn, where, after, batch)
+        page = ledger.page_after(where, after, batch)
         if not page:
             return summary
         moved = []
@@ -71,8 +64,7 @@ def reprice(
                 summary.newly_priced += old[2] and not span.unpriced
                 summary.newly_unpriced += span.unpriced and not old[2]
         if moved:
-            with ledger.write() as conn:
-                update_costs(conn, moved)
+            ledger.update_costs(moved)
         summary.examined += len(page)
         summary.changed += len(moved)
         if progress is not None:

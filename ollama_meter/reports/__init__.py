@@ -7,7 +7,7 @@ loads on first use, so a command that prints no HTML never pays for it.
 
 from typing import TYPE_CHECKING, Any
 
-from ollama_meter.ledger._rollup import COLD_LOAD_NS
+from ollama_meter.ledger import COLD_LOAD_NS
 from ollama_meter.periods import (
     PERIOD_HELP,
     TIME_UNITS,

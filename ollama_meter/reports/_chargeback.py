@@ -17,7 +17,6 @@ from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.ledger._aggregate import aggregate_spend, busy_union
 from ollama_meter.periods import Window, parse_period
 from ollama_meter.reports._allocation import allocate
 from ollama_meter.reports._spend import gpu_seconds
@@ -75,12 +74,9 @@ def chargeback(
     result = Chargeback(month=window.label, window=window)
     if now < window.end:
         result.warnings.append(f"{window.label} is not over yet; these figures will still change")
-    with ledger.read() as conn:
-        groups = aggregate_spend(
-            conn,
-            SpanFilter(since=window.start, until=window.end),
-            ["tenant", "department"],
-        )
+    groups = ledger.spend(
+        SpanFilter(since=window.start, until=window.end), ["tenant", "department"]
+    )
     rows: dict[tuple[str, str, str], dict[str, object]] = {}
     weights: dict[tuple[str, str], int] = defaultdict(int)
     for group in groups:
@@ -100,8 +96,7 @@ def chargeback(
         weights[(tenant, department)] += group.gpu_ns
     if fixed_cost is not None:
         cents = fixed_cost_cents(fixed_cost)
-        with ledger.read() as conn:
-            busy, hosts = busy_union(conn, window.start, window.end)
+        busy, hosts = ledger.busy(window.start, window.end)
         capacity = (
             int((window.end - window.start) / timedelta(microseconds=1))
             * 1000

@@ -19,8 +19,7 @@ from zoneinfo import ZoneInfo
 
 from ollama_meter.budgets import BudgetStatus, budget_status
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.ledger._aggregate import FailureCount, aggregate_failures
+from ollama_meter.ledger import FailureCount, Ledger, SpanFilter
 from ollama_meter.periods import (
     Window,
     bucket_bounds,
@@ -30,7 +29,7 @@ from ollama_meter.periods import (
     parse_period,
     window_between,
 )
-from ollama_meter.pricing import format_micros
+from ollama_meter.records import format_micros
 from ollama_meter.reports._perf import PerfReport, perf_report
 from ollama_meter.reports._render import iso_utc
 from ollama_meter.reports._spend import SpendReport, spend_report
@@ -131,9 +130,7 @@ def failures_report(
     where = SpanFilter(
         since=window.start, until=window.end, tenant=tenant, department=department, model=model
     )
-    with ledger.read() as conn:
-        rows = aggregate_failures(conn, where)
-    return sorted(rows, key=lambda f: (-f.requests, f.status, f.error_type or ""))
+    return sorted(ledger.failures(where), key=lambda f: (-f.requests, f.status, f.error_type or ""))
 
 
 def share(part: int, whole: int, places: int = 1) -> Decimal | None:

@@ -3,7 +3,7 @@
 Owns the per-group figures (latency and time-to-first-token percentiles,
 generation speed, cold loads, time queued inside Ollama, error rate). Counts come
 from rollup sums; percentiles from histograms kept per day and month with fixed
-bins (see :func:`ollama_meter.ledger._rollup.duration_bin`), merged across cells:
+bins (see ``ollama_meter.ledger._rollup.duration_bin``), merged across cells:
 a percentile is the edge of the bin that holds the true nearest-rank value, so
 it never understates a latency or overstates a speed, by at most 2.5 %. Never
 writes the ledger. Every figure is an int or an exactly rounded Decimal, never a
@@ -21,13 +21,10 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.ledger._aggregate import GROUP_COLUMNS, aggregate_histograms, aggregate_spend
-from ollama_meter.ledger._rollup import Metric
-from ollama_meter.ledger._types import from_us
+from ollama_meter.ledger import GROUPS, Ledger, Metric, SpanFilter, from_us
 from ollama_meter.periods import Window, bucket_bounds
 
-PERF_BY_CHOICES: tuple[str, ...] = tuple(GROUP_COLUMNS)
+PERF_BY_CHOICES: tuple[str, ...] = GROUPS
 PERF_DEFAULT_BY: tuple[str, ...] = ("model", "department")
 PERF_METRICS: tuple[str, ...] = (
     "requests",
@@ -206,15 +203,14 @@ def perf_report(
     bounds = bucket_bounds(window, unit, tz or ZoneInfo("UTC")) if unit else []
     starts = [start for start, _ in bounds]
     groups: dict[tuple[Any, ...], _Group] = {}
-    with ledger.read() as conn:
-        for sums in aggregate_spend(conn, where, by, starts):
-            keys: tuple[Any, ...] = (*sums.keys, sums.bucket) if unit else sums.keys
-            group = groups.setdefault(keys, _Group())
-            group.requests += sums.requests
-            group.errors += sums.errors
-            group.cold_loads += sums.cold_loads
-            group.cold_load_ns += sums.cold_load_ns
-        histograms = aggregate_histograms(conn, where, by, starts)
+    aggregates, histograms = ledger.timings(where, by, starts)
+    for sums in aggregates:
+        keys: tuple[Any, ...] = (*sums.keys, sums.bucket) if unit else sums.keys
+        group = groups.setdefault(keys, _Group())
+        group.requests += sums.requests
+        group.errors += sums.errors
+        group.cold_loads += sums.cold_loads
+        group.cold_load_ns += sums.cold_load_ns
     for hkeys, bins in histograms.groups.items():
         if hkeys in groups:
             groups[hkeys].bins = bins

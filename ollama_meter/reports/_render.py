@@ -14,8 +14,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from ollama_meter.ledger._transfer import iso_utc, span_to_dict
-from ollama_meter.pricing import format_micros
+from ollama_meter.ledger import iso_utc, span_to_dict
+from ollama_meter.records import format_micros
 
 MONEY_KEYS = frozenset({"cost", "usage_cost", "fixed_cost_share", "total_cost"})
 # A line starting with one of these is a formula to a spreadsheet; so is one starting

@@ -8,11 +8,10 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.ledger._aggregate import GROUP_COLUMNS, aggregate_spend
+from ollama_meter.ledger import GROUPS, Ledger, SpanFilter
 from ollama_meter.periods import TIME_UNITS, Window, bucket_bounds
 
-BY_CHOICES = (*GROUP_COLUMNS, *TIME_UNITS)
+BY_CHOICES = (*GROUPS, *TIME_UNITS)
 METRICS = ("requests", "errors", "input_tokens", "output_tokens", "gpu_seconds", "cost", "currency")
 
 
@@ -93,14 +92,13 @@ def spend_report(
     model: str | None = None,
 ) -> SpendReport:
     """Rows ordered by the ``by`` columns (time in order), then currency. ``cost`` is micro-units."""
-    group = [name for name in by if name in GROUP_COLUMNS]
+    group = [name for name in by if name in GROUPS]
     unit = next((name for name in by if name in TIME_UNITS), None)
     bounds = bucket_bounds(window, unit, tz) if unit else []
     where = SpanFilter(
         since=window.start, until=window.end, tenant=tenant, department=department, model=model
     )
-    with ledger.read() as conn:
-        aggregates = aggregate_spend(conn, where, group, [start for start, _ in bounds])
+    aggregates = ledger.spend(where, group, [start for start, _ in bounds])
     report = SpendReport(window=window, by=list(by))
     sortable = []
     for agg in aggregates:

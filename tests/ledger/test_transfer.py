@@ -16,16 +16,17 @@ import pytest
 from sqlalchemy import select, text
 
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.ledger._aggregate import raw_spans
-from ollama_meter.ledger._rollup import BUSY, HISTOGRAMS, ROLLUPS, rebuild
-from ollama_meter.ledger._transfer import (
+from ollama_meter.ledger import (
+    Ledger,
+    SpanFilter,
     export_lines,
     import_lines,
     prune,
     span_from_line,
     span_to_dict,
 )
+from ollama_meter.ledger._aggregate import raw_spans
+from ollama_meter.ledger._rollup import BUSY, HISTOGRAMS, ROLLUPS, rebuild
 from ollama_meter.ledger._types import to_us
 from ollama_meter.meter import SpanRecord, new_span_row_id, reprice
 from ollama_meter.periods import parse_period

@@ -1,33 +1,26 @@
-"""Spans in and out of a ledger: JSON lines export and import, pruning, backup.
+"""Spans in and out of a ledger as JSON lines: ``ometer db export`` and ``import``.
 
 A span's JSON is what ``ometer log --json`` shows (:func:`span_to_dict`), one
 object per line; import reads the same lines back into the same span, checks
 every field (a bad line is refused with its number, never stored half-right),
 and records them through the ordinary write path: idempotent by id, rollups
-included. Pruning removes raw spans past a horizon and keeps the rollups, so
-reports of pruned months do not change. Backup copies a live SQLite file with
-SQLite's online backup API while gateways keep writing.
+included.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from sqlalchemy import delete, select, text
+from sqlalchemy import select
 
 from ollama_meter._names import MAX_USER, name_problem
-from ollama_meter.errors import LedgerError, ValidationError
-from ollama_meter.ledger import _rollup
-from ollama_meter.ledger._rollup import DAY_US, floor_cell
+from ollama_meter.errors import ValidationError
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span
-from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.records import SpanRecord, format_micros
 
@@ -345,136 +338,3 @@ def import_lines(
             flush()
     flush()
     return summary
-
-
-# -- retention ----------------------------------------------------------------------------
-
-
-@dataclass
-class PruneResult:
-    cutoff: datetime
-    removed: int
-    bytes_before: int
-    bytes_after: int
-    free_bytes: int
-    """Space freed inside the file but not given back (SQLite without incremental vacuum)."""
-
-    @property
-    def reclaimed(self) -> int:
-        return max(0, self.bytes_before - self.bytes_after)
-
-
-def prune(
-    ledger: Ledger, keep_days: int, *, now: datetime, vacuum: bool = False, chunk: int = 20_000
-) -> PruneResult:
-    """Remove raw spans that started before UTC midnight ``keep_days`` days ago; rollups stay.
-
-    The horizon is recorded first (``pruned_before``), so reports know which raw spans
-    may be gone. Deletes go in chunks, each its own short transaction, so gateways keep
-    writing. On SQLite freed pages go back to the disk when the file uses incremental
-    vacuum (new ledgers do); ``vacuum`` converts an older file once (a full rewrite).
-    """
-    if keep_days < 1:
-        raise ValidationError("--keep-days must be at least 1")
-    cutoff_us = floor_cell(_rollup.Grain.DAY, to_us(now)) - keep_days * DAY_US
-    cutoff = from_us(cutoff_us)
-    before = _size(ledger)
-    with ledger.write() as conn:
-        known = _rollup.pruned_before(conn)
-        if known is None or known < cutoff_us:
-            _rollup.set_meta(conn, "pruned_before", str(cutoff_us))
-    removed = 0
-    while True:
-        with ledger.write() as conn:
-            ids = select(SpanRow.id).where(SpanRow.started_at < cutoff).limit(chunk)
-            done = conn.execute(delete(SpanRow).where(SpanRow.id.in_(ids.scalar_subquery())))
-        removed += done.rowcount
-        if done.rowcount < chunk:
-            break
-    free = _reclaim(ledger, vacuum=vacuum)
-    return PruneResult(cutoff, removed, before, _size(ledger), free)
-
-
-def _size(ledger: Ledger) -> int:
-    """The ledger's size on disk: the SQLite file and its WAL, or PostgreSQL's tables."""
-    path = ledger.path
-    if path is not None:
-        return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
-    with ledger.read() as conn:
-        if conn.dialect.name != "postgresql":
-            return 0
-        return int(
-            conn.execute(
-                text("SELECT sum(pg_total_relation_size(oid)) FROM pg_class WHERE relkind = 'r'")
-            ).scalar_one()
-        )
-
-
-def _reclaim(ledger: Ledger, *, vacuum: bool) -> int:
-    """Give freed SQLite pages back to the disk; the bytes still free inside the file."""
-    if ledger.path is None:
-        return 0
-    with ledger.engine.connect() as conn:
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        if vacuum and raw.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
-            raw.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            raw.execute("VACUUM")  # once: from now on freed pages can be released
-        if raw.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
-            # It frees one page per step, and the driver's execute() steps once:
-            # executescript() runs it to the end.
-            raw.executescript("PRAGMA incremental_vacuum;")
-        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        free = raw.execute("PRAGMA freelist_count").fetchone()[0]
-        page = raw.execute("PRAGMA page_size").fetchone()[0]
-    return int(free) * int(page)
-
-
-# -- backup --------------------------------------------------------------------------------
-
-
-def backup(
-    ledger: Ledger, target: Path, *, progress: Callable[[int, int], None] | None = None
-) -> int:
-    """Copy a SQLite ledger to ``target`` with the online backup API; its size in bytes.
-
-    The copy is one consistent snapshot, taken while other processes keep writing
-    (WAL readers never block writers). It is written beside ``target`` and renamed
-    into place, so a failed backup never leaves half a file under that name.
-    """
-    source = ledger.path
-    if source is None:
-        raise LedgerError("not a SQLite ledger; back PostgreSQL up with pg_dump")
-    if target.resolve() == source.resolve():
-        raise ValidationError(f"{target} is the ledger itself; give another file")
-    partial = target.with_name(f".{target.name}.partial")
-    try:
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
-        dst = sqlite3.connect(partial)
-        try:
-            # One step: the whole copy reads one snapshot, so it never restarts.
-            src.backup(dst, pages=-1, progress=None if progress is None else _pages(progress))
-            dst.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
-        finally:
-            dst.close()
-            src.close()
-        partial.replace(target)
-    except (OSError, sqlite3.Error) as exc:
-        partial.unlink(missing_ok=True)
-        raise LedgerError(f"could not back up {source} to {target}: {exc}") from exc
-    return target.stat().st_size
-
-
-def _pages(progress: Callable[[int, int], None]) -> Callable[[int, int, int], None]:
-    return lambda status, remaining, total: progress(total - remaining, total)
-
-
-def pg_dump_command(ledger: Ledger, target: Path) -> str:
-    """The ``pg_dump`` command that backs up a PostgreSQL ledger (password left out)."""
-    from sqlalchemy.engine import URL, make_url
-
-    url = make_url(ledger.url)
-    plain = URL.create(
-        "postgresql", url.username, None, url.host, url.port, url.database, url.query
-    ).render_as_string(hide_password=False)
-    return f"pg_dump --format=custom --file {target} '{plain}'"

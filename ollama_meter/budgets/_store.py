@@ -1,0 +1,89 @@
+"""What budgets need from where they are kept: a small protocol the ledger implements.
+
+Budgets decide (admission, leases, thresholds); the store answers and writes
+inside one transaction, so a decision and the rows it rests on cannot drift
+apart across processes. Nothing here imports the ledger: any object with these
+methods will do, which is also how tests can watch the gate work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Protocol
+
+from ollama_meter.records import Alert, Budget
+
+
+class BudgetReads(Protocol):
+    """Questions about spend and leases, answered inside one transaction."""
+
+    def spent(self, budget: Budget, tenant: str, start: datetime, end: datetime) -> int:
+        """Settled spend in ``budget``'s currency and scope for ``tenant`` in [start, end)."""
+        ...
+
+    def spend_by_scope(self, start: datetime, end: datetime) -> dict[tuple[str, str, str], int]:
+        """Settled spend per (tenant, department, currency) in [start, end)."""
+        ...
+
+    def held(
+        self,
+        budget_id: int,
+        tenant: str,
+        period_start: datetime,
+        now: datetime,
+        *,
+        exclude: str | None = None,
+    ) -> int:
+        """What live leases hold for a budget, tenant and period (``exclude`` one lease)."""
+        ...
+
+
+class BudgetWrites(BudgetReads, Protocol):
+    """One write transaction: reads, plus locks, leases and alerts."""
+
+    def lock(self, budget_ids: Sequence[int]) -> None:
+        """Admission for these budgets waits for this transaction, in every process."""
+        ...
+
+    def put_lease(
+        self,
+        lease_id: str,
+        *,
+        budget_id: int,
+        tenant: str,
+        period_start: datetime,
+        amount: int,
+        expires_at: datetime,
+    ) -> None: ...
+
+    def drop_lease(self, lease_id: str) -> None: ...
+
+    def claim_alert(self, alert: Alert, fired_at: datetime) -> int | None:
+        """Record ``alert`` unless its budget, tenant, period and threshold fired already."""
+        ...
+
+
+class AlertLog(Protocol):
+    """Where alert deliveries are recorded."""
+
+    def alerts(
+        self, *, undelivered_only: bool = False, max_attempts: int | None = None
+    ) -> list[Alert]: ...
+
+    def record_alert_attempt(self, alert_id: int) -> None: ...
+
+    def record_alert_delivery(
+        self, alert_id: int, deliveries: dict[str, str], delivered: bool
+    ) -> None: ...
+
+
+class BudgetStore(AlertLog, Protocol):
+    """Budgets and their transactions (the ledger is one)."""
+
+    def budgets(self) -> list[Budget]: ...
+
+    def budget_transaction(self) -> AbstractContextManager[BudgetWrites]: ...
+
+    def budget_snapshot(self) -> AbstractContextManager[BudgetReads]: ...
