@@ -42,9 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import msgspec
 
 from ollama_meter.budgets import Budget, budget_status
-from ollama_meter.ledger import Ledger, import_lines, span_to_dict
+from ollama_meter.ledger import Ledger, import_lines, rebuild, span_to_dict
 from ollama_meter.ledger._aggregate import raw_spans
-from ollama_meter.ledger._rollup import rebuild
 from ollama_meter.periods import parse_period
 from ollama_meter.records import SpanRecord, new_span_row_id
 from ollama_meter.reports import (

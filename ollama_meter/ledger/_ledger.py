@@ -1,76 +1,35 @@
 """The ledger: one object per database, shared by every entry point of a process.
 
-Owns the engine, first-use migration and transactions. Writes go through
-:meth:`Ledger.record`, one transaction per batch; the meter's
-:class:`GroupCommitWriter` batches concurrent callers into it.
-
-No completed call is lost, whatever goes wrong with the write:
-
-- the database is busy, away or full: the spans go to the spool, and are
-  recorded by the next write that succeeds (or the next process that opens);
-- the spool cannot be written either (the disk is full): the spans are held in
-  memory (bounded) and :meth:`check_writable` refuses new calls until they are
-  written somewhere;
-- one span in a batch is refused for its content: the others are recorded, and
-  that one goes to the quarantine with a log line saying why and where.
-
-Each write waits at most ``wait`` seconds for a busy database.
+Owns first-use migration and every query the rest of the package asks, as named
+methods: spans (latest, paging, costs), aggregates for reports and budgets,
+price rules, budgets and their transactions, alerts and gateway keys. Writes go
+through :meth:`~ollama_meter.ledger._durable.DurableLedger.record`, one
+transaction per batch; the meter's group-commit writer batches concurrent
+callers into it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import logging
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Connection, func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, StatementError
+from sqlalchemy import func, select
 
-from ollama_meter._paths import default_data_dir
 from ollama_meter.errors import BudgetError, LedgerError, PricingError
-from ollama_meter.ledger import _aggregate, _budgets, _currencies, _keys, _prices, _rollup, _spans
-from ollama_meter.ledger._engine import DEFAULT_WAIT, create_ledger_engine, sqlite_path
-from ollama_meter.ledger._journal import Journal
+from ollama_meter.ledger import _aggregate, _budgets, _currencies, _keys, _prices, _rebuild, _spans
+from ollama_meter.ledger._durable import DurableLedger
+from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._keys import ApiKey
 from ollama_meter.ledger._migrate import ensure_current
-from ollama_meter.ledger._spool import Rejected, Spool
 from ollama_meter.ledger.models import SpanRow
-from ollama_meter.records import DURABLE, Alert, Budget, PastCall, PriceRule, SpanRecord, Stored
-
-log = logging.getLogger("ollama_meter.ledger")
-
-MAX_HELD = 10_000
-"""Spans kept in memory while neither the database nor the spool can take them."""
-_HELD_RETRY_SECONDS = 1.0
+from ollama_meter.records import Alert, Budget, PastCall, PriceRule, SpanRecord
 
 
-def default_spool_dir(url: str) -> Path:
-    """Beside a SQLite file; in the user data dir, per database, for servers."""
-    path = sqlite_path(make_url(url))
-    if path is not None:
-        return path.with_name(f"{path.name}.spool")
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return default_data_dir() / "spool" / digest
-
-
-def _is_content_error(exc: BaseException) -> bool:
-    """A failure caused by what a span holds, not by the database being unavailable."""
-    if isinstance(exc, DataError | IntegrityError):
-        return True
-    if isinstance(exc, DBAPIError):
-        return False
-    # Raised while binding parameters: text that cannot be encoded, a value out of range.
-    return isinstance(exc, StatementError | ValueError | TypeError | OverflowError)
-
-
-class Ledger:
+class Ledger(DurableLedger):
     """A ledger database at ``url`` (any SQLAlchemy URL), migrated to the current schema."""
 
     def __init__(
@@ -82,258 +41,15 @@ class Ledger:
         wait: float = DEFAULT_WAIT,
         retry_delay: float = 0.05,
     ) -> None:
-        self.url = url
-        self.engine = create_ledger_engine(url, wait=wait)
-        self._sqlite = self.engine.dialect.name == "sqlite"
-        self._wait = wait
-        self._retry_delay = retry_delay
-        self.spool = Spool(spool_dir or default_spool_dir(url))
-        self.journal = Journal(self.spool.directory / "journal")
-        self._spooled = False
-        self._held: list[SpanRecord] = []
-        self._held_lock = threading.Lock()
-        self._held_tried = 0.0
+        super().__init__(url, spool_dir=spool_dir, wait=wait, retry_delay=retry_delay)
         if migrate:
             self._retry_locked(
                 lambda: ensure_current(self.engine), f"cannot open the ledger at {self.display_url}"
             )
-            _rollup.build_if_stale(self)
+            _rebuild.build_if_stale(self)
             self.recover()
 
-    def recover(self) -> int:
-        """Record spans a refused write left in the spool; how many there were."""
-        if not self.spool.pending():
-            return 0
-        try:
-            count = self.spool.drain(self._record_now, self._isolate)
-        except LedgerError as exc:
-            log.warning("spooled spans stay spooled for now: %s", exc)
-            return 0
-        log.info("recorded %d spooled span(s) into %s", count, self.display_url)
-        return count
-
-    @functools.cached_property
-    def display_url(self) -> str:
-        """The URL with any password hidden, or the file path for SQLite."""
-        path = self.path
-        return str(path) if path is not None else make_url(self.url).render_as_string()
-
-    @property
-    def path(self) -> Path | None:
-        return sqlite_path(make_url(self.url))
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[Connection]:
-        with self.failures_named(), self.engine.connect() as conn:
-            yield conn
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
-        with self.failures_named(), self.engine.connect() as conn:
-            if self._sqlite:
-                conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                yield conn
-
-    @contextlib.contextmanager
-    def failures_named(self) -> Iterator[None]:
-        """A database failure (server down, disk full, locked) leaves as one LedgerError."""
-        try:
-            yield
-        except DBAPIError as exc:
-            if _is_content_error(exc):
-                raise
-            raise LedgerError(
-                f"the ledger at {self.display_url} failed: {self.explain(exc)}"
-            ) from exc
-
-    def explain(self, exc: DBAPIError) -> str:
-        """The driver's message, and what to do when the cause is one a user can fix."""
-        text = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
-        lowered = text.lower()
-        if "malformed" in lowered or "not a database" in lowered:
-            return (
-                f"{text}: the file is damaged or is not an ometer ledger. Restore it from a "
-                "backup (`ometer db backup FILE` makes one), or move it aside to start a new "
-                "ledger; spans spooled since stay in the spool"
-            )
-        if "disk is full" in lowered or "no space" in lowered:
-            return f"{text}: free some disk space; spans wait in the spool meanwhile"
-        return text
-
-    # -- writing spans -------------------------------------------------------------------
-
-    def record(self, spans: Sequence[SpanRecord]) -> dict[str, Stored]:
-        """Make ``spans`` durable; says where each one went.
-
-        Committed in one transaction when the database takes them. Re-recording a span
-        id is a no-op. A busy database gets ``wait`` seconds; then the spans go to the
-        spool (and a warning to the log). A span refused for its content is isolated
-        from the others and quarantined. Raises :class:`LedgerError` only when nothing,
-        not even memory, can keep them.
-        """
-        if self._held:
-            self._write_held()
-        try:
-            self._record_now(spans)
-            stored = dict.fromkeys((s.id for s in spans), Stored.COMMITTED)
-        except Rejected:
-            stored = self._isolate(spans)
-        except LedgerError as exc:
-            return self._keep(spans, exc)
-        if self._spooled:  # the database answers again: bring in what waited
-            self._spooled = False
-            self.recover()
-        self.journal.closed([i for i, where in stored.items() if where in DURABLE])
-        return stored
-
-    def _record_now(self, spans: Sequence[SpanRecord]) -> None:
-        def insert() -> None:
-            with self.write() as conn:
-                _spans.insert_spans(conn, spans)
-
-        try:
-            self._retry_locked(
-                insert, f"could not write {len(spans)} span(s) to the ledger at {self.display_url}"
-            )
-        except LedgerError:
-            raise
-        except Exception as exc:
-            if _is_content_error(exc):
-                raise Rejected(str(exc)) from exc
-            raise
-
-    def _isolate(self, spans: Sequence[SpanRecord]) -> dict[str, Stored]:
-        """Record spans one by one: a span the database refuses cannot take the others with it."""
-        stored: dict[str, Stored] = {}
-        for span in spans:
-            try:
-                self._record_now([span])
-                stored[span.id] = Stored.COMMITTED
-            except Rejected as refused:
-                stored[span.id] = self._quarantine(span, str(refused.__cause__ or refused))
-            except LedgerError as exc:
-                stored.update(self._keep([span], exc))
-        return stored
-
-    def _quarantine(self, span: SpanRecord, reason: str) -> Stored:
-        reason = reason.strip().splitlines()[0][:500] if reason.strip() else "refused"
-        try:
-            where = self.spool.quarantine(span, reason)
-        except OSError as exc:
-            return self._hold([span], f"{reason}; and the quarantine failed: {exc}")
-        log.error(
-            "span %s (%s/%s, model %.80r) cannot be stored in the ledger at %s: %s; "
-            "kept in %s for a human to look at",
-            span.id,
-            span.tenant,
-            span.department,
-            span.request_model,
-            self.display_url,
-            reason,
-            where,
-        )
-        return Stored.QUARANTINED
-
-    def _keep(self, spans: Sequence[SpanRecord], exc: LedgerError) -> dict[str, Stored]:
-        """The database cannot take ``spans`` now: spool them, else hold them in memory."""
-        try:
-            where = self.spool.put(spans)
-        except OSError as spool_exc:
-            stored = self._hold(
-                spans, f"{exc}; the spool at {self.spool.directory} failed too: {spool_exc}"
-            )
-            return dict.fromkeys((s.id for s in spans), stored)
-        self._spooled = True
-        log.warning("%s; kept them in %s to be recorded once the database answers", exc, where)
-        self.journal.closed([s.id for s in spans])
-        return dict.fromkeys((s.id for s in spans), Stored.SPOOLED)
-
-    def _hold(self, spans: Sequence[SpanRecord], why: str) -> Stored:
-        with self._held_lock:
-            if len(self._held) + len(spans) > MAX_HELD:
-                raise LedgerError(
-                    f"cannot record {len(spans)} span(s): {why}; {len(self._held)} more wait "
-                    "in memory already"
-                )
-            self._held.extend(spans)
-            held = len(self._held)
-        log.error(
-            "%s; holding %d span(s) in memory and refusing new calls until they are written",
-            why,
-            held,
-        )
-        return Stored.HELD
-
-    def _write_held(self) -> bool:
-        """Try to put the spans held in memory somewhere durable; True when none is left."""
-        with self._held_lock:
-            spans, self._held = self._held, []
-            self._held_tried = time.monotonic()
-        if not spans:
-            return True
-        try:
-            self._record_now(spans)
-            durable = [s.id for s in spans]
-        except (Rejected, LedgerError):
-            try:
-                self.spool.put(spans)
-                durable = [s.id for s in spans]
-            except OSError:
-                with self._held_lock:
-                    self._held[:0] = spans
-                return False
-        log.warning("wrote the %d span(s) that were held in memory", len(spans))
-        self.journal.closed(durable)
-        return True
-
-    def check_writable(self) -> None:
-        """Raise :class:`LedgerError` while spans are held in memory: no new call is taken
-        on that can't be recorded. Costs nothing when all is well."""
-        if not self._held:
-            return
-        if time.monotonic() - self._held_tried >= _HELD_RETRY_SECONDS and self._write_held():
-            return
-        raise LedgerError(
-            f"nothing can be recorded right now: the ledger at {self.display_url} and its spool "
-            f"at {self.spool.directory} both fail to write (is the disk full?); "
-            f"{len(self._held)} span(s) wait in memory. Calls are refused until they are written"
-        )
-
-    @property
-    def held(self) -> int:
-        return len(self._held)
-
-    def _retry_locked(self, action: Callable[[], object], failure: str) -> None:
-        """Run ``action``, again with backoff while the database reports a lock.
-
-        The busy timeout covers ordinary waits; SQLite still answers "locked" at once
-        in a few races (a fresh file switching to WAL, a snapshot gone stale), and those
-        pass on a second try. Retries stop once ``wait`` seconds have passed. Anything
-        else, or the last try, is one LedgerError starting with ``failure``.
-        """
-        deadline = time.monotonic() + self._wait
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                action()
-                return
-            except (OperationalError, LedgerError) as exc:
-                cause = exc if isinstance(exc, OperationalError) else exc.__cause__
-                locked = isinstance(cause, DBAPIError) and _is_lock_error(cause)
-                delay = self._retry_delay * 2 ** min(attempt, 6)
-                if not locked or time.monotonic() + delay > deadline:
-                    if isinstance(cause, DBAPIError):
-                        raise LedgerError(f"{failure}: {self.explain(cause)}") from cause
-                    raise
-                log.debug("%s: database locked, try %d", failure, attempt)
-                time.sleep(delay)
-            except DBAPIError as exc:
-                if _is_content_error(exc):
-                    raise
-                raise LedgerError(f"{failure}: {self.explain(exc)}") from exc
+    # -- reading spans ---------------------------------------------------------------------
 
     def latest(self, where: _spans.SpanFilter, limit: int = 20) -> list[SpanRecord]:
         with self.read() as conn:
@@ -521,15 +237,6 @@ class Ledger:
         with self.write() as conn:
             if not _keys.revoke_key(conn, key_id):
                 raise LedgerError(f"no live key with id {key_id}; see `ometer keys list`")
-
-    def dispose(self) -> None:
-        self.journal.close()
-        self.engine.dispose()
-
-
-def _is_lock_error(exc: DBAPIError) -> bool:
-    text = str(exc.orig).lower()
-    return "locked" in text or "busy" in text
 
 
 _shared: dict[str, Ledger] = {}

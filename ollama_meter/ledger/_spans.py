@@ -10,7 +10,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table, bindparam, select, update
 
+from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _rollup
+from ollama_meter.ledger._types import driver_key
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.records import PastCall, SpanRecord
 
@@ -25,6 +27,10 @@ _COST_COLUMNS = (
     "price_rule_id",
     "unpriced",
 )
+
+
+_MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+"""How a driver marks a positional parameter, by its DB-API ``paramstyle``."""
 
 
 class _SpanInsert:
@@ -49,7 +55,14 @@ class _SpanInsert:
         quote = dialect.identifier_preparer.quote
         self.columns = tuple(c.name for c in _TABLE.c)
         self.head = f"INSERT INTO {quote(_TABLE.name)} ({', '.join(quote(n) for n in self.columns)}) VALUES "
-        self.mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        mark = _MARKS.get(dialect.paramstyle)
+        if mark is None:
+            raise LedgerError(
+                f"the {dialect.name} driver {dialect.driver!r} takes {dialect.paramstyle} "
+                "parameters; the ledger writes through drivers that take qmark (sqlite3) or "
+                "format (psycopg) parameters"
+            )
+        self.mark = mark
         self.row = "(" + ", ".join([self.mark] * len(self.columns)) + ")"
         self.returning = dialect.name in ("sqlite", "postgresql")
         self.tail = " ON CONFLICT (id) DO NOTHING RETURNING id" if self.returning else ""
@@ -111,7 +124,7 @@ def _skip_empty(encode: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: encode(value) if value else empty
 
 
-_INSERTS: dict[str, _SpanInsert] = {}
+_INSERTS: dict[tuple[str, str, str], _SpanInsert] = {}
 
 
 def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanRecord]:
@@ -124,9 +137,10 @@ def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanReco
     if not spans:
         return []
     dialect = conn.dialect
-    statement = _INSERTS.get(dialect.name)
+    key = driver_key(dialect)
+    statement = _INSERTS.get(key)
     if statement is None:
-        statement = _INSERTS[dialect.name] = _SpanInsert(dialect)
+        statement = _INSERTS[key] = _SpanInsert(dialect)
     unique = sorted({span.id: span for span in reversed(spans)}.values(), key=lambda s: s.id)
     added = statement.insert(conn, unique)
     _rollup.apply(conn, added)

@@ -10,6 +10,17 @@ from sqlalchemy import BigInteger, DateTime, Dialect, String
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def driver_key(dialect: Dialect) -> tuple[str, str, str]:
+    """What SQL compiled for ``dialect`` depends on: its SQL, its driver and how it takes parameters.
+
+    Two drivers of one database (psycopg and psycopg2, say) may mark parameters
+    differently, so statements compiled once are kept per key, not per database name.
+    """
+    return (dialect.name, dialect.driver, dialect.paramstyle)
+
+
 _US = timedelta(microseconds=1)
 
 

@@ -101,7 +101,7 @@ _KEY = {"sqlite_with_rowid": False}
 class RollupRow(Base):
     """Sums over the spans that started in one cell: a quarter hour, UTC day or UTC month.
 
-    ``grain`` says which (see ``ollama_meter.ledger._rollup.Grain``), ``start`` is the
+    ``grain`` says which (see ``ollama_meter.ledger._cells.Grain``), ``start`` is the
     cell's first second (Unix time, UTC). ``user`` and ``error_type`` are ``''`` when the
     spans had none, ``model`` is the answering model (else the requested one), as
     reports group them. ``busy_ns`` is prompt evaluation plus generation; ``unpriced``

@@ -3,7 +3,7 @@
 Owns the per-group figures (latency and time-to-first-token percentiles,
 generation speed, cold loads, time queued inside Ollama, error rate). Counts come
 from rollup sums; percentiles from histograms kept per day and month with fixed
-bins (see ``ollama_meter.ledger._rollup.duration_bin``), merged across cells:
+bins (see ``ollama_meter.ledger._cells.duration_bin``), merged across cells:
 a percentile is the edge of the bin that holds the true nearest-rank value, so
 it never understates a latency or overstates a speed, by at most 2.5 %. Never
 writes the ledger. Every figure is an int or an exactly rounded Decimal, never a

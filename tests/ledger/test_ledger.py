@@ -397,7 +397,7 @@ def test_opening_a_file_locked_for_good_is_one_clear_error(tmp_path: Path) -> No
 
 
 def test_spool_for_a_server_database_lives_in_the_data_dir() -> None:
-    from ollama_meter.ledger._ledger import default_spool_dir
+    from ollama_meter.ledger._durable import default_spool_dir
 
     spool = default_spool_dir("postgresql+psycopg://u:p@db/ometer")
     assert spool.parent.name == "spool" and "ollama-meter" in str(spool)
@@ -437,3 +437,18 @@ def test_the_fast_span_insert_stores_what_the_core_insert_stores(db_url: str) ->
     assert replace(read_back[full.id], attributes={}) == replace(full, attributes={})
     ledger.record([full])  # recording again keeps one row
     assert ledger.count() == 2
+
+
+def test_compiled_statements_are_kept_per_driver_and_parameter_style() -> None:
+    """Two drivers of one database may mark parameters apart: SQL compiled for one is not the other's."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from ollama_meter.ledger._spans import _SpanInsert
+    from ollama_meter.ledger._types import driver_key
+
+    qmark, named = sqlite.dialect(), sqlite.dialect(paramstyle="named")
+    assert driver_key(qmark) != driver_key(named)
+    assert _SpanInsert(qmark).mark == "?"
+    with pytest.raises(LedgerError, match="takes named parameters"):
+        _SpanInsert(named)
+    assert driver_key(postgresql.psycopg.dialect()) != driver_key(postgresql.psycopg2.dialect())

@@ -22,11 +22,12 @@ from ollama_meter.ledger import (
     export_lines,
     import_lines,
     prune,
+    rebuild,
     span_from_line,
     span_to_dict,
 )
 from ollama_meter.ledger._aggregate import raw_spans
-from ollama_meter.ledger._rollup import BUSY, HISTOGRAMS, ROLLUPS, rebuild
+from ollama_meter.ledger._rollup import BUSY, HISTOGRAMS, ROLLUPS
 from ollama_meter.ledger._types import to_us
 from ollama_meter.meter import SpanRecord, new_span_row_id, reprice
 from ollama_meter.periods import parse_period

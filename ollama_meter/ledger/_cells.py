@@ -1,0 +1,296 @@
+"""The arithmetic of rollups: cells, histogram bins and busy intervals. No SQL, no I/O.
+
+A rollup cell is a quarter hour, a UTC day or a UTC month (:class:`Grain`).
+Durations and speeds are counted in fixed bins, 5 % wide at most, so
+percentiles merge across cells (:func:`duration_bin`). Busy time is kept as
+merged intervals per minute and host. What one span adds to each is here
+(:func:`measures_of`, :func:`histogram_slots`, :func:`busy_pieces`); writing it
+is :mod:`._rollup`'s job.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, date, datetime
+from enum import IntEnum
+from typing import Any
+
+from ollama_meter.ledger._types import from_us, to_us
+from ollama_meter.records import SpanRecord
+
+
+class Grain(IntEnum):
+    """How long a rollup cell is. Each is a union of cells of the finer ones."""
+
+    QUARTER = 0
+    DAY = 1
+    MONTH = 2
+
+
+QUARTER_US = 900 * 10**6
+BUSY_US = 60 * 10**6
+"""Busy time per host is kept per minute: few enough intervals in a row to merge cheaply."""
+DAY_US = 86_400 * 10**6
+
+ERROR_STATUSES = frozenset({"error", "interrupted"})
+"""Span statuses that count as errors in reports (a rejected call is refused, not failed)."""
+
+COLD_LOAD_NS = 100_000_000
+"""A ``load_duration`` at or above this (100 ms) means the model was loaded for the call.
+
+Ollama reports a few milliseconds of load time when the model is already in
+memory, and hundreds of milliseconds to seconds when it has to read the weights.
+"""
+
+DIMENSIONS = ("tenant", "department", "user", "model", "currency", "status", "error_type")
+MEASURES = (
+    "requests", "input_tokens", "output_tokens", "busy_ns", "load_ns", "cost_tokens",
+    "cost_compute", "cost_energy", "cost_fee", "cost_total", "unpriced", "unpriced_tokens",
+    "cold_loads", "cold_load_ns",
+)  # fmt: skip
+HISTOGRAM_KEY = ("tenant", "department", "model")
+
+
+class Metric(IntEnum):
+    """What a histogram counts. Durations are binned by :func:`duration_bin`, speed by :func:`speed_bin`."""
+
+    LATENCY = 0
+    TTFT = 1
+    QUEUE = 2
+    SPEED = 3
+
+
+_LATENCY, _TTFT, _QUEUE, _SPEED = (int(m) for m in Metric)
+
+
+# -- cells ---------------------------------------------------------------------------
+
+
+def floor_cell(grain: Grain, us: int) -> int:
+    """The start (µs since the epoch) of the ``grain`` cell holding instant ``us``."""
+    if grain is Grain.QUARTER:
+        return int(us // QUARTER_US * QUARTER_US)
+    if grain is Grain.DAY:
+        return int(us // DAY_US * DAY_US)
+    return _month_start_us(us // DAY_US)
+
+
+def next_cell(grain: Grain, start: int) -> int:
+    """The start of the cell after the one starting at ``start``."""
+    if grain is Grain.QUARTER:
+        return start + QUARTER_US
+    if grain is Grain.DAY:
+        return start + DAY_US
+    day = from_us(start).date()
+    following = date(day.year + (day.month == 12), day.month % 12 + 1, 1)
+    return to_us(datetime(following.year, following.month, 1, tzinfo=UTC))
+
+
+@functools.lru_cache(maxsize=4096)
+def _month_start_us(day_number: int) -> int:
+    day = from_us(day_number * DAY_US)
+    return to_us(datetime(day.year, day.month, 1, tzinfo=UTC))
+
+
+# -- histogram bins -------------------------------------------------------------------
+#
+# Within each power of ten, bins are 5 % of the decade's start wide or less: mantissas
+# 100-200 in steps of 5, 200-500 in steps of 10, 500-1000 in steps of 20, so 75 bins
+# a decade, and one rollup row per decade holds them all (``b00`` ... ``b74``).
+
+_UPPER = (
+    *range(105, 201, 5),
+    *range(210, 501, 10),
+    *range(520, 1001, 20),
+)
+_LOWER = (*range(100, 200, 5), *range(200, 500, 10), *range(500, 1000, 20))
+SLOTS = len(_UPPER)
+BIN_COLUMNS = tuple(f"b{index:02d}" for index in range(SLOTS))
+TINY = -1
+"""The decade of the bins below the grid: exactly 0, and (durations) up to 100 ns."""
+
+
+_POWERS = tuple(10**n for n in range(40))
+
+
+def _slot(value: int, unit: int, upper: bool) -> int:
+    """The bin index of ``value`` in its decade, whose mantissas 100..1000 are in ``unit`` steps."""
+    if upper:  # the first edge at or above the value
+        if value <= 200 * unit:
+            return -(-(value - 100 * unit) // (5 * unit)) - 1
+        if value <= 500 * unit:
+            return 19 + -(-(value - 200 * unit) // (10 * unit))
+        return 49 + -(-(value - 500 * unit) // (20 * unit))
+    if value < 200 * unit:  # the last edge at or below the value
+        return (value - 100 * unit) // (5 * unit)
+    if value < 500 * unit:
+        return 20 + (value - 200 * unit) // (10 * unit)
+    return 50 + (value - 500 * unit) // (20 * unit)
+
+
+def duration_slot(ns: int) -> tuple[int, int]:
+    """(decade, bin) of a duration, binned up: see :func:`duration_bin`."""
+    if ns <= 100:
+        return TINY, 0 if ns <= 0 else 1
+    decade = len(str(ns - 1)) - 3
+    return decade, _slot(ns, _POWERS[decade], True)
+
+
+def speed_slot(tokens: int, eval_ns: int) -> tuple[int, int]:
+    """(decade, bin) of a generation speed in millionths of a token per second, binned down."""
+    value = tokens * 10**15 // eval_ns
+    if value < 100:
+        return TINY, 0
+    decade = len(str(value)) - 3
+    return decade, _slot(value, _POWERS[decade], False)
+
+
+def slot_edge(metric: Metric, decade: int, index: int) -> int:
+    """The edge a bin stands for: upper for durations, lower for speed."""
+    if decade == TINY:
+        return 100 if index == 1 else 0
+    unit: int = 10**decade
+    edges: tuple[int, ...] = _LOWER if metric is Metric.SPEED else _UPPER
+    return edges[index] * unit
+
+
+def duration_bin(ns: int) -> int:
+    """The upper edge of the bin holding a duration: the smallest grid value ≥ ``ns``.
+
+    The grid is 1.05, 1.10, …, 2.00, 2.1, …, 5.0, 5.2, …, 10.0 times each power of
+    ten nanoseconds (0 is its own bin, and anything up to 100 ns shows as 100 ns), so
+    a bin is at most 5 % wide. A percentile read from bins is the upper edge of the
+    bin holding the true nearest-rank percentile: never below it, at most 5 % above.
+    """
+    decade, index = duration_slot(ns)
+    return slot_edge(Metric.LATENCY, decade, index)
+
+
+def speed_bin(tokens: int, eval_ns: int) -> int:
+    """The lower edge of the bin holding ``tokens / eval_ns``, in millionths of a token per second.
+
+    Same grid as :func:`duration_bin`, rounded down: a speed read from bins is never
+    above the true one and at most 5 % below it (below 0.0001 token/s it reads 0).
+    """
+    decade, index = speed_slot(tokens, eval_ns)
+    return slot_edge(Metric.SPEED, decade, index)
+
+
+def queue_ns(span: Any) -> int | None:
+    """Ollama's total time less load, prompt evaluation and generation: time spent waiting."""
+    if span.total_duration_ns is None:
+        return None
+    busy = (
+        (span.load_duration_ns or 0)
+        + (span.prompt_eval_duration_ns or 0)
+        + (span.eval_duration_ns or 0)
+    )
+    # Durations are measured separately and can overlap by a hair; waiting is never negative.
+    return max(0, int(span.total_duration_ns) - busy)
+
+
+def histogram_slots(span: Any) -> list[tuple[int, int, int]]:
+    """The (metric, decade, bin) a span adds one call to."""
+    slots = []
+    if span.latency_ns is not None:
+        slots.append((_LATENCY, *duration_slot(span.latency_ns)))
+    if span.ttft_ns is not None:
+        slots.append((_TTFT, *duration_slot(span.ttft_ns)))
+    waited = queue_ns(span)
+    if waited is not None:
+        slots.append((_QUEUE, *duration_slot(waited)))
+    # Ollama's speed, not the network's: durations the meter measured itself are left out.
+    if (
+        span.duration_source != "measured"
+        and span.output_tokens > 0
+        and (span.eval_duration_ns or 0) > 0
+    ):
+        slots.append((_SPEED, *speed_slot(span.output_tokens, span.eval_duration_ns)))
+    return slots
+
+
+def histogram_entries(span: Any) -> Iterator[tuple[Metric, int]]:
+    """The (metric, bin edge) a span adds one call to."""
+    for metric, decade, index in histogram_slots(span):
+        yield Metric(metric), slot_edge(Metric(metric), decade, index)
+
+
+# -- what one span adds ----------------------------------------------------------------
+
+
+def measures_of(span: SpanRecord) -> tuple[int, ...]:
+    """The span's contribution to each of :data:`MEASURES`."""
+    load = span.load_duration_ns or 0
+    cold = load >= COLD_LOAD_NS
+    unpriced = 1 if span.unpriced else 0
+    return (
+        1,
+        span.input_tokens,
+        span.output_tokens,
+        (span.prompt_eval_duration_ns or 0) + (span.eval_duration_ns or 0),
+        load,
+        span.cost_tokens,
+        span.cost_compute,
+        span.cost_energy,
+        span.cost_fee,
+        span.cost_total,
+        unpriced,
+        unpriced if span.input_tokens + span.output_tokens > 0 else 0,
+        1 if cold else 0,
+        load if cold else 0,
+    )
+
+
+def busy_interval(span: SpanRecord, start: int | None = None) -> tuple[int, int] | None:
+    """When Ollama worked on the call, in µs: its busy time, ending when the call ended.
+
+    Busy time is prompt evaluation plus generation (a missing one counts as 0); it
+    never starts before the call did.
+    """
+    busy_ns = (span.prompt_eval_duration_ns or 0) + (span.eval_duration_ns or 0)
+    if busy_ns <= 0:
+        return None
+    if start is None:
+        start = to_us(span.started_at)
+    end = to_us(span.ended_at) if span.ended_at is not None else start
+    begin = max(start, end - busy_ns // 1000)
+    return (begin, end) if end > begin else None
+
+
+def busy_pieces(
+    span: SpanRecord, start: int | None = None
+) -> Iterator[tuple[int, tuple[int, int]]]:
+    """The span's busy interval cut at minutes: (minute start, (begin, end) offsets in it)."""
+    interval = busy_interval(span, start)
+    if interval is None:
+        return
+    begin, end = interval
+    cell = begin - begin % BUSY_US
+    while cell < end:
+        after = cell + BUSY_US
+        yield cell, (max(begin, cell) - cell, min(end, after) - cell)
+        cell = after
+
+
+def merge_intervals(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Half-open intervals merged into disjoint ones, in order."""
+    merged: list[tuple[int, int]] = []
+    for begin, end in sorted(i for i in intervals if i[1] > i[0]):
+        if merged and begin <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((begin, end))
+    return merged
+
+
+def parse_intervals(value: str) -> list[tuple[int, int]]:
+    if not value:
+        return []
+    pairs = (part.split("-") for part in value.split(","))
+    return [(int(a), int(b)) for a, b in pairs]
+
+
+def format_intervals(intervals: Sequence[tuple[int, int]]) -> str:
+    return ",".join(f"{a}-{b}" for a, b in intervals)

@@ -1,0 +1,134 @@
+"""A ledger database: its engine, transactions, and database failures named for a user.
+
+Owns the connection side only: which transaction a caller gets (reads, and
+writes that take SQLite's write lock up front), waiting out a busy database,
+and turning a driver's failure into one :class:`LedgerError` that says what to
+do. What is written, and what happens when writing fails, is above it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, StatementError
+
+from ollama_meter.errors import LedgerError
+from ollama_meter.ledger._engine import DEFAULT_WAIT, create_ledger_engine, sqlite_path
+
+log = logging.getLogger("ollama_meter.ledger")
+
+
+def is_content_error(exc: BaseException) -> bool:
+    """A failure caused by what a span holds, not by the database being unavailable."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return False
+    # Raised while binding parameters: text that cannot be encoded, a value out of range.
+    return isinstance(exc, StatementError | ValueError | TypeError | OverflowError)
+
+
+class Database:
+    """The database at ``url`` (any SQLAlchemy URL); each operation waits at most ``wait`` seconds."""
+
+    def __init__(self, url: str, *, wait: float = DEFAULT_WAIT, retry_delay: float = 0.05) -> None:
+        self.url = url
+        self.engine = create_ledger_engine(url, wait=wait)
+        self._sqlite = self.engine.dialect.name == "sqlite"
+        self._wait = wait
+        self._retry_delay = retry_delay
+
+    @functools.cached_property
+    def display_url(self) -> str:
+        """The URL with any password hidden, or the file path for SQLite."""
+        path = self.path
+        return str(path) if path is not None else make_url(self.url).render_as_string()
+
+    @property
+    def path(self) -> Path | None:
+        return sqlite_path(make_url(self.url))
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.failures_named(), self.engine.connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+        with self.failures_named(), self.engine.connect() as conn:
+            if self._sqlite:
+                conn.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def failures_named(self) -> Iterator[None]:
+        """A database failure (server down, disk full, locked) leaves as one LedgerError."""
+        try:
+            yield
+        except DBAPIError as exc:
+            if is_content_error(exc):
+                raise
+            raise LedgerError(
+                f"the ledger at {self.display_url} failed: {self.explain(exc)}"
+            ) from exc
+
+    def explain(self, exc: DBAPIError) -> str:
+        """The driver's message, and what to do when the cause is one a user can fix."""
+        text = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        lowered = text.lower()
+        if "malformed" in lowered or "not a database" in lowered:
+            return (
+                f"{text}: the file is damaged or is not an ometer ledger. Restore it from a "
+                "backup (`ometer db backup FILE` makes one), or move it aside to start a new "
+                "ledger; spans spooled since stay in the spool"
+            )
+        if "disk is full" in lowered or "no space" in lowered:
+            return f"{text}: free some disk space; spans wait in the spool meanwhile"
+        return text
+
+    def _retry_locked(self, action: Callable[[], object], failure: str) -> None:
+        """Run ``action``, again with backoff while the database reports a lock.
+
+        The busy timeout covers ordinary waits; SQLite still answers "locked" at once
+        in a few races (a fresh file switching to WAL, a snapshot gone stale), and those
+        pass on a second try. Retries stop once ``wait`` seconds have passed. Anything
+        else, or the last try, is one LedgerError starting with ``failure``.
+        """
+        deadline = time.monotonic() + self._wait
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                action()
+                return
+            except (OperationalError, LedgerError) as exc:
+                cause = exc if isinstance(exc, OperationalError) else exc.__cause__
+                locked = isinstance(cause, DBAPIError) and _is_lock_error(cause)
+                delay = self._retry_delay * 2 ** min(attempt, 6)
+                if not locked or time.monotonic() + delay > deadline:
+                    if isinstance(cause, DBAPIError):
+                        raise LedgerError(f"{failure}: {self.explain(cause)}") from cause
+                    raise
+                log.debug("%s: database locked, try %d", failure, attempt)
+                time.sleep(delay)
+            except DBAPIError as exc:
+                if is_content_error(exc):
+                    raise
+                raise LedgerError(f"{failure}: {self.explain(exc)}") from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _is_lock_error(exc: DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    return "locked" in text or "busy" in text

@@ -1,0 +1,225 @@
+"""Writing spans so that no completed call is lost, whatever goes wrong with the write.
+
+- the database is busy, away or full: the spans go to the spool, and are
+  recorded by the next write that succeeds (or the next process that opens);
+- the spool cannot be written either (the disk is full): the spans are held in
+  memory (bounded) and :meth:`check_writable` refuses new calls until they are
+  written somewhere;
+- one span in a batch is refused for its content: the others are recorded, and
+  that one goes to the quarantine with a log line saying why and where.
+
+The journal notes each span once it is durable, so a crash leaves a trace only
+of the calls that really were in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from ollama_meter._paths import default_data_dir
+from ollama_meter.errors import LedgerError
+from ollama_meter.ledger import _spans
+from ollama_meter.ledger._database import Database, is_content_error
+from ollama_meter.ledger._engine import DEFAULT_WAIT, sqlite_path
+from ollama_meter.ledger._journal import Journal
+from ollama_meter.ledger._spool import Rejected, Spool
+from ollama_meter.records import DURABLE, SpanRecord, Stored
+
+log = logging.getLogger("ollama_meter.ledger")
+
+MAX_HELD = 10_000
+"""Spans kept in memory while neither the database nor the spool can take them."""
+_HELD_RETRY_SECONDS = 1.0
+
+
+def default_spool_dir(url: str) -> Path:
+    """Beside a SQLite file; in the user data dir, per database, for servers."""
+    path = sqlite_path(make_url(url))
+    if path is not None:
+        return path.with_name(f"{path.name}.spool")
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return default_data_dir() / "spool" / digest
+
+
+class DurableLedger(Database):
+    """A database that spans are recorded into durably: spool, quarantine, memory as fallbacks."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        spool_dir: Path | None = None,
+        wait: float = DEFAULT_WAIT,
+        retry_delay: float = 0.05,
+    ) -> None:
+        super().__init__(url, wait=wait, retry_delay=retry_delay)
+        self.spool = Spool(spool_dir or default_spool_dir(url))
+        self.journal = Journal(self.spool.directory / "journal")
+        self._spooled = False
+        self._held: list[SpanRecord] = []
+        self._held_lock = threading.Lock()
+        self._held_tried = 0.0
+
+    def recover(self) -> int:
+        """Record spans a refused write left in the spool; how many there were."""
+        if not self.spool.pending():
+            return 0
+        try:
+            count = self.spool.drain(self._record_now, self._isolate)
+        except LedgerError as exc:
+            log.warning("spooled spans stay spooled for now: %s", exc)
+            return 0
+        log.info("recorded %d spooled span(s) into %s", count, self.display_url)
+        return count
+
+    def record(self, spans: Sequence[SpanRecord]) -> dict[str, Stored]:
+        """Make ``spans`` durable; says where each one went.
+
+        Committed in one transaction when the database takes them. Re-recording a span
+        id is a no-op. A busy database gets ``wait`` seconds; then the spans go to the
+        spool (and a warning to the log). A span refused for its content is isolated
+        from the others and quarantined. Raises :class:`LedgerError` only when nothing,
+        not even memory, can keep them.
+        """
+        if self._held:
+            self._write_held()
+        try:
+            self._record_now(spans)
+            stored = dict.fromkeys((s.id for s in spans), Stored.COMMITTED)
+        except Rejected:
+            stored = self._isolate(spans)
+        except LedgerError as exc:
+            return self._keep(spans, exc)
+        if self._spooled:  # the database answers again: bring in what waited
+            self._spooled = False
+            self.recover()
+        self.journal.closed([i for i, where in stored.items() if where in DURABLE])
+        return stored
+
+    def _record_now(self, spans: Sequence[SpanRecord]) -> None:
+        def insert() -> None:
+            with self.write() as conn:
+                _spans.insert_spans(conn, spans)
+
+        try:
+            self._retry_locked(
+                insert, f"could not write {len(spans)} span(s) to the ledger at {self.display_url}"
+            )
+        except LedgerError:
+            raise
+        except Exception as exc:
+            if is_content_error(exc):
+                raise Rejected(str(exc)) from exc
+            raise
+
+    def _isolate(self, spans: Sequence[SpanRecord]) -> dict[str, Stored]:
+        """Record spans one by one: a span the database refuses cannot take the others with it."""
+        stored: dict[str, Stored] = {}
+        for span in spans:
+            try:
+                self._record_now([span])
+                stored[span.id] = Stored.COMMITTED
+            except Rejected as refused:
+                stored[span.id] = self._quarantine(span, str(refused.__cause__ or refused))
+            except LedgerError as exc:
+                stored.update(self._keep([span], exc))
+        return stored
+
+    def _quarantine(self, span: SpanRecord, reason: str) -> Stored:
+        reason = reason.strip().splitlines()[0][:500] if reason.strip() else "refused"
+        try:
+            where = self.spool.quarantine(span, reason)
+        except OSError as exc:
+            return self._hold([span], f"{reason}; and the quarantine failed: {exc}")
+        log.error(
+            "span %s (%s/%s, model %.80r) cannot be stored in the ledger at %s: %s; "
+            "kept in %s for a human to look at",
+            span.id,
+            span.tenant,
+            span.department,
+            span.request_model,
+            self.display_url,
+            reason,
+            where,
+        )
+        return Stored.QUARANTINED
+
+    def _keep(self, spans: Sequence[SpanRecord], exc: LedgerError) -> dict[str, Stored]:
+        """The database cannot take ``spans`` now: spool them, else hold them in memory."""
+        try:
+            where = self.spool.put(spans)
+        except OSError as spool_exc:
+            stored = self._hold(
+                spans, f"{exc}; the spool at {self.spool.directory} failed too: {spool_exc}"
+            )
+            return dict.fromkeys((s.id for s in spans), stored)
+        self._spooled = True
+        log.warning("%s; kept them in %s to be recorded once the database answers", exc, where)
+        self.journal.closed([s.id for s in spans])
+        return dict.fromkeys((s.id for s in spans), Stored.SPOOLED)
+
+    def _hold(self, spans: Sequence[SpanRecord], why: str) -> Stored:
+        with self._held_lock:
+            if len(self._held) + len(spans) > MAX_HELD:
+                raise LedgerError(
+                    f"cannot record {len(spans)} span(s): {why}; {len(self._held)} more wait "
+                    "in memory already"
+                )
+            self._held.extend(spans)
+            held = len(self._held)
+        log.error(
+            "%s; holding %d span(s) in memory and refusing new calls until they are written",
+            why,
+            held,
+        )
+        return Stored.HELD
+
+    def _write_held(self) -> bool:
+        """Try to put the spans held in memory somewhere durable; True when none is left."""
+        with self._held_lock:
+            spans, self._held = self._held, []
+            self._held_tried = time.monotonic()
+        if not spans:
+            return True
+        try:
+            self._record_now(spans)
+            durable = [s.id for s in spans]
+        except (Rejected, LedgerError):
+            try:
+                self.spool.put(spans)
+                durable = [s.id for s in spans]
+            except OSError:
+                with self._held_lock:
+                    self._held[:0] = spans
+                return False
+        log.warning("wrote the %d span(s) that were held in memory", len(spans))
+        self.journal.closed(durable)
+        return True
+
+    def check_writable(self) -> None:
+        """Raise :class:`LedgerError` while spans are held in memory: no new call is taken
+        on that can't be recorded. Costs nothing when all is well."""
+        if not self._held:
+            return
+        if time.monotonic() - self._held_tried >= _HELD_RETRY_SECONDS and self._write_held():
+            return
+        raise LedgerError(
+            f"nothing can be recorded right now: the ledger at {self.display_url} and its spool "
+            f"at {self.spool.directory} both fail to write (is the disk full?); "
+            f"{len(self._held)} span(s) wait in memory. Calls are refused until they are written"
+        )
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def dispose(self) -> None:
+        self.journal.close()
+        super().dispose()
