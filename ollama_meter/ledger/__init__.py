@@ -8,13 +8,7 @@ they never build queries. Must not import typer, rich, the gateway, telemetry,
 the meter or budgets' logic.
 """
 
-from ollama_meter.ledger._aggregate import (
-    GROUP_COLUMNS,
-    FailureCount,
-    HistogramResult,
-    SpendRow,
-    raw_spans,
-)
+from ollama_meter.ledger._aggregate import FailureCount, SpendRow
 from ollama_meter.ledger._cells import COLD_LOAD_NS, Metric
 from ollama_meter.ledger._jsonl import (
     ImportSummary,
@@ -27,8 +21,10 @@ from ollama_meter.ledger._jsonl import (
 from ollama_meter.ledger._keys import KEY_PREFIX, ApiKey
 from ollama_meter.ledger._ledger import Ledger, close_ledger, close_ledgers, open_ledger
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, upgrade
+from ollama_meter.ledger._plan import GROUP_COLUMNS, raw_spans
 from ollama_meter.ledger._rebuild import rebuild
 from ollama_meter.ledger._spans import SpanFilter, page_after, update_costs
+from ollama_meter.ledger._timings import HistogramResult
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger._upkeep import PruneResult, backup, pg_dump_command, prune
 

@@ -20,7 +20,16 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from ollama_meter.errors import BudgetError, LedgerError, PricingError
-from ollama_meter.ledger import _aggregate, _budgets, _currencies, _keys, _prices, _rebuild, _spans
+from ollama_meter.ledger import (
+    _aggregate,
+    _budgets,
+    _currencies,
+    _keys,
+    _prices,
+    _rebuild,
+    _spans,
+    _timings,
+)
 from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._keys import ApiKey
@@ -89,11 +98,11 @@ class Ledger(DurableLedger):
         where: _spans.SpanFilter,
         by: Sequence[str] = (),
         bucket_starts: Sequence[datetime] = (),
-    ) -> tuple[list[_aggregate.SpendRow], _aggregate.HistogramResult]:
+    ) -> tuple[list[_aggregate.SpendRow], _timings.HistogramResult]:
         """Sums and latency/TTFT/queue/speed histograms per group, read as one snapshot."""
         with self.read() as conn:
             sums = _aggregate.aggregate_spend(conn, where, by, bucket_starts)
-            return sums, _aggregate.aggregate_histograms(conn, where, by, bucket_starts)
+            return sums, _timings.aggregate_histograms(conn, where, by, bucket_starts)
 
     def failures(self, where: _spans.SpanFilter) -> list[_aggregate.FailureCount]:
         """Calls that did not end ``ok``, counted per (status, error type)."""
@@ -103,7 +112,7 @@ class Ledger(DurableLedger):
     def busy(self, since: datetime, until: datetime) -> tuple[int, int]:
         """(busy ns summed over upstream hosts, number of hosts) in [since, until)."""
         with self.read() as conn:
-            return _aggregate.busy_union(conn, since, until)
+            return _timings.busy_union(conn, since, until)
 
     # -- price rules -----------------------------------------------------------------
 

@@ -1,0 +1,200 @@
+"""Planning an aggregate: a window cut into whole rollup cells, and the raw spans at its edges.
+
+A window [a, b) is cut into pieces of whole rollup cells, coarsest first, with
+signs: [a, b) = [a, A) + [A, B) + [B, b), where A and B are the month (then day,
+then quarter-hour) boundaries nearest a and b, and a piece that runs backwards
+(A before a) is subtracted. Every sum in a rollup is additive, so a November cut
+at Berlin midnight is the UTC month of November, plus the quarter hours from
+23:00 UTC on 31 October, less those from 23:00 UTC on 30 November: one month
+row and eight quarter rows per group instead of thirty days of spans. What no
+cell covers (an end not on a quarter hour) comes from raw spans, the open edge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select, union_all
+from sqlalchemy.sql.elements import ColumnElement
+
+from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell, merge_intervals, next_cell
+from ollama_meter.ledger._spans import SpanFilter
+from ollama_meter.ledger._types import from_us, to_us
+from ollama_meter.ledger.models import SpanRow
+
+GROUP_COLUMNS: dict[str, ColumnElement[Any]] = {
+    "tenant": SpanRow.__table__.c.tenant,
+    "department": SpanRow.__table__.c.department,
+    "user": func.coalesce(SpanRow.user, ""),
+    "model": func.coalesce(SpanRow.response_model, SpanRow.request_model),
+}
+"""What reports group by, as raw span expressions; rollups store these very values."""
+
+CUBE_GRAINS = (Grain.MONTH, Grain.DAY, Grain.QUARTER)
+HISTOGRAM_GRAINS = (Grain.MONTH, Grain.DAY)
+_MAX_GAP = {Grain.MONTH: DAY_US, Grain.DAY: DAY_US // 2, Grain.QUARTER: 450 * 10**6}
+"""How far past an end a coarse cell may reach and be trimmed back with finer ones."""
+
+
+RAW: ContextVar[bool] = ContextVar("ometer_raw_spans", default=False)
+
+
+@contextlib.contextmanager
+def raw_spans() -> Iterator[None]:
+    """Answer every aggregate in this block from raw spans, as if there were no rollups."""
+    token = RAW.set(True)
+    try:
+        yield
+    finally:
+        RAW.reset(token)
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Part of a bucket: whole cells of ``grain`` (None: raw spans) in [lo, hi) µs, added or subtracted."""
+
+    grain: Grain | None
+    lo: int
+    hi: int
+    sign: int
+    bucket: int
+
+
+def _snap(grain: Grain, t: int, low_end: bool) -> int:
+    floor = floor_cell(grain, t)
+    if floor == t:
+        return t
+    ceil = next_cell(grain, floor)
+    nearest = floor if t - floor <= ceil - t else ceil
+    if abs(nearest - t) <= _MAX_GAP[grain]:
+        return nearest
+    return ceil if low_end else floor
+
+
+def decompose(
+    lo: int, hi: int, grains: Sequence[Grain], *, bucket: int = 0, sign: int = 1
+) -> list[Piece]:
+    """[lo, hi) as signed pieces of whole cells of ``grains`` (coarsest first), then raw spans."""
+    if lo == hi:
+        return []
+    if lo > hi:
+        return decompose(hi, lo, grains, bucket=bucket, sign=-sign)
+    if not grains:
+        return [Piece(None, lo, hi, sign, bucket)]
+    grain, finer = grains[0], grains[1:]
+    a, b = _snap(grain, lo, True), _snap(grain, hi, False)
+    if a >= b:
+        return decompose(lo, hi, finer, bucket=bucket, sign=sign)
+    return [
+        Piece(grain, a, b, sign, bucket),
+        *decompose(lo, a, finer, bucket=bucket, sign=sign),
+        *decompose(b, hi, finer, bucket=bucket, sign=sign),
+    ]
+
+
+def _buckets(where: SpanFilter, bucket_starts: Sequence[datetime]) -> list[tuple[int, int, int]]:
+    """(index, lo, hi) in µs of each bucket's part of the window."""
+    assert where.since is not None
+    assert where.until is not None
+    since, until = to_us(where.since), to_us(where.until)
+    if not bucket_starts:
+        return [(0, since, until)]
+    starts = [to_us(s) for s in bucket_starts]
+    out = []
+    for index, start in enumerate(starts):
+        end = starts[index + 1] if index + 1 < len(starts) else until
+        lo, hi = max(start, since), min(end, until)
+        if lo < hi:
+            out.append((index, lo, hi))
+    return out
+
+
+def plan(
+    where: SpanFilter, bucket_starts: Sequence[datetime], grains: Sequence[Grain]
+) -> list[Piece]:
+    return [
+        piece
+        for index, lo, hi in _buckets(where, bucket_starts)
+        for piece in decompose(lo, hi, grains, bucket=index)
+    ]
+
+
+def cells_of(pieces: Iterable[Piece]) -> tuple[dict[int, list[tuple[int, int]]], list[Any]]:
+    """Cell start (s) → [(bucket, sign)], and the SQL ranges covering those cells."""
+    cells: defaultdict[int, list[tuple[int, int]]] = defaultdict(list)
+    spans: list[tuple[int, int]] = []
+    for piece in pieces:
+        assert piece.grain is not None
+        cell = piece.lo
+        while cell < piece.hi:
+            cells[cell // 10**6].append((piece.bucket, piece.sign))
+            cell = next_cell(piece.grain, cell)
+        spans.append((piece.lo // 10**6, piece.hi // 10**6))
+    return cells, merge_intervals(spans)
+
+
+def grouped_in_ranges(
+    conn: Connection,
+    table: Any,
+    grain: Grain,
+    ranges: Sequence[tuple[int, int]],
+    groups: Sequence[Any],
+    sums: Sequence[Any],
+    filters: Sequence[Any],
+) -> Iterator[Any]:
+    """Rows of ``SELECT groups, sums ... GROUP BY groups`` over cells in ``ranges``.
+
+    One SELECT per range, joined by UNION ALL: each is a range scan of the primary key
+    (grain, start), where an OR of ranges would scan every cell of the grain. The
+    ranges are disjoint and ``start`` is among the groups, so no row is split.
+    """
+    for first in range(0, len(ranges), UNION_LIMIT):
+        parts = [
+            select(*groups, *sums)
+            .where(table.c.grain == int(grain), table.c.start >= lo, table.c.start < hi, *filters)
+            .group_by(*groups)
+            for lo, hi in ranges[first : first + UNION_LIMIT]
+        ]
+        yield from conn.execute(parts[0] if len(parts) == 1 else union_all(*parts))
+
+
+UNION_LIMIT = 200
+"""SELECTs per UNION ALL: SQLite allows 500."""
+
+
+CUBE_FILTERS = ("tenant", "department", "user", "model", "status", "error_type")
+"""SpanFilter fields rollup rows can answer; since and until are the cells themselves."""
+
+
+def cube_answers(where: SpanFilter) -> bool:
+    """Whether rollups hold what ``where`` asks: a bounded window, and filters they keep."""
+    if where.since is None or where.until is None:
+        return False
+    other = set(SpanFilter.__dataclass_fields__) - {"since", "until", *CUBE_FILTERS}
+    return all(getattr(where, name) is None for name in other)
+
+
+def rollup_filters(table: Any, where: SpanFilter, columns: Sequence[str]) -> list[Any]:
+    clauses = []
+    for name in columns:
+        value = getattr(where, name)
+        if value is not None:
+            clauses.append(table.c[name] == value)
+    return clauses
+
+
+def filter_values(where: SpanFilter) -> dict[str, Any]:
+    return {name: getattr(where, name) for name in SpanFilter.__dataclass_fields__}
+
+
+def edge_filter(where: SpanFilter, piece: Piece) -> SpanFilter:
+    """``where`` narrowed to a raw piece's stretch of time."""
+    return SpanFilter(
+        **{**filter_values(where), "since": from_us(piece.lo), "until": from_us(piece.hi)}
+    )

@@ -1,0 +1,225 @@
+"""Latency, TTFT, queue and speed histograms (perf), and busy time per host (chargeback).
+
+Histograms come from day and month rollups merged across cells, raw spans at
+the window's edges; busy time from per-minute unions of busy intervals.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from ollama_meter.ledger._cells import (
+    BIN_COLUMNS,
+    BUSY_US,
+    DAY_US,
+    HISTOGRAM_KEY,
+    Metric,
+    busy_pieces,
+    histogram_entries,
+    merge_intervals,
+    parse_intervals,
+    slot_edge,
+)
+from ollama_meter.ledger._plan import (
+    GROUP_COLUMNS,
+    HISTOGRAM_GRAINS,
+    RAW,
+    cells_of,
+    edge_filter,
+    grouped_in_ranges,
+    plan,
+    rollup_filters,
+)
+from ollama_meter.ledger._rollup import BUSY as BUSY_TABLE
+from ollama_meter.ledger._rollup import HISTOGRAMS, pruned_before
+from ollama_meter.ledger._spans import SpanFilter, row_to_span
+from ollama_meter.ledger._types import from_us, to_us
+from ollama_meter.ledger.models import SpanRow
+
+# -- histograms (perf) -------------------------------------------------------------------
+
+Histograms = dict[tuple[Any, ...], dict[Metric, dict[int, int]]]
+"""Per group (and time bucket, when asked): per metric, bin edge → calls."""
+
+TIMING_COLUMNS = (
+    SpanRow.status,
+    SpanRow.latency_ns,
+    SpanRow.ttft_ns,
+    SpanRow.output_tokens,
+    SpanRow.total_duration_ns,
+    SpanRow.load_duration_ns,
+    SpanRow.prompt_eval_duration_ns,
+    SpanRow.eval_duration_ns,
+    SpanRow.duration_source,
+)
+
+
+@dataclass
+class HistogramResult:
+    groups: Histograms
+    pruned_before: int | None = None
+    """Set (µs) when raw spans were needed from before the prune horizon: they are gone."""
+
+
+def aggregate_histograms(
+    conn: Connection,
+    where: SpanFilter,
+    by: Sequence[str],
+    bucket_starts: Sequence[datetime] = (),
+    *,
+    raw: bool = False,
+) -> HistogramResult:
+    """Latency, TTFT, queue and speed histograms per ``by`` group over the window.
+
+    From day and month rollups when ``by`` and the filters fit their key (tenant,
+    department, model); raw spans otherwise, and for the hours between a UTC
+    midnight and the window's ends. With ``bucket_starts`` each group's key ends with
+    its time bucket's index.
+    """
+    fits = set(by) <= set(HISTOGRAM_KEY) and all(
+        getattr(where, name) is None for name in ("user", "status", "error_type")
+    )
+    result = HistogramResult({})
+    horizon = pruned_before(conn)
+    if raw or RAW.get() or not fits or where.since is None or where.until is None:
+        if horizon is not None and (where.since is None or to_us(where.since) < horizon):
+            result.pruned_before = horizon
+        _raw_histograms(conn, where, by, result, sign=1, bucket_starts=bucket_starts)
+        return result
+    pieces = plan(where, bucket_starts, HISTOGRAM_GRAINS)
+    bucketed = bool(bucket_starts)
+    c = HISTOGRAMS.c
+    for grain in HISTOGRAM_GRAINS:
+        chosen = [p for p in pieces if p.grain is grain]
+        if not chosen:
+            continue
+        cells, ranges = cells_of(chosen)
+        rows = grouped_in_ranges(
+            conn,
+            HISTOGRAMS,
+            grain,
+            ranges,
+            [c.start, *(c[name] for name in by), c.metric, c.decade],
+            [func.sum(c[name]) for name in BIN_COLUMNS],
+            rollup_filters(HISTOGRAMS, where, ("tenant", "department", "model")),
+        )
+        width = len(by)
+        for row in rows:
+            keys = tuple(row[1 : 1 + width])
+            metric, decade = Metric(row[1 + width]), int(row[2 + width])
+            counts = [(index, int(n)) for index, n in enumerate(row[3 + width :]) if n]
+            for bucket, sign in cells.get(row[0], ()):
+                group = (*keys, bucket) if bucketed else keys
+                bins = result.groups.setdefault(group, {}).setdefault(metric, {})
+                for index, calls in counts:
+                    edge = slot_edge(metric, decade, index)
+                    bins[edge] = bins.get(edge, 0) + sign * calls
+    for piece in pieces:
+        if piece.grain is None:
+            if horizon is not None and piece.lo < horizon:
+                result.pruned_before = horizon
+            _raw_histograms(
+                conn, edge_filter(where, piece), by, result, sign=piece.sign,
+                bucket=piece.bucket if bucketed else None,
+            )  # fmt: skip
+    for metrics in result.groups.values():
+        for metric, bins in list(metrics.items()):
+            metrics[metric] = {edge: n for edge, n in bins.items() if n}
+    return result
+
+
+def _raw_histograms(
+    conn: Connection,
+    where: SpanFilter,
+    by: Sequence[str],
+    result: HistogramResult,
+    *,
+    sign: int,
+    bucket_starts: Sequence[datetime] = (),
+    bucket: int | None = None,
+) -> None:
+    keys = [GROUP_COLUMNS[name].label(f"k_{name}") for name in by]
+    query = select(*keys, *TIMING_COLUMNS, SpanRow.started_at).where(*where.clauses())
+    width = len(keys)
+    for call in conn.execute(query):
+        group_key: tuple[Any, ...] = tuple(str(v) for v in call[:width])
+        if bucket is not None:
+            group_key = (*group_key, bucket)
+        elif bucket_starts:
+            index = max(bisect.bisect_right(bucket_starts, call.started_at) - 1, 0)
+            group_key = (*group_key, index)
+        group = result.groups.setdefault(group_key, {})
+        for metric, edge in histogram_entries(call):
+            bins = group.setdefault(metric, {})
+            bins[edge] = bins.get(edge, 0) + sign
+
+
+# -- busy time per host (chargeback) ----------------------------------------------------
+
+
+def busy_union(
+    conn: Connection, since: datetime, until: datetime, *, raw: bool = False
+) -> tuple[int, int]:
+    """(busy nanoseconds summed over hosts, number of hosts) in [since, until).
+
+    A host's busy time is the union of its calls' busy intervals, so parallel calls
+    count once; a host counts when it served a call that started in the window or
+    was busy in it.
+    """
+    lo, hi = to_us(since), to_us(until)
+    if raw or RAW.get():
+        return _raw_busy(conn, lo, hi)
+    c = BUSY_TABLE.c
+    first = lo - lo % BUSY_US
+    inner_lo = first if first == lo else first + BUSY_US
+    inner_hi = hi - hi % BUSY_US
+    hosts: set[str] = set()
+    busy_us = 0
+    if inner_lo < inner_hi:
+        query = (
+            select(c.host, func.sum(c.busy_us))
+            .where(c.start >= inner_lo // 10**6, c.start < inner_hi // 10**6)
+            .group_by(c.host)
+        )
+        for host, total in conn.execute(query):
+            hosts.add(host)
+            busy_us += int(total or 0)
+    # Minutes the window only partly covers (never at a local midnight): clip.
+    partial = {
+        cell for cell, inside in ((first, first == lo), (inner_hi, inner_hi == hi)) if not inside
+    }
+    for cell in sorted(partial):
+        query = select(c.host, c.intervals).where(c.start == cell // 10**6)
+        for host, intervals in conn.execute(query):
+            hosts.add(host)
+            clipped = [
+                (max(a + cell, lo), min(b + cell, hi)) for a, b in parse_intervals(intervals)
+            ]
+            busy_us += sum(b - a for a, b in clipped if b > a)
+    return busy_us * 1000, len(hosts)
+
+
+def _raw_busy(conn: Connection, lo: int, hi: int) -> tuple[int, int]:
+    query = select(SpanRow).where(
+        SpanRow.started_at >= from_us(lo - DAY_US), SpanRow.started_at < from_us(hi)
+    )
+    per_host: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+    hosts: set[str] = set()
+    for row in conn.execute(query):
+        span = row_to_span(row)
+        if to_us(span.started_at) >= lo:
+            hosts.add(span.upstream_host)
+        for cell, (a, b) in busy_pieces(span):
+            begin, end = max(cell + a, lo), min(cell + b, hi)
+            if end > begin:
+                hosts.add(span.upstream_host)
+                per_host[span.upstream_host].append((begin, end))
+    busy = sum(b - a for intervals in per_host.values() for a, b in merge_intervals(intervals))
+    return busy * 1000, len(hosts)
