@@ -10,7 +10,7 @@ cannot make links, clear the screen, move the cursor or hide text.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -253,7 +253,7 @@ FormatOption = Annotated[Format, typer.Option("--format", "-f", help="Output for
 def write_rows(
     fmt: Format,
     columns: Sequence[str],
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[Mapping[str, object]],
     path: Path | None,
     show_table: Callable[[], None],
 ) -> None:

@@ -31,6 +31,7 @@ from ollama_meter.cli._common import (
     write_rows,
 )
 from ollama_meter.meter import ledger_for, utc_now
+from ollama_meter.records import Micros
 from ollama_meter.reports import (
     BY_CHOICES,
     SpendReport,
@@ -107,10 +108,10 @@ _HEADINGS = {
 
 
 def _cell(name: str, value: object) -> str:
-    if name == "cost" and isinstance(value, int):
+    if isinstance(value, Micros):
         return money(value)
-    if name == "gpu_seconds":
-        return f"{Decimal(str(value)):,.1f}"
+    if isinstance(value, Decimal):  # GPU seconds
+        return f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
@@ -129,7 +130,7 @@ def render_table(result: SpendReport, zone: str) -> DataTable:
     for name in names:
         heading = _HEADINGS.get(name, name)
         if name == "cost" and single:
-            heading = f"cost {totals[0]['currency']}"
+            heading = f"cost {totals[0].currency}"
         footer = ""
         if single:
             footer = (
@@ -142,8 +143,7 @@ def render_table(result: SpendReport, zone: str) -> DataTable:
     rows: list[list[str | Text]] = []
     for row in result.rows:
         cells: list[str | Text] = [_cell(name, row[name]) for name in names]
-        unpriced = row["unpriced_requests"]
-        if isinstance(unpriced, int) and unpriced > 0:
+        if row.unpriced_requests > 0:
             at = names.index("cost")
             cells[at] = shown(f"{cells[at]}*", "yellow")
         rows.append(cells)
@@ -151,7 +151,7 @@ def render_table(result: SpendReport, zone: str) -> DataTable:
     if not result.rows:
         notes.append("no calls in this period")
     if len(totals) > 1:
-        notes.extend(f"total {money(int(str(t['cost'])), str(t['currency']))}" for t in totals)
+        notes.extend(f"total {money(t.cost, t.currency)}" for t in totals)
     if result.unpriced_requests:
         notes.append(
             shown(

@@ -8,7 +8,7 @@ they never build queries. Must not import typer, rich, the gateway, telemetry,
 the meter or budgets' logic.
 """
 
-from ollama_meter.ledger._aggregate import FailureCount, SpendRow
+from ollama_meter.ledger._aggregate import FailureCount, SpendSums
 from ollama_meter.ledger._cells import COLD_LOAD_NS, Metric
 from ollama_meter.ledger._jsonl import (
     ImportSummary,
@@ -44,7 +44,7 @@ __all__ = [
     "Metric",
     "PruneResult",
     "SpanFilter",
-    "SpendRow",
+    "SpendSums",
     "backup",
     "close_ledger",
     "close_ledgers",

@@ -45,7 +45,7 @@ SUMS = ("requests", "input_tokens", "output_tokens", "busy_ns", "cost_total", "u
 
 
 @dataclass(frozen=True, slots=True)
-class SpendRow:
+class SpendSums:
     """One group's sums. ``bucket`` indexes the time buckets given, or is 0 without them."""
 
     keys: tuple[str, ...]
@@ -84,9 +84,9 @@ class _Sums:
         row[7] += sign * cold
         row[8] += sign * cold_ns
 
-    def result(self) -> list[SpendRow]:
+    def result(self) -> list[SpendSums]:
         return [
-            SpendRow(keys, bucket, currency, *values)
+            SpendSums(keys, bucket, currency, *values)
             for (bucket, keys, currency), values in self.rows.items()
             if values[0]  # a group seen only in cells that were subtracted again
         ]
@@ -99,7 +99,7 @@ def aggregate_spend(
     bucket_starts: Sequence[datetime] = (),
     *,
     raw: bool = False,
-) -> list[SpendRow]:
+) -> list[SpendSums]:
     """Sums per (``by`` columns, time bucket, currency) over the window ``where`` gives."""
     sums = _Sums()
     if raw or RAW.get() or not cube_answers(where):
@@ -281,7 +281,7 @@ def aggregate_failures(
 __all__ = [
     "CUBE_GRAINS",
     "FailureCount",
-    "SpendRow",
+    "SpendSums",
     "aggregate_failures",
     "aggregate_spend",
     "decompose",

@@ -88,7 +88,7 @@ class Ledger(DurableLedger):
         where: _spans.SpanFilter,
         by: Sequence[str] = (),
         bucket_starts: Sequence[datetime] = (),
-    ) -> list[_aggregate.SpendRow]:
+    ) -> list[_aggregate.SpendSums]:
         """Sums per (``by`` groups, time bucket, currency) over ``where``'s window."""
         with self.read() as conn:
             return _aggregate.aggregate_spend(conn, where, by, bucket_starts)
@@ -98,7 +98,7 @@ class Ledger(DurableLedger):
         where: _spans.SpanFilter,
         by: Sequence[str] = (),
         bucket_starts: Sequence[datetime] = (),
-    ) -> tuple[list[_aggregate.SpendRow], _timings.HistogramResult]:
+    ) -> tuple[list[_aggregate.SpendSums], _timings.HistogramResult]:
         """Sums and latency/TTFT/queue/speed histograms per group, read as one snapshot."""
         with self.read() as conn:
             sums = _aggregate.aggregate_spend(conn, where, by, bucket_starts)

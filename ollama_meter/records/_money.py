@@ -28,6 +28,24 @@ MAX_DIGITS = 40
 _CURRENCY = re.compile(r"[A-Z]{3}")
 
 
+class Micros(int):
+    """An exact amount of money: integer micro-units of a currency the record beside it names.
+
+    An ``int`` in every way (sums, comparisons, JSON), typed so that a field holding
+    money says so, and renderers show it as six decimals (:func:`format_micros`)
+    rather than as a count.
+    """
+
+    __slots__ = ()
+
+    def __add__(self, other: int) -> Micros:
+        if not isinstance(other, int):
+            return NotImplemented  # a Decimal or a float is no amount of micro-units
+        return Micros(int(self) + int(other))
+
+    __radd__ = __add__
+
+
 def to_micros(amount: Decimal) -> int:
     """Round an exact amount to integer micro-units (banker's rounding)."""
     return int((amount * MICROS).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))

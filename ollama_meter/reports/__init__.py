@@ -39,35 +39,33 @@ from ollama_meter.reports._perf import (
     perf_report,
 )
 from ollama_meter.reports._render import iso_utc, safe_cell, span_to_dict, to_csv, to_json
+from ollama_meter.reports._rows import ChargebackRow, PerfRow, Row, SpendRow
 from ollama_meter.reports._spend import BY_CHOICES, SpendReport, gpu_seconds, parse_by, spend_report
 
 if TYPE_CHECKING:
+    from ollama_meter.reports._dashboard_page import Links, render_dashboard
     from ollama_meter.reports._html import (
-        Links,
         content_security_policy,
         render_chargeback_html,
-        render_dashboard,
         render_error_page,
         render_spend_html,
     )
 
-_HTML = frozenset(
-    {
-        "Links",
-        "content_security_policy",
-        "render_chargeback_html",
-        "render_dashboard",
-        "render_error_page",
-        "render_spend_html",
-    }
-)
+_HTML = {
+    "Links": "_dashboard_page",
+    "render_dashboard": "_dashboard_page",
+    "content_security_policy": "_html",
+    "render_chargeback_html": "_html",
+    "render_error_page": "_html",
+    "render_spend_html": "_html",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _HTML:
-        from ollama_meter.reports import _html
+        import importlib
 
-        return getattr(_html, name)
+        return getattr(importlib.import_module(f"{__name__}.{_HTML[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -84,11 +82,15 @@ __all__ = [
     "PERIOD_HELP",
     "TIME_UNITS",
     "Chargeback",
+    "ChargebackRow",
     "DashQuery",
     "Dashboard",
     "Links",
     "PerfReport",
+    "PerfRow",
+    "Row",
     "SpendReport",
+    "SpendRow",
     "Window",
     "allocate",
     "bucket_bounds",

@@ -16,15 +16,14 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger import Ledger, SpanFilter, SpendSums
 from ollama_meter.periods import Window, parse_period
+from ollama_meter.records import Micros
 from ollama_meter.reports._allocation import allocate
+from ollama_meter.reports._rows import CHARGEBACK_COLUMNS, ChargebackRow
 from ollama_meter.reports._spend import gpu_seconds
 
-COLUMNS = (
-    "month", "tenant", "department", "requests", "input_tokens", "output_tokens",
-    "gpu_seconds", "usage_cost", "fixed_cost_share", "total_cost", "currency",
-)  # fmt: skip
+COLUMNS = CHARGEBACK_COLUMNS
 IDLE = "__idle__"
 IDLE_MODES = ("share", "separate")
 _CENT_IN_MICROS = 10_000
@@ -34,7 +33,7 @@ _CENT_IN_MICROS = 10_000
 class Chargeback:
     month: str
     window: Window
-    rows: list[dict[str, object]] = field(default_factory=list)
+    rows: list[ChargebackRow] = field(default_factory=list)
     capacity_ns: int = 0
     busy_ns: int = 0
     warnings: list[str] = field(default_factory=list)
@@ -77,23 +76,13 @@ def chargeback(
     groups = ledger.spend(
         SpanFilter(since=window.start, until=window.end), ["tenant", "department"]
     )
-    rows: dict[tuple[str, str, str], dict[str, object]] = {}
+    usage: dict[tuple[str, str, str], SpendSums] = {}
     weights: dict[tuple[str, str], int] = defaultdict(int)
     for group in groups:
         tenant, department = group.keys
-        rows[(tenant, department, group.currency)] = {
-            "month": window.label,
-            "tenant": tenant,
-            "department": department,
-            "requests": group.requests,
-            "input_tokens": group.input_tokens,
-            "output_tokens": group.output_tokens,
-            "gpu_ns": group.gpu_ns,
-            "usage_cost": group.cost,
-            "fixed_cents": 0,
-            "currency": group.currency,
-        }
+        usage[(tenant, department, group.currency)] = group
         weights[(tenant, department)] += group.gpu_ns
+    fixed: dict[tuple[str, str, str], int] = {}
     if fixed_cost is not None:
         cents = fixed_cost_cents(fixed_cost)
         busy, hosts = ledger.busy(window.start, window.end)
@@ -107,22 +96,27 @@ def chargeback(
         result.capacity_ns, result.busy_ns = capacity, busy
         shares = _fixed_shares(cents, weights, idle=idle, busy=busy, capacity=capacity)
         for (tenant, department), share in shares.items():
-            key = (tenant, department, currency)
-            if key not in rows:
-                rows[key] = {
-                    "month": window.label, "tenant": tenant, "department": department,
-                    "requests": 0, "input_tokens": 0, "output_tokens": 0, "gpu_ns": 0,
-                    "usage_cost": 0, "fixed_cents": 0, "currency": currency,
-                }  # fmt: skip
-            rows[key]["fixed_cents"] = share
-    for key in sorted(rows, key=lambda k: (k[0] == IDLE, k)):
-        row = rows[key]
-        usage = int(str(row["usage_cost"]))
-        fixed = int(str(row.pop("fixed_cents")))
-        row["gpu_seconds"] = gpu_seconds(int(str(row.pop("gpu_ns"))))
-        row["fixed_cost_share"] = Decimal(fixed).scaleb(-2)
-        row["total_cost"] = usage + fixed * _CENT_IN_MICROS
-        result.rows.append(row)
+            fixed[(tenant, department, currency)] = share
+    for key in sorted({*usage, *fixed}, key=lambda k: (k[0] == IDLE, k)):
+        tenant, department, in_currency = key
+        sums = usage.get(key)
+        cents = fixed.get(key, 0)
+        cost = Micros(sums.cost if sums else 0)
+        result.rows.append(
+            ChargebackRow(
+                month=window.label,
+                tenant=tenant,
+                department=department,
+                requests=sums.requests if sums else 0,
+                input_tokens=sums.input_tokens if sums else 0,
+                output_tokens=sums.output_tokens if sums else 0,
+                gpu_seconds=gpu_seconds(sums.gpu_ns if sums else 0),
+                usage_cost=cost,
+                fixed_cost_share=Decimal(cents).scaleb(-2),
+                total_cost=cost + cents * _CENT_IN_MICROS,
+                currency=in_currency,
+            )
+        )
     return result
 
 

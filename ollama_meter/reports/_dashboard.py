@@ -29,9 +29,10 @@ from ollama_meter.periods import (
     parse_period,
     window_between,
 )
-from ollama_meter.records import format_micros
+from ollama_meter.records import Micros, format_micros
 from ollama_meter.reports._perf import PerfReport, perf_report
 from ollama_meter.reports._render import iso_utc
+from ollama_meter.reports._rows import PerfRow, SpendRow
 from ollama_meter.reports._spend import SpendReport, spend_report
 
 PERIOD_CHOICES = {
@@ -145,11 +146,11 @@ class DepartmentDrill:
     """One department's drill-down in one currency: its sums and its rows by model, user and time."""
 
     name: str
-    cost: int
-    row: dict[str, object]
-    models: list[dict[str, object]]
-    users: list[dict[str, object]]
-    days: list[dict[str, object]]
+    cost: Micros
+    row: SpendRow
+    models: list[SpendRow]
+    users: list[SpendRow]
+    days: list[SpendRow]
 
 
 @dataclass
@@ -168,40 +169,45 @@ class Dashboard:
     """By department, model and :attr:`unit`: the charts, the model list and the drill-down."""
     users: SpendReport
     """By department and user."""
-    previous_totals: list[dict[str, object]]
+    previous_totals: list[SpendRow]
     timing_by_time: PerfReport
     timing_by_model: PerfReport
     failures: list[FailureCount]
     budgets: list[BudgetStatus]
-    totals: list[dict[str, object]] = field(init=False)
+    totals: list[SpendRow] = field(init=False)
 
     def __post_init__(self) -> None:
         self.totals = self.spend.totals()
 
     @property
     def currencies(self) -> list[str]:
-        return [str(t["currency"]) for t in self.totals]
+        return [t.currency for t in self.totals]
 
     def counts(self) -> dict[str, int]:
         """Calls, errors, tokens and unpriced calls over every currency: counts, never money."""
-        keys = ("requests", "errors", "input_tokens", "output_tokens", "unpriced_requests")
-        return {key: sum(int(str(t[key])) for t in self.totals) for key in keys}
+        return {
+            "requests": sum(t.requests for t in self.totals),
+            "errors": sum(t.errors for t in self.totals),
+            "input_tokens": sum(t.input_tokens for t in self.totals),
+            "output_tokens": sum(t.output_tokens for t in self.totals),
+            "unpriced_requests": sum(t.unpriced_requests for t in self.totals),
+        }
 
     def previous_counts(self) -> dict[str, int]:
         return {
-            key: sum(int(str(t[key])) for t in self.previous_totals)
-            for key in ("requests", "errors")
+            "requests": sum(t.requests for t in self.previous_totals),
+            "errors": sum(t.errors for t in self.previous_totals),
         }
 
-    def previous_cost(self, currency: str) -> int:
-        return sum(int(str(t["cost"])) for t in self.previous_totals if t["currency"] == currency)
+    def previous_cost(self, currency: str) -> Micros:
+        return sum((t.cost for t in self.previous_totals if t.currency == currency), Micros(0))
 
-    def in_currency(self, rows: list[dict[str, object]], currency: str) -> list[dict[str, object]]:
-        return [row for row in rows if row["currency"] == currency]
+    def in_currency(self, rows: list[SpendRow], currency: str) -> list[SpendRow]:
+        return [row for row in rows if row.currency == currency]
 
-    def by_cost(self, rows: list[dict[str, object]], name: str) -> list[dict[str, object]]:
+    def by_cost(self, rows: list[SpendRow], name: str) -> list[SpendRow]:
         """Rows by descending cost, then name: the order of every top list."""
-        return sorted(rows, key=lambda r: (-int(str(r["cost"])), str(r[name])))
+        return sorted(rows, key=lambda r: (-r.cost, r.label(name)))
 
     def departments(self, currency: str) -> list[DepartmentDrill]:
         """Per department in ``currency``, by cost: its sums, and its models, users and days."""
@@ -211,16 +217,12 @@ class Dashboard:
         rows = self.in_currency(self.spend.rollup(["department"]), currency)
         return [
             DepartmentDrill(
-                name=str(row["department"]),
-                cost=int(str(row["cost"])),
+                name=(name := row.label("department")),
+                cost=row.cost,
                 row=row,
-                models=self.by_cost(
-                    [m for m in models if m["department"] == row["department"]], "model"
-                ),
-                users=self.by_cost(
-                    [u for u in users if u["department"] == row["department"]], "user"
-                ),
-                days=[d for d in days if d["department"] == row["department"]],
+                models=self.by_cost([m for m in models if m.label("department") == name], "model"),
+                users=self.by_cost([u for u in users if u.label("department") == name], "user"),
+                days=[d for d in days if d.label("department") == name],
             )
             for row in self.by_cost(rows, "department")
         ]
@@ -254,13 +256,11 @@ class Dashboard:
             "spend": [
                 {
                     "currency": currency,
-                    "cost": format_micros(int(str(total["cost"]))),
+                    "cost": format_micros(total.cost),
                     "previous_cost": format_micros(self.previous_cost(currency)),
-                    "change_percent": _text(
-                        change(int(str(total["cost"])), self.previous_cost(currency))
-                    ),
-                    "requests": total["requests"],
-                    "unpriced_requests": total["unpriced_requests"],
+                    "change_percent": _text(change(total.cost, self.previous_cost(currency))),
+                    "requests": total.requests,
+                    "unpriced_requests": total.unpriced_requests,
                 }
                 for currency, total in zip(self.currencies, self.totals, strict=True)
             ],
@@ -308,9 +308,9 @@ class Dashboard:
         """Calls and errors per time bucket, every bucket present (0 where none)."""
         result = {label: {"requests": 0, "errors": 0} for label in self.buckets}
         for row in self.spend.rollup([self.unit]):
-            cell = result[str(row[self.unit])]
-            cell["requests"] += int(str(row["requests"]))
-            cell["errors"] += int(str(row["errors"]))
+            cell = result[row.label(self.unit)]
+            cell["requests"] += row.requests
+            cell["errors"] += row.errors
         return result
 
 
@@ -346,19 +346,19 @@ def _text(value: Decimal | None) -> str | None:
     return None if value is None else f"{value:f}"
 
 
-def _plain(row: dict[str, object]) -> dict[str, object]:
+def _plain(row: PerfRow) -> dict[str, object]:
     return {key: _text(v) if isinstance(v, Decimal) else v for key, v in row.items()}
 
 
-def _money_rows(rows: list[dict[str, object]], keys: list[str]) -> list[dict[str, object]]:
+def _money_rows(rows: list[SpendRow], keys: list[str]) -> list[dict[str, object]]:
     """Rows for JSON: ``keys``, then calls, errors, the exact cost and its currency."""
     return [
         {
             **{key: row[key] for key in keys},
-            "requests": row["requests"],
-            "errors": row["errors"],
-            "cost": format_micros(int(str(row["cost"]))),
-            "currency": row["currency"],
+            "requests": row.requests,
+            "errors": row.errors,
+            "cost": format_micros(row.cost),
+            "currency": row.currency,
         }
         for row in rows
     ]
@@ -377,7 +377,7 @@ def dashboard_report(ledger: Ledger, query: DashQuery, *, tz: ZoneInfo, now: dat
     filters = query.filters()
     everything = spend_report(ledger, window, ["tenant", "department", "model"], tz=tz)
     options = {
-        name: sorted({str(row[name]) for row in everything.rows})
+        name: sorted({row.label(name) for row in everything.rows})
         for name in ("tenant", "department", "model")
     }
     budgets = [

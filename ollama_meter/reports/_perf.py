@@ -23,24 +23,11 @@ from zoneinfo import ZoneInfo
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import GROUPS, Ledger, Metric, SpanFilter, from_us
 from ollama_meter.periods import Window, bucket_bounds
+from ollama_meter.reports._rows import PERF_FIGURES, PerfRow
 
 PERF_BY_CHOICES: tuple[str, ...] = GROUPS
 PERF_DEFAULT_BY: tuple[str, ...] = ("model", "department")
-PERF_METRICS: tuple[str, ...] = (
-    "requests",
-    "errors",
-    "error_rate",
-    "latency_p50_ms",
-    "latency_p95_ms",
-    "latency_p99_ms",
-    "ttft_p50_ms",
-    "ttft_p95_ms",
-    "tokens_per_s",
-    "cold_loads",
-    "cold_load_s",
-    "queue_p50_ms",
-    "queue_p95_ms",
-)
+PERF_METRICS: tuple[str, ...] = PERF_FIGURES
 
 WORST: dict[str, str] = {
     "latency_p95_ms": "max",
@@ -124,34 +111,35 @@ class _Group:
     cold_load_ns: int = 0
     bins: dict[Metric, dict[int, int]] = field(default_factory=dict)
 
-    def metrics(self) -> dict[str, object]:
+    def row(self, labels: tuple[tuple[str, str], ...]) -> PerfRow:
         def pct(metric: Metric, p: int) -> int | None:
             return histogram_percentile(self.bins.get(metric, {}), p)
 
         speed = pct(Metric.SPEED, 50)
-        return {
-            "requests": self.requests,
-            "errors": self.errors,
-            "error_rate": _fixed(Fraction(self.errors, self.requests), 4),
-            "latency_p50_ms": _ms(pct(Metric.LATENCY, 50)),
-            "latency_p95_ms": _ms(pct(Metric.LATENCY, 95)),
-            "latency_p99_ms": _ms(pct(Metric.LATENCY, 99)),
-            "ttft_p50_ms": _ms(pct(Metric.TTFT, 50)),
-            "ttft_p95_ms": _ms(pct(Metric.TTFT, 95)),
-            "tokens_per_s": None if speed is None else _fixed(Fraction(speed, 10**6), 1),
-            "cold_loads": self.cold_loads,
-            "cold_load_s": _fixed(Fraction(self.cold_load_ns, 10**9), 3),
-            "queue_p50_ms": _ms(pct(Metric.QUEUE, 50)),
-            "queue_p95_ms": _ms(pct(Metric.QUEUE, 95)),
-        }
+        return PerfRow(
+            labels,
+            requests=self.requests,
+            errors=self.errors,
+            error_rate=_fixed(Fraction(self.errors, self.requests), 4),
+            latency_p50_ms=_ms(pct(Metric.LATENCY, 50)),
+            latency_p95_ms=_ms(pct(Metric.LATENCY, 95)),
+            latency_p99_ms=_ms(pct(Metric.LATENCY, 99)),
+            ttft_p50_ms=_ms(pct(Metric.TTFT, 50)),
+            ttft_p95_ms=_ms(pct(Metric.TTFT, 95)),
+            tokens_per_s=None if speed is None else _fixed(Fraction(speed, 10**6), 1),
+            cold_loads=self.cold_loads,
+            cold_load_s=_fixed(Fraction(self.cold_load_ns, 10**9), 3),
+            queue_p50_ms=_ms(pct(Metric.QUEUE, 50)),
+            queue_p95_ms=_ms(pct(Metric.QUEUE, 95)),
+        )
 
 
 @dataclass
 class PerfReport:
     window: Window
     by: list[str]
-    rows: list[dict[str, object]] = field(default_factory=list)
-    """Dicts keyed by :attr:`columns`, ordered by the ``by`` values; None where no call had the value."""
+    rows: list[PerfRow] = field(default_factory=list)
+    """Ordered by the ``by`` values; a figure is None where no call had it."""
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -223,10 +211,8 @@ def perf_report(
             "their raw spans were pruned and this grouping needs them"
         )
     for group_keys in sorted(groups):
-        labels = list(group_keys[: len(by)])
+        labels = [str(key) for key in group_keys[: len(by)]]
         if unit:
             labels.append(bounds[group_keys[-1]][1])
-        row: dict[str, object] = dict(zip(columns, labels, strict=True))
-        row.update(groups[group_keys].metrics())
-        report.rows.append(row)
+        report.rows.append(groups[group_keys].row(tuple(zip(columns, labels, strict=True))))
     return report

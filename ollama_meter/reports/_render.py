@@ -1,5 +1,8 @@
 """Rendering report rows and spans as CSV and JSON: exact money as decimal strings.
 
+Money is told by its type (:class:`~ollama_meter.records.Micros`), never by a
+column's name: six decimals, as the ledger counts it.
+
 A span's JSON (:func:`span_to_dict`) is the ledger's export format, defined there.
 """
 
@@ -9,15 +12,14 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from ollama_meter.ledger import iso_utc, span_to_dict
-from ollama_meter.records import format_micros
+from ollama_meter.records import Micros, format_micros
 
-MONEY_KEYS = frozenset({"cost", "usage_cost", "fixed_cost_share", "total_cost"})
 # A line starting with one of these is a formula to a spreadsheet; so is one starting
 # after a line break inside a cell, which some read as a new row.
 _FORMULA_LINE = re.compile(r"(^|\r\n|\r|\n)(?=[=+\-@\t\r])")
@@ -38,10 +40,11 @@ class _Spreadsheet(csv.excel):
     lineterminator = "\r\n"
 
 
-def _cell(key: str, value: object) -> str:
+def cell_text(value: object) -> str:
+    """A value as CSV (and the HTML files' tables) show it."""
     if value is None:
         return ""
-    if key in MONEY_KEYS and isinstance(value, int):
+    if isinstance(value, Micros):
         return format_micros(value)
     if isinstance(value, Decimal):
         return f"{value:f}"
@@ -50,7 +53,7 @@ def _cell(key: str, value: object) -> str:
     return str(value)
 
 
-def to_csv(columns: Sequence[str], rows: Iterable[dict[str, object]]) -> str:
+def to_csv(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
     """RFC 4180 CSV with ``\\n`` line ends; the same rows always give the same bytes.
 
     A cell with a line break of any kind is quoted (the csv module quotes only the
@@ -66,12 +69,12 @@ def to_csv(columns: Sequence[str], rows: Iterable[dict[str, object]]) -> str:
         return buffer.getvalue()[:-2] + "\n"  # the row's own "\r\n", never one inside quotes
 
     lines = [line(columns)]
-    lines.extend(line([_cell(key, row.get(key)) for key in columns]) for row in rows)
+    lines.extend(line([cell_text(row.get(key)) for key in columns]) for row in rows)
     return "".join(lines)
 
 
-def _json_value(key: str, value: object) -> Any:
-    if key in MONEY_KEYS and isinstance(value, int):
+def _json_value(value: object) -> Any:
+    if isinstance(value, Micros):
         return format_micros(value)
     if isinstance(value, Decimal):
         return f"{value:f}"
@@ -80,9 +83,9 @@ def _json_value(key: str, value: object) -> Any:
     return value
 
 
-def to_json(columns: Sequence[str], rows: Iterable[dict[str, object]]) -> str:
+def to_json(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
     """A JSON list of objects with exactly ``columns`` as keys."""
-    data = [{key: _json_value(key, row.get(key)) for key in columns} for row in rows]
+    data = [{key: _json_value(row.get(key)) for key in columns} for row in rows]
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 

@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import GROUPS, Ledger, SpanFilter
 from ollama_meter.periods import TIME_UNITS, Window, bucket_bounds
+from ollama_meter.records import Micros
+from ollama_meter.reports._rows import SpendRow
 
 BY_CHOICES = (*GROUPS, *TIME_UNITS)
 METRICS = ("requests", "errors", "input_tokens", "output_tokens", "gpu_seconds", "cost", "currency")
@@ -37,48 +39,45 @@ def gpu_seconds(ns: int) -> Decimal:
 class SpendReport:
     window: Window
     by: list[str]
-    rows: list[dict[str, object]] = field(default_factory=list)
-    """``columns`` plus ``unpriced_requests`` (calls no price rule matched)."""
+    rows: list[SpendRow] = field(default_factory=list)
+    """One per group and currency; ``columns`` and ``unpriced_requests`` (no price rule matched)."""
     unpriced_requests: int = 0
 
     @property
     def columns(self) -> list[str]:
         return [*self.by, *METRICS]
 
-    def totals(self) -> list[dict[str, object]]:
+    def totals(self) -> list[SpendRow]:
         """One total row per currency (sums of different currencies are meaningless)."""
         return self.rollup([])
 
-    def rollup(self, by: Sequence[str]) -> list[dict[str, object]]:
+    def rollup(self, by: Sequence[str]) -> list[SpendRow]:
         """The rows summed down to ``by`` (some of this report's columns), per currency.
 
         Ordered by the ``by`` values, then currency; a subtotal never mixes currencies.
         """
-        sums: dict[tuple[str, ...], dict[str, object]] = {}
+        groups: dict[tuple[str, ...], list[SpendRow]] = {}
         for row in self.rows:
-            key = (*(str(row[name]) for name in by), str(row["currency"]))
-            total = sums.get(key)
-            if total is None:
-                total = sums[key] = {name: row[name] for name in by}
-                total.update(dict.fromkeys(_COUNTS, 0), gpu_seconds=Decimal(0))
-                total["currency"] = row["currency"]
-            for name in _COUNTS:
-                total[name] = _int(total[name]) + _int(row[name])
-            total["gpu_seconds"] = _decimal(total["gpu_seconds"]) + _decimal(row["gpu_seconds"])
-        return [sums[key] for key in sorted(sums)]
+            groups.setdefault((*(row.label(name) for name in by), row.currency), []).append(row)
+        return [
+            summed(tuple(zip(by, key[: len(by)], strict=True)), groups[key])
+            for key in sorted(groups)
+        ]
 
 
-_COUNTS = ("requests", "errors", "input_tokens", "output_tokens", "cost", "unpriced_requests")
-
-
-def _int(value: object) -> int:
-    assert isinstance(value, int)
-    return value
-
-
-def _decimal(value: object) -> Decimal:
-    assert isinstance(value, Decimal)
-    return value
+def summed(labels: tuple[tuple[str, str], ...], rows: Sequence[SpendRow]) -> SpendRow:
+    """``rows`` (one currency) added up into one row labelled ``labels``."""
+    return SpendRow(
+        labels,
+        requests=sum(r.requests for r in rows),
+        errors=sum(r.errors for r in rows),
+        input_tokens=sum(r.input_tokens for r in rows),
+        output_tokens=sum(r.output_tokens for r in rows),
+        gpu_seconds=sum((r.gpu_seconds for r in rows), Decimal(0)),
+        cost=sum((r.cost for r in rows), Micros(0)),
+        currency=rows[0].currency,
+        unpriced_requests=sum(r.unpriced_requests for r in rows),
+    )
 
 
 def spend_report(
@@ -105,14 +104,14 @@ def spend_report(
         values = dict(zip(group, agg.keys, strict=True))
         if unit:
             values[unit] = bounds[agg.bucket][1]
-        row: dict[str, object] = {name: values[name] for name in by}
-        row.update(
+        row = SpendRow(
+            tuple((name, values[name]) for name in by),
             requests=agg.requests,
             errors=agg.errors,
             input_tokens=agg.input_tokens,
             output_tokens=agg.output_tokens,
             gpu_seconds=gpu_seconds(agg.gpu_ns),
-            cost=agg.cost,
+            cost=Micros(agg.cost),
             currency=agg.currency,
             unpriced_requests=agg.unpriced_requests,
         )
