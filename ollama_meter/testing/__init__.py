@@ -2,10 +2,11 @@
 
 Owns the public face of the emulator: :class:`OllamaEmulator` (the server),
 :class:`EmulatedModel` and :data:`DEFAULT_MODELS` (what it has "pulled"),
-:class:`Fault` (run-time misbehaviour), and the pure helpers that say in advance
-what it will answer (:func:`expected_reply`, :func:`expected_counts`,
-:func:`expected_embedding`) or give an address where nothing answers
-(:func:`unreachable_url`, :func:`unused_port`).
+:class:`Fault` (run-time misbehaviour) with Ollama's own error texts
+(:data:`ERROR_500`, :data:`ERROR_503`, :data:`ERROR_MIDSTREAM`), and the pure
+helpers that say in advance what it will answer (:func:`expected_reply`,
+:func:`expected_counts`, :func:`expected_embedding`) or give an address where
+nothing answers (:func:`unreachable_url`, :func:`unused_port`).
 
 Typical use::
 
@@ -17,15 +18,9 @@ Typical use::
 Run ``python -m ollama_meter.testing`` to serve it in the foreground.
 """
 
-from ollama_meter.testing._emulator import (
-    HANG_LIMIT_S,
-    OLLAMA_VERSION,
-    Fault,
-    OllamaEmulator,
-    RecordedRequest,
-    unreachable_url,
-    unused_port,
-)
+from ollama_meter.testing._emulator import OllamaEmulator, unreachable_url, unused_port
+from ollama_meter.testing._faults import Fault
+from ollama_meter.testing._http import HANG_LIMIT_S
 from ollama_meter.testing._models import (
     DEFAULT_MODELS,
     OVERHEAD_NS,
@@ -36,9 +31,14 @@ from ollama_meter.testing._models import (
     expected_embedding,
     expected_reply,
 )
+from ollama_meter.testing._routes import RecordedRequest
+from ollama_meter.testing._wire import ERROR_500, ERROR_503, ERROR_MIDSTREAM, OLLAMA_VERSION
 
 __all__ = [
     "DEFAULT_MODELS",
+    "ERROR_500",
+    "ERROR_503",
+    "ERROR_MIDSTREAM",
     "HANG_LIMIT_S",
     "OLLAMA_VERSION",
     "OVERHEAD_NS",

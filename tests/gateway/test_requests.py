@@ -16,8 +16,7 @@ import openai
 import pytest
 
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.testing import Fault, OllamaEmulator
-from ollama_meter.testing._emulator import ERROR_500, ERROR_MIDSTREAM
+from ollama_meter.testing import ERROR_500, ERROR_MIDSTREAM, Fault, OllamaEmulator
 from tests.gateway.conftest import Gateway
 
 HI = [{"role": "user", "content": "hello"}]

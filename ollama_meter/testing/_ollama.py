@@ -1,0 +1,258 @@
+"""Ollama's native routes: ``/api/show``, ``/api/chat``, ``/api/generate``, ``/api/embed[dings]``.
+
+Field order, ``omitempty`` and error bodies follow Ollama's Go structs. Replies
+come from ``_models``; faults decide what is sent instead (``_faults``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ollama_meter.testing._faults import Armed, Fault, early
+from ollama_meter.testing._http import Handler
+from ollama_meter.testing._models import (
+    OVERHEAD_NS,
+    WARM_LOAD_NS,
+    EmulatedModel,
+    count_tokens,
+    expected_embedding,
+    find_model,
+    generate_texts,
+    message_texts,
+    reply_for_texts,
+)
+from ollama_meter.testing._wire import (
+    ERROR_MIDSTREAM,
+    Refusal,
+    context_tokens,
+    decode_body,
+    embed_inputs,
+    go_json,
+    keep_alive_zero,
+    model_field,
+    options,
+    rfc3339_nano,
+    unmarshal_error,
+)
+
+
+class OllamaRoutes(Handler):
+    def _ollama_error(self, status: int, message: str) -> None:
+        self._send_json(status, {"error": message})
+
+    def _show(self, raw: bytes) -> None:
+        try:
+            body = decode_body(raw, "api.ShowRequest")
+            name = body.get("model") or body.get("name")
+            if not isinstance(name, str) or not name:
+                raise Refusal(400, "model is required")
+            model = find_model(self.emulator.models, name)
+            if model is None:
+                raise Refusal(404, f"model '{name}' not found")
+        except Refusal as exc:
+            self._ollama_error(exc.status, exc.message)
+            return
+        self._send_json(200, self.emulator._show(model))
+
+    def _chat(self, raw: bytes) -> None:
+        try:
+            body = decode_body(raw, "api.ChatRequest")
+            name = model_field(body, "api.ChatRequest")
+            model = self._lookup(name)
+            if model.embedding:
+                raise Refusal(400, f"{json.dumps(name)} does not support chat")
+            messages = body.get("messages") or []
+            if not isinstance(messages, list):
+                raise Refusal(
+                    400, unmarshal_error(messages, "ChatRequest.messages", "[]api.Message")
+                )
+            for message in messages:
+                if not isinstance(message, dict):
+                    raise Refusal(
+                        400, unmarshal_error(message, "ChatRequest.messages", "api.Message")
+                    )
+            given = options(body)
+        except Refusal as exc:
+            self._ollama_error(exc.status, exc.message)
+            return
+        self._complete(
+            kind="chat",
+            name=name,
+            model=model,
+            texts=message_texts(messages),
+            options=given,
+            stream=body.get("stream") is not False,
+            load_only=not messages,
+            unload=keep_alive_zero(body),
+        )
+
+    def _generate(self, raw: bytes) -> None:
+        try:
+            body = decode_body(raw, "api.GenerateRequest")
+            name = model_field(body, "api.GenerateRequest")
+            model = self._lookup(name)
+            if model.embedding:
+                raise Refusal(400, f"{json.dumps(name)} does not support generate")
+            prompt = body.get("prompt") or ""
+            system = body.get("system") or None
+            if not isinstance(prompt, str):
+                raise Refusal(400, unmarshal_error(prompt, "GenerateRequest.prompt", "string"))
+            if system is not None and not isinstance(system, str):
+                raise Refusal(400, unmarshal_error(system, "GenerateRequest.system", "string"))
+            given = options(body)
+        except Refusal as exc:
+            self._ollama_error(exc.status, exc.message)
+            return
+        self._complete(
+            kind="generate",
+            name=name,
+            model=model,
+            texts=generate_texts(prompt, system),
+            options=given,
+            stream=body.get("stream") is not False,
+            load_only=not prompt,
+            unload=keep_alive_zero(body),
+            raw_mode=bool(body.get("raw")),
+        )
+
+    def _complete(
+        self,
+        *,
+        kind: str,
+        name: str,
+        model: EmulatedModel,
+        texts: list[str],
+        options: Mapping[str, Any] | None,
+        stream: bool,
+        load_only: bool,
+        unload: bool,
+        raw_mode: bool = False,
+    ) -> None:
+        emu = self.emulator
+        armed = emu._take_fault(model)
+        fault = armed.fault if armed else None
+        streaming = stream and not load_only
+        outcome = early(fault, generating=True, streaming=streaming)
+        if self.instead(outcome, self._ollama_error):
+            return
+
+        def envelope(piece: str | None) -> dict[str, Any]:
+            head: dict[str, Any] = {"model": name, "created_at": rfc3339_nano()}
+            if kind == "chat":
+                head["message"] = {"role": "assistant", "content": piece or ""}
+            else:
+                head["response"] = piece or ""
+            return head
+
+        if load_only:
+            if unload:
+                emu._unload(model)
+            else:
+                emu._warm(model)
+            done = envelope(None)
+            reason = "unload" if unload else "load"
+            if kind == "chat":
+                done.update({"done_reason": reason, "done": True})
+            else:
+                done.update({"done": True, "done_reason": reason})
+            self._send_json(200, done)
+            return
+
+        reply = reply_for_texts(model, texts, options)
+        cold = emu._warm(model)
+        final = envelope(None)
+        metrics = reply.metrics(cold=cold)
+        if fault is Fault.OMIT_COUNTS:
+            metrics.pop("prompt_eval_count", None)
+            metrics.pop("eval_count", None)
+        if kind == "chat":
+            final.update({"done_reason": reply.done_reason, "done": True})
+        else:
+            final.update({"done": True, "done_reason": reply.done_reason})
+            if not raw_mode:
+                final["context"] = context_tokens(texts, reply)
+        final.update(metrics)
+
+        if fault is Fault.ERROR_DONE:
+            final = envelope(None)
+            final.update({"done": True, "done_reason": "error", "error": ERROR_MIDSTREAM})
+        if not streaming:
+            self._pause(emu.latency + emu.token_latency * reply.output_tokens)
+            final["created_at"] = rfc3339_nano()
+            if fault is not Fault.ERROR_DONE:
+                if kind == "chat":
+                    final["message"]["content"] = reply.content
+                else:
+                    final["response"] = reply.content
+            self._send_json(200, final)
+            return
+
+        def ending() -> list[bytes]:
+            final["created_at"] = rfc3339_nano()
+            return [go_json(final) + b"\n"]
+
+        self.stream(
+            "application/x-ndjson",
+            reply.pieces,
+            lambda piece: go_json({**envelope(piece), "done": False}) + b"\n",
+            limit=armed.cut_after if armed else None,
+            cut=fault,
+            error=go_json({"error": ERROR_MIDSTREAM}) + b"\n",
+            ending=ending,
+        )
+
+    def _embed_request(
+        self, raw: bytes, key: str, go_type: str
+    ) -> tuple[str, EmulatedModel, list[str], Armed | None] | None:
+        """The request's model and inputs and the fault it takes; None when already answered."""
+        try:
+            body = decode_body(raw, go_type)
+            inputs = embed_inputs(body, key)
+            name = model_field(body, go_type)
+            model = self._lookup(name)
+        except Refusal as exc:
+            self._ollama_error(exc.status, exc.message)
+            return None
+        armed = self.emulator._take_fault(model)
+        fault = armed.fault if armed else None
+        outcome = early(fault, generating=False, streaming=False)
+        if self.instead(outcome, self._ollama_error):
+            return None
+        return name, model, inputs, armed
+
+    def _embed(self, raw: bytes) -> None:
+        request = self._embed_request(raw, "input", "api.EmbedRequest")
+        if request is None:
+            return
+        name, model, inputs, armed = request
+        self._pause(self.emulator.latency)
+        cold = self.emulator._warm(model)
+        out: dict[str, Any] = {"model": name}
+        if not inputs:
+            self._send_json(200, out)
+            return
+        tokens = sum(count_tokens(text) for text in inputs)
+        load = model.load_ns if cold else WARM_LOAD_NS
+        prompt_ns = tokens * model.prompt_ns_per_token
+        out["embeddings"] = [
+            expected_embedding(model, text, models=self.emulator.models) for text in inputs
+        ]
+        metrics = {
+            "total_duration": load + prompt_ns + OVERHEAD_NS,
+            "load_duration": load,
+            "prompt_eval_count": 0 if armed and armed.fault is Fault.OMIT_COUNTS else tokens,
+        }
+        out.update({k: v for k, v in metrics.items() if v})
+        self._send_json(200, out)
+
+    def _embeddings(self, raw: bytes) -> None:
+        request = self._embed_request(raw, "prompt", "api.EmbeddingRequest")
+        if request is None:
+            return
+        _, model, inputs, _ = request
+        self._pause(self.emulator.latency)
+        self.emulator._warm(model)
+        vector = expected_embedding(model, inputs[0], models=self.emulator.models) if inputs else []
+        self._send_json(200, {"embedding": vector})

@@ -1,0 +1,200 @@
+"""Ollama's OpenAI-compatible routes: chat and text completions, and embeddings, under ``/v1``.
+
+The shapes Ollama's OpenAI layer writes (chunk field order, ``system_fingerprint``,
+SSE framing with ``data: [DONE]``, the usage chunk when asked), and its errors
+as OpenAI error objects.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ollama_meter.testing._faults import Fault, early
+from ollama_meter.testing._http import Handler
+from ollama_meter.testing._models import count_tokens, expected_embedding, reply_for_texts
+from ollama_meter.testing._wire import (
+    ERROR_MIDSTREAM,
+    Refusal,
+    decode_body,
+    embed_inputs,
+    go_json,
+    model_field,
+    openai_texts,
+)
+
+
+def _event(obj: object) -> bytes:
+    return b"data: " + go_json(obj) + b"\n\n"
+
+
+class OpenAIRoutes(Handler):
+    def _openai_error(self, status: int, message: str) -> None:
+        kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+        self._send_json(
+            status,
+            {"error": {"message": message, "type": kind, "param": None, "code": None}},
+            newline=True,
+        )
+
+    def _openai_chat(self, raw: bytes) -> None:
+        self._openai_generation(raw, chat=True)
+
+    def _openai_completions(self, raw: bytes) -> None:
+        self._openai_generation(raw, chat=False)
+
+    def _openai_generation(self, raw: bytes, *, chat: bool) -> None:
+        """``/v1/chat/completions`` (``chat``) or ``/v1/completions``: same flow, two shapes."""
+        emu = self.emulator
+        go_type = "openai.ChatCompletionRequest" if chat else "openai.CompletionRequest"
+        try:
+            body = decode_body(raw, go_type)
+            if chat:
+                messages = body.get("messages") or []
+                if not isinstance(messages, list) or not messages:
+                    raise Refusal(400, "[] is too short - 'messages'")
+                texts = openai_texts(messages)
+            else:
+                prompt = body.get("prompt", "")
+                if not isinstance(prompt, str):
+                    raise Refusal(400, "prompt must be a string")
+                texts = [prompt]
+            name = model_field(body, go_type)
+            model = self._lookup(name)
+            if model.embedding:
+                what = "chat" if chat else "generate"
+                raise Refusal(400, f"{json.dumps(name)} does not support {what}")
+            options: dict[str, Any] = {}
+            max_tokens = body.get("max_tokens")
+            if isinstance(max_tokens, int | float) and not isinstance(max_tokens, bool):
+                options["num_predict"] = int(max_tokens)
+        except Refusal as exc:
+            self._openai_error(exc.status, exc.message)
+            return
+        stream = body.get("stream") is True
+        stream_options = body.get("stream_options")
+        include_usage = (
+            isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        )
+
+        armed = emu._take_fault(model)
+        fault = armed.fault if armed else None
+        if fault is Fault.ERROR_DONE:  # no such ending on /v1: a mid-stream error stands in
+            fault = Fault.MIDSTREAM_ERROR
+        outcome = early(fault, generating=True, streaming=stream)
+        if self.instead(outcome, self._openai_error):
+            return
+
+        reply = reply_for_texts(model, texts, options)
+        emu._warm(model)
+        counted = fault is not Fault.OMIT_COUNTS
+        prompt_tokens = reply.prompt_tokens if counted else 0
+        output_tokens = reply.output_tokens if counted else 0
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": output_tokens,
+            "total_tokens": prompt_tokens + output_tokens,
+        }
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{emu._next_completion_id()}"
+        created = int(time.time())
+
+        def choice(content: str, finish: str | None, key: str) -> dict[str, Any]:
+            if not chat:
+                return {"text": content, "index": 0, "finish_reason": finish}
+            message = {"role": "assistant", "content": content}
+            return {"index": 0, key: message, "finish_reason": finish}
+
+        if not stream:
+            self._pause(emu.latency + emu.token_latency * reply.output_tokens)
+            completion = {
+                "id": ident,
+                "object": "chat.completion" if chat else "text_completion",
+                "created": created,
+                "model": name,
+                "system_fingerprint": "fp_ollama",
+                "choices": [choice(reply.content, reply.done_reason, "message")],
+                "usage": usage,
+            }
+            if fault is Fault.NO_USAGE:
+                del completion["usage"]
+            self._send_json(200, completion, newline=True)
+            return
+
+        def chunk(content: str, finish: str | None) -> dict[str, Any]:
+            if not chat:  # Ollama's CompletionChunk puts choices before model
+                return {
+                    "id": ident,
+                    "object": "text_completion",
+                    "created": created,
+                    "choices": [choice(content, finish, "delta")],
+                    "model": name,
+                    "system_fingerprint": "fp_ollama",
+                }
+            return {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": name,
+                "system_fingerprint": "fp_ollama",
+                "choices": [choice(content, finish, "delta")],
+            }
+
+        def ending() -> list[bytes]:
+            last = chunk("", reply.done_reason)
+            chunks = [_event(last)]
+            if include_usage and fault is not Fault.NO_USAGE:
+                last["choices"] = []
+                last["usage"] = usage
+                chunks.append(_event(last))
+            return [*chunks, b"data: [DONE]\n\n"]
+
+        error = {"message": ERROR_MIDSTREAM, "type": "api_error", "param": None, "code": None}
+        self.stream(
+            "text/event-stream",
+            reply.pieces,
+            lambda piece: _event(chunk(piece, None)),
+            limit=armed.cut_after if armed else None,
+            cut=fault,
+            error=_event({"error": error}),
+            ending=ending,
+        )
+
+    def _openai_embeddings(self, raw: bytes) -> None:
+        try:
+            body = decode_body(raw, "openai.EmbedRequest")
+            value = body.get("input")
+            if value == "" or value is None or value == []:
+                raise Refusal(400, "invalid input")
+            inputs = embed_inputs(body, "input")
+            name = model_field(body, "openai.EmbedRequest")
+            model = self._lookup(name)
+        except Refusal as exc:
+            self._openai_error(exc.status, exc.message)
+            return
+        armed = self.emulator._take_fault(model)
+        fault = armed.fault if armed else None
+        outcome = early(fault, generating=False, streaming=False)
+        if self.instead(outcome, self._openai_error):
+            return
+        self._pause(self.emulator.latency)
+        self.emulator._warm(model)
+        tokens = 0 if fault is Fault.OMIT_COUNTS else sum(count_tokens(t) for t in inputs)
+        data = [
+            {
+                "object": "embedding",
+                "embedding": expected_embedding(model, text, models=self.emulator.models),
+                "index": index,
+            }
+            for index, text in enumerate(inputs)
+        ]
+        self._send_json(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
+            newline=True,
+        )

@@ -1,0 +1,93 @@
+"""Routing: which method and path each request goes to, and the record of every request.
+
+Paths Ollama knows answer 405 for a method they do not take; unknown paths 404,
+as Go's mux does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ollama_meter.testing._ollama import OllamaRoutes
+from ollama_meter.testing._openai import OpenAIRoutes
+from ollama_meter.testing._wire import OLLAMA_VERSION
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the emulator received it.
+
+    ``body`` is the parsed JSON (None when absent or not JSON); ``headers`` has
+    lower-cased names.
+    """
+
+    method: str
+    path: str
+    query: str
+    body: Any
+    headers: dict[str, str]
+
+
+class RoutingHandler(OllamaRoutes, OpenAIRoutes):
+    _GET_PATHS: ClassVar[set[str]] = {"/", "/api/version", "/api/tags", "/api/ps", "/v1/models"}
+    _HEAD_PATHS: ClassVar[set[str]] = {"/", "/api/version", "/api/tags"}
+    _POST_PATHS: ClassVar[set[str]] = {
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/api/embeddings",
+        "/api/show",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+    }
+
+    def _dispatch(self, method: str) -> None:
+        path, _, query = self.path.partition("?")
+        raw = self._read_body()
+        parsed: Any = None
+        if raw.strip():
+            with contextlib.suppress(ValueError):
+                parsed = json.loads(raw)
+        self.emulator._record(
+            RecordedRequest(
+                method=method,
+                path=path,
+                query=query,
+                body=parsed,
+                headers={k.lower(): v for k, v in self.headers.items()},
+            )
+        )
+        routes: dict[tuple[str, str], Callable[[bytes], None]] = {
+            ("GET", "/"): lambda _: self._send_text(200, "Ollama is running"),
+            ("HEAD", "/"): lambda _: self._send_text(200, "Ollama is running"),
+            ("GET", "/api/version"): lambda _: self._send_json(200, {"version": OLLAMA_VERSION}),
+            ("HEAD", "/api/version"): lambda _: self._send_json(200, {"version": OLLAMA_VERSION}),
+            ("GET", "/api/tags"): lambda _: self._send_json(200, self.emulator._tags()),
+            ("HEAD", "/api/tags"): lambda _: self._send_json(200, self.emulator._tags()),
+            ("GET", "/api/ps"): lambda _: self._send_json(200, self.emulator._ps()),
+            ("GET", "/v1/models"): lambda _: self._send_json(
+                200, self.emulator._openai_models(), newline=True
+            ),
+            ("POST", "/api/show"): self._show,
+            ("POST", "/api/chat"): self._chat,
+            ("POST", "/api/generate"): self._generate,
+            ("POST", "/api/embed"): self._embed,
+            ("POST", "/api/embeddings"): self._embeddings,
+            ("POST", "/v1/chat/completions"): self._openai_chat,
+            ("POST", "/v1/completions"): self._openai_completions,
+            ("POST", "/v1/embeddings"): self._openai_embeddings,
+        }
+        # HEAD answers carry GET's headers but never a body.
+        self._head = method == "HEAD"
+        handler = routes.get((method, path))
+        if handler is not None:
+            handler(raw)
+        elif path in self._GET_PATHS | self._HEAD_PATHS | self._POST_PATHS:
+            self._send_text(405, "405 method not allowed")
+        else:
+            self._send_text(404, "404 page not found")

@@ -1,0 +1,191 @@
+"""Ollama's wire, byte for byte: Go's JSON and time encoding, and Go's words for bad requests.
+
+Ollama is written in Go, so its JSON is compact and HTML-escaped, its times are
+RFC 3339 with trimmed nanoseconds, and a request it cannot decode gets the Go
+decoder's own message. Everything here is a pure function of its input; the
+routes (``_ollama``, ``_openai``) build their answers from it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ollama_meter.testing._models import EmulatedModel, ExpectedReply
+
+OLLAMA_VERSION = "0.11.10"
+"""What /api/version reports."""
+
+# Ollama's own words for the faults it can really produce.
+ERROR_500 = "llama runner process has terminated: exit status 2"
+ERROR_503 = "server busy, please try again.  maximum pending requests exceeded"
+ERROR_MIDSTREAM = "an error was encountered while running the model: unexpected EOF"
+
+_MODIFIED_AT = datetime(2025, 1, 15, 9, 30, 0, tzinfo=UTC)
+
+
+class Refusal(Exception):
+    """A request Ollama would answer with an error status and ``message``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def go_json(obj: object) -> bytes:
+    """``obj`` encoded as Go's ``json.Marshal`` does: compact, UTF-8, HTML-escaped."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    # These characters can only occur inside JSON strings, so a plain replace is safe.
+    for raw, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
+        text = text.replace(raw, escaped)
+    return text.encode("utf-8", "replace")
+
+
+def rfc3339_nano(ns: int | None = None) -> str:
+    """A UTC timestamp as Go's ``time.Time`` marshals it (RFC 3339, nanoseconds trimmed)."""
+    if ns is None:
+        ns = time.time_ns()
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    digits = f"{fraction:09d}".rstrip("0")
+    return f"{stamp}.{digits}Z" if digits else f"{stamp}Z"
+
+
+def stamp(moment: datetime) -> str:
+    return rfc3339_nano(int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000)
+
+
+def go_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null"
+
+
+def decode_body(raw: bytes, go_type: str) -> dict[str, Any]:
+    """The JSON object in ``raw``, or the 400 Ollama's Go decoder would give."""
+    if not raw.strip():
+        raise Refusal(400, "missing request body")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(exc.doc.rstrip()):
+            raise Refusal(400, "unexpected EOF") from None
+        char = exc.doc[exc.pos]
+        raise Refusal(400, f"invalid character {char!r} looking for beginning of value") from None
+    except UnicodeDecodeError:
+        raise Refusal(400, "invalid character looking for beginning of value") from None
+    if not isinstance(value, dict):
+        raise Refusal(
+            400, f"json: cannot unmarshal {go_kind(value)} into Go value of type {go_type}"
+        )
+    return value
+
+
+def unmarshal_error(value: object, go_field: str, go_type: str) -> str:
+    return (
+        f"json: cannot unmarshal {go_kind(value)} into Go struct field {go_field} of type {go_type}"
+    )
+
+
+def model_field(body: Mapping[str, Any], go_type: str) -> str:
+    name = body.get("model")
+    if name is None or name == "":
+        raise Refusal(400, "model is required")
+    if not isinstance(name, str):
+        raise Refusal(400, unmarshal_error(name, f"{go_type.rpartition('.')[2]}.model", "string"))
+    return name
+
+
+def not_found(name: str) -> Refusal:
+    # Go's %q: double quotes, with backslash escapes.
+    return Refusal(404, f"model {json.dumps(name)} not found, try pulling it first")
+
+
+def details(model: EmulatedModel) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": model.family,
+        "families": [model.family],
+        "parameter_size": model.parameter_size,
+        "quantization_level": model.quantization_level,
+    }
+
+
+def modified_at(index: int) -> datetime:
+    return _MODIFIED_AT - timedelta(days=index)
+
+
+def options(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    options = body.get("options")
+    if options is None:
+        return None
+    if not isinstance(options, dict):
+        raise Refusal(400, unmarshal_error(options, "options", "map[string]interface {}"))
+    value = options.get("num_predict")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise Refusal(500, 'option "num_predict" must be of type integer')
+    return options
+
+
+def embed_inputs(body: Mapping[str, Any], key: str) -> list[str]:
+    """The texts to embed: ``body[key]``, one string or a list of them."""
+    value = body.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise Refusal(400, "invalid input type")
+
+
+def keep_alive_zero(body: Mapping[str, Any]) -> bool:
+    value = body.get("keep_alive")
+    return value is not None and not isinstance(value, bool) and value in (0, "0", "0s", "0m")
+
+
+def openai_texts(messages: Sequence[Any]) -> list[str]:
+    """Message texts the way Ollama's OpenAI layer splits them: one per text part."""
+    texts: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise Refusal(400, "invalid message format")
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict):
+                    raise Refusal(400, "invalid message format")
+                if part.get("type") == "text" and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+        elif content is None and message.get("tool_calls"):
+            texts.append("")
+        else:
+            raise Refusal(400, f"invalid message content type: {go_kind(content)}")
+    return texts
+
+
+def context_tokens(texts: Sequence[str], reply: ExpectedReply) -> list[int]:
+    """A stand-in for the token ids Ollama returns as ``context`` on generate."""
+    words = [w for text in texts for w in text.split()] + [p.strip() for p in reply.pieces]
+    return [1 + sum(word.encode()) % 128_000 for word in words]
