@@ -16,11 +16,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from sqlalchemy import select
 
 from ollama_meter._names import MAX_USER, name_problem
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span
+from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span, select_spans
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.records import SpanRecord, format_micros
 
@@ -96,7 +95,7 @@ def export_lines(
     """
     where = SpanFilter(since=since, until=until)
     order = SpanRow.id if since is None and until is None else SpanRow.started_at
-    query = select(SpanRow).where(*where.clauses()).order_by(order)
+    query = select_spans().where(*where.clauses()).order_by(order)
     with ledger.read() as conn:
         result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
         for row in result:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, literal, select
+from sqlalchemy import Connection, delete, func, insert, literal, or_, select
 
 from ollama_meter.ledger._cells import (
     BIN_COLUMNS,
@@ -36,7 +36,7 @@ from ollama_meter.ledger._rollup import (
     pruned_before,
     set_meta,
 )
-from ollama_meter.ledger._spans import row_to_span
+from ollama_meter.ledger._spans import row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 
@@ -140,8 +140,11 @@ def _rebuild_day(conn: Connection, day: int) -> int:
     conn.execute(delete(BUSY).where(BUSY.c.start >= start_s, BUSY.c.start < end_s))
     delta = RollupDelta()
     count = 0
-    query = select(SpanRow).where(
-        SpanRow.started_at >= from_us(day - DAY_US), SpanRow.started_at < from_us(day + DAY_US)
+    # Today's spans, and yesterday's that were still busy after midnight.
+    query = select_spans().where(
+        SpanRow.started_at >= from_us(day - DAY_US),
+        SpanRow.started_at < from_us(day + DAY_US),
+        or_(SpanRow.started_at >= from_us(day), SpanRow.ended_at > from_us(day)),
     )
     for row in conn.execute(query):
         span = row_to_span(row)

@@ -64,6 +64,8 @@ from ollama_meter.records import SpanRecord
 ROLLUPS: Table = RollupRow.__table__  # type: ignore[assignment]
 HISTOGRAMS: Table = ROLLUP_HISTOGRAMS
 BUSY: Table = RollupBusyRow.__table__  # type: ignore[assignment]
+BUSY_CHUNK = 250
+"""Minutes of busy time read per query (well under SQLite's limit on parameters)."""
 META: Table = LedgerMetaRow.__table__  # type: ignore[assignment]
 
 
@@ -189,15 +191,37 @@ def _write_busy(
     changed = [key for key in keys if busy[key]]
     if not changed:
         return
+    stored = _stored_busy(conn, statements, changed)
     updates = []
-    for start, host in changed:  # a call touches one or two quarters: one lookup each
+    for start, host in changed:
         seconds = start // 10**6
-        stored = conn.exec_driver_sql(statements.busy_select.sql, (seconds, host)).scalar_one()
-        merged = merge_intervals([*parse_intervals(stored), *busy[(start, host)]])
+        merged = merge_intervals([*parse_intervals(stored[(seconds, host)]), *busy[(start, host)]])
         updates.append(
             (format_intervals(merged), sum(end - begin for begin, end in merged), seconds, host)
         )
     conn.exec_driver_sql(statements.busy_update.sql, updates)
+
+
+def _stored_busy(
+    conn: Connection, statements: _Statements, keys: Sequence[tuple[int, str]]
+) -> dict[tuple[int, str], str]:
+    """The stored intervals of ``keys`` (sorted), a few hundred minutes per query.
+
+    On PostgreSQL the rows are locked in key order (ORDER BY under FOR UPDATE), so
+    concurrent writers of the same minutes wait for each other and never deadlock.
+    """
+    wanted = set(keys)
+    minutes = sorted({start // 10**6 for start, _ in keys})
+    stored: dict[tuple[int, str], str] = {}
+    for at in range(0, len(minutes), BUSY_CHUNK):
+        chunk = minutes[at : at + BUSY_CHUNK]
+        chunk += [chunk[-1]] * (BUSY_CHUNK - len(chunk))  # one compiled statement for all
+        for start, host, intervals in conn.exec_driver_sql(
+            statements.busy_select.sql, tuple(chunk)
+        ):
+            if (start * 10**6, host) in wanted:
+                stored[(start, host)] = intervals
+    return stored
 
 
 # -- statements compiled once per dialect ------------------------------------------------
@@ -263,13 +287,18 @@ class _Statements:
         self.busy_update = _DriverSQL(
             _positional(changed, dialect, ["b_intervals", "b_busy", "b_start", "b_host"])
         )
-        stored = select(BUSY.c.intervals).where(
-            BUSY.c.start == bindparam("b_start"), BUSY.c.host == bindparam("b_host")
+        minutes: list[Any] = [bindparam(f"b_{i}") for i in range(BUSY_CHUNK)]
+        stored = (
+            select(BUSY.c.start, BUSY.c.host, BUSY.c.intervals)
+            .where(BUSY.c.start.in_(minutes))
+            .order_by(BUSY.c.start, BUSY.c.host)
         )
         if dialect.name == "postgresql":
-            # Lock the row: a concurrent writer of the same quarter waits, then sees ours.
+            # Lock the rows: a concurrent writer of the same minutes waits, then sees ours.
             stored = stored.with_for_update()
-        self.busy_select = _DriverSQL(_positional(stored, dialect, ["b_start", "b_host"]))
+        self.busy_select = _DriverSQL(
+            _positional(stored, dialect, [f"b_{i}" for i in range(BUSY_CHUNK)])
+        )
 
 
 _STATEMENTS: dict[tuple[str, str, str], _Statements] = {}

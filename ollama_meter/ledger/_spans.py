@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table, bindparam, select, update
+from sqlalchemy import Connection, Dialect, Select, Table, bindparam, select, update
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _rollup
@@ -147,14 +147,19 @@ def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanReco
     return added
 
 
+_COLUMNS = tuple(
+    getattr(SpanRow, name) for name in SpanRecord.__dataclass_fields__ if name != "attributes"
+)
+
+
+def select_spans() -> Select[Any]:
+    """A query for whole spans, columns in :class:`SpanRecord`'s field order."""
+    return select(*_COLUMNS)
+
+
 def row_to_span(row: Any) -> SpanRecord:
-    return SpanRecord(
-        **{
-            name: getattr(row, name)
-            for name in SpanRecord.__dataclass_fields__
-            if name != "attributes"
-        }
-    )
+    """The span a :func:`select_spans` row holds (built by position: no lookups by name)."""
+    return SpanRecord(*row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,17 +201,14 @@ class SpanFilter:
 
 def latest_spans(conn: Connection, where: SpanFilter, limit: int) -> list[SpanRecord]:
     """Newest first. Ids are ULIDs, so the primary key orders by start time."""
-    query = select(SpanRow).where(*where.clauses()).order_by(SpanRow.id.desc()).limit(limit)
+    query = select_spans().where(*where.clauses()).order_by(SpanRow.id.desc()).limit(limit)
     return [row_to_span(row) for row in conn.execute(query)]
 
 
 def page_after(conn: Connection, where: SpanFilter, after: str, limit: int) -> list[SpanRecord]:
     """The next ``limit`` matching spans with ids above ``after``: keyset paging over the ledger."""
     query = (
-        select(SpanRow)
-        .where(*where.clauses(), SpanRow.id > after)
-        .order_by(SpanRow.id)
-        .limit(limit)
+        select_spans().where(*where.clauses(), SpanRow.id > after).order_by(SpanRow.id).limit(limit)
     )
     return [row_to_span(row) for row in conn.execute(query)]
 
@@ -216,7 +218,7 @@ def update_costs(conn: Connection, spans: Sequence[SpanRecord]) -> None:
     if not spans:
         return
     ids = [s.id for s in spans]
-    query = select(SpanRow).where(SpanRow.id.in_(ids)).order_by(SpanRow.id)
+    query = select_spans().where(SpanRow.id.in_(ids)).order_by(SpanRow.id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
     before = [row_to_span(row) for row in conn.execute(query)]

@@ -39,7 +39,7 @@ from ollama_meter.ledger._plan import (
 )
 from ollama_meter.ledger._rollup import BUSY as BUSY_TABLE
 from ollama_meter.ledger._rollup import HISTOGRAMS, pruned_before
-from ollama_meter.ledger._spans import SpanFilter, row_to_span
+from ollama_meter.ledger._spans import SpanFilter, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 
@@ -207,7 +207,7 @@ def busy_union(
 
 
 def _raw_busy(conn: Connection, lo: int, hi: int) -> tuple[int, int]:
-    query = select(SpanRow).where(
+    query = select_spans().where(
         SpanRow.started_at >= from_us(lo - DAY_US), SpanRow.started_at < from_us(hi)
     )
     per_host: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)

@@ -345,3 +345,35 @@ def test_cells_follow_the_calendar() -> None:
     assert from_us(floor_cell(Grain.QUARTER, nov + 16 * 60 * 10**6)) == datetime(
         2026, 11, 1, 0, 15, tzinfo=UTC
     )
+
+
+def test_busy_time_of_a_batch_wider_than_one_read_is_the_raw_busy_time(ledger: Ledger) -> None:
+    """Busy minutes are read back a few hundred at a time: a batch that spans many reads,
+    written twice over (the second batch overlaps every minute of the first) stays exact."""
+    start = datetime(2026, 11, 2, tzinfo=UTC)
+
+    def call(minute: int, host: str, shift: int) -> SpanRecord:
+        began = start + timedelta(minutes=minute, seconds=shift)
+        return make_span(
+            started_at=began,
+            ended_at=began + timedelta(seconds=90),
+            upstream_host=host,
+            prompt_eval_duration_ns=30_000 * MS,
+            eval_duration_ns=60_000 * MS,
+            currency="USD",
+        )
+
+    hosts = ["http://gpu1:11434", "http://gpu2:11434"]
+    _fill(
+        ledger,
+        [
+            [call(2 * i, hosts[i % 2], 0) for i in range(700)],
+            [call(2 * i, hosts[i % 2], 45) for i in range(700)],
+        ],
+    )
+    options = {"tz": ZoneInfo("UTC"), "now": NOW, "currency": "USD", "gpus": 2}
+    result = chargeback(ledger, "2026-11", fixed_cost=Decimal("100"), **options)  # type: ignore[arg-type]
+    with raw_spans():
+        expected = chargeback(ledger, "2026-11", fixed_cost=Decimal("100"), **options)  # type: ignore[arg-type]
+    assert result.busy_ns == expected.busy_ns == 700 * 135 * 10**9  # 90 s and 90 s, 45 s apart
+    assert result.rows == expected.rows
