@@ -64,8 +64,9 @@ from ollama_meter.records import SpanRecord
 ROLLUPS: Table = RollupRow.__table__  # type: ignore[assignment]
 HISTOGRAMS: Table = ROLLUP_HISTOGRAMS
 BUSY: Table = RollupBusyRow.__table__  # type: ignore[assignment]
-BUSY_CHUNK = 250
-"""Minutes of busy time read per query (well under SQLite's limit on parameters)."""
+BUSY_READS = (2, 16, 250)
+"""Minutes of busy time read per query: a call touches one or two, an import hundreds
+(the largest stays well under SQLite's limit on parameters)."""
 META: Table = LedgerMetaRow.__table__  # type: ignore[assignment]
 
 
@@ -213,12 +214,12 @@ def _stored_busy(
     wanted = set(keys)
     minutes = sorted({start // 10**6 for start, _ in keys})
     stored: dict[tuple[int, str], str] = {}
-    for at in range(0, len(minutes), BUSY_CHUNK):
-        chunk = minutes[at : at + BUSY_CHUNK]
-        chunk += [chunk[-1]] * (BUSY_CHUNK - len(chunk))  # one compiled statement for all
-        for start, host, intervals in conn.exec_driver_sql(
-            statements.busy_select.sql, tuple(chunk)
-        ):
+    for at in range(0, len(minutes), BUSY_READS[-1]):
+        chunk = minutes[at : at + BUSY_READS[-1]]
+        size = next(size for size in BUSY_READS if size >= len(chunk))
+        chunk += [chunk[-1]] * (size - len(chunk))  # a few compiled statements serve all
+        rows = conn.exec_driver_sql(statements.busy_select[size].sql, tuple(chunk))
+        for start, host, intervals in rows:
             if (start * 10**6, host) in wanted:
                 stored[(start, host)] = intervals
     return stored
@@ -287,18 +288,21 @@ class _Statements:
         self.busy_update = _DriverSQL(
             _positional(changed, dialect, ["b_intervals", "b_busy", "b_start", "b_host"])
         )
-        minutes: list[Any] = [bindparam(f"b_{i}") for i in range(BUSY_CHUNK)]
-        stored = (
-            select(BUSY.c.start, BUSY.c.host, BUSY.c.intervals)
-            .where(BUSY.c.start.in_(minutes))
-            .order_by(BUSY.c.start, BUSY.c.host)
-        )
-        if dialect.name == "postgresql":
-            # Lock the rows: a concurrent writer of the same minutes waits, then sees ours.
-            stored = stored.with_for_update()
-        self.busy_select = _DriverSQL(
-            _positional(stored, dialect, [f"b_{i}" for i in range(BUSY_CHUNK)])
-        )
+        self.busy_select = {size: _busy_select(dialect, size) for size in BUSY_READS}
+
+
+def _busy_select(dialect: Dialect, size: int) -> _DriverSQL:
+    """Stored busy rows of ``size`` minutes, in key order."""
+    names = [f"b_{i}" for i in range(size)]
+    stored = (
+        select(BUSY.c.start, BUSY.c.host, BUSY.c.intervals)
+        .where(BUSY.c.start.in_([bindparam(name) for name in names]))
+        .order_by(BUSY.c.start, BUSY.c.host)
+    )
+    if dialect.name == "postgresql":
+        # Lock the rows: a concurrent writer of the same minutes waits, then sees ours.
+        stored = stored.with_for_update()
+    return _DriverSQL(_positional(stored, dialect, names))
 
 
 _STATEMENTS: dict[tuple[str, str, str], _Statements] = {}
