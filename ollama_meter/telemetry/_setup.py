@@ -15,7 +15,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -24,27 +23,16 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
     PeriodicExportingMetricReader,
 )
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.util.re import parse_env_headers
 
 from ollama_meter._version import __version__
 from ollama_meter.config import Settings
-from ollama_meter.telemetry import _semconv as sc
 from ollama_meter.telemetry._observer import TelemetryObserver
 
 log = logging.getLogger("ollama_meter.telemetry")
-
-
-def parse_headers(text: str | None) -> dict[str, str]:
-    """``OTEL_EXPORTER_OTLP_HEADERS``: ``key=value,key2=value2`` with URL-encoded values."""
-    headers: dict[str, str] = {}
-    for pair in (text or "").split(","):
-        key, sep, value = pair.partition("=")
-        if sep and key.strip():
-            headers[key.strip().lower()] = unquote(value.strip())
-    return headers
 
 
 class _Watched(SpanExporter):
@@ -101,7 +89,7 @@ def _span_exporters(settings: Settings) -> list[_Watched]:
     timeout = settings.export_timeout
     exporters: list[_Watched] = []
     traces = settings.otlp_traces_endpoint or settings.otlp_endpoint
-    headers = parse_headers(settings.otlp_headers)
+    headers = dict(parse_env_headers(settings.otlp_headers or "", liberal=True))
     if traces:
         if settings.otlp_protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
@@ -162,7 +150,7 @@ def _metric_exporter(settings: Settings) -> _WatchedMetrics | None:
     endpoint = settings.otlp_metrics_endpoint or settings.otlp_endpoint
     if not endpoint:
         return None
-    headers = parse_headers(settings.otlp_headers)
+    headers = dict(parse_env_headers(settings.otlp_headers or "", liberal=True))
     timeout = settings.export_timeout
     if settings.otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
@@ -201,28 +189,12 @@ class Telemetry:
         self.metric_exporter = _metric_exporter(settings)
         self.meter_provider: MeterProvider | None = None
         if self.metric_exporter is not None:
-            views = [
-                View(
-                    instrument_name=sc.METRIC_TOKEN_USAGE,
-                    aggregation=ExplicitBucketHistogramAggregation(sc.TOKEN_BUCKETS),
-                ),
-                View(
-                    instrument_name=sc.METRIC_OPERATION_DURATION,
-                    aggregation=ExplicitBucketHistogramAggregation(sc.DURATION_BUCKETS),
-                ),
-                View(
-                    instrument_name=sc.METRIC_TIME_TO_FIRST_CHUNK,
-                    aggregation=ExplicitBucketHistogramAggregation(sc.DURATION_BUCKETS),
-                ),
-            ]
             reader = PeriodicExportingMetricReader(
                 self.metric_exporter,
                 export_interval_millis=60_000,
                 export_timeout_millis=self.timeout * 1000,
             )
-            self.meter_provider = MeterProvider(
-                resource=resource, metric_readers=[reader], views=views
-            )
+            self.meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
         tracer = self.tracer_provider.get_tracer("ollama_meter", __version__)
         meter = (
             self.meter_provider.get_meter("ollama_meter", __version__)

@@ -12,7 +12,6 @@ from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.pricing import PriceRule
 from ollama_meter.telemetry import telemetry_for
-from ollama_meter.telemetry._setup import parse_headers
 from ollama_meter.testing import OllamaEmulator, unreachable_url
 from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver, metric_points, spans, wait_for
 
@@ -93,8 +92,3 @@ def test_failed_exports_are_reported_once(
     telemetry.shutdown()
     assert telemetry.failures()
     assert capsys.readouterr().err.count("warning: could not export telemetry") == 1
-
-
-def test_headers_parse() -> None:
-    assert parse_headers("a=1, B=two%20words,bad,=x") == {"a": "1", "b": "two words"}
-    assert parse_headers(None) == {}
