@@ -129,7 +129,10 @@ def _next_day(conn: Connection, after: int) -> int | None:
 
 def _rebuild_day(conn: Connection, day: int) -> int:
     start_s, end_s = day // 10**6, (day + DAY_US) // 10**6
-    for table, grains in ((ROLLUPS, (Grain.QUARTER, Grain.DAY)), (HISTOGRAMS, (Grain.DAY,))):
+    for table, grains in (
+        (ROLLUPS, (Grain.QUARTER, Grain.DAY)),
+        (HISTOGRAMS, (Grain.QUARTER, Grain.DAY)),
+    ):
         conn.execute(
             delete(table).where(
                 table.c.grain.in_([int(g) for g in grains]),

@@ -9,7 +9,9 @@ Every span that is inserted adds to three tables, in the same transaction:
   zone in use) is answered exactly from a few rows (see ``_aggregate``).
 - ``rollup_histograms``: per UTC day and month and (tenant, department, model),
   how many calls fell in each bin of latency, time to first token, queue time and
-  generation speed, so percentiles can be merged (:func:`duration_bin`).
+  generation speed, so percentiles can be merged (:func:`duration_bin`); and per
+  quarter hour for all calls together (key ``*``), so the whole organisation's
+  percentiles per *local* day need no raw spans (the dashboard's daily timings).
 - ``rollup_busy``: per minute and upstream host, the union of the calls' busy
   intervals, so chargeback's utilisation is exact without a scan.
 
@@ -64,6 +66,8 @@ from ollama_meter.records import SpanRecord
 ROLLUPS: Table = RollupRow.__table__  # type: ignore[assignment]
 HISTOGRAMS: Table = ROLLUP_HISTOGRAMS
 BUSY: Table = RollupBusyRow.__table__  # type: ignore[assignment]
+EVERYONE = ("*", "*", "*")
+"""The (tenant, department, model) of quarter-hour histogram rows: all calls (``*`` is no name)."""
 BUSY_READS = (2, 16, 250)
 """Minutes of busy time read per query: a call touches one or two, an import hundreds
 (the largest stays well under SQLite's limit on parameters)."""
@@ -77,11 +81,12 @@ class RollupDelta:
     months only when written, so a large batch costs one upsert per distinct key.
     """
 
-    __slots__ = ("busy", "histograms", "quarters")
+    __slots__ = ("busy", "histograms", "quarter_histograms", "quarters")
 
     def __init__(self) -> None:
         self.quarters: dict[tuple[Any, ...], list[int]] = {}
         self.histograms: dict[tuple[Any, ...], list[int]] = {}
+        self.quarter_histograms: dict[tuple[Any, ...], list[int]] = {}
         self.busy: defaultdict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
 
     def add(self, span: SpanRecord, sign: int = 1, *, busy: bool = True) -> None:
@@ -106,13 +111,14 @@ class RollupDelta:
         else:
             self.quarters[key] = [a + sign * b for a, b in zip(current, values, strict=True)]
         prefix = (us - us % DAY_US, tenant, department, model)
-        histograms = self.histograms
+        tables = ((self.histograms, prefix), (self.quarter_histograms, (quarter,)))
         for metric, decade, index in histogram_slots(span):
-            hkey = (*prefix, metric, decade)
-            counts = histograms.get(hkey)
-            if counts is None:
-                counts = histograms[hkey] = [0] * SLOTS
-            counts[index] += sign
+            for table, start in tables:
+                hkey = (*start, metric, decade)
+                counts = table.get(hkey)
+                if counts is None:
+                    counts = table[hkey] = [0] * SLOTS
+                counts[index] += sign
         if busy:
             self._add_busy(span, us)
 
@@ -145,10 +151,18 @@ class RollupDelta:
     def histogram_rows(
         self, grains: Sequence[Grain] = (Grain.DAY, Grain.MONTH)
     ) -> dict[tuple[Any, ...], list[int]]:
-        """Every (grain, start s, tenant, department, model, metric, decade) changed, with its bins."""
+        """Every (grain, start s, tenant, department, model, metric, decade) changed, with its bins.
+
+        Quarter-hour rows hold all calls together, under the key ``EVERYONE``.
+        """
         rows: dict[tuple[Any, ...], list[int]] = {}
+        if Grain.QUARTER in grains:
+            for (quarter, metric, decade), counts in self.quarter_histograms.items():
+                rows[(int(Grain.QUARTER), quarter // 10**6, *EVERYONE, metric, decade)] = counts
         for (day, *rest), counts in self.histograms.items():
             for grain in grains:
+                if grain is Grain.QUARTER:
+                    continue
                 key = (int(grain), floor_cell(grain, day) // 10**6, *rest)
                 current = rows.get(key)
                 rows[key] = (
@@ -170,7 +184,7 @@ class RollupDelta:
         cube = self.cube_rows(grains)
         if cube:
             conn.exec_driver_sql(statements.cube.sql, [(*key, *cube[key]) for key in sorted(cube)])
-        histograms = self.histogram_rows(tuple(g for g in grains if g is not Grain.QUARTER))
+        histograms = self.histogram_rows(grains)
         if histograms:
             conn.exec_driver_sql(
                 statements.histogram.sql,

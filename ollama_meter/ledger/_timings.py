@@ -20,6 +20,7 @@ from ollama_meter.ledger._cells import (
     BUSY_US,
     DAY_US,
     HISTOGRAM_KEY,
+    Grain,
     Metric,
     busy_pieces,
     histogram_entries,
@@ -38,7 +39,7 @@ from ollama_meter.ledger._plan import (
     rollup_filters,
 )
 from ollama_meter.ledger._rollup import BUSY as BUSY_TABLE
-from ollama_meter.ledger._rollup import HISTOGRAMS, pruned_before
+from ollama_meter.ledger._rollup import EVERYONE, HISTOGRAMS, pruned_before
 from ollama_meter.ledger._spans import SpanFilter, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
@@ -93,14 +94,23 @@ def aggregate_histograms(
             result.pruned_before = horizon
         _raw_histograms(conn, where, by, result, sign=1, bucket_starts=bucket_starts)
         return result
-    pieces = plan(where, bucket_starts, HISTOGRAM_GRAINS)
+    # All calls together (no group, no filter on the key) are also kept per quarter
+    # hour, so a local day's edges need no raw spans.
+    everyone = not by and all(getattr(where, name) is None for name in HISTOGRAM_KEY)
+    grains = (*HISTOGRAM_GRAINS, Grain.QUARTER) if everyone else HISTOGRAM_GRAINS
+    pieces = plan(where, bucket_starts, grains)
     bucketed = bool(bucket_starts)
     c = HISTOGRAMS.c
-    for grain in HISTOGRAM_GRAINS:
+    for grain in grains:
         chosen = [p for p in pieces if p.grain is grain]
         if not chosen:
             continue
         cells, ranges = cells_of(chosen)
+        filters = rollup_filters(HISTOGRAMS, where, HISTOGRAM_KEY)
+        if grain is Grain.QUARTER:
+            filters = [
+                c[name] == value for name, value in zip(HISTOGRAM_KEY, EVERYONE, strict=True)
+            ]
         rows = grouped_in_ranges(
             conn,
             HISTOGRAMS,
@@ -108,7 +118,7 @@ def aggregate_histograms(
             ranges,
             [c.start, *(c[name] for name in by), c.metric, c.decade],
             [func.sum(c[name]) for name in BIN_COLUMNS],
-            rollup_filters(HISTOGRAMS, where, ("tenant", "department", "model")),
+            filters,
         )
         width = len(by)
         for row in rows:

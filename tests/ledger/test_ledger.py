@@ -452,3 +452,47 @@ def test_compiled_statements_are_kept_per_driver_and_parameter_style() -> None:
     with pytest.raises(LedgerError, match="takes named parameters"):
         _SpanInsert(named)
     assert driver_key(postgresql.psycopg.dialect()) != driver_key(postgresql.psycopg2.dialect())
+
+
+def test_upgrading_from_0006_adds_the_quarter_hour_timings_of_spans_already_there(
+    db_url: str,
+) -> None:
+    """0007 keeps all calls' histograms per quarter hour: a ledger written before it gets
+    them from the one rebuild the migration asks for, so timings per local day are exact."""
+    from sqlalchemy import text
+
+    from ollama_meter.ledger import prune
+    from ollama_meter.ledger._aggregate import raw_spans
+    from ollama_meter.periods import parse_period
+    from ollama_meter.reports import perf_report
+
+    berlin = ZoneInfo("Europe/Berlin")
+    spans = [
+        make_span(
+            started_at=datetime(2026, 11, day, hour, 10, tzinfo=UTC),
+            latency_ns=(day * 10 + hour) * 1_000_000,
+            ttft_ns=hour * 1_000_000,
+        )
+        for day in (1, 2, 3)
+        for hour in (0, 22, 23)  # before and after Berlin's midnight (23:00 UTC)
+    ]
+    ledger = Ledger(db_url)
+    ledger.record(spans)
+    with ledger.write() as conn:  # as 0006 left it: no quarter-hour timings, rollups current
+        conn.execute(text("DELETE FROM rollup_histograms WHERE grain = 0"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0006'"))
+    ledger.engine.dispose()
+    ledger = Ledger(db_url)  # migrates to 0007, which rebuilds the rollups once
+    with ledger.read() as conn:
+        quarters = conn.execute(text("SELECT count(*) FROM rollup_histograms WHERE grain = 0"))
+        assert quarters.scalar() > 0
+    window = parse_period("2026-11", tz=berlin, now=datetime(2026, 12, 1, tzinfo=UTC))
+    report = perf_report(ledger, window, [], unit="day", tz=berlin)
+    with raw_spans():
+        expected = perf_report(ledger, window, [], unit="day", tz=berlin)
+    assert report.rows == expected.rows
+    assert len(report.rows) == 4  # Berlin's 1, 2, 3 and 4 November
+    # Raw spans are no longer needed for it: pruned, the answer stays, without a warning.
+    prune(ledger, 1, now=datetime(2026, 11, 20, tzinfo=UTC))
+    after = perf_report(ledger, window, [], unit="day", tz=berlin)
+    assert (after.rows, after.warnings) == (report.rows, [])
