@@ -188,4 +188,4 @@ def openai_texts(messages: Sequence[Any]) -> list[str]:
 def context_tokens(texts: Sequence[str], reply: ExpectedReply) -> list[int]:
     """A stand-in for the token ids Ollama returns as ``context`` on generate."""
     words = [w for text in texts for w in text.split()] + [p.strip() for p in reply.pieces]
-    return [1 + sum(word.encode()) % 128_000 for word in words]
+    return [1 + sum(word.encode("utf-8", "surrogatepass")) % 128_000 for word in words]

@@ -17,8 +17,7 @@ from ollama_meter.errors import (
     ValidationError,
 )
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.meter import Attribution, Meter, SpanRecord, reprice
-from ollama_meter.meter._core import PriceSource
+from ollama_meter.meter import Attribution, Meter, PriceSource, SpanRecord, reprice
 from ollama_meter.pricing import PriceRule, to_micros
 from ollama_meter.testing import Fault, OllamaEmulator, unreachable_url
 from tests.factories import token_prices
