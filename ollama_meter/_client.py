@@ -26,8 +26,11 @@ Hook = Callable[[SpanRecord], None]
 class MeterInfo:
     """What the meter recorded for a call: ids, tokens, exact cost and its parts, timings."""
 
-    span_id: str
+    id: str
+    """The ledger's id of the call: what ``ometer log`` shows (also :attr:`span_id`)."""
     trace_id: str
+    otel_span_id: str
+    """The OpenTelemetry span id, as exported; not the ledger's id."""
     status: str
     input_tokens: int
     output_tokens: int
@@ -40,11 +43,20 @@ class MeterInfo:
     duration_source: str | None = None
     """``reported`` (Ollama's own timing) or ``measured`` (the meter's clock, where Ollama gave none)."""
 
+    @property
+    def span_id(self) -> str:
+        """The ledger's id of the call, as ``ometer chat --json`` names it: :attr:`id`.
+
+        Not ``SpanRecord.span_id``, which is the OpenTelemetry span id (:attr:`otel_span_id`).
+        """
+        return self.id
+
     @classmethod
     def of(cls, span: SpanRecord) -> MeterInfo:
         return cls(
-            span_id=span.id,
+            id=span.id,
             trace_id=span.trace_id,
+            otel_span_id=span.span_id,
             status=span.status,
             input_tokens=span.input_tokens,
             output_tokens=span.output_tokens,

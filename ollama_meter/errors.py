@@ -71,9 +71,13 @@ class UpstreamError(OmeterError):
 
     error_type: str = "upstream_error"
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.retry_after = retry_after
+        """Seconds the upstream asked us to wait (``Retry-After``), when it said."""
 
 
 class UpstreamConnectionError(UpstreamError):
@@ -109,6 +113,7 @@ class CircuitOpen(UpstreamError):
 
     error_type = "circuit_open"
 
+    retry_after: float
+
     def __init__(self, message: str, *, retry_after: float) -> None:
-        super().__init__(message, status_code=503)
-        self.retry_after = retry_after
+        super().__init__(message, status_code=503, retry_after=retry_after)

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from ollama_meter._reloaded import Reloaded
+from ollama_meter._reloaded import Reloaded, WouldBlock
 from ollama_meter.budgets._alerts import AlertDispatcher
 from ollama_meter.budgets._estimate import Estimate
 from ollama_meter.errors import BudgetExceeded
@@ -154,13 +154,34 @@ class BudgetGate:
         """Read the budgets again on the next call (after this process changed them)."""
         self._budgets.expire()
 
+    @property
+    def cache(self) -> Reloaded[list[Budget]]:
+        """The budgets as loaded from the ledger (a server refreshes them in the background)."""
+        return self._budgets
+
     # -- admission ---------------------------------------------------------------------------
 
     def admit(
-        self, *, call_id: str, tenant: str, department: str, estimate: Estimate, now: datetime
+        self,
+        *,
+        call_id: str,
+        tenant: str,
+        department: str,
+        estimate: Estimate,
+        now: datetime,
+        blocking: bool = True,
     ) -> Reservation | None:
-        """Hold the call's bound in every hard budget covering it, or raise :class:`BudgetExceeded`."""
-        hard = [b for b in self.budgets_for(tenant, department) if b.hard]
+        """Hold the call's bound in every hard budget covering it, or raise :class:`BudgetExceeded`.
+
+        ``blocking`` False admits in memory only (an event loop's way): where the ledger
+        is needed (budgets to load, a lease to renew or give back) it raises
+        :class:`WouldBlock` having changed nothing that matters; ask again from a thread.
+        """
+        if blocking:
+            covering = self.budgets_for(tenant, department)
+        else:
+            covering = [b for b in self._budgets.snapshot() if b.covers(tenant, department)]
+        hard = [b for b in covering if b.hard]
         if not hard:
             return None
         for budget in hard:
@@ -168,10 +189,14 @@ class BudgetGate:
                 window = current_period(budget.period, tz=self.tz, now=now)
                 raise self._mismatch(budget, tenant, window, estimate, now)
         with self._lock:
+            if not blocking and self._idle(now):
+                raise WouldBlock("idle budget leases are given back in the ledger")
             self._release_idle(now)
             leases = [self._lease(b, tenant, now) for b in hard]
             short = [le for le in leases if le.stale or le.free < estimate.amount]
             if short:
+                if not blocking:
+                    raise WouldBlock("a budget lease is renewed in the ledger")
                 self._renew(short, estimate.amount, now)
             for lease in leases:
                 lease.in_flight[call_id] = estimate.amount
@@ -261,15 +286,19 @@ class BudgetGate:
         if give_back:
             self._give_back(give_back)
 
-    def _release_idle(self, now: datetime) -> None:
-        """Give back leases no call has used for a while, or whose period is over (lock held)."""
-        idle = [
+    def _idle(self, now: datetime) -> list[tuple[int, str, datetime]]:
+        """Leases no call has used for a while, or whose period is over (lock held)."""
+        return [
             key
             for key, lease in self._leases.items()
             if not lease.in_flight
             and not lease.kept
             and (self._clock() - lease.last_used > IDLE_RELEASE_SECONDS or lease.window.end <= now)
         ]
+
+    def _release_idle(self, now: datetime) -> None:
+        """Give back the idle leases (lock held)."""
+        idle = self._idle(now)
         if idle:
             self._give_back([self._leases.pop(key) for key in idle])
 

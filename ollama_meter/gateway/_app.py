@@ -1,10 +1,14 @@
 """The gateway ASGI app: Ollama's API in front of Ollama, every inference call metered.
 
-Only this package imports the web framework. Metered routes go through the one
-meter (budgets, pricing, telemetry, alerts included); read-only routes pass
+Only this package imports the web framework. :func:`create_app` declares the
+routes; its lifespan starts a :class:`Gateway` (the meter, the pooled upstream,
+the background tasks) and hands it to every request as Starlette's lifespan
+state, so nothing lives in closures or globals. Metered routes go through the
+one meter (budgets, pricing, telemetry, alerts included); read-only routes pass
 through; model management is refused unless allowed. Who may call what is
-``_access.py``'s policy. Errors keep Ollama's ``{"error": ...}`` shape (OpenAI's
-on ``/v1``); a client mistake is a 4xx and a span, never a 500.
+``_access.py``'s policy. Errors keep the route's wire format (Ollama's
+``{"error": ...}``, OpenAI's on ``/v1``); a client mistake is a 4xx and a span,
+never a 500.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -45,15 +50,18 @@ from ollama_meter.gateway._requests import (
 )
 from ollama_meter.gateway._retention import prune_daily
 from ollama_meter.gateway._threads import in_thread
-from ollama_meter.gateway._upstream import UpstreamPool, finish, gateway_status
 from ollama_meter.ledger import KEY_PREFIX, ApiKey
-from ollama_meter.meter import Attribution, Meter
+from ollama_meter.meter import Attribution, Meter, Source
+from ollama_meter.meter._wiring import transport_for
+from ollama_meter.upstream import OLLAMA, OPENAI, PooledUpstream, WireFormat, gateway_status
 
 log = logging.getLogger("ollama_meter.gateway")
 
 PASSTHROUGH = ("/api/tags", "/api/ps", "/api/show", "/api/version", "/v1/models", "/")
 ADMIN = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
 _NO_BODY = frozenset({"GET", "HEAD"})
+REFRESH_SECONDS = 5.0
+"""How often the background task looks for prices and budgets due to be reloaded."""
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -72,13 +80,15 @@ class GatewayOptions:
         return self.require_key or bool(self.admin_token)
 
 
-@dataclass
-class _State:
-    """What the app holds while it runs (set up by the lifespan)."""
+class GatewayState(TypedDict):
+    """Starlette's lifespan state: what every request of a running app can reach."""
 
-    meter: Meter
-    pool: UpstreamPool
-    relay: Relay
+    gateway: Gateway
+
+
+def wire_of(path: str) -> WireFormat:
+    """The wire format a route's clients speak: OpenAI's under ``/v1/``, else Ollama's."""
+    return OPENAI if path.startswith("/v1/") else OLLAMA
 
 
 class _Refused(Exception):
@@ -88,105 +98,137 @@ class _Refused(Exception):
         self.response = response
 
 
-def create_app(
-    settings: Settings, options: GatewayOptions | None = None, *, meter: Meter | None = None
-) -> Starlette:
-    """The gateway for ``settings.ollama_host`` (the upstream)."""
-    opts = options or GatewayOptions()
-    unauthenticated = Unauthenticated()
-    running: list[_State] = []
+class _BadCall(Exception):
+    """A metered request refused before metering could start: answered, and written as a span."""
 
-    def state() -> _State:
-        return running[0]
+    def __init__(self, status: int, error_type: str, message: str, *, model: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.model = model
 
+
+class Gateway:
+    """One running gateway: its meter, its pooled upstream, its access policy and its routes."""
+
+    def __init__(
+        self, settings: Settings, options: GatewayOptions, meter: Meter, pool: PooledUpstream
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.meter = meter
+        self.pool = pool
+        self.relay = Relay(meter, pool)
+        self.unauthenticated = Unauthenticated()
+
+    @classmethod
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        the_meter = meter or Meter.from_settings(settings, source="gateway")
-        metrics.install(the_meter)  # /metrics counts from the first call on
-        pool = UpstreamPool(settings.ollama_host, timeout=settings.upstream_timeout)
-        running.append(_State(the_meter, pool, Relay(the_meter, pool)))
-        retention = None
+    async def running(
+        cls, settings: Settings, options: GatewayOptions, meter: Meter | None = None
+    ) -> AsyncIterator[Gateway]:
+        """A gateway for as long as the app serves: background tasks started, then stopped."""
+        meter = meter or Meter.from_settings(settings, source="gateway")
+        upstream = meter.upstream
+        if not isinstance(upstream, PooledUpstream):  # a meter built for another entry point
+            upstream = transport_for(settings, Source.GATEWAY)
+            assert isinstance(upstream, PooledUpstream)
+        pool = upstream
+        gateway = cls(settings, options, meter, pool)
+        metrics.install(meter)  # /metrics counts from the first call on
+        meter.keep_fresh()  # calls read snapshots; the task below reloads them
+        tasks = [asyncio.create_task(gateway._refresh_forever())]
         if settings.keep_days is not None:
-            retention = asyncio.create_task(prune_daily(the_meter.ledger, settings.keep_days))
+            tasks.append(asyncio.create_task(prune_daily(meter.ledger, settings.keep_days)))
         try:
-            yield
+            yield gateway
         finally:
-            if retention is not None:
-                retention.cancel()
-            running.clear()
+            for task in tasks:
+                task.cancel()
             await pool.aclose()
-            if the_meter.budgets is not None:  # give back the budget leases not in use
-                await in_thread(the_meter.budgets.close)
+            if meter.budgets is not None:  # give back the budget leases not in use
+                await in_thread(meter.budgets.close)
 
-    def refuse_unauthenticated(request: Request, message: str) -> _Refused:
+    async def _refresh_forever(self, every: float = REFRESH_SECONDS) -> None:
+        """Reload prices and budgets when due, off the event loop, so calls never wait on it."""
+        while True:
+            await asyncio.sleep(every)
+            await in_thread(self.meter.refresh)
+
+    # -- who may call ----------------------------------------------------------------------
+
+    def _unauthenticated(self, request: Request, message: str) -> _Refused:
         path = request.url.path
-        unauthenticated.refused(path, request.client.host if request.client else "?")
+        self.unauthenticated.refused(path, request.client.host if request.client else "?")
         return _Refused(
-            error_response(
-                path.startswith("/v1/"), 401, message, headers={"WWW-Authenticate": "Bearer"}
-            )
+            error_response(wire_of(path), 401, message, headers={"WWW-Authenticate": "Bearer"})
         )
 
-    async def key_of(request: Request) -> ApiKey | None:
+    async def _key_of(self, request: Request) -> ApiKey | None:
         """The live key the caller presented (None: none presented, or not a live key)."""
         secret = presented_key(request)
         if secret is None or not secret.startswith(KEY_PREFIX):
             return None  # not one of ours (an OpenAI client sends its api_key): no ledger read
 
-        found: ApiKey | None = await in_thread(state().meter.ledger.find_key, secret)
+        found: ApiKey | None = await in_thread(self.meter.ledger.find_key, secret)
         return found
 
-    async def required_key(request: Request) -> ApiKey:
+    async def _required_key(self, request: Request) -> ApiKey:
         """The caller's live key, or :class:`_Refused` (401; 503 when keys cannot be checked)."""
         try:
-            key = await key_of(request)
+            key = await self._key_of(request)
         except LedgerError as exc:
             raise _Refused(
                 error_response(
-                    request.url.path.startswith("/v1/"),
+                    wire_of(request.url.path),
                     503,
                     f"the API key cannot be checked, so the call was not made: {exc}",
                     headers={"Retry-After": "5"},
                 )
             ) from None
         if key is None:
-            raise refuse_unauthenticated(
+            raise self._unauthenticated(
                 request,
                 "a valid API key is required: send `Authorization: Bearer <key>` "
                 "(see `ometer keys create`)",
             )
         return key
 
-    async def optional_key(request: Request) -> ApiKey | None:
+    async def _optional_key(self, request: Request) -> ApiKey | None:
         """A presented key when keys are not required; its owner is charged when headers are not."""
         try:
-            return await key_of(request)
+            return await self._key_of(request)
         except LedgerError as exc:
             message = f"the API key cannot be checked, so the call was not made: {exc}"
             raise _BadCall(503, "ledger_unavailable", message) from None
 
-    async def admin_only(request: Request, *, in_query: bool = False) -> None:
+    async def _admin_only(self, request: Request, *, in_query: bool = False) -> None:
         """The admin token when one is set; else a key when keys are required.
 
         ``in_query``: the gateway's own pages also take ``?token=`` (links in a browser);
         a route forwarded to Ollama never does, or the token would travel on in the URL.
         """
-        if opts.admin_token:
+        token = self.options.admin_token
+        if token:
             given = bearer(request) or (request.query_params.get("token") if in_query else None)
-            if not token_matches(given, opts.admin_token):
+            if not token_matches(given, token):
                 how = "Authorization: Bearer <token>" + (" or ?token=" if in_query else "")
-                raise refuse_unauthenticated(request, f"this needs the admin token: {how}")
-        elif opts.require_key:
-            await required_key(request)
+                raise self._unauthenticated(request, f"this needs the admin token: {how}")
+        elif self.options.require_key:
+            await self._required_key(request)
 
-    async def metered(request: Request) -> Response:
+    # -- routes ----------------------------------------------------------------------------
+
+    async def metered(self, request: Request) -> Response:
         path = request.url.path
-        openai = path in OPENAI_ROUTES
-        the_meter = state().meter
+        wire = wire_of(path)
+        options = self.options
         # Who a refusal is charged to: the caller when known, else the key's owner or defaults.
-        charged = Attribution(tenant=settings.tenant, department=settings.department)
+        charged = Attribution(tenant=self.settings.tenant, department=self.settings.department)
         try:
-            key = await (required_key(request) if opts.require_key else optional_key(request))
+            key = await (
+                self._required_key(request) if options.require_key else self._optional_key(request)
+            )
             if key is not None:
                 charged = Attribution(tenant=key.tenant, department=key.department)
             problem: Exception | None = None
@@ -194,14 +236,14 @@ def create_app(
                 charged = resolve(
                     request.headers,
                     key,
-                    settings,
-                    require_key=opts.require_key,
-                    default_user=opts.default_user,
+                    self.settings,
+                    require_key=options.require_key,
+                    default_user=options.default_user,
                 )
             except (Forbidden, ValidationError) as exc:
                 problem = exc
             try:
-                raw = await read_body(request, opts.max_body_bytes)
+                raw = await read_body(request, options.max_body_bytes)
             except TooLarge as exc:
                 raise _BadCall(413, "bad_request", str(exc)) from None
             try:
@@ -216,7 +258,7 @@ def create_app(
             return refused.response
         except _BadCall as bad:
             refusal = functools.partial(
-                the_meter.refuse,
+                self.meter.refuse,
                 operation=operation_of(path),
                 model=bad.model,
                 attribution=charged,
@@ -227,11 +269,86 @@ def create_app(
             await in_thread(refusal)
             # A body too large may still be arriving: this connection is done.
             close = {"Connection": "close"} if bad.status == 413 else None
-            return error_response(openai, bad.status, bad.message, headers=close)
-        return await state().relay.metered(parsed, request.headers, charged, request.url.query)
+            return error_response(wire, bad.status, bad.message, headers=close)
+        return await self.relay.metered(parsed, wire, request.headers, charged, request.url.query)
 
-    async def forward(request: Request, *, body: bytes | None) -> Response:
-        pool = state().pool
+    async def passthrough(self, request: Request) -> Response:
+        try:
+            if self.options.require_key:
+                await self._required_key(request)
+            # A body on GET/HEAD is never forwarded: an upstream that ignores it would
+            # read it as the next request on the kept-alive connection (smuggling).
+            body = (
+                None
+                if request.method in _NO_BODY
+                else await read_body(request, self.options.max_body_bytes)
+            )
+        except _Refused as refused:
+            return refused.response
+        except TooLarge as exc:
+            return error_response(
+                wire_of(request.url.path), 413, str(exc), headers={"Connection": "close"}
+            )
+        return await self._forward(request, body=body)
+
+    async def admin(self, request: Request) -> Response:
+        if not self.options.allow_admin:
+            return error_response(
+                OLLAMA,
+                403,
+                f"{request.url.path} manages models and is refused by the gateway; "
+                "start `ometer serve --allow-admin` to allow it",
+            )
+        try:
+            await self._admin_only(request)
+            body = await read_body(request, self.options.max_body_bytes)
+        except _Refused as refused:
+            return refused.response
+        except TooLarge as exc:
+            return error_response(OLLAMA, 413, str(exc), headers={"Connection": "close"})
+        return await self._forward(request, body=body)
+
+    async def healthz(self, request: Request) -> Response:
+        checks: dict[str, str] = {}
+        try:
+            await in_thread(self.meter.ledger.count)
+            checks["ledger"] = "ok"
+        except Exception as exc:
+            checks["ledger"] = f"failed: {exc}"
+        try:
+            reply = await self.pool.request("GET", "/api/version", timeout=3.0)
+            self.pool.finish(reply, completed=False)
+            checks["upstream"] = "ok" if reply.status == 200 else f"HTTP {reply.status}"
+        except UpstreamError as exc:
+            checks["upstream"] = f"unreachable: {exc}"
+        healthy = all(v == "ok" for v in checks.values())
+        if self.options.guarded:  # open to anyone: say what failed, not how
+            checks = {name: value.split(":")[0] for name, value in checks.items()}
+        return JSONResponse(
+            {"status": "ok" if healthy else "degraded", **checks},
+            status_code=200 if healthy else 503,
+        )
+
+    async def own_page(self, request: Request, endpoint: Endpoint) -> Response:
+        """The dashboard, ``/api/dash`` and ``/metrics``: behind the admin token (or a key)."""
+        try:
+            await self._admin_only(request, in_query=True)
+        except _Refused as refused:
+            return refused.response
+        response = await endpoint(request)
+        body = getattr(response, "body", None)
+        if (
+            request.url.path == "/metrics"
+            and response.status_code == 200
+            and isinstance(body, bytes)
+        ):
+            # This process's refusals, after the other series.
+            text = body + self.unauthenticated.prometheus().encode()
+            return Response(text, media_type=response.media_type)
+        return response
+
+    async def _forward(self, request: Request, *, body: bytes | None) -> Response:
+        pool = self.pool
         try:
             response = await pool.request(
                 request.method,
@@ -241,7 +358,7 @@ def create_app(
                 headers=forward_headers(request.headers),
             )
         except UpstreamError as exc:
-            return error_response(request.url.path.startswith("/v1"), gateway_status(exc), str(exc))
+            return error_response(wire_of(request.url.path), gateway_status(exc), str(exc))
 
         async def relayed() -> AsyncIterator[bytes]:
             try:
@@ -250,7 +367,7 @@ def create_app(
             except UpstreamError as exc:
                 log.warning("passing %s through: %s", request.url.path, exc)
             finally:
-                finish(response, completed=response.content.at_eof())
+                pool.finish(response, completed=response.content.at_eof())
 
         headers = {
             k: v
@@ -260,96 +377,53 @@ def create_app(
         }
         return StreamingResponse(relayed(), status_code=response.status, headers=headers)
 
-    async def passthrough(request: Request) -> Response:
-        try:
-            if opts.require_key:
-                await required_key(request)
-            # A body on GET/HEAD is never forwarded: an upstream that ignores it would
-            # read it as the next request on the kept-alive connection (smuggling).
-            body = (
-                None
-                if request.method in _NO_BODY
-                else await read_body(request, opts.max_body_bytes)
-            )
-        except _Refused as refused:
-            return refused.response
-        except TooLarge as exc:
-            return error_response(False, 413, str(exc), headers={"Connection": "close"})
-        return await forward(request, body=body)
 
-    async def admin(request: Request) -> Response:
-        if not opts.allow_admin:
-            return error_response(
-                False,
-                403,
-                f"{request.url.path} manages models and is refused by the gateway; "
-                "start `ometer serve --allow-admin` to allow it",
-            )
-        try:
-            await admin_only(request)
-            body = await read_body(request, opts.max_body_bytes)
-        except _Refused as refused:
-            return refused.response
-        except TooLarge as exc:
-            return error_response(False, 413, str(exc), headers={"Connection": "close"})
-        return await forward(request, body=body)
+def _gateway(request: Request) -> Gateway:
+    state: GatewayState = request.state  # type: ignore[assignment]
+    return state["gateway"]
 
-    def guard(endpoint: Endpoint, path: str) -> Endpoint:
-        async def guarded(request: Request) -> Response:
-            try:
-                await admin_only(request, in_query=True)
-            except _Refused as refused:
-                return refused.response
-            response = await endpoint(request)
-            body = getattr(response, "body", None)
-            if path == "/metrics" and response.status_code == 200 and isinstance(body, bytes):
-                # This process's refusals, after the other series.
-                text = body + unauthenticated.prometheus().encode()
-                return Response(text, media_type=response.media_type)
-            return response
 
-        return guarded
+def _via(method: Callable[[Gateway, Request], Awaitable[Response]]) -> Endpoint:
+    """An endpoint that hands the request to the running gateway's ``method``."""
 
-    async def healthz(request: Request) -> Response:
-        checks: dict[str, str] = {}
-        try:
-            await in_thread(state().meter.ledger.count)
-            checks["ledger"] = "ok"
-        except Exception as exc:
-            checks["ledger"] = f"failed: {exc}"
-        try:
-            reply = await state().pool.request("GET", "/api/version", timeout=3.0)
-            finish(reply, completed=False)
-            checks["upstream"] = "ok" if reply.status == 200 else f"HTTP {reply.status}"
-        except UpstreamError as exc:
-            checks["upstream"] = f"unreachable: {exc}"
-        healthy = all(v == "ok" for v in checks.values())
-        if opts.guarded:  # open to anyone: say what failed, not how
-            checks = {name: value.split(":")[0] for name, value in checks.items()}
-        return JSONResponse(
-            {"status": "ok" if healthy else "degraded", **checks},
-            status_code=200 if healthy else 503,
-        )
+    async def endpoint(request: Request) -> Response:
+        return await method(_gateway(request), request)
+
+    return endpoint
+
+
+def _own_page(endpoint: Endpoint) -> Endpoint:
+    async def guarded(request: Request) -> Response:
+        return await _gateway(request).own_page(request, endpoint)
+
+    return guarded
+
+
+def create_app(
+    settings: Settings, options: GatewayOptions | None = None, *, meter: Meter | None = None
+) -> Starlette:
+    """The gateway for ``settings.ollama_host`` (the upstream); ``meter`` when one is given."""
+    opts = options or GatewayOptions()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[GatewayState]:
+        async with Gateway.running(settings, opts, meter) as gateway:
+            yield {"gateway": gateway}
 
     routes = [
-        *(Route(path, metered, methods=["POST"]) for path in (*OLLAMA_ROUTES, *OPENAI_ROUTES)),
-        *(Route(path, passthrough, methods=["GET", "POST", "HEAD"]) for path in PASSTHROUGH),
-        *(Route(path, admin, methods=["POST", "DELETE", "PUT"]) for path in ADMIN),
-        Route("/healthz", healthz, methods=["GET"]),
         *(
-            Route(route.path, guard(route.endpoint, route.path), methods=["GET"])
-            for route in dashboard_routes(lambda: state().meter, settings)
+            Route(path, _via(Gateway.metered), methods=["POST"])
+            for path in (*OLLAMA_ROUTES, *OPENAI_ROUTES)
+        ),
+        *(
+            Route(path, _via(Gateway.passthrough), methods=["GET", "POST", "HEAD"])
+            for path in PASSTHROUGH
+        ),
+        *(Route(path, _via(Gateway.admin), methods=["POST", "DELETE", "PUT"]) for path in ADMIN),
+        Route("/healthz", _via(Gateway.healthz), methods=["GET"]),
+        *(
+            Route(route.path, _own_page(route.endpoint), methods=["GET"])
+            for route in dashboard_routes(lambda request: _gateway(request).meter, settings)
         ),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
-
-
-class _BadCall(Exception):
-    """A metered request refused before metering could start: answered, and written as a span."""
-
-    def __init__(self, status: int, error_type: str, message: str, *, model: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
-        self.model = model

@@ -50,18 +50,18 @@ _KEPT = ("period", "since", "until", "tenant", "dept", "model", "token")
 _PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
 
-def dashboard_routes(get_meter: Callable[[], Meter], settings: Settings) -> list[Route]:
-    """The routes; who may call them is the app's access policy (``_access.py``)."""
+def dashboard_routes(meter_of: Callable[[Request], Meter], settings: Settings) -> list[Route]:
+    """The routes, reading the ledger of ``meter_of(request)``; who may call them is the app's
+    access policy (``_access.py``)."""
 
     # Ledger-wide sums change by the call, but nobody reads them that often: answer repeated
     # polls (several dashboards, a reload, the page and its JSON) from the last few seconds'.
     recent: dict[DashQuery, tuple[float, Dashboard]] = {}
 
-    def cached(query: DashQuery) -> Dashboard:
+    def cached(query: DashQuery, meter: Meter) -> Dashboard:
         hit = recent.get(query)
         if hit is not None and time.monotonic() - hit[0] < DASH_CACHE_SECONDS:
             return hit[1]
-        meter = get_meter()
         result = dashboard_report(meter.ledger, query, tz=settings.tz, now=meter.clock())
         if len(recent) > 64:
             recent.clear()
@@ -70,8 +70,8 @@ def dashboard_routes(get_meter: Callable[[], Meter], settings: Settings) -> list
 
     async def report(request: Request) -> Dashboard:
         """The dashboard's reports for the URL's query; raises OmeterError for a bad one."""
-        query = dash_query(request.query_params)
-        return await in_thread(lambda: cached(query))  # type: ignore[no-any-return]
+        query, meter = dash_query(request.query_params), meter_of(request)
+        return await in_thread(lambda: cached(query, meter))  # type: ignore[no-any-return]
 
     async def api_dash(request: Request) -> Response:
         try:
@@ -99,7 +99,7 @@ def dashboard_routes(get_meter: Callable[[], Meter], settings: Settings) -> list
         return HTMLResponse(page, headers=headers)
 
     async def metrics(request: Request) -> Response:
-        text = await in_thread(prometheus_text, get_meter(), settings)
+        text = await in_thread(prometheus_text, meter_of(request), settings)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return [

@@ -2,23 +2,35 @@
 
 Entry points call in here; this package calls out to upstream, pricing and the
 ledger, and to observers (telemetry, alerts). Nothing calls back in.
+
+    _attribution.py  who a call is charged to (names checked once)
+    _call.py         one call in flight, measured into its span
+    _meter.py        the sequence: open (admit), refuse, close (price, write, settle)
+    _run.py          sync and async drivers through the ollama client
+    _prices.py       the price book in force (a snapshot)
+    _recovery.py     calls a dead process left open
+    _wiring.py       the composition root: a meter built from settings
+    _request.py      what a request says (prompt, bounds), for any wire format
+    _usage.py        estimated tokens, the usage a span is priced on
+    _writer.py       group commit of spans
+    _reprice.py      re-pricing recorded spans
+    span.py          the span record, pure data
 """
 
-from ollama_meter.meter._core import (
-    Attribution,
-    Meter,
-    MeteredCall,
-    PriceSource,
-    Run,
-    SpanObserver,
+from ollama_meter.meter._attribution import Attribution
+from ollama_meter.meter._call import MeteredCall
+from ollama_meter.meter._meter import Meter, SpanObserver, Transport, utc_now
+from ollama_meter.meter._prices import PriceSource
+from ollama_meter.meter._reprice import RepriceSummary, reprice
+from ollama_meter.meter._run import Run
+from ollama_meter.meter._usage import estimate_tokens, usage_of
+from ollama_meter.meter._wiring import (
     budget_gate,
+    build_meter,
     ledger_for,
     sync_env_budgets,
     sync_pricing_file,
-    utc_now,
 )
-from ollama_meter.meter._reprice import RepriceSummary, reprice
-from ollama_meter.meter._usage import estimate_tokens, usage_of
 from ollama_meter.meter._writer import GroupCommitWriter
 from ollama_meter.records import (
     DurationSource,
@@ -45,7 +57,9 @@ __all__ = [
     "Status",
     "Stored",
     "TokenSource",
+    "Transport",
     "budget_gate",
+    "build_meter",
     "estimate_tokens",
     "ledger_for",
     "new_span_row_id",

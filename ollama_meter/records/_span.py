@@ -98,8 +98,10 @@ class SpanRecord:
     """
 
     id: str
+    """The ledger's id of the call (a ULID): what ``ometer log`` shows, ``MeterInfo.id``."""
     trace_id: str
     span_id: str
+    """The OpenTelemetry span id (16 hex digits), exported as ``otel_span_id``; not the ledger's id."""
     started_at: datetime
     tenant: str
     department: str
@@ -162,6 +164,30 @@ class SpanRecord:
         return self.unpriced and (
             self.status == Status.OK or self.input_tokens + self.output_tokens > 0
         )
+
+    def fail(
+        self,
+        error_type: str,
+        message: str | None = None,
+        *,
+        status: Status = Status.ERROR,
+        http_status: int | None = None,
+        instant: bool = False,
+    ) -> None:
+        """Mark the call as not ok: failed, refused (``rejected``), aborted or interrupted.
+
+        The one way every part of the meter ends a span badly. ``instant``: the call was
+        refused before it began, so it took no time.
+        """
+        self.status = status
+        self.error_type = error_type
+        if message is not None:
+            self.error_message = message[: TEXT_LIMITS["error_message"]]
+        if http_status is not None:
+            self.http_status = http_status
+        if instant:
+            self.ended_at = self.started_at
+            self.latency_ns = 0
 
     def apply_cost(self, cost: Cost) -> None:
         self.cost_tokens = cost.tokens

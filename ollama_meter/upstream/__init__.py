@@ -1,32 +1,83 @@
-"""Talking to Ollama: the client, error classification, retries and the circuit breaker.
+"""Talking to Ollama: one retry-and-breaker policy, one classifier, two thin transports.
 
-Knows Ollama's wire format and nothing of spans, prices or the ledger.
+- ``_resilience.py``: circuit breakers and retries, one policy for every call;
+- ``_classify.py``: what went wrong, as one ``UpstreamError`` with one message;
+- ``_vocabulary.py``: what an answer says, in the meter's words (``Delta``, ``Final``);
+- ``_wire.py``: Ollama's native wire format and OpenAI's, read into that vocabulary;
+- ``_sdk.py``: the ``ollama`` client transport (CLI, Python API);
+- ``_pooled.py``: the pooled aiohttp transport (the gateway).
+
+Knows nothing of spans, prices or the ledger. The transports, and so the client
+libraries, load on first use (PEP 562): the meter imports this package's
+vocabulary without loading ``ollama``, ``httpx`` or ``aiohttp``.
 """
 
-from ollama_meter.upstream._client import OPERATIONS, Message, Response, Upstream
-from ollama_meter.upstream._errors import classify, error_text
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ollama_meter.upstream._classify import Failure, error_text, retry_after_seconds
 from ollama_meter.upstream._resilience import (
     TRANSIENT,
     CallAttempts,
     CircuitBreaker,
+    Resilient,
     RetryPolicy,
     breaker_for,
     is_transient,
     reset_breakers,
 )
+from ollama_meter.upstream._vocabulary import Delta, Event, Final
+from ollama_meter.upstream._wire import END, OLLAMA, OPENAI, Reader, WireFormat, wire_for
+
+if TYPE_CHECKING:
+    from ollama_meter.upstream._pooled import PooledUpstream, Refusal, gateway_status
+    from ollama_meter.upstream._sdk import OPERATIONS, Message, Response, Upstream
 
 __all__ = [
+    "END",
+    "OLLAMA",
+    "OPENAI",
     "OPERATIONS",
     "TRANSIENT",
     "CallAttempts",
     "CircuitBreaker",
+    "Delta",
+    "Event",
+    "Failure",
+    "Final",
     "Message",
+    "PooledUpstream",
+    "Reader",
+    "Refusal",
+    "Resilient",
     "Response",
     "RetryPolicy",
     "Upstream",
+    "WireFormat",
     "breaker_for",
-    "classify",
     "error_text",
+    "gateway_status",
     "is_transient",
     "reset_breakers",
+    "retry_after_seconds",
+    "wire_for",
 ]
+
+_LAZY = {
+    "OPERATIONS": "_sdk",
+    "Message": "_sdk",
+    "Response": "_sdk",
+    "Upstream": "_sdk",
+    "PooledUpstream": "_pooled",
+    "Refusal": "_pooled",
+    "gateway_status": "_pooled",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"ollama_meter.upstream.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'ollama_meter.upstream' has no attribute {name!r}")

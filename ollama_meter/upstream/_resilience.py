@@ -5,7 +5,10 @@ own retries are never refused by a circuit that its first attempt opened; and
 its outcome counts once, however many attempts it took. Only transient
 failures are retried (connection, timeout, 5xx, 429), with exponential
 backoff and jitter, and only while nothing has been streamed to the caller: a
-4xx is the caller's mistake and is never repeated.
+4xx is the caller's mistake and is never repeated. An upstream that says when
+to come back (``Retry-After`` on a 429 or 503) is waited for, unless that is
+longer than ``max_backoff``: then the call fails at once with that answer, and
+its caller learns when to retry.
 
 Each upstream host has two kinds of circuit. The host's own counts connection
 failures (nothing answers there at all). One circuit per (host, model) counts
@@ -15,18 +18,21 @@ opens after ``threshold`` consecutive failed calls, fails fast with
 :class:`CircuitOpen` until ``reset_after`` seconds pass, then lets one trial
 call through, whose outcome closes or re-opens it.
 
-The two transports (the ``ollama`` client in ``_client.py``, the gateway's
-aiohttp relay) both drive a call through :class:`CallAttempts`.
+The two transports (the ``ollama`` client in ``_sdk.py``, the gateway's pooled
+aiohttp client in ``_pooled.py``) are :class:`Resilient`: each drives every call
+through :class:`CallAttempts`, whose :meth:`~CallAttempts.run` is the one retry loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from ollama_meter.errors import CircuitOpen, UpstreamError
 
@@ -37,6 +43,8 @@ _MODEL_FAILURES = frozenset({"timeout", "upstream_5xx", "rate_limited", "stream_
 _HOST_SILENT = frozenset({"connection", "timeout"})
 """Failures that do not prove the host answered; any other outcome does."""
 _MAX_MODEL_CIRCUITS = 4096
+
+T = TypeVar("T")
 
 
 def is_transient(error: UpstreamError) -> bool:
@@ -53,6 +61,19 @@ class RetryPolicy:
         """Seconds before retry ``attempt`` (1-based): doubling, capped, with up to 50 % jitter."""
         base = min(self.backoff * 2.0 ** (attempt - 1), self.max_backoff)
         return float(base * (1 + random.random() / 2))
+
+    def wait(self, attempt: int, asked: float | None = None) -> float | None:
+        """Seconds before retry ``attempt``, at least what the upstream ``asked`` (``Retry-After``).
+
+        None when the upstream asked for longer than ``max_backoff``: not worth holding a
+        call for; it fails now, with the upstream's answer.
+        """
+        delay = self.delay(attempt)
+        if asked is None:
+            return delay
+        if asked > self.max_backoff:
+            return None
+        return max(delay, asked)
 
 
 @dataclass(slots=True)
@@ -197,6 +218,7 @@ class CallAttempts:
         self._breaker = breaker
         self._retry = retry
         self._ticket = breaker.admit(model)
+        self.model = model
         self.attempts = 0
 
     def retry_in(self, error: UpstreamError, *, started: bool = False) -> float | None:
@@ -207,13 +229,60 @@ class CallAttempts:
         """
         self.attempts += 1
         if not started and is_transient(error) and self.attempts <= self._retry.retries:
-            return self._retry.delay(self.attempts)
+            wait = self._retry.wait(self.attempts, error.retry_after)
+            if wait is not None:
+                return wait
         self.end(error)
         return None
+
+    def run(self, attempt: Callable[[], T], *, sleep: Callable[[float], object] = time.sleep) -> T:
+        r"""``attempt()`` again after each transient failure, until it succeeds or fails for good.
+
+        ``attempt`` raises classified :class:`UpstreamError`\ s only. Its success leaves the
+        call open (a stream goes on): :meth:`end` it. A failure for good is counted and raised.
+        """
+        while True:
+            try:
+                return attempt()
+            except UpstreamError as error:
+                wait = self.retry_in(error)
+                if wait is None:
+                    raise
+                sleep(wait)
+            except BaseException as exc:  # Ctrl-C, SIGTERM, the caller went away
+                self.end(exc)
+                raise
+
+    async def arun(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """:meth:`run` for a coroutine, waiting without blocking the event loop."""
+        while True:
+            try:
+                return await attempt()
+            except UpstreamError as error:
+                wait = self.retry_in(error)
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)
+            except BaseException as exc:
+                self.end(exc)
+                raise
 
     def end(self, outcome: BaseException | None = None) -> None:
         """The call is over: count it (success with None) on its circuits."""
         self._breaker.settle(self._ticket, outcome)
+
+
+class Resilient:
+    """A transport to one host, behind the one policy: its breaker and its retries."""
+
+    def __init__(self, host: str, *, retry: RetryPolicy, breaker: CircuitBreaker) -> None:
+        self.host = host
+        self.retry = retry
+        self.breaker = breaker
+
+    def attempts(self, model: str) -> CallAttempts:
+        """One call's passage through this host's breaker and retry policy."""
+        return CallAttempts(self.breaker, self.retry, model)
 
 
 _breakers: dict[tuple[str, int, float], CircuitBreaker] = {}

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ollama_meter.errors import (
     CircuitOpen,
     ModelNotFound,
+    RateLimited,
     StreamError,
     UpstreamConnectionError,
     UpstreamError,
@@ -125,6 +126,29 @@ def test_streams_are_not_retried_once_started_and_an_abandoned_call_counts_neith
     CallAttempts(b, RetryPolicy(), "m").end(KeyboardInterrupt())  # the trial's caller left
     assert b.state("m") == "half_open"
     b.admit("m")  # the next caller may try
+
+
+def test_the_retry_loop_waits_what_the_upstream_asks_unless_it_asks_too_much() -> None:
+    b, _ = breaker(threshold=3)
+    slow = RateLimited("slow down", status_code=429, retry_after=2.0)
+    outcomes: list[UpstreamError | None] = [BOOM, slow, None]
+    waits: list[float] = []
+
+    def attempt() -> str:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        return "answer"
+
+    attempts = CallAttempts(b, RetryPolicy(retries=2, backoff=0.0), "m")
+    assert attempts.run(attempt, sleep=waits.append) == "answer"
+    assert waits == [0.0, 2.0]  # the backoff, then the Retry-After
+    attempts.end()
+    # Longer than the policy ever waits: the call fails at once, with the upstream's answer.
+    later = RateLimited("come back in an hour", status_code=429, retry_after=3600.0)
+    impatient = CallAttempts(b, RetryPolicy(retries=2, backoff=0.0, max_backoff=8.0), "m")
+    assert impatient.retry_in(later) is None
+    assert b.failures("m") == 1
 
 
 OUTCOMES = st.sampled_from(

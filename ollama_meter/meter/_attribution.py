@@ -1,0 +1,36 @@
+"""Who a call is charged to (DESIGN §3), checked once here for every entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ollama_meter._names import MAX_USER, name_problem
+from ollama_meter.errors import ValidationError
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Tenant, department, optional user and tags. A bad name is a ValidationError, never stored."""
+
+    tenant: str
+    department: str
+    user: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for what, value, limit in (
+            ("tenant", self.tenant, 64),
+            ("department", self.department, 64),
+            ("user", self.user, MAX_USER),
+        ):
+            if value is None:
+                continue
+            problem = name_problem(value, limit=limit)
+            if problem:
+                raise ValidationError(f"{what} name {problem}")
+        for key, value in self.tags.items():
+            if name_problem(key) or len(str(value)) > 256:
+                raise ValidationError(
+                    f"tag {key!r}: keys follow the name rules and values are at most 256 characters"
+                )

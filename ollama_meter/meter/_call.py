@@ -1,0 +1,105 @@
+"""One call in flight: what the upstream answered, measured into the call's span.
+
+A :class:`MeteredCall` takes the meter's vocabulary only (``Delta`` and
+``Final``, see ``ollama_meter.upstream``); each wire format has its adapter, so
+nothing here knows Ollama's JSON, OpenAI's or a client library's types.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from ollama_meter.errors import UpstreamError
+from ollama_meter.meter._usage import estimate_tokens
+from ollama_meter.records import DurationSource, SpanRecord, Stored, TokenSource
+from ollama_meter.upstream import Delta, Event, Final
+
+if TYPE_CHECKING:
+    from ollama_meter.budgets import Reservation
+
+
+class MeteredCall:
+    """Collects what the upstream sends; becomes a span when the meter closes it."""
+
+    def __init__(self, span: SpanRecord, prompt_text: str) -> None:
+        self.span = span
+        self.prompt_text = prompt_text
+        self.reply_parts: list[str] = []
+        self.content_chunks = 0
+        self.final: Final | None = None
+        self.reservation: Reservation | None = None
+        self.output_cap: int | None = None
+        """A reply cap the meter imposes (a hard budget covers a call that set none)."""
+        self.stored: Stored | None = None
+        """Where the span went once the call closed: the ledger, the spool, ..."""
+        self._t0 = time.perf_counter_ns()
+        self._first_ns: int | None = None
+
+    def observe(self, event: Delta | Final) -> None:
+        """Take one piece of the answer: a reply delta, or the final usage record."""
+        if self._first_ns is None:
+            self._first_ns = time.perf_counter_ns()
+        if isinstance(event, Final):
+            self.final = event
+        elif event.text:
+            self.content_chunks += 1
+            self.reply_parts.append(event.text)
+
+    def take(self, events: Iterable[Event]) -> UpstreamError | None:
+        """Observe ``events`` in order; the failure the answer reports, if any, which ends it."""
+        for event in events:
+            if isinstance(event, UpstreamError):
+                return event
+            self.observe(event)
+        return None
+
+    @property
+    def reply(self) -> str:
+        return "".join(self.reply_parts)
+
+    def measure(self, ended_ns: int, *, ok: bool = False) -> None:
+        """Fill the span's timings and tokens from what was observed.
+
+        ``ok``: the call ended well, so even with nothing observed it consumed its prompt.
+        """
+        span = self.span
+        span.latency_ns = ended_ns - self._t0
+        span.ended_at = span.started_at + timedelta(microseconds=span.latency_ns // 1000)
+        if span.stream and self._first_ns is not None:
+            span.ttft_ns = self._first_ns - self._t0
+        final = self.final
+        if final is not None:
+            span.response_model = final.model or None
+            span.done_reason = final.done_reason
+            span.total_duration_ns = final.total_ns
+            span.load_duration_ns = final.load_ns
+            span.prompt_eval_duration_ns = final.prompt_eval_ns
+            span.eval_duration_ns = final.eval_ns
+        if final is None and self._first_ns is None and not ok:
+            return  # the upstream never answered: nothing was consumed
+        if span.prompt_eval_duration_ns is None and span.eval_duration_ns is None:
+            # The upstream did not say how long it was busy (Ollama's /v1 routes never do;
+            # an aborted stream has no final chunk): the meter's own clock stands in, and
+            # says so.
+            first = span.ttft_ns or 0
+            span.prompt_eval_duration_ns = first
+            span.eval_duration_ns = span.latency_ns - first
+            span.duration_source = DurationSource.MEASURED
+        else:
+            span.duration_source = DurationSource.REPORTED
+        # Ollama omits counts that are zero, and a broken stream has no final chunk:
+        # then the count is estimated from the text, and the span says so.
+        reported_in = final.input_tokens if final is not None else None
+        reported_out = final.output_tokens if final is not None else None
+        span.input_tokens = (
+            reported_in if reported_in is not None else estimate_tokens(self.prompt_text)
+        )
+        if reported_out is not None:
+            span.output_tokens = reported_out
+        else:
+            span.output_tokens = self.content_chunks if span.stream else estimate_tokens(self.reply)
+        if reported_in is None or reported_out is None:
+            span.token_source = TokenSource.ESTIMATED

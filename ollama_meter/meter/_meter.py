@@ -1,0 +1,420 @@
+"""The meter: the one sequence every metered call goes through (DESIGN §2).
+
+    attribute → admit (budgets) → open span → the call → measure → price → write → settle
+
+Entry points (CLI, gateway, Python API) differ only in how they reach Ollama:
+they open a :class:`MeteredCall` here, feed it what Ollama sent (in the meter's
+vocabulary, see ``ollama_meter.upstream``), and let the meter close it.
+Budgets, telemetry and alerts attach as observers and a gate on this sequence;
+the ledger never calls back into it. How the pieces are built from settings is
+``_wiring.py``'s job; this module only runs the sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ollama_meter._reloaded import WouldBlock
+from ollama_meter.budgets import BudgetGate, PastCall, bound_cost
+from ollama_meter.errors import BudgetExceeded, LedgerError, UpstreamError, ValidationError
+from ollama_meter.meter._attribution import Attribution
+from ollama_meter.meter._call import MeteredCall
+from ollama_meter.meter._request import RequestFacts
+from ollama_meter.meter._run import Run
+from ollama_meter.meter._usage import estimate_tokens, usage_of
+from ollama_meter.meter._writer import GroupCommitWriter
+from ollama_meter.pricing import PriceBook
+from ollama_meter.records import (
+    Source,
+    SpanRecord,
+    Status,
+    Stored,
+    make_storable,
+    new_otel_span_id,
+    new_span_row_id,
+    new_trace_id,
+)
+
+if TYPE_CHECKING:
+    from ollama_meter.config import Settings
+    from ollama_meter.ledger import Ledger
+    from ollama_meter.meter._prices import PriceSource
+
+log = logging.getLogger("ollama_meter.meter")
+
+Clock = Callable[[], datetime]
+
+HISTORY_TTL = 30.0
+"""Seconds a model's recent calls are reused for bounding time-priced costs."""
+DEFAULT_REPLY_CAP = 4096
+"""Reply tokens a call under a hard budget may produce when it sets no cap of its own."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SpanObserver(Protocol):
+    """Something that watches calls: telemetry, alerts, user hooks. Failures are logged, never fatal."""
+
+    def on_start(self, span: SpanRecord) -> None: ...
+
+    def on_end(self, span: SpanRecord) -> None: ...
+
+
+class Transport(Protocol):
+    """What the meter knows of the upstream its calls go to (either transport in ``upstream``)."""
+
+    host: str
+
+    def close(self) -> None: ...
+
+
+class Meter:
+    """Runs the metering sequence. One per process and upstream; thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        prices: PriceSource,
+        upstream: Transport,
+        source: Source,
+        clock: Clock = utc_now,
+        observers: Sequence[SpanObserver] = (),
+        budgets: BudgetGate | None = None,
+        capture_content: bool = False,
+        reply_cap: int = DEFAULT_REPLY_CAP,
+        journal: bool = True,
+    ) -> None:
+        self.budgets = budgets
+        self.reply_cap = reply_cap
+        self.journal = journal
+        self._recent: dict[str, tuple[float, list[PastCall]]] = {}
+        self.capture_content = capture_content
+        self.ledger = ledger
+        self.prices = prices
+        self.upstream = upstream
+        self.source = Source(source)
+        self.clock = clock
+        self.observers = list(observers)
+        self.writer = GroupCommitWriter(ledger)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        source: Source | str,
+        clock: Clock = utc_now,
+        observers: Sequence[SpanObserver] = (),
+    ) -> Meter:
+        """A meter wired to the configured ledger, prices, budgets, telemetry and Ollama.
+
+        The wiring is ``_wiring.build_meter``, the one composition root.
+        """
+        from ollama_meter.meter._wiring import build_meter
+
+        return build_meter(settings, source=Source(source), clock=clock, observers=observers)
+
+    # -- opening -------------------------------------------------------------------------
+
+    def open(
+        self,
+        *,
+        operation: str,
+        model: str,
+        stream: bool,
+        attribution: Attribution,
+        facts: RequestFacts | None = None,
+    ) -> MeteredCall:
+        """Start a call: attribute it, let the budgets admit it (or refuse it), open its span.
+
+        Raises :class:`LedgerError` while nothing can be recorded (the call is not made),
+        :class:`BudgetExceeded` when a hard budget has no room for the call's bound.
+        """
+        return self._open(operation, model, stream, attribution, facts, blocking=True)
+
+    def try_open(
+        self,
+        *,
+        operation: str,
+        model: str,
+        stream: bool,
+        attribution: Attribution,
+        facts: RequestFacts | None = None,
+    ) -> MeteredCall | None:
+        """:meth:`open` in memory only, for an event loop; None when it needs the ledger.
+
+        It needs the ledger when a snapshot (prices, budgets, a model's recent calls) must
+        be loaded, a budget's lease renewed or given back, a refusal written, or spans
+        wait for the database. Then nothing happened: call :meth:`open` from a thread.
+        """
+        try:
+            return self._open(operation, model, stream, attribution, facts, blocking=False)
+        except WouldBlock:
+            return None
+
+    def reserves(self, attribution: Attribution) -> bool:
+        """Whether :meth:`open` for this caller may touch the ledger (and so wait on it).
+
+        True when a budget covers the caller, or when the budgets are due to be reloaded;
+        False means opening is in-memory work that an event loop can do in place. This
+        never touches the ledger itself.
+        """
+        if self.budgets is None:
+            return False
+        known = self.budgets.cached_budgets_for(attribution.tenant, attribution.department)
+        return known is None or bool(known)
+
+    def _open(
+        self,
+        operation: str,
+        model: str,
+        stream: bool,
+        attribution: Attribution,
+        facts: RequestFacts | None,
+        *,
+        blocking: bool,
+    ) -> MeteredCall:
+        if not model or not model.strip():
+            raise ValidationError("no model given; pass one with -m/--model, e.g. -m llama3.1:8b")
+        if blocking:
+            self.ledger.check_writable()
+        elif self.ledger.held:
+            raise WouldBlock("spans wait for the database")
+        prices = self.prices() if blocking else self.prices.cache.snapshot()
+        facts = facts or RequestFacts(prompt_text="", prompt_bytes=0)
+        span = self._new_span(operation, model, stream, attribution, prices.currency)
+        call = MeteredCall(span, facts.prompt_text)
+        if self.budgets is not None:
+            self._admit(self.budgets, call, facts, prices, blocking=blocking)
+        if self.journal:
+            self.ledger.journal.opened(make_storable(span), estimate_tokens(facts.prompt_text))
+        self._notify("on_start", span)
+        return call
+
+    def _new_span(
+        self, operation: str, model: str, stream: bool, who: Attribution, currency: str
+    ) -> SpanRecord:
+        return SpanRecord(
+            id=new_span_row_id(),
+            trace_id=new_trace_id(),
+            span_id=new_otel_span_id(),
+            started_at=self.clock(),
+            tenant=who.tenant,
+            department=who.department,
+            user=who.user,
+            tags=dict(who.tags),
+            source=self.source,
+            operation=operation,
+            upstream_host=self.upstream.host,
+            request_model=model,
+            stream=stream,
+            currency=currency,
+        )
+
+    def _admit(
+        self,
+        gate: BudgetGate,
+        call: MeteredCall,
+        facts: RequestFacts,
+        prices: PriceBook,
+        *,
+        blocking: bool,
+    ) -> None:
+        """Reserve the call's bound in every hard budget; a refusal is a ``rejected`` span, then raised.
+
+        A call under a hard budget that sets no reply cap gets :attr:`reply_cap`, so the
+        bound it was admitted on holds.
+        """
+        span = call.span
+        if blocking:
+            covering = gate.budgets_for(span.tenant, span.department)
+        else:
+            known = gate.cached_budgets_for(span.tenant, span.department)
+            if known is None:
+                raise WouldBlock("the budgets must be read from the ledger first")
+            covering = known
+        if not any(b.hard for b in covering):
+            return
+        limits = facts.bound(self.reply_cap)
+        if facts.max_output is None and not facts.embedding:
+            call.output_cap = limits.output_tokens
+        try:
+            bound = bound_cost(
+                prices,
+                span.request_model,
+                span.started_at,
+                limits,
+                self._history(span.request_model, blocking=blocking),
+            )
+            call.reservation = gate.admit(
+                call_id=span.id,
+                tenant=span.tenant,
+                department=span.department,
+                estimate=bound,
+                now=span.started_at,
+                blocking=blocking,
+            )
+        except LedgerError as exc:
+            # A hard budget that cannot be checked is not waved through.
+            unchecked = LedgerError(
+                f"the budget for {span.tenant}/{span.department} cannot be checked, so the "
+                f"call was not made: {exc}. Retry when the database is back"
+            )
+            span.fail("ledger_unavailable", str(unchecked), http_status=503, instant=True)
+            self._record(span)  # spooled while the database is away
+            raise unchecked from exc
+        except BudgetExceeded as refusal:
+            if not blocking:
+                raise WouldBlock("a refusal is written to the ledger") from refusal
+            span.fail(
+                refusal.error_type,
+                str(refusal),
+                status=Status.REJECTED,
+                http_status=429,
+                instant=True,
+            )
+            span.apply_cost(prices.cost(span.model, span.started_at, usage_of(span)))
+            self._record(span)
+            raise
+
+    def _history(self, model: str, *, blocking: bool = True) -> list[PastCall]:
+        """The model's recent calls (for time-priced bounds), read at most every 30 s."""
+        now = time.monotonic()
+        cached = self._recent.get(model)
+        if cached is None or now - cached[0] > HISTORY_TTL:
+            if not blocking:
+                raise WouldBlock(f"the recent calls to {model!r} must be read first")
+            if len(self._recent) > 1000:
+                self._recent.clear()
+            cached = self._recent[model] = (now, self.ledger.recent_usage(model))
+        return cached[1]
+
+    def refuse(
+        self,
+        *,
+        operation: str,
+        model: str,
+        attribution: Attribution,
+        error_type: str,
+        message: str,
+        http_status: int,
+        stream: bool = False,
+    ) -> SpanRecord:
+        """Record a call refused before metering could start (a malformed request, no key)."""
+        span = self._new_span(operation, model[:255], stream, attribution, self.prices().currency)
+        span.fail(error_type, message, http_status=http_status, instant=True)
+        self._record(span)
+        return span
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self, call: MeteredCall, error: BaseException | None = None) -> SpanRecord:
+        """Measure, price and write the call; the span is durable when this returns.
+
+        Raises :class:`LedgerError` only when not even memory can keep the span.
+        """
+        call.measure(time.perf_counter_ns(), ok=error is None)
+        span = call.span
+        if error is None:
+            span.status = Status.OK
+            span.http_status = 200
+        elif isinstance(error, UpstreamError):
+            span.fail(error.error_type, str(error), http_status=error.status_code)
+        elif isinstance(
+            error, GeneratorExit | KeyboardInterrupt | SystemExit | asyncio.CancelledError
+        ):
+            span.fail("client_abort", status=Status.CLIENT_ABORT)
+        else:
+            span.fail(type(error).__name__, str(error))
+        if self.capture_content:
+            span.prompt, span.reply = call.prompt_text, call.reply
+        # Counts and names came from a caller and from Ollama: bound them before pricing.
+        make_storable(span)
+        span.apply_cost(self.prices().cost(span.model, span.started_at, usage_of(span)))
+        call.stored = self._record(span)
+        if self.budgets is not None:
+            self._settle(self.budgets, call)
+        return span
+
+    def _settle(self, gate: BudgetGate, call: MeteredCall) -> None:
+        """Release the reservation and fire alerts; a failure here never fails the call."""
+        span = call.span
+        try:
+            if call.reservation is not None:
+                gate.settle(call.reservation, recorded=call.stored == Stored.COMMITTED)
+            if span.cost_total > 0:
+                gate.check_alerts(span.tenant, span.department, span.started_at, span.cost_total)
+        except Exception:
+            log.exception(
+                "settling budgets for span %s failed; its reservation will expire", span.id
+            )
+
+    def _record(self, span: SpanRecord) -> Stored:
+        """Hand a finished span to the observers, then make it durable; says where it went.
+
+        Hooks see it before it is written, so the tags they add are kept; what they or
+        anyone else put in it is made storable last.
+        """
+        make_storable(span)
+        self._notify("on_end", span)
+        make_storable(span)
+        return self.writer.write(span)
+
+    def _notify(self, hook: str, span: SpanRecord) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(span)
+            except Exception:
+                log.exception("observer %r failed in %s; the call goes on", observer, hook)
+
+    # -- driving calls through the ollama client ----------------------------------------
+
+    def chat(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        attribution: Attribution,
+        stream: bool = True,
+        options: Mapping[str, Any] | None = None,
+    ) -> Run:
+        """A metered ``/api/chat`` call; iterate it for Ollama's chunks, then read ``.span``."""
+        request = {"model": model, "messages": messages, "options": options}
+        return self.run("chat", request, attribution=attribution, stream=stream)
+
+    def run(
+        self, operation: str, request: Mapping[str, Any], *, attribution: Attribution, stream: bool
+    ) -> Run:
+        """Any metered operation (``chat``, ``generate``, ``embed``) with the client's own arguments."""
+        return Run(self, operation, request, attribution, stream)
+
+    # -- upkeep --------------------------------------------------------------------------
+
+    def recover_interrupted(self) -> int:
+        """Record the calls dead processes left open in the journal (see ``_recovery.py``)."""
+        from ollama_meter.meter._recovery import recover_interrupted
+
+        return recover_interrupted(self.ledger, self.prices)
+
+    def keep_fresh(self) -> None:
+        """Prices and budgets are refreshed by :meth:`refresh` from now on; calls read snapshots."""
+        self.prices.cache.keep_fresh()
+        if self.budgets is not None:
+            self.budgets.cache.keep_fresh()
+
+    def refresh(self) -> None:
+        """Reload the prices and budgets that are due (a server's background task); never raises."""
+        self.prices.cache.refresh()
+        if self.budgets is not None:
+            self.budgets.cache.refresh()
+
+    def close_upstream(self) -> None:
+        self.upstream.close()

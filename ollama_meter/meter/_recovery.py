@@ -1,0 +1,45 @@
+"""Calls a dead process left open: recorded as ``interrupted``, charged for their prompt only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ollama_meter.meter._usage import usage_of
+from ollama_meter.pricing import PriceBook
+from ollama_meter.records import Status, TokenSource, make_storable
+
+if TYPE_CHECKING:
+    from ollama_meter.ledger import Ledger
+
+log = logging.getLogger("ollama_meter.meter")
+
+INTERRUPTED_MESSAGE = (
+    "the process that made this call ended before the call did (killed or crashed); "
+    "what Ollama did with it is unknown, so only its prompt (estimated) is charged"
+)
+
+
+def recover_interrupted(ledger: Ledger, prices: Callable[[], PriceBook]) -> int:
+    """Record the calls dead processes left open in the journal, as ``interrupted``.
+
+    Ollama received each of them; how they ended is unknown. The prompt's estimated
+    tokens are charged, nothing more. Returns how many there were. ``prices`` is read
+    only when there are some.
+    """
+    spans = []
+    with ledger.journal.orphans() as orphans:
+        for orphan in orphans:
+            span = orphan.span
+            span.fail("interrupted", INTERRUPTED_MESSAGE, status=Status.INTERRUPTED)
+            span.input_tokens = orphan.input_estimate
+            span.token_source = TokenSource.ESTIMATED
+            make_storable(span)
+            span.apply_cost(prices().cost(span.model, span.started_at, usage_of(span)))
+            spans.append(span)
+        if spans:
+            ledger.record(spans)
+    if spans:
+        log.warning("recorded %d call(s) a dead process left unfinished as interrupted", len(spans))
+    return len(spans)

@@ -1,0 +1,134 @@
+"""The sync and async drivers of a metered call through the ``ollama`` client (CLI, Python API).
+
+A :class:`Run` opens the call, hands each answer object to the meter through the
+Ollama-native adapter, and closes the call; the objects themselves go on to the
+caller as the client returned them. The gateway drives its calls itself (it
+relays bytes), through the same meter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ollama_meter.meter._attribution import Attribution
+from ollama_meter.meter._call import MeteredCall
+from ollama_meter.meter._request import facts_of, with_output_cap
+from ollama_meter.records import SpanRecord
+from ollama_meter.upstream import OLLAMA
+
+if TYPE_CHECKING:
+    from ollama_meter.meter._meter import Meter
+
+
+@runtime_checkable
+class Answers(Protocol):
+    """A transport that returns answer objects: the ``ollama`` client transport."""
+
+    host: str
+
+    def call(self, operation: str, request: Mapping[str, Any]) -> Any: ...
+
+    def stream(self, operation: str, request: Mapping[str, Any]) -> Generator[Any, None, None]: ...
+
+    async def acall(self, operation: str, request: Mapping[str, Any]) -> Any: ...
+
+    def astream(self, operation: str, request: Mapping[str, Any]) -> AsyncGenerator[Any, None]: ...
+
+
+class Run:
+    """An iterable metered call: Ollama's chunks (or its one answer), then ``span`` is final.
+
+    The last chunk is handed over only after the span is written, so whoever
+    receives it can read the call's cost and ids.
+    """
+
+    def __init__(
+        self,
+        meter: Meter,
+        operation: str,
+        request: Mapping[str, Any],
+        attribution: Attribution,
+        stream: bool,
+    ) -> None:
+        if not isinstance(meter.upstream, Answers):
+            raise TypeError(
+                f"{type(meter.upstream).__name__} relays bytes; a Run needs the ollama client "
+                "transport (Meter.from_settings with source 'cli' or 'sdk')"
+            )
+        self._meter = meter
+        self._upstream: Answers = meter.upstream
+        self.operation = operation
+        self.request = request
+        self._attribution = attribution
+        self.stream = stream
+        self.call: MeteredCall | None = None
+
+    @property
+    def span(self) -> SpanRecord:
+        if self.call is None:
+            raise RuntimeError("the call has not run yet; iterate it first")
+        return self.call.span
+
+    def open(self) -> MeteredCall:
+        self.call = call = self._meter.open(
+            operation=self.operation,
+            model=str(self.request.get("model") or ""),
+            stream=self.stream,
+            attribution=self._attribution,
+            facts=facts_of(self.operation, self.request),
+        )
+        if call.output_cap is not None:
+            self.request = with_output_cap(self.operation, self.request, call.output_cap)
+        return call
+
+    def __iter__(self) -> Generator[Any, None, None]:
+        meter = self._meter
+        call = self.open()
+        reader = OLLAMA.reader(self.operation)
+        last: Any = None
+        try:
+            if self.stream:
+                parts = self._upstream.stream(self.operation, self.request)
+                for part in parts:
+                    failure = call.take(reader.read(part))
+                    if failure is not None:
+                        parts.throw(failure)  # the transport counts it, and raises it back
+                    if last is not None:
+                        yield last
+                    last = part
+            else:
+                last = self._upstream.call(self.operation, self.request)
+                call.take(reader.read(last))  # a reported failure was raised by the call
+        except BaseException as exc:
+            meter.close(call, exc)
+            raise
+        meter.close(call)
+        if last is not None:
+            yield last
+
+    async def __aiter__(self) -> AsyncGenerator[Any, None]:
+        meter = self._meter
+        call = await asyncio.to_thread(self.open)
+        reader = OLLAMA.reader(self.operation)
+        last: Any = None
+        try:
+            if self.stream:
+                parts = self._upstream.astream(self.operation, self.request)
+                async for part in parts:
+                    failure = call.take(reader.read(part))
+                    if failure is not None:
+                        await parts.athrow(failure)
+                    if last is not None:
+                        yield last
+                    last = part
+            else:
+                last = await self._upstream.acall(self.operation, self.request)
+                call.take(reader.read(last))
+        except BaseException as exc:
+            await asyncio.to_thread(meter.close, call, exc)
+            raise
+        await asyncio.to_thread(meter.close, call)
+        if last is not None:
+            yield last

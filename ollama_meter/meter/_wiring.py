@@ -1,0 +1,170 @@
+"""The composition root: a meter, and the ledger it writes to, built from settings.
+
+The one place that knows which concrete pieces make a running meter: the
+ledger (with ``OMETER_PRICING_FILE`` and ``DEPARTMENT_BUDGETS`` brought in), the
+price source, the budget gate and its alert channels, the telemetry exporters
+and the transport to Ollama (the ``ollama`` client for the CLI and the Python
+API, pooled aiohttp connections for the gateway). Everything else takes its
+pieces as arguments. Heavy pieces are imported here, when they are built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ollama_meter.errors import PricingError
+from ollama_meter.meter._meter import Clock, Meter, SpanObserver, Transport, utc_now
+from ollama_meter.meter._prices import PriceSource
+from ollama_meter.pricing import parse_pricing_toml
+from ollama_meter.records import Source
+
+if TYPE_CHECKING:
+    from ollama_meter.budgets import BudgetGate
+    from ollama_meter.config import Settings
+    from ollama_meter.ledger import Ledger
+
+GATEWAY_LEASE_SHARE = 0.25
+"""The share of a budget's room a long-running process leases at a time."""
+
+
+def build_meter(
+    settings: Settings,
+    *,
+    source: Source,
+    clock: Clock = utc_now,
+    observers: Sequence[SpanObserver] = (),
+) -> Meter:
+    """A meter wired to the configured ledger, prices, budgets, telemetry and Ollama.
+
+    ``observers`` (user hooks) run before telemetry, so what they add is exported.
+    Calls dead processes left open are recorded before the meter is handed out.
+    """
+    ledger = ledger_for(settings)
+    meter = Meter(
+        ledger=ledger,
+        prices=PriceSource(ledger, settings=settings),
+        upstream=transport_for(settings, source),
+        source=source,
+        clock=clock,
+        budgets=budget_gate(
+            ledger,
+            settings,
+            lease_share=GATEWAY_LEASE_SHARE if source == Source.GATEWAY else 0.0,
+        ),
+        observers=[*observers, *telemetry_observers(settings)],
+        capture_content=settings.capture_content,
+        reply_cap=settings.budget_reply_cap,
+        journal=settings.journal,
+    )
+    meter.recover_interrupted()
+    return meter
+
+
+def transport_for(settings: Settings, source: Source) -> Transport:
+    """The gateway relays bytes over pooled aiohttp connections; the others use the ollama client."""
+    from ollama_meter.upstream import RetryPolicy, breaker_for
+
+    retry = RetryPolicy(retries=settings.retries, backoff=settings.retry_backoff)
+    breaker = breaker_for(
+        settings.ollama_host,
+        threshold=settings.breaker_failures,
+        reset_after=settings.breaker_reset,
+    )
+    if source == Source.GATEWAY:
+        from ollama_meter.upstream import PooledUpstream
+
+        return PooledUpstream(
+            settings.ollama_host, timeout=settings.upstream_timeout, retry=retry, breaker=breaker
+        )
+    from ollama_meter.upstream import Upstream
+
+    return Upstream(
+        settings.ollama_host, timeout=settings.upstream_timeout, retry=retry, breaker=breaker
+    )
+
+
+def ledger_for(settings: Settings) -> Ledger:
+    """The configured ledger, with ``OMETER_PRICING_FILE`` and ``DEPARTMENT_BUDGETS`` brought in.
+
+    Every command that reads prices or budgets opens the ledger through here, so the
+    file and the variable apply the same way everywhere.
+    """
+    from ollama_meter.ledger import open_ledger
+
+    ledger = open_ledger(settings.ledger_url, wait=settings.ledger_wait)
+    if settings.pricing_file is not None:
+        sync_pricing_file(ledger, settings.pricing_file, default_currency=settings.currency)
+    sync_env_budgets(ledger, settings)
+    return ledger
+
+
+def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> bool:
+    """Load ``OMETER_PRICING_FILE`` into the ledger when its content changed; True if it did."""
+    content = path.read_bytes()
+    try:
+        rules = parse_pricing_toml(
+            content.decode("utf-8"), default_currency=default_currency, source=f"file:{path}"
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PricingError(f"OMETER_PRICING_FILE {path}: {exc}") from None
+    return ledger.sync_price_rules(f"file:{path}", rules, content)
+
+
+def sync_env_budgets(ledger: Ledger, settings: Settings) -> None:
+    """Bring ``DEPARTMENT_BUDGETS`` into the ledger when it is set (source ``env``)."""
+    from ollama_meter.budgets import parse_department_budgets
+
+    if settings.department_budgets:
+        ledger.sync_budgets(
+            "env", parse_department_budgets(settings.department_budgets, currency=settings.currency)
+        )
+
+
+def budget_gate(ledger: Ledger, settings: Settings, *, lease_share: float = 0.0) -> BudgetGate:
+    """Budgets from the ledger and the configured alert channels.
+
+    ``lease_share`` 0 (a CLI run: one call, then exit) reserves each call's bound on its
+    own; a long-running process leases a share of the room and admits calls in memory.
+    """
+    from ollama_meter.budgets import (
+        AlertDispatcher,
+        BudgetGate,
+        Channel,
+        EmailChannel,
+        WebhookChannel,
+    )
+
+    channels: list[Channel] = []
+    if settings.alert_webhook_url:
+        channels.append(WebhookChannel(settings.alert_webhook_url))
+    if settings.smtp_host and settings.email_recipients:
+        channels.append(
+            EmailChannel(
+                settings.smtp_host,
+                settings.smtp_port,
+                sender=settings.smtp_from,
+                recipients=settings.email_recipients,
+                user=settings.smtp_user,
+                password=settings.smtp_password.get_secret_value()
+                if settings.smtp_password
+                else None,
+            )
+        )
+    gate = BudgetGate(
+        ledger,
+        tz=settings.tz,
+        alerts=AlertDispatcher(ledger, channels),
+        lease_share=lease_share,
+    )
+    gate.retry_undelivered()
+    return gate
+
+
+def telemetry_observers(settings: Settings) -> list[SpanObserver]:
+    """The exporter observer when one is configured; none otherwise (and no OTel import)."""
+    from ollama_meter.telemetry import telemetry_for
+
+    telemetry = telemetry_for(settings)
+    return [telemetry.observer] if telemetry is not None else []

@@ -1,0 +1,162 @@
+"""The one classifier: what went wrong with a call to Ollama, as one UpstreamError with one message.
+
+Every transport reduces what its client library raised to one of three things
+and asks here for the error:
+
+- an answer that is not a success: its HTTP status and body (:func:`answer_error`);
+- no usable answer at all: nothing reachable, silence, or a body that broke off
+  (:func:`transport_error`, with a :class:`Failure`);
+- a failure the answer reports inside a 200 (:func:`reported_error`).
+
+So the CLI, the Python API and the gateway say the same thing about the same
+failure, and ``error_type`` is decided in one place. Imports no client library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any
+
+from ollama_meter.errors import (
+    ModelNotFound,
+    RateLimited,
+    StreamError,
+    UpstreamBadRequest,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamServerError,
+    UpstreamTimeout,
+)
+
+
+class Failure(StrEnum):
+    """How a call got no usable answer, in the terms of no particular client library."""
+
+    CONNECTION = "connection"
+    """Nothing answered at the address."""
+    TIMEOUT = "timeout"
+    """Something listens there, but said nothing in time."""
+    BROKEN = "broken"
+    """The answer began, then broke off (a dropped connection, a line that is not JSON)."""
+    UNEXPECTED = "unexpected"
+    """Anything else the client library raised."""
+
+
+def transport_error(kind: Failure, *, host: str, started: bool, reason: str = "") -> UpstreamError:
+    """The error for a call that got no usable answer.
+
+    ``started`` tells whether the answer had begun arriving: after that point a
+    failure is a broken stream, whatever the transport said.
+    """
+    if kind is Failure.TIMEOUT:
+        what = "stopped answering mid-stream" if started else "did not answer in time"
+        return UpstreamTimeout(
+            f"Ollama at {host} {what}; raise OMETER_UPSTREAM_TIMEOUT or check the server's load"
+        )
+    if kind is Failure.BROKEN or (started and kind is Failure.CONNECTION):
+        return StreamError(f"the stream from Ollama at {host} broke off: {reason or 'no reason'}")
+    if kind is Failure.CONNECTION:
+        why = f" ({reason})" if reason else ""
+        return UpstreamConnectionError(
+            f"cannot reach Ollama at {host}{why}: is it running? Set OLLAMA_HOST to its address"
+        )
+    return UpstreamError(f"unexpected failure calling Ollama at {host}: {reason}")
+
+
+def unfinished_error(host: str) -> StreamError:
+    """A stream that ended cleanly but never said it was done."""
+    return StreamError(f"the stream from Ollama at {host} ended without its final chunk")
+
+
+def answer_error(
+    status: int, detail: str, *, host: str, model: str, retry_after: float | None = None
+) -> UpstreamError:
+    """The error for an answer with HTTP ``status``; ``detail`` is what its body says (:func:`detail_of`)."""
+    lowered = detail.lower()
+    if status == 404 and "model" in lowered and "not found" in lowered:
+        return ModelNotFound(
+            f"model {model!r} is not available on {host} ({detail}); "
+            f"pull it with `ollama pull {model}` or pick one from `ollama list`",
+            status_code=status,
+        )
+    if status == 429:
+        return RateLimited(
+            f"Ollama at {host} is rate limiting (HTTP 429): {detail}",
+            status_code=status,
+            retry_after=retry_after,
+        )
+    if status == 404:  # Ollama's "404 page not found": no such route, whatever the model
+        return UpstreamBadRequest(
+            f"Ollama has no such endpoint (HTTP 404: {detail}); check the URL path",
+            status_code=status,
+        )
+    if 400 <= status < 500:
+        return UpstreamBadRequest(
+            f"Ollama refused the request (HTTP {status}): {detail}", status_code=status
+        )
+    if status >= 500:
+        return UpstreamServerError(
+            f"Ollama at {host} failed (HTTP {status}): {detail}",
+            status_code=status,
+            retry_after=retry_after,
+        )
+    return UpstreamError(f"Ollama answered HTTP {status}: {detail}", status_code=status)
+
+
+def reported_error(obj: Mapping[str, Any] | Any) -> UpstreamError | None:
+    """The failure an object in a 200 answer reports (``error``, or ``done_reason: "error"``).
+
+    One rule for every wire format and transport; None when the object reports none.
+    """
+    error = obj.get("error")
+    if error is None and obj.get("done_reason") != "error":
+        return None
+    return mid_stream_error(error_text(error or "the answer ended with done_reason 'error'"))
+
+
+def mid_stream_error(detail: str) -> StreamError:
+    """A failure Ollama reported after its answer had begun (an ``{"error": ...}`` line)."""
+    return StreamError(f"Ollama failed mid-stream: {detail}")
+
+
+def detail_of(body: str) -> str:
+    """What an error answer's body says: its ``error`` (Ollama's or OpenAI's shape), else the text."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return body.strip()
+    if isinstance(parsed, dict) and "error" in parsed:
+        return error_text(parsed["error"])
+    return body.strip()
+
+
+def error_text(value: object) -> str:
+    """The message of an error as Ollama sends it: a string, or OpenAI's ``{"message": ...}``."""
+    if isinstance(value, dict):
+        message = value.get("message")
+        if isinstance(message, str):
+            return message.strip()
+        return json.dumps(value, ensure_ascii=False)
+    return str(value).strip()
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: a number of seconds or an HTTP date; None if neither."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(int(text))
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None

@@ -1,0 +1,206 @@
+"""The pooled aiohttp transport: the gateway's keep-alive connections to Ollama.
+
+The relay is the hot path of every metered request, and aiohttp's C-accelerated
+client costs about a third of the CPU per request that httpx's async client does
+(0.20 ms against 0.66 ms, measured against the emulator), which is most of what
+the gateway adds to a call. The gateway relays bytes, so this transport hands
+back aiohttp's response as it arrives; what aiohttp raised is reduced to the one
+classifier's terms (``_classify.py``), so the relay never sees an aiohttp
+exception, and metered calls go through the one retry and breaker policy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from ollama_meter.errors import UpstreamError, UpstreamTimeout
+from ollama_meter.upstream._classify import (
+    Failure,
+    answer_error,
+    detail_of,
+    retry_after_seconds,
+    transport_error,
+)
+from ollama_meter.upstream._resilience import (
+    CallAttempts,
+    CircuitBreaker,
+    Resilient,
+    RetryPolicy,
+    breaker_for,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Ollama answered a metered call, but not with a success: its own answer, for the client."""
+
+    error: UpstreamError
+    status: int
+    body: bytes
+    content_type: str | None
+    retry_after: str | None
+    """The answer's ``Retry-After`` header, passed on as it came."""
+
+
+class PooledUpstream(Resilient):
+    """Keep-alive connections to one Ollama; a request returns once the headers arrived."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        timeout: float,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(
+            host.rstrip("/"),
+            retry=retry or RetryPolicy(),
+            breaker=breaker or breaker_for(host, threshold=3, reset_after=60.0),
+        )
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=timeout
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the server's event loop.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0),
+                auto_decompress=True,
+            )
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> aiohttp.ClientResponse:
+        """One attempt, whatever the answer's status; raises a classified error if none came."""
+        url = f"{self.host}{path}" + (f"?{query}" if query else "")
+        # Never timeout=None: that would switch aiohttp's timeouts off altogether.
+        limits = aiohttp.ClientTimeout(total=timeout) if timeout else self._timeout
+        try:
+            return await self.session.request(
+                method,
+                url,
+                data=body,
+                headers=dict(headers or {}),
+                allow_redirects=False,
+                timeout=limits,
+            )
+        except TimeoutError as exc:
+            raise transport_error(Failure.TIMEOUT, host=self.host, started=False) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise transport_error(
+                Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)
+            ) from exc
+
+    async def send(
+        self,
+        attempts: CallAttempts,
+        path: str,
+        *,
+        body: bytes,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> aiohttp.ClientResponse | Refusal:
+        """A metered call: Ollama's success (status 200, body unread), or its :class:`Refusal`.
+
+        Transient failures are retried by ``attempts`` (the one policy); a refusal or a
+        failure for good has been counted by then. Raises the classified error when
+        no answer came at all.
+        """
+        refusals: dict[int, Refusal] = {}
+
+        async def attempt() -> aiohttp.ClientResponse:
+            response = await self.request("POST", path, body=body, query=query, headers=headers)
+            if response.status == 200:
+                return response
+            refusal = await self._refusal(response, attempts.model)
+            refusals[id(refusal.error)] = refusal
+            raise refusal.error
+
+        try:
+            return await attempts.arun(attempt)
+        except UpstreamError as error:
+            if id(error) in refusals:
+                return refusals[id(error)]
+            raise
+
+    async def _refusal(self, response: aiohttp.ClientResponse, model: str) -> Refusal:
+        try:
+            answer = await self.read(response)
+        except UpstreamError as broken:
+            answer = json.dumps({"error": str(broken)}).encode()
+        self.finish(response, completed=True)
+        header = response.headers.get("retry-after")
+        failure = answer_error(
+            response.status,
+            detail_of(answer.decode(errors="replace")),
+            host=self.host,
+            model=model,
+            retry_after=retry_after_seconds(header),
+        )
+        content_type = response.headers.get("content-type")
+        return Refusal(failure, response.status, answer, content_type, header)
+
+    async def read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The whole body; a transport failure is a classified error."""
+        try:
+            return await response.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._broken(exc) from exc
+
+    async def chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """The body as it arrives; a transport failure is a classified error."""
+        try:
+            async for data in response.content.iter_any():
+                yield data
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._broken(exc) from exc
+
+    def _broken(self, exc: BaseException) -> UpstreamError:
+        kind = Failure.TIMEOUT if isinstance(exc, TimeoutError) else Failure.BROKEN
+        return transport_error(kind, host=self.host, started=True, reason=_reason(exc))
+
+    @staticmethod
+    def finish(response: aiohttp.ClientResponse, *, completed: bool) -> None:
+        """Hand the connection back when the body was read to the end; else drop it.
+
+        Dropping the connection is what tells Ollama to stop generating.
+        """
+        if completed:
+            response.release()
+        else:
+            response.close()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def close(self) -> None:
+        """Nothing to do outside the event loop: :meth:`aclose` closes the pool."""
+
+
+def gateway_status(error: UpstreamError) -> int:
+    """What the gateway answers when Ollama could not be used: 504 if it was silent, else 502."""
+    return 504 if isinstance(error, UpstreamTimeout) else 502
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,216 @@
+"""The ollama SDK transport: calls through the official ``ollama`` client (CLI and Python API).
+
+``call`` (one answer) and ``stream`` (chunks as they arrive), and their async
+twins, each go through the one policy (``_resilience.py``): a call passes the
+breaker once, its attempts are retried on transient failures while the caller
+has seen nothing (a stream only before its first chunk), and its outcome counts
+once. What the client library raised is reduced here to the one classifier's
+terms (``_classify.py``); the answers stay the client's own objects, which the
+Python API hands back and ``_wire.py`` reads for the meter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
+from typing import Any
+
+import httpx
+import ollama
+
+from ollama_meter.errors import UpstreamError
+from ollama_meter.upstream._classify import (
+    Failure,
+    answer_error,
+    error_text,
+    mid_stream_error,
+    reported_error,
+    retry_after_seconds,
+    transport_error,
+)
+from ollama_meter.upstream._resilience import (
+    CircuitBreaker,
+    Resilient,
+    RetryPolicy,
+    breaker_for,
+)
+
+Message = Mapping[str, Any]
+Response = ollama.ChatResponse | ollama.GenerateResponse | ollama.EmbedResponse
+OPERATIONS = ("chat", "generate", "embed")
+
+
+class Upstream(Resilient):
+    """One Ollama server through the ``ollama`` client. Holds pooled clients; thread-safe."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        timeout: float = 300.0,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            host,
+            retry=retry or RetryPolicy(),
+            breaker=breaker or breaker_for(host, threshold=3, reset_after=60.0),
+        )
+        self._timeout = httpx.Timeout(timeout, connect=10.0)
+        self._headers = dict(headers or {})
+        self.client = ollama.Client(host=host, timeout=self._timeout, headers=self._headers)
+        self._async: ollama.AsyncClient | None = None
+
+    @property
+    def async_client(self) -> ollama.AsyncClient:
+        if self._async is None:
+            self._async = ollama.AsyncClient(
+                host=self.host, timeout=self._timeout, headers=self._headers
+            )
+        return self._async
+
+    def call(self, operation: str, request: Mapping[str, Any]) -> Response:
+        """One answer, retrying transient failures with backoff; raises a classified error."""
+        method = getattr(self.client, operation)
+        model = str(request.get("model", ""))
+        attempts = self.attempts(model)
+
+        def attempt() -> Response:
+            try:
+                return self._checked(method(**request, **_no_stream(operation)))
+            except Exception as exc:
+                raise self.classify(exc, model=model, started=False) from exc
+
+        result = attempts.run(attempt)
+        attempts.end()
+        return result
+
+    def stream(self, operation: str, request: Mapping[str, Any]) -> Generator[Response, None, None]:
+        """Ollama's chunks as they arrive; raises a classified error.
+
+        A failure before the first chunk is retried like :meth:`call` (the caller has
+        seen nothing yet); after it, never.
+        """
+        model = str(request.get("model", ""))
+        attempts = self.attempts(model)
+
+        def first() -> tuple[Iterator[Response], Response | None]:
+            parts: Iterator[Response] = getattr(self.client, operation)(**request, stream=True)
+            try:
+                return parts, next(parts, None)
+            except Exception as exc:
+                raise self.classify(exc, model=model, started=False) from exc
+
+        parts, part = attempts.run(first)
+        try:
+            while part is not None:
+                yield part
+                part = next(parts, None)
+        except Exception as exc:
+            error = self.classify(exc, model=model, started=True)
+            attempts.end(error)
+            raise error from exc
+        except BaseException as exc:  # the caller stopped reading, Ctrl-C
+            attempts.end(exc)
+            raise
+        finally:
+            close = getattr(parts, "close", None)
+            if close is not None:
+                close()
+        attempts.end()
+
+    async def acall(self, operation: str, request: Mapping[str, Any]) -> Response:
+        method = getattr(self.async_client, operation)
+        model = str(request.get("model", ""))
+        attempts = self.attempts(model)
+
+        async def attempt() -> Response:
+            try:
+                return self._checked(await method(**request, **_no_stream(operation)))
+            except Exception as exc:
+                raise self.classify(exc, model=model, started=False) from exc
+
+        result = await attempts.arun(attempt)
+        attempts.end()
+        return result
+
+    async def astream(
+        self, operation: str, request: Mapping[str, Any]
+    ) -> AsyncGenerator[Response, None]:
+        model = str(request.get("model", ""))
+        attempts = self.attempts(model)
+
+        async def first() -> tuple[AsyncIterator[Response], Response | None]:
+            try:
+                parts = await getattr(self.async_client, operation)(**request, stream=True)
+                return parts, await anext(parts, None)
+            except Exception as exc:
+                raise self.classify(exc, model=model, started=False) from exc
+
+        parts, part = await attempts.arun(first)
+        try:
+            while part is not None:
+                yield part
+                part = await anext(parts, None)
+        except Exception as exc:
+            error = self.classify(exc, model=model, started=True)
+            attempts.end(error)
+            raise error from exc
+        except BaseException as exc:
+            attempts.end(exc)
+            raise
+        finally:
+            close = getattr(parts, "aclose", None)
+            if close is not None:
+                await close()
+        attempts.end()
+
+    @staticmethod
+    def _checked(answer: Response) -> Response:
+        """A whole answer that reports a failure inside its 200 is that failure."""
+        failure = reported_error(answer)
+        if failure is not None:
+            raise failure
+        return answer
+
+    def classify(self, exc: BaseException, *, model: str, started: bool) -> UpstreamError:
+        """What the ``ollama`` client or httpx raised, as the one classifier says it."""
+        if isinstance(exc, UpstreamError):
+            return exc
+        if isinstance(exc, ollama.ResponseError):
+            detail = error_text(exc.error)
+            if exc.status_code == -1:  # an {"error": ...} line inside a 200 stream
+                return mid_stream_error(detail)
+            return answer_error(
+                exc.status_code,
+                detail,
+                host=self.host,
+                model=model,
+                retry_after=_retry_after(exc),
+            )
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, httpx.TimeoutException):
+            kind = Failure.TIMEOUT
+        elif started and isinstance(exc, httpx.HTTPError | json.JSONDecodeError):
+            kind = Failure.BROKEN
+        elif isinstance(exc, ConnectionError | httpx.TransportError):
+            kind, reason = Failure.CONNECTION, ""  # the client's own words say nothing more
+        else:
+            kind = Failure.UNEXPECTED
+        return transport_error(kind, host=self.host, started=started, reason=reason)
+
+    def close(self) -> None:
+        self.client.close()  # type: ignore[no-untyped-call]
+
+
+def _retry_after(exc: ollama.ResponseError) -> float | None:
+    """The answer's ``Retry-After``: the client raises from httpx's error, which has the headers."""
+    cause = exc.__context__
+    if isinstance(cause, httpx.HTTPStatusError):
+        return retry_after_seconds(cause.response.headers.get("retry-after"))
+    return None
+
+
+def _no_stream(operation: str) -> dict[str, Any]:
+    return {} if operation == "embed" else {"stream": False}

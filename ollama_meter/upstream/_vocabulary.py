@@ -1,0 +1,46 @@
+"""The meter's words for what an upstream answered, whatever the wire format.
+
+The meter understands three things and nothing else:
+
+- :class:`Delta`: a piece of the reply as it arrived. Its text may be empty (a
+  chunk with no text still shows that the answer has begun);
+- :class:`Final`: the call's usage record: token counts, Ollama's own durations,
+  the model that answered and why it stopped. Counts the upstream did not give
+  are None, and the meter estimates them;
+- an :class:`~ollama_meter.errors.UpstreamError`: the answer itself reports a failure.
+
+The adapters in ``_wire.py`` read Ollama's native objects and OpenAI's into these;
+no client library's types reach the meter. This module imports nothing but the
+error tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ollama_meter.errors import UpstreamError
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of the reply, as it arrived."""
+
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """What the upstream said about the whole call, once it was done."""
+
+    model: str | None = None
+    done_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_ns: int | None = None
+    load_ns: int | None = None
+    prompt_eval_ns: int | None = None
+    eval_ns: int | None = None
+
+
+Event = Delta | Final | UpstreamError
+"""One thing an upstream's answer told the meter."""

@@ -1,0 +1,258 @@
+"""Ollama's native wire format and OpenAI's: read into the meter's vocabulary, and spoken back.
+
+Each format is one strategy, :data:`OLLAMA` or :data:`OPENAI`, that knows
+
+- how a streamed answer is framed (NDJSON lines; SSE ``data:`` events ending in ``[DONE]``);
+- how to read an answer's objects into :mod:`events <._vocabulary>`, with a :class:`Reader`
+  per call (OpenAI's carries the model and finish reason until the usage arrives);
+- what an error looks like to a client of that format (a body, and the last line
+  of a stream that broke), the way Ollama itself would send it.
+
+Readers take JSON objects as decoded, or the ``ollama`` client's response objects
+(which answer ``.get`` like a mapping), and read them defensively: what an
+upstream sends is untrusted, and a field of the wrong type counts as absent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+from typing import Final as Constant
+
+from ollama_meter.upstream._classify import reported_error
+from ollama_meter.upstream._vocabulary import Delta, Event, Final
+
+OPENAI_PREFIX = "openai."
+
+
+class _End:
+    """OpenAI's ``data: [DONE]``: the stream is over."""
+
+    def __repr__(self) -> str:
+        return "END"
+
+
+END: Constant = _End()
+
+
+def _count(value: object) -> int | None:
+    """A count or a duration as the upstream gave it: a non-negative integer, else unknown."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _object(text: str | bytes) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+class Reader(Protocol):
+    """Reads one call's answer, object by object."""
+
+    complete: bool
+    """The answer said it is over (Ollama's ``done``, OpenAI's ``[DONE]`` or a whole answer)."""
+
+    def read(self, obj: Any) -> list[Event]:
+        """The events in one object of the answer (a chunk, or the whole non-streamed answer)."""
+        ...
+
+    def finish(self) -> list[Event]:
+        """The answer ended: what only its end tells."""
+        ...
+
+
+class OllamaReader:
+    """Ollama's native objects: ``/api/chat``, ``/api/generate``, ``/api/embed``, ``/api/embeddings``."""
+
+    def __init__(self, operation: str) -> None:
+        self.embedding = operation in ("embed", "embeddings")
+        self.chat = operation == "chat"
+        self.complete = False
+
+    def read(self, obj: Any) -> list[Event]:
+        failure = reported_error(obj)
+        if failure is not None:
+            return [failure]
+        if self.embedding:  # one whole answer; embeddings produce no tokens
+            self.complete = True
+            return [self._final(obj, output_tokens=0)]
+        events: list[Event] = [Delta(self._reply_text(obj))]
+        if obj.get("done") is True:
+            self.complete = True
+            events.append(self._final(obj, output_tokens=_count(obj.get("eval_count"))))
+        return events
+
+    def finish(self) -> list[Event]:
+        return []
+
+    def _reply_text(self, obj: Any) -> str:
+        if not self.chat:
+            return _text(obj.get("response")) or ""
+        message = obj.get("message")
+        getter = getattr(message, "get", None)
+        return (_text(getter("content")) or "") if callable(getter) else ""
+
+    @staticmethod
+    def _final(obj: Any, *, output_tokens: int | None) -> Final:
+        return Final(
+            model=_text(obj.get("model")),
+            done_reason=_text(obj.get("done_reason")),
+            input_tokens=_count(obj.get("prompt_eval_count")),
+            output_tokens=output_tokens,
+            total_ns=_count(obj.get("total_duration")),
+            load_ns=_count(obj.get("load_duration")),
+            prompt_eval_ns=_count(obj.get("prompt_eval_duration")),
+            eval_ns=_count(obj.get("eval_duration")),
+        )
+
+
+class OpenAIReader:
+    """OpenAI's objects on Ollama's ``/v1`` routes: text in choices, counts in ``usage``.
+
+    Ollama's OpenAI routes report no durations: the meter's clock stands in.
+    """
+
+    def __init__(self, operation: str) -> None:
+        self.embedding = operation == f"{OPENAI_PREFIX}embeddings"
+        self.model: str | None = None
+        self.finish_reason: str | None = None
+        self.usage_seen = False
+        self.complete = False
+
+    def read(self, obj: Any) -> list[Event]:
+        failure = reported_error(obj)
+        if failure is not None:
+            return [failure]
+        events: list[Event] = []
+        self.model = _text(obj.get("model")) or self.model
+        choices = obj.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta") or choice.get("message") or {}
+            text = delta.get("content") if isinstance(delta, dict) else None
+            text = text if text is not None else choice.get("text")
+            if text and isinstance(text, str):
+                events.append(Delta(text))
+            self.finish_reason = _text(choice.get("finish_reason")) or self.finish_reason
+        usage = obj.get("usage")
+        if isinstance(usage, dict) and usage:
+            self.usage_seen = True
+            events.append(
+                self._final(
+                    _count(usage.get("prompt_tokens")),
+                    0 if self.embedding else _count(usage.get("completion_tokens")),
+                )
+            )
+        return events
+
+    def finish(self) -> list[Event]:
+        """No usage came: keep the model and finish reason; the meter estimates the counts."""
+        self.complete = True
+        return [] if self.usage_seen else [self._final(None, None)]
+
+    def _final(self, input_tokens: int | None, output_tokens: int | None) -> Final:
+        return Final(
+            model=self.model,
+            done_reason=self.finish_reason,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+
+    @staticmethod
+    def usage_only(obj: dict[str, Any]) -> bool:
+        """A chunk that carries only the usage (the one the gateway asked for on the client's behalf)."""
+        usage = obj.get("usage")
+        return isinstance(usage, dict) and bool(usage) and not obj.get("choices")
+
+
+class WireFormat(Protocol):
+    """One wire format, as the gateway reads it from Ollama and speaks it to clients."""
+
+    name: str
+    separator: bytes
+    """What ends one item of a stream."""
+    stream_media_type: str | None
+    """The media type of a stream; None: the upstream's own."""
+
+    def reader(self, operation: str) -> Reader: ...
+
+    def decode(self, frame: bytes) -> dict[str, Any] | _End | None:
+        """One item of a stream: an object, :data:`END`, or None (relayed as is, not read)."""
+        ...
+
+    def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
+        """Whether the client must not see this object (a usage chunk it did not ask for)."""
+        ...
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]: ...
+
+    def error_frame(self, message: str) -> bytes:
+        """The last item of a stream that broke, with its separator."""
+        ...
+
+
+class _Ollama:
+    name: str = "ollama"
+    separator: bytes = b"\n"
+    stream_media_type: str | None = None
+
+    def reader(self, operation: str) -> Reader:
+        return OllamaReader(operation)
+
+    def decode(self, frame: bytes) -> dict[str, Any] | _End | None:
+        return _object(frame)
+
+    def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
+        return False
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        return {"error": message}
+
+    def error_frame(self, message: str) -> bytes:
+        return json.dumps(self.error_body(500, message), ensure_ascii=False).encode() + b"\n"
+
+
+class _OpenAI:
+    name: str = "openai"
+    separator: bytes = b"\n\n"
+    stream_media_type: str | None = "text/event-stream"
+
+    def reader(self, operation: str) -> Reader:
+        return OpenAIReader(operation)
+
+    def decode(self, frame: bytes) -> dict[str, Any] | _End | None:
+        text = frame.decode(errors="replace").strip()
+        if not text.startswith("data:"):
+            return None
+        payload = text[5:].strip()
+        return END if payload == "[DONE]" else _object(payload)
+
+    def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
+        return hide_usage and OpenAIReader.usage_only(obj)
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        kind = "invalid_request_error" if status < 500 else "api_error"
+        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+    def error_frame(self, message: str) -> bytes:
+        body = json.dumps(self.error_body(500, message), ensure_ascii=False).encode()
+        return b"data: " + body + b"\n\n"
+
+
+OLLAMA: Constant[WireFormat] = _Ollama()
+OPENAI: Constant[WireFormat] = _OpenAI()
+
+
+def wire_for(operation: str) -> WireFormat:
+    """The wire format of a metered operation (``openai.*`` operations speak OpenAI's)."""
+    return OPENAI if operation.startswith(OPENAI_PREFIX) else OLLAMA
+
+
+__all__ = ["END", "OLLAMA", "OPENAI", "OllamaReader", "OpenAIReader", "Reader", "WireFormat"]

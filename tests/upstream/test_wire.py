@@ -1,0 +1,183 @@
+"""The wire formats read into the meter's vocabulary, and the one classifier.
+
+What Ollama and OpenAI send is untrusted: every reader takes any JSON value
+without raising, and what it reads is exactly what a well-formed answer says.
+The SDK's own objects read like the JSON they came from.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import ollama
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ollama_meter.errors import (
+    ModelNotFound,
+    RateLimited,
+    StreamError,
+    UpstreamBadRequest,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamServerError,
+    UpstreamTimeout,
+)
+from ollama_meter.upstream import END, OLLAMA, OPENAI, Delta, Failure, Final, wire_for
+from ollama_meter.upstream._classify import (
+    answer_error,
+    detail_of,
+    reported_error,
+    retry_after_seconds,
+    transport_error,
+)
+
+HOST = "http://gpu-1:11434"
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=12,
+)
+fields = st.dictionaries(
+    st.sampled_from(
+        ["model", "message", "response", "done", "done_reason", "prompt_eval_count",
+         "eval_count", "total_duration", "eval_duration", "error", "choices", "usage"]
+    ),
+    json_values,
+)  # fmt: skip
+
+FINAL_CHUNK = {
+    "model": "llama3.1:8b",
+    "message": {"role": "assistant", "content": "bye"},
+    "done": True,
+    "done_reason": "stop",
+    "total_duration": 900,
+    "load_duration": 100,
+    "prompt_eval_count": 3,
+    "prompt_eval_duration": 200,
+    "eval_count": 7,
+    "eval_duration": 600,
+}
+
+
+@given(obj=fields, operation=st.sampled_from(["chat", "generate", "embed", "embeddings"]))
+def test_any_ollama_object_reads_without_raising(obj: dict[str, Any], operation: str) -> None:
+    reader = OLLAMA.reader(operation)
+    for event in [*reader.read(obj), *reader.finish()]:
+        assert isinstance(event, Delta | Final | UpstreamError)
+        if isinstance(event, Final):
+            for count in (event.input_tokens, event.output_tokens, event.total_ns):
+                assert count is None or (type(count) is int and count >= 0)
+
+
+@given(
+    obj=fields,
+    operation=st.sampled_from(["openai.chat", "openai.completions", "openai.embeddings"]),
+)
+def test_any_openai_object_reads_without_raising(obj: dict[str, Any], operation: str) -> None:
+    reader = OPENAI.reader(operation)
+    events = [*reader.read(obj), *reader.finish()]
+    assert reader.complete
+    if not isinstance(events[0], UpstreamError):
+        assert sum(isinstance(e, Final) for e in events) == 1  # usage, or none: then estimated
+
+
+def test_an_ollama_final_chunk_reads_as_a_delta_and_the_usage_record() -> None:
+    reader = OLLAMA.reader("chat")
+    assert reader.read(FINAL_CHUNK) == [
+        Delta("bye"),
+        Final("llama3.1:8b", "stop", 3, 7, 900, 100, 200, 600),
+    ]
+    assert reader.complete
+
+
+def test_the_clients_objects_read_like_their_json() -> None:
+    for operation, obj in (
+        ("chat", FINAL_CHUNK),
+        ("generate", {**FINAL_CHUNK, "message": None, "response": "bye"}),
+        ("embed", {"model": "nomic", "embeddings": [[0.1]], "prompt_eval_count": 2}),
+    ):
+        shape = {"chat": ollama.ChatResponse, "generate": ollama.GenerateResponse}.get(
+            operation, ollama.EmbedResponse
+        )
+        sdk = shape(**{k: v for k, v in obj.items() if v is not None})
+        assert OLLAMA.reader(operation).read(sdk) == OLLAMA.reader(operation).read(obj)
+
+
+def test_embeddings_count_no_output_and_errors_end_the_answer() -> None:
+    (final,) = OLLAMA.reader("embeddings").read({"embedding": [0.5]})
+    assert final == Final(output_tokens=0)
+    for obj in ({"error": "boom"}, {"done": True, "done_reason": "error"}):
+        (failure,) = OLLAMA.reader("chat").read(obj)
+        assert isinstance(failure, StreamError)
+        assert str(failure).startswith("Ollama failed mid-stream: ")
+
+
+def test_openai_streams_keep_model_and_finish_reason_until_the_usage() -> None:
+    reader = OPENAI.reader("openai.chat")
+    assert reader.read({"model": "m", "choices": [{"delta": {"role": "assistant"}}]}) == []
+    assert reader.read({"choices": [{"delta": {"content": "hi"}, "finish_reason": "stop"}]}) == [
+        Delta("hi")
+    ]
+    usage = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}
+    assert reader.read(usage) == [Final("m", "stop", 4, 2)]
+    assert OPENAI.hidden(usage, hide_usage=True) and not OPENAI.hidden(usage, hide_usage=False)
+    assert reader.finish() == [] and reader.complete
+
+
+def test_framing_and_error_shapes_per_wire_format() -> None:
+    assert wire_for("chat") is OLLAMA and wire_for("openai.embeddings") is OPENAI
+    assert OPENAI.decode(b"data: [DONE]") is END and OPENAI.decode(b": keep-alive") is None
+    assert OPENAI.decode(b'data: {"a": 1}') == {"a": 1} and OLLAMA.decode(b"[1]") is None
+    assert json.loads(OLLAMA.error_frame("x")) == {"error": "x"}
+    event = json.loads(OPENAI.error_frame("x").removeprefix(b"data: "))
+    assert event["error"]["message"] == "x" and event["error"]["type"] == "api_error"
+    assert OPENAI.error_body(400, "y")["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (404, '{"error": "model \\"x\\" not found, try pulling it first"}', ModelNotFound),
+        (404, "404 page not found", UpstreamBadRequest),
+        (400, '{"error": {"message": "bad", "type": "invalid_request_error"}}', UpstreamBadRequest),
+        (429, '{"error": "slow down"}', RateLimited),
+        (503, '{"error": "server busy"}', UpstreamServerError),
+        (302, "moved", UpstreamError),
+    ],
+)
+def test_answers_are_classified_by_status_and_body(status: int, body: str, kind: type) -> None:
+    error = answer_error(status, detail_of(body), host=HOST, model="x", retry_after=3.0)
+    assert type(error) is kind and error.status_code == status
+    assert "{" not in str(error) or status == 302  # the message, not the JSON around it
+
+
+def test_one_message_per_failure_whatever_the_transport() -> None:
+    down = transport_error(Failure.CONNECTION, host=HOST, started=False, reason="refused")
+    assert isinstance(down, UpstreamConnectionError)
+    assert str(down) == (
+        f"cannot reach Ollama at {HOST} (refused): is it running? Set OLLAMA_HOST to its address"
+    )
+    silent = transport_error(Failure.TIMEOUT, host=HOST, started=True)
+    assert isinstance(silent, UpstreamTimeout) and "stopped answering mid-stream" in str(silent)
+    cut = transport_error(Failure.CONNECTION, host=HOST, started=True, reason="reset")
+    assert isinstance(cut, StreamError) and str(cut).endswith("broke off: reset")
+    assert reported_error({"done": True}) is None
+
+
+@given(seconds=st.integers(0, 10**9))
+def test_retry_after_reads_seconds_and_dates(seconds: int) -> None:
+    assert retry_after_seconds(str(seconds)) == seconds
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    when = now + timedelta(seconds=min(seconds, 10**6))
+    assert retry_after_seconds(format_datetime(when, usegmt=True), now=now) == min(seconds, 10**6)
+
+
+@given(text=st.text(max_size=30))
+def test_a_retry_after_that_is_neither_is_ignored(text: str) -> None:
+    value = retry_after_seconds(text)
+    assert value is None or value >= 0
