@@ -126,6 +126,13 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):  #
 
 
 # The real-gateway fixtures serve every folder (budgets and integrity tests start gateways too).
-from tests.gateway.conftest import gateway, serve, serve_on  # noqa: E402
+from tests.gateway.conftest import (  # noqa: E402
+    app,
+    app_gateway,
+    app_on,
+    gateway,
+    serve,
+    serve_on,
+)
 
-__all__ = ["gateway", "serve", "serve_on"]
+__all__ = ["app", "app_gateway", "app_on", "gateway", "serve", "serve_on"]

@@ -1,16 +1,29 @@
-"""A real gateway on a loopback port, in front of the emulator, on a fresh ledger."""
+"""Gateways in front of the emulator, on a fresh ledger: in this process, or on a real port.
+
+``app``/``app_gateway`` run the ASGI app in process through Starlette's TestClient
+(lifespan included): for error shapes, attribution, access and the gateway's own
+pages. ``serve``/``gateway`` run it under uvicorn on a loopback port: for what only
+a real server shows (the official clients, streams, hang-ups, timeouts on the wire).
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
+from starlette.exceptions import StarletteDeprecationWarning
+
+with warnings.catch_warnings():  # Starlette prefers httpx2 for its TestClient; httpx serves
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
 
 from ollama_meter.config import load_settings
 from ollama_meter.gateway import GatewayOptions, create_app, server_config
@@ -23,7 +36,9 @@ from ollama_meter.testing import OllamaEmulator, unused_port
 class Gateway:
     url: str
     ledger: Ledger
-    server: uvicorn.Server
+    server: uvicorn.Server | None
+    client: httpx.Client
+    """Requests to this gateway: ``client.post("/api/chat", ...)``."""
 
 
 @pytest.fixture
@@ -46,12 +61,53 @@ def serve_on() -> Iterator[Callable[..., Gateway]]:
             assert time.monotonic() < deadline, "gateway did not start"
             time.sleep(0.01)
         servers.append((server, thread))
-        return Gateway(f"http://127.0.0.1:{port}", open_ledger(settings.ledger_url), server)
+        url = f"http://127.0.0.1:{port}"
+        client = httpx.Client(base_url=url, timeout=30)
+        clients.append(client)
+        return Gateway(url, open_ledger(settings.ledger_url), server, client)
 
+    clients: list[httpx.Client] = []
     yield start
+    for client in clients:
+        client.close()
     for server, thread in servers:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def app_on() -> Iterator[Callable[..., Gateway]]:
+    """Gateways in this process, no server: ``app_on(upstream, db, clock=None, **options)``."""
+    clients: list[TestClient] = []
+
+    def start(
+        upstream: str, db: str, clock: Callable[[], datetime] | None = None, **options: Any
+    ) -> Gateway:
+        settings = load_settings(db_url=db, ollama_host=upstream)
+        meter = Meter.from_settings(settings, source="gateway", clock=clock) if clock else None
+        client = TestClient(create_app(settings, GatewayOptions(**options), meter=meter))
+        client.__enter__()  # runs the lifespan: the gateway starts
+        clients.append(client)
+        return Gateway(str(client.base_url), open_ledger(settings.ledger_url), None, client)
+
+    yield start
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def app(db_url: str, app_on: Callable[..., Gateway]) -> Callable[..., Gateway]:
+    """In-process gateways on this test's ledger (SQLite, then PostgreSQL)."""
+
+    def start(upstream: str, **options: Any) -> Gateway:
+        return app_on(upstream, db_url, **options)
+
+    return start
+
+
+@pytest.fixture
+def app_gateway(app: Callable[..., Gateway], emulator: OllamaEmulator) -> Gateway:
+    return app(emulator.url)
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ TODAY = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
 
 
 @pytest.fixture
-def dash(serve: Callable[..., Gateway], emulator: OllamaEmulator) -> Gateway:
-    """A gateway whose clock stands at :data:`NOW`, so "this month" is November 2026."""
-    return serve(emulator.url, clock=lambda: NOW)
+def dash(app: Callable[..., Gateway], emulator: OllamaEmulator) -> Gateway:
+    """A gateway (in process) whose clock stands at :data:`NOW`, so "this month" is November 2026."""
+    return app(emulator.url, clock=lambda: NOW)
 
 
 def fill(gw: Gateway, at: datetime = TODAY) -> None:
@@ -68,7 +68,7 @@ def fill(gw: Gateway, at: datetime = TODAY) -> None:
 
 def test_api_dash_matches_the_ledger(dash: Gateway) -> None:
     fill(dash)
-    data: dict[str, Any] = httpx.get(f"{dash.url}/api/dash?period=month").json()
+    data: dict[str, Any] = dash.client.get("/api/dash?period=month").json()
     assert data["period"]["label"] == "2026-11"
     assert data["summary"] == {
         "requests": 3,
@@ -102,22 +102,22 @@ def test_api_dash_matches_the_ledger(dash: Gateway) -> None:
         "qwen2.5:7b": "4.000",
     }
     assert data["failures"] == [{"status": "error", "error_type": "timeout", "requests": 1}]
-    only = httpx.get(f"{dash.url}/api/dash?period=month&dept=support").json()
+    only = dash.client.get("/api/dash?period=month&dept=support").json()
     assert only["spend"][0]["cost"] == "0.500000"
-    nobody = httpx.get(f"{dash.url}/api/dash?period=month&tenant=nobody").json()
+    nobody = dash.client.get("/api/dash?period=month&tenant=nobody").json()
     assert nobody["summary"]["requests"] == 0 and nobody["spend"] == []
-    old = httpx.get(f"{dash.url}/api/dash?since=2020-01-01&until=2020-01-31").json()
+    old = dash.client.get("/api/dash?since=2020-01-01&until=2020-01-31").json()
     assert old["spend"][0]["cost"] == "0.000009"
 
 
 def test_mixed_currencies_are_never_summed_or_relabelled(dash: Gateway) -> None:
     dash.ledger.record(two_currencies(TODAY))
-    data = httpx.get(f"{dash.url}/api/dash").json()
+    data = dash.client.get("/api/dash").json()
     assert [(s["currency"], s["cost"]) for s in data["spend"]] == [
         ("EUR", "1.200000"),
         ("USD", "1.250000"),
     ]
-    page = httpx.get(f"{dash.url}/dashboard").text
+    page = dash.client.get("/dashboard").text
     assert '<div class="card-label">Spend (EUR)</div>' in page
     assert '<div class="card-label">Spend (USD)</div>' in page
     assert 'data-currency="EUR"' in page and 'data-currency="USD"' in page
@@ -126,7 +126,7 @@ def test_mixed_currencies_are_never_summed_or_relabelled(dash: Gateway) -> None:
 
 def test_dashboard_page_has_the_numbers_without_script(dash: Gateway) -> None:
     fill(dash)
-    reply = httpx.get(f"{dash.url}/dashboard?period=month&tenant=acme")
+    reply = dash.client.get("/dashboard?period=month&tenant=acme")
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/html")
     policy = reply.headers["content-security-policy"]
     assert policy.startswith("default-src 'none'; style-src 'sha256-")
@@ -159,9 +159,9 @@ def test_dashboard_page_has_the_numbers_without_script(dash: Gateway) -> None:
     ],
 )
 def test_a_bad_period_is_a_400_with_one_line(dash: Gateway, query: str) -> None:
-    reply = httpx.get(f"{dash.url}/api/dash?{query}")
+    reply = dash.client.get(f"/api/dash?{query}")
     assert reply.status_code == 400 and "\n" not in reply.json()["error"]
-    page = httpx.get(f"{dash.url}/dashboard?{query}")
+    page = dash.client.get(f"/dashboard?{query}")
     assert page.status_code == 400 and 'role="alert"' in page.text
     assert 'href="/dashboard"' in page.text
 
@@ -228,23 +228,20 @@ def test_metrics_count_this_gateways_calls_and_only_go_up(
     assert all(again[key] >= value for key, value in samples.items() if key[0].endswith("_total"))
 
 
-def test_admin_token_guards_the_dashboard(serve: Any, emulator: OllamaEmulator) -> None:
-    gw = serve(emulator.url, admin_token="s3cret")
-    assert httpx.get(f"{gw.url}/api/dash").status_code == 401
-    assert httpx.get(f"{gw.url}/dashboard").status_code == 401
-    assert httpx.get(f"{gw.url}/dashboard?token=wrong").status_code == 401
-    assert (
-        httpx.get(f"{gw.url}/api/dash", headers={"Authorization": "Bearer s3cret"}).status_code
-        == 200
-    )
-    page = httpx.get(f"{gw.url}/dashboard?token=s3cret&dept=sales")
+def test_admin_token_guards_the_dashboard(app: Any, emulator: OllamaEmulator) -> None:
+    gw = app(emulator.url, admin_token="s3cret")
+    assert gw.client.get("/api/dash").status_code == 401
+    assert gw.client.get("/dashboard").status_code == 401
+    assert gw.client.get("/dashboard?token=wrong").status_code == 401
+    assert gw.client.get("/api/dash", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    page = gw.client.get("/dashboard?token=s3cret&dept=sales")
     assert page.status_code == 200 and 'name="token" value="s3cret"' in page.text
     assert 'href="/api/dash?dept=sales&amp;token=s3cret"' in page.text  # links keep the token
-    assert httpx.get(f"{gw.url}/metrics").status_code == 401  # spend per tenant: the token's
-    metrics = httpx.get(f"{gw.url}/metrics", headers={"Authorization": "Bearer s3cret"})
+    assert gw.client.get("/metrics").status_code == 401  # spend per tenant: the token's
+    metrics = gw.client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
     assert metrics.status_code == 200
     assert 'ometer_gateway_unauthenticated_requests_total{route="/metrics"} 1.0' in metrics.text
-    assert httpx.get(f"{gw.url}/api/dash?token=s3cret").json()["spend"] == []
+    assert gw.client.get("/api/dash?token=s3cret").json()["spend"] == []
 
 
 _text = st.text(
@@ -255,9 +252,9 @@ _text = st.text(
 
 @pytest.fixture
 def office_gateway(
-    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
 ) -> Gateway:
-    gw = serve_on(emulator.url, sqlite_url, clock=lambda: NOW)
+    gw = app_on(emulator.url, sqlite_url, clock=lambda: NOW)
     gw.ledger.record(office_spans(NOW))
     return gw
 
@@ -272,8 +269,8 @@ def office_gateway(
 )
 def test_any_query_is_a_page_or_a_400(office_gateway: Gateway, params: dict[str, str]) -> None:
     """Whatever the URL says, the answer is the dashboard or one line of error, never a 500."""
-    api = httpx.get(f"{office_gateway.url}/api/dash", params=params)
-    page = httpx.get(f"{office_gateway.url}/dashboard", params=params)
+    api = office_gateway.client.get("/api/dash", params=params)
+    page = office_gateway.client.get("/dashboard", params=params)
     assert api.status_code in (200, 400), api.text
     assert page.status_code == api.status_code
     if api.status_code == 400:

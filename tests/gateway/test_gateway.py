@@ -133,85 +133,89 @@ def test_openai_legacy_completions_are_metered(gateway: Gateway) -> None:
 
 
 def test_passthrough_and_admin_refusal(
-    serve: Any, emulator: OllamaEmulator, gateway: Gateway
+    app: Any, emulator: OllamaEmulator, app_gateway: Gateway
 ) -> None:
-    assert "llama3.1:8b" in [m.model for m in ollama.Client(host=gateway.url).list().models]
-    assert httpx.get(f"{gateway.url}/api/version").json()["version"]
-    assert httpx.get(f"{gateway.url}/").text == "Ollama is running"
-    assert httpx.head(f"{gateway.url}/").status_code == 200
-    assert httpx.get(f"{gateway.url}/v1/models").json()["data"]
-    assert httpx.post(f"{gateway.url}/api/show", json={"model": "llama3.1:8b"}).status_code == 200
-    refused = httpx.post(f"{gateway.url}/api/pull", json={"model": "x"})
+    client = app_gateway.client
+    assert "llama3.1:8b" in [m["model"] for m in client.get("/api/tags").json()["models"]]
+    assert client.get("/api/version").json()["version"]
+    assert client.get("/").text == "Ollama is running"
+    assert client.head("/").status_code == 200
+    assert client.get("/v1/models").json()["data"]
+    assert client.post("/api/show", json={"model": "llama3.1:8b"}).status_code == 200
+    refused = client.post("/api/pull", json={"model": "x"})
     assert refused.status_code == 403 and "--allow-admin" in refused.json()["error"]
-    deleted = httpx.request("DELETE", f"{gateway.url}/api/delete", json={"model": "x"})
+    deleted = client.request("DELETE", "/api/delete", json={"model": "x"})
     assert deleted.status_code == 403
-    allowed = serve(emulator.url, allow_admin=True)
-    assert httpx.post(f"{allowed.url}/api/pull", json={"model": "x"}).status_code != 403
-    assert spans(gateway) == []  # nothing metered
+    allowed = app(emulator.url, allow_admin=True)
+    assert allowed.client.post("/api/pull", json={"model": "x"}).status_code != 403
+    assert spans(app_gateway) == []  # nothing metered
 
 
-def test_client_mistakes_are_400_in_the_right_shape_and_spans(gateway: Gateway) -> None:
-    bad = httpx.post(f"{gateway.url}/api/chat", content=b"{not json")
+def test_client_mistakes_are_400_in_the_right_shape_and_spans(app_gateway: Gateway) -> None:
+    gateway, client = app_gateway, app_gateway.client
+    bad = client.post("/api/chat", content=b"{not json")
     assert bad.status_code == 400 and bad.json()["error"].startswith("invalid JSON body")
-    assert httpx.post(f"{gateway.url}/api/chat", json={"messages": []}).json() == {
-        "error": "model is required"
-    }
-    openai_bad = httpx.post(f"{gateway.url}/v1/chat/completions", json={"messages": []})
+    assert client.post("/api/chat", json={"messages": []}).json() == {"error": "model is required"}
+    openai_bad = client.post("/v1/chat/completions", json={"messages": []})
     assert (
         openai_bad.status_code == 400
         and openai_bad.json()["error"]["message"] == "model is required"
     )
-    names = httpx.post(
-        f"{gateway.url}/api/chat",
+    names = client.post(
+        "/api/chat",
         json={"model": "llama3.1:8b"},
         headers={"X-Ometer-Department": "no spaces"},
     )
     assert names.status_code == 400 and "department name" in names.json()["error"]
-    assert httpx.post(f"{gateway.url}/api/chat", json=[1]).status_code == 400
+    assert client.post("/api/chat", json=[1]).status_code == 400
     recorded = spans(gateway)
     assert len(recorded) == 5 and {s.error_type for s in recorded} == {"bad_request"}
     assert {s.http_status for s in recorded} == {400}
 
 
-def test_unknown_model_is_the_upstreams_404(gateway: Gateway, emulator: OllamaEmulator) -> None:
-    with pytest.raises(ollama.ResponseError) as missing:
-        ollama.Client(host=gateway.url).chat(model="nope:1b", messages=HI)
-    assert missing.value.status_code == 404 and "not found" in missing.value.error
+def test_unknown_model_is_the_upstreams_404(app_gateway: Gateway, emulator: OllamaEmulator) -> None:
+    missing = app_gateway.client.post(
+        "/api/chat", json={"model": "nope:1b", "messages": HI, "stream": False}
+    )
+    assert missing.status_code == 404 and "not found" in missing.json()["error"]
     assert len(emulator.requests_to("/api/chat")) == 1  # a 4xx is never retried
-    (span,) = spans(gateway)
+    (span,) = spans(app_gateway)
     assert (span.error_type, span.http_status) == ("model_not_found", 404)
 
 
-def test_unreachable_upstream_is_502_naming_it(serve: Any) -> None:
+def test_unreachable_upstream_is_502_naming_it(app: Any) -> None:
     dead = unreachable_url()
-    gw = serve(dead)
-    reply = httpx.post(f"{gw.url}/api/chat", json={"model": "llama3.1:8b", "messages": HI})
+    gw = app(dead)
+    reply = gw.client.post("/api/chat", json={"model": "llama3.1:8b", "messages": HI})
     assert reply.status_code == 502 and dead in reply.json()["error"]
     (span,) = spans(gw)
     assert span.error_type == "connection"
     for _ in range(2):
-        httpx.post(f"{gw.url}/api/chat", json={"model": "llama3.1:8b", "messages": HI})
-    open_circuit = httpx.post(f"{gw.url}/api/chat", json={"model": "llama3.1:8b", "messages": HI})
+        gw.client.post("/api/chat", json={"model": "llama3.1:8b", "messages": HI})
+    open_circuit = gw.client.post("/api/chat", json={"model": "llama3.1:8b", "messages": HI})
     assert open_circuit.status_code == 503 and int(open_circuit.headers["retry-after"]) > 0
     assert spans(gw)[0].error_type == "circuit_open"
-    assert httpx.get(f"{gw.url}/healthz").status_code == 503
+    assert gw.client.get("/healthz").status_code == 503
 
 
-def test_budget_refusal_is_429_with_retry_after(gateway: Gateway, emulator: OllamaEmulator) -> None:
+def test_budget_refusal_is_429_with_retry_after(
+    app_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    gateway = app_gateway
     price(gateway)
     gateway.ledger.save_budget(
         Budget(tenant="acme", department="sales", period="day", limit=1, currency="USD")
     )
     before = len(emulator.requests)
-    reply = httpx.post(
-        f"{gateway.url}/api/chat", json={"model": "llama3.1:8b", "messages": HI}, headers=SALES
+    reply = gateway.client.post(
+        "/api/chat", json={"model": "llama3.1:8b", "messages": HI}, headers=SALES
     )
     assert reply.status_code == 429 and "budget" in reply.json()["error"]
     assert 0 < int(reply.headers["retry-after"]) <= 86400
     assert len(emulator.requests) == before
     assert spans(gateway)[0].status == "rejected"
-    openai_reply = httpx.post(
-        f"{gateway.url}/v1/chat/completions",
+    openai_reply = gateway.client.post(
+        "/v1/chat/completions",
         json={"model": "llama3.1:8b", "messages": HI},
         headers=SALES,
     )
@@ -219,15 +223,15 @@ def test_budget_refusal_is_429_with_retry_after(gateway: Gateway, emulator: Olla
 
 
 def test_keys_map_to_attribution_and_revocation_is_immediate(
-    serve: Any, emulator: OllamaEmulator
+    app: Any, emulator: OllamaEmulator
 ) -> None:
-    gw = serve(emulator.url, require_key=True)
+    gw = app(emulator.url, require_key=True)
     key, secret = gw.ledger.create_key(name="crm-bot", tenant="acme", department="sales")
     body = {"model": "llama3.1:8b", "messages": HI, "stream": False}
-    assert httpx.post(f"{gw.url}/api/chat", json=body).status_code == 401
+    assert gw.client.post("/api/chat", json=body).status_code == 401
     assert (
-        httpx.post(
-            f"{gw.url}/api/chat", json=body, headers={"Authorization": "Bearer om_wrong"}
+        gw.client.post(
+            "/api/chat", json=body, headers={"Authorization": "Bearer om_wrong"}
         ).status_code
         == 401
     )
@@ -236,32 +240,31 @@ def test_keys_map_to_attribution_and_revocation_is_immediate(
         "X-Ometer-Department": "marketing",
         "X-Ometer-Tenant": "globex",
     }
-    assert httpx.post(f"{gw.url}/api/chat", json=body, headers=spoof).status_code == 200
+    assert gw.client.post("/api/chat", json=body, headers=spoof).status_code == 200
     assert (
-        httpx.post(f"{gw.url}/api/chat", json=body, headers={"X-Ometer-Key": secret}).status_code
-        == 200
+        gw.client.post("/api/chat", json=body, headers={"X-Ometer-Key": secret}).status_code == 200
     )
     ok = [s for s in spans(gw) if s.status == "ok"]
     assert {(s.tenant, s.department) for s in ok} == {("acme", "sales")}
     gw.ledger.revoke_key(key.id)
     assert (
-        httpx.post(f"{gw.url}/api/chat", json=body, headers={"X-Ometer-Key": secret}).status_code
-        == 401
+        gw.client.post("/api/chat", json=body, headers={"X-Ometer-Key": secret}).status_code == 401
     )
     # Refusals without a key are counted, not written: nobody can grow the ledger without one.
     assert [s.status for s in spans(gw)] == ["ok", "ok"]
 
 
-def test_key_without_requirement_sets_default_attribution(gateway: Gateway) -> None:
+def test_key_without_requirement_sets_default_attribution(app_gateway: Gateway) -> None:
+    gateway = app_gateway
     _, secret = gateway.ledger.create_key(name="bot", tenant="globex", department="research")
     headers = {"Authorization": f"Bearer {secret}"}
-    httpx.post(
-        f"{gateway.url}/api/chat",
+    gateway.client.post(
+        "/api/chat",
         json={"model": "llama3.1:8b", "messages": HI, "stream": False},
         headers=headers,
     )
-    httpx.post(
-        f"{gateway.url}/api/chat",
+    gateway.client.post(
+        "/api/chat",
         json={"model": "llama3.1:8b", "messages": HI, "stream": False},
         headers={**headers, "X-Ometer-Department": "ops"},
     )
@@ -314,8 +317,8 @@ def test_mid_stream_error_is_relayed_and_recorded(
     )
 
 
-def test_healthz(gateway: Gateway) -> None:
-    health = httpx.get(f"{gateway.url}/healthz")
+def test_healthz(app_gateway: Gateway) -> None:
+    health = app_gateway.client.get("/healthz")
     assert health.status_code == 200 and health.json() == {
         "status": "ok",
         "ledger": "ok",
@@ -353,13 +356,13 @@ def test_upstream_dropping_the_connection_is_a_stream_error(
 
 
 def test_silent_upstream_is_504_and_a_timeout_span(
-    serve: Any, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
+    app: Any, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OMETER_UPSTREAM_TIMEOUT", "0.5")
-    gw = serve(emulator.url)
+    gw = app(emulator.url)
     emulator.inject(Fault.HANG, times=3)
-    reply = httpx.post(
-        f"{gw.url}/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
+    reply = gw.client.post(
+        "/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
     )
     assert reply.status_code == 504 and "did not answer in time" in reply.json()["error"]
     (span,) = spans(gw)
