@@ -1,4 +1,4 @@
-"""The meter: the one metering sequence, the span record, and re-pricing.
+"""The meter: the one metering sequence, and re-pricing.
 
 Entry points call in here; this package calls out to upstream, pricing and the
 ledger, and to observers (telemetry, alerts). Nothing calls back in.
@@ -14,7 +14,8 @@ ledger, and to observers (telemetry, alerts). Nothing calls back in.
     _usage.py        estimated tokens, the usage a span is priced on
     _writer.py       group commit of spans
     _reprice.py      re-pricing recorded spans
-    span.py          the span record, pure data
+
+The span record it fills is plain data in ``ollama_meter.records``.
 """
 
 from ollama_meter.meter._attribution import Attribution

@@ -160,18 +160,6 @@ class Meter:
         except WouldBlock:
             return None
 
-    def reserves(self, attribution: Attribution) -> bool:
-        """Whether :meth:`open` for this caller may touch the ledger (and so wait on it).
-
-        True when a budget covers the caller, or when the budgets are due to be reloaded;
-        False means opening is in-memory work that an event loop can do in place. This
-        never touches the ledger itself.
-        """
-        if self.budgets is None:
-            return False
-        known = self.budgets.cached_budgets_for(attribution.tenant, attribution.department)
-        return known is None or bool(known)
-
     def _open(
         self,
         operation: str,

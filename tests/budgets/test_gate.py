@@ -25,7 +25,8 @@ from ollama_meter.budgets import (
 from ollama_meter.config import load_settings
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.meter import Attribution, Meter
+from ollama_meter.meter import Attribution, Meter, MeteredCall
+from ollama_meter.meter._request import facts_of
 from ollama_meter.testing import OllamaEmulator, expected_counts
 from tests.factories import token_prices
 
@@ -327,17 +328,45 @@ def test_gate_without_hard_budgets_reserves_nothing(sqlite_url: str) -> None:
     assert gate.retry_undelivered() == 0
 
 
-def test_reserves_says_when_opening_may_touch_the_ledger(
+def test_try_open_admits_in_memory_or_hands_the_call_to_a_thread(
     db_url: str, emulator: OllamaEmulator
 ) -> None:
-    meter = make_meter(db_url, Clock(NOV), ollama_host=emulator.url)
-    sales, support = (
-        Attribution(tenant="acme", department="sales"),
-        Attribution(tenant="acme", department="support"),
-    )
-    budget(meter, 5_000_000)
-    assert meter.budgets is not None
-    assert meter.budgets.cached_budgets_for("acme", "sales") is None  # stale: not read yet
-    assert meter.reserves(sales) and meter.reserves(support)  # a reload may be due: off the loop
-    meter.budgets.budgets_for("acme", "sales")  # the reload open() would do
-    assert meter.reserves(sales) and not meter.reserves(support)
+    """What an event loop may do in place (issue 11 item 8); None means nothing happened."""
+    cfg = load_settings(db_url=db_url, timezone="Europe/Berlin", ollama_host=emulator.url)
+    meter = Meter.from_settings(cfg, source="gateway", clock=Clock(NOV))  # leases a quarter
+    meter.ledger.add_price_rule(token_prices("llama3.1:*"))
+    budget(meter, BOUND * 8)
+    meter.keep_fresh()  # a server: a background task reloads prices and budgets
+    sales = Attribution(tenant="acme", department="sales")
+    support = Attribution(tenant="acme", department="support")
+    request = {"model": "llama3.1:8b", "messages": HELLO, "options": {"num_predict": OUT}}
+    facts = facts_of("chat", request)
+
+    def try_open(who: Attribution) -> MeteredCall | None:
+        return meter.try_open(
+            operation="chat", model="llama3.1:8b", stream=False, attribution=who, facts=facts
+        )
+
+    def open_(who: Attribution) -> MeteredCall:
+        return meter.open(
+            operation="chat", model="llama3.1:8b", stream=False, attribution=who, facts=facts
+        )
+
+    assert try_open(support) is None  # prices and budgets are not loaded yet
+    first = open_(sales)  # from a thread: loads prices, budgets and history, leases a slice
+    assert first.reservation is not None
+    free = try_open(support)  # no budget covers it: decided in memory
+    assert free is not None and free.reservation is None
+    in_memory = []
+    while (opened := try_open(sales)) is not None:
+        assert opened.reservation is not None
+        in_memory.append(opened)
+    assert 1 <= len(in_memory) < 8  # the slice held a few bounds, not the whole budget
+    renewed = open_(sales)  # the slice ran short: renewed in the ledger, from a thread
+    assert renewed.reservation is not None
+    calls = [first, free, *in_memory, renewed]
+    for call_ in calls:
+        meter.close(call_)
+    recorded = meter.ledger.latest(SpanFilter(), 50)
+    assert len(recorded) == len(calls) and {s.status for s in recorded} == {"ok"}
+    meter.close_upstream()
