@@ -275,7 +275,6 @@ class MeteredRequest:
 
     path: str
     operation: str
-    openai: bool
     model: str
     stream: bool
     body: dict[str, Any]
@@ -287,8 +286,7 @@ class MeteredRequest:
 
 def parse_request(path: str, raw: bytes) -> MeteredRequest:
     """Check ``raw`` as a body of ``path``'s documented shape; raises :class:`BadRequest`."""
-    openai = path in OPENAI_ROUTES
-    shape = OPENAI_ROUTES[path] if openai else OLLAMA_ROUTES[path]
+    shape = OLLAMA_ROUTES.get(path) or OPENAI_ROUTES[path]
     try:
         body = json.loads(raw, parse_constant=_not_json) if raw.strip() else None
     except RecursionError:
@@ -320,7 +318,6 @@ def parse_request(path: str, raw: bytes) -> MeteredRequest:
     return MeteredRequest(
         path=path,
         operation=shape.operation,
-        openai=openai,
         model=model,
         stream=stream,
         body=body,
