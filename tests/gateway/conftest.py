@@ -131,3 +131,11 @@ def sqlite_gateway(
 ) -> Gateway:
     """A gateway on SQLite only, for what does not depend on the database."""
     return serve_on(emulator.url, sqlite_url)
+
+
+@pytest.fixture
+def sqlite_app(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> Gateway:
+    """An in-process gateway on SQLite only: error shapes, attribution, the gateway's pages."""
+    return app_on(emulator.url, sqlite_url)

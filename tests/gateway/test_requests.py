@@ -54,18 +54,18 @@ def error_of(reply: httpx.Response) -> str:
 
 
 def test_malformed_bodies_are_400_in_the_routes_format_each_with_a_span(
-    sqlite_gateway: Gateway, emulator: OllamaEmulator
+    sqlite_app: Gateway, emulator: OllamaEmulator
 ) -> None:
     for path, body, message in MISTAKES:
-        reply = httpx.post(f"{sqlite_gateway.url}{path}", json=body)
+        reply = sqlite_app.client.post(path, json=body)
         assert reply.status_code == 400, (path, body, reply.text)
         assert error_of(reply) == message
         if path.startswith("/v1/"):
             assert reply.json()["error"]["type"] == "invalid_request_error"
     deep = b'{"model": "llama3.1:8b", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    reply = httpx.post(f"{sqlite_gateway.url}/api/chat", content=deep)
+    reply = sqlite_app.client.post("/api/chat", content=deep)
     assert reply.status_code == 400 and error_of(reply) == "the JSON body is nested too deeply"
-    recorded = spans(sqlite_gateway)
+    recorded = spans(sqlite_app)
     assert len(recorded) == len(MISTAKES) + 1
     assert {(s.status, s.error_type, s.http_status) for s in recorded} == {
         ("error", "bad_request", 400)
@@ -74,16 +74,16 @@ def test_malformed_bodies_are_400_in_the_routes_format_each_with_a_span(
 
 
 def test_unknown_fields_pass_through_untouched(
-    sqlite_gateway: Gateway, emulator: OllamaEmulator
+    sqlite_app: Gateway, emulator: OllamaEmulator
 ) -> None:
     body = {"model": "llama3.1:8b", "messages": HI, "stream": False, "x_custom": {"a": [1]}}
-    assert httpx.post(f"{sqlite_gateway.url}/api/chat", json=body).status_code == 200
+    assert sqlite_app.client.post("/api/chat", json=body).status_code == 200
     (sent,) = emulator.requests_to("/api/chat")
     assert sent.body == body
 
 
-def test_a_period_past_9999_is_a_400(sqlite_gateway: Gateway) -> None:
-    reply = httpx.get(f"{sqlite_gateway.url}/api/dash?period=9999-12")
+def test_a_period_past_9999_is_a_400(sqlite_app: Gateway) -> None:
+    reply = sqlite_app.client.get("/api/dash?period=9999-12")
     assert reply.status_code == 400 and reply.json()["error"]
 
 
@@ -216,14 +216,12 @@ def test_openai_streams_without_usage_keep_model_and_finish_reason(
 
 
 def test_a_missing_route_is_a_bad_request_not_a_missing_model(
-    sqlite_gateway: Gateway, emulator: OllamaEmulator
+    sqlite_app: Gateway, emulator: OllamaEmulator
 ) -> None:
     emulator.inject(Fault.NO_ROUTE)
-    reply = httpx.post(
-        f"{sqlite_gateway.url}/api/embed", json={"model": "nomic-embed-text", "input": "a"}
-    )
+    reply = sqlite_app.client.post("/api/embed", json={"model": "nomic-embed-text", "input": "a"})
     assert reply.status_code == 404 and reply.text == "404 page not found"
-    (span,) = spans(sqlite_gateway)
+    (span,) = spans(sqlite_app)
     assert (span.error_type, span.http_status) == ("bad_request", 404)
     assert "no such endpoint" in (span.error_message or "")
 
