@@ -29,7 +29,7 @@ from ollama_meter.cli._common import (
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 from ollama_meter.ledger import ApiKey, SpanFilter
-from ollama_meter.meter import Attribution, ledger_for
+from ollama_meter.meter import Attribution, Source, ledger_for
 
 keys_app = typer.Typer(
     help="Gateway API keys: each maps to a tenant and department.", no_args_is_help=True
@@ -162,7 +162,7 @@ def run(
     spans = ledger_for(cfg).latest(
         SpanFilter(since=started, tenant=who.tenant, department=who.department), 100_000
     )
-    spans = [s for s in spans if s.source == "gateway"]
+    spans = [s for s in spans if s.source == Source.GATEWAY]
     total = sum(s.cost_total for s in spans)
     currency = spans[0].currency if spans else cfg.currency
     err.print(

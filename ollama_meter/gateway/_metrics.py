@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ollama_meter.meter import Meter, SpanRecord
+from ollama_meter.meter import Meter, SpanRecord, Status
 from ollama_meter.telemetry._semconv import DURATION_BUCKETS, OPERATION_NAMES, TOKEN_BUCKETS
 
 _WHO = ("tenant", "department", "model")
@@ -81,7 +81,7 @@ class GatewayMetrics:
             self.in_flight.dec()
         who = (span.tenant, span.department, span.model)
         self.requests.labels(*who, span.status).inc()
-        if span.status == "error":
+        if span.status == Status.ERROR:
             self.errors.labels(*who, span.error_type or "unknown").inc()
         self.tokens.labels(*who, "input").inc(span.input_tokens)
         self.tokens.labels(*who, "output").inc(span.output_tokens)
@@ -97,7 +97,7 @@ class GatewayMetrics:
             self.duration.labels(*genai).observe(span.latency_ns / 1e9)
         if span.ttft_ns is not None:
             self.first_chunk.labels(*genai).observe(span.ttft_ns / 1e9)
-        if span.status == "ok":
+        if span.status == Status.OK:
             self.token_usage.labels(*genai, "input").observe(span.input_tokens)
             self.token_usage.labels(*genai, "output").observe(span.output_tokens)
 
