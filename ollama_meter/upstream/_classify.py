@@ -146,12 +146,16 @@ def error_text(value: object) -> str:
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: a number of seconds or an HTTP date; None if neither."""
+    """``Retry-After`` as seconds from now: a number of seconds or an HTTP date; None if neither.
+
+    Any number of digits is a number (``inf`` past what a float holds): an upstream may lie.
+    """
     if value is None:
         return None
     text = value.strip()
     if text.isascii() and text.isdigit():
-        return float(int(text))
+        digits = text.lstrip("0") or "0"
+        return float(digits) if len(digits) <= 300 else math.inf
     try:
         when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -8,6 +8,7 @@ The SDK's own objects read like the JSON they came from.
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -27,7 +28,7 @@ from ollama_meter.errors import (
     UpstreamServerError,
     UpstreamTimeout,
 )
-from ollama_meter.upstream import END, OLLAMA, OPENAI, Delta, Failure, Final, wire_for
+from ollama_meter.upstream import END, OLLAMA, OPENAI, Delta, Failure, Final, RetryPolicy, wire_for
 from ollama_meter.upstream._classify import (
     answer_error,
     detail_of,
@@ -177,7 +178,13 @@ def test_retry_after_reads_seconds_and_dates(seconds: int) -> None:
     assert retry_after_seconds(format_datetime(when, usegmt=True), now=now) == min(seconds, 10**6)
 
 
-@given(text=st.text(max_size=30))
+@given(text=st.text(max_size=30) | st.from_regex(r"\A[0-9]{1,6000}\Z"))
 def test_a_retry_after_that_is_neither_is_ignored(text: str) -> None:
     value = retry_after_seconds(text)
     assert value is None or value >= 0
+
+
+def test_a_retry_after_too_long_to_wait_for_is_infinite_not_a_crash() -> None:
+    assert retry_after_seconds("9" * 400) == retry_after_seconds("1" * 5000) == math.inf
+    assert retry_after_seconds("0" * 5000 + "7") == 7.0
+    assert RetryPolicy().wait(1, math.inf) is None  # the call fails now, with Ollama's answer
