@@ -28,7 +28,7 @@ from ollama_meter.gateway._requests import MeteredRequest
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._request import facts_of, with_output_cap
-from ollama_meter.upstream import END, CallAttempts, PooledUpstream, Refusal, WireFormat
+from ollama_meter.upstream import END, CallAttempts, Frames, PooledUpstream, Refusal, WireFormat
 from ollama_meter.upstream._classify import unfinished_error
 from ollama_meter.upstream._pooled import gateway_status
 
@@ -190,12 +190,10 @@ class Relay:
 
         reader = wire.reader(request.operation)
         separator = wire.separator
+        frames = Frames(separator, host=self.pool.host)
         try:
-            buffer = b""
             async for data in self.pool.chunks(response):
-                buffer += data
-                while separator in buffer:
-                    frame, buffer = buffer.split(separator, 1)
+                for frame in frames.feed(data):
                     if not frame.strip():
                         continue
                     item = None if closed else wire.decode(frame)

@@ -28,7 +28,7 @@ from ollama_meter.upstream._resilience import (
     reset_breakers,
 )
 from ollama_meter.upstream._vocabulary import Delta, Event, Final
-from ollama_meter.upstream._wire import END, OLLAMA, OPENAI, Reader, WireFormat, wire_for
+from ollama_meter.upstream._wire import END, OLLAMA, OPENAI, Frames, Reader, WireFormat, wire_for
 
 if TYPE_CHECKING:
     from ollama_meter.upstream._pooled import PooledUpstream, Refusal, gateway_status
@@ -46,6 +46,7 @@ __all__ = [
     "Event",
     "Failure",
     "Final",
+    "Frames",
     "Message",
     "PooledUpstream",
     "Reader",

@@ -19,7 +19,7 @@ import json
 from typing import Any, Protocol
 from typing import Final as Constant
 
-from ollama_meter.upstream._classify import reported_error
+from ollama_meter.upstream._classify import Failure, reported_error, transport_error
 from ollama_meter.upstream._vocabulary import Delta, Event, Final
 
 OPENAI_PREFIX = "openai."
@@ -246,6 +246,47 @@ class _OpenAI:
         return b"data: " + body + b"\n\n"
 
 
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+"""The longest item of a stream waited for (Ollama's longest, a generate's final chunk with
+its ``context``, is a few MB at most); an upstream that sends more without an end lies."""
+
+
+class Frames:
+    """Cuts a stream's bytes, as they arrive in any pieces, into its items (without separators).
+
+    Linear in what arrives, however the pieces fall; what is left over waits for the
+    next piece, up to ``limit`` bytes, past which the stream is broken.
+    """
+
+    def __init__(self, separator: bytes, *, host: str, limit: int = MAX_FRAME_BYTES) -> None:
+        self._separator = separator
+        self._host = host
+        self._limit = limit
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The items ``data`` completes; raises :class:`StreamError` past the limit."""
+        pending, separator = self._pending, self._separator
+        # Only where the new bytes could complete a separator is searched again.
+        scan = max(0, len(pending) - len(separator) + 1)
+        pending += data
+        frames: list[bytes] = []
+        start = 0
+        while (end := pending.find(separator, max(start, scan))) >= 0:
+            frames.append(bytes(pending[start:end]))
+            start = end + len(separator)
+        if start:
+            del pending[:start]
+        if len(pending) > self._limit:
+            raise transport_error(
+                Failure.BROKEN,
+                host=self._host,
+                started=True,
+                reason=f"an item of more than {self._limit} bytes without an end",
+            )
+        return frames
+
+
 OLLAMA: Constant[WireFormat] = _Ollama()
 OPENAI: Constant[WireFormat] = _OpenAI()
 
@@ -255,4 +296,14 @@ def wire_for(operation: str) -> WireFormat:
     return OPENAI if operation.startswith(OPENAI_PREFIX) else OLLAMA
 
 
-__all__ = ["END", "OLLAMA", "OPENAI", "OllamaReader", "OpenAIReader", "Reader", "WireFormat"]
+__all__ = [
+    "END",
+    "MAX_FRAME_BYTES",
+    "OLLAMA",
+    "OPENAI",
+    "Frames",
+    "OllamaReader",
+    "OpenAIReader",
+    "Reader",
+    "WireFormat",
+]

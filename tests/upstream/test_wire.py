@@ -7,6 +7,7 @@ The SDK's own objects read like the JSON they came from.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,17 @@ from ollama_meter.errors import (
     UpstreamServerError,
     UpstreamTimeout,
 )
-from ollama_meter.upstream import END, OLLAMA, OPENAI, Delta, Failure, Final, RetryPolicy, wire_for
+from ollama_meter.upstream import (
+    END,
+    OLLAMA,
+    OPENAI,
+    Delta,
+    Failure,
+    Final,
+    Frames,
+    RetryPolicy,
+    wire_for,
+)
 from ollama_meter.upstream._classify import (
     answer_error,
     detail_of,
@@ -188,3 +199,26 @@ def test_a_retry_after_too_long_to_wait_for_is_infinite_not_a_crash() -> None:
     assert retry_after_seconds("9" * 400) == retry_after_seconds("1" * 5000) == math.inf
     assert retry_after_seconds("0" * 5000 + "7") == 7.0
     assert RetryPolicy().wait(1, math.inf) is None  # the call fails now, with Ollama's answer
+
+
+@given(
+    items=st.lists(st.binary(max_size=40).filter(lambda b: b"\n" not in b), max_size=20),
+    cuts=st.lists(st.integers(0, 1000), max_size=30),
+    separator=st.sampled_from([b"\n", b"\n\n"]),
+)
+def test_frames_are_the_same_however_the_bytes_arrive(
+    items: list[bytes], cuts: list[int], separator: bytes
+) -> None:
+    stream = b"".join(item + separator for item in items) + b"tail-without-end"
+    pieces = [stream[a:b] for a, b in itertools.pairwise([0, *sorted(cuts), len(stream)])]
+    frames = Frames(separator, host=HOST)
+    got = [frame for piece in pieces for frame in frames.feed(piece)]
+    assert got == stream.split(separator)[:-1]
+
+
+def test_an_item_that_never_ends_breaks_the_stream_at_the_limit() -> None:
+    frames = Frames(b"\n\n", host=HOST, limit=10)
+    assert frames.feed(b'{"a": 1}\n') == []
+    assert frames.feed(b"\n0123456789") == [b'{"a": 1}']  # the rest waits: 10 bytes
+    with pytest.raises(StreamError, match="broke off: an item of more than 10 bytes"):
+        frames.feed(b"x")
