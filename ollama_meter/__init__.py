@@ -9,9 +9,9 @@ that only reads the ledger never pays for the Ollama client, HTTP or rich.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ollama_meter._lazy import lazy_names
 from ollama_meter._version import __version__
 
 if TYPE_CHECKING:
@@ -68,13 +68,7 @@ _WHERE: dict[str, str] = {
 """Public name → the module that defines it, imported when the name is first read."""
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ollama_meter' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later reads skip this function
-    return value
+__getattr__ = lazy_names(globals(), _WHERE)
 
 
 def __dir__() -> list[str]:

@@ -21,7 +21,7 @@ PACKAGE = ROOT / "ollama_meter"
 
 LAYERS: tuple[frozenset[str], ...] = (
     # plain data and helpers that import nothing of ours (but each other)
-    frozenset({"_version", "_names", "_paths", "errors", "records", "testing"}),
+    frozenset({"_version", "_names", "_paths", "_lazy", "errors", "records", "testing"}),
     frozenset({"config", "periods", "_logging", "_reloaded", "upstream"}),
     frozenset({"ledger"}),
     frozenset({"pricing", "budgets"}),

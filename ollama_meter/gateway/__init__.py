@@ -5,8 +5,9 @@ Imported lazily (PEP 562): the CLI reads the limits without loading the web stac
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ollama_meter._lazy import lazy_names
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 
 if TYPE_CHECKING:
@@ -25,18 +26,13 @@ __all__ = [
 ]
 
 _LAZY = {
-    "ADMIN": "_app",
-    "PASSTHROUGH": "_app",
-    "GatewayOptions": "_app",
-    "create_app": "_app",
-    "is_loopback": "_server",
-    "server_config": "_server",
+    "ADMIN": "._app",
+    "PASSTHROUGH": "._app",
+    "GatewayOptions": "._app",
+    "create_app": "._app",
+    "is_loopback": "._server",
+    "server_config": "._server",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"ollama_meter.gateway.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'ollama_meter.gateway' has no attribute {name!r}")
+__getattr__ = lazy_names(globals(), _LAZY)

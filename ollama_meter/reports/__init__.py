@@ -5,8 +5,9 @@ are drawn by the CLI, which alone imports rich. The HTML renderer (and Jinja2)
 loads on first use, so a command that prints no HTML never pays for it.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ollama_meter._lazy import lazy_names
 from ollama_meter.ledger import COLD_LOAD_NS
 from ollama_meter.periods import (
     PERIOD_HELP,
@@ -52,21 +53,16 @@ if TYPE_CHECKING:
     )
 
 _HTML = {
-    "Links": "_dashboard_page",
-    "render_dashboard": "_dashboard_page",
-    "content_security_policy": "_html",
-    "render_chargeback_html": "_html",
-    "render_error_page": "_html",
-    "render_spend_html": "_html",
+    "Links": "._dashboard_page",
+    "render_dashboard": "._dashboard_page",
+    "content_security_policy": "._html",
+    "render_chargeback_html": "._html",
+    "render_error_page": "._html",
+    "render_spend_html": "._html",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _HTML:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_HTML[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(globals(), _HTML)
 
 
 __all__ = [

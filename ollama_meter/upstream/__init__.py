@@ -14,8 +14,9 @@ vocabulary without loading ``ollama``, ``httpx`` or ``aiohttp``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ollama_meter._lazy import lazy_names
 from ollama_meter.upstream._classify import Failure, error_text, retry_after_seconds
 from ollama_meter.upstream._resilience import (
     TRANSIENT,
@@ -66,19 +67,14 @@ __all__ = [
 ]
 
 _LAZY = {
-    "OPERATIONS": "_sdk",
-    "Message": "_sdk",
-    "Response": "_sdk",
-    "Upstream": "_sdk",
-    "PooledUpstream": "_pooled",
-    "Refusal": "_pooled",
-    "gateway_status": "_pooled",
+    "OPERATIONS": "._sdk",
+    "Message": "._sdk",
+    "Response": "._sdk",
+    "Upstream": "._sdk",
+    "PooledUpstream": "._pooled",
+    "Refusal": "._pooled",
+    "gateway_status": "._pooled",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"ollama_meter.upstream.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'ollama_meter.upstream' has no attribute {name!r}")
+__getattr__ = lazy_names(globals(), _LAZY)

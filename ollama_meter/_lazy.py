@@ -1,0 +1,31 @@
+"""Names a package loads on first use (PEP 562), so importing it stays cheap.
+
+A package lists which module defines each such name and sets
+``__getattr__ = lazy_names(globals(), {...})``; the names still appear, typed, under
+``TYPE_CHECKING`` for readers and mypy. Imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+def lazy_names(namespace: dict[str, Any], where: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__``: each name in ``where`` is read from its module when first asked.
+
+    Modules are absolute (``ollama_meter.errors``) or relative to the package
+    (``._app``). A name once loaded is kept in ``namespace``, so later reads are plain.
+    """
+    package = namespace["__name__"]
+
+    def __getattr__(name: str) -> Any:
+        module = where.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, package), name)
+        namespace[name] = value
+        return value
+
+    return __getattr__
