@@ -253,26 +253,42 @@ def test_fifty_at_once_reserve_a_bound_each_not_the_remainder(
     bound = bound_cost(meter.prices(), "llama3.1:8b", NOV, facts.bound(20), []).amount
     limit = bound * 10
     cap(meter, limit)
-    emulator.latency = 0.2  # every call is in flight while the others arrive
     start = threading.Barrier(50)
     outcomes: list[Any] = []
+    decided = threading.Semaphore(0)
+    all_decided = threading.Event()
+
+    class InFlightUntilAllAreDecided:
+        """Every admitted call stays in flight until all fifty were admitted or refused."""
+
+        def on_start(self, span: Any) -> None:
+            decided.release()
+            all_decided.wait(timeout=120)  # bounded: a bug fails the count below, never hangs
+
+        def on_end(self, span: Any) -> None:
+            pass
+
+    meter.observers.insert(0, InFlightUntilAllAreDecided())
 
     def one() -> None:
         start.wait()
         try:
             outcomes.append(chat(meter, text, num_predict=20))
         except BudgetExceeded as refused:
+            decided.release()
             outcomes.append(refused)
 
     threads = [threading.Thread(target=one) for _ in range(50)]
     for t in threads:
         t.start()
+    everyone = all(decided.acquire(timeout=120) for _ in range(50))
+    all_decided.set()
     for t in threads:
         t.join()
-    emulator.latency = 0.0
     admitted = [o for o in outcomes if not isinstance(o, BudgetExceeded)]
     refused = [o for o in outcomes if isinstance(o, BudgetExceeded)]
-    assert len(admitted) >= 10  # ten bounds fit at once; settled calls free room for more
+    assert everyone and len(outcomes) == 50
+    assert len(admitted) == 10  # ten bounds fit at once, and only ten, whatever the timing
     assert sum(s.cost_total for s in admitted) <= limit
     in_flight = [r for r in refused if "calls in flight hold" in str(r)]
     assert in_flight and all(r.retry_after <= 5 for r in in_flight)
