@@ -14,11 +14,20 @@ from typing import Any
 
 import anyio
 
-_LEDGER_THREADS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="ometer-ledger")
+from ollama_meter._runtime import runtime
+
+
+def _ledger_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=64, thread_name_prefix="ometer-ledger")
+
+
+def _stop(pool: ThreadPoolExecutor) -> None:
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     """Ledger and budget work off the event loop, finished even if the request is cancelled."""
     loop = asyncio.get_running_loop()
+    pool = runtime().shared("threads", "gateway-ledger", _ledger_threads, _stop)
     with anyio.CancelScope(shield=True):
-        return await loop.run_in_executor(_LEDGER_THREADS, functools.partial(fn, *args))
+        return await loop.run_in_executor(pool, functools.partial(fn, *args))

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import func, select
 
+from ollama_meter._runtime import runtime
 from ollama_meter.errors import BudgetError, LedgerError, PricingError
 from ollama_meter.ledger import (
     _aggregate,
@@ -248,31 +248,18 @@ class Ledger(DurableLedger):
                 raise LedgerError(f"no live key with id {key_id}; see `ometer keys list`")
 
 
-_shared: dict[str, Ledger] = {}
-_shared_lock = threading.Lock()
-
-
 def open_ledger(url: str, *, wait: float = DEFAULT_WAIT) -> Ledger:
     """The process-wide ledger for ``url``: one engine and one migration check per URL."""
-    with _shared_lock:
-        ledger = _shared.get(url)
-        if ledger is None:
-            ledger = _shared[url] = Ledger(url, wait=wait)
-        return ledger
+    return runtime().shared("ledger", url, lambda: Ledger(url, wait=wait), Ledger.dispose)
 
 
 def close_ledger(url: str) -> None:
     """Dispose of the process-wide ledger for ``url``, e.g. before its file is replaced."""
-    with _shared_lock:
-        ledger = _shared.pop(url, None)
-    if ledger is not None:
+    for ledger in runtime().drop("ledger", url):
         ledger.dispose()
 
 
 def close_ledgers() -> None:
     """Dispose of every process-wide ledger (tests, and long-running hosts on shutdown)."""
-    with _shared_lock:
-        ledgers = list(_shared.values())
-        _shared.clear()
-    for ledger in ledgers:
+    for ledger in runtime().drop("ledger"):
         ledger.dispose()

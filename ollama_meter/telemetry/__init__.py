@@ -7,15 +7,13 @@ created, unless an exporter is configured.
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING
+
+from ollama_meter._runtime import runtime
 
 if TYPE_CHECKING:
     from ollama_meter.config import Settings
     from ollama_meter.telemetry._setup import Telemetry
-
-_instances: dict[str, Telemetry] = {}
-_lock = threading.Lock()
 
 
 def telemetry_for(settings: Settings) -> Telemetry | None:
@@ -39,10 +37,7 @@ def telemetry_for(settings: Settings) -> Telemetry | None:
             "export_timeout",
         }
     )
-    with _lock:
-        if key not in _instances:
-            _instances[key] = Telemetry(settings)
-        return _instances[key]
+    return runtime().shared("telemetry", key, lambda: Telemetry(settings), Telemetry.shutdown)
 
 
 __all__ = ["telemetry_for"]

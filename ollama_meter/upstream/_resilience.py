@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+from ollama_meter._runtime import runtime
 from ollama_meter.errors import CircuitOpen, UpstreamError
 
 TRANSIENT = frozenset({"connection", "timeout", "upstream_5xx", "rate_limited"})
@@ -285,20 +286,15 @@ class Resilient:
         return CallAttempts(self.breaker, self.retry, model)
 
 
-_breakers: dict[tuple[str, int, float], CircuitBreaker] = {}
-_breakers_lock = threading.Lock()
-
-
 def breaker_for(host: str, *, threshold: int, reset_after: float) -> CircuitBreaker:
     """The process-wide breaker for ``host``: every client of one upstream shares its state."""
-    key = (host, threshold, reset_after)
-    with _breakers_lock:
-        if key not in _breakers:
-            _breakers[key] = CircuitBreaker(host, threshold=threshold, reset_after=reset_after)
-        return _breakers[key]
+    return runtime().shared(
+        "breaker",
+        (host, threshold, reset_after),
+        lambda: CircuitBreaker(host, threshold=threshold, reset_after=reset_after),
+    )
 
 
 def reset_breakers() -> None:
     """Forget every breaker's state (tests; a host's operator after fixing the upstream)."""
-    with _breakers_lock:
-        _breakers.clear()
+    runtime().drop("breaker")

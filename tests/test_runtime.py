@@ -1,0 +1,67 @@
+"""Process-wide state lives on one runtime object: shared while it lives, all closed at reset."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from ollama_meter._runtime import Runtime, reset_runtime, runtime
+from ollama_meter.config import load_settings
+from ollama_meter.gateway._threads import in_thread
+from ollama_meter.ledger import SpanFilter, open_ledger
+from ollama_meter.telemetry import telemetry_for
+from ollama_meter.upstream import breaker_for
+
+
+def test_one_part_per_key_until_reset_closes_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "1")
+    ledger = open_ledger(url)
+    breaker = breaker_for("http://gpu1:11434", threshold=3, reset_after=5.0)
+    telemetry = telemetry_for(load_settings())
+    assert telemetry is not None
+    assert open_ledger(url) is ledger
+    assert breaker_for("http://gpu1:11434", threshold=3, reset_after=5.0) is breaker
+    assert telemetry_for(load_settings()) is telemetry
+    assert asyncio.run(in_thread(threading.current_thread)).name.startswith("ometer-ledger")
+
+    reset_runtime()
+
+    assert telemetry._closed
+    fresh = open_ledger(url)
+    assert fresh is not ledger
+    assert breaker_for("http://gpu1:11434", threshold=3, reset_after=5.0) is not breaker
+    assert telemetry_for(load_settings()) is not telemetry
+    assert fresh.latest(SpanFilter(), 1) == []  # the new engine works
+    reset_runtime()
+
+
+def test_a_closer_that_fails_does_not_keep_the_others_open(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closed: list[str] = []
+    parts = Runtime()
+    parts.shared("a", 1, lambda: "first", closed.append)
+    parts.shared("b", 1, lambda: "broken", lambda _: 1 / 0)  # type: ignore[func-returns-value]
+    parts.shared("c", 1, lambda: "last", closed.append)
+    parts.close()
+    assert closed == ["last", "first"]  # newest first
+    assert "closing b 1 failed" in caplog.text
+    assert parts.drop("a") == []
+
+
+def test_drop_forgets_one_key_or_a_whole_kind() -> None:
+    parts = Runtime()
+    for key in (1, 2):
+        parts.shared("ledger", key, lambda key=key: f"ledger {key}")  # type: ignore[misc]
+    parts.shared("breaker", 1, lambda: "breaker")
+    assert parts.drop("ledger", 2) == ["ledger 2"]
+    assert parts.drop("ledger") == ["ledger 1"]
+    assert parts.shared("breaker", 1, lambda: "other") == "breaker"
+    assert runtime() is runtime()
