@@ -21,15 +21,13 @@ from ollama_meter.ledger._jsonl import (
 from ollama_meter.ledger._keys import KEY_PREFIX, ApiKey
 from ollama_meter.ledger._ledger import Ledger, close_ledger, close_ledgers, open_ledger
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, upgrade
-from ollama_meter.ledger._plan import GROUP_COLUMNS, raw_spans
+from ollama_meter.ledger._plan import raw_spans
 from ollama_meter.ledger._rebuild import rebuild
 from ollama_meter.ledger._spans import SpanFilter, page_after, update_costs
 from ollama_meter.ledger._timings import HistogramResult
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger._upkeep import PruneResult, backup, pg_dump_command, prune
-
-GROUPS: tuple[str, ...] = tuple(GROUP_COLUMNS)
-"""What aggregates group by: ``tenant``, ``department``, ``user``, ``model``."""
+from ollama_meter.records import GROUPS
 
 __all__ = [
     "COLD_LOAD_NS",

@@ -63,6 +63,11 @@ class DurationSource(StrEnum):
     aborted stream): an upper bound, since it includes network, queueing and loading."""
 
 
+GROUPS: tuple[str, ...] = ("tenant", "department", "user", "model")
+"""What spans are summed by in rollups and reports. ``user`` is ``''`` for a span without
+one; ``model`` is the answering model, else the requested one."""
+
+
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 

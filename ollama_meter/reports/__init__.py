@@ -1,49 +1,43 @@
 """Reports: ledger aggregates turned into rows, and rows rendered as CSV, JSON or HTML.
 
 Reads the ledger through its queries; never writes it. Tables for the terminal
-are drawn by the CLI, which alone imports rich. The HTML renderer (and Jinja2)
-loads on first use, so a command that prints no HTML never pays for it.
+are drawn by the CLI, which alone imports rich. Every name loads on first use
+(PEP 562): the command line reads the choices for its help without loading the
+ledger, and a command that prints no HTML never pays for Jinja2.
 """
 
 from typing import TYPE_CHECKING
 
 from ollama_meter._lazy import lazy_names
-from ollama_meter.ledger import COLD_LOAD_NS
-from ollama_meter.periods import (
-    PERIOD_HELP,
-    TIME_UNITS,
-    Window,
-    bucket_bounds,
-    local_midnight,
-    parse_day,
-    parse_period,
-    window_between,
-)
-from ollama_meter.reports._allocation import allocate, union_length
-from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS
-from ollama_meter.reports._chargeback import IDLE, IDLE_MODES, Chargeback, chargeback
-from ollama_meter.reports._dashboard import (
-    PERIOD_CHOICES,
-    Dashboard,
-    DashQuery,
-    dashboard_report,
-    failures_report,
-)
-from ollama_meter.reports._perf import (
-    PERF_BY_CHOICES,
-    PERF_DEFAULT_BY,
-    PERF_METRICS,
-    PerfReport,
-    histogram_percentile,
-    parse_perf_by,
-    percentile,
-    perf_report,
-)
-from ollama_meter.reports._render import iso_utc, safe_cell, span_to_dict, to_csv, to_json
-from ollama_meter.reports._rows import ChargebackRow, PerfRow, Row, SpendRow
-from ollama_meter.reports._spend import BY_CHOICES, SpendReport, gpu_seconds, parse_by, spend_report
 
 if TYPE_CHECKING:
+    from ollama_meter.ledger import COLD_LOAD_NS
+    from ollama_meter.periods import (
+        PERIOD_HELP,
+        TIME_UNITS,
+        Window,
+        bucket_bounds,
+        local_midnight,
+        parse_day,
+        parse_period,
+        window_between,
+    )
+    from ollama_meter.reports._allocation import allocate, union_length
+    from ollama_meter.reports._chargeback import Chargeback, chargeback
+    from ollama_meter.reports._choices import (
+        BY_CHOICES,
+        IDLE,
+        IDLE_MODES,
+        PERF_BY_CHOICES,
+        PERF_DEFAULT_BY,
+    )
+    from ollama_meter.reports._dashboard import (
+        PERIOD_CHOICES,
+        Dashboard,
+        DashQuery,
+        dashboard_report,
+        failures_report,
+    )
     from ollama_meter.reports._dashboard_page import Links, render_dashboard
     from ollama_meter.reports._html import (
         content_security_policy,
@@ -51,18 +45,44 @@ if TYPE_CHECKING:
         render_error_page,
         render_spend_html,
     )
+    from ollama_meter.reports._perf import (
+        PERF_METRICS,
+        PerfReport,
+        histogram_percentile,
+        parse_perf_by,
+        percentile,
+        perf_report,
+    )
+    from ollama_meter.reports._render import iso_utc, safe_cell, span_to_dict, to_csv, to_json
+    from ollama_meter.reports._rows import (
+        CHARGEBACK_COLUMNS,
+        ChargebackRow,
+        PerfRow,
+        Row,
+        SpendRow,
+    )
+    from ollama_meter.reports._spend import SpendReport, gpu_seconds, parse_by, spend_report
 
-_HTML = {
-    "Links": "._dashboard_page",
-    "render_dashboard": "._dashboard_page",
-    "content_security_policy": "._html",
-    "render_chargeback_html": "._html",
-    "render_error_page": "._html",
-    "render_spend_html": "._html",
+_NAMES = {
+    "ollama_meter.ledger": "COLD_LOAD_NS",
+    "ollama_meter.periods": "PERIOD_HELP TIME_UNITS Window bucket_bounds local_midnight "
+    "parse_day parse_period window_between",
+    "._allocation": "allocate union_length",
+    "._chargeback": "Chargeback chargeback",
+    "._choices": "BY_CHOICES IDLE IDLE_MODES PERF_BY_CHOICES PERF_DEFAULT_BY",
+    "._dashboard": "PERIOD_CHOICES Dashboard DashQuery dashboard_report failures_report",
+    "._dashboard_page": "Links render_dashboard",
+    "._html": "content_security_policy render_chargeback_html render_error_page render_spend_html",
+    "._perf": "PERF_METRICS PerfReport histogram_percentile parse_perf_by percentile perf_report",
+    "._render": "iso_utc safe_cell span_to_dict to_csv to_json",
+    "._rows": "CHARGEBACK_COLUMNS ChargebackRow PerfRow Row SpendRow",
+    "._spend": "SpendReport gpu_seconds parse_by spend_report",
 }
+"""Module → the public names it defines, each imported when first read."""
 
-
-__getattr__ = lazy_names(globals(), _HTML)
+__getattr__ = lazy_names(
+    globals(), {name: module for module, names in _NAMES.items() for name in names.split()}
+)
 
 
 __all__ = [

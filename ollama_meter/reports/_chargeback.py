@@ -20,12 +20,11 @@ from ollama_meter.ledger import Ledger, SpanFilter, SpendSums
 from ollama_meter.periods import Window, parse_period
 from ollama_meter.records import Micros
 from ollama_meter.reports._allocation import allocate
+from ollama_meter.reports._choices import IDLE, IDLE_MODES
 from ollama_meter.reports._rows import CHARGEBACK_COLUMNS, ChargebackRow
 from ollama_meter.reports._spend import gpu_seconds
 
 COLUMNS = CHARGEBACK_COLUMNS
-IDLE = "__idle__"
-IDLE_MODES = ("share", "separate")
 _CENT_IN_MICROS = 10_000
 
 

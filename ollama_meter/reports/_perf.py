@@ -21,12 +21,11 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import GROUPS, Ledger, Metric, SpanFilter, from_us
+from ollama_meter.ledger import Ledger, Metric, SpanFilter, from_us
 from ollama_meter.periods import Window, bucket_bounds
+from ollama_meter.reports._choices import PERF_BY_CHOICES
 from ollama_meter.reports._rows import PERF_FIGURES, PerfRow
 
-PERF_BY_CHOICES: tuple[str, ...] = GROUPS
-PERF_DEFAULT_BY: tuple[str, ...] = ("model", "department")
 PERF_METRICS: tuple[str, ...] = PERF_FIGURES
 
 WORST: dict[str, str] = {

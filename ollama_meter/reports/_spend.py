@@ -11,9 +11,9 @@ from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import GROUPS, Ledger, SpanFilter
 from ollama_meter.periods import TIME_UNITS, Window, bucket_bounds
 from ollama_meter.records import Micros
+from ollama_meter.reports._choices import BY_CHOICES
 from ollama_meter.reports._rows import SpendRow
 
-BY_CHOICES = (*GROUPS, *TIME_UNITS)
 METRICS = ("requests", "errors", "input_tokens", "output_tokens", "gpu_seconds", "cost", "currency")
 
 

@@ -22,6 +22,7 @@ from ollama_meter.ledger._aggregate import (
     decompose,
     raw_spans,
 )
+from ollama_meter.ledger._plan import GROUP_COLUMNS
 from ollama_meter.ledger._rollup import (
     BUSY,
     HISTOGRAMS,
@@ -37,6 +38,7 @@ from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.meter import SpanRecord
 from ollama_meter.periods import bucket_bounds, parse_period
+from ollama_meter.records import GROUPS
 from ollama_meter.reports import (
     chargeback,
     histogram_percentile,
@@ -377,3 +379,8 @@ def test_busy_time_of_a_batch_wider_than_one_read_is_the_raw_busy_time(ledger: L
         expected = chargeback(ledger, "2026-11", fixed_cost=Decimal("100"), **options)  # type: ignore[arg-type]
     assert result.busy_ns == expected.busy_ns == 700 * 135 * 10**9  # 90 s and 90 s, 45 s apart
     assert result.rows == expected.rows
+
+
+def test_aggregates_group_by_exactly_the_groups_reports_offer() -> None:
+    """The names reports and the CLI's help list (``records.GROUPS``) are the columns summed by."""
+    assert tuple(GROUP_COLUMNS) == GROUPS
