@@ -206,3 +206,25 @@ def test_importing_the_ledger_or_pricing_loads_no_client_web_or_terminal_library
     )
     loaded = set(done.stdout.split())
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
+
+
+NOT_FOR_HELP = (
+    "ollama", "httpx", "aiohttp", "starlette", "opentelemetry", "jinja2", "sqlalchemy", "alembic",
+    "pydantic_settings", "msgspec",
+)  # fmt: skip
+"""What commands load when they run; help, built from every command's options, needs none."""
+
+
+def test_help_loads_no_database_settings_or_client_library() -> None:
+    """``ometer --help`` builds every command's options and loads none of what the commands do."""
+    code = (
+        "import sys\nfrom ollama_meter.cli import main\nsys.argv = ['ometer', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "sys.stderr.write(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert "Usage" in done.stdout
+    loaded = set(done.stderr.split())
+    assert loaded.isdisjoint(NOT_FOR_HELP), sorted(loaded & set(NOT_FOR_HELP))

@@ -2,6 +2,10 @@
 
 Only this package imports typer and rich. Each module holds one command or one
 sub-app; errors the user can fix become one line on stderr and an exit code.
+
+Start-up is kept short: a command module imports at its top only what its options
+need (typer builds ``--help`` from them); settings, the ledger, the meter and the
+Ollama client load in the command that uses them (``bench/startup.py`` measures it).
 """
 
 from __future__ import annotations
@@ -15,8 +19,7 @@ import typer
 from ollama_meter._logging import configure_logging
 from ollama_meter._version import __version__
 from ollama_meter.cli import budget, chargeback, chat, db, demo, log, perf, pricing, report, serve
-from ollama_meter.cli._common import err, printable
-from ollama_meter.config import load_settings
+from ollama_meter.cli._common import err, printable, settings
 from ollama_meter.errors import OmeterError
 
 app = typer.Typer(
@@ -55,6 +58,7 @@ def _root(
     ),
 ) -> None:
     """Meter, price and charge back every Ollama call."""
+    _logging()  # here, not in main(): help and --version need no settings
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -65,7 +69,7 @@ def _terminate(signum: int, _frame: object) -> None:
 def _logging() -> None:
     """Logs as configured; a broken setting is reported by the command that reads it."""
     try:
-        cfg = load_settings()
+        cfg = settings()
     except OmeterError:
         configure_logging()
         return
@@ -75,7 +79,6 @@ def _logging() -> None:
 def main() -> None:
     """Entry point: run the app, turning ometer's own errors into one line and an exit code."""
     signal.signal(signal.SIGTERM, _terminate)
-    _logging()
     try:
         app()
     except OmeterError as exc:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.cells import cell_len
@@ -23,12 +23,13 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from ollama_meter.config import Settings, load_settings
 from ollama_meter.errors import OmeterError, ValidationError
-from ollama_meter.meter import utc_now
 from ollama_meter.periods import PERIOD_HELP, Window, parse_period, window_between
-from ollama_meter.pricing import format_micros
-from ollama_meter.reports import to_csv, to_json
+from ollama_meter.records import format_micros
+
+if TYPE_CHECKING:
+    from ollama_meter.config import Settings
+    from ollama_meter.ledger import Ledger
 
 _CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _NEWLINE = re.compile("\n")
@@ -215,7 +216,24 @@ OutOption = Annotated[
 
 def settings(**overrides: Any) -> Settings:
     """Settings with command-line overrides on top of the environment and ``.env``."""
+    from ollama_meter.config import load_settings
+
     return load_settings(**overrides)
+
+
+def ledger_for(cfg: Settings) -> Ledger:
+    """The configured ledger (see :func:`ollama_meter.meter.ledger_for`).
+
+    Loaded here, when a command runs, so that ``--help`` and the commands that never
+    open the ledger do not pay for SQLAlchemy.
+    """
+    from ollama_meter.meter import ledger_for as configured
+
+    return configured(cfg)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 PeriodOption = Annotated[
@@ -258,6 +276,8 @@ def write_rows(
     show_table: Callable[[], None],
 ) -> None:
     """A report's rows as CSV or JSON (to stdout or ``--out``), or as a table on the terminal."""
+    from ollama_meter.reports import to_csv, to_json
+
     if fmt is Format.CSV:
         write_output(to_csv(columns, rows), path)
     elif fmt is Format.JSON:

@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress_bar import ProgressBar
 
-from ollama_meter.budgets import (
+from ollama_meter.cli._common import (
+    Column,
+    DbOption,
+    JsonFlag,
+    ledger_for,
+    money,
+    out,
+    settings,
+    shown,
+    table,
+    utc_now,
+)
+from ollama_meter.errors import BudgetError
+from ollama_meter.records import (
     DEFAULT_THRESHOLDS,
     PERIOD_ADVERB,
     Budget,
-    BudgetStatus,
-    budget_status,
+    format_micros,
     parse_limit,
     parse_thresholds,
 )
-from ollama_meter.cli._common import Column, DbOption, JsonFlag, money, out, settings, shown, table
-from ollama_meter.errors import BudgetError
-from ollama_meter.meter import ledger_for, sync_env_budgets, utc_now
-from ollama_meter.pricing import format_micros
+
+if TYPE_CHECKING:
+    from ollama_meter.budgets import BudgetStatus
 
 app = typer.Typer(help="Budgets: spending caps that refuse or alert.", no_args_is_help=True)
 
@@ -95,6 +106,8 @@ def budget_to_dict(budget: Budget) -> dict[str, Any]:
 
 
 def _loaded(db: str | None) -> Any:
+    from ollama_meter.meter import sync_env_budgets
+
     cfg = settings(db_url=db)
     ledger = ledger_for(cfg)
     sync_env_budgets(ledger, cfg)
@@ -154,6 +167,8 @@ def status_to_dict(row: BudgetStatus) -> dict[str, Any]:
 @app.command("status")
 def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Each budget's use this period: spent, share, bar, projection to period end, state."""
+    from ollama_meter.budgets import budget_status
+
     cfg, ledger = _loaded(db)
     rows = budget_status(ledger, tz=cfg.tz, now=utc_now())
     if as_json:

@@ -7,16 +7,18 @@ from typing import Annotated
 
 import typer
 
-from ollama_meter.cli._common import DbOption, OutOption, err, settings, shown, write_output
-from ollama_meter.errors import ValidationError
-from ollama_meter.meter import ledger_for, utc_now
-from ollama_meter.pricing import MAX_AMOUNT, parse_amount
-from ollama_meter.reports import (
-    CHARGEBACK_COLUMNS,
-    chargeback,
-    to_csv,
-    to_json,
+from ollama_meter.cli._common import (
+    DbOption,
+    OutOption,
+    err,
+    ledger_for,
+    settings,
+    shown,
+    utc_now,
+    write_output,
 )
+from ollama_meter.errors import ValidationError
+from ollama_meter.records import MAX_AMOUNT, parse_amount
 
 
 class Idle(StrEnum):
@@ -55,6 +57,8 @@ def chargeback_command(
     db: DbOption = None,
 ) -> None:
     """One row per tenant and department: usage, fixed-cost share and total. Same ledger, same bytes."""
+    from ollama_meter.reports import CHARGEBACK_COLUMNS, chargeback, to_csv, to_json
+
     cfg = settings(db_url=db)
     amount = cfg.fixed_monthly_cost
     if fixed_cost is not None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import ollama
 import typer
 
 from ollama_meter.cli._common import (
@@ -21,8 +20,10 @@ from ollama_meter.cli._common import (
     shown,
 )
 from ollama_meter.errors import OmeterError, UpstreamError, ValidationError
-from ollama_meter.meter import Attribution, Meter, SpanRecord, Stored, TokenSource
-from ollama_meter.reports import span_to_dict
+from ollama_meter.records import SpanRecord, Stored, TokenSource
+
+if TYPE_CHECKING:
+    from ollama_meter.meter import Attribution, Meter
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -57,6 +58,8 @@ def footer(span: SpanRecord) -> str:
 
 def result_json(span: SpanRecord, reply: str) -> dict[str, Any]:
     """``--json``: the reply, the span's ledger id, then the span as ``ometer log --json`` shows it."""
+    from ollama_meter.reports import span_to_dict
+
     return {"reply": reply, "span_id": span.id, **span_to_dict(span)}
 
 
@@ -75,6 +78,10 @@ def _turn(
     With ``as_json`` a failure prints an error object too (with the span when there is
     one), then raises as usual, so scripts get JSON and an exit code either way.
     """
+    import ollama
+
+    from ollama_meter.reports import span_to_dict
+
     run = meter.chat(
         model=model, messages=messages, attribution=attribution, stream=stream, options=options
     )
@@ -166,6 +173,8 @@ def chat(
     db: DbOption = None,
 ) -> None:
     """Chat with a model through the meter: the reply on stdout, usage and cost on stderr."""
+    from ollama_meter.meter import Attribution, Meter
+
     cfg = settings(db_url=db)
     attribution = Attribution(
         tenant=tenant or cfg.tenant, department=dept or cfg.department, user=user

@@ -6,29 +6,18 @@ import io
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from ollama_meter.cli._common import DbOption, SinceOption, UntilOption, err, out, settings
 from ollama_meter.errors import OmeterError, ValidationError
-from ollama_meter.ledger import (
-    HEAD_REVISION,
-    Ledger,
-    backup,
-    current_revision,
-    export_lines,
-    import_lines,
-    open_ledger,
-    pg_dump_command,
-    prune,
-    rebuild,
-    upgrade,
-)
-from ollama_meter.meter import utc_now
 from ollama_meter.periods import window_between
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 
@@ -36,6 +25,8 @@ app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 @app.command("upgrade")
 def upgrade_command(db: DbOption = None) -> None:
     """Apply pending migrations (also done automatically on first use)."""
+    from ollama_meter.ledger import HEAD_REVISION, Ledger, current_revision, upgrade
+
     cfg = settings(db_url=db)
     ledger = Ledger(cfg.ledger_url, migrate=False, wait=cfg.ledger_wait)
     with ledger.failures_named():
@@ -50,12 +41,22 @@ def upgrade_command(db: DbOption = None) -> None:
 @app.command("path")
 def path_command(db: DbOption = None) -> None:
     """Print the ledger's location: the SQLite file, or the database URL without its password."""
+    from ollama_meter.ledger import Ledger
+
     cfg = settings(db_url=db)
     out.print(Ledger(cfg.ledger_url, migrate=False).display_url)
 
 
 def _bar(what: str, unit: str = "", *, rate: bool = False) -> Progress:
     """A progress bar on stderr, gone when done; ``rate`` shows bytes per second."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     count = TransferSpeedColumn() if rate else TextColumn("{task.completed:,.0f}" + unit)
     return Progress(
         TextColumn(what), BarColumn(), count, TimeRemainingColumn(), console=err, transient=True
@@ -68,6 +69,8 @@ def rollup_command(db: DbOption = None) -> None:
 
     Days before the prune horizon keep their rollups: their raw spans are gone.
     """
+    from ollama_meter.ledger import open_ledger, rebuild
+
     cfg = settings(db_url=db)
     ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
     began = time.monotonic()
@@ -85,11 +88,13 @@ def export_command(
     db: DbOption = None,
 ) -> None:
     """Write spans as JSON lines (one span per line, as `ometer log --json` shows them)."""
+    from ollama_meter.ledger import export_lines, open_ledger
+
     cfg = settings(db_url=db)
     ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
     start = end = None
     if since or until:
-        window = window_between(since, until, tz=cfg.tz, now=utc_now())
+        window = window_between(since, until, tz=cfg.tz, now=datetime.now(UTC))
         start, end = window.start, window.end
     sink = sys.stdout.buffer
     count = 0
@@ -116,6 +121,8 @@ def import_command(
     db: DbOption = None,
 ) -> None:
     """Load spans from JSON lines (an `ometer db export`); spans already there are skipped."""
+    from ollama_meter.ledger import import_lines, open_ledger
+
     cfg = settings(db_url=db)
     ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
     stream: BinaryIO
@@ -155,9 +162,11 @@ def prune_command(
     db: DbOption = None,
 ) -> None:
     """Remove raw spans older than N days; rollups stay, so reports do not change."""
+    from ollama_meter.ledger import open_ledger, prune
+
     cfg = settings(db_url=db)
     ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
-    result = prune(ledger, keep_days, now=utc_now(), vacuum=vacuum)
+    result = prune(ledger, keep_days, now=datetime.now(UTC), vacuum=vacuum)
     out.print(
         f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d} UTC; "
         f"{_mb(result.reclaimed)} back to the disk ({_mb(result.bytes_before)} → "
@@ -182,6 +191,8 @@ def backup_command(
     db: DbOption = None,
 ) -> None:
     """Copy the live ledger to FILE (SQLite; prints the pg_dump command for PostgreSQL)."""
+    from ollama_meter.ledger import Ledger, backup, open_ledger, pg_dump_command
+
     cfg = settings(db_url=db)
     ledger = Ledger(cfg.ledger_url, migrate=False)
     if ledger.path is None:

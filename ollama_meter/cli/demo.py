@@ -5,14 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ollama_meter._paths import default_data_dir
-from ollama_meter.cli._common import err, out, settings
+from ollama_meter.cli._common import err, out, settings, utc_now
 from ollama_meter.cli.report import render_table
-from ollama_meter.ledger import close_ledger, open_ledger
-from ollama_meter.meter import utc_now
-from ollama_meter.reports import parse_period, spend_report
+from ollama_meter.periods import parse_period
 
 DEMO_CALLS = 300
 
@@ -29,7 +26,11 @@ def demo(
     ] = None,
 ) -> None:
     """Start an Ollama emulator, meter a month of realistic traffic, and show the report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     from ollama_meter.demo import run_demo  # loads the emulator only when asked
+    from ollama_meter.ledger import close_ledger, open_ledger
+    from ollama_meter.reports import spend_report
 
     path = default_data_dir() / "demo.db"
     if db is None:

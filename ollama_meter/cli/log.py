@@ -15,6 +15,7 @@ from ollama_meter.cli._common import (
     JsonFlag,
     ModelFilter,
     TenantFilter,
+    ledger_for,
     local_time,
     money,
     ms,
@@ -23,9 +24,7 @@ from ollama_meter.cli._common import (
     shown,
     table,
 )
-from ollama_meter.ledger import SpanFilter
-from ollama_meter.meter import Status, TokenSource, ledger_for
-from ollama_meter.reports import span_to_dict
+from ollama_meter.records import Status, TokenSource
 
 _STATUS_STYLE: dict[str, str] = {
     Status.OK: "green",
@@ -55,6 +54,8 @@ def log(
     db: DbOption = None,
 ) -> None:
     """Show the latest metered calls, newest first."""
+    from ollama_meter.ledger import SpanFilter
+
     cfg = settings(db_url=db)
     ledger = ledger_for(cfg)
     statuses = {s.value for s in Status}
@@ -68,6 +69,8 @@ def log(
     )
     spans = ledger.latest(where, limit)
     if as_json:
+        from ollama_meter.reports import span_to_dict
+
         out.file.write(
             json.dumps([span_to_dict(s) for s in spans], indent=2, ensure_ascii=False) + "\n"
         )

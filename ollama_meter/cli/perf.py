@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
@@ -22,6 +22,7 @@ from ollama_meter.cli._common import (
     TenantFilter,
     UntilOption,
     err,
+    ledger_for,
     out,
     settings,
     shown,
@@ -29,14 +30,10 @@ from ollama_meter.cli._common import (
     window_from_options,
     write_rows,
 )
-from ollama_meter.meter import ledger_for
-from ollama_meter.reports import (
-    PERF_BY_CHOICES,
-    PERF_DEFAULT_BY,
-    PerfReport,
-    parse_perf_by,
-    perf_report,
-)
+from ollama_meter.reports import PERF_BY_CHOICES, PERF_DEFAULT_BY
+
+if TYPE_CHECKING:
+    from ollama_meter.reports import PerfReport
 
 
 def perf(
@@ -54,6 +51,8 @@ def perf(
     db: DbOption = None,
 ) -> None:
     """Latency and TTFT percentiles, tokens/s, cold loads, queueing and errors per group."""
+    from ollama_meter.reports import parse_perf_by, perf_report
+
     cfg = settings(db_url=db)
     window = window_from_options(period, since, until, cfg)
     columns = parse_perf_by(by)

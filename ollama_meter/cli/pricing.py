@@ -9,12 +9,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ollama_meter.cli._common import Column, DbOption, JsonFlag, err, money, out, settings, table
+from ollama_meter.cli._common import (
+    Column,
+    DbOption,
+    JsonFlag,
+    err,
+    ledger_for,
+    money,
+    out,
+    settings,
+    table,
+)
 from ollama_meter.errors import PricingError, ValidationError
-from ollama_meter.ledger import SpanFilter
-from ollama_meter.meter import PriceSource, ledger_for, reprice
+from ollama_meter.periods import local_midnight, parse_day
 from ollama_meter.pricing import (
     PRICE_FIELDS,
     PriceRule,
@@ -22,7 +30,6 @@ from ollama_meter.pricing import (
     parse_pricing_toml,
     sort_rules,
 )
-from ollama_meter.reports import local_midnight, parse_day
 
 app = typer.Typer(help="Price rules: what calls to each model cost.", no_args_is_help=True)
 
@@ -201,6 +208,17 @@ def reprice_command(
     db: DbOption = None,
 ) -> None:
     """Recompute recorded costs with today's price rules and say how much moved."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from ollama_meter.ledger import SpanFilter
+    from ollama_meter.meter import PriceSource, reprice
+
     cfg = settings(db_url=db)
     start = local_midnight(parse_day(since, what="--since"), cfg.tz)
     end = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
@@ -21,23 +21,22 @@ from ollama_meter.cli._common import (
     SinceOption,
     TenantFilter,
     UntilOption,
+    ledger_for,
     money,
     out,
     settings,
     shown,
     table,
+    utc_now,
     window_from_options,
     write_output,
     write_rows,
 )
-from ollama_meter.meter import ledger_for, utc_now
 from ollama_meter.records import Micros
-from ollama_meter.reports import (
-    BY_CHOICES,
-    SpendReport,
-    parse_by,
-    spend_report,
-)
+from ollama_meter.reports import BY_CHOICES
+
+if TYPE_CHECKING:
+    from ollama_meter.reports import SpendReport
 
 
 class ReportFormat(StrEnum):
@@ -65,6 +64,8 @@ def report(
     db: DbOption = None,
 ) -> None:
     """Spend and usage over a period, grouped as you ask. Costs are exact."""
+    from ollama_meter.reports import parse_by, spend_report
+
     cfg = settings(db_url=db)
     window = window_from_options(period, since, until, cfg)
     columns = parse_by(by)

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,6 +21,7 @@ from ollama_meter.cli._common import (
     JsonFlag,
     TenantOption,
     err,
+    ledger_for,
     money,
     out,
     settings,
@@ -28,8 +29,10 @@ from ollama_meter.cli._common import (
 )
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
-from ollama_meter.ledger import ApiKey, SpanFilter
-from ollama_meter.meter import Attribution, Source, ledger_for
+from ollama_meter.records import Source
+
+if TYPE_CHECKING:
+    from ollama_meter.ledger import ApiKey
 
 keys_app = typer.Typer(
     help="Gateway API keys: each maps to a tenant and department.", no_args_is_help=True
@@ -137,6 +140,8 @@ def run(
     import uvicorn
 
     from ollama_meter.gateway import GatewayOptions, create_app, server_config
+    from ollama_meter.ledger import SpanFilter
+    from ollama_meter.meter import Attribution
 
     cfg = settings(db_url=db, tenant=tenant, department=dept)
     who = Attribution(tenant=cfg.tenant, department=cfg.department, user=user)
@@ -192,6 +197,8 @@ def create_key(
     db: DbOption = None,
 ) -> None:
     """Create a key for a tenant and department; the key is printed once and stored hashed."""
+    from ollama_meter.meter import Attribution
+
     cfg = settings(db_url=db, tenant=tenant, department=dept)
     who = Attribution(tenant=cfg.tenant, department=cfg.department)
     key, secret = ledger_for(cfg).create_key(
