@@ -24,12 +24,12 @@ them from raw spans. Money stays integer micro-units throughout.
 
 from __future__ import annotations
 
+import importlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table, bindparam, delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ollama_meter.ledger._cells import (
     BIN_COLUMNS,
@@ -272,7 +272,9 @@ def _upsert(
     dialect: Dialect, table: Table, keys: Sequence[str], added: Sequence[str]
 ) -> _DriverSQL:
     names = [*keys, *added]
-    module: Any = postgresql if dialect.name == "postgresql" else sqlite
+    # Imported by name when first compiled: a SQLite ledger never loads PostgreSQL's dialect.
+    which = "postgresql" if dialect.name == "postgresql" else "sqlite"
+    module: Any = importlib.import_module(f"sqlalchemy.dialects.{which}")
     statement = module.insert(table).values({name: bindparam(name) for name in names})
     if added and added[0] == "intervals":
         statement = statement.on_conflict_do_nothing(index_elements=list(keys))
