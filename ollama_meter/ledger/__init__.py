@@ -8,26 +8,53 @@ they never build queries. Must not import typer, rich, the gateway, telemetry,
 the meter or budgets' logic.
 """
 
-from ollama_meter.ledger._aggregate import FailureCount, SpendSums
-from ollama_meter.ledger._cells import COLD_LOAD_NS, Metric
-from ollama_meter.ledger._jsonl import (
-    ImportSummary,
-    export_lines,
-    import_lines,
-    iso_utc,
-    span_from_line,
-    span_to_dict,
+from typing import TYPE_CHECKING
+
+from ollama_meter._lazy import lazy_names
+
+if TYPE_CHECKING:
+    from ollama_meter.ledger._aggregate import FailureCount, SpendSums
+    from ollama_meter.ledger._cells import COLD_LOAD_NS, Metric
+    from ollama_meter.ledger._jsonl import (
+        ImportSummary,
+        export_lines,
+        import_lines,
+        iso_utc,
+        span_from_line,
+        span_to_dict,
+    )
+    from ollama_meter.ledger._keys import KEY_PREFIX, ApiKey
+    from ollama_meter.ledger._ledger import Ledger, close_ledger, close_ledgers, open_ledger
+    from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, upgrade
+    from ollama_meter.ledger._plan import raw_spans
+    from ollama_meter.ledger._rebuild import rebuild
+    from ollama_meter.ledger._spans import SpanFilter, page_after, update_costs
+    from ollama_meter.ledger._timings import HistogramResult
+    from ollama_meter.ledger._types import from_us, to_us
+    from ollama_meter.ledger._upkeep import PruneResult, backup, pg_dump_command, prune
+    from ollama_meter.records import GROUPS
+
+_NAMES = {
+    "._aggregate": "FailureCount SpendSums",
+    "._cells": "COLD_LOAD_NS Metric",
+    "._jsonl": "ImportSummary export_lines import_lines iso_utc span_from_line span_to_dict",
+    "._keys": "KEY_PREFIX ApiKey",
+    "._ledger": "Ledger close_ledger close_ledgers open_ledger",
+    "._migrate": "HEAD_REVISION current_revision upgrade",
+    "._plan": "raw_spans",
+    "._rebuild": "rebuild",
+    "._spans": "SpanFilter page_after update_costs",
+    "._timings": "HistogramResult",
+    "._types": "from_us to_us",
+    "._upkeep": "PruneResult backup pg_dump_command prune",
+    "ollama_meter.records": "GROUPS",
+}
+"""Module → the public names it defines, each imported when first read: the ledger's
+export format (msgspec) or upkeep load only for the commands that use them."""
+
+__getattr__ = lazy_names(
+    globals(), {name: module for module, names in _NAMES.items() for name in names.split()}
 )
-from ollama_meter.ledger._keys import KEY_PREFIX, ApiKey
-from ollama_meter.ledger._ledger import Ledger, close_ledger, close_ledgers, open_ledger
-from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, upgrade
-from ollama_meter.ledger._plan import raw_spans
-from ollama_meter.ledger._rebuild import rebuild
-from ollama_meter.ledger._spans import SpanFilter, page_after, update_costs
-from ollama_meter.ledger._timings import HistogramResult
-from ollama_meter.ledger._types import from_us, to_us
-from ollama_meter.ledger._upkeep import PruneResult, backup, pg_dump_command, prune
-from ollama_meter.records import GROUPS
 
 __all__ = [
     "COLD_LOAD_NS",
