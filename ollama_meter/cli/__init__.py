@@ -6,9 +6,10 @@ sub-app; errors the user can fix become one line on stderr and an exit code.
 Start-up is kept short: a command module imports at its top only what its options
 need (typer builds ``--help`` from them); settings, the ledger, the meter and the
 Ollama client load in the command that uses them (``bench/startup.py`` measures it).
+Modules with commands do without ``from __future__ import annotations``: typer reads
+every command's signature on every run, and string annotations would be compiled and
+evaluated each time (building the commands took three times as long).
 """
-
-from __future__ import annotations
 
 import logging
 import signal

@@ -1,7 +1,5 @@
 """``ometer budget ...``: caps per tenant or department, and where they stand."""
 
-from __future__ import annotations
-
 import json
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -149,7 +147,7 @@ def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
     out.print(table("budgets", columns, rows))
 
 
-def status_to_dict(row: BudgetStatus) -> dict[str, Any]:
+def status_to_dict(row: "BudgetStatus") -> dict[str, Any]:
     return {
         **budget_to_dict(row.budget),
         "tenant": row.tenant,

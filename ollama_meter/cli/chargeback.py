@@ -1,7 +1,5 @@
 """``ometer chargeback``: the month's bill per tenant and department, for finance and cron."""
 
-from __future__ import annotations
-
 from enum import StrEnum
 from typing import Annotated
 

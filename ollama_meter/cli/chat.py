@@ -1,7 +1,5 @@
 """``ometer chat``: a metered chat with Ollama from the terminal."""
 
-from __future__ import annotations
-
 import json
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
@@ -64,11 +62,11 @@ def result_json(span: SpanRecord, reply: str) -> dict[str, Any]:
 
 
 def _turn(
-    meter: Meter,
+    meter: "Meter",
     *,
     model: str,
     messages: list[dict[str, str]],
-    attribution: Attribution,
+    attribution: "Attribution",
     stream: bool,
     options: dict[str, Any] | None,
     as_json: bool,
@@ -206,10 +204,10 @@ def chat(
 
 
 def _interactive(
-    meter: Meter,
+    meter: "Meter",
     model: str,
     history: list[dict[str, str]],
-    attribution: Attribution,
+    attribution: "Attribution",
     stream: bool,
     options: dict[str, Any] | None,
     as_json: bool,

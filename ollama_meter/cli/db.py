@@ -1,7 +1,5 @@
 """``ometer db ...``: the ledger itself: schema, rollups, export and import, retention, backup."""
 
-from __future__ import annotations
-
 import io
 import sys
 import time
@@ -47,7 +45,7 @@ def path_command(db: DbOption = None) -> None:
     out.print(Ledger(cfg.ledger_url, migrate=False).display_url)
 
 
-def _bar(what: str, unit: str = "", *, rate: bool = False) -> Progress:
+def _bar(what: str, unit: str = "", *, rate: bool = False) -> "Progress":
     """A progress bar on stderr, gone when done; ``rate`` shows bytes per second."""
     from rich.progress import (
         BarColumn,

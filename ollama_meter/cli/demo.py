@@ -1,7 +1,5 @@
 """``ometer demo``: the product working end to end with no Ollama installed."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

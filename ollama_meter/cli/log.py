@@ -1,7 +1,5 @@
 """``ometer log``: the latest spans."""
 
-from __future__ import annotations
-
 import json
 from typing import Annotated
 

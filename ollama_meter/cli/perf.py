@@ -1,7 +1,5 @@
 """``ometer perf``: where the time goes, per model and department (or any grouping)."""
 
-from __future__ import annotations
-
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated
 
@@ -104,7 +102,7 @@ def _cell(name: str, value: object) -> str:
     return str(value)
 
 
-def render_table(result: PerfReport, zone: str) -> DataTable:
+def render_table(result: "PerfReport", zone: str) -> DataTable:
     """One line per group; the worst latency, speed, error rate and cold-load cells in bold red."""
     columns = [
         Column(_HEADINGS.get(name, name), numeric=name not in result.by) for name in result.columns

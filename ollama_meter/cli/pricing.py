@@ -1,7 +1,5 @@
 """``ometer pricing ...`` and ``ometer reprice``: price rules and re-pricing the ledger."""
 
-from __future__ import annotations
-
 import json
 from datetime import timedelta
 from decimal import Decimal

@@ -1,7 +1,5 @@
 """``ometer report``: spend and usage by tenant, department, user, model and time."""
 
-from __future__ import annotations
-
 from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
@@ -118,7 +116,7 @@ def _cell(name: str, value: object) -> str:
     return str(value)
 
 
-def render_table(result: SpendReport, zone: str) -> DataTable:
+def render_table(result: "SpendReport", zone: str) -> DataTable:
     """Rows, a total line when there is one currency, unpriced usage flagged.
 
     With one currency the currency goes into the cost heading. Numbers are never

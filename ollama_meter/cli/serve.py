@@ -1,7 +1,5 @@
 """``ometer serve``, ``ometer run`` and ``ometer keys``: the metering gateway from the terminal."""
 
-from __future__ import annotations
-
 import json
 import os
 import socket
@@ -215,7 +213,7 @@ def create_key(
     out.file.write(secret + "\n")
 
 
-def _users(key: ApiKey) -> str:
+def _users(key: "ApiKey") -> str:
     if key.user:
         return f", user {key.user}"
     if key.users:
