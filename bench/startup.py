@@ -63,8 +63,13 @@ def main() -> None:
         "--target", type=float, default=0.3, help="Seconds a command may add to bare Python."
     )
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="ometer-startup-") as folder:
+        run(Path(folder), args.runs, args.target)
+
+
+def run(folder: Path, runs: int, target: float) -> None:
+    """Fill a demo ledger in ``folder`` (bytecode is cached there too), then time the commands."""
     ometer = str(Path(sys.executable).with_name("ometer"))
-    folder = Path(tempfile.mkdtemp(prefix="ometer-startup-"))
     url = f"sqlite:///{folder / 'ledger.db'}"
     env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     env |= {
@@ -81,7 +86,7 @@ def main() -> None:
         timed(command, env)
     walls: dict[str, list[float]] = {name: [] for name in commands}
     cpus: dict[str, list[float]] = {name: [] for name in commands}
-    for _ in range(args.runs):
+    for _ in range(runs):
         for name, command in commands.items():
             wall, cpu = timed(command, env)
             walls[name].append(wall)
@@ -89,16 +94,14 @@ def main() -> None:
     base_wall = statistics.median(walls[BASELINE])
     base_cpu = statistics.median(cpus[BASELINE])
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"{args.runs} runs each, interleaved; medians in seconds; load average {load}")
-    print(
-        f"{'command':<30} {'wall':>6} {'added':>6} {'cpu':>6} {'added':>6}  within {args.target} s"
-    )
+    print(f"{runs} runs each, interleaved; medians in seconds; load average {load}")
+    print(f"{'command':<30} {'wall':>6} {'added':>6} {'cpu':>6} {'added':>6}  within {target} s")
     for name in commands:
         wall = statistics.median(walls[name])
         cpu = statistics.median(cpus[name])
         verdict = ""
         if name.startswith("ometer"):
-            verdict = "yes" if wall - base_wall <= args.target else "NO"
+            verdict = "yes" if wall - base_wall <= target else "NO"
         print(
             f"{name:<30} {wall:>6.3f} {wall - base_wall:>6.3f} {cpu:>6.3f} {cpu - base_cpu:>6.3f}"
             f"  {verdict}"
