@@ -1,0 +1,326 @@
+"""Slots and the fair queue: which waiting call gets the next free place on a server.
+
+Owns the places calls hold (:class:`Capacity`: a server's slots, a group's
+concurrency limit) and the order in which waiting calls get them. Knows nothing
+of HTTP, models or the ledger: where a call may go is a function it is given
+(``place``), which the fleet's routing supplies.
+
+**Fairness.** Waiting calls are kept per flow (a tenant's department). The next
+free place goes to the flow with the smallest virtual start tag, and serving a
+call moves its flow's tag on by ``1 / weight`` (start-time fair queueing, the
+unit-cost form of weighted fair queueing and deficit round robin). So with
+weights 2 and 1 the first flow gets two places for each of the second's, and a
+flow that floods the queue with 1,000 calls delays another flow's call by at
+most one place, never by its 1,000. A flow that was idle starts at the current
+virtual time: idleness earns no credit.
+
+**Bounds.** At most ``max_queue`` calls wait. When the queue is full, a call of
+a flow shorter than the longest one takes the place of that flow's newest call
+(which is answered "busy"); otherwise the new call is. So a flood cannot keep
+another department out of the queue either. Memory is one small object per
+waiting call; a flow with no waiting call is forgotten.
+
+**Correct under cancellation.** Places are counted when granted, synchronously,
+on the event loop, so no interleaving can put more than ``limit`` calls on a
+capacity. A caller that leaves while waiting is taken out of the queue; one that
+leaves just after its place was granted gives the place back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from fractions import Fraction
+
+BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+"""Ollama's own words when its queue is full (``OLLAMA_MAX_QUEUE``); the gateway says the same."""
+
+
+class Busy(Exception):
+    """No place now and none to wait for: the queue is full, or the wait was too long."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Capacity:
+    """Places calls hold at once: ``limit`` of them (None: no limit)."""
+
+    __slots__ = ("in_use", "limit", "name")
+
+    def __init__(self, limit: int | None, name: str = "") -> None:
+        self.limit = limit
+        self.in_use = 0
+        self.name = name
+
+    @property
+    def free(self) -> bool:
+        return self.limit is None or self.in_use < self.limit
+
+    def __repr__(self) -> str:
+        return f"Capacity({self.name!r}, {self.in_use}/{self.limit})"
+
+
+Place = Callable[[], Capacity | None]
+"""Where a waiting call could go right now (a server's slots with room), or None."""
+
+
+class Grant:
+    """A place a call holds: on ``server``, counted against ``caps``. Give it back with :meth:`release`."""
+
+    __slots__ = ("_flow", "_queue", "caps", "granted_ns", "released", "server", "waited_ns")
+
+    def __init__(
+        self,
+        queue: FairQueue,
+        flow: _Flow,
+        server: Capacity,
+        caps: tuple[Capacity, ...],
+        waited_ns: int,
+    ) -> None:
+        self._queue = queue
+        self._flow = flow
+        self.server = server
+        self.caps = caps
+        self.waited_ns = waited_ns
+        self.granted_ns = queue.clock()
+        self.released = False
+
+    def release(self) -> None:
+        """Give the place back (idempotent); the next waiting call may take it at once."""
+        if not self.released:
+            self.released = True
+            self._queue._release(self)
+
+
+class _Waiter:
+    __slots__ = ("caps", "flow", "future", "place", "since_ns")
+
+    def __init__(
+        self,
+        flow: _Flow,
+        place: Place,
+        caps: tuple[Capacity, ...],
+        future: asyncio.Future[Grant],
+        since_ns: int,
+    ) -> None:
+        self.flow = flow
+        self.place = place
+        self.caps = caps
+        self.future = future
+        self.since_ns = since_ns
+
+
+class _Flow:
+    __slots__ = ("key", "order", "serving", "tag", "waiters", "weight")
+
+    def __init__(self, key: Hashable, tag: Fraction, order: int) -> None:
+        self.key = key
+        self.tag = tag
+        self.order = order
+        self.weight = 1
+        self.serving = 0
+        self.waiters: deque[_Waiter] = deque()
+
+
+class FairQueue:
+    """Calls waiting for a place, served by weighted fair queueing across flows."""
+
+    def __init__(self, max_queue: int, *, clock: Callable[[], int] = time.monotonic_ns) -> None:
+        if max_queue < 0:
+            raise ValueError("max_queue must be 0 or more")
+        self.max_queue = max_queue
+        self.clock = clock
+        self._flows: dict[Hashable, _Flow] = {}
+        self._urgent: deque[_Waiter] = deque()
+        self._waiting = 0
+        self._virtual = Fraction(0)
+        self._order = 0
+        self._granted = 0
+        self._hold_ns = 1_000_000_000.0  # a running mean of how long places are held
+
+    # -- what it holds ------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def in_service(self) -> int:
+        return self._granted
+
+    def waiting_by_flow(self) -> dict[Hashable, int]:
+        return {key: len(flow.waiters) for key, flow in self._flows.items()}
+
+    def retry_after(self) -> int:
+        """Seconds until a place in the queue is likely to free: a held place's mean time, shared."""
+        return max(1, math.ceil(self._hold_ns / max(1, self._granted) / 1e9))
+
+    # -- waiting --------------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        flow: Hashable,
+        place: Place,
+        *,
+        weight: int = 1,
+        caps: Sequence[Capacity] = (),
+        timeout: float | None = None,
+        urgent: bool = False,
+    ) -> Grant:
+        """A place for one call of ``flow``: at once if one is free, else after waiting its turn.
+
+        ``caps`` must all have room too (a department's concurrency limit). ``urgent``
+        (a call moving off a failed server) goes before every flow. Raises :class:`Busy`
+        when the queue is full or ``timeout`` seconds pass; a cancelled caller leaves
+        the queue, and gives back a place granted to it meanwhile.
+        """
+        loop = asyncio.get_running_loop()
+        waiter = self._enqueue(flow, place, max(1, weight), tuple(caps), loop, urgent=urgent)
+        self._dispatch()
+        if self._waiting > self.max_queue and not waiter.future.done():
+            self._shed(waiter)
+        try:
+            if timeout is None:
+                return await waiter.future
+            async with asyncio.timeout(timeout):
+                return await waiter.future
+        except BaseException as exc:
+            self._leave(waiter)
+            if isinstance(exc, TimeoutError):
+                raise Busy(
+                    f"{BUSY_MESSAGE} (waited {timeout:g} s for a free slot)",
+                    retry_after=self.retry_after(),
+                ) from None
+            raise
+
+    def _enqueue(
+        self,
+        key: Hashable,
+        place: Place,
+        weight: int,
+        caps: tuple[Capacity, ...],
+        loop: asyncio.AbstractEventLoop,
+        *,
+        urgent: bool,
+    ) -> _Waiter:
+        flow = self._flows.get(key)
+        if flow is None:
+            self._order += 1
+            flow = _Flow(key, self._virtual, self._order)
+            if not urgent:  # an urgent call waits outside the flows
+                self._flows[key] = flow
+        elif not flow.waiters and not urgent:
+            flow.tag = max(flow.tag, self._virtual)  # idle time earns no credit
+        flow.weight = weight
+        waiter = _Waiter(flow, place, caps, loop.create_future(), self.clock())
+        if urgent:
+            self._urgent.append(waiter)
+        else:
+            flow.waiters.append(waiter)
+        self._waiting += 1
+        return waiter
+
+    def _shed(self, newcomer: _Waiter) -> None:
+        """One call too many waits: the newest of the longest flow leaves, answered busy.
+
+        That is the newcomer unless another flow is longer than the newcomer's, so a
+        flood cannot keep another department out of the queue.
+        """
+        if newcomer in self._urgent:
+            return  # moving off a failed server: it already waited its turn
+        own = newcomer.flow
+        longest = max(self._flows.values(), key=lambda f: (len(f.waiters), f.tag))
+        shed = longest if len(longest.waiters) > len(own.waiters) else own
+        pushed = shed.waiters.pop()
+        self._waiting -= 1
+        self._forget_if_idle(shed)
+        pushed.future.set_exception(Busy(BUSY_MESSAGE, retry_after=self.retry_after()))
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """A caller stops waiting (cancelled, timed out): out of the queue, its place given back."""
+        future = waiter.future
+        if not future.done() or future.cancelled():
+            self._remove(waiter)
+        elif future.exception() is None:
+            future.result().release()  # granted just as the caller left
+
+    def _remove(self, waiter: _Waiter) -> None:
+        flow = waiter.flow
+        for line in (flow.waiters, self._urgent):
+            try:
+                line.remove(waiter)
+            except ValueError:
+                continue
+            self._waiting -= 1
+            break
+        self._forget_if_idle(flow)
+
+    def _forget_if_idle(self, flow: _Flow) -> None:
+        # A flow with calls in service is kept: its tag says how much it was just given.
+        if not flow.waiters and not flow.serving and self._flows.get(flow.key) is flow:
+            del self._flows[flow.key]
+
+    # -- serving --------------------------------------------------------------------------
+
+    def kick(self) -> None:
+        """Places may have opened outside the queue (a server came back): serve who can go."""
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._waiting:
+            chosen = self._next()
+            if chosen is None:
+                return
+            waiter, server = chosen
+            self._grant(waiter, server)
+
+    def _next(self) -> tuple[_Waiter, Capacity] | None:
+        for waiter in self._urgent:
+            if (server := _placed(waiter)) is not None:
+                return waiter, server
+        for flow in sorted(self._flows.values(), key=lambda f: (f.tag, f.order)):
+            for waiter in flow.waiters:
+                if (server := _placed(waiter)) is not None:
+                    return waiter, server
+        return None
+
+    def _grant(self, waiter: _Waiter, server: Capacity) -> None:
+        flow = waiter.flow
+        if waiter in self._urgent:
+            self._urgent.remove(waiter)
+        else:
+            flow.waiters.remove(waiter)
+            self._virtual = max(self._virtual, flow.tag)
+            flow.tag = max(flow.tag, self._virtual) + Fraction(1, flow.weight)
+        self._waiting -= 1
+        flow.serving += 1
+        server.in_use += 1
+        for cap in waiter.caps:
+            cap.in_use += 1
+        self._granted += 1
+        waited = self.clock() - waiter.since_ns
+        waiter.future.set_result(Grant(self, flow, server, waiter.caps, waited))
+
+    def _release(self, grant: Grant) -> None:
+        grant.server.in_use -= 1
+        for cap in grant.caps:
+            cap.in_use -= 1
+        self._granted -= 1
+        grant._flow.serving -= 1
+        self._forget_if_idle(grant._flow)
+        held = self.clock() - grant.granted_ns
+        self._hold_ns += (held - self._hold_ns) / 8
+        self._dispatch()
+
+
+def _placed(waiter: _Waiter) -> Capacity | None:
+    # A cancelled caller's future is done before its task runs again to leave the queue.
+    if waiter.future.done() or not all(cap.free for cap in waiter.caps):
+        return None
+    server = waiter.place()
+    return server if server is not None and server.free else None

@@ -1,0 +1,255 @@
+"""The fair queue in process: slots never overrun, weights honoured, cancellation leaks nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import tracemalloc
+from collections.abc import Callable, Sequence
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from ollama_meter.gateway._queue import BUSY_MESSAGE, Busy, Capacity, FairQueue, Grant
+
+
+def first_free(servers: Sequence[Capacity]) -> Callable[[], Capacity | None]:
+    def place() -> Capacity | None:
+        return next((s for s in servers if s.free), None)
+
+    return place
+
+
+def settle(loop: asyncio.AbstractEventLoop) -> None:
+    """Run the loop until every task that can move has moved."""
+    for _ in range(5):
+        loop.run_until_complete(asyncio.sleep(0))
+
+
+class QueueMachine(RuleBasedStateMachine):
+    """Any interleaving of arrivals, hang-ups, releases and hang-ups racing a grant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.servers = [Capacity(1, "a"), Capacity(2, "b"), Capacity(1, "c")]
+        self.caps = {"sales": Capacity(2, "sales"), "hr": Capacity(None, "hr")}
+        self.queue = FairQueue(max_queue=6)
+        self.tasks: list[asyncio.Task[Grant]] = []
+        self.released: set[int] = set()
+
+    def teardown(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        settle(self.loop)
+        self.loop.close()
+
+    def _held(self) -> list[Grant]:
+        return [
+            t.result()
+            for t in self.tasks
+            if t.done() and not t.cancelled() and t.exception() is None
+            if id(t.result()) not in self.released
+        ]
+
+    def _pending(self) -> list[asyncio.Task[Grant]]:
+        return [t for t in self.tasks if not t.done()]
+
+    @rule(
+        dept=st.sampled_from(["sales", "hr", "it"]),
+        servers=st.sets(st.integers(0, 2), min_size=1),
+        weight=st.integers(1, 3),
+        urgent=st.booleans(),
+    )
+    def arrive(self, dept: str, servers: set[int], weight: int, urgent: bool) -> None:
+        place = first_free([self.servers[i] for i in sorted(servers)])
+        caps = [self.caps[dept]] if dept in self.caps else []
+        coro = self.queue.acquire(dept, place, weight=weight, caps=caps, urgent=urgent)
+        self.tasks.append(self.loop.create_task(coro))
+        settle(self.loop)
+
+    @precondition(lambda self: any(not t.done() for t in self.tasks))
+    @rule(data=st.data())
+    def hang_up_while_waiting(self, data: st.DataObject) -> None:
+        task = data.draw(st.sampled_from(self._pending()))
+        task.cancel()
+        settle(self.loop)
+
+    @precondition(lambda self: bool(self._held()))
+    @rule(data=st.data(), cancel_next=st.booleans())
+    def release(self, data: st.DataObject, cancel_next: bool) -> None:
+        grant = data.draw(st.sampled_from(self._held()))
+        pending = self._pending()
+        grant.release()
+        self.released.add(id(grant))
+        grant.release()  # twice is once
+        if cancel_next:
+            # The release granted a place to a waiter synchronously; it hangs up before
+            # its task ever runs again: the race a cancelled caller must not leak through.
+            for task in pending:
+                task.cancel()
+        settle(self.loop)
+
+    @invariant()
+    def slots_never_overrun_and_match_the_holders(self) -> None:
+        held = self._held()
+        for server in self.servers:
+            assert server.in_use == sum(g.server is server for g in held)
+            assert server.in_use <= (server.limit or 0)
+        for cap in self.caps.values():
+            assert cap.in_use == sum(cap in g.caps for g in held)
+            assert cap.limit is None or cap.in_use <= cap.limit
+
+    @invariant()
+    def every_waiter_is_a_pending_caller(self) -> None:
+        assert self.queue.waiting == len(self._pending())
+        assert self.queue.in_service == len(self._held())
+
+    @invariant()
+    def nobody_waits_for_a_free_place(self) -> None:
+        # Work-conserving: a waiting call whose every constraint has room would have been served.
+        if self.queue.waiting:
+            settle(self.loop)
+            assert self.queue.kick() is None and self.queue.waiting == len(self._pending())
+
+    @invariant()
+    def the_queue_stays_bounded(self) -> None:
+        urgent = len(self.queue._urgent)
+        assert self.queue.waiting - urgent <= self.queue.max_queue
+
+
+QueueMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_queue_under_any_interleaving = QueueMachine.TestCase
+
+
+async def _collect(
+    queue: FairQueue, slot: Capacity, flows: dict[str, tuple[int, int]], serve: int
+) -> list[str]:
+    """Queue ``count`` calls per flow (weight, count) behind one busy slot; the order served."""
+    place = first_free([slot])
+    blocker = await queue.acquire("warm", place)
+    tasks = {
+        name: [asyncio.create_task(queue.acquire(name, place, weight=weight)) for _ in range(count)]
+        for name, (weight, count) in flows.items()
+    }
+    await asyncio.sleep(0)
+    order: list[str] = []
+    current = blocker
+    for _ in range(serve):
+        current.release()
+        await asyncio.sleep(0)
+        done = [(n, t) for n, ts in tasks.items() for t in ts if t.done() and t not in order]
+        ((name, task),) = [(n, t) for n, t in done if not getattr(t, "_seen", False)]
+        task._seen = True  # type: ignore[attr-defined]
+        order.append(name)
+        current = task.result()
+    for ts in tasks.values():
+        for t in ts:
+            t.cancel()
+    await asyncio.sleep(0)
+    return order
+
+
+@pytest.mark.parametrize(("heavy", "light"), [(1, 1), (2, 1), (3, 1), (3, 2)])
+def test_weights_are_honoured_in_every_prefix(heavy: int, light: int) -> None:
+    queue, slot = FairQueue(max_queue=1000), Capacity(1)
+    order = asyncio.run(_collect(queue, slot, {"a": (heavy, 60), "b": (light, 60)}, 50))
+    for n in range(1, len(order) + 1):
+        a = order[:n].count("a")
+        # a's share of any prefix is heavy/(heavy+light) of it, give or take one call.
+        assert abs(a * (heavy + light) - n * heavy) <= heavy + light
+
+
+def test_a_flood_does_not_delay_another_department_by_more_than_one_call() -> None:
+    async def scenario() -> tuple[int, int]:
+        queue, slot = FairQueue(max_queue=2000), Capacity(1)
+        place = first_free([slot])
+        held = await queue.acquire("batch", place)
+        flood = [asyncio.create_task(queue.acquire("batch", place)) for _ in range(1000)]
+        await asyncio.sleep(0)
+        small = asyncio.create_task(queue.acquire("support", place))
+        await asyncio.sleep(0)
+        held.release()  # one place frees: it goes to the department that waited least
+        await asyncio.sleep(0)
+        served_first = small.done()
+        waiting = queue.waiting
+        for task in flood:
+            task.cancel()
+        await asyncio.sleep(0)
+        return int(served_first), waiting
+
+    served_first, waiting = asyncio.run(scenario())
+    assert served_first == 1
+    assert waiting == 1000
+
+
+def test_a_full_queue_pushes_out_the_longest_flow_not_the_newcomer() -> None:
+    async def scenario() -> tuple[list[str], int, int]:
+        queue, slot = FairQueue(max_queue=4), Capacity(1)
+        place = first_free([slot])
+        await queue.acquire("batch", place)
+        flood = [asyncio.create_task(queue.acquire("batch", place)) for _ in range(4)]
+        await asyncio.sleep(0)
+        small = asyncio.create_task(queue.acquire("support", place))
+        await asyncio.sleep(0)
+        refused = asyncio.create_task(queue.acquire("batch", place))
+        await asyncio.sleep(0)
+        outcomes = []
+        for task in [*flood, small, refused]:
+            if task.done():
+                exc = task.exception()
+                outcomes.append(str(exc) if exc else "granted")
+            else:
+                outcomes.append("waiting")
+                task.cancel()
+        await asyncio.sleep(0)
+        return outcomes, queue.waiting, slot.in_use
+
+    outcomes, waiting, in_use = asyncio.run(scenario())
+    # The newest batch call made room for support's; a fifth batch call then finds no room.
+    assert outcomes == ["waiting"] * 3 + [BUSY_MESSAGE, "waiting", BUSY_MESSAGE]
+    assert (waiting, in_use) == (0, 1)
+
+
+def test_a_call_that_waits_too_long_is_told_the_server_is_busy() -> None:
+    async def scenario() -> Busy:
+        queue, slot = FairQueue(max_queue=10), Capacity(1)
+        place = first_free([slot])
+        await queue.acquire("a", place)
+        with pytest.raises(Busy) as caught:
+            await queue.acquire("b", place, timeout=0.01)
+        assert queue.waiting == 0
+        return caught.value
+
+    busy = asyncio.run(scenario())
+    assert str(busy) == f"{BUSY_MESSAGE} (waited 0.01 s for a free slot)"
+    assert busy.retry_after >= 1
+
+
+def test_a_flood_of_a_thousand_waiting_calls_costs_bounded_memory() -> None:
+    async def scenario() -> tuple[int, int, object]:
+        queue, slot = FairQueue(max_queue=5000), Capacity(1)
+        place = first_free([slot])
+        await queue.acquire("warm", place)
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        flood = [asyncio.create_task(queue.acquire("batch", place)) for _ in range(1000)]
+        await asyncio.sleep(0)
+        during = tracemalloc.get_traced_memory()[0] - before
+        for task in flood:
+            task.cancel()
+        await asyncio.sleep(0)
+        assert all(task.cancelled() for task in flood)
+        del flood
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        return during, after, (queue.waiting, queue.waiting_by_flow())
+
+    during, after, left = asyncio.run(scenario())
+    # A waiting call is its task (the caller's own), a future and a small record: a few KB.
+    assert during < 1000 * 8 * 1024
+    assert after < during // 10  # and it is all given back when they leave
+    assert left == (0, {"warm": 0})  # only the flow with a call in service is remembered
