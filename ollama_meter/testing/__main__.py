@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from ollama_meter.testing._emulator import OllamaEmulator
+from ollama_meter.testing._models import DEFAULT_MODELS, EmulatedModel, find_model
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,7 +31,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--token-latency", type=float, default=0.0, help="seconds between streamed chunks"
     )
+    parser.add_argument(
+        "--models",
+        help="comma-separated models it has pulled, a subset of: "
+        + ", ".join(m.name for m in DEFAULT_MODELS)
+        + " (default: all)",
+    )
     args = parser.parse_args(argv)
+    models = pulled(parser, args.models)
 
     done = threading.Event()
 
@@ -41,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     emulator = OllamaEmulator(
-        host=args.host, port=args.port, latency=args.latency, token_latency=args.token_latency
+        models=models,
+        host=args.host,
+        port=args.port,
+        latency=args.latency,
+        token_latency=args.token_latency,
     )
     with emulator:
         print(f"Ollama emulator listening on {emulator.url}", flush=True)
@@ -49,6 +61,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         while not done.wait(0.5):
             pass
     return 0
+
+
+def pulled(parser: argparse.ArgumentParser, names: str | None) -> tuple[EmulatedModel, ...]:
+    """The models ``--models`` names (all of them when not given); exits with a usage error."""
+    if names is None:
+        return DEFAULT_MODELS
+    chosen: list[EmulatedModel] = []
+    for name in (part.strip() for part in names.split(",")):
+        model = find_model(DEFAULT_MODELS, name) if name else None
+        if model is None:
+            parser.error(
+                f"--models: {name!r} is not an emulated model; "
+                f"choose from {', '.join(m.name for m in DEFAULT_MODELS)}"
+            )
+        if model not in chosen:
+            chosen.append(model)
+    return tuple(chosen)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ class _State:
     loaded: dict[str, datetime] = field(default_factory=dict)
     completions: int = 0
     hangups: int = 0
+    in_flight: int = 0
+    most_in_flight: int = 0
 
 
 class OllamaEmulator:
@@ -176,12 +178,25 @@ class OllamaEmulator:
             self._state.requests.clear()
             self._state.loaded.clear()
             self._state.hangups = 0
+            self._state.most_in_flight = self._state.in_flight
 
     @property
     def hangups(self) -> int:
         """Streamed replies the client hung up on before their end (what Ollama then stops)."""
         with self._state.lock:
             return self._state.hangups
+
+    @property
+    def in_flight(self) -> int:
+        """Inference requests being answered right now."""
+        with self._state.lock:
+            return self._state.in_flight
+
+    @property
+    def most_in_flight(self) -> int:
+        """The most inference requests answered at once since start or :meth:`reset`."""
+        with self._state.lock:
+            return self._state.most_in_flight
 
     def is_loaded(self, model: str) -> bool:
         """Whether ``model`` is warm (a call to it since start or reset)."""
@@ -193,6 +208,11 @@ class OllamaEmulator:
     def _record(self, request: RecordedRequest) -> None:
         with self._state.lock:
             self._state.requests.append(request)
+
+    def _busy(self, change: int) -> None:
+        with self._state.lock:
+            self._state.in_flight += change
+            self._state.most_in_flight = max(self._state.most_in_flight, self._state.in_flight)
 
     def _hung_up(self) -> None:
         with self._state.lock:

@@ -32,6 +32,13 @@ class RecordedRequest:
     headers: dict[str, str]
 
 
+_INFERENCE = frozenset({
+    "/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+})  # fmt: skip
+"""Routes that occupy the server while they run (counted in ``OllamaEmulator.most_in_flight``)."""
+
+
 class RoutingHandler(OllamaRoutes, OpenAIRoutes):
     _GET_PATHS: ClassVar[set[str]] = {"/", "/api/version", "/api/tags", "/api/ps", "/v1/models"}
     _HEAD_PATHS: ClassVar[set[str]] = {"/", "/api/version", "/api/tags"}
@@ -85,7 +92,13 @@ class RoutingHandler(OllamaRoutes, OpenAIRoutes):
         # HEAD answers carry GET's headers but never a body.
         self._head = method == "HEAD"
         handler = routes.get((method, path))
-        if handler is not None:
+        if handler is not None and path in _INFERENCE:
+            self.emulator._busy(+1)
+            try:
+                handler(raw)
+            finally:
+                self.emulator._busy(-1)
+        elif handler is not None:
             handler(raw)
         elif path in self._GET_PATHS | self._HEAD_PATHS | self._POST_PATHS:
             self._send_text(405, "405 method not allowed")

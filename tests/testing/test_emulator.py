@@ -566,3 +566,57 @@ def test_module_runs_from_the_command_line() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_the_command_line_serves_a_subset_of_the_models() -> None:
+    command = [sys.executable, "-m", "ollama_meter.testing", "--port", "0"]
+    with subprocess.Popen(
+        [*command, "--models", "qwen2.5:7b, nomic-embed-text"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+            with ollama.Client(host=url, timeout=5) as c:
+                assert [m.model for m in c.list().models] == [
+                    "qwen2.5:7b",
+                    "nomic-embed-text:latest",
+                ]
+                with pytest.raises(ollama.ResponseError) as missing:
+                    c.chat(model="llama3.1:8b", messages=USER)
+            assert missing.value.status_code == 404
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=5) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    wrong = subprocess.run(
+        [*command, "--models", "gpt-4"], check=False, capture_output=True, text=True, timeout=30
+    )
+    assert wrong.returncode == 2
+    assert "--models: 'gpt-4' is not an emulated model; choose from llama3.1:8b" in wrong.stderr
+
+
+def test_it_counts_the_most_inference_requests_answered_at_once() -> None:
+    with OllamaEmulator(token_latency=0.1) as emu:
+        assert (emu.in_flight, emu.most_in_flight) == (0, 0)
+        client = ollama.Client(host=emu.url)
+        started = threading.Barrier(4)
+
+        def call() -> None:
+            started.wait()
+            client.chat(model="llama3.1:8b", messages=USER)
+
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        started.wait()
+        for thread in threads:
+            thread.join()
+        client.list()  # not inference: not counted
+        assert emu.in_flight == 0
+        assert emu.most_in_flight == 3
+        emu.reset()
+        assert emu.most_in_flight == 0
