@@ -87,6 +87,8 @@ _HEADINGS = {
     "cold_load_s": "cold s",
     "queue_p50_ms": "queue p50",
     "queue_p95_ms": "queue p95",
+    "gateway_queue_p50_ms": "gw queue p50",
+    "gateway_queue_p95_ms": "gw queue p95",
 }
 
 
@@ -123,6 +125,7 @@ def render_table(result: "PerfReport", zone: str) -> DataTable:
         notes = [
             "lat, TTFT and queue in ms",
             "queue = Ollama's total time less load, prompt and generation",
+            "gw queue = waiting in the gateway for a slot (in lat and TTFT too)",
             "cold = model load ≥ 100 ms",
         ]
         caption = Text(" · ".join(notes))

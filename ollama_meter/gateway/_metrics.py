@@ -60,6 +60,13 @@ class GatewayMetrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.queue = Histogram(
+            "ometer_queue_duration_seconds",
+            "Time calls waited in this gateway for a free slot on a server.",
+            ["tenant", "department"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.token_usage = Histogram(
             "gen_ai_client_token_usage",
             "Tokens per call, input and output.",
@@ -97,6 +104,8 @@ class GatewayMetrics:
             self.duration.labels(*genai).observe(span.latency_ns / 1e9)
         if span.ttft_ns is not None:
             self.first_chunk.labels(*genai).observe(span.ttft_ns / 1e9)
+        if span.queue_ns is not None:
+            self.queue.labels(span.tenant, span.department).observe(span.queue_ns / 1e9)
         if span.status == Status.OK:
             self.token_usage.labels(*genai, "input").observe(span.input_tokens)
             self.token_usage.labels(*genai, "output").observe(span.output_tokens)

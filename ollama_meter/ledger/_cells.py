@@ -58,10 +58,13 @@ class Metric(IntEnum):
     LATENCY = 0
     TTFT = 1
     QUEUE = 2
+    """Inside Ollama: its total time less load, prompt evaluation and generation."""
     SPEED = 3
+    GATEWAY_QUEUE = 4
+    """In the gateway, waiting for a free slot (``SpanRecord.queue_ns``): before Ollama's."""
 
 
-_LATENCY, _TTFT, _QUEUE, _SPEED = (int(m) for m in Metric)
+_LATENCY, _TTFT, _QUEUE, _SPEED, _GATEWAY_QUEUE = (int(m) for m in Metric)
 
 
 # -- cells ---------------------------------------------------------------------------
@@ -200,6 +203,8 @@ def histogram_slots(span: Any) -> list[tuple[int, int, int]]:
     waited = queue_ns(span)
     if waited is not None:
         slots.append((_QUEUE, *duration_slot(waited)))
+    if span.queue_ns is not None:
+        slots.append((_GATEWAY_QUEUE, *duration_slot(span.queue_ns)))
     # Ollama's speed, not the network's: durations the meter measured itself are left out.
     if (
         span.duration_source != "measured"

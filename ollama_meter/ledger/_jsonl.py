@@ -119,6 +119,7 @@ class _Durations(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     eval: int | None = None
     latency: int | None = None
     ttft: int | None = None
+    queue: int | None = None
 
 
 class _Line(msgspec.Struct):
@@ -169,7 +170,7 @@ _TEXTS = (
     ("duration_source", 16), ("upstream_host", 255), ("trace_id", 32), ("otel_span_id", 16),
 )  # fmt: skip
 _COUNTS = ("input_tokens", "output_tokens")
-_DURATIONS = ("total", "load", "prompt_eval", "eval", "latency", "ttft")
+_DURATIONS = ("total", "load", "prompt_eval", "eval", "latency", "ttft", "queue")
 _checked: set[tuple[str, str]] = set()
 """(field, value) pairs already found valid: names, models and hosts repeat on every line."""
 
@@ -273,6 +274,7 @@ def span_from_line(line: bytes) -> SpanRecord:
         duration_source=d.duration_source,
         latency_ns=durations.latency,
         ttft_ns=durations.ttft,
+        queue_ns=durations.queue,
         cost_tokens=_micros(parts.tokens, "cost_parts.tokens"),
         cost_compute=_micros(parts.compute, "cost_parts.compute"),
         cost_energy=_micros(parts.energy, "cost_parts.energy"),

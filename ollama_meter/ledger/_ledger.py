@@ -2,7 +2,7 @@
 
 Owns first-use migration and every query the rest of the package asks, as named
 methods: spans (latest, paging, costs), aggregates for reports and budgets,
-price rules, budgets and their transactions, alerts and gateway keys. Writes go
+price rules, budgets and their transactions, alerts, gateway keys and rate limits. Writes go
 through :meth:`~ollama_meter.ledger._durable.DurableLedger.record`, one
 transaction per batch; the meter's group-commit writer batches concurrent
 callers into it.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from ollama_meter.ledger import (
     _budgets,
     _currencies,
     _keys,
+    _limits,
     _prices,
     _rebuild,
     _spans,
@@ -35,7 +37,7 @@ from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._keys import ApiKey
 from ollama_meter.ledger._migrate import ensure_current
 from ollama_meter.ledger.models import SpanRow
-from ollama_meter.records import Alert, Budget, PastCall, PriceRule, SpanRecord
+from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, SpanRecord
 
 
 class Ledger(DurableLedger):
@@ -246,6 +248,28 @@ class Ledger(DurableLedger):
         with self.write() as conn:
             if not _keys.revoke_key(conn, key_id):
                 raise LedgerError(f"no live key with id {key_id}; see `ometer keys list`")
+
+    # -- limits ---------------------------------------------------------------------------
+
+    def limits(self) -> list[Limit]:
+        with self.read() as conn:
+            return _limits.list_limits(conn)
+
+    def set_limit(self, limit: Limit) -> Limit:
+        """Store a scope's limits (values left None keep what was stored); a key's take its names."""
+        with self.write() as conn:
+            if limit.key_id is not None:
+                key = next((k for k in _keys.list_keys(conn) if k.id == limit.key_id), None)
+                if key is None or key.revoked_at is not None:
+                    raise LedgerError(f"no live key with id {limit.key_id}; see `ometer keys list`")
+                limit = replace(limit, tenant=key.tenant, department=key.department)
+            return _limits.set_limit(conn, limit)
+
+    def remove_limit(self, tenant: str, department: str | None, key_id: int | None) -> None:
+        with self.write() as conn:
+            if not _limits.remove_limit(conn, tenant, department, key_id):
+                scope = Limit(tenant, department, key_id).scope()
+                raise LedgerError(f"no limits set for {scope}; see `ometer limit list`")
 
 
 def open_ledger(url: str, *, wait: float = DEFAULT_WAIT) -> Ledger:

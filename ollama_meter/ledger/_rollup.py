@@ -8,10 +8,11 @@ Every span that is inserted adds to three tables, in the same transaction:
   window whose ends fall on a quarter hour (every local midnight of every time
   zone in use) is answered exactly from a few rows (see ``_aggregate``).
 - ``rollup_histograms``: per UTC day and month and (tenant, department, model),
-  how many calls fell in each bin of latency, time to first token, queue time and
-  generation speed, so percentiles can be merged (:func:`duration_bin`); and per
-  quarter hour for all calls together (key ``*``), so the whole organisation's
-  percentiles per *local* day need no raw spans (the dashboard's daily timings).
+  how many calls fell in each bin of latency, time to first token, queue time
+  (inside Ollama, and in the gateway) and generation speed, so percentiles can be
+  merged (:func:`duration_bin`); and per quarter hour for all calls together (key
+  ``*``), so the whole organisation's percentiles per *local* day need no raw spans
+  (the dashboard's daily timings).
 - ``rollup_busy``: per minute and upstream host, the union of the calls' busy
   intervals, so chargeback's utilisation is exact without a scan.
 

@@ -53,6 +53,7 @@ TIMING_COLUMNS = (
     SpanRow.status,
     SpanRow.latency_ns,
     SpanRow.ttft_ns,
+    SpanRow.queue_ns,
     SpanRow.output_tokens,
     SpanRow.total_duration_ns,
     SpanRow.load_duration_ns,

@@ -78,6 +78,7 @@ class SpanRow(Base):
     duration_source: Mapped[str | None] = mapped_column(String(16))
     latency_ns: Mapped[int | None] = mapped_column(BigInteger)
     ttft_ns: Mapped[int | None] = mapped_column(BigInteger)
+    queue_ns: Mapped[int | None] = mapped_column(BigInteger)
     cost_tokens: Mapped[int] = mapped_column(BigInteger)
     cost_compute: Mapped[int] = mapped_column(BigInteger)
     cost_energy: Mapped[int] = mapped_column(BigInteger)
@@ -171,7 +172,8 @@ ROLLUP_HISTOGRAMS = Table(
 """How many calls of a (tenant, department, model) fell in each bin of one decade, per cell.
 
 Cells are UTC days and months only (percentiles are merged from bins; finer cells
-would cost a row per call). ``metric`` is latency, TTFT, queue or generation speed;
+would cost a row per call). ``metric`` is latency, TTFT, Ollama's queue, generation
+speed or the gateway's queue (``ollama_meter.ledger._rollup.Metric``);
 ``decade`` the power of ten the row's 75 bins ``b00`` ... ``b74`` divide.
 """
 
@@ -307,3 +309,27 @@ class ApiKeyRow(Base):
     """Comma-separated users this key may name in ``X-Ometer-User`` (names have no commas)."""
 
     __table_args__ = (Index("ix_api_keys_prefix", "prefix"),)
+
+
+class LimitRow(Base):
+    """How fast and how much one tenant, department or API key may call, and its share.
+
+    ``department`` is ``''`` for a limit on the whole tenant; ``key_id`` is 0 except for
+    a key's own limits (which keep the key's tenant and department, for reading). Any of
+    ``rpm`` (calls per minute), ``tpm`` (tokens per minute), ``concurrency`` (calls
+    holding a slot at once) and ``weight`` (the share of slots when calls queue) may be
+    NULL: not limited, or the default weight 1.
+    """
+
+    __tablename__ = "limits"
+
+    tenant: Mapped[str] = mapped_column(String(64))
+    department: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[int] = mapped_column(Integer)
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(BigInteger)
+    concurrency: Mapped[int | None] = mapped_column(Integer)
+    weight: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (PrimaryKeyConstraint("tenant", "department", "key_id"),)

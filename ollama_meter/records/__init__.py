@@ -1,4 +1,4 @@
-"""Plain records every layer shares: the cost span, price rules, budgets, alerts, money.
+"""Plain records every layer shares: the cost span, price rules, budgets, alerts, rate limits, money.
 
 Data and the checks a value makes on itself, nothing more: no I/O, no database,
 no client library. This package imports nothing of ollama-meter's but
@@ -19,6 +19,7 @@ from ollama_meter.records._budget import (
     parse_limit,
     parse_thresholds,
 )
+from ollama_meter.records._limit import Limit
 from ollama_meter.records._money import (
     MAX_AMOUNT,
     MAX_PRICE,
@@ -88,6 +89,7 @@ __all__ = [
     "Budget",
     "Cost",
     "DurationSource",
+    "Limit",
     "Micros",
     "PastCall",
     "PriceRule",

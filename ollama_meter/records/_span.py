@@ -135,6 +135,8 @@ class SpanRecord:
     duration_source: str | None = None
     latency_ns: int | None = None
     ttft_ns: int | None = None
+    queue_ns: int | None = None
+    """Time the call waited in the gateway for a free slot (its latency and TTFT include it)."""
     cost_tokens: int = 0
     cost_compute: int = 0
     cost_energy: int = 0
@@ -153,7 +155,7 @@ class SpanRecord:
         return self.response_model or self.request_model
 
     def durations(self) -> dict[str, int | None]:
-        """Ollama's durations and the client's timings, in nanoseconds."""
+        """Ollama's durations and the meter's timings (latency, TTFT, the gateway's queue), in ns."""
         return {
             "total": self.total_duration_ns,
             "load": self.load_duration_ns,
@@ -161,6 +163,7 @@ class SpanRecord:
             "eval": self.eval_duration_ns,
             "latency": self.latency_ns,
             "ttft": self.ttft_ns,
+            "queue": self.queue_ns,
         }
 
     @property
@@ -232,7 +235,7 @@ MAX_DURATION_NS = 10**15
 COUNT_FIELDS = ("input_tokens", "output_tokens")
 DURATION_FIELDS = (
     "total_duration_ns", "load_duration_ns", "prompt_eval_duration_ns", "eval_duration_ns",
-    "latency_ns", "ttft_ns",
+    "latency_ns", "ttft_ns", "queue_ns",
 )  # fmt: skip
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 """NUL (PostgreSQL text cannot hold it) and lone surrogates (UTF-8 cannot encode them)."""

@@ -1,9 +1,9 @@
 """The performance report (``ometer perf``): where the time of metered calls goes.
 
 Owns the per-group figures (latency and time-to-first-token percentiles,
-generation speed, cold loads, time queued inside Ollama, error rate). Counts come
-from rollup sums; percentiles from histograms kept per day and month with fixed
-bins (see ``ollama_meter.ledger._cells.duration_bin``), merged across cells:
+generation speed, cold loads, time queued inside Ollama and in the gateway, error
+rate). Counts come from rollup sums; percentiles from histograms kept per day and
+month with fixed bins (see ``ollama_meter.ledger._cells.duration_bin``), merged across cells:
 a percentile is the edge of the bin that holds the true nearest-rank value, so
 it never understates a latency or overstates a speed, by at most 2.5 %. Never
 writes the ledger. Every figure is an int or an exactly rounded Decimal, never a
@@ -130,6 +130,8 @@ class _Group:
             cold_load_s=_fixed(Fraction(self.cold_load_ns, 10**9), 3),
             queue_p50_ms=_ms(pct(Metric.QUEUE, 50)),
             queue_p95_ms=_ms(pct(Metric.QUEUE, 95)),
+            gateway_queue_p50_ms=_ms(pct(Metric.GATEWAY_QUEUE, 50)),
+            gateway_queue_p95_ms=_ms(pct(Metric.GATEWAY_QUEUE, 95)),
         )
 
 

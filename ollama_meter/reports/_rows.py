@@ -77,7 +77,7 @@ class SpendRow(Row):
 PERF_FIGURES = (
     "requests", "errors", "error_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
     "ttft_p50_ms", "ttft_p95_ms", "tokens_per_s", "cold_loads", "cold_load_s", "queue_p50_ms",
-    "queue_p95_ms",
+    "queue_p95_ms", "gateway_queue_p50_ms", "gateway_queue_p95_ms",
 )  # fmt: skip
 
 
@@ -99,7 +99,11 @@ class PerfRow(Row):
     cold_loads: int
     cold_load_s: Decimal
     queue_p50_ms: Decimal | None
+    """Inside Ollama."""
     queue_p95_ms: Decimal | None
+    gateway_queue_p50_ms: Decimal | None
+    """In the gateway, waiting for a free slot."""
+    gateway_queue_p95_ms: Decimal | None
 
 
 CHARGEBACK_COLUMNS = (

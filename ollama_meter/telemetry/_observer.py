@@ -53,6 +53,12 @@ class TelemetryObserver:
                 description="Time to the first streamed chunk.",
                 explicit_bucket_boundaries_advisory=list(sc.DURATION_BUCKETS),
             )
+            self.queue = meter.create_histogram(
+                sc.METRIC_QUEUE_DURATION,
+                unit="s",
+                description="Time a call waited in the gateway for a free slot on a server.",
+                explicit_bucket_boundaries_advisory=list(sc.DURATION_BUCKETS),
+            )
             self.cost = meter.create_counter(
                 sc.METRIC_COST,
                 unit="{micro_currency}",
@@ -132,6 +138,11 @@ class TelemetryObserver:
                 *(f"{k}:{v}" for k, v in sorted(span.tags.items())),
             ],
         }
+        # The server that served it: a gateway in front of several picks one after the span opened.
+        address = urlsplit(span.upstream_host)
+        attributes[sc.SERVER_ADDRESS] = address.hostname or ""
+        if address.port:
+            attributes[sc.SERVER_PORT] = address.port
         for part in sc.OMETER_COST_PARTS:
             attributes[f"{sc.OMETER_COST}.{part}"] = format_micros(getattr(span, f"cost_{part}"))
         if span.response_model:
@@ -178,4 +189,7 @@ class TelemetryObserver:
             sc.GEN_AI_REQUEST_MODEL: span.model,
         }
         self.cost.add(span.cost_total, {**who, sc.OMETER_CURRENCY: span.currency})
+        if span.queue_ns is not None:
+            departments = {sc.OMETER_TENANT: span.tenant, sc.OMETER_DEPARTMENT: span.department}
+            self.queue.record(span.queue_ns / 1e9, departments)
         self.requests.add(1, {**who, sc.OMETER_STATUS: span.status})

@@ -34,6 +34,7 @@ METRIC_OPERATION_DURATION = gen_ai_metrics.GEN_AI_CLIENT_OPERATION_DURATION
 METRIC_TIME_TO_FIRST_CHUNK = gen_ai_metrics.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK
 METRIC_COST = "ometer.cost"
 METRIC_REQUESTS = "ometer.requests"
+METRIC_QUEUE_DURATION = "ometer.queue.duration"
 
 # Bucket boundaries the GenAI metric conventions ask for.
 TOKEN_BUCKETS = (

@@ -19,7 +19,8 @@ from ollama_meter.testing import OllamaEmulator
 
 HEADER = (
     "model,department,requests,errors,error_rate,latency_p50_ms,latency_p95_ms,latency_p99_ms,"
-    "ttft_p50_ms,ttft_p95_ms,tokens_per_s,cold_loads,cold_load_s,queue_p50_ms,queue_p95_ms"
+    "ttft_p50_ms,ttft_p95_ms,tokens_per_s,cold_loads,cold_load_s,queue_p50_ms,queue_p95_ms,"
+    "gateway_queue_p50_ms,gateway_queue_p95_ms"
 )
 
 

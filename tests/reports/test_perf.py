@@ -113,6 +113,8 @@ LLAMA_ROW = {
     "cold_load_s": Decimal("1.200"),
     "queue_p50_ms": Decimal("1.000"),
     "queue_p95_ms": Decimal("5.000"),
+    "gateway_queue_p50_ms": None,
+    "gateway_queue_p95_ms": None,
 }
 QWEN_ROW = {
     "model": "qwen2.5:7b",
@@ -130,6 +132,8 @@ QWEN_ROW = {
     "cold_load_s": Decimal("0.250"),
     "queue_p50_ms": Decimal("50.000"),
     "queue_p95_ms": Decimal("50.000"),
+    "gateway_queue_p50_ms": None,
+    "gateway_queue_p95_ms": None,
 }
 
 
@@ -157,8 +161,8 @@ def test_csv_and_json_are_decimal_strings_and_empty_for_none(ledger: Ledger) -> 
     text = to_csv(result.columns, result.rows)
     assert text.splitlines() == [
         "tenant," + ",".join(PERF_METRICS),
-        "acme,6,1,0.1667,200.000,1500.000,1500.000,30.000,400.000,20.0,3,1.450,1.000,50.000",
-        "globex,1,1,1.0000,,,,,,,0,0.000,,",
+        "acme,6,1,0.1667,200.000,1500.000,1500.000,30.000,400.000,20.0,3,1.450,1.000,50.000,,",
+        "globex,1,1,1.0000,,,,,,,0,0.000,,,,",
     ]
     data = json.loads(to_json(result.columns, result.rows))
     assert data[1] == {
@@ -176,6 +180,8 @@ def test_csv_and_json_are_decimal_strings_and_empty_for_none(ledger: Ledger) -> 
         "cold_load_s": "0.000",
         "queue_p50_ms": None,
         "queue_p95_ms": None,
+        "gateway_queue_p50_ms": None,
+        "gateway_queue_p95_ms": None,
     }
 
 

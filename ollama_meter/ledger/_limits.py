@@ -1,0 +1,76 @@
+"""Per-department limits in the ledger: stored so every gateway on one database shares them.
+
+The record is :class:`ollama_meter.records.Limit`; the counting itself (requests
+and tokens in the last minute, calls holding a slot) happens in each gateway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, insert, select, update
+
+from ollama_meter.errors import ValidationError
+from ollama_meter.ledger.models import LimitRow
+from ollama_meter.records import Limit
+
+_LIMITS: Table = LimitRow.__table__  # type: ignore[assignment]
+
+
+def _where(tenant: str, department: str | None, key_id: int | None) -> list[Any]:
+    c = _LIMITS.c
+    if key_id is not None:
+        return [c.key_id == key_id]
+    return [c.tenant == tenant, c.department == (department or ""), c.key_id == 0]
+
+
+def _to_limit(row: Any) -> Limit:
+    return Limit(
+        tenant=row.tenant,
+        department=row.department or None,
+        key_id=row.key_id or None,
+        rpm=row.rpm,
+        tpm=row.tpm,
+        concurrency=row.concurrency,
+        weight=row.weight,
+        updated_at=row.updated_at,
+    )
+
+
+def set_limit(conn: Connection, limit: Limit) -> Limit:
+    """Store ``limit``'s values for its scope; values it leaves None keep what was stored."""
+    if problem := limit.problem():
+        raise ValidationError(problem)
+    now = datetime.now(UTC)
+    where = _where(limit.tenant, limit.department, limit.key_id)
+    found = conn.execute(select(_LIMITS).where(*where)).first()
+    given = {
+        name: value
+        for name in ("rpm", "tpm", "concurrency", "weight")
+        if (value := getattr(limit, name)) is not None
+    }
+    if found is None:
+        conn.execute(
+            insert(_LIMITS).values(
+                tenant=limit.tenant,
+                department=limit.department or "",
+                key_id=limit.key_id or 0,
+                updated_at=now,
+                **{name: given.get(name) for name in ("rpm", "tpm", "concurrency", "weight")},
+            )
+        )
+        return replace(limit, updated_at=now)
+    conn.execute(update(_LIMITS).where(*where).values(updated_at=now, **given))
+    return replace(_to_limit(found), updated_at=now, **given)
+
+
+def remove_limit(conn: Connection, tenant: str, department: str | None, key_id: int | None) -> bool:
+    return conn.execute(delete(_LIMITS).where(*_where(tenant, department, key_id))).rowcount > 0
+
+
+def list_limits(conn: Connection) -> list[Limit]:
+    c = _LIMITS.c
+    rows = conn.execute(select(_LIMITS).order_by(c.tenant, c.key_id, c.department))
+    return [_to_limit(row) for row in rows]
