@@ -19,7 +19,19 @@ import typer
 
 from ollama_meter._logging import configure_logging
 from ollama_meter._version import __version__
-from ollama_meter.cli import budget, chargeback, chat, db, demo, log, perf, pricing, report, serve
+from ollama_meter.cli import (
+    budget,
+    chargeback,
+    chat,
+    db,
+    demo,
+    limit,
+    log,
+    perf,
+    pricing,
+    report,
+    serve,
+)
 from ollama_meter.cli._common import err, printable, settings
 from ollama_meter.errors import OmeterError
 
@@ -43,6 +55,7 @@ app.command("run", context_settings={"allow_interspersed_args": False})(serve.ru
 app.add_typer(serve.keys_app, name="keys")
 app.add_typer(pricing.app, name="pricing")
 app.add_typer(budget.app, name="budget")
+app.add_typer(limit.app, name="limit")
 app.add_typer(db.app, name="db")
 
 

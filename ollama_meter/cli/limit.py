@@ -1,0 +1,120 @@
+"""``ometer limit ...``: how fast and how much a department (or tenant, or key) may call."""
+
+import json
+from typing import Annotated
+
+import typer
+
+from ollama_meter.cli._common import Column, DbOption, JsonFlag, ledger_for, out, settings, table
+from ollama_meter.errors import ValidationError
+from ollama_meter.records import Limit
+
+app = typer.Typer(
+    help="Limits per department: calls and tokens per minute, concurrency, share of slots.",
+    no_args_is_help=True,
+)
+
+DeptArgument = Annotated[
+    str | None,
+    typer.Argument(help="Department; leave out for the whole tenant (all its departments)."),
+]
+TenantOption = Annotated[
+    str | None, typer.Option("--tenant", "-t", help="Tenant (default OMETER_TENANT).")
+]
+KeyOption = Annotated[
+    int | None,
+    typer.Option("--key", help="An API key's own limits (id from `ometer keys list`)."),
+]
+
+
+def _scope(department: str | None, tenant: str | None, key: int | None, db: str | None) -> Limit:
+    if key is not None and (department is not None or tenant is not None):
+        raise ValidationError("give either --key or a department/--tenant, not both")
+    cfg = settings(db_url=db, tenant=tenant)
+    return Limit(tenant=cfg.tenant, department=department, key_id=key)
+
+
+@app.command("set")
+def set_limit(
+    department: DeptArgument = None,
+    tenant: TenantOption = None,
+    key: KeyOption = None,
+    rpm: Annotated[int | None, typer.Option("--rpm", help="Calls per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option("--tpm", help="Tokens (in + out) per minute.")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", help="Calls holding a slot at once; more wait their turn."),
+    ] = None,
+    weight: Annotated[
+        int | None,
+        typer.Option("--weight", help="Share of slots when calls queue (default 1)."),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Set limits; options left out keep their value. Gateways apply them within 10 s."""
+    if rpm is None and tpm is None and concurrency is None and weight is None:
+        raise ValidationError("give at least one of --rpm, --tpm, --concurrency, --weight")
+    scope = _scope(department, tenant, key, db)
+    limit = Limit(
+        tenant=scope.tenant,
+        department=department,
+        key_id=key,
+        rpm=rpm,
+        tpm=tpm,
+        concurrency=concurrency,
+        weight=weight,
+    )
+    saved = ledger_for(settings(db_url=db)).set_limit(limit)
+    out.print(f"limits for {saved.scope()}: {saved.describe()}")
+
+
+@app.command("rm")
+def remove_limit(
+    department: DeptArgument = None,
+    tenant: TenantOption = None,
+    key: KeyOption = None,
+    db: DbOption = None,
+) -> None:
+    """Remove every limit of a department, tenant or key."""
+    scope = _scope(department, tenant, key, db)
+    ledger_for(settings(db_url=db)).remove_limit(scope.tenant, department, key)
+    out.print(f"removed the limits of {scope.scope() if key is None else f'key {key}'}")
+
+
+@app.command("list")
+def list_limits(as_json: JsonFlag = False, db: DbOption = None) -> None:
+    """Every limit, per tenant, department and key."""
+    limits = ledger_for(settings(db_url=db)).limits()
+    if as_json:
+        rows = [
+            {
+                "tenant": lim.tenant,
+                "department": lim.department,
+                "key_id": lim.key_id,
+                "rpm": lim.rpm,
+                "tpm": lim.tpm,
+                "concurrency": lim.concurrency,
+                "weight": lim.weight,
+                "updated_at": lim.updated_at.isoformat() if lim.updated_at else None,
+            }
+            for lim in limits
+        ]
+        out.file.write(json.dumps(rows, indent=2) + "\n")
+        return
+    columns = [
+        Column("scope"),
+        Column("calls/min", numeric=True),
+        Column("tokens/min", numeric=True),
+        Column("at once", numeric=True),
+        Column("weight", numeric=True),
+    ]
+
+    def cell(value: int | None) -> str:
+        return "-" if value is None else f"{value:,}"
+
+    cells = [
+        [lim.scope(), cell(lim.rpm), cell(lim.tpm), cell(lim.concurrency), cell(lim.weight)]
+        for lim in limits
+    ]
+    caption = "counted per gateway process; - = not limited (weight: 1)" if limits else "no limits"
+    out.print(table("limits", columns, cells, caption=caption))
