@@ -7,6 +7,7 @@ names the setting the user has to fix.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
@@ -48,6 +49,47 @@ def normalize_host(value: str) -> str:
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    """One Ollama server behind the gateway, and how many calls it may run at once."""
+
+    url: str
+    slots: int | None = None
+    """None: no limit in the gateway (Ollama queues what it cannot run)."""
+
+
+MAX_SLOTS = 100_000
+
+
+def parse_upstreams(value: str, *, slots: int | None = None) -> tuple[UpstreamSpec, ...]:
+    """``url[#slots=N],url...`` (``OMETER_UPSTREAMS``, ``--upstream``) → the servers.
+
+    ``slots`` applies to every server that names no slots of its own.
+    """
+    specs: list[UpstreamSpec] = []
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        url, _, options = part.partition("#")
+        own = slots
+        if options:
+            name, _, number = options.partition("=")
+            if name.strip() != "slots" or not number.strip().isdigit():
+                raise ValueError(
+                    f"{part!r}: after # only slots=N is understood, e.g. http://gpu1:11434#slots=4"
+                )
+            own = int(number)
+            if not 1 <= own <= MAX_SLOTS:
+                raise ValueError(f"{part!r}: slots must be between 1 and {MAX_SLOTS:,}")
+        spec = UpstreamSpec(normalize_host(url), own)
+        if any(s.url == spec.url for s in specs):
+            raise ValueError(f"{spec.url} is given twice")
+        specs.append(spec)
+    if not specs:
+        raise ValueError("names no server; expected e.g. http://gpu1:11434,http://gpu2:11434")
+    return tuple(specs)
 
 
 def system_timezone() -> str:
@@ -148,6 +190,31 @@ class Settings(BaseSettings):
         Decimal | None, Field(validation_alias="OMETER_FIXED_MONTHLY_COST", ge=0)
     ] = None
     keep_days: Annotated[int | None, Field(validation_alias="OMETER_KEEP_DAYS", ge=1)] = None
+    upstreams: Annotated[str | None, Field(validation_alias="OMETER_UPSTREAMS")] = None
+    """Several Ollama servers for the gateway: ``url[#slots=N],...`` (instead of OLLAMA_HOST)."""
+    slots: Annotated[int | None, Field(validation_alias="OMETER_SLOTS", ge=1, le=MAX_SLOTS)] = None
+    """Calls each server runs at once through the gateway; more wait in its fair queue."""
+    max_queue: Annotated[int, Field(validation_alias="OMETER_MAX_QUEUE", ge=0, le=1_000_000)] = 512
+    """Calls that may wait for a slot; more are answered 503 "server busy", as Ollama does."""
+    discovery_interval: Annotated[
+        float, Field(validation_alias="OMETER_DISCOVERY_INTERVAL", gt=0, le=3600)
+    ] = 10.0
+    """Seconds between two reads of every server's models (with several upstreams)."""
+
+    @field_validator("upstreams")
+    @classmethod
+    def _upstreams(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parse_upstreams(value)  # raises ValueError saying what is wrong
+        return value.strip()
+
+    @property
+    def upstream_specs(self) -> tuple[UpstreamSpec, ...]:
+        """The servers the gateway relays to: ``OMETER_UPSTREAMS``, else ``OLLAMA_HOST``."""
+        if self.upstreams:
+            return parse_upstreams(self.upstreams, slots=self.slots)
+        return (UpstreamSpec(self.ollama_host, self.slots),)
 
     @field_validator("ollama_host")
     @classmethod

@@ -15,6 +15,7 @@
         ├── UpstreamServerError      Ollama answered 5xx                 (upstream_5xx)
         ├── RateLimited              Ollama answered 429                 (rate_limited)
         ├── CircuitOpen              too many failures: failing fast     (circuit_open)
+        ├── ServerBusy               every slot taken, the gateway's queue full (server_busy)
         └── StreamError              the stream broke after it started   (stream_error)
 
 Messages say what happened and what to do; the CLI prints ``str(error)`` as is.
@@ -116,4 +117,19 @@ class CircuitOpen(UpstreamError):
     retry_after: float
 
     def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, status_code=503, retry_after=retry_after)
+
+
+class ServerBusy(UpstreamError):
+    """Every server's slots are taken and the gateway's queue is full, or the wait was too long.
+
+    The gateway answers 503 in Ollama's own words for a full queue, so clients that
+    handle a busy Ollama handle it too.
+    """
+
+    error_type = "server_busy"
+
+    retry_after: int
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message, status_code=503, retry_after=retry_after)

@@ -43,7 +43,30 @@ def serve(
         int, typer.Option("--port", "-p", min=1, max=65535, help="Port to listen on.")
     ] = 11435,
     upstream: Annotated[
-        str | None, typer.Option("--upstream", help="Ollama to relay to (default OLLAMA_HOST).")
+        list[str] | None,
+        typer.Option(
+            "--upstream",
+            help="Ollama to relay to (default OLLAMA_HOST); repeat for several servers, "
+            "URL#slots=N for a server's own slots (or OMETER_UPSTREAMS=url1,url2).",
+        ),
+    ] = None,
+    slots: Annotated[
+        int | None,
+        typer.Option(
+            "--slots",
+            envvar="OMETER_SLOTS",
+            min=1,
+            help="Calls each server runs at once; more wait in a queue shared fairly by department.",
+        ),
+    ] = None,
+    max_queue: Annotated[
+        int | None,
+        typer.Option(
+            "--max-queue",
+            envvar="OMETER_MAX_QUEUE",
+            min=0,
+            help="Calls that may wait for a slot (default 512); more get 503 'server busy'.",
+        ),
     ] = None,
     require_key: Annotated[
         bool, typer.Option("--require-key", help="Every route needs a valid API key.")
@@ -98,7 +121,16 @@ def serve(
             "spend. Add --require-key (keys from `ometer keys create`) and/or --admin-token, "
             "or --insecure-open if only trusted machines can reach it"
         )
-    cfg = settings(db_url=db, ollama_host=upstream)
+    given = upstream or []
+    plain = len(given) == 1 and "#" not in given[0]  # one server, as OLLAMA_HOST always was
+    cfg = settings(
+        db_url=db,
+        ollama_host=given[0] if plain else None,
+        upstreams=",".join(given) if given and not plain else None,
+        slots=slots,
+        max_queue=max_queue,
+    )
+    specs = cfg.upstream_specs
     app = create_app(
         cfg,
         GatewayOptions(
@@ -108,8 +140,9 @@ def serve(
             max_body_bytes=max_body_bytes,
         ),
     )
+    servers = ", ".join(s.url + (f" ({s.slots} slots)" if s.slots else "") for s in specs)
     err.print(
-        f"ometer gateway on http://{host}:{port} → {cfg.ollama_host} (ledger {ledger_for(cfg).display_url})"
+        f"ometer gateway on http://{host}:{port} → {servers} (ledger {ledger_for(cfg).display_url})"
     )
     if insecure_open and not (is_loopback(host) or require_key or admin_token):
         err.print(f"warning: listening on {host} with no key and no admin token (--insecure-open)")

@@ -1,8 +1,8 @@
 """The gateway ASGI app: Ollama's API in front of Ollama, every inference call metered.
 
 Only this package imports the web framework. :func:`create_app` declares the
-routes; its lifespan starts a :class:`Gateway` (the meter, the pooled upstream,
-the background tasks) and hands it to every request as Starlette's lifespan
+routes; its lifespan starts a :class:`Gateway` (the meter, the fleet of Ollama
+servers, the limits, the background tasks) and hands it to every request as Starlette's lifespan
 state, so nothing lives in closures or globals. Metered routes go through the
 one meter (budgets, pricing, telemetry, alerts included); read-only routes pass
 through; model management is refused unless allowed. Who may call what is
@@ -23,11 +23,11 @@ from typing import TypedDict
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ollama_meter.config import Settings
-from ollama_meter.errors import LedgerError, UpstreamError, ValidationError
+from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.gateway import _metrics as metrics
 from ollama_meter.gateway._access import (
     TooLarge,
@@ -39,8 +39,11 @@ from ollama_meter.gateway._access import (
 )
 from ollama_meter.gateway._attribution import Forbidden, resolve
 from ollama_meter.gateway._dash import dashboard_routes
+from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
-from ollama_meter.gateway._relay import Relay, error_response, forward_headers
+from ollama_meter.gateway._passthrough import forward
+from ollama_meter.gateway._rates import RateLimited, RateLimits, keep_limits
+from ollama_meter.gateway._relay import Relay, error_response, wire_of
 from ollama_meter.gateway._requests import (
     OLLAMA_ROUTES,
     OPENAI_ROUTES,
@@ -49,11 +52,12 @@ from ollama_meter.gateway._requests import (
     parse_request,
 )
 from ollama_meter.gateway._retention import prune_daily
+from ollama_meter.gateway._slots import client_left
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import KEY_PREFIX, ApiKey
-from ollama_meter.meter import Attribution, Meter, Source
+from ollama_meter.meter import Attribution, Meter, Source, Status
 from ollama_meter.meter._wiring import transport_for
-from ollama_meter.upstream import OLLAMA, OPENAI, PooledUpstream, WireFormat, gateway_status
+from ollama_meter.upstream import OLLAMA, PooledUpstream
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -86,11 +90,6 @@ class GatewayState(TypedDict):
     gateway: Gateway
 
 
-def wire_of(path: str) -> WireFormat:
-    """The wire format a route's clients speak: OpenAI's under ``/v1/``, else Ollama's."""
-    return OPENAI if path.startswith("/v1/") else OLLAMA
-
-
 class _Refused(Exception):
     """A request turned away before any work, with the answer to send."""
 
@@ -101,25 +100,35 @@ class _Refused(Exception):
 class _BadCall(Exception):
     """A metered request refused before metering could start: answered, and written as a span."""
 
-    def __init__(self, status: int, error_type: str, message: str, *, model: str = "") -> None:
+    def __init__(
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        *,
+        model: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.error_type = error_type
         self.message = message
         self.model = model
+        self.headers = headers
 
 
 class Gateway:
-    """One running gateway: its meter, its pooled upstream, its access policy and its routes."""
+    """One running gateway: its meter, its Ollama servers, its limits, its access policy, its routes."""
 
     def __init__(
-        self, settings: Settings, options: GatewayOptions, meter: Meter, pool: PooledUpstream
+        self, settings: Settings, options: GatewayOptions, meter: Meter, fleet: Fleet
     ) -> None:
         self.settings = settings
         self.options = options
         self.meter = meter
-        self.pool = pool
-        self.relay = Relay(meter, pool)
+        self.fleet = fleet
+        self.rates = RateLimits()
+        self.relay = Relay(meter, fleet)
         self.unauthenticated = Unauthenticated()
 
     @classmethod
@@ -133,11 +142,16 @@ class Gateway:
         if not isinstance(upstream, PooledUpstream):  # a meter built for another entry point
             upstream = transport_for(settings, Source.GATEWAY)
             assert isinstance(upstream, PooledUpstream)
-        pool = upstream
-        gateway = cls(settings, options, meter, pool)
+        fleet = Fleet.from_settings(settings, first=upstream)
+        gateway = cls(settings, options, meter, fleet)
         metrics.install(meter)  # /metrics counts from the first call on
         meter.keep_fresh()  # calls read snapshots; the task below reloads them
-        tasks = [asyncio.create_task(gateway._refresh_forever())]
+        meter.observers.append(gateway.rates)  # tokens per minute count as calls end
+        await fleet.start()
+        tasks = [
+            asyncio.create_task(gateway._refresh_forever()),
+            asyncio.create_task(keep_limits(meter.ledger, gateway.rates)),
+        ]
         if settings.keep_days is not None:
             tasks.append(asyncio.create_task(prune_daily(meter.ledger, settings.keep_days)))
         try:
@@ -145,7 +159,8 @@ class Gateway:
         finally:
             for task in tasks:
                 task.cancel()
-            await pool.aclose()
+            meter.observers.remove(gateway.rates)
+            await fleet.aclose()
             if meter.budgets is not None:  # give back the budget leases not in use
                 await in_thread(meter.budgets.close)
 
@@ -254,6 +269,14 @@ class Gateway:
                 raise _BadCall(403, "forbidden", str(problem), model=parsed.model)
             if problem is not None:
                 raise _BadCall(400, "bad_request", str(problem), model=parsed.model)
+            key_id = key.id if key is not None else None
+            try:
+                admission = self.rates.admit(charged.tenant, charged.department, key_id)
+            except RateLimited as over:
+                wait = {"Retry-After": str(over.retry_after)}
+                raise _BadCall(
+                    429, "rate_limited", str(over), model=parsed.model, headers=wait
+                ) from None
         except _Refused as refused:
             return refused.response
         except _BadCall as bad:
@@ -265,12 +288,22 @@ class Gateway:
                 error_type=bad.error_type,
                 message=bad.message,
                 http_status=bad.status,
+                status=Status.REJECTED if bad.error_type == "rate_limited" else Status.ERROR,
             )
             await in_thread(refusal)
             # A body too large may still be arriving: this connection is done.
-            close = {"Connection": "close"} if bad.status == 413 else None
+            close = {"Connection": "close"} if bad.status == 413 else bad.headers
             return error_response(wire, bad.status, bad.message, headers=close)
-        return await self.relay.metered(parsed, wire, request.headers, charged, request.url.query)
+        return await self.relay.metered(
+            parsed,
+            wire,
+            request.headers,
+            charged,
+            request.url.query,
+            admission,
+            bind=lambda span_id: self.rates.bind(span_id, key_id),
+            hangup=functools.partial(client_left, request),
+        )
 
     async def passthrough(self, request: Request) -> Response:
         try:
@@ -289,7 +322,7 @@ class Gateway:
             return error_response(
                 wire_of(request.url.path), 413, str(exc), headers={"Connection": "close"}
             )
-        return await self._forward(request, body=body)
+        return await forward(self.fleet, request, body=body)
 
     async def admin(self, request: Request) -> Response:
         if not self.options.allow_admin:
@@ -306,7 +339,7 @@ class Gateway:
             return refused.response
         except TooLarge as exc:
             return error_response(OLLAMA, 413, str(exc), headers={"Connection": "close"})
-        return await self._forward(request, body=body)
+        return await forward(self.fleet, request, body=body)
 
     async def healthz(self, request: Request) -> Response:
         checks: dict[str, str] = {}
@@ -315,17 +348,15 @@ class Gateway:
             checks["ledger"] = "ok"
         except Exception as exc:
             checks["ledger"] = f"failed: {exc}"
-        try:
-            reply = await self.pool.request("GET", "/api/version", timeout=3.0)
-            self.pool.finish(reply, completed=False)
-            checks["upstream"] = "ok" if reply.status == 200 else f"HTTP {reply.status}"
-        except UpstreamError as exc:
-            checks["upstream"] = f"unreachable: {exc}"
+        checks["upstream"] = await self.fleet.health()
         healthy = all(v == "ok" for v in checks.values())
         if self.options.guarded:  # open to anyone: say what failed, not how
             checks = {name: value.split(":")[0] for name, value in checks.items()}
+        servers = (
+            self.fleet.describe(details=not self.options.guarded) if self.fleet.several else {}
+        )
         return JSONResponse(
-            {"status": "ok" if healthy else "degraded", **checks},
+            {"status": "ok" if healthy else "degraded", **checks, **servers},
             status_code=200 if healthy else 503,
         )
 
@@ -346,36 +377,6 @@ class Gateway:
             text = body + self.unauthenticated.prometheus().encode()
             return Response(text, media_type=response.media_type)
         return response
-
-    async def _forward(self, request: Request, *, body: bytes | None) -> Response:
-        pool = self.pool
-        try:
-            response = await pool.request(
-                request.method,
-                request.url.path,
-                body=body,
-                query=request.url.query,
-                headers=forward_headers(request.headers),
-            )
-        except UpstreamError as exc:
-            return error_response(wire_of(request.url.path), gateway_status(exc), str(exc))
-
-        async def relayed() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in pool.chunks(response):
-                    yield chunk
-            except UpstreamError as exc:
-                log.warning("passing %s through: %s", request.url.path, exc)
-            finally:
-                pool.finish(response, completed=response.content.at_eof())
-
-        headers = {
-            k: v
-            for k, v in response.headers.items()
-            if k.lower()
-            not in ("content-length", "transfer-encoding", "connection", "content-encoding")
-        }
-        return StreamingResponse(relayed(), status_code=response.status, headers=headers)
 
 
 def _gateway(request: Request) -> Gateway:
@@ -404,6 +405,9 @@ def create_app(
 ) -> Starlette:
     """The gateway for ``settings.ollama_host`` (the upstream); ``meter`` when one is given."""
     opts = options or GatewayOptions()
+    urls = [spec.url for spec in settings.upstream_specs]
+    if settings.ollama_host not in urls:  # what a call refused before routing names as its host
+        settings = settings.model_copy(update={"ollama_host": urls[0]})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[GatewayState]:
@@ -423,7 +427,11 @@ def create_app(
         Route("/healthz", _via(Gateway.healthz), methods=["GET"]),
         *(
             Route(route.path, _own_page(route.endpoint), methods=["GET"])
-            for route in dashboard_routes(lambda request: _gateway(request).meter, settings)
+            for route in dashboard_routes(
+                lambda request: _gateway(request).meter,
+                settings,
+                servers_of=lambda request: _gateway(request).fleet.describe(),
+            )
         ),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

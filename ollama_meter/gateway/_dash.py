@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -50,9 +51,15 @@ _KEPT = ("period", "since", "until", "tenant", "dept", "model", "token")
 _PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
 
-def dashboard_routes(meter_of: Callable[[Request], Meter], settings: Settings) -> list[Route]:
+def dashboard_routes(
+    meter_of: Callable[[Request], Meter],
+    settings: Settings,
+    *,
+    servers_of: Callable[[Request], dict[str, Any]] | None = None,
+) -> list[Route]:
     """The routes, reading the ledger of ``meter_of(request)``; who may call them is the app's
-    access policy (``_access.py``)."""
+    access policy (``_access.py``). ``servers_of``: the Ollama servers and the queue right now,
+    for ``/api/dash``."""
 
     # Ledger-wide sums change by the call, but nobody reads them that often: answer repeated
     # polls (several dashboards, a reload, the page and its JSON) from the last few seconds'.
@@ -80,7 +87,10 @@ def dashboard_routes(meter_of: Callable[[Request], Meter], settings: Settings) -
             return JSONResponse({"error": str(exc)}, status_code=503)
         except OmeterError as exc:  # a bad period or filter
             return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse(result.to_json())
+        answer = result.to_json()
+        if servers_of is not None:
+            answer.update(servers_of(request))
+        return JSONResponse(answer)
 
     async def dashboard(request: Request) -> Response:
         params = {key: value for key in _KEPT if (value := request.query_params.get(key))}

@@ -35,16 +35,14 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from fractions import Fraction
 
+from ollama_meter.errors import ServerBusy
+
 BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
 """Ollama's own words when its queue is full (``OLLAMA_MAX_QUEUE``); the gateway says the same."""
 
 
-class Busy(Exception):
-    """No place now and none to wait for: the queue is full, or the wait was too long."""
-
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+Busy = ServerBusy
+"""No place now and none to wait for: the queue is full, or the wait was too long."""
 
 
 class Capacity:
@@ -197,6 +195,20 @@ class FairQueue:
                     retry_after=self.retry_after(),
                 ) from None
             raise
+
+    def grant_now(
+        self, flow: Hashable, place: Place, *, weight: int = 1, caps: Sequence[Capacity] = ()
+    ) -> Grant | None:
+        """A place at once when nobody waits and one is free (no waiting, no task); else None."""
+        if self._waiting or not all(cap.free for cap in caps):
+            return None
+        loop = asyncio.get_running_loop()
+        waiter = self._enqueue(flow, place, max(1, weight), tuple(caps), loop, urgent=False)
+        self._dispatch()
+        if waiter.future.done():
+            return waiter.future.result()
+        self._remove(waiter)
+        return None
 
     def _enqueue(
         self,

@@ -1,8 +1,12 @@
-"""Metered relay of one call: admit, forward, observe items as they pass, write the span.
+"""Metered relay of one call: admit, wait for a slot, forward, observe items as they pass, write the span.
 
 The reply is streamed to the client item by item as Ollama sends it. The last
 item (Ollama's ``done`` chunk, or the SSE ``[DONE]``) is held until the span is
 in the ledger: a client that has its whole answer always has its span written.
+
+A call waits for a slot on a server that has its model (``_slots.py``, the fair
+queue); it moves to another such server, ahead of the queue, when its server
+fails it with a transient failure before anything reached the client.
 
 The route's wire format (``ollama_meter.upstream.OLLAMA`` or ``OPENAI``) says how
 items are framed, how they read as the meter's events, and what an error looks
@@ -16,19 +20,40 @@ Ollama directly.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ollama_meter.errors import BudgetExceeded, CircuitOpen, LedgerError, UpstreamError
+from ollama_meter.errors import (
+    BudgetExceeded,
+    CircuitOpen,
+    LedgerError,
+    ServerBusy,
+    UpstreamError,
+)
+from ollama_meter.gateway._fleet import Fleet
+from ollama_meter.gateway._rates import Admission
 from ollama_meter.gateway._requests import MeteredRequest
+from ollama_meter.gateway._slots import CallerGone, Hangup, Holding, Slot, take_slot
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._request import facts_of, with_output_cap
-from ollama_meter.upstream import END, CallAttempts, Frames, PooledUpstream, Refusal, WireFormat
+from ollama_meter.upstream import (
+    END,
+    OLLAMA,
+    OPENAI,
+    CallAttempts,
+    Frames,
+    PooledUpstream,
+    Refusal,
+    WireFormat,
+    is_transient,
+)
 from ollama_meter.upstream._classify import unfinished_error
 from ollama_meter.upstream._pooled import gateway_status
 
@@ -46,6 +71,11 @@ def error_response(
     return JSONResponse(wire.error_body(status, message), status_code=status, headers=headers)
 
 
+def wire_of(path: str) -> WireFormat:
+    """The wire format a route's clients speak: OpenAI's under ``/v1/``, else Ollama's."""
+    return OPENAI if path.startswith("/v1/") else OLLAMA
+
+
 def forward_headers(headers: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
@@ -59,11 +89,11 @@ def _json_object(content: bytes) -> dict[str, Any]:
 
 
 class Relay:
-    """One gateway, one upstream: relays metered calls through ``meter``."""
+    """Relays metered calls through ``meter`` to a server of ``fleet``, one slot per call."""
 
-    def __init__(self, meter: Meter, pool: PooledUpstream) -> None:
+    def __init__(self, meter: Meter, fleet: Fleet) -> None:
         self.meter = meter
-        self.pool = pool
+        self.fleet = fleet
 
     async def metered(
         self,
@@ -72,7 +102,17 @@ class Relay:
         raw_headers: Any,
         attribution: Attribution,
         query: str,
+        admission: Admission | None = None,
+        *,
+        bind: Callable[[str], None] | None = None,
+        hangup: Hangup | None = None,
     ) -> Response:
+        """Meter one call: budgets, a slot on a server (waiting its turn), Ollama, the span.
+
+        ``admission`` says how the call queues (its department, weight, concurrency
+        limits); ``bind`` learns the span's id once it is open; ``hangup`` returns when
+        the caller has gone, so a call waiting its turn leaves the queue.
+        """
         try:
             call = await self._open(request, attribution)
         except BudgetExceeded as refused:
@@ -81,43 +121,118 @@ class Relay:
             )
         except LedgerError as unchecked:  # a covering budget unchecked, or nothing can record
             return error_response(wire, 503, str(unchecked), headers={"Retry-After": "5"})
+        if bind is not None:
+            bind(call.span.id)
         content = request.upstream_body
         if call.output_cap is not None:  # a hard budget admitted the call on this reply cap
             capped = with_output_cap(request.operation, request.body, call.output_cap)
             content = json.dumps(capped).encode()
+        admission = admission or Admission((attribution.tenant, attribution.department))
+        queued = time.monotonic_ns()
         try:
-            attempts = self.pool.attempts(request.model)
-        except CircuitOpen as exc:
-            await in_thread(self.meter.close, call, exc)
-            wait = str(max(1, int(exc.retry_after)))
-            return error_response(wire, 503, str(exc), headers={"Retry-After": wait})
-        headers = {**forward_headers(raw_headers), "content-type": "application/json"}
-        try:
-            sent = await self.pool.send(
-                attempts, request.path, body=content, query=query, headers=headers
+            lease = await take_slot(self.fleet, request.model, admission, hangup)
+        except CallerGone:
+            call.span.queue_ns = time.monotonic_ns() - queued
+            await in_thread(self.meter.close, call, asyncio.CancelledError())
+            return Response(status_code=499)  # nobody is there to read it
+        except ServerBusy as busy:
+            call.span.queue_ns = time.monotonic_ns() - queued
+            await in_thread(self.meter.close, call, busy)
+            return error_response(
+                wire, 503, str(busy), headers={"Retry-After": str(busy.retry_after)}
             )
-        except UpstreamError as error:  # unreachable (502) or silent (504), after the retries
-            await in_thread(self.meter.close, call, error)
-            return error_response(wire, gateway_status(error), str(error))
-        except BaseException as exc:  # cancelled while waiting on Ollama: still one span
+        except BaseException as exc:  # the server is stopping while the call waits
+            call.span.queue_ns = time.monotonic_ns() - queued
             await in_thread(self.meter.close, call, exc)
             raise
-        if isinstance(sent, Refusal):  # Ollama's own answer goes to the client as it came
-            await in_thread(self.meter.close, call, sent.error)
-            return Response(
-                sent.body,
-                status_code=sent.status,
-                media_type=sent.content_type,
-                headers={"Retry-After": sent.retry_after} if sent.retry_after else None,
+        call.span.queue_ns = lease.waited_ns
+        slot = Slot(lease)
+        headers = {**forward_headers(raw_headers), "content-type": "application/json"}
+        try:
+            sent = await self._send(call, slot, admission, request, wire, content, headers, query)
+            if isinstance(sent, Response):
+                return sent
+            response, attempts = sent
+            pool = slot.lease.server.pool if slot.lease is not None else None
+            assert pool is not None
+            if not request.stream:
+                return await self._whole(call, attempts, request, wire, response, pool)
+            stream = StreamingResponse(
+                self._stream(call, attempts, request, wire, response, pool),
+                media_type=wire.stream_media_type
+                or response.headers.get("content-type", "application/x-ndjson"),
+                headers={"cache-control": "no-cache"} if wire.stream_media_type else None,
             )
-        if not request.stream:
-            return await self._whole(call, attempts, request, wire, sent)
-        return StreamingResponse(
-            self._stream(call, attempts, request, wire, sent),
-            media_type=wire.stream_media_type
-            or sent.headers.get("content-type", "application/x-ndjson"),
-            headers={"cache-control": "no-cache"} if wire.stream_media_type else None,
-        )
+            # The answer gives the slot back when it has been sent, however it ends.
+            return Holding(stream, slot.hand_over())
+        finally:
+            slot.release()
+
+    async def _send(
+        self,
+        call: MeteredCall,
+        slot: Slot,
+        admission: Admission,
+        request: MeteredRequest,
+        wire: WireFormat,
+        content: bytes,
+        headers: dict[str, str],
+        query: str,
+    ) -> tuple[aiohttp.ClientResponse, CallAttempts] | Response:
+        """Ollama's 200 response, or the answer for the client (the span is then closed).
+
+        On a server another one could stand in for, a transient failure (unreachable,
+        silent, 5xx, 429) moves the call there, ahead of the queue; on the last one the
+        one retry policy retries it. A server that did not answer at all is taken out
+        of the routing until discovery sees it answer.
+        """
+        fleet, model = self.fleet, request.model
+        tried: set[str] = set()
+        while True:  # one server, then the next
+            assert slot.lease is not None
+            server = slot.lease.server
+            call.span.upstream_host = server.url
+            elsewhere = fleet.can_move(model, {*tried, server.url})
+            try:
+                attempts = slot.lease.attempts(model, elsewhere=elsewhere)
+                sent = await server.pool.send(
+                    attempts, request.path, body=content, query=query, headers=headers
+                )
+            except UpstreamError as error:  # its circuit is open, or no answer came
+                failure = error
+            except BaseException as exc:  # cancelled while waiting on Ollama: still one span
+                await in_thread(self.meter.close, call, exc)
+                raise
+            else:
+                if not isinstance(sent, Refusal):
+                    fleet.served(server, model)
+                    return sent, attempts
+                if not (elsewhere and is_transient(sent.error)):
+                    await in_thread(self.meter.close, call, sent.error)
+                    return _refusal_response(sent)  # Ollama's own answer, as it came
+                failure = sent.error
+            tried.add(server.url)
+            if failure.error_type == "connection":
+                fleet.took_out(server, str(failure))
+            if not fleet.can_move(model, tried):
+                await in_thread(self.meter.close, call, failure)
+                return _failure_response(wire, failure)
+            slot.release()
+            try:
+                slot.move(
+                    await fleet.lease(
+                        model,
+                        admission.flow,
+                        weight=admission.weight,
+                        caps=admission.caps,
+                        tried=tried,
+                    )
+                )
+            except BaseException as exc:  # busy, or the server is stopping
+                await in_thread(self.meter.close, call, exc)
+                if isinstance(exc, ServerBusy):
+                    return _failure_response(wire, exc)
+                raise
 
     async def _open(self, request: MeteredRequest, attribution: Attribution) -> MeteredCall:
         """Admit and open the call: in place when memory can decide, else on a ledger thread."""
@@ -151,15 +266,16 @@ class Relay:
         request: MeteredRequest,
         wire: WireFormat,
         response: aiohttp.ClientResponse,
+        pool: PooledUpstream,
     ) -> Response:
         try:
-            content = await self.pool.read(response)
+            content = await pool.read(response)
         except UpstreamError as error:
-            self.pool.finish(response, completed=False)
+            pool.finish(response, completed=False)
             attempts.end(error)
             await in_thread(self.meter.close, call, error)
             return error_response(wire, 502, str(error))
-        self.pool.finish(response, completed=True)
+        pool.finish(response, completed=True)
         reader = wire.reader(request.operation)
         failure = call.take([*reader.read(_json_object(content)), *reader.finish()])
         attempts.end(failure)
@@ -179,6 +295,7 @@ class Relay:
         request: MeteredRequest,
         wire: WireFormat,
         response: aiohttp.ClientResponse,
+        pool: PooledUpstream,
     ) -> AsyncIterator[bytes]:
         closed = False
 
@@ -190,9 +307,9 @@ class Relay:
 
         reader = wire.reader(request.operation)
         separator = wire.separator
-        frames = Frames(separator, host=self.pool.host)
+        frames = Frames(separator, host=pool.host)
         try:
-            async for data in self.pool.chunks(response):
+            async for data in pool.chunks(response):
                 for frame in frames.feed(data):
                     if not frame.strip():
                         continue
@@ -211,7 +328,7 @@ class Relay:
                         continue
                     yield frame + separator
             if not closed:
-                raise unfinished_error(self.pool.host)
+                raise unfinished_error(pool.host)
         except UpstreamError as error:  # broke off, went silent, or ended early
             if not closed:
                 await close(error)
@@ -223,4 +340,21 @@ class Relay:
         finally:
             # Read to the end: the connection goes back to the pool. Cut short (the
             # client hung up, the stream broke): it is dropped, which stops Ollama.
-            self.pool.finish(response, completed=response.content.at_eof())
+            pool.finish(response, completed=response.content.at_eof())
+
+
+def _refusal_response(refusal: Refusal) -> Response:
+    return Response(
+        refusal.body,
+        status_code=refusal.status,
+        media_type=refusal.content_type,
+        headers={"Retry-After": refusal.retry_after} if refusal.retry_after else None,
+    )
+
+
+def _failure_response(wire: WireFormat, error: UpstreamError) -> Response:
+    """The answer for a call no server could take: 503 and when to retry, or 502/504."""
+    if isinstance(error, CircuitOpen | ServerBusy):
+        wait = str(max(1, int(error.retry_after)))
+        return error_response(wire, 503, str(error), headers={"Retry-After": wait})
+    return error_response(wire, gateway_status(error), str(error))

@@ -295,10 +295,14 @@ class Meter:
         message: str,
         http_status: int,
         stream: bool = False,
+        status: Status = Status.ERROR,
     ) -> SpanRecord:
-        """Record a call refused before metering could start (a malformed request, no key)."""
+        """Record a call refused before metering could start (a malformed request, no key).
+
+        ``status`` REJECTED: refused by policy (a rate limit), not failed.
+        """
         span = self._new_span(operation, model[:255], stream, attribution, self.prices().currency)
-        span.fail(error_type, message, http_status=http_status, instant=True)
+        span.fail(error_type, message, status=status, http_status=http_status, instant=True)
         self._record(span)
         return span
 

@@ -62,27 +62,25 @@ def build_meter(
     return meter
 
 
-def transport_for(settings: Settings, source: Source) -> Transport:
-    """The gateway relays bytes over pooled aiohttp connections; the others use the ollama client."""
+def transport_for(settings: Settings, source: Source, *, host: str | None = None) -> Transport:
+    """The gateway relays bytes over pooled aiohttp connections; the others use the ollama client.
+
+    ``host``: another server than ``OLLAMA_HOST`` (one of the gateway's several).
+    """
     from ollama_meter.upstream import RetryPolicy, breaker_for
 
+    host = host or settings.ollama_host
     retry = RetryPolicy(retries=settings.retries, backoff=settings.retry_backoff)
     breaker = breaker_for(
-        settings.ollama_host,
-        threshold=settings.breaker_failures,
-        reset_after=settings.breaker_reset,
+        host, threshold=settings.breaker_failures, reset_after=settings.breaker_reset
     )
     if source == Source.GATEWAY:
         from ollama_meter.upstream import PooledUpstream
 
-        return PooledUpstream(
-            settings.ollama_host, timeout=settings.upstream_timeout, retry=retry, breaker=breaker
-        )
+        return PooledUpstream(host, timeout=settings.upstream_timeout, retry=retry, breaker=breaker)
     from ollama_meter.upstream import Upstream
 
-    return Upstream(
-        settings.ollama_host, timeout=settings.upstream_timeout, retry=retry, breaker=breaker
-    )
+    return Upstream(host, timeout=settings.upstream_timeout, retry=retry, breaker=breaker)
 
 
 def ledger_for(settings: Settings) -> Ledger:

@@ -195,6 +195,15 @@ class CircuitBreaker:
                     self._forget_closed()
                 self._fail(circuit, ticket.model_trial)
 
+    def answered(self) -> None:
+        """The host answered a health check (the gateway's discovery): close the host's circuit.
+
+        Connection failures are what open it, so an answer proves them over. The models'
+        circuits stay as they are: a server that answers may still fail a model.
+        """
+        with self._lock:
+            self._host = _Circuit()
+
     def _fail(self, circuit: _Circuit, was_trial: bool) -> None:
         circuit.failures += 1
         circuit.trial_running = False

@@ -1,0 +1,409 @@
+"""Several Ollama servers behind one gateway: which has which model, and where a call goes.
+
+Owns the servers (:class:`Server`: its pool, breaker, slots and what it was last
+seen to have), their discovery (``/api/tags`` and ``/api/ps``, refreshed in the
+background), the routing rule, and the union answers of ``/api/tags``,
+``/api/ps`` and ``/v1/models``. Waiting for a slot is the fair queue's job
+(``_queue.py``); this module only says, each time a place may be free, which
+server a call could take.
+
+**Routing.** A call goes to a server that has its model and is answering (not
+down at the last discovery, host and model circuits not open); failing that, to
+one that has the model (its breaker then fails the call fast with its reason);
+failing that (nobody has it), to any answering server, which says "not found" or
+serves a model pulled since the last discovery. Among those with a free slot it
+prefers one where the model is loaded (no cold load), then the least busy, then
+the one that served fewest calls, so calls spread over servers sharing a model.
+
+With one server there is nothing to choose: no discovery runs, and the server
+is what ``OLLAMA_HOST`` always was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from ollama_meter.config import Settings, UpstreamSpec
+from ollama_meter.errors import UpstreamError
+from ollama_meter.gateway._queue import Capacity, FairQueue, Grant
+from ollama_meter.meter import Source
+from ollama_meter.meter._wiring import transport_for
+from ollama_meter.upstream import CallAttempts, PooledUpstream
+
+log = logging.getLogger("ollama_meter.gateway")
+
+DISCOVERY_SECONDS = 10.0
+"""How often each server's models (``/api/tags``) and loaded models (``/api/ps``) are read."""
+DISCOVERY_TIMEOUT = 5.0
+UNION = ("/api/tags", "/api/ps", "/v1/models")
+"""Answered with every server's models when there are several."""
+
+
+def model_key(name: str) -> str:
+    """The name Ollama resolves ``name`` to: lower case, ``:latest`` when untagged."""
+    name = name.strip()
+    if ":" not in name.rsplit("/", 1)[-1]:
+        name = f"{name}:latest"
+    return name.casefold()
+
+
+class Server(Capacity):
+    """One Ollama server: its slots (a :class:`Capacity`), its pooled transport and its models.
+
+    The transport carries the server's breaker and the one retry policy.
+    """
+
+    def __init__(self, spec: UpstreamSpec, pool: PooledUpstream) -> None:
+        super().__init__(spec.slots, spec.url)
+        self.url = spec.url
+        self.pool = pool
+        self.breaker = pool.breaker
+        self.models: frozenset[str] | None = None
+        """What ``/api/tags`` listed (model keys); None until discovered: anything."""
+        self.loaded: set[str] = set()
+        self.up = True
+        self.problem: str | None = None
+        self.checked_at: datetime | None = None
+        self.served = 0
+
+    def has(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    def answering(self, model: str) -> bool:
+        return self.up and self.breaker.state() != "open" and self.breaker.state(model) != "open"
+
+    def state(self) -> str:
+        if not self.up:
+            return "down"
+        return "open" if self.breaker.state() == "open" else "up"
+
+    def busy(self) -> float:
+        return self.in_use / self.limit if self.limit else float(self.in_use)
+
+    def describe(self, *, details: bool = True) -> dict[str, Any]:
+        """What ``/healthz`` and ``/api/dash`` say about the server."""
+        shown: dict[str, Any] = {"url": self.url, "state": self.state()}
+        if not details:
+            return shown
+        shown.update(
+            slots=self.limit,
+            in_flight=self.in_use,
+            served=self.served,
+            models=sorted(self.models) if self.models is not None else None,
+            loaded=sorted(self.loaded),
+            problem=self.problem,
+            checked_at=self.checked_at.isoformat() if self.checked_at else None,
+        )
+        return shown
+
+
+class Lease:
+    """A call's place on one server, and how long it waited. Give it back with :meth:`release`."""
+
+    __slots__ = ("_grant", "server")
+
+    def __init__(self, server: Server, grant: Grant) -> None:
+        self.server = server
+        self._grant = grant
+
+    @property
+    def waited_ns(self) -> int:
+        return self._grant.waited_ns
+
+    def attempts(self, model: str, *, elsewhere: bool) -> CallAttempts:
+        """The call's way through this server's breaker (CircuitOpen if closed to it).
+
+        ``elsewhere``: another server can take the call, so a transient failure here ends
+        this server's part at once and the call moves on (the move is its retry); else
+        the server's own retry policy applies.
+        """
+        pool = self.server.pool
+        retry = replace(pool.retry, retries=0) if elsewhere else pool.retry
+        return CallAttempts(pool.breaker, retry, model)
+
+    def release(self) -> None:
+        self._grant.release()
+
+
+class Fleet:
+    """The servers behind the gateway, their discovery, their slots and the fair queue."""
+
+    def __init__(
+        self,
+        servers: Sequence[Server],
+        *,
+        max_queue: int,
+        queue_timeout: float | None = None,
+        discovery: float = DISCOVERY_SECONDS,
+    ) -> None:
+        self.servers = list(servers)
+        self.queue = FairQueue(max_queue)
+        self.queue_timeout = queue_timeout
+        self.discovery = discovery
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, first: PooledUpstream | None = None) -> Fleet:
+        """The servers of ``settings`` (``OMETER_UPSTREAMS`` or ``OLLAMA_HOST``), their slots and queue.
+
+        ``first``: a transport already made for the first server (the meter's).
+        """
+        servers = []
+        for spec in settings.upstream_specs:
+            pool = first if first is not None and first.host == spec.url else None
+            if pool is None:
+                made = transport_for(settings, Source.GATEWAY, host=spec.url)
+                assert isinstance(made, PooledUpstream)
+                pool = made
+            servers.append(Server(spec, pool))
+        return cls(
+            servers,
+            max_queue=settings.max_queue,
+            queue_timeout=settings.upstream_timeout,
+            discovery=settings.discovery_interval,
+        )
+
+    @property
+    def several(self) -> bool:
+        return len(self.servers) > 1
+
+    @property
+    def first(self) -> Server:
+        return self.servers[0]
+
+    # -- discovery ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Learn every server's models once, then keep them fresh in the background."""
+        if not self.several:
+            return
+        await self.refresh()
+        self._task = asyncio.create_task(self._rediscover())
+
+    async def _rediscover(self) -> None:
+        while True:
+            await asyncio.sleep(self.discovery)
+            try:
+                await self.refresh()
+            except Exception:  # a bug must not end discovery for good
+                log.exception("discovering the servers' models failed")
+
+    async def refresh(self) -> None:
+        await asyncio.gather(*(self._discover(server) for server in self.servers))
+        self.queue.kick()  # a server came back, or has a model a waiting call wants
+
+    async def _discover(self, server: Server) -> None:
+        try:
+            tags = await self._get(server, "/api/tags")
+            running = await self._get(server, "/api/ps")
+        except (UpstreamError, ValueError) as exc:
+            if server.up:
+                log.warning("taking %s out of the fleet: %s", server.url, exc)
+            server.up, server.problem = False, str(exc)
+        else:
+            if not server.up:
+                log.warning("%s answers again; it is back in the fleet", server.url)
+            server.breaker.answered()  # back at once, not after the breaker's reset
+            server.models = frozenset(_names(tags, "models", "model"))
+            server.loaded = set(_names(running, "models", "model"))
+            server.up, server.problem = True, None
+        server.checked_at = datetime.now(UTC)
+
+    async def _get(self, server: Server, path: str) -> Any:
+        response = await server.pool.request("GET", path, timeout=DISCOVERY_TIMEOUT)
+        try:
+            body = await server.pool.read(response)
+        finally:
+            server.pool.finish(response, completed=True)
+        if response.status != 200:
+            raise ValueError(f"{server.url}{path} answered HTTP {response.status}")
+        return json.loads(body)
+
+    def took_out(self, server: Server, problem: str) -> None:
+        """A call found ``server`` not answering: route around it until discovery sees it back."""
+        if self.several and server.up:
+            log.warning("taking %s out of the fleet: %s", server.url, problem)
+            server.up, server.problem = False, problem
+
+    def served(self, server: Server, model: str) -> None:
+        """``model`` answered on ``server``: it is loaded there now."""
+        server.loaded.add(model_key(model))
+
+    # -- routing --------------------------------------------------------------------------
+
+    def _tier(self, model: str, exclude: frozenset[str]) -> list[Server]:
+        pool = [s for s in self.servers if s.url not in exclude]
+        for tier in (
+            [s for s in pool if s.has(model) and s.answering(model)],
+            [s for s in pool if s.has(model)],
+            [s for s in pool if s.answering(model)],
+        ):
+            if tier:
+                return tier
+        return pool
+
+    def _place(self, model: str, exclude: frozenset[str]) -> Server | None:
+        free = [s for s in self._tier(model, exclude) if s.free]
+        if not free:
+            return None
+        # Without --slots the gateway cannot tell when Ollama starts queueing: a server
+        # with a call in flight counts as busy, so an idle one is tried first.
+        return min(
+            free,
+            key=lambda s: (
+                s.limit is None and s.in_use > 0,
+                model not in s.loaded,
+                s.busy(),
+                s.served,
+            ),
+        )
+
+    def can_move(self, model: str, tried: set[str]) -> bool:
+        """Whether a server not yet ``tried`` has ``model`` and is answering."""
+        key = model_key(model)
+        return any(s.url not in tried and s.has(key) and s.answering(key) for s in self.servers)
+
+    def lease_now(
+        self, model: str, flow: tuple[str, str], *, weight: int = 1, caps: Sequence[Capacity] = ()
+    ) -> Lease | None:
+        """A slot at once when one is free and nobody waits for one; else None (then :meth:`lease`)."""
+        key = model_key(model)
+        grant = self.queue.grant_now(
+            flow, lambda: self._place(key, frozenset()), weight=weight, caps=caps
+        )
+        return None if grant is None else self._leased(grant)
+
+    def _leased(self, grant: Grant) -> Lease:
+        server = grant.server
+        assert isinstance(server, Server)
+        server.served += 1
+        return Lease(server, grant)
+
+    async def lease(
+        self,
+        model: str,
+        flow: tuple[str, str],
+        *,
+        weight: int = 1,
+        caps: Sequence[Capacity] = (),
+        tried: set[str] | None = None,
+    ) -> Lease:
+        """A slot for a call to ``model``: at once, or after waiting its flow's turn.
+
+        ``tried``: servers the call already failed on (it moves on, ahead of the queue).
+        Raises :class:`~ollama_meter.gateway._queue.Busy`.
+        """
+        key = model_key(model)
+        exclude = frozenset(tried or ())
+
+        def place() -> Server | None:
+            return self._place(key, exclude)
+
+        grant = await self.queue.acquire(
+            flow,
+            place,
+            weight=weight,
+            caps=caps,
+            timeout=self.queue_timeout,
+            urgent=bool(exclude),
+        )
+        return self._leased(grant)
+
+    def server_for(self, model: str | None) -> Server:
+        """Where a call that needs no slot goes (``/api/show``, model management)."""
+        if model is None or not self.several:
+            return next((s for s in self.servers if s.up), self.first)
+        return min(self._tier(model_key(model), frozenset()), key=lambda s: s.busy())
+
+    # -- answers --------------------------------------------------------------------------
+
+    async def union(self, path: str) -> dict[str, Any]:
+        """``/api/tags``, ``/api/ps`` or ``/v1/models`` of every answering server, merged by name.
+
+        Raises :class:`UpstreamError` when no server answered.
+        """
+        # A server found down is not waited for (it may take the whole timeout to say nothing).
+        asked = [s for s in self.servers if s.up] or self.servers
+        answers = await asyncio.gather(*(self._get(s, path) for s in asked), return_exceptions=True)
+        openai = path == "/v1/models"
+        field, name = ("data", "id") if openai else ("models", "model")
+        merged: dict[str, Any] = {}
+        failures = []
+        for server, answer in zip(asked, answers, strict=True):
+            if isinstance(answer, BaseException):
+                failures.append(f"{server.url}: {answer}")
+                continue
+            items = answer.get(field) if isinstance(answer, dict) else None
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, dict) and isinstance(item.get(name), str):
+                    merged.setdefault(model_key(item[name]), item)
+        if len(failures) == len(asked):
+            raise UpstreamError("no Ollama server answered: " + "; ".join(failures))
+        items = list(merged.values())
+        return {"object": "list", "data": items} if openai else {"models": items}
+
+    async def health(self) -> str:
+        """``ok``, or what is wrong: with several servers one must answer (discovery says)."""
+        if self.several:
+            up = any(s.state() == "up" for s in self.servers)
+            return "ok" if up else "unreachable: no server answers"
+        pool = self.first.pool
+        try:
+            reply = await pool.request("GET", "/api/version", timeout=3.0)
+        except UpstreamError as exc:
+            return f"unreachable: {exc}"
+        pool.finish(reply, completed=False)
+        return "ok" if reply.status == 200 else f"HTTP {reply.status}"
+
+    def describe(self, *, details: bool = True) -> dict[str, Any]:
+        """Each server's state and the queue's, for ``/healthz`` and ``/api/dash``."""
+        shown: dict[str, Any] = {
+            "servers": [server.describe(details=details) for server in self.servers]
+        }
+        if details:
+            by_flow = self.queue.waiting_by_flow()
+            shown["queue"] = {
+                "waiting": self.queue.waiting,
+                "by_department": {
+                    f"{key[0]}/{key[1]}": count
+                    for key, count in by_flow.items()
+                    if count and isinstance(key, tuple)
+                },
+            }
+        return shown
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for server in self.servers:
+            await server.pool.aclose()
+
+
+def _names(answer: Any, field: str, name: str) -> list[str]:
+    items = answer.get(field) if isinstance(answer, dict) else None
+    return [
+        model_key(item.get(name) or item.get("name") or "")
+        for item in (items if isinstance(items, list) else [])
+        if isinstance(item, dict) and isinstance(item.get(name) or item.get("name"), str)
+    ]
+
+
+def model_named(body: bytes | None) -> str | None:
+    """The model a passed-through body names (``/api/show``, ``/api/pull``...), if any."""
+    try:
+        obj = json.loads(body) if body else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    name = obj.get("model") or obj.get("name")
+    return name if isinstance(name, str) and name.strip() else None

@@ -1,0 +1,58 @@
+"""Routes passed through to Ollama unmetered: which server answers, and how.
+
+With several servers, ``/api/tags``, ``/api/ps`` and ``/v1/models`` are the union
+of what they have; anything else (``/api/show``, ``/api/version``, model
+management) goes to a server that has the model the body names. The answer is
+relayed as it comes, status, headers and body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ollama_meter.errors import UpstreamError
+from ollama_meter.gateway._fleet import UNION, Fleet, model_named
+from ollama_meter.gateway._relay import error_response, forward_headers, wire_of
+from ollama_meter.upstream import gateway_status
+
+log = logging.getLogger("ollama_meter.gateway")
+
+_NOT_RELAYED = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding"})
+
+
+async def forward(fleet: Fleet, request: Request, *, body: bytes | None) -> Response:
+    """Ollama's answer to ``request`` (whose body was read), or the union of the servers'."""
+    path = request.url.path
+    if fleet.several and path in UNION and request.method != "POST":
+        try:
+            union = await fleet.union(path)
+        except UpstreamError as exc:
+            return error_response(wire_of(path), 502, str(exc))
+        return JSONResponse(union) if request.method == "GET" else Response(status_code=200)
+    pool = fleet.server_for(model_named(body)).pool
+    try:
+        response = await pool.request(
+            request.method,
+            path,
+            body=body,
+            query=request.url.query,
+            headers=forward_headers(request.headers),
+        )
+    except UpstreamError as exc:
+        return error_response(wire_of(path), gateway_status(exc), str(exc))
+
+    async def relayed() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in pool.chunks(response):
+                yield chunk
+        except UpstreamError as exc:
+            log.warning("passing %s through: %s", path, exc)
+        finally:
+            pool.finish(response, completed=response.content.at_eof())
+
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in _NOT_RELAYED}
+    return StreamingResponse(relayed(), status_code=response.status, headers=headers)
