@@ -43,13 +43,20 @@ class Gateway:
 
 @pytest.fixture
 def serve_on() -> Iterator[Callable[..., Gateway]]:
-    """Start gateways on a given ledger URL: ``serve_on(upstream, db, clock=None, **options)``."""
+    """Start gateways on a given ledger URL: ``serve_on(upstream, db, clock, config, **options)``.
+
+    ``config`` overrides settings (``upstreams``, ``slots``...); ``options`` are GatewayOptions.
+    """
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def start(
-        upstream: str, db: str, clock: Callable[[], datetime] | None = None, **options: Any
+        upstream: str,
+        db: str,
+        clock: Callable[[], datetime] | None = None,
+        config: dict[str, Any] | None = None,
+        **options: Any,
     ) -> Gateway:
-        settings = load_settings(db_url=db, ollama_host=upstream)
+        settings = load_settings(db_url=db, ollama_host=upstream, **(config or {}))
         port = unused_port()
         meter = Meter.from_settings(settings, source="gateway", clock=clock) if clock else None
         app = create_app(settings, GatewayOptions(**options), meter=meter)

@@ -1,0 +1,297 @@
+"""Several servers behind one gateway: routing by model, slots, the fair queue, limits.
+
+Each emulator is a real HTTP server on its own port and the gateway a real server in
+front of them; lower bounds on time are asserted (a slot frees only when a call
+ends), never upper ones.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger._limits import Limit
+from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
+from tests.gateway.conftest import Gateway
+
+LLAMA, QWEN = "llama3.1:8b", "qwen2.5:7b"
+BUSY = "server busy, please try again.  maximum pending requests exceeded"
+
+
+def only(*names: str) -> list[Any]:
+    return [m for m in DEFAULT_MODELS if m.name in names]
+
+
+@pytest.fixture
+def emulators() -> Iterator[Callable[..., OllamaEmulator]]:
+    started: list[OllamaEmulator] = []
+
+    def start(*models: str, token_latency: float = 0.0) -> OllamaEmulator:
+        emu = OllamaEmulator(models=only(*models), token_latency=token_latency).start()
+        started.append(emu)
+        return emu
+
+    yield start
+    for emu in started:
+        emu.stop()
+
+
+@pytest.fixture
+def fleet(serve_on: Callable[..., Gateway], sqlite_url: str) -> Callable[..., Gateway]:
+    def start(*upstreams: str, **config: Any) -> Gateway:
+        settings = {"upstreams": ",".join(upstreams), "discovery_interval": 0.2, **config}
+        return serve_on(upstreams[0].split("#")[0], sqlite_url, config=settings)
+
+    return start
+
+
+def spans(ledger: Ledger) -> list[Any]:
+    return sorted(ledger.latest(SpanFilter(), 1000), key=lambda s: s.started_at)
+
+
+def chat(url: str, model: str, text: str = "hello", dept: str = "sales", **kw: Any) -> Any:
+    client = ollama.Client(host=url, headers={"X-Ometer-Department": dept})
+    return client.chat(model=model, messages=[{"role": "user", "content": text}], **kw)
+
+
+def prompts(emu: OllamaEmulator) -> list[str]:
+    return [r.body["messages"][0]["content"] for r in emu.requests_to("/api/chat")]
+
+
+def in_parallel(*calls: Callable[[], object]) -> list[object]:
+    results: list[object] = [None] * len(calls)
+
+    def run(index: int, call: Callable[[], object]) -> None:
+        try:
+            results[index] = call()
+        except Exception as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def wait_for(condition: Callable[[], bool], what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def dash(gw: Gateway) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(f"{gw.url}/api/dash", timeout=10).json()
+    return answer
+
+
+def test_each_call_goes_to_a_server_that_has_its_model(
+    emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
+) -> None:
+    llama, qwen = emulators(LLAMA), emulators(QWEN, "nomic-embed-text:latest")
+    gw = fleet(llama.url, qwen.url)
+    assert chat(gw.url, LLAMA).message.content
+    assert chat(gw.url, "QWEN2.5:7b").message.content  # names resolve as Ollama does
+    ollama.Client(host=gw.url).embed(model="nomic-embed-text", input="hi")
+    reply = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x").chat.completions.create(
+        model=QWEN, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert reply.choices[0].message.content
+    assert len(llama.requests_to("/api/chat")) == 1 and not llama.requests_to("/v1/chat/completions")
+    assert len(qwen.requests_to("/api/chat")) == 1 and len(qwen.requests_to("/api/embed")) == 1
+    assert len(qwen.requests_to("/v1/chat/completions")) == 1
+    hosts = {(s.request_model.lower(), s.upstream_host) for s in spans(gw.ledger)}
+    assert hosts == {
+        (LLAMA, llama.url),
+        (QWEN, qwen.url),
+        ("nomic-embed-text", qwen.url),
+    }
+    assert all(s.status == "ok" and s.queue_ns is not None for s in spans(gw.ledger))
+    # The union of what the servers have, have loaded, and list for OpenAI clients.
+    tags = [m.model for m in ollama.Client(host=gw.url).list().models]
+    assert tags == [LLAMA, QWEN, "nomic-embed-text:latest"]
+    loaded = {m.model for m in ollama.Client(host=gw.url).ps().models}
+    assert loaded == {LLAMA, QWEN, "nomic-embed-text:latest"}
+    ids = [m.id for m in openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x").models.list()]
+    assert ids == [LLAMA, QWEN, "nomic-embed-text:latest"]
+    assert ollama.Client(host=gw.url).show(QWEN).details.family == "qwen2"
+    assert qwen.requests_to("/api/show") and not llama.requests_to("/api/show")
+
+
+def test_servers_sharing_a_model_share_the_calls_and_never_run_more_than_their_slots(
+    emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
+) -> None:
+    one, two = emulators(LLAMA, token_latency=0.05), emulators(LLAMA, token_latency=0.05)
+    gw = fleet(f"{one.url}#slots=1", two.url, slots=2)
+    results = in_parallel(*(lambda i=i: chat(gw.url, LLAMA, f"call {i}") for i in range(7)))
+    assert all(isinstance(r, ollama.ChatResponse) for r in results), results
+    assert (one.most_in_flight, two.most_in_flight) == (1, 2)  # the caps, seen at the servers
+    assert len(prompts(one)) + len(prompts(two)) == 7 and prompts(one) and prompts(two)
+    recorded = spans(gw.ledger)
+    assert {s.upstream_host for s in recorded} == {one.url, two.url}
+    # Three slots for seven calls: four waited, each at least one token's time.
+    waited = sorted(s.queue_ns for s in recorded)[-4:]
+    assert all(ns >= 50_000_000 for ns in waited), waited
+    assert dash(gw)["queue"] == {"waiting": 0, "by_department": {}}
+    servers = {s["url"]: s for s in dash(gw)["servers"]}
+    assert [servers[u]["in_flight"] for u in (one.url, two.url)] == [0, 0]
+    assert [servers[u]["slots"] for u in (one.url, two.url)] == [1, 2]
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'ometer_queue_duration_seconds_count{department="sales",tenant="default"} 7.0' in metrics
+
+
+def test_a_flooding_department_does_not_make_another_wait_behind_it(
+    emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
+) -> None:
+    emu = emulators(LLAMA, QWEN, token_latency=0.02)
+    gw = fleet(emu.url, emu.url.replace("127.0.0.1", "localhost"), slots=1)
+    # Both "servers" are the one emulator: two slots in all, eight calls of batch.
+    flood = [
+        threading.Thread(target=chat, args=(gw.url, LLAMA, f"batch {i}", "batch"))
+        for i in range(8)
+    ]
+    for thread in flood:
+        thread.start()
+    wait_for(lambda: dash(gw)["queue"]["waiting"] == 6, "the flood to queue")
+    assert dash(gw)["queue"]["by_department"] == {"default/batch": 6}
+    chat(gw.url, LLAMA, "support's question", "support")
+    for thread in flood:
+        thread.join(timeout=60)
+    order = prompts(emu)
+    # The next free slot went to support: behind at most the two calls then running
+    # and one more that took the other slot first, never behind the other five waiting.
+    assert order.index("support's question") <= 3, order
+    support = next(s for s in spans(gw.ledger) if s.department == "support")
+    batch = [s.queue_ns for s in spans(gw.ledger) if s.department == "batch"]
+    assert support.queue_ns < max(batch)
+
+
+def test_limits_from_the_ledger_answer_429_with_retry_after_and_cap_concurrency(
+    emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway], sqlite_url: str
+) -> None:
+    emu = emulators(LLAMA, token_latency=0.03)
+    ledger = Ledger(sqlite_url)
+    ledger.set_limit(Limit("default", "sales", rpm=2))
+    ledger.set_limit(Limit("default", "hr", tpm=5))
+    ledger.set_limit(Limit("default", "support", concurrency=1))
+    gw = fleet(emu.url)
+    first = time.monotonic()
+    chat(gw.url, LLAMA, dept="sales")
+    chat(gw.url, LLAMA, dept="sales")
+    over = httpx.post(
+        f"{gw.url}/api/chat",
+        json={"model": LLAMA, "messages": [{"role": "user", "content": "hi"}], "stream": False},
+        headers={"X-Ometer-Department": "sales"},
+    )
+    elapsed = time.monotonic() - first
+    assert over.status_code == 429
+    wait = int(over.headers["retry-after"])
+    assert 60 - elapsed - 1 <= wait <= 60  # until the first call leaves the minute
+    assert over.json() == {
+        "error": f"default/sales is over its limit of 2 calls a minute; try again in {wait} s "
+        "(see `ometer limit list`)"
+    }
+    with pytest.raises(openai.RateLimitError) as refused:
+        openai.OpenAI(
+            base_url=f"{gw.url}/v1",
+            api_key="x",
+            max_retries=0,
+            default_headers={"X-Ometer-Department": "sales"},
+        ).chat.completions.create(model=LLAMA, messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.body["message"].startswith("default/sales is over its limit")  # type: ignore[index]
+    limited = [s for s in spans(gw.ledger) if s.error_type == "rate_limited"]
+    assert [(s.status, s.http_status, s.department) for s in limited] == [
+        ("rejected", 429, "sales")
+    ] * 2
+    chat(gw.url, LLAMA, dept="hr")  # more tokens than hr's 5 a minute: the next call waits
+    with pytest.raises(ollama.ResponseError) as tpm:
+        chat(gw.url, LLAMA, dept="hr")
+    assert tpm.value.status_code == 429 and "5 tokens a minute" in str(tpm.value)
+    results = in_parallel(*(lambda: chat(gw.url, LLAMA, dept="support") for _ in range(3)))
+    assert all(isinstance(r, ollama.ChatResponse) for r in results)
+    assert emu.most_in_flight == 1  # support's calls took turns; nothing refused them
+    waited = sorted(s.queue_ns for s in spans(gw.ledger) if s.department == "support")
+    assert waited[-1] >= 30_000_000
+
+
+def test_a_full_queue_answers_busy_in_ollamas_words(
+    emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
+) -> None:
+    emu = emulators(LLAMA, token_latency=0.05)
+    gw = fleet(emu.url, slots=1, max_queue=1)
+    results = in_parallel(*(lambda: chat(gw.url, LLAMA) for _ in range(3)))
+    refused = [r for r in results if isinstance(r, ollama.ResponseError)]
+    assert len(refused) == 1 and refused[0].status_code == 503
+    assert refused[0].error == BUSY
+    (busy,) = [s for s in spans(gw.ledger) if s.status != "ok"]
+    assert (busy.status, busy.error_type, busy.http_status) == ("error", "server_busy", 503)
+    emu.token_latency = 0.2
+    threads = [threading.Thread(target=chat, args=(gw.url, LLAMA)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: dash(gw)["queue"]["waiting"] == 1, "a call to wait")
+    reply = httpx.post(f"{gw.url}/api/chat", json={"model": LLAMA, "messages": []})
+    assert reply.status_code == 503 and int(reply.headers["retry-after"]) >= 1
+    for thread in threads:
+        thread.join(timeout=60)
+
+
+def test_a_caller_who_hangs_up_while_queued_leaves_the_queue_and_keeps_no_slot(
+    emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
+) -> None:
+    emu = emulators(LLAMA, token_latency=0.05)
+    gw = fleet(emu.url, slots=1)
+    running = threading.Thread(target=chat, args=(gw.url, LLAMA, "first"))
+    running.start()
+    wait_for(lambda: emu.in_flight == 1, "the first call to run")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gw.url}/api/chat",
+            json={"model": LLAMA, "messages": [{"role": "user", "content": "gone"}]},
+            timeout=httpx.Timeout(10, read=0.2),
+        )
+    running.join(timeout=60)
+    wait_for(lambda: len(spans(gw.ledger)) == 2, "both spans")
+    gone = next(s for s in spans(gw.ledger) if s.status != "ok")
+    assert gone.status == "client_abort" and gone.queue_ns >= 100_000_000
+    assert "gone" not in prompts(emu)  # it never reached the server
+    assert dash(gw)["queue"]["waiting"] == 0
+    assert dash(gw)["servers"][0]["in_flight"] == 0
+    chat(gw.url, LLAMA, "after")  # the slot is free
+    assert prompts(emu) == ["first", "after"]
+
+
+def test_a_server_that_stops_is_taken_out_and_its_calls_go_to_the_others(
+    emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
+) -> None:
+    one, two = emulators(LLAMA), emulators(LLAMA)
+    gw = fleet(one.url, two.url)
+    health = httpx.get(f"{gw.url}/healthz").json()
+    assert health["status"] == "ok" and [s["state"] for s in health["servers"]] == ["up", "up"]
+    one.stop()
+    for _ in range(4):
+        assert chat(gw.url, LLAMA).message.content
+    assert all(s.status == "ok" for s in spans(gw.ledger))
+    assert len(prompts(two)) == 4
+    health = httpx.get(f"{gw.url}/healthz")
+    assert health.status_code == 200  # one server still answers
+    assert [s["state"] for s in health.json()["servers"]] == ["down", "up"]
+    two.stop()
+    wait_for(lambda: httpx.get(f"{gw.url}/healthz").status_code == 503, "both to be down")
+    failed = httpx.post(f"{gw.url}/api/chat", json={"model": LLAMA, "messages": []})
+    assert failed.status_code in (502, 503)
+    one.start()
+    wait_for(
+        lambda: httpx.get(f"{gw.url}/healthz").json()["servers"][0]["state"] == "up", "recovery"
+    )
+    assert chat(gw.url, LLAMA).message.content

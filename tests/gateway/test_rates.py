@@ -1,0 +1,148 @@
+"""Rate limits in process, on a clock the test moves: Retry-After is exact, scopes add up."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ollama_meter.gateway._rates import RateLimited, RateLimits
+from ollama_meter.ledger._limits import Limit
+from tests.factories import make_span
+
+S = 10**9
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000 * S
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def limits(*given: Limit) -> tuple[RateLimits, Clock]:
+    clock = Clock()
+    rates = RateLimits(clock=clock)
+    rates.load(given)
+    return rates, clock
+
+
+def test_rpm_refuses_the_call_over_and_says_exactly_when_to_come_back() -> None:
+    rates, clock = limits(Limit("acme", "sales", rpm=3))
+    for offset in (0, 10, 20):
+        clock.now = 1000 * S + offset * S
+        rates.admit("acme", "sales")
+    clock.now = 1000 * S + 25 * S
+    with pytest.raises(RateLimited) as refused:
+        rates.admit("acme", "sales")
+    assert refused.value.retry_after == 35  # the call at 0 s leaves the window at 60 s
+    assert str(refused.value) == (
+        "acme/sales is over its limit of 3 calls a minute; try again in 35 s "
+        "(see `ometer limit list`)"
+    )
+    clock.now = 1000 * S + 60 * S - 1
+    with pytest.raises(RateLimited) as still:
+        rates.admit("acme", "sales")
+    assert still.value.retry_after == 1
+    clock.now = 1000 * S + 60 * S
+    rates.admit("acme", "sales")  # exactly when it said
+    rates.admit("acme", "support")  # another department is not limited
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rpm=st.integers(1, 5),
+    gaps=st.lists(st.integers(0, 30 * S), min_size=1, max_size=30),
+)
+def test_after_retry_after_the_call_is_admitted_and_a_second_earlier_it_is_not(
+    rpm: int, gaps: list[int]
+) -> None:
+    rates, clock = limits(Limit("acme", "sales", rpm=rpm))
+    for gap in gaps:
+        clock.now += gap
+        try:
+            rates.admit("acme", "sales")
+        except RateLimited as refused:
+            wait, before = refused.retry_after, clock.now
+            assert 1 <= wait <= 60
+            if wait > 1:
+                clock.now = before + (wait - 1) * S
+                with pytest.raises(RateLimited):
+                    rates.admit("acme", "sales")
+            clock.now = before + wait * S
+            rates.admit("acme", "sales")
+
+
+def test_tpm_counts_the_tokens_of_calls_that_ended() -> None:
+    rates, clock = limits(Limit("acme", None, tpm=1000))  # the whole tenant
+    rates.admit("acme", "sales")
+    rates.on_end(make_span(tenant="acme", department="sales", input_tokens=600, output_tokens=0))
+    clock.now += 5 * S
+    rates.admit("acme", "hr")
+    rates.on_end(make_span(tenant="acme", department="hr", input_tokens=300, output_tokens=150))
+    clock.now += 10 * S
+    with pytest.raises(RateLimited) as refused:
+        rates.admit("acme", "support")
+    # 1,050 tokens at 15 s: below 1,000 again once the first 600 leave, at 60 s.
+    assert refused.value.retry_after == 45
+    assert "acme (all) is over its limit of 1,000 tokens a minute" in str(refused.value)
+    rates.admit("globex", "sales")
+
+
+def test_a_key_has_its_own_limits_on_top_of_its_departments() -> None:
+    rates, clock = limits(Limit("acme", "sales", rpm=10), Limit("acme", "sales", key_id=7, rpm=1))
+    rates.admit("acme", "sales", 7)
+    with pytest.raises(RateLimited) as refused:
+        rates.admit("acme", "sales", 7)
+    assert str(refused.value).startswith("key 7 (acme/sales) is over its limit of 1 calls")
+    for _ in range(9):
+        rates.admit("acme", "sales", 8)  # the department's other callers: its own 10
+    with pytest.raises(RateLimited):
+        rates.admit("acme", "sales", 8)
+
+
+def test_a_refused_call_counts_against_nothing() -> None:
+    rates, clock = limits(Limit("acme", None, rpm=1), Limit("acme", "sales", rpm=5))
+    rates.admit("acme", "sales")
+    for _ in range(3):
+        with pytest.raises(RateLimited):
+            rates.admit("acme", "sales")
+    rates.load([Limit("acme", "sales", rpm=5)])  # the tenant's limit is dropped
+    for _ in range(4):  # the department had one call counted, not four
+        rates.admit("acme", "sales")
+    with pytest.raises(RateLimited):
+        rates.admit("acme", "sales")
+
+
+def test_weight_and_concurrency_shape_the_queue() -> None:
+    rates, _ = limits(
+        Limit("acme", None, concurrency=4, weight=2),
+        Limit("acme", "sales", concurrency=1, weight=5),
+        Limit("acme", "sales", key_id=3, concurrency=2),
+    )
+    sales = rates.admit("acme", "sales", 3)
+    assert (sales.flow, sales.weight) == (("acme", "sales"), 5)
+    assert [(c.name, c.limit) for c in sales.caps] == [
+        ("acme (all)", 4),
+        ("acme/sales", 1),
+        ("key 3 (acme/sales)", 2),
+    ]
+    hr = rates.admit("acme", "hr")
+    assert hr.weight == 2 and hr.caps == sales.caps[:1]  # the tenant's cap, shared
+    assert rates.admit("globex", "x").weight == 1
+    sales.caps[1].in_use = 1
+    rates.load([Limit("acme", "sales", concurrency=3)])  # raised while a call holds a place
+    assert (sales.caps[1].limit, sales.caps[1].in_use) == (3, 1)
+    assert rates.admit("acme", "sales").caps == (sales.caps[1],)
+
+
+def test_retry_after_rounds_up_to_whole_seconds() -> None:
+    rates, clock = limits(Limit("acme", "sales", rpm=1))
+    rates.admit("acme", "sales")
+    clock.now += S // 3
+    with pytest.raises(RateLimited) as refused:
+        rates.admit("acme", "sales")
+    assert refused.value.retry_after == math.ceil(60 - 1 / 3)
