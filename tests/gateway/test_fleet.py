@@ -107,7 +107,9 @@ def test_each_call_goes_to_a_server_that_has_its_model(
         model=QWEN, messages=[{"role": "user", "content": "hi"}]
     )
     assert reply.choices[0].message.content
-    assert len(llama.requests_to("/api/chat")) == 1 and not llama.requests_to("/v1/chat/completions")
+    assert len(llama.requests_to("/api/chat")) == 1 and not llama.requests_to(
+        "/v1/chat/completions"
+    )
     assert len(qwen.requests_to("/api/chat")) == 1 and len(qwen.requests_to("/api/embed")) == 1
     assert len(qwen.requests_to("/v1/chat/completions")) == 1
     hosts = {(s.request_model.lower(), s.upstream_host) for s in spans(gw.ledger)}
@@ -153,17 +155,21 @@ def test_servers_sharing_a_model_share_the_calls_and_never_run_more_than_their_s
 def test_a_flooding_department_does_not_make_another_wait_behind_it(
     emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
 ) -> None:
-    emu = emulators(LLAMA, QWEN, token_latency=0.02)
+    emu = emulators(LLAMA, QWEN, token_latency=1.0)
     gw = fleet(emu.url, emu.url.replace("127.0.0.1", "localhost"), slots=1)
-    # Both "servers" are the one emulator: two slots in all, eight calls of batch.
+    # Both "servers" are the one emulator: two slots in all, eight streamed calls of
+    # batch, each token slow until all eight are in (however busy the machine is).
     flood = [
-        threading.Thread(target=chat, args=(gw.url, LLAMA, f"batch {i}", "batch"))
+        threading.Thread(
+            target=lambda i=i: list(chat(gw.url, LLAMA, f"batch {i}", "batch", stream=True))
+        )
         for i in range(8)
     ]
     for thread in flood:
         thread.start()
     wait_for(lambda: dash(gw)["queue"]["waiting"] == 6, "the flood to queue")
     assert dash(gw)["queue"]["by_department"] == {"default/batch": 6}
+    emu.token_latency = 0.02
     chat(gw.url, LLAMA, "support's question", "support")
     for thread in flood:
         thread.join(timeout=60)

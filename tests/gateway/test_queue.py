@@ -38,6 +38,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.caps = {"sales": Capacity(2, "sales"), "hr": Capacity(None, "hr")}
         self.queue = FairQueue(max_queue=6)
         self.tasks: list[asyncio.Task[Grant]] = []
+        self.direct: list[Grant] = []
         self.released: set[int] = set()
 
     def teardown(self) -> None:
@@ -47,12 +48,10 @@ class QueueMachine(RuleBasedStateMachine):
         self.loop.close()
 
     def _held(self) -> list[Grant]:
-        return [
-            t.result()
-            for t in self.tasks
-            if t.done() and not t.cancelled() and t.exception() is None
-            if id(t.result()) not in self.released
+        granted = [
+            t.result() for t in self.tasks if t.done() and not t.cancelled() and not t.exception()
         ]
+        return [g for g in [*granted, *self.direct] if id(g) not in self.released]
 
     def _pending(self) -> list[asyncio.Task[Grant]]:
         return [t for t in self.tasks if not t.done()]
@@ -68,6 +67,21 @@ class QueueMachine(RuleBasedStateMachine):
         caps = [self.caps[dept]] if dept in self.caps else []
         coro = self.queue.acquire(dept, place, weight=weight, caps=caps, urgent=urgent)
         self.tasks.append(self.loop.create_task(coro))
+        settle(self.loop)
+
+    @rule(dept=st.sampled_from(["sales", "hr"]), server=st.integers(0, 2))
+    def take_a_free_place_at_once(self, dept: str, server: int) -> None:
+        place = first_free([self.servers[server]])
+        caps = [self.caps[dept]]
+
+        async def now() -> Grant | None:
+            return self.queue.grant_now(dept, place, caps=caps)
+
+        waiting = self.queue.waiting
+        grant = self.loop.run_until_complete(now())
+        if grant is not None:
+            assert waiting == 0  # never ahead of a waiting call
+            self.direct.append(grant)
         settle(self.loop)
 
     @precondition(lambda self: any(not t.done() for t in self.tasks))

@@ -93,7 +93,7 @@ def test_tpm_counts_the_tokens_of_calls_that_ended() -> None:
 
 
 def test_a_key_has_its_own_limits_on_top_of_its_departments() -> None:
-    rates, clock = limits(Limit("acme", "sales", rpm=10), Limit("acme", "sales", key_id=7, rpm=1))
+    rates, _ = limits(Limit("acme", "sales", rpm=10), Limit("acme", "sales", key_id=7, rpm=1))
     rates.admit("acme", "sales", 7)
     with pytest.raises(RateLimited) as refused:
         rates.admit("acme", "sales", 7)
@@ -105,7 +105,7 @@ def test_a_key_has_its_own_limits_on_top_of_its_departments() -> None:
 
 
 def test_a_refused_call_counts_against_nothing() -> None:
-    rates, clock = limits(Limit("acme", None, rpm=1), Limit("acme", "sales", rpm=5))
+    rates, _ = limits(Limit("acme", None, rpm=1), Limit("acme", "sales", rpm=5))
     rates.admit("acme", "sales")
     for _ in range(3):
         with pytest.raises(RateLimited):
