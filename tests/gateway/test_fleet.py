@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.ledger._limits import Limit
+from ollama_meter.records import Limit
 from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
 from tests.gateway.conftest import Gateway
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ollama_meter.gateway._rates import RateLimited, RateLimits
-from ollama_meter.ledger._limits import Limit
+from ollama_meter.records import Limit
 from tests.factories import make_span
 
 S = 10**9
