@@ -201,7 +201,9 @@ def main() -> None:
                 since = ledger.latest(SpanFilter(), 1)[0].started_at
                 asyncio.run(fairness(one, args.flood, args.small, dept))
                 spans = ledger.latest(SpanFilter(since=since), 100_000)
-                small = [s.queue_ns / 1e6 for s in spans if s.user == "small" and s.queue_ns]
+                small = [
+                    s.queue_ns / 1e6 for s in spans if s.user == "small" and s.queue_ns is not None
+                ]
                 service = statistics.median(
                     (s.latency_ns - s.queue_ns) / 1e6 for s in spans if s.queue_ns is not None
                 )
