@@ -19,7 +19,7 @@ import pytest
 
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.records import Limit
-from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
+from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator
 from tests.gateway.conftest import Gateway
 
 LLAMA, QWEN = "llama3.1:8b", "qwen2.5:7b"
@@ -281,7 +281,7 @@ def test_a_server_that_stops_is_taken_out_and_its_calls_go_to_the_others(
     emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
 ) -> None:
     one, two = emulators(LLAMA), emulators(LLAMA)
-    gw = fleet(one.url, two.url)
+    gw = fleet(one.url, two.url, breaker_failures=1)
     health = httpx.get(f"{gw.url}/healthz").json()
     assert health["status"] == "ok" and [s["state"] for s in health["servers"]] == ["up", "up"]
     one.stop()
@@ -294,10 +294,38 @@ def test_a_server_that_stops_is_taken_out_and_its_calls_go_to_the_others(
     assert [s["state"] for s in health.json()["servers"]] == ["down", "up"]
     two.stop()
     wait_for(lambda: httpx.get(f"{gw.url}/healthz").status_code == 503, "both to be down")
-    failed = httpx.post(f"{gw.url}/api/chat", json={"model": LLAMA, "messages": []})
-    assert failed.status_code in (502, 503)
+    for _ in range(2):  # each server fails a call: both circuits open (for 60 s)
+        failed = httpx.post(f"{gw.url}/api/chat", json={"model": LLAMA, "messages": []})
+        assert failed.status_code in (502, 503)
     one.start()
+    # Discovery reaches it again: back at once, its circuit closed, not after a minute.
     wait_for(
         lambda: httpx.get(f"{gw.url}/healthz").json()["servers"][0]["state"] == "up", "recovery"
     )
-    assert chat(gw.url, LLAMA).message.content
+    assert chat(gw.url, LLAMA, "back").message.content
+    assert prompts(one)[-1] == "back"
+
+
+def test_a_call_that_moves_and_fails_again_gives_every_slot_back(
+    emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
+) -> None:
+    one, two = emulators(LLAMA), emulators(LLAMA)
+    gw = fleet(f"{one.url}#slots=1", f"{two.url}#slots=1", retries=1, retry_backoff=0.01)
+    for emu in (one, two):
+        emu.inject(Fault.HTTP_503, times=5)
+    failed = httpx.post(
+        f"{gw.url}/api/chat", json={"model": LLAMA, "messages": [], "stream": False}, timeout=30
+    )
+    # Once on the first server (the move is its retry), twice on the last (1 + 1 retry).
+    assert failed.status_code == 503
+    assert sorted((one.pending_faults, two.pending_faults)) == [3, 4]
+    (span,) = spans(gw.ledger)
+    assert (span.status, span.error_type) == ("error", "upstream_5xx")
+    last = one if one.pending_faults == 3 else two
+    assert span.upstream_host == last.url  # where it ended
+    assert [s["in_flight"] for s in dash(gw)["servers"]] == [0, 0]
+    for emu in (one, two):
+        emu.clear_faults()
+    results = in_parallel(*(lambda: chat(gw.url, LLAMA) for _ in range(2)))
+    assert all(isinstance(r, ollama.ChatResponse) for r in results), results
+    assert (one.most_in_flight, two.most_in_flight) == (1, 1)  # both slots are free again

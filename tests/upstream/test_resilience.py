@@ -88,6 +88,21 @@ def test_connection_failures_open_the_host_for_every_model() -> None:
     assert b.state() == "closed"
 
 
+def test_a_health_check_that_answers_closes_the_host_but_not_its_models() -> None:
+    b, _ = breaker()
+    call(b, "broken", BOOM)
+    call(b, "broken", BOOM)
+    call(b, "a", DOWN)
+    call(b, "a", DOWN)
+    assert b.state() == "open" and b.state("broken") == "open"
+    b.answered()  # the gateway's discovery reached it: no need to wait out the reset
+    assert b.state() == "closed" and b.failures() == 0
+    call(b, "a", None)
+    assert b.state("broken") == "open"  # an answering server may still fail a model
+    with pytest.raises(CircuitOpen, match="model 'broken'"):
+        b.admit("broken")
+
+
 def test_an_answer_proves_the_host_is_up() -> None:
     b, _ = breaker(threshold=3)
     call(b, "a", DOWN)
