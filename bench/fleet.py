@@ -24,17 +24,16 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.gateway import start
 from ollama_meter.ledger import SpanFilter, open_ledger
 from ollama_meter.testing import unused_port
 
@@ -43,20 +42,6 @@ BODY = {
     "messages": [{"role": "user", "content": "hello there"}],
     "stream": False,
 }
-
-
-def start(args: list[str], ready: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *args], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-    )
-    for _ in range(400):
-        try:
-            if httpx.get(ready, timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"{args[0]} did not start")
 
 
 def emulators(n: int, token_latency: float, env: dict[str, str]) -> list[tuple[str, object]]:
