@@ -42,7 +42,7 @@ from ollama_meter.gateway._dash import dashboard_routes
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
 from ollama_meter.gateway._passthrough import forward
-from ollama_meter.gateway._rates import RateLimited, RateLimits, keep_limits
+from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits
 from ollama_meter.gateway._relay import Relay, error_response, wire_of
 from ollama_meter.gateway._requests import (
     OLLAMA_ROUTES,
@@ -272,7 +272,7 @@ class Gateway:
             key_id = key.id if key is not None else None
             try:
                 admission = self.rates.admit(charged.tenant, charged.department, key_id)
-            except RateLimited as over:
+            except OverLimit as over:
                 wait = {"Retry-After": str(over.retry_after)}
                 raise _BadCall(
                     429, "rate_limited", str(over), model=parsed.model, headers=wait

@@ -43,7 +43,7 @@ LIMITS_SECONDS = 10.0
 Scope = tuple[str, ...]
 
 
-class RateLimited(Exception):
+class OverLimit(Exception):
     """A call over its rpm or tpm: refused, with the seconds until it would be admitted."""
 
     def __init__(self, message: str, *, retry_after: int) -> None:
@@ -134,7 +134,7 @@ class RateLimits:
                     del self._caps[scope]
 
     def admit(self, tenant: str, department: str, key_id: int | None = None) -> Admission:
-        """Count one call against its limits; :class:`RateLimited` (counting nothing) if over one."""
+        """Count one call against its limits; :class:`OverLimit` (counting nothing) if over one."""
         now = self.clock()
         with self._lock:
             found = [
@@ -160,7 +160,7 @@ class RateLimits:
                         )
             if worst is not None:
                 seconds = math.ceil(worst[0] / 1e9)
-                raise RateLimited(
+                raise OverLimit(
                     f"{worst[1]}; try again in {seconds} s (see `ometer limit list`)",
                     retry_after=seconds,
                 )

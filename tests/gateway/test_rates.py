@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ollama_meter.gateway._rates import RateLimited, RateLimits
+from ollama_meter.gateway._rates import OverLimit, RateLimits
 from ollama_meter.records import Limit
 from tests.factories import make_span
 
@@ -36,7 +36,7 @@ def test_rpm_refuses_the_call_over_and_says_exactly_when_to_come_back() -> None:
         clock.now = 1000 * S + offset * S
         rates.admit("acme", "sales")
     clock.now = 1000 * S + 25 * S
-    with pytest.raises(RateLimited) as refused:
+    with pytest.raises(OverLimit) as refused:
         rates.admit("acme", "sales")
     assert refused.value.retry_after == 35  # the call at 0 s leaves the window at 60 s
     assert str(refused.value) == (
@@ -44,7 +44,7 @@ def test_rpm_refuses_the_call_over_and_says_exactly_when_to_come_back() -> None:
         "(see `ometer limit list`)"
     )
     clock.now = 1000 * S + 60 * S - 1
-    with pytest.raises(RateLimited) as still:
+    with pytest.raises(OverLimit) as still:
         rates.admit("acme", "sales")
     assert still.value.retry_after == 1
     clock.now = 1000 * S + 60 * S
@@ -65,12 +65,12 @@ def test_after_retry_after_the_call_is_admitted_and_a_second_earlier_it_is_not(
         clock.now += gap
         try:
             rates.admit("acme", "sales")
-        except RateLimited as refused:
+        except OverLimit as refused:
             wait, before = refused.retry_after, clock.now
             assert 1 <= wait <= 60
             if wait > 1:
                 clock.now = before + (wait - 1) * S
-                with pytest.raises(RateLimited):
+                with pytest.raises(OverLimit):
                     rates.admit("acme", "sales")
             clock.now = before + wait * S
             rates.admit("acme", "sales")
@@ -84,7 +84,7 @@ def test_tpm_counts_the_tokens_of_calls_that_ended() -> None:
     rates.admit("acme", "hr")
     rates.on_end(make_span(tenant="acme", department="hr", input_tokens=300, output_tokens=150))
     clock.now += 10 * S
-    with pytest.raises(RateLimited) as refused:
+    with pytest.raises(OverLimit) as refused:
         rates.admit("acme", "support")
     # 1,050 tokens at 15 s: below 1,000 again once the first 600 leave, at 60 s.
     assert refused.value.retry_after == 45
@@ -95,12 +95,12 @@ def test_tpm_counts_the_tokens_of_calls_that_ended() -> None:
 def test_a_key_has_its_own_limits_on_top_of_its_departments() -> None:
     rates, _ = limits(Limit("acme", "sales", rpm=10), Limit("acme", "sales", key_id=7, rpm=1))
     rates.admit("acme", "sales", 7)
-    with pytest.raises(RateLimited) as refused:
+    with pytest.raises(OverLimit) as refused:
         rates.admit("acme", "sales", 7)
     assert str(refused.value).startswith("key 7 (acme/sales) is over its limit of 1 calls")
     for _ in range(9):
         rates.admit("acme", "sales", 8)  # the department's other callers: its own 10
-    with pytest.raises(RateLimited):
+    with pytest.raises(OverLimit):
         rates.admit("acme", "sales", 8)
 
 
@@ -108,12 +108,12 @@ def test_a_refused_call_counts_against_nothing() -> None:
     rates, _ = limits(Limit("acme", None, rpm=1), Limit("acme", "sales", rpm=5))
     rates.admit("acme", "sales")
     for _ in range(3):
-        with pytest.raises(RateLimited):
+        with pytest.raises(OverLimit):
             rates.admit("acme", "sales")
     rates.load([Limit("acme", "sales", rpm=5)])  # the tenant's limit is dropped
     for _ in range(4):  # the department had one call counted, not four
         rates.admit("acme", "sales")
-    with pytest.raises(RateLimited):
+    with pytest.raises(OverLimit):
         rates.admit("acme", "sales")
 
 
@@ -143,6 +143,6 @@ def test_retry_after_rounds_up_to_whole_seconds() -> None:
     rates, clock = limits(Limit("acme", "sales", rpm=1))
     rates.admit("acme", "sales")
     clock.now += S // 3
-    with pytest.raises(RateLimited) as refused:
+    with pytest.raises(OverLimit) as refused:
         rates.admit("acme", "sales")
     assert refused.value.retry_after == math.ceil(60 - 1 / 3)
