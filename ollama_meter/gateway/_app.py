@@ -2,13 +2,13 @@
 
 Only this package imports the web framework. :func:`create_app` declares the
 routes; its lifespan starts a :class:`Gateway` (the meter, the fleet of Ollama
-servers, the limits, the background tasks) and hands it to every request as Starlette's lifespan
-state, so nothing lives in closures or globals. Metered routes go through the
-one meter (budgets, pricing, telemetry, alerts included); read-only routes pass
-through; model management is refused unless allowed. Who may call what is
-``_access.py``'s policy. Errors keep the route's wire format (Ollama's
-``{"error": ...}``, OpenAI's on ``/v1``); a client mistake is a 4xx and a span,
-never a 500.
+servers, the limits, the background tasks) and hands it to every request as
+Starlette's lifespan state, so nothing lives in closures or globals. Metered
+routes go through the one meter (budgets, pricing, telemetry, alerts included)
+and wait their turn for a slot; read-only routes pass through (``_passthrough.py``);
+model management is refused unless allowed. Who may call what is ``_access.py``'s
+policy. Errors keep the route's wire format (Ollama's ``{"error": ...}``,
+OpenAI's on ``/v1``); a client mistake is a 4xx and a span, never a 500.
 """
 
 from __future__ import annotations
