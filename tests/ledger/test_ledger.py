@@ -480,6 +480,8 @@ def test_upgrading_from_0006_adds_the_quarter_hour_timings_of_spans_already_ther
     ledger.record(spans)
     with ledger.write() as conn:  # as 0006 left it: no quarter-hour timings, rollups current
         conn.execute(text("DELETE FROM rollup_histograms WHERE grain = 0"))
+        conn.execute(text("DROP TABLE limits"))  # and nothing of the migrations after 0007
+        conn.execute(text("ALTER TABLE spans DROP COLUMN queue_ns"))
         conn.execute(text("UPDATE alembic_version SET version_num = '0006'"))
     ledger.engine.dispose()
     ledger = Ledger(db_url)  # migrates to 0007, which rebuilds the rollups once
@@ -496,3 +498,28 @@ def test_upgrading_from_0006_adds_the_quarter_hour_timings_of_spans_already_ther
     prune(ledger, 1, now=datetime(2026, 11, 20, tzinfo=UTC))
     after = perf_report(ledger, window, [], unit="day", tz=berlin)
     assert (after.rows, after.warnings) == (report.rows, [])
+
+
+def test_upgrading_from_0007_keeps_every_span_without_a_gateway_queue_and_adds_limits(
+    db_url: str,
+) -> None:
+    """0008 adds ``spans.queue_ns`` (NULL for calls before it) and the ``limits`` table."""
+    from sqlalchemy import text
+
+    from ollama_meter.records import Limit
+
+    ledger = Ledger(db_url)
+    ledger.record([make_span(latency_ns=5_000_000), make_span(latency_ns=7_000_000)])
+    with ledger.write() as conn:  # as 0007 left it
+        conn.execute(text("DROP TABLE limits"))
+        conn.execute(text("ALTER TABLE spans DROP COLUMN queue_ns"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0007'"))
+    ledger.engine.dispose()
+    ledger = Ledger(db_url)  # migrates to the head
+    assert current_revision(ledger.engine) == HEAD_REVISION
+    kept = ledger.latest(SpanFilter(), 10)
+    assert sorted(s.latency_ns for s in kept) == [5_000_000, 7_000_000]
+    assert [s.queue_ns for s in kept] == [None, None]
+    assert ledger.limits() == []
+    ledger.set_limit(Limit("acme", "sales", rpm=60))
+    assert [(lim.scope(), lim.rpm) for lim in ledger.limits()] == [("acme/sales", 60)]
