@@ -90,3 +90,36 @@ def test_bad_values_name_the_variable(
 def test_blank_db_url_means_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMETER_DB_URL", "  ")
     assert load_settings().db_url is None
+
+
+def test_several_upstreams_with_their_own_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMETER_UPSTREAMS", " gpu1:11434#slots=4 , http://gpu2:11434/ ,,")
+    monkeypatch.setenv("OMETER_SLOTS", "2")
+    specs = load_settings().upstream_specs
+    assert [(s.url, s.slots) for s in specs] == [
+        ("http://gpu1:11434", 4),
+        ("http://gpu2:11434", 2),  # the default for a server that names none
+    ]
+    monkeypatch.delenv("OMETER_UPSTREAMS")
+    monkeypatch.setenv("OLLAMA_HOST", "gpu3")
+    assert [(s.url, s.slots) for s in load_settings().upstream_specs] == [("http://gpu3:11434", 2)]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("http://gpu1:11434#workers=2", "after # only slots=N is understood"),
+        ("http://gpu1:11434#slots=0", "slots must be between 1 and 100,000"),
+        ("http://gpu1:11434#slots=x", "after # only slots=N is understood"),
+        ("gpu1,http://gpu1:11434", "http://gpu1:11434 is given twice"),
+        ("ftp://gpu1", "OMETER_UPSTREAMS"),
+    ],
+)
+def test_a_bad_upstream_list_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    monkeypatch.setenv("OMETER_UPSTREAMS", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith("OMETER_UPSTREAMS: ")
+    assert message in str(caught.value) and "\n" not in str(caught.value)

@@ -110,3 +110,19 @@ def test_setting_limits_one_by_one_keeps_the_last_value_of_each(
     }
     ledger.remove_limit("acme", "sales", None)
     ledger.dispose()
+
+
+@pytest.mark.parametrize(
+    ("upstreams", "message"),
+    [
+        (("http://gpu1:11434#slots=0",), "slots must be between 1 and 100,000"),
+        (("http://gpu1:11434", "gpu1:11434"), "http://gpu1:11434 is given twice"),
+    ],
+)
+def test_serve_refuses_a_bad_upstream_in_one_line(  # type: ignore[no-untyped-def]
+    cli, db: str, upstreams: tuple[str, ...], message: str
+) -> None:
+    args = [arg for url in upstreams for arg in ("--upstream", url)]
+    done = cli("serve", *args)
+    assert done.code == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
