@@ -102,30 +102,6 @@ class Handler(BaseHTTPRequestHandler):
         except (OSError, Aborted):
             self.close_connection = True
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def do_OPTIONS(self) -> None:
-        self._dispatch("OPTIONS")
-
-    def _dispatch(self, method: str) -> None:
-        raise NotImplementedError  # the routing table is in ``_routes``
-
     @property
     def emulator(self) -> OllamaEmulator:
         return self.server.emulator
