@@ -11,30 +11,27 @@ the configured zone exactly.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, func, literal, literal_column, select, union_all
+from sqlalchemy import Connection, case, func, literal, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from ollama_meter.ledger._cells import COLD_LOAD_NS, ERROR_STATUSES
 from ollama_meter.ledger._plan import (
-    CUBE_FILTERS,
     CUBE_GRAINS,
     GROUP_COLUMNS,
     RAW,
-    UNION_LIMIT,
     Piece,
-    cells_of,
     cube_answers,
+    cube_filters,
     decompose,
     edge_filter,
-    grouped_in_ranges,
     plan,
     raw_spans,
-    rollup_filters,
+    signed_sums,
 )
 from ollama_meter.ledger._rollup import ROLLUPS
 from ollama_meter.ledger._spans import SpanFilter
@@ -117,46 +114,21 @@ def aggregate_spend(
 def _cube_sums(
     conn: Connection, pieces: Sequence[Piece], where: SpanFilter, by: Sequence[str], sums: _Sums
 ) -> None:
-    """Fold the rollup rows of every grain's pieces into ``sums``, read in one statement.
-
-    One statement is one snapshot, also on PostgreSQL under READ COMMITTED: a month
-    cell and the quarter hours subtracted from it can never disagree about a span
-    another process committed in between.
-    """
+    """Fold the rollup rows of the pieces' cells into ``sums`` (see ``signed_sums``)."""
     c = ROLLUPS.c
-    groups = [c.start, *(c[name] for name in by), c.currency, c.status]
-    measures = [func.sum(c[name]) for name in SUMS]
-    filters = rollup_filters(ROLLUPS, where, CUBE_FILTERS)
-    cells: dict[int, dict[int, list[tuple[int, int]]]] = {}
-    parts = []
-    for grain in CUBE_GRAINS:
-        chosen = [p for p in pieces if p.grain is grain]
-        if not chosen:
-            continue
-        cells[int(grain)], ranges = cells_of(chosen)
-        parts += [
-            select(literal(int(grain)).label("g"), *groups, *measures)
-            .where(c.grain == int(grain), c.start >= lo, c.start < hi, *filters)
-            .group_by(*groups)
-            for lo, hi in ranges
-        ]
-    if not parts:
-        return
-    if len(parts) > UNION_LIMIT:  # a window of years by day: more than SQLite takes at once
-        rows: Iterable[Any] = (
-            row
-            for first in range(0, len(parts), UNION_LIMIT)
-            for row in conn.execute(union_all(*parts[first : first + UNION_LIMIT]))
-        )
-    else:
-        rows = conn.execute(parts[0] if len(parts) == 1 else union_all(*parts))
+    cube = [p for p in pieces if p.grain is not None]
+    rows = signed_sums(
+        conn,
+        ROLLUPS,
+        cube,
+        [*(c[name] for name in by), c.currency, c.status],
+        SUMS,
+        cube_filters(ROLLUPS, where, by),
+    )
     width = len(by)
     for row in rows:
-        keys = tuple(row[2 : 2 + width])
-        currency, status = row[2 + width], row[3 + width]
-        values = row[4 + width :]
-        for bucket, sign in cells[row[0]].get(row[1], ()):
-            sums.add(bucket, keys, currency, status, values, sign)
+        currency, status = row[1 + width], row[2 + width]
+        sums.add(row[0], tuple(row[1 : 1 + width]), currency, status, row[3 + width :], 1)
 
 
 def _raw_sums(
@@ -253,24 +225,17 @@ def aggregate_failures(
             counts[(status, error_type)] += int(requests)
     else:
         pieces = plan(where, (), CUBE_GRAINS)
-        for grain in CUBE_GRAINS:
-            chosen = [p for p in pieces if p.grain is grain]
-            if not chosen:
-                continue
-            cells, ranges = cells_of(chosen)
-            c = ROLLUPS.c
-            rows = grouped_in_ranges(
-                conn,
-                ROLLUPS,
-                grain,
-                ranges,
-                [c.start, c.status, c.error_type],
-                [func.sum(c.requests)],
-                [*rollup_filters(ROLLUPS, where, CUBE_FILTERS), c.status != "ok"],
-            )
-            for start, status, error_type, requests in rows:
-                for _, sign in cells.get(start, ()):
-                    counts[(status, error_type or None)] += sign * int(requests)
+        c = ROLLUPS.c
+        rows = signed_sums(
+            conn,
+            ROLLUPS,
+            [p for p in pieces if p.grain is not None],
+            [c.status, c.error_type],
+            ["requests"],
+            [*cube_filters(ROLLUPS, where), c.status != "ok"],
+        )
+        for _, status, error_type, requests in rows:
+            counts[(status, error_type or None)] += int(requests)
         for piece in pieces:
             if piece.grain is None:
                 for failure in aggregate_failures(conn, edge_filter(where, piece), raw=True):

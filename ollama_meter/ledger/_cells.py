@@ -43,6 +43,9 @@ Ollama reports a few milliseconds of load time when the model is already in
 memory, and hundreds of milliseconds to seconds when it has to read the weights.
 """
 
+ANYONE = "*"
+"""The user of a cube row that sums all users (``*`` is no name): what most reads want,
+in a fraction of the rows (see ``_plan.user_rows``)."""
 DIMENSIONS = ("tenant", "department", "user", "model", "currency", "status", "error_type")
 MEASURES = (
     "requests", "input_tokens", "output_tokens", "busy_ns", "load_ns", "cost_tokens",

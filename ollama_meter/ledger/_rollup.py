@@ -4,15 +4,17 @@ Every span that is inserted adds to three tables, in the same transaction:
 
 - ``rollups``: sums (calls, tokens, busy and load time, each cost part, unpriced
   calls, cold loads) per cell and per (tenant, department, user, model, currency,
-  status, error type). Cells are quarter hours, UTC days and UTC months, so any
-  window whose ends fall on a quarter hour (every local midnight of every time
-  zone in use) is answered exactly from a few rows (see ``_aggregate``).
+  status, error type), and again under the user ``*`` for all users together (most
+  reads group by no user, and read a tenth of the rows). Cells are quarter hours,
+  UTC days and UTC months, so any window whose ends fall on a quarter hour (every
+  local midnight of every time zone in use) is answered exactly from a few rows
+  (see ``_aggregate``).
 - ``rollup_histograms``: per UTC day and month and (tenant, department, model),
   how many calls fell in each bin of latency, time to first token, queue time
   (inside Ollama, and in the gateway) and generation speed, so percentiles can be
-  merged (:func:`duration_bin`); and per quarter hour for all calls together (key
-  ``*``), so the whole organisation's percentiles per *local* day need no raw spans
-  (the dashboard's daily timings).
+  merged (:func:`duration_bin`); and for all calls together (key ``*``) per quarter
+  hour, day and month, so the whole organisation's percentiles per *local* day need
+  no raw spans and read few rows (the dashboard's daily timings).
 - ``rollup_busy``: per minute and upstream host, the union of the calls' busy
   intervals, so chargeback's utilisation is exact without a scan.
 
@@ -33,6 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Table, bindparam, delete, insert, select, update
 
 from ollama_meter.ledger._cells import (
+    ANYONE,
     BIN_COLUMNS,
     BUSY_US,
     COLD_LOAD_NS,
@@ -67,8 +70,8 @@ from ollama_meter.records import SpanRecord
 ROLLUPS: Table = RollupRow.__table__  # type: ignore[assignment]
 HISTOGRAMS: Table = ROLLUP_HISTOGRAMS
 BUSY: Table = RollupBusyRow.__table__  # type: ignore[assignment]
-EVERYONE = ("*", "*", "*")
-"""The (tenant, department, model) of quarter-hour histogram rows: all calls (``*`` is no name)."""
+EVERYONE = (ANYONE, ANYONE, ANYONE)
+"""The (tenant, department, model) of quarter-hour histogram rows: all calls together."""
 BUSY_READS = (2, 16, 250)
 """Minutes of busy time read per query: a call touches one or two, an import hundreds
 (the largest stays well under SQLite's limit on parameters)."""
@@ -132,21 +135,25 @@ class RollupDelta:
                 busy[(cell, host)].append(piece)
 
     def cube_rows(self, grains: Sequence[Grain] = tuple(Grain)) -> dict[tuple[Any, ...], list[int]]:
-        """Every (grain, start s, *dimensions) this delta changes, with its measure deltas."""
+        """Every (grain, start s, *dimensions) this delta changes, with its measure deltas.
+
+        Each row comes twice: for its user, and for ``ANYONE`` (all users together).
+        """
         rows: dict[tuple[Any, ...], list[int]] = {}
         starts: dict[int, list[int]] = {}
-        for (quarter, *dims), values in self.quarters.items():
+        for (quarter, tenant, department, user, *rest), values in self.quarters.items():
             cells = starts.get(quarter)
             if cells is None:
                 cells = starts[quarter] = [floor_cell(g, quarter) // 10**6 for g in grains]
             for grain, start in zip(grains, cells, strict=True):
-                key = (int(grain), start, *dims)
-                current = rows.get(key)
-                rows[key] = (
-                    values
-                    if current is None
-                    else [a + b for a, b in zip(current, values, strict=True)]
-                )
+                for who in (user, ANYONE):
+                    key = (int(grain), start, tenant, department, who, *rest)
+                    current = rows.get(key)
+                    rows[key] = (
+                        values
+                        if current is None
+                        else [a + b for a, b in zip(current, values, strict=True)]
+                    )
         return {key: values for key, values in rows.items() if any(values)}
 
     def histogram_rows(
@@ -154,23 +161,25 @@ class RollupDelta:
     ) -> dict[tuple[Any, ...], list[int]]:
         """Every (grain, start s, tenant, department, model, metric, decade) changed, with its bins.
 
-        Quarter-hour rows hold all calls together, under the key ``EVERYONE``.
+        All calls together are kept too, under the key ``EVERYONE``, per quarter hour as
+        well as per day and month: the only rows a question about everyone reads.
         """
         rows: dict[tuple[Any, ...], list[int]] = {}
-        if Grain.QUARTER in grains:
-            for (quarter, metric, decade), counts in self.quarter_histograms.items():
-                rows[(int(Grain.QUARTER), quarter // 10**6, *EVERYONE, metric, decade)] = counts
+
+        def fold(grain: Grain, at: int, rest: Sequence[Any], counts: list[int]) -> None:
+            key = (int(grain), floor_cell(grain, at) // 10**6, *rest)
+            current = rows.get(key)
+            rows[key] = (
+                counts if current is None else [a + b for a, b in zip(current, counts, strict=True)]
+            )
+
+        for (quarter, metric, decade), counts in self.quarter_histograms.items():
+            for grain in grains:
+                fold(grain, quarter, (*EVERYONE, metric, decade), counts)
         for (day, *rest), counts in self.histograms.items():
             for grain in grains:
-                if grain is Grain.QUARTER:
-                    continue
-                key = (int(grain), floor_cell(grain, day) // 10**6, *rest)
-                current = rows.get(key)
-                rows[key] = (
-                    counts
-                    if current is None
-                    else [a + b for a, b in zip(current, counts, strict=True)]
-                )
+                if grain is not Grain.QUARTER:
+                    fold(grain, day, rest, counts)
         return {key: counts for key, counts in rows.items() if any(counts)}
 
     def write(self, conn: Connection, *, months: bool = True) -> None:
@@ -363,6 +372,7 @@ def pruned_before(conn: Connection) -> int | None:
 
 
 __all__ = [
+    "ANYONE",
     "BIN_COLUMNS",
     "BUSY",
     "BUSY_US",

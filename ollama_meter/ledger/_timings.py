@@ -32,11 +32,10 @@ from ollama_meter.ledger._plan import (
     GROUP_COLUMNS,
     HISTOGRAM_GRAINS,
     RAW,
-    cells_of,
     edge_filter,
-    grouped_in_ranges,
     plan,
     rollup_filters,
+    signed_sums,
 )
 from ollama_meter.ledger._rollup import BUSY as BUSY_TABLE
 from ollama_meter.ledger._rollup import EVERYONE, HISTOGRAMS, pruned_before
@@ -102,36 +101,28 @@ def aggregate_histograms(
     pieces = plan(where, bucket_starts, grains)
     bucketed = bool(bucket_starts)
     c = HISTOGRAMS.c
-    for grain in grains:
-        chosen = [p for p in pieces if p.grain is grain]
-        if not chosen:
-            continue
-        cells, ranges = cells_of(chosen)
-        filters = rollup_filters(HISTOGRAMS, where, HISTOGRAM_KEY)
-        if grain is Grain.QUARTER:
-            filters = [
-                c[name] == value for name, value in zip(HISTOGRAM_KEY, EVERYONE, strict=True)
-            ]
-        rows = grouped_in_ranges(
-            conn,
-            HISTOGRAMS,
-            grain,
-            ranges,
-            [c.start, *(c[name] for name in by), c.metric, c.decade],
-            [func.sum(c[name]) for name in BIN_COLUMNS],
-            filters,
-        )
-        width = len(by)
-        for row in rows:
-            keys = tuple(row[1 : 1 + width])
-            metric, decade = Metric(row[1 + width]), int(row[2 + width])
-            counts = [(index, int(n)) for index, n in enumerate(row[3 + width :]) if n]
-            for bucket, sign in cells.get(row[0], ()):
-                group = (*keys, bucket) if bucketed else keys
-                bins = result.groups.setdefault(group, {}).setdefault(metric, {})
-                for index, calls in counts:
-                    edge = slot_edge(metric, decade, index)
-                    bins[edge] = bins.get(edge, 0) + sign * calls
+    if everyone:  # the rows kept for all calls together, never summed from the others
+        filters = [c[name] == value for name, value in zip(HISTOGRAM_KEY, EVERYONE, strict=True)]
+    else:
+        filters = [*rollup_filters(HISTOGRAMS, where, HISTOGRAM_KEY), c.tenant != EVERYONE[0]]
+    rows = signed_sums(
+        conn,
+        HISTOGRAMS,
+        [p for p in pieces if p.grain is not None],
+        [*(c[name] for name in by), c.metric, c.decade],
+        BIN_COLUMNS,
+        filters,
+    )
+    width = len(by)
+    for row in rows:
+        keys = tuple(row[1 : 1 + width])
+        metric, decade = Metric(row[1 + width]), int(row[2 + width])
+        group = (*keys, row[0]) if bucketed else keys
+        bins = result.groups.setdefault(group, {}).setdefault(metric, {})
+        for index, calls in enumerate(row[3 + width :]):
+            if calls:
+                edge = slot_edge(metric, decade, index)
+                bins[edge] = bins.get(edge, 0) + int(calls)
     for piece in pieces:
         if piece.grain is None:
             if horizon is not None and piece.lo < horizon:

@@ -500,6 +500,55 @@ def test_upgrading_from_0006_adds_the_quarter_hour_timings_of_spans_already_ther
     assert (after.rows, after.warnings) == (report.rows, [])
 
 
+def test_upgrading_from_0008_sums_all_users_from_rollups_even_for_pruned_months(
+    db_url: str,
+) -> None:
+    """0009 adds each cube row summed over users (user ``*``), made from the rollups
+    there: a month whose raw spans were pruned answers as before, to the micro-unit."""
+    from sqlalchemy import text
+
+    from ollama_meter.ledger import prune
+    from ollama_meter.periods import parse_period
+    from ollama_meter.reports import spend_report
+
+    spans = [
+        make_span(
+            started_at=datetime(2026, 10, day, hour, tzinfo=UTC),
+            user=user,
+            department=department,
+            cost_total=1_000_001 * day + hour,
+        )
+        for day in (1, 15, 31)
+        for hour in (0, 23)
+        for user, department in (("ann", "legal"), ("bob", "legal"), (None, "sales"))
+    ]
+    ledger = Ledger(db_url)
+    ledger.record(spans)
+    utc = ZoneInfo("UTC")
+    window = parse_period("2026-10", tz=utc, now=datetime(2026, 12, 1, tzinfo=UTC))
+    before = [spend_report(ledger, window, by, tz=utc).rows for by in (["department"], ["user"])]
+    prune(ledger, 1, now=datetime(2026, 11, 20, tzinfo=UTC))
+    with ledger.write() as conn:  # as 0008 left it: rows per user only
+        conn.execute(text("DELETE FROM rollups WHERE \"user\" = '*'"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '0008'"))
+    ledger.engine.dispose()
+    ledger = Ledger(db_url)  # migrates to 0009
+    with ledger.read() as conn:
+        assert conn.execute(text("SELECT count(*) FROM rollups WHERE \"user\" = '*'")).scalar()
+        assert conn.execute(text("SELECT count(*) FROM spans")).scalar() == 0
+    after = [spend_report(ledger, window, by, tz=utc).rows for by in (["department"], ["user"])]
+    assert after == before
+    assert [(r["department"], r.cost) for r in after[0]] == [
+        ("legal", 188_000_326),
+        ("sales", 94_000_163),
+    ]
+    assert [(r["user"], r.cost) for r in after[1]] == [
+        ("", 94_000_163),
+        ("ann", 94_000_163),
+        ("bob", 94_000_163),
+    ]
+
+
 def test_upgrading_from_0007_keeps_every_span_without_a_gateway_queue_and_adds_limits(
     db_url: str,
 ) -> None:
