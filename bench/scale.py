@@ -246,7 +246,7 @@ def load(directory: Path, count: int, end: datetime, label: str) -> tuple[Ledger
     path = directory / f"ledger-{count}.db"
     for stale in directory.glob(f"ledger-{count}.db*"):
         stale.unlink()
-    ledger = Ledger(f"sqlite:///{path}")
+    ledger = Ledger(f"sqlite:///{path}", zone=TZ.key)  # as OMETER_TIMEZONE makes it
     for budget in budgets():
         ledger.save_budget(budget)
     figures: dict[str, float] = {}

@@ -62,7 +62,17 @@ def _bar(what: str, unit: str = "", *, rate: bool = False) -> "Progress":
 
 
 @app.command("rollup")
-def rollup_command(db: DbOption = None) -> None:
+def rollup_command(
+    zone: Annotated[
+        str | None,
+        typer.Option(
+            "--zone",
+            help="Begin day and month rollups at this zone's midnight from now on (IANA name; "
+            "default: keep the ledger's zone). Stop gateways while it runs.",
+        ),
+    ] = None,
+    db: DbOption = None,
+) -> None:
     """Rebuild the rollups from raw spans (after a bulk load outside ometer).
 
     Days before the prune horizon keep their rollups: their raw spans are gone.
@@ -70,13 +80,17 @@ def rollup_command(db: DbOption = None) -> None:
     from ollama_meter.ledger import open_ledger, rebuild
 
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
     began = time.monotonic()
     with _bar("rolling up", " days") as bar:
         task = bar.add_task("days", total=None)
-        count = rebuild(ledger.write, ledger.read, progress=lambda _day: bar.advance(task))
+        count = rebuild(
+            ledger.write, ledger.read, progress=lambda _day: bar.advance(task), zone=zone
+        )
     took = time.monotonic() - began
-    out.print(f"rolled up {count:,} span(s) in {took:.1f} s")
+    out.print(
+        f"rolled up {count:,} span(s) in {took:.1f} s; days begin at {ledger.zone()} midnight"
+    )
 
 
 @app.command("export")
@@ -89,7 +103,7 @@ def export_command(
     from ollama_meter.ledger import export_lines, open_ledger
 
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
     start = end = None
     if since or until:
         window = window_between(since, until, tz=cfg.tz, now=datetime.now(UTC))
@@ -122,7 +136,7 @@ def import_command(
     from ollama_meter.ledger import import_lines, open_ledger
 
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
     stream: BinaryIO
     if source == "-":
         # text-only stdins (an embedding host, a test) have no bytes underneath
@@ -163,7 +177,7 @@ def prune_command(
     from ollama_meter.ledger import open_ledger, prune
 
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
     result = prune(ledger, keep_days, now=datetime.now(UTC), vacuum=vacuum)
     out.print(
         f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d} UTC; "
@@ -199,7 +213,7 @@ def backup_command(
             "ometer backs up SQLite ledgers; for PostgreSQL run the pg_dump command above "
             "(its password from PGPASSWORD or ~/.pgpass)"
         )
-    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait)
+    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
     began = time.monotonic()
     with _bar("copying", " pages") as bar:
         task = bar.add_task("pages", total=None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from sqlalchemy import Connection, case, func, literal, literal_column, select
@@ -33,12 +33,9 @@ from ollama_meter.ledger._plan import (
     raw_spans,
     signed_sums,
 )
-from ollama_meter.ledger._rollup import ROLLUPS
+from ollama_meter.ledger._rollup import ROLLUPS, ledger_zone
 from ollama_meter.ledger._spans import SpanFilter
 from ollama_meter.ledger.models import SpanRow
-
-SUMS = ("requests", "input_tokens", "output_tokens", "busy_ns", "cost_total", "unpriced",
-        "unpriced_tokens", "cold_loads", "cold_load_ns")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,19 +64,26 @@ class _Sums:
 
     def add(self, bucket: int, keys: tuple[str, ...], currency: str, status: str,
             values: Sequence[Any], sign: int) -> None:  # fmt: skip
+        """Add one status's sums (raw spans are grouped by status; see :data:`_STATUS_FOLDED`)."""
         (requests, input_tokens, output_tokens, busy, cost, unpriced, unpriced_tokens,
          cold, cold_ns) = (int(v or 0) for v in values)  # fmt: skip
+        self.add_folded(bucket, keys, currency, sign, (
+            requests,
+            requests if status in ERROR_STATUSES else 0,
+            input_tokens, output_tokens, busy, cost,
+            # Unpriced usage, not unpriced failures: a call that consumed nothing costs nothing.
+            unpriced if status == "ok" else unpriced_tokens,
+            cold, cold_ns,
+        ))  # fmt: skip
+
+    def add_folded(
+        self, bucket: int, keys: tuple[str, ...], currency: str, sign: int, values: Sequence[Any]
+    ) -> None:
+        """Add sums in :class:`SpendSums` order (calls, errors, tokens in and out, busy, cost,
+        unpriced calls, cold loads and their time)."""
         row = self.rows[(bucket, keys, currency)]
-        row[0] += sign * requests
-        row[1] += sign * (requests if status in ERROR_STATUSES else 0)
-        row[2] += sign * input_tokens
-        row[3] += sign * output_tokens
-        row[4] += sign * busy
-        row[5] += sign * cost
-        # Unpriced usage, not unpriced failures: a call that consumed nothing costs nothing.
-        row[6] += sign * (unpriced if status == "ok" else unpriced_tokens)
-        row[7] += sign * cold
-        row[8] += sign * cold_ns
+        for index, value in enumerate(values):
+            row[index] += sign * int(value or 0)
 
     def result(self) -> list[SpendSums]:
         return [
@@ -102,8 +106,9 @@ def aggregate_spend(
     if raw or RAW.get() or not cube_answers(where):
         _raw_sums(conn, where, by, bucket_starts, sums, sign=1, bucket=None)
         return sums.result()
-    pieces = plan(where, bucket_starts, CUBE_GRAINS)
-    _cube_sums(conn, pieces, where, by, sums)
+    zone = ledger_zone(conn)
+    pieces = plan(where, bucket_starts, CUBE_GRAINS, zone)
+    _cube_sums(conn, pieces, where, by, sums, zone)
     for piece in pieces:
         if piece.grain is None:
             edge = edge_filter(where, piece)
@@ -112,23 +117,45 @@ def aggregate_spend(
 
 
 def _cube_sums(
-    conn: Connection, pieces: Sequence[Piece], where: SpanFilter, by: Sequence[str], sums: _Sums
+    conn: Connection,
+    pieces: Sequence[Piece],
+    where: SpanFilter,
+    by: Sequence[str],
+    sums: _Sums,
+    zone: tzinfo | None,
 ) -> None:
     """Fold the rollup rows of the pieces' cells into ``sums`` (see ``signed_sums``)."""
     c = ROLLUPS.c
-    cube = [p for p in pieces if p.grain is not None]
     rows = signed_sums(
         conn,
         ROLLUPS,
-        cube,
-        [*(c[name] for name in by), c.currency, c.status],
-        SUMS,
+        [p for p in pieces if p.grain is not None],
+        [*(c[name] for name in by), c.currency],
+        _status_folded(c),
         cube_filters(ROLLUPS, where, by),
+        zone,
     )
     width = len(by)
     for row in rows:
-        currency, status = row[1 + width], row[2 + width]
-        sums.add(row[0], tuple(row[1 : 1 + width]), currency, status, row[3 + width :], 1)
+        sums.add_folded(row[0], tuple(row[1 : 1 + width]), row[1 + width], 1, row[2 + width :])
+
+
+def _status_folded(c: Any) -> list[ColumnElement[Any]]:
+    """The rollup measures in :class:`SpendSums` order, status folded in by the database:
+    errors are the calls of error statuses, unpriced usage is unpriced calls that
+    succeeded and unpriced failures that consumed tokens (as :meth:`_Sums.add` does)."""
+    zero = literal(0)
+    return [
+        c.requests,
+        case((c.status.in_(sorted(ERROR_STATUSES)), c.requests), else_=zero),
+        c.input_tokens,
+        c.output_tokens,
+        c.busy_ns,
+        c.cost_total,
+        case((c.status == "ok", c.unpriced), else_=c.unpriced_tokens),
+        c.cold_loads,
+        c.cold_load_ns,
+    ]
 
 
 def _raw_sums(
@@ -224,7 +251,8 @@ def aggregate_failures(
         for status, error_type, requests in conn.execute(query):
             counts[(status, error_type)] += int(requests)
     else:
-        pieces = plan(where, (), CUBE_GRAINS)
+        zone = ledger_zone(conn)
+        pieces = plan(where, (), CUBE_GRAINS, zone)
         c = ROLLUPS.c
         rows = signed_sums(
             conn,
@@ -233,6 +261,7 @@ def aggregate_failures(
             [c.status, c.error_type],
             ["requests"],
             [*cube_filters(ROLLUPS, where), c.status != "ok"],
+            zone,
         )
         for _, status, error_type, requests in rows:
             counts[(status, error_type or None)] += int(requests)

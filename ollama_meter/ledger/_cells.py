@@ -1,6 +1,7 @@
 """The arithmetic of rollups: cells, histogram bins and busy intervals. No SQL, no I/O.
 
-A rollup cell is a quarter hour, a UTC day or a UTC month (:class:`Grain`).
+A rollup cell is a quarter hour, a day or a month (:class:`Grain`); days and
+months begin at midnight in the ledger's zone (UTC unless set).
 Durations and speeds are counted in fixed bins, 5 % wide at most, so
 percentiles merge across cells (:func:`duration_bin`). Busy time is kept as
 merged intervals per minute and host. What one span adds to each is here
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, tzinfo
 from enum import IntEnum
 from typing import Any
 
@@ -45,7 +46,7 @@ memory, and hundreds of milliseconds to seconds when it has to read the weights.
 
 ANYONE = "*"
 """The user of a cube row that sums all users (``*`` is no name): what most reads want,
-in a fraction of the rows (see ``_plan.user_rows``)."""
+in a fraction of the rows (see ``_plan.cube_filters``)."""
 DIMENSIONS = ("tenant", "department", "user", "model", "currency", "status", "error_type")
 MEASURES = (
     "requests", "input_tokens", "output_tokens", "busy_ns", "load_ns", "cost_tokens",
@@ -73,24 +74,49 @@ _LATENCY, _TTFT, _QUEUE, _SPEED, _GATEWAY_QUEUE = (int(m) for m in Metric)
 # -- cells ---------------------------------------------------------------------------
 
 
-def floor_cell(grain: Grain, us: int) -> int:
-    """The start (µs since the epoch) of the ``grain`` cell holding instant ``us``."""
+def floor_cell(grain: Grain, us: int, zone: tzinfo | None = None) -> int:
+    """The start (µs since the epoch) of the ``grain`` cell holding instant ``us``.
+
+    Days and months begin at midnight in ``zone`` (the ledger's zone; None is UTC),
+    so a report in that zone reads whole cells. Quarter hours are the same in every
+    zone in use, and every day and month is a run of whole quarter hours.
+    """
     if grain is Grain.QUARTER:
         return int(us // QUARTER_US * QUARTER_US)
-    if grain is Grain.DAY:
-        return int(us // DAY_US * DAY_US)
-    return _month_start_us(us // DAY_US)
+    if zone is None or zone is UTC:
+        if grain is Grain.DAY:
+            return int(us // DAY_US * DAY_US)
+        return _month_start_us(us // DAY_US)
+    return _zoned_start(grain, us // QUARTER_US, zone)
 
 
-def next_cell(grain: Grain, start: int) -> int:
+def next_cell(grain: Grain, start: int, zone: tzinfo | None = None) -> int:
     """The start of the cell after the one starting at ``start``."""
     if grain is Grain.QUARTER:
         return start + QUARTER_US
-    if grain is Grain.DAY:
-        return start + DAY_US
-    day = from_us(start).date()
-    following = date(day.year + (day.month == 12), day.month % 12 + 1, 1)
-    return to_us(datetime(following.year, following.month, 1, tzinfo=UTC))
+    if zone is None or zone is UTC:
+        if grain is Grain.DAY:
+            return start + DAY_US
+        day = from_us(start).date()
+        following = date(day.year + (day.month == 12), day.month % 12 + 1, 1)
+        return to_us(datetime(following.year, following.month, 1, tzinfo=UTC))
+    # Past the longest day (26 h) or month (31 days and 1 h), short of the next's end.
+    return floor_cell(grain, start + (_LONGEST_DAY if grain is Grain.DAY else _LONGEST_MONTH), zone)
+
+
+_LONGEST_DAY = 26 * 3600 * 10**6
+_LONGEST_MONTH = 32 * DAY_US
+
+
+@functools.lru_cache(maxsize=65_536)
+def _zoned_start(grain: Grain, quarter: int, zone: tzinfo) -> int:
+    """The start of the local day or month holding quarter hour number ``quarter``."""
+    local = from_us(quarter * QUARTER_US).astimezone(zone)
+    day = local.day if grain is Grain.DAY else 1
+    # A midnight that does not exist (a clock jumping from 00:00) is read before the jump:
+    # the instant the day begins. Rounded down to a quarter hour for old odd offsets.
+    start = to_us(datetime(local.year, local.month, day, tzinfo=zone))
+    return start - start % QUARTER_US
 
 
 @functools.lru_cache(maxsize=4096)

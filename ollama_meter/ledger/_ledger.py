@@ -51,7 +51,10 @@ class Ledger(DurableLedger):
         spool_dir: Path | None = None,
         wait: float = DEFAULT_WAIT,
         retry_delay: float = 0.05,
+        zone: str | None = None,
     ) -> None:
+        """``zone`` (an IANA name, the configured ``OMETER_TIMEZONE``) is where a ledger that
+        holds nothing yet begins its day and month rollups (see :meth:`adopt_zone`)."""
         super().__init__(url, spool_dir=spool_dir, wait=wait, retry_delay=retry_delay)
         if migrate:
             self._retry_locked(
@@ -59,6 +62,25 @@ class Ledger(DurableLedger):
             )
             _rebuild.build_if_stale(self)
             self.recover()
+            if zone is not None:
+                self.adopt_zone(zone)
+
+    def adopt_zone(self, zone: str) -> bool:
+        """Begin day and month rollups at ``zone``'s midnights, if the ledger has none yet.
+
+        A ledger that holds rollups keeps its zone (changing it is a rebuild:
+        ``ometer db rollup --zone``). True when the zone was set now.
+        """
+        with self.read() as conn:
+            if not _rebuild.can_adopt_zone(conn):
+                return False
+        with self.write() as conn:
+            return _rebuild.adopt_zone(conn, zone)
+
+    def zone(self) -> str:
+        """The zone whose midnights begin this ledger's day and month rollups."""
+        with self.read() as conn:
+            return _rebuild.zone_name(conn)
 
     # -- reading spans ---------------------------------------------------------------------
 
@@ -272,9 +294,14 @@ class Ledger(DurableLedger):
                 raise LedgerError(f"no limits set for {scope}; see `ometer limit list`")
 
 
-def open_ledger(url: str, *, wait: float = DEFAULT_WAIT) -> Ledger:
-    """The process-wide ledger for ``url``: one engine and one migration check per URL."""
-    return runtime().shared("ledger", url, lambda: Ledger(url, wait=wait), Ledger.dispose)
+def open_ledger(url: str, *, wait: float = DEFAULT_WAIT, zone: str | None = None) -> Ledger:
+    """The process-wide ledger for ``url``: one engine and one migration check per URL.
+
+    ``zone`` is adopted by a ledger that holds nothing yet (see :meth:`Ledger.adopt_zone`).
+    """
+    return runtime().shared(
+        "ledger", url, lambda: Ledger(url, wait=wait, zone=zone), Ledger.dispose
+    )
 
 
 def close_ledger(url: str) -> None:

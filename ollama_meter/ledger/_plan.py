@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from sqlalchemy import (
@@ -82,11 +82,11 @@ class Piece:
     bucket: int
 
 
-def _snap(grain: Grain, t: int, low_end: bool) -> int:
-    floor = floor_cell(grain, t)
+def _snap(grain: Grain, t: int, low_end: bool, zone: tzinfo | None) -> int:
+    floor = floor_cell(grain, t, zone)
     if floor == t:
         return t
-    ceil = next_cell(grain, floor)
+    ceil = next_cell(grain, floor, zone)
     nearest = floor if t - floor <= ceil - t else ceil
     if abs(nearest - t) <= _MAX_GAP[grain]:
         return nearest
@@ -94,23 +94,32 @@ def _snap(grain: Grain, t: int, low_end: bool) -> int:
 
 
 def decompose(
-    lo: int, hi: int, grains: Sequence[Grain], *, bucket: int = 0, sign: int = 1
+    lo: int,
+    hi: int,
+    grains: Sequence[Grain],
+    *,
+    bucket: int = 0,
+    sign: int = 1,
+    zone: tzinfo | None = None,
 ) -> list[Piece]:
-    """[lo, hi) as signed pieces of whole cells of ``grains`` (coarsest first), then raw spans."""
+    """[lo, hi) as signed pieces of whole cells of ``grains`` (coarsest first), then raw spans.
+
+    ``zone`` is the ledger's: where its days and months begin.
+    """
     if lo == hi:
         return []
     if lo > hi:
-        return decompose(hi, lo, grains, bucket=bucket, sign=-sign)
+        return decompose(hi, lo, grains, bucket=bucket, sign=-sign, zone=zone)
     if not grains:
         return [Piece(None, lo, hi, sign, bucket)]
     grain, finer = grains[0], grains[1:]
-    a, b = _snap(grain, lo, True), _snap(grain, hi, False)
+    a, b = _snap(grain, lo, True, zone), _snap(grain, hi, False, zone)
     if a >= b:
-        return decompose(lo, hi, finer, bucket=bucket, sign=sign)
+        return decompose(lo, hi, finer, bucket=bucket, sign=sign, zone=zone)
     return [
         Piece(grain, a, b, sign, bucket),
-        *decompose(lo, a, finer, bucket=bucket, sign=sign),
-        *decompose(b, hi, finer, bucket=bucket, sign=sign),
+        *decompose(lo, a, finer, bucket=bucket, sign=sign, zone=zone),
+        *decompose(b, hi, finer, bucket=bucket, sign=sign, zone=zone),
     ]
 
 
@@ -132,16 +141,21 @@ def _buckets(where: SpanFilter, bucket_starts: Sequence[datetime]) -> list[tuple
 
 
 def plan(
-    where: SpanFilter, bucket_starts: Sequence[datetime], grains: Sequence[Grain]
+    where: SpanFilter,
+    bucket_starts: Sequence[datetime],
+    grains: Sequence[Grain],
+    zone: tzinfo | None = None,
 ) -> list[Piece]:
     return [
         piece
         for index, lo, hi in _buckets(where, bucket_starts)
-        for piece in decompose(lo, hi, grains, bucket=index)
+        for piece in decompose(lo, hi, grains, bucket=index, zone=zone)
     ]
 
 
-def cell_signs(pieces: Iterable[Piece]) -> list[tuple[int, int, int, int]]:
+def cell_signs(
+    pieces: Iterable[Piece], zone: tzinfo | None = None
+) -> list[tuple[int, int, int, int]]:
     """(grain, cell start s, bucket, sign) of every rollup cell the pieces add or subtract.
 
     A cell both added to and subtracted from one bucket (pieces meeting at a
@@ -153,7 +167,7 @@ def cell_signs(pieces: Iterable[Piece]) -> list[tuple[int, int, int, int]]:
         cell = piece.lo
         while cell < piece.hi:
             signs[(int(piece.grain), cell // 10**6, piece.bucket)] += piece.sign
-            cell = next_cell(piece.grain, cell)
+            cell = next_cell(piece.grain, cell, zone)
     return [(*key, sign) for key, sign in signs.items() if sign]
 
 
@@ -162,10 +176,13 @@ def signed_sums(
     table: Any,
     pieces: Iterable[Piece],
     groups: Sequence[Any],
-    sums: Sequence[str],
+    sums: Sequence[Any],
     filters: Sequence[Any],
+    zone: tzinfo | None = None,
 ) -> Iterator[Any]:
     """Rows of (bucket, *groups, *sums), the sums folded over the pieces' cells, with signs.
+
+    ``sums`` are column names or expressions over ``table``'s columns.
 
     The cells, their buckets and signs go to the database as a VALUES table joined
     on the rollups' key (grain, start): each cell is an index lookup, and the
@@ -174,14 +191,18 @@ def signed_sums(
     cell and the quarter hours subtracted from it cannot disagree about a span
     committed in between. Only a window of many years by day takes several.
     """
-    entries = cell_signs(pieces)
+    entries = cell_signs(pieces, zone)
     for first in range(0, len(entries), CELLS_PER_READ):
         cells = _cells_table(entries[first : first + CELLS_PER_READ])
         joined = cells.join(
             table, and_(table.c.grain == cells.c.grain, table.c.start == cells.c.start)
         )
         query = (
-            select(cells.c.bucket, *groups, *(func.sum(cells.c.sign * table.c[n]) for n in sums))
+            select(
+                cells.c.bucket,
+                *groups,
+                *(func.sum(cells.c.sign * (table.c[v] if isinstance(v, str) else v)) for v in sums),
+            )
             .select_from(joined)
             .where(*filters)
             .group_by(cells.c.bucket, *groups)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, delete, func, insert, literal, or_, select
 
+from ollama_meter.errors import ValidationError
 from ollama_meter.ledger._cells import (
     BIN_COLUMNS,
     DAY_US,
@@ -33,6 +35,7 @@ from ollama_meter.ledger._rollup import (
     ROLLUPS,
     RollupDelta,
     get_meta,
+    ledger_zone,
     pruned_before,
     set_meta,
 )
@@ -48,8 +51,13 @@ def rebuild(
     read: Callable[[], Any],
     *,
     progress: Callable[[int], None] | None = None,
+    zone: str | None = None,
 ) -> int:
     """Recompute every rollup that raw spans can answer: all days from the prune horizon on.
+
+    ``zone`` (an IANA name) first moves the ledger's day and month cells to begin at
+    that zone's midnights; refused once raw spans were pruned (their cells cannot be
+    cut again). Gateways should be stopped meanwhile: they cut at the zone they read.
 
     One write transaction per UTC day (the day's cells deleted and recomputed from
     its spans, so spans written meanwhile are counted once), then each month from
@@ -58,8 +66,11 @@ def rebuild(
     of a call that started the day before is counted from the earlier day's spans,
     so calls must not last longer than a day. Returns the number of spans read.
     """
+    if zone is not None:
+        _change_zone(write, read, zone)
     with read() as conn:
         horizon = pruned_before(conn)
+        cells_zone = ledger_zone(conn)
         bounds = []
         for column, table, extra in (
             (SpanRow.started_at, SpanRow.__table__, ()),
@@ -76,7 +87,7 @@ def rebuild(
                 bounds += [low * 10**6, high * 10**6]
     total = 0
     if bounds:
-        total = _rebuild_days(write, min(bounds), max(bounds), horizon, progress)
+        total = _rebuild_days(write, min(bounds), max(bounds), horizon, cells_zone, progress)
     with write() as conn:
         set_meta(conn, "rollups", "current")
     return total
@@ -87,33 +98,37 @@ def _rebuild_days(
     low: int,
     high: int,
     horizon: int | None,
+    zone: tzinfo | None,
     progress: Callable[[int], None] | None,
 ) -> int:
-    first = floor_cell(Grain.DAY, low)
+    first = floor_cell(Grain.DAY, low, zone)
     if horizon is not None:
-        first = max(first, floor_cell(Grain.DAY, horizon + DAY_US - 1))
-    last = floor_cell(Grain.DAY, high)
+        # the first whole day from the horizon on
+        after = floor_cell(Grain.DAY, horizon, zone)
+        first = max(first, after if after == horizon else next_cell(Grain.DAY, after, zone))
+    last = floor_cell(Grain.DAY, high, zone)
     total = 0
     months: set[int] = set()
     day: int | None = first
     while day is not None and day <= last:
         with write() as conn:
-            count = _rebuild_day(conn, day)
+            count = _rebuild_day(conn, day, zone)
             total += count
             # The next day with anything to redo; the day after one with calls always
             # (a call may have been busy past midnight).
-            following = day + DAY_US if count else _next_day(conn, day + DAY_US)
-        months.add(floor_cell(Grain.MONTH, day))
+            after = next_cell(Grain.DAY, day, zone)
+            following = after if count else _next_day(conn, after, zone)
+        months.add(floor_cell(Grain.MONTH, day, zone))
         if progress is not None:
             progress(day)
         day = following
     for month in sorted(months):
         with write() as conn:
-            _rebuild_month(conn, month)
+            _rebuild_month(conn, month, zone)
     return total
 
 
-def _next_day(conn: Connection, after: int) -> int | None:
+def _next_day(conn: Connection, after: int, zone: tzinfo | None) -> int | None:
     """The first day from ``after`` on with spans or rollups (skips years of nothing at once)."""
     seconds = after // 10**6
     found = [
@@ -124,11 +139,12 @@ def _next_day(conn: Connection, after: int) -> int | None:
         conn.execute(select(func.min(BUSY.c.start)).where(BUSY.c.start >= seconds)).scalar(),
     ]  # fmt: skip
     moments = [to_us(f) if isinstance(f, datetime) else f * 10**6 for f in found if f is not None]
-    return floor_cell(Grain.DAY, min(moments)) if moments else None
+    return floor_cell(Grain.DAY, min(moments), zone) if moments else None
 
 
-def _rebuild_day(conn: Connection, day: int) -> int:
-    start_s, end_s = day // 10**6, (day + DAY_US) // 10**6
+def _rebuild_day(conn: Connection, day: int, zone: tzinfo | None) -> int:
+    end = next_cell(Grain.DAY, day, zone)
+    start_s, end_s = day // 10**6, end // 10**6
     for table, grains in (
         (ROLLUPS, (Grain.QUARTER, Grain.DAY)),
         (HISTOGRAMS, (Grain.QUARTER, Grain.DAY)),
@@ -146,7 +162,7 @@ def _rebuild_day(conn: Connection, day: int) -> int:
     # Today's spans, and yesterday's that were still busy after midnight.
     query = select_spans().where(
         SpanRow.started_at >= from_us(day - DAY_US),
-        SpanRow.started_at < from_us(day + DAY_US),
+        SpanRow.started_at < from_us(end),
         or_(SpanRow.started_at >= from_us(day), SpanRow.ended_at > from_us(day)),
     )
     for row in conn.execute(query):
@@ -159,14 +175,14 @@ def _rebuild_day(conn: Connection, day: int) -> int:
                 if cell >= day:
                     delta.busy[(cell, span.upstream_host)].append(piece)
     delta.busy = defaultdict(
-        list, {key: value for key, value in delta.busy.items() if day <= key[0] < day + DAY_US}
+        list, {key: value for key, value in delta.busy.items() if day <= key[0] < end}
     )
     delta.write(conn, months=False)  # each month is summed from its days afterwards
     return count
 
 
-def _rebuild_month(conn: Connection, month: int) -> None:
-    start_s, end_s = month // 10**6, next_cell(Grain.MONTH, month) // 10**6
+def _rebuild_month(conn: Connection, month: int, zone: tzinfo | None) -> None:
+    start_s, end_s = month // 10**6, next_cell(Grain.MONTH, month, zone) // 10**6
     for table, keys, sums in (
         (ROLLUPS, DIMENSIONS, MEASURES),
         (HISTOGRAMS, (*HISTOGRAM_KEY, "metric", "decade"), BIN_COLUMNS),
@@ -187,6 +203,45 @@ def _rebuild_month(conn: Connection, month: int) -> None:
             .group_by(*(table.c[k] for k in keys))
         )
         conn.execute(insert(table).from_select(["grain", "start", *keys, *sums], days))
+
+
+def _change_zone(write: Callable[[], Any], read: Callable[[], Any], zone: str) -> None:
+    try:
+        key = ZoneInfo(zone).key
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(
+            f"{zone!r} is not a known time zone; use an IANA name such as Europe/Berlin or UTC"
+        ) from None
+    with read() as conn:
+        if zone_name(conn) == key:
+            return
+        horizon = pruned_before(conn)
+    if horizon is not None:
+        raise ValidationError(
+            f"raw spans before {from_us(horizon):%Y-%m-%d %H:%M} UTC were pruned: their day and "
+            f"month rollups cannot be cut again at {key}'s midnight; keep the ledger's zone"
+        )
+    with write() as conn:
+        set_meta(conn, "zone", key)
+
+
+def zone_name(conn: Connection) -> str:
+    return get_meta(conn, "zone") or "UTC"
+
+
+def can_adopt_zone(conn: Connection) -> bool:
+    """Whether the ledger has no zone set and no rollups that a zone would have cut."""
+    if get_meta(conn, "zone") is not None:
+        return False
+    return conn.execute(select(ROLLUPS.c.start).limit(1)).first() is None
+
+
+def adopt_zone(conn: Connection, zone: str) -> bool:
+    """Set the ledger's zone if :func:`can_adopt_zone` (checked again, in this write)."""
+    if not can_adopt_zone(conn):
+        return False
+    set_meta(conn, "zone", ZoneInfo(zone).key)
+    return True
 
 
 def build_if_stale(ledger: Any) -> None:

@@ -30,7 +30,9 @@ from __future__ import annotations
 import importlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Dialect, Table, bindparam, delete, insert, select, update
 
@@ -114,7 +116,7 @@ class RollupDelta:
             self.quarters[key] = [sign * v for v in values] if sign != 1 else list(values)
         else:
             self.quarters[key] = [a + sign * b for a, b in zip(current, values, strict=True)]
-        prefix = (us - us % DAY_US, tenant, department, model)
+        prefix = (quarter, tenant, department, model)
         tables = ((self.histograms, prefix), (self.quarter_histograms, (quarter,)))
         for metric, decade, index in histogram_slots(span):
             for table, start in tables:
@@ -134,7 +136,9 @@ class RollupDelta:
             for cell, piece in busy_pieces(span, start):
                 busy[(cell, host)].append(piece)
 
-    def cube_rows(self, grains: Sequence[Grain] = tuple(Grain)) -> dict[tuple[Any, ...], list[int]]:
+    def cube_rows(
+        self, grains: Sequence[Grain] = tuple(Grain), zone: tzinfo | None = None
+    ) -> dict[tuple[Any, ...], list[int]]:
         """Every (grain, start s, *dimensions) this delta changes, with its measure deltas.
 
         Each row comes twice: for its user, and for ``ANYONE`` (all users together).
@@ -144,7 +148,7 @@ class RollupDelta:
         for (quarter, tenant, department, user, *rest), values in self.quarters.items():
             cells = starts.get(quarter)
             if cells is None:
-                cells = starts[quarter] = [floor_cell(g, quarter) // 10**6 for g in grains]
+                cells = starts[quarter] = [floor_cell(g, quarter, zone) // 10**6 for g in grains]
             for grain, start in zip(grains, cells, strict=True):
                 for who in (user, ANYONE):
                     key = (int(grain), start, tenant, department, who, *rest)
@@ -157,7 +161,7 @@ class RollupDelta:
         return {key: values for key, values in rows.items() if any(values)}
 
     def histogram_rows(
-        self, grains: Sequence[Grain] = (Grain.DAY, Grain.MONTH)
+        self, grains: Sequence[Grain] = (Grain.DAY, Grain.MONTH), zone: tzinfo | None = None
     ) -> dict[tuple[Any, ...], list[int]]:
         """Every (grain, start s, tenant, department, model, metric, decade) changed, with its bins.
 
@@ -167,7 +171,7 @@ class RollupDelta:
         rows: dict[tuple[Any, ...], list[int]] = {}
 
         def fold(grain: Grain, at: int, rest: Sequence[Any], counts: list[int]) -> None:
-            key = (int(grain), floor_cell(grain, at) // 10**6, *rest)
+            key = (int(grain), floor_cell(grain, at, zone) // 10**6, *rest)
             current = rows.get(key)
             rows[key] = (
                 counts if current is None else [a + b for a, b in zip(current, counts, strict=True)]
@@ -176,10 +180,10 @@ class RollupDelta:
         for (quarter, metric, decade), counts in self.quarter_histograms.items():
             for grain in grains:
                 fold(grain, quarter, (*EVERYONE, metric, decade), counts)
-        for (day, *rest), counts in self.histograms.items():
+        for (quarter, *rest), counts in self.histograms.items():
             for grain in grains:
                 if grain is not Grain.QUARTER:
-                    fold(grain, day, rest, counts)
+                    fold(grain, quarter, rest, counts)
         return {key: counts for key, counts in rows.items() if any(counts)}
 
     def write(self, conn: Connection, *, months: bool = True) -> None:
@@ -191,10 +195,11 @@ class RollupDelta:
         """
         statements = _statements(conn.dialect)
         grains = tuple(Grain) if months else (Grain.QUARTER, Grain.DAY)
-        cube = self.cube_rows(grains)
+        zone = ledger_zone(conn)
+        cube = self.cube_rows(grains, zone)
         if cube:
             conn.exec_driver_sql(statements.cube.sql, [(*key, *cube[key]) for key in sorted(cube)])
-        histograms = self.histogram_rows(grains)
+        histograms = self.histogram_rows(grains, zone)
         if histograms:
             conn.exec_driver_sql(
                 statements.histogram.sql,
@@ -365,6 +370,16 @@ def set_meta(conn: Connection, key: str, value: str | None) -> None:
         conn.execute(insert(META).values(key=key, value=value))
 
 
+def ledger_zone(conn: Connection) -> tzinfo | None:
+    """The zone whose midnights begin the ledger's day and month cells (None: UTC).
+
+    Set when the ledger is made (``OMETER_TIMEZONE``) or by ``ometer db rollup --zone``,
+    so reports in the zone finance works in read whole cells.
+    """
+    name = get_meta(conn, "zone")
+    return None if name is None or name == "UTC" else ZoneInfo(name)
+
+
 def pruned_before(conn: Connection) -> int | None:
     """Raw spans that started before this instant (µs) may have been pruned; rollups keep them."""
     value = get_meta(conn, "pruned_before")
@@ -398,6 +413,7 @@ __all__ = [
     "get_meta",
     "histogram_entries",
     "histogram_slots",
+    "ledger_zone",
     "measures_of",
     "merge_intervals",
     "next_cell",

@@ -38,7 +38,7 @@ from ollama_meter.ledger._plan import (
     signed_sums,
 )
 from ollama_meter.ledger._rollup import BUSY as BUSY_TABLE
-from ollama_meter.ledger._rollup import EVERYONE, HISTOGRAMS, pruned_before
+from ollama_meter.ledger._rollup import EVERYONE, HISTOGRAMS, ledger_zone, pruned_before
 from ollama_meter.ledger._spans import SpanFilter, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
@@ -98,7 +98,8 @@ def aggregate_histograms(
     # hour, so a local day's edges need no raw spans.
     everyone = not by and all(getattr(where, name) is None for name in HISTOGRAM_KEY)
     grains = (*HISTOGRAM_GRAINS, Grain.QUARTER) if everyone else HISTOGRAM_GRAINS
-    pieces = plan(where, bucket_starts, grains)
+    zone = ledger_zone(conn)
+    pieces = plan(where, bucket_starts, grains, zone)
     bucketed = bool(bucket_starts)
     c = HISTOGRAMS.c
     if everyone:  # the rows kept for all calls together, never summed from the others
@@ -112,6 +113,7 @@ def aggregate_histograms(
         [*(c[name] for name in by), c.metric, c.decade],
         BIN_COLUMNS,
         filters,
+        zone,
     )
     width = len(by)
     for row in rows:

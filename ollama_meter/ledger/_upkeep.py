@@ -46,7 +46,7 @@ class PruneResult:
 def prune(
     ledger: Ledger, keep_days: int, *, now: datetime, vacuum: bool = False, chunk: int = 20_000
 ) -> PruneResult:
-    """Remove raw spans that started before UTC midnight ``keep_days`` days ago; rollups stay.
+    """Remove raw spans that started before midnight ``keep_days`` days ago; rollups stay.
 
     The horizon is recorded first (``pruned_before``), so reports know which raw spans
     may be gone. Deletes go in chunks, each its own short transaction, so gateways keep
@@ -55,10 +55,12 @@ def prune(
     """
     if keep_days < 1:
         raise ValidationError("--keep-days must be at least 1")
-    cutoff_us = floor_cell(_rollup.Grain.DAY, to_us(now)) - keep_days * DAY_US
-    cutoff = from_us(cutoff_us)
     before = _size(ledger)
     with ledger.write() as conn:
+        # Midnight in the ledger's zone, so its day cells before the horizon are whole.
+        zone = _rollup.ledger_zone(conn)
+        cutoff_us = floor_cell(_rollup.Grain.DAY, to_us(now) - keep_days * DAY_US, zone)
+        cutoff = from_us(cutoff_us)
         known = _rollup.pruned_before(conn)
         if known is None or known < cutoff_us:
             _rollup.set_meta(conn, "pruned_before", str(cutoff_us))

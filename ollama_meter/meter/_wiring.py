@@ -91,7 +91,7 @@ def ledger_for(settings: Settings) -> Ledger:
     """
     from ollama_meter.ledger import open_ledger
 
-    ledger = open_ledger(settings.ledger_url, wait=settings.ledger_wait)
+    ledger = open_ledger(settings.ledger_url, wait=settings.ledger_wait, zone=settings.timezone)
     if settings.pricing_file is not None:
         sync_pricing_file(ledger, settings.pricing_file, default_currency=settings.currency)
     sync_env_budgets(ledger, settings)

@@ -42,6 +42,8 @@ class SpendReport:
     rows: list[SpendRow] = field(default_factory=list)
     """One per group and currency; ``columns`` and ``unpriced_requests`` (no price rule matched)."""
     unpriced_requests: int = 0
+    _rollups: dict[tuple[object, ...], list[SpendRow]] = field(default_factory=dict, repr=False)
+    """Rollups already summed, per (rows, ``by``)."""
 
     @property
     def columns(self) -> list[str]:
@@ -56,9 +58,26 @@ class SpendReport:
 
         Ordered by the ``by`` values, then currency; a subtotal never mixes currencies.
         """
+        key = (id(self.rows), len(self.rows), *by)  # the same rows, still
+        cached = self._rollups.get(key)
+        if cached is None:
+            cached = self._rollups[key] = self._rollup(tuple(by))
+        return cached
+
+    def _rollup(self, by: tuple[str, ...]) -> list[SpendRow]:
         groups: dict[tuple[str, ...], list[SpendRow]] = {}
-        for row in self.rows:
-            groups.setdefault((*(row.label(name) for name in by), row.currency), []).append(row)
+        if self.rows:
+            # Every row has its labels in the report's order: find the columns once.
+            names = [name for name, _ in self.rows[0].labels]
+            at = [names.index(name) for name in by]
+            for row in self.rows:
+                labels = row.labels
+                group = (*(labels[i][1] for i in at), row.currency)
+                found = groups.get(group)
+                if found is None:
+                    groups[group] = [row]
+                else:
+                    found.append(row)
         return [
             summed(tuple(zip(by, key[: len(by)], strict=True)), groups[key])
             for key in sorted(groups)
@@ -67,16 +86,26 @@ class SpendReport:
 
 def summed(labels: tuple[tuple[str, str], ...], rows: Sequence[SpendRow]) -> SpendRow:
     """``rows`` (one currency) added up into one row labelled ``labels``."""
+    requests = errors = input_tokens = output_tokens = cost = unpriced = 0
+    gpu = Decimal(0)
+    for r in rows:
+        requests += r.requests
+        errors += r.errors
+        input_tokens += r.input_tokens
+        output_tokens += r.output_tokens
+        gpu += r.gpu_seconds
+        cost += r.cost
+        unpriced += r.unpriced_requests
     return SpendRow(
         labels,
-        requests=sum(r.requests for r in rows),
-        errors=sum(r.errors for r in rows),
-        input_tokens=sum(r.input_tokens for r in rows),
-        output_tokens=sum(r.output_tokens for r in rows),
-        gpu_seconds=sum((r.gpu_seconds for r in rows), Decimal(0)),
-        cost=sum((r.cost for r in rows), Micros(0)),
+        requests=requests,
+        errors=errors,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        gpu_seconds=gpu,
+        cost=Micros(cost),
         currency=rows[0].currency,
-        unpriced_requests=sum(r.unpriced_requests for r in rows),
+        unpriced_requests=unpriced,
     )
 
 

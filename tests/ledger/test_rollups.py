@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -113,11 +114,13 @@ def _wipe(ledger: Ledger) -> None:
     with ledger.write() as conn:
         for table in (SpanRow.__table__, ROLLUPS, HISTOGRAMS, BUSY):
             conn.execute(delete(table))
-        conn.execute(delete(META).where(META.c.key == "pruned_before"))
+        conn.execute(delete(META).where(META.c.key.in_(["pruned_before", "zone"])))
 
 
-def _fill(ledger: Ledger, batches: list[list[SpanRecord]]) -> None:
+def _fill(ledger: Ledger, batches: list[list[SpanRecord]], cells: ZoneInfo) -> None:
+    """``batches`` recorded in a ledger whose days and months begin at ``cells``'s midnight."""
     _wipe(ledger)
+    assert ledger.adopt_zone(cells.key)
     for batch in batches:
         ledger.record([replace(span) for span in batch])
 
@@ -139,6 +142,7 @@ def ledger(db_url: str) -> Ledger:
 @given(
     content=ledger_contents(),
     zone=st.sampled_from(ZONES),
+    cells=st.sampled_from(ZONES),
     by=BY,
     unit=st.sampled_from([None, "day", "week", "month"]),
     period=st.sampled_from(["2026-11", "2026-10", "2026-11-15", "2026-12"]),
@@ -149,13 +153,14 @@ def test_spend_report_from_rollups_is_the_raw_report(
     ledger: Ledger,
     content: tuple[list[SpanRecord], list[list[SpanRecord]]],
     zone: ZoneInfo,
+    cells: ZoneInfo,
     by: list[str],
     unit: str | None,
     period: str,
     tenant: str | None,
     model: str | None,
 ) -> None:
-    _fill(ledger, content[1])
+    _fill(ledger, content[1], cells)
     window = parse_period(period, tz=zone, now=NOW)
     columns = [*by, unit] if unit else by
     report = spend_report(ledger, window, columns, tz=zone, tenant=tenant, model=model)
@@ -174,6 +179,7 @@ def test_spend_report_from_rollups_is_the_raw_report(
 @given(
     content=ledger_contents(),
     zone=st.sampled_from(ZONES),
+    cells=st.sampled_from(ZONES),
     by=BY,
     period=st.sampled_from(["2026-11", "2026-11-30", "2026-12"]),
     department=st.sampled_from([None, "sales"]),
@@ -183,12 +189,13 @@ def test_perf_report_from_rollups_is_the_raw_report(
     ledger: Ledger,
     content: tuple[list[SpanRecord], list[list[SpanRecord]]],
     zone: ZoneInfo,
+    cells: ZoneInfo,
     by: list[str],
     period: str,
     department: str | None,
     unit: str | None,
 ) -> None:
-    _fill(ledger, content[1])
+    _fill(ledger, content[1], cells)
     window = parse_period(period, tz=zone, now=NOW)
     options = {"department": department, "unit": unit, "tz": zone}
     report = perf_report(ledger, window, by, **options)  # type: ignore[arg-type]
@@ -202,6 +209,7 @@ def test_perf_report_from_rollups_is_the_raw_report(
 @given(
     content=ledger_contents(),
     zone=st.sampled_from(ZONES),
+    cells=st.sampled_from(ZONES),
     month=st.sampled_from(["2026-10", "2026-11"]),
     idle=st.sampled_from(["share", "separate"]),
     gpus=st.integers(1, 3),
@@ -210,11 +218,12 @@ def test_chargeback_from_rollups_is_the_raw_chargeback(
     ledger: Ledger,
     content: tuple[list[SpanRecord], list[list[SpanRecord]]],
     zone: ZoneInfo,
+    cells: ZoneInfo,
     month: str,
     idle: str,
     gpus: int,
 ) -> None:
-    _fill(ledger, content[1])
+    _fill(ledger, content[1], cells)
     options = {"tz": zone, "now": NOW, "currency": "USD", "idle": idle, "gpus": gpus}
     result = chargeback(ledger, month, fixed_cost=Decimal("2400.17"), **options)  # type: ignore[arg-type]
     with raw_spans():
@@ -227,11 +236,14 @@ def test_chargeback_from_rollups_is_the_raw_chargeback(
 
 
 @EXAMPLES
-@given(content=ledger_contents(), zone=st.sampled_from(ZONES))
+@given(content=ledger_contents(), zone=st.sampled_from(ZONES), cells=st.sampled_from(ZONES))
 def test_budget_spend_and_status_from_rollups_are_the_raw_ones(
-    ledger: Ledger, content: tuple[list[SpanRecord], list[list[SpanRecord]]], zone: ZoneInfo
+    ledger: Ledger,
+    content: tuple[list[SpanRecord], list[list[SpanRecord]]],
+    zone: ZoneInfo,
+    cells: ZoneInfo,
 ) -> None:
-    _fill(ledger, content[1])
+    _fill(ledger, content[1], cells)
     now = datetime(2026, 11, 30, 22, 30, tzinfo=UTC)
     budgets = [
         Budget(tenant="acme", department=None, period="month", limit=10**6, currency="USD"),
@@ -263,19 +275,26 @@ def test_budget_spend_and_status_from_rollups_are_the_raw_ones(
     )
 
 
+CELL_ZONES = [None, *ZONES[1:], ZoneInfo("America/Santiago"), ZoneInfo("Australia/Lord_Howe")]
+"""Ledger zones: UTC, odd offsets, a clock that jumps at midnight, a half-hour DST."""
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     a=st.integers(-(10**16), 10**16),
     length=st.integers(0, 400 * 86_400 * 10**6),
     probes=st.lists(st.integers(-(10**16), 10**16), max_size=20),
+    zone=st.sampled_from(CELL_ZONES),
 )
-def test_pieces_cover_the_window_exactly_once(a: int, length: int, probes: list[int]) -> None:
+def test_pieces_cover_the_window_exactly_once(
+    a: int, length: int, probes: list[int], zone: ZoneInfo | None
+) -> None:
     b = a + length
-    pieces = decompose(a, b, CUBE_GRAINS)
+    pieces = decompose(a, b, CUBE_GRAINS, zone=zone)
     for piece in pieces:
         if piece.grain is not None:
-            assert floor_cell(piece.grain, piece.lo) == piece.lo
-            assert floor_cell(piece.grain, piece.hi) == piece.hi
+            assert floor_cell(piece.grain, piece.lo, zone) == piece.lo
+            assert floor_cell(piece.grain, piece.hi, zone) == piece.hi
     for t in [a, b - 1, b, *probes, *(p.lo for p in pieces), *(p.hi - 1 for p in pieces)]:
         covered = sum(p.sign for p in pieces if p.lo <= t < p.hi)
         assert covered == (1 if a <= t < b else 0)
@@ -293,6 +312,45 @@ def test_local_midnights_need_no_raw_spans(zone: ZoneInfo, day: int, unit: str) 
         assert all(p.grain is not None for p in pieces)
         # and a month costs a handful of cells, not thirty days of quarters
         assert len(pieces) <= 5
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    zone=st.sampled_from(CELL_ZONES),
+    t=st.integers(to_us(datetime(1970, 1, 1, tzinfo=UTC)), to_us(datetime(2200, 1, 1, tzinfo=UTC))),
+)
+def test_days_and_months_in_a_zone_are_runs_of_whole_quarter_hours(
+    zone: ZoneInfo | None, t: int
+) -> None:
+    """Every instant is in exactly one day and one month of the ledger's zone; each begins
+    at a local midnight (or the jump that replaces it), on a quarter hour, and a month is
+    whole days."""
+    for grain, shortest, longest in ((Grain.DAY, 22, 26), (Grain.MONTH, 28 * 24 - 1, 31 * 24 + 1)):
+        start = floor_cell(grain, t, zone)
+        end = next_cell(grain, start, zone)
+        assert start <= t < end
+        assert start % (900 * 10**6) == 0 and end % (900 * 10**6) == 0
+        assert floor_cell(grain, end, zone) == end and floor_cell(grain, end - 1, zone) == start
+        assert shortest * 3600 * 10**6 <= end - start <= longest * 3600 * 10**6
+        local = from_us(start).astimezone(zone or UTC)
+        assert (local.hour, local.minute) in ((0, 0), (1, 0), (0, 30))  # a jump from 00:00
+        if grain is Grain.MONTH:
+            assert local.day == 1
+            assert floor_cell(Grain.DAY, start, zone) == start
+
+
+@settings(max_examples=100, deadline=None)
+@given(zone=st.sampled_from(ZONES[1:]), day=st.integers(0, 3000))
+def test_a_ledger_in_the_report_zone_reads_one_cell_per_local_day(zone: ZoneInfo, day: int) -> None:
+    """Days and months cut at the zone's own midnight: a day or a month in that zone is one
+    cell, with no quarter hours added or taken away."""
+    moment = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(days=day)
+    window = parse_period("month", tz=zone, now=moment)
+    for start, end in pairwise([s for s, _ in bucket_bounds(window, "day", zone)]):
+        pieces = decompose(to_us(start), to_us(end), CUBE_GRAINS, zone=zone)
+        assert [p.grain for p in pieces] == [Grain.DAY]
+    pieces = decompose(to_us(window.start), to_us(window.end), CUBE_GRAINS, zone=zone)
+    assert [p.grain for p in pieces] == [Grain.MONTH]
 
 
 @settings(max_examples=500, deadline=None)
@@ -372,6 +430,7 @@ def test_busy_time_of_a_batch_wider_than_one_read_is_the_raw_busy_time(ledger: L
             [call(2 * i, hosts[i % 2], 0) for i in range(700)],
             [call(2 * i, hosts[i % 2], 45) for i in range(700)],
         ],
+        ZoneInfo("Europe/Berlin"),
     )
     options = {"tz": ZoneInfo("UTC"), "now": NOW, "currency": "USD", "gpus": 2}
     result = chargeback(ledger, "2026-11", fixed_cost=Decimal("100"), **options)  # type: ignore[arg-type]
