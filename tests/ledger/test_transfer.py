@@ -191,6 +191,44 @@ def test_rollup_command(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped
     Ledger(db).record(_spans(40))
     done = cli("db", "rollup", "--db", db)
     assert done.code == 0 and "rolled up 40 span(s)" in done.stdout
+    assert "days begin at UTC midnight" in done.stdout
+
+
+def test_a_ledger_moved_to_another_zone_answers_the_same_from_one_cell_a_day(
+    db_url: str, cli
+) -> None:  # type: ignore[no-untyped-def]
+    """``db rollup --zone`` cuts days and months at that zone's midnight: every report is
+    what it was (and what raw spans say), now from whole cells; a bad zone and a pruned
+    ledger are refused with what to do, and change nothing."""
+    ledger = Ledger(db_url)
+    ledger.record(_spans(300))
+    assert ledger.zone() == "UTC"
+    before = {month: _monthly(ledger, month) for month in ("2026-10", "2026-11")}
+    bad = cli("db", "rollup", "--zone", "Mars/Olympus", "--db", db_url)
+    assert bad.code != 0 and "'Mars/Olympus' is not a known time zone" in bad.stderr
+    assert "Traceback" not in bad.stderr and ledger.zone() == "UTC"
+    moved = cli("db", "rollup", "--zone", "Europe/Berlin", "--db", db_url)
+    assert moved.code == 0, moved.stderr
+    assert "days begin at Europe/Berlin midnight" in moved.stdout
+    assert ledger.zone() == "Europe/Berlin"
+    assert {month: _monthly(ledger, month) for month in ("2026-10", "2026-11")} == before
+    with ledger.read() as conn:  # a Berlin day is one cell: it starts at 23:00 UTC in November
+        starts = conn.execute(select(ROLLUPS.c.start).where(ROLLUPS.c.grain == 1)).scalars()
+        assert {datetime.fromtimestamp(s, UTC).hour for s in starts} <= {22, 23}
+    prune(ledger, 25, now=NOW)
+    refused = cli("db", "rollup", "--zone", "UTC", "--db", db_url)
+    assert refused.code != 0 and "were pruned" in refused.stderr
+    assert ledger.zone() == "Europe/Berlin"
+    assert {month: _monthly(ledger, month) for month in ("2026-10", "2026-11")} == before
+
+
+def test_a_new_ledger_takes_the_configured_zone_and_keeps_it(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    ledger = Ledger(db, zone="Asia/Kolkata")
+    assert ledger.zone() == "Asia/Kolkata"
+    ledger.record(_spans(5))
+    assert not ledger.adopt_zone("Europe/Berlin")  # rollups exist: only a rebuild moves it
+    assert Ledger(db, zone="UTC").zone() == "Asia/Kolkata"
 
 
 def test_pruned_months_report_and_bill_the_same_bytes(db_url: str, cli) -> None:  # type: ignore[no-untyped-def]
