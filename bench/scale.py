@@ -241,7 +241,9 @@ def answers(ledger: Ledger, end: datetime) -> dict[str, Callable[[], object]]:
     }
 
 
-def load(directory: Path, count: int, end: datetime, label: str) -> tuple[Ledger, dict[str, float]]:
+def load(
+    directory: Path, count: int, end: datetime, label: str, *, rebuilding: bool = True
+) -> tuple[Ledger, dict[str, float]]:
     source = export_file(directory, count, end)
     path = directory / f"ledger-{count}.db"
     for stale in directory.glob(f"ledger-{count}.db*"):
@@ -255,13 +257,14 @@ def load(directory: Path, count: int, end: datetime, label: str) -> tuple[Ledger
         summary = import_lines(ledger, lines)
     figures["import s"] = time.perf_counter() - began
     figures["import spans/s"] = summary.added / figures["import s"]
-    began = time.perf_counter()
-    rebuild(ledger.write, ledger.read)
-    figures["rollup s"] = time.perf_counter() - began
+    if rebuilding:
+        began = time.perf_counter()
+        rebuild(ledger.write, ledger.read)
+        figures["rollup s"] = time.perf_counter() - began
     figures.update(sizes(ledger, count))
     print(
         f"{label}: imported {count:,} spans in {figures['import s']:.1f} s "
-        f"({figures['import spans/s']:,.0f}/s), rollup rebuilt in {figures['rollup s']:.1f} s",
+        f"({figures['import spans/s']:,.0f}/s), rollup rebuilt in {figures.get('rollup s', 0):.1f} s",
         file=sys.stderr,
     )
     return ledger, figures
@@ -327,6 +330,11 @@ def main() -> None:
         "--dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "ometer-scale"
     )
     parser.add_argument("--end", help="the data's last instant (ISO); default: now, to the hour")
+    parser.add_argument(
+        "--skip-rebuild",
+        action="store_true",
+        help="do not time `ometer db rollup` at N spans (it grows with N: 100 s at 1M)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -337,7 +345,9 @@ def main() -> None:
         return
     args.dir.mkdir(parents=True, exist_ok=True)
     small, small_figures = load(args.dir, args.small, end, "small")
-    large, large_figures = load(args.dir, args.spans, end, "large")
+    large, large_figures = load(
+        args.dir, args.spans, end, "large", rebuilding=not args.skip_rebuild
+    )
     print(
         f"\nSQLite, Europe/Berlin, data ending {end:%Y-%m-%d %H:%M} UTC; medians of {args.runs} runs\n"
     )
@@ -351,7 +361,8 @@ def main() -> None:
         "rollups B/span",
         "file B/span",
     ):
-        print(f"| {key} | {small_figures[key]:,.1f} | {large_figures[key]:,.1f} |")
+        large_figure = f"{large_figures[key]:,.1f}" if key in large_figures else "skipped"
+        print(f"| {key} | {small_figures[key]:,.1f} | {large_figure} |")
     small_answers, large_answers = answers(small, end), answers(large, end)
     print(
         f"\n| answer | {args.small:,} spans | {args.spans:,} spans | ratio | raw GROUP BY at {args.spans:,} | goal at 10M |"
