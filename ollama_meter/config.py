@@ -7,6 +7,7 @@ names the setting the user has to fix.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
@@ -340,11 +341,13 @@ def _env_name(field: str) -> str:
     return alias if isinstance(alias, str) else field
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(*, flags: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build settings from overrides (flags) over the environment and ``.env``.
 
     Overrides that are ``None`` are ignored so CLI options can be passed through
-    as they are. A bad value raises :class:`ConfigError` naming the variable.
+    as they are. A bad value raises :class:`ConfigError` naming where it came from:
+    the command-line flag (``flags`` maps a field to it) when an override was
+    given, else the environment variable.
     """
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
@@ -353,4 +356,5 @@ def load_settings(**overrides: Any) -> Settings:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
         message = str(error["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"{_env_name(field)}: {message}") from None
+        where = (flags or {}).get(field) if field in given else None
+        raise ConfigError(f"{where or _env_name(field)}: {message}") from None

@@ -87,6 +87,31 @@ def test_bad_values_name_the_variable(
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--upstream", "ftp://x", "--port", "9"], "--upstream: 'ftp://x' is not an http"),
+        (
+            ["serve", "--upstream", "http://a:1", "--upstream", "gpu:x#slots=2", "--port", "9"],
+            "--upstream: ",
+        ),
+        (
+            ["pricing", "set", "llama3.1:8b", "--input-per-1m", "1", "--currency", "dollars"],
+            "--currency: ",
+        ),
+        (["budget", "list", "--db", "not a url"], "--db: 'not a url' is not a database URL"),
+    ],
+)
+def test_a_bad_flag_is_named_as_typed_not_as_its_variable(
+    cli, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:11434")  # a good variable: the flag is bad
+    done = cli(*args)
+    assert done.code != 0
+    assert f"error: {message}" in done.stderr
+    assert "Traceback" not in done.stderr and "OLLAMA_HOST" not in done.stderr
+
+
 def test_blank_db_url_means_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMETER_DB_URL", "  ")
     assert load_settings().db_url is None

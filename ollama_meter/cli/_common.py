@@ -214,11 +214,24 @@ OutOption = Annotated[
 ]
 
 
+FLAGS = {
+    "db_url": "--db",
+    "ollama_host": "--upstream",
+    "upstreams": "--upstream",
+    "slots": "--slots",
+    "max_queue": "--max-queue",
+    "tenant": "--tenant",
+    "department": "--dept",
+    "currency": "--currency",
+}
+"""The flag each settings override comes from, so a bad value is named as the user typed it."""
+
+
 def settings(**overrides: Any) -> Settings:
     """Settings with command-line overrides on top of the environment and ``.env``."""
     from ollama_meter.config import load_settings
 
-    return load_settings(**overrides)
+    return load_settings(flags=FLAGS, **overrides)
 
 
 def ledger_for(cfg: Settings) -> Ledger:

@@ -83,16 +83,19 @@ META: Table = LedgerMetaRow.__table__  # type: ignore[assignment]
 class RollupDelta:
     """What a batch of spans adds to (or, with sign -1, takes from) the rollups.
 
-    Sums are gathered per quarter hour, histograms per day, and folded into days and
-    months only when written, so a large batch costs one upsert per distinct key.
+    Sums and histogram bins are gathered per quarter hour, and folded into the
+    ledger zone's days and months only when written, so a large batch costs one
+    upsert per distinct key.
     """
 
     __slots__ = ("busy", "histograms", "quarter_histograms", "quarters")
 
     def __init__(self) -> None:
         self.quarters: dict[tuple[Any, ...], list[int]] = {}
-        self.histograms: dict[tuple[Any, ...], list[int]] = {}
-        self.quarter_histograms: dict[tuple[Any, ...], list[int]] = {}
+        self.histograms: dict[tuple[Any, ...], int] = {}
+        """(quarter, tenant, department, model, metric, decade, bin) → calls."""
+        self.quarter_histograms: dict[tuple[Any, ...], int] = {}
+        """(quarter, metric, decade, bin) → calls, all calls together."""
         self.busy: defaultdict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
 
     def add(self, span: SpanRecord, sign: int = 1, *, busy: bool = True) -> None:
@@ -116,15 +119,12 @@ class RollupDelta:
             self.quarters[key] = [sign * v for v in values] if sign != 1 else list(values)
         else:
             self.quarters[key] = [a + sign * b for a, b in zip(current, values, strict=True)]
-        prefix = (quarter, tenant, department, model)
-        tables = ((self.histograms, prefix), (self.quarter_histograms, (quarter,)))
-        for metric, decade, index in histogram_slots(span):
-            for table, start in tables:
-                hkey = (*start, metric, decade)
-                counts = table.get(hkey)
-                if counts is None:
-                    counts = table[hkey] = [0] * SLOTS
-                counts[index] += sign
+        keyed, everyone = self.histograms, self.quarter_histograms
+        for slot in histogram_slots(span):
+            mine = (quarter, tenant, department, model, *slot)
+            keyed[mine] = keyed.get(mine, 0) + sign
+            ours = (quarter, *slot)
+            everyone[ours] = everyone.get(ours, 0) + sign
         if busy:
             self._add_busy(span, us)
 
@@ -169,21 +169,26 @@ class RollupDelta:
         well as per day and month: the only rows a question about everyone reads.
         """
         rows: dict[tuple[Any, ...], list[int]] = {}
-
-        def fold(grain: Grain, at: int, rest: Sequence[Any], counts: list[int]) -> None:
-            key = (int(grain), floor_cell(grain, at, zone) // 10**6, *rest)
-            current = rows.get(key)
-            rows[key] = (
-                counts if current is None else [a + b for a, b in zip(current, counts, strict=True)]
-            )
-
-        for (quarter, metric, decade), counts in self.quarter_histograms.items():
-            for grain in grains:
-                fold(grain, quarter, (*EVERYONE, metric, decade), counts)
-        for (quarter, *rest), counts in self.histograms.items():
-            for grain in grains:
-                if grain is not Grain.QUARTER:
-                    fold(grain, quarter, rest, counts)
+        starts: dict[int, list[tuple[int, int]]] = {}
+        for table, key_of, grains_here in (
+            (self.quarter_histograms, lambda rest: (*EVERYONE, *rest), grains),
+            (self.histograms, tuple, [g for g in grains if g is not Grain.QUARTER]),
+        ):
+            for (quarter, *rest, index), calls in table.items():
+                if not calls:
+                    continue
+                cells = starts.get(quarter)
+                if cells is None:
+                    cells = starts[quarter] = [
+                        (int(g), floor_cell(g, quarter, zone) // 10**6) for g in Grain
+                    ]
+                named = key_of(rest)
+                for grain in grains_here:
+                    key = (*cells[grain], *named)
+                    counts = rows.get(key)
+                    if counts is None:
+                        counts = rows[key] = [0] * SLOTS
+                    counts[index] += calls
         return {key: counts for key, counts in rows.items() if any(counts)}
 
     def write(self, conn: Connection, *, months: bool = True) -> None:
