@@ -3,11 +3,12 @@
 A window [a, b) is cut into pieces of whole rollup cells, coarsest first, with
 signs: [a, b) = [a, A) + [A, B) + [B, b), where A and B are the month (then day,
 then quarter-hour) boundaries nearest a and b, and a piece that runs backwards
-(A before a) is subtracted. Every sum in a rollup is additive, so a November cut
-at Berlin midnight is the UTC month of November, plus the quarter hours from
-23:00 UTC on 31 October, less those from 23:00 UTC on 30 November: one month
-row and eight quarter rows per group instead of thirty days of spans. What no
-cell covers (an end not on a quarter hour) comes from raw spans, the open edge.
+(A before a) is subtracted. Every sum in a rollup is additive. On a ledger whose
+days begin at Berlin midnight, a Berlin November is one month cell; on a UTC
+ledger it is the UTC month, plus the quarter hours from 23:00 UTC on 31 October,
+less those from 23:00 UTC on 30 November: one month row and eight quarter rows
+per group instead of thirty days of spans. What no cell covers (an end not on a
+quarter hour) comes from raw spans, the open edge.
 """
 
 from __future__ import annotations

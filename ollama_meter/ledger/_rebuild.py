@@ -1,6 +1,6 @@
 """Rebuilding rollups from raw spans (``ometer db rollup``), and once after a migration asks.
 
-One write transaction per UTC day: the day's cells are deleted and recomputed
+One write transaction per day (of the ledger's zone): the day's cells are deleted and recomputed
 from its spans, so spans written meanwhile are counted once; then each month is
 summed from its days. Days before the prune horizon keep their rollups: their
 spans are gone.
@@ -59,7 +59,7 @@ def rebuild(
     that zone's midnights; refused once raw spans were pruned (their cells cannot be
     cut again). Gateways should be stopped meanwhile: they cut at the zone they read.
 
-    One write transaction per UTC day (the day's cells deleted and recomputed from
+    One write transaction per day of the ledger's zone (the day's cells deleted and recomputed from
     its spans, so spans written meanwhile are counted once), then each month from
     its days. Days before the horizon keep their rollups: their spans are gone.
     ``write``/``read`` open transactions (``Ledger.write``/``Ledger.read``). Busy time

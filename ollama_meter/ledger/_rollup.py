@@ -6,10 +6,10 @@ Every span that is inserted adds to three tables, in the same transaction:
   calls, cold loads) per cell and per (tenant, department, user, model, currency,
   status, error type), and again under the user ``*`` for all users together (most
   reads group by no user, and read a tenth of the rows). Cells are quarter hours,
-  UTC days and UTC months, so any window whose ends fall on a quarter hour (every
+  days and months of the ledger's zone (UTC unless set), so any window whose ends fall on a quarter hour (every
   local midnight of every time zone in use) is answered exactly from a few rows
   (see ``_aggregate``).
-- ``rollup_histograms``: per UTC day and month and (tenant, department, model),
+- ``rollup_histograms``: per day and month and (tenant, department, model),
   how many calls fell in each bin of latency, time to first token, queue time
   (inside Ollama, and in the gateway) and generation speed, so percentiles can be
   merged (:func:`duration_bin`); and for all calls together (key ``*``) per quarter

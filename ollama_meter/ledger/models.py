@@ -100,7 +100,7 @@ _KEY = {"sqlite_with_rowid": False}
 
 
 class RollupRow(Base):
-    """Sums over the spans that started in one cell: a quarter hour, UTC day or UTC month.
+    """Sums over the spans that started in one cell: a quarter hour, or a day or month of the ledger's zone.
 
     ``grain`` says which (see ``ollama_meter.ledger._cells.Grain``), ``start`` is the
     cell's first second (Unix time, UTC). ``user`` and ``error_type`` are ``''`` when the
@@ -171,8 +171,8 @@ ROLLUP_HISTOGRAMS = Table(
 )
 """How many calls of a (tenant, department, model) fell in each bin of one decade, per cell.
 
-Cells are UTC days and months only (percentiles are merged from bins; finer cells
-would cost a row per call). ``metric`` is latency, TTFT, Ollama's queue, generation
+Cells are days and months of the ledger's zone (percentiles are merged from bins; finer
+cells would cost a row per call), and quarter hours for all calls together (key ``*``). ``metric`` is latency, TTFT, Ollama's queue, generation
 speed or the gateway's queue (``ollama_meter.ledger._rollup.Metric``);
 ``decade`` the power of ten the row's 75 bins ``b00`` ... ``b74`` divide.
 """
