@@ -110,8 +110,13 @@ _LONGEST_MONTH = 32 * DAY_US
 
 @functools.lru_cache(maxsize=65_536)
 def _zoned_start(grain: Grain, quarter: int, zone: tzinfo) -> int:
-    """The start of the local day or month holding quarter hour number ``quarter``."""
-    local = from_us(quarter * QUARTER_US).astimezone(zone)
+    """The start of the local day or month holding quarter hour number ``quarter``.
+
+    A quarter hour belongs to the day of its last instant: under an old odd offset
+    (Berlin's +0:53:28 before 1893) the quarter hour in which midnight falls opens
+    the new day, whose start is rounded down to it, so the cells still tile time.
+    """
+    local = from_us((quarter + 1) * QUARTER_US - 1).astimezone(zone)
     day = local.day if grain is Grain.DAY else 1
     # A midnight that does not exist (a clock jumping from 00:00) is read before the jump:
     # the instant the day begins. Rounded down to a quarter hour for old odd offsets.
