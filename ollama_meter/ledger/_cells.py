@@ -12,6 +12,7 @@ is :mod:`._rollup`'s job.
 from __future__ import annotations
 
 import functools
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, tzinfo
 from enum import IntEnum
@@ -144,29 +145,16 @@ TINY = -1
 
 
 _POWERS = tuple(10**n for n in range(40))
-
-
-def _slot(value: int, unit: int, upper: bool) -> int:
-    """The bin index of ``value`` in its decade, whose mantissas 100..1000 are in ``unit`` steps."""
-    if upper:  # the first edge at or above the value
-        if value <= 200 * unit:
-            return -(-(value - 100 * unit) // (5 * unit)) - 1
-        if value <= 500 * unit:
-            return 19 + -(-(value - 200 * unit) // (10 * unit))
-        return 49 + -(-(value - 500 * unit) // (20 * unit))
-    if value < 200 * unit:  # the last edge at or below the value
-        return (value - 100 * unit) // (5 * unit)
-    if value < 500 * unit:
-        return 20 + (value - 200 * unit) // (10 * unit)
-    return 50 + (value - 500 * unit) // (20 * unit)
+_UPPER_EDGES = tuple(edge * power for power in _POWERS for edge in _UPPER)
+_LOWER_EDGES = tuple(edge * power for power in _POWERS for edge in _LOWER)
+"""Every bin's edge in every decade, ascending: a bin is found by one binary search."""
 
 
 def duration_slot(ns: int) -> tuple[int, int]:
     """(decade, bin) of a duration, binned up: see :func:`duration_bin`."""
     if ns <= 100:
         return TINY, 0 if ns <= 0 else 1
-    decade = len(str(ns - 1)) - 3
-    return decade, _slot(ns, _POWERS[decade], True)
+    return divmod(bisect_left(_UPPER_EDGES, ns), SLOTS)  # the first edge at or above
 
 
 def speed_slot(tokens: int, eval_ns: int) -> tuple[int, int]:
@@ -174,8 +162,7 @@ def speed_slot(tokens: int, eval_ns: int) -> tuple[int, int]:
     value = tokens * 10**15 // eval_ns
     if value < 100:
         return TINY, 0
-    decade = len(str(value)) - 3
-    return decade, _slot(value, _POWERS[decade], False)
+    return divmod(bisect_right(_LOWER_EDGES, value) - 1, SLOTS)  # the last edge at or below
 
 
 def slot_edge(metric: Metric, decade: int, index: int) -> int:

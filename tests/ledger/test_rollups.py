@@ -395,6 +395,17 @@ def test_duration_bins_are_readable_and_narrow() -> None:
     assert speed_bin(1, 10**15) == 0
 
 
+@settings(max_examples=500, deadline=None)
+@given(mantissa=st.integers(100, 1000), decade=st.integers(0, 17), nudge=st.integers(-1, 1))
+def test_a_bin_is_its_grid_neighbour_at_every_scale(mantissa: int, decade: int, nudge: int) -> None:
+    """The grid is 1.05, 1.10 ... 10.0 times each power of ten; near its edges above all."""
+    grid = [m * 10**d for d in range(max(decade - 1, 0), decade + 2) for m in (*range(100, 200, 5),
+            *range(200, 500, 10), *range(500, 1001, 20))]  # fmt: skip
+    value = max(101, mantissa * 10**decade + nudge)
+    assert duration_bin(value) == min(edge for edge in grid if edge >= value)
+    assert speed_bin(value, 10**15) == max(edge for edge in grid if edge <= value)
+
+
 def test_cells_follow_the_calendar() -> None:
     nov = to_us(datetime(2026, 11, 1, tzinfo=UTC))
     assert next_cell(Grain.MONTH, nov) == to_us(datetime(2026, 12, 1, tzinfo=UTC))
