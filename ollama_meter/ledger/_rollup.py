@@ -28,6 +28,7 @@ them from raw spans. Money stays integer micro-units throughout.
 from __future__ import annotations
 
 import importlib
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import tzinfo
@@ -144,20 +145,17 @@ class RollupDelta:
         Each row comes twice: for its user, and for ``ANYONE`` (all users together).
         """
         rows: dict[tuple[Any, ...], list[int]] = {}
-        starts: dict[int, list[int]] = {}
-        for (quarter, tenant, department, user, *rest), values in self.quarters.items():
-            cells = starts.get(quarter)
-            if cells is None:
-                cells = starts[quarter] = [floor_cell(g, quarter, zone) // 10**6 for g in grains]
-            for grain, start in zip(grains, cells, strict=True):
-                for who in (user, ANYONE):
-                    key = (int(grain), start, tenant, department, who, *rest)
-                    current = rows.get(key)
-                    rows[key] = (
-                        values
-                        if current is None
-                        else [a + b for a, b in zip(current, values, strict=True)]
-                    )
+        for grain in grains:
+            # Days and months are summed from quarters, each of those keys built once.
+            cells = (
+                self.quarters if grain is Grain.QUARTER else _coarser(self.quarters, grain, zone)
+            )
+            level = int(grain)
+            for (start, tenant, department, user, *rest), values in cells.items():
+                rows[(level, start // 10**6, tenant, department, user, *rest)] = values
+                key = (level, start // 10**6, tenant, department, ANYONE, *rest)
+                current = rows.get(key)
+                rows[key] = values if current is None else list(map(operator.add, current, values))
         return {key: values for key, values in rows.items() if any(values)}
 
     def histogram_rows(
@@ -212,6 +210,22 @@ class RollupDelta:
             )
         if self.busy:
             _write_busy(conn, statements, self.busy)
+
+
+def _coarser(
+    quarters: dict[tuple[Any, ...], list[int]], grain: Grain, zone: tzinfo | None
+) -> dict[tuple[Any, ...], list[int]]:
+    """Quarter-hour cells (start µs, *dimensions) summed into the ``grain`` cells holding them."""
+    starts: dict[int, int] = {}
+    out: dict[tuple[Any, ...], list[int]] = {}
+    for key, values in quarters.items():
+        start = starts.get(key[0])
+        if start is None:
+            start = starts[key[0]] = floor_cell(grain, key[0], zone)
+        coarse = (start, *key[1:])
+        current = out.get(coarse)
+        out[coarse] = values if current is None else list(map(operator.add, current, values))
+    return out
 
 
 def _write_busy(
