@@ -114,7 +114,7 @@ class _SpanInsert:
         for start in range(0, len(spans), self.CHUNK):
             chunk = list(spans[start : start + self.CHUNK])
             result = conn.exec_driver_sql(self.sql(len(chunk)), tuple(self.values(chunk)))
-            ids = {row[0] for row in result}
+            ids = set(result.scalars().all())
             added.extend(span for span in chunk if span.id in ids)
         return added
 
