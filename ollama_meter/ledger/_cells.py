@@ -279,19 +279,19 @@ def busy_interval(span: SpanRecord, start: int | None = None) -> tuple[int, int]
     return (begin, end) if end > begin else None
 
 
-def busy_pieces(
-    span: SpanRecord, start: int | None = None
-) -> Iterator[tuple[int, tuple[int, int]]]:
+def busy_pieces(span: SpanRecord, start: int | None = None) -> list[tuple[int, tuple[int, int]]]:
     """The span's busy interval cut at minutes: (minute start, (begin, end) offsets in it)."""
     interval = busy_interval(span, start)
     if interval is None:
-        return
+        return []
     begin, end = interval
     cell = begin - begin % BUSY_US
+    pieces = []
     while cell < end:
         after = cell + BUSY_US
-        yield cell, (max(begin, cell) - cell, min(end, after) - cell)
+        pieces.append((cell, (max(begin, cell) - cell, min(end, after) - cell)))
         cell = after
+    return pieces
 
 
 def merge_intervals(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -125,6 +125,7 @@ def _skip_empty(encode: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 _INSERTS: dict[tuple[str, str, str], _SpanInsert] = {}
+_BY_ID = operator.attrgetter("id")
 
 
 def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanRecord]:
@@ -141,7 +142,7 @@ def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanReco
     statement = _INSERTS.get(key)
     if statement is None:
         statement = _INSERTS[key] = _SpanInsert(dialect)
-    unique = sorted({span.id: span for span in reversed(spans)}.values(), key=lambda s: s.id)
+    unique = sorted({span.id: span for span in reversed(spans)}.values(), key=_BY_ID)
     added = statement.insert(conn, unique)
     _rollup.apply(conn, added)
     return added
