@@ -12,6 +12,7 @@ is :mod:`._rollup`'s job.
 from __future__ import annotations
 
 import functools
+import operator
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, tzinfo
@@ -124,6 +125,53 @@ def _zoned_start(grain: Grain, quarter: int, zone: tzinfo) -> int:
 def _month_start_us(day_number: int) -> int:
     day = from_us(day_number * DAY_US)
     return to_us(datetime(day.year, day.month, 1, tzinfo=UTC))
+
+
+def by_grain(
+    quarters: dict[tuple[Any, ...], list[int]], grains: Sequence[Grain], zone: tzinfo | None
+) -> Iterator[tuple[Grain, dict[tuple[Any, ...], list[int]]]]:
+    """Quarter-hour sums (start µs, *key) as the cells of each of ``grains``, finest first.
+
+    Days are summed from quarters and months from days: each coarser key is built once
+    per finer one, not once per quarter.
+    """
+    cells = quarters
+    inside: dict[int, int] = {}
+    for grain in Grain:
+        if grain > max(grains):
+            return
+        if grain is not Grain.QUARTER:
+            cells, inside = _coarser(cells, inside, grain, zone)
+        if grain in grains:
+            yield grain, cells
+
+
+def _coarser(
+    cells: dict[tuple[Any, ...], list[int]],
+    inside: dict[int, int],
+    grain: Grain,
+    zone: tzinfo | None,
+) -> tuple[dict[tuple[Any, ...], list[int]], dict[int, int]]:
+    """``cells`` summed into the ``grain`` cells holding them, and a quarter inside each.
+
+    ``inside`` names a quarter within each of ``cells``' starts (none: they are quarters):
+    a cell's place is looked up by that quarter, as the rollups define it, never by the
+    finer cell's start (a day that begins before local midnight, in a zone of old odd
+    offsets, still belongs to its own month).
+    """
+    starts: dict[int, int] = {}
+    quarters: dict[int, int] = {}
+    out: dict[tuple[Any, ...], list[int]] = {}
+    for key, values in cells.items():
+        start = starts.get(key[0])
+        if start is None:
+            quarter = inside.get(key[0], key[0])
+            start = starts[key[0]] = floor_cell(grain, quarter, zone)
+            quarters.setdefault(start, quarter)
+        coarse = (start, *key[1:])
+        current = out.get(coarse)
+        out[coarse] = values if current is None else list(map(operator.add, current, values))
+    return out, quarters
 
 
 # -- histogram bins -------------------------------------------------------------------

@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib
 import operator
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -53,6 +53,7 @@ from ollama_meter.ledger._cells import (
     Metric,
     busy_interval,
     busy_pieces,
+    by_grain,
     duration_bin,
     floor_cell,
     format_intervals,
@@ -145,7 +146,7 @@ class RollupDelta:
         Each row comes twice: for its user, and for ``ANYONE`` (all users together).
         """
         rows: dict[tuple[Any, ...], list[int]] = {}
-        for grain, cells in _by_grain(self.quarters, grains, zone):
+        for grain, cells in by_grain(self.quarters, grains, zone):
             level = int(grain)
             for (start, tenant, department, user, *rest), values in cells.items():
                 rows[(level, start // 10**6, tenant, department, user, *rest)] = values
@@ -206,53 +207,6 @@ class RollupDelta:
             )
         if self.busy:
             _write_busy(conn, statements, self.busy)
-
-
-def _by_grain(
-    quarters: dict[tuple[Any, ...], list[int]], grains: Sequence[Grain], zone: tzinfo | None
-) -> Iterator[tuple[Grain, dict[tuple[Any, ...], list[int]]]]:
-    """Quarter-hour sums (start µs, *key) as the cells of each of ``grains``, finest first.
-
-    Days are summed from quarters and months from days: each coarser key is built once
-    per finer one, not once per quarter.
-    """
-    cells = quarters
-    inside: dict[int, int] = {}
-    for grain in Grain:
-        if grain > max(grains):
-            return
-        if grain is not Grain.QUARTER:
-            cells, inside = _coarser(cells, inside, grain, zone)
-        if grain in grains:
-            yield grain, cells
-
-
-def _coarser(
-    cells: dict[tuple[Any, ...], list[int]],
-    inside: dict[int, int],
-    grain: Grain,
-    zone: tzinfo | None,
-) -> tuple[dict[tuple[Any, ...], list[int]], dict[int, int]]:
-    """``cells`` summed into the ``grain`` cells holding them, and a quarter inside each.
-
-    ``inside`` names a quarter within each of ``cells``' starts (none: they are quarters):
-    a cell's place is looked up by that quarter, as the rollups define it, never by the
-    finer cell's start (a day that begins before local midnight, in a zone of old odd
-    offsets, still belongs to its own month).
-    """
-    starts: dict[int, int] = {}
-    quarters: dict[int, int] = {}
-    out: dict[tuple[Any, ...], list[int]] = {}
-    for key, values in cells.items():
-        start = starts.get(key[0])
-        if start is None:
-            quarter = inside.get(key[0], key[0])
-            start = starts[key[0]] = floor_cell(grain, quarter, zone)
-            quarters.setdefault(start, quarter)
-        coarse = (start, *key[1:])
-        current = out.get(coarse)
-        out[coarse] = values if current is None else list(map(operator.add, current, values))
-    return out, quarters
 
 
 def _write_busy(
