@@ -4,7 +4,8 @@ Generates a realistic ledger (60 days of calls ending now, 20 departments in two
 tenants, 300 users, six models, three GPU hosts, Europe/Berlin) as an export file,
 then in one run:
 
-  import     ``ometer db import`` of the file into a fresh SQLite ledger (spans/s)
+  import     ``ometer db import`` of the file into a fresh SQLite ledger (spans/s), and
+             the floor: the same rows (spans, then rollups too) inserted raw with sqlite3
   rollup     ``ometer db rollup``: every rollup rebuilt from the raw spans
   size       bytes per span: spans table and indexes, rollups, file
   answers    each report's median over --runs, in process, at N spans and at --small
@@ -257,6 +258,7 @@ def load(
         summary = import_lines(ledger, lines)
     figures["import s"] = time.perf_counter() - began
     figures["import spans/s"] = summary.added / figures["import s"]
+    figures.update(floor(ledger, directory / f"floor-{count}.db"))
     if rebuilding:
         began = time.perf_counter()
         rebuild(ledger.write, ledger.read)
@@ -264,10 +266,52 @@ def load(
     figures.update(sizes(ledger, count))
     print(
         f"{label}: imported {count:,} spans in {figures['import s']:.1f} s "
-        f"({figures['import spans/s']:,.0f}/s), rollup rebuilt in {figures.get('rollup s', 0):.1f} s",
+        f"({figures['import spans/s']:,.0f}/s; the same rows inserted raw: "
+        f"{figures['floor: spans and rollup rows spans/s']:,.0f}/s, spans alone "
+        f"{figures['floor: spans alone spans/s']:,.0f}/s), "
+        f"rollup rebuilt in {figures.get('rollup s', 0):.1f} s",
         file=sys.stderr,
     )
     return ledger, figures
+
+
+def floor(ledger: Ledger, path: Path, batch: int = 20_000) -> dict[str, float]:
+    """What SQLite alone takes to store what the import stored: the same rows, raw.
+
+    The imported ledger's rows go into a fresh ledger (same schema, indexes and pragmas)
+    with plain ``executemany`` INSERTs, ``batch`` rows a transaction; only the inserts
+    are timed. Spans alone, then the rollup rows too (each once: the import upserts
+    some several times, so this is below what any import with rollups can reach).
+    """
+    import sqlite3
+
+    for stale in path.parent.glob(f"{path.name}*"):
+        stale.unlink()
+    Ledger(f"sqlite:///{path}").dispose()
+    assert ledger.path is not None
+    source = sqlite3.connect(ledger.path)
+    target = sqlite3.connect(path, isolation_level=None)
+    target.execute("PRAGMA synchronous = NORMAL")
+    took: dict[str, float] = {}
+    spans = 0
+    for table in ("spans", "rollups", "rollup_histograms", "rollup_busy"):
+        rows = source.execute(f"SELECT * FROM {table}")
+        width = len(rows.description)
+        insert = f"INSERT INTO {table} VALUES ({', '.join('?' * width)})"
+        took[table] = 0.0
+        while chunk := rows.fetchmany(batch):
+            began = time.perf_counter()
+            target.execute("BEGIN IMMEDIATE")
+            target.executemany(insert, chunk)
+            target.execute("COMMIT")
+            took[table] += time.perf_counter() - began
+            spans += len(chunk) if table == "spans" else 0
+    source.close()
+    target.close()
+    return {
+        "floor: spans alone spans/s": spans / took["spans"],
+        "floor: spans and rollup rows spans/s": spans / sum(took.values()),
+    }
 
 
 def sizes(ledger: Ledger, count: int) -> dict[str, float]:
@@ -355,6 +399,8 @@ def main() -> None:
     print("|---|---|---|")
     for key in (
         "import spans/s",
+        "floor: spans and rollup rows spans/s",
+        "floor: spans alone spans/s",
         "import s",
         "rollup s",
         "spans B/span",

@@ -12,6 +12,8 @@ is :mod:`._rollup`'s job.
 from __future__ import annotations
 
 import functools
+import operator
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, tzinfo
 from enum import IntEnum
@@ -130,6 +132,53 @@ def _month_start_us(day_number: int) -> int:
     return to_us(datetime(day.year, day.month, 1, tzinfo=UTC))
 
 
+def by_grain(
+    quarters: dict[tuple[Any, ...], list[int]], grains: Sequence[Grain], zone: tzinfo | None
+) -> Iterator[tuple[Grain, dict[tuple[Any, ...], list[int]]]]:
+    """Quarter-hour sums (start µs, *key) as the cells of each of ``grains``, finest first.
+
+    Days are summed from quarters and months from days: each coarser key is built once
+    per finer one, not once per quarter.
+    """
+    cells = quarters
+    inside: dict[int, int] = {}
+    for grain in Grain:
+        if grain > max(grains):
+            return
+        if grain is not Grain.QUARTER:
+            cells, inside = _coarser(cells, inside, grain, zone)
+        if grain in grains:
+            yield grain, cells
+
+
+def _coarser(
+    cells: dict[tuple[Any, ...], list[int]],
+    inside: dict[int, int],
+    grain: Grain,
+    zone: tzinfo | None,
+) -> tuple[dict[tuple[Any, ...], list[int]], dict[int, int]]:
+    """``cells`` summed into the ``grain`` cells holding them, and a quarter inside each.
+
+    ``inside`` names a quarter within each of ``cells``' starts (none: they are quarters):
+    a cell's place is looked up by that quarter, as the rollups define it, never by the
+    finer cell's start (a day that begins before local midnight, in a zone of old odd
+    offsets, still belongs to its own month).
+    """
+    starts: dict[int, int] = {}
+    quarters: dict[int, int] = {}
+    out: dict[tuple[Any, ...], list[int]] = {}
+    for key, values in cells.items():
+        start = starts.get(key[0])
+        if start is None:
+            quarter = inside.get(key[0], key[0])
+            start = starts[key[0]] = floor_cell(grain, quarter, zone)
+            quarters.setdefault(start, quarter)
+        coarse = (start, *key[1:])
+        current = out.get(coarse)
+        out[coarse] = values if current is None else list(map(operator.add, current, values))
+    return out, quarters
+
+
 # -- histogram bins -------------------------------------------------------------------
 #
 # Within each power of ten, bins are 5 % of the decade's start wide or less: mantissas
@@ -149,29 +198,16 @@ TINY = -1
 
 
 _POWERS = tuple(10**n for n in range(40))
-
-
-def _slot(value: int, unit: int, upper: bool) -> int:
-    """The bin index of ``value`` in its decade, whose mantissas 100..1000 are in ``unit`` steps."""
-    if upper:  # the first edge at or above the value
-        if value <= 200 * unit:
-            return -(-(value - 100 * unit) // (5 * unit)) - 1
-        if value <= 500 * unit:
-            return 19 + -(-(value - 200 * unit) // (10 * unit))
-        return 49 + -(-(value - 500 * unit) // (20 * unit))
-    if value < 200 * unit:  # the last edge at or below the value
-        return (value - 100 * unit) // (5 * unit)
-    if value < 500 * unit:
-        return 20 + (value - 200 * unit) // (10 * unit)
-    return 50 + (value - 500 * unit) // (20 * unit)
+_UPPER_EDGES = tuple(edge * power for power in _POWERS for edge in _UPPER)
+_LOWER_EDGES = tuple(edge * power for power in _POWERS for edge in _LOWER)
+"""Every bin's edge in every decade, ascending: a bin is found by one binary search."""
 
 
 def duration_slot(ns: int) -> tuple[int, int]:
     """(decade, bin) of a duration, binned up: see :func:`duration_bin`."""
     if ns <= 100:
         return TINY, 0 if ns <= 0 else 1
-    decade = len(str(ns - 1)) - 3
-    return decade, _slot(ns, _POWERS[decade], True)
+    return divmod(bisect_left(_UPPER_EDGES, ns), SLOTS)  # the first edge at or above
 
 
 def speed_slot(tokens: int, eval_ns: int) -> tuple[int, int]:
@@ -179,8 +215,7 @@ def speed_slot(tokens: int, eval_ns: int) -> tuple[int, int]:
     value = tokens * 10**15 // eval_ns
     if value < 100:
         return TINY, 0
-    decade = len(str(value)) - 3
-    return decade, _slot(value, _POWERS[decade], False)
+    return divmod(bisect_right(_LOWER_EDGES, value) - 1, SLOTS)  # the last edge at or below
 
 
 def slot_edge(metric: Metric, decade: int, index: int) -> int:
@@ -297,19 +332,19 @@ def busy_interval(span: SpanRecord, start: int | None = None) -> tuple[int, int]
     return (begin, end) if end > begin else None
 
 
-def busy_pieces(
-    span: SpanRecord, start: int | None = None
-) -> Iterator[tuple[int, tuple[int, int]]]:
+def busy_pieces(span: SpanRecord, start: int | None = None) -> list[tuple[int, tuple[int, int]]]:
     """The span's busy interval cut at minutes: (minute start, (begin, end) offsets in it)."""
     interval = busy_interval(span, start)
     if interval is None:
-        return
+        return []
     begin, end = interval
     cell = begin - begin % BUSY_US
+    pieces = []
     while cell < end:
         after = cell + BUSY_US
-        yield cell, (max(begin, cell) - cell, min(end, after) - cell)
+        pieces.append((cell, (max(begin, cell) - cell, min(end, after) - cell)))
         cell = after
+    return pieces
 
 
 def merge_intervals(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

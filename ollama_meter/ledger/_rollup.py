@@ -28,6 +28,7 @@ them from raw spans. Money stays integer micro-units throughout.
 from __future__ import annotations
 
 import importlib
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import tzinfo
@@ -52,6 +53,7 @@ from ollama_meter.ledger._cells import (
     Metric,
     busy_interval,
     busy_pieces,
+    by_grain,
     duration_bin,
     floor_cell,
     format_intervals,
@@ -144,20 +146,13 @@ class RollupDelta:
         Each row comes twice: for its user, and for ``ANYONE`` (all users together).
         """
         rows: dict[tuple[Any, ...], list[int]] = {}
-        starts: dict[int, list[int]] = {}
-        for (quarter, tenant, department, user, *rest), values in self.quarters.items():
-            cells = starts.get(quarter)
-            if cells is None:
-                cells = starts[quarter] = [floor_cell(g, quarter, zone) // 10**6 for g in grains]
-            for grain, start in zip(grains, cells, strict=True):
-                for who in (user, ANYONE):
-                    key = (int(grain), start, tenant, department, who, *rest)
-                    current = rows.get(key)
-                    rows[key] = (
-                        values
-                        if current is None
-                        else [a + b for a, b in zip(current, values, strict=True)]
-                    )
+        for grain, cells in by_grain(self.quarters, grains, zone):
+            level = int(grain)
+            for (start, tenant, department, user, *rest), values in cells.items():
+                rows[(level, start // 10**6, tenant, department, user, *rest)] = values
+                key = (level, start // 10**6, tenant, department, ANYONE, *rest)
+                current = rows.get(key)
+                rows[key] = values if current is None else list(map(operator.add, current, values))
         return {key: values for key, values in rows.items() if any(values)}
 
     def histogram_rows(

@@ -114,7 +114,7 @@ class _SpanInsert:
         for start in range(0, len(spans), self.CHUNK):
             chunk = list(spans[start : start + self.CHUNK])
             result = conn.exec_driver_sql(self.sql(len(chunk)), tuple(self.values(chunk)))
-            ids = {row[0] for row in result}
+            ids = set(result.scalars().all())
             added.extend(span for span in chunk if span.id in ids)
         return added
 
@@ -125,6 +125,7 @@ def _skip_empty(encode: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 _INSERTS: dict[tuple[str, str, str], _SpanInsert] = {}
+_BY_ID = operator.attrgetter("id")
 
 
 def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanRecord]:
@@ -141,7 +142,7 @@ def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanReco
     statement = _INSERTS.get(key)
     if statement is None:
         statement = _INSERTS[key] = _SpanInsert(dialect)
-    unique = sorted({span.id: span for span in reversed(spans)}.values(), key=lambda s: s.id)
+    unique = sorted({span.id: span for span in reversed(spans)}.values(), key=_BY_ID)
     added = statement.insert(conn, unique)
     _rollup.apply(conn, added)
     return added

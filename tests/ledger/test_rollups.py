@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from itertools import pairwise
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -23,6 +25,7 @@ from ollama_meter.ledger._aggregate import (
     decompose,
     raw_spans,
 )
+from ollama_meter.ledger._cells import ANYONE
 from ollama_meter.ledger._plan import GROUP_COLUMNS
 from ollama_meter.ledger._rollup import (
     BUSY,
@@ -30,6 +33,7 @@ from ollama_meter.ledger._rollup import (
     META,
     ROLLUPS,
     Grain,
+    RollupDelta,
     duration_bin,
     floor_cell,
     next_cell,
@@ -399,6 +403,54 @@ def test_duration_bins_are_readable_and_narrow() -> None:
     assert duration_bin(1_734_000) == 1_750_000  # 1.734 ms → 1.75 ms
     assert speed_bin(20, 10**9) == 20 * 10**6 and speed_bin(2, 300 * MS) == 6_600_000
     assert speed_bin(1, 10**15) == 0
+
+
+@settings(max_examples=500, deadline=None)
+@given(mantissa=st.integers(100, 1000), decade=st.integers(0, 17), nudge=st.integers(-1, 1))
+def test_a_bin_is_its_grid_neighbour_at_every_scale(mantissa: int, decade: int, nudge: int) -> None:
+    """The grid is 1.05, 1.10 ... 10.0 times each power of ten; near its edges above all."""
+    grid = [m * 10**d for d in range(max(decade - 1, 0), decade + 2) for m in (*range(100, 200, 5),
+            *range(200, 500, 10), *range(500, 1001, 20))]  # fmt: skip
+    value = max(101, mantissa * 10**decade + nudge)
+    assert duration_bin(value) == min(edge for edge in grid if edge >= value)
+    assert speed_bin(value, 10**15) == max(edge for edge in grid if edge <= value)
+
+
+def _folded(
+    table: dict[tuple[Any, ...], list[int]],
+    grains: Sequence[Grain],
+    zone: ZoneInfo,
+    keys: Callable[[tuple[Any, ...]], list[tuple[Any, ...]]],
+) -> dict[tuple[Any, ...], list[int]]:
+    """Quarter-hour sums summed into each grain's cells one quarter at a time: the reference."""
+    out: dict[tuple[Any, ...], list[int]] = {}
+    for (quarter, *rest), values in table.items():
+        for grain in grains:
+            start = floor_cell(grain, quarter, zone) // 10**6
+            for key in keys(tuple(rest)):
+                cell = out.setdefault((int(grain), start, *key), [0] * len(values))
+                cell[:] = [a + b for a, b in zip(cell, values, strict=True)]
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    zone=st.sampled_from([*ZONES, ZoneInfo("Africa/Monrovia")]),
+    at=st.sampled_from([datetime(1965, 3, 1, tzinfo=UTC), NOW]),  # Monrovia: UTC-0:44:30
+    offsets=st.lists(st.integers(-3 * 86_400, 3 * 86_400), min_size=1, max_size=40),
+)
+def test_days_and_months_of_a_delta_hold_each_quarter_where_its_own_cell_is(
+    zone: ZoneInfo, at: datetime, offsets: list[int]
+) -> None:
+    """Days are summed from quarters and months from days, each placed by a quarter inside it
+    (in 1965 Monrovia's days began before local midnight: such a day is in its own month)."""
+    delta = RollupDelta()
+    for n, seconds in enumerate(offsets):
+        delta.add(make_span(started_at=at + timedelta(seconds=seconds), latency_ns=n * MS + 1))
+    grains = tuple(Grain)
+    assert delta.cube_rows(grains, zone) == _folded(
+        delta.quarters, grains, zone, lambda k: [k, (*k[:2], ANYONE, *k[3:])]
+    )
 
 
 def test_cells_follow_the_calendar() -> None:
