@@ -19,6 +19,7 @@ from pydantic import Field
 from ollama_meter.config import load_settings
 from ollama_meter.meter import Attribution, Meter, Run, SpanRecord
 from ollama_meter.pricing import from_micros
+from ollama_meter.records import record_from
 
 Hook = Callable[[SpanRecord], None]
 
@@ -54,23 +55,16 @@ class MeterInfo:
 
     @classmethod
     def of(cls, span: SpanRecord) -> MeterInfo:
-        return cls(
-            id=span.id,
-            trace_id=span.trace_id,
+        return record_from(
+            cls,
+            span,
             otel_span_id=span.span_id,
-            status=span.status,
-            input_tokens=span.input_tokens,
-            output_tokens=span.output_tokens,
-            token_source=span.token_source,
             cost=from_micros(span.cost_total),
-            currency=span.currency,
-            unpriced=span.unpriced,
             cost_parts={
                 part: from_micros(getattr(span, f"cost_{part}"))
                 for part in ("tokens", "compute", "energy", "fee")
             },
             durations_ns=span.durations(),
-            duration_source=span.duration_source,
         )
 
 

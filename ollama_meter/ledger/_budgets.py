@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Table, delete, func, insert, select, text, up
 from sqlalchemy.exc import IntegrityError
 
 from ollama_meter.ledger.models import AlertRow, BudgetRow, ReservationRow
-from ollama_meter.records import Alert, Budget
+from ollama_meter.records import Alert, Budget, record_from, values_of
 
 _BUDGETS: Table = BudgetRow.__table__  # type: ignore[assignment]
 _RESERVATIONS: Table = ReservationRow.__table__  # type: ignore[assignment]
@@ -24,30 +24,17 @@ _ALERTS: Table = AlertRow.__table__  # type: ignore[assignment]
 
 
 def _to_budget(row: Any) -> Budget:
-    return Budget(
-        id=row.id,
-        tenant=row.tenant,
-        department=row.department,
-        period=row.period,
-        limit=row.limit_micros,
-        currency=row.currency,
-        hard=row.hard,
-        thresholds=tuple(int(t) for t in row.thresholds.split(",")),
-        source=row.source,
-    )
+    thresholds = tuple(int(t) for t in row.thresholds.split(","))
+    return record_from(Budget, row, limit=row.limit_micros, thresholds=thresholds)
 
 
 def _values(budget: Budget) -> dict[str, Any]:
-    return {
-        "tenant": budget.tenant,
-        "department": budget.department,
-        "period": budget.period,
-        "limit_micros": budget.limit,
-        "currency": budget.currency,
-        "hard": budget.hard,
-        "thresholds": ",".join(str(t) for t in budget.thresholds),
-        "source": budget.source,
-    }
+    return values_of(
+        budget,
+        skip=("id", "limit", "thresholds"),
+        limit_micros=budget.limit,
+        thresholds=",".join(str(t) for t in budget.thresholds),
+    )
 
 
 def list_budgets(conn: Connection) -> list[Budget]:
@@ -208,42 +195,26 @@ def alerts(
 
 
 def _to_alert(row: Any) -> Alert:
-    return Alert(
-        id=row.id,
-        budget_id=row.budget_id,
-        tenant=row.tenant,
-        department=row.department,
-        period=row.period,
-        period_label=row.period_label,
-        period_start=row.period_start,
-        threshold=row.threshold,
+    return record_from(
+        Alert,
+        row,
         spent=row.spent_micros,
         limit=row.limit_micros,
-        currency=row.currency,
-        fired_at=row.fired_at,
         deliveries=dict(row.deliveries or {}),
-        delivered=row.delivered,
-        attempts=row.attempts,
     )
 
 
 def _alert_values(alert: Alert, fired_at: datetime) -> dict[str, Any]:
-    return {
-        "budget_id": alert.budget_id,
-        "tenant": alert.tenant,
-        "department": alert.department,
-        "period": alert.period,
-        "period_start": alert.period_start,
-        "period_label": alert.period_label,
-        "threshold": alert.threshold,
-        "spent_micros": alert.spent,
-        "limit_micros": alert.limit,
-        "currency": alert.currency,
-        "fired_at": fired_at,
-        "deliveries": {},
-        "delivered": False,
-        "attempts": 0,
-    }
+    return values_of(
+        alert,
+        skip=("id", "spent", "limit"),
+        spent_micros=alert.spent,
+        limit_micros=alert.limit,
+        fired_at=fired_at,
+        deliveries={},
+        delivered=False,
+        attempts=0,
+    )
 
 
 def spend_by_scope(
