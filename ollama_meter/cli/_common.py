@@ -260,16 +260,18 @@ UntilOption = Annotated[
 ]
 
 
-def window_from_options(
-    period: str | None, since: str | None, until: str | None, cfg: Settings
-) -> Window:
-    """The reporting window of ``--period`` or ``--since/--until`` (default: this month)."""
+def settings_and_window(
+    period: str | None, since: str | None, until: str | None, db: str | None
+) -> tuple[Settings, Window]:
+    """Settings (``--db`` on top), and the reporting window of ``--period`` or
+    ``--since/--until`` (default: this month) in the configured zone."""
+    cfg = settings(db_url=db)
     if period and (since or until):
         raise ValidationError("give either --period or --since/--until, not both")
     now = utc_now()
     if since or until:
-        return window_between(since, until, tz=cfg.tz, now=now)
-    return parse_period(period or "month", tz=cfg.tz, now=now)
+        return cfg, window_between(since, until, tz=cfg.tz, now=now)
+    return cfg, parse_period(period or "month", tz=cfg.tz, now=now)
 
 
 class Format(StrEnum):
