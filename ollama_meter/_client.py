@@ -7,10 +7,11 @@ goes through the one meter; answers are the ``ollama`` response objects with a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import ollama
 from pydantic import Field
@@ -18,6 +19,7 @@ from pydantic import Field
 from ollama_meter.config import load_settings
 from ollama_meter.meter import Attribution, Meter, Run, SpanRecord
 from ollama_meter.pricing import from_micros
+from ollama_meter.records import record_from
 
 Hook = Callable[[SpanRecord], None]
 
@@ -53,23 +55,16 @@ class MeterInfo:
 
     @classmethod
     def of(cls, span: SpanRecord) -> MeterInfo:
-        return cls(
-            id=span.id,
-            trace_id=span.trace_id,
+        return record_from(
+            cls,
+            span,
             otel_span_id=span.span_id,
-            status=span.status,
-            input_tokens=span.input_tokens,
-            output_tokens=span.output_tokens,
-            token_source=span.token_source,
             cost=from_micros(span.cost_total),
-            currency=span.currency,
-            unpriced=span.unpriced,
             cost_parts={
                 part: from_micros(getattr(span, f"cost_{part}"))
                 for part in ("tokens", "compute", "energy", "fee")
             },
             durations_ns=span.durations(),
-            duration_source=span.duration_source,
         )
 
 
@@ -116,11 +111,22 @@ class _Hooks:
             self._on_end(span)
 
 
-def _request(**given: Any) -> dict[str, Any]:
-    return {key: value for key, value in given.items() if value is not None}
+_WHO = ("tenant", "department", "user", "tags")
+"""The parameters of every call that say who to charge; they are not part of the request."""
 
 
-class _Base:
+_Chat = TypeVar("_Chat")
+_Generate = TypeVar("_Generate")
+_Embed = TypeVar("_Embed")
+
+
+class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
+    """The calls, once: each builds its request and who to charge, then hands it to ``_go``.
+
+    The sync and async clients differ only in how they drive a :class:`Run`
+    (``_go``); the type parameters say what each call returns there.
+    """
+
     def __init__(
         self,
         host: str | None = None,
@@ -144,57 +150,23 @@ class _Base:
             tags=dict(tags or {}),
         )
 
-    def _who(
-        self,
-        tenant: str | None,
-        department: str | None,
-        user: str | None,
-        tags: Mapping[str, str] | None,
-    ) -> Attribution:
-        base = self.attribution
-        if tenant is None and department is None and user is None and tags is None:
-            return base
-        return Attribution(
-            tenant=tenant or base.tenant,
-            department=department or base.department,
-            user=user if user is not None else base.user,
-            tags={**base.tags, **(tags or {})},
-        )
-
-    def _run(self, operation: str, request: dict[str, Any], stream: bool, who: Attribution) -> Run:
-        return self.meter.run(operation, request, attribution=who, stream=stream)
-
-
-class MeteredClient(_Base):
-    """``ollama.Client`` with metering: ``MeteredClient(department="sales").chat(...)``."""
-
     def chat(
         self,
         model: str = "",
         messages: Sequence[Mapping[str, Any] | ollama.Message] | None = None,
         *,
+        tenant: str | None = None,
+        department: str | None = None,
+        user: str | None = None,
+        tags: Mapping[str, str] | None = None,
         tools: Sequence[Any] | None = None,
         stream: bool = False,
         think: Any = None,
         format: Any = None,
         options: Mapping[str, Any] | ollama.Options | None = None,
         keep_alive: float | str | None = None,
-        tenant: str | None = None,
-        department: str | None = None,
-        user: str | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> MeteredChatResponse | Iterator[ollama.ChatResponse]:
-        request = _request(
-            model=model,
-            messages=messages,
-            tools=tools,
-            think=think,
-            format=format,
-            options=options,
-            keep_alive=keep_alive,
-        )
-        answer = self._go("chat", request, stream, self._who(tenant, department, user, tags))
-        return answer  # type: ignore[no-any-return]  # noqa: RET504
+    ) -> _Chat:
+        return cast("_Chat", self._call("chat", locals()))
 
     def generate(
         self,
@@ -202,6 +174,10 @@ class MeteredClient(_Base):
         prompt: str = "",
         suffix: str | None = None,
         *,
+        tenant: str | None = None,
+        department: str | None = None,
+        user: str | None = None,
+        tags: Mapping[str, str] | None = None,
         system: str | None = None,
         template: str | None = None,
         context: Sequence[int] | None = None,
@@ -212,27 +188,8 @@ class MeteredClient(_Base):
         images: Sequence[Any] | None = None,
         options: Mapping[str, Any] | ollama.Options | None = None,
         keep_alive: float | str | None = None,
-        tenant: str | None = None,
-        department: str | None = None,
-        user: str | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> MeteredGenerateResponse | Iterator[ollama.GenerateResponse]:
-        request = _request(
-            model=model,
-            prompt=prompt,
-            suffix=suffix,
-            system=system,
-            template=template,
-            context=context,
-            think=think,
-            raw=raw,
-            format=format,
-            images=images,
-            options=options,
-            keep_alive=keep_alive,
-        )
-        answer = self._go("generate", request, stream, self._who(tenant, department, user, tags))
-        return answer  # type: ignore[no-any-return]  # noqa: RET504
+    ) -> _Generate:
+        return cast("_Generate", self._call("generate", locals()))
 
     def embed(
         self,
@@ -247,33 +204,54 @@ class MeteredClient(_Base):
         department: str | None = None,
         user: str | None = None,
         tags: Mapping[str, str] | None = None,
-    ) -> MeteredEmbedResponse:
-        request = _request(
-            model=model,
-            input=input,
-            truncate=truncate,
-            options=options,
-            keep_alive=keep_alive,
-            dimensions=dimensions,
-        )
-        answer = self._go("embed", request, False, self._who(tenant, department, user, tags))
-        return answer  # type: ignore[no-any-return]  # noqa: RET504
+    ) -> _Embed:
+        return cast("_Embed", self._call("embed", locals()))
 
-    def _go(self, operation: str, request: dict[str, Any], stream: bool, who: Attribution) -> Any:
-        run = self._run(operation, request, stream, who)
-        if stream:
-            return self._stream(run)
+    def _call(self, operation: str, arguments: dict[str, Any]) -> Any:
+        """Run a call from its method's arguments: who to charge, ``stream``, and the request.
+
+        Every other parameter is named as Ollama names the request field; unset ones
+        (None) are left out of the request, as the ``ollama`` client leaves them out.
+        """
+        given = {name: value for name, value in arguments.items() if name != "self"}
+        stream = bool(given.pop("stream", False))
+        tenant, department, user, tags = (given.pop(name) for name in _WHO)
+        base = who = self.attribution
+        if tenant is not None or department is not None or user is not None or tags is not None:
+            who = Attribution(
+                tenant=tenant or base.tenant,
+                department=department or base.department,
+                user=user if user is not None else base.user,
+                tags={**base.tags, **(tags or {})},
+            )
+        request = {name: value for name, value in given.items() if value is not None}
+        run = self.meter.run(operation, request, attribution=who, stream=stream)
+        return self._go(run)
+
+    @abstractmethod
+    def _go(self, run: Run) -> Any:
+        """Drive ``run``: its one answer with ``meter``, or (streaming) its chunks."""
+
+
+def _metered(part: Any, run: Run) -> Any:
+    """A chunk as it came, but the last (the span is written by then) with ``meter``."""
+    return with_meter(part, run.span) if run.call is not None and run.call.span.ended_at else part
+
+
+class MeteredClient(
+    _Base[
+        MeteredChatResponse | Iterator[ollama.ChatResponse],
+        MeteredGenerateResponse | Iterator[ollama.GenerateResponse],
+        MeteredEmbedResponse,
+    ]
+):
+    """``ollama.Client`` with metering: ``MeteredClient(department="sales").chat(...)``."""
+
+    def _go(self, run: Run) -> Any:
+        if run.stream:
+            return (_metered(part, run) for part in run)
         (answer,) = list(run)
         return with_meter(answer, run.span)
-
-    @staticmethod
-    def _stream(run: Run) -> Iterator[Any]:
-        for part in run:
-            yield (
-                with_meter(part, run.span)
-                if run.call is not None and run.call.span.ended_at
-                else part
-            )
 
     def close(self) -> None:
         self.meter.close_upstream()
@@ -285,116 +263,20 @@ class MeteredClient(_Base):
         self.close()
 
 
-class AsyncMeteredClient(_Base):
-    """``ollama.AsyncClient`` with metering; the ledger writes run off the event loop."""
+class AsyncMeteredClient(
+    _Base[
+        Awaitable[MeteredChatResponse | AsyncIterator[ollama.ChatResponse]],
+        Awaitable[MeteredGenerateResponse | AsyncIterator[ollama.GenerateResponse]],
+        Awaitable[MeteredEmbedResponse],
+    ]
+):
+    """``ollama.AsyncClient`` with metering; the ledger writes run off the event loop.
 
-    async def chat(
-        self,
-        model: str = "",
-        messages: Sequence[Mapping[str, Any] | ollama.Message] | None = None,
-        *,
-        tools: Sequence[Any] | None = None,
-        stream: bool = False,
-        think: Any = None,
-        format: Any = None,
-        options: Mapping[str, Any] | ollama.Options | None = None,
-        keep_alive: float | str | None = None,
-        tenant: str | None = None,
-        department: str | None = None,
-        user: str | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> MeteredChatResponse | AsyncIterator[ollama.ChatResponse]:
-        request = _request(
-            model=model,
-            messages=messages,
-            tools=tools,
-            think=think,
-            format=format,
-            options=options,
-            keep_alive=keep_alive,
-        )
-        answer = await self._go("chat", request, stream, self._who(tenant, department, user, tags))
-        return answer  # type: ignore[no-any-return]  # noqa: RET504
+    Each call returns an awaitable, as ``ollama.AsyncClient``'s do.
+    """
 
-    async def generate(
-        self,
-        model: str = "",
-        prompt: str = "",
-        suffix: str | None = None,
-        *,
-        system: str | None = None,
-        template: str | None = None,
-        context: Sequence[int] | None = None,
-        stream: bool = False,
-        think: Any = None,
-        raw: bool | None = None,
-        format: Any = None,
-        images: Sequence[Any] | None = None,
-        options: Mapping[str, Any] | ollama.Options | None = None,
-        keep_alive: float | str | None = None,
-        tenant: str | None = None,
-        department: str | None = None,
-        user: str | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> MeteredGenerateResponse | AsyncIterator[ollama.GenerateResponse]:
-        request = _request(
-            model=model,
-            prompt=prompt,
-            suffix=suffix,
-            system=system,
-            template=template,
-            context=context,
-            think=think,
-            raw=raw,
-            format=format,
-            images=images,
-            options=options,
-            keep_alive=keep_alive,
-        )
-        answer = await self._go(
-            "generate", request, stream, self._who(tenant, department, user, tags)
-        )
-        return answer  # type: ignore[no-any-return]  # noqa: RET504
-
-    async def embed(
-        self,
-        model: str = "",
-        input: str | Sequence[str] = "",
-        truncate: bool | None = None,
-        options: Mapping[str, Any] | ollama.Options | None = None,
-        keep_alive: float | str | None = None,
-        dimensions: int | None = None,
-        *,
-        tenant: str | None = None,
-        department: str | None = None,
-        user: str | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> MeteredEmbedResponse:
-        request = _request(
-            model=model,
-            input=input,
-            truncate=truncate,
-            options=options,
-            keep_alive=keep_alive,
-            dimensions=dimensions,
-        )
-        answer = await self._go("embed", request, False, self._who(tenant, department, user, tags))
-        return answer  # type: ignore[no-any-return]  # noqa: RET504
-
-    async def _go(
-        self, operation: str, request: dict[str, Any], stream: bool, who: Attribution
-    ) -> Any:
-        run = self._run(operation, request, stream, who)
-        if stream:
-            return self._stream(run)
+    async def _go(self, run: Run) -> Any:
+        if run.stream:
+            return (_metered(part, run) async for part in run)
         answers = [part async for part in run]
         return with_meter(answers[-1], run.span)
-
-    @staticmethod
-    async def _stream(run: Run) -> AsyncIterator[Any]:
-        async for part in run:
-            yield (
-                with_meter(part, run.span)
-                if run.call is not None and run.call.span.ended_at
-                else part
-            )

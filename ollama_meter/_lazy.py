@@ -29,3 +29,8 @@ def lazy_names(namespace: dict[str, Any], where: Mapping[str, str]) -> Callable[
         return value
 
     return __getattr__
+
+
+def names_in(modules: Mapping[str, str]) -> dict[str, str]:
+    """``{module: "its names, space-separated"}`` turned round: name → module, for :func:`lazy_names`."""
+    return {name: module for module, names in modules.items() for name in names.split()}

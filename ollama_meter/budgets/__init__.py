@@ -22,27 +22,16 @@ from ollama_meter.budgets._estimate import (
 from ollama_meter.budgets._gate import BudgetGate, Reservation
 from ollama_meter.budgets._status import BudgetStatus, budget_status, project
 from ollama_meter.records import (
-    DEFAULT_THRESHOLDS,
-    EACH_TENANT,
-    PERIOD_ADVERB,
-    PERIOD_WORDS,
-    PERIODS,
     Alert,
     Budget,
     PastCall,
-    parse_department_budgets,
     parse_limit,
     parse_thresholds,
 )
 
 __all__ = [
-    "DEFAULT_THRESHOLDS",
-    "EACH_TENANT",
     "IMAGE_TOKENS",
     "MESSAGE_TOKENS",
-    "PERIODS",
-    "PERIOD_ADVERB",
-    "PERIOD_WORDS",
     "TEMPLATE_TOKENS",
     "Alert",
     "AlertDispatcher",
@@ -59,7 +48,6 @@ __all__ = [
     "bound_cost",
     "budget_status",
     "deliver",
-    "parse_department_budgets",
     "parse_limit",
     "parse_thresholds",
     "project",

@@ -28,6 +28,8 @@ from ollama_meter.periods import PERIOD_HELP, Window, parse_period, window_betwe
 from ollama_meter.records import format_micros
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from ollama_meter.config import Settings
     from ollama_meter.ledger import Ledger
 
@@ -260,16 +262,18 @@ UntilOption = Annotated[
 ]
 
 
-def window_from_options(
-    period: str | None, since: str | None, until: str | None, cfg: Settings
-) -> Window:
-    """The reporting window of ``--period`` or ``--since/--until`` (default: this month)."""
+def settings_and_window(
+    period: str | None, since: str | None, until: str | None, db: str | None
+) -> tuple[Settings, Window]:
+    """Settings (``--db`` on top), and the reporting window of ``--period`` or
+    ``--since/--until`` (default: this month) in the configured zone."""
+    cfg = settings(db_url=db)
     if period and (since or until):
         raise ValidationError("give either --period or --since/--until, not both")
     now = utc_now()
     if since or until:
-        return window_between(since, until, tz=cfg.tz, now=now)
-    return parse_period(period or "month", tz=cfg.tz, now=now)
+        return cfg, window_between(since, until, tz=cfg.tz, now=now)
+    return cfg, parse_period(period or "month", tz=cfg.tz, now=now)
 
 
 class Format(StrEnum):
@@ -328,3 +332,32 @@ def write_output(text: str, path: Path | None) -> None:
         tmp.unlink(missing_ok=True)
         raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
     err.print(f"wrote {path}")
+
+
+def progress_bar(
+    what: str, *, unit: str | None = None, rate: bool = False, remaining: bool = True
+) -> Progress:
+    """A progress bar on stderr, gone when done (rich's progress loads only here).
+
+    It counts "done/total", or the count done with ``unit`` after it, or (``rate``)
+    bytes per second; ``remaining`` adds the time left.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from rich.progress import Progress as Bar
+
+    count: ProgressColumn = MofNCompleteColumn()
+    if rate:
+        count = TransferSpeedColumn()
+    elif unit is not None:
+        count = TextColumn("{task.completed:,.0f}" + unit)
+    columns = [TextColumn(what), BarColumn(), count]
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    return Bar(*columns, console=err, transient=True)

@@ -6,16 +6,21 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, BinaryIO
+from typing import Annotated, BinaryIO
 
 import typer
 
-from ollama_meter.cli._common import DbOption, SinceOption, UntilOption, err, out, settings
+from ollama_meter.cli._common import (
+    DbOption,
+    SinceOption,
+    UntilOption,
+    err,
+    out,
+    progress_bar,
+    settings,
+)
 from ollama_meter.errors import OmeterError, ValidationError
 from ollama_meter.periods import window_between
-
-if TYPE_CHECKING:
-    from rich.progress import Progress
 
 app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 
@@ -45,22 +50,6 @@ def path_command(db: DbOption = None) -> None:
     out.print(Ledger(cfg.ledger_url, migrate=False).display_url)
 
 
-def _bar(what: str, unit: str = "", *, rate: bool = False) -> "Progress":
-    """A progress bar on stderr, gone when done; ``rate`` shows bytes per second."""
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    count = TransferSpeedColumn() if rate else TextColumn("{task.completed:,.0f}" + unit)
-    return Progress(
-        TextColumn(what), BarColumn(), count, TimeRemainingColumn(), console=err, transient=True
-    )
-
-
 @app.command("rollup")
 def rollup_command(
     zone: Annotated[
@@ -82,7 +71,7 @@ def rollup_command(
     cfg = settings(db_url=db)
     ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
     began = time.monotonic()
-    with _bar("rolling up", " days") as bar:
+    with progress_bar("rolling up", unit=" days") as bar:
         task = bar.add_task("days", total=None)
         count = rebuild(
             ledger.write, ledger.read, progress=lambda _day: bar.advance(task), zone=zone
@@ -156,7 +145,7 @@ def import_command(
         except OSError as exc:
             raise OmeterError(f"cannot read {source}: {exc.strerror}") from None
     began = time.monotonic()
-    with stream, _bar("importing", rate=True) as bar:
+    with stream, progress_bar("importing", rate=True) as bar:
         task = bar.add_task("bytes", total=total)
         summary = import_lines(ledger, _counted(stream, lambda n: bar.advance(task, n)))
     took = max(time.monotonic() - began, 1e-9)
@@ -222,7 +211,7 @@ def backup_command(
         )
     ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
     began = time.monotonic()
-    with _bar("copying", " pages") as bar:
+    with progress_bar("copying", unit=" pages") as bar:
         task = bar.add_task("pages", total=None)
         size = backup(
             ledger,

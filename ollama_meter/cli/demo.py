@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from ollama_meter._paths import default_data_dir
-from ollama_meter.cli._common import err, out, settings, utc_now
+from ollama_meter.cli._common import err, out, progress_bar, settings, utc_now
 from ollama_meter.cli.report import render_table
 from ollama_meter.periods import parse_period
 
@@ -24,8 +24,6 @@ def demo(
     ] = None,
 ) -> None:
     """Start an Ollama emulator, meter a month of realistic traffic, and show the report."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from ollama_meter.demo import run_demo  # loads the emulator only when asked
     from ollama_meter.ledger import close_ledger, open_ledger
     from ollama_meter.reports import spend_report
@@ -38,13 +36,7 @@ def demo(
             path.with_name(path.name + suffix).unlink(missing_ok=True)
     url = db or f"sqlite:///{path}"
     cfg = settings(db_url=url)
-    with Progress(
-        TextColumn("metering demo calls"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
+    with progress_bar("metering demo calls", remaining=False) as bar:
         task = bar.add_task("demo", total=calls)
         summary = run_demo(cfg, calls=calls, progress=lambda: bar.advance(task))
     err.print(

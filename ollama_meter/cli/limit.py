@@ -7,7 +7,7 @@ import typer
 
 from ollama_meter.cli._common import Column, DbOption, JsonFlag, ledger_for, out, settings, table
 from ollama_meter.errors import ValidationError
-from ollama_meter.records import Limit
+from ollama_meter.records import Limit, values_of
 
 app = typer.Typer(
     help="Limits per department: calls and tokens per minute, concurrency, share of slots.",
@@ -87,16 +87,7 @@ def list_limits(as_json: JsonFlag = False, db: DbOption = None) -> None:
     limits = ledger_for(settings(db_url=db)).limits()
     if as_json:
         rows = [
-            {
-                "tenant": lim.tenant,
-                "department": lim.department,
-                "key_id": lim.key_id,
-                "rpm": lim.rpm,
-                "tpm": lim.tpm,
-                "concurrency": lim.concurrency,
-                "weight": lim.weight,
-                "updated_at": lim.updated_at.isoformat() if lim.updated_at else None,
-            }
+            values_of(lim, updated_at=lim.updated_at.isoformat() if lim.updated_at else None)
             for lim in limits
         ]
         out.file.write(json.dumps(rows, indent=2) + "\n")

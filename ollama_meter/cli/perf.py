@@ -22,10 +22,9 @@ from ollama_meter.cli._common import (
     err,
     ledger_for,
     out,
-    settings,
+    settings_and_window,
     shown,
     table,
-    window_from_options,
     write_rows,
 )
 from ollama_meter.reports import PERF_BY_CHOICES, PERF_DEFAULT_BY
@@ -51,16 +50,9 @@ def perf(
     """Latency and TTFT percentiles, tokens/s, cold loads, queueing and errors per group."""
     from ollama_meter.reports import parse_perf_by, perf_report
 
-    cfg = settings(db_url=db)
-    window = window_from_options(period, since, until, cfg)
-    columns = parse_perf_by(by)
+    cfg, window = settings_and_window(period, since, until, db)
     result = perf_report(
-        ledger_for(cfg),
-        window,
-        columns,
-        tenant=tenant,
-        department=dept,
-        model=model,
+        ledger_for(cfg), window, parse_perf_by(by), tenant=tenant, department=dept, model=model
     )
     write_rows(
         fmt,

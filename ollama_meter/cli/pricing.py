@@ -12,10 +12,10 @@ from ollama_meter.cli._common import (
     Column,
     DbOption,
     JsonFlag,
-    err,
     ledger_for,
     money,
     out,
+    progress_bar,
     settings,
     table,
 )
@@ -206,14 +206,6 @@ def reprice_command(
     db: DbOption = None,
 ) -> None:
     """Recompute recorded costs with today's price rules and say how much moved."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
     from ollama_meter.ledger import SpanFilter
     from ollama_meter.meter import PriceSource, reprice
 
@@ -225,14 +217,7 @@ def reprice_command(
     ledger = ledger_for(cfg)
     total = ledger.count(SpanFilter(since=start, until=end))
     book = PriceSource(ledger, settings=cfg)()
-    with Progress(
-        TextColumn("re-pricing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
+    with progress_bar("re-pricing") as bar:
         task = bar.add_task("reprice", total=total)
         summary = reprice(
             ledger, book, since=start, until=end, progress=lambda n: bar.advance(task, n)

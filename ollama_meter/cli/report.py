@@ -22,11 +22,10 @@ from ollama_meter.cli._common import (
     ledger_for,
     money,
     out,
-    settings,
+    settings_and_window,
     shown,
     table,
     utc_now,
-    window_from_options,
     write_output,
     write_rows,
 )
@@ -64,17 +63,10 @@ def report(
     """Spend and usage over a period, grouped as you ask. Costs are exact."""
     from ollama_meter.reports import parse_by, spend_report
 
-    cfg = settings(db_url=db)
-    window = window_from_options(period, since, until, cfg)
+    cfg, window = settings_and_window(period, since, until, db)
     columns = parse_by(by)
     result = spend_report(
-        ledger_for(cfg),
-        window,
-        columns,
-        tz=cfg.tz,
-        tenant=tenant,
-        department=dept,
-        model=model,
+        ledger_for(cfg), window, columns, tz=cfg.tz, tenant=tenant, department=dept, model=model
     )
     if fmt is ReportFormat.HTML:
         from ollama_meter.reports import render_spend_html

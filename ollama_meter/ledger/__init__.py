@@ -10,7 +10,7 @@ the meter or budgets' logic.
 
 from typing import TYPE_CHECKING
 
-from ollama_meter._lazy import lazy_names
+from ollama_meter._lazy import lazy_names, names_in
 
 if TYPE_CHECKING:
     from ollama_meter.ledger._aggregate import FailureCount, SpendSums
@@ -52,9 +52,7 @@ _NAMES = {
 """Module → the public names it defines, each imported when first read: the ledger's
 export format (msgspec) or upkeep load only for the commands that use them."""
 
-__getattr__ = lazy_names(
-    globals(), {name: module for module, names in _NAMES.items() for name in names.split()}
-)
+__getattr__ = lazy_names(globals(), names_in(_NAMES))
 
 __all__ = [
     "COLD_LOAD_NS",

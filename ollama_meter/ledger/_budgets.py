@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Table, delete, func, insert, select, text, up
 from sqlalchemy.exc import IntegrityError
 
 from ollama_meter.ledger.models import AlertRow, BudgetRow, ReservationRow
-from ollama_meter.records import Alert, Budget
+from ollama_meter.records import Alert, Budget, record_from, values_of
 
 _BUDGETS: Table = BudgetRow.__table__  # type: ignore[assignment]
 _RESERVATIONS: Table = ReservationRow.__table__  # type: ignore[assignment]
@@ -24,30 +24,17 @@ _ALERTS: Table = AlertRow.__table__  # type: ignore[assignment]
 
 
 def _to_budget(row: Any) -> Budget:
-    return Budget(
-        id=row.id,
-        tenant=row.tenant,
-        department=row.department,
-        period=row.period,
-        limit=row.limit_micros,
-        currency=row.currency,
-        hard=row.hard,
-        thresholds=tuple(int(t) for t in row.thresholds.split(",")),
-        source=row.source,
-    )
+    thresholds = tuple(int(t) for t in row.thresholds.split(","))
+    return record_from(Budget, row, limit=row.limit_micros, thresholds=thresholds)
 
 
 def _values(budget: Budget) -> dict[str, Any]:
-    return {
-        "tenant": budget.tenant,
-        "department": budget.department,
-        "period": budget.period,
-        "limit_micros": budget.limit,
-        "currency": budget.currency,
-        "hard": budget.hard,
-        "thresholds": ",".join(str(t) for t in budget.thresholds),
-        "source": budget.source,
-    }
+    return values_of(
+        budget,
+        skip=("id", "limit", "thresholds"),
+        limit_micros=budget.limit,
+        thresholds=",".join(str(t) for t in budget.thresholds),
+    )
 
 
 def list_budgets(conn: Connection) -> list[Budget]:
@@ -98,15 +85,6 @@ def sync_source(conn: Connection, source: str, budgets: Sequence[Budget]) -> boo
     return True
 
 
-def lock_budgets(conn: Connection, budget_ids: Sequence[int]) -> None:
-    """Serialise admission per budget across processes (SQLite already holds its write lock)."""
-    if conn.dialect.name == "postgresql":
-        for budget_id in sorted(budget_ids):
-            conn.execute(
-                text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": 0x6F6D, "b": budget_id}
-            )
-
-
 def spent(conn: Connection, budget: Budget, tenant: str, start: datetime, end: datetime) -> int:
     """Settled spend in the budget's currency for ``tenant`` (and its department) in [start, end).
 
@@ -120,27 +98,6 @@ def spent(conn: Connection, budget: Budget, tenant: str, start: datetime, end: d
     return sum(
         row.cost for row in aggregate_spend(conn, where, []) if row.currency == budget.currency
     )
-
-
-def reserved(
-    conn: Connection,
-    budget_id: int,
-    tenant: str,
-    period_start: datetime,
-    now: datetime,
-    *,
-    exclude: str | None = None,
-) -> int:
-    """What live reservations (leases) hold for a budget, tenant and period; ``exclude`` one."""
-    query = select(func.coalesce(func.sum(ReservationRow.amount_micros), 0)).where(
-        ReservationRow.budget_id == budget_id,
-        ReservationRow.tenant == tenant,
-        ReservationRow.period_start == period_start,
-        ReservationRow.expires_at > now,
-    )
-    if exclude is not None:
-        query = query.where(ReservationRow.id != exclude)
-    return int(conn.execute(query).scalar_one())
 
 
 def put_reservation(conn: Connection, row: dict[str, Any]) -> None:
@@ -158,26 +115,8 @@ def add_reservations(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         conn.execute(insert(_RESERVATIONS), list(rows))
 
 
-def drop_reservations(conn: Connection, reservation_id: str) -> None:
-    conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.id == reservation_id))
-
-
 def purge_expired(conn: Connection, now: datetime) -> int:
     return conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.expires_at <= now)).rowcount
-
-
-def claim_alert(conn: Connection, values: dict[str, Any]) -> int | None:
-    """Record an alert unless this budget, tenant, period and threshold already has one.
-
-    The unique constraint decides, so across processes exactly one caller gets an id.
-    """
-    try:
-        with conn.begin_nested():
-            new = conn.execute(insert(_ALERTS).values(**values)).inserted_primary_key
-    except IntegrityError:
-        return None
-    assert new is not None
-    return int(new[0])
 
 
 def record_attempt(conn: Connection, alert_id: int) -> None:
@@ -208,42 +147,26 @@ def alerts(
 
 
 def _to_alert(row: Any) -> Alert:
-    return Alert(
-        id=row.id,
-        budget_id=row.budget_id,
-        tenant=row.tenant,
-        department=row.department,
-        period=row.period,
-        period_label=row.period_label,
-        period_start=row.period_start,
-        threshold=row.threshold,
+    return record_from(
+        Alert,
+        row,
         spent=row.spent_micros,
         limit=row.limit_micros,
-        currency=row.currency,
-        fired_at=row.fired_at,
         deliveries=dict(row.deliveries or {}),
-        delivered=row.delivered,
-        attempts=row.attempts,
     )
 
 
 def _alert_values(alert: Alert, fired_at: datetime) -> dict[str, Any]:
-    return {
-        "budget_id": alert.budget_id,
-        "tenant": alert.tenant,
-        "department": alert.department,
-        "period": alert.period,
-        "period_start": alert.period_start,
-        "period_label": alert.period_label,
-        "threshold": alert.threshold,
-        "spent_micros": alert.spent,
-        "limit_micros": alert.limit,
-        "currency": alert.currency,
-        "fired_at": fired_at,
-        "deliveries": {},
-        "delivered": False,
-        "attempts": 0,
-    }
+    return values_of(
+        alert,
+        skip=("id", "spent", "limit"),
+        spent_micros=alert.spent,
+        limit_micros=alert.limit,
+        fired_at=fired_at,
+        deliveries={},
+        delivered=False,
+        attempts=0,
+    )
 
 
 def spend_by_scope(
@@ -267,8 +190,15 @@ class BudgetTables:
         self._conn = conn
 
     def lock(self, budget_ids: Sequence[int]) -> None:
-        """Serialise admission per budget across processes until the transaction ends."""
-        lock_budgets(self._conn, budget_ids)
+        """Serialise admission per budget across processes until the transaction ends.
+
+        SQLite already holds its write lock; PostgreSQL takes an advisory lock per budget.
+        """
+        if self._conn.dialect.name == "postgresql":
+            for budget_id in sorted(budget_ids):
+                self._conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": 0x6F6D, "b": budget_id}
+                )
 
     def spent(self, budget: Budget, tenant: str, start: datetime, end: datetime) -> int:
         return spent(self._conn, budget, tenant, start, end)
@@ -285,7 +215,16 @@ class BudgetTables:
         *,
         exclude: str | None = None,
     ) -> int:
-        return reserved(self._conn, budget_id, tenant, period_start, now, exclude=exclude)
+        """What live reservations (leases) hold for a budget, tenant and period; ``exclude`` one."""
+        query = select(func.coalesce(func.sum(ReservationRow.amount_micros), 0)).where(
+            ReservationRow.budget_id == budget_id,
+            ReservationRow.tenant == tenant,
+            ReservationRow.period_start == period_start,
+            ReservationRow.expires_at > now,
+        )
+        if exclude is not None:
+            query = query.where(ReservationRow.id != exclude)
+        return int(self._conn.execute(query).scalar_one())
 
     def put_lease(
         self,
@@ -310,8 +249,18 @@ class BudgetTables:
         )
 
     def drop_lease(self, lease_id: str) -> None:
-        drop_reservations(self._conn, lease_id)
+        self._conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.id == lease_id))
 
     def claim_alert(self, alert: Alert, fired_at: datetime) -> int | None:
-        """Record ``alert`` (its id is ignored) unless its threshold already fired; the new id."""
-        return claim_alert(self._conn, _alert_values(alert, fired_at))
+        """Record ``alert`` (its id is ignored) unless its threshold already fired; the new id.
+
+        The unique constraint decides, so across processes exactly one caller gets an id.
+        """
+        try:
+            with self._conn.begin_nested():
+                insert_alert = insert(_ALERTS).values(**_alert_values(alert, fired_at))
+                new = self._conn.execute(insert_alert).inserted_primary_key
+        except IntegrityError:
+            return None
+        assert new is not None
+        return int(new[0])

@@ -10,36 +10,17 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, insert, select
 
 from ollama_meter.ledger.models import PriceRuleRow
-from ollama_meter.records import PRICE_FIELDS, PriceRule
+from ollama_meter.records import PriceRule, record_from, values_of
 
 _TABLE: Table = PriceRuleRow.__table__  # type: ignore[assignment]
 
 
 def _to_rule(row: Any) -> PriceRule:
-    return PriceRule(
-        id=row.id,
-        pattern=row.pattern,
-        currency=row.currency,
-        charge_load=row.charge_load,
-        effective_from=row.effective_from,
-        effective_until=row.effective_until,
-        source=row.source,
-        **{name: getattr(row, name) for name in PRICE_FIELDS},
-    )
+    return record_from(PriceRule, row)
 
 
 def _values(rule: PriceRule, digest: str | None) -> dict[str, object]:
-    return {
-        "pattern": rule.pattern,
-        "currency": rule.currency,
-        "charge_load": rule.charge_load,
-        "effective_from": rule.effective_from,
-        "effective_until": rule.effective_until,
-        "source": rule.source,
-        "source_digest": digest,
-        "created_at": datetime.now(UTC),
-        **{name: getattr(rule, name) for name in PRICE_FIELDS},
-    }
+    return values_of(rule, skip=("id",), source_digest=digest, created_at=datetime.now(UTC))
 
 
 def list_rules(conn: Connection) -> list[PriceRule]:

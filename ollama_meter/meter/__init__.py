@@ -34,18 +34,15 @@ from ollama_meter.meter._wiring import (
 )
 from ollama_meter.meter._writer import GroupCommitWriter
 from ollama_meter.records import (
-    DurationSource,
     Source,
     SpanRecord,
     Status,
     Stored,
-    TokenSource,
     new_span_row_id,
 )
 
 __all__ = [
     "Attribution",
-    "DurationSource",
     "GroupCommitWriter",
     "Meter",
     "MeteredCall",
@@ -57,7 +54,6 @@ __all__ = [
     "SpanRecord",
     "Status",
     "Stored",
-    "TokenSource",
     "Transport",
     "budget_gate",
     "build_meter",

@@ -112,7 +112,7 @@ def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> b
 
 def sync_env_budgets(ledger: Ledger, settings: Settings) -> None:
     """Bring ``DEPARTMENT_BUDGETS`` into the ledger when it is set (source ``env``)."""
-    from ollama_meter.budgets import parse_department_budgets
+    from ollama_meter.records import parse_department_budgets
 
     if settings.department_budgets:
         ledger.sync_budgets(

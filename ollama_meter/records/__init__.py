@@ -19,6 +19,7 @@ from ollama_meter.records._budget import (
     parse_limit,
     parse_thresholds,
 )
+from ollama_meter.records._fields import record_from, values_of
 from ollama_meter.records._limit import Limit
 from ollama_meter.records._money import (
     MAX_AMOUNT,
@@ -112,6 +113,8 @@ __all__ = [
     "parse_department_budgets",
     "parse_limit",
     "parse_thresholds",
+    "record_from",
     "storable_text",
     "to_micros",
+    "values_of",
 ]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeAlias
 
 from ollama_meter._names import name_problem
 from ollama_meter.records._money import (
@@ -22,6 +22,7 @@ from ollama_meter.records._money import (
     parse_currency,
     to_micros,
 )
+from ollama_meter.records._price import Usage
 
 PERIODS = ("day", "week", "month")
 PERIOD_WORDS = {"daily": "day", "weekly": "week", "monthly": "month"}
@@ -141,15 +142,8 @@ def parse_department_budgets(text: str, *, currency: str) -> list[Budget]:
     return budgets
 
 
-@dataclass(frozen=True, slots=True)
-class PastCall:
-    """What one recent successful call to a model used: budgets bound time-priced costs from it."""
-
-    input_tokens: int
-    output_tokens: int
-    prompt_eval_ns: int
-    eval_ns: int
-    load_ns: int
+PastCall: TypeAlias = Usage
+"""What one recent successful call to a model used: budgets bound time-priced costs from it."""
 
 
 @dataclass(frozen=True, slots=True)

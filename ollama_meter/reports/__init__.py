@@ -8,7 +8,7 @@ ledger, and a command that prints no HTML never pays for Jinja2.
 
 from typing import TYPE_CHECKING
 
-from ollama_meter._lazy import lazy_names
+from ollama_meter._lazy import lazy_names, names_in
 
 if TYPE_CHECKING:
     from ollama_meter.ledger import COLD_LOAD_NS
@@ -80,9 +80,7 @@ _NAMES = {
 }
 """Module → the public names it defines, each imported when first read."""
 
-__getattr__ = lazy_names(
-    globals(), {name: module for module, names in _NAMES.items() for name in names.split()}
-)
+__getattr__ = lazy_names(globals(), names_in(_NAMES))
 
 
 __all__ = [

@@ -138,6 +138,11 @@ def _budget_panel(status: BudgetStatus) -> BudgetPanel:
     )
 
 
+def _count_card(key: str, label: str, count: int, note: str, tone: str = "") -> Card:
+    """A card that shows a count: grouped digits, the plain number as its exact value."""
+    return Card(key, label, num(count), str(count), note, tone)
+
+
 def _cards(d: Dashboard) -> list[Card]:
     counts = d.counts()
     before = d.previous_counts()
@@ -158,14 +163,9 @@ def _cards(d: Dashboard) -> list[Card]:
     if not d.currencies:
         cards.append(Card("spend", "Spend", "0.00", "0.000000", "no calls in this period"))
     calls = counts["requests"]
+    previous = before["requests"]
     cards.append(
-        Card(
-            key="calls",
-            label="Calls",
-            value=num(calls),
-            exact=str(calls),
-            note=_change_note(change(calls, before["requests"]), num(before["requests"])),
-        )
+        _count_card("calls", "Calls", calls, _change_note(change(calls, previous), num(previous)))
     )
     errors = share(counts["errors"], calls, 2)
     cards.append(
@@ -179,26 +179,15 @@ def _cards(d: Dashboard) -> list[Card]:
         )
     )
     tokens = counts["input_tokens"] + counts["output_tokens"]
-    cards.append(
-        Card(
-            key="tokens",
-            label="Tokens",
-            value=num(tokens),
-            exact=str(tokens),
-            note=f"{num(counts['input_tokens'])} in · {num(counts['output_tokens'])} out",
-        )
-    )
+    split = f"{num(counts['input_tokens'])} in · {num(counts['output_tokens'])} out"
+    cards.append(_count_card("tokens", "Tokens", tokens, split))
     unpriced = counts["unpriced_requests"]
-    cards.append(
-        Card(
-            key="unpriced",
-            label="Unpriced calls",
-            value=num(unpriced),
-            exact=str(unpriced),
-            note="counted as 0: add a price rule" if unpriced else "every call has a price",
-            tone="warning" if unpriced else "good",
-        )
+    note, tone = (
+        ("counted as 0: add a price rule", "warning")
+        if unpriced
+        else ("every call has a price", "good")
     )
+    cards.append(_count_card("unpriced", "Unpriced calls", unpriced, note, tone))
     return cards
 
 

@@ -40,17 +40,23 @@ class _Spreadsheet(csv.excel):
     lineterminator = "\r\n"
 
 
-def cell_text(value: object) -> str:
-    """A value as CSV (and the HTML files' tables) show it."""
-    if value is None:
-        return ""
+def _exact(value: object) -> str | None:
+    """Money and decimals as exact text (never a float), else None."""
     if isinstance(value, Micros):
         return format_micros(value)
     if isinstance(value, Decimal):
         return f"{value:f}"
+    return None
+
+
+def cell_text(value: object) -> str:
+    """A value as CSV (and the HTML files' tables) show it."""
+    if value is None:
+        return ""
     if isinstance(value, str):
         return safe_cell(value)
-    return str(value)
+    exact = _exact(value)
+    return str(value) if exact is None else exact
 
 
 def to_csv(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
@@ -74,13 +80,10 @@ def to_csv(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
 
 
 def _json_value(value: object) -> Any:
-    if isinstance(value, Micros):
-        return format_micros(value)
-    if isinstance(value, Decimal):
-        return f"{value:f}"
     if isinstance(value, datetime):
         return iso_utc(value)
-    return value
+    exact = _exact(value)
+    return value if exact is None else exact
 
 
 def to_json(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,29 +36,28 @@ class TelemetryObserver:
         self._lock = threading.Lock()
         self._metrics = meter is not None
         if meter is not None:
-            self.tokens = meter.create_histogram(
-                sc.METRIC_TOKEN_USAGE,
-                unit="{token}",
-                description="Tokens used per call.",
-                explicit_bucket_boundaries_advisory=list(sc.TOKEN_BUCKETS),
+
+            def histogram(name: str, unit: str, description: str, buckets: Sequence[float]) -> Any:
+                return meter.create_histogram(
+                    name,
+                    unit=unit,
+                    description=description,
+                    explicit_bucket_boundaries_advisory=list(buckets),
+                )
+
+            seconds = sc.DURATION_BUCKETS
+            self.tokens = histogram(
+                sc.METRIC_TOKEN_USAGE, "{token}", "Tokens used per call.", sc.TOKEN_BUCKETS
             )
-            self.duration = meter.create_histogram(
-                sc.METRIC_OPERATION_DURATION,
-                unit="s",
-                description="Call duration.",
-                explicit_bucket_boundaries_advisory=list(sc.DURATION_BUCKETS),
+            self.duration = histogram(sc.METRIC_OPERATION_DURATION, "s", "Call duration.", seconds)
+            self.first_chunk = histogram(
+                sc.METRIC_TIME_TO_FIRST_CHUNK, "s", "Time to the first streamed chunk.", seconds
             )
-            self.first_chunk = meter.create_histogram(
-                sc.METRIC_TIME_TO_FIRST_CHUNK,
-                unit="s",
-                description="Time to the first streamed chunk.",
-                explicit_bucket_boundaries_advisory=list(sc.DURATION_BUCKETS),
-            )
-            self.queue = meter.create_histogram(
+            self.queue = histogram(
                 sc.METRIC_QUEUE_DURATION,
-                unit="s",
-                description="Time a call waited in the gateway for a free slot on a server.",
-                explicit_bucket_boundaries_advisory=list(sc.DURATION_BUCKETS),
+                "s",
+                "Time a call waited in the gateway for a free slot on a server.",
+                seconds,
             )
             self.cost = meter.create_counter(
                 sc.METRIC_COST,

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+    GEN_AI_INPUT_MESSAGES,
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_OUTPUT_MESSAGES,
+    GEN_AI_PROVIDER_NAME,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_RESPONSE_FINISH_REASONS,
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_TOKEN_TYPE,
+    GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS,
+)
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
-from opentelemetry.semconv.attributes import error_attributes, server_attributes
-
-GEN_AI_OPERATION_NAME = gen_ai.GEN_AI_OPERATION_NAME
-GEN_AI_PROVIDER_NAME = gen_ai.GEN_AI_PROVIDER_NAME
-GEN_AI_REQUEST_MODEL = gen_ai.GEN_AI_REQUEST_MODEL
-GEN_AI_RESPONSE_MODEL = gen_ai.GEN_AI_RESPONSE_MODEL
-GEN_AI_USAGE_INPUT_TOKENS = gen_ai.GEN_AI_USAGE_INPUT_TOKENS
-GEN_AI_USAGE_OUTPUT_TOKENS = gen_ai.GEN_AI_USAGE_OUTPUT_TOKENS
-GEN_AI_RESPONSE_FINISH_REASONS = gen_ai.GEN_AI_RESPONSE_FINISH_REASONS
-GEN_AI_TOKEN_TYPE = gen_ai.GEN_AI_TOKEN_TYPE
-GEN_AI_INPUT_MESSAGES = gen_ai.GEN_AI_INPUT_MESSAGES
-GEN_AI_OUTPUT_MESSAGES = gen_ai.GEN_AI_OUTPUT_MESSAGES
-SERVER_ADDRESS = server_attributes.SERVER_ADDRESS
-SERVER_PORT = server_attributes.SERVER_PORT
-ERROR_TYPE = error_attributes.ERROR_TYPE
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
 
 PROVIDER_OLLAMA = "ollama"
 TOKEN_INPUT = gen_ai.GenAiTokenTypeValues.INPUT.value
@@ -87,3 +86,47 @@ LANGFUSE_USAGE = "langfuse.observation.usage_details"
 LANGFUSE_COST = "langfuse.observation.cost_details"
 LANGFUSE_TAGS = "langfuse.trace.tags"
 USER_ID = "user.id"
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "ERROR_TYPE",
+    "GEN_AI_INPUT_MESSAGES",
+    "GEN_AI_OPERATION_NAME",
+    "GEN_AI_OUTPUT_MESSAGES",
+    "GEN_AI_PROVIDER_NAME",
+    "GEN_AI_REQUEST_MODEL",
+    "GEN_AI_RESPONSE_FINISH_REASONS",
+    "GEN_AI_RESPONSE_MODEL",
+    "GEN_AI_TOKEN_TYPE",
+    "GEN_AI_USAGE_INPUT_TOKENS",
+    "GEN_AI_USAGE_OUTPUT_TOKENS",
+    "LANGFUSE_COST",
+    "LANGFUSE_MODEL",
+    "LANGFUSE_OBSERVATION_TYPE",
+    "LANGFUSE_TAGS",
+    "LANGFUSE_USAGE",
+    "METRIC_COST",
+    "METRIC_OPERATION_DURATION",
+    "METRIC_QUEUE_DURATION",
+    "METRIC_REQUESTS",
+    "METRIC_TIME_TO_FIRST_CHUNK",
+    "METRIC_TOKEN_USAGE",
+    "OMETER_COST",
+    "OMETER_COST_PARTS",
+    "OMETER_CURRENCY",
+    "OMETER_DEPARTMENT",
+    "OMETER_SPAN_ID",
+    "OMETER_STATUS",
+    "OMETER_TENANT",
+    "OMETER_TOKEN_SOURCE",
+    "OMETER_UNPRICED",
+    "OMETER_USER",
+    "OPERATION_NAMES",
+    "PROVIDER_OLLAMA",
+    "SERVER_ADDRESS",
+    "SERVER_PORT",
+    "TOKEN_BUCKETS",
+    "TOKEN_INPUT",
+    "TOKEN_OUTPUT",
+    "USER_ID",
+]

@@ -85,35 +85,49 @@ class _WatchedMetrics(MetricExporter):
         return self.inner.force_flush(timeout_millis)
 
 
+def _otlp(signal: str, endpoint: str, given: str | None, settings: Settings) -> tuple[str, Any]:
+    """The OTLP exporter for ``signal`` (traces, metrics) by the protocol set, and where it sends.
+
+    grpc sends to ``endpoint`` itself; http/protobuf to ``given`` (the signal's own
+    endpoint setting) or the signal's path under ``endpoint``. Imported only when asked.
+    """
+    exporter: Any
+    grpc = settings.otlp_protocol == "grpc"
+    if signal == "traces" and grpc:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as exporter,
+        )
+    elif signal == "traces":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as exporter,
+        )
+    elif grpc:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter as exporter,
+        )
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter as exporter,
+        )
+    headers = dict(parse_env_headers(settings.otlp_headers or "", liberal=True))
+    timeout = settings.export_timeout
+    if grpc:
+        insecure = endpoint.startswith("http://")
+        return endpoint, exporter(
+            endpoint=endpoint, insecure=insecure, headers=headers, timeout=timeout
+        )
+    url = given or f"{endpoint.rstrip('/')}/v1/{signal}"
+    return url, exporter(endpoint=url, headers=headers, timeout=timeout)
+
+
 def _span_exporters(settings: Settings) -> list[_Watched]:
     timeout = settings.export_timeout
     exporters: list[_Watched] = []
     traces = settings.otlp_traces_endpoint or settings.otlp_endpoint
-    headers = dict(parse_env_headers(settings.otlp_headers or "", liberal=True))
     if traces:
-        if settings.otlp_protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                OTLPSpanExporter as Grpc,
-            )
-
-            exporters.append(
-                _Watched(
-                    traces,
-                    Grpc(
-                        endpoint=traces,
-                        insecure=traces.startswith("http://"),
-                        headers=headers,
-                        timeout=timeout,
-                    ),
-                )
-            )
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-                OTLPSpanExporter as Http,
-            )
-
-            url = settings.otlp_traces_endpoint or f"{traces.rstrip('/')}/v1/traces"
-            exporters.append(_Watched(url, Http(endpoint=url, headers=headers, timeout=timeout)))
+        exporters.append(
+            _Watched(*_otlp("traces", traces, settings.otlp_traces_endpoint, settings))
+        )
     if settings.langfuse_public_key and settings.langfuse_secret_key and settings.langfuse_host:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
 
@@ -150,26 +164,7 @@ def _metric_exporter(settings: Settings) -> _WatchedMetrics | None:
     endpoint = settings.otlp_metrics_endpoint or settings.otlp_endpoint
     if not endpoint:
         return None
-    headers = dict(parse_env_headers(settings.otlp_headers or "", liberal=True))
-    timeout = settings.export_timeout
-    if settings.otlp_protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-            OTLPMetricExporter as Grpc,
-        )
-
-        return _WatchedMetrics(
-            endpoint,
-            Grpc(
-                endpoint=endpoint,
-                insecure=endpoint.startswith("http://"),
-                headers=headers,
-                timeout=timeout,
-            ),
-        )
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as Http
-
-    url = settings.otlp_metrics_endpoint or f"{endpoint.rstrip('/')}/v1/metrics"
-    return _WatchedMetrics(url, Http(endpoint=url, headers=headers, timeout=timeout))
+    return _WatchedMetrics(*_otlp("metrics", endpoint, settings.otlp_metrics_endpoint, settings))
 
 
 class Telemetry:

@@ -67,57 +67,20 @@ class EmulatedModel:
         return hashlib.sha256(f"emulated:{self.name}".encode()).hexdigest()
 
 
-DEFAULT_MODELS: tuple[EmulatedModel, ...] = (
+DEFAULT_MODELS: tuple[EmulatedModel, ...] = tuple(
     EmulatedModel(
-        name="llama3.1:8b",
-        family="llama",
-        parameter_size="8.0B",
-        quantization_level="Q4_K_M",
-        size=4_920_753_328,
-        load_ns=1_200_000_000,
-        prompt_ns_per_token=1_000_000,
-        eval_ns_per_token=20_000_000,
-        embedding_dim=4096,
-        context_length=131_072,
-    ),
-    EmulatedModel(
-        name="qwen2.5:7b",
-        family="qwen2",
-        parameter_size="7.6B",
-        quantization_level="Q4_K_M",
-        size=4_683_087_332,
-        load_ns=1_100_000_000,
-        prompt_ns_per_token=900_000,
-        eval_ns_per_token=18_000_000,
-        embedding_dim=3584,
-        context_length=32_768,
-    ),
-    EmulatedModel(
-        name="mistral:7b",
-        family="llama",
-        parameter_size="7.2B",
-        quantization_level="Q4_0",
-        size=4_113_301_824,
-        load_ns=1_000_000_000,
-        prompt_ns_per_token=800_000,
-        eval_ns_per_token=16_000_000,
-        embedding_dim=4096,
-        context_length=32_768,
-    ),
-    EmulatedModel(
-        name="nomic-embed-text:latest",
-        family="nomic-bert",
-        parameter_size="137M",
-        quantization_level="F16",
-        size=274_302_450,
-        load_ns=300_000_000,
-        prompt_ns_per_token=100_000,
-        eval_ns_per_token=0,
-        embedding=True,
-        embedding_dim=768,
-        context_length=2048,
-    ),
-)
+        name, family, parameter_size, quantization, size, load_ns, prompt_ns, eval_ns,
+        embedding=embedding, embedding_dim=dim, context_length=context,
+    )
+    for name, family, parameter_size, quantization, size, load_ns, prompt_ns, eval_ns, dim, context, embedding in (
+        # name, family, parameter size, quantization, size, load ns, ns per prompt token,
+        # ns per reply token, embedding dimensions, context length, embedding-only
+        ("llama3.1:8b", "llama", "8.0B", "Q4_K_M", 4_920_753_328, 1_200_000_000, 1_000_000, 20_000_000, 4096, 131_072, False),
+        ("qwen2.5:7b", "qwen2", "7.6B", "Q4_K_M", 4_683_087_332, 1_100_000_000, 900_000, 18_000_000, 3584, 32_768, False),
+        ("mistral:7b", "llama", "7.2B", "Q4_0", 4_113_301_824, 1_000_000_000, 800_000, 16_000_000, 4096, 32_768, False),
+        ("nomic-embed-text:latest", "nomic-bert", "137M", "F16", 274_302_450, 300_000_000, 100_000, 0, 768, 2048, True),
+    )
+)  # fmt: skip
 
 
 def normalize_name(name: str) -> str:
@@ -292,13 +255,10 @@ def expected_counts(
     model: EmulatedModel | str,
     messages: Sequence[Mapping[str, Any]] | None = None,
     options: Mapping[str, Any] | None = None,
-    *,
-    prompt: str | None = None,
-    system: str | None = None,
-    models: Iterable[EmulatedModel] = DEFAULT_MODELS,
+    **keywords: Any,
 ) -> tuple[int, int]:
-    """``(prompt_eval_count, eval_count)`` the emulator reports; see :func:`expected_reply`."""
-    reply = expected_reply(model, messages, options, prompt=prompt, system=system, models=models)
+    """``(prompt_eval_count, eval_count)`` the emulator reports for what :func:`expected_reply` takes."""
+    reply = expected_reply(model, messages, options, **keywords)
     return reply.prompt_tokens, reply.output_tokens
 
 

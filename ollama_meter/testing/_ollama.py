@@ -7,7 +7,7 @@ come from ``_models``; faults decide what is sent instead (``_faults``).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ollama_meter.testing._faults import Armed, Fault, early
@@ -57,12 +57,7 @@ class OllamaRoutes(Handler):
         self._send_json(200, self.emulator._show(model))
 
     def _chat(self, raw: bytes) -> None:
-        try:
-            body = decode_body(raw, "api.ChatRequest")
-            name = model_field(body, "api.ChatRequest")
-            model = self._lookup(name)
-            if model.embedding:
-                raise Refusal(400, f"{json.dumps(name)} does not support chat")
+        def texts(body: dict[str, Any]) -> list[str]:
             messages = body.get("messages") or []
             if not isinstance(messages, list):
                 raise Refusal(
@@ -73,48 +68,55 @@ class OllamaRoutes(Handler):
                     raise Refusal(
                         400, unmarshal_error(message, "ChatRequest.messages", "api.Message")
                     )
-            given = options(body)
-        except Refusal as exc:
-            self._ollama_error(exc.status, exc.message)
-            return
-        self._complete(
-            kind="chat",
-            name=name,
-            model=model,
-            texts=message_texts(messages),
-            options=given,
-            stream=body.get("stream") is not False,
-            load_only=not messages,
-            unload=keep_alive_zero(body),
-        )
+            return message_texts(messages)
+
+        self._text_call(raw, "chat", "api.ChatRequest", texts)
 
     def _generate(self, raw: bytes) -> None:
-        try:
-            body = decode_body(raw, "api.GenerateRequest")
-            name = model_field(body, "api.GenerateRequest")
-            model = self._lookup(name)
-            if model.embedding:
-                raise Refusal(400, f"{json.dumps(name)} does not support generate")
+        def texts(body: dict[str, Any]) -> list[str]:
             prompt = body.get("prompt") or ""
             system = body.get("system") or None
             if not isinstance(prompt, str):
                 raise Refusal(400, unmarshal_error(prompt, "GenerateRequest.prompt", "string"))
             if system is not None and not isinstance(system, str):
                 raise Refusal(400, unmarshal_error(system, "GenerateRequest.system", "string"))
+            return generate_texts(prompt, system) if prompt else []
+
+        self._text_call(raw, "generate", "api.GenerateRequest", texts)
+
+    def _text_call(
+        self,
+        raw: bytes,
+        kind: str,
+        schema: str,
+        texts_of: Callable[[dict[str, Any]], list[str]],
+    ) -> None:
+        """A chat or generate call: checked as Ollama checks it, then answered.
+
+        ``texts_of`` checks the kind's own fields and returns the prompt's texts
+        (none: the call only loads or unloads the model).
+        """
+        try:
+            body = decode_body(raw, schema)
+            name = model_field(body, schema)
+            model = self._lookup(name)
+            if model.embedding:
+                raise Refusal(400, f"{json.dumps(name)} does not support {kind}")
+            texts = texts_of(body)
             given = options(body)
         except Refusal as exc:
             self._ollama_error(exc.status, exc.message)
             return
         self._complete(
-            kind="generate",
+            kind=kind,
             name=name,
             model=model,
-            texts=generate_texts(prompt, system),
+            texts=texts,
             options=given,
             stream=body.get("stream") is not False,
-            load_only=not prompt,
+            load_only=not texts,
             unload=keep_alive_zero(body),
-            raw_mode=bool(body.get("raw")),
+            raw_mode=kind == "generate" and bool(body.get("raw")),
         )
 
     def _complete(

@@ -10,11 +10,11 @@ from ollama_meter.budgets import (
     Estimate,
     PastCall,
     bound_cost,
-    parse_department_budgets,
     parse_limit,
     parse_thresholds,
 )
 from ollama_meter.pricing import PriceBook
+from ollama_meter.records import parse_department_budgets
 from tests.factories import token_prices
 
 
