@@ -1,8 +1,9 @@
-"""Rules for tenant, department and user names, shared by settings and the meter."""
+"""Rules for tenant, department, user and time zone names, shared by settings, the meter and the ledger."""
 
 from __future__ import annotations
 
 import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]*")
 MAX_NAME = 64
@@ -20,4 +21,13 @@ def name_problem(value: str, *, limit: int = MAX_NAME) -> str | None:
             f"{value!r} has characters other than letters, digits and . _ @ + - "
             "(and must start with a letter or digit)"
         )
+    return None
+
+
+def zone_problem(value: str) -> str | None:
+    """Why ``value`` is not an IANA time zone name, or None when it is."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return f"{value!r} is not a known time zone; use an IANA name such as Europe/Berlin or UTC"
     return None

@@ -14,12 +14,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ollama_meter._names import name_problem
+from ollama_meter._names import name_problem, zone_problem
 from ollama_meter._paths import default_data_dir
 from ollama_meter.errors import ConfigError
 
@@ -306,12 +306,8 @@ class Settings(BaseSettings):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(
-                f"{value!r} is not a known time zone; use an IANA name such as Europe/Berlin or UTC"
-            ) from exc
+        if problem := zone_problem(value):
+            raise ValueError(problem)
         return value
 
     @field_validator("pricing_file")

@@ -29,6 +29,7 @@ from ollama_meter.ledger import (
     _limits,
     _prices,
     _rebuild,
+    _rollup,
     _spans,
     _timings,
 )
@@ -80,7 +81,7 @@ class Ledger(DurableLedger):
     def zone(self) -> str:
         """The zone whose midnights begin this ledger's day and month rollups."""
         with self.read() as conn:
-            return _rebuild.zone_name(conn)
+            return _rollup.zone_name(conn)
 
     # -- reading spans ---------------------------------------------------------------------
 

@@ -13,10 +13,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, delete, func, insert, literal, or_, select
 
+from ollama_meter._names import zone_problem
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger._cells import (
     BIN_COLUMNS,
@@ -38,6 +39,7 @@ from ollama_meter.ledger._rollup import (
     ledger_zone,
     pruned_before,
     set_meta,
+    zone_name,
 )
 from ollama_meter.ledger._spans import row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
@@ -205,13 +207,15 @@ def _rebuild_month(conn: Connection, month: int, zone: tzinfo | None) -> None:
         conn.execute(insert(table).from_select(["grain", "start", *keys, *sums], days))
 
 
+def _zone_key(zone: str) -> str:
+    """The IANA key of ``zone``; a clear error for a name that is none."""
+    if problem := zone_problem(zone):
+        raise ValidationError(problem)
+    return ZoneInfo(zone).key
+
+
 def _change_zone(write: Callable[[], Any], read: Callable[[], Any], zone: str) -> None:
-    try:
-        key = ZoneInfo(zone).key
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValidationError(
-            f"{zone!r} is not a known time zone; use an IANA name such as Europe/Berlin or UTC"
-        ) from None
+    key = _zone_key(zone)
     with read() as conn:
         if zone_name(conn) == key:
             return
@@ -225,10 +229,6 @@ def _change_zone(write: Callable[[], Any], read: Callable[[], Any], zone: str) -
         set_meta(conn, "zone", key)
 
 
-def zone_name(conn: Connection) -> str:
-    return get_meta(conn, "zone") or "UTC"
-
-
 def can_adopt_zone(conn: Connection) -> bool:
     """Whether the ledger has no zone set and no rollups that a zone would have cut."""
     if get_meta(conn, "zone") is not None:
@@ -240,7 +240,7 @@ def adopt_zone(conn: Connection, zone: str) -> bool:
     """Set the ledger's zone if :func:`can_adopt_zone` (checked again, in this write)."""
     if not can_adopt_zone(conn):
         return False
-    set_meta(conn, "zone", ZoneInfo(zone).key)
+    set_meta(conn, "zone", _zone_key(zone))
     return True
 
 

@@ -376,8 +376,13 @@ def ledger_zone(conn: Connection) -> tzinfo | None:
     Set when the ledger is made (``OMETER_TIMEZONE``) or by ``ometer db rollup --zone``,
     so reports in the zone finance works in read whole cells.
     """
-    name = get_meta(conn, "zone")
-    return None if name is None or name == "UTC" else ZoneInfo(name)
+    name = zone_name(conn)
+    return None if name == "UTC" else ZoneInfo(name)
+
+
+def zone_name(conn: Connection) -> str:
+    """The IANA name of the ledger's zone (:func:`ledger_zone`): UTC unless set."""
+    return get_meta(conn, "zone") or "UTC"
 
 
 def pruned_before(conn: Connection) -> int | None:
@@ -423,4 +428,5 @@ __all__ = [
     "set_meta",
     "slot_edge",
     "speed_bin",
+    "zone_name",
 ]
