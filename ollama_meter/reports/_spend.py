@@ -42,8 +42,8 @@ class SpendReport:
     rows: list[SpendRow] = field(default_factory=list)
     """One per group and currency; ``columns`` and ``unpriced_requests`` (no price rule matched)."""
     unpriced_requests: int = 0
-    _rollups: dict[tuple[object, ...], list[SpendRow]] = field(default_factory=dict, repr=False)
-    """Rollups already summed, per (rows, ``by``)."""
+    _rollups: dict[tuple[str, ...], list[SpendRow]] = field(default_factory=dict, repr=False)
+    """Rollups already summed, per ``by``: :func:`spend_report` sets ``rows`` once, before any."""
 
     @property
     def columns(self) -> list[str]:
@@ -58,10 +58,10 @@ class SpendReport:
 
         Ordered by the ``by`` values, then currency; a subtotal never mixes currencies.
         """
-        key = (id(self.rows), len(self.rows), *by)  # the same rows, still
+        key = tuple(by)
         cached = self._rollups.get(key)
         if cached is None:
-            cached = self._rollups[key] = self._rollup(tuple(by))
+            cached = self._rollups[key] = self._rollup(key)
         return cached
 
     def _rollup(self, by: tuple[str, ...]) -> list[SpendRow]:
