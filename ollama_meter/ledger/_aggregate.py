@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, case, func, literal, literal_column, select
@@ -62,21 +63,7 @@ class _Sums:
     def __init__(self) -> None:
         self.rows: defaultdict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * 9)
 
-    def add(self, bucket: int, keys: tuple[str, ...], currency: str, status: str,
-            values: Sequence[Any], sign: int) -> None:  # fmt: skip
-        """Add one status's sums (raw spans are grouped by status; see :data:`_STATUS_FOLDED`)."""
-        (requests, input_tokens, output_tokens, busy, cost, unpriced, unpriced_tokens,
-         cold, cold_ns) = (int(v or 0) for v in values)  # fmt: skip
-        self.add_folded(bucket, keys, currency, sign, (
-            requests,
-            requests if status in ERROR_STATUSES else 0,
-            input_tokens, output_tokens, busy, cost,
-            # Unpriced usage, not unpriced failures: a call that consumed nothing costs nothing.
-            unpriced if status == "ok" else unpriced_tokens,
-            cold, cold_ns,
-        ))  # fmt: skip
-
-    def add_folded(
+    def add(
         self, bucket: int, keys: tuple[str, ...], currency: str, sign: int, values: Sequence[Any]
     ) -> None:
         """Add sums in :class:`SpendSums` order (calls, errors, tokens in and out, busy, cost,
@@ -137,13 +124,15 @@ def _cube_sums(
     )
     width = len(by)
     for row in rows:
-        sums.add_folded(row[0], tuple(row[1 : 1 + width]), row[1 + width], 1, row[2 + width :])
+        sums.add(row[0], tuple(row[1 : 1 + width]), row[1 + width], 1, row[2 + width :])
 
 
 def _status_folded(c: Any) -> list[ColumnElement[Any]]:
-    """The rollup measures in :class:`SpendSums` order, status folded in by the database:
-    errors are the calls of error statuses, unpriced usage is unpriced calls that
-    succeeded and unpriced failures that consumed tokens (as :meth:`_Sums.add` does)."""
+    """The measures in :class:`SpendSums` order, to be summed, status folded in by the
+    database: errors are the calls of error statuses, and unpriced usage is unpriced
+    calls that succeeded and unpriced failures that consumed tokens (a call that
+    consumed nothing costs nothing). ``c`` names a row's measures and status: the
+    rollups' columns, or :func:`_span_measures`."""
     zero = literal(0)
     return [
         c.requests,
@@ -156,6 +145,29 @@ def _status_folded(c: Any) -> list[ColumnElement[Any]]:
         c.cold_loads,
         c.cold_load_ns,
     ]
+
+
+def _span_measures() -> SimpleNamespace:
+    """One raw span as the rollup measures it adds to (``_cells.measures_of`` in SQL)."""
+    zero, one = literal(0), literal(1)
+    load = func.coalesce(SpanRow.load_duration_ns, zero)
+    cold = load >= COLD_LOAD_NS
+    unpriced = SpanRow.unpriced == True  # noqa: E712
+    return SimpleNamespace(
+        status=SpanRow.status,
+        requests=one,
+        input_tokens=SpanRow.input_tokens,
+        output_tokens=SpanRow.output_tokens,
+        busy_ns=func.coalesce(SpanRow.prompt_eval_duration_ns, zero)
+        + func.coalesce(SpanRow.eval_duration_ns, zero),
+        cost_total=SpanRow.cost_total,
+        unpriced=case((unpriced, one), else_=zero),
+        unpriced_tokens=case(
+            (unpriced & (SpanRow.input_tokens + SpanRow.output_tokens > 0), one), else_=zero
+        ),
+        cold_loads=case((cold, one), else_=zero),
+        cold_load_ns=case((cold, load), else_=zero),
+    )
 
 
 def _raw_sums(
@@ -180,29 +192,12 @@ def _raw_sums(
         bucket_column: ColumnElement[Any] = case(*whens, else_=zero).label("bucket")
     else:
         bucket_column = zero.label("bucket")
-    load = func.coalesce(SpanRow.load_duration_ns, zero)
-    cold = load >= COLD_LOAD_NS
-    unpriced = SpanRow.unpriced == True  # noqa: E712
     query = (
         select(
             *keys,
             bucket_column,
             SpanRow.currency,
-            SpanRow.status,
-            func.count(),
-            func.sum(SpanRow.input_tokens),
-            func.sum(SpanRow.output_tokens),
-            func.sum(
-                func.coalesce(SpanRow.prompt_eval_duration_ns, zero)
-                + func.coalesce(SpanRow.eval_duration_ns, zero)
-            ),
-            func.sum(SpanRow.cost_total),
-            func.sum(case((unpriced, 1), else_=zero)),
-            func.sum(
-                case((unpriced & (SpanRow.input_tokens + SpanRow.output_tokens > 0), 1), else_=zero)
-            ),
-            func.sum(case((cold, 1), else_=zero)),
-            func.sum(case((cold, load), else_=zero)),
+            *(func.sum(measure) for measure in _status_folded(_span_measures())),
         )
         .where(*where.clauses())
         # By output name: PostgreSQL cannot match bound parameters in SELECT and GROUP BY.
@@ -210,7 +205,6 @@ def _raw_sums(
             *(literal_column(k.name) for k in keys),
             literal_column("bucket"),
             SpanRow.currency,
-            SpanRow.status,
         )
     )
     width = len(keys)
@@ -219,9 +213,8 @@ def _raw_sums(
             int(row[width]) if bucket is None else bucket,
             tuple(str(v) for v in row[:width]),
             row[width + 1],
-            row[width + 2],
-            row[width + 3 :],
             sign,
+            row[width + 2 :],
         )
 
 
