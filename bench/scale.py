@@ -16,7 +16,8 @@ then in one run:
     python bench/scale.py [--spans 1000000] [--small 20000] [--runs 5] [--dir DIR]
 
 The export files are kept in --dir and reused when present (generating 10M spans
-takes minutes); ledgers are rebuilt every run. Needs about 1.5 KB of disk per span
+takes minutes); ledgers are rebuilt every run, unless --reuse answers from the ones
+an earlier run left (importing 10M spans takes about half an hour). Needs about 1.5 KB of disk per span
 (export file and ledger).
 """
 
@@ -243,10 +244,22 @@ def answers(ledger: Ledger, end: datetime) -> dict[str, Callable[[], object]]:
 
 
 def load(
-    directory: Path, count: int, end: datetime, label: str, *, rebuilding: bool = True
+    directory: Path,
+    count: int,
+    end: datetime,
+    label: str,
+    *,
+    rebuilding: bool = True,
+    reuse: bool = False,
 ) -> tuple[Ledger, dict[str, float]]:
     source = export_file(directory, count, end)
     path = directory / f"ledger-{count}.db"
+    if reuse and path.exists():
+        began = time.perf_counter()
+        ledger = Ledger(f"sqlite:///{path}")  # brought to the current schema, if it is behind
+        print(f"{label}: reused {path} (opened in {time.perf_counter() - began:.1f} s)",
+              file=sys.stderr)  # fmt: skip
+        return ledger, sizes(ledger, count)
     for stale in directory.glob(f"ledger-{count}.db*"):
         stale.unlink()
     ledger = Ledger(f"sqlite:///{path}", zone=TZ.key)  # as OMETER_TIMEZONE makes it
@@ -379,6 +392,12 @@ def main() -> None:
         action="store_true",
         help="do not time `ometer db rollup` at N spans (it grows with N: 100 s at 1M)",
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="answer from the ledgers an earlier run left in --dir (migrated if behind): "
+        "no import, floor or rollup figures",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -388,9 +407,9 @@ def main() -> None:
         child(args.child, args.db, end)
         return
     args.dir.mkdir(parents=True, exist_ok=True)
-    small, small_figures = load(args.dir, args.small, end, "small")
+    small, small_figures = load(args.dir, args.small, end, "small", reuse=args.reuse)
     large, large_figures = load(
-        args.dir, args.spans, end, "large", rebuilding=not args.skip_rebuild
+        args.dir, args.spans, end, "large", rebuilding=not args.skip_rebuild, reuse=args.reuse
     )
     print(
         f"\nSQLite, Europe/Berlin, data ending {end:%Y-%m-%d %H:%M} UTC; medians of {args.runs} runs\n"
@@ -407,8 +426,10 @@ def main() -> None:
         "rollups B/span",
         "file B/span",
     ):
-        large_figure = f"{large_figures[key]:,.1f}" if key in large_figures else "skipped"
-        print(f"| {key} | {small_figures[key]:,.1f} | {large_figure} |")
+        shown = [
+            f"{f[key]:,.1f}" if key in f else "skipped" for f in (small_figures, large_figures)
+        ]
+        print(f"| {key} | {' | '.join(shown)} |")
     small_answers, large_answers = answers(small, end), answers(large, end)
     print(
         f"\n| answer | {args.small:,} spans | {args.spans:,} spans | ratio | raw GROUP BY at {args.spans:,} | goal at 10M |"
