@@ -118,7 +118,7 @@ def _cube_sums(
         ROLLUPS,
         [p for p in pieces if p.grain is not None],
         [*(c[name] for name in by), c.currency],
-        _status_folded(c),
+        SUMMED,
         cube_filters(ROLLUPS, where, by),
         zone,
     )
@@ -127,24 +127,11 @@ def _cube_sums(
         sums.add(row[0], tuple(row[1 : 1 + width]), row[1 + width], 1, row[2 + width :])
 
 
-def _status_folded(c: Any) -> list[ColumnElement[Any]]:
-    """The measures in :class:`SpendSums` order, to be summed, status folded in by the
-    database: errors are the calls of error statuses, and unpriced usage is unpriced
-    calls that succeeded and unpriced failures that consumed tokens (a call that
-    consumed nothing costs nothing). ``c`` names a row's measures and status: the
-    rollups' columns, or :func:`_span_measures`."""
-    zero = literal(0)
-    return [
-        c.requests,
-        case((c.status.in_(sorted(ERROR_STATUSES)), c.requests), else_=zero),
-        c.input_tokens,
-        c.output_tokens,
-        c.busy_ns,
-        c.cost_total,
-        case((c.status == "ok", c.unpriced), else_=c.unpriced_tokens),
-        c.cold_loads,
-        c.cold_load_ns,
-    ]
+SUMMED = (
+    "requests", "errors", "input_tokens", "output_tokens", "busy_ns", "cost_total",
+    "unpriced_usage", "cold_loads", "cold_load_ns",
+)  # fmt: skip
+"""The measures summed, in :class:`SpendSums` order: rollup columns, or :func:`_span_measures`."""
 
 
 def _span_measures() -> SimpleNamespace:
@@ -153,17 +140,19 @@ def _span_measures() -> SimpleNamespace:
     load = func.coalesce(SpanRow.load_duration_ns, zero)
     cold = load >= COLD_LOAD_NS
     unpriced = SpanRow.unpriced == True  # noqa: E712
+    used = unpriced & (SpanRow.input_tokens + SpanRow.output_tokens > 0)
     return SimpleNamespace(
-        status=SpanRow.status,
         requests=one,
+        errors=case((SpanRow.status.in_(sorted(ERROR_STATUSES)), one), else_=zero),
         input_tokens=SpanRow.input_tokens,
         output_tokens=SpanRow.output_tokens,
         busy_ns=func.coalesce(SpanRow.prompt_eval_duration_ns, zero)
         + func.coalesce(SpanRow.eval_duration_ns, zero),
         cost_total=SpanRow.cost_total,
-        unpriced=case((unpriced, one), else_=zero),
-        unpriced_tokens=case(
-            (unpriced & (SpanRow.input_tokens + SpanRow.output_tokens > 0), one), else_=zero
+        unpriced_usage=case(
+            (SpanRow.status == "ok", case((unpriced, one), else_=zero)),
+            (used, one),
+            else_=zero,
         ),
         cold_loads=case((cold, one), else_=zero),
         cold_load_ns=case((cold, load), else_=zero),
@@ -182,6 +171,7 @@ def _raw_sums(
 ) -> None:
     keys = [GROUP_COLUMNS[name].label(f"k_{name}") for name in by]
     zero = literal(0)
+    measures = _span_measures()
     if bucket_starts:
         # Spans are filtered to the window, so every span falls in one bucket;
         # the boundaries are searched from the newest down.
@@ -197,7 +187,7 @@ def _raw_sums(
             *keys,
             bucket_column,
             SpanRow.currency,
-            *(func.sum(measure) for measure in _status_folded(_span_measures())),
+            *(func.sum(getattr(measures, name)) for name in SUMMED),
         )
         .where(*where.clauses())
         # By output name: PostgreSQL cannot match bound parameters in SELECT and GROUP BY.
@@ -219,6 +209,8 @@ def _raw_sums(
 
 
 # -- failures (the dashboard) ------------------------------------------------------------
+
+FAILURE_KEY = ("status", "error_type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,9 +243,9 @@ def aggregate_failures(
             conn,
             ROLLUPS,
             [p for p in pieces if p.grain is not None],
-            [c.status, c.error_type],
+            [c[name] for name in FAILURE_KEY],
             ["requests"],
-            [*cube_filters(ROLLUPS, where), c.status != "ok"],
+            [*cube_filters(ROLLUPS, where, FAILURE_KEY), c.status != "ok"],
             zone,
         )
         for _, status, error_type, requests in rows:

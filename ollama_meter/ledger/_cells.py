@@ -47,14 +47,16 @@ memory, and hundreds of milliseconds to seconds when it has to read the weights.
 """
 
 ANYONE = "*"
-"""The user of a cube row that sums all users (``*`` is no name): what most reads want,
-in a fraction of the rows (see ``_plan.cube_filters``)."""
+"""The user, status and error type of a cube row that sums over them (``*`` is none of
+them): the overview most reads want, in a fraction of the rows (``_plan.cube_filters``)."""
 DIMENSIONS = ("tenant", "department", "user", "model", "currency", "status", "error_type")
 MEASURES = (
     "requests", "input_tokens", "output_tokens", "busy_ns", "load_ns", "cost_tokens",
     "cost_compute", "cost_energy", "cost_fee", "cost_total", "unpriced", "unpriced_tokens",
-    "cold_loads", "cold_load_ns",
+    "cold_loads", "cold_load_ns", "errors", "unpriced_usage",
 )  # fmt: skip
+"""What a cube row sums. ``errors`` and ``unpriced_usage`` fold the status in (see
+:func:`measures_of`), so an overview row, which has no status, still answers them."""
 HISTOGRAM_KEY = ("tenant", "department", "model")
 
 
@@ -220,11 +222,15 @@ def speed_slot(tokens: int, eval_ns: int) -> tuple[int, int]:
 
 def slot_edge(metric: Metric, decade: int, index: int) -> int:
     """The edge a bin stands for: upper for durations, lower for speed."""
+    return slot_edges(metric is Metric.SPEED, decade)[index]
+
+
+@functools.lru_cache(maxsize=256)
+def slot_edges(speed: bool, decade: int) -> tuple[int, ...]:
+    """The edges of a decade's bins in order (``b00`` ... ``b74``): see :func:`slot_edge`."""
     if decade == TINY:
-        return 100 if index == 1 else 0
-    unit: int = 10**decade
-    edges: tuple[int, ...] = _LOWER if metric is Metric.SPEED else _UPPER
-    return edges[index] * unit
+        return (0, 100, *(0,) * (SLOTS - 2))
+    return tuple(edge * 10**decade for edge in (_LOWER if speed else _UPPER))
 
 
 def duration_bin(ns: int) -> int:
@@ -294,10 +300,16 @@ def histogram_entries(span: Any) -> Iterator[tuple[Metric, int]]:
 
 
 def measures_of(span: SpanRecord) -> tuple[int, ...]:
-    """The span's contribution to each of :data:`MEASURES`."""
+    """The span's contribution to each of :data:`MEASURES`.
+
+    A call of an error status is an error; unpriced usage is an unpriced call that
+    succeeded, or an unpriced failure that consumed tokens (a call that consumed
+    nothing costs nothing). ``_aggregate._span_measures`` is the same in SQL.
+    """
     load = span.load_duration_ns or 0
     cold = load >= COLD_LOAD_NS
     unpriced = 1 if span.unpriced else 0
+    used = unpriced if span.input_tokens + span.output_tokens > 0 else 0
     return (
         1,
         span.input_tokens,
@@ -310,9 +322,11 @@ def measures_of(span: SpanRecord) -> tuple[int, ...]:
         span.cost_fee,
         span.cost_total,
         unpriced,
-        unpriced if span.input_tokens + span.output_tokens > 0 else 0,
+        used,
         1 if cold else 0,
         load if cold else 0,
+        1 if span.status in ERROR_STATUSES else 0,
+        unpriced if span.status == "ok" else used,
     )
 
 

@@ -259,14 +259,20 @@ def rollup_filters(table: Any, where: SpanFilter, columns: Sequence[str]) -> lis
 
 
 def cube_filters(table: Any, where: SpanFilter, by: Sequence[str] = ()) -> list[Any]:
-    """What picks a cube's rows for ``where`` grouped ``by``: its filters, and which users.
+    """What picks a cube's rows for ``where`` grouped ``by``: its filters, and which kind.
 
-    Every cube row is kept per user and once more for all users (``ANYONE``); a read
-    takes one kind or the other, never both, or it would count each call twice.
+    Every cube row is kept per user, status and error type, and once more summed over
+    them (all three ``ANYONE``), the overview. A read takes one kind or the other, never
+    both, or it would count each call twice: the detail when it groups or filters by
+    one of the three, the overview otherwise.
     """
-    per_user = "user" in by or where.user is not None
-    users = table.c.user != ANYONE if per_user else table.c.user == ANYONE
-    return [*rollup_filters(table, where, CUBE_FILTERS), users]
+    detail = any(name in by or getattr(where, name) is not None for name in DETAIL)
+    kind = table.c.user != ANYONE if detail else table.c.user == ANYONE
+    return [*rollup_filters(table, where, CUBE_FILTERS), kind]
+
+
+DETAIL = ("user", "status", "error_type")
+"""The cube's columns that only its detail rows hold (overview rows have ``ANYONE``)."""
 
 
 def filter_values(where: SpanFilter) -> dict[str, Any]:

@@ -143,14 +143,16 @@ class RollupDelta:
     ) -> dict[tuple[Any, ...], list[int]]:
         """Every (grain, start s, *dimensions) this delta changes, with its measure deltas.
 
-        Each row comes twice: for its user, and for ``ANYONE`` (all users together).
+        Each row comes twice: for its user, status and error type, and summed over
+        them (``ANYONE`` for all three), the overview.
         """
         rows: dict[tuple[Any, ...], list[int]] = {}
         for grain, cells in by_grain(self.quarters, grains, zone):
             level = int(grain)
-            for (start, tenant, department, user, *rest), values in cells.items():
-                rows[(level, start // 10**6, tenant, department, user, *rest)] = values
-                key = (level, start // 10**6, tenant, department, ANYONE, *rest)
+            for (start, tenant, department, user, model, currency, *rest), values in cells.items():
+                seconds = start // 10**6
+                rows[(level, seconds, tenant, department, user, model, currency, *rest)] = values
+                key = (level, seconds, tenant, department, ANYONE, model, currency, ANYONE, ANYONE)
                 current = rows.get(key)
                 rows[key] = values if current is None else list(map(operator.add, current, values))
         return {key: values for key, values in rows.items() if any(values)}

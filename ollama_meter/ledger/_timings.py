@@ -26,7 +26,7 @@ from ollama_meter.ledger._cells import (
     histogram_entries,
     merge_intervals,
     parse_intervals,
-    slot_edge,
+    slot_edges,
 )
 from ollama_meter.ledger._plan import (
     GROUP_COLUMNS,
@@ -121,9 +121,9 @@ def aggregate_histograms(
         metric, decade = Metric(row[1 + width]), int(row[2 + width])
         group = (*keys, row[0]) if bucketed else keys
         bins = result.groups.setdefault(group, {}).setdefault(metric, {})
-        for index, calls in enumerate(row[3 + width :]):
+        edges = slot_edges(metric is Metric.SPEED, decade)
+        for edge, calls in zip(edges, row[3 + width :], strict=True):
             if calls:
-                edge = slot_edge(metric, decade, index)
                 bins[edge] = bins.get(edge, 0) + int(calls)
     for piece in pieces:
         if piece.grain is None:

@@ -105,9 +105,12 @@ class RollupRow(Base):
     ``grain`` says which (see ``ollama_meter.ledger._cells.Grain``), ``start`` is the
     cell's first second (Unix time, UTC). ``user`` and ``error_type`` are ``''`` when the
     spans had none, ``model`` is the answering model (else the requested one), as
-    reports group them. ``busy_ns`` is prompt evaluation plus generation; ``unpriced``
-    counts spans no rule priced, ``unpriced_tokens`` those of them with tokens;
-    ``cold_loads`` counts loads of at least 100 ms.
+    reports group them. Each row is kept per user, status and error type, and once
+    more summed over all three (they are ``*``): the overview most reads take.
+    ``busy_ns`` is prompt evaluation plus generation; ``unpriced`` counts spans no rule
+    priced, ``unpriced_tokens`` those of them with tokens; ``cold_loads`` counts loads
+    of at least 100 ms; ``errors`` and ``unpriced_usage`` are the calls reports count
+    as errors and as unpriced usage (``ollama_meter.ledger._cells.measures_of``).
     """
 
     __tablename__ = "rollups"
@@ -135,14 +138,16 @@ class RollupRow(Base):
     unpriced_tokens: Mapped[int] = mapped_column(BigInteger)
     cold_loads: Mapped[int] = mapped_column(BigInteger)
     cold_load_ns: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    unpriced_usage: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (
-        PrimaryKeyConstraint(
+        PrimaryKeyConstraint(  # the user right after the cell: the overview rows are one range
             "grain",
             "start",
+            "user",
             "tenant",
             "department",
-            "user",
             "model",
             "currency",
             "status",

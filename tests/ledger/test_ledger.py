@@ -26,6 +26,18 @@ from tests.factories import make_span
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def downgrade(ledger: Ledger, revision: str) -> None:
+    """Take ``ledger`` back to ``revision`` with the migrations' own downgrades."""
+    from alembic import command
+
+    config = Config()
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    with ledger.engine.connect() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
+        conn.commit()
+
+
 def test_head_revision_constant_matches_the_migrations() -> None:
     config = Config()
     config.set_main_option("script_location", str(ROOT / "migrations"))
@@ -478,11 +490,11 @@ def test_upgrading_from_0006_adds_the_quarter_hour_timings_of_spans_already_ther
     ]
     ledger = Ledger(db_url)
     ledger.record(spans)
-    with ledger.write() as conn:  # as 0006 left it: no quarter-hour timings, rollups current
-        conn.execute(text("DELETE FROM rollup_histograms WHERE grain = 0"))
-        conn.execute(text("DROP TABLE limits"))  # and nothing of the migrations after 0007
-        conn.execute(text("ALTER TABLE spans DROP COLUMN queue_ns"))
-        conn.execute(text("UPDATE alembic_version SET version_num = '0006'"))
+    downgrade(ledger, "0006")  # as 0006 left it: no quarter-hour timings, rollups current
+    with ledger.read() as conn:
+        assert not conn.execute(
+            text("SELECT count(*) FROM rollup_histograms WHERE grain = 0")
+        ).scalar()
     ledger.engine.dispose()
     ledger = Ledger(db_url)  # migrates to 0007, which rebuilds the rollups once
     with ledger.read() as conn:
@@ -528,11 +540,11 @@ def test_upgrading_from_0008_sums_all_users_from_rollups_even_for_pruned_months(
     window = parse_period("2026-10", tz=utc, now=datetime(2026, 12, 1, tzinfo=UTC))
     before = [spend_report(ledger, window, by, tz=utc).rows for by in (["department"], ["user"])]
     prune(ledger, 1, now=datetime(2026, 11, 20, tzinfo=UTC))
-    with ledger.write() as conn:  # as 0008 left it: rows per user only
-        conn.execute(text("DELETE FROM rollups WHERE \"user\" = '*'"))
-        conn.execute(text("UPDATE alembic_version SET version_num = '0008'"))
+    downgrade(ledger, "0008")  # rows per user only
+    with ledger.read() as conn:
+        assert not conn.execute(text("SELECT count(*) FROM rollups WHERE \"user\" = '*'")).scalar()
     ledger.engine.dispose()
-    ledger = Ledger(db_url)  # migrates to 0009
+    ledger = Ledger(db_url)  # migrates to 0009 and on
     with ledger.read() as conn:
         assert conn.execute(text("SELECT count(*) FROM rollups WHERE \"user\" = '*'")).scalar()
         assert conn.execute(text("SELECT count(*) FROM spans")).scalar() == 0
@@ -549,20 +561,64 @@ def test_upgrading_from_0008_sums_all_users_from_rollups_even_for_pruned_months(
     ]
 
 
+def test_0010_overview_rows_fold_the_status_and_come_back_the_same_after_a_round_trip(
+    db_url: str,
+) -> None:
+    """0010 keeps, beside each detail row, rows summed over user, status and error type,
+    with errors and unpriced usage folded in; the key puts the user right after the
+    cell, in a new ledger as in an upgraded one. Down to 0009 and up again gives back
+    every row as it was."""
+    from sqlalchemy import text
+
+    from ollama_meter.ledger.models import RollupRow
+
+    def key() -> list[str]:
+        return inspect(ledger.engine).get_pk_constraint("rollups")["constrained_columns"]
+
+    def rows(where: str = "1 = 1") -> list[tuple[object, ...]]:
+        with ledger.read() as conn:
+            return sorted(conn.execute(text(f"SELECT * FROM rollups WHERE {where}")).all())
+
+    ledger = Ledger(db_url)
+    model_key = [c.name for c in RollupRow.__table__.primary_key.columns]
+    assert model_key[:3] == ["grain", "start", "user"] and key() == model_key
+    failed = {"status": "error", "error_type": "timeout", "output_tokens": 0}
+    nothing = {"input_tokens": 0, "output_tokens": 0}
+    ledger.record(
+        [
+            make_span(user="ann", unpriced=True),
+            make_span(user="bob", **failed, unpriced=True, input_tokens=0),
+            make_span(user="bob", **failed, unpriced=False, input_tokens=2),
+            make_span(status="rejected", error_type="budget_exceeded", **nothing, unpriced=True),
+        ]
+    )
+    before = rows()
+    overview = """ "user" = '*' AND grain = 2 """
+    with ledger.read() as conn:
+        summed = conn.execute(
+            text(f"SELECT requests, errors, unpriced, unpriced_usage FROM rollups WHERE {overview}")
+        ).all()
+    assert [tuple(r) for r in summed] == [(4, 2, 3, 1)]  # ann's call is the unpriced usage
+    assert len(rows(""" "user" = '*' """)) == 3  # one a grain: one department and model
+    downgrade(ledger, "0009")
+    assert key()[:5] == ["grain", "start", "tenant", "department", "user"]
+    assert len(rows(""" "user" = '*' """)) == 3 * 3  # per status and error type, as 0009 had
+    ledger.engine.dispose()
+    ledger = Ledger(db_url)  # migrates to the head again
+    assert key() == model_key
+    assert rows() == before
+
+
 def test_upgrading_from_0007_keeps_every_span_without_a_gateway_queue_and_adds_limits(
     db_url: str,
 ) -> None:
     """0008 adds ``spans.queue_ns`` (NULL for calls before it) and the ``limits`` table."""
-    from sqlalchemy import text
-
     from ollama_meter.records import Limit
 
     ledger = Ledger(db_url)
     ledger.record([make_span(latency_ns=5_000_000), make_span(latency_ns=7_000_000)])
-    with ledger.write() as conn:  # as 0007 left it
-        conn.execute(text("DROP TABLE limits"))
-        conn.execute(text("ALTER TABLE spans DROP COLUMN queue_ns"))
-        conn.execute(text("UPDATE alembic_version SET version_num = '0007'"))
+    downgrade(ledger, "0007")
+    assert "limits" not in inspect(ledger.engine).get_table_names()
     ledger.engine.dispose()
     ledger = Ledger(db_url)  # migrates to the head
     assert current_revision(ledger.engine) == HEAD_REVISION

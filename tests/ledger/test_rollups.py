@@ -22,6 +22,7 @@ from ollama_meter.ledger import _budgets as store
 from ollama_meter.ledger._aggregate import (
     CUBE_GRAINS,
     aggregate_failures,
+    aggregate_spend,
     decompose,
     raw_spans,
 )
@@ -177,6 +178,11 @@ def test_spend_report_from_rollups_is_the_raw_report(
     with ledger.read() as conn:
         failures = sorted(aggregate_failures(conn, where), key=repr)
         assert failures == sorted(aggregate_failures(conn, where, raw=True), key=repr)
+        # A status or error type asked for is read from the detail rows.
+        for asked in ({"status": "error"}, {"error_type": "timeout"}, {"status": "ok"}):
+            narrowed = replace(where, **asked)
+            by_status = sorted(aggregate_spend(conn, narrowed, by), key=repr)
+            assert by_status == sorted(aggregate_spend(conn, narrowed, by, raw=True), key=repr)
 
 
 @EXAMPLES
@@ -449,7 +455,7 @@ def test_days_and_months_of_a_delta_hold_each_quarter_where_its_own_cell_is(
         delta.add(make_span(started_at=at + timedelta(seconds=seconds), latency_ns=n * MS + 1))
     grains = tuple(Grain)
     assert delta.cube_rows(grains, zone) == _folded(
-        delta.quarters, grains, zone, lambda k: [k, (*k[:2], ANYONE, *k[3:])]
+        delta.quarters, grains, zone, lambda k: [k, (*k[:2], ANYONE, *k[3:5], ANYONE, ANYONE)]
     )
 
 
