@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ollama_meter.errors import LedgerError
 
-HEAD_REVISION = "0010"
+HEAD_REVISION = "0011"
 """The newest migration; a test keeps it equal to the head of ``migrations/versions``."""
 
 

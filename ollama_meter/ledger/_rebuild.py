@@ -32,6 +32,7 @@ from ollama_meter.ledger._cells import (
 )
 from ollama_meter.ledger._rollup import (
     BUSY,
+    BUSY_CELLS,
     HISTOGRAMS,
     ROLLUPS,
     RollupDelta,
@@ -150,6 +151,7 @@ def _rebuild_day(conn: Connection, day: int, zone: tzinfo | None) -> int:
     for table, grains in (
         (ROLLUPS, (Grain.QUARTER, Grain.DAY)),
         (HISTOGRAMS, (Grain.QUARTER, Grain.DAY)),
+        (BUSY_CELLS, (Grain.DAY,)),
     ):
         conn.execute(
             delete(table).where(
@@ -188,6 +190,7 @@ def _rebuild_month(conn: Connection, month: int, zone: tzinfo | None) -> None:
     for table, keys, sums in (
         (ROLLUPS, DIMENSIONS, MEASURES),
         (HISTOGRAMS, (*HISTOGRAM_KEY, "metric", "decade"), BIN_COLUMNS),
+        (BUSY_CELLS, ("host",), ("busy_us", "calls")),
     ):
         conn.execute(
             delete(table).where(

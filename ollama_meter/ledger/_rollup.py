@@ -68,12 +68,21 @@ from ollama_meter.ledger._cells import (
     speed_bin,
 )
 from ollama_meter.ledger._types import driver_key, to_us
-from ollama_meter.ledger.models import ROLLUP_HISTOGRAMS, LedgerMetaRow, RollupBusyRow, RollupRow
+from ollama_meter.ledger.models import (
+    ROLLUP_HISTOGRAMS,
+    LedgerMetaRow,
+    RollupBusyCellRow,
+    RollupBusyRow,
+    RollupRow,
+)
 from ollama_meter.records import SpanRecord
 
 ROLLUPS: Table = RollupRow.__table__  # type: ignore[assignment]
 HISTOGRAMS: Table = ROLLUP_HISTOGRAMS
 BUSY: Table = RollupBusyRow.__table__  # type: ignore[assignment]
+BUSY_CELLS: Table = RollupBusyCellRow.__table__  # type: ignore[assignment]
+BUSY_GRAINS = (Grain.MONTH, Grain.DAY)
+"""The cells busy minutes are summed into, coarsest first."""
 EVERYONE = (ANYONE, ANYONE, ANYONE)
 """The (tenant, department, model) of quarter-hour histogram rows: all calls together."""
 BUSY_READS = (2, 16, 250)
@@ -90,7 +99,7 @@ class RollupDelta:
     upsert per distinct key.
     """
 
-    __slots__ = ("busy", "histograms", "quarter_histograms", "quarters")
+    __slots__ = ("busy", "calls", "histograms", "quarter_histograms", "quarters")
 
     def __init__(self) -> None:
         self.quarters: dict[tuple[Any, ...], list[int]] = {}
@@ -99,6 +108,9 @@ class RollupDelta:
         self.quarter_histograms: dict[tuple[Any, ...], int] = {}
         """(quarter, metric, decade, bin) → calls, all calls together."""
         self.busy: defaultdict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
+        """(minute, host) → busy pieces; a key without pieces: the host served a call then."""
+        self.calls: dict[tuple[int, str], int] = {}
+        """(minute, host) → calls that started then."""
 
     def add(self, span: SpanRecord, sign: int = 1, *, busy: bool = True) -> None:
         us = to_us(span.started_at)
@@ -133,7 +145,9 @@ class RollupDelta:
     def _add_busy(self, span: SpanRecord, start: int) -> None:
         host = span.upstream_host
         busy = self.busy
-        busy[(start - start % BUSY_US, host)]  # the host served a call then: it adds capacity
+        minute = (start - start % BUSY_US, host)
+        busy[minute]  # the host served a call then: it adds capacity
+        self.calls[minute] = self.calls.get(minute, 0) + 1
         if span.prompt_eval_duration_ns or span.eval_duration_ns:
             for cell, piece in busy_pieces(span, start):
                 busy[(cell, host)].append(piece)
@@ -208,30 +222,53 @@ class RollupDelta:
                 [(*key, *histograms[key]) for key in sorted(histograms)],
             )
         if self.busy:
-            _write_busy(conn, statements, self.busy)
+            cells = BUSY_GRAINS if months else (Grain.DAY,)
+            _write_busy(conn, statements, self.busy, self.calls, cells, zone)
 
 
 def _write_busy(
-    conn: Connection, statements: _Statements, busy: dict[tuple[int, str], list[tuple[int, int]]]
+    conn: Connection,
+    statements: _Statements,
+    busy: dict[tuple[int, str], list[tuple[int, int]]],
+    calls: dict[tuple[int, str], int],
+    grains: Sequence[Grain],
+    zone: tzinfo | None,
 ) -> None:
+    """Merge the minutes' busy pieces into their rows, then add what grew to their cells."""
     keys = sorted(busy)
-    # Make sure each row exists, then (on PostgreSQL) lock the ones whose intervals change,
-    # in key order.
+    # Make sure each row exists and count its calls, then (on PostgreSQL) lock the ones
+    # whose intervals change, in key order.
     conn.exec_driver_sql(
-        statements.busy_presence.sql, [(start // 10**6, host, "", 0) for start, host in keys]
+        statements.busy_presence.sql,
+        [(start // 10**6, host, "", 0, calls.get((start, host), 0)) for start, host in keys],
     )
+    grown: dict[tuple[int, str], int] = {}
     changed = [key for key in keys if busy[key]]
-    if not changed:
-        return
-    stored = _stored_busy(conn, statements, changed)
-    updates = []
-    for start, host in changed:
-        seconds = start // 10**6
-        merged = merge_intervals([*parse_intervals(stored[(seconds, host)]), *busy[(start, host)]])
-        updates.append(
-            (format_intervals(merged), sum(end - begin for begin, end in merged), seconds, host)
+    if changed:
+        stored = _stored_busy(conn, statements, changed)
+        updates = []
+        for start, host in changed:
+            seconds = start // 10**6
+            before = parse_intervals(stored[(seconds, host)])
+            merged = merge_intervals([*before, *busy[(start, host)]])
+            total = sum(end - begin for begin, end in merged)
+            grown[(start, host)] = total - sum(end - begin for begin, end in before)
+            updates.append((format_intervals(merged), total, seconds, host))
+        conn.exec_driver_sql(statements.busy_update.sql, updates)
+    cells: dict[tuple[int, int, str], list[int]] = {}
+    for key in keys:
+        added = (grown.get(key, 0), calls.get(key, 0))
+        if not any(added):
+            continue  # pieces already covered: the minute, and so its cells, had them
+        for grain in grains:
+            cell = (int(grain), floor_cell(grain, key[0], zone) // 10**6, key[1])
+            sums = cells.setdefault(cell, [0, 0])
+            sums[0] += added[0]
+            sums[1] += added[1]
+    if cells:
+        conn.exec_driver_sql(
+            statements.busy_cells.sql, [(*cell, *cells[cell]) for cell in sorted(cells)]
         )
-    conn.exec_driver_sql(statements.busy_update.sql, updates)
 
 
 def _stored_busy(
@@ -286,20 +323,23 @@ class _DriverSQL:
 
 
 def _upsert(
-    dialect: Dialect, table: Table, keys: Sequence[str], added: Sequence[str]
+    dialect: Dialect,
+    table: Table,
+    keys: Sequence[str],
+    added: Sequence[str],
+    *,
+    initial: Sequence[str] = (),
 ) -> _DriverSQL:
-    names = [*keys, *added]
+    """Insert a row, or add ``added`` to the one there; ``initial`` is only inserted."""
+    names = [*keys, *initial, *added]
     # Imported by name when first compiled: a SQLite ledger never loads PostgreSQL's dialect.
     which = "postgresql" if dialect.name == "postgresql" else "sqlite"
     module: Any = importlib.import_module(f"sqlalchemy.dialects.{which}")
     statement = module.insert(table).values({name: bindparam(name) for name in names})
-    if added and added[0] == "intervals":
-        statement = statement.on_conflict_do_nothing(index_elements=list(keys))
-    else:
-        statement = statement.on_conflict_do_update(
-            index_elements=list(keys),
-            set_={name: table.c[name] + statement.excluded[name] for name in added},
-        )
+    statement = statement.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={name: table.c[name] + statement.excluded[name] for name in added},
+    )
     return _DriverSQL(_positional(statement, dialect, names))
 
 
@@ -312,7 +352,12 @@ class _Statements:
             ["grain", "start", *HISTOGRAM_KEY, "metric", "decade"],
             BIN_COLUMNS,
         )
-        self.busy_presence = _upsert(dialect, BUSY, ["start", "host"], ["intervals", "busy_us"])
+        self.busy_presence = _upsert(
+            dialect, BUSY, ["start", "host"], ["calls"], initial=["intervals", "busy_us"]
+        )
+        self.busy_cells = _upsert(
+            dialect, BUSY_CELLS, ["grain", "start", "host"], ["busy_us", "calls"]
+        )
         changed = (
             update(BUSY)
             .where(BUSY.c.start == bindparam("b_start"), BUSY.c.host == bindparam("b_host"))
@@ -397,6 +442,8 @@ __all__ = [
     "ANYONE",
     "BIN_COLUMNS",
     "BUSY",
+    "BUSY_CELLS",
+    "BUSY_GRAINS",
     "BUSY_US",
     "COLD_LOAD_NS",
     "DAY_US",

@@ -32,13 +32,21 @@ from ollama_meter.ledger._plan import (
     GROUP_COLUMNS,
     HISTOGRAM_GRAINS,
     RAW,
+    decompose,
     edge_filter,
     plan,
     rollup_filters,
     signed_sums,
 )
 from ollama_meter.ledger._rollup import BUSY as BUSY_TABLE
-from ollama_meter.ledger._rollup import EVERYONE, HISTOGRAMS, ledger_zone, pruned_before
+from ollama_meter.ledger._rollup import (
+    BUSY_CELLS,
+    BUSY_GRAINS,
+    EVERYONE,
+    HISTOGRAMS,
+    ledger_zone,
+    pruned_before,
+)
 from ollama_meter.ledger._spans import SpanFilter, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
@@ -187,14 +195,10 @@ def busy_union(
     hosts: set[str] = set()
     busy_us = 0
     if inner_lo < inner_hi:
-        query = (
-            select(c.host, func.sum(c.busy_us))
-            .where(c.start >= inner_lo // 10**6, c.start < inner_hi // 10**6)
-            .group_by(c.host)
-        )
-        for host, total in conn.execute(query):
-            hosts.add(host)
-            busy_us += int(total or 0)
+        for host, (busy, calls) in _whole_minutes(conn, inner_lo, inner_hi).items():
+            if busy or calls:
+                hosts.add(host)
+                busy_us += busy
     # Minutes the window only partly covers (never at a local midnight): clip.
     partial = {
         cell for cell, inside in ((first, first == lo), (inner_hi, inner_hi == hi)) if not inside
@@ -208,6 +212,39 @@ def busy_union(
             ]
             busy_us += sum(b - a for a, b in clipped if b > a)
     return busy_us * 1000, len(hosts)
+
+
+def _whole_minutes(conn: Connection, lo: int, hi: int) -> dict[str, list[int]]:
+    """Per host, busy µs and calls in the minutes of [lo, hi) (both on a minute).
+
+    Whole days and months of the ledger's zone come from their cells, with signs (a
+    month less the days past the window), the rest from the minutes. A cell that
+    would split a minute (a zone's day starting off the minute, as under local mean
+    time) is not used: the minutes alone answer.
+    """
+    zone = ledger_zone(conn)
+    pieces = decompose(lo, hi, BUSY_GRAINS, zone=zone)
+    if any(p.grain is not None and (p.lo % BUSY_US or p.hi % BUSY_US) for p in pieces):
+        pieces = decompose(lo, hi, (), zone=zone)
+    sums: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
+    cells = [p for p in pieces if p.grain is not None]
+    for _, host, busy, calls in signed_sums(
+        conn, BUSY_CELLS, cells, [BUSY_CELLS.c.host], ["busy_us", "calls"], [], zone
+    ):
+        sums[host][0] += int(busy)
+        sums[host][1] += int(calls)
+    c = BUSY_TABLE.c
+    for piece in pieces:
+        if piece.grain is None:
+            query = (
+                select(c.host, func.sum(c.busy_us), func.sum(c.calls))
+                .where(c.start >= piece.lo // 10**6, c.start < piece.hi // 10**6)
+                .group_by(c.host)
+            )
+            for host, busy, calls in conn.execute(query):
+                sums[host][0] += piece.sign * int(busy)
+                sums[host][1] += piece.sign * int(calls)
+    return sums
 
 
 def _raw_busy(conn: Connection, lo: int, hi: int) -> tuple[int, int]:

@@ -187,8 +187,10 @@ class RollupBusyRow(Base):
     """One upstream host's busy time in one minute, as the union of its calls' intervals.
 
     ``intervals`` lists the merged intervals as ``begin-end`` microsecond offsets from
-    ``start``, comma-separated; ``busy_us`` is their total length. A row with no
-    intervals says the host served calls then without being busy (it still adds capacity).
+    ``start``, comma-separated; ``busy_us`` is their total length. ``calls`` counts the
+    calls that started in the minute on the host (rows from before 0011 count 1). A row
+    with no intervals says the host served calls then without being busy (it still adds
+    capacity).
     """
 
     __tablename__ = "rollup_busy"
@@ -197,8 +199,28 @@ class RollupBusyRow(Base):
     host: Mapped[str] = mapped_column(String(255))
     intervals: Mapped[str] = mapped_column(Text)
     busy_us: Mapped[int] = mapped_column(BigInteger)
+    calls: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (PrimaryKeyConstraint("start", "host"), _KEY)
+
+
+class RollupBusyCellRow(Base):
+    """One host's busy minutes summed over a day or month of the ledger's zone.
+
+    ``busy_us`` and ``calls`` are the sums of the minutes' (:class:`RollupBusyRow`) whose
+    start is in the cell: a host was there in a window when either sum over it is not 0.
+    A month or a whole day of busy time is then one row a host, not 1,440 a day.
+    """
+
+    __tablename__ = "rollup_busy_cells"
+
+    grain: Mapped[int] = mapped_column(SmallInteger)
+    start: Mapped[int] = mapped_column(BigInteger)
+    host: Mapped[str] = mapped_column(String(255))
+    busy_us: Mapped[int] = mapped_column(BigInteger)
+    calls: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (PrimaryKeyConstraint("grain", "start", "host"), _KEY)
 
 
 class LedgerMetaRow(Base):

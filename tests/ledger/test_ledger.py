@@ -609,6 +609,62 @@ def test_0010_overview_rows_fold_the_status_and_come_back_the_same_after_a_round
     assert rows() == before
 
 
+def test_0011_sums_busy_minutes_into_days_and_months_of_the_ledgers_zone(db_url: str) -> None:
+    """0011 makes the busy cells from the busy minutes already there (not from raw spans,
+    which may be pruned): the fixed-cost chargeback reads them and answers as before."""
+    from sqlalchemy import text
+
+    from ollama_meter.ledger import prune
+    from ollama_meter.ledger._aggregate import raw_spans
+    from ollama_meter.reports import chargeback
+
+    def split() -> tuple[object, ...]:
+        bill = chargeback(
+            ledger, "2026-11", tz=berlin, now=now, currency="USD", fixed_cost=Decimal("3000")
+        )
+        return (bill.busy_ns, bill.capacity_ns, [(r.department, r.total_cost) for r in bill.rows])
+
+    berlin, now = ZoneInfo("Europe/Berlin"), datetime(2026, 12, 2, tzinfo=UTC)
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.record(
+        [
+            make_span(
+                started_at=(at := datetime(2026, 11, day, hour, 59, 58, tzinfo=UTC)),
+                ended_at=at + timedelta(seconds=4),
+                prompt_eval_duration_ns=10**9,
+                eval_duration_ns=2 * 10**9,
+                department=department,
+                upstream_host=f"http://gpu{day % 2}:11434",
+            )
+            for day in (1, 15, 30)  # 30 November 23:59:58 UTC is in Berlin's December
+            for hour in (0, 22, 23)
+            for department in ("legal", "sales")
+        ]
+    )
+    before = split()
+    with raw_spans():
+        assert split() == before
+    # gpu1: six calls of 3 s; gpu0: 3 s on the 30th at 00:59:58 UTC, and 1 s of the call
+    # at 22:59:58 UTC (23:59:58 in Berlin) before Berlin's December begins.
+    assert before[0] == (6 * 3 + 3 + 1) * 10**9
+    downgrade(ledger, "0010")
+    assert "rollup_busy_cells" not in inspect(ledger.engine).get_table_names()
+    prune(ledger, 1, now=datetime(2026, 12, 2, tzinfo=UTC))  # no raw span to rebuild from
+    ledger.engine.dispose()
+    ledger = Ledger(db_url)  # migrates to the head
+    november = int(datetime(2026, 10, 31, 23, tzinfo=UTC).timestamp())
+    with ledger.read() as conn:
+        months = conn.execute(
+            text("SELECT host, busy_us FROM rollup_busy_cells WHERE grain = 2 AND start = :s"),
+            {"s": november},
+        ).all()
+    assert sorted(tuple(m) for m in months) == [
+        ("http://gpu0:11434", 4_000_000),
+        ("http://gpu1:11434", 18_000_000),
+    ]
+    assert split() == before
+
+
 def test_upgrading_from_0007_keeps_every_span_without_a_gateway_queue_and_adds_limits(
     db_url: str,
 ) -> None:

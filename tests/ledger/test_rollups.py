@@ -30,6 +30,7 @@ from ollama_meter.ledger._cells import ANYONE
 from ollama_meter.ledger._plan import GROUP_COLUMNS
 from ollama_meter.ledger._rollup import (
     BUSY,
+    BUSY_CELLS,
     HISTOGRAMS,
     META,
     ROLLUPS,
@@ -40,6 +41,7 @@ from ollama_meter.ledger._rollup import (
     next_cell,
     speed_bin,
 )
+from ollama_meter.ledger._timings import busy_union
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.meter import SpanRecord
@@ -117,7 +119,7 @@ def ledger_contents(draw: st.DrawFn) -> tuple[list[SpanRecord], list[list[SpanRe
 
 def _wipe(ledger: Ledger) -> None:
     with ledger.write() as conn:
-        for table in (SpanRow.__table__, ROLLUPS, HISTOGRAMS, BUSY):
+        for table in (SpanRow.__table__, ROLLUPS, HISTOGRAMS, BUSY, BUSY_CELLS):
             conn.execute(delete(table))
         conn.execute(delete(META).where(META.c.key.in_(["pruned_before", "zone"])))
 
@@ -243,6 +245,29 @@ def test_chargeback_from_rollups_is_the_raw_chargeback(
         expected.busy_ns,
         expected.capacity_ns,
     )
+
+
+@EXAMPLES
+@given(
+    content=ledger_contents(),
+    cells=st.sampled_from(ZONES),
+    start=st.integers(0, 40 * 86_400 * 10**6),
+    length=st.integers(0, 40 * 86_400 * 10**6),
+)
+def test_busy_time_of_any_window_from_rollups_is_the_raw_busy_time(
+    ledger: Ledger,
+    content: tuple[list[SpanRecord], list[list[SpanRecord]]],
+    cells: ZoneInfo,
+    start: int,
+    length: int,
+) -> None:
+    """Whole days and months from busy cells, with signs, the rest from minutes, partial
+    minutes clipped: the same busy time and hosts as the raw spans give, for any window."""
+    _fill(ledger, content[1], cells)
+    since = FIRST - timedelta(days=2) + timedelta(microseconds=start)
+    until = since + timedelta(microseconds=length)
+    with ledger.read() as conn:
+        assert busy_union(conn, since, until) == busy_union(conn, since, until, raw=True)
 
 
 @EXAMPLES
