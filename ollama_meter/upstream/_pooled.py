@@ -32,6 +32,11 @@ from ollama_meter.upstream._resilience import (
     RetryPolicy,
     breaker_for,
 )
+from ollama_meter.upstream._wire import MAX_FRAME_BYTES
+
+MAX_ANSWER_BYTES = MAX_FRAME_BYTES
+"""The longest whole answer read (a non-streamed one, or an error's body): like a stream's
+longest item, an upstream that sends more lies, and the gateway's memory is not its to fill."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +149,10 @@ class PooledUpstream(Resilient):
     async def _refusal(self, response: aiohttp.ClientResponse, model: str) -> Refusal:
         try:
             answer = await self.read(response)
+            self.finish(response, completed=True)
         except UpstreamError as broken:
             answer = json.dumps({"error": str(broken)}).encode()
-        self.finish(response, completed=True)
+            self.finish(response, completed=False)
         header = response.headers.get("retry-after")
         failure = answer_error(
             response.status,
@@ -159,11 +165,27 @@ class PooledUpstream(Resilient):
         return Refusal(failure, response.status, answer, content_type, header)
 
     async def read(self, response: aiohttp.ClientResponse) -> bytes:
-        """The whole body; a transport failure is a classified error."""
+        """The whole body; a transport failure, or more than :data:`MAX_ANSWER_BYTES`, is a
+        classified error (the connection is then dropped by :meth:`finish`)."""
+        limit = MAX_ANSWER_BYTES
+        declared = response.content_length
+        body = bytearray()
         try:
-            return await response.read()
+            if declared is None or declared <= limit:
+                async for data in response.content.iter_any():
+                    body += data
+                    if len(body) > limit:
+                        break
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._broken(exc) from exc
+        if len(body) > limit or (declared or 0) > limit:
+            raise transport_error(
+                Failure.BROKEN,
+                host=self.host,
+                started=True,
+                reason=f"an answer of more than {limit} bytes",
+            )
+        return bytes(body)
 
     async def chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         """The body as it arrives; a transport failure is a classified error."""

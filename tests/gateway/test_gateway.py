@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -426,3 +428,57 @@ def test_openai_routes_price_gpu_time_on_the_meters_clock(gateway: Gateway) -> N
     assert whole.cost_compute == to_micros(
         Decimal(whole.latency_ns) / 10**9 / 3600 * Decimal("3.60")
     )
+
+
+class _Oversized(BaseHTTPRequestHandler):
+    """An upstream whose answers are longer than the gateway reads: declared, or chunked."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        body = json.dumps({"model": "m", "message": {"content": "x" * 5_000}, "done": True})
+        status = 200 if self.path == "/api/chat" else 500
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        if self.server.chunked:  # type: ignore[attr-defined]
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for at in range(0, len(body), 1_000):
+                piece = body[at : at + 1_000].encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_an_answer_longer_than_the_gateway_reads_is_a_502_and_an_error_span(
+    app: Any, monkeypatch: pytest.MonkeyPatch, chunked: bool
+) -> None:
+    """A non-streamed answer (or an error's body) is read whole: past the limit the upstream
+    lies, the caller gets a 502 and the ledger an error span, and memory stays bounded."""
+    from ollama_meter.upstream import _pooled
+
+    monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 2_000)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Oversized)
+    server.chunked = chunked  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = app(f"http://127.0.0.1:{server.server_address[1]}")
+        reply = gw.client.post("/api/chat", json={"model": "m", "messages": HI, "stream": False})
+        assert reply.status_code == 502
+        assert "an answer of more than 2000 bytes" in reply.json()["error"]
+        refused = gw.client.post(
+            "/api/generate", json={"model": "m", "prompt": "hi", "stream": False}
+        )
+        assert refused.status_code >= 500 and "more than 2000 bytes" in refused.text
+    finally:
+        server.shutdown()
+        server.server_close()
+    failed = spans(gw)
+    assert [(s.status, s.operation) for s in failed] == [("error", "generate"), ("error", "chat")]
+    assert all(s.error_type for s in failed)
