@@ -29,7 +29,7 @@ from ollama_meter.ledger import (
     span_to_dict,
 )
 from ollama_meter.ledger._aggregate import raw_spans
-from ollama_meter.ledger._rollup import BUSY, HISTOGRAMS, ROLLUPS
+from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS
 from ollama_meter.ledger._types import to_us
 from ollama_meter.meter import SpanRecord, new_span_row_id, reprice
 from ollama_meter.periods import parse_period
@@ -79,7 +79,7 @@ def _tables(ledger: Ledger) -> dict[str, list[tuple[object, ...]]]:
     with ledger.read() as conn:
         return {
             table.name: sorted(tuple(row) for row in conn.execute(select(table)))
-            for table in (ROLLUPS, HISTOGRAMS, BUSY)
+            for table in (ROLLUPS, HISTOGRAMS, BUSY, BUSY_CELLS)
         }
 
 
@@ -246,8 +246,9 @@ def test_rebuilding_gives_what_was_kept_as_spans_arrived(db_url: str) -> None:
     for start in range(0, len(spans), 17):  # several batches, late ones included
         ledger.record(list(reversed(spans[start : start + 17])))
     kept = _tables(ledger)
+    assert all(kept.values())  # busy cells too: the spans kept hosts busy
     with ledger.write() as conn:
-        for table in (ROLLUPS, HISTOGRAMS, BUSY):
+        for table in (ROLLUPS, HISTOGRAMS, BUSY, BUSY_CELLS):
             conn.execute(table.delete())
     assert rebuild(ledger.write, ledger.read) == len(spans)
     assert _tables(ledger) == kept
