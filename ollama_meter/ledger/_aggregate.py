@@ -10,6 +10,7 @@ the configured zone exactly.
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,16 +62,17 @@ class _Sums:
     """Signed sums per (bucket, keys, currency), folded from rollup or raw rows alike."""
 
     def __init__(self) -> None:
-        self.rows: defaultdict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * 9)
+        self.rows: dict[tuple[Any, ...], list[int]] = {}
 
     def add(
         self, bucket: int, keys: tuple[str, ...], currency: str, sign: int, values: Sequence[Any]
     ) -> None:
         """Add sums in :class:`SpendSums` order (calls, errors, tokens in and out, busy, cost,
         unpriced calls, cold loads and their time)."""
-        row = self.rows[(bucket, keys, currency)]
-        for index, value in enumerate(values):
-            row[index] += sign * int(value or 0)
+        signed = [sign * int(value or 0) for value in values]
+        row = self.rows.setdefault((bucket, keys, currency), signed)
+        if row is not signed:
+            row[:] = map(operator.add, row, signed)
 
     def result(self) -> list[SpendSums]:
         return [

@@ -61,27 +61,31 @@ class SpendReport:
         key = tuple(by)
         cached = self._rollups.get(key)
         if cached is None:
-            cached = self._rollups[key] = self._rollup(key)
+            # Sums are exact and add up in any order: start from the fewest rows that have
+            # every column asked (a rollup already made, else the report's own rows).
+            finer = [rows for done, rows in self._rollups.items() if set(key) <= set(done)]
+            cached = self._rollups[key] = _rolled_up(min(finer, key=len, default=self.rows), key)
         return cached
 
-    def _rollup(self, by: tuple[str, ...]) -> list[SpendRow]:
-        groups: dict[tuple[str, ...], list[SpendRow]] = {}
-        if self.rows:
-            # Every row has its labels in the report's order: find the columns once.
-            names = [name for name, _ in self.rows[0].labels]
-            at = [names.index(name) for name in by]
-            for row in self.rows:
-                labels = row.labels
-                group = (*(labels[i][1] for i in at), row.currency)
-                found = groups.get(group)
-                if found is None:
-                    groups[group] = [row]
-                else:
-                    found.append(row)
-        return [
-            summed(tuple(zip(by, key[: len(by)], strict=True)), groups[key])
-            for key in sorted(groups)
-        ]
+
+def _rolled_up(rows: list[SpendRow], by: tuple[str, ...]) -> list[SpendRow]:
+    """``rows`` (labelled alike) summed per ``by`` values and currency, in that order."""
+    groups: dict[tuple[str, ...], list[SpendRow]] = {}
+    if rows:
+        # Every row has its labels in the same order: find the columns once.
+        names = [name for name, _ in rows[0].labels]
+        at = [names.index(name) for name in by]
+        for row in rows:
+            labels = row.labels
+            group = (*(labels[i][1] for i in at), row.currency)
+            found = groups.get(group)
+            if found is None:
+                groups[group] = [row]
+            else:
+                found.append(row)
+    return [
+        summed(tuple(zip(by, key[: len(by)], strict=True)), groups[key]) for key in sorted(groups)
+    ]
 
 
 def summed(labels: tuple[tuple[str, str], ...], rows: Sequence[SpendRow]) -> SpendRow:
@@ -94,7 +98,7 @@ def summed(labels: tuple[tuple[str, str], ...], rows: Sequence[SpendRow]) -> Spe
         input_tokens += r.input_tokens
         output_tokens += r.output_tokens
         gpu += r.gpu_seconds
-        cost += r.cost
+        cost += int(r.cost)  # plain ints: Micros' own + would run in Python for every row
         unpriced += r.unpriced_requests
     return SpendRow(
         labels,

@@ -331,10 +331,18 @@ def test_a_calendar_month_compares_with_the_month_before() -> None:
     assert before.end == march.start
 
 
-def test_rollup_equals_asking_the_ledger(ledger: Ledger) -> None:
+@pytest.mark.parametrize(
+    "order",
+    [
+        (["department"], ["model"], ["day"], ["department", "day"], []),
+        # each from a rollup already made: (department, day) gives department, day and all
+        (["day", "department"], ["department"], ["day"], [], ["model", "department"], ["model"]),
+    ],
+)
+def test_rollup_equals_asking_the_ledger(ledger: Ledger, order: tuple[list[str], ...]) -> None:
     window = parse_period("2026-11", tz=UTC_ZONE, now=OFFICE_NOW)
     fine = spend_report(ledger, window, ["department", "model", "day"], tz=UTC_ZONE)
-    for by in (["department"], ["model"], ["day"], ["department", "day"], []):
+    for by in order:
         direct = spend_report(ledger, window, by, tz=UTC_ZONE).rows
         assert fine.rollup(by) == direct, by
 
