@@ -256,13 +256,18 @@ def _write_busy(
             updates.append((format_intervals(merged), total, seconds, host))
         conn.exec_driver_sql(statements.busy_update.sql, updates)
     cells: dict[tuple[int, int, str], list[int]] = {}
+    spans = dict.fromkeys(grains, (0, 0))  # the cell last found per grain: keys are sorted
     for key in keys:
         added = (grown.get(key, 0), calls.get(key, 0))
         if not any(added):
             continue  # pieces already covered: the minute, and so its cells, had them
+        minute, host = key
         for grain in grains:
-            cell = (int(grain), floor_cell(grain, key[0], zone) // 10**6, key[1])
-            sums = cells.setdefault(cell, [0, 0])
+            lo, hi = spans[grain]
+            if not lo <= minute < hi:
+                lo = floor_cell(grain, minute, zone)
+                spans[grain] = (lo, next_cell(grain, lo, zone))
+            sums = cells.setdefault((int(grain), lo // 10**6, host), [0, 0])
             sums[0] += added[0]
             sums[1] += added[1]
     if cells:
