@@ -22,6 +22,7 @@ from sqlalchemy import Connection, case, func, literal, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from ollama_meter.ledger._cells import COLD_LOAD_NS, ERROR_STATUSES
+from ollama_meter.ledger._meta import ledger_zone
 from ollama_meter.ledger._plan import (
     CUBE_GRAINS,
     GROUP_COLUMNS,
@@ -35,7 +36,7 @@ from ollama_meter.ledger._plan import (
     raw_spans,
     signed_sums,
 )
-from ollama_meter.ledger._rollup import ROLLUPS, ledger_zone
+from ollama_meter.ledger._rollup import ROLLUPS
 from ollama_meter.ledger._spans import SpanFilter
 from ollama_meter.ledger.models import SpanRow
 

@@ -27,9 +27,9 @@ from ollama_meter.ledger import (
     _currencies,
     _keys,
     _limits,
+    _meta,
     _prices,
     _rebuild,
-    _rollup,
     _spans,
     _timings,
 )
@@ -81,7 +81,7 @@ class Ledger(DurableLedger):
     def zone(self) -> str:
         """The zone whose midnights begin this ledger's day and month rollups."""
         with self.read() as conn:
-            return _rollup.zone_name(conn)
+            return _meta.zone_name(conn)
 
     # -- reading spans ---------------------------------------------------------------------
 

@@ -30,18 +30,8 @@ from ollama_meter.ledger._cells import (
     floor_cell,
     next_cell,
 )
-from ollama_meter.ledger._rollup import (
-    BUSY,
-    BUSY_CELLS,
-    HISTOGRAMS,
-    ROLLUPS,
-    RollupDelta,
-    get_meta,
-    ledger_zone,
-    pruned_before,
-    set_meta,
-    zone_name,
-)
+from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta, zone_name
+from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS, RollupDelta
 from ollama_meter.ledger._spans import row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow

@@ -33,44 +33,33 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Dialect, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Dialect, Table, bindparam, select, update
 
 from ollama_meter.ledger._cells import (
     ANYONE,
     BIN_COLUMNS,
     BUSY_US,
-    COLD_LOAD_NS,
-    DAY_US,
     DIMENSIONS,
-    ERROR_STATUSES,
     HISTOGRAM_KEY,
     MEASURES,
     QUARTER_US,
     SLOTS,
     Grain,
-    Metric,
-    busy_interval,
     busy_pieces,
     by_grain,
-    duration_bin,
     floor_cell,
     format_intervals,
-    histogram_entries,
     histogram_slots,
     measures_of,
     merge_intervals,
     next_cell,
     parse_intervals,
-    queue_ns,
-    slot_edge,
-    speed_bin,
 )
+from ollama_meter.ledger._meta import ledger_zone
 from ollama_meter.ledger._types import driver_key, to_us
 from ollama_meter.ledger.models import (
     ROLLUP_HISTOGRAMS,
-    LedgerMetaRow,
     RollupBusyCellRow,
     RollupBusyRow,
     RollupRow,
@@ -88,7 +77,6 @@ EVERYONE = (ANYONE, ANYONE, ANYONE)
 BUSY_READS = (2, 16, 250)
 """Minutes of busy time read per query: a call touches one or two, an import hundreds
 (the largest stays well under SQLite's limit on parameters)."""
-META: Table = LedgerMetaRow.__table__  # type: ignore[assignment]
 
 
 class RollupDelta:
@@ -408,79 +396,13 @@ def apply(conn: Connection, spans: Iterable[SpanRecord], sign: int = 1) -> None:
     delta.write(conn)
 
 
-# -- facts about the ledger ------------------------------------------------------------
-
-
-def get_meta(conn: Connection, key: str) -> str | None:
-    value = conn.execute(select(META.c.value).where(META.c.key == key)).scalar()
-    return None if value is None else str(value)
-
-
-def set_meta(conn: Connection, key: str, value: str | None) -> None:
-    conn.execute(delete(META).where(META.c.key == key))
-    if value is not None:
-        conn.execute(insert(META).values(key=key, value=value))
-
-
-def ledger_zone(conn: Connection) -> tzinfo | None:
-    """The zone whose midnights begin the ledger's day and month cells (None: UTC).
-
-    Set when the ledger is made (``OMETER_TIMEZONE``) or by ``ometer db rollup --zone``,
-    so reports in the zone finance works in read whole cells.
-    """
-    name = zone_name(conn)
-    return None if name == "UTC" else ZoneInfo(name)
-
-
-def zone_name(conn: Connection) -> str:
-    """The IANA name of the ledger's zone (:func:`ledger_zone`): UTC unless set."""
-    return get_meta(conn, "zone") or "UTC"
-
-
-def pruned_before(conn: Connection) -> int | None:
-    """Raw spans that started before this instant (µs) may have been pruned; rollups keep them."""
-    value = get_meta(conn, "pruned_before")
-    return None if value is None else int(value)
-
-
 __all__ = [
-    "ANYONE",
-    "BIN_COLUMNS",
     "BUSY",
     "BUSY_CELLS",
     "BUSY_GRAINS",
-    "BUSY_US",
-    "COLD_LOAD_NS",
-    "DAY_US",
-    "DIMENSIONS",
-    "ERROR_STATUSES",
+    "EVERYONE",
     "HISTOGRAMS",
-    "HISTOGRAM_KEY",
-    "MEASURES",
-    "META",
-    "QUARTER_US",
     "ROLLUPS",
-    "Grain",
-    "Metric",
     "RollupDelta",
     "apply",
-    "busy_interval",
-    "busy_pieces",
-    "duration_bin",
-    "floor_cell",
-    "format_intervals",
-    "get_meta",
-    "histogram_entries",
-    "histogram_slots",
-    "ledger_zone",
-    "measures_of",
-    "merge_intervals",
-    "next_cell",
-    "parse_intervals",
-    "pruned_before",
-    "queue_ns",
-    "set_meta",
-    "slot_edge",
-    "speed_bin",
-    "zone_name",
 ]

@@ -28,6 +28,7 @@ from ollama_meter.ledger._cells import (
     parse_intervals,
     slot_edges,
 )
+from ollama_meter.ledger._meta import ledger_zone, pruned_before
 from ollama_meter.ledger._plan import (
     GROUP_COLUMNS,
     HISTOGRAM_GRAINS,
@@ -39,14 +40,7 @@ from ollama_meter.ledger._plan import (
     signed_sums,
 )
 from ollama_meter.ledger._rollup import BUSY as BUSY_TABLE
-from ollama_meter.ledger._rollup import (
-    BUSY_CELLS,
-    BUSY_GRAINS,
-    EVERYONE,
-    HISTOGRAMS,
-    ledger_zone,
-    pruned_before,
-)
+from ollama_meter.ledger._rollup import BUSY_CELLS, BUSY_GRAINS, EVERYONE, HISTOGRAMS
 from ollama_meter.ledger._spans import SpanFilter, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, select, text
 
 from ollama_meter.errors import LedgerError, ValidationError
-from ollama_meter.ledger import _rollup
-from ollama_meter.ledger._rollup import DAY_US, floor_cell
+from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
+from ollama_meter.ledger._meta import ledger_zone, pruned_before, set_meta
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 
@@ -58,12 +58,12 @@ def prune(
     before = _size(ledger)
     with ledger.write() as conn:
         # Midnight in the ledger's zone, so its day cells before the horizon are whole.
-        zone = _rollup.ledger_zone(conn)
-        cutoff_us = floor_cell(_rollup.Grain.DAY, to_us(now) - keep_days * DAY_US, zone)
+        zone = ledger_zone(conn)
+        cutoff_us = floor_cell(Grain.DAY, to_us(now) - keep_days * DAY_US, zone)
         cutoff = from_us(cutoff_us)
-        known = _rollup.pruned_before(conn)
+        known = pruned_before(conn)
         if known is None or known < cutoff_us:
-            _rollup.set_meta(conn, "pruned_before", str(cutoff_us))
+            set_meta(conn, "pruned_before", str(cutoff_us))
     removed = 0
     while True:
         with ledger.write() as conn:

@@ -178,7 +178,7 @@ ROLLUP_HISTOGRAMS = Table(
 
 Cells are days and months of the ledger's zone (percentiles are merged from bins; finer
 cells would cost a row per call), and quarter hours for all calls together (key ``*``). ``metric`` is latency, TTFT, Ollama's queue, generation
-speed or the gateway's queue (``ollama_meter.ledger._rollup.Metric``);
+speed or the gateway's queue (``ollama_meter.ledger._cells.Metric``);
 ``decade`` the power of ten the row's 75 bins ``b00`` ... ``b74`` divide.
 """
 

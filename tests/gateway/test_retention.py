@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.ledger._rollup import pruned_before
+from ollama_meter.ledger._meta import pruned_before
 from ollama_meter.meter import utc_now
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span

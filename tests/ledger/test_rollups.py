@@ -26,21 +26,17 @@ from ollama_meter.ledger._aggregate import (
     decompose,
     raw_spans,
 )
-from ollama_meter.ledger._cells import ANYONE
-from ollama_meter.ledger._plan import GROUP_COLUMNS
-from ollama_meter.ledger._rollup import (
-    BUSY,
-    BUSY_CELLS,
-    HISTOGRAMS,
-    META,
-    ROLLUPS,
+from ollama_meter.ledger._cells import (
+    ANYONE,
     Grain,
-    RollupDelta,
     duration_bin,
     floor_cell,
     next_cell,
     speed_bin,
 )
+from ollama_meter.ledger._meta import META
+from ollama_meter.ledger._plan import GROUP_COLUMNS
+from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS, RollupDelta
 from ollama_meter.ledger._timings import busy_union
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ollama_meter.budgets import Budget
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger
-from ollama_meter.ledger._rollup import duration_bin
+from ollama_meter.ledger._cells import duration_bin
 from ollama_meter.meter import SpanRecord
 from ollama_meter.pricing import format_micros
 from ollama_meter.reports import (

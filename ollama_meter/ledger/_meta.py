@@ -1,0 +1,45 @@
+"""Facts about the ledger itself, kept in ``ledger_meta``: its zone, where raw spans were pruned,
+whether rollups need a rebuild."""
+
+from __future__ import annotations
+
+from datetime import tzinfo
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Table, delete, insert, select
+
+from ollama_meter.ledger.models import LedgerMetaRow
+
+META: Table = LedgerMetaRow.__table__  # type: ignore[assignment]
+
+
+def get_meta(conn: Connection, key: str) -> str | None:
+    value = conn.execute(select(META.c.value).where(META.c.key == key)).scalar()
+    return None if value is None else str(value)
+
+
+def set_meta(conn: Connection, key: str, value: str | None) -> None:
+    conn.execute(delete(META).where(META.c.key == key))
+    if value is not None:
+        conn.execute(insert(META).values(key=key, value=value))
+
+
+def ledger_zone(conn: Connection) -> tzinfo | None:
+    """The zone whose midnights begin the ledger's day and month cells (None: UTC).
+
+    Set when the ledger is made (``OMETER_TIMEZONE``) or by ``ometer db rollup --zone``,
+    so reports in the zone finance works in read whole cells.
+    """
+    name = zone_name(conn)
+    return None if name == "UTC" else ZoneInfo(name)
+
+
+def zone_name(conn: Connection) -> str:
+    """The IANA name of the ledger's zone (:func:`ledger_zone`): UTC unless set."""
+    return get_meta(conn, "zone") or "UTC"
+
+
+def pruned_before(conn: Connection) -> int | None:
+    """Raw spans that started before this instant (µs) may have been pruned; rollups keep them."""
+    value = get_meta(conn, "pruned_before")
+    return None if value is None else int(value)
