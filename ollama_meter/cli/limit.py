@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from ollama_meter.cli._common import Column, DbOption, JsonFlag, ledger_for, out, settings, table
+from ollama_meter.cli._common import Column, DbOption, JsonFlag, ledger_at, out, settings, table
 from ollama_meter.errors import ValidationError
 from ollama_meter.records import Limit, values_of
 
@@ -64,7 +64,7 @@ def set_limit(
         concurrency=concurrency,
         weight=weight,
     )
-    saved = ledger_for(settings(db_url=db)).set_limit(limit)
+    saved = ledger_at(db).set_limit(limit)
     out.print(f"limits for {saved.scope()}: {saved.describe()}")
 
 
@@ -77,14 +77,14 @@ def remove_limit(
 ) -> None:
     """Remove every limit of a department, tenant or key."""
     scope = _scope(department, tenant, key, db)
-    ledger_for(settings(db_url=db)).remove_limit(scope.tenant, department, key)
+    ledger_at(db).remove_limit(scope.tenant, department, key)
     out.print(f"removed the limits of {scope.scope() if key is None else f'key {key}'}")
 
 
 @app.command("list")
 def list_limits(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every limit, per tenant, department and key."""
-    limits = ledger_for(settings(db_url=db)).limits()
+    limits = ledger_at(db).limits()
     if as_json:
         rows = [
             values_of(lim, updated_at=lim.updated_at.isoformat() if lim.updated_at else None)
