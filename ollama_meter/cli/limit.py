@@ -1,6 +1,7 @@
 """``ometer limit ...``: how fast and how much a department (or tenant, or key) may call."""
 
 import json
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -55,15 +56,7 @@ def set_limit(
     if rpm is None and tpm is None and concurrency is None and weight is None:
         raise ValidationError("give at least one of --rpm, --tpm, --concurrency, --weight")
     scope = _scope(department, tenant, key, db)
-    limit = Limit(
-        tenant=scope.tenant,
-        department=department,
-        key_id=key,
-        rpm=rpm,
-        tpm=tpm,
-        concurrency=concurrency,
-        weight=weight,
-    )
+    limit = replace(scope, rpm=rpm, tpm=tpm, concurrency=concurrency, weight=weight)
     saved = ledger_at(db).set_limit(limit)
     out.print(f"limits for {saved.scope()}: {saved.describe()}")
 
