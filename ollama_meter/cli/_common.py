@@ -247,6 +247,18 @@ def ledger_for(cfg: Settings) -> Ledger:
     return configured(cfg)
 
 
+def ledger_at(db: str | None) -> Ledger:
+    """The ledger ``--db`` names (else the configured one), opened by :func:`ledger_for`."""
+    return ledger_for(settings(db_url=db))
+
+
+def ledger_as_is(cfg: Settings) -> Ledger:
+    """The configured ledger as it stands, for upkeep: no pricing file or budgets brought in."""
+    from ollama_meter.ledger import open_ledger
+
+    return open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 

@@ -10,6 +10,7 @@ from ollama_meter.cli._common import (
     Column,
     DbOption,
     JsonFlag,
+    ledger_at,
     ledger_for,
     money,
     out,
@@ -103,19 +104,10 @@ def budget_to_dict(budget: Budget) -> dict[str, Any]:
     }
 
 
-def _loaded(db: str | None) -> Any:
-    from ollama_meter.meter import sync_env_budgets
-
-    cfg = settings(db_url=db)
-    ledger = ledger_for(cfg)
-    sync_env_budgets(ledger, cfg)
-    return cfg, ledger
-
-
 @app.command("list")
 def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every budget, with its limit, kind and thresholds."""
-    _, ledger = _loaded(db)
+    ledger = ledger_at(db)
     budgets = ledger.budgets()
     if as_json:
         out.file.write(json.dumps([budget_to_dict(b) for b in budgets], indent=2) + "\n")
@@ -167,7 +159,8 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Each budget's use this period: spent, share, bar, projection to period end, state."""
     from ollama_meter.budgets import budget_status
 
-    cfg, ledger = _loaded(db)
+    cfg = settings(db_url=db)
+    ledger = ledger_for(cfg)
     rows = budget_status(ledger, tz=cfg.tz, now=utc_now())
     if as_json:
         out.file.write(json.dumps([status_to_dict(r) for r in rows], indent=2) + "\n")
@@ -218,6 +211,5 @@ def remove(
     db: DbOption = None,
 ) -> None:
     """Remove a budget."""
-    cfg = settings(db_url=db)
-    ledger_for(cfg).remove_budget(budget_id)
+    ledger_at(db).remove_budget(budget_id)
     out.print(f"removed budget {budget_id}")

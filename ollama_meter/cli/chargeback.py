@@ -17,11 +17,7 @@ from ollama_meter.cli._common import (
 )
 from ollama_meter.errors import ValidationError
 from ollama_meter.records import MAX_AMOUNT, parse_amount
-
-
-class Idle(StrEnum):
-    SHARE = "share"
-    SEPARATE = "separate"
+from ollama_meter.reports import IdleMode
 
 
 class Format(StrEnum):
@@ -43,11 +39,11 @@ def chargeback_command(
         ),
     ] = None,
     idle: Annotated[
-        Idle,
+        IdleMode,
         typer.Option(
             "--idle", help="Idle capacity: shared in proportion, or its own __idle__ row."
         ),
-    ] = Idle.SHARE,
+    ] = "share",
     gpus: Annotated[
         int, typer.Option("--gpus", min=1, help="GPUs per upstream host (capacity).")
     ] = 1,
@@ -71,7 +67,7 @@ def chargeback_command(
         now=utc_now(),
         currency=cfg.currency,
         fixed_cost=amount,
-        idle=idle.value,
+        idle=idle,
         gpus=gpus,
     )
     for warning in result.warnings:

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -61,16 +62,19 @@ def result_json(span: SpanRecord, reply: str) -> dict[str, Any]:
     return {"reply": reply, "span_id": span.id, **span_to_dict(span)}
 
 
-def _turn(
-    meter: "Meter",
-    *,
-    model: str,
-    messages: list[dict[str, str]],
-    attribution: "Attribution",
-    stream: bool,
-    options: dict[str, Any] | None,
-    as_json: bool,
-) -> str:
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """What every turn of one ``ometer chat`` asks with; each turn is its own metered call."""
+
+    meter: "Meter"
+    model: str
+    attribution: "Attribution"
+    stream: bool
+    options: dict[str, Any] | None
+    as_json: bool
+
+
+def _turn(session: _Session, messages: list[dict[str, str]]) -> str:
     """Run one metered exchange, printing the reply as it arrives; returns the reply.
 
     With ``as_json`` a failure prints an error object too (with the span when there is
@@ -80,8 +84,13 @@ def _turn(
 
     from ollama_meter.reports import span_to_dict
 
-    run = meter.chat(
-        model=model, messages=messages, attribution=attribution, stream=stream, options=options
+    as_json = session.as_json
+    run = session.meter.chat(
+        model=session.model,
+        messages=messages,
+        attribution=session.attribution,
+        stream=session.stream,
+        options=session.options,
     )
     parts: list[str] = []
     try:
@@ -186,36 +195,22 @@ def chat(
     elif prompt is not None and not prompt.strip():
         raise ValidationError("the prompt is empty; nothing was sent (and nothing charged)")
     meter = Meter.from_settings(cfg, source="cli")
+    session = _Session(meter, model, attribution, not no_stream, options, as_json)
     try:
         if prompt is not None:
-            _turn(
-                meter,
-                model=model,
-                messages=[*history, {"role": "user", "content": prompt}],
-                attribution=attribution,
-                stream=not no_stream,
-                options=options,
-                as_json=as_json,
-            )
+            _turn(session, [*history, {"role": "user", "content": prompt}])
             return
-        _interactive(meter, model, history, attribution, not no_stream, options, as_json)
+        _interactive(session, history)
     finally:
         meter.close_upstream()
 
 
-def _interactive(
-    meter: "Meter",
-    model: str,
-    history: list[dict[str, str]],
-    attribution: "Attribution",
-    stream: bool,
-    options: dict[str, Any] | None,
-    as_json: bool,
-) -> None:
+def _interactive(session: _Session, history: list[dict[str, str]]) -> None:
     """A conversation kept for the session; every turn is its own metered call."""
+    who = session.attribution
     err.print(
         shown(
-            f"chatting with {model} as {attribution.tenant}/{attribution.department}; "
+            f"chatting with {session.model} as {who.tenant}/{who.department}; "
             "/help lists commands, /exit or Ctrl-D leaves",
             "dim",
         )
@@ -245,15 +240,7 @@ def _interactive(
             continue
         history.append({"role": "user", "content": line})
         try:
-            reply = _turn(
-                meter,
-                model=model,
-                messages=history,
-                attribution=attribution,
-                stream=stream,
-                options=options,
-                as_json=as_json,
-            )
+            reply = _turn(session, history)
         except KeyboardInterrupt:  # Ctrl-C cancels this answer, not the session
             history.pop()
             out.file.write("\n")

@@ -15,6 +15,7 @@ from ollama_meter.cli._common import (
     SinceOption,
     UntilOption,
     err,
+    ledger_as_is,
     out,
     progress_bar,
     settings,
@@ -66,10 +67,10 @@ def rollup_command(
 
     Days before the prune horizon keep their rollups: their raw spans are gone.
     """
-    from ollama_meter.ledger import open_ledger, rebuild
+    from ollama_meter.ledger import rebuild
 
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
+    ledger = ledger_as_is(cfg)
     began = time.monotonic()
     with progress_bar("rolling up", unit=" days") as bar:
         task = bar.add_task("days", total=None)
@@ -89,10 +90,10 @@ def export_command(
     db: DbOption = None,
 ) -> None:
     """Write spans as JSON lines (one span per line, as `ometer log --json` shows them)."""
-    from ollama_meter.ledger import export_lines, open_ledger
+    from ollama_meter.ledger import export_lines
 
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
+    ledger = ledger_as_is(cfg)
     start = end = None
     if since or until:
         window = window_between(since, until, tz=cfg.tz, now=datetime.now(UTC))
@@ -129,10 +130,10 @@ def import_command(
     db: DbOption = None,
 ) -> None:
     """Load spans from JSON lines (an `ometer db export`); spans already there are skipped."""
-    from ollama_meter.ledger import import_lines, open_ledger
+    from ollama_meter.ledger import import_lines
 
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
+    ledger = ledger_as_is(cfg)
     stream: BinaryIO
     if source == "-":
         # text-only stdins (an embedding host, a test) have no bytes underneath
@@ -170,10 +171,10 @@ def prune_command(
     db: DbOption = None,
 ) -> None:
     """Remove raw spans older than N days; rollups stay, so reports do not change."""
-    from ollama_meter.ledger import open_ledger, prune
+    from ollama_meter.ledger import prune
 
     cfg = settings(db_url=db)
-    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
+    ledger = ledger_as_is(cfg)
     result = prune(ledger, keep_days, now=datetime.now(UTC), vacuum=vacuum)
     out.print(
         f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d} UTC; "
@@ -199,7 +200,7 @@ def backup_command(
     db: DbOption = None,
 ) -> None:
     """Copy the live ledger to FILE (SQLite; prints the pg_dump command for PostgreSQL)."""
-    from ollama_meter.ledger import Ledger, backup, open_ledger, pg_dump_command
+    from ollama_meter.ledger import Ledger, backup, pg_dump_command
 
     cfg = settings(db_url=db)
     ledger = Ledger(cfg.ledger_url, migrate=False)
@@ -209,7 +210,7 @@ def backup_command(
             "ometer backs up SQLite ledgers; for PostgreSQL run the pg_dump command above "
             "(its password from PGPASSWORD or ~/.pgpass)"
         )
-    ledger = open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
+    ledger = ledger_as_is(cfg)
     began = time.monotonic()
     with progress_bar("copying", unit=" pages") as bar:
         task = bar.add_task("pages", total=None)

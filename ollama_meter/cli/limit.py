@@ -1,11 +1,12 @@
 """``ometer limit ...``: how fast and how much a department (or tenant, or key) may call."""
 
 import json
+from dataclasses import replace
 from typing import Annotated
 
 import typer
 
-from ollama_meter.cli._common import Column, DbOption, JsonFlag, ledger_for, out, settings, table
+from ollama_meter.cli._common import Column, DbOption, JsonFlag, ledger_at, out, settings, table
 from ollama_meter.errors import ValidationError
 from ollama_meter.records import Limit, values_of
 
@@ -55,16 +56,8 @@ def set_limit(
     if rpm is None and tpm is None and concurrency is None and weight is None:
         raise ValidationError("give at least one of --rpm, --tpm, --concurrency, --weight")
     scope = _scope(department, tenant, key, db)
-    limit = Limit(
-        tenant=scope.tenant,
-        department=department,
-        key_id=key,
-        rpm=rpm,
-        tpm=tpm,
-        concurrency=concurrency,
-        weight=weight,
-    )
-    saved = ledger_for(settings(db_url=db)).set_limit(limit)
+    limit = replace(scope, rpm=rpm, tpm=tpm, concurrency=concurrency, weight=weight)
+    saved = ledger_at(db).set_limit(limit)
     out.print(f"limits for {saved.scope()}: {saved.describe()}")
 
 
@@ -77,14 +70,14 @@ def remove_limit(
 ) -> None:
     """Remove every limit of a department, tenant or key."""
     scope = _scope(department, tenant, key, db)
-    ledger_for(settings(db_url=db)).remove_limit(scope.tenant, department, key)
+    ledger_at(db).remove_limit(scope.tenant, department, key)
     out.print(f"removed the limits of {scope.scope() if key is None else f'key {key}'}")
 
 
 @app.command("list")
 def list_limits(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every limit, per tenant, department and key."""
-    limits = ledger_for(settings(db_url=db)).limits()
+    limits = ledger_at(db).limits()
     if as_json:
         rows = [
             values_of(lim, updated_at=lim.updated_at.isoformat() if lim.updated_at else None)

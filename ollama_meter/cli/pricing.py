@@ -12,6 +12,7 @@ from ollama_meter.cli._common import (
     Column,
     DbOption,
     JsonFlag,
+    ledger_at,
     ledger_for,
     money,
     out,
@@ -133,8 +134,7 @@ def rule_to_dict(rule: PriceRule) -> dict[str, object]:
 @app.command("list")
 def list_rules(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Show every price rule."""
-    cfg = settings(db_url=db)
-    rules = sort_rules(ledger_for(cfg).price_rules())
+    rules = sort_rules(ledger_at(db).price_rules())
     if as_json:
         out.file.write(json.dumps([rule_to_dict(r) for r in rules], indent=2) + "\n")
         return
@@ -170,8 +170,7 @@ def remove_rule(
     db: DbOption = None,
 ) -> None:
     """Remove a price rule. Spans already priced keep their cost until `ometer reprice`."""
-    cfg = settings(db_url=db)
-    ledger_for(cfg).remove_price_rule(rule_id)
+    ledger_at(db).remove_price_rule(rule_id)
     out.print(f"removed rule {rule_id}")
 
 

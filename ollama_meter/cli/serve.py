@@ -19,6 +19,7 @@ from ollama_meter.cli._common import (
     JsonFlag,
     TenantOption,
     err,
+    ledger_at,
     ledger_for,
     money,
     out,
@@ -257,8 +258,7 @@ def _users(key: "ApiKey") -> str:
 @keys_app.command("list")
 def list_keys(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every key (never the secret), live or revoked."""
-    cfg = settings(db_url=db)
-    keys = ledger_for(cfg).keys()
+    keys = ledger_at(db).keys()
     if as_json:
         rows = [
             {
@@ -306,6 +306,5 @@ def revoke_key(
     db: DbOption = None,
 ) -> None:
     """Revoke a key; the gateway refuses it from the next request on."""
-    cfg = settings(db_url=db)
-    ledger_for(cfg).revoke_key(key_id)
+    ledger_at(db).revoke_key(key_id)
     out.print(f"revoked key {key_id}")

@@ -24,6 +24,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -86,6 +87,93 @@ def _json_object(content: bytes) -> dict[str, Any]:
     except (ValueError, RecursionError):
         return {}
     return obj if isinstance(obj, dict) else {}
+
+
+@dataclass(frozen=True, slots=True)
+class _Answered:
+    """A call Ollama answered 200: what reading the answer needs, and how the call ends."""
+
+    meter: Meter
+    call: MeteredCall
+    attempts: CallAttempts
+    request: MeteredRequest
+    wire: WireFormat
+    response: aiohttp.ClientResponse
+    pool: PooledUpstream
+
+    async def end(self, outcome: BaseException | None = None) -> None:
+        """The call's outcome counted once by the retry policy, and its span written."""
+        self.attempts.end(outcome)
+        await in_thread(self.meter.close, self.call, outcome)
+
+    async def whole(self) -> Response:
+        """The whole answer at once, after its span is written."""
+        call, wire, response, pool = self.call, self.wire, self.response, self.pool
+        try:
+            content = await pool.read(response)
+        except UpstreamError as error:
+            pool.finish(response, completed=False)
+            await self.end(error)
+            return error_response(wire, 502, str(error))
+        pool.finish(response, completed=True)
+        reader = wire.reader(self.request.operation)
+        failure = call.take([*reader.read(_json_object(content)), *reader.finish()])
+        await self.end(failure)
+        if failure is not None:
+            return error_response(wire, 502, str(failure))
+        return Response(
+            content,
+            status_code=200,
+            media_type=response.headers.get("content-type", "application/json"),
+        )
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The answer item by item; the last one after the span is written."""
+        call, request, wire = self.call, self.request, self.wire
+        response, pool = self.response, self.pool
+        closed = False
+
+        async def close(outcome: BaseException | None = None) -> None:
+            nonlocal closed
+            closed = True
+            await self.end(outcome)
+
+        reader = wire.reader(request.operation)
+        separator = wire.separator
+        frames = Frames(separator, host=pool.host)
+        try:
+            async for data in pool.chunks(response):
+                for frame in frames.feed(data):
+                    if not frame.strip():
+                        continue
+                    item = None if closed else wire.decode(frame)
+                    if item is None:  # after the end, or not an object: relayed as is
+                        yield frame + separator
+                        continue
+                    failure = call.take(reader.finish() if item is END else reader.read(item))
+                    if failure is not None:
+                        await close(failure)
+                        yield frame + separator  # the client sees Ollama's own error item
+                        return
+                    if reader.complete:
+                        await close()
+                    if isinstance(item, dict) and wire.hidden(item, hide_usage=request.hide_usage):
+                        continue
+                    yield frame + separator
+            if not closed:
+                raise unfinished_error(pool.host)
+        except UpstreamError as error:  # broke off, went silent, or ended early
+            if not closed:
+                await close(error)
+                yield wire.error_frame(str(error))
+        except BaseException as exc:  # the client hung up (or the server is stopping)
+            if not closed:
+                await close(exc)
+            raise
+        finally:
+            # Read to the end: the connection goes back to the pool. Cut short (the
+            # client hung up, the stream broke): it is dropped, which stops Ollama.
+            pool.finish(response, completed=response.content.at_eof())
 
 
 class Relay:
@@ -152,15 +240,12 @@ class Relay:
             sent = await self._send(call, slot, admission, request, wire, content, headers, query)
             if isinstance(sent, Response):
                 return sent
-            response, attempts = sent
-            pool = slot.lease.server.pool if slot.lease is not None else None
-            assert pool is not None
             if not request.stream:
-                return await self._whole(call, attempts, request, wire, response, pool)
+                return await sent.whole()
             stream = StreamingResponse(
-                self._stream(call, attempts, request, wire, response, pool),
+                sent.stream(),
                 media_type=wire.stream_media_type
-                or response.headers.get("content-type", "application/x-ndjson"),
+                or sent.response.headers.get("content-type", "application/x-ndjson"),
                 headers={"cache-control": "no-cache"} if wire.stream_media_type else None,
             )
             # The answer gives the slot back when it has been sent, however it ends.
@@ -178,7 +263,7 @@ class Relay:
         content: bytes,
         headers: dict[str, str],
         query: str,
-    ) -> tuple[aiohttp.ClientResponse, CallAttempts] | Response:
+    ) -> _Answered | Response:
         """Ollama's 200 response, or the answer for the client (the span is then closed).
 
         On a server another one could stand in for, a transient failure (unreachable,
@@ -206,7 +291,7 @@ class Relay:
             else:
                 if not isinstance(sent, Refusal):
                     fleet.served(server, model)
-                    return sent, attempts
+                    return _Answered(self.meter, call, attempts, request, wire, sent, server.pool)
                 if not (elsewhere and is_transient(sent.error)):
                     await in_thread(self.meter.close, call, sent.error)
                     return _refusal_response(sent)  # Ollama's own answer, as it came
@@ -258,89 +343,6 @@ class Relay:
 
         opened: MeteredCall = await in_thread(open_call)
         return opened
-
-    async def _whole(
-        self,
-        call: MeteredCall,
-        attempts: CallAttempts,
-        request: MeteredRequest,
-        wire: WireFormat,
-        response: aiohttp.ClientResponse,
-        pool: PooledUpstream,
-    ) -> Response:
-        try:
-            content = await pool.read(response)
-        except UpstreamError as error:
-            pool.finish(response, completed=False)
-            attempts.end(error)
-            await in_thread(self.meter.close, call, error)
-            return error_response(wire, 502, str(error))
-        pool.finish(response, completed=True)
-        reader = wire.reader(request.operation)
-        failure = call.take([*reader.read(_json_object(content)), *reader.finish()])
-        attempts.end(failure)
-        await in_thread(self.meter.close, call, failure)
-        if failure is not None:
-            return error_response(wire, 502, str(failure))
-        return Response(
-            content,
-            status_code=200,
-            media_type=response.headers.get("content-type", "application/json"),
-        )
-
-    async def _stream(
-        self,
-        call: MeteredCall,
-        attempts: CallAttempts,
-        request: MeteredRequest,
-        wire: WireFormat,
-        response: aiohttp.ClientResponse,
-        pool: PooledUpstream,
-    ) -> AsyncIterator[bytes]:
-        closed = False
-
-        async def close(outcome: BaseException | None = None) -> None:
-            nonlocal closed
-            closed = True
-            attempts.end(outcome)
-            await in_thread(self.meter.close, call, outcome)
-
-        reader = wire.reader(request.operation)
-        separator = wire.separator
-        frames = Frames(separator, host=pool.host)
-        try:
-            async for data in pool.chunks(response):
-                for frame in frames.feed(data):
-                    if not frame.strip():
-                        continue
-                    item = None if closed else wire.decode(frame)
-                    if item is None:  # after the end, or not an object: relayed as is
-                        yield frame + separator
-                        continue
-                    failure = call.take(reader.finish() if item is END else reader.read(item))
-                    if failure is not None:
-                        await close(failure)
-                        yield frame + separator  # the client sees Ollama's own error item
-                        return
-                    if reader.complete:
-                        await close()
-                    if isinstance(item, dict) and wire.hidden(item, hide_usage=request.hide_usage):
-                        continue
-                    yield frame + separator
-            if not closed:
-                raise unfinished_error(pool.host)
-        except UpstreamError as error:  # broke off, went silent, or ended early
-            if not closed:
-                await close(error)
-                yield wire.error_frame(str(error))
-        except BaseException as exc:  # the client hung up (or the server is stopping)
-            if not closed:
-                await close(exc)
-            raise
-        finally:
-            # Read to the end: the connection goes back to the pool. Cut short (the
-            # client hung up, the stream broke): it is dropped, which stops Ollama.
-            pool.finish(response, completed=response.content.at_eof())
 
 
 def _refusal_response(refusal: Refusal) -> Response:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         IDLE_MODES,
         PERF_BY_CHOICES,
         PERF_DEFAULT_BY,
+        IdleMode,
     )
     from ollama_meter.reports._dashboard import (
         PERIOD_CHOICES,
@@ -69,7 +70,7 @@ _NAMES = {
     "parse_day parse_period window_between",
     "._allocation": "allocate union_length",
     "._chargeback": "Chargeback chargeback",
-    "._choices": "BY_CHOICES IDLE IDLE_MODES PERF_BY_CHOICES PERF_DEFAULT_BY",
+    "._choices": "BY_CHOICES IDLE IDLE_MODES PERF_BY_CHOICES PERF_DEFAULT_BY IdleMode",
     "._dashboard": "PERIOD_CHOICES Dashboard DashQuery dashboard_report failures_report",
     "._dashboard_page": "Links render_dashboard",
     "._html": "content_security_policy render_chargeback_html render_error_page render_spend_html",
@@ -99,6 +100,7 @@ __all__ = [
     "ChargebackRow",
     "DashQuery",
     "Dashboard",
+    "IdleMode",
     "Links",
     "PerfReport",
     "PerfRow",

@@ -6,6 +6,8 @@ loading the ledger or SQLAlchemy. Imports nothing of ours but records and period
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from ollama_meter.periods import TIME_UNITS
 from ollama_meter.records import GROUPS
 
@@ -17,4 +19,6 @@ PERF_DEFAULT_BY: tuple[str, ...] = ("model", "department")
 
 IDLE = "__idle__"
 """The chargeback row idle capacity gets when it is reported on its own."""
-IDLE_MODES = ("share", "separate")
+IdleMode = Literal["share", "separate"]
+"""How a chargeback bills idle capacity: shared in proportion, or on its own ``IDLE`` row."""
+IDLE_MODES: tuple[IdleMode, ...] = get_args(IdleMode)
