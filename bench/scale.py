@@ -8,9 +8,10 @@ then in one run:
              the floor: the same rows (spans, then rollups too) inserted raw with sqlite3
   rollup     ``ometer db rollup``: every rollup rebuilt from the raw spans
   size       bytes per span: spans table and indexes, rollups, file
-  answers    each report's median over --runs, in process, at N spans and at --small
-             spans (the ratio is the point: it should stay near 1), and a raw GROUP BY
-             over the spans as baseline
+  answers    each report's median over --runs at N spans and at --small spans (the
+             ratio is the point: it should stay near 1), each ledger's in a fresh
+             process that holds only it (as a gateway or a command does), after one
+             warm-up call; and a raw GROUP BY over the spans as baseline
   memory     peak RSS of the fixed-cost chargeback and of perf, each in a fresh process
 
     python bench/scale.py [--spans 1000000] [--small 20000] [--runs 5] [--dir DIR]
@@ -362,8 +363,29 @@ def peak_rss(db: str, what: str, end: datetime) -> float:
     return float(done.stdout.strip())
 
 
-def child(what: str, db: str, end: datetime) -> None:
+def timings(db: str, end: datetime, runs: int, *, baseline: bool) -> dict[str, list[float]]:
+    """Name → [median s, raw GROUP BY s or 0] of every answer, timed in a fresh process that
+    holds only this ledger (as a gateway or a command does), after one warm-up call."""
+    command = [sys.executable, __file__, "--child", "timings", "--db", db, "--end", end.isoformat()]
+    command += ["--runs", str(runs), *(["--baseline"] if baseline else [])]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    result: dict[str, list[float]] = json.loads(done.stdout)
+    return result
+
+
+def child(what: str, db: str, end: datetime, runs: int = 1, baseline: bool = False) -> None:
     ledger = Ledger(db)
+    if what == "timings":
+        result = {}
+        for name, action in answers(ledger, end).items():
+            action()
+            raw = 0.0
+            if baseline and name.startswith(("report", "budget")):
+                with raw_spans():
+                    raw = median_time(action, 1)
+            result[name] = [median_time(action, runs), raw]
+        print(json.dumps(result))
+        return
     if what != "nothing":
         answers(ledger, end)[what]()
     # VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss across fork and exec.
@@ -400,11 +422,12 @@ def main() -> None:
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     end = datetime.fromisoformat(args.end) if args.end else now
     if args.child:
-        child(args.child, args.db, end)
+        child(args.child, args.db, end, args.runs, args.baseline)
         return
     args.dir.mkdir(parents=True, exist_ok=True)
     small, small_figures = load(args.dir, args.small, end, "small", reuse=args.reuse)
@@ -430,22 +453,22 @@ def main() -> None:
             f"{f[key]:,.1f}" if key in f else "skipped" for f in (small_figures, large_figures)
         ]
         print(f"| {key} | {' | '.join(shown)} |")
-    small_answers, large_answers = answers(small, end), answers(large, end)
+    small.dispose()
+    large.dispose()
+    little = timings(f"sqlite:///{small.path}", end, args.runs, baseline=False)
+    big = timings(f"sqlite:///{large.path}", end, args.runs, baseline=True)
     print(
         f"\n| answer | {args.small:,} spans | {args.spans:,} spans | ratio | raw GROUP BY at {args.spans:,} | goal at 10M |"
     )
     print("|---|---|---|---|---|---|")
-    for name, action in large_answers.items():
-        little = median_time(small_answers[name], args.runs)
-        big = median_time(action, args.runs)
-        baseline = "-"
-        if name.startswith(("report", "budget")):
-            with raw_spans():
-                baseline = f"{median_time(action, 1):.3f} s"
+    for name, (time_big, raw) in big.items():
+        time_little = little[name][0]
+        baseline = f"{raw:.3f} s" if raw else "-"
         goal = GOALS[name]
         print(
-            f"| `{name}` | {little * 1000:.1f} ms | {big * 1000:.1f} ms | {big / little:.2f}x "
-            f"| {baseline} | < {goal} s {'ok' if big < goal else 'MISSED'} |"
+            f"| `{name}` | {time_little * 1000:.1f} ms | {time_big * 1000:.1f} ms "
+            f"| {time_big / time_little:.2f}x | {baseline} "
+            f"| < {goal} s {'ok' if time_big < goal else 'MISSED'} |"
         )
     db = f"sqlite:///{args.dir / f'ledger-{args.spans}.db'}"
     base = peak_rss(db, "nothing", end)
