@@ -1,14 +1,14 @@
 """Rollups: the ledger's sums, kept as spans arrive, so answers do not grow with the ledger.
 
-Every span that is inserted adds to three tables, in the same transaction:
+Every span that is inserted adds to four tables, in the same transaction:
 
-- ``rollups``: sums (calls, tokens, busy and load time, each cost part, unpriced
-  calls, cold loads) per cell and per (tenant, department, user, model, currency,
-  status, error type), and again under the user ``*`` for all users together (most
-  reads group by no user, and read a tenth of the rows). Cells are quarter hours,
-  days and months of the ledger's zone (UTC unless set), so any window whose ends fall on a quarter hour (every
-  local midnight of every time zone in use) is answered exactly from a few rows
-  (see ``_aggregate``).
+- ``rollups``: sums (calls, errors, tokens, busy and load time, each cost part,
+  unpriced calls and usage, cold loads) per cell and per (tenant, department, user,
+  model, currency, status, error type), and again summed over user, status and
+  error type (all ``*``), the overview most reads take. Cells are quarter hours,
+  days and months of the ledger's zone (UTC unless set), so any window whose ends
+  fall on a quarter hour (every local midnight of every time zone in use) is
+  answered exactly from a few rows (see ``_aggregate``).
 - ``rollup_histograms``: per day and month and (tenant, department, model),
   how many calls fell in each bin of latency, time to first token, queue time
   (inside Ollama, and in the gateway) and generation speed, so percentiles can be
@@ -16,7 +16,8 @@ Every span that is inserted adds to three tables, in the same transaction:
   hour, day and month, so the whole organisation's percentiles per *local* day need
   no raw spans and read few rows (the dashboard's daily timings).
 - ``rollup_busy``: per minute and upstream host, the union of the calls' busy
-  intervals, so chargeback's utilisation is exact without a scan.
+  intervals and the calls that started, so chargeback's utilisation is exact
+  without a scan; ``rollup_busy_cells`` sums them per day and month.
 
 Only spans the insert really added count (re-recording an id adds nothing), the
 cell is the span's own start time (a span that arrives a month late lands in its
@@ -53,7 +54,6 @@ from ollama_meter.ledger._cells import (
     histogram_slots,
     measures_of,
     merge_intervals,
-    next_cell,
     parse_intervals,
 )
 from ollama_meter.ledger._meta import ledger_zone
@@ -243,25 +243,22 @@ def _write_busy(
             grown[(start, host)] = total - sum(end - begin for begin, end in before)
             updates.append((format_intervals(merged), total, seconds, host))
         conn.exec_driver_sql(statements.busy_update.sql, updates)
-    cells: dict[tuple[int, int, str], list[int]] = {}
-    spans = dict.fromkeys(grains, (0, 0))  # the cell last found per grain: keys are sorted
-    for key in keys:
-        added = (grown.get(key, 0), calls.get(key, 0))
-        if not any(added):
-            continue  # pieces already covered: the minute, and so its cells, had them
-        minute, host = key
-        for grain in grains:
-            lo, hi = spans[grain]
-            if not lo <= minute < hi:
-                lo = floor_cell(grain, minute, zone)
-                spans[grain] = (lo, next_cell(grain, lo, zone))
-            sums = cells.setdefault((int(grain), lo // 10**6, host), [0, 0])
-            sums[0] += added[0]
-            sums[1] += added[1]
+    # Summed per quarter hour first: a day or month is a run of whole quarter hours.
+    added: dict[tuple[int, str], list[int]] = {}
+    for minute, host in keys:
+        more, started = grown.get((minute, host), 0), calls.get((minute, host), 0)
+        if more or started:  # pieces already covered add nothing
+            sums = added.setdefault((minute - minute % QUARTER_US, host), [0, 0])
+            sums[0] += more
+            sums[1] += started
+    cells = sorted(
+        (int(grain), start // 10**6, host, *sums)
+        for grain, summed in by_grain(added, grains, zone)
+        for (start, host), sums in summed.items()
+        if any(sums)
+    )
     if cells:
-        conn.exec_driver_sql(
-            statements.busy_cells.sql, [(*cell, *cells[cell]) for cell in sorted(cells)]
-        )
+        conn.exec_driver_sql(statements.busy_cells.sql, cells)
 
 
 def _stored_busy(

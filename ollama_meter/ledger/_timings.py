@@ -212,14 +212,11 @@ def _whole_minutes(conn: Connection, lo: int, hi: int) -> dict[str, list[int]]:
     """Per host, busy µs and calls in the minutes of [lo, hi) (both on a minute).
 
     Whole days and months of the ledger's zone come from their cells, with signs (a
-    month less the days past the window), the rest from the minutes. A cell that
-    would split a minute (a zone's day starting off the minute, as under local mean
-    time) is not used: the minutes alone answer.
+    month less the days past the window), the rest from the minutes: every cell is a
+    run of whole quarter hours, so of whole minutes.
     """
     zone = ledger_zone(conn)
     pieces = decompose(lo, hi, BUSY_GRAINS, zone=zone)
-    if any(p.grain is not None and (p.lo % BUSY_US or p.hi % BUSY_US) for p in pieces):
-        pieces = decompose(lo, hi, (), zone=zone)
     sums: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
     cells = [p for p in pieces if p.grain is not None]
     for _, host, busy, calls in signed_sums(
