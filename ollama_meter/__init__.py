@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         BudgetExceeded,
         CircuitOpen,
         ConfigError,
+        InvalidRequest,
         LedgerError,
         ModelNotFound,
         OmeterError,
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from ollama_meter.records import SpanRecord
 
 _ERRORS = (
-    "BudgetError", "BudgetExceeded", "CircuitOpen", "ConfigError", "LedgerError",
+    "BudgetError", "BudgetExceeded", "CircuitOpen", "ConfigError", "InvalidRequest", "LedgerError",
     "ModelNotFound", "OmeterError", "PricingError", "RateLimited", "StreamError",
     "UpstreamBadRequest", "UpstreamConnectionError", "UpstreamError", "UpstreamServerError",
     "UpstreamTimeout", "ValidationError",
@@ -82,6 +83,7 @@ __all__ = [
     "BudgetExceeded",
     "CircuitOpen",
     "ConfigError",
+    "InvalidRequest",
     "LedgerError",
     "MeterInfo",
     "MeteredChatResponse",

@@ -12,6 +12,7 @@
         ├── UpstreamTimeout          Ollama did not answer in time       (timeout)
         ├── ModelNotFound            Ollama does not have the model      (model_not_found)
         ├── UpstreamBadRequest       Ollama refused the request (4xx)    (bad_request)
+        │   └── InvalidRequest       malformed before sending (also a ValidationError)
         ├── UpstreamServerError      Ollama answered 5xx                 (upstream_5xx)
         ├── RateLimited              Ollama answered 429                 (rate_limited)
         ├── CircuitOpen              too many failures: failing fast     (circuit_open)
@@ -71,6 +72,8 @@ class UpstreamError(OmeterError):
     """A call to Ollama failed."""
 
     error_type: str = "upstream_error"
+    reached_upstream: bool = True
+    """False when the call never left this process: the upstream's health is not in question."""
 
     def __init__(
         self, message: str, *, status_code: int | None = None, retry_after: float | None = None
@@ -95,6 +98,16 @@ class ModelNotFound(UpstreamError):
 
 class UpstreamBadRequest(UpstreamError):
     error_type = "bad_request"
+
+
+class InvalidRequest(UpstreamBadRequest, ValidationError):
+    """The request is malformed (a wrong type, a missing model): it was never sent to Ollama.
+
+    What Ollama would have refused with a 400, caught before the call; a user mistake
+    (exit 2), and no evidence either way about the upstream's health.
+    """
+
+    reached_upstream = False
 
 
 class UpstreamServerError(UpstreamError):

@@ -8,9 +8,18 @@ from typing import Any
 
 import ollama
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ollama_meter
-from ollama_meter import AsyncMeteredClient, BudgetExceeded, MeteredClient, SpanRecord
+from ollama_meter import (
+    AsyncMeteredClient,
+    BudgetExceeded,
+    InvalidRequest,
+    MeteredClient,
+    SpanRecord,
+    ValidationError,
+)
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator, expected_embedding, expected_reply
@@ -114,6 +123,75 @@ def test_budget_refusal_is_a_typed_exception(client: MeteredClient) -> None:
     assert refused.value.exit_code == 3 and refused.value.retry_after > 0
 
 
+NOT_TEXT = st.one_of(st.lists(st.integers(), min_size=1, max_size=2), st.just({"a": 1}))
+MALFORMED = st.one_of(
+    NOT_TEXT.map(lambda v: ("chat", {"messages": [{"role": "user", "content": v}]})),
+    NOT_TEXT.map(lambda v: ("chat", {"messages": HI, "model": v})),
+    st.sampled_from(["hi", 5]).map(lambda v: ("chat", {"messages": v})),
+    st.just(("generate", {"prompt": {"a": 1}})),
+    st.sampled_from([5, {"a": 1}]).map(lambda v: ("embed", {"input": v})),
+    st.sampled_from(["fast", 3]).map(lambda v: ("chat", {"messages": HI, "options": v})),
+    st.sampled_from(["fast", 3]).map(lambda v: ("generate", {"prompt": "hi", "options": v})),
+)
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(call=MALFORMED, stream=st.booleans(), run_async=st.booleans())
+def test_a_malformed_call_is_the_callers_mistake_never_sent_and_one_bad_request_span(
+    sqlite_url: str,
+    emulator: OllamaEmulator,
+    call: tuple[str, dict[str, Any]],
+    stream: bool,
+    run_async: bool,
+) -> None:
+    """Arguments the ollama client refuses to send: a ValidationError, never an upstream failure.
+
+    The span says ``bad_request`` on one line, nothing reaches Ollama, and no circuit
+    counts it (the next good call goes through).
+    """
+    operation, arguments = call
+    arguments = {"model": "llama3.1:8b", **arguments}
+    if operation != "embed":
+        arguments["stream"] = stream
+    emulator.reset()
+    with MeteredClient(emulator.url, department="sales", db_url=sqlite_url) as metered:
+
+        def call_it() -> None:
+            answer = getattr(metered, operation)(**arguments)
+            if arguments.get("stream"):
+                list(answer)
+
+        if run_async:
+
+            async def go() -> None:
+                client = AsyncMeteredClient(emulator.url, department="sales", db_url=sqlite_url)
+                answer = await getattr(client, operation)(**arguments)
+                if arguments.get("stream"):
+                    async for _ in answer:
+                        pass
+
+            with pytest.raises(ValidationError) as refused:
+                asyncio.run(go())
+        else:
+            with pytest.raises(ValidationError) as refused:
+                call_it()
+        assert isinstance(refused.value, InvalidRequest), refused.value
+        assert refused.value.exit_code == 2 and "\n" not in str(refused.value)
+        (span, *_) = metered.meter.ledger.latest(SpanFilter(), 1)
+        assert (span.status, span.error_type) == ("error", "bad_request")
+        assert emulator.requests_to(f"/api/{operation}") == []
+        for _ in range(3):  # more than the breaker's threshold: none of them counts
+            with pytest.raises(InvalidRequest):
+                call_it()
+        good = {"model": "llama3.1:8b", "prompt": "hi"} if operation == "generate" else {}
+        reply = (
+            metered.chat(model="llama3.1:8b", messages=HI) if not good else metered.generate(**good)
+        )
+        assert reply.meter is not None and reply.meter.status == "ok"
+
+
 def test_hooks_read_the_call_add_tags_and_cannot_break_it(
     db_url: str, emulator: OllamaEmulator
 ) -> None:
@@ -163,6 +241,7 @@ def test_public_surface_is_pinned() -> None:
             "BudgetExceeded",
             "CircuitOpen",
             "ConfigError",
+            "InvalidRequest",
             "LedgerError",
             "MeterInfo",
             "MeteredChatResponse",

@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from ollama_meter.errors import (
+    InvalidRequest,
     ModelNotFound,
     RateLimited,
     StreamError,
@@ -43,6 +44,8 @@ class Failure(StrEnum):
     """Something listens there, but said nothing in time."""
     BROKEN = "broken"
     """The answer began, then broke off (a dropped connection, a line that is not JSON)."""
+    INVALID = "invalid"
+    """The client library refused to build the request from what it was given: nothing was sent."""
     UNEXPECTED = "unexpected"
     """Anything else the client library raised."""
 
@@ -60,6 +63,8 @@ def transport_error(kind: Failure, *, host: str, started: bool, reason: str = ""
         )
     if kind is Failure.BROKEN or (started and kind is Failure.CONNECTION):
         return StreamError(f"the stream from Ollama at {host} broke off: {reason or 'no reason'}")
+    if kind is Failure.INVALID:
+        return InvalidRequest(f"the request is malformed, so it was not sent to Ollama: {reason}")
     if kind is Failure.CONNECTION:
         why = f" ({reason})" if reason else ""
         return UpstreamConnectionError(

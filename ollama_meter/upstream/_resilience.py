@@ -168,14 +168,15 @@ class CircuitBreaker:
     def settle(self, ticket: Ticket, outcome: BaseException | None) -> None:
         """Count a call's outcome once: None is success; an UpstreamError is classified.
 
-        Anything else (the caller left, a bug) counts neither way; it only ends the
-        call's trial, if it was one.
+        Anything else (the caller left, a bug, a request never sent) counts neither way;
+        it only ends the call's trial, if it was one.
         """
         with self._lock:
             if ticket.settled:
                 return
             ticket.settled = True
-            kind = outcome.error_type if isinstance(outcome, UpstreamError) else None
+            sent = isinstance(outcome, UpstreamError) and outcome.reached_upstream
+            kind = outcome.error_type if sent and isinstance(outcome, UpstreamError) else None
             circuit = self._models.get(ticket.model)
             if outcome is None:
                 self._host = _Circuit()

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import ollama
+import pydantic
 
 from ollama_meter.errors import UpstreamError
 from ollama_meter.upstream._classify import (
@@ -96,8 +97,8 @@ class Upstream(Resilient):
         attempts = self.attempts(model)
 
         def first() -> tuple[Iterator[Response], Response | None]:
-            parts: Iterator[Response] = getattr(self.client, operation)(**request, stream=True)
             try:
+                parts: Iterator[Response] = getattr(self.client, operation)(**request, stream=True)
                 return parts, next(parts, None)
             except Exception as exc:
                 raise self.classify(exc, model=model, started=False) from exc
@@ -190,7 +191,9 @@ class Upstream(Resilient):
                 retry_after=_retry_after(exc),
             )
         reason = str(exc) or type(exc).__name__
-        if isinstance(exc, httpx.TimeoutException):
+        if not started and _refused_by_client(exc):
+            kind, reason = Failure.INVALID, _why_refused(exc)
+        elif isinstance(exc, httpx.TimeoutException):
             kind = Failure.TIMEOUT
         elif started and isinstance(exc, httpx.HTTPError | json.JSONDecodeError):
             kind = Failure.BROKEN
@@ -202,6 +205,31 @@ class Upstream(Resilient):
 
     def close(self) -> None:
         self.client.close()  # type: ignore[no-untyped-call]
+
+
+def _refused_by_client(exc: BaseException) -> bool:
+    """Whether the client library refused to build the request from the arguments it was given.
+
+    It checks them (pydantic models named for the request and its parts) before sending;
+    an answer it cannot read fails on a model named ``...Response``, which is Ollama's doing.
+    """
+    if isinstance(exc, pydantic.ValidationError):
+        return not exc.title.endswith("Response")
+    return isinstance(exc, ollama.RequestError | TypeError) or (
+        isinstance(exc, ValueError) and not isinstance(exc, json.JSONDecodeError)
+    )
+
+
+def _why_refused(exc: BaseException) -> str:
+    """What was wrong with the arguments, on one line: ``Message.content: Input should be ...``."""
+    if isinstance(exc, pydantic.ValidationError):
+        return "; ".join(
+            f"{'.'.join((exc.title, *map(str, error['loc'])))}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+    if isinstance(exc, ollama.RequestError):
+        return exc.error
+    return str(exc) or type(exc).__name__
 
 
 def _retry_after(exc: ollama.ResponseError) -> float | None:
