@@ -268,3 +268,17 @@ def test_public_surface_is_pinned() -> None:
     )
     for name in ollama_meter.__all__:
         assert hasattr(ollama_meter, name), name
+
+
+def test_an_answer_the_ollama_client_cannot_read_is_one_line_and_not_the_callers_fault(
+    client: MeteredClient,
+) -> None:
+    """Ollama leaves ``embeddings`` out for an empty input (omitempty); the client needs it."""
+    with pytest.raises(ollama_meter.UpstreamError) as failed:
+        client.embed(model="llama3.1:8b", input=[])
+    assert not isinstance(failed.value, ValidationError)
+    assert str(failed.value).endswith(
+        "its answer does not read as Ollama's API has it: EmbedResponse.embeddings: Field required"
+    )
+    (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.status, span.error_type) == ("error", "upstream_error")

@@ -190,9 +190,14 @@ class Upstream(Resilient):
                 model=model,
                 retry_after=_retry_after(exc),
             )
-        reason = str(exc) or type(exc).__name__
+        reason = _one_line(exc)
         if not started and _refused_by_client(exc):
-            kind, reason = Failure.INVALID, _why_refused(exc)
+            kind = Failure.INVALID
+        elif isinstance(exc, pydantic.ValidationError):  # an answer that is not what the API says
+            kind, reason = (
+                Failure.UNEXPECTED,
+                f"its answer does not read as Ollama's API has it: {reason}",
+            )
         elif isinstance(exc, httpx.TimeoutException):
             kind = Failure.TIMEOUT
         elif started and isinstance(exc, httpx.HTTPError | json.JSONDecodeError):
@@ -220,8 +225,8 @@ def _refused_by_client(exc: BaseException) -> bool:
     )
 
 
-def _why_refused(exc: BaseException) -> str:
-    """What was wrong with the arguments, on one line: ``Message.content: Input should be ...``."""
+def _one_line(exc: BaseException) -> str:
+    """What the client library said, on one line: ``Message.content: Input should be ...``."""
     if isinstance(exc, pydantic.ValidationError):
         return "; ".join(
             f"{'.'.join((exc.title, *map(str, error['loc'])))}: {error['msg']}"
