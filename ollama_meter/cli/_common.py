@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 _CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _NEWLINE = re.compile("\n")
+_TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""What a terminal acts on rather than shows (escape sequences, carriage returns), bar tab and newline."""
 REPLACEMENT = "\ufffd"
 
 
@@ -45,6 +47,16 @@ def printable(text: str, *, newlines: bool = False) -> str:
     """
     text = _CONTROL.sub(REPLACEMENT, text)
     return text if newlines else _NEWLINE.sub(REPLACEMENT, text)
+
+
+def inert(text: str, *, terminal: bool) -> str:
+    """Free text (a model's reply) as a terminal may show it: nothing it would act on.
+
+    Tabs, newlines and right-to-left marks are the text's own; escape sequences and
+    carriage returns, which could rewrite the screen or the clipboard, become U+FFFD.
+    Written elsewhere (a pipe, a file), the text is left exactly as it came.
+    """
+    return _TERMINAL_CONTROL.sub(REPLACEMENT, text) if terminal else text
 
 
 def shown(value: object, style: str = "") -> Text:

@@ -12,6 +12,7 @@ from ollama_meter.cli._common import (
     DeptOption,
     TenantOption,
     err,
+    inert,
     money,
     ms,
     out,
@@ -98,7 +99,7 @@ def _turn(session: _Session, messages: list[dict[str, str]]) -> str:
             text = (chunk.message.content or "") if isinstance(chunk, ollama.ChatResponse) else ""
             parts.append(text)
             if not as_json and text:
-                out.file.write(text)
+                out.file.write(inert(text, terminal=out.is_terminal))
                 out.file.flush()
     except OmeterError as exc:
         if as_json:

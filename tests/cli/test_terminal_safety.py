@@ -7,12 +7,16 @@ move or a screen erase from the data; and nothing is cut short.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from rich.cells import cell_len
 
 from ollama_meter.ledger import Ledger
@@ -98,3 +102,48 @@ def test_error_messages_show_data_as_text(sqlite_url: str) -> None:
     )  # fmt: skip
     assert bad.returncode == 2 and "key name" in bad.stderr
     assert_only_colours(bad.stderr)
+
+
+class _EscapingModel(BaseHTTPRequestHandler):
+    """An upstream whose model replies with escape sequences (a prompt injection's payload)."""
+
+    REPLY = ("Hi\x1b]52;c;c2VjcmV0\x07 there", f"\r{ERASE}\tdone{C1}")
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        chunks = [
+            {"model": "m", "created_at": "2026-11-30T10:00:00Z", "done": False,
+             "message": {"role": "assistant", "content": self.REPLY[0]}},
+            {"model": "m", "created_at": "2026-11-30T10:00:01Z", "done": True,
+             "done_reason": "stop", "message": {"role": "assistant", "content": self.REPLY[1]},
+             "prompt_eval_count": 1, "eval_count": 2},
+        ]  # fmt: skip
+        body = b"".join(json.dumps(c).encode() + b"\n" for c in chunks)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_models_reply_cannot_drive_the_terminal_but_reaches_a_pipe_as_sent(
+    cli, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EscapingModel)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: stdout is a terminal
+        shown = cli("chat", "hi", "-m", "m", "--db", sqlite_url)
+        monkeypatch.setenv("TTY_COMPATIBLE", "0")
+        piped = cli("chat", "hi", "-m", "m", "--db", sqlite_url)
+    finally:
+        server.shutdown()
+    assert shown.code == 0 and piped.code == 0, shown.stderr + piped.stderr
+    sent = "".join(_EscapingModel.REPLY)
+    assert piped.stdout == sent + "\n"
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", shown.stdout)
+    assert shown.stdout == re.sub("[\x1b\x07\r\x9b]", "\ufffd", sent) + "\n"
