@@ -5,9 +5,16 @@ Each process counts the calls it metered since it started, so counters only go u
 expect) and ``sum()`` over several gateways sharing one ledger is the truth, not a
 multiple of it. Ledger-wide totals are ``/api/dash``'s job. Money is counted in
 micro-units with the currency as a label, so sums never mix currencies.
+
+Label values come from callers (tenant, department and model names), so a caller
+could mint a new series with every request and swell the gateway's memory and every
+scrape. Each family keeps at most :data:`MAX_SERIES` label sets of its own; calls past
+that are counted under :data:`OTHER`, so totals stay whole.
 """
 
 from __future__ import annotations
+
+import logging
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -17,11 +24,45 @@ from ollama_meter.telemetry._semconv import DURATION_BUCKETS, OPERATION_NAMES, T
 _WHO = ("tenant", "department", "model")
 _GENAI = ("gen_ai_operation_name", "gen_ai_request_model", "error_type")
 
+MAX_SERIES = 1000
+"""Distinct (tenant, department, model) and (operation, model, error type) label sets counted apart."""
+OTHER = "_other"
+"""The label value of calls past :data:`MAX_SERIES`."""
+
+log = logging.getLogger("ollama_meter.gateway")
+
+
+class _Bounded:
+    """Label sets as they come, up to ``limit`` distinct ones; then :data:`OTHER` for new ones."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.known: set[tuple[str, ...]] = set()
+
+    def __call__(self, labels: tuple[str, ...]) -> tuple[str, ...]:
+        if labels in self.known:
+            return labels
+        if len(self.known) < self.limit:
+            self.known.add(labels)
+            return labels
+        if len(self.known) == self.limit:
+            self.known.add((OTHER,) * len(labels))
+            log.warning(
+                "/metrics: more than %d %s label sets; further ones are counted as %r",
+                self.limit,
+                self.name,
+                OTHER,
+            )
+        return (OTHER,) * len(labels)
+
 
 class GatewayMetrics:
     """A :class:`~ollama_meter.meter.SpanObserver` that counts every call this process meters."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_series: int = MAX_SERIES) -> None:
+        self._who = _Bounded("tenant/department/model", max_series)
+        self._genai = _Bounded("operation/model/error type", max_series)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -86,7 +127,7 @@ class GatewayMetrics:
         if span.id in self._open:
             self._open.discard(span.id)
             self.in_flight.dec()
-        who = (span.tenant, span.department, span.model)
+        who = self._who((span.tenant, span.department, span.model))
         self.requests.labels(*who, span.status).inc()
         if span.status == Status.ERROR:
             self.errors.labels(*who, span.error_type or "unknown").inc()
@@ -95,17 +136,19 @@ class GatewayMetrics:
         self.cost.labels(*who, span.currency).inc(span.cost_total)
         if span.unpriced_usage:
             self.unpriced.labels(*who).inc()
-        genai = (
-            OPERATION_NAMES.get(span.operation, span.operation),
-            span.request_model,
-            span.error_type or "",
+        genai = self._genai(
+            (
+                OPERATION_NAMES.get(span.operation, span.operation),
+                span.request_model,
+                span.error_type or "",
+            )
         )
         if span.latency_ns is not None:
             self.duration.labels(*genai).observe(span.latency_ns / 1e9)
         if span.ttft_ns is not None:
             self.first_chunk.labels(*genai).observe(span.ttft_ns / 1e9)
         if span.queue_ns is not None:
-            self.queue.labels(span.tenant, span.department).observe(span.queue_ns / 1e9)
+            self.queue.labels(*who[:2]).observe(span.queue_ns / 1e9)
         if span.status == Status.OK:
             self.token_usage.labels(*genai, "input").observe(span.input_tokens)
             self.token_usage.labels(*genai, "output").observe(span.output_tokens)

@@ -1,0 +1,43 @@
+"""``/metrics`` stays bounded whatever names callers send, and never loses a call."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from ollama_meter.gateway._metrics import OTHER, GatewayMetrics
+from tests.factories import make_span
+
+NAMES = st.sampled_from(["a", "b", "c", "d", "e"])
+
+
+def samples(metrics: GatewayMetrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    (family,) = (f for f in text_string_to_metric_families(metrics.text()) if f.name == name)
+    return {
+        tuple(sorted(s.labels.items())): s.value for s in family.samples if s.name.endswith("_total")
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    calls=st.lists(st.tuples(NAMES, NAMES, NAMES), min_size=1, max_size=40),
+    limit=st.integers(1, 6),
+)
+def test_callers_cannot_mint_series_past_the_limit_and_every_call_is_counted(
+    calls: list[tuple[str, str, str]], limit: int
+) -> None:
+    metrics = GatewayMetrics(max_series=limit)
+    for tenant, department, model in calls:
+        metrics.on_end(make_span(tenant=tenant, department=department, request_model=model))
+    requests = samples(metrics, "ometer_requests")
+    assert sum(requests.values()) == len(calls)
+    first = list(dict.fromkeys(calls))[:limit]  # the label sets seen first keep their own series
+    expected = Counter(call if call in first else (OTHER,) * 3 for call in calls)
+    assert {
+        (labels["tenant"], labels["department"], labels["model"]): value
+        for labels, value in ((dict(k), v) for k, v in requests.items())
+    } == expected
+    assert len(samples(metrics, "ometer_tokens")) <= 2 * (limit + 1)
