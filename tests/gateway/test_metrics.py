@@ -17,7 +17,9 @@ NAMES = st.sampled_from(["a", "b", "c", "d", "e"])
 def samples(metrics: GatewayMetrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     (family,) = (f for f in text_string_to_metric_families(metrics.text()) if f.name == name)
     return {
-        tuple(sorted(s.labels.items())): s.value for s in family.samples if s.name.endswith("_total")
+        tuple(sorted(s.labels.items())): s.value
+        for s in family.samples
+        if s.name.endswith("_total")
     }
 
 
