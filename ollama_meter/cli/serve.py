@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -28,7 +27,7 @@ from ollama_meter.cli._common import (
 )
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
-from ollama_meter.records import Source
+from ollama_meter.records import Source, SpanRecord, Status
 
 if TYPE_CHECKING:
     from ollama_meter.ledger import ApiKey
@@ -153,6 +152,34 @@ def serve(
     uvicorn.Server(config).run()
 
 
+class _Tally:
+    """What ``ometer run``'s gateway metered, counted as its spans end (a span observer)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls = self.failed = self.tokens_in = self.tokens_out = 0
+        self.cost: dict[str, int] = {}
+
+    def on_start(self, span: SpanRecord) -> None:
+        pass
+
+    def on_end(self, span: SpanRecord) -> None:
+        with self._lock:
+            self.calls += 1
+            self.failed += span.status != Status.OK
+            self.tokens_in += span.input_tokens
+            self.tokens_out += span.output_tokens
+            self.cost[span.currency] = self.cost.get(span.currency, 0) + span.cost_total
+
+    def summary(self, default: str, currency: str) -> str:
+        with self._lock:
+            spent = " + ".join(money(micros, currency) for currency, micros in self.cost.items())
+            return (
+                f"{self.calls} call(s) metered for {default}: {self.tokens_in} in / "
+                f"{self.tokens_out} out tokens, {spent or money(0, currency)}, {self.failed} failed"
+            )
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -172,16 +199,16 @@ def run(
     import uvicorn
 
     from ollama_meter.gateway import GatewayOptions, create_app, server_config
-    from ollama_meter.ledger import SpanFilter
-    from ollama_meter.meter import Attribution
+    from ollama_meter.meter import Attribution, Meter
 
     cfg = settings(db_url=db, tenant=tenant, department=dept)
     who = Attribution(tenant=cfg.tenant, department=cfg.department, user=user)
+    tally = _Tally()
+    meter = Meter.from_settings(cfg, source=Source.GATEWAY, observers=[tally])
     port = _free_port()
-    app = create_app(cfg, GatewayOptions(default_user=user))
+    app = create_app(cfg, GatewayOptions(default_user=user), meter=meter)
     server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port))
     thread = threading.Thread(target=server.run, daemon=True)
-    started = datetime.now(UTC)
     thread.start()
     while not server.started:
         if not thread.is_alive():
@@ -193,20 +220,12 @@ def run(
         code = subprocess.call(command, env=env)
     except FileNotFoundError:
         raise ValidationError(f"no such program: {command[0]}") from None
+    except OSError as exc:  # not executable, a directory, ...
+        raise ValidationError(f"cannot run {command[0]}: {exc.strerror or exc}") from None
     finally:
         server.should_exit = True
         thread.join(timeout=15)
-    spans = ledger_for(cfg).latest(
-        SpanFilter(since=started, tenant=who.tenant, department=who.department), 100_000
-    )
-    spans = [s for s in spans if s.source == Source.GATEWAY]
-    total = sum(s.cost_total for s in spans)
-    currency = spans[0].currency if spans else cfg.currency
-    err.print(
-        f"ometer: {len(spans)} call(s) metered for {who.tenant}/{who.department}: "
-        f"{sum(s.input_tokens for s in spans)} in / {sum(s.output_tokens for s in spans)} out tokens, "
-        f"{money(total, currency)}, {sum(s.status != 'ok' for s in spans)} failed"
-    )
+    err.print(f"ometer: {tally.summary(f'{who.tenant}/{who.department}', cfg.currency)}")
     sys.exit(code)
 
 

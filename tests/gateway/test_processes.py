@@ -115,7 +115,8 @@ def test_ometer_run_meters_a_legacy_script(emulator: OllamaEmulator, tmp_path: P
         "assert os.environ['OLLAMA_HOST'] != " + repr(emulator.url) + "\n"
         "assert os.environ['OPENAI_BASE_URL'].endswith('/v1')\n"
         "ollama.chat(model='llama3.1:8b', messages=[{'role': 'user', 'content': 'monthly summary'}])\n"
-        "ollama.chat(model='qwen2.5:7b', messages=[{'role': 'user', 'content': 'and again'}])\n"
+        "legal = ollama.Client(headers={'X-Ometer-Department': 'legal'})\n"
+        "legal.chat(model='qwen2.5:7b', messages=[{'role': 'user', 'content': 'and again'}])\n"
         "sys.exit(7)\n"
     )
     done = subprocess.run(
@@ -127,11 +128,28 @@ def test_ometer_run_meters_a_legacy_script(emulator: OllamaEmulator, tmp_path: P
         check=False,
     )
     assert done.returncode == 7, done.stderr
-    assert "ometer: 2 call(s) metered for default/finance" in done.stderr
     spans = logged(env)
     assert [(s["department"], s["user"], s["source"]) for s in spans] == [
-        ("finance", "dora", "gateway")
-    ] * 2
+        ("legal", "dora", "gateway"),
+        ("finance", "dora", "gateway"),
+    ]
+    # Every call its gateway metered, whoever the program charged it to.
+    tokens_in = sum(s["input_tokens"] for s in spans)
+    tokens_out = sum(s["output_tokens"] for s in spans)
+    assert (
+        f"ometer: 2 call(s) metered for default/finance: {tokens_in} in / {tokens_out} out tokens"
+        in done.stderr
+    )
+    not_a_program = subprocess.run(
+        [*OMETER, "run", "--", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert not_a_program.returncode == 2
+    assert not_a_program.stderr.strip().endswith(f"cannot run {tmp_path}: Permission denied")
 
 
 def test_keys_commands(cli, db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
