@@ -104,6 +104,10 @@ def system_timezone() -> str:
     return name or "UTC"
 
 
+DAY_SECONDS = 86_400
+"""The longest a duration setting may be: every one of them is used as a timer."""
+
+
 class Settings(BaseSettings):
     """All of ometer's settings. Field aliases are the environment variable names."""
 
@@ -113,6 +117,7 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         frozen=True,
+        allow_inf_nan=False,  # an infinite timeout or backoff would overflow where it is used
     )
 
     ollama_host: Annotated[str, Field(validation_alias="OLLAMA_HOST")] = DEFAULT_OLLAMA_HOST
@@ -124,13 +129,19 @@ class Settings(BaseSettings):
         default_factory=system_timezone
     )
     pricing_file: Annotated[Path | None, Field(validation_alias="OMETER_PRICING_FILE")] = None
-    upstream_timeout: Annotated[float, Field(validation_alias="OMETER_UPSTREAM_TIMEOUT", gt=0)] = (
-        300.0
-    )
+    upstream_timeout: Annotated[
+        float, Field(validation_alias="OMETER_UPSTREAM_TIMEOUT", gt=0, le=DAY_SECONDS)
+    ] = 300.0
     retries: Annotated[int, Field(validation_alias="OMETER_RETRIES", ge=0, le=10)] = 2
-    retry_backoff: Annotated[float, Field(validation_alias="OMETER_RETRY_BACKOFF", ge=0)] = 0.5
-    breaker_failures: Annotated[int, Field(validation_alias="OMETER_BREAKER_FAILURES", ge=1)] = 3
-    breaker_reset: Annotated[float, Field(validation_alias="OMETER_BREAKER_RESET", gt=0)] = 60.0
+    retry_backoff: Annotated[
+        float, Field(validation_alias="OMETER_RETRY_BACKOFF", ge=0, le=3600)
+    ] = 0.5
+    breaker_failures: Annotated[
+        int, Field(validation_alias="OMETER_BREAKER_FAILURES", ge=1, le=1000)
+    ] = 3
+    breaker_reset: Annotated[
+        float, Field(validation_alias="OMETER_BREAKER_RESET", gt=0, le=DAY_SECONDS)
+    ] = 60.0
     capture_content: Annotated[bool, Field(validation_alias="OMETER_CAPTURE_CONTENT")] = False
     log_format: Annotated[
         str, Field(validation_alias="OMETER_LOG_FORMAT", pattern="^(text|json)$")
@@ -174,7 +185,9 @@ class Settings(BaseSettings):
         int, Field(validation_alias="OMETER_BUDGET_REPLY_CAP", ge=1, le=10_000_000)
     ] = 4096
     """Reply tokens a call under a hard budget may produce when it sets no num_predict/max_tokens."""
-    export_timeout: Annotated[float, Field(validation_alias="OMETER_EXPORT_TIMEOUT", gt=0)] = 3.0
+    export_timeout: Annotated[
+        float, Field(validation_alias="OMETER_EXPORT_TIMEOUT", gt=0, le=3600)
+    ] = 3.0
     department_budgets: Annotated[str | None, Field(validation_alias="DEPARTMENT_BUDGETS")] = None
     alert_webhook_url: Annotated[str | None, Field(validation_alias="OMETER_ALERT_WEBHOOK_URL")] = (
         None

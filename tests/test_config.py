@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ollama_meter.config import load_settings, normalize_host, system_timezone
 from ollama_meter.errors import ConfigError
@@ -148,3 +152,34 @@ def test_a_bad_upstream_list_is_one_line_naming_it(
         load_settings()
     assert str(caught.value).startswith("OMETER_UPSTREAMS: ")
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+DURATIONS = {
+    "OMETER_UPSTREAM_TIMEOUT": "upstream_timeout",
+    "OMETER_RETRY_BACKOFF": "retry_backoff",
+    "OMETER_BREAKER_RESET": "breaker_reset",
+    "OMETER_EXPORT_TIMEOUT": "export_timeout",
+    "OMETER_LEDGER_WAIT": "ledger_wait",
+    "OMETER_DISCOVERY_INTERVAL": "discovery_interval",
+}
+
+
+@given(
+    name=st.sampled_from(sorted(DURATIONS)),
+    value=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+        st.sampled_from(["inf", "-inf", "nan", "Infinity", "1e300", "1e-320", "86401"]),
+    ),
+)
+def test_every_duration_setting_is_a_finite_timer_or_a_clear_error(name: str, value: str) -> None:
+    """What a setting accepts can be slept, joined and added to a clock: none overflows later."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(name, value)
+        try:
+            seconds = getattr(load_settings(), DURATIONS[name])
+        except ConfigError as exc:
+            assert str(exc).startswith(f"{name}: ") and "\n" not in str(exc)
+            return
+    assert 0 <= seconds <= 86_400 <= threading.TIMEOUT_MAX
+    assert datetime.now(UTC) + timedelta(seconds=seconds) > datetime(2000, 1, 1, tzinfo=UTC)
+    assert int(seconds * 1000) >= 0
