@@ -209,8 +209,13 @@ class BudgetGate:
         assert budget.id is not None
         key = (budget.id, tenant, window.start)
         lease = self._leases.get(key)
-        if lease is None or lease.budget != budget:
+        if lease is None:
             lease = self._leases[key] = _Lease(budget, tenant, window)
+        elif lease.budget != budget:
+            # The budget was changed (a new limit, thresholds): the same lease row, with the
+            # calls it holds, is renewed against it. A new row would strand the old one's
+            # money until it expires, and with it every call a lowered limit still fits.
+            lease.budget, lease.stale = budget, True
         elif self._clock() - lease.renewed > self._reservation_ttl.total_seconds() / 2:
             lease.stale = True  # renew well before its row expires in the ledger
         return lease

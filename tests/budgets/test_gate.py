@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -370,3 +371,37 @@ def test_try_open_admits_in_memory_or_hands_the_call_to_a_thread(
     recorded = meter.ledger.latest(SpanFilter(), 50)
     assert len(recorded) == len(calls) and {s.status for s in recorded} == {"ok"}
     meter.close_upstream()
+
+
+def test_a_changed_limit_renews_the_same_lease_not_a_second_one(db_url: str) -> None:
+    """Lowering (or raising) a limit while a gateway holds a lease: its money is not stranded."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.budgets import Estimate
+    from ollama_meter.ledger import Ledger
+
+    ledger = Ledger(db_url)
+    saved = ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=100_000_000, currency="USD")
+    )
+    gate = BudgetGate(ledger, tz=ZoneInfo("UTC"), lease_share=0.25, ttl=0)
+    month = datetime(2026, 11, 1, tzinfo=UTC)
+
+    def admit(call: str, amount: int) -> Any:
+        return gate.admit(
+            call_id=call,
+            tenant="acme",
+            department="sales",
+            estimate=Estimate(amount, "USD"),
+            now=NOV,
+        )
+
+    in_flight = admit("a", 1_000_000)  # leases a quarter of the room: 25
+    ledger.save_budget(replace(saved, limit=30_000_000))
+    second = admit("b", 10_000_000)  # fits 30 with "a" in flight; nothing was spent
+    with ledger.budget_snapshot() as store:
+        assert store.held(saved.id or 0, "acme", month, NOV) == 11_000_000  # one row: a + b
+    gate.settle(in_flight)
+    gate.settle(second)
+    ledger.save_budget(replace(saved, limit=12_000_000))
+    assert admit("c", 12_000_000) is not None  # nothing in flight holds anything any more
