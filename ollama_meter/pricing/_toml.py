@@ -23,20 +23,27 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from ollama_meter.errors import ValidationError
+from ollama_meter.periods import parse_day
 from ollama_meter.records import PRICE_FIELDS, PriceRule, parse_amount, parse_currency
 
 _KNOWN = {"model", "pattern", "currency", "charge_load", "from", "until", *PRICE_FIELDS}
 
 
-def _date(value: Any, where: str) -> date | None:
+def _date(value: Any, what: str) -> date | None:
+    """A rule's ``from``/``until``: a local date, as ``--from`` takes it.
+
+    A TOML date-time or time is refused, not cut to its day: rules change at local
+    midnight, and a price meant from 10:00 must not apply from 00:00 without a word.
+    """
     if value is None:
         return None
-    if isinstance(value, date):
-        return value
+    if type(value) is not date and not isinstance(value, str):
+        raise ValueError(f"{what} {value} is not a date; rules change at midnight, use YYYY-MM-DD")
     try:
-        return date.fromisoformat(str(value))
-    except ValueError:
-        raise ValueError(f"{where}: {value!r} is not a date (YYYY-MM-DD)") from None
+        return parse_day(str(value), what=what)
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def parse_pricing_toml(
@@ -74,8 +81,8 @@ def parse_pricing_toml(
                     pattern=pattern,
                     currency=parse_currency(entry.get("currency", currency), what="currency"),
                     charge_load=charge_load,
-                    effective_from=_date(entry.get("from"), where),
-                    effective_until=_date(entry.get("until"), where),
+                    effective_from=_date(entry.get("from"), "from"),
+                    effective_until=_date(entry.get("until"), "until"),
                     source=source,
                     **prices,
                 )

@@ -197,6 +197,27 @@ currency = "usd"
         parse_pricing_toml('[[rule]]\nmodel="x"\nwatts=1\n', default_currency="USD")
 
 
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("2026-12-01T10:00:00", "10:00:00 is not a date; rules change at midnight"),
+        ("2026-12-01 10:00:00+05:00", "10:00:00\\+05:00 is not a date"),
+        ("10:00:00", "10:00:00 is not a date"),
+        ("20261201", "20261201 is not a date"),
+        ("1969-12-31", "outside the dates ometer works with"),
+        ('"9999-01-01"', "outside the dates ometer works with"),
+    ],
+)
+def test_a_toml_date_is_a_day_never_a_moment_cut_to_its_day(value: str, says: str) -> None:
+    """A price meant from 10:00 must not silently apply from midnight (the ledger keeps days)."""
+    text = f'[[rule]]\nmodel="x"\ninput_per_1m=1\nfrom={value}\n'
+    with pytest.raises(ValueError, match=f"^rule 1: from .*{says}"):
+        parse_pricing_toml(text, default_currency="USD")
+    until = text.replace("from=", "until=")
+    with pytest.raises(ValueError, match="^rule 1: until "):
+        parse_pricing_toml(until, default_currency="USD")
+
+
 prices = st.decimals(
     min_value=0, max_value=100_000, places=4, allow_nan=False, allow_infinity=False
 )
