@@ -100,7 +100,9 @@ def window_between(since: str | None, until: str | None, *, tz: ZoneInfo, now: d
     first = parse_day(since, what="--since") if since else FIRST_DAY
     last = parse_day(until, what="--until") if until else today
     if last < first:
-        raise ValidationError(f"--until {last} is before --since {first}")
+        if until:
+            raise ValidationError(f"--until {last} is before --since {first}")
+        raise ValidationError(f"--since {first} is after today ({last}); give a past date")
     label = f"{since or 'start'}..{last.isoformat()}"
     return _days(first, last + timedelta(days=1), tz, label)
 

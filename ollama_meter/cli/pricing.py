@@ -1,7 +1,6 @@
 """``ometer pricing ...`` and ``ometer reprice``: price rules and re-pricing the ledger."""
 
 import json
-from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,9 +18,10 @@ from ollama_meter.cli._common import (
     progress_bar,
     settings,
     table,
+    utc_now,
 )
 from ollama_meter.errors import PricingError, ValidationError
-from ollama_meter.periods import local_midnight, parse_day
+from ollama_meter.periods import local_midnight, parse_day, window_between
 from ollama_meter.pricing import (
     PRICE_FIELDS,
     PriceRule,
@@ -209,10 +209,11 @@ def reprice_command(
     from ollama_meter.meter import PriceSource, reprice
 
     cfg = settings(db_url=db)
-    start = local_midnight(parse_day(since, what="--since"), cfg.tz)
-    end = None
     if until:
-        end = local_midnight(parse_day(until, what="--until") + timedelta(days=1), cfg.tz)
+        window = window_between(since, until, tz=cfg.tz, now=utc_now())
+        start, end = window.start, window.end
+    else:  # every span from that day on, whatever its date
+        start, end = local_midnight(parse_day(since, what="--since"), cfg.tz), None
     ledger = ledger_for(cfg)
     total = ledger.count(SpanFilter(since=start, until=end))
     book = PriceSource(ledger, settings=cfg)()

@@ -68,6 +68,8 @@ def test_no_value_a_user_types_gives_a_traceback(cli: Any, command: list[str], v
         (["log", "--db", "sqlite://"], "in-memory SQLite database, which keeps nothing"),
         (["budget", "set", "sales\n", "--monthly", "1"], "has characters other than"),
         (["chat", "--dept", "sales\n", "hi"], "has characters other than"),
+        (["reprice", "--since", "2026-11-10", "--until", "2026-11-01"], "is before --since"),
+        (["report", "--since", "9998-01-01"], "--since 9998-01-01 is after today"),
     ],
 )
 def test_mistakes_are_one_line(cli: Any, args: list[str], says: str) -> None:
