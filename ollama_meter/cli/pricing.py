@@ -106,7 +106,7 @@ def set_rule(
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
     ((saved, new),) = ledger_for(cfg).add_price_rules([rule])
-    parts = ", ".join(f"{name} {value}" for name, value in saved.prices().items())
+    parts = ", ".join(f"{name} {value:f}" for name, value in saved.prices().items())
     out.print(
         f"rule {saved.id}: {saved.pattern} → {parts} {saved.currency}"
         + (f" from {saved.effective_from}" if saved.effective_from else "")

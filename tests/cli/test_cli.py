@@ -199,6 +199,9 @@ def test_pricing_commands(cli, db: str, tmp_path: Path) -> None:  # type: ignore
     assert "both --watts and --kwh-price" in cli("pricing", "set", "x", "--watts", "300").stderr
     assert "not a number" in cli("pricing", "set", "x", "--gpu-hour", "cheap").stderr
     assert "sets no price" in cli("pricing", "set", "x").stderr
+    # Exponents are read, and prices are said back as plain decimals, never "1E+3".
+    said = cli("pricing", "set", "e:*", "--input-per-1m", "1e3", "--fee-per-1m", "5E-7").stdout
+    assert "input_per_1m 1000, fee_per_1m 0.0000005 USD" in said
     assert cli("pricing", "rm", str(rules[0]["id"])).code == 0
     missing = cli("pricing", "rm", "999")
     assert missing.code == 1 and "no price rule with id 999" in missing.stderr
