@@ -27,6 +27,7 @@ from ollama_meter.records._price import Usage
 PERIODS = ("day", "week", "month")
 PERIOD_WORDS = {"daily": "day", "weekly": "week", "monthly": "month"}
 DEFAULT_THRESHOLDS = (75, 90, 100)
+MAX_THRESHOLDS = 10
 EACH_TENANT = "*"
 PERIOD_ADVERB = {"day": "daily", "week": "weekly", "month": "monthly"}
 
@@ -60,8 +61,18 @@ class Budget:
             raise ValueError(f"tenant name {problem}")
         if self.department is not None and (problem := name_problem(self.department)):
             raise ValueError(f"department name {problem}")
-        if not self.thresholds or any(not 0 < t <= 1000 for t in self.thresholds):
-            raise ValueError("thresholds are percentages between 1 and 1000, e.g. 50,75,90,100")
+        # Whole numbers only (True is an int to Python, not a percentage), in order and once
+        # each: alerts walk them from the lowest, and the ledger stores them as text.
+        if (
+            not self.thresholds
+            or len(self.thresholds) > MAX_THRESHOLDS
+            or any(type(t) is not int or not 0 < t <= 1000 for t in self.thresholds)
+        ):
+            raise ValueError(
+                f"thresholds are 1 to {MAX_THRESHOLDS} whole percentages between 1 and 1000, "
+                "e.g. 50,75,90,100"
+            )
+        object.__setattr__(self, "thresholds", tuple(sorted(set(self.thresholds))))
 
     def covers(self, tenant: str, department: str) -> bool:
         return self.tenant in (tenant, EACH_TENANT) and self.department in (None, department)
@@ -122,10 +133,11 @@ def parse_department_budgets(text: str, *, currency: str) -> list[Budget]:
         if not periods:
             raise ValueError(f"{department!r}: give at least one of daily, weekly, monthly")
         thresholds = limits.get("thresholds", DEFAULT_THRESHOLDS)
-        if not isinstance(thresholds, list | tuple) or not all(
-            isinstance(t, int) for t in thresholds
-        ):
+        if not isinstance(thresholds, list | tuple) or not all(type(t) is int for t in thresholds):
             raise ValueError(f"{department!r}: thresholds must be a list of whole percentages")
+        soft = limits.get("soft", False)
+        if not isinstance(soft, bool):
+            raise ValueError(f'{department!r}: "soft" must be true or false, not {soft!r}')
         for word in periods:
             budgets.append(
                 Budget(
@@ -134,8 +146,8 @@ def parse_department_budgets(text: str, *, currency: str) -> list[Budget]:
                     period=PERIOD_WORDS[word],
                     limit=parse_limit(limits[word], what=f"{department!r} {word}"),
                     currency=currency,
-                    hard=not bool(limits.get("soft", False)),
-                    thresholds=tuple(sorted(set(thresholds))),
+                    hard=not soft,
+                    thresholds=tuple(thresholds),
                     source="env",
                 )
             )

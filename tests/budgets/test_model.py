@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ollama_meter.budgets import (
     Budget,
@@ -48,6 +50,9 @@ def test_department_budgets_from_json() -> None:
         ('{"sales": {"daily": "lots"}}', "is not a number"),
         ('{"sales": {"daily": true}}', "must be an amount"),
         ('{"sales": {"daily": 1, "thresholds": "50"}}', "list of whole percentages"),
+        ('{"sales": {"daily": 1, "thresholds": [true, 50]}}', "list of whole percentages"),
+        ('{"sales": {"daily": 1, "soft": "false"}}', '"soft" must be true or false'),
+        ('{"sales": {"daily": 1, "soft": 1}}', '"soft" must be true or false'),
         ('{"bad name": {"daily": 1}}', "department name"),
     ],
 )
@@ -82,3 +87,29 @@ def test_bound_uses_the_calls_own_size_not_history() -> None:
     bound = bound_cost(book, "m", now, CallBound(1_000_000, 64), small_history)
     assert bound == Estimate(1_000_000 * 1000 + 64 * 2000, "USD")
     assert bound_cost(book, "m", now, CallBound(10, 0), []).amount == 10_000
+
+
+@given(
+    st.lists(
+        st.one_of(st.integers(-5, 1005), st.booleans(), st.decimals(1, 100, places=1)), max_size=12
+    )
+)
+def test_a_budget_keeps_whole_percentages_in_order_or_refuses_them(given_: list[object]) -> None:
+    """What a budget keeps is what the ledger can store and alerts can walk from the lowest."""
+    valid = 0 < len(given_) <= 10 and all(type(t) is int and 0 < t <= 1000 for t in given_)
+    if not valid:
+        with pytest.raises(ValueError, match="whole percentages between 1 and 1000"):
+            Budget(
+                tenant="a",
+                department=None,
+                period="day",
+                limit=1,
+                currency="USD",
+                thresholds=given_,
+            )  # type: ignore[arg-type]
+        return
+    budget = Budget(
+        tenant="a", department=None, period="day", limit=1, currency="USD", thresholds=given_
+    )  # type: ignore[arg-type]
+    assert list(budget.thresholds) == sorted(set(given_))  # type: ignore[type-var]
+    assert len(",".join(map(str, budget.thresholds))) <= 64  # the ledger's column

@@ -109,3 +109,21 @@ def test_department_budgets_variable(
     )
     monkeypatch.setenv("DEPARTMENT_BUDGETS", "{sales")
     assert cli("chat", "hi").stderr.startswith("error: DEPARTMENT_BUDGETS: not valid JSON")
+
+
+def test_a_budget_the_ledger_could_not_read_back_is_never_stored(
+    cli, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A typo in DEPARTMENT_BUDGETS or --thresholds is one line; it never poisons the ledger."""
+    monkeypatch.setenv("DEPARTMENT_BUDGETS", '{"sales": {"daily": 5, "thresholds": [true, 50]}}')
+    refused = cli("budget", "list")
+    assert refused.code == 2 and "thresholds must be a list of whole percentages" in refused.stderr
+    monkeypatch.setenv("DEPARTMENT_BUDGETS", '{"sales": {"daily": 5, "soft": "false"}}')
+    assert '"soft" must be true or false' in cli("budget", "list").stderr
+    monkeypatch.delenv("DEPARTMENT_BUDGETS")
+    many = ",".join(str(t) for t in range(990, 1001))  # 11 thresholds: past the ledger's column
+    assert (
+        "1 to 10 whole percentages"
+        in cli("budget", "set", "x", "--daily", "1", "--thresholds", many).stderr
+    )
+    assert cli("budget", "list").stdout.startswith("no budgets")
