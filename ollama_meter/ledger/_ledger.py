@@ -40,6 +40,14 @@ from ollama_meter.ledger._migrate import ensure_current
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, SpanRecord
 
+MAX_ROW_ID = 2**31 - 1
+"""Rules, budgets and keys have 32-bit ids (PostgreSQL's INTEGER): a larger number names none."""
+
+
+def _row_id(value: int) -> bool:
+    """Whether ``value`` can be an id at all; asking the database for another is an error there."""
+    return 1 <= value <= MAX_ROW_ID
+
 
 class Ledger(DurableLedger):
     """A ledger database at ``url`` (any SQLAlchemy URL), migrated to the current schema."""
@@ -170,7 +178,7 @@ class Ledger(DurableLedger):
 
     def remove_price_rule(self, rule_id: int) -> None:
         with self.write() as conn:
-            if not _prices.remove_rule(conn, rule_id):
+            if not (_row_id(rule_id) and _prices.remove_rule(conn, rule_id)):
                 raise PricingError(f"no price rule with id {rule_id}; see `ometer pricing list`")
 
     def sync_price_rules(self, source: str, rules: Sequence[PriceRule], content: bytes) -> bool:
@@ -202,7 +210,7 @@ class Ledger(DurableLedger):
 
     def remove_budget(self, budget_id: int) -> None:
         with self.write() as conn:
-            if not _budgets.remove_budget(conn, budget_id):
+            if not (_row_id(budget_id) and _budgets.remove_budget(conn, budget_id)):
                 raise BudgetError(f"no budget with id {budget_id}; see `ometer budget list`")
 
     def sync_budgets(self, source: str, budgets: Sequence[Budget]) -> bool:
@@ -269,7 +277,7 @@ class Ledger(DurableLedger):
 
     def revoke_key(self, key_id: int) -> None:
         with self.write() as conn:
-            if not _keys.revoke_key(conn, key_id):
+            if not (_row_id(key_id) and _keys.revoke_key(conn, key_id)):
                 raise LedgerError(f"no live key with id {key_id}; see `ometer keys list`")
 
     # -- limits ---------------------------------------------------------------------------
@@ -290,7 +298,8 @@ class Ledger(DurableLedger):
 
     def remove_limit(self, tenant: str, department: str | None, key_id: int | None) -> None:
         with self.write() as conn:
-            if not _limits.remove_limit(conn, tenant, department, key_id):
+            known = key_id is None or _row_id(key_id)
+            if not (known and _limits.remove_limit(conn, tenant, department, key_id)):
                 scope = Limit(tenant, department, key_id).scope()
                 raise LedgerError(f"no limits set for {scope}; see `ometer limit list`")
 

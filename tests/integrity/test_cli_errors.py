@@ -169,3 +169,20 @@ def test_the_pricing_file_applies_to_every_command_that_reads_prices(
     assert [(r["pattern"], r["input_per_1m"], r["source"]) for r in rules] == [
         ("llama3.1:*", "7", f"file:{toml}")
     ]
+
+
+@pytest.mark.parametrize("number", ["2147483648", "99999999999999999999999", "0"])
+def test_an_id_no_row_can_have_is_not_found_not_a_crash(
+    cli: Any, db_url: str, monkeypatch: pytest.MonkeyPatch, number: str
+) -> None:
+    """Ids are 32-bit on PostgreSQL (and 64 on SQLite): a larger one names nothing there."""
+    monkeypatch.setenv("OMETER_DB_URL", db_url)
+    for command, says in (
+        (["pricing", "rm", number], f"no price rule with id {number}"),
+        (["budget", "rm", number], f"no budget with id {number}"),
+        (["keys", "revoke", number], f"no live key with id {number}"),
+        (["limit", "rm", "--key", number], "no limits set for key"),
+        (["limit", "set", "--key", number, "--rpm", "5"], f"no live key with id {number}"),
+    ):
+        result = cli(*command)
+        assert result.code == 1 and says in one_error_line(result), (command, result)
