@@ -14,7 +14,7 @@ from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _rollup
 from ollama_meter.ledger._types import driver_key
 from ollama_meter.ledger.models import SpanRow
-from ollama_meter.records import PastCall, SpanRecord
+from ollama_meter.records import TEXT_LIMITS, PastCall, SpanRecord, storable_text
 
 _TABLE: Table = SpanRow.__table__  # type: ignore[assignment]
 _COST_COLUMNS = (
@@ -189,6 +189,17 @@ def row_to_span(row: Any) -> SpanRecord:
     return SpanRecord(*row)
 
 
+_TEXT_FILTERS = {
+    "tenant": "tenant",
+    "department": "department",
+    "model": "request_model",
+    "status": "status",
+    "user": "user",
+    "error_type": "error_type",
+}
+"""A filter's text fields, and the span column whose length bounds each."""
+
+
 @dataclass(frozen=True, slots=True)
 class SpanFilter:
     """Which spans a query looks at; None means any."""
@@ -201,6 +212,14 @@ class SpanFilter:
     status: str | None = None
     user: str | None = None
     error_type: str | None = None
+
+    def __post_init__(self) -> None:
+        # A filter names a value as the meter stored it (``make_storable``): a NUL or a lone
+        # surrogate, which PostgreSQL refuses outright, reads as the U+FFFD it was stored as.
+        for name, column in _TEXT_FILTERS.items():
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, storable_text(str(value), TEXT_LIMITS[column]))
 
     def clauses(self) -> list[Any]:
         clauses: list[Any] = []

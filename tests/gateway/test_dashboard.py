@@ -110,6 +110,25 @@ def test_api_dash_matches_the_ledger(dash: Gateway) -> None:
     assert old["spend"][0]["cost"] == "0.000009"
 
 
+def test_a_filter_finds_a_name_as_it_was_stored_and_never_breaks_the_query(dash: Gateway) -> None:
+    """A NUL or a lone surrogate in a filter (PostgreSQL refuses both) reads as the U+FFFD the
+    meter stored in its place: the dashboard answers, on every database."""
+    from ollama_meter.records import make_storable
+
+    dash.ledger.record([make_storable(make_span(started_at=TODAY, request_model="odd\x00one"))])
+    found = dash.client.get("/api/dash", params={"model": "odd\x00one"}).json()
+    assert found["summary"]["requests"] == 1 and found["models"][0]["model"] == "odd\ufffdone"
+    assert dash.client.get("/dashboard", params={"model": "odd\x00one"}).status_code == 200
+    for name in ("tenant", "dept", "model"):
+        none = dash.client.get("/api/dash", params={name: "a\x00b"})
+        assert none.status_code == 200 and none.json()["summary"]["requests"] == 0
+    spans = dash.ledger.latest(SpanFilter(model="odd\ud800one", user="\x00"), 10)
+    assert spans == []  # a lone surrogate cannot even be sent to PostgreSQL
+    assert [s.model for s in dash.ledger.latest(SpanFilter(model="odd\ud800one"), 10)] == [
+        "odd\ufffdone"
+    ]
+
+
 def test_mixed_currencies_are_never_summed_or_relabelled(dash: Gateway) -> None:
     dash.ledger.record(two_currencies(TODAY))
     data = dash.client.get("/api/dash").json()
