@@ -94,7 +94,7 @@ def main() -> None:
     """Entry point: run the app, turning ometer's own errors into one line and an exit code."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app()
+        code = app(standalone_mode=False)
     except OmeterError as exc:
         # Plain write: one line whatever the terminal width, easy to grep in cron mail.
         sys.stderr.write(f"error: {printable(str(exc))}\n")
@@ -103,6 +103,8 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
     except Exception as exc:  # a bug, not the user's mistake: one line, the traceback on request
+        if _usage_error(exc):
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         logging.getLogger("ollama_meter").debug("unexpected failure", exc_info=True)
         sys.stderr.write(
             f"error: unexpected {type(exc).__name__}: {printable(str(exc))}. This is a bug in "
@@ -110,3 +112,23 @@ def main() -> None:
             "with OMETER_LOG_LEVEL=debug for the traceback, and report it\n"
         )
         sys.exit(70)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Exception) -> bool:
+    """Show a mistyped command, option or value (click's usage errors) as one line; False if
+    ``exc`` is none. Known by shape: typer raises its own copy of click's exceptions."""
+    show, message = getattr(exc, "show", None), getattr(exc, "format_message", None)
+    if not (
+        callable(show) and callable(message) and isinstance(getattr(exc, "exit_code", None), int)
+    ):
+        return False
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        show()  # a bare command: its help
+        return True
+    line = " ".join(str(message()).split())
+    context = getattr(exc, "ctx", None)
+    if context is not None:
+        line += f" (see `{context.command_path} --help`)"
+    sys.stderr.write(f"error: {printable(line)}\n")
+    return True

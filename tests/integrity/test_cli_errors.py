@@ -186,3 +186,29 @@ def test_an_id_no_row_can_have_is_not_found_not_a_crash(
     ):
         result = cli(*command)
         assert result.code == 1 and says in one_error_line(result), (command, result)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["report", "--format", "xml"], "'xml' is not one of 'table', 'csv', 'json', 'html'"),
+        (["report", "--bogus"], "No such option: --bogus"),
+        (["pricing", "rm", "abc"], "Invalid value for 'rule_id'"),
+        (["chargeback", "--month", "2026-11", "--gpus", "0"], "Invalid value for '--gpus'"),
+        (["chargeback"], "Missing option '--month'"),
+        (["budget", "set", "sales", "--daily"], "Option '--daily' requires an argument"),
+        (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    ],
+)
+def test_a_mistyped_command_or_option_is_one_line_too(cli: Any, args: list[str], says: str) -> None:
+    """Not typer's boxed usage screen: the same one line, exit 2, as any other mistake."""
+    result = cli(*args)
+    assert result.code == 2 and says in one_error_line(result)
+    assert "--help" in result.stderr or args[0] == "budget"
+
+
+def test_help_and_a_bare_command_still_show_the_help(cli: Any) -> None:
+    assert cli("report", "--help").code == 0
+    bare = cli("pricing")
+    assert bare.code == 2 and "Usage: ometer pricing" in bare.stdout + bare.stderr
+    assert cli("--version").stdout.startswith("ometer ")
