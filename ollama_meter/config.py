@@ -361,6 +361,10 @@ def load_settings(*, flags: Mapping[str, str] | None = None, **overrides: Any) -
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
         return Settings(**given)
+    except UnicodeDecodeError as exc:  # reading .env (the environment is text already)
+        raise ConfigError(
+            f".env: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"

@@ -61,6 +61,18 @@ def test_dotenv_is_read_and_environment_and_flags_win(
     assert load_settings(tenant="flag", db_url=None).tenant == "flag"
 
 
+def test_a_dotenv_that_is_not_utf8_is_one_line(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / ".env").write_bytes(b"OMETER_TENANT=caf\xe9\n")  # Latin-1, as an old editor saves
+    with pytest.raises(ConfigError, match=r"^\.env: not UTF-8 text \(.* at byte 17\); save it"):
+        load_settings()
+    result = cli("report")
+    assert result.code == 2
+    assert (
+        result.stderr
+        == "error: .env: not UTF-8 text (invalid continuation byte at byte 17); save it as UTF-8\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
