@@ -19,7 +19,8 @@ from ollama_meter.budgets._estimate import (
     Estimate,
     bound_cost,
 )
-from ollama_meter.budgets._gate import BudgetGate, Reservation
+from ollama_meter.budgets._gate import BudgetGate
+from ollama_meter.budgets._leases import Reservation
 from ollama_meter.budgets._status import BudgetStatus, budget_status, project
 from ollama_meter.records import (
     Alert,

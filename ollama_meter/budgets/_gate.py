@@ -26,10 +26,9 @@ quarter of the room and gives back what it did not use when idle or shutting dow
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -37,21 +36,16 @@ from zoneinfo import ZoneInfo
 from ollama_meter._reloaded import Reloaded, WouldBlock
 from ollama_meter.budgets._alerts import AlertDispatcher
 from ollama_meter.budgets._estimate import Estimate
-from ollama_meter.errors import BudgetExceeded
-from ollama_meter.periods import Window, current_period
-from ollama_meter.records import PERIOD_ADVERB, Alert, Budget, format_micros
+from ollama_meter.budgets._leases import IDLE_RELEASE_SECONDS, RESERVATION_TTL, Lease, Reservation
+from ollama_meter.budgets._refusals import mismatch, refusal
+from ollama_meter.periods import current_period
+from ollama_meter.records import Alert, Budget
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetStore, BudgetWrites
 
 log = logging.getLogger("ollama_meter.budgets")
 
-RESERVATION_TTL = timedelta(minutes=15)
-"""How long a lease holds if its process dies without giving it back."""
-IN_FLIGHT_RETRY_AFTER = 5
-"""Seconds to wait when only money held by calls in flight is in the way."""
-IDLE_RELEASE_SECONDS = 30.0
-"""A lease with no call in flight for this long is given back."""
 WATCH_SECONDS = 30.0
 """How old this process's view of a budget's spend may get before alerts read it again."""
 
@@ -68,48 +62,6 @@ class _Watch:
 def crossed(budget: Budget, before: int, after: int) -> bool:
     """Whether spend going from ``before`` to ``after`` reaches a threshold not reached before."""
     return any(before * 100 < t * budget.limit <= after * 100 for t in budget.thresholds)
-
-
-def _lease_id() -> str:
-    return "L" + os.urandom(12).hex()[:25]
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """What one admitted call holds: its bound, in the leases it was admitted against."""
-
-    id: str
-    budget_ids: tuple[int, ...]
-    keys: tuple[tuple[int, str, datetime], ...] = ()
-    amount: int = 0
-
-
-@dataclass(slots=True)
-class _Lease:
-    """Money this process holds for one budget, tenant and period."""
-
-    budget: Budget
-    tenant: str
-    window: Window
-    row_id: str = field(default_factory=_lease_id)
-    amount: int = 0
-    """What the lease row holds in the ledger."""
-    in_flight: dict[str, int] = field(default_factory=dict)
-    """Bounds of the calls admitted and not yet settled."""
-    used: int = 0
-    """Bounds of calls settled since the row was written: their spans are in the ledger."""
-    kept: int = 0
-    """Bounds of settled calls whose span is not (yet) in the ledger: never given back."""
-    spent: int = 0
-    """Settled spend read at the last renewal."""
-    renewed: float = 0.0
-    last_used: float = 0.0
-    stale: bool = True
-    """Not written yet, or written long enough ago to renew before its row expires."""
-
-    @property
-    def free(self) -> int:
-        return self.amount - sum(self.in_flight.values()) - self.used - self.kept
 
 
 class BudgetGate:
@@ -132,7 +84,7 @@ class BudgetGate:
         self._reservation_ttl = reservation_ttl
         self.lease_share = lease_share
         self._clock = clock
-        self._leases: dict[tuple[int, str, datetime], _Lease] = {}
+        self._leases: dict[tuple[int, str, datetime], Lease] = {}
         self._watch: dict[tuple[int, str, datetime], _Watch] = {}
         self._lock = threading.Lock()
         self.renewals = 0
@@ -187,7 +139,7 @@ class BudgetGate:
         for budget in hard:
             if estimate.currency != budget.currency and estimate.amount > 0:
                 window = current_period(budget.period, tz=self.tz, now=now)
-                raise self._mismatch(budget, tenant, window, estimate, now)
+                raise mismatch(budget, tenant, window, estimate, now)
         with self._lock:
             if not blocking and self._idle(now):
                 raise WouldBlock("idle budget leases are given back in the ledger")
@@ -204,13 +156,13 @@ class BudgetGate:
         keys = tuple((le.budget.id or 0, le.tenant, le.window.start) for le in leases)
         return Reservation(call_id, tuple(k[0] for k in keys), keys, estimate.amount)
 
-    def _lease(self, budget: Budget, tenant: str, now: datetime) -> _Lease:
+    def _lease(self, budget: Budget, tenant: str, now: datetime) -> Lease:
         window = current_period(budget.period, tz=self.tz, now=now)
         assert budget.id is not None
         key = (budget.id, tenant, window.start)
         lease = self._leases.get(key)
         if lease is None:
-            lease = self._leases[key] = _Lease(budget, tenant, window)
+            lease = self._leases[key] = Lease(budget, tenant, window)
         elif lease.budget != budget:
             # The budget was changed (a new limit, thresholds): the same lease row, with the
             # calls it holds, is renewed against it. A new row would strand the old one's
@@ -220,7 +172,7 @@ class BudgetGate:
             lease.stale = True  # renew well before its row expires in the ledger
         return lease
 
-    def _renew(self, leases: list[_Lease], need: int, now: datetime) -> None:
+    def _renew(self, leases: list[Lease], need: int, now: datetime) -> None:
         """Read spend and others' holds, and take new slices, for ``leases`` in one transaction.
 
         Raises :class:`BudgetExceeded` (writing nothing) when ``need`` does not fit one of them.
@@ -228,7 +180,7 @@ class BudgetGate:
         self.renewals += 1
         with self.ledger.budget_transaction() as store:
             store.lock([le.budget.id for le in leases if le.budget.id is not None])
-            sizes: list[tuple[_Lease, int, int]] = []
+            sizes: list[tuple[Lease, int, int]] = []
             for lease in leases:
                 budget = lease.budget
                 assert budget.id is not None
@@ -238,11 +190,18 @@ class BudgetGate:
                 )
                 mine = sum(lease.in_flight.values()) + lease.kept
                 room = budget.limit - spent - others - mine
-                if spent >= budget.limit or spent + need > budget.limit:
-                    raise self._refusal(budget, lease.tenant, lease.window, spent, 0, need, now)
-                if need > room:
-                    raise self._refusal(
-                        budget, lease.tenant, lease.window, spent, others + mine, need, now
+                over = spent >= budget.limit or spent + need > budget.limit
+                if over or need > room:  # held > 0: only calls in flight are in the way
+                    held = 0 if over else others + mine
+                    raise refusal(
+                        budget,
+                        lease.tenant,
+                        lease.window,
+                        spent=spent,
+                        held=held,
+                        need=need,
+                        now=now,
+                        tz=self.tz,
                     )
                 slice_ = max(need, int(room * self.lease_share))
                 sizes.append((lease, mine + slice_, spent))
@@ -252,7 +211,7 @@ class BudgetGate:
                 lease.used = 0
                 lease.stale = False
 
-    def _write_lease(self, store: BudgetWrites, lease: _Lease, amount: int, now: datetime) -> None:
+    def _write_lease(self, store: BudgetWrites, lease: Lease, amount: int, now: datetime) -> None:
         assert lease.budget.id is not None
         store.put_lease(
             lease.row_id,
@@ -274,7 +233,7 @@ class BudgetGate:
         only this process could use: it goes back at once, so near the limit another
         process's call can have that room.
         """
-        give_back: list[_Lease] = []
+        give_back: list[Lease] = []
         with self._lock:
             for key in reservation.keys:
                 lease = self._leases.get(key)
@@ -307,7 +266,7 @@ class BudgetGate:
         if idle:
             self._give_back([self._leases.pop(key) for key in idle])
 
-    def _give_back(self, leases: list[_Lease]) -> None:
+    def _give_back(self, leases: list[Lease]) -> None:
         try:
             with self.ledger.budget_transaction() as store:
                 for lease in leases:
@@ -324,57 +283,6 @@ class BudgetGate:
             leases = [self._leases.pop(k) for k in done]
         if leases:
             self._give_back(leases)
-
-    def _refusal(
-        self,
-        budget: Budget,
-        tenant: str,
-        window: Window,
-        spent: int,
-        held: int,
-        need: int,
-        now: datetime,
-    ) -> BudgetExceeded:
-        """Why the call does not fit; ``held`` > 0 means only calls in flight are in the way."""
-        head = (
-            f"{budget.kind} budget {budget.id} for {budget.scope(tenant)} "
-            f"({PERIOD_ADVERB[budget.period]} {window.label}) refuses the call: spent "
-            f"{format_micros(spent)} of {format_micros(budget.limit)} {budget.currency}"
-        )
-        needs = f"this call may cost up to {format_micros(need)}"
-        until_end = max(1, int((window.end - now).total_seconds()))
-        if held:
-            return BudgetExceeded(
-                f"{head}, and calls in flight hold {format_micros(held)} more; {needs}, which "
-                f"fits once they settle: retry in a few seconds",
-                budget_id=budget.id or 0,
-                retry_after=min(IN_FLIGHT_RETRY_AFTER, until_end),
-            )
-        resumes = window.end.astimezone(self.tz).strftime("%Y-%m-%d %H:%M %Z")
-        hint = (
-            "; set a smaller num_predict/max_tokens or a shorter prompt to fit"
-            if need and spent < budget.limit
-            else ""
-        )
-        return BudgetExceeded(
-            f"{head}; {needs}{hint}; the next period starts {resumes}"
-            if need
-            else f"{head}; the next period starts {resumes}",
-            budget_id=budget.id or 0,
-            retry_after=until_end,
-        )
-
-    def _mismatch(
-        self, budget: Budget, tenant: str, window: Window, estimate: Estimate, now: datetime
-    ) -> BudgetExceeded:
-        return BudgetExceeded(
-            f"{budget.kind} budget {budget.id} for {budget.scope(tenant)} counts "
-            f"{budget.currency}, but this model is priced in {estimate.currency}: the budget "
-            "could not count the call, so it is refused. Use one currency for the budget and "
-            "the price rules",
-            budget_id=budget.id or 0,
-            retry_after=max(1, int((window.end - now).total_seconds())),
-        )
 
     def check_alerts(
         self, tenant: str, department: str, now: datetime, cost: int | None = None

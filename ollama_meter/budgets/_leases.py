@@ -1,0 +1,60 @@
+"""What a process holds of a budget: leases in the ledger, and the calls admitted against them.
+
+Plain data for :mod:`ollama_meter.budgets._gate`, which decides; see its docstring.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from ollama_meter.periods import Window
+from ollama_meter.records import Budget
+
+RESERVATION_TTL = timedelta(minutes=15)
+"""How long a lease holds if its process dies without giving it back."""
+IDLE_RELEASE_SECONDS = 30.0
+"""A lease with no call in flight for this long is given back."""
+
+
+def lease_id() -> str:
+    return "L" + os.urandom(12).hex()[:25]
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one admitted call holds: its bound, in the leases it was admitted against."""
+
+    id: str
+    budget_ids: tuple[int, ...]
+    keys: tuple[tuple[int, str, datetime], ...] = ()
+    amount: int = 0
+
+
+@dataclass(slots=True)
+class Lease:
+    """Money this process holds for one budget, tenant and period."""
+
+    budget: Budget
+    tenant: str
+    window: Window
+    row_id: str = field(default_factory=lease_id)
+    amount: int = 0
+    """What the lease row holds in the ledger."""
+    in_flight: dict[str, int] = field(default_factory=dict)
+    """Bounds of the calls admitted and not yet settled."""
+    used: int = 0
+    """Bounds of calls settled since the row was written: their spans are in the ledger."""
+    kept: int = 0
+    """Bounds of settled calls whose span is not (yet) in the ledger: never given back."""
+    spent: int = 0
+    """Settled spend read at the last renewal."""
+    renewed: float = 0.0
+    last_used: float = 0.0
+    stale: bool = True
+    """Not written yet, or written long enough ago to renew before its row expires."""
+
+    @property
+    def free(self) -> int:
+        return self.amount - sum(self.in_flight.values()) - self.used - self.kept

@@ -1,0 +1,69 @@
+"""Why a hard budget refuses a call: the one line a caller reads (CLI exit 3, gateway 429)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from ollama_meter.budgets._estimate import Estimate
+from ollama_meter.errors import BudgetExceeded
+from ollama_meter.periods import Window
+from ollama_meter.records import PERIOD_ADVERB, Budget, format_micros
+
+IN_FLIGHT_RETRY_AFTER = 5
+"""Seconds to wait when only money held by calls in flight is in the way."""
+
+
+def refusal(
+    budget: Budget,
+    tenant: str,
+    window: Window,
+    *,
+    spent: int,
+    held: int,
+    need: int,
+    now: datetime,
+    tz: ZoneInfo,
+) -> BudgetExceeded:
+    """Why the call does not fit; ``held`` > 0 means only calls in flight are in the way."""
+    head = (
+        f"{budget.kind} budget {budget.id} for {budget.scope(tenant)} "
+        f"({PERIOD_ADVERB[budget.period]} {window.label}) refuses the call: spent "
+        f"{format_micros(spent)} of {format_micros(budget.limit)} {budget.currency}"
+    )
+    needs = f"this call may cost up to {format_micros(need)}"
+    until_end = max(1, int((window.end - now).total_seconds()))
+    if held:
+        return BudgetExceeded(
+            f"{head}, and calls in flight hold {format_micros(held)} more; {needs}, which "
+            f"fits once they settle: retry in a few seconds",
+            budget_id=budget.id or 0,
+            retry_after=min(IN_FLIGHT_RETRY_AFTER, until_end),
+        )
+    resumes = window.end.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
+    hint = (
+        "; set a smaller num_predict/max_tokens or a shorter prompt to fit"
+        if need and spent < budget.limit
+        else ""
+    )
+    return BudgetExceeded(
+        f"{head}; {needs}{hint}; the next period starts {resumes}"
+        if need
+        else f"{head}; the next period starts {resumes}",
+        budget_id=budget.id or 0,
+        retry_after=until_end,
+    )
+
+
+def mismatch(
+    budget: Budget, tenant: str, window: Window, estimate: Estimate, now: datetime
+) -> BudgetExceeded:
+    """A call priced in another currency than the budget counts."""
+    return BudgetExceeded(
+        f"{budget.kind} budget {budget.id} for {budget.scope(tenant)} counts "
+        f"{budget.currency}, but this model is priced in {estimate.currency}: the budget "
+        "could not count the call, so it is refused. Use one currency for the budget and "
+        "the price rules",
+        budget_id=budget.id or 0,
+        retry_after=max(1, int((window.end - now).total_seconds())),
+    )
