@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -76,6 +76,7 @@ class BudgetGate:
         ttl: float = 5.0,
         reservation_ttl: timedelta = RESERVATION_TTL,
         lease_share: float = 0.0,
+        idle_release: float = IDLE_RELEASE_SECONDS,
         clock: Any = time.monotonic,
     ) -> None:
         self.ledger = ledger
@@ -87,6 +88,10 @@ class BudgetGate:
         self._leases: dict[tuple[int, str, datetime], Lease] = {}
         self._watch: dict[tuple[int, str, datetime], _Watch] = {}
         self._lock = threading.Lock()
+        self._idle_release = idle_release
+        self._keeper: threading.Thread | None = None
+        self._seen = (datetime.min.replace(tzinfo=UTC), 0.0)
+        """The last ``now`` a caller gave, and this clock's reading then: the keeper's time."""
         self.renewals = 0
         """Lease renewals so far: the admissions that had to go to the ledger."""
         # While the database is away the budgets loaded before stay in force, so callers
@@ -153,6 +158,7 @@ class BudgetGate:
             for lease in leases:
                 lease.in_flight[call_id] = estimate.amount
                 lease.last_used = self._clock()
+            self._keep(now)
         keys = tuple((le.budget.id or 0, le.tenant, le.window.start) for le in leases)
         return Reservation(call_id, tuple(k[0] for k in keys), keys, estimate.amount)
 
@@ -257,7 +263,7 @@ class BudgetGate:
             for key, lease in self._leases.items()
             if not lease.in_flight
             and not lease.kept
-            and (self._clock() - lease.last_used > IDLE_RELEASE_SECONDS or lease.window.end <= now)
+            and (self._clock() - lease.last_used > self._idle_release or lease.window.end <= now)
         ]
 
     def _release_idle(self, now: datetime) -> None:
@@ -273,6 +279,49 @@ class BudgetGate:
                     store.drop_lease(lease.row_id)
         except Exception:  # it expires on its own; the call must not fail for this
             log.warning("could not give back %d budget lease(s); they expire", len(leases))
+
+    def _keep(self, now: datetime) -> None:
+        """Note the time, and have a thread look after this process's leases (lock held).
+
+        Leases are otherwise looked at only when a call is admitted: a call running longer
+        than a lease's row lives (a long reply on a slow server) would lose its hold, and
+        other processes could spend it; a process gone quiet would keep an idle lease.
+        """
+        self._seen = (now, self._clock())
+        if self._keeper is None:
+            self._keeper = threading.Thread(
+                target=self._keep_leases, name="ometer-budget-leases", daemon=True
+            )
+            self._keeper.start()
+
+    def _keep_leases(self) -> None:
+        every = min(self._idle_release, self._reservation_ttl.total_seconds() / 4)
+        while True:
+            time.sleep(every)
+            with self._lock:
+                if not self._leases:
+                    self._keeper = None  # the next admission starts another
+                    return
+                seen, at = self._seen
+                self._maintain(seen + timedelta(seconds=self._clock() - at))
+
+    def _maintain(self, now: datetime) -> None:
+        """Give back idle leases, and renew the rows of leases with calls in flight before they
+        expire (lock held). A failure is logged: the rows then expire as a crash's would."""
+        self._release_idle(now)
+        due = [
+            lease
+            for lease in self._leases.values()
+            if lease.in_flight
+            and self._clock() - lease.renewed > self._reservation_ttl.total_seconds() / 2
+        ]
+        try:
+            if due:
+                with self.ledger.budget_transaction() as store:
+                    for lease in due:
+                        self._write_lease(store, lease, lease.amount, now)
+        except Exception:
+            log.warning("could not renew %d budget lease(s) with calls in flight", len(due))
 
     def close(self) -> None:
         """Give back every lease with no call in flight (a gateway shutting down)."""

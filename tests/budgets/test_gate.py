@@ -405,3 +405,67 @@ def test_a_changed_limit_renews_the_same_lease_not_a_second_one(db_url: str) -> 
     gate.settle(second)
     ledger.save_budget(replace(saved, limit=12_000_000))
     assert admit("c", 12_000_000) is not None  # nothing in flight holds anything any more
+
+
+def _held(ledger: Any, budget: Budget, now: datetime) -> int:
+    with ledger.budget_snapshot() as store:
+        return int(store.held(budget.id or 0, "acme", datetime(2026, 11, 1, tzinfo=UTC), now))
+
+
+def _wait_for(condition: Any, what: str) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        threading.Event().wait(0.05)
+    raise AssertionError(f"still not {what} after 10 s")
+
+
+def test_a_call_longer_than_its_reservation_lives_keeps_its_hold(db_url: str) -> None:
+    """A long reply (a slow server) must not lose its reservation mid-call: another process
+    would spend it, and both calls together overshoot the limit."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.budgets import Estimate
+    from ollama_meter.ledger import Ledger
+
+    ledger = Ledger(db_url)
+    saved = ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10_000_000, currency="USD")
+    )
+    ttl = timedelta(seconds=0.8)
+    mine, other = (
+        BudgetGate(ledger, tz=ZoneInfo("UTC"), reservation_ttl=ttl, ttl=0) for _ in range(2)
+    )
+
+    def admit(gate: BudgetGate, at: datetime) -> Any:
+        estimate = Estimate(6_000_000, "USD")
+        return gate.admit(call_id="c", tenant="acme", department="sales", estimate=estimate, now=at)
+
+    long_call = admit(mine, NOV)
+    first_expiry = NOV + ttl
+    # The row is renewed while the call runs, past the moment it would have expired.
+    _wait_for(lambda: _held(ledger, saved, first_expiry) == 6_000_000, "renewed")
+    with pytest.raises(BudgetExceeded, match="calls in flight hold 6.000000"):
+        admit(other, first_expiry)
+    mine.settle(long_call)
+    assert _held(ledger, saved, first_expiry) == 0
+    other.settle(admit(other, first_expiry))
+
+
+def test_a_gateway_gone_quiet_gives_its_idle_lease_back(db_url: str) -> None:
+    """Not only when its next call comes: another gateway may need the room now."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.budgets import Estimate
+    from ollama_meter.ledger import Ledger
+
+    ledger = Ledger(db_url)
+    saved = ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10_000_000, currency="USD")
+    )
+    gate = BudgetGate(ledger, tz=ZoneInfo("UTC"), lease_share=0.25, idle_release=0.2, ttl=0)
+    estimate = Estimate(1_000_000, "USD")
+    call = gate.admit(call_id="c", tenant="acme", department="sales", estimate=estimate, now=NOV)
+    gate.settle(call)
+    assert _held(ledger, saved, NOV) == 2_500_000  # a quarter of the room, kept for more calls
+    _wait_for(lambda: _held(ledger, saved, NOV) == 0, "given back")
