@@ -44,6 +44,12 @@ def test_token_price_is_exact() -> None:
     )
     assert (cost.tokens, cost.total, cost.unpriced, cost.rule_id) == (31000, 31000, False, 1)
     assert format_micros(cost.total) == "0.031000"
+    # Rounded per call and part, half to even (the README says so): less than half a
+    # micro-unit is 0, exactly half rounds to even.
+    tiny = rule("*", id=2, input_per_1m=D("0.10"), output_per_1m=D("0.5"))
+    assert compute_cost(tiny, Usage(input_tokens=3), currency="USD").total == 0
+    assert compute_cost(tiny, Usage(output_tokens=1), currency="USD").total == 0  # 0.5 → 0
+    assert compute_cost(tiny, Usage(output_tokens=3), currency="USD").total == 2  # 1.5 → 2
 
 
 def test_gpu_hour_charges_prompt_eval_plus_eval_only() -> None:
