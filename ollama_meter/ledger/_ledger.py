@@ -104,6 +104,11 @@ class Ledger(DurableLedger):
                 conn.execute(select(func.count()).select_from(SpanRow).where(*clauses)).scalar_one()
             )
 
+    def extent(self) -> tuple[datetime, datetime] | None:
+        """The first and last moment a call started (see :func:`_spans.extent`); None if none."""
+        with self.read() as conn:
+            return _spans.extent(conn)
+
     def page_after(self, where: _spans.SpanFilter, after: str, limit: int) -> list[SpanRecord]:
         """The next ``limit`` matching spans with ids above ``after`` (keyset paging)."""
         with self.read() as conn:

@@ -25,6 +25,7 @@ from ollama_meter.ledger import Ledger, Metric, SpanFilter, from_us
 from ollama_meter.periods import Window, bucket_bounds
 from ollama_meter.reports._choices import PERF_BY_CHOICES
 from ollama_meter.reports._rows import PERF_FIGURES, PerfRow
+from ollama_meter.reports._spend import within_data
 
 PERF_METRICS: tuple[str, ...] = PERF_FIGURES
 
@@ -186,10 +187,12 @@ def perf_report(
     With a time ``unit`` (``day``, ``week``, ``month``, cut in ``tz``) each group is
     also split per period, which becomes the last ``by`` column; rows keep time order.
     """
+    zone = tz or ZoneInfo("UTC")
+    read = within_data(ledger, window, zone)
     where = SpanFilter(
-        since=window.start, until=window.end, tenant=tenant, department=department, model=model
+        since=read.start, until=read.end, tenant=tenant, department=department, model=model
     )
-    bounds = bucket_bounds(window, unit, tz or ZoneInfo("UTC")) if unit else []
+    bounds = bucket_bounds(read, unit, zone) if unit else []
     starts = [start for start, _ in bounds]
     groups: dict[tuple[Any, ...], _Group] = {}
     aggregates, histograms = ledger.timings(where, by, starts)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import GROUPS, Ledger, SpanFilter
-from ollama_meter.periods import TIME_UNITS, Window, bucket_bounds
+from ollama_meter.periods import TIME_UNITS, Window, bucket_bounds, local_midnight
 from ollama_meter.records import Micros
 from ollama_meter.reports._choices import BY_CHOICES
 from ollama_meter.reports._rows import SpendRow
@@ -28,6 +29,30 @@ def parse_by(text: str) -> list[str]:
     if len(set(names)) != len(names):
         raise ValidationError("--by names a column twice")
     return names
+
+
+LONG_WINDOW = timedelta(days=400)
+"""Windows longer than this are first cut to the days that hold calls."""
+
+
+def within_data(ledger: Ledger, window: Window, tz: ZoneInfo) -> Window:
+    """``window`` cut to the local days from the first call to the last, when it is long.
+
+    Sums do not change (nothing is outside), but ``--since 1970-01-01 --until 9998-12-31
+    --by day`` plans and buckets a few days of data, not three million empty ones.
+    """
+    if window.end - window.start <= LONG_WINDOW:
+        return window
+    extent = ledger.extent()
+    first_day = window.start.astimezone(tz).date()
+    start, end = window.start, local_midnight(first_day + timedelta(days=1), tz)  # no data
+    if extent is not None:
+        first, last = (moment.astimezone(tz).date() for moment in extent)
+        start = max(window.start, local_midnight(first, tz))
+        end = min(window.end, local_midnight(last + timedelta(days=1), tz))
+        if start >= end:  # every call is outside the window
+            start, end = window.start, local_midnight(first_day + timedelta(days=1), tz)
+    return Window(start, end, window.label)
 
 
 def gpu_seconds(ns: int) -> Decimal:
@@ -126,9 +151,10 @@ def spend_report(
     """Rows ordered by the ``by`` columns (time in order), then currency. ``cost`` is micro-units."""
     group = [name for name in by if name in GROUPS]
     unit = next((name for name in by if name in TIME_UNITS), None)
-    bounds = bucket_bounds(window, unit, tz) if unit else []
+    read = within_data(ledger, window, tz)
+    bounds = bucket_bounds(read, unit, tz) if unit else []
     where = SpanFilter(
-        since=window.start, until=window.end, tenant=tenant, department=department, model=model
+        since=read.start, until=read.end, tenant=tenant, department=department, model=model
     )
     aggregates = ledger.spend(where, group, [start for start, _ in bounds])
     report = SpendReport(window=window, by=list(by))
