@@ -9,7 +9,9 @@ cannot make links, clear the screen, move the cursor or hide text.
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -348,9 +350,12 @@ def write_output(text: str, path: Path | None) -> None:
         out.file.write(text)
         out.file.flush()
         return
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A name of its own: two runs writing one file (cron overlapping a manual run) must not
+    # write into each other's temp file and rename a mix, or the other's half, into place.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8", newline="")
+        with tmp.open("x", encoding="utf-8", newline="") as file:
+            file.write(text)
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -252,3 +252,30 @@ def test_cli_writes_atomically_and_reads_the_fixed_cost_from_the_environment(
     assert as_json[-1]["department"] == "__idle__" and isinstance(as_json[0]["total_cost"], str)
     assert cli("chargeback", "--month", "nov").code == 2
     assert "not a number" in cli("chargeback", "--month", "2026-11", "--fixed-cost", "lots").stderr
+
+
+def test_runs_writing_one_file_at_once_leave_one_whole_file(tmp_path: Path) -> None:
+    """Cron overlapping a manual run: each writes its own temp file and renames it whole."""
+    import threading
+
+    from ollama_meter.cli._common import write_output
+
+    (tmp_path / "out").mkdir()
+    path = tmp_path / "out" / "cb.csv"
+    texts = [f"run {n}\n" + "x" * 200_000 + "\n" for n in range(4)]
+    failures: list[BaseException] = []
+
+    def run(text: str) -> None:
+        for _ in range(20):
+            try:
+                write_output(text, path)
+            except Exception as exc:  # any failure is the finding
+                failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(text,)) for text in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and path.read_text() in texts
+    assert [p.name for p in path.parent.iterdir()] == ["cb.csv"]
