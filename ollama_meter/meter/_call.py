@@ -32,7 +32,7 @@ class MeteredCall:
         self.final: Final | None = None
         self.reservation: Reservation | None = None
         self.output_cap: int | None = None
-        """A reply cap the meter imposes (a hard budget covers a call that set none)."""
+        """The reply cap a hard budget admitted the call on: sent to Ollama in the field it honours."""
         self.stored: Stored | None = None
         """Where the span went once the call closed: the ledger, the spool, ..."""
         self._t0 = time.perf_counter_ns()

@@ -218,8 +218,9 @@ class Meter:
     ) -> None:
         """Reserve the call's bound in every hard budget; a refusal is a ``rejected`` span, then raised.
 
-        A call under a hard budget that sets no reply cap gets :attr:`reply_cap`, so the
-        bound it was admitted on holds.
+        A call under a hard budget is sent with the reply cap it was admitted on, written
+        in the field Ollama honours (:attr:`reply_cap` when the caller set none): so the
+        bound holds whatever field the caller named its cap in, and however Ollama reads it.
         """
         span = call.span
         if blocking:
@@ -232,7 +233,7 @@ class Meter:
         if not any(b.hard for b in covering):
             return
         limits = facts.bound(self.reply_cap)
-        if facts.max_output is None and not facts.embedding:
+        if not facts.embedding:
             call.output_cap = limits.output_tokens
         try:
             bound = bound_cost(

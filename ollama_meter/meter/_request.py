@@ -147,10 +147,9 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     openai = operation.startswith(OPENAI_PREFIX)
     kind = operation.removeprefix(OPENAI_PREFIX)
     options = options_of(body)
-    if openai:
-        cap = _positive_int(body.get("max_completion_tokens")) or _positive_int(
-            body.get("max_tokens")
-        )
+    if openai:  # either field may cap the reply; the smaller one is what the caller asked
+        caps = [_positive_int(body.get(f)) for f in ("max_tokens", "max_completion_tokens")]
+        cap = min((c for c in caps if c is not None), default=None)
     else:
         cap = _positive_int(options.get("num_predict"))
     texts: list[str] = []
@@ -188,10 +187,16 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
 
 
 def with_output_cap(operation: str, body: Mapping[str, Any], cap: int) -> dict[str, Any]:
-    """``body`` with the reply capped at ``cap`` tokens, in the wire format's own field."""
+    """``body`` with the reply capped at ``cap`` tokens, in the wire format's own field.
+
+    On OpenAI's routes Ollama honours ``max_tokens``; ``max_completion_tokens``, when the
+    caller named it, says the same, so no reader of the body finds a larger cap.
+    """
     new = dict(body)
     if operation.startswith(OPENAI_PREFIX):
         new["max_tokens"] = cap
+        if "max_completion_tokens" in new:
+            new["max_completion_tokens"] = cap
     else:
         new["options"] = {**options_of(body), "num_predict": cap}
     return new

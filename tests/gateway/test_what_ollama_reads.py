@@ -1,0 +1,108 @@
+"""The gateway meters the request Ollama reads, and charges only what Ollama answered.
+
+A held-out attack found the gateway and Ollama reading one body two ways: a reply cap
+in a field Ollama ignores (``max_completion_tokens``), or a field spelled in another
+case (Go's decoder matches ``Prompt``, or ``stream`` with a long s, to ``prompt`` and ``stream``),
+let a call be admitted under a hard budget on a bound Ollama never saw. And an
+upstream answering 201, 302 or a 200 that is not an answer was relayed as it came,
+the call charged as ``ok`` on estimates or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ollama_meter.budgets import Budget
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.testing import OllamaEmulator
+from tests.factories import token_prices
+from tests.gateway.conftest import Gateway
+
+HI = [{"role": "user", "content": "hello from the crm bot"}]
+SALES = {"X-Ometer-Tenant": "acme", "X-Ometer-Department": "sales"}
+GENERATING = {
+    "/api/chat": {"messages": HI},
+    "/api/generate": {"prompt": "hello"},
+    "/v1/chat/completions": {"messages": HI},
+    "/v1/completions": {"prompt": "hello"},
+}
+EXAMPLES = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def last_span(gw: Gateway) -> Any:
+    return gw.ledger.latest(SpanFilter(), 1)[0]
+
+
+def error_text(reply: Any, path: str) -> str:
+    error = reply.json()["error"]
+    if path.startswith("/v1/"):
+        assert set(error) == {"message", "type", "param", "code"}
+        return str(error["message"])
+    assert isinstance(error, str)
+    return error
+
+
+@pytest.fixture
+def budgeted(app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str) -> Gateway:
+    """An in-process gateway where acme/sales has a hard budget far above any one call."""
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
+    )
+    return gw
+
+
+caps = st.none() | st.integers(-3, 40) | st.floats(-3, 40, allow_nan=False)
+
+
+@EXAMPLES
+@given(
+    path=st.sampled_from(sorted(GENERATING)),
+    num_predict=caps,
+    max_tokens=st.none() | st.integers(1, 40),
+    max_completion_tokens=st.none() | st.integers(1, 40),
+    stream=st.booleans(),
+)
+def test_under_a_hard_budget_ollama_gets_the_cap_the_call_was_admitted_on(
+    budgeted: Gateway,
+    emulator: OllamaEmulator,
+    path: str,
+    num_predict: float | None,
+    max_tokens: int | None,
+    max_completion_tokens: int | None,
+    stream: bool,
+) -> None:
+    """Whatever field the caller capped the reply in, Ollama receives the cap in the field
+    it honours (``options.num_predict``, ``max_tokens``), no larger than any cap the caller
+    set, and the reply is no longer."""
+    body: dict[str, Any] = {"model": "llama3.1:8b", "stream": stream, **GENERATING[path]}
+    given_caps: list[int] = []
+    if path.startswith("/v1/"):
+        for field, value in (("max_tokens", max_tokens), ("max_completion_tokens", max_completion_tokens)):  # fmt: skip
+            if value is not None:
+                body[field] = value
+                given_caps.append(value)
+    elif num_predict is not None:
+        body["options"] = {"num_predict": num_predict}
+        if isinstance(num_predict, int) and num_predict > 0:
+            given_caps.append(num_predict)
+    before = len(emulator.requests)
+    reply = budgeted.client.post(path, json=body, headers=SALES)
+    assert reply.status_code == 200, reply.text
+    sent = emulator.requests[before:]
+    assert len(sent) == 1
+    received = sent[0].body
+    cap = received["max_tokens"] if path.startswith("/v1/") else received["options"]["num_predict"]
+    assert isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
+    assert all(cap <= given for given in given_caps), (body, received)
+    assert last_span(budgeted).output_tokens <= cap
