@@ -11,12 +11,13 @@ that fails is a :class:`BadRequest` with one line saying which field and why.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 from pydantic import ValidationError as PydanticError
 from pydantic_core import PydanticCustomError
 
@@ -83,9 +84,42 @@ Format = str | dict[str, Any] | None
 KeepAlive = str | int | float | None
 
 
-class _Body(BaseModel):
+class _GoStruct(BaseModel):
+    """A body (or part of one) that Ollama decodes into a Go struct.
+
+    Go's decoder matches a key to a field whatever its case (``Prompt``, ``PROMPT``, and
+    ``stream`` with a long s all set ``prompt`` or ``stream``), and the last one wins; the
+    gateway reads keys exactly. A key that is a field's name in another case would make
+    the two read different requests (a prompt, a reply cap, a model the meter never saw),
+    so it is refused.
+    """
+
     model_config = ConfigDict(strict=True, extra="allow")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _spelled_exactly(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            for key in data:
+                if isinstance(key, str) and key not in fields:
+                    name = _folded_fields(cls).get(key.casefold())
+                    if name is not None:
+                        raise PydanticCustomError(
+                            "field_spelling",
+                            "{key} is {field} spelled another way, which Ollama would read "
+                            "as {field}; spell it {field}",
+                            {"key": json.dumps(key), "field": json.dumps(name)},
+                        )
+        return data
+
+
+@functools.cache
+def _folded_fields(shape: type[BaseModel]) -> dict[str, str]:
+    return {name.casefold(): name for name in shape.model_fields}
+
+
+class _Body(_GoStruct):
     operation: ClassVar[str]
     streams_by_default: ClassVar[bool] = False
     can_stream: ClassVar[bool] = True
@@ -137,9 +171,7 @@ class _OllamaBody(_Body):
     keep_alive: KeepAlive = None
 
 
-class OllamaMessage(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
-
+class OllamaMessage(_GoStruct):
     role: str | None = None
     content: str | None = None
     thinking: str | None = None
@@ -192,15 +224,11 @@ class EmbeddingsRequest(_OllamaBody):
 # -- OpenAI ------------------------------------------------------------------------------
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
-
+class StreamOptions(_GoStruct):
     include_usage: bool | None = None
 
 
-class OpenAIMessage(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
-
+class OpenAIMessage(_GoStruct):
     role: str
     content: Annotated[Any, AfterValidator(_openai_content)] = None
     name: str | None = None
@@ -351,6 +379,8 @@ def _explain(exc: PydanticError) -> str:
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
     if first["type"] == "missing":
         return f"{where} is required{more}"
+    if first["type"] == "field_spelling":
+        return f"{where}: {first['msg']}{more}"
     got = _json_type(type(first.get("input")).__name__)
     if sum(_where(e["loc"]) == where for e in errors) > 1:
         return f"{where}: has the wrong type, got {got}{more}"

@@ -10,6 +10,7 @@ the call charged as ``ok`` on estimates or not at all.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ollama_meter.budgets import Budget
+from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import token_prices
@@ -106,3 +108,58 @@ def test_under_a_hard_budget_ollama_gets_the_cap_the_call_was_admitted_on(
     assert isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
     assert all(cap <= given for given in given_caps), (body, received)
     assert last_span(budgeted).output_tokens <= cap
+
+
+def other_spellings(name: str) -> list[str]:
+    """``name`` as Go's decoder would still match it: other cases, long s, Kelvin sign."""
+    spellings = {name.upper(), name.capitalize(), name.swapcase(), name.title()}
+    spellings |= {name.replace("s", "\u017f", 1), name.replace("k", "\u212a", 1)}
+    return sorted(spellings - {name})
+
+
+ROUTES = {**OLLAMA_ROUTES, **OPENAI_ROUTES}
+VALID: dict[str, dict[str, Any]] = {
+    **GENERATING,
+    "/api/embed": {"input": "hello"},
+    "/api/embeddings": {"prompt": "hello"},
+    "/v1/embeddings": {"input": "hello"},
+}
+
+
+@st.composite
+def misspelled(draw: st.DrawFn) -> tuple[str, dict[str, Any], str]:
+    """A valid body with one key that is a field's name spelled another way, at any depth."""
+    path = draw(st.sampled_from(sorted(ROUTES)))
+    model = "nomic-embed-text" if "embed" in path else "llama3.1:8b"
+    body: dict[str, Any] = {"model": model, **VALID[path]}
+    where = draw(st.sampled_from(["body", "message", "stream_options"]))
+    if where == "message" and "messages" in body:
+        message = {"role": "user", "content": "hi"}
+        key = draw(st.sampled_from(other_spellings(draw(st.sampled_from(sorted(message))))))
+        body["messages"] = [{**message, key: "a much longer prompt " * 50}]
+    elif where == "stream_options" and path in ("/v1/chat/completions", "/v1/completions"):
+        key = draw(st.sampled_from(other_spellings("include_usage")))
+        body |= {"stream": True, "stream_options": {key: True}}
+    else:
+        field = draw(st.sampled_from(sorted(ROUTES[path].model_fields)))
+        key = draw(st.sampled_from(other_spellings(field)))
+        body[key] = body.get(field, "x")
+    return path, body, key
+
+
+@EXAMPLES
+@given(example=misspelled())
+def test_a_field_spelled_another_way_is_refused_not_read_two_ways(
+    sqlite_app: Gateway, emulator: OllamaEmulator, example: tuple[str, dict[str, Any], str]
+) -> None:
+    """Ollama's Go decoder would read ``"Options"`` or ``"PROMPT"`` as the field; the gateway
+    must not meter (and a hard budget admit) a request other than the one Ollama runs."""
+    path, body, key = example
+    before, spans_before = len(emulator.requests), sqlite_app.ledger.count()
+    reply = sqlite_app.client.post(path, json=body)
+    assert reply.status_code == 400, (body, reply.text)
+    assert json.dumps(key) in error_text(reply, path)
+    assert len(emulator.requests) == before
+    assert sqlite_app.ledger.count() == spans_before + 1
+    span = last_span(sqlite_app)
+    assert (span.status, span.error_type, span.http_status) == ("error", "bad_request", 400)
