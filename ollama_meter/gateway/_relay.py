@@ -55,8 +55,9 @@ from ollama_meter.upstream import (
     WireFormat,
     is_transient,
 )
-from ollama_meter.upstream._classify import unfinished_error
+from ollama_meter.upstream._classify import not_an_answer, unfinished_error
 from ollama_meter.upstream._pooled import gateway_status
+from ollama_meter.upstream._wire import lacks
 
 HOP_BY_HOP = frozenset({
     "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
@@ -81,12 +82,16 @@ def forward_headers(headers: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
 
-def _json_object(content: bytes) -> dict[str, Any]:
+def _json_value(content: bytes) -> Any:
+    """The JSON in ``content``; None when it is not JSON."""
     try:
-        obj = json.loads(content)
+        return json.loads(content)
     except (ValueError, RecursionError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
+        return None
+
+
+def _as_object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +121,12 @@ class _Answered:
             await self.end(error)
             return error_response(wire, 502, str(error))
         pool.finish(response, completed=True)
-        reader = wire.reader(self.request.operation)
-        failure = call.take([*reader.read(_json_object(content)), *reader.finish()])
+        operation = self.request.operation
+        answer = _json_value(content)
+        reader = wire.reader(operation)
+        failure = call.take([*reader.read(_as_object(answer)), *reader.finish()])
+        if failure is None and (missing := lacks(operation, answer)) is not None:
+            failure = not_an_answer(pool.host, missing)  # never relayed as if it were one
         await self.end(failure)
         if failure is not None:
             return error_response(wire, 502, str(failure))
@@ -294,7 +303,7 @@ class Relay:
                     return _Answered(self.meter, call, attempts, request, wire, sent, server.pool)
                 if not (elsewhere and is_transient(sent.error)):
                     await in_thread(self.meter.close, call, sent.error)
-                    return _refusal_response(sent)  # Ollama's own answer, as it came
+                    return _refusal_response(wire, sent)
                 failure = sent.error
             tried.add(server.url)
             if failure.error_type == "connection":
@@ -345,7 +354,10 @@ class Relay:
         return opened
 
 
-def _refusal_response(refusal: Refusal) -> Response:
+def _refusal_response(wire: WireFormat, refusal: Refusal) -> Response:
+    """Ollama's own error answer, as it came; a redirect or another success is no answer: 502."""
+    if refusal.status < 400:
+        return error_response(wire, 502, str(refusal.error))
     return Response(
         refusal.body,
         status_code=refusal.status,

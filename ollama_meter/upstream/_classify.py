@@ -78,6 +78,11 @@ def unfinished_error(host: str) -> StreamError:
     return StreamError(f"the stream from Ollama at {host} ended without its final chunk")
 
 
+def not_an_answer(host: str, what: str) -> StreamError:
+    """A 200 whose body is not the answer the call asked for (``what``: what it lacks)."""
+    return StreamError(f"the answer from Ollama at {host} is not an answer: {what}")
+
+
 def answer_error(
     status: int, detail: str, *, host: str, model: str, retry_after: float | None = None
 ) -> UpstreamError:
@@ -110,7 +115,11 @@ def answer_error(
             status_code=status,
             retry_after=retry_after,
         )
-    return UpstreamError(f"Ollama answered HTTP {status}: {detail}", status_code=status)
+    # A redirect, or a success other than 200 (a proxy in between?): not an answer either.
+    return UpstreamError(
+        f"Ollama at {host} answered HTTP {status}, which is not an answer: {detail or 'no body'}",
+        status_code=status,
+    )
 
 
 def reported_error(obj: Mapping[str, Any] | Any) -> UpstreamError | None:

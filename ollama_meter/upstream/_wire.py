@@ -172,6 +172,29 @@ class OpenAIReader:
         return isinstance(usage, dict) and bool(usage) and not obj.get("choices")
 
 
+_ANSWER_KEYS = {
+    "embed": "embeddings",
+    "embeddings": "embedding",
+    f"{OPENAI_PREFIX}embeddings": "data",
+    f"{OPENAI_PREFIX}chat": "choices",
+    f"{OPENAI_PREFIX}completions": "choices",
+}
+
+
+def lacks(operation: str, obj: object) -> str | None:
+    """What a non-streamed 200's body (decoded) lacks to be an answer to ``operation``; None: nothing.
+
+    Ollama's whole chat or generate answer is one object with ``done: true``; an embedding
+    answer carries its embeddings, an OpenAI one its ``choices`` or ``data``.
+    """
+    if not isinstance(obj, dict):
+        return "the body is not a JSON object"
+    key = _ANSWER_KEYS.get(operation)
+    if key is None:
+        return None if obj.get("done") is True else 'the object does not say "done": true'
+    return None if key in obj else f"the object has no {key!r}"
+
+
 class WireFormat(Protocol):
     """One wire format, as the gateway reads it from Ollama and speaks it to clients."""
 
@@ -306,4 +329,5 @@ __all__ = [
     "OpenAIReader",
     "Reader",
     "WireFormat",
+    "lacks",
 ]

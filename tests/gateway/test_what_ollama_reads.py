@@ -11,7 +11,9 @@ the call charged as ``ok`` on estimates or not at all.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -163,3 +165,98 @@ def test_a_field_spelled_another_way_is_refused_not_read_two_ways(
     assert sqlite_app.ledger.count() == spans_before + 1
     span = last_span(sqlite_app)
     assert (span.status, span.error_type, span.http_status) == ("error", "bad_request", 400)
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    """An upstream that answers every call with the status, headers and body it is given."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        status, headers, body = self.server.answer  # type: ignore[attr-defined]
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if status not in (204, 304):
+            self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        if status not in (204, 304):
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted(app_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[tuple[Gateway, Any]]:
+    """An in-process gateway in front of an upstream that answers as the test says."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield app_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url), server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def call_with(gw: Gateway, path: str, model: str, stream: bool) -> Any:
+    body = {"model": model, "stream": stream, **VALID[path]}
+    if "embed" in path:
+        body.pop("stream")
+    return gw.client.post(path, json=body)
+
+
+NOT_ANSWERS = st.one_of(
+    st.just(b""),
+    st.binary(max_size=40).filter(lambda b: not b.strip().startswith((b"{", b"["))),
+    st.sampled_from([b"<html>502 Bad Gateway</html>", b"[1, 2]", b'"ok"', b"null", b"true"]),
+    st.dictionaries(
+        st.text(max_size=8).filter(
+            lambda k: k not in {"done", "choices", "data", "embeddings", "embedding"}
+        ),
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        max_size=4,
+    ).map(lambda d: json.dumps(d).encode()),
+    st.just(b'{"model": "m", "response": "hi", "done": false}'),
+    # The answer streamed when a whole one was asked for: NDJSON lines, not one object.
+    st.just(b'{"model": "m", "response": "hi", "done": false}\n{"model": "m", "done": true}\n'),
+)
+models = iter(range(10**9))  # each example its own model: no circuit opens across examples
+
+
+@EXAMPLES
+@given(path=st.sampled_from(sorted(ROUTES)), body=NOT_ANSWERS)
+def test_a_whole_answer_that_is_not_one_is_a_502_and_an_error_span(
+    scripted: tuple[Gateway, Any], path: str, body: bytes
+) -> None:
+    """A 200 whose body is not the answer asked for (not JSON, not an object, no ``done``,
+    no ``choices``...) is not relayed as a success and charged ``ok`` on estimates."""
+    gw, server = scripted
+    server.answer = (200, {"content-type": "application/json"}, body)
+    reply = call_with(gw, path, f"m{next(models)}", stream=False)
+    assert reply.status_code == 502, (body, reply.text)
+    assert "not an answer" in error_text(reply, path)
+    span = last_span(gw)
+    assert (span.status, span.error_type) == ("error", "stream_error")
+
+
+@EXAMPLES
+@given(
+    path=st.sampled_from(sorted(ROUTES)),
+    status=st.sampled_from([201, 202, 203, 204, 205, 206, 300, 301, 302, 303, 304, 307, 308]),
+    stream=st.booleans(),
+)
+def test_a_redirect_or_another_success_from_ollama_is_a_502_never_relayed(
+    scripted: tuple[Gateway, Any], path: str, status: int, stream: bool
+) -> None:
+    """Only a 200 is an answer: a 201 relayed as it came handed the client its reply on an
+    ``error`` span that charged nothing, and a 302 lost its Location on the way."""
+    gw, server = scripted
+    answer = json.dumps({"model": "m", "response": "free", "done": True}).encode()
+    server.answer = (status, {"content-type": "application/json", "location": "/x"}, answer)
+    reply = call_with(gw, path, f"m{next(models)}", stream)
+    assert reply.status_code == 502, reply.text
+    assert f"answered HTTP {status}" in error_text(reply, path)
+    span = last_span(gw)
+    assert (span.status, span.http_status) == ("error", status)
