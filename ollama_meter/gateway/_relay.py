@@ -50,12 +50,18 @@ from ollama_meter.upstream import (
     OPENAI,
     CallAttempts,
     Frames,
+    Malformed,
     PooledUpstream,
     Refusal,
     WireFormat,
     is_transient,
 )
-from ollama_meter.upstream._classify import not_an_answer, unfinished_error
+from ollama_meter.upstream._classify import (
+    Failure,
+    not_an_answer,
+    transport_error,
+    unfinished_error,
+)
 from ollama_meter.upstream._pooled import gateway_status
 from ollama_meter.upstream._wire import lacks
 
@@ -137,47 +143,66 @@ class _Answered:
         )
 
     async def stream(self) -> AsyncIterator[bytes]:
-        """The answer item by item; the last one after the span is written."""
+        """The answer item by item; the last one after the span is written.
+
+        The client gets the answer its span describes: nothing after the answer's end,
+        and an item that is not one (a line that is not a JSON object) breaks the stream.
+        """
         call, request, wire = self.call, self.request, self.wire
         response, pool = self.response, self.pool
+        separator = wire.separator
+        reader = wire.reader(request.operation)
         closed = False
 
-        async def close(outcome: BaseException | None = None) -> None:
+        async def take(frame: bytes) -> tuple[bytes | None, bool]:
+            """What of ``frame`` the client gets (None: nothing), and whether the stream stops."""
             nonlocal closed
-            closed = True
-            await self.end(outcome)
+            if closed or not frame.strip():  # after the answer's end nothing is the answer's
+                return None, False
+            try:
+                item = wire.decode(frame)
+            except Malformed as bad:
+                raise transport_error(
+                    Failure.BROKEN, host=pool.host, started=True, reason=str(bad)
+                ) from None
+            if item is None:  # not an item (an SSE comment): relayed as is
+                return frame + separator, False
+            failure = call.take(reader.finish() if item is END else reader.read(item))
+            if failure is not None or reader.complete:
+                closed = True
+                await self.end(failure)
+            if failure is not None:
+                return frame + separator, True  # the client sees Ollama's own error item
+            if isinstance(item, dict) and wire.hidden(item, hide_usage=request.hide_usage):
+                return None, False
+            return frame + separator, False
 
-        reader = wire.reader(request.operation)
-        separator = wire.separator
         frames = Frames(separator, host=pool.host)
+        chunks = aiter(pool.chunks(response))
         try:
-            async for data in pool.chunks(response):
-                for frame in frames.feed(data):
-                    if not frame.strip():
-                        continue
-                    item = None if closed else wire.decode(frame)
-                    if item is None:  # after the end, or not an object: relayed as is
-                        yield frame + separator
-                        continue
-                    failure = call.take(reader.finish() if item is END else reader.read(item))
-                    if failure is not None:
-                        await close(failure)
-                        yield frame + separator  # the client sees Ollama's own error item
+            ended = False
+            while not ended:
+                try:
+                    batch = frames.feed(await anext(chunks))
+                except StopAsyncIteration:
+                    batch, ended = frames.end(), True
+                for frame in batch:
+                    out, stop = await take(frame)
+                    if out is not None:
+                        yield out
+                    if stop:
                         return
-                    if reader.complete:
-                        await close()
-                    if isinstance(item, dict) and wire.hidden(item, hide_usage=request.hide_usage):
-                        continue
-                    yield frame + separator
             if not closed:
                 raise unfinished_error(pool.host)
         except UpstreamError as error:  # broke off, went silent, or ended early
             if not closed:
-                await close(error)
+                closed = True
+                await self.end(error)
                 yield wire.error_frame(str(error))
         except BaseException as exc:  # the client hung up (or the server is stopping)
             if not closed:
-                await close(exc)
+                closed = True
+                await self.end(exc)
             raise
         finally:
             # Read to the end: the connection goes back to the pool. Cut short (the

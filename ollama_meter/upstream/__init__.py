@@ -29,7 +29,16 @@ from ollama_meter.upstream._resilience import (
     reset_breakers,
 )
 from ollama_meter.upstream._vocabulary import Delta, Event, Final
-from ollama_meter.upstream._wire import END, OLLAMA, OPENAI, Frames, Reader, WireFormat, wire_for
+from ollama_meter.upstream._wire import (
+    END,
+    OLLAMA,
+    OPENAI,
+    Frames,
+    Malformed,
+    Reader,
+    WireFormat,
+    wire_for,
+)
 
 if TYPE_CHECKING:
     from ollama_meter.upstream._pooled import PooledUpstream, Refusal, gateway_status
@@ -48,6 +57,7 @@ __all__ = [
     "Failure",
     "Final",
     "Frames",
+    "Malformed",
     "Message",
     "PooledUpstream",
     "Reader",

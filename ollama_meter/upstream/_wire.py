@@ -44,12 +44,20 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _excerpt(frame: bytes) -> str:
+    return repr(frame[:60].decode(errors="replace")) + (" ..." if len(frame) > 60 else "")
+
+
 def _object(text: str | bytes) -> dict[str, Any] | None:
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
+
+
+class Malformed(ValueError):
+    """An item of a stream that its wire format cannot carry (a line that is not a JSON object)."""
 
 
 class Reader(Protocol):
@@ -207,7 +215,8 @@ class WireFormat(Protocol):
     def reader(self, operation: str) -> Reader: ...
 
     def decode(self, frame: bytes) -> dict[str, Any] | _End | None:
-        """One item of a stream: an object, :data:`END`, or None (relayed as is, not read)."""
+        """One item of a stream: an object, :data:`END`, or None (not an item: relayed as is,
+        not read); raises :class:`Malformed` for an item that is not one."""
         ...
 
     def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
@@ -230,7 +239,10 @@ class _Ollama:
         return OllamaReader(operation)
 
     def decode(self, frame: bytes) -> dict[str, Any] | _End | None:
-        return _object(frame)
+        obj = _object(frame)
+        if obj is None:
+            raise Malformed(f"a line that is not a JSON object: {_excerpt(frame)}")
+        return obj
 
     def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
         return False
@@ -255,7 +267,12 @@ class _OpenAI:
         if not text.startswith("data:"):
             return None
         payload = text[5:].strip()
-        return END if payload == "[DONE]" else _object(payload)
+        if payload == "[DONE]":
+            return END
+        obj = _object(payload)
+        if obj is None:
+            raise Malformed(f"an event whose data is not a JSON object: {_excerpt(frame)}")
+        return obj
 
     def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
         return hide_usage and OpenAIReader.usage_only(obj)
@@ -309,6 +326,12 @@ class Frames:
             )
         return frames
 
+    def end(self) -> list[bytes]:
+        """The stream ended: what is left is its last item, unterminated (the clients read it)."""
+        rest = bytes(self._pending)
+        self._pending.clear()
+        return [rest] if rest.strip() else []
+
 
 OLLAMA: Constant[WireFormat] = _Ollama()
 OPENAI: Constant[WireFormat] = _OpenAI()
@@ -325,6 +348,7 @@ __all__ = [
     "OLLAMA",
     "OPENAI",
     "Frames",
+    "Malformed",
     "OllamaReader",
     "OpenAIReader",
     "Reader",

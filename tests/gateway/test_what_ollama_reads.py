@@ -260,3 +260,70 @@ def test_a_redirect_or_another_success_from_ollama_is_a_502_never_relayed(
     assert f"answered HTTP {status}" in error_text(reply, path)
     span = last_span(gw)
     assert (span.status, span.http_status) == ("error", status)
+
+
+def chunk(path: str, text: str) -> dict[str, Any]:
+    if path == "/api/chat":
+        return {"model": "m", "message": {"role": "assistant", "content": text}, "done": False}
+    return {"model": "m", "response": text, "done": False}
+
+
+@st.composite
+def lying_stream(draw: st.DrawFn) -> tuple[str, bytes, dict[str, Any] | None, bool]:
+    """An NDJSON answer Ollama would send, then lied about: a line that is not a JSON object
+    before the end, no final chunk, things after it, no newline after the last line.
+
+    Returns the route, the bytes, the final chunk (None if missing) and whether a
+    malformed line comes before it.
+    """
+    path = draw(st.sampled_from(["/api/chat", "/api/generate"]))
+    texts = draw(st.lists(st.text(min_size=1, max_size=5), max_size=4))
+    lines = [json.dumps(chunk(path, text)) for text in texts]
+    final: dict[str, Any] | None = {
+        **chunk(path, ""),
+        "done": True,
+        "prompt_eval_count": draw(st.integers(0, 10**6)),
+        "eval_count": draw(st.integers(0, 10**6)),
+    }
+    malformed = draw(st.booleans())
+    if malformed:
+        bad = draw(st.sampled_from(["{not json", "[1, 2]", '"text"', "null", "data: {}"]))
+        lines.insert(draw(st.integers(0, len(lines))), bad)
+    if draw(st.booleans()):
+        lines.append(json.dumps(final))
+        after = ["{not json", '{"error": "late"}', json.dumps(final), json.dumps(chunk(path, "x"))]
+        lines += draw(st.lists(st.sampled_from(after), max_size=3))
+    else:
+        final = None
+    text = "\n".join(lines) + ("\n" if draw(st.booleans()) else "")
+    return path, text.encode(), final, malformed
+
+
+@EXAMPLES
+@given(example=lying_stream())
+def test_a_lying_stream_gives_the_client_one_well_formed_answer_and_its_span(
+    scripted: tuple[Gateway, Any], example: tuple[str, bytes, dict[str, Any] | None, bool]
+) -> None:
+    """Every line the client gets is a JSON object and the last one ends the answer (its
+    ``done`` chunk or an error): nothing after the end, a line that is not JSON breaks the
+    stream, and a last line without its newline still counts. The span says the same."""
+    gw, server = scripted
+    path, body, final, malformed = example
+    server.answer = (200, {"content-type": "application/x-ndjson"}, body)
+    reply = call_with(gw, path, f"m{next(models)}", stream=True)
+    assert reply.status_code == 200
+    got = [json.loads(line) for line in reply.text.splitlines()]
+    assert all(isinstance(item, dict) for item in got)
+    ends = [i for i, item in enumerate(got) if item.get("done") is True or "error" in item]
+    assert ends == [len(got) - 1], reply.text
+    span = last_span(gw)
+    if malformed or final is None:
+        assert "error" in got[-1]
+        assert (span.status, span.error_type) == ("error", "stream_error")
+    else:
+        assert got[-1] == final
+        assert (span.status, span.input_tokens, span.output_tokens) == (
+            "ok",
+            final["prompt_eval_count"],
+            final["eval_count"],
+        )

@@ -37,6 +37,7 @@ from ollama_meter.upstream import (
     Failure,
     Final,
     Frames,
+    Malformed,
     RetryPolicy,
     wire_for,
 )
@@ -144,7 +145,10 @@ def test_openai_streams_keep_model_and_finish_reason_until_the_usage() -> None:
 def test_framing_and_error_shapes_per_wire_format() -> None:
     assert wire_for("chat") is OLLAMA and wire_for("openai.embeddings") is OPENAI
     assert OPENAI.decode(b"data: [DONE]") is END and OPENAI.decode(b": keep-alive") is None
-    assert OPENAI.decode(b'data: {"a": 1}') == {"a": 1} and OLLAMA.decode(b"[1]") is None
+    assert OPENAI.decode(b'data: {"a": 1}') == {"a": 1} and OLLAMA.decode(b'{"a": 1}') == {"a": 1}
+    for wire, frame in ((OLLAMA, b"[1]"), (OLLAMA, b"{no"), (OPENAI, b"data: {no")):
+        with pytest.raises(Malformed, match="not a JSON object"):
+            wire.decode(frame)  # an item that is not one: the stream is broken
     assert json.loads(OLLAMA.error_frame("x")) == {"error": "x"}
     event = json.loads(OPENAI.error_frame("x").removeprefix(b"data: "))
     assert event["error"]["message"] == "x" and event["error"]["type"] == "api_error"
@@ -214,6 +218,7 @@ def test_frames_are_the_same_however_the_bytes_arrive(
     frames = Frames(separator, host=HOST)
     got = [frame for piece in pieces for frame in frames.feed(piece)]
     assert got == stream.split(separator)[:-1]
+    assert frames.end() == [b"tail-without-end"] and frames.end() == []  # the last, unterminated
 
 
 def test_an_item_that_never_ends_breaks_the_stream_at_the_limit() -> None:
