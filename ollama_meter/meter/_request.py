@@ -106,8 +106,17 @@ def _content_parts(content: object) -> tuple[list[str], int]:
     return texts, images
 
 
+_COUNTED_APART = frozenset({"role", "content", "images"})
+"""A message's fields counted on their own: the role (in MESSAGE_TOKENS), texts, images."""
+
+
 def _messages(messages: object) -> tuple[list[str], int, int, int]:
-    """Texts, message count, image count and extra bytes (tool calls) of a chat."""
+    """Texts, message count, image count and extra bytes (tool calls, thinking...) of a chat.
+
+    Anything else a message carries may reach the model's template (its thinking, tool
+    calls, tool names), so its bytes count; and Ollama makes each part of an OpenAI
+    content list a message of its own, with its own role markers.
+    """
     texts: list[str] = []
     count = images = extra = 0
     if not isinstance(messages, list):
@@ -115,13 +124,18 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
     for message in messages:
         if not isinstance(message, Mapping):
             continue
-        count += 1
-        parts, pictures = _content_parts(message.get("content"))
+        content = message.get("content")
+        count += len(content) if isinstance(content, list) and content else 1
+        parts, pictures = _content_parts(content)
         texts.extend(parts)
         images += pictures
         if isinstance(message.get("images"), list):
             images += len(message["images"])
-        extra += _json_bytes(message.get("tool_calls"))
+        extra += sum(
+            _bytes(value) if isinstance(value, str) else _json_bytes(value)
+            for key, value in message.items()
+            if key not in _COUNTED_APART
+        )
     return texts, count, images, extra
 
 

@@ -327,3 +327,39 @@ def test_a_lying_stream_gives_the_client_one_well_formed_answer_and_its_span(
             final["prompt_eval_count"],
             final["eval_count"],
         )
+
+
+BIG = "thought " * 12_500  # 100 kB: 100,000 tokens at most, 100 USD at the test's price
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/api/chat", {"role": "assistant", "content": "", "thinking": BIG}),
+        ("/api/chat", {"role": "tool", "content": "", "tool_name": BIG}),
+        ("/v1/chat/completions", {"role": "assistant", "content": "", "reasoning": BIG}),
+        ("/v1/chat/completions", {"role": "tool", "content": "", "name": BIG}),
+        # Ollama makes each part a message of its own, with its own role markers.
+        ("/v1/chat/completions", {"role": "user", "content": [{"type": "text", "text": "a"}] * 1_000}),
+    ],
+)  # fmt: skip
+def test_every_text_a_message_carries_counts_toward_a_hard_budgets_bound(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    path: str,
+    message: dict[str, Any],
+) -> None:
+    """A call is admitted on the most its prompt can count: a message's thinking, tool name
+    or reasoning reaches the template too, so 100 kB there cannot pass as a few tokens."""
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10_000_000, currency="USD")
+    )  # 10 USD: a short chat's bound (about 8.3 USD, its reply capped at 4096 tokens) fits
+    short = {"model": "llama3.1:8b", "messages": HI, "stream": False}
+    assert gw.client.post(path, json=short, headers=SALES).status_code == 200
+    before = len(emulator.requests)
+    reply = gw.client.post(path, json={**short, "messages": [message, *HI]}, headers=SALES)
+    assert reply.status_code == 429, reply.text
+    assert len(emulator.requests) == before
