@@ -40,7 +40,14 @@ from ollama_meter.errors import (
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._rates import Admission
 from ollama_meter.gateway._requests import MeteredRequest
-from ollama_meter.gateway._slots import CallerGone, Hangup, Holding, Slot, take_slot
+from ollama_meter.gateway._slots import (
+    CallerGone,
+    Hangup,
+    Holding,
+    Slot,
+    take_slot,
+    until_gone,
+)
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._request import facts_of, with_output_cap
@@ -126,6 +133,10 @@ class _Answered:
             pool.finish(response, completed=False)
             await self.end(error)
             return error_response(wire, 502, str(error))
+        except BaseException as exc:  # the client hung up: Ollama is stopped, the span written
+            pool.finish(response, completed=False)
+            await self.end(exc)
+            raise
         pool.finish(response, completed=True)
         operation = self.request.operation
         answer = _json_value(content)
@@ -271,11 +282,14 @@ class Relay:
         slot = Slot(lease)
         headers = {**forward_headers(raw_headers), "content-type": "application/json"}
         try:
-            sent = await self._send(call, slot, admission, request, wire, content, headers, query)
+            # Until the answer starts, only listening tells that the caller left.
+            sent = await until_gone(
+                self._send(call, slot, admission, request, wire, content, headers, query), hangup
+            )
             if isinstance(sent, Response):
                 return sent
             if not request.stream:
-                return await sent.whole()
+                return await until_gone(sent.whole(), hangup)
             stream = StreamingResponse(
                 sent.stream(),
                 media_type=wire.stream_media_type
@@ -284,6 +298,8 @@ class Relay:
             )
             # The answer gives the slot back when it has been sent, however it ends.
             return Holding(stream, slot.hand_over())
+        except CallerGone:
+            return Response(status_code=499)  # nobody is there to read it
         finally:
             slot.release()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +20,7 @@ from starlette.responses import Response
 from ollama_meter.gateway._fleet import Fleet, Lease
 from ollama_meter.gateway._rates import Admission
 
+T = TypeVar("T")
 Hangup = Callable[[], Awaitable[object]]
 """Returns when the caller has gone."""
 
@@ -64,6 +65,28 @@ async def take_slot(
             wanted.result().release()
         raise CallerGone
     return wanted.result()
+
+
+async def until_gone(work: Awaitable[T], hangup: Hangup | None) -> T:
+    """``work``'s result; if the caller hangs up first, ``work`` is cancelled (its own handlers
+    close what it opened: the span, the connection to Ollama, which stops it) and
+    :class:`CallerGone` is raised. A plain request is not cancelled when its client leaves:
+    without this, Ollama would compute a whole answer for nobody, holding its slot."""
+    if hangup is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(hangup())
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((task,))
+    if task.cancelled():
+        raise CallerGone
+    return task.result()
 
 
 class Slot:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,7 +25,7 @@ from hypothesis import strategies as st
 from ollama_meter.budgets import Budget
 from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.testing import OllamaEmulator
+from ollama_meter.testing import Fault, OllamaEmulator
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
@@ -363,3 +365,34 @@ def test_every_text_a_message_carries_counts_toward_a_hard_budgets_bound(
     reply = gw.client.post(path, json={**short, "messages": [message, *HI]}, headers=SALES)
     assert reply.status_code == 429, reply.text
     assert len(emulator.requests) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "stream"),
+    [("/api/chat", False), ("/api/chat", True), ("/v1/chat/completions", False)],
+)
+def test_a_caller_that_leaves_before_the_answer_starts_stops_ollama_and_is_client_abort(
+    serve_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    path: str,
+    stream: bool,
+) -> None:
+    """A plain request is not cancelled when its client leaves: the gateway listens for it,
+    so Ollama is not left computing a whole answer for nobody (the span said ``ok`` once
+    Ollama finished, or ``timeout``), and the call is not retried."""
+    gw = serve_on(emulator.url, sqlite_url)
+    emulator.inject(Fault.HANG)  # Ollama says nothing until its caller leaves (or 30 s pass)
+    before = len(emulator.requests_to(path))
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{gw.url}{path}",
+            json={"model": "llama3.1:8b", "messages": HI, "stream": stream},
+            timeout=0.5,
+        )
+    deadline = time.monotonic() + 20  # well before the emulator would give up hanging
+    while not gw.ledger.count() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    span = last_span(gw)
+    assert (span.status, span.error_type) == ("client_abort", "client_abort")
+    assert len(emulator.requests_to(path)) == before + 1  # not retried for nobody
