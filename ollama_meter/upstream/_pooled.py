@@ -193,6 +193,8 @@ class PooledUpstream(Resilient):
             async for data in response.content.iter_any():
                 yield data
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if left := _unread(response.content):
+                yield left  # what Ollama did send before it broke off is the client's too
             raise self._broken(exc) from exc
 
     def _broken(self, exc: BaseException) -> UpstreamError:
@@ -222,6 +224,21 @@ class PooledUpstream(Resilient):
 def gateway_status(error: UpstreamError) -> int:
     """What the gateway answers when Ollama could not be used: 504 if it was silent, else 502."""
     return 504 if isinstance(error, UpstreamTimeout) else 502
+
+
+def _unread(content: aiohttp.StreamReader) -> bytes:
+    """What aiohttp received but had not handed over when the body broke off.
+
+    Its ``readany`` raises a broken body's error before the bytes that arrived ahead of
+    it, which would lose the last items Ollama did send (read late, a stream lost them
+    all). aiohttp has no public way to read them, so its buffer is read, defensively:
+    without one, nothing is recovered, as before.
+    """
+    buffer = getattr(content, "_buffer", None)
+    if not buffer:
+        return b""
+    offset = getattr(content, "_buffer_offset", 0)
+    return b"".join(bytes(piece) for piece in buffer)[offset:]
 
 
 def _reason(exc: BaseException) -> str:

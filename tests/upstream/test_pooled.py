@@ -1,0 +1,60 @@
+"""The gateway's pooled transport hands on every byte Ollama sent, even when the body breaks off."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+from ollama_meter.errors import StreamError
+from ollama_meter.upstream import CircuitBreaker, PooledUpstream, Refusal
+
+ITEMS = [b'{"response": "a", "done": false}\n', b'{"response": "b", "done": false}\n']
+
+
+def _breaking_server() -> tuple[socket.socket, threading.Event]:
+    """Answers one request with a chunked body of ITEMS, then hangs up mid-body."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    closed = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n")
+            conn.sendall(b"transfer-encoding: chunked\r\n\r\n")
+            for item in ITEMS:
+                conn.sendall(b"%x\r\n%s\r\n" % (len(item), item))
+        closed.set()  # no terminating chunk: the body broke off
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, closed
+
+
+def test_a_body_that_breaks_off_still_hands_on_what_arrived_before() -> None:
+    """aiohttp raises a broken body's error before the bytes buffered ahead of it; a stream
+    read late (a busy gateway) lost every item Ollama had sent, not only the last."""
+    listener, closed = _breaking_server()
+    host = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    async def read() -> tuple[bytes, BaseException | None]:
+        pool = PooledUpstream(host, timeout=10, breaker=CircuitBreaker(host))
+        try:
+            response = await pool.send(pool.attempts("m"), "/api/generate", body=b"{}")
+            assert not isinstance(response, Refusal)
+            await asyncio.to_thread(closed.wait, 10)
+            await asyncio.sleep(0.2)  # aiohttp has seen the hang-up before anything is read
+            got = b""
+            try:
+                async for data in pool.chunks(response):
+                    got += data
+            except StreamError as error:
+                return got, error
+            return got, None
+        finally:
+            await pool.aclose()
+
+    got, error = asyncio.run(read())
+    listener.close()
+    assert got == b"".join(ITEMS)
+    assert isinstance(error, StreamError) and "broke off" in str(error)
