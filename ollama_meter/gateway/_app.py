@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -68,6 +68,7 @@ REFRESH_SECONDS = 5.0
 """How often the background task looks for prices and budgets due to be reloaded."""
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+_REFUSAL_STATUS = {"rate_limited": Status.REJECTED, "client_abort": Status.CLIENT_ABORT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +262,9 @@ class Gateway:
                 raw = await read_body(request, options.max_body_bytes)
             except TooLarge as exc:
                 raise _BadCall(413, "bad_request", str(exc)) from None
+            except ClientDisconnect:
+                message = "the client hung up before its request body arrived"
+                raise _BadCall(499, "client_abort", message) from None
             try:
                 parsed = parse_request(path, raw)
             except BadRequest as exc:
@@ -288,7 +292,7 @@ class Gateway:
                 error_type=bad.error_type,
                 message=bad.message,
                 http_status=bad.status,
-                status=Status.REJECTED if bad.error_type == "rate_limited" else Status.ERROR,
+                status=_REFUSAL_STATUS.get(bad.error_type, Status.ERROR),
             )
             await in_thread(refusal)
             # A body too large may still be arriving: this connection is done.
@@ -434,4 +438,11 @@ def create_app(
             )
         ),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={ClientDisconnect: _client_left}
+    )
+
+
+async def _client_left(request: Request, exc: Exception) -> Response:
+    """A client that hung up mid-request is nobody's error: no traceback in the log, no answer."""
+    return Response(status_code=499)

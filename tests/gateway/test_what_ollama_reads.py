@@ -11,6 +11,8 @@ the call charged as ``ok`` on estimates or not at all.
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -396,3 +398,54 @@ def test_a_caller_that_leaves_before_the_answer_starts_stops_ollama_and_is_clien
     span = last_span(gw)
     assert (span.status, span.error_type) == ("client_abort", "client_abort")
     assert len(emulator.requests_to(path)) == before + 1  # not retried for nobody
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/embeddings", "/api/show", "/api/tags"])
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_client_that_hangs_up_mid_body_is_no_traceback_and_a_metered_call_a_span(
+    serve_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    path: str,
+    framing: str,
+) -> None:
+    """Half a body, then the connection closed: anyone could fill the gateway's log with
+    "Exception in ASGI application" tracebacks. A metered route writes the call as
+    ``client_abort``; a pass-through one writes nothing; neither logs an error."""
+    gw = serve_on(emulator.url, sqlite_url)
+    seen = _Records()
+    logging.getLogger("uvicorn.error").addHandler(seen)
+    try:
+        host, port = gw.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            head = f"POST {path} HTTP/1.1\r\nHost: gw\r\nX-Ometer-Department: sales\r\n"
+            if framing == "chunked":
+                sock.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n5\r\n".encode() + b'{"mod')
+            else:
+                sock.sendall(f"{head}Content-Length: 1000\r\n\r\n".encode() + b'{"model":')
+            time.sleep(0.2)  # the gateway is reading the body when the client leaves
+        metered = path in ROUTES
+        deadline = time.monotonic() + 10
+        while gw.ledger.count() < metered and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # an error would be logged by now
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(seen)
+    assert [r.getMessage() for r in seen.records if r.levelno >= logging.WARNING] == []
+    assert gw.ledger.count() == metered
+    if metered:
+        span = last_span(gw)
+        assert (span.status, span.error_type, span.department) == (
+            "client_abort",
+            "client_abort",
+            "sales",
+        )
