@@ -181,8 +181,8 @@ class OpenAIReader:
 
 
 _ANSWER_KEYS = {
-    "embed": "embeddings",
-    "embeddings": "embedding",
+    "chat": "done",
+    "generate": "done",
     f"{OPENAI_PREFIX}embeddings": "data",
     f"{OPENAI_PREFIX}chat": "choices",
     f"{OPENAI_PREFIX}completions": "choices",
@@ -192,15 +192,16 @@ _ANSWER_KEYS = {
 def lacks(operation: str, obj: object) -> str | None:
     """What a non-streamed 200's body (decoded) lacks to be an answer to ``operation``; None: nothing.
 
-    Ollama's whole chat or generate answer is one object with ``done: true``; an embedding
-    answer carries its embeddings, an OpenAI one its ``choices`` or ``data``.
+    Ollama's whole chat or generate answer is one object with ``done: true``, an OpenAI one
+    has its ``choices`` or ``data``; an Ollama embedding answer is an object (for no input,
+    it carries only the model).
     """
     if not isinstance(obj, dict):
         return "the body is not a JSON object"
     key = _ANSWER_KEYS.get(operation)
-    if key is None:
-        return None if obj.get("done") is True else 'the object does not say "done": true'
-    return None if key in obj else f"the object has no {key!r}"
+    if key == "done" and obj.get("done") is not True:
+        return 'the object does not say "done": true'
+    return None if key is None or key in obj else f"the object has no {key!r}"
 
 
 class WireFormat(Protocol):
