@@ -47,31 +47,15 @@ async def take_slot(
     now = fleet.lease_now(model, flow, weight=weight, caps=caps)
     if now is not None:
         return now
-    waiting = fleet.lease(model, flow, weight=weight, caps=caps)
-    if hangup is None:
-        return await waiting
-    wanted = asyncio.ensure_future(waiting)
-    gone = asyncio.ensure_future(hangup())
-    try:
-        await asyncio.wait((wanted, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not wanted.done():
-            wanted.cancel()  # the queue takes it out, or gives back a place just granted
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait((wanted,))
-    if not gone.cancelled() and gone.done() and gone.exception() is None:
-        if not wanted.cancelled() and wanted.exception() is None:
-            wanted.result().release()
-        raise CallerGone
-    return wanted.result()
+    # Cancelled when the caller leaves: the queue takes it out, or gives back a place just granted.
+    return await until_gone(fleet.lease(model, flow, weight=weight, caps=caps), hangup)
 
 
 async def until_gone(work: Awaitable[T], hangup: Hangup | None) -> T:
     """``work``'s result; if the caller hangs up first, ``work`` is cancelled (its own handlers
-    close what it opened: the span, the connection to Ollama, which stops it) and
-    :class:`CallerGone` is raised. A plain request is not cancelled when its client leaves:
-    without this, Ollama would compute a whole answer for nobody, holding its slot."""
+    close what it opened: a place in the queue, the span, the connection to Ollama, which
+    stops it) and :class:`CallerGone` is raised. A plain request is not cancelled when its
+    client leaves: without this, Ollama would compute a whole answer for nobody."""
     if hangup is None:
         return await work
     task = asyncio.ensure_future(work)
