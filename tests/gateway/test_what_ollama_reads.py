@@ -463,3 +463,44 @@ def test_a_client_that_hangs_up_mid_body_is_no_traceback_and_a_metered_call_a_sp
             "client_abort",
             "sales",
         )
+
+
+def _event(obj: dict[str, Any] | str) -> str:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n"
+
+
+SSE_CHUNK = {"model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+SSE_USAGE = {"model": "m", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+
+
+@pytest.mark.parametrize(
+    ("events", "ok"),
+    [
+        ([SSE_CHUNK, "{not json", SSE_CHUNK, SSE_USAGE, "[DONE]"], False),
+        ([SSE_CHUNK, SSE_USAGE, "[DONE]", SSE_CHUNK, '{"error": {"message": "late"}}'], True),
+        ([": keep-alive", SSE_CHUNK, SSE_USAGE, "[DONE]"], True),
+        ([SSE_CHUNK, SSE_USAGE], False),
+    ],
+)
+@pytest.mark.parametrize("unterminated", [False, True])
+def test_a_lying_openai_stream_gives_the_client_what_its_span_says(
+    scripted: tuple[Gateway, Any], events: list[Any], ok: bool, unterminated: bool
+) -> None:
+    """The SSE twin of the NDJSON property: data that is not JSON breaks the stream, nothing
+    follows ``[DONE]``, comments pass, and a last event without its blank line still counts."""
+    gw, server = scripted
+    text = "".join(e if isinstance(e, str) and e.startswith(":") else _event(e) for e in events)
+    if unterminated:
+        text = text.removesuffix("\n\n") + "\n"
+    server.answer = (200, {"content-type": "text/event-stream"}, text.encode())
+    body = {"model": f"m{next(models)}", "messages": HI, "stream": True}
+    reply = gw.client.post("/v1/chat/completions", json=body)
+    data = [e.removeprefix("data: ") for e in reply.text.split("\n\n") if e.startswith("data: ")]
+    span = last_span(gw)
+    if ok:
+        assert data[-1] == "[DONE]" and data.count("[DONE]") == 1
+        assert all("error" not in json.loads(d) for d in data[:-1])
+        assert (span.status, span.input_tokens, span.output_tokens) == ("ok", 7, 3)
+    else:
+        assert "error" in json.loads(data[-1]) and "[DONE]" not in data
+        assert (span.status, span.error_type) == ("error", "stream_error")
