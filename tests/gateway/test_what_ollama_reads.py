@@ -504,3 +504,54 @@ def test_a_lying_openai_stream_gives_the_client_what_its_span_says(
     else:
         assert "error" in json.loads(data[-1]) and "[DONE]" not in data
         assert (span.status, span.error_type) == ("error", "stream_error")
+
+
+class _SlowBody(BaseHTTPRequestHandler):
+    """Sends a whole answer's headers and its first bytes, then nothing until the caller leaves."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "1000")
+        self.end_headers()
+        self.wfile.write(b'{"model": "m",')
+        self.wfile.flush()
+        self.connection.settimeout(20)
+        try:
+            left = self.connection.recv(1) == b""
+        except OSError:
+            left = True
+        if left:
+            self.server.dropped.set()  # type: ignore[attr-defined]
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_caller_that_leaves_while_a_whole_answer_arrives_stops_ollama(
+    serve_on: Callable[..., Gateway], sqlite_url: str
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowBody)
+    server.dropped = threading.Event()  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = serve_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url)
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(
+                f"{gw.url}/api/chat",
+                json={"model": "m", "messages": HI, "stream": False},
+                timeout=0.5,
+            )
+        assert server.dropped.wait(15)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while not gw.ledger.count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        span = last_span(gw)
+        assert (span.status, span.error_type) == ("client_abort", "client_abort")
+    finally:
+        server.shutdown()
+        server.server_close()
