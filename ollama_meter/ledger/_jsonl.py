@@ -18,11 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ollama_meter._names import MAX_USER, name_problem
+from ollama_meter._names import name_problem
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span, select_spans
 from ollama_meter.ledger.models import SpanRow
-from ollama_meter.records import SpanRecord, format_micros
+from ollama_meter.records import (
+    MAX_CALL_COST,
+    MAX_DURATION_NS,
+    MAX_TAG_KEY,
+    MAX_TAG_VALUE,
+    MAX_TOKENS,
+    TEXT_LIMITS,
+    SpanRecord,
+    format_micros,
+)
 
 if TYPE_CHECKING:
     from ollama_meter.ledger._ledger import Ledger
@@ -164,13 +173,22 @@ class _Line(msgspec.Struct, gc=False):
 _DECODER = msgspec.json.Decoder(_Line)
 _ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
-_NAMES = (("tenant", 64), ("department", 64), ("user", MAX_USER))
-_TEXTS = (
-    ("request_model", 255), ("response_model", 255), ("operation", 32), ("source", 16),
-    ("status", 16), ("error_type", 32), ("done_reason", 32), ("token_source", 16),
-    ("duration_source", 16), ("upstream_host", 255),
+# What a line may hold is what the ledger stores unchanged: the limits of the records
+# (``make_storable``'s), refused here rather than cut, so a span comes back as it left.
+_NAMES = tuple((what, TEXT_LIMITS[what]) for what in ("tenant", "department", "user"))
+_TEXTS = tuple(
+    (what, TEXT_LIMITS[what])
+    for what in (
+        "request_model", "response_model", "operation", "source", "status", "error_type",
+        "done_reason", "token_source", "duration_source", "upstream_host",
+    )
 )  # fmt: skip
-_IDS = (("trace_id", 32), ("otel_span_id", 16))
+_IDS = (("trace_id", TEXT_LIMITS["trace_id"]), ("otel_span_id", TEXT_LIMITS["span_id"]))
+_CONTENT = tuple((what, TEXT_LIMITS[what]) for what in ("error_message", "prompt", "reply"))
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""NUL and lone surrogates: no backend stores them (the meter makes them U+FFFD)."""
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(3000, 1, 1, tzinfo=UTC)
 _COUNTS = ("input_tokens", "output_tokens")
 _DURATIONS = ("total", "load", "prompt_eval", "eval", "latency", "ttft", "queue")
 _DURATION_VALUES = operator.attrgetter(*_DURATIONS)
@@ -203,7 +221,12 @@ def _read_micros(value: str, what: str) -> int:
         and fraction.isdigit()
     ):
         raise ValueError(f"{what} {value!r} is not an amount with six decimals, e.g. 0.031000")
-    return int(whole) * 1_000_000 + int(fraction)
+    micros = int(whole) * 1_000_000 + int(fraction)
+    if micros > MAX_CALL_COST:
+        raise ValueError(
+            f"{what} {value} is more than one call can cost ({format_micros(MAX_CALL_COST)})"
+        )
+    return micros
 
 
 def _moment(value: str, what: str) -> datetime:
@@ -213,7 +236,13 @@ def _moment(value: str, what: str) -> datetime:
         raise ValueError(f"{what} {value!r} is not an ISO 8601 time") from None
     if moment.tzinfo is None:
         raise ValueError(f"{what} {value!r} has no time zone; times are UTC, e.g. ...Z")
-    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    try:
+        moment = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+        if _EARLIEST <= moment < _LATEST:
+            return moment
+    except OverflowError:  # an offset that carries it past year 1 or 9999
+        pass
+    raise ValueError(f"{what} {value!r} is not a time between 1970 and 2999")
 
 
 def _check_labels(d: _Line) -> None:
@@ -243,13 +272,36 @@ def _check(d: _Line) -> None:
         value = getattr(d, what)
         if len(value) > limit or not value.isprintable():
             raise ValueError(f"{what} {value!r} is longer than {limit} or not printable")
-    if not (0 <= d.input_tokens < 2**31 and 0 <= d.output_tokens < 2**31):
+    for what, limit in _CONTENT:
+        value = getattr(d, what)
+        if value is not None and (len(value) > limit or _UNSTORABLE.search(value)):
+            raise ValueError(f"{what} is longer than {limit} or holds a NUL or lone surrogate")
+    if d.tags:
+        _check_tags(d.tags)
+    if not (0 <= d.input_tokens <= MAX_TOKENS and 0 <= d.output_tokens <= MAX_TOKENS):
         for what in _COUNTS:
-            if not 0 <= getattr(d, what) < 2**31:
-                raise ValueError(f"{what} {getattr(d, what)} is out of range")
+            if not 0 <= getattr(d, what) <= MAX_TOKENS:
+                raise ValueError(f"{what} {getattr(d, what)} is not a count from 0 to {MAX_TOKENS}")
     for what, value in zip(_DURATIONS, _DURATION_VALUES(d.durations_ns), strict=True):
-        if value is not None and not 0 <= value < 2**63:
-            raise ValueError(f"durations_ns.{what} {value} is out of range")
+        if value is not None and not 0 <= value <= MAX_DURATION_NS:
+            raise ValueError(
+                f"durations_ns.{what} {value} is not from 0 to {MAX_DURATION_NS:,} ns (11 days)"
+            )
+    if d.http_status is not None and not 100 <= d.http_status <= 999:
+        raise ValueError(f"http_status {d.http_status} is not an HTTP status (100 to 999)")
+    if d.price_rule_id is not None and not 0 < d.price_rule_id < 2**31:
+        raise ValueError(f"price_rule_id {d.price_rule_id} is not a price rule id")
+
+
+def _check_tags(tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        if len(key) > MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
+            raise ValueError(
+                f"tag {key[:80]!r} is longer than {MAX_TAG_KEY} characters "
+                f"or its value longer than {MAX_TAG_VALUE}"
+            )
+        if _UNSTORABLE.search(key + value):
+            raise ValueError(f"tag {key[:80]!r} holds a NUL or a lone surrogate")
 
 
 def span_from_line(line: bytes) -> SpanRecord:
@@ -260,17 +312,27 @@ def span_from_line(line: bytes) -> SpanRecord:
         raise ValueError(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ValueError(f"not JSON: {exc}") from None
+    if d.response_model is None and d.model is not None and d.model != d.request_model:
+        d.response_model = d.model  # an export from before response_model was its own key
     _check(d)
-    response = d.response_model
-    if response is None and d.model is not None and d.model != d.request_model:
-        response = d.model  # an export from before response_model was its own key
+    started = _moment(d.started_at, "started_at")
+    ended = None if d.ended_at is None else _moment(d.ended_at, "ended_at")
+    if ended is not None and ended < started:
+        raise ValueError(f"ended_at {d.ended_at} is before started_at {d.started_at}")
     durations, parts = d.durations_ns, d.cost_parts
+    tokens = _micros(parts.tokens, "cost_parts.tokens")
+    compute = _micros(parts.compute, "cost_parts.compute")
+    energy = _micros(parts.energy, "cost_parts.energy")
+    fee = _micros(parts.fee, "cost_parts.fee")
+    total = _micros(d.cost, "cost")
+    if total != tokens + compute + energy + fee:
+        raise ValueError(f"cost {d.cost} is not the sum of its cost_parts")
     # By position, in SpanRecord's field order: a call with 41 keywords costs twice as much.
     return SpanRecord(
         d.id,
         d.trace_id,
         d.otel_span_id,
-        _moment(d.started_at, "started_at"),
+        started,
         d.tenant,
         d.department,
         d.source,
@@ -281,8 +343,8 @@ def span_from_line(line: bytes) -> SpanRecord:
         d.currency,
         d.user,
         d.tags,
-        None if d.ended_at is None else _moment(d.ended_at, "ended_at"),
-        response,
+        ended,
+        d.response_model,
         d.status,
         d.error_type,
         d.error_message,
@@ -299,11 +361,11 @@ def span_from_line(line: bytes) -> SpanRecord:
         durations.latency,
         durations.ttft,
         durations.queue,
-        _micros(parts.tokens, "cost_parts.tokens"),
-        _micros(parts.compute, "cost_parts.compute"),
-        _micros(parts.energy, "cost_parts.energy"),
-        _micros(parts.fee, "cost_parts.fee"),
-        _micros(d.cost, "cost"),
+        tokens,
+        compute,
+        energy,
+        fee,
+        total,
         d.price_rule_id,
         d.unpriced,
         d.prompt,

@@ -23,6 +23,7 @@ from ollama_meter.records._fields import record_from, values_of
 from ollama_meter.records._limit import Limit
 from ollama_meter.records._money import (
     MAX_AMOUNT,
+    MAX_CALL_COST,
     MAX_PRICE,
     MICROS,
     PRICE_LIMITS,
@@ -73,6 +74,7 @@ __all__ = [
     "EACH_TENANT",
     "GROUPS",
     "MAX_AMOUNT",
+    "MAX_CALL_COST",
     "MAX_DURATION_NS",
     "MAX_PRICE",
     "MAX_TAG_KEY",

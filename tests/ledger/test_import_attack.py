@@ -1,0 +1,145 @@
+"""``ometer db import`` against hostile lines: refused with the line's number, or stored as is.
+
+A line either becomes a span the ledger stores unchanged (what the meter's own
+``make_storable`` would leave alone, times a calendar can cut, money that sums in
+64 bits) or is refused with a ValueError saying why; never any other exception.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ollama_meter.ledger import (
+    Ledger,
+    SpanFilter,
+    import_lines,
+    rebuild,
+    span_from_line,
+    span_to_dict,
+)
+from ollama_meter.records import (
+    MAX_CALL_COST,
+    MAX_DURATION_NS,
+    MAX_TAG_KEY,
+    MAX_TAG_VALUE,
+    MAX_TOKENS,
+    TEXT_LIMITS,
+    format_micros,
+    make_storable,
+)
+from tests.factories import make_span
+from tests.ledger.test_transfer import _tables
+
+BASE = span_to_dict(
+    make_span(
+        ended_at=datetime(2026, 11, 10, 12, 0, 2, tzinfo=UTC),
+        tags={"job": "nightly"},
+        cost_tokens=31_000,
+        cost_total=31_000,
+        http_status=200,
+    )
+)
+DURATIONS = (
+    "total_duration_ns", "load_duration_ns", "prompt_eval_duration_ns", "eval_duration_ns",
+    "latency_ns", "ttft_ns", "queue_ns",
+)  # fmt: skip
+PATHS = [(key,) for key in BASE if key not in ("cost_parts", "durations_ns")] + [
+    (group, key) for group in ("cost_parts", "durations_ns") for key in BASE[group]
+]
+PATHS += [("model",), ("prompt",), ("reply",), ("tags", "k")]
+
+_huge = st.integers(-(2**70), 2**70)
+_edges = st.sampled_from(
+    [
+        -1, 0, 99, 1000, 2**31, 2**63, MAX_TOKENS + 1, MAX_DURATION_NS + 1, MAX_CALL_COST + 1,
+        "9999999999999.999999", format_micros(MAX_CALL_COST + 1), "0.000001", "-0.000001",
+        "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00", "1969-12-31T23:59:59Z",
+        "3000-01-01T00:00:00Z", "2026-11-10T11:59:59Z", "2026-11-10T12:00:00+14:00",
+        "\x1b[31mred", "a\x00b", "x" * 70_000, "\ud800", "é" * 300, float("nan"),
+        float("inf"), 1.5, True, None, [], {}, {"k": "v\x00"}, {"k" * 65: "v"},
+        {"k": "v" * 257},
+    ]
+)  # fmt: skip
+hostile = st.one_of(_edges, _huge, st.text(max_size=300), st.floats(), st.booleans())
+
+
+def _assert_storable(span: Any) -> None:
+    assert make_storable(replace(span, tags=dict(span.tags))) == span
+    assert datetime(1970, 1, 1, tzinfo=UTC) <= span.started_at < datetime(3000, 1, 1, tzinfo=UTC)
+    assert span.ended_at is None or span.started_at <= span.ended_at < datetime(
+        3000, 1, 1, tzinfo=UTC
+    )
+    parts = (span.cost_tokens, span.cost_compute, span.cost_energy, span.cost_fee)
+    assert span.cost_total == sum(parts) and 0 <= max(*parts, span.cost_total) <= MAX_CALL_COST
+    assert span.price_rule_id is None or 0 < span.price_rule_id < 2**31
+
+
+@settings(max_examples=600, deadline=None)
+@given(changes=st.lists(st.tuples(st.sampled_from(PATHS), hostile), min_size=1, max_size=3))
+def test_any_line_is_stored_as_it_is_or_refused_saying_why(
+    changes: list[tuple[tuple[str, ...], object]],
+) -> None:
+    line = copy.deepcopy(BASE)
+    for path, value in changes:
+        where = line
+        for key in path[:-1]:
+            if not isinstance(where.get(key), dict):
+                where[key] = {}
+            where = where[key]
+        where[path[-1]] = value
+    raw = json.dumps(line, allow_nan=True).encode()
+    try:
+        span = span_from_line(raw)
+    except ValueError as exc:
+        refused = str(exc)
+    else:
+        _assert_storable(span)
+        assert span_from_line(json.dumps(span_to_dict(span)).encode()) == span
+        return
+    assert refused and "\n" not in refused
+
+
+def test_the_largest_values_a_line_may_hold_are_stored_summed_and_rebuilt(db_url: str) -> None:
+    """Spans at every bound import (SQLite and PostgreSQL), sum in the rollups without overflow,
+    and the rollups rebuilt from them are the ones kept as they arrived."""
+    at = datetime(2026, 11, 10, 23, 50, tzinfo=UTC)
+    widest = make_span(
+        started_at=at,
+        ended_at=at + timedelta(microseconds=MAX_DURATION_NS // 1000),
+        user="u" * TEXT_LIMITS["user"],
+        tags={"k" * MAX_TAG_KEY: "é" * MAX_TAG_VALUE},
+        request_model="m" * TEXT_LIMITS["request_model"],
+        response_model="ü" * TEXT_LIMITS["response_model"],
+        upstream_host="h" * TEXT_LIMITS["upstream_host"],
+        error_message="\x1b[31m" + "ä" * (TEXT_LIMITS["error_message"] - 5),
+        http_status=999,
+        input_tokens=MAX_TOKENS,
+        output_tokens=MAX_TOKENS,
+        **dict.fromkeys(DURATIONS, MAX_DURATION_NS),
+        cost_tokens=MAX_CALL_COST,
+        cost_total=MAX_CALL_COST,
+        price_rule_id=2**31 - 1,
+    )
+    spans = [
+        replace(widest, id=make_span(started_at=at + timedelta(minutes=n)).id) for n in range(20)
+    ]
+    spans += [
+        make_span(started_at=datetime(1970, 1, 1, tzinfo=UTC)),
+        make_span(started_at=datetime(2999, 12, 31, 23, 59, tzinfo=UTC)),
+    ]
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    lines = [json.dumps(span_to_dict(s)).encode() for s in spans]
+    assert import_lines(ledger, lines).added == len(spans)
+    window = SpanFilter(since=at, until=at + timedelta(days=30))
+    [sums] = ledger.spend(window)
+    assert sums.cost == 20 * MAX_CALL_COST and sums.input_tokens == 20 * MAX_TOKENS
+    kept = _tables(ledger)
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
