@@ -20,7 +20,9 @@ import msgspec
 
 from ollama_meter._names import name_problem
 from ollama_meter.errors import ValidationError
+from ollama_meter.ledger._meta import pruned_before
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span, select_spans
+from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.records import (
     MAX_CALL_COST,
@@ -377,11 +379,14 @@ def span_from_line(line: bytes) -> SpanRecord:
 class ImportSummary:
     read: int = 0
     added: int = 0
+    pruned: int = 0
+    """Spans skipped because they started before the prune horizon (see :func:`import_lines`)."""
+    horizon: datetime | None = None
 
     @property
     def present(self) -> int:
         """Spans the ledger already had (an import run again, or lines given twice)."""
-        return self.read - self.added
+        return self.read - self.added - self.pruned
 
 
 def import_lines(
@@ -390,8 +395,14 @@ def import_lines(
     *,
     batch: int = 20_000,
     progress: Callable[[int], None] | None = None,
+    pruned_too: bool = False,
 ) -> ImportSummary:
     """Record the spans of export ``lines``; spans already in the ledger are skipped.
+
+    So are spans that started before the prune horizon, unless ``pruned_too``: the
+    ledger no longer has the raw spans of those days, only their rollups, so it cannot
+    tell whether a span there is one it pruned (counted already: an export imported
+    back) or one it never had (another ledger's).
 
     Each batch is one transaction (spans and rollups together). A bad line stops the
     import with its number; what came before it is recorded, so the same command
@@ -403,7 +414,14 @@ def import_lines(
     def flush() -> None:
         if pending:
             with ledger.write() as conn:
-                summary.added += len(insert_spans(conn, pending))
+                fresh = pending
+                horizon = None if pruned_too else pruned_before(conn)
+                if horizon is not None:
+                    cutoff = from_us(horizon)
+                    fresh = [span for span in pending if span.started_at >= cutoff]
+                    summary.pruned += len(pending) - len(fresh)
+                    summary.horizon = cutoff
+                summary.added += len(insert_spans(conn, fresh))
             summary.read += len(pending)
             if progress is not None:
                 progress(len(pending))

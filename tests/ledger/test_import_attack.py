@@ -11,6 +11,7 @@ import copy
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -19,7 +20,9 @@ from hypothesis import strategies as st
 from ollama_meter.ledger import (
     Ledger,
     SpanFilter,
+    export_lines,
     import_lines,
+    prune,
     rebuild,
     span_from_line,
     span_to_dict,
@@ -35,7 +38,7 @@ from ollama_meter.records import (
     make_storable,
 )
 from tests.factories import make_span
-from tests.ledger.test_transfer import _tables
+from tests.ledger.test_transfer import NOW, _monthly, _spans, _tables
 
 BASE = span_to_dict(
     make_span(
@@ -143,3 +146,29 @@ def test_the_largest_values_a_line_may_hold_are_stored_summed_and_rebuilt(db_url
     kept = _tables(ledger)
     rebuild(ledger.write, ledger.read)
     assert _tables(ledger) == kept
+
+
+def test_an_export_imported_back_after_a_prune_counts_nothing_twice(
+    db_url: str, cli: Any, tmp_path: Path
+) -> None:
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.record(_spans())
+    lines = list(export_lines(ledger))
+    cutoff = prune(ledger, 30, now=NOW).cutoff
+    before = sum(1 for line in lines if span_from_line(line).started_at < cutoff)
+    kept, bills = _tables(ledger), [_monthly(ledger, m) for m in ("2026-10", "2026-11")]
+    (tmp_path / "all.jsonl").write_bytes(b"".join(lines))
+    again = cli("db", "import", str(tmp_path / "all.jsonl"), "--db", db_url)
+    assert again.code == 0, again.stderr
+    assert "imported 0 span(s) into" in again.stdout
+    assert f"skipped {before} span(s) that started before {cutoff:%Y-%m-%d %H:%M}" in again.stderr
+    assert _tables(ledger) == kept
+    assert [_monthly(ledger, m) for m in ("2026-10", "2026-11")] == bills
+    # another ledger's spans of the pruned days go in when asked, once
+    theirs = [s for s in _spans(40, seed=1) if s.started_at < cutoff]
+    other = [json.dumps(span_to_dict(s)).encode() for s in theirs]
+    assert import_lines(ledger, other).pruned == len(theirs)
+    assert import_lines(ledger, other, pruned_too=True).added == len(theirs)
+    assert import_lines(ledger, other, pruned_too=True).present == len(theirs)
+    [sums] = ledger.spend(SpanFilter(since=datetime(2026, 10, 1, tzinfo=UTC), until=cutoff))
+    assert sums.requests == before + len(theirs)
