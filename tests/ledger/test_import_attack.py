@@ -1,4 +1,5 @@
-"""``ometer db import`` against hostile lines: refused with the line's number, or stored as is.
+"""The ledger's bulk paths under attack: hostile import lines, imports after a prune, a
+rebuild that dies half way.
 
 A line either becomes a span the ledger stores unchanged (what the meter's own
 ``make_storable`` would leave alone, times a calendar can cut, money that sums in
@@ -14,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,3 +174,29 @@ def test_an_export_imported_back_after_a_prune_counts_nothing_twice(
     assert import_lines(ledger, other, pruned_too=True).present == len(theirs)
     [sums] = ledger.spend(SpanFilter(since=datetime(2026, 10, 1, tzinfo=UTC), until=cutoff))
     assert sums.requests == before + len(theirs)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_zone_change_that_dies_half_way_is_finished_by_the_next_open(db_url: str) -> None:
+    """``db rollup --zone`` killed after a few days left cells of two zones mixed, and reports
+    said nothing for the days not yet redone; the next process to open the ledger finishes it."""
+    ledger = Ledger(db_url)
+    ledger.record(_spans(300))
+    before = {month: _monthly(ledger, month) for month in ("2026-10", "2026-11")}
+    days = 0
+
+    def die_after_ten(_day: int) -> None:
+        nonlocal days
+        days += 1
+        if days == 10:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        rebuild(ledger.write, ledger.read, zone="Europe/Berlin", progress=die_after_ten)
+    ledger.dispose()
+    reopened = Ledger(db_url)
+    assert reopened.zone() == "Europe/Berlin"
+    assert {month: _monthly(reopened, month) for month in ("2026-10", "2026-11")} == before
