@@ -151,11 +151,16 @@ def _pages(progress: Callable[[int, int], None]) -> Callable[[int, int, int], No
 
 
 def pg_dump_command(ledger: Ledger, target: Path) -> str:
-    """The ``pg_dump`` command that backs up a PostgreSQL ledger (password left out)."""
+    """The ``pg_dump`` command that backs up a PostgreSQL ledger (password left out).
+
+    Quoted for a POSIX shell: it is meant to be pasted, and a file name may hold anything.
+    """
+    import shlex
+
     from sqlalchemy.engine import URL, make_url
 
     url = make_url(ledger.url)
     plain = URL.create(
         "postgresql", url.username, None, url.host, url.port, url.database, url.query
     ).render_as_string(hide_password=False)
-    return f"pg_dump --format=custom --file {target} '{plain}'"
+    return shlex.join(["pg_dump", "--format=custom", "--file", str(target), plain])

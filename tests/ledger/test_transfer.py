@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import shlex
 import sqlite3
 import threading
 from dataclasses import replace
@@ -394,9 +395,15 @@ def test_backup_of_postgresql_prints_pg_dump(cli) -> None:  # type: ignore[no-un
     done = cli("db", "backup", "/srv/x.dump", "--db", url)
     assert done.code == 2
     assert done.stdout == (
-        "pg_dump --format=custom --file /srv/x.dump 'postgresql://meter@db.example:5433/ometer'\n"
+        "pg_dump --format=custom --file /srv/x.dump postgresql://meter@db.example:5433/ometer\n"
     )
     assert "PGPASSWORD" in done.stderr and "s3cret" not in done.stdout + done.stderr
+    # it is meant to be pasted: a file name or a URL with a shell's characters stays one word
+    hostile = "/srv/my x.dump; touch pwned '$(id)'"
+    url += "?sslmode=require&application_name=a'b"
+    pasted = shlex.split(cli("db", "backup", hostile, "--db", url).stdout)
+    assert pasted[:4] == ["pg_dump", "--format=custom", "--file", hostile] and len(pasted) == 5
+    assert pasted[4].startswith("postgresql://meter@db.example:5433/ometer?")
 
 
 def test_reprice_moves_the_rollups_with_the_spans(db_url: str) -> None:
