@@ -36,6 +36,7 @@ from ollama_meter.records import (
     MAX_TAG_VALUE,
     MAX_TOKENS,
     TEXT_LIMITS,
+    Stored,
     format_micros,
     make_storable,
 )
@@ -200,3 +201,42 @@ def test_a_zone_change_that_dies_half_way_is_finished_by_the_next_open(db_url: s
     reopened = Ledger(db_url)
     assert reopened.zone() == "Europe/Berlin"
     assert {month: _monthly(reopened, month) for month in ("2026-10", "2026-11")} == before
+
+
+def test_spans_spooled_under_a_wrong_user_are_recorded_once_the_url_is_right(
+    pg_server: str | None,
+) -> None:
+    """The spool of a server ledger belongs to the database, not to the credentials in its URL:
+    spans spooled while the URL had a wrong user or password (the outage) are recorded by the
+    process started with the right one (the recovery)."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import _fresh_pg_database
+
+    right = _fresh_pg_database(pg_server)
+    Ledger(right).dispose()  # the schema exists; the wrong URL only fails to log in
+    wrong = make_url(right).set(username="nobody", password="wrong").render_as_string(False)
+    spans = [make_span(), make_span()]
+    broken = Ledger(wrong, migrate=False, wait=0.2)
+    assert set(broken.record(spans).values()) == {Stored.SPOOLED}
+    broken.dispose()
+    fixed = Ledger(right)
+    assert {s.id for s in fixed.latest(SpanFilter(), 10)} == {s.id for s in spans}
+
+
+def test_a_spool_named_after_the_whole_url_moves_to_its_database_folder() -> None:
+    import hashlib
+
+    from ollama_meter._paths import default_data_dir
+    from ollama_meter.ledger._durable import default_spool_dir
+    from ollama_meter.ledger._spool import Spool
+
+    url = "postgresql+psycopg://meter:s3cret@127.0.0.1:1/ometer?sslmode=require"
+    legacy = default_data_dir() / "spool" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    Spool(legacy).put([make_span()])
+    folder = default_spool_dir(url)
+    assert not legacy.exists() and len(Spool(folder).pending()) == 1
+    assert default_spool_dir("postgresql://other:pw@127.0.0.1:1/ometer") == folder
+    assert default_spool_dir("postgresql+psycopg://meter:s3cret@127.0.0.1:1/other") != folder
