@@ -13,7 +13,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -24,6 +24,7 @@ from ollama_meter.ledger._meta import pruned_before
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger.models import SpanRow
+from ollama_meter.periods import FIRST_DAY, LAST_DAY
 from ollama_meter.records import (
     MAX_CALL_COST,
     MAX_DURATION_NS,
@@ -189,8 +190,8 @@ _IDS = (("trace_id", TEXT_LIMITS["trace_id"]), ("otel_span_id", TEXT_LIMITS["spa
 _CONTENT = tuple((what, TEXT_LIMITS[what]) for what in ("error_message", "prompt", "reply"))
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 """NUL and lone surrogates: no backend stores them (the meter makes them U+FFFD)."""
-_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-_LATEST = datetime(3000, 1, 1, tzinfo=UTC)
+_EARLIEST = datetime.combine(FIRST_DAY, time(), UTC)
+_LATEST = datetime.combine(LAST_DAY + timedelta(days=1), time(), UTC)
 _COUNTS = ("input_tokens", "output_tokens")
 _DURATIONS = ("total", "load", "prompt_eval", "eval", "latency", "ttft", "queue")
 _DURATION_VALUES = operator.attrgetter(*_DURATIONS)
@@ -244,7 +245,9 @@ def _moment(value: str, what: str) -> datetime:
             return moment
     except OverflowError:  # an offset that carries it past year 1 or 9999
         pass
-    raise ValueError(f"{what} {value!r} is not a time between 1970 and 2999")
+    raise ValueError(
+        f"{what} {value!r} is outside the times ometer works with ({FIRST_DAY} to {LAST_DAY} UTC)"
+    )
 
 
 def _check_labels(d: _Line) -> None:
