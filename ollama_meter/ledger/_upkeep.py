@@ -56,6 +56,8 @@ def prune(
     if keep_days < 1:
         raise ValidationError("--keep-days must be at least 1")
     before = _size(ledger)
+    if keep_days * DAY_US >= to_us(now):  # back before 1970: no span is that old
+        return PruneResult(from_us(0), 0, before, before, 0)
     with ledger.write() as conn:
         # Midnight in the ledger's zone, so its day cells before the horizon are whole.
         zone = ledger_zone(conn)

@@ -29,6 +29,7 @@ from ollama_meter.ledger import (
     span_from_line,
     span_to_dict,
 )
+from ollama_meter.ledger._meta import pruned_before
 from ollama_meter.records import (
     MAX_CALL_COST,
     MAX_DURATION_NS,
@@ -238,3 +239,17 @@ def test_a_spool_named_after_the_whole_url_moves_to_its_database_folder() -> Non
     assert not legacy.exists() and len(Spool(folder).pending()) == 1
     assert default_spool_dir("postgresql://other:pw@127.0.0.1:1/ometer") == folder
     assert default_spool_dir("postgresql+psycopg://meter:s3cret@127.0.0.1:1/other") != folder
+
+
+def test_keeping_more_days_than_there_have_been_prunes_nothing(cli: Any, tmp_path: Path) -> None:
+    """``--keep-days`` (or ``OMETER_KEEP_DAYS``) reaching back before 1970 keeps everything; a
+    million days was an 'unexpected OverflowError'."""
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    ledger = Ledger(db, zone="Europe/Berlin")
+    ledger.record(_spans(20))
+    for days in (20_000 * 365, 10**6, 10**12):
+        done = cli("db", "prune", "--keep-days", str(days), "--db", db)
+        assert done.code == 0 and "removed 0 span(s) started before 1970-01-01" in done.stdout
+    assert ledger.count() == 20 and prune(ledger, 10**30, now=NOW).removed == 0
+    with ledger.read() as conn:
+        assert pruned_before(conn) is None
