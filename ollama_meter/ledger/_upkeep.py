@@ -128,8 +128,12 @@ def backup(
     source = ledger.path
     if source is None:
         raise LedgerError("not a SQLite ledger; back PostgreSQL up with pg_dump")
-    if target.resolve() == source.resolve():
-        raise ValidationError(f"{target} is the ledger itself; give another file")
+    ledger_files = {Path(f"{source.resolve()}{end}") for end in ("", "-wal", "-shm", "-journal")}
+    if target.resolve() in ledger_files:
+        # a copy renamed over the live WAL would hide the writers' last transactions
+        raise ValidationError(
+            f"{target} is the ledger itself or one of its files; give another file"
+        )
     partial = target.with_name(f".{target.name}.partial")
     try:
         src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)

@@ -253,3 +253,17 @@ def test_keeping_more_days_than_there_have_been_prunes_nothing(cli: Any, tmp_pat
     assert ledger.count() == 20 and prune(ledger, 10**30, now=NOW).removed == 0
     with ledger.read() as conn:
         assert pruned_before(conn) is None
+
+
+def test_a_backup_is_never_written_over_the_ledger_or_its_wal(cli: Any, tmp_path: Path) -> None:
+    """The copy is renamed into place: over ``ledger.db-wal`` it replaced the live WAL."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(f"sqlite:///{path}")
+    ledger.record(_spans(5))
+    (tmp_path / "link.db").symlink_to(path)
+    for target in ("ledger.db", "link.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal"):
+        done = cli("db", "backup", str(tmp_path / target), "--db", f"sqlite:///{path}")
+        assert done.code == 2 and "is the ledger itself or one of its files" in done.stderr
+    wal = tmp_path / "ledger.db-wal"
+    assert not wal.exists() or not wal.read_bytes().startswith(b"SQLite format 3")
+    assert not list(tmp_path.glob(".*.partial")) and ledger.count() == 5
