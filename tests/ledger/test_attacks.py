@@ -267,3 +267,34 @@ def test_a_backup_is_never_written_over_the_ledger_or_its_wal(cli: Any, tmp_path
     wal = tmp_path / "ledger.db-wal"
     assert not wal.exists() or not wal.read_bytes().startswith(b"SQLite format 3")
     assert not list(tmp_path.glob(".*.partial")) and ledger.count() == 5
+
+
+_anything = st.text(alphabet=st.characters(codec=None, categories=None), max_size=300)
+_TEXTS = (
+    "request_model", "response_model", "operation", "source", "status", "error_type",
+    "done_reason", "upstream_host", "trace_id", "span_id", "error_message", "prompt", "reply",
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    texts=st.fixed_dictionaries(dict.fromkeys(_TEXTS, _anything)),
+    tags=st.dictionaries(_anything, _anything, max_size=3),
+    counts=st.tuples(_huge, _huge, st.none() | _huge, _huge),
+)
+def test_whatever_the_meter_stores_exports_and_imports_back_the_same(
+    texts: dict[str, str], tags: dict[str, str], counts: tuple[int, int, int | None, int]
+) -> None:
+    """A hostile client's model name, Ollama's error text, tags from headers: whatever a call
+    brings, the span the meter stores is one that export and import carry over unchanged (a
+    span import refused stopped every `db export | db import` at its line)."""
+    span = make_span(
+        **texts,
+        tags=tags,
+        input_tokens=counts[0],
+        output_tokens=counts[1],
+        eval_duration_ns=counts[2],
+        http_status=counts[3],
+    )
+    make_storable(span)
+    assert span_from_line(json.dumps(span_to_dict(span)).encode()) == span
