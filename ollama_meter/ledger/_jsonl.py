@@ -26,6 +26,7 @@ from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.periods import FIRST_DAY, LAST_DAY
 from ollama_meter.records import (
+    LABEL_FIELDS,
     MAX_CALL_COST,
     MAX_DURATION_NS,
     MAX_TAG_KEY,
@@ -34,6 +35,7 @@ from ollama_meter.records import (
     TEXT_LIMITS,
     SpanRecord,
     format_micros,
+    make_storable,
 )
 
 if TYPE_CHECKING:
@@ -96,6 +98,7 @@ def span_to_dict(span: SpanRecord) -> dict[str, Any]:
 # -- export ------------------------------------------------------------------------------
 
 _ENCODER = msgspec.json.Encoder()
+_LABEL_VALUES = operator.attrgetter(*sorted(LABEL_FIELDS))
 
 
 def export_lines(
@@ -104,7 +107,9 @@ def export_lines(
     """Every span started in [since, until) as one JSON line each, oldest first.
 
     One read transaction streams them (a consistent snapshot, however long it takes;
-    writers are not blocked).
+    writers are not blocked). A span an older ometer kept with, say, an escape in its
+    model name is given as the meter stores spans today (``make_storable``), so it still
+    imports.
     """
     where = SpanFilter(since=since, until=until)
     order = SpanRow.id if since is None and until is None else SpanRow.started_at
@@ -112,7 +117,10 @@ def export_lines(
     with ledger.read() as conn:
         result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
         for row in result:
-            yield _ENCODER.encode(span_to_dict(row_to_span(row))) + b"\n"
+            span = row_to_span(row)
+            if not "".join(filter(None, _LABEL_VALUES(span))).isprintable():
+                make_storable(span)
+            yield _ENCODER.encode(span_to_dict(span)) + b"\n"
 
 
 # -- import ------------------------------------------------------------------------------

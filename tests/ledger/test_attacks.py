@@ -30,6 +30,7 @@ from ollama_meter.ledger import (
     span_to_dict,
 )
 from ollama_meter.ledger._meta import pruned_before
+from ollama_meter.ledger._spans import insert_spans
 from ollama_meter.records import (
     MAX_CALL_COST,
     MAX_DURATION_NS,
@@ -298,3 +299,18 @@ def test_whatever_the_meter_stores_exports_and_imports_back_the_same(
     )
     make_storable(span)
     assert span_from_line(json.dumps(span_to_dict(span)).encode()) == span
+
+
+def test_a_span_an_older_ometer_kept_with_an_escape_still_moves(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Before labels were stored printable, a model name could keep its escape: the export
+    gives it as the meter stores it now, so the import takes it."""
+    old = make_span(request_model="llama\x1b[2J", upstream_host="h\x07")
+    source = Ledger(f"sqlite:///{tmp_path / 'old.db'}")
+    with source.write() as conn:  # as an older meter wrote it: not made storable first
+        insert_spans(conn, [old])
+    target = Ledger(db_url)
+    assert import_lines(target, export_lines(source)).added == 1
+    [moved] = target.latest(SpanFilter())
+    assert (moved.request_model, moved.upstream_host) == ("llama\ufffd[2J", "h\ufffd")
