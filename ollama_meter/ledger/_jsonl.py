@@ -228,6 +228,7 @@ def _read_micros(value: str, what: str) -> int:
         dot
         and len(fraction) == 6
         and 0 < len(whole) <= 13
+        and value.isascii()  # str.isdigit() takes superscripts and other scripts' digits too
         and whole.isdigit()
         and fraction.isdigit()
     ):

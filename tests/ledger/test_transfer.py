@@ -153,6 +153,8 @@ def test_cli_import_from_stdin_and_a_file(cli, tmp_path: Path) -> None:  # type:
         (lambda d: d.update(started_at="2026-11-01T10:00:00"), "has no time zone"),
         (lambda d: d.update(cost="1.5"), "cost '1.5' is not an amount with six decimals"),
         (lambda d: d.update(cost=1.5), "Expected `str`, got `float`"),
+        (lambda d: d.update(cost="²2.000000"), "cost '²2.000000' is not an amount with six"),
+        (lambda d: d.update(cost="١.٠٠٠٠٠٠"), "cost '١.٠٠٠٠٠٠' is not an amount with six"),
         (lambda d: d.update(department="sa les"), "department 'sa les' has characters"),
         (lambda d: d.update(id="x"), "id 'x' is not a span id"),
         (lambda d: d.update(currency="usd"), "currency 'usd' is not a 3-letter code"),
