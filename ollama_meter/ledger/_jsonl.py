@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ollama_meter._names import name_problem
-from ollama_meter.errors import ValidationError
+from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._meta import pruned_before
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us
@@ -425,15 +425,21 @@ def import_lines(
 
     def flush() -> None:
         if pending:
-            with ledger.write() as conn:
-                fresh = pending
-                horizon = None if pruned_too else pruned_before(conn)
-                if horizon is not None:
-                    cutoff = from_us(horizon)
-                    fresh = [span for span in pending if span.started_at >= cutoff]
-                    summary.pruned += len(pending) - len(fresh)
-                    summary.horizon = cutoff
-                summary.added += len(insert_spans(conn, fresh))
+            try:
+                with ledger.write() as conn:
+                    fresh = pending
+                    horizon = None if pruned_too else pruned_before(conn)
+                    if horizon is not None:
+                        cutoff = from_us(horizon)
+                        fresh = [span for span in pending if span.started_at >= cutoff]
+                        summary.pruned += len(pending) - len(fresh)
+                        summary.horizon = cutoff
+                    summary.added += len(insert_spans(conn, fresh))
+            except LedgerError as exc:  # the batch is rolled back whole: running again is safe
+                raise LedgerError(
+                    f"{exc}; the {summary.read:,} span(s) before this batch are recorded: run "
+                    "the same import again once it answers (spans already there are skipped)"
+                ) from exc
             summary.read += len(pending)
             if progress is not None:
                 progress(len(pending))

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import (
     Ledger,
     SpanFilter,
@@ -314,3 +315,32 @@ def test_a_span_an_older_ometer_kept_with_an_escape_still_moves(
     assert import_lines(target, export_lines(source)).added == 1
     [moved] = target.latest(SpanFilter())
     assert (moved.request_model, moved.upstream_host) == ("llama\ufffd[2J", "h\ufffd")
+
+
+def test_an_import_the_database_stops_half_way_says_to_run_it_again(tmp_path: Path) -> None:
+    """Another process takes the write lock after the first batch: the error says how far it
+    got and that running it again is safe; run again, every span is there once."""
+    import sqlite3
+
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(f"sqlite:///{path}", wait=0.1, retry_delay=0.01)
+    lines = [json.dumps(span_to_dict(s)).encode() for s in _spans(10)]
+    blocker = sqlite3.connect(path, isolation_level=None)
+
+    def lock(_count: int) -> None:
+        if not blocker.in_transaction:
+            blocker.execute("BEGIN EXCLUSIVE")
+
+    with pytest.raises(LedgerError) as stopped:
+        import_lines(ledger, lines, batch=4, progress=lock)
+    assert "database is locked" in str(stopped.value)
+    assert "the 4 span(s) before this batch are recorded: run the same import again" in str(
+        stopped.value
+    )
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    again = import_lines(ledger, lines, batch=4)
+    assert (again.added, again.present) == (6, 4) and ledger.count() == 10
+    kept = _tables(ledger)
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
