@@ -127,6 +127,15 @@ def _counted(stream: BinaryIO, advance: Callable[[int], object]) -> Iterator[byt
 @app.command("import")
 def import_command(
     source: Annotated[str, typer.Argument(help="A file of JSON lines, or - for stdin.")],
+    pruned_too: Annotated[
+        bool,
+        typer.Option(
+            "--pruned-too",
+            help="Also add spans that started before the prune horizon. Only for spans this "
+            "ledger never had (another ledger's): its own pruned spans are in its rollups "
+            "already and would count twice.",
+        ),
+    ] = False,
     db: DbOption = None,
 ) -> None:
     """Load spans from JSON lines (an `ometer db export`); spans already there are skipped."""
@@ -148,12 +157,20 @@ def import_command(
     began = time.monotonic()
     with stream, progress_bar("importing", rate=True) as bar:
         task = bar.add_task("bytes", total=total)
-        summary = import_lines(ledger, _counted(stream, lambda n: bar.advance(task, n)))
+        summary = import_lines(
+            ledger, _counted(stream, lambda n: bar.advance(task, n)), pruned_too=pruned_too
+        )
     took = max(time.monotonic() - began, 1e-9)
     out.print(
         f"imported {summary.added:,} span(s) into {ledger.display_url}"
         f" ({summary.present:,} already there) in {took:.1f} s, {summary.read / took:,.0f} spans/s"
     )
+    if summary.pruned and summary.horizon is not None:
+        err.print(
+            f"skipped {summary.pruned:,} span(s) that started before {summary.horizon:%Y-%m-%d %H:%M}"
+            " UTC, where this ledger's raw spans were pruned: the ones it had are in its rollups "
+            "already. Spans it never had (another ledger's) go in with --pruned-too"
+        )
 
 
 @app.command("prune")

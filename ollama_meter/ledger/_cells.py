@@ -334,14 +334,16 @@ def busy_interval(span: SpanRecord, start: int | None = None) -> tuple[int, int]
     """When Ollama worked on the call, in µs: its busy time, ending when the call ended.
 
     Busy time is prompt evaluation plus generation (a missing one counts as 0); it
-    never starts before the call did.
+    never starts before the call did, and ends at most a day after: rebuilding a day
+    and reading raw spans look back one day for calls still busy, so a longer call (an
+    imported line may say anything) counts the same in every one of them.
     """
     busy_ns = (span.prompt_eval_duration_ns or 0) + (span.eval_duration_ns or 0)
     if busy_ns <= 0:
         return None
     if start is None:
         start = to_us(span.started_at)
-    end = to_us(span.ended_at) if span.ended_at is not None else start
+    end = min(to_us(span.ended_at), start + DAY_US) if span.ended_at is not None else start
     begin = max(start, end - busy_ns // 1000)
     return (begin, end) if end > begin else None
 

@@ -93,6 +93,12 @@ class Database:
             )
         if "disk is full" in lowered or "no space" in lowered:
             return f"{text}: free some disk space; spans wait in the spool meanwhile"
+        if _is_lock_error(exc):
+            return (
+                f"{text}: another process held it for longer than {self._wait:g} s "
+                "(OMETER_LEDGER_WAIT); run again once it is done, or wait longer with "
+                "OMETER_LEDGER_WAIT=60"
+            )
         return text
 
     def _retry_locked(self, action: Callable[[], object], failure: str) -> None:

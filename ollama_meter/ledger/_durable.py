@@ -14,6 +14,7 @@ of the calls that really were in flight.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -21,7 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from ollama_meter._paths import default_data_dir
 from ollama_meter.errors import LedgerError
@@ -39,13 +40,37 @@ MAX_HELD = 10_000
 _HELD_RETRY_SECONDS = 1.0
 
 
+_SERVER_KEYS = ("host", "hostaddr", "port", "dbname", "service")
+"""URL query keys that say which server and database (the rest say how to log in or talk)."""
+
+
 def default_spool_dir(url: str) -> Path:
-    """Beside a SQLite file; in the user data dir, per database, for servers."""
-    path = sqlite_path(make_url(url))
+    """Beside a SQLite file; in the user data dir, per database, for servers.
+
+    A server's folder is named after the database it holds spans for: its backend,
+    host, port and name, not the user, password, driver or options, which are what
+    gets fixed after an outage (a wrong password, an expired user); spans spooled
+    under the old URL are then recorded by the process started with the new one.
+    """
+    parsed = make_url(url)
+    path = sqlite_path(parsed)
     if path is not None:
         return path.with_name(f"{path.name}.spool")
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return default_data_dir() / "spool" / digest
+    database = URL.create(
+        parsed.get_backend_name(),
+        host=parsed.host,
+        port=parsed.port,
+        database=parsed.database,
+        query={k: v for k, v in parsed.query.items() if k in _SERVER_KEYS},
+    )
+    digest = hashlib.sha256(database.render_as_string().encode()).hexdigest()[:16]
+    folder = default_data_dir() / "spool" / digest
+    # Spools from before were named after the whole URL: bring this URL's along, once.
+    legacy = folder.with_name(hashlib.sha256(url.encode()).hexdigest()[:16])
+    if legacy != folder and legacy.is_dir() and not folder.exists():
+        with contextlib.suppress(OSError):  # another process moved it first
+            legacy.rename(folder)
+    return folder
 
 
 class DurableLedger(Database):

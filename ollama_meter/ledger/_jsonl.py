@@ -1,28 +1,34 @@
 """Spans in and out of a ledger as JSON lines: ``ometer db export`` and ``import``.
 
 A span's JSON is what ``ometer log --json`` shows (:func:`span_to_dict`), one
-object per line; import reads the same lines back into the same span, checks
-every field (a bad line is refused with its number, never stored half-right),
-and records them through the ordinary write path: idempotent by id, rollups
-included.
+object per line; import reads the same lines back into the same span (``_line``
+checks every field: a bad line is refused with its number, never stored
+half-right), and records them through the ordinary write path: idempotent by id,
+rollups included, days before the prune horizon left alone.
 """
 
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ollama_meter._names import MAX_USER, name_problem
-from ollama_meter.errors import ValidationError
+from ollama_meter.errors import LedgerError, ValidationError
+from ollama_meter.ledger._line import span_from_line
+from ollama_meter.ledger._meta import pruned_before
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span, select_spans
+from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger.models import SpanRow
-from ollama_meter.records import SpanRecord, format_micros
+from ollama_meter.records import (
+    LABEL_FIELDS,
+    SpanRecord,
+    format_micros,
+    make_storable,
+)
 
 if TYPE_CHECKING:
     from ollama_meter.ledger._ledger import Ledger
@@ -84,6 +90,7 @@ def span_to_dict(span: SpanRecord) -> dict[str, Any]:
 # -- export ------------------------------------------------------------------------------
 
 _ENCODER = msgspec.json.Encoder()
+_LABEL_VALUES = operator.attrgetter(*sorted(LABEL_FIELDS))
 
 
 def export_lines(
@@ -92,7 +99,9 @@ def export_lines(
     """Every span started in [since, until) as one JSON line each, oldest first.
 
     One read transaction streams them (a consistent snapshot, however long it takes;
-    writers are not blocked).
+    writers are not blocked). A span an older ometer kept with, say, an escape in its
+    model name is given as the meter stores spans today (``make_storable``), so it still
+    imports.
     """
     where = SpanFilter(since=since, until=until)
     order = SpanRow.id if since is None and until is None else SpanRow.started_at
@@ -100,226 +109,27 @@ def export_lines(
     with ledger.read() as conn:
         result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
         for row in result:
-            yield _ENCODER.encode(span_to_dict(row_to_span(row))) + b"\n"
+            span = row_to_span(row)
+            if not "".join(filter(None, _LABEL_VALUES(span))).isprintable():
+                make_storable(span)
+            yield _ENCODER.encode(span_to_dict(span)) + b"\n"
 
 
 # -- import ------------------------------------------------------------------------------
-
-
-class _Parts(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    tokens: str
-    compute: str
-    energy: str
-    fee: str
-
-
-class _Durations(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
-    total: int | None = None
-    load: int | None = None
-    prompt_eval: int | None = None
-    eval: int | None = None
-    latency: int | None = None
-    ttft: int | None = None
-    queue: int | None = None
-
-
-class _Line(msgspec.Struct, gc=False):
-    """One exported span. Unknown keys are ignored: a newer export still imports."""
-
-    id: str
-    started_at: str
-    tenant: str
-    department: str
-    request_model: str
-    operation: str
-    source: str
-    status: str
-    cost: str
-    cost_parts: _Parts
-    currency: str
-    upstream_host: str
-    trace_id: str
-    otel_span_id: str
-    stream: bool = False
-    ended_at: str | None = None
-    user: str | None = None
-    tags: dict[str, str] = msgspec.field(default_factory=dict)
-    model: str | None = None
-    response_model: str | None = None
-    error_type: str | None = None
-    error_message: str | None = None
-    http_status: int | None = None
-    done_reason: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    token_source: str = "reported"
-    unpriced: bool = False
-    price_rule_id: int | None = None
-    durations_ns: _Durations = _Durations()
-    duration_source: str | None = None
-    prompt: str | None = None
-    reply: str | None = None
-
-
-_DECODER = msgspec.json.Decoder(_Line)
-_ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
-_CURRENCY = re.compile(r"[A-Z]{3}")
-_NAMES = (("tenant", 64), ("department", 64), ("user", MAX_USER))
-_TEXTS = (
-    ("request_model", 255), ("response_model", 255), ("operation", 32), ("source", 16),
-    ("status", 16), ("error_type", 32), ("done_reason", 32), ("token_source", 16),
-    ("duration_source", 16), ("upstream_host", 255),
-)  # fmt: skip
-_IDS = (("trace_id", 32), ("otel_span_id", 16))
-_COUNTS = ("input_tokens", "output_tokens")
-_DURATIONS = ("total", "load", "prompt_eval", "eval", "latency", "ttft", "queue")
-_DURATION_VALUES = operator.attrgetter(*_DURATIONS)
-_LABELS = operator.attrgetter("currency", *(what for what, _ in (*_NAMES, *_TEXTS)))
-_checked: set[tuple[str | None, ...]] = set()
-"""Label tuples (currency, names, models, hosts...) already found valid: they repeat on every line."""
-
-
-_amounts: dict[str, int] = {}
-"""Amounts already read: most cost parts are one of a few values (zero above all)."""
-
-
-def _micros(value: str, what: str) -> int:
-    micros = _amounts.get(value)
-    if micros is None:
-        micros = _read_micros(value, what)
-        if len(_amounts) >= 100_000:
-            _amounts.clear()
-        _amounts[value] = micros
-    return micros
-
-
-def _read_micros(value: str, what: str) -> int:
-    whole, dot, fraction = value.partition(".")
-    if not (
-        dot
-        and len(fraction) == 6
-        and 0 < len(whole) <= 13
-        and whole.isdigit()
-        and fraction.isdigit()
-    ):
-        raise ValueError(f"{what} {value!r} is not an amount with six decimals, e.g. 0.031000")
-    return int(whole) * 1_000_000 + int(fraction)
-
-
-def _moment(value: str, what: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{what} {value!r} is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{what} {value!r} has no time zone; times are UTC, e.g. ...Z")
-    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
-
-
-def _check_labels(d: _Line) -> None:
-    for what, limit in _NAMES:
-        value = getattr(d, what)
-        if value is not None and (problem := name_problem(value, limit=limit)):
-            raise ValueError(f"{what} {problem}")
-    for what, limit in _TEXTS:
-        value = getattr(d, what)
-        if value is not None and (len(value) > limit or not value.isprintable()):
-            raise ValueError(f"{what} {value!r} is longer than {limit} or not printable")
-    if not _CURRENCY.fullmatch(d.currency):
-        raise ValueError(f"currency {d.currency!r} is not a 3-letter code like USD")
-
-
-def _check(d: _Line) -> None:
-    """Refuse what the ledger would store wrong: bad names, odd strings, impossible numbers."""
-    if not _ULID.fullmatch(d.id):
-        raise ValueError(f"id {d.id!r} is not a span id (26 characters, Crockford base32)")
-    labels = _LABELS(d)
-    if labels not in _checked:
-        _check_labels(d)
-        if len(_checked) >= 100_000:
-            _checked.clear()
-        _checked.add(labels)
-    for what, limit in _IDS:
-        value = getattr(d, what)
-        if len(value) > limit or not value.isprintable():
-            raise ValueError(f"{what} {value!r} is longer than {limit} or not printable")
-    if not (0 <= d.input_tokens < 2**31 and 0 <= d.output_tokens < 2**31):
-        for what in _COUNTS:
-            if not 0 <= getattr(d, what) < 2**31:
-                raise ValueError(f"{what} {getattr(d, what)} is out of range")
-    for what, value in zip(_DURATIONS, _DURATION_VALUES(d.durations_ns), strict=True):
-        if value is not None and not 0 <= value < 2**63:
-            raise ValueError(f"durations_ns.{what} {value} is out of range")
-
-
-def span_from_line(line: bytes) -> SpanRecord:
-    """The span an export line describes; ValueError saying what is wrong otherwise."""
-    try:
-        d = _DECODER.decode(line)
-    except msgspec.ValidationError as exc:
-        raise ValueError(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"not JSON: {exc}") from None
-    _check(d)
-    response = d.response_model
-    if response is None and d.model is not None and d.model != d.request_model:
-        response = d.model  # an export from before response_model was its own key
-    durations, parts = d.durations_ns, d.cost_parts
-    # By position, in SpanRecord's field order: a call with 41 keywords costs twice as much.
-    return SpanRecord(
-        d.id,
-        d.trace_id,
-        d.otel_span_id,
-        _moment(d.started_at, "started_at"),
-        d.tenant,
-        d.department,
-        d.source,
-        d.operation,
-        d.upstream_host,
-        d.request_model,
-        d.stream,
-        d.currency,
-        d.user,
-        d.tags,
-        None if d.ended_at is None else _moment(d.ended_at, "ended_at"),
-        response,
-        d.status,
-        d.error_type,
-        d.error_message,
-        d.http_status,
-        d.done_reason,
-        d.input_tokens,
-        d.output_tokens,
-        d.token_source,
-        durations.total,
-        durations.load,
-        durations.prompt_eval,
-        durations.eval,
-        d.duration_source,
-        durations.latency,
-        durations.ttft,
-        durations.queue,
-        _micros(parts.tokens, "cost_parts.tokens"),
-        _micros(parts.compute, "cost_parts.compute"),
-        _micros(parts.energy, "cost_parts.energy"),
-        _micros(parts.fee, "cost_parts.fee"),
-        _micros(d.cost, "cost"),
-        d.price_rule_id,
-        d.unpriced,
-        d.prompt,
-        d.reply,
-    )
 
 
 @dataclass
 class ImportSummary:
     read: int = 0
     added: int = 0
+    pruned: int = 0
+    """Spans skipped because they started before the prune horizon (see :func:`import_lines`)."""
+    horizon: datetime | None = None
 
     @property
     def present(self) -> int:
         """Spans the ledger already had (an import run again, or lines given twice)."""
-        return self.read - self.added
+        return self.read - self.added - self.pruned
 
 
 def import_lines(
@@ -328,8 +138,14 @@ def import_lines(
     *,
     batch: int = 20_000,
     progress: Callable[[int], None] | None = None,
+    pruned_too: bool = False,
 ) -> ImportSummary:
     """Record the spans of export ``lines``; spans already in the ledger are skipped.
+
+    So are spans that started before the prune horizon, unless ``pruned_too``: the
+    ledger no longer has the raw spans of those days, only their rollups, so it cannot
+    tell whether a span there is one it pruned (counted already: an export imported
+    back) or one it never had (another ledger's).
 
     Each batch is one transaction (spans and rollups together). A bad line stops the
     import with its number; what came before it is recorded, so the same command
@@ -340,8 +156,21 @@ def import_lines(
 
     def flush() -> None:
         if pending:
-            with ledger.write() as conn:
-                summary.added += len(insert_spans(conn, pending))
+            try:
+                with ledger.write() as conn:
+                    fresh = pending
+                    horizon = None if pruned_too else pruned_before(conn)
+                    if horizon is not None:
+                        cutoff = from_us(horizon)
+                        fresh = [span for span in pending if span.started_at >= cutoff]
+                        summary.pruned += len(pending) - len(fresh)
+                        summary.horizon = cutoff
+                    summary.added += len(insert_spans(conn, fresh))
+            except LedgerError as exc:  # the batch is rolled back whole: running again is safe
+                raise LedgerError(
+                    f"{exc}; the {summary.read:,} span(s) before this batch are recorded: run "
+                    "the same import again once it answers (spans already there are skipped)"
+                ) from exc
             summary.read += len(pending)
             if progress is not None:
                 progress(len(pending))

@@ -32,9 +32,14 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply migrations up to ``revision`` in one transaction."""
+    """Apply migrations up to ``revision`` in one transaction.
+
+    A ledger a newer ometer migrated is at a revision this one does not know: that
+    is a clear error (upgrade ometer), never a guess at its schema.
+    """
     from alembic import command
     from alembic.config import Config
+    from alembic.util import CommandError
 
     with as_file(files("ollama_meter._migrations")) as location:
         config = Config()
@@ -47,6 +52,16 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             raise LedgerError(
                 f"could not migrate the ledger at {engine.url.render_as_string()}: "
                 f"{exc.orig or exc}"
+            ) from exc
+        except CommandError as exc:
+            found = current_revision(engine)
+            if found is None or found <= HEAD_REVISION:
+                raise
+            raise LedgerError(
+                f"the ledger at {engine.url.render_as_string()} has schema revision {found}, "
+                f"newer than this ometer's {HEAD_REVISION}: a newer ometer wrote it. Upgrade "
+                "ometer (pip install -U ollama-meter) on this machine too, or give another "
+                "ledger with --db / OMETER_DB_URL"
             ) from exc
 
 

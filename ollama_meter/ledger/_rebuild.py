@@ -220,6 +220,10 @@ def _change_zone(write: Callable[[], Any], read: Callable[[], Any], zone: str) -
         )
     with write() as conn:
         set_meta(conn, "zone", key)
+        # Until every day is cut again, cells of both zones are mixed and reports read
+        # nothing for the days not yet redone: if the rebuild dies, whichever process
+        # opens the ledger next finishes it (build_if_stale).
+        set_meta(conn, "rollups", "stale")
 
 
 def can_adopt_zone(conn: Connection) -> bool:

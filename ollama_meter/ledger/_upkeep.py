@@ -56,6 +56,8 @@ def prune(
     if keep_days < 1:
         raise ValidationError("--keep-days must be at least 1")
     before = _size(ledger)
+    if keep_days * DAY_US >= to_us(now):  # back before 1970: no span is that old
+        return PruneResult(from_us(0), 0, before, before, 0)
     with ledger.write() as conn:
         # Midnight in the ledger's zone, so its day cells before the horizon are whole.
         zone = ledger_zone(conn)
@@ -126,8 +128,12 @@ def backup(
     source = ledger.path
     if source is None:
         raise LedgerError("not a SQLite ledger; back PostgreSQL up with pg_dump")
-    if target.resolve() == source.resolve():
-        raise ValidationError(f"{target} is the ledger itself; give another file")
+    ledger_files = {Path(f"{source.resolve()}{end}") for end in ("", "-wal", "-shm", "-journal")}
+    if target.resolve() in ledger_files:
+        # a copy renamed over the live WAL would hide the writers' last transactions
+        raise ValidationError(
+            f"{target} is the ledger itself or one of its files; give another file"
+        )
     partial = target.with_name(f".{target.name}.partial")
     try:
         src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
@@ -151,11 +157,16 @@ def _pages(progress: Callable[[int, int], None]) -> Callable[[int, int, int], No
 
 
 def pg_dump_command(ledger: Ledger, target: Path) -> str:
-    """The ``pg_dump`` command that backs up a PostgreSQL ledger (password left out)."""
+    """The ``pg_dump`` command that backs up a PostgreSQL ledger (password left out).
+
+    Quoted for a POSIX shell: it is meant to be pasted, and a file name may hold anything.
+    """
+    import shlex
+
     from sqlalchemy.engine import URL, make_url
 
     url = make_url(ledger.url)
     plain = URL.create(
         "postgresql", url.username, None, url.host, url.port, url.database, url.query
     ).render_as_string(hide_password=False)
-    return f"pg_dump --format=custom --file {target} '{plain}'"
+    return shlex.join(["pg_dump", "--format=custom", "--file", str(target), plain])

@@ -23,6 +23,7 @@ from ollama_meter.records._fields import record_from, values_of
 from ollama_meter.records._limit import Limit
 from ollama_meter.records._money import (
     MAX_AMOUNT,
+    MAX_CALL_COST,
     MAX_PRICE,
     MICROS,
     PRICE_LIMITS,
@@ -47,6 +48,7 @@ from ollama_meter.records._span import (
     DURABLE,
     DURATION_FIELDS,
     GROUPS,
+    LABEL_FIELDS,
     MAX_DURATION_NS,
     MAX_TAG_KEY,
     MAX_TAG_VALUE,
@@ -72,7 +74,9 @@ __all__ = [
     "DURATION_FIELDS",
     "EACH_TENANT",
     "GROUPS",
+    "LABEL_FIELDS",
     "MAX_AMOUNT",
+    "MAX_CALL_COST",
     "MAX_DURATION_NS",
     "MAX_PRICE",
     "MAX_TAG_KEY",

@@ -22,6 +22,9 @@ PRICE_LIMITS = {"watts": Decimal(100_000), "kwh_price": Decimal(1_000)}
 """Tighter bounds where the unit is physical: 100 kW of draw, 1,000 per kWh."""
 MAX_AMOUNT = Decimal(1_000_000_000_000)
 """The largest budget or fixed monthly cost: a trillion units of the currency."""
+MAX_CALL_COST = (2**63 - 1) // 1000
+"""The most one call can cost, in micro-units: more than any price within bounds can charge
+(a test keeps it so), and a thousand such calls still sum in a 64-bit column."""
 MAX_DIGITS = 40
 """Significant digits an amount may have; more is a typo, not a price."""
 

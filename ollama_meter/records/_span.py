@@ -226,6 +226,12 @@ TEXT_LIMITS: dict[str, int] = {
     "error_message": 2000, "prompt": 1_000_000, "reply": 1_000_000,
 }  # fmt: skip
 """Characters each text column holds; a test keeps these equal to the ledger's columns."""
+LABEL_FIELDS = frozenset({
+    "trace_id", "span_id", "source", "operation", "upstream_host", "request_model",
+    "response_model", "status", "error_type", "done_reason", "token_source", "duration_source",
+})  # fmt: skip
+"""Texts that reports group by and tables show: printable only (a control character becomes
+U+FFFD), so a hostile model name puts no escape into a terminal, a CSV or an export line."""
 MAX_TAG_KEY = 64
 MAX_TAG_VALUE = 256
 MAX_TOKENS = 2**31 - 1
@@ -274,6 +280,8 @@ def make_storable(span: SpanRecord) -> SpanRecord:
             value = str(value)
         if not value.isascii() or len(value) > limit or "\x00" in value:
             value = storable_text(value, limit)
+        if name in LABEL_FIELDS and not value.isprintable():
+            value = "".join(c if c.isprintable() else "\ufffd" for c in value)
         setattr(span, name, value)
     if span.tags:
         span.tags = {

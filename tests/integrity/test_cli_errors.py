@@ -85,6 +85,23 @@ def test_a_damaged_ledger_file_says_what_to_do(cli: Any, tmp_path: Path) -> None
     assert str(damaged) in line and "ometer db backup" in line and "move it aside" in line
 
 
+def test_a_ledger_from_a_newer_ometer_says_to_upgrade(cli: Any, db_url: str) -> None:
+    from sqlalchemy import text
+
+    from ollama_meter.ledger import HEAD_REVISION, Ledger
+
+    ledger = Ledger(db_url)
+    newer = f"{int(HEAD_REVISION) + 1:04d}"
+    with ledger.write() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": newer})
+    ledger.dispose()
+    for command in (["log"], ["db", "upgrade"], ["db", "export"]):
+        result = cli(*command, "--db", db_url)
+        line = one_error_line(result)
+        assert result.code == 1 and f"schema revision {newer}" in line, line
+        assert f"newer than this ometer's {HEAD_REVISION}" in line and "Upgrade ometer" in line
+
+
 def test_an_unreachable_server_for_db_upgrade_is_one_line(cli: Any) -> None:
     line = one_error_line(cli("db", "upgrade", "--db", "postgresql+psycopg://x@127.0.0.1:1/db"))
     assert "Connection refused" in line or "connection" in line.lower()

@@ -401,8 +401,11 @@ def test_opening_a_file_locked_for_good_is_one_clear_error(tmp_path: Path) -> No
     blocker.execute("CREATE TABLE placeholder (x INTEGER)")
     blocker.execute("BEGIN EXCLUSIVE")
     try:
-        with pytest.raises(LedgerError, match=r"^cannot open the ledger at .*database is locked$"):
+        with pytest.raises(
+            LedgerError, match=r"^cannot open the ledger at .*database is locked"
+        ) as e:
             Ledger(f"sqlite:///{path}", wait=0.05, retry_delay=0.001)
+        assert "held it for longer than 0.05 s (OMETER_LEDGER_WAIT)" in str(e.value)
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()

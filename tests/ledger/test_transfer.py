@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import shlex
 import sqlite3
 import threading
 from dataclasses import replace
@@ -34,6 +35,7 @@ from ollama_meter.ledger._types import to_us
 from ollama_meter.meter import SpanRecord, new_span_row_id, reprice
 from ollama_meter.periods import parse_period
 from ollama_meter.pricing import PriceBook
+from ollama_meter.records import MAX_CALL_COST, MAX_DURATION_NS
 from ollama_meter.reports import chargeback, perf_report, spend_report, to_csv
 from tests.factories import make_span, token_prices
 
@@ -151,10 +153,12 @@ def test_cli_import_from_stdin_and_a_file(cli, tmp_path: Path) -> None:  # type:
         (lambda d: d.update(started_at="2026-11-01T10:00:00"), "has no time zone"),
         (lambda d: d.update(cost="1.5"), "cost '1.5' is not an amount with six decimals"),
         (lambda d: d.update(cost=1.5), "Expected `str`, got `float`"),
+        (lambda d: d.update(cost="²2.000000"), "cost '²2.000000' is not an amount with six"),
+        (lambda d: d.update(cost="١.٠٠٠٠٠٠"), "cost '١.٠٠٠٠٠٠' is not an amount with six"),
         (lambda d: d.update(department="sa les"), "department 'sa les' has characters"),
         (lambda d: d.update(id="x"), "id 'x' is not a span id"),
         (lambda d: d.update(currency="usd"), "currency 'usd' is not a 3-letter code"),
-        (lambda d: d.update(input_tokens=-1), "input_tokens -1 is out of range"),
+        (lambda d: d.update(input_tokens=-1), "input_tokens -1 is not a count from 0 to"),
         (lambda d: d.update(upstream_host="h\x1b[31m"), "upstream_host 'h\\x1b[31m'"),
         (lambda d: d.pop("tenant"), "missing required field `tenant`"),
     ],
@@ -183,8 +187,11 @@ _printable = st.characters(
     include_characters=" ",
 )
 _text = st.text(_printable, max_size=12)
-_nanos = st.none() | st.integers(0, 2**63 - 1)
-_money = st.integers(0, 10**18)
+_nanos = st.none() | st.integers(0, MAX_DURATION_NS)
+_money = st.integers(0, MAX_CALL_COST // 4)
+_content = st.none() | st.text(
+    st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=20
+)
 _DURATION_FIELDS = [f"{name}_ns" for name in ("total_duration", "load_duration",
     "prompt_eval_duration", "eval_duration", "latency", "ttft", "queue")]  # fmt: skip
 
@@ -210,7 +217,7 @@ _DURATION_FIELDS = [f"{name}_ns" for name in ("total_duration", "load_duration",
             "stream": st.booleans(),
             "status": _text,
             "error_type": st.none() | _text,
-            "error_message": st.none() | st.text(max_size=20),
+            "error_message": _content,
             "http_status": st.none() | st.integers(100, 599),
             "done_reason": st.none() | _text,
             "input_tokens": st.integers(0, 2**31 - 1),
@@ -218,12 +225,12 @@ _DURATION_FIELDS = [f"{name}_ns" for name in ("total_duration", "load_duration",
             "token_source": _text,
             "duration_source": st.none() | _text,
             **dict.fromkeys(_DURATION_FIELDS, _nanos),
-            **{f"cost_{part}": _money for part in ("tokens", "compute", "energy", "fee", "total")},
+            **{f"cost_{part}": _money for part in ("tokens", "compute", "energy", "fee")},
             "currency": st.from_regex(r"[A-Z]{3}", fullmatch=True),
             "price_rule_id": st.none() | st.integers(1, 2**31 - 1),
             "unpriced": st.booleans(),
-            "prompt": st.none() | st.text(max_size=20),
-            "reply": st.none() | st.text(max_size=20),
+            "prompt": _content,
+            "reply": _content,
         }
     ),
     ended=st.none() | st.integers(0, 10**12),
@@ -235,6 +242,8 @@ def test_every_field_comes_back_from_its_line(fields: dict[str, object], ended: 
     fields["ended_at"] = None if ended is None else started + timedelta(microseconds=ended)
     if fields["response_model"] == fields["request_model"]:
         fields["response_model"] = None  # what an export from before response_model reads as
+    parts = ("tokens", "compute", "energy", "fee")
+    fields["cost_total"] = sum(int(fields[f"cost_{part}"]) for part in parts)  # type: ignore[call-overload]
     span = make_span(**fields)
     assert span_from_line(json.dumps(span_to_dict(span)).encode()) == span
     assert span_from_line(json.dumps(span_to_dict(span)).encode()) == span  # read from the caches
@@ -388,9 +397,15 @@ def test_backup_of_postgresql_prints_pg_dump(cli) -> None:  # type: ignore[no-un
     done = cli("db", "backup", "/srv/x.dump", "--db", url)
     assert done.code == 2
     assert done.stdout == (
-        "pg_dump --format=custom --file /srv/x.dump 'postgresql://meter@db.example:5433/ometer'\n"
+        "pg_dump --format=custom --file /srv/x.dump postgresql://meter@db.example:5433/ometer\n"
     )
     assert "PGPASSWORD" in done.stderr and "s3cret" not in done.stdout + done.stderr
+    # it is meant to be pasted: a file name or a URL with a shell's characters stays one word
+    hostile = "/srv/my x.dump; touch pwned '$(id)'"
+    url += "?sslmode=require&application_name=a'b"
+    pasted = shlex.split(cli("db", "backup", hostile, "--db", url).stdout)
+    assert pasted[:4] == ["pg_dump", "--format=custom", "--file", hostile] and len(pasted) == 5
+    assert pasted[4].startswith("postgresql://meter@db.example:5433/ometer?")
 
 
 def test_reprice_moves_the_rollups_with_the_spans(db_url: str) -> None:

@@ -1,0 +1,289 @@
+"""One line of an export read back into a span: every field checked, nothing stored half-right.
+
+A line may hold only what the ledger stores unchanged: the records' limits
+(``make_storable``'s) on names, texts, counts and durations, times within the
+dates ometer works with, and money that is the sum of its parts and at most
+what one call can cost. Anything else is a ValueError saying which field and why.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from datetime import UTC, datetime, time, timedelta
+
+import msgspec
+
+from ollama_meter._names import name_problem
+from ollama_meter.periods import FIRST_DAY, LAST_DAY
+from ollama_meter.records import (
+    MAX_CALL_COST,
+    MAX_DURATION_NS,
+    MAX_TAG_KEY,
+    MAX_TAG_VALUE,
+    MAX_TOKENS,
+    TEXT_LIMITS,
+    SpanRecord,
+    format_micros,
+)
+
+
+class _Parts(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    tokens: str
+    compute: str
+    energy: str
+    fee: str
+
+
+class _Durations(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    total: int | None = None
+    load: int | None = None
+    prompt_eval: int | None = None
+    eval: int | None = None
+    latency: int | None = None
+    ttft: int | None = None
+    queue: int | None = None
+
+
+class _Line(msgspec.Struct, gc=False):
+    """One exported span. Unknown keys are ignored: a newer export still imports."""
+
+    id: str
+    started_at: str
+    tenant: str
+    department: str
+    request_model: str
+    operation: str
+    source: str
+    status: str
+    cost: str
+    cost_parts: _Parts
+    currency: str
+    upstream_host: str
+    trace_id: str
+    otel_span_id: str
+    stream: bool = False
+    ended_at: str | None = None
+    user: str | None = None
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
+    model: str | None = None
+    response_model: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    http_status: int | None = None
+    done_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    token_source: str = "reported"
+    unpriced: bool = False
+    price_rule_id: int | None = None
+    durations_ns: _Durations = _Durations()
+    duration_source: str | None = None
+    prompt: str | None = None
+    reply: str | None = None
+
+
+_DECODER = msgspec.json.Decoder(_Line)
+_ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+# What a line may hold is what the ledger stores unchanged: the limits of the records
+# (``make_storable``'s), refused here rather than cut, so a span comes back as it left.
+_NAMES = tuple((what, TEXT_LIMITS[what]) for what in ("tenant", "department", "user"))
+_TEXTS = tuple(
+    (what, TEXT_LIMITS[what])
+    for what in (
+        "request_model", "response_model", "operation", "source", "status", "error_type",
+        "done_reason", "token_source", "duration_source", "upstream_host",
+    )
+)  # fmt: skip
+_IDS = (("trace_id", TEXT_LIMITS["trace_id"]), ("otel_span_id", TEXT_LIMITS["span_id"]))
+_CONTENT = tuple((what, TEXT_LIMITS[what]) for what in ("error_message", "prompt", "reply"))
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""NUL and lone surrogates: no backend stores them (the meter makes them U+FFFD)."""
+_EARLIEST = datetime.combine(FIRST_DAY, time(), UTC)
+_LATEST = datetime.combine(LAST_DAY + timedelta(days=1), time(), UTC)
+_COUNTS = ("input_tokens", "output_tokens")
+_DURATIONS = ("total", "load", "prompt_eval", "eval", "latency", "ttft", "queue")
+_DURATION_VALUES = operator.attrgetter(*_DURATIONS)
+_LABELS = operator.attrgetter("currency", *(what for what, _ in (*_NAMES, *_TEXTS)))
+_checked: set[tuple[str | None, ...]] = set()
+"""Label tuples (currency, names, models, hosts...) already found valid: they repeat on every line."""
+
+
+_amounts: dict[str, int] = {}
+"""Amounts already read: most cost parts are one of a few values (zero above all)."""
+
+
+def _micros(value: str, what: str) -> int:
+    micros = _amounts.get(value)
+    if micros is None:
+        micros = _read_micros(value, what)
+        if len(_amounts) >= 100_000:
+            _amounts.clear()
+        _amounts[value] = micros
+    return micros
+
+
+def _read_micros(value: str, what: str) -> int:
+    whole, dot, fraction = value.partition(".")
+    if not (
+        dot
+        and len(fraction) == 6
+        and 0 < len(whole) <= 13
+        and value.isascii()  # str.isdigit() takes superscripts and other scripts' digits too
+        and whole.isdigit()
+        and fraction.isdigit()
+    ):
+        raise ValueError(f"{what} {value!r} is not an amount with six decimals, e.g. 0.031000")
+    micros = int(whole) * 1_000_000 + int(fraction)
+    if micros > MAX_CALL_COST:
+        raise ValueError(
+            f"{what} {value} is more than one call can cost ({format_micros(MAX_CALL_COST)})"
+        )
+    return micros
+
+
+def _moment(value: str, what: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{what} {value!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{what} {value!r} has no time zone; times are UTC, e.g. ...Z")
+    try:
+        moment = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+        if _EARLIEST <= moment < _LATEST:
+            return moment
+    except OverflowError:  # an offset that carries it past year 1 or 9999
+        pass
+    raise ValueError(
+        f"{what} {value!r} is outside the times ometer works with ({FIRST_DAY} to {LAST_DAY} UTC)"
+    )
+
+
+def _check_labels(d: _Line) -> None:
+    for what, limit in _NAMES:
+        value = getattr(d, what)
+        if value is not None and (problem := name_problem(value, limit=limit)):
+            raise ValueError(f"{what} {problem}")
+    for what, limit in _TEXTS:
+        value = getattr(d, what)
+        if value is not None and (len(value) > limit or not value.isprintable()):
+            raise ValueError(f"{what} {value!r} is longer than {limit} or not printable")
+    if not _CURRENCY.fullmatch(d.currency):
+        raise ValueError(f"currency {d.currency!r} is not a 3-letter code like USD")
+
+
+def _check(d: _Line) -> None:
+    """Refuse what the ledger would store wrong: bad names, odd strings, impossible numbers."""
+    if not _ULID.fullmatch(d.id):
+        raise ValueError(f"id {d.id!r} is not a span id (26 characters, Crockford base32)")
+    labels = _LABELS(d)
+    if labels not in _checked:
+        _check_labels(d)
+        if len(_checked) >= 100_000:
+            _checked.clear()
+        _checked.add(labels)
+    for what, limit in _IDS:
+        value = getattr(d, what)
+        if len(value) > limit or not value.isprintable():
+            raise ValueError(f"{what} {value!r} is longer than {limit} or not printable")
+    for what, limit in _CONTENT:
+        value = getattr(d, what)
+        if value is not None and (len(value) > limit or _UNSTORABLE.search(value)):
+            raise ValueError(f"{what} is longer than {limit} or holds a NUL or lone surrogate")
+    if d.tags:
+        _check_tags(d.tags)
+    if not (0 <= d.input_tokens <= MAX_TOKENS and 0 <= d.output_tokens <= MAX_TOKENS):
+        for what in _COUNTS:
+            if not 0 <= getattr(d, what) <= MAX_TOKENS:
+                raise ValueError(f"{what} {getattr(d, what)} is not a count from 0 to {MAX_TOKENS}")
+    for what, value in zip(_DURATIONS, _DURATION_VALUES(d.durations_ns), strict=True):
+        if value is not None and not 0 <= value <= MAX_DURATION_NS:
+            raise ValueError(
+                f"durations_ns.{what} {value} is not from 0 to {MAX_DURATION_NS:,} ns (11 days)"
+            )
+    if d.http_status is not None and not 100 <= d.http_status <= 999:
+        raise ValueError(f"http_status {d.http_status} is not an HTTP status (100 to 999)")
+    if d.price_rule_id is not None and not 0 < d.price_rule_id < 2**31:
+        raise ValueError(f"price_rule_id {d.price_rule_id} is not a price rule id")
+
+
+def _check_tags(tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        if len(key) > MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
+            raise ValueError(
+                f"tag {key[:80]!r} is longer than {MAX_TAG_KEY} characters "
+                f"or its value longer than {MAX_TAG_VALUE}"
+            )
+        if _UNSTORABLE.search(key + value):
+            raise ValueError(f"tag {key[:80]!r} holds a NUL or a lone surrogate")
+
+
+def span_from_line(line: bytes) -> SpanRecord:
+    """The span an export line describes; ValueError saying what is wrong otherwise."""
+    try:
+        d = _DECODER.decode(line)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if d.response_model is None and d.model is not None and d.model != d.request_model:
+        d.response_model = d.model  # an export from before response_model was its own key
+    _check(d)
+    started = _moment(d.started_at, "started_at")
+    ended = None if d.ended_at is None else _moment(d.ended_at, "ended_at")
+    if ended is not None and ended < started:
+        raise ValueError(f"ended_at {d.ended_at} is before started_at {d.started_at}")
+    durations, parts = d.durations_ns, d.cost_parts
+    tokens = _micros(parts.tokens, "cost_parts.tokens")
+    compute = _micros(parts.compute, "cost_parts.compute")
+    energy = _micros(parts.energy, "cost_parts.energy")
+    fee = _micros(parts.fee, "cost_parts.fee")
+    total = _micros(d.cost, "cost")
+    if total != tokens + compute + energy + fee:
+        raise ValueError(f"cost {d.cost} is not the sum of its cost_parts")
+    # By position, in SpanRecord's field order: a call with 41 keywords costs twice as much.
+    return SpanRecord(
+        d.id,
+        d.trace_id,
+        d.otel_span_id,
+        started,
+        d.tenant,
+        d.department,
+        d.source,
+        d.operation,
+        d.upstream_host,
+        d.request_model,
+        d.stream,
+        d.currency,
+        d.user,
+        d.tags,
+        ended,
+        d.response_model,
+        d.status,
+        d.error_type,
+        d.error_message,
+        d.http_status,
+        d.done_reason,
+        d.input_tokens,
+        d.output_tokens,
+        d.token_source,
+        durations.total,
+        durations.load,
+        durations.prompt_eval,
+        durations.eval,
+        d.duration_source,
+        durations.latency,
+        durations.ttft,
+        durations.queue,
+        tokens,
+        compute,
+        energy,
+        fee,
+        total,
+        d.price_rule_id,
+        d.unpriced,
+        d.prompt,
+        d.reply,
+    )

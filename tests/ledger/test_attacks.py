@@ -1,0 +1,346 @@
+"""The ledger's bulk paths under attack: hostile import lines, imports after a prune, a
+rebuild that dies half way.
+
+A line either becomes a span the ledger stores unchanged (what the meter's own
+``make_storable`` would leave alone, times a calendar can cut, money that sums in
+64 bits) or is refused with a ValueError saying why; never any other exception.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ollama_meter.errors import LedgerError
+from ollama_meter.ledger import (
+    Ledger,
+    SpanFilter,
+    export_lines,
+    import_lines,
+    prune,
+    rebuild,
+    span_from_line,
+    span_to_dict,
+)
+from ollama_meter.ledger._meta import pruned_before
+from ollama_meter.ledger._spans import insert_spans
+from ollama_meter.records import (
+    MAX_CALL_COST,
+    MAX_DURATION_NS,
+    MAX_TAG_KEY,
+    MAX_TAG_VALUE,
+    MAX_TOKENS,
+    TEXT_LIMITS,
+    Stored,
+    format_micros,
+    make_storable,
+)
+from tests.factories import make_span
+from tests.ledger.test_transfer import NOW, _monthly, _spans, _tables
+
+BASE = span_to_dict(
+    make_span(
+        ended_at=datetime(2026, 11, 10, 12, 0, 2, tzinfo=UTC),
+        tags={"job": "nightly"},
+        cost_tokens=31_000,
+        cost_total=31_000,
+        http_status=200,
+    )
+)
+DURATIONS = (
+    "total_duration_ns", "load_duration_ns", "prompt_eval_duration_ns", "eval_duration_ns",
+    "latency_ns", "ttft_ns", "queue_ns",
+)  # fmt: skip
+PATHS = [(key,) for key in BASE if key not in ("cost_parts", "durations_ns")] + [
+    (group, key) for group in ("cost_parts", "durations_ns") for key in BASE[group]
+]
+PATHS += [("model",), ("prompt",), ("reply",), ("tags", "k")]
+
+EPOCH, Y9999 = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
+_huge = st.integers(-(2**70), 2**70)
+_edges = st.sampled_from(
+    [
+        -1, 0, 99, 1000, 2**31, 2**63, MAX_TOKENS + 1, MAX_DURATION_NS + 1, MAX_CALL_COST + 1,
+        "9999999999999.999999", format_micros(MAX_CALL_COST + 1), "0.000001", "-0.000001",
+        "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-05:00", "1969-12-31T23:59:59Z",
+        "9999-01-01T00:00:00Z", "9998-12-31T23:59:59-00:01", "2026-11-10T11:59:59Z", "2026-11-10T12:00:00+14:00",
+        "\x1b[31mred", "a\x00b", "x" * 70_000, "\ud800", "é" * 300, float("nan"),
+        float("inf"), 1.5, True, None, [], {}, {"k": "v\x00"}, {"k" * 65: "v"},
+        {"k": "v" * 257},
+    ]
+)  # fmt: skip
+hostile = st.one_of(_edges, _huge, st.text(max_size=300), st.floats(), st.booleans())
+
+
+def _assert_storable(span: Any) -> None:
+    assert make_storable(replace(span, tags=dict(span.tags))) == span
+    assert EPOCH <= span.started_at <= (span.ended_at or span.started_at) < Y9999
+    parts = (span.cost_tokens, span.cost_compute, span.cost_energy, span.cost_fee)
+    assert span.cost_total == sum(parts) and 0 <= max(*parts, span.cost_total) <= MAX_CALL_COST
+    assert span.price_rule_id is None or 0 < span.price_rule_id < 2**31
+
+
+@settings(max_examples=600, deadline=None)
+@given(changes=st.lists(st.tuples(st.sampled_from(PATHS), hostile), min_size=1, max_size=3))
+def test_any_line_is_stored_as_it_is_or_refused_saying_why(
+    changes: list[tuple[tuple[str, ...], object]],
+) -> None:
+    line = copy.deepcopy(BASE)
+    for path, value in changes:
+        where = line
+        for key in path[:-1]:
+            if not isinstance(where.get(key), dict):
+                where[key] = {}
+            where = where[key]
+        where[path[-1]] = value
+    raw = json.dumps(line, allow_nan=True).encode()
+    try:
+        span = span_from_line(raw)
+    except ValueError as exc:
+        refused = str(exc)
+    else:
+        _assert_storable(span)
+        assert span_from_line(json.dumps(span_to_dict(span)).encode()) == span
+        return
+    assert refused and "\n" not in refused
+
+
+def test_the_largest_values_a_line_may_hold_are_stored_summed_and_rebuilt(db_url: str) -> None:
+    """Spans at every bound import (SQLite and PostgreSQL), sum in the rollups without overflow,
+    and the rollups rebuilt from them are the ones kept as they arrived."""
+    at = datetime(2026, 11, 10, 23, 50, tzinfo=UTC)
+    widest = make_span(
+        started_at=at,
+        ended_at=at + timedelta(microseconds=MAX_DURATION_NS // 1000),
+        user="u" * TEXT_LIMITS["user"],
+        tags={"k" * MAX_TAG_KEY: "é" * MAX_TAG_VALUE},
+        request_model="m" * TEXT_LIMITS["request_model"],
+        response_model="ü" * TEXT_LIMITS["response_model"],
+        upstream_host="h" * TEXT_LIMITS["upstream_host"],
+        error_message="\x1b[31m" + "ä" * (TEXT_LIMITS["error_message"] - 5),
+        http_status=999,
+        input_tokens=MAX_TOKENS,
+        output_tokens=MAX_TOKENS,
+        **dict.fromkeys(DURATIONS, MAX_DURATION_NS),
+        cost_tokens=MAX_CALL_COST,
+        cost_total=MAX_CALL_COST,
+        price_rule_id=2**31 - 1,
+    )
+    spans = [
+        replace(widest, id=make_span(started_at=at + timedelta(minutes=n)).id) for n in range(20)
+    ]
+    spans += [
+        make_span(started_at=datetime(1970, 1, 1, tzinfo=UTC)),
+        make_span(started_at=datetime(9998, 12, 31, 23, 59, tzinfo=UTC)),
+    ]
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    lines = [json.dumps(span_to_dict(s)).encode() for s in spans]
+    assert import_lines(ledger, lines).added == len(spans)
+    window = SpanFilter(since=at, until=at + timedelta(days=30))
+    [sums] = ledger.spend(window)
+    assert sums.cost == 20 * MAX_CALL_COST and sums.input_tokens == 20 * MAX_TOKENS
+    kept = _tables(ledger)
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
+
+
+def test_an_export_imported_back_after_a_prune_counts_nothing_twice(
+    db_url: str, cli: Any, tmp_path: Path
+) -> None:
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.record(_spans())
+    lines = list(export_lines(ledger))
+    cutoff = prune(ledger, 30, now=NOW).cutoff
+    before = sum(1 for line in lines if span_from_line(line).started_at < cutoff)
+    kept, bills = _tables(ledger), [_monthly(ledger, m) for m in ("2026-10", "2026-11")]
+    (tmp_path / "all.jsonl").write_bytes(b"".join(lines))
+    again = cli("db", "import", str(tmp_path / "all.jsonl"), "--db", db_url)
+    assert again.code == 0, again.stderr
+    assert "imported 0 span(s) into" in again.stdout
+    assert f"skipped {before} span(s) that started before {cutoff:%Y-%m-%d %H:%M}" in again.stderr
+    assert _tables(ledger) == kept
+    assert [_monthly(ledger, m) for m in ("2026-10", "2026-11")] == bills
+    # another ledger's spans of the pruned days go in when asked, once
+    theirs = [s for s in _spans(40, seed=1) if s.started_at < cutoff]
+    other = [json.dumps(span_to_dict(s)).encode() for s in theirs]
+    assert import_lines(ledger, other).pruned == len(theirs)
+    assert import_lines(ledger, other, pruned_too=True).added == len(theirs)
+    assert import_lines(ledger, other, pruned_too=True).present == len(theirs)
+    [sums] = ledger.spend(SpanFilter(since=datetime(2026, 10, 1, tzinfo=UTC), until=cutoff))
+    assert sums.requests == before + len(theirs)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_zone_change_that_dies_half_way_is_finished_by_the_next_open(db_url: str) -> None:
+    """``db rollup --zone`` killed after a few days left cells of two zones mixed, and reports
+    said nothing for the days not yet redone; the next process to open the ledger finishes it."""
+    ledger = Ledger(db_url)
+    ledger.record(_spans(300))
+    before = {month: _monthly(ledger, month) for month in ("2026-10", "2026-11")}
+    days = 0
+
+    def die_after_ten(_day: int) -> None:
+        nonlocal days
+        days += 1
+        if days == 10:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        rebuild(ledger.write, ledger.read, zone="Europe/Berlin", progress=die_after_ten)
+    ledger.dispose()
+    reopened = Ledger(db_url)
+    assert reopened.zone() == "Europe/Berlin"
+    assert {month: _monthly(reopened, month) for month in ("2026-10", "2026-11")} == before
+
+
+def test_spans_spooled_under_a_wrong_user_are_recorded_once_the_url_is_right(
+    pg_server: str | None,
+) -> None:
+    """The spool of a server ledger belongs to the database, not to the credentials in its URL:
+    spans spooled while the URL had a wrong user or password (the outage) are recorded by the
+    process started with the right one (the recovery)."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import _fresh_pg_database
+
+    right = _fresh_pg_database(pg_server)
+    Ledger(right).dispose()  # the schema exists; the wrong URL only fails to log in
+    wrong = make_url(right).set(username="nobody", password="wrong").render_as_string(False)
+    spans = [make_span(), make_span()]
+    broken = Ledger(wrong, migrate=False, wait=0.2)
+    assert set(broken.record(spans).values()) == {Stored.SPOOLED}
+    broken.dispose()
+    fixed = Ledger(right)
+    assert {s.id for s in fixed.latest(SpanFilter(), 10)} == {s.id for s in spans}
+
+
+def test_a_spool_named_after_the_whole_url_moves_to_its_database_folder() -> None:
+    import hashlib
+
+    from ollama_meter._paths import default_data_dir
+    from ollama_meter.ledger._durable import default_spool_dir
+    from ollama_meter.ledger._spool import Spool
+
+    url = "postgresql+psycopg://meter:s3cret@127.0.0.1:1/ometer?sslmode=require"
+    legacy = default_data_dir() / "spool" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    Spool(legacy).put([make_span()])
+    folder = default_spool_dir(url)
+    assert not legacy.exists() and len(Spool(folder).pending()) == 1
+    assert default_spool_dir("postgresql://other:pw@127.0.0.1:1/ometer") == folder
+    assert default_spool_dir("postgresql+psycopg://meter:s3cret@127.0.0.1:1/other") != folder
+
+
+def test_keeping_more_days_than_there_have_been_prunes_nothing(cli: Any, tmp_path: Path) -> None:
+    """``--keep-days`` (or ``OMETER_KEEP_DAYS``) reaching back before 1970 keeps everything; a
+    million days was an 'unexpected OverflowError'."""
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    ledger = Ledger(db, zone="Europe/Berlin")
+    ledger.record(_spans(20))
+    for days in (20_000 * 365, 10**6, 10**12):
+        done = cli("db", "prune", "--keep-days", str(days), "--db", db)
+        assert done.code == 0 and "removed 0 span(s) started before 1970-01-01" in done.stdout
+    assert ledger.count() == 20 and prune(ledger, 10**30, now=NOW).removed == 0
+    with ledger.read() as conn:
+        assert pruned_before(conn) is None
+
+
+def test_a_backup_is_never_written_over_the_ledger_or_its_wal(cli: Any, tmp_path: Path) -> None:
+    """The copy is renamed into place: over ``ledger.db-wal`` it replaced the live WAL."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(f"sqlite:///{path}")
+    ledger.record(_spans(5))
+    (tmp_path / "link.db").symlink_to(path)
+    for target in ("ledger.db", "link.db", "ledger.db-wal", "ledger.db-shm", "ledger.db-journal"):
+        done = cli("db", "backup", str(tmp_path / target), "--db", f"sqlite:///{path}")
+        assert done.code == 2 and "is the ledger itself or one of its files" in done.stderr
+    wal = tmp_path / "ledger.db-wal"
+    assert not wal.exists() or not wal.read_bytes().startswith(b"SQLite format 3")
+    assert not list(tmp_path.glob(".*.partial")) and ledger.count() == 5
+
+
+_anything = st.text(alphabet=st.characters(codec=None, categories=None), max_size=300)
+_TEXTS = (
+    "request_model", "response_model", "operation", "source", "status", "error_type",
+    "done_reason", "upstream_host", "trace_id", "span_id", "error_message", "prompt", "reply",
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    texts=st.fixed_dictionaries(dict.fromkeys(_TEXTS, _anything)),
+    tags=st.dictionaries(_anything, _anything, max_size=3),
+    counts=st.tuples(_huge, _huge, st.none() | _huge, _huge),
+)
+def test_whatever_the_meter_stores_exports_and_imports_back_the_same(
+    texts: dict[str, str], tags: dict[str, str], counts: tuple[int, int, int | None, int]
+) -> None:
+    """A hostile client's model name, Ollama's error text, tags from headers: whatever a call
+    brings, the span the meter stores is one that export and import carry over unchanged (a
+    span import refused stopped every `db export | db import` at its line)."""
+    span = make_span(
+        **texts,
+        tags=tags,
+        input_tokens=counts[0],
+        output_tokens=counts[1],
+        eval_duration_ns=counts[2],
+        http_status=counts[3],
+    )
+    make_storable(span)
+    assert span_from_line(json.dumps(span_to_dict(span)).encode()) == span
+
+
+def test_a_span_an_older_ometer_kept_with_an_escape_still_moves(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Before labels were stored printable, a model name could keep its escape: the export
+    gives it as the meter stores it now, so the import takes it."""
+    old = make_span(request_model="llama\x1b[2J", upstream_host="h\x07")
+    source = Ledger(f"sqlite:///{tmp_path / 'old.db'}")
+    with source.write() as conn:  # as an older meter wrote it: not made storable first
+        insert_spans(conn, [old])
+    target = Ledger(db_url)
+    assert import_lines(target, export_lines(source)).added == 1
+    [moved] = target.latest(SpanFilter())
+    assert (moved.request_model, moved.upstream_host) == ("llama\ufffd[2J", "h\ufffd")
+
+
+def test_an_import_the_database_stops_half_way_says_to_run_it_again(tmp_path: Path) -> None:
+    """Another process takes the write lock after the first batch: the error says how far it
+    got and that running it again is safe; run again, every span is there once."""
+    import sqlite3
+
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(f"sqlite:///{path}", wait=0.1, retry_delay=0.01)
+    lines = [json.dumps(span_to_dict(s)).encode() for s in _spans(10)]
+    blocker = sqlite3.connect(path, isolation_level=None)
+
+    def lock(_count: int) -> None:
+        if not blocker.in_transaction:
+            blocker.execute("BEGIN EXCLUSIVE")
+
+    with pytest.raises(LedgerError) as stopped:
+        import_lines(ledger, lines, batch=4, progress=lock)
+    assert "database is locked" in str(stopped.value)
+    assert "the 4 span(s) before this batch are recorded: run the same import again" in str(
+        stopped.value
+    )
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    again = import_lines(ledger, lines, batch=4)
+    assert (again.added, again.present) == (6, 4) and ledger.count() == 10
+    kept = _tables(ledger)
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
