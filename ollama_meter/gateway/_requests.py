@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
@@ -316,7 +317,9 @@ def parse_request(path: str, raw: bytes) -> MeteredRequest:
     """Check ``raw`` as a body of ``path``'s documented shape; raises :class:`BadRequest`."""
     shape = OLLAMA_ROUTES.get(path) or OPENAI_ROUTES[path]
     try:
-        body = json.loads(raw, parse_constant=_not_json) if raw.strip() else None
+        body = (
+            json.loads(raw, parse_constant=_not_json, parse_float=_finite) if raw.strip() else None
+        )
     except RecursionError:
         raise BadRequest("the JSON body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -369,6 +372,14 @@ def _where(loc: tuple[int | str, ...]) -> str:
 
 def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one past a float's range is refused, as Ollama's decoder does."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large for Ollama to read")
+    return value
 
 
 def _explain(exc: PydanticError) -> str:

@@ -14,6 +14,8 @@ import httpx
 import ollama
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import ERROR_500, ERROR_MIDSTREAM, Fault, OllamaEmulator
@@ -71,6 +73,40 @@ def test_malformed_bodies_are_400_in_the_routes_format_each_with_a_span(
         ("error", "bad_request", 400)
     }
     assert emulator.requests_to("/api/chat") == []  # nothing malformed reached Ollama
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    where=st.sampled_from(
+        [
+            ("/api/chat", ("options", "num_predict")),
+            ("/api/generate", ("options", "temperature")),
+            ("/v1/chat/completions", ("max_tokens",)),
+            ("/api/chat", ("x_custom",)),
+        ]
+    ),
+    exponent=st.integers(309, 100_000),
+)
+def test_a_number_past_what_a_float_holds_is_a_400_not_infinity_sent_on(
+    sqlite_app: Gateway, emulator: OllamaEmulator, where: tuple[str, tuple[str, ...]], exponent: int
+) -> None:
+    """JSON has no infinity: ``1e400`` read as one would reach Ollama (or a bound) as ``Infinity``."""
+    path, keys = where
+    body: dict[str, Any] = {"model": "llama3.1:8b", "messages": HI, "prompt": "hi"}
+    placeholder = 123456789.5
+    *parents, last = keys
+    inner = body
+    for key in parents:
+        inner = inner.setdefault(key, {})
+    inner[last] = placeholder
+    raw = json.dumps(body).replace(repr(placeholder), f"1e{exponent}").encode()
+    emulator.reset()
+    reply = sqlite_app.client.post(path, content=raw)
+    assert reply.status_code == 400, reply.text
+    assert error_of(reply).startswith(f"invalid JSON body: the number 1e{exponent}"[:60])
+    assert emulator.requests == []
 
 
 def test_unknown_fields_pass_through_untouched(
