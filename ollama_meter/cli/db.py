@@ -1,5 +1,6 @@
 """``ometer db ...``: the ledger itself: schema, rollups, export and import, retention, backup."""
 
+import functools
 import io
 import sys
 import time
@@ -114,8 +115,11 @@ def export_command(
 def _counted(stream: BinaryIO, advance: Callable[[int], object]) -> Iterator[bytes]:
     """The stream's lines, telling ``advance`` how many bytes went by every megabyte or so
     (the bar moves as often as the eye can see; per line it cost more than the parsing)."""
+    from ollama_meter.ledger import MAX_LINE_BYTES
+
     read = 0
-    for line in stream:
+    # A line longer than any export's is cut at the limit (and refused), not read whole.
+    for line in iter(functools.partial(stream.readline, MAX_LINE_BYTES + 1), b""):
         read += len(line)
         if read >= 1 << 20:
             advance(read)

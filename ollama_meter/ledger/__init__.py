@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     )
     from ollama_meter.ledger._keys import KEY_PREFIX, ApiKey
     from ollama_meter.ledger._ledger import Ledger, close_ledger, close_ledgers, open_ledger
-    from ollama_meter.ledger._line import span_from_line
+    from ollama_meter.ledger._line import MAX_LINE_BYTES, span_from_line
     from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, upgrade
     from ollama_meter.ledger._plan import raw_spans
     from ollama_meter.ledger._rebuild import rebuild
@@ -39,7 +39,7 @@ _NAMES = {
     "._cells": "COLD_LOAD_NS Metric",
     "._jsonl": "ImportSummary export_lines import_lines iso_utc span_to_dict",
     "._keys": "KEY_PREFIX ApiKey",
-    "._line": "span_from_line",
+    "._line": "MAX_LINE_BYTES span_from_line",
     "._ledger": "Ledger close_ledger close_ledgers open_ledger",
     "._migrate": "HEAD_REVISION current_revision upgrade",
     "._plan": "raw_spans",
@@ -60,6 +60,7 @@ __all__ = [
     "GROUPS",
     "HEAD_REVISION",
     "KEY_PREFIX",
+    "MAX_LINE_BYTES",
     "ApiKey",
     "FailureCount",
     "HistogramResult",

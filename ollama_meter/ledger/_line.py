@@ -84,6 +84,9 @@ class _Line(msgspec.Struct, gc=False):
 
 
 _DECODER = msgspec.json.Decoder(_Line)
+MAX_LINE_BYTES = 64 * 2**20
+"""No export line is longer (prompt and reply hold a million characters each): a longer
+one is refused after this much is read, not read whole into memory."""
 _ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 # What a line may hold is what the ledger stores unchanged: the limits of the records
@@ -222,6 +225,8 @@ def _check_tags(tags: dict[str, str]) -> None:
 
 def span_from_line(line: bytes) -> SpanRecord:
     """The span an export line describes; ValueError saying what is wrong otherwise."""
+    if len(line) > MAX_LINE_BYTES:
+        raise ValueError(f"longer than {MAX_LINE_BYTES >> 20} MiB, which no export line is")
     try:
         d = _DECODER.decode(line)
     except msgspec.ValidationError as exc:

@@ -20,6 +20,7 @@ from sqlalchemy import select, text
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import (
+    MAX_LINE_BYTES,
     Ledger,
     SpanFilter,
     export_lines,
@@ -177,6 +178,22 @@ def test_a_bad_line_is_refused_with_its_number(
     assert ledger.count() == 2
     with pytest.raises(ValueError, match="not JSON"):
         span_from_line(b"{nope")
+
+
+def test_a_line_longer_than_any_export_is_refused_without_reading_it_whole(
+    cli, sqlite_url: str, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A file that is no export (a disk image, a 2 GB line): cut at the limit, refused by number."""
+    good = [json.dumps(span_to_dict(s)).encode() + b"\n" for s in _spans(3)]
+    path = tmp_path / "huge.jsonl"
+    with path.open("wb") as file:
+        file.writelines(good[:2])
+        file.write(b"x" * (MAX_LINE_BYTES + 10))  # and no newline
+        file.write(b"\n" + good[2])
+    done = cli("db", "import", str(path), "--db", sqlite_url)
+    assert done.code == 2
+    assert "line 3: longer than 64 MiB, which no export line is" in done.stderr
+    assert Ledger(sqlite_url).count() == 2
 
 
 _name = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,15}", fullmatch=True)
