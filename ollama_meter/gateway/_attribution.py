@@ -8,9 +8,10 @@ header names, with no key vouching for it, is kept but tagged
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from starlette.datastructures import Headers
 
 from ollama_meter.config import Settings
+from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import ApiKey
 from ollama_meter.meter import Attribution
 
@@ -26,7 +27,7 @@ class Forbidden(Exception):
 
 
 def resolve(
-    headers: Mapping[str, str],
+    given: Headers,
     key: ApiKey | None,
     settings: Settings,
     *,
@@ -34,6 +35,7 @@ def resolve(
     default_user: str | None = None,
 ) -> Attribution:
     """Attribution for a call; raises :class:`Forbidden` or ``ValidationError`` (names)."""
+    headers = _once(given)
     if require_key and key is not None:
         # With keys required, the key decides: headers cannot move a call to another budget.
         tenant, department = key.tenant, key.department
@@ -57,3 +59,18 @@ def resolve(
     else:
         user, tags = named, UNVERIFIED
     return Attribution(tenant=tenant, department=department, user=user, tags=tags)
+
+
+def _once(headers: Headers) -> dict[str, str]:
+    """The attribution headers, each given at most once: two would charge the call to whichever
+    one a proxy on the way reads, so ``ValidationError``."""
+    found: dict[str, str] = {}
+    for name in (HEADER_TENANT, HEADER_DEPARTMENT, HEADER_USER):
+        values = headers.getlist(name)
+        if len(values) > 1:
+            raise ValidationError(
+                f"{name.title()} is given {len(values)} times; give it once, for one caller"
+            )
+        if values:
+            found[name] = values[0]
+    return found

@@ -323,3 +323,21 @@ def test_header_limit_and_trailers_in_the_http_protocol(
     assert answer.startswith(b"HTTP/1.1 200 OK")
     (span,) = spans(sqlite_gateway)
     assert span.department == "unassigned"
+
+
+@pytest.mark.parametrize("header", ["X-Ometer-Tenant", "X-Ometer-Department", "X-Ometer-User"])
+def test_an_attribution_header_given_twice_is_a_400_not_the_first_one_silently(
+    sqlite_app: Gateway, emulator: OllamaEmulator, header: str
+) -> None:
+    """A proxy on the way may read the other one: nobody can tell who the call is for."""
+    body = {"model": "llama3.1:8b", "messages": HI, "stream": False}
+    reply = sqlite_app.client.post(
+        "/api/chat", json=body, headers=[(header, "sales"), (header, "legal")]
+    )
+    assert reply.status_code == 400
+    assert error_of(reply) == f"{header} is given 2 times; give it once, for one caller"
+    (span,) = spans(sqlite_app)
+    assert (span.status, span.error_type, span.department) == ("error", "bad_request", "unassigned")
+    assert emulator.requests_to("/api/chat") == []
+    once = sqlite_app.client.post("/api/chat", json=body, headers={header: "sales"})
+    assert once.status_code == 200
