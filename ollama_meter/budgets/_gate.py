@@ -133,6 +133,7 @@ class BudgetGate:
         ``blocking`` False admits in memory only (an event loop's way): where the ledger
         is needed (budgets to load, a lease to renew or give back) it raises
         :class:`WouldBlock` having changed nothing that matters; ask again from a thread.
+        So it does while another thread holds the leases for a ledger transaction.
         """
         if blocking:
             covering = self.budgets_for(tenant, department)
@@ -145,7 +146,11 @@ class BudgetGate:
             if estimate.currency != budget.currency and estimate.amount > 0:
                 window = current_period(budget.period, tz=self.tz, now=now)
                 raise mismatch(budget, tenant, window, estimate, now)
-        with self._lock:
+        # The lock is held across ledger transactions (a renewal, the keeper's), which may
+        # wait seconds for another process's write lock: an event loop never waits for it.
+        if not self._lock.acquire(blocking=blocking):
+            raise WouldBlock("this process's budget leases are being written to the ledger")
+        try:
             if not blocking and self._idle(now):
                 raise WouldBlock("idle budget leases are given back in the ledger")
             self._release_idle(now)
@@ -159,6 +164,8 @@ class BudgetGate:
                 lease.in_flight[call_id] = estimate.amount
                 lease.last_used = self._clock()
             self._keep(now)
+        finally:
+            self._lock.release()
         keys = tuple((le.budget.id or 0, le.tenant, le.window.start) for le in leases)
         return Reservation(call_id, tuple(k[0] for k in keys), keys, estimate.amount)
 

@@ -1,0 +1,102 @@
+"""The budget gate under concurrency: an event loop never waits on a ledger transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ollama_meter._reloaded import WouldBlock
+from ollama_meter.budgets import Budget, BudgetGate, Estimate
+from ollama_meter.ledger import Ledger
+
+NOV = datetime(2026, 11, 10, 12, tzinfo=UTC)
+MONTH = datetime(2026, 11, 1, tzinfo=UTC)
+LIMIT = 10_000_000
+BOUND = Estimate(1_000_000, "USD")
+
+
+def _budget(ledger: Ledger, department: str) -> Budget:
+    return ledger.save_budget(
+        Budget(tenant="acme", department=department, period="month", limit=LIMIT, currency="USD")
+    )
+
+
+def _held(ledger: Ledger, budget: Budget) -> int:
+    with ledger.budget_snapshot() as store:
+        return int(store.held(budget.id or 0, "acme", MONTH, NOV))
+
+
+def _admit(gate: BudgetGate, call: str, department: str, *, blocking: bool = True) -> Any:
+    return gate.admit(
+        call_id=call,
+        tenant="acme",
+        department=department,
+        estimate=BOUND,
+        now=NOV,
+        blocking=blocking,
+    )
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(400):
+        if condition():
+            return
+        threading.Event().wait(0.025)
+    raise AssertionError(f"still not {what} after 10 s")
+
+
+@contextmanager
+def _write_locked(sqlite_url: str) -> Iterator[None]:
+    """Another process's write transaction on the SQLite ledger, for as long as the block runs."""
+    conn = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+def test_in_memory_admission_never_waits_on_a_ledger_transaction(sqlite_url: str) -> None:
+    """A thread renewing a lease holds the gate while the ledger is locked (another process
+    writes): the event loop's admission must not wait for that, it hands the call to a thread."""
+    ledger = Ledger(sqlite_url, wait=60.0)  # the renewal waits this long for the write lock
+    _budget(ledger, "sales")
+    support = _budget(ledger, "support")
+    gate = BudgetGate(ledger, tz=ZoneInfo("UTC"), lease_share=0.25, ttl=3600)
+    first = _admit(gate, "a", "sales")  # a lease with room for a few more sales calls
+    assert first is not None
+    outcome: dict[str, Any] = {}
+
+    def renew() -> None:
+        outcome["support"] = _admit(gate, "b", "support")
+
+    def in_memory() -> None:
+        try:
+            outcome["sales"] = _admit(gate, "c", "sales", blocking=False)
+        except WouldBlock as exc:
+            outcome["sales"] = exc
+
+    with _write_locked(sqlite_url):
+        renewing = threading.Thread(target=renew)
+        renewing.start()
+        _until(lambda: gate._lock.locked(), "renewing")
+        loop = threading.Thread(target=in_memory)
+        loop.start()
+        # Still inside the other process's transaction: the renewal cannot have finished.
+        _until(lambda: "sales" in outcome, "answered without the ledger")
+        assert "support" not in outcome
+    renewing.join(timeout=30)
+    loop.join(timeout=30)
+    assert outcome["support"] is not None  # the renewal went through once the ledger was free
+    assert _held(ledger, support) == LIMIT // 4  # a quarter of the room, for the support call
+    gate.settle(first)
+    gate.settle(outcome["support"])
+    if not isinstance(outcome["sales"], WouldBlock):
+        gate.settle(outcome["sales"])
+    gate.close()
