@@ -90,6 +90,8 @@ class BudgetGate:
         self._lock = threading.Lock()
         self._idle_release = idle_release
         self._keeper: threading.Thread | None = None
+        self._closed = False
+        """Shutting down: a lease goes back as soon as no call holds it."""
         self._seen = (datetime.min.replace(tzinfo=UTC), 0.0)
         """The last ``now`` a caller gave, and this clock's reading then: the keeper's time."""
         self.renewals = 0
@@ -218,11 +220,14 @@ class BudgetGate:
                     )
                 slice_ = max(need, int(room * self.lease_share))
                 sizes.append((lease, mine + slice_, spent))
-            for lease, amount, spent in sizes:
+            for lease, amount, _ in sizes:
                 self._write_lease(store, lease, amount, now)
-                lease.spent = spent
-                lease.used = 0
-                lease.stale = False
+        # Only what the ledger committed is this process's to admit against.
+        renewed = self._clock()
+        for lease, amount, spent in sizes:
+            lease.amount, lease.renewed, lease.spent = amount, renewed, spent
+            lease.used = 0
+            lease.stale = False
 
     def _write_lease(self, store: BudgetWrites, lease: Lease, amount: int, now: datetime) -> None:
         assert lease.budget.id is not None
@@ -234,8 +239,6 @@ class BudgetGate:
             amount=amount,
             expires_at=now + self._reservation_ttl,
         )
-        lease.amount = amount
-        lease.renewed = self._clock()
 
     def settle(self, reservation: Reservation, *, recorded: bool = True) -> None:
         """The call is over and its span written (``recorded``) or kept elsewhere.
@@ -258,7 +261,7 @@ class BudgetGate:
                 else:
                     lease.kept += bound
                 idle = not lease.in_flight and not lease.kept
-                if idle and (not self.lease_share or lease.free < bound):
+                if idle and (self._closed or not self.lease_share or lease.free < bound):
                     give_back.append(self._leases.pop(key))
         if give_back:
             self._give_back(give_back)
@@ -327,12 +330,17 @@ class BudgetGate:
                 with self.ledger.budget_transaction() as store:
                     for lease in due:
                         self._write_lease(store, lease, lease.amount, now)
+                renewed = self._clock()
+                for lease in due:
+                    lease.renewed = renewed  # else the next round tries again
         except Exception:
             log.warning("could not renew %d budget lease(s) with calls in flight", len(due))
 
     def close(self) -> None:
-        """Give back every lease with no call in flight (a gateway shutting down)."""
+        """Give back every lease with no call in flight (a gateway shutting down); the others
+        go back as their calls settle."""
         with self._lock:
+            self._closed = True
             done = [
                 k for k, lease in self._leases.items() if not lease.in_flight and not lease.kept
             ]

@@ -85,7 +85,7 @@ def test_in_memory_admission_never_waits_on_a_ledger_transaction(sqlite_url: str
     with _write_locked(sqlite_url):
         renewing = threading.Thread(target=renew)
         renewing.start()
-        _until(lambda: gate._lock.locked(), "renewing")
+        _until(gate._lock.locked, "renewing")
         loop = threading.Thread(target=in_memory)
         loop.start()
         # Still inside the other process's transaction: the renewal cannot have finished.
@@ -100,3 +100,16 @@ def test_in_memory_admission_never_waits_on_a_ledger_transaction(sqlite_url: str
     if not isinstance(outcome["sales"], WouldBlock):
         gate.settle(outcome["sales"])
     gate.close()
+
+
+def test_a_lease_in_use_at_close_is_given_back_when_its_call_settles(sqlite_url: str) -> None:
+    """A gateway stopping with a call in flight: the call's lease goes back when it ends, not
+    after the idle time (the keeper of a closed gate would hold it until then, or forever)."""
+    ledger = Ledger(sqlite_url)
+    sales = _budget(ledger, "sales")
+    gate = BudgetGate(ledger, tz=ZoneInfo("UTC"), lease_share=0.25, idle_release=3600, ttl=3600)
+    in_flight = _admit(gate, "a", "sales")
+    gate.close()
+    assert _held(ledger, sales) == LIMIT // 4  # its call is still running
+    gate.settle(in_flight)
+    assert _held(ledger, sales) == 0
