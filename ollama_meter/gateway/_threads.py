@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import anyio
 
 from ollama_meter._runtime import runtime
+
+log = logging.getLogger("ollama_meter.gateway")
 
 
 def _ledger_threads() -> ThreadPoolExecutor:
@@ -26,8 +29,24 @@ def _stop(pool: ThreadPoolExecutor) -> None:
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """Ledger and budget work off the event loop, finished even if the request is cancelled."""
+    """Ledger and budget work off the event loop, finished even if the request is cancelled.
+
+    However it is cancelled (an anyio scope, or ``Task.cancel`` as a caller's hang-up
+    does), the work is neither dropped from the pool's queue nor left running on its
+    own: the cancellation is raised once it is done, so a span is written first.
+    """
     loop = asyncio.get_running_loop()
     pool = runtime().shared("threads", "gateway-ledger", _ledger_threads, _stop)
-    with anyio.CancelScope(shield=True):
-        return await loop.run_in_executor(pool, functools.partial(fn, *args))
+    work = loop.run_in_executor(pool, functools.partial(fn, *args))
+    cancelled: asyncio.CancelledError | None = None
+    with anyio.CancelScope(shield=True):  # anyio's own cancellation waits outside
+        while not work.done():
+            try:
+                await asyncio.wait((work,))  # cancelling the wait leaves the work alone
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+    if cancelled is not None:
+        if not work.cancelled() and (failed := work.exception()) is not None:
+            log.warning("%r failed while its caller was cancelled: %s", fn, failed)
+        raise cancelled
+    return work.result()
