@@ -6,7 +6,10 @@ import asyncio
 import socket
 import threading
 
-from ollama_meter.errors import StreamError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ollama_meter.errors import StreamError, UpstreamError, UpstreamTimeout
 from ollama_meter.upstream import CircuitBreaker, PooledUpstream, Refusal
 
 ITEMS = [b'{"response": "a", "done": false}\n', b'{"response": "b", "done": false}\n']
@@ -58,3 +61,46 @@ def test_a_body_that_breaks_off_still_hands_on_what_arrived_before() -> None:
     listener.close()
     assert got == b"".join(ITEMS)
     assert isinstance(error, StreamError) and "broke off" in str(error)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rounds=st.lists(st.lists(st.binary(min_size=1, max_size=40), max_size=4), max_size=6),
+    last=st.lists(st.binary(min_size=1, max_size=40), max_size=4),
+    timeout=st.booleans(),
+)
+def test_every_byte_is_handed_on_once_however_the_body_arrives_and_breaks(
+    rounds: list[list[bytes]], last: list[bytes], timeout: bool
+) -> None:
+    """Pieces arrive in any grouping, some read before the break and some still buffered
+    when it comes (a reset, or a read timeout): what the relay gets is the body, once."""
+    from types import SimpleNamespace
+
+    import aiohttp
+    from aiohttp.base_protocol import BaseProtocol
+
+    async def relay() -> tuple[bytes, BaseException | None]:
+        loop = asyncio.get_running_loop()
+        content = aiohttp.StreamReader(BaseProtocol(loop), 64, loop=loop)
+        pool = PooledUpstream("http://127.0.0.1:9", timeout=10)
+        chunks = aiter(pool.chunks(SimpleNamespace(content=content)))  # type: ignore[arg-type]
+        got = b""
+        for pieces in rounds:
+            for piece in pieces:
+                content.feed_data(piece)
+            if pieces:  # what has arrived is read before more comes
+                got += await anext(chunks)
+        for piece in last:
+            content.feed_data(piece)
+        broke = aiohttp.ServerTimeoutError() if timeout else aiohttp.ClientPayloadError("reset")
+        content.set_exception(broke)
+        try:
+            async for data in chunks:
+                got += data
+        except UpstreamError as error:
+            return got, error
+        return got, None
+
+    got, error = asyncio.run(relay())
+    assert got == b"".join(piece for pieces in [*rounds, last] for piece in pieces)
+    assert isinstance(error, UpstreamTimeout if timeout else StreamError)
