@@ -316,13 +316,14 @@ class BudgetGate:
                 self._maintain(seen + timedelta(seconds=self._clock() - at))
 
     def _maintain(self, now: datetime) -> None:
-        """Give back idle leases, and renew the rows of leases with calls in flight before they
-        expire (lock held). A failure is logged: the rows then expire as a crash's would."""
+        """Give back idle leases, and renew the rows of leases that hold money (calls in flight,
+        or spans not yet in the ledger) before they expire (lock held). A failure is logged:
+        the rows then expire as a crash's would."""
         self._release_idle(now)
         due = [
             lease
             for lease in self._leases.values()
-            if lease.in_flight
+            if (lease.in_flight or lease.kept)  # kept: spans on their way to the ledger
             and self._clock() - lease.renewed > self._reservation_ttl.total_seconds() / 2
         ]
         try:
@@ -334,7 +335,7 @@ class BudgetGate:
                 for lease in due:
                     lease.renewed = renewed  # else the next round tries again
         except Exception:
-            log.warning("could not renew %d budget lease(s) with calls in flight", len(due))
+            log.warning("could not renew %d budget lease(s) that hold money", len(due))
 
     def close(self) -> None:
         """Give back every lease with no call in flight (a gateway shutting down); the others

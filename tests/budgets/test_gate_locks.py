@@ -6,12 +6,15 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets import Budget, BudgetGate, Estimate
+from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import Ledger
 
 NOV = datetime(2026, 11, 10, 12, tzinfo=UTC)
@@ -26,9 +29,9 @@ def _budget(ledger: Ledger, department: str) -> Budget:
     )
 
 
-def _held(ledger: Ledger, budget: Budget) -> int:
+def _held(ledger: Ledger, budget: Budget, now: datetime = NOV) -> int:
     with ledger.budget_snapshot() as store:
-        return int(store.held(budget.id or 0, "acme", MONTH, NOV))
+        return int(store.held(budget.id or 0, "acme", MONTH, now))
 
 
 def _admit(gate: BudgetGate, call: str, department: str, *, blocking: bool = True) -> Any:
@@ -113,3 +116,30 @@ def test_a_lease_in_use_at_close_is_given_back_when_its_call_settles(sqlite_url:
     assert _held(ledger, sales) == LIMIT // 4  # its call is still running
     gate.settle(in_flight)
     assert _held(ledger, sales) == 0
+
+
+def test_money_of_a_span_not_yet_in_the_ledger_stays_held_while_the_gateway_is_quiet(
+    sqlite_url: str,
+) -> None:
+    """A call settled while its span waits in the spool (the ledger was away) still counts
+    against the budget; its lease row must not expire, or another gateway spends the same
+    money and the budget overshoots once the spool drains."""
+    ledger = Ledger(sqlite_url)
+    sales = _budget(ledger, "sales")
+    ttl = timedelta(seconds=0.8)
+    mine, other = (
+        BudgetGate(ledger, tz=ZoneInfo("UTC"), reservation_ttl=ttl, ttl=3600) for _ in range(2)
+    )
+    spooled = _admit(mine, "a", "sales")
+    mine.settle(spooled, recorded=False)  # its span is in the spool, not in the ledger
+    later = NOV + 2 * ttl
+    # Renewed past the moment it would have expired.
+    _until(lambda: _held(ledger, sales, later) == BOUND.amount, "kept")
+    with pytest.raises(BudgetExceeded):
+        other.admit(
+            call_id="b",
+            tenant="acme",
+            department="sales",
+            estimate=Estimate(LIMIT, "USD"),
+            now=later,
+        )
