@@ -92,6 +92,8 @@ class BudgetGate:
         self._keeper: threading.Thread | None = None
         self._closed = False
         """Shutting down: a lease goes back as soon as no call holds it."""
+        self._closing = threading.Event()
+        """Wakes the keeper when the gate closes."""
         self._seen = (datetime.min.replace(tzinfo=UTC), 0.0)
         """The last ``now`` a caller gave, and this clock's reading then: the keeper's time."""
         self.renewals = 0
@@ -307,9 +309,10 @@ class BudgetGate:
     def _keep_leases(self) -> None:
         every = min(self._idle_release, self._reservation_ttl.total_seconds() / 4)
         while True:
-            time.sleep(every)
+            self._closing.wait(every)
             with self._lock:
-                if not self._leases:
+                closed = self._closed and not any(le.in_flight for le in self._leases.values())
+                if closed or not self._leases:
                     self._keeper = None  # the next admission starts another
                     return
                 seen, at = self._seen
@@ -346,6 +349,7 @@ class BudgetGate:
                 k for k, lease in self._leases.items() if not lease.in_flight and not lease.kept
             ]
             leases = [self._leases.pop(k) for k in done]
+        self._closing.set()  # the keeper ends once no call is in flight
         if leases:
             self._give_back(leases)
 

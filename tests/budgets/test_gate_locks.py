@@ -53,6 +53,10 @@ def _until(condition: Callable[[], bool], what: str) -> None:
     raise AssertionError(f"still not {what} after 10 s")
 
 
+def _keepers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "ometer-budget-leases"}
+
+
 @contextmanager
 def _write_locked(sqlite_url: str) -> Iterator[None]:
     """Another process's write transaction on the SQLite ledger, for as long as the block runs."""
@@ -105,10 +109,10 @@ def test_in_memory_admission_never_waits_on_a_ledger_transaction(sqlite_url: str
     gate.close()
 
 
-def test_a_lease_in_use_at_close_is_given_back_when_its_call_settles(sqlite_url: str) -> None:
+def test_a_lease_in_use_at_close_is_given_back_when_its_call_settles(db_url: str) -> None:
     """A gateway stopping with a call in flight: the call's lease goes back when it ends, not
     after the idle time (the keeper of a closed gate would hold it until then, or forever)."""
-    ledger = Ledger(sqlite_url)
+    ledger = Ledger(db_url)
     sales = _budget(ledger, "sales")
     gate = BudgetGate(ledger, tz=ZoneInfo("UTC"), lease_share=0.25, idle_release=3600, ttl=3600)
     in_flight = _admit(gate, "a", "sales")
@@ -119,12 +123,13 @@ def test_a_lease_in_use_at_close_is_given_back_when_its_call_settles(sqlite_url:
 
 
 def test_money_of_a_span_not_yet_in_the_ledger_stays_held_while_the_gateway_is_quiet(
-    sqlite_url: str,
+    db_url: str,
 ) -> None:
     """A call settled while its span waits in the spool (the ledger was away) still counts
     against the budget; its lease row must not expire, or another gateway spends the same
     money and the budget overshoots once the spool drains."""
-    ledger = Ledger(sqlite_url)
+    keepers = _keepers()  # other tests' gates
+    ledger = Ledger(db_url)
     sales = _budget(ledger, "sales")
     ttl = timedelta(seconds=0.8)
     mine, other = (
@@ -143,3 +148,6 @@ def test_money_of_a_span_not_yet_in_the_ledger_stays_held_while_the_gateway_is_q
             estimate=Estimate(LIMIT, "USD"),
             now=later,
         )
+    for gate in (mine, other):
+        gate.close()
+    _until(lambda: not _keepers() - keepers, "stopped")  # no thread writes leases any more
