@@ -163,7 +163,11 @@ class BudgetGate:
             if short:
                 if not blocking:
                     raise WouldBlock("a budget lease is renewed in the ledger")
-                self._renew(short, estimate.amount, now)
+                try:
+                    self._renew(short, estimate.amount, now)
+                except BaseException:
+                    self._forget_empty(leases)
+                    raise
             for lease in leases:
                 lease.in_flight[call_id] = estimate.amount
                 lease.last_used = self._clock()
@@ -172,6 +176,15 @@ class BudgetGate:
             self._lock.release()
         keys = tuple((le.budget.id or 0, le.tenant, le.window.start) for le in leases)
         return Reservation(call_id, tuple(k[0] for k in keys), keys, estimate.amount)
+
+    def _forget_empty(self, leases: list[Lease]) -> None:
+        """Drop the leases that hold nothing (new ones a refusal left unwritten; lock held):
+        kept, they would look idle, and every admission would wait to give them back."""
+        for lease in leases:
+            if not (lease.amount or lease.in_flight or lease.kept):
+                key = (lease.budget.id or 0, lease.tenant, lease.window.start)
+                if self._leases.get(key) is lease:
+                    del self._leases[key]
 
     def _lease(self, budget: Budget, tenant: str, now: datetime) -> Lease:
         window = current_period(budget.period, tz=self.tz, now=now)

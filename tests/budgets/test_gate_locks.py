@@ -151,3 +151,27 @@ def test_money_of_a_span_not_yet_in_the_ledger_stays_held_while_the_gateway_is_q
     for gate in (mine, other):
         gate.close()
     _until(lambda: not _keepers() - keepers, "stopped")  # no thread writes leases any more
+
+
+def test_a_refusal_leaves_other_budgets_admitted_in_memory(sqlite_url: str) -> None:
+    """One budget spent up must not send every other budget's calls to a thread and a ledger
+    write (a refused call left an empty lease behind, which looked idle to be given back)."""
+    ledger = Ledger(sqlite_url)
+    _budget(ledger, "sales")
+    _budget(ledger, "support")
+    gate = BudgetGate(ledger, tz=ZoneInfo("UTC"), lease_share=0.25, ttl=3600)
+    first = _admit(gate, "a", "support")  # a lease with room for more support calls
+    with pytest.raises(BudgetExceeded):
+        gate.admit(
+            call_id="b",
+            tenant="acme",
+            department="sales",
+            estimate=Estimate(LIMIT + 1, "USD"),
+            now=NOV,
+        )
+    renewals = gate.renewals
+    second = _admit(gate, "c", "support", blocking=False)  # in memory, as before the refusal
+    assert second is not None and gate.renewals == renewals
+    for reservation in (first, second):
+        gate.settle(reservation)
+    gate.close()
