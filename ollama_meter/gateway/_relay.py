@@ -382,17 +382,26 @@ class Relay:
         if call is not None:
             return call
 
+        opened: list[MeteredCall] = []
+
         def open_call() -> MeteredCall:
-            return self.meter.open(
+            new = self.meter.open(
                 operation=request.operation,
                 model=request.model,
                 stream=request.stream,
                 attribution=attribution,
                 facts=facts,
             )
+            opened.append(new)
+            return new
 
-        opened: MeteredCall = await in_thread(open_call)
-        return opened
+        try:
+            made: MeteredCall = await in_thread(open_call)
+        except BaseException as exc:  # cancelled as it opened (the server stopping): one span
+            if opened:
+                await in_thread(self.meter.close, opened[0], exc)
+            raise
+        return made
 
 
 def _refusal_response(wire: WireFormat, refusal: Refusal) -> Response:

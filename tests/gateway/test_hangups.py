@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import anyio
 
@@ -97,7 +98,7 @@ def test_a_span_being_written_when_the_caller_hangs_up_is_still_written() -> Non
     written: list[str] = []
 
     async def main() -> list[str]:
-        blockers = [asyncio.ensure_future(in_thread(busy.wait)) for _ in range(64)]
+        blockers = _blocking_the_ledger_threads(busy)
         writing = asyncio.ensure_future(in_thread(written.append, "span"))
         await asyncio.sleep(0)  # the write is queued behind the busy threads
         writing.cancel()  # the caller hung up
@@ -116,3 +117,66 @@ def test_a_span_being_written_when_the_caller_hangs_up_is_still_written() -> Non
         assert asyncio.run(main()) == ["cancelled after ['span']"]
     finally:
         busy.set()
+
+
+def _blocking_the_ledger_threads(busy: threading.Event) -> list[Any]:
+    """Every ledger thread of the gateway busy (a group commit) until ``busy`` is set."""
+    import asyncio
+
+    from ollama_meter.gateway._threads import in_thread
+
+    return [asyncio.ensure_future(in_thread(busy.wait)) for _ in range(64)]
+
+
+def test_a_call_opened_as_its_request_is_cancelled_is_still_closed(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """The request is cancelled (a server stopping) while its call is opened on a ledger
+    thread: the opened call is closed, its span written and its budget hold settled."""
+    import asyncio
+
+    from ollama_meter.budgets import Budget
+    from ollama_meter.config import load_settings
+    from ollama_meter.gateway._fleet import Fleet
+    from ollama_meter.gateway._relay import Relay
+    from ollama_meter.gateway._requests import parse_request
+    from ollama_meter.meter import Attribution, Meter
+    from ollama_meter.periods import current_period
+    from tests.factories import token_prices
+
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url)
+    meter = Meter.from_settings(settings, source="gateway")
+    meter.ledger.add_price_rule(token_prices("llama3.1:*"))
+    budget = meter.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10**9, currency="USD")
+    )
+    relay = Relay(meter, Fleet.from_settings(settings))
+    request = parse_request("/api/chat", json.dumps(CHAT).encode())
+    busy = threading.Event()
+
+    async def main() -> str:
+        blockers = _blocking_the_ledger_threads(busy)
+        opening = asyncio.ensure_future(relay._open(request, Attribution("acme", "sales")))
+        for _ in range(100):  # it waits for a ledger thread now
+            await asyncio.sleep(0)
+        opening.cancel()
+        busy.set()
+        try:
+            await opening
+        except asyncio.CancelledError:
+            return "cancelled"
+        finally:
+            await asyncio.gather(*blockers)
+        return "opened"
+
+    try:
+        assert asyncio.run(main()) == "cancelled"
+    finally:
+        busy.set()
+    (span,) = meter.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.tenant) == ("client_abort", "acme")
+    assert meter.budgets is not None
+    meter.budgets.close()  # nothing holds the lease: it is given back
+    month = current_period("month", tz=ZoneInfo("UTC"), now=span.started_at).start
+    with meter.ledger.budget_snapshot() as store:
+        assert store.held(budget.id or 0, "acme", month, span.started_at) == 0
