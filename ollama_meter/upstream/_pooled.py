@@ -149,10 +149,14 @@ class PooledUpstream(Resilient):
     async def _refusal(self, response: aiohttp.ClientResponse, model: str) -> Refusal:
         try:
             answer = await self.read(response)
-            self.finish(response, completed=True)
         except UpstreamError as broken:
             answer = json.dumps({"error": str(broken)}).encode()
             self.finish(response, completed=False)
+        except BaseException:  # cancelled (the caller hung up): the connection is dropped now
+            self.finish(response, completed=False)
+            raise
+        else:
+            self.finish(response, completed=True)
         header = response.headers.get("retry-after")
         failure = answer_error(
             response.status,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 
@@ -104,3 +105,43 @@ def test_every_byte_is_handed_on_once_however_the_body_arrives_and_breaks(
     got, error = asyncio.run(relay())
     assert got == b"".join(piece for pieces in [*rounds, last] for piece in pieces)
     assert isinstance(error, UpstreamTimeout if timeout else StreamError)
+
+
+def test_a_refusal_cut_short_by_a_hang_up_drops_its_connection() -> None:
+    """Ollama's error answer is being read when the caller hangs up (the call is cancelled):
+    the connection is dropped then, not held until the garbage collector finds it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    answered, dropped = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 100\r\n\r\n{")
+            answered.set()
+            conn.settimeout(10)
+            try:
+                if conn.recv(1) == b"":
+                    dropped.set()
+            except OSError:
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    host = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    async def hang_up() -> bool:
+        pool = PooledUpstream(host, timeout=30, breaker=CircuitBreaker(host))
+        sending = asyncio.ensure_future(pool.send(pool.attempts("m"), "/api/chat", body=b"{}"))
+        await asyncio.to_thread(answered.wait, 10)
+        await asyncio.sleep(0.05)  # the rest of the body is awaited now
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
+        gone = await asyncio.to_thread(dropped.wait, 10)  # `sending` still holds its frames
+        await pool.aclose()
+        return gone
+
+    try:
+        assert asyncio.run(hang_up())
+    finally:
+        listener.close()
