@@ -237,7 +237,7 @@ def test_webhook_gets_exactly_one_alert_per_threshold(
     assert first["currency"] == "USD" and "crossed 25%" in first["text"]
     rows = meter.ledger.alerts()
     assert [(r.threshold, r.delivered, r.deliveries["webhook"]) for r in rows] == [
-        (t, True, f"sent to {receiver.url}") for t in (25, 50, 90, 100)
+        (t, True, f"sent to {receiver.url.removesuffix('/hook')}") for t in (25, 50, 90, 100)
     ]
 
 
@@ -262,6 +262,30 @@ def test_failing_webhook_is_retried_recorded_and_retried_by_the_next_run(
     (row,) = later.ledger.alerts()
     assert row.delivered and row.attempts == 2
     assert [p["threshold"] for p in receiver.posts] == [5]
+
+
+@pytest.mark.parametrize("answer", ["sent", "503", "refused"])
+def test_a_webhooks_secret_path_never_reaches_the_ledger_or_the_log(
+    receiver: Receiver, answer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Slack webhook's path is its credential: where an alert went is said by host only."""
+    from ollama_meter.budgets import Alert
+    from ollama_meter.testing import unused_port
+
+    secret = "T0SECRET/B0SECRET/xoxb-s3cr3t"
+    port = unused_port() if answer == "refused" else receiver.server.server_port
+    receiver.fail = 3 if answer == "503" else 0
+    url = f"http://hook:pw@127.0.0.1:{port}/services/{secret}?token={secret}"
+    alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 90, 100, "EUR")
+    outcome, delivered = deliver(alert, [WebhookChannel(url)], sleep=lambda _: None)
+    assert delivered == (answer == "sent")
+    expected = {
+        "sent": f"sent to http://127.0.0.1:{port}",
+        "503": f"failed: http://127.0.0.1:{port} answered 503 Service Unavailable",
+        "refused": f"failed: ConnectError posting to http://127.0.0.1:{port}",
+    }
+    assert outcome["webhook"] == expected[answer]
+    assert "SECRET" not in caplog.text and "s3cr3t" not in caplog.text and "pw@" not in caplog.text
 
 
 def test_email_alert_over_a_real_smtp_server(sqlite_url: str) -> None:
