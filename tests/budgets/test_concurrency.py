@@ -31,7 +31,13 @@ def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("warm", [False, True], ids=["fresh-ledger", "with-history"])
+# Each backend once, one of them with history (20 processes a run is the slow part).
+@pytest.mark.parametrize(
+    ("db_url", "warm"),
+    [("sqlite", False), ("postgres", True)],
+    ids=["sqlite-fresh-ledger", "postgres-with-history"],
+    indirect=["db_url"],
+)
 def test_twenty_concurrent_callers_do_not_overshoot(
     emulator: OllamaEmulator, tmp_path: Path, db_url: str, warm: bool
 ) -> None:
