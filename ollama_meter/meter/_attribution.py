@@ -30,7 +30,13 @@ class Attribution:
             if problem:
                 raise ValidationError(f"{what} name {problem}")
         for key, value in self.tags.items():
-            if name_problem(key) or len(str(value)) > 256:
+            if not isinstance(key, str) or not isinstance(value, str):
+                wrong = value if isinstance(key, str) else key
                 raise ValidationError(
-                    f"tag {key!r}: keys follow the name rules and values are at most 256 characters"
+                    f"tag {key!r}: keys and values are text, not {type(wrong).__name__}"
+                )
+            if name_problem(key) or len(value) > 256 or not value.isprintable():
+                raise ValidationError(
+                    f"tag {key!r}: keys follow the name rules and values are at most 256 "
+                    "printable characters"
                 )

@@ -6,6 +6,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ollama_meter.config import load_settings
 from ollama_meter.errors import (
@@ -192,6 +194,26 @@ def test_bad_names_and_missing_model_are_refused_before_any_call(
     with pytest.raises(ValidationError, match="no model given"):
         run_chat(meter, model=" ")
     assert emulator.requests == []
+
+
+@given(
+    tags=st.dictionaries(
+        st.sampled_from(["job", "team", "ticket"]) | st.integers() | st.none(),
+        st.text(max_size=300) | st.integers() | st.none() | st.lists(st.text(max_size=3)),
+        max_size=3,
+    )
+)
+def test_tags_are_text_with_printable_values_or_a_clear_error(tags: dict[object, object]) -> None:
+    """A tag is stored as given or refused at once: never ``"None"`` or ``"['x']"`` in the ledger."""
+    good = all(
+        isinstance(k, str) and isinstance(v, str) and len(v) <= 256 and v.isprintable()
+        for k, v in tags.items()
+    )
+    if good:
+        assert Attribution(tenant="t", department="d", tags=tags).tags == tags  # type: ignore[arg-type]
+    else:
+        with pytest.raises(ValidationError, match=r"^tag [^\n]*$"):
+            Attribution(tenant="t", department="d", tags=tags)  # type: ignore[arg-type]
 
 
 def test_observers_see_start_and_end_and_cannot_break_the_call(
