@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -112,7 +111,13 @@ def serve(
     """Run the metering gateway: point OLLAMA_HOST at it instead of Ollama."""
     import uvicorn
 
-    from ollama_meter.gateway import GatewayOptions, create_app, is_loopback, server_config
+    from ollama_meter.gateway import (
+        GatewayOptions,
+        create_app,
+        is_loopback,
+        listening_socket,
+        server_config,
+    )
 
     if not (is_loopback(host) or require_key or admin_token or insecure_open):
         raise ValidationError(
@@ -131,6 +136,7 @@ def serve(
         max_queue=max_queue,
     )
     specs = cfg.upstream_specs
+    sock = listening_socket(host, port)
     app = create_app(
         cfg,
         GatewayOptions(
@@ -149,7 +155,7 @@ def serve(
     config = server_config(
         app, host=host, port=port, max_header_bytes=max_header_bytes, timeout_graceful_shutdown=10
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 class _Tally:
@@ -180,12 +186,6 @@ class _Tally:
             )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def run(
     command: Annotated[list[str], typer.Argument(help="The program to run, after --.")],
     dept: DeptOption = None,
@@ -198,17 +198,18 @@ def run(
     """Run a program with OLLAMA_HOST pointed at a short-lived gateway: legacy scripts, metered."""
     import uvicorn
 
-    from ollama_meter.gateway import GatewayOptions, create_app, server_config
+    from ollama_meter.gateway import GatewayOptions, create_app, listening_socket, server_config
     from ollama_meter.meter import Attribution, Meter
 
     cfg = settings(db_url=db, tenant=tenant, department=dept)
     who = Attribution(tenant=cfg.tenant, department=cfg.department, user=user)
     tally = _Tally()
     meter = Meter.from_settings(cfg, source=Source.GATEWAY, observers=[tally])
-    port = _free_port()
+    sock = listening_socket("127.0.0.1", 0)  # bound here: no other program can take the port
+    port = int(sock.getsockname()[1])
     app = create_app(cfg, GatewayOptions(default_user=user), meter=meter)
     server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         if not thread.is_alive():

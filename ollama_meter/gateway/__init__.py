@@ -12,7 +12,7 @@ from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 
 if TYPE_CHECKING:
     from ollama_meter.gateway._app import ADMIN, PASSTHROUGH, GatewayOptions, create_app
-    from ollama_meter.gateway._server import is_loopback, server_config
+    from ollama_meter.gateway._server import is_loopback, listening_socket, server_config
 
 __all__ = [
     "ADMIN",
@@ -22,6 +22,7 @@ __all__ = [
     "GatewayOptions",
     "create_app",
     "is_loopback",
+    "listening_socket",
     "server_config",
 ]
 
@@ -31,6 +32,7 @@ _LAZY = {
     "GatewayOptions": "._app",
     "create_app": "._app",
     "is_loopback": "._server",
+    "listening_socket": "._server",
     "server_config": "._server",
 }
 

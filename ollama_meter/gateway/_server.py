@@ -12,13 +12,16 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
+import socket
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import MAX_HEADER_BYTES
 
 
@@ -134,3 +137,30 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+_CANNOT_LISTEN = {
+    errno.EADDRINUSE: "the port is in use (another gateway, or Ollama itself?); choose another "
+    "--port",
+    errno.EACCES: "not allowed (a port below 1024 needs root); choose a --port from 1024 up",
+    errno.EADDRNOTAVAIL: "no network interface of this machine has that address; give one it "
+    "has, 127.0.0.1 or 0.0.0.0",
+}
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The gateway's socket, bound before it says it is running (``port`` 0: any free one).
+
+    A port in use or an address this machine does not have is a one-line error
+    saying what to change, not a server that announces itself and then stops.
+    """
+    bare = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bare, port))
+    except OSError as exc:
+        sock.close()
+        reason = _CANNOT_LISTEN.get(exc.errno or 0, exc.strerror or str(exc))
+        raise ValidationError(f"cannot listen on {host}:{port}: {reason}") from None
+    return sock

@@ -223,6 +223,31 @@ def test_listening_beyond_loopback_needs_a_key_a_token_or_insecure_open(
     assert "warning: listening on 0.0.0.0 with no key" in (tmp_path / "gw.log").read_text()
 
 
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        (
+            "127.0.0.1",
+            "the port is in use (another gateway, or Ollama itself?); choose another --port",
+        ),
+        ("192.0.2.1", "no network interface of this machine has that address"),
+        ("nosuch.invalid", ""),
+    ],
+)
+def test_a_port_it_cannot_listen_on_is_one_line_before_any_banner(
+    cli: Any, emulator: OllamaEmulator, tmp_path: Path, host: str, reason: str
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = cli(
+            "serve", "--host", host, "--port", str(port), "--insecure-open",
+            "--upstream", emulator.url, "--db", f"sqlite:///{tmp_path / 'l.db'}",
+        )  # fmt: skip
+    assert done.code == 2 and "ometer gateway on" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot listen on {host}:{port}: {reason}")
+
+
 def raw(url: str, data: bytes, *, timeout: float = 10.0) -> bytes:
     """Send bytes as they are on one connection; what came back until the server closed it."""
     parts = urlsplit(url)
