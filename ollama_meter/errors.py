@@ -118,6 +118,16 @@ class StreamError(UpstreamError):
     error_type = "stream_error"
 
 
+class OverCap(StreamError):
+    """Ollama streamed past the reply cap a hard budget admitted the call on: cut there.
+
+    Ollama stops at ``num_predict``; a server that does not (an old or lying proxy)
+    would otherwise spend past the budget for as long as it kept talking.
+    """
+
+    error_type = "over_cap"
+
+
 class RateLimited(UpstreamError):
     error_type = "rate_limited"
 

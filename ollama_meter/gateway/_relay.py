@@ -34,6 +34,7 @@ from ollama_meter.errors import (
     BudgetExceeded,
     CircuitOpen,
     LedgerError,
+    OverCap,
     ServerBusy,
     UpstreamError,
 )
@@ -182,6 +183,8 @@ class _Answered:
             if failure is not None or reader.complete:
                 closed = True
                 await self.end(failure)
+            if isinstance(failure, OverCap):
+                return wire.error_frame(str(failure)), True  # the item past the cap is not sent
             if failure is not None:
                 return frame + separator, True  # the client sees Ollama's own error item
             if isinstance(item, dict) and wire.hidden(item, hide_usage=request.hide_usage):

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from ollama_meter.errors import UpstreamError
+from ollama_meter.errors import OverCap, UpstreamError
 from ollama_meter.meter._usage import estimate_tokens
 from ollama_meter.records import DurationSource, SpanRecord, Stored, TokenSource
 from ollama_meter.upstream import Delta, Event, Final
@@ -49,11 +49,23 @@ class MeteredCall:
             self.reply_parts.append(event.text)
 
     def take(self, events: Iterable[Event]) -> UpstreamError | None:
-        """Observe ``events`` in order; the failure the answer reports, if any, which ends it."""
+        """Observe ``events`` in order; the failure that ends the answer, if any.
+
+        That is the failure the answer reports, or :class:`OverCap` when a stream goes
+        past :attr:`output_cap` (each piece of a stream is at least one token), so a
+        server that ignores the cap cannot spend past the hard budget that set it.
+        """
         for event in events:
             if isinstance(event, UpstreamError):
                 return event
             self.observe(event)
+            cap = self.output_cap
+            if cap is not None and self.span.stream and self.content_chunks > cap:
+                return OverCap(
+                    f"{self.span.upstream_host or 'Ollama'} streamed more than the {cap:,} "
+                    f"reply tokens the call was admitted on (sent as its cap): the answer "
+                    "was cut there, so the hard budget holds"
+                )
         return None
 
     @property

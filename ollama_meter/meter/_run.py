@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ollama_meter.errors import UpstreamError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
 from ollama_meter.meter._request import facts_of, with_output_cap
@@ -91,13 +92,19 @@ class Run:
         try:
             if self.stream:
                 parts = self._upstream.stream(self.operation, self.request)
-                for part in parts:
-                    failure = call.take(reader.read(part))
-                    if failure is not None:
-                        parts.throw(failure)  # the transport counts it, and raises it back
-                    if last is not None:
-                        yield last
-                    last = part
+                try:
+                    for part in parts:
+                        failure = call.take(reader.read(part))
+                        if failure is not None:
+                            parts.throw(failure)  # the transport counts it, and raises it back
+                        if last is not None:
+                            yield last
+                        last = part
+                except UpstreamError:
+                    if last is not None:  # read ahead and charged: handed over before the failure
+                        held, last = last, None
+                        yield held
+                    raise
             else:
                 last = self._upstream.call(self.operation, self.request)
                 call.take(reader.read(last))  # a reported failure was raised by the call
@@ -116,13 +123,19 @@ class Run:
         try:
             if self.stream:
                 parts = self._upstream.astream(self.operation, self.request)
-                async for part in parts:
-                    failure = call.take(reader.read(part))
-                    if failure is not None:
-                        await parts.athrow(failure)
+                try:
+                    async for part in parts:
+                        failure = call.take(reader.read(part))
+                        if failure is not None:
+                            await parts.athrow(failure)
+                        if last is not None:
+                            yield last
+                        last = part
+                except UpstreamError:
                     if last is not None:
-                        yield last
-                    last = part
+                        held, last = last, None
+                        yield held
+                    raise
             else:
                 last = await self._upstream.acall(self.operation, self.request)
                 call.take(reader.read(last))

@@ -42,6 +42,10 @@ class Fault(StrEnum):
     NO_USAGE = "no_usage"
     """On ``/v1`` generation routes: leave the usage out of a whole answer, and
     send no usage chunk even when ``stream_options.include_usage`` asks for it."""
+    IGNORE_CAP = "ignore_cap"
+    """On generation routes: reply in full whatever ``num_predict`` (or ``max_tokens``)
+    says, and report what was sent, as an Ollama-compatible server that does not honour
+    the cap would."""
     NO_ROUTE = "no_route"
     """Answer ``404 page not found`` (text/plain), as an Ollama too old to have
     the route does."""

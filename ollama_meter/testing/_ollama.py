@@ -162,7 +162,7 @@ class OllamaRoutes(Handler):
             self._send_json(200, done)
             return
 
-        reply = reply_for_texts(model, texts, options)
+        reply = reply_for_texts(model, texts, None if fault is Fault.IGNORE_CAP else options)
         cold = emu._warm(model)
         final = envelope(None)
         metrics = reply.metrics(cold=cold)

@@ -86,7 +86,7 @@ class OpenAIRoutes(Handler):
         if self.instead(outcome, self._openai_error):
             return
 
-        reply = reply_for_texts(model, texts, options)
+        reply = reply_for_texts(model, texts, None if fault is Fault.IGNORE_CAP else options)
         emu._warm(model)
         counted = fault is not Fault.OMIT_COUNTS
         prompt_tokens = reply.prompt_tokens if counted else 0

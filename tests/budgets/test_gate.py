@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -24,11 +25,11 @@ from ollama_meter.budgets import (
     deliver,
 )
 from ollama_meter.config import load_settings
-from ollama_meter.errors import BudgetExceeded
+from ollama_meter.errors import BudgetExceeded, StreamError
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._request import facts_of
-from ollama_meter.testing import OllamaEmulator, expected_counts
+from ollama_meter.testing import Fault, OllamaEmulator, expected_counts
 from tests.factories import token_prices
 
 HELLO = [{"role": "user", "content": "hello there friend"}]
@@ -81,6 +82,35 @@ def budget(meter: Meter, limit: int, **kw: Any) -> Budget:
 
 
 NOV = datetime(2026, 11, 10, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_stream_past_the_admitted_cap_is_cut_there(
+    sqlite_url: str, emulator: OllamaEmulator, asynchronous: bool
+) -> None:
+    """An Ollama that ignores num_predict cannot spend past a hard budget through the SDK."""
+    meter = make_meter(sqlite_url, Clock(NOV))
+    budget(meter, CALL_COST * 100)
+    emulator.inject(Fault.IGNORE_CAP)
+    run = meter.chat(
+        model="llama3.1:8b",
+        messages=HELLO,
+        attribution=Attribution(tenant="acme", department="sales"),
+        options={"num_predict": 2},
+        stream=True,
+    )
+    got: list[Any] = []
+
+    async def drain() -> None:
+        async for part in run:
+            got.append(part)
+
+    with pytest.raises(StreamError, match="more than the 2 reply tokens the call was admitted on"):
+        asyncio.run(drain()) if asynchronous else got.extend(run)
+    assert len(got) == 2  # the piece past the cap is not handed over
+    span = run.span
+    assert (span.status, span.error_type, span.output_tokens) == ("error", "over_cap", 3)
+    assert meter.ledger.latest(SpanFilter(), 1)[0].error_type == "over_cap"
 
 
 def test_hard_budget_refuses_the_call_that_would_cross_it(

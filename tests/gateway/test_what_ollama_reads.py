@@ -116,6 +116,44 @@ def test_under_a_hard_budget_ollama_gets_the_cap_the_call_was_admitted_on(
     assert last_span(budgeted).output_tokens <= cap
 
 
+def streamed_items(text: str, path: str) -> list[dict[str, Any]]:
+    """The items of a streamed answer, NDJSON or server-sent events, in order."""
+    if path.startswith("/v1/"):
+        lines = [line.removeprefix("data: ") for line in text.split("\n\n") if line]
+        return [json.loads(line) for line in lines if line != "[DONE]"]
+    return [json.loads(line) for line in text.splitlines() if line]
+
+
+def reply_text(item: dict[str, Any]) -> str:
+    if "choices" in item:
+        choice = item["choices"][0] if item["choices"] else {}
+        return str(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
+    return str(item.get("response") or (item.get("message") or {}).get("content") or "")
+
+
+@EXAMPLES
+@given(path=st.sampled_from(sorted(GENERATING)), cap=st.integers(1, 7))
+def test_a_server_that_streams_past_the_cap_is_cut_there_and_the_budget_holds(
+    budgeted: Gateway, emulator: OllamaEmulator, path: str, cap: int
+) -> None:
+    """An Ollama-compatible server that ignores ``num_predict`` (``max_tokens``) would spend
+    past a hard budget for as long as it kept streaming: the gateway stops it at the cap."""
+    body: dict[str, Any] = {"model": "llama3.1:8b", "stream": True, **GENERATING[path]}
+    if path.startswith("/v1/"):
+        body["max_tokens"] = cap
+    else:
+        body["options"] = {"num_predict": cap}
+    emulator.inject(Fault.IGNORE_CAP)  # the reply is 8 to 40 tokens long, whatever the cap
+    reply = budgeted.client.post(path, json=body, headers=SALES)
+    assert reply.status_code == 200
+    *items, last = streamed_items(reply.text, path)
+    assert len([item for item in items if reply_text(item)]) == cap  # never the one past it
+    assert "streamed more than the" in json.dumps(last["error"])
+    span = last_span(budgeted)
+    assert (span.status, span.error_type, span.token_source) == ("error", "over_cap", "estimated")
+    assert span.output_tokens == cap + 1  # what Ollama had sent when it was cut
+
+
 def other_spellings(name: str) -> list[str]:
     """``name`` as Go's decoder would still match it: other cases, long s, Kelvin sign."""
     spellings = {name.upper(), name.capitalize(), name.swapcase(), name.title()}

@@ -145,8 +145,11 @@ def test_broken_stream_keeps_what_was_consumed(
         PriceRule(pattern="*", currency="USD", output_per_1m=Decimal(100_000))
     )
     emulator.inject(fault, after_tokens=4)
+    run = meter.chat(model="llama3.1:8b", messages=HELLO, attribution=WHO, stream=True)
+    received: list[object] = []
     with pytest.raises(StreamError):
-        run_chat(meter)
+        received.extend(run)
+    assert len(received) == 4  # every piece charged was handed over before the failure
     (span,) = stored(meter)
     assert (span.status, span.error_type) == ("error", "stream_error")
     assert span.output_tokens == 4 and span.input_tokens == 5  # "hello there friend" ≈ 18 chars / 4
