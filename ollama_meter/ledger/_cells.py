@@ -104,12 +104,18 @@ def next_cell(grain: Grain, start: int, zone: tzinfo | None = None) -> int:
         day = from_us(start).date()
         following = date(day.year + (day.month == 12), day.month % 12 + 1, 1)
         return to_us(datetime(following.year, following.month, 1, tzinfo=UTC))
-    # Past the longest day (26 h) or month (31 days and 1 h), short of the next's end.
-    return floor_cell(grain, start + (_LONGEST_DAY if grain is Grain.DAY else _LONGEST_MONTH), zone)
-
-
-_LONGEST_DAY = 26 * 3600 * 10**6
-_LONGEST_MONTH = 32 * DAY_US
+    # By the calendar, not by a longest day: Antarctica/Casey has had days of 27 hours
+    # and Vostok one of 31 (from start + 26 h, a day's end was its own start: reads and
+    # `db rollup` ran forever). The cell at ``start`` is the day of its first quarter's
+    # last instant, as in _zoned_start; a day that was skipped (Apia, 30 December 2011)
+    # begins where the next does, so it is no cell of its own.
+    local = from_us(start + QUARTER_US - 1).astimezone(zone).date()
+    if grain is Grain.DAY:
+        following = date.fromordinal(local.toordinal() + 1)
+    else:
+        following = date(local.year + (local.month == 12), local.month % 12 + 1, 1)
+    end = to_us(datetime(following.year, following.month, following.day, tzinfo=zone))
+    return end - end % QUARTER_US
 
 
 @functools.lru_cache(maxsize=65_536)

@@ -306,8 +306,14 @@ def test_budget_spend_and_status_from_rollups_are_the_raw_ones(
     )
 
 
-CELL_ZONES = [None, *ZONES[1:], ZoneInfo("America/Santiago"), ZoneInfo("Australia/Lord_Howe")]
-"""Ledger zones: UTC, odd offsets, a clock that jumps at midnight, a half-hour DST."""
+CELL_ZONES = [
+    None,
+    *ZONES[1:],
+    *(ZoneInfo(name) for name in ("America/Santiago", "Australia/Lord_Howe", "Pacific/Chatham")),
+    *(ZoneInfo(name) for name in ("Pacific/Apia", "Antarctica/Casey", "Antarctica/Vostok")),
+]
+"""Ledger zones: UTC, odd offsets, a clock that jumps at midnight, a half-hour DST, +12:45;
+a day skipped (Apia, 30 December 2011), days of 27 hours (Casey) and of 31 and 17 (Vostok)."""
 
 
 @settings(max_examples=300, deadline=None)
@@ -354,13 +360,18 @@ def test_local_midnights_need_no_raw_spans(zone: ZoneInfo, day: int, unit: str) 
     t=st.integers(to_us(datetime(1600, 1, 1, tzinfo=UTC)), to_us(datetime(2200, 1, 1, tzinfo=UTC))),
 )
 @example(zone=ZoneInfo("Europe/Berlin"), t=-10000026000000000)  # 1653, local mean time +0:53:28
+@example(zone=ZoneInfo("Antarctica/Casey"), t=to_us(datetime(2023, 3, 9, 12, tzinfo=UTC)))  # 27 h
+@example(zone=ZoneInfo("Antarctica/Vostok"), t=to_us(datetime(1994, 1, 31, 12, tzinfo=UTC)))  # 31 h
+@example(zone=ZoneInfo("Antarctica/Vostok"), t=to_us(datetime(1994, 11, 1, 12, tzinfo=UTC)))  # 17 h
+@example(zone=ZoneInfo("Pacific/Apia"), t=to_us(datetime(2011, 12, 30, 9, 59, tzinfo=UTC)))
+@example(zone=ZoneInfo("Pacific/Apia"), t=to_us(datetime(2011, 12, 30, 10, tzinfo=UTC)))
 def test_days_and_months_in_a_zone_are_runs_of_whole_quarter_hours(
     zone: ZoneInfo | None, t: int
 ) -> None:
     """Every instant is in exactly one day and one month of the ledger's zone; each begins
     at a local midnight (or the jump that replaces it), on a quarter hour, and a month is
-    whole days."""
-    for grain, shortest, longest in ((Grain.DAY, 22, 26), (Grain.MONTH, 28 * 24 - 1, 31 * 24 + 1)):
+    whole days. A day is as long as the zone's clock makes it, from 17 hours to 31."""
+    for grain, shortest, longest in ((Grain.DAY, 17, 31), (Grain.MONTH, 27 * 24, 31 * 24 + 7)):
         start = floor_cell(grain, t, zone)
         end = next_cell(grain, start, zone)
         assert start <= t < end
@@ -371,8 +382,9 @@ def test_days_and_months_in_a_zone_are_runs_of_whole_quarter_hours(
             assert floor_cell(Grain.DAY, start, zone) == start
         if t < to_us(datetime(1970, 1, 1, tzinfo=UTC)):
             continue  # local mean time: a day begins in the quarter hour of its midnight
-        local = from_us(start).astimezone(zone or UTC)
-        assert (local.hour, local.minute) in ((0, 0), (1, 0), (0, 30))  # a jump from 00:00
+        local, before = (from_us(us).astimezone(zone or UTC) for us in (start, start - 1))
+        # at midnight, or where the clock jumped past it (by an hour, half an hour or seven)
+        assert (local.hour, local.minute) == (0, 0) or local.utcoffset() != before.utcoffset()
         assert grain is Grain.DAY or local.day == 1
 
 
