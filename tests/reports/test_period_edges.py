@@ -1,0 +1,120 @@
+"""Every span lands in exactly one day, week and month of the report's zone, the one its
+local clock says, also where that clock jumps: DST at 02:00 (Berlin, New York), half-hour
+and 45-minute offsets and DST (Kathmandu, Lord Howe, Chatham), a day skipped (Apia, 30
+December 2011), a 27-hour day (Casey); and spans exactly on a period's edge. Rollups cut in
+another zone give what raw spans give."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ollama_meter.ledger import Ledger
+from ollama_meter.ledger._aggregate import raw_spans
+from ollama_meter.periods import Window, next_month, parse_period
+from ollama_meter.records import SpanRecord
+from ollama_meter.reports import spend_report
+from tests.factories import make_span
+from tests.ledger.test_rollups import _fill
+
+JUMPS = {
+    "Europe/Berlin": [date(2026, 3, 29), date(2026, 10, 25)],
+    "America/New_York": [date(2026, 3, 8), date(2026, 11, 1)],
+    "Asia/Kathmandu": [date(2026, 2, 1)],
+    "Australia/Lord_Howe": [date(2026, 4, 5), date(2026, 10, 4)],
+    "Pacific/Chatham": [date(2026, 4, 5), date(2026, 9, 27)],
+    "Pacific/Apia": [date(2011, 12, 30)],
+    "Antarctica/Casey": [date(2023, 3, 9)],
+}
+"""Zones, and local days their clocks jump on (Kathmandu: none, +5:45 all year)."""
+NOW = datetime(2027, 1, 1, tzinfo=UTC)
+
+
+def _midnight(day: date, zone: ZoneInfo) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=zone).astimezone(UTC)
+
+
+@st.composite
+def spans_near(draw: st.DrawFn, zone: ZoneInfo, jump: date) -> list[SpanRecord]:
+    """Spans within days of ``jump``: on local midnights, a microsecond before one, on the
+    first of the month, or anywhere in between."""
+    spans = []
+    for _ in range(draw(st.integers(1, 12))):
+        day = jump + timedelta(days=draw(st.integers(-3, 3)))
+        edge = draw(st.sampled_from(["midnight", "before", "month", "month_before", "any"]))
+        if edge.startswith("month"):
+            day = day.replace(day=1) if draw(st.booleans()) else next_month(day)
+        at = _midnight(day, zone)
+        if edge.endswith("before"):
+            at -= timedelta(microseconds=1)
+        elif edge == "any":
+            at += timedelta(microseconds=draw(st.integers(0, 2 * 86_400 * 10**6)))
+        spans.append(
+            make_span(
+                started_at=at,
+                department=draw(st.sampled_from(["sales", "ops"])),
+                cost_total=draw(st.integers(0, 10**6)),
+            )
+        )
+    return spans
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[ZoneInfo, date, list[SpanRecord]]:
+    name = draw(st.sampled_from(sorted(JUMPS)))
+    jump = draw(st.sampled_from(JUMPS[name]))
+    zone = ZoneInfo(name)
+    return zone, jump, draw(spans_near(zone, jump))
+
+
+def _label(moment: datetime, zone: ZoneInfo, unit: str) -> str:
+    local = moment.astimezone(zone).date()
+    if unit == "day":
+        return local.isoformat()
+    if unit == "month":
+        return local.strftime("%Y-%m")
+    iso = local.isocalendar()
+    return f"{iso.year}-W{iso.week:02d}"
+
+
+def _window(zone: ZoneInfo, jump: date) -> Window:
+    """From two months before the jump's to two after: every span drawn is inside it."""
+    first = parse_period((jump - timedelta(days=40)).strftime("%Y-%m"), tz=zone, now=NOW)
+    last = parse_period((jump + timedelta(days=40)).strftime("%Y-%m"), tz=zone, now=NOW)
+    return Window(first.start, last.end, "five months")
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=cases(), cells=st.sampled_from([None, *sorted(JUMPS)]))
+def test_each_span_is_in_the_one_period_its_local_clock_says(
+    db_url: str, case: tuple[ZoneInfo, date, list[SpanRecord]], cells: str | None
+) -> None:
+    zone, jump, spans = case
+    ledger = Ledger(db_url)
+    _fill(ledger, [spans], ZoneInfo(cells or "UTC"))
+    window = _window(zone, jump)
+    assert all(window.start <= s.started_at < window.end for s in spans)
+    for unit in ("day", "week", "month"):
+        report = spend_report(ledger, window, [unit], tz=zone)
+        got = Counter({row.label(unit): row.requests for row in report.rows})
+        assert got == Counter(_label(s.started_at, zone, unit) for s in spans), unit
+        cost = {row.label(unit): int(row.cost) for row in report.rows}
+        assert sum(cost.values()) == sum(s.cost_total for s in spans)
+        with raw_spans():
+            raw = spend_report(ledger, window, [unit], tz=zone)
+        assert raw.rows == report.rows
+    # each month on its own, as `report --period YYYY-MM` and chargeback read it
+    months = {_label(s.started_at, zone, "month") for s in spans}
+    for month in months:
+        rows = spend_report(ledger, parse_period(month, tz=zone, now=NOW), [], tz=zone).rows
+        assert sum(r.requests for r in rows) == sum(
+            _label(s.started_at, zone, "month") == month for s in spans
+        )
