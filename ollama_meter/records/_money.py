@@ -29,6 +29,13 @@ MAX_DIGITS = 40
 """Significant digits an amount may have; more is a typo, not a price."""
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
+_NUMBER = re.compile(
+    r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:s?nan|inf(?:inity)?)",
+    re.IGNORECASE,
+)
+"""What an amount may be written as: ASCII digits, a point, an exponent (and the names of
+the non-numbers, refused by :func:`check_amount` with their own message). ``Decimal()``
+alone also takes '１２' and '٣' (any script's digits) and '1_000'."""
 
 
 class Micros(int):
@@ -75,10 +82,16 @@ def parse_amount(
         raise TypeError("money must not be a float; pass a str or Decimal")
     if isinstance(text, bool) or not isinstance(text, str | int | Decimal):
         raise ValueError(f"{what} must be an amount such as 100 or 12.50, not {text!r}")
+    written = str(text).strip()
     try:
-        value = Decimal(str(text).strip())
+        if not _NUMBER.fullmatch(written):
+            raise InvalidOperation
+        value = Decimal(written)
     except InvalidOperation:
-        raise ValueError(f"{what} {text!r} is not a number") from None
+        raise ValueError(
+            f"{what} {text!r} is not a number; write it with the digits 0-9 and a point, "
+            "such as 12.50"
+        ) from None
     check_amount(value, what=what, limit=limit)
     if positive and value == 0:
         raise ValueError(f"{what} must be a positive amount, not {text!r}")

@@ -105,7 +105,9 @@ def test_department_budgets_variable(
     bad = cli("budget", "list")
     assert (
         bad.code == 2
-        and bad.stderr.strip() == "error: DEPARTMENT_BUDGETS: 'sales' daily 'five' is not a number"
+        and bad.stderr.strip()
+        == "error: DEPARTMENT_BUDGETS: 'sales' daily 'five' is not a number; "
+        "write it with the digits 0-9 and a point, such as 12.50"
     )
     monkeypatch.setenv("DEPARTMENT_BUDGETS", "{sales")
     assert cli("chat", "hi").stderr.startswith("error: DEPARTMENT_BUDGETS: not valid JSON")

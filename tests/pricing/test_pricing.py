@@ -7,7 +7,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ollama_meter.pricing import (
@@ -165,6 +165,34 @@ def test_parse_amount_rejects_floats_and_junk() -> None:
         parse_amount("Infinity")
     with pytest.raises(TypeError):
         parse_amount(1.5)  # type: ignore[arg-type]
+
+
+WRITTEN = st.text(
+    alphabet=st.characters(categories=["Nd", "No"]) | st.sampled_from("0123456789._eE+-  "),
+    max_size=10,
+)
+
+
+@given(WRITTEN)
+@example("１２")  # fullwidth
+@example("٣")  # Arabic-Indic
+@example("1_000")
+@example("²")
+def test_an_amount_is_written_in_ascii_digits(text: str) -> None:
+    """Whatever is taken as money reads the same to a person, a spreadsheet and Decimal:
+    ASCII digits, a point, an exponent; Decimal() alone also took other scripts' digits."""
+    try:
+        value = parse_amount(text)
+    except ValueError as exc:
+        refused = str(exc)
+    else:
+        refused = ""
+    if refused:
+        assert refused.startswith("amount ")  # one line that names what was wrong
+        return
+    written = text.strip()
+    assert written.isascii() and "_" not in written and value == Decimal(written)
+    assert parse_amount(f"{value:f}") == value
 
 
 def test_toml_rules_are_exact_and_validated() -> None:
