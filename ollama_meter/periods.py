@@ -19,6 +19,9 @@ PERIOD_HELP = "today, week, month, YYYY-MM or YYYY-MM-DD"
 FIRST_DAY = date(1970, 1, 1)
 LAST_DAY = date(9998, 12, 31)
 """Days a period may start on: enough for any ledger, and far from the calendar's edges."""
+_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+"""ASCII digits only (``\\d`` would take '２０２６-１１' too)."""
 
 
 def _in_range(day: date, what: str) -> date:
@@ -60,8 +63,10 @@ def _days(first: date, after_last: date, tz: ZoneInfo, label: str) -> Window:
     return Window(local_midnight(first, tz), local_midnight(after_last, tz), label)
 
 
-def parse_period(text: str, *, tz: ZoneInfo, now: datetime) -> Window:
-    """``today``, ``week`` (ISO, from Monday), ``month``, ``YYYY-MM`` or ``YYYY-MM-DD``."""
+def parse_period(text: str, *, tz: ZoneInfo, now: datetime, what: str = "period") -> Window:
+    """``today``, ``week`` (ISO, from Monday), ``month``, ``YYYY-MM`` or ``YYYY-MM-DD``.
+
+    ``what`` names the option in errors (``--month``)."""
     today = now.astimezone(tz).date()
     value = text.strip().lower()
     if value == "today":
@@ -73,21 +78,27 @@ def parse_period(text: str, *, tz: ZoneInfo, now: datetime) -> Window:
     if value == "month":
         first = month_start(today)
         return _days(first, next_month(first), tz, first.strftime("%Y-%m"))
-    if re.fullmatch(r"\d{4}-\d{2}", value):
+    if _MONTH.fullmatch(value):
         try:
             first = date.fromisoformat(value + "-01")
         except ValueError:
-            raise ValidationError(f"period {text!r} is not a valid month") from None
-        _in_range(first, "period")
+            raise ValidationError(
+                f"{what} {text!r} is not a month of the calendar; use YYYY-MM, such as 2026-11"
+            ) from None
+        _in_range(first, what)
         return _days(first, next_month(first), tz, value)
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-        day = parse_day(value, what="period")
+    if _DAY.fullmatch(value):
+        day = parse_day(value, what=what)
         return _days(day, day + timedelta(days=1), tz, value)
-    raise ValidationError(f"period {text!r} is not one of: {PERIOD_HELP}")
+    raise ValidationError(f"{what} {text!r} is not one of: {PERIOD_HELP}")
 
 
 def parse_day(text: str, *, what: str) -> date:
     try:
+        # Only YYYY-MM-DD: date.fromisoformat() also takes '20261101' and '2026W481'
+        # (the Monday of ISO week 48), which no one reading the command line would guess.
+        if not _DAY.fullmatch(text.strip()):
+            raise ValueError(text)
         day = date.fromisoformat(text.strip())
     except ValueError:
         raise ValidationError(f"{what} {text!r} is not a date; use YYYY-MM-DD") from None

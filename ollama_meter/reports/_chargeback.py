@@ -41,7 +41,7 @@ class Chargeback:
 def parse_month(text: str, *, tz: ZoneInfo, now: datetime) -> Window:
     if len(text) != 7 or text[4] != "-":
         raise ValidationError(f"--month {text!r} is not a month; use YYYY-MM, e.g. 2026-11")
-    return parse_period(text, tz=tz, now=now)
+    return parse_period(text, tz=tz, now=now, what="--month")
 
 
 def fixed_cost_cents(amount: Decimal) -> int:

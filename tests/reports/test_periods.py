@@ -6,8 +6,11 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from ollama_meter.errors import ValidationError
+from ollama_meter.periods import parse_day
 from ollama_meter.reports import bucket_bounds, parse_period, window_between
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -64,6 +67,47 @@ def test_periods_in_berlin(text: str, start: datetime, end: datetime, label: str
 def test_bad_periods(text: str) -> None:
     with pytest.raises(ValidationError):
         parse_period(text, tz=BERLIN, now=NOW)
+
+
+@given(
+    st.text(
+        alphabet=st.characters(categories=["Nd"]) | st.sampled_from("0123456789-0123456789WT: "),
+        max_size=12,
+    )
+)
+@example("20261101")  # ISO basic format
+@example("2026W481")  # the Monday of ISO week 48
+@example("2026-W48-1")
+@example("２０２６-１１-０１")
+def test_a_day_is_written_yyyy_mm_dd_and_nothing_else(text: str) -> None:
+    """date.fromisoformat() takes more than --help says (YYYY-MM-DD); what is taken is
+    exactly the day that is written."""
+    try:
+        day = parse_day(text, what="--since")
+    except ValidationError as exc:
+        refused = str(exc)
+    else:
+        refused = ""
+    if refused:
+        assert refused.startswith("--since ")
+        return
+    assert day.isoformat() == text.strip()
+    assert parse_period(text, tz=BERLIN, now=NOW).label == text.strip()
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("2026-13", "--month '2026-13' is not a month of the calendar; use YYYY-MM"),
+        ("0000-01", "--month '0000-01' is not a month of the calendar; use YYYY-MM"),
+        ("9999-01", "--month 9999-01-01 is outside the dates ometer works with"),
+        ("２０２６-１１", "--month '２０２６-１１' is not one of"),
+    ],
+)
+def test_a_bad_month_is_named_by_its_option(text: str, says: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        parse_period(text, tz=BERLIN, now=NOW, what="--month")
+    assert str(raised.value).startswith(says)
 
 
 def test_since_until_are_inclusive_local_days() -> None:
