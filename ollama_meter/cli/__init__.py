@@ -14,6 +14,8 @@ evaluated each time (building the commands took three times as long).
 import logging
 import signal
 import sys
+from functools import cache
+from typing import Any
 
 import typer
 
@@ -94,7 +96,7 @@ def main() -> None:
     """Entry point: run the app, turning ometer's own errors into one line and an exit code."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        code = app(standalone_mode=False)
+        code = command()(standalone_mode=False)
     except OmeterError as exc:
         # Plain write: one line whatever the terminal width, easy to grep in cron mail.
         sys.stderr.write(f"error: {printable(str(exc))}\n")
@@ -113,6 +115,42 @@ def main() -> None:
         )
         sys.exit(70)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+@cache
+def command() -> Any:
+    """The app as click runs it, every command refusing a single-valued option given twice."""
+    root = typer.main.get_command(app)
+    _once(root)
+    return root
+
+
+def _once(command: Any) -> None:
+    """Make ``--month 2026-11 --month 2026-10`` a usage error; click keeps the last silently,
+    and a cron line edited in a hurry would bill the wrong month with exit code 0.
+
+    Typer's click is its own private copy, so commands, groups and options are known by
+    their attributes, and the error is typer's public BadParameter (a usage error)."""
+    if hasattr(command, "commands"):
+        for sub in command.commands.values():
+            _once(sub)
+        return
+    parse_args = command.parse_args
+
+    def parse_once(ctx: typer.Context, args: list[str]) -> list[str]:
+        seen = set()
+        _, _, order = command.make_parser(ctx).parse_args(args=list(args))
+        for param in order:
+            if param.param_type_name == "option" and not (
+                param.multiple or param.count or param.is_eager
+            ):
+                if param in seen:
+                    raise typer.BadParameter("given twice; give it once", ctx=ctx, param=param)
+                seen.add(param)
+        rest: list[str] = parse_args(ctx, args)
+        return rest
+
+    command.parse_args = parse_once
 
 
 def _usage_error(exc: Exception) -> bool:

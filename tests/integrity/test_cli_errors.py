@@ -229,3 +229,44 @@ def test_help_and_a_bare_command_still_show_the_help(cli: Any) -> None:
     bare = cli("pricing")
     assert bare.code == 2 and "Usage: ometer pricing" in bare.stdout + bare.stderr
     assert cli("--version").stdout.startswith("ometer ")
+
+
+def _single_valued_options() -> list[tuple[list[str], str, bool]]:
+    """(command path, option, takes a value) of every option of every command that is not
+    meant to be repeated (``--upstream``, ``--option``, ``--allow-user`` are)."""
+    import typer
+
+    from ollama_meter.cli import app
+
+    found: list[tuple[list[str], str, bool]] = []
+
+    def walk(path: list[str], cmd: Any) -> None:
+        if hasattr(cmd, "commands"):
+            for name, sub in sorted(cmd.commands.items()):
+                walk([*path, name], sub)
+            return
+        for param in cmd.params:
+            if param.param_type_name == "option" and not (
+                param.multiple or param.count or param.is_eager
+            ):
+                found.extend((path, opt, not param.is_flag) for opt in param.opts)
+
+    walk([], typer.main.get_command(app))
+    return found
+
+
+def test_every_option_given_twice_is_one_line_and_exit_2(cli: Any) -> None:
+    """click keeps the last of ``--month 2026-11 --month 2026-10`` without a word; a cron
+    line edited in a hurry billed the wrong month with exit code 0."""
+    options = _single_valued_options()
+    assert (["chargeback"], "--month", True) in options and len(options) > 100
+    for path, option, takes_value in options:
+        given = [option, "2026-11"] if takes_value else [option]
+        result = cli(*path, *given, *given)
+        assert result.code == 2, (path, option, result)
+        line = one_error_line(result)
+        assert option in line and "given twice; give it once" in line, (path, line)
+    # the option and its short name are one option; options meant to be repeated still are
+    assert "given twice" in one_error_line(cli("chargeback", "--month", "2026-11", "-m", "2026-10"))
+    for repeated in (["serve", "--upstream", "http://a:1", "--upstream", "http://b:1", "--help"],):
+        assert cli(*repeated).code == 0
