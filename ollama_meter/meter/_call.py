@@ -19,14 +19,18 @@ from ollama_meter.upstream import Delta, Event, Final
 
 if TYPE_CHECKING:
     from ollama_meter.budgets import Reservation
+    from ollama_meter.pricing import PriceBook
 
 
 class MeteredCall:
     """Collects what the upstream sends; becomes a span when the meter closes it."""
 
-    def __init__(self, span: SpanRecord, prompt_text: str) -> None:
+    def __init__(self, span: SpanRecord, prompt_text: str, prices: PriceBook) -> None:
         self.span = span
         self.prompt_text = prompt_text
+        self.prices = prices
+        """The rules in force when the call was admitted: its budget bound and its cost both
+        come from them, so a rule changed while the call is in flight is not half applied."""
         self.reply_parts: list[str] = []
         self.content_chunks = 0
         self.final: Final | None = None

@@ -179,7 +179,7 @@ class Meter:
         prices = self.prices() if blocking else self.prices.cache.snapshot()
         facts = facts or RequestFacts(prompt_text="", prompt_bytes=0)
         span = self._new_span(operation, model, stream, attribution, prices.currency)
-        call = MeteredCall(span, facts.prompt_text)
+        call = MeteredCall(span, facts.prompt_text, prices)
         if self.budgets is not None:
             self._admit(self.budgets, call, facts, prices, blocking=blocking)
         if self.journal:
@@ -331,7 +331,7 @@ class Meter:
             span.prompt, span.reply = call.prompt_text, call.reply
         # Counts and names came from a caller and from Ollama: bound them before pricing.
         make_storable(span)
-        span.apply_cost(self.prices().cost(span.model, span.started_at, usage_of(span)))
+        span.apply_cost(call.prices.cost(span.model, span.started_at, usage_of(span)))
         call.stored = self._record(span)
         if self.budgets is not None:
             self._settle(self.budgets, call)

@@ -332,3 +332,27 @@ def test_a_dead_upstream_opens_the_breaker_after_three_failures(db_url: str) -> 
         "connection",
     ]
     assert spans[0].http_status == 503
+
+
+def test_a_call_is_priced_by_the_rules_it_was_admitted_under(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    """A rule added while a call is in flight does not price it (its budget bound came from
+    the rules before); the next call is priced by it. `ometer reprice` applies it to both."""
+    meter = make_meter(db_url)
+    before = meter.ledger.add_price_rule(token_prices("llama3.1:*"))
+    run = meter.chat(model="llama3.1:8b", messages=HELLO, attribution=WHO, stream=True)
+    chunks = iter(run)
+    next(chunks)  # the call is in flight
+    after = meter.ledger.add_price_rule(
+        PriceRule(pattern="llama3.1:8b", currency="USD", output_per_1m=Decimal(2000))
+    )
+    meter.prices.cache.expire()  # as if the reload came right now
+    assert meter.prices().rule_for("llama3.1:8b", run.span.started_at) == after
+    list(chunks)
+    span = run.span
+    assert span.price_rule_id == before.id
+    assert span.cost_total == 3 * 1000 + span.output_tokens * 2000
+    following, _ = run_chat(meter)
+    assert following.price_rule_id == after.id
+    assert following.cost_total == following.output_tokens * 2000
