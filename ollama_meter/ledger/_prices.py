@@ -16,7 +16,9 @@ _TABLE: Table = PriceRuleRow.__table__  # type: ignore[assignment]
 
 
 def _to_rule(row: Any) -> PriceRule:
-    return record_from(PriceRule, row)
+    # An earlier ometer took a pattern with a final newline ('llama3\n', a rule that matched
+    # no model); read as the name it was meant to be, rather than failing every price lookup.
+    return record_from(PriceRule, row, pattern=row.pattern.rstrip("\n"))
 
 
 def _values(rule: PriceRule, digest: str | None) -> dict[str, object]:

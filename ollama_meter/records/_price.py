@@ -15,7 +15,7 @@ from fnmatch import fnmatchcase
 
 from ollama_meter.records._money import MAX_PRICE, PRICE_LIMITS, check_amount, parse_currency
 
-_PATTERN_OK = re.compile(r"^[A-Za-z0-9._:/@*?\[\]!-]{1,255}$")
+_PATTERN_OK = re.compile(r"[A-Za-z0-9._:/@*?\[\]!-]{1,255}")
 
 PRICE_FIELDS = (
     "input_per_1m",
@@ -53,7 +53,7 @@ class PriceRule:
     source: str = "cli"
 
     def __post_init__(self) -> None:
-        if not _PATTERN_OK.match(self.pattern):
+        if not _PATTERN_OK.fullmatch(self.pattern):  # match()'s $ let a final newline in
             raise ValueError(
                 f"model pattern {self.pattern!r} is not a model name or glob such as 'llama3.1:*'"
             )

@@ -344,3 +344,19 @@ def test_an_import_the_database_stops_half_way_says_to_run_it_again(tmp_path: Pa
     kept = _tables(ledger)
     rebuild(ledger.write, ledger.read)
     assert _tables(ledger) == kept
+
+
+def test_a_price_rule_an_older_ometer_kept_with_a_final_newline_still_reads(db_url: str) -> None:
+    """Its pattern check let 'llama3\\n' in (a rule that matched no model); the check now
+    refuses it, and reading it back must not make every price lookup fail."""
+    from sqlalchemy import update
+
+    from ollama_meter.ledger.models import PriceRuleRow
+    from tests.factories import token_prices
+
+    ledger = Ledger(db_url)
+    rule = ledger.add_price_rule(token_prices("llama3"))
+    with ledger.write() as conn:  # as the older meter stored it
+        conn.execute(update(PriceRuleRow).values(pattern="llama3\n"))
+    [read] = ledger.price_rules()
+    assert read.pattern == "llama3" and read.id == rule.id

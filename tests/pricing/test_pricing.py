@@ -150,6 +150,24 @@ def test_invalid_rules_say_why(kwargs: dict[str, object], message: str) -> None:
         PriceRule(pattern="x", **kwargs)  # type: ignore[arg-type]
 
 
+@given(st.text(max_size=20))
+@example("llama3\n")
+@example("llama3.1:*\n")
+def test_a_pattern_is_printable_ascii_with_no_space(text: str) -> None:
+    """Whatever is taken as a pattern lists on one line and in one CSV cell ('llama3\\n' was
+    stored, a rule that matched no model)."""
+    try:
+        made = rule(text)
+    except ValueError as exc:
+        refused = str(exc)
+    else:
+        refused = ""
+    if refused:
+        assert refused.startswith("model pattern ")
+        return
+    assert made.pattern == text and text.isascii() and text.isprintable() and " " not in text
+
+
 def test_bad_pattern_is_refused() -> None:
     with pytest.raises(ValueError, match="not a model name or glob"):
         rule("llama 3")
