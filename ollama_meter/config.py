@@ -284,7 +284,7 @@ class Settings(BaseSettings):
         if value is None or value == "":
             return None
         given = value if isinstance(value, str | int | Decimal) else str(value)
-        return parse_amount(given, what="the value", limit=MAX_AMOUNT)
+        return parse_amount(given, what="the value", limit=MAX_AMOUNT, places=2)
 
     @property
     def telemetry_configured(self) -> bool:

@@ -57,7 +57,7 @@ def chargeback_command(
     amount = cfg.fixed_monthly_cost
     if fixed_cost is not None:
         try:
-            amount = parse_amount(fixed_cost, what="--fixed-cost", limit=MAX_AMOUNT)
+            amount = parse_amount(fixed_cost, what="--fixed-cost", limit=MAX_AMOUNT, places=2)
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
     result = chargeback(

@@ -76,8 +76,10 @@ def parse_amount(
     what: str = "amount",
     limit: Decimal = MAX_PRICE,
     positive: bool = False,
+    places: int | None = None,
 ) -> Decimal:
-    """Parse a non-negative, finite decimal amount given by a user, at most ``limit``."""
+    """Parse a non-negative, finite decimal amount given by a user, at most ``limit``, with at
+    most ``places`` decimal places (refused, not rounded) when given."""
     if isinstance(text, float):
         raise TypeError("money must not be a float; pass a str or Decimal")
     if isinstance(text, bool) or not isinstance(text, str | int | Decimal):
@@ -95,6 +97,8 @@ def parse_amount(
     check_amount(value, what=what, limit=limit)
     if positive and value == 0:
         raise ValueError(f"{what} must be a positive amount, not {text!r}")
+    if places is not None and value != value.quantize(Decimal(1).scaleb(-places)):
+        raise ValueError(f"{what} {text} has more than {places} decimal places")
     return value
 
 

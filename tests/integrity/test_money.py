@@ -100,6 +100,7 @@ def test_the_most_any_call_can_cost_fits_the_ledger(
         (["budget", "set", "d", "--daily", "NaN"], "not a finite number"),
         (["chargeback", "--month", "2026-11", "--fixed-cost", "1e30"], "largest allowed"),
         (["chargeback", "--month", "2026-11", "--fixed-cost", "0." + "0" * 60 + "1"], "digits"),
+        (["chargeback", "--month", "2026-11", "--fixed-cost", "12.345"], "more than 2 decimal"),
     ],
 )
 def test_absurd_amounts_are_one_line_errors(cli: Any, args: list[str], says: str) -> None:
@@ -107,6 +108,18 @@ def test_absurd_amounts_are_one_line_errors(cli: Any, args: list[str], says: str
     assert result.code in (1, 2)
     (line,) = [line for line in result.stderr.splitlines() if "ollama_meter.ledger" not in line]
     assert line.startswith("error: ") and says in line  # one line, no traceback
+
+
+def test_a_fixed_cost_finer_than_cents_is_named_where_it_was_set(
+    cli: Any, monkeypatch: Any
+) -> None:
+    """Shares are whole cents: 0.001 is refused, as the setting it came from, before any work."""
+    monkeypatch.setenv("OMETER_FIXED_MONTHLY_COST", "0.001")
+    result = cli("chargeback", "--month", "2026-11")
+    assert result.code == 2
+    assert result.stderr.strip() == (
+        "error: OMETER_FIXED_MONTHLY_COST: the value 0.001 has more than 2 decimal places"
+    )
 
 
 def test_largest_amounts_are_accepted(cli: Any) -> None:
