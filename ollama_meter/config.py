@@ -312,9 +312,9 @@ class Settings(BaseSettings):
     @field_validator("currency")
     @classmethod
     def _currency(cls, value: str) -> str:
-        from ollama_meter.records import parse_currency
+        from ollama_meter.records import known_currency
 
-        return parse_currency(value, what="")
+        return known_currency(value, what="")
 
     @field_validator("timezone")
     @classmethod

@@ -25,7 +25,7 @@ from typing import Any
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.periods import parse_day
-from ollama_meter.records import PRICE_FIELDS, PriceRule, parse_amount, parse_currency
+from ollama_meter.records import PRICE_FIELDS, PriceRule, known_currency, parse_amount
 
 _KNOWN = {"model", "pattern", "currency", "charge_load", "from", "until", *PRICE_FIELDS}
 
@@ -54,7 +54,7 @@ def parse_pricing_toml(
         data = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"not valid TOML: {exc}") from None
-    currency = parse_currency(data.get("currency", default_currency), what="the file's currency")
+    currency = known_currency(data.get("currency", default_currency), what="the file's currency")
     entries = data.get("rule", [])
     if not isinstance(entries, list) or not entries:
         raise ValueError("no [[rule]] tables found; each rule is a [[rule]] with a model pattern")
@@ -79,7 +79,7 @@ def parse_pricing_toml(
             rules.append(
                 PriceRule(
                     pattern=pattern,
-                    currency=parse_currency(entry.get("currency", currency), what="currency"),
+                    currency=known_currency(entry.get("currency", currency), what="currency"),
                     charge_load=charge_load,
                     effective_from=_date(entry.get("from"), "from"),
                     effective_until=_date(entry.get("until"), "until"),

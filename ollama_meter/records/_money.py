@@ -10,6 +10,7 @@ can cost more than about 10^9 units, so a thousand of the worst still sum in 64 
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
@@ -121,3 +122,22 @@ def parse_currency(text: object, *, what: str = "currency") -> str:
         given = f"{what} {text!r}".strip()
         raise ValueError(f"{given} is not a 3-letter ISO 4217 code such as USD or EUR")
     return code
+
+
+def known_currency(text: object, *, what: str = "currency") -> str:
+    """:func:`parse_currency`, and a code ISO 4217 lists (not XXX, no currency, or XTS, for
+    tests): 'UDS' is refused where it is typed, not found later as a row of its own in every
+    report. Records read back from a ledger are checked by shape only, so a code an earlier
+    ometer took still reads."""
+    code = parse_currency(text, what=what)
+    if code not in _iso_4217():
+        given = f"{what} {code!r}".strip()
+        raise ValueError(f"{given} is not a currency in ISO 4217; check the code (USD, EUR, ...)")
+    return code
+
+
+@functools.cache
+def _iso_4217() -> frozenset[str]:
+    from iso4217 import Currency  # parses its XML when imported: only where a code is typed
+
+    return frozenset(c.code for c in Currency) - {"XXX", "XTS"}

@@ -380,6 +380,32 @@ def test_currency_codes_have_the_iso_shape(text: str) -> None:
             parse_currency(text)
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        ["pricing", "set", "m", "--per-request", "1", "--currency", "UDS"],
+        ["budget", "set", "d", "--tenant", "acme", "--monthly", "5", "--currency", "XXX"],
+        ["pricing", "import", "prices.toml"],
+        ["report"],
+    ],
+)
+def test_a_currency_no_one_uses_is_refused_where_it_is_typed(
+    cli: Any, tmp_path: Any, monkeypatch: Any, where: list[str]
+) -> None:
+    """'UDS' for USD became its own currency: rows of its own in every report, a budget in USD
+    blind to it. Codes ISO 4217 lists are taken (not XXX, 'no currency', or XTS, for tests)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prices.toml").write_text('currency = "ABC"\n[[rule]]\nmodel = "m"\ngpu_hour = 1\n')
+    if where == ["report"]:
+        monkeypatch.setenv("OMETER_CURRENCY", "UDS")
+    result = cli(*where)
+    assert result.code in (1, 2)
+    line = [line for line in result.stderr.splitlines() if "ollama_meter.ledger" not in line]
+    assert len(line) == 1 and "is not a currency in ISO 4217" in line[0], result.stderr
+    for code in ("usd", "EUR", "CHF", "JPY", "XOF"):
+        assert cli("pricing", "set", "m", "--gpu-hour", "1", "--currency", code).code == 0
+
+
 def test_usage_of_an_interrupted_span_has_no_fee() -> None:
     from tests.factories import make_span
 
