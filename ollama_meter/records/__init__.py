@@ -34,6 +34,7 @@ from ollama_meter.records._money import (
     known_currency,
     parse_amount,
     parse_currency,
+    round_half_even,
     to_micros,
 )
 from ollama_meter.records._price import (
@@ -120,6 +121,7 @@ __all__ = [
     "parse_limit",
     "parse_thresholds",
     "record_from",
+    "round_half_even",
     "storable_text",
     "to_micros",
     "values_of",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 
 MICROS = 1_000_000
 _MICRO = Decimal("0.000001")
@@ -58,8 +58,19 @@ class Micros(int):
 
 
 def to_micros(amount: Decimal) -> int:
-    """Round an exact amount to integer micro-units (banker's rounding)."""
-    return int((amount * MICROS).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+    """Round an exact amount to integer micro-units, once, half to even.
+
+    As a ratio of integers: Decimal arithmetic rounds to 28 digits first, so
+    0.0000025000000000000000000000000001 came to 2, not 3."""
+    numerator, denominator = amount.as_integer_ratio()
+    return round_half_even(numerator * MICROS, denominator)
+
+
+def round_half_even(numerator: int, denominator: int) -> int:
+    """``numerator / denominator`` (``denominator`` > 0) to the nearest integer, ties to even."""
+    quotient, remainder = divmod(numerator, denominator)  # remainder >= 0: floor division
+    twice = 2 * remainder
+    return quotient + (twice > denominator or (twice == denominator and quotient % 2 == 1))
 
 
 def from_micros(micros: int) -> Decimal:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from fractions import Fraction
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -272,10 +273,23 @@ def test_a_toml_date_is_a_day_never_a_moment_cut_to_its_day(value: str, says: st
 
 prices = st.decimals(
     min_value=0, max_value=100_000, places=4, allow_nan=False, allow_infinity=False
-)
+) | st.decimals(min_value=0, max_value=1, places=12, allow_nan=False, allow_infinity=False)
 kwh_prices = st.decimals(min_value=0, max_value=1_000, places=4, allow_nan=False)
 counts = st.integers(min_value=0, max_value=10_000_000)
-nanos = st.integers(min_value=0, max_value=10**13)
+nanos = st.integers(min_value=0, max_value=10**13) | st.sampled_from([400 * 10**9, 1_200 * 10**9])
+"""Busy times of any length, and of a ninth and a third of an hour, which no decimal holds."""
+
+
+@given(
+    st.decimals(min_value=-(10**12), max_value=10**12, places=34, allow_nan=False)
+    | st.decimals(allow_nan=False, allow_infinity=False, min_value=-1, max_value=1, places=8)
+)
+@example(D("0.0000025000000000000000000000000001"))  # 2.5000…01 micro-units: 3
+@example(D("123456789012.3456785000000000000000000001"))
+def test_an_amount_in_micro_units_is_rounded_once_half_to_even(amount: Decimal) -> None:
+    """Budgets and fixed costs of up to 40 digits: Decimal's 28 rounded them before the
+    final rounding did (2.5000…01 micro-units came to 2)."""
+    assert to_micros(amount) == round(Fraction(amount) * 1_000_000)
 
 
 @given(
@@ -292,6 +306,8 @@ nanos = st.integers(min_value=0, max_value=10**13)
     nanos,
     st.booleans(),
 )
+@example(D(0), D(0), D(0), D(1), D("0.0495"), D(0), 0, 0, 400 * 10**9, 0, 0, False)  # 5.5 → 6
+@example(D(0), D(0), D("0.0000135"), D(1), D(0), D(0), 0, 0, 400 * 10**9, 0, 0, False)  # 1.5 → 2
 def test_parts_are_exact_rounded_and_sum_to_total(
     inp: Decimal,
     out: Decimal,
@@ -318,9 +334,13 @@ def test_parts_are_exact_rounded_and_sum_to_total(
     usage = Usage(n_in, n_out, pe, ev, load)
     cost = compute_cost(r, usage, currency="USD")
     busy = pe + ev + (load if charge_load else 0)
-    exact_tokens = (n_in * inp + n_out * out) / 1_000_000
-    assert abs(D(cost.tokens) - exact_tokens * 1_000_000) <= D("0.5")
-    assert abs(D(cost.compute) - D(busy) * gpu / 3_600_000_000_000 * 1_000_000) <= D("0.5")
+    # Each part is the exact amount in micro-units, rounded once, half to even (round() on a
+    # Fraction): never one micro-unit off at a tie, however the busy time divides the hour.
+    hours = Fraction(busy, 3_600_000_000_000)
+    assert cost.tokens == round(n_in * Fraction(inp) + n_out * Fraction(out))
+    assert cost.compute == round(hours * Fraction(gpu) * 1_000_000)
+    assert cost.energy == round(hours * Fraction(watts) / 1000 * Fraction(kwh) * 1_000_000)
+    assert cost.fee == round((n_in + n_out) * Fraction(fee))
     assert cost.total == cost.tokens + cost.compute + cost.energy + cost.fee
     assert min(cost.tokens, cost.compute, cost.energy, cost.fee) >= 0
     assert all(isinstance(v, int) for v in (cost.tokens, cost.compute, cost.energy, cost.fee))
