@@ -111,7 +111,7 @@ def parse_amount(
         raise ValueError(f"{what} must be a positive amount, not {text!r}")
     if places is not None and value != value.quantize(Decimal(1).scaleb(-places)):
         raise ValueError(f"{what} {text} has more than {places} decimal places")
-    return value
+    return value.copy_abs()  # '-0' is 0: never listed as a price of -0
 
 
 def check_amount(value: Decimal, *, what: str, limit: Decimal = MAX_PRICE) -> None:

@@ -197,6 +197,7 @@ WRITTEN = st.text(
 @example("٣")  # Arabic-Indic
 @example("1_000")
 @example("²")
+@example("-0.00")
 def test_an_amount_is_written_in_ascii_digits(text: str) -> None:
     """Whatever is taken as money reads the same to a person, a spreadsheet and Decimal:
     ASCII digits, a point, an exponent; Decimal() alone also took other scripts' digits."""
@@ -211,6 +212,7 @@ def test_an_amount_is_written_in_ascii_digits(text: str) -> None:
         return
     written = text.strip()
     assert written.isascii() and "_" not in written and value == Decimal(written)
+    assert not value.is_signed()  # '-0' is stored, listed and exported as 0
     assert parse_amount(f"{value:f}") == value
 
 
