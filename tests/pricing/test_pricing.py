@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from zoneinfo import ZoneInfo
@@ -21,6 +21,7 @@ from ollama_meter.pricing import (
     parse_amount,
     parse_pricing_toml,
     select_rule,
+    specificity,
     to_micros,
 )
 
@@ -362,3 +363,43 @@ def test_rule_choice_does_not_depend_on_order(patterns: list[str], rnd) -> None:
     shuffled = list(rules)
     rnd.shuffle(shuffled)
     assert select_rule(shuffled, "llama3.1:8b", date(2026, 1, 1)) == chosen
+
+
+_DAYS = st.none() | st.integers(0, 6).map(
+    lambda n: date(2026, 11, 28 + n) if n < 3 else date(2026, 12, n - 2)
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["*", "llama3.1:*", "llama3.1:8b", "l?ama3.1:8b"]), _DAYS, _DAYS),
+        min_size=1,
+        max_size=8,
+    ),
+    st.integers(0, 8).map(lambda n: date(2026, 11, 27) + timedelta(days=n)),
+    st.randoms(),
+)
+def test_windows_that_touch_or_overlap_give_one_rule_a_day(  # type: ignore[no-untyped-def]
+    specs: list[tuple[str, date | None, date | None]], day: date, rnd
+) -> None:
+    """On any day exactly one rule prices a model, or none: the most specific in force, then
+    the latest start, then the latest added, whatever order they come in. A rule that ends
+    on a day (until is exclusive) gives way that very day to one that starts on it."""
+    rules = []
+    for i, (pattern, one, other) in enumerate(specs, start=1):
+        start, end = one, other
+        if one is not None and other is not None and other <= one:
+            start, end = other, one + timedelta(days=1)
+        rules.append(rule(pattern, id=i, effective_from=start, effective_until=end))
+    chosen = select_rule(rules, "llama3.1:8b", day)
+    rnd.shuffle(rules)
+    assert select_rule(rules, "llama3.1:8b", day) == chosen
+    candidates = [r for r in rules if r.applies_on(day) and r.matches("llama3.1:8b")]
+    if chosen is None:
+        assert candidates == []
+        return
+    assert chosen in candidates
+    assert chosen.effective_until is None or chosen.effective_until > day
+    for other in candidates:
+        key = (specificity(other.pattern), other.effective_from or date.min, other.id)
+        assert key <= (specificity(chosen.pattern), chosen.effective_from or date.min, chosen.id)
