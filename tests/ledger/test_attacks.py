@@ -360,3 +360,28 @@ def test_a_price_rule_an_older_ometer_kept_with_a_final_newline_still_reads(db_u
         conn.execute(update(PriceRuleRow).values(pattern="llama3\n"))
     [read] = ledger.price_rules()
     assert read.pattern == "llama3" and read.id == rule.id
+
+
+def test_a_rollup_rebuilt_in_a_zone_with_a_27_hour_day_ends_and_agrees(db_url: str) -> None:
+    """Antarctica/Casey went from +11 to +8 on 9 March 2023: a day of 27 hours. Cut 26 hours
+    on, that day ended where it began and `db rollup --zone` never finished."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.ledger._aggregate import raw_spans
+    from ollama_meter.periods import parse_period
+    from ollama_meter.reports import spend_report
+
+    casey = ZoneInfo("Antarctica/Casey")
+    ledger = Ledger(db_url)
+    starts = [datetime(2023, 3, 8, 12, tzinfo=UTC) + timedelta(hours=h) for h in range(0, 60, 5)]
+    ledger.record([make_span(started_at=at, cost_total=1_000) for at in starts])
+    assert rebuild(ledger.write, ledger.read, zone="Antarctica/Casey") == len(starts)
+    window = parse_period("2023-03", tz=casey, now=datetime(2024, 1, 1, tzinfo=UTC))
+    report = spend_report(ledger, window, ["day"], tz=casey)
+    with raw_spans():
+        assert spend_report(ledger, window, ["day"], tz=casey).rows == report.rows
+    days = [at.astimezone(casey).date().isoformat() for at in starts]
+    assert {row.label("day"): row.requests for row in report.rows} == {
+        day: days.count(day) for day in days
+    }
+    assert days.count("2023-03-09") == 5  # 27 hours: 13:00 UTC on the 8th to 16:00 on the 9th
