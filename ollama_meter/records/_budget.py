@@ -101,11 +101,9 @@ def parse_limit(value: Any, *, what: str) -> int:
     """A positive amount of money (text or number, never float-rounded) → micro-units."""
     if isinstance(value, float):
         value = str(value)  # JSON numbers arrive as floats; their text is what the user wrote
-    amount = parse_amount(value, what=what, limit=MAX_AMOUNT, positive=True)
-    micros = to_micros(amount)
-    if micros <= 0:
-        raise ValueError(f"{what} must be a positive amount of at least 0.000001, not {value!r}")
-    return micros
+    # Refused, not rounded: a limit of 0.0000015 was kept as 0.000002 without a word.
+    amount = parse_amount(value, what=what, limit=MAX_AMOUNT, positive=True, places=6)
+    return to_micros(amount)
 
 
 def parse_department_budgets(text: str, *, currency: str) -> list[Budget]:

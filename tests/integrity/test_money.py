@@ -98,6 +98,7 @@ def test_the_most_any_call_can_cost_fits_the_ledger(
         (["budget", "set", "d", "--monthly", "1e30"], "more than the largest allowed"),
         (["budget", "set", "d", "--monthly", "0"], "positive amount"),
         (["budget", "set", "d", "--daily", "NaN"], "not a finite number"),
+        (["budget", "set", "d", "--daily", "0.0000015"], "more than 6 decimal places"),
         (["chargeback", "--month", "2026-11", "--fixed-cost", "1e30"], "largest allowed"),
         (["chargeback", "--month", "2026-11", "--fixed-cost", "0." + "0" * 60 + "1"], "digits"),
         (["chargeback", "--month", "2026-11", "--fixed-cost", "12.345"], "more than 2 decimal"),
