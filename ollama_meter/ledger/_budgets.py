@@ -72,12 +72,20 @@ def _identity(b: Budget) -> tuple[object, ...]:
     return (b.tenant, b.department or "", b.period, b.limit, b.currency, b.hard, b.thresholds)
 
 
+def _from(conn: Connection, source: str) -> list[Budget]:
+    return [b for b in list_budgets(conn) if b.source == source]
+
+
+def source_differs(conn: Connection, source: str, budgets: Sequence[Budget]) -> bool:
+    """Whether the budgets from ``source`` are other than ``budgets``."""
+    return sorted(map(_identity, _from(conn, source))) != sorted(map(_identity, budgets))
+
+
 def sync_source(conn: Connection, source: str, budgets: Sequence[Budget]) -> bool:
     """Make the budgets from ``source`` exactly ``budgets``; True when anything changed."""
-    current = [b for b in list_budgets(conn) if b.source == source]
-    if sorted(map(_identity, current)) == sorted(map(_identity, budgets)):
+    if not source_differs(conn, source, budgets):
         return False
-    for old in current:
+    for old in _from(conn, source):
         assert old.id is not None
         remove_budget(conn, old.id)
     for budget in budgets:

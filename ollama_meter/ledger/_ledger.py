@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -186,14 +186,25 @@ class Ledger(DurableLedger):
             if not (_row_id(rule_id) and _prices.remove_rule(conn, rule_id)):
                 raise PricingError(f"no price rule with id {rule_id}; see `ometer pricing list`")
 
-    def sync_price_rules(self, source: str, rules: Sequence[PriceRule], content: bytes) -> bool:
-        """Make the rules from ``source`` (a pricing file) match its content; True if they changed."""
+    def sync_price_rules(
+        self, source: str, content: bytes, rules: Callable[[], Sequence[PriceRule]]
+    ) -> bool:
+        """Make the rules from ``source`` (a pricing file) match its content; True if they changed.
+
+        ``rules`` parses the content, called only when it differs from what the ledger
+        has. Unchanged (every command but the first), this is one read: a command that
+        only reads never waits for, or fails on, a writer's lock because of the file.
+        """
         digest = hashlib.sha256(content).hexdigest()
-        with self.write() as conn:
+        with self.read() as conn:
             if _prices.file_digest(conn, source) == digest:
                 return False
-            _prices.replace_source(conn, source, rules, digest)
-            _currencies.check_rules(conn, rules)
+        parsed = rules()
+        with self.write() as conn:
+            if _prices.file_digest(conn, source) == digest:  # another process got there first
+                return False
+            _prices.replace_source(conn, source, parsed, digest)
+            _currencies.check_rules(conn, parsed)
             return True
 
     def recent_usage(self, model: str, limit: int = 20) -> list[PastCall]:
@@ -219,6 +230,13 @@ class Ledger(DurableLedger):
                 raise BudgetError(f"no budget with id {budget_id}; see `ometer budget list`")
 
     def sync_budgets(self, source: str, budgets: Sequence[Budget]) -> bool:
+        """Make the budgets from ``source`` exactly ``budgets``; True if they changed.
+
+        Unchanged, this is one read (see :meth:`sync_price_rules`).
+        """
+        with self.read() as conn:
+            if not _budgets.source_differs(conn, source, budgets):
+                return False
         with self.write() as conn:
             changed = _budgets.sync_source(conn, source, budgets)
             if changed:

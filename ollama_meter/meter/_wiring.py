@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ollama_meter.budgets import BudgetGate
     from ollama_meter.config import Settings
     from ollama_meter.ledger import Ledger
+    from ollama_meter.pricing import PriceRule
 
 GATEWAY_LEASE_SHARE = 0.25
 """The share of a budget's room a long-running process leases at a time."""
@@ -101,13 +102,16 @@ def ledger_for(settings: Settings) -> Ledger:
 def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> bool:
     """Load ``OMETER_PRICING_FILE`` into the ledger when its content changed; True if it did."""
     content = path.read_bytes()
-    try:
-        rules = parse_pricing_toml(
-            content.decode("utf-8"), default_currency=default_currency, source=f"file:{path}"
-        )
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise PricingError(f"OMETER_PRICING_FILE {path}: {exc}") from None
-    return ledger.sync_price_rules(f"file:{path}", rules, content)
+
+    def rules() -> list[PriceRule]:
+        try:
+            return parse_pricing_toml(
+                content.decode("utf-8"), default_currency=default_currency, source=f"file:{path}"
+            )
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise PricingError(f"OMETER_PRICING_FILE {path}: {exc}") from None
+
+    return ledger.sync_price_rules(f"file:{path}", content, rules)
 
 
 def sync_env_budgets(ledger: Ledger, settings: Settings) -> None:

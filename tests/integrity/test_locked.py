@@ -60,3 +60,29 @@ def test_a_hard_budget_that_cannot_be_checked_refuses(
     close_ledgers()
     spans = json.loads(cli("log", "--json").stdout)
     assert [(s["status"], s["error_type"]) for s in spans] == [("error", "ledger_unavailable")]
+
+
+def test_reading_commands_never_need_the_write_lock_for_the_pricing_file_or_env_budgets(
+    cli: Any, locked: sqlite3.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pricing file and DEPARTMENT_BUDGETS are taken in once; after that, commands that only
+    read do not wait for (or fail on) a gateway's write lock because they are configured."""
+    prices = tmp_path / "prices.toml"
+    prices.write_text('currency = "USD"\n[[rule]]\npattern = "qwen*"\ninput_per_1m = "2"\n')
+    monkeypatch.setenv("OMETER_PRICING_FILE", str(prices))
+    monkeypatch.setenv("DEPARTMENT_BUDGETS", '{"sales": {"monthly": 100}}')
+    locked.execute("ROLLBACK")
+    assert cli("pricing", "list").code == 0  # the first command takes both in
+    locked.execute("BEGIN IMMEDIATE")
+    for command in (
+        ["log"],
+        ["report", "--period", "month"],
+        ["pricing", "list"],
+        ["budget", "list"],
+    ):
+        close_ledgers()  # each its own process
+        result = cli(*command)
+        assert result.code == 0, (command, result.stderr)
+    prices.write_text('currency = "USD"\n[[rule]]\npattern = "qwen*"\ninput_per_1m = "3"\n')
+    close_ledgers()
+    assert "database is locked" in cli("log").stderr  # a changed file must be written: it waits

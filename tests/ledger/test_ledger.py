@@ -242,13 +242,13 @@ def test_pricing_file_sync_replaces_only_on_change(db_url: str) -> None:
     ledger = Ledger(db_url)
     ledger.add_price_rule(PriceRule(pattern="*", currency="USD", input_per_1m=Decimal(1)))
     rules = [PriceRule(pattern="a:*", currency="USD", input_per_1m=Decimal(2))]
-    assert ledger.sync_price_rules("file:/p.toml", rules, b"v1") is True
-    assert ledger.sync_price_rules("file:/p.toml", rules, b"v1") is False
+    assert ledger.sync_price_rules("file:/p.toml", b"v1", lambda: rules) is True
+    assert ledger.sync_price_rules("file:/p.toml", b"v1", lambda: rules) is False
     rules2 = [
         PriceRule(pattern="b:*", currency="USD", input_per_1m=Decimal(3)),
         PriceRule(pattern="c:*", currency="USD", input_per_1m=Decimal(4)),
     ]
-    assert ledger.sync_price_rules("file:/p.toml", rules2, b"v2") is True
+    assert ledger.sync_price_rules("file:/p.toml", b"v2", lambda: rules2) is True
     assert sorted(r.pattern for r in ledger.price_rules()) == ["*", "b:*", "c:*"]
 
 
