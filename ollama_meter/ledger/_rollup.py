@@ -92,6 +92,8 @@ BUSY_GRAINS = (Grain.MONTH, Grain.DAY)
 """The cells busy minutes are summed into, coarsest first."""
 EVERYONE = (ANYONE, ANYONE, ANYONE)
 """The (tenant, department, model) of quarter-hour histogram rows: all calls together."""
+REBUILD_LOCK = 0x6F6D7275  # "omru"
+"""PostgreSQL advisory lock: writers of rollups share it, a rebuild's day takes it alone."""
 MOST = 2**63 - 1
 """The most a rollup sum holds (a 64-bit integer column): a sum past it stays at it."""
 BUSY_READS = (2, 16, 250)
@@ -234,6 +236,21 @@ class RollupDelta:
         if self.busy:
             cells = BUSY_GRAINS if months else (Grain.DAY,)
             _write_busy(conn, statements, self.busy, self.calls, cells, zone)
+
+
+def lock_cells(conn: Connection, *, alone: bool = False) -> None:
+    """Take the rollups' lock for this transaction: shared by writers, ``alone`` for a rebuild.
+
+    A rebuild deletes a day's cells and sums them again from its spans. Writers
+    that committed between those two statements were counted twice, and a month
+    row a writer added meanwhile broke the rebuild's insert ("duplicate key").
+    Holding the lock from before the span insert, a writer either commits before
+    the rebuild reads or waits until it is done. SQLite writers are serialised
+    already (``BEGIN IMMEDIATE``).
+    """
+    if conn.dialect.name == "postgresql":
+        kind = "" if alone else "_shared"
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock{kind}({REBUILD_LOCK})")
 
 
 def _within(values: Sequence[int]) -> list[int]:
@@ -433,4 +450,5 @@ __all__ = [
     "ROLLUPS",
     "RollupDelta",
     "apply",
+    "lock_cells",
 ]
