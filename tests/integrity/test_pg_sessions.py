@@ -7,11 +7,13 @@ import multiprocessing
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import Ledger
 from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.periods import parse_period
@@ -85,3 +87,31 @@ def test_a_serializable_role_elsewhere_in_time_and_schema_changes_nothing(hostil
             )
         assert (bill.rows, bill.busy_ns) == (raw.rows, raw.busy_ns)
     ledger.dispose()
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("SET statement_timeout = '1ms'", "raise it (ALTER ROLE ... SET statement_timeout"),
+        ("CONNECTION LIMIT 0", "at its connection limit (max_connections, or the user's"),
+    ],
+)
+def test_a_role_the_server_limits_is_told_what_to_change(
+    cli: Any,
+    pg_server: str,
+    hostile_pg: str,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    says: str,
+) -> None:
+    Ledger(hostile_pg).dispose()
+    admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"ALTER ROLE {make_url(hostile_pg).username} {setting}"))
+    admin.dispose()
+    monkeypatch.setenv("OMETER_DB_URL", hostile_pg)
+    result = cli("report", "--period", "2026-11")
+    assert result.code == 1 and says in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(LedgerError, match="connection limit|statement_timeout"):
+        Ledger(hostile_pg)
