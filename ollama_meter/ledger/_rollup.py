@@ -25,12 +25,9 @@ month), and upserts add to what is there (``x = x + excluded.x``), so several
 processes can write at once. ``ometer db rollup`` (``_rebuild``) recomputes
 them from raw spans. Money stays integer micro-units throughout.
 
-A sum stops at the largest 64-bit integer (:data:`MOST`) instead of failing the
-write: each span is bounded (``make_storable``, the import's checks), but a cell
-holds any number of them, and 4,612 calls whose upstream claims the longest
-durations, or 1,001 imported calls at the most one call can cost, would pass
-it. PostgreSQL refused such a span ("bigint out of range", so it went to the
-quarantine and out of every budget), SQLite turned the sum into a float.
+A sum stops at the largest 64-bit integer (:data:`MOST`) rather than fail the write:
+each span is bounded, but a cell holds any number (4,612 calls at the longest durations,
+1,001 at the most one call can cost, pass it).
 """
 
 from __future__ import annotations
@@ -241,12 +238,10 @@ class RollupDelta:
 def lock_cells(conn: Connection, *, alone: bool = False) -> None:
     """Take the rollups' lock for this transaction: shared by writers, ``alone`` for a rebuild.
 
-    A rebuild deletes a day's cells and sums them again from its spans. Writers
-    that committed between those two statements were counted twice, and a month
-    row a writer added meanwhile broke the rebuild's insert ("duplicate key").
-    Holding the lock from before the span insert, a writer either commits before
-    the rebuild reads or waits until it is done. SQLite writers are serialised
-    already (``BEGIN IMMEDIATE``).
+    A rebuild deletes a day's cells, then sums them again from its spans: a writer
+    between the two would count twice, or break the insert ("duplicate key"). Taken
+    before the span insert, a writer commits before the rebuild reads or waits until
+    it is done. SQLite writers take turns already (``BEGIN IMMEDIATE``).
     """
     if conn.dialect.name == "postgresql":
         kind = "" if alone else "_shared"
