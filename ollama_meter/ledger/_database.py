@@ -93,6 +93,19 @@ class Database:
             )
         if "disk is full" in lowered or "no space" in lowered:
             return f"{text}: free some disk space; spans wait in the spool meanwhile"
+        if "statement timeout" in lowered:
+            return (
+                f"{text}: the server's statement_timeout for this user stopped it; raise it "
+                "(ALTER ROLE ... SET statement_timeout = '10min') or leave it unset for ometer"
+            )
+        if "too many connections" in lowered or "connection slots" in lowered:
+            return (
+                f"{text}: the server is at its connection limit (max_connections, or the "
+                "user's CONNECTION LIMIT); each ometer process keeps up to 30, so raise the "
+                "limit or stop idle clients; spans wait in the spool meanwhile"
+            )
+        if "password authentication failed" in lowered:
+            return f"{text}: fix the password in OMETER_DB_URL; spans wait in the spool meanwhile"
         if _is_lock_error(exc):
             return (
                 f"{text}: another process held it for longer than {self._wait:g} s "

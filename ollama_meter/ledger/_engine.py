@@ -3,7 +3,10 @@
 SQLite gets WAL (readers never block the writer), a busy timeout (several
 processes take turns instead of failing) and explicit BEGIN so a transaction
 that must write can say so up front (``BEGIN IMMEDIATE``) and never dead-locks
-on a lock upgrade. PostgreSQL needs nothing special.
+on a lock upgrade. PostgreSQL gets the isolation the ledger's writes are
+written for (READ COMMITTED) whatever the server or role defaults to: under a
+``default_transaction_isolation = serializable`` role, concurrent rollup upserts
+and budget leases would fail each other instead of waiting their turn.
 """
 
 from __future__ import annotations
@@ -93,7 +96,9 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
     options: dict[str, Any] = {}
     millis = max(int(wait * 1000), 1)
     if parsed.get_backend_name() == "postgresql":
-        options.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
+        options.update(
+            pool_pre_ping=True, pool_size=10, max_overflow=20, isolation_level="READ COMMITTED"
+        )
         if parsed.get_driver_name() == "psycopg":
             options["connect_args"] = {
                 "connect_timeout": max(int(wait), 2),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -10,9 +11,27 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, insert, select
 
 from ollama_meter.ledger.models import PriceRuleRow
-from ollama_meter.records import PriceRule, record_from, values_of
+from ollama_meter.records import PriceRule, record_from, storable_text, values_of
 
 _TABLE: Table = PriceRuleRow.__table__  # type: ignore[assignment]
+_SOURCE_CHARS: int = _TABLE.c.source.type.length  # type: ignore[attr-defined]
+
+
+def source_key(source: str) -> str:
+    """``source`` (``file:`` and a path) as the ledger's column holds it, the same every time.
+
+    A path may be longer than the column, or hold bytes that are not UTF-8 (Python
+    keeps them as lone surrogates, which no database stores). Such a source is kept
+    as its readable tail and a digest of the whole, so two paths never share rules.
+    """
+    if len(source) <= _SOURCE_CHARS and storable_text(source, _SOURCE_CHARS) == source:
+        return source
+    digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    readable = storable_text(source, len(source))
+    room = _SOURCE_CHARS - len(digest) - 3
+    if len(readable) > room:
+        readable = "…" + readable[-(room - 1) :]
+    return f"{readable} #{digest}"
 
 
 def _to_rule(row: Any) -> PriceRule:
@@ -47,12 +66,14 @@ def remove_rule(conn: Connection, rule_id: int) -> bool:
 
 
 def file_digest(conn: Connection, source: str) -> str | None:
+    key = source_key(source)
     return conn.execute(
-        select(PriceRuleRow.source_digest).where(PriceRuleRow.source == source).limit(1)
+        select(PriceRuleRow.source_digest).where(PriceRuleRow.source == key).limit(1)
     ).scalar()
 
 
 def replace_source(conn: Connection, source: str, rules: Sequence[PriceRule], digest: str) -> None:
     """Make the rules that came from ``source`` exactly ``rules``."""
+    source = source_key(source)
     conn.execute(delete(_TABLE).where(_TABLE.c.source == source))
     add_rules(conn, [replace(r, source=source) for r in rules], digest)

@@ -1,9 +1,10 @@
 """Rebuilding rollups from raw spans (``ometer db rollup``), and once after a migration asks.
 
-One write transaction per day (of the ledger's zone): the day's cells are deleted and recomputed
-from its spans, so spans written meanwhile are counted once; then each month is
-summed from its days. Days before the prune horizon keep their rollups: their
-spans are gone.
+One write transaction per day (of the ledger's zone): the day's cells are deleted and
+recomputed from its spans, so spans written meanwhile are counted once (on PostgreSQL,
+writers wait for the day's transaction: ``_rollup.lock_cells``); then each month is
+summed from its days. Days before the prune horizon keep their rollups: their spans
+are gone.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from ollama_meter.ledger._cells import (
     next_cell,
 )
 from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta, zone_name
-from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS, RollupDelta
+from ollama_meter.ledger._rollup import (
+    BUSY,
+    BUSY_CELLS,
+    HISTOGRAMS,
+    ROLLUPS,
+    RollupDelta,
+    lock_cells,
+)
 from ollama_meter.ledger._spans import row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
@@ -136,6 +144,7 @@ def _next_day(conn: Connection, after: int, zone: tzinfo | None) -> int | None:
 
 
 def _rebuild_day(conn: Connection, day: int, zone: tzinfo | None) -> int:
+    lock_cells(conn, alone=True)  # writers wait, so the day's spans are read once, counted once
     end = next_cell(Grain.DAY, day, zone)
     start_s, end_s = day // 10**6, end // 10**6
     for table, grains in (
@@ -176,6 +185,7 @@ def _rebuild_day(conn: Connection, day: int, zone: tzinfo | None) -> int:
 
 
 def _rebuild_month(conn: Connection, month: int, zone: tzinfo | None) -> None:
+    lock_cells(conn, alone=True)  # no writer adds a month row between the delete and insert
     start_s, end_s = month // 10**6, next_cell(Grain.MONTH, month, zone) // 10**6
     for table, keys, sums in (
         (ROLLUPS, DIMENSIONS, MEASURES),

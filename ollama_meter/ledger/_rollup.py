@@ -24,6 +24,10 @@ cell is the span's own start time (a span that arrives a month late lands in its
 month), and upserts add to what is there (``x = x + excluded.x``), so several
 processes can write at once. ``ometer db rollup`` (``_rebuild``) recomputes
 them from raw spans. Money stays integer micro-units throughout.
+
+A sum stops at the largest 64-bit integer (:data:`MOST`) rather than fail the write:
+each span is bounded, but a cell holds any number (4,612 calls at the longest durations,
+1,001 at the most one call can cost, pass it).
 """
 
 from __future__ import annotations
@@ -35,7 +39,18 @@ from collections.abc import Iterable, Sequence
 from datetime import tzinfo
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table, bindparam, select, update
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Numeric,
+    Table,
+    bindparam,
+    cast,
+    func,
+    literal_column,
+    select,
+    update,
+)
 
 from ollama_meter.ledger._cells import (
     ANYONE,
@@ -74,6 +89,10 @@ BUSY_GRAINS = (Grain.MONTH, Grain.DAY)
 """The cells busy minutes are summed into, coarsest first."""
 EVERYONE = (ANYONE, ANYONE, ANYONE)
 """The (tenant, department, model) of quarter-hour histogram rows: all calls together."""
+REBUILD_LOCK = 0x6F6D7275  # "omru"
+"""PostgreSQL advisory lock: writers of rollups share it, a rebuild's day takes it alone."""
+MOST = 2**63 - 1
+"""The most a rollup sum holds (a 64-bit integer column): a sum past it stays at it."""
 BUSY_READS = (2, 16, 250)
 """Minutes of busy time read per query: a call touches one or two, an import hundreds
 (the largest stays well under SQLite's limit on parameters)."""
@@ -202,16 +221,36 @@ class RollupDelta:
         zone = ledger_zone(conn)
         cube = self.cube_rows(grains, zone)
         if cube:
-            conn.exec_driver_sql(statements.cube.sql, [(*key, *cube[key]) for key in sorted(cube)])
+            conn.exec_driver_sql(
+                statements.cube.sql, [(*key, *_within(cube[key])) for key in sorted(cube)]
+            )
         histograms = self.histogram_rows(grains, zone)
         if histograms:
             conn.exec_driver_sql(
                 statements.histogram.sql,
-                [(*key, *histograms[key]) for key in sorted(histograms)],
+                [(*key, *_within(histograms[key])) for key in sorted(histograms)],
             )
         if self.busy:
             cells = BUSY_GRAINS if months else (Grain.DAY,)
             _write_busy(conn, statements, self.busy, self.calls, cells, zone)
+
+
+def lock_cells(conn: Connection, *, alone: bool = False) -> None:
+    """Take the rollups' lock for this transaction: shared by writers, ``alone`` for a rebuild.
+
+    A rebuild deletes a day's cells, then sums them again from its spans: a writer
+    between the two would count twice, or break the insert ("duplicate key"). Taken
+    before the span insert, a writer commits before the rebuild reads or waits until
+    it is done. SQLite writers take turns already (``BEGIN IMMEDIATE``).
+    """
+    if conn.dialect.name == "postgresql":
+        kind = "" if alone else "_shared"
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock{kind}({REBUILD_LOCK})")
+
+
+def _within(values: Sequence[int]) -> list[int]:
+    """``values`` as a 64-bit column takes them: a batch of many spans may sum past :data:`MOST`."""
+    return [min(max(v, -MOST), MOST) for v in values]
 
 
 def _write_busy(
@@ -326,10 +365,14 @@ def _upsert(
     which = "postgresql" if dialect.name == "postgresql" else "sqlite"
     module: Any = importlib.import_module(f"sqlalchemy.dialects.{which}")
     statement = module.insert(table).values({name: bindparam(name) for name in names})
-    statement = statement.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={name: table.c[name] + statement.excluded[name] for name in added},
-    )
+    most: Any = literal_column(str(MOST))
+    if which == "postgresql":  # in numeric, where the sum cannot overflow before LEAST
+        set_ = {
+            n: func.least(cast(table.c[n], Numeric) + statement.excluded[n], most) for n in added
+        }
+    else:  # SQLite turns an overflowing sum into a float, which MIN brings back
+        set_ = {n: func.min(table.c[n] + statement.excluded[n], most) for n in added}
+    statement = statement.on_conflict_do_update(index_elements=list(keys), set_=set_)
     return _DriverSQL(_positional(statement, dialect, names))
 
 
@@ -402,4 +445,5 @@ __all__ = [
     "ROLLUPS",
     "RollupDelta",
     "apply",
+    "lock_cells",
 ]

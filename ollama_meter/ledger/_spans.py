@@ -170,6 +170,7 @@ def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanReco
     if statement is None:
         statement = _INSERTS[key] = _SpanInsert(dialect)
     unique = sorted({span.id: span for span in reversed(spans)}.values(), key=_BY_ID)
+    _rollup.lock_cells(conn)
     added = statement.insert(conn, unique)
     _rollup.apply(conn, added)
     return added
@@ -265,6 +266,7 @@ def update_costs(conn: Connection, spans: Sequence[SpanRecord]) -> None:
     if not spans:
         return
     ids = [s.id for s in spans]
+    _rollup.lock_cells(conn)
     query = select_spans().where(SpanRow.id.in_(ids)).order_by(SpanRow.id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()

@@ -188,6 +188,34 @@ def test_the_pricing_file_applies_to_every_command_that_reads_prices(
     ]
 
 
+def test_a_pricing_file_at_any_path_syncs_once_and_apart_from_the_others(
+    cli: Any, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder name that is not UTF-8, or a path longer than the source column (512): every
+    command failed with "unexpected UnicodeEncodeError" / "value too long" (on PostgreSQL)."""
+    monkeypatch.setenv("OMETER_DB_URL", db_url)
+    deep = Path(*["d" * 200] * 3)
+    folders = [Path("caf\udcff"), Path("caf\udcfe"), Path("a") / deep, Path("b") / deep]
+    for price, folder in enumerate(folders, start=1):
+        toml = tmp_path / folder / "p.toml"
+        toml.parent.mkdir(parents=True)
+        toml.write_text(f'[[rule]]\nmodel = "m{price}"\ninput_per_1m = {price}\n')
+        monkeypatch.setenv("OMETER_PRICING_FILE", str(toml))
+        for _ in range(2):  # the second run finds the file's rules unchanged
+            result = cli("pricing", "list", "--json")
+            assert result.code == 0, result.stderr
+    rules = json.loads(result.stdout)
+    assert [(r["pattern"], r["input_per_1m"]) for r in rules] == [
+        ("m1", "1"),
+        ("m2", "2"),
+        ("m3", "3"),
+        ("m4", "4"),
+    ]
+    sources = [r["source"] for r in rules]
+    assert len(set(sources)) == 4 and all(len(s) <= 512 for s in sources)
+    assert sources[0].startswith("file:") and "caf\ufffd" in sources[0]
+
+
 @pytest.mark.parametrize("number", ["2147483648", "99999999999999999999999", "0"])
 def test_an_id_no_row_can_have_is_not_found_not_a_crash(
     cli: Any, db_url: str, monkeypatch: pytest.MonkeyPatch, number: str

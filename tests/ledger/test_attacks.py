@@ -31,6 +31,7 @@ from ollama_meter.ledger import (
     span_to_dict,
 )
 from ollama_meter.ledger._meta import pruned_before
+from ollama_meter.ledger._rollup import MOST
 from ollama_meter.ledger._spans import insert_spans
 from ollama_meter.records import (
     MAX_CALL_COST,
@@ -44,7 +45,7 @@ from ollama_meter.records import (
     make_storable,
 )
 from tests.factories import make_span
-from tests.ledger.test_transfer import NOW, _monthly, _spans, _tables
+from tests.ledger.test_transfer import BERLIN, NOW, _monthly, _spans, _tables
 
 BASE = span_to_dict(
     make_span(
@@ -147,6 +148,34 @@ def test_the_largest_values_a_line_may_hold_are_stored_summed_and_rebuilt(db_url
     window = SpanFilter(since=at, until=at + timedelta(days=30))
     [sums] = ledger.spend(window)
     assert sums.cost == 20 * MAX_CALL_COST and sums.input_tokens == 20 * MAX_TOKENS
+    kept = _tables(ledger)
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
+
+
+def test_a_cell_summing_past_64_bits_stops_at_the_most_and_every_span_is_kept(
+    db_url: str,
+) -> None:
+    """Each call within bounds, but 1,001 at the most one call can cost sum past 2**63 - 1 in
+    one cell: the import failed ("bigint out of range" on PostgreSQL, "Python int too large" on
+    SQLite), and a span recorded into that cell went to the quarantine, out of every budget."""
+    at = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    dear = {"cost_tokens": MAX_CALL_COST, "cost_total": MAX_CALL_COST}
+    spans = [make_span(started_at=at + timedelta(seconds=n), **dear) for n in range(1005)]
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    lines = [json.dumps(span_to_dict(s)).encode() for s in spans]
+    assert import_lines(ledger, lines).added == len(spans)  # one batch: its sums pass the most
+    later = [make_span(started_at=at + timedelta(hours=1), **dear) for _ in range(2)]
+    other = make_span(started_at=at, department="legal", cost_total=5, cost_tokens=5)
+    stored = ledger.record([*later, other])
+    assert set(stored.values()) == {Stored.COMMITTED} and not ledger.spool.quarantined()
+    assert ledger.count() == 1008
+    day = SpanFilter(
+        since=at.replace(hour=0, tzinfo=BERLIN), until=at.replace(hour=0, tzinfo=BERLIN, day=11)
+    )
+    sums = {s.keys: s for s in ledger.spend(day, by=["department"])}
+    assert sums[("sales",)].cost == MOST and sums[("sales",)].requests == 1007
+    assert sums[("legal",)].cost == 5
     kept = _tables(ledger)
     rebuild(ledger.write, ledger.read)
     assert _tables(ledger) == kept

@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -36,7 +37,7 @@ from ollama_meter.ledger._types import to_us
 from ollama_meter.meter import SpanRecord, new_span_row_id, reprice
 from ollama_meter.periods import parse_period
 from ollama_meter.pricing import PriceBook
-from ollama_meter.records import MAX_CALL_COST, MAX_DURATION_NS
+from ollama_meter.records import MAX_CALL_COST, MAX_DURATION_NS, Stored
 from ollama_meter.reports import chargeback, perf_report, spend_report, to_csv
 from tests.factories import make_span, token_prices
 
@@ -480,3 +481,47 @@ def test_four_processes_writing_at_once_count_each_span_once(db_url: str) -> Non
             raw_bill.busy_ns,
             raw_bill.capacity_ns,
         )
+
+
+def _write_new_keys(url: str, worker: int) -> None:
+    ledger = Ledger(url)
+    at = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    for batch in range(20):  # every batch adds rows no cell had: new users
+        spans = [
+            make_span(started_at=at + timedelta(hours=7 * n), user=f"u{worker}-{batch}-{n}")
+            for n in range(3)
+        ]
+        assert set(ledger.record(spans).values()) == {Stored.COMMITTED}
+    ledger.dispose()
+
+
+def _rebuild_until(url: str, done: Any) -> None:
+    ledger = Ledger(url)
+    rebuilt = 0
+    while not done.is_set() or not rebuilt:
+        rebuild(ledger.write, ledger.read)
+        rebuilt += 1
+    ledger.dispose()
+
+
+@pytest.mark.slow
+def test_db_rollup_while_three_processes_write_ends_exact(db_url: str) -> None:
+    """On PostgreSQL every rebuild failed ("duplicate key value violates unique constraint
+    pk_rollups": a writer added a month row between the rebuild's delete and its insert)."""
+    Ledger(db_url).record([make_span()])
+    context = multiprocessing.get_context("spawn")
+    done = context.Event()
+    rebuilder = context.Process(target=_rebuild_until, args=(db_url, done))
+    writers = [context.Process(target=_write_new_keys, args=(db_url, n)) for n in range(3)]
+    for process in [rebuilder, *writers]:
+        process.start()
+    for process in writers:
+        process.join(120)
+    done.set()
+    rebuilder.join(120)
+    assert [p.exitcode for p in [rebuilder, *writers]] == [0, 0, 0, 0]
+    ledger = Ledger(db_url)
+    assert ledger.count() == 1 + 3 * 20 * 3
+    kept = _tables(ledger)
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept

@@ -1,0 +1,117 @@
+"""A PostgreSQL server or role set up otherwise than the ledger assumes: its own time zone,
+search path and isolation level. The ledger's answers and writes must not depend on them."""
+
+from __future__ import annotations
+
+import multiprocessing
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from ollama_meter.errors import LedgerError
+from ollama_meter.ledger import Ledger
+from ollama_meter.ledger._aggregate import raw_spans
+from ollama_meter.periods import parse_period
+from ollama_meter.records import Stored
+from ollama_meter.reports import chargeback, spend_report
+from tests.ledger.test_transfer import BERLIN, NOW, _spans
+
+HOSTILE_SETTINGS = (
+    "default_transaction_isolation = 'serializable'",
+    "timezone = 'America/St_Johns'",
+    "search_path = 'ledger'",
+)
+
+
+@pytest.fixture
+def hostile_pg(pg_server: str | None) -> Iterator[str]:
+    """A database owned by a role whose sessions are serializable, in St John's, on schema ``ledger``."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text(f"CREATE DATABASE {role} OWNER {role}"))
+        for setting in HOSTILE_SETTINGS:
+            conn.execute(text(f"ALTER ROLE {role} SET {setting}"))
+    url = make_url(f"{pg_server}/{role}").set(username=role).render_as_string(False)
+    owner = create_engine(url, isolation_level="AUTOCOMMIT")
+    with owner.connect() as conn:
+        conn.execute(text("CREATE SCHEMA ledger"))
+        assert conn.execute(text("SHOW transaction_isolation")).scalar() == "serializable"
+    owner.dispose()
+    yield url
+    admin.dispose()
+
+
+def _write_all_committed(url: str, worker: int) -> None:
+    ledger = Ledger(url)
+    mine = _spans(200)[worker * 40 : worker * 40 + 80]  # each overlaps its neighbour by 40
+    for start in range(0, len(mine), 5):
+        stored = ledger.record(mine[start : start + 5])
+        if set(stored.values()) != {Stored.COMMITTED}:
+            raise SystemExit(f"worker {worker}: {stored}")
+    ledger.dispose()
+
+
+@pytest.mark.slow
+def test_a_serializable_role_elsewhere_in_time_and_schema_changes_nothing(hostile_pg: str) -> None:
+    Ledger(hostile_pg).dispose()  # migrated before the race
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_all_committed, args=(hostile_pg, n)) for n in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(120)
+    # Serializable sessions failed each other's rollup upserts: spans went to the spool.
+    assert [p.exitcode for p in workers] == [0, 0, 0, 0]
+    ledger = Ledger(hostile_pg)
+    assert ledger.count() == 200
+    with ledger.read() as conn:
+        assert conn.execute(text("SELECT to_regclass('ledger.spans')")).scalar() is not None
+    for month in ("2026-10", "2026-11", "2026-12"):
+        window = parse_period(month, tz=BERLIN, now=NOW)
+        by = ["tenant", "department", "user", "model", "day"]
+        report = spend_report(ledger, window, by, tz=BERLIN).rows
+        bill = chargeback(ledger, month, tz=BERLIN, now=NOW, currency="USD", fixed_cost=Decimal(9))
+        with raw_spans():
+            assert report == spend_report(ledger, window, by, tz=BERLIN).rows
+            raw = chargeback(
+                ledger, month, tz=BERLIN, now=NOW, currency="USD", fixed_cost=Decimal(9)
+            )
+        assert (bill.rows, bill.busy_ns) == (raw.rows, raw.busy_ns)
+    ledger.dispose()
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        ("SET statement_timeout = '1ms'", "raise it (ALTER ROLE ... SET statement_timeout"),
+        ("CONNECTION LIMIT 0", "at its connection limit (max_connections, or the user's"),
+    ],
+)
+def test_a_role_the_server_limits_is_told_what_to_change(
+    cli: Any,
+    pg_server: str,
+    hostile_pg: str,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    says: str,
+) -> None:
+    Ledger(hostile_pg).dispose()
+    admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"ALTER ROLE {make_url(hostile_pg).username} {setting}"))
+    admin.dispose()
+    monkeypatch.setenv("OMETER_DB_URL", hostile_pg)
+    result = cli("report", "--period", "2026-11")
+    assert result.code == 1 and says in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(LedgerError, match="connection limit|statement_timeout"):
+        Ledger(hostile_pg)
