@@ -10,7 +10,9 @@ into plain values; ``wait_for`` polls until an (asynchronous) export arrived.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import socket
 import threading
 import time
 import zlib
@@ -34,6 +36,7 @@ __all__ = [
     "OtlpGrpcReceiver",
     "OtlpHttpReceiver",
     "PointView",
+    "SilentCollector",
     "SpanView",
     "any_value",
     "attributes",
@@ -226,6 +229,54 @@ class OtlpHttpReceiver(_Recorder[HttpRequest]):
         if self._server is None:
             raise RuntimeError("OtlpHttpReceiver is not running; use it as a context manager")
         return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+
+class SilentCollector:
+    """A collector that accepts every connection and never answers: a hung or overloaded one.
+
+    ``url`` takes OTLP/HTTP exports (``/v1/traces`` under it); ``connections`` counts the
+    connections accepted, which an exporter opens anew after each timed-out request.
+    """
+
+    def __init__(self) -> None:
+        self._listener: socket.socket | None = None
+        self._held: list[socket.socket] = []
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> SilentCollector:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self._thread = threading.Thread(target=self._accept, name="otlp-silent", daemon=True)
+        self._thread.start()
+        return self
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            self._held.append(conn)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+            self._listener.close()
+        for conn in self._held:
+            conn.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def connections(self) -> int:
+        return len(self._held)
+
+    @property
+    def url(self) -> str:
+        if self._listener is None:
+            raise RuntimeError("SilentCollector is not running; use it as a context manager")
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
 
 
 # ---------------------------------------------------------------- OTLP/gRPC

@@ -176,7 +176,10 @@ class Telemetry:
         )
         self.timeout = settings.export_timeout
         self.span_exporters = _span_exporters(settings)
-        self.tracer_provider = TracerProvider(resource=resource)
+        # The SDK's own exit hooks flush again, unbounded (a flush ignores its timeout, and a
+        # collector that never answers costs the export timeout per batch queued): only
+        # ``shutdown`` below runs at exit, within the bound.
+        self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         for exporter in self.span_exporters:
             self.tracer_provider.add_span_processor(
                 BatchSpanProcessor(exporter, export_timeout_millis=int(self.timeout * 1000))
@@ -189,7 +192,9 @@ class Telemetry:
                 export_interval_millis=60_000,
                 export_timeout_millis=self.timeout * 1000,
             )
-            self.meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+            self.meter_provider = MeterProvider(
+                resource=resource, metric_readers=[reader], shutdown_on_exit=False
+            )
         tracer = self.tracer_provider.get_tracer("ollama_meter", __version__)
         meter = (
             self.meter_provider.get_meter("ollama_meter", __version__)
