@@ -10,7 +10,7 @@ loads nothing from anywhere (its Content-Security-Policy says so).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from starlette.requests import Request
@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ollama_meter.config import Settings
-from ollama_meter.errors import LedgerError, OmeterError
+from ollama_meter.errors import LedgerError, OmeterError, ValidationError
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.meter import Meter
 from ollama_meter.reports import (
@@ -31,23 +31,40 @@ from ollama_meter.reports import (
     render_error_page,
 )
 
+_PARAMS = ("period", "since", "until", "tenant", "dept", "model")
+_KEPT = (*_PARAMS, "token")
 
-def dash_query(params: Mapping[str, str]) -> DashQuery:
-    """The dashboard's URL parameters: ``period``, ``since``, ``until``, ``tenant``, ``dept``, ``model``."""
+
+def dash_query(params: Iterable[tuple[str, str]]) -> DashQuery:
+    """The dashboard's URL parameters: ``period``, ``since``, ``until``, ``tenant``, ``dept``, ``model``.
+
+    ``params`` are the URL's pairs as given. A name the dashboard does not take, or one given
+    twice, is a :class:`ValidationError`: answering for one of two periods, or with a filter
+    silently dropped (``department=`` for ``dept=``), would show figures nobody asked for.
+    """
+    given: dict[str, str] = {}
+    for name, value in params:
+        if name not in _KEPT:
+            raise ValidationError(
+                f"the dashboard has no parameter {name[:64]!r}; it takes "
+                f"{', '.join(_PARAMS)} (and token)"
+            )
+        if name in given:
+            raise ValidationError(f"the parameter {name!r} is given twice; give it once")
+        given[name] = value
     return DashQuery(
-        period=(params.get("period") or "month").strip().lower(),
-        since=params.get("since") or None,
-        until=params.get("until") or None,
-        tenant=params.get("tenant") or None,
-        department=params.get("dept") or None,
-        model=params.get("model") or None,
+        period=(given.get("period") or "month").strip().lower(),
+        since=given.get("since") or None,
+        until=given.get("until") or None,
+        tenant=given.get("tenant") or None,
+        department=given.get("dept") or None,
+        model=given.get("model") or None,
     )
 
 
 DASH_CACHE_SECONDS = 3.0
 """How long ``/api/dash`` and the dashboard answer from figures already computed."""
 
-_KEPT = ("period", "since", "until", "tenant", "dept", "model", "token")
 _PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
 
@@ -77,7 +94,7 @@ def dashboard_routes(
 
     async def report(request: Request) -> Dashboard:
         """The dashboard's reports for the URL's query; raises OmeterError for a bad one."""
-        query, meter = dash_query(request.query_params), meter_of(request)
+        query, meter = dash_query(request.query_params.multi_items()), meter_of(request)
         return await in_thread(lambda: cached(query, meter))  # type: ignore[no-any-return]
 
     async def api_dash(request: Request) -> Response:

@@ -297,3 +297,35 @@ def test_any_query_is_a_page_or_a_400(office_gateway: Gateway, params: dict[str,
     else:
         assert api.json()["filters"]["tenant"] == (params.get("tenant") or None)
         assert page.text.count("<script") == 1  # ours; any name in the page is text
+
+
+_NAMES = ("period", "since", "until", "tenant", "dept", "model", "token")
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    pairs=st.lists(
+        st.tuples(
+            st.sampled_from(_NAMES) | st.text(st.characters(codec="utf-8"), min_size=1),
+            st.sampled_from(["", "today", "2026-11-20", "acme", "llama3.1:8b"]),
+        ),
+        max_size=5,
+    )
+)
+def test_an_unknown_or_repeated_parameter_is_a_400_naming_it(
+    office_gateway: Gateway, pairs: list[tuple[str, str]]
+) -> None:
+    """``period=today&period=month`` answered for one of the two; ``zone=`` was dropped unseen."""
+    names = [name for name, _ in pairs]
+    wrong = [name for at, name in enumerate(names) if name not in _NAMES or name in names[:at]]
+    api = office_gateway.client.get("/api/dash", params=pairs)
+    page = office_gateway.client.get("/dashboard", params=pairs)
+    assert page.status_code == api.status_code
+    if wrong:
+        assert api.status_code == 400, pairs
+        error = api.json()["error"]
+        assert "\n" not in error and any(repr(name[:64]) in error for name in wrong)
+    else:
+        assert api.status_code in (200, 400), api.text
