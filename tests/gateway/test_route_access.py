@@ -1,0 +1,81 @@
+"""Every route the app registers, walked in process: a new route cannot be left open by mistake.
+
+Only the routes Ollama's clients call (metered and pass-through) take a caller's key; every
+other route, present or future, is the gateway's own or manages models, and needs the admin
+token when one is set. Only ``/healthz`` is open to anyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from starlette.routing import Route
+
+from ollama_meter.gateway._app import PASSTHROUGH
+from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
+from ollama_meter.ledger import Ledger
+from ollama_meter.testing import OllamaEmulator
+from tests.gateway.conftest import Gateway
+
+TOKEN = "admin-s3cret"
+OPEN = frozenset({"/healthz"})
+FOR_CALLERS = frozenset({*OLLAMA_ROUTES, *OPENAI_ROUTES, *PASSTHROUGH})
+"""Routes a caller's key opens; any route not named here or in OPEN is an admin route."""
+
+
+def routes(gw: Gateway) -> Iterator[tuple[str, str]]:
+    app = gw.client.app  # type: ignore[attr-defined]
+    for route in app.routes:
+        assert isinstance(route, Route), f"{route!r}: walk it here too"
+        for method in sorted(route.methods or ()):
+            yield method, route.path
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+@pytest.fixture
+def key_on(sqlite_url: str) -> Callable[[], str]:
+    def make() -> str:
+        return Ledger(sqlite_url).create_key(name="bot", tenant="acme", department="sales")[1]
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("require_key", "admin_token"), [(True, TOKEN), (True, None), (False, TOKEN)]
+)
+def test_every_registered_route_asks_what_the_policy_says(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    key_on: Callable[[], str],
+    require_key: bool,
+    admin_token: str | None,
+) -> None:
+    key = key_on()
+    gw = app_on(
+        emulator.url, sqlite_url, require_key=require_key, allow_admin=True, admin_token=admin_token
+    )
+    walked = list(routes(gw))
+    assert {path for _, path in walked} >= {"/dashboard", "/api/dash", "/metrics", "/api/pull"}
+    for method, path in walked:
+        if path in OPEN:
+            continue
+        needs_key = require_key or (admin_token is not None and path not in FOR_CALLERS)
+        for headers in ({}, bearer("om_forged"), {"X-Ometer-Key": "om_forged"}):
+            reply = gw.client.request(method, path, headers=headers, json={"model": "m"})
+            assert (reply.status_code == 401) is needs_key, (method, path, headers)
+        with_key = gw.client.request(method, path, headers=bearer(key), json={"model": "m"})
+        admin_only = admin_token is not None and path not in FOR_CALLERS
+        assert (with_key.status_code == 401) is admin_only, (method, path)
+        if admin_token is not None:
+            with_token = gw.client.request(
+                method, path, headers=bearer(admin_token), json={"model": "m"}
+            )
+            assert (with_token.status_code == 401) is (path in FOR_CALLERS and require_key), (
+                method,
+                path,
+            )
