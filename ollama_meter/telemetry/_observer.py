@@ -16,9 +16,47 @@ from urllib.parse import urlsplit
 from opentelemetry.metrics import Meter as OtelMeter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from ollama_meter.records import SpanRecord, format_micros
+from ollama_meter.records import SpanRecord, format_micros, storable_text
 from ollama_meter.records import Status as SpanStatus
 from ollama_meter.telemetry import _semconv as sc
+
+MAX_EXPORTED_TEXT = 16_384
+"""Characters an exported text attribute holds, prompt and reply included (cut, ending in "…").
+
+Spans wait in memory while a collector is away, up to the exporter's queue, so each must be
+small; the ledger keeps the whole text."""
+_MAX_KEY = 255
+
+
+def exportable(attributes: dict[str, Any]) -> dict[str, Any]:
+    """``attributes`` as OTLP carries them: no lone surrogate, no text past its bound.
+
+    Values come from callers, Ollama and hooks. Protobuf cannot encode a lone surrogate,
+    and one such text fails the whole batch it is exported in, other calls' spans with it.
+    """
+    return {storable_text(str(key), _MAX_KEY): _value(value) for key, value in attributes.items()}
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable_text(value, MAX_EXPORTED_TEXT)
+    if isinstance(value, list | tuple):
+        return [_value(item) for item in value]
+    return value
+
+
+def _messages(role: str, text: str) -> str:
+    """``gen_ai.*.messages`` for one text part: valid JSON within :data:`MAX_EXPORTED_TEXT`."""
+    content = storable_text(text, MAX_EXPORTED_TEXT)
+    while True:
+        dumped = json.dumps(
+            [{"role": role, "parts": [{"type": "text", "content": content}]}], ensure_ascii=False
+        )
+        over = len(dumped) - MAX_EXPORTED_TEXT
+        if over <= 0:
+            return dumped
+        # Each character cut shortens the JSON by at least one: one pass is enough.
+        content = content[: max(0, len(content) - over - 1)] + "…"
 
 
 def _ns(span: SpanRecord, *, end: bool) -> int:
@@ -82,10 +120,10 @@ class TelemetryObserver:
         if address.port:
             attributes[sc.SERVER_PORT] = address.port
         return self.tracer.start_span(
-            f"{operation} {span.request_model}",
+            storable_text(f"{operation} {span.request_model}", _MAX_KEY),
             kind=SpanKind.CLIENT,
             start_time=_ns(span, end=False),
-            attributes=attributes,
+            attributes=exportable(attributes),
         )
 
     def on_start(self, span: SpanRecord) -> None:
@@ -104,9 +142,9 @@ class TelemetryObserver:
             otel = self._start(span)
             context = otel.get_span_context()
             span.trace_id, span.span_id = f"{context.trace_id:032x}", f"{context.span_id:016x}"
-        otel.set_attributes(self._end_attributes(span))
+        otel.set_attributes(exportable(self._end_attributes(span)))
         if span.status in (SpanStatus.ERROR, SpanStatus.REJECTED):
-            otel.set_status(Status(StatusCode.ERROR, (span.error_message or "")[:500]))
+            otel.set_status(Status(StatusCode.ERROR, storable_text(span.error_message or "", 500)))
         otel.end(end_time=_ns(span, end=True))
         if self._metrics:
             self._record_metrics(span)
@@ -155,13 +193,9 @@ class TelemetryObserver:
         if span.error_type:
             attributes[sc.ERROR_TYPE] = span.error_type
         if self.capture_content and span.prompt is not None:
-            attributes[sc.GEN_AI_INPUT_MESSAGES] = json.dumps(
-                [{"role": "user", "parts": [{"type": "text", "content": span.prompt}]}]
-            )
+            attributes[sc.GEN_AI_INPUT_MESSAGES] = _messages("user", span.prompt)
         if self.capture_content and span.reply is not None:
-            attributes[sc.GEN_AI_OUTPUT_MESSAGES] = json.dumps(
-                [{"role": "assistant", "parts": [{"type": "text", "content": span.reply}]}]
-            )
+            attributes[sc.GEN_AI_OUTPUT_MESSAGES] = _messages("assistant", span.reply)
         for key, value in span.attributes.items():
             attributes[key] = value
         return attributes

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
-from tests._otlp import SilentCollector
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ollama_meter import MeteredClient, load_settings
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.records import storable_text
+from ollama_meter.telemetry import _semconv as sc
+from ollama_meter.telemetry import telemetry_for
+from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, _messages
+from ollama_meter.testing import OllamaEmulator
+from tests._otlp import OtlpHttpReceiver, SilentCollector, spans, wait_for
+from tests.gateway.conftest import Gateway
+
+HI = [{"role": "user", "content": "hi"}]
 
 # Enough spans to fill the exporter's queue several batches deep.
 _EXIT_SCRIPT = """
@@ -47,3 +64,76 @@ def test_exit_waits_at_most_the_export_timeout_for_a_collector_that_never_answer
     assert err.count("warning: could not export telemetry") == 1 and "Traceback" not in err
     # Before: 2 s, then ~2 s per queued batch of 512 (12 s and more). The slack is for a busy machine.
     assert took < timeout + 4, f"exit took {took:.1f} s with OMETER_EXPORT_TIMEOUT={timeout}"
+
+
+def _chat(gw: Gateway, model: str) -> int:
+    body = json.dumps({"model": model, "messages": HI, "stream": False})
+    return gw.client.post("/api/chat", content=body.encode()).status_code
+
+
+def test_a_name_protobuf_cannot_encode_never_costs_the_other_calls_their_spans(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lone surrogate in one model name made the whole batch fail to encode: none exported."""
+    monkeypatch.setenv("OMETER_JOURNAL", "false")  # the journal happened to clean names first
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url)
+        gw = app_on(emulator.url, sqlite_url)
+        assert [_chat(gw, m) for m in ("llama3.1:8b", "ll\ud800ama", "llama3.1:8b")] == [
+            200,
+            404,
+            200,
+        ]
+        telemetry = telemetry_for(load_settings())
+        assert telemetry is not None and telemetry.flush()
+        views = wait_for(lambda: s if len(s := spans(rx)) == 3 else None, what="three spans")
+        telemetry.shutdown()
+    assert sorted(v.name for v in views) == sorted(
+        ["chat llama3.1:8b", "chat ll\ufffdama", "chat llama3.1:8b"]
+    )
+    assert not telemetry.failures()
+    assert len(gw.ledger.latest(SpanFilter(), 10)) == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(), role=st.sampled_from(["user", "assistant"]))
+def test_exported_content_is_valid_json_within_its_bound(text: str, role: str) -> None:
+    """A 1 MB prompt was exported whole: thousands of such spans wait in memory for a collector."""
+    exported = _messages(role, text)
+    assert len(exported) <= MAX_EXPORTED_TEXT
+    (message,) = json.loads(exported)
+    content = message["parts"][0]["content"]
+    assert message["role"] == role
+    clean = storable_text(text, len(text) + 1)
+    assert content == clean or (content.endswith("…") and clean.startswith(content[:-1]))
+
+
+def test_hook_attributes_and_content_are_exported_bounded_and_encodable(
+    emulator: OllamaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompt = "ab\u202e<script>\x07" * 20_000  # 200,000 characters
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url)
+        monkeypatch.setenv("OMETER_CAPTURE_CONTENT", "true")
+        client = MeteredClient(
+            db_url=f"sqlite:///{tmp_path / 'l.db'}",
+            on_end=lambda span: span.attributes.update(
+                {"app.odd": "x\ud800y", "app.big": "z" * 1_000_000, "app.list": ["\udfff"]}
+            ),
+        )
+        client.chat(model="llama3.1:8b", messages=[{"role": "user", "content": prompt}])
+        telemetry = telemetry_for(load_settings())
+        assert telemetry is not None and telemetry.flush()
+        (view,) = wait_for(lambda: spans(rx), what="a span")
+        telemetry.shutdown()
+    a = view.attributes
+    assert (a["app.odd"], a["app.list"]) == ("x\ufffdy", ("\ufffd",))
+    assert len(a["app.big"]) == MAX_EXPORTED_TEXT and a["app.big"].endswith("…")
+    (message,) = json.loads(a[sc.GEN_AI_INPUT_MESSAGES])
+    assert prompt.startswith(message["parts"][0]["content"][:-1])
+    assert max(len(v) for v in a.values() if isinstance(v, str)) <= MAX_EXPORTED_TEXT
+    (row,) = client.meter.ledger.latest(SpanFilter(), 1)
+    assert row.prompt is not None and prompt in row.prompt  # the ledger keeps it whole
