@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from ollama_meter.gateway._metrics import OTHER, GatewayMetrics
+from ollama_meter.records import Status, make_storable
 from tests.factories import make_span
 
 NAMES = st.sampled_from(["a", "b", "c", "d", "e"])
@@ -43,3 +44,22 @@ def test_callers_cannot_mint_series_past_the_limit_and_every_call_is_counted(
         for labels, value in ((dict(k), v) for k, v in requests.items())
     } == expected
     assert len(samples(metrics, "ometer_tokens")) <= 2 * (limit + 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(model=st.text(min_size=1), error_type=st.text(max_size=40))
+def test_any_name_is_one_escaped_label_value_and_the_scrape_parses(
+    model: str, error_type: str
+) -> None:
+    """Quotes, backslashes, newlines, control characters, surrogates: one sample, its own line."""
+    span = make_storable(
+        make_span(request_model=model, status=Status.ERROR, error_type=error_type or None)
+    )
+    metrics = GatewayMetrics()
+    metrics.on_end(span)
+    text = metrics.text()
+    lines = [line for line in text.splitlines() if line.startswith("ometer_errors_total{")]
+    assert len(lines) == 1  # nothing in a name starts a line of its own
+    ((labels, value),) = samples(metrics, "ometer_errors").items()
+    assert dict(labels)["model"] == span.request_model and value == 1
+    assert dict(labels)["error_type"] == (span.error_type or "unknown")
