@@ -182,8 +182,9 @@ class Meter:
         call = MeteredCall(span, facts.prompt_text, prices)
         if self.budgets is not None:
             self._admit(self.budgets, call, facts, prices, blocking=blocking)
+        make_storable(span)  # what observers see (telemetry exports it) and the journal keeps
         if self.journal:
-            self.ledger.journal.opened(make_storable(span), estimate_tokens(facts.prompt_text))
+            self.ledger.journal.opened(span, estimate_tokens(facts.prompt_text))
         self._notify("on_start", span)
         return call
 

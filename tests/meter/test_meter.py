@@ -356,3 +356,26 @@ def test_a_call_is_priced_by_the_rules_it_was_admitted_under(
     following, _ = run_chat(meter)
     assert following.price_rule_id == after.id
     assert following.cost_total == following.output_tokens * 2000
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_observers_see_a_storable_span_from_its_start_journal_or_not(
+    sqlite_url: str, emulator: OllamaEmulator, journal: bool
+) -> None:
+    """Without the journal, on_start saw the raw name (telemetry exported it): 300 characters, a bell."""
+    seen: list[str] = []
+
+    class Watcher:
+        def on_start(self, span: SpanRecord) -> None:
+            seen.append(span.request_model)
+
+        def on_end(self, span: SpanRecord) -> None:
+            seen.append(span.request_model)
+
+    meter = make_meter(sqlite_url, journal=journal)
+    meter.observers.append(Watcher())
+    model = "m\x07" + "x" * 300
+    with pytest.raises(ModelNotFound):
+        run_chat(meter, model=model)
+    clean = "m\ufffd" + "x" * 252 + "…"
+    assert seen == [clean, clean]
