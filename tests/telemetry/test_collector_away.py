@@ -137,3 +137,25 @@ def test_hook_attributes_and_content_are_exported_bounded_and_encodable(
     assert max(len(v) for v in a.values() if isinstance(v, str)) <= MAX_EXPORTED_TEXT
     (row,) = client.meter.ledger.latest(SpanFilter(), 1)
     assert row.prompt is not None and prompt in row.prompt  # the ledger keeps it whole
+
+
+@pytest.mark.parametrize("collector", ["silent", "500", "429"])
+def test_the_gateway_serves_and_records_every_call_while_the_collector_fails(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    collector: str,
+) -> None:
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
+    receiver = SilentCollector() if collector == "silent" else OtlpHttpReceiver(int(collector))
+    with receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+        gw = app_on(emulator.url, sqlite_url)
+        assert [_chat(gw, "llama3.1:8b") for _ in range(5)] == [200] * 5
+        assert len(gw.ledger.latest(SpanFilter(), 10)) == 5  # the record never waits on telemetry
+        telemetry = telemetry_for(load_settings())
+        assert telemetry is not None
+        telemetry.shutdown()
+    assert capsys.readouterr().err.count("warning: could not export telemetry") == 1
