@@ -6,6 +6,7 @@ same trace and span ids, and ends it with the measured usage, cost and status.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Sequence
@@ -59,6 +60,16 @@ def _messages(role: str, text: str) -> str:
         content = content[: max(0, len(content) - over - 1)] + "…"
 
 
+def _server(span: SpanRecord) -> dict[str, Any]:
+    """``server.address`` and, when the URL names one, ``server.port`` of the Ollama server."""
+    address = urlsplit(span.upstream_host)
+    server: dict[str, Any] = {sc.SERVER_ADDRESS: address.hostname or ""}
+    with contextlib.suppress(ValueError):  # a port out of range: none to name
+        if address.port:
+            server[sc.SERVER_PORT] = address.port
+    return server
+
+
 def _ns(span: SpanRecord, *, end: bool) -> int:
     moment = span.ended_at if end and span.ended_at is not None else span.started_at
     return int(moment.timestamp() * 1_000_000) * 1000
@@ -108,17 +119,14 @@ class TelemetryObserver:
 
     def _start(self, span: SpanRecord) -> Span:
         operation = sc.OPERATION_NAMES.get(span.operation, span.operation)
-        address = urlsplit(span.upstream_host)
         attributes: dict[str, Any] = {
             sc.GEN_AI_OPERATION_NAME: operation,
             sc.GEN_AI_PROVIDER_NAME: sc.PROVIDER_OLLAMA,
             sc.GEN_AI_REQUEST_MODEL: span.request_model,
-            sc.SERVER_ADDRESS: address.hostname or "",
+            **_server(span),
             sc.OMETER_TENANT: span.tenant,
             sc.OMETER_DEPARTMENT: span.department,
         }
-        if address.port:
-            attributes[sc.SERVER_PORT] = address.port
         return self.tracer.start_span(
             storable_text(f"{operation} {span.request_model}", _MAX_KEY),
             kind=SpanKind.CLIENT,
@@ -177,10 +185,7 @@ class TelemetryObserver:
             ],
         }
         # The server that served it: a gateway in front of several picks one after the span opened.
-        address = urlsplit(span.upstream_host)
-        attributes[sc.SERVER_ADDRESS] = address.hostname or ""
-        if address.port:
-            attributes[sc.SERVER_PORT] = address.port
+        attributes.update(_server(span))
         for part in sc.OMETER_COST_PARTS:
             attributes[f"{sc.OMETER_COST}.{part}"] = format_micros(getattr(span, f"cost_{part}"))
         if span.response_model:
@@ -205,6 +210,7 @@ class TelemetryObserver:
             sc.GEN_AI_OPERATION_NAME: sc.OPERATION_NAMES.get(span.operation, span.operation),
             sc.GEN_AI_PROVIDER_NAME: sc.PROVIDER_OLLAMA,
             sc.GEN_AI_REQUEST_MODEL: span.request_model,
+            **_server(span),  # recommended on the GenAI metrics too
         }
         if span.response_model:
             base[sc.GEN_AI_RESPONSE_MODEL] = span.response_model

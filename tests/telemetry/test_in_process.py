@@ -61,7 +61,12 @@ def test_spans_and_metrics_in_process(
         assert ledger[ok.attributes["ometer.span.id"]].trace_id == ok.trace_id
         refused = next(v for v in views if v.attributes["ometer.status"] == "rejected")
         assert refused.attributes["error.type"] == "budget_exceeded" and refused.status_code == 2
-        assert "gen_ai.client.token.usage" in metric_points(rx)
+        points = metric_points(rx)
+        port = int(emulator.url.rsplit(":", 1)[1])
+        for name in ("gen_ai.client.token.usage", "gen_ai.client.operation.duration"):
+            # The GenAI conventions recommend the server on the metrics too.
+            servers = {(p.attributes["server.address"], p.attributes["server.port"]) for p in points[name]}  # fmt: skip
+            assert servers == {("127.0.0.1", port)}
         # grpc with the same observer code
         monkeypatch.delenv("LANGFUSE_HOST")
         monkeypatch.delenv("TRACELOOP_API_KEY")
