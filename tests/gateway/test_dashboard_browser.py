@@ -22,11 +22,13 @@ import pytest
 from playwright import sync_api
 
 from ollama_meter.budgets import Budget
+from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter import SpanRecord
 from ollama_meter.pricing import format_micros
+from ollama_meter.records import make_storable
 from ollama_meter.reports._html import money
 from ollama_meter.testing import OllamaEmulator
-from tests.factories import OFFICE_NOW, office_spans
+from tests.factories import OFFICE_NOW, make_span, office_spans
 from tests.gateway.conftest import Gateway
 
 CHROMIUM = "/usr/bin/chromium"
@@ -306,3 +308,51 @@ def test_html_report_file_in_the_browser(
     assert page.locator("svg.chart rect.mark").count() > 0
     page.screenshot(path=str(shots / "report.png"))  # the top: totals, chart, first rows
     assert watched.problems == []
+
+
+HOSTILE = [
+    "</script><script>window.pwned=1</script>",
+    '"><img src=x onerror="window.pwned=1">',
+    "' onmouseover='window.pwned=1' x='",
+    "javascript:window.pwned=1",
+    "\u202eevil\u202c<b>bold</b>",
+    "bell\x07nul\x00esc\x1b[31m",
+    "{{7*7}}${7*7}",
+    "L" + "o" * 3000 + "ng",
+]
+
+
+def test_hostile_names_in_the_ledger_render_inert(
+    browser: Any, serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """Names as a ledger might hold them (old rows, another writer), in every place they show."""
+    gw = serve_on(emulator.url, sqlite_url, clock=lambda: OFFICE_NOW)
+    at = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
+    gw.ledger.record(
+        [
+            make_storable(
+                make_span(
+                    started_at=at, tenant=name[:64], department=name[:64], user=name[:128],
+                    request_model=name, response_model=name, cost_total=1_000_000 + n,
+                    status="error" if n % 2 else "ok", error_type=name[:32] if n % 2 else None,
+                )
+            )
+            for n, name in enumerate(HOSTILE)
+        ]
+    )  # fmt: skip
+    stored = {s.request_model for s in gw.ledger.latest(SpanFilter(), 100)}
+    watched = open_page(
+        browser, f"{gw.url}/dashboard", gw.url, viewport={"width": 1280, "height": 900}
+    )
+    page = watched.page
+    for mark in page.locator("[data-tip]").all()[:200]:
+        mark.hover(force=True)  # the tooltip shows each name as text
+    for details in page.locator("details").all():
+        details.locator("summary").first.click()
+    models = set(page.locator("#f-model option").evaluate_all("os => os.map(o => o.value)"))
+    assert stored <= models  # each name round-trips as text, byte for byte
+    page.select_option("#f-model", HOSTILE[0])  # the form applies itself
+    page.wait_for_url("**model=**")
+    assert page.evaluate("() => [window.pwned, document.scripts.length]") == [None, 1]
+    assert page.locator("img, [onerror], [onmouseover]").count() == 0
+    assert watched.problems == []  # a blocked inline script would be a console error
