@@ -34,6 +34,13 @@ from ollama_meter.telemetry._observer import TelemetryObserver
 
 log = logging.getLogger("ollama_meter.telemetry")
 
+PLAIN_BATCH = 512
+"""Spans per export (the SDK's default): a few KB each."""
+CONTENT_BATCH = 64
+"""Spans per export when prompts and replies go with them (up to ~35 KB a span, see
+``MAX_EXPORTED_TEXT``): about 2 MB, under the 4 MiB a gRPC collector accepts by default,
+which refuses a larger request whole, every span in it."""
+
 
 class _Watched(SpanExporter):
     """Remembers the last failure of the exporter it wraps, for one warning at exit."""
@@ -180,9 +187,14 @@ class Telemetry:
         # collector that never answers costs the export timeout per batch queued): only
         # ``shutdown`` below runs at exit, within the bound.
         self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        batch = CONTENT_BATCH if settings.capture_content else PLAIN_BATCH
         for exporter in self.span_exporters:
             self.tracer_provider.add_span_processor(
-                BatchSpanProcessor(exporter, export_timeout_millis=int(self.timeout * 1000))
+                BatchSpanProcessor(
+                    exporter,
+                    export_timeout_millis=int(self.timeout * 1000),
+                    max_export_batch_size=batch,
+                )
             )
         self.metric_exporter = _metric_exporter(settings)
         self.meter_provider: MeterProvider | None = None

@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 
 from ollama_meter import MeteredClient, load_settings
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.records import storable_text
+from ollama_meter.records import make_storable, storable_text
 from ollama_meter.telemetry import _semconv as sc
 from ollama_meter.telemetry import telemetry_for
 from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, _messages
+from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.testing import OllamaEmulator
-from tests._otlp import OtlpHttpReceiver, SilentCollector, spans, wait_for
+from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver, SilentCollector, spans, wait_for
+from tests.factories import make_span
 from tests.gateway.conftest import Gateway
 
 HI = [{"role": "user", "content": "hi"}]
@@ -159,3 +161,20 @@ def test_the_gateway_serves_and_records_every_call_while_the_collector_fails(
         assert telemetry is not None
         telemetry.shutdown()
     assert capsys.readouterr().err.count("warning: could not export telemetry") == 1
+
+
+def test_content_goes_in_batches_a_grpc_collector_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """512 spans with their text made 17 MB; a collector takes 4 MiB and refused it whole."""
+    with OtlpGrpcReceiver() as rx:  # grpc's default limit, as a collector's
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", rx.endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OMETER_CAPTURE_CONTENT", "true")
+        telemetry = Telemetry(load_settings())
+        for _ in range(600):
+            span = make_storable(make_span(prompt="p" * 20_000, reply="r" * 20_000))
+            telemetry.observer.on_start(span)
+            telemetry.observer.on_end(span)
+        assert telemetry.flush()
+        telemetry.shutdown()
+        assert len(spans(rx)) == 600
+    assert telemetry.failures() == []
