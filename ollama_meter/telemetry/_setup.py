@@ -227,10 +227,8 @@ class Telemetry:
         return done
 
     def failures(self) -> list[str]:
-        names = [e.name for e in self.span_exporters if e.failed]
-        if self.metric_exporter is not None and self.metric_exporter.failed:
-            names.append(self.metric_exporter.name)
-        return names
+        """Where exports failed, each place once (grpc sends traces and metrics to one)."""
+        return [name for name, failed in self._exporters().items() if failed]
 
     def shutdown(self) -> None:
         """Flush and stop within ``OMETER_EXPORT_TIMEOUT`` in all; warn if a collector failed.
@@ -256,8 +254,17 @@ class Telemetry:
             sys.stderr.write(f"warning: could not export telemetry to {', '.join(failed)}\n")
 
     def exporter_names(self) -> list[str]:
-        names = [e.name for e in self.span_exporters]
-        return names + ([self.metric_exporter.name] if self.metric_exporter is not None else [])
+        return list(self._exporters())
+
+    def _exporters(self) -> dict[str, bool]:
+        """Each place exports go, once, and whether an export there failed."""
+        exporters: list[_Watched | _WatchedMetrics] = [*self.span_exporters]
+        if self.metric_exporter is not None:
+            exporters.append(self.metric_exporter)
+        places: dict[str, bool] = {}
+        for exporter in exporters:
+            places[exporter.name] = places.get(exporter.name, False) or exporter.failed
+        return places
 
     def _stop(self) -> None:
         try:

@@ -21,7 +21,7 @@ from ollama_meter.telemetry import _semconv as sc
 from ollama_meter.telemetry import telemetry_for
 from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, _messages
 from ollama_meter.telemetry._setup import Telemetry
-from ollama_meter.testing import OllamaEmulator
+from ollama_meter.testing import OllamaEmulator, unreachable_url
 from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver, SilentCollector, spans, wait_for
 from tests.factories import make_span
 from tests.gateway.conftest import Gateway
@@ -178,3 +178,20 @@ def test_content_goes_in_batches_a_grpc_collector_accepts(monkeypatch: pytest.Mo
         telemetry.shutdown()
         assert len(spans(rx)) == 600
     assert telemetry.failures() == []
+
+
+def test_the_warning_names_each_place_once(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grpc sends traces and metrics to one endpoint: the warning named it twice."""
+    endpoint = unreachable_url()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
+    telemetry = Telemetry(load_settings())
+    span = make_storable(make_span())
+    telemetry.observer.on_start(span)
+    telemetry.observer.on_end(span)
+    telemetry.shutdown()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: could not export telemetry to") and line.count(endpoint) == 1
