@@ -105,15 +105,26 @@ def parse_day(text: str, *, what: str) -> date:
     return _in_range(day, what)
 
 
-def window_between(since: str | None, until: str | None, *, tz: ZoneInfo, now: datetime) -> Window:
-    """From the start of ``since`` through the end of ``until`` (both local dates, inclusive)."""
+def window_between(
+    since: str | None,
+    until: str | None,
+    *,
+    tz: ZoneInfo,
+    now: datetime,
+    names: tuple[str, str] = ("--since", "--until"),
+) -> Window:
+    """From the start of ``since`` through the end of ``until`` (both local dates, inclusive).
+
+    ``names``: what the caller calls the two dates in errors (options, or URL parameters).
+    """
+    since_name, until_name = names
     today = now.astimezone(tz).date()
-    first = parse_day(since, what="--since") if since else FIRST_DAY
-    last = parse_day(until, what="--until") if until else today
+    first = parse_day(since, what=since_name) if since else FIRST_DAY
+    last = parse_day(until, what=until_name) if until else today
     if last < first:
         if until:
-            raise ValidationError(f"--until {last} is before --since {first}")
-        raise ValidationError(f"--since {first} is after today ({last}); give a past date")
+            raise ValidationError(f"{until_name} {last} is before {since_name} {first}")
+        raise ValidationError(f"{since_name} {first} is after today ({last}); give a past date")
     label = f"{since or 'start'}..{last.isoformat()}"
     return _days(first, last + timedelta(days=1), tz, label)
 

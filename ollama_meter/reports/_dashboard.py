@@ -74,7 +74,7 @@ def dash_window(query: DashQuery, *, tz: ZoneInfo, now: datetime) -> Window:
     if query.period == "custom" or (query.period == "month" and (query.since or query.until)):
         if not query.since:
             raise ValidationError("a custom range needs a start date (since=YYYY-MM-DD)")
-        return window_between(query.since, query.until, tz=tz, now=now)
+        return window_between(query.since, query.until, tz=tz, now=now, names=("since", "until"))
     if query.period == "previous-month":
         first = month_start(now.astimezone(tz).date())
         previous = month_start(first - timedelta(days=1))

@@ -175,11 +175,14 @@ def test_dashboard_page_has_the_numbers_without_script(dash: Gateway) -> None:
         "since=9999-12-31",
         "period=custom",
         "since=0001-01-01&until=0001-01-02",
+        "since=2026-13-45",
+        "since=2026-11-02&until=2026-11-01",
     ],
 )
 def test_a_bad_period_is_a_400_with_one_line(dash: Gateway, query: str) -> None:
     reply = dash.client.get(f"/api/dash?{query}")
     assert reply.status_code == 400 and "\n" not in reply.json()["error"]
+    assert "--" not in reply.json()["error"]  # names the URL's parameter, not a CLI option
     page = dash.client.get(f"/dashboard?{query}")
     assert page.status_code == 400 and 'role="alert"' in page.text
     assert 'href="/dashboard"' in page.text
