@@ -40,15 +40,20 @@ def exportable(attributes: dict[str, Any]) -> dict[str, Any]:
 
 def _value(value: Any) -> Any:
     if isinstance(value, str):
-        return storable_text(value, MAX_EXPORTED_TEXT)
+        return _bounded(value)
     if isinstance(value, list | tuple):
         return [_value(item) for item in value]
     return value
 
 
+def _bounded(text: str) -> str:
+    # Cut first: a 1 MB prompt is not scanned whole, on the call's path, to keep 16 KB of it.
+    return storable_text(text[: MAX_EXPORTED_TEXT + 1], MAX_EXPORTED_TEXT)
+
+
 def _messages(role: str, text: str) -> str:
     """``gen_ai.*.messages`` for one text part: valid JSON within :data:`MAX_EXPORTED_TEXT`."""
-    content = storable_text(text, MAX_EXPORTED_TEXT)
+    content = _bounded(text)
     while True:
         dumped = json.dumps(
             [{"role": role, "parts": [{"type": "text", "content": content}]}], ensure_ascii=False
