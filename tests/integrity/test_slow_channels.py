@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,35 +16,15 @@ import pytest
 
 from ollama_meter.ledger import Ledger
 from ollama_meter.testing import OllamaEmulator
+from tests._otlp import SilentCollector
 from tests.gateway.test_processes import OMETER
 
 
 @pytest.fixture
 def silent_server() -> Iterator[str]:
     """A TCP server that accepts every connection and never answers."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            held.append(conn)
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join(timeout=2)
-    listener.close()
-    for conn in held:
-        conn.close()
+    with SilentCollector() as server:
+        yield server.url
 
 
 def chat(
