@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ollama_meter._names import name_problem, zone_problem
@@ -24,6 +24,7 @@ from ollama_meter._paths import default_data_dir
 from ollama_meter.errors import ConfigError
 
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+TRACELOOP_URL = "https://api.traceloop.com"
 
 
 def normalize_host(value: str) -> str:
@@ -174,9 +175,7 @@ class Settings(BaseSettings):
     traceloop_api_key: Annotated[SecretStr | None, Field(validation_alias="TRACELOOP_API_KEY")] = (
         None
     )
-    traceloop_base_url: Annotated[str, Field(validation_alias="TRACELOOP_BASE_URL")] = (
-        "https://api.traceloop.com"
-    )
+    traceloop_base_url: Annotated[str, Field(validation_alias="TRACELOOP_BASE_URL")] = TRACELOOP_URL
     ledger_wait: Annotated[float, Field(validation_alias="OMETER_LEDGER_WAIT", gt=0, le=600)] = 5.0
     """Seconds a write waits for a busy ledger before its spans go to the spool instead."""
     journal: Annotated[bool, Field(validation_alias="OMETER_JOURNAL")] = True
@@ -266,6 +265,28 @@ class Settings(BaseSettings):
 
         parse_department_budgets(value, currency="USD")  # raises ValueError saying what is wrong
         return value
+
+    @field_validator(
+        "otlp_endpoint",
+        "otlp_traces_endpoint",
+        "otlp_metrics_endpoint",
+        "langfuse_host",
+        "traceloop_base_url",
+    )
+    @classmethod
+    def _collector(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A collector's URL, checked here: a typo would otherwise fail every export unseen."""
+        if value is None or not value.strip():
+            return TRACELOOP_URL if info.field_name == "traceloop_base_url" else None
+        raw = value.strip()
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018 - raises for a port that is not one
+        except ValueError:
+            raise ValueError(f"{value!r} is not a URL with a valid host and port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL such as http://collector:4318")
+        return raw
 
     @field_validator("alert_webhook_url")
     @classmethod

@@ -91,6 +91,23 @@ def test_a_dotenv_that_is_not_utf8_is_one_line(cli, tmp_path: Path) -> None:  # 
             "OMETER_PRICING_FILE: '/no/such/file.toml' does not exist",
         ),
         ("OMETER_UPSTREAM_TIMEOUT", "0", "OMETER_UPSTREAM_TIMEOUT: Input should be greater than 0"),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "collector",
+            "OTEL_EXPORTER_OTLP_ENDPOINT: 'collector' is not an http(s) URL",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://[::1",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://[::1' is not a URL with a valid host",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "http://c:99999",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: 'http://c:99999' is not a URL with a valid",
+        ),
+        ("LANGFUSE_HOST", "ftp://lf", "LANGFUSE_HOST: 'ftp://lf' is not an http(s) URL"),
+        ("TRACELOOP_BASE_URL", "https://", "TRACELOOP_BASE_URL: 'https://' is not an http(s) URL"),
     ],
 )
 def test_bad_values_name_the_variable(
