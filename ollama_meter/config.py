@@ -7,13 +7,14 @@ names the setting the user has to fix.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -25,6 +26,8 @@ from ollama_meter.errors import ConfigError
 
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
 TRACELOOP_URL = "https://api.traceloop.com"
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""An HTTP header name (RFC 9110 token)."""
 
 
 def normalize_host(value: str) -> str:
@@ -287,6 +290,29 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{value!r} is not an http(s) URL such as http://collector:4318")
         return raw
+
+    @field_validator("otlp_headers")
+    @classmethod
+    def _otlp_headers(cls, value: str | None) -> str | None:
+        """``name=value`` pairs, comma-separated, values URL-encoded (the OTLP exporter spec).
+
+        The exporter skips a pair it cannot read, so a collector that needs it refuses every
+        export while nothing says why.
+        """
+        if value is None or not value.strip():
+            return None
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            name, equals, encoded = item.partition("=")
+            if not equals or not _HEADER_NAME.fullmatch(name.strip()):
+                raise ValueError(
+                    f"{item.strip()!r} is not name=value; give comma-separated pairs such as "
+                    "Authorization=Bearer%20TOKEN (values URL-encoded)"
+                )
+            if any(c in unquote(encoded) for c in "\r\n\x00"):
+                raise ValueError(f"the value of {name.strip()!r} has a line break or NUL in it")
+        return value
 
     @field_validator("alert_webhook_url")
     @classmethod

@@ -107,6 +107,16 @@ def test_a_dotenv_that_is_not_utf8_is_one_line(cli, tmp_path: Path) -> None:  # 
             "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: 'http://c:99999' is not a URL with a valid",
         ),
         ("LANGFUSE_HOST", "ftp://lf", "LANGFUSE_HOST: 'ftp://lf' is not an http(s) URL"),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-team=ops,Authorization: Bearer t",
+            "OTEL_EXPORTER_OTLP_HEADERS: 'Authorization: Bearer t' is not name=value",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "x-team=a%0D%0AHost: evil",
+            "OTEL_EXPORTER_OTLP_HEADERS: the value of 'x-team' has a line break",
+        ),
         ("TRACELOOP_BASE_URL", "https://", "TRACELOOP_BASE_URL: 'https://' is not an http(s) URL"),
     ],
 )
