@@ -42,20 +42,47 @@ CONTENT_BATCH = 64
 which refuses a larger request whole, every span in it."""
 
 
-class _Watched(SpanExporter):
-    """Remembers the last failure of the exporter it wraps, for one warning at exit."""
+class _Reporting:
+    """One place exports go: whether an export there failed, and a log line when that changes.
 
+    A gateway runs for weeks: a collector that refuses its exports (a wrong key, a full disk)
+    is said once when it starts and once when it ends, not only at exit. ``quiet`` once the
+    process is exiting, where one warning line says it all.
+    """
+
+    name: str
+    failed = False
+    failing = False
+    quiet = False
+
+    def _saw(self, ok: bool, what: str) -> None:
+        if ok:
+            if self.failing and not self.quiet:
+                log.info("exporting %s to %s again", what, self.name)
+            self.failing = False
+            return
+        self.failed = True
+        if not self.failing and not self.quiet:
+            log.warning(
+                "could not export %s to %s; they are dropped until it answers "
+                "(the ledger keeps every call)",
+                what,
+                self.name,
+            )
+        self.failing = True
+
+
+class _Watched(_Reporting, SpanExporter):
     def __init__(self, name: str, inner: SpanExporter) -> None:
         self.name = name
         self.inner = inner
-        self.failed = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
             result = self.inner.export(spans)
         except Exception:
             result = SpanExportResult.FAILURE
-        self.failed = self.failed or result is not SpanExportResult.SUCCESS
+        self._saw(result is SpanExportResult.SUCCESS, "spans")
         return result
 
     def shutdown(self) -> None:
@@ -65,7 +92,7 @@ class _Watched(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
 
-class _WatchedMetrics(MetricExporter):
+class _WatchedMetrics(_Reporting, MetricExporter):
     def __init__(self, name: str, inner: MetricExporter) -> None:
         super().__init__(
             preferred_temporality=inner._preferred_temporality,
@@ -73,7 +100,6 @@ class _WatchedMetrics(MetricExporter):
         )
         self.name = name
         self.inner = inner
-        self.failed = False
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -82,7 +108,7 @@ class _WatchedMetrics(MetricExporter):
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception:
             result = MetricExportResult.FAILURE
-        self.failed = self.failed or result is not MetricExportResult.SUCCESS
+        self._saw(result is MetricExportResult.SUCCESS, "metrics")
         return result
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
@@ -240,6 +266,8 @@ class Telemetry:
         if self._closed:
             return
         self._closed = True
+        for exporter in self._watchers():
+            exporter.quiet = True  # the line below says it
         worker = threading.Thread(target=self._stop, name="ometer-telemetry-exit", daemon=True)
         worker.start()
         worker.join(self.timeout)
@@ -256,13 +284,16 @@ class Telemetry:
     def exporter_names(self) -> list[str]:
         return list(self._exporters())
 
-    def _exporters(self) -> dict[str, bool]:
-        """Each place exports go, once, and whether an export there failed."""
-        exporters: list[_Watched | _WatchedMetrics] = [*self.span_exporters]
+    def _watchers(self) -> list[_Reporting]:
+        exporters: list[_Reporting] = [*self.span_exporters]
         if self.metric_exporter is not None:
             exporters.append(self.metric_exporter)
+        return exporters
+
+    def _exporters(self) -> dict[str, bool]:
+        """Each place exports go, once, and whether an export there failed."""
         places: dict[str, bool] = {}
-        for exporter in exporters:
+        for exporter in self._watchers():
             places[exporter.name] = places.get(exporter.name, False) or exporter.failed
         return places
 

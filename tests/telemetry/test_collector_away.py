@@ -195,3 +195,43 @@ def test_the_warning_names_each_place_once(
     telemetry.shutdown()
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("warning: could not export telemetry to") and line.count(endpoint) == 1
+
+
+def test_a_running_process_says_once_when_exports_fail_and_when_they_work_again(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A gateway runs for weeks: a collector refusing every export was said only at its exit."""
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
+    caplog.set_level("INFO", logger="ollama_meter.telemetry")
+    with OtlpHttpReceiver(status=401) as rx:
+        url = f"{rx.url}/v1/traces"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+        telemetry = Telemetry(load_settings())
+
+        def export() -> None:
+            span = make_storable(make_span())
+            telemetry.observer.on_start(span)
+            telemetry.observer.on_end(span)
+            telemetry.flush()
+
+        export()
+        export()
+        rx.status = 200
+        export()
+        export()
+        telemetry.shutdown()
+    said = [
+        (r.levelname, r.getMessage()) for r in caplog.records if r.name == "ollama_meter.telemetry"
+    ]
+    assert said == [
+        (
+            "WARNING",
+            f"could not export spans to {url}; they are dropped until it answers "
+            "(the ledger keeps every call)",
+        ),
+        ("INFO", f"exporting spans to {url} again"),
+    ]
+    assert [r.status for r in rx.requests] == [401, 401, 200, 200]
+    assert capsys.readouterr().err.count("warning: could not export telemetry") == 1  # at exit
