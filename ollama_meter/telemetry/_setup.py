@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -40,6 +41,16 @@ CONTENT_BATCH = 64
 """Spans per export when prompts and replies go with them (up to ~35 KB a span, see
 ``MAX_EXPORTED_TEXT``): about 2 MB, under the 4 MiB a gRPC collector accepts by default,
 which refuses a larger request whole, every span in it."""
+
+
+def shown(url: str) -> str:
+    """Where exports go, as warnings and the log say it: without a user, password or query.
+
+    An endpoint may carry its credentials (``https://user:token@collector``, ``?api-key=``);
+    the log is read by more people than the configuration.
+    """
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 class _Reporting:
@@ -74,7 +85,7 @@ class _Reporting:
 
 class _Watched(_Reporting, SpanExporter):
     def __init__(self, name: str, inner: SpanExporter) -> None:
-        self.name = name
+        self.name = shown(name)
         self.inner = inner
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -98,7 +109,7 @@ class _WatchedMetrics(_Reporting, MetricExporter):
             preferred_temporality=inner._preferred_temporality,
             preferred_aggregation=inner._preferred_aggregation,
         )
-        self.name = name
+        self.name = shown(name)
         self.inner = inner
 
     def export(

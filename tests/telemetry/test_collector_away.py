@@ -235,3 +235,18 @@ def test_a_running_process_says_once_when_exports_fail_and_when_they_work_again(
     ]
     assert [r.status for r in rx.requests] == [401, 401, 200, 200]
     assert capsys.readouterr().err.count("warning: could not export telemetry") == 1  # at exit
+
+
+def test_an_endpoints_credentials_never_reach_the_warning(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = unreachable_url().removeprefix("http://")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://ops:s3cret@{host}")
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
+    telemetry = Telemetry(load_settings())
+    span = make_storable(make_span())
+    telemetry.observer.on_start(span)
+    telemetry.observer.on_end(span)
+    telemetry.shutdown()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"http://{host}/v1/traces" in line and "s3cret" not in line
