@@ -9,17 +9,22 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ollama_meter import MeteredClient, load_settings
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.records import make_storable, storable_text
 from ollama_meter.telemetry import _semconv as sc
 from ollama_meter.telemetry import telemetry_for
-from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, _messages
+from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, TelemetryObserver, _messages
 from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.testing import OllamaEmulator, unreachable_url
 from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver, SilentCollector, spans, wait_for
@@ -250,3 +255,36 @@ def test_an_endpoints_credentials_never_reach_the_warning(
     telemetry.shutdown()
     (line,) = capsys.readouterr().err.splitlines()
     assert f"http://{host}/v1/traces" in line and "s3cret" not in line
+
+
+_ANY_TEXT = st.text(max_size=50) | st.sampled_from(["\ud800", "a\x00b", "\u202e", "x" * 20_000])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    model=_ANY_TEXT,
+    user=_ANY_TEXT,
+    error=_ANY_TEXT,
+    tag=_ANY_TEXT,
+    hooked=st.dictionaries(_ANY_TEXT, _ANY_TEXT | st.lists(_ANY_TEXT, max_size=3), max_size=3),
+    content=_ANY_TEXT,
+)
+def test_every_span_the_observer_makes_encodes_and_is_bounded(
+    model: str, user: str, error: str, tag: str, hooked: dict[str, Any], content: str
+) -> None:
+    """Whatever text a call carries, its span encodes: one that cannot fails its whole batch."""
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    observer = TelemetryObserver(provider.get_tracer("t"), None, capture_content=True)
+    span = make_span(request_model=model, user=user, tags={tag: tag}, prompt=content, reply=content)
+    observer.on_start(span)  # raw: a meter makes it storable first, a hook may not
+    span.attributes.update(hooked)
+    span.fail("upstream_5xx", error)
+    observer.on_end(span)
+    (otel,) = exported.get_finished_spans()
+    encode_spans([otel]).SerializeToString()  # raised UnicodeEncodeError for a lone surrogate
+    texts = [otel.name, otel.status.description or ""]
+    for value in otel.attributes.values():
+        texts.extend(value if isinstance(value, tuple) else [value])
+    assert all(len(text) <= MAX_EXPORTED_TEXT for text in texts if isinstance(text, str))
