@@ -236,9 +236,11 @@ class SilentCollector:
 
     ``url`` takes OTLP/HTTP exports (``/v1/traces`` under it); ``connections`` counts the
     connections accepted, which an exporter opens anew after each timed-out request.
+    ``answer``: bytes to send at once and hang up (a lying server) instead of silence.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bytes = b"") -> None:
+        self.answer = answer
         self._listener: socket.socket | None = None
         self._held: list[socket.socket] = []
         self._thread: threading.Thread | None = None
@@ -257,6 +259,10 @@ class SilentCollector:
             except OSError:  # closed
                 return
             self._held.append(conn)
+            if self.answer:
+                with contextlib.suppress(OSError):
+                    conn.sendall(self.answer)
+                conn.close()
 
     def __exit__(self, *exc: object) -> None:
         if self._listener is not None:

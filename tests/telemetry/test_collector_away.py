@@ -146,7 +146,7 @@ def test_hook_attributes_and_content_are_exported_bounded_and_encodable(
     assert row.prompt is not None and prompt in row.prompt  # the ledger keeps it whole
 
 
-@pytest.mark.parametrize("collector", ["silent", "500", "429"])
+@pytest.mark.parametrize("collector", ["silent", "garbage", "500", "429"])
 def test_the_gateway_serves_and_records_every_call_while_the_collector_fails(
     app_on: Callable[..., Gateway],
     emulator: OllamaEmulator,
@@ -156,7 +156,11 @@ def test_the_gateway_serves_and_records_every_call_while_the_collector_fails(
     collector: str,
 ) -> None:
     monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
-    receiver = SilentCollector() if collector == "silent" else OtlpHttpReceiver(int(collector))
+    receivers = {
+        "silent": SilentCollector(),
+        "garbage": SilentCollector(answer=b"\x00\xffnot HTTP at all\r\n\r\n"),
+    }
+    receiver = receivers.get(collector) or OtlpHttpReceiver(int(collector))
     with receiver:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
         gw = app_on(emulator.url, sqlite_url)
