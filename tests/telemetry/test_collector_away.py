@@ -66,11 +66,12 @@ def test_exit_waits_at_most_the_export_timeout_for_a_collector_that_never_answer
         started = time.monotonic()
         _, err = child.communicate(timeout=120)
         took = time.monotonic() - started
-        assert collector.connections >= 1  # it did try
+        tries = collector.connections
     assert child.returncode == 0
     assert err.count("warning: could not export telemetry") == 1 and "Traceback" not in err
-    # Before: 2 s, then ~2 s per queued batch of 512 (12 s and more). The slack is for a busy machine.
-    assert took < timeout + 4, f"exit took {took:.1f} s with OMETER_EXPORT_TIMEOUT={timeout}"
+    # Before, the SDK's exit hooks tried again per queued batch of 512, each waiting out the
+    # export timeout: 5 tries and 10 s here. Counted, not timed, so a busy machine cannot fail it.
+    assert 1 <= tries <= 2, f"{tries} exports tried at exit, in {took:.1f} s"
 
 
 def _chat(gw: Gateway, model: str) -> int:
