@@ -46,6 +46,18 @@ print("exiting", flush=True)
 """
 
 
+def _one_span_then_exit(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> str:
+    """Export one span to the configured (unreachable) endpoint, shut down: the one warning line."""
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
+    telemetry = Telemetry(load_settings())
+    span = make_storable(make_span())
+    telemetry.observer.on_start(span)
+    telemetry.observer.on_end(span)
+    telemetry.shutdown()
+    (line,) = capsys.readouterr().err.splitlines()
+    return line
+
+
 def test_exit_waits_at_most_the_export_timeout_for_a_collector_that_never_answers() -> None:
     """The SDK's own exit hooks flushed again after ours, one export timeout per batch queued."""
     timeout = 2.0
@@ -197,13 +209,7 @@ def test_the_warning_names_each_place_once(
     endpoint = unreachable_url()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
-    telemetry = Telemetry(load_settings())
-    span = make_storable(make_span())
-    telemetry.observer.on_start(span)
-    telemetry.observer.on_end(span)
-    telemetry.shutdown()
-    (line,) = capsys.readouterr().err.splitlines()
+    line = _one_span_then_exit(monkeypatch, capsys)
     assert line.startswith("warning: could not export telemetry to") and line.count(endpoint) == 1
 
 
@@ -252,13 +258,7 @@ def test_an_endpoints_credentials_never_reach_the_warning(
 ) -> None:
     host = unreachable_url().removeprefix("http://")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://ops:s3cret@{host}")
-    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
-    telemetry = Telemetry(load_settings())
-    span = make_storable(make_span())
-    telemetry.observer.on_start(span)
-    telemetry.observer.on_end(span)
-    telemetry.shutdown()
-    (line,) = capsys.readouterr().err.splitlines()
+    line = _one_span_then_exit(monkeypatch, capsys)
     assert f"http://{host}/v1/traces" in line and "s3cret" not in line
 
 
