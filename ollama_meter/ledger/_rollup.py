@@ -248,9 +248,10 @@ def lock_cells(conn: Connection, *, alone: bool = False) -> None:
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock{kind}({REBUILD_LOCK})")
 
 
-def _within(values: Sequence[int]) -> list[int]:
+def _within(values: Sequence[int]) -> Sequence[int]:
     """``values`` as a 64-bit column takes them: a batch of many spans may sum past :data:`MOST`."""
-    return [min(max(v, -MOST), MOST) for v in values]
+    fits = not values or (min(values) >= -MOST and max(values) <= MOST)  # in C, per row
+    return values if fits else [min(max(v, -MOST), MOST) for v in values]
 
 
 def _write_busy(
