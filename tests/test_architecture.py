@@ -22,7 +22,17 @@ PACKAGE = ROOT / "ollama_meter"
 LAYERS: tuple[frozenset[str], ...] = (
     # plain data and helpers that import nothing of ours (but each other)
     frozenset(
-        {"_version", "_names", "_paths", "_lazy", "_runtime", "errors", "records", "testing"}
+        {
+            "_version",
+            "_names",
+            "_paths",
+            "_lazy",
+            "_runtime",
+            "_urls",
+            "errors",
+            "records",
+            "testing",
+        }
     ),
     frozenset({"config", "periods", "_logging", "_reloaded", "upstream"}),
     frozenset({"ledger"}),
@@ -35,7 +45,7 @@ LAYERS: tuple[frozenset[str], ...] = (
 )
 """Lowest first. A part may import its own layer and the layers below, never one above."""
 
-OUTPUTS = {"telemetry": {"_version", "_runtime", "config", "errors", "_names", "records"}}
+OUTPUTS = {"telemetry": {"_version", "_runtime", "_urls", "config", "errors", "_names", "records"}}
 """Outputs the meter writes to: what each may import. Nothing they do reads back."""
 
 THIRD_PARTY_HOMES = {

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit
 
+from ollama_meter._urls import shown
 from ollama_meter.records import Alert
 
 if TYPE_CHECKING:
@@ -46,28 +46,12 @@ EXIT_WAIT = 1.0
 """Seconds a process that is ending waits for alerts still being delivered."""
 
 
-def origin(url: str) -> str:
-    """``scheme://host[:port]`` of a URL, for saying where something went.
-
-    A webhook's path and query are its secret (Slack's, for one), as is any user
-    and password in it: none of them goes into the log or the ledger.
-    """
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    host = f"[{host}]" if ":" in host else host
-    try:
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        port = ""
-    return f"{parts.scheme}://{host}{port}"
-
-
 class WebhookChannel:
     name = "webhook"
 
     def __init__(self, url: str, *, timeout: float = CHANNEL_TIMEOUT) -> None:
         self.url = url
-        self.where = origin(url)
+        self.where = shown(url, path=False)  # a webhook's path is its secret
         self.timeout = timeout
 
     def send(self, alert: Alert) -> str:

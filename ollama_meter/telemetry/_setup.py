@@ -15,7 +15,6 @@ import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -29,6 +28,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.util.re import parse_env_headers
 
+from ollama_meter._urls import shown
 from ollama_meter._version import __version__
 from ollama_meter.config import Settings
 from ollama_meter.telemetry._observer import TelemetryObserver
@@ -41,16 +41,6 @@ CONTENT_BATCH = 64
 """Spans per export when prompts and replies go with them (up to ~35 KB a span, see
 ``MAX_EXPORTED_TEXT``): about 2 MB, under the 4 MiB a gRPC collector accepts by default,
 which refuses a larger request whole, every span in it."""
-
-
-def shown(url: str) -> str:
-    """Where exports go, as warnings and the log say it: without a user, password or query.
-
-    An endpoint may carry its credentials (``https://user:token@collector``, ``?api-key=``);
-    the log is read by more people than the configuration.
-    """
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 class _Reporting:
