@@ -39,7 +39,7 @@ from ollama_meter.budgets._estimate import Estimate
 from ollama_meter.budgets._leases import IDLE_RELEASE_SECONDS, RESERVATION_TTL, Lease, Reservation
 from ollama_meter.budgets._refusals import mismatch, refusal
 from ollama_meter.periods import current_period
-from ollama_meter.records import Alert, Budget
+from ollama_meter.records import Alert, Budget, LeaseKey
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetStore, BudgetWrites
@@ -85,8 +85,8 @@ class BudgetGate:
         self._reservation_ttl = reservation_ttl
         self.lease_share = lease_share
         self._clock = clock
-        self._leases: dict[tuple[int, str, datetime], Lease] = {}
-        self._watch: dict[tuple[int, str, datetime], _Watch] = {}
+        self._leases: dict[LeaseKey, Lease] = {}
+        self._watch: dict[LeaseKey, _Watch] = {}
         self._lock = threading.Lock()
         self._idle_release = idle_release
         self._keeper: threading.Thread | None = None
@@ -174,22 +174,22 @@ class BudgetGate:
             self._keep(now)
         finally:
             self._lock.release()
-        keys = tuple((le.budget.id or 0, le.tenant, le.window.start) for le in leases)
-        return Reservation(call_id, tuple(k[0] for k in keys), keys, estimate.amount)
+        keys = tuple(le.key for le in leases)
+        return Reservation(call_id, tuple(k.budget_id for k in keys), keys, estimate.amount)
 
     def _forget_empty(self, leases: list[Lease]) -> None:
         """Drop the leases that hold nothing (new ones a refusal left unwritten; lock held):
         kept, they would look idle, and every admission would wait to give them back."""
         for lease in leases:
             if not (lease.amount or lease.in_flight or lease.kept):
-                key = (lease.budget.id or 0, lease.tenant, lease.window.start)
+                key = lease.key
                 if self._leases.get(key) is lease:
                     del self._leases[key]
 
     def _lease(self, budget: Budget, tenant: str, now: datetime) -> Lease:
         window = current_period(budget.period, tz=self.tz, now=now)
         assert budget.id is not None
-        key = (budget.id, tenant, window.start)
+        key = LeaseKey(budget.id, tenant, window.start)
         lease = self._leases.get(key)
         if lease is None:
             lease = self._leases[key] = Lease(budget, tenant, window)
@@ -215,9 +215,7 @@ class BudgetGate:
                 budget = lease.budget
                 assert budget.id is not None
                 spent = store.spent(budget, lease.tenant, lease.window.start, lease.window.end)
-                others = store.held(
-                    budget.id, lease.tenant, lease.window.start, now, exclude=lease.row_id
-                )
+                others = store.held(lease.key, now, exclude=lease.row_id)
                 mine = sum(lease.in_flight.values()) + lease.kept
                 room = budget.limit - spent - others - mine
                 over = spent >= budget.limit or spent + need > budget.limit
@@ -246,14 +244,7 @@ class BudgetGate:
 
     def _write_lease(self, store: BudgetWrites, lease: Lease, amount: int, now: datetime) -> None:
         assert lease.budget.id is not None
-        store.put_lease(
-            lease.row_id,
-            budget_id=lease.budget.id,
-            tenant=lease.tenant,
-            period_start=lease.window.start,
-            amount=amount,
-            expires_at=now + self._reservation_ttl,
-        )
+        store.put_lease(lease.row_id, lease.key, amount, now + self._reservation_ttl)
 
     def settle(self, reservation: Reservation, *, recorded: bool = True) -> None:
         """The call is over and its span written (``recorded``) or kept elsewhere.
@@ -281,7 +272,7 @@ class BudgetGate:
         if give_back:
             self._give_back(give_back)
 
-    def _idle(self, now: datetime) -> list[tuple[int, str, datetime]]:
+    def _idle(self, now: datetime) -> list[LeaseKey]:
         """Leases no call has used for a while, or whose period is over (lock held)."""
         return [
             key
@@ -385,7 +376,9 @@ class BudgetGate:
                 assert budget.id is not None
                 window = current_period(budget.period, tz=self.tz, now=now)
                 spent = store.spent(budget, tenant, window.start, window.end)
-                self._watch[(budget.id, tenant, window.start)] = _Watch(spent, self._clock())
+                self._watch[LeaseKey(budget.id, tenant, window.start)] = _Watch(
+                    spent, self._clock()
+                )
                 for threshold in budget.thresholds:
                     if spent * 100 < threshold * budget.limit:
                         break
@@ -418,7 +411,7 @@ class BudgetGate:
         with self._lock:
             for budget in budgets:
                 window = current_period(budget.period, tz=self.tz, now=now)
-                watch = self._watch.get((budget.id or 0, tenant, window.start))
+                watch = self._watch.get(LeaseKey(budget.id or 0, tenant, window.start))
                 if (
                     cost is None
                     or watch is None

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from ollama_meter.periods import Window
-from ollama_meter.records import Budget
+from ollama_meter.records import Budget, LeaseKey
 
 RESERVATION_TTL = timedelta(minutes=15)
 """How long a lease holds if its process dies without giving it back."""
@@ -28,7 +28,7 @@ class Reservation:
 
     id: str
     budget_ids: tuple[int, ...]
-    keys: tuple[tuple[int, str, datetime], ...] = ()
+    keys: tuple[LeaseKey, ...] = ()
     amount: int = 0
 
 
@@ -54,6 +54,10 @@ class Lease:
     last_used: float = 0.0
     stale: bool = True
     """Not written yet, or written long enough ago to renew before its row expires."""
+
+    @property
+    def key(self) -> LeaseKey:
+        return LeaseKey(self.budget.id or 0, self.tenant, self.window.start)
 
     @property
     def free(self) -> int:

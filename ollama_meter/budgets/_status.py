@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from ollama_meter.periods import Window, current_period
-from ollama_meter.records import EACH_TENANT, Budget
+from ollama_meter.records import EACH_TENANT, Budget, LeaseKey
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetStore
@@ -71,7 +71,7 @@ def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[B
                     and currency == budget.currency
                     and budget.department in (None, department)
                 )
-                held = store.held(budget.id, tenant, window.start, now)
+                held = store.held(LeaseKey(budget.id, tenant, window.start), now)
                 rows.append(
                     BudgetStatus(budget, tenant, window, spent, held, project(spent, window, now))
                 )

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
 
-from ollama_meter.records import Alert, Budget
+from ollama_meter.records import Alert, Budget, LeaseKey
 
 
 class BudgetReads(Protocol):
@@ -27,16 +27,8 @@ class BudgetReads(Protocol):
         """Settled spend per (tenant, department, currency) in [start, end)."""
         ...
 
-    def held(
-        self,
-        budget_id: int,
-        tenant: str,
-        period_start: datetime,
-        now: datetime,
-        *,
-        exclude: str | None = None,
-    ) -> int:
-        """What live leases hold for a budget, tenant and period (``exclude`` one lease)."""
+    def held(self, key: LeaseKey, now: datetime, *, exclude: str | None = None) -> int:
+        """What live leases hold for ``key`` at ``now`` (``exclude`` one lease)."""
         ...
 
 
@@ -47,16 +39,9 @@ class BudgetWrites(BudgetReads, Protocol):
         """Admission for these budgets waits for this transaction, in every process."""
         ...
 
-    def put_lease(
-        self,
-        lease_id: str,
-        *,
-        budget_id: int,
-        tenant: str,
-        period_start: datetime,
-        amount: int,
-        expires_at: datetime,
-    ) -> None: ...
+    def put_lease(self, lease_id: str, key: LeaseKey, amount: int, expires_at: datetime) -> None:
+        """Write (or overwrite) lease ``lease_id``: ``amount`` held for ``key`` until then."""
+        ...
 
     def drop_lease(self, lease_id: str) -> None: ...
 

@@ -50,7 +50,7 @@ from ollama_meter.gateway._slots import (
     until_gone,
 )
 from ollama_meter.gateway._threads import in_thread
-from ollama_meter.meter import Attribution, Meter, MeteredCall
+from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening
 from ollama_meter.meter._request import facts_of, with_output_cap
 from ollama_meter.upstream import (
     END,
@@ -374,27 +374,21 @@ class Relay:
 
     async def _open(self, request: MeteredRequest, attribution: Attribution) -> MeteredCall:
         """Admit and open the call: in place when memory can decide, else on a ledger thread."""
-        facts = facts_of(request.operation, request.body)
-        call = self.meter.try_open(
-            operation=request.operation,
-            model=request.model,
-            stream=request.stream,
-            attribution=attribution,
-            facts=facts,
+        opening = Opening(
+            request.operation,
+            request.model,
+            request.stream,
+            attribution,
+            facts_of(request.operation, request.body),
         )
+        call = self.meter.try_open(opening)
         if call is not None:
             return call
 
         opened: list[MeteredCall] = []
 
         def open_call() -> MeteredCall:
-            new = self.meter.open(
-                operation=request.operation,
-                model=request.model,
-                stream=request.stream,
-                attribution=attribution,
-                facts=facts,
-            )
+            new = self.meter.open(opening)
             opened.append(new)
             return new
 

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Table, delete, func, insert, select, text, up
 from sqlalchemy.exc import IntegrityError
 
 from ollama_meter.ledger.models import AlertRow, BudgetRow, ReservationRow
-from ollama_meter.records import Alert, Budget, record_from, values_of
+from ollama_meter.records import Alert, Budget, LeaseKey, record_from, values_of
 
 _BUDGETS: Table = BudgetRow.__table__  # type: ignore[assignment]
 _RESERVATIONS: Table = ReservationRow.__table__  # type: ignore[assignment]
@@ -214,43 +214,25 @@ class BudgetTables:
     def spend_by_scope(self, start: datetime, end: datetime) -> dict[tuple[str, str, str], int]:
         return spend_by_scope(self._conn, start, end)
 
-    def held(
-        self,
-        budget_id: int,
-        tenant: str,
-        period_start: datetime,
-        now: datetime,
-        *,
-        exclude: str | None = None,
-    ) -> int:
-        """What live reservations (leases) hold for a budget, tenant and period; ``exclude`` one."""
+    def held(self, key: LeaseKey, now: datetime, *, exclude: str | None = None) -> int:
         query = select(func.coalesce(func.sum(ReservationRow.amount_micros), 0)).where(
-            ReservationRow.budget_id == budget_id,
-            ReservationRow.tenant == tenant,
-            ReservationRow.period_start == period_start,
+            ReservationRow.budget_id == key.budget_id,
+            ReservationRow.tenant == key.tenant,
+            ReservationRow.period_start == key.period_start,
             ReservationRow.expires_at > now,
         )
         if exclude is not None:
             query = query.where(ReservationRow.id != exclude)
         return int(self._conn.execute(query).scalar_one())
 
-    def put_lease(
-        self,
-        lease_id: str,
-        *,
-        budget_id: int,
-        tenant: str,
-        period_start: datetime,
-        amount: int,
-        expires_at: datetime,
-    ) -> None:
+    def put_lease(self, lease_id: str, key: LeaseKey, amount: int, expires_at: datetime) -> None:
         put_reservation(
             self._conn,
             {
                 "id": lease_id,
-                "budget_id": budget_id,
-                "tenant": tenant,
-                "period_start": period_start,
+                "budget_id": key.budget_id,
+                "tenant": key.tenant,
+                "period_start": key.period_start,
                 "amount_micros": amount,
                 "expires_at": expires_at,
             },

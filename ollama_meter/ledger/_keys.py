@@ -75,12 +75,11 @@ def _check_names(name: str, tenant: str, department: str, users: tuple[str, ...]
 
 def create_key(
     conn: Connection,
-    *,
     name: str,
     tenant: str,
     department: str,
-    user: str | None = None,
-    users: tuple[str, ...] = (),
+    user: str | None,
+    users: tuple[str, ...],
 ) -> tuple[ApiKey, str]:
     """A new key; the secret is returned here and never again.
 

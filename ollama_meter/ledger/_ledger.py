@@ -285,9 +285,7 @@ class Ledger(DurableLedger):
         users: tuple[str, ...] = (),
     ) -> tuple[ApiKey, str]:
         with self.write() as conn:
-            return _keys.create_key(
-                conn, name=name, tenant=tenant, department=department, user=user, users=users
-            )
+            return _keys.create_key(conn, name, tenant, department, user, users)
 
     def find_key(self, secret: str) -> ApiKey | None:
         """The live key ``secret`` belongs to, or None; revocation counts at once."""

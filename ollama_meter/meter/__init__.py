@@ -23,6 +23,7 @@ from ollama_meter.meter._call import MeteredCall
 from ollama_meter.meter._meter import Meter, SpanObserver, Transport, utc_now
 from ollama_meter.meter._prices import PriceSource
 from ollama_meter.meter._reprice import RepriceSummary, reprice
+from ollama_meter.meter._request import Opening
 from ollama_meter.meter._run import Run
 from ollama_meter.meter._usage import estimate_tokens, usage_of
 from ollama_meter.meter._wiring import (
@@ -46,6 +47,7 @@ __all__ = [
     "GroupCommitWriter",
     "Meter",
     "MeteredCall",
+    "Opening",
     "PriceSource",
     "RepriceSummary",
     "Run",

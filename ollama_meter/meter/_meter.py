@@ -24,7 +24,7 @@ from ollama_meter.budgets import BudgetGate, PastCall, bound_cost
 from ollama_meter.errors import BudgetExceeded, LedgerError, UpstreamError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
-from ollama_meter.meter._request import RequestFacts
+from ollama_meter.meter._request import Opening, RequestFacts
 from ollama_meter.meter._run import Run
 from ollama_meter.meter._usage import estimate_tokens, usage_of
 from ollama_meter.meter._writer import GroupCommitWriter
@@ -124,31 +124,15 @@ class Meter:
 
     # -- opening -------------------------------------------------------------------------
 
-    def open(
-        self,
-        *,
-        operation: str,
-        model: str,
-        stream: bool,
-        attribution: Attribution,
-        facts: RequestFacts | None = None,
-    ) -> MeteredCall:
+    def open(self, opening: Opening) -> MeteredCall:
         """Start a call: attribute it, let the budgets admit it (or refuse it), open its span.
 
         Raises :class:`LedgerError` while nothing can be recorded (the call is not made),
         :class:`BudgetExceeded` when a hard budget has no room for the call's bound.
         """
-        return self._open(operation, model, stream, attribution, facts, blocking=True)
+        return self._open(opening, blocking=True)
 
-    def try_open(
-        self,
-        *,
-        operation: str,
-        model: str,
-        stream: bool,
-        attribution: Attribution,
-        facts: RequestFacts | None = None,
-    ) -> MeteredCall | None:
+    def try_open(self, opening: Opening) -> MeteredCall | None:
         """:meth:`open` in memory only, for an event loop; None when it needs the ledger.
 
         It needs the ledger when a snapshot (prices, budgets, a model's recent calls) must
@@ -156,20 +140,12 @@ class Meter:
         wait for the database. Then nothing happened: call :meth:`open` from a thread.
         """
         try:
-            return self._open(operation, model, stream, attribution, facts, blocking=False)
+            return self._open(opening, blocking=False)
         except WouldBlock:
             return None
 
-    def _open(
-        self,
-        operation: str,
-        model: str,
-        stream: bool,
-        attribution: Attribution,
-        facts: RequestFacts | None,
-        *,
-        blocking: bool,
-    ) -> MeteredCall:
+    def _open(self, opening: Opening, *, blocking: bool) -> MeteredCall:
+        model = opening.model
         if not model or not model.strip():
             raise ValidationError("no model given; pass one with -m/--model, e.g. -m llama3.1:8b")
         if blocking:
@@ -177,8 +153,10 @@ class Meter:
         elif self.ledger.held:
             raise WouldBlock("spans wait for the database")
         prices = self.prices() if blocking else self.prices.cache.snapshot()
-        facts = facts or RequestFacts(prompt_text="", prompt_bytes=0)
-        span = self._new_span(operation, model, stream, attribution, prices.currency)
+        facts = opening.facts or RequestFacts(prompt_text="", prompt_bytes=0)
+        span = self._new_span(
+            opening.operation, model, opening.stream, opening.attribution, prices.currency
+        )
         call = MeteredCall(span, facts.prompt_text, prices)
         if self.budgets is not None:
             self._admit(self.budgets, call, facts, prices, blocking=blocking)

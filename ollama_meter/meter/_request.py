@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ollama_meter.budgets import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS, CallBound
+from ollama_meter.meter._attribution import Attribution
 
 OPENAI_PREFIX = "openai."
 
@@ -51,6 +52,17 @@ class RequestFacts:
         if self.max_output is not None:
             return CallBound(inputs, self.max_output)
         return CallBound(inputs, min(default_output, self.context or default_output))
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """A call before it runs: what it is and who it is for, all the meter needs to open it."""
+
+    operation: str
+    model: str
+    stream: bool
+    attribution: Attribution
+    facts: RequestFacts | None = None
 
 
 def options_of(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from ollama_meter.errors import UpstreamError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
-from ollama_meter.meter._request import facts_of, with_output_cap
+from ollama_meter.meter._request import Opening, facts_of, with_output_cap
 from ollama_meter.records import SpanRecord
 from ollama_meter.upstream import OLLAMA
 
@@ -74,11 +74,13 @@ class Run:
 
     def open(self) -> MeteredCall:
         self.call = call = self._meter.open(
-            operation=self.operation,
-            model=str(self.request.get("model") or ""),
-            stream=self.stream,
-            attribution=self._attribution,
-            facts=facts_of(self.operation, self.request),
+            Opening(
+                self.operation,
+                str(self.request.get("model") or ""),
+                self.stream,
+                self._attribution,
+                facts_of(self.operation, self.request),
+            )
         )
         if call.output_cap is not None:
             self.request = with_output_cap(self.operation, self.request, call.output_cap)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from ollama_meter._names import name_problem
 from ollama_meter.records._money import (
@@ -154,6 +154,14 @@ def parse_department_budgets(text: str, *, currency: str) -> list[Budget]:
 
 PastCall: TypeAlias = Usage
 """What one recent successful call to a model used: budgets bound time-priced costs from it."""
+
+
+class LeaseKey(NamedTuple):
+    """What a lease holds money in: one budget, for one tenant, in one period."""
+
+    budget_id: int
+    tenant: str
+    period_start: datetime
 
 
 @dataclass(frozen=True, slots=True)

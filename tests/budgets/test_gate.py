@@ -27,8 +27,9 @@ from ollama_meter.budgets import (
 from ollama_meter.config import load_settings
 from ollama_meter.errors import BudgetExceeded, StreamError
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.meter import Attribution, Meter, MeteredCall
+from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening
 from ollama_meter.meter._request import facts_of
+from ollama_meter.records import LeaseKey
 from ollama_meter.testing import Fault, OllamaEmulator, expected_counts
 from tests.factories import token_prices
 
@@ -398,14 +399,10 @@ def test_try_open_admits_in_memory_or_hands_the_call_to_a_thread(
     facts = facts_of("chat", request)
 
     def try_open(who: Attribution) -> MeteredCall | None:
-        return meter.try_open(
-            operation="chat", model="llama3.1:8b", stream=False, attribution=who, facts=facts
-        )
+        return meter.try_open(Opening("chat", "llama3.1:8b", False, who, facts))
 
     def open_(who: Attribution) -> MeteredCall:
-        return meter.open(
-            operation="chat", model="llama3.1:8b", stream=False, attribution=who, facts=facts
-        )
+        return meter.open(Opening("chat", "llama3.1:8b", False, who, facts))
 
     assert try_open(support) is None  # prices and budgets are not loaded yet
     first = open_(sales)  # from a thread: loads prices, budgets and history, leases a slice
@@ -454,7 +451,9 @@ def test_a_changed_limit_renews_the_same_lease_not_a_second_one(db_url: str) -> 
     ledger.save_budget(replace(saved, limit=30_000_000))
     second = admit("b", 10_000_000)  # fits 30 with "a" in flight; nothing was spent
     with ledger.budget_snapshot() as store:
-        assert store.held(saved.id or 0, "acme", month, NOV) == 11_000_000  # one row: a + b
+        assert (
+            store.held(LeaseKey(saved.id or 0, "acme", month), NOV) == 11_000_000
+        )  # one row: a + b
     gate.settle(in_flight)
     gate.settle(second)
     ledger.save_budget(replace(saved, limit=12_000_000))
@@ -463,7 +462,9 @@ def test_a_changed_limit_renews_the_same_lease_not_a_second_one(db_url: str) -> 
 
 def _held(ledger: Any, budget: Budget, now: datetime) -> int:
     with ledger.budget_snapshot() as store:
-        return int(store.held(budget.id or 0, "acme", datetime(2026, 11, 1, tzinfo=UTC), now))
+        return int(
+            store.held(LeaseKey(budget.id or 0, "acme", datetime(2026, 11, 1, tzinfo=UTC)), now)
+        )
 
 
 def _wait_for(condition: Any, what: str) -> None:

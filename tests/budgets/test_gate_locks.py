@@ -16,6 +16,7 @@ from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets import Budget, BudgetGate, Estimate
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import Ledger
+from ollama_meter.records import LeaseKey
 
 NOV = datetime(2026, 11, 10, 12, tzinfo=UTC)
 MONTH = datetime(2026, 11, 1, tzinfo=UTC)
@@ -31,7 +32,7 @@ def _budget(ledger: Ledger, department: str) -> Budget:
 
 def _held(ledger: Ledger, budget: Budget, now: datetime = NOV) -> int:
     with ledger.budget_snapshot() as store:
-        return int(store.held(budget.id or 0, "acme", MONTH, now))
+        return int(store.held(LeaseKey(budget.id or 0, "acme", MONTH), now))
 
 
 def _admit(gate: BudgetGate, call: str, department: str, *, blocking: bool = True) -> Any:

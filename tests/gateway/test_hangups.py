@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import anyio
 
 from ollama_meter.ledger import SpanFilter
+from ollama_meter.records import LeaseKey
 from ollama_meter.testing import OllamaEmulator
 from tests.gateway.conftest import Gateway
 
@@ -179,4 +180,4 @@ def test_a_call_opened_as_its_request_is_cancelled_is_still_closed(
     meter.budgets.close()  # nothing holds the lease: it is given back
     month = current_period("month", tz=ZoneInfo("UTC"), now=span.started_at).start
     with meter.ledger.budget_snapshot() as store:
-        assert store.held(budget.id or 0, "acme", month, span.started_at) == 0
+        assert store.held(LeaseKey(budget.id or 0, "acme", month), span.started_at) == 0
