@@ -224,6 +224,7 @@ DeptFilter = Annotated[
     typer.Option("--dept", "--department", "-d", help="Only this department (default: all)."),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+RowId = Annotated[int, typer.Argument(help="Its id, as the list command shows.")]
 OutOption = Annotated[
     Path | None,
     typer.Option("--out", "-o", help="Write to this file instead of stdout.", dir_okay=False),

@@ -10,6 +10,7 @@ from ollama_meter.cli._common import (
     Column,
     DbOption,
     JsonFlag,
+    RowId,
     ledger_at,
     ledger_for,
     money,
@@ -206,10 +207,7 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
 
 
 @app.command("rm")
-def remove(
-    budget_id: Annotated[int, typer.Argument(help="Budget id from `ometer budget list`.")],
-    db: DbOption = None,
-) -> None:
-    """Remove a budget."""
+def remove(budget_id: RowId, db: DbOption = None) -> None:
+    """Remove a budget (its id from `ometer budget list`)."""
     ledger_at(db).remove_budget(budget_id)
     out.print(f"removed budget {budget_id}")

@@ -11,6 +11,7 @@ from ollama_meter.cli._common import (
     Column,
     DbOption,
     JsonFlag,
+    RowId,
     ledger_at,
     ledger_for,
     money,
@@ -165,11 +166,11 @@ def list_rules(as_json: JsonFlag = False, db: DbOption = None) -> None:
 
 
 @app.command("rm")
-def remove_rule(
-    rule_id: Annotated[int, typer.Argument(help="Rule id from `ometer pricing list`.")],
-    db: DbOption = None,
-) -> None:
-    """Remove a price rule. Spans already priced keep their cost until `ometer reprice`."""
+def remove_rule(rule_id: RowId, db: DbOption = None) -> None:
+    """Remove a price rule (its id from `ometer pricing list`).
+
+    Spans already priced keep their cost until `ometer reprice`.
+    """
     ledger_at(db).remove_price_rule(rule_id)
     out.print(f"removed rule {rule_id}")
 

@@ -15,6 +15,7 @@ from ollama_meter.cli._common import (
     DbOption,
     DeptOption,
     JsonFlag,
+    RowId,
     TenantOption,
     err,
     ledger_at,
@@ -321,10 +322,7 @@ def list_keys(as_json: JsonFlag = False, db: DbOption = None) -> None:
 
 
 @keys_app.command("revoke")
-def revoke_key(
-    key_id: Annotated[int, typer.Argument(help="Key id from `ometer keys list`.")],
-    db: DbOption = None,
-) -> None:
-    """Revoke a key; the gateway refuses it from the next request on."""
+def revoke_key(key_id: RowId, db: DbOption = None) -> None:
+    """Revoke a key (its id from `ometer keys list`): the gateway refuses it from the next request on."""
     ledger_at(db).revoke_key(key_id)
     out.print(f"revoked key {key_id}")
