@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 
 from ollama_meter.config import Settings, load_settings
 from ollama_meter.errors import UpstreamError
@@ -41,29 +42,16 @@ PROMPTS = [
 
 def demo_prices(currency: str) -> list[PriceRule]:
     """On-prem compute and energy for the local models, a token price for one of them."""
+    rule = partial(PriceRule, currency=currency, source="demo")
     return [
-        PriceRule(
+        rule(
             pattern="llama3.1:*",
-            currency=currency,
             gpu_hour=Decimal("2.40"),
             watts=Decimal(350),
             kwh_price=Decimal("0.30"),
-            source="demo",
         ),
-        PriceRule(
-            pattern="qwen2.5:*",
-            currency=currency,
-            input_per_1m=Decimal("0.20"),
-            output_per_1m=Decimal("0.80"),
-            source="demo",
-        ),
-        PriceRule(
-            pattern="mistral:*",
-            currency=currency,
-            gpu_hour=Decimal("1.80"),
-            charge_load=True,
-            source="demo",
-        ),
+        rule(pattern="qwen2.5:*", input_per_1m=Decimal("0.20"), output_per_1m=Decimal("0.80")),
+        rule(pattern="mistral:*", gpu_hour=Decimal("1.80"), charge_load=True),
     ]
 
 
