@@ -8,6 +8,7 @@ is still a cycle here.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import tomllib
@@ -238,3 +239,21 @@ def test_help_loads_no_database_settings_or_client_library() -> None:
     assert "Usage" in done.stdout
     loaded = set(done.stderr.split())
     assert loaded.isdisjoint(NOT_FOR_HELP), sorted(loaded & set(NOT_FOR_HELP))
+
+
+def test_a_reading_command_loads_no_metering_sequence_or_client(tmp_path: Path) -> None:
+    """``ometer log`` opens the configured ledger through the meter's wiring and loads no more of it."""
+    code = (
+        "import sys\nfrom ollama_meter.cli import main\nsys.argv = ['ometer', 'log']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "sys.stderr.write(' '.join(sorted(sys.modules)))"
+    )
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env
+    )
+    assert "no spans yet" in done.stdout
+    loaded = set(done.stderr.split())
+    assert "ollama_meter.meter._wiring" in loaded
+    unwanted = {"ollama_meter.meter._meter", "ollama_meter.budgets", "ollama", "httpx", "aiohttp"}
+    assert loaded.isdisjoint(unwanted), sorted(loaded & unwanted)

@@ -18,29 +18,52 @@ ledger, and to observers (telemetry, alerts). Nothing calls back in.
 The span record it fills is plain data in ``ollama_meter.records``.
 """
 
-from ollama_meter.meter._attribution import Attribution
-from ollama_meter.meter._call import MeteredCall
-from ollama_meter.meter._meter import Meter, SpanObserver, Transport, utc_now
-from ollama_meter.meter._prices import PriceSource
-from ollama_meter.meter._reprice import RepriceSummary, reprice
-from ollama_meter.meter._request import Opening
-from ollama_meter.meter._run import Run
-from ollama_meter.meter._usage import estimate_tokens, usage_of
-from ollama_meter.meter._wiring import (
-    budget_gate,
-    build_meter,
-    ledger_for,
-    sync_env_budgets,
-    sync_pricing_file,
-)
-from ollama_meter.meter._writer import GroupCommitWriter
-from ollama_meter.records import (
-    Source,
-    SpanRecord,
-    Status,
-    Stored,
-    new_span_row_id,
-)
+from typing import TYPE_CHECKING
+
+from ollama_meter._lazy import lazy_names, names_in
+
+if TYPE_CHECKING:
+    from ollama_meter.meter._attribution import Attribution
+    from ollama_meter.meter._call import MeteredCall
+    from ollama_meter.meter._meter import Meter, SpanObserver, Transport, utc_now
+    from ollama_meter.meter._prices import PriceSource
+    from ollama_meter.meter._reprice import RepriceSummary, reprice
+    from ollama_meter.meter._request import Opening
+    from ollama_meter.meter._run import Run
+    from ollama_meter.meter._usage import estimate_tokens, usage_of
+    from ollama_meter.meter._wiring import (
+        budget_gate,
+        build_meter,
+        ledger_for,
+        sync_env_budgets,
+        sync_pricing_file,
+    )
+    from ollama_meter.meter._writer import GroupCommitWriter
+    from ollama_meter.records import (
+        Source,
+        SpanRecord,
+        Status,
+        Stored,
+        new_span_row_id,
+    )
+
+_NAMES = {
+    "._attribution": "Attribution",
+    "._call": "MeteredCall",
+    "._meter": "Meter SpanObserver Transport utc_now",
+    "._prices": "PriceSource",
+    "._reprice": "RepriceSummary reprice",
+    "._request": "Opening",
+    "._run": "Run",
+    "._usage": "estimate_tokens usage_of",
+    "._wiring": "budget_gate build_meter ledger_for sync_env_budgets sync_pricing_file",
+    "._writer": "GroupCommitWriter",
+    "ollama_meter.records": "Source SpanRecord Status Stored new_span_row_id",
+}
+"""Module → the public names it defines, each imported when first read: a command that
+only opens the configured ledger (``ledger_for``) does not load the metering sequence."""
+
+__getattr__ = lazy_names(globals(), names_in(_NAMES))
 
 __all__ = [
     "Attribution",

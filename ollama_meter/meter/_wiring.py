@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ollama_meter.errors import PricingError
-from ollama_meter.meter._meter import Clock, Meter, SpanObserver, Transport, utc_now
-from ollama_meter.meter._prices import PriceSource
 from ollama_meter.pricing import parse_pricing_toml
 from ollama_meter.records import Source
 
@@ -24,6 +22,7 @@ if TYPE_CHECKING:
     from ollama_meter.budgets import BudgetGate
     from ollama_meter.config import Settings
     from ollama_meter.ledger import Ledger
+    from ollama_meter.meter._meter import Clock, Meter, SpanObserver, Transport
     from ollama_meter.pricing import PriceRule
 
 GATEWAY_LEASE_SHARE = 0.25
@@ -34,7 +33,7 @@ def build_meter(
     settings: Settings,
     *,
     source: Source,
-    clock: Clock = utc_now,
+    clock: Clock | None = None,
     observers: Sequence[SpanObserver] = (),
 ) -> Meter:
     """A meter wired to the configured ledger, prices, budgets, telemetry and Ollama.
@@ -42,13 +41,16 @@ def build_meter(
     ``observers`` (user hooks) run before telemetry, so what they add is exported.
     Calls dead processes left open are recorded before the meter is handed out.
     """
+    from ollama_meter.meter._meter import Meter, utc_now
+    from ollama_meter.meter._prices import PriceSource
+
     ledger = ledger_for(settings)
     meter = Meter(
         ledger=ledger,
         prices=PriceSource(ledger, settings=settings),
         upstream=transport_for(settings, source),
         source=source,
-        clock=clock,
+        clock=clock or utc_now,
         budgets=budget_gate(
             ledger,
             settings,
