@@ -11,11 +11,13 @@ every command's signature on every run, and string annotations would be compiled
 evaluated each time (building the commands took three times as long).
 """
 
+import errno
 import logging
+import os
 import signal
 import sys
 from functools import cache
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -97,6 +99,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = command()(standalone_mode=False)
+        sys.stdout.flush()  # here, where a failure to write the output is still ours to report
     except OmeterError as exc:
         # Plain write: one line whatever the terminal width, easy to grep in cron mail.
         sys.stderr.write(f"error: {printable(str(exc))}\n")
@@ -104,17 +107,46 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
-    except Exception as exc:  # a bug, not the user's mistake: one line, the traceback on request
+    except OSError as exc:
+        if exc.errno not in _CANNOT_WRITE:
+            _bug(exc)
+        _drop_stdout()  # what is left in its buffer would fail again at exit
+        if exc.errno == errno.EPIPE:  # `| head` had what it wanted: quiet, but not all was said
+            sys.exit(1)  # as click itself exits when the pipe closes inside a command
+        where = f" {exc.filename}" if exc.filename else " the output"
+        advice = "; free some space and run again" if exc.errno in _FULL else ""
+        sys.stderr.write(f"error: cannot write{where}: {exc.strerror}{advice}\n")
+        sys.exit(1)
+    except Exception as exc:
         if _usage_error(exc):
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-        logging.getLogger("ollama_meter").debug("unexpected failure", exc_info=True)
-        sys.stderr.write(
-            f"error: unexpected {type(exc).__name__}: {printable(str(exc))}. This is a bug in "
-            "ometer: run again "
-            "with OMETER_LOG_LEVEL=debug for the traceback, and report it\n"
-        )
-        sys.exit(70)
+        _bug(exc)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_CANNOT_WRITE = _FULL | {errno.EPIPE, errno.EIO, errno.EROFS}
+"""Errors of the machine, not of ometer, that writing output (stdout, ``--out``) can meet."""
+
+
+def _bug(exc: BaseException) -> NoReturn:
+    """A bug, not the user's mistake: one line, the traceback on request, exit 70."""
+    logging.getLogger("ollama_meter").debug("unexpected failure", exc_info=exc)
+    sys.stderr.write(
+        f"error: unexpected {type(exc).__name__}: {printable(str(exc))}. This is a bug in "
+        "ometer: run again with OMETER_LOG_LEVEL=debug for the traceback, and report it\n"
+    )
+    sys.exit(70)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush has nowhere to fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout closed or not a file: nothing to flush into
+        pass
 
 
 @cache

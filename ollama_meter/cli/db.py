@@ -101,14 +101,10 @@ def export_command(
         start, end = window.start, window.end
     sink = sys.stdout.buffer
     count = 0
-    try:
-        for line in export_lines(ledger, since=start, until=end):
-            sink.write(line)
-            count += 1
-        sink.flush()
-    except BrokenPipeError:  # `| head` is a fine way to look
-        sys.stderr.close()
-        return
+    for line in export_lines(ledger, since=start, until=end):
+        sink.write(line)
+        count += 1
+    sink.flush()
     err.print(f"exported {count:,} span(s)")
 
 

@@ -1,0 +1,63 @@
+"""Output that cannot be written: a full disk is one clear line, a closed pipe a quiet exit 1.
+
+Real processes: what is at stake is the interpreter's own stdout and its last flush at exit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ollama_meter.ledger import Ledger
+from tests.factories import make_span
+
+COMMANDS = (["db", "export"], ["log", "--json", "--limit", "500"], ["report", "--format", "csv"])
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A ledger with enough spans that no command's output fits a pipe's buffer."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('out') / 'l.db'}"
+    at = datetime.now(UTC) - timedelta(hours=1)
+    Ledger(url).record(
+        [make_span(started_at=at + timedelta(seconds=n), department=f"d{n}") for n in range(400)]
+    )
+    return {**os.environ, "OMETER_DB_URL": url, "NO_COLOR": "1"}
+
+
+def _ometer(args: list[str], env: dict[str, str], **streams: object) -> subprocess.Popen[bytes]:
+    code = "import sys; sys.argv[0] = 'ometer'; from ollama_meter.cli import main; main()"
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, **streams)  # type: ignore[call-overload,no-any-return]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_a_full_disk_is_one_line_and_exit_1(args: list[str], env: dict[str, str]) -> None:
+    with open("/dev/full", "wb") as full:
+        proc = _ometer(args, env, stdout=full, stderr=subprocess.PIPE)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert stderr.decode().splitlines()[-1] == (
+        "error: cannot write the output: No space left on device; free some space and run again"
+    )
+
+
+def test_a_pipe_closed_early_ends_the_command_quietly(env: dict[str, str]) -> None:
+    """``ometer db export | head -1``: no message, no traceback; exit 1, as not all was written
+    (a pipeline under ``set -o pipefail`` fails, as it does with ``cat`` or ``grep``).
+
+    Export writes line by line, so a write meets the closed pipe. (A command that writes its
+    whole output at once may not: Python drops what a pipe closed on mid-write, and exits 0.)"""
+    proc = _ometer(["db", "export"], env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert first.strip()
+    assert stderr == ""
