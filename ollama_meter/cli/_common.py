@@ -390,4 +390,5 @@ def progress_bar(
     columns = [TextColumn(what), BarColumn(), count]
     if remaining:
         columns.append(TimeRemainingColumn())
-    return Bar(*columns, console=err, transient=True)
+    # Not a terminal (cron, a log file): no bar, not even the blank line a finished one leaves.
+    return Bar(*columns, console=err, transient=True, disable=not err.is_terminal)

@@ -193,7 +193,8 @@ def test_a_line_longer_than_any_export_is_refused_without_reading_it_whole(
         file.write(b"\n" + good[2])
     done = cli("db", "import", str(path), "--db", sqlite_url)
     assert done.code == 2
-    assert "line 3: longer than 64 MiB, which no export line is" in done.stderr
+    assert done.stderr.startswith("error: line 3: longer than 64 MiB, which no export line is")
+    assert done.stderr.count("\n") == 1  # one line: no bar (nor what a bar leaves) off a terminal
     assert Ledger(sqlite_url).count() == 2
 
 
