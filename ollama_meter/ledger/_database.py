@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, StatementError
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger._engine import DEFAULT_WAIT, create_ledger_engine, sqlite_path
+from ollama_meter.ledger._engine import (
+    DEFAULT_WAIT,
+    FILE_ID,
+    create_ledger_engine,
+    file_id,
+    sqlite_path,
+)
 
 log = logging.getLogger("ollama_meter.ledger")
 
@@ -44,6 +51,14 @@ class Database:
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._wait = wait
         self._retry_delay = retry_delay
+        self._file = sqlite_path(make_url(url))
+        self._reopening = threading.Lock()
+        self._known: tuple[int, int] | None = None
+        """The identity of the file this database is (SQLite), from its first use on."""
+
+    def on_new_file(self) -> None:
+        """Called when the SQLite file was removed or replaced and connections now open
+        whatever is at the path (a subclass makes it a ledger: schema, zone)."""
 
     @functools.cached_property
     def display_url(self) -> str:
@@ -57,17 +72,65 @@ class Database:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.failures_named(), self.engine.connect() as conn:
+        with self.failures_named(), self._connect() as conn:
             yield conn
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
-        with self.failures_named(), self.engine.connect() as conn:
+        with self.failures_named(), self._connect() as conn:
             if self._sqlite:
                 conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
                 yield conn
+                if not self._same_file(conn):  # replaced while we wrote: roll back, keep the spans
+                    raise LedgerError(
+                        f"the ledger file {self._file} was removed or replaced during a write; "
+                        "it is written again to the file there now"
+                    )
+
+    def _connect(self) -> Connection:
+        """A connection to the file at the ledger's path now (SQLite), not to one moved away.
+
+        Deleting the file (``rm``), moving it aside (``mv``) or putting a restored copy in
+        its place leaves open connections on the old file, where every write would be lost
+        or land out of sight. Then the pool is emptied, and the file at the path is made a
+        ledger (a new one, or the copy brought to the current schema) and opened.
+        """
+        if self._file is None or self._reopening.locked():
+            return self.engine.connect()  # (or this thread is making the new file a ledger)
+        if self._known is not None and file_id(self._file) != self._known:
+            self._reopen(self._file)
+        conn = self.engine.connect()
+        opened = conn.connection.info.get(FILE_ID)
+        if self._known is None:
+            self._known = opened  # the first use: this is the file
+        elif opened != self._known:  # pooled before another thread's reopen
+            conn.invalidate()
+            conn.close()
+            conn = self.engine.connect()
+        return conn
+
+    def _reopen(self, path: Path) -> None:
+        with self._reopening:
+            if file_id(path) == self._known:
+                return  # another thread got here first
+            self.engine.dispose()
+            log.warning(
+                "the ledger file %s was removed or replaced while ometer had it open; "
+                "ometer now writes to the file at that path",
+                path,
+            )
+            self.on_new_file()
+            with self.engine.connect():  # the file exists from here, if on_new_file made none
+                self._known = file_id(path)
+
+    def _same_file(self, conn: Connection) -> bool:
+        """Whether ``conn`` is open on the file at the ledger's path now."""
+        if self._file is None:
+            return True
+        opened = conn.connection.info.get(FILE_ID)
+        return opened is not None and opened == file_id(self._file)
 
     @contextlib.contextmanager
     def failures_named(self) -> Iterator[None]:

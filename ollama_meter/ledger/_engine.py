@@ -12,6 +12,7 @@ and budget leases would fail each other instead of waiting their turn.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,25 @@ def is_sqlite_file(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
 
 
-def _sqlite_connector(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
-    def connect(dbapi_connection: Any, _record: Any) -> None:
+FILE_ID = "ometer_file_id"
+"""Where a SQLite connection's pool record keeps the identity of the file it opened."""
+
+
+def file_id(path: Path) -> tuple[int, int] | None:
+    """The identity (device, inode) of the file at ``path`` now; None when there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _sqlite_connector(busy_timeout_ms: int, path: Path) -> Callable[[Any, Any], None]:
+    def connect(dbapi_connection: Any, record: Any) -> None:
         _sqlite_setup(dbapi_connection, busy_timeout_ms)
+        # A file removed or replaced later keeps this connection on the old one: a write
+        # there would vanish with the process. The database checks this before each use.
+        record.info[FILE_ID] = file_id(path)
 
     return connect
 
@@ -113,7 +130,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
             else ""
         )
         raise LedgerError(f"no database driver for {parsed.drivername!r}.{hint}") from exc
-    if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_connector(millis))
+    if path is not None:
+        event.listen(engine, "connect", _sqlite_connector(millis, path))
         event.listen(engine, "begin", _sqlite_begin)
     return engine

@@ -65,14 +65,24 @@ class Ledger(DurableLedger):
         """``zone`` (an IANA name, the configured ``OMETER_TIMEZONE``) is where a ledger that
         holds nothing yet begins its day and month rollups (see :meth:`adopt_zone`)."""
         super().__init__(url, spool_dir=spool_dir, wait=wait, retry_delay=retry_delay)
+        self._migrate, self._zone = migrate, zone
         if migrate:
-            self._retry_locked(
-                lambda: ensure_current(self.engine), f"cannot open the ledger at {self.display_url}"
-            )
-            _rebuild.build_if_stale(self)
+            self._make_current()
             self.recover()
-            if zone is not None:
-                self.adopt_zone(zone)
+
+    def _make_current(self) -> None:
+        """The schema at head, rollups built, the zone adopted if the ledger has none yet."""
+        self._retry_locked(
+            lambda: ensure_current(self.engine), f"cannot open the ledger at {self.display_url}"
+        )
+        _rebuild.build_if_stale(self)
+        if self._zone is not None:
+            self.adopt_zone(self._zone)
+
+    def on_new_file(self) -> None:
+        """A new or restored file at the path is made a ledger, as a process starting would."""
+        if self._migrate:
+            self._make_current()
 
     def adopt_zone(self, zone: str) -> bool:
         """Begin day and month rollups at ``zone``'s midnights, if the ledger has none yet.
