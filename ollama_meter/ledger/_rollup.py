@@ -62,14 +62,12 @@ from ollama_meter.ledger._cells import (
     QUARTER_US,
     SLOTS,
     Grain,
+    add_intervals,
     busy_pieces,
     by_grain,
     floor_cell,
-    format_intervals,
     histogram_slots,
     measures_of,
-    merge_intervals,
-    parse_intervals,
 )
 from ollama_meter.ledger._meta import ledger_zone
 from ollama_meter.ledger._types import driver_key, to_us
@@ -277,11 +275,10 @@ def _write_busy(
         updates = []
         for start, host in changed:
             seconds = start // 10**6
-            before = parse_intervals(stored[(seconds, host)])
-            merged = merge_intervals([*before, *busy[(start, host)]])
-            total = sum(end - begin for begin, end in merged)
-            grown[(start, host)] = total - sum(end - begin for begin, end in before)
-            updates.append((format_intervals(merged), total, seconds, host))
+            intervals, had = stored[(seconds, host)]
+            merged, grew = add_intervals(intervals, busy[(start, host)])
+            grown[(start, host)] = grew
+            updates.append((merged, had + grew, seconds, host))
         conn.exec_driver_sql(statements.busy_update.sql, updates)
     # Summed per quarter hour first: a day or month is a run of whole quarter hours.
     added: dict[tuple[int, str], list[int]] = {}
@@ -303,23 +300,23 @@ def _write_busy(
 
 def _stored_busy(
     conn: Connection, statements: _Statements, keys: Sequence[tuple[int, str]]
-) -> dict[tuple[int, str], str]:
-    """The stored intervals of ``keys`` (sorted), a few hundred minutes per query.
+) -> dict[tuple[int, str], tuple[str, int]]:
+    """The stored intervals and busy time of ``keys`` (sorted), a few hundred minutes per query.
 
     On PostgreSQL the rows are locked in key order (ORDER BY under FOR UPDATE), so
     concurrent writers of the same minutes wait for each other and never deadlock.
     """
     wanted = set(keys)
     minutes = sorted({start // 10**6 for start, _ in keys})
-    stored: dict[tuple[int, str], str] = {}
+    stored: dict[tuple[int, str], tuple[str, int]] = {}
     for at in range(0, len(minutes), BUSY_READS[-1]):
         chunk = minutes[at : at + BUSY_READS[-1]]
         size = next(size for size in BUSY_READS if size >= len(chunk))
         chunk += [chunk[-1]] * (size - len(chunk))  # a few compiled statements serve all
         rows = conn.exec_driver_sql(statements.busy_select[size].sql, tuple(chunk))
-        for start, host, intervals in rows:
+        for start, host, intervals, busy_us in rows:
             if (start * 10**6, host) in wanted:
-                stored[(start, host)] = intervals
+                stored[(start, host)] = (intervals, busy_us)
     return stored
 
 
@@ -407,7 +404,7 @@ def _busy_select(dialect: Dialect, size: int) -> _DriverSQL:
     """Stored busy rows of ``size`` minutes, in key order."""
     names = [f"b_{i}" for i in range(size)]
     stored = (
-        select(BUSY.c.start, BUSY.c.host, BUSY.c.intervals)
+        select(BUSY.c.start, BUSY.c.host, BUSY.c.intervals, BUSY.c.busy_us)
         .where(BUSY.c.start.in_([bindparam(name) for name in names]))
         .order_by(BUSY.c.start, BUSY.c.host)
     )

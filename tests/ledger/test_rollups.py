@@ -29,9 +29,13 @@ from ollama_meter.ledger._aggregate import (
 from ollama_meter.ledger._cells import (
     ANYONE,
     Grain,
+    add_intervals,
     duration_bin,
     floor_cell,
+    format_intervals,
+    merge_intervals,
     next_cell,
+    parse_intervals,
     speed_bin,
 )
 from ollama_meter.ledger._meta import META
@@ -540,3 +544,29 @@ def test_busy_time_of_a_batch_wider_than_one_read_is_the_raw_busy_time(ledger: L
 def test_aggregates_group_by_exactly_the_groups_reports_offer() -> None:
     """The names reports and the CLI's help list (``records.GROUPS``) are the columns summed by."""
     assert tuple(GROUP_COLUMNS) == GROUPS
+
+
+_interval = st.tuples(st.integers(0, 60_000_000), st.integers(0, 60_000_000)).map(sorted).map(tuple)
+
+
+@given(
+    stored=st.lists(_interval, max_size=12),
+    batches=st.lists(st.lists(_interval, max_size=4), max_size=6),
+    in_order=st.booleans(),
+)
+def test_busy_intervals_added_a_batch_at_a_time_are_their_union(
+    stored: list[tuple[int, int]], batches: list[list[tuple[int, int]]], in_order: bool
+) -> None:
+    """A minute's busy intervals, grown write by write (mostly in time order, as calls end),
+    are the union of all of them, and each write's growth is exactly what the union gained."""
+    if in_order:  # each batch after the last: the fast path, when calls end in order
+        batches = sorted(batches, key=lambda batch: min((a for a, _ in batch), default=0))
+    text = format_intervals(merge_intervals(stored))
+    seen = list(stored)
+    for batch in batches:
+        before = sum(b - a for a, b in merge_intervals(seen))
+        text, grew = add_intervals(text, batch)
+        seen += batch
+        union = merge_intervals(seen)
+        assert parse_intervals(text) == union
+        assert grew == sum(b - a for a, b in union) - before
