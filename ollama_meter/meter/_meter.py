@@ -311,7 +311,7 @@ class Meter:
         # Counts and names came from a caller and from Ollama: bound them before pricing.
         make_storable(span)
         span.apply_cost(call.prices.cost(span.model, span.started_at, usage_of(span)))
-        call.stored = self._record(span)
+        call.stored = self._record(span, storable=True)
         if self.budgets is not None:
             self._settle(self.budgets, call)
         return span
@@ -329,15 +329,18 @@ class Meter:
                 "settling budgets for span %s failed; its reservation will expire", span.id
             )
 
-    def _record(self, span: SpanRecord) -> Stored:
+    def _record(self, span: SpanRecord, *, storable: bool = False) -> Stored:
         """Hand a finished span to the observers, then make it durable; says where it went.
 
         Hooks see it before it is written, so the tags they add are kept; what they or
-        anyone else put in it is made storable last.
+        anyone else put in it is made storable last. (``storable``: it is, and only
+        observers could change that.)
         """
-        make_storable(span)
-        self._notify("on_end", span)
-        make_storable(span)
+        if not storable:
+            make_storable(span)
+        if self.observers:
+            self._notify("on_end", span)
+            make_storable(span)
         return self.writer.write(span)
 
     def _notify(self, hook: str, span: SpanRecord) -> None:
