@@ -7,6 +7,7 @@ names the setting the user has to fix.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -397,6 +398,35 @@ def _env_name(field: str) -> str:
     return alias if isinstance(alias, str) else field
 
 
+_ENV_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def _check_env_file(path: Path) -> None:
+    """Refuse a ``.env`` that cannot be read whole: python-dotenv skips a line it cannot
+    parse (a quote left open) with a warning, and the setting on it would silently be
+    the default: a report cut in the wrong zone, a budget not set."""
+    if not path.is_file():
+        return
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f".env: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f".env: cannot be read: {exc.strerror}") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            named = _ENV_NAME.match(binding.original.string)
+            what = f" (setting {named.group(1)})" if named else ""
+            raise ConfigError(
+                f".env line {binding.original.line}{what} cannot be read: is a quote left "
+                "open? Fix or remove the line"
+            )
+
+
 def load_settings(*, flags: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
     """Build settings from overrides (flags) over the environment and ``.env``.
 
@@ -406,12 +436,9 @@ def load_settings(*, flags: Mapping[str, str] | None = None, **overrides: Any) -
     given, else the environment variable.
     """
     given = {key: value for key, value in overrides.items() if value is not None}
+    _check_env_file(Path(".env"))
     try:
         return Settings(**given)
-    except UnicodeDecodeError as exc:  # reading .env (the environment is text already)
-        raise ConfigError(
-            f".env: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
-        ) from None
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ollama_meter.config import load_settings, normalize_host, system_timezone
@@ -70,6 +70,27 @@ def test_a_dotenv_that_is_not_utf8_is_one_line(cli, tmp_path: Path) -> None:  # 
     assert (
         result.stderr
         == "error: .env: not UTF-8 text (invalid continuation byte at byte 17); save it as UTF-8\n"
+    )
+
+
+@given(
+    before=st.lists(st.from_regex(r"[A-Z][A-Z_]{0,8}=[a-z0-9]{0,6}", fullmatch=True), max_size=3),
+    value=st.from_regex(r"[A-Za-z/_ ]{0,12}", fullmatch=True),
+    quote=st.sampled_from(['"', "'"]),
+)
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_dotenv_line_that_cannot_be_read_is_an_error_not_a_default(
+    tmp_path: Path, before: list[str], value: str, quote: str
+) -> None:
+    """python-dotenv skips such a line with a warning: its setting would silently be the default.
+    The message names the line and its setting, never its value (which may be a secret)."""
+    lines = [*before, f"OMETER_TIMEZONE={quote}{value}", "OMETER_TENANT=acme"]
+    (tmp_path / ".env").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        f".env line {len(before) + 1} (setting OMETER_TIMEZONE) cannot be read: "
+        "is a quote left open? Fix or remove the line"
     )
 
 
