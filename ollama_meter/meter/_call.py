@@ -18,7 +18,7 @@ from ollama_meter.records import DurationSource, SpanRecord, Stored, TokenSource
 from ollama_meter.upstream import Delta, Event, Final
 
 if TYPE_CHECKING:
-    from ollama_meter.budgets import Reservation
+    from ollama_meter.budgets import CallBound, Reservation
     from ollama_meter.pricing import PriceBook
 
 
@@ -37,6 +37,8 @@ class MeteredCall:
         self.reservation: Reservation | None = None
         self.output_cap: int | None = None
         """The reply cap a hard budget admitted the call on: sent to Ollama in the field it honours."""
+        self.bound: CallBound | None = None
+        """The most tokens a hard budget admitted the call on, in and out."""
         self.stored: Stored | None = None
         """Where the span went once the call closed: the ledger, the spool, ..."""
         self._t0 = time.perf_counter_ns()

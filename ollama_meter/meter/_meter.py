@@ -16,11 +16,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ollama_meter._reloaded import WouldBlock
-from ollama_meter.budgets import BudgetGate, PastCall, bound_cost
+from ollama_meter.budgets import BudgetGate, CallBound, PastCall, bound_cost
 from ollama_meter.errors import BudgetExceeded, LedgerError, UpstreamError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
@@ -96,6 +97,9 @@ class Meter:
         self.reply_cap = reply_cap
         self.journal = journal
         self._recent: dict[str, tuple[float, list[PastCall]]] = {}
+        self._hidden: dict[str, int] = {}
+        """Prompt tokens a model counted past every bound, per requested model (its template's
+        own SYSTEM prompt, which no request sends): later bounds for it include them."""
         self.capture_content = capture_content
         self.ledger = ledger
         self.prices = prices
@@ -212,6 +216,9 @@ class Meter:
         if not any(b.hard for b in covering):
             return
         limits = facts.bound(self.reply_cap)
+        if hidden := self._hidden.get(span.request_model, 0):
+            limits = replace(limits, input_tokens=limits.input_tokens + hidden)
+        call.bound = limits
         if not facts.embedding:
             call.output_cap = limits.output_tokens
         try:
@@ -311,10 +318,40 @@ class Meter:
         # Counts and names came from a caller and from Ollama: bound them before pricing.
         make_storable(span)
         span.apply_cost(call.prices.cost(span.model, span.started_at, usage_of(span)))
+        if call.bound is not None:
+            self._past_bound(span, call.bound)
         call.stored = self._record(span, storable=True)
         if self.budgets is not None:
             self._settle(self.budgets, call)
         return span
+
+    def _past_bound(self, span: SpanRecord, bound: CallBound) -> None:
+        """Ollama counted more than a hard budget admitted the call on: say so, and bound the
+        model's later calls higher by the prompt tokens it adds on its own.
+
+        What was counted is what was charged: the tokens were processed. The budget refuses
+        the calls that no longer fit, and from now on counts the model's hidden prompt."""
+        over_in = span.input_tokens - bound.input_tokens
+        over_out = span.output_tokens - bound.output_tokens
+        if over_in <= 0 and over_out <= 0:
+            return
+        if over_in > 0:
+            model = span.request_model
+            self._hidden[model] = self._hidden.get(model, 0) + over_in
+        log.warning(
+            "call %s to %s counted %d prompt and %d reply tokens, past the %d and %d its hard "
+            "budget admitted it on (a prompt the model's template adds, or a server that "
+            "ignores the reply cap); charged as counted, and later bounds for %s add %d "
+            "prompt tokens",
+            span.id,
+            span.request_model,
+            span.input_tokens,
+            span.output_tokens,
+            bound.input_tokens,
+            bound.output_tokens,
+            span.request_model,
+            self._hidden.get(span.request_model, 0),
+        )
 
     def _settle(self, gate: BudgetGate, call: MeteredCall) -> None:
         """Release the reservation and fire alerts; a failure here never fails the call."""

@@ -45,6 +45,8 @@ class EmulatedModel:
     ``load_ns`` is the cold ``load_duration``; ``prompt_ns_per_token`` and
     ``eval_ns_per_token`` scale ``prompt_eval_duration`` and ``eval_duration``.
     ``reply_tokens`` fixes the reply length (else it derives from the prompt).
+    ``template_tokens`` is what the model's template adds to every prompt (a Modelfile
+    ``SYSTEM`` of its own): counted in ``prompt_eval_count``, sent by no request.
     Embedding models refuse chat and generate, as Ollama does.
     """
 
@@ -60,6 +62,7 @@ class EmulatedModel:
     reply_tokens: int | None = None
     embedding_dim: int = 768
     context_length: int = 4096
+    template_tokens: int = 0
 
     @property
     def digest(self) -> str:
@@ -219,7 +222,7 @@ def reply_for_texts(
     pieces = tuple(
         _word(seed, i) if i == 0 else " " + _word(seed, i) for i in range(max(0, length))
     )
-    prompt_tokens = sum(count_tokens(text) for text in texts)
+    prompt_tokens = sum(count_tokens(text) for text in texts) + model.template_tokens
     return ExpectedReply(model, prompt_tokens, pieces, reason)
 
 

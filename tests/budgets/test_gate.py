@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -30,7 +32,7 @@ from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening
 from ollama_meter.meter._request import facts_of
 from ollama_meter.records import LeaseKey
-from ollama_meter.testing import Fault, OllamaEmulator, expected_counts
+from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator, expected_counts
 from tests.factories import token_prices
 
 HELLO = [{"role": "user", "content": "hello there friend"}]
@@ -112,6 +114,36 @@ def test_a_stream_past_the_admitted_cap_is_cut_there(
     span = run.span
     assert (span.status, span.error_type, span.output_tokens) == ("error", "over_cap", 3)
     assert meter.ledger.latest(SpanFilter(), 1)[0].error_type == "over_cap"
+
+
+def test_a_prompt_the_model_adds_itself_is_charged_and_bounds_its_later_calls(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model whose template adds a prompt of its own (a Modelfile SYSTEM) counts tokens no
+    request sends, past the bound its first call was admitted on. That call is charged as
+    counted, with a warning; the model's later calls are bounded with those tokens, so the
+    call that would cross the budget is refused before it runs (it was admitted before)."""
+    hidden = 500
+    model = dataclasses.replace(DEFAULT_MODELS[0], template_tokens=hidden)
+    with OllamaEmulator(models=[model, *DEFAULT_MODELS[1:]]) as emu:
+        monkeypatch.setenv("OLLAMA_HOST", emu.url)
+        meter = make_meter(sqlite_url, Clock(NOV))
+        cost = (IN + hidden) * 1000 + OUT * 2000
+        budget(meter, 2 * cost + BOUND)  # room for a third call's first bound, not for its cost
+        with caplog.at_level(logging.WARNING, logger="ollama_meter.meter"):
+            first, second = call(meter), call(meter)
+        assert (first.input_tokens, first.cost_total) == (IN + hidden, cost)
+        assert second.cost_total == cost
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        bound_in = BOUND // 1000 - OUT * 2
+        assert f"counted {IN + hidden} prompt and {OUT} reply tokens, past the {bound_in}" in (
+            warning
+        )
+        assert f"later bounds for llama3.1:8b add {IN + hidden - bound_in} prompt" in warning
+        sent = len(emu.requests)
+        with pytest.raises(BudgetExceeded, match=f"may cost up to {cost / 1e6:.6f}"):
+            call(meter)
+        assert len(emu.requests) == sent
 
 
 def test_hard_budget_refuses_the_call_that_would_cross_it(
