@@ -11,6 +11,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -68,7 +69,44 @@ class PgCluster:
         log = str(self.root / "log")
         self._run(self._pg_ctl, "-D", str(self.data), "-l", log, "-w", "-o", options, "start")
 
+    def processes(self) -> list[int]:
+        """The postmaster and every process it started (backends, checkpointer, ...)."""
+        try:
+            head = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                # "pid (name) state ppid ...": the name may hold spaces, the rest never
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == head:
+                children.append(int(stat.parent.name))
+        return [head, *children]
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server stopped dead (SIGSTOP to all its processes) for the block, then resumed.
+
+        Its kernel still accepts connections and bytes, and acknowledges them: nothing
+        answers. However the block ends, the server runs again after it.
+        """
+        try:
+            for pid in self.processes():
+                os.kill(pid, signal.SIGSTOP)
+            yield
+        finally:
+            self.resume()
+
+    def resume(self) -> None:
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
     def stop(self) -> None:
+        self.resume()  # a stopped server would never hear pg_ctl
         subprocess.run(
             [*self._prefix, self._pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"],
             check=False,

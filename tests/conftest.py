@@ -18,7 +18,7 @@ from ollama_meter.cli import main
 from ollama_meter.ledger import close_ledgers
 from ollama_meter.testing import OllamaEmulator
 from ollama_meter.upstream import reset_breakers
-from tests._pg import postgres_server
+from tests._pg import PgCluster, postgres_server
 
 # No timing thresholds in tests: Hypothesis' default 200 ms deadline per example fails
 # tests on a busy machine (CI shares two cores) for being slow, not for being wrong.
@@ -62,6 +62,31 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def pg_server() -> Iterator[str | None]:
     with postgres_server() as url:
         yield url
+
+
+def _private_cluster() -> Iterator[PgCluster]:
+    made = PgCluster.create()
+    if made is None:
+        if os.environ.get("OMETER_REQUIRE_PG"):
+            pytest.fail("OMETER_REQUIRE_PG is set but PostgreSQL's initdb/pg_ctl are missing")
+        pytest.skip("no PostgreSQL binaries to make a private cluster")
+    made.start()
+    try:
+        yield made
+    finally:
+        made.remove()
+
+
+@pytest.fixture
+def cluster() -> Iterator[PgCluster]:
+    """A private PostgreSQL server this test may stop, start, freeze and resume."""
+    yield from _private_cluster()
+
+
+@pytest.fixture(scope="module")
+def module_cluster() -> Iterator[PgCluster]:
+    """A private PostgreSQL server shared by a module's tests; each leaves it running."""
+    yield from _private_cluster()
 
 
 def _fresh_pg_database(server: str) -> str:

@@ -18,12 +18,20 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, StatementError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    StatementError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._engine import (
     DEFAULT_WAIT,
     FILE_ID,
+    connect_seconds,
     create_ledger_engine,
     file_id,
     sqlite_path,
@@ -143,6 +151,12 @@ class Database:
             raise LedgerError(
                 f"the ledger at {self.display_url} failed: {self.explain(exc)}"
             ) from exc
+        except PoolTimeout as exc:
+            raise LedgerError(
+                f"the ledger at {self.display_url} failed: every connection of this process "
+                f"to it stayed busy for {self._wait:g} s (OMETER_LEDGER_WAIT); the server is "
+                "slow to answer or this process is overloaded"
+            ) from exc
 
     def explain(self, exc: DBAPIError) -> str:
         """The driver's message, and what to do when the cause is one a user can fix."""
@@ -166,6 +180,12 @@ class Database:
                 f"{text}: the server is at its connection limit (max_connections, or the "
                 "user's CONNECTION LIMIT); each ometer process keeps up to 30, so raise the "
                 "limit or stop idle clients; spans wait in the spool meanwhile"
+            )
+        if "connection timeout expired" in lowered:  # the driver's connect_timeout
+            return (
+                f"{text}: the server did not answer within {connect_seconds(self._wait)} s "
+                "(OMETER_LEDGER_WAIT): it is stopped, overloaded or cut off; spans wait in "
+                "the spool meanwhile"
             )
         if "password authentication failed" in lowered:
             return f"{text}: fix the password in OMETER_DB_URL; spans wait in the spool meanwhile"

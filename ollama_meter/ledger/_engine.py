@@ -22,11 +22,17 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from ollama_meter.errors import LedgerError
+from ollama_meter.ledger._deadline import bounded_connect
 
 DEFAULT_WAIT = 5.0
 """Seconds a ledger operation waits for a busy database (``OMETER_LEDGER_WAIT``)."""
 
 log = logging.getLogger("ollama_meter.ledger")
+
+
+def connect_seconds(wait: float) -> int:
+    """libpq's ``connect_timeout`` for ``wait``: whole seconds, at least the 2 it honours."""
+    return max(int(wait), 2)
 
 
 def sqlite_path(url: URL) -> Path | None:
@@ -92,7 +98,8 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
     """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder.
 
     ``wait`` bounds how long a statement waits for another writer's lock (SQLite's busy
-    timeout, PostgreSQL's ``lock_timeout``) and for a PostgreSQL server to answer.
+    timeout, PostgreSQL's ``lock_timeout``), for one of the pool's connections, and for
+    a PostgreSQL server to answer (connecting, and each round trip: see ``_deadline``).
     """
     try:
         parsed = make_url(url)
@@ -112,13 +119,20 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         log.warning("created the folder %s for the ledger %s", path.parent, path.name)
     options: dict[str, Any] = {}
     millis = max(int(wait * 1000), 1)
+    bounded = parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg"
     if parsed.get_backend_name() == "postgresql":
+        # pool_timeout: a caller waiting for one of the pool's connections waits no
+        # longer than for the server itself.
         options.update(
-            pool_pre_ping=True, pool_size=10, max_overflow=20, isolation_level="READ COMMITTED"
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=20,
+            pool_timeout=wait,
+            isolation_level="READ COMMITTED",
         )
-        if parsed.get_driver_name() == "psycopg":
+        if bounded:
             options["connect_args"] = {
-                "connect_timeout": max(int(wait), 2),
+                "connect_timeout": connect_seconds(wait),
                 "options": f"-c lock_timeout={millis}",
             }
     try:
@@ -133,4 +147,11 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
     if path is not None:
         event.listen(engine, "connect", _sqlite_connector(millis, path))
         event.listen(engine, "begin", _sqlite_begin)
+    if bounded:
+        connect = bounded_connect(wait, parsed.render_as_string())
+
+        def do_connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+            return connect(*cargs, **cparams)
+
+        event.listen(engine, "do_connect", do_connect)
     return engine

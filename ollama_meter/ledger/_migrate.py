@@ -14,6 +14,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from ollama_meter.errors import LedgerError
+from ollama_meter.ledger._deadline import unbounded
 
 HEAD_REVISION = "0011"
 """The newest migration; a test keeps it equal to the head of ``migrations/versions``."""
@@ -45,7 +46,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         config = Config()
         config.set_main_option("script_location", str(location))
         try:
-            with engine.connect() as conn:
+            # A migration may rewrite a big table: no deadline on the server's answers.
+            with unbounded(), engine.connect() as conn:
                 config.attributes["connection"] = conn
                 command.upgrade(config, revision)
         except DBAPIError as exc:

@@ -31,6 +31,7 @@ from ollama_meter.ledger._cells import (
     floor_cell,
     next_cell,
 )
+from ollama_meter.ledger._deadline import unbounded
 from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta, zone_name
 from ollama_meter.ledger._rollup import (
     BUSY,
@@ -67,30 +68,31 @@ def rebuild(
     of a call that started the day before is counted from the earlier day's spans,
     so calls must not last longer than a day. Returns the number of spans read.
     """
-    if zone is not None:
-        _change_zone(write, read, zone)
-    with read() as conn:
-        horizon = pruned_before(conn)
-        cells_zone = ledger_zone(conn)
-        bounds = []
-        for column, table, extra in (
-            (SpanRow.started_at, SpanRow.__table__, ()),
-            (ROLLUPS.c.start, ROLLUPS, (ROLLUPS.c.grain == int(Grain.QUARTER),)),
-        ):
-            low, high = conn.execute(
-                select(func.min(column), func.max(column)).select_from(table).where(*extra)
-            ).one()
-            if low is None:
-                continue
-            if isinstance(low, datetime):
-                bounds += [to_us(low), to_us(high)]
-            else:
-                bounds += [low * 10**6, high * 10**6]
-    total = 0
-    if bounds:
-        total = _rebuild_days(write, min(bounds), max(bounds), horizon, cells_zone, progress)
-    with write() as conn:
-        set_meta(conn, "rollups", "current")
+    with unbounded():  # a day of a big ledger may take longer than a call's write
+        if zone is not None:
+            _change_zone(write, read, zone)
+        with read() as conn:
+            horizon = pruned_before(conn)
+            cells_zone = ledger_zone(conn)
+            bounds = []
+            for column, table, extra in (
+                (SpanRow.started_at, SpanRow.__table__, ()),
+                (ROLLUPS.c.start, ROLLUPS, (ROLLUPS.c.grain == int(Grain.QUARTER),)),
+            ):
+                low, high = conn.execute(
+                    select(func.min(column), func.max(column)).select_from(table).where(*extra)
+                ).one()
+                if low is None:
+                    continue
+                if isinstance(low, datetime):
+                    bounds += [to_us(low), to_us(high)]
+                else:
+                    bounds += [low * 10**6, high * 10**6]
+        total = 0
+        if bounds:
+            total = _rebuild_days(write, min(bounds), max(bounds), horizon, cells_zone, progress)
+        with write() as conn:
+            set_meta(conn, "rollups", "current")
     return total
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,18 +16,6 @@ from tests._pg import PgCluster
 from tests.gateway.conftest import Gateway
 
 HI = [{"role": "user", "content": "hello from the crm bot"}]
-
-
-@pytest.fixture
-def cluster() -> Iterator[PgCluster]:
-    made = PgCluster.create()
-    if made is None:
-        if os.environ.get("OMETER_REQUIRE_PG"):
-            pytest.fail("OMETER_REQUIRE_PG is set but PostgreSQL's initdb/pg_ctl are missing")
-        pytest.skip("no PostgreSQL binaries to make a private cluster")
-    made.start()
-    yield made
-    made.remove()
 
 
 def test_an_outage_refuses_only_what_it_must_and_loses_no_span(

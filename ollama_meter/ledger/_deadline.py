@@ -1,0 +1,158 @@
+"""A deadline on every answer the ledger waits for from a PostgreSQL server.
+
+A server that stops answering without closing the connection (frozen by
+``SIGSTOP``, a VM paused, a disk stalled under it, a firewall that drops
+packets) is invisible to the usual guards: its kernel still acknowledges what
+is sent, so TCP keepalives and ``tcp_user_timeout`` never fire, and the
+server-side ``statement_timeout`` needs a server that runs. Without a bound of
+our own a span write would wait for ever, the spool would never be used, and a
+gateway's threads would fill up one caller at a time.
+
+So each round trip on a ledger connection (a statement, a commit, the pool's
+ping) is watched: when the server has not answered within the deadline
+(``OMETER_LEDGER_WAIT``), one watchdog thread shuts the connection's socket
+down. The driver then fails as it does for a server that went away, the pool
+drops the connection, and the ledger's usual path takes over: spans go to the
+spool, a budget that cannot be checked refuses the call. Connecting is bounded
+by the driver's own ``connect_timeout``.
+
+Work that may rightly take longer than a call's write (migrations, rebuilding
+rollups) runs inside :func:`unbounded`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg.abc import PQGen
+
+RV = TypeVar("RV")
+
+_unbounded: contextvars.ContextVar[bool] = contextvars.ContextVar("ometer_unbounded", default=False)
+
+
+@contextlib.contextmanager
+def unbounded() -> Iterator[None]:
+    """Ledger work in this block may wait for the server as long as it takes."""
+    token = _unbounded.set(True)
+    try:
+        yield
+    finally:
+        _unbounded.reset(token)
+
+
+class Watchdog:
+    """Shuts down the sockets of round trips that overran their deadline; one thread for all.
+
+    Arming and disarming take a lock and touch a dict: the thread is woken only when a
+    new deadline is earlier than the one it sleeps towards (rarely: deadlines are "now
+    plus the same wait", so a later arm has a later deadline).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._armed: dict[int, tuple[float, int]] = {}
+        self._ids = itertools.count()
+        self._wake_at = float("inf")
+        self._thread: threading.Thread | None = None
+
+    def arm(self, fd: int, seconds: float) -> int:
+        """Watch ``fd`` for ``seconds``; the token to :meth:`disarm` it with."""
+        token = next(self._ids)
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            self._armed[token] = (deadline, fd)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name="ometer-ledger-deadline", daemon=True
+                )
+                self._thread.start()
+            elif deadline < self._wake_at:
+                self._cond.notify()
+        return token
+
+    def disarm(self, token: int) -> bool:
+        """Stop watching; True when the deadline passed and the socket was shut down."""
+        with self._cond:
+            return self._armed.pop(token, None) is None
+
+    def _watch(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for token, (deadline, fd) in list(self._armed.items()):
+                    if deadline <= now:
+                        del self._armed[token]
+                        _shut_down(fd)  # under the lock: the owner cannot have moved on
+                self._wake_at = min((d for d, _ in self._armed.values()), default=float("inf"))
+                self._cond.wait(None if self._wake_at == float("inf") else self._wake_at - now)
+
+    def _after_fork(self) -> None:
+        """A forked child has no watchdog thread: it starts its own on first use."""
+        self._cond = threading.Condition(threading.Lock())
+        self._armed.clear()
+        self._wake_at = float("inf")
+        self._thread = None
+
+
+def _shut_down(fd: int) -> None:
+    """End the connection on ``fd`` for both directions; the driver sees the server leave.
+
+    The socket object is a duplicate (closing it leaves the driver's descriptor alone);
+    shutting it down acts on the connection they share.
+    """
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed: the driver has its answer
+
+
+WATCHDOG = Watchdog()
+os.register_at_fork(after_in_child=WATCHDOG._after_fork)
+
+
+def bounded_connect(deadline: float, what: str) -> Any:
+    """A ``psycopg`` connect function whose connections give up on a silent server.
+
+    ``deadline`` is seconds per round trip; ``what`` names the server in the error.
+    """
+    import psycopg
+
+    class BoundedConnection(psycopg.Connection[Any]):
+        def wait(self, gen: PQGen[RV], *args: Any, **kwargs: Any) -> RV:
+            if _unbounded.get() or self.closed:
+                return super().wait(gen, *args, **kwargs)
+            token = WATCHDOG.arm(self.pgconn.socket, deadline)
+            try:
+                result = super().wait(gen, *args, **kwargs)
+            except psycopg.OperationalError as exc:
+                if WATCHDOG.disarm(token):
+                    raise self._silent() from exc
+                raise
+            except BaseException:
+                WATCHDOG.disarm(token)
+                raise
+            if WATCHDOG.disarm(token):  # answered as the deadline passed: the socket is gone
+                raise self._silent()
+            return result
+
+        def _silent(self) -> psycopg.OperationalError:
+            self.pgconn.finish()  # closed: the pool drops it instead of lending it again
+            return psycopg.OperationalError(
+                f"the server at {what} did not answer within {deadline:g} s "
+                "(OMETER_LEDGER_WAIT): it is stopped, overloaded or cut off; spans wait in the "
+                "spool meanwhile"
+            )
+
+    return BoundedConnection.connect
