@@ -122,12 +122,20 @@ WATCHDOG = Watchdog()
 os.register_at_fork(after_in_child=WATCHDOG._after_fork)
 
 
-def bounded_connect(deadline: float, what: str) -> Any:
+def bounded_connect(deadline: float) -> Any:
     """A ``psycopg`` connect function whose connections give up on a silent server.
 
-    ``deadline`` is seconds per round trip; ``what`` names the server in the error.
+    ``deadline`` is seconds per round trip.
+    Once the server has let a round trip or a connection attempt run out, new
+    connections are refused at once for the next ``deadline`` seconds: the next
+    callers go straight to the spool (or are refused, for a budget that needs the
+    ledger) instead of each waiting out the deadline again; then one asks again.
     """
     import psycopg
+
+    silent = f"the server did not answer within {deadline:g} s (OMETER_LEDGER_WAIT)"
+    hint = "it is stopped, overloaded or cut off; spans wait in the spool meanwhile"
+    quiet_until = [0.0]
 
     class BoundedConnection(psycopg.Connection[Any]):
         def wait(self, gen: PQGen[RV], *args: Any, **kwargs: Any) -> RV:
@@ -149,10 +157,17 @@ def bounded_connect(deadline: float, what: str) -> Any:
 
         def _silent(self) -> psycopg.OperationalError:
             self.pgconn.finish()  # closed: the pool drops it instead of lending it again
-            return psycopg.OperationalError(
-                f"the server at {what} did not answer within {deadline:g} s "
-                "(OMETER_LEDGER_WAIT): it is stopped, overloaded or cut off; spans wait in the "
-                "spool meanwhile"
-            )
+            quiet_until[0] = time.monotonic() + deadline
+            return psycopg.OperationalError(f"{silent}: {hint}")
 
-    return BoundedConnection.connect
+    def connect(*args: Any, **kwargs: Any) -> BoundedConnection:
+        if time.monotonic() < quiet_until[0]:
+            raise psycopg.OperationalError(f"{silent}: {hint}")  # a moment ago
+        try:
+            return BoundedConnection.connect(*args, **kwargs)
+        except psycopg.OperationalError as exc:
+            if "timeout expired" in str(exc):  # connect_timeout: nothing answered the login
+                quiet_until[0] = time.monotonic() + deadline
+            raise
+
+    return connect

@@ -148,7 +148,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         event.listen(engine, "connect", _sqlite_connector(millis, path))
         event.listen(engine, "begin", _sqlite_begin)
     if bounded:
-        connect = bounded_connect(wait, parsed.render_as_string())
+        connect = bounded_connect(wait)
 
         def do_connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
             return connect(*cargs, **cparams)

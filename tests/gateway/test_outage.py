@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -90,3 +91,66 @@ def test_prices_in_force_stay_in_force_while_the_database_is_away(cluster: PgClu
     with pytest.raises(LedgerError, match="failed"):
         PriceSource(ledger, settings=load_settings(db_url=url))()  # nothing known yet: say so
     ledger.dispose()
+
+
+def test_a_frozen_ledger_slows_calls_by_a_bounded_wait_and_loses_none(
+    cluster: PgCluster,
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server stops answering (SIGSTOP) under an in-process gateway: callers no budget
+    covers get their answers, several at once; a hard budget with room leased before keeps
+    admitting against it; one that must reach the ledger refuses; all spans land once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.factories import token_prices
+    from tests.integrity.test_frozen_server import SILENT, quiet_passes, returns
+
+    monkeypatch.setenv("OMETER_LEDGER_WAIT", "1")
+    url = f"{cluster.url}/postgres"
+    setup = Ledger(url)
+    setup.add_price_rule(token_prices())
+    for department in ("sales", "legal"):
+        setup.save_budget(
+            Budget(tenant="acme", department=department, period="month", limit=10**9,
+                   currency="USD")
+        )  # fmt: skip
+    setup.dispose()
+    gw = app_on(emulator.url, url)
+
+    def chat(department: str) -> httpx.Response:
+        return gw.client.post(
+            "/api/chat",
+            json={"model": "llama3.1:8b", "messages": HI, "stream": False},
+            headers={"X-Ometer-Tenant": "acme", "X-Ometer-Department": department},
+        )
+
+    assert chat("support").status_code == 200 and chat("sales").status_code == 200
+    departments = ["support"] * 4 + ["sales", "legal"]
+    with cluster.frozen(), ThreadPoolExecutor(len(departments)) as callers:
+        answers = returns(lambda: list(callers.map(chat, departments)))
+    assert [a.status_code for a in answers] == [200] * 5 + [503]
+    refused = answers[-1]
+    assert refused.headers["retry-after"] == "5"
+    error = refused.json()["error"]
+    assert error.startswith("the budget for acme/legal cannot be checked, so the call was not made")
+    assert re.search(SILENT, error) and "\n" not in error
+    assert len(emulator.requests_to("/api/chat")) == 7  # legal never reached Ollama
+    quiet_passes()
+    assert chat("support").status_code == 200  # the server runs: this write drains the spool
+    assert gw.ledger.spool.pending() == []
+    spans = Ledger(url).latest(SpanFilter(), 20)
+    assert sorted((s.department, s.status, s.error_type) for s in spans) == sorted(
+        [("support", "ok", None)] * 6
+        + [("sales", "ok", None)] * 2
+        + [("legal", "error", "ledger_unavailable")]
+    )
+    assert len({s.id for s in spans}) == 9
+    # Each answer is Ollama's (5 prompt tokens, 25 reply tokens), and so is each span.
+    assert {(a.json()["prompt_eval_count"], a.json()["eval_count"]) for a in answers[:5]} == {
+        (5, 25)
+    }
+    assert {(s.input_tokens, s.output_tokens, s.cost_total) for s in spans if s.status == "ok"} == {
+        (5, 25, 5 * 1000 + 25 * 2000)
+    }

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -32,6 +33,11 @@ SILENT = (
 """What a caller is told: 1 s for an answer, 2 s (libpq's least) for a new connection."""
 HANG = 60.0
 """Seconds after which a wait is a hang: far beyond any deadline these tests set (1 s)."""
+
+
+def quiet_passes() -> None:
+    """Let the 1 s pass in which a server that went silent is not asked again."""
+    time.sleep(1.1)
 
 
 def returns(action: Callable[[], T]) -> T:
@@ -111,6 +117,7 @@ def test_a_write_to_a_frozen_server_is_spooled_and_recorded_once_it_runs(
     said = [r.getMessage() for r in caplog.records if "kept them in" in r.getMessage()]
     assert len(said) == 1 and re.search(SILENT, said[0])
     # The server runs again: the next write succeeds and brings the spooled spans in.
+    quiet_passes()
     assert ledger.record([last]) == {last.id: Stored.COMMITTED}
     assert ledger.spool.pending() == []
     ledger.dispose()
@@ -134,6 +141,7 @@ def test_a_commit_the_server_takes_as_it_freezes_counts_once(cluster: PgCluster,
     with freezing:
         assert returns(lambda: ledger.record([span])) == {span.id: Stored.SPOOLED}
     assert len(ledger.spool.pending()) == 1
+    quiet_passes()
     assert ledger.recover() == 1
     ledger.dispose()
     assert [r[0] for r in in_ledger(url)].count(span.id) == 1
@@ -169,6 +177,7 @@ def test_the_python_api_answers_spools_and_refuses_what_a_budget_covers(
     assert len(emulator.requests_to("/api/chat")) == 2  # legal never reached Ollama
     ledger = client.meter.ledger
     assert len(ledger.spool.pending()) == 2  # support's answer and legal's refusal
+    quiet_passes()
     assert ledger.recover() == 2
     client.close()
     spans = Ledger(url).latest(SpanFilter(), 10)
