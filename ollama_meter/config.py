@@ -181,7 +181,8 @@ class Settings(BaseSettings):
     )
     traceloop_base_url: Annotated[str, Field(validation_alias="TRACELOOP_BASE_URL")] = TRACELOOP_URL
     ledger_wait: Annotated[float, Field(validation_alias="OMETER_LEDGER_WAIT", gt=0, le=600)] = 5.0
-    """Seconds a write waits for a busy ledger before its spans go to the spool instead."""
+    """Seconds the ledger waits for a busy database, and for each answer of a PostgreSQL
+    server, before a write's spans go to the spool instead (or a budget check refuses)."""
     journal: Annotated[bool, Field(validation_alias="OMETER_JOURNAL")] = True
     """Write each call to the crash journal before it goes upstream (off only to measure it)."""
     budget_reply_cap: Annotated[
