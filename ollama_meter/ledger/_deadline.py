@@ -161,7 +161,7 @@ def bounded_connect(deadline: float) -> Any:
             return psycopg.OperationalError(f"{silent}: {hint}")
 
     def connect(*args: Any, **kwargs: Any) -> BoundedConnection:
-        if time.monotonic() < quiet_until[0]:
+        if time.monotonic() < quiet_until[0] and not _unbounded.get():
             raise psycopg.OperationalError(f"{silent}: {hint}")  # a moment ago
         try:
             return BoundedConnection.connect(*args, **kwargs)

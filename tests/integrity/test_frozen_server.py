@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from ollama_meter import MeteredClient
 from ollama_meter.budgets import Budget
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger._deadline import unbounded
 from ollama_meter.records import SpanRecord, Stored
 from ollama_meter.testing import OllamaEmulator
 from tests._pg import PgCluster
@@ -211,4 +212,21 @@ def test_a_pool_with_no_connection_free_spools_instead_of_losing_the_span(url: s
             ledger.count()
     assert ledger.recover() == 1
     assert ledger.count() == 1
+    ledger.dispose()
+
+
+def test_an_answer_slower_than_the_wait_is_cut_except_for_maintenance(url: str) -> None:
+    """The deadline cannot tell a frozen server from a statement that runs long: it cuts
+    both (no ledger statement a call or report makes comes near it). Migrations and rollup
+    rebuilds, which may rightly run for minutes, run unbounded."""
+    ledger = Ledger(url, wait=0.5)
+    with pytest.raises(LedgerError) as cut, ledger.read() as conn:
+        conn.execute(text("SELECT pg_sleep(1)"))
+    assert str(cut.value).startswith(f"the ledger at {ledger.display_url} failed: ")
+    assert str(cut.value).endswith(
+        "the server did not answer within 0.5 s (OMETER_LEDGER_WAIT): it is stopped, "
+        "overloaded or cut off; spans wait in the spool meanwhile"
+    )
+    with unbounded(), ledger.read() as conn:
+        assert conn.execute(text("SELECT pg_sleep(1), 7")).one()[1] == 7
     ledger.dispose()
