@@ -19,7 +19,7 @@ from sqlalchemy import event, text
 from ollama_meter import MeteredClient
 from ollama_meter.budgets import Budget
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger import Ledger, SpanFilter, close_ledgers
 from ollama_meter.ledger._deadline import unbounded
 from ollama_meter.records import SpanRecord, Stored
 from ollama_meter.testing import OllamaEmulator
@@ -230,3 +230,24 @@ def test_an_answer_slower_than_the_wait_is_cut_except_for_maintenance(url: str) 
     with unbounded(), ledger.read() as conn:
         assert conn.execute(text("SELECT pg_sleep(1), 7")).one()[1] == 7
     ledger.dispose()
+
+
+def test_a_command_on_a_frozen_server_fails_in_one_line(
+    cluster: PgCluster, url: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    monkeypatch.setenv("OMETER_LEDGER_WAIT", "1")
+    assert cli("report", "--period", "month").code == 0
+    close_ledgers()  # the next command is a process of its own
+    with cluster.frozen():
+        # The CLI needs the main thread: without a bound it would wait until this resumes
+        # the server, then succeed, and fail the asserts below.
+        guard = threading.Timer(HANG, cluster.resume)
+        guard.start()
+        try:
+            result = cli("report", "--period", "month")
+        finally:
+            guard.cancel()
+    assert result.code == 1 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ") and re.search(SILENT, line) and "Traceback" not in line
