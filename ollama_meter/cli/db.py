@@ -91,7 +91,7 @@ def export_command(
     db: DbOption = None,
 ) -> None:
     """Write spans as JSON lines (one span per line, as `ometer log --json` shows them)."""
-    from ollama_meter.ledger import export_lines
+    from ollama_meter.ledger import export_lines, unbounded
 
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg)
@@ -101,9 +101,10 @@ def export_command(
         start, end = window.start, window.end
     sink = sys.stdout.buffer
     count = 0
-    for line in export_lines(ledger, since=start, until=end):
-        sink.write(line)
-        count += 1
+    with unbounded():  # a page of a big ledger may take longer than a call's write
+        for line in export_lines(ledger, since=start, until=end):
+            sink.write(line)
+            count += 1
     sink.flush()
     err.print(f"exported {count:,} span(s)")
 

@@ -15,6 +15,7 @@ from ollama_meter._lazy import lazy_names, names_in
 if TYPE_CHECKING:
     from ollama_meter.ledger._aggregate import FailureCount, SpendSums
     from ollama_meter.ledger._cells import COLD_LOAD_NS, Metric
+    from ollama_meter.ledger._deadline import bulk, unbounded
     from ollama_meter.ledger._jsonl import (
         ImportSummary,
         export_lines,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 _NAMES = {
     "._aggregate": "FailureCount SpendSums",
     "._cells": "COLD_LOAD_NS Metric",
+    "._deadline": "bulk unbounded",
     "._jsonl": "ImportSummary export_lines import_lines iso_utc span_to_dict",
     "._keys": "KEY_PREFIX ApiKey",
     "._line": "MAX_LINE_BYTES span_from_line",
@@ -71,6 +73,7 @@ __all__ = [
     "SpanFilter",
     "SpendSums",
     "backup",
+    "bulk",
     "close_ledger",
     "close_ledgers",
     "current_revision",
@@ -87,6 +90,7 @@ __all__ = [
     "span_from_line",
     "span_to_dict",
     "to_us",
+    "unbounded",
     "update_costs",
     "upgrade",
 ]

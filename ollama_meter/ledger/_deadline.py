@@ -30,19 +30,21 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import itertools
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg.abc import PQGen
 
 RV = TypeVar("RV")
+P = ParamSpec("P")
 
 _unbounded: contextvars.ContextVar[bool] = contextvars.ContextVar("ometer_unbounded", default=False)
 
@@ -55,6 +57,18 @@ def unbounded() -> Iterator[None]:
         yield
     finally:
         _unbounded.reset(token)
+
+
+def bulk(work: Callable[P, RV]) -> Callable[P, RV]:
+    """``work`` runs inside :func:`unbounded`: upkeep over many spans (an import, a prune,
+    a re-pricing), whose statements may rightly take longer than a call's write."""
+
+    @functools.wraps(work)
+    def run(*args: P.args, **kwargs: P.kwargs) -> RV:
+        with unbounded():
+            return work(*args, **kwargs)
+
+    return run
 
 
 class Watchdog:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ollama_meter.errors import LedgerError, ValidationError
+from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._line import span_from_line
 from ollama_meter.ledger._meta import pruned_before
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span, select_spans
@@ -132,6 +133,7 @@ class ImportSummary:
         return self.read - self.added - self.pruned
 
 
+@bulk
 def import_lines(
     ledger: Ledger,
     lines: Iterable[bytes],

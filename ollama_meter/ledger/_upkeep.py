@@ -18,6 +18,7 @@ from sqlalchemy import delete, select, text
 
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
+from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._meta import ledger_zone, pruned_before, set_meta
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
@@ -43,6 +44,7 @@ class PruneResult:
         return max(0, self.bytes_before - self.bytes_after)
 
 
+@bulk
 def prune(
     ledger: Ledger, keep_days: int, *, now: datetime, vacuum: bool = False, chunk: int = 20_000
 ) -> PruneResult:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger import Ledger, SpanFilter, bulk
 from ollama_meter.meter._usage import usage_of
 from ollama_meter.pricing import PriceBook
 
@@ -28,6 +28,7 @@ class RepriceSummary:
         return {c: self.after[c] - self.before[c] for c in currencies}
 
 
+@bulk
 def reprice(
     ledger: Ledger,
     book: PriceBook,

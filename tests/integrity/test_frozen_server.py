@@ -6,12 +6,15 @@ server runs again every span is in the ledger exactly once."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import event, text
@@ -19,8 +22,17 @@ from sqlalchemy import event, text
 from ollama_meter import MeteredClient
 from ollama_meter.budgets import Budget
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import Ledger, SpanFilter, close_ledgers
+from ollama_meter.ledger import (
+    Ledger,
+    SpanFilter,
+    close_ledgers,
+    import_lines,
+    prune,
+    span_to_dict,
+)
 from ollama_meter.ledger._deadline import unbounded
+from ollama_meter.meter import reprice
+from ollama_meter.pricing import PriceBook
 from ollama_meter.records import SpanRecord, Stored
 from ollama_meter.testing import OllamaEmulator
 from tests._pg import PgCluster
@@ -229,6 +241,33 @@ def test_an_answer_slower_than_the_wait_is_cut_except_for_maintenance(url: str) 
     )
     with unbounded(), ledger.read() as conn:
         assert conn.execute(text("SELECT pg_sleep(1), 7")).one()[1] == 7
+    ledger.dispose()
+
+
+def test_upkeep_over_many_spans_is_not_cut_by_a_calls_deadline(url: str) -> None:
+    """Import, prune and re-pricing run statements over many spans (a 20,000-span batch):
+    they may rightly take longer than a call's write, so they run unbounded, as migrations do.
+    Each is given a statement slower than the wait, run where its own statements run."""
+    ledger = Ledger(url, wait=0.5)
+
+    def slow() -> None:
+        with ledger.read() as conn:
+            conn.execute(text("SELECT pg_sleep(0.8)"))
+
+    with pytest.raises(LedgerError, match="did not answer within 0.5 s"):
+        slow()  # a call's read: cut
+
+    def lines() -> Iterator[bytes]:
+        slow()
+        yield json.dumps(span_to_dict(make_span())).encode()
+
+    assert import_lines(ledger, lines()).added == 1
+    book = PriceBook([token_prices()], tz=ZoneInfo("UTC"), currency="USD")
+    summary = reprice(
+        ledger, book, since=datetime(2026, 1, 1, tzinfo=UTC), progress=lambda _: slow()
+    )
+    assert sum(summary.after.values()) > 0
+    assert prune(ledger, 1, now=datetime(2027, 1, 1, tzinfo=UTC)).removed == 1
     ledger.dispose()
 
 
