@@ -12,9 +12,11 @@ Every span that is inserted adds to four tables, in the same transaction:
 - ``rollup_histograms``: per day and month and (tenant, department, model),
   how many calls fell in each bin of latency, time to first token, queue time
   (inside Ollama, and in the gateway) and generation speed, so percentiles can be
-  merged (:func:`duration_bin`); and for all calls together (key ``*``) per quarter
-  hour, day and month, so the whole organisation's percentiles per *local* day need
-  no raw spans and read few rows (the dashboard's daily timings).
+  merged (:func:`duration_bin`); for all calls together (:data:`EVERYONE`) and per
+  model over all tenants and departments (:data:`EACH_MODEL`) per quarter hour, day
+  and month, so the whole organisation's percentiles, and each model's, need no raw
+  spans up to the last quarter hour and read few rows (the dashboard's daily
+  timings, ``perf --by model``).
 - ``rollup_busy``: per minute and upstream host, the union of the calls' busy
   intervals and the calls that started, so chargeback's utilisation is exact
   without a scan; ``rollup_busy_cells`` sums them per day and month.
@@ -32,33 +34,17 @@ each span is bounded, but a cell holds any number (4,612 calls at the longest du
 
 from __future__ import annotations
 
-import importlib
 import operator
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import tzinfo
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    Dialect,
-    Numeric,
-    Table,
-    bindparam,
-    cast,
-    func,
-    literal_column,
-    select,
-    update,
-)
+from sqlalchemy import Connection
 
 from ollama_meter.ledger._cells import (
     ANYONE,
-    BIN_COLUMNS,
     BUSY_US,
-    DIMENSIONS,
-    HISTOGRAM_KEY,
-    MEASURES,
     QUARTER_US,
     SLOTS,
     Grain,
@@ -70,30 +56,30 @@ from ollama_meter.ledger._cells import (
     measures_of,
 )
 from ollama_meter.ledger._meta import ledger_zone
-from ollama_meter.ledger._types import driver_key, to_us
-from ollama_meter.ledger.models import (
-    ROLLUP_HISTOGRAMS,
-    RollupBusyCellRow,
-    RollupBusyRow,
-    RollupRow,
+from ollama_meter.ledger._types import to_us
+from ollama_meter.ledger._upserts import (
+    BUSY,
+    BUSY_CELLS,
+    BUSY_READS,
+    HISTOGRAMS,
+    MOST,
+    ROLLUPS,
+    Statements,
+    statements_for,
 )
 from ollama_meter.records import SpanRecord
 
-ROLLUPS: Table = RollupRow.__table__  # type: ignore[assignment]
-HISTOGRAMS: Table = ROLLUP_HISTOGRAMS
-BUSY: Table = RollupBusyRow.__table__  # type: ignore[assignment]
-BUSY_CELLS: Table = RollupBusyCellRow.__table__  # type: ignore[assignment]
 BUSY_GRAINS = (Grain.MONTH, Grain.DAY)
 """The cells busy minutes are summed into, coarsest first."""
 EVERYONE = (ANYONE, ANYONE, ANYONE)
-"""The (tenant, department, model) of quarter-hour histogram rows: all calls together."""
+"""The (tenant, department, model) of histogram rows for all calls together."""
+EACH_MODEL = (ANYONE, "+")
+"""The (tenant, department) of histogram rows per model over all tenants and departments.
+
+``+`` is no department's name (names begin with a letter or digit), so these rows never
+meet a department's, nor :data:`EVERYONE`'s (a model may be called ``*``)."""
 REBUILD_LOCK = 0x6F6D7275  # "omru"
 """PostgreSQL advisory lock: writers of rollups share it, a rebuild's day takes it alone."""
-MOST = 2**63 - 1
-"""The most a rollup sum holds (a 64-bit integer column): a sum past it stays at it."""
-BUSY_READS = (2, 16, 250)
-"""Minutes of busy time read per query: a call touches one or two, an import hundreds
-(the largest stays well under SQLite's limit on parameters)."""
 
 
 class RollupDelta:
@@ -181,13 +167,19 @@ class RollupDelta:
     ) -> dict[tuple[Any, ...], list[int]]:
         """Every (grain, start s, tenant, department, model, metric, decade) changed, with its bins.
 
-        All calls together are kept too, under the key ``EVERYONE``, per quarter hour as
-        well as per day and month: the only rows a question about everyone reads.
+        All calls together (key :data:`EVERYONE`) and each model over all tenants and
+        departments (:data:`EACH_MODEL`) are kept too, per quarter hour as well as per day
+        and month: the only rows a question about everyone, or per model, reads.
         """
         rows: dict[tuple[Any, ...], list[int]] = {}
         starts: dict[int, list[tuple[int, int]]] = {}
+        models: dict[tuple[Any, ...], int] = {}
+        for (quarter, _, _, *rest), calls in self.histograms.items():
+            key = (quarter, *rest)  # (quarter, model, metric, decade, bin)
+            models[key] = models.get(key, 0) + calls
         for table, key_of, grains_here in (
             (self.quarter_histograms, lambda rest: (*EVERYONE, *rest), grains),
+            (models, lambda rest: (*EACH_MODEL, *rest), grains),
             (self.histograms, tuple, [g for g in grains if g is not Grain.QUARTER]),
         ):
             for (quarter, *rest, index), calls in table.items():
@@ -214,7 +206,7 @@ class RollupDelta:
         row locks in one order and never deadlock each other. ``months=False``
         leaves month cells alone (a rebuild sums them from days afterwards).
         """
-        statements = _statements(conn.dialect)
+        statements = statements_for(conn.dialect)
         grains = tuple(Grain) if months else (Grain.QUARTER, Grain.DAY)
         zone = ledger_zone(conn)
         cube = self.cube_rows(grains, zone)
@@ -224,10 +216,7 @@ class RollupDelta:
             )
         histograms = self.histogram_rows(grains, zone)
         if histograms:
-            conn.exec_driver_sql(
-                statements.histogram.sql,
-                [(*key, *_within(histograms[key])) for key in sorted(histograms)],
-            )
+            _write_histograms(conn, statements, histograms)
         if self.busy:
             cells = BUSY_GRAINS if months else (Grain.DAY,)
             _write_busy(conn, statements, self.busy, self.calls, cells, zone)
@@ -252,9 +241,32 @@ def _within(values: Sequence[int]) -> Sequence[int]:
     return values if fits else [min(max(v, -MOST), MOST) for v in values]
 
 
+def _write_histograms(
+    conn: Connection, statements: Statements, rows: dict[tuple[Any, ...], list[int]]
+) -> None:
+    """Add ``rows``' bins to the stored ones. On SQLite (writers take turns) a row with one
+    bin counted (every row of one call) adds to that bin alone, not 74 zeros too; on
+    PostgreSQL, where concurrent writers lock rows in key order, all go in one statement."""
+    whole: list[Sequence[Any]] = []
+    single: dict[int, list[tuple[Any, ...]]] = {}
+    one_bin = statements.histogram_bin is not None
+    for key in sorted(rows):
+        counts = rows[key]
+        if one_bin and counts.count(0) == SLOTS - 1:  # in C; the one bin found in C too
+            calls = sum(counts)
+            if -MOST <= calls <= MOST:
+                single.setdefault(counts.index(calls), []).append((*key, calls))
+                continue
+        whole.append((*key, *_within(counts)))
+    if whole:
+        conn.exec_driver_sql(statements.histogram.sql, whole)
+    for index, values in sorted(single.items()):
+        conn.exec_driver_sql(statements.one_bin(conn.dialect, index).sql, values)
+
+
 def _write_busy(
     conn: Connection,
-    statements: _Statements,
+    statements: Statements,
     busy: dict[tuple[int, str], list[tuple[int, int]]],
     calls: dict[tuple[int, str], int],
     grains: Sequence[Grain],
@@ -299,7 +311,7 @@ def _write_busy(
 
 
 def _stored_busy(
-    conn: Connection, statements: _Statements, keys: Sequence[tuple[int, str]]
+    conn: Connection, statements: Statements, keys: Sequence[tuple[int, str]]
 ) -> dict[tuple[int, str], tuple[str, int]]:
     """The stored intervals and busy time of ``keys`` (sorted), a few hundred minutes per query.
 
@@ -320,112 +332,6 @@ def _stored_busy(
     return stored
 
 
-# -- statements compiled once per dialect ------------------------------------------------
-
-
-def _positional(statement: Any, dialect: Dialect, names: Sequence[str]) -> str:
-    """``statement`` as driver SQL taking its parameters by position, in the order of ``names``."""
-    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    text = compiled.string
-    if compiled.positional:
-        assert tuple(compiled.positiontup) == tuple(names), "parameters out of order"
-        return str(text)
-    # pyformat (psycopg): %(name)s → %s, in the order given
-    order = []
-    for name in names:
-        marker = f"%({name})s"
-        assert text.count(marker) == 1
-        order.append((text.index(marker), name))
-    assert [n for _, n in sorted(order)] == list(names), "parameters out of order"
-    for name in names:
-        text = text.replace(f"%({name})s", "%s")
-    return str(text)
-
-
-class _DriverSQL:
-    __slots__ = ("sql",)
-
-    def __init__(self, sql: str) -> None:
-        self.sql = sql
-
-
-def _upsert(
-    dialect: Dialect,
-    table: Table,
-    keys: Sequence[str],
-    added: Sequence[str],
-    *,
-    initial: Sequence[str] = (),
-) -> _DriverSQL:
-    """Insert a row, or add ``added`` to the one there; ``initial`` is only inserted."""
-    names = [*keys, *initial, *added]
-    # Imported by name when first compiled: a SQLite ledger never loads PostgreSQL's dialect.
-    which = "postgresql" if dialect.name == "postgresql" else "sqlite"
-    module: Any = importlib.import_module(f"sqlalchemy.dialects.{which}")
-    statement = module.insert(table).values({name: bindparam(name) for name in names})
-    most: Any = literal_column(str(MOST))
-    if which == "postgresql":  # in numeric, where the sum cannot overflow before LEAST
-        set_ = {
-            n: func.least(cast(table.c[n], Numeric) + statement.excluded[n], most) for n in added
-        }
-    else:  # SQLite turns an overflowing sum into a float, which MIN brings back
-        set_ = {n: func.min(table.c[n] + statement.excluded[n], most) for n in added}
-    statement = statement.on_conflict_do_update(index_elements=list(keys), set_=set_)
-    return _DriverSQL(_positional(statement, dialect, names))
-
-
-class _Statements:
-    def __init__(self, dialect: Dialect) -> None:
-        self.cube = _upsert(dialect, ROLLUPS, ["grain", "start", *DIMENSIONS], MEASURES)
-        self.histogram = _upsert(
-            dialect,
-            HISTOGRAMS,
-            ["grain", "start", *HISTOGRAM_KEY, "metric", "decade"],
-            BIN_COLUMNS,
-        )
-        self.busy_presence = _upsert(
-            dialect, BUSY, ["start", "host"], ["calls"], initial=["intervals", "busy_us"]
-        )
-        self.busy_cells = _upsert(
-            dialect, BUSY_CELLS, ["grain", "start", "host"], ["busy_us", "calls"]
-        )
-        changed = (
-            update(BUSY)
-            .where(BUSY.c.start == bindparam("b_start"), BUSY.c.host == bindparam("b_host"))
-            .values(intervals=bindparam("b_intervals"), busy_us=bindparam("b_busy"))
-        )
-        self.busy_update = _DriverSQL(
-            _positional(changed, dialect, ["b_intervals", "b_busy", "b_start", "b_host"])
-        )
-        self.busy_select = {size: _busy_select(dialect, size) for size in BUSY_READS}
-
-
-def _busy_select(dialect: Dialect, size: int) -> _DriverSQL:
-    """Stored busy rows of ``size`` minutes, in key order."""
-    names = [f"b_{i}" for i in range(size)]
-    stored = (
-        select(BUSY.c.start, BUSY.c.host, BUSY.c.intervals, BUSY.c.busy_us)
-        .where(BUSY.c.start.in_([bindparam(name) for name in names]))
-        .order_by(BUSY.c.start, BUSY.c.host)
-    )
-    if dialect.name == "postgresql":
-        # Lock the rows: a concurrent writer of the same minutes waits, then sees ours.
-        stored = stored.with_for_update()
-    return _DriverSQL(_positional(stored, dialect, names))
-
-
-_STATEMENTS: dict[tuple[str, str, str], _Statements] = {}
-
-
-def _statements(dialect: Dialect) -> _Statements:
-    """The statements compiled for ``dialect``'s SQL, driver and parameter style, once."""
-    key = driver_key(dialect)
-    statements = _STATEMENTS.get(key)
-    if statements is None:
-        statements = _STATEMENTS[key] = _Statements(dialect)
-    return statements
-
-
 def apply(conn: Connection, spans: Iterable[SpanRecord], sign: int = 1) -> None:
     """Add ``spans`` (just inserted) to the rollups, or take them out with ``sign=-1``."""
     delta = RollupDelta()
@@ -438,8 +344,10 @@ __all__ = [
     "BUSY",
     "BUSY_CELLS",
     "BUSY_GRAINS",
+    "EACH_MODEL",
     "EVERYONE",
     "HISTOGRAMS",
+    "MOST",
     "ROLLUPS",
     "RollupDelta",
     "apply",

@@ -1,7 +1,8 @@
 """Latency, TTFT, queue and speed histograms (perf), and busy time per host (chargeback).
 
-Histograms come from day and month rollups merged across cells, raw spans at
-the window's edges; busy time from per-minute unions of busy intervals.
+Histograms come from day and month rollups merged across cells (quarter hours too,
+for all calls together and per model), raw spans at the window's edges; busy time
+from per-minute unions of busy intervals.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -40,7 +41,7 @@ from ollama_meter.ledger._plan import (
     signed_sums,
 )
 from ollama_meter.ledger._rollup import BUSY as BUSY_TABLE
-from ollama_meter.ledger._rollup import BUSY_CELLS, BUSY_GRAINS, EVERYONE, HISTOGRAMS
+from ollama_meter.ledger._rollup import BUSY_CELLS, BUSY_GRAINS, EACH_MODEL, EVERYONE, HISTOGRAMS
 from ollama_meter.ledger._spans import SpanFilter, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
@@ -82,8 +83,10 @@ def aggregate_histograms(
     """Latency, TTFT, queue and speed histograms per ``by`` group over the window.
 
     From day and month rollups when ``by`` and the filters fit their key (tenant,
-    department, model); raw spans otherwise, and for the hours between a UTC
-    midnight and the window's ends. With ``bucket_starts`` each group's key ends with
+    department, model); raw spans otherwise, and for the hours between a midnight of
+    the ledger's zone and the window's ends. Grouped by model or by nothing, with no
+    tenant or department asked for, from rows over all tenants and departments, which
+    are kept per quarter hour too: raw spans only inside the quarter hours at the ends. With ``bucket_starts`` each group's key ends with
     its time bucket's index.
     """
     fits = set(by) <= set(HISTOGRAM_KEY) and all(
@@ -96,18 +99,30 @@ def aggregate_histograms(
             result.pruned_before = horizon
         _raw_histograms(conn, where, by, result, sign=1, bucket_starts=bucket_starts)
         return result
-    # All calls together (no group, no filter on the key) are also kept per quarter
-    # hour, so a local day's edges need no raw spans.
-    everyone = not by and all(getattr(where, name) is None for name in HISTOGRAM_KEY)
-    grains = (*HISTOGRAM_GRAINS, Grain.QUARTER) if everyone else HISTOGRAM_GRAINS
-    zone = ledger_zone(conn)
-    pieces = plan(where, bucket_starts, grains, zone)
-    bucketed = bool(bucket_starts)
+    # All calls together (no group, no filter on the key), and each model over all
+    # tenants and departments, are also kept per quarter hour: a window's edges need no
+    # raw spans but the quarter hour they fall in, and a month reads a row per model.
     c = HISTOGRAMS.c
-    if everyone:  # the rows kept for all calls together, never summed from the others
+    overall = where.tenant is None and where.department is None and set(by) <= {"model"}
+    each_model = overall and bool(by or where.model is not None)
+    if overall and not each_model:  # never summed from the others
         filters = [c[name] == value for name, value in zip(HISTOGRAM_KEY, EVERYONE, strict=True)]
+    elif each_model:
+        filters = [c.tenant == EACH_MODEL[0], c.department == EACH_MODEL[1]]
+        filters += rollup_filters(HISTOGRAMS, where, ("model",))
     else:
         filters = [*rollup_filters(HISTOGRAMS, where, HISTOGRAM_KEY), c.tenant != EVERYONE[0]]
+    grains = (*HISTOGRAM_GRAINS, Grain.QUARTER) if overall else HISTOGRAM_GRAINS
+    zone = ledger_zone(conn)
+    pieces = plan(where, bucket_starts, grains, zone)
+    if each_model and horizon is not None:
+        # Quarter hours per model pruned before migration 0012 made them are not there:
+        # before the horizon, they are read from raw spans (gone, and said so) as before.
+        pieces = [
+            replace(p, grain=None) if p.grain is Grain.QUARTER and p.lo < horizon else p
+            for p in pieces
+        ]
+    bucketed = bool(bucket_starts)
     rows = signed_sums(
         conn,
         HISTOGRAMS,

@@ -668,6 +668,61 @@ def test_0011_sums_busy_minutes_into_days_and_months_of_the_ledgers_zone(db_url:
     assert split() == before
 
 
+def test_upgrading_from_0011_keeps_timings_per_model_even_for_pruned_days(db_url: str) -> None:
+    """0012 keeps histograms per model over all tenants and departments: day and month rows
+    summed from the ones there (pruned days too), quarter hours from the rebuild it asks
+    for. Per model, a pruned month answers as before, an open edge after the prune
+    needs no raw spans, and one before it says its calls are gone, as it did."""
+    from sqlalchemy import text
+
+    from ollama_meter.ledger import prune
+    from ollama_meter.ledger._aggregate import raw_spans
+    from ollama_meter.periods import Window, parse_period
+    from ollama_meter.reports import perf_report
+
+    spans = [
+        make_span(
+            started_at=datetime(2026, month, day, hour, 20, tzinfo=UTC),
+            tenant=tenant,
+            request_model=model,
+            latency_ns=(day * 100 + hour) * 1_000_000,
+        )
+        for month in (10, 11)
+        for day in (1, 15)
+        for hour in (0, 9, 23)
+        for tenant, model in (("acme", "llama3.1:8b"), ("globex", "llama3.1:8b"), ("acme", "*"))
+    ]
+    ledger = Ledger(db_url)
+    ledger.record(spans)
+    utc = ZoneInfo("UTC")
+    october = parse_period("2026-10", tz=utc, now=datetime(2026, 12, 1, tzinfo=UTC))
+    before = perf_report(ledger, october, ["model"]).rows
+    assert [r["model"] for r in before] == ["*", "llama3.1:8b"]
+    prune(ledger, 20, now=datetime(2026, 11, 10, tzinfo=UTC))  # October's spans are gone
+    downgrade(ledger, "0011")
+    per_model = "SELECT count(*) FROM rollup_histograms WHERE department = '+'"
+    with ledger.read() as conn:
+        assert not conn.execute(text(per_model)).scalar()
+    ledger.engine.dispose()
+    ledger = Ledger(db_url)  # migrates to 0012, which sums and rebuilds
+    with ledger.read() as conn:
+        assert conn.execute(text(per_model + " AND grain = 0")).scalar()
+    assert perf_report(ledger, october, ["model"]).rows == before
+    # 15 November, 09:00 to 09:30 and on: quarter hours per model, no raw spans needed
+    open_edge = Window(
+        datetime(2026, 11, 15, 9, tzinfo=UTC), datetime(2026, 11, 15, 9, 30, tzinfo=UTC), ""
+    )
+    report = perf_report(ledger, open_edge, ["model"])
+    with raw_spans():
+        assert report.rows == perf_report(ledger, open_edge, ["model"]).rows
+    assert [r.requests for r in report.rows] == [1, 2]
+    # 15 October at 09:20: pruned before 0012, so said to be gone, as before
+    gone = Window(
+        datetime(2026, 10, 15, 9, tzinfo=UTC), datetime(2026, 10, 15, 9, 30, tzinfo=UTC), ""
+    )
+    assert perf_report(ledger, gone, ["model"]).warnings
+
+
 def test_upgrading_from_0007_keeps_every_span_without_a_gateway_queue_and_adds_limits(
     db_url: str,
 ) -> None:

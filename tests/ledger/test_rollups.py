@@ -41,7 +41,7 @@ from ollama_meter.ledger._cells import (
 from ollama_meter.ledger._meta import META
 from ollama_meter.ledger._plan import GROUP_COLUMNS
 from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS, RollupDelta
-from ollama_meter.ledger._timings import busy_union
+from ollama_meter.ledger._timings import aggregate_histograms, busy_union
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.meter import SpanRecord
@@ -215,6 +215,56 @@ def test_perf_report_from_rollups_is_the_raw_report(
         expected = perf_report(ledger, window, by, **options)  # type: ignore[arg-type]
     assert report.rows == expected.rows
     assert report.warnings == expected.warnings == []
+
+
+@settings(EXAMPLES, max_examples=50)
+@given(
+    content=ledger_contents(),
+    cells=st.sampled_from(ZONES),
+    data=st.data(),
+    offsets=st.none() | st.tuples(st.integers(0, 899_999_999), st.integers(0, 899_999_999)),
+    by=st.sampled_from([[], ["model"], ["model"], ["tenant"], ["model", "department"]]),
+    model=st.sampled_from([None, "llama3.1:8b", "qwen2.5:7b"]),
+    tenant=st.sampled_from([None, None, "acme"]),
+    buckets=st.lists(st.sampled_from(range(40 * 96)), max_size=3),
+)
+def test_histograms_of_any_window_from_rollups_are_the_raw_ones(
+    ledger: Ledger,
+    content: tuple[list[SpanRecord], list[list[SpanRecord]]],
+    cells: ZoneInfo,
+    data: st.DataObject,
+    offsets: tuple[int, int] | None,
+    by: list[str],
+    model: str | None,
+    tenant: str | None,
+    buckets: list[int],
+) -> None:
+    """Any window, its ends on a quarter hour or not (an open edge: "until now"), grouped
+    and filtered any way: per model or for everyone, quarter hours of rows over all
+    tenants and departments cover the edges; otherwise days and raw spans do."""
+    _fill(ledger, content[1], cells)
+    # Ends a few quarter hours to a few weeks either side of a call, so calls fall at the edges.
+    anchor = to_us(data.draw(st.sampled_from(content[0])).started_at) // (900 * 10**6)
+    around = st.sampled_from([*range(8), *range(8, 40 * 96, 37)])
+    first, last = offsets or (0, 0)
+    since = from_us((anchor - data.draw(around)) * 900 * 10**6 + first)
+    until = from_us((anchor + 1 + data.draw(around)) * 900 * 10**6 + last)
+    where = SpanFilter(since=since, until=until, model=model, tenant=tenant)
+    starts = sorted({since + timedelta(minutes=15 * b) for b in buckets} | {since})
+    with ledger.read() as conn:
+        result = aggregate_histograms(conn, where, by, starts if buckets else ())
+        expected = aggregate_histograms(conn, where, by, starts if buckets else (), raw=True)
+    assert _counted(result.groups) == _counted(expected.groups)
+    assert result.pruned_before is expected.pruned_before is None
+
+
+def _counted(groups: dict[Any, dict[Any, dict[int, int]]]) -> dict[Any, Any]:
+    """``groups`` without the metrics and groups no call was counted in (raw spans keep
+    a group whose calls have no timings; a report takes its groups from the sums)."""
+    kept = {
+        key: {m: bins for m, bins in metrics.items() if bins} for key, metrics in groups.items()
+    }
+    return {key: metrics for key, metrics in kept.items() if metrics}
 
 
 @EXAMPLES

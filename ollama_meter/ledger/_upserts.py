@@ -1,0 +1,166 @@
+"""The rollups' upserts, compiled once per dialect and driver, and run by position.
+
+A rollup write adds to what is stored (``x = min(x + excluded.x, MOST)``): several
+processes may write at once, and a sum stops at the largest 64-bit integer rather than
+fail. Statements are compiled to the driver's own SQL once and given rows as tuples.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Dialect,
+    Numeric,
+    Table,
+    bindparam,
+    cast,
+    func,
+    literal_column,
+    select,
+    update,
+)
+
+from ollama_meter.ledger._cells import BIN_COLUMNS, DIMENSIONS, HISTOGRAM_KEY, MEASURES
+from ollama_meter.ledger._types import driver_key
+from ollama_meter.ledger.models import (
+    ROLLUP_HISTOGRAMS,
+    RollupBusyCellRow,
+    RollupBusyRow,
+    RollupRow,
+)
+
+ROLLUPS: Table = RollupRow.__table__  # type: ignore[assignment]
+HISTOGRAMS: Table = ROLLUP_HISTOGRAMS
+BUSY: Table = RollupBusyRow.__table__  # type: ignore[assignment]
+BUSY_CELLS: Table = RollupBusyCellRow.__table__  # type: ignore[assignment]
+MOST = 2**63 - 1
+"""The most a rollup sum holds (a 64-bit integer column): a sum past it stays at it."""
+BUSY_READS = (2, 16, 250)
+"""Minutes of busy time read per query: a call touches one or two, an import hundreds
+(the largest stays well under SQLite's limit on parameters)."""
+
+
+# -- statements compiled once per dialect ------------------------------------------------
+
+
+def positional(statement: Any, dialect: Dialect, names: Sequence[str]) -> str:
+    """``statement`` as driver SQL taking its parameters by position, in the order of ``names``."""
+    compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    text = compiled.string
+    if compiled.positional:
+        assert tuple(compiled.positiontup) == tuple(names), "parameters out of order"
+        return str(text)
+    # pyformat (psycopg): %(name)s → %s, in the order given
+    order = []
+    for name in names:
+        marker = f"%({name})s"
+        assert text.count(marker) == 1
+        order.append((text.index(marker), name))
+    assert [n for _, n in sorted(order)] == list(names), "parameters out of order"
+    for name in names:
+        text = text.replace(f"%({name})s", "%s")
+    return str(text)
+
+
+class DriverSQL:
+    __slots__ = ("sql",)
+
+    def __init__(self, sql: str) -> None:
+        self.sql = sql
+
+
+def upsert(
+    dialect: Dialect,
+    table: Table,
+    keys: Sequence[str],
+    added: Sequence[str],
+    *,
+    initial: Sequence[str] = (),
+    zeros: Sequence[str] = (),
+) -> DriverSQL:
+    """Insert a row, or add ``added`` to the one there; ``initial`` is only inserted,
+    ``zeros`` are inserted as 0 (no parameter)."""
+    names = [*keys, *initial, *added]
+    # Imported by name when first compiled: a SQLite ledger never loads PostgreSQL's dialect.
+    which = "postgresql" if dialect.name == "postgresql" else "sqlite"
+    module: Any = importlib.import_module(f"sqlalchemy.dialects.{which}")
+    values: dict[str, Any] = {name: bindparam(name) for name in names}
+    values.update({name: literal_column("0") for name in zeros})
+    statement = module.insert(table).values(values)
+    most: Any = literal_column(str(MOST))
+    if which == "postgresql":  # in numeric, where the sum cannot overflow before LEAST
+        set_ = {
+            n: func.least(cast(table.c[n], Numeric) + statement.excluded[n], most) for n in added
+        }
+    else:  # SQLite turns an overflowing sum into a float, which MIN brings back
+        set_ = {n: func.min(table.c[n] + statement.excluded[n], most) for n in added}
+    statement = statement.on_conflict_do_update(index_elements=list(keys), set_=set_)
+    return DriverSQL(positional(statement, dialect, names))
+
+
+_HISTOGRAM_ROW_KEY = ["grain", "start", *HISTOGRAM_KEY, "metric", "decade"]
+
+
+class Statements:
+    def __init__(self, dialect: Dialect) -> None:
+        self.cube = upsert(dialect, ROLLUPS, ["grain", "start", *DIMENSIONS], MEASURES)
+        self.histogram = upsert(dialect, HISTOGRAMS, _HISTOGRAM_ROW_KEY, BIN_COLUMNS)
+        # per bin, the upsert of rows with that bin alone counted (SQLite), compiled when used
+        self.histogram_bin: dict[int, DriverSQL] | None = {}
+        if dialect.name == "postgresql":
+            self.histogram_bin = None
+        self.busy_presence = upsert(
+            dialect, BUSY, ["start", "host"], ["calls"], initial=["intervals", "busy_us"]
+        )
+        self.busy_cells = upsert(
+            dialect, BUSY_CELLS, ["grain", "start", "host"], ["busy_us", "calls"]
+        )
+        changed = (
+            update(BUSY)
+            .where(BUSY.c.start == bindparam("b_start"), BUSY.c.host == bindparam("b_host"))
+            .values(intervals=bindparam("b_intervals"), busy_us=bindparam("b_busy"))
+        )
+        self.busy_update = DriverSQL(
+            positional(changed, dialect, ["b_intervals", "b_busy", "b_start", "b_host"])
+        )
+        self.busy_select = {size: busy_select(dialect, size) for size in BUSY_READS}
+
+    def one_bin(self, dialect: Dialect, index: int) -> DriverSQL:
+        """The upsert adding to bin ``index`` alone (the other bins of a new row are 0)."""
+        assert self.histogram_bin is not None
+        statement = self.histogram_bin.get(index)
+        if statement is None:
+            counted = BIN_COLUMNS[index]
+            others = [name for name in BIN_COLUMNS if name != counted]
+            statement = upsert(dialect, HISTOGRAMS, _HISTOGRAM_ROW_KEY, [counted], zeros=others)
+            self.histogram_bin[index] = statement
+        return statement
+
+
+def busy_select(dialect: Dialect, size: int) -> DriverSQL:
+    """Stored busy rows of ``size`` minutes, in key order."""
+    names = [f"b_{i}" for i in range(size)]
+    stored = (
+        select(BUSY.c.start, BUSY.c.host, BUSY.c.intervals, BUSY.c.busy_us)
+        .where(BUSY.c.start.in_([bindparam(name) for name in names]))
+        .order_by(BUSY.c.start, BUSY.c.host)
+    )
+    if dialect.name == "postgresql":
+        # Lock the rows: a concurrent writer of the same minutes waits, then sees ours.
+        stored = stored.with_for_update()
+    return DriverSQL(positional(stored, dialect, names))
+
+
+_STATEMENTS: dict[tuple[str, str, str], Statements] = {}
+
+
+def statements_for(dialect: Dialect) -> Statements:
+    """The statements compiled for ``dialect``'s SQL, driver and parameter style, once."""
+    key = driver_key(dialect)
+    statements = _STATEMENTS.get(key)
+    if statements is None:
+        statements = _STATEMENTS[key] = Statements(dialect)
+    return statements
