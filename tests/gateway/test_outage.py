@@ -12,6 +12,7 @@ import pytest
 
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.pricing import PriceRule
 from ollama_meter.testing import OllamaEmulator
 from tests._pg import PgCluster
 from tests.gateway.conftest import Gateway
@@ -19,17 +20,24 @@ from tests.gateway.conftest import Gateway
 HI = [{"role": "user", "content": "hello from the crm bot"}]
 
 
-def test_an_outage_refuses_only_what_it_must_and_loses_no_span(
-    cluster: PgCluster, serve_on: Callable[..., Gateway], emulator: OllamaEmulator
-) -> None:
-    url = f"{cluster.url}/postgres"
+def _budgets_for_sales_and_legal(url: str, *rules: PriceRule) -> None:
+    """A hard monthly budget for acme/sales and acme/legal (a billion micro-units each)."""
     setup = Ledger(url)
+    for rule in rules:
+        setup.add_price_rule(rule)
     for department in ("sales", "legal"):
         setup.save_budget(
             Budget(tenant="acme", department=department, period="month", limit=10**9,
                    currency="USD")
         )  # fmt: skip
     setup.dispose()
+
+
+def test_an_outage_refuses_only_what_it_must_and_loses_no_span(
+    cluster: PgCluster, serve_on: Callable[..., Gateway], emulator: OllamaEmulator
+) -> None:
+    url = f"{cluster.url}/postgres"
+    _budgets_for_sales_and_legal(url)
     gw = serve_on(emulator.url, url)
 
     def chat(department: str) -> httpx.Response:
@@ -109,14 +117,7 @@ def test_a_frozen_ledger_slows_calls_by_a_bounded_wait_and_loses_none(
 
     monkeypatch.setenv("OMETER_LEDGER_WAIT", "1")
     url = f"{cluster.url}/postgres"
-    setup = Ledger(url)
-    setup.add_price_rule(token_prices())
-    for department in ("sales", "legal"):
-        setup.save_budget(
-            Budget(tenant="acme", department=department, period="month", limit=10**9,
-                   currency="USD")
-        )  # fmt: skip
-    setup.dispose()
+    _budgets_for_sales_and_legal(url, token_prices())
     gw = app_on(emulator.url, url)
 
     def chat(department: str) -> httpx.Response:
