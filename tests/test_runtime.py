@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -65,3 +68,22 @@ def test_drop_forgets_one_key_or_a_whole_kind() -> None:
     assert parts.drop("ledger") == ["ledger 1"]
     assert parts.shared("breaker", 1, lambda: "other") == "breaker"
     assert runtime() is runtime()
+
+
+def test_an_ometer_process_closes_its_ledger_before_it_exits(tmp_path: Path) -> None:
+    # The process wrapper skips the collector's last pass at exit: what it shares must be
+    # closed first, or SQLite's write-ahead log is left behind (PostgreSQL: a dropped session).
+    path = tmp_path / "ledger.db"
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{path}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ollama_meter", "log", "--limit", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ledger.db")) == [
+        "ledger.db"
+    ]
