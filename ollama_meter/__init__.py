@@ -11,99 +11,60 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ollama_meter._lazy import lazy_names
-from ollama_meter._version import __version__
+from ollama_meter._lazy import lazy_names, names_in
+from ollama_meter._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from ollama_meter._client import (
-        AsyncMeteredClient,
-        MeteredChatResponse,
-        MeteredClient,
-        MeteredEmbedResponse,
-        MeteredGenerateResponse,
-        MeterInfo,
+        AsyncMeteredClient as AsyncMeteredClient,
+        MeteredChatResponse as MeteredChatResponse,
+        MeteredClient as MeteredClient,
+        MeteredEmbedResponse as MeteredEmbedResponse,
+        MeteredGenerateResponse as MeteredGenerateResponse,
+        MeterInfo as MeterInfo,
     )
-    from ollama_meter._logging import configure_logging
-    from ollama_meter.config import Settings, load_settings
+    from ollama_meter._logging import configure_logging as configure_logging
+    from ollama_meter.config import Settings as Settings, load_settings as load_settings
     from ollama_meter.errors import (
-        BudgetError,
-        BudgetExceeded,
-        CircuitOpen,
-        ConfigError,
-        InvalidRequest,
-        LedgerError,
-        ModelNotFound,
-        OmeterError,
-        PricingError,
-        RateLimited,
-        StreamError,
-        UpstreamBadRequest,
-        UpstreamConnectionError,
-        UpstreamError,
-        UpstreamServerError,
-        UpstreamTimeout,
-        ValidationError,
+        BudgetError as BudgetError,
+        BudgetExceeded as BudgetExceeded,
+        CircuitOpen as CircuitOpen,
+        ConfigError as ConfigError,
+        InvalidRequest as InvalidRequest,
+        LedgerError as LedgerError,
+        ModelNotFound as ModelNotFound,
+        OmeterError as OmeterError,
+        PricingError as PricingError,
+        RateLimited as RateLimited,
+        StreamError as StreamError,
+        UpstreamBadRequest as UpstreamBadRequest,
+        UpstreamConnectionError as UpstreamConnectionError,
+        UpstreamError as UpstreamError,
+        UpstreamServerError as UpstreamServerError,
+        UpstreamTimeout as UpstreamTimeout,
+        ValidationError as ValidationError,
     )
-    from ollama_meter.meter import Attribution
-    from ollama_meter.records import SpanRecord
+    from ollama_meter.meter import Attribution as Attribution
+    from ollama_meter.records import SpanRecord as SpanRecord
 
-_ERRORS = (
-    "BudgetError", "BudgetExceeded", "CircuitOpen", "ConfigError", "InvalidRequest", "LedgerError",
-    "ModelNotFound", "OmeterError", "PricingError", "RateLimited", "StreamError",
-    "UpstreamBadRequest", "UpstreamConnectionError", "UpstreamError", "UpstreamServerError",
-    "UpstreamTimeout", "ValidationError",
-)  # fmt: skip
-_CLIENT = (
-    "AsyncMeteredClient", "MeteredChatResponse", "MeteredClient", "MeteredEmbedResponse",
-    "MeteredGenerateResponse", "MeterInfo",
-)  # fmt: skip
-_WHERE: dict[str, str] = {
-    **dict.fromkeys(_ERRORS, "ollama_meter.errors"),
-    **dict.fromkeys(_CLIENT, "ollama_meter._client"),
-    "configure_logging": "ollama_meter._logging",
-    "Settings": "ollama_meter.config",
-    "load_settings": "ollama_meter.config",
-    "Attribution": "ollama_meter.meter",
-    "SpanRecord": "ollama_meter.records",
+_NAMES = {
+    "ollama_meter._client": "AsyncMeteredClient MeteredChatResponse MeteredClient "
+    "MeteredEmbedResponse MeteredGenerateResponse MeterInfo",
+    "ollama_meter._logging": "configure_logging",
+    "ollama_meter.config": "Settings load_settings",
+    "ollama_meter.errors": "BudgetError BudgetExceeded CircuitOpen ConfigError InvalidRequest "
+    "LedgerError ModelNotFound OmeterError PricingError RateLimited StreamError "
+    "UpstreamBadRequest UpstreamConnectionError UpstreamError UpstreamServerError "
+    "UpstreamTimeout ValidationError",
+    "ollama_meter.meter": "Attribution",
+    "ollama_meter.records": "SpanRecord",
 }
-"""Public name → the module that defines it, imported when the name is first read."""
+"""Module → the public names it defines, each imported when the name is first read."""
 
-
+_WHERE = names_in(_NAMES)
 __getattr__ = lazy_names(globals(), _WHERE)
+__all__ = ["__version__", *_WHERE]  # noqa: PLE0604 (mypy reads the `as` imports above)
 
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
-
-
-__all__ = [
-    "AsyncMeteredClient",
-    "Attribution",
-    "BudgetError",
-    "BudgetExceeded",
-    "CircuitOpen",
-    "ConfigError",
-    "InvalidRequest",
-    "LedgerError",
-    "MeterInfo",
-    "MeteredChatResponse",
-    "MeteredClient",
-    "MeteredEmbedResponse",
-    "MeteredGenerateResponse",
-    "ModelNotFound",
-    "OmeterError",
-    "PricingError",
-    "RateLimited",
-    "Settings",
-    "SpanRecord",
-    "StreamError",
-    "UpstreamBadRequest",
-    "UpstreamConnectionError",
-    "UpstreamError",
-    "UpstreamServerError",
-    "UpstreamTimeout",
-    "ValidationError",
-    "__version__",
-    "configure_logging",
-    "load_settings",
-]

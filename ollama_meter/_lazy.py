@@ -2,7 +2,8 @@
 
 A package lists which module defines each such name and sets
 ``__getattr__ = lazy_names(globals(), {...})``; the names still appear, typed, under
-``TYPE_CHECKING`` for readers and mypy. Imports nothing of ours.
+``TYPE_CHECKING`` as ``name as name``: an explicit re-export for readers and mypy, so no
+``__all__`` has to list them a third time. Imports nothing of ours.
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ from typing import Any
 
 import ollama
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import ollama_meter
 from ollama_meter import (

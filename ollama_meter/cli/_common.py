@@ -375,12 +375,12 @@ def progress_bar(
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
+        Progress as Bar,
         ProgressColumn,
         TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
-    from rich.progress import Progress as Bar
 
     count: ProgressColumn = MofNCompleteColumn()
     if rate:

@@ -18,8 +18,13 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
-from pydantic import ValidationError as PydanticError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    ValidationError as PydanticError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 

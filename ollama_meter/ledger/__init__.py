@@ -13,27 +13,48 @@ from typing import TYPE_CHECKING
 from ollama_meter._lazy import lazy_names, names_in
 
 if TYPE_CHECKING:
-    from ollama_meter.ledger._aggregate import FailureCount, SpendSums
-    from ollama_meter.ledger._cells import COLD_LOAD_NS, Metric
-    from ollama_meter.ledger._deadline import bulk, unbounded
+    from ollama_meter.ledger._aggregate import FailureCount as FailureCount, SpendSums as SpendSums
+    from ollama_meter.ledger._cells import COLD_LOAD_NS as COLD_LOAD_NS, Metric as Metric
+    from ollama_meter.ledger._deadline import bulk as bulk, unbounded as unbounded
     from ollama_meter.ledger._jsonl import (
-        ImportSummary,
-        export_lines,
-        import_lines,
-        iso_utc,
-        span_to_dict,
+        ImportSummary as ImportSummary,
+        export_lines as export_lines,
+        import_lines as import_lines,
+        iso_utc as iso_utc,
+        span_to_dict as span_to_dict,
     )
-    from ollama_meter.ledger._keys import KEY_PREFIX, ApiKey
-    from ollama_meter.ledger._ledger import Ledger, close_ledger, close_ledgers, open_ledger
-    from ollama_meter.ledger._line import MAX_LINE_BYTES, span_from_line
-    from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, upgrade
-    from ollama_meter.ledger._plan import raw_spans
-    from ollama_meter.ledger._rebuild import rebuild
-    from ollama_meter.ledger._spans import SpanFilter, page_after, update_costs
-    from ollama_meter.ledger._timings import HistogramResult
-    from ollama_meter.ledger._types import from_us, to_us
-    from ollama_meter.ledger._upkeep import PruneResult, backup, pg_dump_command, prune
-    from ollama_meter.records import GROUPS
+    from ollama_meter.ledger._keys import KEY_PREFIX as KEY_PREFIX, ApiKey as ApiKey
+    from ollama_meter.ledger._ledger import (
+        Ledger as Ledger,
+        close_ledger as close_ledger,
+        close_ledgers as close_ledgers,
+        open_ledger as open_ledger,
+    )
+    from ollama_meter.ledger._line import (
+        MAX_LINE_BYTES as MAX_LINE_BYTES,
+        span_from_line as span_from_line,
+    )
+    from ollama_meter.ledger._migrate import (
+        HEAD_REVISION as HEAD_REVISION,
+        current_revision as current_revision,
+        upgrade as upgrade,
+    )
+    from ollama_meter.ledger._plan import raw_spans as raw_spans
+    from ollama_meter.ledger._rebuild import rebuild as rebuild
+    from ollama_meter.ledger._spans import (
+        SpanFilter as SpanFilter,
+        page_after as page_after,
+        update_costs as update_costs,
+    )
+    from ollama_meter.ledger._timings import HistogramResult as HistogramResult
+    from ollama_meter.ledger._types import from_us as from_us, to_us as to_us
+    from ollama_meter.ledger._upkeep import (
+        PruneResult as PruneResult,
+        backup as backup,
+        pg_dump_command as pg_dump_command,
+        prune as prune,
+    )
+    from ollama_meter.records import GROUPS as GROUPS
 
 _NAMES = {
     "._aggregate": "FailureCount SpendSums",
@@ -56,41 +77,3 @@ _NAMES = {
 export format (msgspec) or upkeep load only for the commands that use them."""
 
 __getattr__ = lazy_names(globals(), names_in(_NAMES))
-
-__all__ = [
-    "COLD_LOAD_NS",
-    "GROUPS",
-    "HEAD_REVISION",
-    "KEY_PREFIX",
-    "MAX_LINE_BYTES",
-    "ApiKey",
-    "FailureCount",
-    "HistogramResult",
-    "ImportSummary",
-    "Ledger",
-    "Metric",
-    "PruneResult",
-    "SpanFilter",
-    "SpendSums",
-    "backup",
-    "bulk",
-    "close_ledger",
-    "close_ledgers",
-    "current_revision",
-    "export_lines",
-    "from_us",
-    "import_lines",
-    "iso_utc",
-    "open_ledger",
-    "page_after",
-    "pg_dump_command",
-    "prune",
-    "raw_spans",
-    "rebuild",
-    "span_from_line",
-    "span_to_dict",
-    "to_us",
-    "unbounded",
-    "update_costs",
-    "upgrade",
-]

@@ -24,8 +24,8 @@ from sqlalchemy.exc import (
     IntegrityError,
     OperationalError,
     StatementError,
+    TimeoutError as PoolTimeout,
 )
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._engine import (

@@ -40,8 +40,14 @@ from ollama_meter.ledger._plan import (
     rollup_filters,
     signed_sums,
 )
-from ollama_meter.ledger._rollup import BUSY as BUSY_TABLE
-from ollama_meter.ledger._rollup import BUSY_CELLS, BUSY_GRAINS, EACH_MODEL, EVERYONE, HISTOGRAMS
+from ollama_meter.ledger._rollup import (
+    BUSY as BUSY_TABLE,
+    BUSY_CELLS,
+    BUSY_GRAINS,
+    EACH_MODEL,
+    EVERYONE,
+    HISTOGRAMS,
+)
 from ollama_meter.ledger._spans import SpanFilter, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow

@@ -23,28 +23,33 @@ from typing import TYPE_CHECKING
 from ollama_meter._lazy import lazy_names, names_in
 
 if TYPE_CHECKING:
-    from ollama_meter.meter._attribution import Attribution
-    from ollama_meter.meter._call import MeteredCall
-    from ollama_meter.meter._meter import Meter, SpanObserver, Transport, utc_now
-    from ollama_meter.meter._prices import PriceSource
-    from ollama_meter.meter._reprice import RepriceSummary, reprice
-    from ollama_meter.meter._request import Opening
-    from ollama_meter.meter._run import Run
-    from ollama_meter.meter._usage import estimate_tokens, usage_of
-    from ollama_meter.meter._wiring import (
-        budget_gate,
-        build_meter,
-        ledger_for,
-        sync_env_budgets,
-        sync_pricing_file,
+    from ollama_meter.meter._attribution import Attribution as Attribution
+    from ollama_meter.meter._call import MeteredCall as MeteredCall
+    from ollama_meter.meter._meter import (
+        Meter as Meter,
+        SpanObserver as SpanObserver,
+        Transport as Transport,
+        utc_now as utc_now,
     )
-    from ollama_meter.meter._writer import GroupCommitWriter
+    from ollama_meter.meter._prices import PriceSource as PriceSource
+    from ollama_meter.meter._reprice import RepriceSummary as RepriceSummary, reprice as reprice
+    from ollama_meter.meter._request import Opening as Opening
+    from ollama_meter.meter._run import Run as Run
+    from ollama_meter.meter._usage import estimate_tokens as estimate_tokens, usage_of as usage_of
+    from ollama_meter.meter._wiring import (
+        budget_gate as budget_gate,
+        build_meter as build_meter,
+        ledger_for as ledger_for,
+        sync_env_budgets as sync_env_budgets,
+        sync_pricing_file as sync_pricing_file,
+    )
+    from ollama_meter.meter._writer import GroupCommitWriter as GroupCommitWriter
     from ollama_meter.records import (
-        Source,
-        SpanRecord,
-        Status,
-        Stored,
-        new_span_row_id,
+        Source as Source,
+        SpanRecord as SpanRecord,
+        Status as Status,
+        Stored as Stored,
+        new_span_row_id as new_span_row_id,
     )
 
 _NAMES = {
@@ -64,30 +69,3 @@ _NAMES = {
 only opens the configured ledger (``ledger_for``) does not load the metering sequence."""
 
 __getattr__ = lazy_names(globals(), names_in(_NAMES))
-
-__all__ = [
-    "Attribution",
-    "GroupCommitWriter",
-    "Meter",
-    "MeteredCall",
-    "Opening",
-    "PriceSource",
-    "RepriceSummary",
-    "Run",
-    "Source",
-    "SpanObserver",
-    "SpanRecord",
-    "Status",
-    "Stored",
-    "Transport",
-    "budget_gate",
-    "build_meter",
-    "estimate_tokens",
-    "ledger_for",
-    "new_span_row_id",
-    "reprice",
-    "sync_env_budgets",
-    "sync_pricing_file",
-    "usage_of",
-    "utc_now",
-]

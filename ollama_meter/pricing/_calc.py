@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from ollama_meter.records import MICROS, Cost, PriceRule, Usage
-from ollama_meter.records import round_half_even as _round
+from ollama_meter.records import MICROS, Cost, PriceRule, Usage, round_half_even as _round
 
 _NS_PER_HOUR = 3_600_000_000_000
 _WATTS_PER_KW = 1000

@@ -11,58 +11,72 @@ from typing import TYPE_CHECKING
 from ollama_meter._lazy import lazy_names, names_in
 
 if TYPE_CHECKING:
-    from ollama_meter.ledger import COLD_LOAD_NS
+    from ollama_meter.ledger import COLD_LOAD_NS as COLD_LOAD_NS
     from ollama_meter.periods import (
-        PERIOD_HELP,
-        TIME_UNITS,
-        Window,
-        bucket_bounds,
-        local_midnight,
-        parse_day,
-        parse_period,
-        window_between,
+        PERIOD_HELP as PERIOD_HELP,
+        TIME_UNITS as TIME_UNITS,
+        Window as Window,
+        bucket_bounds as bucket_bounds,
+        local_midnight as local_midnight,
+        parse_day as parse_day,
+        parse_period as parse_period,
+        window_between as window_between,
     )
-    from ollama_meter.reports._allocation import allocate, union_length
-    from ollama_meter.reports._chargeback import Chargeback, chargeback
+    from ollama_meter.reports._allocation import allocate as allocate, union_length as union_length
+    from ollama_meter.reports._chargeback import Chargeback as Chargeback, chargeback as chargeback
     from ollama_meter.reports._choices import (
-        BY_CHOICES,
-        IDLE,
-        IDLE_MODES,
-        PERF_BY_CHOICES,
-        PERF_DEFAULT_BY,
-        IdleMode,
+        BY_CHOICES as BY_CHOICES,
+        IDLE as IDLE,
+        IDLE_MODES as IDLE_MODES,
+        PERF_BY_CHOICES as PERF_BY_CHOICES,
+        PERF_DEFAULT_BY as PERF_DEFAULT_BY,
+        IdleMode as IdleMode,
     )
     from ollama_meter.reports._dashboard import (
-        PERIOD_CHOICES,
-        Dashboard,
-        DashQuery,
-        dashboard_report,
-        failures_report,
+        PERIOD_CHOICES as PERIOD_CHOICES,
+        Dashboard as Dashboard,
+        DashQuery as DashQuery,
+        dashboard_report as dashboard_report,
+        failures_report as failures_report,
     )
-    from ollama_meter.reports._dashboard_page import Links, render_dashboard
+    from ollama_meter.reports._dashboard_page import (
+        Links as Links,
+        render_dashboard as render_dashboard,
+    )
     from ollama_meter.reports._html import (
-        content_security_policy,
-        render_chargeback_html,
-        render_error_page,
-        render_spend_html,
+        content_security_policy as content_security_policy,
+        render_chargeback_html as render_chargeback_html,
+        render_error_page as render_error_page,
+        render_spend_html as render_spend_html,
     )
     from ollama_meter.reports._perf import (
-        PERF_METRICS,
-        PerfReport,
-        histogram_percentile,
-        parse_perf_by,
-        percentile,
-        perf_report,
+        PERF_METRICS as PERF_METRICS,
+        PerfReport as PerfReport,
+        histogram_percentile as histogram_percentile,
+        parse_perf_by as parse_perf_by,
+        percentile as percentile,
+        perf_report as perf_report,
     )
-    from ollama_meter.reports._render import iso_utc, safe_cell, span_to_dict, to_csv, to_json
+    from ollama_meter.reports._render import (
+        iso_utc as iso_utc,
+        safe_cell as safe_cell,
+        span_to_dict as span_to_dict,
+        to_csv as to_csv,
+        to_json as to_json,
+    )
     from ollama_meter.reports._rows import (
-        CHARGEBACK_COLUMNS,
-        ChargebackRow,
-        PerfRow,
-        Row,
-        SpendRow,
+        CHARGEBACK_COLUMNS as CHARGEBACK_COLUMNS,
+        ChargebackRow as ChargebackRow,
+        PerfRow as PerfRow,
+        Row as Row,
+        SpendRow as SpendRow,
     )
-    from ollama_meter.reports._spend import SpendReport, gpu_seconds, parse_by, spend_report
+    from ollama_meter.reports._spend import (
+        SpendReport as SpendReport,
+        gpu_seconds as gpu_seconds,
+        parse_by as parse_by,
+        spend_report as spend_report,
+    )
 
 _NAMES = {
     "ollama_meter.ledger": "COLD_LOAD_NS",
@@ -82,57 +96,3 @@ _NAMES = {
 """Module → the public names it defines, each imported when first read."""
 
 __getattr__ = lazy_names(globals(), names_in(_NAMES))
-
-
-__all__ = [
-    "BY_CHOICES",
-    "CHARGEBACK_COLUMNS",
-    "COLD_LOAD_NS",
-    "IDLE",
-    "IDLE_MODES",
-    "PERF_BY_CHOICES",
-    "PERF_DEFAULT_BY",
-    "PERF_METRICS",
-    "PERIOD_CHOICES",
-    "PERIOD_HELP",
-    "TIME_UNITS",
-    "Chargeback",
-    "ChargebackRow",
-    "DashQuery",
-    "Dashboard",
-    "IdleMode",
-    "Links",
-    "PerfReport",
-    "PerfRow",
-    "Row",
-    "SpendReport",
-    "SpendRow",
-    "Window",
-    "allocate",
-    "bucket_bounds",
-    "chargeback",
-    "content_security_policy",
-    "dashboard_report",
-    "failures_report",
-    "gpu_seconds",
-    "histogram_percentile",
-    "iso_utc",
-    "local_midnight",
-    "parse_by",
-    "parse_day",
-    "parse_perf_by",
-    "parse_period",
-    "percentile",
-    "perf_report",
-    "render_chargeback_html",
-    "render_dashboard",
-    "render_error_page",
-    "render_spend_html",
-    "safe_cell",
-    "span_to_dict",
-    "spend_report",
-    "to_csv",
-    "to_json",
-    "union_length",
-    "window_between",
-]

@@ -25,8 +25,7 @@ import jinja2
 
 from ollama_meter.periods import TIME_UNITS, bucket_bounds
 from ollama_meter.records import Micros, format_micros
-from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS
-from ollama_meter.reports._chargeback import Chargeback
+from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS, Chargeback
 from ollama_meter.reports._charts import (
     WIDE,
     Bar,

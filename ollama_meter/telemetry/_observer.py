@@ -17,8 +17,7 @@ from urllib.parse import urlsplit
 from opentelemetry.metrics import Meter as OtelMeter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from ollama_meter.records import SpanRecord, format_micros, storable_text
-from ollama_meter.records import Status as SpanStatus
+from ollama_meter.records import SpanRecord, Status as SpanStatus, format_micros, storable_text
 from ollama_meter.telemetry import _semconv as sc
 
 MAX_EXPORTED_TEXT = 16_384

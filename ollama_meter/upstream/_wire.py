@@ -16,8 +16,7 @@ upstream sends is untrusted, and a field of the wrong type counts as absent.
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
-from typing import Final as Constant
+from typing import Any, Final as Constant, Protocol
 
 from ollama_meter.upstream._classify import Failure, reported_error, transport_error
 from ollama_meter.upstream._vocabulary import Delta, Event, Final

@@ -10,8 +10,7 @@ from typing import Any
 import httpx
 import ollama
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from ollama_meter.ledger import SpanFilter

@@ -20,8 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.config import load_settings
 from ollama_meter.ledger import Ledger, SpanFilter

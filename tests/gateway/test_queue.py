@@ -8,8 +8,7 @@ import tracemalloc
 from collections.abc import Callable, Sequence
 
 import pytest
-from hypothesis import settings
-from hypothesis import strategies as st
+from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ollama_meter.gateway._queue import BUSY_MESSAGE, Busy, Capacity, FairQueue, Grant, Place

@@ -14,8 +14,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import ERROR_500, ERROR_MIDSTREAM, Fault, OllamaEmulator

@@ -21,8 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.budgets import Budget
 from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES

@@ -9,8 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.meter import GroupCommitWriter, Stored

@@ -12,13 +12,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 from sqlalchemy import delete
 
 from ollama_meter.budgets import Budget, budget_status
-from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.ledger import _budgets as store
+from ollama_meter.ledger import Ledger, SpanFilter, _budgets as store
 from ollama_meter.ledger._aggregate import (
     CUBE_GRAINS,
     aggregate_failures,

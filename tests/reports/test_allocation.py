@@ -6,8 +6,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from ollama_meter.reports import allocate, union_length
 from ollama_meter.reports._chargeback import _fixed_shares

@@ -8,8 +8,7 @@ import re
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from ollama_meter.ledger import Ledger
 from ollama_meter.reports import to_csv

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -22,8 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from ollama_meter import MeteredClient, load_settings
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.records import make_storable, storable_text
-from ollama_meter.telemetry import _semconv as sc
-from ollama_meter.telemetry import telemetry_for
+from ollama_meter.telemetry import _semconv as sc, telemetry_for
 from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, TelemetryObserver, _messages
 from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.testing import OllamaEmulator, unreachable_url

@@ -7,8 +7,7 @@ import contextlib
 import socket
 import threading
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from ollama_meter.errors import StreamError, UpstreamError, UpstreamTimeout
 from ollama_meter.upstream import CircuitBreaker, PooledUpstream, Refusal

@@ -16,8 +16,7 @@ from typing import Any
 
 import ollama
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from ollama_meter.errors import (
     ModelNotFound,
