@@ -78,8 +78,8 @@ def test_walkthrough_runs_as_written(emulator: OllamaEmulator, tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr
     # The README shows real output: the deterministic parts must match it exactly.
-    shown_csv = console.split("$ cat nov.csv\n", 1)[1].strip()
-    assert (tmp_path / "nov.csv").read_text().strip() == shown_csv
+    shown_csv = console.split("$ cat month.csv\n", 1)[1].strip()
+    assert (tmp_path / "month.csv").read_text().strip() == shown_csv
     assert '"input_tokens": 6, "output_tokens": 12' in done.stdout
     assert '"cost": "0.030000"' in done.stdout
     assert "3 in / 39 out tokens · 0.081000 USD" in done.stderr

@@ -35,7 +35,7 @@ def _ometer(args: list[str], env: dict[str, str], **streams: object) -> subproce
     return subprocess.Popen([sys.executable, "-c", code, *args], env=env, **streams)  # type: ignore[call-overload,no-any-return]
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="needs the /dev/full device")
 @pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
 def test_a_full_disk_is_one_line_and_exit_1(args: list[str], env: dict[str, str]) -> None:
     with open("/dev/full", "wb") as full:

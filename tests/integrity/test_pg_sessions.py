@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -110,8 +111,29 @@ def test_a_role_the_server_limits_is_told_what_to_change(
         conn.execute(text(f"ALTER ROLE {make_url(hostile_pg).username} {setting}"))
     admin.dispose()
     monkeypatch.setenv("OMETER_DB_URL", hostile_pg)
-    result = cli("report", "--period", "2026-11")
-    assert result.code == 1 and says in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    with pytest.raises(LedgerError, match="connection limit|statement_timeout"):
-        Ledger(hostile_pg)
+    with _tables_held(pg_server, hostile_pg):  # a statement waits: 1 ms is over on any machine
+        result = cli("report", "--period", "2026-11")
+        assert result.code == 1 and says in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        with pytest.raises(LedgerError, match="connection limit|statement_timeout"):
+            Ledger(hostile_pg)
+
+
+@contextmanager
+def _tables_held(server: str, url: str) -> Iterator[None]:
+    """Every table of the ledger's database locked by another session until the block ends
+    (as a long migration or ``VACUUM FULL`` would), so the ledger's first statement waits."""
+    holder = create_engine(f"{server}/{make_url(url).database}")
+    with holder.connect() as conn:
+        names = conn.execute(
+            text(
+                "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables "
+                "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+            )
+        ).scalars()
+        conn.execute(text(f"LOCK TABLE {', '.join(names)} IN ACCESS EXCLUSIVE MODE"))
+        try:
+            yield
+        finally:
+            conn.rollback()
+    holder.dispose()
