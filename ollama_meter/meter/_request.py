@@ -184,8 +184,8 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     if kind == "chat":
         texts, messages, images, extra = _messages(body.get("messages"))
         extra += _json_bytes(body.get("tools"))
-    elif embedding:
-        texts, given = _inputs(body.get("input", body.get("prompt")))
+    elif embedding:  # the field Ollama embeds: a legacy /api/embeddings reads only its prompt
+        texts, given = _inputs(body.get("prompt" if operation == "embeddings" else "input"))
     else:  # generate, completions
         prompt = body.get("prompt")
         if openai and isinstance(prompt, list):

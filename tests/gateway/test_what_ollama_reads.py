@@ -592,3 +592,41 @@ def test_a_caller_that_leaves_while_a_whole_answer_arrives_stops_ollama(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/embeddings", {"prompt": BIG}),
+        # Ollama's /api/embeddings reads only its prompt: an input beside it is no prompt.
+        ("/api/embeddings", {"prompt": BIG, "input": None}),
+        ("/api/embeddings", {"prompt": BIG, "input": ""}),
+        ("/api/embeddings", {"prompt": BIG, "input": []}),
+        ("/api/embed", {"input": BIG}),
+        ("/api/embed", {"input": [BIG], "prompt": ""}),
+        ("/v1/embeddings", {"input": BIG, "prompt": ""}),
+    ],
+)
+def test_an_embedding_is_bounded_by_the_field_ollama_embeds(
+    budgeted_10: Gateway, emulator: OllamaEmulator, path: str, body: dict[str, Any]
+) -> None:
+    """A hard budget bounds an embedding by the text Ollama embeds, whatever else the body
+    carries: a prompt of 100 kB cannot pass as an empty input."""
+    gw = budgeted_10
+    before = len(emulator.requests)
+    reply = gw.client.post(path, json={"model": "nomic-embed-text", **body}, headers=SALES)
+    assert reply.status_code == 429, reply.text[:200]
+    assert len(emulator.requests) == before
+
+
+@pytest.fixture
+def budgeted_10(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> Gateway:
+    """An in-process gateway where acme/sales has a hard budget of 10 USD (10,000 prompt tokens)."""
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10_000_000, currency="USD")
+    )
+    return gw
