@@ -630,3 +630,46 @@ def budgeted_10(
         Budget(tenant="acme", department="sales", period="day", limit=10_000_000, currency="USD")
     )
     return gw
+
+
+TOOL_CALL = {"function": {"name": "look", "arguments": {}}}
+UNSEEN_PIECES = [
+    ("/api/chat", {"message": {"role": "assistant", "content": "", "thinking": "hmm"}}),
+    ("/api/chat", {"message": {"role": "assistant", "content": "", "tool_calls": [TOOL_CALL]}}),
+    ("/api/generate", {"response": "", "thinking": "hmm"}),
+    ("/v1/chat/completions", {"choices": [{"index": 0, "delta": {"reasoning": "hmm"}}]}),
+    (
+        "/v1/chat/completions",
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **TOOL_CALL}]}}]},
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "piece"), UNSEEN_PIECES)
+def test_a_stream_past_the_cap_in_thinking_or_tool_calls_is_cut_there_too(
+    scripted: tuple[Gateway, Any], path: str, piece: dict[str, Any]
+) -> None:
+    """Thinking and tool calls are reply tokens too: a server that ignores the cap and
+    streams them without reply text is cut at the cap like one that streams text."""
+    gw, server = scripted
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
+    )
+    cap = 3
+    if path.startswith("/v1/"):
+        items = [_event({"model": "m", **piece}) for _ in range(10)]
+        items += [_event(SSE_USAGE), _event("[DONE]")]
+        server.answer = (200, {"content-type": "text/event-stream"}, "".join(items).encode())
+        body = {"model": "m", "messages": HI, "stream": True, "max_tokens": cap}
+    else:
+        final = {"model": "m", "done": True, "prompt_eval_count": 7, "eval_count": 10}
+        lines = [json.dumps({"model": "m", "done": False, **piece})] * 10 + [json.dumps(final)]
+        server.answer = (200, {"content-type": "application/x-ndjson"}, "\n".join(lines).encode())
+        body = {"model": "m", "stream": True, "options": {"num_predict": cap}, **GENERATING[path]}
+    reply = gw.client.post(path, json=body, headers=SALES)
+    *items, last = streamed_items(reply.text, path)
+    assert len(items) == cap, reply.text
+    assert "streamed more than the" in json.dumps(last["error"])
+    span = last_span(gw)
+    assert (span.status, span.error_type, span.output_tokens) == ("error", "over_cap", cap + 1)
