@@ -93,12 +93,35 @@ def _bytes(text: str) -> int:
 
 
 def _json_bytes(value: object) -> int:
+    """UTF-8 bytes of ``value`` as JSON (``json.dumps(ensure_ascii=False)``'s length), at any depth.
+
+    Measured by walking it, not by encoding it: a value nested deeper than the encoder's
+    recursion allows still counts every byte (counting nothing would admit it as empty).
+    """
     if value is None:
         return 0
+    size = 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Mapping):
+            size += 2 + 4 * len(item) - (2 if item else 0)  # {}, ": " and ", "
+            for key, member in item.items():
+                size += _scalar_bytes(key if isinstance(key, str) else str(key))
+                pending.append(member)
+        elif isinstance(item, list | tuple):
+            size += 2 + 2 * len(item) - (2 if item else 0)  # [] and ", "
+            pending.extend(item)
+        else:
+            size += _scalar_bytes(item)
+    return size
+
+
+def _scalar_bytes(value: object) -> int:
     try:
         return _bytes(json.dumps(value, ensure_ascii=False, default=str))
-    except (TypeError, ValueError, RecursionError):
-        return 0
+    except (TypeError, ValueError, RecursionError):  # an object whose str() fails: its repr
+        return _bytes(object.__repr__(value))
 
 
 def _content_parts(content: object) -> tuple[list[str], int]:

@@ -673,3 +673,35 @@ def test_a_stream_past_the_cap_in_thinking_or_tool_calls_is_cut_there_too(
     assert "streamed more than the" in json.dumps(last["error"])
     span = last_span(gw)
     assert (span.status, span.error_type, span.output_tokens) == ("error", "over_cap", cap + 1)
+
+
+def nested(value: str, depth: int) -> str:
+    """``value`` (JSON text) inside ``depth`` lists."""
+    return "[" * depth + value + "]" * depth
+
+
+@pytest.mark.parametrize(
+    ("path", "where"),
+    [
+        ("/api/chat", '"tools": [{"function": %s}]'),
+        ("/v1/chat/completions", '"tools": [{"function": %s}]'),
+        ("/api/chat", '"messages": [{"role": "assistant", "content": "", "tool_calls": [%s]}]'),
+    ],
+)
+def test_a_deeply_nested_text_counts_toward_the_bound_at_any_depth(
+    budgeted_10: Gateway, emulator: OllamaEmulator, path: str, where: str
+) -> None:
+    """100 kB in a request's tools is 100 kB at any depth: one nested just short of what the
+    gateway parses was measured as nothing (the measuring ran out of stack), so admitted."""
+    gw = budgeted_10
+    before = len(emulator.requests)
+    big = json.dumps(BIG)
+    for depth in range(880, 1000):
+        raw = '{"model": "llama3.1:8b", "stream": false, ' + where % nested(big, depth) + "}"
+        if '"messages"' not in raw:
+            raw = raw.replace('"stream"', f'"messages": {json.dumps(HI)}, "stream"')
+        reply = gw.client.post(
+            path, content=raw, headers={**SALES, "content-type": "application/json"}
+        )
+        assert reply.status_code in (400, 429), (depth, reply.text[:200])
+    assert len(emulator.requests) == before
