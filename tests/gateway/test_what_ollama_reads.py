@@ -705,3 +705,29 @@ def test_a_deeply_nested_text_counts_toward_the_bound_at_any_depth(
         )
         assert reply.status_code in (400, 429), (depth, reply.text[:200])
     assert len(emulator.requests) == before
+
+
+@pytest.mark.parametrize(
+    "alias",
+    ["library/llama3.1:8b", "registry.ollama.ai/library/llama3.1:8b", "Library/LLAMA3.1:8b"],
+)
+def test_a_model_spelled_as_ollama_also_reads_it_is_priced_and_bounded_alike(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str, alias: str
+) -> None:
+    """Ollama reads ``library/llama3.1:8b`` and ``registry.ollama.ai/library/llama3.1:8b`` as
+    ``llama3.1:8b``: a rule for ``llama3.1:*`` prices them, so a hard budget bounds them (they
+    were unpriced, so free: a 100 kB prompt passed a 10 USD budget)."""
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices("llama3.1:*"))
+    gw.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10_000_000, currency="USD")
+    )
+    before = len(emulator.requests)
+    big = {"model": alias, "prompt": BIG, "stream": False}
+    assert gw.client.post("/api/generate", json=big, headers=SALES).status_code == 429
+    assert len(emulator.requests) == before
+    small = {"model": alias, "prompt": "hello", "stream": False}
+    reply = gw.client.post("/api/generate", json=small, headers=SALES)
+    assert reply.status_code == 200, reply.text[:200]
+    span = last_span(gw)
+    assert span.cost_total > 0 and not span.unpriced_usage
