@@ -731,3 +731,24 @@ def test_a_model_spelled_as_ollama_also_reads_it_is_priced_and_bounded_alike(
     assert reply.status_code == 200, reply.text[:200]
     span = last_span(gw)
     assert span.cost_total > 0 and not span.unpriced_usage
+
+
+@pytest.mark.parametrize("cap", [10**30, 10**400, 2**63 - 1], ids=["1e30", "1e400", "2^63-1"])
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+def test_a_reply_cap_past_any_budget_is_refused_with_what_it_may_cost(
+    budgeted: Gateway, emulator: OllamaEmulator, path: str, cap: int
+) -> None:
+    """A cap of 10^30 tokens may cost 10^27 USD: the refusal says so. Writing that amount
+    out ran past Decimal's 28 digits, so the caller got a 500 and no span was written."""
+    body: dict[str, Any] = {"model": "llama3.1:8b", "stream": False, "messages": HI}
+    if path.startswith("/v1/"):
+        body["max_tokens"] = cap
+    else:
+        body["options"] = {"num_predict": cap}
+    before, spans = len(emulator.requests), budgeted.ledger.count()
+    reply = budgeted.client.post(path, json=body, headers=SALES)
+    assert reply.status_code == 429, reply.text[:300]
+    assert "this call may cost up to" in error_text(reply, path)
+    assert len(emulator.requests) == before
+    assert budgeted.ledger.count() == spans + 1
+    assert last_span(budgeted).status == "rejected"
