@@ -46,7 +46,8 @@ class EmulatedModel:
     ``eval_ns_per_token`` scale ``prompt_eval_duration`` and ``eval_duration``.
     ``reply_tokens`` fixes the reply length (else it derives from the prompt).
     ``template_tokens`` is what the model's template adds to every prompt (a Modelfile
-    ``SYSTEM`` of its own): counted in ``prompt_eval_count``, sent by no request.
+    ``SYSTEM`` of its own; an embedding model's special tokens, to each input): counted in
+    ``prompt_eval_count``, sent by no request.
     Embedding models refuse chat and generate, as Ollama does.
     """
 

@@ -10,6 +10,7 @@ the call charged as ``ok`` on estimates or not at all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -26,7 +27,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ollama_meter.budgets import Budget
 from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.testing import Fault, OllamaEmulator
+from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
@@ -753,3 +754,31 @@ def test_a_reply_cap_past_any_budget_is_refused_with_what_it_may_cost(
     assert len(emulator.requests) == before
     assert budgeted.ledger.count() == spans + 1
     assert last_span(budgeted).status == "rejected"
+
+
+@pytest.mark.parametrize(
+    ("path", "inputs"),
+    [
+        ("/api/embed", ["a"] * 3_000),
+        ("/api/embed", [""] * 3_000),
+        ("/v1/embeddings", ["a"] * 3_000),
+        ("/v1/embeddings", [[1]] * 3_000),
+    ],
+)
+def test_each_embedding_input_counts_its_own_special_tokens_toward_the_bound(
+    app_on: Callable[..., Gateway], sqlite_url: str, path: str, inputs: list[Any]
+) -> None:
+    """Each input of an embedding is tokenized on its own, with the model's special tokens
+    (BERT's [CLS] and [SEP]): 3,000 one-byte inputs count 9,000 tokens, not 3,032. Bounded
+    by bytes alone, the call was admitted under 5 USD and cost 9 USD."""
+    nomic = dataclasses.replace(DEFAULT_MODELS[-1], template_tokens=2)
+    with OllamaEmulator(models=[*DEFAULT_MODELS[:-1], nomic]) as upstream:
+        gw = app_on(upstream.url, sqlite_url)
+        gw.ledger.add_price_rule(token_prices())
+        gw.ledger.save_budget(
+            Budget(tenant="acme", department="sales", period="day", limit=5_000_000, currency="USD")
+        )
+        body = {"model": "nomic-embed-text", "input": inputs}
+        reply = gw.client.post(path, json=body, headers=SALES)
+        assert reply.status_code == 429, reply.text[:200]
+        assert not upstream.requests
