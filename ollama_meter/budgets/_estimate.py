@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ollama_meter.pricing import PriceBook
-from ollama_meter.records import PastCall, Usage
+from ollama_meter.records import MAX_DURATION_NS, MAX_TOKENS, PastCall, Usage
 
 TEMPLATE_TOKENS = 32
 """Tokens a model's chat template may add to any request (Llama 3's adds about ten)."""
@@ -57,20 +57,27 @@ def _slowest(history: Sequence[PastCall], ns: str, count: str, default: int) -> 
 def bound_cost(
     book: PriceBook, model: str, when: datetime, bound: CallBound, history: Sequence[PastCall]
 ) -> Estimate:
-    """What a call within ``bound`` can cost at most under the rule in force for ``model``."""
+    """What a call within ``bound`` can cost at most under the rule in force for ``model``.
+
+    No span counts more than the ledger stores for one call (``MAX_TOKENS`` tokens each way,
+    ``MAX_DURATION_NS`` each duration), so neither does the bound: a cap of 10^400 tokens is
+    a call that may cost what the most a span can say costs, not a number no one can write.
+    """
     prompt_ns = _slowest(history, "prompt_eval_ns", "input_tokens", DEFAULT_PROMPT_NS_PER_TOKEN)
     eval_ns = _slowest(history, "eval_ns", "output_tokens", DEFAULT_EVAL_NS_PER_TOKEN)
     loads = [c.load_ns for c in history]
     load_ns = max(loads) * HISTORY_MARGIN // 2 if loads else DEFAULT_LOAD_NS
+    inputs = min(bound.input_tokens, MAX_TOKENS)
+    outputs = min(bound.output_tokens, MAX_TOKENS)
     cost = book.cost(
         model,
         when,
         Usage(
-            input_tokens=bound.input_tokens,
-            output_tokens=bound.output_tokens,
-            prompt_eval_ns=bound.input_tokens * prompt_ns,
-            eval_ns=bound.output_tokens * eval_ns,
-            load_ns=load_ns,
+            input_tokens=inputs,
+            output_tokens=outputs,
+            prompt_eval_ns=min(inputs * prompt_ns, MAX_DURATION_NS),
+            eval_ns=min(outputs * eval_ns, MAX_DURATION_NS),
+            load_ns=min(load_ns, MAX_DURATION_NS),
         ),
     )
     return Estimate(cost.total, cost.currency)

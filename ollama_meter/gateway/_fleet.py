@@ -35,6 +35,7 @@ from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._queue import Capacity, FairQueue, Grant
 from ollama_meter.meter import Source
 from ollama_meter.meter._wiring import transport_for
+from ollama_meter.records import model_key
 from ollama_meter.upstream import CallAttempts, PooledUpstream
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -44,14 +45,6 @@ DISCOVERY_SECONDS = 10.0
 DISCOVERY_TIMEOUT = 5.0
 UNION = ("/api/tags", "/api/ps", "/v1/models")
 """Answered with every server's models when there are several."""
-
-
-def model_key(name: str) -> str:
-    """The name Ollama resolves ``name`` to: lower case, ``:latest`` when untagged."""
-    name = name.strip()
-    if ":" not in name.rsplit("/", 1)[-1]:
-        name = f"{name}:latest"
-    return name.casefold()
 
 
 class Server(Capacity):

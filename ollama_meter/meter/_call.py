@@ -50,9 +50,10 @@ class MeteredCall:
             self._first_ns = time.perf_counter_ns()
         if isinstance(event, Final):
             self.final = event
-        elif event.text:
+        elif event.generated:  # thinking and tool calls are reply tokens too
             self.content_chunks += 1
-            self.reply_parts.append(event.text)
+            if event.text:
+                self.reply_parts.append(event.text)
 
     def take(self, events: Iterable[Event]) -> UpstreamError | None:
         """Observe ``events`` in order; the failure that ends the answer, if any.

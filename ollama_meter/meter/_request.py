@@ -29,6 +29,8 @@ class RequestFacts:
     prompt_bytes: int
     """UTF-8 bytes of everything that becomes prompt tokens (text, tool definitions)."""
     messages: int = 0
+    """Pieces the model marks on their own: chat messages (role markers), embedding inputs
+    (each tokenized apart, with the model's special tokens such as BERT's [CLS] and [SEP])."""
     images: int = 0
     given_tokens: int = 0
     """Tokens sent as numbers (``context`` arrays, OpenAI token-id inputs)."""
@@ -93,12 +95,35 @@ def _bytes(text: str) -> int:
 
 
 def _json_bytes(value: object) -> int:
+    """UTF-8 bytes of ``value`` as JSON (``json.dumps(ensure_ascii=False)``'s length), at any depth.
+
+    Measured by walking it, not by encoding it: a value nested deeper than the encoder's
+    recursion allows still counts every byte (counting nothing would admit it as empty).
+    """
     if value is None:
         return 0
+    size = 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Mapping):
+            size += 2 + 4 * len(item) - (2 if item else 0)  # {}, ": " and ", "
+            for key, member in item.items():
+                size += _scalar_bytes(key if isinstance(key, str) else str(key))
+                pending.append(member)
+        elif isinstance(item, list | tuple):
+            size += 2 + 2 * len(item) - (2 if item else 0)  # [] and ", "
+            pending.extend(item)
+        else:
+            size += _scalar_bytes(item)
+    return size
+
+
+def _scalar_bytes(value: object) -> int:
     try:
         return _bytes(json.dumps(value, ensure_ascii=False, default=str))
-    except (TypeError, ValueError, RecursionError):
-        return 0
+    except (TypeError, ValueError, RecursionError):  # an object whose str() fails: its repr
+        return _bytes(object.__repr__(value))
 
 
 def _content_parts(content: object) -> tuple[list[str], int]:
@@ -151,21 +176,25 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
     return texts, count, images, extra
 
 
-def _inputs(value: object) -> tuple[list[str], int]:
-    """Embedding inputs: texts, and tokens given as numbers (OpenAI accepts token ids)."""
+def _inputs(value: object) -> tuple[list[str], int, int]:
+    """Embedding inputs: texts, tokens given as numbers (OpenAI accepts token ids), and how
+    many inputs there are (each is tokenized on its own)."""
     if isinstance(value, str):
-        return [value], 0
+        return [value], 0, 1
     texts: list[str] = []
-    tokens = 0
+    tokens = count = 0
     if isinstance(value, list):
+        if value and all(isinstance(item, int) for item in value):  # one input of token ids
+            return texts, len(value), 1
         for item in value:
+            count += 1
             if isinstance(item, str):
                 texts.append(item)
             elif isinstance(item, int):
                 tokens += 1
             elif isinstance(item, list):
                 tokens += len(item)
-    return texts, tokens
+    return texts, tokens, count
 
 
 def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
@@ -184,12 +213,14 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     if kind == "chat":
         texts, messages, images, extra = _messages(body.get("messages"))
         extra += _json_bytes(body.get("tools"))
-    elif embedding:
-        texts, given = _inputs(body.get("input", body.get("prompt")))
+    elif embedding:  # the field Ollama embeds: a legacy /api/embeddings reads only its prompt
+        texts, given, messages = _inputs(
+            body.get("prompt" if operation == "embeddings" else "input")
+        )
     else:  # generate, completions
         prompt = body.get("prompt")
         if openai and isinstance(prompt, list):
-            texts, given = _inputs(prompt)
+            texts, given, _ = _inputs(prompt)
         else:
             texts = [_text(prompt)]
         texts += [_text(body.get(key)) for key in ("system", "suffix", "template")]

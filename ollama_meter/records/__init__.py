@@ -44,6 +44,7 @@ from ollama_meter.records._price import (
     Cost,
     PriceRule,
     Usage,
+    model_key,
     model_names,
 )
 from ollama_meter.records._span import (
@@ -113,6 +114,7 @@ __all__ = [
     "from_micros",
     "known_currency",
     "make_storable",
+    "model_key",
     "model_names",
     "new_otel_span_id",
     "new_span_row_id",

@@ -15,7 +15,6 @@ import re
 from decimal import Decimal, InvalidOperation
 
 MICROS = 1_000_000
-_MICRO = Decimal("0.000001")
 
 MAX_PRICE = Decimal(100_000)
 """The most a price may say per unit (per 1M tokens, per GPU-hour, per request)."""
@@ -74,7 +73,10 @@ def round_half_even(numerator: int, denominator: int) -> int:
 
 
 def from_micros(micros: int) -> Decimal:
-    return (Decimal(micros) / MICROS).quantize(_MICRO)
+    """``micros`` as an amount with six decimals, exact for any integer (dividing in Decimal's
+    28 digits failed past 10^22 units: a refusal naming what a 10^30-token cap may cost)."""
+    digits = tuple(int(d) for d in str(abs(micros)))
+    return Decimal((int(micros < 0), digits, -6))
 
 
 def format_micros(micros: int) -> str:

@@ -103,12 +103,33 @@ def _identity(rule: PriceRule) -> tuple[object, ...]:
     return tuple(getattr(rule, name) for name in _IDENTITY_FIELDS)
 
 
+DEFAULT_HOST = "registry.ollama.ai"
+DEFAULT_NAMESPACE = "library"
+
+
+def _unqualified(name: str) -> str:
+    """``name`` without the default registry and namespace, which Ollama fills in."""
+    parts = name.split("/")
+    if len(parts) == 3 and parts[0] == DEFAULT_HOST:
+        parts = parts[1:]
+    if len(parts) == 2 and parts[0] == DEFAULT_NAMESPACE:
+        parts = parts[1:]
+    return "/".join(parts)
+
+
+def model_key(model: str) -> str:
+    """The one name Ollama resolves ``model`` to: lower case, without the default registry and
+    namespace (``registry.ollama.ai/library/``), ``:latest`` when untagged."""
+    name = _unqualified(model.strip().lower())
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
 def model_names(model: str) -> tuple[str, ...]:
-    """The names a model answers to: Ollama reads a bare ``llama3.1`` as ``llama3.1:latest``."""
+    """The names a model answers to, as Ollama reads them: as written (lower case) and as
+    :func:`model_key` resolves it (``llama3.1`` is ``llama3.1:latest``, and so is
+    ``library/llama3.1``), so a rule for either spelling prices every one."""
     name = model.strip().lower()
-    if ":" in name.rsplit("/", 1)[-1]:
-        return (name,)
-    return (name, f"{name}:latest")
+    return tuple(dict.fromkeys((name, _unqualified(name), model_key(name))))
 
 
 @dataclass(frozen=True, slots=True)

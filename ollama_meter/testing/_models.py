@@ -46,7 +46,8 @@ class EmulatedModel:
     ``eval_ns_per_token`` scale ``prompt_eval_duration`` and ``eval_duration``.
     ``reply_tokens`` fixes the reply length (else it derives from the prompt).
     ``template_tokens`` is what the model's template adds to every prompt (a Modelfile
-    ``SYSTEM`` of its own): counted in ``prompt_eval_count``, sent by no request.
+    ``SYSTEM`` of its own; an embedding model's special tokens, to each input): counted in
+    ``prompt_eval_count``, sent by no request.
     Embedding models refuse chat and generate, as Ollama does.
     """
 
@@ -87,12 +88,18 @@ DEFAULT_MODELS: tuple[EmulatedModel, ...] = tuple(
 
 
 def normalize_name(name: str) -> str:
-    """The canonical form Ollama resolves a name to: lower case, ``:latest`` if untagged."""
-    name = name.strip()
-    last = name.rsplit("/", 1)[-1]
-    if ":" not in last:
+    """The canonical form Ollama resolves a name to: lower case, ``:latest`` if untagged, and
+    without the default registry and namespace (``registry.ollama.ai/library/``)."""
+    name = name.strip().casefold()
+    parts = name.split("/")
+    if len(parts) == 3 and parts[0] == "registry.ollama.ai":
+        parts = parts[1:]
+    if len(parts) == 2 and parts[0] == "library":
+        parts = parts[1:]
+    name = "/".join(parts)
+    if ":" not in parts[-1]:
         name = f"{name}:latest"
-    return name.casefold()
+    return name
 
 
 def find_model(models: Iterable[EmulatedModel], name: str) -> EmulatedModel | None:

@@ -235,7 +235,8 @@ class OllamaRoutes(Handler):
         if not inputs:
             self._send_json(200, out)
             return
-        tokens = sum(count_tokens(text) for text in inputs)
+        # Each input is tokenized on its own, with what the model adds to every prompt.
+        tokens = sum(count_tokens(text) + model.template_tokens for text in inputs)
         load = model.load_ns if cold else WARM_LOAD_NS
         prompt_ns = tokens * model.prompt_ns_per_token
         out["embeddings"] = [

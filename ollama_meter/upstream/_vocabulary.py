@@ -3,7 +3,8 @@
 The meter understands three things and nothing else:
 
 - :class:`Delta`: a piece of the reply as it arrived. Its text may be empty (a
-  chunk with no text still shows that the answer has begun);
+  chunk with no text still shows that the answer has begun; one with thinking or
+  tool calls, and no text, is still generated output);
 - :class:`Final`: the call's usage record: token counts, Ollama's own durations,
   the model that answered and why it stopped. Counts the upstream did not give
   are None, and the meter estimates them;
@@ -26,6 +27,14 @@ class Delta:
     """A piece of the reply, as it arrived."""
 
     text: str = ""
+    other_output: bool = False
+    """The piece carries output the reply text does not show (thinking, tool calls): it
+    was generated, so it counts as a token of the reply like a piece of text does."""
+
+    @property
+    def generated(self) -> bool:
+        """Whether the piece is output the model generated (at least one token)."""
+        return bool(self.text) or self.other_output
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,11 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _some(value: object) -> bool:
+    """A non-empty list (tool calls)."""
+    return isinstance(value, list) and bool(value)
+
+
 def _excerpt(frame: bytes) -> str:
     return repr(frame[:60].decode(errors="replace")) + (" ..." if len(frame) > 60 else "")
 
@@ -89,7 +94,7 @@ class OllamaReader:
         if self.embedding:  # one whole answer; embeddings produce no tokens
             self.complete = True
             return [self._final(obj, output_tokens=0)]
-        events: list[Event] = [Delta(self._reply_text(obj))]
+        events: list[Event] = [Delta(self._reply_text(obj), self._other_output(obj))]
         if obj.get("done") is True:
             self.complete = True
             events.append(self._final(obj, output_tokens=_count(obj.get("eval_count"))))
@@ -104,6 +109,14 @@ class OllamaReader:
         message = obj.get("message")
         getter = getattr(message, "get", None)
         return (_text(getter("content")) or "") if callable(getter) else ""
+
+    def _other_output(self, obj: Any) -> bool:
+        """Whether ``obj`` carries thinking or tool calls (generated, though not reply text)."""
+        if not self.chat:
+            return bool(_text(obj.get("thinking")))
+        message = obj.get("message")
+        getter = getattr(message, "get", None)
+        return callable(getter) and (bool(_text(getter("thinking"))) or _some(getter("tool_calls")))
 
     @staticmethod
     def _final(obj: Any, *, output_tokens: int | None) -> Final:
@@ -145,8 +158,12 @@ class OpenAIReader:
             delta = choice.get("delta") or choice.get("message") or {}
             text = delta.get("content") if isinstance(delta, dict) else None
             text = text if text is not None else choice.get("text")
-            if text and isinstance(text, str):
-                events.append(Delta(text))
+            text = text if isinstance(text, str) else ""
+            other = isinstance(delta, dict) and (
+                bool(_text(delta.get("reasoning"))) or _some(delta.get("tool_calls"))
+            )
+            if text or other:
+                events.append(Delta(text, other))
             self.finish_reason = _text(choice.get("finish_reason")) or self.finish_reason
         usage = obj.get("usage")
         if isinstance(usage, dict) and usage:

@@ -10,6 +10,7 @@ the call charged as ``ok`` on estimates or not at all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -26,7 +27,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ollama_meter.budgets import Budget
 from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.testing import Fault, OllamaEmulator
+from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
@@ -592,3 +593,192 @@ def test_a_caller_that_leaves_while_a_whole_answer_arrives_stops_ollama(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/embeddings", {"prompt": BIG}),
+        # Ollama's /api/embeddings reads only its prompt: an input beside it is no prompt.
+        ("/api/embeddings", {"prompt": BIG, "input": None}),
+        ("/api/embeddings", {"prompt": BIG, "input": ""}),
+        ("/api/embeddings", {"prompt": BIG, "input": []}),
+        ("/api/embed", {"input": BIG}),
+        ("/api/embed", {"input": [BIG], "prompt": ""}),
+        ("/v1/embeddings", {"input": BIG, "prompt": ""}),
+    ],
+)
+def test_an_embedding_is_bounded_by_the_field_ollama_embeds(
+    budgeted_10: Gateway, emulator: OllamaEmulator, path: str, body: dict[str, Any]
+) -> None:
+    """A hard budget bounds an embedding by the text Ollama embeds, whatever else the body
+    carries: a prompt of 100 kB cannot pass as an empty input."""
+    gw = budgeted_10
+    before = len(emulator.requests)
+    reply = gw.client.post(path, json={"model": "nomic-embed-text", **body}, headers=SALES)
+    assert reply.status_code == 429, reply.text[:200]
+    assert len(emulator.requests) == before
+
+
+@pytest.fixture
+def budgeted_10(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> Gateway:
+    """An in-process gateway where acme/sales has a hard budget of 10 USD (10,000 prompt tokens)."""
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10_000_000, currency="USD")
+    )
+    return gw
+
+
+TOOL_CALL = {"function": {"name": "look", "arguments": {}}}
+UNSEEN_PIECES = [
+    ("/api/chat", {"message": {"role": "assistant", "content": "", "thinking": "hmm"}}),
+    ("/api/chat", {"message": {"role": "assistant", "content": "", "tool_calls": [TOOL_CALL]}}),
+    ("/api/generate", {"response": "", "thinking": "hmm"}),
+    ("/v1/chat/completions", {"choices": [{"index": 0, "delta": {"reasoning": "hmm"}}]}),
+    (
+        "/v1/chat/completions",
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, **TOOL_CALL}]}}]},
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "piece"), UNSEEN_PIECES)
+def test_a_stream_past_the_cap_in_thinking_or_tool_calls_is_cut_there_too(
+    scripted: tuple[Gateway, Any], path: str, piece: dict[str, Any]
+) -> None:
+    """Thinking and tool calls are reply tokens too: a server that ignores the cap and
+    streams them without reply text is cut at the cap like one that streams text."""
+    gw, server = scripted
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
+    )
+    cap = 3
+    if path.startswith("/v1/"):
+        items = [_event({"model": "m", **piece}) for _ in range(10)]
+        items += [_event(SSE_USAGE), _event("[DONE]")]
+        server.answer = (200, {"content-type": "text/event-stream"}, "".join(items).encode())
+        body = {"model": "m", "messages": HI, "stream": True, "max_tokens": cap}
+    else:
+        final = {"model": "m", "done": True, "prompt_eval_count": 7, "eval_count": 10}
+        lines = [json.dumps({"model": "m", "done": False, **piece})] * 10 + [json.dumps(final)]
+        server.answer = (200, {"content-type": "application/x-ndjson"}, "\n".join(lines).encode())
+        body = {"model": "m", "stream": True, "options": {"num_predict": cap}, **GENERATING[path]}
+    reply = gw.client.post(path, json=body, headers=SALES)
+    *items, last = streamed_items(reply.text, path)
+    assert len(items) == cap, reply.text
+    assert "streamed more than the" in json.dumps(last["error"])
+    span = last_span(gw)
+    assert (span.status, span.error_type, span.output_tokens) == ("error", "over_cap", cap + 1)
+
+
+def nested(value: str, depth: int) -> str:
+    """``value`` (JSON text) inside ``depth`` lists."""
+    return "[" * depth + value + "]" * depth
+
+
+@pytest.mark.parametrize(
+    ("path", "where"),
+    [
+        ("/api/chat", '"tools": [{"function": %s}]'),
+        ("/v1/chat/completions", '"tools": [{"function": %s}]'),
+        ("/api/chat", '"messages": [{"role": "assistant", "content": "", "tool_calls": [%s]}]'),
+    ],
+)
+def test_a_deeply_nested_text_counts_toward_the_bound_at_any_depth(
+    budgeted_10: Gateway, emulator: OllamaEmulator, path: str, where: str
+) -> None:
+    """100 kB in a request's tools is 100 kB at any depth: one nested just short of what the
+    gateway parses was measured as nothing (the measuring ran out of stack), so admitted."""
+    gw = budgeted_10
+    before = len(emulator.requests)
+    big = json.dumps(BIG)
+    for depth in range(880, 1000):
+        raw = '{"model": "llama3.1:8b", "stream": false, ' + where % nested(big, depth) + "}"
+        if '"messages"' not in raw:
+            raw = raw.replace('"stream"', f'"messages": {json.dumps(HI)}, "stream"')
+        reply = gw.client.post(
+            path, content=raw, headers={**SALES, "content-type": "application/json"}
+        )
+        assert reply.status_code in (400, 429), (depth, reply.text[:200])
+    assert len(emulator.requests) == before
+
+
+@pytest.mark.parametrize(
+    "alias",
+    ["library/llama3.1:8b", "registry.ollama.ai/library/llama3.1:8b", "Library/LLAMA3.1:8b"],
+)
+def test_a_model_spelled_as_ollama_also_reads_it_is_priced_and_bounded_alike(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str, alias: str
+) -> None:
+    """Ollama reads ``library/llama3.1:8b`` and ``registry.ollama.ai/library/llama3.1:8b`` as
+    ``llama3.1:8b``: a rule for ``llama3.1:*`` prices them, so a hard budget bounds them (they
+    were unpriced, so free: a 100 kB prompt passed a 10 USD budget)."""
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices("llama3.1:*"))
+    gw.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10_000_000, currency="USD")
+    )
+    before = len(emulator.requests)
+    big = {"model": alias, "prompt": BIG, "stream": False}
+    assert gw.client.post("/api/generate", json=big, headers=SALES).status_code == 429
+    assert len(emulator.requests) == before
+    small = {"model": alias, "prompt": "hello", "stream": False}
+    reply = gw.client.post("/api/generate", json=small, headers=SALES)
+    assert reply.status_code == 200, reply.text[:200]
+    span = last_span(gw)
+    assert span.cost_total > 0 and not span.unpriced_usage
+
+
+@pytest.mark.parametrize("cap", [10**30, 10**4298, 2**63 - 1], ids=["1e30", "1e4298", "2^63-1"])
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+def test_a_reply_cap_past_any_budget_is_refused_with_what_it_may_cost(
+    budgeted: Gateway, emulator: OllamaEmulator, path: str, cap: int
+) -> None:
+    """A cap of 10^30 tokens may cost what the most tokens a span can count costs: the refusal
+    says so. Writing 10^27 USD out ran past Decimal's 28 digits (and 10^4298 tokens' cost past
+    the digits Python writes an integer in), so the caller got a 500 and no span was written."""
+    body: dict[str, Any] = {"model": "llama3.1:8b", "stream": False, "messages": HI}
+    if path.startswith("/v1/"):
+        body["max_tokens"] = cap
+    else:
+        body["options"] = {"num_predict": cap}
+    before, spans = len(emulator.requests), budgeted.ledger.count()
+    reply = budgeted.client.post(path, json=body, headers=SALES)
+    assert reply.status_code == 429, reply.text[:300]
+    assert "this call may cost up to" in error_text(reply, path)
+    assert len(emulator.requests) == before
+    assert budgeted.ledger.count() == spans + 1
+    assert last_span(budgeted).status == "rejected"
+
+
+@pytest.mark.parametrize(
+    ("path", "inputs"),
+    [
+        ("/api/embed", ["a"] * 3_000),
+        ("/api/embed", [""] * 3_000),
+        ("/v1/embeddings", ["a"] * 3_000),
+        ("/v1/embeddings", [[1]] * 3_000),
+    ],
+)
+def test_each_embedding_input_counts_its_own_special_tokens_toward_the_bound(
+    app_on: Callable[..., Gateway], sqlite_url: str, path: str, inputs: list[Any]
+) -> None:
+    """Each input of an embedding is tokenized on its own, with the model's special tokens
+    (BERT's [CLS] and [SEP]): 3,000 one-byte inputs count 9,000 tokens, not 3,032. Bounded
+    by bytes alone, the call was admitted under 5 USD and cost 9 USD."""
+    nomic = dataclasses.replace(DEFAULT_MODELS[-1], template_tokens=2)
+    with OllamaEmulator(models=[*DEFAULT_MODELS[:-1], nomic]) as upstream:
+        gw = app_on(upstream.url, sqlite_url)
+        gw.ledger.add_price_rule(token_prices())
+        gw.ledger.save_budget(
+            Budget(tenant="acme", department="sales", period="day", limit=5_000_000, currency="USD")
+        )
+        body = {"model": "nomic-embed-text", "input": inputs}
+        reply = gw.client.post(path, json=body, headers=SALES)
+        assert reply.status_code == 429, reply.text[:200]
+        assert not upstream.requests

@@ -172,7 +172,8 @@ def test_openai_and_generate_bodies_are_bounded_too() -> None:
     )  # fmt: skip
     assert (chat.prompt_bytes, chat.images, chat.max_output) == (6, 1, 7)
     tokens = facts_of("openai.embeddings", {"input": [[1, 2, 3], [4]]})
-    assert tokens.given_tokens == 4 and tokens.bound(99) == CallBound(4 + 32, 0)
+    # Two inputs, each tokenized apart with its own special tokens (8 each at most).
+    assert tokens.given_tokens == 4 and tokens.bound(99) == CallBound(4 + 2 * 8 + 32, 0)
     generate = facts_of(
         "generate", {"prompt": "a b", "system": "s", "context": [1] * 10, "options": {"num_ctx": 9}}
     )
