@@ -13,6 +13,7 @@ from ollama_meter.budgets._alerts import (
 )
 from ollama_meter.budgets._estimate import (
     IMAGE_TOKENS,
+    MAX_HIDDEN_PROMPT,
     MESSAGE_TOKENS,
     TEMPLATE_TOKENS,
     CallBound,
@@ -32,6 +33,7 @@ from ollama_meter.records import (
 
 __all__ = [
     "IMAGE_TOKENS",
+    "MAX_HIDDEN_PROMPT",
     "MESSAGE_TOKENS",
     "TEMPLATE_TOKENS",
     "Alert",

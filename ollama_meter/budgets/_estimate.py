@@ -31,6 +31,9 @@ DEFAULT_EVAL_NS_PER_TOKEN = 50_000_000
 DEFAULT_LOAD_NS = 60_000_000_000
 HISTORY_MARGIN = 3
 """Per-token times seen recently are scaled by 3/2 for the bound."""
+MAX_HIDDEN_PROMPT = 32_768
+"""The most prompt tokens a model's template may add on its own (a Modelfile ``SYSTEM``):
+a count further past a call's bound is a server's error, not a prompt to budget for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,8 @@ class CallBound:
 
     input_tokens: int
     output_tokens: int
+    hidden: int = 0
+    """Of ``input_tokens``, the prompt the model's template adds, learned from earlier calls."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +54,21 @@ class Estimate:
     currency: str
 
 
-def _slowest(history: Sequence[PastCall], ns: str, count: str, default: int) -> int:
-    rates = [getattr(c, ns) // getattr(c, count) for c in history if getattr(c, count) > 0]
-    return max(rates) * HISTORY_MARGIN // 2 if rates else default
+def _slowest(values: Sequence[int], default: int) -> int:
+    """The slowest of ``values``, at most twice the next slowest, with the margin.
+
+    One answer alone cannot set it: a server that once reported a day for a few tokens
+    would otherwise bound every later call by that day, refuse them all, and so never
+    let a faster call into the history. A single value is weighed against ``default``.
+    """
+    if not values:
+        return default
+    ordered = sorted([*values, default] if len(values) == 1 else values)
+    return min(ordered[-1], ordered[-2] * 2) * HISTORY_MARGIN // 2
+
+
+def _rates(history: Sequence[PastCall], ns: str, count: str) -> list[int]:
+    return [getattr(c, ns) // getattr(c, count) for c in history if getattr(c, count) > 0]
 
 
 def bound_cost(
@@ -63,10 +80,11 @@ def bound_cost(
     ``MAX_DURATION_NS`` each duration), so neither does the bound: a cap of 10^400 tokens is
     a call that may cost what the most a span can say costs, not a number no one can write.
     """
-    prompt_ns = _slowest(history, "prompt_eval_ns", "input_tokens", DEFAULT_PROMPT_NS_PER_TOKEN)
-    eval_ns = _slowest(history, "eval_ns", "output_tokens", DEFAULT_EVAL_NS_PER_TOKEN)
-    loads = [c.load_ns for c in history]
-    load_ns = max(loads) * HISTORY_MARGIN // 2 if loads else DEFAULT_LOAD_NS
+    prompt_ns = _slowest(
+        _rates(history, "prompt_eval_ns", "input_tokens"), DEFAULT_PROMPT_NS_PER_TOKEN
+    )
+    eval_ns = _slowest(_rates(history, "eval_ns", "output_tokens"), DEFAULT_EVAL_NS_PER_TOKEN)
+    load_ns = _slowest([c.load_ns for c in history], DEFAULT_LOAD_NS)
     inputs = min(bound.input_tokens, MAX_TOKENS)
     outputs = min(bound.output_tokens, MAX_TOKENS)
     cost = book.cost(

@@ -21,7 +21,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ollama_meter._reloaded import WouldBlock
-from ollama_meter.budgets import BudgetGate, CallBound, PastCall, bound_cost
+from ollama_meter.budgets import (
+    MAX_HIDDEN_PROMPT,
+    BudgetGate,
+    CallBound,
+    PastCall,
+    bound_cost,
+)
 from ollama_meter.errors import BudgetExceeded, LedgerError, UpstreamError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
@@ -100,6 +106,8 @@ class Meter:
         self._hidden: dict[str, int] = {}
         """Prompt tokens a model counted past every bound, per requested model (its template's
         own SYSTEM prompt, which no request sends): later bounds for it include them."""
+        self._shown: dict[str, int] = {}
+        """The hidden prompt the model's last call past its bound showed, until another agrees."""
         self.capture_content = capture_content
         self.ledger = ledger
         self.prices = prices
@@ -217,7 +225,7 @@ class Meter:
             return
         limits = facts.bound(self.reply_cap)
         if hidden := self._hidden.get(span.request_model, 0):
-            limits = replace(limits, input_tokens=limits.input_tokens + hidden)
+            limits = replace(limits, input_tokens=limits.input_tokens + hidden, hidden=hidden)
         call.bound = limits
         if not facts.embedding:
             call.output_cap = limits.output_tokens
@@ -326,31 +334,43 @@ class Meter:
         return span
 
     def _past_bound(self, span: SpanRecord, bound: CallBound) -> None:
-        """Ollama counted more than a hard budget admitted the call on: say so, and bound the
-        model's later calls higher by the prompt tokens it adds on its own.
+        """Ollama counted more than a hard budget admitted the call on: say so, and once two
+        calls in a row show the model adding a prompt of its own, bound its later calls higher
+        by the smaller of the two.
 
-        What was counted is what was charged: the tokens were processed. The budget refuses
-        the calls that no longer fit, and from now on counts the model's hidden prompt."""
+        What was counted is what was charged: the tokens were processed. One answer alone
+        never raises the bounds, so a server that once reports a wild count cannot have every
+        later call to the model refused (a refused call would never show otherwise)."""
         over_in = span.input_tokens - bound.input_tokens
         over_out = span.output_tokens - bound.output_tokens
         if over_in <= 0 and over_out <= 0:
             return
+        model = span.request_model
+        learned = self._hidden.get(model, 0)
         if over_in > 0:
-            model = span.request_model
-            self._hidden[model] = self._hidden.get(model, 0) + over_in
+            shown = min(bound.hidden + over_in, MAX_HIDDEN_PROMPT)
+            before = self._shown.get(model)
+            self._shown[model] = shown
+            if before is not None and min(before, shown) > learned:
+                learned = self._hidden[model] = min(before, shown)
+        if len(self._shown) > 1000:  # as many models as a fleet serves, not every name sent
+            self._shown.clear()
+        then = (
+            f"later bounds for {model} add {learned} prompt tokens"
+            if learned
+            else f"if {model}'s next call counts past its bound too, later bounds add the excess"
+        )
         log.warning(
             "call %s to %s counted %d prompt and %d reply tokens, past the %d and %d its hard "
             "budget admitted it on (a prompt the model's template adds, or a server that "
-            "ignores the reply cap); charged as counted, and later bounds for %s add %d "
-            "prompt tokens",
+            "ignores the reply cap); charged as counted; %s",
             span.id,
-            span.request_model,
+            model,
             span.input_tokens,
             span.output_tokens,
             bound.input_tokens,
             bound.output_tokens,
-            span.request_model,
-            self._hidden.get(span.request_model, 0),
+            then,
         )
 
     def _settle(self, gate: BudgetGate, call: MeteredCall) -> None:

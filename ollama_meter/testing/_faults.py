@@ -42,6 +42,10 @@ class Fault(StrEnum):
     NO_USAGE = "no_usage"
     """On ``/v1`` generation routes: leave the usage out of a whole answer, and
     send no usage chunk even when ``stream_options.include_usage`` asks for it."""
+    INFLATE_COUNTS = "inflate_counts"
+    """On ``/api/chat`` and ``/api/generate``: answer normally but report
+    :data:`WILD_COUNT` prompt tokens, taking as many nanoseconds, as a server that
+    lies (or overflows) would."""
     IGNORE_CAP = "ignore_cap"
     """On generation routes: reply in full whatever ``num_predict`` (or ``max_tokens``)
     says, and report what was sent, as an Ollama-compatible server that does not honour
@@ -50,6 +54,9 @@ class Fault(StrEnum):
     """Answer ``404 page not found`` (text/plain), as an Ollama too old to have
     the route does."""
 
+
+WILD_COUNT = 10**18
+"""What :attr:`Fault.INFLATE_COUNTS` reports."""
 
 CUT_SHORT = frozenset({Fault.MIDSTREAM_ERROR, Fault.DROP, Fault.ERROR_DONE})
 """Faults that stream ``after_tokens`` chunks and then fail."""

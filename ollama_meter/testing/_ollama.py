@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ollama_meter.testing._faults import Armed, Fault, early
+from ollama_meter.testing._faults import WILD_COUNT, Armed, Fault, early
 from ollama_meter.testing._http import Handler
 from ollama_meter.testing._models import (
     OVERHEAD_NS,
@@ -169,6 +169,8 @@ class OllamaRoutes(Handler):
         if fault is Fault.OMIT_COUNTS:
             metrics.pop("prompt_eval_count", None)
             metrics.pop("eval_count", None)
+        elif fault is Fault.INFLATE_COUNTS:
+            metrics.update(prompt_eval_count=WILD_COUNT, prompt_eval_duration=WILD_COUNT)
         if kind == "chat":
             final.update({"done_reason": reply.done_reason, "done": True})
         else:

@@ -31,7 +31,7 @@ from ollama_meter.errors import BudgetExceeded, StreamError
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening
 from ollama_meter.meter._request import facts_of
-from ollama_meter.records import LeaseKey
+from ollama_meter.records import MAX_DURATION_NS, MAX_TOKENS, LeaseKey
 from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator, expected_counts
 from tests.factories import token_prices
 
@@ -120,9 +120,9 @@ def test_a_prompt_the_model_adds_itself_is_charged_and_bounds_its_later_calls(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A model whose template adds a prompt of its own (a Modelfile SYSTEM) counts tokens no
-    request sends, past the bound its first call was admitted on. That call is charged as
-    counted, with a warning; the model's later calls are bounded with those tokens, so the
-    call that would cross the budget is refused before it runs (it was admitted before)."""
+    request sends, past the bound its calls are admitted on. Each is charged as counted, with
+    a warning; once two calls agree, the model's later calls are bounded with those tokens, so
+    the call that would cross the budget is refused before it runs (it was admitted before)."""
     hidden = 500
     model = dataclasses.replace(DEFAULT_MODELS[0], template_tokens=hidden)
     with OllamaEmulator(models=[model, *DEFAULT_MODELS[1:]]) as emu:
@@ -134,16 +134,42 @@ def test_a_prompt_the_model_adds_itself_is_charged_and_bounds_its_later_calls(
             first, second = call(meter), call(meter)
         assert (first.input_tokens, first.cost_total) == (IN + hidden, cost)
         assert second.cost_total == cost
-        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        once, twice = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         bound_in = BOUND // 1000 - OUT * 2
-        assert f"counted {IN + hidden} prompt and {OUT} reply tokens, past the {bound_in}" in (
-            warning
-        )
-        assert f"later bounds for llama3.1:8b add {IN + hidden - bound_in} prompt" in warning
+        past = f"counted {IN + hidden} prompt and {OUT} reply tokens, past the {bound_in}"
+        assert past in once and past in twice
+        assert "if llama3.1:8b's next call counts past its bound too" in once
+        assert f"later bounds for llama3.1:8b add {IN + hidden - bound_in} prompt" in twice
         sent = len(emu.requests)
         with pytest.raises(BudgetExceeded, match=f"may cost up to {cost / 1e6:.6f}"):
             call(meter)
         assert len(emu.requests) == sent
+
+
+@pytest.mark.parametrize("priced_by", ["tokens", "gpu_hour"])
+def test_one_wild_answer_does_not_raise_the_bounds_of_the_calls_after_it(
+    sqlite_url: str, emulator: OllamaEmulator, priced_by: str
+) -> None:
+    """A server that once reports 10^18 prompt tokens, taking as many nanoseconds, is charged
+    what the ledger stores of it. The model's later calls are bounded as before: a wild count
+    neither becomes the model's hidden prompt nor its prompt speed, which would have every
+    later call under a hard budget refused, and so never let an honest answer show."""
+    meter = make_meter(sqlite_url, Clock(NOV))
+    if priced_by == "gpu_hour":
+        rule = meter.ledger.price_rules()[0]
+        meter.ledger.add_price_rule(
+            replace(rule, id=None, pattern="llama3.1:8b", gpu_hour=Decimal(2))
+        )
+    budget(meter, 10**16)  # room for the wild call's charge and many after it
+    honest = [call(meter) for _ in range(2)]
+    emulator.inject(Fault.INFLATE_COUNTS)
+    wild = call(meter)
+    assert wild.input_tokens == MAX_TOKENS and wild.prompt_eval_duration_ns == MAX_DURATION_NS
+    assert meter.budgets is not None
+    spent = wild.cost_total + sum(s.cost_total for s in honest)
+    small = budget(meter, spent + 2 * max(s.cost_total for s in honest) + BOUND, department="sales")
+    after = [call(meter) for _ in range(2)]
+    assert [s.status for s in after] == ["ok", "ok"], small
 
 
 def test_hard_budget_refuses_the_call_that_would_cross_it(
