@@ -13,11 +13,11 @@ from ollama_meter.budgets._alerts import (
 )
 from ollama_meter.budgets._estimate import (
     IMAGE_TOKENS,
-    MAX_HIDDEN_PROMPT,
     MESSAGE_TOKENS,
     TEMPLATE_TOKENS,
     CallBound,
     Estimate,
+    HiddenPrompts,
     bound_cost,
 )
 from ollama_meter.budgets._gate import BudgetGate
@@ -33,7 +33,6 @@ from ollama_meter.records import (
 
 __all__ = [
     "IMAGE_TOKENS",
-    "MAX_HIDDEN_PROMPT",
     "MESSAGE_TOKENS",
     "TEMPLATE_TOKENS",
     "Alert",
@@ -45,6 +44,7 @@ __all__ = [
     "Channel",
     "EmailChannel",
     "Estimate",
+    "HiddenPrompts",
     "PastCall",
     "Reservation",
     "WebhookChannel",

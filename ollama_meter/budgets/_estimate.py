@@ -13,7 +13,7 @@ conservative defaults, which is as close to a bound as time allows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from ollama_meter.pricing import PriceBook
@@ -99,3 +99,41 @@ def bound_cost(
         ),
     )
     return Estimate(cost.total, cost.currency)
+
+
+class HiddenPrompts:
+    """The prompt each model's template adds on its own (a Modelfile ``SYSTEM``), which no
+    request sends, learned from calls that counted past their bound.
+
+    A call past its bound shows at most how many tokens the model added; once two calls in a
+    row show it, later bounds add the smaller of the two (at most :data:`MAX_HIDDEN_PROMPT`).
+    One answer alone never raises them: a server that once reports a wild count would
+    otherwise have every later call to the model refused, and a refused call never shows
+    the count was wrong."""
+
+    def __init__(self) -> None:
+        self._learned: dict[str, int] = {}
+        self._shown: dict[str, int] = {}
+        """What the model's last call past its bound showed, until another agrees."""
+
+    def added(self, model: str, bound: CallBound) -> CallBound:
+        """``bound`` with the prompt ``model`` is known to add."""
+        hidden = self._learned.get(model, 0)
+        if not hidden:
+            return bound
+        return replace(bound, input_tokens=bound.input_tokens + hidden, hidden=hidden)
+
+    def observe(self, model: str, counted: int, bound: CallBound) -> int:
+        """Learn from a call to ``model`` admitted on ``bound`` that counted ``counted`` prompt
+        tokens; the prompt the model is now known to add."""
+        learned = self._learned.get(model, 0)
+        if counted <= bound.input_tokens:
+            return learned
+        shown = min(bound.hidden + counted - bound.input_tokens, MAX_HIDDEN_PROMPT)
+        if len(self._shown) > 1000:  # as many models as a fleet serves, not every name sent
+            self._shown.clear()
+        before = self._shown.get(model)
+        self._shown[model] = shown
+        if before is not None and min(before, shown) > learned:
+            learned = self._learned[model] = min(before, shown)
+        return learned

@@ -16,24 +16,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ollama_meter._reloaded import WouldBlock
-from ollama_meter.budgets import (
-    MAX_HIDDEN_PROMPT,
-    BudgetGate,
-    CallBound,
-    PastCall,
-    bound_cost,
-)
+from ollama_meter.budgets import BudgetGate, CallBound, HiddenPrompts, PastCall, bound_cost
 from ollama_meter.errors import BudgetExceeded, LedgerError, UpstreamError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
 from ollama_meter.meter._request import Opening, RequestFacts
 from ollama_meter.meter._run import Run
-from ollama_meter.meter._usage import estimate_tokens, usage_of
+from ollama_meter.meter._usage import estimate_tokens
 from ollama_meter.meter._writer import GroupCommitWriter
 from ollama_meter.pricing import PriceBook
 from ollama_meter.records import (
@@ -103,11 +96,7 @@ class Meter:
         self.reply_cap = reply_cap
         self.journal = journal
         self._recent: dict[str, tuple[float, list[PastCall]]] = {}
-        self._hidden: dict[str, int] = {}
-        """Prompt tokens a model counted past every bound, per requested model (its template's
-        own SYSTEM prompt, which no request sends): later bounds for it include them."""
-        self._shown: dict[str, int] = {}
-        """The hidden prompt the model's last call past its bound showed, until another agrees."""
+        self._hidden = HiddenPrompts()
         self.capture_content = capture_content
         self.ledger = ledger
         self.prices = prices
@@ -223,9 +212,7 @@ class Meter:
             covering = known
         if not any(b.hard for b in covering):
             return
-        limits = facts.bound(self.reply_cap)
-        if hidden := self._hidden.get(span.request_model, 0):
-            limits = replace(limits, input_tokens=limits.input_tokens + hidden, hidden=hidden)
+        limits = self._hidden.added(span.request_model, facts.bound(self.reply_cap))
         call.bound = limits
         if not facts.embedding:
             call.output_cap = limits.output_tokens
@@ -264,7 +251,7 @@ class Meter:
                 http_status=429,
                 instant=True,
             )
-            span.apply_cost(prices.cost(span.model, span.started_at, usage_of(span)))
+            span.apply_cost(prices.cost_of(span))
             self._record(span)
             raise
 
@@ -325,7 +312,7 @@ class Meter:
             span.prompt, span.reply = call.prompt_text, call.reply
         # Counts and names came from a caller and from Ollama: bound them before pricing.
         make_storable(span)
-        span.apply_cost(call.prices.cost(span.model, span.started_at, usage_of(span)))
+        span.apply_cost(call.prices.cost_of(span))
         if call.bound is not None:
             self._past_bound(span, call.bound)
         call.stored = self._record(span, storable=True)
@@ -334,32 +321,13 @@ class Meter:
         return span
 
     def _past_bound(self, span: SpanRecord, bound: CallBound) -> None:
-        """Ollama counted more than a hard budget admitted the call on: say so, and once two
-        calls in a row show the model adding a prompt of its own, bound its later calls higher
-        by the smaller of the two.
-
-        What was counted is what was charged: the tokens were processed. One answer alone
-        never raises the bounds, so a server that once reports a wild count cannot have every
-        later call to the model refused (a refused call would never show otherwise)."""
-        over_in = span.input_tokens - bound.input_tokens
-        over_out = span.output_tokens - bound.output_tokens
-        if over_in <= 0 and over_out <= 0:
+        """Ollama counted more than a hard budget admitted the call on: say so, and learn the
+        prompt the model may add on its own (see :class:`HiddenPrompts`). What was counted is
+        what was charged: the tokens were processed."""
+        if span.input_tokens <= bound.input_tokens and span.output_tokens <= bound.output_tokens:
             return
         model = span.request_model
-        learned = self._hidden.get(model, 0)
-        if over_in > 0:
-            shown = min(bound.hidden + over_in, MAX_HIDDEN_PROMPT)
-            before = self._shown.get(model)
-            self._shown[model] = shown
-            if before is not None and min(before, shown) > learned:
-                learned = self._hidden[model] = min(before, shown)
-        if len(self._shown) > 1000:  # as many models as a fleet serves, not every name sent
-            self._shown.clear()
-        then = (
-            f"later bounds for {model} add {learned} prompt tokens"
-            if learned
-            else f"if {model}'s next call counts past its bound too, later bounds add the excess"
-        )
+        learned = self._hidden.observe(model, span.input_tokens, bound)
         log.warning(
             "call %s to %s counted %d prompt and %d reply tokens, past the %d and %d its hard "
             "budget admitted it on (a prompt the model's template adds, or a server that "
@@ -370,7 +338,9 @@ class Meter:
             span.output_tokens,
             bound.input_tokens,
             bound.output_tokens,
-            then,
+            f"later bounds for {model} add {learned} prompt tokens"
+            if learned
+            else f"if {model}'s next call counts past its bound too, later bounds add the excess",
         )
 
     def _settle(self, gate: BudgetGate, call: MeteredCall) -> None:

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ollama_meter.meter._usage import usage_of
 from ollama_meter.pricing import PriceBook
 from ollama_meter.records import Status, TokenSource, make_storable
 
@@ -36,7 +35,7 @@ def recover_interrupted(ledger: Ledger, prices: Callable[[], PriceBook]) -> int:
             span.input_tokens = orphan.input_estimate
             span.token_source = TokenSource.ESTIMATED
             make_storable(span)
-            span.apply_cost(prices().cost(span.model, span.started_at, usage_of(span)))
+            span.apply_cost(prices().cost_of(span))
             spans.append(span)
         if spans:
             ledger.record(spans)

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ollama_meter.ledger import Ledger, SpanFilter, bulk
-from ollama_meter.meter._usage import usage_of
 from ollama_meter.pricing import PriceBook
 
 
@@ -55,7 +54,7 @@ def reprice(
             old = (span.cost_total, span.currency, span.unpriced, span.price_rule_id)
             old_parts = (span.cost_tokens, span.cost_compute, span.cost_energy, span.cost_fee)
             summary.before[span.currency] += span.cost_total
-            span.apply_cost(book.cost(span.model, span.started_at, usage_of(span)))
+            span.apply_cost(book.cost_of(span))
             summary.after[span.currency] += span.cost_total
             new_parts = (span.cost_tokens, span.cost_compute, span.cost_energy, span.cost_fee)
             if old != (span.cost_total, span.currency, span.unpriced, span.price_rule_id) or (

@@ -5,7 +5,7 @@ money helpers are plain records (``ollama_meter.records``), re-exported here.
 Must not import the ledger, the meter or any entry point.
 """
 
-from ollama_meter.pricing._book import PriceBook
+from ollama_meter.pricing._book import PriceBook, usage_of
 from ollama_meter.pricing._calc import compute_cost
 from ollama_meter.pricing._rules import select_rule, sort_rules, specificity
 from ollama_meter.pricing._toml import parse_pricing_toml
@@ -49,4 +49,5 @@ __all__ = [
     "sort_rules",
     "specificity",
     "to_micros",
+    "usage_of",
 ]

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from ollama_meter.pricing._calc import compute_cost
 from ollama_meter.pricing._rules import select_rule
-from ollama_meter.records import Cost, PriceRule, Usage
+from ollama_meter.records import Cost, PriceRule, SpanRecord, Status, Usage
 
 
 class PriceBook:
@@ -31,3 +31,24 @@ class PriceBook:
 
     def cost(self, model: str, when: datetime, usage: Usage) -> Cost:
         return compute_cost(self.rule_for(model, when), usage, currency=self.currency)
+
+    def cost_of(self, span: SpanRecord) -> Cost:
+        """What ``span`` costs: priced by the model Ollama answered with, or, when no rule
+        prices that one, by the model the caller asked for, so a server that names a model
+        no rule knows (an alias, or a lie) cannot make a priced call free."""
+        rule = self.rule_for(span.model, span.started_at)
+        if rule is None and span.request_model != span.model:
+            rule = self.rule_for(span.request_model, span.started_at)
+        return compute_cost(rule, usage_of(span), currency=self.currency)
+
+
+def usage_of(span: SpanRecord) -> Usage:
+    """The facts of a recorded span that its price depends on."""
+    return Usage(
+        input_tokens=span.input_tokens,
+        output_tokens=span.output_tokens,
+        prompt_eval_ns=span.prompt_eval_duration_ns or 0,
+        eval_ns=span.eval_duration_ns or 0,
+        load_ns=span.load_duration_ns or 0,
+        answered=span.status in (Status.OK, Status.CLIENT_ABORT),
+    )

@@ -402,3 +402,26 @@ def test_windows_that_touch_or_overlap_give_one_rule_a_day(  # type: ignore[no-u
     for other in candidates:
         key = (specificity(other.pattern), other.effective_from or date.min, other.id)
         assert key <= (specificity(chosen.pattern), chosen.effective_from or date.min, chosen.id)
+
+
+@given(
+    asked=st.sampled_from(["llama3.1:8b", "mystery:1b"]),
+    answered=st.sampled_from([None, "llama3.1:8b", "qwen2.5:7b", "mystery:1b"]),
+)
+def test_a_span_is_priced_by_the_model_answered_else_the_model_asked(
+    asked: str, answered: str | None
+) -> None:
+    """A server that answers with a model no rule prices (an alias, or a lie) cannot make a
+    priced call free: the span is then priced by the model the caller asked for."""
+    from tests.factories import make_span
+
+    llama = PriceRule(pattern="llama3.1:*", currency="USD", input_per_1m=Decimal(1000), id=1)
+    qwen = PriceRule(pattern="qwen2.5:*", currency="USD", input_per_1m=Decimal(3000), id=2)
+    book = PriceBook([llama, qwen], tz=ZoneInfo("UTC"), currency="USD")
+    span = make_span(request_model=asked, response_model=answered, input_tokens=1000)
+    by = {"llama3.1:8b": 1, "qwen2.5:7b": 2}
+    expected = by.get(answered or asked) or by.get(asked)
+    cost = book.cost_of(span)
+    assert cost.rule_id == expected
+    assert cost.tokens == {1: 1_000_000, 2: 3_000_000, None: 0}[expected]
+    assert cost.unpriced == (expected is None)
