@@ -280,10 +280,13 @@ class _OpenAI:
         return OpenAIReader(operation)
 
     def decode(self, frame: bytes) -> dict[str, Any] | _End | None:
-        text = frame.decode(errors="replace").strip()
-        if not text.startswith("data:"):
+        """An event's data: its ``data:`` lines joined (comments, ``event:`` and ``id:`` lines
+        beside them are not data); None for an event without any, a keep-alive comment."""
+        lines = frame.decode(errors="replace").split("\n")
+        data = [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
+        if not data:
             return None
-        payload = text[5:].strip()
+        payload = "\n".join(data).strip()
         if payload == "[DONE]":
             return END
         obj = _object(payload)
@@ -320,9 +323,20 @@ class Frames:
         self._host = host
         self._limit = limit
         self._pending = bytearray()
+        self._cr = False
+        """The last piece ended in CR: the LF that may follow it is the same line end."""
 
     def feed(self, data: bytes) -> list[bytes]:
-        """The items ``data`` completes; raises :class:`StreamError` past the limit."""
+        """The items ``data`` completes; raises :class:`StreamError` past the limit.
+
+        Lines may end in CRLF or CR as well as LF (server-sent events allow all three); they
+        are read as LF. No item holds a raw CR: JSON escapes it inside a string."""
+        if self._cr:
+            data, self._cr = b"\r" + data, False
+        if b"\r" in data:
+            if data.endswith(b"\r"):
+                data, self._cr = data[:-1], True
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         pending, separator = self._pending, self._separator
         # Only where the new bytes could complete a separator is searched again.
         scan = max(0, len(pending) - len(separator) + 1)
@@ -347,6 +361,7 @@ class Frames:
         """The stream ended: what is left is its last item, unterminated (the clients read it)."""
         rest = bytes(self._pending)
         self._pending.clear()
+        self._cr = False
         return [rest] if rest.strip() else []
 
 

@@ -205,18 +205,22 @@ def test_a_retry_after_too_long_to_wait_for_is_infinite_not_a_crash() -> None:
 
 
 @given(
-    items=st.lists(st.binary(max_size=40).filter(lambda b: b"\n" not in b), max_size=20),
+    items=st.lists(st.binary(max_size=40).filter(lambda b: not {10, 13} & set(b)), max_size=20),
     cuts=st.lists(st.integers(0, 1000), max_size=30),
     separator=st.sampled_from([b"\n", b"\n\n"]),
+    end=st.sampled_from([b"\n", b"\r\n", b"\r"]),
 )
 def test_frames_are_the_same_however_the_bytes_arrive(
-    items: list[bytes], cuts: list[int], separator: bytes
+    items: list[bytes], cuts: list[int], separator: bytes, end: bytes
 ) -> None:
+    """However the pieces fall, and whichever line end the server writes (SSE allows CRLF,
+    CR and LF; sse-starlette writes CRLF): the same items, the same tail."""
     stream = b"".join(item + separator for item in items) + b"tail-without-end"
+    stream = stream.replace(b"\n", end)
     pieces = [stream[a:b] for a, b in itertools.pairwise([0, *sorted(cuts), len(stream)])]
     frames = Frames(separator, host=HOST)
     got = [frame for piece in pieces for frame in frames.feed(piece)]
-    assert got == stream.split(separator)[:-1]
+    assert got == b"".join(item + separator for item in items).split(separator)[:-1]
     assert frames.end() == [b"tail-without-end"] and frames.end() == []  # the last, unterminated
 
 
@@ -226,3 +230,17 @@ def test_an_item_that_never_ends_breaks_the_stream_at_the_limit() -> None:
     assert frames.feed(b"\n0123456789") == [b'{"a": 1}']  # the rest waits: 10 bytes
     with pytest.raises(StreamError, match="broke off: an item of more than 10 bytes"):
         frames.feed(b"x")
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        b'data: {"a": 1}',
+        b'data:{"a": 1}',
+        b': keep-alive\ndata: {"a": 1}',
+        b'event: message\nid: 7\ndata: {"a":\ndata: 1}',
+    ],
+)
+def test_an_events_data_is_read_whatever_lines_stand_beside_it(event: bytes) -> None:
+    assert wire_for("openai.chat").decode(event) == {"a": 1}
+    assert wire_for("openai.chat").decode(b": keep-alive") is None
