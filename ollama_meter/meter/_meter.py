@@ -254,6 +254,15 @@ class Meter:
             span.apply_cost(prices.cost_of(span))
             self._record(span)
             raise
+        except WouldBlock:
+            raise
+        except Exception as exc:
+            # A bug, not the caller's: the call is not made, and still leaves its span.
+            if not blocking:
+                raise WouldBlock("a failed budget check is written to the ledger") from exc
+            span.fail(type(exc).__name__, f"the budget check failed: {exc}", instant=True)
+            self._record(span)
+            raise
 
     def _history(self, model: str, *, blocking: bool = True) -> list[PastCall]:
         """The model's recent calls (for time-priced bounds), read at most every 30 s."""

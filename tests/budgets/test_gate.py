@@ -582,3 +582,24 @@ def test_a_gateway_gone_quiet_gives_its_idle_lease_back(db_url: str) -> None:
     gate.settle(call)
     assert _held(ledger, saved, NOV) == 2_500_000  # a quarter of the room, kept for more calls
     _wait_for(lambda: _held(ledger, saved, NOV) == 0, "given back")
+
+
+def test_a_budget_check_that_fails_unexpectedly_still_leaves_the_calls_span(
+    sqlite_url: str, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong checking a hard budget (a bug, not the caller's), the call is not
+    made and its span is written: a failure, never a lost span."""
+    meter = make_meter(sqlite_url, Clock(NOV))
+    budget(meter, CALL_COST * 100)
+    assert meter.budgets is not None
+
+    def broken(**_: Any) -> None:
+        raise RuntimeError("a bug in the gate")
+
+    monkeypatch.setattr(meter.budgets, "admit", broken)  # a fault injected into the collaborator
+    with pytest.raises(RuntimeError, match="a bug in the gate"):
+        call(meter)
+    assert emulator.requests_to("/api/chat") == []
+    (span,) = meter.ledger.latest(SpanFilter(), 5)
+    assert (span.status, span.error_type) == ("error", "RuntimeError")
+    assert span.error_message == "the budget check failed: a bug in the gate"
