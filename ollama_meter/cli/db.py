@@ -155,6 +155,8 @@ def import_command(
             stream, total = path.open("rb"), path.stat().st_size
         except OSError as exc:
             raise OmeterError(f"cannot read {source}: {exc.strerror}") from None
+        except ValueError:  # a NUL, which no file name holds
+            raise ValidationError(f"cannot read {source!r}: a file name holds no NUL") from None
     began = time.monotonic()
     with stream, progress_bar("importing", rate=True) as bar:
         task = bar.add_task("bytes", total=total)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, text
 
+from ollama_meter._paths import discard
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
 from ollama_meter.ledger._deadline import bulk
@@ -149,7 +150,7 @@ def backup(
             src.close()
         partial.replace(target)
     except (OSError, sqlite3.Error) as exc:
-        partial.unlink(missing_ok=True)
+        discard(partial)
         raise LedgerError(f"could not back up {source} to {target}: {exc}") from exc
     return target.stat().st_size
 

@@ -297,3 +297,39 @@ def test_every_option_given_twice_is_one_line_and_exit_2(cli: Any) -> None:
     assert "given twice" in one_error_line(cli("chargeback", "--month", "2026-11", "-m", "2026-10"))
     for repeated in (["serve", "--upstream", "http://a:1", "--upstream", "http://b:1", "--help"],):
         assert cli(*repeated).code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["db", "backup", "y" * 300], "could not back up"),
+        (["report", "--format", "csv", "--out", "y" * 300], "File name too long"),
+        (["chargeback", "--month", "2026-10", "--out", "y" * 300], "File name too long"),
+        (["db", "backup", "afile/copy.db"], "could not back up"),
+        (["report", "--format", "json", "--out", "afile/r.json"], "Not a directory"),
+        (["db", "import", "y" * 300], "File name too long"),
+        (["db", "import", "a\x00b"], "NUL"),
+        (["log", "--db", "sqlite:////"], "names a folder"),
+        (["log", "--db", "sqlite:///."], "names a folder"),
+        (["log", "--db", "sqlite:///a\x00b"], "NUL"),
+    ],
+)
+def test_a_path_the_system_refuses_is_one_line_not_a_bug(
+    cli: Any, tmp_path: Path, args: list[str], says: str
+) -> None:
+    """Names too long for the file system, a file where a folder should be, a NUL: the
+    user's path, said in one line (exit 1 or 2), never "unexpected ... this is a bug"."""
+    (tmp_path / "afile").write_text("")
+    result = cli(*args)
+    line = one_error_line(result)
+    assert result.code in (1, 2) and "unexpected" not in line and says in line, line
+
+
+def test_a_pricing_file_name_too_long_is_one_line(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMETER_PRICING_FILE", str(tmp_path / ("q" * 300)))
+    result = cli("report")
+    line = one_error_line(result)
+    assert result.code in (1, 2) and "unexpected" not in line
+    assert "OMETER_PRICING_FILE" in line and "File name too long" in line
