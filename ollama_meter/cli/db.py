@@ -30,10 +30,10 @@ app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 @app.command("upgrade")
 def upgrade_command(db: DbOption = None) -> None:
     """Apply pending migrations (also done automatically on first use)."""
-    from ollama_meter.ledger import HEAD_REVISION, Ledger, current_revision, upgrade
+    from ollama_meter.ledger import HEAD_REVISION, current_revision, open_ledger, upgrade
 
     cfg = settings(db_url=db)
-    ledger = Ledger(cfg.ledger_url, migrate=False, wait=cfg.ledger_wait)
+    ledger = open_ledger(cfg.ledger_url, migrate=False, wait=cfg.ledger_wait)
     with ledger.failures_named():
         before = current_revision(ledger.engine)
         if before == HEAD_REVISION:
@@ -46,10 +46,10 @@ def upgrade_command(db: DbOption = None) -> None:
 @app.command("path")
 def path_command(db: DbOption = None) -> None:
     """Print the ledger's location: the SQLite file, or the database URL without its password."""
-    from ollama_meter.ledger import Ledger
+    from ollama_meter.ledger import open_ledger
 
     cfg = settings(db_url=db)
-    out.print(Ledger(cfg.ledger_url, migrate=False).display_url)
+    out.print(open_ledger(cfg.ledger_url, migrate=False).display_url)
 
 
 @app.command("rollup")
@@ -220,10 +220,10 @@ def backup_command(
     db: DbOption = None,
 ) -> None:
     """Copy the live ledger to FILE (SQLite; prints the pg_dump command for PostgreSQL)."""
-    from ollama_meter.ledger import Ledger, backup, pg_dump_command
+    from ollama_meter.ledger import backup, open_ledger, pg_dump_command
 
     cfg = settings(db_url=db)
-    ledger = Ledger(cfg.ledger_url, migrate=False)
+    ledger = open_ledger(cfg.ledger_url, migrate=False)
     if ledger.path is None:
         out.print(pg_dump_command(ledger, target))
         raise ValidationError(

@@ -11,6 +11,7 @@ callers into it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -335,11 +336,18 @@ class Ledger(DurableLedger):
                 raise LedgerError(f"no limits set for {scope}; see `ometer limit list`")
 
 
-def open_ledger(url: str, *, wait: float = DEFAULT_WAIT, zone: str | None = None) -> Ledger:
+def open_ledger(
+    url: str, *, wait: float = DEFAULT_WAIT, zone: str | None = None, migrate: bool = True
+) -> Ledger:
     """The process-wide ledger for ``url``: one engine and one migration check per URL.
 
     ``zone`` is adopted by a ledger that holds nothing yet (see :meth:`Ledger.adopt_zone`).
+    ``migrate=False`` gives the ledger as it is (``ometer db upgrade``, ``path``), a
+    runtime part all the same: whatever a process opens, ending it closes.
     """
+    if not migrate:
+        build = functools.partial(Ledger, url, wait=wait, migrate=False)
+        return runtime().shared("ledger", (url, "as is"), build, Ledger.dispose)
     return runtime().shared(
         "ledger", url, lambda: Ledger(url, wait=wait, zone=zone), Ledger.dispose
     )
@@ -347,8 +355,9 @@ def open_ledger(url: str, *, wait: float = DEFAULT_WAIT, zone: str | None = None
 
 def close_ledger(url: str) -> None:
     """Dispose of the process-wide ledger for ``url``, e.g. before its file is replaced."""
-    for ledger in runtime().drop("ledger", url):
-        ledger.dispose()
+    for key in (url, (url, "as is")):
+        for ledger in runtime().drop("ledger", key):
+            ledger.dispose()
 
 
 def close_ledgers() -> None:
