@@ -21,6 +21,7 @@ from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
 from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._meta import ledger_zone, pruned_before, set_meta
+from ollama_meter.ledger._rollup import lock_cells
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 
@@ -62,6 +63,8 @@ def prune(
     if keep_days * DAY_US >= to_us(now):  # back before 1970: no span is that old
         return PruneResult(from_us(0), 0, before, before, 0)
     with ledger.write() as conn:
+        # Alone, as a rebuild's day is: one running waits for this, one starting sees it.
+        lock_cells(conn, alone=True)
         # Midnight in the ledger's zone, so its day cells before the horizon are whole.
         zone = ledger_zone(conn)
         cutoff_us = floor_cell(Grain.DAY, to_us(now) - keep_days * DAY_US, zone)

@@ -413,3 +413,24 @@ def test_a_rollup_rebuilt_in_a_zone_with_a_27_hour_day_ends_and_agrees(db_url: s
         day: days.count(day) for day in days
     }
     assert days.count("2023-03-09") == 5  # 27 hours: 13:00 UTC on the 8th to 16:00 on the 9th
+
+
+def test_a_prune_that_lands_while_the_rollups_are_rebuilt_loses_no_pruned_day(
+    db_url: str,
+) -> None:
+    """`ometer db rollup` read the prune horizon once, at its start; a `db prune` run from
+    cron meanwhile removed the raw spans of days it had yet to redo, and it redid them from
+    nothing: the rollups, all the ledger still has of those days, were emptied."""
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.record(_spans())
+    kept, bills = _tables(ledger), [_monthly(ledger, m) for m in ("2026-10", "2026-11")]
+    pruned: list[datetime] = []
+
+    def prune_after_the_first_day(_day: int) -> None:
+        if not pruned:
+            pruned.append(prune(ledger, 30, now=NOW).cutoff)
+
+    rebuild(ledger.write, ledger.read, progress=prune_after_the_first_day)
+    assert pruned and pruned[0] > datetime(2026, 11, 1, tzinfo=UTC)
+    assert [_monthly(ledger, m) for m in ("2026-10", "2026-11")] == bills
+    assert _tables(ledger) == kept
