@@ -197,7 +197,7 @@ def prune_command(
     ledger = ledger_as_is(cfg)
     result = prune(ledger, keep_days, now=datetime.now(UTC), vacuum=vacuum)
     out.print(
-        f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d} UTC; "
+        f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d %H:%M} UTC; "
         f"{_mb(result.reclaimed)} back to the disk ({_mb(result.bytes_before)} → "
         f"{_mb(result.bytes_after)})"
     )

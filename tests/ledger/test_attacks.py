@@ -434,3 +434,17 @@ def test_a_prune_that_lands_while_the_rollups_are_rebuilt_loses_no_pruned_day(
     assert pruned and pruned[0] > datetime(2026, 11, 1, tzinfo=UTC)
     assert [_monthly(ledger, m) for m in ("2026-10", "2026-11")] == bills
     assert _tables(ledger) == kept
+
+
+def test_prune_says_when_its_cutoff_is_to_the_minute(cli: Any, tmp_path: Path) -> None:
+    """The cutoff is midnight in the ledger's zone: in Berlin 23:00 UTC the day before. It was
+    shown as the UTC date alone ("started before 2026-11-10 UTC"), 23 hours from the truth."""
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    Ledger(db, zone="Europe/Berlin").record(_spans(20))
+    done = cli("db", "prune", "--keep-days", "30", "--db", db)
+    assert done.code == 0, done.stderr
+    with Ledger(db).read() as conn:
+        horizon = pruned_before(conn)
+    assert horizon is not None
+    cutoff = datetime.fromtimestamp(horizon / 1e6, UTC)
+    assert cutoff.hour in (22, 23) and f"started before {cutoff:%Y-%m-%d %H:%M} UTC;" in done.stdout
