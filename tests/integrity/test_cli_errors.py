@@ -13,7 +13,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.testing import OllamaEmulator, unreachable_url
 
-typed = st.text(max_size=40)
+typed = st.text(max_size=40) | st.sampled_from(
+    ["a\x00b", "y" * 300, "x" * 10_000, "١٢", "1e309", "NaN", "-0", "0000-01-01", "9999-12-31",
+     "2026-03-29", "\x1b[2J", "a\u202eb", "afile/x"]
+)  # fmt: skip
 
 
 def one_error_line(result: Any) -> str:
@@ -24,7 +27,7 @@ def one_error_line(result: Any) -> str:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     command=st.sampled_from(
@@ -41,17 +44,31 @@ def one_error_line(result: Any) -> str:
             ["log", "--status"],
             ["keys", "create", "--dept"],
             ["chat", "-m", "x", "--dept"],
+            ["db", "backup"],
+            ["db", "import"],
+            ["db", "rollup", "--zone"],
+            ["db", "export", "--since"],
+            ["db", "prune", "--keep-days"],
+            ["reprice", "--since"],
+            ["limit", "set", "--rpm", "5", "--tenant"],
+            ["pricing", "set", "m", "--input-per-1m", "1", "--from"],
+            ["report", "--db"],
         ]
     ),
     value=typed,
 )
-def test_no_value_a_user_types_gives_a_traceback(cli: Any, command: list[str], value: str) -> None:
+def test_no_value_a_user_types_gives_a_traceback(
+    cli: Any, tmp_path: Path, command: list[str], value: str
+) -> None:
+    (tmp_path / "afile").touch()
     if command[-1] == "--monthly":
         command = [*command, value, "--tenant", "acme"]
     else:
         command = [*command, value]
     if command[0] == "chat":
         command.append("hello")
+    if command[-2:] == ["import", "-"]:
+        command[-1] = "./-"  # not stdin
     result = cli(*command)
     assert result.code in (0, 1, 2, 3), (command, result)
     assert "Traceback" not in result.stderr and "unexpected" not in result.stderr, result.stderr
