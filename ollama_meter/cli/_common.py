@@ -362,6 +362,9 @@ def write_output(text: str, path: Path | None) -> None:
     except OSError as exc:
         discard(tmp)
         raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
+    except BaseException:  # Ctrl-C, SIGTERM: no half-written temp file left beside it
+        discard(tmp)
+        raise
     err.print(f"wrote {path}")
 
 

@@ -155,6 +155,9 @@ def backup(
     except (OSError, sqlite3.Error) as exc:
         discard(partial)
         raise LedgerError(f"could not back up {source} to {target}: {exc}") from exc
+    except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
+        discard(partial)
+        raise
     return target.stat().st_size
 
 
