@@ -152,6 +152,11 @@ def test_cli_import_from_stdin_and_a_file(cli, tmp_path: Path) -> None:  # type:
     [
         (lambda d: d.update(started_at="yesterday"), "started_at 'yesterday' is not an ISO 8601"),
         (lambda d: d.update(started_at="2026-11-01T10:00:00"), "has no time zone"),
+        # kept to the microsecond, this would come back as another time
+        (
+            lambda d: d.update(ended_at="2026-11-10T12:00:01.1234567Z"),
+            "ended_at '2026-11-10T12:00:01.1234567Z' is finer than a microsecond",
+        ),
         (lambda d: d.update(cost="1.5"), "cost '1.5' is not an amount with six decimals"),
         (lambda d: d.update(cost=1.5), "Expected `str`, got `float`"),
         (lambda d: d.update(cost="²2.000000"), "cost '²2.000000' is not an amount with six"),
