@@ -530,3 +530,14 @@ def test_db_rollup_while_three_processes_write_ends_exact(db_url: str) -> None:
     kept = _tables(ledger)
     rebuild(ledger.write, ledger.read)
     assert _tables(ledger) == kept
+
+
+def test_a_file_saved_with_a_byte_order_mark_imports_or_says_what_it_is(sqlite_url: str) -> None:
+    """Editors and PowerShell put a BOM first: UTF-8's was 'line 1: not JSON: invalid
+    character (byte 0)', and a UTF-16 file the same, with no word of what was wrong."""
+    ledger = Ledger(sqlite_url)
+    lines = [json.dumps(span_to_dict(s)).encode() + b"\n" for s in _spans(3)]
+    assert import_lines(ledger, [b"\xef\xbb\xbf" + lines[0], *lines[1:]]).added == 3
+    utf16 = b"".join(lines).decode().encode("utf-16")
+    with pytest.raises(ValidationError, match="line 1: .*UTF-16.*UTF-8"):
+        import_lines(ledger, utf16.splitlines(keepends=True))
