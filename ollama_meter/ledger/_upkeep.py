@@ -7,6 +7,8 @@ online backup API while gateways keep writing.
 
 from __future__ import annotations
 
+import os
+import secrets
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,7 +142,9 @@ def backup(
         raise ValidationError(
             f"{target} is the ledger itself or one of its files; give another file"
         )
-    partial = target.with_name(f".{target.name}.partial")
+    # A name of its own: two backups to one file at once (cron and a manual run) must not
+    # copy into each other's temp file, nor rename the other's half into place.
+    partial = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
     try:
         src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
         dst = sqlite3.connect(partial)

@@ -8,6 +8,7 @@ A line either becomes a span the ledger stores unchanged (what the meter's own
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from dataclasses import replace
@@ -22,6 +23,7 @@ from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import (
     Ledger,
     SpanFilter,
+    backup,
     export_lines,
     import_lines,
     prune,
@@ -297,6 +299,29 @@ def test_a_backup_is_never_written_over_the_ledger_or_its_wal(cli: Any, tmp_path
     wal = tmp_path / "ledger.db-wal"
     assert not wal.exists() or not wal.read_bytes().startswith(b"SQLite format 3")
     assert not list(tmp_path.glob(".*.partial")) and ledger.count() == 5
+
+
+def test_two_backups_to_one_file_at_once_each_write_a_whole_copy(tmp_path: Path) -> None:
+    """Both wrote one temp name (``.copy.db.partial``): the second copied into the first's
+    file and renamed it into place under it, and the first then failed with 'No such file
+    or directory: .copy.db.partial -> copy.db' (cron and a manual run overlapping)."""
+    import sqlite3
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.record(_spans(30))
+    target = tmp_path / "copy.db"
+    sizes: list[int] = []
+
+    def another_backup_meanwhile(_done: int, _total: int) -> None:
+        if not sizes:
+            sizes.append(backup(ledger, target))
+
+    sizes.append(backup(ledger, target, progress=another_backup_meanwhile))
+    assert len(sizes) == 2 and sizes[1] == target.stat().st_size
+    with contextlib.closing(sqlite3.connect(target)) as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert copy.execute("SELECT count(*) FROM spans").fetchone() == (30,)
+    assert not list(tmp_path.glob(".*partial"))
 
 
 _anything = st.text(alphabet=st.characters(codec=None, categories=None), max_size=300)
