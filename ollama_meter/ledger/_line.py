@@ -236,6 +236,8 @@ def span_from_line(line: bytes) -> SpanRecord:
         raise ValueError(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:  # valid JSON, under a key a newer export may have added
+        raise ValueError("nested too deep to read; an export line nests two levels") from None
     if d.response_model is None and d.model is not None and d.model != d.request_model:
         d.response_model = d.model  # an export from before response_model was its own key
     _check(d)

@@ -350,3 +350,33 @@ def test_a_pricing_file_name_too_long_is_one_line(
     line = one_error_line(result)
     assert result.code in (1, 2) and "unexpected" not in line
     assert "OMETER_PRICING_FILE" in line and "File name too long" in line
+
+
+DEEP_JSON = "[" * 50_000 + "]" * 50_000
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["pricing", "import", "deep.toml"], {}, "nested too deep"),
+        (["report"], {"OMETER_PRICING_FILE": "deep.toml"}, "nested too deep"),
+        (["report"], {"DEPARTMENT_BUDGETS": DEEP_JSON}, "nested too deep"),
+        (["chat", "-m", "m", "--option", f"stop={DEEP_JSON}", "hi"], {}, "nested too deep"),
+    ],
+)
+def test_input_nested_deeper_than_python_recurses_is_one_line(
+    cli: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    says: str,
+) -> None:
+    """Valid TOML or JSON nested 50,000 deep was an 'unexpected RecursionError ... a bug'."""
+    (tmp_path / "deep.toml").write_text(f"x = {DEEP_JSON}\n")
+    monkeypatch.setenv("OLLAMA_HOST", unreachable_url())
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = cli(*args)
+    line = one_error_line(result)
+    assert result.code in (1, 2) and "unexpected" not in line and says in line, line

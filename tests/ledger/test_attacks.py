@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ollama_meter.errors import LedgerError
+from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger import (
     Ledger,
     SpanFilter,
@@ -473,3 +473,18 @@ def test_prune_says_when_its_cutoff_is_to_the_minute(cli: Any, tmp_path: Path) -
     assert horizon is not None
     cutoff = datetime.fromtimestamp(horizon / 1e6, UTC)
     assert cutoff.hour in (22, 23) and f"started before {cutoff:%Y-%m-%d %H:%M} UTC;" in done.stdout
+
+
+@pytest.mark.parametrize("depth", [10_000, 1_000_000])
+def test_a_line_nested_deeper_than_python_recurses_is_refused_with_its_number(
+    sqlite_url: str, depth: int
+) -> None:
+    """Valid JSON nested 10,000 deep under a key export lines do not have (which a newer
+    export's still import past) was an 'unexpected RecursionError', and the line before it
+    was not recorded."""
+    ledger = Ledger(sqlite_url)
+    good = json.dumps(BASE).encode()
+    deep = good[:-1] + b', "extra": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(ValidationError, match="line 2: .*nested"):
+        import_lines(ledger, [good, deep])
+    assert ledger.count() == 1
