@@ -22,10 +22,19 @@ def discard(path: Path) -> None:
         path.unlink()
 
 
-def sqlite_file_problem(database: str | None) -> str | None:
-    """Why a SQLite URL's ``database`` cannot be a ledger (in memory, not a file), or None."""
+def sqlite_url_problem(backend: str, database: str | None, options: bool) -> str | None:
+    """Why a database URL (its backend, ``database``, whether it has ``options``: a query
+    string) cannot be a SQLite ledger, or None (also for other backends). ometer sets
+    SQLite's options itself, and a folder named after a ``file:`` URI would be made
+    beside the current directory."""
+    if backend != "sqlite":
+        return None
     if database in (None, "", ":memory:"):
         return "is an in-memory SQLite database, which keeps nothing once the command ends"
+    if options:
+        return "takes no options (?...): ometer sets SQLite's own"
+    if database.startswith("file:"):
+        return "is a SQLite URI (file:...), not a file's path"
     if "\x00" in database:
         return "holds a NUL, which no file name can"
     if database.endswith("/") or not Path(database).name:

@@ -22,7 +22,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ollama_meter._names import name_problem, zone_problem
-from ollama_meter._paths import default_data_dir, sqlite_file_problem
+from ollama_meter._paths import default_data_dir, sqlite_url_problem
 from ollama_meter.errors import ConfigError
 
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
@@ -254,7 +254,7 @@ class Settings(BaseSettings):
                 f"{value!r} is not a database URL; expected e.g. sqlite:////path/ledger.db "
                 "or postgresql+psycopg://user:pass@host/db"
             ) from exc
-        if url.get_backend_name() == "sqlite" and (problem := sqlite_file_problem(url.database)):
+        if problem := sqlite_url_problem(url.get_backend_name(), url.database, bool(url.query)):
             raise ValueError(
                 f"{value!r} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
             )

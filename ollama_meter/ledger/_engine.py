@@ -21,7 +21,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from ollama_meter._paths import sqlite_file_problem
+from ollama_meter._paths import sqlite_url_problem
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import bounded_connect
 
@@ -106,7 +106,8 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         parsed = make_url(url)
     except ArgumentError as exc:
         raise LedgerError(f"OMETER_DB_URL {str(url)!r} is not a database URL") from exc
-    if parsed.get_backend_name() == "sqlite" and (problem := sqlite_file_problem(parsed.database)):
+    backend = parsed.get_backend_name()
+    if problem := sqlite_url_problem(backend, parsed.database, bool(parsed.query)):
         raise LedgerError(
             f"{str(url)!r} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
         )

@@ -329,6 +329,9 @@ def test_every_option_given_twice_is_one_line_and_exit_2(cli: Any) -> None:
         (["log", "--db", "sqlite:////"], "names a folder"),
         (["log", "--db", "sqlite:///."], "names a folder"),
         (["log", "--db", "sqlite:///a\x00b"], "NUL"),
+        (["log", "--db", "sqlite:///l.db?timeout=abc"], "takes no options"),
+        (["log", "--db", "sqlite:///file:l.db?mode=ro&uri=true"], "takes no options"),
+        (["log", "--db", "sqlite:///file:l.db"], "URI"),
     ],
 )
 def test_a_path_the_system_refuses_is_one_line_not_a_bug(
@@ -340,6 +343,7 @@ def test_a_path_the_system_refuses_is_one_line_not_a_bug(
     result = cli(*args)
     line = one_error_line(result)
     assert result.code in (1, 2) and "unexpected" not in line and says in line, line
+    assert not (tmp_path / "file:").exists()  # no folder made from a URI's name
 
 
 def test_a_pricing_file_name_too_long_is_one_line(
