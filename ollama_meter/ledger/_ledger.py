@@ -38,6 +38,7 @@ from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._keys import ApiKey
 from ollama_meter.ledger._migrate import ensure_current
+from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, SpanRecord
 
@@ -114,6 +115,12 @@ class Ledger(DurableLedger):
             return int(
                 conn.execute(select(func.count()).select_from(SpanRow).where(*clauses)).scalar_one()
             )
+
+    def pruned_before(self) -> datetime | None:
+        """The prune horizon: spans that started before it are gone (rollups kept); None if none."""
+        with self.read() as conn:
+            horizon = _meta.pruned_before(conn)
+        return None if horizon is None else from_us(horizon)
 
     def extent(self) -> tuple[datetime, datetime] | None:
         """The first and last moment a call started (see :func:`_spans.extent`); None if none."""

@@ -541,3 +541,22 @@ def test_a_file_saved_with_a_byte_order_mark_imports_or_says_what_it_is(sqlite_u
     utf16 = b"".join(lines).decode().encode("utf-16")
     with pytest.raises(ValidationError, match="line 1: .*UTF-16.*UTF-8"):
         import_lines(ledger, utf16.splitlines(keepends=True))
+
+
+def test_repricing_from_before_the_prune_horizon_says_what_it_cannot_change(
+    cli,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Pruned days keep only their rollups, at the prices they were recorded with: `reprice
+    --since` a date before the horizon changed the later days alone and said only 'examined
+    48 span(s) since 2026-10-01', so the month's report mixed old prices and new unseen."""
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    ledger = Ledger(db, zone="Europe/Berlin")
+    ledger.record(_spans())
+    cutoff = prune(ledger, 30, now=NOW).cutoff
+    assert cli("pricing", "set", "*", "--input-per-1m", "7", "--db", db).code == 0
+    done = cli("reprice", "--since", "2026-10-01", "--db", db)
+    assert done.code == 0, done.stderr
+    assert f"spans that started before {cutoff:%Y-%m-%d %H:%M} UTC were pruned" in done.stderr
+    after = cli("reprice", "--since", f"{cutoff + timedelta(days=2):%Y-%m-%d}", "--db", db)
+    assert after.code == 0 and "pruned" not in after.stderr
