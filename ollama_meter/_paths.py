@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 APP_NAME = "ollama-meter"
@@ -11,3 +12,31 @@ def default_data_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def discard(path: Path) -> None:
+    """Remove the temp file a failed write may have left. Never raises: the removal fails
+    for the same reason the write did (a name too long, a file where a folder should be),
+    and the error to show is the write's."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def sqlite_url_problem(backend: str, database: str | None, options: bool) -> str | None:
+    """Why a database URL (its backend, ``database``, whether it has ``options``: a query
+    string) cannot be a SQLite ledger, or None (also for other backends). ometer sets
+    SQLite's options itself, and a folder named after a ``file:`` URI would be made
+    beside the current directory."""
+    if backend != "sqlite":
+        return None
+    if database in (None, "", ":memory:"):
+        return "is an in-memory SQLite database, which keeps nothing once the command ends"
+    if options:
+        return "takes no options (?...): ometer sets SQLite's own"
+    if database.startswith("file:"):
+        return "is a SQLite URI (file:...), not a file's path"
+    if "\x00" in database:
+        return "holds a NUL, which no file name can"
+    if database.endswith("/") or not Path(database).name:
+        return "names a folder, not a file"
+    return None

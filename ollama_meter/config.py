@@ -22,7 +22,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ollama_meter._names import name_problem, zone_problem
-from ollama_meter._paths import default_data_dir
+from ollama_meter._paths import default_data_dir, sqlite_url_problem
 from ollama_meter.errors import ConfigError
 
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
@@ -254,10 +254,9 @@ class Settings(BaseSettings):
                 f"{value!r} is not a database URL; expected e.g. sqlite:////path/ledger.db "
                 "or postgresql+psycopg://user:pass@host/db"
             ) from exc
-        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        if problem := sqlite_url_problem(url.get_backend_name(), url.database, bool(url.query)):
             raise ValueError(
-                f"{value!r} is an in-memory SQLite database, which keeps nothing once the "
-                "command ends; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
+                f"{value!r} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
             )
         return value.strip()
 
@@ -377,9 +376,12 @@ class Settings(BaseSettings):
     def _pricing_file(cls, value: Path | None) -> Path | None:
         if value is None or str(value) == "":
             return None
-        if not value.is_file():
-            raise ValueError(f"{str(value)!r} does not exist or is not a file")
-        return value.resolve()
+        try:
+            if value.is_file():  # False for most errors, but not a name too long
+                return value.resolve()
+        except OSError as exc:
+            raise ValueError(f"{str(value)!r} cannot be read: {exc.strerror}") from None
+        raise ValueError(f"{str(value)!r} does not exist or is not a file")
 
     @cached_property
     def tz(self) -> ZoneInfo:

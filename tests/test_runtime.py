@@ -87,3 +87,37 @@ def test_an_ometer_process_closes_its_ledger_before_it_exits(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ledger.db")) == [
         "ledger.db"
     ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["db", "upgrade"],  # a new file: the migrations are written
+        ["log", "--limit", "1", "&&", "db", "upgrade"],  # up to date: only read
+        ["log", "--limit", "1", "&&", "db", "backup", "copy.db"],
+    ],
+)
+def test_every_ledger_an_ometer_process_opens_is_closed_before_it_exits(
+    tmp_path: Path, command: list[str]
+) -> None:
+    # `db upgrade` opened a ledger of its own, outside the process's runtime: its connection
+    # was never closed, so the migrations stayed in the write-ahead log beside the file
+    # (a copy of the file alone lacked them).
+    path = tmp_path / "ledger.db"
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{path}"}
+    while command:
+        first = command[: command.index("&&")] if "&&" in command else command
+        command = command[len(first) + 1 :]
+        done = subprocess.run(
+            [sys.executable, "-m", "ollama_meter", *first],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ledger.db")) == [
+            "ledger.db"
+        ], first

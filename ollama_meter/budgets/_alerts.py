@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Protocol
 
+from ollama_meter._runtime import runtime
 from ollama_meter._urls import shown
 from ollama_meter.records import Alert
 
@@ -149,6 +150,8 @@ class AlertDispatcher:
         self._queue: queue.Queue[tuple[Alert, dict[str, str]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._recording = threading.Lock()
+        self._closed = self._part = False
 
     def dispatch(self, alert: Alert, done: dict[str, str] | None = None) -> None:
         with self._lock:
@@ -156,9 +159,23 @@ class AlertDispatcher:
                 self._thread = threading.Thread(target=self._run, name="ometer-alerts", daemon=True)
                 self._thread.start()
                 # A short-lived process (the CLI) waits a moment, never long: what is not
-                # delivered by then is retried by the next run.
+                # delivered by then is retried by the next run (atexit: a host that never
+                # resets the runtime).
                 atexit.register(self.flush, EXIT_WAIT)
+            if not self._part:
+                # A runtime part, so it is done with the ledger before the ledger closes
+                # (parts close newest first); once closed, the next alert opens it again.
+                runtime().shared("alerts", id(self), lambda: self, AlertDispatcher.close)
+                with self._recording:
+                    self._closed, self._part = False, True
         self._queue.put((alert, done or {}))
+
+    def close(self) -> None:
+        """Wait a moment (:data:`EXIT_WAIT`) for alerts going out, then record nothing more:
+        the ledger is about to close. What was not delivered is retried by the next run."""
+        self.flush(EXIT_WAIT)
+        with self._recording:
+            self._closed, self._part = True, False
 
     def flush(self, timeout: float = 15.0) -> bool:
         """Wait (bounded) until every queued alert has been tried; True if all were."""
@@ -175,9 +192,14 @@ class AlertDispatcher:
             try:
                 # The attempt counts before it is made: a process that ends mid-delivery
                 # (or a channel that hangs) still uses up one of the alert's runs.
-                self.ledger.record_alert_attempt(alert.id)
+                with self._recording:
+                    if self._closed:
+                        continue
+                    self.ledger.record_alert_attempt(alert.id)
                 outcome, delivered = deliver(alert, self.channels, done=done, backoff=self.backoff)
-                self.ledger.record_alert_delivery(alert.id, outcome, delivered)
+                with self._recording:
+                    if not self._closed:
+                        self.ledger.record_alert_delivery(alert.id, outcome, delivered)
             except Exception:
                 log.exception("could not record the delivery of alert %d", alert.id)
             finally:

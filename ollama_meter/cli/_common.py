@@ -25,6 +25,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
+from ollama_meter._paths import discard
 from ollama_meter.errors import OmeterError, ValidationError
 from ollama_meter.periods import PERIOD_HELP, Window, parse_period, window_between
 from ollama_meter.records import format_micros
@@ -359,8 +360,11 @@ def write_output(text: str, path: Path | None) -> None:
             file.write(text)
         tmp.replace(path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
+    except BaseException:  # Ctrl-C, SIGTERM: no half-written temp file left beside it
+        discard(tmp)
+        raise
     err.print(f"wrote {path}")
 
 

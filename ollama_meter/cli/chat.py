@@ -39,6 +39,10 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        except RecursionError:
+            raise ValidationError(
+                f"--option {key.strip()!r}: its value is nested too deep"
+            ) from None
         options[key.strip()] = value
     return options
 

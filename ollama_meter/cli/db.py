@@ -30,10 +30,10 @@ app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 @app.command("upgrade")
 def upgrade_command(db: DbOption = None) -> None:
     """Apply pending migrations (also done automatically on first use)."""
-    from ollama_meter.ledger import HEAD_REVISION, Ledger, current_revision, upgrade
+    from ollama_meter.ledger import HEAD_REVISION, current_revision, open_ledger, upgrade
 
     cfg = settings(db_url=db)
-    ledger = Ledger(cfg.ledger_url, migrate=False, wait=cfg.ledger_wait)
+    ledger = open_ledger(cfg.ledger_url, migrate=False, wait=cfg.ledger_wait)
     with ledger.failures_named():
         before = current_revision(ledger.engine)
         if before == HEAD_REVISION:
@@ -46,10 +46,10 @@ def upgrade_command(db: DbOption = None) -> None:
 @app.command("path")
 def path_command(db: DbOption = None) -> None:
     """Print the ledger's location: the SQLite file, or the database URL without its password."""
-    from ollama_meter.ledger import Ledger
+    from ollama_meter.ledger import open_ledger
 
     cfg = settings(db_url=db)
-    out.print(Ledger(cfg.ledger_url, migrate=False).display_url)
+    out.print(open_ledger(cfg.ledger_url, migrate=False).display_url)
 
 
 @app.command("rollup")
@@ -155,6 +155,8 @@ def import_command(
             stream, total = path.open("rb"), path.stat().st_size
         except OSError as exc:
             raise OmeterError(f"cannot read {source}: {exc.strerror}") from None
+        except ValueError:  # a NUL, which no file name holds
+            raise ValidationError(f"cannot read {source!r}: a file name holds no NUL") from None
     began = time.monotonic()
     with stream, progress_bar("importing", rate=True) as bar:
         task = bar.add_task("bytes", total=total)
@@ -195,7 +197,7 @@ def prune_command(
     ledger = ledger_as_is(cfg)
     result = prune(ledger, keep_days, now=datetime.now(UTC), vacuum=vacuum)
     out.print(
-        f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d} UTC; "
+        f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d %H:%M} UTC; "
         f"{_mb(result.reclaimed)} back to the disk ({_mb(result.bytes_before)} → "
         f"{_mb(result.bytes_after)})"
     )
@@ -218,10 +220,10 @@ def backup_command(
     db: DbOption = None,
 ) -> None:
     """Copy the live ledger to FILE (SQLite; prints the pg_dump command for PostgreSQL)."""
-    from ollama_meter.ledger import Ledger, backup, pg_dump_command
+    from ollama_meter.ledger import backup, open_ledger, pg_dump_command
 
     cfg = settings(db_url=db)
-    ledger = Ledger(cfg.ledger_url, migrate=False)
+    ledger = open_ledger(cfg.ledger_url, migrate=False)
     if ledger.path is None:
         out.print(pg_dump_command(ledger, target))
         raise ValidationError(

@@ -12,6 +12,7 @@ from ollama_meter.cli._common import (
     DbOption,
     JsonFlag,
     RowId,
+    err,
     ledger_at,
     ledger_for,
     money,
@@ -232,3 +233,8 @@ def reprice_command(
         )
     if summary.newly_priced or summary.newly_unpriced:
         out.print(f"  {summary.newly_priced} newly priced, {summary.newly_unpriced} now unpriced")
+    if summary.pruned_before is not None:
+        err.print(
+            f"warning: spans that started before {summary.pruned_before:%Y-%m-%d %H:%M} UTC were "
+            "pruned: their days keep the costs they were recorded with (only rollups are left)"
+        )

@@ -31,7 +31,7 @@ async def prune_daily(ledger: Ledger, keep_days: int, *, every: float = DAY_SECO
                 log.info(
                     "pruned %d span(s) started before %s UTC (OMETER_KEEP_DAYS=%d)",
                     result.removed,
-                    f"{result.cutoff:%Y-%m-%d}",
+                    f"{result.cutoff:%Y-%m-%d %H:%M}",
                     keep_days,
                 )
         await asyncio.sleep(every)

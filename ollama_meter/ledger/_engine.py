@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from ollama_meter._paths import sqlite_url_problem
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import bounded_connect
 
@@ -105,10 +106,10 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         parsed = make_url(url)
     except ArgumentError as exc:
         raise LedgerError(f"OMETER_DB_URL {str(url)!r} is not a database URL") from exc
-    if parsed.get_backend_name() == "sqlite" and not is_sqlite_file(parsed):
+    backend = parsed.get_backend_name()
+    if problem := sqlite_url_problem(backend, parsed.database, bool(parsed.query)):
         raise LedgerError(
-            f"{str(url)!r} is an in-memory SQLite database, which keeps nothing; "
-            "give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
+            f"{str(url)!r} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
         )
     path = sqlite_path(parsed)
     if path is not None and not path.parent.is_dir():

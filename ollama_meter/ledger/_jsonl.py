@@ -178,7 +178,7 @@ def import_lines(
                 progress(len(pending))
             pending.clear()
 
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(_without_bom(lines), start=1):
         if not line.strip():
             continue
         try:
@@ -193,3 +193,17 @@ def import_lines(
             flush()
     flush()
     return summary
+
+
+def _without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """``lines`` without the UTF-8 byte order mark editors put first; a ValidationError
+    naming a UTF-16 file (PowerShell's ``>``), which no line of it would say."""
+    rest = iter(lines)
+    first = next(rest, b"")
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValidationError(
+            "line 1: the file is UTF-16 (its byte order mark says so); export lines are UTF-8: "
+            "convert it (iconv -f UTF-16 -t UTF-8) and import again"
+        )
+    yield first.removeprefix(b"\xef\xbb\xbf")
+    yield from rest

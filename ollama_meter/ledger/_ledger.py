@@ -11,6 +11,7 @@ callers into it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -37,6 +38,7 @@ from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._keys import ApiKey
 from ollama_meter.ledger._migrate import ensure_current
+from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, SpanRecord
 
@@ -113,6 +115,12 @@ class Ledger(DurableLedger):
             return int(
                 conn.execute(select(func.count()).select_from(SpanRow).where(*clauses)).scalar_one()
             )
+
+    def pruned_before(self) -> datetime | None:
+        """The prune horizon: spans that started before it are gone (rollups kept); None if none."""
+        with self.read() as conn:
+            horizon = _meta.pruned_before(conn)
+        return None if horizon is None else from_us(horizon)
 
     def extent(self) -> tuple[datetime, datetime] | None:
         """The first and last moment a call started (see :func:`_spans.extent`); None if none."""
@@ -335,11 +343,18 @@ class Ledger(DurableLedger):
                 raise LedgerError(f"no limits set for {scope}; see `ometer limit list`")
 
 
-def open_ledger(url: str, *, wait: float = DEFAULT_WAIT, zone: str | None = None) -> Ledger:
+def open_ledger(
+    url: str, *, wait: float = DEFAULT_WAIT, zone: str | None = None, migrate: bool = True
+) -> Ledger:
     """The process-wide ledger for ``url``: one engine and one migration check per URL.
 
     ``zone`` is adopted by a ledger that holds nothing yet (see :meth:`Ledger.adopt_zone`).
+    ``migrate=False`` gives the ledger as it is (``ometer db upgrade``, ``path``), a
+    runtime part all the same: whatever a process opens, ending it closes.
     """
+    if not migrate:
+        build = functools.partial(Ledger, url, wait=wait, migrate=False)
+        return runtime().shared("ledger", (url, "as is"), build, Ledger.dispose)
     return runtime().shared(
         "ledger", url, lambda: Ledger(url, wait=wait, zone=zone), Ledger.dispose
     )
@@ -347,8 +362,9 @@ def open_ledger(url: str, *, wait: float = DEFAULT_WAIT, zone: str | None = None
 
 def close_ledger(url: str) -> None:
     """Dispose of the process-wide ledger for ``url``, e.g. before its file is replaced."""
-    for ledger in runtime().drop("ledger", url):
-        ledger.dispose()
+    for key in (url, (url, "as is")):
+        for ledger in runtime().drop("ledger", key):
+            ledger.dispose()
 
 
 def close_ledgers() -> None:

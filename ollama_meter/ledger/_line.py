@@ -89,6 +89,7 @@ MAX_LINE_BYTES = 64 * 2**20
 one is refused after this much is read, not read whole into memory."""
 _ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
+_SUB_MICROSECOND = re.compile(r"[.,][0-9]{7}")
 # What a line may hold is what the ledger stores unchanged: the limits of the records
 # (``make_storable``'s), refused here rather than cut, so a span comes back as it left.
 _NAMES = tuple((what, TEXT_LIMITS[what]) for what in ("tenant", "department", "user"))
@@ -153,6 +154,8 @@ def _moment(value: str, what: str) -> datetime:
         raise ValueError(f"{what} {value!r} is not an ISO 8601 time") from None
     if moment.tzinfo is None:
         raise ValueError(f"{what} {value!r} has no time zone; times are UTC, e.g. ...Z")
+    if _SUB_MICROSECOND.search(value):  # fromisoformat() drops the digits after the sixth
+        raise ValueError(f"{what} {value!r} is finer than a microsecond, which ometer keeps")
     try:
         moment = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
         if _EARLIEST <= moment < _LATEST:
@@ -233,6 +236,8 @@ def span_from_line(line: bytes) -> SpanRecord:
         raise ValueError(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:  # valid JSON, under a key a newer export may have added
+        raise ValueError("nested too deep to read; an export line nests two levels") from None
     if d.response_model is None and d.model is not None and d.model != d.request_model:
         d.response_model = d.model  # an export from before response_model was its own key
     _check(d)

@@ -106,15 +106,20 @@ def _rebuild_days(
 ) -> int:
     first = floor_cell(Grain.DAY, low, zone)
     if horizon is not None:
-        # the first whole day from the horizon on
-        after = floor_cell(Grain.DAY, horizon, zone)
-        first = max(first, after if after == horizon else next_cell(Grain.DAY, after, zone))
+        first = max(first, _first_whole_day(horizon, zone))
     last = floor_cell(Grain.DAY, high, zone)
     total = 0
     months: set[int] = set()
     day: int | None = first
     while day is not None and day <= last:
         with write() as conn:
+            lock_cells(conn, alone=True)  # writers wait, so the day's spans are read once
+            # A prune may have moved the horizon since the rebuild began (it takes this
+            # lock to): the days before it have no raw spans left, only their rollups.
+            moved = pruned_before(conn)
+            if moved is not None and day < (start := _first_whole_day(moved, zone)):
+                day = start
+                continue
             count = _rebuild_day(conn, day, zone)
             total += count
             # The next day with anything to redo; the day after one with calls always
@@ -129,6 +134,12 @@ def _rebuild_days(
         with write() as conn:
             _rebuild_month(conn, month, zone)
     return total
+
+
+def _first_whole_day(horizon: int, zone: tzinfo | None) -> int:
+    """The first day that begins at or after the prune ``horizon``."""
+    day = floor_cell(Grain.DAY, horizon, zone)
+    return day if day == horizon else next_cell(Grain.DAY, day, zone)
 
 
 def _next_day(conn: Connection, after: int, zone: tzinfo | None) -> int | None:
@@ -146,7 +157,7 @@ def _next_day(conn: Connection, after: int, zone: tzinfo | None) -> int | None:
 
 
 def _rebuild_day(conn: Connection, day: int, zone: tzinfo | None) -> int:
-    lock_cells(conn, alone=True)  # writers wait, so the day's spans are read once, counted once
+    """The day's cells deleted and summed again from its spans (the caller holds the lock)."""
     end = next_cell(Grain.DAY, day, zone)
     start_s, end_s = day // 10**6, end // 10**6
     for table, grains in (

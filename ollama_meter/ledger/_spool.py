@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ollama_meter._paths import discard
 from ollama_meter.records import SpanRecord
 
 log = logging.getLogger("ollama_meter.ledger")
@@ -65,7 +66,7 @@ def write_atomically(path: Path, text: str) -> None:
             os.fsync(handle.fileno())
         tmp.replace(path)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        discard(tmp)
         raise
 
 

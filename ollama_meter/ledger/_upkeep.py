@@ -7,6 +7,8 @@ online backup API while gateways keep writing.
 
 from __future__ import annotations
 
+import os
+import secrets
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +18,12 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, text
 
+from ollama_meter._paths import discard
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
 from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._meta import ledger_zone, pruned_before, set_meta
+from ollama_meter.ledger._rollup import lock_cells
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 
@@ -61,6 +65,8 @@ def prune(
     if keep_days * DAY_US >= to_us(now):  # back before 1970: no span is that old
         return PruneResult(from_us(0), 0, before, before, 0)
     with ledger.write() as conn:
+        # Alone, as a rebuild's day is: one running waits for this, one starting sees it.
+        lock_cells(conn, alone=True)
         # Midnight in the ledger's zone, so its day cells before the horizon are whole.
         zone = ledger_zone(conn)
         cutoff_us = floor_cell(Grain.DAY, to_us(now) - keep_days * DAY_US, zone)
@@ -136,7 +142,9 @@ def backup(
         raise ValidationError(
             f"{target} is the ledger itself or one of its files; give another file"
         )
-    partial = target.with_name(f".{target.name}.partial")
+    # A name of its own: two backups to one file at once (cron and a manual run) must not
+    # copy into each other's temp file, nor rename the other's half into place.
+    partial = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
     try:
         src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
         dst = sqlite3.connect(partial)
@@ -149,8 +157,11 @@ def backup(
             src.close()
         partial.replace(target)
     except (OSError, sqlite3.Error) as exc:
-        partial.unlink(missing_ok=True)
+        discard(partial)
         raise LedgerError(f"could not back up {source} to {target}: {exc}") from exc
+    except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
+        discard(partial)
+        raise
     return target.stat().st_size
 
 

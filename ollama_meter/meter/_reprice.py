@@ -21,6 +21,9 @@ class RepriceSummary:
     after: Counter[str] = field(default_factory=Counter)
     newly_priced: int = 0
     newly_unpriced: int = 0
+    pruned_before: datetime | None = None
+    """Set when the window reaches back past the prune horizon: the spans before it are gone,
+    and their days' rollups keep the costs they were recorded with."""
 
     def delta(self) -> dict[str, int]:
         currencies = sorted(set(self.before) | set(self.after))
@@ -43,6 +46,9 @@ def reprice(
     never sits in memory and concurrent writers are blocked only briefly.
     """
     summary = RepriceSummary()
+    horizon = ledger.pruned_before()
+    if horizon is not None and since < horizon:
+        summary.pruned_before = horizon
     where = SpanFilter(since=since, until=until)
     after = ""
     while True:

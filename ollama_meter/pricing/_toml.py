@@ -54,6 +54,8 @@ def parse_pricing_toml(
         data = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"not valid TOML: {exc}") from None
+    except RecursionError:  # valid TOML; a pricing file nests three levels
+        raise ValueError("not a pricing file: nested too deep to read") from None
     currency = known_currency(data.get("currency", default_currency), what="the file's currency")
     entries = data.get("rule", [])
     if not isinstance(entries, list) or not entries:

@@ -116,6 +116,8 @@ def parse_department_budgets(text: str, *, currency: str) -> list[Budget]:
         data = json.loads(text, parse_float=Decimal)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    except RecursionError:
+        raise ValueError("nested too deep to read; budgets nest three levels") from None
     if not isinstance(data, dict):
         raise ValueError('expected an object like {"sales": {"daily": 5, "monthly": 100}}')
     budgets = []

@@ -13,7 +13,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.testing import OllamaEmulator, unreachable_url
 
-typed = st.text(max_size=40)
+typed = st.text(max_size=40) | st.sampled_from(
+    ["a\x00b", "y" * 300, "x" * 10_000, "١٢", "1e309", "NaN", "-0", "0000-01-01", "9999-12-31",
+     "2026-03-29", "\x1b[2J", "a\u202eb", "afile/x"]
+)  # fmt: skip
 
 
 def one_error_line(result: Any) -> str:
@@ -24,7 +27,7 @@ def one_error_line(result: Any) -> str:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     command=st.sampled_from(
@@ -41,17 +44,31 @@ def one_error_line(result: Any) -> str:
             ["log", "--status"],
             ["keys", "create", "--dept"],
             ["chat", "-m", "x", "--dept"],
+            ["db", "backup"],
+            ["db", "import"],
+            ["db", "rollup", "--zone"],
+            ["db", "export", "--since"],
+            ["db", "prune", "--keep-days"],
+            ["reprice", "--since"],
+            ["limit", "set", "--rpm", "5", "--tenant"],
+            ["pricing", "set", "m", "--input-per-1m", "1", "--from"],
+            ["report", "--db"],
         ]
     ),
     value=typed,
 )
-def test_no_value_a_user_types_gives_a_traceback(cli: Any, command: list[str], value: str) -> None:
+def test_no_value_a_user_types_gives_a_traceback(
+    cli: Any, tmp_path: Path, command: list[str], value: str
+) -> None:
+    (tmp_path / "afile").touch()
     if command[-1] == "--monthly":
         command = [*command, value, "--tenant", "acme"]
     else:
         command = [*command, value]
     if command[0] == "chat":
         command.append("hello")
+    if command[-2:] == ["import", "-"]:
+        command[-1] = "./-"  # not stdin
     result = cli(*command)
     assert result.code in (0, 1, 2, 3), (command, result)
     assert "Traceback" not in result.stderr and "unexpected" not in result.stderr, result.stderr
@@ -297,3 +314,73 @@ def test_every_option_given_twice_is_one_line_and_exit_2(cli: Any) -> None:
     assert "given twice" in one_error_line(cli("chargeback", "--month", "2026-11", "-m", "2026-10"))
     for repeated in (["serve", "--upstream", "http://a:1", "--upstream", "http://b:1", "--help"],):
         assert cli(*repeated).code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["db", "backup", "y" * 300], "could not back up"),
+        (["report", "--format", "csv", "--out", "y" * 300], "File name too long"),
+        (["chargeback", "--month", "2026-10", "--out", "y" * 300], "File name too long"),
+        (["db", "backup", "afile/copy.db"], "could not back up"),
+        (["report", "--format", "json", "--out", "afile/r.json"], "Not a directory"),
+        (["db", "import", "y" * 300], "File name too long"),
+        (["db", "import", "a\x00b"], "NUL"),
+        (["log", "--db", "sqlite:////"], "names a folder"),
+        (["log", "--db", "sqlite:///."], "names a folder"),
+        (["log", "--db", "sqlite:///a\x00b"], "NUL"),
+        (["log", "--db", "sqlite:///l.db?timeout=abc"], "takes no options"),
+        (["log", "--db", "sqlite:///file:l.db?mode=ro&uri=true"], "takes no options"),
+        (["log", "--db", "sqlite:///file:l.db"], "URI"),
+    ],
+)
+def test_a_path_the_system_refuses_is_one_line_not_a_bug(
+    cli: Any, tmp_path: Path, args: list[str], says: str
+) -> None:
+    """Names too long for the file system, a file where a folder should be, a NUL: the
+    user's path, said in one line (exit 1 or 2), never "unexpected ... this is a bug"."""
+    (tmp_path / "afile").write_text("")
+    result = cli(*args)
+    line = one_error_line(result)
+    assert result.code in (1, 2) and "unexpected" not in line and says in line, line
+    assert not (tmp_path / "file:").exists()  # no folder made from a URI's name
+
+
+def test_a_pricing_file_name_too_long_is_one_line(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMETER_PRICING_FILE", str(tmp_path / ("q" * 300)))
+    result = cli("report")
+    line = one_error_line(result)
+    assert result.code in (1, 2) and "unexpected" not in line
+    assert "OMETER_PRICING_FILE" in line and "File name too long" in line
+
+
+DEEP_JSON = "[" * 50_000 + "]" * 50_000
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["pricing", "import", "deep.toml"], {}, "nested too deep"),
+        (["report"], {"OMETER_PRICING_FILE": "deep.toml"}, "nested too deep"),
+        (["report"], {"DEPARTMENT_BUDGETS": DEEP_JSON}, "nested too deep"),
+        (["chat", "-m", "m", "--option", f"stop={DEEP_JSON}", "hi"], {}, "nested too deep"),
+    ],
+)
+def test_input_nested_deeper_than_python_recurses_is_one_line(
+    cli: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    says: str,
+) -> None:
+    """Valid TOML or JSON nested 50,000 deep was an 'unexpected RecursionError ... a bug'."""
+    (tmp_path / "deep.toml").write_text(f"x = {DEEP_JSON}\n")
+    monkeypatch.setenv("OLLAMA_HOST", unreachable_url())
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = cli(*args)
+    line = one_error_line(result)
+    assert result.code in (1, 2) and "unexpected" not in line and says in line, line

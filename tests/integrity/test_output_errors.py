@@ -61,3 +61,28 @@ def test_a_pipe_closed_early_ends_the_command_quietly(env: dict[str, str]) -> No
     assert proc.wait(timeout=60) == 1
     assert first.strip()
     assert stderr == ""
+
+
+def test_an_interrupted_backup_or_out_file_leaves_no_temp_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C or SIGTERM (SystemExit) during `db backup` or `--out` left the hidden temp
+    copy (`.ledger.db.partial`, the whole ledger's size) beside the target: only an OSError
+    removed it."""
+    from ollama_meter.cli._common import write_output
+    from ollama_meter.ledger import backup
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    ledger.record([make_span()])
+    target = tmp_path / "copies"
+    target.mkdir()
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        backup(ledger, target / "copy.db", progress=interrupt)
+    monkeypatch.setattr(Path, "replace", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_output("a,b\n", target / "report.csv")
+    assert list(target.iterdir()) == []

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,50 @@ def test_alert_delivery_at_exit_is_bounded(silent_server: str, tmp_path: Path) -
     began = time.monotonic()
     assert dispatcher.flush(EXIT_WAIT) is False  # not delivered, and not waited for
     assert time.monotonic() - began < EXIT_WAIT + 0.5
+
+
+class _SlowHook(BaseHTTPRequestHandler):
+    delay = 0.0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        time.sleep(self.delay)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("delay", [0.3, 2.0], ids=["answers in time", "answers too late"])
+def test_alerts_still_going_out_at_exit_are_done_with_the_ledger_before_it_closes(
+    emulator: OllamaEmulator, tmp_path: Path, delay: float
+) -> None:
+    """The process closed its ledgers first and waited for the alert thread after (atexit):
+    the thread then wrote the delivery through a connection opened anew and never closed,
+    so SQLite's write-ahead log stayed beside the file (PostgreSQL: a dropped session)."""
+    handler = type("Hook", (_SlowHook,), {"delay": delay})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    env = {
+        **os.environ,
+        "OLLAMA_HOST": emulator.url,
+        "OMETER_DB_URL": db,
+        "OMETER_ALERT_WEBHOOK_URL": f"http://127.0.0.1:{server.server_address[1]}/hook",
+    }
+    setup = [
+        ["pricing", "set", "*", "--input-per-1m", "1000"],
+        ["budget", "set", "sales", "--monthly", "0.000001", "--soft", "--thresholds", "100"],
+    ]
+    try:
+        for args in setup:
+            subprocess.run([*OMETER, *args], env=env, check=True, capture_output=True)
+        done, _ = chat(env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("l.db-")) == []
+    (alert,) = Ledger(db).alerts()
+    assert alert.attempts == 1 and alert.delivered == (delay < 1)

@@ -8,6 +8,7 @@ A line either becomes a span the ledger stores unchanged (what the meter's own
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from dataclasses import replace
@@ -18,10 +19,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ollama_meter.errors import LedgerError
+from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger import (
     Ledger,
     SpanFilter,
+    backup,
     export_lines,
     import_lines,
     prune,
@@ -299,6 +301,29 @@ def test_a_backup_is_never_written_over_the_ledger_or_its_wal(cli: Any, tmp_path
     assert not list(tmp_path.glob(".*.partial")) and ledger.count() == 5
 
 
+def test_two_backups_to_one_file_at_once_each_write_a_whole_copy(tmp_path: Path) -> None:
+    """Both wrote one temp name (``.copy.db.partial``): the second copied into the first's
+    file and renamed it into place under it, and the first then failed with 'No such file
+    or directory: .copy.db.partial -> copy.db' (cron and a manual run overlapping)."""
+    import sqlite3
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.record(_spans(30))
+    target = tmp_path / "copy.db"
+    sizes: list[int] = []
+
+    def another_backup_meanwhile(_done: int, _total: int) -> None:
+        if not sizes:
+            sizes.append(backup(ledger, target))
+
+    sizes.append(backup(ledger, target, progress=another_backup_meanwhile))
+    assert len(sizes) == 2 and sizes[1] == target.stat().st_size
+    with contextlib.closing(sqlite3.connect(target)) as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert copy.execute("SELECT count(*) FROM spans").fetchone() == (30,)
+    assert not list(tmp_path.glob(".*partial"))
+
+
 _anything = st.text(alphabet=st.characters(codec=None, categories=None), max_size=300)
 _TEXTS = (
     "request_model", "response_model", "operation", "source", "status", "error_type",
@@ -413,3 +438,53 @@ def test_a_rollup_rebuilt_in_a_zone_with_a_27_hour_day_ends_and_agrees(db_url: s
         day: days.count(day) for day in days
     }
     assert days.count("2023-03-09") == 5  # 27 hours: 13:00 UTC on the 8th to 16:00 on the 9th
+
+
+def test_a_prune_that_lands_while_the_rollups_are_rebuilt_loses_no_pruned_day(
+    db_url: str,
+) -> None:
+    """`ometer db rollup` read the prune horizon once, at its start; a `db prune` run from
+    cron meanwhile removed the raw spans of days it had yet to redo, and it redid them from
+    nothing: the rollups, all the ledger still has of those days, were emptied."""
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.record(_spans())
+    kept, bills = _tables(ledger), [_monthly(ledger, m) for m in ("2026-10", "2026-11")]
+    pruned: list[datetime] = []
+
+    def prune_after_the_first_day(_day: int) -> None:
+        if not pruned:
+            pruned.append(prune(ledger, 30, now=NOW).cutoff)
+
+    rebuild(ledger.write, ledger.read, progress=prune_after_the_first_day)
+    assert pruned and pruned[0] > datetime(2026, 11, 1, tzinfo=UTC)
+    assert [_monthly(ledger, m) for m in ("2026-10", "2026-11")] == bills
+    assert _tables(ledger) == kept
+
+
+def test_prune_says_when_its_cutoff_is_to_the_minute(cli: Any, tmp_path: Path) -> None:
+    """The cutoff is midnight in the ledger's zone: in Berlin 23:00 UTC the day before. It was
+    shown as the UTC date alone ("started before 2026-11-10 UTC"), 23 hours from the truth."""
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    Ledger(db, zone="Europe/Berlin").record(_spans(20))
+    done = cli("db", "prune", "--keep-days", "30", "--db", db)
+    assert done.code == 0, done.stderr
+    with Ledger(db).read() as conn:
+        horizon = pruned_before(conn)
+    assert horizon is not None
+    cutoff = datetime.fromtimestamp(horizon / 1e6, UTC)
+    assert cutoff.hour in (22, 23) and f"started before {cutoff:%Y-%m-%d %H:%M} UTC;" in done.stdout
+
+
+@pytest.mark.parametrize("depth", [10_000, 1_000_000])
+def test_a_line_nested_deeper_than_python_recurses_is_refused_with_its_number(
+    sqlite_url: str, depth: int
+) -> None:
+    """Valid JSON nested 10,000 deep under a key export lines do not have (which a newer
+    export's still import past) was an 'unexpected RecursionError', and the line before it
+    was not recorded."""
+    ledger = Ledger(sqlite_url)
+    good = json.dumps(BASE).encode()
+    deep = good[:-1] + b', "extra": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(ValidationError, match="line 2: .*nested"):
+        import_lines(ledger, [good, deep])
+    assert ledger.count() == 1

@@ -152,6 +152,11 @@ def test_cli_import_from_stdin_and_a_file(cli, tmp_path: Path) -> None:  # type:
     [
         (lambda d: d.update(started_at="yesterday"), "started_at 'yesterday' is not an ISO 8601"),
         (lambda d: d.update(started_at="2026-11-01T10:00:00"), "has no time zone"),
+        # kept to the microsecond, this would come back as another time
+        (
+            lambda d: d.update(ended_at="2026-11-10T12:00:01.1234567Z"),
+            "ended_at '2026-11-10T12:00:01.1234567Z' is finer than a microsecond",
+        ),
         (lambda d: d.update(cost="1.5"), "cost '1.5' is not an amount with six decimals"),
         (lambda d: d.update(cost=1.5), "Expected `str`, got `float`"),
         (lambda d: d.update(cost="²2.000000"), "cost '²2.000000' is not an amount with six"),
@@ -525,3 +530,33 @@ def test_db_rollup_while_three_processes_write_ends_exact(db_url: str) -> None:
     kept = _tables(ledger)
     rebuild(ledger.write, ledger.read)
     assert _tables(ledger) == kept
+
+
+def test_a_file_saved_with_a_byte_order_mark_imports_or_says_what_it_is(sqlite_url: str) -> None:
+    """Editors and PowerShell put a BOM first: UTF-8's was 'line 1: not JSON: invalid
+    character (byte 0)', and a UTF-16 file the same, with no word of what was wrong."""
+    ledger = Ledger(sqlite_url)
+    lines = [json.dumps(span_to_dict(s)).encode() + b"\n" for s in _spans(3)]
+    assert import_lines(ledger, [b"\xef\xbb\xbf" + lines[0], *lines[1:]]).added == 3
+    utf16 = b"".join(lines).decode().encode("utf-16")
+    with pytest.raises(ValidationError, match="line 1: .*UTF-16.*UTF-8"):
+        import_lines(ledger, utf16.splitlines(keepends=True))
+
+
+def test_repricing_from_before_the_prune_horizon_says_what_it_cannot_change(
+    cli,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """Pruned days keep only their rollups, at the prices they were recorded with: `reprice
+    --since` a date before the horizon changed the later days alone and said only 'examined
+    48 span(s) since 2026-10-01', so the month's report mixed old prices and new unseen."""
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    ledger = Ledger(db, zone="Europe/Berlin")
+    ledger.record(_spans())
+    cutoff = prune(ledger, 30, now=NOW).cutoff
+    assert cli("pricing", "set", "*", "--input-per-1m", "7", "--db", db).code == 0
+    done = cli("reprice", "--since", "2026-10-01", "--db", db)
+    assert done.code == 0, done.stderr
+    assert f"spans that started before {cutoff:%Y-%m-%d %H:%M} UTC were pruned" in done.stderr
+    after = cli("reprice", "--since", f"{cutoff + timedelta(days=2):%Y-%m-%d}", "--db", db)
+    assert after.code == 0 and "pruned" not in after.stderr
