@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import stat
 from pathlib import Path
 
 APP_NAME = "ollama-meter"
@@ -20,6 +21,24 @@ def discard(path: Path) -> None:
     and the error to show is the write's."""
     with contextlib.suppress(OSError):
         path.unlink()
+
+
+def written_through(path: Path) -> Path | None:
+    """Where a write to ``path`` by a temp file renamed into place must go instead, or None.
+
+    A device, pipe or socket (``/dev/stdout``, ``/dev/null``, a FIFO) is written into:
+    renaming a file over it would replace the device itself, for everyone when run as
+    root. A link is followed, so the file it names is replaced and the link stays.
+    None: ``path`` is a file of its own, or nothing yet, and is replaced by a rename.
+    """
+    try:
+        if path.is_symlink():
+            named = path.resolve()  # the file it names, even one not there yet
+            return written_through(named) or named
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else path
 
 
 def sqlite_url_problem(backend: str, database: str | None, options: bool) -> str | None:

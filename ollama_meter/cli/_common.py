@@ -25,7 +25,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from ollama_meter._paths import discard
+from ollama_meter._paths import discard, written_through
 from ollama_meter.errors import OmeterError, ValidationError
 from ollama_meter.periods import PERIOD_HELP, Window, parse_period, window_between
 from ollama_meter.records import format_micros
@@ -352,13 +352,22 @@ def write_output(text: str, path: Path | None) -> None:
         out.file.write(text)
         out.file.flush()
         return
+    through = written_through(path)
+    if through is not None and not through.is_file():  # a device or pipe: written into
+        try:
+            with through.open("w", encoding="utf-8", newline="") as file:
+                file.write(text)
+        except OSError as exc:
+            raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
+        return
+    target = through or path
     # A name of its own: two runs writing one file (cron overlapping a manual run) must not
     # write into each other's temp file and rename a mix, or the other's half, into place.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with tmp.open("x", encoding="utf-8", newline="") as file:
             file.write(text)
-        tmp.replace(path)
+        tmp.replace(target)
     except OSError as exc:
         discard(tmp)
         raise OmeterError(f"cannot write {path}: {exc.strerror}") from None

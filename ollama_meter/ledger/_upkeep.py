@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, text
 
-from ollama_meter._paths import discard
+from ollama_meter._paths import discard, written_through
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
 from ollama_meter.ledger._deadline import bulk
@@ -144,6 +144,13 @@ def backup(
         )
     # A name of its own: two backups to one file at once (cron and a manual run) must not
     # copy into each other's temp file, nor rename the other's half into place.
+    through = written_through(target)
+    if through is not None and not through.is_file():
+        raise ValidationError(
+            f"{target} is a device or pipe, not a file: a backup is a SQLite file; give a "
+            "file's path"
+        )
+    target = through or target
     partial = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
     try:
         src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)

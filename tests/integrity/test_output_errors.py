@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,3 +88,37 @@ def test_an_interrupted_backup_or_out_file_leaves_no_temp_file_behind(
     with pytest.raises(KeyboardInterrupt):
         write_output("a,b\n", target / "report.csv")
     assert list(target.iterdir()) == []
+
+
+def test_out_into_a_pipe_or_through_a_link_leaves_them_what_they_are(
+    cli: Any, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--out /dev/stdout`, a FIFO or a link: a temp file renamed over it would replace the
+    pipe or device itself (`db backup /dev/null` as root, for everyone). A pipe is written
+    into, a link followed; a backup, which must be a file, is refused onto a pipe."""
+    monkeypatch.setenv("OMETER_DB_URL", env["OMETER_DB_URL"])
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    done = cli("report", "--format", "csv", "--out", str(fifo))
+    reader.join(10)
+    shown = cli("report", "--format", "csv").stdout
+    assert done.code == 0 and received == [shown.encode()] and fifo.is_fifo()
+
+    real = tmp_path / "reports" / "month.csv"
+    real.parent.mkdir()
+    link = tmp_path / "latest.csv"
+    link.symlink_to(real)
+    assert cli("report", "--format", "csv", "--out", str(link)).code == 0
+    assert link.is_symlink() and real.read_text() == shown
+
+    refused = cli("db", "backup", str(fifo))
+    assert refused.code != 0 and fifo.is_fifo()
+    assert (
+        refused.stderr
+        == f"error: {fifo} is a device or pipe, not a file: a backup is a SQLite file; give a file's path\n"
+    )
+    assert cli("db", "backup", str(link)).code == 0
+    assert link.is_symlink() and real.read_bytes().startswith(b"SQLite format 3")
