@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 from rich.cells import cell_len
@@ -155,8 +155,10 @@ class DataTable:
         yield grid
 
 
-@dataclass(frozen=True, slots=True)
-class _Size:
+class _Size(NamedTuple):
+    """A column's width as laid out: all its text on one line, its longest word, and
+    whether it may not wrap at all (numbers)."""
+
     natural: int
     word: int
     fixed: bool

@@ -7,7 +7,7 @@ import typer
 from ollama_meter._paths import default_data_dir
 from ollama_meter.cli._common import err, out, progress_bar, settings, utc_now
 from ollama_meter.cli.report import render_table
-from ollama_meter.periods import parse_period
+from ollama_meter.periods import window_between
 
 DEMO_CALLS = 300
 
@@ -43,15 +43,17 @@ def demo(
         f"sent {summary.calls} calls through the meter to an Ollama emulator at {summary.upstream}: "
         f"{summary.ok} ok, {summary.errors} failed (on purpose), over the past 30 days"
     )
-    window = parse_period("month", tz=cfg.tz, now=utc_now())
+    # The days the calls were spread over, not this month: on the 1st that would be empty.
+    first = summary.first_day.isoformat()
+    window = window_between(first, None, tz=cfg.tz, now=utc_now())
     result = spend_report(open_ledger(url), window, ["tenant", "department", "model"], tz=cfg.tz)
     out.print(render_table(result, cfg.timezone))
     flag = f"--db {url}"
     out.print(
         "\nexplore the demo ledger:\n"
         f"  ometer log {flag} --limit 10\n"
-        f"  ometer report {flag} --since {summary.first_day} --by department,day\n"
-        f"  ometer report {flag} --period month --by model --format csv\n"
+        f"  ometer report {flag} --since {first} --by department,day\n"
+        f"  ometer report {flag} --since {first} --by model --format csv\n"
         f"  ometer pricing list {flag}\n"
         'then point OLLAMA_HOST at your Ollama and run `ometer chat -m llama3.1:8b "hello"`.'
     )

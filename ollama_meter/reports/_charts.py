@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import NamedTuple
 
 PALETTE_SIZE = 10
 WIDTH = 480
@@ -268,8 +269,9 @@ def lines(
     return chart
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
+class Segment(NamedTuple):
+    """One stretch of a bar: its amount, style, tooltip, exact text and series name."""
+
     value: Decimal
     css: str
     tip: str
