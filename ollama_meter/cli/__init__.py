@@ -100,13 +100,15 @@ def main() -> None:
     try:
         code = command()(standalone_mode=False)
         sys.stdout.flush()  # here, where a failure to write the output is still ours to report
+        if code == INTERRUPTED:  # typer's answer to Ctrl-C inside a command: said, not silent
+            err.print("interrupted")
     except OmeterError as exc:
         # Plain write: one line whatever the terminal width, easy to grep in cron mail.
         sys.stderr.write(f"error: {printable(str(exc))}\n")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     except OSError as exc:
         if exc.errno not in _CANNOT_WRITE:
             _bug(exc)
@@ -124,6 +126,8 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+INTERRUPTED = 130
+"""The exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it."""
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _CANNOT_WRITE = _FULL | {errno.EPIPE, errno.EIO, errno.EROFS}
 """Errors of the machine, not of ometer, that writing output (stdout, ``--out``) can meet."""

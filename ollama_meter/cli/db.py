@@ -160,9 +160,20 @@ def import_command(
     began = time.monotonic()
     with stream, progress_bar("importing", rate=True) as bar:
         task = bar.add_task("bytes", total=total)
-        summary = import_lines(
-            ledger, _counted(stream, lambda n: bar.advance(task, n)), pruned_too=pruned_too
-        )
+        recorded = [0]  # spans of the batches committed so far
+        try:
+            summary = import_lines(
+                ledger,
+                _counted(stream, lambda n: bar.advance(task, n)),
+                pruned_too=pruned_too,
+                progress=lambda n: recorded.__setitem__(0, recorded[0] + n),
+            )
+        except KeyboardInterrupt:
+            err.print(
+                f"the first {recorded[0]:,} span(s) are recorded, the batch in progress is not; "
+                "run the same import again for the rest (spans already there are skipped)"
+            )
+            raise
     took = max(time.monotonic() - began, 1e-9)
     out.print(
         f"imported {summary.added:,} span(s) into {ledger.display_url}"

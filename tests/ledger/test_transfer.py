@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import shlex
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -145,6 +150,35 @@ def test_cli_import_from_stdin_and_a_file(cli, tmp_path: Path) -> None:  # type:
     assert "imported 0 span(s)" in again.stdout and "(30 already there)" in again.stdout
     missing = cli("db", "import", str(tmp_path / "nope.jsonl"), "--db", db)
     assert missing.code == 1 and "cannot read" in missing.stderr
+
+
+def test_an_import_stopped_by_ctrl_c_says_what_it_recorded(tmp_path: Path) -> None:
+    """Ctrl-C during `db import` (typer turns it into exit 130, silently): the command says
+    how many spans are recorded and that running it again is safe."""
+    source = Ledger(f"sqlite:///{tmp_path / 's.db'}")
+    source.record(_spans(30))
+    path = tmp_path / "t.db"
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{path}"}
+    command = [sys.executable, "-m", "ollama_meter", "db", "import", "-"]
+    with subprocess.Popen(
+        command, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as proc:
+        assert proc.stdin is not None
+        proc.stdin.write(b"".join(list(export_lines(source))[:10]))
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while not path.exists() and time.monotonic() < deadline:  # the ledger is open
+            time.sleep(0.05)
+        time.sleep(0.5)  # and the command waits for the next line
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.decode().splitlines()[-2:] == [
+        "the first 0 span(s) are recorded, the batch in progress is not; run the same import "
+        "again for the rest (spans already there are skipped)",
+        "interrupted",
+    ]
+    assert Ledger(f"sqlite:///{path}").count() == 0 and out == b""
 
 
 @pytest.mark.parametrize(
