@@ -24,8 +24,18 @@ def name_problem(value: str, *, limit: int = MAX_NAME) -> str | None:
     return None
 
 
+_HOST_ZONES = frozenset({"localtime", "posixrules", "factory"})
+"""Files in the zone database that are no zone of their own: the host's zone (another on
+each machine that reads the ledger), a copy of some zone, and one with no offset at all."""
+
+
 def zone_problem(value: str) -> str | None:
     """Why ``value`` is not an IANA time zone name, or None when it is."""
+    if value.lower() in _HOST_ZONES:
+        return (
+            f"{value!r} is not a zone of its own (it is whatever the host says); use an IANA "
+            "name such as Europe/Berlin or UTC"
+        )
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):

@@ -106,7 +106,7 @@ def system_timezone() -> str:
         name = tzlocal.get_localzone_name()
     except Exception:  # tzlocal raises various errors on unusual systems
         return "UTC"
-    return name or "UTC"
+    return name if name and not zone_problem(name) else "UTC"
 
 
 DAY_SECONDS = 86_400

@@ -138,6 +138,11 @@ def test_a_dotenv_line_that_cannot_be_read_is_an_error_not_a_default(
             "OTEL_EXPORTER_OTLP_HEADERS: the value of 'x-team' has a line break",
         ),
         ("TRACELOOP_BASE_URL", "https://", "TRACELOOP_BASE_URL: 'https://' is not an http(s) URL"),
+        # files of the zone database that are no zone: days would be cut per host
+        ("OMETER_TIMEZONE", "localtime", "OMETER_TIMEZONE: 'localtime' is not a zone of its own"),
+        ("OMETER_TIMEZONE", "Factory", "OMETER_TIMEZONE: 'Factory' is not a zone of its own"),
+        ("OMETER_TIMEZONE", "posixrules", "OMETER_TIMEZONE: 'posixrules' is not a zone of its"),
+        ("OMETER_TIMEZONE", "Mars/Olympus", "OMETER_TIMEZONE: 'Mars/Olympus' is not a known"),
     ],
 )
 def test_bad_values_name_the_variable(
