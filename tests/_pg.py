@@ -95,7 +95,8 @@ class PgCluster:
         """
         try:
             for pid in self.processes():
-                os.kill(pid, signal.SIGSTOP)
+                with contextlib.suppress(ProcessLookupError):  # a backend that just ended
+                    os.kill(pid, signal.SIGSTOP)
             yield
         finally:
             self.resume()

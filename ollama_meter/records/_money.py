@@ -130,7 +130,8 @@ def check_amount(value: Decimal, *, what: str, limit: Decimal = MAX_PRICE) -> No
 
 def parse_currency(text: object, *, what: str = "currency") -> str:
     """An ISO 4217-shaped code (three letters), upper-cased: ``" eur"`` → ``"EUR"``."""
-    code = str(text).strip().upper() if isinstance(text, str) else ""
+    stripped = text.strip() if isinstance(text, str) else ""
+    code = stripped.upper() if stripped.isascii() else ""  # 'Aß'.upper() is 'ASS'
     if not _CURRENCY.fullmatch(code):
         given = f"{what} {text!r}".strip()
         raise ValueError(f"{given} is not a 3-letter ISO 4217 code such as USD or EUR")

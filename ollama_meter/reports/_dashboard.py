@@ -113,7 +113,7 @@ def _minute(moment: datetime, tz: ZoneInfo) -> str:
 
 def chart_unit(window: Window) -> str:
     """Days for up to two months, weeks for up to a year, months beyond."""
-    days = (window.end - window.start) / timedelta(days=1)
+    days = round((window.end - window.start) / timedelta(days=1))  # a DST change is an hour
     if days <= 62:
         return "day"
     return "week" if days <= 366 else "month"

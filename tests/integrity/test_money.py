@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.budgets import Budget, CallBound, bound_cost
 from ollama_meter.config import load_settings
@@ -371,6 +371,7 @@ def test_pricing_import_twice_adds_nothing(cli: Any, tmp_path: Any) -> None:
     max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(text=st.text(max_size=12))
+@example(text="Aß")  # upper-cased, three letters: 'ASS'
 def test_currency_codes_have_the_iso_shape(text: str) -> None:
     from ollama_meter.pricing import parse_currency
 

@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.budgets import Budget
 from ollama_meter.errors import ValidationError
@@ -293,6 +293,7 @@ def test_bad_periods_are_one_line_errors(db_url: str, query: DashQuery, message:
     into=st.floats(min_value=-2, max_value=2),
     zone=st.sampled_from([UTC_ZONE, BERLIN, ZoneInfo("America/New_York")]),
 )
+@example(first=date(2001, 9, 1), days=62, into=0.0, zone=BERLIN)  # 62 days and the DST hour
 def test_the_comparison_period_comes_right_before(
     first: date, days: int, into: float, zone: ZoneInfo
 ) -> None:
