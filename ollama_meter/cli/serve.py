@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -219,16 +220,37 @@ def run(
     gateway = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OLLAMA_HOST": gateway, "OPENAI_BASE_URL": f"{gateway}/v1"}
     try:
-        code = subprocess.call(command, env=env)
-    except FileNotFoundError:
-        raise ValidationError(f"no such program: {command[0]}") from None
-    except OSError as exc:  # not executable, a directory, ...
-        raise ValidationError(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+        code = _foreground(command, env)
     finally:
         server.should_exit = True
         thread.join(timeout=15)
     err.print(f"ometer: {tally.summary(f'{who.tenant}/{who.department}', cfg.currency)}")
     sys.exit(code)
+
+
+def _foreground(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` as a shell runs a foreground job; its exit status, as a shell gives it.
+
+    Ctrl-C reaches the program from the terminal (the whole group gets it), so here it is
+    ignored: the program decides what it means, and its gateway meters what it still does.
+    A SIGTERM sent to ``ometer`` alone is passed on. A program a signal ended gives 128 + it.
+    """
+    try:
+        program = subprocess.Popen(command, env=env)
+    except FileNotFoundError:
+        raise ValidationError(f"no such program: {command[0]}") from None
+    except OSError as exc:  # not executable, a directory, ...
+        raise ValidationError(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+    before = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda sig, _: program.send_signal(sig)),
+    }
+    try:
+        code = program.wait()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
 
 
 @keys_app.command("create")

@@ -168,3 +168,63 @@ def test_keys_commands(cli, db_url: str, monkeypatch) -> None:  # type: ignore[n
     assert cli("keys", "revoke", str(listed[0]["id"])).code == 0
     assert json.loads(cli("keys", "list", "--json").stdout)[0]["revoked"] is True
     assert "no live key" in cli("keys", "revoke", str(listed[0]["id"])).stderr
+
+
+def test_ometer_run_leaves_signals_to_its_program(emulator: OllamaEmulator, tmp_path: Path) -> None:
+    """Ctrl-C goes to the whole foreground group: the program decides what it means, and the
+    gateway meters what the program still does; a SIGTERM to ometer is passed on to it; a
+    program killed by a signal ends ometer as a shell reports it (128 + the signal)."""
+    env = {
+        **os.environ,
+        "OLLAMA_HOST": emulator.url,
+        "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}",
+    }
+    ready = tmp_path / "ready"
+    script = (
+        "import pathlib, signal, sys, time, ollama\n"
+        "got = []\n"
+        "signal.signal(signal.SIGINT, lambda *_: got.append('INT'))\n"
+        "signal.signal(signal.SIGTERM, lambda *_: got.append('TERM'))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "while not got:\n"
+        "    time.sleep(0.01)\n"
+        "ollama.chat(model='llama3.1:8b', messages=[{'role': 'user', 'content': got[0]}])\n"
+        "sys.exit(3)\n"
+    )
+
+    def started(*program: str) -> subprocess.Popen[str]:
+        ready.unlink(missing_ok=True)
+        proc = subprocess.Popen(
+            [*OMETER, "run", "--dept", "finance", "--", *program],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own group, as a terminal's foreground job is
+        )
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the program did not start"
+            time.sleep(0.02)
+        return proc
+
+    ctrl_c = started(sys.executable, "-c", script)
+    os.killpg(ctrl_c.pid, signal.SIGINT)
+    _, stderr = ctrl_c.communicate(timeout=60)
+    assert ctrl_c.returncode == 3, stderr
+    assert "1 call(s) metered" in stderr
+
+    terminated = started(sys.executable, "-c", script)
+    terminated.send_signal(signal.SIGTERM)  # ometer alone, as a service manager might
+    _, stderr = terminated.communicate(timeout=60)
+    assert terminated.returncode == 3, stderr
+    assert [s["status"] for s in logged(env)] == ["ok", "ok"]
+
+    killed = started(
+        sys.executable,
+        "-c",
+        f"import os, pathlib; pathlib.Path({str(ready)!r}).touch(); os.kill(os.getpid(), 9)",
+    )
+    _, stderr = killed.communicate(timeout=60)
+    assert killed.returncode == 128 + signal.SIGKILL, stderr
