@@ -133,6 +133,11 @@ class DataTable:
         return _Size(natural, longest, fixed=column.numeric)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if not self.rows:  # nothing to show is said in words, with no empty grid around it
+            yield shown(self.title, "table.title")
+            if self.caption is not None:
+                yield shown(self.caption, "table.caption")
+            return
         sizes = [self._sizes(i, c) for i, c in enumerate(self.columns)]
         room = options.max_width - (3 * len(self.columns) + 1)  # borders and padding
         widths = _fit(sizes, room)

@@ -340,7 +340,8 @@ def list_keys(as_json: JsonFlag = False, db: DbOption = None) -> None:
         ]
         for k in keys
     ]
-    out.print(table("gateway keys", columns, cells))
+    none = "no keys; create one with `ometer keys create --name NAME --dept D`"
+    out.print(table("gateway keys", columns, cells, caption=None if cells else none))
 
 
 @keys_app.command("revoke")

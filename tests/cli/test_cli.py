@@ -313,7 +313,17 @@ def test_report_options_are_validated(cli, db: str) -> None:  # type: ignore[no-
         "before --since" in cli("report", "--since", "2026-02-01", "--until", "2026-01-01").stderr
     )
     assert "--out needs" in cli("report", "--out", "x.txt").stderr
-    assert "no calls in this period" in cli("report", "--period", "2026-10").stdout
+    # Nothing to show is said in words, with no empty grid drawn around it.
+    for command, said in [
+        (("report", "--period", "2026-10"), "spend 2026-10 (UTC)\nno calls in this period\n"),
+        (("perf", "--period", "2026-10"), "perf 2026-10 (UTC)\nno calls in this period\n"),
+        (("limit", "list"), "limits\nno limits\n"),
+        (
+            ("keys", "list"),
+            "gateway keys\nno keys; create one with `ometer keys create --name NAME --dept D`\n",
+        ),
+    ]:
+        assert cli(*command).stdout == said
 
 
 def test_db_commands(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
