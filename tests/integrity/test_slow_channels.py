@@ -57,14 +57,14 @@ def test_a_hanging_webhook_holds_the_cli_at_most_a_second(
     assert done.returncode == 0, done.stderr
     # The webhook hangs for ever; waiting for its three 3 s attempts would take 9 s and more.
     assert elapsed - plain < 8, (elapsed, plain)
-    ledger = Ledger(db)
-    (alert,) = ledger.alerts()
+    (alert,) = Ledger(db).alerts()
     assert alert.attempts == 1 and not alert.delivered  # the attempt is on record
     # The next run tries it again (once per run, up to five runs), still without waiting long.
     done, elapsed = chat(hooked)
     assert done.returncode == 0 and elapsed - plain < 8
-    (alert,) = Ledger(db).alerts()
-    assert (alert.attempts == 2 and alert.deliveries.get("log") is None) or True
+    # A month that began between the two runs has an alert of its own (tried once).
+    again = [a for a in Ledger(db).alerts() if a.period_start == alert.period_start]
+    assert [(a.attempts, a.delivered) for a in again] == [(2, False)]
 
 
 def test_an_unreachable_collector_costs_at_most_the_export_timeout(
