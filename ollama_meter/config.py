@@ -8,8 +8,10 @@ names the setting the user has to fix.
 from __future__ import annotations
 
 import io
+import logging
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
@@ -402,14 +404,48 @@ def _env_name(field: str) -> str:
 
 
 _ENV_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+GATEWAY_ENV = frozenset({"OMETER_ADMIN_TOKEN", "OMETER_MAX_BODY_BYTES", "OMETER_MAX_HEADER_BYTES"})
+"""Variables ``ometer serve`` reads for its own options, beside the settings."""
+TEST_ENV = "OMETER_TEST_"
+"""The prefix of the test suite's own variables (``OMETER_TEST_PG_URL``, ...): never settings."""
+_warned: set[str] = set()
 
 
-def _check_env_file(path: Path) -> None:
+def known_env_names() -> frozenset[str]:
+    """Every environment variable ometer reads."""
+    return frozenset(_env_name(field) for field in Settings.model_fields) | GATEWAY_ENV
+
+
+def _warn_unknown(environment: Iterable[str], env_file: Iterable[str]) -> None:
+    """Say, once a process, which ``OMETER_`` names are no setting: a misspelt one would
+    silently leave its setting at the default (a key not required, spans never pruned);
+    and which of ``ometer serve``'s variables a ``.env`` sets, where they are not read."""
+    known = known_env_names()
+    log = logging.getLogger(__name__)
+    for name in (*environment, *env_file):
+        if not name.startswith("OMETER_") or name.startswith(TEST_ENV) or name in known | _warned:
+            continue
+        import difflib
+
+        _warned.add(name)
+        meant = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        hint = f"; did you mean {meant[0]}?" if meant else "; see `ometer --help` and the README"
+        log.warning("%s is not an ometer setting and is ignored%s", name, hint)
+    for name in GATEWAY_ENV.intersection(env_file) - _warned:
+        _warned.add(name)
+        log.warning(
+            "%s in .env is ignored: ometer serve reads it from the environment only; "
+            "export it or give its flag",
+            name,
+        )
+
+
+def _check_env_file(path: Path) -> list[str]:
     """Refuse a ``.env`` that cannot be read whole: python-dotenv skips a line it cannot
     parse (a quote left open) with a warning, and the setting on it would silently be
-    the default: a report cut in the wrong zone, a budget not set."""
+    the default: a report cut in the wrong zone, a budget not set. The names it sets."""
     if not path.is_file():
-        return
+        return []
     from dotenv.parser import parse_stream
 
     try:
@@ -420,6 +456,7 @@ def _check_env_file(path: Path) -> None:
         ) from None
     except OSError as exc:
         raise ConfigError(f".env: cannot be read: {exc.strerror}") from None
+    names = []
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:
             named = _ENV_NAME.match(binding.original.string)
@@ -428,23 +465,32 @@ def _check_env_file(path: Path) -> None:
                 f".env line {binding.original.line}{what} cannot be read: is a quote left "
                 "open? Fix or remove the line"
             )
+        if binding.key:
+            names.append(binding.key)
+    return names
 
 
-def load_settings(*, flags: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+def load_settings(
+    *, flags: Mapping[str, str] | None = None, warn: bool = True, **overrides: Any
+) -> Settings:
     """Build settings from overrides (flags) over the environment and ``.env``.
 
     Overrides that are ``None`` are ignored so CLI options can be passed through
     as they are. A bad value raises :class:`ConfigError` naming where it came from:
     the command-line flag (``flags`` maps a field to it) when an override was
-    given, else the environment variable.
+    given, else the environment variable. ``OMETER_`` names that are no setting are
+    logged once a process (``warn``; off only to read the logging settings themselves).
     """
     given = {key: value for key, value in overrides.items() if value is not None}
-    _check_env_file(Path(".env"))
+    in_file = _check_env_file(Path(".env"))
     try:
-        return Settings(**given)
+        loaded = Settings(**given)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
         message = str(error["msg"]).removeprefix("Value error, ")
         where = (flags or {}).get(field) if field in given else None
         raise ConfigError(f"{where or _env_name(field)}: {message}") from None
+    if warn:
+        _warn_unknown(os.environ, in_file)
+    return loaded

@@ -29,7 +29,12 @@ _CLEAR_PREFIXES = ("OMETER_", "OLLAMA_", "OTEL_", "LANGFUSE_", "TRACELOOP_")
 # What CI sets for the test run itself: a server to use, and "fail, don't skip"; where
 # the browser tests save their screenshots.
 _KEEP = frozenset(
-    {"OMETER_TEST_PG_URL", "OMETER_REQUIRE_PG", "OMETER_REQUIRE_BROWSER", "OMETER_SCREENSHOTS"}
+    {
+        "OMETER_TEST_PG_URL",
+        "OMETER_TEST_REQUIRE_PG",
+        "OMETER_TEST_REQUIRE_BROWSER",
+        "OMETER_TEST_SCREENSHOTS",
+    }
 )
 
 
@@ -67,8 +72,8 @@ def pg_server() -> Iterator[str | None]:
 def _private_cluster() -> Iterator[PgCluster]:
     made = PgCluster.create()
     if made is None:
-        if os.environ.get("OMETER_REQUIRE_PG"):
-            pytest.fail("OMETER_REQUIRE_PG is set but PostgreSQL's initdb/pg_ctl are missing")
+        if os.environ.get("OMETER_TEST_REQUIRE_PG"):
+            pytest.fail("OMETER_TEST_REQUIRE_PG is set but PostgreSQL's initdb/pg_ctl are missing")
         pytest.skip("no PostgreSQL binaries to make a private cluster")
     made.start()
     try:
@@ -104,8 +109,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_server: str | None
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
     if pg_server is None:
-        if os.environ.get("OMETER_REQUIRE_PG"):
-            pytest.fail("OMETER_REQUIRE_PG is set but no PostgreSQL server could be started")
+        if os.environ.get("OMETER_TEST_REQUIRE_PG"):
+            pytest.fail("OMETER_TEST_REQUIRE_PG is set but no PostgreSQL server could be started")
         pytest.skip("no PostgreSQL server available (install postgresql or set OMETER_TEST_PG_URL)")
     return _fresh_pg_database(pg_server)
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ollama_meter.config import load_settings, normalize_host, system_timezone
+from ollama_meter import config
+from ollama_meter.config import known_env_names, load_settings, normalize_host, system_timezone
 from ollama_meter.errors import ConfigError
 
 
@@ -251,3 +253,66 @@ def test_every_duration_setting_is_a_finite_timer_or_a_clear_error(name: str, va
     assert 0 <= seconds <= 86_400 <= threading.TIMEOUT_MAX
     assert datetime.now(UTC) + timedelta(seconds=seconds) > datetime(2000, 1, 1, tzinfo=UTC)
     assert int(seconds * 1000) >= 0
+
+
+KNOWN = sorted(known_env_names())
+
+
+@given(name=st.sampled_from(KNOWN), at=st.integers(min_value=7), edit=st.sampled_from("dsx"))
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_misspelt_setting_is_named_not_silently_ignored(
+    name: str, at: int, edit: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OMETER_ name that is no setting (a letter dropped, doubled or swapped) would leave
+    its setting at the default: a key not required, spans never pruned. It is said, once,
+    with the setting meant; a setting spelt right is never warned about."""
+    if not name.startswith("OMETER_"):
+        return
+    at = 7 + at % (len(name) - 7)
+    typo = {
+        "d": name[:at] + name[at + 1 :],
+        "s": name[:at] + name[at] + name[at:],
+        "x": name[:at] + name[at + 1 : at + 2] + name[at] + name[at + 2 :],
+    }[edit]
+    if typo in KNOWN or not typo.removeprefix("OMETER_"):
+        return
+    monkeypatch.setattr(config, "_warned", set())  # as in a process of its own
+    monkeypatch.setenv(typo, "on")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ollama_meter"):
+        load_settings()
+        load_settings()
+    (said,) = caplog.messages
+    assert said.startswith(f"{typo} is not an ometer setting and is ignored"), said
+    assert "did you mean OMETER_" in said
+    monkeypatch.delenv(typo)
+
+
+def test_settings_read_outside_the_settings_model_are_known() -> None:
+    """Every environment variable an `ometer` option reads is a known name."""
+    import typer.main
+
+    from ollama_meter.cli import app
+
+    def envvars(command: Any) -> set[str]:
+        names = {p.envvar for p in command.params if isinstance(p.envvar, str)}
+        for sub in getattr(command, "commands", {}).values():
+            names |= envvars(sub)
+        return names
+
+    assert envvars(typer.main.get_command(app)) <= known_env_names()
+    assert {"OMETER_ADMIN_TOKEN", "OMETER_DB_URL", "OLLAMA_HOST"} <= known_env_names()
+
+
+def test_what_ometer_serve_reads_from_the_environment_only_is_not_trusted_to_a_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config, "_warned", set())
+    (tmp_path / ".env").write_text("OMETER_ADMIN_TOKEN=s3cret\nOMETER_TEST_PG_URL=x\n")
+    with caplog.at_level("WARNING", logger="ollama_meter"):
+        load_settings()
+    assert caplog.messages == [
+        "OMETER_ADMIN_TOKEN in .env is ignored: ometer serve reads it from the environment "
+        "only; export it or give its flag"
+    ]

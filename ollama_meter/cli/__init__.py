@@ -85,9 +85,10 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 def _logging() -> None:
-    """Logs as configured; a broken setting is reported by the command that reads it."""
+    """Logs as configured; a broken setting is reported by the command that reads it (and a
+    misspelt one is logged then, as configured)."""
     try:
-        cfg = settings()
+        cfg = settings(warn=False)
     except OmeterError:
         configure_logging()
         return

@@ -2,8 +2,8 @@
 
 A gateway with seven weeks of known spans and four budgets, its clock fixed at
 :data:`OFFICE_NOW`; the browser reads the numbers off the page and compares them
-with sums computed here from the spans. Screenshots go to ``OMETER_SCREENSHOTS``
-(the README's come from ``OMETER_SCREENSHOTS=docs``) or to the test's tmp dir.
+with sums computed here from the spans. Screenshots go to ``OMETER_TEST_SCREENSHOTS``
+(the README's come from ``OMETER_TEST_SCREENSHOTS=docs``) or to the test's tmp dir.
 Nothing is downloaded: Playwright drives ``/usr/bin/chromium``.
 """
 
@@ -55,8 +55,8 @@ BUDGETS = [
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not os.path.exists(CHROMIUM):
-        if os.environ.get("OMETER_REQUIRE_BROWSER"):
-            pytest.fail("OMETER_REQUIRE_BROWSER is set but /usr/bin/chromium is missing")
+        if os.environ.get("OMETER_TEST_REQUIRE_BROWSER"):
+            pytest.fail("OMETER_TEST_REQUIRE_BROWSER is set but /usr/bin/chromium is missing")
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -88,8 +88,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def shots(tmp_path: Path) -> Path:
-    """Where screenshots go: ``OMETER_SCREENSHOTS`` (relative to the repository) or tmp."""
-    wanted = os.environ.get("OMETER_SCREENSHOTS")
+    """Where screenshots go: ``OMETER_TEST_SCREENSHOTS`` (relative to the repository) or tmp."""
+    wanted = os.environ.get("OMETER_TEST_SCREENSHOTS")
     folder = REPO / wanted if wanted else tmp_path
     folder.mkdir(parents=True, exist_ok=True)
     return folder
