@@ -12,6 +12,8 @@ MAX_USER = 128
 
 def name_problem(value: str, *, limit: int = MAX_NAME) -> str | None:
     """Why ``value`` is not a valid name, or None when it is."""
+    if not isinstance(value, str):  # from Python callers: no type is checked before here
+        return f"must be text, not {type(value).__name__}"
     if not value:
         return "is empty"
     if len(value) > limit:

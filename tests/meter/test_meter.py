@@ -199,6 +199,17 @@ def test_bad_names_and_missing_model_are_refused_before_any_call(
 
 
 @given(
+    field=st.sampled_from(["tenant", "department", "user"]),
+    value=st.integers() | st.floats() | st.binary() | st.lists(st.text(max_size=3)) | st.booleans(),
+)
+def test_a_name_that_is_not_text_is_a_clear_error(field: str, value: object) -> None:
+    """``MeteredClient(department=123)`` was a TypeError from deep inside; it names the field."""
+    names: dict[str, object] = {"tenant": "t", "department": "d", field: value}
+    with pytest.raises(ValidationError, match=f"^{field} name must be text, not "):
+        Attribution(**names)  # type: ignore[arg-type]
+
+
+@given(
     tags=st.dictionaries(
         st.sampled_from(["job", "team", "ticket"]) | st.integers() | st.none(),
         st.text(max_size=300) | st.integers() | st.none() | st.lists(st.text(max_size=3)),
