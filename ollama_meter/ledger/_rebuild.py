@@ -9,7 +9,11 @@ are gone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, tzinfo
@@ -71,6 +75,11 @@ def rebuild(
     with unbounded():  # a day of a big ledger may take longer than a call's write
         if zone is not None:
             _change_zone(write, read, zone)
+        with write() as conn:
+            # Until the last month is summed, days and months disagree: if this dies,
+            # whichever process opens the ledger next finishes it (build_if_stale).
+            set_meta(conn, "rollups", "stale")
+            _beat(conn)
         with read() as conn:
             horizon = pruned_before(conn)
             cells_zone = ledger_zone(conn)
@@ -89,11 +98,47 @@ def rebuild(
                 else:
                     bounds += [low * 10**6, high * 10**6]
         total = 0
-        if bounds:
-            total = _rebuild_days(write, min(bounds), max(bounds), horizon, cells_zone, progress)
+        try:
+            if bounds:
+                total = _rebuild_days(
+                    write, min(bounds), max(bounds), horizon, cells_zone, progress
+                )
+        except BaseException:  # stopped (Ctrl-C, SIGTERM, an error): the next open finishes it
+            with contextlib.suppress(Exception), write() as conn:
+                set_meta(conn, "rebuilding", None)
+            raise
         with write() as conn:
             set_meta(conn, "rollups", "current")
+            set_meta(conn, "rebuilding", None)
     return total
+
+
+REBUILD_SILENCE_S = 600
+"""A rebuild on another machine that has not finished a day (or month) for this long has
+died: one day of 10M spans took under a minute on a busy machine."""
+
+
+def _beat(conn: Connection) -> None:
+    """Say, in the rebuild's own transaction, that it is at work: when, and which process."""
+    set_meta(conn, "rebuilding", f"{int(time.time())} {os.getpid()} {socket.gethostname()}")
+
+
+def _at_work(conn: Connection) -> bool:
+    """Whether a rebuild is at work: its process is alive (on this machine), or it said it
+    was at work within :data:`REBUILD_SILENCE_S` (on another)."""
+    beat = (get_meta(conn, "rebuilding") or "").split(" ", 2)
+    if len(beat) != 3 or not (beat[0].isdigit() and beat[1].isdigit()):
+        return False
+    said, pid, host = int(beat[0]), int(beat[1]), beat[2]
+    if host != socket.gethostname():
+        return time.time() - said < REBUILD_SILENCE_S
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, another user's
+        return True
+    return True
 
 
 def _rebuild_days(
@@ -121,6 +166,7 @@ def _rebuild_days(
                 day = start
                 continue
             count = _rebuild_day(conn, day, zone)
+            _beat(conn)
             total += count
             # The next day with anything to redo; the day after one with calls always
             # (a call may have been busy past midnight).
@@ -133,6 +179,7 @@ def _rebuild_days(
     for month in sorted(months):
         with write() as conn:
             _rebuild_month(conn, month, zone)
+            _beat(conn)
     return total
 
 
@@ -265,9 +312,17 @@ def adopt_zone(conn: Connection, zone: str) -> bool:
 
 
 def build_if_stale(ledger: Any) -> None:
-    """Build the rollups a migration asked for (``ledger_meta.rollups = 'stale'``), once."""
+    """Build the rollups a migration asked for, or a rebuild that died left half done
+    (``ledger_meta.rollups = 'stale'``), once; a rebuild still at work is left to finish."""
     with ledger.read() as conn:
         if get_meta(conn, "rollups") != "stale":
+            return
+        if _at_work(conn):
+            log.warning(
+                "the rollups of %s are being rebuilt by another process: answers may miss "
+                "days until it is done",
+                ledger.display_url,
+            )
             return
         empty = conn.execute(select(SpanRow.id).limit(1)).first() is None
     if empty:

@@ -148,7 +148,9 @@ class Meter:
     def _open(self, opening: Opening, *, blocking: bool) -> MeteredCall:
         model = opening.model
         if not model or not model.strip():
-            raise ValidationError("no model given; name one, e.g. llama3.1:8b (-m on the command line)")
+            raise ValidationError(
+                "no model given; name one, e.g. llama3.1:8b (-m on the command line)"
+            )
         if blocking:
             self.ledger.check_writable()
         elif self.ledger.held:

@@ -11,6 +11,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
+import socket
+import subprocess
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,8 +35,8 @@ from ollama_meter.ledger import (
     span_from_line,
     span_to_dict,
 )
-from ollama_meter.ledger._meta import pruned_before
-from ollama_meter.ledger._rollup import MOST
+from ollama_meter.ledger._meta import pruned_before, set_meta
+from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, MOST, ROLLUPS
 from ollama_meter.ledger._spans import insert_spans
 from ollama_meter.records import (
     MAX_CALL_COST,
@@ -232,6 +236,86 @@ def test_a_zone_change_that_dies_half_way_is_finished_by_the_next_open(db_url: s
     reopened = Ledger(db_url)
     assert reopened.zone() == "Europe/Berlin"
     assert {month: _monthly(reopened, month) for month in ("2026-10", "2026-11")} == before
+
+
+def _without_rollups(ledger: Ledger) -> None:
+    """The ledger as a bulk load outside ometer leaves it: raw spans, no rollups."""
+    with ledger.write() as conn:
+        for table in (ROLLUPS, HISTOGRAMS, BUSY, BUSY_CELLS):
+            conn.execute(table.delete())
+
+
+def _dies_after(days: int) -> Any:
+    done = 0
+
+    def progress(_day: int) -> None:
+        nonlocal done
+        done += 1
+        if done == days:
+            raise _Killed
+
+    return progress
+
+
+def test_a_rollup_that_dies_half_way_is_finished_by_the_next_open(db_url: str) -> None:
+    """``db rollup`` after a bulk load, killed after a few days, left those days right and the
+    others and every month wrong, with nothing on record to say so; now the ledger says its
+    rollups are stale until the rebuild ends, and the next process to open it finishes it."""
+    ledger = Ledger(db_url)
+    ledger.record(_spans(300))
+    kept = _tables(ledger)
+    _without_rollups(ledger)
+    with pytest.raises(_Killed):
+        rebuild(ledger.write, ledger.read, progress=_dies_after(10))
+    ledger.dispose()
+    assert _tables(Ledger(db_url)) == kept
+
+
+def test_a_ledger_opened_while_a_rebuild_runs_leaves_the_work_to_it(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A report run during ``db rollup --zone`` (a stale ledger) rebuilt every day itself, as
+    long as the rebuild it raced; a rebuild that is still at work is left to finish, and one
+    that stopped saying so (it died) is taken over."""
+    ledger = Ledger(db_url)
+    ledger.record(_spans(300))
+    kept = _tables(ledger)
+    _without_rollups(ledger)
+    opened: list[Ledger] = []
+
+    def open_another(_day: int) -> None:
+        if not opened:
+            opened.append(Ledger(db_url))
+
+    with caplog.at_level("WARNING", logger="ollama_meter"):
+        rebuild(ledger.write, ledger.read, progress=open_another)
+    assert [m for m in caplog.messages if "rollups" in m] == [
+        f"the rollups of {ledger.display_url} are being rebuilt by another process: answers "
+        "may miss days until it is done"
+    ]
+    assert _tables(ledger) == kept
+    # One that stopped (an exception, Ctrl-C) said so; one killed -9 here has no process;
+    # one on another machine that said nothing for ten minutes has died too.
+    _without_rollups(ledger)
+    with pytest.raises(_Killed):
+        rebuild(ledger.write, ledger.read, progress=_dies_after(3))
+    assert _tables(Ledger(db_url)) == kept
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    now, here = int(time.time()), socket.gethostname()
+    for beat, at_work in [
+        (f"{now} {gone.pid} {here}", False),
+        (f"{now} {os.getpid()} {here}", True),
+        (f"{now - 30} 1 elsewhere", True),
+        (f"{now - 601} 1 elsewhere", False),
+        ("what", False),
+    ]:
+        _without_rollups(ledger)
+        with ledger.write() as conn:
+            set_meta(conn, "rollups", "stale")
+            set_meta(conn, "rebuilding", beat)
+        Ledger(db_url).dispose()
+        assert (_tables(ledger) != kept) is at_work, beat
 
 
 def test_spans_spooled_under_a_wrong_user_are_recorded_once_the_url_is_right(
