@@ -118,6 +118,10 @@ REBUILD_SILENCE_S = 600
 died: one day of 10M spans took under a minute on a busy machine."""
 
 
+REBUILD_POLL_S = 0.5
+"""How often a process waiting for another's rebuild looks whether it is done."""
+
+
 def _beat(conn: Connection) -> None:
     """Say, in the rebuild's own transaction, that it is at work: when, and which process."""
     set_meta(conn, "rebuilding", f"{int(time.time())} {os.getpid()} {socket.gethostname()}")
@@ -313,18 +317,23 @@ def adopt_zone(conn: Connection, zone: str) -> bool:
 
 def build_if_stale(ledger: Any) -> None:
     """Build the rollups a migration asked for, or a rebuild that died left half done
-    (``ledger_meta.rollups = 'stale'``), once; a rebuild still at work is left to finish."""
-    with ledger.read() as conn:
-        if get_meta(conn, "rollups") != "stale":
-            return
-        if _at_work(conn):
+    (``ledger_meta.rollups = 'stale'``), once. A rebuild still at work is waited for, not
+    raced: answers and budgets read rollups, so none is given before they are whole."""
+    waiting = False
+    while True:
+        with ledger.read() as conn:
+            if get_meta(conn, "rollups") != "stale":
+                return
+            if not _at_work(conn):
+                empty = conn.execute(select(SpanRow.id).limit(1)).first() is None
+                break
+        if not waiting:
             log.warning(
-                "the rollups of %s are being rebuilt by another process: answers may miss "
-                "days until it is done",
+                "waiting for another process to finish rebuilding the rollups of %s",
                 ledger.display_url,
             )
-            return
-        empty = conn.execute(select(SpanRow.id).limit(1)).first() is None
+            waiting = True
+        time.sleep(REBUILD_POLL_S)
     if empty:
         with ledger.write() as conn:
             set_meta(conn, "rollups", "current")

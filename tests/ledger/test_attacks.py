@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -275,23 +276,28 @@ def test_a_ledger_opened_while_a_rebuild_runs_leaves_the_work_to_it(
     db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A report run during ``db rollup --zone`` (a stale ledger) rebuilt every day itself, as
-    long as the rebuild it raced; a rebuild that is still at work is left to finish, and one
-    that stopped saying so (it died) is taken over."""
+    long as the rebuild it raced; a rebuild that is still at work is waited for (budgets and
+    answers read the rollups), and one that stopped (it died) is taken over."""
     ledger = Ledger(db_url)
-    ledger.record(_spans(300))
+    ledger.record(_spans(60))
     kept = _tables(ledger)
     _without_rollups(ledger)
-    opened: list[Ledger] = []
+    opener = threading.Thread(target=lambda: Ledger(db_url).dispose())
 
-    def open_another(_day: int) -> None:
-        if not opened:
-            opened.append(Ledger(db_url))
+    def open_another(day: int) -> None:
+        if opener.ident is None:
+            opener.start()  # as another process would, while this rebuild goes on
+            deadline = time.monotonic() + 30
+            while not any("waiting" in m for m in caplog.messages):
+                assert time.monotonic() < deadline and opener.is_alive(), caplog.messages
+                time.sleep(0.01)
 
     with caplog.at_level("WARNING", logger="ollama_meter"):
         rebuild(ledger.write, ledger.read, progress=open_another)
+        opener.join(timeout=30)
+    assert not opener.is_alive()
     assert [m for m in caplog.messages if "rollups" in m] == [
-        f"the rollups of {ledger.display_url} are being rebuilt by another process: answers "
-        "may miss days until it is done"
+        f"waiting for another process to finish rebuilding the rollups of {ledger.display_url}"
     ]
     assert _tables(ledger) == kept
     # One that stopped (an exception, Ctrl-C) said so; one killed -9 here has no process;
@@ -308,14 +314,22 @@ def test_a_ledger_opened_while_a_rebuild_runs_leaves_the_work_to_it(
         (f"{now} {os.getpid()} {here}", True),
         (f"{now - 30} 1 elsewhere", True),
         (f"{now - 601} 1 elsewhere", False),
-        ("what", False),
     ]:
         _without_rollups(ledger)
         with ledger.write() as conn:
             set_meta(conn, "rollups", "stale")
             set_meta(conn, "rebuilding", beat)
-        Ledger(db_url).dispose()
-        assert (_tables(ledger) != kept) is at_work, beat
+        if at_work:  # waited for: a rebuild that never ends keeps it waiting
+            waiter = threading.Thread(target=lambda: Ledger(db_url).dispose(), daemon=True)
+            waiter.start()
+            waiter.join(timeout=1)
+            assert waiter.is_alive(), beat
+            with ledger.write() as conn:
+                set_meta(conn, "rebuilding", None)  # it died after all: taken over
+            waiter.join(timeout=30)
+        else:
+            Ledger(db_url).dispose()
+        assert _tables(ledger) == kept, beat
 
 
 def test_spans_spooled_under_a_wrong_user_are_recorded_once_the_url_is_right(
