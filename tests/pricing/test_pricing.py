@@ -216,6 +216,40 @@ def test_an_amount_is_written_in_ascii_digits(text: str) -> None:
     assert parse_amount(f"{value:f}") == value
 
 
+@given(
+    st.sampled_from(["0", "00", "0.0", "1", "3.6", "12345"]),
+    st.integers(min_value=-(10**6), max_value=10**6) | st.integers(-200, 200),
+)
+@example("0", -1_000_000)  # '0e-999999999' (`pricing set --input-per-1m`): a gigabyte of zeros
+@example("0", 1_000_000)
+def test_an_amount_taken_is_short_whatever_its_exponent(mantissa: str, exponent: int) -> None:
+    """A price is stored and listed as its exact text (``f"{value:f}"``): an accepted amount
+    must stay short. A zero was exempt from the digit bound, so '0e-999999999' was taken,
+    and storing it wrote a billion zeros (the command ran out of memory)."""
+    text = f"{mantissa}e{exponent}"
+    try:
+        value = parse_amount(text)
+    except ValueError as exc:
+        refused = str(exc)
+    else:
+        refused = ""
+    if refused:
+        assert refused.startswith("amount ") and len(refused) < 200
+        return
+    assert len(f"{value:f}") <= 100
+    assert value == Decimal(text)
+
+
+def test_a_rule_refuses_a_zero_written_with_thousands_of_places() -> None:
+    for name in ("input_per_1m", "gpu_hour"):
+        with pytest.raises(ValueError, match="digits"):
+            rule(**{name: Decimal("0E-5000")})
+    with pytest.raises(ValueError, match="digits"):
+        parse_pricing_toml(
+            "[[rule]]\nmodel = 'x'\ninput_per_1m = 0e-5000\n", default_currency="USD"
+        )
+
+
 def test_toml_rules_are_exact_and_validated() -> None:
     text = """
 currency = "EUR"
