@@ -9,6 +9,7 @@ own ``__idle__`` row (``separate``). Shares are whole cents that add up exactly.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,8 +39,12 @@ class Chargeback:
     warnings: list[str] = field(default_factory=list)
 
 
+_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
+
+
 def parse_month(text: str, *, tz: ZoneInfo, now: datetime) -> Window:
-    if len(text) != 7 or text[4] != "-":
+    """``YYYY-MM`` (spaces around it aside), and nothing else ``--period`` takes."""
+    if not _MONTH.fullmatch(text.strip()):
         raise ValidationError(f"--month {text!r} is not a month; use YYYY-MM, e.g. 2026-11")
     return parse_period(text, tz=tz, now=now, what="--month")
 

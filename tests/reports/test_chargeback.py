@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, strategies as st
 
 from ollama_meter.ledger import Ledger
 from ollama_meter.reports import CHARGEBACK_COLUMNS, chargeback, to_csv
@@ -219,6 +220,32 @@ def test_month_not_over_warns_and_bad_input_is_refused(ledger: Ledger) -> None:
             chargeback(ledger, "2026-11", tz=ZoneInfo("UTC"), now=NOW, currency="USD", **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="YYYY-MM"):
         chargeback(ledger, "2026-11-01", tz=ZoneInfo("UTC"), now=NOW, currency="USD")
+
+
+@given(
+    st.text(st.sampled_from("0123456789-W T:x٢２"), max_size=10)
+    | st.sampled_from(["2026-1x", "2026-W4", "12-2026", "2026-11-1", "today", "month", "2026-13"])
+)
+@example(" 2026-11 ")
+@example("2026-11\n")
+def test_a_month_is_yyyy_mm_or_a_one_line_error_that_says_so(text: str) -> None:
+    """--month took only YYYY-MM, but '2026-1x' was told to use "today, week, month,
+    YYYY-MM or YYYY-MM-DD", and ' 2026-11 ' (the spaces a pasted value brings, which
+    --period takes) was refused as no month."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.errors import ValidationError
+    from ollama_meter.reports._chargeback import parse_month
+
+    try:
+        window = parse_month(text, tz=ZoneInfo("UTC"), now=NOW)
+    except ValidationError as exc:
+        message = str(exc)
+        assert message.startswith("--month ") and "\n" not in message.replace(repr(text), "")
+        assert "YYYY-MM" in message and "today, week" not in message, message
+        return
+    assert window.label == text.strip()
+    assert window.start == datetime.fromisoformat(text.strip() + "-01").replace(tzinfo=UTC)
 
 
 def test_cli_writes_atomically_and_reads_the_fixed_cost_from_the_environment(
