@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, SpanFilter, SpendSums
 from ollama_meter.periods import Window, parse_period
-from ollama_meter.records import Micros
+from ollama_meter.records import MAX_AMOUNT, Micros, check_amount
 from ollama_meter.reports._allocation import allocate
 from ollama_meter.reports._choices import IDLE, IDLE_MODES
 from ollama_meter.reports._rows import CHARGEBACK_COLUMNS, ChargebackRow
@@ -50,7 +50,14 @@ def parse_month(text: str, *, tz: ZoneInfo, now: datetime) -> Window:
 
 
 def fixed_cost_cents(amount: Decimal) -> int:
-    """The fixed cost in whole cents; more precision than cents is refused, not rounded."""
+    """The fixed cost in whole cents; more precision than cents is refused, not rounded.
+
+    Bounded as the CLI and the settings bound it: chargeback() is the library's too, and a
+    NaN, an infinity or a cost past :data:`MAX_AMOUNT` is no fixed cost."""
+    try:
+        check_amount(amount.copy_abs(), what="fixed cost", limit=MAX_AMOUNT)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
     cents = amount * 100
     if amount < 0 or cents != cents.to_integral_value():
         raise ValidationError(f"fixed cost {amount} must be a non-negative amount in whole cents")

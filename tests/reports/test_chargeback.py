@@ -248,6 +248,24 @@ def test_a_month_is_yyyy_mm_or_a_one_line_error_that_says_so(text: str) -> None:
     assert window.start == datetime.fromisoformat(text.strip() + "-01").replace(tzinfo=UTC)
 
 
+@pytest.mark.parametrize(
+    "amount", ["NaN", "sNaN", "Infinity", "-Infinity", "1e13", "-0.01", "0.001", "0E-5000"]
+)
+def test_a_fixed_cost_that_is_no_amount_is_a_one_line_error(ledger: Ledger, amount: str) -> None:
+    """chargeback() is the library's too: Decimal('NaN') raised InvalidOperation, 'Infinity'
+    an OverflowError, and 1e13 (past the largest fixed cost the CLI takes) was billed."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.errors import ValidationError
+
+    with pytest.raises(ValidationError) as raised:
+        chargeback(
+            ledger, "2026-11", tz=ZoneInfo("UTC"), now=NOW, currency="USD",
+            fixed_cost=Decimal(amount),
+        )  # fmt: skip
+    assert "fixed cost" in str(raised.value) and "\n" not in str(raised.value)
+
+
 def test_cli_writes_atomically_and_reads_the_fixed_cost_from_the_environment(
     cli, ledger: Ledger, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
