@@ -85,6 +85,41 @@ def test_no_rule_is_zero_and_unpriced() -> None:
     assert cost.unpriced and cost.total == 0
 
 
+_SPELLINGS = [
+    lambda name, tag: f"{name}{tag}",
+    lambda name, tag: f"library/{name}{tag}",
+    lambda name, tag: f"registry.ollama.ai/library/{name}{tag}",
+    lambda name, tag: f"REGISTRY.OLLAMA.AI/Library/{name.upper()}{tag.upper()}",
+]
+
+
+@given(
+    name=st.sampled_from(["llama3.1", "qwen2.5", "mistral"]),
+    tags=st.sampled_from([("", ""), ("", ":latest"), (":latest", ""), (":latest", ":latest"),
+                          (":8b", ":8b"), (":*", ""), (":*", ":latest"), (":*", ":8b")]),
+    rule_spelling=st.sampled_from(range(len(_SPELLINGS))),
+    call_spelling=st.sampled_from(range(len(_SPELLINGS))),
+)  # fmt: skip
+def test_a_rule_prices_every_spelling_of_its_model(
+    name: str, tags: tuple[str, str], rule_spelling: int, call_spelling: int
+) -> None:
+    """Ollama reads 'llama3.1', 'llama3.1:latest', 'library/llama3.1' and
+    'registry.ollama.ai/library/llama3.1:latest' as one model. A call's name was read in
+    each of its spellings, but a rule's was not: 'library/llama3.1:*' and
+    'registry.ollama.ai/library/llama3.1:8b' priced no call to 'llama3.1:8b', and
+    'llama3.1' none to 'llama3.1:latest'; those calls went unpriced, counted as 0."""
+    rule_tag, call_tag = tags
+    pattern = _SPELLINGS[rule_spelling](name, rule_tag)
+    model = _SPELLINGS[call_spelling](name, call_tag)
+    day = date(2026, 11, 1)
+    assert select_rule([rule(pattern)], model, day) is not None, (pattern, model)
+    # and never another model: another name, another namespace, another tag
+    assert select_rule([rule(pattern)], model.lower().replace(name, "other"), day) is None
+    assert select_rule([rule(pattern)], f"someone/{name}{call_tag}", day) is None
+    if rule_tag != ":*":
+        assert select_rule([rule(pattern)], f"{name}:70b", day) is None
+
+
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
