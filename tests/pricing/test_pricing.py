@@ -285,6 +285,17 @@ def test_a_rule_refuses_a_zero_written_with_thousands_of_places() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "fields",
+    ['model = "llama3.1:*"\npattern = "qwen2.5:*"', 'model = ""\npattern = "qwen2.5:*"'],
+)
+def test_a_toml_rule_names_its_models_once(fields: str) -> None:
+    """A rule with both ``model`` and ``pattern`` priced the one and dropped the other
+    without a word (and ``model = ""`` hid a ``pattern``)."""
+    with pytest.raises(ValueError, match="rule 1: .*model or pattern, not both"):
+        parse_pricing_toml(f"[[rule]]\n{fields}\ninput_per_1m = 1\n", default_currency="USD")
+
+
 def test_toml_rules_are_exact_and_validated() -> None:
     text = """
 currency = "EUR"
