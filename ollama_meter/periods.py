@@ -119,13 +119,15 @@ def window_between(
     """
     since_name, until_name = names
     today = now.astimezone(tz).date()
-    first = parse_day(since, what=since_name) if since else FIRST_DAY
-    last = parse_day(until, what=until_name) if until else today
+    # None is "not given"; "" was given, and is no date ('--since "$START"' with START unset
+    # must not quietly mean "from the first day").
+    first = FIRST_DAY if since is None else parse_day(since, what=since_name)
+    last = today if until is None else parse_day(until, what=until_name)
     if last < first:
-        if until:
+        if until is not None:
             raise ValidationError(f"{until_name} {last} is before {since_name} {first}")
         raise ValidationError(f"{since_name} {first} is after today ({last}); give a past date")
-    label = f"{since or 'start'}..{last.isoformat()}"
+    label = f"{'start' if since is None else first.isoformat()}..{last.isoformat()}"
     return _days(first, last + timedelta(days=1), tz, label)
 
 

@@ -303,12 +303,14 @@ def settings_and_window(
     """Settings (``--db`` on top), and the reporting window of ``--period`` or
     ``--since/--until`` (default: this month) in the configured zone."""
     cfg = settings(db_url=db)
-    if period and (since or until):
+    # An option given empty is given: '--since ""' is refused as no date, never read as absent.
+    dates = since is not None or until is not None
+    if period is not None and dates:
         raise ValidationError("give either --period or --since/--until, not both")
     now = utc_now()
-    if since or until:
+    if dates:
         return cfg, window_between(since, until, tz=cfg.tz, now=now)
-    return cfg, parse_period(period or "month", tz=cfg.tz, now=now)
+    return cfg, parse_period("month" if period is None else period, tz=cfg.tz, now=now)
 
 
 class Format(StrEnum):

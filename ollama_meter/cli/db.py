@@ -96,7 +96,7 @@ def export_command(
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg)
     start = end = None
-    if since or until:
+    if since is not None or until is not None:  # given empty: refused, not "everything"
         window = window_between(since, until, tz=cfg.tz, now=datetime.now(UTC))
         start, end = window.start, window.end
     sink = sys.stdout.buffer

@@ -211,7 +211,7 @@ def reprice_command(
     from ollama_meter.meter import PriceSource, reprice
 
     cfg = settings(db_url=db)
-    if until:
+    if until is not None:  # given empty: refused, not "from that day on"
         window = window_between(since, until, tz=cfg.tz, now=utc_now())
         start, end = window.start, window.end
     else:  # every span from that day on, whatever its date

@@ -68,6 +68,8 @@ def parse_pricing_toml(
         unknown = sorted(set(entry) - _KNOWN)
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        if "model" in entry and "pattern" in entry:
+            raise ValueError(f"{where}: give its models as model or pattern, not both")
         pattern = entry.get("model", entry.get("pattern"))
         if not pattern or not isinstance(pattern, str):
             raise ValueError(f'{where}: needs a model pattern, e.g. model = "llama3.1:*"')

@@ -124,7 +124,15 @@ def check_amount(value: Decimal, *, what: str, limit: Decimal = MAX_PRICE) -> No
         raise ValueError(f"{what} {value} must not be negative (a positive amount, or 0)")
     if value > limit:
         raise ValueError(f"{what} {value} is more than the largest allowed, {limit:,f}")
-    if len(value.as_tuple().digits) > MAX_DIGITS or (value and value.adjusted() < -MAX_DIGITS):
+    # A zero has one digit whatever its exponent: '0e-999999999' is exactly 0, but its exact
+    # text (how a price is stored and listed) is a billion zeros. Its places count as digits.
+    _, digits, exponent = value.as_tuple()
+    places = abs(int(exponent)) if not value else 0
+    if (
+        len(digits) > MAX_DIGITS
+        or places > MAX_DIGITS
+        or (value and value.adjusted() < -MAX_DIGITS)
+    ):
         raise ValueError(f"{what} {value} has more than {MAX_DIGITS} digits")
 
 

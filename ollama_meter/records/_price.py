@@ -7,6 +7,7 @@ decided in :mod:`ollama_meter.pricing`; the ledger stores rules as they are.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, fields
 from datetime import date
@@ -16,6 +17,7 @@ from fnmatch import fnmatchcase
 from ollama_meter.records._money import MAX_PRICE, PRICE_LIMITS, check_amount, parse_currency
 
 _PATTERN_OK = re.compile(r"[A-Za-z0-9._:/@*?\[\]!-]{1,255}")
+_WILDCARDS = re.compile(r"[*?\[]")
 
 PRICE_FIELDS = (
     "input_per_1m",
@@ -91,7 +93,13 @@ class PriceRule:
         return self.effective_until is None or day < self.effective_until
 
     def matches(self, model: str) -> bool:
-        return any(fnmatchcase(name, self.pattern.lower()) for name in model_names(model))
+        """Whether ``model``, in any spelling Ollama reads as it, matches the pattern in any
+        of its own: 'library/llama3.1:*' prices 'llama3.1:8b', and 'llama3.1' prices
+        'llama3.1:latest', as Ollama runs one model for each."""
+        written, full = _pattern_forms(self.pattern)
+        if any(fnmatchcase(name, written) for name in model_names(model)):
+            return True
+        return fnmatchcase(_qualified(model_key(model)), full)
 
 
 RULE_FIELDS = tuple(f.name for f in fields(PriceRule))
@@ -122,6 +130,26 @@ def model_key(model: str) -> str:
     namespace (``registry.ollama.ai/library/``), ``:latest`` when untagged."""
     name = _unqualified(model.strip().lower())
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def _qualified(name: str) -> str:
+    """``name`` with the default registry and namespace Ollama fills in: ``llama3.1:8b`` →
+    ``registry.ollama.ai/library/llama3.1:8b``."""
+    parts = name.split("/")
+    if len(parts) == 1:
+        parts = [DEFAULT_NAMESPACE, *parts]
+    if len(parts) == 2:
+        parts = [DEFAULT_HOST, *parts]
+    return "/".join(parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pattern_forms(pattern: str) -> tuple[str, str]:
+    """A rule's pattern as written (lower case), and in full (:func:`_qualified`, and, for an
+    exact name, with ``:latest`` when untagged): a glob gets no tag ('llama*' is not
+    'llama*:latest') and keeps its namespace ('library/*' is not 'someone/x')."""
+    name = pattern.strip().lower()
+    return name, _qualified(name if _WILDCARDS.search(name) else model_key(name))
 
 
 def model_names(model: str) -> tuple[str, ...]:

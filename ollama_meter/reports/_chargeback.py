@@ -9,6 +9,7 @@ own ``__idle__`` row (``separate``). Shares are whole cents that add up exactly.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,7 +19,7 @@ from zoneinfo import ZoneInfo
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, SpanFilter, SpendSums
 from ollama_meter.periods import Window, parse_period
-from ollama_meter.records import Micros
+from ollama_meter.records import MAX_AMOUNT, Micros, check_amount
 from ollama_meter.reports._allocation import allocate
 from ollama_meter.reports._choices import IDLE, IDLE_MODES
 from ollama_meter.reports._rows import CHARGEBACK_COLUMNS, ChargebackRow
@@ -38,14 +39,25 @@ class Chargeback:
     warnings: list[str] = field(default_factory=list)
 
 
+_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
+
+
 def parse_month(text: str, *, tz: ZoneInfo, now: datetime) -> Window:
-    if len(text) != 7 or text[4] != "-":
+    """``YYYY-MM`` (spaces around it aside), and nothing else ``--period`` takes."""
+    if not _MONTH.fullmatch(text.strip()):
         raise ValidationError(f"--month {text!r} is not a month; use YYYY-MM, e.g. 2026-11")
     return parse_period(text, tz=tz, now=now, what="--month")
 
 
 def fixed_cost_cents(amount: Decimal) -> int:
-    """The fixed cost in whole cents; more precision than cents is refused, not rounded."""
+    """The fixed cost in whole cents; more precision than cents is refused, not rounded.
+
+    Bounded as the CLI and the settings bound it: chargeback() is the library's too, and a
+    NaN, an infinity or a cost past :data:`MAX_AMOUNT` is no fixed cost."""
+    try:
+        check_amount(amount.copy_abs(), what="fixed cost", limit=MAX_AMOUNT)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
     cents = amount * 100
     if amount < 0 or cents != cents.to_integral_value():
         raise ValidationError(f"fixed cost {amount} must be a non-negative amount in whole cents")

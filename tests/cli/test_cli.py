@@ -326,6 +326,34 @@ def test_report_options_are_validated(cli, db: str) -> None:  # type: ignore[no-
         assert cli(*command).stdout == said
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("report", "--since", ""),
+        ("report", "--since", "2026-11-01", "--until", ""),
+        ("report", "--period", ""),
+        ("report", "--period", "today", "--since", ""),
+        ("perf", "--until", ""),
+        ("perf", "--period", " "),
+        ("db", "export", "--since", ""),
+        ("db", "export", "--until", ""),
+        ("reprice", "--since", "2026-11-01", "--until", ""),
+    ],
+)
+def test_an_empty_date_or_period_is_refused_not_read_as_none_given(  # type: ignore[no-untyped-def]
+    cli, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    """`--since "$START"` with START unset reported this month (and `db export` wrote every
+    span): an empty value was taken as no option at all. It is a date nobody can read."""
+    monkeypatch.setenv("OMETER_DB_URL", sqlite_url)
+    cli("pricing", "set", "*", "--input-per-1m", "1")  # the ledger exists
+    done = cli(*args)
+    assert done.code != 0 and done.stdout == "", (done.code, done.stdout)
+    message = done.stderr.strip()
+    assert message.startswith("error: ") and "\n" not in message, message
+    assert "''" in message or "' '" in message or "not both" in message, message
+
+
 def test_db_commands(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     url = f"sqlite:///{tmp_path / 'x' / 'ledger.db'}"
     assert cli("db", "path", "--db", url).stdout.strip() == str(tmp_path / "x" / "ledger.db")

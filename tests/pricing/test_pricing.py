@@ -85,6 +85,41 @@ def test_no_rule_is_zero_and_unpriced() -> None:
     assert cost.unpriced and cost.total == 0
 
 
+_SPELLINGS = [
+    lambda name, tag: f"{name}{tag}",
+    lambda name, tag: f"library/{name}{tag}",
+    lambda name, tag: f"registry.ollama.ai/library/{name}{tag}",
+    lambda name, tag: f"REGISTRY.OLLAMA.AI/Library/{name.upper()}{tag.upper()}",
+]
+
+
+@given(
+    name=st.sampled_from(["llama3.1", "qwen2.5", "mistral"]),
+    tags=st.sampled_from([("", ""), ("", ":latest"), (":latest", ""), (":latest", ":latest"),
+                          (":8b", ":8b"), (":*", ""), (":*", ":latest"), (":*", ":8b")]),
+    rule_spelling=st.sampled_from(range(len(_SPELLINGS))),
+    call_spelling=st.sampled_from(range(len(_SPELLINGS))),
+)  # fmt: skip
+def test_a_rule_prices_every_spelling_of_its_model(
+    name: str, tags: tuple[str, str], rule_spelling: int, call_spelling: int
+) -> None:
+    """Ollama reads 'llama3.1', 'llama3.1:latest', 'library/llama3.1' and
+    'registry.ollama.ai/library/llama3.1:latest' as one model. A call's name was read in
+    each of its spellings, but a rule's was not: 'library/llama3.1:*' and
+    'registry.ollama.ai/library/llama3.1:8b' priced no call to 'llama3.1:8b', and
+    'llama3.1' none to 'llama3.1:latest'; those calls went unpriced, counted as 0."""
+    rule_tag, call_tag = tags
+    pattern = _SPELLINGS[rule_spelling](name, rule_tag)
+    model = _SPELLINGS[call_spelling](name, call_tag)
+    day = date(2026, 11, 1)
+    assert select_rule([rule(pattern)], model, day) is not None, (pattern, model)
+    # and never another model: another name, another namespace, another tag
+    assert select_rule([rule(pattern)], model.lower().replace(name, "other"), day) is None
+    assert select_rule([rule(pattern)], f"someone/{name}{call_tag}", day) is None
+    if rule_tag != ":*":
+        assert select_rule([rule(pattern)], f"{name}:70b", day) is None
+
+
 @pytest.mark.parametrize(
     ("model", "expected"),
     [
@@ -214,6 +249,51 @@ def test_an_amount_is_written_in_ascii_digits(text: str) -> None:
     assert written.isascii() and "_" not in written and value == Decimal(written)
     assert not value.is_signed()  # '-0' is stored, listed and exported as 0
     assert parse_amount(f"{value:f}") == value
+
+
+@given(
+    st.sampled_from(["0", "00", "0.0", "1", "3.6", "12345"]),
+    st.integers(min_value=-(10**6), max_value=10**6) | st.integers(-200, 200),
+)
+@example("0", -1_000_000)  # '0e-999999999' (`pricing set --input-per-1m`): a gigabyte of zeros
+@example("0", 1_000_000)
+def test_an_amount_taken_is_short_whatever_its_exponent(mantissa: str, exponent: int) -> None:
+    """A price is stored and listed as its exact text (``f"{value:f}"``): an accepted amount
+    must stay short. A zero was exempt from the digit bound, so '0e-999999999' was taken,
+    and storing it wrote a billion zeros (the command ran out of memory)."""
+    text = f"{mantissa}e{exponent}"
+    try:
+        value = parse_amount(text)
+    except ValueError as exc:
+        refused = str(exc)
+    else:
+        refused = ""
+    if refused:
+        assert refused.startswith("amount ") and len(refused) < 200
+        return
+    assert len(f"{value:f}") <= 100
+    assert value == Decimal(text)
+
+
+def test_a_rule_refuses_a_zero_written_with_thousands_of_places() -> None:
+    for name in ("input_per_1m", "gpu_hour"):
+        with pytest.raises(ValueError, match="digits"):
+            rule(**{name: Decimal("0E-5000")})
+    with pytest.raises(ValueError, match="digits"):
+        parse_pricing_toml(
+            "[[rule]]\nmodel = 'x'\ninput_per_1m = 0e-5000\n", default_currency="USD"
+        )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    ['model = "llama3.1:*"\npattern = "qwen2.5:*"', 'model = ""\npattern = "qwen2.5:*"'],
+)
+def test_a_toml_rule_names_its_models_once(fields: str) -> None:
+    """A rule with both ``model`` and ``pattern`` priced the one and dropped the other
+    without a word (and ``model = ""`` hid a ``pattern``)."""
+    with pytest.raises(ValueError, match="rule 1: .*model or pattern, not both"):
+        parse_pricing_toml(f"[[rule]]\n{fields}\ninput_per_1m = 1\n", default_currency="USD")
 
 
 def test_toml_rules_are_exact_and_validated() -> None:

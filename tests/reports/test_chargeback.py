@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger
 from ollama_meter.reports import CHARGEBACK_COLUMNS, chargeback, to_csv
@@ -221,6 +222,50 @@ def test_month_not_over_warns_and_bad_input_is_refused(ledger: Ledger) -> None:
         chargeback(ledger, "2026-11-01", tz=ZoneInfo("UTC"), now=NOW, currency="USD")
 
 
+@given(
+    st.text(st.sampled_from("0123456789-W T:x٢２"), max_size=10)
+    | st.sampled_from(["2026-1x", "2026-W4", "12-2026", "2026-11-1", "today", "month", "2026-13"])
+)
+@example(" 2026-11 ")
+@example("2026-11\n")
+def test_a_month_is_yyyy_mm_or_a_one_line_error_that_says_so(text: str) -> None:
+    """--month took only YYYY-MM, but '2026-1x' was told to use "today, week, month,
+    YYYY-MM or YYYY-MM-DD", and ' 2026-11 ' (the spaces a pasted value brings, which
+    --period takes) was refused as no month."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.errors import ValidationError
+    from ollama_meter.reports._chargeback import parse_month
+
+    try:
+        window = parse_month(text, tz=ZoneInfo("UTC"), now=NOW)
+    except ValidationError as exc:
+        message = str(exc)
+        assert message.startswith("--month ") and "\n" not in message.replace(repr(text), "")
+        assert "YYYY-MM" in message and "today, week" not in message, message
+        return
+    assert window.label == text.strip()
+    assert window.start == datetime.fromisoformat(text.strip() + "-01").replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "amount", ["NaN", "sNaN", "Infinity", "-Infinity", "1e13", "-0.01", "0.001", "0E-5000"]
+)
+def test_a_fixed_cost_that_is_no_amount_is_a_one_line_error(ledger: Ledger, amount: str) -> None:
+    """chargeback() is the library's too: Decimal('NaN') raised InvalidOperation, 'Infinity'
+    an OverflowError, and 1e13 (past the largest fixed cost the CLI takes) was billed."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.errors import ValidationError
+
+    with pytest.raises(ValidationError) as raised:
+        chargeback(
+            ledger, "2026-11", tz=ZoneInfo("UTC"), now=NOW, currency="USD",
+            fixed_cost=Decimal(amount),
+        )  # fmt: skip
+    assert "fixed cost" in str(raised.value) and "\n" not in str(raised.value)
+
+
 def test_cli_writes_atomically_and_reads_the_fixed_cost_from_the_environment(
     cli, ledger: Ledger, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -279,3 +324,73 @@ def test_runs_writing_one_file_at_once_leave_one_whole_file(tmp_path: Path) -> N
         thread.join()
     assert failures == [] and path.read_text() in texts
     assert [p.name for p in path.parent.iterdir()] == ["cb.csv"]
+
+
+_ZONES = ["UTC", "Asia/Kathmandu", "Australia/Lord_Howe", "Pacific/Apia", "America/St_Johns"]
+_calls = st.lists(
+    st.tuples(
+        st.sampled_from(["acme", "globex"]),
+        st.sampled_from(["sales", "support", "r-d"]),
+        st.integers(0, 40 * 24 * 3600),  # seconds from 27 days before the month to after it
+        st.integers(0, 7200),  # busy seconds
+        st.sampled_from(["USD", "EUR"]),
+        st.sampled_from(["http://gpu1:11434", "http://gpu2:11434"]),
+    ),
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    calls=_calls,
+    zone=st.sampled_from(_ZONES),
+    month=st.sampled_from(["2011-12", "2026-04", "2026-10", "2026-02"]),
+    cents=st.integers(0, 10**14),
+    idle=st.sampled_from(["share", "separate"]),
+    gpus=st.integers(1, 8),
+)
+def test_the_fixed_cost_is_billed_to_the_cent_in_any_zone_and_month(
+    tmp_path_factory: pytest.TempPathFactory,
+    calls: list[tuple[str, str, int, int, str, str]],
+    zone: str,
+    month: str,
+    cents: int,
+    idle: str,
+    gpus: int,
+) -> None:
+    """Whatever was used, wherever the month's midnights fall: the fixed-cost shares are
+    whole cents, none negative, that add up to exactly the fixed cost, every row's total
+    is its usage plus its share, and the same ledger gives the same bytes."""
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(zone)
+    ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('cb') / 'ledger.db'}")
+    first = datetime.fromisoformat(month + "-01").replace(tzinfo=UTC) - timedelta(days=27)
+    ledger.record(
+        [
+            span(dept, first + timedelta(seconds=at), busy, busy * 1000, host=host,
+                 tenant=tenant, currency=currency)
+            for tenant, dept, at, busy, currency, host in calls
+        ]
+    )  # fmt: skip
+    fixed = Decimal(cents).scaleb(-2)
+
+    def run() -> tuple[str, list[object]]:
+        result = chargeback(
+            ledger, month, tz=tz, now=NOW, currency="USD", fixed_cost=fixed, idle=idle, gpus=gpus
+        )
+        return to_csv(CHARGEBACK_COLUMNS, result.rows), result.rows
+
+    text, rows = run()
+    shares = [row["fixed_cost_share"] for row in rows]
+    assert all(
+        isinstance(s, Decimal) and s >= 0 and s == s.quantize(Decimal("0.01")) for s in shares
+    )
+    assert sum(shares, Decimal(0)) == fixed
+    for row in rows:
+        assert row["total_cost"] == row["usage_cost"] + int(row["fixed_cost_share"] * 1_000_000)
+        if row["currency"] != "USD":
+            assert row["fixed_cost_share"] == 0
+    assert run()[0] == text
