@@ -7,11 +7,9 @@ names the setting the user has to fix.
 
 from __future__ import annotations
 
-import io
-import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
@@ -23,6 +21,7 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ollama_meter._environment import GATEWAY_ENV, check_env_file, warn_unknown
 from ollama_meter._names import name_problem, zone_problem
 from ollama_meter._paths import default_data_dir, sqlite_url_problem
 from ollama_meter.errors import ConfigError
@@ -403,71 +402,9 @@ def _env_name(field: str) -> str:
     return alias if isinstance(alias, str) else field
 
 
-_ENV_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
-GATEWAY_ENV = frozenset({"OMETER_ADMIN_TOKEN", "OMETER_MAX_BODY_BYTES", "OMETER_MAX_HEADER_BYTES"})
-"""Variables ``ometer serve`` reads for its own options, beside the settings."""
-TEST_ENV = "OMETER_TEST_"
-"""The prefix of the test suite's own variables (``OMETER_TEST_PG_URL``, ...): never settings."""
-_warned: set[str] = set()
-
-
 def known_env_names() -> frozenset[str]:
     """Every environment variable ometer reads."""
     return frozenset(_env_name(field) for field in Settings.model_fields) | GATEWAY_ENV
-
-
-def _warn_unknown(environment: Iterable[str], env_file: Iterable[str]) -> None:
-    """Say, once a process, which ``OMETER_`` names are no setting: a misspelt one would
-    silently leave its setting at the default (a key not required, spans never pruned);
-    and which of ``ometer serve``'s variables a ``.env`` sets, where they are not read."""
-    known = known_env_names()
-    log = logging.getLogger(__name__)
-    for name in (*environment, *env_file):
-        if not name.startswith("OMETER_") or name.startswith(TEST_ENV) or name in known | _warned:
-            continue
-        import difflib
-
-        _warned.add(name)
-        meant = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
-        hint = f"; did you mean {meant[0]}?" if meant else "; see `ometer --help` and the README"
-        log.warning("%s is not an ometer setting and is ignored%s", name, hint)
-    for name in GATEWAY_ENV.intersection(env_file) - _warned:
-        _warned.add(name)
-        log.warning(
-            "%s in .env is ignored: ometer serve reads it from the environment only; "
-            "export it or give its flag",
-            name,
-        )
-
-
-def _check_env_file(path: Path) -> list[str]:
-    """Refuse a ``.env`` that cannot be read whole: python-dotenv skips a line it cannot
-    parse (a quote left open) with a warning, and the setting on it would silently be
-    the default: a report cut in the wrong zone, a budget not set. The names it sets."""
-    if not path.is_file():
-        return []
-    from dotenv.parser import parse_stream
-
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f".env: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f".env: cannot be read: {exc.strerror}") from None
-    names = []
-    for binding in parse_stream(io.StringIO(text)):
-        if binding.error:
-            named = _ENV_NAME.match(binding.original.string)
-            what = f" (setting {named.group(1)})" if named else ""
-            raise ConfigError(
-                f".env line {binding.original.line}{what} cannot be read: is a quote left "
-                "open? Fix or remove the line"
-            )
-        if binding.key:
-            names.append(binding.key)
-    return names
 
 
 def load_settings(
@@ -482,7 +419,7 @@ def load_settings(
     logged once a process (``warn``; off only to read the logging settings themselves).
     """
     given = {key: value for key, value in overrides.items() if value is not None}
-    in_file = _check_env_file(Path(".env"))
+    in_file = check_env_file(Path(".env"))
     try:
         loaded = Settings(**given)
     except ValidationError as exc:
@@ -492,5 +429,5 @@ def load_settings(
         where = (flags or {}).get(field) if field in given else None
         raise ConfigError(f"{where or _env_name(field)}: {message}") from None
     if warn:
-        _warn_unknown(os.environ, in_file)
+        warn_unknown(os.environ, in_file, known_env_names())
     return loaded

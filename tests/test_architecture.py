@@ -25,6 +25,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset(
         {
             "_version",
+            "_environment",
             "_names",
             "_paths",
             "_lazy",

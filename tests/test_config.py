@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ollama_meter import config
+from ollama_meter import _environment
 from ollama_meter.config import known_env_names, load_settings, normalize_host, system_timezone
 from ollama_meter.errors import ConfigError
 
@@ -276,7 +276,7 @@ def test_a_misspelt_setting_is_named_not_silently_ignored(
     }[edit]
     if typo in KNOWN or not typo.removeprefix("OMETER_"):
         return
-    monkeypatch.setattr(config, "_warned", set())  # as in a process of its own
+    monkeypatch.setattr(_environment, "_warned", set())  # as in a process of its own
     monkeypatch.setenv(typo, "on")
     caplog.clear()
     with caplog.at_level("WARNING", logger="ollama_meter"):
@@ -308,7 +308,7 @@ def test_what_ometer_serve_reads_from_the_environment_only_is_not_trusted_to_a_d
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(config, "_warned", set())
+    monkeypatch.setattr(_environment, "_warned", set())
     (tmp_path / ".env").write_text("OMETER_ADMIN_TOKEN=s3cret\nOMETER_TEST_PG_URL=x\n")
     with caplog.at_level("WARNING", logger="ollama_meter"):
         load_settings()
