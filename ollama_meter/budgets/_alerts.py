@@ -58,12 +58,18 @@ class WebhookChannel:
     def send(self, alert: Alert) -> str:
         import httpx  # loaded when an alert goes out, not by every command that reads budgets
 
+        # Streamed, the body never read: the status says it all, and a webhook that answers
+        # with an endless body (a URL that serves a download) held the alert thread for
+        # ever, its memory growing, every later alert queued behind it.
         try:
-            response = httpx.post(self.url, json=alert.payload(), timeout=self.timeout)
+            with httpx.stream(
+                "POST", self.url, json=alert.payload(), timeout=self.timeout
+            ) as response:
+                status, reason = response.status_code, response.reason_phrase
         except httpx.HTTPError as exc:
             raise OSError(f"{type(exc).__name__} posting to {self.where}") from None
-        if not response.is_success:
-            raise OSError(f"{self.where} answered {response.status_code} {response.reason_phrase}")
+        if not 200 <= status < 300:
+            raise OSError(f"{self.where} answered {status} {reason}")
         return f"sent to {self.where}"
 
 

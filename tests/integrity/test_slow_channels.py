@@ -5,6 +5,7 @@ Real processes (`ometer chat`), real servers that accept and then say nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -165,3 +166,51 @@ def test_alerts_still_going_out_at_exit_are_done_with_the_ledger_before_it_close
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("l.db-")) == []
     (alert,) = Ledger(db).alerts()
     assert alert.attempts == 1 and alert.delivered == (delay < 1)
+
+
+class _EndlessHook(BaseHTTPRequestHandler):
+    """Answers 200 and then a body that never ends (a URL that serves a stream or a download)."""
+
+    protocol_version = "HTTP/1.1"
+    stop = threading.Event()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        chunk = b"x" * 65_536
+        with contextlib.suppress(OSError):
+            while not self.stop.is_set():  # paced: without the fix, memory grows slowly
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                time.sleep(0.01)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_a_webhook_answering_an_endless_body_neither_holds_alerts_nor_fills_memory(
+    tmp_path: Path,
+) -> None:
+    """The body was read whole: the alert thread read for ever, every later alert behind it."""
+    from datetime import UTC, datetime
+
+    from ollama_meter.budgets import Alert, AlertDispatcher, WebhookChannel
+
+    handler = type("Hook", (_EndlessHook,), {"stop": threading.Event()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    dispatcher = AlertDispatcher(ledger, [WebhookChannel(url)])
+    when = datetime(2026, 11, 1, tzinfo=UTC)
+    try:
+        for threshold in (75, 90):
+            dispatcher.dispatch(
+                Alert(threshold, 1, "acme", None, "month", "2026-11", when, threshold, 5, 5, "USD")
+            )
+        assert dispatcher.flush(3.0)  # both tried, neither waited on the body
+    finally:
+        handler.stop.set()
+        server.shutdown()
+        server.server_close()
