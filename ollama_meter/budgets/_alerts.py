@@ -45,6 +45,10 @@ CHANNEL_TIMEOUT = 3.0
 """Seconds a channel may take to take an alert; a hanging one is a failed attempt."""
 EXIT_WAIT = 1.0
 """Seconds a process that is ending waits for alerts still being delivered."""
+CLAIM_SECONDS = 120.0
+"""Seconds a process holds an alert it is delivering: no other sends it meanwhile. Longer
+than a delivery takes (three tries per channel, each bounded by :data:`CHANNEL_TIMEOUT`);
+a process that dies mid-delivery holds it that long, then the next run tries it again."""
 
 
 class WebhookChannel:
@@ -197,11 +201,12 @@ class AlertDispatcher:
             alert, done = self._queue.get()
             try:
                 # The attempt counts before it is made: a process that ends mid-delivery
-                # (or a channel that hangs) still uses up one of the alert's runs.
+                # (or a channel that hangs) still uses up one of the alert's runs. And it is
+                # claimed: every process retries undelivered alerts when it starts, and sent
+                # again one that the process that fired it (or another) was still delivering.
                 with self._recording:
-                    if self._closed:
+                    if self._closed or not self.ledger.claim_alert_attempt(alert.id, CLAIM_SECONDS):
                         continue
-                    self.ledger.record_alert_attempt(alert.id)
                 outcome, delivered = deliver(alert, self.channels, done=done, backoff=self.backoff)
                 with self._recording:
                     if not self._closed:

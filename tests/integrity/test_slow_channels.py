@@ -12,11 +12,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from ollama_meter.budgets import Alert
 from ollama_meter.ledger import Ledger
 from ollama_meter.testing import OllamaEmulator
 from tests._otlp import SilentCollector
@@ -105,17 +108,23 @@ def test_telemetry_shutdown_is_bounded_by_the_export_timeout(silent_server: str)
     assert time.monotonic() - began < 1.5  # the join is bounded by construction
 
 
-def test_alert_delivery_at_exit_is_bounded(silent_server: str, tmp_path: Path) -> None:
-    from datetime import UTC, datetime
+def fired(ledger: Ledger, threshold: int = 100) -> Alert:
+    """An alert as a gate fires it: stored in the ledger first, then dispatched."""
+    when = datetime(2026, 11, 1, tzinfo=UTC)
+    alert = Alert(0, 1, "acme", None, "month", "2026-11", when, threshold, 5, 5, "USD")
+    with ledger.budget_transaction() as store:
+        alert_id = store.claim_alert(alert, when)
+    assert alert_id is not None
+    return replace(alert, id=alert_id)
 
-    from ollama_meter.budgets import Alert, AlertDispatcher, WebhookChannel
+
+def test_alert_delivery_at_exit_is_bounded(silent_server: str, tmp_path: Path) -> None:
+    from ollama_meter.budgets import AlertDispatcher, WebhookChannel
     from ollama_meter.budgets._alerts import EXIT_WAIT
 
-    dispatcher = AlertDispatcher(
-        Ledger(f"sqlite:///{tmp_path / 'l.db'}"), [WebhookChannel(silent_server)]
-    )
-    when = datetime(2026, 11, 1, tzinfo=UTC)
-    dispatcher.dispatch(Alert(1, 1, "acme", None, "month", "2026-11", when, 100, 5, 5, "USD"))
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    dispatcher = AlertDispatcher(ledger, [WebhookChannel(silent_server)])
+    dispatcher.dispatch(fired(ledger))
     began = time.monotonic()
     assert dispatcher.flush(EXIT_WAIT) is False  # not delivered, and not waited for
     assert time.monotonic() - began < EXIT_WAIT + 0.5
@@ -193,9 +202,7 @@ def test_a_webhook_answering_an_endless_body_neither_holds_alerts_nor_fills_memo
     tmp_path: Path,
 ) -> None:
     """The body was read whole: the alert thread read for ever, every later alert behind it."""
-    from datetime import UTC, datetime
-
-    from ollama_meter.budgets import Alert, AlertDispatcher, WebhookChannel
+    from ollama_meter.budgets import AlertDispatcher, WebhookChannel
 
     handler = type("Hook", (_EndlessHook,), {"stop": threading.Event()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -203,13 +210,11 @@ def test_a_webhook_answering_an_endless_body_neither_holds_alerts_nor_fills_memo
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     dispatcher = AlertDispatcher(ledger, [WebhookChannel(url)])
-    when = datetime(2026, 11, 1, tzinfo=UTC)
     try:
         for threshold in (75, 90):
-            dispatcher.dispatch(
-                Alert(threshold, 1, "acme", None, "month", "2026-11", when, threshold, 5, 5, "USD")
-            )
+            dispatcher.dispatch(fired(ledger, threshold))
         assert dispatcher.flush(3.0)  # both tried, neither waited on the body
+        assert [a.delivered for a in ledger.alerts()] == [True, True]  # it answered 200
     finally:
         handler.stop.set()
         server.shutdown()
