@@ -9,16 +9,18 @@ back to the alert's row, and undelivered alerts are retried by the next run.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import queue
 import random
 import smtplib
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ollama_meter._runtime import runtime
 from ollama_meter._urls import shown
@@ -77,6 +79,52 @@ class WebhookChannel:
         return f"sent to {self.where}"
 
 
+SMTP_REPLY_BYTES = 256 * 1024
+"""Bytes an SMTP server may send in one session: a few hundred make a normal one."""
+
+
+class _Session(smtplib.SMTP):
+    """An SMTP session bounded in the bytes it reads and, by :meth:`cut`, in time.
+
+    ``timeout`` bounds each read, not the session: a server that never ends a multi-line
+    reply (or trickles it) held the alert thread for ever, smtplib collecting every line.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout=timeout)  # no host: connect() below, once it can be cut
+        self._left = SMTP_REPLY_BYTES
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:  # a new socket (connect, STARTTLS)
+            self.file = _Counted(self, self.sock.makefile("rb"))
+        return super().getreply()
+
+    def count(self, line: bytes) -> bytes:
+        self._left -= len(line)
+        if self._left < 0:
+            raise OSError(f"the server sent more than {SMTP_REPLY_BYTES} bytes")
+        return line
+
+    def cut(self) -> None:
+        """End the session from another thread: a read waiting in it returns at once."""
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            if self.sock is not None:
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Counted:
+    """The reader smtplib reads replies from, its bytes counted against the session's."""
+
+    def __init__(self, session: _Session, reader: Any) -> None:
+        self.session, self.reader = session, reader
+
+    def readline(self, size: int = -1) -> bytes:
+        return self.session.count(self.reader.readline(size))
+
+    def close(self) -> None:
+        self.reader.close()
+
+
 class EmailChannel:
     name = "email"
 
@@ -102,7 +150,21 @@ class EmailChannel:
         message["From"] = self.sender
         message["To"] = ", ".join(self.recipients)
         message.set_content(alert.text() + "\n")
-        with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+        smtp = _Session(self.timeout)
+        # A whole session (about six exchanges) within three reads' timeout.
+        watchdog = threading.Timer(self.timeout * 3, smtp.cut)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            self._send(smtp, message)
+        finally:
+            watchdog.cancel()
+            smtp.close()
+        return f"sent to {', '.join(self.recipients)}"
+
+    def _send(self, smtp: smtplib.SMTP, message: EmailMessage) -> None:
+        with smtp:
+            smtp.connect(self.host, self.port)
             smtp.ehlo()
             if smtp.has_extn("starttls"):
                 smtp.starttls(context=ssl.create_default_context())
@@ -110,7 +172,6 @@ class EmailChannel:
             if self.user:
                 smtp.login(self.user, self.password or "")
             smtp.send_message(message)
-        return f"sent to {', '.join(self.recipients)}"
 
 
 def deliver(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -219,3 +220,52 @@ def test_a_webhook_answering_an_endless_body_neither_holds_alerts_nor_fills_memo
         handler.stop.set()
         server.shutdown()
         server.server_close()
+
+
+def _talking_smtp_server(stop: threading.Event, talk: bytes, pause: float) -> tuple[str, int]:
+    """A server that greets with ``talk`` again and again, never ending the reply."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with contextlib.suppress(OSError), conn:
+            while not stop.is_set():
+                conn.sendall(talk)
+                time.sleep(pause)
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    host, port = listener.getsockname()[:2]
+    return host, port
+
+
+@pytest.mark.parametrize(
+    ("talk", "pause"),
+    [(b"220-hello\r\n" * 100, 0.001), (b"2", 0.4)],
+    ids=["endless reply", "trickled reply"],
+)
+def test_an_smtp_server_that_never_ends_its_reply_fails_the_attempt_in_bounded_time(
+    talk: bytes, pause: float, tmp_path: Path
+) -> None:
+    """Each read was bounded, the session not: smtplib read a reply that never ended (each
+    line well within the timeout) for ever, keeping every line, the alert thread with it."""
+    from ollama_meter.budgets import EmailChannel
+
+    stop = threading.Event()
+    host, port = _talking_smtp_server(stop, talk, pause)
+    channel = EmailChannel(host, port, sender="m@x.org", recipients=["it@x.org"], timeout=1.0)
+    failed: list[Exception] = []
+
+    def send() -> None:
+        try:
+            channel.send(fired(Ledger(f"sqlite:///{tmp_path / 'l.db'}")))
+        except Exception as exc:
+            failed.append(exc)
+
+    attempt = threading.Thread(target=send, daemon=True)
+    try:
+        attempt.start()
+        attempt.join(3.0 + 2.0)  # the session's bound, three reads' timeout, and some slack
+        assert not attempt.is_alive() and len(failed) == 1
+    finally:
+        stop.set()
