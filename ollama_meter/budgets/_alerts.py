@@ -53,6 +53,25 @@ than a delivery takes (three tries per channel, each bounded by :data:`CHANNEL_T
 a process that dies mid-delivery holds it that long, then the next run tries it again."""
 
 
+class _Cut:
+    """Ends an HTTP exchange from another thread: called, it shuts the connection's socket
+    (a read waiting on it returns at once). ``trace`` is the httpcore hook that finds it."""
+
+    def __init__(self) -> None:
+        self.streams: list[Any] = []
+        self.done = False
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self.streams.append(info.get("return_value"))
+
+    def __call__(self) -> None:
+        self.done = True
+        if self.streams:
+            with contextlib.suppress(OSError, AttributeError, ValueError):
+                self.streams[-1].get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+
+
 class WebhookChannel:
     name = "webhook"
 
@@ -66,14 +85,28 @@ class WebhookChannel:
 
         # Streamed, the body never read: the status says it all, and a webhook that answers
         # with an endless body (a URL that serves a download) held the alert thread for
-        # ever, its memory growing, every later alert queued behind it.
+        # ever, its memory growing, every later alert queued behind it. The timeout bounds
+        # each read, not the answer: one trickled a byte at a time is cut by a watchdog.
+        cut = _Cut()
+        watchdog = threading.Timer(self.timeout * 3, cut)
+        watchdog.daemon = True
         try:
-            with httpx.stream(
-                "POST", self.url, json=alert.payload(), timeout=self.timeout
-            ) as response:
+            with httpx.Client(timeout=self.timeout) as client:
+                request = client.build_request(
+                    "POST", self.url, json=alert.payload(), extensions={"trace": cut.trace}
+                )
+                watchdog.start()
+                response = client.send(request, stream=True)
                 status, reason = response.status_code, response.reason_phrase
+                response.close()
         except httpx.HTTPError as exc:
+            if cut.done:
+                raise OSError(
+                    f"{self.where} did not answer within {self.timeout * 3:g} s"
+                ) from None
             raise OSError(f"{type(exc).__name__} posting to {self.where}") from None
+        finally:
+            watchdog.cancel()
         if not 200 <= status < 300:
             raise OSError(f"{self.where} answered {status} {reason}")
         return f"sent to {self.where}"

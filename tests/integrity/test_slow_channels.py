@@ -222,13 +222,16 @@ def test_a_webhook_answering_an_endless_body_neither_holds_alerts_nor_fills_memo
         server.server_close()
 
 
-def _talking_smtp_server(stop: threading.Event, talk: bytes, pause: float) -> tuple[str, int]:
-    """A server that greets with ``talk`` again and again, never ending the reply."""
+def _talking_server(
+    stop: threading.Event, talk: bytes, pause: float, first: bytes = b""
+) -> tuple[str, int]:
+    """A server that answers ``first``, then ``talk`` again and again, never ending the reply."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
         conn, _ = listener.accept()
         with contextlib.suppress(OSError), conn:
+            conn.sendall(first)
             while not stop.is_set():
                 conn.sendall(talk)
                 time.sleep(pause)
@@ -252,7 +255,7 @@ def test_an_smtp_server_that_never_ends_its_reply_fails_the_attempt_in_bounded_t
     from ollama_meter.budgets import EmailChannel
 
     stop = threading.Event()
-    host, port = _talking_smtp_server(stop, talk, pause)
+    host, port = _talking_server(stop, talk, pause)
     channel = EmailChannel(host, port, sender="m@x.org", recipients=["it@x.org"], timeout=1.0)
     failed: list[Exception] = []
 
@@ -269,3 +272,29 @@ def test_an_smtp_server_that_never_ends_its_reply_fails_the_attempt_in_bounded_t
         assert not attempt.is_alive() and len(failed) == 1
     finally:
         stop.set()
+
+
+def test_a_webhook_trickling_its_answer_fails_the_attempt_in_bounded_time(tmp_path: Path) -> None:
+    """A header line every 0.4 s, each read within the timeout: the POST waited for ever."""
+    from ollama_meter.budgets import WebhookChannel
+
+    stop = threading.Event()
+    host, port = _talking_server(stop, b"X-Still: here\r\n", 0.4, first=b"HTTP/1.1 200 OK\r\n")
+    channel = WebhookChannel(f"http://{host}:{port}/hook", timeout=1.0)
+    alert = fired(Ledger(f"sqlite:///{tmp_path / 'l.db'}"))
+    failed: list[Exception] = []
+
+    def send() -> None:
+        try:
+            channel.send(alert)
+        except Exception as exc:
+            failed.append(exc)
+
+    attempt = threading.Thread(target=send, daemon=True)
+    try:
+        attempt.start()
+        attempt.join(3.0 + 2.0)  # three reads' timeout, and some slack
+        assert not attempt.is_alive()
+    finally:
+        stop.set()
+    assert [str(e) for e in failed] == [f"http://{host}:{port} did not answer within 3 s"]
