@@ -38,6 +38,10 @@ log = logging.getLogger("ollama_meter.ledger")
 MAX_HELD = 10_000
 """Spans kept in memory while neither the database nor the spool can take them."""
 _HELD_RETRY_SECONDS = 1.0
+DRAIN_SLICE = 0.2
+"""Seconds a write spends recording the spool once the database answers again. The write
+is every waiting call's (group commit): a long outage spools thousands of files, and
+recording them all in the first write after it held every call for a minute and more."""
 
 
 _SERVER_KEYS = ("host", "hostaddr", "port", "dbname", "service")
@@ -92,12 +96,16 @@ class DurableLedger(Database):
         self._held_lock = threading.Lock()
         self._held_tried = 0.0
 
-    def recover(self) -> int:
-        """Record spans a refused write left in the spool; how many there were."""
+    def recover(self, within: float | None = None) -> int:
+        """Record spans a refused write left in the spool; how many there were.
+
+        ``within``: seconds to spend, after which the rest waits for the next write.
+        """
         if not self.spool.pending():
             return 0
+        until = None if within is None else time.monotonic() + within
         try:
-            count = self.spool.drain(self._record_now, self._isolate)
+            count = self.spool.drain(self._record_now, self._isolate, until=until)
         except LedgerError as exc:
             log.warning("spooled spans stay spooled for now: %s", exc)
             return 0
@@ -122,9 +130,10 @@ class DurableLedger(Database):
             stored = self._isolate(spans)
         except LedgerError as exc:
             return self._keep(spans, exc)
-        if self._spooled:  # the database answers again: bring in what waited
+        if self._spooled:  # the database answers again: bring in what waited, a slice a write
             self._spooled = False
-            self.recover()
+            if self.recover(DRAIN_SLICE) and self.spool.pending():
+                self._spooled = True  # the slice ran out: the next write records more
         self.journal.closed([i for i, where in stored.items() if where in DURABLE])
         return stored
 

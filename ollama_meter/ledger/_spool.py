@@ -111,16 +111,21 @@ class Spool:
         self,
         record: Callable[[list[SpanRecord]], object],
         isolate: Callable[[list[SpanRecord]], object],
+        *,
+        until: float | None = None,
     ) -> int:
         """Record every spooled span; returns how many were recorded or set aside.
 
         ``record`` raises :class:`Rejected` when a file holds a span the database refuses:
         then ``isolate`` records that file's spans one by one, quarantining the bad ones,
         and the drain goes on. Any other failure (the database is away) stops the drain
-        and propagates; the files stay for the next try.
+        and propagates; the files stay for the next try. ``until`` (``time.monotonic()``):
+        the files left once it has passed stay for the next drain.
         """
         done = 0
         for path in self.pending():
+            if until is not None and time.monotonic() >= until:
+                break
             try:
                 lines = path.read_bytes().splitlines()
             except OSError as exc:

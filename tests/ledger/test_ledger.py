@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -742,3 +743,31 @@ def test_upgrading_from_0007_keeps_every_span_without_a_gateway_queue_and_adds_l
     assert ledger.limits() == []
     ledger.set_limit(Limit("acme", "sales", rpm=60))
     assert [(lim.scope(), lim.rpm) for lim in ledger.limits()] == [("acme/sales", 60)]
+
+
+def test_the_write_that_finds_the_database_back_records_the_spool_a_slice_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """The first write after an outage recorded the whole spool, one file per call the outage
+    refused: every call waiting on that write (group commit) waited a minute and more."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).dispose()
+    blocker = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    ledger = Ledger(url, wait=0.05, retry_delay=0.001)
+    assert set(ledger.record([make_span()]).values()) == {Stored.SPOOLED}  # the outage
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    for _ in range(1500):  # what the outage's other calls spooled, a file each
+        ledger.spool.put([make_span()])
+    began = time.monotonic()
+    assert set(ledger.record([make_span()]).values()) == {Stored.COMMITTED}
+    took = time.monotonic() - began
+    assert ledger.spool.pending(), f"the whole spool recorded in one write, in {took:.1f} s"
+    writes = 1
+    while ledger.spool.pending() and writes < 1000:  # each later write records some more
+        ledger.record([make_span()])
+        writes += 1
+    assert ledger.spool.pending() == [] and ledger.count() == 1501 + writes
