@@ -771,3 +771,36 @@ def test_the_write_that_finds_the_database_back_records_the_spool_a_slice_at_a_t
         ledger.record([make_span()])
         writes += 1
     assert ledger.spool.pending() == [] and ledger.count() == 1501 + writes
+
+
+def test_upgrading_from_0012_keeps_undelivered_alerts_and_lets_one_process_claim_each(
+    db_url: str,
+) -> None:
+    from sqlalchemy import text
+
+    from ollama_meter.ledger import upgrade
+    from ollama_meter.ledger._engine import create_ledger_engine
+
+    engine = create_ledger_engine(db_url)
+    upgrade(engine, "0012")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO budget_alerts (budget_id, tenant, department, period, period_start, "
+                "period_label, threshold, spent_micros, limit_micros, currency, fired_at, "
+                "deliveries, delivered, attempts) VALUES (1, 'acme', NULL, 'month', "
+                "'2026-11-01 00:00:00', '2026-11', 90, 9, 10, 'USD', '2026-11-20 10:00:00', "
+                '\'{"log": "sent"}\', false, 1)'
+            )
+        )
+    engine.dispose()
+    ledger = Ledger(db_url)  # opening migrates to the head
+    (alert,) = ledger.alerts(undelivered_only=True)
+    assert (alert.threshold, alert.attempts, alert.deliveries) == (90, 1, {"log": "sent"})
+    assert ledger.claim_alert_attempt(alert.id, 60)  # no claim on it yet
+    assert not Ledger(db_url).claim_alert_attempt(alert.id, 60)  # another process: claimed
+    ledger.record_alert_delivery(alert.id, {"log": "sent", "webhook": "failed: 503"}, False)
+    assert Ledger(db_url).claim_alert_attempt(alert.id, 60)  # the outcome ends the claim
+    ledger.record_alert_delivery(alert.id, {"log": "sent", "webhook": "sent"}, True)
+    assert not ledger.claim_alert_attempt(alert.id, 60)  # delivered: nothing to claim
+    assert ledger.alerts()[0].attempts == 3
