@@ -96,11 +96,13 @@ class DurableLedger(Database):
         self._held_lock = threading.Lock()
         self._held_tried = 0.0
 
-    def recover(self, within: float | None = None) -> int:
-        """Record spans a refused write left in the spool; how many there were.
+    def recover(self) -> int:
+        """Record spans a refused write left in the spool; how many there were."""
+        return self._drain() or 0
 
-        ``within``: seconds to spend, after which the rest waits for the next write.
-        """
+    def _drain(self, within: float | None = None) -> int | None:
+        """Record the spool (for about ``within`` seconds, at least one file); how many
+        spans that was, None when the database failed and the rest stays spooled."""
         if not self.spool.pending():
             return 0
         until = None if within is None else time.monotonic() + within
@@ -108,7 +110,7 @@ class DurableLedger(Database):
             count = self.spool.drain(self._record_now, self._isolate, until=until)
         except LedgerError as exc:
             log.warning("spooled spans stay spooled for now: %s", exc)
-            return 0
+            return None
         log.info("recorded %d spooled span(s) into %s", count, self.display_url)
         return count
 
@@ -132,7 +134,7 @@ class DurableLedger(Database):
             return self._keep(spans, exc)
         if self._spooled:  # the database answers again: bring in what waited, a slice a write
             self._spooled = False
-            if self.recover(DRAIN_SLICE) and self.spool.pending():
+            if self._drain(DRAIN_SLICE) is not None and self.spool.pending():
                 self._spooled = True  # the slice ran out: the next write records more
         self.journal.closed([i for i, where in stored.items() if where in DURABLE])
         return stored

@@ -120,11 +120,12 @@ class Spool:
         then ``isolate`` records that file's spans one by one, quarantining the bad ones,
         and the drain goes on. Any other failure (the database is away) stops the drain
         and propagates; the files stay for the next try. ``until`` (``time.monotonic()``):
-        the files left once it has passed stay for the next drain.
+        the files left once it has passed stay for the next drain (one file at least is
+        done, so each drain makes progress however slow the machine).
         """
         done = 0
-        for path in self.pending():
-            if until is not None and time.monotonic() >= until:
+        for index, path in enumerate(self.pending()):
+            if until is not None and index and time.monotonic() >= until:
                 break
             try:
                 lines = path.read_bytes().splitlines()

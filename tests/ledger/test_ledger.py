@@ -767,7 +767,7 @@ def test_the_write_that_finds_the_database_back_records_the_spool_a_slice_at_a_t
     took = time.monotonic() - began
     assert ledger.spool.pending(), f"the whole spool recorded in one write, in {took:.1f} s"
     writes = 1
-    while ledger.spool.pending() and writes < 1000:  # each later write records some more
+    while ledger.spool.pending() and writes < 2000:  # each later write records some more
         ledger.record([make_span()])
         writes += 1
     assert ledger.spool.pending() == [] and ledger.count() == 1501 + writes
