@@ -9,16 +9,18 @@ back to the alert's row, and undelivered alerts are retried by the next run.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import queue
 import random
 import smtplib
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ollama_meter._runtime import runtime
 from ollama_meter._urls import shown
@@ -45,6 +47,29 @@ CHANNEL_TIMEOUT = 3.0
 """Seconds a channel may take to take an alert; a hanging one is a failed attempt."""
 EXIT_WAIT = 1.0
 """Seconds a process that is ending waits for alerts still being delivered."""
+CLAIM_SECONDS = 120.0
+"""Seconds a process holds an alert it is delivering: no other sends it meanwhile. Longer
+than a delivery takes (three tries per channel, each bounded by :data:`CHANNEL_TIMEOUT`);
+a process that dies mid-delivery holds it that long, then the next run tries it again."""
+
+
+class _Cut:
+    """Ends an HTTP exchange from another thread: called, it shuts the connection's socket
+    (a read waiting on it returns at once). ``trace`` is the httpcore hook that finds it."""
+
+    def __init__(self) -> None:
+        self.streams: list[Any] = []
+        self.done = False
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            self.streams.append(info.get("return_value"))
+
+    def __call__(self) -> None:
+        self.done = True
+        if self.streams:
+            with contextlib.suppress(OSError, AttributeError, ValueError):
+                self.streams[-1].get_extra_info("socket").shutdown(socket.SHUT_RDWR)
 
 
 class WebhookChannel:
@@ -58,13 +83,79 @@ class WebhookChannel:
     def send(self, alert: Alert) -> str:
         import httpx  # loaded when an alert goes out, not by every command that reads budgets
 
+        # Streamed, the body never read: the status says it all, and a webhook that answers
+        # with an endless body (a URL that serves a download) held the alert thread for
+        # ever, its memory growing, every later alert queued behind it. The timeout bounds
+        # each read, not the answer: one trickled a byte at a time is cut by a watchdog.
+        cut = _Cut()
+        watchdog = threading.Timer(self.timeout * 3, cut)
+        watchdog.daemon = True
         try:
-            response = httpx.post(self.url, json=alert.payload(), timeout=self.timeout)
+            with httpx.Client(timeout=self.timeout) as client:
+                request = client.build_request(
+                    "POST", self.url, json=alert.payload(), extensions={"trace": cut.trace}
+                )
+                watchdog.start()
+                response = client.send(request, stream=True)
+                status, reason = response.status_code, response.reason_phrase
+                response.close()
         except httpx.HTTPError as exc:
+            if cut.done:
+                raise OSError(
+                    f"{self.where} did not answer within {self.timeout * 3:g} s"
+                ) from None
             raise OSError(f"{type(exc).__name__} posting to {self.where}") from None
-        if not response.is_success:
-            raise OSError(f"{self.where} answered {response.status_code} {response.reason_phrase}")
+        finally:
+            watchdog.cancel()
+        if not 200 <= status < 300:
+            raise OSError(f"{self.where} answered {status} {reason}")
         return f"sent to {self.where}"
+
+
+SMTP_REPLY_BYTES = 256 * 1024
+"""Bytes an SMTP server may send in one session: a few hundred make a normal one."""
+
+
+class _Session(smtplib.SMTP):
+    """An SMTP session bounded in the bytes it reads and, by :meth:`cut`, in time.
+
+    ``timeout`` bounds each read, not the session: a server that never ends a multi-line
+    reply (or trickles it) held the alert thread for ever, smtplib collecting every line.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout=timeout)  # no host: connect() below, once it can be cut
+        self._left = SMTP_REPLY_BYTES
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:  # a new socket (connect, STARTTLS)
+            self.file = _Counted(self, self.sock.makefile("rb"))
+        return super().getreply()
+
+    def count(self, line: bytes) -> bytes:
+        self._left -= len(line)
+        if self._left < 0:
+            raise OSError(f"the server sent more than {SMTP_REPLY_BYTES} bytes")
+        return line
+
+    def cut(self) -> None:
+        """End the session from another thread: a read waiting in it returns at once."""
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            if self.sock is not None:
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Counted:
+    """The reader smtplib reads replies from, its bytes counted against the session's."""
+
+    def __init__(self, session: _Session, reader: Any) -> None:
+        self.session, self.reader = session, reader
+
+    def readline(self, size: int = -1) -> bytes:
+        return self.session.count(self.reader.readline(size))
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 class EmailChannel:
@@ -92,7 +183,21 @@ class EmailChannel:
         message["From"] = self.sender
         message["To"] = ", ".join(self.recipients)
         message.set_content(alert.text() + "\n")
-        with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+        smtp = _Session(self.timeout)
+        # A whole session (about six exchanges) within three reads' timeout.
+        watchdog = threading.Timer(self.timeout * 3, smtp.cut)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            self._send(smtp, message)
+        finally:
+            watchdog.cancel()
+            smtp.close()
+        return f"sent to {', '.join(self.recipients)}"
+
+    def _send(self, smtp: smtplib.SMTP, message: EmailMessage) -> None:
+        with smtp:
+            smtp.connect(self.host, self.port)
             smtp.ehlo()
             if smtp.has_extn("starttls"):
                 smtp.starttls(context=ssl.create_default_context())
@@ -100,7 +205,6 @@ class EmailChannel:
             if self.user:
                 smtp.login(self.user, self.password or "")
             smtp.send_message(message)
-        return f"sent to {', '.join(self.recipients)}"
 
 
 def deliver(
@@ -191,11 +295,12 @@ class AlertDispatcher:
             alert, done = self._queue.get()
             try:
                 # The attempt counts before it is made: a process that ends mid-delivery
-                # (or a channel that hangs) still uses up one of the alert's runs.
+                # (or a channel that hangs) still uses up one of the alert's runs. And it is
+                # claimed: every process retries undelivered alerts when it starts, and sent
+                # again one that the process that fired it (or another) was still delivering.
                 with self._recording:
-                    if self._closed:
+                    if self._closed or not self.ledger.claim_alert_attempt(alert.id, CLAIM_SECONDS):
                         continue
-                    self.ledger.record_alert_attempt(alert.id)
                 outcome, delivered = deliver(alert, self.channels, done=done, backoff=self.backoff)
                 with self._recording:
                     if not self._closed:

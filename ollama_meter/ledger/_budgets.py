@@ -127,10 +127,23 @@ def purge_expired(conn: Connection, now: datetime) -> int:
     return conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.expires_at <= now)).rowcount
 
 
-def record_attempt(conn: Connection, alert_id: int) -> None:
-    conn.execute(
-        update(_ALERTS).where(_ALERTS.c.id == alert_id).values(attempts=_ALERTS.c.attempts + 1)
+def claim_attempt(conn: Connection, alert_id: int, now: datetime, until: datetime) -> bool:
+    """Count an attempt at ``alert_id`` and claim it until ``until``; False (and nothing
+    changed) when it is delivered or another process's claim still runs.
+
+    One conditional UPDATE: of processes racing for the alert, exactly one changes the row.
+    """
+    a = _ALERTS.c
+    claimed = conn.execute(
+        update(_ALERTS)
+        .where(
+            a.id == alert_id,
+            a.delivered == False,  # noqa: E712
+            (a.claimed_until == None) | (a.claimed_until <= now),  # noqa: E711
+        )
+        .values(attempts=a.attempts + 1, claimed_until=until)
     )
+    return claimed.rowcount == 1
 
 
 def record_delivery(
@@ -139,7 +152,7 @@ def record_delivery(
     conn.execute(
         update(_ALERTS)
         .where(_ALERTS.c.id == alert_id)
-        .values(deliveries=deliveries, delivered=delivered)
+        .values(deliveries=deliveries, delivered=delivered, claimed_until=None)
     )
 
 

@@ -38,6 +38,10 @@ log = logging.getLogger("ollama_meter.ledger")
 MAX_HELD = 10_000
 """Spans kept in memory while neither the database nor the spool can take them."""
 _HELD_RETRY_SECONDS = 1.0
+DRAIN_SLICE = 0.2
+"""Seconds a write spends recording the spool once the database answers again. The write
+is every waiting call's (group commit): a long outage spools thousands of files, and
+recording them all in the first write after it held every call for a minute and more."""
 
 
 _SERVER_KEYS = ("host", "hostaddr", "port", "dbname", "service")
@@ -94,13 +98,19 @@ class DurableLedger(Database):
 
     def recover(self) -> int:
         """Record spans a refused write left in the spool; how many there were."""
+        return self._drain() or 0
+
+    def _drain(self, within: float | None = None) -> int | None:
+        """Record the spool (for about ``within`` seconds, at least one file); how many
+        spans that was, None when the database failed and the rest stays spooled."""
         if not self.spool.pending():
             return 0
+        until = None if within is None else time.monotonic() + within
         try:
-            count = self.spool.drain(self._record_now, self._isolate)
+            count = self.spool.drain(self._record_now, self._isolate, until=until)
         except LedgerError as exc:
             log.warning("spooled spans stay spooled for now: %s", exc)
-            return 0
+            return None
         log.info("recorded %d spooled span(s) into %s", count, self.display_url)
         return count
 
@@ -122,9 +132,10 @@ class DurableLedger(Database):
             stored = self._isolate(spans)
         except LedgerError as exc:
             return self._keep(spans, exc)
-        if self._spooled:  # the database answers again: bring in what waited
+        if self._spooled:  # the database answers again: bring in what waited, a slice a write
             self._spooled = False
-            self.recover()
+            if self._drain(DRAIN_SLICE) is not None and self.spool.pending():
+                self._spooled = True  # the slice ran out: the next write records more
         self.journal.closed([i for i, where in stored.items() if where in DURABLE])
         return stored
 

@@ -15,7 +15,7 @@ import functools
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -281,9 +281,12 @@ class Ledger(DurableLedger):
                 conn, undelivered_only=undelivered_only, max_attempts=max_attempts
             )
 
-    def record_alert_attempt(self, alert_id: int) -> None:
+    def claim_alert_attempt(self, alert_id: int, seconds: float) -> bool:
+        """Count an attempt at delivering the alert and hold it ``seconds`` for this process;
+        False when it is delivered or another process is delivering it."""
+        now = datetime.now(UTC)
         with self.write() as conn:
-            _budgets.record_attempt(conn, alert_id)
+            return _budgets.claim_attempt(conn, alert_id, now, now + timedelta(seconds=seconds))
 
     def record_alert_delivery(
         self, alert_id: int, deliveries: dict[str, str], delivered: bool

@@ -111,25 +111,38 @@ class Spool:
         self,
         record: Callable[[list[SpanRecord]], object],
         isolate: Callable[[list[SpanRecord]], object],
+        *,
+        until: float | None = None,
     ) -> int:
         """Record every spooled span; returns how many were recorded or set aside.
 
         ``record`` raises :class:`Rejected` when a file holds a span the database refuses:
         then ``isolate`` records that file's spans one by one, quarantining the bad ones,
         and the drain goes on. Any other failure (the database is away) stops the drain
-        and propagates; the files stay for the next try.
+        and propagates; the files stay for the next try. ``until`` (``time.monotonic()``):
+        the files left once it has passed stay for the next drain (one file at least is
+        done, so each drain makes progress however slow the machine).
         """
         done = 0
-        for path in self.pending():
+        for index, path in enumerate(self.pending()):
+            if until is not None and index and time.monotonic() >= until:
+                break
             try:
-                spans = [
-                    decode_span(line)
-                    for line in path.read_text(encoding="utf-8").splitlines()
-                    if line
-                ]
-            except (OSError, ValueError, TypeError) as exc:
+                lines = path.read_bytes().splitlines()
+            except OSError as exc:
                 self._set_aside(path, exc)
                 continue
+            spans, bad = self._decode(lines)
+            if bad and not spans:
+                self._set_aside(path, bad[0][1])
+                continue
+            if bad:
+                # One damaged line (a flipped byte, a cut end) cost the file's other spans:
+                # the whole file went aside. Only the lines that cannot be read go now.
+                try:
+                    self._keep_unreadable(path, lines, bad)
+                except OSError:
+                    continue  # the lines can be kept nowhere: the file stays for the next try
             try:
                 record(spans)
             except Rejected:
@@ -137,6 +150,41 @@ class Spool:
             path.unlink(missing_ok=True)
             done += len(spans)
         return done
+
+    @staticmethod
+    def _decode(lines: list[bytes]) -> tuple[list[SpanRecord], list[tuple[int, Exception]]]:
+        """The spans of a file's lines, and the (index, error) of each line that is not one."""
+        spans: list[SpanRecord] = []
+        bad: list[tuple[int, Exception]] = []
+        for index, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                spans.append(decode_span(line.decode("utf-8")))
+            except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+                bad.append((index, exc))
+        return spans, bad
+
+    def _keep_unreadable(
+        self, path: Path, lines: list[bytes], bad: list[tuple[int, Exception]]
+    ) -> None:
+        """The lines of ``path`` no span can be read from, kept for a human beside the spool."""
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        target = self.quarantine_dir / f"{path.name}.unreadable"
+        with target.open("wb") as handle:
+            handle.write(b"".join(lines[index] + b"\n" for index, _ in bad))
+            handle.flush()
+            os.fsync(handle.fileno())
+        numbers = ", ".join(str(index + 1) for index, _ in bad[:10])
+        log.error(
+            "spool file %s: %d line(s) cannot be read (line %s: %s); kept them in %s, "
+            "recording the other spans",
+            path,
+            len(bad),
+            numbers,
+            bad[0][1],
+            target,
+        )
 
     def _set_aside(self, path: Path, exc: Exception) -> None:
         """An unreadable spool file is kept for a human, out of the drain's way."""

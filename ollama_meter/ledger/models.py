@@ -313,6 +313,8 @@ class AlertRow(Base):
     deliveries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     delivered: Mapped[bool] = mapped_column(Boolean)
     attempts: Mapped[int] = mapped_column(Integer)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    """While in the future, a process is delivering the alert: no other sends it meanwhile."""
 
     __table_args__ = (UniqueConstraint("budget_id", "tenant", "period_start", "threshold"),)
 

@@ -37,11 +37,17 @@ def exportable(attributes: dict[str, Any]) -> dict[str, Any]:
     return {storable_text(str(key), _MAX_KEY): _value(value) for key, value in attributes.items()}
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
 def _value(value: Any) -> Any:
     if isinstance(value, str):
         return _bounded(value)
     if isinstance(value, list | tuple):
         return [_value(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        # OTLP carries 64-bit integers: the encoder dropped a bigger one, silently.
+        return _bounded(str(value))
     return value
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -277,6 +278,8 @@ class Receiver:
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
         self.fail = 0
+        self.delay = 0.0  # seconds to take before answering
+        self.posted = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -288,6 +291,8 @@ class Receiver:
                     self.end_headers()
                     return
                 receiver.posts.append(json.loads(body))
+                receiver.posted.set()
+                time.sleep(receiver.delay)
                 self.send_response(200)
                 self.end_headers()
 
@@ -351,6 +356,25 @@ def test_failing_webhook_is_retried_recorded_and_retried_by_the_next_run(
     (row,) = later.ledger.alerts()
     assert row.delivered and row.attempts == 2
     assert [p["threshold"] for p in receiver.posts] == [5]
+
+
+def test_an_alert_being_delivered_is_not_sent_again_by_a_process_starting_meanwhile(
+    db_url: str, emulator: OllamaEmulator, receiver: Receiver
+) -> None:
+    """Every process retries undelivered alerts as it starts: one that started while another
+    was still delivering an alert (a slow webhook) sent it a second time."""
+    receiver.delay = 1.0
+    meter = make_meter(db_url, Clock(NOV), alert_webhook_url=receiver.url)
+    budget(meter, CALL_COST * 10, thresholds=(5,))
+    call(meter)
+    assert receiver.posted.wait(10)  # on its way, not answered yet
+    others = [make_meter(db_url, Clock(NOV), alert_webhook_url=receiver.url) for _ in range(2)]
+    for each in (meter, *others):
+        assert each.budgets is not None and each.budgets.alerts is not None
+        assert each.budgets.alerts.flush()
+    assert [p["threshold"] for p in receiver.posts] == [5]
+    (row,) = meter.ledger.alerts()
+    assert row.delivered and row.attempts == 1
 
 
 @pytest.mark.parametrize("answer", ["sent", "503", "refused"])

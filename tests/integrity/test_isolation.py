@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.meter import GroupCommitWriter, Stored
@@ -120,6 +120,40 @@ def test_a_jammed_spool_file_is_set_aside_and_the_drain_goes_on(db_url: str) -> 
     assert "0-garbage.jsonl.unreadable" in aside
     if expected == 4:
         assert f"{jam.id}.json" in aside
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)  # one ledger for every example: each counts only its own spans
+@given(
+    count=st.integers(1, 5),
+    damaged=st.data(),
+    damage=st.sampled_from(["cut", "not utf-8", "not json", "not a span"]),
+)
+def test_a_damaged_line_in_a_spool_file_costs_only_that_span(
+    sqlite_url: str, count: int, damaged: st.DataObject, damage: str
+) -> None:
+    """One damaged line (a cut end, a flipped byte) set the whole file aside: spans in its
+    other lines, completed calls, never reached the ledger."""
+    ledger = Ledger(sqlite_url)
+    before = ledger.count()
+    spans = [make_span() for _ in range(count + 1)]
+    path = ledger.spool.put(spans)
+    lines = path.read_bytes().splitlines(keepends=True)
+    at = damaged.draw(st.integers(0, count), label="damaged line")
+    lines[at] = {
+        "cut": lines[at][: len(lines[at]) // 2] + (b"" if at == count else b"\n"),  # cut end
+        "not utf-8": lines[at].replace(b'"', b'\xff"', 1),
+        "not json": b"{" + lines[at],
+        "not a span": b'{"id": "x", "what": 1}\n',
+    }[damage]
+    path.write_bytes(b"".join(lines))
+    assert ledger.recover() == count
+    assert ledger.count() == before + count and ledger.spool.pending() == []
+    kept = ledger.spool.quarantine_dir / f"{path.name}.unreadable"
+    assert kept.read_bytes().rstrip(b"\n") == lines[at].rstrip(b"\n")  # for a human
+    recorded = {s.id for s in ledger.latest(SpanFilter(), before + count + 1)}
+    assert recorded >= {s.id for i, s in enumerate(spans) if i != at}
 
 
 def test_hostile_model_names_through_the_gateway_cost_no_one_a_span(

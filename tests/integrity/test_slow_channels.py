@@ -5,17 +5,22 @@ Real processes (`ometer chat`), real servers that accept and then say nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from ollama_meter.budgets import Alert
 from ollama_meter.ledger import Ledger
 from ollama_meter.testing import OllamaEmulator
 from tests._otlp import SilentCollector
@@ -104,17 +109,23 @@ def test_telemetry_shutdown_is_bounded_by_the_export_timeout(silent_server: str)
     assert time.monotonic() - began < 1.5  # the join is bounded by construction
 
 
-def test_alert_delivery_at_exit_is_bounded(silent_server: str, tmp_path: Path) -> None:
-    from datetime import UTC, datetime
+def fired(ledger: Ledger, threshold: int = 100) -> Alert:
+    """An alert as a gate fires it: stored in the ledger first, then dispatched."""
+    when = datetime(2026, 11, 1, tzinfo=UTC)
+    alert = Alert(0, 1, "acme", None, "month", "2026-11", when, threshold, 5, 5, "USD")
+    with ledger.budget_transaction() as store:
+        alert_id = store.claim_alert(alert, when)
+    assert alert_id is not None
+    return replace(alert, id=alert_id)
 
-    from ollama_meter.budgets import Alert, AlertDispatcher, WebhookChannel
+
+def test_alert_delivery_at_exit_is_bounded(silent_server: str, tmp_path: Path) -> None:
+    from ollama_meter.budgets import AlertDispatcher, WebhookChannel
     from ollama_meter.budgets._alerts import EXIT_WAIT
 
-    dispatcher = AlertDispatcher(
-        Ledger(f"sqlite:///{tmp_path / 'l.db'}"), [WebhookChannel(silent_server)]
-    )
-    when = datetime(2026, 11, 1, tzinfo=UTC)
-    dispatcher.dispatch(Alert(1, 1, "acme", None, "month", "2026-11", when, 100, 5, 5, "USD"))
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    dispatcher = AlertDispatcher(ledger, [WebhookChannel(silent_server)])
+    dispatcher.dispatch(fired(ledger))
     began = time.monotonic()
     assert dispatcher.flush(EXIT_WAIT) is False  # not delivered, and not waited for
     assert time.monotonic() - began < EXIT_WAIT + 0.5
@@ -165,3 +176,125 @@ def test_alerts_still_going_out_at_exit_are_done_with_the_ledger_before_it_close
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("l.db-")) == []
     (alert,) = Ledger(db).alerts()
     assert alert.attempts == 1 and alert.delivered == (delay < 1)
+
+
+class _EndlessHook(BaseHTTPRequestHandler):
+    """Answers 200 and then a body that never ends (a URL that serves a stream or a download)."""
+
+    protocol_version = "HTTP/1.1"
+    stop = threading.Event()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        chunk = b"x" * 65_536
+        with contextlib.suppress(OSError):
+            while not self.stop.is_set():  # paced: without the fix, memory grows slowly
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                time.sleep(0.01)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_a_webhook_answering_an_endless_body_neither_holds_alerts_nor_fills_memory(
+    tmp_path: Path,
+) -> None:
+    """The body was read whole: the alert thread read for ever, every later alert behind it."""
+    from ollama_meter.budgets import AlertDispatcher, WebhookChannel
+
+    handler = type("Hook", (_EndlessHook,), {"stop": threading.Event()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    dispatcher = AlertDispatcher(ledger, [WebhookChannel(url)])
+    try:
+        for threshold in (75, 90):
+            dispatcher.dispatch(fired(ledger, threshold))
+        assert dispatcher.flush(3.0)  # both tried, neither waited on the body
+        assert [a.delivered for a in ledger.alerts()] == [True, True]  # it answered 200
+    finally:
+        handler.stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _talking_server(
+    stop: threading.Event, talk: bytes, pause: float, first: bytes = b""
+) -> tuple[str, int]:
+    """A server that answers ``first``, then ``talk`` again and again, never ending the reply."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with contextlib.suppress(OSError), conn:
+            conn.sendall(first)
+            while not stop.is_set():
+                conn.sendall(talk)
+                time.sleep(pause)
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    host, port = listener.getsockname()[:2]
+    return host, port
+
+
+@pytest.mark.parametrize(
+    ("talk", "pause"),
+    [(b"220-hello\r\n" * 100, 0.001), (b"2", 0.4)],
+    ids=["endless reply", "trickled reply"],
+)
+def test_an_smtp_server_that_never_ends_its_reply_fails_the_attempt_in_bounded_time(
+    talk: bytes, pause: float, tmp_path: Path
+) -> None:
+    """Each read was bounded, the session not: smtplib read a reply that never ended (each
+    line well within the timeout) for ever, keeping every line, the alert thread with it."""
+    from ollama_meter.budgets import EmailChannel
+
+    stop = threading.Event()
+    host, port = _talking_server(stop, talk, pause)
+    channel = EmailChannel(host, port, sender="m@x.org", recipients=["it@x.org"], timeout=1.0)
+    failed: list[Exception] = []
+
+    def send() -> None:
+        try:
+            channel.send(fired(Ledger(f"sqlite:///{tmp_path / 'l.db'}")))
+        except Exception as exc:
+            failed.append(exc)
+
+    attempt = threading.Thread(target=send, daemon=True)
+    try:
+        attempt.start()
+        attempt.join(3.0 + 2.0)  # the session's bound, three reads' timeout, and some slack
+        assert not attempt.is_alive() and len(failed) == 1
+    finally:
+        stop.set()
+
+
+def test_a_webhook_trickling_its_answer_fails_the_attempt_in_bounded_time(tmp_path: Path) -> None:
+    """A header line every 0.4 s, each read within the timeout: the POST waited for ever."""
+    from ollama_meter.budgets import WebhookChannel
+
+    stop = threading.Event()
+    host, port = _talking_server(stop, b"X-Still: here\r\n", 0.4, first=b"HTTP/1.1 200 OK\r\n")
+    channel = WebhookChannel(f"http://{host}:{port}/hook", timeout=1.0)
+    alert = fired(Ledger(f"sqlite:///{tmp_path / 'l.db'}"))
+    failed: list[Exception] = []
+
+    def send() -> None:
+        try:
+            channel.send(alert)
+        except Exception as exc:
+            failed.append(exc)
+
+    attempt = threading.Thread(target=send, daemon=True)
+    try:
+        attempt.start()
+        attempt.join(3.0 + 2.0)  # three reads' timeout, and some slack
+        assert not attempt.is_alive()
+    finally:
+        stop.set()
+    assert [str(e) for e in failed] == [f"http://{host}:{port} did not answer within 3 s"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -742,3 +743,64 @@ def test_upgrading_from_0007_keeps_every_span_without_a_gateway_queue_and_adds_l
     assert ledger.limits() == []
     ledger.set_limit(Limit("acme", "sales", rpm=60))
     assert [(lim.scope(), lim.rpm) for lim in ledger.limits()] == [("acme/sales", 60)]
+
+
+def test_the_write_that_finds_the_database_back_records_the_spool_a_slice_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """The first write after an outage recorded the whole spool, one file per call the outage
+    refused: every call waiting on that write (group commit) waited a minute and more."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).dispose()
+    blocker = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    ledger = Ledger(url, wait=0.05, retry_delay=0.001)
+    assert set(ledger.record([make_span()]).values()) == {Stored.SPOOLED}  # the outage
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    for _ in range(1500):  # what the outage's other calls spooled, a file each
+        ledger.spool.put([make_span()])
+    began = time.monotonic()
+    assert set(ledger.record([make_span()]).values()) == {Stored.COMMITTED}
+    took = time.monotonic() - began
+    assert ledger.spool.pending(), f"the whole spool recorded in one write, in {took:.1f} s"
+    writes = 1
+    while ledger.spool.pending() and writes < 2000:  # each later write records some more
+        ledger.record([make_span()])
+        writes += 1
+    assert ledger.spool.pending() == [] and ledger.count() == 1501 + writes
+
+
+def test_upgrading_from_0012_keeps_undelivered_alerts_and_lets_one_process_claim_each(
+    db_url: str,
+) -> None:
+    from sqlalchemy import text
+
+    from ollama_meter.ledger import upgrade
+    from ollama_meter.ledger._engine import create_ledger_engine
+
+    engine = create_ledger_engine(db_url)
+    upgrade(engine, "0012")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO budget_alerts (budget_id, tenant, department, period, period_start, "
+                "period_label, threshold, spent_micros, limit_micros, currency, fired_at, "
+                "deliveries, delivered, attempts) VALUES (1, 'acme', NULL, 'month', "
+                "'2026-11-01 00:00:00', '2026-11', 90, 9, 10, 'USD', '2026-11-20 10:00:00', "
+                '\'{"log": "sent"}\', false, 1)'
+            )
+        )
+    engine.dispose()
+    ledger = Ledger(db_url)  # opening migrates to the head
+    (alert,) = ledger.alerts(undelivered_only=True)
+    assert (alert.threshold, alert.attempts, alert.deliveries) == (90, 1, {"log": "sent"})
+    assert ledger.claim_alert_attempt(alert.id, 60)  # no claim on it yet
+    assert not Ledger(db_url).claim_alert_attempt(alert.id, 60)  # another process: claimed
+    ledger.record_alert_delivery(alert.id, {"log": "sent", "webhook": "failed: 503"}, False)
+    assert Ledger(db_url).claim_alert_attempt(alert.id, 60)  # the outcome ends the claim
+    ledger.record_alert_delivery(alert.id, {"log": "sent", "webhook": "sent"}, True)
+    assert not ledger.claim_alert_attempt(alert.id, 60)  # delivered: nothing to claim
+    assert ledger.alerts()[0].attempts == 3

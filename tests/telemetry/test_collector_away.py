@@ -291,3 +291,25 @@ def test_every_span_the_observer_makes_encodes_and_is_bounded(
     for value in otel.attributes.values():
         texts.extend(value if isinstance(value, tuple) else [value])
     assert all(len(text) <= MAX_EXPORTED_TEXT for text in texts if isinstance(text, str))
+
+
+def test_an_integer_past_64_bits_from_a_hook_is_exported_as_its_digits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OTLP carries 64-bit integers: the encoder dropped the attribute, without a word."""
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        telemetry = Telemetry(load_settings())
+        span = make_storable(make_span())
+        telemetry.observer.on_start(span)
+        span.attributes.update({"app.big": 2**64, "app.list": [2**63, -(2**63)], "app.ok": 7})
+        telemetry.observer.on_end(span)
+        assert telemetry.flush()
+        (view,) = wait_for(lambda: spans(rx), what="a span")
+        telemetry.shutdown()
+    a = view.attributes
+    assert (a["app.big"], a["app.list"], a["app.ok"]) == (
+        str(2**64),
+        (str(2**63), -(2**63)),
+        7,
+    )
