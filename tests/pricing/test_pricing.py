@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -186,18 +188,21 @@ def test_invalid_rules_say_why(kwargs: dict[str, object], message: str) -> None:
         PriceRule(pattern="x", **kwargs)  # type: ignore[arg-type]
 
 
+def _taken(make: Callable[[str], Any], text: str) -> tuple[Any, str]:
+    """What ``make`` made of ``text`` and ""; or None and why it refused it."""
+    try:
+        return make(text), ""
+    except ValueError as exc:
+        return None, str(exc)
+
+
 @given(st.text(max_size=20))
 @example("llama3\n")
 @example("llama3.1:*\n")
 def test_a_pattern_is_printable_ascii_with_no_space(text: str) -> None:
     """Whatever is taken as a pattern lists on one line and in one CSV cell ('llama3\\n' was
     stored, a rule that matched no model)."""
-    try:
-        made = rule(text)
-    except ValueError as exc:
-        refused = str(exc)
-    else:
-        refused = ""
+    made, refused = _taken(rule, text)
     if refused:
         assert refused.startswith("model pattern ")
         return
@@ -236,12 +241,7 @@ WRITTEN = st.text(
 def test_an_amount_is_written_in_ascii_digits(text: str) -> None:
     """Whatever is taken as money reads the same to a person, a spreadsheet and Decimal:
     ASCII digits, a point, an exponent; Decimal() alone also took other scripts' digits."""
-    try:
-        value = parse_amount(text)
-    except ValueError as exc:
-        refused = str(exc)
-    else:
-        refused = ""
+    value, refused = _taken(parse_amount, text)
     if refused:
         assert refused.startswith("amount ")  # one line that names what was wrong
         return
@@ -262,12 +262,7 @@ def test_an_amount_taken_is_short_whatever_its_exponent(mantissa: str, exponent:
     must stay short. A zero was exempt from the digit bound, so '0e-999999999' was taken,
     and storing it wrote a billion zeros (the command ran out of memory)."""
     text = f"{mantissa}e{exponent}"
-    try:
-        value = parse_amount(text)
-    except ValueError as exc:
-        refused = str(exc)
-    else:
-        refused = ""
+    value, refused = _taken(parse_amount, text)
     if refused:
         assert refused.startswith("amount ") and len(refused) < 200
         return
