@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ollama_meter._logging import Throttled
 from ollama_meter._runtime import runtime
 from ollama_meter._urls import shown
 from ollama_meter.records import Alert
@@ -256,6 +257,7 @@ class AlertDispatcher:
         self._lock = threading.Lock()
         self._recording = threading.Lock()
         self._closed = self._part = False
+        self._failures = Throttled(log)
 
     def dispatch(self, alert: Alert, done: dict[str, str] | None = None) -> None:
         with self._lock:
@@ -305,7 +307,7 @@ class AlertDispatcher:
                 with self._recording:
                     if not self._closed:
                         self.ledger.record_alert_delivery(alert.id, outcome, delivered)
-            except Exception:
-                log.exception("could not record the delivery of alert %d", alert.id)
+            except Exception as exc:  # the database is away: a line per kind every 10 s
+                self._failures.failed("delivering or recording alert %d", exc, alert.id)
             finally:
                 self._queue.task_done()
