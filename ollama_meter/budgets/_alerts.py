@@ -243,6 +243,18 @@ def deliver(
     return outcome, delivered
 
 
+def _give_up(alert: Alert, outcome: dict[str, str]) -> None:
+    failed = {name: what for name, what in outcome.items() if not what.startswith("sent")}
+    log.warning(
+        "giving up on budget alert %d after %d runs, not delivered by %s: %s "
+        "(`ometer budget status` lists it)",
+        alert.id,
+        MAX_RUNS,
+        ", ".join(failed),
+        alert.text(),
+    )
+
+
 class AlertDispatcher:
     """Delivers alerts on one background thread and records the outcome in the ledger."""
 
@@ -307,6 +319,8 @@ class AlertDispatcher:
                 with self._recording:
                     if not self._closed:
                         self.ledger.record_alert_delivery(alert.id, outcome, delivered)
+                if not delivered and alert.attempts + 1 >= MAX_RUNS:
+                    _give_up(alert, outcome)
             except Exception as exc:  # the database is away: a line per kind every 10 s
                 self._failures.failed("delivering or recording alert %d", exc, alert.id)
             finally:
