@@ -9,7 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+
+from ollama_meter.errors import OmeterError
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -45,3 +50,66 @@ def configure_logging(level: str = "WARNING", fmt: str = "text") -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+
+
+FAILURE_INTERVAL = 10.0
+"""Seconds between two log lines for one kind of recurring failure."""
+
+
+class Throttled:
+    """Log lines for a recurring event, at most one per kind every ``interval`` seconds.
+
+    The first of a kind is logged at once; the ones after it within the interval are
+    counted (and logged at DEBUG, traceback included), and the next line says how many
+    there were. A database away for an hour is a line every 10 s per kind of failure,
+    not a traceback per call, and no occurrence goes unsaid. ``counts``: every
+    occurrence of each kind, logged or not.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = logger
+        self.interval = FAILURE_INTERVAL if interval is None else interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
+
+    def due(self, kind: str) -> int | None:
+        """Count one ``kind``: how many happened since its last line (this one included)
+        when a line is due now, else None."""
+        with self._lock:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            unlogged = self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+            now, last = self._clock(), self._last.get(kind)
+            if last is not None and now - last < self.interval:
+                return None
+            self._last[kind], self._unlogged[kind] = now, 0
+            return unlogged
+
+    def failed(self, what: str, exc: BaseException, *args: object) -> None:
+        """``what`` (a %-format of ``args``) failed with ``exc``: one ERROR line, throttled per
+        ``what`` and kind of exception. An ometer error (the database is away) is its message;
+        anything else, a bug, keeps its traceback."""
+        count = self.due(f"{what}: {type(exc).__name__}")
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if count is None:
+            self.log.debug(f"{what} failed: %s", *args, reason, exc_info=exc)
+            return
+        more = (
+            f" (and {count - 1} more time(s) in the last {self.interval:.0f} s)"
+            if count > 1
+            else ""
+        )
+        self.log.error(
+            f"{what} failed: %s{more}",
+            *args,
+            reason,
+            exc_info=None if isinstance(exc, OmeterError) else exc,
+        )

@@ -5,6 +5,7 @@ The meter calls in (admit, settle, check alerts); nothing here calls the meter.
 """
 
 from ollama_meter.budgets._alerts import (
+    MAX_RUNS,
     AlertDispatcher,
     Channel,
     EmailChannel,
@@ -33,6 +34,7 @@ from ollama_meter.records import (
 
 __all__ = [
     "IMAGE_TOKENS",
+    "MAX_RUNS",
     "MESSAGE_TOKENS",
     "TEMPLATE_TOKENS",
     "Alert",

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ollama_meter._logging import Throttled
 from ollama_meter._runtime import runtime
 from ollama_meter._urls import shown
 from ollama_meter.records import Alert
@@ -242,6 +243,18 @@ def deliver(
     return outcome, delivered
 
 
+def _give_up(alert: Alert, outcome: dict[str, str]) -> None:
+    failed = {name: what for name, what in outcome.items() if not what.startswith("sent")}
+    log.warning(
+        "giving up on budget alert %d after %d runs, not delivered by %s: %s "
+        "(`ometer budget status` lists it)",
+        alert.id,
+        MAX_RUNS,
+        ", ".join(failed),
+        alert.text(),
+    )
+
+
 class AlertDispatcher:
     """Delivers alerts on one background thread and records the outcome in the ledger."""
 
@@ -256,6 +269,7 @@ class AlertDispatcher:
         self._lock = threading.Lock()
         self._recording = threading.Lock()
         self._closed = self._part = False
+        self._failures = Throttled(log)
 
     def dispatch(self, alert: Alert, done: dict[str, str] | None = None) -> None:
         with self._lock:
@@ -305,7 +319,9 @@ class AlertDispatcher:
                 with self._recording:
                     if not self._closed:
                         self.ledger.record_alert_delivery(alert.id, outcome, delivered)
-            except Exception:
-                log.exception("could not record the delivery of alert %d", alert.id)
+                if not delivered and alert.attempts + 1 >= MAX_RUNS:
+                    _give_up(alert, outcome)
+            except Exception as exc:  # the database is away: a line per kind every 10 s
+                self._failures.failed("delivering or recording alert %d", exc, alert.id)
             finally:
                 self._queue.task_done()

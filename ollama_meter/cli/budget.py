@@ -31,7 +31,9 @@ from ollama_meter.records import (
 )
 
 if TYPE_CHECKING:
-    from ollama_meter.budgets import BudgetStatus
+    from collections.abc import Sequence
+
+    from ollama_meter.budgets import Alert, BudgetStatus
 
 app = typer.Typer(help="Budgets: spending caps that refuse or alert.", no_args_is_help=True)
 
@@ -140,7 +142,33 @@ def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
     out.print(table("budgets", columns, rows))
 
 
-def status_to_dict(row: "BudgetStatus") -> dict[str, Any]:
+def alert_to_dict(alert: "Alert") -> dict[str, Any]:
+    from ollama_meter.budgets import MAX_RUNS
+
+    return {
+        "id": alert.id,
+        "threshold": alert.threshold,
+        "period_label": alert.period_label,
+        "deliveries": dict(alert.deliveries),
+        "runs": alert.attempts,
+        "given_up": alert.attempts >= MAX_RUNS,
+    }
+
+
+def _undelivered_line(alert: "Alert") -> str:
+    from ollama_meter.budgets import MAX_RUNS
+
+    failed = [name for name, what in alert.deliveries.items() if not what.startswith("sent")]
+    where = f"not delivered by {', '.join(failed)}" if failed else "not delivered yet"
+    then = "given up" if alert.attempts >= MAX_RUNS else "the next run tries again"
+    return (
+        f"alert {alert.id}: budget {alert.budget_id} ({alert.scope}) crossed {alert.threshold}% "
+        f"in {alert.period} {alert.period_label}, {where} after {alert.attempts} of "
+        f"{MAX_RUNS} runs; {then}"
+    )
+
+
+def status_to_dict(row: "BudgetStatus", undelivered: "Sequence[Alert]" = ()) -> dict[str, Any]:
     return {
         **budget_to_dict(row.budget),
         "tenant": row.tenant,
@@ -152,6 +180,11 @@ def status_to_dict(row: "BudgetStatus") -> dict[str, Any]:
         "percent": row.percent,
         "projected": format_micros(row.projected),
         "state": row.state,
+        "undelivered_alerts": [
+            alert_to_dict(a)
+            for a in undelivered
+            if a.budget_id == row.budget.id and a.tenant == row.tenant
+        ],
     }
 
 
@@ -163,8 +196,10 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
     cfg = settings(db_url=db)
     ledger = ledger_for(cfg)
     rows = budget_status(ledger, tz=cfg.tz, now=utc_now())
+    undelivered = ledger.alerts(undelivered_only=True)
     if as_json:
-        out.file.write(json.dumps([status_to_dict(r) for r in rows], indent=2) + "\n")
+        dicts = [status_to_dict(r, undelivered) for r in rows]
+        out.file.write(json.dumps(dicts, indent=2) + "\n")
         return
     if not rows:
         out.print("no budgets; add one with `ometer budget set DEPT --monthly 100`")
@@ -204,6 +239,8 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
         for row in rows
     ]
     out.print(table(f"budgets now ({cfg.timezone})", columns, lines))
+    for alert in undelivered:  # an admin sees what no channel got
+        out.print(shown(_undelivered_line(alert), "yellow"))
 
 
 @app.command("rm")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from starlette.requests import Request
 
+from ollama_meter._logging import Throttled
 from ollama_meter.gateway._attribution import HEADER_KEY
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -77,11 +78,9 @@ class Unauthenticated:
         self, *, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.interval = interval
-        self._clock = clock
+        self._throttle = Throttled(log, interval=interval, clock=clock)
         self._lock = threading.Lock()
         self.by_route: dict[str, int] = {}
-        self._unlogged = 0
-        self._last_log: float | None = None
 
     @property
     def total(self) -> int:
@@ -91,11 +90,8 @@ class Unauthenticated:
     def refused(self, route: str, client: str) -> None:
         with self._lock:
             self.by_route[route] = self.by_route.get(route, 0) + 1
-            self._unlogged += 1
-            now = self._clock()
-            if self._last_log is not None and now - self._last_log < self.interval:
-                return
-            count, self._unlogged, self._last_log = self._unlogged, 0, now
+        if (count := self._throttle.due("refused")) is None:
+            return
         log.warning(
             "refused %d unauthenticated request(s) in the last %.0f s (latest: %s from %s)",
             count,

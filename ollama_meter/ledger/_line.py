@@ -238,6 +238,48 @@ def span_from_line(line: bytes) -> SpanRecord:
         raise ValueError(f"not JSON: {exc}") from None
     except RecursionError:  # valid JSON, under a key a newer export may have added
         raise ValueError("nested too deep to read; an export line nests two levels") from None
+    return _span(d)
+
+
+_ROW_DURATIONS = {
+    "total_duration_ns": "total", "load_duration_ns": "load",
+    "prompt_eval_duration_ns": "prompt_eval", "eval_duration_ns": "eval",
+    "latency_ns": "latency", "ttft_ns": "ttft", "queue_ns": "queue",
+}  # fmt: skip
+_ROW_COSTS = {"cost_tokens": "tokens", "cost_compute": "compute", "cost_energy": "energy",
+              "cost_fee": "fee"}  # fmt: skip
+_ROW_KEYS = frozenset(_Line.__struct_fields__) - {"model", "otel_span_id", "cost", "cost_parts",
+    "durations_ns"} | {"span_id", "cost_total", *_ROW_DURATIONS, *_ROW_COSTS}  # fmt: skip
+_LINE_KEYS = _ROW_KEYS & frozenset(_Line.__struct_fields__)
+
+
+def span_from_row(row: object) -> SpanRecord:
+    """The span a spool line's object (the span's columns, money in integer micro-units)
+    describes, checked as strictly as an export line; ValueError saying what is wrong otherwise."""
+    if not isinstance(row, dict):
+        raise ValueError(f"a {type(row).__name__}, not an object with the span's columns")
+    if unknown := row.keys() - _ROW_KEYS:
+        raise ValueError(f"{sorted(map(str, unknown))[0][:80]!r} is no column of a span")
+    line = {k: v for k, v in row.items() if k in _LINE_KEYS}
+    line["otel_span_id"] = row.get("span_id")
+    line["durations_ns"] = {to: row[key] for key, to in _ROW_DURATIONS.items() if key in row}
+    line["cost"] = _row_money(row, "cost_total")
+    line["cost_parts"] = {to: _row_money(row, key) for key, to in _ROW_COSTS.items()}
+    try:
+        d = msgspec.convert(line, _Line)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    return _span(d)
+
+
+def _row_money(row: dict[str, object], key: str) -> str:
+    value = row.get(key)
+    if type(value) is not int or not 0 <= value <= MAX_CALL_COST:
+        raise ValueError(f"{key} {value!r} is not a whole number of micro-units a call can cost")
+    return format_micros(value)
+
+
+def _span(d: _Line) -> SpanRecord:
     if d.response_model is None and d.model is not None and d.model != d.request_model:
         d.response_model = d.model  # an export from before response_model was its own key
     _check(d)

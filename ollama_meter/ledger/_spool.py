@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_meter._paths import discard
+from ollama_meter.ledger._line import span_from_row
 from ollama_meter.records import SpanRecord
 
 log = logging.getLogger("ollama_meter.ledger")
@@ -53,7 +54,14 @@ def encode_span(span: SpanRecord) -> str:
 
 
 def decode_span(line: str) -> SpanRecord:
-    return span_from_json(json.loads(line))
+    """The span of one spool line, every field checked as ``ometer db import`` checks its
+    lines (a hand-edited or damaged line could hold a float amount, a number for a text):
+    ValueError saying what is wrong otherwise."""
+    try:
+        row = json.loads(line)
+    except RecursionError:
+        raise ValueError("nested too deep to read; a spool line nests one level") from None
+    return span_from_row(row)
 
 
 def write_atomically(path: Path, text: str) -> None:

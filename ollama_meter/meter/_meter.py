@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets import BudgetGate, CallBound, HiddenPrompts, PastCall, bound_cost
 from ollama_meter.errors import BudgetExceeded, LedgerError, UpstreamError, ValidationError
@@ -105,6 +106,7 @@ class Meter:
         self.clock = clock
         self.observers = list(observers)
         self.writer = GroupCommitWriter(ledger)
+        self._failures = Throttled(log)
 
     @classmethod
     def from_settings(
@@ -360,12 +362,13 @@ class Meter:
         try:
             if call.reservation is not None:
                 gate.settle(call.reservation, recorded=call.stored == Stored.COMMITTED)
+        except Exception as exc:  # the database is away: a line per kind every 10 s, no more
+            self._failures.failed("settling the budget of span %s (its hold expires)", exc, span.id)
+        try:
             if span.cost_total > 0:
                 gate.check_alerts(span.tenant, span.department, span.started_at, span.cost_total)
-        except Exception:
-            log.exception(
-                "settling budgets for span %s failed; its reservation will expire", span.id
-            )
+        except Exception as exc:
+            self._failures.failed("checking budget alerts after span %s", exc, span.id)
 
     def _record(self, span: SpanRecord, *, storable: bool = False) -> Stored:
         """Hand a finished span to the observers, then make it durable; says where it went.

@@ -226,9 +226,15 @@ class TelemetryObserver:
             base[sc.GEN_AI_RESPONSE_MODEL] = span.response_model
         if span.error_type:
             base[sc.ERROR_TYPE] = span.error_type
+        # Labels go through the spans' cleaning: a hook may have rewritten span.tenant or a
+        # model into text UTF-8 cannot encode, and the encoder dropped such a label silently.
         if span.status == SpanStatus.OK:
-            self.tokens.record(span.input_tokens, {**base, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_INPUT})
-            self.tokens.record(span.output_tokens, {**base, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_OUTPUT})
+            for kind, count in (
+                (sc.TOKEN_INPUT, span.input_tokens),
+                (sc.TOKEN_OUTPUT, span.output_tokens),
+            ):
+                self.tokens.record(count, exportable({**base, sc.GEN_AI_TOKEN_TYPE: kind}))
+        base = exportable(base)
         if span.latency_ns is not None:
             self.duration.record(span.latency_ns / 1e9, base)
         if span.ttft_ns is not None:
@@ -238,8 +244,8 @@ class TelemetryObserver:
             sc.OMETER_DEPARTMENT: span.department,
             sc.GEN_AI_REQUEST_MODEL: span.model,
         }
-        self.cost.add(span.cost_total, {**who, sc.OMETER_CURRENCY: span.currency})
+        self.cost.add(span.cost_total, exportable({**who, sc.OMETER_CURRENCY: span.currency}))
         if span.queue_ns is not None:
             departments = {sc.OMETER_TENANT: span.tenant, sc.OMETER_DEPARTMENT: span.department}
-            self.queue.record(span.queue_ns / 1e9, departments)
-        self.requests.add(1, {**who, sc.OMETER_STATUS: span.status})
+            self.queue.record(span.queue_ns / 1e9, exportable(departments))
+        self.requests.add(1, exportable({**who, sc.OMETER_STATUS: span.status}))

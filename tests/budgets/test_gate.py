@@ -358,6 +358,47 @@ def test_failing_webhook_is_retried_recorded_and_retried_by_the_next_run(
     assert [p["threshold"] for p in receiver.posts] == [5]
 
 
+def test_an_alert_given_up_on_says_so_and_budget_status_shows_it(
+    db_url: str, emulator: OllamaEmulator, receiver: Receiver, cli: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """After five runs an undelivered alert was dropped in silence: no log line, and nothing
+    an admin could see showed that no channel ever got it."""
+    from ollama_meter.budgets._alerts import MAX_RUNS
+
+    receiver.fail = 10**6  # the webhook never takes it
+    runs = [make_meter(db_url, Clock(NOV), alert_webhook_url=receiver.url)]
+    assert runs[0].budgets is not None and runs[0].budgets.alerts is not None
+    runs[0].budgets.alerts.backoff = 0.001
+    b = budget(runs[0], CALL_COST * 10, thresholds=(5,))
+    call(runs[0])
+    with caplog.at_level(logging.WARNING, "ollama_meter.alerts"):
+        for run in range(MAX_RUNS + 1):
+            if run:  # a later run retries what is undelivered as it starts
+                runs.append(make_meter(db_url, Clock(NOV), alert_webhook_url=receiver.url))
+            gate = runs[-1].budgets
+            assert gate is not None and gate.alerts is not None
+            gate.alerts.backoff = 0.001
+            assert gate.alerts.flush()
+    (row,) = runs[0].ledger.alerts()
+    assert not row.delivered and row.attempts == MAX_RUNS  # the sixth run left it be
+    given_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
+    assert given_up == [
+        f"giving up on budget alert {row.id} after {MAX_RUNS} runs, not delivered by webhook: "
+        f"{row.text()} (`ometer budget status` lists it)"
+    ]
+    shown = cli("budget", "status", "--db", db_url)
+    assert shown.code == 0
+    assert (
+        f"alert {row.id}: budget {b.id} (acme/sales) crossed 5% in month 2026-11, not delivered "
+        f"by webhook after {MAX_RUNS} of {MAX_RUNS} runs; given up"
+    ) in " ".join(shown.stdout.split())
+    (status,) = json.loads(cli("budget", "status", "--json", "--db", db_url).stdout)
+    (alert,) = status["undelivered_alerts"]
+    assert (alert["id"], alert["runs"], alert["given_up"]) == (row.id, MAX_RUNS, True)
+    assert alert["deliveries"]["webhook"].startswith("failed:")
+
+
 def test_an_alert_being_delivered_is_not_sent_again_by_a_process_starting_meanwhile(
     db_url: str, emulator: OllamaEmulator, receiver: Receiver
 ) -> None:

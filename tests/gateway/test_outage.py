@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -155,3 +156,57 @@ def test_a_frozen_ledger_slows_calls_by_a_bounded_wait_and_loses_none(
     assert {(s.input_tokens, s.output_tokens, s.cost_total) for s in spans if s.status == "ok"} == {
         (5, 25, 5 * 1000 + 25 * 2000)
     }
+
+
+def test_budget_failures_in_an_outage_log_one_line_per_kind_and_count_the_rest(
+    cluster: PgCluster,
+    serve_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Settling budgets and checking alerts logged a full traceback on every call while the
+    database was away: pages of them per minute, for one known condition."""
+    from decimal import Decimal
+
+    from ollama_meter import _logging
+
+    monkeypatch.setattr(_logging, "FAILURE_INTERVAL", 1.0)  # 10 s in production
+    url = f"{cluster.url}/postgres"
+    setup = Ledger(url)
+    setup.add_price_rule(PriceRule(pattern="*", currency="USD", input_per_1m=Decimal(7)))
+    for department in ("sales", "legal"):  # soft: calls go on; their spend is read for alerts
+        setup.save_budget(
+            Budget(tenant="acme", department=department, period="month", limit=10**9,
+                   currency="USD", hard=False)
+        )  # fmt: skip
+    setup.dispose()
+    gw = serve_on(emulator.url, url)
+
+    def chat(department: str) -> int:
+        return httpx.post(
+            f"{gw.url}/api/chat",
+            json={"model": "llama3.1:8b", "messages": HI, "stream": False},
+            headers={"X-Ometer-Tenant": "acme", "X-Ometer-Department": department},
+            timeout=30,
+        ).status_code
+
+    assert chat("sales") == 200  # the budgets are loaded; legal's spend was never read
+    cluster.stop()
+    with caplog.at_level(logging.DEBUG, "ollama_meter.meter"):
+        assert [chat("legal") for _ in range(6)] == [200] * 6
+        time.sleep(1.1)
+        assert chat("legal") == 200
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "ollama_meter.meter" and r.levelno >= logging.WARNING
+    ]
+    assert all("checking budget alerts after span" in line for line in lines), lines
+    assert 2 <= len(lines) < 7, "a line per call"
+    assert all("\n" not in line and "ledger at postgresql" in line for line in lines)
+    assert not any(r.exc_info for r in caplog.records if r.levelno >= logging.WARNING)
+    # None goes unsaid: each line counts the failures not logged since the one before.
+    counted = [re.search(r"\(and (\d+) more time\(s\) in the last 1 s\)", line) for line in lines]
+    assert counted[0] is None and counted[-1] is not None
+    assert sum(1 + (int(m[1]) if m else 0) for m in counted) == 7

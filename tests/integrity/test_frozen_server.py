@@ -120,7 +120,8 @@ def test_a_write_to_a_frozen_server_is_spooled_and_recorded_once_it_runs(
 ) -> None:
     ledger = Ledger(url, wait=1)
     first, second, third, last = (
-        make_span(input_tokens=n, output_tokens=2 * n, cost_total=1000 * n) for n in (1, 2, 3, 4)
+        make_span(input_tokens=n, output_tokens=2 * n, cost_tokens=1000 * n, cost_total=1000 * n)
+        for n in (1, 2, 3, 4)
     )
     assert ledger.record([first]) == {first.id: Stored.COMMITTED}  # a pooled connection now
     with cluster.frozen(), caplog.at_level(logging.WARNING, "ollama_meter.ledger"):
@@ -143,13 +144,13 @@ def test_a_commit_the_server_takes_as_it_freezes_counts_once(cluster: PgCluster,
     resumed, reads the COMMIT still in its socket and commits too. Recording is idempotent:
     the drain adds nothing, and the rollups count each span once."""
     ledger = Ledger(url, wait=1)
-    ledger.record([make_span(input_tokens=1, cost_total=1000)])
+    ledger.record([make_span(input_tokens=1, cost_tokens=1000, cost_total=1000)])
     freezing = contextlib.ExitStack()
 
     def freeze_before_commit(_conn: Any) -> None:
         freezing.enter_context(cluster.frozen())
 
-    span = make_span(input_tokens=5, output_tokens=6, cost_total=7000)
+    span = make_span(input_tokens=5, output_tokens=6, cost_tokens=7000, cost_total=7000)
     event.listen(ledger.engine, "commit", freeze_before_commit, once=True)
     with freezing:
         assert returns(lambda: ledger.record([span])) == {span.id: Stored.SPOOLED}

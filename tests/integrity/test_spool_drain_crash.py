@@ -37,7 +37,8 @@ def test_a_drain_killed_midway_then_raced_by_three_records_each_span_once(
     ledger = Ledger(db_url, spool_dir=spool)
     spans = []
     for n in range(FILES):
-        batch = [make_span(cost_total=1_000 + n * PER_FILE + i) for i in range(PER_FILE)]
+        costs = [1_000 + n * PER_FILE + i for i in range(PER_FILE)]
+        batch = [make_span(cost_tokens=cost, cost_total=cost) for cost in costs]
         ledger.spool.put(batch)
         spans.extend(batch)
     child = _drain(db_url, spool)

@@ -25,7 +25,14 @@ from ollama_meter.telemetry import _semconv as sc, telemetry_for
 from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, TelemetryObserver, _messages
 from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.testing import OllamaEmulator, unreachable_url
-from tests._otlp import OtlpGrpcReceiver, OtlpHttpReceiver, SilentCollector, spans, wait_for
+from tests._otlp import (
+    OtlpGrpcReceiver,
+    OtlpHttpReceiver,
+    SilentCollector,
+    metric_points,
+    spans,
+    wait_for,
+)
 from tests.factories import make_span
 from tests.gateway.conftest import Gateway
 
@@ -155,6 +162,32 @@ def test_hook_attributes_and_content_are_exported_bounded_and_encodable(
     assert max(len(v) for v in a.values() if isinstance(v, str)) <= MAX_EXPORTED_TEXT
     (row,) = client.meter.ledger.latest(SpanFilter(), 1)
     assert row.prompt is not None and prompt in row.prompt  # the ledger keeps it whole
+
+
+def test_metric_labels_a_hook_made_unencodable_are_exported_cleaned_not_dropped(
+    emulator: OllamaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hook that rewrote span.tenant or the model into a lone surrogate: the OTLP encoder
+    silently dropped that label from every metric point (span attributes were cleaned)."""
+
+    def hook(span: Any) -> None:
+        span.tenant, span.request_model = "ac\ud800me", "llama\udfff3.1"
+
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url)
+        client = MeteredClient(db_url=f"sqlite:///{tmp_path / 'l.db'}", on_end=hook)
+        client.chat(model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}])
+        telemetry = telemetry_for(load_settings())
+        assert telemetry is not None and telemetry.flush()
+        points = wait_for(lambda: metric_points(rx) or None, what="metrics")
+        telemetry.shutdown()
+    for name in (sc.METRIC_TOKEN_USAGE, sc.METRIC_OPERATION_DURATION):
+        assert points[name], name
+        for point in points[name]:
+            assert point.attributes[sc.GEN_AI_REQUEST_MODEL] == "llama\ufffd3.1", name
+    for name in (sc.METRIC_COST, sc.METRIC_REQUESTS):
+        for point in points[name]:
+            assert point.attributes[sc.OMETER_TENANT] == "ac\ufffdme", name
 
 
 @pytest.mark.parametrize("collector", ["silent", "garbage", "500", "429"])
