@@ -93,20 +93,23 @@ class Throttled:
             self._last[kind], self._unlogged[kind] = now, 0
             return unlogged
 
+    def more(self, kind: str) -> str | None:
+        """Count one ``kind``: None when its line is not due, else what the line adds: ""
+        for the first, or how many more there were since the last line."""
+        count = self.due(kind)
+        if count is None or count == 1:
+            return None if count is None else ""
+        return f" (and {count - 1} more time(s) in the last {self.interval:.0f} s)"
+
     def failed(self, what: str, exc: BaseException, *args: object) -> None:
         """``what`` (a %-format of ``args``) failed with ``exc``: one ERROR line, throttled per
         ``what`` and kind of exception. An ometer error (the database is away) is its message;
         anything else, a bug, keeps its traceback."""
-        count = self.due(f"{what}: {type(exc).__name__}")
+        more = self.more(f"{what}: {type(exc).__name__}")
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        if count is None:
+        if more is None:
             self.log.debug(f"{what} failed: %s", *args, reason, exc_info=exc)
             return
-        more = (
-            f" (and {count - 1} more time(s) in the last {self.interval:.0f} s)"
-            if count > 1
-            else ""
-        )
         self.log.error(
             f"{what} failed: %s{more}",
             *args,

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import Reloaded, WouldBlock
 from ollama_meter.budgets._alerts import AlertDispatcher
 from ollama_meter.budgets._estimate import Estimate
@@ -93,6 +94,7 @@ class BudgetGate:
         self._closed = False
         """Shutting down: a lease goes back as soon as no call holds it."""
         self._closing = threading.Event()
+        self._failures = Throttled(log)
         """Wakes the keeper when the gate closes."""
         self._seen = (datetime.min.replace(tzinfo=UTC), 0.0)
         """The last ``now`` a caller gave, and this clock's reading then: the keeper's time."""
@@ -341,8 +343,8 @@ class BudgetGate:
                 renewed = self._clock()
                 for lease in due:
                     lease.renewed = renewed  # else the next round tries again
-        except Exception:
-            log.warning("could not renew %d budget lease(s) that hold money", len(due))
+        except Exception as exc:  # said once per kind every 10 s: the next round tries again
+            self._failures.failed("renewing %d budget lease(s) that hold money", exc, len(due))
 
     def close(self) -> None:
         """Give back every lease with no call in flight (a gateway shutting down); the others

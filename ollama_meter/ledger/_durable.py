@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
+from ollama_meter._logging import Throttled
 from ollama_meter._paths import default_data_dir
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _spans
@@ -92,6 +93,7 @@ class DurableLedger(Database):
         self.spool = Spool(spool_dir or default_spool_dir(url))
         self.journal = Journal(self.spool.directory / "journal")
         self._spooled = False
+        self._spooling = Throttled(log)
         self._held: list[SpanRecord] = []
         self._held_lock = threading.Lock()
         self._held_tried = 0.0
@@ -197,7 +199,13 @@ class DurableLedger(Database):
             )
             return dict.fromkeys((s.id for s in spans), stored)
         self._spooled = True
-        log.warning("%s; kept them in %s to be recorded once the database answers", exc, where)
+        said = "%s; kept them in %s to be recorded once the database answers%s"
+        # A line per kind of failure every 10 s, not a line a call for the whole outage.
+        more = self._spooling.more(type(exc.__cause__ or exc).__name__)
+        if more is None:
+            log.debug(said, exc, where, "")
+        else:
+            log.warning(said, exc, where, more)
         self.journal.closed([s.id for s in spans])
         return dict.fromkeys((s.id for s in spans), Stored.SPOOLED)
 

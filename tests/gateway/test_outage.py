@@ -193,10 +193,24 @@ def test_budget_failures_in_an_outage_log_one_line_per_kind_and_count_the_rest(
 
     assert chat("sales") == 200  # the budgets are loaded; legal's spend was never read
     cluster.stop()
-    with caplog.at_level(logging.DEBUG, "ollama_meter.meter"):
+    with (
+        caplog.at_level(logging.DEBUG, "ollama_meter.meter"),
+        caplog.at_level(logging.DEBUG, "ollama_meter.ledger"),
+    ):
         assert [chat("legal") for _ in range(6)] == [200] * 6
         time.sleep(1.1)
         assert chat("legal") == 200
+    # Each call's span went to the spool, said the same way: a line, then a count.
+    spooled = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "ollama_meter.ledger"
+        and r.levelno >= logging.WARNING
+        and "kept them in" in r.getMessage()
+    ]
+    assert 2 <= len(spooled) < 7, spooled
+    more = [re.search(r"\(and (\d+) more time\(s\) in the last 1 s\)", line) for line in spooled]
+    assert sum(1 + (int(m[1]) if m else 0) for m in more) == 7
     lines = [
         r.getMessage()
         for r in caplog.records
