@@ -217,7 +217,10 @@ class Fleet:
             server.pool.finish(response, completed=True)
         if response.status != 200:
             raise ValueError(f"{server.url}{path} answered HTTP {response.status}")
-        return json.loads(body)
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser
+            raise ValueError(f"{server.url}{path} answered something that is not JSON") from None
 
     def took_out(self, server: Server, problem: str) -> None:
         """A call found ``server`` not answering: route around it until discovery sees it back."""

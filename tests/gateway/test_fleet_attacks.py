@@ -1,0 +1,125 @@
+"""A fleet under attack in process: servers that lie, limits that change, callers that leave.
+
+The gateway runs in this process (Starlette's TestClient, lifespan included); the
+servers are emulators, or a small server answering whatever a test tells it.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from starlette.exceptions import StarletteDeprecationWarning
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+from ollama_meter.config import load_settings
+from ollama_meter.gateway import GatewayOptions, create_app
+from ollama_meter.ledger import SpanFilter, open_ledger
+from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
+
+LLAMA = "llama3.1:8b"
+HI = [{"role": "user", "content": "hi"}]
+
+
+class _Liar(BaseHTTPRequestHandler):
+    """Answers each GET with what its server was told: ``answers[path] = (status, body)``."""
+
+    def do_GET(self) -> None:
+        status, body = self.server.answers.get(self.path, (404, b"404 page not found"))  # type: ignore[attr-defined]
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def liar() -> Iterator[Callable[[dict[str, tuple[int, bytes]]], str]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(answers: dict[str, tuple[int, bytes]]) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Liar)
+        server.answers = answers  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def emulator_of() -> Iterator[Callable[..., OllamaEmulator]]:
+    started: list[OllamaEmulator] = []
+
+    def start(*names: str, token_latency: float = 0.0) -> OllamaEmulator:
+        models = [m for m in DEFAULT_MODELS if m.name in names]
+        emu = OllamaEmulator(models=models, token_latency=token_latency).start()
+        started.append(emu)
+        return emu
+
+    yield start
+    for emu in started:
+        emu.stop()
+
+
+@pytest.fixture
+def in_process(sqlite_url: str) -> Iterator[Callable[..., TestClient]]:
+    """A gateway in this process in front of ``upstreams``: ``in_process(*urls, **settings)``."""
+    clients: list[TestClient] = []
+
+    def start(*upstreams: str, **config: Any) -> TestClient:
+        settings = load_settings(
+            db_url=sqlite_url,
+            ollama_host=upstreams[0].split("#")[0],
+            upstreams=",".join(upstreams),
+            **config,
+        )
+        client = TestClient(create_app(settings, GatewayOptions()))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # nested deeper than Python's parser goes
+        b'{"models": [{"model": "' + b"\xff\xfe" + b'"}]}',  # not UTF-8
+        b'{"models": [{"model": 7, "name": ["x"]}, {"model": {"a": 1}}, 5, null]}',
+        b"null",
+    ],
+)
+def test_a_server_that_answers_garbage_to_discovery_does_not_stop_the_gateway(
+    tags: bytes,
+    liar: Callable[[dict[str, tuple[int, bytes]]], str],
+    emulator_of: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+    sqlite_url: str,
+) -> None:
+    bad = liar({"/api/tags": (200, tags), "/api/ps": (200, tags)})
+    good = emulator_of(LLAMA)
+    client = in_process(bad, good.url)
+    reply = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": False})
+    assert reply.status_code == 200, reply.text
+    assert len(good.requests_to("/api/chat")) == 1
+    health = client.get("/healthz").json()
+    assert [s["state"] for s in health["servers"]][1] == "up"
+    (span,) = open_ledger(sqlite_url).latest(SpanFilter(), 10)
+    assert span.upstream_host == good.url
