@@ -228,6 +228,13 @@ class Fleet:
             log.warning("taking %s out of the fleet: %s", server.url, problem)
             server.up, server.problem = False, problem
 
+    def lacks(self, server: Server, model: str) -> None:
+        """``server`` said it has no ``model``: not routed there until discovery lists it again."""
+        key = model_key(model)
+        if server.models is not None:
+            server.models = server.models - {key}
+        server.loaded.discard(key)
+
     def served(self, server: Server, model: str) -> None:
         """``model`` answered on ``server``: it is loaded there now."""
         server.loaded.add(model_key(model))

@@ -6,7 +6,8 @@ in the ledger: a client that has its whole answer always has its span written.
 
 A call waits for a slot on a server that has its model (``_slots.py``, the fair
 queue); it moves to another such server, ahead of the queue, when its server
-fails it with a transient failure before anything reached the client.
+fails it with a transient failure, or says it lacks the model, before anything
+reached the client.
 
 The route's wire format (``ollama_meter.upstream.OLLAMA`` or ``OPENAI``) says how
 items are framed, how they read as the meter's events, and what an error looks
@@ -34,6 +35,7 @@ from ollama_meter.errors import (
     BudgetExceeded,
     CircuitOpen,
     LedgerError,
+    ModelNotFound,
     OverCap,
     ServerBusy,
     UpstreamError,
@@ -320,7 +322,7 @@ class Relay:
         """Ollama's 200 response, or the answer for the client (the span is then closed).
 
         On a server another one could stand in for, a transient failure (unreachable,
-        silent, 5xx, 429) moves the call there, ahead of the queue; on the last one the
+        silent, 5xx, 429) or "model not found" moves the call there, ahead of the queue; on the last one the
         one retry policy retries it. A server that did not answer at all is taken out
         of the routing until discovery sees it answer.
         """
@@ -345,7 +347,10 @@ class Relay:
                 if not isinstance(sent, Refusal):
                     fleet.served(server, model)
                     return _Answered(self.meter, call, attempts, request, wire, sent, server.pool)
-                if not (elsewhere and is_transient(sent.error)):
+                missing = isinstance(sent.error, ModelNotFound)
+                if missing:  # removed since discovery (or never there): not routed here again
+                    fleet.lacks(server, model)
+                if not (elsewhere and (missing or is_transient(sent.error))):
                     await in_thread(self.meter.close, call, sent.error)
                     return _refusal_response(wire, sent)
                 failure = sent.error

@@ -123,3 +123,20 @@ def test_a_server_that_answers_garbage_to_discovery_does_not_stop_the_gateway(
     assert [s["state"] for s in health["servers"]][1] == "up"
     (span,) = open_ledger(sqlite_url).latest(SpanFilter(), 10)
     assert span.upstream_host == good.url
+
+
+def test_a_model_gone_from_a_server_since_discovery_is_served_by_another_that_has_it(
+    emulator_of: Callable[..., OllamaEmulator], in_process: Callable[..., TestClient]
+) -> None:
+    one, two = emulator_of(LLAMA), emulator_of(LLAMA)
+    client = in_process(one.url, two.url, discovery_interval=3600)
+    one.models = ()  # `ollama rm` on the first server, after the gateway read its models
+    for _ in range(3):
+        reply = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": False})
+        assert reply.status_code == 200, reply.text
+    assert len(two.requests_to("/api/chat")) == 3
+    assert len(one.requests_to("/api/chat")) == 1  # asked once: then it is known not to have it
+    # A model that no server has any more is still Ollama's own 404.
+    two.models = ()
+    gone = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": False})
+    assert gone.status_code == 404 and "not found" in gone.json()["error"]
