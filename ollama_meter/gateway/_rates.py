@@ -206,11 +206,19 @@ class RateLimits:
                     window.add(now, tokens)
 
 
-async def keep_limits(ledger: Ledger, rates: RateLimits) -> None:
-    """Put the ledger's limits in force now and every few seconds (a failed read keeps the last)."""
+async def keep_limits(
+    ledger: Ledger, rates: RateLimits, loaded: Callable[[], None] = lambda: None
+) -> None:
+    """Put the ledger's limits in force now and every few seconds (a failed read keeps the last).
+
+    ``loaded`` runs after each read: a concurrency limit raised or removed lets calls
+    waiting for it go now, not when one of the scope's running calls ends.
+    """
     while True:
         try:
             rates.load(await in_thread(ledger.limits))
         except LedgerError as exc:
             log.warning("keeping the limits read before: %s", exc)
+        else:
+            loaded()
         await asyncio.sleep(LIMITS_SECONDS)

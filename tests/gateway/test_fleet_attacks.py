@@ -6,6 +6,7 @@ servers are emulators, or a small server answering whatever a test tells it.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,7 +22,10 @@ with warnings.catch_warnings():
 
 from ollama_meter.config import load_settings
 from ollama_meter.gateway import GatewayOptions, create_app
+from ollama_meter.gateway._queue import Capacity, FairQueue
+from ollama_meter.gateway._rates import RateLimits, keep_limits
 from ollama_meter.ledger import SpanFilter, open_ledger
+from ollama_meter.records import Limit
 from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
 
 LLAMA = "llama3.1:8b"
@@ -140,3 +144,41 @@ def test_a_model_gone_from_a_server_since_discovery_is_served_by_another_that_ha
     two.models = ()
     gone = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": False})
     assert gone.status_code == 404 and "not found" in gone.json()["error"]
+
+
+@pytest.mark.parametrize("change", ["raised", "removed"])
+def test_a_concurrency_limit_raised_or_removed_lets_waiting_calls_go_at_once(
+    change: str, sqlite_url: str
+) -> None:
+    ledger = open_ledger(sqlite_url)
+    ledger.set_limit(Limit("acme", "sales", concurrency=1))
+    server = Capacity(None, "gpu")
+    queue = FairQueue(max_queue=10)
+    rates = RateLimits()
+
+    async def run() -> None:
+        rates.load(ledger.limits())
+        first = rates.admit("acme", "sales")
+        held = queue.grant_now(first.flow, lambda: server, caps=first.caps)
+        assert held is not None
+        second = rates.admit("acme", "sales")
+        waiting = asyncio.ensure_future(
+            queue.acquire(second.flow, lambda: server, caps=second.caps)
+        )
+        await asyncio.sleep(0)
+        assert not waiting.done()  # the first call holds sales' one place
+        if change == "raised":
+            ledger.set_limit(Limit("acme", "sales", concurrency=2))
+        else:
+            ledger.remove_limit("acme", "sales", None)
+        keeping = asyncio.ensure_future(keep_limits(ledger, rates, queue.kick))
+        try:
+            # Within the read that brings the change, not when the first call ends.
+            granted = await asyncio.wait_for(waiting, 5)
+        finally:
+            keeping.cancel()
+        assert not held.released and server.in_use == 2
+        granted.release()
+        held.release()
+
+    asyncio.run(run())
