@@ -345,8 +345,8 @@ class Fleet:
                 continue
             items = answer.get(field) if isinstance(answer, dict) else None
             for item in items if isinstance(items, list) else []:
-                if isinstance(item, dict) and isinstance(item.get(name), str):
-                    merged.setdefault(model_key(item[name]), item)
+                if (named := _name_of(item, name)) is not None:
+                    merged.setdefault(model_key(named), item)
         if len(failures) == len(asked):
             raise UpstreamError("no Ollama server answered: " + "; ".join(failures))
         items = list(merged.values())
@@ -391,13 +391,20 @@ class Fleet:
             await server.pool.aclose()
 
 
+def _name_of(item: Any, name: str) -> str | None:
+    """The model an entry of a list names: its ``name`` field (OpenAI's ``id``, Ollama's
+    ``model``); in Ollama's lists else its ``name`` (older Ollamas and compatible servers
+    list models by ``name`` alone)."""
+    if not isinstance(item, dict):
+        return None
+    named = item.get(name) or (item.get("name") if name == "model" else None)
+    return named if isinstance(named, str) and named else None
+
+
 def _names(answer: Any, field: str, name: str) -> list[str]:
     items = answer.get(field) if isinstance(answer, dict) else None
-    return [
-        model_key(item.get(name) or item.get("name") or "")
-        for item in (items if isinstance(items, list) else [])
-        if isinstance(item, dict) and isinstance(item.get(name) or item.get("name"), str)
-    ]
+    named = (_name_of(item, name) for item in (items if isinstance(items, list) else []))
+    return [model_key(n) for n in named if n is not None]
 
 
 def model_named(body: bytes | None) -> str | None:

@@ -7,6 +7,7 @@ servers are emulators, or a small server answering whatever a test tells it.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -182,3 +183,20 @@ def test_a_concurrency_limit_raised_or_removed_lets_waiting_calls_go_at_once(
         held.release()
 
     asyncio.run(run())
+
+
+def test_the_union_lists_what_discovery_routes_to_models_named_only_by_name(
+    liar: Callable[[dict[str, tuple[int, bytes]]], str],
+    emulator_of: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+) -> None:
+    # An older Ollama (or a compatible server) names its models with "name" alone.
+    old = {"models": [{"name": "mistral:7b", "size": 1}, {"name": LLAMA, "size": 2}]}
+    body = json.dumps(old).encode()
+    bad = liar({"/api/tags": (200, body), "/api/ps": (200, body)})
+    good = emulator_of(LLAMA)
+    client = in_process(good.url, bad)
+    tags = client.get("/api/tags").json()["models"]
+    assert [m.get("model") or m.get("name") for m in tags] == [LLAMA, "mistral:7b"]
+    loaded = client.get("/api/ps").json()["models"]
+    assert {m.get("model") or m.get("name") for m in loaded} >= {"mistral:7b"}
