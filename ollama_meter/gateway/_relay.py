@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -421,6 +422,6 @@ def _refusal_response(wire: WireFormat, refusal: Refusal) -> Response:
 def _failure_response(wire: WireFormat, error: UpstreamError) -> Response:
     """The answer for a call no server could take: 503 and when to retry, or 502/504."""
     if isinstance(error, CircuitOpen | ServerBusy):
-        wait = str(max(1, int(error.retry_after)))
+        wait = str(max(1, math.ceil(error.retry_after)))  # never before it is over
         return error_response(wire, 503, str(error), headers={"Retry-After": wait})
     return error_response(wire, gateway_status(error), str(error))

@@ -9,25 +9,32 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, strategies as st
 from starlette.exceptions import StarletteDeprecationWarning
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from starlette.testclient import TestClient
 
+from ollama_meter.budgets._estimate import Estimate
+from ollama_meter.budgets._refusals import mismatch, refusal
 from ollama_meter.config import load_settings
 from ollama_meter.gateway import GatewayOptions, create_app
 from ollama_meter.gateway._queue import Capacity, FairQueue
 from ollama_meter.gateway._rates import RateLimits, keep_limits
 from ollama_meter.ledger import SpanFilter, open_ledger
-from ollama_meter.records import Limit
-from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
+from ollama_meter.periods import Window
+from ollama_meter.records import Budget, Limit
+from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator, unreachable_url
 
 LLAMA = "llama3.1:8b"
 HI = [{"role": "user", "content": "hi"}]
@@ -200,3 +207,32 @@ def test_the_union_lists_what_discovery_routes_to_models_named_only_by_name(
     assert [m.get("model") or m.get("name") for m in tags] == [LLAMA, "mistral:7b"]
     loaded = client.get("/api/ps").json()["models"]
     assert {m.get("model") or m.get("name") for m in loaded} >= {"mistral:7b"}
+
+
+def test_an_open_circuits_retry_after_is_not_before_it_closes(
+    in_process: Callable[..., TestClient],
+) -> None:
+    client = in_process(unreachable_url(), breaker_failures=1, breaker_reset=30, retries=0)
+    opened = time.monotonic()  # the circuit opens after this, so closes after opened + 30
+    call = {"model": LLAMA, "messages": HI, "stream": False}
+    assert client.post("/api/chat", json=call).status_code == 502
+    refused = client.post("/api/chat", json=call)
+    still_open = 30 - (time.monotonic() - opened)
+    assert refused.status_code == 503
+    # Whole seconds, rounded up: a client that waits exactly that long finds it closed.
+    assert int(refused.headers["retry-after"]) >= still_open
+
+
+@given(left_ms=st.integers(1, 3 * 86_400_000), held=st.booleans())
+def test_a_budgets_retry_after_is_not_before_the_period_ends(left_ms: int, held: bool) -> None:
+    now = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    end = now + timedelta(milliseconds=left_ms)
+    budget = Budget("acme", "sales", "day", limit=1_000_000, currency="USD", id=1)
+    window = Window(now - timedelta(days=1), end, "2026-03-01")
+    common = {"spent": 1_000_000, "need": 10, "now": now, "tz": ZoneInfo("UTC")}
+    refused = refusal(budget, "acme", window, held=1 if held else 0, **common)  # type: ignore[arg-type]
+    wrong = mismatch(budget, "acme", window, Estimate(10, "EUR"), now)
+    for error in (refused, wrong):
+        assert isinstance(error.retry_after, int) and error.retry_after >= 1
+    if not held:  # nothing in flight to wait for: come back when the period is over
+        assert refused.retry_after * 1000 >= left_ms and wrong.retry_after * 1000 >= left_ms
