@@ -43,6 +43,10 @@ log = logging.getLogger("ollama_meter.gateway")
 DISCOVERY_SECONDS = 10.0
 """How often each server's models (``/api/tags``) and loaded models (``/api/ps``) are read."""
 DISCOVERY_TIMEOUT = 5.0
+MODEL_LIST_BYTES = 8 * 1024 * 1024
+"""The most of a server's ``/api/tags``, ``/api/ps`` or ``/v1/models`` read: tens of thousands
+of models. Each is parsed on the event loop, every few seconds: a server answering the
+general 64 MiB limit would stall every call for a second each time."""
 UNION = ("/api/tags", "/api/ps", "/v1/models")
 """Answered with every server's models when there are several."""
 
@@ -212,9 +216,9 @@ class Fleet:
     async def _get(self, server: Server, path: str) -> Any:
         response = await server.pool.request("GET", path, timeout=DISCOVERY_TIMEOUT)
         try:
-            body = await server.pool.read(response)
+            body = await server.pool.read(response, most=MODEL_LIST_BYTES)
         finally:
-            server.pool.finish(response, completed=True)
+            server.pool.finish(response, completed=response.content.at_eof())
         if response.status != 200:
             raise ValueError(f"{server.url}{path} answered HTTP {response.status}")
         try:

@@ -236,3 +236,22 @@ def test_a_budgets_retry_after_is_not_before_the_period_ends(left_ms: int, held:
         assert isinstance(error.retry_after, int) and error.retry_after >= 1
     if not held:  # nothing in flight to wait for: come back when the period is over
         assert refused.retry_after * 1000 >= left_ms and wrong.retry_after * 1000 >= left_ms
+
+
+def test_a_server_listing_megabytes_of_models_is_taken_out_not_parsed(
+    liar: Callable[[dict[str, tuple[int, bytes]]], str],
+    emulator_of: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+) -> None:
+    entry = {"model": "m:latest", "digest": "a" * 64, "details": {"family": "llama"}}
+    models = [dict(entry, model=f"m{i}:latest") for i in range(70_000)]
+    huge = json.dumps({"models": models}).encode()
+    assert len(huge) > 8 * 1024 * 1024
+    bad = liar({"/api/tags": (200, huge), "/api/ps": (200, b'{"models": []}')})
+    good = emulator_of(LLAMA)
+    client = in_process(good.url, bad)
+    servers = client.get("/api/dash").json()["servers"]
+    assert [s["state"] for s in servers] == ["up", "down"]
+    assert "more than 8388608 bytes" in servers[1]["problem"]
+    tags = client.get("/api/tags").json()["models"]
+    assert [m["model"] for m in tags] == [LLAMA]
