@@ -123,7 +123,8 @@ class Lease:
         """
         pool = self.server.pool
         retry = replace(pool.retry, retries=0) if elsewhere else pool.retry
-        return CallAttempts(pool.breaker, retry, model)
+        # One circuit per model, however the call spells it: the one routing asks about.
+        return CallAttempts(pool.breaker, retry, model, circuit=model_key(model))
 
     def release(self) -> None:
         self._grant.release()

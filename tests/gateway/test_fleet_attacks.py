@@ -34,7 +34,7 @@ from ollama_meter.gateway._rates import RateLimits, keep_limits
 from ollama_meter.ledger import SpanFilter, open_ledger
 from ollama_meter.periods import Window
 from ollama_meter.records import Budget, Limit
-from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator, unreachable_url
+from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator, unreachable_url
 
 LLAMA = "llama3.1:8b"
 HI = [{"role": "user", "content": "hi"}]
@@ -255,3 +255,21 @@ def test_a_server_listing_megabytes_of_models_is_taken_out_not_parsed(
     assert "more than 8388608 bytes" in servers[1]["problem"]
     tags = client.get("/api/tags").json()["models"]
     assert [m["model"] for m in tags] == [LLAMA]
+
+
+def test_a_models_open_circuit_holds_whatever_spelling_of_the_model_a_call_uses(
+    emulator_of: Callable[..., OllamaEmulator], in_process: Callable[..., TestClient]
+) -> None:
+    one, two = emulator_of(LLAMA), emulator_of(LLAMA)
+    client = in_process(one.url, two.url, breaker_failures=1, retries=0, discovery_interval=3600)
+    one.inject(Fault.HTTP_500, times=1)
+    two.inject(Fault.HTTP_500, times=1)
+    call = {"messages": HI, "stream": False}
+    # Fails on the first server, moves, fails on the second: both circuits for the model open.
+    assert client.post("/api/chat", json={**call, "model": "LLAMA3.1:8B"}).status_code == 500
+    asked = len(one.requests_to("/api/chat")) + len(two.requests_to("/api/chat"))
+    for spelling in ("llama3.1:8b", "registry.ollama.ai/library/llama3.1:8b"):
+        refused = client.post("/api/chat", json={**call, "model": spelling})
+        assert refused.status_code == 503, refused.text
+        assert "failed 1 calls in a row" in refused.json()["error"]
+    assert len(one.requests_to("/api/chat")) + len(two.requests_to("/api/chat")) == asked
