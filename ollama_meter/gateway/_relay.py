@@ -362,21 +362,23 @@ class Relay:
                 await in_thread(self.meter.close, call, failure)
                 return _failure_response(wire, failure)
             slot.release()
+            moving = time.monotonic_ns()
             try:
-                slot.move(
-                    await fleet.lease(
-                        model,
-                        admission.flow,
-                        weight=admission.weight,
-                        caps=admission.caps,
-                        tried=tried,
-                    )
+                lease = await fleet.lease(
+                    model,
+                    admission.flow,
+                    weight=admission.weight,
+                    caps=admission.caps,
+                    tried=tried,
                 )
-            except BaseException as exc:  # busy, or the server is stopping
+            except BaseException as exc:  # busy, the caller left, or the server is stopping
+                call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - moving
                 await in_thread(self.meter.close, call, exc)
                 if isinstance(exc, ServerBusy):
                     return _failure_response(wire, exc)
                 raise
+            call.span.queue_ns = (call.span.queue_ns or 0) + lease.waited_ns  # both waits
+            slot.move(lease)
 
     async def _open(self, request: MeteredRequest, attribution: Attribution) -> MeteredCall:
         """Admit and open the call: in place when memory can decide, else on a ledger thread."""

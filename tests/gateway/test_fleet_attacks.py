@@ -36,7 +36,7 @@ from ollama_meter.periods import Window
 from ollama_meter.records import Budget, Limit
 from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator, unreachable_url
 
-LLAMA = "llama3.1:8b"
+LLAMA, QWEN = "llama3.1:8b", "qwen2.5:7b"
 HI = [{"role": "user", "content": "hi"}]
 
 
@@ -273,3 +273,35 @@ def test_a_models_open_circuit_holds_whatever_spelling_of_the_model_a_call_uses(
         assert refused.status_code == 503, refused.text
         assert "failed 1 calls in a row" in refused.json()["error"]
     assert len(one.requests_to("/api/chat")) + len(two.requests_to("/api/chat")) == asked
+
+
+def test_a_call_that_moves_counts_its_wait_for_the_next_server_as_queue_time(
+    emulator_of: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+    sqlite_url: str,
+) -> None:
+    one, two = emulator_of(LLAMA), emulator_of(LLAMA, QWEN, token_latency=0.1)
+    client = in_process(f"{one.url}#slots=1", f"{two.url}#slots=1", discovery_interval=3600)
+    one.inject(Fault.HTTP_503, times=1)
+    ended: list[float] = []
+
+    def hold_the_second_server() -> None:
+        client.post("/api/chat", json={"model": QWEN, "messages": HI, "stream": False})
+        ended.append(time.monotonic())
+
+    long = threading.Thread(target=hold_the_second_server)
+    long.start()  # only the second server has qwen: it holds that server's one slot
+    deadline = time.monotonic() + 10
+    while two.in_flight == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started = time.monotonic()
+    moved = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": False})
+    assert moved.status_code == 200
+    long.join(timeout=30)
+    spans = open_ledger(sqlite_url).latest(SpanFilter(), 10)
+    (span,) = [s for s in spans if s.request_model == LLAMA]
+    assert span.upstream_host == two.url and len(one.requests_to("/api/chat")) == 1
+    # The first server failed it at once; then it waited for the second's slot.
+    waited_ns = (ended[0] - started) * 1e9
+    assert span.queue_ns >= waited_ns * 0.5 > 0, (span.queue_ns, waited_ns)
