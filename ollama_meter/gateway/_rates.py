@@ -206,6 +206,16 @@ class RateLimits:
                     window.add(now, tokens)
 
 
+async def read_limits(ledger: Ledger, rates: RateLimits) -> bool:
+    """Put the ledger's limits in force; False (the last ones kept) when they cannot be read."""
+    try:
+        rates.load(await in_thread(ledger.limits))
+    except LedgerError as exc:
+        log.warning("keeping the limits read before: %s", exc)
+        return False
+    return True
+
+
 async def keep_limits(
     ledger: Ledger, rates: RateLimits, loaded: Callable[[], None] = lambda: None
 ) -> None:
@@ -215,10 +225,6 @@ async def keep_limits(
     waiting for it go now, not when one of the scope's running calls ends.
     """
     while True:
-        try:
-            rates.load(await in_thread(ledger.limits))
-        except LedgerError as exc:
-            log.warning("keeping the limits read before: %s", exc)
-        else:
+        if await read_limits(ledger, rates):
             loaded()
         await asyncio.sleep(LIMITS_SECONDS)

@@ -29,8 +29,9 @@ from ollama_meter.budgets._estimate import Estimate
 from ollama_meter.budgets._refusals import mismatch, refusal
 from ollama_meter.config import load_settings
 from ollama_meter.gateway import GatewayOptions, create_app
+from ollama_meter.gateway._app import Gateway
 from ollama_meter.gateway._queue import Capacity, FairQueue
-from ollama_meter.gateway._rates import RateLimits, keep_limits
+from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits
 from ollama_meter.ledger import SpanFilter, open_ledger
 from ollama_meter.periods import Window
 from ollama_meter.records import Budget, Limit
@@ -305,3 +306,20 @@ def test_a_call_that_moves_counts_its_wait_for_the_next_server_as_queue_time(
     # The first server failed it at once; then it waited for the second's slot.
     waited_ns = (ended[0] - started) * 1e9
     assert span.queue_ns >= waited_ns * 0.5 > 0, (span.queue_ns, waited_ns)
+
+
+def test_limits_are_in_force_from_the_first_call_a_gateway_serves(
+    emulator_of: Callable[..., OllamaEmulator], sqlite_url: str
+) -> None:
+    # A restarted gateway meets every client that retried while it was down, at once.
+    open_ledger(sqlite_url).set_limit(Limit("default", "sales", rpm=1, concurrency=1))
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator_of(LLAMA).url)
+
+    async def first_calls() -> None:
+        async with Gateway.running(settings, GatewayOptions()) as gateway:
+            admitted = gateway.rates.admit("default", "sales")
+            assert [cap.limit for cap in admitted.caps] == [1]
+            with pytest.raises(OverLimit):
+                gateway.rates.admit("default", "sales")
+
+    asyncio.run(first_calls())
