@@ -27,6 +27,7 @@ with warnings.catch_warnings():
 
 from ollama_meter.budgets._estimate import Estimate
 from ollama_meter.budgets._refusals import mismatch, refusal
+from ollama_meter.cli.serve import serve_settings
 from ollama_meter.config import load_settings
 from ollama_meter.gateway import GatewayOptions, create_app
 from ollama_meter.gateway._app import Gateway
@@ -323,3 +324,25 @@ def test_limits_are_in_force_from_the_first_call_a_gateway_serves(
                 gateway.rates.admit("default", "sales")
 
     asyncio.run(first_calls())
+
+
+@pytest.mark.parametrize(
+    ("flags", "served"),
+    [
+        (["http://gpu3:11434"], [("http://gpu3:11434", None)]),
+        (["http://gpu3:11434#slots=2"], [("http://gpu3:11434", 2)]),
+        (
+            ["http://gpu3:11434", "http://gpu4:11434"],
+            [("http://gpu3:11434", 1), ("http://gpu4:11434", 1)],
+        ),
+        ([], [("http://gpu1:11434", 1), ("http://gpu2:11434", 1)]),
+    ],
+)
+def test_upstream_flags_replace_the_servers_the_environment_names(
+    flags: list[str], served: list[tuple[str, int | None]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMETER_UPSTREAMS", "http://gpu1:11434,http://gpu2:11434")
+    monkeypatch.setenv("OLLAMA_HOST", "http://gpu9:11434")
+    slots = 1 if len(served) > 1 else None
+    cfg = serve_settings(flags, slots=slots, max_queue=None, db=None)
+    assert [(s.url, s.slots) for s in cfg.upstream_specs] == served
