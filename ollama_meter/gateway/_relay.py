@@ -252,13 +252,16 @@ class Relay:
         limits); ``bind`` learns the span's id once it is open; ``hangup`` returns when
         the caller has gone, so a call waiting its turn leaves the queue.
         """
+        admission = admission or Admission((attribution.tenant, attribution.department))
         try:
             call = await self._open(request, attribution)
         except BudgetExceeded as refused:
+            admission.refund()
             return error_response(
                 wire, 429, str(refused), headers={"Retry-After": str(refused.retry_after)}
             )
         except LedgerError as unchecked:  # a covering budget unchecked, or nothing can record
+            admission.refund()
             return error_response(wire, 503, str(unchecked), headers={"Retry-After": "5"})
         if bind is not None:
             bind(call.span.id)
@@ -266,7 +269,6 @@ class Relay:
         if call.output_cap is not None:  # a hard budget admitted the call on this reply cap
             capped = with_output_cap(request.operation, request.body, call.output_cap)
             content = json.dumps(capped).encode()
-        admission = admission or Admission((attribution.tenant, attribution.department))
         queued = time.monotonic_ns()
         try:
             lease = await take_slot(self.fleet, request.model, admission, hangup)
@@ -275,6 +277,7 @@ class Relay:
             await in_thread(self.meter.close, call, asyncio.CancelledError())
             return Response(status_code=499)  # nobody is there to read it
         except ServerBusy as busy:
+            admission.refund()
             call.span.queue_ns = time.monotonic_ns() - queued
             await in_thread(self.meter.close, call, busy)
             return error_response(

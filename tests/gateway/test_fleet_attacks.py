@@ -346,3 +346,30 @@ def test_upstream_flags_replace_the_servers_the_environment_names(
     slots = 1 if len(served) > 1 else None
     cfg = serve_settings(flags, slots=slots, max_queue=None, db=None)
     assert [(s.url, s.slots) for s in cfg.upstream_specs] == served
+
+
+def test_calls_turned_away_busy_do_not_use_up_the_departments_calls_a_minute(
+    emulator_of: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+    sqlite_url: str,
+) -> None:
+    open_ledger(sqlite_url).set_limit(Limit("default", "sales", rpm=2))
+    emu = emulator_of(LLAMA, token_latency=0.05)
+    client = in_process(emu.url, slots=1, max_queue=0)
+    call = {"model": LLAMA, "messages": HI, "stream": False}
+    batch = threading.Thread(
+        target=client.post, args=("/api/chat",), kwargs={"json": call}
+    )  # default/default holds the one slot for a while
+    batch.start()
+    deadline = time.monotonic() + 10
+    while emu.in_flight == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    sales = {"X-Ometer-Department": "sales"}
+    for _ in range(2):  # a client retrying Ollama's busy answer, as clients do
+        assert client.post("/api/chat", json=call, headers=sales).status_code == 503
+    batch.join(timeout=30)
+    for _ in range(2):  # its two calls of the minute are still its own
+        assert client.post("/api/chat", json=call, headers=sales).status_code == 200
+    over = client.post("/api/chat", json=call, headers=sales)
+    assert over.status_code == 429 and "2 calls a minute" in over.json()["error"]
