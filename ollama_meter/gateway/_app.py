@@ -153,7 +153,7 @@ class Gateway:
         await fleet.start()
         tasks = [
             asyncio.create_task(gateway._refresh_forever()),
-            asyncio.create_task(keep_limits(meter.ledger, gateway.rates, fleet.queue.kick)),
+            asyncio.create_task(keep_limits(meter.ledger, gateway.rates, fleet.queue)),
         ]
         if settings.keep_days is not None:
             tasks.append(asyncio.create_task(prune_daily(meter.ledger, settings.keep_days)))

@@ -282,6 +282,11 @@ class FairQueue:
 
     # -- serving --------------------------------------------------------------------------
 
+    def reweigh(self, weight_of: Callable[[Hashable], int]) -> None:
+        """Weights changed: every flow's next calls get their new share, not only its newcomers'."""
+        for flow in self._flows.values():
+            flow.weight = max(1, weight_of(flow.key))
+
     def kick(self) -> None:
         """Places may have opened outside the queue (a server came back): serve who can go."""
         self._dispatch()

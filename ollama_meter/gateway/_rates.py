@@ -26,11 +26,11 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.gateway._queue import Capacity
+from ollama_meter.gateway._queue import Capacity, FairQueue
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import Ledger
 from ollama_meter.records import Limit, SpanRecord
@@ -207,6 +207,18 @@ class RateLimits:
             (tenant, department), weight or 1, tuple(caps), undo if counted else _nothing
         )
 
+    def weight_of(self, flow: Hashable) -> int:
+        """A queue flow's (a department's) weight now: its own, else its tenant's, else 1."""
+        if not (isinstance(flow, tuple) and len(flow) == 2):
+            return 1
+        tenant, department = flow
+        with self._lock:
+            for scope in (("department", tenant, department), ("tenant", tenant)):
+                limit = self._limits.get(scope)
+                if limit is not None and limit.weight is not None:
+                    return limit.weight
+        return 1
+
     def bind(self, span_id: str, key_id: int | None) -> None:
         """The call ``span_id`` was made with key ``key_id``: its tokens count there too."""
         if key_id is not None and ("key", str(key_id)) in self._limits:
@@ -245,15 +257,15 @@ async def read_limits(ledger: Ledger, rates: RateLimits) -> bool:
     return True
 
 
-async def keep_limits(
-    ledger: Ledger, rates: RateLimits, loaded: Callable[[], None] = lambda: None
-) -> None:
+async def keep_limits(ledger: Ledger, rates: RateLimits, queue: FairQueue | None = None) -> None:
     """Put the ledger's limits in force now and every few seconds (a failed read keeps the last).
 
-    ``loaded`` runs after each read: a concurrency limit raised or removed lets calls
-    waiting for it go now, not when one of the scope's running calls ends.
+    After each read the waiting calls of ``queue`` get them too: the departments' new
+    weights, and a concurrency limit raised or removed lets calls waiting for it go now,
+    not when one of the scope's running calls ends.
     """
     while True:
-        if await read_limits(ledger, rates):
-            loaded()
+        if await read_limits(ledger, rates) and queue is not None:
+            queue.reweigh(rates.weight_of)
+            queue.kick()
         await asyncio.sleep(LIMITS_SECONDS)

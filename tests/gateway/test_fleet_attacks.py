@@ -181,7 +181,7 @@ def test_a_concurrency_limit_raised_or_removed_lets_waiting_calls_go_at_once(
             ledger.set_limit(Limit("acme", "sales", concurrency=2))
         else:
             ledger.remove_limit("acme", "sales", None)
-        keeping = asyncio.ensure_future(keep_limits(ledger, rates, queue.kick))
+        keeping = asyncio.ensure_future(keep_limits(ledger, rates, queue))
         try:
             # Within the read that brings the change, not when the first call ends.
             granted = await asyncio.wait_for(waiting, 5)
@@ -373,3 +373,42 @@ def test_calls_turned_away_busy_do_not_use_up_the_departments_calls_a_minute(
         assert client.post("/api/chat", json=call, headers=sales).status_code == 200
     over = client.post("/api/chat", json=call, headers=sales)
     assert over.status_code == 429 and "2 calls a minute" in over.json()["error"]
+
+
+def test_a_weight_changed_while_calls_wait_shares_the_next_slots(sqlite_url: str) -> None:
+    ledger = open_ledger(sqlite_url)
+    server = Capacity(1, "gpu")
+    queue, rates = FairQueue(max_queue=100), RateLimits()
+
+    async def run() -> list[str]:
+        held = queue.grant_now(("acme", "warm"), lambda: server)
+        assert held is not None
+        waiting = []
+        for department in ["support"] * 4 + ["batch"] * 4:  # all weight 1 when they came
+            admitted = rates.admit("acme", department)
+            call = queue.acquire(admitted.flow, lambda: server, weight=admitted.weight)
+            waiting.append((department, asyncio.ensure_future(call)))
+        await asyncio.sleep(0)
+        ledger.set_limit(Limit("acme", "support", weight=3))  # no support call arrives after
+        keeping = asyncio.ensure_future(keep_limits(ledger, rates, queue))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if rates.weight_of(("acme", "support")) == 3:
+                break
+        await asyncio.sleep(0)
+        keeping.cancel()
+        order, current = [], held
+        for _ in range(len(waiting)):
+            current.release()
+            await asyncio.sleep(0)
+            department, task = next(
+                (d, t) for d, t in waiting if t.done() and d + str(id(t)) not in order
+            )
+            order.append(department + str(id(task)))
+            current = task.result()
+        current.release()
+        return [entry.rstrip("0123456789") for entry in order]
+
+    order = asyncio.run(run())
+    # Three of support's for each of batch's, from the next slot on.
+    assert order[:5].count("support") == 4, order
