@@ -53,6 +53,8 @@ def normalize_host(value: str) -> str:
     if port is None:
         port = 443 if parts.scheme == "https" else 11434
     host = parts.hostname
+    if not host.isprintable() or any(c.isspace() for c in host):
+        raise ValueError(f"{value!r} has a space or control character in its host name")
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"

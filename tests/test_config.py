@@ -29,7 +29,10 @@ def test_ollama_host_forms(raw: str, url: str) -> None:
     assert normalize_host(raw) == url
 
 
-@pytest.mark.parametrize("raw", ["", "ftp://x", "http://host:notaport", "http://"])
+@pytest.mark.parametrize(
+    "raw",
+    ["", "ftp://x", "http://host:notaport", "http://", "http://gpu 1:11434", "http://a\x00b:1"],
+)
 def test_bad_hosts(raw: str) -> None:
     with pytest.raises(ValueError):
         normalize_host(raw)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from ollama_meter.budgets._estimate import Estimate
@@ -12,6 +12,11 @@ from ollama_meter.records import PERIOD_ADVERB, Budget, format_micros
 
 IN_FLIGHT_RETRY_AFTER = 5
 """Seconds to wait when only money held by calls in flight is in the way."""
+
+
+def _seconds_until(end: datetime, now: datetime) -> int:
+    """Whole seconds until ``end``, rounded up (at least 1): a retry then is in the next period."""
+    return max(1, -((now - end) // timedelta(seconds=1)))
 
 
 def refusal(
@@ -32,7 +37,7 @@ def refusal(
         f"{format_micros(spent)} of {format_micros(budget.limit)} {budget.currency}"
     )
     needs = f"this call may cost up to {format_micros(need)}"
-    until_end = max(1, int((window.end - now).total_seconds()))
+    until_end = _seconds_until(window.end, now)
     if held:
         return BudgetExceeded(
             f"{head}, and calls in flight hold {format_micros(held)} more; {needs}, which "
@@ -65,5 +70,5 @@ def mismatch(
         "could not count the call, so it is refused. Use one currency for the budget and "
         "the price rules",
         budget_id=budget.id or 0,
-        retry_after=max(1, int((window.end - now).total_seconds())),
+        retry_after=_seconds_until(window.end, now),
     )

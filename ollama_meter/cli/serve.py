@@ -31,6 +31,7 @@ from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 from ollama_meter.records import Source, SpanRecord, Status
 
 if TYPE_CHECKING:
+    from ollama_meter.config import Settings
     from ollama_meter.ledger import ApiKey
 
 keys_app = typer.Typer(
@@ -128,15 +129,7 @@ def serve(
             "spend. Add --require-key (keys from `ometer keys create`) and/or --admin-token, "
             "or --insecure-open if only trusted machines can reach it"
         )
-    given = upstream or []
-    plain = len(given) == 1 and "#" not in given[0]  # one server, as OLLAMA_HOST always was
-    cfg = settings(
-        db_url=db,
-        ollama_host=given[0] if plain else None,
-        upstreams=",".join(given) if given and not plain else None,
-        slots=slots,
-        max_queue=max_queue,
-    )
+    cfg = serve_settings(upstream, slots=slots, max_queue=max_queue, db=db)
     specs = cfg.upstream_specs
     sock = listening_socket(host, port)
     app = create_app(
@@ -158,6 +151,22 @@ def serve(
         app, host=host, port=port, max_header_bytes=max_header_bytes, timeout_graceful_shutdown=10
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve_settings(
+    upstream: list[str] | None, *, slots: int | None, max_queue: int | None, db: str | None
+) -> "Settings":
+    """The gateway's settings: ``--upstream`` given replaces OLLAMA_HOST and OMETER_UPSTREAMS."""
+    given = upstream or []
+    plain = len(given) == 1 and "#" not in given[0]  # one server, as OLLAMA_HOST always was
+    return settings(
+        db_url=db,
+        ollama_host=given[0] if plain else None,
+        # Given even when plain: an OMETER_UPSTREAMS in the environment must not win over it.
+        upstreams=",".join(given) if given else None,
+        slots=slots,
+        max_queue=max_queue,
+    )
 
 
 class _Tally:

@@ -42,7 +42,7 @@ from ollama_meter.gateway._dash import dashboard_routes
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
 from ollama_meter.gateway._passthrough import forward
-from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits
+from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
 from ollama_meter.gateway._relay import Relay, error_response, wire_of
 from ollama_meter.gateway._requests import (
     OLLAMA_ROUTES,
@@ -148,10 +148,12 @@ class Gateway:
         metrics.install(meter)  # /metrics counts from the first call on
         meter.keep_fresh()  # calls read snapshots; the task below reloads them
         meter.observers.append(gateway.rates)  # tokens per minute count as calls end
+        # In force before the first call: a restarted gateway meets every retrying client at once.
+        await read_limits(meter.ledger, gateway.rates)
         await fleet.start()
         tasks = [
             asyncio.create_task(gateway._refresh_forever()),
-            asyncio.create_task(keep_limits(meter.ledger, gateway.rates)),
+            asyncio.create_task(keep_limits(meter.ledger, gateway.rates, fleet.queue)),
         ]
         if settings.keep_days is not None:
             tasks.append(asyncio.create_task(prune_daily(meter.ledger, settings.keep_days)))

@@ -43,6 +43,10 @@ log = logging.getLogger("ollama_meter.gateway")
 DISCOVERY_SECONDS = 10.0
 """How often each server's models (``/api/tags``) and loaded models (``/api/ps``) are read."""
 DISCOVERY_TIMEOUT = 5.0
+MODEL_LIST_BYTES = 8 * 1024 * 1024
+"""The most of a server's ``/api/tags``, ``/api/ps`` or ``/v1/models`` read: tens of thousands
+of models. Each is parsed on the event loop, every few seconds: a server answering the
+general 64 MiB limit would stall every call for a second each time."""
 UNION = ("/api/tags", "/api/ps", "/v1/models")
 """Answered with every server's models when there are several."""
 
@@ -119,7 +123,8 @@ class Lease:
         """
         pool = self.server.pool
         retry = replace(pool.retry, retries=0) if elsewhere else pool.retry
-        return CallAttempts(pool.breaker, retry, model)
+        # One circuit per model, however the call spells it: the one routing asks about.
+        return CallAttempts(pool.breaker, retry, model, circuit=model_key(model))
 
     def release(self) -> None:
         self._grant.release()
@@ -212,18 +217,28 @@ class Fleet:
     async def _get(self, server: Server, path: str) -> Any:
         response = await server.pool.request("GET", path, timeout=DISCOVERY_TIMEOUT)
         try:
-            body = await server.pool.read(response)
+            body = await server.pool.read(response, most=MODEL_LIST_BYTES)
         finally:
-            server.pool.finish(response, completed=True)
+            server.pool.finish(response, completed=response.content.at_eof())
         if response.status != 200:
             raise ValueError(f"{server.url}{path} answered HTTP {response.status}")
-        return json.loads(body)
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser
+            raise ValueError(f"{server.url}{path} answered something that is not JSON") from None
 
     def took_out(self, server: Server, problem: str) -> None:
         """A call found ``server`` not answering: route around it until discovery sees it back."""
         if self.several and server.up:
             log.warning("taking %s out of the fleet: %s", server.url, problem)
             server.up, server.problem = False, problem
+
+    def lacks(self, server: Server, model: str) -> None:
+        """``server`` said it has no ``model``: not routed there until discovery lists it again."""
+        key = model_key(model)
+        if server.models is not None:
+            server.models = server.models - {key}
+        server.loaded.discard(key)
 
     def served(self, server: Server, model: str) -> None:
         """``model`` answered on ``server``: it is loaded there now."""
@@ -335,8 +350,8 @@ class Fleet:
                 continue
             items = answer.get(field) if isinstance(answer, dict) else None
             for item in items if isinstance(items, list) else []:
-                if isinstance(item, dict) and isinstance(item.get(name), str):
-                    merged.setdefault(model_key(item[name]), item)
+                if (named := _name_of(item, name)) is not None:
+                    merged.setdefault(model_key(named), item)
         if len(failures) == len(asked):
             raise UpstreamError("no Ollama server answered: " + "; ".join(failures))
         items = list(merged.values())
@@ -381,13 +396,20 @@ class Fleet:
             await server.pool.aclose()
 
 
+def _name_of(item: Any, name: str) -> str | None:
+    """The model an entry of a list names: its ``name`` field (OpenAI's ``id``, Ollama's
+    ``model``); in Ollama's lists else its ``name`` (older Ollamas and compatible servers
+    list models by ``name`` alone)."""
+    if not isinstance(item, dict):
+        return None
+    named = item.get(name) or (item.get("name") if name == "model" else None)
+    return named if isinstance(named, str) and named else None
+
+
 def _names(answer: Any, field: str, name: str) -> list[str]:
     items = answer.get(field) if isinstance(answer, dict) else None
-    return [
-        model_key(item.get(name) or item.get("name") or "")
-        for item in (items if isinstance(items, list) else [])
-        if isinstance(item, dict) and isinstance(item.get(name) or item.get("name"), str)
-    ]
+    named = (_name_of(item, name) for item in (items if isinstance(items, list) else []))
+    return [model_key(n) for n in named if n is not None]
 
 
 def model_named(body: bytes | None) -> str | None:

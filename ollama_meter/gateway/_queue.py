@@ -179,10 +179,10 @@ class FairQueue:
         """
         loop = asyncio.get_running_loop()
         waiter = self._enqueue(flow, place, max(1, weight), tuple(caps), loop, urgent=urgent)
-        self._dispatch()
-        if self._waiting > self.max_queue and not waiter.future.done():
-            self._shed(waiter)
-        try:
+        try:  # from here on, however it ends, the waiter leaves the queue or holds its place
+            self._dispatch()
+            if self._waiting > self.max_queue and not waiter.future.done():
+                self._shed(waiter)
             if timeout is None:
                 return await waiter.future
             async with asyncio.timeout(timeout):
@@ -251,7 +251,10 @@ class FairQueue:
         pushed = shed.waiters.pop()
         self._waiting -= 1
         self._forget_if_idle(shed)
-        pushed.future.set_exception(Busy(BUSY_MESSAGE, retry_after=self.retry_after()))
+        # A caller that hung up is still in line until its task runs again: taking it out
+        # makes the room (its leaving then finds nothing to remove).
+        if not pushed.future.done():
+            pushed.future.set_exception(Busy(BUSY_MESSAGE, retry_after=self.retry_after()))
 
     def _leave(self, waiter: _Waiter) -> None:
         """A caller stops waiting (cancelled, timed out): out of the queue, its place given back."""
@@ -278,6 +281,11 @@ class FairQueue:
             del self._flows[flow.key]
 
     # -- serving --------------------------------------------------------------------------
+
+    def reweigh(self, weight_of: Callable[[Hashable], int]) -> None:
+        """Weights changed: every flow's next calls get their new share, not only its newcomers'."""
+        for flow in self._flows.values():
+            flow.weight = max(1, weight_of(flow.key))
 
     def kick(self) -> None:
         """Places may have opened outside the queue (a server came back): serve who can go."""

@@ -7,7 +7,8 @@ whole tenant, to one of its departments, or to one API key; a call is held to
 every limit that covers it.
 
 - **rpm / tpm** are sliding windows over the last 60 seconds: the calls this
-  gateway admitted, and the tokens (in + out) of the calls it finished. A call
+  gateway admitted (not those a hard budget or a full queue then turned away),
+  and the tokens (in + out) of the calls it finished. A call
   over either is refused before it is metered, with ``Retry-After`` the exact
   number of seconds (rounded up) until enough of the window has passed for it to
   be admitted. A call's tokens count when it ends, so calls already running can
@@ -25,11 +26,11 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.gateway._queue import Capacity
+from ollama_meter.gateway._queue import Capacity, FairQueue
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import Ledger
 from ollama_meter.records import Limit, SpanRecord
@@ -51,13 +52,23 @@ class OverLimit(Exception):
         self.retry_after = retry_after
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """What the fair queue needs to know of an admitted call."""
+    """What the fair queue needs to know of an admitted call, and how to take its count back."""
 
     flow: tuple[str, str]
     weight: int = 1
     caps: tuple[Capacity, ...] = ()
+    undo: Callable[[], None] = field(default=_nothing, repr=False, compare=False)
+
+    def refund(self) -> None:
+        """The gateway turned the call away after all (a budget, a full queue): it is no call
+        of the minute, so the department's rpm does not run out on refusals it retries."""
+        self.undo()
 
 
 class _Window:
@@ -77,6 +88,14 @@ class _Window:
         if amount > 0:
             self.events.append((now, amount))
             self.total += amount
+
+    def take_back(self, moment: int, amount: int) -> None:
+        """Remove one event ``add`` made (the newest such: a refund comes soon after)."""
+        for index in range(len(self.events) - 1, -1, -1):
+            if self.events[index] == (moment, amount):
+                del self.events[index]
+                self.total -= amount
+                return
 
     def wait_ns(self, now: int, limit: int) -> int:
         """Nanoseconds until the sum falls below ``limit`` (0 when it is below now)."""
@@ -166,9 +185,11 @@ class RateLimits:
                 )
             caps = []
             weight: int | None = None
+            counted: list[_Window] = []
             for scope, limit in found:
                 if limit.rpm is not None:
                     self._calls[scope].add(now, 1)
+                    counted.append(self._calls[scope])
                 if limit.concurrency is not None:
                     cap = self._caps.get(scope)
                     if cap is None:
@@ -176,7 +197,27 @@ class RateLimits:
                     caps.append(cap)
                 if limit.weight is not None and scope[0] != "key":
                     weight = limit.weight  # the department's, over the tenant's (it comes after)
-        return Admission((tenant, department), weight or 1, tuple(caps))
+
+        def undo() -> None:
+            with self._lock:
+                while counted:  # once: emptied as it is taken back
+                    counted.pop().take_back(now, 1)
+
+        return Admission(
+            (tenant, department), weight or 1, tuple(caps), undo if counted else _nothing
+        )
+
+    def weight_of(self, flow: Hashable) -> int:
+        """A queue flow's (a department's) weight now: its own, else its tenant's, else 1."""
+        if not (isinstance(flow, tuple) and len(flow) == 2):
+            return 1
+        tenant, department = flow
+        with self._lock:
+            for scope in (("department", tenant, department), ("tenant", tenant)):
+                limit = self._limits.get(scope)
+                if limit is not None and limit.weight is not None:
+                    return limit.weight
+        return 1
 
     def bind(self, span_id: str, key_id: int | None) -> None:
         """The call ``span_id`` was made with key ``key_id``: its tokens count there too."""
@@ -206,11 +247,25 @@ class RateLimits:
                     window.add(now, tokens)
 
 
-async def keep_limits(ledger: Ledger, rates: RateLimits) -> None:
-    """Put the ledger's limits in force now and every few seconds (a failed read keeps the last)."""
+async def read_limits(ledger: Ledger, rates: RateLimits) -> bool:
+    """Put the ledger's limits in force; False (the last ones kept) when they cannot be read."""
+    try:
+        rates.load(await in_thread(ledger.limits))
+    except LedgerError as exc:
+        log.warning("keeping the limits read before: %s", exc)
+        return False
+    return True
+
+
+async def keep_limits(ledger: Ledger, rates: RateLimits, queue: FairQueue | None = None) -> None:
+    """Put the ledger's limits in force now and every few seconds (a failed read keeps the last).
+
+    After each read the waiting calls of ``queue`` get them too: the departments' new
+    weights, and a concurrency limit raised or removed lets calls waiting for it go now,
+    not when one of the scope's running calls ends.
+    """
     while True:
-        try:
-            rates.load(await in_thread(ledger.limits))
-        except LedgerError as exc:
-            log.warning("keeping the limits read before: %s", exc)
+        if await read_limits(ledger, rates) and queue is not None:
+            queue.reweigh(rates.weight_of)
+            queue.kick()
         await asyncio.sleep(LIMITS_SECONDS)

@@ -6,7 +6,8 @@ in the ledger: a client that has its whole answer always has its span written.
 
 A call waits for a slot on a server that has its model (``_slots.py``, the fair
 queue); it moves to another such server, ahead of the queue, when its server
-fails it with a transient failure before anything reached the client.
+fails it with a transient failure, or says it lacks the model, before anything
+reached the client.
 
 The route's wire format (``ollama_meter.upstream.OLLAMA`` or ``OPENAI``) says how
 items are framed, how they read as the meter's events, and what an error looks
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ from ollama_meter.errors import (
     BudgetExceeded,
     CircuitOpen,
     LedgerError,
+    ModelNotFound,
     OverCap,
     ServerBusy,
     UpstreamError,
@@ -249,13 +252,16 @@ class Relay:
         limits); ``bind`` learns the span's id once it is open; ``hangup`` returns when
         the caller has gone, so a call waiting its turn leaves the queue.
         """
+        admission = admission or Admission((attribution.tenant, attribution.department))
         try:
             call = await self._open(request, attribution)
         except BudgetExceeded as refused:
+            admission.refund()
             return error_response(
                 wire, 429, str(refused), headers={"Retry-After": str(refused.retry_after)}
             )
         except LedgerError as unchecked:  # a covering budget unchecked, or nothing can record
+            admission.refund()
             return error_response(wire, 503, str(unchecked), headers={"Retry-After": "5"})
         if bind is not None:
             bind(call.span.id)
@@ -263,7 +269,6 @@ class Relay:
         if call.output_cap is not None:  # a hard budget admitted the call on this reply cap
             capped = with_output_cap(request.operation, request.body, call.output_cap)
             content = json.dumps(capped).encode()
-        admission = admission or Admission((attribution.tenant, attribution.department))
         queued = time.monotonic_ns()
         try:
             lease = await take_slot(self.fleet, request.model, admission, hangup)
@@ -272,6 +277,7 @@ class Relay:
             await in_thread(self.meter.close, call, asyncio.CancelledError())
             return Response(status_code=499)  # nobody is there to read it
         except ServerBusy as busy:
+            admission.refund()
             call.span.queue_ns = time.monotonic_ns() - queued
             await in_thread(self.meter.close, call, busy)
             return error_response(
@@ -320,7 +326,7 @@ class Relay:
         """Ollama's 200 response, or the answer for the client (the span is then closed).
 
         On a server another one could stand in for, a transient failure (unreachable,
-        silent, 5xx, 429) moves the call there, ahead of the queue; on the last one the
+        silent, 5xx, 429) or "model not found" moves the call there, ahead of the queue; on the last one the
         one retry policy retries it. A server that did not answer at all is taken out
         of the routing until discovery sees it answer.
         """
@@ -345,7 +351,10 @@ class Relay:
                 if not isinstance(sent, Refusal):
                     fleet.served(server, model)
                     return _Answered(self.meter, call, attempts, request, wire, sent, server.pool)
-                if not (elsewhere and is_transient(sent.error)):
+                missing = isinstance(sent.error, ModelNotFound)
+                if missing:  # removed since discovery (or never there): not routed here again
+                    fleet.lacks(server, model)
+                if not (elsewhere and (missing or is_transient(sent.error))):
                     await in_thread(self.meter.close, call, sent.error)
                     return _refusal_response(wire, sent)
                 failure = sent.error
@@ -356,21 +365,23 @@ class Relay:
                 await in_thread(self.meter.close, call, failure)
                 return _failure_response(wire, failure)
             slot.release()
+            moving = time.monotonic_ns()
             try:
-                slot.move(
-                    await fleet.lease(
-                        model,
-                        admission.flow,
-                        weight=admission.weight,
-                        caps=admission.caps,
-                        tried=tried,
-                    )
+                lease = await fleet.lease(
+                    model,
+                    admission.flow,
+                    weight=admission.weight,
+                    caps=admission.caps,
+                    tried=tried,
                 )
-            except BaseException as exc:  # busy, or the server is stopping
+            except BaseException as exc:  # busy, the caller left, or the server is stopping
+                call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - moving
                 await in_thread(self.meter.close, call, exc)
                 if isinstance(exc, ServerBusy):
                     return _failure_response(wire, exc)
                 raise
+            call.span.queue_ns = (call.span.queue_ns or 0) + lease.waited_ns  # both waits
+            slot.move(lease)
 
     async def _open(self, request: MeteredRequest, attribution: Attribution) -> MeteredCall:
         """Admit and open the call: in place when memory can decide, else on a ledger thread."""
@@ -416,6 +427,6 @@ def _refusal_response(wire: WireFormat, refusal: Refusal) -> Response:
 def _failure_response(wire: WireFormat, error: UpstreamError) -> Response:
     """The answer for a call no server could take: 503 and when to retry, or 502/504."""
     if isinstance(error, CircuitOpen | ServerBusy):
-        wait = str(max(1, int(error.retry_after)))
+        wait = str(max(1, math.ceil(error.retry_after)))  # never before it is over
         return error_response(wire, 503, str(error), headers={"Retry-After": wait})
     return error_response(wire, gateway_status(error), str(error))

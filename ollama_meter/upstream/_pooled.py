@@ -168,10 +168,11 @@ class PooledUpstream(Resilient):
         content_type = response.headers.get("content-type")
         return Refusal(failure, response.status, answer, content_type, header)
 
-    async def read(self, response: aiohttp.ClientResponse) -> bytes:
-        """The whole body; a transport failure, or more than :data:`MAX_ANSWER_BYTES`, is a
-        classified error (the connection is then dropped by :meth:`finish`)."""
-        limit = MAX_ANSWER_BYTES
+    async def read(self, response: aiohttp.ClientResponse, *, most: int | None = None) -> bytes:
+        """The whole body; a transport failure, or more than ``most`` bytes (default
+        :data:`MAX_ANSWER_BYTES`), is a classified error (the connection is then dropped
+        by :meth:`finish`)."""
+        limit = MAX_ANSWER_BYTES if most is None else most
         declared = response.content_length
         body = bytearray()
         try:

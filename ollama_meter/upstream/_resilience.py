@@ -225,10 +225,14 @@ class CallAttempts:
     failed attempt; :meth:`end` counts the outcome, once.
     """
 
-    def __init__(self, breaker: CircuitBreaker, retry: RetryPolicy, model: str) -> None:
+    def __init__(
+        self, breaker: CircuitBreaker, retry: RetryPolicy, model: str, *, circuit: str | None = None
+    ) -> None:
+        """``circuit``: the name the model's circuit goes by (default ``model``, as asked),
+        so that every spelling of one model shares one circuit."""
         self._breaker = breaker
         self._retry = retry
-        self._ticket = breaker.admit(model)
+        self._ticket = breaker.admit(circuit or model)
         self.model = model
         self.attempts = 0
 

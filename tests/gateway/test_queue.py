@@ -35,7 +35,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.servers = [Capacity(1, "a"), Capacity(2, "b"), Capacity(1, "c")]
         self.caps = {"sales": Capacity(2, "sales"), "hr": Capacity(None, "hr")}
-        self.queue = FairQueue(max_queue=6)
+        self.queue = FairQueue(max_queue=3)
         self.tasks: list[asyncio.Task[Grant]] = []
         self.direct: list[Grant] = []
         self.released: set[int] = set()
@@ -87,6 +87,18 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def hang_up_while_waiting(self, data: st.DataObject) -> None:
         task = data.draw(st.sampled_from(self._pending()))
+        task.cancel()
+        settle(self.loop)
+
+    @precondition(lambda self: any(not t.done() for t in self.tasks))
+    @rule(data=st.data(), dept=st.sampled_from(["sales", "hr", "it"]), server=st.integers(0, 2))
+    def hang_up_as_another_arrives(self, data: st.DataObject, dept: str, server: int) -> None:
+        # The newcomer's first step runs before the hung-up caller's task leaves the queue:
+        # a full queue may shed the caller that is already gone.
+        task = data.draw(st.sampled_from(self._pending()))
+        place = first_free([self.servers[server]])
+        caps = [self.caps[dept]] if dept in self.caps else []
+        self.tasks.append(self.loop.create_task(self.queue.acquire(dept, place, caps=caps)))
         task.cancel()
         settle(self.loop)
 
@@ -275,3 +287,36 @@ def test_a_flood_of_a_thousand_waiting_calls_costs_bounded_memory() -> None:
     assert during < 1000 * 8 * 1024
     assert after < during // 10  # and it is all given back when they leave
     assert left == (0, {"warm": 0})  # only the flow with a call in service is remembered
+
+
+def test_a_caller_hanging_up_as_the_full_queue_sheds_leaks_nothing() -> None:
+    """The flood's newest caller hangs up; before its task runs again to leave the queue,
+    a newcomer of another department finds the queue full and sheds the flood's newest."""
+    queue, server = FairQueue(max_queue=2), Capacity(1, "gpu")
+
+    def place() -> Capacity:
+        return server
+
+    async def run() -> None:
+        held = queue.grant_now("batch", place)
+        assert held is not None
+        flood = [asyncio.ensure_future(queue.acquire("batch", place)) for _ in range(2)]
+        await asyncio.sleep(0)
+        assert queue.waiting == 2
+        newcomer = asyncio.ensure_future(queue.acquire("support", place))  # runs first...
+        flood[1].cancel()  # ...then this caller's task, to leave the queue
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert flood[1].cancelled()
+        assert not newcomer.done()  # support's one call waits; batch's was the one too many
+        assert queue.waiting == 2
+        held.release()
+        await asyncio.sleep(0)
+        # Start-time fair: support's call goes before batch's second; nothing is lost.
+        assert newcomer.done() and not flood[0].done()
+        newcomer.result().release()
+        await asyncio.sleep(0)
+        flood[0].result().release()
+        assert (queue.waiting, queue.in_service, server.in_use) == (0, 0, 0)
+
+    asyncio.run(run())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from ollama_meter.gateway._rates import OverLimit, RateLimits
 from ollama_meter.records import Limit
@@ -145,3 +145,28 @@ def test_retry_after_rounds_up_to_whole_seconds() -> None:
     with pytest.raises(OverLimit) as refused:
         rates.admit("acme", "sales")
     assert refused.value.retry_after == math.ceil(60 - 1 / 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rpm=st.integers(1, 4),
+    calls=st.lists(st.tuples(st.integers(0, 40 * S), st.booleans()), min_size=1, max_size=25),
+)
+@example(rpm=2, calls=[(0, False), (0, True), (0, False), (0, False)])  # refunds in one instant
+def test_a_refunded_call_is_as_if_it_never_came(rpm: int, calls: list[tuple[int, bool]]) -> None:
+    rates, clock = limits(Limit("acme", "sales", rpm=rpm))
+    kept: list[int] = []  # when the calls that count were admitted
+    for gap, turned_away in calls:
+        clock.now += gap
+        recent = [t for t in kept if t > clock.now - 60 * S]
+        if len(recent) >= rpm:
+            with pytest.raises(OverLimit) as over:
+                rates.admit("acme", "sales")
+            assert over.value.retry_after == math.ceil((recent[-rpm] + 60 * S - clock.now) / S)
+            continue
+        admission = rates.admit("acme", "sales")
+        if turned_away:  # a budget or a full queue refused it after all
+            admission.refund()
+            admission.refund()  # twice is once
+        else:
+            kept.append(clock.now)

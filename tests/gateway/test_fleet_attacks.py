@@ -1,0 +1,414 @@
+"""A fleet under attack in process: servers that lie, limits that change, callers that leave.
+
+The gateway runs in this process (Starlette's TestClient, lifespan included); the
+servers are emulators, or a small server answering whatever a test tells it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, strategies as st
+from starlette.exceptions import StarletteDeprecationWarning
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+from ollama_meter.budgets._estimate import Estimate
+from ollama_meter.budgets._refusals import mismatch, refusal
+from ollama_meter.cli.serve import serve_settings
+from ollama_meter.config import load_settings
+from ollama_meter.gateway import GatewayOptions, create_app
+from ollama_meter.gateway._app import Gateway
+from ollama_meter.gateway._queue import Capacity, FairQueue
+from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits
+from ollama_meter.ledger import SpanFilter, open_ledger
+from ollama_meter.periods import Window
+from ollama_meter.records import Budget, Limit
+from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator, unreachable_url
+
+LLAMA, QWEN = "llama3.1:8b", "qwen2.5:7b"
+HI = [{"role": "user", "content": "hi"}]
+
+
+class _Liar(BaseHTTPRequestHandler):
+    """Answers each GET with what its server was told: ``answers[path] = (status, body)``."""
+
+    def do_GET(self) -> None:
+        status, body = self.server.answers.get(self.path, (404, b"404 page not found"))  # type: ignore[attr-defined]
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def liar() -> Iterator[Callable[[dict[str, tuple[int, bytes]]], str]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(answers: dict[str, tuple[int, bytes]]) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Liar)
+        server.answers = answers  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def emulator_of() -> Iterator[Callable[..., OllamaEmulator]]:
+    started: list[OllamaEmulator] = []
+
+    def start(*names: str, token_latency: float = 0.0) -> OllamaEmulator:
+        models = [m for m in DEFAULT_MODELS if m.name in names]
+        emu = OllamaEmulator(models=models, token_latency=token_latency).start()
+        started.append(emu)
+        return emu
+
+    yield start
+    for emu in started:
+        emu.stop()
+
+
+@pytest.fixture
+def in_process(sqlite_url: str) -> Iterator[Callable[..., TestClient]]:
+    """A gateway in this process in front of ``upstreams``: ``in_process(*urls, **settings)``."""
+    clients: list[TestClient] = []
+
+    def start(*upstreams: str, **config: Any) -> TestClient:
+        settings = load_settings(
+            db_url=sqlite_url,
+            ollama_host=upstreams[0].split("#")[0],
+            upstreams=",".join(upstreams),
+            **config,
+        )
+        client = TestClient(create_app(settings, GatewayOptions()))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # nested deeper than Python's parser goes
+        b'{"models": [{"model": "' + b"\xff\xfe" + b'"}]}',  # not UTF-8
+        b'{"models": [{"model": 7, "name": ["x"]}, {"model": {"a": 1}}, 5, null]}',
+        b"null",
+    ],
+)
+def test_a_server_that_answers_garbage_to_discovery_does_not_stop_the_gateway(
+    tags: bytes,
+    liar: Callable[[dict[str, tuple[int, bytes]]], str],
+    emulator_of: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+    sqlite_url: str,
+) -> None:
+    bad = liar({"/api/tags": (200, tags), "/api/ps": (200, tags)})
+    good = emulator_of(LLAMA)
+    client = in_process(bad, good.url)
+    reply = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": False})
+    assert reply.status_code == 200, reply.text
+    assert len(good.requests_to("/api/chat")) == 1
+    health = client.get("/healthz").json()
+    assert [s["state"] for s in health["servers"]][1] == "up"
+    (span,) = open_ledger(sqlite_url).latest(SpanFilter(), 10)
+    assert span.upstream_host == good.url
+
+
+def test_a_model_gone_from_a_server_since_discovery_is_served_by_another_that_has_it(
+    emulator_of: Callable[..., OllamaEmulator], in_process: Callable[..., TestClient]
+) -> None:
+    one, two = emulator_of(LLAMA), emulator_of(LLAMA)
+    client = in_process(one.url, two.url, discovery_interval=3600)
+    one.models = ()  # `ollama rm` on the first server, after the gateway read its models
+    for _ in range(3):
+        reply = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": False})
+        assert reply.status_code == 200, reply.text
+    assert len(two.requests_to("/api/chat")) == 3
+    assert len(one.requests_to("/api/chat")) == 1  # asked once: then it is known not to have it
+    # A model that no server has any more is still Ollama's own 404.
+    two.models = ()
+    gone = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": False})
+    assert gone.status_code == 404 and "not found" in gone.json()["error"]
+
+
+@pytest.mark.parametrize("change", ["raised", "removed"])
+def test_a_concurrency_limit_raised_or_removed_lets_waiting_calls_go_at_once(
+    change: str, sqlite_url: str
+) -> None:
+    ledger = open_ledger(sqlite_url)
+    ledger.set_limit(Limit("acme", "sales", concurrency=1))
+    server = Capacity(None, "gpu")
+    queue = FairQueue(max_queue=10)
+    rates = RateLimits()
+
+    async def run() -> None:
+        rates.load(ledger.limits())
+        first = rates.admit("acme", "sales")
+        held = queue.grant_now(first.flow, lambda: server, caps=first.caps)
+        assert held is not None
+        second = rates.admit("acme", "sales")
+        waiting = asyncio.ensure_future(
+            queue.acquire(second.flow, lambda: server, caps=second.caps)
+        )
+        await asyncio.sleep(0)
+        assert not waiting.done()  # the first call holds sales' one place
+        if change == "raised":
+            ledger.set_limit(Limit("acme", "sales", concurrency=2))
+        else:
+            ledger.remove_limit("acme", "sales", None)
+        keeping = asyncio.ensure_future(keep_limits(ledger, rates, queue))
+        try:
+            # Within the read that brings the change, not when the first call ends.
+            granted = await asyncio.wait_for(waiting, 5)
+        finally:
+            keeping.cancel()
+        assert not held.released and server.in_use == 2
+        granted.release()
+        held.release()
+
+    asyncio.run(run())
+
+
+def test_the_union_lists_what_discovery_routes_to_models_named_only_by_name(
+    liar: Callable[[dict[str, tuple[int, bytes]]], str],
+    emulator_of: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+) -> None:
+    # An older Ollama (or a compatible server) names its models with "name" alone.
+    old = {"models": [{"name": "mistral:7b", "size": 1}, {"name": LLAMA, "size": 2}]}
+    body = json.dumps(old).encode()
+    bad = liar({"/api/tags": (200, body), "/api/ps": (200, body)})
+    good = emulator_of(LLAMA)
+    client = in_process(good.url, bad)
+    tags = client.get("/api/tags").json()["models"]
+    assert [m.get("model") or m.get("name") for m in tags] == [LLAMA, "mistral:7b"]
+    loaded = client.get("/api/ps").json()["models"]
+    assert {m.get("model") or m.get("name") for m in loaded} >= {"mistral:7b"}
+
+
+def test_an_open_circuits_retry_after_is_not_before_it_closes(
+    in_process: Callable[..., TestClient],
+) -> None:
+    client = in_process(unreachable_url(), breaker_failures=1, breaker_reset=30, retries=0)
+    opened = time.monotonic()  # the circuit opens after this, so closes after opened + 30
+    call = {"model": LLAMA, "messages": HI, "stream": False}
+    assert client.post("/api/chat", json=call).status_code == 502
+    refused = client.post("/api/chat", json=call)
+    still_open = 30 - (time.monotonic() - opened)
+    assert refused.status_code == 503
+    # Whole seconds, rounded up: a client that waits exactly that long finds it closed.
+    assert int(refused.headers["retry-after"]) >= still_open
+
+
+@given(left_ms=st.integers(1, 3 * 86_400_000), held=st.booleans())
+def test_a_budgets_retry_after_is_not_before_the_period_ends(left_ms: int, held: bool) -> None:
+    now = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    end = now + timedelta(milliseconds=left_ms)
+    budget = Budget("acme", "sales", "day", limit=1_000_000, currency="USD", id=1)
+    window = Window(now - timedelta(days=1), end, "2026-03-01")
+    common = {"spent": 1_000_000, "need": 10, "now": now, "tz": ZoneInfo("UTC")}
+    refused = refusal(budget, "acme", window, held=1 if held else 0, **common)  # type: ignore[arg-type]
+    wrong = mismatch(budget, "acme", window, Estimate(10, "EUR"), now)
+    for error in (refused, wrong):
+        assert isinstance(error.retry_after, int) and error.retry_after >= 1
+    if not held:  # nothing in flight to wait for: come back when the period is over
+        assert refused.retry_after * 1000 >= left_ms and wrong.retry_after * 1000 >= left_ms
+
+
+def test_a_server_listing_megabytes_of_models_is_taken_out_not_parsed(
+    liar: Callable[[dict[str, tuple[int, bytes]]], str],
+    emulator_of: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+) -> None:
+    entry = {"model": "m:latest", "digest": "a" * 64, "details": {"family": "llama"}}
+    models = [dict(entry, model=f"m{i}:latest") for i in range(70_000)]
+    huge = json.dumps({"models": models}).encode()
+    assert len(huge) > 8 * 1024 * 1024
+    bad = liar({"/api/tags": (200, huge), "/api/ps": (200, b'{"models": []}')})
+    good = emulator_of(LLAMA)
+    client = in_process(good.url, bad)
+    servers = client.get("/api/dash").json()["servers"]
+    assert [s["state"] for s in servers] == ["up", "down"]
+    assert "more than 8388608 bytes" in servers[1]["problem"]
+    tags = client.get("/api/tags").json()["models"]
+    assert [m["model"] for m in tags] == [LLAMA]
+
+
+def test_a_models_open_circuit_holds_whatever_spelling_of_the_model_a_call_uses(
+    emulator_of: Callable[..., OllamaEmulator], in_process: Callable[..., TestClient]
+) -> None:
+    one, two = emulator_of(LLAMA), emulator_of(LLAMA)
+    client = in_process(one.url, two.url, breaker_failures=1, retries=0, discovery_interval=3600)
+    one.inject(Fault.HTTP_500, times=1)
+    two.inject(Fault.HTTP_500, times=1)
+    call = {"messages": HI, "stream": False}
+    # Fails on the first server, moves, fails on the second: both circuits for the model open.
+    assert client.post("/api/chat", json={**call, "model": "LLAMA3.1:8B"}).status_code == 500
+    asked = len(one.requests_to("/api/chat")) + len(two.requests_to("/api/chat"))
+    for spelling in ("llama3.1:8b", "registry.ollama.ai/library/llama3.1:8b"):
+        refused = client.post("/api/chat", json={**call, "model": spelling})
+        assert refused.status_code == 503, refused.text
+        assert "failed 1 calls in a row" in refused.json()["error"]
+    assert len(one.requests_to("/api/chat")) + len(two.requests_to("/api/chat")) == asked
+
+
+def test_a_call_that_moves_counts_its_wait_for_the_next_server_as_queue_time(
+    emulator_of: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+    sqlite_url: str,
+) -> None:
+    one, two = emulator_of(LLAMA), emulator_of(LLAMA, QWEN, token_latency=0.1)
+    client = in_process(f"{one.url}#slots=1", f"{two.url}#slots=1", discovery_interval=3600)
+    one.inject(Fault.HTTP_503, times=1)
+    ended: list[float] = []
+
+    def hold_the_second_server() -> None:
+        client.post("/api/chat", json={"model": QWEN, "messages": HI, "stream": False})
+        ended.append(time.monotonic())
+
+    long = threading.Thread(target=hold_the_second_server)
+    long.start()  # only the second server has qwen: it holds that server's one slot
+    deadline = time.monotonic() + 10
+    while two.in_flight == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started = time.monotonic()
+    moved = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": False})
+    assert moved.status_code == 200
+    long.join(timeout=30)
+    spans = open_ledger(sqlite_url).latest(SpanFilter(), 10)
+    (span,) = [s for s in spans if s.request_model == LLAMA]
+    assert span.upstream_host == two.url and len(one.requests_to("/api/chat")) == 1
+    # The first server failed it at once; then it waited for the second's slot.
+    waited_ns = (ended[0] - started) * 1e9
+    assert span.queue_ns >= waited_ns * 0.5 > 0, (span.queue_ns, waited_ns)
+
+
+def test_limits_are_in_force_from_the_first_call_a_gateway_serves(
+    emulator_of: Callable[..., OllamaEmulator], sqlite_url: str
+) -> None:
+    # A restarted gateway meets every client that retried while it was down, at once.
+    open_ledger(sqlite_url).set_limit(Limit("default", "sales", rpm=1, concurrency=1))
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator_of(LLAMA).url)
+
+    async def first_calls() -> None:
+        async with Gateway.running(settings, GatewayOptions()) as gateway:
+            admitted = gateway.rates.admit("default", "sales")
+            assert [cap.limit for cap in admitted.caps] == [1]
+            with pytest.raises(OverLimit):
+                gateway.rates.admit("default", "sales")
+
+    asyncio.run(first_calls())
+
+
+@pytest.mark.parametrize(
+    ("flags", "served"),
+    [
+        (["http://gpu3:11434"], [("http://gpu3:11434", None)]),
+        (["http://gpu3:11434#slots=2"], [("http://gpu3:11434", 2)]),
+        (
+            ["http://gpu3:11434", "http://gpu4:11434"],
+            [("http://gpu3:11434", 1), ("http://gpu4:11434", 1)],
+        ),
+        ([], [("http://gpu1:11434", 1), ("http://gpu2:11434", 1)]),
+    ],
+)
+def test_upstream_flags_replace_the_servers_the_environment_names(
+    flags: list[str], served: list[tuple[str, int | None]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMETER_UPSTREAMS", "http://gpu1:11434,http://gpu2:11434")
+    monkeypatch.setenv("OLLAMA_HOST", "http://gpu9:11434")
+    slots = 1 if len(served) > 1 else None
+    cfg = serve_settings(flags, slots=slots, max_queue=None, db=None)
+    assert [(s.url, s.slots) for s in cfg.upstream_specs] == served
+
+
+def test_calls_turned_away_busy_do_not_use_up_the_departments_calls_a_minute(
+    emulator_of: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+    sqlite_url: str,
+) -> None:
+    open_ledger(sqlite_url).set_limit(Limit("default", "sales", rpm=2))
+    emu = emulator_of(LLAMA, token_latency=0.05)
+    client = in_process(emu.url, slots=1, max_queue=0)
+    call = {"model": LLAMA, "messages": HI, "stream": False}
+    batch = threading.Thread(
+        target=client.post, args=("/api/chat",), kwargs={"json": call}
+    )  # default/default holds the one slot for a while
+    batch.start()
+    deadline = time.monotonic() + 10
+    while emu.in_flight == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    sales = {"X-Ometer-Department": "sales"}
+    for _ in range(2):  # a client retrying Ollama's busy answer, as clients do
+        assert client.post("/api/chat", json=call, headers=sales).status_code == 503
+    batch.join(timeout=30)
+    for _ in range(2):  # its two calls of the minute are still its own
+        assert client.post("/api/chat", json=call, headers=sales).status_code == 200
+    over = client.post("/api/chat", json=call, headers=sales)
+    assert over.status_code == 429 and "2 calls a minute" in over.json()["error"]
+
+
+def test_a_weight_changed_while_calls_wait_shares_the_next_slots(sqlite_url: str) -> None:
+    ledger = open_ledger(sqlite_url)
+    server = Capacity(1, "gpu")
+    queue, rates = FairQueue(max_queue=100), RateLimits()
+
+    async def run() -> list[str]:
+        held = queue.grant_now(("acme", "warm"), lambda: server)
+        assert held is not None
+        waiting = []
+        for department in ["support"] * 4 + ["batch"] * 4:  # all weight 1 when they came
+            admitted = rates.admit("acme", department)
+            call = queue.acquire(admitted.flow, lambda: server, weight=admitted.weight)
+            waiting.append((department, asyncio.ensure_future(call)))
+        await asyncio.sleep(0)
+        ledger.set_limit(Limit("acme", "support", weight=3))  # no support call arrives after
+        keeping = asyncio.ensure_future(keep_limits(ledger, rates, queue))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if rates.weight_of(("acme", "support")) == 3:
+                break
+        await asyncio.sleep(0)
+        keeping.cancel()
+        order, current = [], held
+        for _ in range(len(waiting)):
+            current.release()
+            await asyncio.sleep(0)
+            department, task = next(
+                (d, t) for d, t in waiting if t.done() and d + str(id(t)) not in order
+            )
+            order.append(department + str(id(task)))
+            current = task.result()
+        current.release()
+        return [entry.rstrip("0123456789") for entry in order]
+
+    order = asyncio.run(run())
+    # Three of support's for each of batch's, from the next slot on.
+    assert order[:5].count("support") == 4, order
