@@ -29,7 +29,7 @@ from ollama_meter.config import load_settings
 from ollama_meter.gateway import GatewayOptions, create_app, server_config
 from ollama_meter.ledger import Ledger, open_ledger
 from ollama_meter.meter import Meter
-from ollama_meter.testing import OllamaEmulator, unused_port
+from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator, unused_port
 
 
 @dataclass
@@ -146,3 +146,19 @@ def sqlite_app(
 ) -> Gateway:
     """An in-process gateway on SQLite only: error shapes, attribution, the gateway's pages."""
     return app_on(emulator.url, sqlite_url)
+
+
+@pytest.fixture
+def emulators() -> Iterator[Callable[..., OllamaEmulator]]:
+    """Start emulators that have only the models named: ``emulators("llama3.1:8b", ...)``."""
+    started: list[OllamaEmulator] = []
+
+    def start(*names: str, token_latency: float = 0.0) -> OllamaEmulator:
+        models = [m for m in DEFAULT_MODELS if m.name in names]
+        emu = OllamaEmulator(models=models, token_latency=token_latency).start()
+        started.append(emu)
+        return emu
+
+    yield start
+    for emu in started:
+        emu.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -28,20 +28,6 @@ BUSY = "server busy, please try again.  maximum pending requests exceeded"
 
 def only(*names: str) -> list[Any]:
     return [m for m in DEFAULT_MODELS if m.name in names]
-
-
-@pytest.fixture
-def emulators() -> Iterator[Callable[..., OllamaEmulator]]:
-    started: list[OllamaEmulator] = []
-
-    def start(*models: str, token_latency: float = 0.0) -> OllamaEmulator:
-        emu = OllamaEmulator(models=only(*models), token_latency=token_latency).start()
-        started.append(emu)
-        return emu
-
-    yield start
-    for emu in started:
-        emu.stop()
 
 
 @pytest.fixture

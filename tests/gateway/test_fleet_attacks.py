@@ -36,7 +36,7 @@ from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits
 from ollama_meter.ledger import SpanFilter, open_ledger
 from ollama_meter.periods import Window
 from ollama_meter.records import Budget, Limit
-from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator, unreachable_url
+from ollama_meter.testing import Fault, OllamaEmulator, unreachable_url
 
 LLAMA, QWEN = "llama3.1:8b", "qwen2.5:7b"
 HI = [{"role": "user", "content": "hi"}]
@@ -75,21 +75,6 @@ def liar() -> Iterator[Callable[[dict[str, tuple[int, bytes]]], str]]:
 
 
 @pytest.fixture
-def emulator_of() -> Iterator[Callable[..., OllamaEmulator]]:
-    started: list[OllamaEmulator] = []
-
-    def start(*names: str, token_latency: float = 0.0) -> OllamaEmulator:
-        models = [m for m in DEFAULT_MODELS if m.name in names]
-        emu = OllamaEmulator(models=models, token_latency=token_latency).start()
-        started.append(emu)
-        return emu
-
-    yield start
-    for emu in started:
-        emu.stop()
-
-
-@pytest.fixture
 def in_process(sqlite_url: str) -> Iterator[Callable[..., TestClient]]:
     """A gateway in this process in front of ``upstreams``: ``in_process(*urls, **settings)``."""
     clients: list[TestClient] = []
@@ -123,12 +108,12 @@ def in_process(sqlite_url: str) -> Iterator[Callable[..., TestClient]]:
 def test_a_server_that_answers_garbage_to_discovery_does_not_stop_the_gateway(
     tags: bytes,
     liar: Callable[[dict[str, tuple[int, bytes]]], str],
-    emulator_of: Callable[..., OllamaEmulator],
+    emulators: Callable[..., OllamaEmulator],
     in_process: Callable[..., TestClient],
     sqlite_url: str,
 ) -> None:
     bad = liar({"/api/tags": (200, tags), "/api/ps": (200, tags)})
-    good = emulator_of(LLAMA)
+    good = emulators(LLAMA)
     client = in_process(bad, good.url)
     reply = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": False})
     assert reply.status_code == 200, reply.text
@@ -140,9 +125,9 @@ def test_a_server_that_answers_garbage_to_discovery_does_not_stop_the_gateway(
 
 
 def test_a_model_gone_from_a_server_since_discovery_is_served_by_another_that_has_it(
-    emulator_of: Callable[..., OllamaEmulator], in_process: Callable[..., TestClient]
+    emulators: Callable[..., OllamaEmulator], in_process: Callable[..., TestClient]
 ) -> None:
-    one, two = emulator_of(LLAMA), emulator_of(LLAMA)
+    one, two = emulators(LLAMA), emulators(LLAMA)
     client = in_process(one.url, two.url, discovery_interval=3600)
     one.models = ()  # `ollama rm` on the first server, after the gateway read its models
     for _ in range(3):
@@ -196,14 +181,14 @@ def test_a_concurrency_limit_raised_or_removed_lets_waiting_calls_go_at_once(
 
 def test_the_union_lists_what_discovery_routes_to_models_named_only_by_name(
     liar: Callable[[dict[str, tuple[int, bytes]]], str],
-    emulator_of: Callable[..., OllamaEmulator],
+    emulators: Callable[..., OllamaEmulator],
     in_process: Callable[..., TestClient],
 ) -> None:
     # An older Ollama (or a compatible server) names its models with "name" alone.
     old = {"models": [{"name": "mistral:7b", "size": 1}, {"name": LLAMA, "size": 2}]}
     body = json.dumps(old).encode()
     bad = liar({"/api/tags": (200, body), "/api/ps": (200, body)})
-    good = emulator_of(LLAMA)
+    good = emulators(LLAMA)
     client = in_process(good.url, bad)
     tags = client.get("/api/tags").json()["models"]
     assert [m.get("model") or m.get("name") for m in tags] == [LLAMA, "mistral:7b"]
@@ -242,7 +227,7 @@ def test_a_budgets_retry_after_is_not_before_the_period_ends(left_ms: int, held:
 
 def test_a_server_listing_megabytes_of_models_is_taken_out_not_parsed(
     liar: Callable[[dict[str, tuple[int, bytes]]], str],
-    emulator_of: Callable[..., OllamaEmulator],
+    emulators: Callable[..., OllamaEmulator],
     in_process: Callable[..., TestClient],
 ) -> None:
     entry = {"model": "m:latest", "digest": "a" * 64, "details": {"family": "llama"}}
@@ -250,7 +235,7 @@ def test_a_server_listing_megabytes_of_models_is_taken_out_not_parsed(
     huge = json.dumps({"models": models}).encode()
     assert len(huge) > 8 * 1024 * 1024
     bad = liar({"/api/tags": (200, huge), "/api/ps": (200, b'{"models": []}')})
-    good = emulator_of(LLAMA)
+    good = emulators(LLAMA)
     client = in_process(good.url, bad)
     servers = client.get("/api/dash").json()["servers"]
     assert [s["state"] for s in servers] == ["up", "down"]
@@ -260,9 +245,9 @@ def test_a_server_listing_megabytes_of_models_is_taken_out_not_parsed(
 
 
 def test_a_models_open_circuit_holds_whatever_spelling_of_the_model_a_call_uses(
-    emulator_of: Callable[..., OllamaEmulator], in_process: Callable[..., TestClient]
+    emulators: Callable[..., OllamaEmulator], in_process: Callable[..., TestClient]
 ) -> None:
-    one, two = emulator_of(LLAMA), emulator_of(LLAMA)
+    one, two = emulators(LLAMA), emulators(LLAMA)
     client = in_process(one.url, two.url, breaker_failures=1, retries=0, discovery_interval=3600)
     one.inject(Fault.HTTP_500, times=1)
     two.inject(Fault.HTTP_500, times=1)
@@ -278,11 +263,11 @@ def test_a_models_open_circuit_holds_whatever_spelling_of_the_model_a_call_uses(
 
 
 def test_a_call_that_moves_counts_its_wait_for_the_next_server_as_queue_time(
-    emulator_of: Callable[..., OllamaEmulator],
+    emulators: Callable[..., OllamaEmulator],
     in_process: Callable[..., TestClient],
     sqlite_url: str,
 ) -> None:
-    one, two = emulator_of(LLAMA), emulator_of(LLAMA, QWEN, token_latency=0.1)
+    one, two = emulators(LLAMA), emulators(LLAMA, QWEN, token_latency=0.1)
     client = in_process(f"{one.url}#slots=1", f"{two.url}#slots=1", discovery_interval=3600)
     one.inject(Fault.HTTP_503, times=1)
     ended: list[float] = []
@@ -310,11 +295,11 @@ def test_a_call_that_moves_counts_its_wait_for_the_next_server_as_queue_time(
 
 
 def test_limits_are_in_force_from_the_first_call_a_gateway_serves(
-    emulator_of: Callable[..., OllamaEmulator], sqlite_url: str
+    emulators: Callable[..., OllamaEmulator], sqlite_url: str
 ) -> None:
     # A restarted gateway meets every client that retried while it was down, at once.
     open_ledger(sqlite_url).set_limit(Limit("default", "sales", rpm=1, concurrency=1))
-    settings = load_settings(db_url=sqlite_url, ollama_host=emulator_of(LLAMA).url)
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulators(LLAMA).url)
 
     async def first_calls() -> None:
         async with Gateway.running(settings, GatewayOptions()) as gateway:
@@ -349,12 +334,12 @@ def test_upstream_flags_replace_the_servers_the_environment_names(
 
 
 def test_calls_turned_away_busy_do_not_use_up_the_departments_calls_a_minute(
-    emulator_of: Callable[..., OllamaEmulator],
+    emulators: Callable[..., OllamaEmulator],
     in_process: Callable[..., TestClient],
     sqlite_url: str,
 ) -> None:
     open_ledger(sqlite_url).set_limit(Limit("default", "sales", rpm=2))
-    emu = emulator_of(LLAMA, token_latency=0.05)
+    emu = emulators(LLAMA, token_latency=0.05)
     client = in_process(emu.url, slots=1, max_queue=0)
     call = {"model": LLAMA, "messages": HI, "stream": False}
     batch = threading.Thread(
