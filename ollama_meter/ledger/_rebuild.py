@@ -128,14 +128,18 @@ def _beat(conn: Connection) -> None:
 
 
 def _at_work(conn: Connection) -> bool:
-    """Whether a rebuild is at work: its process is alive (on this machine), or it said it
-    was at work within :data:`REBUILD_SILENCE_S` (on another)."""
+    """Whether a rebuild is at work: it said so within :data:`REBUILD_SILENCE_S`, and on
+    this machine its process is alive too (so one killed is taken over at once; a number
+    a new process took since, as after restoring a backup made mid-rebuild, only holds
+    until the silence runs out)."""
     beat = (get_meta(conn, "rebuilding") or "").split(" ", 2)
     if len(beat) != 3 or not (beat[0].isdigit() and beat[1].isdigit()):
         return False
     said, pid, host = int(beat[0]), int(beat[1]), beat[2]
+    if time.time() - said >= REBUILD_SILENCE_S:
+        return False
     if host != socket.gethostname():
-        return time.time() - said < REBUILD_SILENCE_S
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

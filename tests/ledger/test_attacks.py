@@ -314,6 +314,7 @@ def test_a_ledger_opened_while_a_rebuild_runs_leaves_the_work_to_it(
         (f"{now} {os.getpid()} {here}", True),
         (f"{now - 30} 1 elsewhere", True),
         (f"{now - 601} 1 elsewhere", False),
+        (f"{now - 601} {os.getpid()} {here}", False),  # a number taken again since
     ]:
         _without_rollups(ledger)
         with ledger.write() as conn:
