@@ -14,7 +14,11 @@ every limit that covers it.
   be admitted. A call's tokens count when it ends, so calls already running can
   take a department past its tpm; the next ones then wait.
 - **concurrency** caps the calls of the scope holding a slot at once; further
-  calls wait in the fair queue until one of the scope's calls ends.
+  calls wait in the fair queue until one of the scope's calls ends. Every call
+  is counted in each of its scopes, limited or not, so a limit set or lowered
+  while calls run holds back new ones until fewer than the limit run. A count is
+  kept only while the scope has calls holding a slot (those are bounded by the
+  slots), so departments named freely by callers leave nothing behind.
 - **weight** is the department's share of slots when calls queue (default 1).
 """
 
@@ -71,6 +75,52 @@ class Admission:
         self.undo()
 
 
+class _Places(Capacity):
+    """A scope's calls holding a slot: counted in a table shared by all its calls, held to the
+    scope's concurrency limit in force now (read at each grant, so a new limit applies to
+    calls already waiting). The table keeps a scope only while its count is above 0."""
+
+    __slots__ = ("_limits", "_running", "_scope")
+
+    def __init__(
+        self,
+        running: dict[Scope, int],
+        limits: Callable[[], dict[Scope, Limit]],
+        scope: Scope,
+        name: str,
+    ) -> None:
+        self._running = running
+        self._limits = limits
+        self._scope = scope
+        self.name = name
+
+    @property
+    def in_use(self) -> int:
+        return self._running.get(self._scope, 0)
+
+    @in_use.setter
+    def in_use(self, count: int) -> None:
+        if count > 0:
+            self._running[self._scope] = count
+        else:
+            self._running.pop(self._scope, None)
+
+    @property
+    def limit(self) -> int | None:  # type: ignore[override]  # the ledger's: `ometer limit set`
+        limit = self._limits().get(self._scope)
+        return None if limit is None else limit.concurrency
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Places)
+            and other._running is self._running
+            and other._scope == self._scope
+        )
+
+    def __hash__(self) -> int:
+        return hash(self._scope)
+
+
 class _Window:
     """Amounts (calls, tokens) in the last minute: a log of (time, amount) and their sum."""
 
@@ -116,6 +166,11 @@ def _scopes(tenant: str, department: str, key_id: int | None) -> list[Scope]:
     return scopes
 
 
+def _named(scope: Scope, tenant: str, department: str) -> str:
+    key_id = int(scope[1]) if scope[0] == "key" else None
+    return Limit(tenant, None if scope[0] == "tenant" else department, key_id).scope()
+
+
 def _scope_of(limit: Limit) -> Scope:
     if limit.key_id is not None:
         return ("key", str(limit.key_id))
@@ -133,7 +188,8 @@ class RateLimits:
         self._limits: dict[Scope, Limit] = {}
         self._calls: dict[Scope, _Window] = {}
         self._tokens: dict[Scope, _Window] = {}
-        self._caps: dict[Scope, Capacity] = {}
+        self._running: dict[Scope, int] = {}
+        """Calls holding a slot, per scope with any (the fair queue counts them)."""
         self._keys: dict[str, int] = {}
 
     def load(self, limits: Iterable[Limit]) -> None:
@@ -147,10 +203,6 @@ class RateLimits:
             for scope in list(self._tokens):
                 if fresh.get(scope) is None or fresh[scope].tpm is None:
                     del self._tokens[scope]
-            for scope, cap in list(self._caps.items()):
-                cap.limit = fresh[scope].concurrency if scope in fresh else None
-                if cap.limit is None and cap.in_use == 0:
-                    del self._caps[scope]
 
     def admit(self, tenant: str, department: str, key_id: int | None = None) -> Admission:
         """Count one call against its limits; :class:`OverLimit` (counting nothing) if over one."""
@@ -183,18 +235,12 @@ class RateLimits:
                     f"{worst[1]}; try again in {seconds} s (see `ometer limit list`)",
                     retry_after=seconds,
                 )
-            caps = []
             weight: int | None = None
             counted: list[_Window] = []
             for scope, limit in found:
                 if limit.rpm is not None:
                     self._calls[scope].add(now, 1)
                     counted.append(self._calls[scope])
-                if limit.concurrency is not None:
-                    cap = self._caps.get(scope)
-                    if cap is None:
-                        cap = self._caps[scope] = Capacity(limit.concurrency, limit.scope())
-                    caps.append(cap)
                 if limit.weight is not None and scope[0] != "key":
                     weight = limit.weight  # the department's, over the tenant's (it comes after)
 
@@ -203,9 +249,19 @@ class RateLimits:
                 while counted:  # once: emptied as it is taken back
                     counted.pop().take_back(now, 1)
 
-        return Admission(
-            (tenant, department), weight or 1, tuple(caps), undo if counted else _nothing
+        # Every scope, limited or not: a limit set later counts the calls running now.
+        caps = tuple(
+            _Places(self._running, self._in_force, scope, _named(scope, tenant, department))
+            for scope in _scopes(tenant, department, key_id)
         )
+        return Admission((tenant, department), weight or 1, caps, undo if counted else _nothing)
+
+    def _in_force(self) -> dict[Scope, Limit]:
+        return self._limits
+
+    def running(self) -> dict[Scope, int]:
+        """Calls holding a slot now, per scope that has any."""
+        return dict(self._running)
 
     def weight_of(self, flow: Hashable) -> int:
         """A queue flow's (a department's) weight now: its own, else its tenant's, else 1."""

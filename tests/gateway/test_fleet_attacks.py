@@ -32,7 +32,7 @@ from ollama_meter.config import load_settings
 from ollama_meter.gateway import GatewayOptions, create_app
 from ollama_meter.gateway._app import Gateway
 from ollama_meter.gateway._queue import Capacity, FairQueue
-from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits
+from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
 from ollama_meter.ledger import SpanFilter, open_ledger
 from ollama_meter.periods import Window
 from ollama_meter.records import Budget, Limit
@@ -179,6 +179,78 @@ def test_a_concurrency_limit_raised_or_removed_lets_waiting_calls_go_at_once(
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("before", [None, 3])
+def test_a_concurrency_limit_set_or_lowered_counts_the_calls_already_running(
+    before: int | None, sqlite_url: str
+) -> None:
+    ledger = open_ledger(sqlite_url)
+    if before is not None:
+        ledger.set_limit(Limit("acme", "sales", concurrency=before))
+    server = Capacity(None, "gpu")
+    queue = FairQueue(max_queue=10)
+    rates = RateLimits()
+
+    async def run() -> None:
+        rates.load(ledger.limits())
+        running = []
+        for _ in range(2):  # two sales calls running when the limit changes
+            admitted = rates.admit("acme", "sales")
+            held = queue.grant_now(admitted.flow, lambda: server, caps=admitted.caps)
+            assert held is not None
+            running.append(held)
+        ledger.set_limit(Limit("acme", "sales", concurrency=1))
+        assert await read_limits(ledger, rates)
+        queue.kick()
+        third = rates.admit("acme", "sales")
+        assert queue.grant_now(third.flow, lambda: server, caps=third.caps) is None
+        waiting = asyncio.ensure_future(queue.acquire(third.flow, lambda: server, caps=third.caps))
+        other = rates.admit("acme", "hr")  # another department is not held back
+        elsewhere = queue.grant_now(other.flow, lambda: server, caps=other.caps)
+        assert elsewhere is not None
+        elsewhere.release()
+        order = []
+        for held in running:
+            held.release()
+            await asyncio.sleep(0)
+            order.append((waiting.done(), server.in_use))
+        # Two running against a limit of one: the third call goes when both have ended.
+        assert order == [(False, 1), (True, 1)]
+        waiting.result().release()
+        assert server.in_use == 0
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("fault", [None, Fault.HTTP_500, Fault.MIDSTREAM_ERROR, Fault.DROP])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_that_ends_in_any_way_leaves_no_running_count_behind(
+    fault: Fault | None,
+    stream: bool,
+    emulators: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+) -> None:
+    # Every call counts in its tenant and department, limited or not; callers name
+    # departments freely, so a count must go when its last call ends, however it ends.
+    emu = emulators(LLAMA)
+    client = in_process(emu.url)
+    gateway = client.app_state["gateway"]
+    if fault is not None:
+        emu.inject(fault, times=1)
+    body = {"model": LLAMA, "messages": HI, "stream": stream}
+    headers = {"X-Ometer-Department": "dept-nobody-limited"}
+    with client.stream("POST", "/api/chat", json=body, headers=headers) as answer:
+        running = gateway.rates.running()
+        list(answer.iter_bytes())
+    assert answer.status_code in (200, 500, 502)
+    if stream and answer.status_code == 200:  # counted while its answer was being sent
+        assert running == {
+            ("tenant", "default"): 1,
+            ("department", "default", "dept-nobody-limited"): 1,
+        }
+    assert gateway.rates.running() == {}
+    assert [server.in_use for server in gateway.fleet.servers] == [0]
+
+
 def test_the_union_lists_what_discovery_routes_to_models_named_only_by_name(
     liar: Callable[[dict[str, tuple[int, bytes]]], str],
     emulators: Callable[..., OllamaEmulator],
@@ -304,7 +376,7 @@ def test_limits_are_in_force_from_the_first_call_a_gateway_serves(
     async def first_calls() -> None:
         async with Gateway.running(settings, GatewayOptions()) as gateway:
             admitted = gateway.rates.admit("default", "sales")
-            assert [cap.limit for cap in admitted.caps] == [1]
+            assert [cap.limit for cap in admitted.caps] == [None, 1]  # the tenant, sales
             with pytest.raises(OverLimit):
                 gateway.rates.admit("default", "sales")
 

@@ -86,6 +86,8 @@ def test_a_hang_up_with_the_answers_first_bytes_still_writes_the_span_and_stops_
     (span,) = sqlite_app.ledger.latest(SpanFilter(), 10)
     assert (span.status, span.error_type) == ("client_abort", "client_abort")
     assert emulator.in_flight == 0
+    client: Any = sqlite_app.client
+    assert client.app_state["gateway"].rates.running() == {}  # its department's count went with it
 
 
 def test_a_span_being_written_when_the_caller_hangs_up_is_still_written() -> None:

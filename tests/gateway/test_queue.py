@@ -6,12 +6,15 @@ import asyncio
 import gc
 import tracemalloc
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ollama_meter.gateway._queue import BUSY_MESSAGE, Busy, Capacity, FairQueue, Grant, Place
+from ollama_meter.gateway._rates import RateLimits
+from ollama_meter.records import Limit
 
 
 def first_free(servers: Sequence[Capacity]) -> Callable[[], Capacity | None]:
@@ -27,16 +30,29 @@ def settle(loop: asyncio.AbstractEventLoop) -> None:
         loop.run_until_complete(asyncio.sleep(0))
 
 
+Scope = tuple[str, ...]
+TENANT: Scope = ("tenant", "acme")
+
+
 class QueueMachine(RuleBasedStateMachine):
-    """Any interleaving of arrivals, hang-ups, releases and hang-ups racing a grant."""
+    """Any interleaving of arrivals, hang-ups, releases, hang-ups racing a grant and limits
+    set, lowered, raised or removed while calls run (departments' concurrency limits)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.servers = [Capacity(1, "a"), Capacity(2, "b"), Capacity(1, "c")]
-        self.caps = {"sales": Capacity(2, "sales"), "hr": Capacity(None, "hr")}
+        self.limits: dict[Scope, Limit] = {
+            ("department", "acme", "sales"): Limit("acme", "sales", concurrency=2)
+        }
+        self.rates = RateLimits()
+        self.rates.load(self.limits.values())
+        self.ceiling: dict[Scope, int] = {("department", "acme", "sales"): 2}
+        """The most calls of a scope that may hold a slot: its limit, or the calls running
+        when it was lowered below them, until fewer than the limit run."""
         self.queue = FairQueue(max_queue=3)
         self.tasks: list[asyncio.Task[Grant]] = []
+        self.dept_of: dict[int, str] = {}  # a task's or a grant's department
         self.direct: list[Grant] = []
         self.released: set[int] = set()
 
@@ -55,6 +71,28 @@ class QueueMachine(RuleBasedStateMachine):
     def _pending(self) -> list[asyncio.Task[Grant]]:
         return [t for t in self.tasks if not t.done()]
 
+    def _running(self) -> dict[Scope, int]:
+        """What the grants held say each scope runs (the department's, the tenant's)."""
+        running: dict[Scope, int] = {}
+        departments = {
+            id(t.result()): self.dept_of[id(t)]
+            for t in self.tasks
+            if t.done() and not t.cancelled() and not t.exception()
+        }
+        for grant in self._held():
+            dept = departments.get(id(grant)) or self.dept_of[id(grant)]
+            for scope in (TENANT, ("department", "acme", dept)):
+                running[scope] = running.get(scope, 0) + 1
+        return running
+
+    def _caps(self, dept: str) -> Sequence[Capacity]:
+        return self.rates.admit("acme", dept).caps
+
+    def _arrive(self, dept: str, place: Place, **how: Any) -> None:
+        task = self.loop.create_task(self.queue.acquire(dept, place, caps=self._caps(dept), **how))
+        self.dept_of[id(task)] = dept
+        self.tasks.append(task)
+
     @rule(
         dept=st.sampled_from(["sales", "hr", "it"]),
         servers=st.sets(st.integers(0, 2), min_size=1),
@@ -63,15 +101,13 @@ class QueueMachine(RuleBasedStateMachine):
     )
     def arrive(self, dept: str, servers: set[int], weight: int, urgent: bool) -> None:
         place = first_free([self.servers[i] for i in sorted(servers)])
-        caps = [self.caps[dept]] if dept in self.caps else []
-        coro = self.queue.acquire(dept, place, weight=weight, caps=caps, urgent=urgent)
-        self.tasks.append(self.loop.create_task(coro))
+        self._arrive(dept, place, weight=weight, urgent=urgent)
         settle(self.loop)
 
     @rule(dept=st.sampled_from(["sales", "hr"]), server=st.integers(0, 2))
     def take_a_free_place_at_once(self, dept: str, server: int) -> None:
         place = first_free([self.servers[server]])
-        caps = [self.caps[dept]]
+        caps = self._caps(dept)
 
         async def now() -> Grant | None:
             return self.queue.grant_now(dept, place, caps=caps)
@@ -80,6 +116,7 @@ class QueueMachine(RuleBasedStateMachine):
         grant = self.loop.run_until_complete(now())
         if grant is not None:
             assert waiting == 0  # never ahead of a waiting call
+            self.dept_of[id(grant)] = dept
             self.direct.append(grant)
         settle(self.loop)
 
@@ -97,8 +134,7 @@ class QueueMachine(RuleBasedStateMachine):
         # a full queue may shed the caller that is already gone.
         task = data.draw(st.sampled_from(self._pending()))
         place = first_free([self.servers[server]])
-        caps = [self.caps[dept]] if dept in self.caps else []
-        self.tasks.append(self.loop.create_task(self.queue.acquire(dept, place, caps=caps)))
+        self._arrive(dept, place)
         task.cancel()
         settle(self.loop)
 
@@ -117,15 +153,47 @@ class QueueMachine(RuleBasedStateMachine):
                 task.cancel()
         settle(self.loop)
 
+    @rule(
+        dept=st.sampled_from([None, "sales", "hr", "it"]),
+        concurrency=st.none() | st.integers(1, 3),
+    )
+    def set_a_limit(self, dept: str | None, concurrency: int | None) -> None:
+        # `ometer limit set` / `remove`, as a gateway reads it: load, then serve who can go.
+        scope = TENANT if dept is None else ("department", "acme", dept)
+        if concurrency is None:
+            self.limits.pop(scope, None)
+            self.ceiling.pop(scope, None)
+        else:
+            self.limits[scope] = Limit("acme", dept, concurrency=concurrency)
+            self.ceiling[scope] = max(concurrency, self.rates.running().get(scope, 0))
+        self.rates.load(self.limits.values())
+        self.queue.kick()
+        settle(self.loop)
+
+    @rule()
+    def everyone_leaves(self) -> None:
+        for task in self._pending():
+            task.cancel()
+        settle(self.loop)
+        for grant in self._held():
+            grant.release()
+            self.released.add(id(grant))
+        settle(self.loop)
+        assert (self.queue.waiting, self.queue.in_service, self.rates.running()) == (0, 0, {})
+
     @invariant()
     def slots_never_overrun_and_match_the_holders(self) -> None:
         held = self._held()
         for server in self.servers:
             assert server.in_use == sum(g.server is server for g in held)
             assert server.in_use <= (server.limit or 0)
-        for cap in self.caps.values():
-            assert cap.in_use == sum(cap in g.caps for g in held)
-            assert cap.limit is None or cap.in_use <= cap.limit
+        # Every call counted in its scopes, limited or not; a scope with none is forgotten.
+        running = self.rates.running()
+        assert running == self._running()
+        for scope, most in self.ceiling.items():
+            count = running.get(scope, 0)
+            assert count <= most, (scope, count, most)  # none let in while over the limit
+            self.ceiling[scope] = max(self.limits[scope].concurrency or 0, count)
 
     @invariant()
     def every_waiter_is_a_pending_caller(self) -> None:
@@ -145,7 +213,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.queue.waiting - urgent <= self.queue.max_queue
 
 
-QueueMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+QueueMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
 test_queue_under_any_interleaving = QueueMachine.TestCase
 
 

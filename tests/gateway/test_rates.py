@@ -130,12 +130,17 @@ def test_weight_and_concurrency_shape_the_queue() -> None:
         ("key 3 (acme/sales)", 2),
     ]
     hr = rates.admit("acme", "hr")
-    assert hr.weight == 2 and hr.caps == sales.caps[:1]  # the tenant's cap, shared
+    assert hr.weight == 2 and hr.caps[0] == sales.caps[0]  # the tenant's places, shared
+    assert [(c.name, c.limit) for c in hr.caps] == [("acme (all)", 4), ("acme/hr", None)]
     assert rates.admit("globex", "x").weight == 1
     sales.caps[1].in_use = 1
     rates.load([Limit("acme", "sales", concurrency=3)])  # raised while a call holds a place
     assert (sales.caps[1].limit, sales.caps[1].in_use) == (3, 1)
-    assert rates.admit("acme", "sales").caps == (sales.caps[1],)
+    later = rates.admit("acme", "sales")
+    assert later.caps == sales.caps[:2] and later.caps[1].in_use == 1
+    assert (later.caps[0].limit, later.caps[0].in_use) == (None, 0)  # the tenant's is gone
+    sales.caps[1].in_use = 0  # none running: the department leaves no count behind
+    assert rates.running() == {}
 
 
 def test_retry_after_rounds_up_to_whole_seconds() -> None:
