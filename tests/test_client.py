@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -281,3 +283,44 @@ def test_an_answer_the_ollama_client_cannot_read_is_one_line_and_not_the_callers
     )
     (span,) = client.meter.ledger.latest(SpanFilter(), 5)
     assert (span.status, span.error_type) == ("error", "upstream_error")
+
+
+def test_a_task_cancelled_while_its_call_opens_still_closes_the_call(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    """The open runs in a thread a cancellation cannot stop: the call it opened is closed."""
+    opening = threading.Event()
+    ended: list[str] = []
+
+    def slow_start(span: SpanRecord) -> None:
+        opening.set()
+        time.sleep(0.2)  # a hook that takes its time: the cancellation lands in the open
+
+    async def main() -> AsyncMeteredClient:
+        client = AsyncMeteredClient(
+            db_url=db_url, on_start=slow_start, on_end=lambda span: ended.append(span.status)
+        )
+
+        async def call(stream: bool) -> None:
+            answer = await client.chat(model="llama3.1:8b", messages=HI, stream=stream)
+            if stream:
+                async for _ in answer:  # type: ignore[union-attr]
+                    pass
+
+        for stream in (False, True):
+            opening.clear()
+            task = asyncio.ensure_future(call(stream))
+            while not opening.is_set():
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        return client
+
+    client = asyncio.run(main())
+    assert ended == ["client_abort", "client_abort"]
+    spans = client.meter.ledger.latest(SpanFilter(), 5)
+    assert [(s.status, s.stream) for s in spans] == [
+        ("client_abort", True),
+        ("client_abort", False),
+    ]
