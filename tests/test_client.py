@@ -324,3 +324,36 @@ def test_a_task_cancelled_while_its_call_opens_still_closes_the_call(
         ("client_abort", True),
         ("client_abort", False),
     ]
+
+
+def test_the_async_client_closes_as_ollamas_does(db_url: str, emulator: OllamaEmulator) -> None:
+    """``async with`` and ``await close()``, as ``ollama.AsyncClient`` has them."""
+
+    async def main() -> tuple[Any, bool]:
+        async with AsyncMeteredClient(db_url=db_url) as client:
+            reply = await client.chat(model="llama3.1:8b", messages=HI)
+            pool = client.meter.upstream.async_client._client  # type: ignore[attr-defined]
+        return reply, pool.is_closed
+
+    reply, closed = asyncio.run(main())
+    assert reply.meter is not None and reply.meter.status == "ok"
+    assert closed
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_after_close_is_the_callers_mistake_and_not_recorded(
+    db_url: str, emulator: OllamaEmulator, stream: bool
+) -> None:
+    with MeteredClient(db_url=db_url) as client:
+        pass
+    with pytest.raises(ValidationError, match=r"^this MeteredClient is closed[^\n]*$"):
+        client.chat(model="llama3.1:8b", messages=HI, stream=stream)  # a stream too, at once
+
+    async def main() -> None:
+        async with AsyncMeteredClient(db_url=db_url) as later:
+            pass
+        with pytest.raises(ValidationError, match=r"^this AsyncMeteredClient is closed"):
+            await later.generate(model="llama3.1:8b", prompt="hi")
+
+    asyncio.run(main())
+    assert client.meter.ledger.latest(SpanFilter(), 5) == []

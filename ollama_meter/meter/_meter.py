@@ -75,6 +75,8 @@ class Transport(Protocol):
 
     def close(self) -> None: ...
 
+    async def aclose(self) -> None: ...
+
 
 class Meter:
     """Runs the metering sequence. One per process and upstream; thread-safe."""
@@ -434,3 +436,7 @@ class Meter:
 
     def close_upstream(self) -> None:
         self.upstream.close()
+
+    async def aclose_upstream(self) -> None:
+        """:meth:`close_upstream` on the event loop the async calls ran on, closing theirs too."""
+        await self.upstream.aclose()

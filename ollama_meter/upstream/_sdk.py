@@ -211,6 +211,12 @@ class Upstream(Resilient):
     def close(self) -> None:
         self.client.close()  # type: ignore[no-untyped-call]
 
+    async def aclose(self) -> None:
+        """Close both clients: the async one only on its event loop."""
+        self.close()
+        if self._async is not None:
+            await self._async.close()  # type: ignore[no-untyped-call]
+
 
 def _refused_by_client(exc: BaseException) -> bool:
     """Whether the client library refused to build the request from the arguments it was given.
