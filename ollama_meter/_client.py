@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Generic, TypeVar, cast
 
@@ -98,18 +98,34 @@ def with_meter(response: Any, span: SpanRecord) -> Any:
 
 
 class _Hooks:
-    """User callbacks as a meter observer; the meter logs their failures, never raises them."""
+    """User callbacks as a meter observer; the meter logs their failures, never raises them.
+
+    A hook is handed a copy of the span: what it adds to ``tags`` (stored) and
+    ``attributes`` (exported) is taken back, even when it then raises; nothing else
+    it writes reaches the call, the ledger or the other observers.
+    """
 
     def __init__(self, on_start: Hook | None, on_end: Hook | None) -> None:
         self._on_start, self._on_end = on_start, on_end
 
     def on_start(self, span: SpanRecord) -> None:
         if self._on_start is not None:
-            self._on_start(span)
+            _shown(self._on_start, span)
 
     def on_end(self, span: SpanRecord) -> None:
         if self._on_end is not None:
-            self._on_end(span)
+            _shown(self._on_end, span)
+
+
+def _shown(hook: Hook, span: SpanRecord) -> None:
+    copy = replace(span, tags=dict(span.tags), attributes=dict(span.attributes))
+    try:
+        hook(copy)
+    finally:
+        if isinstance(copy.tags, Mapping):
+            span.tags = dict(copy.tags)
+        if isinstance(copy.attributes, Mapping):
+            span.attributes = dict(copy.attributes)
 
 
 _WHO = ("tenant", "department", "user", "tags")

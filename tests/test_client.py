@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +24,7 @@ from ollama_meter import (
 )
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
+from ollama_meter.pricing import from_micros
 from ollama_meter.testing import OllamaEmulator, expected_embedding, expected_reply
 from tests.factories import token_prices
 
@@ -357,3 +359,53 @@ def test_a_call_after_close_is_the_callers_mistake_and_not_recorded(
 
     asyncio.run(main())
     assert client.meter.ledger.latest(SpanFilter(), 5) == []
+
+
+HOSTILE = st.sampled_from(
+    [None, "", "x" * 300, -5, 10**30, 1.5, "7", b"\x00", object(), datetime(2020, 1, 1), {}]
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from(sorted(set(SpanRecord.__slots__) - {"tags", "attributes"})), HOSTILE
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    when=st.sampled_from(["on_start", "on_end"]),
+)
+def test_a_hook_that_writes_nonsense_into_the_span_changes_only_its_tags(
+    client: MeteredClient,
+    db_url: str,
+    changes: list[tuple[str, object]],
+    when: str,
+) -> None:
+    """Hooks may add tags and attributes; nothing else they write reaches the call or the ledger."""
+
+    def meddle(span: SpanRecord) -> None:
+        span.tags["hook"] = when
+        for name, value in changes:
+            setattr(span, name, value)
+
+    hooks: dict[str, Any] = {when: meddle}
+    with MeteredClient(department="sales", tenant="acme", db_url=db_url, **hooks) as metered:
+        reply = metered.chat(model="llama3.1:8b", messages=HI, user="bob")
+    assert reply.meter is not None
+    (span,) = [s for s in client.meter.ledger.latest(SpanFilter(), 100) if s.id == reply.meter.id]
+    assert (span.status, span.tenant, span.department, span.user, span.tags) == (
+        "ok",
+        "acme",
+        "sales",
+        "bob",
+        {"hook": when},
+    )
+    assert (
+        reply.meter.cost
+        == from_micros(span.cost_total)
+        == cost_of(EXPECTED.prompt_tokens, EXPECTED.output_tokens)
+    )
