@@ -409,3 +409,28 @@ def test_a_hook_that_writes_nonsense_into_the_span_changes_only_its_tags(
         == from_micros(span.cost_total)
         == cost_of(EXPECTED.prompt_tokens, EXPECTED.output_tokens)
     )
+
+
+@pytest.mark.parametrize("when", ["on_start", "on_end"])
+def test_ctrl_c_in_a_slow_hook_still_writes_the_span_and_settles_the_budget(
+    client: MeteredClient, db_url: str, when: str
+) -> None:
+    """Ctrl-C lands in whatever runs: here a hook. It reaches the caller once the span is written."""
+    client.meter.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10**9, currency="USD")
+    )
+
+    def interrupted(span: SpanRecord) -> None:
+        raise KeyboardInterrupt
+
+    hooks: dict[str, Any] = {when: interrupted}
+    with MeteredClient(department="sales", tenant="acme", db_url=db_url, **hooks) as metered:
+        for stream in (False, True):
+            with pytest.raises(KeyboardInterrupt):
+                list(metered.chat(model="llama3.1:8b", messages=HI, stream=stream))  # type: ignore[call-overload]
+        gate = metered.meter.budgets
+        assert gate is not None
+        assert all(not lease.in_flight for lease in gate._leases.values())
+    spans = client.meter.ledger.latest(SpanFilter(), 5)
+    expected = "client_abort" if when == "on_start" else "ok"
+    assert [(s.status, s.stream) for s in spans] == [(expected, True), (expected, False)]
