@@ -434,3 +434,17 @@ def test_ctrl_c_in_a_slow_hook_still_writes_the_span_and_settles_the_budget(
     spans = client.meter.ledger.latest(SpanFilter(), 5)
     expected = "client_abort" if when == "on_start" else "ok"
     assert [(s.status, s.stream) for s in spans] == [(expected, True), (expected, False)]
+
+
+def test_an_async_client_serves_one_event_loop_after_another(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    """``asyncio.run`` per call (scripts, tests): connections of a closed loop are not reused."""
+    client = AsyncMeteredClient(db_url=db_url)
+
+    async def one() -> str:
+        reply = await client.chat(model="llama3.1:8b", messages=HI)
+        return reply.meter.status if reply.meter is not None else "none"
+
+    assert [asyncio.run(one()) for _ in range(3)] == ["ok"] * 3
+    assert [s.status for s in client.meter.ledger.latest(SpanFilter(), 5)] == ["ok"] * 3
