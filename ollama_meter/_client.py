@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Generic, TypeVar, cast
 
@@ -17,6 +17,7 @@ import ollama
 from pydantic import Field
 
 from ollama_meter.config import load_settings
+from ollama_meter.errors import ValidationError
 from ollama_meter.meter import Attribution, Meter, Run, SpanRecord
 from ollama_meter.pricing import from_micros
 from ollama_meter.records import record_from
@@ -97,18 +98,34 @@ def with_meter(response: Any, span: SpanRecord) -> Any:
 
 
 class _Hooks:
-    """User callbacks as a meter observer; the meter logs their failures, never raises them."""
+    """User callbacks as a meter observer; the meter logs their failures, never raises them.
+
+    A hook is handed a copy of the span: what it adds to ``tags`` (stored) and
+    ``attributes`` (exported) is taken back, even when it then raises; nothing else
+    it writes reaches the call, the ledger or the other observers.
+    """
 
     def __init__(self, on_start: Hook | None, on_end: Hook | None) -> None:
         self._on_start, self._on_end = on_start, on_end
 
     def on_start(self, span: SpanRecord) -> None:
         if self._on_start is not None:
-            self._on_start(span)
+            _shown(self._on_start, span)
 
     def on_end(self, span: SpanRecord) -> None:
         if self._on_end is not None:
-            self._on_end(span)
+            _shown(self._on_end, span)
+
+
+def _shown(hook: Hook, span: SpanRecord) -> None:
+    copy = replace(span, tags=dict(span.tags), attributes=dict(span.attributes))
+    try:
+        hook(copy)
+    finally:
+        if isinstance(copy.tags, Mapping):
+            span.tags = dict(copy.tags)
+        if isinstance(copy.attributes, Mapping):
+            span.attributes = dict(copy.attributes)
 
 
 _WHO = ("tenant", "department", "user", "tags")
@@ -149,6 +166,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
             user=user,
             tags=dict(tags or {}),
         )
+        self._closed = False
 
     def chat(
         self,
@@ -232,6 +250,13 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
     def _go(self, run: Run) -> Any:
         """Drive ``run``: its one answer with ``meter``, or (streaming) its chunks."""
 
+    def _check_open(self) -> None:
+        """A closed client makes no call: the caller's mistake, neither Ollama's nor a span."""
+        if self._closed:
+            raise ValidationError(
+                f"this {type(self).__name__} is closed; make a new one to call Ollama again"
+            )
+
 
 def _metered(part: Any, run: Run) -> Any:
     """A chunk as it came, but the last (the span is written by then) with ``meter``."""
@@ -248,12 +273,14 @@ class MeteredClient(
     """``ollama.Client`` with metering: ``MeteredClient(department="sales").chat(...)``."""
 
     def _go(self, run: Run) -> Any:
+        self._check_open()
         if run.stream:
             return (_metered(part, run) for part in run)
         (answer,) = list(run)
         return with_meter(answer, run.span)
 
     def close(self) -> None:
+        self._closed = True
         self.meter.close_upstream()
 
     def __enter__(self) -> MeteredClient:
@@ -276,7 +303,19 @@ class AsyncMeteredClient(
     """
 
     async def _go(self, run: Run) -> Any:
+        self._check_open()
         if run.stream:
             return (_metered(part, run) async for part in run)
         answers = [part async for part in run]
         return with_meter(answers[-1], run.span)
+
+    async def close(self) -> None:
+        """Close the connections to Ollama, as ``ollama.AsyncClient.close`` does."""
+        self._closed = True
+        await self.meter.aclose_upstream()
+
+    async def __aenter__(self) -> AsyncMeteredClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -21,6 +24,7 @@ from ollama_meter import (
 )
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
+from ollama_meter.pricing import from_micros
 from ollama_meter.testing import OllamaEmulator, expected_embedding, expected_reply
 from tests.factories import token_prices
 
@@ -281,3 +285,166 @@ def test_an_answer_the_ollama_client_cannot_read_is_one_line_and_not_the_callers
     )
     (span,) = client.meter.ledger.latest(SpanFilter(), 5)
     assert (span.status, span.error_type) == ("error", "upstream_error")
+
+
+def test_a_task_cancelled_while_its_call_opens_still_closes_the_call(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    """The open runs in a thread a cancellation cannot stop: the call it opened is closed."""
+    opening = threading.Event()
+    ended: list[str] = []
+
+    def slow_start(span: SpanRecord) -> None:
+        opening.set()
+        time.sleep(0.2)  # a hook that takes its time: the cancellation lands in the open
+
+    async def main() -> AsyncMeteredClient:
+        client = AsyncMeteredClient(
+            db_url=db_url, on_start=slow_start, on_end=lambda span: ended.append(span.status)
+        )
+
+        async def call(stream: bool) -> None:
+            answer = await client.chat(model="llama3.1:8b", messages=HI, stream=stream)
+            if stream:
+                async for _ in answer:  # type: ignore[union-attr]
+                    pass
+
+        for stream in (False, True):
+            opening.clear()
+            task = asyncio.ensure_future(call(stream))
+            while not opening.is_set():
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        return client
+
+    client = asyncio.run(main())
+    assert ended == ["client_abort", "client_abort"]
+    spans = client.meter.ledger.latest(SpanFilter(), 5)
+    assert [(s.status, s.stream) for s in spans] == [
+        ("client_abort", True),
+        ("client_abort", False),
+    ]
+
+
+def test_the_async_client_closes_as_ollamas_does(db_url: str, emulator: OllamaEmulator) -> None:
+    """``async with`` and ``await close()``, as ``ollama.AsyncClient`` has them."""
+
+    async def main() -> tuple[Any, bool]:
+        async with AsyncMeteredClient(db_url=db_url) as client:
+            reply = await client.chat(model="llama3.1:8b", messages=HI)
+            pool = client.meter.upstream.async_client._client  # type: ignore[attr-defined]
+        return reply, pool.is_closed
+
+    reply, closed = asyncio.run(main())
+    assert reply.meter is not None and reply.meter.status == "ok"
+    assert closed
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_after_close_is_the_callers_mistake_and_not_recorded(
+    db_url: str, emulator: OllamaEmulator, stream: bool
+) -> None:
+    with MeteredClient(db_url=db_url) as client:
+        pass
+    with pytest.raises(ValidationError, match=r"^this MeteredClient is closed[^\n]*$"):
+        client.chat(model="llama3.1:8b", messages=HI, stream=stream)  # a stream too, at once
+
+    async def main() -> None:
+        async with AsyncMeteredClient(db_url=db_url) as later:
+            pass
+        with pytest.raises(ValidationError, match=r"^this AsyncMeteredClient is closed"):
+            await later.generate(model="llama3.1:8b", prompt="hi")
+
+    asyncio.run(main())
+    assert client.meter.ledger.latest(SpanFilter(), 5) == []
+
+
+HOSTILE = st.sampled_from(
+    [None, "", "x" * 300, -5, 10**30, 1.5, "7", b"\x00", object(), datetime(2020, 1, 1), {}]
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from(sorted(set(SpanRecord.__slots__) - {"tags", "attributes"})), HOSTILE
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    when=st.sampled_from(["on_start", "on_end"]),
+)
+def test_a_hook_that_writes_nonsense_into_the_span_changes_only_its_tags(
+    client: MeteredClient,
+    db_url: str,
+    changes: list[tuple[str, object]],
+    when: str,
+) -> None:
+    """Hooks may add tags and attributes; nothing else they write reaches the call or the ledger."""
+
+    def meddle(span: SpanRecord) -> None:
+        span.tags["hook"] = when
+        for name, value in changes:
+            setattr(span, name, value)
+
+    hooks: dict[str, Any] = {when: meddle}
+    with MeteredClient(department="sales", tenant="acme", db_url=db_url, **hooks) as metered:
+        reply = metered.chat(model="llama3.1:8b", messages=HI, user="bob")
+    assert reply.meter is not None
+    (span,) = [s for s in client.meter.ledger.latest(SpanFilter(), 100) if s.id == reply.meter.id]
+    assert (span.status, span.tenant, span.department, span.user, span.tags) == (
+        "ok",
+        "acme",
+        "sales",
+        "bob",
+        {"hook": when},
+    )
+    assert (
+        reply.meter.cost
+        == from_micros(span.cost_total)
+        == cost_of(EXPECTED.prompt_tokens, EXPECTED.output_tokens)
+    )
+
+
+@pytest.mark.parametrize("when", ["on_start", "on_end"])
+def test_ctrl_c_in_a_slow_hook_still_writes_the_span_and_settles_the_budget(
+    client: MeteredClient, db_url: str, when: str
+) -> None:
+    """Ctrl-C lands in whatever runs: here a hook. It reaches the caller once the span is written."""
+    client.meter.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10**9, currency="USD")
+    )
+
+    def interrupted(span: SpanRecord) -> None:
+        raise KeyboardInterrupt
+
+    hooks: dict[str, Any] = {when: interrupted}
+    with MeteredClient(department="sales", tenant="acme", db_url=db_url, **hooks) as metered:
+        for stream in (False, True):
+            with pytest.raises(KeyboardInterrupt):
+                list(metered.chat(model="llama3.1:8b", messages=HI, stream=stream))  # type: ignore[call-overload]
+        gate = metered.meter.budgets
+        assert gate is not None
+        assert all(not lease.in_flight for lease in gate._leases.values())
+    spans = client.meter.ledger.latest(SpanFilter(), 5)
+    expected = "client_abort" if when == "on_start" else "ok"
+    assert [(s.status, s.stream) for s in spans] == [(expected, True), (expected, False)]
+
+
+def test_an_async_client_serves_one_event_loop_after_another(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    """``asyncio.run`` per call (scripts, tests): connections of a closed loop are not reused."""
+    client = AsyncMeteredClient(db_url=db_url)
+
+    async def one() -> str:
+        reply = await client.chat(model="llama3.1:8b", messages=HI)
+        return reply.meter.status if reply.meter is not None else "none"
+
+    assert [asyncio.run(one()) for _ in range(3)] == ["ok"] * 3
+    assert [s.status for s in client.meter.ledger.latest(SpanFilter(), 5)] == ["ok"] * 3

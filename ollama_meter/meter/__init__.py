@@ -6,6 +6,7 @@ ledger, and to observers (telemetry, alerts). Nothing calls back in.
     _attribution.py  who a call is charged to (names checked once)
     _call.py         one call in flight, measured into its span
     _meter.py        the sequence: open (admit), refuse, close (price, write, settle)
+    _observers.py    what watches calls (telemetry, hooks), and how it is told
     _run.py          sync and async drivers through the ollama client
     _prices.py       the price book in force (a snapshot)
     _recovery.py     calls a dead process left open
@@ -27,10 +28,10 @@ if TYPE_CHECKING:
     from ollama_meter.meter._call import MeteredCall as MeteredCall
     from ollama_meter.meter._meter import (
         Meter as Meter,
-        SpanObserver as SpanObserver,
         Transport as Transport,
         utc_now as utc_now,
     )
+    from ollama_meter.meter._observers import SpanObserver as SpanObserver
     from ollama_meter.meter._prices import PriceSource as PriceSource
     from ollama_meter.meter._reprice import RepriceSummary as RepriceSummary, reprice as reprice
     from ollama_meter.meter._request import Opening as Opening
@@ -55,7 +56,8 @@ if TYPE_CHECKING:
 _NAMES = {
     "._attribution": "Attribution",
     "._call": "MeteredCall",
-    "._meter": "Meter SpanObserver Transport utc_now",
+    "._meter": "Meter Transport utc_now",
+    "._observers": "SpanObserver",
     "._prices": "PriceSource",
     "._reprice": "RepriceSummary reprice",
     "._request": "Opening",

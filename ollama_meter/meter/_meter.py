@@ -25,6 +25,7 @@ from ollama_meter.budgets import BudgetGate, CallBound, HiddenPrompts, PastCall,
 from ollama_meter.errors import BudgetExceeded, LedgerError, UpstreamError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
+from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.meter._request import Opening, RequestFacts
 from ollama_meter.meter._run import Run
 from ollama_meter.meter._usage import estimate_tokens
@@ -60,20 +61,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class SpanObserver(Protocol):
-    """Something that watches calls: telemetry, alerts, user hooks. Failures are logged, never fatal."""
-
-    def on_start(self, span: SpanRecord) -> None: ...
-
-    def on_end(self, span: SpanRecord) -> None: ...
-
-
 class Transport(Protocol):
     """What the meter knows of the upstream its calls go to (either transport in ``upstream``)."""
 
     host: str
 
     def close(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Meter:
@@ -168,7 +163,10 @@ class Meter:
         make_storable(span)  # what observers see (telemetry exports it) and the journal keeps
         if self.journal:
             self.ledger.journal.opened(span, estimate_tokens(facts.prompt_text))
-        self._notify("on_start", span)
+        stopped = self._notify("on_start", span)
+        if stopped is not None:  # Ctrl-C in a hook: the call, admitted and journaled, ends here
+            self.close(call, stopped)
+            raise stopped
         return call
 
     def _new_span(
@@ -328,9 +326,11 @@ class Meter:
         span.apply_cost(call.prices.cost_of(span))
         if call.bound is not None:
             self._past_bound(span, call.bound)
-        call.stored = self._record(span, storable=True)
-        if self.budgets is not None:
-            self._settle(self.budgets, call)
+        try:
+            call.stored = self._record(span, storable=True, call=call)
+        finally:
+            if self.budgets is not None:
+                self._settle(self.budgets, call)
         return span
 
     def _past_bound(self, span: SpanRecord, bound: CallBound) -> None:
@@ -370,26 +370,31 @@ class Meter:
         except Exception as exc:
             self._failures.failed("checking budget alerts after span %s", exc, span.id)
 
-    def _record(self, span: SpanRecord, *, storable: bool = False) -> Stored:
+    def _record(
+        self, span: SpanRecord, *, storable: bool = False, call: MeteredCall | None = None
+    ) -> Stored:
         """Hand a finished span to the observers, then make it durable; says where it went.
 
         Hooks see it before it is written, so the tags they add are kept; what they or
         anyone else put in it is made storable last. (``storable``: it is, and only
-        observers could change that.)
+        observers could change that.) An interrupt in a hook is raised once the span is
+        written (and ``call.stored`` says where).
         """
         if not storable:
             make_storable(span)
+        stopped = None
         if self.observers:
-            self._notify("on_end", span)
+            stopped = self._notify("on_end", span)
             make_storable(span)
-        return self.writer.write(span)
+        stored = self.writer.write(span)
+        if call is not None:
+            call.stored = stored
+        if stopped is not None:
+            raise stopped
+        return stored
 
-    def _notify(self, hook: str, span: SpanRecord) -> None:
-        for observer in self.observers:
-            try:
-                getattr(observer, hook)(span)
-            except Exception:
-                log.exception("observer %r failed in %s; the call goes on", observer, hook)
+    def _notify(self, hook: str, span: SpanRecord) -> BaseException | None:
+        return notify(self.observers, hook, span)
 
     # -- driving calls through the ollama client ----------------------------------------
 
@@ -434,3 +439,7 @@ class Meter:
 
     def close_upstream(self) -> None:
         self.upstream.close()
+
+    async def aclose_upstream(self) -> None:
+        """:meth:`close_upstream` on the event loop the async calls ran on, closing theirs too."""
+        await self.upstream.aclose()

@@ -9,8 +9,8 @@ relays bytes), through the same meter.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Generator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from ollama_meter.errors import UpstreamError
 from ollama_meter.meter._attribution import Attribution
@@ -21,6 +21,8 @@ from ollama_meter.upstream import OLLAMA
 
 if TYPE_CHECKING:
     from ollama_meter.meter._meter import Meter
+
+_T = TypeVar("_T")
 
 
 @runtime_checkable
@@ -119,7 +121,10 @@ class Run:
 
     async def __aiter__(self) -> AsyncGenerator[Any, None]:
         meter = self._meter
-        call = await asyncio.to_thread(self.open)
+        call, cancelled = await _to_the_end(self.open)
+        if cancelled is not None:  # the call is open (admitted, journaled): it ends as an abort
+            await _to_the_end(meter.close, call, cancelled)
+            raise cancelled
         reader = OLLAMA.reader(self.operation)
         last: Any = None
         try:
@@ -147,3 +152,23 @@ class Run:
         await asyncio.to_thread(meter.close, call)
         if last is not None:
             yield last
+
+
+async def _to_the_end(
+    work: Callable[..., _T], *args: Any
+) -> tuple[_T, asyncio.CancelledError | None]:
+    """``work(*args)`` in a thread, waited for even when the task is cancelled meanwhile.
+
+    A cancellation cannot stop the thread, only stop waiting for it: what the work did
+    (a call opened, a budget reserved) would be left for no one to undo. So it is
+    waited for, and the cancellation handed back to be raised once that is undone.
+    """
+    running = asyncio.ensure_future(asyncio.to_thread(work, *args))
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            return await asyncio.shield(running), cancelled
+        except asyncio.CancelledError as exc:
+            if running.cancelled():
+                raise
+            cancelled = exc

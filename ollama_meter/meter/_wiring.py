@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from ollama_meter.budgets import BudgetGate
     from ollama_meter.config import Settings
     from ollama_meter.ledger import Ledger
-    from ollama_meter.meter._meter import Clock, Meter, SpanObserver, Transport
+    from ollama_meter.meter._meter import Clock, Meter, Transport
+    from ollama_meter.meter._observers import SpanObserver
     from ollama_meter.pricing import PriceRule
 
 GATEWAY_LEASE_SHARE = 0.25

@@ -46,17 +46,23 @@ class GroupCommitWriter:
 
         While a commit runs, newcomers gather in the pending batch. When it ends, its
         own waiters are told the outcome and one waiter of the pending batch is woken
-        to commit that batch: no thread is woken for another batch's news.
+        to commit that batch: no thread is woken for another batch's news. An interrupt
+        is raised only in the thread it landed in; the others commit their spans again.
         """
         with self._lock:
-            batch = self._pending
-            batch.spans.append(span)
-            while self._committing and not batch.done:
-                batch.turn.wait()
-            if batch.done:
-                if batch.error is not None:
+            while True:
+                batch = self._pending
+                batch.spans.append(span)
+                while self._committing and not batch.done:
+                    batch.turn.wait()
+                if not batch.done:
+                    break
+                if batch.error is None:
+                    return batch.stored[span.id]
+                if isinstance(batch.error, Exception):
                     raise batch.error
-                return batch.stored[span.id]
+                # Ctrl-C (or an exit) in the thread that led the commit: that thread's, not
+                # this caller's, whose span goes in the next batch
             self._committing = True
             self._pending = _Batch(self._lock)
         error: BaseException | None = None

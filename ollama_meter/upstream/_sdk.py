@@ -11,6 +11,7 @@ Python API hands back and ``_wire.py`` reads for the meter.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
 from typing import Any
@@ -62,13 +63,22 @@ class Upstream(Resilient):
         self._headers = dict(headers or {})
         self.client = ollama.Client(host=host, timeout=self._timeout, headers=self._headers)
         self._async: ollama.AsyncClient | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def async_client(self) -> ollama.AsyncClient:
-        if self._async is None:
+        """The async client of the running event loop.
+
+        Its connections belong to the loop they were opened on: once that loop is gone
+        (``asyncio.run`` per call), reusing them fails as if Ollama had. A new loop
+        gets a new client; the old one went with its loop.
+        """
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async_loop is not loop:
             self._async = ollama.AsyncClient(
                 host=self.host, timeout=self._timeout, headers=self._headers
             )
+            self._async_loop = loop
         return self._async
 
     def call(self, operation: str, request: Mapping[str, Any]) -> Response:
@@ -210,6 +220,12 @@ class Upstream(Resilient):
 
     def close(self) -> None:
         self.client.close()  # type: ignore[no-untyped-call]
+
+    async def aclose(self) -> None:
+        """Close both clients: the async one only on its event loop."""
+        self.close()
+        if self._async is not None and self._async_loop is asyncio.get_running_loop():
+            await self._async.close()  # type: ignore[no-untyped-call]
 
 
 def _refused_by_client(exc: BaseException) -> bool:

@@ -325,6 +325,47 @@ def test_group_commit_gathers_waiters_and_each_learns_its_own_batchs_outcome() -
     )
 
 
+def test_an_interrupt_in_the_thread_leading_a_commit_is_that_threads_alone() -> None:
+    """Ctrl-C lands in one thread: the spans it was committing for others are committed again."""
+    batches: list[list[str]] = []
+    writer: GroupCommitWriter
+
+    class InterruptedSink:
+        def record(self, spans: list) -> dict:  # type: ignore[type-arg]
+            batches.append([s.id for s in spans])
+            if len(batches) == 1:  # hold the first commit until two callers wait behind it
+                while len(writer._pending.spans) < 2:
+                    threading.Event().wait(0.01)
+            elif len(batches) == 2:
+                raise KeyboardInterrupt  # in whichever thread leads the waiters' batch
+            return {s.id: Stored.COMMITTED for s in spans}
+
+    writer = GroupCommitWriter(InterruptedSink())
+    outcome: dict[str, str] = {}
+
+    def one() -> None:
+        span = make_span()
+        try:
+            outcome[span.id] = str(writer.write(span))
+        except KeyboardInterrupt:
+            outcome[span.id] = "interrupted"
+
+    first = threading.Thread(target=one)
+    first.start()
+    while not batches:
+        threading.Event().wait(0.01)
+    waiters = [threading.Thread(target=one) for _ in range(2)]
+    for w in waiters:
+        w.start()
+    for w in [*waiters, first]:
+        w.join()
+    assert len(batches[1]) == 2
+    assert sorted(outcome.values()) == sorted([str(Stored.COMMITTED)] * 2 + ["interrupted"])
+    assert batches[2:] == [
+        [id_ for id_, result in outcome.items() if result != "interrupted" and id_ in batches[1]]
+    ]
+
+
 def test_unknown_driver_and_bad_url_are_clear() -> None:
     with pytest.raises(LedgerError, match="not a database URL"):
         Ledger("not a url")

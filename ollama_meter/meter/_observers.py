@@ -1,0 +1,39 @@
+"""What watches calls (telemetry, alerts, user hooks), and how the meter tells them.
+
+An observer's failure is logged, never fatal to the call it watches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from ollama_meter.records import SpanRecord
+
+log = logging.getLogger("ollama_meter.meter")
+
+
+class SpanObserver(Protocol):
+    """Something that watches calls: telemetry, alerts, user hooks. Failures are logged, never fatal."""
+
+    def on_start(self, span: SpanRecord) -> None: ...
+
+    def on_end(self, span: SpanRecord) -> None: ...
+
+
+def notify(observers: Sequence[SpanObserver], hook: str, span: SpanRecord) -> BaseException | None:
+    """Tell every observer; a failure is logged, an interrupt (Ctrl-C) handed back to raise.
+
+    The interrupt is the caller's, landing in whatever ran (a slow hook): it must not
+    cut the metering short, so the meter raises it once the call is recorded.
+    """
+    stopped: BaseException | None = None
+    for observer in observers:
+        try:
+            getattr(observer, hook)(span)
+        except Exception:
+            log.exception("observer %r failed in %s; the call goes on", observer, hook)
+        except BaseException as exc:
+            stopped = stopped or exc
+    return stopped
