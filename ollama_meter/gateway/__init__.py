@@ -11,7 +11,8 @@ from ollama_meter._lazy import lazy_names
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 
 if TYPE_CHECKING:
-    from ollama_meter.gateway._app import ADMIN, PASSTHROUGH, GatewayOptions, create_app
+    from ollama_meter.gateway._app import ADMIN, GatewayOptions, create_app
+    from ollama_meter.gateway._passthrough import PASSTHROUGH
     from ollama_meter.gateway._server import is_loopback, listening_socket, server_config
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
 
 _LAZY = {
     "ADMIN": "._app",
-    "PASSTHROUGH": "._app",
+    "PASSTHROUGH": "._passthrough",
     "GatewayOptions": "._app",
     "create_app": "._app",
     "is_loopback": "._server",

@@ -41,7 +41,7 @@ from ollama_meter.gateway._attribution import Forbidden, resolve
 from ollama_meter.gateway._dash import dashboard_routes
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
-from ollama_meter.gateway._passthrough import forward
+from ollama_meter.gateway._passthrough import PASSTHROUGH, forward
 from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
 from ollama_meter.gateway._relay import Relay, error_response, wire_of
 from ollama_meter.gateway._requests import (
@@ -61,7 +61,6 @@ from ollama_meter.upstream import OLLAMA, PooledUpstream
 
 log = logging.getLogger("ollama_meter.gateway")
 
-PASSTHROUGH = ("/api/tags", "/api/ps", "/api/show", "/api/version", "/v1/models", "/")
 ADMIN = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
 _NO_BODY = frozenset({"GET", "HEAD"})
 REFRESH_SECONDS = 5.0

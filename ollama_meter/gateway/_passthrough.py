@@ -2,7 +2,8 @@
 
 With several servers, ``/api/tags``, ``/api/ps`` and ``/v1/models`` are the union
 of what they have; anything else (``/api/show``, ``/api/version``, model
-management) goes to a server that has the model the body names. The answer is
+management) goes to a server that has the model the body names, or the path
+(``/v1/models/{model}``, OpenAI's ``models.retrieve``). The answer is
 relayed as it comes, status, headers and body.
 """
 
@@ -21,6 +22,15 @@ from ollama_meter.upstream import gateway_status
 
 log = logging.getLogger("ollama_meter.gateway")
 
+OPENAI_MODEL = "/v1/models/"
+"""Where Ollama shows one model to OpenAI clients: ``GET /v1/models/{model}``."""
+
+PASSTHROUGH = (
+    *("/api/tags", "/api/ps", "/api/show", "/api/version", "/v1/models", "/"),
+    f"{OPENAI_MODEL}{{model:path}}",  # the rest of the path is the name: it may hold slashes
+)
+"""The routes passed through, as the app registers them."""
+
 _NOT_RELAYED = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding"})
 
 
@@ -33,7 +43,8 @@ async def forward(fleet: Fleet, request: Request, *, body: bytes | None) -> Resp
         except UpstreamError as exc:
             return error_response(wire_of(path), 502, str(exc))
         return JSONResponse(union) if request.method == "GET" else Response(status_code=200)
-    pool = fleet.server_for(model_named(body)).pool
+    named = path.removeprefix(OPENAI_MODEL) if path.startswith(OPENAI_MODEL) else None
+    pool = fleet.server_for(named or model_named(body)).pool
     try:
         response = await pool.request(
             request.method,

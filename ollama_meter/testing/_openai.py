@@ -13,7 +13,12 @@ from typing import Any
 
 from ollama_meter.testing._faults import Fault, early
 from ollama_meter.testing._http import Handler
-from ollama_meter.testing._models import count_tokens, expected_embedding, reply_for_texts
+from ollama_meter.testing._models import (
+    count_tokens,
+    expected_embedding,
+    find_model,
+    reply_for_texts,
+)
 from ollama_meter.testing._wire import (
     ERROR_MIDSTREAM,
     Refusal,
@@ -21,6 +26,7 @@ from ollama_meter.testing._wire import (
     embed_inputs,
     go_json,
     model_field,
+    modified_at,
     openai_texts,
 )
 
@@ -158,6 +164,26 @@ class OpenAIRoutes(Handler):
             cut=fault,
             error=_event({"error": error}),
             ending=ending,
+        )
+
+    def _openai_model(self, name: str, raw: bytes) -> None:
+        """``GET /v1/models/{model}``: Ollama shows the model, and says "not found" as OpenAI's
+        error object with the status its show handler gave."""
+        found = find_model(self.emulator.models, name)
+        if found is None:
+            error = {"message": f"model '{name}' not found", "type": "api_error"}
+            self._send_json(404, {"error": {**error, "param": None, "code": None}}, newline=True)
+            return
+        index = self.emulator.models.index(found)
+        self._send_json(
+            200,
+            {
+                "id": name,
+                "object": "model",
+                "created": int(modified_at(index).timestamp()),
+                "owned_by": "library",
+            },
+            newline=True,
         )
 
     def _openai_embeddings(self, raw: bytes) -> None:

@@ -7,6 +7,7 @@ as Go's mux does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ _INFERENCE = frozenset({
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
 })  # fmt: skip
 """Routes that occupy the server while they run (counted in ``OllamaEmulator.most_in_flight``)."""
+OPENAI_MODEL = "/v1/models/"
+"""Where Ollama shows one model to OpenAI clients: ``GET /v1/models/{model}``."""
 
 
 class RoutingHandler(OllamaRoutes, OpenAIRoutes):
@@ -113,6 +116,8 @@ class RoutingHandler(OllamaRoutes, OpenAIRoutes):
         # HEAD answers carry GET's headers but never a body.
         self._head = method == "HEAD"
         handler = routes.get((method, path))
+        if handler is None and method == "GET" and path.startswith(OPENAI_MODEL):
+            handler = functools.partial(self._openai_model, path.removeprefix(OPENAI_MODEL))
         if handler is not None and path in _INFERENCE:
             self.emulator._busy(+1)
             try:

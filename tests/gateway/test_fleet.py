@@ -116,6 +116,22 @@ def test_each_call_goes_to_a_server_that_has_its_model(
     assert qwen.requests_to("/api/show") and not llama.requests_to("/api/show")
 
 
+def test_openai_clients_retrieve_a_model_from_a_server_that_has_it(
+    emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
+) -> None:
+    # Ollama documents GET /v1/models/{model} (the openai client's models.retrieve).
+    llama, qwen = emulators(LLAMA), emulators(QWEN)
+    gw = fleet(llama.url, qwen.url)
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0)
+    model = client.models.retrieve(QWEN)
+    assert (model.id, model.object, model.owned_by) == (QWEN, "model", "library")
+    assert qwen.requests_to(f"/v1/models/{QWEN}") and not llama.requests_to(f"/v1/models/{QWEN}")
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("nope:1b")
+    assert "nope:1b" in missing.value.message
+    assert not spans(gw.ledger)  # unmetered, like /v1/models
+
+
 def test_servers_sharing_a_model_share_the_calls_and_never_run_more_than_their_slots(
     emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
 ) -> None:

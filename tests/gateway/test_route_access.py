@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from starlette.routing import Route
 
-from ollama_meter.gateway._app import PASSTHROUGH
+from ollama_meter.gateway import PASSTHROUGH
 from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
 from ollama_meter.ledger import Ledger
 from ollama_meter.testing import OllamaEmulator
