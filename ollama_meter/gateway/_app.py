@@ -298,7 +298,7 @@ class Gateway:
             await in_thread(refusal)
             # A body too large may still be arriving: this connection is done.
             close = {"Connection": "close"} if bad.status == 413 else bad.headers
-            return error_response(wire, bad.status, bad.message, headers=close)
+            return error_response(wire, bad.status, bad.message, headers=close, kind=bad.error_type)
         return await self.relay.metered(
             parsed,
             wire,

@@ -84,10 +84,17 @@ HOP_BY_HOP = frozenset({
 
 
 def error_response(
-    wire: WireFormat, status: int, message: str, *, headers: dict[str, str] | None = None
+    wire: WireFormat,
+    status: int,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    kind: str | None = None,
 ) -> Response:
-    """An error in the route's wire format: Ollama's ``{"error": "..."}``, or OpenAI's object."""
-    return JSONResponse(wire.error_body(status, message), status_code=status, headers=headers)
+    """An error in the route's wire format: Ollama's ``{"error": "..."}``, or OpenAI's object
+    (``kind``, the meter's error type, says which refusal it is in OpenAI's words)."""
+    body = wire.error_body(status, message, kind=kind)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def wire_of(path: str) -> WireFormat:
@@ -257,9 +264,8 @@ class Relay:
             call = await self._open(request, attribution)
         except BudgetExceeded as refused:
             admission.refund()
-            return error_response(
-                wire, 429, str(refused), headers={"Retry-After": str(refused.retry_after)}
-            )
+            wait = {"Retry-After": str(refused.retry_after)}
+            return error_response(wire, 429, str(refused), headers=wait, kind=refused.error_type)
         except LedgerError as unchecked:  # a covering budget unchecked, or nothing can record
             admission.refund()
             return error_response(wire, 503, str(unchecked), headers={"Retry-After": "5"})

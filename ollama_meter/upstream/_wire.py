@@ -240,7 +240,9 @@ class WireFormat(Protocol):
         """Whether the client must not see this object (a usage chunk it did not ask for)."""
         ...
 
-    def error_body(self, status: int, message: str) -> dict[str, Any]: ...
+    def error_body(self, status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
+        """An error answer; ``kind``, the meter's error type, says why (``budget_exceeded``...)."""
+        ...
 
     def error_frame(self, message: str) -> bytes:
         """The last item of a stream that broke, with its separator."""
@@ -264,11 +266,19 @@ class _Ollama:
     def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
         return False
 
-    def error_body(self, status: int, message: str) -> dict[str, Any]:
+    def error_body(self, status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
         return {"error": message}
 
     def error_frame(self, message: str) -> bytes:
         return json.dumps(self.error_body(500, message), ensure_ascii=False).encode() + b"\n"
+
+
+_OPENAI_ERRORS = {
+    "budget_exceeded": ("insufficient_quota", "insufficient_quota"),
+    "rate_limited": ("requests", "rate_limit_exceeded"),
+}
+"""The meter's refusals in OpenAI's words (``type``, ``code``), as OpenAI's own 429s say them:
+clients tell spent money (do not retry) from a rate limit (retry later) by these."""
 
 
 class _OpenAI:
@@ -297,9 +307,10 @@ class _OpenAI:
     def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
         return hide_usage and OpenAIReader.usage_only(obj)
 
-    def error_body(self, status: int, message: str) -> dict[str, Any]:
-        kind = "invalid_request_error" if status < 500 else "api_error"
-        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    def error_body(self, status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
+        default = "invalid_request_error" if status < 500 else "api_error"
+        error_type, code = _OPENAI_ERRORS.get(kind or "", (default, None))
+        return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
 
     def error_frame(self, message: str) -> bytes:
         body = json.dumps(self.error_body(500, message), ensure_ascii=False).encode()

@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy import event
 
 from ollama_meter.budgets import Budget
-from ollama_meter.ledger import SpanFilter
+from ollama_meter.ledger import SpanFilter, open_ledger
 from ollama_meter.pricing import PriceRule
+from ollama_meter.records import Limit
 from ollama_meter.testing import (
     Fault,
     OllamaEmulator,
@@ -224,6 +225,41 @@ def test_budget_refusal_is_429_with_retry_after(
         headers=SALES,
     )
     assert openai_reply.status_code == 429 and "budget" in openai_reply.json()["error"]["message"]
+
+
+def test_openai_clients_can_tell_an_exhausted_budget_from_a_rate_limit(
+    serve: Any, emulator: OllamaEmulator, db_url: str
+) -> None:
+    # OpenAI's own 429s say which: "insufficient_quota" (do not retry: the money is spent)
+    # or "rate_limit_exceeded" (retry later); neither is an invalid request.
+    ledger = open_ledger(db_url)
+    ledger.add_price_rule(token_prices())
+    ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=1, currency="USD")
+    )
+    ledger.set_limit(Limit("acme", "hr", rpm=1))
+    gateway = serve(emulator.url)
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.RateLimitError) as spent:
+        client.chat.completions.create(model="llama3.1:8b", messages=HI, extra_headers=SALES)  # type: ignore[arg-type]
+    assert (spent.value.type, spent.value.code) == ("insufficient_quota", "insufficient_quota")
+    assert "budget" in spent.value.message
+    hr = {"X-Ometer-Tenant": "acme", "X-Ometer-Department": "hr"}
+    client.embeddings.create(model="nomic-embed-text", input="one", extra_headers=hr)
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.embeddings.create(model="nomic-embed-text", input="two", extra_headers=hr)
+    assert (limited.value.type, limited.value.code) == ("requests", "rate_limit_exceeded")
+    assert int(limited.value.response.headers["retry-after"]) > 0
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="llama3.1:8b", messages="hi")  # type: ignore[arg-type]
+    assert bad.value.type == "invalid_request_error"
+    rejected = [(s.department, s.status, s.error_type) for s in spans(gateway)]
+    assert rejected == [
+        ("unassigned", "error", "bad_request"),
+        ("hr", "rejected", "rate_limited"),
+        ("hr", "ok", None),
+        ("sales", "rejected", "budget_exceeded"),
+    ]
 
 
 def test_keys_map_to_attribution_and_revocation_is_immediate(
