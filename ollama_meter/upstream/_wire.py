@@ -39,6 +39,12 @@ def _count(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+def _counted(value: object) -> int | None:
+    """A count in an OpenAI ``usage``: Ollama writes there as 0 what its native answers omit
+    (a count it did not take), so a zero is as unknown as an omission, and is estimated."""
+    return _count(value) or None
+
+
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -170,8 +176,8 @@ class OpenAIReader:
             self.usage_seen = True
             events.append(
                 self._final(
-                    _count(usage.get("prompt_tokens")),
-                    0 if self.embedding else _count(usage.get("completion_tokens")),
+                    _counted(usage.get("prompt_tokens")),
+                    0 if self.embedding else _counted(usage.get("completion_tokens")),
                 )
             )
         return events

@@ -17,6 +17,7 @@ from sqlalchemy import event
 
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter, open_ledger
+from ollama_meter.meter import estimate_tokens
 from ollama_meter.pricing import PriceRule
 from ollama_meter.records import Limit
 from ollama_meter.testing import (
@@ -112,6 +113,43 @@ def test_openai_client_gets_what_it_asked_for(gateway: Gateway) -> None:
             "reported",
         )
     assert {s.operation for s in recorded} == {"openai.chat", "openai.embeddings"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_counts_ollama_leaves_out_are_estimated_on_its_openai_routes_too(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator, stream: bool
+) -> None:
+    # Ollama's native answers omit a count that is zero; its OpenAI layer writes the same
+    # count as 0. Either way Ollama did not count: a reply is never recorded as free.
+    gateway = sqlite_gateway
+    price(gateway)
+    emulator.inject(Fault.OMIT_COUNTS, times=4)
+    native = ollama.Client(host=gateway.url).chat(model="llama3.1:8b", messages=HI, stream=stream)
+    if stream:
+        list(native)  # type: ignore[call-overload]
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0)
+    answer = client.chat.completions.create(model="llama3.1:8b", messages=HI, stream=stream)  # type: ignore[call-overload]
+    if stream:
+        list(answer)
+    ollama.Client(host=gateway.url).embed(model="nomic-embed-text", input="one two three")
+    client.embeddings.create(model="nomic-embed-text", input="one two three")
+    openai_embed, native_embed, openai_chat, native_chat = spans(gateway)
+    # Estimated alike: the prompt from its text, the reply from its pieces (or its text).
+    output = EXPECTED.output_tokens if stream else estimate_tokens(EXPECTED.content)
+    prompt = estimate_tokens(HI[0]["content"])
+    for span in (native_chat, openai_chat):
+        assert (span.input_tokens, span.output_tokens, span.token_source) == (
+            prompt,
+            output,
+            "estimated",
+        )
+        assert span.cost_total == prompt * 1000 + output * 2000
+    for span in (native_embed, openai_embed):
+        assert (span.input_tokens, span.output_tokens, span.token_source) == (
+            estimate_tokens("one two three"),
+            0,
+            "estimated",
+        )
 
 
 def test_openai_legacy_completions_are_metered(gateway: Gateway) -> None:
