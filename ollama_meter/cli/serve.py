@@ -139,6 +139,7 @@ def serve(
             allow_admin=allow_admin,
             admin_token=admin_token,
             max_body_bytes=max_body_bytes,
+            loopback=is_loopback(host),
         ),
     )
     servers = ", ".join(s.url + (f" ({s.slots} slots)" if s.slots else "") for s in specs)
@@ -218,7 +219,7 @@ def run(
     meter = Meter.from_settings(cfg, source=Source.GATEWAY, observers=[tally])
     sock = listening_socket("127.0.0.1", 0)  # bound here: no other program can take the port
     port = int(sock.getsockname()[1])
-    app = create_app(cfg, GatewayOptions(default_user=user), meter=meter)
+    app = create_app(cfg, GatewayOptions(default_user=user, loopback=True), meter=meter)
     server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -40,6 +40,7 @@ from ollama_meter.gateway._access import (
 from ollama_meter.gateway._attribution import Forbidden, resolve
 from ollama_meter.gateway._dash import dashboard_routes
 from ollama_meter.gateway._fleet import Fleet
+from ollama_meter.gateway._hosts import LOCAL_NAMES_ONLY
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
 from ollama_meter.gateway._passthrough import PASSTHROUGH, forward
 from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
@@ -77,6 +78,7 @@ class GatewayOptions:
     admin_token: str | None = None
     default_user: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
+    loopback: bool = False  # listening only there: requests must name this machine (_hosts.py)
 
     @property
     def guarded(self) -> bool:
@@ -373,11 +375,7 @@ class Gateway:
             return refused.response
         response = await endpoint(request)
         body = getattr(response, "body", None)
-        if (
-            request.url.path == "/metrics"
-            and response.status_code == 200
-            and isinstance(body, bytes)
-        ):
+        if request.url.path == "/metrics" and response.status_code == 200 and type(body) is bytes:
             # This process's refusals, after the other series.
             text = body + self.unauthenticated.prometheus().encode()
             return Response(text, media_type=response.media_type)
@@ -399,10 +397,7 @@ def _via(method: Callable[[Gateway, Request], Awaitable[Response]]) -> Endpoint:
 
 
 def _own_page(endpoint: Endpoint) -> Endpoint:
-    async def guarded(request: Request) -> Response:
-        return await _gateway(request).own_page(request, endpoint)
-
-    return guarded
+    return _via(lambda gateway, request: gateway.own_page(request, endpoint))
 
 
 def create_app(
@@ -440,7 +435,10 @@ def create_app(
         ),
     ]
     return Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={ClientDisconnect: _client_left}
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ClientDisconnect: _client_left},
+        middleware=[LOCAL_NAMES_ONLY] if opts.loopback else [],
     )
 
 

@@ -218,8 +218,11 @@ def test_listening_beyond_loopback_needs_a_key_a_token_or_insecure_open(
     )  # fmt: skip
     assert refused.returncode == 2
     assert "not listening on 0.0.0.0" in refused.stderr and "--insecure-open" in refused.stderr
-    proc, _ = launch(env, emulator.url, tmp_path / "gw.log", "--insecure-open", host="0.0.0.0")
+    proc, url = launch(env, emulator.url, tmp_path / "gw.log", "--insecure-open", host="0.0.0.0")
+    # Started for the network: any name the network calls it by (DNS rebinding is a loopback risk).
+    named = raw(url, b"GET /api/tags HTTP/1.1\r\nHost: gw.example\r\nConnection: close\r\n\r\n")
     stop(proc)
+    assert named.startswith(b"HTTP/1.1 200 OK")
     assert "warning: listening on 0.0.0.0 with no key" in (tmp_path / "gw.log").read_text()
 
 
@@ -270,7 +273,7 @@ def test_sizes_are_limited_413_and_431(locked: Proc) -> None:
     # 50 MB announced: refused at once, nothing read past the limit.
     announced = raw(
         locked.url,
-        f"POST /api/chat HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {locked.keys['plain']}\r\n"
+        f"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {locked.keys['plain']}\r\n"
         "Content-Type: application/json\r\nContent-Length: 52428800\r\n\r\n".encode()
         + b'{"model": "x", "messages": [',
     )
@@ -279,7 +282,7 @@ def test_sizes_are_limited_413_and_431(locked: Proc) -> None:
     sent = 0
     parts = urlsplit(locked.url)
     with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
-        sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: gw\r\nX-Big: ")
+        sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nX-Big: ")
         with pytest.raises(OSError):  # noqa: PT012
             while sent < 50 * 2**20:
                 sock.sendall(b"a" * 2**20)
@@ -296,9 +299,9 @@ def test_a_get_body_is_never_forwarded(open_gw: Proc, emulator: OllamaEmulator) 
     )
     answer = raw(
         open_gw.url,
-        b"GET /api/tags HTTP/1.1\r\nHost: gw\r\nContent-Length: %d\r\n\r\n" % len(hidden)
+        b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % len(hidden)
         + hidden
-        + b"GET /api/version HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        + b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     assert answer.count(b"HTTP/1.1 200 OK") == 2 and b'"version"' in answer
     assert [(r.method, r.path, r.body) for r in emulator.requests] == [
@@ -312,7 +315,7 @@ def test_chunked_trailers_never_set_attribution(open_gw: Proc, emulator: OllamaE
     body = json.dumps({"model": "llama3.1:8b", "messages": HI, "stream": False}).encode()
     answer = raw(
         open_gw.url,
-        b"POST /api/chat HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+        b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
         b"Trailer: X-Ometer-Department, X-Ometer-Tenant\r\n"
         b"X-Ometer-Department: support\r\nConnection: close\r\n\r\n"
         + b"%x\r\n" % len(body) + body + b"\r\n"
@@ -382,3 +385,35 @@ def test_key_names_follow_the_name_rules(cli, sqlite_url: str) -> None:  # type:
     assert made.code == 0 and "users bob, carol" in made.stderr
     (listed,) = json.loads(cli("keys", "list", "--json", "--db", sqlite_url).stdout)
     assert (listed["user"], listed["allowed_users"]) == (None, ["bob", "carol"])
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1:{port}", True), ("localhost:{port}", True), ("LOCALHOST", True),
+        ("[::1]:{port}", True), ("gw.localhost:{port}", True), ("127.0.0.2", True),
+        ("evil.example:{port}", False), ("evil.example", False), ("8.8.8.8:{port}", False),
+        ("localhost.evil.example", False), ("[::1", False),
+    ],
+)  # fmt: skip
+def test_a_loopback_gateway_answers_only_requests_named_for_this_machine(
+    open_gw: Proc, host: str, allowed: bool
+) -> None:
+    """DNS rebinding: a web page whose name now points at 127.0.0.1 is same-origin with the
+    gateway and could read the dashboard or, with --allow-admin, pull models. Ollama refuses a
+    Host it does not know as local when it listens on loopback; in front of it, so does the
+    gateway (it sends Ollama its own Host, so Ollama's check cannot see the caller's)."""
+    port = urlsplit(open_gw.url).port
+    for target in ("/api/dash", "/api/tags", "/healthz"):
+        answer = raw(
+            open_gw.url,
+            f"GET {target} HTTP/1.1\r\nHost: {host.format(port=port)}\r\n"
+            "Connection: close\r\n\r\n".encode(),
+        )
+        status = answer.split(b"\r\n", 1)[0]
+        if allowed:
+            assert status == b"HTTP/1.1 200 OK", (target, answer[:300])
+        else:
+            assert status == b"HTTP/1.1 403 Forbidden", (target, answer[:300])
+            (error,) = json.loads(answer.split(b"\r\n\r\n", 1)[1]).values()
+            assert "is not a name of this machine" in error and "\n" not in error

@@ -1,0 +1,77 @@
+"""DNS rebinding: a gateway listening on loopback answers only requests named for this machine.
+
+A web page whose name its owner points at 127.0.0.1 is same-origin with the gateway, and the
+browser sends it every request the page makes: the dashboard read, a model pulled with
+``--allow-admin``. Ollama refuses such requests when it listens on loopback by the ``Host``
+they name, and so must the gateway in front of it: it sends Ollama a ``Host`` of its own, so
+Ollama never sees the caller's. The rule is Ollama's (``allowedHostsMiddleware``): an IP
+address that is loopback, private or unspecified, ``localhost``, this machine's host name, or
+a name under ``.localhost``, ``.local`` or ``.internal``. A gateway listening on any other
+address was started for the network (``--require-key``, ``--admin-token``,
+``--insecure-open``), and takes every name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ollama_meter.gateway._relay import error_response, wire_of
+
+_LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _name_of(host: str) -> str:
+    """The host a ``Host`` header names, without its port or IPv6 brackets."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0] if "]" in host else host
+    return host if _ip(host) is not None else host.rsplit(":", 1)[0]
+
+
+def is_local_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine (empty: an HTTP/1.0 client named none)."""
+    if not host.strip():
+        return True
+    name = _name_of(host.strip()).lower().rstrip(".")
+    if name and name in ("localhost", socket.gethostname().lower()):
+        return True
+    ip = _ip(name)
+    if ip is not None:
+        return ip.is_loopback or ip.is_private or ip.is_unspecified
+    return name.endswith(_LOCAL_SUFFIXES)
+
+
+class LocalNamesOnly:
+    """ASGI middleware for a gateway listening on loopback: a ``Host`` naming another machine
+    gets 403 (``ometer serve`` installs it for such a ``--host``; ``ometer run`` always)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
+            if not is_local_host(host):
+                path = scope.get("path", "/")
+                message = (
+                    f"{host!r} is not a name of this machine, and this gateway listens only on "
+                    "loopback; call it as localhost or 127.0.0.1 (a gateway started for the "
+                    "network, with --host, takes any name)"
+                )
+                await error_response(wire_of(path), 403, message)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+LOCAL_NAMES_ONLY = Middleware(LocalNamesOnly)
+"""The middleware as the app declares it."""
