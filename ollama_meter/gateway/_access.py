@@ -54,16 +54,29 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def _only(request: Request, header: str) -> str | None:
+    """The header's one value; None when absent or sent twice (a proxy in front of the
+    gateway may have checked the other one, so neither is taken)."""
+    values = request.headers.getlist(header)
+    return values[0] if len(values) == 1 else None
+
+
 def bearer(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
+    auth = _only(request, "authorization") or ""
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip() or None
     return None
 
 
 def presented_key(request: Request) -> str | None:
-    """The API key a caller sent: ``Authorization: Bearer`` or ``X-Ometer-Key``."""
-    return bearer(request) or request.headers.get(HEADER_KEY) or None
+    """The API key a caller sent: ``X-Ometer-Key``, else ``Authorization: Bearer``.
+
+    ``X-Ometer-Key`` first: the OpenAI client sends its ``api_key`` as a bearer whatever
+    it is ("ollama" often), and the key then travels in ``default_headers``.
+    """
+    if request.headers.getlist(HEADER_KEY):
+        return (_only(request, HEADER_KEY) or "").strip() or None
+    return bearer(request)
 
 
 def token_matches(given: str | None, token: str) -> bool:

@@ -417,3 +417,36 @@ def test_a_loopback_gateway_answers_only_requests_named_for_this_machine(
             assert status == b"HTTP/1.1 403 Forbidden", (target, answer[:300])
             (error,) = json.loads(answer.split(b"\r\n\r\n", 1)[1]).values()
             assert "is not a name of this machine" in error and "\n" not in error
+
+
+def test_a_key_in_x_ometer_key_is_read_beside_an_openai_clients_own_bearer(locked: Proc) -> None:
+    """The OpenAI client always sends its ``api_key`` as a bearer (often "ollama"): a key
+    sent in X-Ometer-Key alongside (``default_headers``) is the one that counts."""
+    headers = {"X-Ometer-Key": locked.keys["plain"], "Authorization": "Bearer ollama"}
+    assert httpx.get(f"{locked.url}/api/tags", headers=headers).status_code == 200
+    assert httpx.get(f"{locked.url}/v1/models", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("target", "sent"),
+    [
+        ("POST /api/pull", ["Authorization: Bearer {token}", "Authorization: Bearer {key}"]),
+        ("POST /api/pull", ["Authorization: Bearer {key}", "Authorization: Bearer {token}"]),
+        ("GET /api/tags", ["Authorization: Bearer {key}", "Authorization: Bearer om_forged"]),
+        ("GET /api/tags", ["X-Ometer-Key: {key}", "X-Ometer-Key: om_forged"]),
+        ("GET /api/tags", ["X-Ometer-Key: om_forged", "X-Ometer-Key: {key}"]),
+        ("GET /api/dash", ["Authorization: Bearer {token}", "Authorization: Bearer x"]),
+    ],
+)
+def test_a_key_or_token_sent_twice_is_refused_not_picked_from(
+    locked: Proc, target: str, sent: list[str]
+) -> None:
+    """Two credentials in one request: whichever the gateway read, a proxy in front of it may
+    have checked the other. Neither is taken."""
+    head = "".join(line.format(token=TOKEN, key=locked.keys["plain"]) + "\r\n" for line in sent)
+    answer = raw(
+        locked.url,
+        f"{target} HTTP/1.1\r\nHost: localhost\r\n{head}Content-Type: application/json\r\n"
+        'Content-Length: 17\r\nConnection: close\r\n\r\n{"model":"m:1b"}\n'.encode(),
+    )
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
