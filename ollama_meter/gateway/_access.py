@@ -21,10 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.responses import Response
 
 from ollama_meter._logging import Throttled
 from ollama_meter.gateway._attribution import HEADER_KEY
+from ollama_meter.gateway._relay import error_response, wire_of
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -52,6 +55,20 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise TooLarge(limit)
         parts.append(part)
     return b"".join(parts)
+
+
+async def unrouted(request: Request, exc: Exception) -> Response:
+    """A path or method the gateway does not serve (never forwarded): 404 or 405, one line in
+    the error shape of the path's clients, where Starlette would answer in plain text."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    method, path = request.method, request.url.path
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+    if status == 405:
+        takes = headers.get("Allow", "")
+        message = f"{path} does not take {method} through the gateway; it takes {takes}"
+    else:
+        message = f"{method} {path} is not a route this gateway serves"
+    return error_response(wire_of(path), status, message, headers=headers)
 
 
 def _only(request: Request, header: str) -> str | None:

@@ -36,6 +36,7 @@ from ollama_meter.gateway._access import (
     presented_key,
     read_body,
     token_matches,
+    unrouted,
 )
 from ollama_meter.gateway._attribution import Forbidden, resolve
 from ollama_meter.gateway._dash import dashboard_routes
@@ -437,7 +438,7 @@ def create_app(
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ClientDisconnect: _client_left},
+        exception_handlers={ClientDisconnect: _client_left, 404: unrouted, 405: unrouted},
         middleware=[LOCAL_NAMES_ONLY] if opts.loopback else [],
     )
 

@@ -79,3 +79,38 @@ def test_every_registered_route_asks_what_the_policy_says(
                 method,
                 path,
             )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/api/blobs/sha256:" + "0" * 64, 404),
+        ("HEAD", "/api/blobs/sha256:" + "0" * 64, 404),
+        ("POST", "/api/signin", 404),
+        ("POST", "/v1/responses", 404),
+        ("GET", "/v1/models/llama3.1:8b", 404),
+        ("GET", "/api/pull", 405),
+        ("GET", "/api/delete", 405),
+        ("POST", "/api/dash", 405),
+        ("PUT", "/v1/chat/completions", 405),
+    ],
+)
+def test_a_route_the_gateway_does_not_serve_is_refused_in_its_clients_error_shape(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    method: str,
+    path: str,
+    status: int,
+) -> None:
+    """Never forwarded (only the routes above are), and answered as Ollama or OpenAI
+    clients read an error: one line, not Starlette's plain text."""
+    gw = app_on(emulator.url, sqlite_url, allow_admin=True)
+    reply = gw.client.request(method, path, json={"model": "m"})
+    assert reply.status_code == status
+    assert not emulator.requests
+    if method == "HEAD":
+        return
+    error = reply.json()["error"]
+    message = error["message"] if path.startswith("/v1/") else error
+    assert path in message and "\n" not in message
