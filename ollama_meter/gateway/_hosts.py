@@ -34,8 +34,11 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 def _name_of(host: str) -> str:
     """The host a ``Host`` header names, without its port or IPv6 brackets."""
     if host.startswith("["):
-        return host[1:].split("]", 1)[0] if "]" in host else host
-    return host if _ip(host) is not None else host.rsplit(":", 1)[0]
+        inside, bracket, rest = host[1:].partition("]")
+        port_ok = rest == "" or (rest.startswith(":") and rest[1:].isdigit())
+        return inside if bracket and port_ok else host
+    name, colon, port = host.rpartition(":")
+    return name if colon and port.isdigit() and _ip(host) is None else host
 
 
 def is_local_host(host: str) -> bool:

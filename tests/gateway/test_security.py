@@ -394,6 +394,7 @@ def test_key_names_follow_the_name_rules(cli, sqlite_url: str) -> None:  # type:
         ("[::1]:{port}", True), ("gw.localhost:{port}", True), ("127.0.0.2", True),
         ("evil.example:{port}", False), ("evil.example", False), ("8.8.8.8:{port}", False),
         ("localhost.evil.example", False), ("[::1", False),
+        ("localhost:80@evil.example", False), ("[::1]evil.example", False), ("localhost:x", False),
     ],
 )  # fmt: skip
 def test_a_loopback_gateway_answers_only_requests_named_for_this_machine(
