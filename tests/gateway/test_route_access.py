@@ -7,12 +7,15 @@ token when one is set. Only ``/healthz`` is open to anyone.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import assume, given, strategies as st
 from starlette.routing import Route
 
 from ollama_meter.gateway import PASSTHROUGH
+from ollama_meter.gateway._hosts import is_local_host
 from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
 from ollama_meter.ledger import Ledger
 from ollama_meter.testing import OllamaEmulator
@@ -114,3 +117,17 @@ def test_a_route_the_gateway_does_not_serve_is_refused_in_its_clients_error_shap
     error = reply.json()["error"]
     message = error["message"] if path.startswith("/v1/") else error
     assert path in message and "\n" not in message
+
+
+_LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
+_PORT = st.one_of(st.just(""), st.integers(1, 65535).map(lambda p: f":{p}"))
+
+
+@given(labels=st.lists(_LABEL, min_size=1, max_size=4), port=_PORT, tld=st.sampled_from(["com", "example", "io", "localhost.evil"]))  # fmt: skip
+def test_a_name_outside_this_machine_is_never_taken_for_it(
+    labels: list[str], port: str, tld: str
+) -> None:
+    name = ".".join([*labels, tld])
+    assume(name != socket.gethostname().lower())
+    assert not is_local_host(name + port)
+    assert is_local_host(f"{name}.localhost{port}") and is_local_host(f"{name.upper()}.LOCALHOST")
