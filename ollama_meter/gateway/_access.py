@@ -91,8 +91,9 @@ def presented_key(request: Request) -> str | None:
     ``X-Ometer-Key`` first: the OpenAI client sends its ``api_key`` as a bearer whatever
     it is ("ollama" often), and the key then travels in ``default_headers``.
     """
-    if request.headers.getlist(HEADER_KEY):
-        return (_only(request, HEADER_KEY) or "").strip() or None
+    keys = [value.strip() for value in request.headers.getlist(HEADER_KEY) if value.strip()]
+    if keys:
+        return keys[0] if len(keys) == 1 else None
     return bearer(request)
 
 

@@ -426,6 +426,8 @@ def test_a_key_in_x_ometer_key_is_read_beside_an_openai_clients_own_bearer(locke
     headers = {"X-Ometer-Key": locked.keys["plain"], "Authorization": "Bearer ollama"}
     assert httpx.get(f"{locked.url}/api/tags", headers=headers).status_code == 200
     assert httpx.get(f"{locked.url}/v1/models", headers=headers).status_code == 200
+    blank = {"X-Ometer-Key": "", "Authorization": f"Bearer {locked.keys['plain']}"}
+    assert httpx.get(f"{locked.url}/api/tags", headers=blank).status_code == 200
 
 
 @pytest.mark.parametrize(
