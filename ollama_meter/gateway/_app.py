@@ -41,7 +41,7 @@ from ollama_meter.gateway._access import (
 from ollama_meter.gateway._attribution import Forbidden, resolve
 from ollama_meter.gateway._dash import dashboard_routes
 from ollama_meter.gateway._fleet import Fleet
-from ollama_meter.gateway._hosts import LOCAL_NAMES_ONLY
+from ollama_meter.gateway._hosts import guard
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
 from ollama_meter.gateway._passthrough import PASSTHROUGH, forward
 from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
@@ -439,7 +439,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={ClientDisconnect: _client_left, 404: unrouted, 405: unrouted},
-        middleware=[LOCAL_NAMES_ONLY] if opts.loopback else [],
+        middleware=[guard(loopback=opts.loopback)],
     )
 
 

@@ -1,6 +1,10 @@
-"""DNS rebinding: a gateway listening on loopback answers only requests named for this machine.
+"""What every request is checked for before routing: its path, and (DNS rebinding) its Host.
 
-A web page whose name its owner points at 127.0.0.1 is same-origin with the gateway, and the
+A path with a ``.`` or ``..`` segment is refused: the gateway forwards paths to Ollama, and
+the HTTP client that does resolves dot segments, so a pass-through route that takes the rest
+of the path (``/v1/models/{model}``) would otherwise reach any route, model management too.
+
+A gateway listening on loopback answers only requests named for this machine. A web page whose name its owner points at 127.0.0.1 is same-origin with the gateway, and the
 browser sends it every request the page makes: the dashboard read, a model pulled with
 ``--allow-admin``. Ollama refuses such requests when it listens on loopback by the ``Host``
 they name, and so must the gateway in front of it: it sends Ollama a ``Host`` of its own, so
@@ -54,27 +58,42 @@ def is_local_host(host: str) -> bool:
     return name.endswith(_LOCAL_SUFFIXES)
 
 
-class LocalNamesOnly:
-    """ASGI middleware for a gateway listening on loopback: a ``Host`` naming another machine
-    gets 403 (``ometer serve`` installs it for such a ``--host``; ``ometer run`` always)."""
+def is_plain_path(path: str) -> bool:
+    """Whether a (decoded) path has no ``.`` or ``..`` segment: the HTTP client forwarding a
+    request resolves them, so ``/v1/models/../../api/pull`` would reach Ollama as /api/pull."""
+    return not any(part in (".", "..") for part in path.split("/"))
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class Guard:
+    """ASGI middleware before any route: a path with a dot segment is no route the gateway
+    serves (404); with ``loopback`` (``ometer serve`` on a loopback ``--host``, ``ometer run``),
+    a ``Host`` naming another machine gets 403."""
+
+    def __init__(self, app: ASGIApp, *, loopback: bool) -> None:
         self.app = app
+        self.loopback = loopback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            path = scope.get("path", "/")
             host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
-            if not is_local_host(host):
-                path = scope.get("path", "/")
+            refusal = None
+            if self.loopback and not is_local_host(host):
                 message = (
                     f"{host!r} is not a name of this machine, and this gateway listens only on "
                     "loopback; call it as localhost or 127.0.0.1 (a gateway started for the "
                     "network, with --host, takes any name)"
                 )
-                await error_response(wire_of(path), 403, message)(scope, receive, send)
+                refusal = error_response(wire_of(path), 403, message)
+            elif not is_plain_path(path):
+                message = f"{scope['method']} {path} is not a route this gateway serves"
+                refusal = error_response(wire_of(path), 404, message)
+            if refusal is not None:
+                await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-LOCAL_NAMES_ONLY = Middleware(LocalNamesOnly)
-"""The middleware as the app declares it."""
+def guard(*, loopback: bool) -> Middleware:
+    """The middleware as the app declares it."""
+    return Middleware(Guard, loopback=loopback)

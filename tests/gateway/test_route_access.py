@@ -91,7 +91,7 @@ def test_every_registered_route_asks_what_the_policy_says(
         ("HEAD", "/api/blobs/sha256:" + "0" * 64, 404),
         ("POST", "/api/signin", 404),
         ("POST", "/v1/responses", 404),
-        ("GET", "/v1/models/llama3.1:8b", 404),
+        ("DELETE", "/v1/models/llama3.1:8b", 405),
         ("GET", "/api/pull", 405),
         ("GET", "/api/delete", 405),
         ("POST", "/api/dash", 405),

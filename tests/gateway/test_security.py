@@ -453,3 +453,30 @@ def test_a_key_or_token_sent_twice_is_refused_not_picked_from(
         'Content-Length: 17\r\nConnection: close\r\n\r\n{"model":"m:1b"}\n'.encode(),
     )
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:300]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v1/models/../../api/pull",
+        "/v1/models/%2e%2e/%2E%2E/api/pull",
+        "/v1/models/..%2F..%2Fapi%2Fpull",
+        "/v1/models/x/./../../../api/create",
+        "/v1/models/llama3.1:8b/../../../api/push",
+    ],
+)
+def test_a_dot_segment_never_turns_a_pass_through_into_model_management(
+    open_gw: Proc, emulator: OllamaEmulator, target: str
+) -> None:
+    """``/v1/models/{model}`` takes the rest of the path as the name; the HTTP client that
+    forwards it resolves ``..``, so ``/v1/models/../../api/pull`` reached Ollama as /api/pull
+    on a gateway without --allow-admin (and with a key alone behind an admin token)."""
+    answer = raw(
+        open_gw.url,
+        f"POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        'Content-Length: 17\r\nConnection: close\r\n\r\n{"model":"m:1b"}\n'.encode(),
+    )
+    assert not [r.path for r in emulator.requests if not r.path.startswith("/v1/models/")]
+    assert answer.startswith(b"HTTP/1.1 404 "), answer[:300]
+    (error,) = json.loads(answer.split(b"\r\n\r\n", 1)[1]).values()
+    assert "not a route this gateway serves" in str(error)
