@@ -59,9 +59,10 @@ def is_local_host(host: str) -> bool:
 
 
 def is_plain_path(path: str) -> bool:
-    """Whether a (decoded) path has no ``.`` or ``..`` segment: the HTTP client forwarding a
-    request resolves them, so ``/v1/models/../../api/pull`` would reach Ollama as /api/pull."""
-    return not any(part in (".", "..") for part in path.split("/"))
+    """Whether a (decoded) path has no ``.`` or ``..`` segment and no control character: the
+    HTTP client forwarding a request resolves dot segments, so ``/v1/models/../../api/pull``
+    would reach Ollama as /api/pull; and a route matches ``/api/tags`` + newline too."""
+    return not any(part in (".", "..") for part in path.split("/")) and path.isprintable()
 
 
 class Guard:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -31,6 +32,9 @@ PASSTHROUGH = (
 )
 """The routes passed through, as the app registers them."""
 
+_PATH_SAFE = "/:@!$&'()*+,;=~"
+"""What stays as it is in a forwarded path (RFC 3986's pchar); anything else is %-encoded."""
+
 _NOT_RELAYED = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding"})
 
 
@@ -48,7 +52,8 @@ async def forward(fleet: Fleet, request: Request, *, body: bytes | None) -> Resp
     try:
         response = await pool.request(
             request.method,
-            path,
+            # Sent as received: encoded again, so no client decodes a %2e twice into a "..".
+            quote(request.scope["path"], safe=_PATH_SAFE),
             body=body,
             query=request.url.query,
             headers=forward_headers(request.headers),

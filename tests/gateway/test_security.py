@@ -463,6 +463,7 @@ def test_a_key_or_token_sent_twice_is_refused_not_picked_from(
         "/v1/models/..%2F..%2Fapi%2Fpull",
         "/v1/models/x/./../../../api/create",
         "/v1/models/llama3.1:8b/../../../api/push",
+        "/api/show%0A",
     ],
 )
 def test_a_dot_segment_never_turns_a_pass_through_into_model_management(
@@ -480,3 +481,19 @@ def test_a_dot_segment_never_turns_a_pass_through_into_model_management(
     assert answer.startswith(b"HTTP/1.1 404 "), answer[:300]
     (error,) = json.loads(answer.split(b"\r\n\r\n", 1)[1]).values()
     assert "not a route this gateway serves" in str(error)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/v1/models/%252e%252e/%252e%252e/api/pull", "/v1/models/.%252E/.%252e/api/pull"],
+)
+def test_a_dot_encoded_twice_reaches_ollama_as_the_name_it_spells(
+    open_gw: Proc, emulator: OllamaEmulator, target: str
+) -> None:
+    """Decoded once by the gateway, ``%2e%2e`` is no dot segment, but the forwarding client
+    decoded it again and resolved it: the path is now sent as it was received."""
+    raw(
+        open_gw.url,
+        f"GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode(),
+    )
+    assert [r.path for r in emulator.requests] == [target]
