@@ -87,7 +87,8 @@ class Guard:
                 )
                 refusal = error_response(wire_of(path), 403, message)
             elif not is_plain_path(path):
-                message = f"{scope['method']} {path} is not a route this gateway serves"
+                shown = path if path.isprintable() else repr(path)  # one line
+                message = f"{scope['method']} {shown} is not a route this gateway serves"
                 refusal = error_response(wire_of(path), 404, message)
             if refusal is not None:
                 await refusal(scope, receive, send)

@@ -480,7 +480,7 @@ def test_a_dot_segment_never_turns_a_pass_through_into_model_management(
     assert not [r.path for r in emulator.requests if not r.path.startswith("/v1/models/")]
     assert answer.startswith(b"HTTP/1.1 404 "), answer[:300]
     (error,) = json.loads(answer.split(b"\r\n\r\n", 1)[1]).values()
-    assert "not a route this gateway serves" in str(error)
+    assert "not a route this gateway serves" in str(error) and "\n" not in str(error)
 
 
 @pytest.mark.parametrize(
