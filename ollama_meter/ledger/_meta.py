@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import tzinfo
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Table, delete, insert, select
+from sqlalchemy import Connection, Table, delete, select, text
 
 from ollama_meter.ledger.models import LedgerMetaRow
 
@@ -19,9 +19,19 @@ def get_meta(conn: Connection, key: str) -> str | None:
 
 
 def set_meta(conn: Connection, key: str, value: str | None) -> None:
-    conn.execute(delete(META).where(META.c.key == key))
-    if value is not None:
-        conn.execute(insert(META).values(key=key, value=value))
+    """Set ``key`` (None removes it); one statement, so processes setting it at once never
+    meet on the key (a delete then an insert did: "duplicate key" on PostgreSQL)."""
+    if value is None:
+        conn.execute(delete(META).where(META.c.key == key))
+        return
+    conn.execute(_UPSERT, {"key": key, "value": value})
+
+
+_UPSERT = text(
+    f'INSERT INTO {META.name} ("key", "value") VALUES (:key, :value) '
+    'ON CONFLICT ("key") DO UPDATE SET "value" = excluded."value"'
+)
+"""SQLite and PostgreSQL spell it alike."""
 
 
 def ledger_zone(conn: Connection) -> tzinfo | None:

@@ -76,9 +76,8 @@ def rebuild(
         if zone is not None:
             _change_zone(write, read, zone)
         with write() as conn:
-            # Until the last month is summed, days and months disagree: if this dies,
+            # Until the last month is summed, days and months may disagree: if this stops,
             # whichever process opens the ledger next finishes it (build_if_stale).
-            set_meta(conn, "rollups", "stale")
             _beat(conn)
         with read() as conn:
             horizon = pruned_before(conn)
@@ -105,7 +104,7 @@ def rebuild(
                 )
         except BaseException:  # stopped (Ctrl-C, SIGTERM, an error): the next open finishes it
             with contextlib.suppress(Exception), write() as conn:
-                set_meta(conn, "rebuilding", None)
+                set_meta(conn, "rebuilding", STOPPED)
             raise
         with write() as conn:
             set_meta(conn, "rollups", "current")
@@ -120,6 +119,8 @@ died: one day of 10M spans took under a minute on a busy machine."""
 
 REBUILD_POLL_S = 0.5
 """How often a process waiting for another's rebuild looks whether it is done."""
+STOPPED = "stopped"
+"""What a rebuild that was stopped leaves in ``ledger_meta.rebuilding``: finish me."""
 
 
 def _beat(conn: Connection) -> None:
@@ -320,17 +321,25 @@ def adopt_zone(conn: Connection, zone: str) -> bool:
 
 
 def build_if_stale(ledger: Any) -> None:
-    """Build the rollups a migration asked for, or a rebuild that died left half done
-    (``ledger_meta.rollups = 'stale'``), once. A rebuild still at work is waited for, not
-    raced: answers and budgets read rollups, so none is given before they are whole."""
+    """Build the rollups a migration or a zone change asked for (``ledger_meta.rollups =
+    'stale'``: nothing in them can be read until then), or finish a rebuild that stopped
+    half way, once.
+
+    A rebuild still at work is left to it: a stale ledger's is waited for (budgets and
+    answers read the rollups, so none is given from half-built ones); a plain one's days
+    are each whole, old or new, so the ledger is used meanwhile.
+    """
     waiting = False
     while True:
         with ledger.read() as conn:
-            if get_meta(conn, "rollups") != "stale":
+            stale = get_meta(conn, "rollups") == "stale"
+            if not stale and get_meta(conn, "rebuilding") is None:
                 return
             if not _at_work(conn):
                 empty = conn.execute(select(SpanRow.id).limit(1)).first() is None
                 break
+        if not stale:
+            return
         if not waiting:
             log.warning(
                 "waiting for another process to finish rebuilding the rollups of %s",
@@ -341,6 +350,7 @@ def build_if_stale(ledger: Any) -> None:
     if empty:
         with ledger.write() as conn:
             set_meta(conn, "rollups", "current")
+            set_meta(conn, "rebuilding", None)
         return
     log.warning("building rollups for the spans already in %s (once)", ledger.display_url)
     count = rebuild(ledger.write, ledger.read)

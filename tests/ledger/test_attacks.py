@@ -275,13 +275,16 @@ def test_a_rollup_that_dies_half_way_is_finished_by_the_next_open(db_url: str) -
 def test_a_ledger_opened_while_a_rebuild_runs_leaves_the_work_to_it(
     db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A report run during ``db rollup --zone`` (a stale ledger) rebuilt every day itself, as
-    long as the rebuild it raced; a rebuild that is still at work is waited for (budgets and
-    answers read the rollups), and one that stopped (it died) is taken over."""
+    """A gateway started while another built a stale ledger's rollups (after an upgrade, or
+    during ``db rollup --zone``) rebuilt every day itself, as long as the rebuild it raced; a
+    rebuild still at work is waited for (budgets and answers read the rollups), and one that
+    stopped (it died) is taken over. A plain rebuild's days are each whole: not waited for."""
     ledger = Ledger(db_url)
     ledger.record(_spans(60))
     kept = _tables(ledger)
     _without_rollups(ledger)
+    with ledger.write() as conn:
+        set_meta(conn, "rollups", "stale")  # as a migration leaves it
     opener = threading.Thread(target=lambda: Ledger(db_url).dispose())
 
     def open_another(day: int) -> None:
@@ -300,6 +303,12 @@ def test_a_ledger_opened_while_a_rebuild_runs_leaves_the_work_to_it(
         f"waiting for another process to finish rebuilding the rollups of {ledger.display_url}"
     ]
     assert _tables(ledger) == kept
+    caplog.clear()
+    with ledger.write() as conn:
+        set_meta(conn, "rebuilding", f"{int(time.time())} {os.getpid()} {socket.gethostname()}")
+    with caplog.at_level("WARNING", logger="ollama_meter"):
+        Ledger(db_url).dispose()  # a plain rebuild at work: the ledger is used meanwhile
+    assert not [m for m in caplog.messages if "rollups" in m]
     # One that stopped (an exception, Ctrl-C) said so; one killed -9 here has no process;
     # one on another machine that said nothing for ten minutes has died too.
     _without_rollups(ledger)
