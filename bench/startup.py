@@ -31,8 +31,10 @@ import time
 from pathlib import Path
 from subprocess import DEVNULL, PIPE
 
-LIBRARIES = (  # run as ``ometer`` runs (ollama_meter/__main__.py): fewer collections, none at exit
-    "import gc; gc.set_threshold(10_000); "
+from ollama_meter._runtime import STARTING
+
+LIBRARIES = (  # run as ``ometer`` runs (ollama_meter/__main__.py): no collection, none at exit
+    f"import gc; gc.set_threshold({STARTING}); "
     "import sqlalchemy.orm, pydantic_settings, typer.main, rich.console; gc.freeze()"
 )
 IN_PROCESS = "import sys; from ollama_meter.cli import main; sys.argv[0] = 'ometer'; main()"

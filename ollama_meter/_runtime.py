@@ -11,6 +11,7 @@ connections with its parent.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable, Hashable
@@ -78,3 +79,23 @@ def reset_runtime() -> None:
     with _swap:
         old, _current = _current, Runtime()
     old.close()
+
+
+# -- the cyclic collector in a process of its own (``ollama_meter.__main__``) -------------
+
+STARTING = 250_000
+"""New objects before the collector's first run: ``ometer log`` and ``report`` make about
+140,000 in all, so they never wait on it; longer work is still collected, in larger rounds."""
+SERVING = 10_000
+"""New objects between the collector's runs once a gateway serves: short pauses, seldom."""
+
+
+def serving() -> None:
+    """For a process that has started and stays up: what start-up made is kept for good
+    (frozen: never walked again) and later objects are collected in short, regular rounds.
+
+    Only in a process ``ometer`` started (``ollama_meter.__main__``): a program that runs
+    the command line itself (tests, an embedder) keeps its collector as it set it."""
+    if gc.get_threshold()[0] == STARTING:
+        gc.freeze()
+        gc.set_threshold(SERVING)

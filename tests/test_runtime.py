@@ -105,3 +105,23 @@ def test_every_ledger_an_ometer_process_opens_is_closed_before_it_exits(
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ledger.db")) == [
             "ledger.db"
         ], first
+
+
+def test_a_gateway_started_by_ometer_collects_in_short_rounds_and_a_host_program_is_left_alone() -> (
+    None
+):
+    import gc
+
+    from ollama_meter._runtime import SERVING, STARTING, serving
+
+    before = gc.get_threshold()
+    try:
+        serving()  # the test process set its own collector: serving() leaves it as it is
+        assert gc.get_threshold() == before
+        gc.set_threshold(STARTING, *before[1:])  # as `ometer` starts a command
+        serving()
+        assert gc.get_threshold() == (SERVING, *before[1:])
+        assert gc.get_freeze_count() > 0  # start-up's objects are never walked again
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

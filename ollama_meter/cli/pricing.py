@@ -24,13 +24,7 @@ from ollama_meter.cli._common import (
 )
 from ollama_meter.errors import PricingError, ValidationError
 from ollama_meter.periods import local_midnight, parse_day, window_between
-from ollama_meter.pricing import (
-    PRICE_FIELDS,
-    PriceRule,
-    parse_amount,
-    parse_pricing_toml,
-    sort_rules,
-)
+from ollama_meter.records import PRICE_FIELDS, PriceRule, parse_amount
 
 app = typer.Typer(help="Price rules: what calls to each model cost.", no_args_is_help=True)
 
@@ -136,6 +130,8 @@ def rule_to_dict(rule: PriceRule) -> dict[str, object]:
 @app.command("list")
 def list_rules(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Show every price rule."""
+    from ollama_meter.pricing import sort_rules
+
     rules = sort_rules(ledger_at(db).price_rules())
     if as_json:
         out.file.write(json.dumps([rule_to_dict(r) for r in rules], indent=2) + "\n")
@@ -184,6 +180,8 @@ def import_rules(
     db: DbOption = None,
 ) -> None:
     """Add every rule in a TOML file (see README for the format)."""
+    from ollama_meter.pricing import parse_pricing_toml
+
     cfg = settings(db_url=db)
     try:
         rules = parse_pricing_toml(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ollama_meter._runtime import serving
 from ollama_meter.cli._common import (
     Column,
     DbOption,
@@ -151,6 +152,7 @@ def serve(
     config = server_config(
         app, host=host, port=port, max_header_bytes=max_header_bytes, timeout_graceful_shutdown=10
     )
+    serving()
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -221,6 +223,7 @@ def run(
     port = int(sock.getsockname()[1])
     app = create_app(cfg, GatewayOptions(default_user=user, loopback=True), meter=meter)
     server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port))
+    serving()
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:

@@ -2,9 +2,9 @@
 
 Changing a model needs a new Alembic migration in ``migrations/versions``; a
 test compares the two. Released migrations are never edited: fix forward.
+Annotations are objects here, not strings: SQLAlchemy would otherwise evaluate each
+``Mapped[...]`` again while every command starts.
 """
-
-from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal

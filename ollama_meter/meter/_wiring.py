@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ollama_meter.errors import PricingError
-from ollama_meter.pricing import parse_pricing_toml
 from ollama_meter.records import Source
 
 if TYPE_CHECKING:
@@ -104,6 +103,8 @@ def ledger_for(settings: Settings) -> Ledger:
 
 def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> bool:
     """Load ``OMETER_PRICING_FILE`` into the ledger when its content changed; True if it did."""
+    from ollama_meter.pricing import parse_pricing_toml
+
     content = path.read_bytes()
 
     def rules() -> list[PriceRule]:
