@@ -187,6 +187,54 @@ def test_a_bad_period_is_a_400_with_one_line(dash: Gateway, query: str) -> None:
     assert 'href="/dashboard"' in page.text
 
 
+_TWO = (
+    "period {!r} and since/until ask for different stretches; give the dates with "
+    "period=custom, or the period alone"
+)
+
+
+@pytest.mark.parametrize("period", ["today", "week", "previous-month", "2026-10", "2026-11-19"])
+@pytest.mark.parametrize(
+    "dates", ["since=2026-11-01", "until=2026-11-10", "since=2026-11-01&until=2026-11-10"]
+)
+def test_a_period_with_dates_is_a_400_naming_both(dash: Gateway, period: str, dates: str) -> None:
+    """``period=today&since=2026-11-01`` answered for today and dropped the dates unsaid."""
+    api = dash.client.get(f"/api/dash?period={period}&{dates}")
+    assert api.status_code == 400 and api.json() == {"error": _TWO.format(period)}
+    page = dash.client.get(f"/dashboard?period={period}&{dates}")
+    assert page.status_code == 400 and _TWO.format(period).replace("'", "&#39;") in page.text
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "since=2026-11-02&until=2026-11-05",
+        "period=custom&since=2026-11-02&until=2026-11-05",
+        "period=month&since=2026-11-02&until=2026-11-05",  # the form's default, dates typed in
+        "period=&since=2026-11-02&until=2026-11-05",
+    ],
+)
+def test_dates_make_a_custom_range_and_say_so(dash: Gateway, query: str) -> None:
+    period = dash.client.get(f"/api/dash?{query}").json()["period"]
+    assert (period["query"], period["label"]) == ("custom", "2026-11-02..2026-11-05")
+    page = dash.client.get(f"/dashboard?{query}").text
+    assert '<option value="custom" selected>' in page
+
+
+def test_empty_dates_leave_the_period_alone(dash: Gateway) -> None:
+    """What the form sends without script: the date fields are there, and empty."""
+    period = dash.client.get("/api/dash?period=today&since=&until=").json()["period"]
+    assert (period["query"], period["label"]) == ("today", "2026-11-20")
+
+
+def test_an_unknown_period_names_the_dashboards_choices(dash: Gateway) -> None:
+    reply = dash.client.get("/api/dash?period=last-month")
+    assert reply.status_code == 400 and reply.json() == {
+        "error": "period 'last-month' is not one of: today, week, month, previous-month, "
+        "custom, YYYY-MM or YYYY-MM-DD"
+    }
+
+
 def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     families = text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
     return {
