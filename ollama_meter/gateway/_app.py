@@ -65,6 +65,7 @@ log = logging.getLogger("ollama_meter.gateway")
 
 ADMIN = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
 _NO_BODY = frozenset({"GET", "HEAD"})
+_BROWSER_PAGES = frozenset({"/dashboard", "/api/dash"})
 REFRESH_SECONDS = 5.0
 """How often the background task looks for prices and budgets due to be reloaded."""
 
@@ -225,7 +226,7 @@ class Gateway:
     async def _admin_only(self, request: Request, *, in_query: bool = False) -> None:
         """The admin token when one is set; else a key when keys are required.
 
-        ``in_query``: the gateway's own pages also take ``?token=`` (links in a browser);
+        ``in_query``: the dashboard and ``/api/dash`` also take ``?token=`` (links in a browser);
         a route forwarded to Ollama never does, or the token would travel on in the URL.
         """
         token = self.options.admin_token
@@ -369,9 +370,13 @@ class Gateway:
         )
 
     async def own_page(self, request: Request, endpoint: Endpoint) -> Response:
-        """The dashboard, ``/api/dash`` and ``/metrics``: behind the admin token (or a key)."""
+        """The dashboard, ``/api/dash`` and ``/metrics``: behind the admin token (or a key).
+
+        Only the pages a browser opens take ``?token=``: in a scrape URL it would be shown
+        in Prometheus' list of targets.
+        """
         try:
-            await self._admin_only(request, in_query=True)
+            await self._admin_only(request, in_query=request.url.path in _BROWSER_PAGES)
         except _Refused as refused:
             return refused.response
         response = await endpoint(request)

@@ -313,6 +313,21 @@ def test_admin_token_guards_the_dashboard(app: Any, emulator: OllamaEmulator) ->
     assert gw.client.get("/api/dash?token=s3cret").json()["spend"] == []
 
 
+def test_metrics_take_the_admin_token_only_in_a_header(app: Any, emulator: OllamaEmulator) -> None:
+    """``?token=`` is for a browser (the dashboard, ``/api/dash``); in a scrape URL it would show
+    in Prometheus' target list and any proxy's log, and the README promises it only there."""
+    gw = app(emulator.url, admin_token="s3cret")
+    for query in ("?token=s3cret", "?token=wrong&token=s3cret"):
+        refused = gw.client.get(f"/metrics{query}")
+        assert refused.status_code == 401 and refused.json() == {
+            "error": "this needs the admin token: Authorization: Bearer <token>"
+        }
+    assert gw.client.get("/dashboard").json() == {
+        "error": "this needs the admin token: Authorization: Bearer <token> or ?token="
+    }
+    assert gw.client.get("/api/dash?token=s3cret").status_code == 200
+
+
 _text = st.text(
     st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40
 ) | st.sampled_from(["", "today", "week", "month", "previous-month", "custom", "2026-11",
