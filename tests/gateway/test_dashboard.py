@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from ollama_meter.gateway._dash import DASH_CACHE_SECONDS
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span, office_spans, token_prices, two_currencies
@@ -233,6 +236,39 @@ def test_an_unknown_period_names_the_dashboards_choices(dash: Gateway) -> None:
         "error": "period 'last-month' is not one of: today, week, month, previous-month, "
         "custom, YYYY-MM or YYYY-MM-DD"
     }
+
+
+def test_a_new_span_shows_once_the_figures_are_older_than_the_cache_time(dash: Gateway) -> None:
+    fill(dash)
+    started = time.monotonic()
+    assert dash.client.get("/api/dash").json()["summary"]["requests"] == 3
+    dash.ledger.record([make_span(started_at=TODAY)])
+    calls = dash.client.get("/api/dash").json()["summary"]["requests"]
+    page = dash.client.get("/dashboard?period=month").text  # the page reads the same figures
+    if time.monotonic() - started < DASH_CACHE_SECONDS:  # a stalled machine may be past it
+        assert calls == 3 and 'id="card-calls" data-value="3"' in page
+    time.sleep(max(0.0, started + DASH_CACHE_SECONDS - time.monotonic()) + 0.05)
+    assert dash.client.get("/api/dash").json()["summary"]["requests"] == 4
+    assert 'id="card-calls" data-value="4"' in dash.client.get("/dashboard").text
+
+
+def test_polls_at_once_share_one_computation(app: Any, emulator: OllamaEmulator) -> None:
+    """Dashboards on a wall refreshing together, or a page and its JSON: one report for all
+    (each report reads the ledger on one of the gateway's threads, which calls need too)."""
+    reports: list[datetime] = []
+
+    def clock() -> datetime:  # read once per report, before the ledger
+        reports.append(NOW)
+        time.sleep(0.3)  # a big ledger: the other polls arrive while this one runs
+        return NOW
+
+    gw = app(emulator.url, clock=clock)
+    fill(gw)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        replies = list(pool.map(gw.client.get, ["/api/dash", "/dashboard?period=month"] * 10))
+    assert [r.status_code for r in replies] == [200] * 20
+    assert len(reports) == 1
+    assert {r.json()["summary"]["requests"] for r in replies[::2]} == {3}
 
 
 def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
