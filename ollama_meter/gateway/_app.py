@@ -35,6 +35,7 @@ from ollama_meter.gateway._access import (
     bearer,
     presented_key,
     read_body,
+    route_of,
     token_matches,
     unrouted,
 )
@@ -180,7 +181,9 @@ class Gateway:
 
     def _unauthenticated(self, request: Request, message: str) -> _Refused:
         path = request.url.path
-        self.unauthenticated.refused(path, request.client.host if request.client else "?")
+        self.unauthenticated.refused(
+            route_of(request), request.client.host if request.client else "?"
+        )
         return _Refused(
             error_response(wire_of(path), 401, message, headers={"WWW-Authenticate": "Bearer"})
         )
