@@ -33,6 +33,11 @@ from ollama_meter.gateway._relay import error_response, wire_of
 log = logging.getLogger("ollama_meter.gateway")
 
 
+TOKEN_IN_QUERY = frozenset({"/dashboard", "/api/dash"})
+"""The pages a browser opens, which take the admin token as ``?token=`` too; not ``/metrics``:
+in a scrape URL it would show in Prometheus' list of targets."""
+
+
 class TooLarge(Exception):
     """The request body is over the gateway's limit."""
 

@@ -30,6 +30,7 @@ from ollama_meter.config import Settings
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.gateway import _metrics as metrics
 from ollama_meter.gateway._access import (
+    TOKEN_IN_QUERY,
     TooLarge,
     Unauthenticated,
     bearer,
@@ -66,7 +67,6 @@ log = logging.getLogger("ollama_meter.gateway")
 
 ADMIN = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
 _NO_BODY = frozenset({"GET", "HEAD"})
-_BROWSER_PAGES = frozenset({"/dashboard", "/api/dash"})
 REFRESH_SECONDS = 5.0
 """How often the background task looks for prices and budgets due to be reloaded."""
 
@@ -180,10 +180,8 @@ class Gateway:
     # -- who may call ----------------------------------------------------------------------
 
     def _unauthenticated(self, request: Request, message: str) -> _Refused:
-        path = request.url.path
-        self.unauthenticated.refused(
-            route_of(request), request.client.host if request.client else "?"
-        )
+        path, client = request.url.path, request.client
+        self.unauthenticated.refused(route_of(request), client.host if client else "?")
         return _Refused(
             error_response(wire_of(path), 401, message, headers={"WWW-Authenticate": "Bearer"})
         )
@@ -373,13 +371,9 @@ class Gateway:
         )
 
     async def own_page(self, request: Request, endpoint: Endpoint) -> Response:
-        """The dashboard, ``/api/dash`` and ``/metrics``: behind the admin token (or a key).
-
-        Only the pages a browser opens take ``?token=``: in a scrape URL it would be shown
-        in Prometheus' list of targets.
-        """
+        """The dashboard, ``/api/dash`` and ``/metrics``: behind the admin token (or a key)."""
         try:
-            await self._admin_only(request, in_query=request.url.path in _BROWSER_PAGES)
+            await self._admin_only(request, in_query=request.url.path in TOKEN_IN_QUERY)
         except _Refused as refused:
             return refused.response
         response = await endpoint(request)
