@@ -63,10 +63,12 @@ def _days(first: date, after_last: date, tz: ZoneInfo, label: str) -> Window:
     return Window(local_midnight(first, tz), local_midnight(after_last, tz), label)
 
 
-def parse_period(text: str, *, tz: ZoneInfo, now: datetime, what: str = "period") -> Window:
+def parse_period(
+    text: str, *, tz: ZoneInfo, now: datetime, what: str = "period", choices: str = PERIOD_HELP
+) -> Window:
     """``today``, ``week`` (ISO, from Monday), ``month``, ``YYYY-MM`` or ``YYYY-MM-DD``.
 
-    ``what`` names the option in errors (``--month``)."""
+    ``what`` names the option in errors (``--month``); ``choices``, what the caller takes."""
     today = now.astimezone(tz).date()
     value = text.strip().lower()
     if value == "today":
@@ -90,7 +92,7 @@ def parse_period(text: str, *, tz: ZoneInfo, now: datetime, what: str = "period"
     if _DAY.fullmatch(value):
         day = parse_day(value, what=what)
         return _days(day, day + timedelta(days=1), tz, value)
-    raise ValidationError(f"{what} {text!r} is not one of: {PERIOD_HELP}")
+    raise ValidationError(f"{what} {text!r} is not one of: {choices}")
 
 
 def parse_day(text: str, *, what: str) -> date:

@@ -24,12 +24,18 @@ from collections.abc import Callable
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from ollama_meter._logging import Throttled
 from ollama_meter.gateway._attribution import HEADER_KEY
 from ollama_meter.gateway._relay import error_response, wire_of
 
 log = logging.getLogger("ollama_meter.gateway")
+
+
+TOKEN_IN_QUERY = frozenset({"/dashboard", "/api/dash"})
+"""The pages a browser opens, which take the admin token as ``?token=`` too; not ``/metrics``:
+in a scrape URL it would show in Prometheus' list of targets."""
 
 
 class TooLarge(Exception):
@@ -69,6 +75,19 @@ async def unrouted(request: Request, exc: Exception) -> Response:
     else:
         message = f"{method} {path} is not a route this gateway serves"
     return error_response(wire_of(path), status, message, headers=headers)
+
+
+def route_of(request: Request) -> str:
+    """The route a request matched, as registered (``/v1/models/{model:path}``).
+
+    What refusals are counted by: the path itself is whatever the caller sent, and a
+    label per path would let anyone without a key add a series to every scrape.
+    """
+    route = request.scope.get("route")  # set by newer Starlette routers
+    if route is None:
+        matched = (r for r in request.app.routes if r.matches(request.scope)[0] == Match.FULL)
+        route = next(matched, None)
+    return getattr(route, "path", None) or request.url.path
 
 
 def _only(request: Request, header: str) -> str | None:

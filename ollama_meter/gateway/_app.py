@@ -30,11 +30,13 @@ from ollama_meter.config import Settings
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.gateway import _metrics as metrics
 from ollama_meter.gateway._access import (
+    TOKEN_IN_QUERY,
     TooLarge,
     Unauthenticated,
     bearer,
     presented_key,
     read_body,
+    route_of,
     token_matches,
     unrouted,
 )
@@ -178,8 +180,8 @@ class Gateway:
     # -- who may call ----------------------------------------------------------------------
 
     def _unauthenticated(self, request: Request, message: str) -> _Refused:
-        path = request.url.path
-        self.unauthenticated.refused(path, request.client.host if request.client else "?")
+        path, client = request.url.path, request.client
+        self.unauthenticated.refused(route_of(request), client.host if client else "?")
         return _Refused(
             error_response(wire_of(path), 401, message, headers={"WWW-Authenticate": "Bearer"})
         )
@@ -225,7 +227,7 @@ class Gateway:
     async def _admin_only(self, request: Request, *, in_query: bool = False) -> None:
         """The admin token when one is set; else a key when keys are required.
 
-        ``in_query``: the gateway's own pages also take ``?token=`` (links in a browser);
+        ``in_query``: the dashboard and ``/api/dash`` also take ``?token=`` (links in a browser);
         a route forwarded to Ollama never does, or the token would travel on in the URL.
         """
         token = self.options.admin_token
@@ -371,7 +373,7 @@ class Gateway:
     async def own_page(self, request: Request, endpoint: Endpoint) -> Response:
         """The dashboard, ``/api/dash`` and ``/metrics``: behind the admin token (or a key)."""
         try:
-            await self._admin_only(request, in_query=True)
+            await self._admin_only(request, in_query=request.url.path in TOKEN_IN_QUERY)
         except _Refused as refused:
             return refused.response
         response = await endpoint(request)

@@ -9,6 +9,8 @@ loads nothing from anywhere (its Content-Security-Policy says so).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -79,23 +81,39 @@ def dashboard_routes(
     for ``/api/dash``."""
 
     # Ledger-wide sums change by the call, but nobody reads them that often: answer repeated
-    # polls (several dashboards, a reload, the page and its JSON) from the last few seconds'.
+    # polls (several dashboards, a reload, the page and its JSON) from the last few seconds',
+    # and polls that come while a report runs wait for it rather than each start their own
+    # (each holds one of the ledger threads that calls need too). Only the event loop
+    # touches these two.
     recent: dict[DashQuery, tuple[float, Dashboard]] = {}
+    running: dict[DashQuery, asyncio.Task[Any]] = {}
 
-    def cached(query: DashQuery, meter: Meter) -> Dashboard:
-        hit = recent.get(query)
-        if hit is not None and time.monotonic() - hit[0] < DASH_CACHE_SECONDS:
-            return hit[1]
-        result = dashboard_report(meter.ledger, query, tz=settings.tz, now=meter.clock())
+    def compute(query: DashQuery, meter: Meter) -> Dashboard:
+        return dashboard_report(meter.ledger, query, tz=settings.tz, now=meter.clock())
+
+    def keep(query: DashQuery, task: asyncio.Task[Any]) -> None:
+        del running[query]
+        if task.cancelled() or task.exception() is not None:  # a bad query: nothing to keep
+            return
+        now = time.monotonic()
+        for old in [q for q, (at, _) in recent.items() if now - at >= DASH_CACHE_SECONDS]:
+            del recent[old]
         if len(recent) > 64:
             recent.clear()
-        recent[query] = (time.monotonic(), result)
-        return result
+        recent[query] = (now, task.result())
 
     async def report(request: Request) -> Dashboard:
         """The dashboard's reports for the URL's query; raises OmeterError for a bad one."""
         query, meter = dash_query(request.query_params.multi_items()), meter_of(request)
-        return await in_thread(lambda: cached(query, meter))  # type: ignore[no-any-return]
+        hit = recent.get(query)
+        if hit is not None and time.monotonic() - hit[0] < DASH_CACHE_SECONDS:
+            return hit[1]
+        task = running.get(query)
+        if task is None:
+            task = running[query] = asyncio.ensure_future(in_thread(compute, query, meter))
+            task.add_done_callback(functools.partial(keep, query))
+        # A caller hanging up leaves the report to the others (and to the cache).
+        return await asyncio.shield(task)
 
     async def api_dash(request: Request) -> Response:
         try:

@@ -43,6 +43,7 @@ PERIOD_CHOICES = {
     "custom": "Custom range",
 }
 """The dashboard's period selector: value → label. ``YYYY-MM`` and ``YYYY-MM-DD`` work too."""
+DASH_PERIOD_HELP = f"{', '.join(PERIOD_CHOICES)}, YYYY-MM or YYYY-MM-DD"
 
 TOP = 10
 """How many users and models the top lists show."""
@@ -68,18 +69,38 @@ class DashQuery:
     def filters(self) -> Filters:
         return {"tenant": self.tenant, "department": self.department, "model": self.model}
 
+    @property
+    def selected(self) -> str:
+        """The period as the selector shows it: ``custom`` when the dates name the window.
+
+        Dates go with ``custom`` or with ``month``, the default (what the form sends when
+        dates are typed in without a script to switch the selector).
+        """
+        dated = self.period == "month" and bool(self.since or self.until)
+        return "custom" if dated else self.period
+
 
 def dash_window(query: DashQuery, *, tz: ZoneInfo, now: datetime) -> Window:
-    """The window a :class:`DashQuery` names: a period word, a month or day, or a range."""
-    if query.period == "custom" or (query.period == "month" and (query.since or query.until)):
+    """The window a :class:`DashQuery` names: a period word, a month or day, or a range.
+
+    A period other than ``custom`` (or the default ``month``) with dates is a
+    :class:`ValidationError`: answering for either would drop what the other asked for.
+    """
+    period = query.selected
+    if period == "custom":
         if not query.since:
             raise ValidationError("a custom range needs a start date (since=YYYY-MM-DD)")
         return window_between(query.since, query.until, tz=tz, now=now, names=("since", "until"))
-    if query.period == "previous-month":
+    if query.since or query.until:
+        raise ValidationError(
+            f"period {period[:64]!r} and since/until ask for different stretches; "
+            "give the dates with period=custom, or the period alone"
+        )
+    if period == "previous-month":
         first = month_start(now.astimezone(tz).date())
         previous = month_start(first - timedelta(days=1))
         return parse_period(previous.strftime("%Y-%m"), tz=tz, now=now)
-    return parse_period(query.period, tz=tz, now=now)
+    return parse_period(period, tz=tz, now=now, choices=DASH_PERIOD_HELP)
 
 
 def previous_window(window: Window, *, tz: ZoneInfo, now: datetime) -> Window:
@@ -235,7 +256,7 @@ class Dashboard:
         rate = share(counts["errors"], counts["requests"], 2)
         return {
             "period": {
-                "query": self.query.period,
+                "query": self.query.selected,
                 "label": self.window.label,
                 "start": iso_utc(self.window.start),
                 "end": iso_utc(self.window.end),

@@ -414,7 +414,7 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
         links=links,
         script=asset("dash.js"),
         periods=PERIOD_CHOICES,
-        period=("custom" if query.since and query.period == "month" else query.period),
+        period=query.selected,
         as_of=d.now.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M"),
         cards=_cards(d),
         counts=counts,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from ollama_meter.gateway._dash import DASH_CACHE_SECONDS
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span, office_spans, token_prices, two_currencies
@@ -187,6 +190,88 @@ def test_a_bad_period_is_a_400_with_one_line(dash: Gateway, query: str) -> None:
     assert 'href="/dashboard"' in page.text
 
 
+_TWO = (
+    "period {!r} and since/until ask for different stretches; give the dates with "
+    "period=custom, or the period alone"
+)
+
+
+@pytest.mark.parametrize("period", ["today", "week", "previous-month", "2026-10", "2026-11-19"])
+@pytest.mark.parametrize(
+    "dates", ["since=2026-11-01", "until=2026-11-10", "since=2026-11-01&until=2026-11-10"]
+)
+def test_a_period_with_dates_is_a_400_naming_both(dash: Gateway, period: str, dates: str) -> None:
+    """``period=today&since=2026-11-01`` answered for today and dropped the dates unsaid."""
+    api = dash.client.get(f"/api/dash?period={period}&{dates}")
+    assert api.status_code == 400 and api.json() == {"error": _TWO.format(period)}
+    page = dash.client.get(f"/dashboard?period={period}&{dates}")
+    assert page.status_code == 400 and _TWO.format(period).replace("'", "&#39;") in page.text
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "since=2026-11-02&until=2026-11-05",
+        "period=custom&since=2026-11-02&until=2026-11-05",
+        "period=month&since=2026-11-02&until=2026-11-05",  # the form's default, dates typed in
+        "period=&since=2026-11-02&until=2026-11-05",
+    ],
+)
+def test_dates_make_a_custom_range_and_say_so(dash: Gateway, query: str) -> None:
+    period = dash.client.get(f"/api/dash?{query}").json()["period"]
+    assert (period["query"], period["label"]) == ("custom", "2026-11-02..2026-11-05")
+    page = dash.client.get(f"/dashboard?{query}").text
+    assert '<option value="custom" selected>' in page
+
+
+def test_empty_dates_leave_the_period_alone(dash: Gateway) -> None:
+    """What the form sends without script: the date fields are there, and empty."""
+    period = dash.client.get("/api/dash?period=today&since=&until=").json()["period"]
+    assert (period["query"], period["label"]) == ("today", "2026-11-20")
+
+
+def test_an_unknown_period_names_the_dashboards_choices(dash: Gateway) -> None:
+    reply = dash.client.get("/api/dash?period=last-month")
+    assert reply.status_code == 400 and reply.json() == {
+        "error": "period 'last-month' is not one of: today, week, month, previous-month, "
+        "custom, YYYY-MM or YYYY-MM-DD"
+    }
+
+
+def test_a_new_span_shows_once_the_figures_are_older_than_the_cache_time(dash: Gateway) -> None:
+    fill(dash)
+    asked = time.monotonic()  # the figures are from after this, and from before `answered`
+    assert dash.client.get("/api/dash").json()["summary"]["requests"] == 3
+    answered = time.monotonic()
+    dash.ledger.record([make_span(started_at=TODAY)])
+    calls = dash.client.get("/api/dash").json()["summary"]["requests"]
+    page = dash.client.get("/dashboard?period=month").text  # the page reads the same figures
+    if time.monotonic() - asked < DASH_CACHE_SECONDS:  # a stalled machine may be past it
+        assert calls == 3 and 'id="card-calls" data-value="3"' in page
+    time.sleep(max(0.0, answered + DASH_CACHE_SECONDS - time.monotonic()) + 0.05)
+    assert dash.client.get("/api/dash").json()["summary"]["requests"] == 4
+    assert 'id="card-calls" data-value="4"' in dash.client.get("/dashboard").text
+
+
+def test_polls_at_once_share_one_computation(app: Any, emulator: OllamaEmulator) -> None:
+    """Dashboards on a wall refreshing together, or a page and its JSON: one report for all
+    (each report reads the ledger on one of the gateway's threads, which calls need too)."""
+    reports: list[datetime] = []
+
+    def clock() -> datetime:  # read once per report, before the ledger
+        reports.append(NOW)
+        time.sleep(0.3)  # a big ledger: the other polls arrive while this one runs
+        return NOW
+
+    gw = app(emulator.url, clock=clock)
+    fill(gw)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        replies = list(pool.map(gw.client.get, ["/api/dash", "/dashboard?period=month"] * 10))
+    assert [r.status_code for r in replies] == [200] * 20
+    assert len(reports) == 1
+    assert {r.json()["summary"]["requests"] for r in replies[::2]} == {3}
+
+
 def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     families = text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
     return {
@@ -263,6 +348,21 @@ def test_admin_token_guards_the_dashboard(app: Any, emulator: OllamaEmulator) ->
     assert metrics.status_code == 200
     assert 'ometer_gateway_unauthenticated_requests_total{route="/metrics"} 1.0' in metrics.text
     assert gw.client.get("/api/dash?token=s3cret").json()["spend"] == []
+
+
+def test_metrics_take_the_admin_token_only_in_a_header(app: Any, emulator: OllamaEmulator) -> None:
+    """``?token=`` is for a browser (the dashboard, ``/api/dash``); in a scrape URL it would show
+    in Prometheus' target list and any proxy's log, and the README promises it only there."""
+    gw = app(emulator.url, admin_token="s3cret")
+    for query in ("?token=s3cret", "?token=wrong&token=s3cret"):
+        refused = gw.client.get(f"/metrics{query}")
+        assert refused.status_code == 401 and refused.json() == {
+            "error": "this needs the admin token: Authorization: Bearer <token>"
+        }
+    assert gw.client.get("/dashboard").json() == {
+        "error": "this needs the admin token: Authorization: Bearer <token> or ?token="
+    }
+    assert gw.client.get("/api/dash?token=s3cret").status_code == 200
 
 
 _text = st.text(

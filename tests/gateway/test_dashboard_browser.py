@@ -286,7 +286,26 @@ def test_numbers_read_with_javascript_off(
         if NOVEMBER <= s.started_at < OFFICE_NOW and s.request_model == "mistral:7b"
     )
     assert card(page, "spend-USD")[1] == format_micros(mistral)
+    # dates typed in, the selector left at "This month": the dates are what was asked for
+    page.fill('input[name="since"]', "2026-11-02")
+    page.fill('input[name="until"]', "2026-11-05")
+    page.locator("#filters button").click()
+    page.wait_for_url("**since=2026-11-02**")
+    assert page.locator("#period-label").inner_text() == "2026-11-02..2026-11-05"
+    assert page.locator("#f-period").input_value() == "custom"
     assert watched.problems == []
+    # then another period with the dates still there: one line saying so, not either stretch
+    page.select_option("#f-period", "today")
+    page.locator("#filters button").click()
+    page.wait_for_url("**period=today**")
+    assert page.get_by_role("alert").inner_text() == (
+        "period 'today' and since/until ask for different stretches; "
+        "give the dates with period=custom, or the period alone"
+    )
+    assert watched.problems == [
+        "console error: Failed to load resource: the server responded with a status of 400 "
+        "(Bad Request)"
+    ]
 
 
 def test_html_report_file_in_the_browser(

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
+import pytest
 from hypothesis import given, settings, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from ollama_meter.gateway._metrics import OTHER, GatewayMetrics
 from ollama_meter.records import Status, make_storable
+from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
+from tests.gateway.conftest import Gateway
 
 NAMES = st.sampled_from(["a", "b", "c", "d", "e"])
 
@@ -62,3 +66,27 @@ def test_any_name_is_one_escaped_label_value_and_the_scrape_parses(
     ((labels, value),) = samples(metrics, "ometer_errors").items()
     assert dict(labels)["model"] == span.request_model and value == 1
     assert dict(labels)["error_type"] == (span.error_type or "unknown")
+
+
+@pytest.fixture
+def locked_app(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> Gateway:
+    return app_on(emulator.url, sqlite_url, require_key=True, admin_token="s3cret")
+
+
+def test_refusals_count_by_route_so_no_caller_mints_a_series(locked_app: Gateway) -> None:
+    """``/v1/models/{model}`` takes any name: counted by the path sent, each refused request
+    without a key was a new series in every scrape (and a new entry in the gateway's memory)."""
+    gw = locked_app
+    for n in range(50):
+        assert gw.client.get(f"/v1/models/made-up-{n}").status_code == 401
+    assert gw.client.post("/api/chat", json={}).status_code == 401
+    text = gw.client.get("/metrics", headers={"Authorization": "Bearer s3cret"}).text
+    refused = {
+        sample.labels["route"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "ometer_gateway_unauthenticated_requests"
+        for sample in family.samples
+    }
+    assert refused == {"/v1/models/{model:path}": 50.0, "/api/chat": 1.0}

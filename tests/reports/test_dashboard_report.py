@@ -273,7 +273,8 @@ def test_period_choices(query: DashQuery, label: str) -> None:
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        (DashQuery(period="fortnight"), "is not one of"),
+        (DashQuery(period="fortnight"), "is not one of: today, week, month, previous-month,"),
+        (DashQuery(period="week", until="2026-11-10"), "'week' and since/until ask for different"),
         (DashQuery(period="custom"), "needs a start date"),
         (DashQuery(period="custom", since="2026-13-01"), "is not a date"),
         (DashQuery(period="custom", since="2026-11-02", until="2026-11-01"), "is before"),
