@@ -11,7 +11,7 @@ Reads the ledger; never writes it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any, TypedDict
@@ -80,6 +80,11 @@ class DashQuery:
         return "custom" if dated else self.period
 
 
+LONGEST_RANGE_YEARS = 20
+"""The longest custom range: its trend is 240 monthly points (and the period before it
+stays in the calendar)."""
+
+
 def dash_window(query: DashQuery, *, tz: ZoneInfo, now: datetime) -> Window:
     """The window a :class:`DashQuery` names: a period word, a month or day, or a range.
 
@@ -90,7 +95,14 @@ def dash_window(query: DashQuery, *, tz: ZoneInfo, now: datetime) -> Window:
     if period == "custom":
         if not query.since:
             raise ValidationError("a custom range needs a start date (since=YYYY-MM-DD)")
-        return window_between(query.since, query.until, tz=tz, now=now, names=("since", "until"))
+        window = window_between(query.since, query.until, tz=tz, now=now, names=("since", "until"))
+        first, end = (moment.astimezone(tz).date() for moment in (window.start, window.end))
+        if end > _years_after(first, LONGEST_RANGE_YEARS):
+            raise ValidationError(
+                f"a custom range is at most {LONGEST_RANGE_YEARS} years ({window.label} is "
+                f"longer): the trend draws a point a month"
+            )
+        return window
     if query.since or query.until:
         raise ValidationError(
             f"period {period[:64]!r} and since/until ask for different stretches; "
@@ -101,6 +113,11 @@ def dash_window(query: DashQuery, *, tz: ZoneInfo, now: datetime) -> Window:
         previous = month_start(first - timedelta(days=1))
         return parse_period(previous.strftime("%Y-%m"), tz=tz, now=now)
     return parse_period(period, tz=tz, now=now, choices=DASH_PERIOD_HELP)
+
+
+def _years_after(day: date, years: int) -> date:
+    """The same day ``years`` on (29 February, in a year without one: 1 March)."""
+    return date(day.year + years, day.month, 1) + (day - day.replace(day=1))
 
 
 def previous_window(window: Window, *, tz: ZoneInfo, now: datetime) -> Window:
@@ -387,13 +404,8 @@ def _money_rows(rows: list[SpendRow], keys: list[str]) -> list[dict[str, object]
 
 def dashboard_report(ledger: Ledger, query: DashQuery, *, tz: ZoneInfo, now: datetime) -> Dashboard:
     """Every report the dashboard shows, for ``query`` as of ``now``."""
-    try:
-        window = dash_window(query, tz=tz, now=now)
-        previous = previous_window(window, tz=tz, now=now)
-    except ValidationError:
-        raise
-    except (OverflowError, ValueError):  # date arithmetic past year 1 or 9999
-        raise ValidationError("that period reaches beyond the calendar (years 1 to 9999)") from None
+    window = dash_window(query, tz=tz, now=now)
+    previous = previous_window(window, tz=tz, now=now)
     unit = chart_unit(window)
     filters = query.filters()
     everything = spend_report(ledger, window, ["tenant", "department", "model"], tz=tz)

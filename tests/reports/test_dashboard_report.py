@@ -280,12 +280,32 @@ def test_period_choices(query: DashQuery, label: str) -> None:
         (DashQuery(period="custom", since="2026-11-02", until="2026-11-01"), "is before"),
         (DashQuery(period="custom", since="0001-01-01", until="0001-01-05"), "outside the dates"),
         (DashQuery(period="9999-12"), "outside the dates"),
-        (DashQuery(period="custom", since="1970-01-01", until="9998-12-31"), "beyond the calendar"),
+        (
+            DashQuery(period="custom", since="1970-01-01", until="9998-12-31"),
+            r"at most 20 years \(1970-01-01\.\.9998-12-31 is longer\)",
+        ),
+        (DashQuery(since="2000-01-01", until="2020-01-01"), "at most 20 years"),
     ],
 )
 def test_bad_periods_are_one_line_errors(db_url: str, query: DashQuery, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         dashboard_report(Ledger(db_url), query, tz=UTC_ZONE, now=OFFICE_NOW)
+
+
+def test_twenty_years_is_the_longest_range() -> None:
+    """A point a month on the trend: 240 at most (8,029 years were 96,000 points and 4 s).
+
+    A range from 29 February ends on 28 February 20 years on."""
+    query = DashQuery(since="2000-01-01", until="2019-12-31")
+    window = dash_window(query, tz=UTC_ZONE, now=OFFICE_NOW)
+    assert window.label == "2000-01-01..2019-12-31"
+    assert chart_unit(window) == "month"
+    leap = dash_window(
+        DashQuery(since="2004-02-29", until="2024-02-28"), tz=UTC_ZONE, now=OFFICE_NOW
+    )
+    assert leap.label == "2004-02-29..2024-02-28"
+    with pytest.raises(ValidationError, match="at most 20 years"):
+        dash_window(DashQuery(since="2004-02-29", until="2024-02-29"), tz=UTC_ZONE, now=OFFICE_NOW)
 
 
 @given(
