@@ -68,6 +68,7 @@ DASH_CACHE_SECONDS = 3.0
 """How long ``/api/dash`` and the dashboard answer from figures already computed."""
 
 _PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+"""The page and its JSON hold everyone's spend: no browser or proxy keeps a copy."""
 
 
 def dashboard_routes(
@@ -125,7 +126,7 @@ def dashboard_routes(
         answer = result.to_json()
         if servers_of is not None:
             answer.update(servers_of(request))
-        return JSONResponse(answer)
+        return JSONResponse(answer, headers=_PAGE_HEADERS)
 
     async def dashboard(request: Request) -> Response:
         params = {key: value for key in _KEPT if (value := request.query_params.get(key))}

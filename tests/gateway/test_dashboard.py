@@ -70,7 +70,9 @@ def fill(gw: Gateway, at: datetime = TODAY) -> None:
 
 def test_api_dash_matches_the_ledger(dash: Gateway) -> None:
     fill(dash)
-    data: dict[str, Any] = dash.client.get("/api/dash?period=month").json()
+    reply = dash.client.get("/api/dash?period=month")
+    assert reply.headers["cache-control"] == "no-store"  # everyone's spend: no copy kept
+    data: dict[str, Any] = reply.json()
     assert data["period"]["label"] == "2026-11"
     assert data["summary"] == {
         "requests": 3,
@@ -149,6 +151,7 @@ def test_dashboard_page_has_the_numbers_without_script(dash: Gateway) -> None:
     fill(dash)
     reply = dash.client.get("/dashboard?period=month&tenant=acme")
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/html")
+    assert reply.headers["cache-control"] == "no-store"
     policy = reply.headers["content-security-policy"]
     assert policy.startswith("default-src 'none'; style-src 'sha256-")
     text = reply.text
