@@ -29,6 +29,7 @@ from ollama_meter.upstream._classify import (
     reported_error,
     retry_after_seconds,
     transport_error,
+    unfinished_error,
 )
 from ollama_meter.upstream._resilience import (
     CircuitBreaker,
@@ -101,7 +102,8 @@ class Upstream(Resilient):
         """Ollama's chunks as they arrive; raises a classified error.
 
         A failure before the first chunk is retried like :meth:`call` (the caller has
-        seen nothing yet); after it, never.
+        seen nothing yet); after it, never. A stream that ends before Ollama's ``done``
+        chunk was cut short (a proxy closing cleanly), and fails as the gateway's does.
         """
         model = str(request.get("model", ""))
         attempts = self.attempts(model)
@@ -115,9 +117,13 @@ class Upstream(Resilient):
 
         parts, part = attempts.run(first)
         try:
+            done = False
             while part is not None:
+                done = _says_done(part)
                 yield part
                 part = next(parts, None)
+            if not done:
+                raise unfinished_error(self.host)
         except Exception as exc:
             error = self.classify(exc, model=model, started=True)
             attempts.end(error)
@@ -161,9 +167,13 @@ class Upstream(Resilient):
 
         parts, part = await attempts.arun(first)
         try:
+            done = False
             while part is not None:
+                done = _says_done(part)
                 yield part
                 part = await anext(parts, None)
+            if not done:
+                raise unfinished_error(self.host)
         except Exception as exc:
             error = self.classify(exc, model=model, started=True)
             attempts.end(error)
@@ -226,6 +236,11 @@ class Upstream(Resilient):
         self.close()
         if self._async is not None and self._async_loop is asyncio.get_running_loop():
             await self._async.close()  # type: ignore[no-untyped-call]
+
+
+def _says_done(part: object) -> bool:
+    """Whether a streamed chunk is the last: a stream that ends before it was cut short."""
+    return getattr(part, "done", None) is True
 
 
 def _refused_by_client(exc: BaseException) -> bool:

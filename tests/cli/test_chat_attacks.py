@@ -1,0 +1,139 @@
+"""``ometer chat`` against hostile input and a lying upstream: one clear line, an honest span."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from ollama_meter.ledger import SpanFilter
+
+CHUNK = {"model": "llama3.1:8b", "created_at": "2026-01-01T00:00:00Z", "done": False}
+FINAL = {
+    "done": True,
+    "done_reason": "stop",
+    "prompt_eval_count": 3,
+    "prompt_eval_duration": 10,
+    "eval_count": 2,
+    "eval_duration": 20,
+}
+
+
+def line(text: str, **fields: Any) -> bytes:
+    message = {"role": "assistant", "content": text}
+    return (json.dumps({**CHUNK, "message": message, **fields}) + "\n").encode()
+
+
+@pytest.fixture
+def db(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("OMETER_DB_URL", sqlite_url)
+    return sqlite_url
+
+
+class _Scripted(BaseHTTPRequestHandler):
+    """An Ollama that answers every call with the body it is given, as it is given."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body: bytes = self.server.body  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("content-type", "application/x-ndjson")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def answering(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bytes], None]]:
+    """Point OLLAMA_HOST at an upstream whose every answer is the body set by calling this."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    server.body = b""  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{server.server_address[1]}")
+
+    def answer(body: bytes) -> None:
+        server.body = body  # type: ignore[attr-defined]
+
+    try:
+        yield answer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def last_span(cli) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    spans = json.loads(cli("log", "--json", "-n", "1").stdout)
+    assert len(spans) == 1
+    return spans[0]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(line("one ") + line("two "), id="chunks-then-nothing"),
+        pytest.param(b"", id="empty-body"),
+    ],
+)
+def test_a_stream_that_ends_without_its_final_chunk_is_a_stream_error(  # type: ignore[no-untyped-def]
+    cli, db: str, answering: Callable[[bytes], None], body: bytes
+) -> None:
+    """A body that stops before Ollama's ``done: true`` was cut short (a proxy that closed
+    cleanly): the call failed, as the gateway has it, and is not recorded as ``ok``."""
+    answering(body)
+    result = cli("chat", "hi")
+    assert result.code == 1
+    assert result.stderr.splitlines()[-1].endswith("ended without its final chunk")
+    span = last_span(cli)
+    assert (span["status"], span["error_type"]) == ("error", "stream_error")
+    chunks = body.count(b"\n")
+    assert span["output_tokens"] == chunks  # one token a chunk, as seen
+    # What was seen is estimated; nothing seen, nothing was consumed (as when none answers).
+    assert span["token_source"] == ("estimated" if chunks else "reported")
+
+
+def test_a_whole_stream_is_still_ok(cli, db: str, answering: Callable[[bytes], None]) -> None:  # type: ignore[no-untyped-def]
+    answering(line("one ") + line("two", **FINAL))
+    result = cli("chat", "hi")
+    assert (result.code, result.stdout) == (0, "one two\n")
+    span = last_span(cli)
+    assert (span["status"], span["input_tokens"], span["output_tokens"]) == ("ok", 3, 2)
+
+
+@pytest.mark.parametrize("run_async", [False, True])
+def test_the_python_api_fails_a_stream_cut_short_too(
+    sqlite_url: str, answering: Callable[[bytes], None], run_async: bool
+) -> None:
+    from ollama_meter import AsyncMeteredClient, MeteredClient, StreamError
+
+    answering(line("one ") + line("two "))
+    messages = [{"role": "user", "content": "hi"}]
+    seen: list[str] = []
+
+    async def in_async() -> None:
+        async with AsyncMeteredClient(db_url=sqlite_url) as client:
+            async for part in await client.chat(
+                model="llama3.1:8b", messages=messages, stream=True
+            ):
+                seen.append(part.message.content or "")
+
+    def in_sync() -> None:
+        with MeteredClient(db_url=sqlite_url) as client:
+            for part in client.chat(model="llama3.1:8b", messages=messages, stream=True):
+                seen.append(part.message.content or "")
+
+    with pytest.raises(StreamError, match="ended without its final chunk"):
+        asyncio.run(in_async()) if run_async else in_sync()
+    assert seen == ["one ", "two "]  # what came is handed over, then the failure
+    with MeteredClient(db_url=sqlite_url) as client:
+        (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.status, span.error_type, span.output_tokens) == ("error", "stream_error", 2)
