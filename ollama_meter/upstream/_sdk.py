@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import httpx
@@ -42,6 +43,18 @@ Message = Mapping[str, Any]
 Response = ollama.ChatResponse | ollama.GenerateResponse | ollama.EmbedResponse
 OPERATIONS = ("chat", "generate", "embed")
 
+_ANSWERED: ContextVar[bool] = ContextVar("ometer_answered", default=False)
+"""Whether Ollama answered the attempt running in this context: set by the clients'
+response hook, so a failure after it is never read as the client refusing the request."""
+
+
+def _heard(_response: httpx.Response) -> None:
+    _ANSWERED.set(True)
+
+
+async def _aheard(_response: httpx.Response) -> None:
+    _ANSWERED.set(True)
+
 
 class Upstream(Resilient):
     """One Ollama server through the ``ollama`` client. Holds pooled clients; thread-safe."""
@@ -62,7 +75,12 @@ class Upstream(Resilient):
         )
         self._timeout = httpx.Timeout(timeout, connect=10.0)
         self._headers = dict(headers or {})
-        self.client = ollama.Client(host=host, timeout=self._timeout, headers=self._headers)
+        self.client = ollama.Client(
+            host=host,
+            timeout=self._timeout,
+            headers=self._headers,
+            event_hooks={"response": [_heard]},
+        )
         self._async: ollama.AsyncClient | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
 
@@ -77,7 +95,10 @@ class Upstream(Resilient):
         loop = asyncio.get_running_loop()
         if self._async is None or self._async_loop is not loop:
             self._async = ollama.AsyncClient(
-                host=self.host, timeout=self._timeout, headers=self._headers
+                host=self.host,
+                timeout=self._timeout,
+                headers=self._headers,
+                event_hooks={"response": [_aheard]},
             )
             self._async_loop = loop
         return self._async
@@ -89,6 +110,7 @@ class Upstream(Resilient):
         attempts = self.attempts(model)
 
         def attempt() -> Response:
+            _ANSWERED.set(False)
             try:
                 return self._checked(method(**request, **_no_stream(operation)))
             except Exception as exc:
@@ -109,6 +131,7 @@ class Upstream(Resilient):
         attempts = self.attempts(model)
 
         def first() -> tuple[Iterator[Response], Response | None]:
+            _ANSWERED.set(False)
             try:
                 parts: Iterator[Response] = getattr(self.client, operation)(**request, stream=True)
                 return parts, next(parts, None)
@@ -143,6 +166,7 @@ class Upstream(Resilient):
         attempts = self.attempts(model)
 
         async def attempt() -> Response:
+            _ANSWERED.set(False)
             try:
                 return self._checked(await method(**request, **_no_stream(operation)))
             except Exception as exc:
@@ -159,6 +183,7 @@ class Upstream(Resilient):
         attempts = self.attempts(model)
 
         async def first() -> tuple[AsyncIterator[Response], Response | None]:
+            _ANSWERED.set(False)
             try:
                 parts = await getattr(self.async_client, operation)(**request, stream=True)
                 return parts, await anext(parts, None)
@@ -211,9 +236,12 @@ class Upstream(Resilient):
                 retry_after=_retry_after(exc),
             )
         reason = _one_line(exc)
-        if not started and _refused_by_client(exc):
+        answered = started or _ANSWERED.get()
+        if not answered and _refused_by_client(exc):
             kind = Failure.INVALID
-        elif isinstance(exc, pydantic.ValidationError):  # an answer that is not what the API says
+        elif isinstance(exc, pydantic.ValidationError) or (
+            answered and isinstance(exc, TypeError | UnicodeDecodeError)
+        ):  # an answer that is not what the API says (not an object, not UTF-8)
             kind, reason = (
                 Failure.UNEXPECTED,
                 f"its answer does not read as Ollama's API has it: {reason}",

@@ -109,6 +109,44 @@ def test_a_whole_stream_is_still_ok(cli, db: str, answering: Callable[[bytes], N
     assert (span["status"], span["input_tokens"], span["output_tokens"]) == ("ok", 3, 2)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(line("hello", **FINAL).replace(b"hello", b"hel\xfflo"), id="not-utf8"),
+        pytest.param(b"[1, 2]", id="a-list"),
+        pytest.param(b'"hello"', id="a-string"),
+    ],
+)
+def test_an_answer_ollama_garbled_is_never_blamed_on_the_request(  # type: ignore[no-untyped-def]
+    cli, db: str, answering: Callable[[bytes], None], body: bytes
+) -> None:
+    """The request went out and Ollama answered something unreadable: an upstream failure
+    (exit 1), never "the request is malformed, so it was not sent" (exit 2, bad_request)."""
+    answering(body)
+    result = cli("chat", "--no-stream", "hi")
+    assert result.code == 1, result.stderr
+    assert "not sent" not in result.stderr and "malformed" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    span = last_span(cli)
+    assert span["status"] == "error" and span["error_type"] == "upstream_error"
+
+
+def test_the_async_api_never_blames_a_garbled_answer_on_the_request(
+    sqlite_url: str, answering: Callable[[bytes], None]
+) -> None:
+    from ollama_meter import AsyncMeteredClient, InvalidRequest, UpstreamError
+
+    answering(b"[1, 2]")
+
+    async def ask() -> None:
+        async with AsyncMeteredClient(db_url=sqlite_url) as client:
+            await client.chat(model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}])
+
+    with pytest.raises(UpstreamError, match="its answer does not read as Ollama's API") as caught:
+        asyncio.run(ask())
+    assert not isinstance(caught.value, InvalidRequest)
+
+
 @pytest.mark.parametrize("run_async", [False, True])
 def test_the_python_api_fails_a_stream_cut_short_too(
     sqlite_url: str, answering: Callable[[bytes], None], run_async: bool
