@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.ledger import SpanFilter
+from ollama_meter.testing import OllamaEmulator
 
 CHUNK = {"model": "llama3.1:8b", "created_at": "2026-01-01T00:00:00Z", "done": False}
 FINAL = {
@@ -145,6 +149,128 @@ def test_the_async_api_never_blames_a_garbled_answer_on_the_request(
     with pytest.raises(UpstreamError, match="its answer does not read as Ollama's API") as caught:
         asyncio.run(ask())
     assert not isinstance(caught.value, InvalidRequest)
+
+
+def test_closed_stdin_is_a_clear_error(cli, db: str, emulator: OllamaEmulator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``ometer chat <&-``: Python has no sys.stdin at all."""
+    monkeypatch.setattr(sys, "stdin", None)
+    result = cli("chat")
+    assert result.code == 2
+    assert result.stderr == ("error: no prompt: stdin is closed; give the prompt as an argument\n")
+    assert emulator.requests_to("/api/chat") == []
+    assert cli("chat", "-o", "num_predict=2", "hi").code == 0  # a prompt needs no stdin
+
+
+NOT_UTF8 = st.binary(min_size=1, max_size=12).filter(
+    lambda raw: not _is_utf8(raw) and b"\x00" not in raw
+)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    raw=NOT_UTF8,
+    where=st.sampled_from(["prompt", "--system", "--model", "--option"]),
+)
+def test_text_given_on_the_command_line_that_is_not_utf8_is_refused_up_front(  # type: ignore[no-untyped-def]
+    cli, db: str, emulator: OllamaEmulator, raw: bytes, where: str
+) -> None:
+    """Python hands undecodable argv bytes on as lone surrogates: said as the bytes they were,
+    with what to do, before anything is sent or charged (not as a JSON encoder's complaint)."""
+    emulator.reset()
+    text = raw.decode("utf-8", "surrogateescape")
+    with pytest.raises(UnicodeDecodeError) as undecodable:
+        raw.decode("utf-8")
+    bad = undecodable.value.start  # where the stdin check, and Python, say it is
+    if where == "prompt":
+        args = [text]
+    elif where == "--option":
+        args = ["--option", f"stop={text}", "hi"]
+    else:
+        args = [where, text, "hi"]
+    result = cli("chat", *args)
+    assert result.code == 2
+    what = {"prompt": "the prompt", "--option": "--option stop"}.get(where, where)
+    assert result.stderr == (
+        f"error: {what} is not UTF-8 text (byte {raw[bad]:#04x} at position {bad}); "
+        "check the terminal's or the script's encoding\n"
+    )
+    assert emulator.requests_to("/api/chat") == []
+
+
+def _tty(stdin: io.TextIOBase) -> io.TextIOBase:
+    stdin.isatty = lambda: True  # type: ignore[method-assign]
+    return stdin
+
+
+@pytest.mark.parametrize("errors", ["strict", "surrogateescape"])
+def test_an_interactive_line_that_is_not_utf8_is_refused_and_the_session_goes_on(  # type: ignore[no-untyped-def]
+    cli, db: str, emulator: OllamaEmulator, monkeypatch, errors: str
+) -> None:
+    """A terminal in a strict UTF-8 locale raises on a pasted Latin-1 byte (it ended the
+    session as "a bug in ometer"); a POSIX locale hands it on as a lone surrogate."""
+    typed = io.TextIOWrapper(io.BytesIO(b"caf\xe9\n"), encoding="utf-8", errors=errors)
+    monkeypatch.setattr(sys, "stdin", _tty(typed))
+    result = cli("chat", "-m", "llama3.1:8b")
+    assert result.code == 0, result.stderr
+    assert "that line is not UTF-8 text (byte 0xe9" in result.stderr
+    assert "nothing was sent" in result.stderr
+    assert emulator.requests_to("/api/chat") == []
+
+
+def test_an_interactive_session_goes_on_after_a_line_that_is_not_utf8(  # type: ignore[no-untyped-def]
+    cli, db: str, emulator: OllamaEmulator, monkeypatch
+) -> None:
+    typed = io.TextIOWrapper(
+        io.BytesIO(b"caf\xe9\nsecond\n/exit\n"), encoding="utf-8", errors="surrogateescape"
+    )
+    monkeypatch.setattr(sys, "stdin", _tty(typed))
+    result = cli("chat", "-m", "llama3.1:8b")
+    assert result.code == 0, result.stderr
+    sent = [r.body["messages"] for r in emulator.requests_to("/api/chat")]
+    assert sent == [[{"role": "user", "content": "second"}]]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--dept", ""), "error: department name is empty\n"),
+        (("--tenant", ""), "error: tenant name is empty\n"),
+        (("--user", ""), "error: user name is empty\n"),
+        (
+            ("--db", ""),
+            "error: --db is given empty; give a value, or leave it out for the configured one\n",
+        ),
+        (
+            ("--db", "  "),
+            "error: --db is given empty; give a value, or leave it out for the configured one\n",
+        ),
+    ],
+)
+def test_an_option_given_empty_is_refused_never_read_as_left_out(  # type: ignore[no-untyped-def]
+    cli, db: str, emulator: OllamaEmulator, args: tuple[str, ...], message: str
+) -> None:
+    """``--dept "$DEPT"`` with DEPT unset charged the call to the default department, and
+    ``--db "$DB"`` recorded it in the default ledger, both with exit 0."""
+    result = cli("chat", *args, "hi")
+    assert (result.code, result.stderr) == (2, message)
+    assert emulator.requests_to("/api/chat") == []
+
+
+@pytest.mark.parametrize("command", [("log",), ("perf",), ("limit", "list")])
+def test_the_reading_commands_refuse_an_empty_db_too(
+    cli, db: str, command: tuple[str, ...]
+) -> None:  # type: ignore[no-untyped-def]
+    result = cli(*command, "--db", "")
+    assert result.code == 2
+    assert result.stderr.startswith("error: --db is given empty")
 
 
 @pytest.mark.parametrize("run_async", [False, True])
