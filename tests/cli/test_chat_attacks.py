@@ -301,3 +301,21 @@ def test_the_python_api_fails_a_stream_cut_short_too(
     with MeteredClient(db_url=sqlite_url) as client:
         (span,) = client.meter.ledger.latest(SpanFilter(), 5)
     assert (span.status, span.error_type, span.output_tokens) == ("error", "stream_error", 2)
+
+
+@pytest.mark.parametrize("who", ["tenant", "department"])
+def test_the_python_api_refuses_an_empty_name_too(
+    sqlite_url: str, emulator: OllamaEmulator, who: str
+) -> None:
+    """``department=os.environ.get("DEPT", "")`` charged the default department."""
+    from ollama_meter import MeteredClient, ValidationError
+
+    with pytest.raises(ValidationError, match=f"^{who} name is empty$"):
+        MeteredClient(db_url=sqlite_url, **{who: ""})
+    with MeteredClient(db_url=sqlite_url) as client:
+        with pytest.raises(ValidationError, match=f"^{who} name is empty$"):
+            client.chat(
+                model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}], **{who: ""}
+            )
+        assert client.meter.ledger.latest(SpanFilter(), 5) == []
+    assert emulator.requests_to("/api/chat") == []
