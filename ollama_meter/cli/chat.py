@@ -1,6 +1,8 @@
 """``ometer chat``: a metered chat with Ollama from the terminal."""
 
 import json
+import math
+import re
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
@@ -37,14 +39,40 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
             )
         key = utf8(key.strip(), "--option")
         raw = utf8(raw, f"--option {key}")
+        if key in options:
+            raise ValidationError(f"--option {key} is given twice; give it once")
         try:
-            value = json.loads(raw)
+            value = json.loads(raw, parse_float=_finite, parse_constant=_not_finite)
         except json.JSONDecodeError:
             value = raw
+        except _NotFinite as exc:
+            raise ValidationError(
+                f"--option {key}: {exc} is not a finite number; give one such as 0.2"
+            ) from None
         except RecursionError:
             raise ValidationError(f"--option {key!r}: its value is nested too deep") from None
+        except ValueError:  # an integer longer than Python reads (sys.get_int_max_str_digits)
+            digits = max((len(run) for run in re.findall(r"\d+", raw)), default=0)
+            raise ValidationError(
+                f"--option {key}: a number of {digits:,} digits is too long to send"
+            ) from None
         options[key] = value
     return options
+
+
+class _NotFinite(ValueError):
+    """NaN or an infinity in an option: JSON cannot carry it to Ollama."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+def _not_finite(text: str) -> float:
+    raise _NotFinite(text)
 
 
 def footer(span: SpanRecord) -> str:

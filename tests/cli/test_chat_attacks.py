@@ -319,3 +319,63 @@ def test_the_python_api_refuses_an_empty_name_too(
             )
         assert client.meter.ledger.latest(SpanFilter(), 5) == []
     assert emulator.requests_to("/api/chat") == []
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [("NaN", "NaN"), ("Infinity", "Infinity"), ("-1e999", "-1e999")]
+)
+def test_an_option_that_is_no_number_json_can_carry_is_refused_by_name(  # type: ignore[no-untyped-def]
+    cli, db: str, emulator: OllamaEmulator, value: str, shown: str
+) -> None:
+    result = cli("chat", "--option", f"temperature={value}", "hi")
+    assert (result.code, result.stderr) == (
+        2,
+        f"error: --option temperature: {shown} is not a finite number; give one such as 0.2\n",
+    )
+    assert emulator.requests_to("/api/chat") == []
+
+
+def test_an_option_given_twice_is_refused(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
+    """As with every single-valued option: a cron line edited in a hurry must not run with
+    whichever value came last."""
+    result = cli("chat", "-o", "temperature=0.2", "-o", " temperature=0.9", "hi")
+    assert (result.code, result.stderr) == (
+        2,
+        "error: --option temperature is given twice; give it once\n",
+    )
+    assert emulator.requests_to("/api/chat") == []
+
+
+def test_log_with_filters_that_match_nothing_says_so(
+    cli, db: str, emulator: OllamaEmulator
+) -> None:  # type: ignore[no-untyped-def]
+    """'no spans yet; run ometer chat' misled whoever mistyped a filter (--status eror)."""
+    assert cli("chat", "-o", "num_predict=1", "hi").code == 0
+    result = cli("log", "--status", "eror")
+    assert (result.code, result.stdout) == (0, "no spans match these filters\n")
+    assert cli("log", "--tenant", "nobody").stdout == "no spans match these filters\n"
+    assert "1 span(s)" in cli("log").stdout
+
+
+def test_removing_a_keys_limits_that_are_not_there_names_the_key(cli, db: str) -> None:  # type: ignore[no-untyped-def]
+    result = cli("limit", "rm", "--key", "99")
+    assert (result.code, result.stderr) == (
+        1,
+        "error: no limits set for key 99; see `ometer limit list`\n",
+    )
+
+
+@settings(max_examples=10, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(digits=st.integers(4301, 20_000), nested=st.booleans())
+def test_an_option_of_thousands_of_digits_is_refused_by_name(  # type: ignore[no-untyped-def]
+    cli, db: str, emulator: OllamaEmulator, digits: int, nested: bool
+) -> None:
+    """Python will not read an integer that long (it ended as 'a bug in ometer', exit 70)."""
+    emulator.reset()
+    number = "9" * digits
+    result = cli("chat", "--option", f"num_predict={f'[{number}]' if nested else number}", "hi")
+    assert (result.code, result.stderr) == (
+        2,
+        f"error: --option num_predict: a number of {digits:,} digits is too long to send\n",
+    )
+    assert emulator.requests_to("/api/chat") == []
