@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import signal
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -14,8 +18,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from ollama_meter import MeteredClient
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.testing import OllamaEmulator
+from ollama_meter.testing import OllamaEmulator, expected_reply
 
 CHUNK = {"model": "llama3.1:8b", "created_at": "2026-01-01T00:00:00Z", "done": False}
 FINAL = {
@@ -379,3 +384,55 @@ def test_an_option_of_thousands_of_digits_is_refused_by_name(  # type: ignore[no
         f"error: --option num_predict: a number of {digits:,} digits is too long to send\n",
     )
     assert emulator.requests_to("/api/chat") == []
+
+
+FOREGROUND = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from ollama_meter.cli import main; sys.argv[0] = 'ometer'; main()"
+)
+"""``ometer`` as a foreground job has it: Ctrl-C raises (a shell's background job, and so a
+test run started as one, would hand it on ignored)."""
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_streamed_reply_stopped_by_a_signal_is_recorded_with_what_came(
+    emulator: OllamaEmulator, sqlite_url: str, signum: int, code: int
+) -> None:
+    """Ctrl-C (or a kill) mid-reply: the command ends 128+N, the span is a client_abort with
+    every chunk Ollama sent so far (the one read but not yet printed too), estimated."""
+    prompt = "tell me a long story"
+    pieces = expected_reply("llama3.1:8b", [{"role": "user", "content": prompt}]).pieces
+    env = {**os.environ, "OMETER_DB_URL": sqlite_url, "OLLAMA_HOST": emulator.url}
+    emulator.token_latency = 0.3
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", FOREGROUND, "chat", "-m", "llama3.1:8b", prompt],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        printed = b""
+        deadline = time.monotonic() + 30
+        while printed.decode().count(" ") < 2:  # three chunks printed
+            assert time.monotonic() < deadline, "no reply came"
+            printed += os.read(proc.stdout.fileno(), 4096)
+        proc.send_signal(signum)
+        printed += proc.stdout.read()
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=30) == code
+    finally:
+        emulator.token_latency = 0.0
+    shown = printed.decode()
+    assert shown.startswith("".join(pieces[:3])) and len(shown) < len("".join(pieces))
+    assert (
+        stderr.endswith("interrupted\n") if signum == signal.SIGINT else "Traceback" not in stderr
+    )
+    with MeteredClient(db_url=sqlite_url) as client:
+        (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    in_print = shown.rstrip("\n")
+    seen = next(n for n in range(len(pieces) + 1) if "".join(pieces[:n]) == in_print)
+    assert (span.status, span.error_type) == ("client_abort", "client_abort")
+    assert span.output_tokens == seen + 1  # read ahead: counted, not yet handed over
+    assert span.token_source == "estimated"
