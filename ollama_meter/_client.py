@@ -161,8 +161,8 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         hooks = [_Hooks(on_start, on_end)] if on_start or on_end else []
         self.meter = Meter.from_settings(cfg, source="sdk", observers=hooks)
         self.attribution = Attribution(
-            tenant=tenant or cfg.tenant,
-            department=department or cfg.department,
+            tenant=cfg.tenant if tenant is None else tenant,
+            department=cfg.department if department is None else department,
             user=user,
             tags=dict(tags or {}),
         )
@@ -237,8 +237,8 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         base = who = self.attribution
         if tenant is not None or department is not None or user is not None or tags is not None:
             who = Attribution(
-                tenant=tenant or base.tenant,
-                department=department or base.department,
+                tenant=base.tenant if tenant is None else tenant,
+                department=base.department if department is None else department,
                 user=user if user is not None else base.user,
                 tags={**base.tags, **(tags or {})},
             )

@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ollama_meter._paths import discard, written_through
-from ollama_meter.errors import OmeterError, ValidationError
+from ollama_meter.errors import ConfigError, OmeterError, ValidationError
 from ollama_meter.periods import PERIOD_HELP, Window, parse_period, window_between
 from ollama_meter.records import format_micros
 
@@ -256,6 +256,13 @@ def settings(**overrides: Any) -> Settings:
     """Settings with command-line overrides on top of the environment and ``.env``."""
     from ollama_meter.config import load_settings
 
+    for field, value in overrides.items():
+        # Given empty is given: '--db "$DB"' with DB unset must not quietly mean the default.
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(
+                f"{FLAGS.get(field, field)} is given empty; give a value, or leave it out "
+                "for the configured one"
+            )
     return load_settings(flags=FLAGS, **overrides)
 
 

@@ -1,6 +1,8 @@
 """``ometer chat``: a metered chat with Ollama from the terminal."""
 
 import json
+import math
+import re
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
@@ -35,16 +37,42 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
             raise ValidationError(
                 f"--option {pair!r} is not key=value, e.g. --option temperature=0.2"
             )
+        key = utf8(key.strip(), "--option")
+        raw = utf8(raw, f"--option {key}")
+        if key in options:
+            raise ValidationError(f"--option {key} is given twice; give it once")
         try:
-            value = json.loads(raw)
+            value = json.loads(raw, parse_float=_finite, parse_constant=_not_finite)
         except json.JSONDecodeError:
             value = raw
-        except RecursionError:
+        except _NotFinite as exc:
             raise ValidationError(
-                f"--option {key.strip()!r}: its value is nested too deep"
+                f"--option {key}: {exc} is not a finite number; give one such as 0.2"
             ) from None
-        options[key.strip()] = value
+        except RecursionError:
+            raise ValidationError(f"--option {key!r}: its value is nested too deep") from None
+        except ValueError:  # an integer longer than Python reads (sys.get_int_max_str_digits)
+            digits = max((len(run) for run in re.findall(r"\d+", raw)), default=0)
+            raise ValidationError(
+                f"--option {key}: a number of {digits:,} digits is too long to send"
+            ) from None
+        options[key] = value
     return options
+
+
+class _NotFinite(ValueError):
+    """NaN or an infinity in an option: JSON cannot carry it to Ollama."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+def _not_finite(text: str) -> float:
+    raise _NotFinite(text)
 
 
 def footer(span: SpanRecord) -> str:
@@ -139,6 +167,26 @@ def _error_type(exc: OmeterError) -> str:
     return str(getattr(exc, "error_type", None) or type(exc).__name__)
 
 
+def utf8(text: str, what: str) -> str:
+    """``text`` as given, refused when it is not UTF-8 text.
+
+    Python hands bytes of the command line (or of a terminal in a POSIX locale) that are
+    not UTF-8 on as lone surrogates, which no request can carry: they are said as the
+    bytes they were, before anything is sent or charged.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        which = f"byte {code - 0xDC00:#04x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        at = len(text[: exc.start].encode("utf-8"))
+        raise ValidationError(
+            f"{what} is not UTF-8 text ({which} at position {at}); "
+            "check the terminal's or the script's encoding"
+        ) from None
+    return text
+
+
 def read_prompt(stdin: Any) -> str:
     """The prompt piped in on stdin, which must be UTF-8 text."""
     raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
@@ -188,16 +236,23 @@ def chat(
     from ollama_meter.meter import Attribution, Meter
 
     cfg = settings(db_url=db)
+    # Given empty is given ('--dept "$DEPT"' with DEPT unset): refused, never the default.
     attribution = Attribution(
-        tenant=tenant or cfg.tenant, department=dept or cfg.department, user=user
+        tenant=cfg.tenant if tenant is None else tenant,
+        department=cfg.department if dept is None else dept,
+        user=user,
     )
+    model = utf8(model, "--model")
     options = parse_options(option or []) or None
+    system = None if system is None else utf8(system, "--system")
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    if prompt is None and sys.stdin is None:  # `ometer chat <&-`
+        raise ValidationError("no prompt: stdin is closed; give the prompt as an argument")
     if prompt is None and not sys.stdin.isatty():
         prompt = read_prompt(sys.stdin)
         if not prompt:
             raise ValidationError("stdin was empty; give a prompt as an argument or pipe one in")
-    elif prompt is not None and not prompt.strip():
+    elif prompt is not None and not utf8(prompt, "the prompt").strip():
         raise ValidationError("the prompt is empty; nothing was sent (and nothing charged)")
     meter = Meter.from_settings(cfg, source="cli")
     session = _Session(meter, model, attribution, not no_stream, options, as_json)
@@ -230,7 +285,19 @@ def _interactive(session: _Session, history: list[dict[str, str]]) -> None:
             err.print()
             err.print(shown("(/exit or Ctrl-D leaves)", "dim"))
             continue
+        except UnicodeDecodeError as exc:  # a terminal in a strict UTF-8 locale
+            err.print()
+            where = f"byte {exc.object[exc.start]:#04x} at position {exc.start}"
+            err.print(
+                shown("error:", "red"), f"that line is not UTF-8 text ({where}); nothing was sent"
+            )
+            continue
         if not line:
+            continue
+        try:
+            utf8(line, "that line")
+        except ValidationError as exc:
+            err.print(shown("error:", "red"), f"{exc}; nothing was sent")
             continue
         if line.startswith("/"):  # commands are never sent to the model, nor charged
             if line in ("/exit", "/quit"):

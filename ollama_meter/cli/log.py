@@ -74,7 +74,12 @@ def log(
         )
         return
     if not spans:
-        out.print("no spans yet; run `ometer chat ...` or `ometer demo`")
+        filtered = any(v is not None for v in (tenant, dept, model, status, user))
+        out.print(
+            "no spans match these filters"
+            if filtered
+            else "no spans yet; run `ometer chat ...` or `ometer demo`"
+        )
         return
     currencies = {span.currency for span in spans}
     single = len(currencies) == 1

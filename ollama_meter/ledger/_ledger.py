@@ -342,7 +342,8 @@ class Ledger(DurableLedger):
         with self.write() as conn:
             known = key_id is None or _row_id(key_id)
             if not (known and _limits.remove_limit(conn, tenant, department, key_id)):
-                scope = Limit(tenant, department, key_id).scope()
+                # A key's tenant and department are its own, not the ones given with it.
+                scope = f"key {key_id}" if key_id is not None else Limit(tenant, department).scope()
                 raise LedgerError(f"no limits set for {scope}; see `ometer limit list`")
 
 

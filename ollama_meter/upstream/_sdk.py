@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import httpx
@@ -29,6 +30,7 @@ from ollama_meter.upstream._classify import (
     reported_error,
     retry_after_seconds,
     transport_error,
+    unfinished_error,
 )
 from ollama_meter.upstream._resilience import (
     CircuitBreaker,
@@ -40,6 +42,18 @@ from ollama_meter.upstream._resilience import (
 Message = Mapping[str, Any]
 Response = ollama.ChatResponse | ollama.GenerateResponse | ollama.EmbedResponse
 OPERATIONS = ("chat", "generate", "embed")
+
+_ANSWERED: ContextVar[bool] = ContextVar("ometer_answered", default=False)
+"""Whether Ollama answered the attempt running in this context: set by the clients'
+response hook, so a failure after it is never read as the client refusing the request."""
+
+
+def _heard(_response: httpx.Response) -> None:
+    _ANSWERED.set(True)
+
+
+async def _aheard(_response: httpx.Response) -> None:
+    _ANSWERED.set(True)
 
 
 class Upstream(Resilient):
@@ -61,7 +75,12 @@ class Upstream(Resilient):
         )
         self._timeout = httpx.Timeout(timeout, connect=10.0)
         self._headers = dict(headers or {})
-        self.client = ollama.Client(host=host, timeout=self._timeout, headers=self._headers)
+        self.client = ollama.Client(
+            host=host,
+            timeout=self._timeout,
+            headers=self._headers,
+            event_hooks={"response": [_heard]},
+        )
         self._async: ollama.AsyncClient | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
 
@@ -76,7 +95,10 @@ class Upstream(Resilient):
         loop = asyncio.get_running_loop()
         if self._async is None or self._async_loop is not loop:
             self._async = ollama.AsyncClient(
-                host=self.host, timeout=self._timeout, headers=self._headers
+                host=self.host,
+                timeout=self._timeout,
+                headers=self._headers,
+                event_hooks={"response": [_aheard]},
             )
             self._async_loop = loop
         return self._async
@@ -88,6 +110,7 @@ class Upstream(Resilient):
         attempts = self.attempts(model)
 
         def attempt() -> Response:
+            _ANSWERED.set(False)
             try:
                 return self._checked(method(**request, **_no_stream(operation)))
             except Exception as exc:
@@ -101,12 +124,14 @@ class Upstream(Resilient):
         """Ollama's chunks as they arrive; raises a classified error.
 
         A failure before the first chunk is retried like :meth:`call` (the caller has
-        seen nothing yet); after it, never.
+        seen nothing yet); after it, never. A stream that ends before Ollama's ``done``
+        chunk was cut short (a proxy closing cleanly), and fails as the gateway's does.
         """
         model = str(request.get("model", ""))
         attempts = self.attempts(model)
 
         def first() -> tuple[Iterator[Response], Response | None]:
+            _ANSWERED.set(False)
             try:
                 parts: Iterator[Response] = getattr(self.client, operation)(**request, stream=True)
                 return parts, next(parts, None)
@@ -115,9 +140,13 @@ class Upstream(Resilient):
 
         parts, part = attempts.run(first)
         try:
+            done = False
             while part is not None:
+                done = _says_done(part)
                 yield part
                 part = next(parts, None)
+            if not done:
+                raise unfinished_error(self.host)
         except Exception as exc:
             error = self.classify(exc, model=model, started=True)
             attempts.end(error)
@@ -137,6 +166,7 @@ class Upstream(Resilient):
         attempts = self.attempts(model)
 
         async def attempt() -> Response:
+            _ANSWERED.set(False)
             try:
                 return self._checked(await method(**request, **_no_stream(operation)))
             except Exception as exc:
@@ -153,6 +183,7 @@ class Upstream(Resilient):
         attempts = self.attempts(model)
 
         async def first() -> tuple[AsyncIterator[Response], Response | None]:
+            _ANSWERED.set(False)
             try:
                 parts = await getattr(self.async_client, operation)(**request, stream=True)
                 return parts, await anext(parts, None)
@@ -161,9 +192,13 @@ class Upstream(Resilient):
 
         parts, part = await attempts.arun(first)
         try:
+            done = False
             while part is not None:
+                done = _says_done(part)
                 yield part
                 part = await anext(parts, None)
+            if not done:
+                raise unfinished_error(self.host)
         except Exception as exc:
             error = self.classify(exc, model=model, started=True)
             attempts.end(error)
@@ -201,9 +236,12 @@ class Upstream(Resilient):
                 retry_after=_retry_after(exc),
             )
         reason = _one_line(exc)
-        if not started and _refused_by_client(exc):
+        answered = started or _ANSWERED.get()
+        if not answered and _refused_by_client(exc):
             kind = Failure.INVALID
-        elif isinstance(exc, pydantic.ValidationError):  # an answer that is not what the API says
+        elif isinstance(exc, pydantic.ValidationError) or (
+            answered and isinstance(exc, TypeError | UnicodeDecodeError)
+        ):  # an answer that is not what the API says (not an object, not UTF-8)
             kind, reason = (
                 Failure.UNEXPECTED,
                 f"its answer does not read as Ollama's API has it: {reason}",
@@ -226,6 +264,11 @@ class Upstream(Resilient):
         self.close()
         if self._async is not None and self._async_loop is asyncio.get_running_loop():
             await self._async.close()  # type: ignore[no-untyped-call]
+
+
+def _says_done(part: object) -> bool:
+    """Whether a streamed chunk is the last: a stream that ends before it was cut short."""
+    return getattr(part, "done", None) is True
 
 
 def _refused_by_client(exc: BaseException) -> bool:
