@@ -88,12 +88,15 @@ def test_failed_exports_are_reported_once(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url())
+    url = unreachable_url()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
     monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
     client = MeteredClient(db_url=f"sqlite:///{tmp_path / 'l.db'}")
     client.chat(model="llama3.1:8b", messages=HI)
     telemetry = telemetry_for(load_settings())
     assert telemetry is not None
     telemetry.shutdown()
-    assert telemetry.failures()
-    assert capsys.readouterr().err.count("warning: could not export telemetry") == 1
+    # Refused at once, or (a busy machine) still trying when the timeout ends: one line either way.
+    err = capsys.readouterr().err
+    assert err.count("warning: could not export telemetry") == 1
+    assert f"{url}/v1/traces" in err
