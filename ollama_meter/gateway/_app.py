@@ -41,7 +41,7 @@ from ollama_meter.gateway._access import (
     unrouted,
 )
 from ollama_meter.gateway._attribution import Forbidden, resolve
-from ollama_meter.gateway._dash import dashboard_routes
+from ollama_meter.gateway._dash import NO_STORE, dashboard_routes
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._hosts import guard
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
@@ -381,7 +381,7 @@ class Gateway:
         if request.url.path == "/metrics" and response.status_code == 200 and type(body) is bytes:
             # This process's refusals, after the other series.
             text = body + self.unauthenticated.prometheus().encode()
-            return Response(text, media_type=response.media_type)
+            return Response(text, media_type=response.media_type, headers=NO_STORE)
         return response
 
 

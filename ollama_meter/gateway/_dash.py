@@ -67,7 +67,10 @@ def dash_query(params: Iterable[tuple[str, str]]) -> DashQuery:
 DASH_CACHE_SECONDS = 3.0
 """How long ``/api/dash`` and the dashboard answer from figures already computed."""
 
-_PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+NO_STORE = {"Cache-Control": "no-store"}
+"""Figures of this moment: no cache in between keeps them (a proxy would serve stale counts)."""
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_PAGE_HEADERS = {"Referrer-Policy": "no-referrer", **NO_STORE}
 """The page and its JSON hold everyone's spend: no browser or proxy keeps a copy."""
 
 
@@ -146,7 +149,7 @@ def dashboard_routes(
 
     async def metrics(request: Request) -> Response:
         text = await in_thread(prometheus_text, meter_of(request), settings)
-        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(text, media_type=METRICS_TYPE, headers=NO_STORE)
 
     return [
         Route("/api/dash", api_dash, methods=["GET"]),

@@ -15,6 +15,7 @@ that are counted under :data:`OTHER`, so totals stay whole.
 from __future__ import annotations
 
 import logging
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -39,8 +40,15 @@ class _Bounded:
         self.name = name
         self.limit = limit
         self.known: set[tuple[str, ...]] = set()
+        self._lock = threading.Lock()
 
     def __call__(self, labels: tuple[str, ...]) -> tuple[str, ...]:
+        if labels in self.known:  # the common case, without the lock: sets only grow
+            return labels
+        with self._lock:  # spans are observed from several threads: the limit holds exactly
+            return self._admit(labels)
+
+    def _admit(self, labels: tuple[str, ...]) -> tuple[str, ...]:
         if labels in self.known:
             return labels
         if len(self.known) < self.limit:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections import Counter
 from collections.abc import Callable
 
@@ -90,3 +92,37 @@ def test_refusals_count_by_route_so_no_caller_mints_a_series(locked_app: Gateway
         for sample in family.samples
     }
     assert refused == {"/v1/models/{model:path}": 50.0, "/api/chat": 1.0}
+
+
+def test_a_scrape_is_not_kept_by_caches_in_between(locked_app: Gateway) -> None:
+    response = locked_app.client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+    assert response.status_code == 200
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+
+
+def test_the_series_limit_holds_when_threads_observe_at_once() -> None:
+    """Spans are observed from the gateway's threads: the limit is a count under a lock, so
+    threads racing past it cannot each add their own label set."""
+    limit, threads = 5, 8
+    metrics = GatewayMetrics(max_series=limit)
+    start = threading.Barrier(threads)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+
+    def observe(worker: int) -> None:
+        start.wait()
+        for n in range(50):
+            metrics.on_end(make_span(tenant=f"t{worker}", department=f"d{n}"))
+
+    try:
+        pool = [threading.Thread(target=observe, args=(w,)) for w in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    requests = samples(metrics, "ometer_requests")
+    assert sum(requests.values()) == threads * 50
+    assert len(requests) == limit + 1  # five of their own, and everyone else's together
