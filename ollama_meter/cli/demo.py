@@ -29,13 +29,13 @@ def demo(
     from ollama_meter.reports import spend_report
 
     path = default_data_dir() / "demo.db"
+    url = f"sqlite:///{path}" if db is None else db
+    cfg = settings(db_url=url)  # an empty --db is refused, not read as the demo ledger
     if db is None:
         close_ledger(f"sqlite:///{path}")
         path.unlink(missing_ok=True)
         for suffix in ("-wal", "-shm"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
-    url = db or f"sqlite:///{path}"
-    cfg = settings(db_url=url)
     with progress_bar("metering demo calls", remaining=False) as bar:
         task = bar.add_task("demo", total=calls)
         summary = run_demo(cfg, calls=calls, progress=lambda: bar.advance(task))

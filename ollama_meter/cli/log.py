@@ -52,9 +52,15 @@ def log(
     db: DbOption = None,
 ) -> None:
     """Show the latest metered calls, newest first."""
+    from ollama_meter.errors import ValidationError
     from ollama_meter.ledger import SpanFilter
 
     cfg = settings(db_url=db)
+    if status is not None and not status.strip():
+        # Read as absent it showed every span under "no spans match" when there were none.
+        raise ValidationError(
+            "--status is given empty; give a status or error type, or leave it out"
+        )
     ledger = ledger_for(cfg)
     statuses = {s.value for s in Status}
     where = SpanFilter(

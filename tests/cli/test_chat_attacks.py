@@ -269,13 +269,22 @@ def test_an_option_given_empty_is_refused_never_read_as_left_out(  # type: ignor
     assert emulator.requests_to("/api/chat") == []
 
 
-@pytest.mark.parametrize("command", [("log",), ("perf",), ("limit", "list")])
+@pytest.mark.parametrize("command", [("log",), ("perf",), ("limit", "list"), ("demo",)])
 def test_the_reading_commands_refuse_an_empty_db_too(
     cli, db: str, command: tuple[str, ...]
 ) -> None:  # type: ignore[no-untyped-def]
     result = cli(*command, "--db", "")
     assert result.code == 2
     assert result.stderr.startswith("error: --db is given empty")
+
+
+def test_log_refuses_an_empty_status(cli, db: str) -> None:  # type: ignore[no-untyped-def]
+    """Read as absent, ``--status "$S"`` listed every span, or said none matched."""
+    result = cli("log", "--status", " ")
+    assert (result.code, result.stderr) == (
+        2,
+        "error: --status is given empty; give a status or error type, or leave it out\n",
+    )
 
 
 @pytest.mark.parametrize("run_async", [False, True])
