@@ -126,16 +126,21 @@ def _turn(session: _Session, messages: list[dict[str, str]]) -> str:
         options=session.options,
     )
     parts: list[str] = []
+    chunks = iter(run)
     try:
-        for chunk in run:
+        for chunk in chunks:
             text = (chunk.message.content or "") if isinstance(chunk, ollama.ChatResponse) else ""
             parts.append(text)
             if not as_json and text:
                 out.file.write(inert(text, terminal=out.is_terminal))
                 out.file.flush()
-    except OmeterError as exc:
+    except (OmeterError, KeyboardInterrupt, SystemExit) as exc:
         if as_json:
-            failure: dict[str, Any] = {"error": str(exc), "error_type": _error_type(exc)}
+            if isinstance(exc, OmeterError):
+                failure: dict[str, Any] = {"error": str(exc), "error_type": _error_type(exc)}
+            else:  # Ctrl-C, or a signal (SystemExit 128+N): the span is written first
+                chunks.close()
+                failure = {"error": _stopped_by(exc), "error_type": "client_abort"}
             if run.call is not None:
                 failure |= {"span_id": run.span.id, **span_to_dict(run.span)}
             out.file.write(json.dumps(failure, ensure_ascii=False) + "\n")
@@ -161,6 +166,13 @@ STORED_NOTES = {
     Stored.HELD: "nothing on disk could record this call's span (is the disk full?); it was "
     "kept in memory and is lost when this command ends",
 }
+
+
+def _stopped_by(exc: BaseException) -> str:
+    code = exc.code if isinstance(exc, SystemExit) else None
+    if isinstance(code, int) and code > 128:
+        return f"stopped by signal {code - 128} before the answer was complete"
+    return "interrupted before the answer was complete"
 
 
 def _error_type(exc: OmeterError) -> str:

@@ -445,3 +445,42 @@ def test_a_streamed_reply_stopped_by_a_signal_is_recorded_with_what_came(
     assert (span.status, span.error_type) == ("client_abort", "client_abort")
     assert span.output_tokens == seen + 1  # read ahead: counted, not yet handed over
     assert span.token_source == "estimated"
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_chat_json_stopped_by_a_signal_still_prints_its_one_object(
+    emulator: OllamaEmulator, sqlite_url: str, signum: int, code: int
+) -> None:
+    """A script reading ``--json`` got nothing on stdout when the call was stopped: now the
+    error object, with the span as recorded (client_abort)."""
+    env = {**os.environ, "OMETER_DB_URL": sqlite_url, "OLLAMA_HOST": emulator.url}
+    emulator.token_latency = 0.3
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", FOREGROUND, "chat", "--json", "-m", "llama3.1:8b", "a story"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while not emulator.requests_to("/api/chat"):
+            assert time.monotonic() < deadline and proc.poll() is None, "no request came"
+            time.sleep(0.05)
+        time.sleep(0.5)  # a chunk or two on their way
+        proc.send_signal(signum)
+        stdout, _ = proc.communicate(timeout=30)
+        assert proc.returncode == code
+    finally:
+        emulator.token_latency = 0.0
+    (line,) = stdout.decode().splitlines()
+    shown = json.loads(line)
+    with MeteredClient(db_url=sqlite_url) as client:
+        (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert shown["error_type"] == "client_abort" and shown["status"] == "client_abort"
+    assert shown["span_id"] == span.id and shown["output_tokens"] == span.output_tokens
+    assert shown["error"] == (
+        "interrupted before the answer was complete"
+        if signum == signal.SIGINT
+        else "stopped by signal 15 before the answer was complete"
+    )
