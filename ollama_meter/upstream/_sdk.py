@@ -27,6 +27,7 @@ from ollama_meter.upstream._classify import (
     answer_error,
     error_text,
     mid_stream_error,
+    not_an_answer,
     reported_error,
     retry_after_seconds,
     transport_error,
@@ -112,7 +113,7 @@ class Upstream(Resilient):
         def attempt() -> Response:
             _ANSWERED.set(False)
             try:
-                return self._checked(method(**request, **_no_stream(operation)))
+                return self._checked(operation, method(**request, **_no_stream(operation)))
             except Exception as exc:
                 raise self.classify(exc, model=model, started=False) from exc
 
@@ -168,7 +169,7 @@ class Upstream(Resilient):
         async def attempt() -> Response:
             _ANSWERED.set(False)
             try:
-                return self._checked(await method(**request, **_no_stream(operation)))
+                return self._checked(operation, await method(**request, **_no_stream(operation)))
             except Exception as exc:
                 raise self.classify(exc, model=model, started=False) from exc
 
@@ -212,12 +213,14 @@ class Upstream(Resilient):
                 await close()
         attempts.end()
 
-    @staticmethod
-    def _checked(answer: Response) -> Response:
-        """A whole answer that reports a failure inside its 200 is that failure."""
+    def _checked(self, operation: str, answer: Response) -> Response:
+        """A whole answer that reports a failure inside its 200 is that failure; one that is
+        not done (``done: false``) is not an answer, as the gateway has it."""
         failure = reported_error(answer)
         if failure is not None:
             raise failure
+        if operation in ("chat", "generate") and not _says_done(answer):
+            raise not_an_answer(self.host, 'the object does not say "done": true')
         return answer
 
     def classify(self, exc: BaseException, *, model: str, started: bool) -> UpstreamError:

@@ -121,6 +121,28 @@ def test_a_whole_stream_is_still_ok(cli, db: str, answering: Callable[[bytes], N
 @pytest.mark.parametrize(
     "body",
     [
+        pytest.param(line("hello", done=False), id="done-false"),
+        pytest.param(line("hello").replace(b', "done": false', b""), id="no-done"),
+    ],
+)
+def test_a_whole_answer_that_is_not_done_is_not_an_answer(  # type: ignore[no-untyped-def]
+    cli, db: str, answering: Callable[[bytes], None], body: bytes
+) -> None:
+    """``--no-stream``: Ollama's whole answer says ``done: true``; one that does not was cut
+    short or is not Ollama's (the gateway refuses it too), and is not recorded as ``ok``."""
+    answering(body)
+    result = cli("chat", "--no-stream", "hi")
+    assert result.code == 1, result.stderr
+    assert result.stderr.splitlines()[-1].endswith(
+        'is not an answer: the object does not say "done": true'
+    )
+    span = last_span(cli)
+    assert (span["status"], span["error_type"]) == ("error", "stream_error")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
         pytest.param(line("hello", **FINAL).replace(b"hello", b"hel\xfflo"), id="not-utf8"),
         pytest.param(b"[1, 2]", id="a-list"),
         pytest.param(b'"hello"', id="a-string"),
