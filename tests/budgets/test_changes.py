@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from ollama_meter.budgets import BudgetGate, Estimate
+from ollama_meter.budgets import Budget, BudgetGate, Estimate
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import Ledger
 from ollama_meter.records import parse_department_budgets
@@ -85,3 +85,18 @@ def test_department_budgets_changed_mid_period_do_not_fire_alerts_again(db_url: 
     assert (after.id, after.limit) == (before.id, 10_500_000)
     with ledger.budget_transaction() as store:
         assert store.claim_alert(fired, NOV) is None
+
+
+def test_a_new_budget_never_takes_the_id_of_a_removed_one(db_url: str) -> None:
+    """Alerts and leases hang on a budget's id: a new budget under a removed one's id (SQLite
+    reused the highest) inherited its alerts, so thresholds the removed budget had reached
+    this period never fired for the new one, whatever its scope."""
+    ledger = Ledger(db_url)
+    sales = ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10, currency="USD")
+    )
+    ledger.remove_budget(sales.id or 0)
+    support = ledger.save_budget(
+        Budget(tenant="acme", department="support", period="month", limit=10, currency="USD")
+    )
+    assert support.id != sales.id
