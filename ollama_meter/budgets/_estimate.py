@@ -29,6 +29,8 @@ IMAGE_TOKENS = 4096
 DEFAULT_PROMPT_NS_PER_TOKEN = 2_000_000
 DEFAULT_EVAL_NS_PER_TOKEN = 50_000_000
 DEFAULT_LOAD_NS = 60_000_000_000
+COLD_LOAD_NS = 100_000_000
+"""A ``load_duration`` from here up is a model loaded for the call; below, one already loaded."""
 HISTORY_MARGIN = 3
 """Per-token times seen recently are scaled by 3/2 for the bound."""
 MAX_HIDDEN_PROMPT = 32_768
@@ -84,7 +86,9 @@ def bound_cost(
         _rates(history, "prompt_eval_ns", "input_tokens"), DEFAULT_PROMPT_NS_PER_TOKEN
     )
     eval_ns = _slowest(_rates(history, "eval_ns", "output_tokens"), DEFAULT_EVAL_NS_PER_TOKEN)
-    load_ns = _slowest([c.load_ns for c in history], DEFAULT_LOAD_NS)
+    # Warm calls say nothing of how long a load takes, and any call may find the model
+    # unloaded (idle past its keep_alive, or evicted by another): only cold loads count.
+    load_ns = _slowest([c.load_ns for c in history if c.load_ns >= COLD_LOAD_NS], DEFAULT_LOAD_NS)
     inputs = min(bound.input_tokens, MAX_TOKENS)
     outputs = min(bound.output_tokens, MAX_TOKENS)
     cost = book.cost(

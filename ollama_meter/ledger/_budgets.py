@@ -82,15 +82,28 @@ def source_differs(conn: Connection, source: str, budgets: Sequence[Budget]) -> 
 
 
 def sync_source(conn: Connection, source: str, budgets: Sequence[Budget]) -> bool:
-    """Make the budgets from ``source`` exactly ``budgets``; True when anything changed."""
+    """Make the budgets from ``source`` exactly ``budgets``; True when anything changed.
+
+    A budget whose scope and period stay is updated in place, keeping its id: the leases
+    of calls in flight and the alerts already fired hang on it. Recreated, every hold in
+    every process would be dropped (and as many calls again admitted on top of those
+    running), and each threshold reached this period would fire a second time.
+    """
     if not source_differs(conn, source, budgets):
         return False
+    kept = {_slot(b) for b in budgets}
     for old in _from(conn, source):
         assert old.id is not None
-        remove_budget(conn, old.id)
+        if _slot(old) not in kept:
+            remove_budget(conn, old.id)
     for budget in budgets:
         save_budget(conn, replace(budget, source=source))
     return True
+
+
+def _slot(b: Budget) -> tuple[str, str, str]:
+    """What :func:`save_budget` matches an existing budget of one source on."""
+    return (b.tenant, b.department or "", b.period)
 
 
 def spent(conn: Connection, budget: Budget, tenant: str, start: datetime, end: datetime) -> int:

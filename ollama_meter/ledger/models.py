@@ -263,6 +263,8 @@ class BudgetRow(Base):
     """
 
     __tablename__ = "budgets"
+    # Never reuse a removed budget's id on SQLite: its alerts and leases hang on it.
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(String(64))

@@ -15,7 +15,7 @@ from ollama_meter.budgets import (
     parse_thresholds,
 )
 from ollama_meter.pricing import PriceBook
-from ollama_meter.records import parse_department_budgets
+from ollama_meter.records import Usage, parse_department_budgets
 from tests.factories import token_prices
 
 
@@ -112,3 +112,39 @@ def test_a_budget_keeps_whole_percentages_in_order_or_refuses_them(given_: list[
     )  # type: ignore[arg-type]
     assert list(budget.thresholds) == sorted(set(given_))  # type: ignore[type-var]
     assert len(",".join(map(str, budget.thresholds))) <= 64  # the ledger's column
+
+
+WARM_LOAD = st.integers(0, 99_000_000)
+"""What Ollama reports as ``load_duration`` for a model already in memory: milliseconds."""
+
+
+@given(
+    warm=st.lists(
+        st.tuples(st.integers(1, 500), st.integers(1, 500), WARM_LOAD), min_size=1, max_size=20
+    ),
+    cold_load=st.integers(100_000_000, 120_000_000_000),
+    cold_seen=st.integers(0, 3),
+    load=st.integers(0, 120_000_000_000),
+)
+def test_a_cold_load_is_within_the_bound_however_many_warm_calls_came_before(
+    warm: list[tuple[int, int, int]], cold_load: int, cold_seen: int, load: int
+) -> None:
+    """With ``charge_load``, a call that finds the model unloaded (idle past its keep_alive,
+    or evicted by another) pays the load: warm calls say nothing of how long that takes.
+    Bounded with the loads of warm calls, a busy model's bound held a load of a few
+    milliseconds, and each of the calls that next found it cold overshot by a whole load."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+    from decimal import Decimal
+    from zoneinfo import ZoneInfo
+
+    rule = replace(token_prices(id=1), gpu_hour=Decimal(2), charge_load=True)
+    book = PriceBook([rule], tz=ZoneInfo("UTC"), currency="USD")
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    history = [PastCall(10, 10, 10 * p, 10 * e, w) for p, e, w in warm]
+    history += [PastCall(10, 10, 10, 10, cold_load)] * cold_seen
+    # No longer than the model's loads seen (or, none seen, the default of 60 s)
+    load = min(load, cold_load if cold_seen else 60_000_000_000)
+    bound = bound_cost(book, "m", now, CallBound(10, 10), history)
+    actual = book.cost("m", now, Usage(10, 10, 10, 10, load)).total
+    assert actual <= bound.amount
