@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from ollama_meter.ledger import COLD_LOAD_NS
 from ollama_meter.pricing import PriceBook
 from ollama_meter.records import MAX_DURATION_NS, MAX_TOKENS, PastCall, Usage
 
@@ -29,8 +30,6 @@ IMAGE_TOKENS = 4096
 DEFAULT_PROMPT_NS_PER_TOKEN = 2_000_000
 DEFAULT_EVAL_NS_PER_TOKEN = 50_000_000
 DEFAULT_LOAD_NS = 60_000_000_000
-COLD_LOAD_NS = 100_000_000
-"""A ``load_duration`` from here up is a model loaded for the call; below, one already loaded."""
 HISTORY_MARGIN = 3
 """Per-token times seen recently are scaled by 3/2 for the bound."""
 MAX_HIDDEN_PROMPT = 32_768
