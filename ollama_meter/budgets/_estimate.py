@@ -53,6 +53,10 @@ class Estimate:
 
     amount: int
     currency: str
+    busy_ns: int | None = None
+    """The busy time the amount pays for, when the price counts time (GPU-hours, energy):
+    a call still running past it is cut (:class:`~ollama_meter.errors.OverCap`), so a
+    server slower than its history cannot spend past the bound. None: time costs nothing."""
 
 
 def _slowest(values: Sequence[int], default: int) -> int:
@@ -90,18 +94,28 @@ def bound_cost(
     load_ns = _slowest([c.load_ns for c in history if c.load_ns >= COLD_LOAD_NS], DEFAULT_LOAD_NS)
     inputs = min(bound.input_tokens, MAX_TOKENS)
     outputs = min(bound.output_tokens, MAX_TOKENS)
-    cost = book.cost(
-        model,
-        when,
-        Usage(
-            input_tokens=inputs,
-            output_tokens=outputs,
-            prompt_eval_ns=min(inputs * prompt_ns, MAX_DURATION_NS),
-            eval_ns=min(outputs * eval_ns, MAX_DURATION_NS),
-            load_ns=min(load_ns, MAX_DURATION_NS),
-        ),
+    usage = Usage(
+        input_tokens=inputs,
+        output_tokens=outputs,
+        prompt_eval_ns=min(inputs * prompt_ns, MAX_DURATION_NS),
+        eval_ns=min(outputs * eval_ns, MAX_DURATION_NS),
+        load_ns=min(load_ns, MAX_DURATION_NS),
     )
-    return Estimate(cost.total, cost.currency)
+    cost = book.cost(model, when, usage)
+    untimed = replace(usage, prompt_eval_ns=0, eval_ns=0, load_ns=0)
+    if book.cost(model, when, replace(untimed, eval_ns=_HOUR_NS)) == book.cost(
+        model, when, untimed
+    ):
+        return Estimate(cost.total, cost.currency)  # time costs nothing: no time cap
+    # A call cut short is charged its wall time as busy time (no load apart): the cut
+    # comes once that reaches the time the bound pays for, load included only if priced.
+    priced_load = book.cost(model, when, replace(untimed, load_ns=_HOUR_NS)) != book.cost(
+        model, when, untimed
+    )
+    return Estimate(cost.total, cost.currency, usage.busy_ns(charge_load=priced_load))
+
+
+_HOUR_NS = 3_600 * 10**9
 
 
 class HiddenPrompts:

@@ -138,14 +138,20 @@ class _Answered:
     async def whole(self) -> Response:
         """The whole answer at once, after its span is written."""
         call, wire, response, pool = self.call, self.wire, self.response, self.pool
+        timer = asyncio.timeout(call.time_left_s())
         try:
-            content = await pool.read(response)
+            async with timer:
+                content = await pool.read(response)
         except UpstreamError as error:
             pool.finish(response, completed=False)
             await self.end(error)
             return error_response(wire, 502, str(error))
         except BaseException as exc:  # the client hung up: Ollama is stopped, the span written
             pool.finish(response, completed=False)
+            if isinstance(exc, TimeoutError) and timer.expired():  # ran all its budget pays for
+                cut = call.out_of_time()
+                await self.end(cut)
+                return error_response(wire, 502, str(cut))
             await self.end(exc)
             raise
         pool.finish(response, completed=True)
@@ -203,13 +209,21 @@ class _Answered:
 
         frames = Frames(separator, host=pool.host)
         chunks = aiter(pool.chunks(response))
+        left = call.time_left_s()
+        deadline = None if left is None else asyncio.get_running_loop().time() + left
         try:
             ended = False
             while not ended:
+                timer = asyncio.timeout_at(deadline)
                 try:
-                    batch = frames.feed(await anext(chunks))
+                    async with timer:  # a silent server runs out of time too, not only a chatty one
+                        batch = frames.feed(await anext(chunks))
                 except StopAsyncIteration:
                     batch, ended = frames.end(), True
+                except TimeoutError:
+                    if not timer.expired():
+                        raise
+                    raise call.out_of_time() from None
                 for frame in batch:
                     out, stop = await take(frame)
                     if out is not None:
@@ -343,14 +357,20 @@ class Relay:
             server = slot.lease.server
             call.span.upstream_host = server.url
             elsewhere = fleet.can_move(model, {*tried, server.url})
+            timer = asyncio.timeout(call.time_left_s())
             try:
                 attempts = slot.lease.attempts(model, elsewhere=elsewhere)
-                sent = await server.pool.send(
-                    attempts, request.path, body=content, query=query, headers=headers
-                )
+                async with timer:  # a whole answer comes at its end: a hard budget's time runs
+                    sent = await server.pool.send(
+                        attempts, request.path, body=content, query=query, headers=headers
+                    )
             except UpstreamError as error:  # its circuit is open, or no answer came
                 failure = error
             except BaseException as exc:  # cancelled while waiting on Ollama: still one span
+                if isinstance(exc, TimeoutError) and timer.expired():
+                    cut = call.out_of_time()
+                    await in_thread(self.meter.close, call, cut)
+                    return _failure_response(wire, cut)
                 await in_thread(self.meter.close, call, exc)
                 raise
             else:

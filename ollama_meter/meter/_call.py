@@ -39,6 +39,9 @@ class MeteredCall:
         """The reply cap a hard budget admitted the call on: sent to Ollama in the field it honours."""
         self.bound: CallBound | None = None
         """The most tokens a hard budget admitted the call on, in and out."""
+        self.time_cap_ns: int | None = None
+        """The busy time a hard budget admitted the call on, when its price counts time: the
+        call is cut once it has run that long at Ollama (see :meth:`time_left_s`)."""
         self.stored: Stored | None = None
         """Where the span went once the call closed: the ledger, the spool, ..."""
         self._t0 = time.perf_counter_ns()
@@ -73,7 +76,26 @@ class MeteredCall:
                     f"reply tokens the call was admitted on (sent as its cap): the answer "
                     "was cut there, so the hard budget holds"
                 )
+            if self.time_cap_ns is not None and self.span.stream and self.time_left_s() == 0:
+                return self.out_of_time()
         return None
+
+    def time_left_s(self) -> float | None:
+        """Seconds until the call has run as long at Ollama as it was admitted on (0: it has;
+        None: no limit). Waiting in a gateway's queue is not Ollama's time, nor charged."""
+        if self.time_cap_ns is None:
+            return None
+        ran = time.perf_counter_ns() - self._t0 - (self.span.queue_ns or 0)
+        return max(self.time_cap_ns - ran, 0) / 1e9
+
+    def out_of_time(self) -> OverCap:
+        """The failure of a call cut at :attr:`time_cap_ns`."""
+        seconds = (self.time_cap_ns or 0) / 1e9
+        return OverCap(
+            f"{self.span.upstream_host or 'Ollama'} ran the call longer than the {seconds:,.1f} s "
+            "of busy time it was admitted on (the model is slower than its recent calls): "
+            "the answer was cut there, so the hard budget holds"
+        )
 
     @property
     def reply(self) -> str:
@@ -102,9 +124,10 @@ class MeteredCall:
         if span.prompt_eval_duration_ns is None and span.eval_duration_ns is None:
             # The upstream did not say how long it was busy (Ollama's /v1 routes never do;
             # an aborted stream has no final chunk): the meter's own clock stands in, and
-            # says so.
-            first = span.ttft_ns or 0
-            span.prompt_eval_duration_ns = first
+            # says so. Time waiting in a gateway's queue for a slot is not Ollama's.
+            waited = min(span.queue_ns or 0, span.latency_ns)
+            first = max(span.ttft_ns or 0, waited)
+            span.prompt_eval_duration_ns = first - waited
             span.eval_duration_ns = span.latency_ns - first
             span.duration_source = DurationSource.MEASURED
         else:

@@ -117,6 +117,67 @@ def test_a_stream_past_the_admitted_cap_is_cut_there(
     assert meter.ledger.latest(SpanFilter(), 1)[0].error_type == "over_cap"
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_stream_slower_than_its_models_history_is_cut_at_the_time_it_was_admitted_on(
+    sqlite_url: str, emulator: OllamaEmulator, asynchronous: bool
+) -> None:
+    """GPU time is bounded from the model's recent calls (x1.5): a server gone ten times
+    slower (a model fallen back to the CPU) ran the call past what the hard budget held for
+    it, and four such calls at once spent past the limit. The call is cut when it has run
+    as long as it was admitted on, and is charged the time it ran."""
+    from ollama_meter.ledger import open_ledger
+
+    open_ledger(sqlite_url).add_price_rule(
+        replace(token_prices("llama3.1:*"), gpu_hour=Decimal(3600))  # 1 USD a second
+    )
+    meter = make_meter(sqlite_url, Clock(NOV))
+    call(meter)  # before any budget: the model's history (20 ms a reply token)
+    budget(meter, 10**12)
+    emulator.token_latency = 0.5  # 25 times slower than the history
+    run = meter.chat(
+        model="llama3.1:8b",
+        messages=HELLO,
+        attribution=Attribution(tenant="acme", department="sales"),
+        options={"num_predict": OUT},
+        stream=True,
+    )
+    got: list[Any] = []
+
+    async def drain() -> None:
+        async for part in run:
+            got.append(part)
+
+    try:
+        with pytest.raises(StreamError, match=r"longer than the [\d.]+ s of busy time it was"):
+            asyncio.run(drain()) if asynchronous else got.extend(run)
+    finally:
+        emulator.token_latency = 0.0
+    span = run.span
+    assert run.call is not None and run.call.time_cap_ns is not None
+    assert (span.status, span.error_type) == ("error", "over_cap")
+    assert len(got) < OUT and span.duration_source == "measured"
+    assert meter.ledger.latest(SpanFilter(), 1)[0].error_type == "over_cap"
+
+
+def test_no_time_cap_when_time_is_not_priced(sqlite_url: str, emulator: OllamaEmulator) -> None:
+    meter = make_meter(sqlite_url, Clock(NOV))
+    budget(meter, 10**12)
+    emulator.token_latency = 0.05
+    try:
+        run = meter.chat(
+            model="llama3.1:8b",
+            messages=HELLO,
+            attribution=Attribution(tenant="acme", department="sales"),
+            options={"num_predict": OUT},
+            stream=True,
+        )
+        parts = list(run)
+    finally:
+        emulator.token_latency = 0.0
+    assert run.call is not None and run.call.time_cap_ns is None
+    assert run.span.status == "ok" and len(parts) == OUT + 1
+
+
 def test_a_prompt_the_model_adds_itself_is_charged_and_bounds_its_later_calls(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

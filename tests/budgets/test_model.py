@@ -148,3 +148,52 @@ def test_a_cold_load_is_within_the_bound_however_many_warm_calls_came_before(
     bound = bound_cost(book, "m", now, CallBound(10, 10), history)
     actual = book.cost("m", now, Usage(10, 10, 10, 10, load)).total
     assert actual <= bound.amount
+
+
+@given(
+    prices=st.fixed_dictionaries(
+        {},
+        optional={
+            "gpu_hour": st.integers(1, 10_000),
+            "watts": st.integers(1, 2_000),
+            "per_request": st.integers(1, 100),
+        },
+    ),
+    charge_load=st.booleans(),
+    tokens=st.tuples(st.integers(0, 10**6), st.integers(0, 10**5)),
+    history=st.lists(st.tuples(st.integers(1, 10**9), st.integers(1, 10**9)), max_size=5),
+    over=st.integers(0, 10**12),
+)
+def test_a_call_cut_at_its_time_cap_costs_at_most_its_bound(
+    prices: dict[str, int],
+    charge_load: bool,
+    tokens: tuple[int, int],
+    history: list[tuple[int, int]],
+    over: int,
+) -> None:
+    """When time is priced, the bound says how much busy time it pays for (``busy_ns``): a
+    call cut there is charged its wall time as busy time (Ollama's own figures never come),
+    which then costs no more than the bound, however slow the server was. When time is not
+    priced there is no time cap: a long call costs its tokens only."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+    from decimal import Decimal
+    from zoneinfo import ZoneInfo
+
+    extra = {name: Decimal(value) for name, value in prices.items()}
+    if "watts" in extra:
+        extra["kwh_price"] = Decimal("0.3")
+    rule = replace(token_prices(id=1), charge_load=charge_load, **extra)
+    book = PriceBook([rule], tz=ZoneInfo("UTC"), currency="USD")
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    past = [PastCall(10, 10, 10 * p, 10 * e, 0) for p, e in history]
+    inputs, outputs = tokens
+    bound = bound_cost(book, "m", now, CallBound(inputs, outputs), past)
+    timed = "gpu_hour" in prices or "watts" in prices
+    assert (bound.busy_ns is not None) == timed
+    if bound.busy_ns is None:
+        # However long it ran, only tokens and fees are charged.
+        assert book.cost("m", now, Usage(inputs, outputs, over, over, over)).total <= bound.amount
+        return
+    cut = Usage(inputs, outputs, prompt_eval_ns=0, eval_ns=bound.busy_ns, load_ns=0)
+    assert book.cost("m", now, cut).total <= bound.amount

@@ -504,10 +504,11 @@ def test_openai_routes_price_gpu_time_on_the_meters_clock(gateway: Gateway) -> N
     list(client.chat.completions.create(model="llama3.1:8b", messages=HI, stream=True))  # type: ignore[arg-type]
     ollama.Client(host=gateway.url).chat(model="llama3.1:8b", messages=HI, stream=False)
     native, streamed, whole = spans(gateway)
+    # From when the call was sent: time waiting for a slot in the gateway is not Ollama's.
     assert (whole.duration_source, whole.prompt_eval_duration_ns) == ("measured", 0)
-    assert whole.eval_duration_ns == whole.latency_ns
+    assert whole.eval_duration_ns == whole.latency_ns - whole.queue_ns
     assert streamed.duration_source == "measured" and streamed.ttft_ns is not None
-    assert streamed.prompt_eval_duration_ns == streamed.ttft_ns
+    assert streamed.prompt_eval_duration_ns == streamed.ttft_ns - streamed.queue_ns
     assert streamed.eval_duration_ns == streamed.latency_ns - streamed.ttft_ns
     assert native.duration_source == "reported"
     assert native.eval_duration_ns == EXPECTED.eval_duration
@@ -522,7 +523,7 @@ def test_openai_routes_price_gpu_time_on_the_meters_clock(gateway: Gateway) -> N
         assert span.cost_total == span.cost_compute and span.price_rule_id == rule.id
     # 3.60 an hour is 1 micro-unit per millisecond of busy time
     assert whole.cost_compute == to_micros(
-        Decimal(whole.latency_ns) / 10**9 / 3600 * Decimal("3.60")
+        Decimal(whole.latency_ns - whole.queue_ns) / 10**9 / 3600 * Decimal("3.60")
     )
 
 

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -782,3 +783,39 @@ def test_each_embedding_input_counts_its_own_special_tokens_toward_the_bound(
         reply = gw.client.post(path, json=body, headers=SALES)
         assert reply.status_code == 429, reply.text[:200]
         assert not upstream.requests
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_a_call_slower_than_its_models_history_is_cut_at_the_time_it_was_admitted_on(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    path: str,
+    stream: bool,
+) -> None:
+    """GPU time under a hard budget is bounded from the model's recent calls: a server gone
+    far slower ran calls past what the budget held for them (four at once spent past the
+    limit). Cut once it has run as long as it was admitted on, streamed or whole (a whole
+    answer comes only at its end: the gateway stops waiting), and charged the time it ran."""
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(dataclasses.replace(token_prices(), gpu_hour=Decimal(3600)))
+    gw.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
+    )
+    cap = {"max_tokens": 8} if path.startswith("/v1/") else {"options": {"num_predict": 8}}
+    body = {"model": "llama3.1:8b", "stream": stream, **GENERATING[path], **cap}
+    history = {**SALES, "X-Ometer-Department": "support"}  # no budget: the model's history
+    assert gw.client.post(path, json=body, headers=history).status_code == 200
+    emulator.token_latency = 0.5
+    try:
+        reply = gw.client.post(path, json=body, headers=SALES)
+    finally:
+        emulator.token_latency = 0.0
+    span = last_span(gw)
+    assert (span.status, span.error_type) == ("error", "over_cap")
+    message = "of busy time it was admitted on"
+    if stream:
+        assert reply.status_code == 200 and message in reply.text
+    else:
+        assert reply.status_code == 502 and message in error_text(reply, path)

@@ -389,3 +389,39 @@ def test_observers_see_a_storable_span_from_its_start_journal_or_not(
         run_chat(meter, model=model)
     clean = "m\ufffd" + "x" * 252 + "…"
     assert seen == [clean, clean]
+
+
+@given(
+    waited=st.integers(0, 10**11),
+    ran=st.integers(0, 10**11),
+    first=st.one_of(st.none(), st.integers(0, 10**11)),
+)
+def test_time_in_the_gateways_queue_is_never_charged_as_busy_time(
+    waited: int, ran: int, first: int | None
+) -> None:
+    """A call Ollama reports no durations for (its /v1 routes, a stream cut short) is charged
+    the meter's own clock: from when it was sent, not from when it began to wait for a slot
+    (a call that queued a minute was charged a minute of GPU time)."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.meter import MeteredCall
+    from ollama_meter.pricing import PriceBook
+    from tests.factories import make_span
+
+    span = make_span(
+        stream=first is not None,
+        total_duration_ns=None,
+        load_duration_ns=None,
+        prompt_eval_duration_ns=None,
+        eval_duration_ns=None,
+        queue_ns=waited,
+    )
+    call = MeteredCall(span, "hi", PriceBook([], tz=ZoneInfo("UTC"), currency="USD"))
+    started = call._t0
+    if first is not None:
+        call._first_ns = started + waited + min(first, ran)
+    call.measure(started + waited + ran, ok=True)
+    assert span.latency_ns == waited + ran
+    assert span.prompt_eval_duration_ns + span.eval_duration_ns == ran  # type: ignore[operator]
+    assert span.prompt_eval_duration_ns == (0 if first is None else min(first, ran))
+    assert span.duration_source == "measured"
