@@ -1,0 +1,65 @@
+"""The ledger's upkeep and moves under attack: a zone this host does not know, a move after a
+prune, failures in the middle of a bulk command."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from ollama_meter.errors import LedgerError
+from ollama_meter.ledger import Ledger, SpanFilter, close_ledgers
+from ollama_meter.ledger._meta import set_meta
+from ollama_meter.records import Stored
+from tests.factories import make_span
+
+UNKNOWN_ZONE = "America/Nowhere_Newer"
+"""A zone a newer time zone database has and this host's does not (as America/Coyhaique
+was for hosts before tzdata 2025b)."""
+
+
+def _zone_unknown_here(ledger: Ledger) -> None:
+    """The ledger's zone as another host, with newer zone data, set it."""
+    with ledger.write() as conn:
+        set_meta(conn, "zone", UNKNOWN_ZONE)
+
+
+def test_a_span_written_to_a_ledger_whose_zone_this_host_does_not_know_is_spooled(
+    sqlite_url: str,
+) -> None:
+    ledger = Ledger(sqlite_url)
+    ledger.record([make_span()])
+    _zone_unknown_here(ledger)
+    span = make_span(started_at=datetime(2026, 11, 11, 9, tzinfo=UTC))
+    assert ledger.record([span]) == {span.id: Stored.SPOOLED}  # not an exception: not lost
+    assert ledger.spool.pending()
+    november = SpanFilter(
+        since=datetime(2026, 11, 1, tzinfo=UTC), until=datetime(2026, 12, 1, tzinfo=UTC)
+    )
+    with pytest.raises(LedgerError, match=UNKNOWN_ZONE):
+        ledger.spend(november, ["department"])
+
+
+def test_commands_on_a_ledger_whose_zone_this_host_does_not_know_say_so_in_one_line(
+    cli: Any, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMETER_DB_URL", sqlite_url)
+    ledger = Ledger(sqlite_url)
+    ledger.record([make_span()])
+    _zone_unknown_here(ledger)
+    close_ledgers()
+    said = (
+        f"the ledger's days begin at midnight in {UNKNOWN_ZONE}, a time zone this machine does "
+        "not know (a machine with newer zone data set it): update the zone data here "
+        "(pip install -U tzdata, or the system's tzdata package)"
+    )
+    for command in (
+        ["report", "--period", "2026-11"],
+        ["db", "prune", "--keep-days", "400"],
+        ["db", "rollup"],
+    ):
+        result = cli(*command)
+        assert (result.code, result.stdout) == (1, ""), command
+        assert result.stderr.startswith(f"error: {said}"), (command, result.stderr)
+        assert result.stderr.count("\n") == 1, (command, result.stderr)
