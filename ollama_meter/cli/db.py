@@ -107,6 +107,14 @@ def export_command(
             count += 1
     sink.flush()
     err.print(f"exported {count:,} span(s)")
+    horizon = ledger.pruned_before()
+    if horizon is not None and (start is None or start < horizon):
+        err.print(
+            f"warning: raw spans that started before {horizon:%Y-%m-%d %H:%M} UTC were pruned: "
+            "those days are kept only as rollups, which an export does not carry, so a ledger "
+            "this export is imported into has no calls before then (keep this ledger or a "
+            "backup of it for their reports)"
+        )
 
 
 def _counted(stream: BinaryIO, advance: Callable[[int], object]) -> Iterator[bytes]:

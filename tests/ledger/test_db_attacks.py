@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import Ledger, SpanFilter, close_ledgers
+from ollama_meter.ledger import Ledger, SpanFilter, close_ledgers, prune
 from ollama_meter.ledger._meta import set_meta
 from ollama_meter.records import Stored
 from tests.factories import make_span
+from tests.ledger.test_transfer import NOW, _spans
 
 UNKNOWN_ZONE = "America/Nowhere_Newer"
 """A zone a newer time zone database has and this host's does not (as America/Coyhaique
@@ -63,3 +64,27 @@ def test_commands_on_a_ledger_whose_zone_this_host_does_not_know_say_so_in_one_l
         assert (result.code, result.stdout) == (1, ""), command
         assert result.stderr.startswith(f"error: {said}"), (command, result.stderr)
         assert result.stderr.count("\n") == 1, (command, result.stderr)
+
+
+def test_an_export_of_a_pruned_ledger_says_the_pruned_days_do_not_move(
+    cli: Any, sqlite_url: str
+) -> None:
+    """Moving a pruned ledger (export | import) takes its raw spans, not the rollups that are
+    all that is left of the pruned days: the new ledger reports nothing for them."""
+    ledger = Ledger(sqlite_url)
+    ledger.record(_spans(300))
+    assert prune(ledger, 25, now=NOW).cutoff == datetime(2026, 11, 25, tzinfo=UTC)
+    said = (
+        "warning: raw spans that started before 2026-11-25 00:00 UTC were pruned: those days "
+        "are kept only as rollups, which an export does not carry, so a ledger this export "
+        "is imported into has no calls before then (keep this ledger or a backup of it for "
+        "their reports)\n"
+    )
+    for window in ([], ["--since", "2026-11-01"], ["--until", "2026-11-24"]):
+        result = cli("db", "export", *window, "--db", sqlite_url)
+        assert result.code == 0, result.stderr
+        assert result.stderr.endswith(said), (window, result.stderr)
+    after = cli(
+        "db", "export", "--since", "2026-11-25", "--until", "2026-12-31", "--db", sqlite_url
+    )
+    assert (after.code, after.stderr) == (0, f"exported {ledger.count():,} span(s)\n")
