@@ -3,16 +3,19 @@ prune, failures in the middle of a bulk command."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import Ledger, SpanFilter, close_ledgers, prune
+from ollama_meter.ledger import Ledger, SpanFilter, close_ledgers, import_lines, prune, span_to_dict
 from ollama_meter.ledger._meta import set_meta
 from ollama_meter.records import Stored
 from tests.factories import make_span
+from tests.integrity.test_disk_full import fill, small_disk  # noqa: F401 (a fixture)
 from tests.ledger.test_transfer import NOW, _spans
 
 UNKNOWN_ZONE = "America/Nowhere_Newer"
@@ -88,3 +91,21 @@ def test_an_export_of_a_pruned_ledger_says_the_pruned_days_do_not_move(
         "db", "export", "--since", "2026-11-25", "--until", "2026-12-31", "--db", sqlite_url
     )
     assert (after.code, after.stderr) == (0, f"exported {ledger.count():,} span(s)\n")
+
+
+def test_an_import_onto_a_full_disk_does_not_say_its_spans_wait_in_the_spool(
+    small_disk: Path,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """Only a metered call's span goes to the spool: an import that fails says to free space
+    and run it again, not that its spans wait somewhere to be recorded."""
+    ledger = Ledger(f"sqlite:///{small_disk / 'ledger.db'}")
+    lines = [json.dumps(span_to_dict(s)).encode() for s in _spans(10)]
+    assert import_lines(ledger, lines[:4]).added == 4
+    filler = fill(small_disk)
+    with pytest.raises(LedgerError) as stopped:
+        import_lines(ledger, lines)
+    said = str(stopped.value)
+    assert "database or disk is full: free some disk space; the 0 span(s) before this " in said
+    assert "spool" not in said
+    filler.unlink()
+    assert import_lines(ledger, lines).added == 6
