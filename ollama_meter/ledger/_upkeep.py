@@ -151,8 +151,11 @@ def backup(
             "file's path"
         )
     target = through or target
-    partial = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    partial = _partial_name(target)
     try:
+        # Made here, so a folder that is not there says so (SQLite would say only
+        # "unable to open database file", which reads as if the ledger could not be).
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
         dst = sqlite3.connect(partial)
         try:
@@ -165,11 +168,25 @@ def backup(
         partial.replace(target)
     except (OSError, sqlite3.Error) as exc:
         discard(partial)
-        raise LedgerError(f"could not back up {source} to {target}: {exc}") from exc
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise LedgerError(f"could not back up {source} to {target}: {why}") from exc
     except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
         discard(partial)
         raise
     return target.stat().st_size
+
+
+_NAME_MAX = 255
+"""The longest file name, in bytes, most file systems take."""
+
+
+def _partial_name(target: Path) -> Path:
+    """A temp name of this backup's own beside ``target``, within the longest name a folder
+    takes with SQLite's ``-journal`` after it (a target name near it is cut short here)."""
+    mark = f".{os.getpid()}.{secrets.token_hex(4)}.partial"
+    room = _NAME_MAX - 1 - len(mark) - len("-journal")
+    head = target.name.encode()[:room].decode(errors="ignore")
+    return target.with_name(f".{head}{mark}")
 
 
 def _pages(progress: Callable[[int, int], None]) -> Callable[[int, int, int], None]:

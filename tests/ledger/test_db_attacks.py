@@ -109,3 +109,31 @@ def test_an_import_onto_a_full_disk_does_not_say_its_spans_wait_in_the_spool(
     assert "spool" not in said
     filler.unlink()
     assert import_lines(ledger, lines).added == 6
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("missing/copy.db", "No such file or directory"),
+        ("a-file/copy.db", "Not a directory"),
+        ("x" * 240 + ".db", None),  # a name the folder takes: the copy is written
+    ],
+)
+def test_a_backup_that_cannot_be_written_says_why_in_the_system_s_words(
+    cli: Any, tmp_path: Path, where: str, reason: str | None
+) -> None:
+    """SQLite says 'unable to open database file' for any of these, which reads as if the
+    ledger could not be opened; a name the folder takes failed too (the temp name beside it
+    was longer than a name may be)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).record(_spans(5))
+    (tmp_path / "a-file").write_text("")
+    target = tmp_path / where
+    result = cli("db", "backup", str(target), "--db", url)
+    if reason is None:
+        assert result.code == 0, result.stderr
+        assert target.stat().st_size > 0
+    else:
+        said = f"error: could not back up {tmp_path / 'ledger.db'} to {target}: {reason}\n"
+        assert (result.code, result.stderr) == (1, said)
+    assert not list(tmp_path.glob(".*partial"))
