@@ -175,6 +175,7 @@ def import_command(
                 _counted(stream, lambda n: bar.advance(task, n)),
                 pruned_too=pruned_too,
                 progress=lambda n: recorded.__setitem__(0, recorded[0] + n),
+                name="FILE" if source == "-" else source,
             )
         except KeyboardInterrupt:
             err.print(

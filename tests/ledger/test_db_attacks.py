@@ -137,3 +137,40 @@ def test_a_backup_that_cannot_be_written_says_why_in_the_system_s_words(
         said = f"error: could not back up {tmp_path / 'ledger.db'} to {target}: {reason}\n"
         assert (result.code, result.stderr) == (1, said)
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_compressed_export_or_a_backup_given_to_import_is_named_for_what_it_is(
+    cli: Any, tmp_path: Path
+) -> None:
+    """'line 1: not JSON: invalid character (byte 0)' for ``export.jsonl.gz`` or a backup's
+    SQLite file: what the file is, and what to do with it, said instead."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url)
+    ledger.record(_spans(3))
+    export = b"".join(json.dumps(span_to_dict(s)).encode() + b"\n" for s in _spans(3))
+    with zipfile.ZipFile(tmp_path / "export.zip", "w") as archive:
+        archive.writestr("export.jsonl", export)
+    assert cli("db", "backup", str(tmp_path / "backup.db"), "--db", url).code == 0
+    files = {
+        "export.jsonl.gz": (gzip.compress(export), "gzip-compressed: zcat"),
+        "export.jsonl.bz2": (bz2.compress(export), "bzip2-compressed: bzcat"),
+        "export.jsonl.xz": (lzma.compress(export), "xz-compressed: xzcat"),
+        "export.jsonl.zst": (b"\x28\xb5\x2f\xfd" + export, "zstd-compressed: zstdcat"),
+        "export.zip": ((tmp_path / "export.zip").read_bytes(), "a zip archive: unzip -p"),
+    }
+    for name, (data, what) in files.items():
+        (tmp_path / name).write_bytes(data)
+        result = cli("db", "import", str(tmp_path / name), "--db", url)
+        said = f"error: line 1: the file is {what} {tmp_path / name} | ometer db import -\n"
+        assert (result.code, result.stderr) == (2, said), name
+    result = cli("db", "import", str(tmp_path / "backup.db"), "--db", url)
+    assert result.code == 2 and result.stderr.startswith(
+        "error: line 1: the file is a SQLite database (a ledger or its backup), not an export: "
+        f"export it (ometer db export --db sqlite:///{tmp_path / 'backup.db'}) and import that\n"
+    )
+    assert ledger.count() == 3
