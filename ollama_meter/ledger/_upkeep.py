@@ -22,7 +22,7 @@ from ollama_meter._paths import discard, written_through
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
 from ollama_meter.ledger._deadline import bulk
-from ollama_meter.ledger._meta import ledger_zone, pruned_before, set_meta
+from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta
 from ollama_meter.ledger._rollup import lock_cells
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
@@ -67,6 +67,14 @@ def prune(
     with ledger.write() as conn:
         # Alone, as a rebuild's day is: one running waits for this, one starting sees it.
         lock_cells(conn, alone=True)
+        if get_meta(conn, "rollups") == "stale":
+            # A zone change cuts each day again, oldest first: days it has not reached yet
+            # would keep the old zone's cells for good once their spans were gone.
+            raise LedgerError(
+                "the rollups are being cut again (ometer db rollup --zone, or the first open "
+                "after an upgrade): prune once that is done, since the days it would prune "
+                "could not be cut again after it"
+            )
         # Midnight in the ledger's zone, so its day cells before the horizon are whole.
         zone = ledger_zone(conn)
         cutoff_us = floor_cell(Grain.DAY, to_us(now) - keep_days * DAY_US, zone)

@@ -16,7 +16,7 @@ from ollama_meter.ledger._meta import set_meta
 from ollama_meter.records import Stored
 from tests.factories import make_span
 from tests.integrity.test_disk_full import fill, small_disk  # noqa: F401 (a fixture)
-from tests.ledger.test_transfer import NOW, _spans
+from tests.ledger.test_transfer import NOW, _spans, _tables
 
 UNKNOWN_ZONE = "America/Nowhere_Newer"
 """A zone a newer time zone database has and this host's does not (as America/Coyhaique
@@ -174,3 +174,27 @@ def test_a_compressed_export_or_a_backup_given_to_import_is_named_for_what_it_is
         f"export it (ometer db export --db sqlite:///{tmp_path / 'backup.db'}) and import that\n"
     )
     assert ledger.count() == 3
+
+
+def test_a_prune_while_the_rollups_are_cut_again_in_a_new_zone_waits_for_it(
+    sqlite_url: str,
+) -> None:
+    """``db rollup --zone`` cuts each day again in the new zone, oldest first; a gateway's daily
+    prune (OMETER_KEEP_DAYS) landing meanwhile moved the horizon past days not yet cut again,
+    and the rebuild then left them as they were: the old zone's day and month cells for
+    good, read as the new zone's."""
+    ledger = Ledger(sqlite_url)
+    ledger.record(_spans(120))
+    kept = _tables(ledger)
+    with ledger.write() as conn:  # what _change_zone leaves until the rebuild is done
+        set_meta(conn, "zone", "Europe/Berlin")
+        set_meta(conn, "rollups", "stale")
+    with pytest.raises(LedgerError) as refused:
+        prune(ledger, 25, now=NOW)
+    assert str(refused.value) == (
+        "the rollups are being cut again (ometer db rollup --zone, or the first open after an "
+        "upgrade): prune once that is done, since the days it would prune could not be cut "
+        "again after it"
+    )
+    assert ledger.pruned_before() is None and ledger.count() == 120
+    assert _tables(ledger) == kept
