@@ -154,6 +154,11 @@ def import_command(
     ledger = ledger_as_is(cfg)
     stream: BinaryIO
     if source == "-":
+        if sys.stdin is None:  # started with it closed (`<&-`)
+            raise ValidationError(
+                "stdin is closed: give the export on it (ometer db import - < FILE) or its "
+                "file name (ometer db import FILE)"
+            )
         # text-only stdins (an embedding host, a test) have no bytes underneath
         stream = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode())
         total = None
