@@ -12,6 +12,7 @@ evaluated each time (building the commands took three times as long).
 """
 
 import errno
+import io
 import logging
 import os
 import signal
@@ -98,6 +99,8 @@ def _logging() -> None:
 def main() -> None:
     """Entry point: run the app, turning ometer's own errors into one line and an exit code."""
     signal.signal(signal.SIGTERM, _terminate)
+    if sys.stdout is None:  # started with it closed (`>&-`): Python gives no stream at all
+        sys.stdout = _ClosedStdout()
     try:
         code = command()(standalone_mode=False)
         sys.stdout.flush()  # here, where a failure to write the output is still ours to report
@@ -118,6 +121,8 @@ def main() -> None:
             sys.exit(1)  # as click itself exits when the pipe closes inside a command
         where = f" {exc.filename}" if exc.filename else " the output"
         advice = "; free some space and run again" if exc.errno in _FULL else ""
+        if isinstance(sys.stdout, _ClosedStdout):
+            advice = "; give the command somewhere to write (> FILE)"
         sys.stderr.write(f"error: cannot write{where}: {exc.strerror}{advice}\n")
         sys.exit(1)
     except Exception as exc:
@@ -130,8 +135,26 @@ def main() -> None:
 INTERRUPTED = 130
 """The exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells report it."""
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-_CANNOT_WRITE = _FULL | {errno.EPIPE, errno.EIO, errno.EROFS}
+_CANNOT_WRITE = _FULL | {errno.EPIPE, errno.EIO, errno.EROFS, errno.EBADF}
 """Errors of the machine, not of ometer, that writing output (stdout, ``--out``) can meet."""
+
+
+class _ClosedStdout(io.TextIOBase):
+    """Where output goes when the process was started without stdout: a write is an
+    OSError (reported as output that cannot be written), a command that writes nothing
+    is not disturbed."""
+
+    def _refuse(self, *_: object) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
+
+    write = _refuse
+
+    @property
+    def buffer(self) -> "_ClosedStdout":
+        return self
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
 
 
 def _bug(exc: BaseException) -> NoReturn:

@@ -107,6 +107,14 @@ def export_command(
             count += 1
     sink.flush()
     err.print(f"exported {count:,} span(s)")
+    horizon = ledger.pruned_before()
+    if horizon is not None and (start is None or start < horizon):
+        err.print(
+            f"warning: raw spans that started before {horizon:%Y-%m-%d %H:%M} UTC were pruned: "
+            "those days are kept only as rollups, which an export does not carry, so a ledger "
+            "this export is imported into has no calls before then (keep this ledger or a "
+            "backup of it for their reports)"
+        )
 
 
 def _counted(stream: BinaryIO, advance: Callable[[int], object]) -> Iterator[bytes]:
@@ -146,6 +154,11 @@ def import_command(
     ledger = ledger_as_is(cfg)
     stream: BinaryIO
     if source == "-":
+        if sys.stdin is None:  # started with it closed (`<&-`)
+            raise ValidationError(
+                "stdin is closed: give the export on it (ometer db import - < FILE) or its "
+                "file name (ometer db import FILE)"
+            )
         # text-only stdins (an embedding host, a test) have no bytes underneath
         stream = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode())
         total = None
@@ -167,6 +180,7 @@ def import_command(
                 _counted(stream, lambda n: bar.advance(task, n)),
                 pruned_too=pruned_too,
                 progress=lambda n: recorded.__setitem__(0, recorded[0] + n),
+                name="FILE" if source == "-" else source,
             )
         except KeyboardInterrupt:
             err.print(

@@ -28,6 +28,7 @@ from sqlalchemy.exc import (
 )
 
 from ollama_meter.errors import LedgerError
+from ollama_meter.ledger._deadline import in_bulk
 from ollama_meter.ledger._engine import (
     DEFAULT_WAIT,
     FILE_ID,
@@ -162,6 +163,8 @@ class Database:
         """The driver's message, and what to do when the cause is one a user can fix."""
         text = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
         lowered = text.lower()
+        # An import or a prune spools nothing: what failed is run again, not recorded later.
+        meanwhile = "" if in_bulk() else "; spans wait in the spool meanwhile"
         if "malformed" in lowered or "not a database" in lowered:
             return (
                 f"{text}: the file is damaged or is not an ometer ledger. Restore it from a "
@@ -169,7 +172,7 @@ class Database:
                 "ledger; spans spooled since stay in the spool"
             )
         if "disk is full" in lowered or "no space" in lowered:
-            return f"{text}: free some disk space; spans wait in the spool meanwhile"
+            return f"{text}: free some disk space{meanwhile}"
         if "statement timeout" in lowered:
             return (
                 f"{text}: the server's statement_timeout for this user stopped it; raise it "
@@ -179,16 +182,15 @@ class Database:
             return (
                 f"{text}: the server is at its connection limit (max_connections, or the "
                 "user's CONNECTION LIMIT); each ometer process keeps up to 30, so raise the "
-                "limit or stop idle clients; spans wait in the spool meanwhile"
+                f"limit or stop idle clients{meanwhile}"
             )
         if "connection timeout expired" in lowered:  # the driver's connect_timeout
             return (
                 f"{text}: the server did not answer within {connect_seconds(self._wait)} s "
-                "(OMETER_LEDGER_WAIT): it is stopped, overloaded or cut off; spans wait in "
-                "the spool meanwhile"
+                f"(OMETER_LEDGER_WAIT): it is stopped, overloaded or cut off{meanwhile}"
             )
         if "password authentication failed" in lowered:
-            return f"{text}: fix the password in OMETER_DB_URL; spans wait in the spool meanwhile"
+            return f"{text}: fix the password in OMETER_DB_URL{meanwhile}"
         if _is_lock_error(exc):
             return (
                 f"{text}: another process held it for longer than {self._wait:g} s "

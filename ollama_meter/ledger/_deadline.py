@@ -59,6 +59,12 @@ def unbounded() -> Iterator[None]:
         _unbounded.reset(token)
 
 
+def in_bulk() -> bool:
+    """Whether this is upkeep over many spans (:func:`unbounded`), whose spans never go to the
+    spool: a failure there is run again, not recorded later."""
+    return _unbounded.get()
+
+
 def bulk(work: Callable[P, RV]) -> Callable[P, RV]:
     """``work`` runs inside :func:`unbounded`: upkeep over many spans (an import, a prune,
     a re-pricing), whose statements may rightly take longer than a call's write."""

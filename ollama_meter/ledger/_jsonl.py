@@ -10,6 +10,7 @@ rollups included, days before the prune horizon left alone.
 from __future__ import annotations
 
 import operator
+import shlex
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -141,6 +142,7 @@ def import_lines(
     batch: int = 20_000,
     progress: Callable[[int], None] | None = None,
     pruned_too: bool = False,
+    name: str = "FILE",
 ) -> ImportSummary:
     """Record the spans of export ``lines``; spans already in the ledger are skipped.
 
@@ -151,7 +153,8 @@ def import_lines(
 
     Each batch is one transaction (spans and rollups together). A bad line stops the
     import with its number; what came before it is recorded, so the same command
-    runs again after the line is fixed.
+    runs again after the line is fixed. ``name`` is the file's, for a message that says
+    what to run on it.
     """
     summary = ImportSummary()
     pending: list[SpanRecord] = []
@@ -178,7 +181,7 @@ def import_lines(
                 progress(len(pending))
             pending.clear()
 
-    for number, line in enumerate(_without_bom(lines), start=1):
+    for number, line in enumerate(_without_bom(lines, name), start=1):
         if not line.strip():
             continue
         try:
@@ -195,15 +198,36 @@ def import_lines(
     return summary
 
 
-def _without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:
+_PACKED = {
+    b"\x1f\x8b": "gzip-compressed: zcat",
+    b"BZh": "bzip2-compressed: bzcat",
+    b"\xfd7zXZ\x00": "xz-compressed: xzcat",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed: zstdcat",
+    b"PK\x03\x04": "a zip archive: unzip -p",
+}
+"""What a file that is an export packed starts with, and the command that unpacks it."""
+
+
+def _without_bom(lines: Iterable[bytes], name: str = "FILE") -> Iterator[bytes]:
     """``lines`` without the UTF-8 byte order mark editors put first; a ValidationError
-    naming a UTF-16 file (PowerShell's ``>``), which no line of it would say."""
+    naming what the file is when it is no export's text, which no line of it would say: a
+    UTF-16 file (PowerShell's ``>``), a packed export, a ledger's SQLite file."""
     rest = iter(lines)
     first = next(rest, b"")
     if first.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ValidationError(
             "line 1: the file is UTF-16 (its byte order mark says so); export lines are UTF-8: "
             "convert it (iconv -f UTF-16 -t UTF-8) and import again"
+        )
+    for magic, unpack in _PACKED.items():
+        if first.startswith(magic):
+            raise ValidationError(
+                f"line 1: the file is {unpack} {shlex.quote(name)} | ometer db import -"
+            )
+    if first.startswith(b"SQLite format 3\x00"):
+        raise ValidationError(
+            "line 1: the file is a SQLite database (a ledger or its backup), not an export: "
+            f"export it (ometer db export --db {shlex.quote(f'sqlite:///{name}')}) and import that"
         )
     yield first.removeprefix(b"\xef\xbb\xbf")
     yield from rest

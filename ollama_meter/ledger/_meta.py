@@ -4,10 +4,12 @@ whether rollups need a rebuild."""
 from __future__ import annotations
 
 from datetime import tzinfo
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, Table, delete, select, text
 
+from ollama_meter.errors import LedgerError
+from ollama_meter.ledger._deadline import in_bulk
 from ollama_meter.ledger.models import LedgerMetaRow
 
 META: Table = LedgerMetaRow.__table__  # type: ignore[assignment]
@@ -38,10 +40,22 @@ def ledger_zone(conn: Connection) -> tzinfo | None:
     """The zone whose midnights begin the ledger's day and month cells (None: UTC).
 
     Set when the ledger is made (``OMETER_TIMEZONE``) or by ``ometer db rollup --zone``,
-    so reports in the zone finance works in read whole cells.
+    so reports in the zone finance works in read whole cells. A LedgerError when this
+    host's zone data lacks it (another host, with newer data, set it): nothing can be cut
+    into the ledger's days, so a span is spooled rather than lost, and a command says why.
     """
     name = zone_name(conn)
-    return None if name == "UTC" else ZoneInfo(name)
+    if name == "UTC":
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        meanwhile = "" if in_bulk() else "; spans wait in the spool meanwhile"
+        raise LedgerError(
+            f"the ledger's days begin at midnight in {name}, a time zone this machine does not "
+            "know (a machine with newer zone data set it): update the zone data here "
+            f"(pip install -U tzdata, or the system's tzdata package){meanwhile}"
+        ) from None
 
 
 def zone_name(conn: Connection) -> str:

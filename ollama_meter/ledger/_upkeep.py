@@ -22,7 +22,7 @@ from ollama_meter._paths import discard, written_through
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
 from ollama_meter.ledger._deadline import bulk
-from ollama_meter.ledger._meta import ledger_zone, pruned_before, set_meta
+from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta
 from ollama_meter.ledger._rollup import lock_cells
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
@@ -67,6 +67,14 @@ def prune(
     with ledger.write() as conn:
         # Alone, as a rebuild's day is: one running waits for this, one starting sees it.
         lock_cells(conn, alone=True)
+        if get_meta(conn, "rollups") == "stale":
+            # A zone change cuts each day again, oldest first: days it has not reached yet
+            # would keep the old zone's cells for good once their spans were gone.
+            raise LedgerError(
+                "the rollups are being cut again (ometer db rollup --zone, or the first open "
+                "after an upgrade): prune once that is done, since the days it would prune "
+                "could not be cut again after it"
+            )
         # Midnight in the ledger's zone, so its day cells before the horizon are whole.
         zone = ledger_zone(conn)
         cutoff_us = floor_cell(Grain.DAY, to_us(now) - keep_days * DAY_US, zone)
@@ -151,8 +159,11 @@ def backup(
             "file's path"
         )
     target = through or target
-    partial = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    partial = _partial_name(target)
     try:
+        # Made here, so a folder that is not there says so (SQLite would say only
+        # "unable to open database file", which reads as if the ledger could not be).
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
         dst = sqlite3.connect(partial)
         try:
@@ -165,11 +176,25 @@ def backup(
         partial.replace(target)
     except (OSError, sqlite3.Error) as exc:
         discard(partial)
-        raise LedgerError(f"could not back up {source} to {target}: {exc}") from exc
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise LedgerError(f"could not back up {source} to {target}: {why}") from exc
     except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
         discard(partial)
         raise
     return target.stat().st_size
+
+
+_NAME_MAX = 255
+"""The longest file name, in bytes, most file systems take."""
+
+
+def _partial_name(target: Path) -> Path:
+    """A temp name of this backup's own beside ``target``, within the longest name a folder
+    takes with SQLite's ``-journal`` after it (a target name near it is cut short here)."""
+    mark = f".{os.getpid()}.{secrets.token_hex(4)}.partial"
+    room = _NAME_MAX - 1 - len(mark) - len("-journal")
+    head = target.name.encode()[:room].decode(errors="ignore")
+    return target.with_name(f".{head}{mark}")
 
 
 def _pages(progress: Callable[[int, int], None]) -> Callable[[int, int, int], None]:

@@ -122,3 +122,33 @@ def test_out_into_a_pipe_or_through_a_link_leaves_them_what_they_are(
     )
     assert cli("db", "backup", str(link)).code == 0
     assert link.is_symlink() and real.read_bytes().startswith(b"SQLite format 3")
+
+
+def _closed(fd: int, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """``ometer ARGS`` started with ``fd`` closed (``>&-``, ``<&-``): Python gives it no stream."""
+    code = "import sys; sys.argv[0] = 'ometer'; from ollama_meter.cli import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, stderr=subprocess.PIPE, timeout=60,
+        check=False, preexec_fn=lambda: os.close(fd),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_a_closed_stdout_is_one_line_and_exit_1(args: list[str], env: dict[str, str]) -> None:
+    """``ometer db export >&-`` (a cron line, a service with no stdout): there is no
+    sys.stdout at all, and every command ended as 'unexpected AttributeError ... a bug'."""
+    done = _closed(1, args, env)
+    assert (done.returncode, done.stderr.decode()) == (
+        1,
+        "error: cannot write the output: stdout is closed; give the command somewhere to "
+        "write (> FILE)\n",
+    )
+
+
+def test_an_import_from_a_closed_stdin_is_one_line_and_exit_2(env: dict[str, str]) -> None:
+    done = _closed(0, ["db", "import", "-"], env)
+    assert (done.returncode, done.stderr.decode()) == (
+        2,
+        "error: stdin is closed: give the export on it (ometer db import - < FILE) or its "
+        "file name (ometer db import FILE)\n",
+    )
