@@ -123,6 +123,14 @@ def serve(
         server_config,
     )
 
+    options = GatewayOptions(
+        require_key=require_key,
+        allow_admin=allow_admin,
+        admin_token=admin_token or None,
+        max_body_bytes=max_body_bytes,
+        loopback=is_loopback(host),
+    )
+    admin_token = options.admin_token
     if not (is_loopback(host) or require_key or admin_token or insecure_open):
         raise ValidationError(
             f"not listening on {host}: with neither --require-key nor --admin-token, anyone who "
@@ -133,16 +141,7 @@ def serve(
     cfg = serve_settings(upstream, slots=slots, max_queue=max_queue, db=db)
     specs = cfg.upstream_specs
     sock = listening_socket(host, port)
-    app = create_app(
-        cfg,
-        GatewayOptions(
-            require_key=require_key,
-            allow_admin=allow_admin,
-            admin_token=admin_token,
-            max_body_bytes=max_body_bytes,
-            loopback=is_loopback(host),
-        ),
-    )
+    app = create_app(cfg, options)
     servers = ", ".join(s.url + (f" ({s.slots} slots)" if s.slots else "") for s in specs)
     err.print(
         f"ometer gateway on http://{host}:{port} → {servers} (ledger {ledger_for(cfg).display_url})"

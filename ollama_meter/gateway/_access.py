@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from ollama_meter._logging import Throttled
+from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._attribution import HEADER_KEY
 from ollama_meter.gateway._relay import error_response, wire_of
 
@@ -114,6 +115,27 @@ def presented_key(request: Request) -> str | None:
     if keys:
         return keys[0] if len(keys) == 1 else None
     return bearer(request)
+
+
+def admin_token_of(configured: str) -> str:
+    """The admin token as a caller can present it, or ``ValidationError``.
+
+    No HTTP header carries a value's surrounding blanks, so a token read from a secret file
+    with its line break is the token without it; one that is blank, or has a character
+    other than printable ASCII (which clients put in a header each their own way), could
+    never be presented, and would lock the gateway's pages with no word why.
+    """
+    token = configured.strip()
+    if not token:
+        problem = "is blank"
+    elif not (token.isascii() and token.isprintable()):
+        problem = "has a character that is not printable ASCII"
+    else:
+        return token
+    raise ValidationError(
+        f"--admin-token (OMETER_ADMIN_TOKEN): {problem}; give letters, digits and "
+        "punctuation (e.g. the output of `openssl rand -hex 32`)"
+    )
 
 
 def token_matches(given: str | None, token: str) -> bool:

@@ -33,6 +33,7 @@ from ollama_meter.gateway._access import (
     TOKEN_IN_QUERY,
     TooLarge,
     Unauthenticated,
+    admin_token_of,
     bearer,
     presented_key,
     read_body,
@@ -82,6 +83,10 @@ class GatewayOptions:
     default_user: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     loopback: bool = False  # listening only there: requests must name this machine (_hosts.py)
+
+    def __post_init__(self) -> None:
+        if self.admin_token is not None:
+            object.__setattr__(self, "admin_token", admin_token_of(self.admin_token))
 
     @property
     def guarded(self) -> bool:

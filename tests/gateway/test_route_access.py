@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import assume, given, strategies as st
 from starlette.routing import Route
 
-from ollama_meter.gateway import PASSTHROUGH
+from ollama_meter.errors import ValidationError
+from ollama_meter.gateway import PASSTHROUGH, GatewayOptions
 from ollama_meter.gateway._hosts import is_local_host
 from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
 from ollama_meter.ledger import Ledger
@@ -131,3 +133,51 @@ def test_a_name_outside_this_machine_is_never_taken_for_it(
     assume(name != socket.gethostname().lower())
     assert not is_local_host(name + port)
     assert is_local_host(f"{name}.localhost{port}") and is_local_host(f"{name.upper()}.LOCALHOST")
+
+
+_PRINTABLE = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
+_AROUND = st.text(st.sampled_from(" \t\r\n"), max_size=3)
+
+
+@given(token=_PRINTABLE, before=_AROUND, after=_AROUND)
+def test_an_admin_token_is_taken_as_a_header_can_carry_it(
+    token: str, before: str, after: str
+) -> None:
+    """A token read from a secret file (``OMETER_ADMIN_TOKEN`` ending in a line break) is the
+    token: no HTTP header carries a value's surrounding blanks, so with them it could never
+    be presented, and the dashboard would be locked to everyone with no word why."""
+    options = GatewayOptions(admin_token=before + token + after)
+    assert options.admin_token == token
+
+
+@pytest.mark.parametrize("token", ["", " ", "\n", "t\x00k", "t\nk", "tök", "t\x7fk"])
+def test_an_admin_token_no_header_can_carry_is_refused_at_start(token: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        GatewayOptions(admin_token=token)
+    assert str(refused.value) == (
+        "--admin-token (OMETER_ADMIN_TOKEN): "
+        + ("is blank" if not token.strip() else "has a character that is not printable ASCII")
+        + "; give letters, digits and punctuation (e.g. the output of `openssl rand -hex 32`)"
+    )
+
+
+def test_a_token_read_with_its_line_break_opens_the_gateways_pages(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    gw = app_on(emulator.url, sqlite_url, admin_token=TOKEN + "\n")
+    assert gw.client.get("/metrics", headers=bearer(TOKEN)).status_code == 200
+    assert gw.client.get("/api/dash", params={"token": TOKEN}).status_code == 200
+    assert gw.client.get("/metrics", headers=bearer(TOKEN + "x")).status_code == 401
+
+
+def test_serve_refuses_a_blank_admin_token_before_listening(
+    cli: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blank token is no token: it must not let the gateway listen beyond loopback."""
+    monkeypatch.setenv("OMETER_ADMIN_TOKEN", " \n")
+    done = cli("serve", "--host", "0.0.0.0", "--upstream", emulator.url, "--db", sqlite_url)
+    assert done.code == 2 and "ometer gateway on" not in done.stderr
+    assert done.stderr.strip() == (
+        "error: --admin-token (OMETER_ADMIN_TOKEN): is blank; give letters, digits and "
+        "punctuation (e.g. the output of `openssl rand -hex 32`)"
+    )
