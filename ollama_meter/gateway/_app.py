@@ -222,12 +222,23 @@ class Gateway:
         return key
 
     async def _optional_key(self, request: Request) -> ApiKey | None:
-        """A presented key when keys are not required; its owner is charged when headers are not."""
+        """A presented key when keys are not required; its owner is charged when headers are not.
+
+        One of our keys that is not live is :class:`_Refused` (401) all the same: its caller
+        asked to be charged to it, and a revoked key must not go on working on the defaults.
+        """
         try:
-            return await self._key_of(request)
+            key = await self._key_of(request)
         except LedgerError as exc:
             message = f"the API key cannot be checked, so the call was not made: {exc}"
             raise _BadCall(503, "ledger_unavailable", message) from None
+        if key is None and (presented_key(request) or "").startswith(KEY_PREFIX):
+            raise self._unauthenticated(
+                request,
+                "this API key is not a live key (revoked, or mistyped): send a live one "
+                "(`ometer keys list`), or none to be charged to the defaults",
+            )
+        return key
 
     async def _admin_only(self, request: Request, *, in_query: bool = False) -> None:
         """The admin token when one is set; else a key when keys are required.

@@ -25,7 +25,8 @@ from tests.gateway.conftest import Gateway
 
 TOKEN = "admin-s3cret"
 OPEN = frozenset({"/healthz"})
-FOR_CALLERS = frozenset({*OLLAMA_ROUTES, *OPENAI_ROUTES, *PASSTHROUGH})
+METERED = frozenset({*OLLAMA_ROUTES, *OPENAI_ROUTES})
+FOR_CALLERS = frozenset({*METERED, *PASSTHROUGH})
 """Routes a caller's key opens; any route not named here or in OPEN is an admin route."""
 
 
@@ -72,7 +73,9 @@ def test_every_registered_route_asks_what_the_policy_says(
         needs_key = require_key or (admin_token is not None and path not in FOR_CALLERS)
         for headers in ({}, bearer("om_forged"), {"X-Ometer-Key": "om_forged"}):
             reply = gw.client.request(method, path, headers=headers, json={"model": "m"})
-            assert (reply.status_code == 401) is needs_key, (method, path, headers)
+            # A metered call charges the key it presents: a forged one is refused on any gateway.
+            refused = needs_key or (bool(headers) and path in METERED)
+            assert (reply.status_code == 401) is refused, (method, path, headers)
         with_key = gw.client.request(method, path, headers=bearer(key), json={"model": "m"})
         admin_only = admin_token is not None and path not in FOR_CALLERS
         assert (with_key.status_code == 401) is admin_only, (method, path)
