@@ -85,7 +85,8 @@ def parse_upstreams(value: str, *, slots: int | None = None) -> tuple[UpstreamSp
         own = slots
         if options:
             name, _, number = options.partition("=")
-            if name.strip() != "slots" or not number.strip().isdigit():
+            number = number.strip()
+            if name.strip() != "slots" or not (number.isascii() and number.isdigit()):
                 raise ValueError(
                     f"{part!r}: after # only slots=N is understood, e.g. http://gpu1:11434#slots=4"
                 )

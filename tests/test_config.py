@@ -8,10 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter import _environment
-from ollama_meter.config import known_env_names, load_settings, normalize_host, system_timezone
+from ollama_meter.config import (
+    known_env_names,
+    load_settings,
+    normalize_host,
+    parse_upstreams,
+    system_timezone,
+)
 from ollama_meter.errors import ConfigError
 
 
@@ -221,6 +227,25 @@ def test_a_bad_upstream_list_is_one_line_naming_it(
         load_settings()
     assert str(caught.value).startswith("OMETER_UPSTREAMS: ")
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@example(number="²")
+@example(number="٣")
+@given(number=st.text(st.characters(exclude_characters=","), max_size=8))
+def test_a_servers_slots_are_ascii_digits_or_a_one_line_error_saying_so(number: str) -> None:
+    """``#slots=²`` passed str.isdigit() and died in int() with Python's own words; ``٣``
+    (an Arabic-Indic three) was taken as 3 slots."""
+    given = f"http://gpu1:11434#slots={number}"
+    part = given.strip()  # as the list is read: each server stripped
+    if number.strip().isascii() and number.strip().isdigit() and 1 <= int(number) <= 100_000:
+        assert parse_upstreams(given)[0].slots == int(number)
+        return
+    with pytest.raises(ValueError) as caught:
+        parse_upstreams(given)
+    assert str(caught.value) in (
+        f"{part!r}: after # only slots=N is understood, e.g. http://gpu1:11434#slots=4",
+        f"{part!r}: slots must be between 1 and 100,000",
+    )
 
 
 DURATIONS = {
