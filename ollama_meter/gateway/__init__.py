@@ -11,7 +11,8 @@ from ollama_meter._lazy import lazy_names
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 
 if TYPE_CHECKING:
-    from ollama_meter.gateway._app import ADMIN, GatewayOptions, create_app
+    from ollama_meter.gateway._access import GatewayOptions
+    from ollama_meter.gateway._app import ADMIN, create_app
     from ollama_meter.gateway._passthrough import PASSTHROUGH
     from ollama_meter.gateway._server import is_loopback, listening_socket, server_config
 
@@ -30,7 +31,7 @@ __all__ = [
 _LAZY = {
     "ADMIN": "._app",
     "PASSTHROUGH": "._passthrough",
-    "GatewayOptions": "._app",
+    "GatewayOptions": "._access",
     "create_app": "._app",
     "is_loopback": "._server",
     "listening_socket": "._server",

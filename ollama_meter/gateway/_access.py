@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -29,6 +30,7 @@ from starlette.routing import Match
 from ollama_meter._logging import Throttled
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._attribution import HEADER_KEY
+from ollama_meter.gateway._limits import MAX_BODY_BYTES
 from ollama_meter.gateway._relay import error_response, wire_of
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -136,6 +138,27 @@ def admin_token_of(configured: str) -> str:
         f"--admin-token (OMETER_ADMIN_TOKEN): {problem}; give letters, digits and "
         "punctuation (e.g. the output of `openssl rand -hex 32`)"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayOptions:
+    """How one gateway answers: who may call it (the policy above), and how much they may send."""
+
+    require_key: bool = False
+    allow_admin: bool = False
+    admin_token: str | None = None
+    default_user: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    loopback: bool = False  # listening only there: requests must name this machine (_hosts.py)
+
+    def __post_init__(self) -> None:
+        if self.admin_token is not None:
+            object.__setattr__(self, "admin_token", admin_token_of(self.admin_token))
+
+    @property
+    def guarded(self) -> bool:
+        """Whether anything is asked of callers at all."""
+        return self.require_key or bool(self.admin_token)
 
 
 def token_matches(given: str | None, token: str) -> bool:

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypedDict
 
 from starlette.applications import Starlette
@@ -31,9 +30,9 @@ from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.gateway import _metrics as metrics
 from ollama_meter.gateway._access import (
     TOKEN_IN_QUERY,
+    GatewayOptions,
     TooLarge,
     Unauthenticated,
-    admin_token_of,
     bearer,
     presented_key,
     read_body,
@@ -45,7 +44,6 @@ from ollama_meter.gateway._attribution import Forbidden, resolve
 from ollama_meter.gateway._dash import dashboard_routes
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._hosts import guard
-from ollama_meter.gateway._limits import MAX_BODY_BYTES
 from ollama_meter.gateway._passthrough import PASSTHROUGH, forward
 from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
 from ollama_meter.gateway._relay import Relay, error_response, wire_of
@@ -73,25 +71,6 @@ REFRESH_SECONDS = 5.0
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 _REFUSAL_STATUS = {"rate_limited": Status.REJECTED, "client_abort": Status.CLIENT_ABORT}
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayOptions:
-    require_key: bool = False
-    allow_admin: bool = False
-    admin_token: str | None = None
-    default_user: str | None = None
-    max_body_bytes: int = MAX_BODY_BYTES
-    loopback: bool = False  # listening only there: requests must name this machine (_hosts.py)
-
-    def __post_init__(self) -> None:
-        if self.admin_token is not None:
-            object.__setattr__(self, "admin_token", admin_token_of(self.admin_token))
-
-    @property
-    def guarded(self) -> bool:
-        """Whether anything is asked of callers at all."""
-        return self.require_key or bool(self.admin_token)
 
 
 class GatewayState(TypedDict):
