@@ -191,6 +191,27 @@ def test_a_bad_flag_is_named_as_typed_not_as_its_variable(
     assert "Traceback" not in done.stderr and "OLLAMA_HOST" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "flag", "bound"),
+    [
+        ("OMETER_SLOTS", "999999999999", "--slots", "less than or equal to 100000"),
+        ("OMETER_MAX_QUEUE", "1000001", "--max-queue", "less than or equal to 1000000"),
+    ],
+)
+def test_a_bad_value_of_a_serve_variable_names_the_variable(
+    cli, monkeypatch: pytest.MonkeyPatch, name: str, value: str, flag: str, bound: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Read by the flag from the environment, then checked by the settings: the error named
+    only the flag, which the user never typed."""
+    monkeypatch.setenv(name, value)
+    done = cli("serve", "--port", "9")
+    assert done.code == 2
+    assert done.stderr.strip() == (
+        f"error: Invalid value for '{flag}' (env var: '{name}'): Input should be {bound} "
+        "(see `ometer serve --help`)"
+    )
+
+
 def test_blank_db_url_means_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMETER_DB_URL", "  ")
     assert load_settings().db_url is None

@@ -30,6 +30,7 @@ from ollama_meter.cli._common import (
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 from ollama_meter.records import Source, SpanRecord, Status
+from ollama_meter.records._limit import MAX_QUEUE, MAX_SLOTS
 
 if TYPE_CHECKING:
     from ollama_meter.config import Settings
@@ -59,6 +60,7 @@ def serve(
             "--slots",
             envvar="OMETER_SLOTS",
             min=1,
+            max=MAX_SLOTS,
             help="Calls each server runs at once; more wait in a queue shared fairly by department.",
         ),
     ] = None,
@@ -68,6 +70,7 @@ def serve(
             "--max-queue",
             envvar="OMETER_MAX_QUEUE",
             min=0,
+            max=MAX_QUEUE,
             help="Calls that may wait for a slot (default 512); more get 503 'server busy'.",
         ),
     ] = None,
