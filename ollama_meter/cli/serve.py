@@ -123,6 +123,7 @@ def serve(
         create_app,
         is_loopback,
         listening_socket,
+        listening_url,
         server_config,
     )
 
@@ -147,7 +148,8 @@ def serve(
     app = create_app(cfg, options)
     servers = ", ".join(s.url + (f" ({s.slots} slots)" if s.slots else "") for s in specs)
     err.print(
-        f"ometer gateway on http://{host}:{port} → {servers} (ledger {ledger_for(cfg).display_url})"
+        f"ometer gateway on {listening_url(host, port)} → {servers} "
+        f"(ledger {ledger_for(cfg).display_url})"
     )
     if insecure_open and not (is_loopback(host) or require_key or admin_token):
         err.print(f"warning: listening on {host} with no key and no admin token (--insecure-open)")

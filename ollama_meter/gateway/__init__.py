@@ -14,7 +14,12 @@ if TYPE_CHECKING:
     from ollama_meter.gateway._access import GatewayOptions
     from ollama_meter.gateway._app import ADMIN, create_app
     from ollama_meter.gateway._passthrough import PASSTHROUGH
-    from ollama_meter.gateway._server import is_loopback, listening_socket, server_config
+    from ollama_meter.gateway._server import (
+        is_loopback,
+        listening_socket,
+        listening_url,
+        server_config,
+    )
 
 __all__ = [
     "ADMIN",
@@ -25,6 +30,7 @@ __all__ = [
     "create_app",
     "is_loopback",
     "listening_socket",
+    "listening_url",
     "server_config",
 ]
 
@@ -35,6 +41,7 @@ _LAZY = {
     "create_app": "._app",
     "is_loopback": "._server",
     "listening_socket": "._server",
+    "listening_url": "._server",
     "server_config": "._server",
 }
 

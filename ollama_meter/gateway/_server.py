@@ -174,6 +174,12 @@ _CANNOT_LISTEN = {
 }
 
 
+def listening_url(host: str, port: int) -> str:
+    """The gateway's address as a client takes it (``OLLAMA_HOST``): an IPv6 host in brackets."""
+    bare = host.strip("[]")
+    return f"http://[{bare}]:{port}" if ":" in bare else f"http://{host}:{port}"
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     """The gateway's socket, bound before it says it is running (``port`` 0: any free one).
 

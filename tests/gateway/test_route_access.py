@@ -15,10 +15,12 @@ import pytest
 from hypothesis import assume, given, strategies as st
 from starlette.routing import Route
 
+from ollama_meter.config import normalize_host
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway import PASSTHROUGH, GatewayOptions
 from ollama_meter.gateway._hosts import is_local_host
 from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
+from ollama_meter.gateway._server import listening_url
 from ollama_meter.ledger import Ledger
 from ollama_meter.testing import OllamaEmulator
 from tests.gateway.conftest import Gateway
@@ -184,3 +186,19 @@ def test_serve_refuses_a_blank_admin_token_before_listening(
         "error: --admin-token (OMETER_ADMIN_TOKEN): is blank; give letters, digits and "
         "punctuation (e.g. the output of `openssl rand -hex 32`)"
     )
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:11435"),
+        ("localhost", "http://localhost:11435"),
+        ("::1", "http://[::1]:11435"),
+        ("[::1]", "http://[::1]:11435"),
+        ("::", "http://[::]:11435"),
+    ],
+)
+def test_the_address_serve_announces_is_a_url_a_client_can_take(host: str, url: str) -> None:
+    """``--host ::1`` announced http://::1:11435, which no client (nor OLLAMA_HOST) reads."""
+    assert listening_url(host, 11435) == url
+    assert normalize_host(url) == url
