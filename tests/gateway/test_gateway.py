@@ -352,6 +352,26 @@ def test_key_without_requirement_sets_default_attribution(app_gateway: Gateway) 
     ]
 
 
+def test_without_keys_required_a_header_user_wins_over_the_key_and_is_unverified(
+    app_gateway: Gateway,
+) -> None:
+    """As a header's tenant and department do: the key's user rules hold with --require-key
+    (README, attribution), and here the span says the user is only what a header claimed."""
+    gateway = app_gateway
+    _, fixed = gateway.ledger.create_key(name="a", tenant="acme", department="sales", user="alice")
+    _, listed = gateway.ledger.create_key(name="b", tenant="acme", department="ops", users=("bob",))
+    body = {"model": "llama3.1:8b", "messages": HI, "stream": False}
+    for key, user in ((fixed, "mallory"), (listed, "mallory"), (listed, "bob"), (fixed, None)):
+        headers = {"X-Ometer-Key": key, **({"X-Ometer-User": user} if user else {})}
+        assert gateway.client.post("/api/chat", json=body, headers=headers).status_code == 200
+    assert [(s.department, s.user, s.tags) for s in reversed(spans(gateway))] == [
+        ("sales", "mallory", {"user_verified": "false"}),
+        ("ops", "mallory", {"user_verified": "false"}),
+        ("ops", "bob", {}),
+        ("sales", "alice", {}),
+    ]
+
+
 def test_a_key_that_is_not_live_is_refused_even_when_keys_are_not_required(
     app_gateway: Gateway,
 ) -> None:
