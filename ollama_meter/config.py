@@ -25,6 +25,7 @@ from ollama_meter._environment import GATEWAY_ENV, check_env_file, warn_unknown
 from ollama_meter._names import name_problem, zone_problem
 from ollama_meter._paths import default_data_dir, sqlite_url_problem
 from ollama_meter.errors import ConfigError
+from ollama_meter.records._limit import MAX_QUEUE, MAX_SLOTS
 
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
 TRACELOOP_URL = "https://api.traceloop.com"
@@ -69,9 +70,6 @@ class UpstreamSpec:
     """None: no limit in the gateway (Ollama queues what it cannot run)."""
 
 
-MAX_SLOTS = 100_000
-
-
 def parse_upstreams(value: str, *, slots: int | None = None) -> tuple[UpstreamSpec, ...]:
     """``url[#slots=N],url...`` (``OMETER_UPSTREAMS``, ``--upstream``) → the servers.
 
@@ -85,7 +83,8 @@ def parse_upstreams(value: str, *, slots: int | None = None) -> tuple[UpstreamSp
         own = slots
         if options:
             name, _, number = options.partition("=")
-            if name.strip() != "slots" or not number.strip().isdigit():
+            number = number.strip()
+            if name.strip() != "slots" or not (number.isascii() and number.isdigit()):
                 raise ValueError(
                     f"{part!r}: after # only slots=N is understood, e.g. http://gpu1:11434#slots=4"
                 )
@@ -215,7 +214,7 @@ class Settings(BaseSettings):
     """Several Ollama servers for the gateway: ``url[#slots=N],...`` (instead of OLLAMA_HOST)."""
     slots: Annotated[int | None, Field(validation_alias="OMETER_SLOTS", ge=1, le=MAX_SLOTS)] = None
     """Calls each server runs at once through the gateway; more wait in its fair queue."""
-    max_queue: Annotated[int, Field(validation_alias="OMETER_MAX_QUEUE", ge=0, le=1_000_000)] = 512
+    max_queue: Annotated[int, Field(validation_alias="OMETER_MAX_QUEUE", ge=0, le=MAX_QUEUE)] = 512
     """Calls that may wait for a slot; more are answered 503 "server busy", as Ollama does."""
     discovery_interval: Annotated[
         float, Field(validation_alias="OMETER_DISCOVERY_INTERVAL", gt=0, le=3600)

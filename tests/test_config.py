@@ -8,10 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter import _environment
-from ollama_meter.config import known_env_names, load_settings, normalize_host, system_timezone
+from ollama_meter.config import (
+    known_env_names,
+    load_settings,
+    normalize_host,
+    parse_upstreams,
+    system_timezone,
+)
 from ollama_meter.errors import ConfigError
 
 
@@ -185,6 +191,27 @@ def test_a_bad_flag_is_named_as_typed_not_as_its_variable(
     assert "Traceback" not in done.stderr and "OLLAMA_HOST" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "flag", "bound"),
+    [
+        ("OMETER_SLOTS", "999999999999", "--slots", "less than or equal to 100000"),
+        ("OMETER_MAX_QUEUE", "1000001", "--max-queue", "less than or equal to 1000000"),
+    ],
+)
+def test_a_bad_value_of_a_serve_variable_names_the_variable(
+    cli, monkeypatch: pytest.MonkeyPatch, name: str, value: str, flag: str, bound: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Read by the flag from the environment, then checked by the settings: the error named
+    only the flag, which the user never typed."""
+    monkeypatch.setenv(name, value)
+    done = cli("serve", "--port", "9")
+    assert done.code == 2
+    assert done.stderr.strip() == (
+        f"error: Invalid value for '{flag}' (env var: '{name}'): Input should be {bound} "
+        "(see `ometer serve --help`)"
+    )
+
+
 def test_blank_db_url_means_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMETER_DB_URL", "  ")
     assert load_settings().db_url is None
@@ -221,6 +248,25 @@ def test_a_bad_upstream_list_is_one_line_naming_it(
         load_settings()
     assert str(caught.value).startswith("OMETER_UPSTREAMS: ")
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@example(number="²")
+@example(number="٣")
+@given(number=st.text(st.characters(exclude_characters=","), max_size=8))
+def test_a_servers_slots_are_ascii_digits_or_a_one_line_error_saying_so(number: str) -> None:
+    """``#slots=²`` passed str.isdigit() and died in int() with Python's own words; ``٣``
+    (an Arabic-Indic three) was taken as 3 slots."""
+    given = f"http://gpu1:11434#slots={number}"
+    part = given.strip()  # as the list is read: each server stripped
+    if number.strip().isascii() and number.strip().isdigit() and 1 <= int(number) <= 100_000:
+        assert parse_upstreams(given)[0].slots == int(number)
+        return
+    with pytest.raises(ValueError) as caught:
+        parse_upstreams(given)
+    assert str(caught.value) in (
+        f"{part!r}: after # only slots=N is understood, e.g. http://gpu1:11434#slots=4",
+        f"{part!r}: slots must be between 1 and 100,000",
+    )
 
 
 DURATIONS = {

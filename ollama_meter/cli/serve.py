@@ -30,6 +30,7 @@ from ollama_meter.cli._common import (
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 from ollama_meter.records import Source, SpanRecord, Status
+from ollama_meter.records._limit import MAX_QUEUE, MAX_SLOTS
 
 if TYPE_CHECKING:
     from ollama_meter.config import Settings
@@ -59,6 +60,7 @@ def serve(
             "--slots",
             envvar="OMETER_SLOTS",
             min=1,
+            max=MAX_SLOTS,
             help="Calls each server runs at once; more wait in a queue shared fairly by department.",
         ),
     ] = None,
@@ -68,6 +70,7 @@ def serve(
             "--max-queue",
             envvar="OMETER_MAX_QUEUE",
             min=0,
+            max=MAX_QUEUE,
             help="Calls that may wait for a slot (default 512); more get 503 'server busy'.",
         ),
     ] = None,
@@ -120,9 +123,18 @@ def serve(
         create_app,
         is_loopback,
         listening_socket,
+        listening_url,
         server_config,
     )
 
+    options = GatewayOptions(
+        require_key=require_key,
+        allow_admin=allow_admin,
+        admin_token=admin_token or None,
+        max_body_bytes=max_body_bytes,
+        loopback=is_loopback(host),
+    )
+    admin_token = options.admin_token
     if not (is_loopback(host) or require_key or admin_token or insecure_open):
         raise ValidationError(
             f"not listening on {host}: with neither --require-key nor --admin-token, anyone who "
@@ -133,19 +145,11 @@ def serve(
     cfg = serve_settings(upstream, slots=slots, max_queue=max_queue, db=db)
     specs = cfg.upstream_specs
     sock = listening_socket(host, port)
-    app = create_app(
-        cfg,
-        GatewayOptions(
-            require_key=require_key,
-            allow_admin=allow_admin,
-            admin_token=admin_token,
-            max_body_bytes=max_body_bytes,
-            loopback=is_loopback(host),
-        ),
-    )
+    app = create_app(cfg, options)
     servers = ", ".join(s.url + (f" ({s.slots} slots)" if s.slots else "") for s in specs)
     err.print(
-        f"ometer gateway on http://{host}:{port} → {servers} (ledger {ledger_for(cfg).display_url})"
+        f"ometer gateway on {listening_url(host, port)} → {servers} "
+        f"(ledger {ledger_for(cfg).display_url})"
     )
     if insecure_open and not (is_loopback(host) or require_key or admin_token):
         err.print(f"warning: listening on {host} with no key and no admin token (--insecure-open)")

@@ -11,9 +11,15 @@ from ollama_meter._lazy import lazy_names
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 
 if TYPE_CHECKING:
-    from ollama_meter.gateway._app import ADMIN, GatewayOptions, create_app
+    from ollama_meter.gateway._access import GatewayOptions
+    from ollama_meter.gateway._app import ADMIN, create_app
     from ollama_meter.gateway._passthrough import PASSTHROUGH
-    from ollama_meter.gateway._server import is_loopback, listening_socket, server_config
+    from ollama_meter.gateway._server import (
+        is_loopback,
+        listening_socket,
+        listening_url,
+        server_config,
+    )
 
 __all__ = [
     "ADMIN",
@@ -24,16 +30,18 @@ __all__ = [
     "create_app",
     "is_loopback",
     "listening_socket",
+    "listening_url",
     "server_config",
 ]
 
 _LAZY = {
     "ADMIN": "._app",
     "PASSTHROUGH": "._passthrough",
-    "GatewayOptions": "._app",
+    "GatewayOptions": "._access",
     "create_app": "._app",
     "is_loopback": "._server",
     "listening_socket": "._server",
+    "listening_url": "._server",
     "server_config": "._server",
 }
 

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -27,7 +28,9 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from ollama_meter._logging import Throttled
+from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._attribution import HEADER_KEY
+from ollama_meter.gateway._limits import MAX_BODY_BYTES
 from ollama_meter.gateway._relay import error_response, wire_of
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -114,6 +117,48 @@ def presented_key(request: Request) -> str | None:
     if keys:
         return keys[0] if len(keys) == 1 else None
     return bearer(request)
+
+
+def admin_token_of(configured: str) -> str:
+    """The admin token as a caller can present it, or ``ValidationError``.
+
+    No HTTP header carries a value's surrounding blanks, so a token read from a secret file
+    with its line break is the token without it; one that is blank, or has a character
+    other than printable ASCII (which clients put in a header each their own way), could
+    never be presented, and would lock the gateway's pages with no word why.
+    """
+    token = configured.strip()
+    if not token:
+        problem = "is blank"
+    elif not (token.isascii() and token.isprintable()):
+        problem = "has a character that is not printable ASCII"
+    else:
+        return token
+    raise ValidationError(
+        f"--admin-token (OMETER_ADMIN_TOKEN): {problem}; give letters, digits and "
+        "punctuation (e.g. the output of `openssl rand -hex 32`)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayOptions:
+    """How one gateway answers: who may call it (the policy above), and how much they may send."""
+
+    require_key: bool = False
+    allow_admin: bool = False
+    admin_token: str | None = None
+    default_user: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    loopback: bool = False  # listening only there: requests must name this machine (_hosts.py)
+
+    def __post_init__(self) -> None:
+        if self.admin_token is not None:
+            object.__setattr__(self, "admin_token", admin_token_of(self.admin_token))
+
+    @property
+    def guarded(self) -> bool:
+        """Whether anything is asked of callers at all."""
+        return self.require_key or bool(self.admin_token)
 
 
 def token_matches(given: str | None, token: str) -> bool:

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypedDict
 
 from starlette.applications import Starlette
@@ -31,6 +30,7 @@ from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.gateway import _metrics as metrics
 from ollama_meter.gateway._access import (
     TOKEN_IN_QUERY,
+    GatewayOptions,
     TooLarge,
     Unauthenticated,
     bearer,
@@ -44,7 +44,6 @@ from ollama_meter.gateway._attribution import Forbidden, resolve
 from ollama_meter.gateway._dash import NO_STORE, dashboard_routes
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._hosts import guard
-from ollama_meter.gateway._limits import MAX_BODY_BYTES
 from ollama_meter.gateway._passthrough import PASSTHROUGH, forward
 from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
 from ollama_meter.gateway._relay import Relay, error_response, wire_of
@@ -72,21 +71,6 @@ REFRESH_SECONDS = 5.0
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 _REFUSAL_STATUS = {"rate_limited": Status.REJECTED, "client_abort": Status.CLIENT_ABORT}
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayOptions:
-    require_key: bool = False
-    allow_admin: bool = False
-    admin_token: str | None = None
-    default_user: str | None = None
-    max_body_bytes: int = MAX_BODY_BYTES
-    loopback: bool = False  # listening only there: requests must name this machine (_hosts.py)
-
-    @property
-    def guarded(self) -> bool:
-        """Whether anything is asked of callers at all."""
-        return self.require_key or bool(self.admin_token)
 
 
 class GatewayState(TypedDict):
@@ -217,12 +201,23 @@ class Gateway:
         return key
 
     async def _optional_key(self, request: Request) -> ApiKey | None:
-        """A presented key when keys are not required; its owner is charged when headers are not."""
+        """A presented key when keys are not required; its owner is charged when headers are not.
+
+        One of our keys that is not live is :class:`_Refused` (401) all the same: its caller
+        asked to be charged to it, and a revoked key must not go on working on the defaults.
+        """
         try:
-            return await self._key_of(request)
+            key = await self._key_of(request)
         except LedgerError as exc:
             message = f"the API key cannot be checked, so the call was not made: {exc}"
             raise _BadCall(503, "ledger_unavailable", message) from None
+        if key is None and (presented_key(request) or "").startswith(KEY_PREFIX):
+            raise self._unauthenticated(
+                request,
+                "this API key is not a live key (revoked, or mistyped): send a live one "
+                "(`ometer keys list`), or none to be charged to the defaults",
+            )
+        return key
 
     async def _admin_only(self, request: Request, *, in_query: bool = False) -> None:
         """The admin token when one is set; else a key when keys are required.

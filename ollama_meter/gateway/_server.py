@@ -5,6 +5,8 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
 - **Header size.** A request whose request line and headers pass ``max_header_bytes``
   is answered 431 and the connection closed, counted as the bytes arrive, so a
   50 MB header is never held in memory.
+- **A log no caller can flood.** uvicorn's warnings about requests it cannot parse are
+  a line per message every 10 s at most.
 - **Attribution from headers only.** uvicorn appends chunked-body trailers to the
   headers the app reads (the same list), so an ``X-Ometer-Department`` trailer
   would move a call to another budget. Trailers are dropped here.
@@ -15,14 +17,37 @@ from __future__ import annotations
 import errno
 import ipaddress
 import json
+import logging
 import socket
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ollama_meter._logging import Throttled
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import MAX_HEADER_BYTES
+
+
+class _ThrottledWarnings:
+    """uvicorn's connection logger, its warnings at most a line per message every 10 s.
+
+    uvicorn warns once per request it cannot parse and twice per ``Upgrade: websocket``,
+    so anyone who reaches the port would write the log at the rate they open connections.
+    """
+
+    _throttle = Throttled(logging.getLogger("uvicorn.error"))  # shared by every connection
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def __getattr__(self, name: str) -> Any:  # level, log, debug...: as they are
+        return getattr(self._logger, name)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        more = self._throttle.more(msg)
+        if more is not None:
+            self._logger.warning(msg + more.replace("%", "%%"), *args, **kwargs)
 
 
 class _HeadTooLarge(Exception):
@@ -34,6 +59,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.logger = _ThrottledWarnings(self.logger)  # type: ignore[assignment]
         self._in_head = True  # until a request's headers are complete
         self._began_now = False  # a request began in the read being parsed
         self._ended_now = False  # a request ended in it
@@ -146,6 +172,12 @@ _CANNOT_LISTEN = {
     errno.EADDRNOTAVAIL: "no network interface of this machine has that address; give one it "
     "has, 127.0.0.1 or 0.0.0.0",
 }
+
+
+def listening_url(host: str, port: int) -> str:
+    """The gateway's address as a client takes it (``OLLAMA_HOST``): an IPv6 host in brackets."""
+    bare = host.strip("[]")
+    return f"http://[{bare}]:{port}" if ":" in bare else f"http://{host}:{port}"
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -16,6 +16,10 @@ MAX_RPM = 1_000_000
 MAX_TPM = 10**12
 MAX_CONCURRENCY = 100_000
 MAX_WEIGHT = 1000
+MAX_SLOTS = 100_000
+"""Calls one Ollama server runs at once through a gateway (``--slots``, ``#slots=N``)."""
+MAX_QUEUE = 1_000_000
+"""Calls that may wait for a slot (``--max-queue``)."""
 
 
 @dataclass(frozen=True, slots=True)

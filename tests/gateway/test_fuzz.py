@@ -125,12 +125,24 @@ def request(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes]:
 Send = Callable[[str, str, dict[str, str], bytes], tuple[int, str]]
 
 
+def presents_a_key(headers: dict[str, str]) -> bool:
+    """Whether a request sends one of ometer's keys (none of these is live): X-Ometer-Key,
+    else a bearer."""
+    auth = headers.get("Authorization", "")
+    bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    return (headers.get("X-Ometer-Key", "").strip() or bearer).startswith("om_")
+
+
 def check(send: Send, ledger: Ledger, example: tuple[str, str, dict[str, str], bytes]) -> None:
     method, path, headers, content = example
     before = ledger.count()
     status, text = send(method, path, headers, content)
     assert status < 500, (method, path, headers, content[:300], status, text[:500])
-    assert ledger.count() - before == (1 if path in METERED else 0), (path, content[:300], status)
+    # A metered call that sends a key no one issued is refused (401) before it is a call.
+    refused = path in METERED and presents_a_key(headers)
+    assert (status == 401) is refused, (method, path, headers, status, text[:500])
+    metered = path in METERED and not refused
+    assert ledger.count() - before == (1 if metered else 0), (path, content[:300], status)
 
 
 def books_balance(ledger: Ledger) -> None:

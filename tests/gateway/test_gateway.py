@@ -352,6 +352,53 @@ def test_key_without_requirement_sets_default_attribution(app_gateway: Gateway) 
     ]
 
 
+def test_without_keys_required_a_header_user_wins_over_the_key_and_is_unverified(
+    app_gateway: Gateway,
+) -> None:
+    """As a header's tenant and department do: the key's user rules hold with --require-key
+    (README, attribution), and here the span says the user is only what a header claimed."""
+    gateway = app_gateway
+    _, fixed = gateway.ledger.create_key(name="a", tenant="acme", department="sales", user="alice")
+    _, listed = gateway.ledger.create_key(name="b", tenant="acme", department="ops", users=("bob",))
+    body = {"model": "llama3.1:8b", "messages": HI, "stream": False}
+    for key, user in ((fixed, "mallory"), (listed, "mallory"), (listed, "bob"), (fixed, None)):
+        headers = {"X-Ometer-Key": key, **({"X-Ometer-User": user} if user else {})}
+        assert gateway.client.post("/api/chat", json=body, headers=headers).status_code == 200
+    assert [(s.department, s.user, s.tags) for s in reversed(spans(gateway))] == [
+        ("sales", "mallory", {"user_verified": "false"}),
+        ("ops", "mallory", {"user_verified": "false"}),
+        ("ops", "bob", {}),
+        ("sales", "alice", {}),
+    ]
+
+
+def test_a_key_that_is_not_live_is_refused_even_when_keys_are_not_required(
+    app_gateway: Gateway,
+) -> None:
+    """A caller that sends one of our keys asks to be charged to it: a revoked or mistyped
+    key was dropped without a word and its calls charged to the defaults, so a rotated key
+    kept working for months on nobody's budget. An OpenAI client's own api_key is no key."""
+    gateway = app_gateway
+    key, secret = gateway.ledger.create_key(name="bot", tenant="globex", department="research")
+    body = {"model": "llama3.1:8b", "messages": HI, "stream": False}
+    gateway.ledger.revoke_key(key.id)
+    for headers in (
+        {"Authorization": f"Bearer {secret}"},
+        {"X-Ometer-Key": secret, "X-Ometer-Department": "ops"},
+        {"X-Ometer-Key": secret[:-1]},
+    ):
+        refused = gateway.client.post("/v1/chat/completions", json=body, headers=headers)
+        assert refused.status_code == 401, headers
+        assert refused.json()["error"]["message"] == (
+            "this API key is not a live key (revoked, or mistyped): send a live one "
+            "(`ometer keys list`), or none to be charged to the defaults"
+        )
+    assert gateway.client.get("/api/tags", headers={"X-Ometer-Key": secret}).status_code == 200
+    plain = gateway.client.post("/api/chat", json=body, headers={"Authorization": "Bearer ollama"})
+    assert plain.status_code == 200
+    assert [(s.tenant, s.department) for s in spans(gateway)] == [("default", "unassigned")]
+
+
 def test_client_hang_up_mid_stream_cancels_upstream_and_records_abort(
     gateway: Gateway, emulator: OllamaEmulator
 ) -> None:

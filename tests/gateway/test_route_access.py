@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import assume, given, strategies as st
 from starlette.routing import Route
 
-from ollama_meter.gateway import PASSTHROUGH
+from ollama_meter.config import normalize_host
+from ollama_meter.errors import ValidationError
+from ollama_meter.gateway import PASSTHROUGH, GatewayOptions
 from ollama_meter.gateway._hosts import is_local_host
 from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
+from ollama_meter.gateway._server import listening_url
 from ollama_meter.ledger import Ledger
 from ollama_meter.testing import OllamaEmulator
 from tests.gateway.conftest import Gateway
 
 TOKEN = "admin-s3cret"
 OPEN = frozenset({"/healthz"})
-FOR_CALLERS = frozenset({*OLLAMA_ROUTES, *OPENAI_ROUTES, *PASSTHROUGH})
+METERED = frozenset({*OLLAMA_ROUTES, *OPENAI_ROUTES})
+FOR_CALLERS = frozenset({*METERED, *PASSTHROUGH})
 """Routes a caller's key opens; any route not named here or in OPEN is an admin route."""
 
 
@@ -70,7 +75,9 @@ def test_every_registered_route_asks_what_the_policy_says(
         needs_key = require_key or (admin_token is not None and path not in FOR_CALLERS)
         for headers in ({}, bearer("om_forged"), {"X-Ometer-Key": "om_forged"}):
             reply = gw.client.request(method, path, headers=headers, json={"model": "m"})
-            assert (reply.status_code == 401) is needs_key, (method, path, headers)
+            # A metered call charges the key it presents: a forged one is refused on any gateway.
+            refused = needs_key or (bool(headers) and path in METERED)
+            assert (reply.status_code == 401) is refused, (method, path, headers)
         with_key = gw.client.request(method, path, headers=bearer(key), json={"model": "m"})
         admin_only = admin_token is not None and path not in FOR_CALLERS
         assert (with_key.status_code == 401) is admin_only, (method, path)
@@ -131,3 +138,67 @@ def test_a_name_outside_this_machine_is_never_taken_for_it(
     assume(name != socket.gethostname().lower())
     assert not is_local_host(name + port)
     assert is_local_host(f"{name}.localhost{port}") and is_local_host(f"{name.upper()}.LOCALHOST")
+
+
+_PRINTABLE = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
+_AROUND = st.text(st.sampled_from(" \t\r\n"), max_size=3)
+
+
+@given(token=_PRINTABLE, before=_AROUND, after=_AROUND)
+def test_an_admin_token_is_taken_as_a_header_can_carry_it(
+    token: str, before: str, after: str
+) -> None:
+    """A token read from a secret file (``OMETER_ADMIN_TOKEN`` ending in a line break) is the
+    token: no HTTP header carries a value's surrounding blanks, so with them it could never
+    be presented, and the dashboard would be locked to everyone with no word why."""
+    options = GatewayOptions(admin_token=before + token + after)
+    assert options.admin_token == token
+
+
+@pytest.mark.parametrize("token", ["", " ", "\n", "t\x00k", "t\nk", "tök", "t\x7fk"])
+def test_an_admin_token_no_header_can_carry_is_refused_at_start(token: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        GatewayOptions(admin_token=token)
+    assert str(refused.value) == (
+        "--admin-token (OMETER_ADMIN_TOKEN): "
+        + ("is blank" if not token.strip() else "has a character that is not printable ASCII")
+        + "; give letters, digits and punctuation (e.g. the output of `openssl rand -hex 32`)"
+    )
+
+
+def test_a_token_read_with_its_line_break_opens_the_gateways_pages(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    gw = app_on(emulator.url, sqlite_url, admin_token=TOKEN + "\n")
+    assert gw.client.get("/metrics", headers=bearer(TOKEN)).status_code == 200
+    assert gw.client.get("/api/dash", params={"token": TOKEN}).status_code == 200
+    assert gw.client.get("/metrics", headers=bearer(TOKEN + "x")).status_code == 401
+
+
+def test_serve_refuses_a_blank_admin_token_before_listening(
+    cli: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blank token is no token: it must not let the gateway listen beyond loopback."""
+    monkeypatch.setenv("OMETER_ADMIN_TOKEN", " \n")
+    done = cli("serve", "--host", "0.0.0.0", "--upstream", emulator.url, "--db", sqlite_url)
+    assert done.code == 2 and "ometer gateway on" not in done.stderr
+    assert done.stderr.strip() == (
+        "error: --admin-token (OMETER_ADMIN_TOKEN): is blank; give letters, digits and "
+        "punctuation (e.g. the output of `openssl rand -hex 32`)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:11435"),
+        ("localhost", "http://localhost:11435"),
+        ("::1", "http://[::1]:11435"),
+        ("[::1]", "http://[::1]:11435"),
+        ("::", "http://[::]:11435"),
+    ],
+)
+def test_the_address_serve_announces_is_a_url_a_client_can_take(host: str, url: str) -> None:
+    """``--host ::1`` announced http://::1:11435, which no client (nor OLLAMA_HOST) reads."""
+    assert listening_url(host, 11435) == url
+    assert normalize_host(url) == url

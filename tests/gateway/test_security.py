@@ -8,6 +8,7 @@ models or keys of their own, so they do not disturb each other's circuits.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -497,3 +498,27 @@ def test_a_dot_encoded_twice_reaches_ollama_as_the_name_it_spells(
         f"GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode(),
     )
     assert [r.path for r in emulator.requests] == [target]
+
+
+def test_malformed_requests_cannot_flood_the_log(
+    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn logged a warning for every request it could not parse, and two for every
+    ``Upgrade: websocket``, so anyone who reaches the port wrote the gateway's log at the
+    rate they open connections; refusals of its own are a line every 10 s at most."""
+    gw = serve_on(emulator.url, sqlite_url)
+    upgrade = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n"  # fmt: skip
+    uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's own: it does not propagate
+    uvicorn_log.addHandler(caplog.handler)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(40):
+            assert raw(gw.url, b"GET /api/tags HTTP/1.1\r\nHost: local\x01host\r\n\r\n").startswith(
+                b"HTTP/1.1 400 "
+            )
+            assert raw(gw.url, upgrade).startswith(b"HTTP/1.1 200 OK")
+    uvicorn_log.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    for kind in ("Invalid HTTP request received.", "Unsupported upgrade request."):
+        said = [line for line in lines if line.startswith(kind)]
+        assert 1 <= len(said) <= 3, lines  # a line at most every 10 s, whatever the flood
+    assert len(lines) <= 9, lines
