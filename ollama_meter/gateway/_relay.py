@@ -138,9 +138,8 @@ class _Answered:
     async def whole(self) -> Response:
         """The whole answer at once, after its span is written."""
         call, wire, response, pool = self.call, self.wire, self.response, self.pool
-        timer = asyncio.timeout(call.time_left_s())
         try:
-            async with timer:
+            async with call.in_time(call.deadline()):
                 content = await pool.read(response)
         except UpstreamError as error:
             pool.finish(response, completed=False)
@@ -148,10 +147,6 @@ class _Answered:
             return error_response(wire, 502, str(error))
         except BaseException as exc:  # the client hung up: Ollama is stopped, the span written
             pool.finish(response, completed=False)
-            if isinstance(exc, TimeoutError) and timer.expired():  # ran all its budget pays for
-                cut = call.out_of_time()
-                await self.end(cut)
-                return error_response(wire, 502, str(cut))
             await self.end(exc)
             raise
         pool.finish(response, completed=True)
@@ -209,21 +204,15 @@ class _Answered:
 
         frames = Frames(separator, host=pool.host)
         chunks = aiter(pool.chunks(response))
-        left = call.time_left_s()
-        deadline = None if left is None else asyncio.get_running_loop().time() + left
+        deadline = call.deadline()
         try:
             ended = False
             while not ended:
-                timer = asyncio.timeout_at(deadline)
                 try:
-                    async with timer:  # a silent server runs out of time too, not only a chatty one
+                    async with call.in_time(deadline):  # a silent server runs out of time too
                         batch = frames.feed(await anext(chunks))
                 except StopAsyncIteration:
                     batch, ended = frames.end(), True
-                except TimeoutError:
-                    if not timer.expired():
-                        raise
-                    raise call.out_of_time() from None
                 for frame in batch:
                     out, stop = await take(frame)
                     if out is not None:
@@ -357,20 +346,15 @@ class Relay:
             server = slot.lease.server
             call.span.upstream_host = server.url
             elsewhere = fleet.can_move(model, {*tried, server.url})
-            timer = asyncio.timeout(call.time_left_s())
             try:
                 attempts = slot.lease.attempts(model, elsewhere=elsewhere)
-                async with timer:  # a whole answer comes at its end: a hard budget's time runs
+                async with call.in_time(call.deadline()):  # a whole answer comes at its end
                     sent = await server.pool.send(
                         attempts, request.path, body=content, query=query, headers=headers
                     )
             except UpstreamError as error:  # its circuit is open, or no answer came
                 failure = error
             except BaseException as exc:  # cancelled while waiting on Ollama: still one span
-                if isinstance(exc, TimeoutError) and timer.expired():
-                    cut = call.out_of_time()
-                    await in_thread(self.meter.close, call, cut)
-                    return _failure_response(wire, cut)
                 await in_thread(self.meter.close, call, exc)
                 raise
             else:
@@ -387,7 +371,7 @@ class Relay:
             tried.add(server.url)
             if failure.error_type == "connection":
                 fleet.took_out(server, str(failure))
-            if not fleet.can_move(model, tried):
+            if isinstance(failure, OverCap) or not fleet.can_move(model, tried):
                 await in_thread(self.meter.close, call, failure)
                 return _failure_response(wire, failure)
             slot.release()

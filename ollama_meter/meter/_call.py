@@ -7,8 +7,10 @@ nothing here knows Ollama's JSON, OpenAI's or a client library's types.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -87,6 +89,25 @@ class MeteredCall:
             return None
         ran = time.perf_counter_ns() - self._t0 - (self.span.queue_ns or 0)
         return max(self.time_cap_ns - ran, 0) / 1e9
+
+    def deadline(self) -> float | None:
+        """When, in the running event loop's time, the call has run all it was admitted on."""
+        left = self.time_left_s()
+        return None if left is None else asyncio.get_running_loop().time() + left
+
+    @contextlib.asynccontextmanager
+    async def in_time(self, deadline: float | None) -> AsyncIterator[None]:
+        """Waiting on Ollama until ``deadline`` (:meth:`deadline`); past it, the call is cut:
+        :meth:`out_of_time` is raised (a whole answer, or a silent stream, sends nothing
+        that :meth:`take` could stop it on)."""
+        timer = asyncio.timeout_at(deadline)
+        try:
+            async with timer:
+                yield
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            raise self.out_of_time() from None
 
     def out_of_time(self) -> OverCap:
         """The failure of a call cut at :attr:`time_cap_ns`."""
