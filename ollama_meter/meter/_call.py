@@ -125,7 +125,8 @@ class MeteredCall:
     def measure(self, ended_ns: int, *, ok: bool = False) -> None:
         """Fill the span's timings and tokens from what was observed.
 
-        ``ok``: the call ended well, so even with nothing observed it consumed its prompt.
+        ``ok``: the call ended well (or was cut while Ollama served it), so even with nothing
+        observed it consumed its prompt and the time it ran.
         """
         span = self.span
         span.latency_ns = ended_ns - self._t0

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets import BudgetGate, CallBound, HiddenPrompts, PastCall, bound_cost
-from ollama_meter.errors import BudgetExceeded, LedgerError, UpstreamError, ValidationError
+from ollama_meter.errors import BudgetExceeded, LedgerError, OverCap, UpstreamError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
 from ollama_meter.meter._observers import SpanObserver, notify
@@ -307,7 +307,8 @@ class Meter:
 
         Raises :class:`LedgerError` only when not even memory can keep the span.
         """
-        call.measure(time.perf_counter_ns(), ok=error is None)
+        # A call the meter cut (past its cap or its time) was being served: it consumed.
+        call.measure(time.perf_counter_ns(), ok=error is None or isinstance(error, OverCap))
         span = call.span
         if error is None:
             span.status = Status.OK

@@ -31,9 +31,13 @@ class Answers(Protocol):
 
     host: str
 
-    def call(self, operation: str, request: Mapping[str, Any]) -> Any: ...
+    def call(
+        self, operation: str, request: Mapping[str, Any], time_cap: MeteredCall | None = None
+    ) -> Any: ...
 
-    def stream(self, operation: str, request: Mapping[str, Any]) -> Generator[Any, None, None]: ...
+    def stream(
+        self, operation: str, request: Mapping[str, Any], time_cap: MeteredCall | None = None
+    ) -> Generator[Any, None, None]: ...
 
     async def acall(self, operation: str, request: Mapping[str, Any]) -> Any: ...
 
@@ -95,7 +99,7 @@ class Run:
         last: Any = None
         try:
             if self.stream:
-                parts = self._upstream.stream(self.operation, self.request)
+                parts = self._upstream.stream(self.operation, self.request, call)
                 try:
                     for part in parts:
                         failure = call.take(reader.read(part))
@@ -110,7 +114,7 @@ class Run:
                         yield held
                     raise
             else:
-                last = self._upstream.call(self.operation, self.request)
+                last = self._upstream.call(self.operation, self.request, call)
                 call.take(reader.read(last))  # a reported failure was raised by the call
         except BaseException as exc:
             meter.close(call, exc)
@@ -128,10 +132,15 @@ class Run:
         reader = OLLAMA.reader(self.operation)
         last: Any = None
         try:
+            deadline = call.deadline()  # a silent server, or a whole answer, is cut on time too
             if self.stream:
                 parts = self._upstream.astream(self.operation, self.request)
                 try:
-                    async for part in parts:
+                    while True:
+                        async with call.in_time(deadline):
+                            part = await anext(parts, None)
+                        if part is None:
+                            break
                         failure = call.take(reader.read(part))
                         if failure is not None:
                             await parts.athrow(failure)
@@ -144,7 +153,8 @@ class Run:
                         yield held
                     raise
             else:
-                last = await self._upstream.acall(self.operation, self.request)
+                async with call.in_time(deadline):
+                    last = await self._upstream.acall(self.operation, self.request)
                 call.take(reader.read(last))
         except BaseException as exc:
             await asyncio.to_thread(meter.close, call, exc)

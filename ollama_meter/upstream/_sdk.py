@@ -12,10 +12,11 @@ Python API hands back and ``_wire.py`` reads for the meter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import ollama
@@ -53,6 +54,45 @@ def _heard(_response: httpx.Response) -> None:
     _ANSWERED.set(True)
 
 
+class TimeCap(Protocol):
+    """How long a call may still wait for Ollama (a hard budget's time; see MeteredCall)."""
+
+    def time_left_s(self) -> float | None: ...
+
+    def out_of_time(self) -> UpstreamError: ...
+
+
+_WAIT_AT_MOST: ContextVar[float | None] = ContextVar("ometer_wait_at_most", default=None)
+"""The longest the request sent in this context may wait for each piece of its answer."""
+
+
+def _waits(request: httpx.Request) -> None:
+    """A request hook: the read timeout cut to :data:`_WAIT_AT_MOST`. A whole answer comes
+    at its end, so for it that is the time the call may still run."""
+    most = _WAIT_AT_MOST.get()
+    if most is not None:
+        timeout = dict(request.extensions.get("timeout") or {})
+        read = timeout.get("read")
+        timeout["read"] = most if read is None else min(read, most)
+        request.extensions["timeout"] = timeout
+
+
+@contextlib.contextmanager
+def _within(cap: TimeCap | None) -> Iterator[None]:
+    """Requests sent inside wait at most as long as ``cap`` has left; a read timeout that
+    comes once it has none left is the call cut (``cap.out_of_time()``), not Ollama's."""
+    left = None if cap is None else cap.time_left_s()
+    token = _WAIT_AT_MOST.set(left)
+    try:
+        yield
+    except httpx.ReadTimeout as exc:
+        if cap is None or left is None or cap.time_left_s() != 0:
+            raise
+        raise cap.out_of_time() from exc
+    finally:
+        _WAIT_AT_MOST.reset(token)
+
+
 async def _aheard(_response: httpx.Response) -> None:
     _ANSWERED.set(True)
 
@@ -80,7 +120,7 @@ class Upstream(Resilient):
             host=host,
             timeout=self._timeout,
             headers=self._headers,
-            event_hooks={"response": [_heard]},
+            event_hooks={"request": [_waits], "response": [_heard]},
         )
         self._async: ollama.AsyncClient | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
@@ -104,8 +144,12 @@ class Upstream(Resilient):
             self._async_loop = loop
         return self._async
 
-    def call(self, operation: str, request: Mapping[str, Any]) -> Response:
-        """One answer, retrying transient failures with backoff; raises a classified error."""
+    def call(
+        self, operation: str, request: Mapping[str, Any], time_cap: TimeCap | None = None
+    ) -> Response:
+        """One answer, retrying transient failures with backoff; raises a classified error.
+
+        ``time_cap``: the call is cut (its error raised) once it has waited that long."""
         method = getattr(self.client, operation)
         model = str(request.get("model", ""))
         attempts = self.attempts(model)
@@ -113,7 +157,8 @@ class Upstream(Resilient):
         def attempt() -> Response:
             _ANSWERED.set(False)
             try:
-                return self._checked(operation, method(**request, **_no_stream(operation)))
+                with _within(time_cap):
+                    return self._checked(operation, method(**request, **_no_stream(operation)))
             except Exception as exc:
                 raise self.classify(exc, model=model, started=False) from exc
 
@@ -121,12 +166,15 @@ class Upstream(Resilient):
         attempts.end()
         return result
 
-    def stream(self, operation: str, request: Mapping[str, Any]) -> Generator[Response, None, None]:
+    def stream(
+        self, operation: str, request: Mapping[str, Any], time_cap: TimeCap | None = None
+    ) -> Generator[Response, None, None]:
         """Ollama's chunks as they arrive; raises a classified error.
 
         A failure before the first chunk is retried like :meth:`call` (the caller has
         seen nothing yet); after it, never. A stream that ends before Ollama's ``done``
         chunk was cut short (a proxy closing cleanly), and fails as the gateway's does.
+        ``time_cap``: no wait for a chunk outlasts the time the call had left when sent.
         """
         model = str(request.get("model", ""))
         attempts = self.attempts(model)
@@ -134,8 +182,11 @@ class Upstream(Resilient):
         def first() -> tuple[Iterator[Response], Response | None]:
             _ANSWERED.set(False)
             try:
-                parts: Iterator[Response] = getattr(self.client, operation)(**request, stream=True)
-                return parts, next(parts, None)
+                with _within(time_cap):
+                    parts: Iterator[Response] = getattr(self.client, operation)(
+                        **request, stream=True
+                    )
+                    return parts, next(parts, None)
             except Exception as exc:
                 raise self.classify(exc, model=model, started=False) from exc
 
@@ -145,7 +196,8 @@ class Upstream(Resilient):
             while part is not None:
                 done = _says_done(part)
                 yield part
-                part = next(parts, None)
+                with _within(time_cap):
+                    part = next(parts, None)
             if not done:
                 raise unfinished_error(self.host)
         except Exception as exc:

@@ -117,9 +117,10 @@ def test_a_stream_past_the_admitted_cap_is_cut_there(
     assert meter.ledger.latest(SpanFilter(), 1)[0].error_type == "over_cap"
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
-def test_a_stream_slower_than_its_models_history_is_cut_at_the_time_it_was_admitted_on(
-    sqlite_url: str, emulator: OllamaEmulator, asynchronous: bool
+def test_a_call_slower_than_its_models_history_is_cut_at_the_time_it_was_admitted_on(
+    sqlite_url: str, emulator: OllamaEmulator, asynchronous: bool, stream: bool
 ) -> None:
     """GPU time is bounded from the model's recent calls (x1.5): a server gone ten times
     slower (a model fallen back to the CPU) ran the call past what the hard budget held for
@@ -139,7 +140,7 @@ def test_a_stream_slower_than_its_models_history_is_cut_at_the_time_it_was_admit
         messages=HELLO,
         attribution=Attribution(tenant="acme", department="sales"),
         options={"num_predict": OUT},
-        stream=True,
+        stream=stream,
     )
     got: list[Any] = []
 
@@ -156,6 +157,7 @@ def test_a_stream_slower_than_its_models_history_is_cut_at_the_time_it_was_admit
     assert run.call is not None and run.call.time_cap_ns is not None
     assert (span.status, span.error_type) == ("error", "over_cap")
     assert len(got) < OUT and span.duration_source == "measured"
+    assert span.cost_compute > 0  # charged the time it ran, which its bound paid for
     assert meter.ledger.latest(SpanFilter(), 1)[0].error_type == "over_cap"
 
 
