@@ -30,7 +30,7 @@ from ollama_meter.budgets import (
 from ollama_meter.config import load_settings
 from ollama_meter.errors import BudgetExceeded, StreamError
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening
+from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening, Run
 from ollama_meter.meter._request import facts_of
 from ollama_meter.records import MAX_DURATION_NS, MAX_TOKENS, LeaseKey
 from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator, expected_counts
@@ -60,13 +60,18 @@ def make_meter(db_url: str, clock: Clock, **settings: Any) -> Meter:
     return meter
 
 
-def call(meter: Meter, tenant: str = "acme", department: str = "sales") -> Any:
-    run = meter.chat(
+def chat(meter: Meter, tenant: str = "acme", department: str = "sales", **kw: Any) -> Run:
+    return meter.chat(
         model="llama3.1:8b",
         messages=HELLO,
         attribution=Attribution(tenant=tenant, department=department),
         options={"num_predict": OUT},
+        **kw,
     )
+
+
+def call(meter: Meter, tenant: str = "acme", department: str = "sales") -> Any:
+    run = chat(meter, tenant, department)
     list(run)
     return run.span
 
@@ -135,13 +140,7 @@ def test_a_call_slower_than_its_models_history_is_cut_at_the_time_it_was_admitte
     call(meter)  # before any budget: the model's history (20 ms a reply token)
     budget(meter, 10**12)
     emulator.token_latency = 0.5  # 25 times slower than the history
-    run = meter.chat(
-        model="llama3.1:8b",
-        messages=HELLO,
-        attribution=Attribution(tenant="acme", department="sales"),
-        options={"num_predict": OUT},
-        stream=stream,
-    )
+    run = chat(meter, stream=stream)
     got: list[Any] = []
 
     async def drain() -> None:
@@ -166,13 +165,7 @@ def test_no_time_cap_when_time_is_not_priced(sqlite_url: str, emulator: OllamaEm
     budget(meter, 10**12)
     emulator.token_latency = 0.05
     try:
-        run = meter.chat(
-            model="llama3.1:8b",
-            messages=HELLO,
-            attribution=Attribution(tenant="acme", department="sales"),
-            options={"num_predict": OUT},
-            stream=True,
-        )
+        run = chat(meter, stream=True)
         parts = list(run)
     finally:
         emulator.token_latency = 0.0
