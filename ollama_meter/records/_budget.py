@@ -106,6 +106,17 @@ def parse_limit(value: Any, *, what: str) -> int:
     return to_micros(amount)
 
 
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: one given twice (``{"sales": ...,
+    "sales": ...}``) would have kept the last without a word."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"{key!r} is given twice; give it once")
+        seen[key] = value
+    return seen
+
+
 def parse_department_budgets(text: str, *, currency: str) -> list[Budget]:
     """``DEPARTMENT_BUDGETS``: ``{"sales": {"daily": 5, "monthly": 100}, ...}``.
 
@@ -113,7 +124,7 @@ def parse_department_budgets(text: str, *, currency: str) -> list[Budget]:
     say ``"soft": true`` and ``"thresholds": [50, 90]``.
     """
     try:
-        data = json.loads(text, parse_float=Decimal)
+        data = json.loads(text, parse_float=Decimal, object_pairs_hook=_once_each)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
     except RecursionError:

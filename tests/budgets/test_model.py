@@ -53,6 +53,8 @@ def test_department_budgets_from_json() -> None:
         ('{"sales": {"daily": 1, "soft": "false"}}', '"soft" must be true or false'),
         ('{"sales": {"daily": 1, "soft": 1}}', '"soft" must be true or false'),
         ('{"bad name": {"daily": 1}}', "department name"),
+        ('{"sales": {"daily": 1}, "sales": {"daily": 9}}', "'sales' is given twice"),
+        ('{"sales": {"daily": 1, "daily": 9}}', "'daily' is given twice"),
     ],
 )
 def test_bad_department_budgets_say_what_is_wrong(text: str, message: str) -> None:
