@@ -147,3 +147,16 @@ def office_spans(now: datetime = OFFICE_NOW, *, seed: int = 12) -> list[SpanReco
             )  # fmt: skip
         spans.append(make_span(**fields))
     return spans
+
+
+def quick_history(model: str = "llama3.1:8b") -> SpanRecord:
+    """A call that tells a hard budget's time bound the model is quick: 1 ms a prompt token,
+    10 ms a reply token, a cold load of 100 ms (bounds from one call: 3 ms, 30 ms, 0.3 s)."""
+    return make_span(
+        request_model=model,
+        input_tokens=100,
+        output_tokens=100,
+        prompt_eval_duration_ns=100_000_000,
+        eval_duration_ns=1_000_000_000,
+        load_duration_ns=100_000_000,
+    )

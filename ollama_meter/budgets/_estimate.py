@@ -54,9 +54,13 @@ class Estimate:
     amount: int
     currency: str
     busy_ns: int | None = None
-    """The busy time the amount pays for, when the price counts time (GPU-hours, energy):
-    a call still running past it is cut (:class:`~ollama_meter.errors.OverCap`), so a
-    server slower than its history cannot spend past the bound. None: time costs nothing."""
+    """The busy time the amount pays for, when the price counts time (GPU-hours, energy);
+    None: time costs nothing. A call cut short is charged at most this much of it."""
+    wait_ns: int | None = None
+    """How long the call may run, when time is priced: ``busy_ns`` plus a model load, priced
+    or not (a cold model takes that long before it works). A call still running then is cut
+    (:class:`~ollama_meter.errors.OverCap`): a server slower than its history cannot spend
+    past the bound."""
 
 
 def _slowest(values: Sequence[int], default: int) -> int:
@@ -107,12 +111,13 @@ def bound_cost(
         model, when, untimed
     ):
         return Estimate(cost.total, cost.currency)  # time costs nothing: no time cap
-    # A call cut short is charged its wall time as busy time (no load apart): the cut
-    # comes once that reaches the time the bound pays for, load included only if priced.
+    # A call cut short is charged its wall time as busy time (no load apart), at most the
+    # time the bound pays for (load included only if priced).
     priced_load = book.cost(model, when, replace(untimed, load_ns=_HOUR_NS)) != book.cost(
         model, when, untimed
     )
-    return Estimate(cost.total, cost.currency, usage.busy_ns(charge_load=priced_load))
+    paid = usage.busy_ns(charge_load=priced_load)
+    return Estimate(cost.total, cost.currency, paid, usage.busy_ns(charge_load=True))
 
 
 _HOUR_NS = 3_600 * 10**9

@@ -42,8 +42,11 @@ class MeteredCall:
         self.bound: CallBound | None = None
         """The most tokens a hard budget admitted the call on, in and out."""
         self.time_cap_ns: int | None = None
-        """The busy time a hard budget admitted the call on, when its price counts time: the
-        call is cut once it has run that long at Ollama (see :meth:`time_left_s`)."""
+        """How long a hard budget lets the call run, when its price counts time: it is cut
+        once it has run that long at Ollama (see :meth:`time_left_s`)."""
+        self.paid_ns: int | None = None
+        """The busy time the call's bound pays for: a call cut on time is charged no more."""
+        self.cut_on_time = False
         self.stored: Stored | None = None
         """Where the span went once the call closed: the ledger, the spool, ..."""
         self._t0 = time.perf_counter_ns()
@@ -111,6 +114,7 @@ class MeteredCall:
 
     def out_of_time(self) -> OverCap:
         """The failure of a call cut at :attr:`time_cap_ns`."""
+        self.cut_on_time = True
         seconds = (self.time_cap_ns or 0) / 1e9
         return OverCap(
             f"{self.span.upstream_host or 'Ollama'} ran the call longer than the {seconds:,.1f} s "
@@ -149,8 +153,11 @@ class MeteredCall:
             # says so. Time waiting in a gateway's queue for a slot is not Ollama's.
             waited = min(span.queue_ns or 0, span.latency_ns)
             first = max(span.ttft_ns or 0, waited)
-            span.prompt_eval_duration_ns = first - waited
-            span.eval_duration_ns = span.latency_ns - first
+            prompt, rest = first - waited, span.latency_ns - first
+            if self.cut_on_time and self.paid_ns is not None:  # it may have been loading
+                prompt = min(prompt, self.paid_ns)
+                rest = min(rest, self.paid_ns - prompt)
+            span.prompt_eval_duration_ns, span.eval_duration_ns = prompt, rest
             span.duration_source = DurationSource.MEASURED
         else:
             span.duration_source = DurationSource.REPORTED

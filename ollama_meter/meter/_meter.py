@@ -226,7 +226,7 @@ class Meter:
                 limits,
                 self._history(span.request_model, blocking=blocking),
             )
-            call.time_cap_ns = bound.busy_ns
+            call.time_cap_ns, call.paid_ns = bound.wait_ns, bound.busy_ns
             call.reservation = gate.admit(
                 call_id=span.id,
                 tenant=span.tenant,

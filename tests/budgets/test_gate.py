@@ -34,7 +34,7 @@ from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening, Run
 from ollama_meter.meter._request import facts_of
 from ollama_meter.records import MAX_DURATION_NS, MAX_TOKENS, LeaseKey
 from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator, expected_counts
-from tests.factories import token_prices
+from tests.factories import quick_history, token_prices
 
 HELLO = [{"role": "user", "content": "hello there friend"}]
 IN, OUT = expected_counts("llama3.1:8b", HELLO)
@@ -137,9 +137,9 @@ def test_a_call_slower_than_its_models_history_is_cut_at_the_time_it_was_admitte
         replace(token_prices("llama3.1:*"), gpu_hour=Decimal(3600))  # 1 USD a second
     )
     meter = make_meter(sqlite_url, Clock(NOV))
-    call(meter)  # before any budget: the model's history (20 ms a reply token)
+    meter.ledger.record([quick_history()])
     budget(meter, 10**12)
-    emulator.token_latency = 0.5  # 25 times slower than the history
+    emulator.token_latency = 0.5  # 50 times slower than the history
     run = chat(meter, stream=stream)
     got: list[Any] = []
 

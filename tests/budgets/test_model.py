@@ -199,3 +199,4 @@ def test_a_call_cut_at_its_time_cap_costs_at_most_its_bound(
         return
     cut = Usage(inputs, outputs, prompt_eval_ns=0, eval_ns=bound.busy_ns, load_ns=0)
     assert book.cost("m", now, cut).total <= bound.amount
+    assert bound.wait_ns is not None and bound.wait_ns >= bound.busy_ns  # a load may come first

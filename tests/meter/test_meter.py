@@ -395,9 +395,10 @@ def test_observers_see_a_storable_span_from_its_start_journal_or_not(
     waited=st.integers(0, 10**11),
     ran=st.integers(0, 10**11),
     first=st.one_of(st.none(), st.integers(0, 10**11)),
+    paid=st.one_of(st.none(), st.integers(0, 10**11)),
 )
 def test_time_in_the_gateways_queue_is_never_charged_as_busy_time(
-    waited: int, ran: int, first: int | None
+    waited: int, ran: int, first: int | None, paid: int | None
 ) -> None:
     """A call Ollama reports no durations for (its /v1 routes, a stream cut short) is charged
     the meter's own clock: from when it was sent, not from when it began to wait for a slot
@@ -420,8 +421,13 @@ def test_time_in_the_gateways_queue_is_never_charged_as_busy_time(
     started = call._t0
     if first is not None:
         call._first_ns = started + waited + min(first, ran)
+    if paid is not None:  # cut on time: charged at most the busy time its bound paid for
+        call.time_cap_ns, call.paid_ns = paid, paid
+        call.out_of_time()
     call.measure(started + waited + ran, ok=True)
     assert span.latency_ns == waited + ran
-    assert span.prompt_eval_duration_ns + span.eval_duration_ns == ran  # type: ignore[operator]
-    assert span.prompt_eval_duration_ns == (0 if first is None else min(first, ran))
+    charged = span.prompt_eval_duration_ns + span.eval_duration_ns  # type: ignore[operator]
+    assert charged == (ran if paid is None else min(ran, paid))
+    if paid is None:
+        assert span.prompt_eval_duration_ns == (0 if first is None else min(first, ran))
     assert span.duration_source == "measured"
