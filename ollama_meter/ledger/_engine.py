@@ -95,6 +95,15 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
 
+def _session_options(url: URL, ours: str) -> str:
+    """``ours`` and then the URL's own ``options`` (``-csearch_path=meter`` puts the ledger
+    in a schema): connect arguments replace the URL's, which were silently dropped. The
+    URL's come last, so a setting it names itself wins."""
+    given = url.query.get("options")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    return f"{ours} {given}" if given else ours
+
+
 def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engine:
     """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder.
 
@@ -134,7 +143,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         if bounded:
             options["connect_args"] = {
                 "connect_timeout": connect_seconds(wait),
-                "options": f"-c lock_timeout={millis}",
+                "options": _session_options(parsed, f"-c lock_timeout={millis}"),
             }
     try:
         engine = create_engine(parsed, **options)
