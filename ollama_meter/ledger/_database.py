@@ -233,6 +233,12 @@ class Database:
         self.engine.dispose()
 
 
+LOCK_NOT_AVAILABLE = "55P03"
+"""PostgreSQL's SQLSTATE for a lock not had within ``lock_timeout`` (OMETER_LEDGER_WAIT)."""
+
+
 def _is_lock_error(exc: DBAPIError) -> bool:
+    if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        return True
     text = str(exc.orig).lower()
     return "locked" in text or "busy" in text

@@ -199,3 +199,36 @@ def test_ledgers_in_two_schemas_of_one_database_spool_apart(
     assert default_spool_dir(f"{base}?options={quote('-c statement_timeout=0')}") == (
         default_spool_dir(base)
     )
+
+
+MIGRATION_LOCK = 0x6F6D6574
+"""The advisory lock every ometer process takes to migrate (``migrations/env.py``)."""
+
+
+def test_a_migration_held_past_the_wait_says_what_to_do(
+    cli: Any, pg_server: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process migrates (``ometer db upgrade`` on a big ledger) for longer than
+    OMETER_LEDGER_WAIT: PostgreSQL's lock timeout was shown bare ("canceling statement due
+    to lock timeout"), where SQLite's "database is locked" says what to do."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from tests.conftest import _fresh_pg_database
+
+    url = _fresh_pg_database(pg_server)
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    monkeypatch.setenv("OMETER_LEDGER_WAIT", "1")
+    holder = create_engine(url)
+    with holder.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        result = cli("report", "--period", "2026-11")
+        conn.rollback()
+    holder.dispose()
+    assert result.code == 1 and result.stdout == ""
+    assert result.stderr == (
+        f"error: cannot open the ledger at {make_url(url).render_as_string()}: canceling "
+        "statement due to lock timeout: another process held it for longer than 1 s "
+        "(OMETER_LEDGER_WAIT); run again once it is done, or wait longer with "
+        "OMETER_LEDGER_WAIT=60\n"
+    )
+    assert cli("report", "--period", "2026-11").code == 0  # the lock gone, the ledger opens
