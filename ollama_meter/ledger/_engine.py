@@ -52,6 +52,13 @@ def _bulk_begin(conn: Connection) -> None:
         conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
 
 
+def lock_seconds(wait: float) -> float:
+    """PostgreSQL's ``lock_timeout`` for ``wait``: a little under it, so that a lock another
+    session holds ends the wait with the server's own answer, before the deadline on every
+    answer (``_deadline``) takes the server for silent and stops asking it for a while."""
+    return wait - min(wait / 5, 0.5)
+
+
 def connect_seconds(wait: float) -> int:
     """libpq's ``connect_timeout`` for ``wait``: whole seconds, at least the 2 it honours."""
     return max(int(wait), 2)
@@ -166,7 +173,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
                 "connect_timeout": connect_seconds(wait),
                 "options": _session_options(
                     parsed,
-                    f"-c lock_timeout={millis} "
+                    f"-c lock_timeout={max(int(lock_seconds(wait) * 1000), 1)} "
                     f"-c idle_in_transaction_session_timeout={int(idle_seconds(wait) * 1000)}",
                 ),
             }

@@ -6,6 +6,7 @@ TCP keepalive, two hours by default)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -87,7 +88,6 @@ def test_a_writer_stopped_mid_transaction_blocks_the_others_only_for_a_while(
     while _session_alive(url, stopped_writer):
         assert time.monotonic() < deadline, "the stopped writer's transaction is held for good"
         time.sleep(0.1)
-    time.sleep(1.1)  # the second in which a server that let a wait run out is not asked
     assert ledger.record([second]) == {second.id: Stored.COMMITTED}
     assert ledger.spool.pending() == []
     assert sorted(s.id for s in ledger.latest(SpanFilter(), 10)) == sorted([first.id, second.id])
@@ -109,4 +109,28 @@ def test_upkeep_over_many_spans_may_idle_in_its_transaction(url: str, tmp_path: 
         assert conn.execute(show).scalar() == "0"
     with ledger.write() as conn:  # the same pooled session, its own bound again
         assert conn.execute(show).scalar() == "5s"
+    ledger.dispose()
+
+
+def test_a_lock_held_past_the_wait_is_named_and_the_server_still_asked(
+    url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server answers a lock wait itself (``lock_timeout``), before ometer's deadline on
+    its answer: with both at OMETER_LEDGER_WAIT, the deadline won, the spans' line said the
+    server "did not answer", and the healthy server was not asked again for as long (the
+    next write spooled at once, a hard budget was refused)."""
+    ledger = Ledger(url, wait=1, spool_dir=tmp_path / "spool")
+    first, second = make_span(), make_span()
+    holder = create_engine(url)
+    with holder.connect() as conn, caplog.at_level(logging.WARNING, "ollama_meter.ledger"):
+        conn.execute(text("LOCK TABLE spans IN ACCESS EXCLUSIVE MODE"))
+        assert ledger.record([first]) == {first.id: Stored.SPOOLED}
+        conn.rollback()
+    holder.dispose()
+    [said] = [r.getMessage() for r in caplog.records if "kept them in" in r.getMessage()]
+    assert "canceling statement due to lock timeout: another process held it" in said
+    assert "did not answer" not in said
+    assert ledger.record([second]) == {second.id: Stored.COMMITTED}  # at once: no quiet second
+    assert ledger.spool.pending() == []
+    assert ledger.count() == 2
     ledger.dispose()

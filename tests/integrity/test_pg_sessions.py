@@ -161,7 +161,7 @@ def test_a_urls_own_session_options_are_kept_beside_ometers(pg_server: str | Non
         assert conn.execute(text(f"SELECT {settings} current_setting('lock_timeout')")).one() == (
             "meter",
             "billing",
-            "500ms",
+            "400ms",  # a little under the wait: see lock_seconds
         )
         tables = "to_regclass('meter.spans') IS NOT NULL, to_regclass('public.spans') IS NULL"
         assert conn.execute(text(f"SELECT {tables}")).one() == (True, True)
@@ -227,7 +227,7 @@ def test_a_migration_held_past_the_wait_says_what_to_do(
     assert result.code == 1 and result.stdout == ""
     assert result.stderr == (
         f"error: cannot open the ledger at {make_url(url).render_as_string()}: canceling "
-        "statement due to lock timeout: another process held it for longer than 1 s "
+        "statement due to lock timeout: another process held it for longer than 0.8 s "
         "(OMETER_LEDGER_WAIT); run again once it is done, or wait longer with "
         "OMETER_LEDGER_WAIT=60\n"
     )
