@@ -35,6 +35,7 @@ from ollama_meter.ledger._engine import (
     connect_seconds,
     create_ledger_engine,
     file_id,
+    lock_seconds,
     sqlite_path,
 )
 
@@ -192,8 +193,9 @@ class Database:
         if "password authentication failed" in lowered:
             return f"{text}: fix the password in OMETER_DB_URL{meanwhile}"
         if _is_lock_error(exc):
+            held = self._wait if self._sqlite else lock_seconds(self._wait)
             return (
-                f"{text}: another process held it for longer than {self._wait:g} s "
+                f"{text}: another process held it for longer than {held:g} s "
                 "(OMETER_LEDGER_WAIT); run again once it is done, or wait longer with "
                 "OMETER_LEDGER_WAIT=60"
             )
@@ -233,6 +235,12 @@ class Database:
         self.engine.dispose()
 
 
+LOCK_NOT_AVAILABLE = "55P03"
+"""PostgreSQL's SQLSTATE for a lock not had within ``lock_timeout`` (OMETER_LEDGER_WAIT)."""
+
+
 def _is_lock_error(exc: DBAPIError) -> bool:
+    if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        return True
     text = str(exc.orig).lower()
     return "locked" in text or "busy" in text

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -61,12 +62,17 @@ def default_spool_dir(url: str) -> Path:
     path = sqlite_path(parsed)
     if path is not None:
         return path.with_name(f"{path.name}.spool")
+    query = {k: v for k, v in parsed.query.items() if k in _SERVER_KEYS}
+    given = parsed.query.get("options")
+    schema = _search_path(" ".join(given) if isinstance(given, tuple) else given or "")
+    if schema is not None:  # which ledger of the database: two schemas are two ledgers
+        query["search_path"] = schema
     database = URL.create(
         parsed.get_backend_name(),
         host=parsed.host,
         port=parsed.port,
         database=parsed.database,
-        query={k: v for k, v in parsed.query.items() if k in _SERVER_KEYS},
+        query=query,
     )
     digest = hashlib.sha256(database.render_as_string().encode()).hexdigest()[:16]
     folder = default_data_dir() / "spool" / digest
@@ -76,6 +82,24 @@ def default_spool_dir(url: str) -> Path:
         with contextlib.suppress(OSError):  # another process moved it first
             legacy.rename(folder)
     return folder
+
+
+def _search_path(options: str) -> str | None:
+    """The ``search_path`` a libpq ``options`` string sets (``-c search_path=x``,
+    ``-csearch_path=x``, ``--search-path=x``; the last one wins, as on the server)."""
+    words = [w.replace("\\ ", " ") for w in re.split(r"(?<!\\) +", options.strip())]
+    found = None
+    for index, word in enumerate(words):
+        if word == "-c" and index + 1 < len(words):
+            setting = words[index + 1]
+        elif word.startswith(("-c", "--")) and len(word) > 2:
+            setting = word[2:]
+        else:
+            continue
+        name, equals, value = setting.partition("=")
+        if equals and name.strip().lower().replace("-", "_") == "search_path":
+            found = value
+    return found
 
 
 class DurableLedger(Database):

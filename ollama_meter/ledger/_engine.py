@@ -23,12 +23,40 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from ollama_meter._paths import sqlite_url_problem
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger._deadline import bounded_connect
+from ollama_meter.ledger._deadline import bounded_connect, in_bulk
 
 DEFAULT_WAIT = 5.0
 """Seconds a ledger operation waits for a busy database (``OMETER_LEDGER_WAIT``)."""
 
 log = logging.getLogger("ollama_meter.ledger")
+
+
+IDLE_FLOOR = 5.0
+"""Seconds a transaction of ours may sit idle on a PostgreSQL server, at least."""
+
+
+def idle_seconds(wait: float) -> float:
+    """How long the server lets one of our transactions sit idle before it ends the session.
+
+    A process stopped inside a write (``kill -STOP``, a paused VM, a host lost mid-commit)
+    holds the row locks of the rollups every write adds to: every other process's writes
+    went to the spool until it ran again, or for a lost host until the server's TCP
+    keepalive gave up (two hours by default). None of our transactions idles between two
+    statements for anywhere near this; upkeep over many spans (:func:`in_bulk`) is exempt.
+    """
+    return max(wait, IDLE_FLOOR)
+
+
+def _bulk_begin(conn: Connection) -> None:
+    if in_bulk():  # a rebuild computes between statements; an export waits on its reader
+        conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
+
+
+def lock_seconds(wait: float) -> float:
+    """PostgreSQL's ``lock_timeout`` for ``wait``: a little under it, so that a lock another
+    session holds ends the wait with the server's own answer, before the deadline on every
+    answer (``_deadline``) takes the server for silent and stops asking it for a while."""
+    return wait - min(wait / 5, 0.5)
 
 
 def connect_seconds(wait: float) -> int:
@@ -95,6 +123,15 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
 
+def _session_options(url: URL, ours: str) -> str:
+    """``ours`` and then the URL's own ``options`` (``-csearch_path=meter`` puts the ledger
+    in a schema): connect arguments replace the URL's, which were silently dropped. The
+    URL's come last, so a setting it names itself wins."""
+    given = url.query.get("options")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    return f"{ours} {given}" if given else ours
+
+
 def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engine:
     """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder.
 
@@ -134,7 +171,11 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         if bounded:
             options["connect_args"] = {
                 "connect_timeout": connect_seconds(wait),
-                "options": f"-c lock_timeout={millis}",
+                "options": _session_options(
+                    parsed,
+                    f"-c lock_timeout={max(int(lock_seconds(wait) * 1000), 1)} "
+                    f"-c idle_in_transaction_session_timeout={int(idle_seconds(wait) * 1000)}",
+                ),
             }
     try:
         engine = create_engine(parsed, **options)
@@ -155,4 +196,5 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
             return connect(*cargs, **cparams)
 
         event.listen(engine, "do_connect", do_connect)
+        event.listen(engine, "begin", _bulk_begin)
     return engine

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, strategies as st
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -137,3 +138,97 @@ def _tables_held(server: str, url: str) -> Iterator[None]:
         finally:
             conn.rollback()
     holder.dispose()
+
+
+def test_a_urls_own_session_options_are_kept_beside_ometers(pg_server: str | None) -> None:
+    """``?options=-csearch_path=meter`` is how a URL puts a ledger in a schema of its own.
+    ometer's ``lock_timeout`` went to the driver as ``options`` too, and replaced the URL's:
+    the tables landed in ``public``, and the URL's settings were silently dropped."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from tests.conftest import _fresh_pg_database
+
+    database = _fresh_pg_database(pg_server)
+    owner = create_engine(database, isolation_level="AUTOCOMMIT")
+    with owner.connect() as conn:
+        conn.execute(text("CREATE SCHEMA meter"))
+    owner.dispose()
+    url = f"{database}?options=-csearch_path%3Dmeter%20-c%20application_name%3Dbilling"
+    ledger = Ledger(url, wait=0.5)
+    ledger.record(_spans(3))
+    with ledger.read() as conn:
+        settings = "current_schema(), current_setting('application_name'), "
+        assert conn.execute(text(f"SELECT {settings} current_setting('lock_timeout')")).one() == (
+            "meter",
+            "billing",
+            "400ms",  # a little under the wait: see lock_seconds
+        )
+        tables = "to_regclass('meter.spans') IS NOT NULL, to_regclass('public.spans') IS NULL"
+        assert conn.execute(text(f"SELECT {tables}")).one() == (True, True)
+        assert conn.execute(text("SELECT count(*) FROM meter.spans")).scalar() == 3
+    ledger.dispose()
+
+
+SCHEMA = st.from_regex(r"[a-z_][a-z0-9_]{0,20}", fullmatch=True)
+
+
+@given(
+    schema=SCHEMA,
+    other=SCHEMA,
+    spelling=st.sampled_from(["-csearch_path=", "-c search_path=", "--search-path="]),
+)
+def test_ledgers_in_two_schemas_of_one_database_spool_apart(
+    schema: str, other: str, spelling: str
+) -> None:
+    """Two ledgers in one database, told apart by the URL's search path, shared one spool
+    folder: a process opening one recorded the other's spooled spans into it. The rest of
+    ``options`` (a timeout, an application name) is what gets changed after an outage, so
+    it names no folder of its own."""
+    from urllib.parse import quote
+
+    from ollama_meter.ledger._durable import default_spool_dir
+
+    base = "postgresql+psycopg://meter@db.internal:5432/ometer"
+    folder = default_spool_dir(f"{base}?options={quote(f'-csearch_path={schema}')}")
+    written = quote(f"-c statement_timeout=0 {spelling}{schema} -capplication_name=x")
+    assert default_spool_dir(f"{base}?options={written}") == folder
+    assert (default_spool_dir(f"{base}?options={quote(f'--search_path={other}')}") == folder) == (
+        other == schema
+    )
+    assert default_spool_dir(base) != folder
+    assert default_spool_dir(f"{base}?options={quote('-c statement_timeout=0')}") == (
+        default_spool_dir(base)
+    )
+
+
+MIGRATION_LOCK = 0x6F6D6574
+"""The advisory lock every ometer process takes to migrate (``migrations/env.py``)."""
+
+
+def test_a_migration_held_past_the_wait_says_what_to_do(
+    cli: Any, pg_server: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process migrates (``ometer db upgrade`` on a big ledger) for longer than
+    OMETER_LEDGER_WAIT: PostgreSQL's lock timeout was shown bare ("canceling statement due
+    to lock timeout"), where SQLite's "database is locked" says what to do."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from tests.conftest import _fresh_pg_database
+
+    url = _fresh_pg_database(pg_server)
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    monkeypatch.setenv("OMETER_LEDGER_WAIT", "1")
+    holder = create_engine(url)
+    with holder.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        result = cli("report", "--period", "2026-11")
+        conn.rollback()
+    holder.dispose()
+    assert result.code == 1 and result.stdout == ""
+    assert result.stderr == (
+        f"error: cannot open the ledger at {make_url(url).render_as_string()}: canceling "
+        "statement due to lock timeout: another process held it for longer than 0.8 s "
+        "(OMETER_LEDGER_WAIT); run again once it is done, or wait longer with "
+        "OMETER_LEDGER_WAIT=60\n"
+    )
+    assert cli("report", "--period", "2026-11").code == 0  # the lock gone, the ledger opens
