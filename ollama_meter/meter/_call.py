@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from ollama_meter.pricing import PriceBook
 
 
+_NO_LIMIT: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
 class MeteredCall:
     """Collects what the upstream sends; becomes a span when the meter closes it."""
 
@@ -98,11 +101,14 @@ class MeteredCall:
         left = self.time_left_s()
         return None if left is None else asyncio.get_running_loop().time() + left
 
-    @contextlib.asynccontextmanager
-    async def in_time(self, deadline: float | None) -> AsyncIterator[None]:
+    def in_time(self, deadline: float | None) -> contextlib.AbstractAsyncContextManager[None]:
         """Waiting on Ollama until ``deadline`` (:meth:`deadline`); past it, the call is cut:
         :meth:`out_of_time` is raised (a whole answer, or a silent stream, sends nothing
-        that :meth:`take` could stop it on)."""
+        that :meth:`take` could stop it on). Without a deadline it costs nothing per chunk."""
+        return _NO_LIMIT if deadline is None else self._cut_at(deadline)
+
+    @contextlib.asynccontextmanager
+    async def _cut_at(self, deadline: float) -> AsyncIterator[None]:
         timer = asyncio.timeout_at(deadline)
         try:
             async with timer:

@@ -77,16 +77,23 @@ def _waits(request: httpx.Request) -> None:
         request.extensions["timeout"] = timeout
 
 
-@contextlib.contextmanager
-def _within(cap: TimeCap | None) -> Iterator[None]:
+def _within(cap: TimeCap | None) -> contextlib.AbstractContextManager[None]:
     """Requests sent inside wait at most as long as ``cap`` has left; a read timeout that
     comes once it has none left is the call cut (``cap.out_of_time()``), not Ollama's."""
     left = None if cap is None else cap.time_left_s()
+    return _NO_LIMIT if cap is None or left is None else _limited(cap, left)
+
+
+_NO_LIMIT: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _limited(cap: TimeCap, left: float) -> Iterator[None]:
     token = _WAIT_AT_MOST.set(left)
     try:
         yield
     except httpx.ReadTimeout as exc:
-        if cap is None or left is None or cap.time_left_s() != 0:
+        if cap.time_left_s() != 0:
             raise
         raise cap.out_of_time() from exc
     finally:
