@@ -1,0 +1,73 @@
+"""Upkeep, writers and kills mixed on one ledger: the rollups stay what a rebuild from the raw
+spans gives, and every answered call is one span."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollama_meter.ledger import Ledger, prune, rebuild
+from ollama_meter.ledger._cells import DAY_US
+from ollama_meter.ledger._timings import busy_union
+from tests.factories import make_span
+from tests.ledger.test_rollups import _wipe
+from tests.ledger.test_transfer import _tables
+
+NOW = datetime(2026, 11, 20, 15, tzinfo=UTC)
+SECOND_NS = 10**9
+
+
+@pytest.fixture
+def ledger(db_url: str) -> Ledger:
+    return Ledger(db_url)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    zone=st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kathmandu"]),
+    keep_days=st.integers(1, 4),
+    calls=st.lists(
+        st.tuples(st.integers(-400, 400), st.integers(1, 3_600), st.integers(1, 3_600)),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_a_rebuild_after_a_prune_keeps_the_busy_time_calls_spent_past_the_horizon(
+    ledger: Ledger,
+    zone: str,
+    keep_days: int,
+    calls: list[tuple[int, int, int]],
+) -> None:
+    """A call that began before the prune horizon (midnight) and was busy after it counts its
+    busy time in the horizon's day. The prune removed its raw span, so ``ometer db rollup``
+    redid that day without it: the day's and month's utilisation (chargeback's idle share)
+    dropped by that time, and rollups no longer equalled a rebuild."""
+    _wipe(ledger)
+    assert ledger.adopt_zone(zone)
+    local = NOW.astimezone(ZoneInfo(zone))
+    horizon = local.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=keep_days)
+    ledger.record(
+        [
+            make_span(
+                started_at=horizon + timedelta(seconds=offset),
+                ended_at=horizon + timedelta(seconds=offset + length),
+                prompt_eval_duration_ns=0,
+                eval_duration_ns=busy * SECOND_NS,
+            )
+            for offset, length, busy in calls
+        ]
+    )
+    assert prune(ledger, keep_days, now=NOW).cutoff == horizon
+    kept = _tables(ledger)
+    day = (horizon, horizon + timedelta(microseconds=DAY_US))
+    with ledger.read() as conn:
+        busy = busy_union(conn, *day)
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
+    with ledger.read() as conn:
+        assert busy_union(conn, *day) == busy
