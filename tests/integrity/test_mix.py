@@ -71,3 +71,35 @@ def test_a_rebuild_after_a_prune_keeps_the_busy_time_calls_spent_past_the_horizo
     assert _tables(ledger) == kept
     with ledger.read() as conn:
         assert busy_union(conn, *day) == busy
+
+
+def test_gateways_in_two_time_zones_hold_one_budget_between_them(db_url: str) -> None:
+    """Each gateway cut a budget's month at its own OMETER_TIMEZONE's midnight, and a lease is
+    kept per period start: a Berlin gateway's calls in flight were invisible to a Los Angeles
+    gateway on the same ledger, and together they admitted twice the hard limit. A budget is
+    the ledger's: its periods begin at the ledger's midnights, whichever gateway asks."""
+    from ollama_meter.budgets import BudgetGate, Estimate
+    from ollama_meter.config import load_settings
+    from ollama_meter.errors import BudgetExceeded
+    from ollama_meter.meter._wiring import budget_gate
+    from ollama_meter.records import Budget
+
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10_000_000, currency="USD")
+    )
+    berlin, los_angeles = (
+        budget_gate(ledger, load_settings(db_url=db_url, timezone=zone))
+        for zone in ("Europe/Berlin", "America/Los_Angeles")
+    )
+
+    def admit(gate: BudgetGate, call: str) -> object:
+        estimate = Estimate(6_000_000, "USD")
+        return gate.admit(
+            call_id=call, tenant="acme", department="sales", estimate=estimate, now=NOW
+        )
+
+    held = admit(berlin, "a")
+    with pytest.raises(BudgetExceeded, match="calls in flight hold 6.000000"):
+        admit(los_angeles, "b")
+    berlin.settle(held)
