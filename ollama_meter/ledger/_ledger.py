@@ -103,6 +103,12 @@ class Ledger(DurableLedger):
         with self.read() as conn:
             return _meta.zone_name(conn)
 
+    def chosen_zone(self) -> str | None:
+        """The zone the ledger was given (when made, or by ``ometer db rollup --zone``); None
+        for a ledger from before zones were kept, whose rollups are cut in UTC."""
+        with self.read() as conn:
+            return _meta.get_meta(conn, "zone")
+
     # -- reading spans ---------------------------------------------------------------------
 
     def latest(self, where: _spans.SpanFilter, limit: int = 20) -> list[SpanRecord]:

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import ColumnElement, delete, or_, select, text
 
 from ollama_meter._paths import discard, written_through
 from ollama_meter.errors import LedgerError, ValidationError
@@ -83,15 +83,36 @@ def prune(
         if known is None or known < cutoff_us:
             set_meta(conn, "pruned_before", str(cutoff_us))
     removed = 0
+    gone = _prunable(cutoff_us)
     while True:
         with ledger.write() as conn:
-            ids = select(SpanRow.id).where(SpanRow.started_at < cutoff).limit(chunk)
+            ids = select(SpanRow.id).where(*gone).limit(chunk)
             done = conn.execute(delete(SpanRow).where(SpanRow.id.in_(ids.scalar_subquery())))
         removed += done.rowcount
         if done.rowcount < chunk:
             break
     free = _reclaim(ledger, vacuum=vacuum)
     return PruneResult(cutoff, removed, before, _size(ledger), free)
+
+
+def _prunable(cutoff_us: int) -> list[ColumnElement[bool]]:
+    """Spans that started before the cutoff, except the calls still busy after it.
+
+    Ollama's busy time of a call ends when the call did, up to a day after it began, so a
+    call begun before the horizon may be busy in the horizon's day. Rebuilding that day
+    (``ometer db rollup``) counts it from the call's raw span, as it does each day's from
+    the day before's: without it the day's utilisation lost that time. Those few spans
+    stay until a later prune's horizon passes them.
+    """
+    cutoff = from_us(cutoff_us)
+    return [
+        SpanRow.started_at < cutoff,
+        or_(
+            SpanRow.ended_at.is_(None),
+            SpanRow.ended_at <= cutoff,
+            SpanRow.started_at < from_us(cutoff_us - DAY_US),
+        ),
+    ]
 
 
 def _size(ledger: Ledger) -> int:
