@@ -192,11 +192,11 @@ def status_to_dict(row: "BudgetStatus", undelivered: "Sequence[Alert]" = ()) -> 
 def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Each budget's use this period: spent, share, bar, projection to period end, state."""
     from ollama_meter.budgets import budget_status
-    from ollama_meter.meter._wiring import budget_zone
+    from ollama_meter.meter._prices import ledger_zone
 
     cfg = settings(db_url=db)
     ledger = ledger_for(cfg)
-    rows = budget_status(ledger, tz=budget_zone(ledger, cfg), now=utc_now())
+    rows = budget_status(ledger, tz=ledger_zone(ledger, cfg), now=utc_now())
     undelivered = ledger.alerts(undelivered_only=True)
     if as_json:
         dicts = [status_to_dict(r, undelivered) for r in rows]

@@ -8,6 +8,8 @@ from ollama_meter._reloaded import Reloaded
 from ollama_meter.pricing import PriceBook
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from ollama_meter.config import Settings
     from ollama_meter.ledger import Ledger
 
@@ -17,10 +19,34 @@ class PriceSource:
 
     def __init__(self, ledger: Ledger, *, settings: Settings, ttl: float = 30.0) -> None:
         self.cache = Reloaded(
-            lambda: PriceBook(ledger.price_rules(), tz=settings.tz, currency=settings.currency),
+            lambda: PriceBook(
+                ledger.price_rules(), tz=ledger_zone(ledger, settings), currency=settings.currency
+            ),
             ttl=ttl,
             what="price rules",
         )
 
     def __call__(self) -> PriceBook:
         return self.cache.get()
+
+
+def ledger_zone(ledger: Ledger, settings: Settings) -> ZoneInfo:
+    """Where a budget's days, weeks and months, and a price rule's effective dates, begin:
+    at the ledger's midnights, the same for every process on it.
+
+    Cut at each gateway's own ``OMETER_TIMEZONE``, a Berlin and a Los Angeles gateway held
+    their budget leases (and fired their alerts) under different period starts, blind to
+    each other's calls in flight, and together admitted twice a hard limit; and priced a
+    call near a rule's first day by different rules. ``OMETER_TIMEZONE`` for a ledger from
+    before zones were kept (as before), and when this machine does not know the ledger's
+    zone (nothing is recorded then anyway: spans wait in the spool).
+    """
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = ledger.chosen_zone()
+    if name is None:
+        return settings.tz
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return settings.tz

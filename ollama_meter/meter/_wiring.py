@@ -18,8 +18,6 @@ from ollama_meter.errors import PricingError
 from ollama_meter.records import Source
 
 if TYPE_CHECKING:
-    from zoneinfo import ZoneInfo
-
     from ollama_meter.budgets import BudgetGate
     from ollama_meter.config import Settings
     from ollama_meter.ledger import Ledger
@@ -143,6 +141,7 @@ def budget_gate(ledger: Ledger, settings: Settings, *, lease_share: float = 0.0)
         EmailChannel,
         WebhookChannel,
     )
+    from ollama_meter.meter import _prices
 
     channels: list[Channel] = []
     if settings.alert_webhook_url:
@@ -162,33 +161,12 @@ def budget_gate(ledger: Ledger, settings: Settings, *, lease_share: float = 0.0)
         )
     gate = BudgetGate(
         ledger,
-        tz=budget_zone(ledger, settings),
+        tz=_prices.ledger_zone(ledger, settings),
         alerts=AlertDispatcher(ledger, channels),
         lease_share=lease_share,
     )
     gate.retry_undelivered()
     return gate
-
-
-def budget_zone(ledger: Ledger, settings: Settings) -> ZoneInfo:
-    """Where a budget's days, weeks and months begin: at the ledger's midnights.
-
-    A budget is one budget for every process on the ledger. Cut at each gateway's own
-    ``OMETER_TIMEZONE``, a Berlin and a Los Angeles gateway held their leases (and fired
-    their alerts) under different period starts, blind to each other's calls in flight,
-    and together admitted twice a hard limit. ``OMETER_TIMEZONE`` for a ledger from before
-    zones were kept (as before), and when this machine does not know the ledger's zone
-    (nothing is recorded then anyway: spans wait in the spool).
-    """
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    name = ledger.chosen_zone()
-    if name is None:
-        return settings.tz
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return settings.tz
 
 
 def telemetry_observers(settings: Settings) -> list[SpanObserver]:

@@ -103,3 +103,31 @@ def test_gateways_in_two_time_zones_hold_one_budget_between_them(db_url: str) ->
     with pytest.raises(BudgetExceeded, match="calls in flight hold 6.000000"):
         admit(los_angeles, "b")
     berlin.settle(held)
+
+
+def test_gateways_in_two_time_zones_price_a_call_by_one_rule(db_url: str) -> None:
+    """A rule's first day begins at the ledger's midnight, whichever gateway prices the call:
+    at each gateway's own OMETER_TIMEZONE, an Auckland gateway priced a call at 12:00 UTC on
+    30 November by December's rule and a Berlin one by November's."""
+    from dataclasses import replace
+    from datetime import UTC, date, datetime
+    from decimal import Decimal
+
+    from ollama_meter.config import load_settings
+    from ollama_meter.meter import PriceSource
+    from tests.factories import token_prices
+
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.add_price_rule(replace(token_prices(), effective_until=date(2026, 12, 1)))
+    ledger.add_price_rule(
+        replace(token_prices(), input_per_1m=Decimal(5000), effective_from=date(2026, 12, 1))
+    )
+    call = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)  # 1 December already in Auckland
+    chosen = {
+        zone: PriceSource(ledger, settings=load_settings(db_url=db_url, timezone=zone))().rule_for(
+            "llama3.1:8b", call
+        )
+        for zone in ("Europe/Berlin", "Pacific/Auckland")
+    }
+    assert {rule.effective_until for rule in chosen.values() if rule} == {date(2026, 12, 1)}
+    assert all(chosen.values())
