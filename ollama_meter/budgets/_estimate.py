@@ -77,7 +77,15 @@ def _slowest(values: Sequence[int], default: int) -> int:
 
 
 def _rates(history: Sequence[PastCall], ns: str, count: str) -> list[int]:
-    return [getattr(c, ns) // getattr(c, count) for c in history if getattr(c, count) > 0]
+    """Per-token times of the calls that measured one. A duration of 0 measured nothing:
+    Ollama reports no prompt time for an embedding, and a whole answer the meter timed
+    itself is all generation; read as 0 ns a token, one such call bounded the model's next
+    calls by no time at all, and the time cut stopped them after a model load's wait."""
+    return [
+        getattr(c, ns) // getattr(c, count)
+        for c in history
+        if getattr(c, count) > 0 and getattr(c, ns) > 0
+    ]
 
 
 def bound_cost(

@@ -48,7 +48,10 @@ class MeteredCall:
         """How long a hard budget lets the call run, when its price counts time: it is cut
         once it has run that long at Ollama (see :meth:`time_left_s`)."""
         self.paid_ns: int | None = None
-        """The busy time the call's bound pays for: a call cut on time is charged no more."""
+        """The busy time the call's bound pays for: the call is charged no more (see
+        :meth:`measure`)."""
+        self.unpaid_ns = 0
+        """Busy time Ollama reported past :attr:`paid_ns`, not charged (see :meth:`measure`)."""
         self.cut_on_time = False
         self.stored: Stored | None = None
         """Where the span went once the call closed: the ledger, the spool, ..."""
@@ -84,7 +87,12 @@ class MeteredCall:
                     f"reply tokens the call was admitted on (sent as its cap): the answer "
                     "was cut there, so the hard budget holds"
                 )
-            if self.time_cap_ns is not None and self.span.stream and self.time_left_s() == 0:
+            if (
+                self.time_cap_ns is not None
+                and self.span.stream
+                and not isinstance(event, Final)  # the answer is whole: nothing left to stop
+                and self.time_left_s() == 0
+            ):
                 return self.out_of_time()
         return None
 
@@ -128,6 +136,23 @@ class MeteredCall:
             "the answer was cut there, so the hard budget holds"
         )
 
+    def _charge_at_most(self, paid: int) -> None:
+        """Busy time (prompt evaluation first) up to ``paid``, what the call's bound paid for.
+
+        The cut waits a model load past it, priced or not (a cold model loads before it
+        works); a warm server slower than the model's history generates through that wait,
+        or the time runs out as the final chunk comes, and a cut call's clock counts the
+        load. Charged in full, any of these spent past the hard budget that timed the call.
+        """
+        span = self.span
+        prompt, rest = span.prompt_eval_duration_ns or 0, span.eval_duration_ns or 0
+        if prompt + rest <= paid:
+            return
+        charged = min(prompt, paid)
+        span.prompt_eval_duration_ns, span.eval_duration_ns = charged, min(rest, paid - charged)
+        if span.duration_source == DurationSource.REPORTED:
+            self.unpaid_ns = prompt + rest - paid
+
     @property
     def reply(self) -> str:
         return "".join(self.reply_parts)
@@ -159,14 +184,15 @@ class MeteredCall:
             # says so. Time waiting in a gateway's queue for a slot is not Ollama's.
             waited = min(span.queue_ns or 0, span.latency_ns)
             first = max(span.ttft_ns or 0, waited)
-            prompt, rest = first - waited, span.latency_ns - first
-            if self.cut_on_time and self.paid_ns is not None:  # it may have been loading
-                prompt = min(prompt, self.paid_ns)
-                rest = min(rest, self.paid_ns - prompt)
-            span.prompt_eval_duration_ns, span.eval_duration_ns = prompt, rest
+            span.prompt_eval_duration_ns, span.eval_duration_ns = (
+                first - waited,
+                span.latency_ns - first,
+            )
             span.duration_source = DurationSource.MEASURED
         else:
             span.duration_source = DurationSource.REPORTED
+        if self.paid_ns is not None:
+            self._charge_at_most(self.paid_ns)
         # Ollama omits counts that are zero, and a broken stream has no final chunk:
         # then the count is estimated from the text, and the span says so.
         reported_in = final.input_tokens if final is not None else None

@@ -33,7 +33,13 @@ from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening, Run
 from ollama_meter.meter._request import facts_of
 from ollama_meter.records import MAX_DURATION_NS, MAX_TOKENS, LeaseKey
-from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator, expected_counts
+from ollama_meter.testing import (
+    DEFAULT_MODELS,
+    EmulatedModel,
+    Fault,
+    OllamaEmulator,
+    expected_counts,
+)
 from tests.factories import quick_history, token_prices
 
 HELLO = [{"role": "user", "content": "hello there friend"}]
@@ -173,6 +179,88 @@ def test_no_time_cap_when_time_is_not_priced(sqlite_url: str, emulator: OllamaEm
     assert run.span.status == "ok" and len(parts) == OUT + 1
 
 
+def _slow_llama(eval_ns: int) -> tuple[EmulatedModel, ...]:
+    """The emulator's models, llama3.1:8b generating at ``eval_ns`` a token, and saying so."""
+    return tuple(
+        replace(m, eval_ns_per_token=eval_ns) if m.name == "llama3.1:8b" else m
+        for m in DEFAULT_MODELS
+    )
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_a_warm_call_slower_than_its_models_history_is_charged_at_most_what_its_bound_paid(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:
+    """The time cut waits a model load past the busy time a bound pays for (60 s when the
+    model's recent calls show no cold load), priced or not. A warm model gone slower used
+    that time to generate, said so, and was charged it: 5 times its bound, each call, so
+    four at once spent past the limit. A call a hard budget timed is charged at most the
+    busy time its bound paid for; its span says what was charged, and a WARNING the rest."""
+    from ollama_meter.ledger import open_ledger
+
+    open_ledger(sqlite_url).add_price_rule(
+        replace(token_prices("llama3.1:*"), gpu_hour=Decimal(3600))  # 1 USD a second
+    )
+    with OllamaEmulator(models=_slow_llama(200_000_000), token_latency=0.2) as slow:
+        meter = make_meter(sqlite_url, Clock(NOV), ollama_host=slow.url)
+        meter.ledger.record([replace(quick_history(), load_duration_ns=0)])  # warm calls only
+        budget(meter, 10**12)
+        run = meter.chat(
+            model="llama3.1:8b",
+            messages=HELLO,
+            attribution=Attribution(tenant="acme", department="sales"),
+            options={"num_predict": 4},
+            stream=stream,
+        )
+        with caplog.at_level(logging.WARNING, logger="ollama_meter.meter"):
+            parts = list(run)
+    call, span = run.call, run.span
+    assert call is not None and call.paid_ns is not None and call.reservation is not None
+    assert span.status == "ok" and len(parts) == (5 if stream else 1)  # not cut: it ended
+    assert span.duration_source == "reported"
+    assert span.prompt_eval_duration_ns + span.eval_duration_ns == call.paid_ns  # type: ignore[operator]
+    assert span.cost_total <= call.reservation.amount
+    assert "past the" in caplog.text and "its hard budget paid for" in caplog.text
+
+
+def test_an_embedding_models_history_leaves_its_calls_time_to_run(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """Ollama reports no prompt evaluation time for an embedding (nor its /v1 routes for a
+    whole answer): the meter measured it all as generation, so the model's history said a
+    prompt token takes 0 ns. Every later embedding was then admitted on no busy time at
+    all, charged past its bound, and cut once it had run a model load's time, however
+    small the batch. A duration of 0 is no measure of speed."""
+    from ollama_meter.ledger import open_ledger
+
+    open_ledger(sqlite_url).add_price_rule(
+        replace(token_prices("nomic-embed-text*"), gpu_hour=Decimal(3600))
+    )
+    meter = make_meter(sqlite_url, Clock(NOV))
+    measured = replace(  # an embedding as the meter records it: no reply, all time measured
+        quick_history("nomic-embed-text"),
+        output_tokens=0,
+        prompt_eval_duration_ns=0,
+        eval_duration_ns=50_000_000,
+        load_duration_ns=300_000_000,
+    )
+    meter.ledger.record([measured])
+    budget(meter, 10**12)
+    emulator.latency = 1.0
+    try:
+        run = meter.run(
+            "embed",
+            {"model": "nomic-embed-text", "input": ["hello world"] * 200},
+            attribution=Attribution(tenant="acme", department="sales"),
+            stream=False,
+        )
+        list(run)
+    finally:
+        emulator.latency = 0.0
+    assert run.call is not None and run.call.paid_ns
+    assert (run.span.status, run.span.error_type) == ("ok", None)
+
+
 def test_a_prompt_the_model_adds_itself_is_charged_and_bounds_its_later_calls(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -220,8 +308,13 @@ def test_one_wild_answer_does_not_raise_the_bounds_of_the_calls_after_it(
     budget(meter, 10**16)  # room for the wild call's charge and many after it
     honest = [call(meter) for _ in range(2)]
     emulator.inject(Fault.INFLATE_COUNTS)
-    wild = call(meter)
-    assert wild.input_tokens == MAX_TOKENS and wild.prompt_eval_duration_ns == MAX_DURATION_NS
+    run = chat(meter)
+    list(run)
+    wild = run.span
+    assert run.call is not None
+    # Its time is charged at most what its bound paid for, when the price counts time.
+    charged = MAX_DURATION_NS if run.call.paid_ns is None else run.call.paid_ns
+    assert wild.input_tokens == MAX_TOKENS and wild.prompt_eval_duration_ns == charged
     assert meter.budgets is not None
     spent = wild.cost_total + sum(s.cost_total for s in honest)
     small = budget(meter, spent + 2 * max(s.cost_total for s in honest) + BOUND, department="sales")

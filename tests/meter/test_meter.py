@@ -18,7 +18,7 @@ from ollama_meter.errors import (
     ValidationError,
 )
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.meter import Attribution, Meter, PriceSource, SpanRecord, reprice
+from ollama_meter.meter import Attribution, Meter, MeteredCall, PriceSource, SpanRecord, reprice
 from ollama_meter.pricing import PriceRule, to_micros
 from ollama_meter.testing import Fault, OllamaEmulator, unreachable_url
 from tests.factories import token_prices
@@ -431,3 +431,63 @@ def test_time_in_the_gateways_queue_is_never_charged_as_busy_time(
     if paid is None:
         assert span.prompt_eval_duration_ns == (0 if first is None else min(first, ran))
     assert span.duration_source == "measured"
+
+
+def _timed_call(paid: int, cap: int) -> MeteredCall:
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.pricing import PriceBook
+    from tests.factories import make_span
+
+    span = make_span(
+        stream=True,
+        total_duration_ns=None,
+        load_duration_ns=None,
+        prompt_eval_duration_ns=None,
+        eval_duration_ns=None,
+    )
+    call = MeteredCall(span, "hi", PriceBook([], tz=ZoneInfo("UTC"), currency="USD"))
+    call.time_cap_ns, call.paid_ns = cap, paid
+    return call
+
+
+@given(
+    prompt=st.integers(0, 10**11),
+    generation=st.integers(0, 10**11),
+    load=st.integers(0, 10**11),
+    paid=st.integers(0, 10**11),
+    allowed=st.integers(0, 10**11),
+    cut=st.booleans(),
+)
+def test_a_call_a_hard_budget_timed_is_charged_at_most_the_busy_time_its_bound_paid_for(
+    prompt: int, generation: int, load: int, paid: int, allowed: int, cut: bool
+) -> None:
+    """The cut waits a model load past the paid time: a warm server that generated through
+    it reported more busy time than the bound paid for (or the time ran out as the final
+    chunk came), and was charged all of it, past the hard budget. Ollama's own figures are
+    charged up to the paid time, prompt evaluation first; within it, as reported."""
+    from ollama_meter.upstream import Final
+
+    call = _timed_call(paid, paid + allowed)
+    final = Final(
+        input_tokens=3, output_tokens=2, load_ns=load, prompt_eval_ns=prompt, eval_ns=generation
+    )
+    assert call.take([final]) is None
+    if cut:
+        call.out_of_time()
+    call.measure(call._t0 + 10**9, ok=True)
+    span = call.span
+    assert span.duration_source == "reported" and span.load_duration_ns == load
+    assert span.prompt_eval_duration_ns == min(prompt, paid)
+    assert span.eval_duration_ns == min(generation, paid - min(prompt, paid))
+
+
+def test_a_call_out_of_time_is_never_cut_at_its_final_chunk() -> None:
+    """The answer is whole once the final chunk has come: cutting it there saves no time,
+    and only threw the finished answer away (the client got an error for it)."""
+    from ollama_meter.errors import OverCap
+    from ollama_meter.upstream import Delta, Final
+
+    call = _timed_call(0, 0)  # no time left at all
+    assert call.take([Final(input_tokens=3, output_tokens=2)]) is None
+    assert isinstance(_timed_call(0, 0).take([Delta("a")]), OverCap)
