@@ -81,7 +81,11 @@ def _within(cap: TimeCap | None) -> contextlib.AbstractContextManager[None]:
     """Requests sent inside wait at most as long as ``cap`` has left; a read timeout that
     comes once it has none left is the call cut (``cap.out_of_time()``), not Ollama's."""
     left = None if cap is None else cap.time_left_s()
-    return _NO_LIMIT if cap is None or left is None else _limited(cap, left)
+    if cap is None or left is None:
+        return _NO_LIMIT
+    if left <= 0:  # a read timeout of 0 is no wait but a non-blocking read: it "cannot reach"
+        raise cap.out_of_time()
+    return _limited(cap, left)
 
 
 _NO_LIMIT: contextlib.nullcontext[None] = contextlib.nullcontext()

@@ -240,3 +240,39 @@ def test_async_streams_are_retried_before_their_first_chunk(emulator: OllamaEmul
 
     parts = asyncio.run(chunks())
     assert getattr(parts[-1], "done", False) and len(emulator.requests_to("/api/chat")) == 2
+
+
+class _NoTimeLeft:
+    """A hard budget's time cap that has run out (as after a retry's backoff)."""
+
+    def time_left_s(self) -> float | None:
+        return 0.0
+
+    def out_of_time(self) -> UpstreamError:
+        from ollama_meter.errors import OverCap
+
+        return OverCap("ran all the busy time it was admitted on")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_call_with_no_time_left_is_cut_not_sent_and_blames_no_server(
+    emulator: OllamaEmulator, stream: bool
+) -> None:
+    """A read timeout of 0 is no timeout to the socket but a non-blocking read: a call whose
+    time ran out while it waited to retry was sent anyway and failed as 'cannot reach
+    Ollama: is it running?', was retried as such, and counted as the host down on its
+    breaker (three such calls failed everyone's calls at that host for a minute)."""
+    b, _ = breaker(threshold=1)
+    upstream = Upstream(emulator.url, retry=RetryPolicy(retries=2, backoff=0.0), breaker=b)
+    request = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}]}
+
+    def send() -> object:
+        if stream:
+            return list(upstream.stream("chat", request, _NoTimeLeft()))
+        return upstream.call("chat", request, _NoTimeLeft())
+
+    with pytest.raises(UpstreamError, match="ran all the busy time") as cut:
+        send()
+    assert cut.value.error_type == "over_cap"
+    assert not emulator.requests_to("/api/chat")
+    assert b.state() == "closed" and b.state("llama3.1:8b") == "closed"
