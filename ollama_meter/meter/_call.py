@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from ollama_meter.pricing import PriceBook
 
 
+log = logging.getLogger("ollama_meter.meter")
 _NO_LIMIT: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
@@ -50,7 +52,6 @@ class MeteredCall:
         self.paid_ns: int | None = None
         """The busy time the call's bound pays for: the call is charged no more (see
         :meth:`measure`)."""
-        self.unpaid_ns = 0
         """Busy time Ollama reported past :attr:`paid_ns`, not charged (see :meth:`measure`)."""
         self.cut_on_time = False
         self.stored: Stored | None = None
@@ -151,7 +152,15 @@ class MeteredCall:
         charged = min(prompt, paid)
         span.prompt_eval_duration_ns, span.eval_duration_ns = charged, min(rest, paid - charged)
         if span.duration_source == DurationSource.REPORTED:
-            self.unpaid_ns = prompt + rest - paid
+            log.warning(
+                "call %s to %s reported %.3f s of busy time past the %.3f s its hard budget "
+                "paid for (a server slower than the model's recent calls); charged %.3f s",
+                span.id,
+                span.request_model,
+                (prompt + rest - paid) / 1e9,
+                paid / 1e9,
+                paid / 1e9,
+            )
 
     @property
     def reply(self) -> str:

@@ -328,16 +328,6 @@ class Meter:
         span.apply_cost(call.prices.cost_of(span))
         if call.bound is not None:
             self._past_bound(span, call.bound)
-        if call.unpaid_ns:
-            log.warning(
-                "call %s to %s reported %.3f s of busy time past the %.3f s its hard budget "
-                "paid for (a server slower than the model's recent calls); charged %.3f s",
-                span.id,
-                span.request_model,
-                call.unpaid_ns / 1e9,
-                (call.paid_ns or 0) / 1e9,
-                (call.paid_ns or 0) / 1e9,
-            )
         try:
             call.stored = self._record(span, storable=True, call=call)
         finally:
