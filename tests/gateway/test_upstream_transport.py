@@ -1,0 +1,174 @@
+"""What the gateway makes of an upstream whose HTTP, not its JSON, misleads it.
+
+Found by attack: the caller's ``Accept-Encoding`` reached Ollama's reverse proxy, which
+then compressed in an encoding the gateway cannot read (every call a 502 "cannot reach
+Ollama", sent three times); a streamed call kept its whole reply in memory, for ever on
+an endless stream; a stream that did not end after its final chunk held its caller
+(and its slot) until the upstream timeout; items a client's own decoder refuses were
+relayed as if they were items.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import socket
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollama_meter.ledger import SpanFilter
+from tests.gateway.conftest import Gateway
+
+EXAMPLES = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+GENERATE = {"model": "m", "prompt": "hello"}
+CHUNK = {"model": "m", "response": "hi", "done": False}
+FINAL = {"model": "m", "response": "", "done": True, "prompt_eval_count": 7, "eval_count": 3}
+NDJSON = (json.dumps(CHUNK) + "\n" + json.dumps(FINAL) + "\n").encode()
+
+
+def last_span(gw: Gateway) -> Any:
+    return gw.ledger.latest(SpanFilter(), 1)[0]
+
+
+def _brotli(data: bytes) -> bytes:
+    """Brotli when this machine has it (and so the gateway's client may ask for it); else
+    bytes labelled so, as a proxy sends them, that nobody here can read."""
+    try:
+        import brotli  # type: ignore[import-not-found]
+    except ImportError:
+        return b"\x8b\x02\x80not brotli"
+    return bytes(brotli.compress(data))
+
+
+CODINGS: dict[str, Callable[[bytes], bytes]] = {
+    "br": _brotli,
+    "zstd": lambda data: b"(\xb5/\xfdnot zstd",  # this Python has no zstd: nobody reads it
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+}
+
+
+class _Compressing(BaseHTTPRequestHandler):
+    """A reverse proxy in front of Ollama: compresses in the first coding the request
+    accepts, in its own order of preference (as Caddy's ``encode zstd gzip`` does)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.seen.append(self.headers.get("accept-encoding"))  # type: ignore[attr-defined]
+        accepted = {
+            part.split(";")[0].strip().lower()
+            for part in (self.headers.get("accept-encoding") or "").split(",")
+        }
+        body = self.server.body  # type: ignore[attr-defined]
+        coding = next((name for name in CODINGS if name in accepted), None)
+        self.send_response(200)
+        self.send_header("content-type", "application/x-ndjson")
+        if coding is not None:
+            body = CODINGS[coding](body)
+            self.send_header("content-encoding", coding)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def compressing(app_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[tuple[Gateway, Any]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Compressing)
+    server.seen = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield app_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url), server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+ACCEPT_ENCODINGS = st.lists(
+    st.sampled_from(["br", "zstd", "gzip", "deflate", "identity", "*", "compress", "br;q=1.0"]),
+    min_size=1,
+    max_size=4,
+).map(", ".join)
+
+
+@EXAMPLES
+@given(accept=ACCEPT_ENCODINGS, stream=st.booleans())
+def test_whatever_codings_the_caller_accepts_ollama_sends_one_the_gateway_reads(
+    compressing: tuple[Gateway, Any], accept: str, stream: bool
+) -> None:
+    """The gateway decodes what Ollama sends and relays it plain: the codings it can read
+    are its own to ask for. A Node or browser client's ``br`` forwarded to a compressing
+    proxy made every call a 502 "cannot reach Ollama: is it running?", sent three times."""
+    gw, server = compressing
+    final = {**FINAL, "response": "hi"}
+    server.body = NDJSON if stream else json.dumps(final).encode()
+    before = len(server.seen)
+    reply = gw.client.post(
+        "/api/generate", json={**GENERATE, "stream": stream}, headers={"accept-encoding": accept}
+    )
+    assert reply.status_code == 200, reply.text
+    assert "content-encoding" not in reply.headers
+    assert reply.content == server.body
+    assert len(server.seen) == before + 1
+    span = last_span(gw)
+    assert (span.status, span.input_tokens, span.output_tokens) == ("ok", 7, 3)
+
+
+@pytest.fixture
+def frozen() -> Iterator[str]:
+    """An upstream that takes connections and requests and never says a word (a hung server)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                conn, _ = listener.accept()
+                held.append(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("expect", [None, "100-continue"])
+def test_a_frozen_ollama_times_out_whatever_the_caller_expects(
+    serve_on: Callable[..., Gateway],
+    frozen: str,
+    sqlite_url: str,
+    stream: bool,
+    expect: str | None,
+) -> None:
+    """``Expect: 100-continue`` (curl sends it with a long prompt) was passed on to Ollama:
+    the gateway then waited for a "100 Continue" before it read any answer, with no
+    timeout at all, so a hung server held the call, its slot and its span for ever."""
+    gw = serve_on(frozen, sqlite_url, config={"upstream_timeout": 0.5, "retries": 0})
+    headers = {"expect": expect} if expect else {}
+    body = {**GENERATE, "stream": stream}
+    reply = gw.client.post("/api/generate", json=body, headers=headers)  # 30 s at most
+    assert reply.status_code == 504, reply.text
+    assert "did not answer in time" in reply.json()["error"]
+    span = last_span(gw)
+    assert (span.status, span.error_type) == ("error", "timeout")
