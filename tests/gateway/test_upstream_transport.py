@@ -15,6 +15,7 @@ import gzip
 import json
 import socket
 import threading
+import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -172,3 +173,55 @@ def test_a_frozen_ollama_times_out_whatever_the_caller_expects(
     assert "did not answer in time" in reply.json()["error"]
     span = last_span(gw)
     assert (span.status, span.error_type) == ("error", "timeout")
+
+
+class _Long(BaseHTTPRequestHandler):
+    """Streams ``server.chunks`` pieces of 1 MiB of reply each, then the final chunk."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-ndjson")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        piece = json.dumps({**CHUNK, "response": "x" * 2**20}).encode() + b"\n"
+        pieces = [piece] * self.server.chunks + [json.dumps(FINAL).encode() + b"\n"]  # type: ignore[attr-defined]
+        for data in [*pieces, b""]:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_long_stream_is_relayed_in_memory_that_does_not_grow_with_it(
+    serve_on: Callable[..., Gateway], sqlite_url: str
+) -> None:
+    """With content capture off, a streamed call kept every piece of its reply's text
+    until it ended, though only their number counts: a model that generates for ever
+    (Ollama's default ``num_predict`` with context shift) grew the gateway without bound."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Long)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    gw = serve_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url)
+    peaks = {}
+    try:
+        for chunks in (4, 40):
+            server.chunks = chunks  # type: ignore[attr-defined]
+            tracemalloc.start()
+            try:
+                with gw.client.stream(
+                    "POST", "/api/generate", json={**GENERATE, "stream": True}
+                ) as reply:
+                    relayed = sum(len(data) for data in reply.iter_bytes())
+                peaks[chunks] = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert relayed > chunks * 2**20
+            span = last_span(gw)
+            assert (span.status, span.output_tokens) == ("ok", 3)
+    finally:
+        server.shutdown()
+        server.server_close()
+    # 36 MiB more of reply: the gateway held it all (+36 MiB at its peak), or a few pieces.
+    assert peaks[40] - peaks[4] < 8 * 2**20, peaks
