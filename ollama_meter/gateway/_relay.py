@@ -222,7 +222,7 @@ class _Answered:
                     out, stop = await take(frame)
                     if out is not None:
                         yield out
-                    if stop:
+                    if stop or closed:  # the answer is over, whether or not its body is
                         return
             if not closed:
                 raise unfinished_error(pool.host)

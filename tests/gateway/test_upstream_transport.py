@@ -225,3 +225,67 @@ def test_a_long_stream_is_relayed_in_memory_that_does_not_grow_with_it(
         server.server_close()
     # 36 MiB more of reply: the gateway held it all (+36 MiB at its peak), or a few pieces.
     assert peaks[40] - peaks[4] < 8 * 2**20, peaks
+
+
+def _sse(obj: dict[str, Any] | str) -> bytes:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n".encode()
+
+
+SSE_TEXT = _sse({"model": "m", "choices": [{"index": 0, "text": "hi", "finish_reason": "stop"}]})
+SSE_USAGE = _sse(
+    {"model": "m", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+)
+UNENDED = {  # what Ollama sends; what the caller gets (no usage chunk it did not ask for)
+    "/api/generate": (NDJSON, NDJSON),
+    "/v1/completions": (SSE_TEXT + SSE_USAGE + _sse("[DONE]"), SSE_TEXT + _sse("[DONE]")),
+}
+
+
+class _Unended(BaseHTTPRequestHandler):
+    """Sends a whole stream, its final chunk included, and then never ends the body."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = UNENDED[self.path][0]
+        self.send_response(200)
+        kind = "application/x-ndjson" if self.path.startswith("/api/") else "text/event-stream"
+        self.send_header("content-type", kind)
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(body), body))
+        self.wfile.flush()
+        self.server.release.wait(60)  # type: ignore[attr-defined]
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("path", sorted(UNENDED))
+def test_a_stream_ends_for_its_caller_at_its_final_chunk(
+    serve_on: Callable[..., Gateway], sqlite_url: str, path: str
+) -> None:
+    """The final chunk came, and the upstream kept the body open: the caller had its whole
+    answer but its stream did not end (nor its slot come back) until the upstream timeout,
+    5 minutes by default, as the official clients read until the stream ends."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Unended)
+    server.release = threading.Event()  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = serve_on(
+            f"http://127.0.0.1:{server.server_address[1]}",
+            sqlite_url,
+            config={"upstream_timeout": 300},
+        )
+        body = {**GENERATE, "stream": True}
+        reply = gw.client.post(path, json=body)  # 30 s at most
+        assert reply.status_code == 200
+        assert reply.content == UNENDED[path][1]
+        span = last_span(gw)
+        assert (span.status, span.input_tokens, span.output_tokens) == ("ok", 7, 3)
+    finally:
+        server.release.set()  # type: ignore[attr-defined]
+        server.shutdown()
+        server.server_close()
