@@ -289,3 +289,59 @@ def test_a_stream_ends_for_its_caller_at_its_final_chunk(
         server.release.set()  # type: ignore[attr-defined]
         server.shutdown()
         server.server_close()
+
+
+class _Garbled(BaseHTTPRequestHandler):
+    """Answers with the raw bytes it is given: an HTTP answer that is not one."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.calls += 1  # type: ignore[attr-defined]
+        self.wfile.write(self.server.raw)  # type: ignore[attr-defined]
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+WHOLE = json.dumps({**FINAL, "response": "hi"}).encode()
+GARBLED = {
+    "status line": b"HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n",
+    "no status line": WHOLE,
+    "header too long": b"HTTP/1.1 200 OK\r\nx-a: " + b"a" * 70_000 + b"\r\n\r\n",
+    "two framings": b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+    "coding nobody asked for": b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 2\r\n\r\nhi",
+}
+
+
+@pytest.fixture
+def garbled(app_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[tuple[Gateway, Any]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Garbled)
+    server.calls = 0  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield app_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url), server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("answer", sorted(GARBLED))
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_that_is_not_http_is_a_502_once_not_a_server_unreachable(
+    garbled: tuple[Gateway, Any], answer: str, stream: bool
+) -> None:
+    """Ollama took the call and answered, in bytes that are no HTTP answer: that was an
+    "unreachable" server ("is it running?"), and the call was sent twice more for it, each
+    time computed again."""
+    gw, server = garbled
+    server.raw = GARBLED[answer]
+    reply = gw.client.post("/api/generate", json={**GENERATE, "stream": stream})
+    assert reply.status_code == 502, reply.text
+    message = reply.json()["error"]
+    assert "is not an HTTP answer" in message and "is it running" not in message
+    assert server.calls == 1
+    span = last_span(gw)
+    assert (span.status, span.error_type) == ("error", "stream_error")
