@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import ollama
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -345,3 +346,46 @@ def test_an_answer_that_is_not_http_is_a_502_once_not_a_server_unreachable(
     assert server.calls == 1
     span = last_span(gw)
     assert (span.status, span.error_type) == ("error", "stream_error")
+
+
+class _PullBreaksOff(BaseHTTPRequestHandler):
+    """``/api/pull`` that streams its first status lines, then the connection drops."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-ndjson")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for status in ("pulling manifest", "pulling 8eeb52dfb3bb"):
+            line = json.dumps({"status": status}).encode() + b"\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+        self.close_connection = True  # no last chunk: the body broke off
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_passed_through_stream_that_breaks_off_ends_in_an_error_the_client_raises(
+    serve_on: Callable[..., Gateway], sqlite_url: str
+) -> None:
+    """A pull whose stream broke off reached the client as a stream that ended well, so
+    ``ollama pull`` through the gateway said nothing of a model it never got."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _PullBreaksOff)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = serve_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url, allow_admin=True)
+        client = ollama.Client(host=gw.url)
+        seen: list[str | None] = []
+
+        def pull() -> None:
+            seen.extend(progress.status for progress in client.pull("llama3.1:8b", stream=True))
+
+        with pytest.raises(ollama.ResponseError, match="broke off"):
+            pull()
+        assert seen == ["pulling manifest", "pulling 8eeb52dfb3bb"]
+    finally:
+        server.shutdown()
+        server.server_close()
