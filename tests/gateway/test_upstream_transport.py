@@ -4,8 +4,9 @@ Found by attack: the caller's ``Accept-Encoding`` reached Ollama's reverse proxy
 then compressed in an encoding the gateway cannot read (every call a 502 "cannot reach
 Ollama", sent three times); a streamed call kept its whole reply in memory, for ever on
 an endless stream; a stream that did not end after its final chunk held its caller
-(and its slot) until the upstream timeout; items a client's own decoder refuses were
-relayed as if they were items.
+(and its slot) until the upstream timeout; ``Expect: 100-continue`` passed on left a call
+to a hung server waiting with no timeout; an answer that is no HTTP answer read as an
+unreachable server and was sent again; a passed-through pull that broke off ended well.
 """
 
 from __future__ import annotations
