@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._fleet import UNION, Fleet, model_named
 from ollama_meter.gateway._relay import error_response, forward_headers, wire_of
-from ollama_meter.upstream import gateway_status
+from ollama_meter.upstream import OLLAMA, gateway_status
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -61,12 +61,18 @@ async def forward(fleet: Fleet, request: Request, *, body: bytes | None) -> Resp
     except UpstreamError as exc:
         return error_response(wire_of(path), gateway_status(exc), str(exc))
 
+    lines = response.content_type == "application/x-ndjson"  # a pull's progress, say
+
     async def relayed() -> AsyncIterator[bytes]:
+        last = b"\n"
         try:
             async for chunk in pool.chunks(response):
                 yield chunk
+                last = chunk[-1:] or last
         except UpstreamError as exc:
             log.warning("passing %s through: %s", path, exc)
+            if lines:  # ended as Ollama ends a stream that failed, so the client raises
+                yield (b"" if last == b"\n" else b"\n") + OLLAMA.error_frame(str(exc))
         finally:
             pool.finish(response, completed=response.content.at_eof())
 

@@ -80,6 +80,11 @@ HOP_BY_HOP = frozenset({
     "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
     "upgrade", "proxy-authorization", "proxy-authenticate", "authorization",
     "x-ometer-key", "x-ometer-tenant", "x-ometer-department", "x-ometer-user",
+    # How this hop's bodies travel, the gateway's own to say: it has the whole request body
+    # (a caller's "Expect: 100-continue" passed on had the client wait, with no timeout, for
+    # a "100 Continue" a server may never send), and it decodes the answer and relays it
+    # plain (a caller's "br" passed on got answers in a coding it cannot read).
+    "expect", "accept-encoding",
 })  # fmt: skip
 
 
@@ -217,7 +222,7 @@ class _Answered:
                     out, stop = await take(frame)
                     if out is not None:
                         yield out
-                    if stop:
+                    if stop or closed:  # the answer is over, whether or not its body is
                         return
             if not closed:
                 raise unfinished_error(pool.host)

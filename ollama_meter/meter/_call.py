@@ -32,12 +32,18 @@ _NO_LIMIT: contextlib.nullcontext[None] = contextlib.nullcontext()
 class MeteredCall:
     """Collects what the upstream sends; becomes a span when the meter closes it."""
 
-    def __init__(self, span: SpanRecord, prompt_text: str, prices: PriceBook) -> None:
+    def __init__(
+        self, span: SpanRecord, prompt_text: str, prices: PriceBook, *, keep_reply: bool = True
+    ) -> None:
         self.span = span
         self.prompt_text = prompt_text
         self.prices = prices
         """The rules in force when the call was admitted: its budget bound and its cost both
         come from them, so a rule changed while the call is in flight is not half applied."""
+        self.keep_reply = keep_reply
+        """Whether the reply's text is kept: a stream's output is estimated from its count of
+        pieces, so unless content is captured its text would only fill memory (for ever, on
+        a model that generates for ever)."""
         self.reply_parts: list[str] = []
         self.content_chunks = 0
         self.final: Final | None = None
@@ -67,7 +73,7 @@ class MeteredCall:
             self.final = event
         elif event.generated:  # thinking and tool calls are reply tokens too
             self.content_chunks += 1
-            if event.text:
+            if event.text and self.keep_reply:
                 self.reply_parts.append(event.text)
 
     def take(self, events: Iterable[Event]) -> UpstreamError | None:

@@ -44,6 +44,9 @@ class Failure(StrEnum):
     """Something listens there, but said nothing in time."""
     BROKEN = "broken"
     """The answer began, then broke off (a dropped connection, a line that is not JSON)."""
+    GARBLED = "garbled"
+    """Something answered, in bytes that are no HTTP answer: the call was taken, so it is
+    not sent again, nor the server said to be unreachable."""
     INVALID = "invalid"
     """The client library refused to build the request from what it was given: nothing was sent."""
     UNEXPECTED = "unexpected"
@@ -61,6 +64,8 @@ def transport_error(kind: Failure, *, host: str, started: bool, reason: str = ""
         return UpstreamTimeout(
             f"Ollama at {host} {what}; raise OMETER_UPSTREAM_TIMEOUT or check the server's load"
         )
+    if kind is Failure.GARBLED:
+        return StreamError(f"the answer from Ollama at {host} is not an HTTP answer: {reason}")
     if kind is Failure.BROKEN or (started and kind is Failure.CONNECTION):
         return StreamError(f"the stream from Ollama at {host} broke off: {reason or 'no reason'}")
     if kind is Failure.INVALID:

@@ -109,6 +109,11 @@ class PooledUpstream(Resilient):
             )
         except TimeoutError as exc:
             raise transport_error(Failure.TIMEOUT, host=self.host, started=False) from exc
+        except aiohttp.ClientResponseError as exc:  # what came back could not be parsed
+            reason = exc.message.splitlines()[0].rstrip(":") if exc.message else _reason(exc)
+            raise transport_error(
+                Failure.GARBLED, host=self.host, started=True, reason=reason
+            ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise transport_error(
                 Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)

@@ -58,10 +58,17 @@ def _excerpt(frame: bytes) -> str:
     return repr(frame[:60].decode(errors="replace")) + (" ..." if len(frame) > 60 else "")
 
 
-def _object(text: str | bytes) -> dict[str, Any] | None:
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _object(payload: bytes) -> dict[str, Any] | None:
+    """The JSON object in an item, read as strictly as the clients it is relayed to read it:
+    UTF-8 (OpenAI's client decodes strictly), no BOM and no NaN or Infinity (JavaScript's
+    ``JSON.parse`` and Go's take neither). Python's own decoder takes all three."""
     try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError):
+        obj = json.loads(payload.decode("utf-8"), parse_constant=_not_json)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -298,12 +305,12 @@ class _OpenAI:
     def decode(self, frame: bytes) -> dict[str, Any] | _End | None:
         """An event's data: its ``data:`` lines joined (comments, ``event:`` and ``id:`` lines
         beside them are not data); None for an event without any, a keep-alive comment."""
-        lines = frame.decode(errors="replace").split("\n")
-        data = [line[5:].removeprefix(" ") for line in lines if line.startswith("data:")]
+        lines = frame.split(b"\n")
+        data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
         if not data:
             return None
-        payload = "\n".join(data).strip()
-        if payload == "[DONE]":
+        payload = b"\n".join(data).strip()
+        if payload == b"[DONE]":
             return END
         obj = _object(payload)
         if obj is None:

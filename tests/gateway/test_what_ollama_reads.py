@@ -344,7 +344,9 @@ def lying_stream(draw: st.DrawFn) -> tuple[str, bytes, dict[str, Any] | None, bo
     }
     malformed = draw(st.booleans())
     if malformed:
-        bad = draw(st.sampled_from(["{not json", "[1, 2]", '"text"', "null", "data: {}"]))
+        # Nor what a client's JSON decoder refuses: a BOM before an object, NaN.
+        refused = ["\ufeff" + json.dumps(chunk(path, "x")), '{"model": "m", "x": NaN}']
+        bad = draw(st.sampled_from(["{not json", "[1, 2]", '"text"', "null", "data: {}", *refused]))
         lines.insert(draw(st.integers(0, len(lines))), bad)
     if draw(st.booleans()):
         lines.append(json.dumps(final))
@@ -354,6 +356,16 @@ def lying_stream(draw: st.DrawFn) -> tuple[str, bytes, dict[str, Any] | None, bo
         final = None
     text = "\n".join(lines) + ("\n" if draw(st.booleans()) else "")
     return path, text.encode(), final, malformed
+
+
+def strict_json(text: str) -> Any:
+    """``text`` as a client's JSON decoder reads it (JavaScript's ``JSON.parse``, Go's): no
+    BOM before it (Python's refuses that too), no NaN or Infinity."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 @EXAMPLES
@@ -369,7 +381,7 @@ def test_a_lying_stream_gives_the_client_one_well_formed_answer_and_its_span(
     server.answer = (200, {"content-type": "application/x-ndjson"}, body)
     reply = call_with(gw, path, f"m{next(models)}", stream=True)
     assert reply.status_code == 200
-    got = [json.loads(line) for line in reply.text.splitlines()]
+    got = [strict_json(line) for line in reply.text.splitlines()]
     assert all(isinstance(item, dict) for item in got)
     ends = [i for i, item in enumerate(got) if item.get("done") is True or "error" in item]
     assert ends == [len(got) - 1], reply.text

@@ -244,3 +244,38 @@ def test_an_item_that_never_ends_breaks_the_stream_at_the_limit() -> None:
 def test_an_events_data_is_read_whatever_lines_stand_beside_it(event: bytes) -> None:
     assert wire_for("openai.chat").decode(event) == {"a": 1}
     assert wire_for("openai.chat").decode(b": keep-alive") is None
+
+
+def _as_clients_read(payload: bytes) -> Any:
+    """An item's JSON as the official clients decode it: strict UTF-8 (OpenAI's Python
+    client), then a JSON decoder that takes no BOM and no NaN (JavaScript's, Go's)."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(payload.decode("utf-8"), parse_constant=refuse)
+
+
+@given(
+    obj=st.dictionaries(st.text(max_size=6), json_values, max_size=4),
+    at=st.integers(0, 200),
+    flaw=st.sampled_from([b"", b"\xef\xbb\xbf", b"\xff", b"\xc3", b"\xed\xa0\x80", b"NaN"]),
+    operation=st.sampled_from(["chat", "openai.chat"]),
+)
+def test_an_item_is_read_only_if_the_clients_read_it_as_the_gateway_did(
+    obj: dict[str, Any], at: int, flaw: bytes, operation: str
+) -> None:
+    """A line starting with a BOM, bytes that are not UTF-8, a NaN: read by Python's lenient
+    decoders and relayed, they broke the client's own decoder on an ``ok`` span."""
+    text = json.dumps(obj, ensure_ascii=False).encode()
+    at = min(at, len(text))
+    payload = text[:at] + flaw + text[at:]
+    wire = wire_for(operation)
+    frame = payload if wire is OLLAMA else b"data: " + payload
+    try:
+        read = wire.decode(frame)
+    except Malformed:
+        with pytest.raises(ValueError):
+            assert isinstance(_as_clients_read(payload), dict)
+        return
+    assert read == _as_clients_read(payload)

@@ -1,0 +1,392 @@
+"""What the gateway makes of an upstream whose HTTP, not its JSON, misleads it.
+
+Found by attack: the caller's ``Accept-Encoding`` reached Ollama's reverse proxy, which
+then compressed in an encoding the gateway cannot read (every call a 502 "cannot reach
+Ollama", sent three times); a streamed call kept its whole reply in memory, for ever on
+an endless stream; a stream that did not end after its final chunk held its caller
+(and its slot) until the upstream timeout; ``Expect: 100-continue`` passed on left a call
+to a hung server waiting with no timeout; an answer that is no HTTP answer read as an
+unreachable server and was sent again; a passed-through pull that broke off ended well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import socket
+import threading
+import tracemalloc
+import zlib
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import ollama
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollama_meter.ledger import SpanFilter
+from tests.gateway.conftest import Gateway
+
+EXAMPLES = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+GENERATE = {"model": "m", "prompt": "hello"}
+CHUNK = {"model": "m", "response": "hi", "done": False}
+FINAL = {"model": "m", "response": "", "done": True, "prompt_eval_count": 7, "eval_count": 3}
+NDJSON = (json.dumps(CHUNK) + "\n" + json.dumps(FINAL) + "\n").encode()
+
+
+def last_span(gw: Gateway) -> Any:
+    return gw.ledger.latest(SpanFilter(), 1)[0]
+
+
+def _brotli(data: bytes) -> bytes:
+    """Brotli when this machine has it (and so the gateway's client may ask for it); else
+    bytes labelled so, as a proxy sends them, that nobody here can read."""
+    try:
+        import brotli  # type: ignore[import-not-found]
+    except ImportError:
+        return b"\x8b\x02\x80not brotli"
+    return bytes(brotli.compress(data))
+
+
+CODINGS: dict[str, Callable[[bytes], bytes]] = {
+    "br": _brotli,
+    "zstd": lambda data: b"(\xb5/\xfdnot zstd",  # this Python has no zstd: nobody reads it
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+}
+
+
+class _Compressing(BaseHTTPRequestHandler):
+    """A reverse proxy in front of Ollama: compresses in the first coding the request
+    accepts, in its own order of preference (as Caddy's ``encode zstd gzip`` does)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.seen.append(self.headers.get("accept-encoding"))  # type: ignore[attr-defined]
+        accepted = {
+            part.split(";")[0].strip().lower()
+            for part in (self.headers.get("accept-encoding") or "").split(",")
+        }
+        body = self.server.body  # type: ignore[attr-defined]
+        coding = next((name for name in CODINGS if name in accepted), None)
+        self.send_response(200)
+        self.send_header("content-type", "application/x-ndjson")
+        if coding is not None:
+            body = CODINGS[coding](body)
+            self.send_header("content-encoding", coding)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def compressing(app_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[tuple[Gateway, Any]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Compressing)
+    server.seen = []  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield app_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url), server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+ACCEPT_ENCODINGS = st.lists(
+    st.sampled_from(["br", "zstd", "gzip", "deflate", "identity", "*", "compress", "br;q=1.0"]),
+    min_size=1,
+    max_size=4,
+).map(", ".join)
+
+
+@EXAMPLES
+@given(accept=ACCEPT_ENCODINGS, stream=st.booleans())
+def test_whatever_codings_the_caller_accepts_ollama_sends_one_the_gateway_reads(
+    compressing: tuple[Gateway, Any], accept: str, stream: bool
+) -> None:
+    """The gateway decodes what Ollama sends and relays it plain: the codings it can read
+    are its own to ask for. A Node or browser client's ``br`` forwarded to a compressing
+    proxy made every call a 502 "cannot reach Ollama: is it running?", sent three times."""
+    gw, server = compressing
+    final = {**FINAL, "response": "hi"}
+    server.body = NDJSON if stream else json.dumps(final).encode()
+    before = len(server.seen)
+    reply = gw.client.post(
+        "/api/generate", json={**GENERATE, "stream": stream}, headers={"accept-encoding": accept}
+    )
+    assert reply.status_code == 200, reply.text
+    assert "content-encoding" not in reply.headers
+    assert reply.content == server.body
+    assert len(server.seen) == before + 1
+    span = last_span(gw)
+    assert (span.status, span.input_tokens, span.output_tokens) == ("ok", 7, 3)
+
+
+@pytest.fixture
+def frozen() -> Iterator[str]:
+    """An upstream that takes connections and requests and never says a word (a hung server)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                conn, _ = listener.accept()
+                held.append(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("expect", [None, "100-continue"])
+def test_a_frozen_ollama_times_out_whatever_the_caller_expects(
+    serve_on: Callable[..., Gateway],
+    frozen: str,
+    sqlite_url: str,
+    stream: bool,
+    expect: str | None,
+) -> None:
+    """``Expect: 100-continue`` (curl sends it with a long prompt) was passed on to Ollama:
+    the gateway then waited for a "100 Continue" before it read any answer, with no
+    timeout at all, so a hung server held the call, its slot and its span for ever."""
+    gw = serve_on(frozen, sqlite_url, config={"upstream_timeout": 0.5, "retries": 0})
+    headers = {"expect": expect} if expect else {}
+    body = {**GENERATE, "stream": stream}
+    reply = gw.client.post("/api/generate", json=body, headers=headers)  # 30 s at most
+    assert reply.status_code == 504, reply.text
+    assert "did not answer in time" in reply.json()["error"]
+    span = last_span(gw)
+    assert (span.status, span.error_type) == ("error", "timeout")
+
+
+class _Long(BaseHTTPRequestHandler):
+    """Streams ``server.chunks`` pieces of 1 MiB of reply each, then the final chunk."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-ndjson")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        piece = json.dumps({**CHUNK, "response": "x" * 2**20}).encode() + b"\n"
+        pieces = [piece] * self.server.chunks + [json.dumps(FINAL).encode() + b"\n"]  # type: ignore[attr-defined]
+        for data in [*pieces, b""]:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_long_stream_is_relayed_in_memory_that_does_not_grow_with_it(
+    serve_on: Callable[..., Gateway], sqlite_url: str
+) -> None:
+    """With content capture off, a streamed call kept every piece of its reply's text
+    until it ended, though only their number counts: a model that generates for ever
+    (Ollama's default ``num_predict`` with context shift) grew the gateway without bound."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Long)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    gw = serve_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url)
+    peaks = {}
+    try:
+        for chunks in (4, 40):
+            server.chunks = chunks  # type: ignore[attr-defined]
+            tracemalloc.start()
+            try:
+                with gw.client.stream(
+                    "POST", "/api/generate", json={**GENERATE, "stream": True}
+                ) as reply:
+                    relayed = sum(len(data) for data in reply.iter_bytes())
+                peaks[chunks] = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert relayed > chunks * 2**20
+            span = last_span(gw)
+            assert (span.status, span.output_tokens) == ("ok", 3)
+    finally:
+        server.shutdown()
+        server.server_close()
+    # 36 MiB more of reply: the gateway held it all (+36 MiB at its peak), or a few pieces.
+    assert peaks[40] - peaks[4] < 8 * 2**20, peaks
+
+
+def _sse(obj: dict[str, Any] | str) -> bytes:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n".encode()
+
+
+SSE_TEXT = _sse({"model": "m", "choices": [{"index": 0, "text": "hi", "finish_reason": "stop"}]})
+SSE_USAGE = _sse(
+    {"model": "m", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+)
+UNENDED = {  # what Ollama sends; what the caller gets (no usage chunk it did not ask for)
+    "/api/generate": (NDJSON, NDJSON),
+    "/v1/completions": (SSE_TEXT + SSE_USAGE + _sse("[DONE]"), SSE_TEXT + _sse("[DONE]")),
+}
+
+
+class _Unended(BaseHTTPRequestHandler):
+    """Sends a whole stream, its final chunk included, and then never ends the body."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = UNENDED[self.path][0]
+        self.send_response(200)
+        kind = "application/x-ndjson" if self.path.startswith("/api/") else "text/event-stream"
+        self.send_header("content-type", kind)
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(body), body))
+        self.wfile.flush()
+        self.server.release.wait(60)  # type: ignore[attr-defined]
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("path", sorted(UNENDED))
+def test_a_stream_ends_for_its_caller_at_its_final_chunk(
+    serve_on: Callable[..., Gateway], sqlite_url: str, path: str
+) -> None:
+    """The final chunk came, and the upstream kept the body open: the caller had its whole
+    answer but its stream did not end (nor its slot come back) until the upstream timeout,
+    5 minutes by default, as the official clients read until the stream ends."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Unended)
+    server.release = threading.Event()  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = serve_on(
+            f"http://127.0.0.1:{server.server_address[1]}",
+            sqlite_url,
+            config={"upstream_timeout": 300},
+        )
+        body = {**GENERATE, "stream": True}
+        reply = gw.client.post(path, json=body)  # 30 s at most
+        assert reply.status_code == 200
+        assert reply.content == UNENDED[path][1]
+        span = last_span(gw)
+        assert (span.status, span.input_tokens, span.output_tokens) == ("ok", 7, 3)
+    finally:
+        server.release.set()  # type: ignore[attr-defined]
+        server.shutdown()
+        server.server_close()
+
+
+class _Garbled(BaseHTTPRequestHandler):
+    """Answers with the raw bytes it is given: an HTTP answer that is not one."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.calls += 1  # type: ignore[attr-defined]
+        self.wfile.write(self.server.raw)  # type: ignore[attr-defined]
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+WHOLE = json.dumps({**FINAL, "response": "hi"}).encode()
+GARBLED = {
+    "status line": b"HTTP/1.1 2000 OK\r\ncontent-length: 0\r\n\r\n",
+    "no status line": WHOLE,
+    "header too long": b"HTTP/1.1 200 OK\r\nx-a: " + b"a" * 70_000 + b"\r\n\r\n",
+    "two framings": b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+    "coding nobody asked for": b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 2\r\n\r\nhi",
+}
+
+
+@pytest.fixture
+def garbled(app_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[tuple[Gateway, Any]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Garbled)
+    server.calls = 0  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield app_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url), server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("answer", sorted(GARBLED))
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_that_is_not_http_is_a_502_once_not_a_server_unreachable(
+    garbled: tuple[Gateway, Any], answer: str, stream: bool
+) -> None:
+    """Ollama took the call and answered, in bytes that are no HTTP answer: that was an
+    "unreachable" server ("is it running?"), and the call was sent twice more for it, each
+    time computed again."""
+    gw, server = garbled
+    server.raw = GARBLED[answer]
+    reply = gw.client.post("/api/generate", json={**GENERATE, "stream": stream})
+    assert reply.status_code == 502, reply.text
+    message = reply.json()["error"]
+    assert "is not an HTTP answer" in message and "is it running" not in message
+    assert server.calls == 1
+    span = last_span(gw)
+    assert (span.status, span.error_type) == ("error", "stream_error")
+
+
+class _PullBreaksOff(BaseHTTPRequestHandler):
+    """``/api/pull`` that streams its first status lines, then the connection drops."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-ndjson")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for status in ("pulling manifest", "pulling 8eeb52dfb3bb"):
+            line = json.dumps({"status": status}).encode() + b"\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+        self.close_connection = True  # no last chunk: the body broke off
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_passed_through_stream_that_breaks_off_ends_in_an_error_the_client_raises(
+    serve_on: Callable[..., Gateway], sqlite_url: str
+) -> None:
+    """A pull whose stream broke off reached the client as a stream that ended well, so
+    ``ollama pull`` through the gateway said nothing of a model it never got."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _PullBreaksOff)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = serve_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url, allow_admin=True)
+        client = ollama.Client(host=gw.url)
+        seen: list[str | None] = []
+
+        def pull() -> None:
+            seen.extend(progress.status for progress in client.pull("llama3.1:8b", stream=True))
+
+        with pytest.raises(ollama.ResponseError, match="broke off"):
+            pull()
+        assert seen == ["pulling manifest", "pulling 8eeb52dfb3bb"]
+    finally:
+        server.shutdown()
+        server.server_close()
