@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,7 +129,15 @@ def emulator_session() -> Iterator[OllamaEmulator]:
 
 @pytest.fixture
 def emulator(emulator_session: OllamaEmulator, monkeypatch: pytest.MonkeyPatch) -> OllamaEmulator:
-    """The session's emulator, reset, with OLLAMA_HOST pointing at it."""
+    """The session's emulator, reset, with OLLAMA_HOST pointing at it.
+
+    Answers an earlier test left running (a slow reply whose caller was cut or went away)
+    are let finish first: counted here, they would be this test's in-flight calls and
+    hang-ups."""
+    for _ in range(400):  # 10 s at most; their replies are fast once latencies are reset
+        if emulator_session.in_flight == 0:
+            break
+        time.sleep(0.025)
     emulator_session.reset()
     monkeypatch.setenv("OLLAMA_HOST", emulator_session.url)
     return emulator_session
