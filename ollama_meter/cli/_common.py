@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from ollama_meter.config import Settings
     from ollama_meter.ledger import Ledger
 
-_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 _NEWLINE = re.compile("\n")
 _TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """What a terminal acts on rather than shows (escape sequences, carriage returns), bar tab and newline."""
@@ -44,7 +46,9 @@ REPLACEMENT = "\ufffd"
 
 
 def printable(text: str, *, newlines: bool = False) -> str:
-    """``text`` with every control character replaced by U+FFFD (newlines kept if asked).
+    """``text`` with every control character replaced by U+FFFD (newlines kept if asked),
+    and every lone surrogate: a file name's bytes that are not UTF-8 arrive in argv as
+    those, and no stream can encode one (writing it raised in the middle of a message).
 
     One character for one, so styled spans over the text stay where they were.
     """
