@@ -9,6 +9,7 @@ cannot make links, clear the screen, move the cursor or hide text.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -90,6 +91,18 @@ class _TextConsole(Console):
             for o in objects
         ]
         super().print(*safe, **options)
+
+    def on_broken_pipe(self) -> None:
+        """The reader went away: an OSError for main() to end the command with, quietly and
+        exit 1, as any other output that cannot be written. (Rich's own answer also made
+        this console quiet for good: in a process that runs one command after another, the
+        tests or an embedding, every later command printed nothing.)"""
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    def discard(self) -> None:
+        """Drop what a failed write left unwritten; rich would print it before the next
+        command's output."""
+        del self._buffer[:]
 
 
 out = _TextConsole(highlight=False, soft_wrap=True, markup=False, emoji=False)

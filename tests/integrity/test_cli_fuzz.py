@@ -16,9 +16,12 @@ only asked for ``--help`` here; their options are checked by ``tests/gateway``.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -487,3 +490,110 @@ def test_a_bad_setting_is_one_line_naming_it(
         (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
         named = [n for n in values if line.startswith(f"error: {n}: ")]
         assert named or line.startswith("error: .env"), (values, line)
+
+
+# Output that cannot be written, for every command: the same few words whatever the command.
+
+VALID: dict[tuple[str, ...], list[str]] = {
+    ("budget", "list"): ["--json"],
+    ("budget", "rm"): ["1"],
+    ("budget", "set"): ["legal", "--tenant", "default", "--daily", "5"],
+    ("budget", "status"): [],
+    ("chargeback",): ["--month", TODAY.strftime("%Y-%m"), "--fixed-cost", "1000"],
+    ("chat",): ["-d", "sales", "hello there"],
+    ("db", "backup"): ["copy.db"],
+    ("db", "export"): [],
+    ("db", "import"): ["spans.jsonl"],
+    ("db", "path"): [],
+    ("db", "prune"): ["--keep-days", "10"],
+    ("db", "rollup"): ["--zone", "Asia/Kathmandu"],
+    ("db", "upgrade"): [],
+    ("keys", "create"): ["--tenant", "default", "--dept", "legal", "--name", "k2"],
+    ("keys", "list"): [],
+    ("keys", "revoke"): ["1"],
+    ("limit", "list"): [],
+    ("limit", "rm"): ["sales", "--tenant", "default"],
+    ("limit", "set"): ["legal", "--tenant", "default", "--concurrency", "2"],
+    ("log",): ["--limit", "5"],
+    ("perf",): ["--format", "csv"],
+    ("pricing", "import"): ["prices.toml"],
+    ("pricing", "list"): [],
+    ("pricing", "rm"): ["1"],
+    ("pricing", "set"): ["qwen*", "--gpu-hour", "2.5"],
+    ("report",): ["--by", "department,day"],
+    ("reprice",): ["--since", str(TODAY - timedelta(days=10))],
+}
+
+
+class _Refusing(io.RawIOBase):
+    """A stdout whose device refuses every byte (a full disk, a pipe its reader closed)."""
+
+    def __init__(self, number: int, devnull: int) -> None:
+        self.number = number
+        self.devnull = devnull
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:  # what a pipe's reader going away leads rich to dup2 over
+        return self.devnull
+
+    def write(self, _: Any) -> int:
+        raise OSError(self.number, os.strerror(self.number))
+
+
+def test_every_command_has_a_valid_use() -> None:
+    assert sorted(VALID) == sorted(path for path, _ in FUZZED)
+
+
+@pytest.mark.parametrize("path", sorted(VALID), ids=" ".join)
+def test_output_that_cannot_be_written_is_one_line_for_every_command(
+    fuzz_env: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    path: tuple[str, ...],
+) -> None:
+    """A full disk: one line saying so, exit 1; a pipe closed early: quiet, exit 1; no stdout
+    at all (``>&-``): one line saying where to write. A command that prints nothing is not
+    disturbed; a chat whose reply cannot be shown is still on the ledger."""
+    args = [*path, *VALID[path]]
+    result, ledger = fuzz_env(args)
+    assert result.code == 0, result
+    prints = result.stdout != ""
+    listed = fuzz_env(["limit", "list"])[0].stdout
+    said = {
+        errno.ENOSPC: "error: cannot write the output: No space left on device; free some space "
+        "and run again",
+        errno.EPIPE: None,
+        None: "error: cannot write the output: stdout is closed; give the command somewhere to "
+        "write (> FILE)",
+    }
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    request.addfinalizer(lambda: os.close(devnull))
+    for number, line in said.items():
+        for write_through in (False, True):
+            with monkeypatch.context() as streams:
+                stdout = None
+                if number is not None:
+                    raw = io.BufferedWriter(_Refusing(number, devnull))
+                    stdout = io.TextIOWrapper(raw, encoding="utf-8", write_through=write_through)
+                streams.setattr(sys, "stdout", stdout)
+                result, ledger = fuzz_env(args)
+            assert result.code in EXITS and "Traceback" not in result.stderr, (number, result)
+            errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+            if not prints:
+                assert result.code == 0 and errors == [], (number, result)
+            elif line is None:
+                assert result.code == 1 and errors == [], (number, result)
+            else:
+                assert result.code == 1 and errors == [line], (number, result)
+            # Nothing of it reaches the next command run in this process (the tests run
+            # them in one): rich kept the unwritten text for the next print, and went quiet
+            # for good after a closed pipe.
+            assert fuzz_env(["limit", "list"])[0].stdout == listed
+            if path == ("chat",):
+                with sqlite3.connect(ledger) as db:
+                    (chats,) = db.execute(
+                        "SELECT count(*) FROM spans WHERE source = 'cli'"
+                    ).fetchone()
+                assert chats == 1, number
