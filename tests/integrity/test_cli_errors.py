@@ -87,6 +87,11 @@ def test_no_value_a_user_types_gives_a_traceback(
         (["chat", "--dept", "sales\n", "hi"], "has characters other than"),
         (["reprice", "--since", "2026-11-10", "--until", "2026-11-01"], "is before --since"),
         (["report", "--since", "9998-01-01"], "--since 9998-01-01 is after today"),
+        # a byte that is not UTF-8 in a server's URL (a Latin-1 shell): "unexpected
+        # UnicodeEncodeError", exit 70, from the spool folder's name or SQLAlchemy
+        (["log", "--db", "postgresql+psycopg://x@127.0.\udce90.1:1/db"], "not UTF-8 text"),
+        (["db", "upgrade", "--db", "postgresql+psycopg://x:p\udce9@h:1/db"], "not UTF-8 text"),
+        (["log", "--db", "postgresql+psycopg://x@127.0.0.1:1/d\udce9"], "not UTF-8 text"),
     ],
 )
 def test_mistakes_are_one_line(cli: Any, args: list[str], says: str) -> None:

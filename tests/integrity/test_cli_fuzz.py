@@ -334,6 +334,7 @@ def fuzz_env(
 @example(args=["db", "backup", "x\udce9.db"], zone="UTC")
 @example(args=["db", "import", "caf\udce9"], zone="UTC")
 @example(args=["report", "--format", "csv", "--out", "r\udce9.csv"], zone="UTC")
+@example(args=["db", "upgrade", "--db", "postgresql+psycopg://x@127.0.\udce90.1:1/db"], zone="UTC")
 def test_whatever_a_user_types_the_answer_keeps_the_contract(
     fuzz_env: Any, monkeypatch: pytest.MonkeyPatch, args: list[str], zone: str
 ) -> None:
