@@ -598,3 +598,49 @@ def test_output_that_cannot_be_written_is_one_line_for_every_command(
                         "SELECT count(*) FROM spans WHERE source = 'cli'"
                     ).fetchone()
                 assert chats == 1, number
+
+
+def _params_of_valid_uses() -> list[tuple[tuple[str, ...], Param]]:
+    return [
+        (path, param)
+        for path, params in FUZZED
+        for param in params
+        if param.kind != "flag" and param.name != "db"
+    ]
+
+
+def _given(path: tuple[str, ...], param: Param, value: str) -> list[str]:
+    """The valid use of ``path`` with ``param`` given ``value`` instead."""
+    (params,) = [params for p, params in FUZZED if p == path]
+    takes_value = {opt for p in params if p.kind == "option" for opt in p.opts}
+    kept: list[str] = []
+    args = iter(VALID[path])
+    for arg in args:
+        if arg in takes_value:
+            given = next(args)
+            if arg not in param.opts:
+                kept += [arg, given]
+        elif arg.startswith("-") or param.kind != "argument":
+            kept.append(arg)
+    return (
+        [*path, *kept, value] if param.kind == "argument" else [*path, *kept, param.opts[0], value]
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "param"),
+    _params_of_valid_uses(),
+    ids=lambda x: " ".join(x) if isinstance(x, tuple) else (x.opts[0]),
+)
+def test_every_value_takes_any_characters_without_a_crash(
+    fuzz_env: Any, path: tuple[str, ...], param: Param
+) -> None:
+    """Each option and argument of each command, in an otherwise valid use, given a byte that is not UTF-8
+    (a lone surrogate, as argv holds it), a NUL, an escape sequence, nothing: every one is
+    answered by the contract. A sweep, where the fuzz above samples."""
+    for value in ("m\udce9", "caf\udce9.csv", "a\x00b", "\x1b[2J", ""):
+        args = _given(path, param, value)
+        result, ledger = fuzz_env(args)
+        check(result, args)
+        if result.code != 0:
+            assert _charged(ledger) == _charged(ledger.parent.parent / "base.db"), args
