@@ -260,6 +260,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{value!r} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
             )
+        if url.get_backend_name() != "sqlite" and any("\udc80" <= c <= "\udcff" for c in value):
+            # Bytes that are not UTF-8 (a Latin-1 shell) arrive as lone surrogates: a file's
+            # name may hold them, a server's address, user, password or database cannot.
+            raise ValueError(
+                f"{value!r} is not UTF-8 text; write the URL in UTF-8 (a character that is "
+                "not ASCII in a user name or password percent-encoded, e.g. %C3%A9 for é)"
+            )
         return value.strip()
 
     @field_validator("department_budgets")

@@ -37,7 +37,7 @@ from ollama_meter.cli import (
     report,
     serve,
 )
-from ollama_meter.cli._common import err, printable, settings
+from ollama_meter.cli._common import err, out, printable, settings
 from ollama_meter.errors import OmeterError
 
 app = typer.Typer(
@@ -98,6 +98,13 @@ def _logging() -> None:
 
 def main() -> None:
     """Entry point: run the app, turning ometer's own errors into one line and an exit code."""
+    try:
+        _main()
+    finally:  # however it ended (click ends a closed pipe itself, with SystemExit)
+        out.discard()
+
+
+def _main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     if sys.stdout is None:  # started with it closed (`>&-`): Python gives no stream at all
         sys.stdout = _ClosedStdout()

@@ -9,6 +9,7 @@ cannot make links, clear the screen, move the cursor or hide text.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
     from ollama_meter.config import Settings
     from ollama_meter.ledger import Ledger
 
-_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 _NEWLINE = re.compile("\n")
 _TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """What a terminal acts on rather than shows (escape sequences, carriage returns), bar tab and newline."""
@@ -44,7 +47,9 @@ REPLACEMENT = "\ufffd"
 
 
 def printable(text: str, *, newlines: bool = False) -> str:
-    """``text`` with every control character replaced by U+FFFD (newlines kept if asked).
+    """``text`` with every control character replaced by U+FFFD (newlines kept if asked),
+    and every lone surrogate: a file name's bytes that are not UTF-8 arrive in argv as
+    those, and no stream can encode one (writing it raised in the middle of a message).
 
     One character for one, so styled spans over the text stay where they were.
     """
@@ -86,6 +91,18 @@ class _TextConsole(Console):
             for o in objects
         ]
         super().print(*safe, **options)
+
+    def on_broken_pipe(self) -> None:
+        """The reader went away: an OSError for main() to end the command with, quietly and
+        exit 1, as any other output that cannot be written. (Rich's own answer also made
+        this console quiet for good: in a process that runs one command after another, the
+        tests or an embedding, every later command printed nothing.)"""
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    def discard(self) -> None:
+        """Drop what a failed write left unwritten; rich would print it before the next
+        command's output."""
+        del self._buffer[:]
 
 
 out = _TextConsole(highlight=False, soft_wrap=True, markup=False, emoji=False)

@@ -21,7 +21,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from ollama_meter._runtime import runtime
-from ollama_meter.errors import BudgetError, LedgerError, PricingError
+from ollama_meter.errors import BudgetError, LedgerError, PricingError, ValidationError
 from ollama_meter.ledger import (
     _aggregate,
     _budgets,
@@ -345,6 +345,10 @@ class Ledger(DurableLedger):
             return _limits.set_limit(conn, limit)
 
     def remove_limit(self, tenant: str, department: str | None, key_id: int | None) -> None:
+        # A name no limit can have is said as such (and one with a byte that is not UTF-8
+        # never reaches the database, which cannot encode it).
+        if key_id is None and (problem := Limit(tenant, department).problem()):
+            raise ValidationError(problem)
         with self.write() as conn:
             known = key_id is None or _row_id(key_id)
             if not (known and _limits.remove_limit(conn, tenant, department, key_id)):

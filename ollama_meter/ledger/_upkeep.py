@@ -214,7 +214,8 @@ def _partial_name(target: Path) -> Path:
     takes with SQLite's ``-journal`` after it (a target name near it is cut short here)."""
     mark = f".{os.getpid()}.{secrets.token_hex(4)}.partial"
     room = _NAME_MAX - 1 - len(mark) - len("-journal")
-    head = target.name.encode()[:room].decode(errors="ignore")
+    # The name's own bytes (os.fsencode): one that is not UTF-8 arrives with surrogates in it.
+    head = os.fsdecode(os.fsencode(target.name)[:room])
     return target.with_name(f".{head}{mark}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,11 @@ def test_no_value_a_user_types_gives_a_traceback(
         (["chat", "--dept", "sales\n", "hi"], "has characters other than"),
         (["reprice", "--since", "2026-11-10", "--until", "2026-11-01"], "is before --since"),
         (["report", "--since", "9998-01-01"], "--since 9998-01-01 is after today"),
+        # a byte that is not UTF-8 in a server's URL (a Latin-1 shell): "unexpected
+        # UnicodeEncodeError", exit 70, from the spool folder's name or SQLAlchemy
+        (["log", "--db", "postgresql+psycopg://x@127.0.\udce90.1:1/db"], "not UTF-8 text"),
+        (["db", "upgrade", "--db", "postgresql+psycopg://x:p\udce9@h:1/db"], "not UTF-8 text"),
+        (["log", "--db", "postgresql+psycopg://x@127.0.0.1:1/d\udce9"], "not UTF-8 text"),
     ],
 )
 def test_mistakes_are_one_line(cli: Any, args: list[str], says: str) -> None:
@@ -384,3 +390,17 @@ def test_input_nested_deeper_than_python_recurses_is_one_line(
     result = cli(*args)
     line = one_error_line(result)
     assert result.code in (1, 2) and "unexpected" not in line and says in line, line
+
+
+def test_a_file_name_that_is_not_utf8_is_used_as_given(cli: Any, tmp_path: Path) -> None:
+    """A Latin-1 name (``ometer db backup $'copie-\\xe9t\\xe9.db'``) reaches Python as lone
+    surrogates: the backup failed with "unexpected UnicodeEncodeError" (exit 70), and a message
+    naming such a file could not be written at all. The file gets the bytes as typed; a
+    message shows each byte that is not UTF-8 as U+FFFD."""
+    name = os.fsdecode(b"copie-\xe9t\xe9.db")
+    result = cli("db", "backup", name)
+    assert result.code == 0, result.stderr
+    assert (tmp_path / name).is_file() and os.fsencode(name) in os.listdir(os.fsencode(tmp_path))
+    assert "copie-\ufffdt\ufffd.db" in result.stdout
+    line = one_error_line(cli("db", "import", os.fsdecode(b"caf\xe9")))
+    assert line == "error: cannot read caf\ufffd: No such file or directory"
