@@ -827,7 +827,7 @@ def test_a_call_slower_than_its_models_history_is_cut_at_the_time_it_was_admitte
     assert (span.status, span.error_type) == ("error", "over_cap")
     assert span.duration_source == "measured" and span.cost_compute > 0  # the time it ran
     message = "of busy time it was admitted on"
-    if stream:
-        assert reply.status_code == 200 and message in reply.text
+    if stream:  # cut mid-stream (an error item), or before its first byte came (a 502)
+        assert reply.status_code in (200, 502) and message in reply.text
     else:
         assert reply.status_code == 502 and message in error_text(reply, path)
