@@ -29,6 +29,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "_names",
             "_paths",
             "_lazy",
+            "_forks",
             "_runtime",
             "_urls",
             "errors",

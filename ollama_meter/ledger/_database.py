@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     DataError,
@@ -27,6 +27,7 @@ from sqlalchemy.exc import (
     TimeoutError as PoolTimeout,
 )
 
+from ollama_meter._forks import renew_after_fork
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import in_bulk
 from ollama_meter.ledger._engine import (
@@ -65,6 +66,54 @@ class Database:
         self._reopening = threading.Lock()
         self._known: tuple[int, int] | None = None
         """The identity of the file this database is (SQLite), from its first use on."""
+        self._in_use = 0
+        self._forking = False
+        self._quiet = threading.Condition(threading.Lock())
+        if self._sqlite:
+            event.listen(self.engine, "checkout", self._checked_out)
+            event.listen(self.engine, "checkin", self._checked_in)
+        renew_after_fork(self)
+
+    # -- a fork (see ``_forks``) -----------------------------------------------------------
+
+    def _checked_out(self, *_: object) -> None:
+        with self._quiet:
+            while self._forking:
+                self._quiet.wait()
+            self._in_use += 1
+
+    def _checked_in(self, *_: object) -> None:
+        with self._quiet:
+            self._in_use -= 1
+            self._quiet.notify_all()
+
+    def _before_fork(self) -> None:
+        """Let the fork wait (``wait`` seconds at most) until no thread uses a connection.
+
+        SQLite keeps what a process's connections to a file hold (locks, the WAL index) in
+        structures the whole process shares: a child forked while a thread of its parent
+        was inside a write inherited a lock no thread of it would ever release, and its
+        every write waited ``wait`` seconds, then went to the spool."""
+        if not self._sqlite:
+            return  # a server's sessions are per connection: the child opens its own
+        self._quiet.acquire()  # held across the fork: no connection is taken meanwhile
+        self._forking = True
+        self._quiet.wait_for(lambda: self._in_use == 0, timeout=self._wait)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._sqlite:
+            self._forking = False
+            self._quiet.notify_all()
+            self._quiet.release()
+
+    def _after_fork(self) -> None:
+        """A forked child opens connections of its own: one SQLite connection (or one
+        PostgreSQL session) used by two processes is not safe. The parent's are left to it."""
+        self.engine.dispose(close=False)
+        self._reopening = threading.Lock()
+        self._in_use = 0
+        self._forking = False
+        self._quiet = threading.Condition(threading.Lock())
 
     def on_new_file(self) -> None:
         """Called when the SQLite file was removed or replaced and connections now open

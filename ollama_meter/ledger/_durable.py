@@ -122,6 +122,12 @@ class DurableLedger(Database):
         self._held_lock = threading.Lock()
         self._held_tried = 0.0
 
+    def _after_fork(self) -> None:
+        """The child writes what the parent held in memory too (recording is idempotent:
+        whichever process gets there first records it once)."""
+        super()._after_fork()
+        self._held_lock = threading.Lock()
+
     def recover(self) -> int:
         """Record spans a refused write left in the spool; how many there were."""
         return self._drain() or 0

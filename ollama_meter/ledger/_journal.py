@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ollama_meter._forks import renew_after_fork
 from ollama_meter.ledger._spool import span_from_json, span_json
 from ollama_meter.records import SpanRecord
 
@@ -56,6 +57,21 @@ class Journal:
         self._open: dict[str, bytes] = {}
         self._size = 0
         self._warned = False
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """A forked child keeps a journal of its own, from its first call.
+
+        Its calls written in the parent's file were lost with it: the parent, ending well,
+        removes its file, and rewrites it with only its own open calls as it grows. The
+        child's copy of the descriptor is closed; the parent's lock on the file stays."""
+        self._lock = threading.Lock()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = self._path = None
+        self._open = {}
+        self._size = 0
 
     def opened(self, span: SpanRecord, input_estimate: int) -> None:
         """Note a call about to go upstream. Best effort: a failure is logged, never raised."""

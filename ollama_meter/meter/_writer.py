@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
+from ollama_meter._forks import renew_after_fork
 from ollama_meter.records import SpanRecord, Stored
 
 
@@ -37,6 +38,14 @@ class _Batch:
 class GroupCommitWriter:
     def __init__(self, sink: SpanSink) -> None:
         self._sink = sink
+        self._lock = threading.Lock()
+        self._pending = _Batch(self._lock)
+        self._committing = False
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """A forked child's writer: no commit runs in it (the parent's thread that ran one is
+        not there), and the spans waiting in the parent are the parent's to commit."""
         self._lock = threading.Lock()
         self._pending = _Batch(self._lock)
         self._committing = False

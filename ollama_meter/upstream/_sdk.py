@@ -22,6 +22,7 @@ import httpx
 import ollama
 import pydantic
 
+from ollama_meter._forks import renew_after_fork
 from ollama_meter.errors import UpstreamError
 from ollama_meter.upstream._classify import (
     Failure,
@@ -127,14 +128,24 @@ class Upstream(Resilient):
         )
         self._timeout = httpx.Timeout(timeout, connect=10.0)
         self._headers = dict(headers or {})
-        self.client = ollama.Client(
-            host=host,
+        self.client = self._new_client()
+        self._async: ollama.AsyncClient | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        renew_after_fork(self)
+
+    def _new_client(self) -> ollama.Client:
+        return ollama.Client(
+            host=self.host,
             timeout=self._timeout,
             headers=self._headers,
             event_hooks={"request": [_waits], "response": [_heard]},
         )
-        self._async: ollama.AsyncClient | None = None
-        self._async_loop: asyncio.AbstractEventLoop | None = None
+
+    def _after_fork(self) -> None:
+        """A forked child connects to Ollama on its own: on a kept-alive connection it
+        shared with its parent, each process read the other's answers."""
+        self.client = self._new_client()
+        self._async = self._async_loop = None
 
     @property
     def async_client(self) -> ollama.AsyncClient:

@@ -1,0 +1,172 @@
+"""A client made before ``os.fork()`` and used on both sides (gunicorn ``--preload``,
+multiprocessing's fork start method, celery's prefork pool).
+
+The child inherits the parent's sockets, locks and files as they were at the fork. Its
+calls must be its own: own connections to Ollama and the ledger, own journal, and no
+lock or commit in progress that belonged to a parent's thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ollama_meter import MeteredClient
+from ollama_meter.ledger import SpanFilter, close_ledgers
+from ollama_meter.testing import OllamaEmulator, expected_reply
+
+MODEL = "llama3.1:8b"
+HANG = 60.0
+"""Seconds after which a child that has not answered is taken as hung (a deadlock guard)."""
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def said(who: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"this is the {who} speaking"}]
+
+
+def forked(work: Callable[[], Any]) -> tuple[int, Callable[[], Any]]:
+    """Run ``work`` in a forked child; its pid, and a function that waits for its result.
+
+    The child never returns into pytest: it sends ``work()`` (JSON) or the exception's repr
+    up a pipe and leaves with ``os._exit``, as multiprocessing's children do."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        try:
+            try:
+                out = {"result": work()}
+            except BaseException as exc:
+                out = {"error": repr(exc)}
+            os.write(write, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+
+    def result() -> Any:
+        try:
+            ready, _, _ = select.select([read], [], [], HANG)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                pytest.fail(f"the forked child did not finish within {HANG} s: it hangs")
+            data = b""
+            while chunk := os.read(read, 65536):
+                data += chunk
+        finally:
+            os.close(read)
+            os.waitpid(pid, 0)
+        out = json.loads(data or b'{"error": "the child died without a word"}')
+        assert "error" not in out, out["error"]
+        return out["result"]
+
+    return pid, result
+
+
+@pytest.fixture
+def client(sqlite_url: str, emulator: OllamaEmulator) -> Iterator[MeteredClient]:
+    with MeteredClient(department="sales", tenant="acme", db_url=sqlite_url) as metered:
+        yield metered
+
+
+def test_a_child_and_its_parent_each_get_their_own_answer(
+    client: MeteredClient, emulator: OllamaEmulator
+) -> None:
+    """The parent's kept-alive connection to Ollama is the parent's: a child that wrote its
+    request on it too read the parent's answer (a reply meant for someone else) or sent
+    Ollama a request spliced into the parent's (400)."""
+    client.chat(model=MODEL, messages=said("warm-up"))  # leaves a connection in the pool
+    emulator.latency = 0.3  # both requests are in flight at once
+
+    def child() -> str:
+        return str(client.chat(model=MODEL, messages=said("child")).message.content)
+
+    _, child_reply = forked(child)
+    parent_reply = client.chat(model=MODEL, messages=said("parent")).message.content
+    assert (parent_reply, child_reply()) == (
+        expected_reply(MODEL, said("parent")).content,
+        expected_reply(MODEL, said("child")).content,
+    )
+    spans = client.meter.ledger.latest(SpanFilter(), 10)
+    assert sorted(s.status for s in spans) == ["ok", "ok", "ok"]
+
+
+def test_a_child_forked_while_a_thread_commits_commits_its_own_spans(
+    client: MeteredClient, tmp_path: Path
+) -> None:
+    """A fork taken while another thread of the parent commits a span.
+
+    The child's copy of the writer said a commit was running, one no thread of the child
+    would ever end: its first call waited for ever. And SQLite keeps a process's locks
+    on a file in structures all its connections share: the child inherited the lock the
+    thread was taking, and every write of the child waited 5 s, then went to the spool.
+    The fork now waits for the commit (``OMETER_LEDGER_WAIT`` at most)."""
+    client.chat(model=MODEL, messages=said("warm-up"))
+    blocker = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")  # the parent's commit waits for this lock
+    parent = threading.Thread(
+        target=client.chat, kwargs={"model": MODEL, "messages": said("parent's thread")}
+    )
+    parent.start()
+    ledger = client.meter.ledger
+
+    def unblock_once_the_fork_waits() -> None:
+        while not ledger._forking:
+            threading.Event().wait(0.01)
+        blocker.execute("ROLLBACK")
+
+    unblocker = threading.Thread(target=unblock_once_the_fork_waits)
+    try:
+        while not client.meter.writer._committing:  # the thread is inside its commit
+            parent.join(0.01)
+        unblocker.start()
+
+        def child() -> list[tuple[str, str]]:
+            spans = [client.chat(model=MODEL, messages=said(f"child {n}")).meter for n in (1, 2)]
+            return [(s.id, s.status) for s in spans if s is not None]
+
+        _, child_result = forked(child)
+        unblocker.join()
+    finally:
+        blocker.close()
+    parent.join()
+    mine = child_result()
+    assert [status for _, status in mine] == ["ok", "ok"]
+    statuses = {s.id: s.status for s in client.meter.ledger.latest(SpanFilter(), 10)}
+    assert len(statuses) == 4 and all(statuses[i] == "ok" for i, _ in mine)
+    assert not client.meter.ledger.spool.pending()  # committed, not spooled
+
+
+def test_a_call_a_killed_child_had_in_flight_is_recorded_as_interrupted(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """A child wrote its calls in the parent's journal: the parent, ending well, removed the
+    file with the child's unfinished call in it, and that call Ollama received was lost."""
+    client = MeteredClient(department="sales", tenant="acme", db_url=sqlite_url)
+    client.chat(model=MODEL, messages=said("warm-up"))  # the parent's journal is open
+    emulator.latency = HANG  # the child's call is in flight until it is killed
+    pid, _ = forked(lambda: client.chat(model=MODEL, messages=said("child")).model_dump())
+    while emulator.in_flight == 0:
+        threading.Event().wait(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    emulator.latency = 0
+    client.close()
+    close_ledgers()  # the parent ends well: its journal is given up
+
+    with MeteredClient(db_url=sqlite_url) as later:  # the next process that meters calls
+        spans = later.meter.ledger.latest(SpanFilter(), 10)
+    assert sorted((s.status, s.tenant, s.department) for s in spans) == [
+        ("interrupted", "acme", "sales"),
+        ("ok", "acme", "sales"),
+    ]
