@@ -8,6 +8,7 @@ lock or commit in progress that belonged to a parent's thread.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -170,3 +171,87 @@ def test_a_call_a_killed_child_had_in_flight_is_recorded_as_interrupted(
         ("interrupted", "acme", "sales"),
         ("ok", "acme", "sales"),
     ]
+
+
+def test_a_child_holds_none_of_its_parents_budget_leases(
+    client: MeteredClient, emulator: OllamaEmulator
+) -> None:
+    """A hard budget's hold is a lease row per process: a child that kept the parent's lease
+    in memory would admit against the parent's room, or rewrite (or give back) the parent's
+    row while the parent's call still runs, and another process could spend that room."""
+    from ollama_meter.budgets import Budget
+    from tests.factories import token_prices
+
+    ledger = client.meter.ledger
+    ledger.add_price_rule(token_prices())
+    ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10**9, currency="USD")
+    )
+    emulator.token_latency = 0.2
+    try:
+        stream = iter(client.chat(model=MODEL, messages=said("parent"), stream=True))
+        next(stream)  # the parent's call is in flight: its lease row holds its bound
+        gate = client.meter.budgets
+        assert gate is not None
+        parents = sorted(lease.row_id for lease in gate._leases.values())
+        assert parents
+
+        def child() -> dict[str, Any]:
+            held_at_fork = len(gate._leases)
+            client.chat(model=MODEL, messages=said("child"))
+            with ledger.read() as conn:
+                rows = sorted(
+                    r[0] for r in conn.exec_driver_sql("SELECT id FROM budget_reservations")
+                )
+            return {"held_at_fork": held_at_fork, "rows": rows}
+
+        _, result = forked(child)
+        seen = result()
+        list(stream)
+    finally:
+        emulator.token_latency = 0.0
+    assert seen["held_at_fork"] == 0
+    assert set(parents) <= set(seen["rows"])  # the parent's hold stood through the child's call
+
+
+def test_a_child_delivers_its_own_alerts(tmp_path: Path) -> None:
+    """The alert thread was the parent's: in a child it was not there, yet the dispatcher
+    took it as started, so the child's alerts waited in its queue and were never sent."""
+    from datetime import UTC, datetime
+
+    from ollama_meter.budgets import AlertDispatcher
+    from ollama_meter.ledger import Ledger
+    from ollama_meter.records import Alert
+
+    class Noted:
+        name = "noted"
+
+        def __init__(self) -> None:
+            self.sent: list[int] = []
+
+        def send(self, alert: Alert) -> str:
+            self.sent.append(alert.threshold)
+            return "noted"
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    channel = Noted()
+    dispatcher = AlertDispatcher(ledger, [channel])
+
+    def fired(threshold: int) -> Alert:
+        when = datetime(2026, 11, 1, tzinfo=UTC)
+        alert = Alert(0, 1, "acme", None, "month", "2026-11", when, threshold, 5, 5, "USD")
+        with ledger.budget_transaction() as store:
+            alert_id = store.claim_alert(alert, when)
+        assert alert_id is not None
+        return dataclasses.replace(alert, id=alert_id)
+
+    dispatcher.dispatch(fired(50))
+    assert dispatcher.flush(5.0) and channel.sent == [50]
+
+    def child() -> list[int]:
+        dispatcher.dispatch(fired(90))
+        assert dispatcher.flush(5.0)
+        return channel.sent
+
+    _, result = forked(child)
+    assert result() == [50, 90]

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ollama_meter._forks import renew_after_fork
 from ollama_meter._logging import Throttled
 from ollama_meter._runtime import runtime
 from ollama_meter._urls import shown
@@ -270,6 +271,14 @@ class AlertDispatcher:
         self._recording = threading.Lock()
         self._closed = self._part = False
         self._failures = Throttled(log)
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """A forked child delivers its own alerts, on a thread of its own (the parent's is not
+        there); what the parent had queued is the parent's to send."""
+        self._queue = queue.Queue()
+        self._thread = None
+        self._lock, self._recording = threading.Lock(), threading.Lock()
 
     def dispatch(self, alert: Alert, done: dict[str, str] | None = None) -> None:
         with self._lock:

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from ollama_meter._forks import renew_after_fork
 from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import Reloaded, WouldBlock
 from ollama_meter.budgets._alerts import AlertDispatcher
@@ -103,6 +104,16 @@ class BudgetGate:
         # While the database is away the budgets loaded before stay in force, so callers
         # no budget covers keep being served.
         self._budgets = Reloaded(ledger.budgets, ttl=ttl, what="budgets")
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        """A forked child's gate holds no lease: the parent's rows are the parent's (a child
+        admitting against one in memory, or writing its row, would spend or drop the parent's
+        hold), and the parent's keeper thread is not there."""
+        self._leases = {}
+        self._lock = threading.Lock()
+        self._keeper = None
+        self._closing = threading.Event()
 
     def budgets_for(self, tenant: str, department: str) -> list[Budget]:
         """The budgets covering a caller, reloaded from the ledger every ``ttl`` seconds."""
