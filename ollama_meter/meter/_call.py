@@ -58,8 +58,6 @@ class MeteredCall:
         self.paid_ns: int | None = None
         """The busy time the call's bound pays for: the call is charged no more (see
         :meth:`measure`)."""
-        """Busy time Ollama reported past :attr:`paid_ns`, not charged (see :meth:`measure`)."""
-        self.cut_on_time = False
         self.stored: Stored | None = None
         """Where the span went once the call closed: the ledger, the spool, ..."""
         self._t0 = time.perf_counter_ns()
@@ -135,7 +133,6 @@ class MeteredCall:
 
     def out_of_time(self) -> OverCap:
         """The failure of a call cut at :attr:`time_cap_ns`."""
-        self.cut_on_time = True
         seconds = (self.time_cap_ns or 0) / 1e9
         return OverCap(
             f"{self.span.upstream_host or 'Ollama'} ran the call longer than the {seconds:,.1f} s "
