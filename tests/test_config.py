@@ -365,3 +365,21 @@ def test_what_ometer_serve_reads_from_the_environment_only_is_not_trusted_to_a_d
         "OMETER_ADMIN_TOKEN in .env is ignored: ometer serve reads it from the environment "
         "only; export it or give its flag"
     ]
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "Asia/Kolkata"])
+def test_zones_known_on_a_host_without_zone_data(cli, monkeypatch, zone: str) -> None:  # type: ignore[no-untyped-def]
+    """A slim container has no /usr/share/zoneinfo: the tzdata package stands in (even UTC
+    was refused without it)."""
+    import zoneinfo
+
+    zoneinfo.reset_tzpath(to=[])
+    zoneinfo.ZoneInfo.clear_cache()
+    try:
+        monkeypatch.setenv("OMETER_TIMEZONE", zone)
+        assert load_settings().tz.key == zone
+        done = cli("report", "--period", "month")
+        assert done.code == 0, done.stderr
+    finally:
+        zoneinfo.reset_tzpath()
+        zoneinfo.ZoneInfo.clear_cache()

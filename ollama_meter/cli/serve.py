@@ -255,9 +255,9 @@ def _foreground(command: list[str], env: dict[str, str]) -> int:
     try:
         program = subprocess.Popen(command, env=env)
     except FileNotFoundError:
-        raise ValidationError(f"no such program: {command[0]}") from None
+        raise _not_run(f"no such program: {command[0]}", 127) from None
     except OSError as exc:  # not executable, a directory, ...
-        raise ValidationError(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+        raise _not_run(f"cannot run {command[0]}: {exc.strerror or exc}", 126) from None
     before = {
         signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
         signal.SIGTERM: signal.signal(signal.SIGTERM, lambda sig, _: program.send_signal(sig)),
@@ -366,3 +366,11 @@ def revoke_key(key_id: RowId, db: DbOption = None) -> None:
     """Revoke a key (its id from `ometer keys list`): the gateway refuses it from the next request on."""
     ledger_at(db).revoke_key(key_id)
     out.print(f"revoked key {key_id}")
+
+
+def _not_run(message: str, status: int) -> ValidationError:
+    """The error for a program that could not be started, with the status a shell gives
+    it (127: not found, 126: found but not runnable), so scripts tell it from the program's."""
+    error = ValidationError(message)
+    error.exit_code = status
+    return error

@@ -148,8 +148,18 @@ def test_ometer_run_meters_a_legacy_script(emulator: OllamaEmulator, tmp_path: P
         timeout=60,
         check=False,
     )
-    assert not_a_program.returncode == 2
+    assert not_a_program.returncode == 126  # as a shell has it
     assert not_a_program.stderr.strip().endswith(f"cannot run {tmp_path}: Permission denied")
+    missing = subprocess.run(
+        [*OMETER, "run", "--", str(tmp_path / "nothing")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 127
+    assert missing.stderr.strip().endswith(f"no such program: {tmp_path / 'nothing'}")
 
 
 def test_keys_commands(cli, db_url: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
