@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -180,6 +181,7 @@ def backup(
             "file's path"
         )
     target = through or target
+    _sweep_killed(target)
     partial = _partial_name(target)
     try:
         # Made here, so a folder that is not there says so (SQLite would say only
@@ -217,6 +219,37 @@ def _partial_name(target: Path) -> Path:
     # The name's own bytes (os.fsencode): one that is not UTF-8 arrives with surrogates in it.
     head = os.fsdecode(os.fsencode(target.name)[:room])
     return target.with_name(f".{head}{mark}")
+
+
+_STALE_S = 3600
+"""How long a temp copy whose process is gone must have been left untouched to be swept."""
+
+
+def _sweep_killed(target: Path) -> None:
+    """Remove the temp copies that earlier backups to ``target`` left when killed (``kill
+    -9``, a power cut: nothing ran to remove them), each the ledger's size.
+
+    Only a copy whose process is gone from this host and that nobody wrote for an hour:
+    a live backup's (here, or another host's on a shared folder) is written to all along.
+    """
+    name = os.fsencode(target.name)
+    try:
+        left = [*target.parent.glob(".*.partial"), *target.parent.glob(".*.partial-journal")]
+    except OSError:
+        return
+    for path in left:
+        head, _, rest = path.name[1:].removesuffix("-journal").rpartition(".partial")
+        head, pid, _ = [*head.rsplit(".", 2), "", ""][:3]
+        if rest or not head or not name.startswith(os.fsencode(head)) or not pid.isdigit():
+            continue
+        try:
+            if time.time() - path.stat().st_mtime < _STALE_S:
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            discard(path)
+        except OSError:  # alive under another user, or gone already: not ours to judge
+            continue
 
 
 def _pages(progress: Callable[[int, int], None]) -> Callable[[int, int, int], None]:

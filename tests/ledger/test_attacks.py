@@ -596,3 +596,30 @@ def test_a_line_nested_deeper_than_python_recurses_is_refused_with_its_number(
     with pytest.raises(ValidationError, match="line 2: .*nested"):
         import_lines(ledger, [good, deep])
     assert ledger.count() == 1
+
+
+def test_a_backup_sweeps_the_temp_copies_killed_backups_left(tmp_path: Path) -> None:
+    """A ``kill -9``ed backup left its hidden temp copy (the ledger's size) for ever; the
+    next backup to the same file removes those whose process is gone and that nobody
+    wrote for an hour, and no other file."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.record(_spans(3))
+    dead_pid = subprocess.Popen(["true"])  # a pid that ran and ended
+    dead_pid.wait()
+    hour_ago = time.time() - 3700
+    names = {
+        "killed": f".copy.db.{dead_pid.pid}.0a1b2c3d.partial",
+        "killed_journal": f".copy.db.{dead_pid.pid}.0a1b2c3d.partial-journal",
+        "recent": f".copy.db.{dead_pid.pid}.ffffffff.partial",  # written a moment ago
+        "alive": f".copy.db.{os.getpid()}.00000000.partial",  # a backup still running
+        "other_target": f".other.db.{dead_pid.pid}.0a1b2c3d.partial",
+        "not_a_copy": ".copy.db.notes.partial",
+    }
+    for key, name in names.items():
+        (tmp_path / name).write_bytes(b"x")
+        if key != "recent":
+            os.utime(tmp_path / name, (hour_ago, hour_ago))
+    backup(ledger, tmp_path / "copy.db")
+    assert sorted(p.name for p in tmp_path.glob(".*")) == sorted(
+        names[k] for k in ("recent", "alive", "other_target", "not_a_copy")
+    )
