@@ -1,5 +1,6 @@
 """``ometer chat``: a metered chat with Ollama from the terminal."""
 
+import contextlib
 import json
 import math
 import re
@@ -135,6 +136,10 @@ def _turn(session: _Session, messages: list[dict[str, str]]) -> str:
                 out.file.write(inert(text, terminal=out.is_terminal))
                 out.file.flush()
     except (OmeterError, KeyboardInterrupt, SystemExit) as exc:
+        if not as_json and not "".join(parts).endswith("\n") and any(parts):
+            with contextlib.suppress(OSError, ValueError):  # the cause is what to report
+                out.file.write("\n")  # the reason goes on a line of its own
+                out.file.flush()
         if as_json:
             if isinstance(exc, OmeterError):
                 failure: dict[str, Any] = {"error": str(exc), "error_type": _error_type(exc)}

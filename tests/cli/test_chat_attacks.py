@@ -457,6 +457,7 @@ def test_a_streamed_reply_stopped_by_a_signal_is_recorded_with_what_came(
         emulator.token_latency = 0.0
     shown = printed.decode()
     assert shown.startswith("".join(pieces[:3])) and len(shown) < len("".join(pieces))
+    assert shown.endswith("\n")  # what stopped it is said on a line of its own
     assert (
         stderr.endswith("interrupted\n") if signum == signal.SIGINT else "Traceback" not in stderr
     )
