@@ -81,11 +81,13 @@ def log(
         return
     if not spans:
         filtered = any(v is not None for v in (tenant, dept, model, status, user))
-        out.print(
-            "no spans match these filters"
-            if filtered
-            else "no spans yet; run `ometer chat ...` or `ometer demo`"
-        )
+        if filtered:
+            from ollama_meter.cli._hints import unmatched
+
+            hint = unmatched(ledger, tenant=tenant, department=dept, model=model, user=user)
+            out.print(f"no spans match these filters{f': {hint}' if hint else ''}")
+        else:
+            out.print("no spans yet; run `ometer chat ...` or `ometer demo`")
         return
     currencies = {span.currency for span in spans}
     single = len(currencies) == 1

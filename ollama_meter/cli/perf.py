@@ -61,6 +61,10 @@ def perf(
         out_file,
         lambda: out.print(render_table(result, cfg.timezone)),
     )
+    if not result.rows:
+        from ollama_meter.cli._hints import note_unmatched
+
+        note_unmatched(ledger_for(cfg), tenant=tenant, department=dept, model=model)
     for warning in result.warnings:
         err.print(f"warning: {warning}")
 

@@ -87,6 +87,10 @@ def report(
         out_file,
         lambda: out.print(render_table(result, cfg.timezone)),
     )
+    if not result.rows:
+        from ollama_meter.cli._hints import note_unmatched
+
+        note_unmatched(ledger_for(cfg), tenant=tenant, department=dept, model=model)
 
 
 # Narrow headings for the terminal; CSV and JSON keep the exact column names.

@@ -133,6 +133,19 @@ class Ledger(DurableLedger):
         with self.read() as conn:
             return _spans.extent(conn)
 
+    def names(self, column: str) -> list[str]:
+        """Every tenant, department, user or model some span has, sorted: read from the
+        month rollups (a row per month and combination), whatever the ledger's size."""
+        from ollama_meter.ledger._cells import ANYONE, Grain
+        from ollama_meter.ledger.models import RollupRow
+
+        named = getattr(RollupRow, column)
+        query = select(named).distinct().where(RollupRow.grain == int(Grain.MONTH), named != "")
+        if column == "user":  # a model may be called "*"; a user never is (the overview's)
+            query = query.where(named != ANYONE)
+        with self.read() as conn:
+            return sorted(conn.scalars(query))
+
     def page_after(self, where: _spans.SpanFilter, after: str, limit: int) -> list[SpanRecord]:
         """The next ``limit`` matching spans with ids above ``after`` (keyset paging)."""
         with self.read() as conn:

@@ -389,8 +389,37 @@ def test_log_with_filters_that_match_nothing_says_so(
     assert cli("chat", "-o", "num_predict=1", "hi").code == 0
     result = cli("log", "--status", "eror")
     assert (result.code, result.stdout) == (0, "no spans match these filters\n")
-    assert cli("log", "--tenant", "nobody").stdout == "no spans match these filters\n"
+    assert cli("log", "--tenant", "nobody").stdout == (
+        "no spans match these filters: no span has tenant 'nobody'\n"
+    )
     assert "1 span(s)" in cli("log").stdout
+
+
+def test_filters_naming_what_no_span_has_say_so_with_the_near_names(
+    cli, db: str, emulator: OllamaEmulator
+) -> None:  # type: ignore[no-untyped-def]
+    """A mistyped name (--dept unasigned) gave an empty report, as a quiet month would."""
+    assert cli("chat", "-o", "num_predict=1", "hi").code == 0
+    assert cli("log", "--dept", "unasigned", "--model", "llama3.1:8b").stdout == (
+        "no spans match these filters: no span has department 'unasigned' "
+        "(did you mean 'unassigned'?)\n"
+    )
+    for command in ("report", "perf"):
+        done = cli(command, "--period", "month", "--dept", "unasigned", "--model", "llama3:8b")
+        assert (done.code, done.stderr) == (
+            0,
+            "note: no span has department 'unasigned' (did you mean 'unassigned'?); "
+            "no span has model 'llama3:8b' (did you mean 'llama3.1:8b'?)\n",
+        )
+        assert "no calls in this period" in done.stdout
+    # Known names in a window without their calls, or together matching nothing: no hint.
+    assert cli("report", "--period", "2020-01", "--dept", "unassigned").stderr == ""
+    assert cli("log", "--dept", "unassigned", "--status", "error").stdout == (
+        "no spans match these filters\n"
+    )
+    assert cli("log", "--user", "\x1b[2J").stdout == (
+        "no spans match these filters: no span has user '\\x1b[2J'\n"
+    )
 
 
 def test_removing_a_keys_limits_that_are_not_there_names_the_key(cli, db: str) -> None:  # type: ignore[no-untyped-def]
