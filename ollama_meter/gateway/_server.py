@@ -7,6 +7,12 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
   50 MB header is never held in memory.
 - **A log no caller can flood.** uvicorn's warnings about requests it cannot parse are
   a line per message every 10 s at most.
+- **Room for the calls it takes.** Each connection holds a file descriptor, and so does
+  each call it sends on to Ollama, each ledger and spool file. A connection past
+  ``max_connections`` (half of what the open-file limit leaves after a reserve) is answered
+  503 and closed at once, so a flood of idle connections cannot leave a call unable to
+  reach Ollama (which read as Ollama being down and opened its breaker) or a span unable
+  to reach the spool. The soft open-file limit is raised to the hard one first.
 - **Attribution from headers only.** uvicorn appends chunked-body trailers to the
   headers the app reads (the same list), so an ``X-Ometer-Department`` trailer
   would move a call to another budget. Trailers are dropped here.
@@ -54,8 +60,39 @@ class _HeadTooLarge(Exception):
     """Raised inside a parser callback to stop parsing a request whose head is too large."""
 
 
+FILES_RESERVED = 64
+"""Descriptors kept for the process itself: the ledger, spool and journal files, logs, DNS."""
+_MOST_FILES = 1 << 20
+
+
+def open_files_limit() -> int:
+    """This process's soft limit on open files, raised to the hard limit first (as Go's
+    runtime does for every program): 1,024, the usual soft limit, is ~500 connections."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return _MOST_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    most = _MOST_FILES if hard == resource.RLIM_INFINITY else min(hard, _MOST_FILES)
+    if soft != resource.RLIM_INFINITY and soft < most:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (most, hard))
+            soft = most
+        except (ValueError, OSError):  # a container that forbids it: keep what there is
+            pass
+    return _MOST_FILES if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def connections_for(files: int) -> int:
+    """The connections a process allowed ``files`` open files takes: two descriptors each
+    (the caller's, and its call's to Ollama) after the reserve."""
+    return max(1, (files - FILES_RESERVED) // 2)
+
+
 class _GuardedHttpTools(HttpToolsProtocol):
     max_header_bytes = MAX_HEADER_BYTES
+    max_connections = connections_for(_MOST_FILES)
+    _refusals = Throttled(logging.getLogger("ollama_meter.gateway"))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -67,6 +104,30 @@ class _GuardedHttpTools(HttpToolsProtocol):
         self._head_bytes = 0  # the request line and complete headers, exactly
         self._partial_bytes = 0  # whole reads while a header is still arriving
         self._trailer_bytes = 0
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self._refuse_connection()
+
+    def _refuse_connection(self) -> None:
+        """Answer a connection past :attr:`max_connections` 503 and close it, its descriptor
+        freed at once; say so in the log (a line every 10 s at most)."""
+        more = self._refusals.more("refused")
+        if more is not None:
+            self._refusals.log.warning(
+                "refused a connection: %d are open, the most this process takes (its open-file "
+                "limit allows %d); raise the limit (ulimit -n, systemd LimitNOFILE=) or have "
+                "clients close idle connections%s",
+                len(self.connections) - 1,
+                self.max_connections,
+                more,
+            )
+        self._close_with(
+            b"503 Service Unavailable",
+            "the gateway has as many connections open as it takes; retry shortly",
+            b"retry-after: 1\r\n",
+        )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -119,17 +180,24 @@ class _GuardedHttpTools(HttpToolsProtocol):
             super().send_400_response(msg)
 
     def _refuse_head(self) -> None:
-        body = json.dumps(
-            {
-                "error": f"the request's headers are larger than {self.max_header_bytes} bytes; "
-                "send less in headers (prompts go in the body)"
-            }
-        ).encode()
+        self._close_with(
+            b"431 Request Header Fields Too Large",
+            f"the request's headers are larger than {self.max_header_bytes} bytes; "
+            "send less in headers (prompts go in the body)",
+        )
+
+    def _close_with(self, status: bytes, error: str, headers: bytes = b"") -> None:
+        """Answer ``status`` with ``{"error": error}`` and close the connection."""
+        body = json.dumps({"error": error}).encode()
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"HTTP/1.1 " + status + b"\r\n"
             b"content-type: application/json; charset=utf-8\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\n"
-            b"connection: close\r\n\r\n" + body
+            b"content-length: "
+            + str(len(body)).encode()
+            + b"\r\n"
+            + headers
+            + b"connection: close\r\n\r\n"
+            + body
         )
         self.transport.close()
 
@@ -140,10 +208,20 @@ def server_config(
     host: str,
     port: int,
     max_header_bytes: int = MAX_HEADER_BYTES,
+    max_connections: int | None = None,
     **options: Any,
 ) -> uvicorn.Config:
-    """uvicorn's configuration for the gateway ``app``, with the guarded HTTP protocol."""
-    protocol = type("GatewayHttp", (_GuardedHttpTools,), {"max_header_bytes": max_header_bytes})
+    """uvicorn's configuration for the gateway ``app``, with the guarded HTTP protocol.
+
+    ``max_connections`` defaults to what this process's open-file limit (raised to the
+    hard limit here) leaves room for: :func:`connections_for`.
+    """
+    most = connections_for(open_files_limit()) if max_connections is None else max_connections
+    protocol = type(
+        "GatewayHttp",
+        (_GuardedHttpTools,),
+        {"max_header_bytes": max_header_bytes, "max_connections": most},
+    )
     return uvicorn.Config(
         app,
         host=host,

@@ -45,7 +45,8 @@ class Gateway:
 def serve_on() -> Iterator[Callable[..., Gateway]]:
     """Start gateways on a given ledger URL: ``serve_on(upstream, db, clock, config, **options)``.
 
-    ``config`` overrides settings (``upstreams``, ``slots``...); ``options`` are GatewayOptions.
+    ``config`` overrides settings (``upstreams``, ``slots``...); ``server_options`` go to
+    ``server_config`` (``max_connections``); ``options`` are GatewayOptions.
     """
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
@@ -54,13 +55,16 @@ def serve_on() -> Iterator[Callable[..., Gateway]]:
         db: str,
         clock: Callable[[], datetime] | None = None,
         config: dict[str, Any] | None = None,
+        server_options: dict[str, Any] | None = None,
         **options: Any,
     ) -> Gateway:
         settings = load_settings(db_url=db, ollama_host=upstream, **(config or {}))
         port = unused_port()
         meter = Meter.from_settings(settings, source="gateway", clock=clock) if clock else None
         app = create_app(settings, GatewayOptions(**options), meter=meter)
-        server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port))
+        server = uvicorn.Server(
+            server_config(app, host="127.0.0.1", port=port, **(server_options or {}))
+        )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         deadline = time.monotonic() + 60  # a busy machine: a wait, not a measure

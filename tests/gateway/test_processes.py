@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -238,3 +239,66 @@ def test_ometer_run_leaves_signals_to_its_program(emulator: OllamaEmulator, tmp_
     )
     _, stderr = killed.communicate(timeout=60)
     assert killed.returncode == 128 + signal.SIGKILL, stderr
+
+
+def test_a_flood_of_idle_connections_leaves_calls_room_to_reach_ollama(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """Under an open-file limit of 96, 150 idle connections took every descriptor: a call on
+    a connection opened before them was answered 'cannot reach Ollama ... Too many open
+    files' three times over, and the breaker then refused calls to a healthy Ollama."""
+    import socket
+
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    few_files = (  # soft and hard: the gateway cannot raise it
+        "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96)); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'ollama_meter', *sys.argv[1:]])"
+    )
+    port = unused_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", few_files, "serve", "--port", str(port), "--upstream", emulator.url],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    caller = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if caller.get("/healthz").status_code == 200:
+                    break  # its connection is kept open, before the flood
+            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.1)
+        idle = []
+        for _ in range(150):
+            with contextlib.suppress(OSError):  # refused ones may be reset
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        _settle_files(proc.pid)  # the gateway took all it would
+        try:
+            for _ in range(3):
+                reply = caller.post(
+                    "/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
+                )
+                assert reply.status_code == 200, reply.text
+        finally:
+            for sock in idle:
+                sock.close()
+    finally:
+        caller.close()
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=30)[1]
+    assert [(s["status"], s["error_type"]) for s in logged(env)] == [("ok", None)] * 3
+    assert "refused a connection" in stderr and "Too many open files" not in stderr
+
+
+def _settle_files(pid: int) -> None:
+    """Wait until process ``pid`` has held the same number of open files for a second."""
+    deadline = time.monotonic() + 30
+    count, since = -1, time.monotonic()
+    while time.monotonic() - since < 1 and time.monotonic() < deadline:
+        now = len(os.listdir(f"/proc/{pid}/fd"))
+        if now != count:
+            count, since = now, time.monotonic()
+        time.sleep(0.05)
