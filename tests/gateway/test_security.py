@@ -501,11 +501,22 @@ def test_a_dot_encoded_twice_reaches_ollama_as_the_name_it_spells(
 
 
 def test_malformed_requests_cannot_flood_the_log(
-    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    serve_on: Any,
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """uvicorn logged a warning for every request it could not parse, and two for every
     ``Upgrade: websocket``, so anyone who reaches the port wrote the gateway's log at the
     rate they open connections; refusals of its own are a line every 10 s at most."""
+    from ollama_meter._logging import Throttled
+    from ollama_meter.gateway import _server
+
+    # The throttle is the process's: a test that logged a bad request in the last 10 s
+    # (the 431 in test_requests.py) would have silenced this one's first line.
+    fresh = Throttled(logging.getLogger("uvicorn.error"))
+    monkeypatch.setattr(_server._ThrottledWarnings, "_throttle", fresh)
     gw = serve_on(emulator.url, sqlite_url)
     upgrade = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n"  # fmt: skip
     uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's own: it does not propagate
