@@ -31,6 +31,7 @@ from ollama_meter._logging import Throttled
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._attribution import HEADER_KEY
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
+from ollama_meter.gateway._memory import TooLarge, take
 from ollama_meter.gateway._relay import error_response, wire_of
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -41,21 +42,16 @@ TOKEN_IN_QUERY = frozenset({"/dashboard", "/api/dash"})
 in a scrape URL it would show in Prometheus' list of targets."""
 
 
-class TooLarge(Exception):
-    """The request body is over the gateway's limit."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            f"the request body is larger than {limit} bytes, the gateway's limit "
-            "(`ometer serve --max-body-bytes`, OMETER_MAX_BODY_BYTES)"
-        )
-
-
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, or :class:`TooLarge` as soon as it passes ``limit`` (before, when it says so)."""
+    """The body, or :class:`TooLarge` as soon as it passes ``limit`` (before, when it says so).
+
+    Room for it is taken first (:mod:`._memory`): its size, or ``limit`` when not said;
+    :class:`NoRoom` when there is none in time.
+    """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(limit)
+    await take(request.scope, int(declared) if declared.isdigit() else limit)
     parts: list[bytes] = []
     size = 0
     async for part in request.stream():

@@ -31,7 +31,6 @@ from ollama_meter.gateway import _metrics as metrics
 from ollama_meter.gateway._access import (
     TOKEN_IN_QUERY,
     GatewayOptions,
-    TooLarge,
     Unauthenticated,
     bearer,
     presented_key,
@@ -44,6 +43,7 @@ from ollama_meter.gateway._attribution import Forbidden, resolve
 from ollama_meter.gateway._dash import NO_STORE, dashboard_routes
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._hosts import guard
+from ollama_meter.gateway._memory import Unread, body_memory
 from ollama_meter.gateway._passthrough import PASSTHROUGH, forward
 from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
 from ollama_meter.gateway._relay import Relay, error_response, wire_of
@@ -261,8 +261,8 @@ class Gateway:
                 problem = exc
             try:
                 raw = await read_body(request, options.max_body_bytes)
-            except TooLarge as exc:
-                raise _BadCall(413, "bad_request", str(exc)) from None
+            except Unread as exc:
+                raise _BadCall(exc.status, exc.error_type, str(exc), headers=exc.headers) from None
             except ClientDisconnect:
                 message = "the client hung up before its request body arrived"
                 raise _BadCall(499, "client_abort", message) from None
@@ -296,9 +296,9 @@ class Gateway:
                 status=_REFUSAL_STATUS.get(bad.error_type, Status.ERROR),
             )
             await in_thread(refusal)
-            # A body too large may still be arriving: this connection is done.
-            close = {"Connection": "close"} if bad.status == 413 else bad.headers
-            return error_response(wire, bad.status, bad.message, headers=close, kind=bad.error_type)
+            return error_response(
+                wire, bad.status, bad.message, headers=bad.headers, kind=bad.error_type
+            )
         return await self.relay.metered(
             parsed,
             wire,
@@ -323,9 +323,9 @@ class Gateway:
             )
         except _Refused as refused:
             return refused.response
-        except TooLarge as exc:
+        except Unread as exc:
             return error_response(
-                wire_of(request.url.path), 413, str(exc), headers={"Connection": "close"}
+                wire_of(request.url.path), exc.status, str(exc), headers=exc.headers
             )
         return await forward(self.fleet, request, body=body)
 
@@ -342,8 +342,8 @@ class Gateway:
             body = await read_body(request, self.options.max_body_bytes)
         except _Refused as refused:
             return refused.response
-        except TooLarge as exc:
-            return error_response(OLLAMA, 413, str(exc), headers={"Connection": "close"})
+        except Unread as exc:
+            return error_response(OLLAMA, exc.status, str(exc), headers=exc.headers)
         return await forward(self.fleet, request, body=body)
 
     async def healthz(self, request: Request) -> Response:
@@ -436,7 +436,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={ClientDisconnect: _client_left, 404: unrouted, 405: unrouted},
-        middleware=[guard(loopback=opts.loopback)],
+        middleware=[guard(loopback=opts.loopback), body_memory(opts.max_body_bytes)],
     )
 
 

@@ -1,0 +1,131 @@
+"""How much of its callers' request bodies one gateway holds in memory at once.
+
+A body is read whole before its call goes on (the model and the attribution are in it) and
+kept, with its parsed JSON, until the answer is done: about three times its size in all
+(40 prompts of 31 MB at once took the process from 105 MB to 3.9 GB). Bounded per request
+alone (``--max-body-bytes``), a few hundred large prompts at once could take every byte of
+the machine, and the kernel's OOM killer then took the gateway with every call in flight.
+
+So the bodies held at once are bounded too: :data:`BODIES_HELD` times the largest one
+(256 MiB of bodies by default, under 1 GB of memory). A request whose body does not fit
+waits (its bytes wait in the network, unread) until earlier requests finish, at most
+:data:`ROOM_WAIT_S`, then is answered 503 with ``Retry-After``. A body whose size is not
+said (chunked) counts as the largest allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+BODIES_HELD = 8
+"""How many of the largest allowed bodies one gateway holds at once."""
+ROOM_WAIT_S = 30.0
+_MEMORY = "ometer.memory"
+_HELD = "ometer.held"
+
+
+class Unread(Exception):
+    """A request body refused before it was read: the status and headers to answer with."""
+
+    status = 413
+    error_type = "bad_request"
+    retry_after: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The connection is done: the rest of the body may still be arriving."""
+        wait = {} if self.retry_after is None else {"Retry-After": self.retry_after}
+        return {"Connection": "close", **wait}
+
+
+class TooLarge(Unread):
+    """The request body is over the gateway's limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the request body is larger than {limit} bytes, the gateway's limit "
+            "(`ometer serve --max-body-bytes`, OMETER_MAX_BODY_BYTES)"
+        )
+
+
+class NoRoom(Unread):
+    """The bodies the gateway holds leave no room for this one, and none was freed in time."""
+
+    status = 503
+    error_type = "server_busy"
+    retry_after = "1"
+
+    def __init__(self, most: int, waited: float) -> None:
+        super().__init__(
+            f"the gateway holds as many request bodies as it takes ({most:,} bytes, "
+            f"{BODIES_HELD} times --max-body-bytes) and none was done within "
+            f"{waited:g} s; retry shortly"
+        )
+
+
+class BodyMemory:
+    """ASGI middleware: the room for bodies, shared by every request of one gateway app.
+
+    A request takes its room when its body is read (:func:`take`) and gives it back when
+    its answer is done, however it ends (this wraps the whole request).
+    """
+
+    def __init__(self, app: ASGIApp, *, most: int, wait: float | None = None) -> None:
+        self.app = app
+        self.most = most
+        self.wait = ROOM_WAIT_S if wait is None else wait
+        self.held = 0
+        self._room: asyncio.Condition | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[_MEMORY] = self
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            size = scope.pop(_HELD, 0)
+            if size:
+                room = self._condition()
+                async with room:
+                    self.held -= size
+                    room.notify_all()
+
+    def _condition(self) -> asyncio.Condition:
+        loop = asyncio.get_running_loop()
+        if self._room is None or self._loop is not loop:  # an app run again in another loop
+            self._room, self._loop = asyncio.Condition(), loop
+        return self._room
+
+    async def hold(self, scope: Scope, size: int) -> None:
+        """Take ``size`` bytes of room for this request, waiting for it; :class:`NoRoom`."""
+        if size <= 0 or scope.get(_HELD):
+            return
+        room = self._condition()
+        async with room:
+            try:
+                await asyncio.wait_for(
+                    room.wait_for(lambda: self.held + size <= self.most), self.wait
+                )
+            except TimeoutError:
+                raise NoRoom(self.most, self.wait) from None
+            self.held += size
+            scope[_HELD] = size
+
+
+async def take(scope: Scope, size: int) -> None:
+    """Take room for a body of ``size`` bytes, when the app runs under :class:`BodyMemory`."""
+    memory: Any = scope.get(_MEMORY)
+    if memory is not None:
+        await memory.hold(scope, size)
+
+
+def body_memory(max_body_bytes: int) -> Middleware:
+    """The middleware as the app declares it: room for :data:`BODIES_HELD` largest bodies."""
+    return Middleware(BodyMemory, most=BODIES_HELD * max_body_bytes)

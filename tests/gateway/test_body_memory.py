@@ -1,0 +1,117 @@
+"""The request bodies one gateway holds at once are bounded: a flood of large prompts waits,
+then gets 503, where it used to take the machine's memory (and the OOM killer the gateway)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ollama_meter.gateway import _memory
+from ollama_meter.gateway._memory import BodyMemory, NoRoom, take
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.testing import Fault, OllamaEmulator
+from tests.gateway.conftest import Gateway
+
+_OUTCOMES = st.sampled_from(["answer", "fail", "cancel"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(requests=st.lists(st.tuples(st.integers(0, 150), _OUTCOMES), max_size=12))
+def test_the_room_is_never_overdrawn_and_always_given_back(
+    requests: list[tuple[int, str]],
+) -> None:
+    """However a request ends (answered, failed, its task cancelled as when the client
+    leaves), its room comes back; no moment holds more than the most."""
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await take(scope, scope["size"])
+        seen.append(memory.held)
+        if scope["outcome"] == "fail":
+            raise RuntimeError("the call failed")
+        await asyncio.sleep(0 if scope["outcome"] == "answer" else 3600)
+
+    memory = BodyMemory(app, most=200, wait=0.01)
+
+    async def one(size: int, outcome: str) -> str:
+        scope = {"type": "http", "size": size, "outcome": outcome}
+        call = asyncio.ensure_future(memory(scope, None, None))
+        if outcome == "cancel":
+            await asyncio.sleep(0.001)
+            call.cancel()
+        try:
+            await call
+        except (RuntimeError, asyncio.CancelledError):
+            return "ended"
+        except NoRoom:
+            return "no room"
+        return "answered"
+
+    async def run() -> list[str]:
+        return list(await asyncio.gather(*(one(*r) for r in requests)))
+
+    ends = asyncio.run(run())
+    assert memory.held == 0
+    assert all(held <= 200 for held in seen)
+    fits = sum(size for size, _ in requests) <= 200
+    assert "no room" not in ends or not fits  # refused only when all at once could not fit
+
+
+def _memory_of(gw: Gateway) -> BodyMemory:
+    assert gw.server is not None
+    app: Any = gw.server.config.loaded_app
+    for _ in range(10):  # uvicorn's wrapper, Starlette, its middleware stack, ...
+        if isinstance(app, BodyMemory):
+            return app
+        app = getattr(app, "middleware_stack", None) or getattr(app, "app", None)
+    raise AssertionError("the gateway app has no BodyMemory middleware")
+
+
+def _until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 30  # a wait, not a measure
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_bodies_past_the_room_wait_then_get_503_with_a_span(
+    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_memory, "ROOM_WAIT_S", 0.3)
+    gw = serve_on(emulator.url, sqlite_url, config={"slots": 8}, max_body_bytes=1000)
+    prompt = "x" * 880
+    body = json.dumps({"model": "llama3.1:8b", "messages": [{"role": "user", "content": prompt}]})
+    assert 900 < len(body) <= 1000
+    assert gw.client.post("/api/chat", content=body).status_code == 200  # builds the app
+    memory = _memory_of(gw)
+    assert memory.most == 8000
+    _until(lambda: memory.held == 0, "an answered call kept its room")  # given back after
+    emulator.inject(Fault.HANG, times=8)
+    address = (urlsplit(gw.url).hostname, urlsplit(gw.url).port)
+    request = (
+        b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode())
+    )
+    callers = [socket.create_connection(address, timeout=30) for _ in range(8)]
+    for caller in callers:
+        caller.sendall(request)  # each waits on a hung Ollama, its body held
+    _until(lambda: memory.held == 8 * len(body), "the eight calls did not take their room")
+    refused = httpx.post(f"{gw.url}/api/chat", content=body, timeout=30)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "holds as many request bodies as it takes (8,000 bytes" in refused.json()["error"]
+    latest = gw.ledger.latest(SpanFilter(), 1)[0]
+    assert (latest.status, latest.error_type, latest.http_status) == ("error", "server_busy", 503)
+    small = httpx.post(f"{gw.url}/api/chat", content=b'{"model": 5}', timeout=30)
+    assert small.status_code == 400  # read (12 bytes still fit), and refused for what it says
+    for caller in callers:
+        caller.close()
+    _until(lambda: memory.held == 0, "the callers left and their room did not come back")
+    assert httpx.post(f"{gw.url}/api/chat", content=body, timeout=30).status_code == 200
