@@ -13,9 +13,11 @@ spool, one file per span with the reason, and a log line says where.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -136,7 +138,7 @@ class Spool:
             if until is not None and index and time.monotonic() >= until:
                 break
             try:
-                lines = path.read_bytes().splitlines()
+                lines = _read_spool_file(path).splitlines()
             except OSError as exc:
                 self._set_aside(path, exc)
                 continue
@@ -144,20 +146,30 @@ class Spool:
             if bad and not spans:
                 self._set_aside(path, bad[0][1])
                 continue
-            if bad:
-                # One damaged line (a flipped byte, a cut end) cost the file's other spans:
-                # the whole file went aside. Only the lines that cannot be read go now.
-                try:
-                    self._keep_unreadable(path, lines, bad)
-                except OSError:
-                    continue  # the lines can be kept nowhere: the file stays for the next try
+            # One damaged line (a flipped byte, a cut end) cost the file's other spans: the
+            # whole file went aside. Only the lines that cannot be read go now; when they
+            # can be kept nowhere, the file stays whole and its spans are recorded anyway.
+            keep = bool(bad) and not self._keep_unreadable(path, lines, bad)
             try:
                 record(spans)
             except Rejected:
                 isolate(spans)
-            path.unlink(missing_ok=True)
             done += len(spans)
+            if not keep:
+                self._remove(path)
         return done
+
+    def _remove(self, path: Path) -> None:
+        """A drained file goes; one that cannot is recorded again by the next drain (a no-op)."""
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.error(
+                "recorded the spans of spool file %s but cannot remove it (%s); the next drain "
+                "records them again, which adds nothing: remove it by hand",
+                path,
+                exc,
+            )
 
     @staticmethod
     def _decode(lines: list[bytes]) -> tuple[list[SpanRecord], list[tuple[int, Exception]]]:
@@ -175,15 +187,30 @@ class Spool:
 
     def _keep_unreadable(
         self, path: Path, lines: list[bytes], bad: list[tuple[int, Exception]]
-    ) -> None:
-        """The lines of ``path`` no span can be read from, kept for a human beside the spool."""
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+    ) -> bool:
+        """The lines of ``path`` no span can be read from, kept for a human beside the spool;
+        False (and an ERROR saying so) when they cannot be kept there."""
         target = self.quarantine_dir / f"{path.name}.unreadable"
-        with target.open("wb") as handle:
-            handle.write(b"".join(lines[index] + b"\n" for index, _ in bad))
-            handle.flush()
-            os.fsync(handle.fileno())
         numbers = ", ".join(str(index + 1) for index, _ in bad[:10])
+        try:
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as handle:
+                handle.write(b"".join(lines[index] + b"\n" for index, _ in bad))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            log.error(
+                "spool file %s: %d line(s) cannot be read (line %s: %s), and cannot be kept in "
+                "%s (%s); its other %d span(s) are recorded and the file stays in the spool",
+                path,
+                len(bad),
+                numbers,
+                bad[0][1],
+                self.quarantine_dir,
+                exc,
+                len(lines) - len(bad),
+            )
+            return False
         log.error(
             "spool file %s: %d line(s) cannot be read (line %s: %s); kept them in %s, "
             "recording the other spans",
@@ -193,13 +220,47 @@ class Spool:
             bad[0][1],
             target,
         )
+        return True
 
     def _set_aside(self, path: Path, exc: Exception) -> None:
         """An unreadable spool file is kept for a human, out of the drain's way."""
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
         target = self.quarantine_dir / f"{path.name}.unreadable"
         try:
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
             path.replace(target)
-        except OSError:
+        except OSError as move_exc:
+            if os.path.lexists(path):  # gone: another drain set it aside first
+                log.error(
+                    "spool file %s cannot be read (%s), nor moved to %s (%s); it stays in the "
+                    "spool: move it away by hand",
+                    path,
+                    exc,
+                    self.quarantine_dir,
+                    move_exc,
+                )
             return
         log.error("spool file %s cannot be read (%s); moved it to %s", path, exc, target)
+
+
+_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe"}
+
+
+def _read_spool_file(path: Path) -> bytes:
+    """The bytes of a file the spool wrote; OSError for anything else in its place, unread:
+    a named pipe would block the drain (and every ``ometer`` that opens the ledger) for ever,
+    a link to ``/dev/zero`` never end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # what O_NOFOLLOW says of a link: not followed
+            raise OSError("a symbolic link, not a file the spool wrote") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _KINDS.get(stat.S_IFMT(mode), "a device or socket")
+            raise OSError(f"{kind}, not a file the spool wrote")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
