@@ -20,7 +20,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,6 @@ def span_json(span: SpanRecord, fields: Sequence[str] | None = None) -> dict[str
     return row
 
 
-def span_from_json(row: dict[str, Any]) -> SpanRecord:
-    row = dict(row)
-    for key in _TIMES:
-        if row.get(key) is not None:
-            row[key] = datetime.fromisoformat(row[key])
-    return SpanRecord(**row)
-
-
 def encode_span(span: SpanRecord) -> str:
     """One JSON line; ASCII so that even text UTF-8 cannot encode survives the trip."""
     return json.dumps(span_json(span), ensure_ascii=True, default=str)
@@ -66,12 +57,12 @@ def decode_span(line: str) -> SpanRecord:
     return span_from_row(row)
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str | bytes) -> None:
     """``text`` at ``path`` durably, or nothing at all (temp file, fsync, rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.write(text)
+        with tmp.open("wb") as handle:
+            handle.write(text.encode() if isinstance(text, str) else text)
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(path)
