@@ -20,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -180,15 +181,21 @@ class Journal:
                 if path == self._path:
                     continue
                 try:
-                    fd = os.open(path, os.O_RDWR)
+                    # Never a link followed, nor a wait: a named pipe or a link to /dev/zero
+                    # named like a journal would hold every process that meters at start.
+                    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
                 except OSError:
+                    continue
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    log.warning("%s is not a call journal ometer wrote; left alone", path)
                     continue
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     os.close(fd)
                     continue  # its process is alive
-                opened, unreadable = _open_calls(path)
+                opened, unreadable = _open_calls(fd)
                 held.append((fd, path, unreadable))
                 found.update(opened)
             yield list(found.values())
@@ -226,13 +233,14 @@ class Journal:
         return True
 
 
-def _open_calls(path: Path) -> tuple[dict[str, Orphan], list[bytes]]:
-    """The calls ``path`` notes as opened and never closed, and the lines that say nothing
-    readable (damaged, or noted by a version of ometer this one cannot read)."""
+def _open_calls(fd: int) -> tuple[dict[str, Orphan], list[bytes]]:
+    """The calls the journal open at ``fd`` notes as opened and never closed, and the lines
+    that say nothing readable (damaged, or noted by a version of ometer this one cannot read)."""
     opened: dict[str, Orphan] = {}
     unreadable: list[bytes] = []
     try:
-        data = path.read_bytes()
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read()
     except OSError:
         return opened, unreadable
     for line in data.splitlines():

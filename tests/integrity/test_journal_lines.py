@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -124,3 +125,22 @@ def test_a_damaged_journal_line_is_kept_byte_for_byte(sqlite_url: str) -> None:
     assert [s.id for s in ledger.latest(SpanFilter(), 5)] == [good["o"]["id"]]
     kept = ledger.spool.quarantine_dir / f"{path.name}.unreadable"
     assert kept.read_bytes() == damaged + b"\n" and not path.exists()
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "link to /dev/zero", "folder"])
+def test_what_is_not_a_journal_is_left_alone_unread(sqlite_url: str, kind: str) -> None:
+    """A named pipe or a link to /dev/zero named like a journal held every process that
+    meters calls at start, for ever: recovery opened it and read."""
+    ledger = Ledger(sqlite_url)
+    good = _opened()
+    _dead_journal(ledger, good)
+    odd = ledger.journal.directory / "0-odd.journal"
+    if kind == "named pipe":
+        os.mkfifo(odd)
+    elif kind == "link to /dev/zero":
+        odd.symlink_to("/dev/zero")
+    else:
+        odd.mkdir()
+    assert recover_interrupted(ledger, _no_prices) == 1
+    assert [s.id for s in ledger.latest(SpanFilter(), 5)] == [good["o"]["id"]]
+    assert os.path.lexists(odd) and Path("/dev/zero").exists()
