@@ -19,17 +19,19 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ollama_meter._paths import discard
 from ollama_meter.ledger._line import span_from_row
-from ollama_meter.records import SpanRecord
+from ollama_meter.records import SpanRecord, Stored
 
 log = logging.getLogger("ollama_meter.ledger")
 
 _TIMES = ("started_at", "ended_at")
+_SETTLED = frozenset({Stored.COMMITTED, Stored.QUARANTINED})
+"""Where a drained span may be for its spool file to go: anywhere else, the file keeps it."""
 
 
 def span_json(span: SpanRecord, fields: Sequence[str] | None = None) -> dict[str, Any]:
@@ -111,7 +113,7 @@ class Spool:
     def drain(
         self,
         record: Callable[[list[SpanRecord]], object],
-        isolate: Callable[[list[SpanRecord]], object],
+        isolate: Callable[[list[SpanRecord], Path], Mapping[str, Stored]],
         *,
         until: float | None = None,
     ) -> int:
@@ -119,7 +121,8 @@ class Spool:
 
         ``record`` raises :class:`Rejected` when a file holds a span the database refuses:
         then ``isolate`` records that file's spans one by one, quarantining the bad ones,
-        and the drain goes on. Any other failure (the database is away) stops the drain
+        and the drain goes on; the file goes once each of its spans is recorded or
+        quarantined, and stays while one is neither. Any other failure (the database is away) stops the drain
         and propagates; the files stay for the next try. ``until`` (``time.monotonic()``):
         the files left once it has passed stay for the next drain (one file at least is
         done, so each drain makes progress however slow the machine).
@@ -144,7 +147,8 @@ class Spool:
             try:
                 record(spans)
             except Rejected:
-                isolate(spans)
+                settled = isolate(spans, path).values()
+                keep = keep or any(where not in _SETTLED for where in settled)
             done += len(spans)
             if not keep:
                 self._remove(path)

@@ -107,3 +107,38 @@ def test_a_quarantine_that_cannot_be_made_keeps_the_bad_in_the_spool_and_records
     assert f"cannot be kept in {spool.quarantine_dir}" in damaged_said
     assert "its other 2 span(s) are recorded and the file stays in the spool" in damaged_said
     reopened.dispose()
+
+
+def test_a_spooled_span_the_database_refuses_stays_in_the_spool_when_the_quarantine_fails(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drain moved such a span from its spool file into memory and removed the file: the
+    ``ometer`` command that opened the ledger ended, and the span was gone."""
+    ledger = Ledger(sqlite_url)
+    with ledger.write() as conn:  # a DBA's rule the spans cannot know of
+        conn.exec_driver_sql(
+            "CREATE TRIGGER no_banned BEFORE INSERT ON spans WHEN NEW.request_model = 'banned' "
+            "BEGIN SELECT RAISE(ABORT, 'banned model'); END"
+        )
+    refused, fine = make_span(request_model="banned"), make_span()
+    path = ledger.spool.put([refused, fine])
+    written = path.read_bytes()
+    ledger.spool.quarantine_dir.write_text("not a folder\n")
+    ledger.dispose()
+    with caplog.at_level(logging.ERROR, logger="ollama_meter.ledger"):
+        reopened = Ledger(sqlite_url)
+    assert reopened.held == 0  # nothing only in memory
+    assert [s.id for s in reopened.latest(SpanFilter(), 5)] == [fine.id]
+    assert reopened.spool.pending() == [path] and path.read_bytes() == written
+    (said,) = _errors(caplog)
+    assert refused.id in said and "banned model" in said
+    assert f"cannot be kept in {reopened.spool.quarantine_dir}" in said
+    assert f"it stays in the spool file {path}" in said
+    reopened.dispose()
+    # Once the quarantine can be made, the next drain sets the span aside and the file goes.
+    Path(reopened.spool.quarantine_dir).unlink()
+    again = Ledger(sqlite_url)
+    assert again.spool.pending() == []
+    (kept,) = again.spool.quarantined()
+    assert refused.id in kept.read_text()
+    again.dispose()
