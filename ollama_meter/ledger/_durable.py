@@ -187,25 +187,48 @@ class DurableLedger(Database):
                 raise Rejected(str(exc)) from exc
             raise
 
-    def _isolate(self, spans: Sequence[SpanRecord]) -> dict[str, Stored]:
-        """Record spans one by one: a span the database refuses cannot take the others with it."""
+    def _isolate(
+        self, spans: Sequence[SpanRecord], spool_file: Path | None = None
+    ) -> dict[str, Stored]:
+        """Record spans one by one: a span the database refuses cannot take the others with it.
+
+        ``spool_file``: the spans are in that spool file already (a drain); one that can be
+        neither recorded nor quarantined stays there (SPOOLED), never moved to memory, which
+        the process would take with it when it ends.
+        """
         stored: dict[str, Stored] = {}
         for span in spans:
             try:
                 self._record_now([span])
                 stored[span.id] = Stored.COMMITTED
             except Rejected as refused:
-                stored[span.id] = self._quarantine(span, str(refused.__cause__ or refused))
+                reason = str(refused.__cause__ or refused)
+                stored[span.id] = self._quarantine(span, reason, spool_file)
             except LedgerError as exc:
-                stored.update(self._keep([span], exc))
+                if spool_file is not None:
+                    stored[span.id] = Stored.SPOOLED
+                else:
+                    stored.update(self._keep([span], exc))
         return stored
 
-    def _quarantine(self, span: SpanRecord, reason: str) -> Stored:
+    def _quarantine(self, span: SpanRecord, reason: str, spool_file: Path | None = None) -> Stored:
         reason = reason.strip().splitlines()[0][:500] if reason.strip() else "refused"
         try:
             where = self.spool.quarantine(span, reason)
         except OSError as exc:
-            return self._hold([span], f"{reason}; and the quarantine failed: {exc}")
+            if spool_file is None:
+                return self._hold([span], f"{reason}; and the quarantine failed: {exc}")
+            log.error(
+                "span %s cannot be stored in the ledger at %s: %s; and cannot be kept in %s "
+                "(%s): it stays in the spool file %s",
+                span.id,
+                self.display_url,
+                reason,
+                self.spool.quarantine_dir,
+                exc,
+                spool_file,
+            )
+            return Stored.SPOOLED
         log.error(
             "span %s (%s/%s, model %.80r) cannot be stored in the ledger at %s: %s; "
             "kept in %s for a human to look at",

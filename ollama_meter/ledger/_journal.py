@@ -5,7 +5,9 @@ A process appends one line when a call opens and one when its span is durable
 lines are in the kernel's page cache, not in a buffer of ours. Each process
 holds an exclusive ``flock`` on its own file for as long as it lives; a file
 that can be locked by someone else belongs to a dead process, and its opened
-but never closed calls are the ones whose end is unknown.
+but never closed calls are the ones whose end is unknown. A line that says no call
+(damaged, or noted by a version of ometer this one cannot read) is kept in the
+quarantine for a human, never dropped unsaid; a field a later version notes is left out.
 
 Cost: two small appends per call, no fsync (a crash of the process loses
 nothing; only a power cut could, and the ledger's own WAL is as exposed).
@@ -18,13 +20,16 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ollama_meter._forks import renew_after_fork
-from ollama_meter.ledger._spool import span_from_json, span_json
+from ollama_meter.ledger._line import span_from_row
+from ollama_meter.ledger._spool import span_json, write_atomically
 from ollama_meter.records import SpanRecord
 
 log = logging.getLogger("ollama_meter.ledger")
@@ -36,6 +41,14 @@ _OPEN_FIELDS = (
 )  # fmt: skip
 """What is known of a call when it opens: enough to charge an interrupted span to its caller."""
 """A journal is rewritten with only its open calls once it grows past this."""
+_NOTED_ALWAYS = tuple(name for name in _OPEN_FIELDS if name not in ("user", "tags"))
+_PLACEHOLDERS: dict[str, Any] = dict.fromkeys(_NOTED_ALWAYS)
+_UNKNOWN_YET = {
+    name: value
+    for name, value in span_json(SpanRecord(**_PLACEHOLDERS)).items()
+    if name not in _OPEN_FIELDS
+}
+"""The columns of a span nothing is known of yet but what its call's opening noted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +62,11 @@ class Orphan:
 class Journal:
     """This process's journal file in ``directory`` (made on the first call)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, quarantine_dir: Path | None = None) -> None:
+        """``quarantine_dir``: where lines of a dead process's file that cannot be read are
+        kept for a human (``quarantine/`` beside ``directory`` when not given)."""
         self.directory = directory
+        self.quarantine_dir = quarantine_dir or directory.with_name("quarantine")
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._path: Path | None = None
@@ -158,45 +174,101 @@ class Journal:
             paths = sorted(self.directory.glob("*.journal"))
         except OSError:
             paths = []
-        held: list[tuple[int, Path]] = []
+        held: list[tuple[int, Path, list[bytes]]] = []
         found: dict[str, Orphan] = {}
         try:
             for path in paths:
                 if path == self._path:
                     continue
                 try:
-                    fd = os.open(path, os.O_RDWR)
+                    # Never a link followed, nor a wait: a named pipe or a link to /dev/zero
+                    # named like a journal would hold every process that meters at start.
+                    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
                 except OSError:
+                    continue
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    log.warning("%s is not a call journal ometer wrote; left alone", path)
                     continue
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     os.close(fd)
                     continue  # its process is alive
-                held.append((fd, path))
-                found.update(_open_calls(path))
+                opened, unreadable = _open_calls(fd)
+                held.append((fd, path, unreadable))
+                found.update(opened)
             yield list(found.values())
-            for _, path in held:
-                path.unlink(missing_ok=True)
+            for _, path, unreadable in held:
+                if not unreadable or self._keep_unreadable(path, unreadable):
+                    path.unlink(missing_ok=True)
         finally:
-            for fd, _ in held:
+            for fd, _, _ in held:
                 os.close(fd)
 
+    def _keep_unreadable(self, path: Path, lines: list[bytes]) -> bool:
+        """The lines of a dead process's ``path`` no call can be read from, kept for a human;
+        False when they cannot be (the file then stays, and is read again next time)."""
+        target = self.quarantine_dir / f"{path.name}.unreadable"
+        try:
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            write_atomically(target, b"".join(line + b"\n" for line in lines))
+        except OSError as exc:
+            log.error(
+                "call journal %s: %d line(s) cannot be read, and cannot be kept in %s (%s); "
+                "the file stays",
+                path,
+                len(lines),
+                self.quarantine_dir,
+                exc,
+            )
+            return False
+        log.error(
+            "call journal %s: %d line(s) cannot be read (damaged, or noted by another version "
+            "of ometer), so the calls they note are not recorded as interrupted: kept them in %s",
+            path,
+            len(lines),
+            target,
+        )
+        return True
 
-def _open_calls(path: Path) -> dict[str, Orphan]:
+
+def _open_calls(fd: int) -> tuple[dict[str, Orphan], list[bytes]]:
+    """The calls the journal open at ``fd`` notes as opened and never closed, and the lines
+    that say nothing readable (damaged, or noted by a version of ometer this one cannot read)."""
     opened: dict[str, Orphan] = {}
+    unreadable: list[bytes] = []
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read()
     except OSError:
-        return opened
-    for line in text.splitlines():
+        return opened, unreadable
+    for line in data.splitlines():
+        if not line.strip():
+            continue
         try:
             entry = json.loads(line)
+            if not isinstance(entry, dict):
+                raise ValueError("not an object")
             if "c" in entry:
                 opened.pop(str(entry["c"]), None)
-            else:
-                span = span_from_json(entry["o"])
-                opened[span.id] = Orphan(span, int(entry.get("in", 0)))
-        except (ValueError, TypeError, KeyError):
-            continue  # a line cut short by the crash
-    return opened
+                continue
+            estimate = entry.get("in", 0)
+            if type(estimate) is not int:
+                raise ValueError(f"the prompt's estimate {estimate!r} is not a count")
+            span = _opened_span(entry["o"])
+            opened[span.id] = Orphan(span, estimate)
+        except (ValueError, TypeError, KeyError, RecursionError):
+            unreadable.append(line)
+    return opened, unreadable
+
+
+def _opened_span(noted: object) -> SpanRecord:
+    """The span of a call as its opening noted it, every field checked as a spool line's
+    is; what a later version notes besides is left out. ValueError when it is no call."""
+    if not isinstance(noted, dict):
+        raise ValueError("not an object")
+    if missing := [name for name in _NOTED_ALWAYS if name not in noted]:
+        raise ValueError(f"no {missing[0]}")
+    known = {name: value for name, value in noted.items() if name in _OPEN_FIELDS}
+    return span_from_row({**_UNKNOWN_YET, **known})

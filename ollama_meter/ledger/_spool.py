@@ -13,22 +13,25 @@ spool, one file per span with the reason, and a log line says where.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 import time
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ollama_meter._paths import discard
 from ollama_meter.ledger._line import span_from_row
-from ollama_meter.records import SpanRecord
+from ollama_meter.records import SpanRecord, Stored
 
 log = logging.getLogger("ollama_meter.ledger")
 
 _TIMES = ("started_at", "ended_at")
+_SETTLED = frozenset({Stored.COMMITTED, Stored.QUARANTINED})
+"""Where a drained span may be for its spool file to go: anywhere else, the file keeps it."""
 
 
 def span_json(span: SpanRecord, fields: Sequence[str] | None = None) -> dict[str, Any]:
@@ -38,14 +41,6 @@ def span_json(span: SpanRecord, fields: Sequence[str] | None = None) -> dict[str
         if row.get(key) is not None:
             row[key] = row[key].isoformat()
     return row
-
-
-def span_from_json(row: dict[str, Any]) -> SpanRecord:
-    row = dict(row)
-    for key in _TIMES:
-        if row.get(key) is not None:
-            row[key] = datetime.fromisoformat(row[key])
-    return SpanRecord(**row)
 
 
 def encode_span(span: SpanRecord) -> str:
@@ -64,12 +59,12 @@ def decode_span(line: str) -> SpanRecord:
     return span_from_row(row)
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str | bytes) -> None:
     """``text`` at ``path`` durably, or nothing at all (temp file, fsync, rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.write(text)
+        with tmp.open("wb") as handle:
+            handle.write(text.encode() if isinstance(text, str) else text)
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(path)
@@ -118,7 +113,7 @@ class Spool:
     def drain(
         self,
         record: Callable[[list[SpanRecord]], object],
-        isolate: Callable[[list[SpanRecord]], object],
+        isolate: Callable[[list[SpanRecord], Path], Mapping[str, Stored]],
         *,
         until: float | None = None,
     ) -> int:
@@ -126,7 +121,8 @@ class Spool:
 
         ``record`` raises :class:`Rejected` when a file holds a span the database refuses:
         then ``isolate`` records that file's spans one by one, quarantining the bad ones,
-        and the drain goes on. Any other failure (the database is away) stops the drain
+        and the drain goes on; the file goes once each of its spans is recorded or
+        quarantined, and stays while one is neither. Any other failure (the database is away) stops the drain
         and propagates; the files stay for the next try. ``until`` (``time.monotonic()``):
         the files left once it has passed stay for the next drain (one file at least is
         done, so each drain makes progress however slow the machine).
@@ -136,7 +132,7 @@ class Spool:
             if until is not None and index and time.monotonic() >= until:
                 break
             try:
-                lines = path.read_bytes().splitlines()
+                lines = _read_spool_file(path).splitlines()
             except OSError as exc:
                 self._set_aside(path, exc)
                 continue
@@ -144,20 +140,31 @@ class Spool:
             if bad and not spans:
                 self._set_aside(path, bad[0][1])
                 continue
-            if bad:
-                # One damaged line (a flipped byte, a cut end) cost the file's other spans:
-                # the whole file went aside. Only the lines that cannot be read go now.
-                try:
-                    self._keep_unreadable(path, lines, bad)
-                except OSError:
-                    continue  # the lines can be kept nowhere: the file stays for the next try
+            # One damaged line (a flipped byte, a cut end) cost the file's other spans: the
+            # whole file went aside. Only the lines that cannot be read go now; when they
+            # can be kept nowhere, the file stays whole and its spans are recorded anyway.
+            keep = bool(bad) and not self._keep_unreadable(path, lines, bad)
             try:
                 record(spans)
             except Rejected:
-                isolate(spans)
-            path.unlink(missing_ok=True)
+                settled = isolate(spans, path).values()
+                keep = keep or any(where not in _SETTLED for where in settled)
             done += len(spans)
+            if not keep:
+                self._remove(path)
         return done
+
+    def _remove(self, path: Path) -> None:
+        """A drained file goes; one that cannot is recorded again by the next drain (a no-op)."""
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.error(
+                "recorded the spans of spool file %s but cannot remove it (%s); the next drain "
+                "records them again, which adds nothing: remove it by hand",
+                path,
+                exc,
+            )
 
     @staticmethod
     def _decode(lines: list[bytes]) -> tuple[list[SpanRecord], list[tuple[int, Exception]]]:
@@ -175,15 +182,30 @@ class Spool:
 
     def _keep_unreadable(
         self, path: Path, lines: list[bytes], bad: list[tuple[int, Exception]]
-    ) -> None:
-        """The lines of ``path`` no span can be read from, kept for a human beside the spool."""
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+    ) -> bool:
+        """The lines of ``path`` no span can be read from, kept for a human beside the spool;
+        False (and an ERROR saying so) when they cannot be kept there."""
         target = self.quarantine_dir / f"{path.name}.unreadable"
-        with target.open("wb") as handle:
-            handle.write(b"".join(lines[index] + b"\n" for index, _ in bad))
-            handle.flush()
-            os.fsync(handle.fileno())
         numbers = ", ".join(str(index + 1) for index, _ in bad[:10])
+        try:
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as handle:
+                handle.write(b"".join(lines[index] + b"\n" for index, _ in bad))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            log.error(
+                "spool file %s: %d line(s) cannot be read (line %s: %s), and cannot be kept in "
+                "%s (%s); its other %d span(s) are recorded and the file stays in the spool",
+                path,
+                len(bad),
+                numbers,
+                bad[0][1],
+                self.quarantine_dir,
+                exc,
+                len(lines) - len(bad),
+            )
+            return False
         log.error(
             "spool file %s: %d line(s) cannot be read (line %s: %s); kept them in %s, "
             "recording the other spans",
@@ -193,13 +215,47 @@ class Spool:
             bad[0][1],
             target,
         )
+        return True
 
     def _set_aside(self, path: Path, exc: Exception) -> None:
         """An unreadable spool file is kept for a human, out of the drain's way."""
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
         target = self.quarantine_dir / f"{path.name}.unreadable"
         try:
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
             path.replace(target)
-        except OSError:
+        except OSError as move_exc:
+            if os.path.lexists(path):  # gone: another drain set it aside first
+                log.error(
+                    "spool file %s cannot be read (%s), nor moved to %s (%s); it stays in the "
+                    "spool: move it away by hand",
+                    path,
+                    exc,
+                    self.quarantine_dir,
+                    move_exc,
+                )
             return
         log.error("spool file %s cannot be read (%s); moved it to %s", path, exc, target)
+
+
+_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe"}
+
+
+def _read_spool_file(path: Path) -> bytes:
+    """The bytes of a file the spool wrote; OSError for anything else in its place, unread:
+    a named pipe would block the drain (and every ``ometer`` that opens the ledger) for ever,
+    a link to ``/dev/zero`` never end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # what O_NOFOLLOW says of a link: not followed
+            raise OSError("a symbolic link, not a file the spool wrote") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _KINDS.get(stat.S_IFMT(mode), "a device or socket")
+            raise OSError(f"{kind}, not a file the spool wrote")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)

@@ -1,0 +1,144 @@
+"""The spool's own folder, hostile or damaged: what is not a spool file of ours is set aside
+unread, what cannot be set aside stays with an ERROR saying where, and every span in the
+spool files around it is recorded."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollama_meter.ledger import Ledger, SpanFilter
+from tests.factories import make_span
+
+_KINDS = ("good", "fifo", "link to /dev/zero", "link to a spool file", "folder", "dangling link")
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)  # one ledger file for every example, a spool folder of its own each
+@given(kinds=st.lists(st.sampled_from(_KINDS), min_size=1, max_size=6))
+def test_what_is_not_a_spool_file_is_set_aside_unread_and_the_spans_around_it_recorded(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, kinds: list[str]
+) -> None:
+    """A FIFO named like a spool file blocked every ``ometer`` process at start for ever (the
+    drain opened it to read), and a link to ``/dev/zero`` read until memory ran out."""
+    caplog.clear()
+    spool = tmp_path / uuid.uuid4().hex
+    ledger = Ledger(sqlite_url, spool_dir=spool)
+    before = ledger.count()
+    spool.mkdir()
+    outside = tmp_path / f"{uuid.uuid4().hex}.jsonl"
+    outside.write_text("")
+    good, hostile = [], []
+    for n, kind in enumerate(kinds):
+        path = spool / f"{n}-{kind.replace(' ', '-').replace('/', '')}.jsonl"
+        if kind == "good":
+            spans = [make_span(), make_span()]
+            ledger.spool.put(spans)
+            good.extend(spans)
+            continue
+        hostile.append(path.name)
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "link to /dev/zero":
+            path.symlink_to("/dev/zero")
+        elif kind == "link to a spool file":
+            path.symlink_to(outside)
+        elif kind == "folder":
+            path.mkdir()
+        else:
+            path.symlink_to(tmp_path / "nowhere")
+    with caplog.at_level(logging.ERROR, logger="ollama_meter.ledger"):
+        assert ledger.recover() == len(good)
+    assert ledger.spool.pending() == []
+    assert ledger.count() == before + len(good)
+    stored = {s.id for s in ledger.latest(SpanFilter(), ledger.count())}
+    assert {s.id for s in good} <= stored
+    aside = sorted(p.name for p in ledger.spool.quarantine_dir.iterdir()) if hostile else []
+    assert aside == sorted(f"{name}.unreadable" for name in hostile)
+    assert outside.exists() and Path("/dev/zero").exists()  # a link's target is left alone
+    errors = _errors(caplog)
+    assert len(errors) == len(hostile)
+    for name in hostile:
+        (said,) = [e for e in errors if f"/{name} " in e]
+        assert str(ledger.spool.quarantine_dir / f"{name}.unreadable") in said
+    ledger.dispose()
+
+
+def test_a_quarantine_that_cannot_be_made_keeps_the_bad_in_the_spool_and_records_the_rest(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file where ``quarantine/`` should be made every ``ometer`` command fail ("unexpected
+    FileExistsError ... This is a bug") and left the spool's good spans unrecorded."""
+    ledger = Ledger(sqlite_url)
+    spool = ledger.spool
+    first = spool.put([make_span()])
+    spool.directory.joinpath("1-garbage.jsonl").write_bytes(b"{not json\n")
+    damaged_spans = [make_span(), make_span()]
+    damaged = spool.put(damaged_spans)
+    damaged.write_bytes(damaged.read_bytes() + b'{"id": "cut sh')
+    last = spool.put([make_span()])
+    spool.quarantine_dir.write_text("not a folder\n")
+    ledger.dispose()
+
+    with caplog.at_level(logging.ERROR, logger="ollama_meter.ledger"):
+        reopened = Ledger(sqlite_url)  # opening drains the spool, and does not fail
+    assert reopened.count() == 4  # every span that can be read, recorded
+    # What cannot be kept aside stays where it is, whole, for the next drain or a human.
+    assert reopened.spool.pending() == sorted([spool.directory / "1-garbage.jsonl", damaged])
+    assert not first.exists() and not last.exists()
+    assert damaged.read_bytes().endswith(b'{"id": "cut sh')
+    errors = _errors(caplog)
+    assert len(errors) == 2
+    garbage_said, damaged_said = sorted(errors, key=lambda e: "garbage" not in e)
+    assert "1-garbage.jsonl cannot be read" in garbage_said
+    assert f"nor moved to {spool.quarantine_dir}" in garbage_said
+    assert "it stays in the spool: move it away by hand" in garbage_said
+    assert f"{damaged} : 1 line(s) cannot be read".replace(" :", ":") in damaged_said
+    assert f"cannot be kept in {spool.quarantine_dir}" in damaged_said
+    assert "its other 2 span(s) are recorded and the file stays in the spool" in damaged_said
+    reopened.dispose()
+
+
+def test_a_spooled_span_the_database_refuses_stays_in_the_spool_when_the_quarantine_fails(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drain moved such a span from its spool file into memory and removed the file: the
+    ``ometer`` command that opened the ledger ended, and the span was gone."""
+    ledger = Ledger(sqlite_url)
+    with ledger.write() as conn:  # a DBA's rule the spans cannot know of
+        conn.exec_driver_sql(
+            "CREATE TRIGGER no_banned BEFORE INSERT ON spans WHEN NEW.request_model = 'banned' "
+            "BEGIN SELECT RAISE(ABORT, 'banned model'); END"
+        )
+    refused, fine = make_span(request_model="banned"), make_span()
+    path = ledger.spool.put([refused, fine])
+    written = path.read_bytes()
+    ledger.spool.quarantine_dir.write_text("not a folder\n")
+    ledger.dispose()
+    with caplog.at_level(logging.ERROR, logger="ollama_meter.ledger"):
+        reopened = Ledger(sqlite_url)
+    assert reopened.held == 0  # nothing only in memory
+    assert [s.id for s in reopened.latest(SpanFilter(), 5)] == [fine.id]
+    assert reopened.spool.pending() == [path] and path.read_bytes() == written
+    (said,) = _errors(caplog)
+    assert refused.id in said and "banned model" in said
+    assert f"cannot be kept in {reopened.spool.quarantine_dir}" in said
+    assert f"it stays in the spool file {path}" in said
+    reopened.dispose()
+    # Once the quarantine can be made, the next drain sets the span aside and the file goes.
+    Path(reopened.spool.quarantine_dir).unlink()
+    again = Ledger(sqlite_url)
+    assert again.spool.pending() == []
+    (kept,) = again.spool.quarantined()
+    assert refused.id in kept.read_text()
+    again.dispose()
