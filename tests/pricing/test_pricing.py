@@ -500,3 +500,31 @@ def test_a_span_is_priced_by_the_model_answered_else_the_model_asked(
     assert cost.rule_id == expected
     assert cost.tokens == {1: 1_000_000, 2: 3_000_000, None: 0}[expected]
     assert cost.unpriced == (expected is None)
+
+
+@given(
+    name=st.sampled_from(["llama3.1", "qwen2.5"]),
+    tags=st.sampled_from([("", ""), ("", ":latest"), (":latest", ""), (":8b", ":8b"),
+                          (":*", ":*")]),
+    old_spelling=st.sampled_from(range(len(_SPELLINGS))),
+    new_spelling=st.sampled_from(range(len(_SPELLINGS))),
+)  # fmt: skip
+def test_a_price_change_takes_effect_however_the_model_is_spelled(
+    name: str, tags: tuple[str, str], old_spelling: int, new_spelling: int
+) -> None:
+    """Two spellings Ollama reads as one model are one pattern, equally specific: the later
+    --from wins. 'library/llama3.1:8b' was more specific than 'llama3.1:8b' (more letters),
+    so a raise written 'llama3.1:8b' --from 2026-12-01 never took effect over an older rule
+    spelled in full, and 'llama3.1:latest' beat any later 'llama3.1'."""
+    old = rule(_SPELLINGS[old_spelling](name, tags[0]), id=1, input_per_1m=D(1))
+    new = rule(
+        _SPELLINGS[new_spelling](name, tags[1]),
+        id=2,
+        input_per_1m=D(2),
+        effective_from=date(2026, 12, 1),
+    )
+    model = f"{name}:8b" if tags[0] in (":8b", ":*") else name
+    for rules in ([old, new], [new, old]):
+        assert select_rule(rules, model, date(2026, 11, 30)) is old
+        assert select_rule(rules, model, date(2026, 12, 1)) is new
+    assert specificity(old.pattern) == specificity(new.pattern)
