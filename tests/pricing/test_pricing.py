@@ -25,6 +25,7 @@ from ollama_meter.pricing import (
     specificity,
     to_micros,
 )
+from ollama_meter.records import parse_department_budgets
 
 D = Decimal
 
@@ -528,3 +529,40 @@ def test_a_price_change_takes_effect_however_the_model_is_spelled(
         assert select_rule(rules, model, date(2026, 11, 30)) is old
         assert select_rule(rules, model, date(2026, 12, 1)) is new
     assert specificity(old.pattern) == specificity(new.pattern)
+
+
+@given(
+    digits=st.integers(41, 6000),
+    exponent=st.none() | st.integers(-(10**25), 10**25),
+    quoted=st.booleans(),
+)
+@example(digits=5000, exponent=None, quoted=False)  # past Python's 4,300 digits for an int
+@example(digits=1, exponent=10**20, quoted=True)  # past any exponent Decimal holds
+@example(digits=1, exponent=-(10**20), quoted=False)
+def test_a_price_of_any_length_or_exponent_is_one_short_line(
+    digits: int, exponent: int | None, quoted: bool
+) -> None:
+    """An exponent past Decimal's in a pricing file or DEPARTMENT_BUDGETS
+    ('1e-99999999999999999999') was "a bug in ometer" (exit 70: Decimal's InvalidOperation
+    came through the parser) on every command that read them; an integer past 4,300 digits
+    said "Exceeds the limit (4300 digits) for integer string conversion ... use
+    sys.set_int_max_str_digits()", Python's advice, not a user's; given as text or an option
+    it was "not a number; write it with the digits 0-9 and a point" though it was written
+    so. An error shows a long amount by its ends."""
+    number = "7" * digits + ("" if exponent is None else f"e{exponent}")
+    text = f'"{number}"' if quoted else number
+    with pytest.raises(ValueError) as refused:
+        parse_pricing_toml(
+            f"[[rule]]\nmodel = 'x'\ninput_per_1m = {text}\n", default_currency="USD"
+        )
+    message = str(refused.value)
+    assert message.startswith(("rule 1: input_per_1m ", "not a pricing file")), message
+    assert "sys." not in message and "\n" not in message and len(message) < 300, message
+    with pytest.raises(ValueError) as refused:  # DEPARTMENT_BUDGETS reads amounts as JSON
+        parse_department_budgets(f'{{"sales": {{"daily": {text}}}}}', currency="USD")
+    message = str(refused.value)
+    assert message.startswith("'sales' daily ") and "sys." not in message, message
+    assert "\n" not in message and len(message) < 300, message
+    if exponent is not None and abs(exponent) > 10**18:
+        with pytest.raises(ValueError, match="^amount .* exponent") as refused:
+            parse_amount(number)
