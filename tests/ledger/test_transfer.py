@@ -650,3 +650,42 @@ def test_repricing_leaves_the_rollups_a_rebuild_from_raw_spans_gives(
         with raw_spans():
             assert [_monthly(ledger, month) for month in ("2026-11", "2026-12")] == bills
     ledger.dispose()
+
+
+def test_a_reprice_while_a_gateway_writes_leaves_the_rollups_a_rebuild_gives(
+    db_url: str,
+) -> None:
+    """Two reprices and a writer at once (spans of the window arriving while its pages are
+    re-priced): every rollup is what a rebuild from the raw spans gives."""
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    spans = _spans(240)
+    ledger.record(spans[::2])
+    books = [
+        PriceBook([replace(token_prices("*"), currency=c, id=n)], tz=BERLIN, currency="USD")
+        for n, c in ((1, "EUR"), (2, "USD"))
+    ]
+    failures: list[BaseException] = []
+
+    def run(work: Any) -> None:
+        try:
+            work()
+        except BaseException as exc:
+            failures.append(exc)
+
+    def write() -> None:
+        for at in range(1, len(spans), 10):
+            ledger.record(spans[at : at + 10 : 2])
+
+    since = datetime(2026, 10, 1, tzinfo=UTC)
+    threads = [threading.Thread(target=run, args=(write,))] + [
+        threading.Thread(target=run, args=(lambda b=b: reprice(ledger, b, since=since, batch=5),))
+        for b in books
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and ledger.count() == len(spans)
+    kept = _tables(ledger)
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
