@@ -566,3 +566,19 @@ def test_a_price_of_any_length_or_exponent_is_one_short_line(
     if exponent is not None and abs(exponent) > 10**18:
         with pytest.raises(ValueError, match="^amount .* exponent") as refused:
             parse_amount(number)
+
+
+@given(
+    chars=st.text("0123456789abcdefghijklmnopqrstuvwxyz.-", min_size=1, max_size=30),
+    negate=st.booleans(),
+)
+def test_a_character_class_is_one_character_however_many_it_lists(chars: str, negate: bool) -> None:
+    """'llama3.[0-9]:*' read as more specific than 'llama3.1:*' (the class's letters counted
+    as literal ones), so a rule for every llama3.x beat the one for llama3.1 itself."""
+    klass = f"[{'!' if negate else ''}{chars}]"
+    assert specificity(f"llama3.{klass}:*") < specificity("llama3.1:*")
+    assert specificity(f"llama3.{klass}:*") == specificity("llama3.?:*")
+    broad = rule(f"llama3.{klass}:*", id=2, effective_from=date(2026, 12, 1))
+    narrow = rule("llama3.1:*", id=1)
+    if broad.matches("llama3.1:8b"):
+        assert select_rule([broad, narrow], "llama3.1:8b", date(2026, 12, 2)) is narrow
