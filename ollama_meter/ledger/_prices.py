@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, select
+from sqlalchemy import Connection, Table, delete, insert, select, update
 
 from ollama_meter.ledger.models import PriceRuleRow
 from ollama_meter.records import PriceRule, record_from, storable_text, values_of
@@ -73,7 +73,24 @@ def file_digest(conn: Connection, source: str) -> str | None:
 
 
 def replace_source(conn: Connection, source: str, rules: Sequence[PriceRule], digest: str) -> None:
-    """Make the rules that came from ``source`` exactly ``rules``."""
+    """Make the rules that came from ``source`` exactly ``rules``.
+
+    A rule the file still has keeps its row, so its id: equally specific rules from one date
+    are told apart by which came last, and adding every rule again on any edit (a comment)
+    made the file's rules beat those set since with ``ometer pricing set``."""
     source = source_key(source)
-    conn.execute(delete(_TABLE).where(_TABLE.c.source == source))
-    add_rules(conn, [replace(r, source=source) for r in rules], digest)
+    rows = conn.execute(
+        select(PriceRuleRow).where(PriceRuleRow.source == source).order_by(PriceRuleRow.id)
+    )
+    old = [_to_rule(row) for row in rows]
+    new = []
+    for rule in rules:
+        same = next((r for r in old if r.same_as(rule)), None)
+        if same is None:
+            new.append(replace(rule, source=source))
+        else:
+            old.remove(same)
+    if old:
+        conn.execute(delete(_TABLE).where(_TABLE.c.id.in_([r.id for r in old])))
+    conn.execute(update(_TABLE).where(_TABLE.c.source == source).values(source_digest=digest))
+    add_rules(conn, new, digest)

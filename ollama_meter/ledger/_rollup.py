@@ -40,11 +40,13 @@ from collections.abc import Iterable, Sequence
 from datetime import tzinfo
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, and_, bindparam, delete
 
 from ollama_meter.ledger._cells import (
     ANYONE,
     BUSY_US,
+    DIMENSIONS,
+    MEASURES,
     QUARTER_US,
     SLOTS,
     Grain,
@@ -214,12 +216,29 @@ class RollupDelta:
             conn.exec_driver_sql(
                 statements.cube.sql, [(*key, *_within(cube[key])) for key in sorted(cube)]
             )
+            _drop_emptied(conn, [key for key in sorted(cube) if cube[key][_REQUESTS] < 0])
         histograms = self.histogram_rows(grains, zone)
         if histograms:
             _write_histograms(conn, statements, histograms)
         if self.busy:
             cells = BUSY_GRAINS if months else (Grain.DAY,)
             _write_busy(conn, statements, self.busy, self.calls, cells, zone)
+
+
+_REQUESTS = MEASURES.index("requests")
+_CUBE_KEY = ("grain", "start", *DIMENSIONS)
+
+
+def _drop_emptied(conn: Connection, keys: Sequence[tuple[Any, ...]]) -> None:
+    """Remove the cube rows ``keys`` names that no call is left in: a delta that takes calls
+    away (``ometer reprice`` moving them to another currency) left rows of zeros behind, which
+    a rebuild from raw spans does not have and every read of the cell went on reading."""
+    if keys:
+        where = and_(*(ROLLUPS.c[name] == bindparam(name) for name in _CUBE_KEY))
+        conn.execute(
+            delete(ROLLUPS).where(where, ROLLUPS.c.requests == 0),
+            [dict(zip(_CUBE_KEY, key, strict=True)) for key in keys],
+        )
 
 
 def lock_cells(conn: Connection, *, alone: bool = False) -> None:

@@ -243,6 +243,7 @@ class Meter:
                 f"call was not made: {exc}. Retry when the database is back"
             )
             span.fail("ledger_unavailable", str(unchecked), http_status=503, instant=True)
+            span.apply_cost(prices.cost_of(span))
             self._record(span)  # spooled while the database is away
             raise unchecked from exc
         except BudgetExceeded as refusal:
@@ -265,6 +266,7 @@ class Meter:
             if not blocking:
                 raise WouldBlock("a failed budget check is written to the ledger") from exc
             span.fail(type(exc).__name__, f"the budget check failed: {exc}", instant=True)
+            span.apply_cost(prices.cost_of(span))
             self._record(span)
             raise
 
@@ -296,8 +298,12 @@ class Meter:
 
         ``status`` REJECTED: refused by policy (a rate limit), not failed.
         """
-        span = self._new_span(operation, model[:255], stream, attribution, self.prices().currency)
+        prices = self.prices()
+        span = self._new_span(operation, model[:255], stream, attribution, prices.currency)
         span.fail(error_type, message, status=status, http_status=http_status, instant=True)
+        # Priced as every span is (at 0: Ollama was not asked), so a reprice under the same
+        # rules finds nothing to move: it found these unpriced, in the default currency.
+        span.apply_cost(prices.cost_of(span))
         self._record(span)
         return span
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import tomllib
 from datetime import date
-from decimal import Decimal
 from typing import Any
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.periods import parse_day
 from ollama_meter.records import PRICE_FIELDS, PriceRule, known_currency, parse_amount
+from ollama_meter.records._money import TOO_LONG, exact_number
 
 _KNOWN = {"model", "pattern", "currency", "charge_load", "from", "until", *PRICE_FIELDS}
 
@@ -51,11 +51,13 @@ def parse_pricing_toml(
 ) -> list[PriceRule]:
     """Rules in file order; raises ValueError naming the rule and field that is wrong."""
     try:
-        data = tomllib.loads(text, parse_float=Decimal)
+        data = tomllib.loads(text, parse_float=exact_number)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"not valid TOML: {exc}") from None
     except RecursionError:  # valid TOML; a pricing file nests three levels
         raise ValueError("not a pricing file: nested too deep to read") from None
+    except ValueError:  # an integer past the 4,300 digits Python converts (its advice is no user's)
+        raise ValueError(f"not a pricing file: {TOO_LONG}") from None
     currency = known_currency(data.get("currency", default_currency), what="the file's currency")
     entries = data.get("rule", [])
     if not isinstance(entries, list) or not entries:

@@ -46,6 +46,7 @@ from ollama_meter.records._price import (
     Usage,
     model_key,
     model_names,
+    pattern_key,
 )
 from ollama_meter.records._span import (
     COUNT_FIELDS,
@@ -124,6 +125,7 @@ __all__ = [
     "parse_department_budgets",
     "parse_limit",
     "parse_thresholds",
+    "pattern_key",
     "record_from",
     "round_half_even",
     "storable_text",

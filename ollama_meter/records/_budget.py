@@ -11,12 +11,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, NamedTuple, TypeAlias
 
 from ollama_meter._names import name_problem
 from ollama_meter.records._money import (
     MAX_AMOUNT,
+    exact_integer,
+    exact_number,
     format_micros,
     parse_amount,
     parse_currency,
@@ -124,7 +125,9 @@ def parse_department_budgets(text: str, *, currency: str) -> list[Budget]:
     say ``"soft": true`` and ``"thresholds": [50, 90]``.
     """
     try:
-        data = json.loads(text, parse_float=Decimal, object_pairs_hook=_once_each)
+        data = json.loads(
+            text, parse_float=exact_number, parse_int=exact_integer, object_pairs_hook=_once_each
+        )
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at position {exc.pos})") from None
     except RecursionError:

@@ -99,14 +99,16 @@ def parse_amount(
     if isinstance(text, bool) or not isinstance(text, str | int | Decimal):
         raise ValueError(f"{what} must be an amount such as 100 or 12.50, not {text!r}")
     written = str(text).strip()
-    try:
-        if not _NUMBER.fullmatch(written):
-            raise InvalidOperation
-        value = Decimal(written)
-    except InvalidOperation:
+    if not _NUMBER.fullmatch(written):
         raise ValueError(
-            f"{what} {text!r} is not a number; write it with the digits 0-9 and a point, "
-            "such as 12.50"
+            f"{what} {_shown(repr(text))} is not a number; write it with the digits 0-9 and a "
+            "point, such as 12.50"
+        )
+    try:
+        value = Decimal(written)
+    except InvalidOperation:  # written right, but its exponent is past any Decimal's
+        raise ValueError(
+            f"{what} {_shown(written)} has an exponent no amount has; write it such as 12.50"
         ) from None
     check_amount(value, what=what, limit=limit)
     if positive and value == 0:
@@ -116,14 +118,46 @@ def parse_amount(
     return value.copy_abs()  # '-0' is 0: never listed as a price of -0
 
 
+def exact_number(text: str) -> Decimal | str:
+    """A number read from TOML or JSON (their ``parse_float``), exactly; one whose exponent
+    no Decimal holds ('1e-99999999999999999999') stays text, for :func:`parse_amount` to
+    refuse naming its field: Decimal's InvalidOperation went through the parser as "a bug
+    in ometer" (exit 70) on every command that read the file or setting."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return text
+
+
+def exact_integer(text: str) -> int | Decimal:
+    """An integer read from JSON (its ``parse_int``); one past the 4,300 digits Python converts
+    is a Decimal, for the field's bound to refuse (``int()`` raised "Exceeds the limit ... use
+    sys.set_int_max_str_digits()", advice that is no user's to take)."""
+    return int(text) if len(text) <= 4000 else Decimal(text)
+
+
+TOO_LONG = f"a number has thousands of digits (an amount has at most {MAX_DIGITS})"
+"""Why the TOML parser refused an integer past the 4,300 digits Python converts."""
+
+
+def _shown(text: object) -> str:
+    """``text`` as an error shows it: whole when short, else its ends and its length (an amount
+    of 5,000 digits made an error line of 5,000 characters)."""
+    written = str(text)
+    if len(written) <= 60:
+        return written
+    return f"{written[:20]}...{written[-10:]} ({len(written):,} characters)"
+
+
 def check_amount(value: Decimal, *, what: str, limit: Decimal = MAX_PRICE) -> None:
     """Raise ValueError unless ``value`` is a finite amount in [0, ``limit``] of sane length."""
+    shown = _shown(value)
     if not value.is_finite():
-        raise ValueError(f"{what} {value} is not a finite number")
+        raise ValueError(f"{what} {shown} is not a finite number")
     if value < 0:
-        raise ValueError(f"{what} {value} must not be negative (a positive amount, or 0)")
+        raise ValueError(f"{what} {shown} must not be negative (a positive amount, or 0)")
     if value > limit:
-        raise ValueError(f"{what} {value} is more than the largest allowed, {limit:,f}")
+        raise ValueError(f"{what} {shown} is more than the largest allowed, {limit:,f}")
     # A zero has one digit whatever its exponent: '0e-999999999' is exactly 0, but its exact
     # text (how a price is stored and listed) is a billion zeros. Its places count as digits.
     _, digits, exponent = value.as_tuple()
@@ -133,7 +167,7 @@ def check_amount(value: Decimal, *, what: str, limit: Decimal = MAX_PRICE) -> No
         or places > MAX_DIGITS
         or (value and value.adjusted() < -MAX_DIGITS)
     ):
-        raise ValueError(f"{what} {value} has more than {MAX_DIGITS} digits")
+        raise ValueError(f"{what} {shown} has more than {MAX_DIGITS} digits")
 
 
 def parse_currency(text: object, *, what: str = "currency") -> str:

@@ -152,6 +152,14 @@ def _pattern_forms(pattern: str) -> tuple[str, str]:
     return name, _qualified(name if _WILDCARDS.search(name) else model_key(name))
 
 
+def pattern_key(pattern: str) -> str:
+    """A rule's pattern as Ollama reads the names it matches: lower case, without the default
+    registry and namespace, and an exact name with ``:latest`` when untagged. Spellings of one
+    pattern ('llama3.1', 'library/llama3.1:latest') are one key, so equally specific."""
+    name = _unqualified(pattern.strip().lower())
+    return name if _WILDCARDS.search(name) else model_key(name)
+
+
 def model_names(model: str) -> tuple[str, ...]:
     """The names a model answers to, as Ollama reads them: as written (lower case) and as
     :func:`model_key` resolves it (``llama3.1`` is ``llama3.1:latest``, and so is

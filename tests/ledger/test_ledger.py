@@ -845,3 +845,35 @@ def test_upgrading_from_0012_keeps_undelivered_alerts_and_lets_one_process_claim
     ledger.record_alert_delivery(alert.id, {"log": "sent", "webhook": "sent"}, True)
     assert not ledger.claim_alert_attempt(alert.id, 60)  # delivered: nothing to claim
     assert ledger.alerts()[0].attempts == 3
+
+
+def test_an_edit_of_a_pricing_file_moves_no_price_the_edit_did_not_change(db_url: str) -> None:
+    """Equally specific rules from the same date are told apart by which came last; a pricing
+    file's rules were all added again on any edit (a comment too), so a rule set by
+    ``ometer pricing set`` after the file lost to the file's same rule once the file was
+    touched: a comment moved the price. Rules the file still has keep their place."""
+    from ollama_meter.pricing import select_rule
+
+    ledger = Ledger(db_url)
+    file_rules = [
+        PriceRule(pattern="*", currency="USD", input_per_1m=Decimal(1)),
+        PriceRule(pattern="a:*", currency="USD", input_per_1m=Decimal(5)),
+    ]
+    assert ledger.sync_price_rules("file:/p.toml", b"v1", lambda: file_rules)
+    cli_rule = ledger.add_price_rule(
+        PriceRule(pattern="*", currency="USD", input_per_1m=Decimal(2))
+    )
+    day = date(2026, 11, 1)
+    assert select_rule(ledger.price_rules(), "b:1", day) == cli_rule
+    kept = {r.id for r in ledger.price_rules()}
+    # a comment added; then a.* changed: neither is a change to '*'
+    assert ledger.sync_price_rules("file:/p.toml", b"v1 # a comment", lambda: file_rules)
+    assert {r.id for r in ledger.price_rules()} == kept
+    assert select_rule(ledger.price_rules(), "b:1", day) == cli_rule
+    changed = [file_rules[0], PriceRule(pattern="a:*", currency="USD", input_per_1m=Decimal(6))]
+    assert ledger.sync_price_rules("file:/p.toml", b"v2", lambda: changed)
+    assert select_rule(ledger.price_rules(), "b:1", day) == cli_rule
+    assert select_rule(ledger.price_rules(), "a:1", day).input_per_1m == Decimal(6)  # type: ignore[union-attr]
+    # unchanged rules still say which file they came from, and it is read once more only on change
+    assert ledger.sync_price_rules("file:/p.toml", b"v2", lambda: changed) is False
+    assert sorted(r.source for r in ledger.price_rules()) == ["cli", "file:/p.toml", "file:/p.toml"]

@@ -480,6 +480,9 @@ def test_reprice_moves_the_rollups_with_the_spans(db_url: str) -> None:
     assert report.rows == raw.rows
     assert report.unpriced_requests == raw.unpriced_requests > 0
     assert {row["currency"] for row in report.rows} == {"EUR"}
+    kept = _tables(ledger)  # no rows of zeros left where the USD calls were
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
 
 
 def _write_overlapping(url: str, worker: int) -> None:
@@ -594,3 +597,95 @@ def test_repricing_from_before_the_prune_horizon_says_what_it_cannot_change(
     assert f"spans that started before {cutoff:%Y-%m-%d %H:%M} UTC were pruned" in done.stderr
     after = cli("reprice", "--since", f"{cutoff + timedelta(days=2):%Y-%m-%d}", "--db", db)
     assert after.code == 0 and "pruned" not in after.stderr
+
+
+_REPRICE_RULES = st.lists(
+    st.builds(
+        lambda pattern, currency, price, start, until: replace(
+            token_prices(pattern),
+            currency=currency,
+            input_per_1m=Decimal(price),
+            effective_from=start,
+            effective_until=until,
+        ),
+        st.sampled_from(["llama3.1:*", "qwen2.5:7b", "*", "llama3.1:8b-q4"]),
+        st.sampled_from(["USD", "EUR"]),
+        st.sampled_from(["0", "0.5", "3", "1000"]),
+        st.sampled_from([None, datetime(2026, 11, 10).date()]),
+        st.sampled_from([None, datetime(2026, 11, 20).date()]),
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    books=st.lists(_REPRICE_RULES, min_size=1, max_size=2),
+    since=st.sampled_from([datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 15, tzinfo=UTC)]),
+    keep_days=st.sampled_from([None, 40]),
+)
+def test_repricing_leaves_the_rollups_a_rebuild_from_raw_spans_gives(
+    tmp_path_factory: pytest.TempPathFactory,
+    books: list[list[Any]],
+    since: datetime,
+    keep_days: int | None,
+) -> None:
+    """Whatever the rules (currencies changing, calls becoming unpriced and priced again),
+    run once or twice, on a pruned ledger or not: every rollup is what a rebuild from the
+    raw spans gives, and the month's bill is byte for byte the one read from raw spans."""
+    ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('rp') / 'l.db'}", zone="Europe/Berlin")
+    ledger.record(_spans(90))
+    if keep_days is not None:
+        prune(ledger, keep_days, now=NOW)
+    for rules in books:
+        book = PriceBook(
+            [replace(r, id=n) for n, r in enumerate(rules, 1)], tz=BERLIN, currency="USD"
+        )
+        reprice(ledger, book, since=since, batch=7)
+    kept = _tables(ledger)
+    bills = [_monthly(ledger, month) for month in ("2026-11", "2026-12")]
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
+    if keep_days is None:
+        with raw_spans():
+            assert [_monthly(ledger, month) for month in ("2026-11", "2026-12")] == bills
+    ledger.dispose()
+
+
+def test_a_reprice_while_a_gateway_writes_leaves_the_rollups_a_rebuild_gives(
+    db_url: str,
+) -> None:
+    """Two reprices and a writer at once (spans of the window arriving while its pages are
+    re-priced): every rollup is what a rebuild from the raw spans gives."""
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    spans = _spans(240)
+    ledger.record(spans[::2])
+    books = [
+        PriceBook([replace(token_prices("*"), currency=c, id=n)], tz=BERLIN, currency="USD")
+        for n, c in ((1, "EUR"), (2, "USD"))
+    ]
+    failures: list[BaseException] = []
+
+    def run(work: Any) -> None:
+        try:
+            work()
+        except BaseException as exc:
+            failures.append(exc)
+
+    def write() -> None:
+        for at in range(1, len(spans), 10):
+            ledger.record(spans[at : at + 10 : 2])
+
+    since = datetime(2026, 10, 1, tzinfo=UTC)
+    threads = [threading.Thread(target=run, args=(write,))] + [
+        threading.Thread(target=run, args=(lambda b=b: reprice(ledger, b, since=since, batch=5),))
+        for b in books
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and ledger.count() == len(spans)
+    kept = _tables(ledger)
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept

@@ -491,3 +491,34 @@ def test_a_call_out_of_time_is_never_cut_at_its_final_chunk() -> None:
     call = _timed_call(0, 0)  # no time left at all
     assert call.take([Final(input_tokens=3, output_tokens=2)]) is None
     assert isinstance(_timed_call(0, 0).take([Delta("a")]), OverCap)
+
+
+def test_reprice_under_the_rules_the_meter_had_changes_nothing(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    """Every span the meter writes is priced as ``ometer reprice`` would price it: a call
+    refused before metering (a rate limit, a malformed request) was stored unpriced in the
+    default currency, so a reprice with no rule changed said '1 changed, 1 newly priced'
+    and moved it to the rule's currency."""
+    from dataclasses import replace
+
+    meter = make_meter(db_url)
+    meter.ledger.add_price_rule(replace(token_prices("*"), currency="EUR"))
+    run_chat(meter)
+    with pytest.raises(ModelNotFound):
+        run_chat(meter, model="nope:1b")
+    meter.refuse(
+        operation="chat",
+        model="llama3.1:8b",
+        attribution=WHO,
+        error_type="rate_limited",
+        message="over the limit",
+        http_status=429,
+    )
+    spans = stored(meter)
+    assert len(spans) == 3 and {s.currency for s in spans} == {"EUR"}
+    assert not any(s.unpriced for s in spans)
+    book = PriceSource(meter.ledger, settings=load_settings(db_url=db_url))()
+    summary = reprice(meter.ledger, book, since=min(s.started_at for s in spans))
+    assert (summary.examined, summary.changed, summary.newly_priced) == (3, 0, 0)
+    assert summary.delta() == {"EUR": 0}

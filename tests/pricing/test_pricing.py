@@ -25,6 +25,7 @@ from ollama_meter.pricing import (
     specificity,
     to_micros,
 )
+from ollama_meter.records import parse_department_budgets
 
 D = Decimal
 
@@ -500,3 +501,84 @@ def test_a_span_is_priced_by_the_model_answered_else_the_model_asked(
     assert cost.rule_id == expected
     assert cost.tokens == {1: 1_000_000, 2: 3_000_000, None: 0}[expected]
     assert cost.unpriced == (expected is None)
+
+
+@given(
+    name=st.sampled_from(["llama3.1", "qwen2.5"]),
+    tags=st.sampled_from([("", ""), ("", ":latest"), (":latest", ""), (":8b", ":8b"),
+                          (":*", ":*")]),
+    old_spelling=st.sampled_from(range(len(_SPELLINGS))),
+    new_spelling=st.sampled_from(range(len(_SPELLINGS))),
+)  # fmt: skip
+def test_a_price_change_takes_effect_however_the_model_is_spelled(
+    name: str, tags: tuple[str, str], old_spelling: int, new_spelling: int
+) -> None:
+    """Two spellings Ollama reads as one model are one pattern, equally specific: the later
+    --from wins. 'library/llama3.1:8b' was more specific than 'llama3.1:8b' (more letters),
+    so a raise written 'llama3.1:8b' --from 2026-12-01 never took effect over an older rule
+    spelled in full, and 'llama3.1:latest' beat any later 'llama3.1'."""
+    old = rule(_SPELLINGS[old_spelling](name, tags[0]), id=1, input_per_1m=D(1))
+    new = rule(
+        _SPELLINGS[new_spelling](name, tags[1]),
+        id=2,
+        input_per_1m=D(2),
+        effective_from=date(2026, 12, 1),
+    )
+    model = f"{name}:8b" if tags[0] in (":8b", ":*") else name
+    for rules in ([old, new], [new, old]):
+        assert select_rule(rules, model, date(2026, 11, 30)) is old
+        assert select_rule(rules, model, date(2026, 12, 1)) is new
+    assert specificity(old.pattern) == specificity(new.pattern)
+
+
+@given(
+    digits=st.integers(41, 6000),
+    exponent=st.none() | st.integers(-(10**25), 10**25),
+    quoted=st.booleans(),
+)
+@example(digits=5000, exponent=None, quoted=False)  # past Python's 4,300 digits for an int
+@example(digits=1, exponent=10**20, quoted=True)  # past any exponent Decimal holds
+@example(digits=1, exponent=-(10**20), quoted=False)
+def test_a_price_of_any_length_or_exponent_is_one_short_line(
+    digits: int, exponent: int | None, quoted: bool
+) -> None:
+    """An exponent past Decimal's in a pricing file or DEPARTMENT_BUDGETS
+    ('1e-99999999999999999999') was "a bug in ometer" (exit 70: Decimal's InvalidOperation
+    came through the parser) on every command that read them; an integer past 4,300 digits
+    said "Exceeds the limit (4300 digits) for integer string conversion ... use
+    sys.set_int_max_str_digits()", Python's advice, not a user's; given as text or an option
+    it was "not a number; write it with the digits 0-9 and a point" though it was written
+    so. An error shows a long amount by its ends."""
+    number = "7" * digits + ("" if exponent is None else f"e{exponent}")
+    text = f'"{number}"' if quoted else number
+    with pytest.raises(ValueError) as refused:
+        parse_pricing_toml(
+            f"[[rule]]\nmodel = 'x'\ninput_per_1m = {text}\n", default_currency="USD"
+        )
+    message = str(refused.value)
+    assert message.startswith(("rule 1: input_per_1m ", "not a pricing file")), message
+    assert "sys." not in message and "\n" not in message and len(message) < 300, message
+    with pytest.raises(ValueError) as refused:  # DEPARTMENT_BUDGETS reads amounts as JSON
+        parse_department_budgets(f'{{"sales": {{"daily": {text}}}}}', currency="USD")
+    message = str(refused.value)
+    assert message.startswith("'sales' daily ") and "sys." not in message, message
+    assert "\n" not in message and len(message) < 300, message
+    if exponent is not None and abs(exponent) > 10**18:
+        with pytest.raises(ValueError, match="^amount .* exponent") as refused:
+            parse_amount(number)
+
+
+@given(
+    chars=st.text("0123456789abcdefghijklmnopqrstuvwxyz.-", min_size=1, max_size=30),
+    negate=st.booleans(),
+)
+def test_a_character_class_is_one_character_however_many_it_lists(chars: str, negate: bool) -> None:
+    """'llama3.[0-9]:*' read as more specific than 'llama3.1:*' (the class's letters counted
+    as literal ones), so a rule for every llama3.x beat the one for llama3.1 itself."""
+    klass = f"[{'!' if negate else ''}{chars}]"
+    assert specificity(f"llama3.{klass}:*") < specificity("llama3.1:*")
+    assert specificity(f"llama3.{klass}:*") == specificity("llama3.?:*")
+    broad = rule(f"llama3.{klass}:*", id=2, effective_from=date(2026, 12, 1))
+    narrow = rule("llama3.1:*", id=1)
+    if broad.matches("llama3.1:8b"):
+        assert select_rule([broad, narrow], "llama3.1:8b", date(2026, 12, 2)) is narrow

@@ -8,11 +8,14 @@ import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger
+from ollama_meter.periods import parse_period
+from ollama_meter.pricing import from_micros
 from ollama_meter.reports import CHARGEBACK_COLUMNS, chargeback, to_csv
 from tests.factories import make_span
 
@@ -394,3 +397,80 @@ def test_the_fixed_cost_is_billed_to_the_cent_in_any_zone_and_month(
         if row["currency"] != "USD":
             assert row["fixed_cost_share"] == 0
     assert run()[0] == text
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    calls=_calls,
+    zone=st.sampled_from(_ZONES),
+    ledger_zone=st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kathmandu"]),
+    month=st.sampled_from(["2026-10", "2026-03"]),
+    cents=st.integers(0, 10**14),
+    idle=st.sampled_from(["share", "separate"]),
+    order=st.randoms(),
+)
+def test_the_csv_the_json_and_the_spans_tell_one_bill_whatever_the_order(
+    tmp_path_factory: pytest.TempPathFactory,
+    calls: list[tuple[str, str, int, int, str, str]],
+    zone: str,
+    ledger_zone: str,
+    month: str,
+    cents: int,
+    idle: str,
+    order: Any,
+) -> None:
+    """Months with a DST change, a ledger whose days begin in another zone than the bill's,
+    the spans recorded in any order and batches: the CSV read back is the JSON, usage per
+    currency is the exact sum of the month's spans, each department's fixed share is the
+    largest-remainder split of its busy seconds, and the bytes do not depend on the order."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.reports import allocate, to_json
+
+    tz = ZoneInfo(zone)
+    first = datetime.fromisoformat(month + "-01").replace(tzinfo=UTC) - timedelta(days=27)
+    spans = [
+        span(dept, first + timedelta(seconds=at), busy, busy * 1000 + 1, host=host,
+             tenant=tenant, currency=currency)
+        for tenant, dept, at, busy, currency, host in calls
+    ]  # fmt: skip
+    fixed = Decimal(cents).scaleb(-2)
+    texts = []
+    for _ in range(2):
+        ledger = Ledger(
+            f"sqlite:///{tmp_path_factory.mktemp('cb') / 'ledger.db'}", zone=ledger_zone
+        )
+        shuffled = list(spans)
+        order.shuffle(shuffled)
+        for at in range(0, len(shuffled), 3):
+            ledger.record(shuffled[at : at + 3])
+        result = chargeback(
+            ledger, month, tz=tz, now=NOW, currency="USD", fixed_cost=fixed, idle=idle
+        )
+        text = to_csv(CHARGEBACK_COLUMNS, result.rows)
+        texts.append(text)
+        ledger.dispose()
+    assert texts[0] == texts[1]
+    as_json = json.loads(to_json(CHARGEBACK_COLUMNS, result.rows))
+    assert rows_of(text) == [{k: str(v) for k, v in row.items()} for row in as_json]
+    window = parse_period(month, tz=tz, now=NOW)
+    inside = [s for s in spans if window.start <= s.started_at < window.end]
+    for currency in ("USD", "EUR"):
+        billed = sum(Decimal(r["usage_cost"]) for r in as_json if r["currency"] == currency)
+        assert billed == sum(
+            (from_micros(s.cost_total) for s in inside if s.currency == currency), Decimal(0)
+        )
+    if idle == "share" and any(s.eval_duration_ns for s in inside):
+        weights: dict[tuple[str, str], int] = {}
+        for s in inside:
+            key = (s.tenant, s.department)
+            weights[key] = weights.get(key, 0) + (s.eval_duration_ns or 0)
+        expected = allocate(cents, {k: w for k, w in weights.items() if w})
+        got = {
+            (r["tenant"], r["department"]): int(Decimal(r["fixed_cost_share"]) * 100)
+            for r in as_json
+            if r["currency"] == "USD" and Decimal(r["fixed_cost_share"])
+        }
+        assert got == {k: v for k, v in expected.items() if v}
