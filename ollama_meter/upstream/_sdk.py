@@ -39,6 +39,7 @@ from ollama_meter.upstream._resilience import (
     CircuitBreaker,
     Resilient,
     RetryPolicy,
+    Waits,
     breaker_for,
 )
 
@@ -55,8 +56,9 @@ def _heard(_response: httpx.Response) -> None:
     _ANSWERED.set(True)
 
 
-class TimeCap(Protocol):
-    """How long a call may still wait for Ollama (a hard budget's time; see MeteredCall)."""
+class TimeCap(Waits, Protocol):
+    """How long a call may still wait for Ollama (a hard budget's time; see MeteredCall), told
+    of its waits between attempts, which are not Ollama's time."""
 
     def time_left_s(self) -> float | None: ...
 
@@ -174,7 +176,7 @@ class Upstream(Resilient):
         ``time_cap``: the call is cut (its error raised) once it has waited that long."""
         method = getattr(self.client, operation)
         model = str(request.get("model", ""))
-        attempts = self.attempts(model)
+        attempts = self.attempts(model, waits=time_cap)
 
         def attempt() -> Response:
             _ANSWERED.set(False)
@@ -199,7 +201,7 @@ class Upstream(Resilient):
         ``time_cap``: no wait for a chunk outlasts the time the call had left when sent.
         """
         model = str(request.get("model", ""))
-        attempts = self.attempts(model)
+        attempts = self.attempts(model, waits=time_cap)
 
         def first() -> tuple[Iterator[Response], Response | None]:
             _ANSWERED.set(False)
@@ -235,10 +237,14 @@ class Upstream(Resilient):
                 close()
         attempts.end()
 
-    async def acall(self, operation: str, request: Mapping[str, Any]) -> Response:
+    async def acall(
+        self, operation: str, request: Mapping[str, Any], waits: Waits | None = None
+    ) -> Response:
+        """:meth:`call` on the event loop; ``waits`` is told of the waits between attempts
+        (the caller cuts the call on time: see ``MeteredCall.in_time``)."""
         method = getattr(self.async_client, operation)
         model = str(request.get("model", ""))
-        attempts = self.attempts(model)
+        attempts = self.attempts(model, waits=waits)
 
         async def attempt() -> Response:
             _ANSWERED.set(False)
@@ -252,10 +258,11 @@ class Upstream(Resilient):
         return result
 
     async def astream(
-        self, operation: str, request: Mapping[str, Any]
+        self, operation: str, request: Mapping[str, Any], waits: Waits | None = None
     ) -> AsyncGenerator[Response, None]:
+        """:meth:`stream` on the event loop; ``waits`` as for :meth:`acall`."""
         model = str(request.get("model", ""))
-        attempts = self.attempts(model)
+        attempts = self.attempts(model, waits=waits)
 
         async def first() -> tuple[AsyncIterator[Response], Response | None]:
             _ANSWERED.set(False)
