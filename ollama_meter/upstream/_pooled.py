@@ -114,6 +114,19 @@ class PooledUpstream(Resilient):
             raise transport_error(
                 Failure.GARBLED, host=self.host, started=True, reason=reason
             ) from exc
+        except aiohttp.ServerDisconnectedError as exc:
+            if isinstance(exc.message, str):  # aiohttp's "Server disconnected": not a byte came
+                raise transport_error(
+                    Failure.CONNECTION, host=self.host, started=False, reason=exc.message
+                ) from exc
+            # What it read of an answer's head before the connection closed: the call was
+            # taken (it is not sent again), and the answer is none.
+            raise transport_error(
+                Failure.GARBLED,
+                host=self.host,
+                started=True,
+                reason="the connection closed partway through its status line and headers",
+            ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise transport_error(
                 Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)

@@ -315,6 +315,9 @@ GARBLED = {
     "header too long": b"HTTP/1.1 200 OK\r\nx-a: " + b"a" * 70_000 + b"\r\n\r\n",
     "two framings": b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
     "coding nobody asked for": b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 2\r\n\r\nhi",
+    "a TLS server": b"\x15\x03\x01\x00\x02\x02\x46",  # a TLS alert: the address wants https://
+    "status line cut short": b"HTTP/1.1 20",
+    "head cut short": b"HTTP/1.1 200 OK\r\ncontent-type: appl",
 }
 
 
