@@ -25,8 +25,8 @@ from ollama_meter import (
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.pricing import from_micros
-from ollama_meter.testing import OllamaEmulator, expected_embedding, expected_reply
-from tests.factories import token_prices
+from ollama_meter.testing import Fault, OllamaEmulator, expected_embedding, expected_reply
+from tests.factories import quick_history, token_prices
 
 HI = [{"role": "user", "content": "say hi to the team"}]
 EXPECTED = expected_reply("llama3.1:8b", HI)
@@ -448,3 +448,40 @@ def test_an_async_client_serves_one_event_loop_after_another(
 
     assert [asyncio.run(one()) for _ in range(3)] == ["ok"] * 3
     assert [s.status for s in client.meter.ledger.latest(SpanFilter(), 5)] == ["ok"] * 3
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_waiting_to_retry_a_failed_attempt_does_not_run_a_timed_calls_time_out(
+    sqlite_url: str, emulator: OllamaEmulator, stream: bool, flavour: str
+) -> None:
+    """Under a hard budget that prices GPU time, a call is cut once it has run as long at
+    Ollama as it was admitted on (about 0.7 s here): a 503 and a second's wait before the
+    retry ran that out, and the quick answer that followed was cut. The wait is not Ollama's."""
+    backoff = {"retry_backoff": 1.0}  # longer than the call was admitted on
+    metered_client = MeteredClient if flavour == "sync" else AsyncMeteredClient
+    client: Any = metered_client(department="sales", tenant="acme", db_url=sqlite_url, **backoff)
+    ledger = client.meter.ledger
+    ledger.add_price_rule(token_prices(gpu_hour=Decimal(3600)))
+    ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
+    )
+    ledger.record([quick_history()])
+    emulator.inject(Fault.HTTP_503, times=1)
+    request = {"model": "llama3.1:8b", "messages": HI, "options": {"num_predict": 8}}
+
+    async def in_a_loop() -> list[Any]:
+        async with client:
+            answer = await client.chat(**request, stream=stream)
+            return [part async for part in answer] if stream else [answer]
+
+    if flavour == "sync":
+        with client:
+            answer = client.chat(**request, stream=stream)
+            parts = list(answer) if stream else [answer]
+    else:
+        parts = asyncio.run(in_a_loop())
+    assert parts[-1].done and parts[-1].meter is not None
+    assert len(emulator.requests_to("/api/chat")) == 2
+    (span,) = ledger.latest(SpanFilter(), 5)[:1]
+    assert (span.status, span.error_type) == ("ok", None)

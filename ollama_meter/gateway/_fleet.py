@@ -36,7 +36,7 @@ from ollama_meter.gateway._queue import Capacity, FairQueue, Grant
 from ollama_meter.meter import Source
 from ollama_meter.meter._wiring import transport_for
 from ollama_meter.records import model_key
-from ollama_meter.upstream import CallAttempts, PooledUpstream
+from ollama_meter.upstream import CallAttempts, PooledUpstream, Waits
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -114,17 +114,18 @@ class Lease:
     def waited_ns(self) -> int:
         return self._grant.waited_ns
 
-    def attempts(self, model: str, *, elsewhere: bool) -> CallAttempts:
+    def attempts(self, model: str, *, elsewhere: bool, waits: Waits | None = None) -> CallAttempts:
         """The call's way through this server's breaker (CircuitOpen if closed to it).
 
         ``elsewhere``: another server can take the call, so a transient failure here ends
         this server's part at once and the call moves on (the move is its retry); else
-        the server's own retry policy applies.
+        the server's own retry policy applies. ``waits``: who is told of the waits
+        between attempts.
         """
         pool = self.server.pool
         retry = replace(pool.retry, retries=0) if elsewhere else pool.retry
         # One circuit per model, however the call spells it: the one routing asks about.
-        return CallAttempts(pool.breaker, retry, model, circuit=model_key(model))
+        return CallAttempts(pool.breaker, retry, model, circuit=model_key(model), waits=waits)
 
     def release(self) -> None:
         self._grant.release()

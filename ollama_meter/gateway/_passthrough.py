@@ -20,6 +20,7 @@ from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._fleet import UNION, Fleet, model_named
 from ollama_meter.gateway._relay import error_response, forward_headers, wire_of
 from ollama_meter.upstream import OLLAMA, gateway_status
+from ollama_meter.upstream._pooled import as_sent
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -76,5 +77,5 @@ async def forward(fleet: Fleet, request: Request, *, body: bytes | None) -> Resp
         finally:
             pool.finish(response, completed=response.content.at_eof())
 
-    headers = {k: v for k, v in response.headers.items() if k.lower() not in _NOT_RELAYED}
+    headers = {k: v for k, v in as_sent(response).items() if k not in _NOT_RELAYED}
     return StreamingResponse(relayed(), status_code=response.status, headers=headers)

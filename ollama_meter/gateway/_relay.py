@@ -352,7 +352,7 @@ class Relay:
             call.span.upstream_host = server.url
             elsewhere = fleet.can_move(model, {*tried, server.url})
             try:
-                attempts = slot.lease.attempts(model, elsewhere=elsewhere)
+                attempts = slot.lease.attempts(model, elsewhere=elsewhere, waits=call)
                 async with call.in_time(call.deadline()):  # a whole answer comes at its end
                     sent = await server.pool.send(
                         attempts, request.path, body=content, query=query, headers=headers

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -60,8 +60,12 @@ class MeteredCall:
         :meth:`measure`)."""
         self.stored: Stored | None = None
         """Where the span went once the call closed: the ledger, the spool, ..."""
+        self.idle_ns = 0
+        """Time spent waiting between attempts (a retry's backoff): not Ollama's, so it neither
+        runs out :attr:`time_cap_ns` nor is charged as busy time (see :meth:`waiting`)."""
         self._t0 = time.perf_counter_ns()
         self._first_ns: int | None = None
+        self._timers: set[asyncio.Timeout] = set()
 
     def observe(self, event: Delta | Final) -> None:
         """Take one piece of the answer: a reply delta, or the final usage record."""
@@ -103,11 +107,29 @@ class MeteredCall:
 
     def time_left_s(self) -> float | None:
         """Seconds until the call has run as long at Ollama as it was admitted on (0: it has;
-        None: no limit). Waiting in a gateway's queue is not Ollama's time, nor charged."""
+        None: no limit). Waiting in a gateway's queue, or to retry, is not Ollama's time."""
         if self.time_cap_ns is None:
             return None
-        ran = time.perf_counter_ns() - self._t0 - (self.span.queue_ns or 0)
+        ran = time.perf_counter_ns() - self._t0 - (self.span.queue_ns or 0) - self.idle_ns
         return max(self.time_cap_ns - ran, 0) / 1e9
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """A wait between attempts (``upstream.Waits``): Ollama is not serving the call meanwhile,
+        so the wait is kept out of its time. A cut already waiting (:meth:`in_time`) is held
+        off for as long: it never comes during the wait, nor sooner after it."""
+        held = [(timer, timer.when()) for timer in self._timers if not timer.expired()]
+        for timer, _ in held:
+            timer.reschedule(None)
+        started = time.perf_counter_ns()
+        try:
+            yield
+        finally:
+            waited = time.perf_counter_ns() - started
+            self.idle_ns += waited
+            for timer, when in held:
+                if when is not None and not timer.expired():
+                    timer.reschedule(when + waited / 1e9)
 
     def deadline(self) -> float | None:
         """When, in the running event loop's time, the call has run all it was admitted on."""
@@ -125,7 +147,11 @@ class MeteredCall:
         timer = asyncio.timeout_at(deadline)
         try:
             async with timer:
-                yield
+                self._timers.add(timer)  # held off while the call waits to retry
+                try:
+                    yield
+                finally:
+                    self._timers.discard(timer)
         except TimeoutError:
             if not timer.expired():
                 raise
@@ -193,8 +219,9 @@ class MeteredCall:
         if span.prompt_eval_duration_ns is None and span.eval_duration_ns is None:
             # The upstream did not say how long it was busy (Ollama's /v1 routes never do;
             # an aborted stream has no final chunk): the meter's own clock stands in, and
-            # says so. Time waiting in a gateway's queue for a slot is not Ollama's.
-            waited = min(span.queue_ns or 0, span.latency_ns)
+            # says so. Time waiting in a gateway's queue for a slot, or to retry, is not
+            # Ollama's (both come before the answer's first byte).
+            waited = min((span.queue_ns or 0) + self.idle_ns, span.latency_ns)
             first = max(span.ttft_ns or 0, waited)
             span.prompt_eval_duration_ns, span.eval_duration_ns = (
                 first - waited,

@@ -39,9 +39,13 @@ class Answers(Protocol):
         self, operation: str, request: Mapping[str, Any], time_cap: MeteredCall | None = None
     ) -> Generator[Any, None, None]: ...
 
-    async def acall(self, operation: str, request: Mapping[str, Any]) -> Any: ...
+    async def acall(
+        self, operation: str, request: Mapping[str, Any], waits: MeteredCall | None = None
+    ) -> Any: ...
 
-    def astream(self, operation: str, request: Mapping[str, Any]) -> AsyncGenerator[Any, None]: ...
+    def astream(
+        self, operation: str, request: Mapping[str, Any], waits: MeteredCall | None = None
+    ) -> AsyncGenerator[Any, None]: ...
 
 
 class Run:
@@ -132,12 +136,13 @@ class Run:
         reader = OLLAMA.reader(self.operation)
         last: Any = None
         try:
-            deadline = call.deadline()  # a silent server, or a whole answer, is cut on time too
+            # A silent server, or a whole answer, is cut on time too: at the deadline of the
+            # moment, which a wait between attempts pushed back (it is not Ollama's time).
             if self.stream:
-                parts = self._upstream.astream(self.operation, self.request)
+                parts = self._upstream.astream(self.operation, self.request, call)
                 try:
                     while True:
-                        async with call.in_time(deadline):
+                        async with call.in_time(call.deadline()):
                             part = await anext(parts, None)
                         if part is None:
                             break
@@ -153,8 +158,8 @@ class Run:
                         yield held
                     raise
             else:
-                async with call.in_time(deadline):
-                    last = await self._upstream.acall(self.operation, self.request)
+                async with call.in_time(call.deadline()):
+                    last = await self._upstream.acall(self.operation, self.request, call)
                 call.take(reader.read(last))
         except BaseException as exc:
             await asyncio.to_thread(meter.close, call, exc)

@@ -114,6 +114,19 @@ class PooledUpstream(Resilient):
             raise transport_error(
                 Failure.GARBLED, host=self.host, started=True, reason=reason
             ) from exc
+        except aiohttp.ServerDisconnectedError as exc:
+            if isinstance(exc.message, str):  # aiohttp's "Server disconnected": not a byte came
+                raise transport_error(
+                    Failure.CONNECTION, host=self.host, started=False, reason=exc.message
+                ) from exc
+            # What it read of an answer's head before the connection closed: the call was
+            # taken (it is not sent again), and the answer is none.
+            raise transport_error(
+                Failure.GARBLED,
+                host=self.host,
+                started=True,
+                reason="the connection closed partway through its status line and headers",
+            ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise transport_error(
                 Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)
@@ -162,7 +175,7 @@ class PooledUpstream(Resilient):
             raise
         else:
             self.finish(response, completed=True)
-        header = response.headers.get("retry-after")
+        header = as_sent(response).get("retry-after")
         failure = answer_error(
             response.status,
             detail_of(answer.decode(errors="replace")),
@@ -229,6 +242,16 @@ class PooledUpstream(Resilient):
 
     def close(self) -> None:
         """Nothing to do outside the event loop: :meth:`aclose` closes the pool."""
+
+
+def as_sent(response: aiohttp.ClientResponse) -> dict[str, str]:
+    """The answer's headers byte for byte, as Latin-1 text (which every byte is), names in
+    lower case: so they are passed on as they came. aiohttp reads them as UTF-8, which a
+    byte past ASCII (an accent, a stray byte) made text that no answer can carry."""
+    return {
+        name.decode("latin-1").lower(): value.decode("latin-1")
+        for name, value in response.raw_headers
+    }
 
 
 def gateway_status(error: UpstreamError) -> int:

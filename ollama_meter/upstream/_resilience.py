@@ -26,13 +26,14 @@ through :class:`CallAttempts`, whose :meth:`~CallAttempts.run` is the one retry 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from ollama_meter._runtime import runtime
 from ollama_meter.errors import CircuitOpen, UpstreamError
@@ -46,6 +47,16 @@ _HOST_SILENT = frozenset({"connection", "timeout"})
 _MAX_MODEL_CIRCUITS = 4096
 
 T = TypeVar("T")
+
+
+class Waits(Protocol):
+    """Told of each wait between a call's attempts (the meter: waiting is not Ollama's time,
+    so it neither runs out a hard budget's time for the call nor is charged as busy time)."""
+
+    def waiting(self) -> contextlib.AbstractContextManager[None]: ...
+
+
+_NOT_TOLD: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
 def is_transient(error: UpstreamError) -> bool:
@@ -226,12 +237,20 @@ class CallAttempts:
     """
 
     def __init__(
-        self, breaker: CircuitBreaker, retry: RetryPolicy, model: str, *, circuit: str | None = None
+        self,
+        breaker: CircuitBreaker,
+        retry: RetryPolicy,
+        model: str,
+        *,
+        circuit: str | None = None,
+        waits: Waits | None = None,
     ) -> None:
         """``circuit``: the name the model's circuit goes by (default ``model``, as asked),
-        so that every spelling of one model shares one circuit."""
+        so that every spelling of one model shares one circuit. ``waits``: who is told of
+        the waits between attempts."""
         self._breaker = breaker
         self._retry = retry
+        self._waits = waits
         self._ticket = breaker.admit(circuit or model)
         self.model = model
         self.attempts = 0
@@ -263,7 +282,8 @@ class CallAttempts:
                 wait = self.retry_in(error)
                 if wait is None:
                     raise
-                sleep(wait)
+                with self._waiting():
+                    sleep(wait)
             except BaseException as exc:  # Ctrl-C, SIGTERM, the caller went away
                 self.end(exc)
                 raise
@@ -277,10 +297,14 @@ class CallAttempts:
                 wait = self.retry_in(error)
                 if wait is None:
                     raise
-                await asyncio.sleep(wait)
+                with self._waiting():
+                    await asyncio.sleep(wait)
             except BaseException as exc:
                 self.end(exc)
                 raise
+
+    def _waiting(self) -> contextlib.AbstractContextManager[None]:
+        return _NOT_TOLD if self._waits is None else self._waits.waiting()
 
     def end(self, outcome: BaseException | None = None) -> None:
         """The call is over: count it (success with None) on its circuits."""
@@ -295,9 +319,10 @@ class Resilient:
         self.retry = retry
         self.breaker = breaker
 
-    def attempts(self, model: str) -> CallAttempts:
-        """One call's passage through this host's breaker and retry policy."""
-        return CallAttempts(self.breaker, self.retry, model)
+    def attempts(self, model: str, *, waits: Waits | None = None) -> CallAttempts:
+        """One call's passage through this host's breaker and retry policy (``waits``: who
+        is told of its waits between attempts)."""
+        return CallAttempts(self.breaker, self.retry, model, waits=waits)
 
 
 def breaker_for(host: str, *, threshold: int, reset_after: float) -> CircuitBreaker:

@@ -39,6 +39,7 @@ from ollama_meter.upstream._resilience import (
     CircuitBreaker,
     Resilient,
     RetryPolicy,
+    Waits,
     breaker_for,
 )
 
@@ -55,8 +56,9 @@ def _heard(_response: httpx.Response) -> None:
     _ANSWERED.set(True)
 
 
-class TimeCap(Protocol):
-    """How long a call may still wait for Ollama (a hard budget's time; see MeteredCall)."""
+class TimeCap(Waits, Protocol):
+    """How long a call may still wait for Ollama (a hard budget's time; see MeteredCall), told
+    of its waits between attempts, which are not Ollama's time."""
 
     def time_left_s(self) -> float | None: ...
 
@@ -174,7 +176,7 @@ class Upstream(Resilient):
         ``time_cap``: the call is cut (its error raised) once it has waited that long."""
         method = getattr(self.client, operation)
         model = str(request.get("model", ""))
-        attempts = self.attempts(model)
+        attempts = self.attempts(model, waits=time_cap)
 
         def attempt() -> Response:
             _ANSWERED.set(False)
@@ -199,7 +201,7 @@ class Upstream(Resilient):
         ``time_cap``: no wait for a chunk outlasts the time the call had left when sent.
         """
         model = str(request.get("model", ""))
-        attempts = self.attempts(model)
+        attempts = self.attempts(model, waits=time_cap)
 
         def first() -> tuple[Iterator[Response], Response | None]:
             _ANSWERED.set(False)
@@ -235,10 +237,14 @@ class Upstream(Resilient):
                 close()
         attempts.end()
 
-    async def acall(self, operation: str, request: Mapping[str, Any]) -> Response:
+    async def acall(
+        self, operation: str, request: Mapping[str, Any], waits: Waits | None = None
+    ) -> Response:
+        """:meth:`call` on the event loop; ``waits`` is told of the waits between attempts
+        (the caller cuts the call on time: see ``MeteredCall.in_time``)."""
         method = getattr(self.async_client, operation)
         model = str(request.get("model", ""))
-        attempts = self.attempts(model)
+        attempts = self.attempts(model, waits=waits)
 
         async def attempt() -> Response:
             _ANSWERED.set(False)
@@ -252,10 +258,11 @@ class Upstream(Resilient):
         return result
 
     async def astream(
-        self, operation: str, request: Mapping[str, Any]
+        self, operation: str, request: Mapping[str, Any], waits: Waits | None = None
     ) -> AsyncGenerator[Response, None]:
+        """:meth:`stream` on the event loop; ``waits`` as for :meth:`acall`."""
         model = str(request.get("model", ""))
-        attempts = self.attempts(model)
+        attempts = self.attempts(model, waits=waits)
 
         async def first() -> tuple[AsyncIterator[Response], Response | None]:
             _ANSWERED.set(False)
@@ -316,17 +323,23 @@ class Upstream(Resilient):
         answered = started or _ANSWERED.get()
         if not answered and _refused_by_client(exc):
             kind = Failure.INVALID
+        elif (reported := _reported_in(exc)) is not None:
+            return reported  # a 200 whose object is Ollama's {"error": ...}: its own words
         elif isinstance(exc, pydantic.ValidationError) or (
-            answered and isinstance(exc, TypeError | UnicodeDecodeError)
-        ):  # an answer that is not what the API says (not an object, not UTF-8)
+            answered and isinstance(exc, TypeError | UnicodeDecodeError | json.JSONDecodeError)
+        ):  # an answer that is not what the API says (not JSON, not an object, not UTF-8)
             kind, reason = (
                 Failure.UNEXPECTED,
                 f"its answer does not read as Ollama's API has it: {reason}",
             )
         elif isinstance(exc, httpx.TimeoutException):
             kind = Failure.TIMEOUT
-        elif started and isinstance(exc, httpx.HTTPError | json.JSONDecodeError):
+        elif answered and isinstance(exc, httpx.HTTPError):
+            # Its headers came, then its body broke off (a whole answer too): the call was
+            # taken, so it is not sent again, nor the server said to be unreachable.
             kind = Failure.BROKEN
+        elif isinstance(exc, httpx.RemoteProtocolError) and not _said_nothing(exc):
+            kind = Failure.GARBLED  # something answered, in bytes that are no HTTP answer
         elif isinstance(exc, ConnectionError | httpx.TransportError):
             kind, reason = Failure.CONNECTION, ""  # the client's own words say nothing more
         else:
@@ -359,6 +372,24 @@ def _refused_by_client(exc: BaseException) -> bool:
     return isinstance(exc, ollama.RequestError | TypeError) or (
         isinstance(exc, ValueError) and not isinstance(exc, json.JSONDecodeError)
     )
+
+
+def _said_nothing(exc: httpx.RemoteProtocolError) -> bool:
+    """Whether the server closed the connection before a byte of its answer could be read
+    (httpcore's words for it): nothing answered, as when it is not there at all."""
+    return "without sending a response" in str(exc)
+
+
+def _reported_in(exc: BaseException) -> UpstreamError | None:
+    """The failure a 200's object reports (``{"error": ...}``), when the client could not read
+    it as an answer: it checks the fields an answer has first, so the error went unsaid."""
+    if not (isinstance(exc, pydantic.ValidationError) and exc.title.endswith("Response")):
+        return None
+    for error in exc.errors(include_url=False):
+        answer = error.get("input")
+        if error["type"] == "missing" and not error["loc"][1:] and isinstance(answer, Mapping):
+            return reported_error(answer)
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

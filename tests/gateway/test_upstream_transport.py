@@ -315,6 +315,9 @@ GARBLED = {
     "header too long": b"HTTP/1.1 200 OK\r\nx-a: " + b"a" * 70_000 + b"\r\n\r\n",
     "two framings": b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
     "coding nobody asked for": b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 2\r\n\r\nhi",
+    "a TLS server": b"\x15\x03\x01\x00\x02\x02\x46",  # a TLS alert: the address wants https://
+    "status line cut short": b"HTTP/1.1 20",
+    "head cut short": b"HTTP/1.1 200 OK\r\ncontent-type: appl",
 }
 
 
@@ -390,3 +393,89 @@ def test_a_passed_through_stream_that_breaks_off_ends_in_an_error_the_client_rai
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _Headed:
+    """Answers each request with ``status``, its ``header`` (raw bytes) and Ollama's error."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.status, self.header = 429, b""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                head, _, body = request.partition(b"\r\n\r\n")
+                length = head.lower().partition(b"content-length:")[2].split(b"\r\n")[0]
+                while len(body) < int(length or 0):
+                    body += conn.recv(65536)
+                answer = b'{"error": "busy"}'
+                conn.sendall(
+                    b"HTTP/1.1 %d Busy\r\ncontent-type: application/json\r\n%s\r\n"
+                    b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                    % (self.status, self.header, len(answer), answer)
+                )
+
+
+@pytest.fixture
+def headed(serve_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[Any]:
+    """A served gateway (the in-process client reads headers as UTF-8 only) before _Headed."""
+    server = _Headed()
+    # Retry-After of a few seconds is not waited for; every example reaches Ollama.
+    config = {"retries": 0, "breaker_failures": 1000}
+    try:
+        yield serve_on(server.url, sqlite_url, config=config), server
+    finally:
+        server.listener.close()
+
+
+# What HTTP lets a header value hold: visible ASCII, spaces and tabs inside, and obs-text
+# (bytes 0x80-0xFF: UTF-8 text, Latin-1, or nonsense), which no decoding need accept.
+HEADER_VALUES = st.binary(min_size=1, max_size=24).map(
+    lambda raw: bytes(b for b in raw if b >= 0x21 and b != 0x7F).strip() or b"x"
+) | st.sampled_from([b"\xd9\xa1", "3\u2003".encode(), b"-5", b"9" * 400])
+
+
+@EXAMPLES
+@given(value=HEADER_VALUES, status=st.sampled_from([429, 503]))
+def test_ollamas_refusal_reaches_the_caller_with_its_retry_after_whatever_its_bytes(
+    headed: tuple[Gateway, _Headed], value: bytes, status: int
+) -> None:
+    """A 429 or 503 whose ``Retry-After`` was not Latin-1 text once decoded (UTF-8 digits,
+    an em space) crashed the gateway's answer: a 500 for Ollama's refusal. It is passed on
+    as it came, byte for byte, with Ollama's status and body, and one span."""
+    gw, server = headed
+    server.status, server.header = status, b"retry-after: " + value
+    before = len(gw.ledger.latest(SpanFilter(), 1000))
+    reply = gw.client.post("/api/generate", json={**GENERATE, "stream": False})
+    assert (reply.status_code, reply.content) == (status, b'{"error": "busy"}')
+    assert [v for k, v in reply.headers.raw if k.lower() == b"retry-after"] == [value]
+    spans = gw.ledger.latest(SpanFilter(), 1000)
+    assert len(spans) == before + 1
+    assert spans[0].error_type == ("rate_limited" if status == 429 else "upstream_5xx")
+
+
+@EXAMPLES
+@given(value=HEADER_VALUES)
+def test_a_passed_through_answer_keeps_its_headers_whatever_their_bytes(
+    headed: tuple[Gateway, _Headed], value: bytes
+) -> None:
+    """A header not Latin-1 text once decoded (a UTF-8 ``x-note: é``) on a passed-through
+    answer crashed the gateway's answer: a 500 for Ollama's 200."""
+    gw, server = headed
+    server.status, server.header = 200, b"x-note: " + value
+    reply = gw.client.get("/api/tags")
+    assert (reply.status_code, reply.content) == (200, b'{"error": "busy"}')
+    assert [v for k, v in reply.headers.raw if k.lower() == b"x-note"] == [value]

@@ -831,3 +831,41 @@ def test_a_call_slower_than_its_models_history_is_cut_at_the_time_it_was_admitte
         assert reply.status_code in (200, 502) and message in reply.text
     else:
         assert reply.status_code == 502 and message in error_text(reply, path)
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+@pytest.mark.parametrize("hard", [True, False], ids=["hard-budget", "no-budget"])
+def test_waiting_to_retry_a_failed_attempt_is_neither_cut_nor_charged_as_busy_time(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    stream: bool,
+    hard: bool,
+) -> None:
+    """A call admitted on about 0.8 s of GPU time, whose first attempt got a 503, waited a
+    second before its retry: the wait ran its time out, so the quick answer that followed was
+    cut (a 502, and a span charged for GPU time Ollama never spent). Waiting between attempts
+    is not Ollama's time: the call is served, and its busy time leaves the wait out (with no
+    budget at all, a /v1 call was charged the wait as GPU time)."""
+    monkeypatch.setenv("OMETER_RETRY_BACKOFF", "1")  # longer than the call was admitted on
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(dataclasses.replace(token_prices(), gpu_hour=Decimal(3600)))
+    if hard:
+        gw.ledger.save_budget(
+            Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
+        )
+    gw.ledger.record([quick_history()])
+    cap = {"max_tokens": 8} if path.startswith("/v1/") else {"options": {"num_predict": 8}}
+    body = {"model": "llama3.1:8b", "stream": stream, **GENERATING[path], **cap}
+    emulator.inject(Fault.HTTP_503, times=1)
+    reply = gw.client.post(path, json=body, headers=SALES)
+    assert reply.status_code == 200, reply.text[:300]
+    assert len(emulator.requests_to(path)) == 2
+    span = last_span(gw)
+    assert (span.status, span.error_type) == ("ok", None)
+    busy = span.prompt_eval_duration_ns + span.eval_duration_ns
+    if span.duration_source == "measured":  # the meter's clock: the wait of 1 s at least is out
+        assert busy <= span.latency_ns - 1_000_000_000

@@ -392,17 +392,20 @@ def test_observers_see_a_storable_span_from_its_start_journal_or_not(
 
 
 @given(
-    waited=st.integers(0, 10**11),
+    queued=st.integers(0, 10**11),
+    idle=st.integers(0, 10**11),
     ran=st.integers(0, 10**11),
     first=st.one_of(st.none(), st.integers(0, 10**11)),
     paid=st.one_of(st.none(), st.integers(0, 10**11)),
 )
 def test_time_in_the_gateways_queue_is_never_charged_as_busy_time(
-    waited: int, ran: int, first: int | None, paid: int | None
+    queued: int, idle: int, ran: int, first: int | None, paid: int | None
 ) -> None:
     """A call Ollama reports no durations for (its /v1 routes, a stream cut short) is charged
     the meter's own clock: from when it was sent, not from when it began to wait for a slot
-    (a call that queued a minute was charged a minute of GPU time)."""
+    (a call that queued a minute was charged a minute of GPU time), nor the waits between
+    its attempts (a call retried after a 503 was charged its backoff)."""
+    waited = queued + idle
     from zoneinfo import ZoneInfo
 
     from ollama_meter.meter import MeteredCall
@@ -415,9 +418,10 @@ def test_time_in_the_gateways_queue_is_never_charged_as_busy_time(
         load_duration_ns=None,
         prompt_eval_duration_ns=None,
         eval_duration_ns=None,
-        queue_ns=waited,
+        queue_ns=queued,
     )
     call = MeteredCall(span, "hi", PriceBook([], tz=ZoneInfo("UTC"), currency="USD"))
+    call.idle_ns = idle
     started = call._t0
     if first is not None:
         call._first_ns = started + waited + min(first, ran)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, strategies as st
@@ -119,6 +120,60 @@ def test_one_call_counts_once_however_often_it_was_retried() -> None:
     assert attempts.retry_in(BOOM) is not None
     assert attempts.retry_in(BOOM) is None  # out of retries: the call ends, counted once
     assert b.failures("m") == 1 and b.state("m") == "closed"
+
+
+class _Told:
+    """A Waits that counts the waits it is told of, and knows whether one is going on."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+        self.inside = False
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        self.waits += 1
+        self.inside = True
+        try:
+            yield
+        finally:
+            self.inside = False
+
+
+@given(
+    failures=st.lists(st.sampled_from([BOOM, DOWN, MISSING]), max_size=4),
+    asynchronous=st.booleans(),
+)
+def test_each_wait_between_attempts_is_told_and_no_attempt_is(
+    failures: list[UpstreamError], asynchronous: bool
+) -> None:
+    """The meter keeps the waits between a call's attempts out of Ollama's time (a hard
+    budget's time cut, busy time charged): it is told of each, sync or async, and never
+    while an attempt runs. A retry's backoff ran out a timed call, and was charged as GPU time."""
+    b, _ = breaker(threshold=100)
+    told = _Told()
+    attempts = CallAttempts(b, RetryPolicy(retries=2, backoff=0.0001), "m", waits=told)
+    left = list(failures)
+
+    def attempt() -> str:
+        assert not told.inside
+        if left:
+            raise left.pop(0)
+        return "ok"
+
+    async def aattempt() -> str:
+        return attempt()
+
+    retried = 0
+    for failure in failures:
+        if failure is MISSING or retried == 2:  # a 4xx is never retried; two retries at most
+            break
+        retried += 1
+    try:
+        got = asyncio.run(attempts.arun(aattempt)) if asynchronous else attempts.run(attempt)
+    except UpstreamError:
+        got = "failed"
+    assert told.waits == retried
+    assert got == ("ok" if len(failures) <= retried else "failed")
 
 
 def test_a_calls_retry_is_not_refused_by_the_circuit_its_first_attempt_reopened() -> None:
