@@ -10,7 +10,7 @@ relayed as it comes, status, headers and body.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -38,8 +38,13 @@ _PATH_SAFE = "/:@!$&'()*+,;=~"
 _NOT_RELAYED = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding"})
 
 
-async def forward(fleet: Fleet, request: Request, *, body: bytes | None) -> Response:
-    """Ollama's answer to ``request`` (whose body was read), or the union of the servers'."""
+async def forward(
+    fleet: Fleet, request: Request, *, body: bytes | AsyncIterable[bytes] | None
+) -> Response:
+    """Ollama's answer to ``request``, or the union of the servers'.
+
+    ``body`` was read whole, or (a blob upload) is streamed on as it arrives.
+    """
     path = request.url.path
     if fleet.several and path in UNION and request.method != "POST":
         try:
@@ -48,7 +53,7 @@ async def forward(fleet: Fleet, request: Request, *, body: bytes | None) -> Resp
             return error_response(wire_of(path), 502, str(exc))
         return JSONResponse(union) if request.method == "GET" else Response(status_code=200)
     named = path.removeprefix(OPENAI_MODEL) if path.startswith(OPENAI_MODEL) else None
-    pool = fleet.server_for(named or model_named(body)).pool
+    pool = fleet.server_for(named or model_named(body if isinstance(body, bytes) else None)).pool
     try:
         response = await pool.request(
             request.method,
