@@ -143,6 +143,7 @@ class _Answered:
     async def whole(self) -> Response:
         """The whole answer at once, after its span is written."""
         call, wire, response, pool = self.call, self.wire, self.response, self.pool
+        call.answered()
         try:
             async with call.in_time(call.deadline()):
                 content = await pool.read(response)
