@@ -174,10 +174,11 @@ class OllamaEmulator:
         self._faults.clear()
 
     def reset(self) -> None:
-        """Forget requests, faults and hang-ups, and unload every model (the next call is cold)."""
+        """Forget requests, faults, hang-ups and blobs, and unload every model (the next call is cold)."""
         self._faults.clear()
         with self._state.lock:
             self._state.requests.clear()
+            self._state.blobs.clear()
             self._state.loaded.clear()
             self._state.hangups = 0
             self._state.most_in_flight = self._state.in_flight

@@ -10,7 +10,9 @@ import hashlib
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
+import ollama
 import pytest
 
 from ollama_meter.ledger import SpanFilter
@@ -112,3 +114,16 @@ def test_a_blob_reaches_ollama_as_it_arrives_not_once_held_whole(
     reply = gw.client.post(f"/api/blobs/{digest_of(piece * 16)}", content=body())
     assert reply.status_code == 201
     assert _Upstream.received == 16 * len(piece)
+
+
+def test_the_official_client_uploads_a_model_file_through_the_gateway(
+    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str, tmp_path: Path
+) -> None:
+    """``ollama.Client.create_blob``, as ``ollama create`` from a local GGUF calls it."""
+    gw = serve_on(emulator.url, sqlite_url, allow_admin=True, max_body_bytes=MIB)
+    model_file = tmp_path / "model.gguf"
+    data = b"GGUF" + bytes(range(256)) * (5 * MIB // 256)
+    model_file.write_bytes(data)
+    digest = ollama.Client(host=gw.url).create_blob(model_file)
+    assert digest == digest_of(data)
+    assert emulator.blobs == {digest: len(data)}
