@@ -3,7 +3,8 @@
 With several servers, ``/api/tags``, ``/api/ps`` and ``/v1/models`` are the union
 of what they have; anything else (``/api/show``, ``/api/version``, model
 management) goes to a server that has the model the body names, or the path
-(``/v1/models/{model}``, OpenAI's ``models.retrieve``). The answer is
+(``/v1/models/{model}``, OpenAI's ``models.retrieve``); ``/api/create`` and the blobs it
+names go to the first server up, together. The answer is
 relayed as it comes, status, headers and body.
 """
 
@@ -32,6 +33,9 @@ PASSTHROUGH = (
 )
 """The routes passed through, as the app registers them."""
 
+BLOBS = "/api/blobs/"
+"""Where ``ollama create`` uploads a model's files before it names them in ``/api/create``."""
+
 _PATH_SAFE = "/:@!$&'()*+,;=~"
 """What stays as it is in a forwarded path (RFC 3986's pchar); anything else is %-encoded."""
 
@@ -52,8 +56,13 @@ async def forward(
         except UpstreamError as exc:
             return error_response(wire_of(path), 502, str(exc))
         return JSONResponse(union) if request.method == "GET" else Response(status_code=200)
-    named = path.removeprefix(OPENAI_MODEL) if path.startswith(OPENAI_MODEL) else None
-    pool = fleet.server_for(named or model_named(body if isinstance(body, bytes) else None)).pool
+    if path == "/api/create" or path.startswith(BLOBS):
+        # A create names blobs uploaded before it: both go where blobs go, the first server up.
+        server = fleet.server_for(None)
+    else:
+        named = path.removeprefix(OPENAI_MODEL) if path.startswith(OPENAI_MODEL) else None
+        server = fleet.server_for(named or model_named(body if isinstance(body, bytes) else None))
+    pool = server.pool
     try:
         response = await pool.request(
             request.method,

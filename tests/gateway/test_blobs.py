@@ -127,3 +127,25 @@ def test_the_official_client_uploads_a_model_file_through_the_gateway(
     digest = ollama.Client(host=gw.url).create_blob(model_file)
     assert digest == digest_of(data)
     assert emulator.blobs == {digest: len(data)}
+
+
+def test_with_several_servers_a_model_is_created_where_its_blobs_went(
+    serve_on: Callable[..., Gateway],
+    emulators: Callable[..., OllamaEmulator],
+    sqlite_url: str,
+) -> None:
+    """``ollama create`` uploads its blobs, then names them in ``/api/create``: both must reach
+    the same server, or Ollama finds no blob. The blob names no model; a create named after a
+    model another server has was sent there."""
+    first, second = emulators("llama3.1:8b"), emulators("qwen2.5:7b")
+    upstreams = f"{first.url},{second.url}"
+    gw = serve_on(first.url, sqlite_url, config={"upstreams": upstreams}, allow_admin=True)
+    data = b"GGUF" + b"\1" * 1000
+    assert gw.client.post(f"/api/blobs/{digest_of(data)}", content=data).status_code == 201
+    files = {"model.gguf": digest_of(data)}
+    gw.client.post("/api/create", json={"model": "qwen2.5:7b", "files": files})
+    assert first.blobs == {digest_of(data): len(data)}
+    assert [r.body for r in first.requests_to("/api/create")] == [
+        {"model": "qwen2.5:7b", "files": files}
+    ]
+    assert not second.requests_to("/api/create") and not second.blobs
