@@ -75,7 +75,7 @@ class MeteredCall:
                 self.reply_parts.append(event.text)
 
     def answered(self) -> None:
-        """The upstream began its answer (a whole one's 200): from here the call consumed.
+        """The upstream sent a whole answer's 200, and the answer was lost: it consumed.
 
         Ollama writes a non-streamed answer only once it has all of it, so its prompt is
         charged (estimated) even when that answer is then lost on the way or is too large

@@ -668,3 +668,20 @@ def test_a_whole_answer_lost_on_the_way_is_still_charged_its_prompt(
     )
     assert (span.input_tokens, span.output_tokens) == (1000, 0)
     assert span.cost_total == 1_000_000  # 1000 tokens at 1000 USD per million, in micro-USD
+
+
+def test_a_whole_answer_that_is_an_error_is_charged_nothing(
+    app: Any, emulator: OllamaEmulator
+) -> None:
+    """What was read whole and says Ollama failed (a 200 carrying ``{"done": true,
+    "done_reason": "error", ...}``, as a proxy sends it) did no work to charge."""
+    gw = app(emulator.url)
+    gw.ledger.add_price_rule(token_prices())
+    emulator.inject(Fault.ERROR_DONE)
+    reply = gw.client.post(
+        "/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
+    )
+    assert reply.status_code == 502
+    [span] = spans(gw)
+    assert (span.status, span.error_type) == ("error", "stream_error")
+    assert (span.input_tokens, span.output_tokens, span.cost_total) == (0, 0, 0)
