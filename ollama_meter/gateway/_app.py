@@ -44,7 +44,7 @@ from ollama_meter.gateway._attribution import Forbidden, resolve
 from ollama_meter.gateway._dash import NO_STORE, dashboard_routes
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._hosts import guard
-from ollama_meter.gateway._passthrough import PASSTHROUGH, forward
+from ollama_meter.gateway._passthrough import BLOBS, PASSTHROUGH, forward
 from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
 from ollama_meter.gateway._relay import Relay, error_response, wire_of
 from ollama_meter.gateway._requests import (
@@ -65,9 +65,6 @@ from ollama_meter.upstream import OLLAMA, PooledUpstream
 log = logging.getLogger("ollama_meter.gateway")
 
 ADMIN = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
-BLOBS = "/api/blobs/{digest}"
-"""``ollama create`` with a local file: ``HEAD`` asks whether Ollama has the blob, ``POST``
-uploads it (a model file, gigabytes). Model management, under the same policy as ``ADMIN``."""
 _NO_BODY = frozenset({"GET", "HEAD"})
 REFRESH_SECONDS = 5.0
 """How often the background task looks for prices and budgets due to be reloaded."""
@@ -342,9 +339,7 @@ class Gateway:
             )
         try:
             await self._admin_only(request)
-            if request.url.path.startswith("/api/blobs/"):
-                # A model file: streamed on as it arrives, never held, so not bound by the
-                # limit on a JSON body; HEAD has none to forward.
+            if request.url.path.startswith(BLOBS):  # a model file: streamed, never held
                 upload = None if request.method in _NO_BODY else request.stream()
                 return await forward(self.fleet, request, body=upload)
             body = await read_body(request, self.options.max_body_bytes)
@@ -430,7 +425,7 @@ def create_app(
             for path in PASSTHROUGH
         ),
         *(Route(path, _via(Gateway.admin), methods=["POST", "DELETE", "PUT"]) for path in ADMIN),
-        Route(BLOBS, _via(Gateway.admin), methods=["HEAD", "POST"]),
+        Route(f"{BLOBS}{{digest}}", _via(Gateway.admin), methods=["HEAD", "POST"]),
         Route("/healthz", _via(Gateway.healthz), methods=["GET"]),
         *(
             Route(route.path, _own_page(route.endpoint), methods=["GET"])

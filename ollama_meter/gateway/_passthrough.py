@@ -34,7 +34,8 @@ PASSTHROUGH = (
 """The routes passed through, as the app registers them."""
 
 BLOBS = "/api/blobs/"
-"""Where ``ollama create`` uploads a model's files before it names them in ``/api/create``."""
+"""Where ``ollama create`` uploads a model's files (``HEAD``: does Ollama have it?) before it
+names them in ``/api/create``: model management, streamed on, never held (gigabytes)."""
 
 _PATH_SAFE = "/:@!$&'()*+,;=~"
 """What stays as it is in a forwarded path (RFC 3986's pchar); anything else is %-encoded."""
