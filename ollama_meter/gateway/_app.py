@@ -44,7 +44,7 @@ from ollama_meter.gateway._dash import NO_STORE, dashboard_routes
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._hosts import guard
 from ollama_meter.gateway._memory import Unread, body_memory
-from ollama_meter.gateway._passthrough import PASSTHROUGH, forward
+from ollama_meter.gateway._passthrough import BLOBS, PASSTHROUGH, forward
 from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
 from ollama_meter.gateway._relay import Relay, error_response, wire_of
 from ollama_meter.gateway._requests import (
@@ -339,6 +339,9 @@ class Gateway:
             )
         try:
             await self._admin_only(request)
+            if request.url.path.startswith(BLOBS):  # a model file: streamed, never held
+                upload = None if request.method in _NO_BODY else request.stream()
+                return await forward(self.fleet, request, body=upload)
             body = await read_body(request, self.options.max_body_bytes)
         except _Refused as refused:
             return refused.response
@@ -422,6 +425,7 @@ def create_app(
             for path in PASSTHROUGH
         ),
         *(Route(path, _via(Gateway.admin), methods=["POST", "DELETE", "PUT"]) for path in ADMIN),
+        Route(f"{BLOBS}{{digest}}", _via(Gateway.admin), methods=["HEAD", "POST"]),
         Route("/healthz", _via(Gateway.healthz), methods=["GET"]),
         *(
             Route(route.path, _own_page(route.endpoint), methods=["GET"])

@@ -3,14 +3,15 @@
 With several servers, ``/api/tags``, ``/api/ps`` and ``/v1/models`` are the union
 of what they have; anything else (``/api/show``, ``/api/version``, model
 management) goes to a server that has the model the body names, or the path
-(``/v1/models/{model}``, OpenAI's ``models.retrieve``). The answer is
+(``/v1/models/{model}``, OpenAI's ``models.retrieve``); ``/api/create`` and the blobs it
+names go to the first server up, together. The answer is
 relayed as it comes, status, headers and body.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -33,14 +34,23 @@ PASSTHROUGH = (
 )
 """The routes passed through, as the app registers them."""
 
+BLOBS = "/api/blobs/"
+"""Where ``ollama create`` uploads a model's files (``HEAD``: does Ollama have it?) before it
+names them in ``/api/create``: model management, streamed on, never held (gigabytes)."""
+
 _PATH_SAFE = "/:@!$&'()*+,;=~"
 """What stays as it is in a forwarded path (RFC 3986's pchar); anything else is %-encoded."""
 
 _NOT_RELAYED = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding"})
 
 
-async def forward(fleet: Fleet, request: Request, *, body: bytes | None) -> Response:
-    """Ollama's answer to ``request`` (whose body was read), or the union of the servers'."""
+async def forward(
+    fleet: Fleet, request: Request, *, body: bytes | AsyncIterable[bytes] | None
+) -> Response:
+    """Ollama's answer to ``request``, or the union of the servers'.
+
+    ``body`` was read whole, or (a blob upload) is streamed on as it arrives.
+    """
     path = request.url.path
     if fleet.several and path in UNION and request.method != "POST":
         try:
@@ -48,8 +58,13 @@ async def forward(fleet: Fleet, request: Request, *, body: bytes | None) -> Resp
         except UpstreamError as exc:
             return error_response(wire_of(path), 502, str(exc))
         return JSONResponse(union) if request.method == "GET" else Response(status_code=200)
-    named = path.removeprefix(OPENAI_MODEL) if path.startswith(OPENAI_MODEL) else None
-    pool = fleet.server_for(named or model_named(body)).pool
+    if path == "/api/create" or path.startswith(BLOBS):
+        # A create names blobs uploaded before it: both go where blobs go, the first server up.
+        server = fleet.server_for(None)
+    else:
+        named = path.removeprefix(OPENAI_MODEL) if path.startswith(OPENAI_MODEL) else None
+        server = fleet.server_for(named or model_named(body if isinstance(body, bytes) else None))
+    pool = server.pool
     try:
         response = await pool.request(
             request.method,

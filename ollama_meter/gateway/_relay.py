@@ -148,10 +148,12 @@ class _Answered:
                 content = await pool.read(response)
         except UpstreamError as error:
             pool.finish(response, completed=False)
+            call.answered()  # lost on the way (or too large to take): the work was done
             await self.end(error)
             return error_response(wire, 502, str(error))
         except BaseException as exc:  # the client hung up: Ollama is stopped, the span written
             pool.finish(response, completed=False)
+            call.answered()
             await self.end(exc)
             raise
         pool.finish(response, completed=True)

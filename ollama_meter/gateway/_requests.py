@@ -323,10 +323,20 @@ def parse_request(path: str, raw: bytes) -> MeteredRequest:
     shape = OLLAMA_ROUTES.get(path) or OPENAI_ROUTES[path]
     try:
         body = (
-            json.loads(raw, parse_constant=_not_json, parse_float=_finite) if raw.strip() else None
+            json.loads(
+                raw, parse_constant=_not_json, parse_float=_finite, object_pairs_hook=_once_each
+            )
+            if raw.strip()
+            else None
         )
     except RecursionError:
         raise BadRequest("the JSON body is nested too deeply") from None
+    except _Repeated as repeated:
+        raise BadRequest(
+            f"the key {json.dumps(repeated.key)} is given twice in one object, which Ollama "
+            "reads otherwise than the last one (a repeated null changes nothing, repeated "
+            "objects are merged): give each key once"
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"invalid JSON body: {exc}") from None
     if not isinstance(body, dict):
@@ -373,6 +383,24 @@ def _where(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int) or not (part in _UNION_TAGS or "[" in part or "-" in part)
     ]
     return ".".join(parts) or "body"
+
+
+class _Repeated(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different. Go's decoder, unlike Python's, does not
+    simply keep a repeated key's last value (``"stream": true, "stream": null`` streams)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Repeated(key)
+            seen.add(key)
+    return obj
 
 
 def _not_json(constant: str) -> Any:

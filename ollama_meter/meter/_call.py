@@ -78,6 +78,16 @@ class MeteredCall:
             if event.text and self.keep_reply:
                 self.reply_parts.append(event.text)
 
+    def answered(self) -> None:
+        """The upstream sent a whole answer's 200, and the answer was lost: it consumed.
+
+        Ollama writes a non-streamed answer only once it has all of it, so its prompt is
+        charged (estimated) even when that answer is then lost on the way or is too large
+        to take, as a broken stream's is; never a silent $0 for work that was done.
+        """
+        if self._first_ns is None:
+            self._first_ns = time.perf_counter_ns()
+
     def take(self, events: Iterable[Event]) -> UpstreamError | None:
         """Observe ``events`` in order; the failure that ends the answer, if any.
 

@@ -38,6 +38,8 @@ class _State:
     hangups: int = 0
     in_flight: int = 0
     most_in_flight: int = 0
+    blobs: dict[str, int] = field(default_factory=dict)
+    """Blobs pushed (``POST /api/blobs/{digest}``): their digest and size."""
 
 
 class OllamaEmulator:
@@ -172,10 +174,11 @@ class OllamaEmulator:
         self._faults.clear()
 
     def reset(self) -> None:
-        """Forget requests, faults and hang-ups, and unload every model (the next call is cold)."""
+        """Forget requests, faults, hang-ups and blobs, and unload every model (the next call is cold)."""
         self._faults.clear()
         with self._state.lock:
             self._state.requests.clear()
+            self._state.blobs.clear()
             self._state.loaded.clear()
             self._state.hangups = 0
             self._state.most_in_flight = self._state.in_flight
@@ -198,6 +201,12 @@ class OllamaEmulator:
         with self._state.lock:
             return self._state.most_in_flight
 
+    @property
+    def blobs(self) -> dict[str, int]:
+        """The blobs pushed since start (``ollama create`` with a local file): digest to size."""
+        with self._state.lock:
+            return dict(self._state.blobs)
+
     def is_loaded(self, model: str) -> bool:
         """Whether ``model`` is warm (a call to it since start or reset)."""
         with self._state.lock:
@@ -208,6 +217,10 @@ class OllamaEmulator:
     def _record(self, request: RecordedRequest) -> None:
         with self._state.lock:
             self._state.requests.append(request)
+
+    def _keep_blob(self, digest: str, size: int) -> None:
+        with self._state.lock:
+            self._state.blobs[digest] = size
 
     def _busy(self, change: int) -> None:
         with self._state.lock:

@@ -6,7 +6,9 @@ come from ``_models``; faults decide what is sent instead (``_faults``).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,6 +43,28 @@ from ollama_meter.testing._wire import (
 class OllamaRoutes(Handler):
     def _ollama_error(self, status: int, message: str) -> None:
         self._send_json(status, {"error": message})
+
+    def _blob(self, digest: str, raw: bytes) -> None:
+        """``HEAD /api/blobs/{digest}`` (200 or 404) and ``POST`` (201, or 400 for a digest
+        that is not ``sha256:<64 hex>`` or not the body's), as Ollama answers them."""
+        if not re.fullmatch(r"sha256[:-][0-9a-fA-F]{64}", digest):
+            self._ollama_error(400, "invalid digest format")
+            return
+        digest = digest.replace("-", ":", 1)
+        if self._head:
+            if digest in self.emulator.blobs:
+                self._send_text(200, "")
+            else:
+                self._ollama_error(404, f"blob {json.dumps(digest)} not found")
+            return
+        got = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if got != digest:
+            self._ollama_error(
+                400, f"digest mismatch, expected {json.dumps(digest)}, got {json.dumps(got)}"
+            )
+            return
+        self.emulator._keep_blob(digest, len(raw))
+        self._send(201, b"", "text/plain; charset=utf-8")
 
     def _show(self, raw: bytes) -> None:
         try:

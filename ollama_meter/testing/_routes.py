@@ -38,6 +38,7 @@ _INFERENCE = frozenset({
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
 })  # fmt: skip
 """Routes that occupy the server while they run (counted in ``OllamaEmulator.most_in_flight``)."""
+BLOBS = "/api/blobs/"
 OPENAI_MODEL = "/v1/models/"
 """Where Ollama shows one model to OpenAI clients: ``GET /v1/models/{model}``."""
 
@@ -118,6 +119,8 @@ class RoutingHandler(OllamaRoutes, OpenAIRoutes):
         handler = routes.get((method, path))
         if handler is None and method == "GET" and path.startswith(OPENAI_MODEL):
             handler = functools.partial(self._openai_model, path.removeprefix(OPENAI_MODEL))
+        if handler is None and method in ("HEAD", "POST") and path.startswith(BLOBS):
+            handler = functools.partial(self._blob, path.removeprefix(BLOBS))
         if handler is not None and path in _INFERENCE:
             self.emulator._busy(+1)
             try:

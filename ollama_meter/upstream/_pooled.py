@@ -12,7 +12,7 @@ exception, and metered calls go through the one retry and breaker policy.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -89,7 +89,7 @@ class PooledUpstream(Resilient):
         method: str,
         path: str,
         *,
-        body: bytes | None = None,
+        body: bytes | AsyncIterable[bytes] | None = None,
         query: str = "",
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,

@@ -626,3 +626,62 @@ def test_an_answer_longer_than_the_gateway_reads_is_a_502_and_an_error_span(
     failed = spans(gw)
     assert [(s.status, s.operation) for s in failed] == [("error", "generate"), ("error", "chat")]
     assert all(s.error_type for s in failed)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/embed", {"model": "nomic-embed-text", "input": "abcd" * 1000}),
+        ("/v1/embeddings", {"model": "nomic-embed-text", "input": "abcd" * 1000}),
+        ("/v1/chat/completions", {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "abcd" * 1000}]}),
+        ("/api/generate", {"model": "llama3.1:8b", "prompt": "abcd" * 1000, "stream": False}),
+    ],
+)  # fmt: skip
+def test_a_whole_answer_lost_on_the_way_is_still_charged_its_prompt(
+    app: Any, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch, path: str, body: Any
+) -> None:
+    """Ollama writes a non-streamed answer once it has all of it: a 200 means the work was
+    done, even when the gateway cannot take that answer (larger than it reads: an embedding
+    batch of a few thousand inputs). Such a call was an error span charged nothing, a
+    silent $0 for the whole batch; its prompt is now charged, estimated, as a broken
+    stream's is."""
+    from ollama_meter.upstream import _pooled
+
+    monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 200)
+    gw = app(emulator.url)
+    gw.ledger.add_price_rule(token_prices())
+    reply = gw.client.post(path, json=body)
+    assert reply.status_code == 502
+    message = (
+        "the stream from Ollama at " + emulator.url + " broke off: an answer of more than 200 bytes"
+    )
+    assert reply.json() == (
+        {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
+        if path.startswith("/v1/")
+        else {"error": message}
+    )
+    [span] = spans(gw)
+    assert (span.status, span.error_type, span.token_source) == (
+        "error",
+        "stream_error",
+        "estimated",
+    )
+    assert (span.input_tokens, span.output_tokens) == (1000, 0)
+    assert span.cost_total == 1_000_000  # 1000 tokens at 1000 USD per million, in micro-USD
+
+
+def test_a_whole_answer_that_is_an_error_is_charged_nothing(
+    app: Any, emulator: OllamaEmulator
+) -> None:
+    """What was read whole and says Ollama failed (a 200 carrying ``{"done": true,
+    "done_reason": "error", ...}``, as a proxy sends it) did no work to charge."""
+    gw = app(emulator.url)
+    gw.ledger.add_price_rule(token_prices())
+    emulator.inject(Fault.ERROR_DONE)
+    reply = gw.client.post(
+        "/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
+    )
+    assert reply.status_code == 502
+    [span] = spans(gw)
+    assert (span.status, span.error_type) == ("error", "stream_error")
+    assert (span.input_tokens, span.output_tokens, span.cost_total) == (0, 0, 0)

@@ -108,6 +108,59 @@ def test_a_number_past_what_a_float_holds_is_a_400_not_infinity_sent_on(
     assert emulator.requests == []
 
 
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    where=st.sampled_from(
+        [
+            ("/v1/chat/completions", ()),
+            ("/v1/completions", ()),
+            ("/api/chat", ()),
+            ("/v1/chat/completions", ("stream_options",)),
+            ("/api/generate", ("options",)),
+            ("/v1/embeddings", ()),
+        ]
+    ),
+    key=st.sampled_from(["stream", "model", "include_usage", "num_predict", "x_custom"]),
+    first=st.sampled_from(["true", "5", '"a"', "{}"]),
+    second=st.sampled_from(["null", "false", "{}"]),
+)
+def test_a_key_given_twice_in_one_object_is_a_400(
+    sqlite_app: Gateway,
+    emulator: OllamaEmulator,
+    where: tuple[str, tuple[str, ...]],
+    key: str,
+    first: str,
+    second: str,
+) -> None:
+    """Ollama's Go decoder and the gateway read a repeated key differently: a null is no
+    change to Go (``"stream": true, "stream": null`` streams), a repeated object is merged;
+    the gateway took the last. So a /v1 call Ollama streamed was read as a whole answer,
+    failed as one, and its generation was charged nothing."""
+    path, parents = where
+    repeated = f'"{key}": {first}, "{key}": {second}'
+    inner = "{" + repeated + "}"
+    for parent in reversed(parents):
+        inner = f'{{"{parent}": {inner}}}'
+    outer = inner if parents else "{" + repeated + "}"
+    body = json.loads(outer.replace(repeated, f'"{key}": {second}'))  # as the gateway read it
+    base = {"model": "llama3.1:8b", "messages": HI, "prompt": "hi", "input": "hi"}
+    rest = json.dumps({k: v for k, v in base.items() if k not in body})[1:-1]
+    raw = (outer[:-1] + ", " + rest + "}").encode()
+    emulator.reset()
+    before = len(spans(sqlite_app))
+    reply = sqlite_app.client.post(path, content=raw)
+    assert reply.status_code == 400, (raw, reply.text)
+    assert error_of(reply) == (
+        f'the key "{key}" is given twice in one object, which Ollama reads otherwise than '
+        "the last one (a repeated null changes nothing, repeated objects are merged): "
+        "give each key once"
+    )
+    assert emulator.requests == []
+    assert len(spans(sqlite_app)) == before + 1
+
+
 def test_unknown_fields_pass_through_untouched(
     sqlite_app: Gateway, emulator: OllamaEmulator
 ) -> None:
