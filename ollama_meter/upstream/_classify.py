@@ -14,6 +14,7 @@ failure, and ``error_type`` is decided in one place. Imports no client library.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ from ollama_meter.errors import (
     InvalidRequest,
     ModelNotFound,
     RateLimited,
+    ServerBusy,
     StreamError,
     UpstreamBadRequest,
     UpstreamConnectionError,
@@ -76,6 +78,39 @@ def transport_error(kind: Failure, *, host: str, started: bool, reason: str = ""
             f"cannot reach Ollama at {host}{why}: is it running? Set OLLAMA_HOST to its address"
         )
     return UpstreamError(f"unexpected failure calling Ollama at {host}: {reason}")
+
+
+_OUT_OF = {
+    errno.EMFILE: "open files (its limit: ulimit -n, systemd LimitNOFILE=)",
+    errno.ENFILE: "open files (the whole machine's)",
+    errno.ENOBUFS: "network buffers",
+    errno.ENOMEM: "memory",
+}
+
+
+def out_of_resources(exc: BaseException, *, host: str) -> ServerBusy | None:
+    """The error for a call this process could not make for want of its own resources
+    (no file descriptor left for the connection): the gateway's trouble, not Ollama's.
+
+    It is no "cannot reach Ollama" (retried, then counted against the server's breaker, so a
+    healthy Ollama was refused to everyone); nothing was sent. None for any other failure.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        code = getattr(cause, "errno", None)
+        if isinstance(cause, OSError) and code in _OUT_OF:
+            busy = ServerBusy(
+                f"this process ran out of {_OUT_OF[code]} calling Ollama at {host}; nothing "
+                "was sent: retry shortly",
+                retry_after=1,
+            )
+            busy.reached_upstream = False  # its breaker neither fails nor recovers by it
+            return busy
+        inner = getattr(cause, "os_error", None)  # aiohttp's connector error keeps it here
+        cause = inner if isinstance(inner, BaseException) else cause.__cause__ or cause.__context__
+    return None
 
 
 def unfinished_error(host: str) -> StreamError:

@@ -22,6 +22,7 @@ from ollama_meter.upstream._classify import (
     Failure,
     answer_error,
     detail_of,
+    out_of_resources,
     retry_after_seconds,
     transport_error,
 )
@@ -128,7 +129,7 @@ class PooledUpstream(Resilient):
                 reason="the connection closed partway through its status line and headers",
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise transport_error(
+            raise out_of_resources(exc, host=self.host) or transport_error(
                 Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)
             ) from exc
 

@@ -30,6 +30,7 @@ from ollama_meter.upstream._classify import (
     error_text,
     mid_stream_error,
     not_an_answer,
+    out_of_resources,
     reported_error,
     retry_after_seconds,
     transport_error,
@@ -341,6 +342,8 @@ class Upstream(Resilient):
         elif isinstance(exc, httpx.RemoteProtocolError) and not _said_nothing(exc):
             kind = Failure.GARBLED  # something answered, in bytes that are no HTTP answer
         elif isinstance(exc, ConnectionError | httpx.TransportError):
+            if (exhausted := out_of_resources(exc, host=self.host)) is not None:
+                return exhausted
             kind, reason = Failure.CONNECTION, ""  # the client's own words say nothing more
         else:
             kind = Failure.UNEXPECTED

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import socket
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 from hypothesis import given, settings, strategies as st
 
@@ -144,3 +146,71 @@ def test_a_refusal_cut_short_by_a_hang_up_drops_its_connection() -> None:
         assert asyncio.run(hang_up())
     finally:
         listener.close()
+
+
+@contextlib.contextmanager
+def _no_file_left() -> Iterator[None]:
+    """This process at its open-file limit: the next socket is refused EMFILE, for real."""
+    import errno
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 32, hard))
+    taken: list[int] = []
+    try:
+        while True:
+            try:
+                taken.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as exc:
+                if exc.errno != errno.EMFILE:
+                    raise
+                break
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_running_out_of_files_is_this_process_trouble_not_an_unreachable_ollama() -> None:
+    """With every descriptor taken (idle connections to a gateway), the call to Ollama was
+    'cannot reach Ollama ... is it running?', retried, and counted against its breaker: a
+    healthy Ollama was refused to everyone once files were free again. Both transports."""
+    from ollama_meter.errors import ServerBusy
+    from ollama_meter.testing import OllamaEmulator
+    from ollama_meter.upstream import Upstream
+
+    request = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}]}
+    with OllamaEmulator() as emulator:
+        breaker = CircuitBreaker(emulator.url, threshold=1)
+
+        async def pooled() -> BaseException:
+            pool = PooledUpstream(emulator.url, timeout=10, breaker=breaker)
+            try:
+                with _no_file_left():
+                    return await _raised(
+                        pool.send(pool.attempts("llama3.1:8b"), "/api/chat", body=b"{}")
+                    )
+            finally:
+                await pool.aclose()
+
+        async def _raised(work: Any) -> BaseException:
+            try:
+                await work
+            except BaseException as exc:
+                return exc
+            raise AssertionError("the call went through")
+
+        sdk = Upstream(emulator.url, breaker=breaker)
+        with _no_file_left():
+            try:
+                sdk.call("chat", request)
+                raise AssertionError("the call went through")
+            except ServerBusy as exc:
+                sdk_error: BaseException = exc
+        for error in (asyncio.run(pooled()), sdk_error):
+            assert isinstance(error, ServerBusy), repr(error)
+            assert (error.error_type, error.retry_after) == ("server_busy", 1)
+            assert str(error).startswith("this process ran out of open files (its limit:")
+        assert breaker.failures() == 0 and len(emulator.requests_to("/api/chat")) == 0
