@@ -45,19 +45,19 @@ in a scrape URL it would show in Prometheus' list of targets."""
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, or :class:`TooLarge` as soon as it passes ``limit`` (before, when it says so).
 
-    Room for it is taken first (:mod:`._memory`): its size, or ``limit`` when not said;
-    :class:`NoRoom` when there is none in time.
+    Each part takes its room as it arrives (:mod:`._memory`); :class:`NoRoom` when there is
+    none in time.
     """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(limit)
-    await take(request.scope, int(declared) if declared.isdigit() else limit)
     parts: list[bytes] = []
     size = 0
     async for part in request.stream():
         size += len(part)
         if size > limit:
             raise TooLarge(limit)
+        await take(request.scope, len(part))
         parts.append(part)
     return b"".join(parts)
 

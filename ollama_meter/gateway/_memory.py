@@ -7,10 +7,11 @@ alone (``--max-body-bytes``), a few hundred large prompts at once could take eve
 the machine, and the kernel's OOM killer then took the gateway with every call in flight.
 
 So the bodies held at once are bounded too: :data:`BODIES_HELD` times the largest one
-(256 MiB of bodies by default, under 1 GB of memory). A request whose body does not fit
-waits (its bytes wait in the network, unread) until earlier requests finish, at most
-:data:`ROOM_WAIT_S`, then is answered 503 with ``Retry-After``. A body whose size is not
-said (chunked) counts as the largest allowed.
+(256 MiB of bodies by default, under 1 GB of memory). Room is taken as the bytes arrive,
+not as a ``Content-Length`` promises them (a caller that declares 32 MiB and sends nothing
+holds none: eight of them would otherwise have shut everyone out). A request whose next
+bytes do not fit waits (the rest wait in the network, unread) until earlier requests
+finish, at most :data:`ROOM_WAIT_S`, then is answered 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -104,23 +105,24 @@ class BodyMemory:
         return self._room
 
     async def hold(self, scope: Scope, size: int) -> None:
-        """Take ``size`` bytes of room for this request, waiting for it; :class:`NoRoom`."""
-        if size <= 0 or scope.get(_HELD):
+        """Take ``size`` more bytes of room for this request, waiting for it; :class:`NoRoom`."""
+        if size <= 0:
             return
-        room = self._condition()
-        async with room:
-            try:
-                await asyncio.wait_for(
-                    room.wait_for(lambda: self.held + size <= self.most), self.wait
-                )
-            except TimeoutError:
-                raise NoRoom(self.most, self.wait) from None
-            self.held += size
-            scope[_HELD] = size
+        if self.held + size > self.most:
+            room = self._condition()
+            async with room:
+                try:
+                    await asyncio.wait_for(
+                        room.wait_for(lambda: self.held + size <= self.most), self.wait
+                    )
+                except TimeoutError:
+                    raise NoRoom(self.most, self.wait) from None
+        self.held += size  # (no await since the room was seen: no other task took it)
+        scope[_HELD] = scope.get(_HELD, 0) + size
 
 
 async def take(scope: Scope, size: int) -> None:
-    """Take room for a body of ``size`` bytes, when the app runs under :class:`BodyMemory`."""
+    """Take room for ``size`` more bytes of a body, when the app runs under :class:`BodyMemory`."""
     memory: Any = scope.get(_MEMORY)
     if memory is not None:
         await memory.hold(scope, size)

@@ -115,3 +115,28 @@ def test_bodies_past_the_room_wait_then_get_503_with_a_span(
         caller.close()
     _until(lambda: memory.held == 0, "the callers left and their room did not come back")
     assert httpx.post(f"{gw.url}/api/chat", content=body, timeout=30).status_code == 200
+
+
+def test_a_body_promised_and_not_sent_holds_only_what_came(
+    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Room taken as a Content-Length promised it let eight callers that declare the most
+    and send nothing shut everyone out; it is taken as the bytes arrive."""
+    monkeypatch.setattr(_memory, "ROOM_WAIT_S", 0.3)
+    gw = serve_on(emulator.url, sqlite_url, max_body_bytes=1000)
+    body = json.dumps({"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}]})
+    assert gw.client.post("/api/chat", content=body).status_code == 200
+    memory = _memory_of(gw)
+    _until(lambda: memory.held == 0, "an answered call kept its room")
+    address = (urlsplit(gw.url).hostname, urlsplit(gw.url).port)
+    promised = b'POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{"mo'
+    stalled = [socket.create_connection(address, timeout=30) for _ in range(12)]
+    try:
+        for caller in stalled:
+            caller.sendall(promised)
+        _until(lambda: memory.held == 12 * 4, "the stalled callers' bytes were not counted")
+        assert httpx.post(f"{gw.url}/api/chat", content=body, timeout=30).status_code == 200
+    finally:
+        for caller in stalled:
+            caller.close()
+    _until(lambda: memory.held == 0, "the stalled callers left and their room did not come back")
