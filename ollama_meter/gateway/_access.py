@@ -42,6 +42,37 @@ TOKEN_IN_QUERY = frozenset({"/dashboard", "/api/dash"})
 in a scrape URL it would show in Prometheus' list of targets."""
 
 
+SPAN_HEADER = "X-Ometer-Span-Id"
+"""The header a metered call's answer names its span in (``ometer log --json``'s ``id``)."""
+
+
+class Refused(Exception):
+    """A request turned away before any work, with the answer to send."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+class BadCall(Exception):
+    """A metered request refused before metering could start: answered, and written as a span."""
+
+    def __init__(
+        self,
+        status: int,
+        error_type: str,
+        message: str,
+        *,
+        model: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.model = model
+        self.headers = headers
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, or :class:`TooLarge` as soon as it passes ``limit`` (before, when it says so).
 

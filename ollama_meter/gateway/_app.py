@@ -29,8 +29,11 @@ from ollama_meter.config import Settings
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.gateway import _metrics as metrics
 from ollama_meter.gateway._access import (
+    SPAN_HEADER,
     TOKEN_IN_QUERY,
+    BadCall,
     GatewayOptions,
+    Refused,
     Unauthenticated,
     bearer,
     presented_key,
@@ -77,33 +80,6 @@ class GatewayState(TypedDict):
     """Starlette's lifespan state: what every request of a running app can reach."""
 
     gateway: Gateway
-
-
-class _Refused(Exception):
-    """A request turned away before any work, with the answer to send."""
-
-    def __init__(self, response: Response) -> None:
-        self.response = response
-
-
-class _BadCall(Exception):
-    """A metered request refused before metering could start: answered, and written as a span."""
-
-    def __init__(
-        self,
-        status: int,
-        error_type: str,
-        message: str,
-        *,
-        model: str = "",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
-        self.model = model
-        self.headers = headers
 
 
 class Gateway:
@@ -163,10 +139,10 @@ class Gateway:
 
     # -- who may call ----------------------------------------------------------------------
 
-    def _unauthenticated(self, request: Request, message: str) -> _Refused:
+    def _unauthenticated(self, request: Request, message: str) -> Refused:
         path, client = request.url.path, request.client
         self.unauthenticated.refused(route_of(request), client.host if client else "?")
-        return _Refused(
+        return Refused(
             error_response(wire_of(path), 401, message, headers={"WWW-Authenticate": "Bearer"})
         )
 
@@ -180,11 +156,11 @@ class Gateway:
         return found
 
     async def _required_key(self, request: Request) -> ApiKey:
-        """The caller's live key, or :class:`_Refused` (401; 503 when keys cannot be checked)."""
+        """The caller's live key, or :class:`Refused` (401; 503 when keys cannot be checked)."""
         try:
             key = await self._key_of(request)
         except LedgerError as exc:
-            raise _Refused(
+            raise Refused(
                 error_response(
                     wire_of(request.url.path),
                     503,
@@ -203,14 +179,14 @@ class Gateway:
     async def _optional_key(self, request: Request) -> ApiKey | None:
         """A presented key when keys are not required; its owner is charged when headers are not.
 
-        One of our keys that is not live is :class:`_Refused` (401) all the same: its caller
+        One of our keys that is not live is :class:`Refused` (401) all the same: its caller
         asked to be charged to it, and a revoked key must not go on working on the defaults.
         """
         try:
             key = await self._key_of(request)
         except LedgerError as exc:
             message = f"the API key cannot be checked, so the call was not made: {exc}"
-            raise _BadCall(503, "ledger_unavailable", message) from None
+            raise BadCall(503, "ledger_unavailable", message) from None
         if key is None and (presented_key(request) or "").startswith(KEY_PREFIX):
             raise self._unauthenticated(
                 request,
@@ -262,29 +238,29 @@ class Gateway:
             try:
                 raw = await read_body(request, options.max_body_bytes)
             except Unread as exc:
-                raise _BadCall(exc.status, exc.error_type, str(exc), headers=exc.headers) from None
+                raise BadCall(exc.status, exc.error_type, str(exc), headers=exc.headers) from None
             except ClientDisconnect:
                 message = "the client hung up before its request body arrived"
-                raise _BadCall(499, "client_abort", message) from None
+                raise BadCall(499, "client_abort", message) from None
             try:
                 parsed = parse_request(path, raw)
             except BadRequest as exc:
-                raise _BadCall(400, "bad_request", str(exc), model=exc.model) from None
+                raise BadCall(400, "bad_request", str(exc), model=exc.model) from None
             if isinstance(problem, Forbidden):
-                raise _BadCall(403, "forbidden", str(problem), model=parsed.model)
+                raise BadCall(403, "forbidden", str(problem), model=parsed.model)
             if problem is not None:
-                raise _BadCall(400, "bad_request", str(problem), model=parsed.model)
+                raise BadCall(400, "bad_request", str(problem), model=parsed.model)
             key_id = key.id if key is not None else None
             try:
                 admission = self.rates.admit(charged.tenant, charged.department, key_id)
             except OverLimit as over:
                 wait = {"Retry-After": str(over.retry_after)}
-                raise _BadCall(
+                raise BadCall(
                     429, "rate_limited", str(over), model=parsed.model, headers=wait
                 ) from None
-        except _Refused as refused:
+        except Refused as refused:
             return refused.response
-        except _BadCall as bad:
+        except BadCall as bad:
             refusal = functools.partial(
                 self.meter.refuse,
                 operation=operation_of(path),
@@ -299,16 +275,25 @@ class Gateway:
             return error_response(
                 wire, bad.status, bad.message, headers=bad.headers, kind=bad.error_type
             )
-        return await self.relay.metered(
+        spans: list[str] = []  # the call's, once it is open: named to the caller in a header
+
+        def bind(span_id: str) -> None:
+            spans.append(span_id)
+            self.rates.bind(span_id, key_id)
+
+        answer = await self.relay.metered(
             parsed,
             wire,
             request.headers,
             charged,
             request.url.query,
             admission,
-            bind=lambda span_id: self.rates.bind(span_id, key_id),
+            bind=bind,
             hangup=functools.partial(client_left, request),
         )
+        if spans:
+            answer.headers[SPAN_HEADER] = spans[0]
+        return answer
 
     async def passthrough(self, request: Request) -> Response:
         try:
@@ -321,7 +306,7 @@ class Gateway:
                 if request.method in _NO_BODY
                 else await read_body(request, self.options.max_body_bytes)
             )
-        except _Refused as refused:
+        except Refused as refused:
             return refused.response
         except Unread as exc:
             return error_response(
@@ -343,7 +328,7 @@ class Gateway:
                 upload = None if request.method in _NO_BODY else request.stream()
                 return await forward(self.fleet, request, body=upload)
             body = await read_body(request, self.options.max_body_bytes)
-        except _Refused as refused:
+        except Refused as refused:
             return refused.response
         except Unread as exc:
             return error_response(OLLAMA, exc.status, str(exc), headers=exc.headers)
@@ -372,7 +357,7 @@ class Gateway:
         """The dashboard, ``/api/dash`` and ``/metrics``: behind the admin token (or a key)."""
         try:
             await self._admin_only(request, in_query=request.url.path in TOKEN_IN_QUERY)
-        except _Refused as refused:
+        except Refused as refused:
             return refused.response
         response = await endpoint(request)
         body = getattr(response, "body", None)

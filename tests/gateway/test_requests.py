@@ -431,3 +431,25 @@ def test_an_attribution_header_given_twice_is_a_400_not_the_first_one_silently(
     assert emulator.requests_to("/api/chat") == []
     once = sqlite_app.client.post("/api/chat", json=body, headers={header: "sales"})
     assert once.status_code == 200
+
+
+def test_each_metered_answer_names_its_span(sqlite_app: Gateway, emulator: OllamaEmulator) -> None:
+    """A caller could not tell which span was its call's (to look it up, dispute a charge)."""
+    asks = [
+        ("/api/chat", {"model": "llama3.1:8b", "messages": HI, "stream": False}),
+        ("/api/chat", {"model": "llama3.1:8b", "messages": HI}),  # streamed
+        ("/v1/chat/completions", {"model": "llama3.1:8b", "messages": HI}),
+        ("/api/chat", {"model": "no-such-model", "messages": HI, "stream": False}),
+    ]
+    named = []
+    for path, body in asks:
+        reply = sqlite_app.client.post(path, json=body)
+        named.append((reply.status_code, reply.headers["x-ometer-span-id"]))
+    stored = {s.id: s.status for s in sqlite_app.ledger.latest(SpanFilter(), 10)}
+    assert [(code, stored[span]) for code, span in named] == [
+        (200, "ok"),
+        (200, "ok"),
+        (200, "ok"),
+        (404, "error"),
+    ]
+    assert len({span for _, span in named}) == 4
