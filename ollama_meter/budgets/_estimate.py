@@ -12,13 +12,16 @@ conservative defaults, which is as close to a bound as time allows.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from ollama_meter.ledger import COLD_LOAD_NS
 from ollama_meter.pricing import PriceBook
-from ollama_meter.records import MAX_DURATION_NS, MAX_TOKENS, PastCall, Usage
+from ollama_meter.records import MAX_DURATION_NS, MAX_TOKENS, PastCall, SpanRecord, Usage
+
+log = logging.getLogger("ollama_meter.meter")
 
 TEMPLATE_TOKENS = 32
 """Tokens a model's chat template may add to any request (Llama 3's adds about ten)."""
@@ -167,3 +170,26 @@ class HiddenPrompts:
         if before is not None and min(before, shown) > learned:
             learned = self._learned[model] = min(before, shown)
         return learned
+
+    def past_bound(self, span: SpanRecord, bound: CallBound) -> None:
+        """Ollama counted more than a hard budget admitted the call on: say so, and learn the
+        prompt the model may add on its own (see :meth:`observe`). What was counted is
+        what was charged: the tokens were processed."""
+        if span.input_tokens <= bound.input_tokens and span.output_tokens <= bound.output_tokens:
+            return
+        model = span.request_model
+        learned = self.observe(model, span.input_tokens, bound)
+        log.warning(
+            "call %s to %s counted %d prompt and %d reply tokens, past the %d and %d its hard "
+            "budget admitted it on (a prompt the model's template adds, or a server that "
+            "ignores the reply cap); charged as counted; %s",
+            span.id,
+            model,
+            span.input_tokens,
+            span.output_tokens,
+            bound.input_tokens,
+            bound.output_tokens,
+            f"later bounds for {model} add {learned} prompt tokens"
+            if learned
+            else f"if {model}'s next call counts past its bound too, later bounds add the excess",
+        )

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import WouldBlock
-from ollama_meter.budgets import BudgetGate, CallBound, HiddenPrompts, PastCall, bound_cost
+from ollama_meter.budgets import BudgetGate, HiddenPrompts, PastCall, bound_cost
 from ollama_meter.errors import BudgetExceeded, LedgerError, OverCap, UpstreamError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
@@ -334,36 +334,13 @@ class Meter:
         make_storable(span)
         span.apply_cost(call.prices.cost_of(span))
         if call.bound is not None:
-            self._past_bound(span, call.bound)
+            self._hidden.past_bound(span, call.bound)
         try:
             call.stored = self._record(span, storable=True, call=call)
         finally:
             if self.budgets is not None:
                 self._settle(self.budgets, call)
         return span
-
-    def _past_bound(self, span: SpanRecord, bound: CallBound) -> None:
-        """Ollama counted more than a hard budget admitted the call on: say so, and learn the
-        prompt the model may add on its own (see :class:`HiddenPrompts`). What was counted is
-        what was charged: the tokens were processed."""
-        if span.input_tokens <= bound.input_tokens and span.output_tokens <= bound.output_tokens:
-            return
-        model = span.request_model
-        learned = self._hidden.observe(model, span.input_tokens, bound)
-        log.warning(
-            "call %s to %s counted %d prompt and %d reply tokens, past the %d and %d its hard "
-            "budget admitted it on (a prompt the model's template adds, or a server that "
-            "ignores the reply cap); charged as counted; %s",
-            span.id,
-            model,
-            span.input_tokens,
-            span.output_tokens,
-            bound.input_tokens,
-            bound.output_tokens,
-            f"later bounds for {model} add {learned} prompt tokens"
-            if learned
-            else f"if {model}'s next call counts past its bound too, later bounds add the excess",
-        )
 
     def _settle(self, gate: BudgetGate, call: MeteredCall) -> None:
         """Release the reservation and fire alerts; a failure here never fails the call."""
