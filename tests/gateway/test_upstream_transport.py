@@ -27,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.ledger import SpanFilter
+from tests._raw_http import RawServer
 from tests.gateway.conftest import Gateway
 
 EXAMPLES = settings(
@@ -395,38 +396,20 @@ def test_a_passed_through_stream_that_breaks_off_ends_in_an_error_the_client_rai
         server.server_close()
 
 
-class _Headed:
+class _Headed(RawServer):
     """Answers each request with ``status``, its ``header`` (raw bytes) and Ollama's error."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
         self.status, self.header = 429, b""
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(self._answer)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    request += conn.recv(65536)
-                head, _, body = request.partition(b"\r\n\r\n")
-                length = head.lower().partition(b"content-length:")[2].split(b"\r\n")[0]
-                while len(body) < int(length or 0):
-                    body += conn.recv(65536)
-                answer = b'{"error": "busy"}'
-                conn.sendall(
-                    b"HTTP/1.1 %d Busy\r\ncontent-type: application/json\r\n%s\r\n"
-                    b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-                    % (self.status, self.header, len(answer), answer)
-                )
+    def _answer(self) -> bytes:
+        answer = b'{"error": "busy"}'
+        return (
+            b"HTTP/1.1 %d Busy\r\ncontent-type: application/json\r\n%s\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (self.status, self.header, len(answer), answer)
+        )
 
 
 @pytest.fixture
@@ -438,7 +421,7 @@ def headed(serve_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[Any]:
     try:
         yield serve_on(server.url, sqlite_url, config=config), server
     finally:
-        server.listener.close()
+        server.close()
 
 
 # What HTTP lets a header value hold: visible ASCII, spaces and tabs inside, and obs-text

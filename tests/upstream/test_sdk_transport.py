@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +22,7 @@ import pytest
 from ollama_meter import AsyncMeteredClient, MeteredClient, UpstreamError
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.upstream import breaker_for
+from tests._raw_http import RawServer
 
 FINAL = {
     "model": "m",
@@ -59,35 +58,12 @@ ANSWERS = {
 }
 
 
-class _Raw:
+class _Raw(RawServer):
     """Answers each request with the raw bytes of ``raw``, then hangs up; counts the calls."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
         self.raw = b""
-        self.calls = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with conn:
-                self.calls += 1
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    request += conn.recv(65536)
-                head, _, body = request.partition(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                while len(body) < length:
-                    body += conn.recv(65536)
-                conn.sendall(self.raw)
+        super().__init__(lambda: self.raw)
 
 
 @pytest.fixture
@@ -96,7 +72,7 @@ def raw() -> Iterator[_Raw]:
     try:
         yield server
     finally:
-        server.listener.close()
+        server.close()
 
 
 def _chat(client: Any, stream: bool, flavour: str) -> None:
