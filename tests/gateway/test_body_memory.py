@@ -140,3 +140,25 @@ def test_a_body_promised_and_not_sent_holds_only_what_came(
         for caller in stalled:
             caller.close()
     _until(lambda: memory.held == 0, "the stalled callers left and their room did not come back")
+
+
+def test_a_body_of_more_objects_than_any_call_needs_is_refused_before_it_is_all_read(
+    sqlite_app: Gateway,
+) -> None:
+    """30 MB of empty messages (10 million objects) took the gateway to 7.3 GB and held its
+    event loop for 77 s; it is refused at the 100,001st object, with a span."""
+    from ollama_meter.gateway._requests import MAX_OBJECTS, BadRequest, parse_request
+
+    def body(objects: int) -> bytes:
+        messages = b",".join([b'{"role":"user","content":"hi"}'] * (objects - 1))
+        return b'{"model":"llama3.1:8b","messages":[' + messages + b"]}"
+
+    assert len(parse_request("/api/chat", body(MAX_OBJECTS)).body["messages"]) == MAX_OBJECTS - 1
+    with pytest.raises(BadRequest, match="holds more than 100,000 objects"):
+        parse_request("/api/chat", body(MAX_OBJECTS + 1))
+    flood = b'{"model":"llama3.1:8b","messages":[' + b",".join([b"{}"] * 10_000_000) + b"]}"
+    reply = sqlite_app.client.post("/v1/chat/completions", content=flood)
+    assert reply.status_code == 400
+    assert "holds more than 100,000 objects" in reply.json()["error"]["message"]
+    (span,) = sqlite_app.ledger.latest(SpanFilter(), 5)
+    assert (span.error_type, span.request_model) == ("bad_request", "")
