@@ -151,7 +151,14 @@ def _otlp(signal: str, endpoint: str, given: str | None, settings: Settings) -> 
             endpoint=endpoint, insecure=insecure, headers=headers, timeout=timeout
         )
     url = given or f"{endpoint.rstrip('/')}/v1/{signal}"
-    return url, exporter(endpoint=url, headers=headers, timeout=timeout)
+    return url, exporter(endpoint=url, headers=headers, timeout=timeout, session=_session())
+
+
+def _session() -> Any:
+    """An OTLP/HTTP exporter's session: it reads a collector's answer within bounds."""
+    from ollama_meter.telemetry._session import BoundedSession
+
+    return BoundedSession()
 
 
 def _span_exporters(settings: Settings) -> list[_Watched]:
@@ -178,6 +185,7 @@ def _span_exporters(settings: Settings) -> list[_Watched]:
                         "x-langfuse-ingestion-version": "4",
                     },
                     timeout=timeout,
+                    session=_session(),
                 ),
             )
         )
@@ -188,7 +196,13 @@ def _span_exporters(settings: Settings) -> list[_Watched]:
         key = settings.traceloop_api_key.get_secret_value()
         exporters.append(
             _Watched(
-                url, Http(endpoint=url, headers={"authorization": f"Bearer {key}"}, timeout=timeout)
+                url,
+                Http(
+                    endpoint=url,
+                    headers={"authorization": f"Bearer {key}"},
+                    timeout=timeout,
+                    session=_session(),
+                ),
             )
         )
     return exporters

@@ -29,6 +29,7 @@ from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, TelemetryObserve
 from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.testing import OllamaEmulator, unreachable_url
 from tests._otlp import (
+    EndlessCollector,
     OtlpGrpcReceiver,
     OtlpHttpReceiver,
     SilentCollector,
@@ -362,3 +363,32 @@ def test_an_integer_past_64_bits_from_a_hook_is_exported_as_its_digits(
         (str(2**63), -(2**63)),
         7,
     )
+
+
+@pytest.mark.parametrize(
+    ("chunk", "limit", "pause"),
+    [
+        (b"<html>" * 10_000, 64 << 20, 0.0),  # 64 MB as fast as it goes: all of it was read
+        (b"<p>", 3_000, 0.01),  # a trickle for 10 s: each read came within the timeout
+    ],
+    ids=["endless", "trickling"],
+)
+def test_an_answer_that_does_not_end_is_cut_and_the_export_fails(
+    monkeypatch: pytest.MonkeyPatch, chunk: bytes, limit: int, pause: float
+) -> None:
+    """requests read a collector's whole answer, its timeout bounding each read, not the
+    answer: an endless body took the exporter to 5 GB in 20 s, and the export never ended."""
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
+    with EndlessCollector(chunk, limit=limit, pause=pause) as collector:
+        url = f"{collector.url}/v1/traces"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+        telemetry = Telemetry(load_settings())
+        span = make_storable(make_span())
+        telemetry.observer.on_start(span)
+        telemetry.observer.on_end(span)
+        telemetry.flush()
+        # The exporter hung up before the collector's answer was over, and did not ask again.
+        assert wait_for(collector.over, 30, what="the answer over") == (1, 0)
+        assert collector.connections == 1
+        assert telemetry.failures() == [url]
+        telemetry.shutdown()

@@ -1,0 +1,50 @@
+"""The HTTP session the OTLP/HTTP exporters send with: an answer is read within bounds.
+
+``requests`` reads a whole answer into memory, and its timeout bounds each read of the
+socket, not the answer: a collector (or a proxy in its place) that answers an endless or
+trickling body kept the export thread reading forever, in gigabytes, and every span after
+it waited in the queue and was dropped without a word. An OTLP answer is an empty message
+or a short ``partial_success``: :data:`MAX_ANSWER` bytes, read before the request's own
+timeout runs out, or the connection is dropped and the export fails like any other.
+Imported only when an OTLP/HTTP exporter is made.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+
+MAX_ANSWER = 64 * 1024
+"""Bytes of a collector's answer read at most (an OTLP answer is a few bytes; an HTML error
+page from a proxy fits)."""
+_CHUNK = 8 * 1024
+
+
+class AnswerOutOfBounds(requests.RequestException):
+    """A collector's answer went past :data:`MAX_ANSWER` bytes or past the request's timeout.
+
+    Not a connection error, so the exporter does not send the batch again to get the same."""
+
+
+class BoundedSession(requests.Session):
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        timeout = kwargs.get("timeout")
+        deadline = time.monotonic() + timeout if isinstance(timeout, int | float) else None
+        kwargs["stream"] = True
+        response = super().request(method, url, *args, **kwargs)
+        body = bytearray()
+        try:
+            for chunk in response.iter_content(_CHUNK):
+                body += chunk
+                if len(body) > MAX_ANSWER:
+                    raise AnswerOutOfBounds(f"answer longer than {MAX_ANSWER} bytes")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise AnswerOutOfBounds(f"answer not over within {timeout} s")
+        except BaseException:
+            response.close()  # the connection is not reused: the rest of the answer is on it
+            raise
+        response._content = bytes(body)
+        response._content_consumed = True  # read whole: urllib3 put the connection back
+        return response
