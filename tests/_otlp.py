@@ -162,6 +162,7 @@ class _HttpHandler(BaseHTTPRequestHandler):
         status = receiver.status
         headers = {name.lower(): value for name, value in self.headers.items()}
         receiver._record(HttpRequest(self.path, headers, message, status))
+        receiver.answering.wait()  # a slow collector: recorded as received, answered later
         if 200 <= status < 300:
             self._answer(status, empty_response, _PROTOBUF)
         else:
@@ -189,12 +190,15 @@ class OtlpHttpReceiver(_Recorder[HttpRequest]):
     Accepts protobuf POSTs (optionally gzip or deflate) on any path ending in
     ``/v1/traces`` or ``/v1/metrics``. ``status`` is the answer to give, so a
     test can play a failing collector (and recover it by setting it back);
-    rejected requests are recorded too, with the status they got.
+    rejected requests are recorded too, with the status they got. Clear ``answering`` to
+    play a slow one: each export is recorded when it arrives and answered once it is set.
     """
 
     def __init__(self, status: int = 200) -> None:
         super().__init__()
         self.status = status
+        self.answering = threading.Event()
+        self.answering.set()
         self._server: _HttpServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -217,6 +221,7 @@ class OtlpHttpReceiver(_Recorder[HttpRequest]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.answering.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

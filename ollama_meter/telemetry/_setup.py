@@ -11,11 +11,14 @@ from __future__ import annotations
 import atexit
 import base64
 import logging
+import os
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
     MetricExporter,
@@ -24,7 +27,7 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.util.re import parse_env_headers
 
@@ -41,6 +44,18 @@ CONTENT_BATCH = 64
 """Spans per export when prompts and replies go with them (up to ~35 KB a span, see
 ``MAX_EXPORTED_TEXT``): about 2 MB, under the 4 MiB a gRPC collector accepts by default,
 which refuses a larger request whole, every span in it."""
+DEFAULT_QUEUE = 2048
+"""Spans that wait for one place at most (the SDK's default, ``OTEL_BSP_MAX_QUEUE_SIZE``)."""
+SAY_DROPS_EVERY = 10.0
+"""Seconds between two log lines counting the spans a place did not get."""
+
+
+def _queue_size() -> int:
+    try:
+        size = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_QUEUE))
+    except ValueError:
+        return DEFAULT_QUEUE
+    return size if size > 0 else DEFAULT_QUEUE
 
 
 class _Reporting:
@@ -74,16 +89,68 @@ class _Reporting:
 
 
 class _Watched(_Reporting, SpanExporter):
+    """A span exporter, and the count of spans that did not reach its place.
+
+    The SDK's queue drops a span when it is full (a collector slower than the calls, or one
+    that never answers) with a log line per span, which is silenced: so the queue is bounded
+    here, where the drops are counted, and said at most every :data:`SAY_DROPS_EVERY` s.
+    """
+
     def __init__(self, name: str, inner: SpanExporter) -> None:
         self.name = shown(name)
         self.inner = inner
+        self.clock: Callable[[], float] = time.monotonic
+        self.queue_size = _queue_size()
+        self.dropped = 0  # in all, since the process started
+        self._waiting = 0  # ended and not yet handed to the exporter
+        self._unsaid = 0
+        self._said_at: float | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def admit(self) -> bool:
+        """Whether an ended span may wait for an export; counted as dropped when not."""
+        with self._lock:
+            if self._pid != os.getpid():  # a fork: the SDK emptied the child's queue
+                self._pid, self._waiting = os.getpid(), 0
+            if self._waiting < self.queue_size:
+                self._waiting += 1
+                return True
+        self._drop(1)
+        return False
+
+    def _drop(self, count: int) -> None:
+        with self._lock:
+            self.dropped += count
+            self._unsaid += count
+            now = self.clock()
+            if self._said_at is not None and now - self._said_at < SAY_DROPS_EVERY:
+                return
+            since = self._said_at
+            unsaid, self._unsaid, self._said_at = self._unsaid, 0, now
+        if self.quiet:
+            return
+        if since is None:
+            log.warning("spans not sent to %s: %d (the ledger keeps every call)", self.name, unsaid)
+        else:
+            log.warning(
+                "spans not sent to %s in the last %.0f s: %d, %d in all",
+                self.name,
+                now - since,
+                unsaid,
+                self.dropped,
+            )
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._lock:
+            self._waiting = max(0, self._waiting - len(spans))
         try:
             result = self.inner.export(spans)
         except Exception:
             result = SpanExportResult.FAILURE
         self._saw(result is SpanExportResult.SUCCESS, "spans")
+        if result is not SpanExportResult.SUCCESS:
+            self._drop(len(spans))
         return result
 
     def shutdown(self) -> None:
@@ -91,6 +158,28 @@ class _Watched(_Reporting, SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.inner.force_flush(timeout_millis)
+
+
+class _Bounded(SpanProcessor):
+    """One place's batch processor behind :meth:`_Watched.admit`: its queue never overflows."""
+
+    def __init__(self, exporter: _Watched, batch: BatchSpanProcessor) -> None:
+        self.exporter = exporter
+        self.batch = batch
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self.batch.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        # The SDK skips a span its sampler did not keep: it never waits, so never counted.
+        if span.context is not None and span.context.trace_flags.sampled and self.exporter.admit():
+            self.batch.on_end(span)
+
+    def shutdown(self) -> None:
+        self.batch.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.batch.force_flush(timeout_millis)
 
 
 class _WatchedMetrics(_Reporting, MetricExporter):
@@ -231,10 +320,15 @@ class Telemetry:
         batch = CONTENT_BATCH if settings.capture_content else PLAIN_BATCH
         for exporter in self.span_exporters:
             self.tracer_provider.add_span_processor(
-                BatchSpanProcessor(
+                _Bounded(
                     exporter,
-                    export_timeout_millis=int(self.timeout * 1000),
-                    max_export_batch_size=batch,
+                    BatchSpanProcessor(
+                        exporter,
+                        export_timeout_millis=int(self.timeout * 1000),
+                        # The SDK refuses a batch larger than its queue: the command failed.
+                        max_export_batch_size=min(batch, exporter.queue_size),
+                        max_queue_size=exporter.queue_size,
+                    ),
                 )
             )
         self.metric_exporter = _metric_exporter(settings)

@@ -254,6 +254,7 @@ def test_a_running_process_says_once_when_exports_fail_and_when_they_work_again(
         url = f"{rx.url}/v1/traces"
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
         telemetry = Telemetry(load_settings())
+        telemetry.span_exporters[0].clock = lambda: 0.0  # drops said once: no 10 s go by
 
         def export() -> None:
             span = make_storable(make_span())
@@ -276,6 +277,7 @@ def test_a_running_process_says_once_when_exports_fail_and_when_they_work_again(
             f"could not export spans to {url}; they are dropped until it answers "
             "(the ledger keeps every call)",
         ),
+        ("WARNING", f"spans not sent to {url}: 1 (the ledger keeps every call)"),
         ("INFO", f"exporting spans to {url} again"),
     ]
     assert [r.status for r in rx.requests] == [401, 401, 200, 200]
@@ -392,3 +394,70 @@ def test_an_answer_that_does_not_end_is_cut_and_the_export_fails(
         assert collector.connections == 1
         assert telemetry.failures() == [url]
         telemetry.shutdown()
+
+
+def _end_spans(telemetry: Telemetry, count: int) -> None:
+    for _ in range(count):
+        span = make_storable(make_span())
+        telemetry.observer.on_start(span)
+        telemetry.observer.on_end(span)
+
+
+def test_spans_a_slow_collector_has_no_room_for_are_counted_and_said_at_most_every_10_s(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's full queue dropped spans with a log line each, which is silenced: spans
+    were lost to a collector slower than the calls without a word. And a queue set smaller
+    than a batch (OTEL_BSP_MAX_QUEUE_SIZE=4) failed every command with a ValueError."""
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "60")  # the collector answers when told
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # exports go by full batches only
+    caplog.set_level("INFO", logger="ollama_meter.telemetry")
+    now = [0.0]
+    with OtlpHttpReceiver() as rx:
+        rx.answering.clear()
+        url = f"{rx.url}/v1/traces"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        exporter.clock = lambda: now[0]
+        _end_spans(telemetry, 4)  # a batch: sent, and held by the collector
+        wait_for(lambda: rx.requests, what="the first export")
+        _end_spans(telemetry, 4 + 3)  # four wait for it, three have no room
+        now[0] = 10.0
+        _end_spans(telemetry, 1)
+        rx.answering.set()
+        assert telemetry.flush()
+        telemetry.shutdown()
+    assert len(spans(rx)) == 8 and exporter.dropped == 4
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
+    assert said == [
+        f"spans not sent to {url}: 1 (the ledger keeps every call)",
+        f"spans not sent to {url} in the last 10 s: 3, 4 in all",
+    ]
+
+
+def test_gateway_calls_never_wait_for_a_collector_that_has_not_answered(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "60")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+    with OtlpHttpReceiver() as rx:
+        rx.answering.clear()
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        gw = app_on(emulator.url, sqlite_url)
+        assert [_chat(gw, "llama3.1:8b") for _ in range(4)] == [200] * 4
+        wait_for(lambda: rx.requests, what="the first export")
+        assert [_chat(gw, "llama3.1:8b") for _ in range(20)] == [200] * 20
+        # Every call answered and recorded while the collector held its first export.
+        assert len(rx.requests) == 1 and len(gw.ledger.latest(SpanFilter(), 50)) == 24
+        telemetry = telemetry_for(load_settings())
+        assert telemetry is not None
+        rx.answering.set()
+        assert telemetry.flush()
+        telemetry.shutdown()
+    assert len(spans(rx)) == 8 and telemetry.span_exporters[0].dropped == 16
