@@ -461,3 +461,34 @@ def test_gateway_calls_never_wait_for_a_collector_that_has_not_answered(
         assert telemetry.flush()
         telemetry.shutdown()
     assert len(spans(rx)) == 8 and telemetry.span_exporters[0].dropped == 16
+
+
+def test_a_hooks_many_attributes_never_push_out_the_calls_own(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A span holds 128 attributes and the SDK drops the oldest to make room: a hook that
+    added 150 pushed out every one of ometer's (model, tenant, tokens, cost), silently."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        telemetry = Telemetry(load_settings())
+        for hooked in (150, 0):
+            span = make_storable(make_span(user="ann"))
+            telemetry.observer.on_start(span)
+            span.attributes.update({f"app.k{n:03}": n for n in range(hooked)})
+            span.attributes["ometer.tenant"] = "from-hook"  # a hook may still replace one
+            telemetry.observer.on_end(span)
+        assert telemetry.flush()
+        crowded, alone = wait_for(lambda: s if len(s := spans(rx)) == 2 else None, what="2 spans")
+        telemetry.shutdown()
+    own = [k for k in alone.attributes if not k.startswith("app.") and k != "ometer.span.id"]
+    assert len(crowded.attributes) == 128  # OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT
+    assert {k: crowded.attributes[k] for k in own} == {k: alone.attributes[k] for k in own}
+    assert crowded.attributes["ometer.tenant"] == "from-hook"
+    kept = sorted(k for k in crowded.attributes if k.startswith("app."))
+    assert kept == [f"app.k{n:03}" for n in range(128 - len(own) - 1)]  # the first ones set
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
+    assert said == [
+        f"a hook set {150 + 1} attributes on a span; {150 - len(kept)} not exported, past "
+        "the 128 a span holds (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT); said once"
+    ]
