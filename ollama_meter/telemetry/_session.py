@@ -12,6 +12,7 @@ Imported only when an OTLP/HTTP exporter is made.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import requests
@@ -20,6 +21,10 @@ MAX_ANSWER = 64 * 1024
 """Bytes of a collector's answer read at most (an OTLP answer is a few bytes; an HTML error
 page from a proxy fits)."""
 _CHUNK = 8 * 1024
+_PLAIN = frozenset(
+    {"accept", "accept-encoding", "connection", "content-encoding", "content-length"}
+    | {"content-type", "host", "transfer-encoding", "user-agent"}
+)
 
 
 class AnswerOutOfBounds(requests.RequestException):
@@ -29,6 +34,21 @@ class AnswerOutOfBounds(requests.RequestException):
 
 
 class BoundedSession(requests.Session):
+    """``keep``: for a place that is not the collector (Langfuse, Traceloop), the only headers
+    it is sent besides plain HTTP ones. The SDK's exporter adds the environment's
+    ``OTEL_EXPORTER_OTLP_HEADERS`` (or ``_TRACES_HEADERS``) to any endpoint it is given, and
+    the collector's key is nothing a third party's server should get."""
+
+    def __init__(self, keep: Iterable[str] | None = None) -> None:
+        super().__init__()
+        self.keep = None if keep is None else _PLAIN | {name.lower() for name in keep}
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        if self.keep is not None:
+            for name in [name for name in request.headers if name.lower() not in self.keep]:
+                del request.headers[name]
+        return super().send(request, **kwargs)
+
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         timeout = kwargs.get("timeout")
         deadline = time.monotonic() + timeout if isinstance(timeout, int | float) else None

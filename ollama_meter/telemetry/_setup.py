@@ -243,11 +243,13 @@ def _otlp(signal: str, endpoint: str, given: str | None, settings: Settings) -> 
     return url, exporter(endpoint=url, headers=headers, timeout=timeout, session=_session())
 
 
-def _session() -> Any:
-    """An OTLP/HTTP exporter's session: it reads a collector's answer within bounds."""
+def _session(*, only: dict[str, str] | None = None) -> Any:
+    """An OTLP/HTTP exporter's session: it reads a collector's answer within bounds.
+
+    ``only``: the headers of a place that is not the collector; no other is sent there."""
     from ollama_meter.telemetry._session import BoundedSession
 
-    return BoundedSession()
+    return BoundedSession(keep=None if only is None else only.keys())
 
 
 def _span_exporters(settings: Settings) -> list[_Watched]:
@@ -264,17 +266,12 @@ def _span_exporters(settings: Settings) -> list[_Watched]:
         secret = settings.langfuse_secret_key.get_secret_value()
         token = base64.b64encode(f"{settings.langfuse_public_key}:{secret}".encode()).decode()
         url = f"{settings.langfuse_host.rstrip('/')}/api/public/otel/v1/traces"
+        langfuse = {"authorization": f"Basic {token}", "x-langfuse-ingestion-version": "4"}
         exporters.append(
             _Watched(
                 url,
                 Http(
-                    endpoint=url,
-                    headers={
-                        "authorization": f"Basic {token}",
-                        "x-langfuse-ingestion-version": "4",
-                    },
-                    timeout=timeout,
-                    session=_session(),
+                    endpoint=url, headers=langfuse, timeout=timeout, session=_session(only=langfuse)
                 ),
             )
         )
@@ -283,15 +280,11 @@ def _span_exporters(settings: Settings) -> list[_Watched]:
 
         url = f"{settings.traceloop_base_url.rstrip('/')}/v1/traces"
         key = settings.traceloop_api_key.get_secret_value()
+        bearer = {"authorization": f"Bearer {key}"}
         exporters.append(
             _Watched(
                 url,
-                Http(
-                    endpoint=url,
-                    headers={"authorization": f"Bearer {key}"},
-                    timeout=timeout,
-                    session=_session(),
-                ),
+                Http(endpoint=url, headers=bearer, timeout=timeout, session=_session(only=bearer)),
             )
         )
     return exporters

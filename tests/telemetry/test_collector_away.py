@@ -492,3 +492,30 @@ def test_a_hooks_many_attributes_never_push_out_the_calls_own(
         f"a hook set {150 + 1} attributes on a span; {150 - len(kept)} not exported, past "
         "the 128 a span holds (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT); said once"
     ]
+
+
+@pytest.mark.parametrize(
+    "variable", ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"]
+)
+def test_the_collectors_headers_never_go_to_langfuse_or_traceloop(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """The SDK's HTTP exporter adds the OTEL_EXPORTER_OTLP_*HEADERS of the environment to
+    any endpoint it is given: the collector's key went to Langfuse's and Traceloop's servers."""
+    with OtlpHttpReceiver() as collector, OtlpHttpReceiver() as lf, OtlpHttpReceiver() as tl:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{collector.url}/v1/traces")
+        monkeypatch.setenv(variable, "x-collector-key=s3cret")
+        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-1")
+        monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-2")
+        monkeypatch.setenv("LANGFUSE_HOST", lf.url)
+        monkeypatch.setenv("TRACELOOP_API_KEY", "tl-key")
+        monkeypatch.setenv("TRACELOOP_BASE_URL", tl.url)
+        telemetry = Telemetry(load_settings())
+        _end_spans(telemetry, 1)
+        assert telemetry.flush()
+        telemetry.shutdown()
+        sent = {
+            name: [r.headers.get("x-collector-key") for r in rx.requests]
+            for name, rx in (("collector", collector), ("langfuse", lf), ("traceloop", tl))
+        }
+    assert sent == {"collector": ["s3cret"], "langfuse": [None], "traceloop": [None]}
