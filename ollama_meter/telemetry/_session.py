@@ -5,8 +5,8 @@ socket, not the answer: a collector (or a proxy in its place) that answers an en
 trickling body kept the export thread reading forever, in gigabytes, and every span after
 it waited in the queue and was dropped without a word. An OTLP answer is an empty message
 or a short ``partial_success``: :data:`MAX_ANSWER` bytes, read before the request's own
-timeout runs out, or the connection is dropped and the export fails like any other.
-Imported only when an OTLP/HTTP exporter is made.
+timeout runs out, or the connection is dropped and the export fails like any other. A
+redirect fails it too (:class:`Redirected`). Imported only when an OTLP/HTTP exporter is made.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ class AnswerOutOfBounds(requests.RequestException):
     """A collector's answer went past :data:`MAX_ANSWER` bytes or past the request's timeout.
 
     Not a connection error, so the exporter does not send the batch again to get the same."""
+
+
+class Redirected(requests.RequestException):
+    """A collector answered a redirect: the SDK's exporter counts any 3xx as delivered, and
+    follows none, so the spans were lost while every export 'succeeded'."""
 
 
 class BoundedSession(requests.Session):
@@ -67,4 +72,7 @@ class BoundedSession(requests.Session):
             raise
         response._content = bytes(body)
         response._content_consumed = True  # read whole: urllib3 put the connection back
+        if 300 <= response.status_code < 400:
+            where = response.headers.get("location") or "nowhere said"
+            raise Redirected(f"answered {response.status_code} to {where}: set the endpoint to it")
         return response

@@ -519,3 +519,21 @@ def test_the_collectors_headers_never_go_to_langfuse_or_traceloop(
             for name, rx in (("collector", collector), ("langfuse", lf), ("traceloop", tl))
         }
     assert sent == {"collector": ["s3cret"], "langfuse": [None], "traceloop": [None]}
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_collector_that_redirects_has_not_taken_the_spans(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    """The exporter counts any 2xx or 3xx as delivered and follows no redirect: an endpoint
+    behind a proxy that sends http to https lost every span while all exports 'succeeded'."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    with OtlpHttpReceiver(status=status) as rx:
+        url = f"{rx.url}/v1/traces"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+        telemetry = Telemetry(load_settings())
+        _end_spans(telemetry, 2)
+        telemetry.flush()
+        telemetry.shutdown()
+    assert [r.status for r in rx.requests] == [status]  # asked once: no retry
+    assert telemetry.failures() == [url] and telemetry.span_exporters[0].dropped == 2
