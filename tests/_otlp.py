@@ -164,7 +164,7 @@ class _HttpHandler(BaseHTTPRequestHandler):
         receiver._record(HttpRequest(self.path, headers, message, status))
         receiver.answering.wait()  # a slow collector: recorded as received, answered later
         if 200 <= status < 300:
-            self._answer(status, empty_response, _PROTOBUF)
+            self._answer(status, receiver.answer or empty_response, _PROTOBUF)
         else:
             self._answer(status, b"", "text/plain")
 
@@ -192,6 +192,7 @@ class OtlpHttpReceiver(_Recorder[HttpRequest]):
     test can play a failing collector (and recover it by setting it back);
     rejected requests are recorded too, with the status they got. Clear ``answering`` to
     play a slow one: each export is recorded when it arrives and answered once it is set.
+    ``answer``: the body of a 2xx answer instead of an empty response (a ``partial_success``).
     """
 
     def __init__(self, status: int = 200) -> None:
@@ -199,6 +200,7 @@ class OtlpHttpReceiver(_Recorder[HttpRequest]):
         self.status = status
         self.answering = threading.Event()
         self.answering.set()
+        self.answer: bytes | None = None
         self._server: _HttpServer | None = None
         self._thread: threading.Thread | None = None
 

@@ -47,6 +47,8 @@ class BoundedSession(requests.Session):
     def __init__(self, keep: Iterable[str] | None = None) -> None:
         super().__init__()
         self.keep = None if keep is None else _PLAIN | {name.lower() for name in keep}
+        self.last = b""
+        """The body of the last answer (an exporter sends one request at a time)."""
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         if self.keep is not None:
@@ -72,7 +74,26 @@ class BoundedSession(requests.Session):
             raise
         response._content = bytes(body)
         response._content_consumed = True  # read whole: urllib3 put the connection back
+        self.last = response._content
         if 300 <= response.status_code < 400:
             where = response.headers.get("location") or "nowhere said"
             raise Redirected(f"answered {response.status_code} to {where}: set the endpoint to it")
         return response
+
+
+def refused_spans(answer: bytes) -> tuple[int, str]:
+    """The spans a collector's answer to a successful export says it refused, and why.
+
+    OTLP says a collector that keeps part of an export answers 200 with ``partial_success``
+    (a count and a message); the SDK's exporter reads no answer, so those spans were lost
+    without a word. An answer that is not OTLP says nothing refused."""
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceResponse,
+    )
+
+    try:
+        partial = ExportTraceServiceResponse.FromString(answer).partial_success
+    except DecodeError:
+        return 0, ""
+    return max(0, partial.rejected_spans), partial.error_message

@@ -96,9 +96,11 @@ class _Watched(_Reporting, SpanExporter):
     here, where the drops are counted, and said at most every :data:`SAY_DROPS_EVERY` s.
     """
 
-    def __init__(self, name: str, inner: SpanExporter) -> None:
+    def __init__(self, name: str, inner: SpanExporter, answers: Any = None) -> None:
         self.name = shown(name)
         self.inner = inner
+        self.answers = answers  # the BoundedSession of an OTLP/HTTP exporter
+        self._said_refused = False
         self.clock: Callable[[], float] = time.monotonic
         self.queue_size = _queue_size()
         self.dropped = 0  # in all, since the process started
@@ -144,6 +146,8 @@ class _Watched(_Reporting, SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         with self._lock:
             self._waiting = max(0, self._waiting - len(spans))
+        if self.answers is not None:
+            self.answers.last = b""
         try:
             result = self.inner.export(spans)
         except Exception:
@@ -151,7 +155,20 @@ class _Watched(_Reporting, SpanExporter):
         self._saw(result is SpanExportResult.SUCCESS, "spans")
         if result is not SpanExportResult.SUCCESS:
             self._drop(len(spans))
+        elif self.answers is not None and self.answers.last:
+            self._refused(self.answers.last)
         return result
+
+    def _refused(self, answer: bytes) -> None:
+        from ollama_meter.telemetry._session import refused_spans
+
+        count, why = refused_spans(answer)
+        if not count:
+            return
+        if not self._said_refused and not self.quiet:
+            self._said_refused = True  # the count goes on in the drop lines
+            log.warning("%s refused %d spans of an export: %s; said once", self.name, count, why)
+        self._drop(count)
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -208,7 +225,9 @@ class _WatchedMetrics(_Reporting, MetricExporter):
         return self.inner.force_flush(timeout_millis)
 
 
-def _otlp(signal: str, endpoint: str, given: str | None, settings: Settings) -> tuple[str, Any]:
+def _otlp(
+    signal: str, endpoint: str, given: str | None, settings: Settings, session: Any = None
+) -> tuple[str, Any]:
     """The OTLP exporter for ``signal`` (traces, metrics) by the protocol set, and where it sends.
 
     grpc sends to ``endpoint`` itself; http/protobuf to ``given`` (the signal's own
@@ -240,7 +259,8 @@ def _otlp(signal: str, endpoint: str, given: str | None, settings: Settings) -> 
             endpoint=endpoint, insecure=insecure, headers=headers, timeout=timeout
         )
     url = given or f"{endpoint.rstrip('/')}/v1/{signal}"
-    return url, exporter(endpoint=url, headers=headers, timeout=timeout, session=_session())
+    session = session or _session()
+    return url, exporter(endpoint=url, headers=headers, timeout=timeout, session=session)
 
 
 def _session(*, only: dict[str, str] | None = None) -> Any:
@@ -257,8 +277,12 @@ def _span_exporters(settings: Settings) -> list[_Watched]:
     exporters: list[_Watched] = []
     traces = settings.otlp_traces_endpoint or settings.otlp_endpoint
     if traces:
+        session = None if settings.otlp_protocol == "grpc" else _session()
         exporters.append(
-            _Watched(*_otlp("traces", traces, settings.otlp_traces_endpoint, settings))
+            _Watched(
+                *_otlp("traces", traces, settings.otlp_traces_endpoint, settings, session),
+                answers=session,
+            )
         )
     if settings.langfuse_public_key and settings.langfuse_secret_key and settings.langfuse_host:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
@@ -267,12 +291,12 @@ def _span_exporters(settings: Settings) -> list[_Watched]:
         token = base64.b64encode(f"{settings.langfuse_public_key}:{secret}".encode()).decode()
         url = f"{settings.langfuse_host.rstrip('/')}/api/public/otel/v1/traces"
         langfuse = {"authorization": f"Basic {token}", "x-langfuse-ingestion-version": "4"}
+        session = _session(only=langfuse)
         exporters.append(
             _Watched(
                 url,
-                Http(
-                    endpoint=url, headers=langfuse, timeout=timeout, session=_session(only=langfuse)
-                ),
+                Http(endpoint=url, headers=langfuse, timeout=timeout, session=session),
+                answers=session,
             )
         )
     if settings.traceloop_api_key:
@@ -281,10 +305,12 @@ def _span_exporters(settings: Settings) -> list[_Watched]:
         url = f"{settings.traceloop_base_url.rstrip('/')}/v1/traces"
         key = settings.traceloop_api_key.get_secret_value()
         bearer = {"authorization": f"Bearer {key}"}
+        session = _session(only=bearer)
         exporters.append(
             _Watched(
                 url,
-                Http(endpoint=url, headers=bearer, timeout=timeout, session=_session(only=bearer)),
+                Http(endpoint=url, headers=bearer, timeout=timeout, session=session),
+                answers=session,
             )
         )
     return exporters

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -537,3 +538,33 @@ def test_a_collector_that_redirects_has_not_taken_the_spans(
         telemetry.shutdown()
     assert [r.status for r in rx.requests] == [status]  # asked once: no retry
     assert telemetry.failures() == [url] and telemetry.span_exporters[0].dropped == 2
+
+
+def test_spans_a_collector_refuses_in_a_partial_success_are_counted_and_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OTLP's partial_success: 200, with the spans refused and why. The exporter read no
+    answer: refused spans were lost without a word."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    refused = trace_service_pb2.ExportTraceServiceResponse(
+        partial_success=trace_service_pb2.ExportTracePartialSuccess(
+            rejected_spans=2, error_message="span too old"
+        )
+    )
+    with OtlpHttpReceiver() as rx:
+        rx.answer = refused.SerializeToString()
+        url = f"{rx.url}/v1/traces"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        exporter.clock = lambda: 0.0
+        for _ in range(2):
+            _end_spans(telemetry, 3)
+            assert telemetry.flush()
+        telemetry.shutdown()
+    assert len(rx.requests) == 2 and exporter.dropped == 4 and telemetry.failures() == []
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
+    assert said == [
+        f"{url} refused 2 spans of an export: span too old; said once",
+        f"spans not sent to {url}: 2 (the ledger keeps every call)",
+    ]
