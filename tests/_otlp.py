@@ -81,6 +81,8 @@ class HttpRequest:
     headers: dict[str, str]
     message: ExportRequest
     status: int
+    peer: tuple[str, int] = ("", 0)
+    """The exporter's end of the connection it came on."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,8 @@ class _HttpHandler(BaseHTTPRequestHandler):
         receiver = self.server.receiver
         status = receiver.status
         headers = {name.lower(): value for name, value in self.headers.items()}
-        receiver._record(HttpRequest(self.path, headers, message, status))
+        peer = (str(self.client_address[0]), int(self.client_address[1]))
+        receiver._record(HttpRequest(self.path, headers, message, status, peer))
         receiver.answering.wait()  # a slow collector: recorded as received, answered later
         if 200 <= status < 300:
             self._answer(status, receiver.answer or empty_response, _PROTOBUF)

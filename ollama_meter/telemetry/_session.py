@@ -11,11 +11,13 @@ redirect fails it too (:class:`Redirected`). Imported only when an OTLP/HTTP exp
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 
 MAX_ANSWER = 64 * 1024
 """Bytes of a collector's answer read at most (an OTLP answer is a few bytes; an HTML error
@@ -49,8 +51,19 @@ class BoundedSession(requests.Session):
         self.keep = None if keep is None else _PLAIN | {name.lower() for name in keep}
         self.last = b""
         """The body of the last answer (an exporter sends one request at a time)."""
+        self._pid = os.getpid()
+
+    def _own_connections(self) -> None:
+        """In a forked child, connections of its own: the kept-alive ones are the parent's,
+        and requests of both processes on one socket read each other's answers."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        for prefix in list(self.adapters):  # dropped, not closed: the parent still uses them
+            self.mount(prefix, HTTPAdapter())
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        self._own_connections()
         if self.keep is not None:
             for name in [name for name in request.headers if name.lower() not in self.keep]:
                 del request.headers[name]

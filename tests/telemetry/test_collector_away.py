@@ -568,3 +568,30 @@ def test_spans_a_collector_refuses_in_a_partial_success_are_counted_and_said(
         f"{url} refused 2 spans of an export: span too old; said once",
         f"spans not sent to {url}: 2 (the ledger keeps every call)",
     ]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_exports_on_a_connection_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child forked after an export (gunicorn --preload) sent its spans on the parent's
+    kept-alive connection to the collector: both processes' requests on one socket."""
+    from tests.test_client_fork import forked
+
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        telemetry = Telemetry(load_settings())
+        _end_spans(telemetry, 1)
+        assert telemetry.flush()  # leaves a connection in the pool
+
+        def child() -> bool:
+            _end_spans(telemetry, 1)
+            return telemetry.flush()
+
+        _, exported = forked(child)
+        assert exported() is True
+        _end_spans(telemetry, 1)
+        assert telemetry.flush()
+        telemetry.shutdown()
+    parent, child_export, parent_again = rx.requests
+    assert parent.peer == parent_again.peer != child_export.peer
