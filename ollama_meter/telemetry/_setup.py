@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import functools
 import logging
 import os
 import sys
@@ -323,6 +324,13 @@ def _metric_exporter(settings: Settings) -> _WatchedMetrics | None:
     return _WatchedMetrics(*_otlp("metrics", endpoint, settings.otlp_metrics_endpoint, settings))
 
 
+def _quietly(work: Callable[[], object]) -> None:
+    try:
+        work()
+    except Exception:  # exit must not fail because a collector did
+        log.debug("telemetry flush failed", exc_info=True)
+
+
 class Telemetry:
     """The providers, the observer the meter calls, and a bounded flush for exit."""
 
@@ -337,19 +345,21 @@ class Telemetry:
         # ``shutdown`` below runs at exit, within the bound.
         self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         batch = CONTENT_BATCH if settings.capture_content else PLAIN_BATCH
-        for exporter in self.span_exporters:
-            self.tracer_provider.add_span_processor(
-                _Bounded(
+        self.processors = [
+            _Bounded(
+                exporter,
+                BatchSpanProcessor(
                     exporter,
-                    BatchSpanProcessor(
-                        exporter,
-                        export_timeout_millis=int(self.timeout * 1000),
-                        # The SDK refuses a batch larger than its queue: the command failed.
-                        max_export_batch_size=min(batch, exporter.queue_size),
-                        max_queue_size=exporter.queue_size,
-                    ),
-                )
+                    export_timeout_millis=int(self.timeout * 1000),
+                    # The SDK refuses a batch larger than its queue: the command failed.
+                    max_export_batch_size=min(batch, exporter.queue_size),
+                    max_queue_size=exporter.queue_size,
+                ),
             )
+            for exporter in self.span_exporters
+        ]
+        for processor in self.processors:
+            self.tracer_provider.add_span_processor(processor)
         self.metric_exporter = _metric_exporter(settings)
         self.meter_provider: MeterProvider | None = None
         if self.metric_exporter is not None:
@@ -371,6 +381,7 @@ class Telemetry:
         # The SDK logs every failed export with a traceback; one line at exit says it better.
         logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
         self._closed = False
+        self._flushing: list[tuple[str, threading.Thread]] = []
         atexit.register(self.shutdown)
 
     def flush(self) -> bool:
@@ -389,7 +400,8 @@ class Telemetry:
 
         Each exporter has its own timeout and retries, and flush, shutdown and the metric
         reader each take up to that long: run together they could take several times the
-        setting. So they run on a thread the exit waits for, at most the setting, once.
+        setting. So they run on a thread the exit waits for, at most the setting, once, and
+        it flushes every place at once, so a dead one never costs another its last spans.
         """
         if self._closed:
             return
@@ -401,7 +413,8 @@ class Telemetry:
         worker.join(self.timeout)
         failed = self.failures()
         if worker.is_alive():
-            names = failed or self.exporter_names()
+            late = [name for name, flush in self._flushing if flush.is_alive()]
+            names = list(dict.fromkeys([*failed, *late])) or self.exporter_names()
             sys.stderr.write(
                 f"warning: could not export telemetry to {', '.join(names)} within "
                 f"OMETER_EXPORT_TIMEOUT ({self.timeout:g} s); what was not sent is dropped\n"
@@ -426,8 +439,29 @@ class Telemetry:
         return places
 
     def _stop(self) -> None:
+        millis = int(self.timeout * 1000)
+        flushes: list[tuple[str, Callable[[], object]]] = [
+            (processor.exporter.name, functools.partial(processor.force_flush, millis))
+            for processor in self.processors
+        ]
+        if self.meter_provider is not None and self.metric_exporter is not None:
+            flushes.append(
+                (
+                    self.metric_exporter.name,
+                    functools.partial(self.meter_provider.force_flush, millis),
+                )
+            )
+        # Every place at once: one after the other, a collector that never answers used up
+        # the whole bound and the places after it (Langfuse) never got the last spans.
+        self._flushing = [
+            (name, threading.Thread(target=_quietly, args=(flush,), daemon=True))
+            for name, flush in flushes
+        ]
+        for _, worker in self._flushing:
+            worker.start()
+        for _, worker in self._flushing:
+            worker.join()
         try:
-            self.flush()
             self.tracer_provider.shutdown()
             if self.meter_provider is not None:
                 self.meter_provider.shutdown(timeout_millis=self.timeout * 1000)

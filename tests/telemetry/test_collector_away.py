@@ -595,3 +595,23 @@ def test_a_forked_child_exports_on_a_connection_of_its_own(
         telemetry.shutdown()
     parent, child_export, parent_again = rx.requests
     assert parent.peer == parent_again.peer != child_export.peer
+
+
+def test_a_dead_collector_never_costs_langfuse_its_spans_at_exit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At exit the places were flushed one after the other within one bound: a collector
+    that never answers took all of it, and Langfuse, next in line, never got the span."""
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "1")
+    with SilentCollector() as dead, OtlpHttpReceiver() as lf:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", dead.url)
+        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-1")
+        monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-2")
+        monkeypatch.setenv("LANGFUSE_HOST", lf.url)
+        telemetry = Telemetry(load_settings())
+        _end_spans(telemetry, 1)
+        telemetry.shutdown()
+        got, dead_url, lf_url = len(spans(lf)), dead.url, lf.url
+    assert got == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert dead_url in line and lf_url not in line
