@@ -31,6 +31,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 __all__ = [
     "SPAN_KIND_CLIENT",
+    "EndlessCollector",
     "GrpcRequest",
     "HttpRequest",
     "OtlpGrpcReceiver",
@@ -80,6 +81,8 @@ class HttpRequest:
     headers: dict[str, str]
     message: ExportRequest
     status: int
+    peer: tuple[str, int] = ("", 0)
+    """The exporter's end of the connection it came on."""
 
 
 @dataclass(frozen=True)
@@ -160,9 +163,11 @@ class _HttpHandler(BaseHTTPRequestHandler):
         receiver = self.server.receiver
         status = receiver.status
         headers = {name.lower(): value for name, value in self.headers.items()}
-        receiver._record(HttpRequest(self.path, headers, message, status))
+        peer = (str(self.client_address[0]), int(self.client_address[1]))
+        receiver._record(HttpRequest(self.path, headers, message, status, peer))
+        receiver.answering.wait()  # a slow collector: recorded as received, answered later
         if 200 <= status < 300:
-            self._answer(status, empty_response, _PROTOBUF)
+            self._answer(status, receiver.answer or empty_response, _PROTOBUF)
         else:
             self._answer(status, b"", "text/plain")
 
@@ -188,12 +193,17 @@ class OtlpHttpReceiver(_Recorder[HttpRequest]):
     Accepts protobuf POSTs (optionally gzip or deflate) on any path ending in
     ``/v1/traces`` or ``/v1/metrics``. ``status`` is the answer to give, so a
     test can play a failing collector (and recover it by setting it back);
-    rejected requests are recorded too, with the status they got.
+    rejected requests are recorded too, with the status they got. Clear ``answering`` to
+    play a slow one: each export is recorded when it arrives and answered once it is set.
+    ``answer``: the body of a 2xx answer instead of an empty response (a ``partial_success``).
     """
 
     def __init__(self, status: int = 200) -> None:
         super().__init__()
         self.status = status
+        self.answering = threading.Event()
+        self.answering.set()
+        self.answer: bytes | None = None
         self._server: _HttpServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -216,6 +226,7 @@ class OtlpHttpReceiver(_Recorder[HttpRequest]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.answering.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -282,6 +293,82 @@ class SilentCollector:
     def url(self) -> str:
         if self._listener is None:
             raise RuntimeError("SilentCollector is not running; use it as a context manager")
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+
+class EndlessCollector:
+    """A collector (or a proxy in its place) whose answer never ends: a 200 and then a body.
+
+    Each connection gets ``200 OK`` with a chunked body of ``chunk`` repeated, ``pause``
+    seconds apart, until ``limit`` bytes are sent (then the body ends properly).
+    ``cut_short`` counts the answers the client hung up on before their end, ``sent_whole``
+    those that ended; ``connections`` the connections accepted.
+    """
+
+    def __init__(self, chunk: bytes, *, limit: int, pause: float = 0.0) -> None:
+        self.chunk, self.limit, self.pause = chunk, limit, pause
+        self.connections = 0
+        self.cut_short = 0
+        self.sent_whole = 0
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> EndlessCollector:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        threading.Thread(target=self._accept, name="otlp-endless", daemon=True).start()
+        return self
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            with self._lock:
+                self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        framed = b"%x\r\n%s\r\n" % (len(self.chunk), self.chunk)
+        sent = 0
+        with conn:
+            try:
+                conn.recv(1 << 20)  # the request (its start is enough to answer it)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
+                while sent < self.limit:
+                    conn.sendall(framed)
+                    sent += len(self.chunk)
+                    if self.pause:
+                        time.sleep(self.pause)
+                conn.sendall(b"0\r\n\r\n")
+            except OSError:  # the client hung up
+                with self._lock:
+                    self.cut_short += 1
+                return
+            with self._lock:
+                self.sent_whole += 1
+
+    def over(self) -> tuple[int, int] | None:
+        """``(cut_short, sent_whole)`` once every answer begun is over, else None."""
+        with self._lock:
+            if self.cut_short + self.sent_whole < self.connections:
+                return None
+            return self.cut_short, self.sent_whole
+
+    def __exit__(self, *exc: object) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+
+    @property
+    def url(self) -> str:
+        if self._listener is None:
+            raise RuntimeError("EndlessCollector is not running; use it as a context manager")
         return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 from collections.abc import Sequence
 from decimal import Decimal
@@ -15,10 +16,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry.metrics import Meter as OtelMeter
+from opentelemetry.sdk.trace import SpanLimits
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from ollama_meter.records import SpanRecord, Status as SpanStatus, format_micros, storable_text
 from ollama_meter.telemetry import _semconv as sc
+
+log = logging.getLogger("ollama_meter.telemetry")
 
 MAX_EXPORTED_TEXT = 16_384
 """Characters an exported text attribute holds, prompt and reply included (cut, ending in "…").
@@ -93,6 +97,9 @@ class TelemetryObserver:
         self.capture_content = capture_content
         self._live: dict[str, Span] = {}
         self._lock = threading.Lock()
+        # The SDK drops a span's oldest attribute to make room for a new one past its limit.
+        self.max_attributes = SpanLimits().max_span_attributes
+        self._said_crowded = False
         self._metrics = meter is not None
         if meter is not None:
 
@@ -160,7 +167,7 @@ class TelemetryObserver:
             otel = self._start(span)
             context = otel.get_span_context()
             span.trace_id, span.span_id = f"{context.trace_id:032x}", f"{context.span_id:016x}"
-        otel.set_attributes(exportable(self._end_attributes(span)))
+        otel.set_attributes(self._with_hooks(otel, exportable(self._end_attributes(span)), span))
         if span.status in (SpanStatus.ERROR, SpanStatus.REJECTED):
             otel.set_status(Status(StatusCode.ERROR, storable_text(span.error_message or "", 500)))
         otel.end(end_time=_ns(span, end=True))
@@ -211,8 +218,37 @@ class TelemetryObserver:
             attributes[sc.GEN_AI_INPUT_MESSAGES] = _messages("user", span.prompt)
         if self.capture_content and span.reply is not None:
             attributes[sc.GEN_AI_OUTPUT_MESSAGES] = _messages("assistant", span.reply)
-        for key, value in span.attributes.items():
-            attributes[key] = value
+        return attributes
+
+    def _with_hooks(self, otel: Span, ours: dict[str, Any], span: SpanRecord) -> dict[str, Any]:
+        """``ours`` and the hooks' attributes, as many of the hooks' as the span has room for.
+
+        Past its limit the SDK drops the oldest attribute for each new one: ometer's own, set
+        first. A hook's attribute may replace one of ours (it costs no room); the rest of a
+        hook's go in the order it set them while there is room, and what is left is said once.
+        """
+        hooked = exportable(span.attributes)
+        if self.max_attributes is None or not hooked:
+            return {**ours, **hooked}
+        present = set(getattr(otel, "attributes", None) or ()) | set(ours)
+        room = self.max_attributes - len(present)
+        attributes = dict(ours)
+        left = 0
+        for key, value in hooked.items():
+            if key in present or room > 0:
+                room -= key not in present
+                attributes[key] = value
+            else:
+                left += 1
+        if left and not self._said_crowded:
+            self._said_crowded = True
+            log.warning(
+                "a hook set %d attributes on a span; %d not exported, past the %d a span "
+                "holds (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT); said once",
+                len(hooked),
+                left,
+                self.max_attributes,
+            )
         return attributes
 
     def _record_metrics(self, span: SpanRecord) -> None:

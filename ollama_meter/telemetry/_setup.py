@@ -10,28 +10,24 @@ from __future__ import annotations
 
 import atexit
 import base64
+import functools
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    MetricExporter,
-    MetricExportResult,
-    MetricsData,
-    PeriodicExportingMetricReader,
-)
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.util.re import parse_env_headers
 
-from ollama_meter._urls import shown
 from ollama_meter._version import __version__
 from ollama_meter.config import Settings
 from ollama_meter.telemetry._observer import TelemetryObserver
+from ollama_meter.telemetry._watch import Bounded, Reporting, Watched, WatchedMetrics
 
 log = logging.getLogger("ollama_meter.telemetry")
 
@@ -43,83 +39,9 @@ CONTENT_BATCH = 64
 which refuses a larger request whole, every span in it."""
 
 
-class _Reporting:
-    """One place exports go: whether an export there failed, and a log line when that changes.
-
-    A gateway runs for weeks: a collector that refuses its exports (a wrong key, a full disk)
-    is said once when it starts and once when it ends, not only at exit. ``quiet`` once the
-    process is exiting, where one warning line says it all.
-    """
-
-    name: str
-    failed = False
-    failing = False
-    quiet = False
-
-    def _saw(self, ok: bool, what: str) -> None:
-        if ok:
-            if self.failing and not self.quiet:
-                log.info("exporting %s to %s again", what, self.name)
-            self.failing = False
-            return
-        self.failed = True
-        if not self.failing and not self.quiet:
-            log.warning(
-                "could not export %s to %s; they are dropped until it answers "
-                "(the ledger keeps every call)",
-                what,
-                self.name,
-            )
-        self.failing = True
-
-
-class _Watched(_Reporting, SpanExporter):
-    def __init__(self, name: str, inner: SpanExporter) -> None:
-        self.name = shown(name)
-        self.inner = inner
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self.inner.export(spans)
-        except Exception:
-            result = SpanExportResult.FAILURE
-        self._saw(result is SpanExportResult.SUCCESS, "spans")
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-
-class _WatchedMetrics(_Reporting, MetricExporter):
-    def __init__(self, name: str, inner: MetricExporter) -> None:
-        super().__init__(
-            preferred_temporality=inner._preferred_temporality,
-            preferred_aggregation=inner._preferred_aggregation,
-        )
-        self.name = shown(name)
-        self.inner = inner
-
-    def export(
-        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-    ) -> MetricExportResult:
-        try:
-            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-        except Exception:
-            result = MetricExportResult.FAILURE
-        self._saw(result is MetricExportResult.SUCCESS, "metrics")
-        return result
-
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
-
-    def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-
-def _otlp(signal: str, endpoint: str, given: str | None, settings: Settings) -> tuple[str, Any]:
+def _otlp(
+    signal: str, endpoint: str, given: str | None, settings: Settings, session: Any = None
+) -> tuple[str, Any]:
     """The OTLP exporter for ``signal`` (traces, metrics) by the protocol set, and where it sends.
 
     grpc sends to ``endpoint`` itself; http/protobuf to ``given`` (the signal's own
@@ -151,16 +73,30 @@ def _otlp(signal: str, endpoint: str, given: str | None, settings: Settings) -> 
             endpoint=endpoint, insecure=insecure, headers=headers, timeout=timeout
         )
     url = given or f"{endpoint.rstrip('/')}/v1/{signal}"
-    return url, exporter(endpoint=url, headers=headers, timeout=timeout)
+    session = session or _session()
+    return url, exporter(endpoint=url, headers=headers, timeout=timeout, session=session)
 
 
-def _span_exporters(settings: Settings) -> list[_Watched]:
+def _session(*, only: dict[str, str] | None = None) -> Any:
+    """An OTLP/HTTP exporter's session: it reads a collector's answer within bounds.
+
+    ``only``: the headers of a place that is not the collector; no other is sent there."""
+    from ollama_meter.telemetry._session import BoundedSession
+
+    return BoundedSession(keep=None if only is None else only.keys())
+
+
+def _span_exporters(settings: Settings) -> list[Watched]:
     timeout = settings.export_timeout
-    exporters: list[_Watched] = []
+    exporters: list[Watched] = []
     traces = settings.otlp_traces_endpoint or settings.otlp_endpoint
     if traces:
+        session = None if settings.otlp_protocol == "grpc" else _session()
         exporters.append(
-            _Watched(*_otlp("traces", traces, settings.otlp_traces_endpoint, settings))
+            Watched(
+                *_otlp("traces", traces, settings.otlp_traces_endpoint, settings, session),
+                answers=session,
+            )
         )
     if settings.langfuse_public_key and settings.langfuse_secret_key and settings.langfuse_host:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as Http
@@ -168,17 +104,13 @@ def _span_exporters(settings: Settings) -> list[_Watched]:
         secret = settings.langfuse_secret_key.get_secret_value()
         token = base64.b64encode(f"{settings.langfuse_public_key}:{secret}".encode()).decode()
         url = f"{settings.langfuse_host.rstrip('/')}/api/public/otel/v1/traces"
+        langfuse = {"authorization": f"Basic {token}", "x-langfuse-ingestion-version": "4"}
+        session = _session(only=langfuse)
         exporters.append(
-            _Watched(
+            Watched(
                 url,
-                Http(
-                    endpoint=url,
-                    headers={
-                        "authorization": f"Basic {token}",
-                        "x-langfuse-ingestion-version": "4",
-                    },
-                    timeout=timeout,
-                ),
+                Http(endpoint=url, headers=langfuse, timeout=timeout, session=session),
+                answers=session,
             )
         )
     if settings.traceloop_api_key:
@@ -186,19 +118,30 @@ def _span_exporters(settings: Settings) -> list[_Watched]:
 
         url = f"{settings.traceloop_base_url.rstrip('/')}/v1/traces"
         key = settings.traceloop_api_key.get_secret_value()
+        bearer = {"authorization": f"Bearer {key}"}
+        session = _session(only=bearer)
         exporters.append(
-            _Watched(
-                url, Http(endpoint=url, headers={"authorization": f"Bearer {key}"}, timeout=timeout)
+            Watched(
+                url,
+                Http(endpoint=url, headers=bearer, timeout=timeout, session=session),
+                answers=session,
             )
         )
     return exporters
 
 
-def _metric_exporter(settings: Settings) -> _WatchedMetrics | None:
+def _metric_exporter(settings: Settings) -> WatchedMetrics | None:
     endpoint = settings.otlp_metrics_endpoint or settings.otlp_endpoint
     if not endpoint:
         return None
-    return _WatchedMetrics(*_otlp("metrics", endpoint, settings.otlp_metrics_endpoint, settings))
+    return WatchedMetrics(*_otlp("metrics", endpoint, settings.otlp_metrics_endpoint, settings))
+
+
+def _quietly(work: Callable[[], object]) -> None:
+    try:
+        work()
+    except Exception:  # exit must not fail because a collector did
+        log.debug("telemetry flush failed", exc_info=True)
 
 
 class Telemetry:
@@ -215,14 +158,21 @@ class Telemetry:
         # ``shutdown`` below runs at exit, within the bound.
         self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         batch = CONTENT_BATCH if settings.capture_content else PLAIN_BATCH
-        for exporter in self.span_exporters:
-            self.tracer_provider.add_span_processor(
+        self.processors = [
+            Bounded(
+                exporter,
                 BatchSpanProcessor(
                     exporter,
                     export_timeout_millis=int(self.timeout * 1000),
-                    max_export_batch_size=batch,
-                )
+                    # The SDK refuses a batch larger than its queue: the command failed.
+                    max_export_batch_size=min(batch, exporter.queue_size),
+                    max_queue_size=exporter.queue_size,
+                ),
             )
+            for exporter in self.span_exporters
+        ]
+        for processor in self.processors:
+            self.tracer_provider.add_span_processor(processor)
         self.metric_exporter = _metric_exporter(settings)
         self.meter_provider: MeterProvider | None = None
         if self.metric_exporter is not None:
@@ -244,6 +194,7 @@ class Telemetry:
         # The SDK logs every failed export with a traceback; one line at exit says it better.
         logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
         self._closed = False
+        self._flushing: list[tuple[str, threading.Thread]] = []
         atexit.register(self.shutdown)
 
     def flush(self) -> bool:
@@ -262,7 +213,8 @@ class Telemetry:
 
         Each exporter has its own timeout and retries, and flush, shutdown and the metric
         reader each take up to that long: run together they could take several times the
-        setting. So they run on a thread the exit waits for, at most the setting, once.
+        setting. So they run on a thread the exit waits for, at most the setting, once, and
+        it flushes every place at once, so a dead one never costs another its last spans.
         """
         if self._closed:
             return
@@ -274,7 +226,8 @@ class Telemetry:
         worker.join(self.timeout)
         failed = self.failures()
         if worker.is_alive():
-            names = failed or self.exporter_names()
+            late = [name for name, flush in self._flushing if flush.is_alive()]
+            names = list(dict.fromkeys([*failed, *late])) or self.exporter_names()
             sys.stderr.write(
                 f"warning: could not export telemetry to {', '.join(names)} within "
                 f"OMETER_EXPORT_TIMEOUT ({self.timeout:g} s); what was not sent is dropped\n"
@@ -285,8 +238,8 @@ class Telemetry:
     def exporter_names(self) -> list[str]:
         return list(self._exporters())
 
-    def _watchers(self) -> list[_Reporting]:
-        exporters: list[_Reporting] = [*self.span_exporters]
+    def _watchers(self) -> list[Reporting]:
+        exporters: list[Reporting] = [*self.span_exporters]
         if self.metric_exporter is not None:
             exporters.append(self.metric_exporter)
         return exporters
@@ -299,8 +252,29 @@ class Telemetry:
         return places
 
     def _stop(self) -> None:
+        millis = int(self.timeout * 1000)
+        flushes: list[tuple[str, Callable[[], object]]] = [
+            (processor.exporter.name, functools.partial(processor.force_flush, millis))
+            for processor in self.processors
+        ]
+        if self.meter_provider is not None and self.metric_exporter is not None:
+            flushes.append(
+                (
+                    self.metric_exporter.name,
+                    functools.partial(self.meter_provider.force_flush, millis),
+                )
+            )
+        # Every place at once: one after the other, a collector that never answers used up
+        # the whole bound and the places after it (Langfuse) never got the last spans.
+        self._flushing = [
+            (name, threading.Thread(target=_quietly, args=(flush,), daemon=True))
+            for name, flush in flushes
+        ]
+        for _, worker in self._flushing:
+            worker.start()
+        for _, worker in self._flushing:
+            worker.join()
         try:
-            self.flush()
             self.tracer_provider.shutdown()
             if self.meter_provider is not None:
                 self.meter_provider.shutdown(timeout_millis=self.timeout * 1000)

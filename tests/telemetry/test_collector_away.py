@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -29,6 +30,7 @@ from ollama_meter.telemetry._observer import MAX_EXPORTED_TEXT, TelemetryObserve
 from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.testing import OllamaEmulator, unreachable_url
 from tests._otlp import (
+    EndlessCollector,
     OtlpGrpcReceiver,
     OtlpHttpReceiver,
     SilentCollector,
@@ -253,6 +255,7 @@ def test_a_running_process_says_once_when_exports_fail_and_when_they_work_again(
         url = f"{rx.url}/v1/traces"
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
         telemetry = Telemetry(load_settings())
+        telemetry.span_exporters[0].clock = lambda: 0.0  # drops said once: no 10 s go by
 
         def export() -> None:
             span = make_storable(make_span())
@@ -275,6 +278,7 @@ def test_a_running_process_says_once_when_exports_fail_and_when_they_work_again(
             f"could not export spans to {url}; they are dropped until it answers "
             "(the ledger keeps every call)",
         ),
+        ("WARNING", f"spans not sent to {url}: 1 (the ledger keeps every call)"),
         ("INFO", f"exporting spans to {url} again"),
     ]
     assert [r.status for r in rx.requests] == [401, 401, 200, 200]
@@ -362,3 +366,252 @@ def test_an_integer_past_64_bits_from_a_hook_is_exported_as_its_digits(
         (str(2**63), -(2**63)),
         7,
     )
+
+
+@pytest.mark.parametrize(
+    ("chunk", "limit", "pause"),
+    [
+        (b"<html>" * 10_000, 64 << 20, 0.0),  # 64 MB as fast as it goes: all of it was read
+        (b"<p>", 3_000, 0.01),  # a trickle for 10 s: each read came within the timeout
+    ],
+    ids=["endless", "trickling"],
+)
+def test_an_answer_that_does_not_end_is_cut_and_the_export_fails(
+    monkeypatch: pytest.MonkeyPatch, chunk: bytes, limit: int, pause: float
+) -> None:
+    """requests read a collector's whole answer, its timeout bounding each read, not the
+    answer: an endless body took the exporter to 5 GB in 20 s, and the export never ended."""
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
+    with EndlessCollector(chunk, limit=limit, pause=pause) as collector:
+        url = f"{collector.url}/v1/traces"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+        telemetry = Telemetry(load_settings())
+        span = make_storable(make_span())
+        telemetry.observer.on_start(span)
+        telemetry.observer.on_end(span)
+        telemetry.flush()
+        # The exporter hung up before the collector's answer was over, and did not ask again.
+        assert wait_for(collector.over, 30, what="the answer over") == (1, 0)
+        assert collector.connections == 1
+        assert telemetry.failures() == [url]
+        telemetry.shutdown()
+
+
+def _end_spans(telemetry: Telemetry, count: int) -> None:
+    for _ in range(count):
+        span = make_storable(make_span())
+        telemetry.observer.on_start(span)
+        telemetry.observer.on_end(span)
+
+
+def test_spans_a_slow_collector_has_no_room_for_are_counted_and_said_at_most_every_10_s(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's full queue dropped spans with a log line each, which is silenced: spans
+    were lost to a collector slower than the calls without a word. And a queue set smaller
+    than a batch (OTEL_BSP_MAX_QUEUE_SIZE=4) failed every command with a ValueError."""
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "60")  # the collector answers when told
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # exports go by full batches only
+    caplog.set_level("INFO", logger="ollama_meter.telemetry")
+    now = [0.0]
+    with OtlpHttpReceiver() as rx:
+        rx.answering.clear()
+        url = f"{rx.url}/v1/traces"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        exporter.clock = lambda: now[0]
+        _end_spans(telemetry, 4)  # a batch: sent, and held by the collector
+        wait_for(lambda: rx.requests, what="the first export")
+        _end_spans(telemetry, 4 + 3)  # four wait for it, three have no room
+        now[0] = 10.0
+        _end_spans(telemetry, 1)
+        rx.answering.set()
+        assert telemetry.flush()
+        telemetry.shutdown()
+    assert len(spans(rx)) == 8 and exporter.dropped == 4
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
+    assert said == [
+        f"spans not sent to {url}: 1 (the ledger keeps every call)",
+        f"spans not sent to {url} in the last 10 s: 3, 4 in all",
+    ]
+
+
+def test_gateway_calls_never_wait_for_a_collector_that_has_not_answered(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "60")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "4")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")
+    with OtlpHttpReceiver() as rx:
+        rx.answering.clear()
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        gw = app_on(emulator.url, sqlite_url)
+        assert [_chat(gw, "llama3.1:8b") for _ in range(4)] == [200] * 4
+        wait_for(lambda: rx.requests, what="the first export")
+        assert [_chat(gw, "llama3.1:8b") for _ in range(20)] == [200] * 20
+        # Every call answered and recorded while the collector held its first export.
+        assert len(rx.requests) == 1 and len(gw.ledger.latest(SpanFilter(), 50)) == 24
+        telemetry = telemetry_for(load_settings())
+        assert telemetry is not None
+        rx.answering.set()
+        assert telemetry.flush()
+        telemetry.shutdown()
+    assert len(spans(rx)) == 8 and telemetry.span_exporters[0].dropped == 16
+
+
+def test_a_hooks_many_attributes_never_push_out_the_calls_own(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A span holds 128 attributes and the SDK drops the oldest to make room: a hook that
+    added 150 pushed out every one of ometer's (model, tenant, tokens, cost), silently."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        telemetry = Telemetry(load_settings())
+        for hooked in (150, 0):
+            span = make_storable(make_span(user="ann"))
+            telemetry.observer.on_start(span)
+            span.attributes.update({f"app.k{n:03}": n for n in range(hooked)})
+            span.attributes["ometer.tenant"] = "from-hook"  # a hook may still replace one
+            telemetry.observer.on_end(span)
+        assert telemetry.flush()
+        crowded, alone = wait_for(lambda: s if len(s := spans(rx)) == 2 else None, what="2 spans")
+        telemetry.shutdown()
+    own = [k for k in alone.attributes if not k.startswith("app.") and k != "ometer.span.id"]
+    assert len(crowded.attributes) == 128  # OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT
+    assert {k: crowded.attributes[k] for k in own} == {k: alone.attributes[k] for k in own}
+    assert crowded.attributes["ometer.tenant"] == "from-hook"
+    kept = sorted(k for k in crowded.attributes if k.startswith("app."))
+    assert kept == [f"app.k{n:03}" for n in range(128 - len(own) - 1)]  # the first ones set
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
+    assert said == [
+        f"a hook set {150 + 1} attributes on a span; {150 - len(kept)} not exported, past "
+        "the 128 a span holds (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT); said once"
+    ]
+
+
+@pytest.mark.parametrize(
+    "variable", ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"]
+)
+def test_the_collectors_headers_never_go_to_langfuse_or_traceloop(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """The SDK's HTTP exporter adds the OTEL_EXPORTER_OTLP_*HEADERS of the environment to
+    any endpoint it is given: the collector's key went to Langfuse's and Traceloop's servers."""
+    with OtlpHttpReceiver() as collector, OtlpHttpReceiver() as lf, OtlpHttpReceiver() as tl:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{collector.url}/v1/traces")
+        monkeypatch.setenv(variable, "x-collector-key=s3cret")
+        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-1")
+        monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-2")
+        monkeypatch.setenv("LANGFUSE_HOST", lf.url)
+        monkeypatch.setenv("TRACELOOP_API_KEY", "tl-key")
+        monkeypatch.setenv("TRACELOOP_BASE_URL", tl.url)
+        telemetry = Telemetry(load_settings())
+        _end_spans(telemetry, 1)
+        assert telemetry.flush()
+        telemetry.shutdown()
+        sent = {
+            name: [r.headers.get("x-collector-key") for r in rx.requests]
+            for name, rx in (("collector", collector), ("langfuse", lf), ("traceloop", tl))
+        }
+    assert sent == {"collector": ["s3cret"], "langfuse": [None], "traceloop": [None]}
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_collector_that_redirects_has_not_taken_the_spans(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    """The exporter counts any 2xx or 3xx as delivered and follows no redirect: an endpoint
+    behind a proxy that sends http to https lost every span while all exports 'succeeded'."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    with OtlpHttpReceiver(status=status) as rx:
+        url = f"{rx.url}/v1/traces"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+        telemetry = Telemetry(load_settings())
+        _end_spans(telemetry, 2)
+        telemetry.flush()
+        telemetry.shutdown()
+    assert [r.status for r in rx.requests] == [status]  # asked once: no retry
+    assert telemetry.failures() == [url] and telemetry.span_exporters[0].dropped == 2
+
+
+def test_spans_a_collector_refuses_in_a_partial_success_are_counted_and_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OTLP's partial_success: 200, with the spans refused and why. The exporter read no
+    answer: refused spans were lost without a word."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    refused = trace_service_pb2.ExportTraceServiceResponse(
+        partial_success=trace_service_pb2.ExportTracePartialSuccess(
+            rejected_spans=2, error_message="span too old"
+        )
+    )
+    with OtlpHttpReceiver() as rx:
+        rx.answer = refused.SerializeToString()
+        url = f"{rx.url}/v1/traces"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        exporter.clock = lambda: 0.0
+        for _ in range(2):
+            _end_spans(telemetry, 3)
+            assert telemetry.flush()
+        telemetry.shutdown()
+    assert len(rx.requests) == 2 and exporter.dropped == 4 and telemetry.failures() == []
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
+    assert said == [
+        f"{url} refused 2 spans of an export: span too old; said once",
+        f"spans not sent to {url}: 2 (the ledger keeps every call)",
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_exports_on_a_connection_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child forked after an export (gunicorn --preload) sent its spans on the parent's
+    kept-alive connection to the collector: both processes' requests on one socket."""
+    from tests.test_client_fork import forked
+
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        telemetry = Telemetry(load_settings())
+        _end_spans(telemetry, 1)
+        assert telemetry.flush()  # leaves a connection in the pool
+
+        def child() -> bool:
+            _end_spans(telemetry, 1)
+            return telemetry.flush()
+
+        _, exported = forked(child)
+        assert exported() is True
+        _end_spans(telemetry, 1)
+        assert telemetry.flush()
+        telemetry.shutdown()
+    parent, child_export, parent_again = rx.requests
+    assert parent.peer == parent_again.peer != child_export.peer
+
+
+def test_a_dead_collector_never_costs_langfuse_its_spans_at_exit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At exit the places were flushed one after the other within one bound: a collector
+    that never answers took all of it, and Langfuse, next in line, never got the span."""
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "1")
+    with SilentCollector() as dead, OtlpHttpReceiver() as lf:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", dead.url)
+        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-1")
+        monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-2")
+        monkeypatch.setenv("LANGFUSE_HOST", lf.url)
+        telemetry = Telemetry(load_settings())
+        _end_spans(telemetry, 1)
+        telemetry.shutdown()
+        got, dead_url, lf_url = len(spans(lf)), dead.url, lf.url
+    assert got == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert dead_url in line and lf_url not in line

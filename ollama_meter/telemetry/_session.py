@@ -1,0 +1,112 @@
+"""The HTTP session the OTLP/HTTP exporters send with: an answer is read within bounds.
+
+``requests`` reads a whole answer into memory, and its timeout bounds each read of the
+socket, not the answer: a collector (or a proxy in its place) that answers an endless or
+trickling body kept the export thread reading forever, in gigabytes, and every span after
+it waited in the queue and was dropped without a word. An OTLP answer is an empty message
+or a short ``partial_success``: :data:`MAX_ANSWER` bytes, read before the request's own
+timeout runs out, or the connection is dropped and the export fails like any other. A
+redirect fails it too (:class:`Redirected`). Imported only when an OTLP/HTTP exporter is made.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+MAX_ANSWER = 64 * 1024
+"""Bytes of a collector's answer read at most (an OTLP answer is a few bytes; an HTML error
+page from a proxy fits)."""
+_CHUNK = 8 * 1024
+_PLAIN = frozenset(
+    {"accept", "accept-encoding", "connection", "content-encoding", "content-length"}
+    | {"content-type", "host", "transfer-encoding", "user-agent"}
+)
+
+
+class AnswerOutOfBounds(requests.RequestException):
+    """A collector's answer went past :data:`MAX_ANSWER` bytes or past the request's timeout.
+
+    Not a connection error, so the exporter does not send the batch again to get the same."""
+
+
+class Redirected(requests.RequestException):
+    """A collector answered a redirect: the SDK's exporter counts any 3xx as delivered, and
+    follows none, so the spans were lost while every export 'succeeded'."""
+
+
+class BoundedSession(requests.Session):
+    """``keep``: for a place that is not the collector (Langfuse, Traceloop), the only headers
+    it is sent besides plain HTTP ones. The SDK's exporter adds the environment's
+    ``OTEL_EXPORTER_OTLP_HEADERS`` (or ``_TRACES_HEADERS``) to any endpoint it is given, and
+    the collector's key is nothing a third party's server should get."""
+
+    def __init__(self, keep: Iterable[str] | None = None) -> None:
+        super().__init__()
+        self.keep = None if keep is None else _PLAIN | {name.lower() for name in keep}
+        self.last = b""
+        """The body of the last answer (an exporter sends one request at a time)."""
+        self._pid = os.getpid()
+
+    def _own_connections(self) -> None:
+        """In a forked child, connections of its own: the kept-alive ones are the parent's,
+        and requests of both processes on one socket read each other's answers."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        for prefix in list(self.adapters):  # dropped, not closed: the parent still uses them
+            self.mount(prefix, HTTPAdapter())
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        self._own_connections()
+        if self.keep is not None:
+            for name in [name for name in request.headers if name.lower() not in self.keep]:
+                del request.headers[name]
+        return super().send(request, **kwargs)
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        timeout = kwargs.get("timeout")
+        deadline = time.monotonic() + timeout if isinstance(timeout, int | float) else None
+        kwargs["stream"] = True
+        response = super().request(method, url, *args, **kwargs)
+        body = bytearray()
+        try:
+            for chunk in response.iter_content(_CHUNK):
+                body += chunk
+                if len(body) > MAX_ANSWER:
+                    raise AnswerOutOfBounds(f"answer longer than {MAX_ANSWER} bytes")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise AnswerOutOfBounds(f"answer not over within {timeout} s")
+        except BaseException:
+            response.close()  # the connection is not reused: the rest of the answer is on it
+            raise
+        response._content = bytes(body)
+        response._content_consumed = True  # read whole: urllib3 put the connection back
+        self.last = response._content
+        if 300 <= response.status_code < 400:
+            where = response.headers.get("location") or "nowhere said"
+            raise Redirected(f"answered {response.status_code} to {where}: set the endpoint to it")
+        return response
+
+
+def refused_spans(answer: bytes) -> tuple[int, str]:
+    """The spans a collector's answer to a successful export says it refused, and why.
+
+    OTLP says a collector that keeps part of an export answers 200 with ``partial_success``
+    (a count and a message); the SDK's exporter reads no answer, so those spans were lost
+    without a word. An answer that is not OTLP says nothing refused."""
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceResponse,
+    )
+
+    try:
+        partial = ExportTraceServiceResponse.FromString(answer).partial_success
+    except DecodeError:
+        return 0, ""
+    return max(0, partial.rejected_spans), partial.error_message

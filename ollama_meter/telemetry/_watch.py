@@ -1,0 +1,205 @@
+"""Where exports go, watched: whether they fail, and the spans that did not get there.
+
+A collector that fails, or is slower than the calls, costs spans: the SDK drops them with a
+log line per span (silenced, with the rest of its logging) or, for spans a collector refuses
+in a ``partial_success`` answer, without a word. Here they are counted, and said in a line
+when failing starts and ends and at most every :data:`SAY_DROPS_EVERY` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricsData
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from ollama_meter._urls import shown
+
+log = logging.getLogger("ollama_meter.telemetry")
+
+DEFAULT_QUEUE = 2048
+"""Spans that wait for one place at most (the SDK's default, ``OTEL_BSP_MAX_QUEUE_SIZE``)."""
+SAY_DROPS_EVERY = 10.0
+"""Seconds between two log lines counting the spans a place did not get."""
+
+
+def _queue_size() -> int:
+    try:
+        size = int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_QUEUE))
+    except ValueError:
+        return DEFAULT_QUEUE
+    return size if size > 0 else DEFAULT_QUEUE
+
+
+class Reporting:
+    """One place exports go: whether an export there failed, and a log line when that changes.
+
+    A gateway runs for weeks: a collector that refuses its exports (a wrong key, a full disk)
+    is said once when it starts and once when it ends, not only at exit. ``quiet`` once the
+    process is exiting, where one warning line says it all.
+    """
+
+    name: str
+    failed = False
+    failing = False
+    quiet = False
+
+    def _saw(self, ok: bool, what: str) -> None:
+        if ok:
+            if self.failing and not self.quiet:
+                log.info("exporting %s to %s again", what, self.name)
+            self.failing = False
+            return
+        self.failed = True
+        if not self.failing and not self.quiet:
+            log.warning(
+                "could not export %s to %s; they are dropped until it answers "
+                "(the ledger keeps every call)",
+                what,
+                self.name,
+            )
+        self.failing = True
+
+
+class Watched(Reporting, SpanExporter):
+    """A span exporter, and the count of spans that did not reach its place.
+
+    The SDK's queue drops a span when it is full (a collector slower than the calls, or one
+    that never answers) with a log line per span, which is silenced: so the queue is bounded
+    here, where the drops are counted, and said at most every :data:`SAY_DROPS_EVERY` s.
+    """
+
+    def __init__(self, name: str, inner: SpanExporter, answers: Any = None) -> None:
+        self.name = shown(name)
+        self.inner = inner
+        self.answers = answers  # the BoundedSession of an OTLP/HTTP exporter
+        self._said_refused = False
+        self.clock: Callable[[], float] = time.monotonic
+        self.queue_size = _queue_size()
+        self.dropped = 0  # in all, since the process started
+        self._waiting = 0  # ended and not yet handed to the exporter
+        self._unsaid = 0
+        self._said_at: float | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def admit(self) -> bool:
+        """Whether an ended span may wait for an export; counted as dropped when not."""
+        with self._lock:
+            if self._pid != os.getpid():  # a fork: the SDK emptied the child's queue
+                self._pid, self._waiting = os.getpid(), 0
+            if self._waiting < self.queue_size:
+                self._waiting += 1
+                return True
+        self._drop(1)
+        return False
+
+    def _drop(self, count: int) -> None:
+        with self._lock:
+            self.dropped += count
+            self._unsaid += count
+            now = self.clock()
+            if self._said_at is not None and now - self._said_at < SAY_DROPS_EVERY:
+                return
+            since = self._said_at
+            unsaid, self._unsaid, self._said_at = self._unsaid, 0, now
+        if self.quiet:
+            return
+        if since is None:
+            log.warning("spans not sent to %s: %d (the ledger keeps every call)", self.name, unsaid)
+        else:
+            log.warning(
+                "spans not sent to %s in the last %.0f s: %d, %d in all",
+                self.name,
+                now - since,
+                unsaid,
+                self.dropped,
+            )
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        with self._lock:
+            self._waiting = max(0, self._waiting - len(spans))
+        if self.answers is not None:
+            self.answers.last = b""
+        try:
+            result = self.inner.export(spans)
+        except Exception:
+            result = SpanExportResult.FAILURE
+        self._saw(result is SpanExportResult.SUCCESS, "spans")
+        if result is not SpanExportResult.SUCCESS:
+            self._drop(len(spans))
+        elif self.answers is not None and self.answers.last:
+            self._refused(self.answers.last)
+        return result
+
+    def _refused(self, answer: bytes) -> None:
+        from ollama_meter.telemetry._session import refused_spans
+
+        count, why = refused_spans(answer)
+        if not count:
+            return
+        if not self._said_refused and not self.quiet:
+            self._said_refused = True  # the count goes on in the drop lines
+            log.warning("%s refused %d spans of an export: %s; said once", self.name, count, why)
+        self._drop(count)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+class Bounded(SpanProcessor):
+    """One place's batch processor behind :meth:`Watched.admit`: its queue never overflows."""
+
+    def __init__(self, exporter: Watched, batch: BatchSpanProcessor) -> None:
+        self.exporter = exporter
+        self.batch = batch
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self.batch.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        # The SDK skips a span its sampler did not keep: it never waits, so never counted.
+        if span.context is not None and span.context.trace_flags.sampled and self.exporter.admit():
+            self.batch.on_end(span)
+
+    def shutdown(self) -> None:
+        self.batch.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.batch.force_flush(timeout_millis)
+
+
+class WatchedMetrics(Reporting, MetricExporter):
+    def __init__(self, name: str, inner: MetricExporter) -> None:
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self.name = shown(name)
+        self.inner = inner
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        try:
+            result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception:
+            result = MetricExportResult.FAILURE
+        self._saw(result is MetricExportResult.SUCCESS, "metrics")
+        return result
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
