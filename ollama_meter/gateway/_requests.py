@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
@@ -26,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from ollama_meter.gateway._json import NotJson, read_json
 
 
 class BadRequest(Exception):
@@ -329,31 +330,9 @@ def parse_request(path: str, raw: bytes) -> MeteredRequest:
     """Check ``raw`` as a body of ``path``'s documented shape; raises :class:`BadRequest`."""
     shape = OLLAMA_ROUTES.get(path) or OPENAI_ROUTES[path]
     try:
-        body = (
-            json.loads(
-                raw,
-                parse_constant=_not_json,
-                parse_float=_finite,
-                object_pairs_hook=_Objects(MAX_OBJECTS),
-            )
-            if raw.strip()
-            else None
-        )
-    except RecursionError:
-        raise BadRequest("the JSON body is nested too deeply") from None
-    except _TooMany:
-        raise BadRequest(
-            f"the JSON body holds more than {MAX_OBJECTS:,} objects, more than any call "
-            "needs (each message, tool or part is one): send fewer"
-        ) from None
-    except _Repeated as repeated:
-        raise BadRequest(
-            f"the key {json.dumps(repeated.key)} is given twice in one object, which Ollama "
-            "reads otherwise than the last one (a repeated null changes nothing, repeated "
-            "objects are merged): give each key once"
-        ) from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"invalid JSON body: {exc}") from None
+        body = read_json(raw) if raw.strip() else None
+    except NotJson as exc:
+        raise BadRequest(str(exc)) from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     if not isinstance(body.get("model"), str) or not body["model"].strip():
@@ -398,55 +377,6 @@ def _where(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int) or not (part in _UNION_TAGS or "[" in part or "-" in part)
     ]
     return ".".join(parts) or "body"
-
-
-class _Repeated(Exception):
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-
-MAX_OBJECTS = 100_000
-"""The most JSON objects one body may hold. Each costs the gateway far more memory than its
-text (a body of 10 million empty messages, 30 MB, took 7.3 GB and 77 s to check); a long
-conversation with tools and images holds a few thousand."""
-
-
-class _TooMany(Exception):
-    pass
-
-
-class _Objects:
-    """``json.loads``' object hook for one body: each object's keys all different (Go's
-    decoder, unlike Python's, does not simply keep a repeated key's last value: ``"stream":
-    true, "stream": null`` streams), and at most ``most`` objects in all."""
-
-    def __init__(self, most: int) -> None:
-        self.left = most
-
-    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        self.left -= 1
-        if self.left < 0:
-            raise _TooMany
-        obj = dict(pairs)
-        if len(obj) != len(pairs):
-            seen: set[str] = set()
-            for key, _ in pairs:
-                if key in seen:
-                    raise _Repeated(key)
-                seen.add(key)
-        return obj
-
-
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not a JSON value")
-
-
-def _finite(text: str) -> float:
-    """A JSON number as a float; one past a float's range is refused, as Ollama's decoder does."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:40]} is too large for Ollama to read")
-    return value
 
 
 def _explain(exc: PydanticError) -> str:

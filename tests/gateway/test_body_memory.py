@@ -147,7 +147,8 @@ def test_a_body_of_more_objects_than_any_call_needs_is_refused_before_it_is_all_
 ) -> None:
     """30 MB of empty messages (10 million objects) took the gateway to 7.3 GB and held its
     event loop for 77 s; it is refused at the 100,001st object, with a span."""
-    from ollama_meter.gateway._requests import MAX_OBJECTS, BadRequest, parse_request
+    from ollama_meter.gateway._json import MAX_OBJECTS
+    from ollama_meter.gateway._requests import BadRequest, parse_request
 
     def body(objects: int) -> bytes:
         messages = b",".join([b'{"role":"user","content":"hi"}'] * (objects - 1))

@@ -1,0 +1,87 @@
+"""A request body's JSON read as Ollama's Go decoder would take it, at a bounded cost.
+
+Refused, each with the reason a caller can act on: a key given twice in one object (Go does
+not simply keep the last value: ``"stream": true, "stream": null`` streams, repeated
+objects are merged), ``NaN`` and other constants, numbers past a float's range, nesting
+deeper than Python reads, and more than :data:`MAX_OBJECTS` objects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+MAX_OBJECTS = 100_000
+"""The most JSON objects one body may hold. Each costs the gateway far more memory than its
+text (a body of 10 million empty messages, 30 MB, took 7.3 GB and 77 s to check); a long
+conversation with tools and images holds a few thousand."""
+
+
+class NotJson(ValueError):
+    """The body is no JSON the gateway takes; the message says why."""
+
+
+def read_json(raw: bytes) -> Any:
+    """``raw`` decoded; :class:`NotJson` for what Ollama would read otherwise, or not at all."""
+    try:
+        return json.loads(
+            raw, parse_constant=_not_json, parse_float=_finite, object_pairs_hook=_Objects()
+        )
+    except RecursionError:
+        raise NotJson("the JSON body is nested too deeply") from None
+    except _TooMany:
+        raise NotJson(
+            f"the JSON body holds more than {MAX_OBJECTS:,} objects, more than any call "
+            "needs (each message, tool or part is one): send fewer"
+        ) from None
+    except _Repeated as repeated:
+        raise NotJson(
+            f"the key {json.dumps(repeated.key)} is given twice in one object, which Ollama "
+            "reads otherwise than the last one (a repeated null changes nothing, repeated "
+            "objects are merged): give each key once"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise NotJson(f"invalid JSON body: {exc}") from None
+
+
+class _Repeated(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+class _TooMany(Exception):
+    pass
+
+
+class _Objects:
+    """``json.loads``' object hook for one body: each object's keys all different, and at
+    most :data:`MAX_OBJECTS` objects in all (counted as they are read: the rest is not)."""
+
+    def __init__(self) -> None:
+        self.left = MAX_OBJECTS
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        self.left -= 1
+        if self.left < 0:
+            raise _TooMany
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    raise _Repeated(key)
+                seen.add(key)
+        return obj
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one past a float's range is refused, as Ollama's decoder does."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is too large for Ollama to read")
+    return value
