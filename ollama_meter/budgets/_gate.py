@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,7 @@ class BudgetGate:
         ledger: BudgetStore,
         *,
         tz: ZoneInfo,
+        zone: Callable[[], ZoneInfo] | None = None,
         alerts: AlertDispatcher | None = None,
         ttl: float = 5.0,
         reservation_ttl: timedelta = RESERVATION_TTL,
@@ -83,6 +85,8 @@ class BudgetGate:
     ) -> None:
         self.ledger = ledger
         self.tz = tz
+        """Where periods begin: the ledger's midnights, read again with the budgets (``zone``)."""
+        self._zone = zone
         self.alerts = alerts
         self._reservation_ttl = reservation_ttl
         self.lease_share = lease_share
@@ -103,8 +107,16 @@ class BudgetGate:
         """Lease renewals so far: the admissions that had to go to the ledger."""
         # While the database is away the budgets loaded before stay in force, so callers
         # no budget covers keep being served.
-        self._budgets = Reloaded(ledger.budgets, ttl=ttl, what="budgets")
+        self._budgets = Reloaded(self._load_budgets, ttl=ttl, what="budgets")
         renew_after_fork(self)
+
+    def _load_budgets(self) -> list[Budget]:
+        """The budgets, and the zone their periods are cut in: ``ometer db rollup --zone``
+        moves the ledger's midnights under a running process, which must then key its leases
+        and alerts by the periods every other process (and ``budget status``) uses."""
+        if self._zone is not None:
+            self.tz = self._zone()
+        return self.ledger.budgets()
 
     def _after_fork(self) -> None:
         """A forked child's gate holds no lease: the parent's rows are the parent's (a child
