@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -39,7 +39,14 @@ from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import Reloaded, WouldBlock
 from ollama_meter.budgets._alerts import AlertDispatcher
 from ollama_meter.budgets._estimate import Estimate
-from ollama_meter.budgets._leases import IDLE_RELEASE_SECONDS, RESERVATION_TTL, Lease, Reservation
+from ollama_meter.budgets._leases import (
+    IDLE_RELEASE_SECONDS,
+    RESERVATION_TTL,
+    WATCH_SECONDS,
+    Lease,
+    Reservation,
+    Watch,
+)
 from ollama_meter.budgets._refusals import mismatch, refusal
 from ollama_meter.periods import current_period
 from ollama_meter.records import Alert, Budget, LeaseKey
@@ -48,18 +55,6 @@ if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetStore, BudgetWrites
 
 log = logging.getLogger("ollama_meter.budgets")
-
-WATCH_SECONDS = 30.0
-"""How old this process's view of a budget's spend may get before alerts read it again."""
-
-
-@dataclass(slots=True)
-class _Watch:
-    """This process's view of a budget's spend, for deciding when alerts must look."""
-
-    spent: int
-    read_at: float
-    local: int = 0
 
 
 def crossed(budget: Budget, before: int, after: int) -> bool:
@@ -84,15 +79,13 @@ class BudgetGate:
         clock: Any = time.monotonic,
     ) -> None:
         self.ledger = ledger
-        self.tz = tz
-        """Where periods begin: the ledger's midnights, read again with the budgets (``zone``)."""
-        self._zone = zone
+        self.tz, self._zone = tz, zone  # the ledger's midnights; ``zone`` reads them again
         self.alerts = alerts
         self._reservation_ttl = reservation_ttl
         self.lease_share = lease_share
         self._clock = clock
         self._leases: dict[LeaseKey, Lease] = {}
-        self._watch: dict[LeaseKey, _Watch] = {}
+        self._watch: dict[LeaseKey, Watch] = {}
         self._lock = threading.Lock()
         self._idle_release = idle_release
         self._keeper: threading.Thread | None = None
@@ -111,9 +104,7 @@ class BudgetGate:
         renew_after_fork(self)
 
     def _load_budgets(self) -> list[Budget]:
-        """The budgets, and the zone their periods are cut in: ``ometer db rollup --zone``
-        moves the ledger's midnights under a running process, which must then key its leases
-        and alerts by the periods every other process (and ``budget status``) uses."""
+        """The budgets, and the zone their periods begin in (``db rollup --zone`` moves it)."""
         if self._zone is not None:
             self.tz = self._zone()
         return self.ledger.budgets()
@@ -401,9 +392,7 @@ class BudgetGate:
                 assert budget.id is not None
                 window = current_period(budget.period, tz=self.tz, now=now)
                 spent = store.spent(budget, tenant, window.start, window.end)
-                self._watch[LeaseKey(budget.id, tenant, window.start)] = _Watch(
-                    spent, self._clock()
-                )
+                self._watch[LeaseKey(budget.id, tenant, window.start)] = Watch(spent, self._clock())
                 for threshold in budget.thresholds:
                     if spent * 100 < threshold * budget.limit:
                         break

@@ -62,3 +62,16 @@ class Lease:
     @property
     def free(self) -> int:
         return self.amount - sum(self.in_flight.values()) - self.used - self.kept
+
+
+WATCH_SECONDS = 30.0
+"""How old this process's view of a budget's spend may get before alerts read it again."""
+
+
+@dataclass(slots=True)
+class Watch:
+    """This process's view of a budget's spend, for deciding when alerts must look."""
+
+    spent: int
+    read_at: float
+    local: int = 0
