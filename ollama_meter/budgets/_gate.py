@@ -214,7 +214,7 @@ class BudgetGate:
             # calls it holds, is renewed against it. A new row would strand the old one's
             # money until it expires, and with it every call a lowered limit still fits.
             lease.budget, lease.stale = budget, True
-        elif self._clock() - lease.renewed > self._reservation_ttl.total_seconds() / 2:
+        elif lease.due(now, self._clock(), self._reservation_ttl):
             lease.stale = True  # renew well before its row expires in the ledger
         return lease
 
@@ -260,7 +260,8 @@ class BudgetGate:
 
     def _write_lease(self, store: BudgetWrites, lease: Lease, amount: int, now: datetime) -> None:
         assert lease.budget.id is not None
-        store.put_lease(lease.row_id, lease.key, amount, now + self._reservation_ttl)
+        lease.expires_at = now + self._reservation_ttl  # if not committed, renewed says due
+        store.put_lease(lease.row_id, lease.key, amount, lease.expires_at)
 
     def settle(self, reservation: Reservation, *, recorded: bool = True) -> None:
         """The call is over and its span written (``recorded``) or kept elsewhere.
@@ -347,7 +348,7 @@ class BudgetGate:
             lease
             for lease in self._leases.values()
             if (lease.in_flight or lease.kept)  # kept: spans on their way to the ledger
-            and self._clock() - lease.renewed > self._reservation_ttl.total_seconds() / 2
+            and lease.due(now, self._clock(), self._reservation_ttl)
         ]
         try:
             if due:

@@ -855,3 +855,36 @@ def test_budget_periods_follow_a_zone_the_ledger_was_moved_to_while_running(db_u
     assert status.window.start == october and status.held == 10
     gate.settle(utc)
     meter.close_upstream()
+
+
+def test_a_lease_is_written_again_when_the_wall_clock_steps_past_its_expiry(db_url: str) -> None:
+    """Other processes judge a lease row by the wall clock (its ``expires_at``); this one by its
+    monotonic clock. When the wall clock stepped forward (NTP after a suspend, a VM resumed) the
+    gateway kept admitting against a row the ledger already took as expired: another gateway
+    saw no hold, leased the same room, and together they admitted past the limit."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.budgets import Estimate
+    from ollama_meter.ledger import Ledger
+
+    ledger = Ledger(db_url)
+    saved = ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10_000_000, currency="USD")
+    )
+    mine = BudgetGate(ledger, tz=ZoneInfo("UTC"), lease_share=0.5, ttl=0, clock=lambda: 0.0)
+    other = BudgetGate(ledger, tz=ZoneInfo("UTC"), ttl=0, clock=lambda: 0.0)
+    later = NOV + timedelta(days=1)  # the same month: the same lease
+
+    def admit(gate: BudgetGate, call: str, at: datetime, amount: int) -> Any:
+        estimate = Estimate(amount, "USD")
+        return gate.admit(
+            call_id=call, tenant="acme", department="sales", estimate=estimate, now=at
+        )
+
+    admit(mine, "a", NOV, 1_000_000)  # leases half the room: 5
+    assert _held(ledger, saved, NOV) == 5_000_000
+    admit(mine, "b", later, 1_000_000)  # the wall clock stepped a day on
+    assert _held(ledger, saved, later) == 5_500_000  # "a" and half the 9 left
+    with pytest.raises(BudgetExceeded):
+        admit(other, "c", later, 5_000_000)  # it was admitted: the room looked free
+    assert admit(other, "d", later, 4_500_000) is not None
