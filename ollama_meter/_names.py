@@ -40,6 +40,6 @@ def zone_problem(value: str) -> str | None:
         )
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: longer than a file name
         return f"{value!r} is not a known time zone; use an IANA name such as Europe/Berlin or UTC"
     return None

@@ -19,6 +19,8 @@ PERIOD_HELP = "today, week, month, YYYY-MM or YYYY-MM-DD"
 FIRST_DAY = date(1970, 1, 1)
 LAST_DAY = date(9998, 12, 31)
 """Days a period may start on: enough for any ledger, and far from the calendar's edges."""
+EARLIEST = datetime.combine(FIRST_DAY, time.min, UTC)
+"""The first instant the ledger takes; reports with no start begin there, in any zone."""
 _MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 """ASCII digits only (``\\d`` would take '２０２６-１１' too)."""
@@ -130,7 +132,12 @@ def window_between(
             raise ValidationError(f"{until_name} {last} is before {since_name} {first}")
         raise ValidationError(f"{since_name} {first} is after today ({last}); give a past date")
     label = f"{'start' if since is None else first.isoformat()}..{last.isoformat()}"
-    return _days(first, last + timedelta(days=1), tz, label)
+    window = _days(first, last + timedelta(days=1), tz, label)
+    if since is None and window.start > EARLIEST:
+        # West of UTC, local midnight on the first day is hours after the first instant the
+        # ledger takes: the calls of those hours would be in no report.
+        return Window(EARLIEST, window.end, label)
+    return window
 
 
 def bucket_bounds(window: Window, unit: str, tz: ZoneInfo) -> list[tuple[datetime, str]]:

@@ -154,6 +154,8 @@ def test_a_dotenv_line_that_cannot_be_read_is_an_error_not_a_default(
         ("OMETER_TIMEZONE", "Factory", "OMETER_TIMEZONE: 'Factory' is not a zone of its own"),
         ("OMETER_TIMEZONE", "posixrules", "OMETER_TIMEZONE: 'posixrules' is not a zone of its"),
         ("OMETER_TIMEZONE", "Mars/Olympus", "OMETER_TIMEZONE: 'Mars/Olympus' is not a known"),
+        # a name longer than a file name may be: the zone lookup's OSError was exit 70
+        ("OMETER_TIMEZONE", "Europe/" + "y" * 256, "OMETER_TIMEZONE: 'Europe/yyyyyy"),
     ],
 )
 def test_bad_values_name_the_variable(

@@ -28,7 +28,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -38,7 +39,14 @@ from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import Reloaded, WouldBlock
 from ollama_meter.budgets._alerts import AlertDispatcher
 from ollama_meter.budgets._estimate import Estimate
-from ollama_meter.budgets._leases import IDLE_RELEASE_SECONDS, RESERVATION_TTL, Lease, Reservation
+from ollama_meter.budgets._leases import (
+    IDLE_RELEASE_SECONDS,
+    RESERVATION_TTL,
+    WATCH_SECONDS,
+    Lease,
+    Reservation,
+    Watch,
+)
 from ollama_meter.budgets._refusals import mismatch, refusal
 from ollama_meter.periods import current_period
 from ollama_meter.records import Alert, Budget, LeaseKey
@@ -47,18 +55,6 @@ if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetStore, BudgetWrites
 
 log = logging.getLogger("ollama_meter.budgets")
-
-WATCH_SECONDS = 30.0
-"""How old this process's view of a budget's spend may get before alerts read it again."""
-
-
-@dataclass(slots=True)
-class _Watch:
-    """This process's view of a budget's spend, for deciding when alerts must look."""
-
-    spent: int
-    read_at: float
-    local: int = 0
 
 
 def crossed(budget: Budget, before: int, after: int) -> bool:
@@ -74,6 +70,7 @@ class BudgetGate:
         ledger: BudgetStore,
         *,
         tz: ZoneInfo,
+        zone: Callable[[], ZoneInfo] | None = None,
         alerts: AlertDispatcher | None = None,
         ttl: float = 5.0,
         reservation_ttl: timedelta = RESERVATION_TTL,
@@ -82,13 +79,13 @@ class BudgetGate:
         clock: Any = time.monotonic,
     ) -> None:
         self.ledger = ledger
-        self.tz = tz
+        self.tz, self._zone = tz, zone  # the ledger's midnights; ``zone`` reads them again
         self.alerts = alerts
         self._reservation_ttl = reservation_ttl
         self.lease_share = lease_share
         self._clock = clock
         self._leases: dict[LeaseKey, Lease] = {}
-        self._watch: dict[LeaseKey, _Watch] = {}
+        self._watch: dict[LeaseKey, Watch] = {}
         self._lock = threading.Lock()
         self._idle_release = idle_release
         self._keeper: threading.Thread | None = None
@@ -103,8 +100,14 @@ class BudgetGate:
         """Lease renewals so far: the admissions that had to go to the ledger."""
         # While the database is away the budgets loaded before stay in force, so callers
         # no budget covers keep being served.
-        self._budgets = Reloaded(ledger.budgets, ttl=ttl, what="budgets")
+        self._budgets = Reloaded(self._load_budgets, ttl=ttl, what="budgets")
         renew_after_fork(self)
+
+    def _load_budgets(self) -> list[Budget]:
+        """The budgets, and the zone their periods begin in (``db rollup --zone`` moves it)."""
+        if self._zone is not None:
+            self.tz = self._zone()
+        return self.ledger.budgets()
 
     def _after_fork(self) -> None:
         """A forked child's gate holds no lease: the parent's rows are the parent's (a child
@@ -211,7 +214,7 @@ class BudgetGate:
             # calls it holds, is renewed against it. A new row would strand the old one's
             # money until it expires, and with it every call a lowered limit still fits.
             lease.budget, lease.stale = budget, True
-        elif self._clock() - lease.renewed > self._reservation_ttl.total_seconds() / 2:
+        elif lease.due(now, self._clock(), self._reservation_ttl):
             lease.stale = True  # renew well before its row expires in the ledger
         return lease
 
@@ -257,7 +260,8 @@ class BudgetGate:
 
     def _write_lease(self, store: BudgetWrites, lease: Lease, amount: int, now: datetime) -> None:
         assert lease.budget.id is not None
-        store.put_lease(lease.row_id, lease.key, amount, now + self._reservation_ttl)
+        lease.expires_at = now + self._reservation_ttl  # if not committed, renewed says due
+        store.put_lease(lease.row_id, lease.key, amount, lease.expires_at)
 
     def settle(self, reservation: Reservation, *, recorded: bool = True) -> None:
         """The call is over and its span written (``recorded``) or kept elsewhere.
@@ -344,7 +348,7 @@ class BudgetGate:
             lease
             for lease in self._leases.values()
             if (lease.in_flight or lease.kept)  # kept: spans on their way to the ledger
-            and self._clock() - lease.renewed > self._reservation_ttl.total_seconds() / 2
+            and lease.due(now, self._clock(), self._reservation_ttl)
         ]
         try:
             if due:
@@ -389,9 +393,7 @@ class BudgetGate:
                 assert budget.id is not None
                 window = current_period(budget.period, tz=self.tz, now=now)
                 spent = store.spent(budget, tenant, window.start, window.end)
-                self._watch[LeaseKey(budget.id, tenant, window.start)] = _Watch(
-                    spent, self._clock()
-                )
+                self._watch[LeaseKey(budget.id, tenant, window.start)] = Watch(spent, self._clock())
                 for threshold in budget.thresholds:
                     if spent * 100 < threshold * budget.limit:
                         break

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from ollama_meter.periods import Window
 from ollama_meter.records import Budget, LeaseKey
@@ -16,6 +16,7 @@ RESERVATION_TTL = timedelta(minutes=15)
 """How long a lease holds if its process dies without giving it back."""
 IDLE_RELEASE_SECONDS = 30.0
 """A lease with no call in flight for this long is given back."""
+NEVER_WRITTEN = datetime.min.replace(tzinfo=UTC)
 
 
 def lease_id() -> str:
@@ -54,6 +55,8 @@ class Lease:
     last_used: float = 0.0
     stale: bool = True
     """Not written yet, or written long enough ago to renew before its row expires."""
+    expires_at: datetime = NEVER_WRITTEN
+    """When its row expires, by the wall clock: what other processes judge it by."""
 
     @property
     def key(self) -> LeaseKey:
@@ -62,3 +65,21 @@ class Lease:
     @property
     def free(self) -> int:
         return self.amount - sum(self.in_flight.values()) - self.used - self.kept
+
+    def due(self, now: datetime, clock: float, ttl: timedelta) -> bool:
+        """Time to write the row again: half its life gone by this process's clock (``clock``,
+        monotonic), or by the wall clock (``now``), which may have stepped forward."""
+        return clock - self.renewed > ttl.total_seconds() / 2 or now >= self.expires_at - ttl / 2
+
+
+WATCH_SECONDS = 30.0
+"""How old this process's view of a budget's spend may get before alerts read it again."""
+
+
+@dataclass(slots=True)
+class Watch:
+    """This process's view of a budget's spend, for deciding when alerts must look."""
+
+    spent: int
+    read_at: float
+    local: int = 0

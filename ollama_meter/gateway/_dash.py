@@ -23,6 +23,7 @@ from ollama_meter.config import Settings
 from ollama_meter.errors import LedgerError, OmeterError, ValidationError
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.meter import Meter
+from ollama_meter.meter._prices import ledger_zone
 from ollama_meter.reports import (
     Dashboard,
     DashQuery,
@@ -93,7 +94,13 @@ def dashboard_routes(
     running: dict[DashQuery, asyncio.Task[Any]] = {}
 
     def compute(query: DashQuery, meter: Meter) -> Dashboard:
-        return dashboard_report(meter.ledger, query, tz=settings.tz, now=meter.clock())
+        return dashboard_report(
+            meter.ledger,
+            query,
+            tz=settings.tz,
+            now=meter.clock(),
+            budget_tz=ledger_zone(meter.ledger, settings),
+        )
 
     def keep(query: DashQuery, task: asyncio.Task[Any]) -> None:
         del running[query]

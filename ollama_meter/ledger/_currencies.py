@@ -11,17 +11,23 @@ adds a budget or a rule, so two processes cannot slip a mismatch in together.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import Connection
 
 from ollama_meter.errors import BudgetError, PricingError
 from ollama_meter.ledger import _budgets, _prices
+from ollama_meter.ledger._meta import ledger_zone
 from ollama_meter.records import Budget, PriceRule
 
 
-def _live_rules(conn: Connection) -> list[PriceRule]:
-    today = datetime.now(UTC).date()
+def _today(conn: Connection, now: datetime | None) -> date:
+    """The ledger's date: rules are in force from and until its midnights, as they price."""
+    return (now or datetime.now(UTC)).astimezone(ledger_zone(conn) or UTC).date()
+
+
+def _live_rules(conn: Connection, now: datetime | None) -> list[PriceRule]:
+    today = _today(conn, now)
     return [
         r
         for r in _prices.list_rules(conn)
@@ -34,9 +40,11 @@ def _names(rules: Sequence[PriceRule]) -> str:
     return shown + (f" and {len(rules) - 5} more" if len(rules) > 5 else "")
 
 
-def check_budgets(conn: Connection, budgets: Sequence[Budget]) -> None:
+def check_budgets(
+    conn: Connection, budgets: Sequence[Budget], *, now: datetime | None = None
+) -> None:
     """Raise :class:`BudgetError` if a live price rule is in a currency ``budgets`` don't count."""
-    rules = _live_rules(conn)
+    rules = _live_rules(conn, now)
     for budget in budgets:
         other = [r for r in rules if r.currency != budget.currency]
         if other:
@@ -49,9 +57,11 @@ def check_budgets(conn: Connection, budgets: Sequence[Budget]) -> None:
             )
 
 
-def check_rules(conn: Connection, rules: Sequence[PriceRule]) -> None:
+def check_rules(
+    conn: Connection, rules: Sequence[PriceRule], *, now: datetime | None = None
+) -> None:
     """Raise :class:`PricingError` if a budget could not count calls ``rules`` price."""
-    today = datetime.now(UTC).date()
+    today = _today(conn, now)
     budgets = _budgets.list_budgets(conn)
     for rule in rules:
         if rule.effective_until is not None and rule.effective_until <= today:

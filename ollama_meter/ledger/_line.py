@@ -15,7 +15,7 @@ from datetime import UTC, datetime, time, timedelta
 import msgspec
 
 from ollama_meter._names import name_problem
-from ollama_meter.periods import FIRST_DAY, LAST_DAY
+from ollama_meter.periods import EARLIEST, FIRST_DAY, LAST_DAY
 from ollama_meter.records import (
     MAX_CALL_COST,
     MAX_DURATION_NS,
@@ -104,7 +104,7 @@ _IDS = (("trace_id", TEXT_LIMITS["trace_id"]), ("otel_span_id", TEXT_LIMITS["spa
 _CONTENT = tuple((what, TEXT_LIMITS[what]) for what in ("error_message", "prompt", "reply"))
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 """NUL and lone surrogates: no backend stores them (the meter makes them U+FFFD)."""
-_EARLIEST = datetime.combine(FIRST_DAY, time(), UTC)
+_EARLIEST = EARLIEST
 _LATEST = datetime.combine(LAST_DAY + timedelta(days=1), time(), UTC)
 _COUNTS = ("input_tokens", "output_tokens")
 _DURATIONS = ("total", "load", "prompt_eval", "eval", "latency", "ttft", "queue")

@@ -49,7 +49,7 @@ def ledger_zone(conn: Connection) -> tzinfo | None:
         return None
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         meanwhile = "" if in_bulk() else "; spans wait in the spool meanwhile"
         raise LedgerError(
             f"the ledger's days begin at midnight in {name}, a time zone this machine does not "

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +31,8 @@ from ollama_meter.ledger.models import SpanRow
 if TYPE_CHECKING:
     from ollama_meter.ledger._ledger import Ledger
 
+
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
 
 # -- retention ----------------------------------------------------------------------------
 
@@ -63,8 +65,6 @@ def prune(
     if keep_days < 1:
         raise ValidationError("--keep-days must be at least 1")
     before = _size(ledger)
-    if keep_days * DAY_US >= to_us(now):  # back before 1970: no span is that old
-        return PruneResult(from_us(0), 0, before, before, 0)
     with ledger.write() as conn:
         # Alone, as a rebuild's day is: one running waits for this, one starting sees it.
         lock_cells(conn, alone=True)
@@ -76,9 +76,16 @@ def prune(
                 "after an upgrade): prune once that is done, since the days it would prune "
                 "could not be cut again after it"
             )
-        # Midnight in the ledger's zone, so its day cells before the horizon are whole.
+        # Midnight in the ledger's zone, so its day cells before the horizon are whole; days
+        # by the calendar (now less keep_days * 24 h is a day off across a DST change).
         zone = ledger_zone(conn)
-        cutoff_us = floor_cell(Grain.DAY, to_us(now) - keep_days * DAY_US, zone)
+        today = now.astimezone(zone or UTC).date().toordinal()
+        if today - keep_days < _EPOCH_DAY:  # back before 1970: no span is that old
+            return PruneResult(from_us(0), 0, before, before, 0)
+        day = date.fromordinal(today - keep_days)
+        cutoff_us = floor_cell(
+            Grain.DAY, to_us(datetime(day.year, day.month, day.day, tzinfo=zone or UTC)), zone
+        )
         cutoff = from_us(cutoff_us)
         known = pruned_before(conn)
         if known is None or known < cutoff_us:

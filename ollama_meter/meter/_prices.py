@@ -48,5 +48,5 @@ def ledger_zone(ledger: Ledger, settings: Settings) -> ZoneInfo:
         return settings.tz
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return settings.tz

@@ -162,6 +162,7 @@ def budget_gate(ledger: Ledger, settings: Settings, *, lease_share: float = 0.0)
     gate = BudgetGate(
         ledger,
         tz=_prices.ledger_zone(ledger, settings),
+        zone=lambda: _prices.ledger_zone(ledger, settings),
         alerts=AlertDispatcher(ledger, channels),
         lease_share=lease_share,
     )

@@ -402,8 +402,18 @@ def _money_rows(rows: list[SpendRow], keys: list[str]) -> list[dict[str, object]
     ]
 
 
-def dashboard_report(ledger: Ledger, query: DashQuery, *, tz: ZoneInfo, now: datetime) -> Dashboard:
-    """Every report the dashboard shows, for ``query`` as of ``now``."""
+def dashboard_report(
+    ledger: Ledger,
+    query: DashQuery,
+    *,
+    tz: ZoneInfo,
+    now: datetime,
+    budget_tz: ZoneInfo | None = None,
+) -> Dashboard:
+    """Every report the dashboard shows, for ``query`` as of ``now``.
+
+    ``budget_tz``: where budget periods begin (the ledger's midnights, as the gate cuts
+    them), when not ``tz``, the zone the reports are cut in."""
     window = dash_window(query, tz=tz, now=now)
     previous = previous_window(window, tz=tz, now=now)
     unit = chart_unit(window)
@@ -415,7 +425,7 @@ def dashboard_report(ledger: Ledger, query: DashQuery, *, tz: ZoneInfo, now: dat
     }
     budgets = [
         status
-        for status in budget_status(ledger, tz=tz, now=now)
+        for status in budget_status(ledger, tz=budget_tz or tz, now=now)
         if query.tenant in (None, status.tenant, "*")
         and (query.department is None or status.budget.department in (None, query.department))
     ]

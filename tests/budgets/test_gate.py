@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -817,3 +818,73 @@ def test_a_budget_check_that_fails_unexpectedly_still_leaves_the_calls_span(
     (span,) = meter.ledger.latest(SpanFilter(), 5)
     assert (span.status, span.error_type) == ("error", "RuntimeError")
     assert span.error_message == "the budget check failed: a bug in the gate"
+
+
+def test_budget_periods_follow_a_zone_the_ledger_was_moved_to_while_running(db_url: str) -> None:
+    """``ometer db rollup --zone`` moves the ledger's midnights. A process running meanwhile (an
+    app on the Python API, a gateway not stopped) kept cutting its budget periods, and keying
+    its leases and alerts, at the zone it started with, while its own prices, ``budget status``
+    and every process started since cut at the new one: blind to each other's holds, together
+    they could admit twice a hard limit. The zone is read again with the budgets."""
+    from ollama_meter.budgets import Estimate, budget_status
+    from ollama_meter.ledger import rebuild
+
+    meter = make_meter(db_url, Clock(NOV))
+    ledger = meter.ledger
+    saved = ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10_000_000, currency="USD")
+    )
+    gate = meter.budgets
+    assert gate is not None and saved.id is not None
+    at = datetime(2026, 10, 31, 23, 30, tzinfo=UTC)  # November in Berlin, October in UTC
+
+    def admit() -> Any:
+        return gate.admit(
+            call_id="c", tenant="acme", department="sales", estimate=Estimate(10, "USD"), now=at
+        )
+
+    berlin = admit()
+    assert berlin.keys == (LeaseKey(saved.id, "acme", datetime(2026, 10, 31, 23, tzinfo=UTC)),)
+    gate.settle(berlin)
+    rebuild(ledger.write, ledger.read, zone="UTC")
+    gate.reload_soon()  # as its budgets are, every few seconds
+    utc = admit()
+    october = datetime(2026, 10, 1, tzinfo=UTC)
+    assert utc.keys == (LeaseKey(saved.id, "acme", october),)
+    [status] = budget_status(ledger, tz=ZoneInfo("UTC"), now=at)
+    assert status.window.start == october and status.held == 10
+    gate.settle(utc)
+    meter.close_upstream()
+
+
+def test_a_lease_is_written_again_when_the_wall_clock_steps_past_its_expiry(db_url: str) -> None:
+    """Other processes judge a lease row by the wall clock (its ``expires_at``); this one by its
+    monotonic clock. When the wall clock stepped forward (NTP after a suspend, a VM resumed) the
+    gateway kept admitting against a row the ledger already took as expired: another gateway
+    saw no hold, leased the same room, and together they admitted past the limit."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.budgets import Estimate
+    from ollama_meter.ledger import Ledger
+
+    ledger = Ledger(db_url)
+    saved = ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10_000_000, currency="USD")
+    )
+    mine = BudgetGate(ledger, tz=ZoneInfo("UTC"), lease_share=0.5, ttl=0, clock=lambda: 0.0)
+    other = BudgetGate(ledger, tz=ZoneInfo("UTC"), ttl=0, clock=lambda: 0.0)
+    later = NOV + timedelta(days=1)  # the same month: the same lease
+
+    def admit(gate: BudgetGate, call: str, at: datetime, amount: int) -> Any:
+        estimate = Estimate(amount, "USD")
+        return gate.admit(
+            call_id=call, tenant="acme", department="sales", estimate=estimate, now=at
+        )
+
+    admit(mine, "a", NOV, 1_000_000)  # leases half the room: 5
+    assert _held(ledger, saved, NOV) == 5_000_000
+    admit(mine, "b", later, 1_000_000)  # the wall clock stepped a day on
+    assert _held(ledger, saved, later) == 5_500_000  # "a" and half the 9 left
+    with pytest.raises(BudgetExceeded):
+        admit(other, "c", later, 5_000_000)  # it was admitted: the room looked free
+    assert admit(other, "d", later, 4_500_000) is not None

@@ -434,3 +434,28 @@ def test_an_unknown_or_repeated_parameter_is_a_400_naming_it(
         assert "\n" not in error and any(repr(name[:64]) in error for name in wrong)
     else:
         assert api.status_code in (200, 400), api.text
+
+
+def test_budget_gauges_cut_periods_where_the_gate_does(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """The gauges read each budget's period at the ledger's midnights, as the gate enforcing
+    it and ``ometer budget status`` do. They were cut in the gateway's OMETER_TIMEZONE: one in
+    UTC on a Berlin ledger showed October's spend at 00:30 on 1 November in Berlin (and no
+    money held: the gate's leases are keyed by Berlin's month), while the gate was already
+    counting November's."""
+    from ollama_meter.budgets import Budget
+    from ollama_meter.ledger import Ledger
+
+    ledger = Ledger(sqlite_url, zone="Europe/Berlin")
+    ledger.save_budget(Budget("acme", "sales", "month", 10_000_000, "USD"))
+    ledger.record(
+        [
+            make_span(started_at=datetime(2026, 10, 15, tzinfo=UTC), cost_total=3_000_000),
+            make_span(started_at=datetime(2026, 10, 31, 23, 10, tzinfo=UTC), cost_total=1_000),
+        ]
+    )
+    at = datetime(2026, 10, 31, 23, 30, tzinfo=UTC)  # November in Berlin, October in UTC
+    gw = app_on(emulator.url, sqlite_url, clock=lambda: at)  # OMETER_TIMEZONE=UTC
+    [gauge] = gw.client.get("/api/dash").json()["budgets"]
+    assert (gauge["period_label"], gauge["spent"]) == ("2026-11", "0.001000")

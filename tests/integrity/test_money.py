@@ -331,6 +331,37 @@ def test_a_budget_cannot_be_set_in_a_currency_the_prices_are_not_in(sqlite_url: 
     assert ledger.add_price_rule(ended).id is not None
 
 
+@pytest.mark.parametrize(
+    ("zone", "now", "live"),
+    [
+        # 20:00 on 31 December in Los Angeles: the rule prices calls for four hours more
+        ("America/Los_Angeles", datetime(2027, 1, 1, 4, tzinfo=UTC), True),
+        # 01:00 on 1 January in Auckland: the rule has priced its last call
+        ("Pacific/Auckland", datetime(2026, 12, 31, 12, tzinfo=UTC), False),
+    ],
+)
+def test_a_rule_prices_calls_until_the_ledgers_midnight_and_is_checked_until_then(
+    tmp_path: Any, zone: str, now: datetime, live: bool
+) -> None:
+    """A rule's dates begin at the ledger's midnights; whether it can still price a call was
+    read from the UTC date: a budget in another currency was let in hours before the rule
+    ended (its calls then refused as priced in a currency the budget does not count), and
+    refused hours after."""
+    from ollama_meter.ledger._currencies import check_budgets
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}", zone=zone)
+    ending = PriceRule(pattern="*", currency="EUR", input_per_1m=Decimal(1),
+                       effective_until=datetime(2027, 1, 1).date())  # fmt: skip
+    ledger.add_price_rule(ending)
+    usd = Budget(tenant="acme", department=None, period="month", limit=10, currency="USD")
+    with ledger.write() as conn:
+        if live:
+            with pytest.raises(BudgetError, match="could not count calls priced in EUR"):
+                check_budgets(conn, [usd], now=now)
+        else:
+            check_budgets(conn, [usd], now=now)
+
+
 def test_the_readme_toml_and_env_budgets_agree_or_say_why(
     cli: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,6 +20,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -623,3 +624,39 @@ def test_a_backup_sweeps_the_temp_copies_killed_backups_left(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.glob(".*")) == sorted(
         names[k] for k in ("recent", "alive", "other_target", "not_a_copy")
     )
+
+
+PRUNE_ZONES = ("UTC", "Europe/Berlin", "America/Santiago", "Australia/Lord_Howe", "Asia/Kathmandu")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    zone=st.sampled_from(PRUNE_ZONES),
+    now=st.datetimes(datetime(2024, 1, 1), datetime(2028, 12, 31), timezones=st.just(UTC)),
+    keep_days=st.integers(1, 400),
+)
+def test_the_prune_horizon_is_local_midnight_keep_days_calendar_days_ago(
+    tmp_path_factory: pytest.TempPathFactory, zone: str, now: datetime, keep_days: int
+) -> None:
+    """The horizon is the ledger's midnight ``keep_days`` days before today, by the calendar.
+    It was ``now - keep_days * 24 h`` floored to a midnight: across a DST change that is a day
+    off, so in Berlin at 23:30 on 25 October 2026 ``--keep-days 1`` pruned all of 24 October
+    (yesterday, which it keeps), and at 00:30 on 30 March it kept a day too many."""
+    db = tmp_path_factory.getbasetemp() / f"prune-{zone.replace('/', '-')}.db"
+    ledger = Ledger(f"sqlite:///{db}", zone=zone)
+    tz = ZoneInfo(zone)
+    day = now.astimezone(tz).date() - timedelta(days=keep_days)
+    expected = datetime.combine(day, datetime.min.time(), tz).astimezone(UTC)
+    assert prune(ledger, keep_days, now=now).cutoff == expected
+
+
+def test_a_prune_across_the_autumn_change_keeps_yesterday(tmp_path: Path) -> None:
+    """Berlin, 23:30 on Sunday 25 October 2026 (the day was 25 hours): ``--keep-days 1`` keeps
+    24 October's calls; it removed them."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}", zone="Europe/Berlin")
+    yesterday = make_span(started_at=datetime(2026, 10, 24, 10, tzinfo=UTC))
+    before = make_span(started_at=datetime(2026, 10, 23, 10, tzinfo=UTC))
+    ledger.record([yesterday, before])
+    result = prune(ledger, 1, now=datetime(2026, 10, 25, 22, 30, tzinfo=UTC))
+    assert result.cutoff == datetime(2026, 10, 23, 22, tzinfo=UTC)
+    assert result.removed == 1 and ledger.count() == 1

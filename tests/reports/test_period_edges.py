@@ -117,3 +117,17 @@ def test_each_span_is_in_the_one_period_its_local_clock_says(
         assert sum(r.requests for r in rows) == sum(
             _label(s.started_at, zone, "month") == month for s in spans
         )
+
+
+def test_a_report_from_the_start_holds_the_first_hours_of_1970_in_new_york(db_url: str) -> None:
+    """A clock that booted at the epoch wrote calls at 1970-01-01 02:00 UTC: 31 December 1969
+    in New York, before any day a period can name. A report with no ``--since`` missed them."""
+    from ollama_meter.reports import window_between
+
+    tz = ZoneInfo("America/New_York")
+    ledger = Ledger(db_url, zone="America/New_York")
+    early = make_span(started_at=datetime(1970, 1, 1, 2, tzinfo=UTC), cost_total=1_000)
+    ledger.record([early, make_span(started_at=datetime(2026, 11, 1, 2, tzinfo=UTC))])
+    window = window_between(None, None, tz=tz, now=datetime(2026, 12, 1, tzinfo=UTC))
+    [by_month, *_] = spend_report(ledger, window, ["month"], tz=tz).rows
+    assert (by_month.label("month"), by_month.requests, by_month.cost) == ("1969-12", 1, 1_000)

@@ -134,3 +134,16 @@ def test_buckets_follow_the_wall_clock_across_dst() -> None:
     assert [label for _, label in months] == ["2025-12", "2026-01", "2026-02"]
     with pytest.raises(ValueError, match="unknown time unit"):
         bucket_bounds(window, "year", BERLIN)
+
+
+@given(zone=st.sampled_from(["America/New_York", "Pacific/Honolulu", "Asia/Tokyo", "UTC"]))
+def test_all_time_begins_where_the_ledger_does_in_every_zone(zone: str) -> None:
+    """With no ``--since`` a report runs from the first instant the ledger takes (1970-01-01
+    00:00 UTC, a clock that booted at the epoch). It ran from local midnight on 1 January
+    1970: in New York five hours later, so the calls of those hours were in the ledger and in
+    no report (their local month, December 1969, is before the first day a period can name)."""
+    tz = ZoneInfo(zone)
+    window = window_between(None, "2026-11-30", tz=tz, now=datetime(2026, 12, 1, tzinfo=UTC))
+    first = datetime.combine(datetime(1970, 1, 1).date(), datetime.min.time(), tz)
+    assert window.start == min(datetime(1970, 1, 1, tzinfo=UTC), first.astimezone(UTC))
+    assert window.label == "start..2026-11-30"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from ollama_meter import BudgetExceeded, MeteredClient, load_settings
 from ollama_meter.budgets import Budget
@@ -100,3 +102,36 @@ def test_failed_exports_are_reported_once(
     err = capsys.readouterr().err
     assert err.count("warning: could not export telemetry") == 1
     assert f"{url}/v1/traces" in err
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    started=st.datetimes(datetime(1970, 1, 2), datetime(2200, 1, 1), timezones=st.just(UTC)),
+    latency_us=st.integers(0, 86_400 * 10**6),
+)
+def test_an_exported_span_has_the_ledgers_times_to_the_microsecond(
+    started: datetime, latency_us: int
+) -> None:
+    """Its start and end were ``int(moment.timestamp() * 1e6)``: a float, so one instant in
+    fifty (2026's included) came out a microsecond early, and the span's duration differed
+    from the call's latency by one."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from ollama_meter.telemetry._observer import TelemetryObserver
+    from tests.factories import make_span
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    observer = TelemetryObserver(provider.get_tracer("test"), None)
+    ended = started + timedelta(microseconds=latency_us)
+    span = make_span(started_at=started, ended_at=ended, latency_ns=latency_us * 1000)
+    observer.on_start(span)
+    observer.on_end(span)
+    [otel] = exporter.get_finished_spans()
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert otel.start_time == (started - epoch) // timedelta(microseconds=1) * 1000
+    assert otel.end_time is not None and otel.start_time is not None
+    assert otel.end_time - otel.start_time == latency_us * 1000
