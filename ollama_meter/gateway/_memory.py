@@ -71,8 +71,10 @@ class NoRoom(Unread):
 class BodyMemory:
     """ASGI middleware: the room for bodies, shared by every request of one gateway app.
 
-    A request takes its room when its body is read (:func:`take`) and gives it back when
-    its answer is done, however it ends (this wraps the whole request).
+    A request takes its room as its body is read (:func:`take`) and gives it back when its
+    answer is done, however it ends (this wraps the whole request). One event loop runs the
+    app, so the count needs no lock: giving room back never waits (a lock there, in a
+    cancelled request's cleanup, could wait for ever).
     """
 
     def __init__(self, app: ASGIApp, *, most: int, wait: float | None = None) -> None:
@@ -80,8 +82,7 @@ class BodyMemory:
         self.most = most
         self.wait = ROOM_WAIT_S if wait is None else wait
         self.held = 0
-        self._room: asyncio.Condition | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: list[asyncio.Future[None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -93,31 +94,30 @@ class BodyMemory:
         finally:
             size = scope.pop(_HELD, 0)
             if size:
-                room = self._condition()
-                async with room:
-                    self.held -= size
-                    room.notify_all()
-
-    def _condition(self) -> asyncio.Condition:
-        loop = asyncio.get_running_loop()
-        if self._room is None or self._loop is not loop:  # an app run again in another loop
-            self._room, self._loop = asyncio.Condition(), loop
-        return self._room
+                self.held -= size
+                for waiter in self._waiting:  # each looks again whether it fits now
+                    if not waiter.done():
+                        waiter.set_result(None)
 
     async def hold(self, scope: Scope, size: int) -> None:
         """Take ``size`` more bytes of room for this request, waiting for it; :class:`NoRoom`."""
         if size <= 0:
             return
-        if self.held + size > self.most:
-            room = self._condition()
-            async with room:
-                try:
-                    await asyncio.wait_for(
-                        room.wait_for(lambda: self.held + size <= self.most), self.wait
-                    )
-                except TimeoutError:
-                    raise NoRoom(self.most, self.wait) from None
-        self.held += size  # (no await since the room was seen: no other task took it)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait
+        while self.held + size > self.most:
+            if loop.time() >= deadline:
+                raise NoRoom(self.most, self.wait)
+            waiter = loop.create_future()
+            self._waiting.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                pass  # looked at once more above, then refused
+            finally:
+                self._waiting.remove(waiter)
+        self.held += size
         scope[_HELD] = scope.get(_HELD, 0) + size
 
 
