@@ -17,7 +17,7 @@ import ollama
 from pydantic import Field
 
 from ollama_meter.config import load_settings
-from ollama_meter.errors import ValidationError
+from ollama_meter.errors import ClientClosed
 from ollama_meter.meter import Attribution, Meter, Run, SpanRecord
 from ollama_meter.pricing import from_micros
 from ollama_meter.records import record_from
@@ -253,7 +253,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
     def _check_open(self) -> None:
         """A closed client makes no call: the caller's mistake, neither Ollama's nor a span."""
         if self._closed:
-            raise ValidationError(
+            raise ClientClosed(
                 f"this {type(self).__name__} is closed; make a new one to call Ollama again"
             )
 
@@ -275,9 +275,18 @@ class MeteredClient(
     def _go(self, run: Run) -> Any:
         self._check_open()
         if run.stream:
-            return (_metered(part, run) for part in run)
+            return self._streamed(run)
         (answer,) = list(run)
         return with_meter(answer, run.span)
+
+    def _streamed(self, run: Run) -> Iterator[Any]:
+        self._check_open()  # a stream's call starts when it is first read: maybe after close()
+        parts = run.__iter__()
+        try:
+            for part in parts:
+                yield _metered(part, run)
+        finally:  # left unread (break, dropped): the call ends now, not when it is collected
+            parts.close()
 
     def close(self) -> None:
         self._closed = True
@@ -305,9 +314,18 @@ class AsyncMeteredClient(
     async def _go(self, run: Run) -> Any:
         self._check_open()
         if run.stream:
-            return (_metered(part, run) async for part in run)
+            return self._streamed(run)
         answers = [part async for part in run]
         return with_meter(answers[-1], run.span)
+
+    async def _streamed(self, run: Run) -> AsyncIterator[Any]:
+        self._check_open()  # a stream's call starts when it is first read: maybe after close()
+        parts = run.__aiter__()
+        try:
+            async for part in parts:
+                yield _metered(part, run)
+        finally:  # left unread (break, dropped): the call ends now, not when it is collected
+            await parts.aclose()
 
     async def close(self) -> None:
         """Close the connections to Ollama, as ``ollama.AsyncClient.close`` does."""

@@ -3,6 +3,7 @@
     OmeterError                      base; carries a one-line, user-facing message
     ├── ConfigError                  a setting is missing or malformed (names the setting)
     ├── ValidationError              a user-supplied value is malformed (names, dates, prices)
+    │   └── ClientClosed             a Python API client was used after (or closed during) a call
     ├── LedgerError                  the ledger cannot be opened, migrated or written
     ├── PricingError                 a price rule is invalid or cannot be found
     ├── BudgetError                  a budget is invalid or cannot be found
@@ -41,6 +42,14 @@ class ValidationError(OmeterError):
     """A value the user gave is malformed."""
 
     exit_code = 2
+
+
+class ClientClosed(ValidationError):
+    """The caller closed the client (``close()``, the end of its ``with``) before or while a call ran.
+
+    The caller's doing, not Ollama's: a call it cut short ends as an abort, and no
+    circuit breaker counts it.
+    """
 
 
 class LedgerError(OmeterError):

@@ -485,3 +485,61 @@ def test_waiting_to_retry_a_failed_attempt_does_not_run_a_timed_calls_time_out(
     assert len(emulator.requests_to("/api/chat")) == 2
     (span,) = ledger.latest(SpanFilter(), 5)[:1]
     assert (span.status, span.error_type) == ("ok", None)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_stream_made_before_close_and_read_after_is_the_callers_mistake_and_not_recorded(
+    sqlite_url: str, emulator: OllamaEmulator, flavour: str
+) -> None:
+    """A stream is a generator: its call starts when it is first read. Read after ``close()``,
+    it was an ``unexpected failure calling Ollama`` (the closed httpx client's words) with an
+    error span, though Ollama was never asked."""
+    if flavour == "sync":
+        client = MeteredClient(emulator.url, db_url=sqlite_url)
+        stream = client.chat(model="llama3.1:8b", messages=HI, stream=True)
+        client.close()
+        with pytest.raises(ValidationError, match=r"^this MeteredClient is closed[^\n]*$"):
+            list(stream)
+        ledger = client.meter.ledger
+    else:
+
+        async def main() -> AsyncMeteredClient:
+            later = AsyncMeteredClient(emulator.url, db_url=sqlite_url)
+            answer = await later.chat(model="llama3.1:8b", messages=HI, stream=True)
+            await later.close()
+            with pytest.raises(ValidationError, match=r"^this AsyncMeteredClient is closed"):
+                async for _ in answer:  # type: ignore[union-attr]
+                    pass
+            return later
+
+        ledger = asyncio.run(main()).meter.ledger
+    assert ledger.latest(SpanFilter(), 5) == []
+    assert emulator.requests_to("/api/chat") == []
+
+
+def test_a_client_closed_mid_stream_ends_the_call_as_an_abort_not_an_upstream_failure(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """Closing a client while another part of the program still reads its stream (shutdown)
+    is the caller's doing: it was a ``stream_error`` that the model's circuit counted, so
+    three such closes made every client in the process fail fast on a healthy model."""
+    emulator.token_latency = 0.3  # the rest of the answer is not sent yet when the client closes
+    try:
+        for _ in range(3):  # the model circuit's threshold
+            client = MeteredClient(emulator.url, db_url=sqlite_url)
+            stream = client.chat(model="llama3.1:8b", messages=HI, stream=True)
+            next(stream), next(stream)
+            client.close()
+            with pytest.raises(ValidationError, match=r"^the client was closed while[^\n]*$"):
+                list(stream)
+    finally:
+        emulator.token_latency = 0.0
+    spans = client.meter.ledger.latest(SpanFilter(), 10)
+    # Two chunks handed over, the third read ahead (the last is held until the span is written):
+    # three arrived, and are charged.
+    assert [(s.status, s.error_type, s.output_tokens) for s in spans] == [
+        ("client_abort", "client_abort", 3)
+    ] * 3
+    with MeteredClient(emulator.url, db_url=sqlite_url) as fresh:
+        reply = fresh.chat(model="llama3.1:8b", messages=HI)
+    assert reply.meter is not None and reply.meter.status == "ok"

@@ -23,7 +23,7 @@ import ollama
 import pydantic
 
 from ollama_meter._forks import renew_after_fork
-from ollama_meter.errors import UpstreamError
+from ollama_meter.errors import ClientClosed, UpstreamError
 from ollama_meter.upstream._classify import (
     Failure,
     answer_error,
@@ -133,6 +133,8 @@ class Upstream(Resilient):
         self.client = self._new_client()
         self._async: ollama.AsyncClient | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+        """Whether :meth:`close` was called: what fails after it is the caller's doing."""
         renew_after_fork(self)
 
     def _new_client(self) -> ollama.Client:
@@ -304,10 +306,18 @@ class Upstream(Resilient):
             raise not_an_answer(self.host, 'the object does not say "done": true')
         return answer
 
-    def classify(self, exc: BaseException, *, model: str, started: bool) -> UpstreamError:
-        """What the ``ollama`` client or httpx raised, as the one classifier says it."""
-        if isinstance(exc, UpstreamError):
+    def classify(
+        self, exc: BaseException, *, model: str, started: bool
+    ) -> UpstreamError | ClientClosed:
+        """What the ``ollama`` client or httpx raised, as the one classifier says it.
+
+        Once the caller has closed this transport, a call that fails failed for that: its
+        connections were closed under it (ClientClosed), not Ollama's doing, nor counted.
+        """
+        if isinstance(exc, UpstreamError | ClientClosed):
             return exc
+        if self.closed and not isinstance(exc, ollama.ResponseError):
+            return _closed_under()
         if isinstance(exc, ollama.ResponseError):
             detail = error_text(exc.error)
             if exc.status_code == -1:  # an {"error": ...} line inside a 200 stream
@@ -347,6 +357,7 @@ class Upstream(Resilient):
         return transport_error(kind, host=self.host, started=started, reason=reason)
 
     def close(self) -> None:
+        self.closed = True
         self.client.close()  # type: ignore[no-untyped-call]
 
     async def aclose(self) -> None:
@@ -354,6 +365,13 @@ class Upstream(Resilient):
         self.close()
         if self._async is not None and self._async_loop is asyncio.get_running_loop():
             await self._async.close()  # type: ignore[no-untyped-call]
+
+
+def _closed_under() -> ClientClosed:
+    return ClientClosed(
+        "the client was closed while this call to Ollama ran (close(), or the end of its "
+        "with block): the call was cut there; make a new client to call Ollama again"
+    )
 
 
 def _says_done(part: object) -> bool:
