@@ -8,7 +8,15 @@ goes through the one meter; answers are the ``ollama`` response objects with a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Generic, TypeVar, cast
@@ -132,6 +140,19 @@ _WHO = ("tenant", "department", "user", "tags")
 """The parameters of every call that say who to charge; they are not part of the request."""
 
 
+def _read_once(value: Any) -> Any:
+    """``value``, with an iterable of parts (messages, images, inputs...) as a list.
+
+    The ``ollama`` client takes any iterable there; a generator is used up by its first
+    reading, so a retry would send nothing, and the meter would count nothing.
+    """
+    if isinstance(value, str | bytes | Mapping | list) or not isinstance(value, Iterable):
+        return value
+    if hasattr(type(value), "model_fields"):  # a model (ollama.Options) iterates its fields
+        return value
+    return list(value)
+
+
 _Chat = TypeVar("_Chat")
 _Generate = TypeVar("_Generate")
 _Embed = TypeVar("_Embed")
@@ -242,7 +263,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
                 user=user if user is not None else base.user,
                 tags={**base.tags, **(tags or {})},
             )
-        request = {name: value for name, value in given.items() if value is not None}
+        request = {name: _read_once(value) for name, value in given.items() if value is not None}
         run = self.meter.run(operation, request, attribution=who, stream=stream)
         return self._go(run)
 

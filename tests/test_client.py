@@ -543,3 +543,51 @@ def test_a_client_closed_mid_stream_ends_the_call_as_an_abort_not_an_upstream_fa
     with MeteredClient(emulator.url, db_url=sqlite_url) as fresh:
         reply = fresh.chat(model="llama3.1:8b", messages=HI)
     assert reply.meter is not None and reply.meter.status == "ok"
+
+
+CONVERSATION = st.lists(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant"]),
+            "content": st.text(min_size=1, max_size=40),
+        }
+    ),
+    min_size=1,
+    max_size=4,
+)
+SHAPES: dict[str, Any] = {
+    "tuple": tuple,
+    "generator": lambda messages: (m for m in messages),
+    "ollama.Message": lambda messages: [ollama.Message(**m) for m in messages],
+}
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(messages=CONVERSATION, shape=st.sampled_from(sorted(SHAPES)), stream=st.booleans())
+def test_messages_in_any_shape_the_ollama_client_takes_are_sent_and_metered_as_a_list(
+    sqlite_url: str,
+    emulator: OllamaEmulator,
+    messages: list[dict[str, str]],
+    shape: str,
+    stream: bool,
+) -> None:
+    """A tuple, a generator or ``ollama.Message`` objects, as ``ollama.Client.chat`` takes them.
+
+    The meter read only a list of dicts: the others were an empty prompt (estimated at 0
+    tokens when Ollama leaves its counts out, and bounded as empty under a hard budget), and
+    a generator was used up by the first attempt, so a retry after a 503 sent no messages."""
+    with MeteredClient(emulator.url, department="sales", db_url=sqlite_url) as client:
+        estimates = []
+        for given in (messages, SHAPES[shape](messages)):
+            emulator.reset()
+            emulator.inject(Fault.HTTP_503)
+            emulator.inject(Fault.OMIT_COUNTS)
+            answer = client.chat(model="llama3.1:8b", messages=given, stream=stream)
+            last = list(answer)[-1] if stream else answer
+            assert last.meter is not None and last.meter.token_source == "estimated"
+            estimates.append(last.meter.input_tokens)
+            sent = [r.body["messages"] for r in emulator.requests_to("/api/chat")]
+            assert sent == [messages, messages]
+        assert estimates[1] == estimates[0] > 0

@@ -143,6 +143,17 @@ def _content_parts(content: object) -> tuple[list[str], int]:
     return texts, images
 
 
+def _fields(value: object) -> Mapping[str, Any] | None:
+    """A message's fields: a mapping, or a model the ``ollama`` client takes (``ollama.Message``)."""
+    if isinstance(value, Mapping):
+        return value
+    names = getattr(type(value), "model_fields", None)
+    if not isinstance(names, Mapping):
+        return None
+    fields = {name: getattr(value, name, None) for name in names}
+    return {name: field for name, field in fields.items() if field is not None}
+
+
 _COUNTED_APART = frozenset({"role", "content", "images"})
 """A message's fields counted on their own: the role (in MESSAGE_TOKENS), texts, images."""
 
@@ -158,8 +169,8 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
     count = images = extra = 0
     if not isinstance(messages, list):
         return texts, count, images, extra
-    for message in messages:
-        if not isinstance(message, Mapping):
+    for message in map(_fields, messages):
+        if message is None:
             continue
         content = message.get("content")
         count += len(content) if isinstance(content, list) and content else 1
