@@ -7,6 +7,8 @@ goes through the one meter; answers are the ``ollama`` response objects with a
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import (
     AsyncIterator,
@@ -25,7 +27,7 @@ import ollama
 from pydantic import Field
 
 from ollama_meter.config import load_settings
-from ollama_meter.errors import ClientClosed
+from ollama_meter.errors import ClientClosed, InvalidRequest, ValidationError
 from ollama_meter.meter import Attribution, Meter, Run, SpanRecord
 from ollama_meter.pricing import from_micros
 from ollama_meter.records import record_from
@@ -140,6 +142,16 @@ _WHO = ("tenant", "department", "user", "tags")
 """The parameters of every call that say who to charge; they are not part of the request."""
 
 
+def _tags(tags: object) -> Mapping[str, str]:
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise ValidationError(
+            f"tags are a mapping of text to text, e.g. {{'job': 'nightly'}}, not {type(tags).__name__}"
+        )
+    return tags
+
+
 def _read_once(value: Any) -> Any:
     """``value``, with an iterable of parts (messages, images, inputs...) as a list.
 
@@ -185,7 +197,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
             tenant=cfg.tenant if tenant is None else tenant,
             department=cfg.department if department is None else department,
             user=user,
-            tags=dict(tags or {}),
+            tags=dict(_tags(tags)),
         )
         self._closed = False
 
@@ -247,7 +259,12 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         return cast("_Embed", self._call("embed", locals()))
 
     def _call(self, operation: str, arguments: dict[str, Any]) -> Any:
-        """Run a call from its method's arguments: who to charge, ``stream``, and the request.
+        """A call from its method's arguments, driven by ``_go`` (which reads them when it
+        starts: an async call fails when awaited, as ``ollama.AsyncClient``'s do)."""
+        return self._go(functools.partial(self._run, operation, arguments))
+
+    def _run(self, operation: str, arguments: dict[str, Any]) -> Run:
+        """The call's :class:`Run`: who to charge, ``stream``, and the request.
 
         Every other parameter is named as Ollama names the request field; unset ones
         (None) are left out of the request, as the ``ollama`` client leaves them out.
@@ -261,15 +278,35 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
                 tenant=base.tenant if tenant is None else tenant,
                 department=base.department if department is None else department,
                 user=user if user is not None else base.user,
-                tags={**base.tags, **(tags or {})},
+                tags={**base.tags, **_tags(tags)},
             )
         request = {name: _read_once(value) for name, value in given.items() if value is not None}
-        run = self.meter.run(operation, request, attribution=who, stream=stream)
-        return self._go(run)
+        return self.meter.run(operation, request, attribution=who, stream=stream)
+
+    def _unnamed(self, run: Run) -> InvalidRequest | None:
+        """The refusal of a call that names no model, recorded (as the ``ollama`` client
+        refuses ``model=None`` before sending, as it does ``model=5``; the gateway too)."""
+        model = run.request.get("model")
+        if model is not None and (not isinstance(model, str) or model.strip()):
+            return None
+        refusal = InvalidRequest(
+            "the request is malformed, so it was not sent to Ollama: no model given; "
+            "name one, e.g. model='llama3.1:8b'"
+        )
+        self.meter.refuse(
+            operation=run.operation,
+            model="",
+            attribution=run.attribution,
+            error_type=refusal.error_type,
+            message=str(refusal),
+            http_status=400,
+            stream=run.stream,
+        )
+        return refusal
 
     @abstractmethod
-    def _go(self, run: Run) -> Any:
-        """Drive ``run``: its one answer with ``meter``, or (streaming) its chunks."""
+    def _go(self, make: Callable[[], Run]) -> Any:
+        """Drive the call ``make`` builds: its one answer with ``meter``, or its chunks."""
 
     def _check_open(self) -> None:
         """A closed client makes no call: the caller's mistake, neither Ollama's nor a span."""
@@ -293,8 +330,11 @@ class MeteredClient(
 ):
     """``ollama.Client`` with metering: ``MeteredClient(department="sales").chat(...)``."""
 
-    def _go(self, run: Run) -> Any:
+    def _go(self, make: Callable[[], Run]) -> Any:
         self._check_open()
+        run = make()
+        if (refusal := self._unnamed(run)) is not None:
+            raise refusal
         if run.stream:
             return self._streamed(run)
         (answer,) = list(run)
@@ -332,8 +372,11 @@ class AsyncMeteredClient(
     Each call returns an awaitable, as ``ollama.AsyncClient``'s do.
     """
 
-    async def _go(self, run: Run) -> Any:
+    async def _go(self, make: Callable[[], Run]) -> Any:
         self._check_open()
+        run = make()
+        if (refusal := await asyncio.to_thread(self._unnamed, run)) is not None:
+            raise refusal
         if run.stream:
             return self._streamed(run)
         answers = [part async for part in run]

@@ -591,3 +591,70 @@ def test_messages_in_any_shape_the_ollama_client_takes_are_sent_and_metered_as_a
             sent = [r.body["messages"] for r in emulator.requests_to("/api/chat")]
             assert sent == [messages, messages]
         assert estimates[1] == estimates[0] > 0
+
+
+@pytest.mark.parametrize("model", [None, "", "  "])
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_call_without_a_model_is_refused_as_every_malformed_call_is(
+    sqlite_url: str, emulator: OllamaEmulator, model: str | None, flavour: str
+) -> None:
+    """``ollama.Client`` refuses ``model=None`` as it refuses ``model=5``: the metered client
+    raised InvalidRequest with a ``bad_request`` span for the one, and for the other a plain
+    ValidationError naming the CLI's ``-m``, with no span (the gateway records both)."""
+    client: Any = (MeteredClient if flavour == "sync" else AsyncMeteredClient)(
+        emulator.url, department="sales", db_url=sqlite_url
+    )
+
+    async def call_async(stream: bool) -> None:
+        await client.chat(model=model, messages=HI, stream=stream)
+
+    def call(stream: bool) -> None:  # a stream is refused at once too, as ollama's is
+        if flavour == "sync":
+            client.chat(model=model, messages=HI, stream=stream)
+        else:
+            asyncio.run(call_async(stream))
+
+    for stream in (False, True):
+        with pytest.raises(InvalidRequest) as refused:
+            call(stream)
+        assert str(refused.value) == (
+            "the request is malformed, so it was not sent to Ollama: no model given; "
+            "name one, e.g. model='llama3.1:8b'"
+        )
+    spans = client.meter.ledger.latest(SpanFilter(), 5)
+    assert [(s.status, s.error_type, s.department, s.request_model) for s in spans] == [
+        ("error", "bad_request", "sales", "")
+    ] * 2
+    assert emulator.requests == []
+
+
+def test_an_async_call_fails_when_awaited_as_ollamas_does(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """``ollama.AsyncClient``'s calls raise when awaited; a bad name given to a metered call
+    raised as it was made, before ``gather`` could collect it, leaving the calls made before
+    it never awaited."""
+
+    async def main() -> list[Any]:
+        async with AsyncMeteredClient(emulator.url, db_url=sqlite_url) as client:
+            calls = [client.chat(model="llama3.1:8b", messages=HI, user=u) for u in ("bob", "b b")]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    good, bad = asyncio.run(main())
+    assert good.meter is not None and good.meter.status == "ok"
+    assert isinstance(bad, ValidationError) and str(bad).startswith("user name 'b b' has")
+
+
+@pytest.mark.parametrize("tags", [[("job", "nightly")], "job=nightly"])
+def test_tags_that_are_not_a_mapping_are_one_clear_line(
+    sqlite_url: str, emulator: OllamaEmulator, tags: Any
+) -> None:
+    """They were ``TypeError: 'list' object is not a mapping``, naming neither tags nor a fix."""
+    expected = r"^tags are a mapping of text to text, e.g. \{'job': 'nightly'\}, not (list|str)$"
+    with pytest.raises(ValidationError, match=expected):
+        MeteredClient(emulator.url, db_url=sqlite_url, tags=tags)
+    with MeteredClient(emulator.url, db_url=sqlite_url) as client:
+        with pytest.raises(ValidationError, match=expected):
+            client.chat(model="llama3.1:8b", messages=HI, tags=tags)
+        assert client.meter.ledger.latest(SpanFilter(), 5) == []
+    assert emulator.requests == []
