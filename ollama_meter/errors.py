@@ -13,7 +13,8 @@
         ├── UpstreamTimeout          Ollama did not answer in time       (timeout)
         ├── ModelNotFound            Ollama does not have the model      (model_not_found)
         ├── UpstreamBadRequest       Ollama refused the request (4xx)    (bad_request)
-        │   └── InvalidRequest       malformed before sending (also a ValidationError)
+        │   └── InvalidRequest       malformed before sending (also a ValidationError, a ValueError)
+        │       └── InvalidRequestType   ... where the ollama client raised a TypeError
         ├── UpstreamServerError      Ollama answered 5xx                 (upstream_5xx)
         ├── RateLimited              Ollama answered 429                 (rate_limited)
         ├── CircuitOpen              too many failures: failing fast     (circuit_open)
@@ -109,14 +110,20 @@ class UpstreamBadRequest(UpstreamError):
     error_type = "bad_request"
 
 
-class InvalidRequest(UpstreamBadRequest, ValidationError):
+class InvalidRequest(UpstreamBadRequest, ValidationError, ValueError):
     """The request is malformed (a wrong type, a missing model): it was never sent to Ollama.
 
     What Ollama would have refused with a 400, caught before the call; a user mistake
-    (exit 2), and no evidence either way about the upstream's health.
+    (exit 2), and no evidence either way about the upstream's health. Also a ValueError,
+    as the ``ollama`` client's refusals are (pydantic's ValidationError is one), so code
+    written for that client still catches it.
     """
 
     reached_upstream = False
+
+
+class InvalidRequestType(InvalidRequest, TypeError):
+    """:class:`InvalidRequest` where the ``ollama`` client raised a TypeError (``messages=5``)."""
 
 
 class UpstreamServerError(UpstreamError):

@@ -658,3 +658,42 @@ def test_tags_that_are_not_a_mapping_are_one_clear_line(
             client.chat(model="llama3.1:8b", messages=HI, tags=tags)
         assert client.meter.ledger.latest(SpanFilter(), 5) == []
     assert emulator.requests == []
+
+
+TYPE_ERRORS = st.sampled_from(
+    [
+        ("chat", {"messages": 5}),
+        ("chat", {"messages": [5]}),
+        ("chat", {"messages": HI, "tools": 5}),
+        ("generate", {"prompt": "hi", "images": 5}),
+    ]
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(call=st.one_of(MALFORMED, TYPE_ERRORS), stream=st.booleans())
+def test_a_malformed_call_is_caught_by_what_catches_the_ollama_clients_refusal(
+    sqlite_url: str, emulator: OllamaEmulator, call: tuple[str, dict[str, Any]], stream: bool
+) -> None:
+    """A drop-in: ``except ValueError`` (pydantic's ValidationError is one) or ``except
+    TypeError`` around ``ollama.Client`` calls still catches the metered client's refusal."""
+    operation, arguments = call
+    arguments = {"model": "llama3.1:8b", **arguments}
+    if operation != "embed":
+        arguments["stream"] = stream
+    with pytest.raises(Exception) as official:  # whatever the ollama client raises
+        getattr(ollama.Client(host=emulator.url), operation)(**arguments)
+    kind = TypeError if isinstance(official.value, TypeError) else ValueError
+    assert isinstance(official.value, kind)
+    with MeteredClient(emulator.url, db_url=sqlite_url) as metered:
+
+        def call_it() -> None:
+            answer = getattr(metered, operation)(**arguments)
+            if arguments.get("stream"):
+                list(answer)
+
+        with pytest.raises(InvalidRequest) as refused:
+            call_it()
+    assert isinstance(refused.value, kind), type(refused.value).__mro__

@@ -23,7 +23,7 @@ import ollama
 import pydantic
 
 from ollama_meter._forks import renew_after_fork
-from ollama_meter.errors import ClientClosed, UpstreamError
+from ollama_meter.errors import ClientClosed, InvalidRequestType, UpstreamError
 from ollama_meter.upstream._classify import (
     Failure,
     answer_error,
@@ -332,10 +332,12 @@ class Upstream(Resilient):
         reason = _one_line(exc)
         answered = started or _ANSWERED.get()
         if not answered and _refused_by_client(exc):
-            kind = Failure.INVALID
-        elif (reported := _reported_in(exc)) is not None:
+            refusal = transport_error(Failure.INVALID, host=self.host, started=False, reason=reason)
+            # caught by what catches the ollama client's refusal (it raised a ValueError or this)
+            return InvalidRequestType(str(refusal)) if isinstance(exc, TypeError) else refusal
+        if (reported := _reported_in(exc)) is not None:
             return reported  # a 200 whose object is Ollama's {"error": ...}: its own words
-        elif isinstance(exc, pydantic.ValidationError) or (
+        if isinstance(exc, pydantic.ValidationError) or (
             answered and isinstance(exc, TypeError | UnicodeDecodeError | json.JSONDecodeError)
         ):  # an answer that is not what the API says (not JSON, not an object, not UTF-8)
             kind, reason = (
