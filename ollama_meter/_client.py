@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import (
     AsyncIterator,
@@ -165,6 +166,20 @@ def _read_once(value: Any) -> Any:
     return list(value)
 
 
+_NOT_NONE = {
+    operation: frozenset(
+        name
+        for name, parameter in inspect.signature(
+            getattr(ollama.Client, operation)
+        ).parameters.items()
+        if parameter.default not in (None, inspect.Parameter.empty)
+    )
+    for operation in ("chat", "generate", "embed")
+}
+"""Parameters the ``ollama`` client defaults to something else than None: None given there is
+passed on (and refused by it), not left out for its default (``embed(input=None)`` is not ``''``)."""
+
+
 _Chat = TypeVar("_Chat")
 _Generate = TypeVar("_Generate")
 _Embed = TypeVar("_Embed")
@@ -280,7 +295,12 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
                 user=user if user is not None else base.user,
                 tags={**base.tags, **_tags(tags)},
             )
-        request = {name: _read_once(value) for name, value in given.items() if value is not None}
+        kept = _NOT_NONE[operation]
+        request = {
+            name: _read_once(value)
+            for name, value in given.items()
+            if value is not None or name in kept
+        }
         return self.meter.run(operation, request, attribution=who, stream=stream)
 
     def _unnamed(self, run: Run) -> InvalidRequest | None:

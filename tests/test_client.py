@@ -697,3 +697,17 @@ def test_a_malformed_call_is_caught_by_what_catches_the_ollama_clients_refusal(
         with pytest.raises(InvalidRequest) as refused:
             call_it()
     assert isinstance(refused.value, kind), type(refused.value).__mro__
+
+
+def test_an_argument_given_as_none_is_left_out_only_where_the_ollama_client_leaves_it_out(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """``embed(input=None)``: the ollama client refuses it (``input`` is text or texts); the
+    metered client left it out, so the client's default ``''`` was sent and Ollama's empty
+    answer was charged as an upstream failure."""
+    with MeteredClient(emulator.url, db_url=sqlite_url) as client:
+        with pytest.raises(InvalidRequest, match=r"EmbedRequest\.input"):
+            client.embed(model="nomic-embed-text", input=None)  # type: ignore[arg-type]
+        (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.status, span.error_type) == ("error", "bad_request")
+    assert emulator.requests == []
