@@ -24,6 +24,7 @@ from ollama_meter import (
 )
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter._request import facts_of
 from ollama_meter.pricing import from_micros
 from ollama_meter.testing import Fault, OllamaEmulator, expected_embedding, expected_reply
 from tests.factories import quick_history, token_prices
@@ -711,3 +712,26 @@ def test_an_argument_given_as_none_is_left_out_only_where_the_ollama_client_leav
         (span,) = client.meter.ledger.latest(SpanFilter(), 5)
     assert (span.status, span.error_type) == ("error", "bad_request")
     assert emulator.requests == []
+
+
+def add_days(date: str, days: int = 1) -> str:
+    """Move a date forward: a tool the model may call.
+
+    Args:
+      date: the day to start from, as an ISO date such as 2026-12-01
+      days: how many days to move it forward; negative to move it back
+    """
+    return date
+
+
+def test_a_python_function_given_as_a_tool_is_counted_as_the_schema_sent_for_it(
+    emulator: OllamaEmulator,
+) -> None:
+    """``ollama.Client`` takes Python functions as tools and sends each as a JSON schema
+    built from its signature and docstring; the meter counted ``str(function)`` (``<function
+    add_days at 0x...>``), so a hard budget bounded the call below the prompt it sent."""
+    ollama.Client(host=emulator.url).chat(model="llama3.1:8b", messages=HI, tools=[add_days])
+    (sent,) = emulator.requests_to("/api/chat")
+    as_sent = facts_of("chat", {"messages": HI, "tools": sent.body["tools"]})
+    as_given = facts_of("chat", {"messages": HI, "tools": [add_days]})
+    assert as_given.prompt_bytes >= as_sent.prompt_bytes

@@ -9,6 +9,7 @@ shape only; both are read here, defensively: a request is untrusted input.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -114,9 +115,28 @@ def _json_bytes(value: object) -> int:
         elif isinstance(item, list | tuple):
             size += 2 + 2 * len(item) - (2 if item else 0)  # [] and ", "
             pending.extend(item)
+        elif inspect.isroutine(item):  # a Python function as a tool: sent as its JSON schema
+            size += _schema_bytes(item)
         else:
             size += _scalar_bytes(item)
     return size
+
+
+_SCHEMA_BYTES = 128
+"""A tool schema's own keys: ``{"type": "function", "function": {"name": ..., "parameters": ...``."""
+_PARAMETER_BYTES = 64
+"""Each parameter's: ``"days": {"type": "integer", "description": ...}`` and its ``required``."""
+
+
+def _schema_bytes(function: object) -> int:
+    """At least the bytes of the schema the ``ollama`` client sends for ``function``: built
+    from its name, its signature and its docstring (the descriptions are cut from it)."""
+    try:
+        parameters = list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a builtin without a signature
+        parameters = []
+    texts = [getattr(function, "__name__", ""), inspect.getdoc(function) or "", *parameters]
+    return _SCHEMA_BYTES + _PARAMETER_BYTES * len(parameters) + sum(map(_bytes, texts))
 
 
 def _scalar_bytes(value: object) -> int:
