@@ -735,3 +735,17 @@ def test_a_python_function_given_as_a_tool_is_counted_as_the_schema_sent_for_it(
     as_sent = facts_of("chat", {"messages": HI, "tools": sent.body["tools"]})
     as_given = facts_of("chat", {"messages": HI, "tools": [add_days]})
     assert as_given.prompt_bytes >= as_sent.prompt_bytes
+
+
+@pytest.mark.parametrize(
+    "tags", [{"k" * 10_000: "v"}, {"k" * 10_000: 5}, {"job": "v" * 10_000}, {"job\n" * 2_000: "v"}]
+)
+def test_a_refused_tag_is_named_in_a_short_line(
+    sqlite_url: str, emulator: OllamaEmulator, tags: dict[str, Any]
+) -> None:
+    """A 10 KB tag key was echoed whole into the error: a 10 KB "one-line" message."""
+    with MeteredClient(emulator.url, db_url=sqlite_url) as client:
+        with pytest.raises(ValidationError) as refused:
+            client.chat(model="llama3.1:8b", messages=HI, tags=tags)
+    message = str(refused.value)
+    assert message.startswith("tag ") and len(message) < 300 and "\n" not in message
