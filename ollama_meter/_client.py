@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar, cast
 import ollama
 from pydantic import Field
 
-from ollama_meter.config import load_settings
+from ollama_meter.config import Settings, load_settings
 from ollama_meter.errors import ClientClosed, InvalidRequest, ValidationError
 from ollama_meter.meter import Attribution, Meter, Run, SpanRecord
 from ollama_meter.pricing import from_micros
@@ -143,6 +143,24 @@ _WHO = ("tenant", "department", "user", "tags")
 """The parameters of every call that say who to charge; they are not part of the request."""
 
 
+def _check_settings(client: str, given: Mapping[str, Any]) -> None:
+    """Refuse what is no setting: the settings ignore unknown names (the environment holds
+    many), so a misspelt ``departmnet=`` would charge every call to the default, unseen."""
+    known = {
+        name
+        for field, info in Settings.model_fields.items()
+        for name in (field, info.validation_alias)
+        if isinstance(name, str)
+    }
+    for name in given:
+        if name not in known:
+            raise TypeError(
+                f"{client}() got an unexpected keyword argument {name!r}: it takes host, who "
+                "to charge (tenant, department, user, tags), on_start, on_end, db_url and "
+                "ometer's settings by name (the timeout to Ollama is upstream_timeout=)"
+            )
+
+
 def _tags(tags: object) -> Mapping[str, str]:
     if tags is None:
         return {}
@@ -205,6 +223,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         db_url: str | None = None,
         **settings: Any,
     ) -> None:
+        _check_settings(type(self).__name__, settings)
         cfg = load_settings(ollama_host=host, db_url=db_url, **settings)
         hooks = [_Hooks(on_start, on_end)] if on_start or on_end else []
         self.meter = Meter.from_settings(cfg, source="sdk", observers=hooks)

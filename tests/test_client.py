@@ -749,3 +749,20 @@ def test_a_refused_tag_is_named_in_a_short_line(
             client.chat(model="llama3.1:8b", messages=HI, tags=tags)
     message = str(refused.value)
     assert message.startswith("tag ") and len(message) < 300 and "\n" not in message
+
+
+@pytest.mark.parametrize("flavour", [MeteredClient, AsyncMeteredClient])
+@pytest.mark.parametrize("argument", ["departmnet", "timeout", "headers", "verify"])
+def test_an_argument_the_client_does_not_take_is_refused_not_ignored(
+    sqlite_url: str, emulator: OllamaEmulator, flavour: type, argument: str
+) -> None:
+    """Unknown arguments went into the settings, which ignore what they do not know: a
+    misspelt ``departmnet="sales"`` charged every call to ``unassigned``, and ``timeout=`` or
+    ``headers=`` (``ollama.Client`` passes them to httpx) did nothing, silently."""
+    name = flavour.__name__
+    with pytest.raises(
+        TypeError, match=rf"^{name}\(\) got an unexpected keyword argument '{argument}'"
+    ):
+        flavour(emulator.url, db_url=sqlite_url, **{argument: "sales"})
+    client = flavour(emulator.url, db_url=sqlite_url, upstream_timeout=30, retry_backoff=0.01)
+    assert client.meter.ledger.latest(SpanFilter(), 1) == []
