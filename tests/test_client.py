@@ -766,3 +766,27 @@ def test_an_argument_the_client_does_not_take_is_refused_not_ignored(
         flavour(emulator.url, db_url=sqlite_url, **{argument: "sales"})
     client = flavour(emulator.url, db_url=sqlite_url, upstream_timeout=30, retry_backoff=0.01)
     assert client.meter.ledger.latest(SpanFilter(), 1) == []
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cap=st.integers(1, 60), form=st.sampled_from(["int", "float", "fraction"]))
+def test_a_reply_cap_given_as_a_number_ollama_reads_is_the_cap_a_hard_budget_sends(
+    sqlite_url: str, emulator: OllamaEmulator, cap: int, form: str
+) -> None:
+    """Ollama reads ``num_predict`` 8.0 (or 8.5) as 8, as JSON numbers come to it; under a
+    hard budget the meter read only an int, found no cap, and sent its own (4,096): the
+    caller's 8-token answer came back 38 tokens long, and was charged so."""
+    given: float = {"int": cap, "float": float(cap), "fraction": cap + 0.5}[form]
+    with MeteredClient(
+        emulator.url, department="sales", tenant="acme", db_url=sqlite_url
+    ) as client:
+        client.meter.ledger.save_budget(
+            Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
+        )
+        emulator.reset()
+        reply = client.chat(model="llama3.1:8b", messages=HI, options={"num_predict": given})
+    (sent,) = emulator.requests_to("/api/chat")
+    assert sent.body["options"]["num_predict"] == cap
+    assert reply.meter is not None and reply.meter.output_tokens == min(cap, EXPECTED.output_tokens)

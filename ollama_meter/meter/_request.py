@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,14 @@ def _positive_int(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         return None
     return value
+
+
+def _option_int(value: object) -> int | None:
+    """An integer option as Ollama reads it: JSON numbers come to it as floats, which it
+    truncates (``num_predict`` 8.0 or 8.5 is 8); positive, else None."""
+    if isinstance(value, float) and math.isfinite(value):
+        return _positive_int(int(value))
+    return _positive_int(value)
 
 
 def _bytes(text: str) -> int:
@@ -237,7 +246,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         caps = [_positive_int(body.get(f)) for f in ("max_tokens", "max_completion_tokens")]
         cap = min((c for c in caps if c is not None), default=None)
     else:
-        cap = _positive_int(options.get("num_predict"))
+        cap = _option_int(options.get("num_predict"))
     texts: list[str] = []
     messages = images = extra = given = 0
     embedding = kind in ("embed", "embeddings")
@@ -269,7 +278,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         images=images,
         given_tokens=given,
         max_output=None if embedding else cap,
-        context=_positive_int(options.get("num_ctx")),
+        context=_option_int(options.get("num_ctx")),
         embedding=embedding,
     )
 
