@@ -322,12 +322,10 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         }
         return self.meter.run(operation, request, attribution=who, stream=stream)
 
-    def _unnamed(self, run: Run) -> InvalidRequest | None:
-        """The refusal of a call that names no model, recorded (as the ``ollama`` client
-        refuses ``model=None`` before sending, as it does ``model=5``; the gateway too)."""
-        model = run.request.get("model")
-        if model is not None and (not isinstance(model, str) or model.strip()):
-            return None
+    def _unnamed(self, run: Run) -> InvalidRequest:
+        """The refusal of a call that names no model (:func:`_names_no_model`), recorded: the
+        ``ollama`` client refuses ``model=None`` before sending, as it does ``model=5``, and
+        the gateway records a request without a model."""
         refusal = InvalidRequest(
             "the request is malformed, so it was not sent to Ollama: no model given; "
             "name one, e.g. model='llama3.1:8b'"
@@ -355,6 +353,11 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
             )
 
 
+def _names_no_model(run: Run) -> bool:
+    model = run.request.get("model")
+    return model is None or (isinstance(model, str) and not model.strip())
+
+
 def _metered(part: Any, run: Run) -> Any:
     """A chunk as it came, but the last (the span is written by then) with ``meter``."""
     return with_meter(part, run.span) if run.call is not None and run.call.span.ended_at else part
@@ -372,8 +375,8 @@ class MeteredClient(
     def _go(self, make: Callable[[], Run]) -> Any:
         self._check_open()
         run = make()
-        if (refusal := self._unnamed(run)) is not None:
-            raise refusal
+        if _names_no_model(run):
+            raise self._unnamed(run)
         if run.stream:
             return self._streamed(run)
         (answer,) = list(run)
@@ -414,8 +417,8 @@ class AsyncMeteredClient(
     async def _go(self, make: Callable[[], Run]) -> Any:
         self._check_open()
         run = make()
-        if (refusal := await asyncio.to_thread(self._unnamed, run)) is not None:
-            raise refusal
+        if _names_no_model(run):
+            raise await asyncio.to_thread(self._unnamed, run)
         if run.stream:
             return self._streamed(run)
         answers = [part async for part in run]
