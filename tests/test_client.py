@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -790,3 +792,44 @@ def test_a_reply_cap_given_as_a_number_ollama_reads_is_the_cap_a_hard_budget_sen
     (sent,) = emulator.requests_to("/api/chat")
     assert sent.body["options"]["num_predict"] == cap
     assert reply.meter is not None and reply.meter.output_tokens == min(cap, EXPECTED.output_tokens)
+
+
+def test_event_loops_running_at_once_in_threads_each_keep_their_connections(
+    sqlite_url: str, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One AsyncMeteredClient, an event loop per thread (``asyncio.run`` in workers): the
+    transport kept one ``ollama.AsyncClient``, for the last loop that called, so loops
+    taking turns made a new client (and connection) for nearly every call, and a loop
+    could be handed the client another had just made for itself."""
+    made: list[weakref.ref[ollama.AsyncClient]] = []
+    original = ollama.AsyncClient.__init__
+
+    def counted(self: ollama.AsyncClient, *args: Any, **kwargs: Any) -> None:
+        made.append(weakref.ref(self))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ollama.AsyncClient, "__init__", counted)
+    client = AsyncMeteredClient(emulator.url, db_url=sqlite_url)
+    turns = threading.Barrier(4)
+    statuses: list[str] = []
+
+    def worker() -> None:
+        async def calls() -> None:
+            for _ in range(3):
+                turns.wait()  # every loop calls in every round
+                reply = await client.chat(model="llama3.1:8b", messages=HI)
+                statuses.append(reply.meter.status if reply.meter is not None else "none")
+
+        asyncio.run(calls())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == ["ok"] * 12
+    assert len(made) == 4
+    # Their loops are closed: the clients (and their connections) are let go at the next call.
+    assert asyncio.run(client.chat(model="llama3.1:8b", messages=HI)).meter is not None
+    gc.collect()
+    assert [ref() is None for ref in made] == [True] * 4 + [False]

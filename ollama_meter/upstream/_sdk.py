@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -131,8 +133,9 @@ class Upstream(Resilient):
         self._timeout = httpx.Timeout(timeout, connect=10.0)
         self._headers = dict(headers or {})
         self.client = self._new_client()
-        self._async: ollama.AsyncClient | None = None
-        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ollama.AsyncClient]
+        self._async = weakref.WeakKeyDictionary()
+        self._async_lock = threading.Lock()
         self.closed = False
         """Whether :meth:`close` was called: what fails after it is the caller's doing."""
         renew_after_fork(self)
@@ -149,26 +152,32 @@ class Upstream(Resilient):
         """A forked child connects to Ollama on its own: on a kept-alive connection it
         shared with its parent, each process read the other's answers."""
         self.client = self._new_client()
-        self._async = self._async_loop = None
+        self._async = weakref.WeakKeyDictionary()
+        self._async_lock = threading.Lock()
 
     @property
     def async_client(self) -> ollama.AsyncClient:
         """The async client of the running event loop.
 
         Its connections belong to the loop they were opened on: once that loop is gone
-        (``asyncio.run`` per call), reusing them fails as if Ollama had. A new loop
-        gets a new client; the old one went with its loop.
+        (``asyncio.run`` per call), reusing them fails as if Ollama had. Each loop has its
+        own client, also while several run at once (a loop per thread), and it goes with
+        its loop.
         """
         loop = asyncio.get_running_loop()
-        if self._async is None or self._async_loop is not loop:
-            self._async = ollama.AsyncClient(
-                host=self.host,
-                timeout=self._timeout,
-                headers=self._headers,
-                event_hooks={"response": [_aheard]},
-            )
-            self._async_loop = loop
-        return self._async
+        with self._async_lock:
+            client = self._async.get(loop)
+            if client is None:
+                # A client holds its loop (its connections do): those of closed loops go here.
+                for gone in [old for old in self._async if old.is_closed()]:
+                    del self._async[gone]
+                client = self._async[loop] = ollama.AsyncClient(
+                    host=self.host,
+                    timeout=self._timeout,
+                    headers=self._headers,
+                    event_hooks={"response": [_aheard]},
+                )
+            return client
 
     def call(
         self, operation: str, request: Mapping[str, Any], time_cap: TimeCap | None = None
@@ -365,8 +374,10 @@ class Upstream(Resilient):
     async def aclose(self) -> None:
         """Close both clients: the async one only on its event loop."""
         self.close()
-        if self._async is not None and self._async_loop is asyncio.get_running_loop():
-            await self._async.close()  # type: ignore[no-untyped-call]
+        with self._async_lock:
+            client = self._async.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()  # type: ignore[no-untyped-call]
 
 
 def _closed_under() -> ClientClosed:
