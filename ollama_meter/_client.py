@@ -12,6 +12,7 @@ import functools
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -402,6 +403,30 @@ class MeteredClient(
         self.close()
 
 
+class _Chunks:
+    """An async stream as ``ollama.AsyncClient`` hands one over: its chunks, the last with
+    ``meter``; ``aclose()`` ends the call. An iterator, not an async generator of its own:
+    as the event loop shuts down it closes every live generator at once, and one more
+    layer closing the next would only add one more "already running" to what it logs."""
+
+    def __init__(self, client: AsyncMeteredClient, run: Run) -> None:
+        self._client, self._run = client, run
+        self._parts: AsyncGenerator[Any, None] | None = None
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._parts is None:
+            self._client._check_open()  # its call starts when it is first read: after close()?
+            self._parts = self._run.__aiter__()
+        return _metered(await anext(self._parts), self._run)
+
+    async def aclose(self) -> None:
+        if self._parts is not None:
+            await self._parts.aclose()
+
+
 class AsyncMeteredClient(
     _Base[
         Awaitable[MeteredChatResponse | AsyncIterator[ollama.ChatResponse]],
@@ -420,18 +445,9 @@ class AsyncMeteredClient(
         if _names_no_model(run):
             raise await asyncio.to_thread(self._unnamed, run)
         if run.stream:
-            return self._streamed(run)
+            return _Chunks(self, run)
         answers = [part async for part in run]
         return with_meter(answers[-1], run.span)
-
-    async def _streamed(self, run: Run) -> AsyncIterator[Any]:
-        self._check_open()  # a stream's call starts when it is first read: maybe after close()
-        parts = run.__aiter__()
-        try:
-            async for part in parts:
-                yield _metered(part, run)
-        finally:  # left unread (break, dropped): the call ends now, not when it is collected
-            await parts.aclose()
 
     async def close(self) -> None:
         """Close the connections to Ollama, as ``ollama.AsyncClient.close`` does."""
