@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
-    Iterable,
     Iterator,
     Mapping,
     Sequence,
@@ -28,8 +26,16 @@ from typing import Any, Generic, TypeVar, cast
 import ollama
 from pydantic import Field
 
-from ollama_meter.config import Settings, load_settings
-from ollama_meter.errors import ClientClosed, InvalidRequest, ValidationError
+from ollama_meter._arguments import (
+    NOT_NONE,
+    WHO,
+    check_settings,
+    names_no_model,
+    read_once,
+    tags_of,
+)
+from ollama_meter.config import load_settings
+from ollama_meter.errors import ClientClosed, InvalidRequest
 from ollama_meter.meter import Attribution, Meter, Run, SpanRecord
 from ollama_meter.pricing import from_micros
 from ollama_meter.records import record_from
@@ -140,65 +146,6 @@ def _shown(hook: Hook, span: SpanRecord) -> None:
             span.attributes = dict(copy.attributes)
 
 
-_WHO = ("tenant", "department", "user", "tags")
-"""The parameters of every call that say who to charge; they are not part of the request."""
-
-
-def _check_settings(client: str, given: Mapping[str, Any]) -> None:
-    """Refuse what is no setting: the settings ignore unknown names (the environment holds
-    many), so a misspelt ``departmnet=`` would charge every call to the default, unseen."""
-    known = {
-        name
-        for field, info in Settings.model_fields.items()
-        for name in (field, info.validation_alias)
-        if isinstance(name, str)
-    }
-    for name in given:
-        if name not in known:
-            raise TypeError(
-                f"{client}() got an unexpected keyword argument {name!r}: it takes host, who "
-                "to charge (tenant, department, user, tags), on_start, on_end, db_url and "
-                "ometer's settings by name (the timeout to Ollama is upstream_timeout=)"
-            )
-
-
-def _tags(tags: object) -> Mapping[str, str]:
-    if tags is None:
-        return {}
-    if not isinstance(tags, Mapping):
-        raise ValidationError(
-            f"tags are a mapping of text to text, e.g. {{'job': 'nightly'}}, not {type(tags).__name__}"
-        )
-    return tags
-
-
-def _read_once(value: Any) -> Any:
-    """``value``, with an iterable of parts (messages, images, inputs...) as a list.
-
-    The ``ollama`` client takes any iterable there; a generator is used up by its first
-    reading, so a retry would send nothing, and the meter would count nothing.
-    """
-    if isinstance(value, str | bytes | Mapping | list) or not isinstance(value, Iterable):
-        return value
-    if hasattr(type(value), "model_fields"):  # a model (ollama.Options) iterates its fields
-        return value
-    return list(value)
-
-
-_NOT_NONE = {
-    operation: frozenset(
-        name
-        for name, parameter in inspect.signature(
-            getattr(ollama.Client, operation)
-        ).parameters.items()
-        if parameter.default not in (None, inspect.Parameter.empty)
-    )
-    for operation in ("chat", "generate", "embed")
-}
-"""Parameters the ``ollama`` client defaults to something else than None: None given there is
-passed on (and refused by it), not left out for its default (``embed(input=None)`` is not ``''``)."""
-
-
 _Chat = TypeVar("_Chat")
 _Generate = TypeVar("_Generate")
 _Embed = TypeVar("_Embed")
@@ -224,7 +171,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         db_url: str | None = None,
         **settings: Any,
     ) -> None:
-        _check_settings(type(self).__name__, settings)
+        check_settings(type(self).__name__, settings)
         cfg = load_settings(ollama_host=host, db_url=db_url, **settings)
         hooks = [_Hooks(on_start, on_end)] if on_start or on_end else []
         self.meter = Meter.from_settings(cfg, source="sdk", observers=hooks)
@@ -232,7 +179,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
             tenant=cfg.tenant if tenant is None else tenant,
             department=cfg.department if department is None else department,
             user=user,
-            tags=dict(_tags(tags)),
+            tags=dict(tags_of(tags)),
         )
         self._closed = False
 
@@ -306,18 +253,18 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         """
         given = {name: value for name, value in arguments.items() if name != "self"}
         stream = bool(given.pop("stream", False))
-        tenant, department, user, tags = (given.pop(name) for name in _WHO)
+        tenant, department, user, tags = (given.pop(name) for name in WHO)
         base = who = self.attribution
         if tenant is not None or department is not None or user is not None or tags is not None:
             who = Attribution(
                 tenant=base.tenant if tenant is None else tenant,
                 department=base.department if department is None else department,
                 user=user if user is not None else base.user,
-                tags={**base.tags, **_tags(tags)},
+                tags={**base.tags, **tags_of(tags)},
             )
-        kept = _NOT_NONE[operation]
+        kept = NOT_NONE[operation]
         request = {
-            name: _read_once(value)
+            name: read_once(value)
             for name, value in given.items()
             if value is not None or name in kept
         }
@@ -354,11 +301,6 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
             )
 
 
-def _names_no_model(run: Run) -> bool:
-    model = run.request.get("model")
-    return model is None or (isinstance(model, str) and not model.strip())
-
-
 def _metered(part: Any, run: Run) -> Any:
     """A chunk as it came, but the last (the span is written by then) with ``meter``."""
     return with_meter(part, run.span) if run.call is not None and run.call.span.ended_at else part
@@ -376,7 +318,7 @@ class MeteredClient(
     def _go(self, make: Callable[[], Run]) -> Any:
         self._check_open()
         run = make()
-        if _names_no_model(run):
+        if names_no_model(run.request):
             raise self._unnamed(run)
         if run.stream:
             return self._streamed(run)
@@ -442,7 +384,7 @@ class AsyncMeteredClient(
     async def _go(self, make: Callable[[], Run]) -> Any:
         self._check_open()
         run = make()
-        if _names_no_model(run):
+        if names_no_model(run.request):
             raise await asyncio.to_thread(self._unnamed, run)
         if run.stream:
             return _Chunks(self, run)

@@ -246,6 +246,7 @@ def test_public_surface_is_pinned() -> None:
             "BudgetError",
             "BudgetExceeded",
             "CircuitOpen",
+            "ClientClosed",
             "ConfigError",
             "InvalidRequest",
             "LedgerError",
