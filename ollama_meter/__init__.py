@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         BudgetError as BudgetError,
         BudgetExceeded as BudgetExceeded,
         CircuitOpen as CircuitOpen,
+        ClientClosed as ClientClosed,
         ConfigError as ConfigError,
         InvalidRequest as InvalidRequest,
         LedgerError as LedgerError,
@@ -52,7 +53,8 @@ _NAMES = {
     "MeteredEmbedResponse MeteredGenerateResponse MeterInfo",
     "ollama_meter._logging": "configure_logging",
     "ollama_meter.config": "Settings load_settings",
-    "ollama_meter.errors": "BudgetError BudgetExceeded CircuitOpen ConfigError InvalidRequest "
+    "ollama_meter.errors": "BudgetError BudgetExceeded CircuitOpen ClientClosed ConfigError "
+    "InvalidRequest "
     "LedgerError ModelNotFound OmeterError PricingError RateLimited StreamError "
     "UpstreamBadRequest UpstreamConnectionError UpstreamError UpstreamServerError "
     "UpstreamTimeout ValidationError",

@@ -7,8 +7,18 @@ goes through the one meter; answers are the ``ollama`` response objects with a
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Generic, TypeVar, cast
@@ -16,8 +26,16 @@ from typing import Any, Generic, TypeVar, cast
 import ollama
 from pydantic import Field
 
+from ollama_meter._arguments import (
+    NOT_NONE,
+    WHO,
+    check_settings,
+    names_no_model,
+    read_once,
+    tags_of,
+)
 from ollama_meter.config import load_settings
-from ollama_meter.errors import ValidationError
+from ollama_meter.errors import ClientClosed, InvalidRequest
 from ollama_meter.meter import Attribution, Meter, Run, SpanRecord
 from ollama_meter.pricing import from_micros
 from ollama_meter.records import record_from
@@ -128,10 +146,6 @@ def _shown(hook: Hook, span: SpanRecord) -> None:
             span.attributes = dict(copy.attributes)
 
 
-_WHO = ("tenant", "department", "user", "tags")
-"""The parameters of every call that say who to charge; they are not part of the request."""
-
-
 _Chat = TypeVar("_Chat")
 _Generate = TypeVar("_Generate")
 _Embed = TypeVar("_Embed")
@@ -157,6 +171,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         db_url: str | None = None,
         **settings: Any,
     ) -> None:
+        check_settings(type(self).__name__, settings)
         cfg = load_settings(ollama_host=host, db_url=db_url, **settings)
         hooks = [_Hooks(on_start, on_end)] if on_start or on_end else []
         self.meter = Meter.from_settings(cfg, source="sdk", observers=hooks)
@@ -164,7 +179,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
             tenant=cfg.tenant if tenant is None else tenant,
             department=cfg.department if department is None else department,
             user=user,
-            tags=dict(tags or {}),
+            tags=dict(tags_of(tags)),
         )
         self._closed = False
 
@@ -226,34 +241,62 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         return cast("_Embed", self._call("embed", locals()))
 
     def _call(self, operation: str, arguments: dict[str, Any]) -> Any:
-        """Run a call from its method's arguments: who to charge, ``stream``, and the request.
+        """A call from its method's arguments, driven by ``_go`` (which reads them when it
+        starts: an async call fails when awaited, as ``ollama.AsyncClient``'s do)."""
+        return self._go(functools.partial(self._run, operation, arguments))
+
+    def _run(self, operation: str, arguments: dict[str, Any]) -> Run:
+        """The call's :class:`Run`: who to charge, ``stream``, and the request.
 
         Every other parameter is named as Ollama names the request field; unset ones
         (None) are left out of the request, as the ``ollama`` client leaves them out.
         """
         given = {name: value for name, value in arguments.items() if name != "self"}
         stream = bool(given.pop("stream", False))
-        tenant, department, user, tags = (given.pop(name) for name in _WHO)
+        tenant, department, user, tags = (given.pop(name) for name in WHO)
         base = who = self.attribution
         if tenant is not None or department is not None or user is not None or tags is not None:
             who = Attribution(
                 tenant=base.tenant if tenant is None else tenant,
                 department=base.department if department is None else department,
                 user=user if user is not None else base.user,
-                tags={**base.tags, **(tags or {})},
+                tags={**base.tags, **tags_of(tags)},
             )
-        request = {name: value for name, value in given.items() if value is not None}
-        run = self.meter.run(operation, request, attribution=who, stream=stream)
-        return self._go(run)
+        kept = NOT_NONE[operation]
+        request = {
+            name: read_once(value)
+            for name, value in given.items()
+            if value is not None or name in kept
+        }
+        return self.meter.run(operation, request, attribution=who, stream=stream)
+
+    def _unnamed(self, run: Run) -> InvalidRequest:
+        """The refusal of a call that names no model (:func:`_names_no_model`), recorded: the
+        ``ollama`` client refuses ``model=None`` before sending, as it does ``model=5``, and
+        the gateway records a request without a model."""
+        refusal = InvalidRequest(
+            "the request is malformed, so it was not sent to Ollama: no model given; "
+            "name one, e.g. model='llama3.1:8b'"
+        )
+        self.meter.refuse(
+            operation=run.operation,
+            model="",
+            attribution=run.attribution,
+            error_type=refusal.error_type,
+            message=str(refusal),
+            http_status=400,
+            stream=run.stream,
+        )
+        return refusal
 
     @abstractmethod
-    def _go(self, run: Run) -> Any:
-        """Drive ``run``: its one answer with ``meter``, or (streaming) its chunks."""
+    def _go(self, make: Callable[[], Run]) -> Any:
+        """Drive the call ``make`` builds: its one answer with ``meter``, or its chunks."""
 
     def _check_open(self) -> None:
         """A closed client makes no call: the caller's mistake, neither Ollama's nor a span."""
         if self._closed:
-            raise ValidationError(
+            raise ClientClosed(
                 f"this {type(self).__name__} is closed; make a new one to call Ollama again"
             )
 
@@ -272,12 +315,24 @@ class MeteredClient(
 ):
     """``ollama.Client`` with metering: ``MeteredClient(department="sales").chat(...)``."""
 
-    def _go(self, run: Run) -> Any:
+    def _go(self, make: Callable[[], Run]) -> Any:
         self._check_open()
+        run = make()
+        if names_no_model(run.request):
+            raise self._unnamed(run)
         if run.stream:
-            return (_metered(part, run) for part in run)
+            return self._streamed(run)
         (answer,) = list(run)
         return with_meter(answer, run.span)
+
+    def _streamed(self, run: Run) -> Iterator[Any]:
+        self._check_open()  # a stream's call starts when it is first read: maybe after close()
+        parts = run.__iter__()
+        try:
+            for part in parts:
+                yield _metered(part, run)
+        finally:  # left unread (break, dropped): the call ends now, not when it is collected
+            parts.close()
 
     def close(self) -> None:
         self._closed = True
@@ -288,6 +343,30 @@ class MeteredClient(
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Chunks:
+    """An async stream as ``ollama.AsyncClient`` hands one over: its chunks, the last with
+    ``meter``; ``aclose()`` ends the call. An iterator, not an async generator of its own:
+    as the event loop shuts down it closes every live generator at once, and one more
+    layer closing the next would only add one more "already running" to what it logs."""
+
+    def __init__(self, client: AsyncMeteredClient, run: Run) -> None:
+        self._client, self._run = client, run
+        self._parts: AsyncGenerator[Any, None] | None = None
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._parts is None:
+            self._client._check_open()  # its call starts when it is first read: after close()?
+            self._parts = self._run.__aiter__()
+        return _metered(await anext(self._parts), self._run)
+
+    async def aclose(self) -> None:
+        if self._parts is not None:
+            await self._parts.aclose()
 
 
 class AsyncMeteredClient(
@@ -302,10 +381,13 @@ class AsyncMeteredClient(
     Each call returns an awaitable, as ``ollama.AsyncClient``'s do.
     """
 
-    async def _go(self, run: Run) -> Any:
+    async def _go(self, make: Callable[[], Run]) -> Any:
         self._check_open()
+        run = make()
+        if names_no_model(run.request):
+            raise await asyncio.to_thread(self._unnamed, run)
         if run.stream:
-            return (_metered(part, run) async for part in run)
+            return _Chunks(self, run)
         answers = [part async for part in run]
         return with_meter(answers[-1], run.span)
 

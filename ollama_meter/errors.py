@@ -3,6 +3,7 @@
     OmeterError                      base; carries a one-line, user-facing message
     ├── ConfigError                  a setting is missing or malformed (names the setting)
     ├── ValidationError              a user-supplied value is malformed (names, dates, prices)
+    │   └── ClientClosed             a Python API client was used after (or closed during) a call
     ├── LedgerError                  the ledger cannot be opened, migrated or written
     ├── PricingError                 a price rule is invalid or cannot be found
     ├── BudgetError                  a budget is invalid or cannot be found
@@ -12,7 +13,8 @@
         ├── UpstreamTimeout          Ollama did not answer in time       (timeout)
         ├── ModelNotFound            Ollama does not have the model      (model_not_found)
         ├── UpstreamBadRequest       Ollama refused the request (4xx)    (bad_request)
-        │   └── InvalidRequest       malformed before sending (also a ValidationError)
+        │   └── InvalidRequest       malformed before sending (also a ValidationError, a ValueError)
+        │       └── InvalidRequestType   ... where the ollama client raised a TypeError
         ├── UpstreamServerError      Ollama answered 5xx                 (upstream_5xx)
         ├── RateLimited              Ollama answered 429                 (rate_limited)
         ├── CircuitOpen              too many failures: failing fast     (circuit_open)
@@ -41,6 +43,14 @@ class ValidationError(OmeterError):
     """A value the user gave is malformed."""
 
     exit_code = 2
+
+
+class ClientClosed(ValidationError):
+    """The caller closed the client (``close()``, the end of its ``with``) before or while a call ran.
+
+    The caller's doing, not Ollama's: a call it cut short ends as an abort, and no
+    circuit breaker counts it.
+    """
 
 
 class LedgerError(OmeterError):
@@ -100,14 +110,20 @@ class UpstreamBadRequest(UpstreamError):
     error_type = "bad_request"
 
 
-class InvalidRequest(UpstreamBadRequest, ValidationError):
+class InvalidRequest(UpstreamBadRequest, ValidationError, ValueError):
     """The request is malformed (a wrong type, a missing model): it was never sent to Ollama.
 
     What Ollama would have refused with a 400, caught before the call; a user mistake
-    (exit 2), and no evidence either way about the upstream's health.
+    (exit 2), and no evidence either way about the upstream's health. Also a ValueError,
+    as the ``ollama`` client's refusals are (pydantic's ValidationError is one), so code
+    written for that client still catches it.
     """
 
     reached_upstream = False
+
+
+class InvalidRequestType(InvalidRequest, TypeError):
+    """:class:`InvalidRequest` where the ``ollama`` client raised a TypeError (``messages=5``)."""
 
 
 class UpstreamServerError(UpstreamError):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -24,6 +26,7 @@ from ollama_meter import (
 )
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter._request import facts_of
 from ollama_meter.pricing import from_micros
 from ollama_meter.testing import Fault, OllamaEmulator, expected_embedding, expected_reply
 from tests.factories import quick_history, token_prices
@@ -243,6 +246,7 @@ def test_public_surface_is_pinned() -> None:
             "BudgetError",
             "BudgetExceeded",
             "CircuitOpen",
+            "ClientClosed",
             "ConfigError",
             "InvalidRequest",
             "LedgerError",
@@ -485,3 +489,348 @@ def test_waiting_to_retry_a_failed_attempt_does_not_run_a_timed_calls_time_out(
     assert len(emulator.requests_to("/api/chat")) == 2
     (span,) = ledger.latest(SpanFilter(), 5)[:1]
     assert (span.status, span.error_type) == ("ok", None)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_stream_made_before_close_and_read_after_is_the_callers_mistake_and_not_recorded(
+    sqlite_url: str, emulator: OllamaEmulator, flavour: str
+) -> None:
+    """A stream is a generator: its call starts when it is first read. Read after ``close()``,
+    it was an ``unexpected failure calling Ollama`` (the closed httpx client's words) with an
+    error span, though Ollama was never asked."""
+    if flavour == "sync":
+        client = MeteredClient(emulator.url, db_url=sqlite_url)
+        stream = client.chat(model="llama3.1:8b", messages=HI, stream=True)
+        client.close()
+        with pytest.raises(ValidationError, match=r"^this MeteredClient is closed[^\n]*$"):
+            list(stream)
+        ledger = client.meter.ledger
+    else:
+
+        async def main() -> AsyncMeteredClient:
+            later = AsyncMeteredClient(emulator.url, db_url=sqlite_url)
+            answer = await later.chat(model="llama3.1:8b", messages=HI, stream=True)
+            await later.close()
+            with pytest.raises(ValidationError, match=r"^this AsyncMeteredClient is closed"):
+                async for _ in answer:  # type: ignore[union-attr]
+                    pass
+            return later
+
+        ledger = asyncio.run(main()).meter.ledger
+    assert ledger.latest(SpanFilter(), 5) == []
+    assert emulator.requests_to("/api/chat") == []
+
+
+def test_a_client_closed_mid_stream_ends_the_call_as_an_abort_not_an_upstream_failure(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """Closing a client while another part of the program still reads its stream (shutdown)
+    is the caller's doing: it was a ``stream_error`` that the model's circuit counted, so
+    three such closes made every client in the process fail fast on a healthy model."""
+    emulator.token_latency = 0.3  # the rest of the answer is not sent yet when the client closes
+    try:
+        for _ in range(3):  # the model circuit's threshold
+            client = MeteredClient(emulator.url, db_url=sqlite_url)
+            stream = client.chat(model="llama3.1:8b", messages=HI, stream=True)
+            next(stream), next(stream)
+            client.close()
+            with pytest.raises(ValidationError, match=r"^the client was closed while[^\n]*$"):
+                list(stream)
+    finally:
+        emulator.token_latency = 0.0
+    spans = client.meter.ledger.latest(SpanFilter(), 10)
+    # Two chunks handed over, the third read ahead (the last is held until the span is written):
+    # three arrived, and are charged.
+    assert [(s.status, s.error_type, s.output_tokens) for s in spans] == [
+        ("client_abort", "client_abort", 3)
+    ] * 3
+    with MeteredClient(emulator.url, db_url=sqlite_url) as fresh:
+        reply = fresh.chat(model="llama3.1:8b", messages=HI)
+    assert reply.meter is not None and reply.meter.status == "ok"
+
+
+CONVERSATION = st.lists(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant"]),
+            "content": st.text(min_size=1, max_size=40),
+        }
+    ),
+    min_size=1,
+    max_size=4,
+)
+SHAPES: dict[str, Any] = {
+    "tuple": tuple,
+    "generator": lambda messages: (m for m in messages),
+    "ollama.Message": lambda messages: [ollama.Message(**m) for m in messages],
+}
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(messages=CONVERSATION, shape=st.sampled_from(sorted(SHAPES)), stream=st.booleans())
+def test_messages_in_any_shape_the_ollama_client_takes_are_sent_and_metered_as_a_list(
+    sqlite_url: str,
+    emulator: OllamaEmulator,
+    messages: list[dict[str, str]],
+    shape: str,
+    stream: bool,
+) -> None:
+    """A tuple, a generator or ``ollama.Message`` objects, as ``ollama.Client.chat`` takes them.
+
+    The meter read only a list of dicts: the others were an empty prompt (estimated at 0
+    tokens when Ollama leaves its counts out, and bounded as empty under a hard budget), and
+    a generator was used up by the first attempt, so a retry after a 503 sent no messages."""
+    with MeteredClient(emulator.url, department="sales", db_url=sqlite_url) as client:
+        estimates = []
+        for given in (messages, SHAPES[shape](messages)):
+            emulator.reset()
+            emulator.inject(Fault.HTTP_503)
+            emulator.inject(Fault.OMIT_COUNTS)
+            answer = client.chat(model="llama3.1:8b", messages=given, stream=stream)
+            last = list(answer)[-1] if stream else answer
+            assert last.meter is not None and last.meter.token_source == "estimated"
+            estimates.append(last.meter.input_tokens)
+            sent = [r.body["messages"] for r in emulator.requests_to("/api/chat")]
+            assert sent == [messages, messages]
+        assert estimates[1] == estimates[0] > 0
+
+
+@pytest.mark.parametrize("model", [None, "", "  "])
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_call_without_a_model_is_refused_as_every_malformed_call_is(
+    sqlite_url: str, emulator: OllamaEmulator, model: str | None, flavour: str
+) -> None:
+    """``ollama.Client`` refuses ``model=None`` as it refuses ``model=5``: the metered client
+    raised InvalidRequest with a ``bad_request`` span for the one, and for the other a plain
+    ValidationError naming the CLI's ``-m``, with no span (the gateway records both)."""
+    client: Any = (MeteredClient if flavour == "sync" else AsyncMeteredClient)(
+        emulator.url, department="sales", db_url=sqlite_url
+    )
+
+    async def call_async(stream: bool) -> None:
+        await client.chat(model=model, messages=HI, stream=stream)
+
+    def call(stream: bool) -> None:  # a stream is refused at once too, as ollama's is
+        if flavour == "sync":
+            client.chat(model=model, messages=HI, stream=stream)
+        else:
+            asyncio.run(call_async(stream))
+
+    for stream in (False, True):
+        with pytest.raises(InvalidRequest) as refused:
+            call(stream)
+        assert str(refused.value) == (
+            "the request is malformed, so it was not sent to Ollama: no model given; "
+            "name one, e.g. model='llama3.1:8b'"
+        )
+    spans = client.meter.ledger.latest(SpanFilter(), 5)
+    assert [(s.status, s.error_type, s.department, s.request_model) for s in spans] == [
+        ("error", "bad_request", "sales", "")
+    ] * 2
+    assert emulator.requests == []
+
+
+def test_an_async_call_fails_when_awaited_as_ollamas_does(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """``ollama.AsyncClient``'s calls raise when awaited; a bad name given to a metered call
+    raised as it was made, before ``gather`` could collect it, leaving the calls made before
+    it never awaited."""
+
+    async def main() -> list[Any]:
+        async with AsyncMeteredClient(emulator.url, db_url=sqlite_url) as client:
+            calls = [client.chat(model="llama3.1:8b", messages=HI, user=u) for u in ("bob", "b b")]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    good, bad = asyncio.run(main())
+    assert good.meter is not None and good.meter.status == "ok"
+    assert isinstance(bad, ValidationError) and str(bad).startswith("user name 'b b' has")
+
+
+@pytest.mark.parametrize("tags", [[("job", "nightly")], "job=nightly"])
+def test_tags_that_are_not_a_mapping_are_one_clear_line(
+    sqlite_url: str, emulator: OllamaEmulator, tags: Any
+) -> None:
+    """They were ``TypeError: 'list' object is not a mapping``, naming neither tags nor a fix."""
+    expected = r"^tags are a mapping of text to text, e.g. \{'job': 'nightly'\}, not (list|str)$"
+    with pytest.raises(ValidationError, match=expected):
+        MeteredClient(emulator.url, db_url=sqlite_url, tags=tags)
+    with MeteredClient(emulator.url, db_url=sqlite_url) as client:
+        with pytest.raises(ValidationError, match=expected):
+            client.chat(model="llama3.1:8b", messages=HI, tags=tags)
+        assert client.meter.ledger.latest(SpanFilter(), 5) == []
+    assert emulator.requests == []
+
+
+TYPE_ERRORS = st.sampled_from(
+    [
+        ("chat", {"messages": 5}),
+        ("chat", {"messages": [5]}),
+        ("chat", {"messages": HI, "tools": 5}),
+        ("generate", {"prompt": "hi", "images": 5}),
+    ]
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(call=st.one_of(MALFORMED, TYPE_ERRORS), stream=st.booleans())
+def test_a_malformed_call_is_caught_by_what_catches_the_ollama_clients_refusal(
+    sqlite_url: str, emulator: OllamaEmulator, call: tuple[str, dict[str, Any]], stream: bool
+) -> None:
+    """A drop-in: ``except ValueError`` (pydantic's ValidationError is one) or ``except
+    TypeError`` around ``ollama.Client`` calls still catches the metered client's refusal."""
+    operation, arguments = call
+    arguments = {"model": "llama3.1:8b", **arguments}
+    if operation != "embed":
+        arguments["stream"] = stream
+    with pytest.raises(Exception) as official:  # whatever the ollama client raises
+        getattr(ollama.Client(host=emulator.url), operation)(**arguments)
+    kind = TypeError if isinstance(official.value, TypeError) else ValueError
+    assert isinstance(official.value, kind)
+    with MeteredClient(emulator.url, db_url=sqlite_url) as metered:
+
+        def call_it() -> None:
+            answer = getattr(metered, operation)(**arguments)
+            if arguments.get("stream"):
+                list(answer)
+
+        with pytest.raises(InvalidRequest) as refused:
+            call_it()
+    assert isinstance(refused.value, kind), type(refused.value).__mro__
+
+
+def test_an_argument_given_as_none_is_left_out_only_where_the_ollama_client_leaves_it_out(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """``embed(input=None)``: the ollama client refuses it (``input`` is text or texts); the
+    metered client left it out, so the client's default ``''`` was sent and Ollama's empty
+    answer was charged as an upstream failure."""
+    with MeteredClient(emulator.url, db_url=sqlite_url) as client:
+        with pytest.raises(InvalidRequest, match=r"EmbedRequest\.input"):
+            client.embed(model="nomic-embed-text", input=None)  # type: ignore[arg-type]
+        (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.status, span.error_type) == ("error", "bad_request")
+    assert emulator.requests == []
+
+
+def add_days(date: str, days: int = 1) -> str:
+    """Move a date forward: a tool the model may call.
+
+    Args:
+      date: the day to start from, as an ISO date such as 2026-12-01
+      days: how many days to move it forward; negative to move it back
+    """
+    return date
+
+
+def test_a_python_function_given_as_a_tool_is_counted_as_the_schema_sent_for_it(
+    emulator: OllamaEmulator,
+) -> None:
+    """``ollama.Client`` takes Python functions as tools and sends each as a JSON schema
+    built from its signature and docstring; the meter counted ``str(function)`` (``<function
+    add_days at 0x...>``), so a hard budget bounded the call below the prompt it sent."""
+    ollama.Client(host=emulator.url).chat(model="llama3.1:8b", messages=HI, tools=[add_days])
+    (sent,) = emulator.requests_to("/api/chat")
+    as_sent = facts_of("chat", {"messages": HI, "tools": sent.body["tools"]})
+    as_given = facts_of("chat", {"messages": HI, "tools": [add_days]})
+    assert as_given.prompt_bytes >= as_sent.prompt_bytes
+
+
+@pytest.mark.parametrize(
+    "tags", [{"k" * 10_000: "v"}, {"k" * 10_000: 5}, {"job": "v" * 10_000}, {"job\n" * 2_000: "v"}]
+)
+def test_a_refused_tag_is_named_in_a_short_line(
+    sqlite_url: str, emulator: OllamaEmulator, tags: dict[str, Any]
+) -> None:
+    """A 10 KB tag key was echoed whole into the error: a 10 KB "one-line" message."""
+    with MeteredClient(emulator.url, db_url=sqlite_url) as client:
+        with pytest.raises(ValidationError) as refused:
+            client.chat(model="llama3.1:8b", messages=HI, tags=tags)
+    message = str(refused.value)
+    assert message.startswith("tag ") and len(message) < 300 and "\n" not in message
+
+
+@pytest.mark.parametrize("flavour", [MeteredClient, AsyncMeteredClient])
+@pytest.mark.parametrize("argument", ["departmnet", "timeout", "headers", "verify"])
+def test_an_argument_the_client_does_not_take_is_refused_not_ignored(
+    sqlite_url: str, emulator: OllamaEmulator, flavour: type, argument: str
+) -> None:
+    """Unknown arguments went into the settings, which ignore what they do not know: a
+    misspelt ``departmnet="sales"`` charged every call to ``unassigned``, and ``timeout=`` or
+    ``headers=`` (``ollama.Client`` passes them to httpx) did nothing, silently."""
+    name = flavour.__name__
+    with pytest.raises(
+        TypeError, match=rf"^{name}\(\) got an unexpected keyword argument '{argument}'"
+    ):
+        flavour(emulator.url, db_url=sqlite_url, **{argument: "sales"})
+    client = flavour(emulator.url, db_url=sqlite_url, upstream_timeout=30, retry_backoff=0.01)
+    assert client.meter.ledger.latest(SpanFilter(), 1) == []
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cap=st.integers(1, 60), form=st.sampled_from(["int", "float", "fraction"]))
+def test_a_reply_cap_given_as_a_number_ollama_reads_is_the_cap_a_hard_budget_sends(
+    sqlite_url: str, emulator: OllamaEmulator, cap: int, form: str
+) -> None:
+    """Ollama reads ``num_predict`` 8.0 (or 8.5) as 8, as JSON numbers come to it; under a
+    hard budget the meter read only an int, found no cap, and sent its own (4,096): the
+    caller's 8-token answer came back 38 tokens long, and was charged so."""
+    given: float = {"int": cap, "float": float(cap), "fraction": cap + 0.5}[form]
+    with MeteredClient(
+        emulator.url, department="sales", tenant="acme", db_url=sqlite_url
+    ) as client:
+        client.meter.ledger.save_budget(
+            Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
+        )
+        emulator.reset()
+        reply = client.chat(model="llama3.1:8b", messages=HI, options={"num_predict": given})
+    (sent,) = emulator.requests_to("/api/chat")
+    assert sent.body["options"]["num_predict"] == cap
+    assert reply.meter is not None and reply.meter.output_tokens == min(cap, EXPECTED.output_tokens)
+
+
+def test_event_loops_running_at_once_in_threads_each_keep_their_connections(
+    sqlite_url: str, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One AsyncMeteredClient, an event loop per thread (``asyncio.run`` in workers): the
+    transport kept one ``ollama.AsyncClient``, for the last loop that called, so loops
+    taking turns made a new client (and connection) for nearly every call, and a loop
+    could be handed the client another had just made for itself."""
+    made: list[weakref.ref[ollama.AsyncClient]] = []
+    original = ollama.AsyncClient.__init__
+
+    def counted(self: ollama.AsyncClient, *args: Any, **kwargs: Any) -> None:
+        made.append(weakref.ref(self))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ollama.AsyncClient, "__init__", counted)
+    client = AsyncMeteredClient(emulator.url, db_url=sqlite_url)
+    turns = threading.Barrier(4)
+    statuses: list[str] = []
+
+    def worker() -> None:
+        async def calls() -> None:
+            for _ in range(3):
+                turns.wait()  # every loop calls in every round
+                reply = await client.chat(model="llama3.1:8b", messages=HI)
+                statuses.append(reply.meter.status if reply.meter is not None else "none")
+
+        asyncio.run(calls())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == ["ok"] * 12
+    assert len(made) == 4
+    # Their loops are closed: the clients (and their connections) are let go at the next call.
+    assert asyncio.run(client.chat(model="llama3.1:8b", messages=HI)).meter is not None
+    gc.collect()
+    assert [ref() is None for ref in made] == [True] * 4 + [False]

@@ -33,10 +33,16 @@ class Attribution:
             if not isinstance(key, str) or not isinstance(value, str):
                 wrong = value if isinstance(key, str) else key
                 raise ValidationError(
-                    f"tag {key!r}: keys and values are text, not {type(wrong).__name__}"
+                    f"tag {_shown(key)}: keys and values are text, not {type(wrong).__name__}"
                 )
             if name_problem(key) or len(value) > 256 or not value.isprintable():
                 raise ValidationError(
-                    f"tag {key!r}: keys follow the name rules and values are at most 256 "
+                    f"tag {_shown(key)}: keys follow the name rules and values are at most 256 "
                     "printable characters"
                 )
+
+
+def _shown(key: object) -> str:
+    """A tag key as an error names it: its start, when it is long (it may be kilobytes)."""
+    text = repr(key)
+    return text if len(text) <= 70 else f"{text[:64]}... ({len(str(key)):,} characters)"

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from ollama_meter.errors import OverCap, UpstreamError
+from ollama_meter.errors import ClientClosed, OverCap, UpstreamError
 from ollama_meter.meter._usage import estimate_tokens
 from ollama_meter.records import DurationSource, SpanRecord, Stored, TokenSource
 from ollama_meter.upstream import Delta, Event, Final
@@ -27,6 +27,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ollama_meter.meter")
 _NO_LIMIT: contextlib.nullcontext[None] = contextlib.nullcontext()
+CALLER_STOPPED = (
+    GeneratorExit,
+    KeyboardInterrupt,
+    SystemExit,
+    asyncio.CancelledError,
+    ClientClosed,
+)
+"""What ends a call because its caller stopped it (left, Ctrl-C, closed its client): an abort."""
 
 
 class MeteredCall:

@@ -12,7 +12,6 @@ the ledger never calls back into it. How the pieces are built from settings is
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +23,7 @@ from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets import BudgetGate, HiddenPrompts, PastCall, bound_cost
 from ollama_meter.errors import BudgetExceeded, LedgerError, OverCap, UpstreamError, ValidationError
 from ollama_meter.meter._attribution import Attribution
-from ollama_meter.meter._call import MeteredCall
+from ollama_meter.meter._call import CALLER_STOPPED, MeteredCall
 from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.meter._request import Opening, RequestFacts
 from ollama_meter.meter._run import Run
@@ -322,9 +321,7 @@ class Meter:
             span.http_status = 200
         elif isinstance(error, UpstreamError):
             span.fail(error.error_type, str(error), http_status=error.status_code)
-        elif isinstance(
-            error, GeneratorExit | KeyboardInterrupt | SystemExit | asyncio.CancelledError
-        ):
+        elif isinstance(error, CALLER_STOPPED):
             span.fail("client_abort", status=Status.CLIENT_ABORT)
         else:
             span.fail(type(error).__name__, str(error))

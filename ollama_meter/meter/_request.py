@@ -9,7 +9,9 @@ shape only; both are read here, defensively: a request is untrusted input.
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +92,14 @@ def _positive_int(value: object) -> int | None:
     return value
 
 
+def _option_int(value: object) -> int | None:
+    """An integer option as Ollama reads it: JSON numbers come to it as floats, which it
+    truncates (``num_predict`` 8.0 or 8.5 is 8); positive, else None."""
+    if isinstance(value, float) and math.isfinite(value):
+        return _positive_int(int(value))
+    return _positive_int(value)
+
+
 def _bytes(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
@@ -114,9 +124,28 @@ def _json_bytes(value: object) -> int:
         elif isinstance(item, list | tuple):
             size += 2 + 2 * len(item) - (2 if item else 0)  # [] and ", "
             pending.extend(item)
+        elif inspect.isroutine(item):  # a Python function as a tool: sent as its JSON schema
+            size += _schema_bytes(item)
         else:
             size += _scalar_bytes(item)
     return size
+
+
+_SCHEMA_BYTES = 128
+"""A tool schema's own keys: ``{"type": "function", "function": {"name": ..., "parameters": ...``."""
+_PARAMETER_BYTES = 64
+"""Each parameter's: ``"days": {"type": "integer", "description": ...}`` and its ``required``."""
+
+
+def _schema_bytes(function: object) -> int:
+    """At least the bytes of the schema the ``ollama`` client sends for ``function``: built
+    from its name, its signature and its docstring (the descriptions are cut from it)."""
+    try:
+        parameters = list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a builtin without a signature
+        parameters = []
+    texts = [getattr(function, "__name__", ""), inspect.getdoc(function) or "", *parameters]
+    return _SCHEMA_BYTES + _PARAMETER_BYTES * len(parameters) + sum(map(_bytes, texts))
 
 
 def _scalar_bytes(value: object) -> int:
@@ -143,6 +172,17 @@ def _content_parts(content: object) -> tuple[list[str], int]:
     return texts, images
 
 
+def _fields(value: object) -> Mapping[str, Any] | None:
+    """A message's fields: a mapping, or a model the ``ollama`` client takes (``ollama.Message``)."""
+    if isinstance(value, Mapping):
+        return value
+    names = getattr(type(value), "model_fields", None)
+    if not isinstance(names, Mapping):
+        return None
+    fields = {name: getattr(value, name, None) for name in names}
+    return {name: field for name, field in fields.items() if field is not None}
+
+
 _COUNTED_APART = frozenset({"role", "content", "images"})
 """A message's fields counted on their own: the role (in MESSAGE_TOKENS), texts, images."""
 
@@ -158,8 +198,8 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
     count = images = extra = 0
     if not isinstance(messages, list):
         return texts, count, images, extra
-    for message in messages:
-        if not isinstance(message, Mapping):
+    for message in map(_fields, messages):
+        if message is None:
             continue
         content = message.get("content")
         count += len(content) if isinstance(content, list) and content else 1
@@ -206,7 +246,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         caps = [_positive_int(body.get(f)) for f in ("max_tokens", "max_completion_tokens")]
         cap = min((c for c in caps if c is not None), default=None)
     else:
-        cap = _positive_int(options.get("num_predict"))
+        cap = _option_int(options.get("num_predict"))
     texts: list[str] = []
     messages = images = extra = given = 0
     embedding = kind in ("embed", "embeddings")
@@ -238,7 +278,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         images=images,
         given_tokens=given,
         max_output=None if embedding else cap,
-        context=_positive_int(options.get("num_ctx")),
+        context=_option_int(options.get("num_ctx")),
         embedding=embedding,
     )
 

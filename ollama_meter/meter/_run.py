@@ -72,7 +72,7 @@ class Run:
         self._upstream: Answers = meter.upstream
         self.operation = operation
         self.request = request
-        self._attribution = attribution
+        self.attribution = attribution
         self.stream = stream
         self.call: MeteredCall | None = None
 
@@ -88,7 +88,7 @@ class Run:
                 self.operation,
                 str(self.request.get("model") or ""),
                 self.stream,
-                self._attribution,
+                self.attribution,
                 facts_of(self.operation, self.request),
             )
         )

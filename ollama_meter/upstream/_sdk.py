@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
 from contextvars import ContextVar
 from typing import Any, Protocol
@@ -23,7 +25,7 @@ import ollama
 import pydantic
 
 from ollama_meter._forks import renew_after_fork
-from ollama_meter.errors import UpstreamError
+from ollama_meter.errors import ClientClosed, InvalidRequestType, UpstreamError
 from ollama_meter.upstream._classify import (
     Failure,
     answer_error,
@@ -132,8 +134,11 @@ class Upstream(Resilient):
         self._timeout = httpx.Timeout(timeout, connect=10.0)
         self._headers = dict(headers or {})
         self.client = self._new_client()
-        self._async: ollama.AsyncClient | None = None
-        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ollama.AsyncClient]
+        self._async = weakref.WeakKeyDictionary()
+        self._async_lock = threading.Lock()
+        self.closed = False
+        """Whether :meth:`close` was called: what fails after it is the caller's doing."""
         renew_after_fork(self)
 
     def _new_client(self) -> ollama.Client:
@@ -148,26 +153,32 @@ class Upstream(Resilient):
         """A forked child connects to Ollama on its own: on a kept-alive connection it
         shared with its parent, each process read the other's answers."""
         self.client = self._new_client()
-        self._async = self._async_loop = None
+        self._async = weakref.WeakKeyDictionary()
+        self._async_lock = threading.Lock()
 
     @property
     def async_client(self) -> ollama.AsyncClient:
         """The async client of the running event loop.
 
         Its connections belong to the loop they were opened on: once that loop is gone
-        (``asyncio.run`` per call), reusing them fails as if Ollama had. A new loop
-        gets a new client; the old one went with its loop.
+        (``asyncio.run`` per call), reusing them fails as if Ollama had. Each loop has its
+        own client, also while several run at once (a loop per thread), and it goes with
+        its loop.
         """
         loop = asyncio.get_running_loop()
-        if self._async is None or self._async_loop is not loop:
-            self._async = ollama.AsyncClient(
-                host=self.host,
-                timeout=self._timeout,
-                headers=self._headers,
-                event_hooks={"response": [_aheard]},
-            )
-            self._async_loop = loop
-        return self._async
+        with self._async_lock:
+            client = self._async.get(loop)
+            if client is None:
+                # A client holds its loop (its connections do): those of closed loops go here.
+                for gone in [old for old in self._async if old.is_closed()]:
+                    del self._async[gone]
+                client = self._async[loop] = ollama.AsyncClient(
+                    host=self.host,
+                    timeout=self._timeout,
+                    headers=self._headers,
+                    event_hooks={"response": [_aheard]},
+                )
+            return client
 
     def call(
         self, operation: str, request: Mapping[str, Any], time_cap: TimeCap | None = None
@@ -305,10 +316,18 @@ class Upstream(Resilient):
             raise not_an_answer(self.host, 'the object does not say "done": true')
         return answer
 
-    def classify(self, exc: BaseException, *, model: str, started: bool) -> UpstreamError:
-        """What the ``ollama`` client or httpx raised, as the one classifier says it."""
-        if isinstance(exc, UpstreamError):
+    def classify(
+        self, exc: BaseException, *, model: str, started: bool
+    ) -> UpstreamError | ClientClosed:
+        """What the ``ollama`` client or httpx raised, as the one classifier says it.
+
+        Once the caller has closed this transport, a call that fails failed for that: its
+        connections were closed under it (ClientClosed), not Ollama's doing, nor counted.
+        """
+        if isinstance(exc, UpstreamError | ClientClosed):
             return exc
+        if self.closed and not isinstance(exc, ollama.ResponseError):
+            return _closed_under()
         if isinstance(exc, ollama.ResponseError):
             detail = error_text(exc.error)
             if exc.status_code == -1:  # an {"error": ...} line inside a 200 stream
@@ -323,10 +342,12 @@ class Upstream(Resilient):
         reason = _one_line(exc)
         answered = started or _ANSWERED.get()
         if not answered and _refused_by_client(exc):
-            kind = Failure.INVALID
-        elif (reported := _reported_in(exc)) is not None:
+            refusal = transport_error(Failure.INVALID, host=self.host, started=False, reason=reason)
+            # caught by what catches the ollama client's refusal (it raised a ValueError or this)
+            return InvalidRequestType(str(refusal)) if isinstance(exc, TypeError) else refusal
+        if (reported := _reported_in(exc)) is not None:
             return reported  # a 200 whose object is Ollama's {"error": ...}: its own words
-        elif isinstance(exc, pydantic.ValidationError) or (
+        if isinstance(exc, pydantic.ValidationError) or (
             answered and isinstance(exc, TypeError | UnicodeDecodeError | json.JSONDecodeError)
         ):  # an answer that is not what the API says (not JSON, not an object, not UTF-8)
             kind, reason = (
@@ -350,13 +371,23 @@ class Upstream(Resilient):
         return transport_error(kind, host=self.host, started=started, reason=reason)
 
     def close(self) -> None:
+        self.closed = True
         self.client.close()  # type: ignore[no-untyped-call]
 
     async def aclose(self) -> None:
         """Close both clients: the async one only on its event loop."""
         self.close()
-        if self._async is not None and self._async_loop is asyncio.get_running_loop():
-            await self._async.close()  # type: ignore[no-untyped-call]
+        with self._async_lock:
+            client = self._async.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()  # type: ignore[no-untyped-call]
+
+
+def _closed_under() -> ClientClosed:
+    return ClientClosed(
+        "the client was closed while this call to Ollama ran (close(), or the end of its "
+        "with block): the call was cut there; make a new client to call Ollama again"
+    )
 
 
 def _says_done(part: object) -> bool:
