@@ -13,6 +13,12 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
   503 and closed at once, so a flood of idle connections cannot leave a call unable to
   reach Ollama (which read as Ollama being down and opened its breaker) or a span unable
   to reach the spool. The soft open-file limit is raised to the hard one first.
+- **No caller holds a slot by not reading.** A caller that asks for an answer and stops
+  reading it (its TCP window full) would hold its call, the call's slot on Ollama and
+  Ollama's work for as long as it liked: a few such callers starve everyone. A connection
+  whose caller has taken no byte of what is waiting for it in ``STALLED_S`` is hung up on;
+  its call ends as ``client_abort``, its span written, its slot handed to the next caller.
+  A slow reader that is reading is never cut. (Ollama itself waits for ever.)
 - **Attribution from headers only.** uvicorn appends chunked-body trailers to the
   headers the app reads (the same list), so an ``X-Ometer-Department`` trailer
   would move a call to another budget. Trailers are dropped here.
@@ -20,6 +26,7 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import json
@@ -59,6 +66,9 @@ class _ThrottledWarnings:
 class _HeadTooLarge(Exception):
     """Raised inside a parser callback to stop parsing a request whose head is too large."""
 
+
+STALLED_S = 60.0
+"""Seconds a caller may leave the answer waiting for it without taking a byte of it."""
 
 FILES_RESERVED = 64
 """Descriptors kept for the process itself: the ledger, spool and journal files, logs, DNS."""
@@ -104,6 +114,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
         self._head_bytes = 0  # the request line and complete headers, exactly
         self._partial_bytes = 0  # whole reads while a header is still arriving
         self._trailer_bytes = 0
+        self._stall: asyncio.TimerHandle | None = None  # while writes wait on the caller
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -128,6 +139,48 @@ class _GuardedHttpTools(HttpToolsProtocol):
             "the gateway has as many connections open as it takes; retry shortly",
             b"retry-after: 1\r\n",
         )
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_stall(self.transport.get_write_buffer_size())
+
+    def resume_writing(self) -> None:
+        self._unwatch_stall()
+        super().resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._unwatch_stall()
+        super().connection_lost(exc)
+
+    def _watch_stall(self, waiting: int) -> None:
+        self._unwatch_stall()
+        self._stall = self.loop.call_later(STALLED_S, self._stalled, waiting)
+
+    def _unwatch_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self, waiting: int) -> None:
+        """Writes have waited on the caller ``STALLED_S``: if it took nothing of the ``waiting``
+        bytes meanwhile (nothing more is written while they wait), it is hung up on."""
+        self._stall = None
+        if self.transport.is_closing():
+            return
+        left = self.transport.get_write_buffer_size()
+        if left < waiting:  # reading, however slowly
+            self._watch_stall(left)
+            return
+        more = self._refusals.more("stalled")
+        if more is not None:
+            self._refusals.log.warning(
+                "hung up on a caller that took no byte of its answer in %g s (%d bytes waiting "
+                "for it); its call ends as client_abort%s",
+                STALLED_S,
+                left,
+                more,
+            )
+        self.transport.abort()  # close() would wait for ever to send what is waiting
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
