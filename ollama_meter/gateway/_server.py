@@ -13,6 +13,12 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
   503 and closed at once, so a flood of idle connections cannot leave a call unable to
   reach Ollama (which read as Ollama being down and opened its breaker) or a span unable
   to reach the spool. The soft open-file limit is raised to the hard one first.
+- **No connection held by a head that never ends.** A connection's request line and
+  headers must arrive within ``HEAD_S`` of the connection (or of the request's first byte,
+  on a kept-alive one): else 408, or, when nothing was sent, the connection is just closed
+  (a client that opened it ahead of need must not read a 408 as its request's answer).
+  Otherwise anyone could take every connection the process has with a header sent a byte a
+  minute (a body is bounded in the same way by the app: ``_memory.BODY_S``).
 - **No caller holds a slot by not reading.** A caller that asks for an answer and stops
   reading it (its TCP window full) would hold its call, the call's slot on Ollama and
   Ollama's work for as long as it liked: a few such callers starve everyone. A connection
@@ -67,6 +73,8 @@ class _HeadTooLarge(Exception):
     """Raised inside a parser callback to stop parsing a request whose head is too large."""
 
 
+HEAD_S = 60.0
+"""Seconds a request's line and headers may take to arrive."""
 STALLED_S = 60.0
 """Seconds a caller may leave the answer waiting for it without taking a byte of it."""
 
@@ -115,11 +123,37 @@ class _GuardedHttpTools(HttpToolsProtocol):
         self._partial_bytes = 0  # whole reads while a header is still arriving
         self._trailer_bytes = 0
         self._stall: asyncio.TimerHandle | None = None  # while writes wait on the caller
+        self._head_timer: asyncio.TimerHandle | None = None  # while a head is awaited
+        self._heard = False  # a byte of the awaited head has arrived
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
             self._refuse_connection()
+            return
+        self._await_head(heard=False)
+
+    def _await_head(self, *, heard: bool) -> None:
+        self._end_head_wait()
+        self._heard = heard
+        self._head_timer = self.loop.call_later(HEAD_S, self._head_late)
+
+    def _end_head_wait(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if not self._heard:
+            self.transport.close()
+            return
+        self._close_with(
+            b"408 Request Timeout",
+            f"the request's headers did not arrive within {HEAD_S:g} s; send them at once",
+        )
 
     def _refuse_connection(self) -> None:
         """Answer a connection past :attr:`max_connections` 503 and close it, its descriptor
@@ -150,6 +184,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._unwatch_stall()
+        self._end_head_wait()
         super().connection_lost(exc)
 
     def _watch_stall(self, waiting: int) -> None:
@@ -186,6 +221,8 @@ class _GuardedHttpTools(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head, self._began_now = True, True
         self._head_bytes = self._partial_bytes = self._trailer_bytes = 0
+        if self._head_timer is None:  # a kept-alive connection's next request
+            self._await_head(heard=True)
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -209,6 +246,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._end_head_wait()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -216,6 +254,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
         super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
+        self._heard = self._heard or bool(data)
         self._began_now = self._ended_now = False
         super().data_received(data)
         if not self._in_head or self._too_large or (self._began_now and self._ended_now):

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ollama_meter.gateway import _server
+from ollama_meter.gateway import _memory, _server
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
 from tests.gateway.conftest import Gateway
@@ -105,3 +105,69 @@ def test_a_caller_that_reads_slowly_gets_its_whole_answer(
         assert json.loads(lines[-1])["done"] is True
         (span,) = gateway.ledger.latest(SpanFilter(), 10)
         assert (span.status, span.output_tokens) == ("ok", 20_000)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the gateway sends until it closes the connection."""
+    sock.settimeout(30)
+    received = b""
+    while part := sock.recv(65536):
+        received += part
+    return received
+
+
+def test_a_body_that_trickles_in_is_answered_408_and_its_span_written(
+    serve_on: Callable[..., Gateway],
+    sqlite_url: str,
+    emulator: OllamaEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_memory, "BODY_S", 0.5)
+    gateway = serve_on(emulator.url, sqlite_url)
+    with socket.create_connection(("127.0.0.1", _port(gateway))) as sock:
+        sock.sendall(
+            b"POST /api/chat HTTP/1.1\r\nhost: x\r\nx-ometer-department: sales\r\n"
+            b"content-length: 100\r\n\r\n{"  # and the rest a byte every now and then
+        )
+        answer = _answer(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body) == {
+        "error": "the request body did not arrive in time (1 of 100 bytes in 0.5 s; a body "
+        "may take 0.5 s, and 1 s more per 64 KiB); send it at once"
+    }
+    (span,) = gateway.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.error_type, span.http_status, span.department) == (
+        "error",
+        "bad_request",
+        408,
+        "sales",
+    )
+    assert emulator.requests == []
+
+
+def test_a_head_that_trickles_in_is_answered_408_and_a_silent_connection_closed(
+    serve_on: Callable[..., Gateway],
+    sqlite_url: str,
+    emulator: OllamaEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_server, "HEAD_S", 0.5)
+    gateway = serve_on(emulator.url, sqlite_url)
+    with (
+        socket.create_connection(("127.0.0.1", _port(gateway))) as silent,
+        socket.create_connection(("127.0.0.1", _port(gateway))) as slow,
+    ):
+        slow.sendall(b"POST /api/chat HTTP/1.1\r\nhost: x\r\nx-ometer-dep")
+        assert _answer(silent) == b""  # it asked nothing: no answer to read as another's
+        head, _, body = _answer(slow).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body) == {
+        "error": "the request's headers did not arrive within 0.5 s; send them at once"
+    }
+    with socket.create_connection(("127.0.0.1", _port(gateway))) as kept_alive:
+        kept_alive.sendall(b"GET /api/version HTTP/1.1\r\nhost: x\r\n\r\nGET /api/v")
+        answers = _answer(kept_alive)
+    assert answers.startswith(b"HTTP/1.1 200 ")  # the first request's, then the next one's:
+    assert answers.count(b"HTTP/1.1 408 ") == 1
+    assert gateway.client.get("/api/version").status_code == 200
