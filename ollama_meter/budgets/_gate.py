@@ -45,7 +45,7 @@ from ollama_meter.budgets._leases import (
     WATCH_SECONDS,
     Lease,
     Reservation,
-    Watch,
+    Watches,
 )
 from ollama_meter.budgets._refusals import mismatch, refusal
 from ollama_meter.periods import current_period
@@ -85,7 +85,7 @@ class BudgetGate:
         self.lease_share = lease_share
         self._clock = clock
         self._leases: dict[LeaseKey, Lease] = {}
-        self._watch: dict[LeaseKey, Watch] = {}
+        self._watch = Watches()
         self._lock = threading.Lock()
         self._idle_release = idle_release
         self._keeper: threading.Thread | None = None
@@ -113,7 +113,7 @@ class BudgetGate:
         """A forked child's gate holds no lease: the parent's rows are the parent's (a child
         admitting against one in memory, or writing its row, would spend or drop the parent's
         hold), and the parent's keeper thread is not there."""
-        self._leases = {}
+        self._leases, self._watch = {}, Watches()  # (its lock may have been held at the fork)
         self._lock = threading.Lock()
         self._keeper = None
         self._closing = threading.Event()
@@ -393,7 +393,7 @@ class BudgetGate:
                 assert budget.id is not None
                 window = current_period(budget.period, tz=self.tz, now=now)
                 spent = store.spent(budget, tenant, window.start, window.end)
-                self._watch[LeaseKey(budget.id, tenant, window.start)] = Watch(spent, self._clock())
+                self._watch.keep(LeaseKey(budget.id, tenant, window.start), spent, self._clock())
                 for threshold in budget.thresholds:
                     if spent * 100 < threshold * budget.limit:
                         break

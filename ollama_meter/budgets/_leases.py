@@ -6,6 +6,7 @@ Plain data for :mod:`ollama_meter.budgets._gate`, which decides; see its docstri
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -83,3 +84,33 @@ class Watch:
     spent: int
     read_at: float
     local: int = 0
+
+
+MAX_WATCHES = 1000
+"""The spends one process watches (a budget's, per tenant and period). A budget for each
+tenant covers any name an open gateway is sent, and a past period is never looked at again:
+past this many, those read over :data:`WATCH_SECONDS` ago (of no use) are dropped, and if more
+than half are left, all (a spend not watched is read from the ledger: only slower)."""
+
+
+class Watches:
+    """This process's views of budgets' spends, at most :data:`MAX_WATCHES`."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[LeaseKey, Watch] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def get(self, key: LeaseKey) -> Watch | None:
+        return self._by_key.get(key)
+
+    def keep(self, key: LeaseKey, spent: int, now: float) -> None:
+        """Watch ``spent``, read at ``now``, for ``key``."""
+        with self._lock:
+            if len(self._by_key) >= MAX_WATCHES:
+                by_key = self._by_key.items()
+                fresh = {k: w for k, w in by_key if now - w.read_at <= WATCH_SECONDS}
+                self._by_key = fresh if len(fresh) <= MAX_WATCHES // 2 else {}  # sweeps stay rare
+            self._by_key[key] = Watch(spent, now)

@@ -15,6 +15,7 @@ with them): they are counted, and logged at most once per interval.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import threading
@@ -29,9 +30,10 @@ from starlette.routing import Match
 
 from ollama_meter._logging import Throttled
 from ollama_meter.errors import ValidationError
+from ollama_meter.gateway import _memory
 from ollama_meter.gateway._attribution import HEADER_KEY
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
-from ollama_meter.gateway._memory import TooLarge, take
+from ollama_meter.gateway._memory import TooLarge, TooSlow, take
 from ollama_meter.gateway._relay import error_response, wire_of
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -77,14 +79,28 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The body, or :class:`TooLarge` as soon as it passes ``limit`` (before, when it says so).
 
     Each part takes its room as it arrives (:mod:`._memory`); :class:`NoRoom` when there is
-    none in time.
+    none in time; :class:`TooSlow` when the caller takes longer to send it than its size
+    allows (the wait for room is the gateway's, not counted).
     """
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(limit)
     parts: list[bytes] = []
     size = 0
-    async for part in request.stream():
+    waited = 0.0  # on the caller: not on room for the body (the gateway's own wait)
+    loop = asyncio.get_running_loop()
+    stream = aiter(request.stream())
+    while True:
+        allowed = _memory.BODY_S + size // _memory.BODY_PART * _memory.BODY_S_PER_PART
+        began = loop.time()
+        try:
+            async with asyncio.timeout(allowed - waited):
+                part = await anext(stream)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise TooSlow(size, declared, allowed) from None
+        waited += loop.time() - began
         size += len(part)
         if size > limit:
             raise TooLarge(limit)

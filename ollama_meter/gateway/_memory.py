@@ -22,6 +22,12 @@ from typing import Any
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+BODY_S = 60.0
+"""Seconds a request body may take to arrive, and :data:`BODY_S_PER_PART` more per
+:data:`BODY_PART` bytes of it (32 MiB: 9.5 minutes, at 60 KiB/s): a caller that trickles its
+body (a byte every 10 s) would hold its connection, and the room it took, for ever."""
+BODY_PART = 64 * 1024
+BODY_S_PER_PART = 1.0
 BODIES_HELD = 8
 """How many of the largest allowed bodies one gateway holds at once."""
 ROOM_WAIT_S = 30.0
@@ -50,6 +56,20 @@ class TooLarge(Unread):
         super().__init__(
             f"the request body is larger than {limit} bytes, the gateway's limit "
             "(`ometer serve --max-body-bytes`, OMETER_MAX_BODY_BYTES)"
+        )
+
+
+class TooSlow(Unread):
+    """The request body did not arrive in the time its size allows (:data:`BODY_S`)."""
+
+    status = 408
+
+    def __init__(self, received: int, declared: str, took: float) -> None:
+        of = f" of {declared}" if declared.isdigit() else ""
+        super().__init__(
+            f"the request body did not arrive in time ({received}{of} bytes in {took:g} s; "
+            f"a body may take {BODY_S:g} s, and {BODY_S_PER_PART:g} s more per "
+            f"{BODY_PART // 1024} KiB); send it at once"
         )
 
 

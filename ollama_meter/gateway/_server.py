@@ -13,6 +13,18 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
   503 and closed at once, so a flood of idle connections cannot leave a call unable to
   reach Ollama (which read as Ollama being down and opened its breaker) or a span unable
   to reach the spool. The soft open-file limit is raised to the hard one first.
+- **No connection held by a head that never ends.** A connection's request line and
+  headers must arrive within ``HEAD_S`` of the connection (or of the request's first byte,
+  on a kept-alive one): else 408, or, when nothing was sent, the connection is just closed
+  (a client that opened it ahead of need must not read a 408 as its request's answer).
+  Otherwise anyone could take every connection the process has with a header sent a byte a
+  minute (a body is bounded in the same way by the app: ``_memory.BODY_S``).
+- **No caller holds a slot by not reading.** A caller that asks for an answer and stops
+  reading it (its TCP window full) would hold its call, the call's slot on Ollama and
+  Ollama's work for as long as it liked: a few such callers starve everyone. A connection
+  whose caller has taken no byte of what is waiting for it in ``STALLED_S`` is hung up on;
+  its call ends as ``client_abort``, its span written, its slot handed to the next caller.
+  A slow reader that is reading is never cut. (Ollama itself waits for ever.)
 - **Attribution from headers only.** uvicorn appends chunked-body trailers to the
   headers the app reads (the same list), so an ``X-Ometer-Department`` trailer
   would move a call to another budget. Trailers are dropped here.
@@ -20,6 +32,7 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import json
@@ -59,6 +72,11 @@ class _ThrottledWarnings:
 class _HeadTooLarge(Exception):
     """Raised inside a parser callback to stop parsing a request whose head is too large."""
 
+
+HEAD_S = 60.0
+"""Seconds a request's line and headers may take to arrive."""
+STALLED_S = 60.0
+"""Seconds a caller may leave the answer waiting for it without taking a byte of it."""
 
 FILES_RESERVED = 64
 """Descriptors kept for the process itself: the ledger, spool and journal files, logs, DNS."""
@@ -104,11 +122,38 @@ class _GuardedHttpTools(HttpToolsProtocol):
         self._head_bytes = 0  # the request line and complete headers, exactly
         self._partial_bytes = 0  # whole reads while a header is still arriving
         self._trailer_bytes = 0
+        self._stall: asyncio.TimerHandle | None = None  # while writes wait on the caller
+        self._head_timer: asyncio.TimerHandle | None = None  # while a head is awaited
+        self._heard = False  # a byte of the awaited head has arrived
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         if len(self.connections) > self.max_connections:
             self._refuse_connection()
+            return
+        self._await_head(heard=False)
+
+    def _await_head(self, *, heard: bool) -> None:
+        self._end_head_wait()
+        self._heard = heard
+        self._head_timer = self.loop.call_later(HEAD_S, self._head_late)
+
+    def _end_head_wait(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if not self._heard:
+            self.transport.close()
+            return
+        self._close_with(
+            b"408 Request Timeout",
+            f"the request's headers did not arrive within {HEAD_S:g} s; send them at once",
+        )
 
     def _refuse_connection(self) -> None:
         """Answer a connection past :attr:`max_connections` 503 and close it, its descriptor
@@ -129,10 +174,55 @@ class _GuardedHttpTools(HttpToolsProtocol):
             b"retry-after: 1\r\n",
         )
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._watch_stall(self.transport.get_write_buffer_size())
+
+    def resume_writing(self) -> None:
+        self._unwatch_stall()
+        super().resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._unwatch_stall()
+        self._end_head_wait()
+        super().connection_lost(exc)
+
+    def _watch_stall(self, waiting: int) -> None:
+        self._unwatch_stall()
+        self._stall = self.loop.call_later(STALLED_S, self._stalled, waiting)
+
+    def _unwatch_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self, waiting: int) -> None:
+        """Writes have waited on the caller ``STALLED_S``: if it took nothing of the ``waiting``
+        bytes meanwhile (nothing more is written while they wait), it is hung up on."""
+        self._stall = None
+        if self.transport.is_closing():
+            return
+        left = self.transport.get_write_buffer_size()
+        if left < waiting:  # reading, however slowly
+            self._watch_stall(left)
+            return
+        more = self._refusals.more("stalled")
+        if more is not None:
+            self._refusals.log.warning(
+                "hung up on a caller that took no byte of its answer in %g s (%d bytes waiting "
+                "for it); its call ends as client_abort%s",
+                STALLED_S,
+                left,
+                more,
+            )
+        self.transport.abort()  # close() would wait for ever to send what is waiting
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._began_now = True, True
         self._head_bytes = self._partial_bytes = self._trailer_bytes = 0
+        if self._head_timer is None:  # a kept-alive connection's next request
+            self._await_head(heard=True)
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -156,6 +246,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._end_head_wait()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -163,6 +254,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
         super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
+        self._heard = self._heard or bool(data)
         self._began_now = self._ended_now = False
         super().data_received(data)
         if not self._in_head or self._too_large or (self._began_now and self._ended_now):

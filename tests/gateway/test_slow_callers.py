@@ -1,0 +1,173 @@
+"""Callers too slow to be served: one that stops reading its answer, one whose body never ends.
+
+Each would hold what every caller needs (a slot on Ollama, a connection) for as long as it
+liked; the gateway hangs up on them after a bound (shortened here), and writes their spans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from ollama_meter.gateway import _memory, _server
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
+from tests.gateway.conftest import Gateway
+
+LONG = dataclasses.replace(DEFAULT_MODELS[0], reply_tokens=200_000)
+"""A model whose streamed answer (megabytes) is more than the sockets on the way hold."""
+
+
+def _until(condition: Callable[[], object], what: str) -> None:
+    for _ in range(1200):
+        if condition():
+            return
+        threading.Event().wait(0.025)
+    raise AssertionError(f"still not {what} after 30 s")
+
+
+def _port(gateway: Gateway) -> int:
+    return int(gateway.url.rsplit(":", 1)[1])
+
+
+def _raw_request(gateway: Gateway, body: dict[str, Any]) -> socket.socket:
+    """A connection that has sent ``body`` to /api/chat and reads nothing of the answer."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window that fills at once
+    sock.connect(("127.0.0.1", _port(gateway)))
+    data = json.dumps(body).encode()
+    head = f"POST /api/chat HTTP/1.1\r\nhost: x\r\ncontent-length: {len(data)}\r\n\r\n"
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+@pytest.fixture
+def long_emulator() -> Any:
+    with OllamaEmulator(models=[LONG]) as emu:
+        yield emu
+
+
+def test_a_caller_that_stops_reading_its_stream_is_hung_up_on_and_its_slot_goes_to_the_next(
+    serve_on: Callable[..., Gateway],
+    sqlite_url: str,
+    long_emulator: OllamaEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_server, "STALLED_S", 0.5)
+    gateway = serve_on(long_emulator.url, sqlite_url, config={"slots": 1})
+    chat = {"model": LONG.name, "messages": [{"role": "user", "content": "hi"}]}
+    stalled = _raw_request(gateway, {**chat, "stream": True})
+    try:
+        _until(lambda: long_emulator.in_flight == 1, "streaming")
+        # The only slot is the stalled caller's until the gateway hangs up on it.
+        answer = httpx.post(
+            f"{gateway.url}/api/chat",
+            json={**chat, "stream": False, "options": {"num_predict": 3}},
+            timeout=30,
+        )
+        assert answer.status_code == 200
+        assert answer.json()["eval_count"] == 3
+        _until(lambda: len(gateway.ledger.latest(SpanFilter(), 10)) == 2, "both recorded")
+        _until(lambda: long_emulator.hangups == 1, "stopped")  # Ollama stopped computing
+    finally:
+        stalled.close()
+    first, second = sorted(gateway.ledger.latest(SpanFilter(), 10), key=lambda s: s.started_at)
+    assert (first.status, first.error_type, first.stream) == ("client_abort", "client_abort", True)
+    assert (second.status, second.output_tokens) == ("ok", 3)
+
+
+def test_a_caller_that_reads_slowly_gets_its_whole_answer(
+    serve_on: Callable[..., Gateway],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_server, "STALLED_S", 1.0)
+    model = dataclasses.replace(LONG, reply_tokens=20_000)
+    with OllamaEmulator(models=[model]) as emu:
+        gateway = serve_on(emu.url, sqlite_url, config={"slots": 1})
+        chat = {"model": model.name, "messages": [{"role": "user", "content": "hi"}]}
+        sock = _raw_request(gateway, {**chat, "stream": True})
+        received = bytearray()
+        with sock:
+            while not received.endswith(b"0\r\n\r\n"):  # the chunked body's end
+                threading.Event().wait(0.005)  # slower than the answer comes: writes wait
+                part = sock.recv(4096)
+                assert part, "the gateway hung up on a caller that was reading"
+                received += part
+        lines = [line for line in received.split(b"\r\n") if line.startswith(b"{")]
+        assert json.loads(lines[-1])["done"] is True
+        (span,) = gateway.ledger.latest(SpanFilter(), 10)
+        assert (span.status, span.output_tokens) == ("ok", 20_000)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    """Everything the gateway sends until it closes the connection."""
+    sock.settimeout(30)
+    received = b""
+    while part := sock.recv(65536):
+        received += part
+    return received
+
+
+def test_a_body_that_trickles_in_is_answered_408_and_its_span_written(
+    serve_on: Callable[..., Gateway],
+    sqlite_url: str,
+    emulator: OllamaEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_memory, "BODY_S", 0.5)
+    gateway = serve_on(emulator.url, sqlite_url)
+    with socket.create_connection(("127.0.0.1", _port(gateway))) as sock:
+        sock.sendall(
+            b"POST /api/chat HTTP/1.1\r\nhost: x\r\nx-ometer-department: sales\r\n"
+            b"content-length: 100\r\n\r\n{"  # and the rest a byte every now and then
+        )
+        answer = _answer(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body) == {
+        "error": "the request body did not arrive in time (1 of 100 bytes in 0.5 s; a body "
+        "may take 0.5 s, and 1 s more per 64 KiB); send it at once"
+    }
+    (span,) = gateway.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.error_type, span.http_status, span.department) == (
+        "error",
+        "bad_request",
+        408,
+        "sales",
+    )
+    assert emulator.requests == []
+
+
+def test_a_head_that_trickles_in_is_answered_408_and_a_silent_connection_closed(
+    serve_on: Callable[..., Gateway],
+    sqlite_url: str,
+    emulator: OllamaEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_server, "HEAD_S", 0.5)
+    gateway = serve_on(emulator.url, sqlite_url)
+    with (
+        socket.create_connection(("127.0.0.1", _port(gateway))) as silent,
+        socket.create_connection(("127.0.0.1", _port(gateway))) as slow,
+    ):
+        slow.sendall(b"POST /api/chat HTTP/1.1\r\nhost: x\r\nx-ometer-dep")
+        assert _answer(silent) == b""  # it asked nothing: no answer to read as another's
+        head, _, body = _answer(slow).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body) == {
+        "error": "the request's headers did not arrive within 0.5 s; send them at once"
+    }
+    with socket.create_connection(("127.0.0.1", _port(gateway))) as kept_alive:
+        kept_alive.sendall(b"GET /api/version HTTP/1.1\r\nhost: x\r\n\r\nGET /api/v")
+        answers = _answer(kept_alive)
+    assert answers.startswith(b"HTTP/1.1 200 ")  # the first request's, then the next one's:
+    assert answers.count(b"HTTP/1.1 408 ") == 1
+    assert gateway.client.get("/api/version").status_code == 200
