@@ -134,6 +134,12 @@ class ImportSummary:
         return self.read - self.added - self.pruned
 
 
+BATCH_BYTES = 32 * 2**20
+"""Lines one import batch holds at most (and one line more): 20,000 spans of captured calls
+with a million-character prompt each would be 20 GB in memory. Spans without content
+(a kilobyte or so a line) fill a batch by its count first."""
+
+
 @bulk
 def import_lines(
     ledger: Ledger,
@@ -151,15 +157,19 @@ def import_lines(
     tell whether a span there is one it pruned (counted already: an export imported
     back) or one it never had (another ledger's).
 
-    Each batch is one transaction (spans and rollups together). A bad line stops the
+    Each batch (``batch`` spans, or fewer whose lines reach :data:`BATCH_BYTES`) is one
+    transaction (spans and rollups together). A bad line stops the
     import with its number; what came before it is recorded, so the same command
     runs again after the line is fixed. ``name`` is the file's, for a message that says
     what to run on it.
     """
     summary = ImportSummary()
     pending: list[SpanRecord] = []
+    held = 0  # bytes of the lines in pending
 
     def flush() -> None:
+        nonlocal held
+        held = 0
         if pending:
             try:
                 with ledger.write() as conn:
@@ -186,13 +196,14 @@ def import_lines(
             continue
         try:
             pending.append(span_from_line(line))
+            held += len(line)
         except ValueError as exc:
             flush()
             raise ValidationError(
                 f"line {number}: {exc}; the {summary.read} span(s) before it are recorded, "
                 "fix the line and import again (spans already there are skipped)"
             ) from None
-        if len(pending) >= batch:
+        if len(pending) >= batch or held >= BATCH_BYTES:
             flush()
     flush()
     return summary

@@ -1,0 +1,34 @@
+"""`db import` and friends against hostile files and kills, second round: batches held to a
+size in memory, files that are no export's lines, a kill -9 in the middle of each bulk path."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from ollama_meter.ledger import BATCH_BYTES, Ledger, import_lines, span_to_dict
+from tests.ledger.test_transfer import _spans
+
+
+def test_an_import_of_calls_with_large_content_holds_a_batch_to_its_bytes_not_its_count(
+    sqlite_url: str,
+) -> None:
+    """20,000 captured calls with a million-character prompt each are 20 GB in one batch: a
+    batch is cut when its lines reach BATCH_BYTES, whatever their count."""
+    prompt = "p" * 1_000_000
+    lines = [
+        json.dumps(span_to_dict(replace(span, prompt=prompt))).encode() + b"\n"
+        for span in _spans(40)
+    ]
+    batches: list[int] = []
+    summary = import_lines(Ledger(sqlite_url), iter(lines), progress=batches.append)
+    expected, held = [0], 0
+    for line in lines:  # a batch ends with the line that brings it to BATCH_BYTES
+        expected[-1] += 1
+        held += len(line)
+        if held >= BATCH_BYTES:
+            expected.append(0)
+            held = 0
+    assert expected[0] < 40 and batches == expected
+    assert (summary.read, summary.added) == (40, 40)
+    assert Ledger(sqlite_url).count() == 40
