@@ -222,7 +222,8 @@ _PACKED = {
 def _without_bom(lines: Iterable[bytes], name: str = "FILE") -> Iterator[bytes]:
     """``lines`` without the UTF-8 byte order mark editors put first; a ValidationError
     naming what the file is when it is no export's text, which no line of it would say: a
-    UTF-16 file (PowerShell's ``>``), a packed export, a ledger's SQLite file."""
+    UTF-16 file (PowerShell's ``>``), a packed export, a ledger's SQLite file, lines ended
+    with CR alone."""
     rest = iter(lines)
     first = next(rest, b"")
     if first.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -239,6 +240,11 @@ def _without_bom(lines: Iterable[bytes], name: str = "FILE") -> Iterator[bytes]:
         raise ValidationError(
             "line 1: the file is a SQLite database (a ledger or its backup), not an export: "
             f"export it (ometer db export --db {shlex.quote(f'sqlite:///{name}')}) and import that"
+        )
+    if b"}\r{" in first:  # JSON strings hold no raw CR: it ends one span's line
+        raise ValidationError(
+            "line 1: the file ends its lines with CR alone (classic Mac OS), not LF: convert it "
+            f"(tr '\\r' '\\n' < {shlex.quote(name)} | ometer db import -) and import again"
         )
     yield first.removeprefix(b"\xef\xbb\xbf")
     yield from rest

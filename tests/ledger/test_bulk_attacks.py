@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 from ollama_meter.ledger import BATCH_BYTES, Ledger, import_lines, span_to_dict
 from tests.ledger.test_transfer import _spans
@@ -32,3 +34,22 @@ def test_an_import_of_calls_with_large_content_holds_a_batch_to_its_bytes_not_it
     assert expected[0] < 40 and batches == expected
     assert (summary.read, summary.added) == (40, 40)
     assert Ledger(sqlite_url).count() == 40
+
+
+def test_a_file_whose_lines_end_with_cr_alone_says_how_to_convert_it(
+    cli: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    """Classic Mac OS line ends read as one line; `trailing characters (byte 991)` did not say
+    why. Lines ending CR LF, or some CR LF and some LF, import as they are."""
+    lines = [json.dumps(span_to_dict(span)).encode() for span in _spans(4)]
+    (tmp_path / "cr.jsonl").write_bytes(b"\r".join(lines) + b"\r")
+    (tmp_path / "mixed.jsonl").write_bytes(b"\r\n".join(lines[:2]) + b"\n" + b"\n".join(lines[2:]))
+    done = cli("db", "import", str(tmp_path / "cr.jsonl"), "--db", sqlite_url)
+    assert (done.code, done.stderr) == (
+        2,
+        "error: line 1: the file ends its lines with CR alone (classic Mac OS), not LF: convert "
+        f"it (tr '\\r' '\\n' < {tmp_path / 'cr.jsonl'} | ometer db import -) and import again\n",
+    )
+    assert Ledger(sqlite_url).count() == 0
+    done = cli("db", "import", str(tmp_path / "mixed.jsonl"), "--db", sqlite_url)
+    assert done.code == 0 and Ledger(sqlite_url).count() == 4
