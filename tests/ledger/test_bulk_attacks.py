@@ -4,12 +4,16 @@ size in memory, files that are no export's lines, a kill -9 in the middle of eac
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ollama_meter.ledger import BATCH_BYTES, Ledger, import_lines, span_to_dict
-from tests.ledger.test_transfer import _spans
+from ollama_meter.ledger import BATCH_BYTES, Ledger, import_lines, rebuild, span_to_dict
+from tests.ledger.test_transfer import _spans, _tables
 
 
 def test_an_import_of_calls_with_large_content_holds_a_batch_to_its_bytes_not_its_count(
@@ -53,3 +57,39 @@ def test_a_file_whose_lines_end_with_cr_alone_says_how_to_convert_it(
     assert Ledger(sqlite_url).count() == 0
     done = cli("db", "import", str(tmp_path / "mixed.jsonl"), "--db", sqlite_url)
     assert done.code == 0 and Ledger(sqlite_url).count() == 4
+
+
+def test_an_import_killed_in_the_middle_of_a_batch_and_run_again_counts_each_span_once(
+    db_url: str,
+) -> None:
+    """kill -9 with one batch committed and the next half read: the batch in progress is not
+    recorded, and the same import again adds the rest, each span once, rollups as a rebuild's."""
+    prompt = "p" * 1_000_000  # so a batch (BATCH_BYTES) is a few dozen lines
+    lines = [
+        json.dumps(span_to_dict(replace(span, prompt=prompt))).encode() + b"\n"
+        for span in _spans(50)
+    ]
+    first = next(n for n in range(1, 50) if sum(map(len, lines[:n])) >= BATCH_BYTES)
+    ledger = Ledger(db_url)
+    env = {**os.environ, "OMETER_DB_URL": db_url}
+    command = [sys.executable, "-m", "ollama_meter", "db", "import", "-"]
+    with subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdin is not None
+        proc.stdin.write(b"".join(lines[: first + 5]))  # one batch and five lines of the next
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while ledger.count() < first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(timeout=60)
+    assert ledger.count() == first
+    again = subprocess.run(
+        command, env=env, input=b"".join(lines), capture_output=True, check=False, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+    assert f"imported {50 - first} span(s) into ".encode() in again.stdout
+    assert f"({first} already there)".encode() in again.stdout
+    assert ledger.count() == 50
+    kept = _tables(ledger)
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
