@@ -12,7 +12,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ollama_meter.ledger import BATCH_BYTES, Ledger, import_lines, rebuild, span_to_dict
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ollama_meter.ledger import (
+    BATCH_BYTES,
+    Ledger,
+    import_lines,
+    rebuild,
+    span_from_line,
+    span_to_dict,
+)
 from tests.ledger.test_transfer import _spans, _tables
 
 
@@ -93,3 +103,31 @@ def test_an_import_killed_in_the_middle_of_a_batch_and_run_again_counts_each_spa
     kept = _tables(ledger)
     rebuild(ledger.write, ledger.read)
     assert _tables(ledger) == kept
+
+
+_FIELDS = ("id", "started_at", "ended_at", "request_model", "response_model", "operation",
+    "source", "status", "error_type", "done_reason", "token_source", "duration_source",
+    "upstream_host", "trace_id", "otel_span_id", "currency", "cost", "cost_parts.tokens",
+    "cost_parts.fee")  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    field=st.sampled_from(_FIELDS),
+    value=st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1),
+    size=st.integers(300, 2_000_000),
+)
+def test_a_refused_field_of_any_size_is_named_in_one_short_line(
+    field: str, value: str, size: int
+) -> None:
+    """A 60 MB model name is refused in a line of a few words, not echoed whole (longer than
+    any field holds: 255 characters)."""
+    data = span_to_dict(_spans(1)[0])
+    value = (value * (size // len(value) + 1))[:size] + " "
+    *parent, key = field.split(".")
+    (data[parent[0]] if parent else data)[key] = value
+    with pytest.raises(ValueError) as caught:
+        span_from_line(json.dumps(data).encode())
+    message = str(caught.value)
+    assert message.startswith((f"{field} '", f'{field} "')) and len(message) <= 400, message[:500]
+    assert f"({size + 1:,} characters)" in message
