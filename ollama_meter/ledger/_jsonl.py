@@ -191,7 +191,9 @@ def import_lines(
                 progress(len(pending))
             pending.clear()
 
-    for number, line in enumerate(_without_bom(lines, name), start=1):
+    for number, raw in enumerate(_without_bom(lines, name), start=1):
+        # exports saved with a BOM and concatenated (cat a.jsonl b.jsonl): one mid-file
+        line = raw.removeprefix(b"\xef\xbb\xbf")
         if not line.strip():
             continue
         try:

@@ -131,3 +131,15 @@ def test_a_refused_field_of_any_size_is_named_in_one_short_line(
     message = str(caught.value)
     assert message.startswith((f"{field} '", f'{field} "')) and len(message) <= 400, message[:500]
     assert f"({size + 1:,} characters)" in message
+
+
+def test_exports_saved_with_a_byte_order_mark_and_concatenated_import_whole(
+    sqlite_url: str,
+) -> None:
+    """`cat a.jsonl b.jsonl`, each saved by an editor that puts a BOM first: the BOM of b
+    starts a line in the middle, and was refused as `invalid character (byte 0)`."""
+    lines = [json.dumps(span_to_dict(span)).encode() + b"\n" for span in _spans(5)]
+    bom = b"\xef\xbb\xbf"
+    joined = bom + b"".join(lines[:2]) + bom + b"".join(lines[2:4]) + bom + b"\n" + lines[4]
+    summary = import_lines(Ledger(sqlite_url), joined.splitlines(keepends=True))
+    assert (summary.read, summary.added) == (5, 5)
