@@ -101,7 +101,7 @@ def export_lines(
     """Every span started in [since, until) as one JSON line each, oldest first.
 
     One read transaction streams them (a consistent snapshot, however long it takes;
-    writers are not blocked). A span an older ometer kept with, say, an escape in its
+    writers are not blocked), a few at a time when they hold large prompts and replies. A span an older ometer kept with, say, an escape in its
     model name is given as the meter stores spans today (``make_storable``), so it still
     imports.
     """
@@ -109,12 +109,21 @@ def export_lines(
     order = SpanRow.id if since is None and until is None else SpanRow.started_at
     query = select_spans().where(*where.clauses()).order_by(order)
     with ledger.read() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
-        for row in result:
-            span = row_to_span(row)
-            if not "".join(filter(None, _LABEL_VALUES(span))).isprintable():
-                make_storable(span)
-            yield _ENCODER.encode(span_to_dict(span)) + b"\n"
+        result = conn.execution_options(stream_results=True).execute(query)
+        size = 16  # rows a fetch holds: up to 2,000 while their lines stay within BATCH_BYTES
+        while rows := result.fetchmany(size):
+            held = 0
+            for row in rows:
+                span = row_to_span(row)
+                if not "".join(filter(None, _LABEL_VALUES(span))).isprintable():
+                    make_storable(span)
+                line = _ENCODER.encode(span_to_dict(span)) + b"\n"
+                held += len(line)
+                yield line
+            if held > BATCH_BYTES:  # captured calls of a million characters each
+                size = max(1, size // 2)
+            elif held * 2 < BATCH_BYTES:
+                size = min(2000, size * 2)
 
 
 # -- import ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from hypothesis import given, settings, strategies as st
 from ollama_meter.ledger import (
     BATCH_BYTES,
     Ledger,
+    export_lines,
     import_lines,
     rebuild,
     span_from_line,
@@ -143,3 +145,23 @@ def test_exports_saved_with_a_byte_order_mark_and_concatenated_import_whole(
     joined = bom + b"".join(lines[:2]) + bom + b"".join(lines[2:4]) + bom + b"\n" + lines[4]
     summary = import_lines(Ledger(sqlite_url), joined.splitlines(keepends=True))
     assert (summary.read, summary.added) == (5, 5)
+
+
+def test_an_export_of_calls_with_large_content_holds_a_few_of_them_at_a_time(
+    db_url: str,
+) -> None:
+    """Rows were fetched 2,000 at a time: 2,000 captured calls of a million-character prompt
+    and reply each are 4 GB or more. A fetch now holds about BATCH_BYTES of lines."""
+    ledger = Ledger(db_url)
+    content = "c" * 1_000_000
+    spans = [replace(span, prompt=content, reply=content) for span in _spans(80)]
+    for start in range(0, 80, 10):
+        ledger.record(spans[start : start + 10])
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in export_lines(ledger))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 80
+    assert peak < 3 * BATCH_BYTES, f"{peak / 2**20:.0f} MiB"  # 80 calls are 160 MB
