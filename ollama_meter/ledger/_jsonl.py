@@ -144,9 +144,9 @@ class ImportSummary:
 
 
 BATCH_BYTES = 32 * 2**20
-"""Lines one import batch holds at most (and one line more): 20,000 spans of captured calls
-with a million-character prompt each would be 20 GB in memory. Spans without content
-(a kilobyte or so a line) fill a batch by its count first."""
+"""Lines one import batch (and one line more), or about one export fetch, holds: 20,000 spans
+of captured calls with a million-character prompt each would be 20 GB in memory. Spans
+without content (a kilobyte or so a line) fill a batch by its count first."""
 
 
 @bulk
