@@ -10,6 +10,7 @@ import sys
 import time
 import tracemalloc
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,43 @@ def test_an_export_of_calls_with_large_content_holds_a_few_of_them_at_a_time(
         tracemalloc.stop()
     assert count == 80
     assert peak < 3 * BATCH_BYTES, f"{peak / 2**20:.0f} MiB"  # 80 calls are 160 MB
+
+
+_REBUILD_RSS = """
+import sys
+from pathlib import Path
+from ollama_meter.ledger import Ledger, rebuild
+
+def peak():  # ru_maxrss would be the parent's: it is kept across exec
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) // 1024
+
+ledger = Ledger(sys.argv[1])
+ledger.count()
+before = peak()
+rebuild(ledger.write, ledger.read)
+print(peak() - before)
+"""
+
+
+def test_a_rollup_rebuild_reads_no_prompt_or_reply(db_url: str) -> None:
+    """`db rollup` read a day's spans whole: PostgreSQL's driver holds a result entire, so a
+    day of captured calls (120 MB here) was all in memory at once. Rollups need no content."""
+    ledger = Ledger(db_url)
+    content = "c" * 1_000_000
+    spans = _spans(60)
+    day = spans[0].started_at
+    spans = [
+        replace(span, started_at=day + timedelta(seconds=n), ended_at=None, prompt=content,
+                reply=content)
+        for n, span in enumerate(spans)
+    ]  # fmt: skip
+    for start in range(0, 60, 10):
+        ledger.record(spans[start : start + 10])
+    kept = _tables(ledger)
+    grown = subprocess.run(
+        [sys.executable, "-c", _REBUILD_RSS, db_url],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    assert int(grown.stdout) < 40, f"{grown.stdout} MiB"  # the day's content is 120 MB
+    assert _tables(ledger) == kept
