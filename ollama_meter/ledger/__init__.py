@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ollama_meter.ledger._cells import COLD_LOAD_NS as COLD_LOAD_NS, Metric as Metric
     from ollama_meter.ledger._deadline import bulk as bulk, unbounded as unbounded
     from ollama_meter.ledger._jsonl import (
+        BATCH_BYTES as BATCH_BYTES,
         ImportSummary as ImportSummary,
         export_lines as export_lines,
         import_lines as import_lines,
@@ -60,7 +61,7 @@ _NAMES = {
     "._aggregate": "FailureCount SpendSums",
     "._cells": "COLD_LOAD_NS Metric",
     "._deadline": "bulk unbounded",
-    "._jsonl": "ImportSummary export_lines import_lines iso_utc span_to_dict",
+    "._jsonl": "BATCH_BYTES ImportSummary export_lines import_lines iso_utc span_to_dict",
     "._keys": "KEY_PREFIX ApiKey",
     "._line": "MAX_LINE_BYTES span_from_line",
     "._ledger": "Ledger close_ledger close_ledgers open_ledger",

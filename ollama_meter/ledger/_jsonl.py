@@ -101,7 +101,7 @@ def export_lines(
     """Every span started in [since, until) as one JSON line each, oldest first.
 
     One read transaction streams them (a consistent snapshot, however long it takes;
-    writers are not blocked). A span an older ometer kept with, say, an escape in its
+    writers are not blocked), a few at a time when they hold large prompts and replies. A span an older ometer kept with, say, an escape in its
     model name is given as the meter stores spans today (``make_storable``), so it still
     imports.
     """
@@ -109,12 +109,21 @@ def export_lines(
     order = SpanRow.id if since is None and until is None else SpanRow.started_at
     query = select_spans().where(*where.clauses()).order_by(order)
     with ledger.read() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
-        for row in result:
-            span = row_to_span(row)
-            if not "".join(filter(None, _LABEL_VALUES(span))).isprintable():
-                make_storable(span)
-            yield _ENCODER.encode(span_to_dict(span)) + b"\n"
+        result = conn.execution_options(stream_results=True).execute(query)
+        size = 16  # rows a fetch holds: up to 2,000 while their lines stay within BATCH_BYTES
+        while rows := result.fetchmany(size):
+            held = 0
+            for row in rows:
+                span = row_to_span(row)
+                if not "".join(filter(None, _LABEL_VALUES(span))).isprintable():
+                    make_storable(span)
+                line = _ENCODER.encode(span_to_dict(span)) + b"\n"
+                held += len(line)
+                yield line
+            if held > BATCH_BYTES:  # captured calls of a million characters each
+                size = max(1, size // 2)
+            elif held * 2 < BATCH_BYTES:
+                size = min(2000, size * 2)
 
 
 # -- import ------------------------------------------------------------------------------
@@ -134,6 +143,12 @@ class ImportSummary:
         return self.read - self.added - self.pruned
 
 
+BATCH_BYTES = 32 * 2**20
+"""Lines one import batch (and one line more), or about one export fetch, holds: 20,000 spans
+of captured calls with a million-character prompt each would be 20 GB in memory. Spans
+without content (a kilobyte or so a line) fill a batch by its count first."""
+
+
 @bulk
 def import_lines(
     ledger: Ledger,
@@ -151,15 +166,19 @@ def import_lines(
     tell whether a span there is one it pruned (counted already: an export imported
     back) or one it never had (another ledger's).
 
-    Each batch is one transaction (spans and rollups together). A bad line stops the
+    Each batch (``batch`` spans, or fewer whose lines reach :data:`BATCH_BYTES`) is one
+    transaction (spans and rollups together). A bad line stops the
     import with its number; what came before it is recorded, so the same command
     runs again after the line is fixed. ``name`` is the file's, for a message that says
     what to run on it.
     """
     summary = ImportSummary()
     pending: list[SpanRecord] = []
+    held = 0  # bytes of the lines in pending
 
     def flush() -> None:
+        nonlocal held
+        held = 0
         if pending:
             try:
                 with ledger.write() as conn:
@@ -181,18 +200,21 @@ def import_lines(
                 progress(len(pending))
             pending.clear()
 
-    for number, line in enumerate(_without_bom(lines, name), start=1):
+    for number, raw in enumerate(_without_bom(lines, name), start=1):
+        # exports saved with a BOM and concatenated (cat a.jsonl b.jsonl): one mid-file
+        line = raw.removeprefix(b"\xef\xbb\xbf")
         if not line.strip():
             continue
         try:
             pending.append(span_from_line(line))
+            held += len(line)
         except ValueError as exc:
             flush()
             raise ValidationError(
                 f"line {number}: {exc}; the {summary.read} span(s) before it are recorded, "
                 "fix the line and import again (spans already there are skipped)"
             ) from None
-        if len(pending) >= batch:
+        if len(pending) >= batch or held >= BATCH_BYTES:
             flush()
     flush()
     return summary
@@ -211,7 +233,8 @@ _PACKED = {
 def _without_bom(lines: Iterable[bytes], name: str = "FILE") -> Iterator[bytes]:
     """``lines`` without the UTF-8 byte order mark editors put first; a ValidationError
     naming what the file is when it is no export's text, which no line of it would say: a
-    UTF-16 file (PowerShell's ``>``), a packed export, a ledger's SQLite file."""
+    UTF-16 file (PowerShell's ``>``), a packed export, a ledger's SQLite file, lines ended
+    with CR alone."""
     rest = iter(lines)
     first = next(rest, b"")
     if first.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -228,6 +251,11 @@ def _without_bom(lines: Iterable[bytes], name: str = "FILE") -> Iterator[bytes]:
         raise ValidationError(
             "line 1: the file is a SQLite database (a ledger or its backup), not an export: "
             f"export it (ometer db export --db {shlex.quote(f'sqlite:///{name}')}) and import that"
+        )
+    if b"}\r{" in first:  # JSON strings hold no raw CR: it ends one span's line
+        raise ValidationError(
+            "line 1: the file ends its lines with CR alone (classic Mac OS), not LF: convert it "
+            f"(tr '\\r' '\\n' < {shlex.quote(name)} | ometer db import -) and import again"
         )
     yield first.removeprefix(b"\xef\xbb\xbf")
     yield from rest

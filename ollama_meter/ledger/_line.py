@@ -118,6 +118,16 @@ _amounts: dict[str, int] = {}
 """Amounts already read: most cost parts are one of a few values (zero above all)."""
 
 
+def _shown(value: str) -> str:
+    """``value`` quoted for a message: a hostile line's 60 MB model name is not echoed whole."""
+    if len(shown := repr(value)) <= 80:
+        return shown
+    cut = 80
+    while len(shown := repr(value[:cut])) > 80:  # escapes: up to 10 characters each
+        cut //= 2
+    return f"{shown}... ({len(value):,} characters)"
+
+
 def _micros(value: str, what: str) -> int:
     micros = _amounts.get(value)
     if micros is None:
@@ -138,7 +148,9 @@ def _read_micros(value: str, what: str) -> int:
         and whole.isdigit()
         and fraction.isdigit()
     ):
-        raise ValueError(f"{what} {value!r} is not an amount with six decimals, e.g. 0.031000")
+        raise ValueError(
+            f"{what} {_shown(value)} is not an amount with six decimals, e.g. 0.031000"
+        )
     micros = int(whole) * 1_000_000 + int(fraction)
     if micros > MAX_CALL_COST:
         raise ValueError(
@@ -151,11 +163,11 @@ def _moment(value: str, what: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"{what} {value!r} is not an ISO 8601 time") from None
+        raise ValueError(f"{what} {_shown(value)} is not an ISO 8601 time") from None
     if moment.tzinfo is None:
-        raise ValueError(f"{what} {value!r} has no time zone; times are UTC, e.g. ...Z")
+        raise ValueError(f"{what} {_shown(value)} has no time zone; times are UTC, e.g. ...Z")
     if _SUB_MICROSECOND.search(value):  # fromisoformat() drops the digits after the sixth
-        raise ValueError(f"{what} {value!r} is finer than a microsecond, which ometer keeps")
+        raise ValueError(f"{what} {_shown(value)} is finer than a microsecond, which ometer keeps")
     try:
         moment = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
         if _EARLIEST <= moment < _LATEST:
@@ -163,7 +175,7 @@ def _moment(value: str, what: str) -> datetime:
     except OverflowError:  # an offset that carries it past year 1 or 9999
         pass
     raise ValueError(
-        f"{what} {value!r} is outside the times ometer works with ({FIRST_DAY} to {LAST_DAY} UTC)"
+        f"{what} {_shown(value)} is outside the times ometer works with ({FIRST_DAY} to {LAST_DAY} UTC)"
     )
 
 
@@ -175,15 +187,15 @@ def _check_labels(d: _Line) -> None:
     for what, limit in _TEXTS:
         value = getattr(d, what)
         if value is not None and (len(value) > limit or not value.isprintable()):
-            raise ValueError(f"{what} {value!r} is longer than {limit} or not printable")
+            raise ValueError(f"{what} {_shown(value)} is longer than {limit} or not printable")
     if not _CURRENCY.fullmatch(d.currency):
-        raise ValueError(f"currency {d.currency!r} is not a 3-letter code like USD")
+        raise ValueError(f"currency {_shown(d.currency)} is not a 3-letter code like USD")
 
 
 def _check(d: _Line) -> None:
     """Refuse what the ledger would store wrong: bad names, odd strings, impossible numbers."""
     if not _ULID.fullmatch(d.id):
-        raise ValueError(f"id {d.id!r} is not a span id (26 characters, Crockford base32)")
+        raise ValueError(f"id {_shown(d.id)} is not a span id (26 characters, Crockford base32)")
     labels = _LABELS(d)
     if labels not in _checked:
         _check_labels(d)
@@ -193,7 +205,7 @@ def _check(d: _Line) -> None:
     for what, limit in _IDS:
         value = getattr(d, what)
         if len(value) > limit or not value.isprintable():
-            raise ValueError(f"{what} {value!r} is longer than {limit} or not printable")
+            raise ValueError(f"{what} {_shown(value)} is longer than {limit} or not printable")
     for what, limit in _CONTENT:
         value = getattr(d, what)
         if value is not None and (len(value) > limit or _UNSTORABLE.search(value)):

@@ -232,7 +232,7 @@ def _rebuild_day(conn: Connection, day: int, zone: tzinfo | None) -> int:
     delta = RollupDelta()
     count = 0
     # Today's spans, and yesterday's that were still busy after midnight.
-    query = select_spans().where(
+    query = select_spans(content=False).where(
         SpanRow.started_at >= from_us(day - DAY_US),
         SpanRow.started_at < from_us(end),
         or_(SpanRow.started_at >= from_us(day), SpanRow.ended_at > from_us(day)),

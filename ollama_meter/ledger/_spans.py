@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Select, Table, bindparam, func, select, update
+from sqlalchemy import Connection, Dialect, Select, Table, bindparam, func, null, select, update
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _rollup
@@ -181,9 +181,20 @@ _COLUMNS = tuple(
 )
 
 
-def select_spans() -> Select[Any]:
-    """A query for whole spans, columns in :class:`SpanRecord`'s field order."""
-    return select(*_COLUMNS)
+_CONTENT = frozenset({"prompt", "reply"})
+_WITHOUT_CONTENT = tuple(
+    null().label(column.key) if column.key in _CONTENT else column for column in _COLUMNS
+)
+
+
+def select_spans(*, content: bool = True) -> Select[Any]:
+    """A query for whole spans, columns in :class:`SpanRecord`'s field order.
+
+    ``content=False`` leaves prompt and reply out (None): sums over many spans need
+    neither, and PostgreSQL's driver holds a whole result in memory (a day of captured
+    calls of a million characters each would be gigabytes).
+    """
+    return select(*(_COLUMNS if content else _WITHOUT_CONTENT))
 
 
 def row_to_span(row: Any) -> SpanRecord:

@@ -260,7 +260,7 @@ def _whole_minutes(conn: Connection, lo: int, hi: int) -> dict[str, list[int]]:
 
 
 def _raw_busy(conn: Connection, lo: int, hi: int) -> tuple[int, int]:
-    query = select_spans().where(
+    query = select_spans(content=False).where(
         SpanRow.started_at >= from_us(lo - DAY_US), SpanRow.started_at < from_us(hi)
     )
     per_host: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
