@@ -427,6 +427,7 @@ def test_opening_retries_while_another_process_holds_a_fresh_file(tmp_path: Path
     path = tmp_path / "ledger.db"
     blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     blocker.execute("CREATE TABLE placeholder (x INTEGER)")
+    blocker.execute("DROP TABLE placeholder")  # a database with no tables, as sqlite3 leaves one
     blocker.execute("BEGIN EXCLUSIVE")  # not yet WAL: nobody can even read the file
     threading.Timer(0.3, lambda: (blocker.execute("ROLLBACK"), blocker.close())).start()
     # Opening waits (up to a second) for the 300 ms hold to end.
