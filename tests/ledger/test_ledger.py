@@ -8,6 +8,7 @@ from dataclasses import replace as replace_span
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -917,3 +918,26 @@ def test_a_ledger_of_any_older_revision_upgrades_with_every_span_and_rollup_exac
     ledger = Ledger(db_url)  # upgrades to the head and rebuilds what the migrations ask for
     assert current_revision(ledger.engine) == HEAD_REVISION
     assert _everything(ledger) == before
+
+
+def test_db_upgrade_builds_the_rollups_its_migrations_ask_for(cli: Any, db_url: str) -> None:
+    """``ometer db upgrade`` before restarting gateways does the whole upgrade: the rebuild a
+    migration asks for (the long part on a big ledger) is not left to the first gateway
+    that opens the ledger, with every other one waiting for it."""
+    from sqlalchemy import text
+
+    from ollama_meter.ledger._engine import create_ledger_engine
+
+    ledger = Ledger(db_url)
+    ledger.record([make_span(), make_span(department="legal")])
+    before = _everything(ledger)
+    downgrade(ledger, "0011")  # 0012 asks for a rebuild
+    ledger.engine.dispose()
+    result = cli("db", "upgrade", "--db", db_url)
+    assert result.code == 0 and "0011 → " + HEAD_REVISION in result.stdout, result.stderr
+    engine = create_ledger_engine(db_url)  # as it is: opening a Ledger would build them
+    with engine.connect() as conn:
+        meta = dict(conn.execute(text("SELECT key, value FROM ledger_meta")).all())
+    engine.dispose()
+    assert meta.get("rollups") == "current" and meta.get("rebuilding") is None
+    assert _everything(Ledger(db_url)) == before
