@@ -941,3 +941,43 @@ def test_db_upgrade_builds_the_rollups_its_migrations_ask_for(cli: Any, db_url: 
     engine.dispose()
     assert meta.get("rollups") == "current" and meta.get("rebuilding") is None
     assert _everything(Ledger(db_url)) == before
+
+
+def test_upgrading_to_0014_never_gives_a_new_budget_the_id_of_one_removed_before(
+    db_url: str,
+) -> None:
+    """0014 made budget ids never reused, because alerts stay under a removed budget's id:
+    but on SQLite the new table counted on from the highest budget left, so the first budget
+    made after the upgrade took the id of the newest one removed before it, and inherited
+    its alerts (its thresholds reached this period never fired)."""
+    from sqlalchemy import text
+
+    from ollama_meter.records import Budget
+
+    ledger = Ledger(db_url)
+    kept = ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10, currency="USD")
+    )
+    removed = ledger.save_budget(
+        Budget(tenant="acme", department="legal", period="month", limit=10, currency="USD")
+    )
+    assert removed.id is not None and kept.id is not None and removed.id > kept.id
+    with ledger.write() as conn:  # an alert it fired, as alerts stay after the budget goes
+        conn.execute(
+            text(
+                "INSERT INTO budget_alerts (budget_id, tenant, department, period, period_start,"
+                " period_label, threshold, spent_micros, limit_micros, currency, fired_at,"
+                " deliveries, delivered, attempts) VALUES (:id, 'acme', 'legal', 'month',"
+                " '2026-11-01 00:00:00', '2026-11', 75, 8, 10, 'USD', '2026-11-20 00:00:00',"
+                " '{}', true, 1)"
+            ),
+            {"id": removed.id},
+        )
+    ledger.remove_budget(removed.id)
+    downgrade(ledger, "0013")  # as a 0013 ledger was: ids counted on from the highest left
+    ledger.engine.dispose()
+    ledger = Ledger(db_url)
+    new = ledger.save_budget(
+        Budget(tenant="acme", department="support", period="month", limit=10, currency="USD")
+    )
+    assert new.id is not None and new.id > removed.id
