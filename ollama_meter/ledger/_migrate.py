@@ -65,16 +65,16 @@ def check_is_ledger(conn: Connection, found: str | None, known: set[str]) -> Non
         if found.isdigit() and len(found) == len(HEAD_REVISION) and found > HEAD_REVISION:
             raise newer_error(url, found)
     shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
-    whose = "" if found is None else f" and Alembic revision {found}"
+    held = [f"tables ({shown})"] if tables else []
+    held += [] if found is None else [f"Alembic revision {found}"]
     where = (
         "a new file"
         if conn.dialect.name == "sqlite"
         else "an empty database or schema (?options=-csearch_path%3Dometer)"
     )
     raise LedgerError(
-        f"{url} is not an ometer ledger: it holds another application's tables ({shown}"
-        f"{whose}); nothing was changed. Give ometer's ledger, or {where}, with --db / "
-        "OMETER_DB_URL"
+        f"{url} is not an ometer ledger: it holds another application's {' and '.join(held)}; "
+        f"nothing was changed. Give ometer's ledger, or {where}, with --db / OMETER_DB_URL"
     )
 
 
