@@ -272,8 +272,13 @@ def span_from_row(row: object) -> SpanRecord:
         raise ValueError(f"a {type(row).__name__}, not an object with the span's columns")
     if unknown := row.keys() - _ROW_KEYS:
         first = sorted(map(str, unknown))[0]
-        if _COLUMN_NAME.fullmatch(first):
-            raise NewerColumn(first)
+        if all(isinstance(k, str) and _COLUMN_NAME.fullmatch(k) for k in unknown):
+            try:  # a whole span beside them is not damage
+                span_from_row({k: v for k, v in row.items() if k not in unknown})
+            except ValueError:
+                pass
+            else:
+                raise NewerColumn(first)
         raise ValueError(f"{first[:80]!r} is no column of a span")
     line = {k: v for k, v in row.items() if k in _LINE_KEYS}
     line["otel_span_id"] = row.get("span_id")
