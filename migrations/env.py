@@ -7,6 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from ollama_meter.ledger._engine import create_ledger_engine
+from ollama_meter.ledger._migrate import check_is_ledger
 from ollama_meter.ledger.models import Base
 
 # Any constant works; it only has to be the same for every ometer process.
@@ -33,6 +34,9 @@ def _run(connection: Connection) -> None:
             connection.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
             )
+        # Under the lock: what another process migrated meanwhile is a ledger, not a stranger.
+        known = {script.revision for script in context.script.walk_revisions()}
+        check_is_ledger(connection, context.get_context().get_current_revision(), known)
         context.run_migrations()
 
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 
 from ollama_meter._logging import Throttled
 from ollama_meter._paths import default_data_dir
@@ -32,6 +33,7 @@ from ollama_meter.ledger import _spans
 from ollama_meter.ledger._database import Database, is_content_error
 from ollama_meter.ledger._engine import DEFAULT_WAIT, sqlite_path
 from ollama_meter.ledger._journal import Journal
+from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision
 from ollama_meter.ledger._spool import Rejected, Spool
 from ollama_meter.records import DURABLE, SpanRecord, Stored
 
@@ -184,8 +186,26 @@ class DurableLedger(Database):
             raise
         except Exception as exc:
             if is_content_error(exc):
+                self._check_schema_kept(exc)
                 raise Rejected(str(exc)) from exc
             raise
+
+    def _check_schema_kept(self, exc: Exception) -> None:
+        """A refused write on a ledger a newer ometer migrated meanwhile (``ometer db
+        upgrade`` beside this running gateway) is the new schema refusing this version's
+        insert, not the span: a LedgerError, so the spans wait in the spool for the newer
+        ometer instead of going to the quarantine, out of every drain."""
+        try:
+            found = current_revision(self.engine)
+        except DBAPIError:
+            return
+        if found is not None and found != HEAD_REVISION:
+            raise LedgerError(
+                f"the ledger at {self.display_url} is now at schema revision {found}: a newer "
+                f"ometer upgraded it while this one ({HEAD_REVISION}) ran, and it refuses this "
+                "version's writes. Restart this process with the newer ometer (pip install -U "
+                "ollama-meter); it records the spooled spans"
+            ) from exc
 
     def _isolate(
         self, spans: Sequence[SpanRecord], spool_file: Path | None = None

@@ -99,6 +99,12 @@ def _sqlite_connector(busy_timeout_ms: int, path: Path) -> Callable[[Any, Any], 
     return connect
 
 
+_EMPTY_OR_LEDGER = (
+    "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view'))"
+    " OR EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spans')"
+)
+
+
 def _sqlite_setup(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     # Take transaction control from pysqlite so BEGIN is ours to emit (see _sqlite_begin).
     dbapi_connection.isolation_level = None
@@ -110,7 +116,9 @@ def _sqlite_setup(dbapi_connection: Any, busy_timeout_ms: int) -> None:
         cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
     # WAL sticks to the file: switch once, not on every connection (the switch needs
     # the file to itself, so asking again while others write only invites "locked").
-    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+    # Only a new file or a ledger: another app's database is refused, never changed.
+    journal = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+    if journal.lower() != "wal" and cursor.execute(_EMPTY_OR_LEDGER).fetchone()[0]:
         cursor.execute("PRAGMA journal_mode = WAL")
     # NORMAL in WAL mode loses nothing when a process dies, only on power loss.
     cursor.execute("PRAGMA synchronous = NORMAL")

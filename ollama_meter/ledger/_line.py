@@ -265,13 +265,33 @@ _ROW_KEYS = frozenset(_Line.__struct_fields__) - {"model", "otel_span_id", "cost
 _LINE_KEYS = _ROW_KEYS & frozenset(_Line.__struct_fields__)
 
 
+_COLUMN_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
+class NewerColumn(ValueError):
+    """A spool line names a column as ometer names them but this ometer has none of: a
+    newer ometer wrote it, not damage."""
+
+    def __init__(self, column: str) -> None:
+        super().__init__(f"{column!r} is no column of a span in this ometer (a newer one's?)")
+        self.column = column
+
+
 def span_from_row(row: object) -> SpanRecord:
     """The span a spool line's object (the span's columns, money in integer micro-units)
     describes, checked as strictly as an export line; ValueError saying what is wrong otherwise."""
     if not isinstance(row, dict):
         raise ValueError(f"a {type(row).__name__}, not an object with the span's columns")
     if unknown := row.keys() - _ROW_KEYS:
-        raise ValueError(f"{sorted(map(str, unknown))[0][:80]!r} is no column of a span")
+        first = sorted(map(str, unknown))[0]
+        if all(isinstance(k, str) and _COLUMN_NAME.fullmatch(k) for k in unknown):
+            try:  # a whole span beside them is not damage
+                span_from_row({k: v for k, v in row.items() if k not in unknown})
+            except ValueError:
+                pass
+            else:
+                raise NewerColumn(first)
+        raise ValueError(f"{first[:80]!r} is no column of a span")
     line = {k: v for k, v in row.items() if k in _LINE_KEYS}
     line["otel_span_id"] = row.get("span_id")
     line["durations_ns"] = {to: row[key] for key, to in _ROW_DURATIONS.items() if key in row}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from importlib.resources import as_file, files
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from ollama_meter.errors import LedgerError
@@ -30,6 +31,51 @@ def current_revision(engine: Engine) -> str | None:
                 raise  # not "no such table": the database itself failed
             conn.rollback()
             return None
+
+
+_MARK = "spans"
+"""The table every ometer ledger has had since its first revision."""
+
+
+def newer_error(url: str, found: str) -> LedgerError:
+    return LedgerError(
+        f"the ledger at {url} has schema revision {found}, newer than this ometer's "
+        f"{HEAD_REVISION}: a newer ometer wrote it. Upgrade ometer (pip install -U "
+        "ollama-meter) on this machine too, or give another ledger with --db / OMETER_DB_URL"
+    )
+
+
+def check_is_ledger(conn: Connection, found: str | None, known: set[str]) -> None:
+    """Refuse, before a migration writes anything, a database that is not an ometer ledger.
+
+    An empty database becomes a ledger. One that holds tables is a ledger only with
+    ometer's mark (an ``alembic_version`` and a ``spans`` table): another app's database
+    (its own tables, maybe its own Alembic revision, even one numbered as ours) is never
+    given a dozen tables beside its own. ``found`` is the database's revision, ``known``
+    every revision of this ometer's migrations.
+    """
+    url = conn.engine.url.render_as_string()
+    seen = inspect(conn)
+    tables = sorted({*seen.get_table_names(), *seen.get_view_names()} - {"alembic_version"})
+    if found is None and not tables:
+        return  # a new ledger
+    if found is not None and _MARK in tables:
+        if found in known:
+            return
+        if found.isdigit() and len(found) == len(HEAD_REVISION) and found > HEAD_REVISION:
+            raise newer_error(url, found)
+    shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+    held = [f"tables ({shown})"] if tables else []
+    held += [] if found is None else [f"Alembic revision {found}"]
+    where = (
+        "a new file"
+        if conn.dialect.name == "sqlite"
+        else "an empty database or schema (?options=-csearch_path%3Dometer)"
+    )
+    raise LedgerError(
+        f"{url} is not an ometer ledger: it holds another application's {' and '.join(held)}; "
+        f"nothing was changed. Give ometer's ledger, or {where}, with --db / OMETER_DB_URL"
+    )
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
@@ -59,12 +105,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             found = current_revision(engine)
             if found is None or found <= HEAD_REVISION:
                 raise
-            raise LedgerError(
-                f"the ledger at {engine.url.render_as_string()} has schema revision {found}, "
-                f"newer than this ometer's {HEAD_REVISION}: a newer ometer wrote it. Upgrade "
-                "ometer (pip install -U ollama-meter) on this machine too, or give another "
-                "ledger with --db / OMETER_DB_URL"
-            ) from exc
+            raise newer_error(engine.url.render_as_string(), found) from exc
 
 
 def ensure_current(engine: Engine) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_meter._paths import discard
-from ollama_meter.ledger._line import span_from_row
+from ollama_meter.ledger._line import NewerColumn, span_from_row
 from ollama_meter.records import SpanRecord, Stored
 
 log = logging.getLogger("ollama_meter.ledger")
@@ -83,6 +83,8 @@ class Spool:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.quarantine_dir = directory / "quarantine"
+        self._newer: set[Path] = set()
+        """Files a newer ometer wrote: left for it, said once, not read again by this one."""
 
     def put(self, spans: Sequence[SpanRecord]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -106,7 +108,7 @@ class Spool:
 
     def pending(self) -> list[Path]:
         try:
-            return sorted(self.directory.glob("*.jsonl"))
+            return sorted(p for p in self.directory.glob("*.jsonl") if p not in self._newer)
         except OSError:
             return []
 
@@ -137,6 +139,16 @@ class Spool:
                 self._set_aside(path, exc)
                 continue
             spans, bad = self._decode(lines)
+            if newer := next((e for _, e in bad if isinstance(e, NewerColumn)), None):
+                # Not damage: the spans are whole, for an ometer that knows the column.
+                self._newer.add(path)
+                log.warning(
+                    "spool file %s holds spans a newer ometer wrote (column %r); left in the "
+                    "spool for it: run the newer ometer on this machine to record them",
+                    path,
+                    newer.column,
+                )
+                continue
             if bad and not spans:
                 self._set_aside(path, bad[0][1])
                 continue

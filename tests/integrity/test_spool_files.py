@@ -142,3 +142,33 @@ def test_a_spooled_span_the_database_refuses_stays_in_the_spool_when_the_quarant
     (kept,) = again.spool.quarantined()
     assert refused.id in kept.read_text()
     again.dispose()
+
+
+@pytest.mark.parametrize("column", ["gpu_id", "cost_carbon"])
+def test_a_spool_file_a_newer_ometer_wrote_stays_in_the_spool_for_it(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, column: str
+) -> None:
+    """A newer ometer on this machine spooled spans with a column this one does not know (the
+    ledger was away); this one then drained the spool and moved the file to the quarantine
+    as unreadable, where no ometer ever drains it again: the calls were out of the ledger
+    for good unless someone found them. It stays in the spool, said once, for the newer one."""
+    import json
+
+    from ollama_meter.ledger._spool import encode_span
+
+    spool = tmp_path / "spool"
+    ledger = Ledger(sqlite_url, spool_dir=spool)
+    newer = [make_span(), make_span()]
+    spool.mkdir()
+    path = spool / f"1-1-{newer[0].id}.jsonl"
+    text = "".join(json.dumps({**json.loads(encode_span(s)), column: 1}) + "\n" for s in newer)
+    path.write_text(text)
+    ours = [make_span()]
+    ledger.spool.put(ours)
+    with caplog.at_level(logging.WARNING, logger="ollama_meter.ledger"):
+        assert ledger.recover() == 1
+        assert ledger.recover() == 0  # said once
+    assert {s.id for s in ledger.latest(SpanFilter(), 10)} == {ours[0].id}
+    assert [p.name for p in spool.iterdir()] == [path.name] and path.read_text() == text
+    said = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+    assert len(said) == 1 and "newer ometer" in said[0] and repr(column) in said[0], said

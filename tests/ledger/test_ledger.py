@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace as replace_span
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -427,6 +429,7 @@ def test_opening_retries_while_another_process_holds_a_fresh_file(tmp_path: Path
     path = tmp_path / "ledger.db"
     blocker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     blocker.execute("CREATE TABLE placeholder (x INTEGER)")
+    blocker.execute("DROP TABLE placeholder")  # a database with no tables, as sqlite3 leaves one
     blocker.execute("BEGIN EXCLUSIVE")  # not yet WAL: nobody can even read the file
     threading.Timer(0.3, lambda: (blocker.execute("ROLLBACK"), blocker.close())).start()
     # Opening waits (up to a second) for the 300 ms hold to end.
@@ -877,3 +880,104 @@ def test_an_edit_of_a_pricing_file_moves_no_price_the_edit_did_not_change(db_url
     # unchanged rules still say which file they came from, and it is read once more only on change
     assert ledger.sync_price_rules("file:/p.toml", b"v2", lambda: changed) is False
     assert sorted(r.source for r in ledger.price_rules()) == ["cli", "file:/p.toml", "file:/p.toml"]
+
+
+def _everything(ledger: Ledger) -> dict[str, list[tuple[object, ...]]]:
+    """Every span and every rollup row, exactly as stored."""
+    from sqlalchemy import text
+
+    tables = ("spans", "rollups", "rollup_histograms", "rollup_busy", "rollup_busy_cells")
+    with ledger.read() as conn:
+        return {
+            t: sorted(tuple(r) for r in conn.execute(text(f"SELECT * FROM {t}"))) for t in tables
+        }
+
+
+@pytest.mark.parametrize("revision", [f"{n:04d}" for n in range(1, int(HEAD_REVISION))])
+def test_a_ledger_of_any_older_revision_upgrades_with_every_span_and_rollup_exact(
+    db_url: str, revision: str
+) -> None:
+    """A ledger taken down to ``revision`` (with the migrations' own downgrades) and opened
+    again has every span and every rollup row it had, to the microsecond and micro-unit:
+    rollups a migration sums, rebuilds or re-keys are the rollups the spans give."""
+    from tests.factories import OFFICE_NOW, office_spans
+
+    # Cells cut off UTC midnights; below 0006 a ledger kept no zone (its rollups go with
+    # the downgrade), and one from then is cut in UTC.
+    ledger = Ledger(db_url, zone="Europe/Berlin" if revision >= "0006" else None)
+    # Nothing a downgrade below 0008 (queue time) or 0004 (duration source) drops.
+    spans = [
+        replace_span(s, queue_ns=None, duration_source="reported" if s.eval_duration_ns else None)
+        for s in office_spans(OFFICE_NOW + timedelta(days=20))
+    ]
+    ledger.record(spans)
+    before = _everything(ledger)
+    assert len(before["spans"]) == len(spans) and before["rollup_busy_cells"]
+    downgrade(ledger, revision)
+    ledger.engine.dispose()
+    ledger = Ledger(db_url)  # upgrades to the head and rebuilds what the migrations ask for
+    assert current_revision(ledger.engine) == HEAD_REVISION
+    assert _everything(ledger) == before
+
+
+def test_db_upgrade_builds_the_rollups_its_migrations_ask_for(cli: Any, db_url: str) -> None:
+    """``ometer db upgrade`` before restarting gateways does the whole upgrade: the rebuild a
+    migration asks for (the long part on a big ledger) is not left to the first gateway
+    that opens the ledger, with every other one waiting for it."""
+    from sqlalchemy import text
+
+    from ollama_meter.ledger._engine import create_ledger_engine
+
+    ledger = Ledger(db_url)
+    ledger.record([make_span(), make_span(department="legal")])
+    before = _everything(ledger)
+    downgrade(ledger, "0011")  # 0012 asks for a rebuild
+    ledger.engine.dispose()
+    result = cli("db", "upgrade", "--db", db_url)
+    assert result.code == 0 and "0011 → " + HEAD_REVISION in result.stdout, result.stderr
+    engine = create_ledger_engine(db_url)  # as it is: opening a Ledger would build them
+    with engine.connect() as conn:
+        meta = dict(conn.execute(text("SELECT key, value FROM ledger_meta")).all())
+    engine.dispose()
+    assert meta.get("rollups") == "current" and meta.get("rebuilding") is None
+    assert _everything(Ledger(db_url)) == before
+
+
+def test_upgrading_to_0014_never_gives_a_new_budget_the_id_of_one_removed_before(
+    db_url: str,
+) -> None:
+    """0014 made budget ids never reused, because alerts stay under a removed budget's id:
+    but on SQLite the new table counted on from the highest budget left, so the first budget
+    made after the upgrade took the id of the newest one removed before it, and inherited
+    its alerts (its thresholds reached this period never fired)."""
+    from sqlalchemy import text
+
+    from ollama_meter.records import Budget
+
+    ledger = Ledger(db_url)
+    kept = ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10, currency="USD")
+    )
+    removed = ledger.save_budget(
+        Budget(tenant="acme", department="legal", period="month", limit=10, currency="USD")
+    )
+    assert removed.id is not None and kept.id is not None and removed.id > kept.id
+    with ledger.write() as conn:  # an alert it fired, as alerts stay after the budget goes
+        conn.execute(
+            text(
+                "INSERT INTO budget_alerts (budget_id, tenant, department, period, period_start,"
+                " period_label, threshold, spent_micros, limit_micros, currency, fired_at,"
+                " deliveries, delivered, attempts) VALUES (:id, 'acme', 'legal', 'month',"
+                " '2026-11-01 00:00:00', '2026-11', 75, 8, 10, 'USD', '2026-11-20 00:00:00',"
+                " '{}', true, 1)"
+            ),
+            {"id": removed.id},
+        )
+    ledger.remove_budget(removed.id)
+    downgrade(ledger, "0013")  # as a 0013 ledger was: ids counted on from the highest left
+    ledger.engine.dispose()
+    ledger = Ledger(db_url)
+    new = ledger.save_budget(
+        Budget(tenant="acme", department="support", period="month", limit=10, currency="USD")
+    )
+    assert new.id is not None and new.id > removed.id

@@ -1,0 +1,74 @@
+"""A database that is not an ometer ledger is refused in one line and left exactly as it was.
+
+``--db`` or ``OMETER_DB_URL`` pointed at another application's database (a typo, the wrong
+file in a folder, a shared PostgreSQL database) must never be turned into a ledger: the
+migrations would add a dozen tables beside the other app's, and on SQLite switch the file
+to WAL, which the other app may not expect.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from tests.integrity.test_cli_errors import one_error_line
+
+
+def _other_app(url: str, revision: str | None) -> None:
+    """Make the database at ``url`` another app's: a table with a row, and maybe its
+    own Alembic revision (many apps use Alembic; some number revisions as ometer does)."""
+    statements = ["CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"]
+    statements.append("INSERT INTO notes VALUES (1, 'keep me')")
+    if revision is not None:
+        statements.append("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        statements.append(f"INSERT INTO alembic_version VALUES ('{revision}')")
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":  # as the other app made it: no WAL
+        assert parsed.database is not None
+        with sqlite3.connect(parsed.database) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        conn.close()
+        return
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement))
+    engine.dispose()
+
+
+def _state(url: str) -> object:
+    """Everything a test can see of the database: the SQLite file's bytes, the server's tables."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        assert parsed.database is not None
+        path = Path(parsed.database)
+        return path.read_bytes(), sorted(p.name for p in path.parent.iterdir())
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return sorted(inspect(conn).get_table_names()), conn.execute(
+                text("SELECT body FROM notes")
+            ).all()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("revision", [None, "ae1027a6acf", "0003", "0015"])
+def test_another_apps_database_is_refused_and_left_as_it_was(
+    cli: Any, db_url: str, revision: str | None
+) -> None:
+    _other_app(db_url, revision)
+    before = _state(db_url)
+    for command in (["log"], ["report"], ["db", "upgrade"]):
+        result = cli(*command, "--db", db_url)
+        line = one_error_line(result)
+        assert result.code == 1, line
+        assert "is not an ometer ledger" in line and "notes" in line, line
+        assert "newer" not in line, line  # another app's revision is not a newer ometer's
+    assert _state(db_url) == before
