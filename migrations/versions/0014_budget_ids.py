@@ -20,28 +20,12 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-# The new table counts on from the highest id it was given: a budget removed before this
-# upgrade, newer than every one left, still has alerts (and maybe leases) under its id.
-_COUNT_ON_FROM_EVERY_ID_USED = """
-INSERT INTO sqlite_sequence (name, seq)
-SELECT 'budgets', used FROM (
-    SELECT MAX(id) AS used FROM (
-        SELECT MAX(id) AS id FROM budgets
-        UNION ALL SELECT MAX(budget_id) FROM budget_alerts
-        UNION ALL SELECT MAX(budget_id) FROM budget_reservations
-    )
-) WHERE used IS NOT NULL
-"""
-
-
 def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         with op.batch_alter_table(
             "budgets", recreate="always", table_kwargs={"sqlite_autoincrement": True}
         ):
             pass
-        op.execute("DELETE FROM sqlite_sequence WHERE name = 'budgets'")
-        op.execute(_COUNT_ON_FROM_EVERY_ID_USED)
 
 
 def downgrade() -> None:

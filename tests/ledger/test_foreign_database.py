@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
+from ollama_meter.ledger._migrate import HEAD_REVISION
 from tests.integrity.test_cli_errors import one_error_line
 
 
@@ -59,7 +60,9 @@ def _state(url: str) -> object:
         engine.dispose()
 
 
-@pytest.mark.parametrize("revision", [None, "ae1027a6acf", "0003", "0015"])
+@pytest.mark.parametrize(
+    "revision", [None, "ae1027a6acf", "0003", f"{int(HEAD_REVISION) + 1:04d}"]
+)  # none, another app's, one of ours, one above ours: never a table of ours
 def test_another_apps_database_is_refused_and_left_as_it_was(
     cli: Any, db_url: str, revision: str | None
 ) -> None:

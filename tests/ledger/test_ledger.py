@@ -943,13 +943,14 @@ def test_db_upgrade_builds_the_rollups_its_migrations_ask_for(cli: Any, db_url: 
     assert _everything(Ledger(db_url)) == before
 
 
-def test_upgrading_to_0014_never_gives_a_new_budget_the_id_of_one_removed_before(
+def test_upgrading_past_0014_never_gives_a_new_budget_the_id_of_one_removed_before(
     db_url: str,
 ) -> None:
     """0014 made budget ids never reused, because alerts stay under a removed budget's id:
     but on SQLite the new table counted on from the highest budget left, so the first budget
     made after the upgrade took the id of the newest one removed before it, and inherited
-    its alerts (its thresholds reached this period never fired)."""
+    its alerts (its thresholds reached this period never fired). 0015 counts on from every
+    id used."""
     from sqlalchemy import text
 
     from ollama_meter.records import Budget
