@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Table, delete, func, insert, select, text, update
@@ -136,6 +136,10 @@ def add_reservations(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         conn.execute(insert(_RESERVATIONS), list(rows))
 
 
+FORGET_EXPIRED = timedelta(days=1)
+"""How long past its end a lease row a killed process left is kept (for whoever looks)."""
+
+
 def purge_expired(conn: Connection, now: datetime) -> int:
     return conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.expires_at <= now)).rowcount
 
@@ -252,6 +256,9 @@ class BudgetTables:
         return int(self._conn.execute(query).scalar_one())
 
     def put_lease(self, lease_id: str, key: LeaseKey, amount: int, expires_at: datetime) -> None:
+        # Rows a killed process left (nobody gives them back) go once a day has passed
+        # their end: each counted as held only until then, but they stayed for good.
+        purge_expired(self._conn, expires_at - FORGET_EXPIRED)
         put_reservation(
             self._conn,
             {

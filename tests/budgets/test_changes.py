@@ -100,3 +100,33 @@ def test_a_new_budget_never_takes_the_id_of_a_removed_one(db_url: str) -> None:
         Budget(tenant="acme", department="support", period="month", limit=10, currency="USD")
     )
     assert support.id != sales.id
+
+
+def test_lease_rows_killed_processes_left_are_forgotten_a_day_after_their_end(
+    db_url: str,
+) -> None:
+    """Nobody gives back the leases of a process killed outright: their rows stayed for good,
+    one per budget, tenant and period the process had served."""
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from ollama_meter.records import LeaseKey
+
+    ledger = Ledger(db_url)
+    budget = ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10, currency="USD")
+    )
+    assert budget.id is not None
+    now = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    october = LeaseKey(budget.id, "acme", datetime(2026, 10, 1, tzinfo=UTC))
+    november = LeaseKey(budget.id, "acme", datetime(2026, 11, 1, tzinfo=UTC))
+    with ledger.budget_transaction() as store:
+        store.put_lease("killed-long-ago", october, 5, now - timedelta(days=20))
+        store.put_lease("killed-an-hour-ago", november, 5, now - timedelta(hours=1))
+    with ledger.budget_transaction() as store:
+        store.put_lease("alive", november, 5, now + timedelta(minutes=15))
+        assert store.held(november, now) == 5  # an expired row is never counted as held
+    with ledger.read() as conn:
+        ids = sorted(r[0] for r in conn.execute(text("SELECT id FROM budget_reservations")))
+    assert ids == ["alive", "killed-an-hour-ago"]
