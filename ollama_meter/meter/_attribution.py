@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from ollama_meter._names import MAX_USER, name_problem
 from ollama_meter.errors import ValidationError
 
+MAX_TAGS = 64
+"""The most tags one call carries: OTel keeps 128 attributes a span, ometer's own take ~30."""
+
 
 @dataclass(frozen=True, slots=True)
 class Attribution:
@@ -29,6 +32,11 @@ class Attribution:
             problem = name_problem(value, limit=limit)
             if problem:
                 raise ValidationError(f"{what} name {problem}")
+        if len(self.tags) > MAX_TAGS:
+            raise ValidationError(
+                f"{len(self.tags)} tags: a call takes at most {MAX_TAGS} (each is stored on its "
+                "span and exported with it); keep the ones reports group by"
+            )
         for key, value in self.tags.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 wrong = value if isinstance(key, str) else key

@@ -229,6 +229,18 @@ def test_tags_are_text_with_printable_values_or_a_clear_error(tags: dict[object,
             Attribution(tenant="t", department="d", tags=tags)  # type: ignore[arg-type]
 
 
+@given(count=st.integers(0, 200))
+def test_a_call_carries_at_most_64_tags(count: int) -> None:
+    """Tags were bounded in size but not in number: a call could carry any count, each
+    stored on its span and exported (OTel keeps 128 attributes, ometer's own among them)."""
+    tags = {f"k{n}": "v" for n in range(count)}
+    if count <= 64:
+        assert Attribution(tenant="t", department="d", tags=tags).tags == tags
+    else:
+        with pytest.raises(ValidationError, match=rf"^{count} tags: a call takes at most 64 "):
+            Attribution(tenant="t", department="d", tags=tags)
+
+
 def test_observers_see_start_and_end_and_cannot_break_the_call(
     db_url: str, emulator: OllamaEmulator
 ) -> None:
