@@ -280,10 +280,9 @@ class Gateway:
                 http_status=bad.status,
                 status=_REFUSAL_STATUS.get(bad.error_type, Status.ERROR),
             )
-            await in_thread(refusal)
-            return error_response(
-                wire, bad.status, bad.message, headers=bad.headers, kind=bad.error_type
-            )
+            span = await in_thread(refusal)
+            named = {**(bad.headers or {}), SPAN_HEADER: span.id}
+            return error_response(wire, bad.status, bad.message, headers=named, kind=bad.error_type)
         spans: list[str] = []  # the call's, once it is open: named to the caller in a header
 
         def bind(span_id: str) -> None:
