@@ -84,6 +84,33 @@ def test_walkthrough_runs_as_written(emulator: OllamaEmulator, tmp_path: Path) -
     assert '"cost": "0.030000"' in done.stdout
     assert "3 in / 39 out tokens · 0.081000 USD" in done.stderr
     assert "2 in / 18 out tokens · 0.000326 USD" in done.stderr
+    # Then the failures and the budget, on the walkthrough's ledger: what they print is shown.
+    for block in fenced_blocks("console")[1:3]:
+        shown = block.replace("http://127.0.0.1:11434", emulator.url)
+        said = ""
+        for line in shown.splitlines():
+            if line.startswith("$ echo $?"):
+                said += f"$ echo $?\n{run.returncode}\n"
+            elif line.startswith("$ "):
+                said += line + "\n"
+                command = line[2:].split("  #")[0]
+                run = subprocess.run(
+                    ["bash", "-c", command],
+                    cwd=tmp_path,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert run.returncode in (0, 1, 3), run.stderr
+                said += run.stdout + run.stderr
+        assert undated(said) == undated(shown)
+
+
+def undated(text: str) -> str:
+    """A console block with the day it ran on (and its zone's name) left out."""
+    return re.sub(r"\d{4}-\d{2}-\d{2}( 00:00 \w+)?", "DATE", text)
 
 
 @pytest.mark.slow
