@@ -87,10 +87,10 @@ def test_walkthrough_runs_as_written(emulator: OllamaEmulator, tmp_path: Path) -
     # Then the failures and the budget, on the walkthrough's ledger: what they print is shown.
     for block in fenced_blocks("console")[1:3]:
         shown = block.replace("http://127.0.0.1:11434", emulator.url)
-        said = ""
+        said, code = "", 0
         for line in shown.splitlines():
             if line.startswith("$ echo $?"):
-                said += f"$ echo $?\n{run.returncode}\n"
+                said += f"$ echo $?\n{code}\n"
             elif line.startswith("$ "):
                 said += line + "\n"
                 command = line[2:].split("  #")[0]
@@ -104,7 +104,7 @@ def test_walkthrough_runs_as_written(emulator: OllamaEmulator, tmp_path: Path) -
                     check=False,
                 )
                 assert run.returncode in (0, 1, 3), run.stderr
-                said += run.stdout + run.stderr
+                said, code = said + run.stdout + run.stderr, run.returncode
         assert undated(said) == undated(shown)
 
 
