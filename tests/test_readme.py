@@ -144,3 +144,20 @@ def test_first_command_from_a_clean_copy(tmp_path: Path) -> None:
     assert "sent 300 calls" in done.stderr
     assert "spend" in done.stdout and "total" in done.stdout
     assert (tmp_path / "data" / "ollama-meter" / "demo.db").exists()
+
+
+def test_the_perf_example_reads_as_perf_reads_bins() -> None:
+    """Percentiles and speeds are bin edges (the Performance section): so is every shown one."""
+    from ollama_meter.ledger._cells import duration_bin
+
+    block = next(b for b in fenced_blocks("console") if b.startswith("$ ometer perf"))
+    header, *rows = block.splitlines()[1:]
+    columns = header.split(",")
+    timed = [c for c in columns if c.endswith("_ms") or c == "tokens_per_s"]
+    assert rows and len(timed) == 10
+    for row in rows:
+        cells = dict(zip(columns, row.split(","), strict=True))
+        for column in timed:
+            if cells[column]:
+                scaled = round(float(cells[column]) * 1_000_000)
+                assert duration_bin(scaled) == scaled, (cells["model"], column, cells[column])
