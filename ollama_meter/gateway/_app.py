@@ -29,7 +29,6 @@ from ollama_meter.config import Settings
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.gateway import _metrics as metrics
 from ollama_meter.gateway._access import (
-    SPAN_HEADER,
     TOKEN_IN_QUERY,
     BadCall,
     GatewayOptions,
@@ -53,6 +52,7 @@ from ollama_meter.gateway._relay import Relay, error_response, wire_of
 from ollama_meter.gateway._requests import (
     OLLAMA_ROUTES,
     OPENAI_ROUTES,
+    SPAN_HEADER,
     BadRequest,
     operation_of,
     parse_request,
