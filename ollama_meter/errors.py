@@ -31,6 +31,8 @@ class OmeterError(Exception):
     """Base of every error ometer raises on purpose."""
 
     exit_code: int = 1
+    span_id: str | None = None
+    """The span that records this refusal, when the meter wrote one (a budget's, say)."""
 
 
 class ConfigError(OmeterError):

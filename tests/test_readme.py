@@ -84,6 +84,33 @@ def test_walkthrough_runs_as_written(emulator: OllamaEmulator, tmp_path: Path) -
     assert '"cost": "0.030000"' in done.stdout
     assert "3 in / 39 out tokens · 0.081000 USD" in done.stderr
     assert "2 in / 18 out tokens · 0.000326 USD" in done.stderr
+    # Then the failures and the budget, on the walkthrough's ledger: what they print is shown.
+    for block in fenced_blocks("console")[1:3]:
+        shown = block.replace("http://127.0.0.1:11434", emulator.url)
+        said, code = "", 0
+        for line in shown.splitlines():
+            if line.startswith("$ echo $?"):
+                said += f"$ echo $?\n{code}\n"
+            elif line.startswith("$ "):
+                said += line + "\n"
+                command = line[2:].split("  #")[0]
+                run = subprocess.run(
+                    ["bash", "-c", command],
+                    cwd=tmp_path,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert run.returncode in (0, 1, 3), run.stderr
+                said, code = said + run.stdout + run.stderr, run.returncode
+        assert undated(said) == undated(shown)
+
+
+def undated(text: str) -> str:
+    """A console block with the day it ran on (and its zone's name) left out."""
+    return re.sub(r"\d{4}-\d{2}-\d{2}( 00:00 \w+)?", "DATE", text)
 
 
 @pytest.mark.slow
@@ -117,3 +144,20 @@ def test_first_command_from_a_clean_copy(tmp_path: Path) -> None:
     assert "sent 300 calls" in done.stderr
     assert "spend" in done.stdout and "total" in done.stdout
     assert (tmp_path / "data" / "ollama-meter" / "demo.db").exists()
+
+
+def test_the_perf_example_reads_as_perf_reads_bins() -> None:
+    """Percentiles and speeds are bin edges (the Performance section): so is every shown one."""
+    from ollama_meter.ledger._cells import duration_bin
+
+    block = next(b for b in fenced_blocks("console") if b.startswith("$ ometer perf"))
+    header, *rows = block.splitlines()[1:]
+    columns = header.split(",")
+    timed = [c for c in columns if c.endswith("_ms") or c == "tokens_per_s"]
+    assert rows and len(timed) == 10
+    for row in rows:
+        cells = dict(zip(columns, row.split(","), strict=True))
+        for column in timed:
+            if cells[column]:
+                scaled = round(float(cells[column]) * 1_000_000)
+                assert duration_bin(scaled) == scaled, (cells["model"], column, cells[column])

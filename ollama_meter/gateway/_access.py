@@ -44,10 +44,6 @@ TOKEN_IN_QUERY = frozenset({"/dashboard", "/api/dash"})
 in a scrape URL it would show in Prometheus' list of targets."""
 
 
-SPAN_HEADER = "X-Ometer-Span-Id"
-"""The header a metered call's answer names its span in (``ometer log --json``'s ``id``)."""
-
-
 class Refused(Exception):
     """A request turned away before any work, with the answer to send."""
 

@@ -29,7 +29,6 @@ from ollama_meter.config import Settings
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.gateway import _metrics as metrics
 from ollama_meter.gateway._access import (
-    SPAN_HEADER,
     TOKEN_IN_QUERY,
     BadCall,
     GatewayOptions,
@@ -53,6 +52,7 @@ from ollama_meter.gateway._relay import Relay, error_response, wire_of
 from ollama_meter.gateway._requests import (
     OLLAMA_ROUTES,
     OPENAI_ROUTES,
+    SPAN_HEADER,
     BadRequest,
     operation_of,
     parse_request,
@@ -280,10 +280,9 @@ class Gateway:
                 http_status=bad.status,
                 status=_REFUSAL_STATUS.get(bad.error_type, Status.ERROR),
             )
-            await in_thread(refusal)
-            return error_response(
-                wire, bad.status, bad.message, headers=bad.headers, kind=bad.error_type
-            )
+            span = await in_thread(refusal)
+            named = {**(bad.headers or {}), SPAN_HEADER: span.id}
+            return error_response(wire, bad.status, bad.message, headers=named, kind=bad.error_type)
         spans: list[str] = []  # the call's, once it is open: named to the caller in a header
 
         def bind(span_id: str) -> None:

@@ -43,7 +43,7 @@ from ollama_meter.errors import (
 )
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._rates import Admission
-from ollama_meter.gateway._requests import MeteredRequest
+from ollama_meter.gateway._requests import SPAN_HEADER, MeteredRequest
 from ollama_meter.gateway._slots import (
     CallerGone,
     Hangup,
@@ -274,11 +274,12 @@ class Relay:
             call = await self._open(request, attribution)
         except BudgetExceeded as refused:
             admission.refund()
-            wait = {"Retry-After": str(refused.retry_after)}
+            wait = {"Retry-After": str(refused.retry_after), SPAN_HEADER: str(refused.span_id)}
             return error_response(wire, 429, str(refused), headers=wait, kind=refused.error_type)
         except LedgerError as unchecked:  # a covering budget unchecked, or nothing can record
             admission.refund()
-            return error_response(wire, 503, str(unchecked), headers={"Retry-After": "5"})
+            named = {SPAN_HEADER: unchecked.span_id} if unchecked.span_id else {}
+            return error_response(wire, 503, str(unchecked), headers={"Retry-After": "5", **named})
         if bind is not None:
             bind(call.span.id)
         content = request.upstream_body

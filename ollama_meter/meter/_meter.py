@@ -244,6 +244,7 @@ class Meter:
             span.fail("ledger_unavailable", str(unchecked), http_status=503, instant=True)
             span.apply_cost(prices.cost_of(span))
             self._record(span)  # spooled while the database is away
+            unchecked.span_id = span.id
             raise unchecked from exc
         except BudgetExceeded as refusal:
             if not blocking:
@@ -257,6 +258,7 @@ class Meter:
             )
             span.apply_cost(prices.cost_of(span))
             self._record(span)
+            refusal.span_id = span.id
             raise
         except WouldBlock:
             raise

@@ -256,7 +256,9 @@ def test_budget_refusal_is_429_with_retry_after(
     assert reply.status_code == 429 and "budget" in reply.json()["error"]
     assert 0 < int(reply.headers["retry-after"]) <= 86400
     assert len(emulator.requests) == before
-    assert spans(gateway)[0].status == "rejected"
+    (refused,) = spans(gateway)
+    assert refused.status == "rejected"
+    assert reply.headers["x-ometer-span-id"] == refused.id  # the README: every metered answer
     openai_reply = gateway.client.post(
         "/v1/chat/completions",
         json={"model": "llama3.1:8b", "messages": HI},

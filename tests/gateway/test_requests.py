@@ -453,3 +453,24 @@ def test_each_metered_answer_names_its_span(sqlite_app: Gateway, emulator: Ollam
         (404, "error"),
     ]
     assert len({span for _, span in named}) == 4
+
+
+def test_a_refusal_the_gateway_answers_itself_names_its_span_too(
+    sqlite_app: Gateway, emulator: OllamaEmulator
+) -> None:
+    """A 400 or 413 is a span like any other: its answer says which one (README, Span id)."""
+    body = {"model": "llama3.1:8b", "messages": HI, "stream": False}
+    refusals = [
+        sqlite_app.client.post("/api/chat", json={"model": "llama3.1:8b", "messages": "hi"}),
+        sqlite_app.client.post("/v1/chat/completions", json={**body, "stream_options": "yes"}),
+        sqlite_app.client.post(
+            "/api/chat", json=body, headers=[("X-Ometer-User", "a"), ("X-Ometer-User", "b")]
+        ),
+    ]
+    stored = {s.id: (s.status, s.error_type) for s in sqlite_app.ledger.latest(SpanFilter(), 10)}
+    assert [(r.status_code, stored[r.headers["x-ometer-span-id"]]) for r in refusals] == [
+        (400, ("error", "bad_request")),
+        (400, ("error", "bad_request")),
+        (400, ("error", "bad_request")),
+    ]
+    assert emulator.requests_to("/api/chat") == []
