@@ -75,10 +75,14 @@ def serve(
         ),
     ] = None,
     require_key: Annotated[
-        bool, typer.Option("--require-key", help="Every route needs a valid API key.")
+        bool,
+        typer.Option("--require-key", help="Every route but /healthz needs a valid API key."),
     ] = False,
     allow_admin: Annotated[
-        bool, typer.Option("--allow-admin", help="Let pull/push/create/copy/delete through.")
+        bool,
+        typer.Option(
+            "--allow-admin", help="Let pull/push/create/copy/delete and blob uploads through."
+        ),
     ] = False,
     admin_token: Annotated[
         str | None,
