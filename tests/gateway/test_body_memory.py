@@ -232,3 +232,40 @@ def test_a_list_of_wrong_items_costs_one_problem_however_long_it_is(
             shape.model_validate(_body_with(path, where, [[]] * length))
         problems.append(refused.value.error_count())
     assert problems[1] == problems[0]
+
+
+def test_bodies_that_each_hold_part_of_the_room_never_wait_on_each_other() -> None:
+    """Room is taken as a body arrives: bodies that came in side by side (60 vision calls of
+    5 MB, or 9 of 30 MB) filled it with a part of each, and then each waited for room only
+    another could give back when its answer was done, which needed the rest of its body:
+    every one stalled the 30 s and most were refused 503. When every body holding room waits
+    for more, the last to wait is read to its end (past the room by less than one body)."""
+    done: list[str] = []
+    answer = asyncio.Event()
+    high: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        for _ in range(6):  # a body of 6 parts of 10 bytes, sent in turn with the others
+            await take(scope, 10)
+            high.append(memory.held)
+            await asyncio.sleep(0)
+        done.append(scope["name"])
+        await answer.wait()
+
+    memory = BodyMemory(app, most=100, wait=3600)
+
+    async def run() -> None:
+        calls = [
+            asyncio.ensure_future(memory({"type": "http", "name": name}, None, None))
+            for name in ("a", "b")
+        ]
+        for _ in range(100):  # no clock runs: only turns of the loop
+            await asyncio.sleep(0)
+        assert len(done) == 1  # one body whole; the other waits for its room
+        answer.set()
+        await asyncio.gather(*calls)
+
+    asyncio.run(run())
+    assert len(done) == 2
+    assert memory.held == 0
+    assert max(high) <= 100 + 6 * 10
