@@ -300,13 +300,16 @@ class EndlessCollector:
     """A collector (or a proxy in its place) whose answer never ends: a 200 and then a body.
 
     Each connection gets ``200 OK`` with a chunked body of ``chunk`` repeated, ``pause``
-    seconds apart, until ``limit`` bytes are sent (then the body ends properly).
+    seconds apart, until ``limit`` bytes are sent (then the body ends properly); with
+    ``length``, the body's length is said up front (``Content-Length``) and it is not chunked.
     ``cut_short`` counts the answers the client hung up on before their end, ``sent_whole``
     those that ended; ``connections`` the connections accepted.
     """
 
-    def __init__(self, chunk: bytes, *, limit: int, pause: float = 0.0) -> None:
-        self.chunk, self.limit, self.pause = chunk, limit, pause
+    def __init__(
+        self, chunk: bytes, *, limit: int, pause: float = 0.0, length: bool = False
+    ) -> None:
+        self.chunk, self.limit, self.pause, self.length = chunk, limit, pause, length
         self.connections = 0
         self.cut_short = 0
         self.sent_whole = 0
@@ -330,21 +333,23 @@ class EndlessCollector:
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
-        framed = b"%x\r\n%s\r\n" % (len(self.chunk), self.chunk)
+        framed = self.chunk if self.length else b"%x\r\n%s\r\n" % (len(self.chunk), self.chunk)
+        whole = -(-self.limit // len(self.chunk)) * len(self.chunk)
+        framing = b"Content-Length: %d" % whole if self.length else b"Transfer-Encoding: chunked"
         sent = 0
         with conn:
             try:
                 conn.recv(1 << 20)  # the request (its start is enough to answer it)
                 conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n"
-                    b"Transfer-Encoding: chunked\r\n\r\n"
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n" + framing + b"\r\n\r\n"
                 )
                 while sent < self.limit:
                     conn.sendall(framed)
                     sent += len(self.chunk)
                     if self.pause:
                         time.sleep(self.pause)
-                conn.sendall(b"0\r\n\r\n")
+                if not self.length:
+                    conn.sendall(b"0\r\n\r\n")
             except OSError:  # the client hung up
                 with self._lock:
                     self.cut_short += 1

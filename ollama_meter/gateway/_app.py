@@ -70,9 +70,9 @@ log = logging.getLogger("ollama_meter.gateway")
 ADMIN = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
 _NO_BODY = frozenset({"GET", "HEAD"})
 REFRESH_SECONDS = 5.0
+"""How often the background task looks for prices and budgets due to be reloaded."""
 INLINE_PARSE_BYTES = 64 * 1024
 """Bodies up to this size are checked on the event loop (under 20 ms); larger, in a thread."""
-"""How often the background task looks for prices and budgets due to be reloaded."""
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 _REFUSAL_STATUS = {"rate_limited": Status.REJECTED, "client_abort": Status.CLIENT_ABORT}

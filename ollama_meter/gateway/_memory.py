@@ -11,7 +11,10 @@ So the bodies held at once are bounded too: :data:`BODIES_HELD` times the larges
 not as a ``Content-Length`` promises them (a caller that declares 32 MiB and sends nothing
 holds none: eight of them would otherwise have shut everyone out). A request whose next
 bytes do not fit waits (the rest wait in the network, unread) until earlier requests
-finish, at most :data:`ROOM_WAIT_S`, then is answered 503 with ``Retry-After``.
+finish, at most :data:`ROOM_WAIT_S`, then is answered 503 with ``Retry-After``. When every
+request holding room waits for more (bodies that came in side by side, each holding a part:
+none would ever finish to give room back), the last to wait is read to its end past the
+room, by less than one body: the others then wait for its answer, as for any other.
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ class BodyMemory:
         self.wait = ROOM_WAIT_S if wait is None else wait
         self.held = 0
         self._waiting: list[asyncio.Future[None]] = []
+        self._holders = 0  # requests that hold room
+        self._stuck = 0  # of them, those waiting for more
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,6 +120,7 @@ class BodyMemory:
             size = scope.pop(_HELD, 0)
             if size:
                 self.held -= size
+                self._holders -= 1
                 for waiter in self._waiting:  # each looks again whether it fits now
                     if not waiter.done():
                         waiter.set_result(None)
@@ -125,18 +131,25 @@ class BodyMemory:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait
+        holding = _HELD in scope
         while self.held + size > self.most:
+            if holding and self._stuck == self._holders - 1:
+                break  # every other request holding room waits for more: this one goes on
             if loop.time() >= deadline:
                 raise NoRoom(self.most, self.wait)
             waiter = loop.create_future()
             self._waiting.append(waiter)
+            self._stuck += holding
             try:
                 async with asyncio.timeout_at(deadline):
                     await waiter
             except TimeoutError:
                 pass  # looked at once more above, then refused
             finally:
+                self._stuck -= holding
                 self._waiting.remove(waiter)
+        if not holding:
+            self._holders += 1
         self.held += size
         scope[_HELD] = scope.get(_HELD, 0) + size
 

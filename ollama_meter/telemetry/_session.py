@@ -76,7 +76,7 @@ class BoundedSession(requests.Session):
         response = super().request(method, url, *args, **kwargs)
         body = bytearray()
         try:
-            for chunk in response.iter_content(_CHUNK):
+            for chunk in _parts(response):
                 body += chunk
                 if len(body) > MAX_ANSWER:
                     raise AnswerOutOfBounds(f"answer longer than {MAX_ANSWER} bytes")
@@ -92,6 +92,22 @@ class BoundedSession(requests.Session):
             where = response.headers.get("location") or "nowhere said"
             raise Redirected(f"answered {response.status_code} to {where}: set the endpoint to it")
         return response
+
+
+def _parts(response: requests.Response) -> Iterable[bytes]:
+    """The answer's body as it arrives: each part as soon as the socket gave any bytes.
+
+    ``iter_content`` reads whole chunks of a body whose length is said: a read of 8 KiB
+    waited for 8 KiB (a byte every few seconds, each within the timeout, held it for hours),
+    and the deadline was looked at only between them. ``read1`` returns what one read of
+    the socket gave (urllib3 2.3 and later)."""
+    raw = response.raw
+    read1 = getattr(raw, "read1", None)
+    if read1 is None or raw.chunked:  # a chunked body comes a chunk at a time anyway
+        yield from response.iter_content(_CHUNK)
+        return
+    while chunk := read1(_CHUNK, decode_content=True):
+        yield chunk
 
 
 def refused_spans(answer: bytes) -> tuple[int, str]:

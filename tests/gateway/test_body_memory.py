@@ -4,6 +4,7 @@ then gets 503, where it used to take the machine's memory (and the OOM killer th
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import time
@@ -163,3 +164,108 @@ def test_a_body_of_more_objects_than_any_call_needs_is_refused_before_it_is_all_
     assert "holds more than 100,000 objects" in reply.json()["error"]["message"]
     (span,) = sqlite_app.ledger.latest(SpanFilter(), 5)
     assert (span.error_type, span.request_model) == ("bad_request", "")
+
+
+def _list_fields(shape: Any, at: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Where each list a request's shape validates item by item is, in a body (a list of
+    objects is looked into at its first item)."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    found: list[tuple[str, ...]] = []
+    for name, info in shape.model_fields.items():
+        union = typing.get_origin(info.annotation) in (typing.Union, types.UnionType)
+        for member in typing.get_args(info.annotation) if union else (info.annotation,):
+            annotated = typing.get_origin(member) is typing.Annotated
+            kind = typing.get_args(member)[0] if annotated else member
+            if typing.get_origin(kind) is list:
+                found.append((*at, name))
+                (item,) = typing.get_args(kind)
+                if isinstance(item, type) and issubclass(item, BaseModel):
+                    found += _list_fields(item, (*at, name, "0"))
+            elif isinstance(kind, type) and issubclass(kind, BaseModel):
+                found += _list_fields(kind, (*at, name))
+    return found
+
+
+def _body_with(path: str, where: tuple[str, ...], items: list[Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "llama3.1:8b"}
+    if path == "/v1/chat/completions":
+        body["messages"] = [{"role": "user"}]
+    if path == "/v1/embeddings":
+        body["input"] = "hi"
+    here: Any = body
+    for step, after in itertools.pairwise(where):
+        if step == "0":
+            here = here[0]
+        else:
+            here = here.setdefault(step, [{"role": "user"}] if after == "0" else {})
+    here[where[-1]] = items
+    return body
+
+
+def _wrong_items_lists() -> list[tuple[str, tuple[str, ...]]]:
+    from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
+
+    routes = {**OLLAMA_ROUTES, **OPENAI_ROUTES}
+    return [(path, where) for path, shape in routes.items() for where in _list_fields(shape)]
+
+
+@pytest.mark.parametrize(("path", "where"), _wrong_items_lists(), ids=str)
+def test_a_list_of_wrong_items_costs_one_problem_however_long_it_is(
+    path: str, where: tuple[str, ...]
+) -> None:
+    """A list is checked to its first wrong item, not each of them: 4 MB of ``[1,1,...]``
+    as messages (2 million items) took 10 s and 2.9 GB to refuse, one problem per item
+    (32 MB, the largest body, past the machine's memory). No object in it, so no bound on
+    objects held it."""
+    from pydantic import ValidationError
+
+    from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
+
+    shape = {**OLLAMA_ROUTES, **OPENAI_ROUTES}[path]
+    problems = []
+    for length in (1, 1000):
+        with pytest.raises(ValidationError) as refused:
+            shape.model_validate(_body_with(path, where, [[]] * length))
+        problems.append(refused.value.error_count())
+    assert problems[1] == problems[0]
+
+
+def test_bodies_that_each_hold_part_of_the_room_never_wait_on_each_other() -> None:
+    """Room is taken as a body arrives: bodies that came in side by side (60 vision calls of
+    5 MB, or 9 of 30 MB) filled it with a part of each, and then each waited for room only
+    another could give back when its answer was done, which needed the rest of its body:
+    every one stalled the 30 s and most were refused 503. When every body holding room waits
+    for more, the last to wait is read to its end (past the room by less than one body)."""
+    done: list[str] = []
+    answer = asyncio.Event()
+    high: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        for _ in range(6):  # a body of 6 parts of 10 bytes, sent in turn with the others
+            await take(scope, 10)
+            high.append(memory.held)
+            await asyncio.sleep(0)
+        done.append(scope["name"])
+        await answer.wait()
+
+    memory = BodyMemory(app, most=100, wait=3600)
+
+    async def run() -> None:
+        calls = [
+            asyncio.ensure_future(memory({"type": "http", "name": name}, None, None))
+            for name in ("a", "b")
+        ]
+        for _ in range(100):  # no clock runs: only turns of the loop
+            await asyncio.sleep(0)
+        assert len(done) == 1  # one body whole; the other waits for its room
+        answer.set()
+        await asyncio.gather(*calls)
+
+    asyncio.run(run())
+    assert len(done) == 2
+    assert memory.held == 0
+    assert max(high) <= 100 + 6 * 10

@@ -369,20 +369,23 @@ def test_an_integer_past_64_bits_from_a_hook_is_exported_as_its_digits(
 
 
 @pytest.mark.parametrize(
-    ("chunk", "limit", "pause"),
+    ("chunk", "limit", "pause", "length"),
     [
-        (b"<html>" * 10_000, 64 << 20, 0.0),  # 64 MB as fast as it goes: all of it was read
-        (b"<p>", 3_000, 0.01),  # a trickle for 10 s: each read came within the timeout
+        (b"<html>" * 10_000, 64 << 20, 0.0, False),  # 64 MB as fast as it goes: all was read
+        (b"<p>", 3_000, 0.01, False),  # a trickle for 10 s: each read came within the timeout
+        # A byte every 0.3 s of a body whose length is said: a read of 8 KiB waited for all
+        # of it (a 60 KB answer: 5 hours of the export thread, every span dropped meanwhile).
+        (b"x", 40, 0.3, True),
     ],
-    ids=["endless", "trickling"],
+    ids=["endless", "trickling", "trickling-with-length"],
 )
 def test_an_answer_that_does_not_end_is_cut_and_the_export_fails(
-    monkeypatch: pytest.MonkeyPatch, chunk: bytes, limit: int, pause: float
+    monkeypatch: pytest.MonkeyPatch, chunk: bytes, limit: int, pause: float, length: bool
 ) -> None:
     """requests read a collector's whole answer, its timeout bounding each read, not the
     answer: an endless body took the exporter to 5 GB in 20 s, and the export never ended."""
     monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
-    with EndlessCollector(chunk, limit=limit, pause=pause) as collector:
+    with EndlessCollector(chunk, limit=limit, pause=pause, length=length) as collector:
         url = f"{collector.url}/v1/traces"
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
         telemetry = Telemetry(load_settings())
