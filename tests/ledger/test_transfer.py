@@ -399,7 +399,10 @@ def test_prune_gives_space_back_and_converts_an_old_file(tmp_path: Path, cli) ->
     old = tmp_path / "old.db"
     plain = sqlite3.connect(old)
     plain.execute("PRAGMA auto_vacuum = NONE")
-    plain.execute("CREATE TABLE t (x)")  # a file made before ledgers chose incremental vacuum
+    # A file made before ledgers chose incremental vacuum: a table written once fixes the
+    # file's vacuum mode; dropped, so the file is an empty database, not another app's.
+    plain.execute("CREATE TABLE t (x)")
+    plain.execute("DROP TABLE t")
     plain.close()
     db = f"sqlite:///{old}"
     Ledger(db).record(_spans(2000))
