@@ -77,14 +77,24 @@ class Rejected(Exception):
     """The database refused these spans for what they contain, not because it is away."""
 
 
+def _as_was(path: Path) -> tuple[int, int, int]:
+    """What tells one file from another of the same name: its inode, size and write time."""
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1, -1)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class Spool:
     """A folder of JSON-lines files, one per failed write, and a quarantine beside it."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.quarantine_dir = directory / "quarantine"
-        self._newer: set[Path] = set()
-        """Files a newer ometer wrote: left for it, said once, not read again by this one."""
+        self._newer: dict[Path, tuple[int, int, int]] = {}
+        """Files a newer ometer wrote: left for it, said once, not read again by this one
+        while they stay as they were (a file of the same name written since is read)."""
 
     def put(self, spans: Sequence[SpanRecord]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -108,7 +118,8 @@ class Spool:
 
     def pending(self) -> list[Path]:
         try:
-            return sorted(p for p in self.directory.glob("*.jsonl") if p not in self._newer)
+            files = self.directory.glob("*.jsonl")
+            return sorted(p for p in files if p not in self._newer or _as_was(p) != self._newer[p])
         except OSError:
             return []
 
@@ -141,7 +152,7 @@ class Spool:
             spans, bad = self._decode(lines)
             if newer := next((e for _, e in bad if isinstance(e, NewerColumn)), None):
                 # Not damage: the spans are whole, for an ometer that knows the column.
-                self._newer.add(path)
+                self._newer[path] = _as_was(path)
                 log.warning(
                     "spool file %s holds spans a newer ometer wrote (column %r); left in the "
                     "spool for it: run the newer ometer on this machine to record them",

@@ -172,3 +172,10 @@ def test_a_spool_file_a_newer_ometer_wrote_stays_in_the_spool_for_it(
     assert [p.name for p in spool.iterdir()] == [path.name] and path.read_text() == text
     said = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
     assert len(said) == 1 and "newer ometer" in said[0] and repr(column) in said[0], said
+    # The newer ometer recorded it; a file of the same name written since is this one's to
+    # read (it was skipped for as long as the process ran).
+    path.unlink()
+    replaced = [make_span()]
+    path.write_text(encode_span(replaced[0]) + "\n")
+    assert ledger.recover() == 1 and not path.exists()
+    assert replaced[0].id in {s.id for s in ledger.latest(SpanFilter(), 10)}
