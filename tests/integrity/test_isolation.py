@@ -223,7 +223,9 @@ def _spool_objects(draw: st.DrawFn) -> dict[str, Any]:
     """A spool line's object, as written or hand-damaged: a field changed, dropped or added."""
     row: dict[str, Any] = json.loads(encode_span(make_span(status="ok", http_status=200)))
     for _ in range(draw(st.integers(1, 3))):
-        key = draw(st.sampled_from(sorted(row)) | hostile_text)
+        # a name as ometer names columns reads as a newer ometer's column, not damage
+        column_like = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
+        key = draw(st.sampled_from(sorted(row)) | hostile_text | column_like)
         if draw(st.booleans()) and key in row:
             del row[key]
         else:
@@ -251,6 +253,11 @@ def test_a_spool_line_is_stored_as_written_or_set_aside(
     )
     recorded = ledger.recover()  # never raises: a line that is no span is set aside
     assert ledger.spool.pending() == []
+    if path.exists():  # a whole span with a column this ometer lacks: a newer ometer's file
+        known = json.loads(encode_span(good[0])).keys()
+        assert recorded == 0 and ledger.count() == before and row.keys() - known
+        path.unlink()
+        return
     stored = {s.id: s for s in ledger.latest(SpanFilter(), ledger.count())}
     assert {s.id for s in good} <= stored.keys()
     kept = ledger.spool.quarantine_dir / f"{path.name}.unreadable"
