@@ -111,7 +111,10 @@ _DURATIONS = ("total", "load", "prompt_eval", "eval", "latency", "ttft", "queue"
 _DURATION_VALUES = operator.attrgetter(*_DURATIONS)
 _LABELS = operator.attrgetter("currency", *(what for what, _ in (*_NAMES, *_TEXTS)))
 _checked: set[tuple[str | None, ...]] = set()
-"""Label tuples (currency, names, models, hosts...) already found valid: they repeat on every line."""
+"""Label tuples (currency, names, models, hosts...) already found valid: they repeat on every line.
+At most :data:`_CHECKED_MOST` (a real ledger has a few thousand; a hostile import's
+every line another, of names up to 255 characters, had held 250 MB)."""
+_CHECKED_MOST = 10_000
 
 
 _amounts: dict[str, int] = {}
@@ -199,7 +202,7 @@ def _check(d: _Line) -> None:
     labels = _LABELS(d)
     if labels not in _checked:
         _check_labels(d)
-        if len(_checked) >= 100_000:
+        if len(_checked) >= _CHECKED_MOST:
             _checked.clear()
         _checked.add(labels)
     for what, limit in _IDS:
