@@ -120,10 +120,10 @@ def serve(
     db: DbOption = None,
 ) -> None:
     """Run the metering gateway: point OLLAMA_HOST at it instead of Ollama."""
-    import uvicorn
 
     from ollama_meter.gateway import (
         GatewayOptions,
+        GatewayServer,
         create_app,
         is_loopback,
         listening_socket,
@@ -157,11 +157,9 @@ def serve(
     )
     if insecure_open and not (is_loopback(host) or require_key or admin_token):
         err.print(f"warning: listening on {host} with no key and no admin token (--insecure-open)")
-    config = server_config(
-        app, host=host, port=port, max_header_bytes=max_header_bytes, timeout_graceful_shutdown=10
-    )
+    config = server_config(app, host=host, port=port, max_header_bytes=max_header_bytes)
     serving()
-    uvicorn.Server(config).run(sockets=[sock])
+    GatewayServer(config).run(sockets=[sock])
 
 
 def serve_settings(

@@ -13,6 +13,7 @@ from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 if TYPE_CHECKING:
     from ollama_meter.gateway._access import GatewayOptions
     from ollama_meter.gateway._app import ADMIN, create_app
+    from ollama_meter.gateway._drain import GatewayServer
     from ollama_meter.gateway._passthrough import PASSTHROUGH
     from ollama_meter.gateway._server import (
         is_loopback,
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "PASSTHROUGH",
     "GatewayOptions",
+    "GatewayServer",
     "create_app",
     "is_loopback",
     "listening_socket",
@@ -38,6 +40,7 @@ _LAZY = {
     "ADMIN": "._app",
     "PASSTHROUGH": "._passthrough",
     "GatewayOptions": "._access",
+    "GatewayServer": "._drain",
     "create_app": "._app",
     "is_loopback": "._server",
     "listening_socket": "._server",

@@ -43,6 +43,7 @@ from ollama_meter.gateway._access import (
 )
 from ollama_meter.gateway._attribution import Forbidden, resolve
 from ollama_meter.gateway._dash import NO_STORE, dashboard_routes
+from ollama_meter.gateway._drain import Drain, drained
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._hosts import guard
 from ollama_meter.gateway._memory import Unread, body_memory
@@ -429,12 +430,19 @@ def create_app(
             )
         ),
     ]
-    return Starlette(
+    drain = Drain()  # the server (GatewayServer) ends it; calls it stops are answered
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={ClientDisconnect: _client_left, 404: unrouted, 405: unrouted},
-        middleware=[guard(loopback=opts.loopback), body_memory(opts.max_body_bytes)],
+        middleware=[
+            drained(drain),
+            guard(loopback=opts.loopback),
+            body_memory(opts.max_body_bytes),
+        ],
     )
+    app.state.drain = drain
+    return app
 
 
 async def _client_left(request: Request, exc: Exception) -> Response:

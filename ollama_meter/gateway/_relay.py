@@ -288,7 +288,7 @@ class Relay:
             content = json.dumps(capped).encode()
         queued = time.monotonic_ns()
         try:
-            lease = await take_slot(self.fleet, request.model, admission, hangup)
+            slot = await take_slot(self.fleet, self.meter, call, request.model, admission, hangup)
         except CallerGone:
             call.span.queue_ns = time.monotonic_ns() - queued
             await in_thread(self.meter.close, call, asyncio.CancelledError())
@@ -304,8 +304,6 @@ class Relay:
             call.span.queue_ns = time.monotonic_ns() - queued
             await in_thread(self.meter.close, call, exc)
             raise
-        call.span.queue_ns = lease.waited_ns
-        slot = Slot(lease)
         headers = {**forward_headers(raw_headers), "content-type": "application/json"}
         try:
             # Until the answer starts, only listening tells that the caller left.
@@ -409,6 +407,7 @@ class Relay:
             request.stream,
             attribution,
             facts_of(request.operation, request.body),
+            queued=True,
         )
         call = self.meter.try_open(opening)
         if call is not None:

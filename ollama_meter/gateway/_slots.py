@@ -3,8 +3,9 @@
 Owns what waiting means for an HTTP caller: a plain request is not cancelled
 when its client leaves (only reading or writing would tell), so while a call
 queues the gateway listens for the hang-up itself, and a caller that leaves is
-taken out of the queue (:class:`CallerGone`). A slot is held until the answer
-has been sent, or abandoned (:class:`Holding`).
+taken out of the queue (:class:`CallerGone`). A call is journaled as it leaves the
+queue, not before. A slot is held until the answer has been sent, or abandoned
+(:class:`Holding`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.responses import Response
 
 from ollama_meter.gateway._fleet import Fleet, Lease
 from ollama_meter.gateway._rates import Admission
+from ollama_meter.meter import Meter, MeteredCall
 
 T = TypeVar("T")
 Hangup = Callable[[], Awaitable[object]]
@@ -36,19 +38,31 @@ async def client_left(request: Request) -> None:
 
 
 async def take_slot(
-    fleet: Fleet, model: str, admission: Admission, hangup: Hangup | None = None
-) -> Lease:
-    """A slot for a call to ``model``: at once when one is free and nobody waits, else in turn.
+    fleet: Fleet,
+    meter: Meter,
+    call: MeteredCall,
+    model: str,
+    admission: Admission,
+    hangup: Hangup | None = None,
+) -> Slot:
+    """A slot for ``call`` to ``model``: at once when one is free and nobody waits, else in turn.
 
-    Raises :class:`CallerGone` if ``hangup`` returns first, and
-    :class:`~ollama_meter.errors.ServerBusy` when the queue is full or the wait too long.
+    The call is journaled only once it has its slot (it was opened ``queued``): were the
+    process killed, a call still waiting would otherwise be recorded as interrupted and
+    charged, though Ollama never had it. Raises :class:`CallerGone` if ``hangup`` returns
+    first, and :class:`~ollama_meter.errors.ServerBusy` when the queue is full or the wait
+    too long.
     """
     flow, weight, caps = admission.flow, admission.weight, admission.caps
-    now = fleet.lease_now(model, flow, weight=weight, caps=caps)
-    if now is not None:
-        return now
-    # Cancelled when the caller leaves: the queue takes it out, or gives back a place just granted.
-    return await until_gone(fleet.lease(model, flow, weight=weight, caps=caps), hangup)
+    lease = fleet.lease_now(model, flow, weight=weight, caps=caps)
+    if lease is None:
+        # Cancelled when the caller leaves: the queue takes it out, or gives back a place
+        # just granted.
+        lease = await until_gone(fleet.lease(model, flow, weight=weight, caps=caps), hangup)
+    call.span.queue_ns = lease.waited_ns
+    call.span.upstream_host = lease.server.url
+    meter.sending(call)
+    return Slot(lease)
 
 
 async def until_gone(work: Awaitable[T], hangup: Hangup | None) -> T:

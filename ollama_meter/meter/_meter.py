@@ -161,13 +161,19 @@ class Meter:
         if self.budgets is not None:
             self._admit(self.budgets, call, facts, prices, blocking=blocking)
         make_storable(span)  # what observers see (telemetry exports it) and the journal keeps
-        if self.journal:
+        if self.journal and not opening.queued:
             self.ledger.journal.opened(span, estimate_tokens(facts.prompt_text))
         stopped = self._notify("on_start", span)
         if stopped is not None:  # Ctrl-C in a hook: the call, admitted and journaled, ends here
             self.close(call, stopped)
             raise stopped
         return call
+
+    def sending(self, call: MeteredCall) -> None:
+        """Journal a call opened ``queued`` as it leaves for Ollama (``span.upstream_host``):
+        from here on, were this process killed, the call would be recorded as interrupted."""
+        if self.journal:
+            self.ledger.journal.opened(call.span, estimate_tokens(call.prompt_text))
 
     def _new_span(
         self, operation: str, model: str, stream: bool, who: Attribution, currency: str

@@ -67,6 +67,9 @@ class Opening:
     stream: bool
     attribution: Attribution
     facts: RequestFacts | None = None
+    queued: bool = False
+    """The call may wait (the gateway's queue) before it goes to Ollama: it is journaled by
+    :meth:`Meter.sending` when it goes, so a crash meanwhile charges nobody for it."""
 
 
 def options_of(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -112,3 +113,48 @@ def test_the_journal_costs_two_appends_and_is_recovered_once(tmp_path: Path) -> 
         json.loads(line) for line in next(directory.glob("*.journal")).read_text().splitlines()
     ]
     assert len(lines) == 1 and "o" in lines[0]
+
+
+def test_kill_9_charges_no_call_that_was_still_waiting_for_a_slot(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """With one slot and four callers, ``kill -9`` left four calls in the journal: the next
+    gateway recorded all four as interrupted and charged their prompts, though Ollama had
+    received one (the other three waited in the gateway's queue and never went out)."""
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}"}
+    subprocess.run(
+        [*OMETER, "pricing", "set", "*", "--input-per-1m", "1000"], env=env, check=True,
+        capture_output=True,
+    )  # fmt: skip
+    proc, url = start_gateway(env, emulator.url, "--slots", "1")
+    emulator.token_latency = 0.5  # the one call Ollama has is still running when the gateway dies
+
+    def call() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the gateway is gone
+            body = {
+                "model": "llama3.1:8b",
+                "stream": False,
+                "messages": [{"role": "user", "content": "a b c d"}],
+            }
+            httpx.post(f"{url}/api/chat", json=body, timeout=30)
+
+    callers = [threading.Thread(target=call) for _ in range(4)]
+    for caller in callers:
+        caller.start()
+    deadline = time.monotonic() + 20
+    while "ometer_requests_in_flight 4.0" not in httpx.get(f"{url}/metrics").text:
+        assert time.monotonic() < deadline  # all four opened: one with Ollama, three queued
+        time.sleep(0.02)
+    assert len(emulator.requests_to("/api/chat")) == 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    for caller in callers:
+        caller.join(timeout=30)
+    emulator.token_latency = 0.0
+    again, _ = start_gateway(env, emulator.url)
+    again.terminate()
+    again.wait(timeout=20)
+    spans = logged(env)
+    assert [(s["status"], s["upstream_host"], s["cost"]) for s in spans] == [
+        ("interrupted", emulator.url, "0.002000")
+    ]

@@ -1,0 +1,136 @@
+"""Stopping the gateway (SIGTERM: systemd stop or restart) while calls run and wait.
+
+On the signal the server stops listening and lets every call it has finish for
+``drain_s`` seconds, the calls waiting in the queue included (they are served as
+slots free). When the drain ends, what still runs is stopped by the gateway itself,
+each call with a clear answer in its route's format, not the server's plain-text
+``500`` and a traceback per call: a call not yet answered gets 503 with
+``Retry-After: 1`` (a restarted gateway takes it), a stream already flowing ends
+with an error item, so the official clients raise. Each call's span is written
+(as a caller's stop: ``client_abort``) before the process exits.
+
+Owns the drain's timing and those last answers; never what a call does before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+
+import uvicorn
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ollama_meter.upstream import OLLAMA, OPENAI
+
+log = logging.getLogger("ollama_meter.gateway")
+
+DRAIN_S = 10.0
+"""Seconds the calls in flight at a SIGTERM have to finish."""
+FINISH_S = 5.0
+"""Seconds more for the calls stopped when the drain ends to write their spans and answer."""
+STOPPED = "the gateway stopped before this call was answered; send it again"
+
+
+class Drain:
+    """Whether the drain has ended: shared by the server (which ends it) and the app."""
+
+    def __init__(self) -> None:
+        self.over = False
+
+
+class Drained:
+    """ASGI middleware: a call the drain's end stopped is answered, not left to the server."""
+
+    def __init__(self, app: ASGIApp, *, drain: Drain) -> None:
+        self.app = app
+        self.drain = drain
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = {"started": False, "ended": False}
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                state["ended"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except asyncio.CancelledError:
+            if not self.drain.over or state["ended"]:
+                raise
+            with contextlib.suppress(Exception):  # the caller may be gone too
+                await _last_answer(scope["path"], send, started=state["started"])
+
+
+async def _last_answer(path: str, send: Send, *, started: bool) -> None:
+    wire = OPENAI if path.startswith("/v1/") else OLLAMA
+    if started:  # a stream: its last item says why it ends
+        await send({"type": "http.response.body", "body": wire.error_frame(STOPPED)})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    body = wire.error_body(503, STOPPED)
+    content = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+                (b"retry-after", b"1"),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})
+
+
+def drained(drain: Drain) -> Middleware:
+    """The middleware as the app declares it (outermost, so every route's call is covered)."""
+    return Middleware(Drained, drain=drain)
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, with the gateway's drain: ``drain_s`` for calls to finish, then the
+    gateway stops the rest itself (see the module docstring)."""
+
+    def __init__(self, config: uvicorn.Config, *, drain_s: float = DRAIN_S) -> None:
+        config.timeout_graceful_shutdown = int(drain_s + FINISH_S) + 1
+        super().__init__(config)
+        self.drain_s = drain_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        drain: Drain | None = getattr(getattr(self.config.app, "state", None), "drain", None)
+        timer = (
+            asyncio.get_running_loop().call_later(self.drain_s, self._end_drain, drain)
+            if drain is not None
+            else None
+        )
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _end_drain(self, drain: Drain) -> None:
+        running = [task for task in self.server_state.tasks if not task.done()]
+        if not running:
+            return
+        drain.over = True
+        log.warning(
+            "the drain ended after %g s: stopped %d call(s) still running; each is answered "
+            "that the gateway stopped, and its span written",
+            self.drain_s,
+            len(running),
+        )
+        for task in running:
+            task.cancel()
