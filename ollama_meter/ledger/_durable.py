@@ -165,7 +165,7 @@ class DurableLedger(Database):
         except Rejected:
             stored = self._isolate(spans)
         except LedgerError as exc:
-            return self._keep(spans, exc)
+            return self.keep(spans, exc)
         if self._spooled:  # the database answers again: bring in what waited, a slice a write
             self._spooled = False
             if self._drain(DRAIN_SLICE) is not None and self.spool.pending():
@@ -228,7 +228,7 @@ class DurableLedger(Database):
                 if spool_file is not None:
                     stored[span.id] = Stored.SPOOLED
                 else:
-                    stored.update(self._keep([span], exc))
+                    stored.update(self.keep([span], exc))
         return stored
 
     def _quarantine(self, span: SpanRecord, reason: str, spool_file: Path | None = None) -> Stored:
@@ -262,8 +262,9 @@ class DurableLedger(Database):
         )
         return Stored.QUARANTINED
 
-    def _keep(self, spans: Sequence[SpanRecord], exc: LedgerError) -> dict[str, Stored]:
-        """The database cannot take ``spans`` now: spool them, else hold them in memory."""
+    def keep(self, spans: Sequence[SpanRecord], exc: LedgerError) -> dict[str, Stored]:
+        """The database cannot take ``spans`` now (``exc`` says why): spool them, else hold
+        them in memory. A caller that has just waited for the database calls it directly."""
         try:
             where = self.spool.put(spans)
         except OSError as spool_exc:

@@ -249,7 +249,7 @@ class Meter:
             )
             span.fail("ledger_unavailable", str(unchecked), http_status=503, instant=True)
             span.apply_cost(prices.cost_of(span))
-            self._record(span)  # spooled while the database is away
+            self._record(span, away=unchecked)  # spooled: the check has waited for it already
             unchecked.span_id = span.id
             raise unchecked from exc
         except BudgetExceeded as refusal:
@@ -362,14 +362,20 @@ class Meter:
             self._failures.failed("checking budget alerts after span %s", exc, span.id)
 
     def _record(
-        self, span: SpanRecord, *, storable: bool = False, call: MeteredCall | None = None
+        self,
+        span: SpanRecord,
+        *,
+        storable: bool = False,
+        call: MeteredCall | None = None,
+        away: LedgerError | None = None,
     ) -> Stored:
         """Hand a finished span to the observers, then make it durable; says where it went.
 
         Hooks see it before it is written, so the tags they add are kept; what they or
         anyone else put in it is made storable last. (``storable``: it is, and only
         observers could change that.) An interrupt in a hook is raised once the span is
-        written (and ``call.stored`` says where).
+        written (and ``call.stored`` says where). ``away``: why the ledger cannot take
+        it (found so just now): it goes to the spool at once.
         """
         if not storable:
             make_storable(span)
@@ -377,7 +383,10 @@ class Meter:
         if self.observers:
             stopped = self._notify("on_end", span)
             make_storable(span)
-        stored = self.writer.write(span)
+        if away is None:
+            stored = self.writer.write(span)
+        else:  # the ledger was found away just now: not a second wait for it
+            stored = self.ledger.keep([span], away)[span.id]
         if call is not None:
             call.stored = stored
         if stopped is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -56,6 +57,35 @@ def test_a_hard_budget_that_cannot_be_checked_refuses(
     result = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "-o", "num_predict=5", "hi")
     assert result.code == 1 and "cannot be checked, so the call was not made" in result.stderr
     assert emulator.requests == []
+    locked.execute("ROLLBACK")
+    close_ledgers()
+    spans = json.loads(cli("log", "--json").stdout)
+    assert [(s["status"], s["error_type"]) for s in spans] == [("error", "ledger_unavailable")]
+
+
+def test_a_refusal_for_a_ledger_found_locked_is_spooled_without_waiting_again(
+    cli: Any, emulator: OllamaEmulator, locked: sqlite3.Connection
+) -> None:
+    """The budget check had waited OMETER_LEDGER_WAIT for the lock; writing the refusal's span
+    then waited as long again before spooling it, so the caller had its answer after twice
+    the wait (10 s for a gateway call, by default). The span goes to the spool at once."""
+    from sqlalchemy import event
+
+    from ollama_meter.ledger import open_ledger
+
+    locked.execute("ROLLBACK")
+    assert cli("budget", "set", "sales", "--monthly", "100").code == 0
+    ledger = open_ledger(os.environ["OMETER_DB_URL"])  # the one the next command uses
+    tries: list[str] = []  # each a wait for the write lock of up to OMETER_LEDGER_WAIT
+
+    @event.listens_for(ledger.engine, "before_cursor_execute")
+    def begun(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        tries.append(statement)
+
+    locked.execute("BEGIN IMMEDIATE")
+    result = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "-o", "num_predict=5", "hi")
+    assert result.code == 1 and "cannot be checked" in result.stderr
+    assert tries.count("BEGIN IMMEDIATE") == 1 and len(ledger.spool.pending()) == 1
     locked.execute("ROLLBACK")
     close_ledgers()
     spans = json.loads(cli("log", "--json").stdout)
