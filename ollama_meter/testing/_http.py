@@ -165,23 +165,38 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
         raise Aborted
 
-    def _pause(self, seconds: float) -> None:
-        if seconds > 0 and self.server.stopping.wait(seconds):
-            self._drop()
+    def _pause(self, seconds: float, *, streaming: bool = False) -> None:
+        """Wait ``seconds`` as Ollama computes; a client that leaves meanwhile ends the reply
+        (Ollama cancels the request), a stream's counted as a hang-up. A whole reply's
+        one long pause went on for all of it: a call cut after a second held the emulator
+        for the next test to wait on."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.server.stopping.wait(min(left, 0.05)):
+                self._drop()
+            if self._client_gone():
+                if streaming:
+                    self.emulator._hung_up()
+                self._drop()
+
+    def _client_gone(self, wait: float = 0.0) -> bool:
+        """Whether the client closed its end (a request it pipelined is no leaving)."""
+        readable, _, _ = select.select([self.connection], [], [], wait)
+        if not readable:
+            return False
+        try:
+            return not self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
 
     def _hang(self) -> None:
         """Say nothing until the client leaves, the emulator stops, or the limit passes."""
         deadline = time.monotonic() + HANG_LIMIT_S
         while time.monotonic() < deadline and not self.server.stopping.is_set():
-            readable, _, _ = select.select([self.connection], [], [], 0.05)
-            if readable:
-                try:
-                    if not self.connection.recv(1, socket.MSG_PEEK):
-                        break
-                except OSError:
-                    break
-                # A pipelined request is waiting; keep hanging without spinning.
-                self.server.stopping.wait(0.05)
+            if self._client_gone(0.05):
+                break
+            # Nothing, or a pipelined request waiting: keep hanging without spinning.
+            self.server.stopping.wait(0.05)
         self._drop()
 
     def _lookup(self, name: str) -> EmulatedModel:
@@ -230,13 +245,13 @@ class Handler(BaseHTTPRequestHandler):
         ``ending()`` gives the last chunks (the final answer, usage, a terminator).
         """
         emu = self.emulator
-        self._pause(emu.latency)
+        self._pause(emu.latency, streaming=True)
         self._start_chunked(content_type)
         for index, piece in enumerate(pieces):
             if limit is not None and index >= limit:
                 break
             if index:
-                self._pause(emu.token_latency)
+                self._pause(emu.token_latency, streaming=True)
             self._write_chunk(encode(piece))
         if cut is Fault.DROP:
             self._drop()
@@ -245,7 +260,7 @@ class Handler(BaseHTTPRequestHandler):
             self._end_chunked()
             return
         if pieces:
-            self._pause(emu.token_latency)
+            self._pause(emu.token_latency, streaming=True)
         for chunk in ending():
             self._write_chunk(chunk)
         self._end_chunked()
