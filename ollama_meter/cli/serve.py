@@ -27,6 +27,7 @@ from ollama_meter.cli._common import (
     settings,
     table,
 )
+from ollama_meter.cli._waiting import open_when_up
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 from ollama_meter.records import Source, SpanRecord, Status
@@ -149,6 +150,7 @@ def serve(
     cfg = serve_settings(upstream, slots=slots, max_queue=max_queue, db=db)
     specs = cfg.upstream_specs
     sock = listening_socket(host, port)
+    open_when_up(cfg, ledger_for, err.print)  # a database server still starting is waited for
     app = create_app(cfg, options)
     servers = ", ".join(s.url + (f" ({s.slots} slots)" if s.slots else "") for s in specs)
     err.print(

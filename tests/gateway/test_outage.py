@@ -224,3 +224,46 @@ def test_budget_failures_in_an_outage_log_one_line_per_kind_and_count_the_rest(
     counted = [re.search(r"\(and (\d+) more time\(s\) in the last 1 s\)", line) for line in lines]
     assert counted[0] is None and counted[-1] is not None
     assert sum(1 + (int(m[1]) if m else 0) for m in counted) == 7
+
+
+def test_a_gateway_starting_before_its_database_server_waits_for_it(
+    cluster: PgCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway started while its PostgreSQL server was still starting (a boot, a restart of
+    both) exited at once, "connection refused", and systemd's restart limit could give up
+    on it for good. It waits for a server it cannot reach, saying so once."""
+    import threading
+
+    from ollama_meter.cli._common import ledger_for, settings
+    from ollama_meter.cli._waiting import open_when_up
+    from ollama_meter.ledger import close_ledgers
+
+    url = f"{cluster.url}/postgres"
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    cluster.stop()
+    said: list[str] = []
+    starting = threading.Timer(1.0, cluster.start)
+    starting.start()
+    try:
+        ledger = open_when_up(settings(), ledger_for, said.append)
+    finally:
+        starting.join()
+    assert ledger.count() == 0
+    assert len(said) == 2 and said[0].startswith("waiting for the database server: ")
+    assert "Connection refused" in said[0] and said[1] == "the database server answers: starting"
+    close_ledgers()
+
+
+def test_a_database_server_that_refuses_is_no_reason_to_wait(
+    cluster: PgCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong database name (or password) is said at once: waiting would not mend it."""
+    from ollama_meter.cli._common import ledger_for, settings
+    from ollama_meter.cli._waiting import open_when_up
+    from ollama_meter.errors import LedgerError
+
+    monkeypatch.setenv("OMETER_DB_URL", f"{cluster.url}/no_such_database")
+    slept: list[float] = []
+    with pytest.raises(LedgerError, match="no_such_database"):
+        open_when_up(settings(), ledger_for, print, sleep=slept.append)
+    assert slept == []
