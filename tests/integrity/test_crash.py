@@ -27,13 +27,13 @@ def test_kill_9_mid_stream_leaves_interrupted_spans(
         capture_output=True,
     )  # fmt: skip
     proc, url = start_gateway(env, emulator.url)
-    emulator.token_latency = 0.5  # every stream is still running when the gateway dies
     finished = [
         httpx.post(f"{url}/api/chat", json={"model": "llama3.1:8b", "stream": False,
                    "messages": [{"role": "user", "content": "done before"}]}, timeout=30)
         for _ in range(2)
     ]  # fmt: skip
     assert [r.status_code for r in finished] == [200, 200]
+    emulator.token_latency = 0.5  # every stream is still running when the gateway dies
     started = threading.Barrier(6)
 
     def hang_on() -> None:
