@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -58,16 +59,7 @@ def test_kill_9_mid_stream_leaves_interrupted_spans(
     while len(emulator.requests_to("/api/chat")) < 7:  # Ollama has every call
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
-    for caller in callers:
-        caller.join(timeout=30)
-    emulator.token_latency = 0.0
-    # The next process that meters calls records what the dead one left open.
-    again, _ = start_gateway(env, emulator.url)
-    again.terminate()
-    again.wait(timeout=20)
-    spans = logged(env)
+    spans = _killed_then_recovered(proc, callers, emulator, env)
     assert sorted(s["status"] for s in spans) == ["interrupted"] * 5 + ["ok"] * 2
     interrupted = [s for s in spans if s["status"] == "interrupted"]
     assert {s["error_type"] for s in interrupted} == {"interrupted"}
@@ -146,6 +138,20 @@ def test_kill_9_charges_no_call_that_was_still_waiting_for_a_slot(
         assert time.monotonic() < deadline  # all four opened: one with Ollama, three queued
         time.sleep(0.02)
     assert len(emulator.requests_to("/api/chat")) == 1
+    spans = _killed_then_recovered(proc, callers, emulator, env)
+    assert [(s["status"], s["upstream_host"], s["cost"]) for s in spans] == [
+        ("interrupted", emulator.url, "0.002000")
+    ]
+
+
+def _killed_then_recovered(
+    proc: subprocess.Popen[bytes],
+    callers: list[threading.Thread],
+    emulator: OllamaEmulator,
+    env: dict[str, str],
+) -> list[dict[str, Any]]:
+    """``kill -9`` the gateway, let its callers see it gone, and start the next gateway,
+    which records what the dead one left open; the spans then in the ledger."""
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     for caller in callers:
@@ -154,7 +160,4 @@ def test_kill_9_charges_no_call_that_was_still_waiting_for_a_slot(
     again, _ = start_gateway(env, emulator.url)
     again.terminate()
     again.wait(timeout=20)
-    spans = logged(env)
-    assert [(s["status"], s["upstream_host"], s["cost"]) for s in spans] == [
-        ("interrupted", emulator.url, "0.002000")
-    ]
+    return logged(env)
