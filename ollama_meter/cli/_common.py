@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 from rich.cells import cell_len
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleDimensions, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -80,8 +80,39 @@ def shown(value: object, style: str = "") -> Text:
     return text
 
 
+PIPED_WIDTH = 1000
+"""Columns a table may take where no terminal says how many (see :class:`_TextConsole`)."""
+
+
+def _any_terminal() -> bool:
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                return True
+        except OSError:  # a closed standard stream
+            continue
+    return False
+
+
 class _TextConsole(Console):
-    """A console that prints strings as text: no markup, control characters replaced."""
+    """A console that prints strings as text: no markup, control characters replaced.
+
+    Where no standard stream is a terminal and COLUMNS is unset (cron, a CI log, ``ssh``
+    without a tty, a service), rich laid every table out in 80 columns: the price rules'
+    14 columns were cut a few letters a line, so ``grep llama`` found no rule. There a
+    table is as wide as its content, up to :data:`PIPED_WIDTH`.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and "COLUMNS" not in self._environ and not _any_terminal():
+            return ConsoleDimensions(PIPED_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
 
     def print(self, *objects: Any, **options: Any) -> None:
         safe = [

@@ -147,3 +147,31 @@ def test_a_models_reply_cannot_drive_the_terminal_but_reaches_a_pipe_as_sent(
     assert piped.stdout == sent + "\n"
     assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", shown.stdout)
     assert shown.stdout == re.sub("[\x1b\x07\r\x9b]", "\ufffd", sent) + "\n"
+
+
+def test_a_table_written_where_no_terminal_is_keeps_each_row_on_one_line(
+    tmp_path: os.PathLike[str],
+) -> None:
+    """With no terminal on any standard stream and no COLUMNS (cron, a CI log, a service),
+    rich laid tables out in 80 columns: the price rules' 14 columns were cut a few letters
+    a line, and ``grep`` found no rule by its pattern."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR")}
+    env["OMETER_DB_URL"] = f"sqlite:///{tmp_path}/ledger.db"
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "ollama_meter", *args],
+            env=env,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    run("pricing", "set", LONG, "--input-per-1m", "0.5", "--output-per-1m", "1.5",
+        "--gpu-hour", "2.40")  # fmt: skip
+    [row] = [line for line in run("pricing", "list").splitlines() if LONG in line]
+    assert row.split("│")[1:-1][3:6] == ["   0.5 ", "    1.5 ", " 2.40 "]
