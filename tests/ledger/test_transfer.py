@@ -169,7 +169,13 @@ def test_an_import_stopped_by_ctrl_c_says_what_it_recorded(tmp_path: Path) -> No
     source.record(_spans(30))
     path = tmp_path / "t.db"
     env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{path}"}
-    command = [sys.executable, "-m", "ollama_meter", "db", "import", "-"]
+    # As a foreground job has it: Ctrl-C raises (a shell's background job, and so a test run
+    # started as one, hands SIGINT on ignored, and the import read on to its end, exit 0).
+    foreground = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from ollama_meter.cli import main; sys.argv[0] = 'ometer'; main()"
+    )
+    command = [sys.executable, "-c", foreground, "db", "import", "-"]
     with subprocess.Popen(
         command, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.PIPE
     ) as proc:
