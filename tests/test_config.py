@@ -254,14 +254,17 @@ def test_a_bad_upstream_list_is_one_line_naming_it(
 
 @example(number="²")
 @example(number="٣")
+@example(number="5\x1f")  # str.strip() takes U+001F off, int() does not: 5 slots
+@example(number="0\x1f")
 @given(number=st.text(st.characters(exclude_characters=","), max_size=8))
 def test_a_servers_slots_are_ascii_digits_or_a_one_line_error_saying_so(number: str) -> None:
     """``#slots=²`` passed str.isdigit() and died in int() with Python's own words; ``٣``
     (an Arabic-Indic three) was taken as 3 slots."""
     given = f"http://gpu1:11434#slots={number}"
     part = given.strip()  # as the list is read: each server stripped
-    if number.strip().isascii() and number.strip().isdigit() and 1 <= int(number) <= 100_000:
-        assert parse_upstreams(given)[0].slots == int(number)
+    digits = number.strip()
+    if digits.isascii() and digits.isdigit() and 1 <= int(digits) <= 100_000:
+        assert parse_upstreams(given)[0].slots == int(digits)
         return
     with pytest.raises(ValueError) as caught:
         parse_upstreams(given)

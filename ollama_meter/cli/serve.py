@@ -249,6 +249,10 @@ def run(
     sys.exit(code)
 
 
+def _nothing(_sig: int, _frame: object) -> None:
+    """A signal handler that does nothing."""
+
+
 def _foreground(command: list[str], env: dict[str, str]) -> int:
     """Run ``command`` as a shell runs a foreground job; its exit status, as a shell gives it.
 
@@ -256,17 +260,32 @@ def _foreground(command: list[str], env: dict[str, str]) -> int:
     ignored: the program decides what it means, and its gateway meters what it still does.
     A SIGTERM sent to ``ometer`` alone is passed on. A program a signal ended gives 128 + it.
     """
-    try:
-        program = subprocess.Popen(command, env=env)
-    except FileNotFoundError:
-        raise _not_run(f"no such program: {command[0]}", 127) from None
-    except OSError as exc:  # not executable, a directory, ...
-        raise _not_run(f"cannot run {command[0]}: {exc.strerror or exc}", 126) from None
+    program: subprocess.Popen[bytes] | None = None
+    early: list[int] = []  # SIGTERMs that came while the program was being started
+
+    def pass_on(sig: int, _frame: object) -> None:
+        if program is None:
+            early.append(sig)
+        else:
+            program.send_signal(sig)
+
+    # In place before the program starts: a SIGTERM in between ended ometer alone and left
+    # the program running, unmetered. Ctrl-C gets a handler that does nothing, not SIG_IGN,
+    # which the program would inherit (unless ometer has it so: a shell's background job).
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     before = {
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda sig, _: program.send_signal(sig)),
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else _nothing),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, pass_on),
     }
     try:
+        try:
+            program = subprocess.Popen(command, env=env)
+        except FileNotFoundError:
+            raise _not_run(f"no such program: {command[0]}", 127) from None
+        except OSError as exc:  # not executable, a directory, ...
+            raise _not_run(f"cannot run {command[0]}: {exc.strerror or exc}", 126) from None
+        for sig in early:
+            program.send_signal(sig)
         code = program.wait()
     finally:
         for sig, handler in before.items():

@@ -11,9 +11,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ollama
+import pytest
 
 from ollama_meter.testing import OllamaEmulator, unused_port
 
@@ -239,6 +241,36 @@ def test_ometer_run_leaves_signals_to_its_program(emulator: OllamaEmulator, tmp_
     )
     _, stderr = killed.communicate(timeout=60)
     assert killed.returncode == 128 + signal.SIGKILL, stderr
+
+
+def test_a_sigterm_that_comes_as_the_program_starts_is_passed_on_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ometer run`` put its handlers in place after starting the program: a service manager's
+    SIGTERM in between ended ometer alone (its own handler), its gateway with it, and left
+    the program running, unmetered. Here the SIGTERM comes the moment the program exists."""
+    from ollama_meter.cli import _terminate, serve
+
+    started: list[subprocess.Popen[bytes]] = []
+    real = subprocess.Popen
+
+    def start_then_terminate(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        started.append(real(*args, **kwargs))
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, before Popen returns
+        return started[-1]
+
+    monkeypatch.setattr(serve.subprocess, "Popen", start_then_terminate)
+    before = signal.signal(signal.SIGTERM, _terminate)  # as `ometer` has it
+    try:
+        code = serve._foreground([sys.executable, "-c", "import time; time.sleep(60)"], {})
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        for program in started:
+            if program.poll() is None:
+                program.kill()
+                program.wait()
+    assert code == 128 + signal.SIGTERM  # the program got it, and ended as it says
+    assert started[0].returncode == -signal.SIGTERM
 
 
 def test_a_flood_of_idle_connections_leaves_calls_room_to_reach_ollama(

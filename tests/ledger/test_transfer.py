@@ -152,6 +152,16 @@ def test_cli_import_from_stdin_and_a_file(cli, tmp_path: Path) -> None:  # type:
     assert missing.code == 1 and "cannot read" in missing.stderr
 
 
+def _waits_on_a_pipe(pid: int) -> bool:
+    """Whether the process's main thread is blocked reading a pipe (Linux names the kernel
+    function it sleeps in: pipe_read, anon_pipe_read, pipe_wait before 5.x)."""
+    try:
+        where = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+    return where.endswith("pipe_read") or where == "pipe_wait"
+
+
 def test_an_import_stopped_by_ctrl_c_says_what_it_recorded(tmp_path: Path) -> None:
     """Ctrl-C during `db import` (typer turns it into exit 130, silently): the command says
     how many spans are recorded and that running it again is safe."""
@@ -159,17 +169,28 @@ def test_an_import_stopped_by_ctrl_c_says_what_it_recorded(tmp_path: Path) -> No
     source.record(_spans(30))
     path = tmp_path / "t.db"
     env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{path}"}
-    command = [sys.executable, "-m", "ollama_meter", "db", "import", "-"]
+    # As a foreground job has it: Ctrl-C raises (a shell's background job, and so a test run
+    # started as one, hands SIGINT on ignored, and the import read on to its end, exit 0).
+    foreground = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from ollama_meter.cli import main; sys.argv[0] = 'ometer'; main()"
+    )
+    command = [sys.executable, "-c", foreground, "db", "import", "-"]
     with subprocess.Popen(
         command, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.PIPE
     ) as proc:
         assert proc.stdin is not None
         proc.stdin.write(b"".join(list(export_lines(source))[:10]))
         proc.stdin.flush()
+        # The command has read the ten lines and waits for the next. (A wait for the ledger
+        # file and half a second more lost on a loaded machine: the Ctrl-C came while the
+        # ledger was still being opened, before the import began, and said only
+        # "interrupted".)
         deadline = time.monotonic() + 60
-        while not path.exists() and time.monotonic() < deadline:  # the ledger is open
+        while not _waits_on_a_pipe(proc.pid):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the import never waited for its next line"
             time.sleep(0.05)
-        time.sleep(0.5)  # and the command waits for the next line
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -231,23 +231,40 @@ def test_month_not_over_warns_and_bad_input_is_refused(ledger: Ledger) -> None:
 )
 @example(" 2026-11 ")
 @example("2026-11\n")
+@example("1969-12")  # a month of the calendar, before the dates ometer works with
 def test_a_month_is_yyyy_mm_or_a_one_line_error_that_says_so(text: str) -> None:
     """--month took only YYYY-MM, but '2026-1x' was told to use "today, week, month,
     YYYY-MM or YYYY-MM-DD", and ' 2026-11 ' (the spaces a pasted value brings, which
     --period takes) was refused as no month."""
+    import re
+    from datetime import date
     from zoneinfo import ZoneInfo
 
     from ollama_meter.errors import ValidationError
     from ollama_meter.reports._chargeback import parse_month
 
+    month = text.strip()
+    try:  # YYYY-MM in ASCII digits, and a month of the calendar
+        first = (
+            date.fromisoformat(f"{month}-01") if re.fullmatch("[0-9]{4}-[0-9]{2}", month) else None
+        )
+    except ValueError:
+        first = None
     try:
         window = parse_month(text, tz=ZoneInfo("UTC"), now=NOW)
     except ValidationError as exc:
         message = str(exc)
         assert message.startswith("--month ") and "\n" not in message.replace(repr(text), "")
-        assert "YYYY-MM" in message and "today, week" not in message, message
+        assert "today, week" not in message, message
+        if first is not None:  # well written: it is the calendar's, ometer's range is narrower
+            assert not date(1970, 1, 1) <= first <= date(9998, 12, 1), message
+            assert message == (
+                f"--month {first} is outside the dates ometer works with (1970-01-01 to 9998-12-31)"
+            )
+        else:
+            assert "YYYY-MM" in message, message
         return
-    assert window.label == text.strip()
+    assert first is not None and window.label == month
     assert window.start == datetime.fromisoformat(text.strip() + "-01").replace(tzinfo=UTC)
 
 
