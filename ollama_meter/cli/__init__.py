@@ -37,7 +37,8 @@ from ollama_meter.cli import (
     report,
     serve,
 )
-from ollama_meter.cli._common import err, out, printable, settings
+from ollama_meter.cli._common import settings
+from ollama_meter.cli._console import err, out, printable
 from ollama_meter.errors import OmeterError
 
 app = typer.Typer(

@@ -9,9 +9,7 @@ cannot make links, clear the screen, move the cursor or hide text.
 
 from __future__ import annotations
 
-import errno
 import os
-import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,11 +20,12 @@ from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 from rich.cells import cell_len
-from rich.console import Console, ConsoleDimensions, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
 from ollama_meter._paths import discard, written_through
+from ollama_meter.cli._console import err, out, shown
 from ollama_meter.errors import ConfigError, OmeterError, ValidationError
 from ollama_meter.periods import PERIOD_HELP, Window, parse_period, window_between
 from ollama_meter.records import format_micros
@@ -36,108 +35,6 @@ if TYPE_CHECKING:
 
     from ollama_meter.config import Settings
     from ollama_meter.ledger import Ledger
-
-_CONTROL = re.compile(
-    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
-_NEWLINE = re.compile("\n")
-_TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-"""What a terminal acts on rather than shows (escape sequences, carriage returns), bar tab and newline."""
-REPLACEMENT = "\ufffd"
-
-
-def printable(text: str, *, newlines: bool = False) -> str:
-    """``text`` with every control character replaced by U+FFFD (newlines kept if asked),
-    and every lone surrogate: a file name's bytes that are not UTF-8 arrive in argv as
-    those, and no stream can encode one (writing it raised in the middle of a message).
-
-    One character for one, so styled spans over the text stay where they were.
-    """
-    text = _CONTROL.sub(REPLACEMENT, text)
-    return text if newlines else _NEWLINE.sub(REPLACEMENT, text)
-
-
-def inert(text: str, *, terminal: bool) -> str:
-    """Free text (a model's reply) as a terminal may show it: nothing it would act on.
-
-    Tabs, newlines and right-to-left marks are the text's own; escape sequences and
-    carriage returns, which could rewrite the screen or the clipboard, become U+FFFD.
-    Written elsewhere (a pipe, a file), the text is left exactly as it came.
-    """
-    return _TERMINAL_CONTROL.sub(REPLACEMENT, text) if terminal else text
-
-
-def shown(value: object, style: str = "") -> Text:
-    """A value as plain text for the terminal: never markup, no control characters."""
-    if isinstance(value, Text):
-        safe = value.copy()
-        safe.plain = printable(value.plain)
-        if style:
-            safe.stylize(style)
-        return safe
-    text = Text(printable(str(value)))
-    text.stylize(style)  # the characters only, not a cell's padding
-    return text
-
-
-PIPED_WIDTH = 1000
-"""Columns a table may take where no terminal says how many (see :class:`_TextConsole`)."""
-
-
-def _any_terminal() -> bool:
-    for fd in (0, 1, 2):
-        try:
-            if os.isatty(fd):
-                return True
-        except OSError:  # a closed standard stream
-            continue
-    return False
-
-
-class _TextConsole(Console):
-    """A console that prints strings as text: no markup, control characters replaced.
-
-    Where no standard stream is a terminal and COLUMNS is unset (cron, a CI log, ``ssh``
-    without a tty, a service), rich laid every table out in 80 columns: the price rules'
-    14 columns were cut a few letters a line, so ``grep llama`` found no rule. There a
-    table is as wide as its content, up to :data:`PIPED_WIDTH`.
-    """
-
-    @property
-    def size(self) -> ConsoleDimensions:
-        size = super().size
-        if self._width is None and "COLUMNS" not in self._environ and not _any_terminal():
-            return ConsoleDimensions(PIPED_WIDTH, size.height)
-        return size
-
-    @size.setter
-    def size(self, new_size: tuple[int, int]) -> None:
-        self._width, self._height = new_size
-
-    def print(self, *objects: Any, **options: Any) -> None:
-        safe = [
-            Text(printable(o, newlines=True))
-            if isinstance(o, str)
-            else (shown(o) if isinstance(o, Text) else o)
-            for o in objects
-        ]
-        super().print(*safe, **options)
-
-    def on_broken_pipe(self) -> None:
-        """The reader went away: an OSError for main() to end the command with, quietly and
-        exit 1, as any other output that cannot be written. (Rich's own answer also made
-        this console quiet for good: in a process that runs one command after another, the
-        tests or an embedding, every later command printed nothing.)"""
-        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
-
-    def discard(self) -> None:
-        """Drop what a failed write left unwritten; rich would print it before the next
-        command's output."""
-        del self._buffer[:]
-
-
-out = _TextConsole(highlight=False, soft_wrap=True, markup=False, emoji=False)
-err = _TextConsole(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
 
 
 @dataclass(frozen=True, slots=True)

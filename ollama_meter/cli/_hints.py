@@ -28,7 +28,7 @@ def unmatched(ledger: Ledger, **given: str | None) -> str:
 
 def note_unmatched(ledger: Ledger, **given: str | None) -> None:
     """After an answer with no rows: on stderr, the filters that name what no span has."""
-    from ollama_meter.cli._common import err
+    from ollama_meter.cli._console import err
 
     hint = unmatched(ledger, **given) if any(v is not None for v in given.values()) else ""
     if hint:

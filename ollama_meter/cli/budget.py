@@ -14,12 +14,11 @@ from ollama_meter.cli._common import (
     ledger_at,
     ledger_for,
     money,
-    out,
     settings,
-    shown,
     table,
     utc_now,
 )
+from ollama_meter.cli._console import out, shown
 from ollama_meter.errors import BudgetError
 from ollama_meter.records import (
     DEFAULT_THRESHOLDS,

@@ -8,13 +8,12 @@ import typer
 from ollama_meter.cli._common import (
     DbOption,
     OutOption,
-    err,
     ledger_for,
     settings,
-    shown,
     utc_now,
     write_output,
 )
+from ollama_meter.cli._console import err, shown
 from ollama_meter.errors import ValidationError
 from ollama_meter.records import MAX_AMOUNT, parse_amount
 from ollama_meter.reports import IdleMode

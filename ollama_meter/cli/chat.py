@@ -10,18 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ollama_meter.cli._common import (
-    DbOption,
-    DeptOption,
-    TenantOption,
-    err,
-    inert,
-    money,
-    ms,
-    out,
-    settings,
-    shown,
-)
+from ollama_meter.cli._common import DbOption, DeptOption, TenantOption, money, ms, settings
+from ollama_meter.cli._console import err, inert, out, shown
 from ollama_meter.errors import OmeterError, UpstreamError, ValidationError
 from ollama_meter.records import SpanRecord, Stored, TokenSource
 

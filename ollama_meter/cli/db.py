@@ -15,12 +15,11 @@ from ollama_meter.cli._common import (
     DbOption,
     SinceOption,
     UntilOption,
-    err,
     ledger_as_is,
-    out,
     progress_bar,
     settings,
 )
+from ollama_meter.cli._console import err, out
 from ollama_meter.errors import OmeterError, ValidationError
 from ollama_meter.periods import window_between
 

@@ -5,7 +5,8 @@ from typing import Annotated
 import typer
 
 from ollama_meter._paths import default_data_dir
-from ollama_meter.cli._common import err, out, progress_bar, settings, utc_now
+from ollama_meter.cli._common import progress_bar, settings, utc_now
+from ollama_meter.cli._console import err, out
 from ollama_meter.cli.report import render_table
 from ollama_meter.periods import window_between
 

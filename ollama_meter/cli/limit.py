@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ollama_meter.cli._common import Column, DbOption, JsonFlag, ledger_at, out, settings, table
+from ollama_meter.cli._common import Column, DbOption, JsonFlag, ledger_at, settings, table
+from ollama_meter.cli._console import out
 from ollama_meter.errors import ValidationError
 from ollama_meter.records import Limit, values_of
 

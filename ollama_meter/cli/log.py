@@ -17,11 +17,10 @@ from ollama_meter.cli._common import (
     local_time,
     money,
     ms,
-    out,
     settings,
-    shown,
     table,
 )
+from ollama_meter.cli._console import out, shown
 from ollama_meter.records import Status, TokenSource
 
 _STATUS_STYLE: dict[str, str] = {

@@ -19,14 +19,12 @@ from ollama_meter.cli._common import (
     SinceOption,
     TenantFilter,
     UntilOption,
-    err,
     ledger_for,
-    out,
     settings_and_window,
-    shown,
     table,
     write_rows,
 )
+from ollama_meter.cli._console import err, out, shown
 from ollama_meter.reports import PERF_BY_CHOICES, PERF_DEFAULT_BY
 
 if TYPE_CHECKING:

@@ -12,16 +12,15 @@ from ollama_meter.cli._common import (
     DbOption,
     JsonFlag,
     RowId,
-    err,
     ledger_at,
     ledger_for,
     money,
-    out,
     progress_bar,
     settings,
     table,
     utc_now,
 )
+from ollama_meter.cli._console import err, out
 from ollama_meter.errors import PricingError, ValidationError
 from ollama_meter.periods import local_midnight, parse_day, window_between
 from ollama_meter.records import PRICE_FIELDS, PriceRule, parse_amount

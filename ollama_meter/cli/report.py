@@ -21,14 +21,13 @@ from ollama_meter.cli._common import (
     UntilOption,
     ledger_for,
     money,
-    out,
     settings_and_window,
-    shown,
     table,
     utc_now,
     write_output,
     write_rows,
 )
+from ollama_meter.cli._console import out, shown
 from ollama_meter.records import Micros
 from ollama_meter.reports import BY_CHOICES
 

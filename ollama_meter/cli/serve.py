@@ -19,14 +19,13 @@ from ollama_meter.cli._common import (
     JsonFlag,
     RowId,
     TenantOption,
-    err,
     ledger_at,
     ledger_for,
     money,
-    out,
     settings,
     table,
 )
+from ollama_meter.cli._console import err, out
 from ollama_meter.cli._waiting import open_when_up
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES

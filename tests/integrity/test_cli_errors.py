@@ -163,7 +163,7 @@ def test_interactive_commands_are_not_sent_and_ctrl_c_cancels_one_answer(
     cli: Any, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ollama_meter.cli import chat as chat_module
-    from ollama_meter.cli._common import err
+    from ollama_meter.cli._console import err
 
     lines = iter(["/help", "/nonsense", "first question", "second question", "/exit"])
     monkeypatch.setattr(err, "input", lambda *_: next(lines))
