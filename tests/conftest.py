@@ -133,7 +133,9 @@ def emulator(emulator_session: OllamaEmulator, monkeypatch: pytest.MonkeyPatch) 
 
     Answers an earlier test left running (a slow reply whose caller was cut or went away)
     are let finish first: counted here, they would be this test's in-flight calls and
-    hang-ups."""
+    hang-ups. Latencies go back to none: a test that slowed it and did not say so again
+    slowed every test after it."""
+    emulator_session.latency = emulator_session.token_latency = 0.0
     for _ in range(400):  # 10 s at most; their replies are fast once latencies are reset
         if emulator_session.in_flight == 0:
             break

@@ -180,9 +180,14 @@ class Handler(BaseHTTPRequestHandler):
                 self._drop()
 
     def _client_gone(self, wait: float = 0.0) -> bool:
-        """Whether the client closed its end (a request it pipelined is no leaving)."""
-        readable, _, _ = select.select([self.connection], [], [], wait)
-        if not readable:
+        """Whether the client closed its end (a request it pipelined is no leaving).
+
+        ``poll``, not ``select``: select() refuses a descriptor past 1,023 (ValueError), and
+        a long test run's process holds more than that.
+        """
+        poller = select.poll()
+        poller.register(self.connection, select.POLLIN)
+        if not poller.poll(wait * 1000):
             return False
         try:
             return not self.connection.recv(1, socket.MSG_PEEK)

@@ -620,3 +620,29 @@ def test_it_counts_the_most_inference_requests_answered_at_once() -> None:
         assert emu.most_in_flight == 3
         emu.reset()
         assert emu.most_in_flight == 0
+
+
+def test_a_paced_stream_is_whole_in_a_process_holding_over_a_thousand_files() -> None:
+    """Checking for a client that left used select(), which refuses a descriptor past 1,023:
+    in a long test run's process every paced reply broke off mid-stream (incomplete chunked
+    read) and printed a traceback into whatever command was running."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the open-file limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with OllamaEmulator(token_latency=0.01) as emu:
+            parts = list(
+                ollama.Client(host=emu.url).chat(
+                    model="llama3.1:8b", messages=USER, stream=True, options={"num_predict": 3}
+                )
+            )
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [p.done for p in parts] == [False] * 3 + [True]
