@@ -44,7 +44,14 @@ keys_app = typer.Typer(
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", "-p", min=1, max=65535, help="Port to listen on.")
+        int,
+        typer.Option(
+            "--port",
+            "-p",
+            min=0,
+            max=65535,
+            help="Port to listen on (0: any free one, named in the start-up line).",
+        ),
     ] = 11435,
     upstream: Annotated[
         list[str] | None,
@@ -149,6 +156,7 @@ def serve(
     cfg = serve_settings(upstream, slots=slots, max_queue=max_queue, db=db)
     specs = cfg.upstream_specs
     sock = listening_socket(host, port)
+    port = int(sock.getsockname()[1])  # --port 0: the one the system chose
     open_when_up(cfg, ledger_for, err.print)  # a database server still starting is waited for
     app = create_app(cfg, options)
     servers = ", ".join(s.url + (f" ({s.slots} slots)" if s.slots else "") for s in specs)

@@ -335,6 +335,17 @@ def unused_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+_HELD: list[socket.socket] = []
+"""The ports :func:`unreachable_url` gave out: bound, never listening, for the process's life."""
+
+
 def unreachable_url() -> str:
-    """A loopback URL with nothing listening, for "Ollama is down" tests."""
-    return f"http://127.0.0.1:{unused_port()}"
+    """A loopback URL that refuses connections, for "Ollama is down" tests.
+
+    Its port stays bound here (never listening) until the process ends, so no other
+    program can start listening on it between the call and the test's use of it.
+    """
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    held.bind(("127.0.0.1", 0))
+    _HELD.append(held)
+    return f"http://127.0.0.1:{held.getsockname()[1]}"

@@ -574,10 +574,11 @@ def test_a_webhooks_secret_path_never_reaches_the_ledger_or_the_log(
 ) -> None:
     """A Slack webhook's path is its credential: where an alert went is said by host only."""
     from ollama_meter.budgets import Alert
-    from ollama_meter.testing import unused_port
+    from ollama_meter.testing import unreachable_url
 
     secret = "T0SECRET/B0SECRET/xoxb-s3cr3t"
-    port = unused_port() if answer == "refused" else receiver.server.server_port
+    refusing = int(unreachable_url().rsplit(":", 1)[1])  # held: nothing can listen there
+    port = refusing if answer == "refused" else receiver.server.server_port
     receiver.fail = 3 if answer == "503" else 0
     url = f"http://hook:pw@127.0.0.1:{port}/services/{secret}?token={secret}"
     alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 90, 100, "EUR")

@@ -8,6 +8,7 @@ a real server shows (the official clients, streams, hang-ups, timeouts on the wi
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import warnings
@@ -26,10 +27,10 @@ with warnings.catch_warnings():  # Starlette prefers httpx2 for its TestClient; 
     from starlette.testclient import TestClient
 
 from ollama_meter.config import load_settings
-from ollama_meter.gateway import GatewayOptions, create_app, server_config
+from ollama_meter.gateway import GatewayOptions, create_app, listening_socket, server_config
 from ollama_meter.ledger import Ledger, open_ledger
 from ollama_meter.meter import Meter
-from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator, unused_port
+from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
 
 
 @dataclass
@@ -48,7 +49,7 @@ def serve_on() -> Iterator[Callable[..., Gateway]]:
     ``config`` overrides settings (``upstreams``, ``slots``...); ``server_options`` go to
     ``server_config`` (``max_connections``); ``options`` are GatewayOptions.
     """
-    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    servers: list[tuple[uvicorn.Server, threading.Thread, socket.socket]] = []
 
     def start(
         upstream: str,
@@ -59,19 +60,21 @@ def serve_on() -> Iterator[Callable[..., Gateway]]:
         **options: Any,
     ) -> Gateway:
         settings = load_settings(db_url=db, ollama_host=upstream, **(config or {}))
-        port = unused_port()
+        sock = listening_socket("127.0.0.1", 0)  # bound here: no other program can take it
+        port = int(sock.getsockname()[1])
         meter = Meter.from_settings(settings, source="gateway", clock=clock) if clock else None
         app = create_app(settings, GatewayOptions(**options), meter=meter)
         server = uvicorn.Server(
             server_config(app, host="127.0.0.1", port=port, **(server_options or {}))
         )
-        thread = threading.Thread(target=server.run, daemon=True)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
+        servers.append((server, thread, sock))
         deadline = time.monotonic() + 60  # a busy machine: a wait, not a measure
         while not server.started:
+            assert thread.is_alive(), "gateway did not start"
             assert time.monotonic() < deadline, "gateway did not start"
             time.sleep(0.01)
-        servers.append((server, thread))
         url = f"http://127.0.0.1:{port}"
         client = httpx.Client(base_url=url, timeout=30)
         clients.append(client)
@@ -81,9 +84,10 @@ def serve_on() -> Iterator[Callable[..., Gateway]]:
     yield start
     for client in clients:
         client.close()
-    for server, thread in servers:
+    for server, thread, sock in servers:
         server.should_exit = True
         thread.join(timeout=10)
+        sock.close()
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import httpx
 import pytest
 
 from ollama_meter.config import load_settings
-from ollama_meter.gateway import GatewayServer, create_app, server_config
+from ollama_meter.gateway import GatewayServer, create_app, listening_socket, server_config
 from ollama_meter.ledger import SpanFilter, open_ledger
-from ollama_meter.testing import OllamaEmulator, unused_port
+from ollama_meter.testing import OllamaEmulator
 
 HI = [{"role": "user", "content": "hello"}]
 
@@ -26,10 +26,11 @@ def test_calls_still_running_when_the_drain_ends_get_a_clear_answer(
     traceback in the log. Now the one is answered 503 in its route's format, with a
     Retry-After, the other ends with an error item, and each span is written."""
     settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url, slots=1)
-    port = unused_port()
+    sock = listening_socket("127.0.0.1", 0)  # bound here: no other program can take it
+    port = int(sock.getsockname()[1])
     config = server_config(create_app(settings), host="127.0.0.1", port=port)
     server = GatewayServer(config, drain_s=0.5)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)

@@ -14,13 +14,13 @@ import httpx
 import ollama
 import pytest
 
-from ollama_meter.testing import unused_port
 from tests.gateway.test_processes import OMETER, logged, start_gateway
 
 HI = [{"role": "user", "content": "hello"}]
 
 
-def start_emulator(port: int, models: str) -> subprocess.Popen[str]:
+def start_emulator(models: str, port: int = 0) -> tuple[subprocess.Popen[str], str]:
+    """An emulator process on ``port`` (0: a free one it binds itself); it and its URL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "ollama_meter.testing", "--port", str(port), "--models", models],
         stdout=subprocess.PIPE,
@@ -28,8 +28,9 @@ def start_emulator(port: int, models: str) -> subprocess.Popen[str]:
         text=True,
     )
     assert proc.stdout is not None
-    assert proc.stdout.readline().startswith("Ollama emulator listening")
-    return proc
+    line = proc.stdout.readline()
+    assert line.startswith("Ollama emulator listening"), line
+    return proc, line.strip().rsplit(" ", 1)[-1]
 
 
 @pytest.fixture
@@ -56,10 +57,10 @@ def wait_until(check: object, seconds: float = 20) -> None:
 def test_kill_9_of_a_server_fails_its_calls_over_and_it_comes_back(
     processes: list[subprocess.Popen[str]], tmp_path: Path
 ) -> None:
-    ports = [unused_port(), unused_port()]
-    a, b = (f"http://127.0.0.1:{p}" for p in ports)
-    processes.append(start_emulator(ports[0], "llama3.1:8b,qwen2.5:7b"))
-    processes.append(start_emulator(ports[1], "llama3.1:8b,mistral:7b"))
+    first, a = start_emulator("llama3.1:8b,qwen2.5:7b")
+    processes.append(first)
+    second, b = start_emulator("llama3.1:8b,mistral:7b")
+    processes.append(second)
     env = {
         **os.environ,
         "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}",
@@ -83,7 +84,8 @@ def test_kill_9_of_a_server_fails_its_calls_over_and_it_comes_back(
         client.chat(model="qwen2.5:7b", messages=HI)  # only the dead server had it
     assert gone.value.status_code in (502, 503)
     wait_until(lambda: states(url) == ["down", "up"])
-    processes.append(start_emulator(ports[0], "llama3.1:8b,qwen2.5:7b"))
+    # Back on its port (the gateway knows it by it): free since the kill, taken again at once.
+    processes.append(start_emulator("llama3.1:8b,qwen2.5:7b", int(a.rsplit(":", 1)[1]))[0])
     wait_until(lambda: states(url) == ["up", "up"])
     assert client.chat(model="qwen2.5:7b", messages=HI).message.content
     gateway.send_signal(signal.SIGTERM)

@@ -5,47 +5,68 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 import ollama
 import pytest
 
-from ollama_meter.testing import OllamaEmulator, unused_port
+from ollama_meter.testing import OllamaEmulator
 
 OMETER = [sys.executable, "-m", "ollama_meter"]
 HI = [{"role": "user", "content": "hello"}]
 
 
+def announced_url(proc: subprocess.Popen[Any], output: Callable[[], str]) -> str:
+    """The URL of an ``ometer serve --port 0`` once /healthz answers there.
+
+    The port is the one its start-up line names (``output()``: what it wrote so far): it
+    bound it itself, so no other program can take it between a test's choice and the bind.
+    """
+    deadline = time.monotonic() + 60  # a busy machine: a wait, not a measure
+    url = None
+    while True:
+        if url is None and (said := re.search(r"ometer gateway on \S+:(\d+) ", output())):
+            url = f"http://127.0.0.1:{said[1]}"
+        if url is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    return url
+        assert proc.poll() is None, output()
+        assert time.monotonic() < deadline, f"gateway did not come up: {output()}"
+        time.sleep(0.05)
+
+
+def written(file: BinaryIO) -> Callable[[], str]:
+    """What a child process wrote so far to ``file`` (read without moving its offset)."""
+    return lambda: os.pread(file.fileno(), 1 << 20, 0).decode(errors="replace")
+
+
 def start_gateway(
     env: dict[str, str], upstream: str, *options: str, host: str = "127.0.0.1"
 ) -> tuple[subprocess.Popen[str], str]:
-    """``ometer serve`` as its own process; returns it and its URL once /healthz answers."""
-    port = unused_port()
-    proc = subprocess.Popen(
-        [*OMETER, "serve", "--host", host, "--port", str(port), "--upstream", upstream, *options],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, "gateway did not come up"
-        time.sleep(0.1)
+    """``ometer serve`` as its own process; returns it and its URL once /healthz answers.
+
+    Its output goes to a file nothing needs to drain (a pipe nobody read blocked a
+    gateway that logged a lot)."""
+    with tempfile.TemporaryFile() as output:  # the gateway's copy outlives this one
+        proc = subprocess.Popen(
+            [*OMETER, "serve", "--host", host, "--port", "0", "--upstream", upstream, *options],
+            env=env,
+            stdout=output,
+            stderr=output,
+            text=True,
+        )
+        return proc, announced_url(proc, written(output))
 
 
 def logged(env: dict[str, str]) -> list[dict[str, object]]:
@@ -286,41 +307,37 @@ def test_a_flood_of_idle_connections_leaves_calls_room_to_reach_ollama(
         "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (96, 96)); "
         "os.execv(sys.executable, [sys.executable, '-m', 'ollama_meter', *sys.argv[1:]])"
     )
-    port = unused_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", few_files, "serve", "--port", str(port), "--upstream", emulator.url],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    caller = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if caller.get("/healthz").status_code == 200:
-                    break  # its connection is kept open, before the flood
-            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
-        idle = []
-        for _ in range(150):
-            with contextlib.suppress(OSError):  # refused ones may be reset
-                idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
-        _settle_files(proc.pid)  # the gateway took all it would
+    with tempfile.TemporaryFile() as output:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", few_files, "serve", "--port", "0", "--upstream", emulator.url],
+            env=env,
+            stdout=output,
+            stderr=output,
+        )
+        url = announced_url(proc, written(output))
+        port = int(url.rsplit(":", 1)[1])
+        caller = httpx.Client(base_url=url, timeout=30)
         try:
-            for _ in range(3):
-                reply = caller.post(
-                    "/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
-                )
-                assert reply.status_code == 200, reply.text
+            assert caller.get("/healthz").status_code == 200  # kept open, before the flood
+            idle = []
+            for _ in range(150):
+                with contextlib.suppress(OSError):  # refused ones may be reset
+                    idle.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            _settle_files(proc.pid)  # the gateway took all it would
+            try:
+                for _ in range(3):
+                    reply = caller.post(
+                        "/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
+                    )
+                    assert reply.status_code == 200, reply.text
+            finally:
+                for sock in idle:
+                    sock.close()
         finally:
-            for sock in idle:
-                sock.close()
-    finally:
-        caller.close()
-        proc.send_signal(signal.SIGTERM)
-        stderr = proc.communicate(timeout=30)[1]
+            caller.close()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        stderr = written(output)()
     assert [(s["status"], s["error_type"]) for s in logged(env)] == [("ok", None)] * 3
     assert "refused a connection" in stderr and "Too many open files" not in stderr
 

@@ -24,9 +24,9 @@ import httpx
 import pytest
 
 from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.testing import Fault, OllamaEmulator, unused_port
+from ollama_meter.testing import Fault, OllamaEmulator
 from tests.cli.test_terminal_safety import assert_only_colours
-from tests.gateway.test_processes import OMETER
+from tests.gateway.test_processes import OMETER, announced_url
 from tests.reports.test_csv_safety import assert_safe
 
 HI = [{"role": "user", "content": "hello"}]
@@ -53,24 +53,14 @@ class Proc:
 
 
 def launch(env: dict[str, str], upstream: str, log: Path, *options: str, host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], str]:  # fmt: skip
-    port = unused_port()
+    """``ometer serve --port 0``, its output appended to ``log``; it and its URL once up."""
+    since = log.stat().st_size if log.exists() else 0
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [*OMETER, "serve", "--host", host, "--port", str(port), "--upstream", upstream,
-             *options],
+            [*OMETER, "serve", "--host", host, "--port", "0", "--upstream", upstream, *options],
             env=env, stdout=out, stderr=out,
         )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "gateway did not come up"
-        time.sleep(0.1)
+    return proc, announced_url(proc, lambda: log.read_bytes()[since:].decode(errors="replace"))
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
