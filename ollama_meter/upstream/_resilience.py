@@ -325,12 +325,22 @@ class Resilient:
         return CallAttempts(self.breaker, self.retry, model, waits=waits)
 
 
-def breaker_for(host: str, *, threshold: int, reset_after: float) -> CircuitBreaker:
-    """The process-wide breaker for ``host``: every client of one upstream shares its state."""
+def breaker_for(
+    host: str,
+    *,
+    threshold: int,
+    reset_after: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> CircuitBreaker:
+    """The process-wide breaker for ``host``: every client of one upstream shares its state.
+
+    ``clock`` is the one it keeps time by when this call is the one that makes it (a test
+    that asks first gives every client of the host a breaker on its own clock).
+    """
     return runtime().shared(
         "breaker",
         (host, threshold, reset_after),
-        lambda: CircuitBreaker(host, threshold=threshold, reset_after=reset_after),
+        lambda: CircuitBreaker(host, threshold=threshold, reset_after=reset_after, clock=clock),
     )
 
 

@@ -325,24 +325,38 @@ def test_cli_and_gateway_classify_a_missing_route_alike(emulator: OllamaEmulator
 
 
 def test_a_trial_calls_own_retry_is_not_refused_by_the_circuit_it_reopened(
-    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str
 ) -> None:
-    import time
+    from ollama_meter.config import load_settings
+    from ollama_meter.upstream import breaker_for
 
-    monkeypatch.setenv("OMETER_BREAKER_RESET", "0.5")
+    # The gateway's breaker, on a clock of the test's: its circuit stays open until the test
+    # moves the clock, however long the calls take on a busy machine.
+    now = [0.0]
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url)
+    reset = settings.breaker_reset
+    breaker = breaker_for(
+        settings.ollama_host,
+        threshold=settings.breaker_failures,
+        reset_after=reset,
+        clock=lambda: now[0],
+    )
     gw = serve_on(emulator.url, sqlite_url)
     body = {"model": "mistral:7b", "messages": HI, "stream": False}
     emulator.inject(Fault.HTTP_503, times=9)
     for _ in range(3):
         assert httpx.post(f"{gw.url}/api/chat", json=body).status_code == 503
+    assert breaker.state("mistral:7b") == "open"
     assert httpx.post(f"{gw.url}/api/chat", json=body).status_code == 503  # open: not sent
     assert len(emulator.requests_to("/api/chat")) == 9
-    time.sleep(0.6)  # half-open: the next call is the trial
-    emulator.inject(Fault.HTTP_503)  # ... whose first attempt fails
+    now[0] += reset
+    assert breaker.state("mistral:7b") == "half_open"  # the next call is the trial
+    emulator.inject(Fault.HTTP_503)  # ... whose first attempt fails and reopens the circuit
     assert httpx.post(f"{gw.url}/api/chat", json=body).status_code == 200
     trial = spans(gw)[0]
     assert (trial.status, trial.error_type) == ("ok", None)  # its retry went through
     assert len(emulator.requests_to("/api/chat")) == 11
+    assert breaker.state("mistral:7b") == "closed"
 
 
 def test_header_limit_and_trailers_in_the_http_protocol(
