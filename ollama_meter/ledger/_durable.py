@@ -119,6 +119,8 @@ class DurableLedger(Database):
         self.spool = Spool(spool_dir or default_spool_dir(url))
         self.journal = Journal(self.spool.directory / "journal")
         self._spooled = False
+        self.drain_slice = DRAIN_SLICE
+        """Seconds a write spends recording the spool (:data:`DRAIN_SLICE`); 0: one file."""
         self._spooling = Throttled(log)
         self._held: list[SpanRecord] = []
         self._held_lock = threading.Lock()
@@ -168,7 +170,7 @@ class DurableLedger(Database):
             return self.keep(spans, exc)
         if self._spooled:  # the database answers again: bring in what waited, a slice a write
             self._spooled = False
-            if self._drain(DRAIN_SLICE) is not None and self.spool.pending():
+            if self._drain(self.drain_slice) is not None and self.spool.pending():
                 self._spooled = True  # the slice ran out: the next write records more
         self.journal.closed([i for i, where in stored.items() if where in DURABLE])
         return stored
