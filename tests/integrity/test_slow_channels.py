@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import smtplib
 import socket
 import subprocess
 import threading
@@ -47,7 +48,7 @@ def chat(
     return done, time.monotonic() - began
 
 
-def test_a_hanging_webhook_holds_the_cli_at_most_a_second(
+def test_a_hanging_webhook_does_not_hold_the_cli_and_its_attempt_is_on_record(
     emulator: OllamaEmulator, tmp_path: Path, silent_server: str
 ) -> None:
     db = f"sqlite:///{tmp_path / 'l.db'}"
@@ -58,23 +59,22 @@ def test_a_hanging_webhook_holds_the_cli_at_most_a_second(
     ]
     for args in setup:
         subprocess.run([*OMETER, *args], env=base, check=True, capture_output=True)
-    _, plain = chat(base, "ops")  # the same call, no budget or alert, measured in the same run
     hooked = {**base, "OMETER_ALERT_WEBHOOK_URL": f"{silent_server}/hook"}
-    done, elapsed = chat(hooked)
+    done, _ = chat(hooked)
     assert done.returncode == 0, done.stderr
-    # The webhook hangs for ever; waiting for its three 3 s attempts would take 9 s and more.
-    assert elapsed - plain < 8, (elapsed, plain)
+    # The webhook hangs for ever; its three 3 s tries take 9 s and more, then their failure
+    # is recorded. None is: the run ended (after its 1 s at exit) with the attempt going on.
     (alert,) = Ledger(db).alerts()
-    assert alert.attempts == 1 and not alert.delivered  # the attempt is on record
+    assert (alert.attempts, alert.delivered, alert.deliveries) == (1, False, {})
     # The first run may have delivered it as it ended: the next run within the claim
     # (120 s) leaves it be, so it is never sent twice; one after the claim tries it again
     # (once per run, up to five runs), still without waiting long.
     for tried in (1, 2):
-        done, elapsed = chat(hooked)
-        assert done.returncode == 0 and elapsed - plain < 8
+        done, _ = chat(hooked)
+        assert done.returncode == 0, done.stderr
         # A month that began between the runs has an alert of its own (tried once).
         again = [a for a in Ledger(db).alerts() if a.period_start == alert.period_start]
-        assert [(a.attempts, a.delivered) for a in again] == [(tried, False)]
+        assert [(a.attempts, a.delivered, a.deliveries) for a in again] == [(tried, False, {})]
         with Ledger(db).write() as conn:
             conn.execute(sqlalchemy.text("UPDATE budget_alerts SET claimed_until = NULL"))
 
@@ -102,18 +102,29 @@ def test_an_unreachable_collector_costs_at_most_the_export_timeout(
     assert len(json.loads(spans.stdout)) == 2  # the ledger has both calls regardless
 
 
-def test_telemetry_shutdown_is_bounded_by_the_export_timeout(silent_server: str) -> None:
-    """However the exporters retry, the exit waits for them at most OMETER_EXPORT_TIMEOUT."""
+def test_telemetry_shutdown_is_bounded_by_the_export_timeout(
+    silent_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """However the exporters retry, the exit waits for them at most OMETER_EXPORT_TIMEOUT.
+
+    Against a collector that never answers, flushing and then shutting down take the
+    timeout twice over (each export waits it out): the exit stops waiting half way, with
+    the exports still going, and says so."""
     from ollama_meter.config import load_settings
     from ollama_meter.telemetry._setup import Telemetry
     from tests.factories import make_span
 
-    telemetry = Telemetry(load_settings(otlp_endpoint=silent_server, export_timeout=1.0))
+    telemetry = Telemetry(load_settings(otlp_endpoint=silent_server, export_timeout=2.0))
     telemetry.observer.on_start(make_span())
     telemetry.observer.on_end(make_span())
     began = time.monotonic()
     telemetry.shutdown()
-    assert time.monotonic() - began < 1.5  # the join is bounded by construction
+    assert time.monotonic() - began < 30  # a hang guard, not a measure
+    assert capsys.readouterr().err == (
+        f"warning: could not export telemetry to {silent_server}/v1/traces, "
+        f"{silent_server}/v1/metrics within OMETER_EXPORT_TIMEOUT (2 s); what was not sent "
+        "is dropped\n"
+    )
 
 
 def fired(ledger: Ledger, threshold: int = 100) -> Alert:
@@ -132,10 +143,17 @@ def test_alert_delivery_at_exit_is_bounded(silent_server: str, tmp_path: Path) -
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
     dispatcher = AlertDispatcher(ledger, [WebhookChannel(silent_server)])
-    dispatcher.dispatch(fired(ledger))
+    alert = fired(ledger)
+    dispatcher.dispatch(alert)
     began = time.monotonic()
-    assert dispatcher.flush(EXIT_WAIT) is False  # not delivered, and not waited for
-    assert time.monotonic() - began < EXIT_WAIT + 0.5
+    assert dispatcher.flush(EXIT_WAIT) is False  # not delivered ...
+    assert time.monotonic() - began < 30  # a hang guard, not a measure
+    # ... and not waited for: the attempt (three tries of 3 s at a server that never
+    # answers) is still going, nothing of it recorded but that it began.
+    assert dispatcher.flush(0) is False
+    (row,) = ledger.alerts()
+    assert (row.id, row.attempts, row.delivered, row.deliveries) == (alert.id, 1, False, {})
+    dispatcher.close()  # what the exit does next: the attempt records nothing after it
 
 
 class _SlowHook(BaseHTTPRequestHandler):
@@ -221,7 +239,8 @@ def test_a_webhook_answering_an_endless_body_neither_holds_alerts_nor_fills_memo
     try:
         for threshold in (75, 90):
             dispatcher.dispatch(fired(ledger, threshold))
-        assert dispatcher.flush(3.0)  # both tried, neither waited on the body
+        # Both tried, neither waited on the body: a body read to its end is never done.
+        assert dispatcher.flush(30.0)
         assert [a.delivered for a in ledger.alerts()] == [True, True]  # it answered 200
     finally:
         handler.stop.set()
@@ -249,8 +268,9 @@ def _talking_server(
     return host, port
 
 
-def _sent_within(channel: Any, alert: Any, seconds: float) -> list[Exception]:
-    """Send ``alert`` on a thread that must end within ``seconds``; what the attempt raised."""
+def _sent_within(channel: Any, alert: Any, seconds: float = 30) -> list[Exception]:
+    """Send ``alert`` on a thread that must end (``seconds``: a hang guard, far beyond the
+    channel's own bound); what the attempt raised. Unbounded, it never ends."""
     failed: list[Exception] = []
 
     def send() -> None:
@@ -282,10 +302,12 @@ def test_an_smtp_server_that_never_ends_its_reply_fails_the_attempt_in_bounded_t
     host, port = _talking_server(stop, talk, pause)
     channel = EmailChannel(host, port, sender="m@x.org", recipients=["it@x.org"], timeout=1.0)
     try:
-        # the session's bound, three reads' timeout, and some slack
-        assert len(_sent_within(channel, fired(Ledger(f"sqlite:///{tmp_path / 'l.db'}")), 5)) == 1
+        failed = _sent_within(channel, fired(Ledger(f"sqlite:///{tmp_path / 'l.db'}")))
     finally:
         stop.set()
+    # Cut by the session's bound (three reads' timeout) or, the endless one, by the size
+    # of the reply, whichever comes first on this machine: either way the attempt failed.
+    assert [type(e) for e in failed] == [smtplib.SMTPServerDisconnected]
 
 
 def test_a_webhook_trickling_its_answer_fails_the_attempt_in_bounded_time(tmp_path: Path) -> None:
@@ -297,7 +319,7 @@ def test_a_webhook_trickling_its_answer_fails_the_attempt_in_bounded_time(tmp_pa
     channel = WebhookChannel(f"http://{host}:{port}/hook", timeout=1.0)
     alert = fired(Ledger(f"sqlite:///{tmp_path / 'l.db'}"))
     try:
-        failed = _sent_within(channel, alert, 3.0 + 2.0)  # three reads' timeout, and slack
+        failed = _sent_within(channel, alert)
     finally:
         stop.set()
     assert [str(e) for e in failed] == [f"http://{host}:{port} did not answer within 3 s"]
