@@ -262,7 +262,7 @@ class Gateway:
                 raise BadCall(400, "bad_request", str(problem), model=parsed.model)
             key_id = key.id if key is not None else None
             try:
-                admission = self.rates.admit(charged.tenant, charged.department, key_id)
+                admission = await self.rates.admit_request(parsed, charged, key_id, inline=inline)
             except OverLimit as over:
                 wait = {"Retry-After": str(over.retry_after)}
                 raise BadCall(
@@ -288,7 +288,7 @@ class Gateway:
 
         def bind(span_id: str) -> None:
             spans.append(span_id)
-            self.rates.bind(span_id, key_id)
+            self.rates.bind(span_id, key_id, admission)
 
         answer = await self.relay.metered(
             parsed,

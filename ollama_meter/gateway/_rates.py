@@ -8,11 +8,14 @@ every limit that covers it.
 
 - **rpm / tpm** are sliding windows over the last 60 seconds: the calls this
   gateway admitted (not those a hard budget or a full queue then turned away),
-  and the tokens (in + out) of the calls it finished. A call
-  over either is refused before it is metered, with ``Retry-After`` the exact
-  number of seconds (rounded up) until enough of the window has passed for it to
-  be admitted. A call's tokens count when it ends, so calls already running can
-  take a department past its tpm; the next ones then wait.
+  and their tokens (in + out). A call over either is refused before it is
+  metered, with ``Retry-After`` the exact number of seconds (rounded up) until
+  enough of the window has passed for it to be admitted. Under a tpm a call's
+  prompt (about four characters a token) is counted when it is admitted, so
+  calls running at once cannot all slip under the limit, nor one huge prompt;
+  when it ends its own tokens take the estimate's place (its reply can take a
+  department past its tpm; the next calls then wait). A prompt larger than the
+  tpm alone is refused outright: no wait would let it in.
 - **concurrency** caps the calls of the scope holding a slot at once; further
   calls wait in the fair queue until one of the scope's calls ends. Every call
   is counted in each of its scopes, limited or not, so a limit set or lowered
@@ -35,8 +38,12 @@ from dataclasses import dataclass, field
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.gateway._queue import Capacity, FairQueue
+from ollama_meter.gateway._requests import MeteredRequest
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import Ledger
+from ollama_meter.meter import Attribution
+from ollama_meter.meter._request import facts_of
+from ollama_meter.meter._usage import estimate_tokens
 from ollama_meter.records import Limit, SpanRecord
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -68,6 +75,9 @@ class Admission:
     weight: int = 1
     caps: tuple[Capacity, ...] = ()
     undo: Callable[[], None] = field(default=_nothing, repr=False, compare=False)
+    prompt: list[_Held] = field(default_factory=list, repr=False, compare=False)
+    """The prompt's tokens counted under tpm limits: given back once, when the call ends
+    (its own tokens count then) or is turned away (:meth:`refund`)."""
 
     def refund(self) -> None:
         """The gateway turned the call away after all (a budget, a full queue): it is no call
@@ -121,31 +131,43 @@ class _Places(Capacity):
         return hash(self._scope)
 
 
+_Held = tuple["_Window", list[int]]
+"""A count :meth:`_Window.add` made: its window and its [moment, amount]."""
+
+
+def _give_back(held: list[_Held]) -> None:
+    """Take ``held``'s counts back, emptying it: a list given back twice gives back once."""
+    while held:
+        window, event = held.pop()
+        window.total -= event[1]
+        event[1] = 0  # what is left of it in the window counts nothing
+
+
 class _Window:
-    """Amounts (calls, tokens) in the last minute: a log of (time, amount) and their sum."""
+    """Amounts (calls, tokens) in the last minute: a log of [time, amount] and their sum.
+
+    An event is given back (a refund, a prompt's estimate at the call's end) by zeroing it
+    in place: no search, however many calls came after it.
+    """
 
     __slots__ = ("events", "total")
 
     def __init__(self) -> None:
-        self.events: deque[tuple[int, int]] = deque()
+        self.events: deque[list[int]] = deque()
         self.total = 0
 
     def trim(self, now: int) -> None:
         while self.events and self.events[0][0] <= now - WINDOW_NS:
-            self.total -= self.events.popleft()[1]
+            event = self.events.popleft()
+            self.total -= event[1]
+            event[1] = 0  # out of the window: giving it back later takes nothing more
 
-    def add(self, now: int, amount: int) -> None:
+    def add(self, now: int, amount: int) -> list[int]:
+        event = [now, amount]
         if amount > 0:
-            self.events.append((now, amount))
+            self.events.append(event)
             self.total += amount
-
-    def take_back(self, moment: int, amount: int) -> None:
-        """Remove one event ``add`` made (the newest such: a refund comes soon after)."""
-        for index in range(len(self.events) - 1, -1, -1):
-            if self.events[index] == (moment, amount):
-                del self.events[index]
-                self.total -= amount
-                return
+        return event
 
     def wait_ns(self, now: int, limit: int) -> int:
         """Nanoseconds until the sum falls below ``limit`` (0 when it is below now)."""
@@ -157,6 +179,11 @@ class _Window:
             if remaining < limit:
                 return moment + WINDOW_NS - now
         return 0
+
+
+def prompt_tokens(request: MeteredRequest) -> int:
+    """About how many tokens ``request``'s prompt is: what a tpm limit counts at admission."""
+    return estimate_tokens(facts_of(request.operation, request.body).prompt_text)
 
 
 def _scopes(tenant: str, department: str, key_id: int | None) -> list[Scope]:
@@ -191,6 +218,7 @@ class RateLimits:
         self._running: dict[Scope, int] = {}
         """Calls holding a slot, per scope with any (the fair queue counts them)."""
         self._keys: dict[str, int] = {}
+        self._prompts: dict[str, list[_Held]] = {}
 
     def load(self, limits: Iterable[Limit]) -> None:
         """Put ``limits`` in force; windows and calls in flight carry over."""
@@ -204,9 +232,37 @@ class RateLimits:
                 if fresh.get(scope) is None or fresh[scope].tpm is None:
                     del self._tokens[scope]
 
-    def admit(self, tenant: str, department: str, key_id: int | None = None) -> Admission:
-        """Count one call against its limits; :class:`OverLimit` (counting nothing) if over one."""
+    def counts_tokens(self, tenant: str, department: str, key_id: int | None = None) -> bool:
+        """Whether a tpm limit covers the caller: its call's prompt is then counted at admission."""
+        limits = self._limits
+        return any(
+            (limit := limits.get(scope)) is not None and limit.tpm is not None
+            for scope in _scopes(tenant, department, key_id)
+        )
+
+    async def admit_request(
+        self,
+        request: MeteredRequest,
+        charged: Attribution,
+        key_id: int | None = None,
+        *,
+        inline: bool = True,
+    ) -> Admission:
+        """:meth:`admit` for a call of ``request``, its prompt counted where a tpm limit covers
+        it (worked out in a thread unless ``inline``: a large body takes a while to read)."""
+        tenant, department = charged.tenant, charged.department
+        tokens = 0
+        if self.counts_tokens(tenant, department, key_id):
+            tokens = prompt_tokens(request) if inline else await in_thread(prompt_tokens, request)
+        return self.admit(tenant, department, key_id, tokens=tokens)
+
+    def admit(
+        self, tenant: str, department: str, key_id: int | None = None, *, tokens: int = 0
+    ) -> Admission:
+        """Count one call, and its prompt's ``tokens`` under tpm limits, against its limits;
+        :class:`OverLimit` (counting nothing) if that takes it over one."""
         now = self.clock()
+        tokens = max(tokens, 0)
         with self._lock:
             found = [
                 (scope, limit)
@@ -215,15 +271,22 @@ class RateLimits:
             ]
             worst: tuple[int, str] | None = None
             for scope, limit in found:
-                for windows, most, what in (
-                    (self._calls, limit.rpm, "calls"),
-                    (self._tokens, limit.tpm, "tokens"),
+                if limit.tpm is not None and tokens > limit.tpm:
+                    raise OverLimit(
+                        f"this call's prompt is about {tokens:,} tokens, more than "
+                        f"{limit.scope()}'s limit of {limit.tpm:,} tokens a minute, so no wait "
+                        "would let it in: shorten it, or raise the limit (`ometer limit set`)",
+                        retry_after=60,
+                    )
+                for windows, most, what, need in (
+                    (self._calls, limit.rpm, "calls", 1),
+                    (self._tokens, limit.tpm, "tokens", max(tokens, 1)),
                 ):
                     if most is None:
                         continue
                     window = windows.setdefault(scope, _Window())
                     window.trim(now)
-                    wait = window.wait_ns(now, most)
+                    wait = window.wait_ns(now, most - need + 1)  # room for what it adds
                     if wait > 0 and (worst is None or wait > worst[0]):
                         worst = (
                             wait,
@@ -236,25 +299,30 @@ class RateLimits:
                     retry_after=seconds,
                 )
             weight: int | None = None
-            counted: list[_Window] = []
+            counted: list[_Held] = []
+            prompt: list[_Held] = []
             for scope, limit in found:
                 if limit.rpm is not None:
-                    self._calls[scope].add(now, 1)
-                    counted.append(self._calls[scope])
+                    calls = self._calls[scope]
+                    counted.append((calls, calls.add(now, 1)))
+                if limit.tpm is not None and tokens > 0:
+                    window = self._tokens[scope]
+                    prompt.append((window, window.add(now, tokens)))
                 if limit.weight is not None and scope[0] != "key":
                     weight = limit.weight  # the department's, over the tenant's (it comes after)
 
         def undo() -> None:
             with self._lock:
-                while counted:  # once: emptied as it is taken back
-                    counted.pop().take_back(now, 1)
+                _give_back(counted)
+                _give_back(prompt)
 
         # Every scope, limited or not: a limit set later counts the calls running now.
         caps = tuple(
             _Places(self._running, self._in_force, scope, _named(scope, tenant, department))
             for scope in _scopes(tenant, department, key_id)
         )
-        return Admission((tenant, department), weight or 1, caps, undo if counted else _nothing)
+        taken = undo if counted or prompt else _nothing
+        return Admission((tenant, department), weight or 1, caps, taken, prompt)
 
     def _in_force(self) -> dict[Scope, Limit]:
         return self._limits
@@ -275,13 +343,19 @@ class RateLimits:
                     return limit.weight
         return 1
 
-    def bind(self, span_id: str, key_id: int | None) -> None:
-        """The call ``span_id`` was made with key ``key_id``: its tokens count there too."""
-        if key_id is not None and ("key", str(key_id)) in self._limits:
+    def bind(self, span_id: str, key_id: int | None, admission: Admission | None = None) -> None:
+        """The call ``span_id`` was made with key ``key_id`` (its tokens count there too) and
+        admitted as ``admission`` (its prompt's count is given back when it ends)."""
+        keyed = key_id is not None and ("key", str(key_id)) in self._limits
+        if keyed or (admission is not None and admission.prompt):
             with self._lock:
-                if len(self._keys) > 100_000:  # spans always end; this only bounds a bug
+                if len(self._keys) + len(self._prompts) > 100_000:  # spans always end: a bug
                     self._keys.clear()
-                self._keys[span_id] = key_id
+                    self._prompts.clear()
+                if keyed and key_id is not None:
+                    self._keys[span_id] = key_id
+                if admission is not None and admission.prompt:
+                    self._prompts[span_id] = admission.prompt
 
     # -- a span observer: tokens count when a call ends --------------------------------------
 
@@ -292,6 +366,7 @@ class RateLimits:
         tokens = span.input_tokens + span.output_tokens
         with self._lock:
             key_id = self._keys.pop(span.id, None)
+            _give_back(self._prompts.pop(span.id, []))  # its own tokens count instead
             if tokens <= 0 or (not self._tokens and not self._limits):
                 return
             now = self.clock()

@@ -232,6 +232,46 @@ def test_limits_from_the_ledger_answer_429_with_retry_after_and_cap_concurrency(
     assert waited[-1] >= 30_000_000
 
 
+def test_under_a_tpm_calls_running_at_once_cannot_all_slip_under_it(
+    emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway], sqlite_url: str
+) -> None:
+    """Each call's prompt counts when it is admitted, not only its tokens when it ends: two
+    calls of about 400 tokens fit hr's 1,000 a minute while both run, a third does not, and a
+    prompt larger than the whole minute is refused outright."""
+    emu = emulators(LLAMA, token_latency=0.05)
+    Ledger(sqlite_url).set_limit(Limit("default", "hr", tpm=1_000))
+    gw = fleet(emu.url, slots=1)
+    prompt = "x" * 1_600  # about 400 tokens, four characters a token
+    first = threading.Thread(target=chat, args=(gw.url, LLAMA, prompt, "hr"))
+    first.start()
+    wait_for(lambda: emu.in_flight == 1, "the first call to run")
+    second = threading.Thread(target=chat, args=(gw.url, LLAMA, prompt, "hr"))
+    second.start()
+    wait_for(lambda: dash(gw)["queue"]["waiting"] == 1, "the second call to wait for the slot")
+    with pytest.raises(ollama.ResponseError) as third:
+        chat(gw.url, LLAMA, prompt, dept="hr")
+    assert third.value.status_code == 429
+    assert "default/hr is over its limit of 1,000 tokens a minute" in str(third.value)
+    huge = httpx.post(
+        f"{gw.url}/api/chat",
+        json={"model": LLAMA, "messages": [{"role": "user", "content": "y" * 8_000}]},
+        headers={"X-Ometer-Department": "hr"},
+    )
+    assert huge.status_code == 429
+    assert huge.json() == {
+        "error": "this call's prompt is about 2,000 tokens, more than default/hr's limit of "
+        "1,000 tokens a minute, so no wait would let it in: shorten it, or raise the limit "
+        "(`ometer limit set`)"
+    }
+    for thread in (first, second):
+        thread.join(timeout=60)
+    assert prompts(emu) == [prompt, prompt]  # neither refused call reached the server
+    refused = [s for s in spans(gw.ledger) if s.error_type == "rate_limited"]
+    assert [(s.status, s.http_status, s.department) for s in refused] == [
+        ("rejected", 429, "hr")
+    ] * 2
+
+
 def test_a_full_queue_answers_busy_in_ollamas_words(
     emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
 ) -> None:

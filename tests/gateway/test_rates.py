@@ -175,3 +175,66 @@ def test_a_refunded_call_is_as_if_it_never_came(rpm: int, calls: list[tuple[int,
             admission.refund()  # twice is once
         else:
             kept.append(clock.now)
+
+
+_TPM = 1_000
+_STEPS = st.one_of(
+    st.tuples(st.just("admit"), st.integers(0, 40 * S), st.integers(0, 1_200)),
+    st.tuples(st.just("end"), st.integers(0, 30), st.integers(0, 900)),
+    st.tuples(st.just("refund"), st.integers(0, 30), st.just(0)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(_STEPS, min_size=1, max_size=40))
+def test_under_a_tpm_a_call_is_let_in_exactly_when_its_prompt_fits_the_minute(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """Calls running at once each count their prompt when admitted; when one ends its own
+    tokens take the estimate's place, and a call turned away counts nothing. A model of the
+    minute (every count, given back by zeroing it) says which calls fit: exactly those get in."""
+    rates, clock = limits(Limit("acme", "sales", tpm=_TPM))
+    counts: list[list[int]] = []  # the model: [moment, tokens] of each count
+    running: list[tuple[str, list[int], object]] = []  # span id, its prompt's count, admission
+
+    def minute() -> int:
+        return sum(n for moment, n in counts if moment > clock.now - 60 * S)
+
+    for kind, number, tokens in steps:
+        if kind == "admit":
+            clock.now += number
+            fits = tokens <= _TPM and minute() + max(tokens, 1) <= _TPM
+            if not fits:
+                with pytest.raises(OverLimit) as over:
+                    rates.admit("acme", "sales", tokens=tokens)
+                assert over.value.retry_after >= 1
+                assert ("no wait would let it in" in str(over.value)) == (tokens > _TPM)
+                continue
+            admission = rates.admit("acme", "sales", tokens=tokens)  # it fits: it gets in
+            span = make_span(input_tokens=0, output_tokens=0)
+            rates.bind(span.id, None, admission)
+            count = [clock.now, tokens]
+            counts.append(count)
+            running.append((span.id, count, admission))
+        elif running:
+            span_id, count, admission = running.pop(number % len(running))
+            count[1] = 0  # its estimate is given back either way
+            if kind == "refund":
+                admission.refund()  # type: ignore[attr-defined]
+                admission.refund()  # type: ignore[attr-defined]  # twice is once
+            else:
+                rates.on_end(make_span(id=span_id, input_tokens=tokens, output_tokens=0))
+                counts.append([clock.now, tokens])
+
+
+def test_one_prompt_larger_than_the_tpm_is_refused_however_empty_the_minute() -> None:
+    rates, _ = limits(Limit("acme", "sales", tpm=1_000))
+    with pytest.raises(OverLimit) as refused:
+        rates.admit("acme", "sales", tokens=1_001)
+    assert str(refused.value) == (
+        "this call's prompt is about 1,001 tokens, more than acme/sales's limit of 1,000 tokens "
+        "a minute, so no wait would let it in: shorten it, or raise the limit (`ometer limit set`)"
+    )
+    rates.admit("acme", "sales", tokens=1_000)  # exactly the limit fits an empty minute
+    with pytest.raises(OverLimit):
+        rates.admit("acme", "sales", tokens=0)  # and nothing more this minute
