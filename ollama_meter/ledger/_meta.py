@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Table, delete, select, text
+from sqlalchemy import Connection, Table, delete, text
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import in_bulk
@@ -16,7 +16,7 @@ META: Table = LedgerMetaRow.__table__  # type: ignore[assignment]
 
 
 def get_meta(conn: Connection, key: str) -> str | None:
-    value = conn.execute(select(META.c.value).where(META.c.key == key)).scalar()
+    value = conn.execute(_SELECT, {"key": key}).scalar()
     return None if value is None else str(value)
 
 
@@ -29,6 +29,9 @@ def set_meta(conn: Connection, key: str, value: str | None) -> None:
     conn.execute(_UPSERT, {"key": key, "value": value})
 
 
+_SELECT = text(f'SELECT "value" FROM {META.name} WHERE "key" = :key')
+"""Text, not a select() built anew: every span's write reads the zone, and building the
+statement and its cache key took twice as long as running it."""
 _UPSERT = text(
     f'INSERT INTO {META.name} ("key", "value") VALUES (:key, :value) '
     'ON CONFLICT ("key") DO UPDATE SET "value" = excluded."value"'

@@ -67,6 +67,7 @@ from ollama_meter.ledger._upserts import (
     MOST,
     ROLLUPS,
     Statements,
+    run,
     statements_for,
 )
 from ollama_meter.records import SpanRecord
@@ -213,9 +214,7 @@ class RollupDelta:
         zone = ledger_zone(conn)
         cube = self.cube_rows(grains, zone)
         if cube:
-            conn.exec_driver_sql(
-                statements.cube.sql, [(*key, *_within(cube[key])) for key in sorted(cube)]
-            )
+            run(conn, statements.cube.sql, [(*key, *_within(cube[key])) for key in sorted(cube)])
             _drop_emptied(conn, [key for key in sorted(cube) if cube[key][_REQUESTS] < 0])
         histograms = self.histogram_rows(grains, zone)
         if histograms:
@@ -278,9 +277,9 @@ def _write_histograms(
                 continue
         whole.append((*key, *_within(counts)))
     if whole:
-        conn.exec_driver_sql(statements.histogram.sql, whole)
+        run(conn, statements.histogram.sql, whole)
     for index, values in sorted(single.items()):
-        conn.exec_driver_sql(statements.one_bin(conn.dialect, index).sql, values)
+        run(conn, statements.one_bin(conn.dialect, index).sql, values)
 
 
 def _write_busy(
@@ -295,7 +294,8 @@ def _write_busy(
     keys = sorted(busy)
     # Make sure each row exists and count its calls, then (on PostgreSQL) lock the ones
     # whose intervals change, in key order.
-    conn.exec_driver_sql(
+    run(
+        conn,
         statements.busy_presence.sql,
         [(start // 10**6, host, "", 0, calls.get((start, host), 0)) for start, host in keys],
     )
@@ -310,7 +310,7 @@ def _write_busy(
             merged, grew = add_intervals(intervals, busy[(start, host)])
             grown[(start, host)] = grew
             updates.append((merged, had + grew, seconds, host))
-        conn.exec_driver_sql(statements.busy_update.sql, updates)
+        run(conn, statements.busy_update.sql, updates)
     # Summed per quarter hour first: a day or month is a run of whole quarter hours.
     added: dict[tuple[int, str], list[int]] = {}
     for minute, host in keys:
@@ -326,7 +326,7 @@ def _write_busy(
         if any(sums)
     )
     if cells:
-        conn.exec_driver_sql(statements.busy_cells.sql, cells)
+        run(conn, statements.busy_cells.sql, cells)
 
 
 def _stored_busy(
@@ -344,7 +344,7 @@ def _stored_busy(
         chunk = minutes[at : at + BUSY_READS[-1]]
         size = next(size for size in BUSY_READS if size >= len(chunk))
         chunk += [chunk[-1]] * (size - len(chunk))  # a few compiled statements serve all
-        rows = conn.exec_driver_sql(statements.busy_select[size].sql, tuple(chunk))
+        rows = run(conn, statements.busy_select[size].sql, tuple(chunk))
         for start, host, intervals, busy_us in rows:
             if (start * 10**6, host) in wanted:
                 stored[(start, host)] = (intervals, busy_us)

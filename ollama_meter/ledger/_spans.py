@@ -14,6 +14,7 @@ from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _rollup
 from ollama_meter.ledger._cells import QUARTER_US, Grain
 from ollama_meter.ledger._types import driver_key, from_us, to_us
+from ollama_meter.ledger._upserts import run
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.records import TEXT_LIMITS, PastCall, SpanRecord, storable_text
 
@@ -103,6 +104,8 @@ class _SpanInsert:
     def run(self, conn: Connection, spans: Sequence[SpanRecord]) -> list[Any]:
         """Insert one chunk; the ids of the rows added (with RETURNING), else none."""
         sql, values = self.sql(len(spans)), tuple(self.values(spans))
+        if conn.dialect.name == "sqlite":
+            return [row[0] for row in run(conn, sql, values)]
         if not self.numbered:
             result = conn.exec_driver_sql(sql, values)
         else:  # through SQLAlchemy still (its errors, its disconnect handling), raw cursor
