@@ -1,12 +1,14 @@
-"""The environment ometer reads: a ``.env`` checked whole, and ``OMETER_`` names that are no
-setting (a misspelt one would silently leave its setting at the default) said once."""
+"""The environment ometer reads: a ``.env`` checked whole, ``OMETER_`` names that are no
+setting (a misspelt one would silently leave its setting at the default) said once, and
+the ``OTEL_*`` variables the OpenTelemetry SDK reads on its own checked like ours."""
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 from ollama_meter.errors import ConfigError
@@ -72,3 +74,86 @@ def check_env_file(path: Path) -> list[str]:
         if binding.key:
             names.append(binding.key)
     return names
+
+
+# -- the OpenTelemetry SDK's own variables -----------------------------------------------------
+
+_SDK_LIMITS = tuple(
+    f"OTEL_{name}"
+    for name in (
+        "ATTRIBUTE_COUNT_LIMIT",
+        "ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "SPAN_ATTRIBUTE_COUNT_LIMIT",
+        "SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+        "SPAN_EVENT_COUNT_LIMIT",
+        "SPAN_LINK_COUNT_LIMIT",
+        "EVENT_ATTRIBUTE_COUNT_LIMIT",
+        "LINK_ATTRIBUTE_COUNT_LIMIT",
+    )
+)
+_EXEMPLAR_FILTERS = ("trace_based", "always_on", "always_off")
+_COMPRESSIONS = {"http": ("none", "deflate", "gzip"), "grpc": ("gzip",)}
+"""What each exporter takes (trimmed, any case). The grpc one refuses even ``none``."""
+_TLS_FILES = ("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY")
+
+
+def check_sdk_environment(
+    environ: Mapping[str, str], *, protocols: Collection[str], metrics: bool
+) -> None:
+    """Refuse a malformed ``OTEL_*`` variable the OpenTelemetry SDK reads on its own.
+
+    Called only when something is exported (else the SDK is never loaded). The SDK raised a
+    ValueError for some (ometer called it a bug of its own), logged a traceback and took its
+    default for others, and a missing certificate failed every export saying only where.
+    ``protocols``: the exporters' (``http``, ``grpc``); a value must suit each of them.
+    ``metrics``: whether metrics are exported (the exemplar filter is read only then).
+    """
+
+    def bad(name: str, expected: str) -> ConfigError:
+        return ConfigError(f"{name}: {environ[name]!r} is not {expected}; fix or unset it")
+
+    for name in _SDK_LIMITS:
+        if name in environ:
+            value = environ[name].strip()
+            if value and _integer(value, low=0) is None:  # empty: no limit
+                raise bad(name, "a whole number 0 or more (or empty, for no limit)")
+    for name, low in (("OTEL_BSP_SCHEDULE_DELAY", 1), ("OTEL_BSP_MAX_QUEUE_SIZE", 1)):
+        if name in environ and _integer(environ[name], low=low) is None:
+            unit = " of milliseconds" if name.endswith("DELAY") else ""
+            raise bad(name, f"a whole number{unit} above 0")
+    name = "OTEL_METRICS_EXEMPLAR_FILTER"
+    if metrics and name in environ and environ[name] not in _EXEMPLAR_FILTERS:
+        raise bad(name, f"one of {', '.join(_EXEMPLAR_FILTERS)}")
+    for signal in ("", "TRACES_", "METRICS_"):
+        name = f"OTEL_EXPORTER_OTLP_{signal}COMPRESSION"
+        if name in environ:
+            value = environ[name].strip().lower()
+            for protocol in protocols:
+                # http reads an empty variable as none set; grpc refuses it
+                unset = protocol == "http" and environ[name] == ""
+                if not unset and value not in _COMPRESSIONS[protocol]:
+                    takes = " or ".join(_COMPRESSIONS[protocol])
+                    raise bad(name, f"a compression the {protocol} exporter takes ({takes})")
+        name = f"OTEL_EXPORTER_OTLP_{signal}TIMEOUT"
+        if name in environ:
+            try:
+                float(environ[name])
+            except ValueError:
+                raise bad(name, "a number of seconds") from None
+        for part in _TLS_FILES:
+            name = f"OTEL_EXPORTER_OTLP_{signal}{part}"
+            path = environ.get(name)
+            if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+                raise ConfigError(
+                    f"{name}: {environ[name]!r} is not a file that can be read; give the PEM "
+                    "file's path or unset it"
+                )
+
+
+def _integer(text: str, *, low: int) -> int | None:
+    """``text`` as the SDK reads a whole number (``int()``), if it is one of at least ``low``."""
+    try:
+        number = int(text)
+    except ValueError:
+        return None
+    return number if number >= low else None

@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -31,10 +31,13 @@ MAX_EXPORTED_TEXT = 16_384
 Spans wait in memory while a collector is away, up to the exporter's queue, so each must be
 small; the ledger keeps the whole text."""
 _MAX_KEY = 255
+MAX_EXPORTED_ITEMS = 128
+"""Items an exported list or map holds, at every level of it together (the rest left out)."""
+_MAX_DEPTH = 16
 
 
 def exportable(attributes: dict[str, Any]) -> dict[str, Any]:
-    """``attributes`` as OTLP carries them: no lone surrogate, no text past its bound.
+    """``attributes`` as OTLP carries them: no lone surrogate, no value past its bounds.
 
     Values come from callers, Ollama and hooks. Protobuf cannot encode a lone surrogate,
     and one such text fails the whole batch it is exported in, other calls' spans with it.
@@ -45,20 +48,57 @@ def exportable(attributes: dict[str, Any]) -> dict[str, Any]:
 _INT64 = range(-(2**63), 2**63)
 
 
-def _value(value: Any) -> Any:
+class _Room:
+    """What is left of one attribute value's bounds: its text, bytes and items together."""
+
+    def __init__(self) -> None:
+        self.chars = MAX_EXPORTED_TEXT
+        self.items = MAX_EXPORTED_ITEMS
+
+
+def _value(value: Any, room: _Room | None = None, depth: int = 0) -> Any:
+    """``value`` as OTLP carries it, within ``room``: a hook may set a map or bytes too.
+
+    The SDK keeps maps and bytes whole, and the encoder drops, without a word, a map holding
+    a text or an integer it cannot encode; a map nested thousands deep raised RecursionError
+    and the call's span was never exported.
+    """
+    room = room or _Room()
     if isinstance(value, str):
-        return _bounded(value)
-    if isinstance(value, list | tuple):
-        return [_value(item) for item in value]
-    if isinstance(value, int) and not isinstance(value, bool) and value not in _INT64:
+        return _text(value, room)
+    if isinstance(value, bool | float) or value is None:
+        return value
+    if isinstance(value, int):
         # OTLP carries 64-bit integers: the encoder dropped a bigger one, silently.
-        return _bounded(str(value))
-    return value
+        return value if value in _INT64 else _text(str(value), room)
+    if isinstance(value, bytes | bytearray):
+        kept = bytes(value[: room.chars])
+        room.chars -= len(kept)  # never below 0: a slice to a negative end keeps bytes
+        return kept
+    if isinstance(value, list | tuple | Mapping):
+        if depth >= _MAX_DEPTH:
+            return _text("…", room)
+        items = list(value.items() if isinstance(value, Mapping) else value)[: room.items]
+        room.items -= len(items)
+        if isinstance(value, Mapping):
+            return {storable_text(str(k), _MAX_KEY): _value(v, room, depth + 1) for k, v in items}
+        return [_value(item, room, depth + 1) for item in items]
+    try:  # no OTLP type (Decimal, a set, an object): its text, as the SDK would (or drop it)
+        text = str(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return _text(text, room)
 
 
-def _bounded(text: str) -> str:
+def _text(text: str, room: _Room) -> str:
+    kept = _bounded(text, max(room.chars, 1))  # no room left: "…" says something was here
+    room.chars = max(room.chars - len(kept), 0)
+    return kept
+
+
+def _bounded(text: str, limit: int = MAX_EXPORTED_TEXT) -> str:
     # Cut first: a 1 MB prompt is not scanned whole, on the call's path, to keep 16 KB of it.
-    return storable_text(text[: MAX_EXPORTED_TEXT + 1], MAX_EXPORTED_TEXT)
+    return storable_text(text[: limit + 1], limit)
 
 
 def _messages(role: str, text: str) -> str:

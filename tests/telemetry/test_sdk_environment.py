@@ -1,0 +1,164 @@
+"""The ``OTEL_*`` variables the OpenTelemetry SDK reads on its own are checked like ometer's.
+
+The SDK and its exporters read span limits, the batch delay, compression, exemplar filter,
+timeouts and certificate files from the environment themselves. A malformed one was a
+ValueError ometer called a bug of its own, a traceback in the log, or an export that failed
+at every call without a word; now it is one ``error:`` line naming it, before any call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollama_meter import load_settings
+from ollama_meter.errors import ConfigError
+from ollama_meter.telemetry._setup import Telemetry
+from ollama_meter.testing import unreachable_url
+
+CHECKED = (
+    "OTEL_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+    "OTEL_SPAN_EVENT_COUNT_LIMIT",
+    "OTEL_SPAN_LINK_COUNT_LIMIT",
+    "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_LINK_ATTRIBUTE_COUNT_LIMIT",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_METRICS_EXEMPLAR_FILTER",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+)
+VALUES = st.one_of(
+    st.sampled_from(
+        [
+            *("", " ", "0", "1", "-1", "5000", " 7 ", "1.5", "nan", "unset", "UNSET", "abc"),
+            *("gzip", " GZIP ", "deflate", "none", "zip", "trace_based", "always_on", "Always_On"),
+        ]
+    ),
+    st.integers(-(10**6), 10**6).map(str),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8),
+)
+
+
+class _Said(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def sdk_log() -> Iterator[_Said]:
+    """What the SDK logs while it is set up (ometer mutes it once set up: unmute it here)."""
+    said = _Said()
+    sdk = logging.getLogger("opentelemetry")
+    level = sdk.level
+    sdk.addHandler(said)
+    yield said
+    sdk.removeHandler(said)
+    sdk.setLevel(level)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(name=st.sampled_from(CHECKED), value=VALUES, grpc=st.booleans(), langfuse=st.booleans())
+def test_an_sdk_variable_is_an_error_line_naming_it_or_the_sdk_takes_it_without_a_word(
+    monkeypatch: pytest.MonkeyPatch,
+    sdk_log: _Said,
+    name: str,
+    value: str,
+    grpc: bool,
+    langfuse: bool,
+) -> None:
+    url = unreachable_url()
+    with monkeypatch.context() as env:
+        env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", url)
+        env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc" if grpc else "http/protobuf")
+        if langfuse:  # always over http, whatever the protocol: both must take the value
+            env.setenv("LANGFUSE_PUBLIC_KEY", "pk")
+            env.setenv("LANGFUSE_SECRET_KEY", "sk")
+            env.setenv("LANGFUSE_HOST", url)
+        env.setenv(name, value)
+        try:
+            loaded = load_settings()
+        except ConfigError as exc:
+            message = str(exc)
+            assert message.startswith(f"{name}: {value!r} ") and "\n" not in message
+            return
+        sdk_log.lines.clear()
+        logging.getLogger("opentelemetry").setLevel(logging.NOTSET)
+        telemetry = Telemetry(loaded)  # raised, or logged a traceback, for a value it refused
+        try:
+            assert sdk_log.lines == []
+        finally:
+            telemetry.timeout = 0.01
+            telemetry.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
+            "abc",
+            "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT: 'abc' is not a whole number 0 or more (or "
+            "empty, for no limit); fix or unset it",
+        ),
+        (
+            "OTEL_BSP_SCHEDULE_DELAY",
+            "0",
+            "OTEL_BSP_SCHEDULE_DELAY: '0' is not a whole number of milliseconds above 0; "
+            "fix or unset it",
+        ),
+        (
+            "OTEL_METRICS_EXEMPLAR_FILTER",
+            "bogus",
+            "OTEL_METRICS_EXEMPLAR_FILTER: 'bogus' is not one of trace_based, always_on, "
+            "always_off; fix or unset it",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "/no/such/ca.pem",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE: '/no/such/ca.pem' is not a file that can be "
+            "read; give the PEM file's path or unset it",
+        ),
+    ],
+)
+def test_a_bad_sdk_variable_is_one_error_line_before_any_call(
+    cli,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: str,
+    message: str,
+) -> None:
+    """The chat went ahead (an ``unexpected ValueError ... bug in ometer``), or the SDK
+    printed a traceback and went on, or every export failed saying only where to."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url())
+    monkeypatch.setenv(name, value)
+    done = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "hi")
+    assert done.code == 2
+    assert done.stderr.strip() == f"error: {message}"
+
+
+def test_the_sdk_variables_are_not_read_when_nothing_is_exported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without an exporter the SDK is never loaded: its variables are none of ometer's business."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "soon")
+    assert not load_settings().telemetry_configured
