@@ -8,8 +8,9 @@ import io
 import logging
 import os
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from ollama_meter.errors import ConfigError
 
@@ -97,17 +98,22 @@ _COMPRESSIONS = {"http": ("none", "deflate", "gzip"), "grpc": ("gzip",)}
 _TLS_FILES = ("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY")
 
 
-def check_sdk_environment(
-    environ: Mapping[str, str], *, protocols: Collection[str], metrics: bool
-) -> None:
+def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
     """Refuse a malformed ``OTEL_*`` variable the OpenTelemetry SDK reads on its own.
 
     Called only when something is exported (else the SDK is never loaded). The SDK raised a
     ValueError for some (ometer called it a bug of its own), logged a traceback and took its
     default for others, and a missing certificate failed every export saying only where.
-    ``protocols``: the exporters' (``http``, ``grpc``); a value must suit each of them.
-    ``metrics``: whether metrics are exported (the exemplar filter is read only then).
+    A value must suit each protocol the ``settings``' exporters send by (``http``, ``grpc``:
+    Langfuse and Traceloop are http); the exemplar filter is read only if metrics are exported.
     """
+    protocols = set()
+    if settings.otlp_endpoint or settings.otlp_traces_endpoint or settings.otlp_metrics_endpoint:
+        protocols.add("grpc" if settings.otlp_protocol == "grpc" else "http")
+    langfuse = settings.langfuse_public_key and settings.langfuse_secret_key
+    if (langfuse and settings.langfuse_host) or settings.traceloop_api_key:
+        protocols.add("http")
+    metrics = bool(settings.otlp_metrics_endpoint or settings.otlp_endpoint)
 
     def bad(name: str, expected: str) -> ConfigError:
         return ConfigError(f"{name}: {environ[name]!r} is not {expected}; fix or unset it")

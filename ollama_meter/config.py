@@ -360,22 +360,6 @@ class Settings(BaseSettings):
         )
 
     @property
-    def exporter_protocols(self) -> frozenset[str]:
-        """How the configured exporters send: ``http``, ``grpc`` (Langfuse, Traceloop: http)."""
-        protocols = set()
-        if self.otlp_endpoint or self.otlp_traces_endpoint or self.otlp_metrics_endpoint:
-            protocols.add("grpc" if self.otlp_protocol == "grpc" else "http")
-        if (self.langfuse_public_key and self.langfuse_secret_key and self.langfuse_host) or (
-            self.traceloop_api_key
-        ):
-            protocols.add("http")
-        return frozenset(protocols)
-
-    @property
-    def metrics_exported(self) -> bool:
-        return bool(self.otlp_metrics_endpoint or self.otlp_endpoint)
-
-    @property
     def email_recipients(self) -> list[str]:
         return [a.strip() for a in (self.alert_email_to or "").split(",") if a.strip()]
 
@@ -458,9 +442,7 @@ def load_settings(
         where = (flags or {}).get(field) if field in given else None
         raise ConfigError(f"{where or _env_name(field)}: {message}") from None
     if loaded.telemetry_configured:
-        check_sdk_environment(
-            os.environ, protocols=loaded.exporter_protocols, metrics=loaded.metrics_exported
-        )
+        check_sdk_environment(os.environ, loaded)
     if warn:
         warn_unknown(os.environ, in_file, known_env_names())
     return loaded
