@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ollama_meter.errors import ClientClosed, OverCap, UpstreamError
-from ollama_meter.meter._usage import estimate_tokens
+from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.records import DurationSource, SpanRecord, Stored, TokenSource
 from ollama_meter.upstream import Delta, Event, Final
 
@@ -37,6 +37,12 @@ CALLER_STOPPED = (
 """What ends a call because its caller stopped it (left, Ctrl-C, closed its client): an abort."""
 
 
+KEPT_REPLY_CHARS = 1_000_000
+"""The most of a reply's text a call keeps (captured content; a whole reply Ollama did not
+count): more than any model's context holds, so a server that streams for ever fills no
+memory and no ledger row. Past it the reply says how much more there was."""
+
+
 class MeteredCall:
     """Collects what the upstream sends; becomes a span when the meter closes it."""
 
@@ -53,6 +59,8 @@ class MeteredCall:
         pieces, so unless content is captured its text would only fill memory (for ever, on
         a model that generates for ever)."""
         self.reply_parts: list[str] = []
+        self.reply_chars = 0
+        """The reply's length in characters, kept or not (see :data:`KEPT_REPLY_CHARS`)."""
         self.content_chunks = 0
         self.final: Final | None = None
         self.reservation: Reservation | None = None
@@ -84,7 +92,10 @@ class MeteredCall:
         elif event.generated:  # thinking and tool calls are reply tokens too
             self.content_chunks += 1
             if event.text and self.keep_reply:
-                self.reply_parts.append(event.text)
+                room = KEPT_REPLY_CHARS - self.reply_chars
+                if room > 0:
+                    self.reply_parts.append(event.text[:room])
+                self.reply_chars += len(event.text)
 
     def answered(self) -> None:
         """The upstream sent a whole answer's 200, and the answer was lost: it consumed.
@@ -211,7 +222,9 @@ class MeteredCall:
 
     @property
     def reply(self) -> str:
-        return "".join(self.reply_parts)
+        kept = "".join(self.reply_parts)
+        more = self.reply_chars - len(kept)
+        return f"{kept} [... {more:,} characters more, not kept]" if more > 0 else kept
 
     def measure(self, ended_ns: int, *, ok: bool = False) -> None:
         """Fill the span's timings and tokens from what was observed.
@@ -260,6 +273,8 @@ class MeteredCall:
         if reported_out is not None:
             span.output_tokens = reported_out
         else:
-            span.output_tokens = self.content_chunks if span.stream else estimate_tokens(self.reply)
+            span.output_tokens = (
+                self.content_chunks if span.stream else tokens_in_chars(self.reply_chars)
+            )
         if reported_in is None or reported_out is None:
             span.token_source = TokenSource.ESTIMATED

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from ollama_meter.pricing import usage_of
 
-__all__ = ["estimate_tokens", "usage_of"]
+__all__ = ["estimate_tokens", "tokens_in_chars", "usage_of"]
 
 _CHARS_PER_TOKEN = 4
 
 
 def estimate_tokens(text: str) -> int:
     """A rough count for text Ollama did not count: about four characters a token."""
-    return -(-len(text) // _CHARS_PER_TOKEN) if text else 0
+    return tokens_in_chars(len(text))
+
+
+def tokens_in_chars(chars: int) -> int:
+    """:func:`estimate_tokens` of a text ``chars`` characters long."""
+    return -(-chars // _CHARS_PER_TOKEN) if chars > 0 else 0

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from ollama_meter.config import load_settings
 from ollama_meter.errors import (
@@ -538,3 +539,37 @@ def test_reprice_under_the_rules_the_meter_had_changes_nothing(
     summary = reprice(meter.ledger, book, since=min(s.started_at for s in spans))
     assert (summary.examined, summary.changed, summary.newly_priced) == (3, 0, 0)
     assert summary.delta() == {"EUR": 0}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pieces=st.lists(st.integers(0, 700_000), min_size=1, max_size=8),
+    stream=st.booleans(),
+)
+def test_a_reply_of_any_length_keeps_at_most_a_million_characters_and_counts_them_all(
+    pieces: list[int], stream: bool
+) -> None:
+    """A server that streams for ever (or lies) fills no memory and no ledger row: the reply
+    keeps its first characters up to the cap, says how many more there were, and a whole
+    reply Ollama did not count is still estimated from all of it."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.meter._call import KEPT_REPLY_CHARS
+    from ollama_meter.pricing import PriceBook
+    from ollama_meter.upstream import Delta
+    from tests.factories import make_span
+
+    span = make_span(stream=stream, input_tokens=0, output_tokens=0)
+    call = MeteredCall(span, "hi", PriceBook([], tz=ZoneInfo("UTC"), currency="USD"))
+    texts = [chr(ord("a") + i % 26) * size for i, size in enumerate(pieces)]
+    for text in texts:
+        call.observe(Delta(text))
+    whole = "".join(texts)
+    if len(whole) <= KEPT_REPLY_CHARS:
+        assert call.reply == whole
+    else:
+        more = len(whole) - KEPT_REPLY_CHARS
+        assert call.reply == f"{whole[:KEPT_REPLY_CHARS]} [... {more:,} characters more, not kept]"
+    call.measure(time.perf_counter_ns(), ok=True)
+    chunks = sum(1 for text in texts if text)
+    assert span.output_tokens == (chunks if stream else -(-len(whole) // 4))
