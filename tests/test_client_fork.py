@@ -207,6 +207,7 @@ def test_a_child_holds_none_of_its_parents_budget_leases(
 
         _, result = forked(child)
         seen = result()
+        emulator.hurry()  # the parent's reply need not run out at 0.2 s a token
         list(stream)
     finally:
         emulator.token_latency = 0.0

@@ -72,6 +72,8 @@ class OllamaEmulator:
         self.host = host
         self.latency = latency
         self.token_latency = token_latency
+        self.hurries = 0
+        """How often :meth:`hurry` was called: a pause under way when it changes ends."""
         self._port = port
         self._state = _State()
         self._faults = Faults()
@@ -97,6 +99,12 @@ class OllamaEmulator:
             thread.start()
             self._server, self._thread = server, thread
             return self
+
+    def hurry(self) -> None:
+        """Let the replies under way finish at once: their pauses end, and latencies are 0
+        from now on (a test that needed calls to run a while no longer waits them out)."""
+        self.latency = self.token_latency = 0.0
+        self.hurries += 1
 
     def stop(self) -> None:
         """Stop listening and cut every open connection, hanging streams included."""

@@ -170,8 +170,8 @@ class Handler(BaseHTTPRequestHandler):
         (Ollama cancels the request), a stream's counted as a hang-up. A whole reply's
         one long pause went on for all of it: a call cut after a second held the emulator
         for the next test to wait on."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
+        deadline, hurries = time.monotonic() + seconds, self.emulator.hurries
+        while (left := deadline - time.monotonic()) > 0 and self.emulator.hurries == hurries:
             if self.server.stopping.wait(min(left, 0.05)):
                 self._drop()
             if self._client_gone():

@@ -263,6 +263,7 @@ def test_under_a_tpm_calls_running_at_once_cannot_all_slip_under_it(
         "1,000 tokens a minute, so no wait would let it in: shorten it, or raise the limit "
         "(`ometer limit set`)"
     }
+    emu.hurry()
     for thread in (first, second):
         thread.join(timeout=60)
     assert prompts(emu) == [prompt, prompt]  # neither refused call reached the server
@@ -290,6 +291,7 @@ def test_a_full_queue_answers_busy_in_ollamas_words(
     wait_for(lambda: dash(gw)["queue"]["waiting"] == 1, "a call to wait")
     reply = httpx.post(f"{gw.url}/api/chat", json={"model": LLAMA, "messages": []})
     assert reply.status_code == 503 and int(reply.headers["retry-after"]) >= 1
+    emu.hurry()  # the two calls need not run their whole replies out
     for thread in threads:
         thread.join(timeout=60)
 

@@ -646,3 +646,27 @@ def test_a_paced_stream_is_whole_in_a_process_holding_over_a_thousand_files() ->
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert [p.done for p in parts] == [False] * 3 + [True]
+
+
+def test_hurry_lets_replies_under_way_finish_at_once(emu: OllamaEmulator) -> None:
+    """A whole reply's one long pause and a stream's per-token pauses both end: tests that
+    needed calls to run a while do not wait their replies out."""
+    emu.latency = 600.0  # a reply that would take ten minutes
+    done: list[object] = []
+    body = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}]}
+
+    def call(stream: bool) -> None:
+        with httpx.Client(base_url=emu.url, timeout=60) as c:
+            done.append(c.post("/api/chat", json={**body, "stream": stream}).status_code)
+
+    threads = [threading.Thread(target=call, args=(s,)) for s in (False, True)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while emu.in_flight < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    emu.hurry()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert done == [200, 200]
+    assert emu.latency == emu.token_latency == 0.0
