@@ -29,7 +29,7 @@ from sqlalchemy.exc import (
 
 from ollama_meter._forks import renew_after_fork
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger._deadline import in_bulk
+from ollama_meter.ledger._deadline import spooled_meanwhile
 from ollama_meter.ledger._engine import (
     DEFAULT_WAIT,
     FILE_ID,
@@ -214,7 +214,7 @@ class Database:
         text = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
         lowered = text.lower()
         # An import or a prune spools nothing: what failed is run again, not recorded later.
-        meanwhile = "" if in_bulk() else "; spans wait in the spool meanwhile"
+        meanwhile = spooled_meanwhile()
         if "malformed" in lowered or "not a database" in lowered:
             return (
                 f"{text}: the file is damaged or is not an ometer ledger. Restore it from a "

@@ -59,6 +59,25 @@ def unbounded() -> Iterator[None]:
         _unbounded.reset(token)
 
 
+_opening: contextvars.ContextVar[bool] = contextvars.ContextVar("ometer_opening", default=False)
+
+
+@contextlib.contextmanager
+def opening() -> Iterator[None]:
+    """A process is opening the ledger: it has recorded nothing yet, so nothing is spooled."""
+    token = _opening.set(True)
+    try:
+        yield
+    finally:
+        _opening.reset(token)
+
+
+def spooled_meanwhile() -> str:
+    """What a failure's message says of the spans it leaves: they wait in the spool, except in
+    bulk work (run again, not recorded later) and while the ledger is opened (none yet)."""
+    return "" if _unbounded.get() or _opening.get() else "; spans wait in the spool meanwhile"
+
+
 def in_bulk() -> bool:
     """Whether this is upkeep over many spans (:func:`unbounded`), whose spans never go to the
     spool: a failure there is run again, not recorded later."""

@@ -34,6 +34,7 @@ from ollama_meter.ledger import (
     _spans,
     _timings,
 )
+from ollama_meter.ledger._deadline import opening
 from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._keys import ApiKey
@@ -69,7 +70,8 @@ class Ledger(DurableLedger):
         super().__init__(url, spool_dir=spool_dir, wait=wait, retry_delay=retry_delay)
         self._migrate, self._zone = migrate, zone
         if migrate:
-            self._make_current()
+            with opening():
+                self._make_current()
             self.recover()
 
     def _make_current(self) -> None:

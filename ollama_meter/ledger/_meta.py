@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Connection, Table, delete, text
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger._deadline import in_bulk
+from ollama_meter.ledger._deadline import spooled_meanwhile
 from ollama_meter.ledger.models import LedgerMetaRow
 
 META: Table = LedgerMetaRow.__table__  # type: ignore[assignment]
@@ -53,7 +53,7 @@ def ledger_zone(conn: Connection) -> tzinfo | None:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        meanwhile = "" if in_bulk() else "; spans wait in the spool meanwhile"
+        meanwhile = spooled_meanwhile()
         raise LedgerError(
             f"the ledger's days begin at midnight in {name}, a time zone this machine does not "
             "know (a machine with newer zone data set it): update the zone data here "

@@ -98,3 +98,20 @@ def test_full_disk_keeps_every_completed_call_and_refuses_new_ones(
     assert gateway.ledger.held == 0
     spans = gateway.ledger.latest(SpanFilter(), 1000)
     assert len(spans) == answered and {s.status for s in spans} == {"ok"}
+
+
+def test_a_ledger_that_cannot_be_opened_on_a_full_disk_promises_no_spool(
+    small_disk: Path,
+) -> None:
+    """Opening records nothing, so nothing waits in the spool: the message says only what to
+    do (``ometer serve`` and every command start with it)."""
+    from ollama_meter.errors import LedgerError
+    from ollama_meter.ledger import Ledger
+
+    fill(small_disk)
+    with pytest.raises(LedgerError) as failed:
+        Ledger(f"sqlite:///{small_disk / 'ledger.db'}")
+    assert str(failed.value) == (
+        f"cannot open the ledger at {small_disk / 'ledger.db'}: database or disk is full: "
+        "free some disk space"
+    )
