@@ -239,6 +239,12 @@ class Database:
                 f"{text}: the server did not answer within {connect_seconds(self._wait)} s "
                 f"(OMETER_LEDGER_WAIT): it is stopped, overloaded or cut off{meanwhile}"
             )
+        if getattr(exc.orig, "sqlstate", None) == READ_ONLY:
+            return (
+                f"{text}: the database takes no writes (a hot standby, or "
+                f"default_transaction_read_only is on); point OMETER_DB_URL at the primary"
+                f"{meanwhile}"
+            )
         if "password authentication failed" in lowered:
             return f"{text}: fix the password in OMETER_DB_URL{meanwhile}"
         if _is_lock_error(exc):
@@ -286,6 +292,10 @@ class Database:
 
 LOCK_NOT_AVAILABLE = "55P03"
 """PostgreSQL's SQLSTATE for a lock not had within ``lock_timeout`` (OMETER_LEDGER_WAIT)."""
+
+
+READ_ONLY = "25006"
+"""PostgreSQL's SQLSTATE for a write in a read-only transaction (a standby, a read-only role)."""
 
 
 def _is_lock_error(exc: DBAPIError) -> bool:

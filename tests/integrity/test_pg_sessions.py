@@ -279,3 +279,38 @@ def test_a_sql_ascii_database_keeps_every_name_as_it_was_given(
         model,
         {"team": tag},
     )
+
+
+def test_a_read_only_database_is_named_and_its_spans_wait_in_the_spool(
+    cli: Any, pg_server: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A hot standby (or ``default_transaction_read_only = on``) takes reads and refuses
+    writes: PostgreSQL's bare "cannot execute INSERT in a read-only transaction" said
+    nothing of what to change. Reports still read it; spans wait in the spool."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from tests.conftest import _fresh_pg_database
+    from tests.factories import make_span
+
+    url = _fresh_pg_database(pg_server)
+    Ledger(url, zone="UTC").record([make_span(cost_total=1_500_000)])
+    admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            text(f"ALTER DATABASE {make_url(url).database} SET default_transaction_read_only = on")
+        )
+    admin.dispose()
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    assert cli("report", "--period", "2026-11").code == 0
+    result = cli("budget", "set", "sales", "--monthly", "100")
+    assert (result.code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: the ledger at {make_url(url).render_as_string()} failed: cannot execute "
+        "INSERT in a read-only transaction: the database takes no writes (a hot standby, or "
+        "default_transaction_read_only is on); point OMETER_DB_URL at the primary; spans wait "
+        "in the spool meanwhile\n"
+    )
+    ledger = Ledger(url, spool_dir=tmp_path / "spool")
+    span = make_span()
+    assert ledger.record([span]) == {span.id: Stored.SPOOLED}
+    ledger.dispose()
