@@ -245,6 +245,11 @@ class Database:
                 f"default_transaction_read_only is on); point OMETER_DB_URL at the primary"
                 f"{meanwhile}"
             )
+        if getattr(exc.orig, "sqlstate", None) == NOT_ALLOWED:
+            return (
+                f"{text}: the user {make_url(self.url).username} may not do this; grant it "
+                "what it needs, or run `ometer db upgrade` once as the database's owner"
+            )
         if "password authentication failed" in lowered:
             return f"{text}: fix the password in OMETER_DB_URL{meanwhile}"
         if _is_lock_error(exc):
@@ -293,6 +298,9 @@ class Database:
 LOCK_NOT_AVAILABLE = "55P03"
 """PostgreSQL's SQLSTATE for a lock not had within ``lock_timeout`` (OMETER_LEDGER_WAIT)."""
 
+
+NOT_ALLOWED = "42501"
+"""PostgreSQL's SQLSTATE for a privilege the user lacks (CREATE on the schema, a table)."""
 
 READ_ONLY = "25006"
 """PostgreSQL's SQLSTATE for a write in a read-only transaction (a standby, a read-only role)."""

@@ -314,3 +314,31 @@ def test_a_read_only_database_is_named_and_its_spans_wait_in_the_spool(
     span = make_span()
     assert ledger.record([span]) == {span.id: Stored.SPOOLED}
     ledger.dispose()
+
+
+def test_a_user_without_create_on_the_schema_is_told_how_to_migrate(
+    cli: Any, pg_server: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A least-privilege role (PostgreSQL 15 gives PUBLIC no CREATE on ``public``) opening
+    a new ledger cannot make its tables: the bare "permission denied for schema public"
+    said nothing of how to get past it."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from tests.conftest import _fresh_pg_database
+
+    database = _fresh_pg_database(pg_server)
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(database, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+    admin.dispose()
+    url = make_url(database).set(username=role).render_as_string(False)
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    result = cli("report", "--period", "2026-11")
+    assert (result.code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: cannot open the ledger at {url}: permission denied for schema public: "
+        f"the user {role} may not do this; grant it what it needs, or run `ometer db "
+        "upgrade` once as the database's owner\n"
+    )
