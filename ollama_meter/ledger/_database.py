@@ -245,6 +245,11 @@ class Database:
                 f"default_transaction_read_only is on); point OMETER_DB_URL at the primary"
                 f"{meanwhile}"
             )
+        if getattr(exc.orig, "sqlstate", None) in ENDED or "closed the connection" in lowered:
+            return (
+                f"{text}: the server ended this session (a restart, or pg_terminate_backend); "
+                f"what it had not committed is undone: run it again{meanwhile}"
+            )
         if getattr(exc.orig, "sqlstate", None) == NOT_ALLOWED:
             return (
                 f"{text}: the user {make_url(self.url).username} may not do this; grant it "
@@ -298,6 +303,10 @@ class Database:
 LOCK_NOT_AVAILABLE = "55P03"
 """PostgreSQL's SQLSTATE for a lock not had within ``lock_timeout`` (OMETER_LEDGER_WAIT)."""
 
+
+ENDED = frozenset({"57P01", "57P02"})
+"""PostgreSQL's SQLSTATEs for a session the server ended: an administrator's command
+(``pg_terminate_backend``, a fast shutdown or restart), another backend's crash."""
 
 NOT_ALLOWED = "42501"
 """PostgreSQL's SQLSTATE for a privilege the user lacks (CREATE on the schema, a table)."""
