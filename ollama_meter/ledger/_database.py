@@ -228,7 +228,9 @@ class Database:
                 f"{text}: the server's statement_timeout for this user stopped it; raise it "
                 "(ALTER ROLE ... SET statement_timeout = '10min') or leave it unset for ometer"
             )
-        if "too many connections" in lowered or "connection slots" in lowered:
+        # A role's CONNECTION LIMIT; the server's max_connections ("sorry, too many clients
+        # already"), or what is left of it reserved for superusers.
+        if any(said in lowered for said in ("too many c", "connection slots")):
             return (
                 f"{text}: the server is at its connection limit (max_connections, or the "
                 "user's CONNECTION LIMIT); each ometer process keeps up to 30, so raise the "

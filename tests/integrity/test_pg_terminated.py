@@ -101,3 +101,34 @@ def test_upkeep_whose_session_the_server_ends_says_run_again_and_leaves_rollups_
     assert _report(again) == before
     assert before[0] == before[1]
     again.dispose()
+
+
+def test_a_server_whose_every_connection_is_taken_says_what_to_change(
+    cli: Any, cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other clients hold every one of the server's ``max_connections``: its "sorry, too
+    many clients already" was shown bare (only a role's own CONNECTION LIMIT was named)."""
+    admin = create_engine(f"{cluster.url}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("ALTER SYSTEM SET max_connections = 4"))
+        conn.execute(text("ALTER SYSTEM SET superuser_reserved_connections = 0"))
+        conn.execute(text("CREATE DATABASE full_server"))
+    admin.dispose()
+    cluster.stop()
+    cluster.start()
+    url = f"{cluster.url}/full_server"
+    Ledger(url).dispose()
+    others = create_engine(url, pool_size=4)
+    taken = [others.connect() for _ in range(4)]
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    result = cli("report", "--period", "2026-11")
+    for conn in taken:
+        conn.close()
+    others.dispose()
+    assert (result.code, result.stdout) == (1, "")
+    assert result.stderr.endswith(
+        "sorry, too many clients already: the server is at its connection limit "
+        "(max_connections, or the user's CONNECTION LIMIT); each ometer process keeps up to "
+        "30, so raise the limit or stop idle clients; spans wait in the spool meanwhile\n"
+    )
+    assert len(result.stderr.splitlines()) == 1
