@@ -228,7 +228,9 @@ class Database:
                 f"{text}: the server's statement_timeout for this user stopped it; raise it "
                 "(ALTER ROLE ... SET statement_timeout = '10min') or leave it unset for ometer"
             )
-        if "too many connections" in lowered or "connection slots" in lowered:
+        # A role's CONNECTION LIMIT; the server's max_connections ("sorry, too many clients
+        # already"), or what is left of it reserved for superusers.
+        if any(said in lowered for said in ("too many c", "connection slots")):
             return (
                 f"{text}: the server is at its connection limit (max_connections, or the "
                 "user's CONNECTION LIMIT); each ometer process keeps up to 30, so raise the "
@@ -238,6 +240,22 @@ class Database:
             return (
                 f"{text}: the server did not answer within {connect_seconds(self._wait)} s "
                 f"(OMETER_LEDGER_WAIT): it is stopped, overloaded or cut off{meanwhile}"
+            )
+        if getattr(exc.orig, "sqlstate", None) == READ_ONLY:
+            return (
+                f"{text}: the database takes no writes (a hot standby, or "
+                f"default_transaction_read_only is on); point OMETER_DB_URL at the primary"
+                f"{meanwhile}"
+            )
+        if getattr(exc.orig, "sqlstate", None) in ENDED or "closed the connection" in lowered:
+            return (
+                f"{text}: the server ended this session (a restart, or pg_terminate_backend); "
+                f"what it had not committed is undone: run it again{meanwhile}"
+            )
+        if getattr(exc.orig, "sqlstate", None) == NOT_ALLOWED:
+            return (
+                f"{text}: the user {make_url(self.url).username} may not do this; grant it "
+                "what it needs, or run `ometer db upgrade` once as the database's owner"
             )
         if "password authentication failed" in lowered:
             return f"{text}: fix the password in OMETER_DB_URL{meanwhile}"
@@ -286,6 +304,17 @@ class Database:
 
 LOCK_NOT_AVAILABLE = "55P03"
 """PostgreSQL's SQLSTATE for a lock not had within ``lock_timeout`` (OMETER_LEDGER_WAIT)."""
+
+
+ENDED = frozenset({"57P01", "57P02"})
+"""PostgreSQL's SQLSTATEs for a session the server ended: an administrator's command
+(``pg_terminate_backend``, a fast shutdown or restart), another backend's crash."""
+
+NOT_ALLOWED = "42501"
+"""PostgreSQL's SQLSTATE for a privilege the user lacks (CREATE on the schema, a table)."""
+
+READ_ONLY = "25006"
+"""PostgreSQL's SQLSTATE for a write in a read-only transaction (a standby, a read-only role)."""
 
 
 def _is_lock_error(exc: DBAPIError) -> bool:

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import Ledger
+from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.periods import parse_period
 from ollama_meter.records import Stored
@@ -232,3 +232,113 @@ def test_a_migration_held_past_the_wait_says_what_to_do(
         "OMETER_LEDGER_WAIT=60\n"
     )
     assert cli("report", "--period", "2026-11").code == 0  # the lock gone, the ledger opens
+
+
+@pytest.fixture(scope="module")
+def sql_ascii_ledger(pg_server: str | None) -> Iterator[Ledger]:
+    """A ledger in a database made ``ENCODING 'SQL_ASCII'`` (an old cluster's default):
+    the server then takes and gives back bytes, and declares no encoding of its own."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    name = f"a_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            text(
+                f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+                "TEMPLATE template0"
+            )
+        )
+    admin.dispose()
+    ledger = Ledger(f"{pg_server}/{name}", zone="UTC")
+    yield ledger
+    ledger.dispose()
+
+
+STORABLE = st.text(
+    st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=40
+)
+
+
+@given(user=STORABLE, model=STORABLE, tag=STORABLE)
+def test_a_sql_ascii_database_keeps_every_name_as_it_was_given(
+    sql_ascii_ledger: Ledger, user: str, model: str, tag: str
+) -> None:
+    """psycopg hands back bytes, not text, on a connection whose encoding is SQL_ASCII:
+    SQLAlchemy's first look at the server (its version, a regex over a str) failed, and no
+    command could open such a ledger ("unexpected TypeError ... This is a bug in ometer")."""
+    from tests.factories import make_span
+
+    tenant = f"t{uuid.uuid4().hex}"
+    span = make_span(tenant=tenant, user=user, request_model=model, tags={"team": tag})
+    assert sql_ascii_ledger.record([span]) == {span.id: Stored.COMMITTED}
+    [back] = sql_ascii_ledger.latest(SpanFilter(tenant=tenant))
+    assert (back.id, back.user, back.request_model, back.tags) == (
+        span.id,
+        user,
+        model,
+        {"team": tag},
+    )
+
+
+def test_a_read_only_database_is_named_and_its_spans_wait_in_the_spool(
+    cli: Any, pg_server: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """A hot standby (or ``default_transaction_read_only = on``) takes reads and refuses
+    writes: PostgreSQL's bare "cannot execute INSERT in a read-only transaction" said
+    nothing of what to change. Reports still read it; spans wait in the spool."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from tests.conftest import _fresh_pg_database
+    from tests.factories import make_span
+
+    url = _fresh_pg_database(pg_server)
+    Ledger(url, zone="UTC").record([make_span(cost_total=1_500_000)])
+    admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            text(f"ALTER DATABASE {make_url(url).database} SET default_transaction_read_only = on")
+        )
+    admin.dispose()
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    assert cli("report", "--period", "2026-11").code == 0
+    result = cli("budget", "set", "sales", "--monthly", "100")
+    assert (result.code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: the ledger at {make_url(url).render_as_string()} failed: cannot execute "
+        "INSERT in a read-only transaction: the database takes no writes (a hot standby, or "
+        "default_transaction_read_only is on); point OMETER_DB_URL at the primary; spans wait "
+        "in the spool meanwhile\n"
+    )
+    ledger = Ledger(url, spool_dir=tmp_path / "spool")
+    span = make_span()
+    assert ledger.record([span]) == {span.id: Stored.SPOOLED}
+    ledger.dispose()
+
+
+def test_a_user_without_create_on_the_schema_is_told_how_to_migrate(
+    cli: Any, pg_server: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A least-privilege role (PostgreSQL 15 gives PUBLIC no CREATE on ``public``) opening
+    a new ledger cannot make its tables: the bare "permission denied for schema public"
+    said nothing of how to get past it."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from tests.conftest import _fresh_pg_database
+
+    database = _fresh_pg_database(pg_server)
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(database, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+    admin.dispose()
+    url = make_url(database).set(username=role).render_as_string(False)
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    result = cli("report", "--period", "2026-11")
+    assert (result.code, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"error: cannot open the ledger at {url}: permission denied for schema public: "
+        f"the user {role} may not do this; grant it what it needs, or run `ometer db "
+        "upgrade` once as the database's owner\n"
+    )
