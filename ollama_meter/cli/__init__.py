@@ -11,6 +11,7 @@ every command's signature on every run, and string annotations would be compiled
 evaluated each time (building the commands took three times as long).
 """
 
+import contextlib
 import errno
 import io
 import logging
@@ -40,6 +41,7 @@ from ollama_meter.cli import (
 from ollama_meter.cli._common import settings
 from ollama_meter.cli._console import err, out, printable
 from ollama_meter.errors import OmeterError
+from ollama_meter.ledger._deadline import recording_nothing
 
 app = typer.Typer(
     name="ometer",
@@ -81,6 +83,15 @@ def _root(
     _logging()  # here, not in main(): help and --version need no settings
 
 
+_RECORDING = frozenset({"chat", "run", "serve"})
+"""The commands that record calls, whose spans wait in the spool while the ledger fails: the
+others' errors say nothing of a spool."""
+
+
+def _records_calls(argv: list[str]) -> bool:
+    return next((arg for arg in argv[1:] if not arg.startswith("-")), None) in _RECORDING
+
+
 def _terminate(signum: int, _frame: object) -> None:
     # Unwind like Ctrl-C does, so a call in flight is still written as a span.
     raise SystemExit(128 + signum)
@@ -110,7 +121,8 @@ def _main() -> None:
     if sys.stdout is None:  # started with it closed (`>&-`): Python gives no stream at all
         sys.stdout = _ClosedStdout()
     try:
-        code = command()(standalone_mode=False)
+        with contextlib.nullcontext() if _records_calls(sys.argv) else recording_nothing():
+            code = command()(standalone_mode=False)
         sys.stdout.flush()  # here, where a failure to write the output is still ours to report
         if code == INTERRUPTED:  # typer's answer to Ctrl-C inside a command: said, not silent
             err.print("interrupted")

@@ -59,23 +59,28 @@ def unbounded() -> Iterator[None]:
         _unbounded.reset(token)
 
 
-_opening: contextvars.ContextVar[bool] = contextvars.ContextVar("ometer_opening", default=False)
+_recording_nothing: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "ometer_recording_nothing", default=False
+)
 
 
 @contextlib.contextmanager
-def opening() -> Iterator[None]:
-    """A process is opening the ledger: it has recorded nothing yet, so nothing is spooled."""
-    token = _opening.set(True)
+def recording_nothing() -> Iterator[None]:
+    """Ledger work in this block records no call (opening the ledger; a command such as
+    ``report`` or ``budget set``): a failure's message promises no spool."""
+    token = _recording_nothing.set(True)
     try:
         yield
     finally:
-        _opening.reset(token)
+        _recording_nothing.reset(token)
 
 
 def spooled_meanwhile() -> str:
     """What a failure's message says of the spans it leaves: they wait in the spool, except in
-    bulk work (run again, not recorded later) and while the ledger is opened (none yet)."""
-    return "" if _unbounded.get() or _opening.get() else "; spans wait in the spool meanwhile"
+    bulk work (run again, not recorded later) and where nothing is recorded."""
+    if _unbounded.get() or _recording_nothing.get():
+        return ""
+    return "; spans wait in the spool meanwhile"
 
 
 def in_bulk() -> bool:
@@ -179,7 +184,7 @@ def bounded_connect(deadline: float) -> Any:
     import psycopg
 
     silent = f"the server did not answer within {deadline:g} s (OMETER_LEDGER_WAIT)"
-    hint = "it is stopped, overloaded or cut off; spans wait in the spool meanwhile"
+    hint = "it is stopped, overloaded or cut off"
     quiet_until = [0.0]
 
     class BoundedConnection(psycopg.Connection[Any]):
@@ -203,11 +208,11 @@ def bounded_connect(deadline: float) -> Any:
         def _silent(self) -> psycopg.OperationalError:
             self.pgconn.finish()  # closed: the pool drops it instead of lending it again
             quiet_until[0] = time.monotonic() + deadline
-            return psycopg.OperationalError(f"{silent}: {hint}")
+            return psycopg.OperationalError(f"{silent}: {hint}{spooled_meanwhile()}")
 
     def connect(*args: Any, **kwargs: Any) -> BoundedConnection:
         if time.monotonic() < quiet_until[0] and not _unbounded.get():
-            raise psycopg.OperationalError(f"{silent}: {hint}")  # a moment ago
+            raise psycopg.OperationalError(f"{silent}: {hint}{spooled_meanwhile()}")  # a moment ago
         try:
             return BoundedConnection.connect(*args, **kwargs)
         except psycopg.OperationalError as exc:

@@ -34,7 +34,7 @@ from ollama_meter.ledger import (
     _spans,
     _timings,
 )
-from ollama_meter.ledger._deadline import opening
+from ollama_meter.ledger._deadline import recording_nothing
 from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._keys import ApiKey
@@ -70,7 +70,7 @@ class Ledger(DurableLedger):
         super().__init__(url, spool_dir=spool_dir, wait=wait, retry_delay=retry_delay)
         self._migrate, self._zone = migrate, zone
         if migrate:
-            with opening():
+            with recording_nothing():
                 self._make_current()
             self.recover()
 

@@ -307,8 +307,7 @@ def test_a_read_only_database_is_named_and_its_spans_wait_in_the_spool(
     assert result.stderr == (
         f"error: the ledger at {make_url(url).render_as_string()} failed: cannot execute "
         "INSERT in a read-only transaction: the database takes no writes (a hot standby, or "
-        "default_transaction_read_only is on); point OMETER_DB_URL at the primary; spans wait "
-        "in the spool meanwhile\n"
+        "default_transaction_read_only is on); point OMETER_DB_URL at the primary\n"
     )
     ledger = Ledger(url, spool_dir=tmp_path / "spool")
     span = make_span()

@@ -129,6 +129,6 @@ def test_a_server_whose_every_connection_is_taken_says_what_to_change(
     assert result.stderr.endswith(
         "sorry, too many clients already: the server is at its connection limit "
         "(max_connections, or the user's CONNECTION LIMIT); each ometer process keeps up to "
-        "30, so raise the limit or stop idle clients; spans wait in the spool meanwhile\n"
+        "30, so raise the limit or stop idle clients\n"
     )
     assert len(result.stderr.splitlines()) == 1
