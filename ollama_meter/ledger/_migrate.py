@@ -57,8 +57,9 @@ def check_is_ledger(conn: Connection, found: str | None, known: set[str]) -> Non
     url = conn.engine.url.render_as_string()
     seen = inspect(conn)
     tables = sorted({*seen.get_table_names(), *seen.get_view_names()} - {"alembic_version"})
-    if found is None and not tables:
-        return  # a new ledger
+    if found is None and not tables:  # a new ledger
+        _check_encoding(conn, url)
+        return
     if found is not None and _MARK in tables:
         if found in known:
             return
@@ -76,6 +77,27 @@ def check_is_ledger(conn: Connection, found: str | None, known: set[str]) -> Non
         f"{url} is not an ometer ledger: it holds another application's {' and '.join(held)}; "
         f"nothing was changed. Give ometer's ledger, or {where}, with --db / OMETER_DB_URL"
     )
+
+
+_ENCODINGS = ("UTF8", "SQL_ASCII")
+"""PostgreSQL server encodings that hold every name a call may carry: UTF-8, and SQL_ASCII,
+which keeps bytes as they come (ometer's connections send UTF-8)."""
+
+
+def _check_encoding(conn: Connection, url: str) -> None:
+    """Refuse to make a ledger in a PostgreSQL database whose encoding cannot hold every name:
+    in LATIN1, say, a user, model or tag written in another script fails its write, and the
+    span is kept only in the quarantine, out of every report and budget."""
+    if conn.dialect.name != "postgresql":
+        return
+    encoding = str(conn.exec_driver_sql("SHOW server_encoding").scalar())
+    if encoding.upper() not in _ENCODINGS:
+        raise LedgerError(
+            f"the database at {url} is encoded in {encoding}, which cannot hold every name a "
+            "call may carry (a user, a model or a tag in any script); nothing was changed. "
+            f"Make one with ENCODING 'UTF8' (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE "
+            "template0) and give it with --db / OMETER_DB_URL"
+        )
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

@@ -341,3 +341,43 @@ def test_a_user_without_create_on_the_schema_is_told_how_to_migrate(
         f"the user {role} may not do this; grant it what it needs, or run `ometer db "
         "upgrade` once as the database's owner\n"
     )
+
+
+def test_a_database_whose_encoding_cannot_hold_every_name_is_not_made_a_ledger(
+    pg_server: str | None,
+) -> None:
+    """In LATIN1 a user, model or tag in another script fails its write, and the span would be
+    kept only in the quarantine, out of every report and budget: refused before any table."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    name = f"a_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(
+            text(
+                f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
+                "TEMPLATE template0"
+            )
+        )
+    url = f"{pg_server}/{name}"
+    try:
+        with pytest.raises(LedgerError) as refused:
+            Ledger(url)
+        shown = make_url(url).render_as_string()
+        assert str(refused.value) == (
+            f"the database at {shown} is encoded in LATIN1, which cannot hold every name a "
+            "call may carry (a user, a model or a tag in any script); nothing was changed. "
+            "Make one with ENCODING 'UTF8' (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE "
+            "template0) and give it with --db / OMETER_DB_URL"
+        )
+        probe = create_engine(url)
+        with probe.connect() as conn:
+            tables = conn.execute(
+                text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            ).scalar()
+        probe.dispose()
+        assert tables == 0  # nothing was changed
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()
