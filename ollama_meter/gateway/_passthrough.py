@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Send
 
 from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._fleet import UNION, Fleet, model_named
@@ -78,19 +79,49 @@ async def forward(
         return error_response(wire_of(path), gateway_status(exc), str(exc))
 
     lines = response.content_type == "application/x-ndjson"  # a pull's progress, say
+    chunks = aiter(pool.chunks(response))
+    try:  # before the answer starts: one that breaks off before its first byte is a 502
+        first = await anext(chunks, b"")
+    except UpstreamError as exc:
+        pool.finish(response, completed=False)
+        log.warning("passing %s through: %s", path, exc)
+        return error_response(wire_of(path), gateway_status(exc), str(exc))
+    except BaseException:  # the caller hung up: the connection to Ollama is dropped
+        pool.finish(response, completed=False)
+        raise
 
     async def relayed() -> AsyncIterator[bytes]:
-        last = b"\n"
+        last = first[-1:] or b"\n"
         try:
-            async for chunk in pool.chunks(response):
+            if first:
+                yield first
+            async for chunk in chunks:
                 yield chunk
                 last = chunk[-1:] or last
         except UpstreamError as exc:
             log.warning("passing %s through: %s", path, exc)
-            if lines:  # ended as Ollama ends a stream that failed, so the client raises
-                yield (b"" if last == b"\n" else b"\n") + OLLAMA.error_frame(str(exc))
+            if not lines:
+                raise _BrokeOff from None
+            # Ended as Ollama ends a stream that failed, so the client raises.
+            yield (b"" if last == b"\n" else b"\n") + OLLAMA.error_frame(str(exc))
         finally:
             pool.finish(response, completed=response.content.at_eof())
 
     headers = {k: v for k, v in as_sent(response).items() if k not in _NOT_RELAYED}
-    return StreamingResponse(relayed(), status_code=response.status, headers=headers)
+    return _Relayed(relayed(), status_code=response.status, headers=headers)
+
+
+class _BrokeOff(Exception):
+    """Ollama's answer broke off partway, in a body that has no way to say so."""
+
+
+class _Relayed(StreamingResponse):
+    """An answer relayed as it comes; one that broke off (:class:`_BrokeOff`) ends without
+    its end (no last chunk), so the server closes the connection and the client raises, as
+    it would against Ollama. Ended well, a client could not tell a cut body from a whole one."""
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        except _BrokeOff:
+            return
