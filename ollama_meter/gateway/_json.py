@@ -3,13 +3,15 @@
 Refused, each with the reason a caller can act on: a key given twice in one object (Go does
 not simply keep the last value: ``"stream": true, "stream": null`` streams, repeated
 objects are merged), ``NaN`` and other constants, numbers past a float's range, nesting
-deeper than Python reads, and more than :data:`MAX_OBJECTS` objects.
+deeper than Python reads, and more than :data:`MAX_OBJECTS` objects or :data:`MAX_ARRAYS`
+arrays.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 MAX_OBJECTS = 100_000
@@ -18,12 +20,33 @@ text (a body of 10 million empty messages, 30 MB, took 7.3 GB and 77 s to check)
 conversation with tools and images holds a few thousand."""
 
 
+INLINE_PARSE_BYTES = 64 * 1024
+"""Bodies up to this size are read on the event loop (under 20 ms); larger, in a thread."""
+
+MAX_ARRAYS = 100_000
+"""The most JSON arrays one body may hold, for the same reason: an empty one costs 64 bytes of
+memory for its 3 of text (32 MB of ``[[],[],...]``, 11 million of them, took 770 MB and 4 s
+to check). A batch of token-id inputs to embed holds a few thousand."""
+
+_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
+"""A JSON string, escapes included (so a bracket, or a quote escaped, inside it is text); one
+left open runs to the end, so no quote is tried again from inside it (that took time
+quadratic in a body of ``\\"[`` repeated)."""
+
+
 class NotJson(ValueError):
     """The body is no JSON the gateway takes; the message says why."""
 
 
 def read_json(raw: bytes) -> Any:
     """``raw`` decoded; :class:`NotJson` for what Ollama would read otherwise, or not at all."""
+    # Counted before any is made (Python's decoder has no hook for arrays); the strings are
+    # looked into only when there are that many brackets at all, which few bodies have.
+    if raw.count(b"[") > MAX_ARRAYS and arrays_in(raw) > MAX_ARRAYS:
+        raise NotJson(
+            f"the JSON body holds more than {MAX_ARRAYS:,} arrays, more than any call needs "
+            "(each list of messages, inputs or token ids is one): send fewer"
+        )
     try:
         return json.loads(
             raw, parse_constant=_not_json, parse_float=_finite, object_pairs_hook=_Objects()
@@ -43,6 +66,12 @@ def read_json(raw: bytes) -> Any:
         ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise NotJson(f"invalid JSON body: {exc}") from None
+
+
+def arrays_in(raw: bytes) -> int:
+    """How many arrays the JSON text ``raw`` holds: its ``[`` outside strings (taken out
+    first, in C, within the body's own size)."""
+    return _STRING.sub(b"", raw).count(b"[") if b'"' in raw else raw.count(b"[")
 
 
 class _Repeated(Exception):

@@ -10,6 +10,7 @@ relayed as it comes, status, headers and body.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from urllib.parse import quote
@@ -20,6 +21,7 @@ from starlette.types import Send
 
 from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._fleet import UNION, Fleet, model_named
+from ollama_meter.gateway._json import INLINE_PARSE_BYTES
 from ollama_meter.gateway._relay import error_response, forward_headers, wire_of
 from ollama_meter.upstream import OLLAMA, gateway_status
 from ollama_meter.upstream._pooled import as_sent
@@ -64,7 +66,11 @@ async def forward(
         server = fleet.server_for(None)
     else:
         named = path.removeprefix(OPENAI_MODEL) if path.startswith(OPENAI_MODEL) else None
-        server = fleet.server_for(named or model_named(body if isinstance(body, bytes) else None))
+        if named is None and fleet.several and isinstance(body, bytes):  # one: no choice
+            # A large body takes milliseconds to read: not on the event loop.
+            inline = len(body) <= INLINE_PARSE_BYTES
+            named = model_named(body) if inline else await asyncio.to_thread(model_named, body)
+        server = fleet.server_for(named)
     pool = server.pool
     try:
         response = await pool.request(
