@@ -11,6 +11,7 @@ relayed as it comes, status, headers and body.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from urllib.parse import quote
@@ -23,6 +24,7 @@ from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._fleet import UNION, Fleet, model_named
 from ollama_meter.gateway._json import INLINE_PARSE_BYTES
 from ollama_meter.gateway._relay import error_response, forward_headers, wire_of
+from ollama_meter.gateway._slots import CallerGone, client_left, until_gone
 from ollama_meter.upstream import OLLAMA, gateway_status
 from ollama_meter.upstream._pooled import as_sent
 
@@ -87,12 +89,20 @@ async def forward(
     lines = response.content_type == "application/x-ndjson"  # a pull's progress, say
     chunks = aiter(pool.chunks(response))
     try:  # before the answer starts: one that breaks off before its first byte is a 502
-        first = await anext(chunks, b"")
+        # Listening meanwhile: a caller that leaves a pull (minutes of nothing) stops it. Not
+        # while a blob upload may still be reading the request (its body, streamed on).
+        hangup = (
+            None if isinstance(body, AsyncIterable) else functools.partial(client_left, request)
+        )
+        first = await until_gone(anext(chunks, b""), hangup)
     except UpstreamError as exc:
         pool.finish(response, completed=False)
         log.warning("passing %s through: %s", path, exc)
         return error_response(wire_of(path), gateway_status(exc), str(exc))
-    except BaseException:  # the caller hung up: the connection to Ollama is dropped
+    except CallerGone:  # the connection to Ollama is dropped, which stops it
+        pool.finish(response, completed=False)
+        return Response(status_code=499)  # nobody is there to read it
+    except BaseException:
         pool.finish(response, completed=False)
         raise
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import select
 import socket
 import threading
 import tracemalloc
@@ -455,6 +456,52 @@ def test_a_passed_through_answer_that_breaks_off_never_reaches_the_client_as_who
         return
     with pytest.raises(httpx.RemoteProtocolError):
         gw.client.request(method, path, json=body)
+
+
+class _Silent(BaseHTTPRequestHandler):
+    """Answers 200 and its headers, then nothing; sets ``dropped`` when the gateway hangs up."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        self.server.asked.set()  # type: ignore[attr-defined]
+        readable, _, _ = select.select([self.connection], [], [], 60)
+        if readable and not self.connection.recv(1):
+            self.server.dropped.set()  # type: ignore[attr-defined]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_caller_that_leaves_before_a_passed_through_answer_starts_stops_ollama(
+    serve_on: Callable[..., Gateway], sqlite_url: str
+) -> None:
+    """A passed-through answer is awaited until its first byte (so one that breaks off before
+    it is a 502): a caller that leaves meanwhile (a ``stream: false`` pull is minutes of
+    nothing) has its connection to Ollama dropped, which stops the work, as before."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
+    server.asked, server.dropped = threading.Event(), threading.Event()  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = serve_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url, allow_admin=True)
+        host, port = gw.url.removeprefix("http://").split(":")
+        body = b'{"model": "llama3.1:8b", "stream": false}'
+        with socket.create_connection((host, int(port))) as caller:
+            caller.sendall(
+                b"POST /api/pull HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            assert server.asked.wait(30)  # type: ignore[attr-defined]
+        assert server.dropped.wait(30)  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class _Headed(RawServer):
