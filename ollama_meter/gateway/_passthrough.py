@@ -74,8 +74,12 @@ async def forward(
             named = model_named(body) if inline else await asyncio.to_thread(model_named, body)
         server = fleet.server_for(named)
     pool = server.pool
+    # Until the answer starts, the caller is listened for: one that leaves a pull (minutes of
+    # nothing; a stream:false one sends even its headers at the end) has its connection to
+    # Ollama dropped, which stops it. Not while a blob upload reads the request (streamed on).
+    hangup = None if isinstance(body, AsyncIterable) else functools.partial(client_left, request)
     try:
-        response = await pool.request(
+        sent = pool.request(
             request.method,
             # Sent as received: encoded again, so no client decodes a %2e twice into a "..".
             quote(request.scope["path"], safe=_PATH_SAFE),
@@ -83,17 +87,15 @@ async def forward(
             query=request.url.query,
             headers=forward_headers(request.headers),
         )
+        response = await until_gone(sent, hangup)
     except UpstreamError as exc:
         return error_response(wire_of(path), gateway_status(exc), str(exc))
+    except CallerGone:
+        return Response(status_code=499)  # nobody is there to read it
 
     lines = response.content_type == "application/x-ndjson"  # a pull's progress, say
     chunks = aiter(pool.chunks(response))
     try:  # before the answer starts: one that breaks off before its first byte is a 502
-        # Listening meanwhile: a caller that leaves a pull (minutes of nothing) stops it. Not
-        # while a blob upload may still be reading the request (its body, streamed on).
-        hangup = (
-            None if isinstance(body, AsyncIterable) else functools.partial(client_left, request)
-        )
         first = await until_gone(anext(chunks, b""), hangup)
     except UpstreamError as exc:
         pool.finish(response, completed=False)
