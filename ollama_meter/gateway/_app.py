@@ -46,6 +46,7 @@ from ollama_meter.gateway._dash import NO_STORE, dashboard_routes
 from ollama_meter.gateway._drain import Drain, drained
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._hosts import guard
+from ollama_meter.gateway._json import INLINE_PARSE_BYTES
 from ollama_meter.gateway._memory import Unread, body_memory
 from ollama_meter.gateway._passthrough import BLOBS, PASSTHROUGH, forward
 from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
@@ -72,8 +73,6 @@ ADMIN = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
 _NO_BODY = frozenset({"GET", "HEAD"})
 REFRESH_SECONDS = 5.0
 """How often the background task looks for prices and budgets due to be reloaded."""
-INLINE_PARSE_BYTES = 64 * 1024
-"""Bodies up to this size are checked on the event loop (under 20 ms); larger, in a thread."""
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 _REFUSAL_STATUS = {"rate_limited": Status.REJECTED, "client_abort": Status.CLIENT_ABORT}

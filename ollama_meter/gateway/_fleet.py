@@ -32,6 +32,7 @@ from typing import Any
 
 from ollama_meter.config import Settings, UpstreamSpec
 from ollama_meter.errors import UpstreamError
+from ollama_meter.gateway._json import NotJson, read_json
 from ollama_meter.gateway._queue import Capacity, FairQueue, Grant
 from ollama_meter.meter import Source
 from ollama_meter.meter._wiring import transport_for
@@ -414,10 +415,14 @@ def _names(answer: Any, field: str, name: str) -> list[str]:
 
 
 def model_named(body: bytes | None) -> str | None:
-    """The model a passed-through body names (``/api/show``, ``/api/pull``...), if any."""
+    """The model a passed-through body names (``/api/show``, ``/api/pull``...), if any.
+
+    Read as a metered body is (:func:`read_json`): a body that holds more than any call
+    needs names none, where reading it would take many times its size in memory.
+    """
     try:
-        obj = json.loads(body) if body else None
-    except (ValueError, RecursionError):
+        obj = read_json(body) if body else None
+    except NotJson:
         return None
     if not isinstance(obj, dict):
         return None

@@ -3,13 +3,15 @@
 Refused, each with the reason a caller can act on: a key given twice in one object (Go does
 not simply keep the last value: ``"stream": true, "stream": null`` streams, repeated
 objects are merged), ``NaN`` and other constants, numbers past a float's range, nesting
-deeper than Python reads, and more than :data:`MAX_OBJECTS` objects.
+deeper than :data:`MAX_DEPTH`, and more than :data:`MAX_OBJECTS` objects or
+:data:`MAX_ARRAYS` arrays.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 MAX_OBJECTS = 100_000
@@ -18,18 +20,48 @@ text (a body of 10 million empty messages, 30 MB, took 7.3 GB and 77 s to check)
 conversation with tools and images holds a few thousand."""
 
 
+MAX_DEPTH = 512
+"""How deep a body may nest (the body itself is one level; a tool's schema nests a few
+dozen). Python's decoder stops where its stack does, which is nearer or farther with where
+it runs: a body over 64 KiB is read in a thread, with more stack left, and was then taken
+nested deeper than the event loop could write it again (with a hard budget's reply cap):
+a 500, and no span. Far below either, a body taken is one every part of the gateway can
+write again."""
+_TOO_DEEP = "the JSON body is nested too deeply"
+
+INLINE_PARSE_BYTES = 64 * 1024
+"""Bodies up to this size are read on the event loop (under 20 ms); larger, in a thread."""
+
+MAX_ARRAYS = 100_000
+"""The most JSON arrays one body may hold, for the same reason: an empty one costs 64 bytes of
+memory for its 3 of text (32 MB of ``[[],[],...]``, 11 million of them, took 770 MB and 4 s
+to check). A batch of token-id inputs to embed holds a few thousand."""
+
+_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
+"""A JSON string, escapes included (so a bracket, or a quote escaped, inside it is text); one
+left open runs to the end, so no quote is tried again from inside it (that took time
+quadratic in a body of ``\\"[`` repeated)."""
+
+
 class NotJson(ValueError):
     """The body is no JSON the gateway takes; the message says why."""
 
 
 def read_json(raw: bytes) -> Any:
     """``raw`` decoded; :class:`NotJson` for what Ollama would read otherwise, or not at all."""
+    # Counted before any is made (Python's decoder has no hook for arrays); the strings are
+    # looked into only when there are that many brackets at all, which few bodies have.
+    if raw.count(b"[") > MAX_ARRAYS and arrays_in(raw) > MAX_ARRAYS:
+        raise NotJson(
+            f"the JSON body holds more than {MAX_ARRAYS:,} arrays, more than any call needs "
+            "(each list of messages, inputs or token ids is one): send fewer"
+        )
     try:
-        return json.loads(
+        value = json.loads(
             raw, parse_constant=_not_json, parse_float=_finite, object_pairs_hook=_Objects()
         )
     except RecursionError:
-        raise NotJson("the JSON body is nested too deeply") from None
+        raise NotJson(_TOO_DEEP) from None
     except _TooMany:
         raise NotJson(
             f"the JSON body holds more than {MAX_OBJECTS:,} objects, more than any call "
@@ -43,6 +75,32 @@ def read_json(raw: bytes) -> Any:
         ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise NotJson(f"invalid JSON body: {exc}") from None
+    # Only a body with that many brackets can nest that deep (a few: none is walked).
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):
+        raise NotJson(_TOO_DEEP)
+    return value
+
+
+def _deeper_than(value: Any, most: int) -> bool:
+    """Whether ``value`` nests more than ``most`` levels (the body itself is one), walked level
+    by level: no stack, and at most every object and array once (both bounded above)."""
+    level = [value]
+    for _ in range(most):
+        level = [
+            inner
+            for outer in level
+            for inner in (outer.values() if isinstance(outer, dict) else outer)
+            if isinstance(inner, dict | list)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def arrays_in(raw: bytes) -> int:
+    """How many arrays the JSON text ``raw`` holds: its ``[`` outside strings (taken out
+    first, in C, within the body's own size)."""
+    return _STRING.sub(b"", raw).count(b"[") if b'"' in raw else raw.count(b"[")
 
 
 class _Repeated(Exception):

@@ -10,16 +10,21 @@ relayed as it comes, status, headers and body.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Send
 
 from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._fleet import UNION, Fleet, model_named
+from ollama_meter.gateway._json import INLINE_PARSE_BYTES
 from ollama_meter.gateway._relay import error_response, forward_headers, wire_of
+from ollama_meter.gateway._slots import CallerGone, client_left, until_gone
 from ollama_meter.upstream import OLLAMA, gateway_status
 from ollama_meter.upstream._pooled import as_sent
 
@@ -63,10 +68,18 @@ async def forward(
         server = fleet.server_for(None)
     else:
         named = path.removeprefix(OPENAI_MODEL) if path.startswith(OPENAI_MODEL) else None
-        server = fleet.server_for(named or model_named(body if isinstance(body, bytes) else None))
+        if named is None and fleet.several and isinstance(body, bytes):  # one: no choice
+            # A large body takes milliseconds to read: not on the event loop.
+            inline = len(body) <= INLINE_PARSE_BYTES
+            named = model_named(body) if inline else await asyncio.to_thread(model_named, body)
+        server = fleet.server_for(named)
     pool = server.pool
+    # Until the answer starts, the caller is listened for: one that leaves a pull (minutes of
+    # nothing; a stream:false one sends even its headers at the end) has its connection to
+    # Ollama dropped, which stops it. Not while a blob upload reads the request (streamed on).
+    hangup = None if isinstance(body, AsyncIterable) else functools.partial(client_left, request)
     try:
-        response = await pool.request(
+        sent = pool.request(
             request.method,
             # Sent as received: encoded again, so no client decodes a %2e twice into a "..".
             quote(request.scope["path"], safe=_PATH_SAFE),
@@ -74,23 +87,59 @@ async def forward(
             query=request.url.query,
             headers=forward_headers(request.headers),
         )
+        response = await until_gone(sent, hangup)
     except UpstreamError as exc:
         return error_response(wire_of(path), gateway_status(exc), str(exc))
+    except CallerGone:
+        return Response(status_code=499)  # nobody is there to read it
 
     lines = response.content_type == "application/x-ndjson"  # a pull's progress, say
+    chunks = aiter(pool.chunks(response))
+    try:  # before the answer starts: one that breaks off before its first byte is a 502
+        first = await until_gone(anext(chunks, b""), hangup)
+    except UpstreamError as exc:
+        pool.finish(response, completed=False)
+        log.warning("passing %s through: %s", path, exc)
+        return error_response(wire_of(path), gateway_status(exc), str(exc))
+    except CallerGone:  # the connection to Ollama is dropped, which stops it
+        pool.finish(response, completed=False)
+        return Response(status_code=499)  # nobody is there to read it
+    except BaseException:
+        pool.finish(response, completed=False)
+        raise
 
     async def relayed() -> AsyncIterator[bytes]:
-        last = b"\n"
+        last = first[-1:] or b"\n"
         try:
-            async for chunk in pool.chunks(response):
+            if first:
+                yield first
+            async for chunk in chunks:
                 yield chunk
                 last = chunk[-1:] or last
         except UpstreamError as exc:
             log.warning("passing %s through: %s", path, exc)
-            if lines:  # ended as Ollama ends a stream that failed, so the client raises
-                yield (b"" if last == b"\n" else b"\n") + OLLAMA.error_frame(str(exc))
+            if not lines:
+                raise _BrokeOff from None
+            # Ended as Ollama ends a stream that failed, so the client raises.
+            yield (b"" if last == b"\n" else b"\n") + OLLAMA.error_frame(str(exc))
         finally:
             pool.finish(response, completed=response.content.at_eof())
 
     headers = {k: v for k, v in as_sent(response).items() if k not in _NOT_RELAYED}
-    return StreamingResponse(relayed(), status_code=response.status, headers=headers)
+    return _Relayed(relayed(), status_code=response.status, headers=headers)
+
+
+class _BrokeOff(Exception):
+    """Ollama's answer broke off partway, in a body that has no way to say so."""
+
+
+class _Relayed(StreamingResponse):
+    """An answer relayed as it comes; one that broke off (:class:`_BrokeOff`) ends without
+    its end (no last chunk), so the server closes the connection and the client raises, as
+    it would against Ollama. Ended well, a client could not tell a cut body from a whole one."""
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        except _BrokeOff:
+            return

@@ -166,6 +166,63 @@ def test_a_body_of_more_objects_than_any_call_needs_is_refused_before_it_is_all_
     assert (span.error_type, span.request_model) == ("bad_request", "")
 
 
+def _lists_in(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + sum(map(_lists_in, value))
+    if isinstance(value, dict):
+        return sum(map(_lists_in, value.values()))
+    return 0
+
+
+_HOSTILE_TEXT = st.text(alphabet=st.sampled_from('[]{}"\\,:a\n\u00e9\u2028'), max_size=12)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | _HOSTILE_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_HOSTILE_TEXT, inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_JSON_VALUES, ascii_only=st.booleans(), spaced=st.booleans())
+def test_the_arrays_of_a_body_are_counted_exactly_whatever_its_strings_hold(
+    value: Any, ascii_only: bool, spaced: bool
+) -> None:
+    """Brackets, quotes and backslashes inside strings are text, not arrays."""
+    from ollama_meter.gateway._json import arrays_in
+
+    separators = (", ", ": ") if spaced else (",", ":")
+    raw = json.dumps(value, ensure_ascii=ascii_only, separators=separators).encode()
+    assert arrays_in(raw) == _lists_in(value)
+
+
+def test_a_body_of_more_arrays_than_any_call_needs_is_refused_before_it_is_read(
+    sqlite_app: Gateway, emulator: OllamaEmulator
+) -> None:
+    """32 MB of empty token lists (11 million arrays) as an embedding's input took the
+    gateway 770 MB and 4 s to check, and was sent on as a request; objects were bounded,
+    arrays were not. It is refused with a span, and a prompt full of brackets is not."""
+    from ollama_meter.gateway._json import MAX_ARRAYS
+    from ollama_meter.gateway._requests import BadRequest, parse_request
+
+    def body(arrays: int) -> bytes:
+        inputs = b",".join([b"[1]"] * (arrays - 1))
+        return b'{"model":"nomic-embed-text","input":[' + inputs + b"]}"
+
+    assert len(parse_request("/v1/embeddings", body(MAX_ARRAYS)).body["input"]) == MAX_ARRAYS - 1
+    with pytest.raises(BadRequest, match="holds more than 100,000 arrays"):
+        parse_request("/v1/embeddings", body(MAX_ARRAYS + 1))
+    brackets = json.dumps({"model": "mistral:7b", "prompt": "[" * 1_000_000, "stream": False})
+    assert sqlite_app.client.post("/v1/completions", content=brackets).status_code == 200
+    flood = b'{"model":"nomic-embed-text","input":[' + b",".join([b"[]"] * 11_000_000) + b"]}"
+    reply = sqlite_app.client.post("/v1/embeddings", content=flood)
+    assert reply.status_code == 400
+    assert "holds more than 100,000 arrays" in reply.json()["error"]["message"]
+    refused, answered = sqlite_app.ledger.latest(SpanFilter(), 5)
+    assert (refused.error_type, refused.request_model) == ("bad_request", "")
+    assert answered.status == "ok"
+    assert emulator.requests_to("/v1/embeddings") == []
+
+
 def _list_fields(shape: Any, at: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     """Where each list a request's shape validates item by item is, in a body (a list of
     objects is looked into at its first item)."""

@@ -469,3 +469,35 @@ def test_a_weight_changed_while_calls_wait_shares_the_next_slots(sqlite_url: str
     order = asyncio.run(run())
     # Three of support's for each of batch's, from the next slot on.
     assert order[:5].count("support") == 4, order
+
+
+@pytest.mark.parametrize("item", [b"{}", b"[]"])
+def test_a_passed_through_body_is_read_within_the_bounds_a_metered_one_is(
+    item: bytes, in_process: Callable[..., TestClient]
+) -> None:
+    """The model a passed-through ``/api/show`` names was read from its body with no bound:
+    3 MB of empty objects or arrays took 70 MB (32 MB, the largest body: 770 MB each, and
+    half a second of the event loop). It is read as a metered body is; one that holds more
+    than any call needs names no model, and goes on as it came."""
+    import tracemalloc
+
+    from tests._raw_http import RawServer
+
+    tags = json.dumps({"models": [{"model": LLAMA}]}).encode()
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    answer += b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(tags), tags)
+    servers = [RawServer(lambda: answer) for _ in range(2)]  # they read no body as JSON
+    try:
+        client = in_process(*(server.url for server in servers))
+        body = b'{"model": "' + LLAMA.encode() + b'", "x": [' + b",".join([item] * 10**6) + b"]}"
+        tracemalloc.start()
+        try:
+            reply = client.post("/api/show", content=body)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    finally:
+        for server in servers:
+            server.close()
+    assert (reply.status_code, reply.content) == (200, tags)
+    assert peak < 8 * len(body), (peak, len(body))

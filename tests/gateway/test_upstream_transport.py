@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import select
 import socket
 import threading
 import tracemalloc
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import ollama
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -391,6 +393,115 @@ def test_a_passed_through_stream_that_breaks_off_ends_in_an_error_the_client_rai
         with pytest.raises(ollama.ResponseError, match="broke off"):
             pull()
         assert seen == ["pulling manifest", "pulling 8eeb52dfb3bb"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _CutShort(RawServer):
+    """Answers each request with the first ``sent`` bytes of a JSON body, framed by its
+    ``Content-Length`` or in chunks, then hangs up."""
+
+    def __init__(self) -> None:
+        self.body, self.sent, self.chunked = b"", 0, False
+        super().__init__(self._answer)
+
+    def _answer(self) -> bytes:
+        part = self.body[: self.sent]
+        framing = (
+            b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(part), part)
+            if self.chunked and part
+            else b"transfer-encoding: chunked\r\n\r\n"
+            if self.chunked
+            else b"content-length: %d\r\n\r\n%s" % (len(self.body), part)
+        )
+        return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n" + framing
+
+
+@pytest.fixture
+def cut_short(serve_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[Any]:
+    """A served gateway before _CutShort (only a real connection shows how an answer ends)."""
+    server = _CutShort()
+    try:
+        yield serve_on(server.url, sqlite_url), server
+    finally:
+        server.close()
+
+
+@EXAMPLES
+@given(
+    path=st.sampled_from(["/api/tags", "/api/ps", "/v1/models", "/api/version", "/api/show"]),
+    models=st.integers(1, 40),
+    fraction=st.floats(0, 0.999),
+    chunked=st.booleans(),
+)
+def test_a_passed_through_answer_that_breaks_off_never_reaches_the_client_as_whole(
+    cut_short: tuple[Gateway, _CutShort], path: str, models: int, fraction: float, chunked: bool
+) -> None:
+    """``/api/tags`` (or any JSON passed through) whose body broke off reached the client as
+    a 200 that ended well, its body cut short: a client cannot tell it from Ollama's whole
+    answer, and reads a model list that is not there. The gateway cuts the connection
+    before the answer's end instead, so the client raises, as it would against Ollama;
+    broken off before its first byte, it is a 502 in the route's error shape."""
+    gw, server = cut_short
+    server.body = json.dumps({"models": [{"model": f"m{i}:1b"} for i in range(models)]}).encode()
+    server.sent, server.chunked = int(len(server.body) * fraction), chunked
+    method = "POST" if path == "/api/show" else "GET"
+    body = {"model": "m0:1b"} if method == "POST" else None
+    if server.sent == 0:
+        reply = gw.client.request(method, path, json=body)
+        error = reply.json()["error"]
+        message = error["message"] if path.startswith("/v1/") else error
+        assert reply.status_code == 502 and "broke off" in message, reply.text
+        return
+    with pytest.raises(httpx.RemoteProtocolError):
+        gw.client.request(method, path, json=body)
+
+
+class _Silent(BaseHTTPRequestHandler):
+    """Answers 200 and its headers, then nothing; sets ``dropped`` when the gateway hangs up."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.server.headed:  # type: ignore[attr-defined]
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            self.wfile.flush()
+        self.server.asked.set()  # type: ignore[attr-defined]
+        readable, _, _ = select.select([self.connection], [], [], 60)
+        if readable and not self.connection.recv(1):
+            self.server.dropped.set()  # type: ignore[attr-defined]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("headed", [True, False])
+def test_a_caller_that_leaves_before_a_passed_through_answer_starts_stops_ollama(
+    serve_on: Callable[..., Gateway], sqlite_url: str, headed: bool
+) -> None:
+    """A caller that leaves before a passed-through answer's first byte (a ``stream: false``
+    pull is minutes of nothing, its headers included, as Ollama sends them at the end) has
+    its connection to Ollama dropped, which stops the work: Ollama pulled on for nobody."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
+    server.asked, server.dropped = threading.Event(), threading.Event()  # type: ignore[attr-defined]
+    server.headed = headed  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = serve_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url, allow_admin=True)
+        host, port = gw.url.removeprefix("http://").split(":")
+        body = b'{"model": "llama3.1:8b", "stream": false}'
+        with socket.create_connection((host, int(port))) as caller:
+            caller.sendall(
+                b"POST /api/pull HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            assert server.asked.wait(30)  # type: ignore[attr-defined]
+        assert server.dropped.wait(30)  # type: ignore[attr-defined]
     finally:
         server.shutdown()
         server.server_close()

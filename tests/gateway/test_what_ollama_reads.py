@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.budgets import Budget
 from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
@@ -719,6 +719,38 @@ def test_a_deeply_nested_text_counts_toward_the_bound_at_any_depth(
         )
         assert reply.status_code in (400, 429), (depth, reply.text[:200])
     assert len(emulator.requests) == before
+
+
+@EXAMPLES
+@given(
+    path=st.sampled_from(sorted(GENERATING)),
+    depth=st.integers(1, 1100),
+    large=st.booleans(),
+    stream=st.booleans(),
+)
+@example(path="/v1/chat/completions", depth=975, large=True, stream=False)  # was a 500
+@example(path="/api/chat", depth=975, large=False, stream=True)
+def test_a_body_nested_as_deep_as_it_may_be_is_answered_and_spanned_whatever_its_size(
+    budgeted: Gateway, path: str, depth: int, large: bool, stream: bool
+) -> None:
+    """Under a hard budget the body is sent on with its reply cap, written again: a body
+    over 64 KiB (parsed in a thread, where more stack is left) nested 966 deep was taken,
+    then could not be written again on the event loop: a 500 and a traceback, and no span.
+    How deep a body may nest no longer depends on where it is parsed."""
+    from ollama_meter.gateway._json import MAX_DEPTH
+
+    pad = "a" * (70_000 if large else 10)
+    raw = json.dumps(
+        {"model": "llama3.1:8b", "stream": stream, **GENERATING[path], "pad": pad, "x": None}
+    ).replace("null", nested("1", depth))
+    before = len(budgeted.ledger.latest(SpanFilter(), 1000))
+    reply = budgeted.client.post(path, content=raw, headers=SALES)
+    if depth + 1 > MAX_DEPTH:  # the body is one level itself
+        assert reply.status_code == 400, reply.text[:200]
+        assert error_text(reply, path).startswith("the JSON body is nested too deeply")
+    else:
+        assert reply.status_code == 200, reply.text[:200]
+    assert len(budgeted.ledger.latest(SpanFilter(), 1000)) == before + 1
 
 
 @pytest.mark.parametrize(
