@@ -84,6 +84,14 @@ def test_walkthrough_runs_as_written(emulator: OllamaEmulator, tmp_path: Path) -
     assert '"cost": "0.030000"' in done.stdout
     assert "3 in / 39 out tokens · 0.081000 USD" in done.stderr
     assert "2 in / 18 out tokens · 0.000326 USD" in done.stderr
+    # The tables as shown, but for the log's rows (their times and latencies vary).
+    lines = done.stdout.splitlines()
+    drawn = [
+        line
+        for line in console.splitlines()
+        if line[:1] in "┏┃┡│├└" and not re.search(r"\d\d:\d\d:\d\d", line)
+    ]
+    assert len(drawn) >= 12 and [line for line in drawn if line not in lines] == []
     # Then the failures and the budget, on the walkthrough's ledger: what they print is shown.
     for block in fenced_blocks("console")[1:3]:
         shown = block.replace("http://127.0.0.1:11434", emulator.url)
