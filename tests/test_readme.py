@@ -169,3 +169,21 @@ def test_the_perf_example_reads_as_perf_reads_bins() -> None:
             if cells[column]:
                 scaled = round(float(cells[column]) * 1_000_000)
                 assert duration_bin(scaled) == scaled, (cells["model"], column, cells[column])
+
+
+def test_the_python_api_snippet_runs_as_written(
+    emulator: OllamaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It streamed ``messages=[...]``, which the client refuses (``InvalidRequest``)."""
+    from ollama_meter.ledger import Ledger, SpanFilter
+
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.setenv("OMETER_DB_URL", db)
+    snippet = next(block for block in fenced_blocks("python") if "MeteredClient(" in block)
+    exec(compile(snippet, "README.md", "exec"), {})
+    spans = Ledger(db).latest(SpanFilter())
+    assert [(s.operation, s.status, s.user, s.stream) for s in spans] == [
+        ("generate", "ok", None, False),
+        ("chat", "ok", "bob", True),
+        ("chat", "ok", None, False),
+    ]
