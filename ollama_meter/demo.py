@@ -14,7 +14,7 @@ from decimal import Decimal
 from functools import partial
 
 from ollama_meter.config import Settings, load_settings
-from ollama_meter.errors import UpstreamError
+from ollama_meter.errors import UpstreamError, ValidationError
 from ollama_meter.meter import Attribution, Meter, utc_now
 from ollama_meter.pricing import PriceRule
 from ollama_meter.testing import Fault, OllamaEmulator
@@ -74,6 +74,22 @@ class _Clock:
         return self.now
 
 
+def _refuse_a_ledger_in_use(meter: Meter) -> None:
+    """The demo's rules would price real calls and its calls count against real budgets."""
+    ledger = meter.ledger
+    rules = ledger.price_rules()
+    ours = any(rule.source == "demo" for rule in rules)
+    by_hand = any(r.source == "cli" for r in rules) or any(
+        b.source == "cli" for b in ledger.budgets()
+    )
+    if by_hand or ledger.keys() or (not ours and ledger.count() > 0):
+        raise ValidationError(
+            f"{ledger.display_url} is a ledger in use (price rules, budgets or calls of its "
+            "own); ometer demo fills only a new ledger or one it made: leave out --db for the "
+            "separate demo ledger"
+        )
+
+
 def run_demo(
     cfg: Settings, *, calls: int, progress: Callable[[], None], seed: int = 7
 ) -> DemoSummary:
@@ -89,6 +105,7 @@ def run_demo(
             **{**cfg.model_dump(), "ollama_host": emulator.url, "retry_backoff": 0.0}
         )
         meter = Meter.from_settings(demo_cfg, source="cli", clock=clock)
+        _refuse_a_ledger_in_use(meter)
         if not any(rule.source == "demo" for rule in meter.ledger.price_rules()):
             for rule in demo_prices(cfg.currency):
                 meter.ledger.add_price_rule(rule)

@@ -43,3 +43,26 @@ def test_demo_into_a_given_ledger(cli, tmp_path: Path) -> None:  # type: ignore[
     url = f"sqlite:///{tmp_path / 'mine.db'}"
     assert cli("demo", "--calls", "5", "--db", url).code == 0
     assert len(json.loads(cli("log", "--db", url, "--json").stdout)) == 5
+    # a second run adds to it: it is the demo's
+    assert cli("demo", "--calls", "5", "--db", url).code == 0
+    assert len(json.loads(cli("log", "--db", url, "--json").stdout)) == 10
+
+
+def test_demo_never_fills_a_ledger_in_use(cli, emulator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``ometer demo --db`` pointed at a real ledger added its price rules there (one of them
+    then priced the real llama3.1 calls, a tie it won as the newer rule) and charged its
+    fake calls to the real budgets of acme/sales."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    assert cli("pricing", "set", "llama3.1:*", "--input-per-1m", "1000", "--db", url).code == 0
+    assert cli("budget", "set", "sales", "--tenant", "acme", "--daily", "5", "--db", url).code == 0
+    assert cli("chat", "-m", "llama3.1:8b", "hi", "--db", url).code == 0
+    before = [cli(*what, "--json", "--db", url).stdout for what in (["pricing", "list"], ["log"])]
+    done = cli("demo", "--calls", "5", "--db", url)
+    assert done.code == 2
+    assert done.stderr.splitlines() == [
+        f"error: {tmp_path / 'ledger.db'} is a ledger in use (price rules, budgets or "
+        "calls of its own); ometer demo fills only a new ledger or one it made: leave out "
+        "--db for the separate demo ledger"
+    ]
+    after = [cli(*what, "--json", "--db", url).stdout for what in (["pricing", "list"], ["log"])]
+    assert after == before

@@ -84,6 +84,14 @@ def test_walkthrough_runs_as_written(emulator: OllamaEmulator, tmp_path: Path) -
     assert '"cost": "0.030000"' in done.stdout
     assert "3 in / 39 out tokens · 0.081000 USD" in done.stderr
     assert "2 in / 18 out tokens · 0.000326 USD" in done.stderr
+    # The tables as shown, but for the log's rows (their times and latencies vary).
+    lines = done.stdout.splitlines()
+    drawn = [
+        line
+        for line in console.splitlines()
+        if line[:1] in "┏┃┡│├└" and not re.search(r"\d\d:\d\d:\d\d", line)
+    ]
+    assert len(drawn) >= 12 and [line for line in drawn if line not in lines] == []
     # Then the failures and the budget, on the walkthrough's ledger: what they print is shown.
     for block in fenced_blocks("console")[1:3]:
         shown = block.replace("http://127.0.0.1:11434", emulator.url)
@@ -161,3 +169,21 @@ def test_the_perf_example_reads_as_perf_reads_bins() -> None:
             if cells[column]:
                 scaled = round(float(cells[column]) * 1_000_000)
                 assert duration_bin(scaled) == scaled, (cells["model"], column, cells[column])
+
+
+def test_the_python_api_snippet_runs_as_written(
+    emulator: OllamaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It streamed ``messages=[...]``, which the client refuses (``InvalidRequest``)."""
+    from ollama_meter.ledger import Ledger, SpanFilter
+
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    monkeypatch.setenv("OMETER_DB_URL", db)
+    snippet = next(block for block in fenced_blocks("python") if "MeteredClient(" in block)
+    exec(compile(snippet, "README.md", "exec"), {})
+    spans = Ledger(db).latest(SpanFilter())
+    assert [(s.operation, s.status, s.user, s.stream) for s in spans] == [
+        ("generate", "ok", None, False),
+        ("chat", "ok", "bob", True),
+        ("chat", "ok", None, False),
+    ]

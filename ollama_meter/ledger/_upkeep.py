@@ -58,7 +58,7 @@ def prune(
     """Remove raw spans that started before midnight ``keep_days`` days ago; rollups stay.
 
     The horizon is recorded first (``pruned_before``), so reports know which raw spans
-    may be gone. Deletes go in chunks, each its own short transaction, so gateways keep
+    may be gone; a prune that finds none to remove records none. Deletes go in chunks, each its own short transaction, so gateways keep
     writing. On SQLite freed pages go back to the disk when the file uses incremental
     vacuum (new ledgers do); ``vacuum`` converts an older file once (a full rewrite).
     """
@@ -87,12 +87,15 @@ def prune(
             Grain.DAY, to_us(datetime(day.year, day.month, day.day, tzinfo=zone or UTC)), zone
         )
         cutoff = from_us(cutoff_us)
+        gone = _prunable(cutoff_us)
+        # A horizon only when there is something to remove: else it would say days were
+        # pruned that were not (export warns, a zone change is refused, imports skip them).
+        found = conn.execute(select(SpanRow.id).where(*gone).limit(1)).first() is not None
         known = pruned_before(conn)
-        if known is None or known < cutoff_us:
+        if found and (known is None or known < cutoff_us):
             set_meta(conn, "pruned_before", str(cutoff_us))
     removed = 0
-    gone = _prunable(cutoff_us)
-    while True:
+    while found:
         with ledger.write() as conn:
             ids = select(SpanRow.id).where(*gone).limit(chunk)
             done = conn.execute(delete(SpanRow).where(SpanRow.id.in_(ids.scalar_subquery())))

@@ -396,6 +396,25 @@ def test_keeping_more_days_than_there_have_been_prunes_nothing(cli: Any, tmp_pat
         assert pruned_before(conn) is None
 
 
+def test_a_prune_that_removes_nothing_leaves_no_horizon(db_url: str) -> None:
+    """A first ``db prune --keep-days 400`` on a young ledger removed nothing but recorded a
+    horizon all the same: from then on every export warned that days before it "were
+    pruned", ``db rollup --zone`` was refused for good ("raw spans ... were pruned"), and an
+    import of older spans was skipped as if their days were kept as rollups."""
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.record(_spans(20))
+    assert prune(ledger, 400, now=NOW).removed == 0
+    with ledger.read() as conn:
+        assert pruned_before(conn) is None
+    assert rebuild(ledger.write, ledger.read, zone="UTC") == 20
+    older = make_span(started_at=datetime(2025, 1, 15, 10, tzinfo=UTC))
+    assert import_lines(ledger, [json.dumps(span_to_dict(older)).encode()]).added == 1
+    # and once it does remove spans, the horizon is there, as before
+    assert prune(ledger, 400, now=NOW).removed == 1
+    with ledger.read() as conn:
+        assert pruned_before(conn) is not None
+
+
 def test_a_backup_is_never_written_over_the_ledger_or_its_wal(cli: Any, tmp_path: Path) -> None:
     """The copy is renamed into place: over ``ledger.db-wal`` it replaced the live WAL."""
     path = tmp_path / "ledger.db"
