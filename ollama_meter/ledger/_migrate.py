@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import unbounded
 
-HEAD_REVISION = "0015"
+HEAD_REVISION = "0016"
 """The newest migration; a test keeps it equal to the head of ``migrations/versions``."""
 
 

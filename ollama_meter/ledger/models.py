@@ -236,6 +236,8 @@ class PriceRuleRow(Base):
     """A price rule (see :class:`ollama_meter.pricing.PriceRule`)."""
 
     __tablename__ = "price_rules"
+    # Never reuse a removed rule's id on SQLite: the spans it priced keep naming it.
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     pattern: Mapped[str] = mapped_column(String(255))

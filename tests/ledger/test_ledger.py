@@ -987,3 +987,26 @@ def test_upgrading_past_0014_never_gives_a_new_budget_the_id_of_one_removed_befo
         Budget(tenant="acme", department="support", period="month", limit=10, currency="USD")
     )
     assert new.id is not None and new.id > removed.id
+
+
+def test_a_new_price_rule_never_takes_the_id_of_one_removed_or_named_by_a_span(
+    db_url: str,
+) -> None:
+    """A span keeps the id of the rule that priced it: on SQLite the next rule took a removed
+    rule's id (the highest left counted on), and the spans it priced then named a rule that
+    never priced them. Upgrading past 0016 counts on from every id a rule or a span has used."""
+    from tests.factories import make_span, token_prices
+
+    ledger = Ledger(db_url)
+    kept = ledger.add_price_rule(token_prices())
+    removed = ledger.add_price_rule(token_prices("qwen*"))
+    assert kept.id is not None and removed.id is not None and removed.id > kept.id
+    ledger.record([make_span(price_rule_id=removed.id)])  # a call it priced
+    ledger.remove_price_rule(removed.id)
+    downgrade(ledger, "0015")  # as a 0015 ledger was: ids counted on from the highest left
+    ledger.engine.dispose()
+    ledger = Ledger(db_url)
+    new = ledger.add_price_rule(token_prices("mistral*"))
+    assert new.id is not None and new.id > removed.id
+    ledger.remove_price_rule(new.id)
+    assert (ledger.add_price_rule(token_prices("phi*")).id or 0) > new.id
