@@ -204,6 +204,11 @@ class EmailChannel:
             if smtp.has_extn("starttls"):
                 smtp.starttls(context=ssl.create_default_context())
                 smtp.ehlo()
+            elif self.user:  # no offer (or one stripped on the way): the password stays here
+                raise OSError(
+                    f"{self.host} does not offer STARTTLS: the OMETER_SMTP_USER login is not "
+                    "sent in clear (use a server or port that offers STARTTLS, or no user)"
+                )
             if self.user:
                 smtp.login(self.user, self.password or "")
             smtp.send_message(message)

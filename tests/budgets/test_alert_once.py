@@ -1,4 +1,5 @@
-"""An alert reaches each channel once, across processes on one ledger, whatever dies when.
+"""An alert reaches each channel once, across processes on one ledger, whatever dies when;
+and a channel's credentials never travel in clear.
 
 Two ``Ledger`` objects on one database stand for two processes; the channels are stand-ins
 for a webhook and an SMTP server (the wire is pinned in test_gate.py and
@@ -101,3 +102,48 @@ def test_a_run_that_read_an_alert_before_another_delivered_part_of_it_sends_only
     assert (webhook.got, email.got) == ([alert.id], [alert.id])
     (row,) = later.ledger.alerts()
     assert (row.delivered, row.attempts) == (True, 2)
+
+
+def test_an_smtp_password_never_goes_over_a_connection_without_tls() -> None:
+    """STARTTLS was used when offered, and the login made either way: a server that does not
+    offer it (or a man in the middle who strips the offer) got the password in clear."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Sink as Discard
+    from aiosmtpd.smtp import AuthResult
+
+    from ollama_meter.budgets import EmailChannel, deliver
+    from ollama_meter.testing import unused_port
+
+    seen: list[object] = []
+
+    def authenticator(*args: object) -> AuthResult:
+        seen.append(args[-1])  # what the client logged in with
+        return AuthResult(success=True)
+
+    controller = Controller(
+        Discard(),
+        hostname="127.0.0.1",
+        port=unused_port(),
+        authenticator=authenticator,
+        auth_require_tls=False,  # a server that takes a login in clear
+    )
+    controller.start()
+    try:
+        alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
+        channel = EmailChannel(
+            "127.0.0.1",
+            controller.port,
+            sender="ometer@example.org",
+            recipients=["it@example.org"],
+            user="ometer",
+            password="s3cr3t",
+        )
+        outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)
+    finally:
+        controller.stop()
+    assert seen == []
+    assert not delivered
+    assert outcome["email"] == (
+        "failed: 127.0.0.1 does not offer STARTTLS: the OMETER_SMTP_USER login is not sent "
+        "in clear (use a server or port that offers STARTTLS, or no user)"
+    )
