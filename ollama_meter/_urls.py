@@ -1,7 +1,11 @@
-"""A URL as ometer says it in logs, warnings and the ledger: never its credentials."""
+"""Where ometer sends things: URLs, host names and email addresses as settings give them
+(checked once, so a typo is an error at start-up, not every delivery failing unseen), and a
+URL as ometer says it in logs, warnings and the ledger: never its credentials."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -15,3 +19,80 @@ def shown(url: str, *, path: bool = True) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, host, parts.path if path else "", "", ""))
+
+
+def _unprintable(value: str) -> bool:
+    """A space, line break or control character: never part of a URL, host or address, and
+    where a header or a request line would split (urlsplit quietly drops some of them)."""
+    return any(c.isspace() or not c.isprintable() for c in value)
+
+
+def http_url(value: str, example: str, *, secret_path: bool = False) -> str:
+    """``value`` stripped if it is an http(s) URL with a host; ValueError saying why not
+    (the URL as :func:`shown` says it: an error reaches logs too)."""
+    raw = value.strip()
+    said = _said(raw, path=not secret_path)
+    if _unprintable(raw):
+        raise ValueError(f"{said} has a space, line break or control character in it")
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises for a port that is not one
+        (parts.hostname or "").encode("idna")
+    except (ValueError, UnicodeError):
+        raise ValueError(f"{said} is not a URL with a valid host and port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{said} is not an http(s) URL such as {example}")
+    return raw
+
+
+def _said(url: str, *, path: bool) -> str:
+    """``url`` for an error message: as :func:`shown`, even when it does not parse."""
+    try:
+        said = shown(url, path=path)
+    except ValueError:  # e.g. an unclosed [: the host as far as it goes
+        scheme, sep, rest = url.partition("://")
+        said = scheme + sep + re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
+    hidden = not path and said.rstrip("/") != url.rstrip("/")
+    return repr(said) + (" (the rest not shown)" if hidden else "")
+
+
+def host_name(value: str, *, port_setting: str) -> str:
+    """``value`` if it is a host name or an IP address; ValueError saying why not."""
+    if ":" in value and value.count(":") == 1:
+        raise ValueError(f"{value!r} is not a host name; give the port in {port_setting}")
+    try:
+        if ":" in value:
+            ipaddress.IPv6Address(value)
+        elif _unprintable(value) or any(c in "/@?#[]<>%\\" for c in value):
+            raise ValueError
+        else:
+            value.encode("idna")
+    except (ValueError, UnicodeError):
+        raise ValueError(
+            f"{value!r} is not a host name or IP address such as mail.example.org"
+        ) from None
+    return value
+
+
+_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+")
+_NAMED = re.compile(r"([^<>()\[\],;:\"\\@]*?)\s*<([^<>]*)>")
+
+
+def email_addresses(value: str, *, one: bool) -> list[str]:
+    """The addresses in ``value`` (comma-separated unless ``one``), each ``name@domain`` or
+    ``Name <name@domain>``; ValueError saying which is not one."""
+    items = [value.strip()] if one else [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"{value!r} has no address; give e.g. it@example.org, cfo@example.org")
+    for item in items:
+        named = _NAMED.fullmatch(item)
+        address = named.group(2) if named else item
+        if not item or _unprintable(address) or not _ADDRESS.fullmatch(address):
+            shown_item = f"{item!r} in {value!r}" if len(items) > 1 else repr(value)
+            raise ValueError(
+                f"{shown_item} is not an email address such as it@example.org"
+                + ("" if one else " (separate several with commas)")
+            )
+        if named and _unprintable(named.group(1).replace(" ", "")):
+            raise ValueError(f"the name in {item!r} has a line break or control character in it")
+    return items

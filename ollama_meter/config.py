@@ -29,6 +29,7 @@ from ollama_meter._environment import (
 )
 from ollama_meter._names import name_problem, zone_problem
 from ollama_meter._paths import default_data_dir, sqlite_url_problem
+from ollama_meter._urls import email_addresses, host_name, http_url
 from ollama_meter.errors import ConfigError
 from ollama_meter.records._limit import MAX_QUEUE, MAX_SLOTS
 
@@ -290,21 +291,17 @@ class Settings(BaseSettings):
         "otlp_metrics_endpoint",
         "langfuse_host",
         "traceloop_base_url",
+        "alert_webhook_url",
     )
     @classmethod
     def _collector(cls, value: str | None, info: ValidationInfo) -> str | None:
-        """A collector's URL, checked here: a typo would otherwise fail every export unseen."""
+        """A collector's or the webhook's URL, checked here: a typo would otherwise fail every
+        export or alert unseen. A webhook's path is its secret: errors leave it out."""
         if value is None or not value.strip():
             return TRACELOOP_URL if info.field_name == "traceloop_base_url" else None
-        raw = value.strip()
-        try:
-            parts = urlsplit(raw)
-            parts.port  # noqa: B018 - raises for a port that is not one
-        except ValueError:
-            raise ValueError(f"{value!r} is not a URL with a valid host and port") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{value!r} is not an http(s) URL such as http://collector:4318")
-        return raw
+        if info.field_name == "alert_webhook_url":
+            return http_url(value, "https://hooks.example.com/services/...", secret_path=True)
+        return http_url(value, "http://collector:4318")
 
     @field_validator("otlp_headers")
     @classmethod
@@ -329,14 +326,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"the value of {name.strip()!r} has a line break or NUL in it")
         return value
 
-    @field_validator("alert_webhook_url")
+    @field_validator("smtp_host", "smtp_from", "alert_email_to")
     @classmethod
-    def _webhook(cls, value: str | None) -> str | None:
+    def _email(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Where alert email goes, checked here: a typo would otherwise fail every alert unseen."""
+        if info.field_name == "smtp_from":
+            return email_addresses(value or "", one=True)[0]
         if value is None or not value.strip():
             return None
-        if not value.strip().startswith(("http://", "https://")):
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        return value.strip()
+        if info.field_name == "smtp_host":
+            return host_name(value.strip(), port_setting="OMETER_SMTP_PORT")
+        return ", ".join(email_addresses(value, one=False))
 
     @field_validator("fixed_monthly_cost", mode="before")
     @classmethod

@@ -388,3 +388,102 @@ def test_zones_known_on_a_host_without_zone_data(cli, monkeypatch, zone: str) ->
     finally:
         zoneinfo.reset_tzpath()
         zoneinfo.ZoneInfo.clear_cache()
+
+
+CHANNEL_VALUES = {
+    "OMETER_ALERT_WEBHOOK_URL": [
+        "https://hooks.example.com/services/T0/B0/x",
+        "http://[::1]:8080/hook",
+        "http://[bad/SECRET",
+        "http://hook:99999/SECRET",
+        "http://",
+        "https://a b/SECRET",
+        "https://user:SECRET@hook example/SECRET?token=SECRET",
+        "ftp://user:SECRET@hook/SECRET",
+        "http://h/x\r\nX-Injected: 1",
+        "http://h/\x7f",
+        "https://user:pass@hook.example/x?token=t",
+        "hook.example/x",
+    ],
+    "OMETER_SMTP_HOST": ["mail.example.org", "::1", "10.0.0.5", "mail:587", "a b", "m\r\nx", "/x"],
+    "OMETER_SMTP_FROM": [
+        "ometer@example.org",
+        "Ometer <ometer@example.org>",
+        "not an address",
+        "o@x\r\nBcc: evil@example.org",
+        "a@b, c@d",
+    ],
+    "OMETER_ALERT_EMAIL_TO": [
+        "it@example.org",
+        "it@example.org, cfo@example.org",
+        "Jane Doe <jane@example.org>",
+        "x",
+        "it@example.org;cfo@example.org",
+        "it@example.org\r\nBcc: evil@example.org",
+        "<>",
+        "a@b@c",
+        "it@example.org,",
+    ],
+}
+
+
+def _usable(name: str, settings: Any) -> None:
+    """What a channel does with the accepted value, done here: it must not fail for the value."""
+    from email.message import EmailMessage
+    from email.utils import getaddresses
+
+    import httpx
+
+    from ollama_meter.budgets import WebhookChannel
+
+    if name == "OMETER_ALERT_WEBHOOK_URL":
+        url = settings.alert_webhook_url
+        if url is None:  # blank: no webhook
+            return
+        WebhookChannel(url)
+        assert httpx.Client().build_request("POST", url).url.host
+    elif name == "OMETER_SMTP_HOST":
+        host = settings.smtp_host
+        if host is None:  # blank: no email
+            return
+        assert host == host.strip() and not any(c.isspace() for c in host)
+        assert ":" not in host or host.count(":") > 1  # an IPv6 address, never host:port
+    elif settings.email_recipients or name == "OMETER_SMTP_FROM":
+        message = EmailMessage()
+        message["From"] = settings.smtp_from
+        message["To"] = ", ".join(settings.email_recipients)
+        for header, given in (("From", [settings.smtp_from]), ("To", settings.email_recipients)):
+            parsed = getaddresses([str(message[header])])
+            assert len(parsed) == len(given)
+            assert all(address.count("@") == 1 for _, address in parsed)
+
+
+@given(
+    name=st.sampled_from(sorted(CHANNEL_VALUES)),
+    value=st.data(),
+)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_an_alert_channel_setting_is_usable_or_a_one_line_error_naming_it(
+    name: str, value: st.DataObject
+) -> None:
+    """The webhook URL was checked for its scheme only and the email settings not at all: a
+    typo failed every alert later, unseen (`http://[bad` ended `ometer chat` as a bug, exit
+    70; `a@b;c@d` mailed only a@b; a line break in an address failed every send). The error
+    says a webhook URL by its host: its path and credentials are secrets."""
+    raw = value.draw(
+        st.sampled_from(CHANNEL_VALUES[name])
+        | st.text(max_size=12).filter(lambda t: "\x00" not in t)
+    )
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(name, raw)
+        try:
+            loaded = load_settings()
+        except ConfigError as exc:
+            refused = str(exc)
+        else:
+            refused = ""
+    if refused:
+        assert refused.startswith(f"{name}: ") and "\n" not in refused
+        assert "SECRET" not in refused  # a webhook's path is its credential
+        return
+    _usable(name, loaded)

@@ -18,7 +18,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -204,6 +204,11 @@ class EmailChannel:
             if smtp.has_extn("starttls"):
                 smtp.starttls(context=ssl.create_default_context())
                 smtp.ehlo()
+            elif self.user:  # no offer (or one stripped on the way): the password stays here
+                raise OSError(
+                    f"{self.host} does not offer STARTTLS: the OMETER_SMTP_USER login is not "
+                    "sent in clear (use a server or port that offers STARTTLS, or no user)"
+                )
             if self.user:
                 smtp.login(self.user, self.password or "")
             smtp.send_message(message)
@@ -213,14 +218,16 @@ def deliver(
     alert: Alert,
     channels: Sequence[Channel],
     *,
-    done: dict[str, str] | None = None,
+    done: Mapping[str, str] | None = None,
     attempts: int = 3,
     backoff: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
+    took: Callable[[dict[str, str]], None] | None = None,
 ) -> tuple[dict[str, str], bool]:
     """Send to every channel not yet done, retrying with jittered backoff; never raises.
 
-    Returns what happened per channel and whether all of them have it now.
+    ``took`` is told the outcome so far each time a channel takes the alert, before the next
+    is tried. Returns what happened per channel and whether all of them have it now.
     """
     log.warning("budget alert: %s", alert.text())
     outcome = dict(done or {})
@@ -231,11 +238,14 @@ def deliver(
         for attempt in range(1, attempts + 1):
             try:
                 outcome[channel.name] = channel.send(alert)
-                break
             except Exception as exc:  # a channel's failure must never reach the call
                 outcome[channel.name] = f"failed: {exc}"[:500]
                 if attempt < attempts:
                     sleep(backoff * 2 ** (attempt - 1) * (1 + random.random() / 2))
+            else:
+                if took is not None:
+                    took(dict(outcome))
+                break
         if not outcome[channel.name].startswith("sent"):
             log.warning(
                 "alert %d not delivered by %s: %s", alert.id, channel.name, outcome[channel.name]
@@ -260,12 +270,18 @@ class AlertDispatcher:
     """Delivers alerts on one background thread and records the outcome in the ledger."""
 
     def __init__(
-        self, ledger: AlertLog, channels: Sequence[Channel], *, backoff: float = 0.5
+        self,
+        ledger: AlertLog,
+        channels: Sequence[Channel],
+        *,
+        backoff: float = 0.5,
+        claim_seconds: float = CLAIM_SECONDS,
     ) -> None:
         self.ledger = ledger
         self.channels = list(channels)
         self.backoff = backoff
-        self._queue: queue.Queue[tuple[Alert, dict[str, str]]] = queue.Queue()
+        self.claim_seconds = claim_seconds
+        self._queue: queue.Queue[Alert] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._recording = threading.Lock()
@@ -280,7 +296,8 @@ class AlertDispatcher:
         self._thread = None
         self._lock, self._recording = threading.Lock(), threading.Lock()
 
-    def dispatch(self, alert: Alert, done: dict[str, str] | None = None) -> None:
+    def dispatch(self, alert: Alert) -> None:
+        """Queue ``alert`` for delivery (to the channels that do not have it yet)."""
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ometer-alerts", daemon=True)
@@ -295,7 +312,7 @@ class AlertDispatcher:
                 runtime().shared("alerts", id(self), lambda: self, AlertDispatcher.close)
                 with self._recording:
                     self._closed, self._part = False, True
-        self._queue.put((alert, done or {}))
+        self._queue.put(alert)
 
     def close(self) -> None:
         """Wait a moment (:data:`EXIT_WAIT`) for alerts going out, then record nothing more:
@@ -315,22 +332,43 @@ class AlertDispatcher:
 
     def _run(self) -> None:
         while True:
-            alert, done = self._queue.get()
+            alert = self._queue.get()
             try:
-                # The attempt counts before it is made: a process that ends mid-delivery
-                # (or a channel that hangs) still uses up one of the alert's runs. And it is
-                # claimed: every process retries undelivered alerts when it starts, and sent
-                # again one that the process that fired it (or another) was still delivering.
-                with self._recording:
-                    if self._closed or not self.ledger.claim_alert_attempt(alert.id, CLAIM_SECONDS):
-                        continue
-                outcome, delivered = deliver(alert, self.channels, done=done, backoff=self.backoff)
-                with self._recording:
-                    if not self._closed:
-                        self.ledger.record_alert_delivery(alert.id, outcome, delivered)
-                if not delivered and alert.attempts + 1 >= MAX_RUNS:
-                    _give_up(alert, outcome)
+                self._deliver(alert)
             except Exception as exc:  # the database is away: a line per kind every 10 s
                 self._failures.failed("delivering or recording alert %d", exc, alert.id)
             finally:
                 self._queue.task_done()
+
+    def _deliver(self, alert: Alert) -> None:
+        # The attempt counts before it is made: a process that ends mid-delivery (or a
+        # channel that hangs) still uses up one of the alert's runs. And it is claimed: every
+        # process retries undelivered alerts when it starts, and sent again one that the
+        # process that fired it (or another) was still delivering. The claim hands back the
+        # alert as it stands, so what another process delivered since ``alert`` was read
+        # is not sent again.
+        with self._recording:
+            claimed = (
+                None
+                if self._closed
+                else self.ledger.claim_alert_attempt(alert.id, self.claim_seconds)
+            )
+        if claimed is None:
+            return
+
+        def took(outcome: dict[str, str]) -> None:
+            # Each channel's delivery is on record before the next is tried: a process that
+            # dies on a later channel (kill -9, a hanging server) leaves the next run only
+            # the channels that do not have the alert.
+            with self._recording:
+                if not self._closed:
+                    self.ledger.record_alert_delivery(alert.id, outcome, False, final=False)
+
+        outcome, delivered = deliver(
+            claimed, self.channels, done=claimed.deliveries, backoff=self.backoff, took=took
+        )
+        with self._recording:
+            if not self._closed:
+                self.ledger.record_alert_delivery(alert.id, outcome, delivered)
+        if not delivered and claimed.attempts >= MAX_RUNS:
+            _give_up(claimed, outcome)

@@ -446,5 +446,5 @@ class BudgetGate:
 
         pending = self.ledger.alerts(undelivered_only=True, max_attempts=MAX_RUNS)
         for alert in pending:
-            self.alerts.dispatch(alert, dict(alert.deliveries))
+            self.alerts.dispatch(alert)
         return len(pending)

@@ -57,11 +57,16 @@ class AlertLog(Protocol):
         self, *, undelivered_only: bool = False, max_attempts: int | None = None
     ) -> list[Alert]: ...
 
-    def claim_alert_attempt(self, alert_id: int, seconds: float) -> bool: ...
+    def claim_alert_attempt(self, alert_id: int, seconds: float) -> Alert | None:
+        """Count an attempt and hold the alert ``seconds``; it as it stands, or None when it
+        is delivered or another process holds it."""
+        ...
 
     def record_alert_delivery(
-        self, alert_id: int, deliveries: dict[str, str], delivered: bool
-    ) -> None: ...
+        self, alert_id: int, deliveries: dict[str, str], delivered: bool, *, final: bool = True
+    ) -> None:
+        """What the channels took so far; ``final`` ends the claim. Never undoes a delivery."""
+        ...
 
 
 class BudgetStore(AlertLog, Protocol):

@@ -144,11 +144,13 @@ def purge_expired(conn: Connection, now: datetime) -> int:
     return conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.expires_at <= now)).rowcount
 
 
-def claim_attempt(conn: Connection, alert_id: int, now: datetime, until: datetime) -> bool:
-    """Count an attempt at ``alert_id`` and claim it until ``until``; False (and nothing
-    changed) when it is delivered or another process's claim still runs.
+def claim_attempt(conn: Connection, alert_id: int, now: datetime, until: datetime) -> Alert | None:
+    """Count an attempt at ``alert_id``, claim it until ``until`` and return it as it now
+    stands; None (and nothing changed) when it is delivered or another process's claim runs.
 
     One conditional UPDATE: of processes racing for the alert, exactly one changes the row.
+    The row is read back under that claim, so what it says the channels took is what the
+    claimer goes on from, never an earlier read.
     """
     a = _ALERTS.c
     claimed = conn.execute(
@@ -160,16 +162,23 @@ def claim_attempt(conn: Connection, alert_id: int, now: datetime, until: datetim
         )
         .values(attempts=a.attempts + 1, claimed_until=until)
     )
-    return claimed.rowcount == 1
+    if claimed.rowcount != 1:
+        return None
+    return _to_alert(conn.execute(select(AlertRow).where(AlertRow.id == alert_id)).one())
 
 
 def record_delivery(
-    conn: Connection, alert_id: int, deliveries: dict[str, str], delivered: bool
+    conn: Connection, alert_id: int, deliveries: dict[str, str], delivered: bool, *, final: bool
 ) -> None:
+    """Write what the channels took; ``final`` ends the claim. An alert recorded as delivered
+    stays so: a claimer that outlived its claim (a suspended machine) cannot undo it."""
+    values: dict[str, Any] = {"deliveries": deliveries, "delivered": delivered}
+    if final:
+        values["claimed_until"] = None
     conn.execute(
         update(_ALERTS)
-        .where(_ALERTS.c.id == alert_id)
-        .values(deliveries=deliveries, delivered=delivered, claimed_until=None)
+        .where(_ALERTS.c.id == alert_id, _ALERTS.c.delivered == False)  # noqa: E712
+        .values(**values)
     )
 
 

@@ -302,18 +302,19 @@ class Ledger(DurableLedger):
                 conn, undelivered_only=undelivered_only, max_attempts=max_attempts
             )
 
-    def claim_alert_attempt(self, alert_id: int, seconds: float) -> bool:
-        """Count an attempt at delivering the alert and hold it ``seconds`` for this process;
-        False when it is delivered or another process is delivering it."""
+    def claim_alert_attempt(self, alert_id: int, seconds: float) -> Alert | None:
+        """Count an attempt at delivering the alert, hold it ``seconds`` for this process and
+        return it as it stands; None when it is delivered or another process is delivering it."""
         now = datetime.now(UTC)
         with self.write() as conn:
             return _budgets.claim_attempt(conn, alert_id, now, now + timedelta(seconds=seconds))
 
     def record_alert_delivery(
-        self, alert_id: int, deliveries: dict[str, str], delivered: bool
+        self, alert_id: int, deliveries: dict[str, str], delivered: bool, *, final: bool = True
     ) -> None:
+        """What the channels took so far; ``final`` (the attempt is over) ends the claim."""
         with self.write() as conn:
-            _budgets.record_delivery(conn, alert_id, deliveries, delivered)
+            _budgets.record_delivery(conn, alert_id, deliveries, delivered, final=final)
 
     # -- gateway keys ---------------------------------------------------------------------
 
