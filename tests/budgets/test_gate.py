@@ -792,11 +792,20 @@ def test_a_gateway_gone_quiet_gives_its_idle_lease_back(db_url: str) -> None:
     saved = ledger.save_budget(
         Budget(tenant="acme", department="sales", period="month", limit=10_000_000, currency="USD")
     )
-    gate = BudgetGate(ledger, tz=ZoneInfo("UTC"), lease_share=0.25, idle_release=0.2, ttl=0)
+    quiet = [0.0]  # seconds the gateway has been quiet: the test's, not the machine's
+    gate = BudgetGate(
+        ledger,
+        tz=ZoneInfo("UTC"),
+        lease_share=0.25,
+        idle_release=0.2,
+        ttl=0,
+        clock=lambda: quiet[0],
+    )
     estimate = Estimate(1_000_000, "USD")
     call = gate.admit(call_id="c", tenant="acme", department="sales", estimate=estimate, now=NOV)
     gate.settle(call)
     assert _held(ledger, saved, NOV) == 2_500_000  # a quarter of the room, kept for more calls
+    quiet[0] = 1.0  # past idle_release, with no call since
     _wait_for(lambda: _held(ledger, saved, NOV) == 0, "given back")
 
 
