@@ -163,3 +163,16 @@ def _integer(text: str, *, low: int) -> int | None:
     except ValueError:
         return None
     return number if number >= low else None
+
+
+def check_alert_email(settings: Any) -> None:
+    """Refuse email alerts half set up: recipients with no SMTP server (or the reverse) sent
+    no email and said nothing, and a threshold crossed went unseen."""
+    if bool(settings.smtp_host) != bool(settings.email_recipients):
+        given, missing = "OMETER_ALERT_EMAIL_TO", "OMETER_SMTP_HOST"
+        if settings.smtp_host:
+            given, missing = missing, given
+        raise ConfigError(
+            f"{given}: set, but {missing} is not, so budget alerts would go out by no email: "
+            f"set {missing} too, or unset {given}"
+        )

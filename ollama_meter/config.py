@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ollama_meter._environment import (
     GATEWAY_ENV,
+    check_alert_email,
     check_env_file,
     check_sdk_environment,
     warn_unknown,
@@ -441,6 +442,7 @@ def load_settings(
         message = str(error["msg"]).removeprefix("Value error, ")
         where = (flags or {}).get(field) if field in given else None
         raise ConfigError(f"{where or _env_name(field)}: {message}") from None
+    check_alert_email(loaded)
     if loaded.telemetry_configured:
         check_sdk_environment(os.environ, loaded)
     if warn:

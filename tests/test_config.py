@@ -302,7 +302,9 @@ def test_every_duration_setting_is_a_finite_timer_or_a_clear_error(name: str, va
         else:
             refused = ""
     if refused:
-        assert refused.startswith(f"{name}: ") and "\n" not in refused
+        # A blank list of recipients beside the SMTP server set for it: the pair is named.
+        named = {name, *_EMAIL_PAIR} if name in _EMAIL_PAIR else {name}
+        assert refused.split(": ")[0] in named and "\n" not in refused
         return
     assert 0 <= seconds <= 86_400 <= threading.TIMEOUT_MAX
     assert datetime.now(UTC) + timedelta(seconds=seconds) > datetime(2000, 1, 1, tzinfo=UTC)
@@ -427,6 +429,9 @@ CHANNEL_VALUES = {
 }
 
 
+_EMAIL_PAIR = {"OMETER_SMTP_HOST": "mail.example.org", "OMETER_ALERT_EMAIL_TO": "it@example.org"}
+
+
 def _usable(name: str, settings: Any) -> None:
     """What a channel does with the accepted value, done here: it must not fail for the value."""
     from email.message import EmailMessage
@@ -475,6 +480,9 @@ def test_an_alert_channel_setting_is_usable_or_a_one_line_error_naming_it(
         | st.text(max_size=12).filter(lambda t: "\x00" not in t)
     )
     with pytest.MonkeyPatch.context() as env:
+        for companion, usable in _EMAIL_PAIR.items():  # email needs both: the other is set
+            if name != companion and (name in _EMAIL_PAIR or name == "OMETER_SMTP_FROM"):
+                env.setenv(companion, usable)
         env.setenv(name, raw)
         try:
             loaded = load_settings()
@@ -483,7 +491,30 @@ def test_an_alert_channel_setting_is_usable_or_a_one_line_error_naming_it(
         else:
             refused = ""
     if refused:
-        assert refused.startswith(f"{name}: ") and "\n" not in refused
+        # A blank list of recipients beside the SMTP server set for it: the pair is named.
+        named = {name, *_EMAIL_PAIR} if name in _EMAIL_PAIR else {name}
+        assert refused.split(": ")[0] in named and "\n" not in refused
         assert "SECRET" not in refused  # a webhook's path is its credential
         return
     _usable(name, loaded)
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [("OMETER_ALERT_EMAIL_TO", "OMETER_SMTP_HOST"), ("OMETER_SMTP_HOST", "OMETER_ALERT_EMAIL_TO")],
+)
+def test_email_alerts_half_set_up_are_one_error_line_not_silence(
+    given: str, missing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recipients with no SMTP server (or the reverse) sent no email and said nothing: a
+    threshold crossed went unseen."""
+    monkeypatch.setenv(given, _EMAIL_PAIR[given])
+    monkeypatch.delenv(missing, raising=False)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert str(refused.value) == (
+        f"{given}: set, but {missing} is not, so budget alerts would go out by no email: "
+        f"set {missing} too, or unset {given}"
+    )
+    monkeypatch.setenv(missing, _EMAIL_PAIR[missing])
+    assert load_settings().email_recipients == ["it@example.org"]
