@@ -48,6 +48,7 @@ from ollama_meter.budgets._leases import (
     Watches,
 )
 from ollama_meter.budgets._refusals import mismatch, refusal
+from ollama_meter.errors import BudgetExceeded
 from ollama_meter.periods import current_period
 from ollama_meter.records import Alert, Budget, LeaseKey
 
@@ -227,6 +228,7 @@ class BudgetGate:
         with self.ledger.budget_transaction() as store:
             store.lock([le.budget.id for le in leases if le.budget.id is not None])
             sizes: list[tuple[Lease, int, int]] = []
+            refusals: list[BudgetExceeded] = []
             for lease in leases:
                 budget = lease.budget
                 assert budget.id is not None
@@ -237,18 +239,25 @@ class BudgetGate:
                 over = spent >= budget.limit or spent + need > budget.limit
                 if over or need > room:  # held > 0: only calls in flight are in the way
                     held = 0 if over else others + mine
-                    raise refusal(
-                        budget,
-                        lease.tenant,
-                        lease.window,
-                        spent=spent,
-                        held=held,
-                        need=need,
-                        now=now,
-                        tz=self.tz,
+                    refusals.append(
+                        refusal(
+                            budget,
+                            lease.tenant,
+                            lease.window,
+                            spent=spent,
+                            held=held,
+                            need=need,
+                            now=now,
+                            tz=self.tz,
+                        )
                     )
+                    continue
                 slice_ = max(need, int(room * self.lease_share))
                 sizes.append((lease, mine + slice_, spent))
+            if refusals:
+                # The budget that frees up last: a retry any sooner (a daily budget's calls in
+                # flight settled, its midnight come) is refused again by a spent month.
+                raise max(refusals, key=lambda r: r.retry_after)
             for lease, amount, _ in sizes:
                 self._write_lease(store, lease, amount, now)
         # Only what the ledger committed is this process's to admit against.

@@ -62,7 +62,7 @@ def set_budget(
     """Cap a department's (or a whole tenant's) spend per day, week or month."""
     cfg = settings(db_url=db, currency=currency, tenant=tenant)
     limits = {"day": daily, "week": weekly, "month": monthly}
-    if not any(limits.values()):
+    if all(value is None for value in limits.values()):  # '' was given: parse_limit says so
         raise BudgetError("give at least one of --daily, --weekly, --monthly")
     try:
         budgets = [

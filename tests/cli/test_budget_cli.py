@@ -129,3 +129,19 @@ def test_a_budget_the_ledger_could_not_read_back_is_never_stored(
         in cli("budget", "set", "x", "--daily", "1", "--thresholds", many).stderr
     )
     assert cli("budget", "list").stdout.startswith("no budgets")
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--daily", ""], "error: --daily '' is not a number"),
+        (["--weekly", " "], "error: --weekly ' ' is not a number"),
+        ([], "error: give at least one of --daily, --weekly, --monthly"),
+    ],
+)
+def test_a_limit_given_empty_is_named(cli, sqlite_url: str, args: list[str], error: str) -> None:  # type: ignore[no-untyped-def]
+    """`--daily "$LIMIT"` with LIMIT unset was told to give one of --daily, --weekly, --monthly:
+    the limit it gave, empty, was taken for no limit at all."""
+    result = cli("budget", "set", "sales", *args, "--db", sqlite_url)
+    assert (result.code, result.stderr.startswith(error), result.stdout) == (1, True, "")
+    assert "no budgets" in cli("budget", "list", "--db", sqlite_url).stdout
