@@ -239,18 +239,7 @@ class BudgetGate:
                 over = spent >= budget.limit or spent + need > budget.limit
                 if over or need > room:  # held > 0: only calls in flight are in the way
                     held = 0 if over else others + mine
-                    refusals.append(
-                        refusal(
-                            budget,
-                            lease.tenant,
-                            lease.window,
-                            spent=spent,
-                            held=held,
-                            need=need,
-                            now=now,
-                            tz=self.tz,
-                        )
-                    )
+                    refusals.append(refusal(lease, spent, held, need, now, self.tz))
                     continue
                 slice_ = max(need, int(room * self.lease_share))
                 sizes.append((lease, mine + slice_, spent))

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from ollama_meter.budgets._estimate import Estimate
+from ollama_meter.budgets._leases import Lease
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.periods import Window
 from ollama_meter.records import PERIOD_ADVERB, Budget, format_micros
@@ -20,17 +21,11 @@ def _seconds_until(end: datetime, now: datetime) -> int:
 
 
 def refusal(
-    budget: Budget,
-    tenant: str,
-    window: Window,
-    *,
-    spent: int,
-    held: int,
-    need: int,
-    now: datetime,
-    tz: ZoneInfo,
+    lease: Lease, spent: int, held: int, need: int, now: datetime, tz: ZoneInfo
 ) -> BudgetExceeded:
-    """Why the call does not fit; ``held`` > 0 means only calls in flight are in the way."""
+    """Why the call does not fit ``lease``'s budget; ``held`` > 0 means only calls in flight
+    are in the way."""
+    budget, tenant, window = lease.budget, lease.tenant, lease.window
     head = (
         f"{budget.kind} budget {budget.id} for {budget.scope(tenant)} "
         f"({PERIOD_ADVERB[budget.period]} {window.label}) refuses the call: spent "
