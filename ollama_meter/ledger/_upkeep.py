@@ -197,7 +197,9 @@ def backup(
         # Made here, so a folder that is not there says so (SQLite would say only
         # "unable to open database file", which reads as if the ledger could not be).
         os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+        # A URI of the path percent-encoded: a ledger in a folder named "a#b" was "a" to
+        # SQLite (the "#" begins a URI's fragment, "?mode=ro" with it), which made it empty.
+        src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         dst = sqlite3.connect(partial)
         try:
             # One step: the whole copy reads one snapshot, so it never restarts.
