@@ -3,6 +3,8 @@ windows at the edges of time, spans the clock put after today."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -11,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from ollama_meter.ledger import Ledger
+from tests.factories import make_span
 from tests.ledger.test_transfer import _spans, _tables
 
 
@@ -36,3 +39,24 @@ def test_a_backup_of_a_ledger_whose_path_holds_a_uri_s_characters_copies_that_le
     with copy.read() as conn:
         assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
     assert sorted(tmp_path.iterdir()) == beside  # nothing made beside the folder
+
+
+def test_an_export_from_a_date_takes_the_spans_the_clock_put_after_today(
+    cli: Any, sqlite_url: str
+) -> None:
+    """``--since`` alone ended the window at the end of today: a span started later (a
+    gateway whose clock runs ahead, a ledger of planned or test traffic) was left out of
+    ``export --since 2026-10-01 | import`` without a word, though ``export`` took it."""
+    ledger = Ledger(sqlite_url)
+    ahead = make_span(started_at=datetime.now(UTC) + timedelta(days=2))
+    far = make_span(started_at=datetime(9998, 12, 30, tzinfo=UTC))
+    ledger.record([*_spans(40), ahead, far])
+    everything = cli("db", "export", "--db", sqlite_url)
+    since = cli("db", "export", "--since", "1970-01-01", "--db", sqlite_url)
+    assert (since.code, since.stderr) == (0, "exported 42 span(s)\n")
+    assert since.stdout.splitlines() == sorted(
+        everything.stdout.splitlines(), key=lambda line: json.loads(line)["started_at"]
+    )
+    later = cli("db", "export", "--since", "9998-12-30", "--db", sqlite_url)
+    assert (later.code, later.stderr) == (0, "exported 1 span(s)\n")
+    assert json.loads(later.stdout)["id"] == far.id
