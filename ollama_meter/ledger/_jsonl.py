@@ -106,8 +106,10 @@ def export_lines(
     imports.
     """
     where = SpanFilter(since=since, until=until)
-    order = SpanRow.id if since is None and until is None else SpanRow.started_at
-    query = select_spans().where(*where.clauses()).order_by(order)
+    # Ties in start time by id: the same spans give the same lines from any ledger, whatever
+    # order each stored them in.
+    order = (SpanRow.id,) if since is None and until is None else (SpanRow.started_at, SpanRow.id)
+    query = select_spans().where(*where.clauses()).order_by(*order)
     with ledger.read() as conn:
         result = conn.execution_options(stream_results=True).execute(query)
         size = 16  # rows a fetch holds: up to 2,000 while their lines stay within BATCH_BYTES

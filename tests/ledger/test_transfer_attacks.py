@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import text
 
-from ollama_meter.ledger import Ledger
+from ollama_meter.ledger import Ledger, export_lines, import_lines
 from tests.factories import make_span
 from tests.ledger.test_transfer import _spans, _tables
 
@@ -60,3 +60,31 @@ def test_an_export_from_a_date_takes_the_spans_the_clock_put_after_today(
     later = cli("db", "export", "--since", "9998-12-30", "--db", sqlite_url)
     assert (later.code, later.stderr) == (0, "exported 1 span(s)\n")
     assert json.loads(later.stdout)["id"] == far.id
+
+
+def test_an_export_of_a_window_is_the_same_bytes_from_every_ledger_that_holds_its_spans(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A window's export was ordered by start time alone: calls that started in the same
+    microsecond came in the order each ledger happened to store them (the source's arrival
+    order, the import's id order), so exporting it again from the ledger it was moved to gave
+    other bytes, and an export run twice on PostgreSQL could too."""
+    at = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    spans = sorted(
+        (make_span(started_at=at + timedelta(seconds=n % 3)) for n in range(30)),
+        key=lambda span: span.id,
+    )
+    source = Ledger(f"sqlite:///{tmp_path / 'source.db'}")
+    for span in reversed(spans):  # as they arrived: latest id first
+        source.record([span])
+    november = {
+        "since": datetime(2026, 11, 1, tzinfo=UTC),
+        "until": datetime(2026, 12, 1, tzinfo=UTC),
+    }
+    lines = list(export_lines(source, **november))
+    assert [json.loads(line)["id"] for line in lines] == [
+        span.id for span in sorted(spans, key=lambda span: (span.started_at, span.id))
+    ]
+    target = Ledger(db_url)
+    assert import_lines(target, lines).added == 30
+    assert list(export_lines(target, **november)) == lines
