@@ -210,13 +210,20 @@ def backup(
             src.close()
         partial.replace(target)
     except (OSError, sqlite3.Error) as exc:
-        discard(partial)
+        _discard_copy(partial)
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise LedgerError(f"could not back up {source} to {target}: {why}") from exc
     except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
-        discard(partial)
+        _discard_copy(partial)
         raise
     return target.stat().st_size
+
+
+def _discard_copy(partial: Path) -> None:
+    """The temp copy and the rollback journal SQLite keeps beside it while it writes (a copy
+    stopped half way, on a full disk say, leaves it there)."""
+    discard(partial)
+    discard(partial.with_name(f"{partial.name}-journal"))
 
 
 _NAME_MAX = 255

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from ollama_meter.ledger import Ledger, export_lines, import_lines
 from tests.factories import make_span
+from tests.integrity.test_disk_full import fill, small_disk  # noqa: F401 (a fixture)
 from tests.ledger.test_transfer import _spans, _tables
 
 
@@ -88,3 +89,23 @@ def test_an_export_of_a_window_is_the_same_bytes_from_every_ledger_that_holds_it
     target = Ledger(db_url)
     assert import_lines(target, lines).added == 30
     assert list(export_lines(target, **november)) == lines
+
+
+def test_a_backup_onto_a_full_disk_leaves_nothing_there(
+    cli: Any,
+    tmp_path: Path,
+    small_disk: Path,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """The temp copy was removed, its rollback journal (SQLite's ``-journal`` beside it) was
+    not: every failed nightly backup left one on the disk that was already full."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).record(_spans(2000))
+    filler = fill(small_disk)
+    filler.write_bytes(filler.read_bytes()[:-200_000])  # room for a journal, not the copy
+    target = small_disk / "copy.db"
+    result = cli("db", "backup", str(target), "--db", url)
+    said = (
+        f"error: could not back up {tmp_path / 'ledger.db'} to {target}: database or disk is full\n"
+    )
+    assert (result.code, result.stderr) == (1, said)
+    assert sorted(small_disk.iterdir()) == [filler]
