@@ -145,6 +145,12 @@ class ImportSummary:
         return self.read - self.added - self.pruned
 
 
+BATCH_SPANS = 2_000
+"""Spans one import transaction holds: on SQLite it holds the write lock throughout, and a
+gateway beside the import waits for it (20,000 held it for seconds, past
+OMETER_LEDGER_WAIT, and the gateway's calls went to the spool). Smaller batches cost no
+speed that stood out: an import's time is in Python, per span."""
+
 BATCH_BYTES = 32 * 2**20
 """Lines one import batch (and one line more), or about one export fetch, holds: 20,000 spans
 of captured calls with a million-character prompt each would be 20 GB in memory. Spans
@@ -156,7 +162,7 @@ def import_lines(
     ledger: Ledger,
     lines: Iterable[bytes],
     *,
-    batch: int = 20_000,
+    batch: int = BATCH_SPANS,
     progress: Callable[[int], None] | None = None,
     pruned_too: bool = False,
     name: str = "FILE",

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import text
 
-from ollama_meter.ledger import Ledger, export_lines, import_lines
+from ollama_meter.ledger import Ledger, export_lines, import_lines, span_to_dict
 from tests.factories import make_span
 from tests.integrity.test_disk_full import fill, small_disk  # noqa: F401 (a fixture)
 from tests.ledger.test_transfer import _spans, _tables
@@ -109,3 +109,17 @@ def test_a_backup_onto_a_full_disk_leaves_nothing_there(
     )
     assert (result.code, result.stderr) == (1, said)
     assert sorted(small_disk.iterdir()) == [filler]
+
+
+def test_an_import_holds_the_ledger_for_a_few_thousand_spans_at_a_time(
+    sqlite_url: str,
+) -> None:
+    """A batch is one transaction, and on SQLite the write lock for all of it: 20,000 spans
+    held it 3.2 s on a quiet machine of 2 cores (8 s at the README's loaded 2,452 spans/s),
+    past OMETER_LEDGER_WAIT (5 s), so a gateway beside the import spooled its calls, and
+    one with a hard budget refused them ("the budget cannot be checked"). 2,000 spans a batch
+    imported as fast (7.2 to 7.5 s of CPU for 60,000 spans either way)."""
+    lines = [json.dumps(span_to_dict(span)).encode() for span in _spans(5_000)]
+    batches: list[int] = []
+    summary = import_lines(Ledger(sqlite_url), lines, progress=batches.append)
+    assert batches == [2_000, 2_000, 1_000] and summary.added == 5_000
