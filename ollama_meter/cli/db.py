@@ -249,9 +249,13 @@ def backup_command(
     db: DbOption = None,
 ) -> None:
     """Copy the live ledger to FILE (SQLite; prints the pg_dump command for PostgreSQL)."""
-    from ollama_meter.ledger import backup, open_ledger, pg_dump_command
+    from ollama_meter.ledger import backup, ledger_file, open_ledger, pg_dump_command
 
     cfg = settings(db_url=db)
+    source = ledger_file(cfg.ledger_url)
+    if source is not None and not source.is_file():  # a typo in --db: nothing made there
+        raise OmeterError(f"there is no ledger at {source}")
+    # As it is, not migrated first: the copy taken before an upgrade is the one to go back to.
     ledger = open_ledger(cfg.ledger_url, migrate=False)
     if ledger.path is None:
         out.print(pg_dump_command(ledger, target))
@@ -259,7 +263,6 @@ def backup_command(
             "ometer backs up SQLite ledgers; for PostgreSQL run the pg_dump command above "
             "(its password from PGPASSWORD or ~/.pgpass)"
         )
-    ledger = ledger_as_is(cfg)
     began = time.monotonic()
     with progress_bar("copying", unit=" pages") as bar:
         task = bar.add_task("pages", total=None)

@@ -176,6 +176,8 @@ def backup(
     source = ledger.path
     if source is None:
         raise LedgerError("not a SQLite ledger; back PostgreSQL up with pg_dump")
+    if not source.is_file():
+        raise LedgerError(f"there is no ledger at {source}")
     ledger_files = {Path(f"{source.resolve()}{end}") for end in ("", "-wal", "-shm", "-journal")}
     if target.resolve() in ledger_files:
         # a copy renamed over the live WAL would hide the writers' last transactions
@@ -217,6 +219,16 @@ def backup(
         _discard_copy(partial)
         raise
     return target.stat().st_size
+
+
+def ledger_file(url: str) -> Path | None:
+    """The SQLite file ``url`` names (None for a server), read from the URL alone: opening
+    the ledger would make its folder."""
+    from sqlalchemy.engine import make_url
+
+    from ollama_meter.ledger._engine import sqlite_path
+
+    return sqlite_path(make_url(url))
 
 
 def _discard_copy(partial: Path) -> None:

@@ -398,6 +398,7 @@ def test_a_file_name_that_is_not_utf8_is_used_as_given(cli: Any, tmp_path: Path)
     naming such a file could not be written at all. The file gets the bytes as typed; a
     message shows each byte that is not UTF-8 as U+FFFD."""
     name = os.fsdecode(b"copie-\xe9t\xe9.db")
+    assert cli("db", "upgrade").code == 0  # a ledger to copy
     result = cli("db", "backup", name)
     assert result.code == 0, result.stderr
     assert (tmp_path / name).is_file() and os.fsencode(name) in os.listdir(os.fsencode(tmp_path))

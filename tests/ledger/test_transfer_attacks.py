@@ -123,3 +123,31 @@ def test_an_import_holds_the_ledger_for_a_few_thousand_spans_at_a_time(
     batches: list[int] = []
     summary = import_lines(Ledger(sqlite_url), lines, progress=batches.append)
     assert batches == [2_000, 2_000, 1_000] and summary.added == 5_000
+
+
+def test_a_backup_copies_the_ledger_as_it_is_and_upgrades_nothing(cli: Any, tmp_path: Path) -> None:
+    """The copy taken before an upgrade is the one to go back to if the upgrade goes wrong:
+    `db backup` opened the ledger as every command does, so it upgraded it first (on a big
+    ledger, a long migration and rollup build), and both it and the copy were the new
+    schema. A ledger that is not there is said to be missing, not made empty and copied."""
+    from ollama_meter.ledger import current_revision, upgrade
+    from ollama_meter.ledger._engine import create_ledger_engine
+
+    path = tmp_path / "ledger.db"
+    engine = create_ledger_engine(f"sqlite:///{path}")
+    upgrade(engine, "0015")
+    engine.dispose()
+    result = cli("db", "backup", str(tmp_path / "copy.db"), "--db", f"sqlite:///{path}")
+    assert result.code == 0, result.stderr
+    for file in (path, tmp_path / "copy.db"):
+        engine = create_ledger_engine(f"sqlite:///{file}")
+        assert current_revision(engine) == "0015", file
+        engine.dispose()
+    missing = tmp_path / "nowhere" / "ledger.db"
+    result = cli("db", "backup", str(tmp_path / "other.db"), "--db", f"sqlite:///{missing}")
+    assert (result.code, result.stderr) == (1, f"error: there is no ledger at {missing}\n")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == [
+        "copy.db",
+        "ledger.db",
+    ]
+    assert not (tmp_path / "nowhere").exists()
