@@ -20,7 +20,7 @@ import msgspec
 
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._deadline import bulk
-from ollama_meter.ledger._line import span_from_line
+from ollama_meter.ledger._line import CutShort, span_from_line
 from ollama_meter.ledger._meta import pruned_before
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us
@@ -218,6 +218,13 @@ def import_lines(
             held += len(line)
         except ValueError as exc:
             flush()
+            if isinstance(exc, CutShort) and not raw.endswith(b"\n"):  # the file's last line
+                raise ValidationError(
+                    f"line {number}: the file ends part way through this span (an export cut "
+                    "short: a full disk, a stopped export, a copy still being written); the "
+                    f"{summary.read} span(s) before it are recorded: import a whole export "
+                    "(spans already there are skipped)"
+                ) from None
             raise ValidationError(
                 f"line {number}: {exc}; the {summary.read} span(s) before it are recorded, "
                 "fix the line and import again (spans already there are skipped)"

@@ -151,3 +151,24 @@ def test_a_backup_copies_the_ledger_as_it_is_and_upgrades_nothing(cli: Any, tmp_
         "ledger.db",
     ]
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("cut", [1, 300, 800])
+def test_an_export_cut_short_says_so_rather_than_to_fix_its_last_line(
+    cli: Any, sqlite_url: str, tmp_path: Path, cut: int
+) -> None:
+    """An export stopped part way (a full disk, a killed `db export`, a copy still running)
+    ends in the middle of a span: 'not JSON: Input data was truncated ... fix the line' asked
+    for a repair no one can make. The spans before it are kept; the way on is a whole export."""
+    lines = [json.dumps(span_to_dict(span)).encode() + b"\n" for span in _spans(5)]
+    path = tmp_path / "cut.jsonl"
+    whole = b"".join(lines)
+    path.write_bytes(whole[: len(b"".join(lines[:4])) + cut])
+    result = cli("db", "import", str(path), "--db", sqlite_url)
+    assert (result.code, result.stderr) == (
+        2,
+        "error: line 5: the file ends part way through this span (an export cut short: a full "
+        "disk, a stopped export, a copy still being written); the 4 span(s) before it are "
+        "recorded: import a whole export (spans already there are skipped)\n",
+    )
+    assert Ledger(sqlite_url).count() == 4
