@@ -4,6 +4,7 @@ windows at the edges of time, spans the clock put after today."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,25 @@ def test_an_export_cut_short_says_so_rather_than_to_fix_its_last_line(
         "recorded: import a whole export (spans already there are skipped)\n",
     )
     assert Ledger(sqlite_url).count() == 4
+
+
+def test_ledgers_opened_by_several_threads_at_once_are_each_migrated(db_url: str) -> None:
+    """Alembic runs a migration through module globals (``alembic.context``, ``op``): three
+    threads opening a new ledger at once (an import each, a host's own threads) failed with
+    KeyError('script') or 'database is locked' from the migration, not from any write."""
+    failures: list[BaseException] = []
+    opened: list[Ledger] = []
+
+    def open_one() -> None:
+        try:
+            opened.append(Ledger(db_url))
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and len(opened) == 4
+    assert {ledger.count() for ledger in opened} == {0}
