@@ -21,7 +21,7 @@ from ollama_meter.cli._common import (
 )
 from ollama_meter.cli._console import err, out
 from ollama_meter.errors import OmeterError, ValidationError
-from ollama_meter.periods import window_between
+from ollama_meter.periods import LAST_DAY, window_between
 
 app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 
@@ -98,8 +98,11 @@ def export_command(
     ledger = ledger_as_is(cfg)
     start = end = None
     if since is not None or until is not None:  # given empty: refused, not "everything"
-        window = window_between(since, until, tz=cfg.tz, now=datetime.now(UTC))
-        start, end = window.start, window.end
+        # No --until is no end, not today's: a span the clock put later (a gateway whose
+        # clock runs ahead) moves with the rest, as it does with neither option.
+        last = LAST_DAY.isoformat() if until is None else until
+        window = window_between(since, last, tz=cfg.tz, now=datetime.now(UTC))
+        start, end = window.start, None if until is None else window.end
     sink = sys.stdout.buffer
     count = 0
     with unbounded():  # a page of a big ledger may take longer than a call's write
@@ -246,9 +249,13 @@ def backup_command(
     db: DbOption = None,
 ) -> None:
     """Copy the live ledger to FILE (SQLite; prints the pg_dump command for PostgreSQL)."""
-    from ollama_meter.ledger import backup, open_ledger, pg_dump_command
+    from ollama_meter.ledger import backup, ledger_file, open_ledger, pg_dump_command
 
     cfg = settings(db_url=db)
+    source = ledger_file(cfg.ledger_url)
+    if source is not None and not source.is_file():  # a typo in --db: nothing made there
+        raise OmeterError(f"there is no ledger at {source}")
+    # As it is, not migrated first: the copy taken before an upgrade is the one to go back to.
     ledger = open_ledger(cfg.ledger_url, migrate=False)
     if ledger.path is None:
         out.print(pg_dump_command(ledger, target))
@@ -256,7 +263,6 @@ def backup_command(
             "ometer backs up SQLite ledgers; for PostgreSQL run the pg_dump command above "
             "(its password from PGPASSWORD or ~/.pgpass)"
         )
-    ledger = ledger_as_is(cfg)
     began = time.monotonic()
     with progress_bar("copying", unit=" pages") as bar:
         task = bar.add_task("pages", total=None)

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ollama_meter.ledger._upkeep import (
         PruneResult as PruneResult,
         backup as backup,
+        ledger_file as ledger_file,
         pg_dump_command as pg_dump_command,
         prune as prune,
     )
@@ -71,7 +72,7 @@ _NAMES = {
     "._spans": "SpanFilter page_after update_costs",
     "._timings": "HistogramResult",
     "._types": "from_us to_us",
-    "._upkeep": "PruneResult backup pg_dump_command prune",
+    "._upkeep": "PruneResult backup ledger_file pg_dump_command prune",
     "ollama_meter.records": "GROUPS",
 }
 """Module → the public names it defines, each imported when first read: the ledger's

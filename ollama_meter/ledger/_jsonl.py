@@ -20,7 +20,7 @@ import msgspec
 
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._deadline import bulk
-from ollama_meter.ledger._line import span_from_line
+from ollama_meter.ledger._line import CutShort, span_from_line
 from ollama_meter.ledger._meta import pruned_before
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us
@@ -106,8 +106,10 @@ def export_lines(
     imports.
     """
     where = SpanFilter(since=since, until=until)
-    order = SpanRow.id if since is None and until is None else SpanRow.started_at
-    query = select_spans().where(*where.clauses()).order_by(order)
+    # Ties in start time by id: the same spans give the same lines from any ledger, whatever
+    # order each stored them in.
+    order = (SpanRow.id,) if since is None and until is None else (SpanRow.started_at, SpanRow.id)
+    query = select_spans().where(*where.clauses()).order_by(*order)
     with ledger.read() as conn:
         result = conn.execution_options(stream_results=True).execute(query)
         size = 16  # rows a fetch holds: up to 2,000 while their lines stay within BATCH_BYTES
@@ -143,6 +145,12 @@ class ImportSummary:
         return self.read - self.added - self.pruned
 
 
+BATCH_SPANS = 2_000
+"""Spans one import transaction holds: on SQLite it holds the write lock throughout, and a
+gateway beside the import waits for it (20,000 held it for seconds, past
+OMETER_LEDGER_WAIT, and the gateway's calls went to the spool). Smaller batches cost no
+speed that stood out: an import's time is in Python, per span."""
+
 BATCH_BYTES = 32 * 2**20
 """Lines one import batch (and one line more), or about one export fetch, holds: 20,000 spans
 of captured calls with a million-character prompt each would be 20 GB in memory. Spans
@@ -154,7 +162,7 @@ def import_lines(
     ledger: Ledger,
     lines: Iterable[bytes],
     *,
-    batch: int = 20_000,
+    batch: int = BATCH_SPANS,
     progress: Callable[[int], None] | None = None,
     pruned_too: bool = False,
     name: str = "FILE",
@@ -210,6 +218,13 @@ def import_lines(
             held += len(line)
         except ValueError as exc:
             flush()
+            if isinstance(exc, CutShort) and not raw.endswith(b"\n"):  # the file's last line
+                raise ValidationError(
+                    f"line {number}: the file ends part way through this span (an export cut "
+                    "short: a full disk, a stopped export, a copy still being written); the "
+                    f"{summary.read} span(s) before it are recorded: import a whole export "
+                    "(spans already there are skipped)"
+                ) from None
             raise ValidationError(
                 f"line {number}: {exc}; the {summary.read} span(s) before it are recorded, "
                 "fix the line and import again (spans already there are skipped)"

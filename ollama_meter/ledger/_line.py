@@ -241,6 +241,11 @@ def _check_tags(tags: dict[str, str]) -> None:
             raise ValueError(f"tag {key[:80]!r} holds a NUL or a lone surrogate")
 
 
+class CutShort(ValueError):
+    """The line's JSON ends before its span does: as a line it is the last of a file that
+    was cut short, and no fix of it gives the span back."""
+
+
 def span_from_line(line: bytes) -> SpanRecord:
     """The span an export line describes; ValueError saying what is wrong otherwise."""
     if len(line) > MAX_LINE_BYTES:
@@ -250,6 +255,8 @@ def span_from_line(line: bytes) -> SpanRecord:
     except msgspec.ValidationError as exc:
         raise ValueError(str(exc)) from None
     except msgspec.DecodeError as exc:
+        if str(exc).startswith("Input data was truncated"):
+            raise CutShort(f"not JSON: {exc}") from None
         raise ValueError(f"not JSON: {exc}") from None
     except RecursionError:  # valid JSON, under a key a newer export may have added
         raise ValueError("nested too deep to read; an export line nests two levels") from None

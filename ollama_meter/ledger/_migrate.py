@@ -8,6 +8,7 @@ advisory lock on PostgreSQL), so the losers find the work done.
 
 from __future__ import annotations
 
+import threading
 from importlib.resources import as_file, files
 
 from sqlalchemy import Engine, inspect, text
@@ -100,6 +101,12 @@ def _check_encoding(conn: Connection, url: str) -> None:
         )
 
 
+_ALEMBIC = threading.Lock()
+"""Alembic runs a migration through module globals (``alembic.context``, ``op``): two threads
+migrating at once ran each other's (KeyError, or a half-made ledger taken for another app's
+database). Processes take turns on the migration's own transaction instead."""
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations up to ``revision`` in one transaction.
 
@@ -115,7 +122,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         config.set_main_option("script_location", str(location))
         try:
             # A migration may rewrite a big table: no deadline on the server's answers.
-            with unbounded(), engine.connect() as conn:
+            with _ALEMBIC, unbounded(), engine.connect() as conn:
                 config.attributes["connection"] = conn
                 command.upgrade(config, revision)
         except DBAPIError as exc:

@@ -176,6 +176,8 @@ def backup(
     source = ledger.path
     if source is None:
         raise LedgerError("not a SQLite ledger; back PostgreSQL up with pg_dump")
+    if not source.is_file():
+        raise LedgerError(f"there is no ledger at {source}")
     ledger_files = {Path(f"{source.resolve()}{end}") for end in ("", "-wal", "-shm", "-journal")}
     if target.resolve() in ledger_files:
         # a copy renamed over the live WAL would hide the writers' last transactions
@@ -197,7 +199,9 @@ def backup(
         # Made here, so a folder that is not there says so (SQLite would say only
         # "unable to open database file", which reads as if the ledger could not be).
         os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+        # A URI of the path percent-encoded: a ledger in a folder named "a#b" was "a" to
+        # SQLite (the "#" begins a URI's fragment, "?mode=ro" with it), which made it empty.
+        src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         dst = sqlite3.connect(partial)
         try:
             # One step: the whole copy reads one snapshot, so it never restarts.
@@ -208,13 +212,30 @@ def backup(
             src.close()
         partial.replace(target)
     except (OSError, sqlite3.Error) as exc:
-        discard(partial)
+        _discard_copy(partial)
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise LedgerError(f"could not back up {source} to {target}: {why}") from exc
     except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
-        discard(partial)
+        _discard_copy(partial)
         raise
     return target.stat().st_size
+
+
+def ledger_file(url: str) -> Path | None:
+    """The SQLite file ``url`` names (None for a server), read from the URL alone: opening
+    the ledger would make its folder."""
+    from sqlalchemy.engine import make_url
+
+    from ollama_meter.ledger._engine import sqlite_path
+
+    return sqlite_path(make_url(url))
+
+
+def _discard_copy(partial: Path) -> None:
+    """The temp copy and the rollback journal SQLite keeps beside it while it writes (a copy
+    stopped half way, on a full disk say, leaves it there)."""
+    discard(partial)
+    discard(partial.with_name(f"{partial.name}-journal"))
 
 
 _NAME_MAX = 255
