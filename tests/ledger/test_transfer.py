@@ -412,6 +412,21 @@ def test_pruned_months_report_and_bill_the_same_bytes(db_url: str, cli) -> None:
         assert _monthly(ledger, "2026-10") != before["2026-10"]
 
 
+def test_prune_gives_the_space_back_a_few_pages_a_transaction_and_all_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gigabytes freed at once held the write lock for as long (the gateways' spans went to
+    the spool meanwhile): pages go back a step at a time, and every one of them does."""
+    from ollama_meter.ledger import _upkeep
+
+    monkeypatch.setattr(_upkeep, "VACUUM_STEP_PAGES", 3)
+    path = tmp_path / "steps.db"
+    Ledger(f"sqlite:///{path}").record(_spans(2000))
+    result = prune(Ledger(f"sqlite:///{path}"), 30, now=NOW)
+    # Far more than 3 pages were freed: all went back, 3 at a time.
+    assert result.removed > 1000 and result.reclaimed > 3 * 4096 and result.free_bytes == 0
+
+
 def test_prune_gives_space_back_and_converts_an_old_file(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     new = tmp_path / "new.db"
     Ledger(f"sqlite:///{new}").record(_spans(2000))
