@@ -251,7 +251,7 @@ def test_under_a_tpm_calls_running_at_once_cannot_all_slip_under_it(
     """Each call's prompt counts when it is admitted, not only its tokens when it ends: two
     calls of about 400 tokens fit hr's 1,000 a minute while both run, a third does not, and a
     prompt larger than the whole minute is refused outright."""
-    emu = emulators(LLAMA, token_latency=0.05)
+    emu = emulators(LLAMA, token_latency=1.0)  # the first call runs until hurried
     Ledger(sqlite_url).set_limit(Limit("default", "hr", tpm=1_000))
     gw = fleet(emu.url, slots=1)
     prompt = "x" * 1_600  # about 400 tokens, four characters a token
@@ -297,7 +297,7 @@ def test_a_full_queue_answers_busy_in_ollamas_words(
     assert refused[0].error == BUSY
     (busy,) = [s for s in spans(gw.ledger) if s.status != "ok"]
     assert (busy.status, busy.error_type, busy.http_status) == ("error", "server_busy", 503)
-    emu.token_latency = 0.2
+    emu.token_latency = 1.0  # both run until hurried, however slow the machine
     threads = [threading.Thread(target=chat, args=(gw.url, LLAMA)) for _ in range(2)]
     for thread in threads:
         thread.start()
