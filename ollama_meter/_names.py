@@ -28,7 +28,9 @@ def name_problem(value: str, *, limit: int = MAX_NAME) -> str | None:
 
 _HOST_ZONES = frozenset({"localtime", "posixrules", "factory"})
 """Files in the zone database that are no zone of their own: the host's zone (another on
-each machine that reads the ledger), a copy of some zone, and one with no offset at all."""
+each machine that reads the ledger), a copy of some zone, and one with no offset at all.
+The ``right/`` copies count leap seconds, which Python's zoneinfo does not read: it takes
+``right/Europe/Berlin`` to be an hour off for months at a time, so they are refused too."""
 
 
 def zone_problem(value: str) -> str | None:
@@ -38,6 +40,8 @@ def zone_problem(value: str) -> str | None:
             f"{value!r} is not a zone of its own (it is whatever the host says); use an IANA "
             "name such as Europe/Berlin or UTC"
         )
+    if value[:6].lower() == "right/":
+        return f"{value!r} counts leap seconds; use {value[6:]}"
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: longer than a file name

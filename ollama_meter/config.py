@@ -115,6 +115,8 @@ def system_timezone() -> str:
         name = tzlocal.get_localzone_name()
     except Exception:  # tzlocal raises various errors on unusual systems
         return "UTC"
+    if name and name[:6].lower() == "right/":  # the same civil time, read without leap seconds
+        name = name[6:]
     return name if name and not zone_problem(name) else "UTC"
 
 

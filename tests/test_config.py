@@ -154,6 +154,18 @@ def test_a_dotenv_line_that_cannot_be_read_is_an_error_not_a_default(
         ("OMETER_TIMEZONE", "Factory", "OMETER_TIMEZONE: 'Factory' is not a zone of its own"),
         ("OMETER_TIMEZONE", "posixrules", "OMETER_TIMEZONE: 'posixrules' is not a zone of its"),
         ("OMETER_TIMEZONE", "Mars/Olympus", "OMETER_TIMEZONE: 'Mars/Olympus' is not a known"),
+        # the zone database's leap-second copies: Python reads them an hour off for months
+        # (right/Europe/Berlin says +02:00 all winter since 2020), so days were cut wrong
+        (
+            "OMETER_TIMEZONE",
+            "right/Europe/Berlin",
+            "OMETER_TIMEZONE: 'right/Europe/Berlin' counts leap seconds; use Europe/Berlin",
+        ),
+        (
+            "OMETER_TIMEZONE",
+            "Right/UTC",
+            "OMETER_TIMEZONE: 'Right/UTC' counts leap seconds; use UTC",
+        ),
         # a name longer than a file name may be: the zone lookup's OSError was exit 70
         ("OMETER_TIMEZONE", "Europe/" + "y" * 256, "OMETER_TIMEZONE: 'Europe/yyyyyy"),
     ],
@@ -518,3 +530,21 @@ def test_email_alerts_half_set_up_are_one_error_line_not_silence(
     )
     monkeypatch.setenv(missing, _EMAIL_PAIR[missing])
     assert load_settings().email_recipients == ["it@example.org"]
+
+
+@pytest.mark.parametrize(
+    ("host", "zone"),
+    [
+        ("right/Europe/Berlin", "Europe/Berlin"),
+        ("Europe/Berlin", "Europe/Berlin"),
+        ("localtime", "UTC"),
+    ],
+)
+def test_the_hosts_zone_is_read_without_its_leap_seconds(
+    monkeypatch: pytest.MonkeyPatch, host: str, zone: str
+) -> None:
+    """A host set to a ``right/`` zone keeps its civil time, not a zone Python reads wrong."""
+    import tzlocal
+
+    monkeypatch.setattr(tzlocal, "get_localzone_name", lambda: host)
+    assert system_timezone() == zone

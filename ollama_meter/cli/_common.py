@@ -280,8 +280,13 @@ def write_rows(
     rows: Sequence[Mapping[str, object]],
     path: Path | None,
     show_table: Callable[[], None],
+    *,
+    file_formats: Sequence[str] = ("csv", "json"),
 ) -> None:
-    """A report's rows as CSV or JSON (to stdout or ``--out``), or as a table on the terminal."""
+    """A report's rows as CSV or JSON (to stdout or ``--out``), or as a table on the terminal.
+
+    ``file_formats``: every format the command writes to ``--out`` (the refusal names them all).
+    """
     from ollama_meter.reports import to_csv, to_json
 
     if fmt is Format.CSV:
@@ -289,7 +294,8 @@ def write_rows(
     elif fmt is Format.JSON:
         write_output(to_json(columns, rows), path)
     elif path is not None:
-        raise ValidationError("--out needs --format csv or json")
+        *first, last = file_formats
+        raise ValidationError(f"--out needs --format {', '.join(first)} or {last}")
     else:
         show_table()
 

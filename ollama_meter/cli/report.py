@@ -85,6 +85,7 @@ def report(
         result.rows,
         out_file,
         lambda: out.print(render_table(result, cfg.timezone)),
+        file_formats=[f.value for f in ReportFormat if f is not ReportFormat.TABLE],
     )
     if not result.rows:
         from ollama_meter.cli._hints import note_unmatched

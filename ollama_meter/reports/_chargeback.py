@@ -126,9 +126,32 @@ def chargeback(
                 fixed_cost_share=Decimal(cents).scaleb(-2),
                 total_cost=cost + cents * _CENT_IN_MICROS,
                 currency=in_currency,
+                unpriced_requests=sums.unpriced_requests if sums else 0,
             )
         )
+    if unpriced := _unpriced_warning(result.rows):
+        result.warnings.append(unpriced)
     return result
+
+
+_NAMED_GROUPS = 10
+"""Tenants and departments a warning about unpriced calls names; more are counted."""
+
+
+def _unpriced_warning(rows: list[ChargebackRow]) -> str | None:
+    """What the bill counts as 0 because no price rule matched, and whose calls those are."""
+    per_group: dict[tuple[str, str], int] = defaultdict(int)
+    for row in rows:
+        per_group[(row.tenant, row.department)] += row.unpriced_requests
+    named = [f"{t}/{d} ({n})" for (t, d), n in sorted(per_group.items()) if n]
+    if not named:
+        return None
+    more = len(named) - _NAMED_GROUPS
+    groups = ", ".join(named[:_NAMED_GROUPS]) + (f" and {more} more" if more > 0 else "")
+    return (
+        f"{sum(per_group.values())} call(s) matched no price rule and count as 0 in usage_cost: "
+        f"{groups}; add a rule with `ometer pricing set`, then `ometer reprice`"
+    )
 
 
 def _fixed_shares(

@@ -321,11 +321,11 @@ def render_chargeback_html(
         generated=generated.astimezone(tz).strftime("%Y-%m-%d %H:%M"),
         zone=zone,
         columns=cols,
-        rows=[([cell_text(r.get(c)) for c in cols], 0) for r in result.rows],
+        rows=[([cell_text(r.get(c)) for c in cols], r.unpriced_requests) for r in result.rows],
         numeric=[c not in keys and c != "currency" for c in cols],
         totals=[_total_row(cols, keys, totals[c]) for c in sorted(totals)],
         summary=[(c, totals[c]["total_cost"], totals[c]["requests"]) for c in sorted(totals)],
         charts=charts,
-        unpriced=0,
+        unpriced=sum(r.unpriced_requests for r in result.rows),
         notes=notes,
     )

@@ -130,3 +130,6 @@ class ChargebackRow(Row):
     total_cost: Micros
     currency: str
     labels: tuple[tuple[str, str], ...] = ()
+    unpriced_requests: int = 0
+    """Calls no price rule matched: 0 in ``usage_cost``. Not a CSV column (cron jobs read
+    the columns by position); the bill's warning and the HTML file name them."""

@@ -33,6 +33,7 @@ def span(
     tenant: str = "acme",
     **kw: object,
 ):  # type: ignore[no-untyped-def]
+    kw.setdefault("unpriced", False)  # a cost is given: a price rule matched
     return make_span(
         tenant=tenant,
         department=dept,

@@ -20,6 +20,7 @@ from ollama_meter.meter import SpanRecord
 from ollama_meter.pricing import format_micros
 from ollama_meter.reports import (
     DashQuery,
+    SpendRow,
     dashboard_report,
     failures_report,
     parse_period,
@@ -407,3 +408,41 @@ def test_failures_report_counts_each_kind(db_url: str) -> None:
         ("rejected", "budget_exceeded", 1),
     ]
     assert failures_report(ledger, window, department="nobody") == []
+
+
+def _label_reads(monkeypatch: pytest.MonkeyPatch, ledger: Ledger, departments: int) -> int:
+    """How often the drill-down of ``departments`` departments (3 calls each) reads a row's label."""
+    at = datetime(2026, 11, 2, tzinfo=UTC)
+    ledger.record(
+        [
+            make_span(
+                started_at=at + timedelta(minutes=i), department=f"d{i % departments}", user=f"u{i}"
+            )
+            for i in range(3 * departments)
+        ]
+    )
+    d = dashboard_report(ledger, DashQuery(period="month"), tz=UTC_ZONE, now=OFFICE_NOW)
+    reads = 0
+    label = SpendRow.label
+
+    def counted(row: SpendRow, column: str) -> str:
+        nonlocal reads
+        reads += 1
+        return label(row, column)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SpendRow, "label", counted)
+        drill = d.departments("USD")
+    assert len(drill) == departments
+    assert sorted(len(x.users) for x in drill) == [3] * departments
+    return reads
+
+
+def test_the_drill_down_reads_each_row_a_few_times_not_once_per_department(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thousand departments took the page seconds: each one's rows were picked out of all of
+    them, so the work grew with the square of the departments."""
+    few = _label_reads(monkeypatch, Ledger(sqlite_url), 50)
+    many = _label_reads(monkeypatch, Ledger(sqlite_url.replace(".db", "-many.db")), 400)
+    assert many <= 8 * few * 1.25  # 8 times the departments: 8 times the reads, not 64

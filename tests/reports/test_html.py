@@ -161,6 +161,36 @@ def test_chargeback_file_has_exactly_the_csv(ledger: Ledger) -> None:
     assert "GPU capacity used" in page
 
 
+def test_a_bill_says_which_calls_no_price_rule_covered(ledger: Ledger) -> None:
+    """Calls without a price count as 0 in ``usage_cost``; the bill said nothing of them, though
+    it is the one report that goes to finance (the design's "silent $0" complaint)."""
+    result = chargeback(
+        ledger, "2026-11", tz=UTC_ZONE, now=datetime(2026, 12, 2, tzinfo=UTC), currency="USD"
+    )
+    november = [
+        s
+        for s in office_spans()
+        if datetime(2026, 11, 1, tzinfo=UTC) <= s.started_at and s.unpriced_usage
+    ]
+    per_group: dict[tuple[str, str], int] = defaultdict(int)
+    for s in november:
+        per_group[(s.tenant, s.department)] += 1
+    assert len(november) > 0 and len(per_group) > 1
+    groups = ", ".join(f"{t}/{d} ({n})" for (t, d), n in sorted(per_group.items()))
+    assert result.warnings == [
+        f"{len(november)} call(s) matched no price rule and count as 0 in usage_cost: "
+        f"{groups}; add a rule with `ometer pricing set`, then `ometer reprice`"
+    ]
+    assert {
+        (r.tenant, r.department): r.unpriced_requests for r in result.rows if r.unpriced_requests
+    } == per_group
+    page = render_chargeback_html(result, tz=UTC_ZONE, zone="UTC", generated=OFFICE_NOW)
+    assert f"{len(november)} call(s) matched no price rule" in page
+    assert page.count('<tr class="unpriced"') == len(per_group)
+    # the CSV keeps its columns: cron jobs and spreadsheets read them by position
+    assert to_csv(CHARGEBACK_COLUMNS, result.rows).splitlines()[0] == ",".join(CHARGEBACK_COLUMNS)
+
+
 def test_names_are_text_not_markup(db_url: str) -> None:
     ledger = Ledger(db_url)
     at = datetime(2026, 11, 3, 9, tzinfo=UTC)
