@@ -47,3 +47,16 @@ def zone_problem(value: str) -> str | None:
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: longer than a file name
         return f"{value!r} is not a known time zone; use an IANA name such as Europe/Berlin or UTC"
     return None
+
+
+def system_timezone() -> str:
+    """The machine's IANA zone name, UTC when it cannot be told."""
+    try:
+        import tzlocal
+
+        name = tzlocal.get_localzone_name()
+    except Exception:  # tzlocal raises various errors on unusual systems
+        return "UTC"
+    if name and name[:6].lower() == "right/":  # the same civil time, read without leap seconds
+        name = name[6:]
+    return name if name and not zone_problem(name) else "UTC"

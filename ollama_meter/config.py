@@ -28,7 +28,7 @@ from ollama_meter._environment import (
     check_sdk_environment,
     warn_unknown,
 )
-from ollama_meter._names import name_problem, zone_problem
+from ollama_meter._names import name_problem, system_timezone, zone_problem
 from ollama_meter._paths import default_data_dir, sqlite_url_problem
 from ollama_meter._urls import email_addresses, host_name, http_url
 from ollama_meter.errors import ConfigError
@@ -105,19 +105,6 @@ def parse_upstreams(value: str, *, slots: int | None = None) -> tuple[UpstreamSp
     if not specs:
         raise ValueError("names no server; expected e.g. http://gpu1:11434,http://gpu2:11434")
     return tuple(specs)
-
-
-def system_timezone() -> str:
-    """The machine's IANA zone name, UTC when it cannot be told."""
-    try:
-        import tzlocal
-
-        name = tzlocal.get_localzone_name()
-    except Exception:  # tzlocal raises various errors on unusual systems
-        return "UTC"
-    if name and name[:6].lower() == "right/":  # the same civil time, read without leap seconds
-        name = name[6:]
-    return name if name and not zone_problem(name) else "UTC"
 
 
 DAY_SECONDS = 86_400

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter import _environment
+from ollama_meter._names import system_timezone
 from ollama_meter.config import (
     known_env_names,
     load_settings,
     normalize_host,
     parse_upstreams,
-    system_timezone,
 )
 from ollama_meter.errors import ConfigError
 

@@ -10,7 +10,6 @@ Reads the ledger; never writes it.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -33,7 +32,7 @@ from ollama_meter.periods import (
 from ollama_meter.records import Micros, format_micros
 from ollama_meter.reports._perf import PerfReport, perf_report
 from ollama_meter.reports._render import iso_utc
-from ollama_meter.reports._rows import PerfRow, SpendRow
+from ollama_meter.reports._rows import PerfRow, SpendRow, per_department
 from ollama_meter.reports._spend import SpendReport, spend_report
 
 PERIOD_CHOICES = {
@@ -192,15 +191,6 @@ class DepartmentDrill:
     days: list[SpendRow]
 
 
-def _per_department(rows: list[SpendRow], currency: str) -> dict[str, list[SpendRow]]:
-    """``rows`` in ``currency`` by their department, each list in the order given."""
-    grouped: dict[str, list[SpendRow]] = defaultdict(list)
-    for row in rows:
-        if row.currency == currency:
-            grouped[row.label("department")].append(row)
-    return grouped
-
-
 @dataclass
 class Dashboard:
     """The dashboard's reports for one query. ``cost`` values are integer micro-units."""
@@ -261,9 +251,9 @@ class Dashboard:
         """Per department in ``currency``, by cost: its sums, and its models, users and days."""
         # Each kind of row is split by department once: picking each department's rows out
         # of all of them made the work grow with the square of the departments.
-        models = _per_department(self.spend.rollup(["department", "model"]), currency)
-        users = _per_department(self.users.rows, currency)
-        days = _per_department(self.spend.rollup(["department", self.unit]), currency)
+        models = per_department(self.spend.rollup(["department", "model"]), currency)
+        users = per_department(self.users.rows, currency)
+        days = per_department(self.spend.rollup(["department", self.unit]), currency)
         rows = self.in_currency(self.spend.rollup(["department"]), currency)
         return [
             DepartmentDrill(

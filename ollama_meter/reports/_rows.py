@@ -9,6 +9,7 @@ output reads one thing, and money is never re-parsed from text.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -133,3 +134,12 @@ class ChargebackRow(Row):
     unpriced_requests: int = 0
     """Calls no price rule matched: 0 in ``usage_cost``. Not a CSV column (cron jobs read
     the columns by position); the bill's warning and the HTML file name them."""
+
+
+def per_department(rows: list[SpendRow], currency: str) -> dict[str, list[SpendRow]]:
+    """``rows`` in ``currency`` by their department, each list in the order given."""
+    grouped: dict[str, list[SpendRow]] = defaultdict(list)
+    for row in rows:
+        if row.currency == currency:
+            grouped[row.label("department")].append(row)
+    return grouped

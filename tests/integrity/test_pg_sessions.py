@@ -234,10 +234,8 @@ def test_a_migration_held_past_the_wait_says_what_to_do(
     assert cli("report", "--period", "2026-11").code == 0  # the lock gone, the ledger opens
 
 
-@pytest.fixture(scope="module")
-def sql_ascii_ledger(pg_server: str | None) -> Iterator[Ledger]:
-    """A ledger in a database made ``ENCODING 'SQL_ASCII'`` (an old cluster's default):
-    the server then takes and gives back bytes, and declares no encoding of its own."""
+def _database_encoded(pg_server: str | None, encoding: str) -> str:
+    """The URL of a new database on the test server made ``ENCODING encoding``."""
     if pg_server is None:
         pytest.skip("no PostgreSQL server available")
     name = f"a_{uuid.uuid4().hex[:12]}"
@@ -245,12 +243,19 @@ def sql_ascii_ledger(pg_server: str | None) -> Iterator[Ledger]:
     with admin.connect() as conn:
         conn.execute(
             text(
-                f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+                f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' "
                 "TEMPLATE template0"
             )
         )
     admin.dispose()
-    ledger = Ledger(f"{pg_server}/{name}", zone="UTC")
+    return f"{pg_server}/{name}"
+
+
+@pytest.fixture(scope="module")
+def sql_ascii_ledger(pg_server: str | None) -> Iterator[Ledger]:
+    """A ledger in a database made ``ENCODING 'SQL_ASCII'`` (an old cluster's default):
+    the server then takes and gives back bytes, and declares no encoding of its own."""
+    ledger = Ledger(_database_encoded(pg_server, "SQL_ASCII"), zone="UTC")
     yield ledger
     ledger.dispose()
 
@@ -348,18 +353,8 @@ def test_a_database_whose_encoding_cannot_hold_every_name_is_not_made_a_ledger(
 ) -> None:
     """In LATIN1 a user, model or tag in another script fails its write, and the span would be
     kept only in the quarantine, out of every report and budget: refused before any table."""
-    if pg_server is None:
-        pytest.skip("no PostgreSQL server available")
-    name = f"a_{uuid.uuid4().hex[:12]}"
+    url = _database_encoded(pg_server, "LATIN1")
     admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(
-            text(
-                f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' "
-                "TEMPLATE template0"
-            )
-        )
-    url = f"{pg_server}/{name}"
     try:
         with pytest.raises(LedgerError) as refused:
             Ledger(url)
@@ -379,5 +374,5 @@ def test_a_database_whose_encoding_cannot_hold_every_name_is_not_made_a_ledger(
         assert tables == 0  # nothing was changed
     finally:
         with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+            conn.execute(text(f"DROP DATABASE {make_url(url).database} WITH (FORCE)"))
         admin.dispose()
