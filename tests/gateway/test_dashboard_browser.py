@@ -375,3 +375,14 @@ def test_hostile_names_in_the_ledger_render_inert(
     assert page.evaluate("() => [window.pwned, document.scripts.length]") == [None, 1]
     assert page.locator("img, [onerror], [onmouseover]").count() == 0
     assert watched.problems == []  # a blocked inline script would be a console error
+
+
+def test_a_link_whose_hash_is_no_valid_escape_opens_the_page_without_a_script_error(
+    browser: Any, office: Gateway
+) -> None:
+    """A department's link pasted cut short (``#%``, ``#%E0%A4%A``) threw a URIError in the
+    script that opens its panel; the hash is read as written instead."""
+    for broken in ("%", "%E0%A4%A", "dept%zz"):
+        watched = open_page(browser, f"{office.url}/dashboard?token={TOKEN}#{broken}", office.url)
+        assert watched.page.locator("details[open]").count() == 0
+        assert watched.problems == []

@@ -54,8 +54,16 @@
   }
 
   // Drill-down: a department's link (bar, legend) opens its panel.
+  const hashed = () => {
+    const raw = location.hash.slice(1);
+    try {
+      return decodeURIComponent(raw);
+    } catch {
+      return raw; // a link cut short ("#%"): no escape to read, so read it as written
+    }
+  };
   const openTarget = () => {
-    const target = location.hash ? document.getElementById(decodeURIComponent(location.hash.slice(1))) : null;
+    const target = location.hash ? document.getElementById(hashed()) : null;
     if (target instanceof HTMLDetailsElement) {
       target.open = true;
       target.scrollIntoView({ block: "nearest" });
