@@ -68,6 +68,16 @@ class _ThrottledWarnings:
         if more is not None:
             self._logger.warning(msg + more.replace("%", "%%"), *args, **kwargs)
 
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        """uvicorn's line for an answer the app ended early (an upstream's broken off, passed
+        on cut so the client sees it) is throttled too; an error with a traceback is not."""
+        if args or kwargs:
+            self._logger.error(msg, *args, **kwargs)
+            return
+        more = self._throttle.more(msg)
+        if more is not None:
+            self._logger.error(msg + more.replace("%", "%%"))
+
 
 class _HeadTooLarge(Exception):
     """Raised inside a parser callback to stop parsing a request whose head is too large."""

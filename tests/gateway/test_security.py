@@ -556,3 +556,32 @@ def test_malformed_requests_cannot_flood_the_log(
         said = [line for line in lines if line.startswith(kind)]
         assert 1 <= len(said) <= 3, lines  # a line at most every 10 s, whatever the flood
     assert len(lines) <= 9, lines
+
+
+def test_answers_ended_early_are_a_line_every_10_s_and_errors_with_a_traceback_each_theirs(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream that keeps breaking off its pass-through answers made uvicorn log an ERROR
+    line per answer; an exception in the app keeps its own line and traceback."""
+    from ollama_meter._logging import Throttled
+    from ollama_meter.gateway import _server
+
+    logger = logging.getLogger("test.uvicorn.error")
+    fresh = Throttled(logger, clock=lambda: 0.0)  # no time passes: one line, then counted
+    monkeypatch.setattr(_server._ThrottledWarnings, "_throttle", fresh)
+    wrapped = _server._ThrottledWarnings(logger)
+    with caplog.at_level(logging.ERROR, logger="test.uvicorn.error"):
+        for _ in range(50):
+            wrapped.error("ASGI callable returned without completing response.")
+        for _ in range(2):
+            try:
+                raise RuntimeError("a bug")
+            except RuntimeError as exc:
+                wrapped.error("Exception in ASGI application\n", exc_info=exc)
+    lines = [(r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert lines == [
+        ("ASGI callable returned without completing response.", False),
+        ("Exception in ASGI application\n", True),
+        ("Exception in ASGI application\n", True),
+    ]
+    assert fresh.counts == {"ASGI callable returned without completing response.": 50}
