@@ -163,6 +163,11 @@ def import_command(
                 "stdin is closed: give the export on it (ometer db import - < FILE) or its "
                 "file name (ometer db import FILE)"
             )
+        if sys.stdin.isatty():  # nobody types spans: it would wait in silence for ever
+            raise ValidationError(
+                "stdin is a terminal: pipe the export in (ometer db export | ometer db import "
+                "-, or ometer db import - < FILE), or give its file name (ometer db import FILE)"
+            )
         # text-only stdins (an embedding host, a test) have no bytes underneath
         stream = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode())
         total = None

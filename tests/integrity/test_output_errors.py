@@ -152,3 +152,22 @@ def test_an_import_from_a_closed_stdin_is_one_line_and_exit_2(env: dict[str, str
         "error: stdin is closed: give the export on it (ometer db import - < FILE) or its "
         "file name (ometer db import FILE)\n",
     )
+
+
+def test_an_import_from_a_terminal_says_to_pipe_the_export_rather_than_wait(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``ometer db import -`` typed at a prompt waited in silence for spans nobody types."""
+    primary, secondary = os.openpty()
+    terminal = open(secondary, encoding="utf-8")  # noqa: SIM115  # closed below
+    try:
+        monkeypatch.setattr(sys, "stdin", terminal)
+        result = cli("db", "import", "-", "--db", f"sqlite:///{tmp_path / 'l.db'}")
+    finally:
+        terminal.close()
+        os.close(primary)
+    assert (result.code, result.stdout) == (2, "")
+    assert result.stderr == (
+        "error: stdin is a terminal: pipe the export in (ometer db export | ometer db import "
+        "-, or ometer db import - < FILE), or give its file name (ometer db import FILE)\n"
+    )
