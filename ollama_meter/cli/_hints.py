@@ -22,7 +22,10 @@ def unmatched(ledger: Ledger, **given: str | None) -> str:
             continue
         close = get_close_matches(value, known, n=3)
         hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-        said.append(f"no span has {column} {value!r}{hint}")
+        shown = (
+            repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value):,} characters)"
+        )
+        said.append(f"no span has {column} {shown}{hint}")
     return "; ".join(said)
 
 

@@ -420,6 +420,10 @@ def test_filters_naming_what_no_span_has_say_so_with_the_near_names(
     assert cli("log", "--user", "\x1b[2J").stdout == (
         "no spans match these filters: no span has user '\\x1b[2J'\n"
     )
+    assert cli("log", "--dept", "d" * 100_000).stdout == (  # said in a line, not 100,000 d's
+        f"no spans match these filters: no span has department {'d' * 60!r}... "
+        "(100,000 characters)\n"
+    )
 
 
 def test_removing_a_keys_limits_that_are_not_there_names_the_key(cli, db: str) -> None:  # type: ignore[no-untyped-def]
