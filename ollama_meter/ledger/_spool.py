@@ -92,9 +92,10 @@ class Spool:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.quarantine_dir = directory / "quarantine"
-        self._newer: dict[Path, tuple[int, int, int]] = {}
-        """Files a newer ometer wrote: left for it, said once, not read again by this one
-        while they stay as they were (a file of the same name written since is read)."""
+        self._passed: dict[Path, tuple[int, int, int]] = {}
+        """Files this process leaves alone while they stay as they were, said once (a file of
+        the same name written since is read): a newer ometer's, left for it, and ones whose
+        spans are recorded but which cannot be removed (every write drained them again)."""
 
     def put(self, spans: Sequence[SpanRecord]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -119,7 +120,9 @@ class Spool:
     def pending(self) -> list[Path]:
         try:
             files = self.directory.glob("*.jsonl")
-            return sorted(p for p in files if p not in self._newer or _as_was(p) != self._newer[p])
+            return sorted(
+                p for p in files if p not in self._passed or _as_was(p) != self._passed[p]
+            )
         except OSError:
             return []
 
@@ -152,7 +155,7 @@ class Spool:
             spans, bad = self._decode(lines)
             if newer := next((e for _, e in bad if isinstance(e, NewerColumn)), None):
                 # Not damage: the spans are whole, for an ometer that knows the column.
-                self._newer[path] = _as_was(path)
+                self._passed[path] = _as_was(path)
                 log.warning(
                     "spool file %s holds spans a newer ometer wrote (column %r); left in the "
                     "spool for it: run the newer ometer on this machine to record them",
@@ -178,13 +181,16 @@ class Spool:
         return done
 
     def _remove(self, path: Path) -> None:
-        """A drained file goes; one that cannot is recorded again by the next drain (a no-op)."""
+        """A drained file goes; one that cannot is passed over by this process from then on
+        (recording it again adds nothing), and recorded again by the next (a no-op)."""
         try:
             path.unlink(missing_ok=True)
         except OSError as exc:
+            self._passed[path] = _as_was(path)
             log.error(
-                "recorded the spans of spool file %s but cannot remove it (%s); the next drain "
-                "records them again, which adds nothing: remove it by hand",
+                "recorded the spans of spool file %s but cannot remove it (%s); the next "
+                "process to drain the spool records them again, which adds nothing: remove it "
+                "by hand",
                 path,
                 exc,
             )

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.records import Stored
 from tests.factories import make_span
 
 _KINDS = ("good", "fifo", "link to /dev/zero", "link to a spool file", "folder", "dangling link")
@@ -179,3 +183,55 @@ def test_a_spool_file_a_newer_ometer_wrote_stays_in_the_spool_for_it(
     path.write_text(encode_span(replaced[0]) + "\n")
     assert ledger.recover() == 1 and not path.exists()
     assert replaced[0].id in {s.id for s in ledger.latest(SpanFilter(), 10)}
+
+
+@pytest.fixture
+def read_only_later(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs of its own (CI runs as root), to be remounted read-only mid-test."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        if os.geteuid() == 0:
+            pytest.fail(f"cannot mount a tmpfs as root: {done.stderr.strip()}")
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_spool_file_recorded_but_not_removable_is_not_recorded_again_by_every_write(
+    sqlite_url: str, read_only_later: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The spool's disk went read-only after an outage: every later write of the gateway
+    drained the whole spool again (up to its 0.2 s slice, a write held for it) and logged an
+    ERROR per file, for as long as the process ran. Said once; the next process removes them."""
+    spool = read_only_later / "spool"
+    ledger = Ledger(sqlite_url, spool_dir=spool)
+    waited = [make_span() for _ in range(3)]
+    for span in waited:
+        ledger.keep([span], LedgerError("the database is away"))
+    files = ledger.spool.pending()
+    assert len(files) == 3
+    subprocess.run(["mount", "-o", "remount,ro", str(read_only_later)], check=True)
+    caplog.clear()
+    later = [make_span() for _ in range(4)]
+    with caplog.at_level(logging.ERROR, logger="ollama_meter.ledger"):
+        for span in later:
+            assert ledger.record([span]) == {span.id: Stored.COMMITTED}
+    assert ledger.count() == len(waited) + len(later)
+    errors = _errors(caplog)
+    assert sorted(e.split(" but ")[0] for e in errors) == [
+        f"recorded the spans of spool file {path}" for path in files
+    ]
+    assert ledger.spool.pending() == []
+    ledger.dispose()
+    subprocess.run(["mount", "-o", "remount,rw", str(read_only_later)], check=True)
+    again = Ledger(sqlite_url, spool_dir=spool)  # a file of its own again: recorded, removed
+    assert again.spool.pending() == [] and list(spool.glob("*.jsonl")) == []
+    assert again.count() == len(waited) + len(later)
+    again.dispose()
