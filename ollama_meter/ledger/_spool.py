@@ -86,6 +86,13 @@ def _as_was(path: Path) -> tuple[int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _owner(path: Path) -> int | str:
+    try:
+        return path.lstat().st_uid
+    except OSError:
+        return "unknown"
+
+
 class Spool:
     """A folder of JSON-lines files, one per failed write, and a quarantine beside it."""
 
@@ -94,8 +101,9 @@ class Spool:
         self.quarantine_dir = directory / "quarantine"
         self._passed: dict[Path, tuple[int, int, int]] = {}
         """Files this process leaves alone while they stay as they were, said once (a file of
-        the same name written since is read): a newer ometer's, left for it, and ones whose
-        spans are recorded but which cannot be removed (every write drained them again)."""
+        the same name written since is read): a newer ometer's or another user's, left for
+        it, and ones whose spans are recorded but which cannot be removed (every write
+        drained them again)."""
 
     def put(self, spans: Sequence[SpanRecord]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -149,6 +157,18 @@ class Spool:
                 break
             try:
                 lines = _read_spool_file(path).splitlines()
+            except PermissionError as exc:
+                # Not damage: another user's file (a shared ledger), whole, for its owner.
+                self._passed[path] = _as_was(path)
+                log.warning(
+                    "spool file %s cannot be read by this user (%s); left in the spool for "
+                    "its owner (uid %s) to record: run ometer as that user, or make the file "
+                    "readable to this one",
+                    path,
+                    exc.strerror or exc,
+                    _owner(path),
+                )
+                continue
             except OSError as exc:
                 self._set_aside(path, exc)
                 continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,3 +236,43 @@ def test_a_spool_file_recorded_but_not_removable_is_not_recorded_again_by_every_
     assert again.spool.pending() == [] and list(spool.glob("*.jsonl")) == []
     assert again.count() == len(waited) + len(later)
     again.dispose()
+
+
+_DRAIN = """
+import sys
+from pathlib import Path
+from ollama_meter.ledger import Ledger
+Ledger(sys.argv[1], spool_dir=Path(sys.argv[2])).recover()  # opening drains, then again
+"""
+
+
+def test_a_spool_file_another_user_owns_is_left_in_the_spool_for_them(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Two users share a ledger (a team folder); one, with umask 077, spooled spans in a file
+    only it can read. The other's drain moved that file to ``quarantine/`` as unreadable,
+    where no drain ever looks again: its owner's calls were out of the ledger for good
+    unless a human found them. It stays in the spool, said once, for its owner to record.
+    (Root without CAP_DAC_OVERRIDE is held to the file modes as any other user is.)"""
+    spool = tmp_path / "spool"
+    ledger = Ledger(sqlite_url, spool_dir=spool)
+    theirs_spans, ours = [make_span(), make_span()], make_span()
+    theirs = ledger.spool.put(theirs_spans)
+    os.chown(theirs, 65534, 65534)  # nobody
+    theirs.chmod(0o600)
+    ledger.spool.put([ours])
+    limited = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    done = subprocess.run(
+        [*limited, sys.executable, "-c", _DRAIN, sqlite_url, str(spool)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert ledger.spool.pending() == [theirs] and ledger.spool.quarantined() == []
+    assert not ledger.spool.quarantine_dir.exists()
+    assert [s.id for s in ledger.latest(SpanFilter(), 5)] == [ours.id]
+    (said,) = [line for line in done.stderr.splitlines() if str(theirs) in line]
+    assert "cannot be read by this user" in said and "uid 65534" in said
+    ledger.dispose()
+    owner = Ledger(sqlite_url, spool_dir=spool)  # its owner (here: root, all powers back)
+    assert owner.spool.pending() == [] and owner.count() == 3
+    owner.dispose()
