@@ -25,6 +25,8 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
   whose caller has taken no byte of what is waiting for it in ``STALLED_S`` is hung up on;
   its call ends as ``client_abort``, its span written, its slot handed to the next caller.
   A slow reader that is reading is never cut. (Ollama itself waits for ever.)
+- **No connection held by a body nobody reads.** An answer that starts before its request's
+  body has ended (a refusal, a 404, a GET's body) closes the connection after it.
 - **Attribution from headers only.** uvicorn appends chunked-body trailers to the
   headers the app reads (the same list), so an ``X-Ometer-Department`` trailer
   would move a call to another budget. Trailers are dropped here.
@@ -38,10 +40,11 @@ import ipaddress
 import json
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from ollama_meter._logging import Throttled
 from ollama_meter.errors import ValidationError
@@ -257,7 +260,10 @@ class _GuardedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._end_head_wait()
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before:  # a request (not an upgrade): its answer is watched
+            self.cycle.send = _closing_early(self.cycle)  # type: ignore[method-assign,assignment]
 
     def on_message_complete(self) -> None:
         self._ended_now = True
@@ -302,6 +308,21 @@ class _GuardedHttpTools(HttpToolsProtocol):
             + body
         )
         self.transport.close()
+
+
+def _closing_early(cycle: RequestResponseCycle) -> Callable[[Any], Awaitable[None]]:
+    """``cycle.send``, with an answer that starts before the request's body has ended closing
+    the connection (``connection: close``). uvicorn would read the rest of that body and throw
+    it away, each read putting off the idle connection's timeout with none of its own: a byte
+    now and then held the connection for ever (a 404, a refusal, a GET's unread body)."""
+    send = cycle.send
+
+    async def answer(message: Any) -> None:
+        if message["type"] == "http.response.start" and cycle.more_body:
+            cycle.keep_alive = False
+        await send(message)
+
+    return answer
 
 
 def server_config(
