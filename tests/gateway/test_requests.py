@@ -488,3 +488,16 @@ def test_a_refusal_the_gateway_answers_itself_names_its_span_too(
         (400, ("error", "bad_request")),
     ]
     assert emulator.requests_to("/api/chat") == []
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/api/tags"), ("GET", "/api/version"), ("POST", "/api/show")])  # fmt: skip
+def test_a_passed_through_answer_has_one_date_the_gateways(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator, method: str, path: str
+) -> None:
+    """Ollama's ``Date`` was relayed beside the one uvicorn writes: two of a field that is one
+    (RFC 9110 §6.6.1), which a strict client or a cache in front may refuse or pick from."""
+    body = {"model": "llama3.1:8b"} if method == "POST" else None
+    reply = sqlite_gateway.client.request(method, path, json=body)
+    assert reply.status_code == 200
+    assert len(reply.headers.get_list("date")) == 1
+    assert len(reply.headers.get_list("server")) == 1
