@@ -501,3 +501,31 @@ def test_a_passed_through_answer_has_one_date_the_gateways(
     assert reply.status_code == 200
     assert len(reply.headers.get_list("date")) == 1
     assert len(reply.headers.get_list("server")) == 1
+
+
+def test_a_connection_holds_a_bounded_number_of_requests_ahead_of_its_answers(
+    sqlite_gateway: Gateway,
+) -> None:
+    """Requests pipelined behind one being answered were each parsed and queued, however many
+    one read held: 256 KiB of them (14,000) held 18 MB until answered, and a caller that read
+    no answer kept them a minute; a few hundred connections took the machine's memory. Those
+    past the bound are not read: the ones before are answered, and the connection closed."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from ollama_meter.gateway._server import PIPELINED
+
+    parts = urlsplit(sqlite_gateway.url)
+    request = b"GET /no/such/route HTTP/1.1\r\nhost: x\r\n\r\n"
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(request * 1000)
+        answers = b""
+        try:
+            while chunk := sock.recv(65536):
+                answers += chunk
+        except ConnectionResetError:  # closed with the rest unread
+            pass
+    assert answers.count(b"HTTP/1.1 404 ") == 1 + PIPELINED
+    assert answers.count(b"connection: close\r\n") == 1
+    assert answers.rpartition(b"HTTP/1.1 404 ")[2].count(b"connection: close\r\n") == 1
+    assert sqlite_gateway.client.get("/api/version").status_code == 200
