@@ -65,13 +65,16 @@ class _ThrottledWarnings:
 
     _throttle = Throttled(logging.getLogger("uvicorn.error"))  # shared by every connection
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, quiet: Callable[[], bool] = lambda: False) -> None:
         self._logger = logger
+        self._quiet = quiet  # while the parser was stopped on purpose: nothing was invalid
 
     def __getattr__(self, name: str) -> Any:  # level, log, debug...: as they are
         return getattr(self._logger, name)
 
     def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        if self._quiet():
+            return
         more = self._throttle.more(msg)
         if more is not None:
             self._logger.warning(msg + more.replace("%", "%%"), *args, **kwargs)
@@ -139,7 +142,9 @@ class _GuardedHttpTools(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.logger = _ThrottledWarnings(self.logger)  # type: ignore[assignment]
+        self.logger = _ThrottledWarnings(  # type: ignore[assignment]
+            self.logger, quiet=lambda: self._too_many_ahead
+        )
         self._in_head = True  # until a request's headers are complete
         self._began_now = False  # a request began in the read being parsed
         self._ended_now = False  # a request ended in it
