@@ -12,7 +12,8 @@ Ollama never sees the caller's. The rule is Ollama's (``allowedHostsMiddleware``
 address that is loopback, private or unspecified, ``localhost``, this machine's host name, or
 a name under ``.localhost``, ``.local`` or ``.internal``. A gateway listening on any other
 address was started for the network (``--require-key``, ``--admin-token``,
-``--insecure-open``), and takes every name.
+``--insecure-open``), and takes every name. A request that names two (``Host`` given twice)
+is a 400 on any gateway (RFC 9112 §3.2): the check could read one and a server the other.
 """
 
 from __future__ import annotations
@@ -77,9 +78,13 @@ class Guard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope.get("path", "/")
-            host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
+            hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
+            host = hosts[0] if hosts else ""
             refusal = None
-            if self.loopback and not is_local_host(host):
+            if len(hosts) > 1:  # which one a check reads, and which one a server behind it
+                message = f"Host is given {len(hosts)} times; give it once"
+                refusal = error_response(wire_of(path), 400, message)
+            elif self.loopback and not is_local_host(host):
                 message = (
                     f"{host!r} is not a name of this machine, and this gateway listens only on "
                     "loopback; call it as localhost or 127.0.0.1 (a gateway started for the "

@@ -46,7 +46,10 @@ names them in ``/api/create``: model management, streamed on, never held (gigaby
 _PATH_SAFE = "/:@!$&'()*+,;=~"
 """What stays as it is in a forwarded path (RFC 3986's pchar); anything else is %-encoded."""
 
-_NOT_RELAYED = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding"})
+_NOT_RELAYED = frozenset({
+    "content-length", "transfer-encoding", "connection", "content-encoding",
+    "date", "server",  # the gateway's server writes its own: two of a field that is one
+})  # fmt: skip
 
 
 async def forward(

@@ -25,6 +25,13 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
   whose caller has taken no byte of what is waiting for it in ``STALLED_S`` is hung up on;
   its call ends as ``client_abort``, its span written, its slot handed to the next caller.
   A slow reader that is reading is never cut. (Ollama itself waits for ever.)
+- **A bounded number of requests ahead.** uvicorn parses every request a read holds and
+  queues those behind the one being answered: 256 KiB of small ones (14,000) held 18 MB,
+  for a minute when the caller read no answer. Past ``PIPELINED`` queued, the rest is not
+  read: those queued are answered, the last with ``connection: close`` (as any server may
+  close a pipelining connection; its client sends the rest again on a new one).
+- **No connection held by a body nobody reads.** An answer that starts before its request's
+  body has ended (a refusal, a 404, a GET's body) closes the connection after it.
 - **Attribution from headers only.** uvicorn appends chunked-body trailers to the
   headers the app reads (the same list), so an ``X-Ometer-Department`` trailer
   would move a call to another budget. Trailers are dropped here.
@@ -38,10 +45,11 @@ import ipaddress
 import json
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from ollama_meter._logging import Throttled
 from ollama_meter.errors import ValidationError
@@ -57,13 +65,16 @@ class _ThrottledWarnings:
 
     _throttle = Throttled(logging.getLogger("uvicorn.error"))  # shared by every connection
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, quiet: Callable[[], bool] = lambda: False) -> None:
         self._logger = logger
+        self._quiet = quiet  # while the parser was stopped on purpose: nothing was invalid
 
     def __getattr__(self, name: str) -> Any:  # level, log, debug...: as they are
         return getattr(self._logger, name)
 
     def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        if self._quiet():
+            return
         more = self._throttle.more(msg)
         if more is not None:
             self._logger.warning(msg + more.replace("%", "%%"), *args, **kwargs)
@@ -79,6 +90,10 @@ class _ThrottledWarnings:
             self._logger.error(msg + more.replace("%", "%%"))
 
 
+class _TooManyAhead(Exception):
+    """Raised inside a parser callback to stop parsing requests past :data:`PIPELINED`."""
+
+
 class _HeadTooLarge(Exception):
     """Raised inside a parser callback to stop parsing a request whose head is too large."""
 
@@ -87,6 +102,9 @@ HEAD_S = 60.0
 """Seconds a request's line and headers may take to arrive."""
 STALLED_S = 60.0
 """Seconds a caller may leave the answer waiting for it without taking a byte of it."""
+
+PIPELINED = 32
+"""Requests a connection may have queued behind the one being answered."""
 
 FILES_RESERVED = 64
 """Descriptors kept for the process itself: the ledger, spool and journal files, logs, DNS."""
@@ -124,11 +142,14 @@ class _GuardedHttpTools(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.logger = _ThrottledWarnings(self.logger)  # type: ignore[assignment]
+        self.logger = _ThrottledWarnings(  # type: ignore[assignment]
+            self.logger, quiet=lambda: self._too_many_ahead
+        )
         self._in_head = True  # until a request's headers are complete
         self._began_now = False  # a request began in the read being parsed
         self._ended_now = False  # a request ended in it
         self._too_large = False
+        self._too_many_ahead = False  # past PIPELINED: nothing more is read
         self._head_bytes = 0  # the request line and complete headers, exactly
         self._partial_bytes = 0  # whole reads while a header is still arriving
         self._trailer_bytes = 0
@@ -257,13 +278,21 @@ class _GuardedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._end_head_wait()
+        if len(self.pipeline) >= PIPELINED:
+            self._too_many_ahead = True
+            raise _TooManyAhead  # the parser stops; uvicorn calls send_400_response
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before:  # a request (not an upgrade): its answer is watched
+            self.cycle.send = _closing_early(self.cycle)  # type: ignore[method-assign,assignment]
 
     def on_message_complete(self) -> None:
         self._ended_now = True
         super().on_message_complete()
 
     def data_received(self, data: bytes) -> None:
+        if self._too_many_ahead:
+            return  # the connection closes after the answers queued
         self._heard = self._heard or bool(data)
         self._began_now = self._ended_now = False
         super().data_received(data)
@@ -276,7 +305,10 @@ class _GuardedHttpTools(HttpToolsProtocol):
             self._refuse_head()
 
     def send_400_response(self, msg: str) -> None:
-        if self._too_large:
+        if self._too_many_ahead:
+            self.cycle.keep_alive = False  # the last queued: its answer closes the connection
+            self.flow.pause_reading()
+        elif self._too_large:
             self._refuse_head()
         else:
             super().send_400_response(msg)
@@ -302,6 +334,21 @@ class _GuardedHttpTools(HttpToolsProtocol):
             + body
         )
         self.transport.close()
+
+
+def _closing_early(cycle: RequestResponseCycle) -> Callable[[Any], Awaitable[None]]:
+    """``cycle.send``, with an answer that starts before the request's body has ended closing
+    the connection (``connection: close``). uvicorn would read the rest of that body and throw
+    it away, each read putting off the idle connection's timeout with none of its own: a byte
+    now and then held the connection for ever (a 404, a refusal, a GET's unread body)."""
+    send = cycle.send
+
+    async def answer(message: Any) -> None:
+        if message["type"] == "http.response.start" and cycle.more_body:
+            cycle.keep_alive = False
+        await send(message)
+
+    return answer
 
 
 def server_config(

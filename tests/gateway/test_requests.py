@@ -488,3 +488,52 @@ def test_a_refusal_the_gateway_answers_itself_names_its_span_too(
         (400, ("error", "bad_request")),
     ]
     assert emulator.requests_to("/api/chat") == []
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/api/tags"), ("GET", "/api/version"), ("POST", "/api/show")])  # fmt: skip
+def test_a_passed_through_answer_has_one_date_the_gateways(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator, method: str, path: str
+) -> None:
+    """Ollama's ``Date`` was relayed beside the one uvicorn writes: two of a field that is one
+    (RFC 9110 §6.6.1), which a strict client or a cache in front may refuse or pick from."""
+    body = {"model": "llama3.1:8b"} if method == "POST" else None
+    reply = sqlite_gateway.client.request(method, path, json=body)
+    assert reply.status_code == 200
+    assert len(reply.headers.get_list("date")) == 1
+    assert len(reply.headers.get_list("server")) == 1
+
+
+def test_a_connection_holds_a_bounded_number_of_requests_ahead_of_its_answers(
+    sqlite_gateway: Gateway, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests pipelined behind one being answered were each parsed and queued, however many
+    one read held: 256 KiB of them (14,000) held 18 MB until answered, and a caller that read
+    no answer kept them a minute; a few hundred connections took the machine's memory. Those
+    past the bound are not read: the ones before are answered, and the connection closed."""
+    import logging
+    import socket
+    from urllib.parse import urlsplit
+
+    from ollama_meter._logging import Throttled
+    from ollama_meter.gateway import _server
+    from ollama_meter.gateway._server import PIPELINED
+
+    uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's own: it does not propagate
+    monkeypatch.setattr(_server._ThrottledWarnings, "_throttle", Throttled(uvicorn_log))
+    uvicorn_log.addHandler(caplog.handler)
+    parts = urlsplit(sqlite_gateway.url)
+    request = b"GET /no/such/route HTTP/1.1\r\nhost: x\r\n\r\n"
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(request * 1000)
+        answers = b""
+        try:
+            while chunk := sock.recv(65536):
+                answers += chunk
+        except ConnectionResetError:  # closed with the rest unread
+            pass
+    uvicorn_log.removeHandler(caplog.handler)
+    assert caplog.records == []  # nothing invalid was received
+    assert answers.count(b"HTTP/1.1 404 ") == 1 + PIPELINED
+    assert answers.count(b"connection: close\r\n") == 1
+    assert answers.rpartition(b"HTTP/1.1 404 ")[2].count(b"connection: close\r\n") == 1
+    assert sqlite_gateway.client.get("/api/version").status_code == 200

@@ -201,3 +201,24 @@ def test_the_address_serve_announces_is_a_url_a_client_can_take(host: str, url: 
     """``--host ::1`` announced http://::1:11435, which no client (nor OLLAMA_HOST) reads."""
     assert listening_url(host, 11435) == url
     assert normalize_host(url) == url
+
+
+@pytest.mark.parametrize("loopback", [True, False])
+@pytest.mark.parametrize(
+    "hosts", [("localhost", "evil.example"), ("evil.example", "localhost"), ("localhost",) * 2]
+)
+def test_a_host_given_twice_is_a_400_never_the_first_one_taken(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    loopback: bool,
+    hosts: tuple[str, str],
+) -> None:
+    """The loopback check read the first ``Host`` and a server behind may read the other (RFC
+    9112 §3.2: a request with two is answered 400)."""
+    gw = app_on(emulator.url, sqlite_url, loopback=loopback)
+    for method, path in (("GET", "/api/tags"), ("GET", "/api/dash"), ("POST", "/api/chat")):
+        reply = gw.client.request(method, path, headers=[("Host", host) for host in hosts])
+        assert reply.status_code == 400, (method, path, reply.text)
+        assert reply.text.count("Host is given 2 times; give it once") == 1
+    assert emulator.requests == []

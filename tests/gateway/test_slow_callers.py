@@ -171,3 +171,31 @@ def test_a_head_that_trickles_in_is_answered_408_and_a_silent_connection_closed(
     assert answers.startswith(b"HTTP/1.1 200 ")  # the first request's, then the next one's:
     assert answers.count(b"HTTP/1.1 408 ") == 1
     assert gateway.client.get("/api/version").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"POST /no/such/route HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n",  # 404
+        b"POST /api/pull HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n1\r\n{",  # 403
+        b"GET /api/version HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n",  # never read
+    ],
+)
+def test_an_answer_given_before_the_body_ended_closes_the_connection(
+    sqlite_gateway: Gateway, request_head: bytes
+) -> None:
+    """The rest of such a body was read and thrown away with no time limit (each byte put off
+    the idle connection's own): one byte now and then held a connection for ever."""
+    with socket.create_connection(("127.0.0.1", _port(sqlite_gateway))) as sock:
+        sock.sendall(request_head)
+        sock.settimeout(30)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(65536)
+        try:
+            sock.sendall(b"x")  # more of the body, after its answer
+            head += _answer(sock)  # to the end: the gateway closed the connection
+        except ConnectionResetError:  # closed already, the byte unread: as closed
+            pass
+    assert b"\r\nconnection: close\r\n" in head.lower()
+    assert sqlite_gateway.client.get("/api/version").status_code == 200
