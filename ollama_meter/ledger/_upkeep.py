@@ -213,8 +213,11 @@ def backup(
         # "unable to open database file", which reads as if the ledger could not be).
         os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         # A URI of the path percent-encoded: a ledger in a folder named "a#b" was "a" to
-        # SQLite (the "#" begins a URI's fragment, "?mode=ro" with it), which made it empty.
-        src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        # SQLite (the "#" begins a URI's fragment, the mode with it), which made it empty.
+        # Read-write, never created: the last connection to close a WAL ledger (this one,
+        # when no gateway runs) checkpoints it and removes its -wal and -shm files, which a
+        # read-only one left behind. SQLite opens a file this user may not write read-only.
+        src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=rw", uri=True, timeout=30)
         dst = sqlite3.connect(partial)
         try:
             # One step: the whole copy reads one snapshot, so it never restarts.

@@ -26,6 +26,7 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 from ollama_meter.budgets._estimate import Estimate
+from ollama_meter.budgets._leases import Lease
 from ollama_meter.budgets._refusals import mismatch, refusal
 from ollama_meter.cli.serve import serve_settings
 from ollama_meter.config import load_settings
@@ -288,8 +289,8 @@ def test_a_budgets_retry_after_is_not_before_the_period_ends(left_ms: int, held:
     end = now + timedelta(milliseconds=left_ms)
     budget = Budget("acme", "sales", "day", limit=1_000_000, currency="USD", id=1)
     window = Window(now - timedelta(days=1), end, "2026-03-01")
-    common = {"spent": 1_000_000, "need": 10, "now": now, "tz": ZoneInfo("UTC")}
-    refused = refusal(budget, "acme", window, held=1 if held else 0, **common)  # type: ignore[arg-type]
+    lease = Lease(budget, "acme", window)
+    refused = refusal(lease, 1_000_000, 1 if held else 0, 10, now, ZoneInfo("UTC"))
     wrong = mismatch(budget, "acme", window, Estimate(10, "EUR"), now)
     for error in (refused, wrong):
         assert isinstance(error.retry_after, int) and error.retry_after >= 1
