@@ -159,12 +159,11 @@ class Spool:
                 lines = _read_spool_file(path).splitlines()
             except PermissionError as exc:
                 # Not damage: another user's file (a shared ledger), whole, for its owner.
-                self._passed[path] = _as_was(path)
-                log.warning(
+                self._pass_over(
+                    path,
                     "spool file %s cannot be read by this user (%s); left in the spool for "
                     "its owner (uid %s) to record: run ometer as that user, or make the file "
                     "readable to this one",
-                    path,
                     exc.strerror or exc,
                     _owner(path),
                 )
@@ -175,11 +174,10 @@ class Spool:
             spans, bad = self._decode(lines)
             if newer := next((e for _, e in bad if isinstance(e, NewerColumn)), None):
                 # Not damage: the spans are whole, for an ometer that knows the column.
-                self._passed[path] = _as_was(path)
-                log.warning(
+                self._pass_over(
+                    path,
                     "spool file %s holds spans a newer ometer wrote (column %r); left in the "
                     "spool for it: run the newer ometer on this machine to record them",
-                    path,
                     newer.column,
                 )
                 continue
@@ -199,6 +197,12 @@ class Spool:
             if not keep:
                 self._remove(path)
         return done
+
+    def _pass_over(self, path: Path, message: str, *args: object) -> None:
+        """Leave ``path`` whole in the spool, passed over by this process while it stays as it
+        is, and say why once (``message`` with ``path`` first among its arguments)."""
+        self._passed[path] = _as_was(path)
+        log.warning(message, path, *args)
 
     def _remove(self, path: Path) -> None:
         """A drained file goes; one that cannot is passed over by this process from then on

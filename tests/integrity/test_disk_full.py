@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,25 +18,16 @@ import pytest
 
 from ollama_meter.ledger import SpanFilter, close_ledgers
 from ollama_meter.testing import OllamaEmulator
+from tests._tmpfs import small_tmpfs
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        if os.geteuid() == 0:
-            pytest.fail(f"cannot mount a tmpfs as root: {done.stderr.strip()}")
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    try:
-        yield mount
-    finally:
-        close_ledgers()
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_tmpfs(tmp_path, "32m") as mount:
+        try:
+            yield mount
+        finally:
+            close_ledgers()
 
 
 def fill(disk: Path) -> Path:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.records import Stored
+from tests._tmpfs import small_tmpfs
 from tests.factories import make_span
 
 _KINDS = ("good", "fifo", "link to /dev/zero", "link to a spool file", "folder", "dangling link")
@@ -189,20 +190,8 @@ def test_a_spool_file_a_newer_ometer_wrote_stays_in_the_spool_for_it(
 @pytest.fixture
 def read_only_later(tmp_path: Path) -> Iterator[Path]:
     """A small tmpfs of its own (CI runs as root), to be remounted read-only mid-test."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        if os.geteuid() == 0:
-            pytest.fail(f"cannot mount a tmpfs as root: {done.stderr.strip()}")
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    try:
+    with small_tmpfs(tmp_path, "8m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_spool_file_recorded_but_not_removable_is_not_recorded_again_by_every_write(
