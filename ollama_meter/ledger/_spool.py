@@ -59,14 +59,22 @@ def decode_span(line: str) -> SpanRecord:
     return span_from_row(row)
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """``data`` in a new file at ``path`` only its owner may read, synced to disk: what the
+    spool keeps holds whole spans (prompts and replies, with content capture on)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(fd, 0o600)  # a file left from before keeps its mode through O_CREAT
+        handle.write(data)
+        handle.flush()
+        os.fsync(fd)
+
+
 def write_atomically(path: Path, text: str | bytes) -> None:
     """``text`` at ``path`` durably, or nothing at all (temp file, fsync, rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with tmp.open("wb") as handle:
-            handle.write(text.encode() if isinstance(text, str) else text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_private(tmp, text.encode() if isinstance(text, str) else text)
         tmp.replace(path)
     except OSError:
         discard(tmp)
@@ -242,10 +250,7 @@ class Spool:
         numbers = ", ".join(str(index + 1) for index, _ in bad[:10])
         try:
             self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-            with target.open("wb") as handle:
-                handle.write(b"".join(lines[index] + b"\n" for index, _ in bad))
-                handle.flush()
-                os.fsync(handle.fileno())
+            write_private(target, b"".join(lines[index] + b"\n" for index, _ in bad))
         except OSError as exc:
             log.error(
                 "spool file %s: %d line(s) cannot be read (line %s: %s), and cannot be kept in "

@@ -267,3 +267,36 @@ def test_a_spool_file_another_user_owns_is_left_in_the_spool_for_them(
     owner = Ledger(sqlite_url, spool_dir=spool)  # its owner (here: root, all powers back)
     assert owner.spool.pending() == [] and owner.count() == 3
     owner.dispose()
+
+
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)  # one ledger file for every example, a spool folder of its own each
+@given(umask=st.sampled_from([0o000, 0o002, 0o022, 0o027, 0o077]))
+def test_what_the_spool_keeps_only_its_owner_may_read_whatever_the_umask(
+    sqlite_url: str, tmp_path: Path, umask: int
+) -> None:
+    """Spool files hold whole spans (with content capture on, prompts and replies) for as long
+    as the ledger is away, but were made 0644 under the usual umask while the journal beside
+    them is 0600: any user of the machine could read them. Every file the spool keeps is now
+    its owner's alone: spooled spans, quarantined spans, lines set aside as unreadable."""
+    from ollama_meter.ledger._spool import encode_span
+
+    spool = tmp_path / uuid.uuid4().hex
+    previous = os.umask(umask)
+    try:
+        ledger = Ledger(sqlite_url, spool_dir=spool)
+        ledger.spool.put([make_span()])
+        ledger.spool.quarantine(make_span(), "refused")
+        mixed = spool / f"1-1-{uuid.uuid4()}.jsonl"
+        mixed.write_text(encode_span(make_span()) + "\n{not json\n")
+        assert ledger.recover() == 2
+        ledger.spool.put([make_span()])
+    finally:
+        os.umask(previous)
+    kept = [p for p in spool.rglob("*") if p.is_file()]
+    assert sorted(p.suffix for p in kept) == [".json", ".jsonl", ".unreadable"], kept
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in kept} == {
+        p.name: oct(0o600) for p in kept
+    }
+    ledger.dispose()
