@@ -235,9 +235,10 @@ class MeteredCall:
         span = self.span
         span.latency_ns = ended_ns - self._t0
         span.ended_at = span.started_at + timedelta(microseconds=span.latency_ns // 1000)
-        if span.stream and self._first_ns is not None:
-            span.ttft_ns = self._first_ns - self._t0
         final = self.final
+        no_token = final is not None and final.output_tokens == 0 and not self.content_chunks
+        if span.stream and self._first_ns is not None and not no_token:
+            span.ttft_ns = self._first_ns - self._t0  # a call that generated nothing has none
         if final is not None:
             span.response_model = final.model or None
             span.done_reason = final.done_reason
@@ -258,6 +259,12 @@ class MeteredCall:
                 first - waited,
                 span.latency_ns - first,
             )
+            span.duration_source = DurationSource.MEASURED
+        elif final is not None and final.loaded_only and span.load_duration_ns is None:
+            # Ollama says only that it loaded the model: the call's time at Ollama was the
+            # load (priced as one, with charge_load), timed by the meter's clock.
+            waited = min((span.queue_ns or 0) + self.idle_ns, span.latency_ns)
+            span.load_duration_ns = span.latency_ns - waited
             span.duration_source = DurationSource.MEASURED
         else:
             span.duration_source = DurationSource.REPORTED

@@ -49,6 +49,9 @@ class Final:
     load_ns: int | None = None
     prompt_eval_ns: int | None = None
     eval_ns: int | None = None
+    loaded_only: bool = False
+    """The call only loaded the model into memory (nothing evaluated or generated): the time it
+    took is the load's, not busy time."""
 
 
 Event = Delta | Final | UpstreamError

@@ -133,9 +133,23 @@ class OllamaReader:
 
     @staticmethod
     def _final(obj: Any, *, output_tokens: int | None) -> Final:
+        reason = _text(obj.get("done_reason"))
+        if reason in _NOTHING_RUN:
+            # An empty prompt (or no messages) only loads the model, or with keep_alive 0
+            # unloads it: Ollama answers with no counts because nothing was evaluated or
+            # generated. Those omissions are exact zeros, not counts to estimate.
+            return Final(
+                model=_text(obj.get("model")),
+                done_reason=reason,
+                input_tokens=0,
+                output_tokens=0,
+                prompt_eval_ns=0,
+                eval_ns=0,
+                loaded_only=reason == "load",
+            )
         return Final(
             model=_text(obj.get("model")),
-            done_reason=_text(obj.get("done_reason")),
+            done_reason=reason,
             input_tokens=_count(obj.get("prompt_eval_count")),
             output_tokens=output_tokens,
             total_ns=_count(obj.get("total_duration")),
@@ -143,6 +157,10 @@ class OllamaReader:
             prompt_eval_ns=_count(obj.get("prompt_eval_duration")),
             eval_ns=_count(obj.get("eval_duration")),
         )
+
+
+_NOTHING_RUN = frozenset({"load", "unload"})
+"""Ollama's ``done_reason`` for a chat or generate call that only loaded or unloaded the model."""
 
 
 class OpenAIReader:

@@ -81,6 +81,49 @@ def test_generate_embed_and_legacy_embeddings(gateway: Gateway) -> None:
     assert ops["embeddings"].token_source == "estimated"
 
 
+def test_a_call_that_only_loads_or_unloads_a_model_is_a_span_with_no_tokens_or_busy_time(
+    gateway: Gateway,
+) -> None:
+    """An empty prompt (or no messages) only loads the model; with ``keep_alive: 0`` it unloads
+    it. Ollama answers ``done_reason`` ``load`` or ``unload`` and no counts: nothing was
+    evaluated or generated, so the span counts 0 tokens (exactly) and no busy time; a load's
+    time is the meter's clock, charged as a load (only with ``charge_load``)."""
+    from ollama_meter.pricing import to_micros
+
+    for pattern, charge_load in (("llama3.1:*", False), ("qwen2.5:*", True)):
+        gateway.ledger.add_price_rule(
+            PriceRule(
+                pattern=pattern, currency="USD", gpu_hour=Decimal("3.60"), charge_load=charge_load
+            )
+        )
+    client = ollama.Client(host=gateway.url)
+    assert client.generate(model="llama3.1:8b").done_reason == "load"
+    assert client.chat(model="qwen2.5:7b", messages=[], stream=True).__next__().done
+    assert client.generate(model="llama3.1:8b", keep_alive=0).done_reason == "unload"
+    assert client.chat(model="qwen2.5:7b", messages=[], keep_alive=0).done_reason == "unload"
+    unload_chat, unload_generate, load_chat, load_generate = spans(gateway)
+    for span, reason in (
+        (load_generate, "load"),
+        (load_chat, "load"),
+        (unload_generate, "unload"),
+        (unload_chat, "unload"),
+    ):
+        assert (span.status, span.done_reason) == ("ok", reason)
+        assert (span.input_tokens, span.output_tokens, span.token_source) == (0, 0, "reported")
+        assert (span.prompt_eval_duration_ns, span.eval_duration_ns) == (0, 0)
+        assert span.ttft_ns is None  # no token came
+    for load in (load_generate, load_chat):
+        assert load.duration_source == "measured"
+        assert load.load_duration_ns == load.latency_ns - load.queue_ns > 0
+    assert load_generate.cost_total == 0  # llama3.1: charge_load is off
+    assert load_chat.cost_total == to_micros(
+        Decimal(load_chat.load_duration_ns) / 10**9 / 3600 * Decimal("3.60")
+    )
+    for unload in (unload_generate, unload_chat):
+        assert (unload.duration_source, unload.load_duration_ns) == ("reported", None)
+        assert unload.cost_total == 0
+
+
 def test_openai_client_gets_what_it_asked_for(gateway: Gateway) -> None:
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", default_headers=SALES)
     whole = client.chat.completions.create(model="llama3.1:8b", messages=HI)  # type: ignore[arg-type]
