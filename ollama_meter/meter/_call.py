@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -236,6 +237,17 @@ class MeteredCall:
         span.latency_ns = ended_ns - self._t0
         span.ended_at = span.started_at + timedelta(microseconds=span.latency_ns // 1000)
         final = self.final
+        if final is not None and final.only is not None and self.prompt_text.strip():
+            # "Nothing ran" for a call that sent a prompt: not Ollama (which only loads for
+            # an empty one), so its zeros are not believed; the counts are estimated.
+            final = dataclasses.replace(
+                final,
+                input_tokens=None,
+                output_tokens=None,
+                prompt_eval_ns=None,
+                eval_ns=None,
+                only=None,
+            )
         no_token = final is not None and final.output_tokens == 0 and not self.content_chunks
         if span.stream and self._first_ns is not None and not no_token:
             span.ttft_ns = self._first_ns - self._t0  # a call that generated nothing has none
@@ -260,7 +272,7 @@ class MeteredCall:
                 span.latency_ns - first,
             )
             span.duration_source = DurationSource.MEASURED
-        elif final is not None and final.loaded_only and span.load_duration_ns is None:
+        elif final is not None and final.only == "load" and span.load_duration_ns is None:
             # Ollama says only that it loaded the model: the call's time at Ollama was the
             # load (priced as one, with charge_load), timed by the meter's clock.
             waited = min((span.queue_ns or 0) + self.idle_ns, span.latency_ns)

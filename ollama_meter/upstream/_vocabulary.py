@@ -49,9 +49,10 @@ class Final:
     load_ns: int | None = None
     prompt_eval_ns: int | None = None
     eval_ns: int | None = None
-    loaded_only: bool = False
-    """The call only loaded the model into memory (nothing evaluated or generated): the time it
-    took is the load's, not busy time."""
+    only: str | None = None
+    """``"load"`` or ``"unload"``: the call only loaded the model into memory, or unloaded it.
+    Nothing was evaluated or generated, so the counts and busy time are the zeros Ollama
+    omitted; a load's time is the load's."""
 
 
 Event = Delta | Final | UpstreamError
