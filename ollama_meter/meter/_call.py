@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -235,9 +236,21 @@ class MeteredCall:
         span = self.span
         span.latency_ns = ended_ns - self._t0
         span.ended_at = span.started_at + timedelta(microseconds=span.latency_ns // 1000)
-        if span.stream and self._first_ns is not None:
-            span.ttft_ns = self._first_ns - self._t0
         final = self.final
+        if final is not None and final.only is not None and self.prompt_text.strip():
+            # "Nothing ran" for a call that sent a prompt: not Ollama (which only loads for
+            # an empty one), so its zeros are not believed; the counts are estimated.
+            final = dataclasses.replace(
+                final,
+                input_tokens=None,
+                output_tokens=None,
+                prompt_eval_ns=None,
+                eval_ns=None,
+                only=None,
+            )
+        no_token = final is not None and final.output_tokens == 0 and not self.content_chunks
+        if span.stream and self._first_ns is not None and not no_token:
+            span.ttft_ns = self._first_ns - self._t0  # a call that generated nothing has none
         if final is not None:
             span.response_model = final.model or None
             span.done_reason = final.done_reason
@@ -258,6 +271,12 @@ class MeteredCall:
                 first - waited,
                 span.latency_ns - first,
             )
+            span.duration_source = DurationSource.MEASURED
+        elif final is not None and final.only == "load" and span.load_duration_ns is None:
+            # Ollama says only that it loaded the model: the call's time at Ollama was the
+            # load (priced as one, with charge_load), timed by the meter's clock.
+            waited = min((span.queue_ns or 0) + self.idle_ns, span.latency_ns)
+            span.load_duration_ns = span.latency_ns - waited
             span.duration_source = DurationSource.MEASURED
         else:
             span.duration_source = DurationSource.REPORTED

@@ -257,8 +257,8 @@ class OllamaRoutes(Handler):
         name, model, inputs, armed = request
         self._pause(self.emulator.latency)
         cold = self.emulator._warm(model)
-        out: dict[str, Any] = {"model": name}
-        if not inputs:
+        out: dict[str, Any] = {"model": name, "embeddings": []}
+        if not inputs:  # the model is loaded, nothing embedded (Embeddings is not omitempty)
             self._send_json(200, out)
             return
         # Each input is tokenized on its own, with what the model adds to every prompt.

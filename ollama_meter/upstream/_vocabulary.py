@@ -49,6 +49,10 @@ class Final:
     load_ns: int | None = None
     prompt_eval_ns: int | None = None
     eval_ns: int | None = None
+    only: str | None = None
+    """``"load"`` or ``"unload"``: the call only loaded the model into memory, or unloaded it.
+    Nothing was evaluated or generated, so the counts and busy time are the zeros Ollama
+    omitted; a load's time is the load's."""
 
 
 Event = Delta | Final | UpstreamError

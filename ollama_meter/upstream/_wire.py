@@ -97,6 +97,7 @@ class OllamaReader:
 
     def __init__(self, operation: str) -> None:
         self.embedding = operation in ("embed", "embeddings")
+        self.vectors = "embeddings" if operation == "embed" else "embedding"
         self.chat = operation == "chat"
         self.complete = False
 
@@ -106,6 +107,9 @@ class OllamaReader:
             return [failure]
         if self.embedding:  # one whole answer; embeddings produce no tokens
             self.complete = True
+            vectors = obj.get(self.vectors)
+            if isinstance(vectors, list) and not vectors:  # no input: the model is only loaded
+                return [self._loaded(obj, None, only="load")]
             return [self._final(obj, output_tokens=0)]
         events: list[Event] = [Delta(self._reply_text(obj), self._other_output(obj))]
         if obj.get("done") is True:
@@ -133,9 +137,12 @@ class OllamaReader:
 
     @staticmethod
     def _final(obj: Any, *, output_tokens: int | None) -> Final:
+        reason = _text(obj.get("done_reason"))
+        if reason in _NOTHING_RUN:
+            return OllamaReader._loaded(obj, reason, only=reason)
         return Final(
             model=_text(obj.get("model")),
-            done_reason=_text(obj.get("done_reason")),
+            done_reason=reason,
             input_tokens=_count(obj.get("prompt_eval_count")),
             output_tokens=output_tokens,
             total_ns=_count(obj.get("total_duration")),
@@ -143,6 +150,25 @@ class OllamaReader:
             prompt_eval_ns=_count(obj.get("prompt_eval_duration")),
             eval_ns=_count(obj.get("eval_duration")),
         )
+
+    @staticmethod
+    def _loaded(obj: Any, reason: str | None, *, only: str | None) -> Final:
+        """An answer to a call that only loaded the model (``only``: ``load``) or unloaded it:
+        an empty prompt, no messages, no input to embed. Ollama sends no counts because
+        nothing was evaluated or generated: those omissions are zeros, not counts to estimate."""
+        return Final(
+            model=_text(obj.get("model")),
+            done_reason=reason,
+            input_tokens=0,
+            output_tokens=0,
+            prompt_eval_ns=0,
+            eval_ns=0,
+            only=only,
+        )
+
+
+_NOTHING_RUN = frozenset({"load", "unload"})
+"""Ollama's ``done_reason`` for a chat or generate call that only loaded or unloaded the model."""
 
 
 class OpenAIReader:
@@ -223,7 +249,7 @@ def lacks(operation: str, obj: object) -> str | None:
 
     Ollama's whole chat or generate answer is one object with ``done: true``, an OpenAI one
     has its ``choices`` or ``data``; an Ollama embedding answer is an object (for no input,
-    it carries only the model).
+    it carries no vectors: older Ollama sent only the model).
     """
     if not isinstance(obj, dict):
         return "the body is not a JSON object"

@@ -81,6 +81,70 @@ def test_generate_embed_and_legacy_embeddings(gateway: Gateway) -> None:
     assert ops["embeddings"].token_source == "estimated"
 
 
+def test_a_call_that_only_loads_or_unloads_a_model_is_a_span_with_no_tokens_or_busy_time(
+    gateway: Gateway,
+) -> None:
+    """An empty prompt (or no messages) only loads the model; with ``keep_alive: 0`` it unloads
+    it. Ollama answers ``done_reason`` ``load`` or ``unload`` and no counts: nothing was
+    evaluated or generated, so the span counts 0 tokens (exactly) and no busy time; a load's
+    time is the meter's clock, charged as a load (only with ``charge_load``)."""
+    from ollama_meter.pricing import to_micros
+
+    for pattern, charge_load in (("llama3.1:*", False), ("qwen2.5:*", True)):
+        gateway.ledger.add_price_rule(
+            PriceRule(
+                pattern=pattern, currency="USD", gpu_hour=Decimal("3.60"), charge_load=charge_load
+            )
+        )
+    client = ollama.Client(host=gateway.url)
+    assert client.generate(model="llama3.1:8b").done_reason == "load"
+    assert client.chat(model="qwen2.5:7b", messages=[], stream=True).__next__().done
+    assert client.generate(model="llama3.1:8b", keep_alive=0).done_reason == "unload"
+    assert client.chat(model="qwen2.5:7b", messages=[], keep_alive=0).done_reason == "unload"
+    unload_chat, unload_generate, load_chat, load_generate = spans(gateway)
+    for span, reason in (
+        (load_generate, "load"),
+        (load_chat, "load"),
+        (unload_generate, "unload"),
+        (unload_chat, "unload"),
+    ):
+        assert (span.status, span.done_reason) == ("ok", reason)
+        assert (span.input_tokens, span.output_tokens, span.token_source) == (0, 0, "reported")
+        assert (span.prompt_eval_duration_ns, span.eval_duration_ns) == (0, 0)
+        assert span.ttft_ns is None  # no token came
+    for load in (load_generate, load_chat):
+        assert load.duration_source == "measured"
+        assert load.load_duration_ns == load.latency_ns - load.queue_ns > 0
+    assert load_generate.cost_total == 0  # llama3.1: charge_load is off
+    assert load_chat.cost_total == to_micros(
+        Decimal(load_chat.load_duration_ns) / 10**9 / 3600 * Decimal("3.60")
+    )
+    for unload in (unload_generate, unload_chat):
+        assert (unload.duration_source, unload.load_duration_ns) == ("reported", None)
+        assert unload.cost_total == 0
+
+
+def test_an_embedding_of_no_input_only_loads_the_model(
+    gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    """No input to embed: Ollama loads the model and answers no vectors and no counts. The
+    span counts 0 input tokens (exactly) and its time as the load's, not as busy time."""
+    gateway.ledger.add_price_rule(
+        PriceRule(pattern="*", currency="USD", gpu_hour=Decimal("3.60"), input_per_1m=Decimal(1))
+    )
+    client = ollama.Client(host=gateway.url)
+    assert client.embed(model="nomic-embed-text", input=[]).embeddings == []
+    assert client.embeddings(model="nomic-embed-text", prompt="").embedding == []
+    assert emulator.requests[-2].body["input"] == []  # the client sent it as it was given
+    legacy, embed = spans(gateway)
+    for span in (embed, legacy):
+        assert (span.status, span.input_tokens, span.output_tokens) == ("ok", 0, 0)
+        assert span.token_source == "reported"
+        assert (span.prompt_eval_duration_ns, span.eval_duration_ns) == (0, 0)
+        assert span.load_duration_ns == span.latency_ns - span.queue_ns
+        assert span.duration_source == "measured" and span.cost_total == 0
+
+
 def test_openai_client_gets_what_it_asked_for(gateway: Gateway) -> None:
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", default_headers=SALES)
     whole = client.chat.completions.create(model="llama3.1:8b", messages=HI)  # type: ignore[arg-type]
@@ -628,6 +692,49 @@ def test_an_answer_longer_than_the_gateway_reads_is_a_502_and_an_error_span(
     failed = spans(gw)
     assert [(s.status, s.operation) for s in failed] == [("error", "generate"), ("error", "chat")]
     assert all(s.error_type for s in failed)
+
+
+class _SaysNothingRan(BaseHTTPRequestHandler):
+    """An upstream that answers every call as if it only loaded the model, whatever it was sent."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        answer: dict[str, Any] = {"model": "m", "embeddings": []}
+        if self.path != "/api/embed":
+            answer = {"model": "m", "response": "", "done": True, "done_reason": "load"}
+        body = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_answer_that_says_nothing_ran_to_a_call_with_a_prompt_is_not_believed(
+    app: Any,
+) -> None:
+    """Ollama only loads a model for an empty prompt: "loaded, nothing ran" in answer to a real
+    prompt (a proxy, a lie) would make the call free, so its counts are estimated instead."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SaysNothingRan)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = app(f"http://127.0.0.1:{server.server_address[1]}")
+        prompt = "a prompt of seven words to be counted"
+        for path, body in (
+            ("/api/generate", {"model": "m", "prompt": prompt, "stream": False}),
+            ("/api/embed", {"model": "m", "input": prompt}),
+        ):
+            assert gw.client.post(path, json=body).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    for span in spans(gw):
+        assert (span.input_tokens, span.token_source) == (estimate_tokens(prompt), "estimated")
+        assert span.input_tokens > 0 and span.duration_source == "measured"
+        assert span.load_duration_ns is None
 
 
 @pytest.mark.parametrize(
