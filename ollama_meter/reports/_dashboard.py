@@ -5,7 +5,7 @@ Everything comes from the report functions (:func:`spend_report`,
 dashboard, ``/api/dash`` and ``ometer report`` always agree. Money is never
 summed across currencies: every amount here sits next to its currency, and the
 counts (calls, errors, tokens) are the only figures that span currencies.
-Reads the ledger; never writes it.
+Reads the ledger; never writes it. ``/api/dash``'s JSON is built in :mod:`._dashboard_json`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ from ollama_meter.periods import (
     parse_period,
     window_between,
 )
-from ollama_meter.records import Micros, format_micros
+from ollama_meter.records import Micros
 from ollama_meter.reports._perf import PerfReport, perf_report
-from ollama_meter.reports._render import iso_utc
-from ollama_meter.reports._rows import PerfRow, SpendRow, per_department
+from ollama_meter.reports._rows import SpendRow, per_department
 from ollama_meter.reports._spend import SpendReport, spend_report
 
 PERIOD_CHOICES = {
@@ -181,8 +180,12 @@ def share(part: int, whole: int, places: int = 1) -> Decimal | None:
 
 @dataclass(frozen=True, slots=True)
 class DepartmentDrill:
-    """One department's drill-down in one currency: its sums and its rows by model, user and time."""
+    """One department's drill-down in one currency: its sums and its rows by model, user and time.
 
+    A department is a tenant's: acme's ``research`` and globex's are two departments.
+    """
+
+    tenant: str
     name: str
     cost: Micros
     row: SpendRow
@@ -204,14 +207,18 @@ class Dashboard:
     options: dict[str, list[str]]
     """Tenants, departments and models with calls in the window, whatever the filters."""
     spend: SpendReport
-    """By department, model and :attr:`unit`: the charts, the model list and the drill-down."""
+    """By tenant, department, model and :attr:`unit`: the charts, the model list and the
+    drill-down."""
     users: SpendReport
-    """By department and user."""
+    """By tenant, department and user."""
     previous_totals: list[SpendRow]
     timing_by_time: PerfReport
     timing_by_model: PerfReport
     failures: list[FailureCount]
     budgets: list[BudgetStatus]
+    department_keys: list[tuple[str, str]] = field(default_factory=list)
+    """(department, tenant) with calls in the window, whatever the filters, in order: each
+    keeps its place (and so its colour) whatever is filtered."""
     totals: list[SpendRow] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -220,6 +227,11 @@ class Dashboard:
     @property
     def currencies(self) -> list[str]:
         return [t.currency for t in self.totals]
+
+    @property
+    def several_tenants(self) -> bool:
+        """Whether the figures span more than one tenant: a name alone then says too little."""
+        return len({row.label("tenant") for row in self.spend.rollup(["tenant"])}) > 1
 
     def counts(self) -> dict[str, int]:
         """Calls, errors, tokens and unpriced calls over every currency: counts, never money."""
@@ -243,106 +255,45 @@ class Dashboard:
     def in_currency(self, rows: list[SpendRow], currency: str) -> list[SpendRow]:
         return [row for row in rows if row.currency == currency]
 
-    def by_cost(self, rows: list[SpendRow], name: str) -> list[SpendRow]:
-        """Rows by descending cost, then name: the order of every top list."""
-        return sorted(rows, key=lambda r: (-r.cost, r.label(name)))
+    def by_cost(self, rows: list[SpendRow], *names: str) -> list[SpendRow]:
+        """Rows by descending cost, then ``names``: the order of every top list."""
+        return sorted(rows, key=lambda r: (-r.cost, *(r.label(name) for name in names)))
+
+    def top_users(self, currency: str) -> list[SpendRow]:
+        """Users in ``currency`` by cost; a user is a tenant's (two tenants' alice are two)."""
+        return self.by_cost(
+            self.in_currency(self.users.rollup(["tenant", "user"]), currency), "user", "tenant"
+        )
 
     def departments(self, currency: str) -> list[DepartmentDrill]:
-        """Per department in ``currency``, by cost: its sums, and its models, users and days."""
+        """Per (tenant, department) in ``currency``, by cost: its sums, models, users and days."""
         # Each kind of row is split by department once: picking each department's rows out
         # of all of them made the work grow with the square of the departments.
-        models = per_department(self.spend.rollup(["department", "model"]), currency)
+        models = per_department(self.spend.rollup(["tenant", "department", "model"]), currency)
         users = per_department(self.users.rows, currency)
-        days = per_department(self.spend.rollup(["department", self.unit]), currency)
-        rows = self.in_currency(self.spend.rollup(["department"]), currency)
-        return [
-            DepartmentDrill(
-                name=(name := row.label("department")),
-                cost=row.cost,
-                row=row,
-                models=self.by_cost(models.get(name, []), "model"),
-                users=self.by_cost(users.get(name, []), "user"),
-                days=days.get(name, []),
+        days = per_department(self.spend.rollup(["tenant", "department", self.unit]), currency)
+        rows = self.in_currency(self.spend.rollup(["tenant", "department"]), currency)
+        drills = []
+        for row in self.by_cost(rows, "department", "tenant"):
+            key = (row.label("tenant"), row.label("department"))
+            drills.append(
+                DepartmentDrill(
+                    tenant=key[0],
+                    name=key[1],
+                    cost=row.cost,
+                    row=row,
+                    models=self.by_cost(models.get(key, []), "model"),
+                    users=self.by_cost(users.get(key, []), "user"),
+                    days=days.get(key, []),
+                )
             )
-            for row in self.by_cost(rows, "department")
-        ]
+        return drills
 
     def to_json(self) -> dict[str, Any]:
         """``/api/dash``: exact money as decimal strings, each with its currency."""
-        unit = self.unit
-        counts = self.counts()
-        previous = self.previous_counts()
-        rate = share(counts["errors"], counts["requests"], 2)
-        return {
-            "period": {
-                "query": self.query.selected,
-                "label": self.window.label,
-                "start": iso_utc(self.window.start),
-                "end": iso_utc(self.window.end),
-                "unit": unit,
-                "previous": {
-                    "label": self.previous.label,
-                    "start": iso_utc(self.previous.start),
-                    "end": iso_utc(self.previous.end),
-                    **previous,
-                },
-            },
-            "filters": self.query.filters(),
-            "currencies": self.currencies,
-            "summary": {
-                **counts,
-                "error_rate": _text(None if rate is None else rate.scaleb(-2)),  # as perf has it
-            },
-            "spend": [
-                {
-                    "currency": currency,
-                    "cost": format_micros(total.cost),
-                    "previous_cost": format_micros(self.previous_cost(currency)),
-                    "change_percent": _text(change(total.cost, self.previous_cost(currency))),
-                    "requests": total.requests,
-                    "unpriced_requests": total.unpriced_requests,
-                }
-                for currency, total in zip(self.currencies, self.totals, strict=True)
-            ],
-            f"spend_by_department_by_{unit}": _money_rows(
-                self.spend.rollup(["department", unit]), ["department", unit]
-            ),
-            f"requests_by_{unit}": [
-                {unit: label, "requests": r["requests"], "errors": r["errors"]}
-                for label, r in self.requests_by_time().items()
-            ],
-            "models": _money_rows(
-                self.by_cost(self.spend.rollup(["model"]), "model"),
-                ["model", "input_tokens", "output_tokens", "unpriced_requests"],
-            ),
-            "top_users": [
-                row
-                for currency in self.currencies
-                for row in _money_rows(
-                    self.by_cost(self.in_currency(self.users.rollup(["user"]), currency), "user")[
-                        :TOP
-                    ],
-                    ["user"],
-                )
-            ],
-            "departments": [
-                {
-                    **_money_rows([d.row], ["department"])[0],
-                    "models": _money_rows(d.models, ["model"]),
-                    "users": _money_rows(d.users, ["user"]),
-                    unit: _money_rows(d.days, [unit]),
-                }
-                for currency in self.currencies
-                for d in self.departments(currency)
-            ],
-            "budgets": [budget_json(b) for b in self.budgets],
-            f"timing_by_{unit}": [_plain(r) for r in self.timing_by_time.rows],
-            "timing_by_model": [_plain(r) for r in self.timing_by_model.rows],
-            "failures": [
-                {"status": f.status, "error_type": f.error_type, "requests": f.requests}
-                for f in self.failures
-            ],
-        }
+        from ollama_meter.reports._dashboard_json import dashboard_json  # it builds on this module
+
+        return dashboard_json(self)
 
     def requests_by_time(self) -> dict[str, dict[str, int]]:
         """Calls and errors per time bucket, every bucket present (0 where none)."""
@@ -361,47 +312,6 @@ def change(now: int, before: int) -> Decimal | None:
 
 def budget_share(status: BudgetStatus) -> Decimal:
     return share(status.spent, status.budget.limit) or Decimal(0)
-
-
-def budget_json(status: BudgetStatus) -> dict[str, Any]:
-    budget = status.budget
-    return {
-        "id": budget.id,
-        "scope": budget.scope(status.tenant),
-        "period": budget.period,
-        "period_label": status.window.label,
-        "currency": budget.currency,
-        "hard": budget.hard,
-        "spent": format_micros(status.spent),
-        "held": format_micros(status.held),
-        "limit": format_micros(budget.limit),
-        "percent": _text(budget_share(status)),
-        "projected": format_micros(status.projected),
-        "projected_percent": _text(share(status.projected, budget.limit)),
-        "state": status.state,
-    }
-
-
-def _text(value: Decimal | None) -> str | None:
-    return None if value is None else f"{value:f}"
-
-
-def _plain(row: PerfRow) -> dict[str, object]:
-    return {key: _text(v) if isinstance(v, Decimal) else v for key, v in row.items()}
-
-
-def _money_rows(rows: list[SpendRow], keys: list[str]) -> list[dict[str, object]]:
-    """Rows for JSON: ``keys``, then calls, errors, the exact cost and its currency."""
-    return [
-        {
-            **{key: row[key] for key in keys},
-            "requests": row.requests,
-            "errors": row.errors,
-            "cost": format_micros(row.cost),
-            "currency": row.currency,
-        }
-        for row in rows
-    ]
 
 
 def dashboard_report(
@@ -439,11 +349,16 @@ def dashboard_report(
         unit=unit,
         buckets=[label for _, label in bucket_bounds(window, unit, tz)],
         options=options,
-        spend=spend_report(ledger, window, ["department", "model", unit], tz=tz, **filters),
-        users=spend_report(ledger, window, ["department", "user"], tz=tz, **filters),
+        spend=spend_report(
+            ledger, window, ["tenant", "department", "model", unit], tz=tz, **filters
+        ),
+        users=spend_report(ledger, window, ["tenant", "department", "user"], tz=tz, **filters),
         previous_totals=spend_report(ledger, previous, [], tz=tz, **filters).totals(),
         timing_by_time=perf_report(ledger, window, [], unit=unit, tz=tz, **filters),
         timing_by_model=perf_report(ledger, window, ["model"], **filters),
         failures=failures_report(ledger, window, **filters),
         budgets=budgets,
+        department_keys=sorted(
+            {(row.label("department"), row.label("tenant")) for row in everything.rows}
+        ),
     )

@@ -1,8 +1,8 @@
-"""The dashboard page: cards, per-currency panels, budget gauges and timing charts.
+"""The dashboard page: cards, per-currency panels and budget gauges.
 
 Built from a :class:`~ollama_meter.reports._dashboard.Dashboard` (the numbers)
-and rendered with the HTML module's templates and filters; the page loads
-nothing from anywhere (see :mod:`._html`).
+and rendered with the HTML module's templates and filters, with the timing charts of
+:mod:`._dashboard_timing`; the page loads nothing from anywhere (see :mod:`._html`).
 """
 
 from __future__ import annotations
@@ -17,16 +17,13 @@ from ollama_meter.budgets import BudgetStatus
 from ollama_meter.records import format_micros
 from ollama_meter.reports._charts import (
     WIDE,
-    Bar,
     Chart,
     Gauge,
     LegendItem,
-    Segment,
     Series,
     bars,
     columns,
     gauge,
-    lines,
     series_class,
 )
 from ollama_meter.reports._dashboard import (
@@ -38,11 +35,11 @@ from ollama_meter.reports._dashboard import (
     change,
     share,
 )
+from ollama_meter.reports._dashboard_timing import timing_charts
 from ollama_meter.reports._html import (
     asset,
     cost_bar,
     money,
-    ms,
     num,
     percent,
     render_template,
@@ -85,6 +82,10 @@ class Card:
 @dataclass
 class DepartmentPanel:
     name: str
+    label: str
+    """The name as shown: with its tenant when the page shows several (see :func:`named`)."""
+    tenant: str | None
+    """The department's tenant when the page shows several, else None (and no attribute)."""
     anchor: str
     css: str
     drill: DepartmentDrill
@@ -101,7 +102,8 @@ class CurrencyPanel:
     model_chart: Chart
     top_models: list[tuple[SpendRow, Decimal | None]]
     """The biggest models in this currency, each with its share of the spend."""
-    top_users: list[tuple[SpendRow, Decimal | None]]
+    top_users: list[tuple[SpendRow, str, Decimal | None]]
+    """The biggest users in this currency, each with its label and its share of the spend."""
     departments: list[DepartmentPanel] = field(default_factory=list)
 
 
@@ -198,16 +200,25 @@ def _change_note(delta: Decimal | None, before: str) -> str:
     return f"{arrow} {abs(delta):f} % vs {before}"
 
 
+def named(name: str, tenant: str | None) -> str:
+    """A department or user as the page shows it: ``research (globex)`` when ``tenant`` is
+    given, which it is whenever the page shows more than one tenant."""
+    return name if tenant is None else f"{name} ({tenant})"
+
+
 def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
-    colours = {name: series_class(i) for i, name in enumerate(d.options["department"])}
+    colours = {key: series_class(i) for i, key in enumerate(d.department_keys)}
     departments = d.departments(currency)
     cost = sum(dept.cost for dept in departments)
     xs = d.buckets
+    # Several tenants: a department is named with its tenant, and its link filters to it.
+    several = d.several_tenants
     series = []
     panels = []
     for index, dept in enumerate(departments):
-        name = dept.name
-        css = colours.get(name, series_class(len(colours) + index))
+        tenant = dept.tenant if several else None
+        name = named(dept.name, tenant)
+        css = colours.get((dept.name, dept.tenant), series_class(len(colours) + index))
         anchor = f"dept-{currency}-{index}"
         by_time = {r.label(d.unit): r.cost for r in dept.days}
         values = [to_decimal(by_time.get(x, 0)) for x in xs]
@@ -224,13 +235,19 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         )
         panels.append(
             DepartmentPanel(
-                name=name,
+                name=dept.name,
+                label=name,
+                tenant=tenant,
                 anchor=anchor,
                 css=css,
                 drill=dept,
                 share=share(dept.cost, cost),
                 chart=alone,
-                filter_href=links.href(dept=name),
+                filter_href=(
+                    links.href(tenant=tenant, dept=dept.name)
+                    if tenant is not None
+                    else links.href(dept=dept.name)
+                ),
             )
         )
     spend_chart = columns(
@@ -244,7 +261,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
     )
     spend_chart.legend = [
         LegendItem(
-            name=p.name,
+            name=p.label,
             css=p.css,
             value=money(p.drill.cost),
             tip=f"{format_micros(p.drill.cost)} {currency}",
@@ -253,7 +270,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         for p in panels
     ]
     models = d.by_cost(d.in_currency(d.spend.rollup(["model"]), currency), "model")
-    users = d.by_cost(d.in_currency(d.users.rollup(["user"]), currency), "user")
+    users = d.top_users(currency)
     model_chart = bars(
         f"Spend by model in {currency}",
         [
@@ -268,138 +285,22 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         spend_chart=spend_chart,
         model_chart=model_chart,
         top_models=[(m, share(m.cost, cost)) for m in models[:TOP]],
-        top_users=[(u, share(u.cost, cost)) for u in users[:TOP]],
+        top_users=[
+            (
+                u,
+                _user_label(u.label("user"), u.label("tenant") if several else None),
+                share(u.cost, cost),
+            )
+            for u in users[:TOP]
+        ],
         departments=panels,
     )
 
 
-def _timing_charts(d: Dashboard) -> dict[str, Chart]:
-    by_time = {r.label(d.unit): r for r in d.timing_by_time.rows}
-    xs = d.buckets
-
-    def percentiles(label: str, column: str, css: str) -> Chart:
-        series = []
-        for p in ("p50", "p95"):
-            values: list[Decimal | None] = []
-            for x in xs:
-                row = by_time.get(x)
-                value = None if row is None else row.get(f"{column}_{p}_ms")
-                values.append(value if isinstance(value, Decimal) else None)
-            tips = [
-                f"{label} {p} · {x}: {'no data' if v is None else f'{v:f} ms'}"
-                for x, v in zip(xs, values, strict=True)
-            ]
-            exact = ["" if v is None else f"{v:f}" for v in values]
-            series.append(Series(f"{p}", css, values, tips, exact, dashed=p == "p95"))
-        return lines(
-            f"{label} per {d.unit}, p50 and p95",
-            xs,
-            series,
-            unit="ms",
-            x_text=lambda x: short_label(x, d.unit),
-        )
-
-    models = d.timing_by_model.rows
-
-    def model_bars(label: str, unit: str, rows: list[tuple[str, Decimal, str, str]]) -> Chart:
-        return bars(
-            label,
-            [
-                Bar(name, [Segment(value, "accent", tip, f"{value:f}")], text)
-                for name, value, text, tip in rows
-            ],
-            unit=unit,
-        )
-
-    speed = model_bars(
-        "Output tokens per second by model (median)",
-        "tok/s",
-        [
-            (r.label("model"), v, f"{v:,f}", f"{r.label('model')}: {v:f} tokens/s")
-            for r in models
-            if (v := r.tokens_per_s) is not None
-        ],
-    )
-    cold = model_bars(
-        "Cold model loads",
-        "loads",
-        [
-            (
-                r.label("model"),
-                Decimal(r.cold_loads),
-                f"{r.cold_loads} ({r.cold_load_s} s)",
-                f"{r.label('model')}: {r.cold_loads} cold load(s), {r.cold_load_s} s loading",
-            )
-            for r in models
-            if r.cold_loads > 0
-        ],
-    )
-    queue = model_bars(
-        "Waiting inside Ollama, p95 by model",
-        "ms",
-        [
-            (
-                r.label("model"),
-                v,
-                ms(v),
-                f"{r.label('model')}: p50 {r.queue_p50_ms} ms, p95 {v:f} ms",
-            )
-            for r in models
-            if (v := r.queue_p95_ms) is not None
-        ],
-    )
-    failures = bars(
-        "Failed calls by type",
-        [
-            Bar(
-                label=f"{f.status} · {f.error_type}" if f.error_type else f.status,
-                segments=[
-                    Segment(
-                        Decimal(f.requests),
-                        "err",
-                        f"{f.status} {f.error_type or ''}: {f.requests} call(s)",
-                        str(f.requests),
-                    )
-                ],
-                text=num(f.requests),
-            )
-            for f in d.failures
-        ],
-        unit="calls",
-    )
-    calls = d.requests_by_time()
-    counts = columns(
-        f"Calls and errors per {d.unit}",
-        xs,
-        [
-            Series(
-                "calls without error",
-                "calls",
-                [Decimal(calls[x]["requests"] - calls[x]["errors"]) for x in xs],
-                [f"{x}: {calls[x]['requests']} call(s), {calls[x]['errors']} error(s)" for x in xs],
-                [str(calls[x]["requests"] - calls[x]["errors"]) for x in xs],
-            ),
-            Series(
-                "errors",
-                "err",
-                [Decimal(calls[x]["errors"]) for x in xs],
-                [f"{x}: {calls[x]['errors']} error(s)" for x in xs],
-                [str(calls[x]["errors"]) for x in xs],
-            ),
-        ],
-        unit="calls",
-        x_text=lambda x: short_label(x, d.unit),
-    )
-    counts.legend = [LegendItem("calls without error", "calls"), LegendItem("errors", "err")]
-    return {
-        "ttft": percentiles("Time to first token", "ttft", "ttft"),
-        "latency": percentiles("Latency", "latency", "lat"),
-        "speed": speed,
-        "cold": cold,
-        "queue": queue,
-        "failures": failures,
-        "calls": counts,
-    }
+def _user_label(user: str, tenant: str | None) -> str:
+    if not user:
+        return "(no user)" if tenant is None else f"(no user, {tenant})"
+    return named(user, tenant)
 
 
 def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
@@ -420,7 +321,8 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
         counts=counts,
         unpriced_models=unpriced_models,
         panels=[_currency_panel(d, c, links) for c in d.currencies],
+        several_tenants=d.several_tenants,
         budgets=[_budget_panel(b) for b in d.budgets],
-        charts=_timing_charts(d),
+        charts=timing_charts(d),
         short=lambda x: short_label(x, d.unit),
     )

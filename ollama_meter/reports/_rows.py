@@ -136,10 +136,13 @@ class ChargebackRow(Row):
     the columns by position); the bill's warning and the HTML file name them."""
 
 
-def per_department(rows: list[SpendRow], currency: str) -> dict[str, list[SpendRow]]:
-    """``rows`` in ``currency`` by their department, each list in the order given."""
-    grouped: dict[str, list[SpendRow]] = defaultdict(list)
+def per_department(rows: list[SpendRow], currency: str) -> dict[tuple[str, str], list[SpendRow]]:
+    """``rows`` in ``currency`` by their (tenant, department), each list in the order given.
+
+    A department is a tenant's: two tenants' ``research`` are two departments, never one.
+    """
+    grouped: dict[tuple[str, str], list[SpendRow]] = defaultdict(list)
     for row in rows:
         if row.currency == currency:
-            grouped[row.label("department")].append(row)
+            grouped[(row.label("tenant"), row.label("department"))].append(row)
     return grouped

@@ -459,3 +459,96 @@ def test_budget_gauges_cut_periods_where_the_gate_does(
     gw = app_on(emulator.url, sqlite_url, clock=lambda: at)  # OMETER_TIMEZONE=UTC
     [gauge] = gw.client.get("/api/dash").json()["budgets"]
     assert (gauge["period_label"], gauge["spent"]) == ("2026-11", "0.001000")
+
+
+def two_research_departments(gw: Gateway) -> None:
+    """Acme's research spends 1.25 and globex's 0.75 (alice 0.50, bob 0.25): never one 2.00."""
+    gw.ledger.record(
+        [
+            make_span(started_at=TODAY, tenant=tenant, department=dept, user=user,
+                      cost_total=micros, unpriced=False)
+            for tenant, dept, user, micros in [
+                ("acme", "research", "alice", 1_250_000),
+                ("globex", "research", "alice", 500_000),
+                ("globex", "research", "bob", 250_000),
+                ("acme", "sales", "carol", 100_000),
+            ]
+        ]
+    )  # fmt: skip
+
+
+def test_departments_and_users_of_the_same_name_in_two_tenants_stay_apart(dash: Gateway) -> None:
+    """Acme's and globex's ``research`` were one department spending 2.00 (one panel, one
+    series, a link filtering both), and alice of either tenant one user."""
+    two_research_departments(dash)
+    data = dash.client.get("/api/dash").json()
+    assert [
+        (r["tenant"], r["department"], r["day"], r["cost"])
+        for r in data["spend_by_department_by_day"]
+    ] == [
+        ("acme", "research", "2026-11-20", "1.250000"),
+        ("acme", "sales", "2026-11-20", "0.100000"),
+        ("globex", "research", "2026-11-20", "0.750000"),
+    ]
+    assert [
+        (d["tenant"], d["department"], d["cost"], [(u["user"], u["cost"]) for u in d["users"]])
+        for d in data["departments"]
+    ] == [
+        ("acme", "research", "1.250000", [("alice", "1.250000")]),
+        ("globex", "research", "0.750000", [("alice", "0.500000"), ("bob", "0.250000")]),
+        ("acme", "sales", "0.100000", [("carol", "0.100000")]),
+    ]
+    assert [(u["tenant"], u["user"], u["cost"]) for u in data["top_users"]] == [
+        ("acme", "alice", "1.250000"),
+        ("globex", "alice", "0.500000"),
+        ("globex", "bob", "0.250000"),
+        ("acme", "carol", "0.100000"),
+    ]
+    page = dash.client.get("/dashboard").text
+    assert 'data-tip="research (acme) · 2026-11-20: 1.250000 USD"' in page
+    assert 'data-tip="research (globex) · 2026-11-20: 0.750000 USD"' in page
+    assert "2.000000" not in page
+    panels = re.findall(
+        r'<details id="(dept-USD-\d)" class="drill" data-department="research" '
+        r'data-tenant="(\w+)">\s*<summary>.*?<span class="name">([^<]*)</span>'
+        r'<span class="num" title="([\d.]+) USD">.*?<a class="drill-link" href="([^"]*)">',
+        page,
+        re.S,
+    )
+    assert panels == [
+        ("dept-USD-0", "acme", "research (acme)", "1.250000",
+         "/dashboard?tenant=acme&amp;dept=research"),
+        ("dept-USD-1", "globex", "research (globex)", "0.750000",
+         "/dashboard?tenant=globex&amp;dept=research"),
+    ]  # fmt: skip
+    users = re.findall(
+        r'<tr data-user="(\w+)" data-tenant="(\w+)"><td>([^<]*)</td>.*?data-value="([\d.]+)"',
+        page.split('class="data top-users"')[1].split("</table>")[0],
+    )
+    assert users == [
+        ("alice", "acme", "alice (acme)", "1.250000"),
+        ("alice", "globex", "alice (globex)", "0.500000"),
+        ("bob", "globex", "bob (globex)", "0.250000"),
+        ("carol", "acme", "carol (acme)", "0.100000"),
+    ]
+    # The link shows globex's research alone: its 0.75, not both tenants' 2.00.
+    only = dash.client.get("/api/dash?tenant=globex&dept=research").json()
+    assert [(s["cost"], s["requests"]) for s in only["spend"]] == [("0.750000", 2)]
+
+
+def test_one_tenant_on_the_page_names_departments_and_users_as_before(dash: Gateway) -> None:
+    """With a tenant filter (or one tenant in the ledger) nothing needs telling apart: the
+    names stay bare, and a department's link keeps the filter already there."""
+    two_research_departments(dash)
+    page = dash.client.get("/dashboard?tenant=globex").text
+    assert re.search(
+        r'<details id="dept-USD-0" class="drill" data-department="research">\s*<summary>'
+        r'<span class="swatch [\w-]+"></span><span class="name">research</span>',
+        page,
+    )
+    assert 'href="/dashboard?tenant=globex&amp;dept=research">Show only research' in page
+    assert '<tr data-user="alice"><td>alice</td>' in page and "(globex)" not in page
+    data = dash.client.get("/api/dash?tenant=globex").json()
+    assert [(d["tenant"], d["department"], d["cost"]) for d in data["departments"]] == [
+        ("globex", "research", "0.750000")
+    ]

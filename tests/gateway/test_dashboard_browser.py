@@ -190,7 +190,7 @@ def test_dashboard_numbers_drill_down_and_filters(
     assert "calls are refused" in meters["acme/support"].inner_text()
 
     # hover a column segment: its exact value
-    segment = page.locator('rect.mark[data-series="engineering"]').first
+    segment = page.locator('rect.mark[data-series="engineering (acme)"]').first  # two tenants
     segment.hover()
     tip = page.locator(".tip")
     assert tip.is_visible() and tip.inner_text() == segment.get_attribute("data-tip")
@@ -326,6 +326,43 @@ def test_html_report_file_in_the_browser(
     assert page.locator("#rows tbody tr").count() == len(csv.stdout.splitlines()) - 1
     assert page.locator("svg.chart rect.mark").count() > 0
     page.screenshot(path=str(shots / "report.png"))  # the top: totals, chart, first rows
+    assert watched.problems == []
+
+
+def test_the_same_department_in_two_tenants_opens_and_filters_its_own_panel(
+    browser: Any, serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """Acme's and globex's ``research`` were one panel spending both tenants' money, and its
+    "Show only" link filtered ``dept=research`` across both."""
+    gw = serve_on(emulator.url, sqlite_url, clock=lambda: OFFICE_NOW)
+    at = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
+    gw.ledger.record(
+        [
+            make_span(started_at=at, tenant=tenant, department="research", user=user,
+                      cost_total=micros, unpriced=False)
+            for tenant, user, micros in [
+                ("acme", "alice", 1_250_000), ("globex", "alice", 500_000), ("globex", "bob", 250_000)
+            ]
+        ]
+    )  # fmt: skip
+    watched = open_page(
+        browser, f"{gw.url}/dashboard", gw.url, viewport={"width": 1280, "height": 900}
+    )
+    page = watched.page
+    acme = page.locator('details[data-department="research"][data-tenant="acme"]')
+    globex = page.locator('details[data-department="research"][data-tenant="globex"]')
+    page.locator(".legend a", has_text="research (globex)").click()
+    assert globex.evaluate("el => el.open") and not acme.evaluate("el => el.open")
+    assert globex.locator("summary .name").inner_text() == "research (globex)"
+    assert globex.locator("summary .num").first.get_attribute("title") == "0.750000 USD"
+    assert globex.locator(".drill-users tbody tr").evaluate_all(
+        "rows => rows.map(r => [r.cells[0].textContent, r.cells[2].dataset.value])"
+    ) == [["alice", "0.500000"], ["bob", "0.250000"]]
+    globex.locator("a.drill-link").click()
+    page.wait_for_url("**dept=research**")
+    assert page.url == f"{gw.url}/dashboard?tenant=globex&dept=research"
+    assert card(page, "spend-USD")[1] == "0.750000"
+    assert page.locator("details.drill").count() == 1
     assert watched.problems == []
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -446,3 +447,73 @@ def test_the_drill_down_reads_each_row_a_few_times_not_once_per_department(
     few = _label_reads(monkeypatch, Ledger(sqlite_url), 50)
     many = _label_reads(monkeypatch, Ledger(sqlite_url.replace(".db", "-many.db")), 400)
     assert many <= 8 * few * 1.25  # 8 times the departments: 8 times the reads, not 64
+
+
+_tenants_calls = st.lists(
+    st.tuples(
+        st.sampled_from(["acme", "globex"]),
+        st.sampled_from(["research", "sales"]),
+        st.sampled_from(["alice", "bob", None]),
+        st.sampled_from(["USD", "EUR"]),
+        st.integers(min_value=0, max_value=10**12),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(calls=_tenants_calls)
+def test_a_department_or_user_is_a_tenants_whatever_the_names(
+    sqlite_url: str, calls: list[tuple[str, str, str | None, str, int]]
+) -> None:
+    """Acme's and globex's ``research`` (and ``alice``) were summed into one on the dashboard:
+    in ``/api/dash`` and on the page, every department and user is per tenant, exactly."""
+    from ollama_meter.reports import Links, render_dashboard
+
+    ledger = Ledger(sqlite_url)
+    day = date(2020, 1, 1) + timedelta(days=next(_example))  # examples share the ledger
+    ledger.record(
+        [
+            make_span(
+                started_at=datetime(day.year, day.month, day.day, 8, tzinfo=UTC),
+                tenant=tenant, department=dept, user=user, currency=currency, cost_total=cost,
+            )
+            for tenant, dept, user, currency, cost in calls
+        ]
+    )  # fmt: skip
+    d = dashboard_report(ledger, DashQuery(period=day.isoformat()), tz=UTC_ZONE, now=OFFICE_NOW)
+    data = d.to_json()
+    departments: dict[tuple[str, str, str], int] = defaultdict(int)
+    users: dict[tuple[str, str, str], int] = defaultdict(int)
+    for tenant, dept, user, currency, cost in calls:
+        departments[(currency, tenant, dept)] += cost
+        users[(currency, tenant, user or "")] += cost
+    expected = {key: format_micros(cost) for key, cost in departments.items()}
+    assert sorted(
+        ((r["currency"], r["tenant"], r["department"]), r["cost"]) for r in data["departments"]
+    ) == sorted(expected.items())
+    assert {
+        (r["currency"], r["tenant"], r["department"]): r["cost"]
+        for r in data["spend_by_department_by_day"]
+    } == expected and len(data["spend_by_department_by_day"]) == len(expected)
+    assert sorted(
+        ((r["currency"], r["tenant"], r["user"]), r["cost"]) for r in data["top_users"]
+    ) == sorted((key, format_micros(cost)) for key, cost in users.items())
+    several = len({tenant for tenant, *_ in calls}) > 1
+    page = render_dashboard(d, links=Links("/dashboard", {}), zone="UTC")
+    panels = re.findall(
+        r'<details id="(dept-(\w+)-\d+)" class="drill" data-department="(\w+)"'
+        r'(?: data-tenant="(\w+)")?>\s*<summary><span class="swatch [\w-]+"></span>'
+        r'<span class="name">([^<]*)</span><span class="num" title="([\d.]+) \w+">',
+        page,
+    )
+    assert len({anchor for anchor, *_ in panels}) == len(panels) == len(expected)
+    shown = {}
+    for _, currency, dept, tenant, label, cost in panels:
+        assert (tenant != "") == several
+        assert label == (f"{dept} ({tenant})" if several else dept)
+        shown[(currency, tenant or calls[0][0], dept)] = cost
+    assert shown == expected
