@@ -6,7 +6,10 @@ from difflib import get_close_matches
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from ollama_meter.ledger import Ledger
+    from ollama_meter.periods import Window
 
 
 def unmatched(ledger: Ledger, **given: str | None) -> str:
@@ -22,10 +25,7 @@ def unmatched(ledger: Ledger, **given: str | None) -> str:
             continue
         close = get_close_matches(value, known, n=3)
         hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-        shown = (
-            repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value):,} characters)"
-        )
-        said.append(f"no span has {column} {shown}{hint}")
+        said.append(f"no span has {column} {shown(value)}{hint}")
     return "; ".join(said)
 
 
@@ -36,3 +36,45 @@ def note_unmatched(ledger: Ledger, **given: str | None) -> None:
     hint = unmatched(ledger, **given) if any(v is not None for v in given.values()) else ""
     if hint:
         err.print(f"note: {hint}")
+
+
+def note_tenants_summed(
+    ledger: Ledger, window: Window, columns: list[str], *, tz: ZoneInfo, **filters: str | None
+) -> None:
+    """After a report grouped by department or user but not tenant: on stderr, the rows that
+    sum the same name of several tenants (two tenants' ``research``), and how to see each.
+    The rows stay as asked; a reader just cannot tell a summed one from the others."""
+    from ollama_meter.cli._console import err
+    from ollama_meter.reports import spend_report
+
+    named = [c for c in columns if c in ("department", "user")]
+    if not named or "tenant" in columns or filters.get("tenant") is not None:
+        return
+    split = spend_report(ledger, window, ["tenant", *columns], tz=tz, **filters)
+    tenants: dict[tuple[str, ...], set[str]] = {}
+    for row in split.rows:
+        tenants.setdefault(tuple(row.label(c) for c in named), set()).add(row.label("tenant"))
+    summed = {key: sorted(found) for key, found in sorted(tenants.items()) if len(found) > 1}
+    if not summed:
+        return
+    how = f"add tenant to --by (--by {','.join(['tenant', *columns])}) to see each"
+
+    def names(key: tuple[str, ...]) -> str:
+        return " and ".join(f"{c} {shown(v)}" for c, v in zip(named, key, strict=True))
+
+    if len(summed) == 1:
+        [(key, found)] = summed.items()
+        verb = "is" if len(named) == 1 else "are"
+        said = (
+            f"{names(key)} {verb} in {len(found)} tenants ({', '.join(found)}), summed in one row"
+        )
+    else:
+        listed = [f"{names(k)} in {', '.join(found)}" for k, found in list(summed.items())[:3]]
+        more = f"; and {len(summed) - 3} more" if len(summed) > 3 else ""
+        said = f"{len(summed)} rows sum several tenants ({'; '.join(listed)}{more})"
+    err.print(f"note: {said}: {how}")
+
+
+def shown(value: str) -> str:
+    """A name as a note quotes it: its repr, cut when long."""
+    return repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value):,} characters)"

@@ -87,10 +87,14 @@ def report(
         lambda: out.print(render_table(result, cfg.timezone)),
         file_formats=[f.value for f in ReportFormat if f is not ReportFormat.TABLE],
     )
-    if not result.rows:
-        from ollama_meter.cli._hints import note_unmatched
+    from ollama_meter.cli import _hints
 
-        note_unmatched(ledger_for(cfg), tenant=tenant, department=dept, model=model)
+    if not result.rows:
+        _hints.note_unmatched(ledger_for(cfg), tenant=tenant, department=dept, model=model)
+        return
+    _hints.note_tenants_summed(
+        ledger_for(cfg), window, columns, tz=cfg.tz, tenant=tenant, department=dept, model=model
+    )
 
 
 # Narrow headings for the terminal; CSV and JSON keep the exact column names.

@@ -392,3 +392,59 @@ def test_version_and_help(cli) -> None:  # type: ignore[no-untyped-def]
     ):
         result = cli(*command, "--help")
         assert result.code == 0 and "Usage" in result.stdout, command
+
+
+def test_a_report_that_sums_same_named_departments_or_users_of_several_tenants_says_so(
+    cli, db: str
+) -> None:  # type: ignore[no-untyped-def]
+    """``report`` groups by department alone unless asked: two tenants' ``research`` came out
+    as one row, summed, with nothing to say so. The sum stays (it is what was asked), and a
+    note on stderr names what was summed and how to see each tenant's."""
+    from datetime import UTC, datetime
+
+    from ollama_meter.ledger import Ledger
+    from ollama_meter.records import make_storable
+    from tests.factories import make_span
+
+    at = datetime.now(UTC).replace(microsecond=0)
+    ledger = Ledger(db)
+    ledger.record(
+        [
+            make_storable(make_span(started_at=at, tenant=t, department=d, user=u, cost_total=c))
+            for t, d, u, c in [
+                ("acme", "research", "alice", 1_250_000),
+                ("globex", "research", "alice", 500_000),
+                ("globex", "research", "bob", 250_000),
+                ("acme", "sales", "carol", 100_000),
+            ]
+        ]
+    )
+    ledger.dispose()
+    merged = cli("report", "--period", "today", "--by", "department,user", "--format", "csv")
+    assert merged.code == 0, merged.stderr
+    rows = {
+        (r["department"], r["user"]): r["cost"] for r in csv.DictReader(io.StringIO(merged.stdout))
+    }
+    assert rows[("research", "alice")] == "1.750000"
+    assert merged.stderr.splitlines() == [
+        "note: department 'research' and user 'alice' are in 2 tenants (acme, globex), summed "
+        "in one row: add tenant to --by (--by tenant,department,user) to see each"
+    ]
+    by_department = cli("report", "--period", "today", "--format", "json")
+    assert by_department.stderr.splitlines() == [
+        "note: department 'research' is in 2 tenants (acme, globex), summed in one row: add "
+        "tenant to --by (--by tenant,department) to see each"
+    ]
+    ledger = Ledger(db)
+    ledger.record(
+        [make_storable(make_span(started_at=at, tenant=t, department="ops")) for t in "abcd"]
+    )
+    ledger.dispose()
+    several = cli("report", "--period", "today", "--by", "department,model", "--format", "csv")
+    assert several.stderr.splitlines() == [
+        "note: 2 rows sum several tenants (department 'ops' in a, b, c, d; department 'research' "
+        "in acme, globex): add tenant to --by (--by tenant,department,model) to see each"
+    ]
+    for apart in (("--by", "tenant,department,user"), ("--tenant", "globex"), ("--by", "model")):
+        quiet = cli("report", "--period", "today", "--format", "csv", *apart)
+        assert quiet.code == 0 and quiet.stderr == "", (apart, quiet.stderr)
