@@ -321,11 +321,20 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _inside(where: str, field: str) -> bool:
+    return where == field or where.startswith(f"{field}.")
+
+
 def _explain(exc: PydanticError) -> str:
     errors = exc.errors(include_url=False)
-    first = errors[0]
+    field = _where(errors[0]["loc"])
+    # Within a field that takes either of two shapes, the shape read furthest says what is
+    # wrong: a list of items with a misspelled key, not "should be a valid string".
+    first = max(
+        (e for e in errors if _inside(_where(e["loc"]), field)), key=lambda e: len(e["loc"])
+    )
     where = _where(first["loc"])
-    problems = {_where(e["loc"]) for e in errors}
+    problems = {w for e in errors if not _inside(where, w := _where(e["loc"])) or w == where}
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
     if first["type"] == "missing":
         return f"{where} is required{more}"
