@@ -225,3 +225,14 @@ def test_captured_content_is_the_input_and_the_reply_text(
     )
     for span in spans(gw):
         assert (span.prompt, span.reply) == (f"{INSTRUCTIONS}\n{ASKED}", EXPECTED.content)
+
+
+def test_an_ollama_too_old_for_the_route_is_its_own_404_and_a_span(
+    sqlite_app: Gateway, emulator: OllamaEmulator
+) -> None:
+    """Before 0.13.3 Ollama has no ``/v1/responses``: the client gets its 404 as it came."""
+    emulator.inject(Fault.NO_ROUTE)
+    reply = sqlite_app.client.post("/v1/responses", json={"model": "llama3.1:8b", "input": "hi"})
+    assert (reply.status_code, reply.text) == (404, "404 page not found")
+    (span,) = spans(sqlite_app)
+    assert (span.status, span.http_status) == ("error", 404)
