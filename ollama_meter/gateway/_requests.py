@@ -2,32 +2,32 @@
 
 Pydantic models of the documented Ollama (``/api/chat``, ``/api/generate``,
 ``/api/embed``, ``/api/embeddings``) and OpenAI (``/v1/chat/completions``,
-``/v1/completions``, ``/v1/embeddings``) bodies. They are as strict as Ollama's
-own decoder on the fields they name (a string is not a list, ``"true"`` is not
-a boolean) and as permissive as the APIs elsewhere: unknown fields pass
-through untouched, since the body is forwarded as the client sent it. A body
-that fails is a :class:`BadRequest` with one line saying which field and why.
+``/v1/completions``, ``/v1/embeddings``; ``/v1/responses``'s in ``_responses.py``)
+bodies, built on ``_shapes.py``. They are as strict as Ollama's own decoder on
+the fields they name (a string is not a list, ``"true"`` is not a boolean) and
+as permissive as the APIs elsewhere: unknown fields pass through untouched, since
+the body is forwarded as the client sent it. A body that fails is a
+:class:`BadRequest` with one line saying which field and why.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
-    FailFast,
     ValidationError as PydanticError,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from ollama_meter.gateway._json import NotJson, read_json
+from ollama_meter.gateway._responses import ResponsesRequest
+from ollama_meter.gateway._shapes import Items, _Body, _GoStruct
 
 
 class BadRequest(Exception):
@@ -79,81 +79,10 @@ def _openai_content(value: Any) -> Any:
     raise PydanticCustomError("content", "must be a string or a list of content parts (objects)")
 
 
-def _model_name(value: str) -> str:
-    if not value.strip():
-        raise PydanticCustomError("model", "must not be blank")
-    return value
-
-
-class _FailFast(FailFast):
-    __hash__ = object.__hash__  # one instance, in unions (``Items[str] | None``), which hash
-
-
-T = TypeVar("T")
-Items = Annotated[list[T], _FailFast()]
-"""A list checked to its first wrong item: one problem per item would be millions of them
-for a body of ``[1,1,...]`` (4 MB: 10 s and 2.9 GB to refuse), with no object to count."""
 Texts = Annotated[Any, AfterValidator(_texts)]
 OpenAIInput = Annotated[Any, AfterValidator(_openai_input)]
-ModelName = Annotated[str, AfterValidator(_model_name)]
 Format = str | dict[str, Any] | None
 KeepAlive = str | int | float | None
-
-
-class _GoStruct(BaseModel):
-    """A body (or part of one) that Ollama decodes into a Go struct.
-
-    Go's decoder matches a key to a field whatever its case (``Prompt``, ``PROMPT``, and
-    ``stream`` with a long s all set ``prompt`` or ``stream``), and the last one wins; the
-    gateway reads keys exactly. A key that is a field's name in another case would make
-    the two read different requests (a prompt, a reply cap, a model the meter never saw),
-    so it is refused.
-    """
-
-    model_config = ConfigDict(strict=True, extra="allow")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _spelled_exactly(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.keys() <= _field_names(cls):  # (in C)
-            fields = _field_names(cls)
-            for key in data:
-                if isinstance(key, str) and key not in fields:
-                    name = _folded_fields(cls).get(key.casefold())
-                    if name is not None:
-                        raise PydanticCustomError(
-                            "field_spelling",
-                            "{key} is {field} spelled another way, which Ollama would read "
-                            "as {field}; spell it {field}",
-                            {"key": json.dumps(key), "field": json.dumps(name)},
-                        )
-        return data
-
-
-@functools.cache
-def _field_names(shape: type[BaseModel]) -> frozenset[str]:
-    """A shape's field names, once: read per object of a body (pydantic's own property took
-    10 s for a body of a million messages)."""
-    return frozenset(shape.model_fields)
-
-
-@functools.cache
-def _folded_fields(shape: type[BaseModel]) -> dict[str, str]:
-    return {name.casefold(): name for name in shape.model_fields}
-
-
-class _Body(_GoStruct):
-    operation: ClassVar[str]
-    streams_by_default: ClassVar[bool] = False
-    can_stream: ClassVar[bool] = True
-
-    model: ModelName
-    stream: bool | None = None
-
-    def streamed(self) -> bool:
-        if not self.can_stream:
-            return False
-        return self.streams_by_default if self.stream is None else self.stream
 
 
 # -- Ollama ------------------------------------------------------------------------------
@@ -316,6 +245,7 @@ OPENAI_ROUTES: dict[str, type[_Body]] = {
     "/v1/chat/completions": OpenAIChatRequest,
     "/v1/completions": OpenAICompletionRequest,
     "/v1/embeddings": OpenAIEmbeddingRequest,
+    "/v1/responses": ResponsesRequest,
 }
 
 
@@ -391,11 +321,20 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _inside(where: str, field: str) -> bool:
+    return where == field or where.startswith(f"{field}.")
+
+
 def _explain(exc: PydanticError) -> str:
     errors = exc.errors(include_url=False)
-    first = errors[0]
+    field = _where(errors[0]["loc"])
+    # Within a field that takes either of two shapes, the shape read furthest says what is
+    # wrong: a list of items with a misspelled key, not "should be a valid string".
+    first = max(
+        (e for e in errors if _inside(_where(e["loc"]), field)), key=lambda e: len(e["loc"])
+    )
     where = _where(first["loc"])
-    problems = {_where(e["loc"]) for e in errors}
+    problems = {w for e in errors if not _inside(where, w := _where(e["loc"])) or w == where}
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
     if first["type"] == "missing":
         return f"{where} is required{more}"

@@ -219,6 +219,41 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
     return texts, count, images, extra
 
 
+_ITEM_APART = frozenset({"type", "role", "content", "output"})
+"""A Responses input item's fields counted on their own: its type and role (in
+MESSAGE_TOKENS), its content or a tool's output (texts and images)."""
+
+
+def _responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
+    """Texts, message count, image count and extra bytes of a Responses API request.
+
+    Ollama makes a chat of it: ``instructions`` a system message, a string ``input`` a
+    user message, each input item at most one message (a message's parts joined, a tool's
+    output, a call's name and arguments, reasoning merged into the next message).
+    """
+    texts = [_text(body.get("instructions"))]
+    count = 1 if texts[0] else 0
+    images = extra = 0
+    value = body.get("input")
+    if isinstance(value, str):
+        texts.append(value)
+        count += 1 if value else 0
+    for item in value if isinstance(value, list) else []:
+        if not isinstance(item, Mapping):
+            continue
+        count += 1
+        for key in ("content", "output"):
+            parts, pictures = _content_parts(item.get(key))
+            texts.extend(parts)
+            images += pictures
+        extra += sum(
+            _bytes(field) if isinstance(field, str) else _json_bytes(field)
+            for key, field in item.items()
+            if key not in _ITEM_APART
+        )
+    return texts, count, images, extra
+
+
 def _inputs(value: object) -> tuple[list[str], int, int]:
     """Embedding inputs: texts, tokens given as numbers (OpenAI accepts token ids), and how
     many inputs there are (each is tokenized on its own)."""
@@ -245,7 +280,9 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     openai = operation.startswith(OPENAI_PREFIX)
     kind = operation.removeprefix(OPENAI_PREFIX)
     options = options_of(body)
-    if openai:  # either field may cap the reply; the smaller one is what the caller asked
+    if kind == "responses":  # the Responses API's one cap (it has no max_tokens)
+        cap = _positive_int(body.get("max_output_tokens"))
+    elif openai:  # either field may cap the reply; the smaller one is what the caller asked
         caps = [_positive_int(body.get(f)) for f in ("max_tokens", "max_completion_tokens")]
         cap = min((c for c in caps if c is not None), default=None)
     else:
@@ -255,6 +292,9 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     embedding = kind in ("embed", "embeddings")
     if kind == "chat":
         texts, messages, images, extra = _messages(body.get("messages"))
+        extra += _json_bytes(body.get("tools"))
+    elif kind == "responses":
+        texts, messages, images, extra = _responses_input(body)
         extra += _json_bytes(body.get("tools"))
     elif embedding:  # the field Ollama embeds: a legacy /api/embeddings reads only its prompt
         texts, given, messages = _inputs(
@@ -290,10 +330,13 @@ def with_output_cap(operation: str, body: Mapping[str, Any], cap: int) -> dict[s
     """``body`` with the reply capped at ``cap`` tokens, in the wire format's own field.
 
     On OpenAI's routes Ollama honours ``max_tokens``; ``max_completion_tokens``, when the
-    caller named it, says the same, so no reader of the body finds a larger cap.
+    caller named it, says the same, so no reader of the body finds a larger cap. On the
+    Responses API it honours ``max_output_tokens`` only.
     """
     new = dict(body)
-    if operation.startswith(OPENAI_PREFIX):
+    if operation == f"{OPENAI_PREFIX}responses":  # the one cap Ollama reads there
+        new["max_output_tokens"] = cap
+    elif operation.startswith(OPENAI_PREFIX):
         new["max_tokens"] = cap
         if "max_completion_tokens" in new:
             new["max_completion_tokens"] = cap

@@ -26,6 +26,9 @@ OPERATION_NAMES = {
     "chat": gen_ai.GenAiOperationNameValues.CHAT.value,
     "generate": gen_ai.GenAiOperationNameValues.TEXT_COMPLETION.value,
     "embed": gen_ai.GenAiOperationNameValues.EMBEDDINGS.value,
+    # The OpenAI conventions name a Responses API call ``chat`` too (``openai.api.type``
+    # ``responses`` tells it from Chat Completions).
+    "openai.responses": gen_ai.GenAiOperationNameValues.CHAT.value,
 }
 
 METRIC_TOKEN_USAGE = gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE

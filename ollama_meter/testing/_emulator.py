@@ -4,7 +4,7 @@ Owns the emulator's face: lifecycle (start, stop, a port that stays), the test
 controls (recorded requests, faults, warm and cold models), and what the
 listing routes report (tags, running models, model details). The wire is in
 ``_wire``, faults in ``_faults``, HTTP plumbing in ``_http``, the routes in
-``_ollama`` and ``_openai``; replies themselves come from ``_models``.
+``_ollama``, ``_openai`` and ``_responses``; replies themselves come from ``_models``.
 
 Standard library only: it must run wherever the package is installed.
 """

@@ -261,7 +261,8 @@ class Handler(BaseHTTPRequestHandler):
         if cut is Fault.DROP:
             self._drop()
         if cut is Fault.MIDSTREAM_ERROR:
-            self._write_chunk(error)
+            if error:  # (an empty chunk would end the body: no error item is none at all)
+                self._write_chunk(error)
             self._end_chunked()
             return
         if pieces:

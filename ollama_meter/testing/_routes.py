@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ollama_meter.testing._ollama import OllamaRoutes
-from ollama_meter.testing._openai import OpenAIRoutes
+from ollama_meter.testing._responses import ResponsesRoutes
 from ollama_meter.testing._wire import OLLAMA_VERSION
 
 
@@ -35,7 +35,7 @@ class RecordedRequest:
 
 _INFERENCE = frozenset({
     "/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
 })  # fmt: skip
 """Routes that occupy the server while they run (counted in ``OllamaEmulator.most_in_flight``)."""
 BLOBS = "/api/blobs/"
@@ -43,7 +43,7 @@ OPENAI_MODEL = "/v1/models/"
 """Where Ollama shows one model to OpenAI clients: ``GET /v1/models/{model}``."""
 
 
-class RoutingHandler(OllamaRoutes, OpenAIRoutes):
+class RoutingHandler(OllamaRoutes, ResponsesRoutes):
     _GET_PATHS: ClassVar[set[str]] = {"/", "/api/version", "/api/tags", "/api/ps", "/v1/models"}
     _HEAD_PATHS: ClassVar[set[str]] = {"/", "/api/version", "/api/tags"}
     _POST_PATHS: ClassVar[set[str]] = {
@@ -55,6 +55,7 @@ class RoutingHandler(OllamaRoutes, OpenAIRoutes):
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/embeddings",
+        "/v1/responses",
     }
 
     def do_GET(self) -> None:
@@ -113,6 +114,7 @@ class RoutingHandler(OllamaRoutes, OpenAIRoutes):
             ("POST", "/v1/chat/completions"): self._openai_chat,
             ("POST", "/v1/completions"): self._openai_completions,
             ("POST", "/v1/embeddings"): self._openai_embeddings,
+            ("POST", "/v1/responses"): self._openai_responses,
         }
         # HEAD answers carry GET's headers but never a body.
         self._head = method == "HEAD"

@@ -2,7 +2,8 @@
 
 Each format is one strategy, :data:`OLLAMA` or :data:`OPENAI`, that knows
 
-- how a streamed answer is framed (NDJSON lines; SSE ``data:`` events ending in ``[DONE]``);
+- how a streamed answer is framed (NDJSON lines; SSE ``data:`` events ending in ``[DONE]``,
+  or, on ``/v1/responses``, in a terminal event: ``_responses.py`` reads those);
 - how to read an answer's objects into :mod:`events <._vocabulary>`, with a :class:`Reader`
   per call (OpenAI's carries the model and finish reason until the usage arrives);
 - what an error looks like to a client of that format (a body, and the last line
@@ -241,6 +242,7 @@ _ANSWER_KEYS = {
     f"{OPENAI_PREFIX}embeddings": "data",
     f"{OPENAI_PREFIX}chat": "choices",
     f"{OPENAI_PREFIX}completions": "choices",
+    f"{OPENAI_PREFIX}responses": "output",
 }
 
 
@@ -326,6 +328,10 @@ class _OpenAI:
     stream_media_type: str | None = "text/event-stream"
 
     def reader(self, operation: str) -> Reader:
+        if operation == f"{OPENAI_PREFIX}responses":  # its own objects and end (no [DONE])
+            from ollama_meter.upstream._responses import ResponsesReader
+
+            return ResponsesReader()
         return OpenAIReader(operation)
 
     def decode(self, frame: bytes) -> dict[str, Any] | _End | None:

@@ -96,7 +96,8 @@ def test_every_registered_route_asks_what_the_policy_says(
     [
         ("GET", "/api/blobs/sha256:" + "0" * 64, 405),
         ("POST", "/api/signin", 404),
-        ("POST", "/v1/responses", 404),
+        ("POST", "/v1/images/generations", 404),
+        ("GET", "/v1/responses", 405),
         ("DELETE", "/v1/models/llama3.1:8b", 405),
         ("GET", "/api/pull", 405),
         ("GET", "/api/delete", 405),

@@ -39,6 +39,7 @@ GENERATING = {
     "/api/generate": {"prompt": "hello"},
     "/v1/chat/completions": {"messages": HI},
     "/v1/completions": {"prompt": "hello"},
+    "/v1/responses": {"input": "hello"},
 }
 EXAMPLES = settings(
     max_examples=25,
@@ -74,6 +75,13 @@ def budgeted(app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_ur
 caps = st.none() | st.integers(-3, 40) | st.floats(-3, 40, allow_nan=False)
 
 
+def cap_sent(path: str, body: dict[str, Any]) -> Any:
+    """The reply cap in the field Ollama honours on ``path``."""
+    if path == "/v1/responses":
+        return body["max_output_tokens"]
+    return body["max_tokens"] if path.startswith("/v1/") else body["options"]["num_predict"]
+
+
 @EXAMPLES
 @given(
     path=st.sampled_from(sorted(GENERATING)),
@@ -92,11 +100,15 @@ def test_under_a_hard_budget_ollama_gets_the_cap_the_call_was_admitted_on(
     stream: bool,
 ) -> None:
     """Whatever field the caller capped the reply in, Ollama receives the cap in the field
-    it honours (``options.num_predict``, ``max_tokens``), no larger than any cap the caller
+    it honours (``options.num_predict``, ``max_tokens``, ``max_output_tokens``), no larger than any cap the caller
     set, and the reply is no longer."""
     body: dict[str, Any] = {"model": "llama3.1:8b", "stream": stream, **GENERATING[path]}
     given_caps: list[int] = []
-    if path.startswith("/v1/"):
+    if path == "/v1/responses":  # its one cap field (Ollama ignores max_tokens there)
+        if max_tokens is not None:
+            body["max_output_tokens"] = max_tokens
+            given_caps.append(max_tokens)
+    elif path.startswith("/v1/"):
         for field, value in (("max_tokens", max_tokens), ("max_completion_tokens", max_completion_tokens)):  # fmt: skip
             if value is not None:
                 body[field] = value
@@ -111,7 +123,7 @@ def test_under_a_hard_budget_ollama_gets_the_cap_the_call_was_admitted_on(
     sent = emulator.requests[before:]
     assert len(sent) == 1
     received = sent[0].body
-    cap = received["max_tokens"] if path.startswith("/v1/") else received["options"]["num_predict"]
+    cap = cap_sent(path, received)
     assert isinstance(cap, int) and not isinstance(cap, bool) and cap > 0
     assert all(cap <= given for given in given_caps), (body, received)
     assert last_span(budgeted).output_tokens <= cap
@@ -119,13 +131,16 @@ def test_under_a_hard_budget_ollama_gets_the_cap_the_call_was_admitted_on(
 
 def streamed_items(text: str, path: str) -> list[dict[str, Any]]:
     """The items of a streamed answer, NDJSON or server-sent events, in order."""
-    if path.startswith("/v1/"):
-        lines = [line.removeprefix("data: ") for line in text.split("\n\n") if line]
-        return [json.loads(line) for line in lines if line != "[DONE]"]
+    if path.startswith("/v1/"):  # an event's data line (beside its event: line, if any)
+        events = [event.split("\n") for event in text.split("\n\n") if event]
+        data = [line[6:] for lines in events for line in lines if line.startswith("data: ")]
+        return [json.loads(line) for line in data if line != "[DONE]"]
     return [json.loads(line) for line in text.splitlines() if line]
 
 
 def reply_text(item: dict[str, Any]) -> str:
+    if "sequence_number" in item:  # a Responses API event: only its text deltas are text
+        return str(item["delta"]) if item["type"] == "response.output_text.delta" else ""
     if "choices" in item:
         choice = item["choices"][0] if item["choices"] else {}
         return str(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
@@ -140,7 +155,9 @@ def test_a_server_that_streams_past_the_cap_is_cut_there_and_the_budget_holds(
     """An Ollama-compatible server that ignores ``num_predict`` (``max_tokens``) would spend
     past a hard budget for as long as it kept streaming: the gateway stops it at the cap."""
     body: dict[str, Any] = {"model": "llama3.1:8b", "stream": True, **GENERATING[path]}
-    if path.startswith("/v1/"):
+    if path == "/v1/responses":
+        body["max_output_tokens"] = cap
+    elif path.startswith("/v1/"):
         body["max_tokens"] = cap
     else:
         body["options"] = {"num_predict": cap}
@@ -178,7 +195,10 @@ def misspelled(draw: st.DrawFn) -> tuple[str, dict[str, Any], str]:
     model = "nomic-embed-text" if "embed" in path else "llama3.1:8b"
     body: dict[str, Any] = {"model": model, **VALID[path]}
     where = draw(st.sampled_from(["body", "message", "stream_options"]))
-    if where == "message" and "messages" in body:
+    if where == "message" and path == "/v1/responses":  # in an input item, as Go reads it too
+        key = draw(st.sampled_from(other_spellings(draw(st.sampled_from(["role", "content"])))))
+        body["input"] = [{"role": "user", "content": "hi", key: "a much longer prompt " * 50}]
+    elif where == "message" and "messages" in body:
         message = {"role": "user", "content": "hi"}
         key = draw(st.sampled_from(other_spellings(draw(st.sampled_from(sorted(message))))))
         body["messages"] = [{**message, key: "a much longer prompt " * 50}]
@@ -256,7 +276,7 @@ NOT_ANSWERS = st.one_of(
     st.sampled_from([b"<html>502 Bad Gateway</html>", b"[1, 2]", b'"ok"', b"null", b"true"]),
     st.dictionaries(
         st.text(max_size=8).filter(
-            lambda k: k not in {"done", "choices", "data", "embeddings", "embedding"}
+            lambda k: k not in {"done", "choices", "data", "output", "embeddings", "embedding"}
         ),
         st.none() | st.booleans() | st.integers() | st.text(max_size=8),
         max_size=4,

@@ -670,3 +670,48 @@ def test_hurry_lets_replies_under_way_finish_at_once(emu: OllamaEmulator) -> Non
         thread.join(timeout=30)
     assert done == [200, 200]
     assert emu.latency == emu.token_latency == 0.0
+
+
+def test_responses_api_wire_format(http: httpx.Client) -> None:
+    """``/v1/responses`` as Ollama writes it: a whole answer in its struct's field order; a
+    stream of ``event:``/``data:`` pairs whose data keys are sorted (Go maps), numbered in
+    order, ending with ``response.completed`` and its usage, with no ``[DONE]``."""
+    body = {"model": "llama3.1:8b", "instructions": "be brief", "input": USER[0]["content"]}
+    expected = expected_reply("llama3.1:8b", [{"content": "be brief"}, *USER])
+    whole = http.post("/v1/responses", json=body)
+    assert whole.text.endswith("}\n")
+    answer = whole.json()
+    assert list(answer)[:7] == [
+        "id", "object", "created_at", "completed_at", "status", "incomplete_details", "model",
+    ]  # fmt: skip
+    assert answer["output"][0]["content"][0]["text"] == expected.content
+    assert answer["usage"]["input_tokens"] == expected.prompt_tokens
+    assert answer["usage"]["output_tokens"] == expected.output_tokens
+    assert (answer["temperature"], answer["top_p"]) == (1, 1)  # as Go writes a float64 1.0
+    streamed = http.post("/v1/responses", json={**body, "stream": True})
+    assert streamed.headers["content-type"] == "text/event-stream"
+    events = [event.split("\n") for event in streamed.text.split("\n\n") if event]
+    assert all(len(lines) == 2 and lines[0].startswith("event: ") for lines in events)
+    kinds = [lines[0].removeprefix("event: ") for lines in events]
+    data = [json.loads(lines[1].removeprefix("data: ")) for lines in events]
+    assert all(list(d) == sorted(d) for d in data)
+    assert [d["type"] for d in data] == kinds
+    assert [d["sequence_number"] for d in data] == list(range(len(data)))
+    deltas = kinds.count("response.output_text.delta")
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * deltas,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert deltas == expected.output_tokens
+    usage = data[-1]["response"]["usage"]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (
+        expected.prompt_tokens,
+        expected.output_tokens,
+    )

@@ -1,0 +1,108 @@
+"""OpenAI's Responses API on Ollama's ``/v1/responses``: its answers read into the meter's events.
+
+A whole answer is one ``response`` object: its text in ``output`` message items, its
+counts in ``usage`` (``input_tokens``, ``output_tokens``). A streamed one is
+server-sent events, an ``event:`` line beside each ``data:`` line (framed and
+decoded as OpenAI's other streams are), whose objects say their ``type``: text
+arrives in ``response.output_text.delta`` events, and the stream ends with
+``response.completed`` (or ``response.incomplete`` / ``response.failed``),
+whose ``response`` carries the usage. There is no ``[DONE]``: the terminal event
+is the answer's end, and a stream that ends without one broke.
+
+As on the other OpenAI routes, Ollama writes a count it did not take as 0, and
+reports no durations: the meter estimates the one and times the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ollama_meter.upstream._classify import error_text, mid_stream_error, reported_error
+from ollama_meter.upstream._vocabulary import Delta, Event, Final
+from ollama_meter.upstream._wire import _counted, _text
+
+_TEXT = "response.output_text.delta"
+_OTHER = frozenset({
+    "response.reasoning_summary_text.delta",
+    "response.reasoning_text.delta",
+    "response.function_call_arguments.delta",
+})  # fmt: skip
+"""Deltas of output that is not reply text (thinking, a tool call's arguments)."""
+_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_UNTEXTED = frozenset({"reasoning", "function_call"})
+"""Output items that are generated without being reply text."""
+
+
+class ResponsesReader:
+    """Reads one ``/v1/responses`` answer, whole or event by event."""
+
+    def __init__(self) -> None:
+        self.model: str | None = None
+        self.ended = False
+        """The answer's final record was given (its end, with or without usage)."""
+        self.complete = False
+
+    def read(self, obj: Any) -> list[Event]:
+        failure = reported_error(obj)
+        if failure is not None:
+            return [failure]
+        kind = obj.get("type")
+        if kind == "error":  # OpenAI's error event: {"type": "error", "message": ...}
+            return [mid_stream_error(error_text(obj))]
+        if obj.get("object") == "response":  # a whole answer
+            return [*self._output(obj), *self._end(obj)]
+        if kind == _TEXT:
+            text = _text(obj.get("delta")) or ""
+            return [Delta(text)] if text else []
+        if kind in _OTHER:
+            return [Delta("", True)] if _text(obj.get("delta")) else []
+        item = obj.get("item")
+        if kind == "response.output_item.added" and isinstance(item, dict):
+            return [Delta("", True)] if item.get("type") == "function_call" else []
+        response = obj.get("response")
+        if not isinstance(response, dict):
+            return []
+        self.model = _text(response.get("model")) or self.model
+        return self._end(response) if kind in _ENDS else []
+
+    def finish(self) -> list[Event]:
+        """The answer ended with no final record: keep the model; the meter estimates the counts."""
+        self.complete = True
+        return [] if self.ended else [Final(model=self.model)]
+
+    @staticmethod
+    def _output(response: dict[str, Any]) -> list[Event]:
+        """The reply a whole answer carries, as one piece."""
+        texts: list[str] = []
+        other = False
+        items = response.get("output")
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            other = other or item.get("type") in _UNTEXTED
+            parts = item.get("content") if item.get("type") == "message" else None
+            for part in parts if isinstance(parts, list) else []:
+                if isinstance(part, dict) and part.get("type") == "output_text":
+                    texts.append(_text(part.get("text")) or "")
+        text = "".join(texts)
+        return [Delta(text, other)] if text or other else []
+
+    def _end(self, response: dict[str, Any]) -> list[Event]:
+        """The answer's end: its usage, the model that answered and how it ended."""
+        self.ended = self.complete = True
+        self.model = _text(response.get("model")) or self.model
+        status = _text(response.get("status"))
+        if status == "failed":
+            return [mid_stream_error(error_text(response.get("error") or "the response failed"))]
+        details = response.get("incomplete_details")
+        reason = _text(details.get("reason")) if isinstance(details, dict) else None
+        usage = response.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        return [
+            Final(
+                model=self.model,
+                done_reason=reason or status,
+                input_tokens=_counted(usage.get("input_tokens")),
+                output_tokens=_counted(usage.get("output_tokens")),
+            )
+        ]
