@@ -26,6 +26,11 @@ OPERATION_NAMES = {
     "chat": gen_ai.GenAiOperationNameValues.CHAT.value,
     "generate": gen_ai.GenAiOperationNameValues.TEXT_COMPLETION.value,
     "embed": gen_ai.GenAiOperationNameValues.EMBEDDINGS.value,
+    "embeddings": gen_ai.GenAiOperationNameValues.EMBEDDINGS.value,
+    # The ledger names an OpenAI-compatible call by its route; telemetry by what it does.
+    "openai.chat": gen_ai.GenAiOperationNameValues.CHAT.value,
+    "openai.completions": gen_ai.GenAiOperationNameValues.TEXT_COMPLETION.value,
+    "openai.embeddings": gen_ai.GenAiOperationNameValues.EMBEDDINGS.value,
     # The OpenAI conventions name a Responses API call ``chat`` too (``openai.api.type``
     # ``responses`` tells it from Chat Completions).
     "openai.responses": gen_ai.GenAiOperationNameValues.CHAT.value,

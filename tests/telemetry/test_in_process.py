@@ -135,3 +135,56 @@ def test_an_exported_span_has_the_ledgers_times_to_the_microsecond(
     assert otel.start_time == (started - epoch) // timedelta(microseconds=1) * 1000
     assert otel.end_time is not None and otel.start_time is not None
     assert otel.end_time - otel.start_time == latency_us * 1000
+
+
+@pytest.mark.parametrize(
+    "route",
+    sorted(
+        __import__("ollama_meter.gateway._requests", fromlist=["_"]).OLLAMA_ROUTES.keys()
+        | __import__("ollama_meter.gateway._requests", fromlist=["_"]).OPENAI_ROUTES.keys()
+    ),
+)
+def test_every_metered_route_exports_an_operation_name_the_genai_conventions_define(
+    route: str,
+) -> None:
+    """The ledger names a call by its route (``openai.chat`` for ``/v1/chat/completions``),
+    and that name went out as ``gen_ai.operation.name``, in the span's name and on every
+    metric: no backend groups ``openai.chat`` with ``chat``. Each route's calls now carry the
+    conventions' value (chat, text_completion, embeddings), the ledger keeps its own."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import (
+        GenAiOperationNameValues,
+    )
+
+    from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
+    from ollama_meter.telemetry import _semconv as sc
+    from ollama_meter.telemetry._observer import TelemetryObserver
+    from tests.factories import make_span
+
+    operation = {**OLLAMA_ROUTES, **OPENAI_ROUTES}[route].operation
+    exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    meters = MeterProvider(metric_readers=[reader])
+    observer = TelemetryObserver(provider.get_tracer("test"), meters.get_meter("test"))
+    span = make_span(operation=operation, ended_at=datetime(2026, 11, 10, 12, 0, 1, tzinfo=UTC))
+    observer.on_start(span)
+    observer.on_end(span)
+    [otel] = exporter.get_finished_spans()
+    defined = {value.value for value in GenAiOperationNameValues}
+    named = otel.attributes[sc.GEN_AI_OPERATION_NAME]
+    assert named in defined and otel.name == f"{named} llama3.1:8b", (operation, named)
+    data = reader.get_metrics_data()
+    labels = {
+        point.attributes[sc.GEN_AI_OPERATION_NAME]
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name.startswith("gen_ai.")
+        for point in metric.data.data_points
+    }
+    assert labels == {named}
