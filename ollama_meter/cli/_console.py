@@ -78,6 +78,13 @@ class _TextConsole(Console):
     table is as wide as its content, up to :data:`PIPED_WIDTH`.
     """
 
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        # Rich fixes the width from COLUMNS as it was when the console was made (at import);
+        # read it when printing instead, as a process that runs commands one after another
+        # (the tests, an embedding) has it set for each.
+        self._width = options.get("width")
+
     @property
     def size(self) -> ConsoleDimensions:
         size = super().size

@@ -175,3 +175,18 @@ def test_a_table_written_where_no_terminal_is_keeps_each_row_on_one_line(
         "--gpu-hour", "2.40")  # fmt: skip
     [row] = [line for line in run("pricing", "list").splitlines() if LONG in line]
     assert row.split("│")[1:-1][3:6] == ["   0.5 ", "    1.5 ", " 2.40 "]
+
+
+def test_the_console_takes_columns_as_they_are_when_it_prints(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rich fixed the width from COLUMNS as it was when the console was made, at import: in
+    a process that runs commands one after another (the tests in parallel workers, an
+    embedding) every later table kept a width that was no longer asked for."""
+    from ollama_meter.cli._console import _TextConsole
+
+    monkeypatch.setenv("COLUMNS", "80")
+    console = _TextConsole(highlight=False, markup=False)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert console.size.width == 200
+    assert _TextConsole(width=50).size.width == 50
