@@ -26,6 +26,16 @@ from tests._pg import PgCluster, postgres_server
 settings.register_profile("ometer", deadline=None)
 settings.load_profile("ometer")
 
+# The README's test command runs the suite on every core (pytest-xdist, ``-n auto``); many
+# tests wait on real processes and servers, so two workers on two cores halve the run. More
+# than four would mostly contend for the one PostgreSQL server CI shares between them.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
 _CLEAR_PREFIXES = ("OMETER_", "OLLAMA_", "OTEL_", "LANGFUSE_", "TRACELOOP_")
 # What CI sets for the test run itself: a server to use, and "fail, don't skip"; where
 # the browser tests save their screenshots.
