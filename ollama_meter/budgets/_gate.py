@@ -16,7 +16,8 @@ at most the limit, and a lease always covers the bounds of its calls in flight;
 so calls together can never spend past the limit. A settled call's bound stays
 in its lease until the next renewal reads its span's actual cost, which only
 errs on the safe side. A lease that is not renewed expires (a crashed process
-frees its room after ``reservation_ttl``); one in use is renewed well before.
+frees its room after ``reservation_ttl``, by the ledger's clock: ``store.clock``, shared by
+every host); one in use is renewed well before.
 
 The CLI uses ``lease_share=0``: a lease of exactly the call's bound, given back
 when the call settles, which is a per-call reservation. The gateway takes a
@@ -227,13 +228,14 @@ class BudgetGate:
         self.renewals += 1
         with self.ledger.budget_transaction() as store:
             store.lock([le.budget.id for le in leases if le.budget.id is not None])
+            at = store.clock(now)  # after the lock: a wait for it does not age the time
             sizes: list[tuple[Lease, int, int]] = []
             refusals: list[BudgetExceeded] = []
             for lease in leases:
                 budget = lease.budget
                 assert budget.id is not None
                 spent = store.spent(budget, lease.tenant, lease.window.start, lease.window.end)
-                others = store.held(lease.key, now, exclude=lease.row_id)
+                others = store.held(lease.key, at, exclude=lease.row_id)
                 mine = sum(lease.in_flight.values()) + lease.kept
                 room = budget.limit - spent - others - mine
                 over = spent >= budget.limit or spent + need > budget.limit
@@ -257,9 +259,8 @@ class BudgetGate:
             lease.stale = False
 
     def _write_lease(self, store: BudgetWrites, lease: Lease, amount: int, now: datetime) -> None:
-        assert lease.budget.id is not None
         lease.expires_at = now + self._reservation_ttl  # if not committed, renewed says due
-        store.put_lease(lease.row_id, lease.key, amount, lease.expires_at)
+        store.put_lease(lease.row_id, lease.key, amount, store.clock(now) + self._reservation_ttl)
 
     def settle(self, reservation: Reservation, *, recorded: bool = True) -> None:
         """The call is over and its span written (``recorded``) or kept elsewhere.

@@ -57,7 +57,8 @@ class Lease:
     stale: bool = True
     """Not written yet, or written long enough ago to renew before its row expires."""
     expires_at: datetime = NEVER_WRITTEN
-    """When its row expires, by the wall clock: what other processes judge it by."""
+    """When its row expires by this host's wall clock, which may step (see :meth:`due`); the
+    row itself says so by the ledger's clock, which other processes judge it by."""
 
     @property
     def key(self) -> LeaseKey:

@@ -53,6 +53,7 @@ def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[B
     # spend per (tenant, department, currency), summed as each budget's scope says.
     spend: dict[str, dict[tuple[str, str, str], int]] = {}
     with ledger.budget_snapshot() as store:
+        at = store.clock(now)  # leases live by the ledger's clock, not this host's
         for budget in ledger.budgets():
             assert budget.id is not None
             window = current_period(budget.period, tz=tz, now=now)
@@ -71,7 +72,7 @@ def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[B
                     and currency == budget.currency
                     and budget.department in (None, department)
                 )
-                held = store.held(LeaseKey(budget.id, tenant, window.start), now)
+                held = store.held(LeaseKey(budget.id, tenant, window.start), at)
                 rows.append(
                     BudgetStatus(budget, tenant, window, spent, held, project(spent, window, now))
                 )

@@ -27,8 +27,13 @@ class BudgetReads(Protocol):
         """Settled spend per (tenant, department, currency) in [start, end)."""
         ...
 
+    def clock(self, now: datetime) -> datetime:
+        """The time leases are judged by, one clock for every process: the database server's
+        where it has one (hosts' clocks disagree), else ``now``, this host's."""
+        ...
+
     def held(self, key: LeaseKey, now: datetime, *, exclude: str | None = None) -> int:
-        """What live leases hold for ``key`` at ``now`` (``exclude`` one lease)."""
+        """What live leases hold for ``key`` at ``now``, a :meth:`clock` time (``exclude`` one)."""
         ...
 
 
@@ -40,7 +45,8 @@ class BudgetWrites(BudgetReads, Protocol):
         ...
 
     def put_lease(self, lease_id: str, key: LeaseKey, amount: int, expires_at: datetime) -> None:
-        """Write (or overwrite) lease ``lease_id``: ``amount`` held for ``key`` until then."""
+        """Write (or overwrite) lease ``lease_id``: ``amount`` held for ``key`` until then
+        (a :meth:`clock` time)."""
         ...
 
     def drop_lease(self, lease_id: str) -> None: ...

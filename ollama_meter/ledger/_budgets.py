@@ -140,6 +140,22 @@ FORGET_EXPIRED = timedelta(days=1)
 """How long past its end a lease row a killed process left is kept (for whoever looks)."""
 
 
+def ledger_now(conn: Connection, now: datetime) -> datetime:
+    """The instant leases and alert claims are written and judged at: one clock for all.
+
+    On PostgreSQL, the server's (``clock_timestamp()``, read when asked: not when a transaction
+    that waited for a lock began). Gateways on several hosts share that ledger, and their
+    clocks disagree by minutes, or step (NTP after a suspend, a VM resumed): each judging the
+    others' rows by its own clock saw a live lease as expired (and admitted past a hard limit)
+    or a killed process's as alive for as long as that host's clock ran ahead. SQLite is a
+    file on one host, whose processes share one clock: there it is ``now``, the caller's.
+    """
+    if conn.dialect.name == "postgresql":
+        server: datetime = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+        return server.astimezone(UTC)
+    return now
+
+
 def purge_expired(conn: Connection, now: datetime) -> int:
     return conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.expires_at <= now)).rowcount
 
@@ -150,8 +166,11 @@ def claim_attempt(conn: Connection, alert_id: int, now: datetime, until: datetim
 
     One conditional UPDATE: of processes racing for the alert, exactly one changes the row.
     The row is read back under that claim, so what it says the channels took is what the
-    claimer goes on from, never an earlier read.
+    claimer goes on from, never an earlier read. ``now`` and ``until`` are by the caller's
+    clock; the claim is judged and written by the ledger's (:func:`ledger_now`).
     """
+    at = ledger_now(conn, now)
+    now, until = at, at + (until - now)
     a = _ALERTS.c
     claimed = conn.execute(
         update(_ALERTS)
@@ -252,6 +271,10 @@ class BudgetTables:
 
     def spend_by_scope(self, start: datetime, end: datetime) -> dict[tuple[str, str, str], int]:
         return spend_by_scope(self._conn, start, end)
+
+    def clock(self, now: datetime) -> datetime:
+        """The ledger's time (see :func:`ledger_now`): what ``held`` and ``put_lease`` take."""
+        return ledger_now(self._conn, now)
 
     def held(self, key: LeaseKey, now: datetime, *, exclude: str | None = None) -> int:
         query = select(func.coalesce(func.sum(ReservationRow.amount_micros), 0)).where(

@@ -388,19 +388,26 @@ def test_a_crashed_callers_reservation_expires(db_url: str, emulator: OllamaEmul
     # Another process leased room for a call and died before settling.
     from ollama_meter.ledger import _budgets as store
 
-    with meter.ledger.write() as conn:
-        store.put_reservation(
-            conn,
-            {
-                "id": "crashed", "budget_id": b.id, "tenant": "acme",
-                "period_start": datetime(2026, 10, 31, 23, tzinfo=UTC), "amount_micros": BOUND,
-                "expires_at": clock.now + timedelta(minutes=15),
-            },
-        )  # fmt: skip
+    def crashed(written: datetime) -> None:  # its lease row, written then by the ledger's clock
+        with meter.ledger.write() as conn:
+            store.put_reservation(
+                conn,
+                {
+                    "id": "crashed", "budget_id": b.id, "tenant": "acme",
+                    "period_start": datetime(2026, 10, 31, 23, tzinfo=UTC),
+                    "amount_micros": BOUND, "expires_at": written + timedelta(minutes=15),
+                },
+            )  # fmt: skip
+
+    with meter.ledger.read() as conn:
+        written = store.ledger_now(conn, clock.now)  # PostgreSQL: the server's, not the test's
+    crashed(written)
     with pytest.raises(BudgetExceeded, match="calls in flight hold") as refused:
         call(meter)
     assert refused.value.retry_after == 5  # seconds, not the rest of the month
     clock.now = NOV + timedelta(minutes=16)
+    if db_url.startswith("postgresql"):  # its server's clock cannot be moved on: the row ages
+        crashed(written - timedelta(minutes=16))
     assert call(meter).status == "ok"
 
 
@@ -741,6 +748,18 @@ def _held(ledger: Any, budget: Budget, now: datetime) -> int:
         )
 
 
+def _expires_at(ledger: Any) -> datetime:
+    """When the lease row expires, by the ledger's clock: the test's on SQLite, the server's on
+    PostgreSQL (where waiting for a renewal past it takes real time)."""
+    from sqlalchemy import func, select
+
+    from ollama_meter.ledger.models import ReservationRow
+
+    with ledger.read() as conn:
+        expires_at: datetime = conn.execute(select(func.max(ReservationRow.expires_at))).one()[0]
+        return expires_at
+
+
 def _wait_for(condition: Any, what: str) -> None:
     for _ in range(200):
         if condition():
@@ -772,8 +791,9 @@ def test_a_call_longer_than_its_reservation_lives_keeps_its_hold(db_url: str) ->
 
     long_call = admit(mine, NOV)
     first_expiry = NOV + ttl
+    written = _expires_at(ledger)  # the same on SQLite; by the server's clock on PostgreSQL
     # The row is renewed while the call runs, past the moment it would have expired.
-    _wait_for(lambda: _held(ledger, saved, first_expiry) == 6_000_000, "renewed")
+    _wait_for(lambda: _held(ledger, saved, written) == 6_000_000, "renewed")
     with pytest.raises(BudgetExceeded, match="calls in flight hold 6.000000"):
         admit(other, first_expiry)
     mine.settle(long_call)
