@@ -181,7 +181,7 @@ class _Answered:
         call, request, wire = self.call, self.request, self.wire
         response, pool = self.response, self.pool
         separator = wire.separator
-        reader = wire.reader(request.operation)
+        reader = wire.reader(request.operation, stream=True)
         closed = False
 
         async def take(frame: bytes) -> tuple[bytes | None, bool]:
@@ -201,8 +201,8 @@ class _Answered:
             if failure is not None or reader.complete:
                 closed = True
                 await self.end(failure)
-            if isinstance(failure, OverCap):
-                return wire.error_frame(str(failure)), True  # the item past the cap is not sent
+            if isinstance(failure, OverCap) or (failure is not None and item is END):
+                return wire.error_frame(str(failure)), True  # past the cap, or an early end
             if failure is not None:
                 return frame + separator, True  # the client sees Ollama's own error item
             if isinstance(item, dict) and wire.hidden(item, hide_usage=request.hide_usage):

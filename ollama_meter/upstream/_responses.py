@@ -7,7 +7,8 @@ decoded as OpenAI's other streams are), whose objects say their ``type``: text
 arrives in ``response.output_text.delta`` events, and the stream ends with
 ``response.completed`` (or ``response.incomplete`` / ``response.failed``),
 whose ``response`` carries the usage. There is no ``[DONE]``: the terminal event
-is the answer's end, and a stream that ends without one broke.
+is the answer's end, and a stream that ends without one broke, ``[DONE]`` or not (a
+client stops reading at a ``[DONE]``, so one before the end is not relayed as one).
 
 As on the other OpenAI routes, Ollama writes a count it did not take as 0, and
 reports no durations: the meter estimates the one and times the other.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ollama_meter.errors import StreamError
 from ollama_meter.upstream._classify import error_text, mid_stream_error, reported_error
 from ollama_meter.upstream._vocabulary import Delta, Event, Final
 from ollama_meter.upstream._wire import _counted, _text
@@ -29,6 +31,10 @@ _OTHER = frozenset({
 })  # fmt: skip
 """Deltas of output that is not reply text (thinking, a tool call's arguments)."""
 _ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_UNENDED = (
+    "the answer ended before its response.completed event (which ends a Responses stream "
+    "and carries its usage): it is incomplete"
+)
 _UNTEXTED = frozenset({"reasoning", "function_call"})
 """Output items that are generated without being reply text."""
 
@@ -36,7 +42,9 @@ _UNTEXTED = frozenset({"reasoning", "function_call"})
 class ResponsesReader:
     """Reads one ``/v1/responses`` answer, whole or event by event."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, stream: bool = False) -> None:
+        self.stream = stream
+        """The answer is a stream of events, which only its terminal event ends."""
         self.model: str | None = None
         self.ended = False
         """The answer's final record was given (its end, with or without usage)."""
@@ -66,9 +74,13 @@ class ResponsesReader:
         return self._end(response) if kind in _ENDS else []
 
     def finish(self) -> list[Event]:
-        """The answer ended with no final record: keep the model; the meter estimates the counts."""
+        """The answer said it is over: a whole one without counts keeps its model (the meter
+        estimates them); a stream is over at its terminal event only, and a ``[DONE]`` before
+        one leaves it incomplete."""
         self.complete = True
-        return [] if self.ended else [Final(model=self.model)]
+        if self.ended:
+            return []
+        return [StreamError(_UNENDED)] if self.stream else [Final(model=self.model)]
 
     @staticmethod
     def _output(response: dict[str, Any]) -> list[Event]:

@@ -270,7 +270,9 @@ class WireFormat(Protocol):
     stream_media_type: str | None
     """The media type of a stream; None: the upstream's own."""
 
-    def reader(self, operation: str) -> Reader: ...
+    def reader(self, operation: str, *, stream: bool = False) -> Reader:
+        """A reader of one call's answer (``stream``: a streamed one, read item by item)."""
+        ...
 
     def decode(self, frame: bytes) -> dict[str, Any] | _End | None:
         """One item of a stream: an object, :data:`END`, or None (not an item: relayed as is,
@@ -295,7 +297,7 @@ class _Ollama:
     separator: bytes = b"\n"
     stream_media_type: str | None = None
 
-    def reader(self, operation: str) -> Reader:
+    def reader(self, operation: str, *, stream: bool = False) -> Reader:
         return OllamaReader(operation)
 
     def decode(self, frame: bytes) -> dict[str, Any] | _End | None:
@@ -327,11 +329,11 @@ class _OpenAI:
     separator: bytes = b"\n\n"
     stream_media_type: str | None = "text/event-stream"
 
-    def reader(self, operation: str) -> Reader:
+    def reader(self, operation: str, *, stream: bool = False) -> Reader:
         if operation == f"{OPENAI_PREFIX}responses":  # its own objects and end (no [DONE])
             from ollama_meter.upstream._responses import ResponsesReader
 
-            return ResponsesReader()
+            return ResponsesReader(stream=stream)
         return OpenAIReader(operation)
 
     def decode(self, frame: bytes) -> dict[str, Any] | _End | None:
