@@ -42,7 +42,8 @@ def refusal(
         )
     resumes = window.end.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
     hint = (
-        "; set a smaller num_predict/max_tokens or a shorter prompt to fit"
+        "; set a smaller reply cap (num_predict, max_tokens, max_output_tokens) or a shorter "
+        "prompt to fit"
         if need and spent < budget.limit
         else ""
     )

@@ -207,7 +207,9 @@ def test_a_reply_cap_past_a_hard_budget_is_refused_before_ollama(
     body = {"model": "llama3.1:8b", "input": "x " * 2_000, "max_output_tokens": 1_000}
     reply = gw.client.post("/v1/responses", json=body, headers=SALES)
     assert reply.status_code == 429, reply.text
-    assert reply.json()["error"]["type"] == "insufficient_quota"
+    error = reply.json()["error"]
+    assert error["type"] == "insufficient_quota"
+    assert "max_output_tokens" in error["message"]  # the cap this route reads, not max_tokens
     assert emulator.requests_to("/v1/responses") == []
     assert spans(gw)[0].status == "rejected"
 
