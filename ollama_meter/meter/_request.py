@@ -107,8 +107,25 @@ def _bytes(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+def _written_bytes(text: str) -> int:
+    """UTF-8 bytes of ``text`` as Go's ``json.Marshal`` may write it into a prompt: it escapes
+    ``<``, ``>`` and ``&`` (6 bytes for 1) and U+2028, U+2029 (6 for 3). Ollama's templates
+    write tools and tool calls' arguments so (``{{ json . }}``), whatever the request sent."""
+    escaped = text.count("<") + text.count(">") + text.count("&")
+    return _bytes(text) + 5 * escaped + 3 * (text.count("\u2028") + text.count("\u2029"))
+
+
+_FLOAT_BYTES = 26
+"""The longest a JSON number is once Go has read it as a float64 and written it again
+(``1e20`` is written ``100000000000000000000``; at most 17 digits, a point, six zeros, a sign)."""
+_TOOL_BYTES = 80
+"""The keys Go writes for every tool (``api.Tool``), whether the request gave them or not:
+``{"type":"","function":{"name":"","parameters":{"type":"","properties":null}}}``."""
+
+
 def _json_bytes(value: object) -> int:
-    """UTF-8 bytes of ``value`` as JSON (``json.dumps(ensure_ascii=False)``'s length), at any depth.
+    """UTF-8 bytes of ``value`` as JSON, at any depth, as long as either encoder writes it
+    (``json.dumps(ensure_ascii=False)``, or Go's ``json.Marshal``: see :func:`_written_bytes`).
 
     Measured by walking it, not by encoding it: a value nested deeper than the encoder's
     recursion allows still counts every byte (counting nothing would admit it as empty).
@@ -152,10 +169,17 @@ def _schema_bytes(function: object) -> int:
 
 
 def _scalar_bytes(value: object) -> int:
+    if isinstance(value, float):
+        return _FLOAT_BYTES
     try:
-        return _bytes(json.dumps(value, ensure_ascii=False, default=str))
+        return _written_bytes(json.dumps(value, ensure_ascii=False, default=str))
     except (TypeError, ValueError, RecursionError):  # an object whose str() fails: its repr
         return _bytes(object.__repr__(value))
+
+
+def _tools_bytes(tools: object) -> int:
+    """The bytes of a request's tools as the template writes them, each with its own keys."""
+    return _json_bytes(tools) + (_TOOL_BYTES * len(tools) if isinstance(tools, list) else 0)
 
 
 def _content_parts(content: object) -> tuple[list[str], int]:
@@ -212,7 +236,7 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
         if isinstance(message.get("images"), list):
             images += len(message["images"])
         extra += sum(
-            _bytes(value) if isinstance(value, str) else _json_bytes(value)
+            _written_bytes(value) if isinstance(value, str) else _json_bytes(value)
             for key, value in message.items()
             if key not in _COUNTED_APART
         )
@@ -246,8 +270,8 @@ def _responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]
             parts, pictures = _content_parts(item.get(key))
             texts.extend(parts)
             images += pictures
-        extra += sum(
-            _bytes(field) if isinstance(field, str) else _json_bytes(field)
+        extra += sum(  # a call's arguments are parsed, and written again as JSON
+            _written_bytes(field) if isinstance(field, str) else _json_bytes(field)
             for key, field in item.items()
             if key not in _ITEM_APART
         )
@@ -292,10 +316,10 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     embedding = kind in ("embed", "embeddings")
     if kind == "chat":
         texts, messages, images, extra = _messages(body.get("messages"))
-        extra += _json_bytes(body.get("tools"))
+        extra += _tools_bytes(body.get("tools"))
     elif kind == "responses":
         texts, messages, images, extra = _responses_input(body)
-        extra += _json_bytes(body.get("tools"))
+        extra += _tools_bytes(body.get("tools"))
     elif embedding:  # the field Ollama embeds: a legacy /api/embeddings reads only its prompt
         texts, given, messages = _inputs(
             body.get("prompt" if operation == "embeddings" else "input")
