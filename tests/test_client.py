@@ -278,16 +278,26 @@ def test_public_surface_is_pinned() -> None:
 
 
 def test_an_answer_the_ollama_client_cannot_read_is_one_line_and_not_the_callers_fault(
-    client: MeteredClient,
+    db_url: str,
 ) -> None:
-    """Ollama leaves ``embeddings`` out for an empty input (omitempty); the client needs it."""
-    with pytest.raises(ollama_meter.UpstreamError) as failed:
-        client.embed(model="llama3.1:8b", input=[])
+    """A server in Ollama's place (a proxy, an old build) answers an embedding without
+    ``embeddings``, which the ollama client needs: an upstream error, not the caller's."""
+    from tests._raw_http import RawServer
+
+    body = b'{"model":"llama3.1:8b","prompt_eval_count":1}'
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    server = RawServer(lambda: head + b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    try:
+        with MeteredClient(server.url, department="sales", tenant="acme", db_url=db_url) as client:
+            with pytest.raises(ollama_meter.UpstreamError) as failed:
+                client.embed(model="llama3.1:8b", input=["one"])
+            (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    finally:
+        server.close()
     assert not isinstance(failed.value, ValidationError)
     assert str(failed.value).endswith(
         "its answer does not read as Ollama's API has it: EmbedResponse.embeddings: Field required"
     )
-    (span,) = client.meter.ledger.latest(SpanFilter(), 5)
     assert (span.status, span.error_type) == ("error", "upstream_error")
 
 
