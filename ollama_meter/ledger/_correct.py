@@ -260,11 +260,11 @@ def _write_sums(
 def _write_minutes(conn: Connection, minutes: Sequence[_Minute]) -> None:
     """The minutes' rows as their spans make them, with what writers merged in since the read.
 
-    Writers only ever add to a minute (a call's pieces merged in, its start counted), so the
-    stored union less what was read is theirs: the wanted union plus the stored one is right
-    whenever the stored intervals read held nothing the spans do not have. When they did (a
-    span removed by hand), the minute is right as read if no writer touched it since, and
-    is read again from its spans, here, if one did.
+    Writers only ever add to a minute (a call's pieces merged in, its start counted), so
+    when the stored intervals read held nothing the spans do not have, the wanted union
+    merged with the stored one now is the union of every span's pieces. When they did (a
+    span removed by hand), what a writer merged since cannot be told from them (a call
+    recorded again covers the same time): such a minute is read again from its spans, here.
     """
     if not minutes:
         return
@@ -275,14 +275,12 @@ def _write_minutes(conn: Connection, minutes: Sequence[_Minute]) -> None:
     doubtful = []
     for minute in minutes:
         text, _, calls = now.get(minute.key, ("", 0, 0))
-        current = parse_intervals(text)
         if merge_intervals([*minute.wanted, *minute.stored]) == minute.wanted:
+            current = parse_intervals(text)
             rows[minute.key] = (
                 merge_intervals([*minute.wanted, *current]),
                 calls + minute.more_calls,
             )
-        elif current == minute.stored:
-            rows[minute.key] = (minute.wanted, calls + minute.more_calls)
         else:
             doubtful.append(minute.key)
             rows[minute.key] = ([], calls + minute.more_calls)

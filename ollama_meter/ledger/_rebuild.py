@@ -1,10 +1,9 @@
 """Rebuilding rollups from raw spans (``ometer db rollup``), and once after a migration asks.
 
-One write transaction per day (of the ledger's zone): the day's cells are deleted and
-recomputed from its spans, so spans written meanwhile are counted once (on PostgreSQL,
-writers wait for the day's transaction: ``_rollup.lock_cells``); then each month is
-summed from its days. Days before the prune horizon keep their rollups: their spans
-are gone.
+Day by day (of the ledger's zone): the day's spans and cells are read in one snapshot with
+no lock, and the difference is written in short pieces (``_correct``), so gateways keep
+writing and spans written meanwhile are counted once; then each month is made the sum of
+its days. Days before the prune horizon keep their rollups: their spans are gone.
 """
 
 from __future__ import annotations
@@ -67,9 +66,11 @@ def rebuild(
     that zone's midnights; refused once raw spans were pruned (their cells cannot be
     cut again). Gateways should be stopped meanwhile: they cut at the zone they read.
 
-    One write transaction per day of the ledger's zone (the day's cells deleted and recomputed from
-    its spans, so spans written meanwhile are counted once), then each month from
-    its days. Days before the horizon keep their rollups: their spans are gone.
+    Each day of the ledger's zone is read whole in one snapshot, with no lock, and what
+    its cells lack or have too much is written in pieces of at most ``PIECE_ROWS`` rows
+    (``_correct``: writers wait for a piece, never a day; spans written meanwhile are
+    counted once), then each month is made the sum of its days the same way. Days before
+    the horizon keep their rollups: their spans are gone.
     ``write``/``read`` open transactions (``Ledger.write``/``Ledger.read``). Busy time
     of a call that started the day before is counted from the earlier day's spans,
     so calls must not last longer than a day. Returns the number of spans read.
@@ -81,37 +82,42 @@ def rebuild(
             # Until the last month is summed, days and months may disagree: if this stops,
             # whichever process opens the ledger next finishes it (build_if_stale).
             _beat(conn)
-        with read() as conn:
-            horizon = pruned_before(conn)
-            cells_zone = ledger_zone(conn)
-            bounds = []
-            for column, table, extra in (
-                (SpanRow.started_at, SpanRow.__table__, ()),
-                (ROLLUPS.c.start, ROLLUPS, (ROLLUPS.c.grain == int(Grain.QUARTER),)),
-            ):
-                low, high = conn.execute(
-                    select(func.min(column), func.max(column)).select_from(table).where(*extra)
-                ).one()
-                if low is None:
-                    continue
-                if isinstance(low, datetime):
-                    bounds += [to_us(low), to_us(high)]
-                else:
-                    bounds += [low * 10**6, high * 10**6]
-        total = 0
         try:
-            if bounds:
-                total = _rebuild_days(
-                    write, read, min(bounds), max(bounds), horizon, cells_zone, progress
-                )
+            total = _rebuild_all(write, read, progress)
+            with write() as conn:
+                set_meta(conn, "rollups", "current")
+                set_meta(conn, "rebuilding", None)
         except BaseException:  # stopped (Ctrl-C, SIGTERM, an error): the next open finishes it
             with contextlib.suppress(Exception), write() as conn:
                 set_meta(conn, "rebuilding", STOPPED)
             raise
-        with write() as conn:
-            set_meta(conn, "rollups", "current")
-            set_meta(conn, "rebuilding", None)
     return total
+
+
+def _rebuild_all(
+    write: Callable[[], Any], read: Callable[[], Any], progress: Callable[[int], None] | None
+) -> int:
+    """Every day from the first span or quarter hour to the last, then their months."""
+    with read() as conn:
+        horizon = pruned_before(conn)
+        cells_zone = ledger_zone(conn)
+        bounds = []
+        for column, table, extra in (
+            (SpanRow.started_at, SpanRow.__table__, ()),
+            (ROLLUPS.c.start, ROLLUPS, (ROLLUPS.c.grain == int(Grain.QUARTER),)),
+        ):
+            low, high = conn.execute(
+                select(func.min(column), func.max(column)).select_from(table).where(*extra)
+            ).one()
+            if low is None:
+                continue
+            if isinstance(low, datetime):
+                bounds += [to_us(low), to_us(high)]
+            else:
+                bounds += [low * 10**6, high * 10**6]
+    if not bounds:
+        return 0
+    return _rebuild_days(write, read, min(bounds), max(bounds), horizon, cells_zone, progress)
 
 
 REBUILD_SILENCE_S = 600
@@ -164,7 +170,9 @@ def _rebuild_days(
     first = floor_cell(Grain.DAY, low, zone)
     if horizon is not None:
         first = max(first, _first_whole_day(horizon, zone))
-    last = floor_cell(Grain.DAY, high, zone)
+    # The day after the last call too: it may have been busy past midnight (that minute and
+    # its day were left out, or as they were, when no later call started).
+    last = next_cell(Grain.DAY, floor_cell(Grain.DAY, high, zone), zone)
     total = 0
     months: set[int] = set()
     claim = Pass()
