@@ -1,10 +1,9 @@
 """Rebuilding rollups from raw spans (``ometer db rollup``), and once after a migration asks.
 
-One write transaction per day (of the ledger's zone): the day's cells are deleted and
-recomputed from its spans, so spans written meanwhile are counted once (on PostgreSQL,
-writers wait for the day's transaction: ``_rollup.lock_cells``); then each month is
-summed from its days. Days before the prune horizon keep their rollups: their spans
-are gone.
+Day by day (of the ledger's zone): the day's spans and cells are read in one snapshot with
+no lock, and the difference is written in short pieces (``_correct``), so gateways keep
+writing and spans written meanwhile are counted once; then each month is made the sum of
+its days. Days before the prune horizon keep their rollups: their spans are gone.
 """
 
 from __future__ import annotations
@@ -14,37 +13,39 @@ import logging
 import os
 import socket
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, delete, func, insert, literal, or_, select
+from sqlalchemy import Connection, func, or_, select
 
 from ollama_meter._names import zone_problem
 from ollama_meter.errors import ValidationError
+from ollama_meter.ledger import _correct
 from ollama_meter.ledger._cells import (
-    BIN_COLUMNS,
     DAY_US,
-    DIMENSIONS,
-    HISTOGRAM_KEY,
-    MEASURES,
     Grain,
     busy_pieces,
     floor_cell,
+    merge_intervals,
     next_cell,
+)
+from ollama_meter.ledger._correct import (
+    BINS,
+    BUSY_SUMS,
+    CUBE,
+    Correction,
+    Key,
+    Moved,
+    Pass,
+    stored_minutes,
+    stored_sums,
+    summed_days,
 )
 from ollama_meter.ledger._deadline import unbounded
 from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta, zone_name
-from ollama_meter.ledger._rollup import (
-    BUSY,
-    BUSY_CELLS,
-    HISTOGRAMS,
-    ROLLUPS,
-    RollupDelta,
-    lock_cells,
-)
+from ollama_meter.ledger._rollup import BUSY, ROLLUPS, RollupDelta
 from ollama_meter.ledger._spans import row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
@@ -65,9 +66,11 @@ def rebuild(
     that zone's midnights; refused once raw spans were pruned (their cells cannot be
     cut again). Gateways should be stopped meanwhile: they cut at the zone they read.
 
-    One write transaction per day of the ledger's zone (the day's cells deleted and recomputed from
-    its spans, so spans written meanwhile are counted once), then each month from
-    its days. Days before the horizon keep their rollups: their spans are gone.
+    Each day of the ledger's zone is read whole in one snapshot, with no lock, and what
+    its cells lack or have too much is written in pieces of at most ``PIECE_ROWS`` rows
+    (``_correct``: writers wait for a piece, never a day; spans written meanwhile are
+    counted once), then each month is made the sum of its days the same way. Days before
+    the horizon keep their rollups: their spans are gone.
     ``write``/``read`` open transactions (``Ledger.write``/``Ledger.read``). Busy time
     of a call that started the day before is counted from the earlier day's spans,
     so calls must not last longer than a day. Returns the number of spans read.
@@ -79,37 +82,42 @@ def rebuild(
             # Until the last month is summed, days and months may disagree: if this stops,
             # whichever process opens the ledger next finishes it (build_if_stale).
             _beat(conn)
-        with read() as conn:
-            horizon = pruned_before(conn)
-            cells_zone = ledger_zone(conn)
-            bounds = []
-            for column, table, extra in (
-                (SpanRow.started_at, SpanRow.__table__, ()),
-                (ROLLUPS.c.start, ROLLUPS, (ROLLUPS.c.grain == int(Grain.QUARTER),)),
-            ):
-                low, high = conn.execute(
-                    select(func.min(column), func.max(column)).select_from(table).where(*extra)
-                ).one()
-                if low is None:
-                    continue
-                if isinstance(low, datetime):
-                    bounds += [to_us(low), to_us(high)]
-                else:
-                    bounds += [low * 10**6, high * 10**6]
-        total = 0
         try:
-            if bounds:
-                total = _rebuild_days(
-                    write, min(bounds), max(bounds), horizon, cells_zone, progress
-                )
+            total = _rebuild_all(write, read, progress)
+            with write() as conn:
+                set_meta(conn, "rollups", "current")
+                set_meta(conn, "rebuilding", None)
         except BaseException:  # stopped (Ctrl-C, SIGTERM, an error): the next open finishes it
             with contextlib.suppress(Exception), write() as conn:
                 set_meta(conn, "rebuilding", STOPPED)
             raise
-        with write() as conn:
-            set_meta(conn, "rollups", "current")
-            set_meta(conn, "rebuilding", None)
     return total
+
+
+def _rebuild_all(
+    write: Callable[[], Any], read: Callable[[], Any], progress: Callable[[int], None] | None
+) -> int:
+    """Every day from the first span or quarter hour to the last, then their months."""
+    with read() as conn:
+        horizon = pruned_before(conn)
+        cells_zone = ledger_zone(conn)
+        bounds = []
+        for column, table, extra in (
+            (SpanRow.started_at, SpanRow.__table__, ()),
+            (ROLLUPS.c.start, ROLLUPS, (ROLLUPS.c.grain == int(Grain.QUARTER),)),
+        ):
+            low, high = conn.execute(
+                select(func.min(column), func.max(column)).select_from(table).where(*extra)
+            ).one()
+            if low is None:
+                continue
+            if isinstance(low, datetime):
+                bounds += [to_us(low), to_us(high)]
+            else:
+                bounds += [low * 10**6, high * 10**6]
+    if not bounds:
+        return 0
+    return _rebuild_days(write, read, min(bounds), max(bounds), horizon, cells_zone, progress)
 
 
 REBUILD_SILENCE_S = 600
@@ -152,6 +160,7 @@ def _at_work(conn: Connection) -> bool:
 
 def _rebuild_days(
     write: Callable[[], Any],
+    read: Callable[[], Any],
     low: int,
     high: int,
     horizon: int | None,
@@ -161,35 +170,53 @@ def _rebuild_days(
     first = floor_cell(Grain.DAY, low, zone)
     if horizon is not None:
         first = max(first, _first_whole_day(horizon, zone))
-    last = floor_cell(Grain.DAY, high, zone)
+    # The day after the last call too: it may have been busy past midnight (that minute and
+    # its day were left out, or as they were, when no later call started).
+    last = next_cell(Grain.DAY, floor_cell(Grain.DAY, high, zone), zone)
     total = 0
     months: set[int] = set()
+    claim = Pass()
     day: int | None = first
     while day is not None and day <= last:
-        with write() as conn:
-            lock_cells(conn, alone=True)  # writers wait, so the day's spans are read once
-            # A prune may have moved the horizon since the rebuild began (it takes this
-            # lock to): the days before it have no raw spans left, only their rollups.
+        with read() as conn:
+            _one_snapshot(conn)
+            claim.read(conn)
+            # A prune may have moved the horizon since the rebuild began: the days before
+            # it have no raw spans left, only their rollups.
             moved = pruned_before(conn)
             if moved is not None and day < (start := _first_whole_day(moved, zone)):
                 day = start
                 continue
-            count = _rebuild_day(conn, day, zone)
-            _beat(conn)
-            total += count
+            count, correction = _read_day(conn, day, zone)
             # The next day with anything to redo; the day after one with calls always
             # (a call may have been busy past midnight).
             after = next_cell(Grain.DAY, day, zone)
             following = after if count else _next_day(conn, after, zone)
+        try:
+            _correct.write(write, claim, correction, _beat)
+        except Moved:  # another rebuild wrote since the read: read the day again
+            continue
+        total += count
         months.add(floor_cell(Grain.MONTH, day, zone))
         if progress is not None:
             progress(day)
         day = following
     for month in sorted(months):
-        with write() as conn:
-            _rebuild_month(conn, month, zone)
-            _beat(conn)
+        while True:
+            with read() as conn:
+                _one_snapshot(conn)
+                claim.read(conn)
+                correction = _read_month(conn, month, zone)
+            with contextlib.suppress(Moved):
+                _correct.write(write, claim, correction, _beat)
+                break
     return total
+
+
+def _one_snapshot(conn: Connection) -> None:
+    """Every read of this transaction sees the ledger at one moment (SQLite's reads do)."""
+    if conn.dialect.name == "postgresql":
+        conn.execution_options(isolation_level="REPEATABLE READ")
 
 
 def _first_whole_day(horizon: int, zone: tzinfo | None) -> int:
@@ -212,23 +239,11 @@ def _next_day(conn: Connection, after: int, zone: tzinfo | None) -> int | None:
     return floor_cell(Grain.DAY, min(moments), zone) if moments else None
 
 
-def _rebuild_day(conn: Connection, day: int, zone: tzinfo | None) -> int:
-    """The day's cells deleted and summed again from its spans (the caller holds the lock)."""
+def _read_day(conn: Connection, day: int, zone: tzinfo | None) -> tuple[int, Correction]:
+    """How many calls started on the day, and what its stored cells need to be what its
+    spans say (quarters, the day, its minutes; months are summed from days afterwards)."""
     end = next_cell(Grain.DAY, day, zone)
     start_s, end_s = day // 10**6, end // 10**6
-    for table, grains in (
-        (ROLLUPS, (Grain.QUARTER, Grain.DAY)),
-        (HISTOGRAMS, (Grain.QUARTER, Grain.DAY)),
-        (BUSY_CELLS, (Grain.DAY,)),
-    ):
-        conn.execute(
-            delete(table).where(
-                table.c.grain.in_([int(g) for g in grains]),
-                table.c.start >= start_s,
-                table.c.start < end_s,
-            )
-        )
-    conn.execute(delete(BUSY).where(BUSY.c.start >= start_s, BUSY.c.start < end_s))
     delta = RollupDelta()
     count = 0
     # Today's spans, and yesterday's that were still busy after midnight.
@@ -246,37 +261,39 @@ def _rebuild_day(conn: Connection, day: int, zone: tzinfo | None) -> int:
             for cell, piece in busy_pieces(span):
                 if cell >= day:
                     delta.busy[(cell, span.upstream_host)].append(piece)
-    delta.busy = defaultdict(
-        list, {key: value for key, value in delta.busy.items() if day <= key[0] < end}
+    grains = (Grain.QUARTER, Grain.DAY)
+    correction = Correction()
+    correction.add(
+        CUBE, delta.cube_rows(grains, zone), stored_sums(conn, CUBE, grains, start_s, end_s)
     )
-    delta.write(conn, months=False)  # each month is summed from its days afterwards
-    return count
+    correction.add(
+        BINS, delta.histogram_rows(grains, zone), stored_sums(conn, BINS, grains, start_s, end_s)
+    )
+    minutes = {
+        (start // 10**6, host): (merge_intervals(pieces), delta.calls.get((start, host), 0))
+        for (start, host), pieces in delta.busy.items()
+        if day <= start < end
+    }
+    correction.add_minutes(minutes, stored_minutes(conn, start_s, end_s))
+    busy: dict[Key, list[int]] = {}
+    for (_, host), (intervals, calls) in minutes.items():
+        sums = busy.setdefault((int(Grain.DAY), start_s, host), [0, 0])
+        sums[0] += sum(b - a for a, b in intervals)
+        sums[1] += calls
+    busy = {key: sums for key, sums in busy.items() if any(sums)}
+    if correction.minutes or busy != stored_sums(conn, BUSY_SUMS, [Grain.DAY], start_s, end_s):
+        correction.resum = (start_s, end_s)
+    return count, correction
 
 
-def _rebuild_month(conn: Connection, month: int, zone: tzinfo | None) -> None:
-    lock_cells(conn, alone=True)  # no writer adds a month row between the delete and insert
+def _read_month(conn: Connection, month: int, zone: tzinfo | None) -> Correction:
+    """What the month's stored cells need to be the sums of its days'."""
     start_s, end_s = month // 10**6, next_cell(Grain.MONTH, month, zone) // 10**6
-    for table, keys, sums in (
-        (ROLLUPS, DIMENSIONS, MEASURES),
-        (HISTOGRAMS, (*HISTOGRAM_KEY, "metric", "decade"), BIN_COLUMNS),
-        (BUSY_CELLS, ("host",), ("busy_us", "calls")),
-    ):
-        conn.execute(
-            delete(table).where(
-                table.c.grain == int(Grain.MONTH), table.c.start >= start_s, table.c.start < end_s
-            )
-        )
-        days = (
-            select(
-                literal(int(Grain.MONTH)),
-                literal(start_s),
-                *(table.c[k] for k in keys),
-                *(func.sum(table.c[s]) for s in sums),
-            )
-            .where(table.c.grain == int(Grain.DAY), table.c.start >= start_s, table.c.start < end_s)
-            .group_by(*(table.c[k] for k in keys))
-        )
-        conn.execute(insert(table).from_select(["grain", "start", *keys, *sums], days))
+    correction = Correction()
+    for kind in (CUBE, BINS, BUSY_SUMS):
+        wanted = summed_days(conn, kind, start_s, end_s)
+        correction.add(kind, wanted, stored_sums(conn, kind, [Grain.MONTH], start_s, end_s))
+    return correction
 
 
 def _zone_key(zone: str) -> str:

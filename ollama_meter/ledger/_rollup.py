@@ -214,7 +214,7 @@ class RollupDelta:
         zone = ledger_zone(conn)
         cube = self.cube_rows(grains, zone)
         if cube:
-            run(conn, statements.cube.sql, [(*key, *_within(cube[key])) for key in sorted(cube)])
+            run(conn, statements.cube.sql, [(*key, *within(cube[key])) for key in sorted(cube)])
             _drop_emptied(conn, [key for key in sorted(cube) if cube[key][_REQUESTS] < 0])
         histograms = self.histogram_rows(grains, zone)
         if histograms:
@@ -253,7 +253,7 @@ def lock_cells(conn: Connection, *, alone: bool = False) -> None:
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock{kind}({REBUILD_LOCK})")
 
 
-def _within(values: Sequence[int]) -> Sequence[int]:
+def within(values: Sequence[int]) -> Sequence[int]:
     """``values`` as a 64-bit column takes them: a batch of many spans may sum past :data:`MOST`."""
     fits = not values or (min(values) >= -MOST and max(values) <= MOST)  # in C, per row
     return values if fits else [min(max(v, -MOST), MOST) for v in values]
@@ -275,7 +275,7 @@ def _write_histograms(
             if -MOST <= calls <= MOST:
                 single.setdefault(counts.index(calls), []).append((*key, calls))
                 continue
-        whole.append((*key, *_within(counts)))
+        whole.append((*key, *within(counts)))
     if whole:
         run(conn, statements.histogram.sql, whole)
     for index, values in sorted(single.items()):
@@ -371,4 +371,5 @@ __all__ = [
     "RollupDelta",
     "apply",
     "lock_cells",
+    "within",
 ]
