@@ -177,6 +177,16 @@ def _scalar_bytes(value: object) -> int:
         return _bytes(object.__repr__(value))
 
 
+_CALL_BYTES = 64
+"""What a template writes around each tool call besides its name and arguments (qwen2.5's
+``<tool_call>\n{"name": , "arguments": }\n</tool_call>`` is 45 bytes), the keys Go adds
+(``api.ToolCall``) included."""
+
+
+def _calls_bytes(calls: object) -> int:
+    return _CALL_BYTES * len(calls) if isinstance(calls, list) else 0
+
+
 def _tools_bytes(tools: object) -> int:
     """The bytes of a request's tools as the template writes them, each with its own keys."""
     return _json_bytes(tools) + (_TOOL_BYTES * len(tools) if isinstance(tools, list) else 0)
@@ -235,7 +245,7 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
         images += pictures
         if isinstance(message.get("images"), list):
             images += len(message["images"])
-        extra += sum(
+        extra += _calls_bytes(message.get("tool_calls")) + sum(
             _written_bytes(value) if isinstance(value, str) else _json_bytes(value)
             for key, value in message.items()
             if key not in _COUNTED_APART
@@ -270,6 +280,7 @@ def _responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]
             parts, pictures = _content_parts(item.get(key))
             texts.extend(parts)
             images += pictures
+        extra += _CALL_BYTES if item.get("type") == "function_call" else 0
         extra += sum(  # a call's arguments are parsed, and written again as JSON
             _written_bytes(field) if isinstance(field, str) else _json_bytes(field)
             for key, field in item.items()

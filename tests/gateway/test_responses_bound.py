@@ -63,12 +63,20 @@ def go_written(value: Any) -> int:
     return len(go_json(zeroed(value))) + sum(len(go_float(n)) - 1 for n in numbers)
 
 
+def call_written(name: str, arguments: Any) -> int:
+    """Bytes a template writes of one tool call: qwen2.5's, for one, wraps each call as
+    ``<tool_call>\n{"name": NAME, "arguments": ARGS}\n</tool_call>``."""
+    return len('<tool_call>\n{"name": , "arguments": }\n</tool_call>') + (
+        len(go_json(name)) + go_written(arguments)
+    )
+
+
 def written(body: dict[str, Any]) -> int:
-    """Bytes the template writes of the tools and the calls' arguments, as JSON (at least)."""
+    """Bytes the template writes of the tools and the calls, as JSON (at least)."""
     size = sum(go_written(api_tool(tool)) for tool in body.get("tools", []))
     for item in body["input"]:
-        if item.get("arguments"):
-            size += go_written(json.loads(item["arguments"]))
+        if item.get("type") == "function_call":
+            size += call_written(item.get("name", ""), json.loads(item.get("arguments") or "{}"))
     return size
 
 
@@ -119,9 +127,20 @@ calls = st.lists(
 @example(tools=[{}] * 4, calls=[])  # 2 bytes sent, 76 written: {"type":"","function":{...
 @example(tools=[], calls=[{"type": "function_call", "arguments": json.dumps({"a": "&" * 40})}])
 @example(tools=[{"type": "function", "name": "f", "parameters": ENUM}], calls=[])  # 5 bytes, 21
+@example(tools=[], calls=[{"type": "function_call", "name": "", "arguments": "{}"}] * 50)
 def test_the_bound_holds_the_tools_and_calls_as_ollamas_template_writes_them(
     tools: list[dict[str, Any]], calls: list[dict[str, Any]]
 ) -> None:
+    """Fifty calls of no name and no arguments counted 8 tokens each (a message's markers)
+    where a template writes each in 45 bytes or more."""
     body = {"model": "m", "input": [{"role": "user", "content": "hi"}, *calls], "tools": tools}
     bound = facts_of("openai.responses", body).bound(0)
+    assert bound.input_tokens >= written(body) + len("hi")
+    # The same calls in a chat's assistant message, as /api/chat and /v1/chat/completions send.
+    tool_calls = [
+        {"function": {"name": c.get("name", ""), "arguments": json.loads(c["arguments"])}}
+        for c in calls
+    ]
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": tool_calls}]
+    bound = facts_of("chat", {"model": "m", "messages": chat, "tools": tools}).bound(0)
     assert bound.input_tokens >= written(body) + len("hi")
