@@ -353,7 +353,12 @@ def build_if_stale(ledger: Any) -> None:
             if not stale and get_meta(conn, "rebuilding") is None:
                 return
             if not _at_work(conn):
-                empty = conn.execute(select(SpanRow.id).limit(1)).first() is None
+                # Nothing to build from or correct (a new ledger). Cells with no span left
+                # (all removed, a rebuild stopped half way) are not that: they are rebuilt.
+                empty = all(
+                    conn.execute(select(column).limit(1)).first() is None
+                    for column in (SpanRow.id, ROLLUPS.c.start)
+                )
                 break
         if not stale:
             return

@@ -167,6 +167,9 @@ class _Killed(BaseException):
     during={4: ("again", 0)},  # just before the first day's write
     killed_at=None,
 )
+@example(  # stopped with no span left: the next open marked it done, rollups as they were
+    spans=[_call(0, busy_s=1)], state="spans removed by hand", during={}, killed_at=2
+)
 def test_spans_written_during_a_rebuild_are_counted_once(
     db_url: str,
     tmp_path: Path,
