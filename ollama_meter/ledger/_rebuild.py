@@ -18,13 +18,12 @@ from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, func, or_, select
+from sqlalchemy import Connection, func, select
 
 from ollama_meter._names import zone_problem
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import _correct
 from ollama_meter.ledger._cells import (
-    DAY_US,
     Grain,
     busy_pieces,
     floor_cell,
@@ -39,6 +38,7 @@ from ollama_meter.ledger._correct import (
     Key,
     Moved,
     Pass,
+    spans_busy_in,
     stored_minutes,
     stored_sums,
     summed_days,
@@ -46,7 +46,7 @@ from ollama_meter.ledger._correct import (
 from ollama_meter.ledger._deadline import unbounded
 from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta, zone_name
 from ollama_meter.ledger._rollup import BUSY, ROLLUPS, RollupDelta
-from ollama_meter.ledger._spans import row_to_span, select_spans
+from ollama_meter.ledger._spans import row_to_span
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 
@@ -247,12 +247,7 @@ def _read_day(conn: Connection, day: int, zone: tzinfo | None) -> tuple[int, Cor
     delta = RollupDelta()
     count = 0
     # Today's spans, and yesterday's that were still busy after midnight.
-    query = select_spans(content=False).where(
-        SpanRow.started_at >= from_us(day - DAY_US),
-        SpanRow.started_at < from_us(end),
-        or_(SpanRow.started_at >= from_us(day), SpanRow.ended_at > from_us(day)),
-    )
-    for row in conn.execute(query):
+    for row in conn.execute(spans_busy_in(day, end)):
         span = row_to_span(row)
         if to_us(span.started_at) >= day:
             delta.add(span)
