@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Select,
     Table,
     and_,
     bindparam,
@@ -53,7 +54,7 @@ from ollama_meter.ledger._cells import (
 from ollama_meter.ledger._meta import get_meta, set_meta
 from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS, lock_cells, within
 from ollama_meter.ledger._spans import row_to_span, select_spans
-from ollama_meter.ledger._types import from_us, to_us
+from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger._upserts import run, statements_for
 from ollama_meter.ledger.models import SpanRow
 
@@ -304,6 +305,16 @@ def _write_minutes(conn: Connection, minutes: Sequence[_Minute]) -> None:
         conn.execute(insert(BUSY), fresh)
 
 
+def spans_busy_in(low: int, high: int) -> Select[Any]:
+    """The spans that started from ``low`` to ``high`` (µs), and the day before's still busy
+    at ``low`` (a call's busy time ends at most a day after it began: ``busy_interval``)."""
+    return select_spans(content=False).where(
+        SpanRow.started_at >= from_us(low - DAY_US),
+        SpanRow.started_at < from_us(high),
+        or_(SpanRow.started_at >= from_us(low), SpanRow.ended_at > from_us(low)),
+    )
+
+
 def _minutes_from_spans(
     conn: Connection, keys: Sequence[tuple[int, str]]
 ) -> dict[tuple[int, str], list[tuple[int, int]]]:
@@ -312,15 +323,12 @@ def _minutes_from_spans(
     low = min(start for start, _ in keys) * 10**6
     high = max(start for start, _ in keys) * 10**6 + BUSY_US
     pieces: dict[tuple[int, str], list[tuple[int, int]]] = {key: [] for key in keys}
-    query = select_spans(content=False).where(
-        SpanRow.started_at >= from_us(low - DAY_US),
-        SpanRow.started_at < from_us(high),
-        or_(SpanRow.started_at >= from_us(low), SpanRow.ended_at > from_us(low)),
-        SpanRow.upstream_host.in_(sorted({host for _, host in keys})),
+    query = spans_busy_in(low, high).where(
+        SpanRow.upstream_host.in_(sorted({host for _, host in keys}))
     )
     for row in conn.execute(query):
         span = row_to_span(row)
-        for cell, piece in busy_pieces(span, to_us(span.started_at)):
+        for cell, piece in busy_pieces(span):
             key = (cell // 10**6, span.upstream_host)
             if key in wanted:
                 pieces[key].append(piece)

@@ -18,13 +18,12 @@ from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, func, or_, select
+from sqlalchemy import Connection, func, select
 
 from ollama_meter._names import zone_problem
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import _correct
 from ollama_meter.ledger._cells import (
-    DAY_US,
     Grain,
     busy_pieces,
     floor_cell,
@@ -39,14 +38,15 @@ from ollama_meter.ledger._correct import (
     Key,
     Moved,
     Pass,
+    spans_busy_in,
     stored_minutes,
     stored_sums,
     summed_days,
 )
 from ollama_meter.ledger._deadline import unbounded
 from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta, zone_name
-from ollama_meter.ledger._rollup import BUSY, ROLLUPS, RollupDelta
-from ollama_meter.ledger._spans import row_to_span, select_spans
+from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS, RollupDelta
+from ollama_meter.ledger._spans import row_to_span
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 
@@ -97,17 +97,15 @@ def rebuild(
 def _rebuild_all(
     write: Callable[[], Any], read: Callable[[], Any], progress: Callable[[int], None] | None
 ) -> int:
-    """Every day from the first span or quarter hour to the last, then their months."""
+    """Every day from the first span or cell to the last, then their months and any other
+    month with cells (one whose days lost every call)."""
     with read() as conn:
         horizon = pruned_before(conn)
         cells_zone = ledger_zone(conn)
         bounds = []
-        for column, table, extra in (
-            (SpanRow.started_at, SpanRow.__table__, ()),
-            (ROLLUPS.c.start, ROLLUPS, (ROLLUPS.c.grain == int(Grain.QUARTER),)),
-        ):
+        for column, table in ((SpanRow.started_at, SpanRow.__table__), (ROLLUPS.c.start, ROLLUPS)):
             low, high = conn.execute(
-                select(func.min(column), func.max(column)).select_from(table).where(*extra)
+                select(func.min(column), func.max(column)).select_from(table)
             ).one()
             if low is None:
                 continue
@@ -201,6 +199,8 @@ def _rebuild_days(
         if progress is not None:
             progress(day)
         day = following
+    with read() as conn:  # a month none of whose days has a call or cell left is summed too
+        months |= _months_with_cells(conn, floor_cell(Grain.MONTH, first, zone), zone)
     for month in sorted(months):
         while True:
             with read() as conn:
@@ -211,6 +211,19 @@ def _rebuild_days(
                 _correct.write(write, claim, correction, _beat)
                 break
     return total
+
+
+def _months_with_cells(conn: Connection, since: int, zone: tzinfo | None) -> set[int]:
+    """The months (µs) of ``zone`` from ``since`` on that hold month cells in any rollup table
+    (cut at another zone's midnight too, before a zone change: the month they fall in)."""
+    found: set[int] = set()
+    for table in (ROLLUPS, HISTOGRAMS, BUSY_CELLS):
+        starts = select(table.c.start).where(
+            table.c.grain == int(Grain.MONTH), table.c.start >= since // 10**6
+        )
+        for start in conn.execute(starts.distinct()).scalars():
+            found.add(floor_cell(Grain.MONTH, start * 10**6, zone))
+    return found
 
 
 def _one_snapshot(conn: Connection) -> None:
@@ -247,12 +260,7 @@ def _read_day(conn: Connection, day: int, zone: tzinfo | None) -> tuple[int, Cor
     delta = RollupDelta()
     count = 0
     # Today's spans, and yesterday's that were still busy after midnight.
-    query = select_spans(content=False).where(
-        SpanRow.started_at >= from_us(day - DAY_US),
-        SpanRow.started_at < from_us(end),
-        or_(SpanRow.started_at >= from_us(day), SpanRow.ended_at > from_us(day)),
-    )
-    for row in conn.execute(query):
+    for row in conn.execute(spans_busy_in(day, end)):
         span = row_to_span(row)
         if to_us(span.started_at) >= day:
             delta.add(span)
@@ -353,7 +361,12 @@ def build_if_stale(ledger: Any) -> None:
             if not stale and get_meta(conn, "rebuilding") is None:
                 return
             if not _at_work(conn):
-                empty = conn.execute(select(SpanRow.id).limit(1)).first() is None
+                # Nothing to build from or correct (a new ledger). Cells with no span left
+                # (all removed, a rebuild stopped half way) are not that: they are rebuilt.
+                empty = all(
+                    conn.execute(select(column).limit(1)).first() is None
+                    for column in (SpanRow.id, ROLLUPS.c.start)
+                )
                 break
         if not stale:
             return

@@ -82,7 +82,7 @@ EACH_MODEL = (ANYONE, "+")
 ``+`` is no department's name (names begin with a letter or digit), so these rows never
 meet a department's, nor :data:`EVERYONE`'s (a model may be called ``*``)."""
 REBUILD_LOCK = 0x6F6D7275  # "omru"
-"""PostgreSQL advisory lock: writers of rollups share it, a rebuild's day takes it alone."""
+"""PostgreSQL advisory lock: writers of rollups share it, a rebuild's piece takes it alone."""
 
 
 class RollupDelta:
@@ -202,26 +202,23 @@ class RollupDelta:
                     counts[index] += calls
         return {key: counts for key, counts in rows.items() if any(counts)}
 
-    def write(self, conn: Connection, *, months: bool = True) -> None:
+    def write(self, conn: Connection) -> None:
         """Add this delta to the rollups, in the caller's transaction.
 
         Keys are written in sorted order, so concurrent writers on PostgreSQL take
-        row locks in one order and never deadlock each other. ``months=False``
-        leaves month cells alone (a rebuild sums them from days afterwards).
+        row locks in one order and never deadlock each other.
         """
         statements = statements_for(conn.dialect)
-        grains = tuple(Grain) if months else (Grain.QUARTER, Grain.DAY)
         zone = ledger_zone(conn)
-        cube = self.cube_rows(grains, zone)
+        cube = self.cube_rows(tuple(Grain), zone)
         if cube:
             run(conn, statements.cube.sql, [(*key, *within(cube[key])) for key in sorted(cube)])
             _drop_emptied(conn, [key for key in sorted(cube) if cube[key][_REQUESTS] < 0])
-        histograms = self.histogram_rows(grains, zone)
+        histograms = self.histogram_rows(tuple(Grain), zone)
         if histograms:
             _write_histograms(conn, statements, histograms)
         if self.busy:
-            cells = BUSY_GRAINS if months else (Grain.DAY,)
-            _write_busy(conn, statements, self.busy, self.calls, cells, zone)
+            _write_busy(conn, statements, self.busy, self.calls, zone)
 
 
 _REQUESTS = MEASURES.index("requests")
@@ -241,12 +238,14 @@ def _drop_emptied(conn: Connection, keys: Sequence[tuple[Any, ...]]) -> None:
 
 
 def lock_cells(conn: Connection, *, alone: bool = False) -> None:
-    """Take the rollups' lock for this transaction: shared by writers, ``alone`` for a rebuild.
+    """Take the rollups' lock for this transaction: shared by writers, ``alone`` for a
+    rebuild's piece (``_correct``) or a prune.
 
-    A rebuild deletes a day's cells, then sums them again from its spans: a writer
-    between the two would count twice, or break the insert ("duplicate key"). Taken
-    before the span insert, a writer commits before the rebuild reads or waits until
-    it is done. SQLite writers take turns already (``BEGIN IMMEDIATE``).
+    A piece replaces busy minutes (deleted, and inserted as their spans and what writers
+    merged since make them) and sums a day's busy cells again from its minutes: a writer
+    merging a minute between the two would be lost, or break the insert ("duplicate
+    key"). Taken before the span insert, a writer commits before the piece begins or
+    waits until it is done. SQLite writers take turns already (``BEGIN IMMEDIATE``).
     """
     if conn.dialect.name == "postgresql":
         kind = "" if alone else "_shared"
@@ -287,7 +286,6 @@ def _write_busy(
     statements: Statements,
     busy: dict[tuple[int, str], list[tuple[int, int]]],
     calls: dict[tuple[int, str], int],
-    grains: Sequence[Grain],
     zone: tzinfo | None,
 ) -> None:
     """Merge the minutes' busy pieces into their rows, then add what grew to their cells."""
@@ -321,7 +319,7 @@ def _write_busy(
             sums[1] += started
     cells = sorted(
         (int(grain), start // 10**6, host, *sums)
-        for grain, summed in by_grain(added, grains, zone)
+        for grain, summed in by_grain(added, BUSY_GRAINS, zone)
         for (start, host), sums in summed.items()
         if any(sums)
     )

@@ -731,10 +731,14 @@ def test_an_answer_that_says_nothing_ran_to_a_call_with_a_prompt_is_not_believed
     finally:
         server.shutdown()
         server.server_close()
-    for span in spans(gw):
-        assert (span.input_tokens, span.token_source) == (estimate_tokens(prompt), "estimated")
-        assert span.input_tokens > 0 and span.duration_source == "measured"
-        assert span.load_duration_ns is None
+    embedded, generated = spans(gw)
+    for span, operation in ((generated, "generate"), (embedded, "embed")):
+        assert (span.operation, span.input_tokens, span.token_source) == (
+            operation,
+            estimate_tokens(prompt),
+            "estimated",
+        )
+        assert (span.duration_source, span.load_duration_ns) == ("measured", None)
 
 
 @pytest.mark.parametrize(

@@ -139,14 +139,25 @@ def test_a_body_ollama_would_refuse_is_a_400_in_openais_shape_and_a_span(
     sqlite_app: Gateway, emulator: OllamaEmulator
 ) -> None:
     for body, said in (
-        ({"model": "llama3.1:8b", "input": 7}, "input"),
-        ({"model": "llama3.1:8b", "input": "hi", "max_output_tokens": 8.5}, "max_output_tokens"),
-        ({"model": "llama3.1:8b", "input": "hi", "Instructions": "x" * 9}, '"instructions"'),
+        ({"model": "llama3.1:8b", "input": 7}, "input: has the wrong type, got a number"),
+        (
+            {"model": "llama3.1:8b", "input": "hi", "max_output_tokens": 8.5},
+            "max_output_tokens: input should be a valid integer, got a number",
+        ),
+        (
+            {"model": "llama3.1:8b", "input": "hi", "Instructions": "x" * 9},
+            'body: "Instructions" is "instructions" spelled another way, which Ollama would '
+            'read as "instructions"; spell it "instructions"',
+        ),
     ):
         reply = sqlite_app.client.post("/v1/responses", json=body)
         assert reply.status_code == 400, reply.text
-        error = reply.json()["error"]
-        assert set(error) == {"message", "type", "param", "code"} and said in error["message"]
+        assert reply.json()["error"] == {
+            "message": said,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
     assert emulator.requests_to("/v1/responses") == []
     assert [s.error_type for s in spans(sqlite_app)] == ["bad_request"] * 3
 
@@ -186,14 +197,15 @@ def test_under_a_hard_budget_ollama_gets_the_reply_cap_in_max_output_tokens(
     gw.ledger.save_budget(
         Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
     )
-    for cap in (None, 5):
+    whole = expected_reply("llama3.1:8b", [{"role": "user", "content": ASKED}]).output_tokens
+    # No cap of its own: the gateway's (OMETER_BUDGET_REPLY_CAP, 4096), which the reply fits.
+    for cap, sent_cap, output in ((None, 4096, whole), (5, 5, 5)):
         body = {"model": "llama3.1:8b", "input": ASKED, "max_output_tokens": cap}
         reply = gw.client.post("/v1/responses", json=body, headers=SALES)
         assert reply.status_code == 200, reply.text
         sent = emulator.requests_to("/v1/responses")[-1].body
-        assert isinstance(sent["max_output_tokens"], int) and "max_tokens" not in sent
-        assert sent["max_output_tokens"] <= (cap or 10**9)
-        assert spans(gw)[0].output_tokens <= sent["max_output_tokens"]
+        assert (sent["max_output_tokens"], "max_tokens" in sent) == (sent_cap, False)
+        assert spans(gw)[0].output_tokens == output
 
 
 def test_a_reply_cap_past_a_hard_budget_is_refused_before_ollama(
@@ -225,8 +237,12 @@ def test_captured_content_is_the_input_and_the_reply_text(
             model="llama3.1:8b", instructions=INSTRUCTIONS, input=ASKED, stream=True
         )
     )
-    for span in spans(gw):
-        assert (span.prompt, span.reply) == (f"{INSTRUCTIONS}\n{ASKED}", EXPECTED.content)
+    for span, stream in zip(spans(gw), (True, False), strict=True):
+        assert (span.stream, span.prompt, span.reply) == (
+            stream,
+            f"{INSTRUCTIONS}\n{ASKED}",
+            EXPECTED.content,
+        )
 
 
 def test_an_ollama_too_old_for_the_route_is_its_own_404_and_a_span(

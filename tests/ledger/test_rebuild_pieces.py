@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from sqlalchemy import delete, event, select
 
 from ollama_meter.ledger import Ledger, rebuild
+from ollama_meter.ledger._cells import Grain
 from ollama_meter.ledger._correct import PASS, PIECE_ROWS
 from ollama_meter.ledger._meta import get_meta
 from ollama_meter.ledger._rebuild import STOPPED
@@ -131,6 +132,26 @@ def test_the_busy_time_the_last_call_spent_past_midnight_is_rebuilt(db_url: str)
     assert _tables(ledger) == kept
 
 
+def test_a_month_whose_days_lost_every_call_is_summed_again(db_url: str, tmp_path: Path) -> None:
+    """A rebuild stopped after correcting a month's days and before the month itself (every
+    span of the month removed by hand): the next rebuild visited no day of that month, nor
+    the month, which went on counting the calls it no longer had."""
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    reference = Ledger(f"sqlite:///{tmp_path / 'reference.db'}", zone="Europe/Berlin")
+    kept = [_call(-40 * 1440), _call(40 * 1440)]  # 1 October and 20 December
+    ledger.record([*kept, _call(0), _call(60, busy_s=50, host=1)])
+    november = int(DAY.replace(day=1).timestamp())
+    with ledger.write() as conn:  # as the stopped rebuild left November: its month rows only
+        conn.execute(delete(SpanRow).where(SpanRow.id.not_in([s.id for s in kept])))
+        conn.execute(BUSY.delete().where(BUSY.c.start >= november))
+        for table in (ROLLUPS, HISTOGRAMS, BUSY_CELLS):
+            month = table.c.grain == int(Grain.MONTH)
+            conn.execute(table.delete().where(~month, table.c.start >= november))
+    assert rebuild(ledger.write, ledger.read) == 2
+    reference.record(kept)
+    assert _tables(ledger) == _tables(reference)
+
+
 _SPAN = st.builds(
     _call,
     minute=st.integers(-60, 3 * 24).map(lambda n: n * 20),
@@ -166,6 +187,12 @@ class _Killed(BaseException):
     state="spans removed by hand",
     during={4: ("again", 0)},  # just before the first day's write
     killed_at=None,
+)
+@example(  # stopped with no span left: the next open marked it done, rollups as they were
+    spans=[_call(0, busy_s=1)], state="spans removed by hand", during={}, killed_at=2
+)
+@example(  # stopped before the month of days with no span left: the month was never redone
+    spans=[_call(0, busy_s=1)], state="spans removed by hand", during={}, killed_at=5
 )
 def test_spans_written_during_a_rebuild_are_counted_once(
     db_url: str,
