@@ -256,7 +256,9 @@ def test_spans_written_during_a_rebuild_are_counted_once(
             rebuild(ledger.write, ledger.read)
     else:
         event.remove(ledger.engine, "engine_connect", meanwhile)
-        assert begun >= 7  # reads and writes: bounds, the days', the months', the marker's
+        # Reads and writes (bounds, the days', the months', the marker's): fewer when another
+        # rebuild run in between left this one less to correct.
+        assert begun >= (3 if any(what == "rebuild" for what, _ in during.values()) else 7)
     reference.record(written)
     assert _tables(ledger) == _tables(reference)
     for each in (ledger, writer, reference):
