@@ -126,9 +126,8 @@ class Correction:
     """What to write so that the cells read become what the spans read say."""
 
     sums: list[tuple[Additive, Key, list[int] | None]] = field(default_factory=list)
-    """Differences to add; None: none, but the row is one the spans do not have."""
-    emptied: set[tuple[Additive, Key]] = field(default_factory=set)
-    """Rows the spans do not have: removed once nothing is left in them (no writer's call)."""
+    """Differences to add; None: none, but the row is one the spans do not have. Each row
+    written that is left all zeros is removed (see :func:`_write_sums`)."""
     minutes: list[_Minute] = field(default_factory=list)
     resum: tuple[int, int] | None = None
     """A day (start s, end s) whose busy cells are summed again from its minutes, at the end."""
@@ -144,7 +143,6 @@ class Correction:
                 )
                 found.append((kind, key, difference))
         for key in stored.keys() - wanted.keys():
-            self.emptied.add((kind, key))
             have = stored[key]
             found.append((kind, key, [-v for v in have] if any(have) else None))
         self.sums += sorted(found, key=lambda item: item[1])  # writers lock rows in key order
@@ -218,7 +216,7 @@ def write(
             sqlite = conn.dialect.name == "sqlite"
             lock_cells(conn, alone=True)  # PostgreSQL: no writer merges a minute meanwhile
             claim.take(conn)
-            _write_sums(conn, [item for item in piece if not isinstance(item, _Minute)], correction)
+            _write_sums(conn, [item for item in piece if not isinstance(item, _Minute)])
             _write_minutes(conn, [item for item in piece if isinstance(item, _Minute)])
             if number == len(pieces):
                 if correction.resum is not None:
@@ -232,28 +230,31 @@ def write(
     return len(pieces)
 
 
-def _write_sums(
-    conn: Connection,
-    items: Sequence[tuple[Additive, Key, list[int] | None]],
-    correction: Correction,
-) -> None:
+def _write_sums(conn: Connection, items: Sequence[tuple[Additive, Key, list[int] | None]]) -> None:
+    """Add the differences, then remove every row of them left all zeros.
+
+    A row of zeros is one the spans do not have (a reference ledger never makes one): a
+    stale row taken back to nothing, or a row whose difference met a writer's that took
+    the same calls away since the read (``ometer reprice`` moving them to another
+    currency leaves -x where the rebuild adds x). Removing a row of zeros changes no sum,
+    so whatever a writer does meanwhile, it is right to remove; a row a writer added a
+    call to since stays.
+    """
     statements = statements_for(conn.dialect)
     upserts = {CUBE: statements.cube, BINS: statements.histogram, BUSY_SUMS: statements.busy_cells}
     for kind, upsert in upserts.items():
         rows = [(*key, *values) for which, key, values in items if which is kind and values]
         if rows:
             run(conn, upsert.sql, rows)
-        gone = [
-            key for which, key, _ in items if which is kind and (kind, key) in correction.emptied
-        ]
-        if gone:  # a writer may have added a call to it meanwhile: then it stays
+        written = [key for which, key, _ in items if which is kind]
+        if written:
             table = kind.table
             conn.execute(
                 delete(table).where(
                     and_(*(table.c[k] == bindparam(f"k_{k}") for k in kind.keys)),
                     *(table.c[v] == 0 for v in kind.values),
                 ),
-                [{f"k_{k}": v for k, v in zip(kind.keys, key, strict=True)} for key in gone],
+                [{f"k_{k}": v for k, v in zip(kind.keys, key, strict=True)} for key in written],
             )
 
 
