@@ -84,12 +84,16 @@ def _since(rows: dict[str, list[tuple[Any, ...]]], horizon: int) -> dict[str, li
     spans=st.lists(_SPAN, min_size=1, max_size=25),
     state=st.sampled_from(["kept", "none", "some rows lost", "spans removed by hand"]),
     during=st.dictionaries(st.integers(0, 30), _DURING, max_size=5),
+    inside=st.booleans(),
 )
 @example(  # a reprice between the read of a day and its piece: a row of zeros stayed
-    spans=[_call(60)], state="none", during={4: ("reprice", 0)}
+    spans=[_call(60)], state="none", during={4: ("reprice", 0)}, inside=False
 )
 @example(  # a zone change while a rebuild runs: it went on cutting days at the old zone
-    spans=[_call(60), _call(1500)], state="kept", during={4: ("zone", "UTC")}
+    spans=[_call(60), _call(1500)], state="kept", during={4: ("zone", "UTC")}, inside=False
+)
+@example(  # a call written between the day's read of its spans and of its cells (PostgreSQL)
+    spans=[_call(60)], state="kept", during={24: ("spans", [_call(70)])}, inside=True
 )
 def test_a_rebuild_racing_any_command_ends_as_the_spans_say(
     db_url: str,
@@ -97,8 +101,12 @@ def test_a_rebuild_racing_any_command_ends_as_the_spans_say(
     spans: list[SpanRecord],
     state: str,
     during: dict[int, tuple[str, Any]],
+    inside: bool,
 ) -> None:
-    ledger, writer = Ledger(db_url, zone="Europe/Berlin"), Ledger(db_url, zone="Europe/Berlin")
+    """Ops land between two of the rebuild's transactions, or (``inside``) between two
+    statements of one of its reads: what they write must be in none of that snapshot's
+    reads, its spans' or its cells'."""
+    ledger = Ledger(db_url, zone="Europe/Berlin")
     with ledger.write() as conn:  # hypothesis runs the example again on the same ledger
         conn.execute(delete(SpanRow))
         for key in ("zone", "pruned_before", "rollups", "rebuilding"):
@@ -106,6 +114,22 @@ def test_a_rebuild_racing_any_command_ends_as_the_spans_say(
     _without_rollups(ledger)
     ledger.dispose()
     ledger, writer = Ledger(db_url, zone="Europe/Berlin"), Ledger(db_url, zone="Europe/Berlin")
+    try:
+        _race(ledger, writer, tmp_path, spans, state, during, inside)
+    finally:
+        ledger.dispose()
+        writer.dispose()
+
+
+def _race(
+    ledger: Ledger,
+    writer: Ledger,
+    tmp_path: Path,
+    spans: list[SpanRecord],
+    state: str,
+    during: dict[int, tuple[str, Any]],
+    inside: bool,
+) -> None:
     ledger.record(spans)
     truth = _spans_now(ledger)
     if state == "none":
@@ -121,8 +145,14 @@ def test_a_rebuild_racing_any_command_ends_as_the_spans_say(
     broken = state != "kept"
     begun = 0
 
-    def meanwhile(_conn: Any) -> None:
+    def meanwhile(conn: Any, *_: Any) -> None:
         nonlocal begun, broken
+        if inside:  # in a read of the rebuild's, between two of its statements
+            options = conn.get_execution_options()
+            if "sqlite_begin" in options or (
+                conn.dialect.name == "postgresql" and "isolation_level" not in options
+            ):
+                return  # a write: the lock is held, another writer would only wait
         begun += 1
         what, value = during.get(begun, ("", None))
         if not what:
@@ -148,24 +178,24 @@ def test_a_rebuild_racing_any_command_ends_as_the_spans_say(
             pass
         truth.update(_spans_now(writer))  # a pruned span stays as it was last
 
-    event.listen(ledger.engine, "engine_connect", meanwhile)
+    hook = "after_cursor_execute" if inside else "engine_connect"
+    event.listen(ledger.engine, hook, meanwhile)
     try:
         rebuild(ledger.write, ledger.read)
     finally:
-        event.remove(ledger.engine, "engine_connect", meanwhile)
+        event.remove(ledger.engine, hook, meanwhile)
     with ledger.read() as conn:
         zone, horizon = zone_name(conn), pruned_before(conn)
     # a file of its own each example: a ledger takes a zone only when new
     reference = Ledger(f"sqlite:///{tmp_path / uuid.uuid4().hex}.db", zone=zone)
     reference.record(list(truth.values()))
     got, wanted = _tables(ledger), _tables(reference)
+    reference.dispose()
     if horizon is not None and broken:  # days before it keep what they had
         got, wanted = _since(got, horizon), _since(wanted, horizon)
     extra = {name: sorted(set(rows) - set(wanted[name])) for name, rows in got.items()}
     lacking = {name: sorted(set(wanted[name]) - set(rows)) for name, rows in got.items()}
     assert (extra, lacking) == ({n: [] for n in got}, {n: [] for n in got}), f"{extra} {lacking}"
-    for each in (ledger, writer, reference):
-        each.dispose()
 
 
 _ZONES = st.sampled_from(
