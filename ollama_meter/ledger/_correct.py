@@ -35,6 +35,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    tuple_,
 )
 
 from ollama_meter.ledger._cells import (
@@ -246,15 +247,16 @@ def _write_sums(conn: Connection, items: Sequence[tuple[Additive, Key, list[int]
         rows = [(*key, *values) for which, key, values in items if which is kind and values]
         if rows:
             run(conn, upsert.sql, rows)
-        written = [key for which, key, _ in items if which is kind]
-        if written:
-            table = kind.table
+        cells = [key[:2] for which, key, _ in items if which is kind]
+        if cells:  # one range of the key's index: the (grain, start) cells the piece wrote
+            table, low, high = kind.table, min(cells), max(cells)
+            cell = tuple_(table.c.grain, table.c.start)
             conn.execute(
                 delete(table).where(
-                    and_(*(table.c[k] == bindparam(f"k_{k}") for k in kind.keys)),
+                    cell >= tuple_(literal(low[0]), literal(low[1])),
+                    cell <= tuple_(literal(high[0]), literal(high[1])),
                     *(table.c[v] == 0 for v in kind.values),
-                ),
-                [{f"k_{k}": v for k, v in zip(kind.keys, key, strict=True)} for key in written],
+                )
             )
 
 

@@ -171,7 +171,9 @@ def _race(
                 prune(writer, value, now=datetime(2026, 11, 12, 12, tzinfo=UTC))
             elif what == "zone":
                 rebuild(writer.write, writer.read, zone=value)
-                broken = False  # every day cut again from its spans
+                # every day cut again from its spans, unless pruned (then none, or the
+                # zone was the ledger's already: a plain rebuild, of days from the horizon)
+                broken = broken and writer.pruned_before() is not None
             elif what == "rebuild":
                 rebuild(writer.write, writer.read)
         except (LedgerError, ValidationError):  # refused: a prune while cut again, and so on
