@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,8 +25,9 @@ from ollama_meter.ledger._jsonl import span_to_dict
 from ollama_meter.ledger._meta import pruned_before, set_meta, zone_name
 from ollama_meter.ledger._spans import row_to_span, select_spans
 from ollama_meter.ledger.models import SpanRow
-from ollama_meter.meter import SpanRecord, reprice
+from ollama_meter.meter import SpanRecord, new_span_row_id, reprice
 from ollama_meter.pricing import PriceBook
+from ollama_meter.records import MAX_CALL_COST, MAX_DURATION_NS, MAX_TOKENS
 from tests.factories import token_prices
 from tests.ledger.test_rebuild_pieces import TABLES, _call, _tables, _without_rollups
 
@@ -230,3 +231,109 @@ def test_a_zone_change_leaves_no_cell_cut_at_the_old_zone(
     assert _tables(ledger) == _tables(reference)
     for each in (ledger, reference):
         each.dispose()
+
+
+_EDGES = (
+    datetime(2026, 3, 29, 1, tzinfo=UTC),  # Berlin springs forward
+    datetime(2026, 10, 25, 1, tzinfo=UTC),  # Berlin falls back
+    datetime(2026, 10, 31, 23, tzinfo=UTC),  # Berlin's November begins
+    datetime(2026, 11, 1, 4, tzinfo=UTC),  # New York's November begins
+    datetime(2026, 11, 1, 6, tzinfo=UTC),  # New York falls back
+    datetime(2026, 12, 31, 23, tzinfo=UTC),  # Berlin's new year
+)
+
+
+def _at_edge(edge: int, offset_s: int, busy_s: int, user: int, huge: bool) -> SpanRecord:
+    span = _call(0, busy_s=busy_s, user=user)
+    at = _EDGES[edge] + timedelta(seconds=offset_s)
+    span = replace(
+        span,
+        id=new_span_row_id(int(at.timestamp() * 10**9)),
+        started_at=at,
+        ended_at=at + timedelta(seconds=busy_s + 1),
+    )
+    if huge:  # the most one call can cost and take: a few of them near a 64-bit sum
+        span = replace(
+            span,
+            cost_total=MAX_CALL_COST,
+            cost_tokens=MAX_CALL_COST,
+            input_tokens=MAX_TOKENS,
+            latency_ns=MAX_DURATION_NS,
+            load_duration_ns=MAX_DURATION_NS,
+        )
+    return span
+
+
+_EDGE_SPAN = st.builds(
+    _at_edge,
+    edge=st.integers(0, len(_EDGES) - 1),
+    offset_s=st.integers(-130, 130),
+    busy_s=st.sampled_from([1, 50, 130]),
+    user=st.integers(0, 3),
+    huge=st.booleans(),
+)
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    spans=st.lists(_EDGE_SPAN, min_size=1, max_size=12),
+    zone=st.sampled_from(["Europe/Berlin", "America/New_York"]),
+    state=st.sampled_from(["none", "some rows lost", "spans removed by hand"]),
+    during=st.dictionaries(st.integers(0, 40), st.lists(_EDGE_SPAN, min_size=1, max_size=3)),
+)
+def test_calls_at_midnights_month_ends_and_clock_changes_are_rebuilt_exactly(
+    db_url: str,
+    tmp_path: Path,
+    spans: list[SpanRecord],
+    zone: str,
+    state: str,
+    during: dict[int, list[SpanRecord]],
+) -> None:
+    """Calls busy across a local midnight, a month's end, a day of 23 or 25 hours, at the
+    largest costs and durations, with calls written between any two of the rebuild's
+    transactions: every cell as a ledger fed the same spans has it; a day left with no
+    span keeps no row."""
+    ledger = Ledger(db_url)
+    with ledger.write() as conn:
+        conn.execute(delete(SpanRow))
+        for key in ("zone", "pruned_before", "rollups", "rebuilding"):
+            set_meta(conn, key, None)
+    _without_rollups(ledger)
+    ledger.dispose()
+    ledger, writer = Ledger(db_url, zone=zone), Ledger(db_url, zone=zone)
+    try:
+        ledger.record(spans)
+        if state == "none":
+            _without_rollups(ledger)
+        elif state == "some rows lost":
+            with ledger.write() as conn:
+                for table in TABLES:
+                    conn.execute(table.delete().where(table.c.start % 2 == 0))
+        else:  # their days keep rows, with no span left to build them from
+            with ledger.write() as conn:
+                conn.execute(delete(SpanRow).where(SpanRow.id.in_([s.id for s in spans[::2]])))
+        begun = 0
+
+        def meanwhile(_conn: Any) -> None:
+            nonlocal begun
+            begun += 1
+            if begun in during:
+                writer.record(during.pop(begun))
+
+        event.listen(ledger.engine, "engine_connect", meanwhile)
+        try:
+            rebuild(ledger.write, ledger.read)
+        finally:
+            event.remove(ledger.engine, "engine_connect", meanwhile)
+        reference = Ledger(f"sqlite:///{tmp_path / uuid.uuid4().hex}.db", zone=zone)
+        reference.record(list(_spans_now(ledger).values()))
+        wanted = _tables(reference)
+        reference.dispose()
+        assert _tables(ledger) == wanted
+    finally:
+        ledger.dispose()
+        writer.dispose()
