@@ -18,6 +18,7 @@ names.
 
 from __future__ import annotations
 
+import operator
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -37,6 +38,7 @@ from sqlalchemy import (
     select,
     tuple_,
 )
+from sqlalchemy.exc import OperationalError
 
 from ollama_meter.ledger._cells import (
     BIN_COLUMNS,
@@ -52,7 +54,15 @@ from ollama_meter.ledger._cells import (
     parse_intervals,
 )
 from ollama_meter.ledger._meta import get_meta, set_meta
-from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS, lock_cells, within
+from ollama_meter.ledger._rollup import (
+    BUSY,
+    BUSY_CELLS,
+    HISTOGRAMS,
+    MOST,
+    ROLLUPS,
+    lock_cells,
+    within,
+)
 from ollama_meter.ledger._spans import row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger._upserts import run, statements_for
@@ -66,6 +76,10 @@ YIELD_S = 0.1
 """On SQLite, the longest a rebuild leaves the write lock free between two pieces."""
 PASS = "rollup_pass"
 """``ledger_meta`` key: changed by every piece a rebuild writes (see :class:`Pass`)."""
+
+NEAR_CAP = MOST // 4
+"""Sums from here on may reach :data:`MOST` with what writers add meanwhile. Below it,
+adding the difference commutes with writers' additions, which stop at the cap too."""
 
 Key = tuple[Any, ...]
 Sums = dict[Key, list[int]]
@@ -130,6 +144,11 @@ class Correction:
     """Differences to add; None: none, but the row is one the spans do not have. Each row
     written that is left all zeros is removed (see :func:`_write_sums`)."""
     minutes: list[_Minute] = field(default_factory=list)
+    near_cap: bool = False
+    """A row corrected holds, or is to hold, a sum near :data:`MOST`: a writer's addition
+    meanwhile may have stopped at the cap (a stale cell at it took nothing), so adding the
+    difference is not exact. The caller reads the cells again once written, until a read
+    finds nothing to correct (see :data:`NEAR_CAP`)."""
     resum: tuple[int, int] | None = None
     """A day (start s, end s) whose busy cells are summed again from its minutes, at the end."""
 
@@ -143,9 +162,11 @@ class Correction:
                     want if have is None else [a - b for a, b in zip(want, have, strict=True)]
                 )
                 found.append((kind, key, difference))
+                self.near_cap = self.near_cap or max(want) >= NEAR_CAP or _high(have)
         for key in stored.keys() - wanted.keys():
             have = stored[key]
             found.append((kind, key, [-v for v in have] if any(have) else None))
+            self.near_cap = self.near_cap or _high(have)
         self.sums += sorted(found, key=lambda item: item[1])  # writers lock rows in key order
 
     def add_minutes(
@@ -160,6 +181,10 @@ class Correction:
             if key in wanted and key in stored and same:
                 continue
             self.minutes.append(_Minute(key, intervals, calls - had, parse_intervals(text)))
+
+
+def _high(values: list[int] | None) -> bool:
+    return values is not None and (max(values) >= NEAR_CAP or min(values) <= -NEAR_CAP)
 
 
 def stored_sums(
@@ -180,12 +205,26 @@ def stored_sums(
 def summed_days(conn: Connection, kind: Additive, month: int, end: int) -> Sums:
     """The month's rows of ``kind`` as the sums of its days' (``month``, ``end`` in s)."""
     table, names = kind.table, kind.keys[2:]
-    rows = conn.execute(
-        select(*(table.c[k] for k in names), *(func.sum(table.c[v]) for v in kind.values))
-        .where(table.c.grain == int(Grain.DAY), table.c.start >= month, table.c.start < end)
-        .group_by(*(table.c[k] for k in names))
-    )
+    days = (table.c.grain == int(Grain.DAY), table.c.start >= month, table.c.start < end)
     width = len(names)
+    try:
+        rows: Iterable[Any] = list(
+            conn.execute(
+                select(*(table.c[k] for k in names), *(func.sum(table.c[v]) for v in kind.values))
+                .where(*days)
+                .group_by(*(table.c[k] for k in names))
+            )
+        )
+    except OperationalError as exc:  # SQLite's sum() stops there, rather than go past 2**63
+        if "integer overflow" not in str(exc):
+            raise
+        sums: dict[Key, list[int]] = {}
+        for row in conn.execute(
+            select(*(table.c[k] for k in names), *(table.c[v] for v in kind.values)).where(*days)
+        ):
+            found = sums.setdefault(tuple(row[:width]), [0] * len(kind.values))
+            found[:] = map(operator.add, found, row[width:])
+        rows = [(*key, *values) for key, values in sums.items()]
     return {(int(Grain.MONTH), month, *row[:width]): [int(v) for v in row[width:]] for row in rows}
 
 

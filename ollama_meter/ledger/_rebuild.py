@@ -206,6 +206,8 @@ def _rebuild_days(
             _correct.write(write, claim, correction, _beat)
         except Moved:  # another rebuild wrote since the read: read the day again
             continue
+        if correction.near_cap:  # the difference may have met a writer's at the cap
+            continue
         total += count
         months.add(floor_cell(Grain.MONTH, day, zone))
         if progress is not None:
@@ -220,7 +222,8 @@ def _rebuild_days(
                 correction = _read_month(conn, month, zone)
             with contextlib.suppress(Moved):
                 _correct.write(write, claim, correction, _beat)
-                break
+                if not correction.near_cap:
+                    break
     return total
 
 

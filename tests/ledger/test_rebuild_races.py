@@ -337,3 +337,61 @@ def test_calls_at_midnights_month_ends_and_clock_changes_are_rebuilt_exactly(
     finally:
         ledger.dispose()
         writer.dispose()
+
+
+def test_a_call_written_while_a_stale_cell_at_the_cap_is_corrected_keeps_its_cost(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A cell's sum stops at 2**63 - 1 (1,001 calls at the most one call can cost). Ten of
+    1,002 such calls removed by hand leave it stale at the cap; a call written between the
+    read of its day and the piece correcting it added nothing (the cap), and the difference
+    taken from the read then took the cell to 992 calls' cost: the new call's was lost."""
+    calls = [
+        replace(_call(60, n % 60), cost_total=MAX_CALL_COST, cost_tokens=MAX_CALL_COST)
+        for n in range(1002)
+    ]
+    late = replace(calls[-1], id=new_span_row_id(int(calls[-1].started_at.timestamp() * 1e9)))
+    for at in range(3, 9):  # each of the rebuild's first transactions
+        ledger = Ledger(db_url, zone="Europe/Berlin")
+        writer = Ledger(db_url, zone="Europe/Berlin")
+        with ledger.write() as conn:
+            conn.execute(delete(SpanRow))
+        _without_rollups(ledger)
+        ledger.record(calls)
+        with ledger.write() as conn:
+            conn.execute(delete(SpanRow).where(SpanRow.id.in_([s.id for s in calls[:10]])))
+        begun = [at]
+
+        def meanwhile(_conn: Any, begun: list[int] = begun, writer: Ledger = writer) -> None:
+            begun[0] -= 1
+            if begun[0] == 0:
+                writer.record([late])
+
+        event.listen(ledger.engine, "engine_connect", meanwhile)
+        rebuild(ledger.write, ledger.read)
+        event.remove(ledger.engine, "engine_connect", meanwhile)
+        reference = Ledger(f"sqlite:///{tmp_path / uuid.uuid4().hex}.db", zone="Europe/Berlin")
+        reference.record([*calls[10:], late])
+        assert (at, _tables(ledger)) == (at, _tables(reference))
+        for each in (ledger, writer, reference):
+            each.dispose()
+
+
+def test_a_month_whose_days_sum_past_64_bits_is_rebuilt(db_url: str) -> None:
+    """A month's cells are the sums of its days': on SQLite, ``sum()`` of days that together
+    pass 2**63 (10,000 calls with the longest load time a span may say) failed the whole
+    ``db rollup`` with "integer overflow". The month stops at the cap, as a write's sum does."""
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.record(
+        [
+            replace(_call(day * 1440 + n % 600, n % 60), load_duration_ns=MAX_DURATION_NS)
+            for day in (0, 1)
+            for n in range(5000)
+        ]
+    )
+    kept = _tables(ledger)
+    assert max(row[13] for row in kept["rollups"] if row[0] == 2) == 2**63 - 1  # the cap
+    _without_rollups(ledger)
+    assert rebuild(ledger.write, ledger.read) == 10_000
+    assert _tables(ledger) == kept
+    ledger.dispose()
