@@ -18,6 +18,7 @@ names.
 
 from __future__ import annotations
 
+import operator
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +37,9 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    tuple_,
 )
+from sqlalchemy.exc import OperationalError
 
 from ollama_meter.ledger._cells import (
     BIN_COLUMNS,
@@ -52,7 +55,15 @@ from ollama_meter.ledger._cells import (
     parse_intervals,
 )
 from ollama_meter.ledger._meta import get_meta, set_meta
-from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS, lock_cells, within
+from ollama_meter.ledger._rollup import (
+    BUSY,
+    BUSY_CELLS,
+    HISTOGRAMS,
+    MOST,
+    ROLLUPS,
+    lock_cells,
+    within,
+)
 from ollama_meter.ledger._spans import row_to_span, select_spans
 from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger._upserts import run, statements_for
@@ -66,6 +77,10 @@ YIELD_S = 0.1
 """On SQLite, the longest a rebuild leaves the write lock free between two pieces."""
 PASS = "rollup_pass"
 """``ledger_meta`` key: changed by every piece a rebuild writes (see :class:`Pass`)."""
+
+NEAR_CAP = MOST // 4
+"""Sums from here on may reach :data:`MOST` with what writers add meanwhile. Below it,
+adding the difference commutes with writers' additions, which stop at the cap too."""
 
 Key = tuple[Any, ...]
 Sums = dict[Key, list[int]]
@@ -127,10 +142,14 @@ class Correction:
     """What to write so that the cells read become what the spans read say."""
 
     sums: list[tuple[Additive, Key, list[int] | None]] = field(default_factory=list)
-    """Differences to add; None: none, but the row is one the spans do not have."""
-    emptied: set[tuple[Additive, Key]] = field(default_factory=set)
-    """Rows the spans do not have: removed once nothing is left in them (no writer's call)."""
+    """Differences to add; None: none, but the row is one the spans do not have. Each row
+    written that is left all zeros is removed (see :func:`_write_sums`)."""
     minutes: list[_Minute] = field(default_factory=list)
+    near_cap: bool = False
+    """A row corrected holds, or is to hold, a sum near :data:`MOST`: a writer's addition
+    meanwhile may have stopped at the cap (a stale cell at it took nothing), so adding the
+    difference is not exact. The caller reads the cells again once written, until a read
+    finds nothing to correct (see :data:`NEAR_CAP`)."""
     resum: tuple[int, int] | None = None
     """A day (start s, end s) whose busy cells are summed again from its minutes, at the end."""
 
@@ -144,10 +163,11 @@ class Correction:
                     want if have is None else [a - b for a, b in zip(want, have, strict=True)]
                 )
                 found.append((kind, key, difference))
+                self.near_cap = self.near_cap or max(want) >= NEAR_CAP or _high(have)
         for key in stored.keys() - wanted.keys():
-            self.emptied.add((kind, key))
             have = stored[key]
             found.append((kind, key, [-v for v in have] if any(have) else None))
+            self.near_cap = self.near_cap or _high(have)
         self.sums += sorted(found, key=lambda item: item[1])  # writers lock rows in key order
 
     def add_minutes(
@@ -162,6 +182,10 @@ class Correction:
             if key in wanted and key in stored and same:
                 continue
             self.minutes.append(_Minute(key, intervals, calls - had, parse_intervals(text)))
+
+
+def _high(values: list[int] | None) -> bool:
+    return values is not None and (max(values) >= NEAR_CAP or min(values) <= -NEAR_CAP)
 
 
 def stored_sums(
@@ -182,12 +206,26 @@ def stored_sums(
 def summed_days(conn: Connection, kind: Additive, month: int, end: int) -> Sums:
     """The month's rows of ``kind`` as the sums of its days' (``month``, ``end`` in s)."""
     table, names = kind.table, kind.keys[2:]
-    rows = conn.execute(
-        select(*(table.c[k] for k in names), *(func.sum(table.c[v]) for v in kind.values))
-        .where(table.c.grain == int(Grain.DAY), table.c.start >= month, table.c.start < end)
-        .group_by(*(table.c[k] for k in names))
-    )
+    days = (table.c.grain == int(Grain.DAY), table.c.start >= month, table.c.start < end)
     width = len(names)
+    try:
+        rows: Iterable[Any] = list(
+            conn.execute(
+                select(*(table.c[k] for k in names), *(func.sum(table.c[v]) for v in kind.values))
+                .where(*days)
+                .group_by(*(table.c[k] for k in names))
+            )
+        )
+    except OperationalError as exc:  # SQLite's sum() stops there, rather than go past 2**63
+        if "integer overflow" not in str(exc):
+            raise
+        sums: dict[Key, list[int]] = {}
+        for row in conn.execute(
+            select(*(table.c[k] for k in names), *(table.c[v] for v in kind.values)).where(*days)
+        ):
+            found = sums.setdefault(tuple(row[:width]), [0] * len(kind.values))
+            found[:] = map(operator.add, found, row[width:])
+        rows = [(*key, *values) for key, values in sums.items()]
     return {(int(Grain.MONTH), month, *row[:width]): [int(v) for v in row[width:]] for row in rows}
 
 
@@ -219,7 +257,7 @@ def write(
             sqlite = conn.dialect.name == "sqlite"
             lock_cells(conn, alone=True)  # PostgreSQL: no writer merges a minute meanwhile
             claim.take(conn)
-            _write_sums(conn, [item for item in piece if not isinstance(item, _Minute)], correction)
+            _write_sums(conn, [item for item in piece if not isinstance(item, _Minute)])
             _write_minutes(conn, [item for item in piece if isinstance(item, _Minute)])
             if number == len(pieces):
                 if correction.resum is not None:
@@ -233,28 +271,32 @@ def write(
     return len(pieces)
 
 
-def _write_sums(
-    conn: Connection,
-    items: Sequence[tuple[Additive, Key, list[int] | None]],
-    correction: Correction,
-) -> None:
+def _write_sums(conn: Connection, items: Sequence[tuple[Additive, Key, list[int] | None]]) -> None:
+    """Add the differences, then remove every row of them left all zeros.
+
+    A row of zeros is one the spans do not have (a reference ledger never makes one): a
+    stale row taken back to nothing, or a row whose difference met a writer's that took
+    the same calls away since the read (``ometer reprice`` moving them to another
+    currency leaves -x where the rebuild adds x). Removing a row of zeros changes no sum,
+    so whatever a writer does meanwhile, it is right to remove; a row a writer added a
+    call to since stays.
+    """
     statements = statements_for(conn.dialect)
     upserts = {CUBE: statements.cube, BINS: statements.histogram, BUSY_SUMS: statements.busy_cells}
     for kind, upsert in upserts.items():
         rows = [(*key, *values) for which, key, values in items if which is kind and values]
         if rows:
             run(conn, upsert.sql, rows)
-        gone = [
-            key for which, key, _ in items if which is kind and (kind, key) in correction.emptied
-        ]
-        if gone:  # a writer may have added a call to it meanwhile: then it stays
-            table = kind.table
+        cells = [key[:2] for which, key, _ in items if which is kind]
+        if cells:  # one range of the key's index: the (grain, start) cells the piece wrote
+            table, low, high = kind.table, min(cells), max(cells)
+            cell = tuple_(table.c.grain, table.c.start)
             conn.execute(
                 delete(table).where(
-                    and_(*(table.c[k] == bindparam(f"k_{k}") for k in kind.keys)),
+                    cell >= tuple_(literal(low[0]), literal(low[1])),
+                    cell <= tuple_(literal(high[0]), literal(high[1])),
                     *(table.c[v] == 0 for v in kind.values),
-                ),
-                [{f"k_{k}": v for k, v in zip(kind.keys, key, strict=True)} for key in gone],
+                )
             )
 
 

@@ -94,19 +94,31 @@ def rebuild(
     return total
 
 
+class _Recut(Exception):
+    """The ledger's zone changed since this rebuild began (``db rollup --zone`` meanwhile)."""
+
+
 def _rebuild_all(
     write: Callable[[], Any], read: Callable[[], Any], progress: Callable[[int], None] | None
 ) -> int:
     """Every day from the first span or cell to the last, then their months and any other
-    month with cells (one whose days lost every call)."""
+    month with cells (one whose days lost every call); all again at the new zone's
+    midnights if the zone changes meanwhile (a day cut at the old one would stay, read by
+    no report)."""
+    while True:
+        with contextlib.suppress(_Recut):
+            return _rebuild_once(write, read, progress)
+
+
+def _rebuild_once(
+    write: Callable[[], Any], read: Callable[[], Any], progress: Callable[[int], None] | None
+) -> int:
     with read() as conn:
         horizon = pruned_before(conn)
         cells_zone = ledger_zone(conn)
         bounds = []
-        for column, table in ((SpanRow.started_at, SpanRow.__table__), (ROLLUPS.c.start, ROLLUPS)):
-            low, high = conn.execute(
-                select(func.min(column), func.max(column)).select_from(table)
-            ).one()
+        for column, extra in _STARTS:
+            low, high = conn.execute(select(func.min(column), func.max(column)).where(*extra)).one()
             if low is None:
                 continue
             if isinstance(low, datetime):
@@ -179,6 +191,7 @@ def _rebuild_days(
         with read() as conn:
             _one_snapshot(conn)
             claim.read(conn)
+            _same_zone(conn, zone)
             # A prune may have moved the horizon since the rebuild began: the days before
             # it have no raw spans left, only their rollups.
             moved = pruned_before(conn)
@@ -194,6 +207,8 @@ def _rebuild_days(
             _correct.write(write, claim, correction, _beat)
         except Moved:  # another rebuild wrote since the read: read the day again
             continue
+        if correction.near_cap:  # the difference may have met a writer's at the cap
+            continue
         total += count
         months.add(floor_cell(Grain.MONTH, day, zone))
         if progress is not None:
@@ -206,10 +221,12 @@ def _rebuild_days(
             with read() as conn:
                 _one_snapshot(conn)
                 claim.read(conn)
+                _same_zone(conn, zone)
                 correction = _read_month(conn, month, zone)
             with contextlib.suppress(Moved):
                 _correct.write(write, claim, correction, _beat)
-                break
+                if not correction.near_cap:
+                    break
     return total
 
 
@@ -232,22 +249,42 @@ def _one_snapshot(conn: Connection) -> None:
         conn.execution_options(isolation_level="REPEATABLE READ")
 
 
+def _same_zone(conn: Connection, zone: tzinfo | None) -> None:
+    """Raise :class:`_Recut` unless the ledger's days still begin at ``zone``'s midnights."""
+    if ledger_zone(conn) != zone:
+        raise _Recut
+
+
 def _first_whole_day(horizon: int, zone: tzinfo | None) -> int:
     """The first day that begins at or after the prune ``horizon``."""
     day = floor_cell(Grain.DAY, horizon, zone)
     return day if day == horizon else next_cell(Grain.DAY, day, zone)
 
 
+_STARTS: tuple[tuple[Any, tuple[Any, ...]], ...] = (
+    (SpanRow.started_at, ()),
+    *((ROLLUPS.c.start, (ROLLUPS.c.grain == int(g),)) for g in Grain),
+    *((HISTOGRAMS.c.start, (HISTOGRAMS.c.grain == int(g),)) for g in Grain),
+    (BUSY.c.start, ()),
+    *((BUSY_CELLS.c.start, (BUSY_CELLS.c.grain == int(g),)) for g in (Grain.DAY, Grain.MONTH)),
+)
+"""Where a rebuild looks for what it must reach, each by its index: spans, and stored cells
+of every grain. A day or month cell another zone cut (``db rollup --zone``) may begin
+before the first call's day in the new zone, or hold no call at all: it is removed only
+if its day (and month) is read."""
+
+
 def _next_day(conn: Connection, after: int, zone: tzinfo | None) -> int | None:
     """The first day from ``after`` on with spans or rollups (skips years of nothing at once)."""
     seconds = after // 10**6
     found = [
-        conn.execute(select(func.min(SpanRow.started_at)).where(
-            SpanRow.started_at >= from_us(after))).scalar(),
-        conn.execute(select(func.min(ROLLUPS.c.start)).where(
-            ROLLUPS.c.grain == int(Grain.QUARTER), ROLLUPS.c.start >= seconds)).scalar(),
-        conn.execute(select(func.min(BUSY.c.start)).where(BUSY.c.start >= seconds)).scalar(),
-    ]  # fmt: skip
+        conn.execute(
+            select(func.min(column)).where(
+                *extra, column >= (from_us(after) if column is SpanRow.started_at else seconds)
+            )
+        ).scalar()
+        for column, extra in _STARTS
+    ]
     moments = [to_us(f) if isinstance(f, datetime) else f * 10**6 for f in found if f is not None]
     return floor_cell(Grain.DAY, min(moments), zone) if moments else None
 
