@@ -29,7 +29,7 @@ from ollama_meter.meter import SpanRecord, new_span_row_id, reprice
 from ollama_meter.pricing import PriceBook
 from ollama_meter.records import MAX_CALL_COST, MAX_DURATION_NS, MAX_TOKENS
 from tests.factories import token_prices
-from tests.ledger.test_rebuild_pieces import TABLES, _call, _tables, _without_rollups
+from tests.ledger.test_rebuild_pieces import _SPAN, TABLES, _call, _tables, _without_rollups
 
 BERLIN = ZoneInfo("Europe/Berlin")
 BOOKS = (
@@ -40,14 +40,6 @@ BOOKS = (
 )
 """Llama in EUR and qwen unpriced (both move currency), or everything in USD."""
 
-_SPAN = st.builds(
-    _call,
-    minute=st.integers(-60, 3 * 24).map(lambda n: n * 20),
-    second=st.integers(0, 59),
-    busy_s=st.sampled_from([1, 50, 130]),
-    user=st.integers(0, 6),
-    host=st.integers(0, 1),
-)
 _DURING = st.one_of(
     st.tuples(st.just("spans"), st.lists(_SPAN, min_size=1, max_size=3)),
     st.tuples(st.just("import"), st.integers(0, 30)),  # an export of some it has, and new ones
