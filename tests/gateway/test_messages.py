@@ -246,3 +246,22 @@ def test_an_ollama_too_old_for_the_route_is_its_own_404_and_a_span(
     assert (reply.status_code, reply.text) == (404, "404 page not found")
     (span,) = spans(sqlite_app)
     assert (span.status, span.http_status) == ("error", 404)
+
+
+def test_under_require_key_a_bearer_key_is_read_and_a_refusal_is_anthropics(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """Anthropic clients send a key as ``Authorization: Bearer`` when given an auth token
+    (Claude Code's ``ANTHROPIC_AUTH_TOKEN``): the gateway reads that, and its refusal is
+    Anthropic's ``authentication_error``."""
+    gw = app_on(emulator.url, sqlite_url, require_key=True)
+    _, secret = gw.ledger.create_key(name="claude", tenant="acme", department="sales")
+    body = {"model": "llama3.1:8b", "max_tokens": 1000, "messages": USER}
+    refused = gw.client.post("/v1/messages", json=body)
+    assert refused.status_code == 401
+    assert refused.json()["type"] == "error"
+    assert refused.json()["error"]["type"] == "authentication_error"
+    reply = gw.client.post("/v1/messages", json=body, headers={"Authorization": f"Bearer {secret}"})
+    assert reply.status_code == 200, reply.text
+    ok = [s for s in spans(gw) if s.status == "ok"]
+    assert [(s.tenant, s.department) for s in ok] == [("acme", "sales")]
