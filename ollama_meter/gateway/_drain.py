@@ -24,7 +24,7 @@ import uvicorn
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ollama_meter.upstream import OLLAMA, OPENAI
+from ollama_meter.upstream import wire_of_path
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -72,7 +72,7 @@ class Drained:
 
 
 async def _last_answer(path: str, send: Send, *, started: bool) -> None:
-    wire = OPENAI if path.startswith("/v1/") else OLLAMA
+    wire = wire_of_path(path)
     if started:  # a stream: its last item says why it ends
         await send({"type": "http.response.body", "body": wire.error_frame(STOPPED)})
         await send({"type": "http.response.body", "body": b""})

@@ -57,8 +57,6 @@ from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening
 from ollama_meter.meter._request import facts_of, with_output_cap
 from ollama_meter.upstream import (
     END,
-    OLLAMA,
-    OPENAI,
     CallAttempts,
     Frames,
     Malformed,
@@ -66,6 +64,7 @@ from ollama_meter.upstream import (
     Refusal,
     WireFormat,
     is_transient,
+    wire_of_path,
 )
 from ollama_meter.upstream._classify import (
     Failure,
@@ -103,8 +102,9 @@ def error_response(
 
 
 def wire_of(path: str) -> WireFormat:
-    """The wire format a route's clients speak: OpenAI's under ``/v1/``, else Ollama's."""
-    return OPENAI if path.startswith("/v1/") else OLLAMA
+    """The wire format a route's clients speak: Anthropic's on ``/v1/messages``, OpenAI's
+    elsewhere under ``/v1/``, else Ollama's."""
+    return wire_of_path(path)
 
 
 def forward_headers(headers: Any) -> dict[str, str]:

@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ollama_meter.gateway._json import NotJson, read_json
+from ollama_meter.gateway._messages import MessagesRequest
 from ollama_meter.gateway._responses import ResponsesRequest
 from ollama_meter.gateway._shapes import Items, _Body, _GoStruct
 
@@ -246,6 +247,7 @@ OPENAI_ROUTES: dict[str, type[_Body]] = {
     "/v1/completions": OpenAICompletionRequest,
     "/v1/embeddings": OpenAIEmbeddingRequest,
     "/v1/responses": ResponsesRequest,
+    "/v1/messages": MessagesRequest,
 }
 
 

@@ -289,6 +289,53 @@ def _responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]
     return texts, count, images, extra
 
 
+_MESSAGES = "anthropic.messages"
+_BLOCK_APART = frozenset({"type", "text", "content"})
+"""A Messages content block's fields counted on their own: its type, its text, a tool
+result's content (texts and images)."""
+
+
+def _messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
+    """Texts, message count, image count and extra bytes of a Messages API request.
+
+    Ollama makes a chat of it: ``system`` (a string, or its text blocks joined) a system
+    message, each message one message of its text blocks (its images, tool calls and
+    thinking beside them), each ``tool_result`` block a tool message of its own.
+    """
+    system = body.get("system")
+    texts, _ = _content_parts(system) if isinstance(system, str | list) else ([], 0)
+    count = 1 if any(texts) else 0
+    images = extra = 0
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else []:
+        if not isinstance(message, Mapping):
+            continue
+        count += 1
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        for block in content if isinstance(content, list) else []:
+            if not isinstance(block, Mapping):
+                continue
+            kind = block.get("type")
+            if kind == "image":
+                images += 1
+            elif isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            if kind == "tool_result":
+                count += 1
+                inner = block.get("content")
+                parts, pictures = _content_parts(inner if isinstance(inner, str | list) else None)
+                texts.extend(parts)
+                images += pictures
+            extra += sum(
+                _bytes(field) if isinstance(field, str) else _json_bytes(field)
+                for key, field in block.items()
+                if key not in _BLOCK_APART and not (kind == "image" and key == "source")
+            )
+    return texts, count, images, extra
+
+
 def _inputs(value: object) -> tuple[list[str], int, int]:
     """Embedding inputs: texts, tokens given as numbers (OpenAI accepts token ids), and how
     many inputs there are (each is tokenized on its own)."""
@@ -317,6 +364,8 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     options = options_of(body)
     if kind == "responses":  # the Responses API's one cap (it has no max_tokens)
         cap = _positive_int(body.get("max_output_tokens"))
+    elif operation == _MESSAGES:  # the Messages API's one cap, which Ollama requires
+        cap = _positive_int(body.get("max_tokens"))
     elif openai:  # either field may cap the reply; the smaller one is what the caller asked
         caps = [_positive_int(body.get(f)) for f in ("max_tokens", "max_completion_tokens")]
         cap = min((c for c in caps if c is not None), default=None)
@@ -330,6 +379,9 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         extra += _tools_bytes(body.get("tools"))
     elif kind == "responses":
         texts, messages, images, extra = _responses_input(body)
+        extra += _tools_bytes(body.get("tools"))
+    elif operation == _MESSAGES:
+        texts, messages, images, extra = _messages_input(body)
         extra += _tools_bytes(body.get("tools"))
     elif embedding:  # the field Ollama embeds: a legacy /api/embeddings reads only its prompt
         texts, given, messages = _inputs(
@@ -366,11 +418,13 @@ def with_output_cap(operation: str, body: Mapping[str, Any], cap: int) -> dict[s
 
     On OpenAI's routes Ollama honours ``max_tokens``; ``max_completion_tokens``, when the
     caller named it, says the same, so no reader of the body finds a larger cap. On the
-    Responses API it honours ``max_output_tokens`` only.
+    Responses API it honours ``max_output_tokens`` only, on the Messages API ``max_tokens``.
     """
     new = dict(body)
     if operation == f"{OPENAI_PREFIX}responses":  # the one cap Ollama reads there
         new["max_output_tokens"] = cap
+    elif operation == _MESSAGES:  # Ollama's num_predict there is max_tokens
+        new["max_tokens"] = cap
     elif operation.startswith(OPENAI_PREFIX):
         new["max_tokens"] = cap
         if "max_completion_tokens" in new:

@@ -34,6 +34,7 @@ OPERATION_NAMES = {
     # The OpenAI conventions name a Responses API call ``chat`` too (``openai.api.type``
     # ``responses`` tells it from Chat Completions).
     "openai.responses": gen_ai.GenAiOperationNameValues.CHAT.value,
+    "anthropic.messages": gen_ai.GenAiOperationNameValues.CHAT.value,
 }
 
 METRIC_TOKEN_USAGE = gen_ai_metrics.GEN_AI_CLIENT_TOKEN_USAGE

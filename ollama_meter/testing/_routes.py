@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ollama_meter.testing._messages import MessagesRoutes
 from ollama_meter.testing._ollama import OllamaRoutes
-from ollama_meter.testing._responses import ResponsesRoutes
 from ollama_meter.testing._wire import OLLAMA_VERSION
 
 
@@ -36,6 +36,7 @@ class RecordedRequest:
 _INFERENCE = frozenset({
     "/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
+    "/v1/messages",
 })  # fmt: skip
 """Routes that occupy the server while they run (counted in ``OllamaEmulator.most_in_flight``)."""
 BLOBS = "/api/blobs/"
@@ -43,7 +44,7 @@ OPENAI_MODEL = "/v1/models/"
 """Where Ollama shows one model to OpenAI clients: ``GET /v1/models/{model}``."""
 
 
-class RoutingHandler(OllamaRoutes, ResponsesRoutes):
+class RoutingHandler(OllamaRoutes, MessagesRoutes):
     _GET_PATHS: ClassVar[set[str]] = {"/", "/api/version", "/api/tags", "/api/ps", "/v1/models"}
     _HEAD_PATHS: ClassVar[set[str]] = {"/", "/api/version", "/api/tags"}
     _POST_PATHS: ClassVar[set[str]] = {
@@ -56,6 +57,7 @@ class RoutingHandler(OllamaRoutes, ResponsesRoutes):
         "/v1/completions",
         "/v1/embeddings",
         "/v1/responses",
+        "/v1/messages",
     }
 
     def do_GET(self) -> None:
@@ -115,6 +117,7 @@ class RoutingHandler(OllamaRoutes, ResponsesRoutes):
             ("POST", "/v1/completions"): self._openai_completions,
             ("POST", "/v1/embeddings"): self._openai_embeddings,
             ("POST", "/v1/responses"): self._openai_responses,
+            ("POST", "/v1/messages"): self._anthropic_messages,
         }
         # HEAD answers carry GET's headers but never a body.
         self._head = method == "HEAD"

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ollama_meter._lazy import lazy_names
+from ollama_meter.upstream._anthropic import ANTHROPIC, wire_of_path
 from ollama_meter.upstream._classify import Failure, error_text, retry_after_seconds
 from ollama_meter.upstream._resilience import (
     TRANSIENT,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from ollama_meter.upstream._sdk import OPERATIONS, Message, Response, Upstream
 
 __all__ = [
+    "ANTHROPIC",
     "END",
     "OLLAMA",
     "OPENAI",
@@ -76,6 +78,7 @@ __all__ = [
     "reset_breakers",
     "retry_after_seconds",
     "wire_for",
+    "wire_of_path",
 ]
 
 _LAZY = {

@@ -243,6 +243,7 @@ _ANSWER_KEYS = {
     f"{OPENAI_PREFIX}chat": "choices",
     f"{OPENAI_PREFIX}completions": "choices",
     f"{OPENAI_PREFIX}responses": "output",
+    "anthropic.messages": "content",
 }
 
 

@@ -98,6 +98,7 @@ def test_every_registered_route_asks_what_the_policy_says(
         ("POST", "/api/signin", 404),
         ("POST", "/v1/images/generations", 404),
         ("GET", "/v1/responses", 405),
+        ("GET", "/v1/messages", 405),
         ("DELETE", "/v1/models/llama3.1:8b", 405),
         ("GET", "/api/pull", 405),
         ("GET", "/api/delete", 405),

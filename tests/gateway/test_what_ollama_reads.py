@@ -40,6 +40,7 @@ GENERATING = {
     "/v1/chat/completions": {"messages": HI},
     "/v1/completions": {"prompt": "hello"},
     "/v1/responses": {"input": "hello"},
+    "/v1/messages": {"messages": HI, "max_tokens": 4096},  # Ollama requires its cap there
 }
 EXAMPLES = settings(
     max_examples=25,
@@ -54,6 +55,9 @@ def last_span(gw: Gateway) -> Any:
 
 def error_text(reply: Any, path: str) -> str:
     error = reply.json()["error"]
+    if path == "/v1/messages":  # Anthropic's error object
+        assert (reply.json()["type"], set(error)) == ("error", {"type", "message"})
+        return str(error["message"])
     if path.startswith("/v1/"):
         assert set(error) == {"message", "type", "param", "code"}
         return str(error["message"])
@@ -108,6 +112,10 @@ def test_under_a_hard_budget_ollama_gets_the_cap_the_call_was_admitted_on(
         if max_tokens is not None:
             body["max_output_tokens"] = max_tokens
             given_caps.append(max_tokens)
+    elif path == "/v1/messages":  # its one cap field (always there: Ollama requires it)
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+            given_caps.append(max_tokens)
     elif path.startswith("/v1/"):
         for field, value in (("max_tokens", max_tokens), ("max_completion_tokens", max_completion_tokens)):  # fmt: skip
             if value is not None:
@@ -141,6 +149,8 @@ def streamed_items(text: str, path: str) -> list[dict[str, Any]]:
 def reply_text(item: dict[str, Any]) -> str:
     if "sequence_number" in item:  # a Responses API event: only its text deltas are text
         return str(item["delta"]) if item["type"] == "response.output_text.delta" else ""
+    if item.get("type") == "content_block_delta":  # a Messages API event
+        return str(item["delta"].get("text") or "")
     if "choices" in item:
         choice = item["choices"][0] if item["choices"] else {}
         return str(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
@@ -276,7 +286,9 @@ NOT_ANSWERS = st.one_of(
     st.sampled_from([b"<html>502 Bad Gateway</html>", b"[1, 2]", b'"ok"', b"null", b"true"]),
     st.dictionaries(
         st.text(max_size=8).filter(
-            lambda k: k not in {"done", "choices", "data", "output", "embeddings", "embedding"}
+            lambda k: (
+                k not in {"done", "choices", "data", "output", "content", "embeddings", "embedding"}
+            )
         ),
         st.none() | st.booleans() | st.integers() | st.text(max_size=8),
         max_size=4,

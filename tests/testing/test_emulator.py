@@ -715,3 +715,53 @@ def test_responses_api_wire_format(http: httpx.Client) -> None:
         expected.prompt_tokens,
         expected.output_tokens,
     )
+
+
+def test_messages_api_wire_format(http: httpx.Client) -> None:
+    """``/v1/messages`` as Ollama writes it: a whole message in its struct's field order; a
+    stream of ``event:``/``data:`` pairs, ``message_start`` with an input count guessed
+    from the request's length, the counts taken in ``message_delta``, ``message_stop``
+    last, no ``[DONE]``; its refusals as Anthropic's error objects."""
+    body = {"model": "llama3.1:8b", "max_tokens": 100, "system": "be brief", "messages": USER}
+    expected = expected_reply("llama3.1:8b", [{"content": "be brief"}, *USER])
+    answer = http.post("/v1/messages", json=body).json()
+    assert list(answer) == ["id", "type", "role", "model", "content", "stop_reason", "usage"]
+    assert answer["content"] == [{"type": "text", "text": expected.content}]
+    assert answer["usage"] == {
+        "input_tokens": expected.prompt_tokens,
+        "output_tokens": expected.output_tokens,
+    }
+    streamed = http.post("/v1/messages", json={**body, "stream": True})
+    assert streamed.headers["content-type"] == "text/event-stream"
+    events = [event.split("\n") for event in streamed.text.split("\n\n") if event]
+    assert all(len(lines) == 2 and lines[0].startswith("event: ") for lines in events)
+    kinds = [lines[0].removeprefix("event: ") for lines in events]
+    data = [json.loads(lines[1].removeprefix("data: ")) for lines in events]
+    assert [d["type"] for d in data] == kinds
+    deltas = kinds.count("content_block_delta")
+    assert kinds == [
+        "message_start",
+        "content_block_start",
+        *["content_block_delta"] * deltas,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert deltas == expected.output_tokens
+    guessed = (len("be brief") + len(USER[0]["content"])) // 4
+    assert data[0]["message"]["usage"] == {"input_tokens": guessed, "output_tokens": 0}
+    assert data[-2]["usage"] == {
+        "input_tokens": expected.prompt_tokens,
+        "output_tokens": expected.output_tokens,
+    }
+    refused = http.post("/v1/messages", json={"model": "llama3.1:8b", "messages": USER})
+    assert (refused.status_code, refused.json()) == (
+        400,
+        {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "message": "max_tokens is required and must be positive",
+            },
+        },
+    )

@@ -1,0 +1,183 @@
+"""Anthropic's Messages API on Ollama's ``/v1/messages``: its answers, and its wire format.
+
+A whole answer is one ``message`` object: its reply in ``content`` blocks (``text``;
+``thinking`` and ``tool_use`` are output that is not reply text), its counts in
+``usage`` (``input_tokens``, ``output_tokens``). A streamed one is server-sent
+events, an ``event:`` line beside each ``data:`` line, whose objects say their
+``type``: ``message_start`` opens it, text arrives in ``content_block_delta``
+events (``text_delta``), ``message_delta`` carries the stop reason and the usage,
+and ``message_stop`` ends it. There is no ``[DONE]``: a stream that ends before its
+``message_stop`` broke, ``[DONE]`` or not.
+
+Ollama writes in ``message_start`` an input count it estimated from the request's
+length (its chat has not counted anything yet); the count Ollama took arrives in
+``message_delta``, which the meter reads for both. As on the OpenAI routes, a count
+Ollama did not take is written 0: the meter estimates it, and times the call.
+
+Errors are Anthropic's: ``{"type": "error", "error": {"type": ..., "message": ...}}``,
+and the gateway writes its own (a refusal, a stream that broke) the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ollama_meter.errors import StreamError
+from ollama_meter.upstream._classify import error_text, reported_error
+from ollama_meter.upstream._vocabulary import Delta, Event, Final
+from ollama_meter.upstream._wire import OLLAMA, OPENAI, Reader, WireFormat, _counted, _OpenAI, _text
+
+MESSAGES_PATH = "/v1/messages"
+MESSAGES = "anthropic.messages"
+"""The metered operation of ``POST /v1/messages``."""
+
+_OTHER_DELTAS = frozenset({"thinking_delta", "input_json_delta", "signature_delta"})
+"""Deltas of output that is not reply text (thinking, a tool call's input)."""
+_UNTEXTED = frozenset({"thinking", "tool_use", "server_tool_use"})
+"""Content blocks that are generated without being reply text."""
+_UNENDED = (
+    "the answer ended before its message_stop event (which ends a Messages stream): "
+    "it is incomplete"
+)
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+_KINDS = {"budget_exceeded": "billing_error", "rate_limited": "rate_limit_error"}
+"""The meter's refusals in Anthropic's words: spent money is a billing error (do not
+retry), a rate limit is one (retry later)."""
+
+
+class MessagesReader:
+    """Reads one ``/v1/messages`` answer, whole or event by event."""
+
+    def __init__(self, *, stream: bool = False) -> None:
+        self.stream = stream
+        """The answer is a stream of events, which only its ``message_stop`` ends."""
+        self.model: str | None = None
+        self.ended = False
+        """The answer's end was read (a whole message, or ``message_stop``)."""
+        self.complete = False
+        self._reason: str | None = None
+        self._input: int | None = None
+        self._output: int | None = None
+
+    def read(self, obj: Any) -> list[Event]:
+        failure = reported_error(obj)
+        if failure is not None:  # Anthropic's error event, or Ollama's {"error": ...}
+            return [failure]
+        kind = obj.get("type")
+        if kind == "message":  # a whole answer
+            self._usage(obj)
+            return [*self._content(obj), *self._end()]
+        if kind == "content_block_delta":
+            delta = obj.get("delta")
+            delta = delta if isinstance(delta, dict) else {}
+            if delta.get("type") == "text_delta":
+                text = _text(delta.get("text")) or ""
+                return [Delta(text)] if text else []
+            return [Delta("", True)] if delta.get("type") in _OTHER_DELTAS else []
+        if kind == "content_block_start":
+            block = obj.get("content_block")
+            untexted = isinstance(block, dict) and block.get("type") in _UNTEXTED
+            return [Delta("", True)] if untexted else []
+        if kind == "message_start" and isinstance(obj.get("message"), dict):
+            self._usage(obj["message"])
+        elif kind == "message_delta":
+            self._usage(obj)
+        elif kind == "message_stop":
+            return self._end()
+        return []
+
+    def finish(self) -> list[Event]:
+        """The answer said it is over: a whole one without counts keeps its model (the meter
+        estimates them); a stream is over at its ``message_stop`` only."""
+        self.complete = True
+        if self.ended:
+            return []
+        return [StreamError(_UNENDED)] if self.stream else [Final(model=self.model)]
+
+    def _usage(self, obj: dict[str, Any]) -> None:
+        """What an object says of the answer: its model, stop reason and counts. A count
+        ``message_delta`` writes replaces ``message_start``'s (Ollama's input count there is
+        its estimate); a 0 is a count not taken, which the meter estimates."""
+        self.model = _text(obj.get("model")) or self.model
+        delta = obj.get("delta")
+        where = delta if isinstance(delta, dict) else obj
+        self._reason = _text(where.get("stop_reason")) or self._reason
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            if "input_tokens" in usage:
+                self._input = _counted(usage["input_tokens"])
+            if "output_tokens" in usage:
+                self._output = _counted(usage["output_tokens"])
+
+    @staticmethod
+    def _content(message: dict[str, Any]) -> list[Event]:
+        """The reply a whole answer carries, as one piece."""
+        texts: list[str] = []
+        other = False
+        blocks = message.get("content")
+        for block in blocks if isinstance(blocks, list) else []:
+            if not isinstance(block, dict):
+                continue
+            other = other or block.get("type") in _UNTEXTED
+            if block.get("type") == "text":
+                texts.append(_text(block.get("text")) or "")
+        text = "".join(texts)
+        return [Delta(text, other)] if text or other else []
+
+    def _end(self) -> list[Event]:
+        if self.ended:
+            return []
+        self.ended = self.complete = True
+        return [
+            Final(
+                model=self.model,
+                done_reason=self._reason,
+                input_tokens=self._input,
+                output_tokens=self._output,
+            )
+        ]
+
+
+class _Anthropic(_OpenAI):
+    """Server-sent events as OpenAI's are framed (``event:`` lines are not data), with
+    Anthropic's objects, end and errors."""
+
+    name: str = "anthropic"
+
+    def reader(self, operation: str, *, stream: bool = False) -> Reader:
+        return MessagesReader(stream=stream)
+
+    def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
+        return False
+
+    def error_body(self, status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
+        default = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+        error_type = _KINDS.get(kind or "", default)
+        return {"type": "error", "error": {"type": error_type, "message": message}}
+
+    def error_frame(self, message: str) -> bytes:
+        body = json.dumps(self.error_body(500, message), ensure_ascii=False).encode()
+        return b"event: error\ndata: " + body + b"\n\n"
+
+
+ANTHROPIC: WireFormat = _Anthropic()
+
+
+def wire_of_path(path: str) -> WireFormat:
+    """The wire format a route's clients speak: Anthropic's on ``/v1/messages``, OpenAI's
+    elsewhere under ``/v1/``, else Ollama's."""
+    if path == MESSAGES_PATH:
+        return ANTHROPIC
+    return OPENAI if path.startswith("/v1/") else OLLAMA
+
+
+__all__ = ["ANTHROPIC", "MESSAGES", "MESSAGES_PATH", "MessagesReader", "error_text", "wire_of_path"]

@@ -1,0 +1,267 @@
+"""Ollama's Anthropic Messages API (``POST /v1/messages``) through the gateway, with the
+official ``anthropic`` client: one span per call, exact tokens and money, every way it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import pytest
+
+from ollama_meter.budgets import Budget
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter import estimate_tokens
+from ollama_meter.testing import Fault, OllamaEmulator, expected_reply
+from tests.factories import token_prices
+from tests.gateway.conftest import Gateway
+
+SALES = {"X-Ometer-Tenant": "acme", "X-Ometer-Department": "sales", "X-Ometer-User": "carol"}
+SYSTEM = "answer in one line"
+ASKED = "hello from the crm bot"
+EXPECTED = expected_reply(
+    "llama3.1:8b",
+    [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ASKED}],
+)
+USER: Any = [{"role": "user", "content": ASKED}]
+
+
+def spans(gw: Gateway) -> list[Any]:
+    return gw.ledger.latest(SpanFilter(), 100)
+
+
+def client_of(gw: Gateway, **headers: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        base_url=gw.url, api_key="unused", max_retries=0, default_headers=headers
+    )
+
+
+def test_the_official_client_gets_its_answer_and_each_call_one_exact_span(gateway: Gateway) -> None:
+    gateway.ledger.add_price_rule(token_prices())
+    client = client_of(gateway, **SALES)
+    whole = client.messages.create(
+        model="llama3.1:8b", max_tokens=1000, system=SYSTEM, messages=USER
+    )
+    assert [block.type for block in whole.content] == ["text"]
+    assert whole.content[0].text == EXPECTED.content  # type: ignore[union-attr]
+    assert (whole.usage.input_tokens, whole.usage.output_tokens) == (
+        EXPECTED.prompt_tokens,
+        EXPECTED.output_tokens,
+    )
+    with client.messages.stream(
+        model="llama3.1:8b", max_tokens=1000, system=SYSTEM, messages=USER
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()  # relayed to its message_stop, usage and all
+    assert text == EXPECTED.content
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (
+        EXPECTED.prompt_tokens,
+        EXPECTED.output_tokens,
+    )
+    streamed, plain = spans(gateway)
+    for span, stream_ in ((plain, False), (streamed, True)):
+        assert (span.operation, span.stream, span.status) == ("anthropic.messages", stream_, "ok")
+        assert (span.tenant, span.department, span.user) == ("acme", "sales", "carol")
+        assert (span.request_model, span.response_model) == ("llama3.1:8b", "llama3.1:8b")
+        assert (span.input_tokens, span.output_tokens, span.token_source) == (
+            EXPECTED.prompt_tokens,
+            EXPECTED.output_tokens,
+            "reported",
+        )
+        assert span.cost_total == EXPECTED.prompt_tokens * 1000 + EXPECTED.output_tokens * 2000
+    assert streamed.ttft_ns is not None and streamed.ttft_ns <= streamed.latency_ns
+
+
+def test_blocks_and_tool_results_are_metered_as_the_chat_ollama_makes_of_them(
+    sqlite_gateway: Gateway,
+) -> None:
+    messages: Any = [
+        {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": " two"}]},
+        {"role": "assistant", "content": "three"},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "four"}]},
+    ]  # fmt: skip
+    system: Any = [{"type": "text", "text": "be terse"}]
+    expected = expected_reply(
+        "qwen2.5:7b", [{"content": text} for text in ("be terse", "one two", "three", "four")]
+    )
+    answer = client_of(sqlite_gateway).messages.create(
+        model="qwen2.5:7b", max_tokens=1000, system=system, messages=messages
+    )
+    assert answer.content[0].text == expected.content  # type: ignore[union-attr]
+    (span,) = spans(sqlite_gateway)
+    assert (span.input_tokens, span.output_tokens, span.token_source) == (
+        expected.prompt_tokens,
+        expected.output_tokens,
+        "reported",
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_counts_ollama_did_not_take_are_estimated_not_its_length_guess(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator, stream: bool
+) -> None:
+    """Ollama writes a count it did not take as 0; a stream's message_start carries its
+    guess from the request's length, which message_delta's 0 replaces: estimated, never free."""
+    sqlite_gateway.ledger.add_price_rule(token_prices())
+    emulator.inject(Fault.OMIT_COUNTS)
+    client = client_of(sqlite_gateway)
+    if stream:
+        with client.messages.stream(model="llama3.1:8b", max_tokens=1000, messages=USER) as s:
+            s.until_done()
+    else:
+        client.messages.create(model="llama3.1:8b", max_tokens=1000, messages=USER)
+    reply = expected_reply("llama3.1:8b", [{"role": "user", "content": ASKED}])
+    output = reply.output_tokens if stream else estimate_tokens(reply.content)
+    (span,) = spans(sqlite_gateway)
+    assert (span.status, span.input_tokens, span.output_tokens, span.token_source) == (
+        "ok",
+        estimate_tokens(ASKED),
+        output,
+        "estimated",
+    )
+    assert span.cost_total == estimate_tokens(ASKED) * 1000 + output * 2000
+
+
+def test_ollamas_errors_reach_the_client_in_anthropics_shape_and_are_spans(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    client = client_of(sqlite_gateway)
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.messages.create(model="no-such-model", max_tokens=9, messages=USER)
+    assert missing.value.body == {
+        "type": "error",
+        "error": {
+            "type": "not_found_error",
+            "message": 'model "no-such-model" not found, try pulling it first',
+        },
+    }
+    emulator.inject(Fault.MIDSTREAM_ERROR, after_tokens=3)
+    with (
+        pytest.raises(anthropic.APIError),
+        client.messages.stream(model="llama3.1:8b", max_tokens=1000, messages=USER) as s,
+    ):
+        s.until_done()
+    broken, absent = spans(sqlite_gateway)
+    assert (absent.status, absent.error_type, absent.http_status) == (
+        "error",
+        "model_not_found",
+        404,
+    )
+    assert (broken.status, broken.error_type) == ("error", "stream_error")
+    assert (broken.output_tokens, broken.token_source) == (3, "estimated")
+
+
+def test_a_body_ollama_would_refuse_is_a_400_in_anthropics_shape_and_a_span(
+    sqlite_app: Gateway, emulator: OllamaEmulator
+) -> None:
+    for body, said in (
+        ({"model": "llama3.1:8b", "max_tokens": 9, "messages": "hi"}, "messages: input should be a valid list, got a string"),
+        (
+            {"model": "llama3.1:8b", "max_tokens": 8.5, "messages": USER},
+            "max_tokens: input should be a valid integer, got a number",
+        ),
+        (
+            {"model": "llama3.1:8b", "max_tokens": 9, "messages": USER, "System": "x"},
+            'body: "System" is "system" spelled another way, which Ollama would '
+            'read as "system"; spell it "system"',
+        ),
+    ):  # fmt: skip
+        reply = sqlite_app.client.post("/v1/messages", json=body)
+        assert reply.status_code == 400, reply.text
+        assert reply.json() == {
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": said},
+        }
+    assert emulator.requests_to("/v1/messages") == []
+    assert [s.error_type for s in spans(sqlite_app)] == ["bad_request"] * 3
+
+
+def test_under_a_hard_budget_ollama_gets_the_reply_cap_in_max_tokens(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
+    )
+    whole = expected_reply("llama3.1:8b", [{"role": "user", "content": ASKED}]).output_tokens
+    # No cap (which Ollama would refuse): the gateway's (OMETER_BUDGET_REPLY_CAP, 4096).
+    for cap, sent_cap, output in ((None, 4096, whole), (5, 5, 5)):
+        body = {"model": "llama3.1:8b", "messages": USER}
+        body |= {"max_tokens": cap} if cap else {}
+        reply = gw.client.post("/v1/messages", json=body, headers=SALES)
+        assert reply.status_code == 200, reply.text
+        assert emulator.requests_to("/v1/messages")[-1].body["max_tokens"] == sent_cap
+        assert spans(gw)[0].output_tokens == output
+
+
+def test_a_reply_cap_past_a_hard_budget_is_refused_before_ollama_as_a_billing_error(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=1, currency="USD")
+    )
+    body = {"model": "llama3.1:8b", "max_tokens": 1_000, "system": "x " * 2_000, "messages": USER}
+    reply = gw.client.post("/v1/messages", json=body, headers=SALES)
+    assert reply.status_code == 429, reply.text
+    error = reply.json()
+    assert (error["type"], error["error"]["type"]) == ("error", "billing_error")
+    assert emulator.requests_to("/v1/messages") == []
+    assert spans(gw)[0].status == "rejected"
+
+
+def test_a_stream_that_stops_before_message_stop_ends_in_anthropics_error_event(
+    sqlite_app: Gateway, emulator: OllamaEmulator
+) -> None:
+    """Ollama's events just stop when its chat fails: the client is told, and it is a span."""
+    emulator.inject(Fault.MIDSTREAM_ERROR, after_tokens=2)
+    body = {"model": "llama3.1:8b", "max_tokens": 1000, "messages": USER, "stream": True}
+    reply = sqlite_app.client.post("/v1/messages", json=body)
+    events = [line for line in reply.text.split("\n") if line.startswith("event:")]
+    assert events[-1] == "event: error"  # the client is told, in Anthropic's words
+    (span,) = spans(sqlite_app)
+    assert (span.status, span.error_type, span.output_tokens) == ("error", "stream_error", 2)
+
+
+def test_captured_content_is_the_input_and_the_reply_text(
+    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    gw = serve_on(emulator.url, sqlite_url, config={"capture_content": True})
+    client = client_of(gw)
+    client.messages.create(model="llama3.1:8b", max_tokens=1000, system=SYSTEM, messages=USER)
+    (span,) = spans(gw)
+    assert (span.prompt, span.reply) == (f"{SYSTEM}\n{ASKED}", EXPECTED.content)
+
+
+def test_an_ollama_too_old_for_the_route_is_its_own_404_and_a_span(
+    sqlite_app: Gateway, emulator: OllamaEmulator
+) -> None:
+    """Before 0.14 Ollama has no ``/v1/messages``: the client gets its 404 as it came."""
+    emulator.inject(Fault.NO_ROUTE)
+    body = {"model": "llama3.1:8b", "max_tokens": 9, "messages": USER}
+    reply = sqlite_app.client.post("/v1/messages", json=body)
+    assert (reply.status_code, reply.text) == (404, "404 page not found")
+    (span,) = spans(sqlite_app)
+    assert (span.status, span.http_status) == ("error", 404)
+
+
+def test_under_require_key_a_bearer_key_is_read_and_a_refusal_is_anthropics(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """Anthropic clients send a key as ``Authorization: Bearer`` when given an auth token
+    (Claude Code's ``ANTHROPIC_AUTH_TOKEN``): the gateway reads that, and its refusal is
+    Anthropic's ``authentication_error``."""
+    gw = app_on(emulator.url, sqlite_url, require_key=True)
+    _, secret = gw.ledger.create_key(name="claude", tenant="acme", department="sales")
+    body = {"model": "llama3.1:8b", "max_tokens": 1000, "messages": USER}
+    refused = gw.client.post("/v1/messages", json=body)
+    assert refused.status_code == 401
+    assert refused.json()["type"] == "error"
+    assert refused.json()["error"]["type"] == "authentication_error"
+    reply = gw.client.post("/v1/messages", json=body, headers={"Authorization": f"Bearer {secret}"})
+    assert reply.status_code == 200, reply.text
+    ok = [s for s in spans(gw) if s.status == "ok"]
+    assert [(s.tenant, s.department) for s in ok] == [("acme", "sales")]
