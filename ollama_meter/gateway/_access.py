@@ -147,14 +147,17 @@ def bearer(request: Request) -> str | None:
 
 
 def presented_key(request: Request) -> str | None:
-    """The API key a caller sent: ``X-Ometer-Key``, else ``Authorization: Bearer``.
+    """The API key a caller sent: ``X-Ometer-Key``, else ``X-Api-Key``, else
+    ``Authorization: Bearer``; a header given twice is none.
 
     ``X-Ometer-Key`` first: the OpenAI client sends its ``api_key`` as a bearer whatever
-    it is ("ollama" often), and the key then travels in ``default_headers``.
+    it is ("ollama" often), and the key then travels in ``default_headers``. Anthropic's
+    clients send their ``api_key`` as ``X-Api-Key``.
     """
-    keys = [value.strip() for value in request.headers.getlist(HEADER_KEY) if value.strip()]
-    if keys:
-        return keys[0] if len(keys) == 1 else None
+    for header in (HEADER_KEY, "x-api-key"):
+        keys = [value.strip() for value in request.headers.getlist(header) if value.strip()]
+        if keys:
+            return keys[0] if len(keys) == 1 else None
     return bearer(request)
 
 

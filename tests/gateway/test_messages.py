@@ -265,3 +265,20 @@ def test_under_require_key_a_bearer_key_is_read_and_a_refusal_is_anthropics(
     assert reply.status_code == 200, reply.text
     ok = [s for s in spans(gw) if s.status == "ok"]
     assert [(s.tenant, s.department) for s in ok] == [("acme", "sales")]
+
+
+def test_under_require_key_the_key_anthropics_client_sends_as_x_api_key_is_read(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """Anthropic's clients send ``api_key`` (``ANTHROPIC_API_KEY``) as ``X-Api-Key``, which
+    the gateway did not read: such a client was refused under ``--require-key`` whatever key
+    it held. Two ``X-Api-Key`` headers are no key, as two ``X-Ometer-Key`` are."""
+    gw = app_on(emulator.url, sqlite_url, require_key=True)
+    _, secret = gw.ledger.create_key(name="claude", tenant="acme", department="sales")
+    body = {"model": "llama3.1:8b", "max_tokens": 1000, "messages": USER}
+    reply = gw.client.post("/v1/messages", json=body, headers={"X-Api-Key": secret})
+    assert reply.status_code == 200, reply.text
+    two = [("X-Api-Key", secret), ("X-Api-Key", "sk-other")]
+    assert gw.client.post("/v1/messages", json=body, headers=two).status_code == 401
+    ok = [s for s in spans(gw) if s.status == "ok"]
+    assert [(s.tenant, s.department) for s in ok] == [("acme", "sales")]
