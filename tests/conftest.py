@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -146,10 +145,7 @@ def emulator(emulator_session: OllamaEmulator, monkeypatch: pytest.MonkeyPatch) 
     hang-ups. Latencies go back to none: a test that slowed it and did not say so again
     slowed every test after it."""
     emulator_session.latency = emulator_session.token_latency = 0.0
-    for _ in range(400):  # 10 s at most; their replies are fast once latencies are reset
-        if emulator_session.in_flight == 0:
-            break
-        time.sleep(0.025)
+    emulator_session.wait_idle(10)  # their replies are fast once latencies are reset
     emulator_session.reset()
     monkeypatch.setenv("OLLAMA_HOST", emulator_session.url)
     return emulator_session

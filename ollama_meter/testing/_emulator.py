@@ -32,6 +32,8 @@ class _State:
     """Everything mutable but the faults, guarded by ``lock``."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
+    settled: threading.Condition = field(init=False)
+    """Notified under ``lock`` whenever ``in_flight`` changes."""
     requests: list[RecordedRequest] = field(default_factory=list)
     loaded: dict[str, datetime] = field(default_factory=dict)
     completions: int = 0
@@ -40,6 +42,9 @@ class _State:
     most_in_flight: int = 0
     blobs: dict[str, int] = field(default_factory=dict)
     """Blobs pushed (``POST /api/blobs/{digest}``): their digest and size."""
+
+    def __post_init__(self) -> None:
+        self.settled = threading.Condition(self.lock)
 
 
 class OllamaEmulator:
@@ -203,6 +208,16 @@ class OllamaEmulator:
         with self._state.lock:
             return self._state.in_flight
 
+    def wait_idle(self, seconds: float = 10.0) -> int:
+        """Wait until no inference request is being answered; return how many still are.
+
+        A client holds its whole reply a moment before the handler's thread has returned,
+        so a test that asserts ``in_flight == 0`` right after a call must wait for it here.
+        """
+        with self._state.settled:
+            self._state.settled.wait_for(lambda: self._state.in_flight == 0, seconds)
+            return self._state.in_flight
+
     @property
     def most_in_flight(self) -> int:
         """The most inference requests answered at once since start or :meth:`reset`."""
@@ -234,6 +249,7 @@ class OllamaEmulator:
         with self._state.lock:
             self._state.in_flight += change
             self._state.most_in_flight = max(self._state.most_in_flight, self._state.in_flight)
+            self._state.settled.notify_all()
 
     def _hung_up(self) -> None:
         with self._state.lock:

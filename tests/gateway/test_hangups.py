@@ -85,7 +85,7 @@ def test_a_hang_up_with_the_answers_first_bytes_still_writes_the_span_and_stops_
         emulator.token_latency = 0.0
     (span,) = sqlite_app.ledger.latest(SpanFilter(), 10)
     assert (span.status, span.error_type) == ("client_abort", "client_abort")
-    assert emulator.in_flight == 0
+    assert emulator.wait_idle() == 0
     client: Any = sqlite_app.client
     assert client.app_state["gateway"].rates.running() == {}  # its department's count went with it
 
