@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from ollama_meter.ledger._engine import create_ledger_engine
-from ollama_meter.ledger._migrate import check_is_ledger
+from ollama_meter.ledger._migrate import check_is_ledger, lock_for_schema
 from ollama_meter.ledger.models import Base
-
-# Any constant works; it only has to be the same for every ometer process.
-_PG_MIGRATION_LOCK = 0x6F6D6574  # "omet"
 
 config = context.config
 
@@ -30,10 +26,7 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
-        if connection.dialect.name == "postgresql":
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
-            )
+        lock_for_schema(connection)
         # Under the lock: what another process migrated meanwhile is a ledger, not a stranger.
         known = {script.revision for script in context.script.walk_revisions()}
         check_is_ledger(connection, context.get_context().get_current_revision(), known)
