@@ -143,9 +143,10 @@ def emulator(emulator_session: OllamaEmulator, monkeypatch: pytest.MonkeyPatch) 
     Answers an earlier test left running (a slow reply whose caller was cut or went away)
     are let finish first: counted here, they would be this test's in-flight calls and
     hang-ups. Latencies go back to none: a test that slowed it and did not say so again
-    slowed every test after it."""
-    emulator_session.latency = emulator_session.token_latency = 0.0
-    emulator_session.wait_idle(10)  # their replies are fast once latencies are reset
+    slowed every test after it. ``hurry`` also ends the pauses under way: a reply paced
+    at a second a token, or a whole reply's one long pause, would outlast the wait."""
+    emulator_session.hurry()
+    emulator_session.wait_idle(10)  # their replies are fast once hurried
     emulator_session.reset()
     monkeypatch.setenv("OLLAMA_HOST", emulator_session.url)
     return emulator_session

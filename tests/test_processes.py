@@ -110,6 +110,7 @@ def test_sigterm_mid_stream_still_writes_the_span(tmp_path: Path) -> None:
         )
         assert proc.stdout is not None
         proc.stdout.read(12)  # some of the reply has arrived
+        slow.token_latency = 600.0  # the rest waits for the signal, however late it comes
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         assert proc.returncode == 128 + signal.SIGTERM

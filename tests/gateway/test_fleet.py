@@ -184,9 +184,13 @@ def test_a_flooding_department_does_not_make_another_wait_behind_it(
         thread.start()
     wait_for(lambda: dash(gw)["queue"]["waiting"] == 6, "the flood to queue")
     assert dash(gw)["queue"]["by_department"] == {"default/batch": 6}
-    emu.token_latency = 0.02
-    chat(gw.url, LLAMA, "support's question", "support")
-    for thread in flood:
+    # Support asks while both slots are still held (however slowly its call arrives), then
+    # the two running replies end at once: the next slot is given to a queue that has it.
+    asking = threading.Thread(target=chat, args=(gw.url, LLAMA, "support's question", "support"))
+    asking.start()
+    wait_for(lambda: "default/support" in dash(gw)["queue"]["by_department"], "support to wait")
+    emu.hurry()
+    for thread in [asking, *flood]:
         thread.join(timeout=60)
     order = prompts(emu)
     # The next free slot went to support: behind at most the two calls then running
@@ -312,7 +316,7 @@ def test_a_full_queue_answers_busy_in_ollamas_words(
 def test_a_caller_who_hangs_up_while_queued_leaves_the_queue_and_keeps_no_slot(
     emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
 ) -> None:
-    emu = emulators(LLAMA, token_latency=0.05)
+    emu = emulators(LLAMA, token_latency=1.0)  # the first call holds the slot until hurried
     gw = fleet(emu.url, slots=1)
     running = threading.Thread(target=chat, args=(gw.url, LLAMA, "first"))
     running.start()
@@ -323,6 +327,8 @@ def test_a_caller_who_hangs_up_while_queued_leaves_the_queue_and_keeps_no_slot(
             json={"model": LLAMA, "messages": [{"role": "user", "content": "gone"}]},
             timeout=httpx.Timeout(10, read=0.2),
         )
+    wait_for(lambda: dash(gw)["queue"]["waiting"] == 0, "the gateway to see the caller leave")
+    emu.hurry()
     running.join(timeout=60)
     wait_for(lambda: len(spans(gw.ledger)) == 2, "both spans")
     gone = next(s for s in spans(gw.ledger) if s.status != "ok")
