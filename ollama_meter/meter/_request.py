@@ -49,6 +49,8 @@ class RequestFacts:
     context: int | None = None
     """The context size the caller set (``num_ctx``): no reply is longer."""
     embedding: bool = False
+    unbounded: str | None = None
+    """Why no bound holds what the call may count, when none does: no hard budget admits it."""
 
     def bound(self, default_output: int) -> CallBound:
         """The most tokens the call can count; ``default_output`` when the caller set no cap."""
@@ -299,6 +301,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         cap = _option_int(options.get("num_predict"))
     texts: list[str] = []
     messages = images = extra = given = 0
+    unbounded = None
     embedding = kind in ("embed", "embeddings")
     if kind == "chat":
         texts, messages, images, extra = _messages(body.get("messages"))
@@ -308,8 +311,14 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         extra += tools_bytes(body.get("tools"))
     elif operation == _MESSAGES:  # Ollama writes a web search tool its own way
         texts, messages, images, extra = _messages_input(body)
-        tools = body.get("tools")
-        extra += tools_bytes(tools) + WEB_SEARCH_BYTES * web_searches(tools)
+        searches = web_searches(body.get("tools"))
+        extra += tools_bytes(body.get("tools")) + WEB_SEARCH_BYTES * len(searches)
+        if searches:  # Ollama's middleware searches and chats again, up to 3 more times
+            unbounded = (
+                f"tools[{searches[0]}] is Anthropic's built-in web search, which Ollama answers "
+                "with up to four chats, the later ones over search results of a size nobody "
+                "knows before the call"
+            )
     elif embedding:  # the field Ollama embeds: a legacy /api/embeddings reads only its prompt
         texts, given, messages = _inputs(
             body.get("prompt" if operation == "embeddings" else "input")
@@ -337,6 +346,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         max_output=None if embedding else cap,
         context=_option_int(options.get("num_ctx")),
         embedding=embedding,
+        unbounded=unbounded,
     )
 
 

@@ -107,12 +107,12 @@ WEB_SEARCH_BYTES = 320
 313 bytes whatever the request spelled of it (``{"name": "web_search"}``, 50)."""
 
 
-def web_searches(tools: object) -> int:
-    """How many of a Messages request's tools are Anthropic's built-in web search."""
+def web_searches(tools: object) -> list[int]:
+    """Where a Messages request's tools name Anthropic's built-in web search."""
     if not isinstance(tools, list):
-        return 0
-    return sum(
-        1
-        for tool in tools
+        return []
+    return [
+        at
+        for at, tool in enumerate(tools)
         if isinstance(tool, Mapping) and str(tool.get("type") or "").startswith("web_search")
-    )
+    ]

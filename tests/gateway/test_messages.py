@@ -282,3 +282,34 @@ def test_under_require_key_the_key_anthropics_client_sends_as_x_api_key_is_read(
     assert gw.client.post("/v1/messages", json=body, headers=two).status_code == 401
     ok = [s for s in spans(gw) if s.status == "ok"]
     assert [(s.tenant, s.department) for s in ok] == [("acme", "sales")]
+
+
+WEB_SEARCH: Any = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]
+
+
+def test_a_web_search_call_no_bound_holds_is_refused_by_a_hard_budget_only(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """With Anthropic's built-in web search among the tools, Ollama answers a call the model
+    searches in with up to four chats (``maxWebSearchLoops``), the later ones over search
+    results of a size nobody knows before the call, and reports their counts summed: no
+    bound holds it, so a hard budget refuses it (it was admitted on one chat's bound),
+    and says why. A soft budget, or none, meters it as it comes."""
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
+    )
+    body = {"model": "llama3.1:8b", "max_tokens": 9, "messages": USER, "tools": WEB_SEARCH}
+    support = {**SALES, "X-Ometer-Department": "support"}  # under no budget
+    assert gw.client.post("/v1/messages", json=body, headers=support).status_code == 200
+    refused = gw.client.post("/v1/messages", json=body, headers=SALES)
+    assert refused.status_code == 429, refused.text
+    error = refused.json()["error"]
+    assert error["type"] == "billing_error"
+    assert "web search" in error["message"] and "tools[0]" in error["message"]
+    assert len(emulator.requests_to("/v1/messages")) == 1
+    latest = spans(gw)[0]
+    assert (latest.status, latest.error_type) == ("rejected", "budget_exceeded")
+    without = {**body, "tools": [{"name": "web_search", "input_schema": {"type": "object"}}]}
+    assert gw.client.post("/v1/messages", json=without, headers=SALES).status_code == 200
