@@ -313,3 +313,27 @@ def test_a_web_search_call_no_bound_holds_is_refused_by_a_hard_budget_only(
     assert (latest.status, latest.error_type) == ("rejected", "budget_exceeded")
     without = {**body, "tools": [{"name": "web_search", "input_schema": {"type": "object"}}]}
     assert gw.client.post("/v1/messages", json=without, headers=SALES).status_code == 200
+
+
+@pytest.mark.parametrize("require_key", [True, False])
+def test_a_key_of_another_service_beside_the_gateways_does_not_hide_it(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str, require_key: bool
+) -> None:
+    """An Anthropic client given both an API key and an auth token sends both: a shell's
+    ``ANTHROPIC_API_KEY`` (Anthropic's own, ``sk-ant-...``) as ``X-Api-Key`` and the gateway
+    key (``ANTHROPIC_AUTH_TOKEN``) as a bearer. The first header there was the key: the
+    call was refused under ``--require-key`` (told to send the bearer it had sent), and
+    charged to the defaults without. The first of the gateway's own keys is the key."""
+    gw = app_on(emulator.url, sqlite_url, require_key=require_key)
+    _, secret = gw.ledger.create_key(name="claude", tenant="acme", department="sales")
+    body = {"model": "llama3.1:8b", "max_tokens": 9, "messages": USER}
+    both = {"X-Api-Key": "sk-ant-api03-abc", "Authorization": f"Bearer {secret}"}
+    reply = gw.client.post("/v1/messages", json=body, headers=both)
+    assert reply.status_code == 200, reply.text
+    (span,) = spans(gw)
+    assert (span.tenant, span.department) == ("acme", "sales")
+    # Two of the gateway's keys: the first is the key, live or not (never the other one).
+    gw.ledger.revoke_key(gw.ledger.keys()[0].id)
+    _, other = gw.ledger.create_key(name="other", tenant="acme", department="ops")
+    two = {"X-Api-Key": secret, "Authorization": f"Bearer {other}"}
+    assert gw.client.post("/v1/messages", json=body, headers=two).status_code == 401
