@@ -4,6 +4,7 @@ official ``anthropic`` client: one span per call, exact tokens and money, every 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -337,3 +338,27 @@ def test_a_key_of_another_service_beside_the_gateways_does_not_hide_it(
     _, other = gw.ledger.create_key(name="other", tenant="acme", department="ops")
     two = {"X-Api-Key": secret, "Authorization": f"Bearer {other}"}
     assert gw.client.post("/v1/messages", json=body, headers=two).status_code == 401
+
+
+def test_a_client_that_hangs_up_mid_stream_stops_ollama_and_its_span_is_client_abort(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    emulator.token_latency = 0.05
+    try:
+        client = client_of(sqlite_gateway)
+        with client.messages.stream(model="llama3.1:8b", max_tokens=1000, messages=USER) as s:
+            next(iter(s.text_stream))  # the first text, then the client leaves
+        deadline = time.monotonic() + 10  # the gateway notices on its next write
+        while not (spans(sqlite_gateway) and emulator.hangups) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        emulator.token_latency = 0.0
+    assert emulator.hangups == 1
+    (span,) = spans(sqlite_gateway)
+    assert (span.status, span.error_type, span.token_source) == (
+        "client_abort",
+        "client_abort",
+        "estimated",
+    )
+    reply = expected_reply("llama3.1:8b", [{"role": "user", "content": ASKED}])
+    assert 1 <= span.output_tokens < reply.output_tokens
