@@ -362,3 +362,24 @@ def test_a_client_that_hangs_up_mid_stream_stops_ollama_and_its_span_is_client_a
     )
     reply = expected_reply("llama3.1:8b", [{"role": "user", "content": ASKED}])
     assert 1 <= span.output_tokens < reply.output_tokens
+
+
+def test_blocks_ollama_cannot_convert_are_its_400s_in_anthropics_shape_and_spans(
+    sqlite_app: Gateway, emulator: OllamaEmulator
+) -> None:
+    """The gateway leaves these to Ollama (its converter decides): the client gets Ollama's
+    word, and the call that reached it is a span."""
+    for block, said in (
+        ({"type": "image", "source": {"type": "url", "url": "http://x"}}, "invalid image source type: url. Only base64 images are supported."),
+        ({"type": "image"}, "invalid image source"),
+        ({"type": "tool_use", "id": "", "name": "f", "input": {}}, "tool_use block missing required 'id' field"),
+    ):  # fmt: skip
+        body = {"model": "llama3.1:8b", "max_tokens": 9, "messages": [{"role": "user", "content": [block]}]}  # fmt: skip
+        reply = sqlite_app.client.post("/v1/messages", json=body)
+        assert reply.status_code == 400, reply.text
+        assert reply.json() == {
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": said},
+        }
+    assert len(emulator.requests_to("/v1/messages")) == 3
+    assert [(s.status, s.http_status) for s in spans(sqlite_app)] == [("error", 400)] * 3
