@@ -23,6 +23,7 @@ from ollama_meter.budgets._estimate import (
 )
 from ollama_meter.budgets._gate import BudgetGate
 from ollama_meter.budgets._leases import Reservation
+from ollama_meter.budgets._refusals import unbounded
 from ollama_meter.budgets._status import BudgetStatus, budget_status, project
 from ollama_meter.records import (
     Alert,
@@ -56,4 +57,5 @@ __all__ = [
     "parse_limit",
     "parse_thresholds",
     "project",
+    "unbounded",
 ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from ollama_meter.budgets._estimate import Estimate
 from ollama_meter.budgets._leases import Lease
 from ollama_meter.errors import BudgetExceeded
-from ollama_meter.periods import Window
+from ollama_meter.periods import Window, current_period
 from ollama_meter.records import PERIOD_ADVERB, Budget, format_micros
 
 IN_FLIGHT_RETRY_AFTER = 5
@@ -65,6 +66,20 @@ def mismatch(
         f"{budget.currency}, but this model is priced in {estimate.currency}: the budget "
         "could not count the call, so it is refused. Use one currency for the budget and "
         "the price rules",
+        budget_id=budget.id or 0,
+        retry_after=_seconds_until(window.end, now),
+    )
+
+
+def unbounded(
+    budgets: Sequence[Budget], tenant: str, why: str, now: datetime, tz: ZoneInfo
+) -> BudgetExceeded:
+    """A call no bound holds (``why``): no hard budget can admit it, whatever it has left."""
+    budget = next(b for b in budgets if b.hard)
+    window = current_period(budget.period, tz=tz, now=now)
+    return BudgetExceeded(
+        f"hard budget {budget.id} for {budget.scope(tenant)} refuses the call: {why}, so "
+        "nothing bounds what it may cost; call without it (a soft budget only alerts)",
         budget_id=budget.id or 0,
         retry_after=_seconds_until(window.end, now),
     )

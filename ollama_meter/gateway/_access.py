@@ -35,6 +35,7 @@ from ollama_meter.gateway._attribution import HEADER_KEY
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
 from ollama_meter.gateway._memory import TooLarge, TooSlow, take
 from ollama_meter.gateway._relay import error_response, wire_of
+from ollama_meter.ledger import KEY_PREFIX
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -147,18 +148,23 @@ def bearer(request: Request) -> str | None:
 
 
 def presented_key(request: Request) -> str | None:
-    """The API key a caller sent: ``X-Ometer-Key``, else ``X-Api-Key``, else
-    ``Authorization: Bearer``; a header given twice is none.
+    """The API key a caller sent: the first of ``X-Ometer-Key``, ``X-Api-Key`` and
+    ``Authorization: Bearer`` that holds one of the gateway's keys, else the first there;
+    a header given twice is none.
 
     ``X-Ometer-Key`` first: the OpenAI client sends its ``api_key`` as a bearer whatever
     it is ("ollama" often), and the key then travels in ``default_headers``. Anthropic's
-    clients send their ``api_key`` as ``X-Api-Key``.
+    clients send their ``api_key`` as ``X-Api-Key`` and an auth token as a bearer, both
+    when given both (Anthropic's own key in one, the gateway's in the other).
     """
+    sent: list[str] = []
     for header in (HEADER_KEY, "x-api-key"):
         keys = [value.strip() for value in request.headers.getlist(header) if value.strip()]
-        if keys:
-            return keys[0] if len(keys) == 1 else None
-    return bearer(request)
+        if len(keys) > 1:
+            return None
+        sent += keys
+    sent += [token] if (token := bearer(request)) else []
+    return next((key for key in sent if key.startswith(KEY_PREFIX)), sent[0] if sent else None)
 
 
 def admin_token_of(configured: str) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import WouldBlock
-from ollama_meter.budgets import BudgetGate, HiddenPrompts, PastCall, bound_cost
+from ollama_meter.budgets import BudgetGate, HiddenPrompts, PastCall, bound_cost, unbounded
 from ollama_meter.errors import BudgetExceeded, LedgerError, OverCap, UpstreamError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import CALLER_STOPPED, MeteredCall
@@ -225,6 +225,8 @@ class Meter:
         if not facts.embedding:
             call.output_cap = limits.output_tokens
         try:
+            if facts.unbounded:  # whatever the budgets have left
+                raise unbounded(covering, span.tenant, facts.unbounded, span.started_at, gate.tz)
             bound = bound_cost(
                 prices,
                 span.request_model,

@@ -9,8 +9,6 @@ shape only; both are read here, defensively: a request is untrusted input.
 
 from __future__ import annotations
 
-import inspect
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +16,16 @@ from typing import Any
 
 from ollama_meter.budgets import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS, CallBound
 from ollama_meter.meter._attribution import Attribution
+from ollama_meter.meter._written import (
+    CALL_BYTES,
+    WEB_SEARCH_BYTES,
+    bytes_of,
+    calls_bytes,
+    json_bytes,
+    tools_bytes,
+    web_searches,
+    written_bytes,
+)
 
 OPENAI_PREFIX = "openai."
 
@@ -41,6 +49,8 @@ class RequestFacts:
     context: int | None = None
     """The context size the caller set (``num_ctx``): no reply is longer."""
     embedding: bool = False
+    unbounded: str | None = None
+    """Why no bound holds what the call may count, when none does: no hard budget admits it."""
 
     def bound(self, default_output: int) -> CallBound:
         """The most tokens the call can count; ``default_output`` when the caller set no cap."""
@@ -103,95 +113,6 @@ def _option_int(value: object) -> int | None:
     return _positive_int(value)
 
 
-def _bytes(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
-def _written_bytes(text: str) -> int:
-    """UTF-8 bytes of ``text`` as Go's ``json.Marshal`` may write it into a prompt: it escapes
-    ``<``, ``>`` and ``&`` (6 bytes for 1) and U+2028, U+2029 (6 for 3). Ollama's templates
-    write tools and tool calls' arguments so (``{{ json . }}``), whatever the request sent."""
-    escaped = text.count("<") + text.count(">") + text.count("&")
-    return _bytes(text) + 5 * escaped + 3 * (text.count("\u2028") + text.count("\u2029"))
-
-
-_FLOAT_BYTES = 26
-"""The longest a JSON number is once Go has read it as a float64 and written it again
-(``1e20`` is written ``100000000000000000000``; at most 17 digits, a point, six zeros, a sign)."""
-_TOOL_BYTES = 80
-"""The keys Go writes for every tool (``api.Tool``), whether the request gave them or not:
-``{"type":"","function":{"name":"","parameters":{"type":"","properties":null}}}``."""
-
-
-def _json_bytes(value: object) -> int:
-    """UTF-8 bytes of ``value`` as JSON, at any depth, as long as either encoder writes it
-    (``json.dumps(ensure_ascii=False)``, or Go's ``json.Marshal``: see :func:`_written_bytes`).
-
-    Measured by walking it, not by encoding it: a value nested deeper than the encoder's
-    recursion allows still counts every byte (counting nothing would admit it as empty).
-    """
-    if value is None:
-        return 0
-    size = 0
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, Mapping):
-            size += 2 + 4 * len(item) - (2 if item else 0)  # {}, ": " and ", "
-            for key, member in item.items():
-                size += _scalar_bytes(key if isinstance(key, str) else str(key))
-                pending.append(member)
-        elif isinstance(item, list | tuple):
-            size += 2 + 2 * len(item) - (2 if item else 0)  # [] and ", "
-            pending.extend(item)
-        elif inspect.isroutine(item):  # a Python function as a tool: sent as its JSON schema
-            size += _schema_bytes(item)
-        else:
-            size += _scalar_bytes(item)
-    return size
-
-
-_SCHEMA_BYTES = 128
-"""A tool schema's own keys: ``{"type": "function", "function": {"name": ..., "parameters": ...``."""
-_PARAMETER_BYTES = 64
-"""Each parameter's: ``"days": {"type": "integer", "description": ...}`` and its ``required``."""
-
-
-def _schema_bytes(function: object) -> int:
-    """At least the bytes of the schema the ``ollama`` client sends for ``function``: built
-    from its name, its signature and its docstring (the descriptions are cut from it)."""
-    try:
-        parameters = list(inspect.signature(function).parameters)  # type: ignore[arg-type]
-    except (TypeError, ValueError):  # a builtin without a signature
-        parameters = []
-    texts = [getattr(function, "__name__", ""), inspect.getdoc(function) or "", *parameters]
-    return _SCHEMA_BYTES + _PARAMETER_BYTES * len(parameters) + sum(map(_bytes, texts))
-
-
-def _scalar_bytes(value: object) -> int:
-    if isinstance(value, float):
-        return _FLOAT_BYTES
-    try:
-        return _written_bytes(json.dumps(value, ensure_ascii=False, default=str))
-    except (TypeError, ValueError, RecursionError):  # an object whose str() fails: its repr
-        return _bytes(object.__repr__(value))
-
-
-_CALL_BYTES = 64
-"""What a template writes around each tool call besides its name and arguments (qwen2.5's
-``<tool_call>\n{"name": , "arguments": }\n</tool_call>`` is 45 bytes), the keys Go adds
-(``api.ToolCall``) included."""
-
-
-def _calls_bytes(calls: object) -> int:
-    return _CALL_BYTES * len(calls) if isinstance(calls, list) else 0
-
-
-def _tools_bytes(tools: object) -> int:
-    """The bytes of a request's tools as the template writes them, each with its own keys."""
-    return _json_bytes(tools) + (_TOOL_BYTES * len(tools) if isinstance(tools, list) else 0)
-
-
 def _content_parts(content: object) -> tuple[list[str], int]:
     """Texts and image count of one message's content (a string, or OpenAI's list of parts)."""
     if isinstance(content, str):
@@ -245,8 +166,8 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
         images += pictures
         if isinstance(message.get("images"), list):
             images += len(message["images"])
-        extra += _calls_bytes(message.get("tool_calls")) + sum(
-            _written_bytes(value) if isinstance(value, str) else _json_bytes(value)
+        extra += calls_bytes(message.get("tool_calls")) + sum(
+            written_bytes(value) if isinstance(value, str) else json_bytes(value)
             for key, value in message.items()
             if key not in _COUNTED_APART
         )
@@ -280,9 +201,9 @@ def _responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]
             parts, pictures = _content_parts(item.get(key))
             texts.extend(parts)
             images += pictures
-        extra += _CALL_BYTES if item.get("type") == "function_call" else 0
+        extra += CALL_BYTES if item.get("type") == "function_call" else 0
         extra += sum(  # a call's arguments are parsed, and written again as JSON
-            _written_bytes(field) if isinstance(field, str) else _json_bytes(field)
+            written_bytes(field) if isinstance(field, str) else json_bytes(field)
             for key, field in item.items()
             if key not in _ITEM_APART
         )
@@ -292,7 +213,8 @@ def _responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]
 _MESSAGES = "anthropic.messages"
 _BLOCK_APART = frozenset({"type", "text", "content"})
 """A Messages content block's fields counted on their own: its type, its text, a tool
-result's content (texts and images)."""
+result's content (texts and images), a web search result's."""
+_CALLS = frozenset({"tool_use", "server_tool_use"})
 
 
 def _messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
@@ -300,7 +222,8 @@ def _messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
 
     Ollama makes a chat of it: ``system`` (a string, or its text blocks joined) a system
     message, each message one message of its text blocks (its images, tool calls and
-    thinking beside them), each ``tool_result`` block a tool message of its own.
+    thinking beside them), each ``tool_result`` and ``web_search_tool_result`` block a
+    tool message of its own.
     """
     system = body.get("system")
     texts, _ = _content_parts(system) if isinstance(system, str | list) else ([], 0)
@@ -328,8 +251,13 @@ def _messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
                 parts, pictures = _content_parts(inner if isinstance(inner, str | list) else None)
                 texts.extend(parts)
                 images += pictures
-            extra += sum(
-                _bytes(field) if isinstance(field, str) else _json_bytes(field)
+            elif kind == "web_search_tool_result":  # a tool message of its results' lines
+                count += 1
+                extra += json_bytes(block.get("content"))
+            elif kind in _CALLS:  # the template writes each call in its own wrapper
+                extra += CALL_BYTES
+            extra += sum(  # names and arguments are written as JSON, escaped
+                written_bytes(field) if isinstance(field, str) else json_bytes(field)
                 for key, field in block.items()
                 if key not in _BLOCK_APART and not (kind == "image" and key == "source")
             )
@@ -373,16 +301,24 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         cap = _option_int(options.get("num_predict"))
     texts: list[str] = []
     messages = images = extra = given = 0
+    unbounded = None
     embedding = kind in ("embed", "embeddings")
     if kind == "chat":
         texts, messages, images, extra = _messages(body.get("messages"))
-        extra += _tools_bytes(body.get("tools"))
+        extra += tools_bytes(body.get("tools"))
     elif kind == "responses":
         texts, messages, images, extra = _responses_input(body)
-        extra += _tools_bytes(body.get("tools"))
-    elif operation == _MESSAGES:
+        extra += tools_bytes(body.get("tools"))
+    elif operation == _MESSAGES:  # Ollama writes a web search tool its own way
         texts, messages, images, extra = _messages_input(body)
-        extra += _tools_bytes(body.get("tools"))
+        searches = web_searches(body.get("tools"))
+        extra += tools_bytes(body.get("tools")) + WEB_SEARCH_BYTES * len(searches)
+        if searches:  # Ollama's middleware searches and chats again, up to 3 more times
+            unbounded = (
+                f"tools[{searches[0]}] is Anthropic's built-in web search, which Ollama answers "
+                "with up to four chats, the later ones over search results of a size nobody "
+                "knows before the call"
+            )
     elif embedding:  # the field Ollama embeds: a legacy /api/embeddings reads only its prompt
         texts, given, messages = _inputs(
             body.get("prompt" if operation == "embeddings" else "input")
@@ -403,13 +339,14 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     prompt_text = "\n".join(texts)
     return RequestFacts(
         prompt_text=prompt_text,
-        prompt_bytes=sum(_bytes(t) for t in texts) + extra,
+        prompt_bytes=sum(bytes_of(t) for t in texts) + extra,
         messages=messages,
         images=images,
         given_tokens=given,
         max_output=None if embedding else cap,
         context=_option_int(options.get("num_ctx")),
         embedding=embedding,
+        unbounded=unbounded,
     )
 
 

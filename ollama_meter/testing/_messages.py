@@ -12,6 +12,8 @@ without ``message_stop``. Its errors are Anthropic's error objects.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
@@ -39,12 +41,34 @@ def _block_texts(content: object, where: str) -> list[str]:
     for block in content:
         if not isinstance(block, dict):
             continue
+        _refused(block)
         if block.get("type") == "text" and isinstance(block.get("text"), str):
             joined += block["text"]
         elif block.get("type") == "tool_result":
             inner = block.get("content")
             results.append(inner if isinstance(inner, str) else "")
     return [*results, joined] if joined else results
+
+
+def _refused(block: dict[str, Any]) -> None:
+    """What Ollama's converter refuses of a block: an image it cannot decode, a tool call
+    without its id or name."""
+    kind = block.get("type")
+    if kind == "image":
+        source = block.get("source")
+        if not isinstance(source, dict):
+            raise Refusal(400, "invalid image source")
+        if source.get("type") != "base64":
+            message = f"invalid image source type: {source.get('type') or ''}. Only base64 images are supported."  # fmt: skip
+            raise Refusal(400, message)
+        try:
+            base64.b64decode(str(source.get("data") or ""), validate=True)
+        except binascii.Error as exc:
+            raise Refusal(400, f"invalid base64 image data: {exc}") from None
+    elif kind == "tool_use":
+        for field in ("id", "name"):
+            if not block.get(field):
+                raise Refusal(400, f"tool_use block missing required '{field}' field")
 
 
 def request_texts(body: dict[str, Any]) -> list[str]:

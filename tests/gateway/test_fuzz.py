@@ -40,6 +40,7 @@ METERED = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "generate",
     "/v1/embeddings": "embed",
+    "/v1/messages": "messages",
 }
 OTHERS = ["/api/tags", "/api/show", "/api/ps", "/api/version", "/v1/models", "/api/pull"]
 MODELS = ["llama3.1:8b", "qwen2.5:7b", "mistral:7b", "nomic-embed-text"]
@@ -73,6 +74,9 @@ def valid_body(draw: st.DrawFn, path: str) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model}
     if kind == "chat":
         body["messages"] = [{"role": "user", "content": draw(texts)}]
+    elif kind == "messages":  # Anthropic's: a reply cap Ollama requires, and content blocks
+        content = draw(texts | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": texts}), max_size=2))  # fmt: skip
+        body |= {"max_tokens": draw(st.integers(1, 50)), "messages": [{"role": "user", "content": content}]}  # fmt: skip
     elif kind == "generate" or path == "/api/embeddings":
         body["prompt"] = draw(texts)
     else:
@@ -113,7 +117,7 @@ def request(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes]:
         st.dictionaries(
             st.sampled_from(
                 ["X-Ometer-Tenant", "X-Ometer-Department", "X-Ometer-User", "Authorization",
-                 "X-Ometer-Key", "Content-Type"]
+                 "X-Ometer-Key", "X-Api-Key", "Content-Type"]
             ),
             st.sampled_from(["acme", "sales", "carol", "om_x", "application/json"]) | header_text,
             max_size=3,
@@ -126,11 +130,12 @@ Send = Callable[[str, str, dict[str, str], bytes], tuple[int, str]]
 
 
 def presents_a_key(headers: dict[str, str]) -> bool:
-    """Whether a request sends one of ometer's keys (none of these is live): X-Ometer-Key,
-    else a bearer."""
+    """Whether a request sends one of ometer's keys (none of these is live) in X-Ometer-Key,
+    X-Api-Key or a bearer."""
     auth = headers.get("Authorization", "")
     bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-    return (headers.get("X-Ometer-Key", "").strip() or bearer).startswith("om_")
+    sent = [headers.get("X-Ometer-Key", "").strip(), headers.get("X-Api-Key", "").strip(), bearer]
+    return any(key.startswith("om_") for key in sent)
 
 
 def check(send: Send, ledger: Ledger, example: tuple[str, str, dict[str, str], bytes]) -> None:

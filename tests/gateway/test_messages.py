@@ -4,6 +4,7 @@ official ``anthropic`` client: one span per call, exact tokens and money, every 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -282,3 +283,103 @@ def test_under_require_key_the_key_anthropics_client_sends_as_x_api_key_is_read(
     assert gw.client.post("/v1/messages", json=body, headers=two).status_code == 401
     ok = [s for s in spans(gw) if s.status == "ok"]
     assert [(s.tenant, s.department) for s in ok] == [("acme", "sales")]
+
+
+WEB_SEARCH: Any = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]
+
+
+def test_a_web_search_call_no_bound_holds_is_refused_by_a_hard_budget_only(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """With Anthropic's built-in web search among the tools, Ollama answers a call the model
+    searches in with up to four chats (``maxWebSearchLoops``), the later ones over search
+    results of a size nobody knows before the call, and reports their counts summed: no
+    bound holds it, so a hard budget refuses it (it was admitted on one chat's bound),
+    and says why. A soft budget, or none, meters it as it comes."""
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
+    )
+    body = {"model": "llama3.1:8b", "max_tokens": 9, "messages": USER, "tools": WEB_SEARCH}
+    support = {**SALES, "X-Ometer-Department": "support"}  # under no budget
+    assert gw.client.post("/v1/messages", json=body, headers=support).status_code == 200
+    refused = gw.client.post("/v1/messages", json=body, headers=SALES)
+    assert refused.status_code == 429, refused.text
+    error = refused.json()["error"]
+    assert error["type"] == "billing_error"
+    assert "web search" in error["message"] and "tools[0]" in error["message"]
+    assert len(emulator.requests_to("/v1/messages")) == 1
+    latest = spans(gw)[0]
+    assert (latest.status, latest.error_type) == ("rejected", "budget_exceeded")
+    without = {**body, "tools": [{"name": "web_search", "input_schema": {"type": "object"}}]}
+    assert gw.client.post("/v1/messages", json=without, headers=SALES).status_code == 200
+
+
+@pytest.mark.parametrize("require_key", [True, False])
+def test_a_key_of_another_service_beside_the_gateways_does_not_hide_it(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str, require_key: bool
+) -> None:
+    """An Anthropic client given both an API key and an auth token sends both: a shell's
+    ``ANTHROPIC_API_KEY`` (Anthropic's own, ``sk-ant-...``) as ``X-Api-Key`` and the gateway
+    key (``ANTHROPIC_AUTH_TOKEN``) as a bearer. The first header there was the key: the
+    call was refused under ``--require-key`` (told to send the bearer it had sent), and
+    charged to the defaults without. The first of the gateway's own keys is the key."""
+    gw = app_on(emulator.url, sqlite_url, require_key=require_key)
+    _, secret = gw.ledger.create_key(name="claude", tenant="acme", department="sales")
+    body = {"model": "llama3.1:8b", "max_tokens": 9, "messages": USER}
+    both = {"X-Api-Key": "sk-ant-api03-abc", "Authorization": f"Bearer {secret}"}
+    reply = gw.client.post("/v1/messages", json=body, headers=both)
+    assert reply.status_code == 200, reply.text
+    (span,) = spans(gw)
+    assert (span.tenant, span.department) == ("acme", "sales")
+    # Two of the gateway's keys: the first is the key, live or not (never the other one).
+    gw.ledger.revoke_key(gw.ledger.keys()[0].id)
+    _, other = gw.ledger.create_key(name="other", tenant="acme", department="ops")
+    two = {"X-Api-Key": secret, "Authorization": f"Bearer {other}"}
+    assert gw.client.post("/v1/messages", json=body, headers=two).status_code == 401
+
+
+def test_a_client_that_hangs_up_mid_stream_stops_ollama_and_its_span_is_client_abort(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    emulator.token_latency = 0.05
+    try:
+        client = client_of(sqlite_gateway)
+        with client.messages.stream(model="llama3.1:8b", max_tokens=1000, messages=USER) as s:
+            next(iter(s.text_stream))  # the first text, then the client leaves
+        deadline = time.monotonic() + 10  # the gateway notices on its next write
+        while not (spans(sqlite_gateway) and emulator.hangups) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        emulator.token_latency = 0.0
+    assert emulator.hangups == 1
+    (span,) = spans(sqlite_gateway)
+    assert (span.status, span.error_type, span.token_source) == (
+        "client_abort",
+        "client_abort",
+        "estimated",
+    )
+    reply = expected_reply("llama3.1:8b", [{"role": "user", "content": ASKED}])
+    assert 1 <= span.output_tokens < reply.output_tokens
+
+
+def test_blocks_ollama_cannot_convert_are_its_400s_in_anthropics_shape_and_spans(
+    sqlite_app: Gateway, emulator: OllamaEmulator
+) -> None:
+    """The gateway leaves these to Ollama (its converter decides): the client gets Ollama's
+    word, and the call that reached it is a span."""
+    for block, said in (
+        ({"type": "image", "source": {"type": "url", "url": "http://x"}}, "invalid image source type: url. Only base64 images are supported."),
+        ({"type": "image"}, "invalid image source"),
+        ({"type": "tool_use", "id": "", "name": "f", "input": {}}, "tool_use block missing required 'id' field"),
+    ):  # fmt: skip
+        body = {"model": "llama3.1:8b", "max_tokens": 9, "messages": [{"role": "user", "content": [block]}]}  # fmt: skip
+        reply = sqlite_app.client.post("/v1/messages", json=body)
+        assert reply.status_code == 400, reply.text
+        assert reply.json() == {
+            "type": "error",
+            "error": {"type": "invalid_request_error", "message": said},
+        }
+    assert len(emulator.requests_to("/v1/messages")) == 3
+    assert [(s.status, s.http_status) for s in spans(sqlite_app)] == [("error", 400)] * 3

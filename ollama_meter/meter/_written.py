@@ -1,0 +1,118 @@
+"""What a request's pieces weigh once Ollama writes them into a prompt, in UTF-8 bytes.
+
+A hard budget's bound counts bytes (no token is shorter than one). Ollama does not write
+a tool, a tool call or its arguments as the request spelled them: it decodes them into
+its Go structs and the model's template writes them again with Go's ``json.Marshal``.
+The measures here are of what it writes, at least. Pure functions; no I/O.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+
+
+def bytes_of(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def written_bytes(text: str) -> int:
+    """UTF-8 bytes of ``text`` as Go's ``json.Marshal`` may write it into a prompt: it escapes
+    ``<``, ``>`` and ``&`` (6 bytes for 1) and U+2028, U+2029 (6 for 3). Ollama's templates
+    write tools and tool calls' arguments so (``{{ json . }}``), whatever the request sent."""
+    escaped = text.count("<") + text.count(">") + text.count("&")
+    return bytes_of(text) + 5 * escaped + 3 * (text.count("\u2028") + text.count("\u2029"))
+
+
+_FLOAT_BYTES = 26
+"""The longest a JSON number is once Go has read it as a float64 and written it again
+(``1e20`` is written ``100000000000000000000``; at most 17 digits, a point, six zeros, a sign)."""
+_TOOL_BYTES = 80
+"""The keys Go writes for every tool (``api.Tool``), whether the request gave them or not:
+``{"type":"","function":{"name":"","parameters":{"type":"","properties":null}}}``."""
+
+
+def json_bytes(value: object) -> int:
+    """UTF-8 bytes of ``value`` as JSON, at any depth, as long as either encoder writes it
+    (``json.dumps(ensure_ascii=False)``, or Go's ``json.Marshal``: see :func:`written_bytes`).
+
+    Measured by walking it, not by encoding it: a value nested deeper than the encoder's
+    recursion allows still counts every byte (counting nothing would admit it as empty).
+    """
+    if value is None:
+        return 0
+    size = 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Mapping):
+            size += 2 + 4 * len(item) - (2 if item else 0)  # {}, ": " and ", "
+            for key, member in item.items():
+                size += _scalar_bytes(key if isinstance(key, str) else str(key))
+                pending.append(member)
+        elif isinstance(item, list | tuple):
+            size += 2 + 2 * len(item) - (2 if item else 0)  # [] and ", "
+            pending.extend(item)
+        elif inspect.isroutine(item):  # a Python function as a tool: sent as its JSON schema
+            size += _schema_bytes(item)
+        else:
+            size += _scalar_bytes(item)
+    return size
+
+
+_SCHEMA_BYTES = 128
+"""A tool schema's own keys: ``{"type": "function", "function": {"name": ..., "parameters": ...``."""
+_PARAMETER_BYTES = 64
+"""Each parameter's: ``"days": {"type": "integer", "description": ...}`` and its ``required``."""
+
+
+def _schema_bytes(function: object) -> int:
+    """At least the bytes of the schema the ``ollama`` client sends for ``function``: built
+    from its name, its signature and its docstring (the descriptions are cut from it)."""
+    try:
+        parameters = list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a builtin without a signature
+        parameters = []
+    texts = [getattr(function, "__name__", ""), inspect.getdoc(function) or "", *parameters]
+    return _SCHEMA_BYTES + _PARAMETER_BYTES * len(parameters) + sum(map(bytes_of, texts))
+
+
+def _scalar_bytes(value: object) -> int:
+    if isinstance(value, float):
+        return _FLOAT_BYTES
+    try:
+        return written_bytes(json.dumps(value, ensure_ascii=False, default=str))
+    except (TypeError, ValueError, RecursionError):  # an object whose str() fails: its repr
+        return bytes_of(object.__repr__(value))
+
+
+CALL_BYTES = 64
+"""What a template writes around each tool call besides its name and arguments (qwen2.5's
+``<tool_call>\n{"name": , "arguments": }\n</tool_call>`` is 45 bytes), the keys Go adds
+(``api.ToolCall``) included."""
+
+
+def calls_bytes(calls: object) -> int:
+    return CALL_BYTES * len(calls) if isinstance(calls, list) else 0
+
+
+def tools_bytes(tools: object) -> int:
+    """The bytes of a request's tools as the template writes them, each with its own keys."""
+    return json_bytes(tools) + (_TOOL_BYTES * len(tools) if isinstance(tools, list) else 0)
+
+
+WEB_SEARCH_BYTES = 320
+"""The tool Ollama writes for Anthropic's built-in web search (``"type": "web_search_..."``),
+313 bytes whatever the request spelled of it (``{"name": "web_search"}``, 50)."""
+
+
+def web_searches(tools: object) -> list[int]:
+    """Where a Messages request's tools name Anthropic's built-in web search."""
+    if not isinstance(tools, list):
+        return []
+    return [
+        at
+        for at, tool in enumerate(tools)
+        if isinstance(tool, Mapping) and str(tool.get("type") or "").startswith("web_search")
+    ]
