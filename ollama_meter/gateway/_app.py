@@ -173,8 +173,8 @@ class Gateway:
         if key is None:
             raise self._unauthenticated(
                 request,
-                "a valid API key is required: send `Authorization: Bearer <key>` "
-                "(see `ometer keys create`)",
+                "a valid API key is required: send `Authorization: Bearer <key>` or "
+                "`X-Api-Key: <key>` (see `ometer keys create`)",
             )
         return key
 

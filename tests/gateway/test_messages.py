@@ -280,7 +280,13 @@ def test_under_require_key_the_key_anthropics_client_sends_as_x_api_key_is_read(
     reply = gw.client.post("/v1/messages", json=body, headers={"X-Api-Key": secret})
     assert reply.status_code == 200, reply.text
     two = [("X-Api-Key", secret), ("X-Api-Key", "sk-other")]
-    assert gw.client.post("/v1/messages", json=body, headers=two).status_code == 401
+    refused = gw.client.post("/v1/messages", json=body, headers=two)
+    assert refused.status_code == 401
+    assert refused.json()["error"] == {  # in Anthropic's shape, naming the header it reads
+        "type": "authentication_error",
+        "message": "a valid API key is required: send `Authorization: Bearer <key>` or "
+        "`X-Api-Key: <key>` (see `ometer keys create`)",
+    }
     ok = [s for s in spans(gw) if s.status == "ok"]
     assert [(s.tenant, s.department) for s in ok] == [("acme", "sales")]
 
