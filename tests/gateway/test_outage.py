@@ -175,7 +175,7 @@ def test_budget_failures_in_an_outage_log_one_line_per_kind_and_count_the_rest(
 
     from ollama_meter import _logging
 
-    monkeypatch.setattr(_logging, "FAILURE_INTERVAL", 1.0)  # 10 s in production
+    monkeypatch.setattr(_logging, "FAILURE_INTERVAL", 2.0)  # 10 s in production
     url = f"{cluster.url}/postgres"
     setup = Ledger(url)
     setup.add_price_rule(PriceRule(pattern="*", currency="USD", input_per_1m=Decimal(7)))
@@ -202,7 +202,7 @@ def test_budget_failures_in_an_outage_log_one_line_per_kind_and_count_the_rest(
         caplog.at_level(logging.DEBUG, "ollama_meter.ledger"),
     ):
         assert [chat("legal") for _ in range(6)] == [200] * 6
-        time.sleep(1.1)
+        time.sleep(2.1)
         assert chat("legal") == 200
     # Each call's span went to the spool, said the same way: a line, then a count.
     spooled = [
@@ -213,7 +213,7 @@ def test_budget_failures_in_an_outage_log_one_line_per_kind_and_count_the_rest(
         and "kept them in" in r.getMessage()
     ]
     assert 2 <= len(spooled) < 7, spooled
-    more = [re.search(r"\(and (\d+) more time\(s\) in the last 1 s\)", line) for line in spooled]
+    more = [re.search(r"\(and (\d+) more time\(s\) in the last 2 s\)", line) for line in spooled]
     assert sum(1 + (int(m[1]) if m else 0) for m in more) == 7
     lines = [
         r.getMessage()
@@ -224,9 +224,10 @@ def test_budget_failures_in_an_outage_log_one_line_per_kind_and_count_the_rest(
     assert 2 <= len(lines) < 7, "a line per call"
     assert all("\n" not in line and "ledger at postgresql" in line for line in lines)
     assert not any(r.exc_info for r in caplog.records if r.levelno >= logging.WARNING)
-    # None goes unsaid: each line counts the failures not logged since the one before.
-    counted = [re.search(r"\(and (\d+) more time\(s\) in the last 1 s\)", line) for line in lines]
-    assert counted[0] is None and counted[-1] is not None
+    # None goes unsaid: each line counts the failures not logged since the one before (which
+    # lines those are depends on how fast the machine made the calls; the first is the first).
+    counted = [re.search(r"\(and (\d+) more time\(s\) in the last 2 s\)", line) for line in lines]
+    assert counted[0] is None
     assert sum(1 + (int(m[1]) if m else 0) for m in counted) == 7
 
 
