@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from ollama_meter.errors import OmeterError
 
@@ -39,9 +40,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str, ensure_ascii=False)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is logged, not what it was when the
+    handler was made: a thread still at work (an alert being sent) after a command's stderr
+    was closed and replaced wrote to the closed stream ("Logging error")."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
 def configure_logging(level: str = "WARNING", fmt: str = "text") -> None:
     """Send ``ollama_meter`` logs to stderr at ``level``, as text or JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -65,3 +65,22 @@ def test_cli_alert_log_is_json_when_asked(tmp_path: Path) -> None:
     alerts = [r for r in records if r["logger"] == "ollama_meter.alerts"]
     assert [r["message"].split(" crossed ")[1][:4] for r in alerts] == ["75%:", "90%:", "100%"]
     assert all(r["level"] == "warning" for r in alerts)
+
+
+def test_a_line_logged_after_stderr_was_replaced_goes_to_the_stderr_of_the_moment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A thread still at work (an alert being sent) after an in-process command's stderr was
+    closed and replaced wrote to the closed stream: "--- Logging error ---" and a traceback."""
+    import io
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging()
+    try:
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("ollama_meter.test").warning("budget alert: %s", "late")
+    finally:
+        configure_logging()
+    assert second.getvalue() == "WARNING ollama_meter.test: budget alert: late\n"
