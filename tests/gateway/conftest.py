@@ -28,7 +28,7 @@ with warnings.catch_warnings():  # Starlette prefers httpx2 for its TestClient; 
 
 from ollama_meter.config import load_settings
 from ollama_meter.gateway import GatewayOptions, create_app, listening_socket, server_config
-from ollama_meter.ledger import Ledger, open_ledger
+from ollama_meter.ledger import Ledger, SpanFilter, open_ledger
 from ollama_meter.meter import Meter
 from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
 
@@ -40,6 +40,24 @@ class Gateway:
     server: uvicorn.Server | None
     client: httpx.Client
     """Requests to this gateway: ``client.post("/api/chat", ...)``."""
+
+
+def left_mid_stream(gw: Gateway, emulator: OllamaEmulator) -> Any:
+    """The one span of a call whose caller left mid-stream, once the gateway noticed (on its
+    next write) and stopped Ollama: a client abort, its reply's tokens estimated. Call it
+    while Ollama is still streaming slowly, or it may finish before the gateway notices."""
+    deadline = time.monotonic() + 10
+    while not (gw.ledger.latest(SpanFilter(), 1) and emulator.hangups):
+        assert time.monotonic() < deadline, "the gateway never noticed its caller leave"
+        time.sleep(0.05)
+    assert emulator.hangups == 1
+    (span,) = gw.ledger.latest(SpanFilter(), 100)
+    assert (span.status, span.error_type, span.token_source) == (
+        "client_abort",
+        "client_abort",
+        "estimated",
+    )
+    return span
 
 
 @pytest.fixture
