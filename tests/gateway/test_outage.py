@@ -39,7 +39,10 @@ def test_an_outage_refuses_only_what_it_must_and_loses_no_span(
 ) -> None:
     url = f"{cluster.url}/postgres"
     _budgets_for_sales_and_legal(url)
-    gw = serve_on(emulator.url, url)
+    # The server ends a transaction idle for max(OMETER_LEDGER_WAIT, 5 s): a gateway thread
+    # starved that long between two statements (a busy machine) had the call before the
+    # outage refused or spooled. That bound is not under test here; the outage is.
+    gw = serve_on(emulator.url, url, config={"ledger_wait": 30.0})
 
     def chat(department: str) -> httpx.Response:
         return httpx.post(
