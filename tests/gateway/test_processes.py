@@ -148,7 +148,7 @@ def test_ometer_run_meters_a_legacy_script(emulator: OllamaEmulator, tmp_path: P
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,  # a gateway and a Python child start: a minute on a loaded machine
         check=False,
     )
     assert done.returncode == 7, done.stderr
