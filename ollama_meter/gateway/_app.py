@@ -64,6 +64,7 @@ from ollama_meter.gateway._slots import client_left
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import KEY_PREFIX, ApiKey
 from ollama_meter.meter import Attribution, Meter, Source, Status
+from ollama_meter.meter._behind import WriteBehind
 from ollama_meter.meter._wiring import transport_for
 from ollama_meter.upstream import OLLAMA, PooledUpstream
 
@@ -71,17 +72,14 @@ log = logging.getLogger("ollama_meter.gateway")
 
 ADMIN = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
 _NO_BODY = frozenset({"GET", "HEAD"})
-REFRESH_SECONDS = 5.0
-"""How often the background task looks for prices and budgets due to be reloaded."""
+REFRESH_SECONDS = 5.0  # how often the background task looks for prices and budgets due
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 _REFUSAL_STATUS = {"rate_limited": Status.REJECTED, "client_abort": Status.CLIENT_ABORT}
 
 
 class GatewayState(TypedDict):
-    """Starlette's lifespan state: what every request of a running app can reach."""
-
-    gateway: Gateway
+    gateway: Gateway  # Starlette's lifespan state: what every request of a running app reaches
 
 
 class Gateway:
@@ -113,6 +111,7 @@ class Gateway:
         gateway = cls(settings, options, meter, fleet)
         metrics.install(meter)  # /metrics counts from the first call on
         meter.keep_fresh()  # calls read snapshots; the task below reloads them
+        behind = WriteBehind(meter)  # calls answer once their span is whole in the journal
         meter.observers.append(gateway.rates)  # tokens per minute count as calls end
         # In force before the first call: a restarted gateway meets every retrying client at once.
         await read_limits(meter.ledger, gateway.rates)
@@ -130,6 +129,7 @@ class Gateway:
                 task.cancel()
             meter.observers.remove(gateway.rates)
             await fleet.aclose()
+            await in_thread(behind.stop)  # every span committed; their budgets settled
             if meter.budgets is not None:  # give back the budget leases not in use
                 await in_thread(meter.budgets.close)
 

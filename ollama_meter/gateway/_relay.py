@@ -52,7 +52,7 @@ from ollama_meter.gateway._slots import (
     take_slot,
     until_gone,
 )
-from ollama_meter.gateway._threads import in_thread
+from ollama_meter.gateway._threads import close_call, in_thread
 from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening
 from ollama_meter.meter._request import facts_of, with_output_cap
 from ollama_meter.upstream import (
@@ -138,7 +138,7 @@ class _Answered:
     async def end(self, outcome: BaseException | None = None) -> None:
         """The call's outcome counted once by the retry policy, and its span written."""
         self.attempts.end(outcome)
-        await in_thread(self.meter.close, self.call, outcome)
+        await close_call(self.meter, self.call, outcome)
 
     async def whole(self) -> Response:
         """The whole answer at once, after its span is written."""
@@ -291,18 +291,18 @@ class Relay:
             slot = await take_slot(self.fleet, self.meter, call, request.model, admission, hangup)
         except CallerGone:
             call.span.queue_ns = time.monotonic_ns() - queued
-            await in_thread(self.meter.close, call, asyncio.CancelledError())
+            await close_call(self.meter, call, asyncio.CancelledError())
             return Response(status_code=499)  # nobody is there to read it
         except ServerBusy as busy:
             admission.refund()
             call.span.queue_ns = time.monotonic_ns() - queued
-            await in_thread(self.meter.close, call, busy)
+            await close_call(self.meter, call, busy)
             return error_response(
                 wire, 503, str(busy), headers={"Retry-After": str(busy.retry_after)}
             )
         except BaseException as exc:  # the server is stopping while the call waits
             call.span.queue_ns = time.monotonic_ns() - queued
-            await in_thread(self.meter.close, call, exc)
+            await close_call(self.meter, call, exc)
             raise
         headers = {**forward_headers(raw_headers), "content-type": "application/json"}
         try:
@@ -361,7 +361,7 @@ class Relay:
             except UpstreamError as error:  # its circuit is open, or no answer came
                 failure = error
             except BaseException as exc:  # cancelled while waiting on Ollama: still one span
-                await in_thread(self.meter.close, call, exc)
+                await close_call(self.meter, call, exc)
                 raise
             else:
                 if not isinstance(sent, Refusal):
@@ -371,14 +371,14 @@ class Relay:
                 if missing:  # removed since discovery (or never there): not routed here again
                     fleet.lacks(server, model)
                 if not (elsewhere and (missing or is_transient(sent.error))):
-                    await in_thread(self.meter.close, call, sent.error)
+                    await close_call(self.meter, call, sent.error)
                     return _refusal_response(wire, sent)
                 failure = sent.error
             tried.add(server.url)
             if failure.error_type == "connection":
                 fleet.took_out(server, str(failure))
             if isinstance(failure, OverCap) or not fleet.can_move(model, tried):
-                await in_thread(self.meter.close, call, failure)
+                await close_call(self.meter, call, failure)
                 return _failure_response(wire, failure)
             slot.release()
             moving = time.monotonic_ns()
@@ -392,7 +392,7 @@ class Relay:
                 )
             except BaseException as exc:  # busy, the caller left, or the server is stopping
                 call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - moving
-                await in_thread(self.meter.close, call, exc)
+                await close_call(self.meter, call, exc)
                 if isinstance(exc, ServerBusy):
                     return _failure_response(wire, exc)
                 raise
@@ -424,7 +424,7 @@ class Relay:
             made: MeteredCall = await in_thread(open_call)
         except BaseException as exc:  # cancelled as it opened (the server stopping): one span
             if opened:
-                await in_thread(self.meter.close, opened[0], exc)
+                await close_call(self.meter, opened[0], exc)
             raise
         return made
 

@@ -133,8 +133,12 @@ class DurableLedger(Database):
         self._held_lock = threading.Lock()
 
     def recover(self) -> int:
-        """Record spans a refused write left in the spool; how many there were."""
-        return self._drain() or 0
+        """Record spans a refused write left in the spool, and the spans a dead gateway
+        answered before their commit (noted whole in its journal); how many there were."""
+        with self.journal.orphans(finals_only=True) as answered:
+            if answered:
+                self.record([orphan.span for orphan in answered])
+        return (self._drain() or 0) + len(answered)
 
     def _drain(self, within: float | None = None) -> int | None:
         """Record the spool (for about ``within`` seconds, at least one file); how many

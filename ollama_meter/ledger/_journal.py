@@ -1,7 +1,10 @@
 """The journal: every call is written down before it goes to Ollama, so a crash leaves a trace.
 
 A process appends one line when a call opens and one when its span is durable
-(committed, spooled or quarantined). ``kill -9`` keeps what was appended: the
+(committed, spooled or quarantined). A gateway that answers before its span is
+committed (write-behind) appends the whole span in between, before the answer: a
+process killed after answering leaves that span, which whoever opens the ledger
+next records as it was (not as interrupted). ``kill -9`` keeps what was appended: the
 lines are in the kernel's page cache, not in a buffer of ours. Each process
 holds an exclusive ``flock`` on its own file for as long as it lives; a file
 that can be locked by someone else belongs to a dead process, and its opened
@@ -53,10 +56,12 @@ _UNKNOWN_YET = {
 
 @dataclass(frozen=True, slots=True)
 class Orphan:
-    """A call a dead process opened and never closed, with what was known when it opened."""
+    """A call a dead process opened and never closed, with what was known when it opened;
+    ``final``: the call had ended and ``span`` is its whole span, only its commit was lost."""
 
     span: SpanRecord
     input_estimate: int
+    final: bool = False
 
 
 class Journal:
@@ -100,6 +105,21 @@ class Journal:
                 self._warn(exc)
                 return
             self._open[span.id] = line
+
+    def finished(self, span: SpanRecord) -> bool:
+        """Note a call's whole span before its commit (the gateway answers first); False
+        when it could not be written (then commit the span before answering)."""
+        line = json.dumps({"f": span_json(span)}, ensure_ascii=True, default=str).encode()
+        with self._lock:
+            if span.id not in self._open:  # never opened here: nothing would recover it
+                return False
+            try:
+                self._append(line + b"\n")
+            except OSError as exc:
+                self._warn(exc)
+                return False
+            self._open[span.id] = line + b"\n"  # what a rotation keeps of it
+            return True
 
     def closed(self, span_ids: list[str]) -> None:
         """Note that these calls' spans are durable; ids never opened here are ignored."""
@@ -163,18 +183,20 @@ class Journal:
     # -- recovery ------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def orphans(self) -> Iterator[list[Orphan]]:
+    def orphans(self, *, finals_only: bool = False) -> Iterator[list[Orphan]]:
         """Calls left open in the journals of dead processes; their files go once handled.
 
         The caller records the orphans inside the ``with``; if it raises, the files stay
         for the next try. Files of live processes (this one included) are locked, so
-        they are skipped.
+        they are skipped. ``finals_only``: only the calls whose whole span was noted
+        (anyone can record those, they need no prices); a file that notes others stays
+        for a meter, which records its spans again (a no-op by id) with the rest.
         """
         try:
             paths = sorted(self.directory.glob("*.journal"))
         except OSError:
             paths = []
-        held: list[tuple[int, Path, list[bytes]]] = []
+        held: list[tuple[int, Path, list[bytes] | None]] = []
         found: dict[str, Orphan] = {}
         try:
             for path in paths:
@@ -196,11 +218,15 @@ class Journal:
                     os.close(fd)
                     continue  # its process is alive
                 opened, unreadable = _open_calls(fd)
-                held.append((fd, path, unreadable))
+                stays: list[bytes] | None = unreadable
+                if finals_only and (unreadable or any(not o.final for o in opened.values())):
+                    stays = None  # the file stays, for a meter
+                    opened = {i: o for i, o in opened.items() if o.final}
+                held.append((fd, path, stays))
                 found.update(opened)
             yield list(found.values())
-            for _, path, unreadable in held:
-                if not unreadable or self._keep_unreadable(path, unreadable):
+            for _, path, lines in held:
+                if lines is not None and (not lines or self._keep_unreadable(path, lines)):
                     path.unlink(missing_ok=True)
         finally:
             for fd, _, _ in held:
@@ -252,6 +278,12 @@ def _open_calls(fd: int) -> tuple[dict[str, Orphan], list[bytes]]:
                 raise ValueError("not an object")
             if "c" in entry:
                 opened.pop(str(entry["c"]), None)
+                continue
+            if "f" in entry:
+                if not isinstance(entry["f"], dict):
+                    raise ValueError("not an object")
+                span = span_from_row(entry["f"])
+                opened[span.id] = Orphan(span, span.input_tokens, final=True)
                 continue
             estimate = entry.get("in", 0)
             if type(estimate) is not int:

@@ -76,7 +76,10 @@ class MeteredCall:
         """The busy time the call's bound pays for: the call is charged no more (see
         :meth:`measure`)."""
         self.stored: Stored | None = None
-        """Where the span went once the call closed: the ledger, the spool, ..."""
+        """Where the span went once the call closed: the ledger, the spool, ... (None while
+        it waits for its commit, :attr:`behind`)."""
+        self.behind = False
+        """Answered before its span's commit (write-behind): the commit settles its budget."""
         self.idle_ns = 0
         """Time spent waiting between attempts (a retry's backoff): not Ollama's, so it neither
         runs out :attr:`time_cap_ns` nor is charged as busy time (see :meth:`waiting`)."""

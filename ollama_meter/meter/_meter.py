@@ -23,8 +23,10 @@ from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets import BudgetGate, HiddenPrompts, PastCall, bound_cost, unbounded
 from ollama_meter.errors import BudgetExceeded, LedgerError, OverCap, UpstreamError, ValidationError
 from ollama_meter.meter._attribution import Attribution
+from ollama_meter.meter._behind import WriteBehind, settle
 from ollama_meter.meter._call import CALLER_STOPPED, MeteredCall
 from ollama_meter.meter._observers import SpanObserver, notify
+from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.meter._request import Opening, RequestFacts
 from ollama_meter.meter._run import Run
 from ollama_meter.meter._usage import estimate_tokens
@@ -50,10 +52,8 @@ log = logging.getLogger("ollama_meter.meter")
 
 Clock = Callable[[], datetime]
 
-HISTORY_TTL = 30.0
-"""Seconds a model's recent calls are reused for bounding time-priced costs."""
-DEFAULT_REPLY_CAP = 4096
-"""Reply tokens a call under a hard budget may produce when it sets no cap of its own."""
+HISTORY_TTL = 30.0  # seconds a model's recent calls are reused for bounding time-priced costs
+DEFAULT_REPLY_CAP = 4096  # reply tokens under a hard budget, for a call that sets no cap
 
 
 def utc_now() -> datetime:
@@ -100,7 +100,8 @@ class Meter:
         self.clock = clock
         self.observers = list(observers)
         self.writer = GroupCommitWriter(ledger)
-        self._failures = Throttled(log)
+        self.failures = Throttled(log)
+        self.behind: WriteBehind | None = None  # commits spans after their calls answer
 
     @classmethod
     def from_settings(
@@ -319,10 +320,23 @@ class Meter:
     # -- closing -------------------------------------------------------------------------
 
     def close(self, call: MeteredCall, error: BaseException | None = None) -> SpanRecord:
-        """Measure, price and write the call; the span is durable when this returns.
+        """Measure, price and write the call; the span is durable when this returns (in the
+        journal, when it waits for its commit: :attr:`behind`).
 
         Raises :class:`LedgerError` only when not even memory can keep the span.
         """
+        behind = self.behind
+        return self._close(call, error, behind=behind is not None and behind.room())
+
+    def close_now(self, call: MeteredCall, error: BaseException | None = None) -> bool:
+        """:meth:`close` on an event loop if the span can wait for its commit; else False."""
+        behind = self.behind
+        if behind is None or not behind.room():
+            return False
+        self._close(call, error, behind=True)
+        return True
+
+    def _close(self, call: MeteredCall, error: BaseException | None, *, behind: bool) -> SpanRecord:
         # A call the meter cut (past its cap or its time) was being served: it consumed.
         call.measure(time.perf_counter_ns(), ok=error is None or isinstance(error, OverCap))
         span = call.span
@@ -343,25 +357,11 @@ class Meter:
         if call.bound is not None:
             self._hidden.past_bound(span, call.bound)
         try:
-            call.stored = self._record(span, storable=True, call=call)
+            call.stored = self._record(span, storable=True, call=call, behind=behind)
         finally:
-            if self.budgets is not None:
-                self._settle(self.budgets, call)
+            if self.budgets is not None and not call.behind:
+                settle(self.budgets, call, self.failures)
         return span
-
-    def _settle(self, gate: BudgetGate, call: MeteredCall) -> None:
-        """Release the reservation and fire alerts; a failure here never fails the call."""
-        span = call.span
-        try:
-            if call.reservation is not None:
-                gate.settle(call.reservation, recorded=call.stored == Stored.COMMITTED)
-        except Exception as exc:  # the database is away: a line per kind every 10 s, no more
-            self._failures.failed("settling the budget of span %s (its hold expires)", exc, span.id)
-        try:
-            if span.cost_total > 0:
-                gate.check_alerts(span.tenant, span.department, span.started_at, span.cost_total)
-        except Exception as exc:
-            self._failures.failed("checking budget alerts after span %s", exc, span.id)
 
     def _record(
         self,
@@ -370,14 +370,16 @@ class Meter:
         storable: bool = False,
         call: MeteredCall | None = None,
         away: LedgerError | None = None,
-    ) -> Stored:
-        """Hand a finished span to the observers, then make it durable; says where it went.
+        behind: bool = False,
+    ) -> Stored | None:
+        """Hand a finished span to the observers, then make it durable; says where it went
+        (None: whole in the journal, waiting for its commit: :attr:`behind`).
 
         Hooks see it before it is written, so the tags they add are kept; what they or
         anyone else put in it is made storable last. (``storable``: it is, and only
         observers could change that.) An interrupt in a hook is raised once the span is
         written (and ``call.stored`` says where). ``away``: why the ledger cannot take
-        it (found so just now): it goes to the spool at once.
+        it (found so just now): it goes to the spool at once. ``behind``: it may wait.
         """
         if not storable:
             make_storable(span)
@@ -385,7 +387,10 @@ class Meter:
         if self.observers:
             stopped = self._notify("on_end", span)
             make_storable(span)
-        if away is None:
+        queue = self.behind
+        if call is not None and behind and queue is not None and queue.put(span, call):
+            stored = None  # whole in the journal: committed once the call has answered
+        elif away is None:
             stored = self.writer.write(span)
         else:  # the ledger was found away just now: not a second wait for it
             stored = self.ledger.keep([span], away)[span.id]
@@ -423,8 +428,6 @@ class Meter:
 
     def recover_interrupted(self) -> int:
         """Record the calls dead processes left open in the journal (see ``_recovery.py``)."""
-        from ollama_meter.meter._recovery import recover_interrupted
-
         return recover_interrupted(self.ledger, self.prices)
 
     def keep_fresh(self) -> None:

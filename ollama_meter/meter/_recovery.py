@@ -25,20 +25,25 @@ def recover_interrupted(ledger: Ledger, prices: Callable[[], PriceBook]) -> int:
 
     Ollama received each of them; how they ended is unknown. The prompt's estimated
     tokens are charged, nothing more. Returns how many there were. ``prices`` is read
-    only when there are some.
+    only when there are some. A call whose whole span was noted (answered, its commit
+    lost with the process) is recorded as it was, and not counted.
     """
-    spans = []
+    spans, interrupted = [], 0
     with ledger.journal.orphans() as orphans:
         for orphan in orphans:
             span = orphan.span
-            span.fail("interrupted", INTERRUPTED_MESSAGE, status=Status.INTERRUPTED)
-            span.input_tokens = orphan.input_estimate
-            span.token_source = TokenSource.ESTIMATED
-            make_storable(span)
-            span.apply_cost(prices().cost_of(span))
+            if not orphan.final:
+                span.fail("interrupted", INTERRUPTED_MESSAGE, status=Status.INTERRUPTED)
+                span.input_tokens = orphan.input_estimate
+                span.token_source = TokenSource.ESTIMATED
+                make_storable(span)
+                span.apply_cost(prices().cost_of(span))
+                interrupted += 1
             spans.append(span)
         if spans:
             ledger.record(spans)
-    if spans:
-        log.warning("recorded %d call(s) a dead process left unfinished as interrupted", len(spans))
-    return len(spans)
+    if interrupted:
+        log.warning(
+            "recorded %d call(s) a dead process left unfinished as interrupted", interrupted
+        )
+    return interrupted

@@ -51,7 +51,11 @@ class GroupCommitWriter:
         self._committing = False
 
     def write(self, span: SpanRecord) -> Stored:
-        """Commit ``span`` (with whatever else is waiting); says where it went, raises if nowhere.
+        """Commit ``span`` (with whatever else is waiting); says where it went, raises if nowhere."""
+        return self.write_many([span])[span.id]
+
+    def write_many(self, spans: list[SpanRecord]) -> dict[str, Stored]:
+        """Commit ``spans`` (with whatever else is waiting); where each went, raises if nowhere.
 
         While a commit runs, newcomers gather in the pending batch. When it ends, its
         own waiters are told the outcome and one waiter of the pending batch is woken
@@ -61,17 +65,17 @@ class GroupCommitWriter:
         with self._lock:
             while True:
                 batch = self._pending
-                batch.spans.append(span)
+                batch.spans.extend(spans)
                 while self._committing and not batch.done:
                     batch.turn.wait()
                 if not batch.done:
                     break
                 if batch.error is None:
-                    return batch.stored[span.id]
+                    return {span.id: batch.stored[span.id] for span in spans}
                 if isinstance(batch.error, Exception):
                     raise batch.error
                 # Ctrl-C (or an exit) in the thread that led the commit: that thread's, not
-                # this caller's, whose span goes in the next batch
+                # this caller's, whose spans go in the next batch
             self._committing = True
             self._pending = _Batch(self._lock)
         error: BaseException | None = None
@@ -89,4 +93,4 @@ class GroupCommitWriter:
             self._pending.turn.notify()
         if error is not None:
             raise error
-        return stored[span.id]
+        return {span.id: stored[span.id] for span in spans}

@@ -116,11 +116,5 @@ def test_leases_are_given_back_when_the_gateway_stops(
 
 
 def gateway_meter(gateway: Gateway) -> Any:
-    """The meter the running gateway uses (the lifespan made it)."""
-    import gc
-
-    from ollama_meter.meter import Meter
-
-    meters = [m for m in gc.get_objects() if isinstance(m, Meter) and m.ledger is gateway.ledger]
-    assert meters, "no meter on this gateway's ledger"
-    return meters[-1]
+    """The meter the running gateway uses."""
+    return gateway.meter

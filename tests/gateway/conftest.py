@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -30,6 +30,7 @@ from ollama_meter.config import load_settings
 from ollama_meter.gateway import GatewayOptions, create_app, listening_socket, server_config
 from ollama_meter.ledger import Ledger, SpanFilter, open_ledger
 from ollama_meter.meter import Meter
+from ollama_meter.meter._meter import utc_now
 from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
 
 
@@ -37,9 +38,39 @@ from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
 class Gateway:
     url: str
     ledger: Ledger
+    """The gateway's ledger, read once the spans of the calls answered so far are committed
+    (the gateway answers first: ``_behind``)."""
     server: uvicorn.Server | None
     client: httpx.Client
     """Requests to this gateway: ``client.post("/api/chat", ...)``."""
+    meter: Meter
+    """The meter the gateway runs its calls through."""
+
+    def settle(self) -> None:
+        """Wait until the spans of the calls answered so far are committed, their budgets
+        settled (the gateway answers first: ``_behind``)."""
+        settle(self.meter)
+
+
+def settle(meter: Meter) -> None:
+    behind = meter.behind
+    assert behind is None or behind.settle(60), "answered spans not committed in 60 s"
+
+
+class _Committed:
+    """A ledger whose every use waits first for the spans a meter answered before their
+    commit: a test reads what a user reads a moment after the answer."""
+
+    def __init__(self, ledger: Ledger, meter: Meter) -> None:
+        self._ledger, self._meter = ledger, meter
+
+    def __getattr__(self, name: str) -> Any:
+        settle(self._meter)
+        return getattr(self._ledger, name)
+
+
+def committed(ledger: Ledger, meter: Meter) -> Ledger:
+    return cast(Ledger, _Committed(ledger, meter))
 
 
 def left_mid_stream(gw: Gateway, emulator: OllamaEmulator) -> Any:
@@ -80,7 +111,7 @@ def serve_on() -> Iterator[Callable[..., Gateway]]:
         settings = load_settings(db_url=db, ollama_host=upstream, **(config or {}))
         sock = listening_socket("127.0.0.1", 0)  # bound here: no other program can take it
         port = int(sock.getsockname()[1])
-        meter = Meter.from_settings(settings, source="gateway", clock=clock) if clock else None
+        meter = Meter.from_settings(settings, source="gateway", clock=clock or utc_now)
         app = create_app(settings, GatewayOptions(**options), meter=meter)
         server = uvicorn.Server(
             server_config(app, host="127.0.0.1", port=port, **(server_options or {}))
@@ -96,7 +127,8 @@ def serve_on() -> Iterator[Callable[..., Gateway]]:
         url = f"http://127.0.0.1:{port}"
         client = httpx.Client(base_url=url, timeout=30)
         clients.append(client)
-        return Gateway(url, open_ledger(settings.ledger_url), server, client)
+        ledger = committed(open_ledger(settings.ledger_url), meter)
+        return Gateway(url, ledger, server, client, meter)
 
     clients: list[httpx.Client] = []
     yield start
@@ -117,11 +149,12 @@ def app_on() -> Iterator[Callable[..., Gateway]]:
         upstream: str, db: str, clock: Callable[[], datetime] | None = None, **options: Any
     ) -> Gateway:
         settings = load_settings(db_url=db, ollama_host=upstream)
-        meter = Meter.from_settings(settings, source="gateway", clock=clock) if clock else None
+        meter = Meter.from_settings(settings, source="gateway", clock=clock or utc_now)
         client = TestClient(create_app(settings, GatewayOptions(**options), meter=meter))
         client.__enter__()  # runs the lifespan: the gateway starts
         clients.append(client)
-        return Gateway(str(client.base_url), open_ledger(settings.ledger_url), None, client)
+        ledger = committed(open_ledger(settings.ledger_url), meter)
+        return Gateway(str(client.base_url), ledger, None, client, meter)
 
     yield start
     for client in clients:

@@ -38,6 +38,7 @@ from ollama_meter.ledger import SpanFilter, open_ledger
 from ollama_meter.periods import Window
 from ollama_meter.records import Budget, Limit
 from ollama_meter.testing import Fault, OllamaEmulator, unreachable_url
+from tests._committed import committed
 
 LLAMA, QWEN = "llama3.1:8b", "qwen2.5:7b"
 HI = [{"role": "user", "content": "hi"}]
@@ -121,7 +122,7 @@ def test_a_server_that_answers_garbage_to_discovery_does_not_stop_the_gateway(
     assert len(good.requests_to("/api/chat")) == 1
     health = client.get("/healthz").json()
     assert [s["state"] for s in health["servers"]][1] == "up"
-    (span,) = open_ledger(sqlite_url).latest(SpanFilter(), 10)
+    (span,) = committed(open_ledger(sqlite_url)).latest(SpanFilter(), 10)
     assert span.upstream_host == good.url
 
 

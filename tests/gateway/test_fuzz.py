@@ -28,6 +28,7 @@ from ollama_meter.meter import utc_now
 from ollama_meter.periods import window_between
 from ollama_meter.reports import spend_report
 from ollama_meter.testing import OllamaEmulator
+from tests._committed import committed
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 from tests.gateway.test_security import clean_env, launch, stop
@@ -147,7 +148,11 @@ def check(send: Send, ledger: Ledger, example: tuple[str, str, dict[str, str], b
     refused = path in METERED and presents_a_key(headers)
     assert (status == 401) is refused, (method, path, headers, status, text[:500])
     metered = path in METERED and not refused
-    assert ledger.count() - before == (1 if metered else 0), (path, content[:300], status)
+    assert committed(ledger).count() - before == (1 if metered else 0), (
+        path,
+        content[:300],
+        status,
+    )
 
 
 def books_balance(ledger: Ledger) -> None:

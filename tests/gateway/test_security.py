@@ -25,6 +25,7 @@ import pytest
 
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.testing import Fault, OllamaEmulator
+from tests._committed import committed
 from tests.cli.test_terminal_safety import assert_only_colours
 from tests.gateway.test_processes import OMETER, announced_url
 from tests.reports.test_csv_safety import assert_safe
@@ -49,7 +50,7 @@ class Proc:
     keys: dict[str, str]
 
     def spans(self) -> list[Any]:
-        return self.ledger.latest(SpanFilter(), 1000)
+        return committed(self.ledger).latest(SpanFilter(), 1000)
 
 
 def launch(env: dict[str, str], upstream: str, log: Path, *options: str, host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], str]:  # fmt: skip

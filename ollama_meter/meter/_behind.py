@@ -1,0 +1,159 @@
+"""Write-behind: the gateway answers a call once its whole span is in the journal, and
+commits it right after, off the answer's path.
+
+A span's commit (the row, its rollups, the transaction) took most of what the gateway
+added to a call. The journal line that stands in for it is one append to a file this
+process holds locked: were the process killed before the commit, whoever opens the
+ledger next records the span from that line as it was (``DurableLedger.recover``).
+
+One thread commits what is waiting, all of it in one transaction (group commit with
+any span written the ordinary way meanwhile), then settles each call's budget: a hard
+budget's hold on a call lasts until its span is in, so no budget is overshot meanwhile.
+When :data:`MOST_WAITING` spans wait (the database is slow or away), a call commits its
+own span before answering, as without write-behind, so memory stays bounded and callers
+feel the database's pace.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from ollama_meter._forks import renew_after_fork
+from ollama_meter._logging import Throttled
+from ollama_meter.errors import LedgerError
+from ollama_meter.records import SpanRecord, Stored
+
+if TYPE_CHECKING:
+    from ollama_meter.budgets import BudgetGate
+    from ollama_meter.meter._call import MeteredCall
+    from ollama_meter.meter._meter import Meter
+
+log = logging.getLogger("ollama_meter.meter")
+
+MOST_WAITING = 2_000
+"""Spans that may wait for their commit; past it, calls commit their own before answering."""
+
+
+class WriteBehind:
+    """Spans answered and waiting for their commit, and the thread that commits them."""
+
+    def __init__(self, meter: Meter, *, most: int = MOST_WAITING) -> None:
+        """Make ``meter`` write behind (with a journal only: it keeps the spans meanwhile)."""
+        self._meter = meter
+        self._most = most
+        self._turn = threading.Condition()
+        self._waiting: list[tuple[SpanRecord, MeteredCall]] = []
+        self._busy = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="ometer-write-behind", daemon=True)
+        self._thread.start()
+        renew_after_fork(self)
+        if meter.journal:
+            meter.behind = self
+
+    def _after_fork(self) -> None:
+        """A forked child commits its own spans before answering: the committing thread is
+        the parent's, and so are the spans that waited for it."""
+        self._turn = threading.Condition()
+        self._waiting = []
+        self._busy = False
+        self._stopping = True
+
+    def room(self) -> bool:
+        """Whether a span may wait for its commit now: fewer than the most wait, and none
+        waits in memory for the database."""
+        return len(self._waiting) < self._most and not self._meter.ledger.held
+
+    def put(self, span: SpanRecord, call: MeteredCall) -> bool:
+        """Note ``span`` whole in the journal and queue it for its commit (:meth:`room`
+        said there is room); False when the caller must commit it itself: the journal
+        cannot be written, or this has stopped."""
+        with self._turn:
+            if self._stopping or not self._meter.ledger.journal.finished(span):
+                return False
+            self._waiting.append((span, call))
+            call.behind = True
+            if not self._busy:
+                self._turn.notify()
+            return True
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until every span queued so far is committed (or spooled); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._turn:
+            while self._waiting or self._busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._turn.wait(left)
+        return True
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Commit what waits, then end the thread; later spans commit before answering."""
+        if self._meter.behind is self:
+            self._meter.behind = None
+        with self._turn:
+            self._stopping = True
+            self._turn.notify_all()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _commit(self, calls: list[tuple[SpanRecord, MeteredCall]]) -> None:
+        """Commit ``calls``' spans in one transaction (or spool them), then settle each
+        call's budget, as the call would have before answering."""
+        meter = self._meter
+        try:
+            stored = meter.writer.write_many([span for span, _ in calls])
+        except LedgerError as exc:  # not even memory can keep them: the journal does
+            log.error(
+                "%d span(s) answered before their commit could not be written (%s); they stay "
+                "in the call journal, and are recorded once this process ends",
+                len(calls),
+                exc,
+            )
+            stored = {}
+        for span, call in calls:
+            call.stored = stored.get(span.id)
+            if meter.budgets is not None:
+                settle(meter.budgets, call, meter.failures)
+
+    def _run(self) -> None:
+        while True:
+            with self._turn:
+                while not self._waiting and not self._stopping:
+                    self._turn.wait()
+                if not self._waiting:
+                    return
+                batch, self._waiting = self._waiting, []
+                self._busy = True
+            try:
+                self._commit(batch)
+            except Exception:  # the spans are in the journal still: recorded when we end
+                log.exception(
+                    "committing %d span(s) answered before their commit failed; they stay in "
+                    "the call journal, and are recorded once this process ends",
+                    len(batch),
+                )
+            finally:
+                with self._turn:
+                    self._busy = False
+                    self._turn.notify_all()
+
+
+def settle(gate: BudgetGate, call: MeteredCall, failures: Throttled) -> None:
+    """Release the call's reservation and fire alerts, once its span is written (or could
+    not be); a failure here never fails the call."""
+    span = call.span
+    try:
+        if call.reservation is not None:
+            gate.settle(call.reservation, recorded=call.stored == Stored.COMMITTED)
+    except Exception as exc:  # the database is away: a line per kind every 10 s, no more
+        failures.failed("settling the budget of span %s (its hold expires)", exc, span.id)
+    try:
+        if span.cost_total > 0:
+            gate.check_alerts(span.tenant, span.department, span.started_at, span.cost_total)
+    except Exception as exc:
+        failures.failed("checking budget alerts after span %s", exc, span.id)

@@ -1,0 +1,213 @@
+"""Write-behind: the gateway answers once a call's span is whole in its journal, and commits
+it right after. A locked database no longer holds the answers; a kill between the answer
+and the commit loses no span; a stop commits them all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import ollama
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollama_meter.config import load_settings
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger._journal import Journal
+from ollama_meter.ledger._spool import span_json
+from ollama_meter.meter import Attribution, Meter
+from ollama_meter.meter._behind import WriteBehind
+from ollama_meter.meter._recovery import recover_interrupted
+from ollama_meter.meter._request import Opening
+from ollama_meter.records import SpanRecord, make_storable
+from ollama_meter.testing import OllamaEmulator, expected_counts
+from tests._committed import unsettled
+from tests.factories import make_span
+from tests.gateway.test_processes import logged, start_gateway
+from tests.integrity.test_isolation import hostile_text
+from tests.integrity.test_journal_lines import _no_prices
+from tests.ledger.test_rollups import spans
+
+HI = [{"role": "user", "content": "hello from the crm bot"}]
+
+
+@st.composite
+def finished_spans(draw: st.DrawFn) -> SpanRecord:
+    """A span as a call ends it: any user, tags and captured text, made storable."""
+    span = draw(spans())
+    span.user = draw(
+        st.none() | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,40}", fullmatch=True)
+    )
+    span.tags = draw(st.dictionaries(hostile_text, hostile_text, max_size=3))
+    span.prompt, span.reply = draw(st.none() | hostile_text), draw(st.none() | hostile_text)
+    make_storable(span)
+    return span
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(span=finished_spans())
+def test_a_span_a_dead_process_answered_before_its_commit_is_recorded_as_it_was(
+    sqlite_url: str, tmp_path_factory: pytest.TempPathFactory, span: SpanRecord
+) -> None:
+    ledger = Ledger(sqlite_url)
+    writer = Journal(tmp_path_factory.mktemp("journal"))
+    writer.opened(span, 3)
+    assert writer.finished(span)
+    # the file as a killed process leaves it: nobody holds its lock
+    assert writer._path is not None
+    ledger.journal.directory.mkdir(parents=True, exist_ok=True)
+    dead = ledger.journal.directory / f"9-{span.id}.journal"
+    shutil.copy(writer._path, dead)
+    writer.close()
+    assert ledger.recover() == 1  # what opening the ledger does
+    assert not dead.exists()
+    (stored,) = [s for s in ledger.latest(SpanFilter(), 100) if s.id == span.id]
+    assert span_json(stored) == span_json(span)
+    assert ledger.recover() == 0  # once
+
+
+def test_a_journal_with_calls_still_open_stays_for_the_meter_which_counts_each_once(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Opening the ledger records the answered span and leaves the file (it also notes a
+    call in flight, which needs prices); the meter's recovery then records the call in flight
+    as interrupted, and the answered one again, which adds nothing."""
+    ledger = Ledger(sqlite_url)
+    answered, in_flight = make_span(), make_span()
+    writer = Journal(tmp_path)
+    writer.opened(answered, 3)
+    writer.opened(in_flight, 5)
+    assert writer.finished(answered)
+    assert writer._path is not None
+    ledger.journal.directory.mkdir(parents=True, exist_ok=True)
+    dead = ledger.journal.directory / "9-x.journal"
+    shutil.copy(writer._path, dead)
+    assert ledger.recover() == 1
+    assert dead.exists()
+    assert recover_interrupted(ledger, _no_prices) == 1
+    assert not dead.exists()
+    stored = {s.id: s for s in ledger.latest(SpanFilter(), 100)}
+    assert len(stored) == 2
+    assert stored[answered.id].status == answered.status
+    assert (stored[in_flight.id].status, stored[in_flight.id].input_tokens) == ("interrupted", 5)
+
+
+def test_a_locked_database_holds_no_answer_and_a_kill_before_the_commit_loses_no_span(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """With the ledger locked by another writer, every call is answered at once (before,
+    each waited for the lock); ``kill -9`` then leaves the spans only in the journal, and
+    the next ``ometer`` to open the ledger records each as it was."""
+    db = tmp_path / "l.db"
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{db}", "OMETER_LEDGER_WAIT": "300"}
+    proc, url = start_gateway(env, emulator.url)
+    client = ollama.Client(host=url, timeout=60)
+    client.chat(model="llama3.1:8b", messages=HI)  # the ledger made, prices read
+    locker = sqlite3.connect(db, isolation_level=None)
+    deadline = time.monotonic() + 60
+    while locker.execute("SELECT count(*) FROM spans").fetchone() != (1,):  # its commit
+        assert time.monotonic() < deadline, "the first call's span was never committed"
+        time.sleep(0.01)
+    try:
+        locker.execute("BEGIN IMMEDIATE")  # every commit of the gateway waits for this
+        for i in range(6):
+            if i % 2:
+                list(client.chat(model="llama3.1:8b", messages=HI, stream=True))
+            else:
+                client.chat(model="llama3.1:8b", messages=HI)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    journals = tmp_path / "l.db.spool" / "journal"
+    assert len(unsettled(journals)) == 6
+    spans = logged(env)  # `ometer log` opens the ledger: the dead gateway's spans go in
+    assert len(spans) == 7
+    assert {s["status"] for s in spans} == {"ok"}
+    prompt, reply = expected_counts("llama3.1:8b", HI)
+    assert {(s["input_tokens"], s["output_tokens"]) for s in spans} == {(prompt, reply)}
+    assert not list(journals.glob("*.journal"))
+
+
+def test_a_stopping_gateway_commits_every_answered_span_first(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    db = tmp_path / "l.db"
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{db}"}
+    proc, url = start_gateway(env, emulator.url)
+    client = ollama.Client(host=url, timeout=60)
+    threads = [
+        threading.Thread(target=client.chat, kwargs={"model": "llama3.1:8b", "messages": HI})
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) in (0, 128 + signal.SIGTERM)
+    assert unsettled(tmp_path / "l.db.spool" / "journal") == []
+    reader = sqlite3.connect(db)  # no ometer: opening one would record what the journal kept
+    assert reader.execute("SELECT count(*) FROM spans WHERE status = 'ok'").fetchone() == (8,)
+    reader.close()
+
+
+def test_calls_commit_before_answering_once_too_many_wait(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """Past the most spans that may wait, a call's close commits its own span (the caller
+    feels the database's pace, memory stays bounded); under it, close only queues."""
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url)
+    meter = Meter.from_settings(settings, source="gateway")
+    behind = WriteBehind(meter, most=1)
+    assert meter.behind is behind
+    blocker = threading.Event()
+    committing = threading.Event()
+    commit = behind._commit
+
+    def slow_commit(calls: Any) -> None:
+        committing.set()
+        blocker.wait(30)
+        commit(calls)
+
+    behind._commit = slow_commit  # type: ignore[method-assign]
+    try:
+        first = meter.open(_opening())
+        assert meter.close_now(first)  # queued: the thread takes it and waits
+        assert committing.wait(10)
+        second = meter.open(_opening())
+        assert meter.close_now(second)  # waits behind the first
+        third = meter.open(_opening())
+        assert not meter.close_now(third)  # two wait: no room
+        assert third.stored is None and not third.behind
+        blocker.set()
+        meter.close(third)  # commits its own
+        assert third.stored == "committed" and not third.behind
+        assert behind.settle(30)
+        assert first.stored == second.stored == "committed"
+        assert meter.ledger.count() == 3
+    finally:
+        blocker.set()
+        behind.stop(30)
+    assert meter.behind is None
+    fourth = meter.open(_opening())
+    assert not meter.close_now(fourth)
+
+
+def _opening() -> Opening:
+    return Opening("chat", "llama3.1:8b", False, Attribution("acme", "sales"))
+
+
+def test_the_journal_refuses_a_whole_span_for_a_call_it_never_opened(tmp_path: Path) -> None:
+    """Nothing would recover it: such a span is committed before its answer."""
+    journal = Journal(tmp_path)
+    assert not journal.finished(make_span())
