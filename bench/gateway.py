@@ -8,6 +8,10 @@ on, a SQLite file) and this load generator (aiohttp). It measures:
   - the gateway process's RSS after N requests (default 50,000), sampled along the way.
 
     python bench/gateway.py [--sequential 500] [--burst 3000] [--rss-requests 50000]
+                            [--against OTHER/.venv/bin/python]
+
+``--against`` runs a second gateway from another install (say a worktree of the last
+release) in the same interleaved rounds: the baseline a change is judged against.
 """
 
 from __future__ import annotations
@@ -45,10 +49,10 @@ def rss_mb(pid: int) -> float:
 
 
 def start(
-    args: list[str], ready: str, env: dict[str, str] | None = None
+    args: list[str], ready: str, env: dict[str, str] | None = None, python: str = sys.executable
 ) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", *args], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+        [python, "-m", *args], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
     )
     for _ in range(400):
         try:
@@ -96,6 +100,12 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -103,50 +113,80 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=500)
     parser.add_argument("--burst", type=int, default=3000)
     parser.add_argument("--rss-requests", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=5, help="sequential rounds, interleaved")
+    parser.add_argument(
+        "--against",
+        metavar="PYTHON",
+        help="the Python of another ometer install (another checkout's venv): its gateway "
+        "runs beside this one, measured in the same rounds",
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ometer-gw-bench-"))
-    emu_port, gw_port = unused_port(), unused_port()
+    emu_port = unused_port()
     emulator = f"http://127.0.0.1:{emu_port}"
-    gateway = f"http://127.0.0.1:{gw_port}"
     emu = start(["ollama_meter.testing", "--port", str(emu_port)], f"{emulator}/api/version")
-    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{folder / 'ledger.db'}"}
-    proc = start(
-        ["ollama_meter", "serve", "--port", str(gw_port), "--upstream", emulator],
-        f"{gateway}/healthz",
-        env,
-    )
+    gateways: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
+    for name, python in (("gateway", sys.executable), ("against", args.against)):
+        if python is None:
+            continue
+        port = unused_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{folder / f'{name}.db'}"}
+        serve = ["ollama_meter", "serve", "--port", str(port), "--upstream", emulator]
+        gateways[name] = (url, start(serve, f"{url}/healthz", env, python=python))
     try:
-        print(f"gateway {gateway} -> emulator {emulator}; ledger {folder / 'ledger.db'}")
-        print(f"\n{'sequential chat':<28} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10}")
+        print(f"emulator {emulator}; ledgers in {folder}")
+        for name, (url, proc) in gateways.items():
+            print(f"  {name}: {url} (pid {proc.pid})")
+        print(
+            f"\n{'sequential chat':<28} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'CPU ms/call':>12}"
+        )
+        per_round = max(args.sequential // args.rounds, 1)
         for label, body in (("non-streamed", BODY), ("streamed", STREAM)):
-            direct = asyncio.run(sequential(emulator, body, args.sequential))
-            through = asyncio.run(sequential(gateway, body, args.sequential))
-            for name, values in ((f"{label}, direct", direct), (f"{label}, gateway", through)):
-                added = statistics.median(values) - statistics.median(direct)
+            times: dict[str, list[float]] = {"direct": [], **{name: [] for name in gateways}}
+            cpu = dict.fromkeys(gateways, 0.0)
+            for _ in range(args.rounds):  # interleaved, so the machine's moods hit all alike
+                times["direct"] += asyncio.run(sequential(emulator, body, per_round))
+                for name, (url, proc) in gateways.items():
+                    before = cpu_seconds(proc.pid)
+                    times[name] += asyncio.run(sequential(url, body, per_round))
+                    cpu[name] += cpu_seconds(proc.pid) - before
+            direct = statistics.median(times["direct"])
+            for name, values in times.items():
+                used = cpu.get(name)
+                # each round also sends 20 warm-up calls
+                per_call = (
+                    ""
+                    if used is None
+                    else f"{used * 1000 / (args.rounds * (per_round + 20)):>12.3f}"
+                )
                 print(
-                    f"{name:<28} {statistics.median(values):>8.3f} {pct(values, 0.99):>8.3f} {added:>10.3f}"
+                    f"{f'{label}, {name}':<28} {statistics.median(values):>8.3f} "
+                    f"{pct(values, 0.99):>8.3f} {statistics.median(values) - direct:>10.3f}{per_call}"
                 )
         print(f"\n{'throughput':<28} {'req/s':>8} {'share':>8}")
         for label, body in (("non-streamed", BODY), ("streamed", STREAM)):
             for concurrency in (32, 64):
                 direct_rate = asyncio.run(burst(emulator, body, args.burst, concurrency))
-                rate = asyncio.run(burst(gateway, body, args.burst, concurrency))
                 print(f"{f'{label}, c={concurrency}, direct':<28} {direct_rate:>8.0f}")
-                print(
-                    f"{f'{label}, c={concurrency}, gateway':<28} {rate:>8.0f} {rate / direct_rate:>8.2f}"
-                )
+                for name, (url, _) in gateways.items():
+                    rate = asyncio.run(burst(url, body, args.burst, concurrency))
+                    print(
+                        f"{f'{label}, c={concurrency}, {name}':<28} {rate:>8.0f} {rate / direct_rate:>8.2f}"
+                    )
+        url, proc = gateways["gateway"]
         print(f"\nRSS of the gateway process (MB) over {args.rss_requests} requests")
         done = 0
         samples = [(0, rss_mb(proc.pid))]
         step = max(args.rss_requests // 5, 1)
         while done < args.rss_requests:
             count = min(step, args.rss_requests - done)
-            asyncio.run(burst(gateway, BODY, count, 32))
+            asyncio.run(burst(url, BODY, count, 32))
             done += count
             samples.append((done, rss_mb(proc.pid)))
         print("  " + "  ".join(f"{n}: {mb:.1f}" for n, mb in samples))
     finally:
-        for running in (proc, emu):
+        for running in (*(proc for _, proc in gateways.values()), emu):
             running.terminate()
             running.wait(timeout=30)
 

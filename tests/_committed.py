@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any, cast
 
 from ollama_meter.ledger import Ledger
 
@@ -41,3 +42,16 @@ def committed(ledger: Ledger, timeout: float = 60) -> Ledger:
         assert time.monotonic() < deadline, f"answered spans not committed in {timeout} s"
         time.sleep(0.005)
     return ledger
+
+
+class _AfterCommits:
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(committed(self._ledger), name)
+
+
+def after_commits(ledger: Ledger) -> Ledger:
+    """``ledger``, each use of which waits first as :func:`committed` does."""
+    return cast(Ledger, _AfterCommits(ledger))

@@ -47,6 +47,7 @@ from ollama_meter.budgets._leases import (
     Lease,
     Reservation,
     Watches,
+    crossed,
 )
 from ollama_meter.budgets._refusals import mismatch, refusal
 from ollama_meter.errors import BudgetExceeded
@@ -57,11 +58,6 @@ if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetStore, BudgetWrites
 
 log = logging.getLogger("ollama_meter.budgets")
-
-
-def crossed(budget: Budget, before: int, after: int) -> bool:
-    """Whether spend going from ``before`` to ``after`` reaches a threshold not reached before."""
-    return any(before * 100 < t * budget.limit <= after * 100 for t in budget.thresholds)
 
 
 class BudgetGate:
@@ -91,15 +87,12 @@ class BudgetGate:
         self._lock = threading.Lock()
         self._idle_release = idle_release
         self._keeper: threading.Thread | None = None
-        self._closed = False
-        """Shutting down: a lease goes back as soon as no call holds it."""
-        self._closing = threading.Event()
+        self._closed = False  # shutting down: a lease goes back as soon as no call holds it
+        self._closing = threading.Event()  # wakes the keeper when the gate closes
         self._failures = Throttled(log)
-        """Wakes the keeper when the gate closes."""
+        # the last ``now`` a caller gave, and this clock's reading then: the keeper's time
         self._seen = (datetime.min.replace(tzinfo=UTC), 0.0)
-        """The last ``now`` a caller gave, and this clock's reading then: the keeper's time."""
-        self.renewals = 0
-        """Lease renewals so far: the admissions that had to go to the ledger."""
+        self.renewals = 0  # lease renewals so far: the admissions that had to go to the ledger
         # While the database is away the budgets loaded before stay in force, so callers
         # no budget covers keep being served.
         self._budgets = Reloaded(self._load_budgets, ttl=ttl, what="budgets")
@@ -262,6 +255,13 @@ class BudgetGate:
         lease.expires_at = now + self._reservation_ttl  # if not committed, renewed says due
         store.put_lease(lease.row_id, lease.key, amount, store.clock(now) + self._reservation_ttl)
 
+    def ended(self, reservation: Reservation, cost: int) -> None:
+        """The call cost ``cost``: what it holds from now until it settles, not its bound."""
+        with self._lock:
+            for lease in filter(None, map(self._leases.get, reservation.keys)):
+                if reservation.id in lease.in_flight:
+                    lease.in_flight[reservation.id] = cost
+
     def settle(self, reservation: Reservation, *, recorded: bool = True) -> None:
         """The call is over and its span written (``recorded``) or kept elsewhere.
 
@@ -269,21 +269,21 @@ class BudgetGate:
         written now: the next renewal reads the call's actual cost from the ledger. A
         lease left with less than such a call needs and nothing in flight is a fragment
         only this process could use: it goes back at once, so near the limit another
-        process's call can have that room.
-        """
+        process's call can have that room."""
         give_back: list[Lease] = []
         with self._lock:
             for key in reservation.keys:
-                lease = self._leases.get(key)
-                if lease is None:
+                if (lease := self._leases.get(key)) is None:
                     continue
-                bound = lease.in_flight.pop(reservation.id, 0)
+                held = lease.in_flight.pop(reservation.id, 0)  # its bound, or its cost (ended)
                 if recorded:
-                    lease.used += bound
+                    lease.used += held
                 else:
-                    lease.kept += bound
+                    lease.kept += held
                 idle = not lease.in_flight and not lease.kept
-                if idle and (self._closed or not self.lease_share or lease.free < bound):
+                if idle and (
+                    self._closed or not self.lease_share or lease.free < reservation.amount
+                ):
                     give_back.append(self._leases.pop(key))
         if give_back:
             self._give_back(give_back)

@@ -115,3 +115,8 @@ class Watches:
                 fresh = {k: w for k, w in by_key if now - w.read_at <= WATCH_SECONDS}
                 self._by_key = fresh if len(fresh) <= MAX_WATCHES // 2 else {}  # sweeps stay rare
             self._by_key[key] = Watch(spent, now)
+
+
+def crossed(budget: Budget, before: int, after: int) -> bool:
+    """Whether spend going from ``before`` to ``after`` reaches a threshold not reached before."""
+    return any(before * 100 < t * budget.limit <= after * 100 for t in budget.thresholds)

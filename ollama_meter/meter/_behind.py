@@ -9,8 +9,8 @@ ledger next records the span from that line as it was (``DurableLedger.recover``
 One thread commits what is waiting, all of it in one transaction (group commit with
 any span written the ordinary way meanwhile), then settles each call's budget: a hard
 budget's hold on a call lasts until its span is in, so no budget is overshot meanwhile.
-When :data:`MOST_WAITING` spans wait (the database is slow or away), a call commits its
-own span before answering, as without write-behind, so memory stays bounded and callers
+When :data:`MOST_WAITING` spans wait (the database is slow or away), or their calls hold
+:data:`MOST_BYTES` of text, a call commits its own span before answering, as without write-behind, so memory stays bounded and callers
 feel the database's pace.
 """
 
@@ -35,15 +35,21 @@ log = logging.getLogger("ollama_meter.meter")
 
 MOST_WAITING = 2_000
 """Spans that may wait for their commit; past it, calls commit their own before answering."""
+MOST_BYTES = 64 * 2**20
+"""Characters of prompts (and captured replies) the waiting calls may hold: 2,000 calls of a
+megabyte each would hold 2 GB until the database took their spans."""
 
 
 class WriteBehind:
     """Spans answered and waiting for their commit, and the thread that commits them."""
 
-    def __init__(self, meter: Meter, *, most: int = MOST_WAITING) -> None:
+    def __init__(
+        self, meter: Meter, *, most: int = MOST_WAITING, most_bytes: int = MOST_BYTES
+    ) -> None:
         """Make ``meter`` write behind (with a journal only: it keeps the spans meanwhile)."""
         self._meter = meter
-        self._most = most
+        self._most, self._most_bytes = most, most_bytes
+        self._bytes = 0
         self._turn = threading.Condition()
         self._waiting: list[tuple[SpanRecord, MeteredCall]] = []
         self._busy = False
@@ -59,13 +65,15 @@ class WriteBehind:
         the parent's, and so are the spans that waited for it."""
         self._turn = threading.Condition()
         self._waiting = []
+        self._bytes = 0
         self._busy = False
         self._stopping = True
 
     def room(self) -> bool:
         """Whether a span may wait for its commit now: fewer than the most wait, and none
         waits in memory for the database."""
-        return len(self._waiting) < self._most and not self._meter.ledger.held
+        fits = len(self._waiting) < self._most and self._bytes < self._most_bytes
+        return fits and not self._meter.ledger.held
 
     def put(self, span: SpanRecord, call: MeteredCall) -> bool:
         """Note ``span`` whole in the journal and queue it for its commit (:meth:`room`
@@ -75,6 +83,7 @@ class WriteBehind:
             if self._stopping or not self._meter.ledger.journal.finished(span):
                 return False
             self._waiting.append((span, call))
+            self._bytes += _held(span, call)
             call.behind = True
             if not self._busy:
                 self._turn.notify()
@@ -128,6 +137,7 @@ class WriteBehind:
                 if not self._waiting:
                     return
                 batch, self._waiting = self._waiting, []
+                self._bytes = 0
                 self._busy = True
             try:
                 self._commit(batch)
@@ -141,6 +151,11 @@ class WriteBehind:
                 with self._turn:
                     self._busy = False
                     self._turn.notify_all()
+
+
+def _held(span: SpanRecord, call: MeteredCall) -> int:
+    """Characters of text a waiting call keeps alive: its prompt, and what content capture kept."""
+    return len(call.prompt_text) + len(span.prompt or "") + len(span.reply or "")
 
 
 def settle(gate: BudgetGate, call: MeteredCall, failures: Throttled) -> None:

@@ -112,10 +112,8 @@ class Meter:
         clock: Clock = utc_now,
         observers: Sequence[SpanObserver] = (),
     ) -> Meter:
-        """A meter wired to the configured ledger, prices, budgets, telemetry and Ollama.
-
-        The wiring is ``_wiring.build_meter``, the one composition root.
-        """
+        """A meter wired to the configured ledger, prices, budgets, telemetry and Ollama
+        (by ``_wiring.build_meter``, the one composition root)."""
         from ollama_meter.meter._wiring import build_meter
 
         return build_meter(settings, source=Source(source), clock=clock, observers=observers)
@@ -124,10 +122,8 @@ class Meter:
 
     def open(self, opening: Opening) -> MeteredCall:
         """Start a call: attribute it, let the budgets admit it (or refuse it), open its span.
-
         Raises :class:`LedgerError` while nothing can be recorded (the call is not made),
-        :class:`BudgetExceeded` when a hard budget has no room for the call's bound.
-        """
+        :class:`BudgetExceeded` when a hard budget has no room for the call's bound."""
         return self._open(opening, blocking=True)
 
     def try_open(self, opening: Opening) -> MeteredCall | None:
@@ -329,9 +325,10 @@ class Meter:
         return self._close(call, error, behind=behind is not None and behind.room())
 
     def close_now(self, call: MeteredCall, error: BaseException | None = None) -> bool:
-        """:meth:`close` on an event loop if the span can wait for its commit; else False."""
+        """:meth:`close` on an event loop if the span can wait for its commit (and no budget
+        holds it, whose lock a renewal may keep); else False."""
         behind = self.behind
-        if behind is None or not behind.room():
+        if behind is None or call.reservation is not None or not behind.room():
             return False
         self._close(call, error, behind=True)
         return True
@@ -356,6 +353,8 @@ class Meter:
         span.apply_cost(call.prices.cost_of(span))
         if call.bound is not None:
             self._hidden.past_bound(span, call.bound)
+        if call.reservation is not None and self.budgets is not None:  # held until settled
+            self.budgets.ended(call.reservation, span.cost_total)
         try:
             call.stored = self._record(span, storable=True, call=call, behind=behind)
         finally:

@@ -370,7 +370,7 @@ def test_a_call_that_moves_counts_its_wait_for_the_next_server_as_queue_time(
     for thread in (long, moved):
         thread.join(timeout=30)
     assert [a.status_code for a in answers] == [200, 200]
-    spans = open_ledger(sqlite_url).latest(SpanFilter(), 10)
+    spans = committed(open_ledger(sqlite_url)).latest(SpanFilter(), 10)
     (span,) = [s for s in spans if s.request_model == LLAMA]
     assert span.upstream_host == two.url and len(one.requests_to("/api/chat")) == 1
     assert span.queue_ns is not None and span.queue_ns >= 300_000_000, span.queue_ns

@@ -53,6 +53,7 @@ def test_an_outage_refuses_only_what_it_must_and_loses_no_span(
         )
 
     assert chat("support").status_code == 200 and chat("sales").status_code == 200
+    gw.settle()  # both committed before the outage
     cluster.stop()
     # No budget covers support: served, its span kept in the spool.
     assert chat("support").status_code == 200
@@ -199,6 +200,7 @@ def test_budget_failures_in_an_outage_log_one_line_per_kind_and_count_the_rest(
         ).status_code
 
     assert chat("sales") == 200  # the budgets are loaded; legal's spend was never read
+    gw.settle()
     cluster.stop()
     with (
         caplog.at_level(logging.DEBUG, "ollama_meter.meter"),

@@ -25,7 +25,7 @@ import pytest
 
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.testing import Fault, OllamaEmulator
-from tests._committed import committed
+from tests._committed import after_commits
 from tests.cli.test_terminal_safety import assert_only_colours
 from tests.gateway.test_processes import OMETER, announced_url
 from tests.reports.test_csv_safety import assert_safe
@@ -50,7 +50,7 @@ class Proc:
     keys: dict[str, str]
 
     def spans(self) -> list[Any]:
-        return committed(self.ledger).latest(SpanFilter(), 1000)
+        return self.ledger.latest(SpanFilter(), 1000)
 
 
 def launch(env: dict[str, str], upstream: str, log: Path, *options: str, host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], str]:  # fmt: skip
@@ -97,7 +97,7 @@ def locked(
         "--require-key", "--allow-admin", "--admin-token", TOKEN,
         "--max-body-bytes", "65536", "--max-header-bytes", "8192",
     )  # fmt: skip
-    yield Proc(gw, proc, ledger, env, log, keys)
+    yield Proc(gw, proc, after_commits(ledger), env, log, keys)
     stop(proc)
 
 
@@ -110,7 +110,7 @@ def open_gw(
     env = clean_env(OMETER_DB_URL=url)
     log = folder / "gateway.log"
     proc, gw = launch(env, emulator_session.url, log)
-    yield Proc(gw, proc, Ledger(url), env, log, {})
+    yield Proc(gw, proc, after_commits(Ledger(url)), env, log, {})
     stop(proc)
 
 

@@ -24,7 +24,7 @@ from ollama_meter.ledger._spool import span_json
 from ollama_meter.meter import Attribution, Meter
 from ollama_meter.meter._behind import WriteBehind
 from ollama_meter.meter._recovery import recover_interrupted
-from ollama_meter.meter._request import Opening
+from ollama_meter.meter._request import Opening, RequestFacts
 from ollama_meter.records import SpanRecord, make_storable
 from ollama_meter.testing import OllamaEmulator, expected_counts
 from tests._committed import unsettled
@@ -211,3 +211,30 @@ def test_the_journal_refuses_a_whole_span_for_a_call_it_never_opened(tmp_path: P
     """Nothing would recover it: such a span is committed before its answer."""
     journal = Journal(tmp_path)
     assert not journal.finished(make_span())
+
+
+def test_calls_commit_before_answering_once_the_waiting_ones_hold_too_much_text(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """2,000 waiting calls with a megabyte of prompt each held 2 GB until the database took
+    their spans: past a size, calls commit their own before answering."""
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url)
+    meter = Meter.from_settings(settings, source="gateway")
+    behind = WriteBehind(meter, most=1000, most_bytes=1000)
+    blocker = threading.Event()
+    commit = behind._commit
+    behind._commit = lambda calls: (blocker.wait(30), commit(calls))  # type: ignore[method-assign]
+    big = RequestFacts(prompt_text="x" * 1500, prompt_bytes=1500)
+    try:
+        first = meter.open(Opening("chat", "llama3.1:8b", False, Attribution("acme", "sales"), big))
+        assert meter.close_now(first)
+        second = meter.open(_opening())
+        assert not meter.close_now(second)  # 1,500 characters wait already
+        blocker.set()
+        assert behind.settle(30)
+        assert meter.close_now(second)  # room again
+        assert behind.settle(30)
+        assert (first.stored, second.stored) == ("committed", "committed")
+    finally:
+        blocker.set()
+        behind.stop(30)
