@@ -13,9 +13,9 @@ last calls are decided exactly, in the database.
 
 Invariant, across processes and gateways: settled spend plus every live lease is
 at most the limit, and a lease always covers the bounds of its calls in flight;
-so calls together can never spend past the limit. A settled call's bound stays
-in its lease until the next renewal reads its span's actual cost, which only
-errs on the safe side. A lease that is not renewed expires (a crashed process
+so calls together can never spend past the limit. A call that has ended holds its
+cost, not its bound, and that stays in its lease until the next renewal reads its
+span from the ledger, which only errs on the safe side. A lease that is not renewed expires (a crashed process
 frees its room after ``reservation_ttl``, by the ledger's clock: ``store.clock``, shared by
 every host); one in use is renewed well before.
 
@@ -256,11 +256,11 @@ class BudgetGate:
         store.put_lease(lease.row_id, lease.key, amount, store.clock(now) + self._reservation_ttl)
 
     def ended(self, reservation: Reservation, cost: int) -> None:
-        """The call cost ``cost``: what it holds from now until it settles, not its bound."""
-        with self._lock:
-            for lease in filter(None, map(self._leases.get, reservation.keys)):
-                if reservation.id in lease.in_flight:
-                    lease.in_flight[reservation.id] = cost
+        """The call cost ``cost``: what it holds from now until it settles, not its bound.
+        No lock (an event loop calls it): only its own settle, later, takes its entry out."""
+        for lease in filter(None, map(self._leases.get, reservation.keys)):
+            if reservation.id in lease.in_flight:
+                lease.in_flight[reservation.id] = cost
 
     def settle(self, reservation: Reservation, *, recorded: bool = True) -> None:
         """The call is over and its span written (``recorded``) or kept elsewhere.

@@ -106,6 +106,10 @@ class Journal:
                 return
             self._open[span.id] = line
 
+    def noted(self, span_id: str) -> bool:
+        """Whether the call ``span_id`` was noted here as opened and not yet closed."""
+        return span_id in self._open
+
     def finished(self, span: SpanRecord) -> bool:
         """Note a call's whole span before its commit (the gateway answers first); False
         when it could not be written (then commit the span before answering)."""

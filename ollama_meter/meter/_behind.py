@@ -49,7 +49,7 @@ class WriteBehind:
         """Make ``meter`` write behind (with a journal only: it keeps the spans meanwhile)."""
         self._meter = meter
         self._most, self._most_bytes = most, most_bytes
-        self._bytes = 0
+        self._held = self._bytes = 0  # spans not committed yet (the batch being committed too)
         self._turn = threading.Condition()
         self._waiting: list[tuple[SpanRecord, MeteredCall]] = []
         self._busy = False
@@ -65,25 +65,32 @@ class WriteBehind:
         the parent's, and so are the spans that waited for it."""
         self._turn = threading.Condition()
         self._waiting = []
-        self._bytes = 0
+        self._held = self._bytes = 0
         self._busy = False
         self._stopping = True
 
-    def room(self) -> bool:
-        """Whether a span may wait for its commit now: fewer than the most wait, and none
-        waits in memory for the database."""
-        fits = len(self._waiting) < self._most and self._bytes < self._most_bytes
-        return fits and not self._meter.ledger.held
+    def room(self, call: MeteredCall) -> bool:
+        """Whether ``call``'s span may wait for its commit: the journal noted the call (one
+        that never reached Ollama was not), fewer than the most wait, and none waits in
+        memory for the database."""
+        fits = self._held < self._most and self._bytes < self._most_bytes
+        ledger = self._meter.ledger
+        return (
+            fits and not self._stopping and not ledger.held and ledger.journal.noted(call.span.id)
+        )
 
-    def put(self, span: SpanRecord, call: MeteredCall) -> bool:
-        """Note ``span`` whole in the journal and queue it for its commit (:meth:`room`
-        said there is room); False when the caller must commit it itself: the journal
-        cannot be written, or this has stopped."""
+    def put(self, span: SpanRecord, call: MeteredCall, *, here: bool = False) -> bool:
+        """Note ``span`` whole in the journal and queue it for its commit (:meth:`room` said
+        there is room); False when the caller must commit it itself: the journal cannot be
+        written, or this has stopped. ``here``: the caller cannot commit (an event loop),
+        so the span waits even then (a journal that failed just now, a stop just begun)."""
         with self._turn:
-            if self._stopping or not self._meter.ledger.journal.finished(span):
+            noted = self._meter.ledger.journal.finished(span)
+            if not here and (self._stopping or not noted):
                 return False
             self._waiting.append((span, call))
-            self._bytes += _held(span, call)
+            self._held += 1
+            self._bytes += _text(span, call)
             call.behind = True
             if not self._busy:
                 self._turn.notify()
@@ -114,6 +121,7 @@ class WriteBehind:
         """Commit ``calls``' spans in one transaction (or spool them), then settle each
         call's budget, as the call would have before answering."""
         meter = self._meter
+
         try:
             stored = meter.writer.write_many([span for span, _ in calls])
         except LedgerError as exc:  # not even memory can keep them: the journal does
@@ -137,7 +145,6 @@ class WriteBehind:
                 if not self._waiting:
                     return
                 batch, self._waiting = self._waiting, []
-                self._bytes = 0
                 self._busy = True
             try:
                 self._commit(batch)
@@ -150,10 +157,12 @@ class WriteBehind:
             finally:
                 with self._turn:
                     self._busy = False
+                    self._held -= len(batch)
+                    self._bytes -= sum(_text(span, call) for span, call in batch)
                     self._turn.notify_all()
 
 
-def _held(span: SpanRecord, call: MeteredCall) -> int:
+def _text(span: SpanRecord, call: MeteredCall) -> int:
     """Characters of text a waiting call keeps alive: its prompt, and what content capture kept."""
     return len(call.prompt_text) + len(span.prompt or "") + len(span.reply or "")
 

@@ -2,12 +2,11 @@
 
     attribute → admit (budgets) → open span → the call → measure → price → write → settle
 
-Entry points (CLI, gateway, Python API) differ only in how they reach Ollama:
-they open a :class:`MeteredCall` here, feed it what Ollama sent (in the meter's
-vocabulary, see ``ollama_meter.upstream``), and let the meter close it.
-Budgets, telemetry and alerts attach as observers and a gate on this sequence;
-the ledger never calls back into it. How the pieces are built from settings is
-``_wiring.py``'s job; this module only runs the sequence.
+Entry points (CLI, gateway, Python API) differ only in how they reach Ollama: they open a
+:class:`MeteredCall` here, feed it what Ollama sent (in the meter's vocabulary, see
+``ollama_meter.upstream``), and let the meter close it. Budgets, telemetry and alerts attach
+as observers and a gate on this sequence; the ledger never calls back into it. How the pieces
+are built from settings is ``_wiring.py``'s job; this module only runs the sequence.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import WouldBlock
-from ollama_meter.budgets import BudgetGate, HiddenPrompts, PastCall, bound_cost, unbounded
+from ollama_meter.budgets import BudgetGate, HiddenPrompts, bound_cost, unbounded
 from ollama_meter.errors import BudgetExceeded, LedgerError, OverCap, UpstreamError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._behind import WriteBehind, settle
@@ -29,7 +28,7 @@ from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.meter._request import Opening, RequestFacts
 from ollama_meter.meter._run import Run
-from ollama_meter.meter._usage import estimate_tokens
+from ollama_meter.meter._usage import RecentCalls, estimate_tokens
 from ollama_meter.meter._writer import GroupCommitWriter
 from ollama_meter.pricing import PriceBook
 from ollama_meter.records import (
@@ -52,7 +51,6 @@ log = logging.getLogger("ollama_meter.meter")
 
 Clock = Callable[[], datetime]
 
-HISTORY_TTL = 30.0  # seconds a model's recent calls are reused for bounding time-priced costs
 DEFAULT_REPLY_CAP = 4096  # reply tokens under a hard budget, for a call that sets no cap
 
 
@@ -90,7 +88,7 @@ class Meter:
         self.budgets = budgets
         self.reply_cap = reply_cap
         self.journal = journal
-        self._recent: dict[str, tuple[float, list[PastCall]]] = {}
+        self._recent = RecentCalls(ledger)
         self._hidden = HiddenPrompts()
         self.capture_content = capture_content
         self.ledger = ledger
@@ -229,7 +227,7 @@ class Meter:
                 span.request_model,
                 span.started_at,
                 limits,
-                self._history(span.request_model, blocking=blocking),
+                self._recent.of(span.request_model, blocking=blocking),
             )
             call.time_cap_ns, call.paid_ns = bound.wait_ns, bound.busy_ns
             call.reservation = gate.admit(
@@ -276,18 +274,6 @@ class Meter:
             self._record(span)
             raise
 
-    def _history(self, model: str, *, blocking: bool = True) -> list[PastCall]:
-        """The model's recent calls (for time-priced bounds), read at most every 30 s."""
-        now = time.monotonic()
-        cached = self._recent.get(model)
-        if cached is None or now - cached[0] > HISTORY_TTL:
-            if not blocking:
-                raise WouldBlock(f"the recent calls to {model!r} must be read first")
-            if len(self._recent) > 1000:
-                self._recent.clear()
-            cached = self._recent[model] = (now, self.ledger.recent_usage(model))
-        return cached[1]
-
     def refuse(
         self,
         *,
@@ -322,18 +308,19 @@ class Meter:
         Raises :class:`LedgerError` only when not even memory can keep the span.
         """
         behind = self.behind
-        return self._close(call, error, behind=behind is not None and behind.room())
+        return self._close(call, error, behind=behind is not None and behind.room(call))
 
     def close_now(self, call: MeteredCall, error: BaseException | None = None) -> bool:
-        """:meth:`close` on an event loop if the span can wait for its commit (and no budget
-        holds it, whose lock a renewal may keep); else False."""
+        """:meth:`close` on an event loop if the span can wait for its commit; else False."""
         behind = self.behind
-        if behind is None or call.reservation is not None or not behind.room():
+        if behind is None or not behind.room(call):
             return False
-        self._close(call, error, behind=True)
+        self._close(call, error, behind=True, here=True)
         return True
 
-    def _close(self, call: MeteredCall, error: BaseException | None, *, behind: bool) -> SpanRecord:
+    def _close(
+        self, call: MeteredCall, error: BaseException | None, *, behind: bool, here: bool = False
+    ) -> SpanRecord:
         # A call the meter cut (past its cap or its time) was being served: it consumed.
         call.measure(time.perf_counter_ns(), ok=error is None or isinstance(error, OverCap))
         span = call.span
@@ -356,7 +343,7 @@ class Meter:
         if call.reservation is not None and self.budgets is not None:  # held until settled
             self.budgets.ended(call.reservation, span.cost_total)
         try:
-            call.stored = self._record(span, storable=True, call=call, behind=behind)
+            call.stored = self._record(span, storable=True, call=call, behind=behind, here=here)
         finally:
             if self.budgets is not None and not call.behind:
                 settle(self.budgets, call, self.failures)
@@ -370,6 +357,7 @@ class Meter:
         call: MeteredCall | None = None,
         away: LedgerError | None = None,
         behind: bool = False,
+        here: bool = False,
     ) -> Stored | None:
         """Hand a finished span to the observers, then make it durable; says where it went
         (None: whole in the journal, waiting for its commit: :attr:`behind`).
@@ -378,7 +366,8 @@ class Meter:
         anyone else put in it is made storable last. (``storable``: it is, and only
         observers could change that.) An interrupt in a hook is raised once the span is
         written (and ``call.stored`` says where). ``away``: why the ledger cannot take
-        it (found so just now): it goes to the spool at once. ``behind``: it may wait.
+        it (found so just now): it goes to the spool at once. ``behind``: it may wait for its
+        commit (``here``: must, on an event loop).
         """
         if not storable:
             make_storable(span)
@@ -387,7 +376,7 @@ class Meter:
             stopped = self._notify("on_end", span)
             make_storable(span)
         queue = self.behind
-        if call is not None and behind and queue is not None and queue.put(span, call):
+        if call is not None and behind and queue is not None and queue.put(span, call, here=here):
             stored = None  # whole in the journal: committed once the call has answered
         elif away is None:
             stored = self.writer.write(span)

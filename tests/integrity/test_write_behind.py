@@ -168,7 +168,7 @@ def test_calls_commit_before_answering_once_too_many_wait(
     feels the database's pace, memory stays bounded); under it, close only queues."""
     settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url)
     meter = Meter.from_settings(settings, source="gateway")
-    behind = WriteBehind(meter, most=1)
+    behind = WriteBehind(meter, most=2)  # the one being committed counts
     assert meter.behind is behind
     blocker = threading.Event()
     committing = threading.Event()
@@ -187,7 +187,7 @@ def test_calls_commit_before_answering_once_too_many_wait(
         second = meter.open(_opening())
         assert meter.close_now(second)  # waits behind the first
         third = meter.open(_opening())
-        assert not meter.close_now(third)  # two wait: no room
+        assert not meter.close_now(third)  # two not committed: no room
         assert third.stored is None and not third.behind
         blocker.set()
         meter.close(third)  # commits its own
@@ -237,4 +237,31 @@ def test_calls_commit_before_answering_once_the_waiting_ones_hold_too_much_text(
         assert (first.stored, second.stored) == ("committed", "committed")
     finally:
         blocker.set()
+        behind.stop(30)
+
+
+def test_a_call_that_never_reached_ollama_commits_before_its_answer(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """A call refused while it waited in the gateway's queue was never journaled: nothing
+    would recover its span after a kill, so its close commits it (from a thread), never
+    on the event loop."""
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url)
+    meter = Meter.from_settings(settings, source="gateway")
+    behind = WriteBehind(meter)
+    try:
+        queued = meter.open(
+            Opening("chat", "llama3.1:8b", False, Attribution("acme", "sales"), queued=True)
+        )
+        assert not meter.close_now(queued)
+        assert queued.stored is None and not queued.behind  # nothing done
+        meter.close(queued)
+        assert queued.stored == "committed" and not queued.behind
+        sent = meter.open(
+            Opening("chat", "llama3.1:8b", False, Attribution("acme", "sales"), queued=True)
+        )
+        meter.sending(sent)  # journaled as it leaves for Ollama
+        assert meter.close_now(sent) and sent.behind
+        assert behind.settle(30) and sent.stored == "committed"
+    finally:
         behind.stop(30)
