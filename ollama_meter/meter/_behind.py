@@ -121,7 +121,6 @@ class WriteBehind:
         """Commit ``calls``' spans in one transaction (or spool them), then settle each
         call's budget, as the call would have before answering."""
         meter = self._meter
-
         try:
             stored = meter.writer.write_many([span for span, _ in calls])
         except LedgerError as exc:  # not even memory can keep them: the journal does
