@@ -51,8 +51,14 @@ def rss_mb(pid: int) -> float:
 def start(
     args: list[str], ready: str, env: dict[str, str] | None = None, python: str = sys.executable
 ) -> subprocess.Popen[bytes]:
+    # Run from a folder of no checkout: ``-m`` imports from the working directory first, and
+    # each interpreter must run its own install's ometer.
     proc = subprocess.Popen(
-        [python, "-m", *args], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+        [python, "-m", *args],
+        env=env,
+        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        cwd=tempfile.gettempdir(),
     )
     for _ in range(400):
         try:
@@ -115,6 +121,13 @@ def main() -> None:
     parser.add_argument("--rss-requests", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=5, help="sequential rounds, interleaved")
     parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds the emulator takes before each reply (a model's own time): the gateway's "
+        "work after an answer (its span's commit) then overlaps the next call's wait",
+    )
+    parser.add_argument(
         "--against",
         metavar="PYTHON",
         help="the Python of another ometer install (another checkout's venv): its gateway "
@@ -124,7 +137,10 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="ometer-gw-bench-"))
     emu_port = unused_port()
     emulator = f"http://127.0.0.1:{emu_port}"
-    emu = start(["ollama_meter.testing", "--port", str(emu_port)], f"{emulator}/api/version")
+    emu = start(
+        ["ollama_meter.testing", "--port", str(emu_port), "--latency", str(args.latency)],
+        f"{emulator}/api/version",
+    )
     gateways: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     for name, python in (("gateway", sys.executable), ("against", args.against)):
         if python is None:

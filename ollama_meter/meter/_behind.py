@@ -33,11 +33,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ollama_meter.meter")
 
-MOST_WAITING = 2_000
-"""Spans that may wait for their commit; past it, calls commit their own before answering."""
+MOST_WAITING = 256
+"""Spans not committed yet; past it, calls commit their own before answering. A saturated
+gateway's commit thread falls that far behind at most (2,000 held 25 MB more at its peak),
+and each transaction still carries a few hundred spans."""
 MOST_BYTES = 64 * 2**20
-"""Characters of prompts (and captured replies) the waiting calls may hold: 2,000 calls of a
-megabyte each would hold 2 GB until the database took their spans."""
+"""Characters of prompts (and captured replies) the waiting calls may hold: 256 calls of a
+megabyte each would hold 256 MB until the database took their spans."""
 
 
 class WriteBehind:
