@@ -8,9 +8,10 @@ ledger next records the span from that line as it was (``DurableLedger.recover``
 
 One thread commits what is waiting, all of it in one transaction (group commit with
 any span written the ordinary way meanwhile), then settles each call's budget: a hard
-budget's hold on a call lasts until its span is in, so no budget is overshot meanwhile.
-When :data:`MOST_WAITING` spans wait (the database is slow or away), or their calls hold
-:data:`MOST_BYTES` of text, a call commits its own span before answering, as without write-behind, so memory stays bounded and callers
+budget's hold on a call (its cost, once it has ended) lasts until its span is in, so no
+budget is overshot meanwhile. When :data:`MOST_WAITING` spans are not committed yet (the
+database is slow or away), or their calls hold :data:`MOST_BYTES` of text, a call commits
+its own span before answering, as without write-behind: memory stays bounded, and callers
 feel the database's pace.
 """
 
