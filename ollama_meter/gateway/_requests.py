@@ -279,6 +279,9 @@ def parse_request(path: str, raw: bytes) -> MeteredRequest:
         raise BadRequest(str(exc)) from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    if "model" in body and body["model"] is not None and not isinstance(body["model"], str):
+        got = _json_type(type(body["model"]).__name__)
+        raise BadRequest(f"model: input should be a valid string naming a model, got {got}")
     if not isinstance(body.get("model"), str) or not body["model"].strip():
         raise BadRequest("model is required")
     model = body["model"]
