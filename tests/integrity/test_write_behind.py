@@ -265,3 +265,29 @@ def test_a_call_that_never_reached_ollama_commits_before_its_answer(
         assert behind.settle(30) and sent.stored == "committed"
     finally:
         behind.stop(30)
+
+
+def test_a_rotated_journal_keeps_the_answered_spans_not_yet_committed(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal is rewritten with only its open calls once it grows: an answered span not
+    yet committed is one of them, whole, not the line that opened it."""
+    from ollama_meter.ledger import _journal
+
+    monkeypatch.setattr(_journal, "ROTATE_BYTES", 2_000)
+    ledger = Ledger(sqlite_url)
+    writer = Journal(tmp_path)
+    answered = [make_span(input_tokens=n, output_tokens=2 * n) for n in range(1, 9)]
+    for span in answered:
+        writer.opened(span, 3)
+        assert writer.finished(span)
+    first = writer._path
+    writer.closed([span.id for span in answered[:6]])  # committed: past 2,000 bytes, a rotation
+    assert writer._path is not None and writer._path != first and not first.exists()
+    ledger.journal.directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(writer._path, ledger.journal.directory / "9-rotated.journal")
+    assert ledger.recover() == 2
+    stored = {s.id: s for s in ledger.latest(SpanFilter(), 100)}
+    assert {i: span_json(s) for i, s in stored.items()} == {
+        s.id: span_json(s) for s in answered[6:]
+    }
