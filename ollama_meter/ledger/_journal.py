@@ -97,14 +97,8 @@ class Journal:
     def opened(self, span: SpanRecord, input_estimate: int) -> None:
         """Note a call about to go upstream. Best effort: a failure is logged, never raised."""
         entry = {"o": span_json(span, _OPEN_FIELDS), "in": input_estimate}
-        line = json.dumps(entry, ensure_ascii=True).encode() + b"\n"
         with self._lock:
-            try:
-                self._append(line)
-            except OSError as exc:
-                self._warn(exc)
-                return
-            self._open[span.id] = line
+            self._note(span.id, json.dumps(entry, ensure_ascii=True).encode() + b"\n")
 
     def noted(self, span_id: str) -> bool:
         """Whether the call ``span_id`` was noted here as opened and not yet closed."""
@@ -114,16 +108,19 @@ class Journal:
         """Note a call's whole span before its commit (the gateway answers first); False
         when it could not be written (then commit the span before answering)."""
         line = json.dumps({"f": span_json(span)}, ensure_ascii=True, default=str).encode()
-        with self._lock:
-            if span.id not in self._open:  # never opened here: nothing would recover it
-                return False
-            try:
-                self._append(line + b"\n")
-            except OSError as exc:
-                self._warn(exc)
-                return False
-            self._open[span.id] = line + b"\n"  # what a rotation keeps of it
-            return True
+        with self._lock:  # a call never opened here: nothing would recover it
+            return span.id in self._open and self._note(span.id, line + b"\n")
+
+    def _note(self, span_id: str, line: bytes) -> bool:
+        """Append ``line``, the one a rotation keeps of the open call ``span_id`` (lock held);
+        False (and a warning, once) when it could not be written."""
+        try:
+            self._append(line)
+        except OSError as exc:
+            self._warn(exc)
+            return False
+        self._open[span_id] = line
+        return True
 
     def closed(self, span_ids: list[str]) -> None:
         """Note that these calls' spans are durable; ids never opened here are ignored."""
