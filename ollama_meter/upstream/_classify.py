@@ -174,8 +174,8 @@ def reported_error(obj: Mapping[str, Any] | Any) -> UpstreamError | None:
 
 
 def mid_stream_error(detail: str) -> StreamError:
-    """A failure Ollama reported after its answer had begun (an ``{"error": ...}`` line)."""
-    return StreamError(f"Ollama failed mid-stream: {detail}")
+    """A failure Ollama reported in a 200 answer (an ``{"error": ...}`` line or object), streamed or whole."""
+    return StreamError(f"Ollama failed while answering: {detail}")
 
 
 def detail_of(body: str) -> str:

@@ -252,7 +252,7 @@ def test_an_error_in_a_done_chunk_ends_the_call_as_an_error(
     assert whole.status_code == 502 and ERROR_MIDSTREAM in error_of(whole)
     for span in spans(sqlite_gateway):
         assert (span.status, span.error_type) == ("error", "stream_error")
-        assert span.error_message == f"Ollama failed mid-stream: {ERROR_MIDSTREAM}"
+        assert span.error_message == f"Ollama failed while answering: {ERROR_MIDSTREAM}"
     # A failed call is counted against the model's circuit, never as a success.
     emulator.inject(Fault.ERROR_DONE)
     httpx.post(
@@ -277,7 +277,7 @@ def test_openai_stream_errors_are_stored_as_text(
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="llama3.1:8b", messages=HI)  # type: ignore[arg-type]
     whole, streamed = spans(sqlite_gateway)
-    assert streamed.error_message == f"Ollama failed mid-stream: {ERROR_MIDSTREAM}"
+    assert streamed.error_message == f"Ollama failed while answering: {ERROR_MIDSTREAM}"
     assert whole.error_message is not None and whole.error_message.endswith(f": {ERROR_500}")
     assert "{" not in whole.error_message
 

@@ -49,7 +49,7 @@ BROKE_OFF = {  # an HTTP answer began, then its body broke off
 EXPECTED: dict[str, tuple[str, str]] = {
     **dict.fromkeys(NOT_HTTP, ("stream_error", "is not an HTTP answer")),
     **dict.fromkeys(BROKE_OFF, ("stream_error", "broke off")),
-    "an error in a 200": ("stream_error", "Ollama failed mid-stream: boom"),
+    "an error in a 200": ("stream_error", "Ollama failed while answering: boom"),
 }
 ANSWERS = {
     **NOT_HTTP,

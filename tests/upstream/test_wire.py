@@ -126,7 +126,7 @@ def test_embeddings_count_no_output_and_errors_end_the_answer() -> None:
     for obj in ({"error": "boom"}, {"done": True, "done_reason": "error"}):
         (failure,) = OLLAMA.reader("chat").read(obj)
         assert isinstance(failure, StreamError)
-        assert str(failure).startswith("Ollama failed mid-stream: ")
+        assert str(failure).startswith("Ollama failed while answering: ")
 
 
 def test_openai_streams_keep_model_and_finish_reason_until_the_usage() -> None:
