@@ -49,6 +49,11 @@ def normalize_host(value: str) -> str:
     raw = value.strip()
     if not raw:
         raise ValueError("is empty; expected a URL such as http://127.0.0.1:11434")
+    if any(c.isspace() or not c.isprintable() for c in raw):  # urlsplit drops \t \r \n unseen
+        raise ValueError(
+            f"{value!r} has a space, line break or control character in it; expected a URL "
+            "such as http://127.0.0.1:11434"
+        )
     if "://" not in raw:
         raw = "http://" + raw
     parts = urlsplit(raw)
@@ -61,8 +66,6 @@ def normalize_host(value: str) -> str:
     if port is None:
         port = 443 if parts.scheme == "https" else 11434
     host = parts.hostname
-    if not host.isprintable() or any(c.isspace() for c in host):
-        raise ValueError(f"{value!r} has a space or control character in its host name")
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"

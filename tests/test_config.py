@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
 from ollama_meter import _environment
 from ollama_meter._names import system_timezone
@@ -548,3 +548,31 @@ def test_the_hosts_zone_is_read_without_its_leap_seconds(
 
     monkeypatch.setattr(tzlocal, "get_localzone_name", lambda: host)
     assert system_timezone() == zone
+
+
+@given(
+    host=st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True),
+    at=st.integers(min_value=0, max_value=7),
+    bad=st.sampled_from("\t\n\r\x00\x1f\x7f\x85 "),
+    form=st.sampled_from(["http://{}:11434", "{}", "{}:8080", "https://{}/proxy"]),
+)
+def test_a_control_character_inside_an_ollama_url_is_an_error_never_dropped(
+    host: str, at: int, bad: str, form: str
+) -> None:
+    """urlsplit quietly drops a tab or line break anywhere in a URL: ``gpu\\n1`` was taken
+    for a server named ``gpu1``, another machine than the one given."""
+    given = form.format(host[:at] + bad + host[at:])
+    assume(given == given.strip())  # blanks around the value are taken off, as in any setting
+    with pytest.raises(ValueError) as caught:
+        normalize_host(given)
+    assert str(caught.value) == (
+        f"{given!r} has a space, line break or control character in it; expected a URL "
+        "such as http://127.0.0.1:11434"
+    )
+    if "\x00" in given:  # no environment variable can hold it
+        return
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMETER_UPSTREAMS", f"http://gpu0:11434,{given}")
+        with pytest.raises(ConfigError) as refused:
+            load_settings()
+    assert str(refused.value) == f"OMETER_UPSTREAMS: {caught.value}"
