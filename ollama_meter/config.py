@@ -110,6 +110,20 @@ def parse_upstreams(value: str, *, slots: int | None = None) -> tuple[UpstreamSp
     return tuple(specs)
 
 
+def _credential_problem(text: str, *, public: bool) -> str | None:
+    """Why a key or login cannot be sent as it is, or None."""
+    if any(c in "\r\n" for c in text):
+        return "has a line break in it (read from a file with its line break?); give it on one line"
+    if not (text.isascii() and text.isprintable()):
+        return (
+            "has a character that is not printable ASCII, which the HTTP header or SMTP login "
+            "it goes in cannot carry; give it as issued (letters, digits and punctuation)"
+        )
+    if public and ":" in text:
+        return "has a ':' in it, where Langfuse's login would end it; give the pk-lf-... key alone"
+    return None
+
+
 DAY_SECONDS = 86_400
 """The longest a duration setting may be: every one of them is used as a timer."""
 
@@ -318,6 +332,30 @@ class Settings(BaseSettings):
             if any(c in unquote(encoded) for c in "\r\n\x00"):
                 raise ValueError(f"the value of {name.strip()!r} has a line break or NUL in it")
         return value
+
+    @field_validator(
+        "traceloop_api_key",
+        "langfuse_public_key",
+        "langfuse_secret_key",
+        "smtp_user",
+        "smtp_password",
+        mode="before",
+    )
+    @classmethod
+    def _credential(cls, value: object, info: ValidationInfo) -> object:
+        """A key or login as it goes out, checked here: one with a line break (a secret file's)
+        or a character an HTTP header or smtplib's login cannot carry failed every export or
+        alert email, unsent, and nothing said why. The error never shows the value."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(text, str):
+            return value  # pydantic says what is wrong with it
+        if info.field_name != "smtp_password":
+            text = text.strip()  # no header (nor user name) carries a value's surrounding blanks
+        if not text:
+            return None
+        if problem := _credential_problem(text, public=info.field_name == "langfuse_public_key"):
+            raise ValueError(problem)
+        return text
 
     @field_validator("smtp_host", "smtp_from", "alert_email_to")
     @classmethod
