@@ -124,6 +124,11 @@ def _credential_problem(text: str, *, public: bool) -> str | None:
     return None
 
 
+_PASSWORD = re.compile(r"(://[^:/@]*:).*@")
+"""A database URL's password (``scheme://user:password@``, to the last ``@``: a password may
+hold one), for an error to leave out."""
+
+
 DAY_SECONDS = 86_400
 """The longest a duration setting may be: every one of them is used as a timer."""
 
@@ -262,22 +267,26 @@ class Settings(BaseSettings):
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
+        said = repr(_PASSWORD.sub(r"\1***@", value.strip()))  # an error reaches logs too
         try:
             url = make_url(value.strip())
-        except ArgumentError as exc:
+            port_ok = url.port is None or 0 < url.port < 65536
+        except (ArgumentError, ValueError):  # ValueError: a port that is no number
+            port_ok = False
+        if not port_ok:
             raise ValueError(
-                f"{value!r} is not a database URL; expected e.g. sqlite:////path/ledger.db "
-                "or postgresql+psycopg://user:pass@host/db"
-            ) from exc
+                f"{said} is not a database URL; expected e.g. sqlite:////path/ledger.db "
+                "or postgresql+psycopg://user:pass@host:5432/db"
+            )
         if problem := sqlite_url_problem(url.get_backend_name(), url.database, bool(url.query)):
             raise ValueError(
-                f"{value!r} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
+                f"{said} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
             )
         if url.get_backend_name() != "sqlite" and any("\udc80" <= c <= "\udcff" for c in value):
             # Bytes that are not UTF-8 (a Latin-1 shell) arrive as lone surrogates: a file's
             # name may hold them, a server's address, user, password or database cannot.
             raise ValueError(
-                f"{value!r} is not UTF-8 text; write the URL in UTF-8 (a character that is "
+                f"{said} is not UTF-8 text; write the URL in UTF-8 (a character that is "
                 "not ASCII in a user name or password percent-encoded, e.g. %C3%A9 for é)"
             )
         return value.strip()

@@ -644,3 +644,31 @@ def test_a_key_or_login_is_usable_where_it_goes_or_a_one_line_error_naming_it(
         user, password = loaded.smtp_user or "", secret(loaded.smtp_password)
         f"\0{user}\0{password}".encode("ascii")  # as smtplib's AUTH PLAIN sends it
         assert "\0" not in user + password and "\n" not in user + password
+
+
+@given(
+    url=st.sampled_from(
+        [
+            "postgresql+psycopg://ometer:{}@db:badport/ledger",
+            "postgresql+psycopg://ometer:{}@db:99999999999/ledger",
+            "postgres ql://ometer:{}@db/ledger",
+            "postgresql+psycopg://ometer:{}@db/l\udcffedger",
+        ]
+    ),
+    password=st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=6).map(
+        lambda p: p[:3] + "@" + p[3:]  # a password may hold an @ as it is
+    ),
+)
+def test_a_database_url_that_is_refused_never_shows_its_password(url: str, password: str) -> None:
+    """``OMETER_DB_URL`` refused was repeated whole in the error, password and all, for the
+    terminal and every log that keeps it; one with a port that is no number was refused in
+    Python's words ("invalid literal for int() with base 10")."""
+    value = url.format(password)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(db_url=value)
+    message = str(caught.value)
+    assert message.startswith("OMETER_DB_URL: '") and "\n" not in message
+    assert all(part not in message for part in password.split("@"))
+    assert "ometer:***@db" in message
+    assert "invalid literal" not in message
+    assert "expected e.g. sqlite:////path/ledger.db" in message or "is not UTF-8" in message
