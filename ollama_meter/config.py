@@ -49,6 +49,11 @@ def normalize_host(value: str) -> str:
     raw = value.strip()
     if not raw:
         raise ValueError("is empty; expected a URL such as http://127.0.0.1:11434")
+    if any(c.isspace() or not c.isprintable() for c in raw):  # urlsplit drops \t \r \n unseen
+        raise ValueError(
+            f"{value!r} has a space, line break or control character in it; expected a URL "
+            "such as http://127.0.0.1:11434"
+        )
     if "://" not in raw:
         raw = "http://" + raw
     parts = urlsplit(raw)
@@ -61,8 +66,6 @@ def normalize_host(value: str) -> str:
     if port is None:
         port = 443 if parts.scheme == "https" else 11434
     host = parts.hostname
-    if not host.isprintable() or any(c.isspace() for c in host):
-        raise ValueError(f"{value!r} has a space or control character in its host name")
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
@@ -105,6 +108,25 @@ def parse_upstreams(value: str, *, slots: int | None = None) -> tuple[UpstreamSp
     if not specs:
         raise ValueError("names no server; expected e.g. http://gpu1:11434,http://gpu2:11434")
     return tuple(specs)
+
+
+def _credential_problem(text: str, *, public: bool) -> str | None:
+    """Why a key or login cannot be sent as it is, or None."""
+    if any(c in "\r\n" for c in text):
+        return "has a line break in it (read from a file with its line break?); give it on one line"
+    if not (text.isascii() and text.isprintable()):
+        return (
+            "has a character that is not printable ASCII, which the HTTP header or SMTP login "
+            "it goes in cannot carry; give it as issued (letters, digits and punctuation)"
+        )
+    if public and ":" in text:
+        return "has a ':' in it, where Langfuse's login would end it; give the pk-lf-... key alone"
+    return None
+
+
+_PASSWORD = re.compile(r"(://[^:/@]*:).*@")
+"""A database URL's password (``scheme://user:password@``, to the last ``@``: a password may
+hold one), for an error to leave out."""
 
 
 DAY_SECONDS = 86_400
@@ -245,22 +267,26 @@ class Settings(BaseSettings):
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
+        said = repr(_PASSWORD.sub(r"\1***@", value.strip()))  # an error reaches logs too
         try:
             url = make_url(value.strip())
-        except ArgumentError as exc:
+            port_ok = url.port is None or 0 < url.port < 65536
+        except (ArgumentError, ValueError):  # ValueError: a port that is no number
+            port_ok = False
+        if not port_ok:
             raise ValueError(
-                f"{value!r} is not a database URL; expected e.g. sqlite:////path/ledger.db "
-                "or postgresql+psycopg://user:pass@host/db"
-            ) from exc
+                f"{said} is not a database URL; expected e.g. sqlite:////path/ledger.db "
+                "or postgresql+psycopg://user:pass@host:5432/db"
+            )
         if problem := sqlite_url_problem(url.get_backend_name(), url.database, bool(url.query)):
             raise ValueError(
-                f"{value!r} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
+                f"{said} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
             )
         if url.get_backend_name() != "sqlite" and any("\udc80" <= c <= "\udcff" for c in value):
             # Bytes that are not UTF-8 (a Latin-1 shell) arrive as lone surrogates: a file's
             # name may hold them, a server's address, user, password or database cannot.
             raise ValueError(
-                f"{value!r} is not UTF-8 text; write the URL in UTF-8 (a character that is "
+                f"{said} is not UTF-8 text; write the URL in UTF-8 (a character that is "
                 "not ASCII in a user name or password percent-encoded, e.g. %C3%A9 for é)"
             )
         return value.strip()
@@ -315,6 +341,30 @@ class Settings(BaseSettings):
             if any(c in unquote(encoded) for c in "\r\n\x00"):
                 raise ValueError(f"the value of {name.strip()!r} has a line break or NUL in it")
         return value
+
+    @field_validator(
+        "traceloop_api_key",
+        "langfuse_public_key",
+        "langfuse_secret_key",
+        "smtp_user",
+        "smtp_password",
+        mode="before",
+    )
+    @classmethod
+    def _credential(cls, value: object, info: ValidationInfo) -> object:
+        """A key or login as it goes out, checked here: one with a line break (a secret file's)
+        or a character an HTTP header or smtplib's login cannot carry failed every export or
+        alert email, unsent, and nothing said why. The error never shows the value."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(text, str):
+            return value  # pydantic says what is wrong with it
+        if info.field_name != "smtp_password":
+            text = text.strip()  # no header (nor user name) carries a value's surrounding blanks
+        if not text:
+            return None
+        if problem := _credential_problem(text, public=info.field_name == "langfuse_public_key"):
+            raise ValueError(problem)
+        return text
 
     @field_validator("smtp_host", "smtp_from", "alert_email_to")
     @classmethod

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, example, given, settings, strategies as st
 
 from ollama_meter import _environment
 from ollama_meter._names import system_timezone
@@ -548,3 +548,127 @@ def test_the_hosts_zone_is_read_without_its_leap_seconds(
 
     monkeypatch.setattr(tzlocal, "get_localzone_name", lambda: host)
     assert system_timezone() == zone
+
+
+@given(
+    host=st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True),
+    at=st.integers(min_value=0, max_value=7),
+    bad=st.sampled_from("\t\n\r\x00\x1f\x7f\x85 "),
+    form=st.sampled_from(["http://{}:11434", "{}", "{}:8080", "https://{}/proxy"]),
+)
+def test_a_control_character_inside_an_ollama_url_is_an_error_never_dropped(
+    host: str, at: int, bad: str, form: str
+) -> None:
+    """urlsplit quietly drops a tab or line break anywhere in a URL: ``gpu\\n1`` was taken
+    for a server named ``gpu1``, another machine than the one given."""
+    given = form.format(host[:at] + bad + host[at:])
+    assume(given == given.strip())  # blanks around the value are taken off, as in any setting
+    with pytest.raises(ValueError) as caught:
+        normalize_host(given)
+    assert str(caught.value) == (
+        f"{given!r} has a space, line break or control character in it; expected a URL "
+        "such as http://127.0.0.1:11434"
+    )
+    if "\x00" in given:  # no environment variable can hold it
+        return
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMETER_UPSTREAMS", f"http://gpu0:11434,{given}")
+        with pytest.raises(ConfigError) as refused:
+            load_settings()
+    assert str(refused.value) == f"OMETER_UPSTREAMS: {caught.value}"
+
+
+CREDENTIALS = {
+    "TRACELOOP_API_KEY": {},
+    "LANGFUSE_PUBLIC_KEY": {"LANGFUSE_SECRET_KEY": "sk-lf-1", "LANGFUSE_HOST": "http://lf:3000"},
+    "LANGFUSE_SECRET_KEY": {"LANGFUSE_PUBLIC_KEY": "pk-lf-1", "LANGFUSE_HOST": "http://lf:3000"},
+    "OMETER_SMTP_USER": _EMAIL_PAIR,
+    "OMETER_SMTP_PASSWORD": {**_EMAIL_PAIR, "OMETER_SMTP_USER": "ometer"},
+}
+"""Keys and logins ometer sends on: each beside the settings that make it used."""
+
+
+@example(name="TRACELOOP_API_KEY", raw="tl-key\n")  # a secret file's line break
+@example(name="TRACELOOP_API_KEY", raw="tl\nkey")
+@example(name="LANGFUSE_SECRET_KEY", raw="sk\r\nX-Evil: 1")
+@example(name="LANGFUSE_PUBLIC_KEY", raw="pk-lf:1")  # would end the key early in Basic auth
+@example(name="OMETER_SMTP_PASSWORD", raw="pässwort")  # smtplib's login sends ASCII only
+@example(name="OMETER_SMTP_PASSWORD", raw="s3cret\n")
+@example(name="OMETER_SMTP_USER", raw="jürgen")
+@given(
+    name=st.sampled_from(sorted(CREDENTIALS)),
+    raw=st.text(max_size=12).filter(lambda t: "\x00" not in t),
+)
+def test_a_key_or_login_is_usable_where_it_goes_or_a_one_line_error_naming_it(
+    name: str, raw: str
+) -> None:
+    """A key with a line break (read from a secret file with it) or a character no HTTP
+    header carries failed every export unsent, "dropped until it answers" while the
+    collector was up; a login that is not ASCII failed every alert email (smtplib sends
+    ASCII only), both never said at start-up. The error never shows the value."""
+    import base64
+
+    from requests.utils import check_header_validity
+
+    with pytest.MonkeyPatch.context() as env:
+        for companion, value in CREDENTIALS[name].items():
+            env.setenv(companion, value)
+        env.setenv(name, raw)
+        try:
+            loaded = load_settings()
+        except ConfigError as exc:
+            refused = str(exc)
+        else:
+            refused = ""
+    if refused:
+        assert refused.startswith(f"{name}: ") and "\n" not in refused
+        assert raw.strip() not in refused.removeprefix(f"{name}: ") or len(raw.strip()) < 3
+        return
+
+    def secret(value: Any) -> str:
+        return value.get_secret_value() if hasattr(value, "get_secret_value") else value or ""
+
+    if name == "TRACELOOP_API_KEY":
+        key = secret(loaded.traceloop_api_key)
+        if key:
+            check_header_validity(("authorization", f"Bearer {key}"))
+            assert key == key.strip() and key.isascii()
+    elif name.startswith("LANGFUSE_"):
+        public, private = loaded.langfuse_public_key or "", secret(loaded.langfuse_secret_key)
+        if public and private:
+            token = base64.b64encode(f"{public}:{private}".encode()).decode()
+            check_header_validity(("authorization", f"Basic {token}"))
+            assert base64.b64decode(token).decode().split(":", 1) == [public, private]
+            assert public == public.strip() and private == private.strip()
+    else:
+        user, password = loaded.smtp_user or "", secret(loaded.smtp_password)
+        f"\0{user}\0{password}".encode("ascii")  # as smtplib's AUTH PLAIN sends it
+        assert "\0" not in user + password and "\n" not in user + password
+
+
+@given(
+    url=st.sampled_from(
+        [
+            "postgresql+psycopg://ometer:{}@db:badport/ledger",
+            "postgresql+psycopg://ometer:{}@db:99999999999/ledger",
+            "postgres ql://ometer:{}@db/ledger",
+            "postgresql+psycopg://ometer:{}@db/l\udcffedger",
+        ]
+    ),
+    password=st.text(st.characters(codec="ascii", categories=["L", "N"]), min_size=6).map(
+        lambda p: p[:3] + "@" + p[3:]  # a password may hold an @ as it is
+    ),
+)
+def test_a_database_url_that_is_refused_never_shows_its_password(url: str, password: str) -> None:
+    """``OMETER_DB_URL`` refused was repeated whole in the error, password and all, for the
+    terminal and every log that keeps it; one with a port that is no number was refused in
+    Python's words ("invalid literal for int() with base 10")."""
+    value = url.format(password)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(db_url=value)
+    message = str(caught.value)
+    assert message.startswith("OMETER_DB_URL: '") and "\n" not in message
+    assert all(part not in message for part in password.split("@"))
+    assert "ometer:***@db" in message
+    assert "invalid literal" not in message
+    assert "expected e.g. sqlite:////path/ledger.db" in message or "is not UTF-8" in message

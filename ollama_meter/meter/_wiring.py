@@ -105,7 +105,10 @@ def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> b
     """Load ``OMETER_PRICING_FILE`` into the ledger when its content changed; True if it did."""
     from ollama_meter.pricing import parse_pricing_toml
 
-    content = path.read_bytes()
+    try:  # checked by the settings, but read later: it may be gone or replaced since
+        content = path.read_bytes()
+    except OSError as exc:
+        raise PricingError(f"OMETER_PRICING_FILE {path}: cannot be read: {exc.strerror}") from None
 
     def rules() -> list[PriceRule]:
         try:

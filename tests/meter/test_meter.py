@@ -18,7 +18,7 @@ from ollama_meter.errors import (
     UpstreamServerError,
     ValidationError,
 )
-from ollama_meter.ledger import SpanFilter
+from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.meter import Attribution, Meter, MeteredCall, PriceSource, SpanRecord, reprice
 from ollama_meter.pricing import PriceRule, to_micros
 from ollama_meter.testing import Fault, OllamaEmulator, unreachable_url
@@ -275,6 +275,29 @@ def test_pricing_file_is_loaded_and_kept_in_sync(
     prices.write_text("[[rule]]\nmodel = 'broken\n")
     with pytest.raises(PricingError, match="OMETER_PRICING_FILE"):
         make_meter(db_url, pricing_file=str(prices))
+
+
+@pytest.mark.parametrize(
+    ("change", "why"), [("deleted", "No such file or directory"), ("directory", "Is a directory")]
+)
+def test_a_pricing_file_gone_after_the_settings_were_read_is_one_line_and_the_rules_stay(
+    db_url: str, emulator: OllamaEmulator, tmp_path: Path, change: str, why: str
+) -> None:
+    """The settings check the file once; a gateway waiting for its database, or a Python
+    program making a client later, read it again: a file deleted or replaced by a directory
+    in between ended in Python's IsADirectoryError (a traceback), not a line naming it."""
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[[rule]]\nmodel = "llama3.1:*"\ninput_per_1m = 1000\n')
+    make_meter(db_url, pricing_file=str(prices))
+    cfg = load_settings(db_url=db_url, pricing_file=str(prices))
+    prices.unlink()
+    if change == "directory":
+        prices.mkdir()
+    with pytest.raises(PricingError) as caught:
+        Meter.from_settings(cfg, source="sdk")
+    assert str(caught.value) == f"OMETER_PRICING_FILE {prices.resolve()}: cannot be read: {why}"
+    (rule,) = Ledger(db_url).price_rules()  # the rules synced before stay in force
+    assert (rule.pattern, rule.input_per_1m) == ("llama3.1:*", Decimal(1000))
 
 
 def test_reprice_moves_costs_and_says_by_how_much(db_url: str, emulator: OllamaEmulator) -> None:
