@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -30,7 +29,16 @@ from ollama_meter._environment import (
 )
 from ollama_meter._names import name_problem, system_timezone, zone_problem
 from ollama_meter._paths import default_data_dir, sqlite_url_problem
-from ollama_meter._urls import email_addresses, host_name, http_url
+from ollama_meter._urls import (
+    UpstreamSpec,
+    credential_problem,
+    email_addresses,
+    hide_password,
+    host_name,
+    http_url,
+    normalize_host,
+    parse_upstreams,
+)
 from ollama_meter.errors import ConfigError
 from ollama_meter.records._limit import MAX_QUEUE, MAX_SLOTS
 
@@ -38,95 +46,6 @@ DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
 TRACELOOP_URL = "https://api.traceloop.com"
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """An HTTP header name (RFC 9110 token)."""
-
-
-def normalize_host(value: str) -> str:
-    """Turn ``OLLAMA_HOST`` forms (``0.0.0.0``, ``host:port``, full URLs) into a base URL.
-
-    Mirrors how the Ollama CLI reads the variable: scheme defaults to http and
-    the port to 11434 (443 for https when no port is given).
-    """
-    raw = value.strip()
-    if not raw:
-        raise ValueError("is empty; expected a URL such as http://127.0.0.1:11434")
-    if any(c.isspace() or not c.isprintable() for c in raw):  # urlsplit drops \t \r \n unseen
-        raise ValueError(
-            f"{value!r} has a space, line break or control character in it; expected a URL "
-            "such as http://127.0.0.1:11434"
-        )
-    if "://" not in raw:
-        raw = "http://" + raw
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL such as http://127.0.0.1:11434")
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{value!r} has an invalid port") from exc
-    if port is None:
-        port = 443 if parts.scheme == "https" else 11434
-    host = parts.hostname
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamSpec:
-    """One Ollama server behind the gateway, and how many calls it may run at once."""
-
-    url: str
-    slots: int | None = None
-    """None: no limit in the gateway (Ollama queues what it cannot run)."""
-
-
-def parse_upstreams(value: str, *, slots: int | None = None) -> tuple[UpstreamSpec, ...]:
-    """``url[#slots=N],url...`` (``OMETER_UPSTREAMS``, ``--upstream``) → the servers.
-
-    ``slots`` applies to every server that names no slots of its own.
-    """
-    specs: list[UpstreamSpec] = []
-    for part in (p.strip() for p in value.split(",")):
-        if not part:
-            continue
-        url, _, options = part.partition("#")
-        own = slots
-        if options:
-            name, _, number = options.partition("=")
-            number = number.strip()
-            if name.strip() != "slots" or not (number.isascii() and number.isdigit()):
-                raise ValueError(
-                    f"{part!r}: after # only slots=N is understood, e.g. http://gpu1:11434#slots=4"
-                )
-            own = int(number)
-            if not 1 <= own <= MAX_SLOTS:
-                raise ValueError(f"{part!r}: slots must be between 1 and {MAX_SLOTS:,}")
-        spec = UpstreamSpec(normalize_host(url), own)
-        if any(s.url == spec.url for s in specs):
-            raise ValueError(f"{spec.url} is given twice")
-        specs.append(spec)
-    if not specs:
-        raise ValueError("names no server; expected e.g. http://gpu1:11434,http://gpu2:11434")
-    return tuple(specs)
-
-
-def _credential_problem(text: str, *, public: bool) -> str | None:
-    """Why a key or login cannot be sent as it is, or None."""
-    if any(c in "\r\n" for c in text):
-        return "has a line break in it (read from a file with its line break?); give it on one line"
-    if not (text.isascii() and text.isprintable()):
-        return (
-            "has a character that is not printable ASCII, which the HTTP header or SMTP login "
-            "it goes in cannot carry; give it as issued (letters, digits and punctuation)"
-        )
-    if public and ":" in text:
-        return "has a ':' in it, where Langfuse's login would end it; give the pk-lf-... key alone"
-    return None
-
-
-_PASSWORD = re.compile(r"(://[^:/@]*:).*@")
-"""A database URL's password (``scheme://user:password@``, to the last ``@``: a password may
-hold one), for an error to leave out."""
 
 
 DAY_SECONDS = 86_400
@@ -267,7 +186,7 @@ class Settings(BaseSettings):
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
 
-        said = repr(_PASSWORD.sub(r"\1***@", value.strip()))  # an error reaches logs too
+        said = repr(hide_password(value.strip()))  # an error reaches logs too
         try:
             url = make_url(value.strip())
             port_ok = url.port is None or 0 < url.port < 65536
@@ -362,7 +281,7 @@ class Settings(BaseSettings):
             text = text.strip()  # no header (nor user name) carries a value's surrounding blanks
         if not text:
             return None
-        if problem := _credential_problem(text, public=info.field_name == "langfuse_public_key"):
+        if problem := credential_problem(text, public=info.field_name == "langfuse_public_key"):
             raise ValueError(problem)
         return text
 

@@ -30,7 +30,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from ollama_meter.config import Settings, UpstreamSpec
+from ollama_meter._urls import UpstreamSpec
+from ollama_meter.config import Settings
 from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._json import NotJson, read_json
 from ollama_meter.gateway._queue import Capacity, FairQueue, Grant

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import assume, given, strategies as st
 from starlette.routing import Route
 
-from ollama_meter.config import normalize_host
+from ollama_meter._urls import normalize_host
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway import PASSTHROUGH, GatewayOptions
 from ollama_meter.gateway._hosts import is_local_host
