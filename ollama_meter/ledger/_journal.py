@@ -77,6 +77,7 @@ class Journal:
         self._path: Path | None = None
         self._open: dict[str, bytes] = {}
         self._size = 0
+        self._torn = False  # the file ends in a line cut short (it could not be cut off)
         self._warned = False
         renew_after_fork(self)
 
@@ -93,6 +94,7 @@ class Journal:
         self._fd = self._path = None
         self._open = {}
         self._size = 0
+        self._torn = False
 
     def opened(self, span: SpanRecord, input_estimate: int) -> None:
         """Note a call about to go upstream. Best effort: a failure is logged, never raised."""
@@ -136,18 +138,37 @@ class Journal:
                 self._warn(exc)
 
     def _append(self, data: bytes) -> None:
+        """Append ``data`` whole, or not at all (OSError).
+
+        A write to a full disk fills the file's last block and returns a short count
+        instead of failing: the line would be taken for noted while half of it was, and
+        the next line appended would be glued to that half, both unreadable."""
         if self._fd is None:
             self._start()
-        assert self._fd is not None
-        os.write(self._fd, data)
-        self._size += len(data)
+        fd = self._fd
+        assert fd is not None
+        if self._torn:  # a cut line stayed: end it, so it takes no whole line with it
+            data = b"\n" + data
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(fd, data[done:])
+        except OSError:
+            if done:
+                self._torn = True
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_END) - done)
+                    self._torn = False
+            raise
+        self._torn = False
+        self._size += done
 
     def _start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{os.getpid()}-{os.urandom(4).hex()}.journal"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd, self._path, self._size = fd, path, 0
+        self._fd, self._path, self._size, self._torn = fd, path, 0, False
 
     def _rotate(self) -> None:
         """Start a new file holding only the calls still open, then drop the old one."""
