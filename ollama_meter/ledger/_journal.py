@@ -6,9 +6,11 @@ committed (write-behind) appends the whole span in between, before the answer: a
 process killed after answering leaves that span, which whoever opens the ledger
 next records as it was (not as interrupted). ``kill -9`` keeps what was appended: the
 lines are in the kernel's page cache, not in a buffer of ours. Each process
-holds an exclusive ``flock`` on its own file for as long as it lives; a file
-that can be locked by someone else belongs to a dead process, and its opened
-but never closed calls are the ones whose end is unknown. A line that says no call
+holds an exclusive ``flock`` on its own file for as long as it lives, and
+removes a file it lets go (rewritten, or ended with no call open) before
+unlocking it; a file still at its path that can be locked by someone else
+belongs to a dead process, and its opened but never closed calls are the ones
+whose end is unknown. A line that says no call
 (damaged, or noted by a version of ometer this one cannot read) is kept in the
 quarantine for a human, never dropped unsaid; a field a later version notes is left out.
 
@@ -177,10 +179,12 @@ class Journal:
         self._start()
         for line in self._open.values():
             self._append(line)
-        if old_fd is not None:
-            os.close(old_fd)
+        # Removed while still locked: once let go, a file at its path would look like a dead
+        # process's, and another process recovering would record the calls open in it.
         if old_path is not None:
             old_path.unlink(missing_ok=True)
+        if old_fd is not None:
+            os.close(old_fd)
 
     def _warn(self, exc: OSError) -> None:
         if not self._warned:
@@ -197,9 +201,9 @@ class Journal:
         with self._lock:
             if self._fd is None:
                 return
-            os.close(self._fd)
-            if not self._open and self._path is not None:
+            if not self._open and self._path is not None:  # removed while still locked
                 self._path.unlink(missing_ok=True)
+            os.close(self._fd)
             self._fd = self._path = None
 
     # -- recovery ------------------------------------------------------------------------
@@ -239,6 +243,11 @@ class Journal:
                 except OSError:
                     os.close(fd)
                     continue  # its process is alive
+                if os.fstat(fd).st_nlink == 0:
+                    # Removed since this opened it, by a live process that rewrote it or ended
+                    # well, or by another recovery that recorded it: no dead process's file.
+                    os.close(fd)
+                    continue
                 opened, unreadable = _open_calls(fd)
                 stays: list[bytes] | None = unreadable
                 if finals_only and (unreadable or any(not o.final for o in opened.values())):

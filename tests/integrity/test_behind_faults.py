@@ -5,10 +5,14 @@ process's journal says is what happened."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from pathlib import Path
 
-from ollama_meter.ledger import Ledger, SpanFilter
+import pytest
+
+from ollama_meter.ledger import Ledger, SpanFilter, _journal
 from ollama_meter.ledger._journal import Journal
 from ollama_meter.meter._recovery import recover_interrupted
 from tests._tmpfs import small_tmpfs
@@ -53,3 +57,57 @@ def test_a_journal_line_a_full_disk_cuts_short_is_not_taken_for_written(
         later.id: ("interrupted", 5),
     }
     assert not (ledger.journal.quarantine_dir).exists()
+
+
+@pytest.mark.parametrize("moment", ["asks for its lock", "lists the folder"])
+def test_a_journal_rotating_as_another_process_recovers_is_not_taken_for_a_dead_ones(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """A journal grown past its size is rewritten with its open calls, and the old file let go.
+    Another process recovering then (any ``ometer chat``, a Python client starting) could
+    lock that old file, as it locks a dead process's, and record the calls still open in it:
+    a call in flight was recorded as interrupted, charged an estimate, and its real span,
+    committed later under the same id, was dropped as a duplicate."""
+    monkeypatch.setattr(_journal, "ROTATE_BYTES", 2_000)
+    ledger = Ledger(sqlite_url)  # the other process, sharing the journal folder
+    live = Journal(ledger.journal.directory)  # the gateway's
+    in_flight = make_span()
+    live.opened(in_flight, 5)
+    answered = [make_span() for _ in range(4)]
+    for span in answered:
+        live.opened(span, 3)
+        assert live.finished(span)
+    first = live._fd
+    rotated: list[int] = []
+
+    def rotate() -> None:
+        rotated.append(1)
+        live.closed([span.id for span in answered])  # committed: past 2,000 bytes, a rotation
+
+    real_flock, real_close = fcntl.flock, os.close
+
+    def flock(fd: int, operation: int) -> None:
+        if operation & fcntl.LOCK_NB and not rotated:  # it has the old file open already
+            rotate()
+        real_flock(fd, operation)
+
+    def close(fd: int) -> None:
+        real_close(fd)
+        if fd == first and not rotated:
+            rotated.append(1)
+            assert recover_interrupted(ledger, _no_prices) == 0
+
+    if moment == "asks for its lock":
+        monkeypatch.setattr(_journal.fcntl, "flock", flock)
+        assert recover_interrupted(ledger, _no_prices) == 0
+    else:
+        monkeypatch.setattr(_journal.os, "close", close)
+        live.closed([span.id for span in answered])
+    monkeypatch.undo()
+    assert rotated and live._fd != first
+    assert ledger.count() == 0  # the gateway's calls are its own to record
+    ledger.record([*answered, in_flight])  # its commits
+    live.closed([span.id for span in [*answered, in_flight]])
+    stored = {s.id: s.status for s in ledger.latest(SpanFilter(), 100)}
+    assert stored == {s.id: s.status for s in [*answered, in_flight]}
+    live.close()
