@@ -8,17 +8,35 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import sys
+import threading
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
+from ollama_meter.budgets import Budget
+from ollama_meter.config import load_settings
 from ollama_meter.ledger import Ledger, SpanFilter, _journal
 from ollama_meter.ledger._journal import Journal
+from ollama_meter.ledger.models import ReservationRow
+from ollama_meter.meter import Meter, _behind
+from ollama_meter.meter._behind import WriteBehind
 from ollama_meter.meter._recovery import recover_interrupted
+from ollama_meter.testing import OllamaEmulator
 from tests._tmpfs import small_tmpfs
-from tests.factories import make_span
+from tests.factories import make_span, token_prices
 from tests.integrity.test_disk_full import fill
 from tests.integrity.test_journal_lines import _no_prices
+from tests.integrity.test_write_behind import _opening
+
+
+def leases(ledger: Ledger) -> int:
+    """Budget lease rows in the ledger: what processes hold."""
+    with ledger.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(ReservationRow)).scalar_one())
 
 
 def _as_dead(writer: Journal, ledger: Ledger, name: str) -> Path:
@@ -111,3 +129,61 @@ def test_a_journal_rotating_as_another_process_recovers_is_not_taken_for_a_dead_
     stored = {s.id: s.status for s in ledger.latest(SpanFilter(), 100)}
     assert stored == {s.id: s.status for s in [*answered, in_flight]}
     live.close()
+
+
+def test_a_commit_that_ends_before_its_call_has_closed_settles_the_budget_as_committed(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """The commit thread says where a waiting span went (``call.stored``) and settles the
+    call's budget on it; the closing call then wrote "not yet" over it. A commit quick enough
+    to end first (the closer descheduled, 64 ledger threads) had its budget settled as if the
+    span were not in the ledger: its cost held in the lease for the rest of the period, and
+    the lease never given back. The two steps are put in that order here with trace hooks,
+    not with sleeps."""
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url)
+    meter = Meter.from_settings(settings, source="gateway")
+    meter.ledger.add_price_rule(token_prices("llama3.1:*"))
+    meter.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10**9, currency="USD")
+    )
+    assert meter.budgets is not None
+    meter.budgets.reload_soon()
+    settling, closed = threading.Event(), threading.Event()
+
+    def in_commit_thread(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code is _behind.settle.__code__:
+            settling.set()  # the span is committed and call.stored says so: hold it here
+            assert closed.wait(10)
+
+    def in_closer(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "call" and frame.f_code is WriteBehind.put.__code__:
+            return after_put
+        return None
+
+    def after_put(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "return":
+            assert settling.wait(10)  # the commit ended before this close does
+        return after_put
+
+    threading.settrace(in_commit_thread)  # type: ignore[arg-type]
+    try:
+        behind = WriteBehind(meter)
+    finally:
+        threading.settrace(None)  # type: ignore[arg-type]
+    try:
+        call = meter.open(_opening())
+        call.prompt_text = "hello"
+        sys.settrace(in_closer)
+        try:
+            assert meter.close_now(call)
+        finally:
+            sys.settrace(None)
+            closed.set()
+        assert call.span.cost_total > 0
+        assert behind.settle(10)
+        assert call.stored == "committed"
+        meter.budgets.close()
+        assert leases(meter.ledger) == 0  # nothing held once the gateway stops
+    finally:
+        closed.set()
+        behind.stop(10)
