@@ -187,3 +187,45 @@ def test_a_commit_that_ends_before_its_call_has_closed_settles_the_budget_as_com
     finally:
         closed.set()
         behind.stop(10)
+
+
+def test_calls_closing_on_threads_at_once_never_wait_past_the_bound(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """A call closing on one of the gateway's 64 ledger threads asked for room, then queued
+    its span once priced and seen by the hooks: threads that all asked before any queued all
+    got in, so up to 64 more spans (each with its prompt, up to the 32 MiB a body may have)
+    waited than the bound allows. A hook that waits for all three puts them in that order."""
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url)
+    meter = Meter.from_settings(settings, source="gateway")
+    behind = WriteBehind(meter, most=1)
+    blocker = threading.Event()
+    commit = behind._commit
+    behind._commit = lambda calls: (blocker.wait(30), commit(calls))  # type: ignore[method-assign]
+    together = threading.Barrier(3, timeout=10)
+
+    class AllAsked:
+        def on_start(self, span: object) -> None:
+            pass
+
+        def on_end(self, span: object) -> None:
+            together.wait()  # each close asked for room before this
+
+    meter.observers.append(AllAsked())
+    try:
+        calls = [meter.open(_opening()) for _ in range(3)]
+        for call in calls:
+            meter.sending(call)
+        closers = [threading.Thread(target=meter.close, args=(call,)) for call in calls]
+        for closer in closers:
+            closer.start()
+        for closer in closers:  # one queued its span, two committed their own
+            closer.join(30)
+        assert sorted(call.behind for call in calls) == [False, False, True]
+        blocker.set()
+        assert behind.settle(30)
+        assert [call.stored for call in calls] == ["committed"] * 3
+        assert meter.ledger.count() == 3
+    finally:
+        blocker.set()
+        behind.stop(30)
