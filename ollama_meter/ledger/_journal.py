@@ -6,9 +6,11 @@ committed (write-behind) appends the whole span in between, before the answer: a
 process killed after answering leaves that span, which whoever opens the ledger
 next records as it was (not as interrupted). ``kill -9`` keeps what was appended: the
 lines are in the kernel's page cache, not in a buffer of ours. Each process
-holds an exclusive ``flock`` on its own file for as long as it lives; a file
-that can be locked by someone else belongs to a dead process, and its opened
-but never closed calls are the ones whose end is unknown. A line that says no call
+holds an exclusive ``flock`` on its own file for as long as it lives, and
+removes a file it lets go (rewritten, or ended with no call open) before
+unlocking it; a file still at its path that can be locked by someone else
+belongs to a dead process, and its opened but never closed calls are the ones
+whose end is unknown. A line that says no call
 (damaged, or noted by a version of ometer this one cannot read) is kept in the
 quarantine for a human, never dropped unsaid; a field a later version notes is left out.
 
@@ -77,6 +79,7 @@ class Journal:
         self._path: Path | None = None
         self._open: dict[str, bytes] = {}
         self._size = 0
+        self._torn = False  # the file ends in a line cut short (it could not be cut off)
         self._warned = False
         renew_after_fork(self)
 
@@ -93,6 +96,7 @@ class Journal:
         self._fd = self._path = None
         self._open = {}
         self._size = 0
+        self._torn = False
 
     def opened(self, span: SpanRecord, input_estimate: int) -> None:
         """Note a call about to go upstream. Best effort: a failure is logged, never raised."""
@@ -136,18 +140,37 @@ class Journal:
                 self._warn(exc)
 
     def _append(self, data: bytes) -> None:
+        """Append ``data`` whole, or not at all (OSError).
+
+        A write to a full disk fills the file's last block and returns a short count
+        instead of failing: the line would be taken for noted while half of it was, and
+        the next line appended would be glued to that half, both unreadable."""
         if self._fd is None:
             self._start()
-        assert self._fd is not None
-        os.write(self._fd, data)
-        self._size += len(data)
+        fd = self._fd
+        assert fd is not None
+        if self._torn:  # a cut line stayed: end it, so it takes no whole line with it
+            data = b"\n" + data
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(fd, data[done:])
+        except OSError:
+            if done:
+                self._torn = True
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_END) - done)
+                    self._torn = False
+            raise
+        self._torn = False
+        self._size += done
 
     def _start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{os.getpid()}-{os.urandom(4).hex()}.journal"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
-        self._fd, self._path, self._size = fd, path, 0
+        self._fd, self._path, self._size, self._torn = fd, path, 0, False
 
     def _rotate(self) -> None:
         """Start a new file holding only the calls still open, then drop the old one."""
@@ -156,10 +179,12 @@ class Journal:
         self._start()
         for line in self._open.values():
             self._append(line)
-        if old_fd is not None:
-            os.close(old_fd)
+        # Removed while still locked: once let go, a file at its path would look like a dead
+        # process's, and another process recovering would record the calls open in it.
         if old_path is not None:
             old_path.unlink(missing_ok=True)
+        if old_fd is not None:
+            os.close(old_fd)
 
     def _warn(self, exc: OSError) -> None:
         if not self._warned:
@@ -176,9 +201,9 @@ class Journal:
         with self._lock:
             if self._fd is None:
                 return
-            os.close(self._fd)
-            if not self._open and self._path is not None:
+            if not self._open and self._path is not None:  # removed while still locked
                 self._path.unlink(missing_ok=True)
+            os.close(self._fd)
             self._fd = self._path = None
 
     # -- recovery ------------------------------------------------------------------------
@@ -218,6 +243,11 @@ class Journal:
                 except OSError:
                     os.close(fd)
                     continue  # its process is alive
+                if os.fstat(fd).st_nlink == 0:
+                    # Removed since this opened it, by a live process that rewrote it or ended
+                    # well, or by another recovery that recorded it: no dead process's file.
+                    os.close(fd)
+                    continue
                 opened, unreadable = _open_calls(fd)
                 stays: list[bytes] | None = unreadable
                 if finals_only and (unreadable or any(not o.final for o in opened.values())):

@@ -76,20 +76,28 @@ class WriteBehind:
         """Whether ``call``'s span may wait for its commit: the journal noted the call (one
         that never reached Ollama was not), fewer than the most wait, and none waits in
         memory for the database."""
-        fits = self._held < self._most and self._bytes < self._most_bytes
         ledger = self._meter.ledger
         return (
-            fits and not self._stopping and not ledger.held and ledger.journal.noted(call.span.id)
+            self._fits()
+            and not self._stopping
+            and not ledger.held
+            and ledger.journal.noted(call.span.id)
         )
+
+    def _fits(self) -> bool:
+        return self._held < self._most and self._bytes < self._most_bytes
 
     def put(self, span: SpanRecord, call: MeteredCall, *, here: bool = False) -> bool:
         """Note ``span`` whole in the journal and queue it for its commit (:meth:`room` said
         there is room); False when the caller must commit it itself: the journal cannot be
-        written, or this has stopped. ``here``: the caller cannot commit (an event loop),
-        so the span waits even then (a journal that failed just now, a stop just begun)."""
+        written, this has stopped, or other threads took the room since. ``here``: the
+        caller cannot commit (an event loop), so the span waits even then (a journal that
+        failed just now, a stop just begun)."""
         with self._turn:
+            if not here and (self._stopping or not self._fits()):
+                return False  # asked before others queued: the room is theirs now
             noted = self._meter.ledger.journal.finished(span)
-            if not here and (self._stopping or not noted):
+            if not here and not noted:
                 return False
             self._waiting.append((span, call))
             self._held += 1

@@ -342,8 +342,8 @@ class Meter:
             self._hidden.past_bound(span, call.bound)
         if call.reservation is not None and self.budgets is not None:  # held until settled
             self.budgets.ended(call.reservation, span.cost_total)
-        try:
-            call.stored = self._record(span, storable=True, call=call, behind=behind, here=here)
+        try:  # it says where the span went in call.stored (the commit thread, if it waits)
+            self._record(span, storable=True, call=call, behind=behind, here=here)
         finally:
             if self.budgets is not None and not call.behind:
                 settle(self.budgets, call, self.failures)
@@ -377,13 +377,16 @@ class Meter:
             make_storable(span)
         queue = self.behind
         if call is not None and behind and queue is not None and queue.put(span, call, here=here):
-            stored = None  # whole in the journal: committed once the call has answered
-        elif away is None:
-            stored = self.writer.write(span)
-        else:  # the ledger was found away just now: not a second wait for it
-            stored = self.ledger.keep([span], away)[span.id]
-        if call is not None:
-            call.stored = stored
+            # Whole in the journal, committed once the call has answered: the commit thread
+            # says where it went (call.stored), maybe before this line; never overwritten.
+            stored = None
+        else:
+            if away is None:
+                stored = self.writer.write(span)
+            else:  # the ledger was found away just now: not a second wait for it
+                stored = self.ledger.keep([span], away)[span.id]
+            if call is not None:
+                call.stored = stored
         if stopped is not None:
             raise stopped
         return stored
