@@ -606,3 +606,32 @@ def test_the_cli_takes_a_fixed_cost_in_the_currencys_own_unit(
         )
     else:
         assert refused.code == 0, refused.stderr
+
+
+def test_a_month_not_cut_on_a_minute_counts_the_hosts_the_raw_spans_do(db_url: str) -> None:
+    """Until 1972 Monrovia was UTC-0:44:30, so its months began at 00:44:30 UTC, inside a
+    minute. Busy rollups are per minute: a host whose only call ended at 00:44:15, before
+    March began there, was counted as a host of March (two hosts of capacity where the raw
+    spans have one), and the idle row billed for a GPU that did nothing that month."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.ledger import raw_spans
+
+    ledger = Ledger(db_url, zone="Africa/Monrovia")
+    before = datetime(1971, 3, 1, 0, 44, 5, tzinfo=UTC)  # 23:59:35 on 28 February, local
+    ledger.record(
+        [
+            span("sales", before, 10, 1, host="http://gpu1:11434"),
+            span("sales", before + timedelta(hours=1), 10, 1, host="http://gpu2:11434"),
+        ]
+    )
+    options: dict[str, Any] = {
+        "tz": ZoneInfo("Africa/Monrovia"), "now": NOW, "currency": "USD",
+        "fixed_cost": Decimal("3100.00"), "idle": "separate",
+    }  # fmt: skip
+    result = chargeback(ledger, "1971-03", **options)
+    with raw_spans():
+        expected = chargeback(ledger, "1971-03", **options)
+    assert result.capacity_ns == expected.capacity_ns == 31 * 86_400 * SEC
+    assert (result.rows, result.busy_ns) == (expected.rows, expected.busy_ns)
+    assert result.busy_ns == 10 * SEC
