@@ -299,13 +299,17 @@ class Settings(BaseSettings):
 
     @field_validator("fixed_monthly_cost", mode="before")
     @classmethod
-    def _fixed_cost(cls, value: object) -> object:
-        from ollama_meter.records import MAX_AMOUNT, parse_amount
+    def _fixed_cost(cls, value: object, info: ValidationInfo) -> object:
+        from ollama_meter.records import MAX_AMOUNT, minor_places, parse_amount
 
         if value is None or value == "":
             return None
         given = value if isinstance(value, str | int | Decimal) else str(value)
-        return parse_amount(given, what="the value", limit=MAX_AMOUNT, places=2)
+        # In the currency's smallest amount (2 places for USD, 0 for JPY, 3 for KWD): the bill
+        # splits it in those, and cannot split 333.34 yen. A bad currency is its own error.
+        currency = info.data.get("currency", "USD")
+        places = minor_places(currency)
+        return parse_amount(given, what="the value", limit=MAX_AMOUNT, places=places)
 
     @property
     def telemetry_configured(self) -> bool:

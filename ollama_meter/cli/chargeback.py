@@ -15,7 +15,7 @@ from ollama_meter.cli._common import (
 )
 from ollama_meter.cli._console import err, shown
 from ollama_meter.errors import ValidationError
-from ollama_meter.records import MAX_AMOUNT, parse_amount
+from ollama_meter.records import MAX_AMOUNT, minor_places, parse_amount
 from ollama_meter.reports import IdleMode
 
 
@@ -56,7 +56,12 @@ def chargeback_command(
     amount = cfg.fixed_monthly_cost
     if fixed_cost is not None:
         try:
-            amount = parse_amount(fixed_cost, what="--fixed-cost", limit=MAX_AMOUNT, places=2)
+            amount = parse_amount(
+                fixed_cost,
+                what="--fixed-cost",
+                limit=MAX_AMOUNT,
+                places=minor_places(cfg.currency),  # cents; yen; fils, a thousandth of a dinar
+            )
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
     result = chargeback(

@@ -214,18 +214,28 @@ def busy_union(
             if busy or calls:
                 hosts.add(host)
                 busy_us += busy
-    # Minutes the window only partly covers (never at a local midnight): clip.
+    # Minutes the window only partly covers (only where a local midnight is not on a minute,
+    # as in Monrovia until 1972): clip their intervals. A minute's row says a call started in
+    # it, not whether before or after the edge: the hosts of calls that started inside come
+    # from the spans (a host whose only call ended before the window is none of its hosts).
     partial = {
         cell for cell, inside in ((first, first == lo), (inner_hi, inner_hi == hi)) if not inside
     }
     for cell in sorted(partial):
         query = select(c.host, c.intervals).where(c.start == cell // 10**6)
         for host, intervals in conn.execute(query):
-            hosts.add(host)
             clipped = [
                 (max(a + cell, lo), min(b + cell, hi)) for a, b in parse_intervals(intervals)
             ]
-            busy_us += sum(b - a for a, b in clipped if b > a)
+            busy = sum(b - a for a, b in clipped if b > a)
+            if busy:
+                hosts.add(host)
+                busy_us += busy
+        started = select(SpanRow.upstream_host).where(
+            SpanRow.started_at >= from_us(max(cell, lo)),
+            SpanRow.started_at < from_us(min(cell + BUSY_US, hi)),
+        )
+        hosts.update(conn.execute(started.distinct()).scalars())
     return busy_us * 1000, len(hosts)
 
 

@@ -19,12 +19,13 @@ charge_load = true
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.periods import parse_day
-from ollama_meter.records import PRICE_FIELDS, PriceRule, known_currency, parse_amount
+from ollama_meter.records import PRICE_FIELDS, PriceRule, known_currency, parse_amount, pattern_key
 from ollama_meter.records._money import TOO_LONG, exact_number
 
 _KNOWN = {"model", "pattern", "currency", "charge_load", "from", "until", *PRICE_FIELDS}
@@ -95,4 +96,23 @@ def parse_pricing_toml(
             )
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
+    _refuse_shadowed(rules)
     return rules
+
+
+def _refuse_shadowed(rules: list[PriceRule]) -> None:
+    """Refuse two rules for one pattern (in any spelling) over the same dates that price
+    differently: only one rule prices a call, so the earlier would never apply. A token
+    price and a GPU-hour price in two tables look like one price of both; they were not."""
+    seen: dict[tuple[str, object, object], int] = {}
+    for number, rule in enumerate(rules, start=1):
+        key = (pattern_key(rule.pattern), rule.effective_from, rule.effective_until)
+        earlier = seen.setdefault(key, number)
+        if earlier != number and not replace(rules[earlier - 1], pattern=rule.pattern).same_as(
+            rule
+        ):
+            raise ValueError(
+                f"rule {number}: prices {rule.pattern!r} on the same dates as rule {earlier}, "
+                f"so rule {earlier} would never apply (one rule prices a call); put their "
+                "prices in one rule, or give the newer price a later `from`"
+            )

@@ -192,6 +192,28 @@ def known_currency(text: object, *, what: str = "currency") -> str:
     return code
 
 
+MICRO_PLACES = 6
+"""Decimal places of a micro-unit, the finest amount the ledger keeps."""
+
+
+def minor_places(code: str) -> int:
+    """Decimal places of the smallest unit of currency ``code``, as ISO 4217 lists it: 2 for
+    USD and EUR (a cent), 0 for JPY and ISK, 3 for KWD and BHD (a fils), 4 for CLF. A code
+    ISO lists with no minor unit (gold, XDR) is counted in micro-units; a code ISO does not
+    list (one an earlier ometer took) in hundredths, as every bill was before."""
+    if code in ("USD", "EUR"):  # the usual ones need no list loaded
+        return 2
+    exponent = _iso_exponents().get(code, 2)
+    return MICRO_PLACES if exponent is None else min(exponent, MICRO_PLACES)
+
+
+@functools.cache
+def _iso_exponents() -> dict[str, int | None]:
+    from iso4217 import Currency
+
+    return {c.code: c.exponent for c in Currency}
+
+
 @functools.cache
 def _iso_4217() -> frozenset[str]:
     from iso4217 import Currency  # parses its XML when imported: only where a code is typed

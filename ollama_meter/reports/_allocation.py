@@ -1,4 +1,4 @@
-"""Pure arithmetic for chargeback: busy time without double counting, and exact cent splits."""
+"""Pure arithmetic for chargeback: busy time without double counting, and exact splits of money."""
 
 from __future__ import annotations
 
@@ -27,10 +27,10 @@ def union_length(intervals: Iterable[tuple[int, int]]) -> int:
 def allocate(
     total: int, weights: Mapping[K, int], *, order: Iterable[K] | None = None
 ) -> dict[K, int]:
-    """Split ``total`` (integer cents) in proportion to ``weights``, summing exactly to ``total``.
+    """Split ``total`` (integer smallest units: cents, yen) in proportion to ``weights``, summing exactly to ``total``.
 
     Largest remainder: everyone gets the floor of their exact share, and the
-    cents left over go to the largest remainders, ties to the earlier key in
+    units left over go to the largest remainders, ties to the earlier key in
     ``order`` (default: sorted keys), so the result never depends on row order.
     Weights must be non-negative and not all zero.
     """

@@ -4,7 +4,8 @@ A fixed monthly cost (amortised servers, power, admin) is spread by GPU busy
 time. Capacity is the month's length times GPUs per upstream host; busy time is
 the union of the calls' busy intervals per host inside the month (kept per
 minute in the rollups), so parallel calls do not count twice. Idle capacity is either shared in proportion (``share``) or shown as its
-own ``__idle__`` row (``separate``). Shares are whole cents that add up exactly.
+own ``__idle__`` row (``separate``). Shares are whole units of the currency's smallest
+unit (cents; yen; fils, a thousandth of a dinar) that add up exactly.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from zoneinfo import ZoneInfo
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, SpanFilter, SpendSums
 from ollama_meter.periods import Window, parse_period
-from ollama_meter.records import MAX_AMOUNT, Micros, check_amount
+from ollama_meter.records import MAX_AMOUNT, MICRO_PLACES, Micros, check_amount, minor_places
 from ollama_meter.reports._allocation import allocate
 from ollama_meter.reports._choices import IDLE, IDLE_MODES
 from ollama_meter.reports._rows import CHARGEBACK_COLUMNS, ChargebackRow
 from ollama_meter.reports._spend import gpu_seconds
 
 COLUMNS = CHARGEBACK_COLUMNS
-_CENT_IN_MICROS = 10_000
 
 
 @dataclass
@@ -49,8 +49,9 @@ def parse_month(text: str, *, tz: ZoneInfo, now: datetime) -> Window:
     return parse_period(text, tz=tz, now=now, what="--month")
 
 
-def fixed_cost_cents(amount: Decimal) -> int:
-    """The fixed cost in whole cents; more precision than cents is refused, not rounded.
+def fixed_cost_units(amount: Decimal, currency: str) -> int:
+    """The fixed cost in whole units of ``currency``'s smallest unit (cents, yen, fils); an
+    amount finer than that is refused, not rounded: no one can pay 333.34 yen.
 
     Bounded as the CLI and the settings bound it: chargeback() is the library's too, and a
     NaN, an infinity or a cost past :data:`MAX_AMOUNT` is no fixed cost."""
@@ -58,10 +59,18 @@ def fixed_cost_cents(amount: Decimal) -> int:
         check_amount(amount.copy_abs(), what="fixed cost", limit=MAX_AMOUNT)
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
-    cents = amount * 100
-    if amount < 0 or cents != cents.to_integral_value():
-        raise ValidationError(f"fixed cost {amount} must be a non-negative amount in whole cents")
-    return int(cents)
+    if amount < 0:
+        raise ValidationError(f"fixed cost {amount} must not be negative")
+    places = minor_places(currency)
+    units = amount.scaleb(places)
+    if units != units.to_integral_value():
+        smallest = "a cent" if places == 2 else f"{Decimal(1).scaleb(-places)} {currency}"
+        to = f"{places} decimal places" if places else "a whole number"
+        raise ValidationError(
+            f"fixed cost {amount} {currency} is finer than {smallest}, the smallest amount of "
+            f"{currency}: round it to {to}"
+        )
+    return int(units)
 
 
 def chargeback(
@@ -95,7 +104,7 @@ def chargeback(
         weights[(tenant, department)] += group.gpu_ns
     fixed: dict[tuple[str, str, str], int] = {}
     if fixed_cost is not None:
-        cents = fixed_cost_cents(fixed_cost)
+        units = fixed_cost_units(fixed_cost, currency)
         busy, hosts = ledger.busy(window.start, window.end)
         capacity = (
             int((window.end - window.start) / timedelta(microseconds=1))
@@ -105,13 +114,14 @@ def chargeback(
         )
         busy = min(busy, capacity)
         result.capacity_ns, result.busy_ns = capacity, busy
-        shares = _fixed_shares(cents, weights, idle=idle, busy=busy, capacity=capacity)
+        shares = _fixed_shares(units, weights, idle=idle, busy=busy, capacity=capacity)
         for (tenant, department), share in shares.items():
             fixed[(tenant, department, currency)] = share
     for key in sorted({*usage, *fixed}, key=lambda k: (k[0] == IDLE, k)):
         tenant, department, in_currency = key
         sums = usage.get(key)
-        cents = fixed.get(key, 0)
+        share = fixed.get(key, 0)
+        places = minor_places(in_currency)
         cost = Micros(sums.cost if sums else 0)
         result.rows.append(
             ChargebackRow(
@@ -123,8 +133,8 @@ def chargeback(
                 output_tokens=sums.output_tokens if sums else 0,
                 gpu_seconds=gpu_seconds(sums.gpu_ns if sums else 0),
                 usage_cost=cost,
-                fixed_cost_share=Decimal(cents).scaleb(-2),
-                total_cost=cost + cents * _CENT_IN_MICROS,
+                fixed_cost_share=Decimal(share).scaleb(-places),
+                total_cost=cost + share * 10 ** (MICRO_PLACES - places),
                 currency=in_currency,
                 unpriced_requests=sums.unpriced_requests if sums else 0,
             )
@@ -155,15 +165,15 @@ def _unpriced_warning(rows: list[ChargebackRow]) -> str | None:
 
 
 def _fixed_shares(
-    cents: int, weights: dict[tuple[str, str], int], *, idle: str, busy: int, capacity: int
+    units: int, weights: dict[tuple[str, str], int], *, idle: str, busy: int, capacity: int
 ) -> dict[tuple[str, str], int]:
-    """Cents per (tenant, department), plus ``(IDLE, IDLE)`` when idle is separate or nobody was busy."""
+    """Smallest units of the currency per (tenant, department), plus ``(IDLE, IDLE)`` when idle is separate or nobody was busy."""
     used = {key: w for key, w in weights.items() if w > 0}
     total_weight = sum(used.values())
     if total_weight == 0:
-        return {(IDLE, IDLE): cents}
+        return {(IDLE, IDLE): units}
     if idle == "share":
-        return allocate(cents, used)
+        return allocate(units, used)
     # Busy capacity goes to departments by their busy seconds; idle capacity to its own row.
     # Integer weights keep the split exact: idle * sum(w) against busy * w_i.
     scaled = {key: busy * w for key, w in used.items()}
@@ -171,6 +181,6 @@ def _fixed_shares(
     order = [*sorted(used), (IDLE, IDLE)]
     return {
         key: share
-        for key, share in allocate(cents, scaled, order=order).items()
+        for key, share in allocate(units, scaled, order=order).items()
         if key in used or share
     }

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 
 from ollama_meter.periods import TIME_UNITS, bucket_bounds
-from ollama_meter.records import Micros, format_micros
+from ollama_meter.records import Micros, format_micros, minor_places
 from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS, Chargeback
 from ollama_meter.reports._charts import (
     WIDE,
@@ -266,7 +266,9 @@ def render_chargeback_html(
             "output_tokens": sum(r.output_tokens for r in rows),
             "gpu_seconds": sum((r.gpu_seconds for r in rows), Decimal(0)),
             "usage_cost": sum((r.usage_cost for r in rows), Micros(0)),
-            "fixed_cost_share": sum((r.fixed_cost_share for r in rows), Decimal("0.00")),
+            "fixed_cost_share": sum(
+                (r.fixed_cost_share for r in rows), Decimal(0).scaleb(-minor_places(currency))
+            ),  # with the rows' places: 1000 JPY, not 1000.00
             "total_cost": sum((r.total_cost for r in rows), Micros(0)),
             "currency": currency,
         }

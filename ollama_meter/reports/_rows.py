@@ -127,7 +127,8 @@ class ChargebackRow(Row):
     gpu_seconds: Decimal
     usage_cost: Micros
     fixed_cost_share: Decimal
-    """Whole cents of the fixed monthly cost, as an amount (``12.34``)."""
+    """Whole smallest units of the currency (cents, yen, fils) of the fixed monthly cost, as
+    an amount with the currency's places (``12.34`` USD, ``1234`` JPY, ``1.234`` KWD)."""
     total_cost: Micros
     currency: str
     labels: tuple[tuple[str, str], ...] = ()

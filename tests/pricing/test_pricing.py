@@ -292,6 +292,47 @@ def test_a_toml_rule_names_its_models_once(fields: str) -> None:
         parse_pricing_toml(f"[[rule]]\n{fields}\ninput_per_1m = 1\n", default_currency="USD")
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ('model = "llama3.1:*"\ninput_per_1m = 0.15', 'model = "llama3.1:*"\ngpu_hour = 2.40'),
+        (
+            'model = "llama3.1"\ninput_per_1m = 1',
+            'model = "library/llama3.1:latest"\ninput_per_1m = 2',
+        ),
+        (
+            'model = "qwen2.5:*"\ninput_per_1m = 1\nfrom = 2026-12-01\nuntil = 2027-01-01',
+            'pattern = "qwen2.5:*"\ninput_per_1m = 1\ncurrency = "EUR"\nfrom = "2026-12-01"\nuntil = 2027-01-01',
+        ),
+    ],
+)
+def test_a_file_that_prices_a_pattern_twice_on_the_same_dates_is_refused(
+    first: str, second: str
+) -> None:
+    """Only one rule prices a call: a token price and a GPU-hour price for 'llama3.1:*' in
+    two [[rule]] tables with the same dates were taken without a word, and every call paid
+    the second alone (the token price never applied, on any day)."""
+    text = f"[[rule]]\n{first}\n\n[[rule]]\n{second}\n"
+    with pytest.raises(ValueError) as raised:
+        parse_pricing_toml(text, default_currency="USD")
+    message = str(raised.value)
+    assert message.startswith("rule 2: prices ") and "rule 1" in message, message
+    assert "one rule" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        'model = "llama3.1:*"\ninput_per_1m = 0.15',  # the same rule twice: it prices alike
+        'model = "llama3.1:*"\ninput_per_1m = 0.20\nfrom = 2026-12-01',  # a price change
+        'model = "llama3.1:8b"\ninput_per_1m = 0.20',  # a more specific pattern
+    ],
+)
+def test_a_file_may_change_a_price_from_a_date_or_name_a_narrower_pattern(second: str) -> None:
+    text = f'[[rule]]\nmodel = "llama3.1:*"\ninput_per_1m = 0.15\n\n[[rule]]\n{second}\n'
+    assert len(parse_pricing_toml(text, default_currency="USD")) == 2
+
+
 def test_toml_rules_are_exact_and_validated() -> None:
     text = """
 currency = "EUR"

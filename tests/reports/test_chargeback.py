@@ -215,8 +215,8 @@ def test_month_not_over_warns_and_bad_input_is_refused(ledger: Ledger) -> None:
     )
     assert early.warnings == ["2026-11 is not over yet; these figures will still change"]
     for kwargs, message in [
-        ({"fixed_cost": Decimal("10.001")}, "whole cents"),
-        ({"fixed_cost": Decimal("-1")}, "whole cents"),
+        ({"fixed_cost": Decimal("10.001")}, "finer than a cent"),
+        ({"fixed_cost": Decimal("-1")}, "must not be negative"),
         ({"idle": "ignore"}, "not one of"),
         ({"gpus": 0}, "at least 1"),
     ]:
@@ -492,3 +492,146 @@ def test_the_csv_the_json_and_the_spans_tell_one_bill_whatever_the_order(
             if r["currency"] == "USD" and Decimal(r["fixed_cost_share"])
         }
         assert got == {k: v for k, v in expected.items() if v}
+
+
+_MINOR = {"JPY": 0, "ISK": 0, "KWD": 3, "BHD": 3, "USD": 2, "EUR": 2, "CLF": 4, "XAU": 6}
+"""Places of each currency's smallest unit (ISO 4217; gold has none: the ledger's micro-unit)."""
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    currency=st.sampled_from(sorted(_MINOR)),
+    units=st.integers(0, 10**12),
+    busy=st.lists(st.integers(1, 10**6), min_size=1, max_size=5),
+    idle=st.sampled_from(["share", "separate"]),
+)
+@example(currency="JPY", units=1000, busy=[1, 1, 1], idle="share")
+@example(currency="KWD", units=100_005, busy=[1, 1, 1], idle="share")
+def test_the_fixed_cost_is_split_in_the_smallest_unit_of_its_currency(
+    tmp_path_factory: pytest.TempPathFactory,
+    currency: str,
+    units: int,
+    busy: list[int],
+    idle: str,
+) -> None:
+    """A yen has no cents and a Kuwaiti dinar has 1,000 fils: a 1,000 JPY fixed cost was
+    billed as 333.34 + 333.33 + 333.33 yen, amounts no one can pay, and 100.005 KWD was
+    refused as "not in whole cents". Shares are whole units of the currency's own minor
+    unit, shown with its places, and still add up to exactly the fixed cost."""
+    from zoneinfo import ZoneInfo
+
+    places = _MINOR[currency]
+    if units > 10**12 // 10**places * 10**places:
+        units //= 10**places  # within the largest fixed cost, a trillion units
+    ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('cb') / 'ledger.db'}")
+    at = datetime(2026, 11, 3, 9, tzinfo=UTC)
+    ledger.record(
+        [
+            span(f"d{n}", at, seconds, seconds * 7, currency=currency)
+            for n, seconds in enumerate(busy)
+        ]
+    )
+    fixed = Decimal(units).scaleb(-places)
+    result = chargeback(
+        ledger, "2026-11", tz=ZoneInfo("UTC"), now=NOW, currency=currency, fixed_cost=fixed,
+        idle=idle,
+    )  # fmt: skip
+    ledger.dispose()
+    shares = [row.fixed_cost_share for row in result.rows]
+    assert all(s.as_tuple().exponent == -places for s in shares), shares
+    assert sum(shares, Decimal(0)) == fixed
+    for row in result.rows:
+        assert row.total_cost == row.usage_cost + int(row.fixed_cost_share.scaleb(6))
+    text = to_csv(CHARGEBACK_COLUMNS, result.rows)
+    assert [Decimal(r["fixed_cost_share"]) for r in rows_of(text)] == shares
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount", "says"),
+    [
+        ("JPY", "1000.5", "fixed cost 1000.5 JPY is finer than 1 JPY"),
+        ("USD", "10.001", "fixed cost 10.001 USD is finer than a cent"),
+        ("KWD", "1.0001", "fixed cost 1.0001 KWD is finer than 0.001 KWD"),
+    ],
+)
+def test_a_fixed_cost_finer_than_its_currency_is_refused_saying_so(
+    ledger: Ledger, currency: str, amount: str, says: str
+) -> None:
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.errors import ValidationError
+
+    with pytest.raises(ValidationError) as raised:
+        chargeback(
+            ledger, "2026-11", tz=ZoneInfo("UTC"), now=NOW, currency=currency,
+            fixed_cost=Decimal(amount),
+        )  # fmt: skip
+    assert str(raised.value).startswith(says), str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount", "shares"),
+    [("KWD", "0.007", ["0.002", "0.002", "0.003"]), ("JPY", "7", ["2", "2", "3"])],
+)
+@pytest.mark.parametrize("finer", ["0.0071", "7.5"])
+def test_the_cli_takes_a_fixed_cost_in_the_currencys_own_unit(
+    cli,
+    ledger: Ledger,
+    monkeypatch: pytest.MonkeyPatch,
+    currency: str,
+    amount: str,
+    shares: list[str],
+    finer: str,
+) -> None:  # type: ignore[no-untyped-def]
+    """--fixed-cost and OMETER_FIXED_MONTHLY_COST took at most two decimals whatever the
+    currency: 0.007 KWD (7 fils) was refused."""
+    monkeypatch.setenv("OMETER_DB_URL", ledger.url)
+    monkeypatch.setenv("OMETER_CURRENCY", currency)
+    monkeypatch.setenv("OMETER_TIMEZONE", "UTC")
+    by_flag = cli("chargeback", "--month", "2026-11", "--fixed-cost", amount)
+    assert by_flag.code == 0, by_flag.stderr
+    billed = [r for r in rows_of(by_flag.stdout) if r["currency"] == currency]
+    assert [r["fixed_cost_share"] for r in billed] == shares
+    monkeypatch.setenv("OMETER_FIXED_MONTHLY_COST", amount)
+    by_setting = cli("chargeback", "--month", "2026-11")
+    assert by_setting.code == 0, by_setting.stderr
+    assert by_setting.stdout == by_flag.stdout
+    refused = cli("chargeback", "--month", "2026-11", "--fixed-cost", finer)
+    places = {"KWD": 3, "JPY": 0}[currency]
+    if len(finer.partition(".")[2]) > places:
+        assert refused.code == 2, refused.stdout
+        assert refused.stderr.strip() == (
+            f"error: --fixed-cost {finer} has more than {places} decimal places"
+        )
+    else:
+        assert refused.code == 0, refused.stderr
+
+
+def test_a_month_not_cut_on_a_minute_counts_the_hosts_the_raw_spans_do(db_url: str) -> None:
+    """Until 1972 Monrovia was UTC-0:44:30, so its months began at 00:44:30 UTC, inside a
+    minute. Busy rollups are per minute: a host whose only call ended at 00:44:15, before
+    March began there, was counted as a host of March (two hosts of capacity where the raw
+    spans have one), and the idle row billed for a GPU that did nothing that month."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.ledger import raw_spans
+
+    ledger = Ledger(db_url, zone="Africa/Monrovia")
+    before = datetime(1971, 3, 1, 0, 44, 5, tzinfo=UTC)  # 23:59:35 on 28 February, local
+    ledger.record(
+        [
+            span("sales", before, 10, 1, host="http://gpu1:11434"),
+            span("sales", before + timedelta(hours=1), 10, 1, host="http://gpu2:11434"),
+        ]
+    )
+    options: dict[str, Any] = {
+        "tz": ZoneInfo("Africa/Monrovia"), "now": NOW, "currency": "USD",
+        "fixed_cost": Decimal("3100.00"), "idle": "separate",
+    }  # fmt: skip
+    result = chargeback(ledger, "1971-03", **options)
+    with raw_spans():
+        expected = chargeback(ledger, "1971-03", **options)
+    assert result.capacity_ns == expected.capacity_ns == 31 * 86_400 * SEC
+    assert (result.rows, result.busy_ns) == (expected.rows, expected.busy_ns)
+    assert result.busy_ns == 10 * SEC

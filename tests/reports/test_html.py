@@ -161,6 +161,21 @@ def test_chargeback_file_has_exactly_the_csv(ledger: Ledger) -> None:
     assert "GPU capacity used" in page
 
 
+@pytest.mark.parametrize(("currency", "total"), [("JPY", "1000"), ("KWD", "1000.000")])
+def test_a_bills_total_line_has_its_currencys_places(
+    ledger: Ledger, currency: str, total: str
+) -> None:
+    """The rows' shares are whole yen ('334'), but their total line read '1000.00' yen."""
+    result = chargeback(
+        ledger, "2026-10", tz=UTC_ZONE, now=OFFICE_NOW, currency=currency,
+        fixed_cost=Decimal(1000),
+    )  # fmt: skip
+    found = tables(render_chargeback_html(result, tz=UTC_ZONE, zone="UTC", generated=OFFICE_NOW))
+    column = list(CHARGEBACK_COLUMNS).index("fixed_cost_share")
+    (foot,) = [row for row in found.foot if row[-1] == currency]
+    assert foot[column] == total
+
+
 def test_a_bill_says_which_calls_no_price_rule_covered(ledger: Ledger) -> None:
     """Calls without a price count as 0 in ``usage_cost``; the bill said nothing of them, though
     it is the one report that goes to finance (the design's "silent $0" complaint)."""
