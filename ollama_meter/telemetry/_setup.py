@@ -48,7 +48,7 @@ def _otlp(
     endpoint setting) or the signal's path under ``endpoint``. Imported only when asked.
     """
     exporter: Any
-    grpc = settings.otlp_protocol == "grpc"
+    grpc = settings.otlp_protocol_of(signal) == "grpc"
     if signal == "traces" and grpc:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as exporter,
@@ -65,7 +65,10 @@ def _otlp(
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
             OTLPMetricExporter as exporter,
         )
-    headers = dict(parse_env_headers(settings.otlp_headers or "", liberal=True))
+    # The signal's own headers, else the general ones, never both merged (the spec's rule;
+    # the exporters merged the environment's under ours, so the general value of a header
+    # both name won): given whole, the exporter reads no other.
+    headers = dict(parse_env_headers(settings.otlp_headers_of(signal) or "", liberal=True))
     timeout = settings.export_timeout
     if grpc:
         insecure = endpoint.startswith("http://")
@@ -91,7 +94,7 @@ def _span_exporters(settings: Settings) -> list[Watched]:
     exporters: list[Watched] = []
     traces = settings.otlp_traces_endpoint or settings.otlp_endpoint
     if traces:
-        session = None if settings.otlp_protocol == "grpc" else _session()
+        session = None if settings.otlp_protocol_of("traces") == "grpc" else _session()
         exporters.append(
             Watched(
                 *_otlp("traces", traces, settings.otlp_traces_endpoint, settings, session),
