@@ -118,6 +118,12 @@ def otlp_headers(value: str | None) -> str | None:
     return value
 
 
+def sdk_disabled(value: str | None) -> bool:
+    """Whether ``OTEL_SDK_DISABLED`` turns the SDK off, read as the SDK reads it. Off, its
+    tracer makes spans that record nothing, with all-zero ids: the ledger rows took those."""
+    return (value or "").strip().lower() == "true"
+
+
 def otlp_protocol(value: str | None, *, general: bool) -> str | None:
     """``OTEL_EXPORTER_OTLP_PROTOCOL`` (``general``) or a signal's own, which when unset or
     empty is the general one's (None), as the spec says; ValueError for one ometer lacks."""
@@ -179,6 +185,9 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
         if name in environ and _integer(environ[name], low=low) is None:
             unit = " of milliseconds" if name.endswith("DELAY") else ""
             raise bad(name, f"a whole number{unit} above 0")
+    name = "OTEL_SDK_DISABLED"  # read as false unless "true": "1" or "yes" would export
+    if environ.get(name, "").strip().lower() not in ("", "false"):
+        raise bad(name, "true or false")
     name = "OTEL_METRICS_EXEMPLAR_FILTER"
     if metrics and name in environ and environ[name] not in _EXEMPLAR_FILTERS:
         raise bad(name, f"one of {', '.join(_EXEMPLAR_FILTERS)}")

@@ -27,6 +27,7 @@ from ollama_meter._environment import (
     check_sdk_environment,
     otlp_headers,
     otlp_protocol,
+    sdk_disabled,
     warn_unknown,
 )
 from ollama_meter._names import name_problem, system_timezone, zone_problem
@@ -180,6 +181,7 @@ class Settings(BaseSettings):
         str | None, Field(validation_alias="OTEL_EXPORTER_OTLP_METRICS_HEADERS")
     ] = None
     otel_service_name: Annotated[str, Field(validation_alias="OTEL_SERVICE_NAME")] = "ollama-meter"
+    otel_sdk_disabled: Annotated[str | None, Field(validation_alias="OTEL_SDK_DISABLED")] = None
     langfuse_public_key: Annotated[str | None, Field(validation_alias="LANGFUSE_PUBLIC_KEY")] = None
     langfuse_secret_key: Annotated[
         SecretStr | None, Field(validation_alias="LANGFUSE_SECRET_KEY")
@@ -338,8 +340,9 @@ class Settings(BaseSettings):
 
     @property
     def telemetry_configured(self) -> bool:
-        """Whether any exporter is asked for; without one, no telemetry code runs at all."""
-        return bool(
+        """Whether any exporter is asked for (and the SDK not disabled); without one, no
+        telemetry code runs at all."""
+        return not sdk_disabled(self.otel_sdk_disabled) and bool(
             self.otlp_endpoint
             or self.otlp_traces_endpoint
             or self.otlp_metrics_endpoint

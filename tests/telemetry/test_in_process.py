@@ -214,3 +214,22 @@ def test_each_signal_is_sent_by_its_own_protocol_with_its_own_headers(
         assert metrics.path == "/v1/metrics"
         assert (metrics.headers["x-key"], metrics.headers["x-all"]) == ("general", "1")
         telemetry.shutdown()
+
+
+def test_otel_sdk_disabled_turns_telemetry_off_and_the_ledger_keeps_real_ids(
+    emulator: OllamaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``OTEL_SDK_DISABLED=true`` (the spec's switch) made the SDK hand ometer a tracer of
+    non-recording spans while the exporters ran: nothing was sent, nothing said so, and every
+    ledger row got the all-zero trace and span ids, one "trace" for every call."""
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url)
+        monkeypatch.setenv("OTEL_SDK_DISABLED", " True ")
+        client = MeteredClient(db_url=f"sqlite:///{tmp_path / 'l.db'}", department="sales")
+        client.chat(model="llama3.1:8b", messages=HI)
+        client.chat(model="llama3.1:8b", messages=HI)
+        assert telemetry_for(load_settings()) is None
+        rows = client.meter.ledger.latest(SpanFilter(), 10)
+        assert len({row.trace_id for row in rows}) == 2
+        assert all(set(row.trace_id) != {"0"} and set(row.span_id) != {"0"} for row in rows)
+        assert rx.requests == []

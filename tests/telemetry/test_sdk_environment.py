@@ -38,12 +38,14 @@ CHECKED = (
     "OTEL_EXPORTER_OTLP_TIMEOUT",
     "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    "OTEL_SDK_DISABLED",
 )
 VALUES = st.one_of(
     st.sampled_from(
         [
             *("", " ", "0", "1", "-1", "5000", " 7 ", "1.5", "nan", "unset", "UNSET", "abc"),
             *("gzip", " GZIP ", "deflate", "none", "zip", "trace_based", "always_on", "Always_On"),
+            *("true", " TRUE ", "false", "False", "yes"),
         ]
     ),
     st.integers(-(10**6), 10**6).map(str),
