@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from ollama_meter.errors import ConfigError
 
@@ -79,6 +80,62 @@ def check_env_file(path: Path) -> list[str]:
 
 # -- the OpenTelemetry SDK's own variables -----------------------------------------------------
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""An HTTP header name (RFC 9110 token)."""
+_HEADER_VALUE = re.compile(r"[\x20\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
+"""A header value as the exporters read it: printable ASCII but ``" , ; \\`` (URL-encode those)."""
+_HEADER_SEPARATOR = re.compile(r"[ \t]*,[ \t]*")
+
+
+def otlp_headers(value: str | None) -> str | None:
+    """``value`` if it is ``name=value`` pairs the OTLP exporters read whole; ValueError if not.
+
+    The exporters read the ``OTEL_EXPORTER_OTLP_*HEADERS`` pairs themselves and leave out one
+    they cannot read (a log line at most), so a collector that needs it refuses every export
+    while nothing says why. The pairs are split, trimmed and matched as the exporters do.
+    """
+    if not value:
+        return None
+    for given in _HEADER_SEPARATOR.split(value):
+        if not given:  # between two commas: skipped (blanks are not: the exporters say so)
+            continue
+        item = given.strip()
+        name, equals, encoded = item.partition("=")
+        name, encoded = name.rstrip(" \t"), encoded.lstrip(" \t")
+        if not equals or not _HEADER_NAME.fullmatch(name):
+            raise ValueError(
+                f"{item or given!r} is not name=value; give comma-separated pairs such as "
+                "Authorization=Bearer%20TOKEN (values URL-encoded)"
+            )
+        if not _HEADER_VALUE.fullmatch(encoded):
+            raise ValueError(
+                f"the value of {name!r} has a character to URL-encode (a quote, comma, "
+                "semicolon, backslash, tab, control or non-ASCII character): write it as %XX, "
+                "such as %3B for ;"
+            )
+        if any(c in unquote(encoded) for c in "\r\n\x00"):
+            raise ValueError(f"the value of {name!r} has a line break or NUL in it")
+    return value
+
+
+def sdk_disabled(value: str | None) -> bool:
+    """Whether ``OTEL_SDK_DISABLED`` turns the SDK off, read as the SDK reads it. Off, its
+    tracer makes spans that record nothing, with all-zero ids: the ledger rows took those."""
+    return (value or "").strip().lower() == "true"
+
+
+def otlp_protocol(value: str | None, *, general: bool) -> str | None:
+    """``OTEL_EXPORTER_OTLP_PROTOCOL`` (``general``) or a signal's own, which when unset or
+    empty is the general one's (None), as the spec says; ValueError for one ometer lacks."""
+    if not value:
+        return "http/protobuf" if general else None
+    if value not in ("http/protobuf", "grpc"):
+        raise ValueError(
+            f"{value!r} is not a protocol ometer exports by; use http/protobuf or grpc"
+        )
+    return value
+
+
 _SDK_LIMITS = tuple(
     f"OTEL_{name}"
     for name in (
@@ -108,8 +165,9 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
     Langfuse and Traceloop are http); the exemplar filter is read only if metrics are exported.
     """
     protocols = set()
-    if settings.otlp_endpoint or settings.otlp_traces_endpoint or settings.otlp_metrics_endpoint:
-        protocols.add("grpc" if settings.otlp_protocol == "grpc" else "http")
+    for signal in ("traces", "metrics"):
+        if settings.otlp_endpoint or getattr(settings, f"otlp_{signal}_endpoint"):
+            protocols.add("grpc" if settings.otlp_protocol_of(signal) == "grpc" else "http")
     langfuse = settings.langfuse_public_key and settings.langfuse_secret_key
     if (langfuse and settings.langfuse_host) or settings.traceloop_api_key:
         protocols.add("http")
@@ -127,6 +185,9 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
         if name in environ and _integer(environ[name], low=low) is None:
             unit = " of milliseconds" if name.endswith("DELAY") else ""
             raise bad(name, f"a whole number{unit} above 0")
+    name = "OTEL_SDK_DISABLED"  # read as false unless "true": "1" or "yes" would export
+    if environ.get(name, "").strip().lower() not in ("", "false"):
+        raise bad(name, "true or false")
     name = "OTEL_METRICS_EXEMPLAR_FILTER"
     if metrics and name in environ and environ[name] not in _EXEMPLAR_FILTERS:
         raise bad(name, f"one of {', '.join(_EXEMPLAR_FILTERS)}")

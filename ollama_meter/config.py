@@ -8,13 +8,11 @@ names the setting the user has to fix.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -25,6 +23,9 @@ from ollama_meter._environment import (
     check_alert_email,
     check_env_file,
     check_sdk_environment,
+    otlp_headers,
+    otlp_protocol,
+    sdk_disabled,
     warn_unknown,
 )
 from ollama_meter._names import name_problem, system_timezone, zone_problem
@@ -44,8 +45,6 @@ from ollama_meter.records._limit import MAX_QUEUE, MAX_SLOTS
 
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
 TRACELOOP_URL = "https://api.traceloop.com"
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-"""An HTTP header name (RFC 9110 token)."""
 
 
 DAY_SECONDS = 86_400
@@ -105,11 +104,24 @@ class Settings(BaseSettings):
     otlp_metrics_endpoint: Annotated[
         str | None, Field(validation_alias="OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
     ] = None
-    otlp_protocol: Annotated[
-        str, Field(validation_alias="OTEL_EXPORTER_OTLP_PROTOCOL", pattern="^(http/protobuf|grpc)$")
-    ] = "http/protobuf"
+    otlp_protocol: Annotated[str, Field(validation_alias="OTEL_EXPORTER_OTLP_PROTOCOL")] = (
+        "http/protobuf"
+    )
+    otlp_traces_protocol: Annotated[
+        str | None, Field(validation_alias="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+    ] = None
+    otlp_metrics_protocol: Annotated[
+        str | None, Field(validation_alias="OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
+    ] = None
     otlp_headers: Annotated[str | None, Field(validation_alias="OTEL_EXPORTER_OTLP_HEADERS")] = None
+    otlp_traces_headers: Annotated[
+        str | None, Field(validation_alias="OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+    ] = None
+    otlp_metrics_headers: Annotated[
+        str | None, Field(validation_alias="OTEL_EXPORTER_OTLP_METRICS_HEADERS")
+    ] = None
     otel_service_name: Annotated[str, Field(validation_alias="OTEL_SERVICE_NAME")] = "ollama-meter"
+    otel_sdk_disabled: Annotated[str | None, Field(validation_alias="OTEL_SDK_DISABLED")] = None
     langfuse_public_key: Annotated[str | None, Field(validation_alias="LANGFUSE_PUBLIC_KEY")] = None
     langfuse_secret_key: Annotated[
         SecretStr | None, Field(validation_alias="LANGFUSE_SECRET_KEY")
@@ -238,28 +250,15 @@ class Settings(BaseSettings):
             return http_url(value, "https://hooks.example.com/services/...", secret_path=True)
         return http_url(value, "http://collector:4318")
 
-    @field_validator("otlp_headers")
+    @field_validator("otlp_headers", "otlp_traces_headers", "otlp_metrics_headers")
     @classmethod
     def _otlp_headers(cls, value: str | None) -> str | None:
-        """``name=value`` pairs, comma-separated, values URL-encoded (the OTLP exporter spec).
+        return otlp_headers(value)
 
-        The exporter skips a pair it cannot read, so a collector that needs it refuses every
-        export while nothing says why.
-        """
-        if value is None or not value.strip():
-            return None
-        for item in value.split(","):
-            if not item.strip():
-                continue
-            name, equals, encoded = item.partition("=")
-            if not equals or not _HEADER_NAME.fullmatch(name.strip()):
-                raise ValueError(
-                    f"{item.strip()!r} is not name=value; give comma-separated pairs such as "
-                    "Authorization=Bearer%20TOKEN (values URL-encoded)"
-                )
-            if any(c in unquote(encoded) for c in "\r\n\x00"):
-                raise ValueError(f"the value of {name.strip()!r} has a line break or NUL in it")
-        return value
+    @field_validator("otlp_protocol", "otlp_traces_protocol", "otlp_metrics_protocol")
+    @classmethod
+    def _otlp_protocol(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return otlp_protocol(value, general=info.field_name == "otlp_protocol")
 
     @field_validator(
         "traceloop_api_key",
@@ -313,14 +312,25 @@ class Settings(BaseSettings):
 
     @property
     def telemetry_configured(self) -> bool:
-        """Whether any exporter is asked for; without one, no telemetry code runs at all."""
-        return bool(
+        """Whether any exporter is asked for (and the SDK not disabled); without one, no
+        telemetry code runs at all."""
+        return not sdk_disabled(self.otel_sdk_disabled) and bool(
             self.otlp_endpoint
             or self.otlp_traces_endpoint
             or self.otlp_metrics_endpoint
             or (self.langfuse_public_key and self.langfuse_secret_key and self.langfuse_host)
             or self.traceloop_api_key
         )
+
+    def otlp_protocol_of(self, signal: str) -> str:
+        """The protocol ``signal`` (traces, metrics) is exported by: its own, else the general."""
+        own = self.otlp_traces_protocol if signal == "traces" else self.otlp_metrics_protocol
+        return own or self.otlp_protocol
+
+    def otlp_headers_of(self, signal: str) -> str | None:
+        """The headers ``signal`` is exported with: its own, else the general (not both)."""
+        own = self.otlp_traces_headers if signal == "traces" else self.otlp_metrics_headers
+        return own or self.otlp_headers
 
     @property
     def email_recipients(self) -> list[str]:

@@ -17,7 +17,14 @@ from __future__ import annotations
 import logging
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    values as prometheus_values,
+)
 
 from ollama_meter.meter import Meter, SpanRecord, Status
 from ollama_meter.telemetry._semconv import DURATION_BUCKETS, OPERATION_NAMES, TOKEN_BUCKETS
@@ -31,6 +38,13 @@ OTHER = "_other"
 """The label value of calls past :data:`MAX_SERIES`."""
 
 log = logging.getLogger("ollama_meter.gateway")
+
+# prometheus_client keeps every value in files of PROMETHEUS_MULTIPROC_DIR when that is set
+# (its mode for a pre-fork server's workers, chosen once at its import): a gateway started with
+# it pointing nowhere failed with a traceback, and with a folder a second gateway in a process
+# started from the first one's counts, a restart with the same process id (a container's
+# pid 1) from the last run's. These counts are this process's own, kept in its memory.
+prometheus_values.ValueClass = prometheus_values.MutexValue
 
 
 class _Bounded:

@@ -31,6 +31,8 @@ MAX_EXPORTED_TEXT = 16_384
 Spans wait in memory while a collector is away, up to the exporter's queue, so each must be
 small; the ledger keeps the whole text."""
 _MAX_KEY = 255
+LANGFUSE_MAX_TAG = 200
+"""Characters of a Langfuse tag: it drops a longer one without a word."""
 MAX_EXPORTED_ITEMS = 128
 """Items an exported list or map holds, at every level of it together (the rest left out)."""
 _MAX_DEPTH = 16
@@ -242,9 +244,12 @@ class TelemetryObserver:
             ),
             sc.LANGFUSE_COST: json.dumps({"total": float(cost)}),
             sc.LANGFUSE_TAGS: [
-                f"tenant:{span.tenant}",
-                f"department:{span.department}",
-                *(f"{k}:{v}" for k, v in sorted(span.tags.items())),
+                storable_text(tag, LANGFUSE_MAX_TAG)
+                for tag in (
+                    f"tenant:{span.tenant}",
+                    f"department:{span.department}",
+                    *(f"{k}:{v}" for k, v in sorted(span.tags.items())),
+                )
             ],
         }
         # The server that served it: a gateway in front of several picks one after the span opened.

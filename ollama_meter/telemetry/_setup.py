@@ -37,6 +37,10 @@ CONTENT_BATCH = 64
 """Spans per export when prompts and replies go with them (up to ~35 KB a span, see
 ``MAX_EXPORTED_TEXT``): about 2 MB, under the 4 MiB a gRPC collector accepts by default,
 which refuses a larger request whole, every span in it."""
+METRIC_BATCH = 1000
+"""Metric points per export (at most ~1.5 KB each with names at their bounds: ~1.5 MB). Every
+model name a caller sends is a point of each instrument, up to the SDK's 2,000: in one export,
+over 4 MiB, which a gRPC collector refused whole every minute, and no metric arrived."""
 
 
 def _otlp(
@@ -48,7 +52,7 @@ def _otlp(
     endpoint setting) or the signal's path under ``endpoint``. Imported only when asked.
     """
     exporter: Any
-    grpc = settings.otlp_protocol == "grpc"
+    grpc = settings.otlp_protocol_of(signal) == "grpc"
     if signal == "traces" and grpc:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as exporter,
@@ -65,16 +69,18 @@ def _otlp(
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
             OTLPMetricExporter as exporter,
         )
-    headers = dict(parse_env_headers(settings.otlp_headers or "", liberal=True))
-    timeout = settings.export_timeout
+    # The signal's own headers, else the general ones, never both merged (the spec's rule;
+    # the exporters merged the environment's under ours, so the general value of a header
+    # both name won): given whole, the exporter reads no other.
+    headers = dict(parse_env_headers(settings.otlp_headers_of(signal) or "", liberal=True))
+    options: dict[str, Any] = {"headers": headers, "timeout": settings.export_timeout}
+    if signal == "metrics":
+        options["max_export_batch_size"] = METRIC_BATCH
     if grpc:
         insecure = endpoint.startswith("http://")
-        return endpoint, exporter(
-            endpoint=endpoint, insecure=insecure, headers=headers, timeout=timeout
-        )
+        return endpoint, exporter(endpoint=endpoint, insecure=insecure, **options)
     url = given or f"{endpoint.rstrip('/')}/v1/{signal}"
-    session = session or _session()
-    return url, exporter(endpoint=url, headers=headers, timeout=timeout, session=session)
+    return url, exporter(endpoint=url, session=session or _session(), **options)
 
 
 def _session(*, only: dict[str, str] | None = None) -> Any:
@@ -91,7 +97,7 @@ def _span_exporters(settings: Settings) -> list[Watched]:
     exporters: list[Watched] = []
     traces = settings.otlp_traces_endpoint or settings.otlp_endpoint
     if traces:
-        session = None if settings.otlp_protocol == "grpc" else _session()
+        session = None if settings.otlp_protocol_of("traces") == "grpc" else _session()
         exporters.append(
             Watched(
                 *_otlp("traces", traces, settings.otlp_traces_endpoint, settings, session),

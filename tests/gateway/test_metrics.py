@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import textwrap
 import threading
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -126,3 +130,42 @@ def test_the_series_limit_holds_when_threads_observe_at_once() -> None:
     requests = samples(metrics, "ometer_requests")
     assert sum(requests.values()) == threads * 50
     assert len(requests) == limit + 1  # five of their own, and everyone else's together
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_counts_are_this_gateways_own_whatever_prometheus_multiproc_dir_says(
+    tmp_path: Path, exists: bool
+) -> None:
+    """prometheus_client chooses, once at import, to keep every value in files of
+    ``PROMETHEUS_MULTIPROC_DIR`` when that is set (its mode for a pre-fork server's workers):
+    ``ometer serve`` with it pointing nowhere failed to start with a traceback, and with a
+    directory a second gateway in the process started from the first one's counts (files are
+    per process id, so a container's pid 1 would start from the last run's). A process: the
+    choice is made at import."""
+    folder = tmp_path / "multiproc"
+    if exists:
+        folder.mkdir()
+    script = textwrap.dedent(
+        """
+        from ollama_meter.gateway._metrics import GatewayMetrics
+        from tests.factories import make_span
+
+        first, second = GatewayMetrics(), GatewayMetrics()
+        first.on_end(make_span())
+        second.on_end(make_span())
+        print([l for l in second.text().splitlines() if l.startswith("ometer_requests_total")])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)},
+        cwd=Path(__file__).parents[2],  # where ``tests`` imports from
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    labels = 'department="sales",model="llama3.1:8b",status="ok",tenant="acme"'
+    assert done.stdout.strip() == repr([f"ometer_requests_total{{{labels}}} 1.0"])
+    assert not exists or list(folder.iterdir()) == []

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from hypothesis import given, settings, strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -229,6 +230,31 @@ def test_content_goes_in_batches_a_grpc_collector_accepts(monkeypatch: pytest.Mo
         assert telemetry.flush()
         telemetry.shutdown()
         assert len(spans(rx)) == 600
+    assert telemetry.failures() == []
+
+
+def test_metrics_go_in_exports_a_grpc_collector_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Callers name models: each new name is a point of every GenAI histogram and counter (up
+    to the SDK's 2,000 per instrument), and all went in one export every minute, 5 MiB with
+    names of 255 characters. A collector takes 4 MiB over grpc and refused it whole, every
+    minute for the life of the process (the points are cumulative): no metric arrived."""
+    calls = 2100
+    with OtlpGrpcReceiver() as rx:  # grpc's default limit, as a collector's
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", rx.endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        telemetry = Telemetry(load_settings())
+        for n in range(calls):
+            model = f"{n:05d}" + "m" * 250
+            span = make_storable(
+                make_span(request_model=model, response_model=model, stream=True, ttft_ns=10**8)
+            )
+            telemetry.observer.on_start(span)
+            telemetry.observer.on_end(span)
+        assert telemetry.flush()
+        assert rx.requests and {request.code for request in rx.requests} == {grpc.StatusCode.OK}
+        requests = metric_points(rx)[sc.METRIC_REQUESTS]  # one flush: each point once
+        assert sum(point.value or 0 for point in requests) == calls
+        telemetry.shutdown()
     assert telemetry.failures() == []
 
 

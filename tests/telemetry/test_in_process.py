@@ -188,3 +188,48 @@ def test_every_metered_route_exports_an_operation_name_the_genai_conventions_def
         for point in metric.data.data_points
     }
     assert labels == {named}
+
+
+def test_each_signal_is_sent_by_its_own_protocol_with_its_own_headers(
+    emulator: OllamaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` was ignored (the spans went over http to a grpc
+    port, every export failing); with both ``_HEADERS`` and ``_TRACES_HEADERS`` set, the spans
+    carried the general value of a header both name, where the signal's own wins."""
+    with OtlpHttpReceiver() as rx, OtlpGrpcReceiver() as grpc_rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-key=general,x-all=1")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", grpc_rx.endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-key=traces")
+        client = MeteredClient(db_url=f"sqlite:///{tmp_path / 'l.db'}", department="sales")
+        client.chat(model="llama3.1:8b", messages=HI)
+        telemetry = telemetry_for(load_settings())
+        assert telemetry is not None and telemetry.flush()
+        (view,) = wait_for(lambda: spans(grpc_rx), what="the span over grpc")
+        assert view.name == "chat llama3.1:8b"
+        (exported,) = grpc_rx.requests
+        assert exported.metadata["x-key"] == "traces" and "x-all" not in exported.metadata
+        (metrics,) = wait_for(lambda: rx.requests, what="the metrics over http")
+        assert metrics.path == "/v1/metrics"
+        assert (metrics.headers["x-key"], metrics.headers["x-all"]) == ("general", "1")
+        telemetry.shutdown()
+
+
+def test_otel_sdk_disabled_turns_telemetry_off_and_the_ledger_keeps_real_ids(
+    emulator: OllamaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``OTEL_SDK_DISABLED=true`` (the spec's switch) made the SDK hand ometer a tracer of
+    non-recording spans while the exporters ran: nothing was sent, nothing said so, and every
+    ledger row got the all-zero trace and span ids, one "trace" for every call."""
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.url)
+        monkeypatch.setenv("OTEL_SDK_DISABLED", " True ")
+        client = MeteredClient(db_url=f"sqlite:///{tmp_path / 'l.db'}", department="sales")
+        client.chat(model="llama3.1:8b", messages=HI)
+        client.chat(model="llama3.1:8b", messages=HI)
+        assert telemetry_for(load_settings()) is None
+        rows = client.meter.ledger.latest(SpanFilter(), 10)
+        assert len({row.trace_id for row in rows}) == 2
+        assert all(set(row.trace_id) != {"0"} and set(row.span_id) != {"0"} for row in rows)
+        assert rx.requests == []

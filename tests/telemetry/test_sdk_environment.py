@@ -38,12 +38,14 @@ CHECKED = (
     "OTEL_EXPORTER_OTLP_TIMEOUT",
     "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+    "OTEL_SDK_DISABLED",
 )
 VALUES = st.one_of(
     st.sampled_from(
         [
             *("", " ", "0", "1", "-1", "5000", " 7 ", "1.5", "nan", "unset", "UNSET", "abc"),
             *("gzip", " GZIP ", "deflate", "none", "zip", "trace_based", "always_on", "Always_On"),
+            *("true", " TRUE ", "false", "False", "yes"),
         ]
     ),
     st.integers(-(10**6), 10**6).map(str),
@@ -162,3 +164,99 @@ def test_the_sdk_variables_are_not_read_when_nothing_is_exported(
     """Without an exporter the SDK is never loaded: its variables are none of ometer's business."""
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "soon")
     assert not load_settings().telemetry_configured
+
+
+HEADERS = (
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+)
+HEADER_VALUES = st.one_of(
+    st.sampled_from(
+        [
+            *("", " ", "a=b", "x-key=v%20w", "Authorization: Bearer x", "a", "=b", "a=b,c"),
+            *("a b=c", "a=b,,c=d", "a=%0d%0aX-Evil=1", "Authorization=Bearer x", "a=b;c"),
+            *('a="b"', "a=\u00e9", "a=b\\c", "a=\tb", " a = b ", "a\t=b"),
+        ]
+    ),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
+)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(name=st.sampled_from(HEADERS), value=HEADER_VALUES, grpc=st.booleans())
+def test_headers_are_an_error_line_naming_them_or_sent_without_a_word(
+    monkeypatch: pytest.MonkeyPatch, sdk_log: _Said, name: str, value: str, grpc: bool
+) -> None:
+    """The SDK reads ``OTEL_EXPORTER_OTLP_TRACES_HEADERS`` (``_METRICS_``) on its own, and a pair
+    it could not read (there, or a value with ``;``, ``"`` or a non-ASCII character in the
+    general one, which ometer passed) was a raw ``Header format invalid!`` line and left out:
+    a collector that needs the key refused every export while ometer said nothing was wrong."""
+    with monkeypatch.context() as env:
+        env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url())
+        env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc" if grpc else "http/protobuf")
+        env.setenv(name, value)
+        try:
+            loaded = load_settings()
+        except ConfigError as exc:
+            message = str(exc)
+            assert message.startswith(f"{name}: ") and "\n" not in message
+            return
+        sdk_log.lines.clear()
+        logging.getLogger("opentelemetry").setLevel(logging.NOTSET)
+        telemetry = Telemetry(loaded)
+        try:
+            assert sdk_log.lines == []
+        finally:
+            telemetry.timeout = 0.01
+            telemetry.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "http/json",
+            "OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' is not a protocol ometer exports by; "
+            "use http/protobuf or grpc",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "GRPC ",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'GRPC ' is not a protocol ometer exports by; "
+            "use http/protobuf or grpc",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+            "http",
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: 'http' is not a protocol ometer exports by; "
+            "use http/protobuf or grpc",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "Authorization: Bearer x",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'Authorization: Bearer x' is not name=value; "
+            "give comma-separated pairs such as Authorization=Bearer%20TOKEN (values URL-encoded)",
+        ),
+    ],
+)
+def test_a_bad_protocol_or_signal_header_is_one_plain_error_line(
+    cli,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: str,
+    message: str,
+) -> None:
+    """``http/json`` (a protocol the spec names, which ometer does not send) was "String should
+    match pattern '^(http/protobuf|grpc)$'"; a signal's own protocol was ignored, its spans
+    sent over http to a grpc port."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url())
+    monkeypatch.setenv(name, value)
+    done = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "hi")
+    assert done.code == 2
+    assert done.stderr.strip() == f"error: {message}"
