@@ -242,7 +242,6 @@ class TelemetryObserver:
                     "total": span.input_tokens + span.output_tokens,
                 }
             ),
-            sc.LANGFUSE_COST: json.dumps({"total": float(cost)}),
             sc.LANGFUSE_TAGS: [
                 storable_text(tag, LANGFUSE_MAX_TAG)
                 for tag in (
@@ -252,6 +251,11 @@ class TelemetryObserver:
                 )
             ],
         }
+        if span.currency == "USD" and not span.unpriced:
+            # Langfuse reads any cost as USD and has no currency field: another currency's cost
+            # would be summed with the dollars. An unpriced span's 0 is not a cost either; it
+            # would hide Langfuse's own estimate. ometer.cost and ometer.currency carry both.
+            attributes[sc.LANGFUSE_COST] = json.dumps({"total": float(cost)})
         # The server that served it: a gateway in front of several picks one after the span opened.
         attributes.update(_server(span))
         for part in sc.OMETER_COST_PARTS:

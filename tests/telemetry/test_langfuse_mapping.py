@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
 from hypothesis import given, settings, strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from ollama_meter import MeteredClient, load_settings
+from ollama_meter.pricing import PriceRule
 from ollama_meter.records import MAX_TAG_KEY, MAX_TAG_VALUE, make_storable
-from ollama_meter.telemetry import _semconv as sc
+from ollama_meter.telemetry import _semconv as sc, telemetry_for
 from ollama_meter.telemetry._observer import LANGFUSE_MAX_TAG, TelemetryObserver
+from ollama_meter.testing import OllamaEmulator
+from tests._otlp import OtlpHttpReceiver, spans, wait_for
 from tests.factories import make_span
 
 _TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1)
@@ -40,3 +49,36 @@ def test_every_tag_reaches_langfuse_within_its_200_characters(tags: dict[str, st
         tag if len(tag) <= LANGFUSE_MAX_TAG else tag[: LANGFUSE_MAX_TAG - 1] + "…" for tag in whole
     ]
     assert all(len(tag) <= LANGFUSE_MAX_TAG for tag in sent)
+
+
+def test_langfuse_gets_a_cost_only_in_usd(
+    emulator: OllamaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Langfuse reads ``cost_details`` as USD and has no currency field: a EUR span's cost
+    there was summed with the USD ones as dollars. Only a priced USD span carries it; every
+    span keeps its cost in its own currency in ``ometer.cost`` and ``ometer.currency``."""
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk")
+        monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk")
+        monkeypatch.setenv("LANGFUSE_HOST", rx.url)
+        client = MeteredClient(db_url=f"sqlite:///{tmp_path / 'l.db'}", department="sales")
+        ledger = client.meter.ledger
+        ledger.add_price_rule(
+            PriceRule(pattern="llama3.1:*", currency="EUR", per_request=Decimal(2))
+        )
+        ledger.add_price_rule(PriceRule(pattern="nomic-*", currency="USD", per_request=Decimal(3)))
+        client.chat(model="llama3.1:8b", messages=[{"role": "user", "content": "hello"}])
+        client.embed(model="nomic-embed-text", input="x")
+        client.chat(model="qwen2.5:7b", messages=[{"role": "user", "content": "hi"}])
+        telemetry = telemetry_for(load_settings())
+        assert telemetry is not None and telemetry.flush()
+        views = wait_for(lambda: s if len(s := spans(rx)) >= 3 else None, what="three spans")
+        telemetry.shutdown()
+    by_model = {v.attributes[sc.GEN_AI_REQUEST_MODEL]: v.attributes for v in views}
+    eur, usd = by_model["llama3.1:8b"], by_model["nomic-embed-text"]
+    unpriced = by_model["qwen2.5:7b"]
+    assert (eur[sc.OMETER_CURRENCY], usd[sc.OMETER_CURRENCY]) == ("EUR", "USD")
+    assert eur[sc.OMETER_COST] == "2.000000" and sc.LANGFUSE_COST not in eur
+    assert usd[sc.OMETER_COST] == "3.000000" and json.loads(usd[sc.LANGFUSE_COST]) == {"total": 3.0}
+    # Unpriced: a 0 would read as "free" and hide the cost Langfuse infers from its model list.
+    assert unpriced[sc.OMETER_UNPRICED] is True and sc.LANGFUSE_COST not in unpriced
