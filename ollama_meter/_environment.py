@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,64 @@ _EXEMPLAR_FILTERS = ("trace_based", "always_on", "always_off")
 _COMPRESSIONS = {"http": ("none", "deflate", "gzip"), "grpc": ("gzip",)}
 """What each exporter takes (trimmed, any case). The grpc one refuses even ``none``."""
 _TLS_FILES = ("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY")
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+"""The spec's ``OTEL_TRACES_SAMPLER`` values the Python SDK has (not jaeger_remote or xray)."""
+_RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
+
+
+def traces_sampler(environ: Mapping[str, str]) -> tuple[str, float]:
+    """``OTEL_TRACES_SAMPLER`` and its probability (1.0 unless a ratio sampler's
+    ``OTEL_TRACES_SAMPLER_ARG`` says otherwise); ConfigError for one the SDK cannot take.
+
+    The SDK replaced an unknown sampler with the default, and a probability that was no number
+    in [0, 1] with 1.0, saying so only in a raw log line: every span sampled. It printed that
+    line for an unset probability too, which the spec says is 1.0. Empty is unset, as the spec
+    says; names are read in any case, as the SDK reads them.
+    """
+
+    def bad(name: str, expected: str) -> ConfigError:
+        return ConfigError(f"{name}: {environ[name]!r} is not {expected}; fix or unset it")
+
+    name = environ.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+    if name not in SAMPLERS:
+        raise bad("OTEL_TRACES_SAMPLER", f"one of {', '.join(SAMPLERS)}")
+    given = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if name not in _RATIO_SAMPLERS or not given:  # the others take no argument
+        return name, 1.0
+    try:
+        probability = float(given)
+    except ValueError:
+        probability = math.nan
+    if not 0 <= probability <= 1:  # nan too
+        raise bad(
+            "OTEL_TRACES_SAMPLER_ARG",
+            f"a probability from 0 to 1 (such as 0.25), which {name} samples by",
+        )
+    return name, probability
+
+
+_NOT_IN_A_NAME = ("Cc", "Cs", "Zl", "Zp")
+
+
+def service_name(value: str) -> str:
+    """``OTEL_SERVICE_NAME`` as exported: blanks around it taken off, ``ollama-meter`` when
+    empty (the spec reads an empty variable as unset; it was exported empty); ValueError for
+    a control character or line break, which went out as it was (a lone surrogate, from bytes
+    that are not UTF-8, failed every export)."""
+    name = value.strip()
+    if any(unicodedata.category(c) in _NOT_IN_A_NAME for c in name):
+        raise ValueError(
+            f"{value!r} has a control character or line break; give a name of printable "
+            "characters on one line"
+        )
+    return name or "ollama-meter"
 
 
 def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
@@ -185,6 +245,7 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
         if name in environ and _integer(environ[name], low=low) is None:
             unit = " of milliseconds" if name.endswith("DELAY") else ""
             raise bad(name, f"a whole number{unit} above 0")
+    traces_sampler(environ)
     name = "OTEL_SDK_DISABLED"  # read as false unless "true": "1" or "yes" would export
     if environ.get(name, "").strip().lower() not in ("", "false"):
         raise bad(name, "true or false")

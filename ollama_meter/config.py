@@ -26,6 +26,7 @@ from ollama_meter._environment import (
     otlp_headers,
     otlp_protocol,
     sdk_disabled,
+    service_name,
     warn_unknown,
 )
 from ollama_meter._names import name_problem, system_timezone, zone_problem
@@ -254,6 +255,11 @@ class Settings(BaseSettings):
     @classmethod
     def _otlp_headers(cls, value: str | None) -> str | None:
         return otlp_headers(value)
+
+    @field_validator("otel_service_name")
+    @classmethod
+    def _service_name(cls, value: str) -> str:
+        return service_name(value)
 
     @field_validator("otlp_protocol", "otlp_traces_protocol", "otlp_metrics_protocol")
     @classmethod

@@ -12,18 +12,20 @@ import atexit
 import base64
 import functools
 import logging
+import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.util.re import parse_env_headers
 
+from ollama_meter._environment import traces_sampler
 from ollama_meter._version import __version__
 from ollama_meter.config import Settings
 from ollama_meter.telemetry._observer import TelemetryObserver
@@ -143,6 +145,18 @@ def _metric_exporter(settings: Settings) -> WatchedMetrics | None:
     return WatchedMetrics(*_otlp("metrics", endpoint, settings.otlp_metrics_endpoint, settings))
 
 
+def _sampler(environ: Mapping[str, str]) -> sampling.Sampler:
+    """The ``OTEL_TRACES_SAMPLER`` settings checks took (the SDK's own reading logs a raw
+    line for an unset ratio, which the spec says is 1.0)."""
+    name, probability = traces_sampler(environ)
+    root: sampling.Sampler = sampling.ALWAYS_ON
+    if name.endswith("always_off"):
+        root = sampling.ALWAYS_OFF
+    elif name.endswith("traceidratio"):
+        root = sampling.TraceIdRatioBased(probability)
+    return sampling.ParentBased(root) if name.startswith("parentbased_") else root
+
+
 def _quietly(work: Callable[[], object]) -> None:
     try:
         work()
@@ -162,7 +176,9 @@ class Telemetry:
         # The SDK's own exit hooks flush again, unbounded (a flush ignores its timeout, and a
         # collector that never answers costs the export timeout per batch queued): only
         # ``shutdown`` below runs at exit, within the bound.
-        self.tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        self.tracer_provider = TracerProvider(
+            resource=resource, sampler=_sampler(os.environ), shutdown_on_exit=False
+        )
         batch = CONTENT_BATCH if settings.capture_content else PLAIN_BATCH
         self.processors = [
             Bounded(

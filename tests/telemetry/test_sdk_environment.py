@@ -9,6 +9,8 @@ at every call without a word; now it is one ``error:`` line naming it, before an
 from __future__ import annotations
 
 import logging
+import os
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -257,6 +259,148 @@ def test_a_bad_protocol_or_signal_header_is_one_plain_error_line(
     sent over http to a grpc port."""
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url())
     monkeypatch.setenv(name, value)
+    done = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "hi")
+    assert done.code == 2
+    assert done.stderr.strip() == f"error: {message}"
+
+
+SAMPLERS = st.sampled_from(
+    [
+        *("always_on", "always_off", "traceidratio", "parentbased_always_on"),
+        *("parentbased_always_off", "parentbased_traceidratio", " TraceIdRatio ", ""),
+        *("bogus", "jaeger_remote", "xray", "always-on", "traceidratio,always_on"),
+    ]
+)
+RATES = st.none() | st.one_of(
+    st.sampled_from(["", " ", "0", "1", "0.25", " 0.5 ", "1e-3", "abc", "-0.1", "1.5", "2"]),
+    st.sampled_from(["nan", "inf", "-inf", "0x1", "1/2", "50%", "0,5"]),
+    st.floats(-1, 2, allow_nan=False).map(str),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6),
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(sampler=SAMPLERS, rate=RATES)
+def test_the_sampler_is_an_error_line_naming_it_or_samples_as_asked(
+    monkeypatch: pytest.MonkeyPatch, sdk_log: _Said, sampler: str, rate: str | None
+) -> None:
+    """An unknown ``OTEL_TRACES_SAMPLER`` was replaced by the default without a word a user saw
+    (every span sampled); a ratio sampler's ``OTEL_TRACES_SAMPLER_ARG`` that was no number
+    (or past 1) was a raw SDK line and sampled everything, and an unset one, which the spec
+    says is 1.0, printed that line too."""
+    with monkeypatch.context() as env:
+        env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url())
+        env.setenv("OTEL_TRACES_SAMPLER", sampler)
+        if rate is None:
+            env.delenv("OTEL_TRACES_SAMPLER_ARG", raising=False)
+        else:
+            env.setenv("OTEL_TRACES_SAMPLER_ARG", rate)
+        try:
+            loaded = load_settings()
+        except ConfigError as exc:
+            message = str(exc)
+            name = "OTEL_TRACES_SAMPLER" + ("_ARG" if message.startswith("OTEL_TRACES_SAMPLER_ARG") else "")  # fmt: skip
+            assert (
+                message.startswith(f"{name}: {os.environ[name]!r} is not ") and "\n" not in message
+            )
+            assert name.endswith("_ARG") == (sampler.strip().lower() in RATIO_SAMPLERS)
+            return
+        sdk_log.lines.clear()
+        logging.getLogger("opentelemetry").setLevel(logging.NOTSET)
+        telemetry = Telemetry(loaded)
+        try:
+            assert sdk_log.lines == []
+            described = telemetry.tracer_provider.sampler.get_description()
+        finally:
+            telemetry.timeout = 0.01
+            telemetry.shutdown()
+    chosen = sampler.strip().lower() or "parentbased_always_on"
+    if chosen in RATIO_SAMPLERS:
+        probability = float(rate) if rate and rate.strip() else 1.0
+        assert 0 <= probability <= 1
+        assert f"TraceIdRatioBased{{{probability}}}" in described
+        assert described.startswith("ParentBased{") == chosen.startswith("parentbased_")
+    else:
+        expected = {
+            "always_on": "AlwaysOnSampler",
+            "always_off": "AlwaysOffSampler",
+            "parentbased_always_on": "ParentBased{root:AlwaysOnSampler,",
+            "parentbased_always_off": "ParentBased{root:AlwaysOffSampler,",
+        }[chosen]
+        assert described.startswith(expected)
+
+
+RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    value=st.sampled_from(
+        ["", " ", "billing-gw", " gw ", "a\nb", "tab\there", "\x1b[31mred", "é", "a\u2028b"]
+    )
+    | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8)
+)
+def test_the_service_name_is_an_error_line_or_exported_as_given(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """``OTEL_SERVICE_NAME=`` made every span's ``service.name`` empty (the spec reads an empty
+    variable as unset: the default), and one with a line break or escape went out as it was,
+    to break the collector's and Langfuse's lists of services."""
+    with monkeypatch.context() as env:
+        env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url())
+        env.setenv("OTEL_SERVICE_NAME", value)
+        try:
+            loaded = load_settings()
+        except ConfigError as exc:
+            message = str(exc)
+            assert message == (
+                f"OTEL_SERVICE_NAME: {value!r} has a control character or line break; give a "
+                "name of printable characters on one line"
+            )
+            assert any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value)
+            return
+    assert loaded.otel_service_name == (value.strip() or "ollama-meter")
+    assert not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in loaded.otel_service_name)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"OTEL_TRACES_SAMPLER": "bogus"},
+            "OTEL_TRACES_SAMPLER: 'bogus' is not one of always_on, always_off, traceidratio, "
+            "parentbased_always_on, parentbased_always_off, parentbased_traceidratio; "
+            "fix or unset it",
+        ),
+        (
+            {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "abc"},
+            "OTEL_TRACES_SAMPLER_ARG: 'abc' is not a probability from 0 to 1 (such as 0.25), "
+            "which traceidratio samples by; fix or unset it",
+        ),
+        (
+            {"OTEL_SERVICE_NAME": "billing\r\ngw"},
+            "OTEL_SERVICE_NAME: 'billing\\r\\ngw' has a control character or line break; give a name "
+            "of printable characters on one line",
+        ),
+    ],
+)
+def test_a_bad_sampler_or_service_name_is_one_error_line_before_any_call(
+    cli,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    message: str,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url())
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     done = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "hi")
     assert done.code == 2
     assert done.stderr.strip() == f"error: {message}"
