@@ -1,9 +1,10 @@
 """A value read from the ledger and kept in memory as a snapshot, reloaded every so often.
 
 Hot paths (every call's price book, the budgets that cover it) read the ledger
-at most every ``ttl`` seconds. If a reload fails because the database is away,
-the value loaded before stays in force and the reload is tried again later, so
-an outage does not stop what does not need the database right now.
+at most every ``ttl`` seconds. If a reload fails (the database is away, a row
+edited by hand in SQL cannot be read), the value loaded before stays in force,
+said in at most one line every 10 s, and the reload is tried again later, so an
+outage or a bad row does not stop what does not need them right now.
 
 Two ways to keep it fresh. By default the first reader after ``ttl`` reloads it
 (a CLI run, the Python API: the caller is on a thread anyway). A long-running
@@ -21,7 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from ollama_meter.errors import LedgerError
+from ollama_meter._logging import Throttled
+from ollama_meter.errors import OmeterError
 
 T = TypeVar("T")
 log = logging.getLogger("ollama_meter")
@@ -34,8 +36,17 @@ class WouldBlock(Exception):
 class Reloaded(Generic[T]):
     """``load()``'s result, reloaded at most every ``ttl`` seconds; thread-safe."""
 
-    def __init__(self, load: Callable[[], T], *, ttl: float, what: str) -> None:
+    def __init__(
+        self,
+        load: Callable[[], T],
+        *,
+        ttl: float,
+        what: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._load = load
+        self._clock = clock
+        self._said = Throttled(log, clock=clock)
         self._ttl = ttl
         self._what = what
         self._value: T | None = None
@@ -85,20 +96,33 @@ class Reloaded(Generic[T]):
             if self._due():
                 try:
                     self._reload()
-                except Exception:  # a first load's failure: the next reader says so
-                    log.exception("reloading the %s failed", self._what)
+                except Exception as exc:  # a first load's failure: the next reader says so
+                    self._said.failed("reloading the %s", exc, self._what)
 
     def _reload(self) -> T:
-        """Load (lock held); while the ledger is away, the value loaded before stays."""
+        """Load (lock held); when that fails, the value loaded before stays.
+
+        Not only while the ledger is away: anything else (a bug of ours) raised to every
+        caller, or was logged with a traceback at every reload of a server.
+        """
         try:
             value = self._load()
-        except LedgerError as exc:
+        except Exception as exc:
             if self._value is None:
                 raise
-            log.warning("keeping the %s loaded before: %s", self._what, exc)
+            more = self._said.more(f"{type(exc).__name__}")
+            if more is not None:
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                log.warning(
+                    "keeping the %s loaded before: %s%s",
+                    self._what,
+                    reason,
+                    more,
+                    exc_info=None if isinstance(exc, OmeterError) else exc,
+                )
             value = self._value
-        self._value, self._loaded, self._expired = value, time.monotonic(), False
+        self._value, self._loaded, self._expired = value, self._clock(), False
         return value
 
     def _due(self) -> bool:
-        return self._loaded is None or time.monotonic() - self._loaded > self._ttl
+        return self._loaded is None or self._clock() - self._loaded > self._ttl

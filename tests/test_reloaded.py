@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import pytest
@@ -81,3 +82,51 @@ def test_a_first_load_that_fails_says_so() -> None:
     slow.down = True
     with pytest.raises(LedgerError, match="away"):
         Reloaded(slow, ttl=30, what="budgets").get()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        LedgerError("budget 3 in the ledger cannot be read: period 'fortnight' is not one of day"),
+        ValueError("a bug of ours"),
+    ],
+)
+def test_the_last_good_value_stays_whatever_the_failure_said_once_per_10_s(
+    failure: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a LedgerError kept the value loaded before: anything else (a budget row edited by
+    hand to a value no budget takes raised a ValueError) was raised to every caller, or logged
+    with a traceback at every reload of a server, every few seconds."""
+    clock, loads = Clock(), iter([1])
+
+    def load() -> int:
+        value = next(loads, None)
+        if value is None:
+            raise failure
+        return value
+
+    budgets = Reloaded(load, ttl=0.5, what="budgets", clock=clock)
+    assert budgets.get() == 1
+    caplog.set_level(logging.WARNING, "ollama_meter")
+    for second in range(2, 14):  # a reload due every second, failing each time
+        clock.now = second
+        if second % 2:  # a reader, as a CLI run or the Python API reads
+            assert budgets.get() == 1
+        else:  # a server's background task
+            budgets.refresh()
+            assert budgets.peek() == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        f"keeping the budgets loaded before: {failure}",
+        f"keeping the budgets loaded before: {failure} (and 9 more time(s) in the last 10 s)",
+    ]
+    # A traceback only for what no ometer error explains: a bug to report.
+    assert [r.exc_info is not None for r in caplog.records] == [isinstance(failure, ValueError)] * 2

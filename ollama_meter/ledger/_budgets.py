@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from ollama_meter.ledger._stored import read_records
 from ollama_meter.ledger.models import AlertRow, BudgetRow, ReservationRow
-from ollama_meter.records import Alert, Budget, LeaseKey, record_from, values_of
+from ollama_meter.records import Alert, Budget, LeaseKey, parse_thresholds, record_from, values_of
 
 _BUDGETS: Table = BudgetRow.__table__  # type: ignore[assignment]
 _RESERVATIONS: Table = ReservationRow.__table__  # type: ignore[assignment]
@@ -24,7 +25,9 @@ _ALERTS: Table = AlertRow.__table__  # type: ignore[assignment]
 
 
 def _to_budget(row: Any) -> Budget:
-    thresholds = tuple(int(t) for t in row.thresholds.split(","))
+    if type(row.limit_micros) is not int:  # SQLite keeps any text in an integer column
+        raise ValueError(f"limit_micros {row.limit_micros!r} is not a whole number")
+    thresholds = parse_thresholds(row.thresholds) if isinstance(row.thresholds, str) else ()
     return record_from(Budget, row, limit=row.limit_micros, thresholds=thresholds)
 
 
@@ -38,7 +41,14 @@ def _values(budget: Budget) -> dict[str, Any]:
 
 
 def list_budgets(conn: Connection) -> list[Budget]:
-    return [_to_budget(row) for row in conn.execute(select(BudgetRow).order_by(BudgetRow.id))]
+    return read_records(
+        conn,
+        _BUDGETS,
+        select(BudgetRow).order_by(BudgetRow.id),
+        _to_budget,
+        what=lambda row: f"budget {row.id}",
+        fix=lambda row: f"fix the row in SQL, or remove it with `ometer budget rm {row.id}`",
+    )
 
 
 def save_budget(conn: Connection, budget: Budget) -> Budget:

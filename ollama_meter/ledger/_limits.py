@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, insert, select, update
 
 from ollama_meter.errors import ValidationError
+from ollama_meter.ledger._stored import read_records
 from ollama_meter.ledger.models import LimitRow
 from ollama_meter.records import Limit
 
@@ -72,5 +73,27 @@ def remove_limit(conn: Connection, tenant: str, department: str | None, key_id: 
 
 def list_limits(conn: Connection) -> list[Limit]:
     c = _LIMITS.c
-    rows = conn.execute(select(_LIMITS).order_by(c.tenant, c.key_id, c.department))
-    return [_to_limit(row) for row in rows]
+    return read_records(
+        conn,
+        _LIMITS,
+        select(_LIMITS).order_by(c.tenant, c.key_id, c.department),
+        _checked,
+        what=lambda row: (
+            "the limits of "
+            + (f"key {row.key_id}" if row.key_id else f"{row.tenant}/{row.department or '*'}")
+        ),
+        fix=lambda row: "fix or delete the row in SQL (`ometer limit set` sets it right)",
+    )
+
+
+def _checked(row: Any) -> Limit:
+    """A row's limit, as ``ometer limit set`` would have stored it: one edited in SQL to a
+    weight of 0 or an rpm of -5 (or of ``'abc'``: SQLite keeps it) was put in force."""
+    for name in ("rpm", "tpm", "concurrency", "weight"):
+        value = getattr(row, name)
+        if value is not None and type(value) is not int:
+            raise ValueError(f"{name} {value!r} is not a whole number")
+    limit = _to_limit(row)
+    if problem := limit.problem():
+        raise ValueError(problem)
+    return limit

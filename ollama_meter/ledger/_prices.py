@@ -8,8 +8,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy import Connection, Select, Table, delete, insert, select, update
 
+from ollama_meter.ledger._stored import read_records
 from ollama_meter.ledger.models import PriceRuleRow
 from ollama_meter.records import PriceRule, record_from, storable_text, values_of
 
@@ -37,7 +38,8 @@ def source_key(source: str) -> str:
 def _to_rule(row: Any) -> PriceRule:
     # An earlier ometer took a pattern with a final newline ('llama3\n', a rule that matched
     # no model); read as the name it was meant to be, rather than failing every price lookup.
-    return record_from(PriceRule, row, pattern=row.pattern.rstrip("\n"))
+    pattern = row.pattern.rstrip("\n") if isinstance(row.pattern, str) else row.pattern
+    return record_from(PriceRule, row, pattern=pattern)
 
 
 def _values(rule: PriceRule, digest: str | None) -> dict[str, object]:
@@ -45,8 +47,18 @@ def _values(rule: PriceRule, digest: str | None) -> dict[str, object]:
 
 
 def list_rules(conn: Connection) -> list[PriceRule]:
-    rows = conn.execute(select(PriceRuleRow).order_by(PriceRuleRow.id))
-    return [_to_rule(row) for row in rows]
+    return _read(conn, select(PriceRuleRow).order_by(PriceRuleRow.id))
+
+
+def _read(conn: Connection, query: Select[Any]) -> list[PriceRule]:
+    return read_records(
+        conn,
+        _TABLE,
+        query,
+        _to_rule,
+        what=lambda row: f"price rule {row.id}",
+        fix=lambda row: f"fix the row in SQL, or remove it with `ometer pricing rm {row.id}`",
+    )
 
 
 def add_rules(
@@ -79,10 +91,9 @@ def replace_source(conn: Connection, source: str, rules: Sequence[PriceRule], di
     are told apart by which came last, and adding every rule again on any edit (a comment)
     made the file's rules beat those set since with ``ometer pricing set``."""
     source = source_key(source)
-    rows = conn.execute(
-        select(PriceRuleRow).where(PriceRuleRow.source == source).order_by(PriceRuleRow.id)
+    old = _read(
+        conn, select(PriceRuleRow).where(PriceRuleRow.source == source).order_by(PriceRuleRow.id)
     )
-    old = [_to_rule(row) for row in rows]
     new = []
     for rule in rules:
         same = next((r for r in old if r.same_as(rule)), None)
