@@ -179,14 +179,14 @@ def import_rules(
     db: DbOption = None,
 ) -> None:
     """Add every rule in a TOML file (see README for the format)."""
-    from ollama_meter.pricing import parse_pricing_toml
+    from ollama_meter.pricing import parse_pricing_toml, pricing_text
 
     cfg = settings(db_url=db)
     try:
         rules = parse_pricing_toml(
-            file.read_text(encoding="utf-8"), default_currency=cfg.currency, source="cli"
+            pricing_text(file.read_bytes(), file), default_currency=cfg.currency, source="cli"
         )
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:
         raise PricingError(f"{file}: {exc}") from None
     added = ledger_for(cfg).add_price_rules(rules)
     new = sum(is_new for _, is_new in added)

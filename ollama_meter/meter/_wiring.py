@@ -103,7 +103,7 @@ def ledger_for(settings: Settings) -> Ledger:
 
 def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> bool:
     """Load ``OMETER_PRICING_FILE`` into the ledger when its content changed; True if it did."""
-    from ollama_meter.pricing import parse_pricing_toml
+    from ollama_meter.pricing import parse_pricing_toml, pricing_text
 
     try:  # checked by the settings, but read later: it may be gone or replaced since
         content = path.read_bytes()
@@ -113,9 +113,11 @@ def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> b
     def rules() -> list[PriceRule]:
         try:
             return parse_pricing_toml(
-                content.decode("utf-8"), default_currency=default_currency, source=f"file:{path}"
+                pricing_text(content, path),
+                default_currency=default_currency,
+                source=f"file:{path}",
             )
-        except (UnicodeDecodeError, ValueError) as exc:
+        except ValueError as exc:
             raise PricingError(f"OMETER_PRICING_FILE {path}: {exc}") from None
 
     return ledger.sync_price_rules(f"file:{path}", content, rules)

@@ -8,7 +8,7 @@ Must not import the ledger, the meter or any entry point.
 from ollama_meter.pricing._book import PriceBook, usage_of
 from ollama_meter.pricing._calc import compute_cost
 from ollama_meter.pricing._rules import select_rule, sort_rules, specificity
-from ollama_meter.pricing._toml import parse_pricing_toml
+from ollama_meter.pricing._toml import parse_pricing_toml, pricing_text
 from ollama_meter.records import (
     MAX_AMOUNT,
     MAX_PRICE,
@@ -45,6 +45,7 @@ __all__ = [
     "parse_amount",
     "parse_currency",
     "parse_pricing_toml",
+    "pricing_text",
     "select_rule",
     "sort_rules",
     "specificity",

@@ -18,6 +18,8 @@ charge_load = true
 
 from __future__ import annotations
 
+import codecs
+import shlex
 import tomllib
 from dataclasses import replace
 from datetime import date
@@ -45,6 +47,29 @@ def _date(value: Any, what: str) -> date | None:
         return parse_day(str(value), what=what)
     except ValidationError as exc:
         raise ValueError(str(exc)) from None
+
+
+def pricing_text(content: bytes, path: object) -> str:
+    """A pricing file's ``content`` as text; ValueError saying what it is and what to do.
+
+    Python's own message ("'utf-8' codec can't decode byte 0xe9 in position 36") said
+    neither. A UTF-8 byte order mark (Windows editors write one) is read past: the TOML
+    reader took it for a statement it could not read.
+    """
+    where = shlex.quote(str(path))
+    if content[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):  # PowerShell's `>` writes it
+        raise ValueError(
+            "UTF-16 text, not UTF-8; save it as UTF-8, e.g. "
+            f"`iconv -f utf-16 -t utf-8 {where} > {where}.utf8`"
+        )
+    try:
+        return content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = content[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"not UTF-8 text (byte 0x{content[exc.start]:02x} on line {line}); save it as "
+            f"UTF-8, e.g. `iconv -f latin1 -t utf-8 {where} > {where}.utf8` if it is Latin-1"
+        ) from None
 
 
 def parse_pricing_toml(

@@ -407,3 +407,44 @@ def test_a_file_name_that_is_not_utf8_is_used_as_given(cli: Any, tmp_path: Path)
     assert "copie-\ufffdt\ufffd.db" in result.stdout
     line = one_error_line(cli("db", "import", os.fsdecode(b"caf\xe9")))
     assert line == "error: cannot read caf\ufffd: No such file or directory"
+
+
+RULE = 'model = "llama3.1:*"  # café\nper_request = 1\n'
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (
+            ("[[rule]]\n" + RULE).encode("latin-1"),
+            "not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8, e.g. "
+            "`iconv -f latin1 -t utf-8 {path} > {path}.utf8` if it is Latin-1",
+        ),
+        (
+            ("[[rule]]\n" + RULE).encode("utf-16"),
+            "UTF-16 text, not UTF-8; save it as UTF-8, e.g. "
+            "`iconv -f utf-16 -t utf-8 {path} > {path}.utf8`",
+        ),
+    ],
+)
+def test_a_pricing_file_that_is_not_utf8_says_what_to_do(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, says: str
+) -> None:
+    """It was Python's codec message: "'utf-8' codec can't decode byte 0xe9 in position 31:
+    invalid continuation byte", neither what the file is nor what to do."""
+    toml = tmp_path / "prices.toml"
+    toml.write_bytes(content)
+    done = cli("pricing", "import", str(toml))
+    assert (done.code, done.stderr.strip()) == (1, f"error: {toml}: {says.format(path=toml)}")
+    monkeypatch.setenv("OMETER_PRICING_FILE", str(toml))
+    done = cli("pricing", "list")
+    line = f"error: OMETER_PRICING_FILE {toml}: {says.format(path=toml)}"
+    assert (done.code, done.stderr.strip().splitlines()[-1]) == (1, line)
+
+
+def test_a_pricing_file_saved_with_a_byte_order_mark_is_read(cli: Any, tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a byte order mark, which the TOML reader took for a
+    statement it could not read ("Invalid statement (at line 1, column 1)")."""
+    toml = tmp_path / "prices.toml"
+    toml.write_bytes(("[[rule]]\n" + RULE).encode("utf-8-sig"))
+    assert "imported 1 new rule" in cli("pricing", "import", str(toml)).stdout
