@@ -27,6 +27,7 @@ from ollama_meter._environment import (
     otlp_protocol,
     sdk_disabled,
     service_name,
+    traces_sampler,
     warn_unknown,
 )
 from ollama_meter._names import name_problem, system_timezone, zone_problem
@@ -327,6 +328,11 @@ class Settings(BaseSettings):
             or (self.langfuse_public_key and self.langfuse_secret_key and self.langfuse_host)
             or self.traceloop_api_key
         )
+
+    def traces_sampler(self) -> tuple[str, float]:
+        """``OTEL_TRACES_SAMPLER`` and its probability, read from the environment as the SDK
+        reads them (checked when the settings were loaded)."""
+        return traces_sampler(os.environ)
 
     def otlp_protocol_of(self, signal: str) -> str:
         """The protocol ``signal`` (traces, metrics) is exported by: its own, else the general."""

@@ -12,10 +12,9 @@ import atexit
 import base64
 import functools
 import logging
-import os
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -25,7 +24,6 @@ from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.util.re import parse_env_headers
 
-from ollama_meter._environment import traces_sampler
 from ollama_meter._version import __version__
 from ollama_meter.config import Settings
 from ollama_meter.telemetry._observer import TelemetryObserver
@@ -145,10 +143,10 @@ def _metric_exporter(settings: Settings) -> WatchedMetrics | None:
     return WatchedMetrics(*_otlp("metrics", endpoint, settings.otlp_metrics_endpoint, settings))
 
 
-def _sampler(environ: Mapping[str, str]) -> sampling.Sampler:
+def _sampler(settings: Settings) -> sampling.Sampler:
     """The ``OTEL_TRACES_SAMPLER`` settings checks took (the SDK's own reading logs a raw
     line for an unset ratio, which the spec says is 1.0)."""
-    name, probability = traces_sampler(environ)
+    name, probability = settings.traces_sampler()
     root: sampling.Sampler = sampling.ALWAYS_ON
     if name.endswith("always_off"):
         root = sampling.ALWAYS_OFF
@@ -177,7 +175,7 @@ class Telemetry:
         # collector that never answers costs the export timeout per batch queued): only
         # ``shutdown`` below runs at exit, within the bound.
         self.tracer_provider = TracerProvider(
-            resource=resource, sampler=_sampler(os.environ), shutdown_on_exit=False
+            resource=resource, sampler=_sampler(settings), shutdown_on_exit=False
         )
         batch = CONTENT_BATCH if settings.capture_content else PLAIN_BATCH
         self.processors = [
