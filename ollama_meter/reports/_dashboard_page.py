@@ -156,14 +156,14 @@ def _cards(d: Dashboard) -> list[Card]:
             Card(
                 key=f"spend-{currency}",
                 label=f"Spend ({currency})",
-                value=money(cost),
+                value=money(cost, currency),
                 exact=format_micros(cost),
-                note=_change_note(delta, f"{money(earlier)} {currency}"),
+                note=_change_note(delta, f"{money(earlier, currency)} {currency}"),
                 tip=f"{format_micros(cost)} {currency}; before: {format_micros(earlier)} {currency}",
             )
         )
     if not d.currencies:
-        cards.append(Card("spend", "Spend", "0.00", "0.000000", "no calls in this period"))
+        cards.append(Card("spend", "Spend", "0", "0.000000", "no calls in this period"))
     calls = counts["requests"]
     previous = before["requests"]
     cards.append(
@@ -263,7 +263,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         LegendItem(
             name=p.label,
             css=p.css,
-            value=money(p.drill.cost),
+            value=money(p.drill.cost, currency),
             tip=f"{format_micros(p.drill.cost)} {currency}",
             href=f"#{p.anchor}",
         )

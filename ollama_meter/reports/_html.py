@@ -5,8 +5,9 @@ ledger are data, never markup) shipped in ``reports/templates``, charts from
 :mod:`._charts`, one stylesheet. The pages load nothing from anywhere: CSS is
 inline, charts are inline SVG, and the dashboard's one small script is inline
 too, allowed by hash in :data:`CONTENT_SECURITY_POLICY`. Tables in the files
-show each cell exactly as the CSV writes it; the UI rounds money to two
-decimals with thousands separators and keeps the exact amount in tooltips.
+show each cell exactly as the CSV writes it; the UI rounds money to its currency's
+minor unit (cents, whole yen, fils) with thousands separators and keeps the exact
+amount in tooltips.
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ from ollama_meter.reports._render import cell_text
 from ollama_meter.reports._rows import SpendRow
 from ollama_meter.reports._spend import SpendReport
 
-_CENT = Decimal("0.01")
 
-
-def money(micros: int) -> str:
-    """``1234567891`` → ``1,234.57``: what the UI shows, half a cent up (exact in tooltips)."""
-    return f"{Decimal(micros).scaleb(-6).quantize(_CENT, ROUND_HALF_UP):,}"
+def money(micros: int, currency: str) -> str:
+    """What the UI shows for an amount: rounded half up to ``currency``'s minor unit, with
+    thousands separators (exact in tooltips). ``1234567891`` is ``1,234.57`` USD, ``1,235``
+    JPY (no cents) and ``1,234.568`` KWD (fils)."""
+    unit = Decimal(1).scaleb(-minor_places(currency))
+    return f"{Decimal(micros).scaleb(-6).quantize(unit, ROUND_HALF_UP):,}"
 
 
 def num(value: int) -> str:
@@ -84,7 +86,7 @@ def cost_bar(label: str, amount: int, currency: str, href: str | None = None) ->
     return Bar(
         label=label,
         segments=[Segment(to_decimal(amount), "accent", f"{label}: {exact} {currency}", exact)],
-        text=money(amount),
+        text=money(amount, currency),
         href=href,
     )
 
@@ -243,7 +245,7 @@ def _spend_over_time(
         LegendItem(
             s.name,
             s.css,
-            money(sum(cells[s.name].values())),
+            money(sum(cells[s.name].values()), currency),
             f"{format_micros(sum(cells[s.name].values()))} {currency}",
         )
         for s in series
@@ -297,7 +299,7 @@ def render_chargeback_html(
                                 "fixed",
                             ),
                         ],
-                        text=money(r.total_cost),
+                        text=money(r.total_cost, currency),
                     )
                     for r in rows
                 ],

@@ -156,7 +156,7 @@ def test_dashboard_numbers_drill_down_and_filters(
     month = [s for s in spans if NOVEMBER <= s.started_at < OFFICE_NOW]
     total = cost(spans, NOVEMBER, OFFICE_NOW)
     assert page.locator("#period-label").inner_text() == "2026-11"
-    assert card(page, "spend-USD") == (money(total), format_micros(total))
+    assert card(page, "spend-USD") == (money(total, "USD"), format_micros(total))
     assert card(page, "calls") == (f"{len(month):,}", str(len(month)))
     errors = sum(s.status == "error" for s in month)
     assert card(page, "error-rate")[1] == f"{Decimal(errors * 100) / len(month):.2f}"
@@ -185,7 +185,7 @@ def test_dashboard_numbers_drill_down_and_filters(
         meter = meters[scope]
         assert meter.get_attribute("aria-valuenow") == percent(spent, limit * 10**6), scope
         assert meter.get_attribute("data-state") == state, scope
-        assert f"{money(spent)} of {limit:,}.00 USD" in meter.inner_text()
+        assert f"{money(spent, 'USD')} of {limit:,}.00 USD" in meter.inner_text()
     assert "on pace to exceed" in meters["acme/sales"].inner_text()
     assert "calls are refused" in meters["acme/support"].inner_text()
 
@@ -212,7 +212,7 @@ def test_dashboard_numbers_drill_down_and_filters(
         for row in drill.locator(".drill-models tbody tr").all()
     ]
     assert rows == [
-        [model, str(calls), money(micros)]
+        [model, str(calls), money(micros, "USD")]
         for model, (calls, micros) in sorted(by_model.items(), key=lambda kv: (-kv[1][1], kv[0]))
     ]
     assert drill.locator(".drill-models tbody tr").first.is_visible()
@@ -273,7 +273,7 @@ def test_numbers_read_with_javascript_off(
     )
     page = watched.page
     total = cost(spans, NOVEMBER, OFFICE_NOW)
-    assert card(page, "spend-USD") == (money(total), format_micros(total))
+    assert card(page, "spend-USD") == (money(total, "USD"), format_micros(total))
     drill = page.locator('details[data-department="finance"]')
     drill.locator("summary").click()  # a details element opens without any script
     assert drill.locator(".drill-models tbody tr").first.is_visible()
