@@ -20,7 +20,6 @@ from ollama_meter.reports._charts import (
     Chart,
     Gauge,
     LegendItem,
-    Series,
     bars,
     columns,
     gauge,
@@ -37,16 +36,22 @@ from ollama_meter.reports._dashboard import (
 )
 from ollama_meter.reports._dashboard_timing import timing_charts
 from ollama_meter.reports._html import (
+    SHOWN_SERIES,
     asset,
     cost_bar,
     money,
     num,
     percent,
     render_template,
+    rest_of,
     short_label,
-    to_decimal,
+    spend_series,
 )
 from ollama_meter.reports._rows import SpendRow
+
+SHOWN_DRILLS = 25
+"""How many departments (the biggest) get a drill-down panel on the page; the others are one
+line that points at the Department filter, which gives any of them its panel."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,11 @@ class CurrencyPanel:
     top_users: list[tuple[SpendRow, str, Decimal | None]]
     """The biggest users in this currency, each with its label and its share of the spend."""
     departments: list[DepartmentPanel] = field(default_factory=list)
+    more_departments: int = 0
+    """Departments with no panel of their own (past :data:`SHOWN_DRILLS`)."""
+    more_departments_cost: int = 0
+    more_models: int = 0
+    more_users: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,20 +225,18 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
     several = d.several_tenants
     series = []
     panels = []
-    for index, dept in enumerate(departments):
+    for index, dept in enumerate(departments[:SHOWN_DRILLS]):
         tenant = dept.tenant if several else None
         name = named(dept.name, tenant)
         css = colours.get((dept.name, dept.tenant), series_class(len(colours) + index))
         anchor = f"dept-{currency}-{index}"
         by_time = {r.label(d.unit): r.cost for r in dept.days}
-        values = [to_decimal(by_time.get(x, 0)) for x in xs]
-        tips = [f"{name} · {x}: {format_micros(by_time.get(x, 0))} {currency}" for x in xs]
-        exact = [format_micros(by_time.get(x, 0)) for x in xs]
-        series.append(Series(name, css, values, tips, exact, href=f"#{anchor}"))
+        if index < SHOWN_SERIES:
+            series.append(spend_series(name, css, by_time, xs, currency, href=f"#{anchor}"))
         alone = columns(
             f"{name}: spend per {d.unit}",
             xs,
-            [Series(name, css, values, tips, exact)],
+            [spend_series(name, css, by_time, xs, currency)],
             unit=currency,
             x_text=lambda x: short_label(x, d.unit),
             height=180,
@@ -250,6 +258,15 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
                 ),
             )
         )
+    folded = departments[SHOWN_SERIES:]
+    rest = rest_of(
+        [{r.label(d.unit): r.cost for r in dept.days} for dept in folded],
+        "departments",
+        xs,
+        currency,
+    )
+    if folded:
+        series.append(rest[0])
     spend_chart = columns(
         f"Spend per department per {d.unit} in {currency}",
         xs,
@@ -267,17 +284,18 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
             tip=f"{format_micros(p.drill.cost)} {currency}",
             href=f"#{p.anchor}",
         )
-        for p in panels
-    ]
+        for p in panels[:SHOWN_SERIES]
+    ] + ([rest[1]] if folded else [])
     models = d.by_cost(d.in_currency(d.spend.rollup(["model"]), currency), "model")
     users = d.top_users(currency)
     model_chart = bars(
         f"Spend by model in {currency}",
         [
             cost_bar(m.label("model"), m.cost, currency, links.href(model=m.label("model")))
-            for m in models[:TOP]
+            for m in models
         ],
         unit=currency,
+        limit=TOP,
     )
     return CurrencyPanel(
         currency=currency,
@@ -294,6 +312,10 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
             for u in users[:TOP]
         ],
         departments=panels,
+        more_departments=len(departments) - len(panels),
+        more_departments_cost=sum(dept.cost for dept in departments[SHOWN_DRILLS:]),
+        more_models=max(len(models) - TOP, 0),
+        more_users=max(len(users) - TOP, 0),
     )
 
 
@@ -308,6 +330,7 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
     counts = d.counts()
     unpriced_models = sorted({r.label("model") for r in d.spend.rows if r.unpriced_requests > 0})
     query = d.query
+    by_calls = sorted(d.timing_by_model.rows, key=lambda r: (-r.requests, r.label("model")))
     return render_template(
         "dashboard.html",
         d=d,
@@ -324,5 +347,7 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
         several_tenants=d.several_tenants,
         budgets=[_budget_panel(b) for b in d.budgets],
         charts=timing_charts(d),
+        timing_models=by_calls[:TOP],
+        more_timing_models=len(by_calls[TOP:]),
         short=lambda x: short_label(x, d.unit),
     )

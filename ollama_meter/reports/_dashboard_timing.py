@@ -18,7 +18,7 @@ from ollama_meter.reports._charts import (
     columns,
     lines,
 )
-from ollama_meter.reports._dashboard import Dashboard
+from ollama_meter.reports._dashboard import TOP, Dashboard
 from ollama_meter.reports._html import ms, num, short_label
 
 
@@ -51,14 +51,20 @@ def timing_charts(d: Dashboard) -> dict[str, Chart]:
 
     models = d.timing_by_model.rows
 
-    def model_bars(label: str, unit: str, rows: list[tuple[str, Decimal, str, str]]) -> Chart:
+    def model_bars(
+        label: str, unit: str, rows: list[tuple[str, Decimal, str, str]], *, slowest: str
+    ) -> Chart:
+        """The :data:`TOP` models that show the most of the trouble (``slowest``: ``low`` or
+        ``high`` values first), and how many more under the chart."""
+        ranked = sorted(rows, key=lambda r: (r[1] if slowest == "low" else -r[1], r[0]))
         return bars(
             label,
             [
                 Bar(name, [Segment(value, "accent", tip, f"{value:f}")], text)
-                for name, value, text, tip in rows
+                for name, value, text, tip in ranked
             ],
             unit=unit,
+            limit=TOP,
         )
 
     speed = model_bars(
@@ -69,6 +75,7 @@ def timing_charts(d: Dashboard) -> dict[str, Chart]:
             for r in models
             if (v := r.tokens_per_s) is not None
         ],
+        slowest="low",
     )
     cold = model_bars(
         "Cold model loads",
@@ -83,6 +90,7 @@ def timing_charts(d: Dashboard) -> dict[str, Chart]:
             for r in models
             if r.cold_loads > 0
         ],
+        slowest="high",
     )
     queue = model_bars(
         "Waiting inside Ollama, p95 by model",
@@ -97,6 +105,7 @@ def timing_charts(d: Dashboard) -> dict[str, Chart]:
             for r in models
             if (v := r.queue_p95_ms) is not None
         ],
+        slowest="high",
     )
     failures = bars(
         "Failed calls by type",
@@ -116,6 +125,7 @@ def timing_charts(d: Dashboard) -> dict[str, Chart]:
             for f in d.failures
         ],
         unit="calls",
+        limit=TOP,
     )
     calls = d.requests_by_time()
     counts = columns(

@@ -28,6 +28,7 @@ from ollama_meter.periods import TIME_UNITS, bucket_bounds
 from ollama_meter.records import Micros, format_micros, minor_places
 from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS, Chargeback
 from ollama_meter.reports._charts import (
+    PALETTE_SIZE,
     WIDE,
     Bar,
     Chart,
@@ -89,6 +90,47 @@ def cost_bar(label: str, amount: int, currency: str, href: str | None = None) ->
         text=money(amount, currency),
         href=href,
     )
+
+
+SHOWN_SERIES = PALETTE_SIZE
+"""How many series a stacked spend chart draws apart, the biggest; the rest are one ("and N
+more"), so a ledger with a thousand departments still draws a readable chart and legend."""
+
+
+def spend_series(
+    name: str,
+    css: str,
+    by_x: Mapping[str, int],
+    xs: Sequence[str],
+    currency: str,
+    href: str | None = None,
+) -> Series:
+    """One group's spend (micro-units per x) as a chart series, exact in each tooltip."""
+    return Series(
+        name,
+        css,
+        [to_decimal(by_x.get(x, 0)) for x in xs],
+        [f"{name} · {x}: {format_micros(by_x.get(x, 0))} {currency}" for x in xs],
+        [format_micros(by_x.get(x, 0)) for x in xs],
+        href=href,
+    )
+
+
+def rest_of(
+    groups: Sequence[Mapping[str, int]], what: str, xs: Sequence[str], currency: str
+) -> tuple[Series, LegendItem]:
+    """The groups a chart does not draw apart, as one series and its legend entry: per x, the
+    exact sum of theirs."""
+    by_x = {x: sum(group.get(x, 0) for group in groups) for x in xs}
+    total = sum(sum(group.values()) for group in groups)
+    series = spend_series(f"{len(groups):,} more {what}".rstrip(), "rest", by_x, xs, currency)
+    item = LegendItem(
+        f"and {len(groups):,} more",
+        "rest",
+        money(total, currency),
+        f"{format_micros(total)} {currency}",
+    )
+    return series, item
 
 
 @cache
@@ -180,9 +222,10 @@ def render_spend_html(
             charts.append(
                 bars(
                     f"Spend by {' / '.join(groups)} in {currency}",
-                    [cost_bar(_key(r, groups), r.cost, currency) for r in by_cost[:25]],
+                    [cost_bar(_key(r, groups), r.cost, currency) for r in by_cost],
                     unit=currency,
                     width=WIDE,
+                    limit=25,
                 )
             )
     return render_template(
@@ -221,17 +264,23 @@ def _spend_over_time(
     cells: dict[str, dict[str, int]] = {}
     for row in rows:
         cells.setdefault(_key(row, groups), {})[row.label(unit)] = row.cost
-    series = [
-        Series(
+    colours = {name: series_class(index) for index, name in enumerate(sorted(cells))}
+    names = sorted(cells, key=lambda name: (-sum(cells[name].values()), name))
+    shown, rest = names[:SHOWN_SERIES], names[SHOWN_SERIES:]
+    series = [spend_series(name, colours[name], cells[name], xs, currency) for name in shown]
+    legend = [
+        LegendItem(
             name,
-            series_class(index),
-            [to_decimal(cells[name].get(x, 0)) for x in xs],
-            [f"{name} · {x}: {format_micros(cells[name].get(x, 0))} {currency}" for x in xs],
-            [format_micros(cells[name].get(x, 0)) for x in xs],
+            colours[name],
+            money(sum(cells[name].values()), currency),
+            f"{format_micros(sum(cells[name].values()))} {currency}",
         )
-        for index, name in enumerate(sorted(cells))
+        for name in shown
     ]
-    series.sort(key=lambda s: (-sum(cells[s.name].values()), s.name))
+    if rest:
+        folded, item = rest_of([cells[name] for name in rest], "", xs, currency)
+        series.append(folded)
+        legend.append(item)
     chart = columns(
         f"Spend per {unit} in {currency}",
         xs,
@@ -241,15 +290,7 @@ def _spend_over_time(
         height=300,
         width=WIDE,
     )
-    chart.legend = [
-        LegendItem(
-            s.name,
-            s.css,
-            money(sum(cells[s.name].values()), currency),
-            f"{format_micros(sum(cells[s.name].values()))} {currency}",
-        )
-        for s in series
-    ]
+    chart.legend = legend
     return chart
 
 
