@@ -39,6 +39,7 @@ from ollama_meter.reports._html import (
     SHOWN_SERIES,
     asset,
     cost_bar,
+    isolate,
     money,
     num,
     percent,
@@ -213,7 +214,7 @@ def _change_note(delta: Decimal | None, before: str) -> str:
 def named(name: str, tenant: str | None) -> str:
     """A department or user as the page shows it: ``research (globex)`` when ``tenant`` is
     given, which it is whenever the page shows more than one tenant."""
-    return name if tenant is None else f"{name} ({tenant})"
+    return isolate(name) if tenant is None else f"{isolate(name)} ({isolate(tenant)})"
 
 
 def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
@@ -291,7 +292,9 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
     model_chart = bars(
         f"Spend by model in {currency}",
         [
-            cost_bar(m.label("model"), m.cost, currency, links.href(model=m.label("model")))
+            cost_bar(
+                isolate(m.label("model")), m.cost, currency, links.href(model=m.label("model"))
+            )
             for m in models
         ],
         unit=currency,
@@ -321,7 +324,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
 
 def _user_label(user: str, tenant: str | None) -> str:
     if not user:
-        return "(no user)" if tenant is None else f"(no user, {tenant})"
+        return "(no user)" if tenant is None else f"(no user, {isolate(tenant)})"
     return named(user, tenant)
 
 
@@ -329,6 +332,7 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
     """The dashboard page for ``d``; ``links`` carries the current URL's parameters."""
     counts = d.counts()
     unpriced_models = sorted({r.label("model") for r in d.spend.rows if r.unpriced_requests > 0})
+    unpriced_models = [isolate(model) for model in unpriced_models]
     query = d.query
     by_calls = sorted(d.timing_by_model.rows, key=lambda r: (-r.requests, r.label("model")))
     return render_template(

@@ -19,7 +19,7 @@ from ollama_meter.reports._charts import (
     lines,
 )
 from ollama_meter.reports._dashboard import TOP, Dashboard
-from ollama_meter.reports._html import ms, num, short_label
+from ollama_meter.reports._html import isolate, ms, num, short_label
 
 
 def timing_charts(d: Dashboard) -> dict[str, Chart]:
@@ -71,7 +71,12 @@ def timing_charts(d: Dashboard) -> dict[str, Chart]:
         "Output tokens per second by model (median)",
         "tok/s",
         [
-            (r.label("model"), v, f"{v:,f}", f"{r.label('model')}: {v:f} tokens/s")
+            (
+                isolate(r.label("model")),
+                v,
+                f"{v:,f}",
+                f"{isolate(r.label('model'))}: {v:f} tokens/s",
+            )
             for r in models
             if (v := r.tokens_per_s) is not None
         ],
@@ -82,10 +87,10 @@ def timing_charts(d: Dashboard) -> dict[str, Chart]:
         "loads",
         [
             (
-                r.label("model"),
+                isolate(r.label("model")),
                 Decimal(r.cold_loads),
                 f"{r.cold_loads} ({r.cold_load_s} s)",
-                f"{r.label('model')}: {r.cold_loads} cold load(s), {r.cold_load_s} s loading",
+                f"{isolate(r.label('model'))}: {r.cold_loads} cold load(s), {r.cold_load_s} s loading",
             )
             for r in models
             if r.cold_loads > 0
@@ -97,10 +102,10 @@ def timing_charts(d: Dashboard) -> dict[str, Chart]:
         "ms",
         [
             (
-                r.label("model"),
+                isolate(r.label("model")),
                 v,
                 ms(v),
-                f"{r.label('model')}: p50 {r.queue_p50_ms} ms, p95 {v:f} ms",
+                f"{isolate(r.label('model'))}: p50 {r.queue_p50_ms} ms, p95 {v:f} ms",
             )
             for r in models
             if (v := r.queue_p95_ms) is not None
@@ -111,12 +116,12 @@ def timing_charts(d: Dashboard) -> dict[str, Chart]:
         "Failed calls by type",
         [
             Bar(
-                label=f"{f.status} · {f.error_type}" if f.error_type else f.status,
+                label=f"{f.status} · {isolate(f.error_type)}" if f.error_type else f.status,
                 segments=[
                     Segment(
                         Decimal(f.requests),
                         "err",
-                        f"{f.status} {f.error_type or ''}: {f.requests} call(s)",
+                        f"{f.status} {isolate(f.error_type or '')}: {f.requests} call(s)",
                         str(f.requests),
                     )
                 ],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
@@ -53,6 +54,21 @@ def money(micros: int, currency: str) -> str:
     JPY (no cents) and ``1,234.568`` KWD (fils)."""
     unit = Decimal(1).scaleb(-minor_places(currency))
     return f"{Decimal(micros).scaleb(-6).quantize(unit, ROUND_HALF_UP):,}"
+
+
+_DIRECTIONAL = frozenset({"R", "AL", "RLE", "LRE", "RLO", "LRO", "PDF", "RLI", "LRI", "FSI", "PDI"})
+
+
+def isolate(name: str) -> str:
+    """``name`` as text to show beside other text: between U+2068 and U+2069 (a first-strong
+    isolate) when it holds right-to-left letters or direction controls, else unchanged.
+
+    A name from the ledger is anyone's; an unclosed right-to-left override (U+202E) in one would
+    reverse what follows it on the line, drawing its amount on the wrong side (``1.23 (live)
+    live`` for ``evil (evil) 1.23``). Isolated, it is reordered inside itself only."""
+    if any(unicodedata.bidirectional(ch) in _DIRECTIONAL for ch in name):
+        return f"\u2068{name}\u2069"
+    return name
 
 
 def num(value: int) -> str:
@@ -162,7 +178,15 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(money=money, exact=format_micros, num=num, percent=percent, rate=rate, ms=ms)
+    env.filters.update(
+        money=money,
+        exact=format_micros,
+        num=num,
+        percent=percent,
+        rate=rate,
+        ms=ms,
+        isolate=isolate,
+    )
     env.globals.update(css=asset("style.css"))
     return env
 
@@ -246,7 +270,7 @@ def render_spend_html(
 
 
 def _key(row: SpendRow, groups: Sequence[str]) -> str:
-    return " / ".join(row.label(g) or "(none)" for g in groups) or "total"
+    return " / ".join(isolate(row.label(g)) or "(none)" for g in groups) or "total"
 
 
 def _spend_over_time(
@@ -318,24 +342,25 @@ def render_chargeback_html(
     charts = []
     for currency in sorted(totals):
         rows = [r for r in result.rows if r.currency == currency]
+        names = {id(r): f"{isolate(r.tenant)} / {isolate(r.department)}" for r in rows}
         charts.append(
             bars(
                 f"Bill per tenant and department in {currency}",
                 [
                     Bar(
-                        label=f"{r.tenant} / {r.department}",
+                        label=names[id(r)],
                         segments=[
                             Segment(
                                 to_decimal(r.usage_cost),
                                 "accent",
-                                f"{r.tenant}/{r.department} usage: {format_micros(r.usage_cost)} {currency}",
+                                f"{names[id(r)]} usage: {format_micros(r.usage_cost)} {currency}",
                                 format_micros(r.usage_cost),
                                 "usage",
                             ),
                             Segment(
                                 r.fixed_cost_share,
                                 "fixed",
-                                f"{r.tenant}/{r.department} fixed-cost share: {r.fixed_cost_share} {currency}",
+                                f"{names[id(r)]} fixed-cost share: {r.fixed_cost_share} {currency}",
                                 f"{r.fixed_cost_share}",
                                 "fixed",
                             ),
