@@ -102,6 +102,8 @@ class Chart:
     dots: list[Dot] = field(default_factory=list)
     legend: list[LegendItem] = field(default_factory=list)
     width: int = WIDTH
+    more: str = ""
+    """What the chart leaves out, said under it: ``and 490 more``."""
 
     @property
     def empty(self) -> bool:
@@ -294,10 +296,17 @@ _LABEL_W = 180
 _MAX_LABEL = 20
 
 
-def bars(label: str, rows: Sequence[Bar], *, unit: str, width: int = WIDTH) -> Chart:
-    """Horizontal bars in the order given, with a value axis at the bottom."""
+def bars(
+    label: str, rows: Sequence[Bar], *, unit: str, width: int = WIDTH, limit: int | None = None
+) -> Chart:
+    """Horizontal bars in the order given, with a value axis at the bottom; the first ``limit``
+    of them, and the number left out under the chart."""
+    more = len(rows) - limit if limit is not None and len(rows) > limit else 0
+    rows = rows[: len(rows) - more]
     height = len(rows) * _ROW + 34
-    chart = Chart(label=label, height=height, width=width)
+    chart = Chart(
+        label=label, height=height, width=width, more=f"and {more:,} more" if more else ""
+    )
     left, right = _LABEL_W, width - 100
     totals = [sum((s.value for s in r.segments), Decimal(0)) for r in rows]
     ticks = nice_ticks(max(totals, default=Decimal(0)))

@@ -20,7 +20,6 @@ from ollama_meter.reports._charts import (
     Chart,
     Gauge,
     LegendItem,
-    Series,
     bars,
     columns,
     gauge,
@@ -37,16 +36,23 @@ from ollama_meter.reports._dashboard import (
 )
 from ollama_meter.reports._dashboard_timing import timing_charts
 from ollama_meter.reports._html import (
+    SHOWN_SERIES,
     asset,
     cost_bar,
+    isolate,
     money,
     num,
     percent,
     render_template,
+    rest_of,
     short_label,
-    to_decimal,
+    spend_series,
 )
 from ollama_meter.reports._rows import SpendRow
+
+SHOWN_DRILLS = 25
+"""How many departments (the biggest) get a drill-down panel on the page; the others are one
+line that points at the Department filter, which gives any of them its panel."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +111,11 @@ class CurrencyPanel:
     top_users: list[tuple[SpendRow, str, Decimal | None]]
     """The biggest users in this currency, each with its label and its share of the spend."""
     departments: list[DepartmentPanel] = field(default_factory=list)
+    more_departments: int = 0
+    """Departments with no panel of their own (past :data:`SHOWN_DRILLS`)."""
+    more_departments_cost: int = 0
+    more_models: int = 0
+    more_users: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,14 +167,14 @@ def _cards(d: Dashboard) -> list[Card]:
             Card(
                 key=f"spend-{currency}",
                 label=f"Spend ({currency})",
-                value=money(cost),
+                value=money(cost, currency),
                 exact=format_micros(cost),
-                note=_change_note(delta, f"{money(earlier)} {currency}"),
+                note=_change_note(delta, f"{money(earlier, currency)} {currency}"),
                 tip=f"{format_micros(cost)} {currency}; before: {format_micros(earlier)} {currency}",
             )
         )
     if not d.currencies:
-        cards.append(Card("spend", "Spend", "0.00", "0.000000", "no calls in this period"))
+        cards.append(Card("spend", "Spend", "0", "0.000000", "no calls in this period"))
     calls = counts["requests"]
     previous = before["requests"]
     cards.append(
@@ -203,7 +214,7 @@ def _change_note(delta: Decimal | None, before: str) -> str:
 def named(name: str, tenant: str | None) -> str:
     """A department or user as the page shows it: ``research (globex)`` when ``tenant`` is
     given, which it is whenever the page shows more than one tenant."""
-    return name if tenant is None else f"{name} ({tenant})"
+    return isolate(name) if tenant is None else f"{isolate(name)} ({isolate(tenant)})"
 
 
 def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
@@ -215,20 +226,18 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
     several = d.several_tenants
     series = []
     panels = []
-    for index, dept in enumerate(departments):
+    for index, dept in enumerate(departments[:SHOWN_DRILLS]):
         tenant = dept.tenant if several else None
         name = named(dept.name, tenant)
         css = colours.get((dept.name, dept.tenant), series_class(len(colours) + index))
         anchor = f"dept-{currency}-{index}"
         by_time = {r.label(d.unit): r.cost for r in dept.days}
-        values = [to_decimal(by_time.get(x, 0)) for x in xs]
-        tips = [f"{name} · {x}: {format_micros(by_time.get(x, 0))} {currency}" for x in xs]
-        exact = [format_micros(by_time.get(x, 0)) for x in xs]
-        series.append(Series(name, css, values, tips, exact, href=f"#{anchor}"))
+        if index < SHOWN_SERIES:
+            series.append(spend_series(name, css, by_time, xs, currency, href=f"#{anchor}"))
         alone = columns(
             f"{name}: spend per {d.unit}",
             xs,
-            [Series(name, css, values, tips, exact)],
+            [spend_series(name, css, by_time, xs, currency)],
             unit=currency,
             x_text=lambda x: short_label(x, d.unit),
             height=180,
@@ -250,6 +259,15 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
                 ),
             )
         )
+    folded = departments[SHOWN_SERIES:]
+    rest = rest_of(
+        [{r.label(d.unit): r.cost for r in dept.days} for dept in folded],
+        "departments",
+        xs,
+        currency,
+    )
+    if folded:
+        series.append(rest[0])
     spend_chart = columns(
         f"Spend per department per {d.unit} in {currency}",
         xs,
@@ -263,21 +281,24 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         LegendItem(
             name=p.label,
             css=p.css,
-            value=money(p.drill.cost),
+            value=money(p.drill.cost, currency),
             tip=f"{format_micros(p.drill.cost)} {currency}",
             href=f"#{p.anchor}",
         )
-        for p in panels
-    ]
+        for p in panels[:SHOWN_SERIES]
+    ] + ([rest[1]] if folded else [])
     models = d.by_cost(d.in_currency(d.spend.rollup(["model"]), currency), "model")
     users = d.top_users(currency)
     model_chart = bars(
         f"Spend by model in {currency}",
         [
-            cost_bar(m.label("model"), m.cost, currency, links.href(model=m.label("model")))
-            for m in models[:TOP]
+            cost_bar(
+                isolate(m.label("model")), m.cost, currency, links.href(model=m.label("model"))
+            )
+            for m in models
         ],
         unit=currency,
+        limit=TOP,
     )
     return CurrencyPanel(
         currency=currency,
@@ -294,12 +315,16 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
             for u in users[:TOP]
         ],
         departments=panels,
+        more_departments=len(departments) - len(panels),
+        more_departments_cost=sum(dept.cost for dept in departments[SHOWN_DRILLS:]),
+        more_models=max(len(models) - TOP, 0),
+        more_users=max(len(users) - TOP, 0),
     )
 
 
 def _user_label(user: str, tenant: str | None) -> str:
     if not user:
-        return "(no user)" if tenant is None else f"(no user, {tenant})"
+        return "(no user)" if tenant is None else f"(no user, {isolate(tenant)})"
     return named(user, tenant)
 
 
@@ -307,7 +332,9 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
     """The dashboard page for ``d``; ``links`` carries the current URL's parameters."""
     counts = d.counts()
     unpriced_models = sorted({r.label("model") for r in d.spend.rows if r.unpriced_requests > 0})
+    unpriced_models = [isolate(model) for model in unpriced_models]
     query = d.query
+    by_calls = sorted(d.timing_by_model.rows, key=lambda r: (-r.requests, r.label("model")))
     return render_template(
         "dashboard.html",
         d=d,
@@ -324,5 +351,7 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
         several_tenants=d.several_tenants,
         budgets=[_budget_panel(b) for b in d.budgets],
         charts=timing_charts(d),
+        timing_models=by_calls[:TOP],
+        more_timing_models=len(by_calls[TOP:]),
         short=lambda x: short_label(x, d.unit),
     )

@@ -18,8 +18,8 @@ from ollama_meter.reports._charts import (
     columns,
     lines,
 )
-from ollama_meter.reports._dashboard import Dashboard
-from ollama_meter.reports._html import ms, num, short_label
+from ollama_meter.reports._dashboard import TOP, Dashboard
+from ollama_meter.reports._html import isolate, ms, num, short_label
 
 
 def timing_charts(d: Dashboard) -> dict[str, Chart]:
@@ -51,63 +51,77 @@ def timing_charts(d: Dashboard) -> dict[str, Chart]:
 
     models = d.timing_by_model.rows
 
-    def model_bars(label: str, unit: str, rows: list[tuple[str, Decimal, str, str]]) -> Chart:
+    def model_bars(
+        label: str, unit: str, rows: list[tuple[str, Decimal, str, str]], *, slowest: str
+    ) -> Chart:
+        """The :data:`TOP` models that show the most of the trouble (``slowest``: ``low`` or
+        ``high`` values first), and how many more under the chart."""
+        ranked = sorted(rows, key=lambda r: (r[1] if slowest == "low" else -r[1], r[0]))
         return bars(
             label,
             [
                 Bar(name, [Segment(value, "accent", tip, f"{value:f}")], text)
-                for name, value, text, tip in rows
+                for name, value, text, tip in ranked
             ],
             unit=unit,
+            limit=TOP,
         )
 
     speed = model_bars(
         "Output tokens per second by model (median)",
         "tok/s",
         [
-            (r.label("model"), v, f"{v:,f}", f"{r.label('model')}: {v:f} tokens/s")
+            (
+                isolate(r.label("model")),
+                v,
+                f"{v:,f}",
+                f"{isolate(r.label('model'))}: {v:f} tokens/s",
+            )
             for r in models
             if (v := r.tokens_per_s) is not None
         ],
+        slowest="low",
     )
     cold = model_bars(
         "Cold model loads",
         "loads",
         [
             (
-                r.label("model"),
+                isolate(r.label("model")),
                 Decimal(r.cold_loads),
                 f"{r.cold_loads} ({r.cold_load_s} s)",
-                f"{r.label('model')}: {r.cold_loads} cold load(s), {r.cold_load_s} s loading",
+                f"{isolate(r.label('model'))}: {r.cold_loads} cold load(s), {r.cold_load_s} s loading",
             )
             for r in models
             if r.cold_loads > 0
         ],
+        slowest="high",
     )
     queue = model_bars(
         "Waiting inside Ollama, p95 by model",
         "ms",
         [
             (
-                r.label("model"),
+                isolate(r.label("model")),
                 v,
                 ms(v),
-                f"{r.label('model')}: p50 {r.queue_p50_ms} ms, p95 {v:f} ms",
+                f"{isolate(r.label('model'))}: p50 {r.queue_p50_ms} ms, p95 {v:f} ms",
             )
             for r in models
             if (v := r.queue_p95_ms) is not None
         ],
+        slowest="high",
     )
     failures = bars(
         "Failed calls by type",
         [
             Bar(
-                label=f"{f.status} · {f.error_type}" if f.error_type else f.status,
+                label=f"{f.status} · {isolate(f.error_type)}" if f.error_type else f.status,
                 segments=[
                     Segment(
                         Decimal(f.requests),
                         "err",
-                        f"{f.status} {f.error_type or ''}: {f.requests} call(s)",
+                        f"{f.status} {isolate(f.error_type or '')}: {f.requests} call(s)",
                         str(f.requests),
                     )
                 ],
@@ -116,6 +130,7 @@ def timing_charts(d: Dashboard) -> dict[str, Chart]:
             for f in d.failures
         ],
         unit="calls",
+        limit=TOP,
     )
     calls = d.requests_by_time()
     counts = columns(

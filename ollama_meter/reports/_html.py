@@ -5,14 +5,16 @@ ledger are data, never markup) shipped in ``reports/templates``, charts from
 :mod:`._charts`, one stylesheet. The pages load nothing from anywhere: CSS is
 inline, charts are inline SVG, and the dashboard's one small script is inline
 too, allowed by hash in :data:`CONTENT_SECURITY_POLICY`. Tables in the files
-show each cell exactly as the CSV writes it; the UI rounds money to two
-decimals with thousands separators and keeps the exact amount in tooltips.
+show each cell exactly as the CSV writes it; the UI rounds money to its currency's
+minor unit (cents, whole yen, fils) with thousands separators and keeps the exact
+amount in tooltips.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
@@ -27,6 +29,7 @@ from ollama_meter.periods import TIME_UNITS, bucket_bounds
 from ollama_meter.records import Micros, format_micros, minor_places
 from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS, Chargeback
 from ollama_meter.reports._charts import (
+    PALETTE_SIZE,
     WIDE,
     Bar,
     Chart,
@@ -44,12 +47,28 @@ from ollama_meter.reports._render import cell_text
 from ollama_meter.reports._rows import SpendRow
 from ollama_meter.reports._spend import SpendReport
 
-_CENT = Decimal("0.01")
+
+def money(micros: int, currency: str) -> str:
+    """What the UI shows for an amount: rounded half up to ``currency``'s minor unit, with
+    thousands separators (exact in tooltips). ``1234567891`` is ``1,234.57`` USD, ``1,235``
+    JPY (no cents) and ``1,234.568`` KWD (fils)."""
+    unit = Decimal(1).scaleb(-minor_places(currency))
+    return f"{Decimal(micros).scaleb(-6).quantize(unit, ROUND_HALF_UP):,}"
 
 
-def money(micros: int) -> str:
-    """``1234567891`` → ``1,234.57``: what the UI shows, half a cent up (exact in tooltips)."""
-    return f"{Decimal(micros).scaleb(-6).quantize(_CENT, ROUND_HALF_UP):,}"
+_DIRECTIONAL = frozenset({"R", "AL", "RLE", "LRE", "RLO", "LRO", "PDF", "RLI", "LRI", "FSI", "PDI"})
+
+
+def isolate(name: str) -> str:
+    """``name`` as text to show beside other text: between U+2068 and U+2069 (a first-strong
+    isolate) when it holds right-to-left letters or direction controls, else unchanged.
+
+    A name from the ledger is anyone's; an unclosed right-to-left override (U+202E) in one would
+    reverse what follows it on the line, drawing its amount on the wrong side (``1.23 (live)
+    live`` for ``evil (evil) 1.23``). Isolated, it is reordered inside itself only."""
+    if any(unicodedata.bidirectional(ch) in _DIRECTIONAL for ch in name):
+        return f"\u2068{name}\u2069"
+    return name
 
 
 def num(value: int) -> str:
@@ -84,9 +103,50 @@ def cost_bar(label: str, amount: int, currency: str, href: str | None = None) ->
     return Bar(
         label=label,
         segments=[Segment(to_decimal(amount), "accent", f"{label}: {exact} {currency}", exact)],
-        text=money(amount),
+        text=money(amount, currency),
         href=href,
     )
+
+
+SHOWN_SERIES = PALETTE_SIZE
+"""How many series a stacked spend chart draws apart, the biggest; the rest are one ("and N
+more"), so a ledger with a thousand departments still draws a readable chart and legend."""
+
+
+def spend_series(
+    name: str,
+    css: str,
+    by_x: Mapping[str, int],
+    xs: Sequence[str],
+    currency: str,
+    href: str | None = None,
+) -> Series:
+    """One group's spend (micro-units per x) as a chart series, exact in each tooltip."""
+    return Series(
+        name,
+        css,
+        [to_decimal(by_x.get(x, 0)) for x in xs],
+        [f"{name} · {x}: {format_micros(by_x.get(x, 0))} {currency}" for x in xs],
+        [format_micros(by_x.get(x, 0)) for x in xs],
+        href=href,
+    )
+
+
+def rest_of(
+    groups: Sequence[Mapping[str, int]], what: str, xs: Sequence[str], currency: str
+) -> tuple[Series, LegendItem]:
+    """The groups a chart does not draw apart, as one series and its legend entry: per x, the
+    exact sum of theirs."""
+    by_x = {x: sum(group.get(x, 0) for group in groups) for x in xs}
+    total = sum(sum(group.values()) for group in groups)
+    series = spend_series(f"{len(groups):,} more {what}".rstrip(), "rest", by_x, xs, currency)
+    item = LegendItem(
+        f"and {len(groups):,} more",
+        "rest",
+        money(total, currency),
+        f"{format_micros(total)} {currency}",
+    )
+    return series, item
 
 
 @cache
@@ -118,7 +178,15 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(money=money, exact=format_micros, num=num, percent=percent, rate=rate, ms=ms)
+    env.filters.update(
+        money=money,
+        exact=format_micros,
+        num=num,
+        percent=percent,
+        rate=rate,
+        ms=ms,
+        isolate=isolate,
+    )
     env.globals.update(css=asset("style.css"))
     return env
 
@@ -178,9 +246,10 @@ def render_spend_html(
             charts.append(
                 bars(
                     f"Spend by {' / '.join(groups)} in {currency}",
-                    [cost_bar(_key(r, groups), r.cost, currency) for r in by_cost[:25]],
+                    [cost_bar(_key(r, groups), r.cost, currency) for r in by_cost],
                     unit=currency,
                     width=WIDE,
+                    limit=25,
                 )
             )
     return render_template(
@@ -201,7 +270,7 @@ def render_spend_html(
 
 
 def _key(row: SpendRow, groups: Sequence[str]) -> str:
-    return " / ".join(row.label(g) or "(none)" for g in groups) or "total"
+    return " / ".join(isolate(row.label(g)) or "(none)" for g in groups) or "total"
 
 
 def _spend_over_time(
@@ -219,17 +288,23 @@ def _spend_over_time(
     cells: dict[str, dict[str, int]] = {}
     for row in rows:
         cells.setdefault(_key(row, groups), {})[row.label(unit)] = row.cost
-    series = [
-        Series(
+    colours = {name: series_class(index) for index, name in enumerate(sorted(cells))}
+    names = sorted(cells, key=lambda name: (-sum(cells[name].values()), name))
+    shown, rest = names[:SHOWN_SERIES], names[SHOWN_SERIES:]
+    series = [spend_series(name, colours[name], cells[name], xs, currency) for name in shown]
+    legend = [
+        LegendItem(
             name,
-            series_class(index),
-            [to_decimal(cells[name].get(x, 0)) for x in xs],
-            [f"{name} · {x}: {format_micros(cells[name].get(x, 0))} {currency}" for x in xs],
-            [format_micros(cells[name].get(x, 0)) for x in xs],
+            colours[name],
+            money(sum(cells[name].values()), currency),
+            f"{format_micros(sum(cells[name].values()))} {currency}",
         )
-        for index, name in enumerate(sorted(cells))
+        for name in shown
     ]
-    series.sort(key=lambda s: (-sum(cells[s.name].values()), s.name))
+    if rest:
+        folded, item = rest_of([cells[name] for name in rest], "", xs, currency)
+        series.append(folded)
+        legend.append(item)
     chart = columns(
         f"Spend per {unit} in {currency}",
         xs,
@@ -239,15 +314,7 @@ def _spend_over_time(
         height=300,
         width=WIDE,
     )
-    chart.legend = [
-        LegendItem(
-            s.name,
-            s.css,
-            money(sum(cells[s.name].values())),
-            f"{format_micros(sum(cells[s.name].values()))} {currency}",
-        )
-        for s in series
-    ]
+    chart.legend = legend
     return chart
 
 
@@ -275,29 +342,30 @@ def render_chargeback_html(
     charts = []
     for currency in sorted(totals):
         rows = [r for r in result.rows if r.currency == currency]
+        names = {id(r): f"{isolate(r.tenant)} / {isolate(r.department)}" for r in rows}
         charts.append(
             bars(
                 f"Bill per tenant and department in {currency}",
                 [
                     Bar(
-                        label=f"{r.tenant} / {r.department}",
+                        label=names[id(r)],
                         segments=[
                             Segment(
                                 to_decimal(r.usage_cost),
                                 "accent",
-                                f"{r.tenant}/{r.department} usage: {format_micros(r.usage_cost)} {currency}",
+                                f"{names[id(r)]} usage: {format_micros(r.usage_cost)} {currency}",
                                 format_micros(r.usage_cost),
                                 "usage",
                             ),
                             Segment(
                                 r.fixed_cost_share,
                                 "fixed",
-                                f"{r.tenant}/{r.department} fixed-cost share: {r.fixed_cost_share} {currency}",
+                                f"{names[id(r)]} fixed-cost share: {r.fixed_cost_share} {currency}",
                                 f"{r.fixed_cost_share}",
                                 "fixed",
                             ),
                         ],
-                        text=money(r.total_cost),
+                        text=money(r.total_cost, currency),
                     )
                     for r in rows
                 ],

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from ollama_meter.budgets import Budget
 from ollama_meter.gateway._dash import DASH_CACHE_SECONDS
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
@@ -560,3 +561,29 @@ def test_one_tenant_on_the_page_names_departments_and_users_as_before(dash: Gate
     assert [(d["tenant"], d["department"], d["cost"]) for d in data["departments"]] == [
         ("globex", "research", "0.750000")
     ]
+
+
+def test_each_currency_shows_its_own_minor_unit(dash: Gateway) -> None:
+    """Yen have no cents and dinars have fils: ``1,235 JPY`` and ``1.235 KWD`` on every card,
+    bar, legend, table and gauge, where each showed two decimals (``1,234.57 JPY``)."""
+    dash.ledger.save_budget(Budget("acme", "sales", "month", 5_000_000_000, "JPY"))
+    dash.ledger.record(
+        [
+            make_span(started_at=TODAY, cost_total=micros, currency=currency, unpriced=False)
+            for currency, micros in [("JPY", 1_234_567_890), ("KWD", 1_234_567), ("USD", 1_234_567)]
+        ]
+    )
+    page = dash.client.get("/dashboard").text
+    for currency, shown in [("JPY", "1,235"), ("KWD", "1.235"), ("USD", "1.23")]:
+        panel = page[page.index(f'id="currency-{currency}"') :]
+        panel = panel[: panel.index("</section>\n</div>\n</section>")]
+        assert re.search(
+            rf'id="card-spend-{currency}" [^>]*>\s*<div class="card-label">Spend \({currency}\)'
+            rf'</div>\s*<div class="card-value">{re.escape(shown)}</div>',
+            page,
+        ), currency
+        cells = re.findall(r'<td class="num" title="[^"]*" data-value="[^"]*">([^<]*)</td>', panel)
+        legend = re.findall(r"<b>([^<]*)</b>", panel)
+        assert set(cells) == {shown} and set(legend) == {shown}, currency
+    assert "1,234.57" not in page and "1.23 " not in page.replace("1.23 KWD", "")
+    assert "1,235 of 5,000 JPY" in page  # the yen budget's gauge

@@ -156,7 +156,7 @@ def test_dashboard_numbers_drill_down_and_filters(
     month = [s for s in spans if NOVEMBER <= s.started_at < OFFICE_NOW]
     total = cost(spans, NOVEMBER, OFFICE_NOW)
     assert page.locator("#period-label").inner_text() == "2026-11"
-    assert card(page, "spend-USD") == (money(total), format_micros(total))
+    assert card(page, "spend-USD") == (money(total, "USD"), format_micros(total))
     assert card(page, "calls") == (f"{len(month):,}", str(len(month)))
     errors = sum(s.status == "error" for s in month)
     assert card(page, "error-rate")[1] == f"{Decimal(errors * 100) / len(month):.2f}"
@@ -185,7 +185,7 @@ def test_dashboard_numbers_drill_down_and_filters(
         meter = meters[scope]
         assert meter.get_attribute("aria-valuenow") == percent(spent, limit * 10**6), scope
         assert meter.get_attribute("data-state") == state, scope
-        assert f"{money(spent)} of {limit:,}.00 USD" in meter.inner_text()
+        assert f"{money(spent, 'USD')} of {limit:,}.00 USD" in meter.inner_text()
     assert "on pace to exceed" in meters["acme/sales"].inner_text()
     assert "calls are refused" in meters["acme/support"].inner_text()
 
@@ -212,7 +212,7 @@ def test_dashboard_numbers_drill_down_and_filters(
         for row in drill.locator(".drill-models tbody tr").all()
     ]
     assert rows == [
-        [model, str(calls), money(micros)]
+        [model, str(calls), money(micros, "USD")]
         for model, (calls, micros) in sorted(by_model.items(), key=lambda kv: (-kv[1][1], kv[0]))
     ]
     assert drill.locator(".drill-models tbody tr").first.is_visible()
@@ -273,7 +273,7 @@ def test_numbers_read_with_javascript_off(
     )
     page = watched.page
     total = cost(spans, NOVEMBER, OFFICE_NOW)
-    assert card(page, "spend-USD") == (money(total), format_micros(total))
+    assert card(page, "spend-USD") == (money(total, "USD"), format_micros(total))
     drill = page.locator('details[data-department="finance"]')
     drill.locator("summary").click()  # a details element opens without any script
     assert drill.locator(".drill-models tbody tr").first.is_visible()
@@ -423,3 +423,54 @@ def test_a_link_whose_hash_is_no_valid_escape_opens_the_page_without_a_script_er
         watched = open_page(browser, f"{office.url}/dashboard?token={TOKEN}#{broken}", office.url)
         assert watched.page.locator("details[open]").count() == 0
         assert watched.problems == []
+
+
+def test_a_right_to_left_name_cannot_move_the_numbers_beside_it(
+    browser: Any, serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """A name with an unclosed right-to-left override (U+202E) drew the amount after it on its
+    left (``1.23 (live) live`` for ``evil (evil)``), and into every tooltip and sentence that
+    named it; a 255-character model name widened the filter form past the screen, and an
+    amount of a billion did not fit its card."""
+    gw = serve_on(emulator.url, sqlite_url, clock=lambda: OFFICE_NOW)
+    at = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
+    rtl, hebrew, long = "\u202eevil", "\u05de\u05d5\u05d3\u05dc", "m" * 255
+    gw.ledger.record(
+        [
+            make_storable(make_span(started_at=at, tenant=rtl, department=rtl, user=rtl,
+                                    request_model=hebrew, cost_total=1_234_567)),
+            make_span(started_at=at, tenant="acme", department="sales", request_model=long,
+                      cost_total=10**15, unpriced=False),
+        ]
+    )  # fmt: skip
+    watched = open_page(
+        browser, f"{gw.url}/dashboard", gw.url, viewport={"width": 1280, "height": 900}
+    )
+    page = watched.page
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    assert (
+        page.locator(".card-value").evaluate_all(
+            "cards => cards.filter(c => c.scrollWidth > c.clientWidth).map(c => c.textContent)"
+        )
+        == []
+    )
+    # each legend entry and department row reads name first, then its amount
+    misplaced = page.evaluate(
+        """() => [...document.querySelectorAll('.legend li, details.drill summary')].filter(row => {
+            const amount = row.querySelector('b, .num');
+            if (!amount) return false;
+            const name = document.createRange();
+            name.setStartBefore(row.firstChild);
+            name.setEndBefore(amount);
+            return name.getBoundingClientRect().right > amount.getBoundingClientRect().left + 0.5;
+        }).map(row => row.textContent)"""
+    )
+    assert misplaced == []
+    tips = page.locator(f'rect.mark[data-series*="{rtl}"]').evaluate_all(
+        "marks => marks.map(m => m.dataset.tip)"
+    )
+    tip = f"\u2068{rtl}\u2069 (\u2068{rtl}\u2069) · 2026-11-18: 1.234567 USD"
+    assert tips == [tip, tip]  # the stacked chart and the department's own
+    banner = page.get_by_role("alert").text_content()
+    assert f"(models: \u2068{hebrew}\u2069)." in banner  # a model's name is a name too
+    assert watched.problems == []

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from ollama_meter.ledger import Ledger
+from ollama_meter.records import minor_places
 from ollama_meter.reports import (
     CHARGEBACK_COLUMNS,
     chargeback,
@@ -111,7 +112,7 @@ def test_report_file_has_exactly_the_csv(ledger: Ledger, by: list[str]) -> None:
             if name in ("cost", "gpu_seconds"):
                 assert Decimal(total[index]) == sum(Decimal(r[index]) for r in rows[1:])
     cost = sum(int(str(r["cost"])) for r in report.rows)
-    assert f'<div class="card-value">{money(cost)}</div>' in page
+    assert f'<div class="card-value">{money(cost, "USD")}</div>' in page
     assert page.count("<svg") == (1 if by else 0)
     november = [s for s in office_spans() if s.started_at >= datetime(2026, 11, 1, tzinfo=UTC)]
     unpriced = sum(s.unpriced_usage for s in november)
@@ -267,4 +268,28 @@ def test_axis_labels() -> None:
         assert [tick_text(t) for t in nice_ticks(top)] == ticks
     assert short_label("2026-11-03", "day") == "3 Nov"
     assert short_label("2026-W45", "week") == "W45"
-    assert money(1_234_567_891) == "1,234.57" and money(5_000) == "0.01" and money(4_999) == "0.00"
+    assert money(1_234_567_891, "USD") == "1,234.57"
+    assert money(5_000, "USD") == "0.01" and money(4_999, "USD") == "0.00"
+
+
+@given(
+    micros=st.integers(min_value=0, max_value=10**21),
+    currency=st.sampled_from(["USD", "EUR", "JPY", "ISK", "KWD", "BHD", "CLF", "XAU"]),
+)
+def test_money_shows_each_currencys_own_minor_unit(micros: int, currency: str) -> None:
+    """JPY has no cents and KWD has fils: ``1,235`` yen and ``1.235`` dinar, never ``1,234.57``."""
+    shown = money(micros, currency)
+    places = minor_places(currency)
+    assert len(shown.partition(".")[2]) == places and (places > 0 or "." not in shown)
+    # half a minor unit rounds up, and the amount shown is the nearest one
+    exact = Decimal(micros).scaleb(-6)
+    assert abs(Decimal(shown.replace(",", "")) - exact) <= Decimal(1).scaleb(-places) / 2
+    assert [
+        money(v, c)
+        for v, c in [
+            (1_234_567_890, "JPY"),
+            (1_234_567, "KWD"),
+            (1_234_567, "USD"),
+            (500_000, "JPY"),
+        ]
+    ] == ["1,235", "1.235", "1.23", "1"]

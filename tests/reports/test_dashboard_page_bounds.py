@@ -1,0 +1,104 @@
+"""The dashboard page stays a page with a thousand departments and five hundred models.
+
+Every chart and list draws its biggest entries and folds the rest into one "and N more",
+whose amounts are the exact sums of what it folds; the JSON keeps every row.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from ollama_meter.ledger import Ledger
+from ollama_meter.meter import SpanRecord
+from ollama_meter.pricing import format_micros
+from ollama_meter.reports import DashQuery, Links, dashboard_report, render_dashboard
+from ollama_meter.reports._dashboard import TOP
+from ollama_meter.reports._dashboard_page import SHOWN_DRILLS
+from ollama_meter.reports._html import SHOWN_SERIES, money
+from tests.factories import OFFICE_NOW, make_span
+
+DEPARTMENTS, MODELS = 1000, 500
+
+
+def crowd() -> list[SpanRecord]:
+    """Department ``d`` spends ``d + 1`` USD on 18 November and ``d`` µUSD on the 19th; model
+    ``m`` loads cold; every third call failed with one of 40 error types."""
+    spans = []
+    for d in range(DEPARTMENTS):
+        for day, micros in ((18, (d + 1) * 10**6), (19, d)):
+            n = len(spans)
+            spans.append(
+                make_span(
+                    started_at=datetime(2026, 11, day, 10, tzinfo=UTC),
+                    department=f"dept{d:04d}",
+                    user=f"user{d:04d}",
+                    request_model=f"model{n % MODELS:03d}:7b",
+                    cost_total=micros,
+                    unpriced=False,
+                    status="error" if n % 3 == 0 else "ok",
+                    error_type=f"error{n % 40}" if n % 3 == 0 else None,
+                    load_duration_ns=10**8 * (1 + n % 7),
+                    total_duration_ns=10**9,
+                    latency_ns=10**9,
+                )
+            )
+    return spans
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> str:
+    ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('crowd') / 'ledger.db'}")
+    ledger.record(crowd())
+    dash = dashboard_report(ledger, DashQuery(), tz=ZoneInfo("UTC"), now=OFFICE_NOW)
+    return render_dashboard(dash, links=Links("/dashboard", {}), zone="UTC")
+
+
+def section(page: str, heading: str) -> str:
+    start = page.index(f"<h2>{heading}")
+    return page[start : page.index("</section>", start)]
+
+
+def test_the_spend_chart_stacks_the_biggest_departments_and_folds_the_rest(page: str) -> None:
+    chart = section(page, "Spend per department per day")
+    legend = re.findall(r'<li title="([^"]*)">.*?</span>([^<]*?) <b>([^<]*)</b>', chart)
+    assert len(legend) == SHOWN_SERIES + 1
+    biggest = [DEPARTMENTS - 1 - i for i in range(SHOWN_SERIES)]
+    assert [name for _, name, _ in legend[:-1]] == [f"dept{d:04d}" for d in biggest]
+    rest = DEPARTMENTS - SHOWN_SERIES
+    rest_cost = sum((d + 1) * 10**6 + d for d in range(rest))
+    assert legend[-1] == (
+        f"{format_micros(rest_cost)} USD",
+        f"and {rest} more",
+        money(rest_cost, "USD"),
+    )
+    on_18th = sum((d + 1) * 10**6 for d in range(rest))
+    assert f'data-tip="{rest} more departments · 2026-11-18: {format_micros(on_18th)} USD"' in chart
+    assert Counter(re.findall(r'<rect [^>]*data-at="([^"]*)"', chart)) == {
+        "2026-11-18": SHOWN_SERIES + 1,
+        "2026-11-19": SHOWN_SERIES + 1,
+    }
+
+
+def test_every_list_and_bar_chart_shows_its_top_and_says_how_many_more(page: str) -> None:
+    drills = re.findall(r'<details id="[^"]*" class="drill" data-department="([^"]*)"', page)
+    assert drills == [f"dept{DEPARTMENTS - 1 - i:04d}" for i in range(SHOWN_DRILLS)]
+    assert f"and {DEPARTMENTS - SHOWN_DRILLS} more departments" in section(page, "Departments")
+    for heading, more in [
+        ("Spend by model", MODELS - TOP),
+        ("Top models by cost", MODELS - TOP),
+        ("Top users by cost", DEPARTMENTS - TOP),
+        ("Failed calls by type", 40 - TOP),
+        ("Output tokens per second by model", MODELS - TOP),
+        ("Cold model loads", MODELS - TOP),
+        ("Latency by model", MODELS - TOP),
+    ]:
+        part = section(page, heading)
+        rows = part.count('class="mark ') or part.count("<tr data-")
+        assert rows == TOP, heading
+        assert f"and {more} more" in part, heading
+    assert len(page) < 400_000  # a page, not the ledger: it was 5 MB
