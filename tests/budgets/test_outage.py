@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,9 +19,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ollama_meter.budgets import Budget, BudgetGate, Estimate
-from ollama_meter.errors import BudgetExceeded
+from ollama_meter.budgets._leases import RESERVATION_TTL
+from ollama_meter.errors import BudgetExceeded, LedgerError
 from ollama_meter.ledger import Ledger
 from ollama_meter.records import LeaseKey
+from tests.budgets.test_gate_locks import _write_locked
 from tests.factories import make_span
 
 LIMIT = 10_000_000
@@ -190,3 +192,39 @@ def test_after_any_outage_the_room_left_is_exactly_the_limit_less_the_spend(
     with pytest.raises(BudgetExceeded):
         admit(other, "over", room + 1)
     other.settle(admit(other, "exact", room))
+
+
+def test_a_lease_that_cannot_be_renewed_admits_nothing_once_due(sqlite_url: str) -> None:
+    """The database away longer than a lease lives: the gateway admits against its lease in
+    memory only while the row is surely live (half its life), then refuses budgeted calls as
+    unchecked; it never admits on a row the ledger may take as expired. Once the database is
+    back, its first renewal writes its spooled calls' costs into its row again."""
+    ledger = Ledger(sqlite_url, wait=0.1)
+    saved = _budget(ledger)
+    quiet = [0.0]
+    gate = BudgetGate(
+        ledger, tz=ZoneInfo("UTC"), lease_share=0.25, ttl=3600, clock=lambda: quiet[0]
+    )
+    other = BudgetGate(ledger, tz=ZoneInfo("UTC"), ttl=3600, clock=lambda: 0.0)
+    span = _spooled_call(gate, 1_000_000, 700_000)
+    half = RESERVATION_TTL / 2
+    with _write_locked(sqlite_url):
+        quiet[0] = 60.0
+        gate.settle(_admit(gate, "in-memory", 1_000_000, NOV + timedelta(minutes=1)))
+        quiet[0] = half.total_seconds() + 1  # by this process's clock
+        with pytest.raises(LedgerError):
+            _admit(gate, "due", 1)
+        quiet[0] = 60.0
+        with pytest.raises(LedgerError):  # by the wall clock, which stepped
+            _admit(gate, "stepped", 1, NOV + half)
+    after = NOV + RESERVATION_TTL * 2  # its row expired meanwhile
+    quiet[0] = RESERVATION_TTL.total_seconds() * 2
+    assert _held(ledger, saved, after) == 0
+    gate.settle(_admit(gate, "back", 1, after))
+    # the spooled cost, and a quarter of the room it leaves: 0.700000 + 2.325000 (less 1)
+    assert _held(ledger, saved, after) == 700_000 + 2_325_000
+    with pytest.raises(BudgetExceeded):  # the spooled span is held, though not in the spend
+        _admit(other, "over", LIMIT - _held(ledger, saved, after) + 1, after)
+    ledger.record([span])
+    gate._maintain(after)
+    assert _held(ledger, saved, after) == 2_325_000  # the span's cost is in the spend now
