@@ -283,7 +283,7 @@ class BudgetGate:
                 held = lease.in_flight.pop(reservation.id, 0)  # its bound, or its cost (ended)
                 if recorded:
                     lease.used += held
-                else:
+                elif held:  # a call that cost nothing holds nothing while its span waits
                     lease.kept[reservation.id] = held
                 idle = not lease.in_flight and not lease.kept
                 if idle and (
@@ -373,7 +373,7 @@ class BudgetGate:
             found = _recorded(store, leases)
             for lease in leases:
                 gone = sum(cost for i, cost in lease.kept.items() if i in found)
-                if gone or lease.due(now, clock, ttl):
+                if found.intersection(lease.kept) or lease.due(now, clock, ttl):
                     amount = max(0, lease.amount - gone)
                     self._write_lease(store, lease, amount, now)
                     written.append((lease, amount))

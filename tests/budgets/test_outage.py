@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from ollama_meter.budgets import Budget, BudgetGate, Estimate
 from ollama_meter.budgets._leases import RESERVATION_TTL
@@ -142,6 +143,7 @@ def shared_ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
     ),
     share=st.sampled_from([0.0, 0.25, 1.0]),
 )
+@example(calls=[(1, 0, True, False)], share=0.0)  # a spooled call that cost nothing
 def test_after_any_outage_the_room_left_is_exactly_the_limit_less_the_spend(
     shared_ledger: Ledger, calls: list[tuple[int, int, bool, bool]], share: float
 ) -> None:
@@ -228,3 +230,49 @@ def test_a_lease_that_cannot_be_renewed_admits_nothing_once_due(sqlite_url: str)
     ledger.record([span])
     gate._maintain(after)
     assert _held(ledger, saved, after) == 2_325_000  # the span's cost is in the spend now
+
+
+def test_a_call_admitted_a_second_before_month_end_is_held_and_spent_in_its_own_month(
+    sqlite_url: str,
+) -> None:
+    """Months end at midnight in the ledger's zone (Berlin here). A call admitted at 23:59:59
+    on 30 November whose span went to the spool holds its cost in November's lease, and only
+    there: December starts with its whole limit, and a wall clock stepping back an hour into
+    November finds the cost still held, then spent there once the spool drains."""
+    ledger = Ledger(sqlite_url)
+    _budget(ledger)
+    gate = BudgetGate(ledger, tz=ZoneInfo("Europe/Berlin"), lease_share=0.25, ttl=0)
+    last = datetime(2026, 11, 30, 22, 59, 59, tzinfo=UTC)  # 23:59:59 in Berlin
+    december = datetime(2026, 11, 30, 23, 0, 1, tzinfo=UTC)
+    span = _spooled_call(gate, 2_000_000, 1_500_000, last)
+    with pytest.raises(BudgetExceeded):
+        _admit(gate, "dec-over", LIMIT + 1, december)
+    gate.settle(_admit(gate, "dec", LIMIT, december))
+    stepped_back = last - timedelta(hours=1)
+    with pytest.raises(BudgetExceeded):
+        _admit(gate, "nov-over", LIMIT - 1_500_000 + 1, stepped_back)
+    ledger.record([span])
+    with pytest.raises(BudgetExceeded):
+        _admit(gate, "nov-over-again", LIMIT - 1_500_000 + 1, stepped_back)
+    gate.settle(_admit(gate, "nov", LIMIT - 1_500_000, stepped_back))
+
+
+def test_a_limit_lowered_below_the_spend_with_calls_in_flight_refuses_until_raised(
+    sqlite_url: str,
+) -> None:
+    ledger = Ledger(sqlite_url)
+    saved = _budget(ledger)
+    gate = BudgetGate(ledger, tz=ZoneInfo("UTC"), lease_share=0.25, ttl=0, clock=lambda: 0.0)
+    ledger.record([make_span(started_at=NOV, cost_total=4_000_000)])
+    flying = _admit(gate, "flying", 1_000_000)
+    ledger.save_budget(replace(saved, limit=3_000_000))
+    with pytest.raises(BudgetExceeded, match="spent 4.000000 of 3.000000"):
+        _admit(gate, "lowered", 1)
+    span = make_span(id=flying.id, started_at=NOV, cost_total=600_000)
+    gate.ended(flying, 600_000)
+    ledger.record([span])
+    gate.settle(flying)
+    ledger.save_budget(replace(saved, limit=LIMIT))
+    with pytest.raises(BudgetExceeded):
+        _admit(gate, "over", LIMIT - 4_600_000 + 1)
+    gate.settle(_admit(gate, "exact", LIMIT - 4_600_000))
