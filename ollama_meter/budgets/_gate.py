@@ -15,7 +15,10 @@ Invariant, across processes and gateways: settled spend plus every live lease is
 at most the limit, and a lease always covers the bounds of its calls in flight;
 so calls together can never spend past the limit. A call that has ended holds its
 cost, not its bound, and that stays in its lease until the next renewal reads its
-span from the ledger, which only errs on the safe side. A lease that is not renewed expires (a crashed process
+span from the ledger, which only errs on the safe side. A call whose span went to the spool
+(the database was away) holds its cost by span id (``Lease.kept``) until a transaction finds
+the span in the ledger; the same transaction reads the spend after that, so the cost is
+counted once, and always at least once. A lease that is not renewed expires (a crashed process
 frees its room after ``reservation_ttl``, by the ledger's clock: ``store.clock``, shared by
 every host); one in use is renewed well before.
 
@@ -55,7 +58,7 @@ from ollama_meter.periods import current_period
 from ollama_meter.records import Alert, Budget, LeaseKey
 
 if TYPE_CHECKING:
-    from ollama_meter.budgets._store import BudgetStore, BudgetWrites
+    from ollama_meter.budgets._store import BudgetReads, BudgetStore, BudgetWrites
 
 log = logging.getLogger("ollama_meter.budgets")
 
@@ -224,12 +227,13 @@ class BudgetGate:
             at = store.clock(now)  # after the lock: a wait for it does not age the time
             sizes: list[tuple[Lease, int, int]] = []
             refusals: list[BudgetExceeded] = []
+            found = _recorded(store, leases)  # before the spend: then it counts their costs
             for lease in leases:
                 budget = lease.budget
                 assert budget.id is not None
                 spent = store.spent(budget, lease.tenant, lease.window.start, lease.window.end)
                 others = store.held(lease.key, at, exclude=lease.row_id)
-                mine = sum(lease.in_flight.values()) + lease.kept
+                mine = sum(lease.in_flight.values()) + _still_kept(lease, found)
                 room = budget.limit - spent - others - mine
                 over = spent >= budget.limit or spent + need > budget.limit
                 if over or need > room:  # held > 0: only calls in flight are in the way
@@ -249,6 +253,7 @@ class BudgetGate:
         for lease, amount, spent in sizes:
             lease.amount, lease.renewed, lease.spent = amount, renewed, spent
             lease.used = 0
+            lease.kept = {i: cost for i, cost in lease.kept.items() if i not in found}
             lease.stale = False
 
     def _write_lease(self, store: BudgetWrites, lease: Lease, amount: int, now: datetime) -> None:
@@ -278,8 +283,8 @@ class BudgetGate:
                 held = lease.in_flight.pop(reservation.id, 0)  # its bound, or its cost (ended)
                 if recorded:
                     lease.used += held
-                else:
-                    lease.kept += held
+                elif held:  # a call that cost nothing holds nothing while its span waits
+                    lease.kept[reservation.id] = held
                 idle = not lease.in_flight and not lease.kept
                 if idle and (
                     self._closed or not self.lease_share or lease.free < reservation.amount
@@ -295,7 +300,11 @@ class BudgetGate:
             for key, lease in self._leases.items()
             if not lease.in_flight
             and not lease.kept
-            and (self._clock() - lease.last_used > self._idle_release or lease.window.end <= now)
+            and (
+                self._closed
+                or self._clock() - lease.last_used > self._idle_release
+                or lease.window.end <= now
+            )
         ]
 
     def _release_idle(self, now: datetime) -> None:
@@ -339,26 +348,39 @@ class BudgetGate:
                 self._maintain(seen + timedelta(seconds=self._clock() - at))
 
     def _maintain(self, now: datetime) -> None:
-        """Give back idle leases, and renew the rows of leases that hold money (calls in flight,
-        or spans not yet in the ledger) before they expire (lock held). A failure is logged:
-        the rows then expire as a crash's would."""
-        self._release_idle(now)
-        due = [
-            lease
-            for lease in self._leases.values()
-            if (lease.in_flight or lease.kept)  # kept: spans on their way to the ledger
-            and lease.due(now, self._clock(), self._reservation_ttl)
-        ]
+        """Renew the rows of leases that hold money (calls in flight, or spans not yet in the
+        ledger) before they expire, less the costs of kept spans now in the ledger; then give
+        back idle leases (lock held). A failure is logged: the rows then expire as a crash's
+        would."""
+        clock, ttl = self._clock(), self._reservation_ttl
+        holding = [le for le in self._leases.values() if le.in_flight or le.kept]
         try:
-            if due:
-                with self.ledger.budget_transaction() as store:
-                    for lease in due:
-                        self._write_lease(store, lease, lease.amount, now)
-                renewed = self._clock()
-                for lease in due:
-                    lease.renewed = renewed  # else the next round tries again
+            if any(le.kept or le.due(now, clock, ttl) for le in holding):
+                self._rewrite(holding, now)
         except Exception as exc:  # said once per kind every 10 s: the next round tries again
-            self._failures.failed("renewing %d budget lease(s) that hold money", exc, len(due))
+            self._failures.failed("renewing %d budget lease(s) that hold money", exc, len(holding))
+        self._release_idle(now)
+
+    def _rewrite(self, leases: list[Lease], now: datetime) -> None:
+        """Write the rows of ``leases`` that are due, or whose kept spans are in the ledger now.
+
+        A kept span's cost leaves the row and the lease together, in the transaction that found
+        the span: from then on the spend counts it, so the room it leaves other processes is
+        theirs, and this one's free room does not change."""
+        clock, ttl = self._clock(), self._reservation_ttl
+        written: list[tuple[Lease, int]] = []
+        with self.ledger.budget_transaction() as store:
+            found = _recorded(store, leases)
+            for lease in leases:
+                gone = sum(cost for i, cost in lease.kept.items() if i in found)
+                if found.intersection(lease.kept) or lease.due(now, clock, ttl):
+                    amount = max(0, lease.amount - gone)
+                    self._write_lease(store, lease, amount, now)
+                    written.append((lease, amount))
+        renewed = self._clock()
+        for lease, amount in written:
+            lease.amount, lease.renewed = amount, renewed  # else the next round tries again
+            lease.kept = {i: cost for i, cost in lease.kept.items() if i not in found}
 
     def close(self) -> None:
         """Give back every lease with no call in flight (a gateway shutting down); the others
@@ -447,3 +469,14 @@ class BudgetGate:
         for alert in pending:
             self.alerts.dispatch(alert)
         return len(pending)
+
+
+def _recorded(store: BudgetReads, leases: list[Lease]) -> set[str]:
+    """The spans kept by ``leases`` that are in the ledger now."""
+    kept = [i for lease in leases for i in lease.kept]
+    return store.recorded(kept) if kept else set()
+
+
+def _still_kept(lease: Lease, found: set[str]) -> int:
+    """What ``lease`` holds for spans not in the ledger (``found`` are)."""
+    return sum(cost for i, cost in lease.kept.items() if i not in found)

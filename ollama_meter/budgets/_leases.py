@@ -48,8 +48,9 @@ class Lease:
     """Bounds of the calls admitted and not yet settled."""
     used: int = 0
     """Bounds of calls settled since the row was written: their spans are in the ledger."""
-    kept: int = 0
-    """Bounds of settled calls whose span is not (yet) in the ledger: never given back."""
+    kept: dict[str, int] = field(default_factory=dict)
+    """Costs (bounds, if never ended) of settled calls whose span was not in the ledger then
+    (spooled), by span id: held until a transaction that reads the spend finds the span."""
     spent: int = 0
     """Settled spend read at the last renewal."""
     renewed: float = 0.0
@@ -66,7 +67,7 @@ class Lease:
 
     @property
     def free(self) -> int:
-        return self.amount - sum(self.in_flight.values()) - self.used - self.kept
+        return self.amount - sum(self.in_flight.values()) - self.used - sum(self.kept.values())
 
     def due(self, now: datetime, clock: float, ttl: timedelta) -> bool:
         """Time to write the row again: half its life gone by this process's clock (``clock``,

@@ -8,7 +8,7 @@ methods will do, which is also how tests can watch the gate work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
@@ -34,6 +34,11 @@ class BudgetReads(Protocol):
 
     def held(self, key: LeaseKey, now: datetime, *, exclude: str | None = None) -> int:
         """What live leases hold for ``key`` at ``now``, a :meth:`clock` time (``exclude`` one)."""
+        ...
+
+    def recorded(self, span_ids: Collection[str]) -> set[str]:
+        """Which of ``span_ids`` are in the ledger: their costs are in :meth:`spent` from now
+        on (a span and its rollups are committed together), so asked first, before it."""
         ...
 
 

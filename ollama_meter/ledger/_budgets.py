@@ -7,7 +7,7 @@ alerts ask, and writes their rows, so the gate decides and the ledger keeps SQL.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Table, delete, func, insert, select, text, up
 from sqlalchemy.exc import IntegrityError
 
 from ollama_meter.ledger._stored import read_records
-from ollama_meter.ledger.models import AlertRow, BudgetRow, ReservationRow
+from ollama_meter.ledger.models import AlertRow, BudgetRow, ReservationRow, SpanRow
 from ollama_meter.records import Alert, Budget, LeaseKey, parse_thresholds, record_from, values_of
 
 _BUDGETS: Table = BudgetRow.__table__  # type: ignore[assignment]
@@ -145,6 +145,9 @@ def add_reservations(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         conn.execute(insert(_RESERVATIONS), list(rows))
 
+
+_IDS_A_QUERY = 500
+"""Span ids asked about in one query (SQLite allows 32,766 parameters, older builds 999)."""
 
 FORGET_EXPIRED = timedelta(days=1)
 """How long past its end a lease row a killed process left is kept (for whoever looks)."""
@@ -296,6 +299,15 @@ class BudgetTables:
         if exclude is not None:
             query = query.where(ReservationRow.id != exclude)
         return int(self._conn.execute(query).scalar_one())
+
+    def recorded(self, span_ids: Collection[str]) -> set[str]:
+        found: set[str] = set()
+        ids = sorted(span_ids)
+        for start in range(0, len(ids), _IDS_A_QUERY):
+            chunk = ids[start : start + _IDS_A_QUERY]
+            query = select(SpanRow.id).where(SpanRow.id.in_(chunk))
+            found.update(self._conn.execute(query).scalars())
+        return found
 
     def put_lease(self, lease_id: str, key: LeaseKey, amount: int, expires_at: datetime) -> None:
         # Rows a killed process left (nobody gives them back) go once a day has passed

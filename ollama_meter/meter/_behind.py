@@ -57,8 +57,7 @@ class WriteBehind:
         self._waiting: list[tuple[SpanRecord, MeteredCall]] = []
         self._busy = False
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="ometer-write-behind", daemon=True)
-        self._thread.start()
+        self._start()
         renew_after_fork(self)
         if meter.journal:
             meter.behind = self
@@ -71,6 +70,13 @@ class WriteBehind:
         self._held = self._bytes = 0
         self._busy = False
         self._stopping = True
+        self._running = False  # a span queued anyway (``here``) starts the child's own thread
+
+    def _start(self) -> None:
+        """Start the committing thread (the turn held, or not shared yet)."""
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="ometer-write-behind", daemon=True)
+        self._thread.start()
 
     def room(self, call: MeteredCall) -> bool:
         """Whether ``call``'s span may wait for its commit: the journal noted the call (one
@@ -103,7 +109,9 @@ class WriteBehind:
             self._held += 1
             self._bytes += _text(span, call)
             call.behind = True
-            if not self._busy:
+            if not self._running:  # the stop had ended it: a span queued ``here`` after it
+                self._start()
+            elif not self._busy:
                 self._turn.notify()
             return True
 
@@ -119,14 +127,23 @@ class WriteBehind:
         return True
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Commit what waits, then end the thread; later spans commit before answering."""
+        """Commit what waits, then end the thread; later spans commit before answering (but
+        for one an event loop queues anyway, which starts a thread again to commit it)."""
         if self._meter.behind is self:
             self._meter.behind = None
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._turn:
             self._stopping = True
             self._turn.notify_all()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+            thread = self._thread
+        while True:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                return False
+            with self._turn:
+                if self._thread is thread:
+                    return True
+                thread = self._thread  # one started for a span queued as this one ended
 
     def _commit(self, calls: list[tuple[SpanRecord, MeteredCall]]) -> None:
         """Commit ``calls``' spans in one transaction (or spool them), then settle each
@@ -153,6 +170,7 @@ class WriteBehind:
                 while not self._waiting and not self._stopping:
                     self._turn.wait()
                 if not self._waiting:
+                    self._running = False  # under the turn: a later put sees it and starts one
                     return
                 batch, self._waiting = self._waiting, []
                 self._busy = True

@@ -229,3 +229,40 @@ def test_calls_closing_on_threads_at_once_never_wait_past_the_bound(
     finally:
         blocker.set()
         behind.stop(30)
+
+
+def test_a_span_queued_on_the_event_loop_as_the_gateway_stops_is_committed_and_settled(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """A call closing on the event loop found room to wait, then the stop ran to its end
+    (the commit thread gone) before its span was queued: it waited for a thread that no
+    longer existed, uncommitted until the process ended, and its budget hold was never
+    settled. The stop is run inside the close, just before the put, with a trace hook."""
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url)
+    meter = Meter.from_settings(settings, source="gateway")
+    meter.ledger.add_price_rule(token_prices("llama3.1:*"))
+    meter.ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10**9, currency="USD")
+    )
+    assert meter.budgets is not None
+    meter.budgets.reload_soon()
+    behind = WriteBehind(meter)
+    stopped: list[bool] = []
+
+    def in_closer(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code is WriteBehind.put.__code__ and not stopped:
+            stopped.append(behind.stop(10))  # the whole stop, before this put takes the lock
+
+    call = meter.open(_opening())
+    call.prompt_text = "hello"
+    sys.settrace(in_closer)  # type: ignore[arg-type]
+    try:
+        assert meter.close_now(call)
+    finally:
+        sys.settrace(None)
+    assert stopped == [True]
+    assert behind.stop(10)  # a second stop waits for it too
+    assert call.stored == "committed"
+    assert meter.ledger.count() == 1
+    meter.budgets.close()
+    assert leases(meter.ledger) == 0  # its hold settled, and given back
