@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -102,3 +103,28 @@ def test_every_list_and_bar_chart_shows_its_top_and_says_how_many_more(page: str
         assert rows == TOP, heading
         assert f"and {more} more" in part, heading
     assert len(page) < 400_000  # a page, not the ledger: it was 5 MB
+
+
+def test_calls_that_cost_nothing_are_not_called_no_calls(tmp_path: Path) -> None:
+    """Only failed or unpriced calls: the spend charts say nothing was spent, never that there
+    were no calls (the calls chart and the tables show them)."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.record(
+        [
+            make_span(
+                started_at=datetime(2026, 11, 18, 10, tzinfo=UTC),
+                department=department,
+                cost_total=0,
+                unpriced=department == "free",
+                status="ok" if department == "free" else "error",
+                error_type=None if department == "free" else "upstream_5xx",
+            )
+            for department in ("free", "failed")
+        ]
+    )
+    dash = dashboard_report(ledger, DashQuery(), tz=ZoneInfo("UTC"), now=OFFICE_NOW)
+    page = render_dashboard(dash, links=Links("/dashboard", {}), zone="UTC")
+    assert "No calls in this period" not in page
+    said = re.findall(r'<p class="empty">([^<]*)</p>', page)
+    assert said.count("Nothing was spent in this period: its calls cost nothing.") == 2
+    assert said.count("Nothing was spent here in this period: its calls cost nothing.") == 2
