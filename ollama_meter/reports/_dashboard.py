@@ -11,7 +11,7 @@ Reads the ledger; never writes it. ``/api/dash``'s JSON is built in :mod:`._dash
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any, TypedDict
@@ -137,7 +137,11 @@ def previous_window(window: Window, *, tz: ZoneInfo, now: datetime) -> Window:
     label = f"{before.isoformat()}..{(first - timedelta(days=1)).isoformat()}"
     earlier = Window(local_midnight(before, tz), local_midnight(first, tz), label)
     if window.start <= now < window.end:
-        cut = min(earlier.start + (now - window.start), earlier.end)
+        # By the wall clock (the 20th at 10:00 against the 20th at 10:00), not elapsed time,
+        # which a DST change between the two would set an hour apart.
+        local = now.astimezone(tz)
+        wall = datetime.combine(before + (local.date() - first), local.time(), tzinfo=tz)
+        cut = min(max(wall.astimezone(UTC), earlier.start), earlier.end)
         return Window(
             earlier.start, cut, f"{before.isoformat()}..{_minute(cut, tz)} (same stretch)"
         )

@@ -330,7 +330,10 @@ def test_the_comparison_period_comes_right_before(
     before = previous_window(window, tz=zone, now=now)
     assert before.start <= before.end <= window.start
     if window.start <= now < window.end:  # as far into the period before as we are into this one
-        assert before.end - before.start <= now - window.start
+        # by the wall clock: a DST change in each of the two stretches, an hour apart each
+        assert before.end - before.start <= now - window.start + timedelta(hours=2)
+        if before.end < window.start:
+            assert abs(before.end - before.start - (now - window.start)) <= timedelta(hours=2)
     else:
         assert before.end == window.start
         # as many local days, or the calendar month before
@@ -339,6 +342,28 @@ def test_the_comparison_period_comes_right_before(
             (first.replace(day=1) - timedelta(days=1)).replace(day=1),
         }
     assert chart_unit(window) == ("day" if days <= 62 else "week" if days <= 366 else "month")
+
+
+@pytest.mark.parametrize(
+    ("now", "cut"),
+    [
+        # New York: October is on EDT, the 20th of November on EST since the 1st
+        ("2026-11-20T10:00:00-05:00", "2026-10-20T10:00:00-04:00"),
+        # Berlin: CEST from 29 March, in the stretch of March the 30th of April is set against
+        ("2026-04-30T09:30:00+02:00", "2026-03-30T09:30:00+02:00"),
+        # past the end of the shorter month before: all of it
+        ("2026-03-31T12:00:00+02:00", "2026-03-01T00:00:00+01:00"),
+    ],
+)
+def test_the_same_stretch_is_cut_at_the_same_wall_clock_time(now: str, cut: str) -> None:
+    zone = ZoneInfo("America/New_York") if now.endswith(("-05:00", "-04:00")) else BERLIN
+    at = datetime.fromisoformat(now)
+    month = parse_period(at.strftime("%Y-%m"), tz=zone, now=at)
+    before = previous_window(month, tz=zone, now=at)
+    assert before.end == datetime.fromisoformat(cut)
+    assert before.label.endswith(
+        f"..{datetime.fromisoformat(cut).astimezone(zone):%Y-%m-%d %H:%M} (same stretch)"
+    )
 
 
 def test_the_first_days_compare_with_days_before_them(db_url: str) -> None:
