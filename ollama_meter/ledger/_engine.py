@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from ollama_meter._paths import sqlite_url_problem
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
+from ollama_meter.ledger._migrate import numbered_as_ours
 
 DEFAULT_WAIT = 5.0
 """Seconds a ledger operation waits for a busy database (``OMETER_LEDGER_WAIT``)."""
@@ -99,10 +100,20 @@ def _sqlite_connector(busy_timeout_ms: int, path: Path) -> Callable[[Any, Any], 
     return connect
 
 
-_EMPTY_OR_LEDGER = (
-    "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view'))"
-    " OR EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spans')"
-)
+_TABLES = "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
+
+
+def _new_or_ledger(cursor: Any) -> bool:
+    """Whether the file is new (no table) or bears ometer's mark: a ``spans`` table and an
+    Alembic revision numbered as ometer's are. A ``spans`` table alone is not (a tracing
+    app's database has one): that file is refused later, and must not be changed first."""
+    names = {row[0] for row in cursor.execute(_TABLES).fetchall()}
+    if not names:
+        return True
+    if not {"spans", "alembic_version"} <= names:
+        return False
+    found = cursor.execute("SELECT version_num FROM alembic_version").fetchall()
+    return len(found) == 1 and numbered_as_ours(str(found[0][0]))
 
 
 def _sqlite_setup(dbapi_connection: Any, busy_timeout_ms: int) -> None:
@@ -118,7 +129,7 @@ def _sqlite_setup(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     # the file to itself, so asking again while others write only invites "locked").
     # Only a new file or a ledger: another app's database is refused, never changed.
     journal = cursor.execute("PRAGMA journal_mode").fetchone()[0]
-    if journal.lower() != "wal" and cursor.execute(_EMPTY_OR_LEDGER).fetchone()[0]:
+    if journal.lower() != "wal" and _new_or_ledger(cursor):
         cursor.execute("PRAGMA journal_mode = WAL")
     # NORMAL in WAL mode loses nothing when a process dies, only on power loss.
     cursor.execute("PRAGMA synchronous = NORMAL")
