@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -221,6 +222,8 @@ class Database:
                 "backup (`ometer db backup FILE` makes one), or move it aside to start a new "
                 "ledger; spans spooled since stay in the spool"
             )
+        if self._file is not None and ("unable to open" in lowered or "readonly" in lowered):
+            return f"{text}: {unwritable(self._file)}{meanwhile}"
         if "disk is full" in lowered or "no space" in lowered:
             return f"{text}: free some disk space{meanwhile}"
         if "statement timeout" in lowered:
@@ -300,6 +303,26 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def unwritable(path: Path) -> str:
+    """Why SQLite could not open or write the ledger file at ``path``, and what to do: its
+    own words ("unable to open database file") name neither."""
+    if path.is_dir():
+        return (
+            f"{path} is a folder, not a ledger file; give a file's path, e.g. {path / 'ledger.db'}"
+        )
+    folder = path.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (
+            f"the folder {folder} is read-only to this user (its permissions, or a read-only "
+            "mount), and SQLite writes the ledger's -wal and -shm files beside it: make it "
+            "writable, or give a ledger in a folder ometer may write"
+        )
+    return (
+        f"this user may not write the ledger file {path} or its -wal and -shm files: give "
+        "them to this user (chown), or run ometer as their owner"
+    )
 
 
 LOCK_NOT_AVAILABLE = "55P03"
