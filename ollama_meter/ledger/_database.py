@@ -255,6 +255,12 @@ class Database:
                 f"{text}: the server ended this session (a restart, or pg_terminate_backend); "
                 f"what it had not committed is undone: run it again{meanwhile}"
             )
+        if getattr(exc.orig, "sqlstate", None) == NO_SCHEMA:
+            return (
+                f"{text}: the search path (?options=-csearch_path%3D... in OMETER_DB_URL, or the "
+                "user's own) names no schema that exists; make it (CREATE SCHEMA name) as the "
+                "database's owner, or correct the URL"
+            )
         if getattr(exc.orig, "sqlstate", None) == NOT_ALLOWED:
             return (
                 f"{text}: the user {make_url(self.url).username} may not do this; grant it "
@@ -335,6 +341,10 @@ ENDED = frozenset({"57P01", "57P02"})
 
 NOT_ALLOWED = "42501"
 """PostgreSQL's SQLSTATE for a privilege the user lacks (CREATE on the schema, a table)."""
+
+NO_SCHEMA = "3F000"
+"""PostgreSQL's SQLSTATE for a table made with no schema to make it in: the search path
+names none that exists (``-csearch_path=meter`` before ``CREATE SCHEMA meter``)."""
 
 READ_ONLY = "25006"
 """PostgreSQL's SQLSTATE for a write in a read-only transaction (a standby, a read-only role)."""
