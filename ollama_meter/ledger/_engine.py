@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,8 +92,26 @@ def file_id(path: Path) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+_SMALLEST_DATABASE = 512
+"""Bytes in the smallest SQLite database that holds anything: one page of the smallest size."""
+
+
+def _refuse_too_short(dbapi_connection: Any, path: Path) -> None:
+    """Refuse a file too short to be a SQLite database, and not empty: SQLite takes a one-byte
+    file (``echo > ledger.db`` makes one) for an empty database, and it was made a ledger
+    over its bytes. Raised as SQLite says it of a longer one, so it reads the same."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return  # none yet: SQLite makes it
+    if stat.S_ISREG(found.st_mode) and 0 < found.st_size < _SMALLEST_DATABASE:
+        dbapi_connection.close()
+        raise sqlite3.DatabaseError("file is not a database")
+
+
 def _sqlite_connector(busy_timeout_ms: int, path: Path) -> Callable[[Any, Any], None]:
     def connect(dbapi_connection: Any, record: Any) -> None:
+        _refuse_too_short(dbapi_connection, path)
         _sqlite_setup(dbapi_connection, busy_timeout_ms)
         # A file removed or replaced later keeps this connection on the old one: a write
         # there would vanish with the process. The database checks this before each use.

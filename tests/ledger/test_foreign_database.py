@@ -9,10 +9,12 @@ to WAL, which the other app may not expect.
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
@@ -82,3 +84,21 @@ def test_another_apps_database_is_refused_and_left_as_it_was(
         assert "is not an ometer ledger" in line and table in line, line
         assert "newer" not in line, line  # another app's revision is not a newer ometer's
     assert _state(db_url, table) == before
+
+
+@settings(max_examples=60, deadline=None)
+@given(content=st.binary(min_size=1, max_size=1024).filter(lambda b: not b.startswith(b"SQLite")))
+def test_a_file_that_is_not_a_database_is_refused_and_left_as_it_was(content: bytes) -> None:
+    """Any file that is not SQLite's, as ``--db``: a one-byte one (``echo > ledger.db`` makes
+    one) SQLite takes for an empty database, and it was made a ledger over its bytes."""
+    from ollama_meter.errors import LedgerError
+    from ollama_meter.ledger import Ledger
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "ledger.db"
+        path.write_bytes(content)
+        with pytest.raises(LedgerError, match="is not a database") as refused:
+            Ledger(f"sqlite:///{path}", spool_dir=Path(folder) / "spool")
+        assert "move it aside" in str(refused.value)
+        assert path.read_bytes() == content
+        assert sorted(p.name for p in Path(folder).iterdir()) == ["ledger.db"]
