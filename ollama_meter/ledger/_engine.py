@@ -109,9 +109,43 @@ def _refuse_too_short(dbapi_connection: Any, path: Path) -> None:
         raise sqlite3.DatabaseError("file is not a database")
 
 
+_WAL_HEADER = 32
+"""Bytes of a WAL file's header; the frames, the changes it holds, come after it."""
+
+
+def _refuse_foreign_wal(dbapi_connection: Any, path: Path) -> None:
+    """Refuse a file with a ``-wal`` beside it that is not its own, before SQLite reads it.
+
+    SQLite replays any WAL it finds beside a database: a backup copied over the ledger
+    (``cp backup.db ledger.db``, going back to it) while a killed gateway's WAL stayed there
+    took back the spans it was restored to be rid of, or was corrupted by them. A file whose
+    header says it keeps a rollback journal (as ``ometer db backup`` writes its copy) made
+    no WAL: switching to WAL writes the header first. So the WAL is looked at before the
+    header, and one with frames beside such a file is another file's.
+    """
+    wal = Path(f"{path}-wal")
+    try:
+        if os.stat(wal).st_size <= _WAL_HEADER:
+            return
+        with open(path, "rb") as file:
+            header = file.read(20)
+    except OSError:
+        return
+    if header[:16] != b"SQLite format 3\x00" or header[18:20] != b"\x01\x01":
+        return
+    dbapi_connection.close()
+    raise LedgerError(
+        f"{wal} is left from another file: {path} keeps no WAL (a backup copied over the "
+        "ledger while a killed ometer's WAL stayed beside it?), and SQLite would replay that "
+        f"WAL's changes into it; nothing was changed. Stop every ometer using the ledger, "
+        f"move {wal} and {path}-shm aside, and run again"
+    )
+
+
 def _sqlite_connector(busy_timeout_ms: int, path: Path) -> Callable[[Any, Any], None]:
     def connect(dbapi_connection: Any, record: Any) -> None:
         _refuse_too_short(dbapi_connection, path)
+        _refuse_foreign_wal(dbapi_connection, path)
         _sqlite_setup(dbapi_connection, busy_timeout_ms)
         # A file removed or replaced later keeps this connection on the old one: a write
         # there would vanish with the process. The database checks this before each use.
