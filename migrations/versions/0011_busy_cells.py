@@ -13,7 +13,6 @@ Create Date: 2026-11-30
 """
 
 from collections.abc import Sequence
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from alembic import op
@@ -27,6 +26,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     # The cells are cut where the code that reads them cuts them.
     from ollama_meter.ledger._cells import Grain, floor_cell
+    from ollama_meter.ledger._meta import ledger_zone
 
     op.add_column(
         "rollup_busy", sa.Column("calls", sa.BigInteger(), nullable=False, server_default="1")
@@ -44,8 +44,8 @@ def upgrade() -> None:
         sqlite_with_rowid=False,
     )
     bind = op.get_bind()
-    name = bind.execute(sa.text("SELECT value FROM ledger_meta WHERE key = 'zone'")).scalar()
-    zone = None if name in (None, "UTC") else ZoneInfo(name)
+    # As every read of it: a zone this host's data lacks is a LedgerError that says so.
+    zone = ledger_zone(bind)
     sums: dict[tuple[int, int, str], list[int]] = {}
     minutes = bind.execute(sa.text("SELECT start, host, busy_us FROM rollup_busy"))
     for start, host, busy_us in minutes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -221,6 +222,8 @@ class Database:
                 "backup (`ometer db backup FILE` makes one), or move it aside to start a new "
                 "ledger; spans spooled since stay in the spool"
             )
+        if self._file is not None and ("unable to open" in lowered or "readonly" in lowered):
+            return f"{text}: {unwritable(self._file)}{meanwhile}"
         if "disk is full" in lowered or "no space" in lowered:
             return f"{text}: free some disk space{meanwhile}"
         if "statement timeout" in lowered:
@@ -251,6 +254,12 @@ class Database:
             return (
                 f"{text}: the server ended this session (a restart, or pg_terminate_backend); "
                 f"what it had not committed is undone: run it again{meanwhile}"
+            )
+        if getattr(exc.orig, "sqlstate", None) == NO_SCHEMA:
+            return (
+                f"{text}: the search path (?options=-csearch_path%3D... in OMETER_DB_URL, or the "
+                "user's own) names no schema that exists; make it (CREATE SCHEMA name) as the "
+                "database's owner, or correct the URL"
             )
         if getattr(exc.orig, "sqlstate", None) == NOT_ALLOWED:
             return (
@@ -302,6 +311,26 @@ class Database:
         self.engine.dispose()
 
 
+def unwritable(path: Path) -> str:
+    """Why SQLite could not open or write the ledger file at ``path``, and what to do: its
+    own words ("unable to open database file") name neither."""
+    if path.is_dir():
+        return (
+            f"{path} is a folder, not a ledger file; give a file's path, e.g. {path / 'ledger.db'}"
+        )
+    folder = path.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (
+            f"the folder {folder} is read-only to this user (its permissions, or a read-only "
+            "mount), and SQLite writes the ledger's -wal and -shm files beside it: make it "
+            "writable, or give a ledger in a folder ometer may write"
+        )
+    return (
+        f"this user may not write the ledger file {path} or its -wal and -shm files: give "
+        "them to this user (chown), or run ometer as their owner"
+    )
+
+
 LOCK_NOT_AVAILABLE = "55P03"
 """PostgreSQL's SQLSTATE for a lock not had within ``lock_timeout`` (OMETER_LEDGER_WAIT)."""
 
@@ -312,6 +341,10 @@ ENDED = frozenset({"57P01", "57P02"})
 
 NOT_ALLOWED = "42501"
 """PostgreSQL's SQLSTATE for a privilege the user lacks (CREATE on the schema, a table)."""
+
+NO_SCHEMA = "3F000"
+"""PostgreSQL's SQLSTATE for a table made with no schema to make it in: the search path
+names none that exists (``-csearch_path=meter`` before ``CREATE SCHEMA meter``)."""
 
 READ_ONLY = "25006"
 """PostgreSQL's SQLSTATE for a write in a read-only transaction (a standby, a read-only role)."""

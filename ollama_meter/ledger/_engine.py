@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from ollama_meter._paths import sqlite_url_problem
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
+from ollama_meter.ledger._migrate import numbered_as_ours
 
 DEFAULT_WAIT = 5.0
 """Seconds a ledger operation waits for a busy database (``OMETER_LEDGER_WAIT``)."""
@@ -89,8 +92,60 @@ def file_id(path: Path) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+_SMALLEST_DATABASE = 512
+"""Bytes in the smallest SQLite database that holds anything: one page of the smallest size."""
+
+
+def _refuse_too_short(dbapi_connection: Any, path: Path) -> None:
+    """Refuse a file too short to be a SQLite database, and not empty: SQLite takes a one-byte
+    file (``echo > ledger.db`` makes one) for an empty database, and it was made a ledger
+    over its bytes. Raised as SQLite says it of a longer one, so it reads the same."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return  # none yet: SQLite makes it
+    if stat.S_ISREG(found.st_mode) and 0 < found.st_size < _SMALLEST_DATABASE:
+        dbapi_connection.close()
+        raise sqlite3.DatabaseError("file is not a database")
+
+
+_WAL_HEADER = 32
+"""Bytes of a WAL file's header; the frames, the changes it holds, come after it."""
+
+
+def _refuse_foreign_wal(dbapi_connection: Any, path: Path) -> None:
+    """Refuse a file with a ``-wal`` beside it that is not its own, before SQLite reads it.
+
+    SQLite replays any WAL it finds beside a database: a backup copied over the ledger
+    (``cp backup.db ledger.db``, going back to it) while a killed gateway's WAL stayed there
+    took back the spans it was restored to be rid of, or was corrupted by them. A file whose
+    header says it keeps a rollback journal (as ``ometer db backup`` writes its copy) made
+    no WAL: switching to WAL writes the header first. So the WAL is looked at before the
+    header, and one with frames beside such a file is another file's.
+    """
+    wal = Path(f"{path}-wal")
+    try:
+        if os.stat(wal).st_size <= _WAL_HEADER:
+            return
+        with open(path, "rb") as file:
+            header = file.read(20)
+    except OSError:
+        return
+    if header[:16] != b"SQLite format 3\x00" or header[18:20] != b"\x01\x01":
+        return
+    dbapi_connection.close()
+    raise LedgerError(
+        f"{wal} is left from another file: {path} keeps no WAL (a backup copied over the "
+        "ledger while a killed ometer's WAL stayed beside it?), and SQLite would replay that "
+        f"WAL's changes into it; nothing was changed. Stop every ometer using the ledger, "
+        f"move {wal} and {path}-shm aside, and run again"
+    )
+
+
 def _sqlite_connector(busy_timeout_ms: int, path: Path) -> Callable[[Any, Any], None]:
     def connect(dbapi_connection: Any, record: Any) -> None:
+        _refuse_too_short(dbapi_connection, path)
+        _refuse_foreign_wal(dbapi_connection, path)
         _sqlite_setup(dbapi_connection, busy_timeout_ms)
         # A file removed or replaced later keeps this connection on the old one: a write
         # there would vanish with the process. The database checks this before each use.
@@ -99,10 +154,20 @@ def _sqlite_connector(busy_timeout_ms: int, path: Path) -> Callable[[Any, Any], 
     return connect
 
 
-_EMPTY_OR_LEDGER = (
-    "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view'))"
-    " OR EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spans')"
-)
+_TABLES = "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
+
+
+def _new_or_ledger(cursor: Any) -> bool:
+    """Whether the file is new (no table) or bears ometer's mark: a ``spans`` table and an
+    Alembic revision numbered as ometer's are. A ``spans`` table alone is not (a tracing
+    app's database has one): that file is refused later, and must not be changed first."""
+    names = {row[0] for row in cursor.execute(_TABLES).fetchall()}
+    if not names:
+        return True
+    if not {"spans", "alembic_version"} <= names:
+        return False
+    found = cursor.execute("SELECT version_num FROM alembic_version").fetchall()
+    return len(found) == 1 and numbered_as_ours(str(found[0][0]))
 
 
 def _sqlite_setup(dbapi_connection: Any, busy_timeout_ms: int) -> None:
@@ -118,7 +183,7 @@ def _sqlite_setup(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     # the file to itself, so asking again while others write only invites "locked").
     # Only a new file or a ledger: another app's database is refused, never changed.
     journal = cursor.execute("PRAGMA journal_mode").fetchone()[0]
-    if journal.lower() != "wal" and cursor.execute(_EMPTY_OR_LEDGER).fetchone()[0]:
+    if journal.lower() != "wal" and _new_or_ledger(cursor):
         cursor.execute("PRAGMA journal_mode = WAL")
     # NORMAL in WAL mode loses nothing when a process dies, only on power loss.
     cursor.execute("PRAGMA synchronous = NORMAL")

@@ -22,6 +22,12 @@ HEAD_REVISION = "0016"
 """The newest migration; a test keeps it equal to the head of ``migrations/versions``."""
 
 
+def numbered_as_ours(revision: str) -> bool:
+    """Whether ``revision`` is numbered as ometer's migrations are (``0016``), this ometer's
+    or a newer one's; another Alembic app's are hashes."""
+    return revision.isdigit() and len(revision) == len(HEAD_REVISION)
+
+
 def current_revision(engine: Engine) -> str | None:
     """The ledger's schema revision, None for an empty database; connection failures raise."""
     with engine.connect() as conn:
@@ -64,7 +70,7 @@ def check_is_ledger(conn: Connection, found: str | None, known: set[str]) -> Non
     if found is not None and _MARK in tables:
         if found in known:
             return
-        if found.isdigit() and len(found) == len(HEAD_REVISION) and found > HEAD_REVISION:
+        if numbered_as_ours(found) and found > HEAD_REVISION:
             raise newer_error(url, found)
     shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
     held = [f"tables ({shown})"] if tables else []

@@ -107,6 +107,48 @@ def test_a_damaged_ledger_file_says_what_to_do(cli: Any, tmp_path: Path) -> None
     assert str(damaged) in line and "ometer db backup" in line and "move it aside" in line
 
 
+def test_a_folder_given_as_the_ledger_is_named_as_one(cli: Any, tmp_path: Path) -> None:
+    """SQLite says only "unable to open database file", which names neither the path nor
+    what to do."""
+    folder = tmp_path / "ledgers"
+    folder.mkdir()
+    for command in (["log"], ["db", "upgrade"]):
+        line = one_error_line(cli(*command, "--db", f"sqlite:///{folder}"))
+        assert f"{folder} is a folder, not a ledger file" in line, line
+    assert list(folder.iterdir()) == []
+
+
+def test_a_ledger_on_a_read_only_mount_says_so_and_is_left_as_it_was(
+    cli: Any, tmp_path: Path
+) -> None:
+    """A ledger (at the head, or one a migration must change), or none yet, on a file system
+    mounted read-only: SQLite's "unable to open database file" or "attempt to write a readonly
+    database" said neither where nor what to do."""
+    import subprocess
+
+    from ollama_meter.ledger import Ledger, close_ledgers
+    from tests._tmpfs import small_tmpfs
+    from tests.ledger.test_ledger import downgrade
+
+    with small_tmpfs(tmp_path, "16m") as disk:
+        head, old = disk / "head.db", disk / "old.db"
+        Ledger(f"sqlite:///{head}").dispose()
+        ledger = Ledger(f"sqlite:///{old}")
+        downgrade(ledger, "0011")
+        ledger.dispose()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        before = {p.name: p.read_bytes() for p in disk.iterdir()}
+        try:
+            for path in (head, old, disk / "new.db"):
+                for command in (["log"], ["db", "upgrade"]):
+                    line = one_error_line(cli(*command, "--db", f"sqlite:///{path}"))
+                    assert f"{disk} is read-only" in line, line
+                    assert "give a ledger in a folder ometer may write" in line, line
+        finally:
+            close_ledgers()
+        assert {p.name: p.read_bytes() for p in disk.iterdir()} == before
+
+
 def test_a_ledger_from_a_newer_ometer_says_to_upgrade(cli: Any, db_url: str) -> None:
     from sqlalchemy import text
 

@@ -348,6 +348,34 @@ def test_a_user_without_create_on_the_schema_is_told_how_to_migrate(
     )
 
 
+def test_a_search_path_naming_no_schema_there_says_to_make_it(
+    cli: Any, pg_server: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``?options=-csearch_path=meter`` before ``CREATE SCHEMA meter`` (or with a typo): the
+    server's "no schema has been selected to create in" said neither which nor what to do."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from tests.conftest import _fresh_pg_database
+
+    url = f"{_fresh_pg_database(pg_server)}?options=-csearch_path%3Dmeter"
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    for command in (["report", "--period", "2026-11"], ["db", "upgrade"]):
+        result = cli(*command)
+        assert (result.code, result.stdout) == (1, ""), result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("error: ") and "no schema has been selected to create in" in line
+        assert "names no schema that exists" in line and "CREATE SCHEMA" in line, line
+    engine = create_engine(url.partition("?")[0])
+    with engine.connect() as conn:  # nothing made anywhere else instead
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            ).scalar()
+            == 0
+        )
+    engine.dispose()
+
+
 def test_a_database_whose_encoding_cannot_hold_every_name_is_not_made_a_ledger(
     pg_server: str | None,
 ) -> None:

@@ -429,6 +429,36 @@ def test_a_backup_is_never_written_over_the_ledger_or_its_wal(cli: Any, tmp_path
     assert not list(tmp_path.glob(".*.partial")) and ledger.count() == 5
 
 
+def test_a_backup_copied_over_a_ledger_whose_wal_a_killed_process_left_is_not_mixed_with_it(
+    tmp_path: Path,
+) -> None:
+    """Going back to a backup (``cp backup.db ledger.db``) after a gateway was killed left the
+    gateway's ``ledger.db-wal`` beside it: SQLite replays any WAL it finds, so the restored
+    ledger silently took back the spans it was restored to be rid of (or, from a copy whose
+    pages lay otherwise, was corrupted). A WAL beside a file that says it has none is from
+    another file: refused, and every file left as it was."""
+    path, copy, wal = tmp_path / "ledger.db", tmp_path / "backup.db", tmp_path / "ledger.db-wal"
+    url = f"sqlite:///{path}"
+    ledger = Ledger(url)
+    ledger.record(_spans(3))
+    backup(ledger, copy)
+    ledger.record(_spans(8)[3:])  # in the WAL: the ledger stays open, as a gateway's does
+    left = wal.read_bytes()
+    assert len(left) > 32  # frames, not only the header
+    ledger.dispose()  # the last connection checkpoints the WAL: as killed, it would not have
+    copy.replace(path)
+    wal.write_bytes(left)
+    (tmp_path / "ledger.db-shm").unlink(missing_ok=True)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(LedgerError) as refused:
+        Ledger(url)
+    said = str(refused.value)
+    assert f"{wal} is left from another file" in said and f"move {wal} and" in said, said
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    wal.rename(tmp_path / "old-wal")  # as the message says: now it is the backup, as it was
+    assert Ledger(url).count() == 3
+
+
 def test_two_backups_to_one_file_at_once_each_write_a_whole_copy(tmp_path: Path) -> None:
     """Both wrote one temp name (``.copy.db.partial``): the second copied into the first's
     file and renamed it into place under it, and the first then failed with 'No such file

@@ -69,6 +69,35 @@ def test_commands_on_a_ledger_whose_zone_this_host_does_not_know_say_so_in_one_l
         assert result.stderr.count("\n") == 1, (command, result.stderr)
 
 
+def test_an_upgrade_of_a_ledger_whose_zone_this_host_does_not_know_says_so_in_one_line(
+    cli: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0011 cuts busy minutes into the ledger's days: on a host without the ledger's zone it
+    was "unexpected ZoneInfoNotFoundError ... This is a bug in ometer"."""
+    from ollama_meter.ledger import current_revision
+    from tests.ledger.test_ledger import downgrade
+
+    monkeypatch.setenv("OMETER_DB_URL", db_url)
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.record([make_span()])
+    downgrade(ledger, "0010")
+    _zone_unknown_here(ledger)
+    close_ledgers()
+    ledger.dispose()
+    for command in (["log"], ["db", "upgrade"]):
+        result = cli(*command)
+        assert (result.code, result.stdout) == (1, ""), command
+        assert result.stderr.startswith("error: "), result.stderr
+        assert f"midnight in {UNKNOWN_ZONE}, a time zone this machine does not know" in (
+            result.stderr
+        )
+        assert "update the zone data here" in result.stderr and "bug" not in result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+    left = Ledger(db_url, migrate=False)
+    assert current_revision(left.engine) == "0010"  # as it was: nothing half done
+    left.dispose()
+
+
 def test_an_export_of_a_pruned_ledger_says_the_pruned_days_do_not_move(
     cli: Any, sqlite_url: str
 ) -> None:
