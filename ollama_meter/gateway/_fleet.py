@@ -51,6 +51,7 @@ of models. Each is parsed on the event loop, every few seconds: a server answeri
 general 64 MiB limit would stall every call for a second each time."""
 UNION = ("/api/tags", "/api/ps", "/v1/models")
 """Answered with every server's models when there are several."""
+_REQUIRED: Any = object()
 
 
 class Server(Capacity):
@@ -203,7 +204,9 @@ class Fleet:
     async def _discover(self, server: Server) -> None:
         try:
             tags = await self._get(server, "/api/tags")
-            running = await self._get(server, "/api/ps")
+            # An Ollama older than /api/ps (0.1.38), or a compatible server, answers it 404:
+            # it serves its models all the same, with none known to be loaded.
+            running = await self._get(server, "/api/ps", missing=None)
         except (UpstreamError, ValueError) as exc:
             if server.up:
                 log.warning("taking %s out of the fleet: %s", server.url, exc)
@@ -217,12 +220,16 @@ class Fleet:
             server.up, server.problem = True, None
         server.checked_at = datetime.now(UTC)
 
-    async def _get(self, server: Server, path: str) -> Any:
+    async def _get(self, server: Server, path: str, *, missing: Any = _REQUIRED) -> Any:
+        """``path``'s JSON on ``server``; ``missing`` if given, when the server has no such
+        route (404), else a ValueError saying what it answered."""
         response = await server.pool.request("GET", path, timeout=DISCOVERY_TIMEOUT)
         try:
             body = await server.pool.read(response, most=MODEL_LIST_BYTES)
         finally:
             server.pool.finish(response, completed=response.content.at_eof())
+        if response.status == 404 and missing is not _REQUIRED:
+            return missing
         if response.status != 200:
             raise ValueError(f"{server.url}{path} answered HTTP {response.status}")
         try:

@@ -511,3 +511,22 @@ def test_a_passed_through_body_is_read_within_the_bounds_a_metered_one_is(
             server.close()
     assert (reply.status_code, reply.content) == (200, tags)
     assert peak < 8 * len(body), (peak, len(body))
+
+
+def test_a_server_without_api_ps_is_in_the_fleet_with_nothing_known_loaded(
+    liar: Callable[[dict[str, tuple[int, bytes]]], str],
+    emulators: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+) -> None:
+    # An Ollama older than /api/ps (0.1.38), or a compatible server, answers it 404: it
+    # still serves its models, so it is up, with no model known to be loaded.
+    tags = json.dumps({"models": [{"name": QWEN}]}).encode()
+    old = liar({"/api/tags": (200, tags)})
+    good = emulators(LLAMA)
+    client = in_process(good.url, old)
+    health = client.get("/healthz").json()
+    assert [s["state"] for s in health["servers"]] == ["up", "up"]
+    (shown,) = [s for s in client.get("/api/dash").json()["servers"] if s["url"] == old]
+    assert (shown["models"], shown["loaded"], shown["problem"]) == ([QWEN], [], None)
+    listed = client.get("/api/tags").json()["models"]
+    assert sorted(m.get("model") or m["name"] for m in listed) == [LLAMA, QWEN]
