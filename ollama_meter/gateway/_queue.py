@@ -181,6 +181,7 @@ class FairQueue:
         waiter = self._enqueue(flow, place, max(1, weight), tuple(caps), loop, urgent=urgent)
         try:  # from here on, however it ends, the waiter leaves the queue or holds its place
             self._dispatch()
+            _not_waited(waiter)
             if self._waiting > self.max_queue and not waiter.future.done():
                 self._shed(waiter)
             if timeout is None:
@@ -206,7 +207,7 @@ class FairQueue:
         waiter = self._enqueue(flow, place, max(1, weight), tuple(caps), loop, urgent=False)
         self._dispatch()
         if waiter.future.done():
-            return waiter.future.result()
+            return _not_waited(waiter)
         self._remove(waiter)
         return None
 
@@ -336,6 +337,17 @@ class FairQueue:
         held = self.clock() - grant.granted_ns
         self._hold_ns += (held - self._hold_ns) / 8
         self._dispatch()
+
+
+def _not_waited(waiter: _Waiter) -> Grant | None:
+    """The place ``waiter`` got as it asked, if it did: it waited for nothing (0 ns), however
+    long the queue's own bookkeeping took."""
+    future = waiter.future
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return None
+    grant = future.result()
+    grant.waited_ns = 0
+    return grant
 
 
 def _placed(waiter: _Waiter) -> Capacity | None:

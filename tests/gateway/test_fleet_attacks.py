@@ -530,3 +530,18 @@ def test_a_server_without_api_ps_is_in_the_fleet_with_nothing_known_loaded(
     assert (shown["models"], shown["loaded"], shown["problem"]) == ([QWEN], [], None)
     listed = client.get("/api/tags").json()["models"]
     assert sorted(m.get("model") or m["name"] for m in listed) == [LLAMA, QWEN]
+
+
+def test_a_call_that_finds_a_free_slot_has_a_queue_time_of_zero(
+    emulators: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+    sqlite_url: str,
+) -> None:
+    one, two = emulators(LLAMA), emulators(LLAMA)
+    client = in_process(f"{one.url}#slots=1", f"{two.url}#slots=1")
+    one.inject(Fault.HTTP_503, times=1)  # the first call moves, to a free slot at once
+    for stream in (False, True):
+        reply = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": stream})
+        assert reply.status_code == 200, reply.text
+    spans = committed(open_ledger(sqlite_url)).latest(SpanFilter(), 10)
+    assert [s.queue_ns for s in spans] == [0, 0]

@@ -388,3 +388,25 @@ def test_a_caller_hanging_up_as_the_full_queue_sheds_leaks_nothing() -> None:
         assert (queue.waiting, queue.in_service, server.in_use) == (0, 0, 0)
 
     asyncio.run(run())
+
+
+def test_a_call_that_finds_a_free_place_waited_zero_and_one_that_queued_waited_its_wait() -> None:
+    # A clock that moves on each reading: the queue's own bookkeeping takes time too, and
+    # that is no wait (the README: queue time is 0 when a slot was free).
+    ticks = iter(range(0, 10**9, 7))
+    queue, slot = FairQueue(max_queue=10, clock=lambda: next(ticks)), Capacity(2)
+    place = first_free([slot])
+
+    async def scenario() -> list[bool]:
+        now = queue.grant_now("a", place)
+        assert now is not None
+        free = await queue.acquire("b", place)  # a place is free: no wait either
+        later = asyncio.ensure_future(queue.acquire("c", place))
+        await asyncio.sleep(0)
+        free.release()
+        granted = await later
+        for grant in (now, granted):
+            grant.release()
+        return [now.waited_ns == 0, free.waited_ns == 0, granted.waited_ns > 0]
+
+    assert asyncio.run(scenario()) == [True, True, True]
