@@ -354,6 +354,8 @@ class Upstream(Resilient):
                 Failure.UNEXPECTED,
                 f"its answer does not read as Ollama's API has it: {reason}",
             )
+        elif isinstance(exc, httpx.ConnectTimeout):  # nothing answered the connect
+            kind, reason = Failure.CONNECTION, "no answer to the connect"
         elif isinstance(exc, httpx.TimeoutException):
             kind = Failure.TIMEOUT
         elif answered and isinstance(exc, httpx.HTTPError):
