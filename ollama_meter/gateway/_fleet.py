@@ -311,26 +311,30 @@ class Fleet:
         *,
         weight: int = 1,
         caps: Sequence[Capacity] = (),
-        tried: set[str] | None = None,
     ) -> Lease:
         """A slot for a call to ``model``: at once, or after waiting its flow's turn.
 
-        ``tried``: servers the call already failed on (it moves on, ahead of the queue).
         Raises :class:`~ollama_meter.gateway._queue.Busy`.
         """
         key = model_key(model)
-        exclude = frozenset(tried or ())
-
-        def place() -> Server | None:
-            return self._place(key, exclude)
-
         grant = await self.queue.acquire(
             flow,
-            place,
+            lambda: self._place(key, frozenset()),
             weight=weight,
             caps=caps,
             timeout=self.queue_timeout,
-            urgent=bool(exclude),
+        )
+        return self._leased(grant)
+
+    async def move(self, lease: Lease, model: str, tried: set[str]) -> Lease:
+        """Another server for the call holding ``lease`` (not one of ``tried``), ahead of the
+        queue; the call keeps its places under its limits (``caps``) meanwhile.
+
+        Raises :class:`~ollama_meter.gateway._queue.Busy`.
+        """
+        key, exclude = model_key(model), frozenset(tried)
+        grant = await self.queue.move(
+            lease._grant, lambda: self._place(key, exclude), timeout=self.queue_timeout
         )
         return self._leased(grant)
 

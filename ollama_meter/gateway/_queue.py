@@ -197,6 +197,29 @@ class FairQueue:
                 ) from None
             raise
 
+    async def move(self, grant: Grant, place: Place, *, timeout: float | None = None) -> Grant:
+        """Another place for the call holding ``grant`` (its server failed it): before every flow.
+
+        Only the server's place is given back (the next waiting call may take it); the
+        caps stay the call's, so its department's queued calls do not take its place
+        among the department's running calls and go ahead of it. Raises as
+        :meth:`acquire` does; the caps are then given back too.
+        """
+        caps, grant.caps = grant.caps, ()
+        flow = grant._flow
+        grant.release()  # the server's place alone
+        try:
+            moved = await self.acquire(
+                flow.key, place, weight=flow.weight, timeout=timeout, urgent=True
+            )
+        except BaseException:
+            for cap in caps:  # the call ends here: its caps go back, and who waited for them goes
+                cap.in_use -= 1
+            self._dispatch()
+            raise
+        moved.caps = caps
+        return moved
+
     def grant_now(
         self, flow: Hashable, place: Place, *, weight: int = 1, caps: Sequence[Capacity] = ()
     ) -> Grant | None:

@@ -308,7 +308,7 @@ class Relay:
         try:
             # Until the answer starts, only listening tells that the caller left.
             sent = await until_gone(
-                self._send(call, slot, admission, request, wire, content, headers, query), hangup
+                self._send(call, slot, request, wire, content, headers, query), hangup
             )
             if isinstance(sent, Response):
                 return sent
@@ -331,7 +331,6 @@ class Relay:
         self,
         call: MeteredCall,
         slot: Slot,
-        admission: Admission,
         request: MeteredRequest,
         wire: WireFormat,
         content: bytes,
@@ -380,16 +379,10 @@ class Relay:
             if isinstance(failure, OverCap) or not fleet.can_move(model, tried):
                 await close_call(self.meter, call, failure)
                 return _failure_response(wire, failure)
-            slot.release()
             moving = time.monotonic_ns()
             try:
-                lease = await fleet.lease(
-                    model,
-                    admission.flow,
-                    weight=admission.weight,
-                    caps=admission.caps,
-                    tried=tried,
-                )
+                # Its server's slot is given back; its places under its limits stay its own.
+                lease = await fleet.move(slot.lease, model, tried)
             except BaseException as exc:  # busy, the caller left, or the server is stopping
                 call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - moving
                 await close_call(self.meter, call, exc)

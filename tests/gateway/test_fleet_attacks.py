@@ -545,3 +545,56 @@ def test_a_call_that_finds_a_free_slot_has_a_queue_time_of_zero(
         assert reply.status_code == 200, reply.text
     spans = committed(open_ledger(sqlite_url)).latest(SpanFilter(), 10)
     assert [s.queue_ns for s in spans] == [0, 0]
+
+
+def test_a_call_that_moves_keeps_its_departments_concurrency_place(
+    emulators: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+    sqlite_url: str,
+) -> None:
+    # sales may run one call at once. Its call fails on the first server and moves to the
+    # second, whose one slot hr holds: sales' next call must not take sales' place (with
+    # the first server's freed slot) and run ahead of the call that is already under way.
+    ledger = open_ledger(sqlite_url)
+    ledger.set_limit(Limit("default", "sales", concurrency=1))
+    one, two = emulators(LLAMA), emulators(LLAMA, QWEN, token_latency=60.0)
+    client = in_process(f"{one.url}#slots=1", f"{two.url}#slots=1", discovery_interval=3600)
+    gateway = client.app_state["gateway"]
+    one.inject(Fault.HTTP_503, times=1)
+    answers: dict[str, Any] = {}
+
+    def call(name: str, model: str, dept: str) -> threading.Thread:
+        body = {"model": model, "messages": [{"role": "user", "content": name}], "stream": False}
+        headers = {"X-Ometer-Department": dept}
+        thread = threading.Thread(
+            target=lambda: answers.__setitem__(
+                name, client.post("/api/chat", json=body, headers=headers)
+            )
+        )
+        thread.start()
+        return thread
+
+    def until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 20
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    threads = [call("hr's", QWEN, "hr")]  # only the second server has qwen: hr holds its slot
+    try:
+        until(lambda: two.in_flight == 1)
+        threads.append(call("first", LLAMA, "sales"))  # fails on the first; waits for the second
+        until(lambda: gateway.fleet.queue.waiting == 1)
+        threads.append(call("second", LLAMA, "sales"))
+        until(lambda: gateway.fleet.queue.waiting == 2 or "second" in answers)
+        assert "second" not in answers  # it waits for sales' place, held by the moving call
+        assert gateway.rates.running()[("department", "default", "sales")] == 1
+    finally:
+        two.hurry()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert [answers[n].status_code for n in ("hr's", "first", "second")] == [200, 200, 200]
+    asked = [r.body["messages"][0]["content"] for r in two.requests_to("/api/chat")]
+    asked += [r.body["messages"][0]["content"] for r in one.requests_to("/api/chat")]
+    assert asked.index("first") < asked.index("second") or asked[-1] == "second"
+    assert gateway.rates.running() == {}

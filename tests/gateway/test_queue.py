@@ -55,6 +55,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.dept_of: dict[int, str] = {}  # a task's or a grant's department
         self.direct: list[Grant] = []
         self.released: set[int] = set()
+        self.moves: set[int] = set()  # tasks of calls moving to another server
 
     def teardown(self) -> None:
         for task in self.tasks:
@@ -79,11 +80,22 @@ class QueueMachine(RuleBasedStateMachine):
             for t in self.tasks
             if t.done() and not t.cancelled() and not t.exception()
         }
+        # A call moving to another server holds its places under its limits meanwhile.
+        moving = [self.dept_of[id(t)] for t in self._pending() if id(t) in self.moves]
         for grant in self._held():
             dept = departments.get(id(grant)) or self.dept_of[id(grant)]
+            moving.append(dept)
+        for dept in moving:
             for scope in (TENANT, ("department", "acme", dept)):
                 running[scope] = running.get(scope, 0) + 1
         return running
+
+    def _dept_of(self, grant: Grant) -> str:
+        for task in self.tasks:
+            if task.done() and not task.cancelled() and not task.exception():
+                if task.result() is grant:
+                    return self.dept_of[id(task)]
+        return self.dept_of[id(grant)]
 
     def _caps(self, dept: str) -> Sequence[Capacity]:
         return self.rates.admit("acme", dept).caps
@@ -151,6 +163,21 @@ class QueueMachine(RuleBasedStateMachine):
             # its task ever runs again: the race a cancelled caller must not leak through.
             for task in pending:
                 task.cancel()
+        settle(self.loop)
+
+    @precondition(lambda self: bool(self._held()))
+    @rule(data=st.data(), servers=st.sets(st.integers(0, 2), min_size=1))
+    def move_to_another_server(self, data: st.DataObject, servers: set[int]) -> None:
+        # Its server failed the call: it gives back that server's place and waits, ahead of
+        # every flow, for another; its department's places stay its own meanwhile.
+        grant = data.draw(st.sampled_from(self._held()))
+        dept = self._dept_of(grant)
+        place = first_free([self.servers[i] for i in sorted(servers)])
+        task = self.loop.create_task(self.queue.move(grant, place))
+        self.released.add(id(grant))
+        self.dept_of[id(task)] = dept
+        self.moves.add(id(task))
+        self.tasks.append(task)
         settle(self.loop)
 
     @rule(
@@ -410,3 +437,73 @@ def test_a_call_that_finds_a_free_place_waited_zero_and_one_that_queued_waited_i
         return [now.waited_ns == 0, free.waited_ns == 0, granted.waited_ns > 0]
 
     assert asyncio.run(scenario()) == [True, True, True]
+
+
+def test_a_call_moving_off_a_failed_server_keeps_its_departments_place() -> None:
+    """sales may run one call at once; its running call fails on server a and moves to b,
+    which is busy. Its department place goes with it: sales' queued call does not take it
+    (with a's freed slot) and run first, leaving the moving call waiting behind it."""
+    a, b = Capacity(1, "a"), Capacity(1, "b")
+    rates = RateLimits()
+    rates.load([Limit("acme", "sales", concurrency=1)])
+    queue = FairQueue(max_queue=10)
+
+    async def scenario() -> list[object]:
+        busy_b = queue.grant_now(("acme", "hr"), lambda: b)  # another department holds b
+        first = rates.admit("acme", "sales")
+        running = queue.grant_now(first.flow, lambda: a, caps=first.caps)
+        assert busy_b is not None and running is not None
+        second = rates.admit("acme", "sales")
+        queued = asyncio.ensure_future(
+            queue.acquire(second.flow, first_free([a, b]), caps=second.caps)
+        )
+        await asyncio.sleep(0)
+        moving = asyncio.ensure_future(queue.move(running, first_free([b])))
+        await asyncio.sleep(0)
+        seen: list[object] = [queued.done(), moving.done(), a.in_use, rates.running()]
+        busy_b.release()  # b frees: the moving call takes it, ahead of the queue
+        moved = await moving
+        seen += [moved.server.name, queued.done(), rates.running()]
+        moved.release()  # the call ends: now sales' next call goes
+        await asyncio.sleep(0)
+        seen += [queued.done()]
+        queued.result().release()
+        seen += [queue.waiting, queue.in_service, rates.running(), a.in_use, b.in_use]
+        return seen
+
+    sales = {("tenant", "acme"): 1, ("department", "acme", "sales"): 1}
+    assert asyncio.run(scenario()) == [
+        *(False, False, 0, sales),  # a is free, but sales' one place is the moving call's
+        *("b", False, sales),
+        True,
+        *(0, 0, {}, 0, 0),
+    ]
+
+
+def test_a_moving_call_that_is_abandoned_gives_its_departments_place_back() -> None:
+    a, b = Capacity(1, "a"), Capacity(1, "b")
+    rates = RateLimits()
+    rates.load([Limit("acme", "sales", concurrency=1)])
+    queue = FairQueue(max_queue=10)
+
+    async def scenario() -> tuple[object, ...]:
+        busy_b = queue.grant_now(("acme", "hr"), lambda: b)
+        first = rates.admit("acme", "sales")
+        running = queue.grant_now(first.flow, lambda: a, caps=first.caps)
+        assert busy_b is not None and running is not None
+        second = rates.admit("acme", "sales")
+        queued = asyncio.ensure_future(
+            queue.acquire(second.flow, first_free([a]), caps=second.caps)
+        )
+        moving = asyncio.ensure_future(queue.move(running, first_free([b])))
+        await asyncio.sleep(0)
+        moving.cancel()  # the caller hung up while its call waited for b
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        got = queued.done() and queued.result().server.name
+        running.release()  # the relay gives its slot back once more: nothing happens
+        queued.result().release()
+        busy_b.release()
+        return got, moving.cancelled(), queue.waiting, queue.in_service, rates.running()
+
+    assert asyncio.run(scenario()) == ("a", True, 0, 0, {})
