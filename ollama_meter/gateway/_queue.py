@@ -152,7 +152,12 @@ class FairQueue:
         return self._granted
 
     def waiting_by_flow(self) -> dict[Hashable, int]:
-        return {key: len(flow.waiters) for key, flow in self._flows.items()}
+        """Calls waiting per flow, those moving off a failed server (ahead of the flows) too."""
+        waiting = {key: len(flow.waiters) for key, flow in self._flows.items()}
+        for waiter in self._urgent:
+            key = waiter.flow.key
+            waiting[key] = waiting.get(key, 0) + 1
+        return waiting
 
     def retry_after(self) -> int:
         """Seconds until a place in the queue is likely to free: a held place's mean time, shared."""

@@ -585,6 +585,9 @@ def test_a_call_that_moves_keeps_its_departments_concurrency_place(
         until(lambda: two.in_flight == 1)
         threads.append(call("first", LLAMA, "sales"))  # fails on the first; waits for the second
         until(lambda: gateway.fleet.queue.waiting == 1)
+        # The moving call waits: /api/dash says whose it is, as it does of any waiting call.
+        waiting = {"waiting": 1, "by_department": {"default/sales": 1}}
+        assert client.get("/api/dash").json()["queue"] == waiting
         threads.append(call("second", LLAMA, "sales"))
         until(lambda: gateway.fleet.queue.waiting == 2 or "second" in answers)
         assert "second" not in answers  # it waits for sales' place, held by the moving call

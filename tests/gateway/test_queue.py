@@ -225,6 +225,7 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def every_waiter_is_a_pending_caller(self) -> None:
         assert self.queue.waiting == len(self._pending())
+        assert sum(self.queue.waiting_by_flow().values()) == self.queue.waiting
         assert self.queue.in_service == len(self._held())
 
     @invariant()
