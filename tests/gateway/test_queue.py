@@ -92,9 +92,9 @@ class QueueMachine(RuleBasedStateMachine):
 
     def _dept_of(self, grant: Grant) -> str:
         for task in self.tasks:
-            if task.done() and not task.cancelled() and not task.exception():
-                if task.result() is grant:
-                    return self.dept_of[id(task)]
+            done = task.done() and not task.cancelled() and not task.exception()
+            if done and task.result() is grant:
+                return self.dept_of[id(task)]
         return self.dept_of[id(grant)]
 
     def _caps(self, dept: str) -> Sequence[Capacity]:
