@@ -351,6 +351,7 @@ class Relay:
             server = slot.lease.server
             call.span.upstream_host = server.url
             elsewhere = fleet.can_move(model, {*tried, server.url})
+            began = time.perf_counter_ns()
             try:
                 attempts = slot.lease.attempts(model, elsewhere=elsewhere, waits=call)
                 async with call.in_time(call.deadline()):  # a whole answer comes at its end
@@ -379,6 +380,7 @@ class Relay:
             if isinstance(failure, OverCap) or not fleet.can_move(model, tried):
                 await close_call(self.meter, call, failure)
                 return _failure_response(wire, failure)
+            call.moved(time.perf_counter_ns() - began)  # not the next server's busy time
             moving = time.monotonic_ns()
             try:
                 # Its server's slot is given back; its places under its limits stay its own.

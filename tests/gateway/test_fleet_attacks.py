@@ -601,3 +601,24 @@ def test_a_call_that_moves_keeps_its_departments_concurrency_place(
     asked += [r.body["messages"][0]["content"] for r in one.requests_to("/api/chat")]
     assert asked.index("first") < asked.index("second") or asked[-1] == "second"
     assert gateway.rates.running() == {}
+
+
+def test_the_time_a_call_spent_on_a_server_that_failed_it_is_not_the_next_ones_busy_time(
+    emulators: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+    sqlite_url: str,
+) -> None:
+    # OpenAI's routes say nothing of Ollama's busy time: the meter's clock stands in for it.
+    # The call hangs on the first server until it times out (1 s), then the second answers:
+    # that second is neither the second server's GPU time nor charged as such.
+    one, two = emulators(LLAMA), emulators(LLAMA)
+    client = in_process(one.url, two.url, upstream_timeout=1, discovery_interval=3600)
+    one.inject(Fault.HANG, times=1)
+    body = {"model": LLAMA, "messages": HI, "stream": False}
+    reply = client.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    assert (len(one.requests_to("/v1/chat/completions")), two.hangups) == (1, 0)
+    (span,) = committed(open_ledger(sqlite_url)).latest(SpanFilter(), 10)
+    assert span.upstream_host == two.url and span.duration_source == "measured"
+    busy = (span.prompt_eval_duration_ns or 0) + (span.eval_duration_ns or 0)
+    assert busy <= span.latency_ns - 1_000_000_000, (busy, span.latency_ns)
