@@ -13,7 +13,7 @@ one that has the model (its breaker then fails the call fast with its reason);
 failing that (nobody has it), to any answering server, which says "not found" or
 serves a model pulled since the last discovery. Among those with a free slot it
 prefers one where the model is loaded (no cold load), then the least busy, then
-the one that served fewest calls, so calls spread over servers sharing a model.
+the one given fewest calls, so calls spread over servers sharing a model.
 
 With one server there is nothing to choose: no discovery runs, and the server
 is what ``OLLAMA_HOST`` always was.
@@ -72,6 +72,9 @@ class Server(Capacity):
         self.problem: str | None = None
         self.checked_at: datetime | None = None
         self.served = 0
+        """Calls it answered (``/api/dash``)."""
+        self.given = 0
+        """Calls it was given a slot for, answered or not: routing spreads calls by it."""
 
     def has(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -251,8 +254,10 @@ class Fleet:
         server.loaded.discard(key)
 
     def served(self, server: Server, model: str) -> None:
-        """``model`` answered on ``server``: it is loaded there now."""
+        """``model`` answered on ``server``: it is loaded there now, and the server served one
+        more call (one it failed is not counted: the call moved on, or failed)."""
         server.loaded.add(model_key(model))
+        server.served += 1
 
     # -- routing --------------------------------------------------------------------------
 
@@ -279,7 +284,7 @@ class Fleet:
                 s.limit is None and s.in_use > 0,
                 model not in s.loaded,
                 s.busy(),
-                s.served,
+                s.given,
             ),
         )
 
@@ -301,7 +306,7 @@ class Fleet:
     def _leased(self, grant: Grant) -> Lease:
         server = grant.server
         assert isinstance(server, Server)
-        server.served += 1
+        server.given += 1
         return Lease(server, grant)
 
     async def lease(

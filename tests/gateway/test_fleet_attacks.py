@@ -622,3 +622,19 @@ def test_the_time_a_call_spent_on_a_server_that_failed_it_is_not_the_next_ones_b
     assert span.upstream_host == two.url and span.duration_source == "measured"
     busy = (span.prompt_eval_duration_ns or 0) + (span.eval_duration_ns or 0)
     assert busy <= span.latency_ns - 1_000_000_000, (busy, span.latency_ns)
+
+
+def test_a_server_that_fails_every_call_has_served_none(
+    emulators: Callable[..., OllamaEmulator], in_process: Callable[..., TestClient]
+) -> None:
+    # /api/dash's "served": calls the server answered, not calls it was given and failed
+    # (each moved to the other server, which served them).
+    one, two = emulators(LLAMA), emulators(LLAMA)
+    client = in_process(one.url, two.url, discovery_interval=3600, breaker_failures=100)
+    one.inject(Fault.HTTP_503, times=100)
+    for _ in range(3):
+        reply = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": False})
+        assert reply.status_code == 200, reply.text
+    assert one.requests_to("/api/chat")  # it was tried, and failed the call
+    servers = {s["url"]: s["served"] for s in client.get("/api/dash").json()["servers"]}
+    assert servers == {one.url: 0, two.url: 3}
