@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from hypothesis import settings, strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ollama_meter.gateway._queue import BUSY_MESSAGE, Busy, Capacity, FairQueue, Grant, Place
@@ -508,3 +508,62 @@ def test_a_moving_call_that_is_abandoned_gives_its_departments_place_back() -> N
         return got, moving.cancelled(), queue.waiting, queue.in_service, rates.running()
 
     assert asyncio.run(scenario()) == ("a", True, 0, 0, {})
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    weights=st.lists(st.integers(1, 6), min_size=2, max_size=5),
+    slots=st.integers(1, 3),
+    late=st.integers(0, 40),
+    late_weight=st.integers(1, 6),
+)
+def test_backlogged_departments_get_their_weighted_share_and_a_newcomer_waits_one_round(
+    weights: list[int], slots: int, late: int, late_weight: int
+) -> None:
+    """The README's promise, measured: departments that all have calls waiting are served in
+    proportion to their weights, within one call each, in every prefix of the service; and a
+    department that starts asking is served within one call of each waiting department
+    (never behind their queues, whatever their weights)."""
+
+    async def serve() -> list[object]:
+        queue, slot = FairQueue(max_queue=10_000), Capacity(slots)
+        place = first_free([slot])
+        held = [await queue.acquire("warm", place) for _ in range(slots)]
+        waiting = {
+            flow: [asyncio.ensure_future(queue.acquire(flow, place, weight=w)) for _ in range(80)]
+            for flow, w in enumerate(weights)
+        }
+        await asyncio.sleep(0)
+        order: list[object] = []
+        seen: set[int] = set()
+        newcomer: asyncio.Future[Grant] | None = None
+        for n in range(60):
+            if n == late:
+                newcomer = asyncio.ensure_future(queue.acquire("late", place, weight=late_weight))
+                await asyncio.sleep(0)
+            held.pop(0).release()  # one call ends: the next place goes to whom it is due
+            await asyncio.sleep(0)
+            calls = [(f, t) for f, ts in waiting.items() for t in ts]
+            ((flow, task),) = [
+                (f, t)
+                for f, t in [*calls, ("late", newcomer)]
+                if t is not None and t.done() and id(t) not in seen
+            ]
+            seen.add(id(task))
+            order.append(flow)
+            held.append(task.result())
+        for task in [t for ts in waiting.values() for t in ts]:
+            task.cancel()
+        await asyncio.sleep(0)
+        return order
+
+    order = asyncio.run(serve())
+    for n in range(1, len(order) + 1):
+        served = [order[:n].count(flow) for flow in range(len(weights))]
+        for i, wi in enumerate(weights):
+            for j, wj in enumerate(weights):
+                # Start-time fair queueing's bound: |S_i/w_i - S_j/w_j| <= 1/w_i + 1/w_j.
+                gap = abs(served[i] * wj - served[j] * wi)
+                assert gap <= wi + wj, (weights, n, served)
+    if late < len(order):
+        assert "late" in order[late : late + len(weights) + 1], (late, order)
