@@ -13,6 +13,7 @@ test_upstream_transport.py``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -127,9 +128,12 @@ def test_a_connect_that_is_never_answered_is_an_unreachable_host_not_a_slow_one(
 
     host = "http://127.0.0.1:9"
     upstream = Upstream(host)
+    fresh = contextvars.Context()  # as at an attempt's start: nothing has answered yet
     try:
-        silent = upstream.classify(httpx.ConnectTimeout("timed out"), model="m", started=False)
-        slow = upstream.classify(httpx.ReadTimeout("timed out"), model="m", started=False)
+        silent, slow = (
+            fresh.run(upstream.classify, failure("timed out"), model="m", started=False)
+            for failure in (httpx.ConnectTimeout, httpx.ReadTimeout)
+        )
     finally:
         upstream.close()
     assert isinstance(silent, UpstreamError) and isinstance(slow, UpstreamError)
