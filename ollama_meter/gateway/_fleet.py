@@ -13,7 +13,7 @@ one that has the model (its breaker then fails the call fast with its reason);
 failing that (nobody has it), to any answering server, which says "not found" or
 serves a model pulled since the last discovery. Among those with a free slot it
 prefers one where the model is loaded (no cold load), then the least busy, then
-the one that served fewest calls, so calls spread over servers sharing a model.
+the one given fewest calls, so calls spread over servers sharing a model.
 
 With one server there is nothing to choose: no discovery runs, and the server
 is what ``OLLAMA_HOST`` always was.
@@ -51,6 +51,7 @@ of models. Each is parsed on the event loop, every few seconds: a server answeri
 general 64 MiB limit would stall every call for a second each time."""
 UNION = ("/api/tags", "/api/ps", "/v1/models")
 """Answered with every server's models when there are several."""
+_REQUIRED: Any = object()
 
 
 class Server(Capacity):
@@ -71,6 +72,9 @@ class Server(Capacity):
         self.problem: str | None = None
         self.checked_at: datetime | None = None
         self.served = 0
+        """Calls it answered (``/api/dash``)."""
+        self.given = 0
+        """Calls it was given a slot for, answered or not: routing spreads calls by it."""
 
     def has(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -203,7 +207,9 @@ class Fleet:
     async def _discover(self, server: Server) -> None:
         try:
             tags = await self._get(server, "/api/tags")
-            running = await self._get(server, "/api/ps")
+            # An Ollama older than /api/ps (0.1.38), or a compatible server, answers it 404:
+            # it serves its models all the same, with none known to be loaded.
+            running = await self._get(server, "/api/ps", missing=None)
         except (UpstreamError, ValueError) as exc:
             if server.up:
                 log.warning("taking %s out of the fleet: %s", server.url, exc)
@@ -217,12 +223,16 @@ class Fleet:
             server.up, server.problem = True, None
         server.checked_at = datetime.now(UTC)
 
-    async def _get(self, server: Server, path: str) -> Any:
+    async def _get(self, server: Server, path: str, *, missing: Any = _REQUIRED) -> Any:
+        """``path``'s JSON on ``server``; ``missing`` if given, when the server has no such
+        route (404), else a ValueError saying what it answered."""
         response = await server.pool.request("GET", path, timeout=DISCOVERY_TIMEOUT)
         try:
             body = await server.pool.read(response, most=MODEL_LIST_BYTES)
         finally:
             server.pool.finish(response, completed=response.content.at_eof())
+        if response.status == 404 and missing is not _REQUIRED:
+            return missing
         if response.status != 200:
             raise ValueError(f"{server.url}{path} answered HTTP {response.status}")
         try:
@@ -244,8 +254,10 @@ class Fleet:
         server.loaded.discard(key)
 
     def served(self, server: Server, model: str) -> None:
-        """``model`` answered on ``server``: it is loaded there now."""
+        """``model`` answered on ``server``: it is loaded there now, and the server served one
+        more call (one it failed is not counted: the call moved on, or failed)."""
         server.loaded.add(model_key(model))
+        server.served += 1
 
     # -- routing --------------------------------------------------------------------------
 
@@ -272,7 +284,7 @@ class Fleet:
                 s.limit is None and s.in_use > 0,
                 model not in s.loaded,
                 s.busy(),
-                s.served,
+                s.given,
             ),
         )
 
@@ -294,7 +306,7 @@ class Fleet:
     def _leased(self, grant: Grant) -> Lease:
         server = grant.server
         assert isinstance(server, Server)
-        server.served += 1
+        server.given += 1
         return Lease(server, grant)
 
     async def lease(
@@ -304,26 +316,30 @@ class Fleet:
         *,
         weight: int = 1,
         caps: Sequence[Capacity] = (),
-        tried: set[str] | None = None,
     ) -> Lease:
         """A slot for a call to ``model``: at once, or after waiting its flow's turn.
 
-        ``tried``: servers the call already failed on (it moves on, ahead of the queue).
         Raises :class:`~ollama_meter.gateway._queue.Busy`.
         """
         key = model_key(model)
-        exclude = frozenset(tried or ())
-
-        def place() -> Server | None:
-            return self._place(key, exclude)
-
         grant = await self.queue.acquire(
             flow,
-            place,
+            lambda: self._place(key, frozenset()),
             weight=weight,
             caps=caps,
             timeout=self.queue_timeout,
-            urgent=bool(exclude),
+        )
+        return self._leased(grant)
+
+    async def move(self, lease: Lease, model: str, tried: set[str]) -> Lease:
+        """Another server for the call holding ``lease`` (not one of ``tried``), ahead of the
+        queue; the call keeps its places under its limits (``caps``) meanwhile.
+
+        Raises :class:`~ollama_meter.gateway._queue.Busy`.
+        """
+        key, exclude = model_key(model), frozenset(tried)
+        grant = await self.queue.move(
+            lease._grant, lambda: self._place(key, exclude), timeout=self.queue_timeout
         )
         return self._leased(grant)
 

@@ -152,7 +152,12 @@ class FairQueue:
         return self._granted
 
     def waiting_by_flow(self) -> dict[Hashable, int]:
-        return {key: len(flow.waiters) for key, flow in self._flows.items()}
+        """Calls waiting per flow, those moving off a failed server (ahead of the flows) too."""
+        waiting = {key: len(flow.waiters) for key, flow in self._flows.items()}
+        for waiter in self._urgent:
+            key = waiter.flow.key
+            waiting[key] = waiting.get(key, 0) + 1
+        return waiting
 
     def retry_after(self) -> int:
         """Seconds until a place in the queue is likely to free: a held place's mean time, shared."""
@@ -181,6 +186,7 @@ class FairQueue:
         waiter = self._enqueue(flow, place, max(1, weight), tuple(caps), loop, urgent=urgent)
         try:  # from here on, however it ends, the waiter leaves the queue or holds its place
             self._dispatch()
+            _not_waited(waiter)
             if self._waiting > self.max_queue and not waiter.future.done():
                 self._shed(waiter)
             if timeout is None:
@@ -196,6 +202,29 @@ class FairQueue:
                 ) from None
             raise
 
+    async def move(self, grant: Grant, place: Place, *, timeout: float | None = None) -> Grant:
+        """Another place for the call holding ``grant`` (its server failed it): before every flow.
+
+        Only the server's place is given back (the next waiting call may take it); the
+        caps stay the call's, so its department's queued calls do not take its place
+        among the department's running calls and go ahead of it. Raises as
+        :meth:`acquire` does; the caps are then given back too.
+        """
+        caps, grant.caps = grant.caps, ()
+        flow = grant._flow
+        grant.release()  # the server's place alone
+        try:
+            moved = await self.acquire(
+                flow.key, place, weight=flow.weight, timeout=timeout, urgent=True
+            )
+        except BaseException:
+            for cap in caps:  # the call ends here: its caps go back, and who waited for them goes
+                cap.in_use -= 1
+            self._dispatch()
+            raise
+        moved.caps = caps
+        return moved
+
     def grant_now(
         self, flow: Hashable, place: Place, *, weight: int = 1, caps: Sequence[Capacity] = ()
     ) -> Grant | None:
@@ -206,7 +235,7 @@ class FairQueue:
         waiter = self._enqueue(flow, place, max(1, weight), tuple(caps), loop, urgent=False)
         self._dispatch()
         if waiter.future.done():
-            return waiter.future.result()
+            return _not_waited(waiter)
         self._remove(waiter)
         return None
 
@@ -336,6 +365,17 @@ class FairQueue:
         held = self.clock() - grant.granted_ns
         self._hold_ns += (held - self._hold_ns) / 8
         self._dispatch()
+
+
+def _not_waited(waiter: _Waiter) -> Grant | None:
+    """The place ``waiter`` got as it asked, if it did: it waited for nothing (0 ns), however
+    long the queue's own bookkeeping took."""
+    future = waiter.future
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return None
+    grant = future.result()
+    grant.waited_ns = 0
+    return grant
 
 
 def _placed(waiter: _Waiter) -> Capacity | None:

@@ -308,7 +308,7 @@ class Relay:
         try:
             # Until the answer starts, only listening tells that the caller left.
             sent = await until_gone(
-                self._send(call, slot, admission, request, wire, content, headers, query), hangup
+                self._send(call, slot, request, wire, content, headers, query), hangup
             )
             if isinstance(sent, Response):
                 return sent
@@ -331,7 +331,6 @@ class Relay:
         self,
         call: MeteredCall,
         slot: Slot,
-        admission: Admission,
         request: MeteredRequest,
         wire: WireFormat,
         content: bytes,
@@ -352,6 +351,7 @@ class Relay:
             server = slot.lease.server
             call.span.upstream_host = server.url
             elsewhere = fleet.can_move(model, {*tried, server.url})
+            began = time.perf_counter_ns()
             try:
                 attempts = slot.lease.attempts(model, elsewhere=elsewhere, waits=call)
                 async with call.in_time(call.deadline()):  # a whole answer comes at its end
@@ -380,16 +380,11 @@ class Relay:
             if isinstance(failure, OverCap) or not fleet.can_move(model, tried):
                 await close_call(self.meter, call, failure)
                 return _failure_response(wire, failure)
-            slot.release()
+            call.moved(time.perf_counter_ns() - began)  # not the next server's busy time
             moving = time.monotonic_ns()
             try:
-                lease = await fleet.lease(
-                    model,
-                    admission.flow,
-                    weight=admission.weight,
-                    caps=admission.caps,
-                    tried=tried,
-                )
+                # Its server's slot is given back; its places under its limits stay its own.
+                lease = await fleet.move(slot.lease, model, tried)
             except BaseException as exc:  # busy, the caller left, or the server is stopping
                 call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - moving
                 await close_call(self.meter, call, exc)

@@ -81,8 +81,9 @@ class MeteredCall:
         self.behind = False
         """Answered before its span's commit (write-behind): the commit settles its budget."""
         self.idle_ns = 0
-        """Time spent waiting between attempts (a retry's backoff): not Ollama's, so it neither
-        runs out :attr:`time_cap_ns` nor is charged as busy time (see :meth:`waiting`)."""
+        """Time spent waiting between attempts (a retry's backoff), or at a server that failed
+        the call before it moved to another: not the serving Ollama's, so it neither runs out
+        :attr:`time_cap_ns` nor is charged as busy time (see :meth:`waiting`, :meth:`moved`)."""
         self._t0 = time.perf_counter_ns()
         self._first_ns: int | None = None
         self._timers: set[asyncio.Timeout] = set()
@@ -163,6 +164,11 @@ class MeteredCall:
             for timer, when in held:
                 if when is not None and not timer.expired():
                     timer.reschedule(when + waited / 1e9)
+
+    def moved(self, spent_ns: int) -> None:
+        """The call spent ``spent_ns`` at a server that failed it, and moves to another: that
+        time is not the serving server's (as a wait between attempts is not, :meth:`waiting`)."""
+        self.idle_ns += max(spent_ns, 0)
 
     def deadline(self) -> float | None:
         """When, in the running event loop's time, the call has run all it was admitted on."""

@@ -41,7 +41,7 @@ class Failure(StrEnum):
     """How a call got no usable answer, in the terms of no particular client library."""
 
     CONNECTION = "connection"
-    """Nothing answered at the address."""
+    """Nothing answered at the address: the connect was refused, or never answered."""
     TIMEOUT = "timeout"
     """Something listens there, but said nothing in time."""
     BROKEN = "broken"

@@ -108,6 +108,10 @@ class PooledUpstream(Resilient):
                 allow_redirects=False,
                 timeout=limits,
             )
+        except aiohttp.ConnectionTimeoutError as exc:  # nothing answered the connect
+            raise transport_error(
+                Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)
+            ) from exc
         except TimeoutError as exc:
             raise transport_error(Failure.TIMEOUT, host=self.host, started=False) from exc
         except aiohttp.ClientResponseError as exc:  # what came back could not be parsed

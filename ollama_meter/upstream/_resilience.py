@@ -282,9 +282,13 @@ class CallAttempts:
                 wait = self.retry_in(error)
                 if wait is None:
                     raise
+            except BaseException as exc:  # Ctrl-C, SIGTERM, the caller went away
+                self.end(exc)
+                raise
+            try:
                 with self._waiting():
                     sleep(wait)
-            except BaseException as exc:  # Ctrl-C, SIGTERM, the caller went away
+            except BaseException as exc:  # ... while it waited: its trial, if it was one, ends
                 self.end(exc)
                 raise
 
@@ -297,9 +301,13 @@ class CallAttempts:
                 wait = self.retry_in(error)
                 if wait is None:
                     raise
+            except BaseException as exc:
+                self.end(exc)
+                raise
+            try:
                 with self._waiting():
                     await asyncio.sleep(wait)
-            except BaseException as exc:
+            except BaseException as exc:  # cancelled while it waited (the caller hung up)
                 self.end(exc)
                 raise
 

@@ -354,8 +354,8 @@ class Upstream(Resilient):
                 Failure.UNEXPECTED,
                 f"its answer does not read as Ollama's API has it: {reason}",
             )
-        elif isinstance(exc, httpx.TimeoutException):
-            kind = Failure.TIMEOUT
+        elif isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+            kind = Failure.TIMEOUT  # a connect nobody answered is an unreachable host, below
         elif answered and isinstance(exc, httpx.HTTPError):
             # Its headers came, then its body broke off (a whole answer too): the call was
             # taken, so it is not sent again, nor the server said to be unreachable.

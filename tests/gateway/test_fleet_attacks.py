@@ -511,3 +511,130 @@ def test_a_passed_through_body_is_read_within_the_bounds_a_metered_one_is(
             server.close()
     assert (reply.status_code, reply.content) == (200, tags)
     assert peak < 8 * len(body), (peak, len(body))
+
+
+def test_a_server_without_api_ps_is_in_the_fleet_with_nothing_known_loaded(
+    liar: Callable[[dict[str, tuple[int, bytes]]], str],
+    emulators: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+) -> None:
+    # An Ollama older than /api/ps (0.1.38), or a compatible server, answers it 404: it
+    # still serves its models, so it is up, with no model known to be loaded.
+    tags = json.dumps({"models": [{"name": QWEN}]}).encode()
+    old = liar({"/api/tags": (200, tags)})
+    good = emulators(LLAMA)
+    client = in_process(good.url, old)
+    health = client.get("/healthz").json()
+    assert [s["state"] for s in health["servers"]] == ["up", "up"]
+    (shown,) = [s for s in client.get("/api/dash").json()["servers"] if s["url"] == old]
+    assert (shown["models"], shown["loaded"], shown["problem"]) == ([QWEN], [], None)
+    listed = client.get("/api/tags").json()["models"]
+    assert sorted(m.get("model") or m["name"] for m in listed) == [LLAMA, QWEN]
+
+
+def test_a_call_that_finds_a_free_slot_has_a_queue_time_of_zero(
+    emulators: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+    sqlite_url: str,
+) -> None:
+    one, two = emulators(LLAMA), emulators(LLAMA)
+    client = in_process(f"{one.url}#slots=1", f"{two.url}#slots=1")
+    one.inject(Fault.HTTP_503, times=1)  # the first call moves, to a free slot at once
+    for stream in (False, True):
+        reply = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": stream})
+        assert reply.status_code == 200, reply.text
+    spans = committed(open_ledger(sqlite_url)).latest(SpanFilter(), 10)
+    assert [s.queue_ns for s in spans] == [0, 0]
+
+
+def test_a_call_that_moves_keeps_its_departments_concurrency_place(
+    emulators: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+    sqlite_url: str,
+) -> None:
+    # sales may run one call at once. Its call fails on the first server and moves to the
+    # second, whose one slot hr holds: sales' next call must not take sales' place (with
+    # the first server's freed slot) and run ahead of the call that is already under way.
+    ledger = open_ledger(sqlite_url)
+    ledger.set_limit(Limit("default", "sales", concurrency=1))
+    one, two = emulators(LLAMA), emulators(LLAMA, QWEN, token_latency=60.0)
+    client = in_process(f"{one.url}#slots=1", f"{two.url}#slots=1", discovery_interval=3600)
+    gateway = client.app_state["gateway"]
+    one.inject(Fault.HTTP_503, times=1)
+    answers: dict[str, Any] = {}
+
+    def call(name: str, model: str, dept: str) -> threading.Thread:
+        body = {"model": model, "messages": [{"role": "user", "content": name}], "stream": False}
+        headers = {"X-Ometer-Department": dept}
+        thread = threading.Thread(
+            target=lambda: answers.__setitem__(
+                name, client.post("/api/chat", json=body, headers=headers)
+            )
+        )
+        thread.start()
+        return thread
+
+    def until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 20
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    threads = [call("hr's", QWEN, "hr")]  # only the second server has qwen: hr holds its slot
+    try:
+        until(lambda: two.in_flight == 1)
+        threads.append(call("first", LLAMA, "sales"))  # fails on the first; waits for the second
+        until(lambda: gateway.fleet.queue.waiting == 1)
+        # The moving call waits: /api/dash says whose it is, as it does of any waiting call.
+        waiting = {"waiting": 1, "by_department": {"default/sales": 1}}
+        assert client.get("/api/dash").json()["queue"] == waiting
+        threads.append(call("second", LLAMA, "sales"))
+        until(lambda: gateway.fleet.queue.waiting == 2 or "second" in answers)
+        assert "second" not in answers  # it waits for sales' place, held by the moving call
+        assert gateway.rates.running()[("department", "default", "sales")] == 1
+    finally:
+        two.hurry()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert [answers[n].status_code for n in ("hr's", "first", "second")] == [200, 200, 200]
+    asked = [r.body["messages"][0]["content"] for r in two.requests_to("/api/chat")]
+    asked += [r.body["messages"][0]["content"] for r in one.requests_to("/api/chat")]
+    assert asked.index("first") < asked.index("second") or asked[-1] == "second"
+    assert gateway.rates.running() == {}
+
+
+def test_the_time_a_call_spent_on_a_server_that_failed_it_is_not_the_next_ones_busy_time(
+    emulators: Callable[..., OllamaEmulator],
+    in_process: Callable[..., TestClient],
+    sqlite_url: str,
+) -> None:
+    # OpenAI's routes say nothing of Ollama's busy time: the meter's clock stands in for it.
+    # The call hangs on the first server until it times out (1 s), then the second answers:
+    # that second is neither the second server's GPU time nor charged as such.
+    one, two = emulators(LLAMA), emulators(LLAMA)
+    client = in_process(one.url, two.url, upstream_timeout=1, discovery_interval=3600)
+    one.inject(Fault.HANG, times=1)
+    body = {"model": LLAMA, "messages": HI, "stream": False}
+    reply = client.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    assert (len(one.requests_to("/v1/chat/completions")), two.hangups) == (1, 0)
+    (span,) = committed(open_ledger(sqlite_url)).latest(SpanFilter(), 10)
+    assert span.upstream_host == two.url and span.duration_source == "measured"
+    busy = (span.prompt_eval_duration_ns or 0) + (span.eval_duration_ns or 0)
+    assert busy <= span.latency_ns - 1_000_000_000, (busy, span.latency_ns)
+
+
+def test_a_server_that_fails_every_call_has_served_none(
+    emulators: Callable[..., OllamaEmulator], in_process: Callable[..., TestClient]
+) -> None:
+    # /api/dash's "served": calls the server answered, not calls it was given and failed
+    # (each moved to the other server, which served them).
+    one, two = emulators(LLAMA), emulators(LLAMA)
+    client = in_process(one.url, two.url, discovery_interval=3600, breaker_failures=100)
+    one.inject(Fault.HTTP_503, times=100)
+    for _ in range(3):
+        reply = client.post("/api/chat", json={"model": LLAMA, "messages": HI, "stream": False})
+        assert reply.status_code == 200, reply.text
+    assert one.requests_to("/api/chat")  # it was tried, and failed the call
+    servers = {s["url"]: s["served"] for s in client.get("/api/dash").json()["servers"]}
+    assert servers == {one.url: 0, two.url: 3}

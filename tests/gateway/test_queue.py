@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from hypothesis import settings, strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ollama_meter.gateway._queue import BUSY_MESSAGE, Busy, Capacity, FairQueue, Grant, Place
@@ -55,6 +55,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.dept_of: dict[int, str] = {}  # a task's or a grant's department
         self.direct: list[Grant] = []
         self.released: set[int] = set()
+        self.moves: set[int] = set()  # tasks of calls moving to another server
 
     def teardown(self) -> None:
         for task in self.tasks:
@@ -79,11 +80,22 @@ class QueueMachine(RuleBasedStateMachine):
             for t in self.tasks
             if t.done() and not t.cancelled() and not t.exception()
         }
+        # A call moving to another server holds its places under its limits meanwhile.
+        moving = [self.dept_of[id(t)] for t in self._pending() if id(t) in self.moves]
         for grant in self._held():
             dept = departments.get(id(grant)) or self.dept_of[id(grant)]
+            moving.append(dept)
+        for dept in moving:
             for scope in (TENANT, ("department", "acme", dept)):
                 running[scope] = running.get(scope, 0) + 1
         return running
+
+    def _dept_of(self, grant: Grant) -> str:
+        for task in self.tasks:
+            done = task.done() and not task.cancelled() and not task.exception()
+            if done and task.result() is grant:
+                return self.dept_of[id(task)]
+        return self.dept_of[id(grant)]
 
     def _caps(self, dept: str) -> Sequence[Capacity]:
         return self.rates.admit("acme", dept).caps
@@ -153,6 +165,21 @@ class QueueMachine(RuleBasedStateMachine):
                 task.cancel()
         settle(self.loop)
 
+    @precondition(lambda self: bool(self._held()))
+    @rule(data=st.data(), servers=st.sets(st.integers(0, 2), min_size=1))
+    def move_to_another_server(self, data: st.DataObject, servers: set[int]) -> None:
+        # Its server failed the call: it gives back that server's place and waits, ahead of
+        # every flow, for another; its department's places stay its own meanwhile.
+        grant = data.draw(st.sampled_from(self._held()))
+        dept = self._dept_of(grant)
+        place = first_free([self.servers[i] for i in sorted(servers)])
+        task = self.loop.create_task(self.queue.move(grant, place))
+        self.released.add(id(grant))
+        self.dept_of[id(task)] = dept
+        self.moves.add(id(task))
+        self.tasks.append(task)
+        settle(self.loop)
+
     @rule(
         dept=st.sampled_from([None, "sales", "hr", "it"]),
         concurrency=st.none() | st.integers(1, 3),
@@ -198,6 +225,7 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def every_waiter_is_a_pending_caller(self) -> None:
         assert self.queue.waiting == len(self._pending())
+        assert sum(self.queue.waiting_by_flow().values()) == self.queue.waiting
         assert self.queue.in_service == len(self._held())
 
     @invariant()
@@ -388,3 +416,154 @@ def test_a_caller_hanging_up_as_the_full_queue_sheds_leaks_nothing() -> None:
         assert (queue.waiting, queue.in_service, server.in_use) == (0, 0, 0)
 
     asyncio.run(run())
+
+
+def test_a_call_that_finds_a_free_place_waited_zero_and_one_that_queued_waited_its_wait() -> None:
+    # A clock that moves on each reading: the queue's own bookkeeping takes time too, and
+    # that is no wait (the README: queue time is 0 when a slot was free).
+    ticks = iter(range(0, 10**9, 7))
+    queue, slot = FairQueue(max_queue=10, clock=lambda: next(ticks)), Capacity(2)
+    place = first_free([slot])
+
+    async def scenario() -> list[bool]:
+        now = queue.grant_now("a", place)
+        assert now is not None
+        free = await queue.acquire("b", place)  # a place is free: no wait either
+        later = asyncio.ensure_future(queue.acquire("c", place))
+        await asyncio.sleep(0)
+        free.release()
+        granted = await later
+        for grant in (now, granted):
+            grant.release()
+        return [now.waited_ns == 0, free.waited_ns == 0, granted.waited_ns > 0]
+
+    assert asyncio.run(scenario()) == [True, True, True]
+
+
+def test_a_call_moving_off_a_failed_server_keeps_its_departments_place() -> None:
+    """sales may run one call at once; its running call fails on server a and moves to b,
+    which is busy. Its department place goes with it: sales' queued call does not take it
+    (with a's freed slot) and run first, leaving the moving call waiting behind it."""
+    a, b = Capacity(1, "a"), Capacity(1, "b")
+    rates = RateLimits()
+    rates.load([Limit("acme", "sales", concurrency=1)])
+    queue = FairQueue(max_queue=10)
+
+    async def scenario() -> list[object]:
+        busy_b = queue.grant_now(("acme", "hr"), lambda: b)  # another department holds b
+        first = rates.admit("acme", "sales")
+        running = queue.grant_now(first.flow, lambda: a, caps=first.caps)
+        assert busy_b is not None and running is not None
+        second = rates.admit("acme", "sales")
+        queued = asyncio.ensure_future(
+            queue.acquire(second.flow, first_free([a, b]), caps=second.caps)
+        )
+        await asyncio.sleep(0)
+        moving = asyncio.ensure_future(queue.move(running, first_free([b])))
+        await asyncio.sleep(0)
+        seen: list[object] = [queued.done(), moving.done(), a.in_use, rates.running()]
+        busy_b.release()  # b frees: the moving call takes it, ahead of the queue
+        moved = await moving
+        seen += [moved.server.name, queued.done(), rates.running()]
+        moved.release()  # the call ends: now sales' next call goes
+        await asyncio.sleep(0)
+        seen += [queued.done()]
+        queued.result().release()
+        seen += [queue.waiting, queue.in_service, rates.running(), a.in_use, b.in_use]
+        return seen
+
+    sales = {("tenant", "acme"): 1, ("department", "acme", "sales"): 1}
+    assert asyncio.run(scenario()) == [
+        *(False, False, 0, sales),  # a is free, but sales' one place is the moving call's
+        *("b", False, sales),
+        True,
+        *(0, 0, {}, 0, 0),
+    ]
+
+
+def test_a_moving_call_that_is_abandoned_gives_its_departments_place_back() -> None:
+    a, b = Capacity(1, "a"), Capacity(1, "b")
+    rates = RateLimits()
+    rates.load([Limit("acme", "sales", concurrency=1)])
+    queue = FairQueue(max_queue=10)
+
+    async def scenario() -> tuple[object, ...]:
+        busy_b = queue.grant_now(("acme", "hr"), lambda: b)
+        first = rates.admit("acme", "sales")
+        running = queue.grant_now(first.flow, lambda: a, caps=first.caps)
+        assert busy_b is not None and running is not None
+        second = rates.admit("acme", "sales")
+        queued = asyncio.ensure_future(
+            queue.acquire(second.flow, first_free([a]), caps=second.caps)
+        )
+        moving = asyncio.ensure_future(queue.move(running, first_free([b])))
+        await asyncio.sleep(0)
+        moving.cancel()  # the caller hung up while its call waited for b
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        got = queued.done() and queued.result().server.name
+        running.release()  # the relay gives its slot back once more: nothing happens
+        queued.result().release()
+        busy_b.release()
+        return got, moving.cancelled(), queue.waiting, queue.in_service, rates.running()
+
+    assert asyncio.run(scenario()) == ("a", True, 0, 0, {})
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    weights=st.lists(st.integers(1, 6), min_size=2, max_size=5),
+    slots=st.integers(1, 3),
+    late=st.integers(0, 40),
+    late_weight=st.integers(1, 6),
+)
+def test_backlogged_departments_get_their_weighted_share_and_a_newcomer_waits_one_round(
+    weights: list[int], slots: int, late: int, late_weight: int
+) -> None:
+    """The README's promise, measured: departments that all have calls waiting are served in
+    proportion to their weights, within one call each, in every prefix of the service; and a
+    department that starts asking is served within one call of each waiting department
+    (never behind their queues, whatever their weights)."""
+
+    async def serve() -> list[object]:
+        queue, slot = FairQueue(max_queue=10_000), Capacity(slots)
+        place = first_free([slot])
+        held = [await queue.acquire("warm", place) for _ in range(slots)]
+        waiting = {
+            flow: [asyncio.ensure_future(queue.acquire(flow, place, weight=w)) for _ in range(80)]
+            for flow, w in enumerate(weights)
+        }
+        await asyncio.sleep(0)
+        order: list[object] = []
+        seen: set[int] = set()
+        newcomer: asyncio.Future[Grant] | None = None
+        for n in range(60):
+            if n == late:
+                newcomer = asyncio.ensure_future(queue.acquire("late", place, weight=late_weight))
+                await asyncio.sleep(0)
+            held.pop(0).release()  # one call ends: the next place goes to whom it is due
+            await asyncio.sleep(0)
+            calls = [(f, t) for f, ts in waiting.items() for t in ts]
+            ((flow, task),) = [
+                (f, t)
+                for f, t in [*calls, ("late", newcomer)]
+                if t is not None and t.done() and id(t) not in seen
+            ]
+            seen.add(id(task))
+            order.append(flow)
+            held.append(task.result())
+        for task in [t for ts in waiting.values() for t in ts]:
+            task.cancel()
+        await asyncio.sleep(0)
+        return order
+
+    order = asyncio.run(serve())
+    for n in range(1, len(order) + 1):
+        served = [order[:n].count(flow) for flow in range(len(weights))]
+        for i, wi in enumerate(weights):
+            for j, wj in enumerate(weights):
+                # Start-time fair queueing's bound: |S_i/w_i - S_j/w_j| <= 1/w_i + 1/w_j.
+                gap = abs(served[i] * wj - served[j] * wi)
+                assert gap <= wi + wj, (weights, n, served)
+    if late < len(order):
+        assert "late" in order[late : late + len(weights) + 1], (late, order)

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import given, settings, strategies as st
 
 from ollama_meter.errors import StreamError, UpstreamError, UpstreamTimeout
-from ollama_meter.upstream import CircuitBreaker, PooledUpstream, Refusal
+from ollama_meter.upstream import CircuitBreaker, PooledUpstream, Refusal, RetryPolicy
 
 ITEMS = [b'{"response": "a", "done": false}\n', b'{"response": "b", "done": false}\n']
 
@@ -214,3 +214,54 @@ def test_running_out_of_files_is_this_process_trouble_not_an_unreachable_ollama(
             assert (error.error_type, error.retry_after) == ("server_busy", 1)
             assert str(error).startswith("this process ran out of open files (its limit:")
         assert breaker.failures() == 0 and len(emulator.requests_to("/api/chat")) == 0
+
+
+@contextlib.contextmanager
+def _silent_host() -> Iterator[str]:
+    """An address whose connects go unanswered (a host powered off behind a firewall that
+    drops them): a listener whose accept queue is full, so the kernel drops new SYNs."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    filling = []
+    for _ in range(4):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(address)
+        filling.append(sock)
+    try:
+        yield f"http://127.0.0.1:{address[1]}"
+    finally:
+        for sock in [*filling, listener]:
+            sock.close()
+
+
+def test_a_connect_that_is_never_answered_is_an_unreachable_host_not_a_slow_one() -> None:
+    """Nothing answered at the address, as with a refused connect: the host's circuit counts
+    it (not the model's) and the fleet takes the server out, rather than sending it the next
+    calls, each to wait out the connect timeout, while the message blamed OMETER_UPSTREAM_TIMEOUT."""
+    with _silent_host() as host:
+
+        async def call() -> tuple[UpstreamError, int, int]:
+            breaker = CircuitBreaker(host)
+            pool = PooledUpstream(
+                host,
+                timeout=30,
+                connect_timeout=0.2,
+                breaker=breaker,
+                retry=RetryPolicy(retries=0),
+            )
+            try:
+                await pool.send(pool.attempts("m"), "/api/chat", body=b"{}")
+            except UpstreamError as error:
+                return error, breaker.failures(), breaker.failures("m")
+            finally:
+                await pool.aclose()
+            raise AssertionError("a connect nobody answered was answered")
+
+        error, host_failures, model_failures = asyncio.run(call())
+    assert error.error_type == "connection"
+    assert str(error).startswith(f"cannot reach Ollama at {host} (")
+    assert (host_failures, model_failures) == (1, 0)

@@ -331,3 +331,42 @@ def test_a_call_with_no_time_left_is_cut_not_sent_and_blames_no_server(
     assert cut.value.error_type == "over_cap"
     assert not emulator.requests_to("/api/chat")
     assert b.state() == "closed" and b.state("llama3.1:8b") == "closed"
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+def test_a_trial_whose_caller_leaves_while_it_waits_to_retry_ends_its_trial(flavour: str) -> None:
+    """The caller leaves (a hang-up cancels it; Ctrl-C) during the wait between attempts: the
+    call counts neither way, and its circuit's next caller may try. Left unsettled, the
+    trial ran for ever: every later call was refused 'in 0 s', until the process restarted."""
+    b, clock = breaker(threshold=1)
+    call(b, "m", BOOM)
+    clock.now = 10.0  # half-open: the next call is the trial
+
+    def attempt() -> str:
+        raise BOOM
+
+    attempts = CallAttempts(b, RetryPolicy(retries=2, backoff=60.0), "m")
+    if flavour == "async":
+
+        async def leave() -> None:
+            async def failing() -> str:
+                attempt()
+                return "never"
+
+            task = asyncio.ensure_future(attempts.arun(failing))
+            await asyncio.sleep(0)  # its first attempt failed: it waits 60 s to retry
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        asyncio.run(leave())
+    else:
+
+        def interrupted(seconds: float) -> None:
+            raise KeyboardInterrupt  # Ctrl-C during the wait
+
+        with pytest.raises(KeyboardInterrupt):
+            attempts.run(attempt, sleep=interrupted)
+    assert b.state("m") == "half_open" and b.failures("m") == 1
+    b.settle(b.admit("m"), None)  # the next caller is let through, and closes it
+    assert b.state("m") == "closed"

@@ -13,10 +13,12 @@ test_upstream_transport.py``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from ollama_meter import AsyncMeteredClient, MeteredClient, UpstreamError
@@ -117,3 +119,23 @@ def test_an_answer_that_is_not_http_is_a_stream_error_once_not_a_server_unreacha
             assert len(spans) == raw.calls
     assert breaker_for(raw.url, threshold=100, reset_after=60.0).failures() == 0
     clients["sync"].close()
+
+
+def test_a_connect_that_is_never_answered_is_an_unreachable_host_not_a_slow_one() -> None:
+    """As the gateway's transport says (tests/upstream/test_pooled.py): nothing answered at the
+    address, so the host's circuit counts it; a read that times out is the server's slowness."""
+    from ollama_meter.upstream import Upstream
+
+    host = "http://127.0.0.1:9"
+    upstream = Upstream(host)
+    fresh = contextvars.Context()  # as at an attempt's start: nothing has answered yet
+    try:
+        silent, slow = (
+            fresh.run(upstream.classify, failure("timed out"), model="m", started=False)
+            for failure in (httpx.ConnectTimeout, httpx.ReadTimeout)
+        )
+    finally:
+        upstream.close()
+    assert isinstance(silent, UpstreamError) and isinstance(slow, UpstreamError)
+    assert (silent.error_type, slow.error_type) == ("connection", "timeout")
+    assert str(silent).startswith(f"cannot reach Ollama at {host}")
