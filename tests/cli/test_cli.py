@@ -102,7 +102,7 @@ def test_chat_errors_are_one_line_exit_1_and_recorded(
     assert unknown.stderr.strip().count("\n") == 0 and "nope:1b" in unknown.stderr
     emulator.inject(Fault.MIDSTREAM_ERROR)
     broken = cli("chat", "-m", "llama3.1:8b", "hi")
-    assert broken.code == 1 and "mid-stream" in broken.stderr
+    assert broken.code == 1 and "Ollama failed while answering" in broken.stderr
     monkeypatch.setenv("OLLAMA_HOST", unreachable_url())
     down = cli("chat", "-m", "llama3.1:8b", "hi")
     assert down.code == 1 and "cannot reach Ollama" in down.stderr

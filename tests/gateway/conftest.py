@@ -68,6 +68,13 @@ class _Committed:
         settle(self._meter)
         return getattr(self._ledger, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A setting a test gives the ledger (``drain_slice``) is the ledger's, not this view's.
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._ledger, name, value)
+
 
 def committed(ledger: Ledger, meter: Meter) -> Ledger:
     return cast(Ledger, _Committed(ledger, meter))
