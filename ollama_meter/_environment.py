@@ -201,18 +201,19 @@ def traces_sampler(environ: Mapping[str, str]) -> tuple[str, float]:
 _NOT_IN_A_NAME = ("Cc", "Cs", "Zl", "Zp")
 
 
-def service_name(value: str) -> str:
-    """``OTEL_SERVICE_NAME`` as exported: blanks around it taken off, ``ollama-meter`` when
-    empty (the spec reads an empty variable as unset; it was exported empty); ValueError for
-    a control character or line break, which went out as it was (a lone surrogate, from bytes
-    that are not UTF-8, failed every export)."""
-    name = value.strip()
+def service_name(value: str | None) -> str | None:
+    """``OTEL_SERVICE_NAME`` as exported: blanks around it taken off, None when empty (the
+    spec reads an empty variable as unset: a ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``,
+    else ``ollama-meter``; it was exported empty); ValueError for a control character or line
+    break, which went out as it was (a lone surrogate, from bytes that are not UTF-8, failed
+    every export)."""
+    name = (value or "").strip()
     if any(unicodedata.category(c) in _NOT_IN_A_NAME for c in name):
         raise ValueError(
             f"{value!r} has a control character or line break; give a name of printable "
             "characters on one line"
         )
-    return name or "ollama-meter"
+    return name or None
 
 
 def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:

@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     otlp_metrics_headers: Annotated[
         str | None, Field(validation_alias="OTEL_EXPORTER_OTLP_METRICS_HEADERS")
     ] = None
-    otel_service_name: Annotated[str, Field(validation_alias="OTEL_SERVICE_NAME")] = "ollama-meter"
+    otel_service_name: Annotated[str | None, Field(validation_alias="OTEL_SERVICE_NAME")] = None
     otel_sdk_disabled: Annotated[str | None, Field(validation_alias="OTEL_SDK_DISABLED")] = None
     langfuse_public_key: Annotated[str | None, Field(validation_alias="LANGFUSE_PUBLIC_KEY")] = None
     langfuse_secret_key: Annotated[
@@ -259,7 +259,7 @@ class Settings(BaseSettings):
 
     @field_validator("otel_service_name")
     @classmethod
-    def _service_name(cls, value: str) -> str:
+    def _service_name(cls, value: str | None) -> str | None:
         return service_name(value)
 
     @field_validator("otlp_protocol", "otlp_traces_protocol", "otlp_metrics_protocol")

@@ -162,13 +162,21 @@ def _quietly(work: Callable[[], object]) -> None:
         log.debug("telemetry flush failed", exc_info=True)
 
 
+def _resource(name: str | None) -> Resource:
+    """Who exports: ``OTEL_SERVICE_NAME``, else a ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``
+    (the SDK reads it), else ``ollama-meter``, as the spec orders them; ometer's version."""
+    named = {"service.name": name} if name else {}
+    resource = Resource.create({**named, "service.version": __version__})
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "ollama-meter"}))  # the SDK's default
+    return resource
+
+
 class Telemetry:
     """The providers, the observer the meter calls, and a bounded flush for exit."""
 
     def __init__(self, settings: Settings) -> None:
-        resource = Resource.create(
-            {"service.name": settings.otel_service_name, "service.version": __version__}
-        )
+        resource = _resource(settings.otel_service_name)
         self.timeout = settings.export_timeout
         self.span_exporters = _span_exporters(settings)
         # The SDK's own exit hooks flush again, unbounded (a flush ignores its timeout, and a

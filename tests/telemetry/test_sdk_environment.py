@@ -367,8 +367,9 @@ def test_the_service_name_is_an_error_line_or_exported_as_given(
             )
             assert any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value)
             return
-    assert loaded.otel_service_name == (value.strip() or "ollama-meter")
-    assert not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in loaded.otel_service_name)
+    assert loaded.otel_service_name == (value.strip() or None)
+    name = loaded.otel_service_name or ""
+    assert not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name)
 
 
 @pytest.mark.parametrize(
@@ -404,3 +405,35 @@ def test_a_bad_sampler_or_service_name_is_one_error_line_before_any_call(
     done = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "hi")
     assert done.code == 2
     assert done.stderr.strip() == f"error: {message}"
+
+
+@pytest.mark.parametrize(
+    ("service", "attributes", "exported"),
+    [
+        (None, None, "ollama-meter"),
+        ("", "team=ai", "ollama-meter"),
+        (None, "service.name=billing-gw,team=ai", "billing-gw"),
+        ("", "service.name=billing-gw", "billing-gw"),  # empty is unset, as the spec reads it
+        ("ometer-eu", "service.name=billing-gw", "ometer-eu"),
+    ],
+)
+def test_the_service_name_is_taken_in_the_order_the_spec_gives(
+    monkeypatch: pytest.MonkeyPatch, service: str | None, attributes: str | None, exported: str
+) -> None:
+    """``OTEL_SERVICE_NAME``, else ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES``, else ours:
+    the resource attribute was always overwritten with ``ollama-meter``."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url())
+    for name, value in (("OTEL_SERVICE_NAME", service), ("OTEL_RESOURCE_ATTRIBUTES", attributes)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    telemetry = Telemetry(load_settings())
+    try:
+        resource = telemetry.tracer_provider.resource.attributes
+        assert resource["service.name"] == exported
+        assert resource["service.version"] and resource.get("team") == (
+            "ai" if attributes and "team" in attributes else None
+        )
+    finally:
+        telemetry.shutdown()
