@@ -51,6 +51,7 @@ from ollama_meter.ledger._rollup import (
 from ollama_meter.ledger._spans import SpanFilter, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
+from ollama_meter.records import NO_HOST
 
 # -- histograms (perf) -------------------------------------------------------------------
 
@@ -232,6 +233,7 @@ def busy_union(
                 hosts.add(host)
                 busy_us += busy
         started = select(SpanRow.upstream_host).where(
+            SpanRow.upstream_host != NO_HOST,
             SpanRow.started_at >= from_us(max(cell, lo)),
             SpanRow.started_at < from_us(min(cell + BUSY_US, hi)),
         )
@@ -271,7 +273,9 @@ def _whole_minutes(conn: Connection, lo: int, hi: int) -> dict[str, list[int]]:
 
 def _raw_busy(conn: Connection, lo: int, hi: int) -> tuple[int, int]:
     query = select_spans(content=False).where(
-        SpanRow.started_at >= from_us(lo - DAY_US), SpanRow.started_at < from_us(hi)
+        SpanRow.started_at >= from_us(lo - DAY_US),
+        SpanRow.started_at < from_us(hi),
+        SpanRow.upstream_host != NO_HOST,
     )
     per_host: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
     hosts: set[str] = set()

@@ -32,6 +32,7 @@ from ollama_meter.meter._usage import RecentCalls, estimate_tokens
 from ollama_meter.meter._writer import GroupCommitWriter
 from ollama_meter.pricing import PriceBook
 from ollama_meter.records import (
+    NO_HOST,
     Source,
     SpanRecord,
     Status,
@@ -148,8 +149,10 @@ class Meter:
             raise WouldBlock("spans wait for the database")
         prices = self.prices() if blocking else self.prices.cache.snapshot()
         facts = opening.facts or RequestFacts(prompt_text="", prompt_bytes=0)
+        # A call that may queue goes to the server its slot is on (set as it leaves): none yet.
+        host = NO_HOST if opening.queued else self.upstream.host
         span = self._new_span(
-            opening.operation, model, opening.stream, opening.attribution, prices.currency
+            opening.operation, model, opening.stream, opening.attribution, prices.currency, host
         )
         keep_reply = self.capture_content or not opening.stream  # a whole reply: estimated
         call = MeteredCall(span, facts.prompt_text, prices, keep_reply=keep_reply)
@@ -160,6 +163,7 @@ class Meter:
             self.ledger.journal.opened(span, estimate_tokens(facts.prompt_text))
         stopped = self._notify("on_start", span)
         if stopped is not None:  # Ctrl-C in a hook: the call, admitted and journaled, ends here
+            span.upstream_host = NO_HOST  # before it was sent
             self.close(call, stopped)
             raise stopped
         return call
@@ -171,7 +175,13 @@ class Meter:
             self.ledger.journal.opened(call.span, estimate_tokens(call.prompt_text))
 
     def _new_span(
-        self, operation: str, model: str, stream: bool, who: Attribution, currency: str
+        self,
+        operation: str,
+        model: str,
+        stream: bool,
+        who: Attribution,
+        currency: str,
+        host: str = NO_HOST,
     ) -> SpanRecord:
         return SpanRecord(
             id=new_span_row_id(),
@@ -184,7 +194,7 @@ class Meter:
             tags=dict(who.tags),
             source=self.source,
             operation=operation,
-            upstream_host=self.upstream.host,
+            upstream_host=host,
             request_model=model,
             stream=stream,
             currency=currency,
@@ -244,6 +254,7 @@ class Meter:
                 f"the budget for {span.tenant}/{span.department} cannot be checked, so the "
                 f"call was not made: {exc}. Retry when the database is back"
             )
+            span.upstream_host = NO_HOST  # not made: no server's call
             span.fail("ledger_unavailable", str(unchecked), http_status=503, instant=True)
             span.apply_cost(prices.cost_of(span))
             self._record(span, away=unchecked)  # spooled: the check has waited for it already
@@ -252,6 +263,7 @@ class Meter:
         except BudgetExceeded as refusal:
             if not blocking:
                 raise WouldBlock("a refusal is written to the ledger") from refusal
+            span.upstream_host = NO_HOST
             span.fail(
                 refusal.error_type,
                 str(refusal),
@@ -269,6 +281,7 @@ class Meter:
             # A bug, not the caller's: the call is not made, and still leaves its span.
             if not blocking:
                 raise WouldBlock("a failed budget check is written to the ledger") from exc
+            span.upstream_host = NO_HOST
             span.fail(type(exc).__name__, f"the budget check failed: {exc}", instant=True)
             span.apply_cost(prices.cost_of(span))
             self._record(span)
@@ -329,6 +342,8 @@ class Meter:
             span.http_status = 200
         elif isinstance(error, UpstreamError):
             span.fail(error.error_type, str(error), http_status=error.status_code)
+            if not error.reached_upstream:  # never left this process: no server's call
+                span.upstream_host = NO_HOST
         elif isinstance(error, CALLER_STOPPED):
             span.fail("client_abort", status=Status.CLIENT_ABORT)
         else:

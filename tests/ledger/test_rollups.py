@@ -28,6 +28,7 @@ from ollama_meter.ledger._cells import (
     ANYONE,
     Grain,
     add_intervals,
+    busy_interval,
     duration_bin,
     floor_cell,
     format_intervals,
@@ -44,7 +45,7 @@ from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.meter import SpanRecord
 from ollama_meter.periods import bucket_bounds, parse_period
-from ollama_meter.records import GROUPS
+from ollama_meter.records import GROUPS, NO_HOST
 from ollama_meter.reports import (
     chargeback,
     histogram_percentile,
@@ -79,7 +80,8 @@ def spans(draw: st.DrawFn) -> SpanRecord:
         tenant=draw(st.sampled_from(["acme", "globex"])),
         department=draw(st.sampled_from(["sales", "support", "ops"])),
         user=draw(st.sampled_from([None, "alice", "bob"])),
-        upstream_host=draw(st.sampled_from(["http://gpu1:11434", "http://gpu2:11434"])),
+        # NO_HOST: a call sent to no server (refused, or gone while queued): no capacity.
+        upstream_host=draw(st.sampled_from(["http://gpu1:11434", "http://gpu2:11434", NO_HOST])),
         request_model=draw(st.sampled_from(["llama3.1:8b", "qwen2.5:7b"])),
         response_model=draw(st.sampled_from([None, "llama3.1:8b", "llama3.1:8b-q4"])),
         status=status,
@@ -316,6 +318,44 @@ def test_busy_time_of_any_window_from_rollups_is_the_raw_busy_time(
     until = since + timedelta(microseconds=length)
     with ledger.read() as conn:
         assert busy_union(conn, since, until) == busy_union(conn, since, until, raw=True)
+
+
+@EXAMPLES
+@given(
+    content=ledger_contents(),
+    cells=st.sampled_from(ZONES),
+    start=st.integers(0, 40 * 86_400 * 10**6),
+    length=st.integers(0, 40 * 86_400 * 10**6),
+)
+def test_busy_time_and_hosts_are_those_of_the_calls_sent_to_a_server(
+    ledger: Ledger,
+    content: tuple[list[SpanRecord], list[list[SpanRecord]]],
+    cells: ZoneInfo,
+    start: int,
+    length: int,
+) -> None:
+    """Per host, the union of its calls' busy intervals inside the window; a host counts when
+    a call sent to it started in the window or was busy in it. A call sent to no server
+    (``NO_HOST``: refused, or gone while queued) is no host's, whatever durations it says."""
+    _fill(ledger, content[1], cells)
+    since = FIRST - timedelta(days=2) + timedelta(microseconds=start)
+    until = since + timedelta(microseconds=length)
+    lo, hi = to_us(since), to_us(until)
+    per_host: dict[str, list[tuple[int, int]]] = {}
+    hosts: set[str] = set()
+    for span in content[0]:
+        if span.upstream_host == NO_HOST:
+            continue
+        if lo <= to_us(span.started_at) < hi:
+            hosts.add(span.upstream_host)
+        interval = busy_interval(span)
+        if interval is not None and min(interval[1], hi) > max(interval[0], lo):
+            hosts.add(span.upstream_host)
+            clipped = (max(interval[0], lo), min(interval[1], hi))
+            per_host.setdefault(span.upstream_host, []).append(clipped)
+    busy = sum(b - a for found in per_host.values() for a, b in merge_intervals(found))
+    with ledger.read() as conn:
+        assert busy_union(conn, since, until) == (busy * 1000, len(hosts))
 
 
 @EXAMPLES
