@@ -212,7 +212,7 @@ def busy_union(
     busy_us = 0
     if inner_lo < inner_hi:
         for host, (busy, calls) in _whole_minutes(conn, inner_lo, inner_hi).items():
-            if busy or calls:
+            if (busy or calls) and host != NO_HOST:  # kept by an import before NO_HOST was none
                 hosts.add(host)
                 busy_us += busy
     # Minutes the window only partly covers (only where a local midnight is not on a minute,
@@ -223,7 +223,7 @@ def busy_union(
         cell for cell, inside in ((first, first == lo), (inner_hi, inner_hi == hi)) if not inside
     }
     for cell in sorted(partial):
-        query = select(c.host, c.intervals).where(c.start == cell // 10**6)
+        query = select(c.host, c.intervals).where(c.start == cell // 10**6, c.host != NO_HOST)
         for host, intervals in conn.execute(query):
             clipped = [
                 (max(a + cell, lo), min(b + cell, hi)) for a, b in parse_intervals(intervals)

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
 from ollama_meter.budgets import Budget, budget_status
 from ollama_meter.ledger import Ledger, SpanFilter, _budgets as store
@@ -627,6 +627,28 @@ def test_busy_time_of_a_batch_wider_than_one_read_is_the_raw_busy_time(ledger: L
         expected = chargeback(ledger, "2026-11", fixed_cost=Decimal("100"), **options)  # type: ignore[arg-type]
     assert result.busy_ns == expected.busy_ns == 700 * 135 * 10**9  # 90 s and 90 s, 45 s apart
     assert result.rows == expected.rows
+
+
+def test_busy_rows_an_import_left_for_no_host_are_no_host_of_capacity(ledger: Ledger) -> None:
+    """An imported line could name the host "" before that meant a call sent to no server:
+    its busy rows stay until ``ometer db rollup``, and count as no host, as raw spans do."""
+    start = datetime(2026, 11, 2, 10, 0, 30, tzinfo=UTC)
+    served, refused = (
+        make_span(
+            started_at=start, ended_at=start + timedelta(seconds=90), upstream_host=host,
+            prompt_eval_duration_ns=30_000 * MS, eval_duration_ns=60_000 * MS,
+        )
+        for host in ("http://gpu1:11434", "http://gpu2:11434")
+    )  # fmt: skip
+    _fill(ledger, [[served, refused]], ZoneInfo("UTC"))
+    with ledger.write() as conn:  # as such an import left them
+        conn.execute(update(SpanRow).where(SpanRow.id == refused.id).values(upstream_host=""))
+        for table in (BUSY, BUSY_CELLS):
+            conn.execute(update(table).where(table.c.host == "http://gpu2:11434").values(host=""))
+    with ledger.read() as conn:
+        for since, until in ((FIRST, NOW), (start + timedelta(seconds=10), NOW)):
+            assert busy_union(conn, since, until) == busy_union(conn, since, until, raw=True)
+        assert busy_union(conn, FIRST, NOW) == (90 * 10**9, 1)
 
 
 def test_aggregates_group_by_exactly_the_groups_reports_offer() -> None:
