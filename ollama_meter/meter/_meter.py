@@ -149,15 +149,15 @@ class Meter:
             raise WouldBlock("spans wait for the database")
         prices = self.prices() if blocking else self.prices.cache.snapshot()
         facts = opening.facts or RequestFacts(prompt_text="", prompt_bytes=0)
-        # A call that may queue goes to the server its slot is on (set as it leaves): none yet.
-        host = NO_HOST if opening.queued else self.upstream.host
         span = self._new_span(
-            opening.operation, model, opening.stream, opening.attribution, prices.currency, host
+            opening.operation, model, opening.stream, opening.attribution, prices.currency
         )
         keep_reply = self.capture_content or not opening.stream  # a whole reply: estimated
         call = MeteredCall(span, facts.prompt_text, prices, keep_reply=keep_reply)
         if self.budgets is not None:
             self._admit(self.budgets, call, facts, prices, blocking=blocking)
+        if not opening.queued:  # admitted, it goes to Ollama now; a queued one, with its slot
+            span.upstream_host = self.upstream.host
         make_storable(span)  # what observers see (telemetry exports it) and the journal keeps
         if self.journal and not opening.queued:
             self.ledger.journal.opened(span, estimate_tokens(facts.prompt_text))
@@ -175,13 +175,7 @@ class Meter:
             self.ledger.journal.opened(call.span, estimate_tokens(call.prompt_text))
 
     def _new_span(
-        self,
-        operation: str,
-        model: str,
-        stream: bool,
-        who: Attribution,
-        currency: str,
-        host: str = NO_HOST,
+        self, operation: str, model: str, stream: bool, who: Attribution, currency: str
     ) -> SpanRecord:
         return SpanRecord(
             id=new_span_row_id(),
@@ -194,7 +188,7 @@ class Meter:
             tags=dict(who.tags),
             source=self.source,
             operation=operation,
-            upstream_host=host,
+            upstream_host=NO_HOST,  # until the call is sent to a server (refused: never)
             request_model=model,
             stream=stream,
             currency=currency,
@@ -254,7 +248,6 @@ class Meter:
                 f"the budget for {span.tenant}/{span.department} cannot be checked, so the "
                 f"call was not made: {exc}. Retry when the database is back"
             )
-            span.upstream_host = NO_HOST  # not made: no server's call
             span.fail("ledger_unavailable", str(unchecked), http_status=503, instant=True)
             span.apply_cost(prices.cost_of(span))
             self._record(span, away=unchecked)  # spooled: the check has waited for it already
@@ -263,7 +256,6 @@ class Meter:
         except BudgetExceeded as refusal:
             if not blocking:
                 raise WouldBlock("a refusal is written to the ledger") from refusal
-            span.upstream_host = NO_HOST
             span.fail(
                 refusal.error_type,
                 str(refusal),
@@ -281,7 +273,6 @@ class Meter:
             # A bug, not the caller's: the call is not made, and still leaves its span.
             if not blocking:
                 raise WouldBlock("a failed budget check is written to the ledger") from exc
-            span.upstream_host = NO_HOST
             span.fail(type(exc).__name__, f"the budget check failed: {exc}", instant=True)
             span.apply_cost(prices.cost_of(span))
             self._record(span)
