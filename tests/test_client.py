@@ -187,6 +187,7 @@ def test_a_malformed_call_is_the_callers_mistake_never_sent_and_one_bad_request_
         assert refused.value.exit_code == 2 and "\n" not in str(refused.value)
         (span, *_) = metered.meter.ledger.latest(SpanFilter(), 1)
         assert (span.status, span.error_type) == ("error", "bad_request")
+        assert span.upstream_host == ""  # never sent: no server's call
         assert emulator.requests_to(f"/api/{operation}") == []
         for _ in range(3):  # more than the breaker's threshold: none of them counts
             with pytest.raises(InvalidRequest):
@@ -637,9 +638,9 @@ def test_a_call_without_a_model_is_refused_as_every_malformed_call_is(
             "name one, e.g. model='llama3.1:8b'"
         )
     spans = client.meter.ledger.latest(SpanFilter(), 5)
-    assert [(s.status, s.error_type, s.department, s.request_model) for s in spans] == [
-        ("error", "bad_request", "sales", "")
-    ] * 2
+    assert [
+        (s.status, s.error_type, s.department, s.request_model, s.upstream_host) for s in spans
+    ] == [("error", "bad_request", "sales", "", "")] * 2
     assert emulator.requests == []
 
 

@@ -68,6 +68,7 @@ from ollama_meter.ledger._spans import row_to_span, select_spans
 from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger._upserts import run, statements_for
 from ollama_meter.ledger.models import SpanRow
+from ollama_meter.records import NO_HOST
 
 PIECE_ROWS = 500
 """Rows one write transaction of a rebuild corrects at most. A day of 100,000 calls held the
@@ -366,7 +367,7 @@ def _minutes_from_spans(
     high = max(start for start, _ in keys) * 10**6 + BUSY_US
     pieces: dict[tuple[int, str], list[tuple[int, int]]] = {key: [] for key in keys}
     query = spans_busy_in(low, high).where(
-        SpanRow.upstream_host.in_(sorted({host for _, host in keys}))
+        SpanRow.upstream_host.in_(sorted({host for _, host in keys} - {NO_HOST}))
     )
     for row in conn.execute(query):
         span = row_to_span(row)

@@ -49,6 +49,7 @@ from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS, R
 from ollama_meter.ledger._spans import row_to_span
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
+from ollama_meter.records import NO_HOST
 
 log = logging.getLogger("ollama_meter.ledger")
 
@@ -302,7 +303,7 @@ def _read_day(conn: Connection, day: int, zone: tzinfo | None) -> tuple[int, Cor
         if to_us(span.started_at) >= day:
             delta.add(span)
             count += 1
-        else:  # yesterday's call: only its busy time reaching into today counts here
+        elif span.upstream_host != NO_HOST:  # yesterday's: its busy time into today counts here
             for cell, piece in busy_pieces(span):
                 if cell >= day:
                     delta.busy[(cell, span.upstream_host)].append(piece)

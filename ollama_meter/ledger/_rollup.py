@@ -70,7 +70,7 @@ from ollama_meter.ledger._upserts import (
     run,
     statements_for,
 )
-from ollama_meter.records import SpanRecord
+from ollama_meter.records import NO_HOST, SpanRecord
 
 BUSY_GRAINS = (Grain.MONTH, Grain.DAY)
 """The cells busy minutes are summed into, coarsest first."""
@@ -138,6 +138,8 @@ class RollupDelta:
 
     def _add_busy(self, span: SpanRecord, start: int) -> None:
         host = span.upstream_host
+        if host == NO_HOST:  # sent to no server: nobody's capacity, nobody's busy time
+            return
         busy = self.busy
         minute = (start - start % BUSY_US, host)
         busy[minute]  # the host served a call then: it adds capacity

@@ -51,6 +51,7 @@ from ollama_meter.ledger._rollup import (
 from ollama_meter.ledger._spans import SpanFilter, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
+from ollama_meter.records import NO_HOST
 
 # -- histograms (perf) -------------------------------------------------------------------
 
@@ -211,7 +212,7 @@ def busy_union(
     busy_us = 0
     if inner_lo < inner_hi:
         for host, (busy, calls) in _whole_minutes(conn, inner_lo, inner_hi).items():
-            if busy or calls:
+            if (busy or calls) and host != NO_HOST:  # kept by an import before NO_HOST was none
                 hosts.add(host)
                 busy_us += busy
     # Minutes the window only partly covers (only where a local midnight is not on a minute,
@@ -222,7 +223,7 @@ def busy_union(
         cell for cell, inside in ((first, first == lo), (inner_hi, inner_hi == hi)) if not inside
     }
     for cell in sorted(partial):
-        query = select(c.host, c.intervals).where(c.start == cell // 10**6)
+        query = select(c.host, c.intervals).where(c.start == cell // 10**6, c.host != NO_HOST)
         for host, intervals in conn.execute(query):
             clipped = [
                 (max(a + cell, lo), min(b + cell, hi)) for a, b in parse_intervals(intervals)
@@ -232,6 +233,7 @@ def busy_union(
                 hosts.add(host)
                 busy_us += busy
         started = select(SpanRow.upstream_host).where(
+            SpanRow.upstream_host != NO_HOST,
             SpanRow.started_at >= from_us(max(cell, lo)),
             SpanRow.started_at < from_us(min(cell + BUSY_US, hi)),
         )
@@ -271,7 +273,9 @@ def _whole_minutes(conn: Connection, lo: int, hi: int) -> dict[str, list[int]]:
 
 def _raw_busy(conn: Connection, lo: int, hi: int) -> tuple[int, int]:
     query = select_spans(content=False).where(
-        SpanRow.started_at >= from_us(lo - DAY_US), SpanRow.started_at < from_us(hi)
+        SpanRow.started_at >= from_us(lo - DAY_US),
+        SpanRow.started_at < from_us(hi),
+        SpanRow.upstream_host != NO_HOST,
     )
     per_host: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
     hosts: set[str] = set()

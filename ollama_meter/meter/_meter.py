@@ -32,6 +32,7 @@ from ollama_meter.meter._usage import RecentCalls, estimate_tokens
 from ollama_meter.meter._writer import GroupCommitWriter
 from ollama_meter.pricing import PriceBook
 from ollama_meter.records import (
+    NO_HOST,
     Source,
     SpanRecord,
     Status,
@@ -155,11 +156,14 @@ class Meter:
         call = MeteredCall(span, facts.prompt_text, prices, keep_reply=keep_reply)
         if self.budgets is not None:
             self._admit(self.budgets, call, facts, prices, blocking=blocking)
+        if not opening.queued:  # admitted, it goes to Ollama now; a queued one, with its slot
+            span.upstream_host = self.upstream.host
         make_storable(span)  # what observers see (telemetry exports it) and the journal keeps
         if self.journal and not opening.queued:
             self.ledger.journal.opened(span, estimate_tokens(facts.prompt_text))
         stopped = self._notify("on_start", span)
         if stopped is not None:  # Ctrl-C in a hook: the call, admitted and journaled, ends here
+            span.upstream_host = NO_HOST  # before it was sent
             self.close(call, stopped)
             raise stopped
         return call
@@ -184,7 +188,7 @@ class Meter:
             tags=dict(who.tags),
             source=self.source,
             operation=operation,
-            upstream_host=self.upstream.host,
+            upstream_host=NO_HOST,  # until the call is sent to a server (refused: never)
             request_model=model,
             stream=stream,
             currency=currency,
@@ -329,6 +333,8 @@ class Meter:
             span.http_status = 200
         elif isinstance(error, UpstreamError):
             span.fail(error.error_type, str(error), http_status=error.status_code)
+            if not error.reached_upstream:  # never left this process: no server's call
+                span.upstream_host = NO_HOST
         elif isinstance(error, CALLER_STOPPED):
             span.fail("client_abort", status=Status.CLIENT_ABORT)
         else:

@@ -94,6 +94,11 @@ def new_otel_span_id() -> str:
     return os.urandom(8).hex()
 
 
+NO_HOST = ""
+"""``upstream_host`` of a call sent to no server: refused before one was chosen (a budget, a
+rate limit, a full queue, a malformed request), or its caller gone while it waited."""
+
+
 @dataclass(slots=True)
 class SpanRecord:
     """Everything the ledger keeps about one call (DESIGN §5).
@@ -113,6 +118,8 @@ class SpanRecord:
     source: str
     operation: str
     upstream_host: str
+    """The server the call was sent to (its last, after a move); :data:`NO_HOST` for a call
+    that went to none (refused, or gone while it waited), so it names no server's capacity."""
     request_model: str
     stream: bool
     currency: str

@@ -20,7 +20,13 @@ from opentelemetry.metrics import Meter as OtelMeter
 from opentelemetry.sdk.trace import SpanLimits
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from ollama_meter.records import SpanRecord, Status as SpanStatus, format_micros, storable_text
+from ollama_meter.records import (
+    NO_HOST,
+    SpanRecord,
+    Status as SpanStatus,
+    format_micros,
+    storable_text,
+)
 from ollama_meter.telemetry import _semconv as sc
 
 log = logging.getLogger("ollama_meter.telemetry")
@@ -118,7 +124,10 @@ def _messages(role: str, text: str) -> str:
 
 
 def _server(span: SpanRecord) -> dict[str, Any]:
-    """``server.address`` and, when the URL names one, ``server.port`` of the Ollama server."""
+    """``server.address`` and, when the URL names one, ``server.port`` of the Ollama server;
+    nothing for a call sent to no server (refused, or gone while it waited)."""
+    if span.upstream_host == NO_HOST:
+        return {}
     address = urlsplit(span.upstream_host)
     server: dict[str, Any] = {sc.SERVER_ADDRESS: address.hostname or ""}
     with contextlib.suppress(ValueError):  # a port out of range: none to name

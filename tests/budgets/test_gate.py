@@ -348,6 +348,8 @@ def test_hard_budget_refuses_the_call_that_would_cross_it(
         ("ok", None),
     ]
     assert spans[0].cost_total == 0 and spans[0].http_status == 429
+    # sent to no server: it names none (and adds no server's capacity to a chargeback)
+    assert [s.upstream_host for s in spans] == ["", emulator.url, emulator.url]
     # other departments and tenants are not affected
     call(meter, department="support")
     call(meter, tenant="globex")

@@ -10,7 +10,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import ollama
@@ -18,7 +21,9 @@ import openai
 import pytest
 
 from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.periods import parse_period
 from ollama_meter.records import Limit
+from ollama_meter.reports import chargeback
 from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator
 from tests.gateway.conftest import Gateway
 
@@ -290,6 +295,39 @@ def test_under_a_tpm_calls_running_at_once_cannot_all_slip_under_it(
     ] * 2
 
 
+def test_a_call_that_reached_no_server_names_none_and_adds_no_capacity(
+    emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway], sqlite_url: str
+) -> None:
+    """A call refused before any server was chosen (its department's limit, a malformed
+    body) names no server: it names the first one no more than any other, and chargeback's
+    capacity counts only the servers calls were sent to."""
+    first, second = emulators(LLAMA), emulators(QWEN)
+    Ledger(sqlite_url).set_limit(Limit("default", "sales", rpm=1))
+    gw = fleet(first.url, second.url)
+    chat(gw.url, QWEN, dept="sales")
+    over = gw.client.post(
+        "/api/chat",
+        json={"model": QWEN, "messages": [{"role": "user", "content": "hi"}], "stream": False},
+        headers={"X-Ometer-Department": "sales"},
+    )
+    bad = gw.client.post("/api/chat", json={"model": QWEN, "messages": 5})
+    assert (over.status_code, bad.status_code) == (429, 400)
+    recorded = spans(gw.ledger)
+    assert [(s.status, s.error_type, s.upstream_host) for s in recorded] == [
+        ("ok", None, second.url),
+        ("rejected", "rate_limited", ""),
+        ("error", "bad_request", ""),
+    ]
+    assert first.requests_to("/api/chat") == []
+    month = recorded[0].started_at.strftime("%Y-%m")
+    result = chargeback(
+        gw.ledger, month, tz=ZoneInfo("UTC"), now=recorded[0].started_at,
+        currency="USD", fixed_cost=Decimal("100.00"),
+    )  # fmt: skip
+    window = parse_period(month, tz=ZoneInfo("UTC"), now=recorded[0].started_at)
+    assert result.capacity_ns == (window.end - window.start) // timedelta(microseconds=1) * 1000
+
+
 def test_a_full_queue_answers_busy_in_ollamas_words(
     emulators: Callable[..., OllamaEmulator], fleet: Callable[..., Gateway]
 ) -> None:
@@ -301,6 +339,7 @@ def test_a_full_queue_answers_busy_in_ollamas_words(
     assert refused[0].error == BUSY
     (busy,) = [s for s in spans(gw.ledger) if s.status != "ok"]
     assert (busy.status, busy.error_type, busy.http_status) == ("error", "server_busy", 503)
+    assert busy.upstream_host == ""  # it went to no server
     emu.token_latency = 1.0  # both run until hurried, however slow the machine
     threads = [threading.Thread(target=chat, args=(gw.url, LLAMA)) for _ in range(2)]
     for thread in threads:
@@ -333,6 +372,7 @@ def test_a_caller_who_hangs_up_while_queued_leaves_the_queue_and_keeps_no_slot(
     wait_for(lambda: len(spans(gw.ledger)) == 2, "both spans")
     gone = next(s for s in spans(gw.ledger) if s.status != "ok")
     assert gone.status == "client_abort" and gone.queue_ns >= 100_000_000
+    assert gone.upstream_host == ""  # it went to no server
     assert "gone" not in prompts(emu)  # it never reached the server
     assert dash(gw)["queue"]["waiting"] == 0
     assert dash(gw)["servers"][0]["in_flight"] == 0

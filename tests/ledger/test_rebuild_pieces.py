@@ -30,6 +30,7 @@ from ollama_meter.ledger._rebuild import STOPPED
 from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.meter import SpanRecord
+from ollama_meter.records import NO_HOST
 from tests.factories import make_span
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -38,9 +39,10 @@ TABLES = (ROLLUPS, HISTOGRAMS, BUSY, BUSY_CELLS)
 
 
 def _call(
-    minute: int, second: int = 0, *, busy_s: int = 20, user: int = 0, host: int = 0
+    minute: int, second: int = 0, *, busy_s: int = 20, user: int = 0, host: int | None = 0
 ) -> SpanRecord:
-    """A call ``minute`` minutes after :data:`DAY` began (before it: negative), busy for ``busy_s``."""
+    """A call ``minute`` minutes after :data:`DAY` began (before it: negative), busy for ``busy_s``
+    (on server ``host``; None: a call sent to no server, whatever durations it says)."""
     at = DAY.astimezone(UTC) + timedelta(minutes=minute, seconds=second)
     return make_span(
         started_at=at,
@@ -48,7 +50,7 @@ def _call(
         user=f"u{user}" if user else None,
         department=("sales", "legal")[user % 2],
         request_model=("llama3.1:8b", "qwen2.5:7b")[user % 3 % 2],
-        upstream_host=f"http://gpu{host}:11434",
+        upstream_host=NO_HOST if host is None else f"http://gpu{host}:11434",
         status=("ok", "error")[user % 5 == 4],
         prompt_eval_duration_ns=10**9,
         eval_duration_ns=busy_s * 10**9 - 10**9,
@@ -132,6 +134,19 @@ def test_the_busy_time_the_last_call_spent_past_midnight_is_rebuilt(db_url: str)
     assert _tables(ledger) == kept
 
 
+def test_a_call_sent_to_no_server_is_no_busy_time_when_rebuilt(db_url: str) -> None:
+    """A call that names no server (refused, or gone while queued) adds no busy minute or
+    cell when recorded, and none when rebuilt, not even past midnight: no host's capacity."""
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.record([_call(21 * 1440 - 1, 50, busy_s=130, host=None), _call(5)])
+    kept = _tables(ledger)
+    assert {row[1] for row in kept["rollup_busy"]} == {"http://gpu0:11434"}
+    assert {row[2] for row in kept["rollup_busy_cells"]} == {"http://gpu0:11434"}
+    _without_rollups(ledger)
+    assert rebuild(ledger.write, ledger.read) == 2
+    assert _tables(ledger) == kept
+
+
 def test_a_month_whose_days_lost_every_call_is_summed_again(db_url: str, tmp_path: Path) -> None:
     """A rebuild stopped after correcting a month's days and before the month itself (every
     span of the month removed by hand): the next rebuild visited no day of that month, nor
@@ -158,7 +173,7 @@ _SPAN = st.builds(
     second=st.integers(0, 59),
     busy_s=st.sampled_from([1, 50, 130]),
     user=st.integers(0, 6),
-    host=st.integers(0, 1),
+    host=st.sampled_from([0, 1, None]),
 )
 _DURING = st.one_of(
     st.tuples(st.just("spans"), st.lists(_SPAN, min_size=1, max_size=4)),

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
 from ollama_meter.budgets import Budget, budget_status
 from ollama_meter.ledger import Ledger, SpanFilter, _budgets as store
@@ -28,6 +28,7 @@ from ollama_meter.ledger._cells import (
     ANYONE,
     Grain,
     add_intervals,
+    busy_interval,
     duration_bin,
     floor_cell,
     format_intervals,
@@ -44,7 +45,7 @@ from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.meter import SpanRecord
 from ollama_meter.periods import bucket_bounds, parse_period
-from ollama_meter.records import GROUPS
+from ollama_meter.records import GROUPS, NO_HOST
 from ollama_meter.reports import (
     chargeback,
     histogram_percentile,
@@ -79,7 +80,8 @@ def spans(draw: st.DrawFn) -> SpanRecord:
         tenant=draw(st.sampled_from(["acme", "globex"])),
         department=draw(st.sampled_from(["sales", "support", "ops"])),
         user=draw(st.sampled_from([None, "alice", "bob"])),
-        upstream_host=draw(st.sampled_from(["http://gpu1:11434", "http://gpu2:11434"])),
+        # NO_HOST: a call sent to no server (refused, or gone while queued): no capacity.
+        upstream_host=draw(st.sampled_from(["http://gpu1:11434", "http://gpu2:11434", NO_HOST])),
         request_model=draw(st.sampled_from(["llama3.1:8b", "qwen2.5:7b"])),
         response_model=draw(st.sampled_from([None, "llama3.1:8b", "llama3.1:8b-q4"])),
         status=status,
@@ -316,6 +318,44 @@ def test_busy_time_of_any_window_from_rollups_is_the_raw_busy_time(
     until = since + timedelta(microseconds=length)
     with ledger.read() as conn:
         assert busy_union(conn, since, until) == busy_union(conn, since, until, raw=True)
+
+
+@EXAMPLES
+@given(
+    content=ledger_contents(),
+    cells=st.sampled_from(ZONES),
+    start=st.integers(0, 40 * 86_400 * 10**6),
+    length=st.integers(0, 40 * 86_400 * 10**6),
+)
+def test_busy_time_and_hosts_are_those_of_the_calls_sent_to_a_server(
+    ledger: Ledger,
+    content: tuple[list[SpanRecord], list[list[SpanRecord]]],
+    cells: ZoneInfo,
+    start: int,
+    length: int,
+) -> None:
+    """Per host, the union of its calls' busy intervals inside the window; a host counts when
+    a call sent to it started in the window or was busy in it. A call sent to no server
+    (``NO_HOST``: refused, or gone while queued) is no host's, whatever durations it says."""
+    _fill(ledger, content[1], cells)
+    since = FIRST - timedelta(days=2) + timedelta(microseconds=start)
+    until = since + timedelta(microseconds=length)
+    lo, hi = to_us(since), to_us(until)
+    per_host: dict[str, list[tuple[int, int]]] = {}
+    hosts: set[str] = set()
+    for span in content[0]:
+        if span.upstream_host == NO_HOST:
+            continue
+        if lo <= to_us(span.started_at) < hi:
+            hosts.add(span.upstream_host)
+        interval = busy_interval(span)
+        if interval is not None and min(interval[1], hi) > max(interval[0], lo):
+            hosts.add(span.upstream_host)
+            clipped = (max(interval[0], lo), min(interval[1], hi))
+            per_host.setdefault(span.upstream_host, []).append(clipped)
+    busy = sum(b - a for found in per_host.values() for a, b in merge_intervals(found))
+    with ledger.read() as conn:
+        assert busy_union(conn, since, until) == (busy * 1000, len(hosts))
 
 
 @EXAMPLES
@@ -587,6 +627,28 @@ def test_busy_time_of_a_batch_wider_than_one_read_is_the_raw_busy_time(ledger: L
         expected = chargeback(ledger, "2026-11", fixed_cost=Decimal("100"), **options)  # type: ignore[arg-type]
     assert result.busy_ns == expected.busy_ns == 700 * 135 * 10**9  # 90 s and 90 s, 45 s apart
     assert result.rows == expected.rows
+
+
+def test_busy_rows_an_import_left_for_no_host_are_no_host_of_capacity(ledger: Ledger) -> None:
+    """An imported line could name the host "" before that meant a call sent to no server:
+    its busy rows stay until ``ometer db rollup``, and count as no host, as raw spans do."""
+    start = datetime(2026, 11, 2, 10, 0, 30, tzinfo=UTC)
+    served, refused = (
+        make_span(
+            started_at=start, ended_at=start + timedelta(seconds=90), upstream_host=host,
+            prompt_eval_duration_ns=30_000 * MS, eval_duration_ns=60_000 * MS,
+        )
+        for host in ("http://gpu1:11434", "http://gpu2:11434")
+    )  # fmt: skip
+    _fill(ledger, [[served, refused]], ZoneInfo("UTC"))
+    with ledger.write() as conn:  # as such an import left them
+        conn.execute(update(SpanRow).where(SpanRow.id == refused.id).values(upstream_host=""))
+        for table in (BUSY, BUSY_CELLS):
+            conn.execute(update(table).where(table.c.host == "http://gpu2:11434").values(host=""))
+    with ledger.read() as conn:
+        for since, until in ((FIRST, NOW), (start + timedelta(seconds=10), NOW)):
+            assert busy_union(conn, since, until) == busy_union(conn, since, until, raw=True)
+        assert busy_union(conn, FIRST, NOW) == (90 * 10**9, 1)
 
 
 def test_aggregates_group_by_exactly_the_groups_reports_offer() -> None:

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from ollama_meter.ledger import Ledger
 from ollama_meter.periods import parse_period
 from ollama_meter.pricing import from_micros
+from ollama_meter.records import NO_HOST
 from ollama_meter.reports import CHARGEBACK_COLUMNS, chargeback, to_csv
 from tests.factories import make_span
 
@@ -355,7 +356,7 @@ _calls = st.lists(
         st.integers(0, 40 * 24 * 3600),  # seconds from 27 days before the month to after it
         st.integers(0, 7200),  # busy seconds
         st.sampled_from(["USD", "EUR"]),
-        st.sampled_from(["http://gpu1:11434", "http://gpu2:11434"]),
+        st.sampled_from(["http://gpu1:11434", "http://gpu2:11434", NO_HOST]),
     ),
     max_size=12,
 )
@@ -635,3 +636,35 @@ def test_a_month_not_cut_on_a_minute_counts_the_hosts_the_raw_spans_do(db_url: s
     assert result.capacity_ns == expected.capacity_ns == 31 * 86_400 * SEC
     assert (result.rows, result.busy_ns) == (expected.rows, expected.busy_ns)
     assert result.busy_ns == 10 * SEC
+
+
+def test_a_call_sent_to_no_server_adds_no_host_to_the_capacity(db_url: str) -> None:
+    """A refused call (a budget, a rate limit, a full queue) names no server: it named the
+    first configured one, so a month where only gpu1 served had two hosts of capacity and
+    the idle row took half the fixed cost more than its share."""
+    from zoneinfo import ZoneInfo
+
+    ledger = Ledger(db_url)
+    t = datetime(2026, 11, 3, 9, tzinfo=UTC)
+    ledger.record(
+        [
+            span("sales", t, 100, 1_000),
+            make_span(
+                tenant="acme", department="support", started_at=t, ended_at=t,
+                upstream_host=NO_HOST, status="rejected", error_type="rate_limited",
+                input_tokens=0, output_tokens=0, unpriced=False,
+            ),
+        ]
+    )  # fmt: skip
+    result = chargeback(
+        ledger, "2026-11", tz=ZoneInfo("UTC"), now=NOW, currency="USD",
+        fixed_cost=Decimal("3000.00"), idle="separate",
+    )  # fmt: skip
+    assert result.capacity_ns == 30 * 86_400 * SEC  # gpu1's month, and no other
+    assert result.busy_ns == 100 * SEC
+    # 300,000 cents by 100 s of 2,592,000: 11.57 to sales, the cent left to its remainder
+    assert [(r.tenant, r.department, r.requests, str(r.fixed_cost_share)) for r in result.rows] == [
+        ("acme", "sales", 1, "0.12"),
+        ("acme", "support", 1, "0.00"),
+        ("__idle__", "__idle__", 0, "2999.88"),
+    ]
