@@ -72,6 +72,8 @@ class MeteredCall:
         self.reply_chars = 0
         """The reply's length in characters, kept or not (see :data:`KEPT_REPLY_CHARS`)."""
         self.content_chunks = 0
+        self.other_chars = 0
+        """The characters of the reply's thinking and tool calls (not its text)."""
         self.final: Final | None = None
         self.reservation: Reservation | None = None
         self.output_cap: int | None = None
@@ -105,6 +107,7 @@ class MeteredCall:
             self.final = event
         elif event.generated:  # thinking and tool calls are reply tokens too
             self.content_chunks += 1
+            self.other_chars += event.other_chars
             if event.text and self.keep_reply:
                 room = KEPT_REPLY_CHARS - self.reply_chars
                 if room > 0:
@@ -312,7 +315,9 @@ class MeteredCall:
             span.output_tokens = reported_out
         else:
             span.output_tokens = (
-                self.content_chunks if span.stream else tokens_in_chars(self.reply_chars)
+                self.content_chunks
+                if span.stream
+                else tokens_in_chars(self.reply_chars + self.other_chars)
             )
         if reported_in is None or reported_out is None:
             span.token_source = TokenSource.ESTIMATED

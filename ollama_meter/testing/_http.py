@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ollama_meter.testing._faults import Fault, Instead
 from ollama_meter.testing._models import EmulatedModel, find_model
@@ -25,6 +25,8 @@ from ollama_meter.testing._wire import go_json, not_found
 
 if TYPE_CHECKING:
     from ollama_meter.testing._emulator import OllamaEmulator
+
+T = TypeVar("T")
 
 HANG_LIMIT_S = 30.0
 """A :attr:`Fault.HANG` request gives up (closing the connection) after this long."""
@@ -234,8 +236,8 @@ class Handler(BaseHTTPRequestHandler):
     def stream(
         self,
         content_type: str,
-        pieces: Sequence[str],
-        encode: Callable[[str], bytes],
+        pieces: Sequence[T],
+        encode: Callable[[T], bytes],
         *,
         limit: int | None,
         cut: Fault | None,

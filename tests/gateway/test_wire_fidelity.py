@@ -6,12 +6,23 @@ Ollama's API documentation says Ollama does.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ollama
 import pytest
 
 from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter._usage import tokens_in_chars
+from ollama_meter.testing import (
+    DEFAULT_MODELS,
+    THINKING_MODEL,
+    Fault,
+    OllamaEmulator,
+    expected_reply,
+)
+from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
 
@@ -43,3 +54,157 @@ def test_a_generate_with_an_empty_prompt_only_loads_whatever_else_it_sends(
     assert (span.status, span.done_reason) == ("ok", reason)
     assert (span.input_tokens, span.output_tokens, span.token_source) == (0, 0, "reported")
     assert (span.prompt_eval_duration_ns, span.eval_duration_ns) == (0, 0)
+
+
+WEATHER = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_current_weather",
+            "description": "Get the current weather for a location",
+            "parameters": {
+                "type": "object",
+                "properties": {"location": {"type": "string"}, "format": {"type": "string"}},
+                "required": ["location", "format"],
+            },
+        },
+    }
+]
+HI = [{"role": "user", "content": "what is the weather in Paris today"}]
+
+
+@pytest.fixture
+def thinker() -> Iterator[OllamaEmulator]:
+    """An emulator that has also pulled a model that thinks."""
+    with OllamaEmulator(models=[*DEFAULT_MODELS, THINKING_MODEL]) as emu:
+        yield emu
+
+
+@pytest.fixture
+def thinking_gateway(
+    serve_on: Callable[..., Gateway], thinker: OllamaEmulator, sqlite_url: str
+) -> Gateway:
+    gw = serve_on(thinker.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())
+    return gw
+
+
+def _streamed(answer: Any, stream: bool) -> tuple[str, str, list[Any], Any]:
+    """Thinking, reply text, tool calls and the last chunk of an answer (streamed or not)."""
+    chunks = list(answer) if stream else [answer]
+    thinking = content = ""
+    calls: list[Any] = []
+    for chunk in chunks:
+        part = chunk.message if hasattr(chunk, "message") else chunk
+        thinking += part.thinking or ""
+        content += (part.content if hasattr(chunk, "message") else part.response) or ""
+        calls += getattr(part, "tool_calls", None) or []
+    return thinking, content, calls, chunks[-1]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("operation", ["chat", "generate"])
+@pytest.mark.parametrize("think", [None, True, "high"])
+def test_thinking_counts_once_in_the_reply_tokens(
+    thinking_gateway: Gateway, operation: str, stream: bool, think: bool | str | None
+) -> None:
+    """A thinking model thinks unless told not to; Ollama's ``eval_count`` counts every token
+    it generated, thinking included. The span counts that once: the reply's tokens are the
+    thinking's and the text's together, reported, and priced as such."""
+    client = ollama.Client(host=thinking_gateway.url)
+    if operation == "chat":
+        answer = client.chat(model="qwen3:8b", messages=HI, stream=stream, think=think)
+        expected = expected_reply("qwen3:8b", HI, think=think)
+    else:
+        prompt = HI[0]["content"]
+        answer = client.generate(model="qwen3:8b", prompt=prompt, stream=stream, think=think)
+        expected = expected_reply("qwen3:8b", prompt=prompt, think=think)
+    thinking, content, _, last = _streamed(answer, stream)
+    assert (thinking, content) == (expected.thinking, expected.content)
+    assert expected.thinking and last.eval_count == expected.output_tokens
+    assert expected.output_tokens == len(expected.thinking_pieces) + len(expected.pieces)
+    (span,) = spans(thinking_gateway)
+    assert (span.status, span.input_tokens, span.output_tokens, span.token_source) == (
+        "ok",
+        expected.prompt_tokens,
+        expected.output_tokens,
+        "reported",
+    )
+    assert span.cost_total == expected.prompt_tokens * 1000 + expected.output_tokens * 2000
+
+
+def test_think_false_turns_thinking_off_and_a_model_that_cannot_think_refuses_it(
+    thinking_gateway: Gateway,
+) -> None:
+    """``think: false`` on a thinking model answers without thinking; ``think`` on a model
+    that cannot think is Ollama's 400, relayed as it came, and a span of the refusal."""
+    client = ollama.Client(host=thinking_gateway.url)
+    plain = client.chat(model="qwen3:8b", messages=HI, think=False)
+    assert plain.message.thinking is None
+    assert plain.eval_count == expected_reply("qwen3:8b", HI, think=False).output_tokens
+    for think in (True, "low"):
+        with pytest.raises(ollama.ResponseError) as refused:
+            client.chat(model="llama3.1:8b", messages=HI, think=think)
+        assert (refused.value.status_code, refused.value.error) == (
+            400,
+            '"llama3.1:8b" does not support thinking',
+        )
+    refusals = [s for s in spans(thinking_gateway) if s.request_model == "llama3.1:8b"]
+    assert [(s.status, s.http_status) for s in refusals] == [("error", 400)] * 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", ["llama3.1:8b", "qwen3:8b"])
+def test_a_reply_that_only_calls_a_tool_counts_its_tokens(
+    thinking_gateway: Gateway, stream: bool, model: str
+) -> None:
+    """A chat offered tools may answer with a tool call and no text at all: the call is
+    generated output, and ``eval_count`` counts it (with any thinking before it)."""
+    client = ollama.Client(host=thinking_gateway.url)
+    answer = client.chat(model=model, messages=HI, tools=WEATHER, stream=stream)
+    expected = expected_reply(model, HI, tools=WEATHER)
+    thinking, content, calls, last = _streamed(answer, stream)
+    assert (content, thinking) == ("", expected.thinking)
+    assert [c.model_dump(exclude_none=True) for c in calls] == list(expected.tool_calls)
+    assert expected.tool_call_tokens > 0 and last.eval_count == expected.output_tokens
+    (span,) = spans(thinking_gateway)
+    assert (span.input_tokens, span.output_tokens, span.token_source) == (
+        expected.prompt_tokens,
+        expected.output_tokens,
+        "reported",
+    )
+    # The tool's result in the next turn: the model answers in text.
+    turn = [
+        *HI,
+        {"role": "assistant", "content": "", "tool_calls": list(expected.tool_calls)},
+        {"role": "tool", "content": "18 degrees and sunny", "tool_name": "get_current_weather"},
+    ]
+    reply = client.chat(model=model, messages=turn, tools=WEATHER)
+    assert reply.message.content == expected_reply(model, turn, tools=WEATHER).content != ""
+
+
+@pytest.mark.parametrize(("model", "tools"), [("qwen3:8b", None), ("llama3.1:8b", WEATHER)])
+def test_a_whole_reply_without_counts_is_estimated_from_its_thinking_and_tool_calls_too(
+    thinking_gateway: Gateway,
+    thinker: OllamaEmulator,
+    model: str,
+    tools: list[Any] | None,
+) -> None:
+    """An answer without counts (a proxy that drops them) is estimated from what it holds:
+    the thinking and the tool calls are generated output as much as the text, so a reply
+    that only calls a tool is never recorded as free."""
+    thinker.inject(Fault.OMIT_COUNTS)
+    body: dict[str, Any] = {"model": model, "messages": HI, "stream": False}
+    if tools:
+        body["tools"] = tools
+    answer = thinking_gateway.client.post("/api/chat", json=body)
+    assert answer.status_code == 200, answer.text
+    expected = expected_reply(model, HI, tools=tools)
+    calls = "".join(
+        json.dumps(call["function"]["name"]) + json.dumps(call["function"]["arguments"])
+        for call in expected.tool_calls
+    )
+    written = len(expected.thinking) + len(expected.content) + len(calls)
+    (span,) = spans(thinking_gateway)
+    assert (span.output_tokens, span.token_source) == (tokens_in_chars(written), "estimated")
+    assert span.output_tokens > 0
