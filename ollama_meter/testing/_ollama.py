@@ -34,7 +34,7 @@ from ollama_meter.testing._wire import (
     decode_body,
     embed_inputs,
     go_json,
-    keep_alive_zero,
+    keep_alive_ns,
     model_field,
     options,
     rfc3339_nano,
@@ -124,10 +124,11 @@ class OllamaRoutes(Handler):
         """
         try:
             body = decode_body(raw, schema)
+            keep_alive = keep_alive_ns(body)  # read as the body is decoded, before the model
             name = model_field(body, schema)
             model = self._lookup(name)
             texts = texts_of(body)
-            unload = not texts and keep_alive_zero(body)
+            unload = not texts and keep_alive == 0
             think = body.get("think")
             if not unload and not model.thinking and (think is True or isinstance(think, str)):
                 raise Refusal(400, f"{json.dumps(name)} does not support thinking")
@@ -270,6 +271,7 @@ class OllamaRoutes(Handler):
         """The request's model and inputs and the fault it takes; None when already answered."""
         try:
             body = decode_body(raw, go_type)
+            keep_alive_ns(body)
             inputs = embed_inputs(body, key)
             name = model_field(body, go_type)
             model = self._lookup(name)

@@ -208,3 +208,33 @@ def test_a_whole_reply_without_counts_is_estimated_from_its_thinking_and_tool_ca
     (span,) = spans(thinking_gateway)
     assert (span.output_tokens, span.token_source) == (tokens_in_chars(written), "estimated")
     assert span.output_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "reason"), [("0h", "unload"), ("-0s", "unload"), (-1, "load"), ("1h30m", "load")]
+)
+def test_keep_alive_in_any_form_ollama_reads_is_passed_and_metered_as_it_answered(
+    sqlite_gateway: Gateway, keep_alive: Any, reason: str
+) -> None:
+    client = ollama.Client(host=sqlite_gateway.url)
+    assert client.generate(model="mistral:7b", keep_alive=keep_alive).done_reason == reason
+    (span,) = spans(sqlite_gateway)
+    assert (span.status, span.done_reason, span.input_tokens, span.token_source) == (
+        "ok",
+        reason,
+        0,
+        "reported",
+    )
+
+
+def test_a_keep_alive_ollama_cannot_read_is_its_400_relayed(sqlite_gateway: Gateway) -> None:
+    client = ollama.Client(host=sqlite_gateway.url)
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.chat(model="mistral:7b", messages=HI, keep_alive="5")
+    assert (refused.value.status_code, refused.value.error) == (
+        400,
+        'time: missing unit in duration "5"',
+    )
+    (span,) = spans(sqlite_gateway)
+    assert (span.status, span.http_status, span.error_type) == ("error", 400, "bad_request")
+    assert span.input_tokens == 0 and span.cost_total == 0

@@ -765,3 +765,56 @@ def test_messages_api_wire_format(http: httpx.Client) -> None:
             },
         },
     )
+
+
+# --- keep_alive, read as Ollama's Go Duration ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "keep_alive", [0, 0.0, 1e-10, "0", "0s", "0h", "0ms", "0.0s", "+0s", "-0s", "0m0s", "0µs"]
+)
+def test_a_zero_keep_alive_in_any_spelling_go_reads_unloads(
+    http: httpx.Client, emu: OllamaEmulator, keep_alive: Any
+) -> None:
+    """Ollama reads ``keep_alive`` as seconds (a number) or with Go's ``time.ParseDuration``
+    (a string): each of these is a zero duration, so an empty prompt unloads the model."""
+    http.post("/api/generate", json={"model": "mistral:7b"})
+    assert emu.is_loaded("mistral:7b")
+    body = {"model": "mistral:7b", "keep_alive": keep_alive}
+    assert http.post("/api/generate", json=body).json()["done_reason"] == "unload"
+    assert not emu.is_loaded("mistral:7b")
+    chat = {"model": "mistral:7b", "messages": [], "keep_alive": keep_alive}
+    assert http.post("/api/chat", json=chat).json()["done_reason"] == "unload"
+
+
+@pytest.mark.parametrize("keep_alive", [None, -1, 300, 0.5, "5m", "-1s", "1h30m", "1.5h", ".5s"])
+def test_a_keep_alive_that_is_not_zero_only_loads(http: httpx.Client, keep_alive: Any) -> None:
+    body = {"model": "mistral:7b", "keep_alive": keep_alive}
+    assert http.post("/api/generate", json=body).json()["done_reason"] == "load"
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "error"),
+    [
+        ("5", 'time: missing unit in duration "5"'),
+        ("5x", 'time: unknown unit "x" in duration "5x"'),
+        ("", 'time: invalid duration ""'),
+        ("five minutes", 'time: invalid duration "five minutes"'),
+        ("-", 'time: invalid duration "-"'),
+        (".s", 'time: invalid duration ".s"'),
+        (True, "Unsupported type: 'bool'"),
+        ({"minutes": 5}, "Unsupported type: 'map[string]interface {}'"),
+        ([5], "Unsupported type: '[]interface {}'"),
+    ],
+)
+def test_a_keep_alive_go_cannot_read_is_a_400_with_gos_words(
+    http: httpx.Client, emu: OllamaEmulator, keep_alive: Any, error: str
+) -> None:
+    for path, body in (
+        ("/api/generate", {"model": "mistral:7b", "prompt": "hi"}),
+        ("/api/chat", {"model": "mistral:7b", "messages": USER}),
+        ("/api/embed", {"model": "nomic-embed-text", "input": "hi"}),
+    ):
+        answer = http.post(path, json={**body, "keep_alive": keep_alive})
+        assert (answer.status_code, answer.json()) == (400, {"error": error})
+    assert not emu.is_loaded("mistral:7b")
