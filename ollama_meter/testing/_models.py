@@ -378,9 +378,15 @@ def _shortest_float32(value: float) -> float:
 
 
 def expected_embedding(
-    model: EmulatedModel | str, text: str, *, models: Iterable[EmulatedModel] = DEFAULT_MODELS
+    model: EmulatedModel | str,
+    text: str,
+    *,
+    dimensions: int | None = None,
+    models: Iterable[EmulatedModel] = DEFAULT_MODELS,
 ) -> list[float]:
-    """The unit-length vector /api/embed returns for ``text`` on ``model``."""
+    """The unit-length vector /api/embed returns for ``text`` on ``model``; with
+    ``dimensions`` (fewer than the model's), its first values normalised again, as Ollama
+    cuts them."""
     resolved = _resolve(model, models)
     seed = hashlib.sha256(f"{resolved.name}\0{text}".encode("utf-8", "replace")).digest()
     raw: list[float] = []
@@ -396,4 +402,9 @@ def expected_embedding(
             raw.append(magnitude if block[offset] & 1 else -magnitude)
     raw = raw[: resolved.embedding_dim]
     norm = math.sqrt(sum(v * v for v in raw)) or 1.0
-    return [_shortest_float32(v / norm) for v in raw]
+    vector = [_shortest_float32(v / norm) for v in raw]
+    if dimensions is not None and 0 < dimensions < len(vector):
+        kept = vector[:dimensions]
+        norm = math.sqrt(sum(v * v for v in kept)) or 1.0
+        vector = [_shortest_float32(v / norm) for v in kept]
+    return vector

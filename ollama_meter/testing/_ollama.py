@@ -290,6 +290,15 @@ class OllamaRoutes(Handler):
         if request is None:
             return
         name, model, inputs, armed = request
+        body = json.loads(raw)
+        dimensions = body.get("dimensions")
+        dimensions = dimensions if type(dimensions) is int else None
+        # An input longer than the context is cut to it, unless the request says not to.
+        room = max(model.context_length - model.template_tokens, 0)
+        if body.get("truncate") is False and any(count_tokens(t) > room for t in inputs):
+            self._ollama_error(400, "the input length exceeds the context length")
+            return
+        inputs = [" ".join(t.split()[:room]) if count_tokens(t) > room else t for t in inputs]
         self._pause(self.emulator.latency)
         cold = self.emulator._warm(model)
         out: dict[str, Any] = {"model": name, "embeddings": []}
@@ -301,7 +310,8 @@ class OllamaRoutes(Handler):
         load = model.load_ns if cold else WARM_LOAD_NS
         prompt_ns = tokens * model.prompt_ns_per_token
         out["embeddings"] = [
-            expected_embedding(model, text, models=self.emulator.models) for text in inputs
+            expected_embedding(model, text, dimensions=dimensions, models=self.emulator.models)
+            for text in inputs
         ]
         metrics = {
             "total_duration": load + prompt_ns + OVERHEAD_NS,

@@ -20,6 +20,7 @@ from ollama_meter.testing import (
     THINKING_MODEL,
     Fault,
     OllamaEmulator,
+    expected_embedding,
     expected_reply,
 )
 from tests.factories import token_prices
@@ -238,3 +239,25 @@ def test_a_keep_alive_ollama_cannot_read_is_its_400_relayed(sqlite_gateway: Gate
     (span,) = spans(sqlite_gateway)
     assert (span.status, span.http_status, span.error_type) == ("error", 400, "bad_request")
     assert span.input_tokens == 0 and span.cost_total == 0
+
+
+def test_embed_dimensions_and_truncate_reach_ollama_and_the_span_counts_what_it_embedded(
+    sqlite_gateway: Gateway,
+) -> None:
+    """``dimensions`` and ``truncate`` go to Ollama as sent; an input cut to the model's
+    context counts the tokens Ollama embedded, and one refused (``truncate: false``) is
+    Ollama's 400, relayed."""
+    client = ollama.Client(host=sqlite_gateway.url)
+    context = next(m for m in DEFAULT_MODELS if m.embedding).context_length
+    long = " ".join(f"w{i}" for i in range(context + 5))
+    cut = client.embed(model="nomic-embed-text", input=[long, "two words"], dimensions=8)
+    assert [len(v) for v in cut.embeddings] == [8, 8]
+    assert list(cut.embeddings[1]) == expected_embedding(
+        "nomic-embed-text", "two words", dimensions=8
+    )
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.embed(model="nomic-embed-text", input=long, truncate=False)
+    assert refused.value.status_code == 400
+    failed, embedded = spans(sqlite_gateway)
+    assert (embedded.input_tokens, embedded.token_source) == (context + 2, "reported")
+    assert (failed.status, failed.http_status) == ("error", 400)

@@ -818,3 +818,50 @@ def test_a_keep_alive_go_cannot_read_is_a_400_with_gos_words(
         answer = http.post(path, json={**body, "keep_alive": keep_alive})
         assert (answer.status_code, answer.json()) == (400, {"error": error})
     assert not emu.is_loaded("mistral:7b")
+
+
+# --- /api/embed: dimensions and truncate ---------------------------------------------
+
+
+@pytest.mark.parametrize("dimensions", [1, 4, 767])
+def test_embed_dimensions_cuts_each_vector_and_makes_it_unit_length_again(
+    client: ollama.Client, dimensions: int
+) -> None:
+    """Ollama keeps a vector's first ``dimensions`` values and normalises them again."""
+    result = client.embed(
+        model="nomic-embed-text", input=["one two", "three"], dimensions=dimensions
+    )
+    for vector, text in zip(result.embeddings, ["one two", "three"], strict=True):
+        assert len(vector) == dimensions
+        assert list(vector) == expected_embedding("nomic-embed-text", text, dimensions=dimensions)
+        assert math.isclose(sum(v * v for v in vector), 1.0, rel_tol=1e-5)
+    assert result.prompt_eval_count == 3
+    full = client.embed(model="nomic-embed-text", input="three", dimensions=0).embeddings[0]
+    assert (
+        len(full)
+        == 768
+        == len(client.embed(model="nomic-embed-text", input="three", dimensions=5000).embeddings[0])
+    )
+
+
+def test_embed_truncates_an_input_past_the_context_unless_told_not_to(
+    client: ollama.Client, http: httpx.Client
+) -> None:
+    """An input longer than the model's context is cut to it (and counted as cut), or with
+    ``truncate: false`` refused with Ollama's 400."""
+    context = next(m for m in DEFAULT_MODELS if m.name == "nomic-embed-text:latest").context_length
+    words = [f"w{i}" for i in range(context + 10)]
+    long = " ".join(words)
+    cut = client.embed(model="nomic-embed-text", input=[long, "short one"])
+    assert cut.prompt_eval_count == context + 2
+    assert list(cut.embeddings[0]) == expected_embedding(
+        "nomic-embed-text", " ".join(words[:context])
+    )
+    body = {"model": "nomic-embed-text", "input": [long], "truncate": False}
+    refused = http.post("/api/embed", json=body)
+    assert (refused.status_code, refused.json()) == (
+        400,
+        {"error": "the input length exceeds the context length"},
+    )
+    fits = http.post("/api/embed", json={**body, "input": ["short one"]})
+    assert fits.json()["prompt_eval_count"] == 2
