@@ -206,10 +206,11 @@ class Handler(BaseHTTPRequestHandler):
             self.server.stopping.wait(0.05)
         self._drop()
 
-    def _lookup(self, name: str) -> EmulatedModel:
+    def _lookup(self, name: str, *, scheduled: bool = False) -> EmulatedModel:
+        """The model ``name`` resolves to, or Ollama's 404 (see :func:`not_found`)."""
         model = find_model(self.emulator.models, name)
         if model is None:
-            raise not_found(name)
+            raise not_found(name, scheduled=scheduled)
         return model
 
     # --- answers ----------------------------------------------------------------

@@ -274,7 +274,7 @@ class OllamaRoutes(Handler):
             keep_alive_ns(body)
             inputs = embed_inputs(body, key)
             name = model_field(body, go_type)
-            model = self._lookup(name)
+            model = self._lookup(name, scheduled=True)
         except Refusal as exc:
             self._ollama_error(exc.status, exc.message)
             return None

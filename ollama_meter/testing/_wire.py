@@ -115,9 +115,14 @@ def model_field(body: Mapping[str, Any], go_type: str) -> str:
     return name
 
 
-def not_found(name: str) -> Refusal:
-    # Go's %q: double quotes, with backslash escapes.
-    return Refusal(404, f"model {json.dumps(name)} not found, try pulling it first")
+def not_found(name: str, *, scheduled: bool = False) -> Refusal:
+    """Ollama's 404 for a model it does not have, in the words of the handler that says it:
+    chat and generate (and the OpenAI and Anthropic routes built on them) look the model up
+    first (``model 'x' not found``); embeddings ask the scheduler for it (``scheduled``),
+    whose error says ``model "x" not found, try pulling it first`` (Go's %q)."""
+    if scheduled:
+        return Refusal(404, f"model {json.dumps(name)} not found, try pulling it first")
+    return Refusal(404, f"model '{name}' not found")
 
 
 def details(model: EmulatedModel) -> dict[str, Any]:

@@ -241,10 +241,7 @@ def test_go_style_html_escaping(http: httpx.Client) -> None:
     }
     assert b"\\u003c" not in http.post("/api/generate", json=body).content  # prompt is not echoed
     response = http.post("/api/chat", json={"model": "<x>", "messages": USER})
-    assert (
-        response.content
-        == b'{"error":"model \\"\\u003cx\\u003e\\" not found, try pulling it first"}'
-    )
+    assert response.content == b'{"error":"model \'\\u003cx\\u003e\' not found"}'
 
 
 # --- errors ------------------------------------------------------------------
@@ -254,17 +251,24 @@ def test_unknown_model_is_404_through_the_client(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as info:
         client.chat(model="llama3.3:70b", messages=USER)
     assert info.value.status_code == 404
-    assert info.value.error == 'model "llama3.3:70b" not found, try pulling it first'
+    assert info.value.error == "model 'llama3.3:70b' not found"
     with pytest.raises(ollama.ResponseError, match="not found") as streamed:
         list(client.chat(model="llama3.3:70b", messages=USER, stream=True))
     assert streamed.value.status_code == 404
+    # Embeddings ask Ollama's scheduler for the model, which says it another way.
+    with pytest.raises(ollama.ResponseError) as embedding:
+        client.embed(model="llama3.3:70b", input="hi")
+    assert (embedding.value.status_code, embedding.value.error) == (
+        404,
+        'model "llama3.3:70b" not found, try pulling it first',
+    )
 
 
 def test_untagged_name_means_latest(client: ollama.Client, http: httpx.Client) -> None:
     assert client.embed(model="nomic-embed-text", input="hi").model == "nomic-embed-text"
     response = http.post("/api/chat", json={"model": "llama3.1", "messages": USER})
     assert response.status_code == 404
-    assert response.json() == {"error": 'model "llama3.1" not found, try pulling it first'}
+    assert response.json() == {"error": "model 'llama3.1' not found"}
 
 
 def test_request_errors(http: httpx.Client) -> None:
@@ -454,7 +458,7 @@ def test_openai_errors_and_models(http: httpx.Client, emu: OllamaEmulator) -> No
     assert missing.status_code == 404
     assert missing.json() == {
         "error": {
-            "message": 'model "gpt-4" not found, try pulling it first',
+            "message": "model 'gpt-4' not found",
             "type": "not_found_error",
             "param": None,
             "code": None,

@@ -158,6 +158,7 @@ def test_framing_and_error_shapes_per_wire_format() -> None:
     ("status", "body", "kind"),
     [
         (404, '{"error": "model \\"x\\" not found, try pulling it first"}', ModelNotFound),
+        (404, '{"error": "model \'x\' not found"}', ModelNotFound),  # chat, generate
         (404, "404 page not found", UpstreamBadRequest),
         (400, '{"error": {"message": "bad", "type": "invalid_request_error"}}', UpstreamBadRequest),
         (429, '{"error": "slow down"}', RateLimited),
