@@ -261,3 +261,52 @@ def test_embed_dimensions_and_truncate_reach_ollama_and_the_span_counts_what_it_
     failed, embedded = spans(sqlite_gateway)
     assert (embedded.input_tokens, embedded.token_source) == (context + 2, "reported")
     assert (failed.status, failed.http_status) == ("error", 400)
+
+
+def test_every_documented_field_and_any_unknown_one_reaches_ollama_as_sent(
+    sqlite_gateway: Gateway, emulator: OllamaEmulator
+) -> None:
+    """The gateway forwards the body it checked, untouched: documented fields (a JSON schema
+    ``format``, ``think`` levels, ``logprobs``, images, ``raw``, ``suffix``, ``context``) and
+    fields no version of it knows yet."""
+    schema = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
+    future = {"some_future_field": {"nested": [1, 2.5, None, "é"]}, "shift": False}
+    bodies = {
+        "/api/chat": {
+            "model": "llama3.1:8b",
+            "messages": [{"role": "user", "content": "hi", "images": ["iVBORw0KGgo="]}],
+            "format": schema,
+            "options": {"temperature": 0, "seed": 42, "mirostat": 1, "unknown_option": 3},
+            "keep_alive": "10m",
+            "think": False,
+            "tools": WEATHER,
+            "logprobs": True,
+            "top_logprobs": 3,
+            "stream": False,
+            **future,
+        },
+        "/api/generate": {
+            "model": "mistral:7b",
+            "prompt": "def gcd(a, b):",
+            "suffix": "    return a",
+            "context": [1, 2, 3],
+            "raw": False,
+            "format": "json",
+            "images": ["iVBORw0KGgo="],
+            "keep_alive": -1,
+            "stream": False,
+            **future,
+        },
+        "/api/embed": {
+            "model": "nomic-embed-text",
+            "input": ["a", "b"],
+            "truncate": True,
+            "dimensions": 16,
+            "keep_alive": 0,
+            **future,
+        },
+    }
+    for path, body in bodies.items():
+        answer = sqlite_gateway.client.post(path, json=body)
+        assert answer.status_code == 200, answer.text
+        assert emulator.requests_to(path)[-1].body == body
