@@ -48,10 +48,19 @@ class MeteredCall:
     """Collects what the upstream sends; becomes a span when the meter closes it."""
 
     def __init__(
-        self, span: SpanRecord, prompt_text: str, prices: PriceBook, *, keep_reply: bool = True
+        self,
+        span: SpanRecord,
+        prompt_text: str,
+        prices: PriceBook,
+        *,
+        keep_reply: bool = True,
+        evaluates: bool | None = None,
     ) -> None:
         self.span = span
         self.prompt_text = prompt_text
+        self.evaluates = bool(prompt_text.strip()) if evaluates is None else evaluates
+        """Ollama evaluates something for the request (a prompt, messages, input to embed);
+        False: it only loads or unloads the model (see ``RequestFacts.evaluates``)."""
         self.prices = prices
         """The rules in force when the call was admitted: its budget bound and its cost both
         come from them, so a rule changed while the call is in flight is not half applied."""
@@ -63,6 +72,8 @@ class MeteredCall:
         self.reply_chars = 0
         """The reply's length in characters, kept or not (see :data:`KEPT_REPLY_CHARS`)."""
         self.content_chunks = 0
+        self.other_chars = 0
+        """The characters of the reply's thinking and tool calls (not its text)."""
         self.final: Final | None = None
         self.reservation: Reservation | None = None
         self.output_cap: int | None = None
@@ -96,6 +107,7 @@ class MeteredCall:
             self.final = event
         elif event.generated:  # thinking and tool calls are reply tokens too
             self.content_chunks += 1
+            self.other_chars += event.other_chars
             if event.text and self.keep_reply:
                 room = KEPT_REPLY_CHARS - self.reply_chars
                 if room > 0:
@@ -246,9 +258,10 @@ class MeteredCall:
         span.latency_ns = ended_ns - self._t0
         span.ended_at = span.started_at + timedelta(microseconds=span.latency_ns // 1000)
         final = self.final
-        if final is not None and final.only is not None and self.prompt_text.strip():
-            # "Nothing ran" for a call that sent a prompt: not Ollama (which only loads for
-            # an empty one), so its zeros are not believed; the counts are estimated.
+        if final is not None and final.only is not None and self.evaluates:
+            # "Nothing ran" for a call that sent something to run: not Ollama (which only
+            # loads for an empty prompt, no messages, no input), so its zeros are not
+            # believed; the counts are estimated.
             final = dataclasses.replace(
                 final,
                 input_tokens=None,
@@ -302,7 +315,9 @@ class MeteredCall:
             span.output_tokens = reported_out
         else:
             span.output_tokens = (
-                self.content_chunks if span.stream else tokens_in_chars(self.reply_chars)
+                self.content_chunks
+                if span.stream
+                else tokens_in_chars(self.reply_chars + self.other_chars)
             )
         if reported_in is None or reported_out is None:
             span.token_source = TokenSource.ESTIMATED

@@ -153,7 +153,9 @@ class Meter:
             opening.operation, model, opening.stream, opening.attribution, prices.currency
         )
         keep_reply = self.capture_content or not opening.stream  # a whole reply: estimated
-        call = MeteredCall(span, facts.prompt_text, prices, keep_reply=keep_reply)
+        call = MeteredCall(
+            span, facts.prompt_text, prices, keep_reply=keep_reply, evaluates=facts.evaluates
+        )
         if self.budgets is not None:
             self._admit(self.budgets, call, facts, prices, blocking=blocking)
         if not opening.queued:  # admitted, it goes to Ollama now; a queued one, with its slot

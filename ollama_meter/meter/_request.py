@@ -51,6 +51,11 @@ class RequestFacts:
     embedding: bool = False
     unbounded: str | None = None
     """Why no bound holds what the call may count, when none does: no hard budget admits it."""
+    evaluates: bool | None = None
+    """Whether Ollama evaluates anything for the request; False: it only loads the model (or
+    unloads it), as it does for a generate whose ``prompt`` is empty whatever else the body
+    holds (a system message, a suffix, images), a chat with no messages, an embedding of no
+    input. None: as the request's texts say (some text: it evaluates)."""
 
     def bound(self, default_output: int) -> CallBound:
         """The most tokens the call can count; ``default_output`` when the caller set no cap."""
@@ -285,6 +290,22 @@ def _inputs(value: object) -> tuple[list[str], int, int]:
     return texts, tokens, count
 
 
+_LOADS_WHEN_EMPTY = {
+    "chat": "messages",
+    "generate": "prompt",
+    "embed": "input",
+    "embeddings": "prompt",
+}
+"""Ollama's native operations that only load the model when this field is empty."""
+
+
+def _evaluates(kind: str, body: Mapping[str, Any]) -> bool:
+    """Whether Ollama evaluates anything for a native request: a non-empty prompt, messages
+    or input (any other field, a system message or images, does not make it evaluate)."""
+    value = body.get(_LOADS_WHEN_EMPTY[kind])
+    return bool(value) if isinstance(value, str | list | tuple) else False
+
+
 def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     """Read ``body`` (Ollama native, or OpenAI for ``openai.*`` operations)."""
     openai = operation.startswith(OPENAI_PREFIX)
@@ -338,6 +359,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     texts = [t for t in texts if t]
     prompt_text = "\n".join(texts)
     return RequestFacts(
+        evaluates=None if openai or kind not in _LOADS_WHEN_EMPTY else _evaluates(kind, body),
         prompt_text=prompt_text,
         prompt_bytes=sum(bytes_of(t) for t in texts) + extra,
         messages=messages,

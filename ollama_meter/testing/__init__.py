@@ -1,7 +1,8 @@
 """A stand-in Ollama server for tests and the demo, speaking the real REST API.
 
 Owns the public face of the emulator: :class:`OllamaEmulator` (the server),
-:class:`EmulatedModel` and :data:`DEFAULT_MODELS` (what it has "pulled"),
+:class:`EmulatedModel` and :data:`DEFAULT_MODELS` (what it has "pulled"; :data:`THINKING_MODEL`
+thinks, and is pulled when a test asks for it),
 :class:`Fault` (run-time misbehaviour) with Ollama's own error texts
 (:data:`ERROR_500`, :data:`ERROR_503`, :data:`ERROR_MIDSTREAM`), and the pure
 helpers that say in advance what it will answer (:func:`expected_reply`,
@@ -24,6 +25,7 @@ from ollama_meter.testing._http import HANG_LIMIT_S
 from ollama_meter.testing._models import (
     DEFAULT_MODELS,
     OVERHEAD_NS,
+    THINKING_MODEL,
     WARM_LOAD_NS,
     EmulatedModel,
     ExpectedReply,
@@ -42,6 +44,7 @@ __all__ = [
     "HANG_LIMIT_S",
     "OLLAMA_VERSION",
     "OVERHEAD_NS",
+    "THINKING_MODEL",
     "WARM_LOAD_NS",
     "EmulatedModel",
     "ExpectedReply",

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ollama_meter.testing._faults import Fault, Instead
 from ollama_meter.testing._models import EmulatedModel, find_model
@@ -25,6 +25,8 @@ from ollama_meter.testing._wire import go_json, not_found
 
 if TYPE_CHECKING:
     from ollama_meter.testing._emulator import OllamaEmulator
+
+T = TypeVar("T")
 
 HANG_LIMIT_S = 30.0
 """A :attr:`Fault.HANG` request gives up (closing the connection) after this long."""
@@ -204,10 +206,11 @@ class Handler(BaseHTTPRequestHandler):
             self.server.stopping.wait(0.05)
         self._drop()
 
-    def _lookup(self, name: str) -> EmulatedModel:
+    def _lookup(self, name: str, *, scheduled: bool = False) -> EmulatedModel:
+        """The model ``name`` resolves to, or Ollama's 404 (see :func:`not_found`)."""
         model = find_model(self.emulator.models, name)
         if model is None:
-            raise not_found(name)
+            raise not_found(name, scheduled=scheduled)
         return model
 
     # --- answers ----------------------------------------------------------------
@@ -234,8 +237,8 @@ class Handler(BaseHTTPRequestHandler):
     def stream(
         self,
         content_type: str,
-        pieces: Sequence[str],
-        encode: Callable[[str], bytes],
+        pieces: Sequence[T],
+        encode: Callable[[T], bytes],
         *,
         limit: int | None,
         cut: Fault | None,

@@ -10,6 +10,7 @@ what the emulator will answer (:func:`expected_reply`, :func:`expected_counts`,
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
@@ -48,7 +49,9 @@ class EmulatedModel:
     ``template_tokens`` is what the model's template adds to every prompt (a Modelfile
     ``SYSTEM`` of its own; an embedding model's special tokens, to each input): counted in
     ``prompt_eval_count``, sent by no request.
-    Embedding models refuse chat and generate, as Ollama does.
+    Embedding models refuse chat and generate, as Ollama does. A ``thinking`` model thinks
+    unless a request says ``think: false`` (Ollama turns thinking on by default for the
+    models that can); any other model refuses ``think: true`` or a level.
     """
 
     name: str
@@ -64,6 +67,7 @@ class EmulatedModel:
     embedding_dim: int = 768
     context_length: int = 4096
     template_tokens: int = 0
+    thinking: bool = False
 
     @property
     def digest(self) -> str:
@@ -85,6 +89,14 @@ DEFAULT_MODELS: tuple[EmulatedModel, ...] = tuple(
         ("nomic-embed-text:latest", "nomic-bert", "137M", "F16", 274_302_450, 300_000_000, 100_000, 0, 768, 2048, True),
     )
 )  # fmt: skip
+
+
+THINKING_MODEL = EmulatedModel(
+    "qwen3:8b", "qwen3", "8.2B", "Q4_K_M", 5_225_376_047, 1_300_000_000, 1_100_000, 22_000_000,
+    embedding_dim=4096, context_length=40_960, thinking=True,
+)  # fmt: skip
+"""A model that thinks before it answers (``message.thinking``), like qwen3 or deepseek-r1.
+Not among :data:`DEFAULT_MODELS`: start an emulator with it when a test needs one."""
 
 
 def normalize_name(name: str) -> str:
@@ -160,21 +172,31 @@ class ExpectedReply:
 
     ``pieces`` are the streamed chunk contents in order (one token each: the first
     word, then ``" " + word``); ``content`` is their concatenation, which is also the
-    non-streamed reply.
+    non-streamed reply. A thinking reply streams its ``thinking_pieces`` first (one
+    token each, in ``thinking``); a reply that calls a tool has no content pieces and
+    one ``tool_calls`` chunk of ``tool_call_tokens`` tokens. ``eval_count`` counts them
+    all, as Ollama's does: every token the model generated.
     """
 
     model: EmulatedModel
     prompt_tokens: int
     pieces: tuple[str, ...]
     done_reason: str
+    thinking_pieces: tuple[str, ...] = ()
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    tool_call_tokens: int = 0
 
     @property
     def output_tokens(self) -> int:
-        return len(self.pieces)
+        return len(self.thinking_pieces) + len(self.pieces) + self.tool_call_tokens
 
     @property
     def content(self) -> str:
         return "".join(self.pieces)
+
+    @property
+    def thinking(self) -> str:
+        return "".join(self.thinking_pieces)
 
     def load_duration(self, *, cold: bool) -> int:
         return self.model.load_ns if cold else WARM_LOAD_NS
@@ -212,8 +234,39 @@ class ExpectedReply:
         return {key: value for key, value in fields.items() if value}
 
 
+def _tool_call(tools: Sequence[Any], seed: bytes) -> dict[str, Any] | None:
+    """The call the emulator makes to the first tool offered: each of its parameters given
+    a word; None when no tool is offered in a shape it can call."""
+    tool = tools[0] if tools else None
+    function = tool.get("function") if isinstance(tool, Mapping) else None
+    name = function.get("name") if isinstance(function, Mapping) else None
+    if not isinstance(name, str) or not name:
+        return None
+    parameters = function.get("parameters") if isinstance(function, Mapping) else None
+    properties = parameters.get("properties") if isinstance(parameters, Mapping) else None
+    names = (
+        [key for key in properties if isinstance(key, str)]
+        if isinstance(properties, Mapping)
+        else []
+    )
+    arguments = {key: _word(seed, 1000 + i) for i, key in enumerate(names)}
+    return {"function": {"name": name, "arguments": arguments}}
+
+
+def _call_tokens(call: Mapping[str, Any]) -> int:
+    """The tokens a tool call costs: the emulator's tokenizer over the call as the model writes it."""
+    function = call["function"]
+    written = json.dumps({"name": function["name"], "arguments": function["arguments"]})
+    return count_tokens(written)
+
+
 def reply_for_texts(
-    model: EmulatedModel, texts: Sequence[str], options: Mapping[str, Any] | None
+    model: EmulatedModel,
+    texts: Sequence[str],
+    options: Mapping[str, Any] | None,
+    *,
+    think: bool = False,
+    tools: Sequence[Any] | None = None,
 ) -> ExpectedReply:
     """The reply to a prompt given as its message texts; see :func:`expected_reply`."""
     seed = _seed(texts)
@@ -223,14 +276,27 @@ def reply_for_texts(
     else:
         spread = MAX_REPLY_TOKENS - MIN_REPLY_TOKENS + 1
         length = MIN_REPLY_TOKENS + int.from_bytes(seed[:4], "big") % spread
+    thoughts = 1 + length // 2 if think else 0
+    think_seed = hashlib.sha256(b"think\0" + seed).digest()
+    thinking = tuple(
+        _word(think_seed, i) if i == 0 else " " + _word(think_seed, i) for i in range(thoughts)
+    )
+    prompt_tokens = sum(count_tokens(text) for text in texts) + model.template_tokens
+    call = _tool_call(tools, seed) if tools else None
+    if call is not None and (cap is None or cap >= thoughts + _call_tokens(call)):
+        return ExpectedReply(
+            model, prompt_tokens, (), "stop", thinking, (call,), _call_tokens(call)
+        )
     reason = "stop"
-    if cap is not None and cap < length:  # like Ollama: num_predict caps, it does not pad
-        length, reason = cap, "length"
+    if (
+        cap is not None and cap < thoughts + length
+    ):  # like Ollama: num_predict caps, it does not pad
+        thinking = thinking[:cap]
+        length, reason = cap - len(thinking), "length"
     pieces = tuple(
         _word(seed, i) if i == 0 else " " + _word(seed, i) for i in range(max(0, length))
     )
-    prompt_tokens = sum(count_tokens(text) for text in texts) + model.template_tokens
-    return ExpectedReply(model, prompt_tokens, pieces, reason)
+    return ExpectedReply(model, prompt_tokens, pieces, reason, thinking)
 
 
 def expected_reply(
@@ -240,7 +306,9 @@ def expected_reply(
     *,
     prompt: str | None = None,
     system: str | None = None,
-    models: Iterable[EmulatedModel] = DEFAULT_MODELS,
+    think: bool | str | None = None,
+    tools: Sequence[Any] | None = None,
+    models: Iterable[EmulatedModel] = (*DEFAULT_MODELS, THINKING_MODEL),
 ) -> ExpectedReply:
     """Exactly what the emulator replies to a chat (``messages``) or generate (``prompt``).
 
@@ -255,10 +323,31 @@ def expected_reply(
     A generate call with ``system`` and ``prompt`` replies like a chat whose
     messages are that system message and that user prompt. ``model`` is an
     :class:`EmulatedModel` or a name looked up in ``models``.
+
+    A thinking model (``think`` as the request sends it: unset thinks) first thinks
+    ``1 + length // 2`` words (``thinking``); ``num_predict`` caps thinking and reply
+    together. With ``tools`` offered and the last message not a tool's result, a chat
+    calls the first tool instead of replying (content empty; each of the tool's
+    parameters given a word); its tokens are those of ``{"name": ..., "arguments": ...}``
+    as JSON, split on whitespace.
     """
     resolved = _resolve(model, models)
     texts = generate_texts(prompt, system) if prompt is not None else message_texts(messages or ())
-    return reply_for_texts(resolved, texts, options)
+    calls = tools if prompt is None and wants_tool(messages or ()) else None
+    return reply_for_texts(resolved, texts, options, think=thinks(resolved, think), tools=calls)
+
+
+def thinks(model: EmulatedModel, think: object) -> bool:
+    """Whether ``model`` thinks for a request's ``think`` (unset: as the model does by default)."""
+    if not model.thinking:
+        return False
+    return think is None or think is True or (isinstance(think, str) and think != "")
+
+
+def wants_tool(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """A chat offered tools calls one unless its last message is a tool's result."""
+    last = messages[-1] if messages else None
+    return not (isinstance(last, Mapping) and last.get("role") == "tool")
 
 
 def expected_counts(
@@ -289,9 +378,15 @@ def _shortest_float32(value: float) -> float:
 
 
 def expected_embedding(
-    model: EmulatedModel | str, text: str, *, models: Iterable[EmulatedModel] = DEFAULT_MODELS
+    model: EmulatedModel | str,
+    text: str,
+    *,
+    dimensions: int | None = None,
+    models: Iterable[EmulatedModel] = DEFAULT_MODELS,
 ) -> list[float]:
-    """The unit-length vector /api/embed returns for ``text`` on ``model``."""
+    """The unit-length vector /api/embed returns for ``text`` on ``model``; with
+    ``dimensions`` (fewer than the model's), its first values normalised again, as Ollama
+    cuts them."""
     resolved = _resolve(model, models)
     seed = hashlib.sha256(f"{resolved.name}\0{text}".encode("utf-8", "replace")).digest()
     raw: list[float] = []
@@ -307,4 +402,9 @@ def expected_embedding(
             raw.append(magnitude if block[offset] & 1 else -magnitude)
     raw = raw[: resolved.embedding_dim]
     norm = math.sqrt(sum(v * v for v in raw)) or 1.0
-    return [_shortest_float32(v / norm) for v in raw]
+    vector = [_shortest_float32(v / norm) for v in raw]
+    if dimensions is not None and 0 < dimensions < len(vector):
+        kept = vector[:dimensions]
+        norm = math.sqrt(sum(v * v for v in kept)) or 1.0
+        vector = [_shortest_float32(v / norm) for v in kept]
+    return vector

@@ -24,6 +24,8 @@ from ollama_meter.testing._models import (
     generate_texts,
     message_texts,
     reply_for_texts,
+    thinks,
+    wants_tool,
 )
 from ollama_meter.testing._wire import (
     ERROR_MIDSTREAM,
@@ -32,7 +34,7 @@ from ollama_meter.testing._wire import (
     decode_body,
     embed_inputs,
     go_json,
-    keep_alive_zero,
+    keep_alive_ns,
     model_field,
     options,
     rfc3339_nano,
@@ -122,15 +124,24 @@ class OllamaRoutes(Handler):
         """
         try:
             body = decode_body(raw, schema)
+            keep_alive = keep_alive_ns(body)  # read as the body is decoded, before the model
             name = model_field(body, schema)
             model = self._lookup(name)
+            texts = texts_of(body)
+            unload = not texts and keep_alive == 0
+            think = body.get("think")
+            if not unload and not model.thinking and (think is True or isinstance(think, str)):
+                raise Refusal(400, f"{json.dumps(name)} does not support thinking")
             if model.embedding:
                 raise Refusal(400, f"{json.dumps(name)} does not support {kind}")
-            texts = texts_of(body)
             given = options(body)
         except Refusal as exc:
             self._ollama_error(exc.status, exc.message)
             return
+        messages = body.get("messages")
+        tools = body.get("tools")
+        asked = kind == "chat" and isinstance(tools, list) and bool(tools)
+        offered = tools if asked and wants_tool(messages or []) else None
         self._complete(
             kind=kind,
             name=name,
@@ -139,8 +150,10 @@ class OllamaRoutes(Handler):
             options=given,
             stream=body.get("stream") is not False,
             load_only=not texts,
-            unload=keep_alive_zero(body),
+            unload=unload,
             raw_mode=kind == "generate" and bool(body.get("raw")),
+            think=thinks(model, think),
+            tools=offered,
         )
 
     def _complete(
@@ -155,6 +168,8 @@ class OllamaRoutes(Handler):
         load_only: bool,
         unload: bool,
         raw_mode: bool = False,
+        think: bool = False,
+        tools: list[Any] | None = None,
     ) -> None:
         emu = self.emulator
         armed = emu._take_fault(model)
@@ -164,12 +179,22 @@ class OllamaRoutes(Handler):
         if self.instead(outcome, self._ollama_error):
             return
 
-        def envelope(piece: str | None) -> dict[str, Any]:
+        def envelope(
+            piece: str | None, thought: str = "", calls: list[dict[str, Any]] | None = None
+        ) -> dict[str, Any]:
+            # Field order and omitempty as Ollama's Message and GenerateResponse have them.
             head: dict[str, Any] = {"model": name, "created_at": rfc3339_nano()}
             if kind == "chat":
-                head["message"] = {"role": "assistant", "content": piece or ""}
+                message: dict[str, Any] = {"role": "assistant", "content": piece or ""}
+                if thought:
+                    message["thinking"] = thought
+                if calls:
+                    message["tool_calls"] = calls
+                head["message"] = message
             else:
                 head["response"] = piece or ""
+                if thought:
+                    head["thinking"] = thought
             return head
 
         if load_only:
@@ -186,7 +211,13 @@ class OllamaRoutes(Handler):
             self._send_json(200, done)
             return
 
-        reply = reply_for_texts(model, texts, None if fault is Fault.IGNORE_CAP else options)
+        reply = reply_for_texts(
+            model,
+            texts,
+            None if fault is Fault.IGNORE_CAP else options,
+            think=think,
+            tools=tools,
+        )
         cold = emu._warm(model)
         final = envelope(None)
         metrics = reply.metrics(cold=cold)
@@ -210,10 +241,8 @@ class OllamaRoutes(Handler):
             self._pause(emu.latency + emu.token_latency * reply.output_tokens)
             final["created_at"] = rfc3339_nano()
             if fault is not Fault.ERROR_DONE:
-                if kind == "chat":
-                    final["message"]["content"] = reply.content
-                else:
-                    final["response"] = reply.content
+                whole = envelope(reply.content, reply.thinking, list(reply.tool_calls))
+                final = {**whole, **{k: v for k, v in final.items() if k not in whole}}
             self._send_json(200, final)
             return
 
@@ -221,10 +250,15 @@ class OllamaRoutes(Handler):
             final["created_at"] = rfc3339_nano()
             return [go_json(final) + b"\n"]
 
+        # Thinking streams first, a token a chunk; a tool call comes whole, in one chunk.
+        chunks: list[dict[str, Any]] = [envelope(None, piece) for piece in reply.thinking_pieces]
+        chunks += [envelope(piece) for piece in reply.pieces]
+        if reply.tool_calls:
+            chunks.append(envelope(None, calls=list(reply.tool_calls)))
         self.stream(
             "application/x-ndjson",
-            reply.pieces,
-            lambda piece: go_json({**envelope(piece), "done": False}) + b"\n",
+            chunks,
+            lambda chunk: go_json({**chunk, "created_at": rfc3339_nano(), "done": False}) + b"\n",
             limit=armed.cut_after if armed else None,
             cut=fault,
             error=go_json({"error": ERROR_MIDSTREAM}) + b"\n",
@@ -237,9 +271,10 @@ class OllamaRoutes(Handler):
         """The request's model and inputs and the fault it takes; None when already answered."""
         try:
             body = decode_body(raw, go_type)
+            keep_alive_ns(body)
             inputs = embed_inputs(body, key)
             name = model_field(body, go_type)
-            model = self._lookup(name)
+            model = self._lookup(name, scheduled=True)
         except Refusal as exc:
             self._ollama_error(exc.status, exc.message)
             return None
@@ -255,6 +290,15 @@ class OllamaRoutes(Handler):
         if request is None:
             return
         name, model, inputs, armed = request
+        body = json.loads(raw)
+        dimensions = body.get("dimensions")
+        dimensions = dimensions if type(dimensions) is int else None
+        # An input longer than the context is cut to it, unless the request says not to.
+        room = max(model.context_length - model.template_tokens, 0)
+        if body.get("truncate") is False and any(count_tokens(t) > room for t in inputs):
+            self._ollama_error(400, "the input length exceeds the context length")
+            return
+        inputs = [" ".join(t.split()[:room]) if count_tokens(t) > room else t for t in inputs]
         self._pause(self.emulator.latency)
         cold = self.emulator._warm(model)
         out: dict[str, Any] = {"model": name, "embeddings": []}
@@ -266,7 +310,8 @@ class OllamaRoutes(Handler):
         load = model.load_ns if cold else WARM_LOAD_NS
         prompt_ns = tokens * model.prompt_ns_per_token
         out["embeddings"] = [
-            expected_embedding(model, text, models=self.emulator.models) for text in inputs
+            expected_embedding(model, text, dimensions=dimensions, models=self.emulator.models)
+            for text in inputs
         ]
         metrics = {
             "total_duration": load + prompt_ns + OVERHEAD_NS,

@@ -194,7 +194,7 @@ class OpenAIRoutes(Handler):
                 raise Refusal(400, "invalid input")
             inputs = embed_inputs(body, "input")
             name = model_field(body, "openai.EmbedRequest")
-            model = self._lookup(name)
+            model = self._lookup(name, scheduled=True)
         except Refusal as exc:
             self._openai_error(exc.status, exc.message)
             return

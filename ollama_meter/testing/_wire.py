@@ -9,6 +9,7 @@ routes (``_ollama``, ``_openai``) build their answers from it.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -114,9 +115,14 @@ def model_field(body: Mapping[str, Any], go_type: str) -> str:
     return name
 
 
-def not_found(name: str) -> Refusal:
-    # Go's %q: double quotes, with backslash escapes.
-    return Refusal(404, f"model {json.dumps(name)} not found, try pulling it first")
+def not_found(name: str, *, scheduled: bool = False) -> Refusal:
+    """Ollama's 404 for a model it does not have, in the words of the handler that says it:
+    chat and generate (and the OpenAI and Anthropic routes built on them) look the model up
+    first (``model 'x' not found``); embeddings ask the scheduler for it (``scheduled``),
+    whose error says ``model "x" not found, try pulling it first`` (Go's %q)."""
+    if scheduled:
+        return Refusal(404, f"model {json.dumps(name)} not found, try pulling it first")
+    return Refusal(404, f"model '{name}' not found")
 
 
 def details(model: EmulatedModel) -> dict[str, Any]:
@@ -158,9 +164,78 @@ def embed_inputs(body: Mapping[str, Any], key: str) -> list[str]:
     raise Refusal(400, "invalid input type")
 
 
-def keep_alive_zero(body: Mapping[str, Any]) -> bool:
+_UNITS = {
+    "ns": 1,
+    "us": 1_000,
+    "\u00b5s": 1_000,  # micro sign
+    "\u03bcs": 1_000,  # Greek mu
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+_FOREVER = 2**63 - 1
+"""What Ollama makes of a negative keep_alive: Go's longest duration (the model stays)."""
+
+
+def _go_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_go_duration(text: str) -> int:
+    """Nanoseconds in ``text`` as Go's ``time.ParseDuration`` reads it (``1h30m``, ``.5s``,
+    ``-0s``, a bare ``0``); :class:`Refusal` (400) with Go's words for what it refuses."""
+    invalid = Refusal(400, f"time: invalid duration {_go_quote(text)}")
+    rest, negative = text, False
+    if rest[:1] in ("-", "+"):
+        negative, rest = rest[0] == "-", rest[1:]
+    if rest == "0":
+        return 0
+    if not rest:
+        raise invalid
+    total = 0
+    while rest:
+        number = re.match(r"([0-9]*)(?:\.([0-9]*))?", rest)
+        assert number is not None  # the pattern matches the empty string
+        whole, fraction = number.group(1), number.group(2)
+        if not whole and not fraction:  # neither digits before the dot nor after it
+            raise invalid
+        rest = rest[number.end() :]
+        unit = re.match(r"[^0-9.]*", rest)
+        assert unit is not None
+        name = unit.group(0)
+        if not name:
+            raise Refusal(400, f"time: missing unit in duration {_go_quote(text)}")
+        if name not in _UNITS:
+            raise Refusal(
+                400, f"time: unknown unit {_go_quote(name)} in duration {_go_quote(text)}"
+            )
+        rest = rest[len(name) :]
+        scale = _UNITS[name]
+        value = int(whole or "0") * scale
+        if fraction:
+            value += int(fraction) * scale // 10 ** len(fraction)
+        total += value
+        if total > _FOREVER:
+            raise invalid
+    return -total if negative else total
+
+
+def keep_alive_ns(body: Mapping[str, Any]) -> int | None:
+    """The request's ``keep_alive`` in nanoseconds as Ollama reads it (a number is seconds; a
+    string Go's duration; a negative one keeps the model for ever), None when it sends none;
+    :class:`Refusal` (400) with Go's words for a value Ollama cannot read."""
     value = body.get("keep_alive")
-    return value is not None and not isinstance(value, bool) and value in (0, "0", "0s", "0m")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        ns = parse_go_duration(value)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        ns = -1 if value < 0 else int(value * 1_000_000_000)
+    else:
+        go_type = {bool: "bool", dict: "map[string]interface {}", list: "[]interface {}"}
+        raise Refusal(400, f"Unsupported type: '{go_type.get(type(value), 'string')}'")
+    return _FOREVER if ns < 0 else ns
 
 
 def openai_texts(messages: Sequence[Any]) -> list[str]:

@@ -30,6 +30,10 @@ class Delta:
     other_output: bool = False
     """The piece carries output the reply text does not show (thinking, tool calls): it
     was generated, so it counts as a token of the reply like a piece of text does."""
+    other_chars: int = 0
+    """How long that other output is, in characters (the thinking's text, each tool call's
+    name and arguments as JSON): what a whole reply Ollama did not count is estimated from,
+    with its text."""
 
     @property
     def generated(self) -> bool:

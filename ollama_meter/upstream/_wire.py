@@ -55,6 +55,41 @@ def _some(value: object) -> bool:
     return isinstance(value, list) and bool(value)
 
 
+def _written(value: object) -> int:
+    """The characters of a value as JSON writes it (a string's as it is); 0 if it is not JSON."""
+    if isinstance(value, str):
+        return len(value)
+    try:
+        return len(json.dumps(value, ensure_ascii=False))
+    except (TypeError, ValueError, RecursionError):
+        return 0
+
+
+def _calls_chars(calls: object, *, arguments_as_text: bool = False) -> int:
+    """The characters of tool calls as a model writes them: each call's name and arguments as
+    JSON (OpenAI's ``arguments`` is that JSON already, a string)."""
+    total = 0
+    for call in calls if isinstance(calls, list) else []:
+        getter = getattr(call, "get", None)
+        function = getter("function") if callable(getter) else None
+        get = getattr(function, "get", None)
+        if not callable(get):
+            continue
+        name, arguments = get("name"), get("arguments")
+        total += _written(json.dumps(name) if isinstance(name, str) else "")
+        if arguments_as_text:
+            total += len(arguments) if isinstance(arguments, str) else _written(arguments)
+        else:
+            total += _written(_plain(arguments))
+    return total
+
+
+def _plain(value: object) -> object:
+    """The ``ollama`` client's argument objects as the JSON they came as."""
+    dump = getattr(value, "model_dump", None)
+    return dump() if callable(dump) else value
+
+
 def _excerpt(frame: bytes) -> str:
     return repr(frame[:60].decode(errors="replace")) + (" ..." if len(frame) > 60 else "")
 
@@ -112,7 +147,8 @@ class OllamaReader:
             if isinstance(vectors, list) and not vectors:  # no input: the model is only loaded
                 return [self._loaded(obj, None, only="load")]
             return [self._final(obj, output_tokens=0)]
-        events: list[Event] = [Delta(self._reply_text(obj), self._other_output(obj))]
+        other = self._other_chars(obj)
+        events: list[Event] = [Delta(self._reply_text(obj), other is not None, other or 0)]
         if obj.get("done") is True:
             self.complete = True
             events.append(self._final(obj, output_tokens=_count(obj.get("eval_count"))))
@@ -128,13 +164,20 @@ class OllamaReader:
         getter = getattr(message, "get", None)
         return (_text(getter("content")) or "") if callable(getter) else ""
 
-    def _other_output(self, obj: Any) -> bool:
-        """Whether ``obj`` carries thinking or tool calls (generated, though not reply text)."""
+    def _other_chars(self, obj: Any) -> int | None:
+        """The characters of the thinking or tool calls ``obj`` carries (generated, though
+        not reply text); None when it carries none."""
         if not self.chat:
-            return bool(_text(obj.get("thinking")))
-        message = obj.get("message")
-        getter = getattr(message, "get", None)
-        return callable(getter) and (bool(_text(getter("thinking"))) or _some(getter("tool_calls")))
+            thinking, calls = _text(obj.get("thinking")), obj.get("tool_calls")
+        else:
+            message = obj.get("message")
+            getter = getattr(message, "get", None)
+            if not callable(getter):
+                return None
+            thinking, calls = _text(getter("thinking")), getter("tool_calls")
+        if not thinking and not _some(calls):
+            return None
+        return len(thinking or "") + _calls_chars(calls)
 
     @staticmethod
     def _final(obj: Any, *, output_tokens: int | None) -> Final:
@@ -203,7 +246,12 @@ class OpenAIReader:
                 bool(_text(delta.get("reasoning"))) or _some(delta.get("tool_calls"))
             )
             if text or other:
-                events.append(Delta(text, other))
+                chars = 0
+                if other and isinstance(delta, dict):
+                    chars = len(_text(delta.get("reasoning")) or "") + _calls_chars(
+                        delta.get("tool_calls"), arguments_as_text=True
+                    )
+                events.append(Delta(text, other, chars))
             self.finish_reason = _text(choice.get("finish_reason")) or self.finish_reason
         usage = obj.get("usage")
         if isinstance(usage, dict) and usage:

@@ -133,7 +133,7 @@ def test_ollamas_errors_reach_the_client_in_anthropics_shape_and_are_spans(
         "type": "error",
         "error": {
             "type": "not_found_error",
-            "message": 'model "no-such-model" not found, try pulling it first',
+            "message": "model 'no-such-model' not found",
         },
     }
     emulator.inject(Fault.MIDSTREAM_ERROR, after_tokens=3)

@@ -241,10 +241,7 @@ def test_go_style_html_escaping(http: httpx.Client) -> None:
     }
     assert b"\\u003c" not in http.post("/api/generate", json=body).content  # prompt is not echoed
     response = http.post("/api/chat", json={"model": "<x>", "messages": USER})
-    assert (
-        response.content
-        == b'{"error":"model \\"\\u003cx\\u003e\\" not found, try pulling it first"}'
-    )
+    assert response.content == b'{"error":"model \'\\u003cx\\u003e\' not found"}'
 
 
 # --- errors ------------------------------------------------------------------
@@ -254,17 +251,24 @@ def test_unknown_model_is_404_through_the_client(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as info:
         client.chat(model="llama3.3:70b", messages=USER)
     assert info.value.status_code == 404
-    assert info.value.error == 'model "llama3.3:70b" not found, try pulling it first'
+    assert info.value.error == "model 'llama3.3:70b' not found"
     with pytest.raises(ollama.ResponseError, match="not found") as streamed:
         list(client.chat(model="llama3.3:70b", messages=USER, stream=True))
     assert streamed.value.status_code == 404
+    # Embeddings ask Ollama's scheduler for the model, which says it another way.
+    with pytest.raises(ollama.ResponseError) as embedding:
+        client.embed(model="llama3.3:70b", input="hi")
+    assert (embedding.value.status_code, embedding.value.error) == (
+        404,
+        'model "llama3.3:70b" not found, try pulling it first',
+    )
 
 
 def test_untagged_name_means_latest(client: ollama.Client, http: httpx.Client) -> None:
     assert client.embed(model="nomic-embed-text", input="hi").model == "nomic-embed-text"
     response = http.post("/api/chat", json={"model": "llama3.1", "messages": USER})
     assert response.status_code == 404
-    assert response.json() == {"error": 'model "llama3.1" not found, try pulling it first'}
+    assert response.json() == {"error": "model 'llama3.1' not found"}
 
 
 def test_request_errors(http: httpx.Client) -> None:
@@ -454,7 +458,7 @@ def test_openai_errors_and_models(http: httpx.Client, emu: OllamaEmulator) -> No
     assert missing.status_code == 404
     assert missing.json() == {
         "error": {
-            "message": 'model "gpt-4" not found, try pulling it first',
+            "message": "model 'gpt-4' not found",
             "type": "not_found_error",
             "param": None,
             "code": None,
@@ -765,3 +769,103 @@ def test_messages_api_wire_format(http: httpx.Client) -> None:
             },
         },
     )
+
+
+# --- keep_alive, read as Ollama's Go Duration ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "keep_alive", [0, 0.0, 1e-10, "0", "0s", "0h", "0ms", "0.0s", "+0s", "-0s", "0m0s", "0µs"]
+)
+def test_a_zero_keep_alive_in_any_spelling_go_reads_unloads(
+    http: httpx.Client, emu: OllamaEmulator, keep_alive: Any
+) -> None:
+    """Ollama reads ``keep_alive`` as seconds (a number) or with Go's ``time.ParseDuration``
+    (a string): each of these is a zero duration, so an empty prompt unloads the model."""
+    http.post("/api/generate", json={"model": "mistral:7b"})
+    assert emu.is_loaded("mistral:7b")
+    body = {"model": "mistral:7b", "keep_alive": keep_alive}
+    assert http.post("/api/generate", json=body).json()["done_reason"] == "unload"
+    assert not emu.is_loaded("mistral:7b")
+    chat = {"model": "mistral:7b", "messages": [], "keep_alive": keep_alive}
+    assert http.post("/api/chat", json=chat).json()["done_reason"] == "unload"
+
+
+@pytest.mark.parametrize("keep_alive", [None, -1, 300, 0.5, "5m", "-1s", "1h30m", "1.5h", ".5s"])
+def test_a_keep_alive_that_is_not_zero_only_loads(http: httpx.Client, keep_alive: Any) -> None:
+    body = {"model": "mistral:7b", "keep_alive": keep_alive}
+    assert http.post("/api/generate", json=body).json()["done_reason"] == "load"
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "error"),
+    [
+        ("5", 'time: missing unit in duration "5"'),
+        ("5x", 'time: unknown unit "x" in duration "5x"'),
+        ("", 'time: invalid duration ""'),
+        ("five minutes", 'time: invalid duration "five minutes"'),
+        ("-", 'time: invalid duration "-"'),
+        (".s", 'time: invalid duration ".s"'),
+        (True, "Unsupported type: 'bool'"),
+        ({"minutes": 5}, "Unsupported type: 'map[string]interface {}'"),
+        ([5], "Unsupported type: '[]interface {}'"),
+    ],
+)
+def test_a_keep_alive_go_cannot_read_is_a_400_with_gos_words(
+    http: httpx.Client, emu: OllamaEmulator, keep_alive: Any, error: str
+) -> None:
+    for path, body in (
+        ("/api/generate", {"model": "mistral:7b", "prompt": "hi"}),
+        ("/api/chat", {"model": "mistral:7b", "messages": USER}),
+        ("/api/embed", {"model": "nomic-embed-text", "input": "hi"}),
+    ):
+        answer = http.post(path, json={**body, "keep_alive": keep_alive})
+        assert (answer.status_code, answer.json()) == (400, {"error": error})
+    assert not emu.is_loaded("mistral:7b")
+
+
+# --- /api/embed: dimensions and truncate ---------------------------------------------
+
+
+@pytest.mark.parametrize("dimensions", [1, 4, 767])
+def test_embed_dimensions_cuts_each_vector_and_makes_it_unit_length_again(
+    client: ollama.Client, dimensions: int
+) -> None:
+    """Ollama keeps a vector's first ``dimensions`` values and normalises them again."""
+    result = client.embed(
+        model="nomic-embed-text", input=["one two", "three"], dimensions=dimensions
+    )
+    for vector, text in zip(result.embeddings, ["one two", "three"], strict=True):
+        assert len(vector) == dimensions
+        assert list(vector) == expected_embedding("nomic-embed-text", text, dimensions=dimensions)
+        assert math.isclose(sum(v * v for v in vector), 1.0, rel_tol=1e-5)
+    assert result.prompt_eval_count == 3
+    full = client.embed(model="nomic-embed-text", input="three", dimensions=0).embeddings[0]
+    assert (
+        len(full)
+        == 768
+        == len(client.embed(model="nomic-embed-text", input="three", dimensions=5000).embeddings[0])
+    )
+
+
+def test_embed_truncates_an_input_past_the_context_unless_told_not_to(
+    client: ollama.Client, http: httpx.Client
+) -> None:
+    """An input longer than the model's context is cut to it (and counted as cut), or with
+    ``truncate: false`` refused with Ollama's 400."""
+    context = next(m for m in DEFAULT_MODELS if m.name == "nomic-embed-text:latest").context_length
+    words = [f"w{i}" for i in range(context + 10)]
+    long = " ".join(words)
+    cut = client.embed(model="nomic-embed-text", input=[long, "short one"])
+    assert cut.prompt_eval_count == context + 2
+    assert list(cut.embeddings[0]) == expected_embedding(
+        "nomic-embed-text", " ".join(words[:context])
+    )
+    body = {"model": "nomic-embed-text", "input": [long], "truncate": False}
+    refused = http.post("/api/embed", json=body)
+    assert (refused.status_code, refused.json()) == (
+        400,
+        {"error": "the input length exceeds the context length"},
+    )
+    fits = http.post("/api/embed", json={**body, "input": ["short one"]})
+    assert fits.json()["prompt_eval_count"] == 2

@@ -158,6 +158,7 @@ def test_framing_and_error_shapes_per_wire_format() -> None:
     ("status", "body", "kind"),
     [
         (404, '{"error": "model \\"x\\" not found, try pulling it first"}', ModelNotFound),
+        (404, '{"error": "model \'x\' not found"}', ModelNotFound),  # chat, generate
         (404, "404 page not found", UpstreamBadRequest),
         (400, '{"error": {"message": "bad", "type": "invalid_request_error"}}', UpstreamBadRequest),
         (429, '{"error": "slow down"}', RateLimited),
@@ -279,3 +280,30 @@ def test_an_item_is_read_only_if_the_clients_read_it_as_the_gateway_did(
             assert isinstance(_as_clients_read(payload), dict)
         return
     assert read == _as_clients_read(payload)
+
+
+def test_thinking_and_tool_calls_say_how_long_they_are_in_every_shape() -> None:
+    """A piece's thinking and tool calls are generated output: their length (thinking's text,
+    each call's name and arguments as JSON) is what a whole reply without counts is
+    estimated from, alike from Ollama's JSON, the ``ollama`` client's objects and OpenAI's."""
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    chars = len("hmm") + len('"get_weather"') + len('{"city": "Paris"}')
+    chat = {
+        "model": "m",
+        "message": {"role": "assistant", "content": "", "thinking": "hmm", "tool_calls": [call]},
+        "done": False,
+    }
+    assert OLLAMA.reader("chat").read(chat) == [Delta("", True, chars)]
+    sdk = ollama.ChatResponse(**chat)
+    assert OLLAMA.reader("chat").read(sdk) == [Delta("", True, chars)]
+    generate = {"model": "m", "response": "", "thinking": "hmm", "done": False}
+    assert OLLAMA.reader("generate").read(generate) == [Delta("", True, len("hmm"))]
+    openai_call = {
+        "id": "call_1",
+        "index": 0,
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    message = {"role": "assistant", "content": "", "reasoning": "hmm", "tool_calls": [openai_call]}
+    answer = {"choices": [{"message": message, "finish_reason": "tool_calls"}]}
+    assert OPENAI.reader("openai.chat").read(answer) == [Delta("", True, chars)]
