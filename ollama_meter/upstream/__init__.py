@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ollama_meter._lazy import lazy_names
 from ollama_meter.upstream._anthropic import ANTHROPIC, wire_of_path
 from ollama_meter.upstream._classify import Failure, error_text, retry_after_seconds
+from ollama_meter.upstream._frames import Frames
 from ollama_meter.upstream._resilience import (
     TRANSIENT,
     CallAttempts,
@@ -35,7 +36,6 @@ from ollama_meter.upstream._wire import (
     END,
     OLLAMA,
     OPENAI,
-    Frames,
     Malformed,
     Reader,
     WireFormat,

@@ -26,6 +26,7 @@ from ollama_meter.upstream._classify import (
     retry_after_seconds,
     transport_error,
 )
+from ollama_meter.upstream._frames import MAX_FRAME_BYTES
 from ollama_meter.upstream._resilience import (
     CallAttempts,
     CircuitBreaker,
@@ -33,7 +34,6 @@ from ollama_meter.upstream._resilience import (
     RetryPolicy,
     breaker_for,
 )
-from ollama_meter.upstream._wire import MAX_FRAME_BYTES
 
 MAX_ANSWER_BYTES = MAX_FRAME_BYTES
 """The longest whole answer read (a non-streamed one, or an error's body): like a stream's
