@@ -53,6 +53,7 @@ from ollama_meter.gateway._slots import (
     until_gone,
 )
 from ollama_meter.gateway._threads import close_call, in_thread
+from ollama_meter.gateway._whole import Relayed, failure_of, json_value, relayed
 from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening
 from ollama_meter.meter._request import facts_of, with_output_cap
 from ollama_meter.upstream import (
@@ -66,14 +67,13 @@ from ollama_meter.upstream import (
     is_transient,
     wire_of_path,
 )
+from ollama_meter.upstream._answer import VECTORS
 from ollama_meter.upstream._classify import (
     Failure,
-    not_an_answer,
     transport_error,
     unfinished_error,
 )
 from ollama_meter.upstream._pooled import gateway_status
-from ollama_meter.upstream._wire import lacks
 
 HOP_BY_HOP = frozenset({
     "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
@@ -111,18 +111,6 @@ def forward_headers(headers: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
 
-def _json_value(content: bytes) -> Any:
-    """The JSON in ``content``; None when it is not JSON."""
-    try:
-        return json.loads(content)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _as_object(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 @dataclass(frozen=True, slots=True)
 class _Answered:
     """A call Ollama answered 200: what reading the answer needs, and how the call ends."""
@@ -141,11 +129,16 @@ class _Answered:
         await close_call(self.meter, self.call, outcome)
 
     async def whole(self) -> Response:
-        """The whole answer at once, after its span is written."""
+        """The whole answer at once, after its span is written; an embedding batch larger than
+        the gateway holds (:data:`MAX_ANSWER_BYTES`) is relayed as it arrives instead
+        (:func:`~._whole.relayed`), its last bytes after its span is written."""
         call, wire, response, pool = self.call, self.wire, self.response, self.pool
         try:
             async with call.in_time(call.deadline()):
-                content = await pool.read(response)
+                if self.request.operation in VECTORS:  # may be larger than an answer held
+                    content, complete = await pool.head(response)
+                else:
+                    content, complete = await pool.read(response), True
         except UpstreamError as error:
             pool.finish(response, completed=False)
             call.answered()  # lost on the way (or too large to take): the work was done
@@ -156,21 +149,15 @@ class _Answered:
             call.answered()
             await self.end(exc)
             raise
+        media_type = response.headers.get("content-type", "application/json")
+        if not complete:
+            return Relayed(relayed(self, content), media_type=media_type)
         pool.finish(response, completed=True)
-        operation = self.request.operation
-        answer = _json_value(content)
-        reader = wire.reader(operation)
-        failure = call.take([*reader.read(_as_object(answer)), *reader.finish()])
-        if failure is None and (missing := lacks(operation, answer)) is not None:
-            failure = not_an_answer(pool.host, missing)  # never relayed as if it were one
+        failure = failure_of(self, json_value(content))
         await self.end(failure)
         if failure is not None:
             return error_response(wire, 502, str(failure))
-        return Response(
-            content,
-            status_code=200,
-            media_type=response.headers.get("content-type", "application/json"),
-        )
+        return Response(content, status_code=200, media_type=media_type)
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The answer item by item; the last one after the span is written.
@@ -313,7 +300,9 @@ class Relay:
             if isinstance(sent, Response):
                 return sent
             if not request.stream:
-                return await until_gone(sent.whole(), hangup)
+                whole = await until_gone(sent.whole(), hangup)
+                # An answer relayed as it arrives gives the slot back when it has been sent.
+                return Holding(whole, slot.hand_over()) if isinstance(whole, Relayed) else whole
             stream = StreamingResponse(
                 sent.stream(),
                 media_type=wire.stream_media_type

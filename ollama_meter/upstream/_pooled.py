@@ -215,6 +215,23 @@ class PooledUpstream(Resilient):
             )
         return bytes(body)
 
+    async def head(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+        """The whole body when it is at most :data:`MAX_ANSWER_BYTES`, and True; else the
+        first bytes read past that, and False: the rest is for :meth:`chunks`. A transport
+        failure is a classified error."""
+        limit = MAX_ANSWER_BYTES
+        body = bytearray()
+        try:
+            if (response.content_length or 0) <= limit:
+                async for data in response.content.iter_any():
+                    body += data
+                    if len(body) > limit:
+                        return bytes(body), False
+                return bytes(body), True
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise self._broken(exc) from exc
+        return b"", False
+
     async def chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         """The body as it arrives; a transport failure is a classified error."""
         try:

@@ -744,8 +744,6 @@ def test_an_answer_that_says_nothing_ran_to_a_call_with_a_prompt_is_not_believed
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/api/embed", {"model": "nomic-embed-text", "input": "abcd" * 1000}),
-        ("/v1/embeddings", {"model": "nomic-embed-text", "input": "abcd" * 1000}),
         ("/v1/chat/completions", {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "abcd" * 1000}]}),
         ("/api/generate", {"model": "llama3.1:8b", "prompt": "abcd" * 1000, "stream": False}),
     ],
@@ -754,9 +752,9 @@ def test_a_whole_answer_lost_on_the_way_is_still_charged_its_prompt(
     app: Any, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch, path: str, body: Any
 ) -> None:
     """Ollama writes a non-streamed answer once it has all of it: a 200 means the work was
-    done, even when the gateway cannot take that answer (larger than it reads: an embedding
-    batch of a few thousand inputs). Such a call was an error span charged nothing, a
-    silent $0 for the whole batch; its prompt is now charged, estimated, as a broken
+    done, even when the gateway cannot take that answer (larger than it reads; an embedding
+    batch that large is relayed instead: test_big_answers.py). Such a call was an error span
+    charged nothing, a silent $0; its prompt is now charged, estimated, as a broken
     stream's is."""
     from ollama_meter.upstream import _pooled
 

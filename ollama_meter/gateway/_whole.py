@@ -1,0 +1,113 @@
+"""A whole (non-streamed) answer read into its call: held whole, or, too large to hold (an
+embedding batch), relayed to the client as it arrives.
+
+The large one is read as it passes (:class:`~ollama_meter.upstream._answer.AnswerScan`),
+so the gateway's memory is bounded whatever the answer's size, and metered as exactly as
+an answer read whole; its last bytes are held until its span is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import StreamingResponse
+
+from ollama_meter.errors import UpstreamError
+from ollama_meter.upstream._answer import AnswerScan
+from ollama_meter.upstream._classify import not_an_answer
+from ollama_meter.upstream._wire import lacks
+
+if TYPE_CHECKING:
+    from ollama_meter.gateway._relay import _Answered
+
+_log = logging.getLogger("ollama_meter.gateway")
+
+
+def json_value(content: bytes) -> Any:
+    """The JSON in ``content``; None when it is not JSON."""
+    try:
+        return json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _as_object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def failure_of(answered: _Answered, answer: Any) -> UpstreamError | None:
+    """Read a whole answer (decoded, or its members) into the call; the failure it reports."""
+    operation = answered.request.operation
+    reader = answered.wire.reader(operation)
+    failure = answered.call.take([*reader.read(_as_object(answer)), *reader.finish()])
+    if failure is None and (missing := lacks(operation, answer)) is not None:
+        failure = not_an_answer(answered.pool.host, missing)  # never relayed as if it were one
+    return failure
+
+
+class Cut(Exception):
+    """A relayed whole answer that is not one: the connection to the client is cut before
+    its end, so the client cannot take it for a whole answer."""
+
+
+class Relayed(StreamingResponse):
+    """A whole answer relayed as it arrives (:func:`relayed`), with no length."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except Cut as cut:  # the response is left unfinished: the server cuts the connection
+            _log.warning("a whole answer from Ollama was cut off before its end: %s", cut)
+
+
+async def relayed(answered: _Answered, head: bytes) -> AsyncIterator[bytes]:
+    """A whole answer too large to hold, relayed as it arrives and read as it passes
+    (:class:`AnswerScan`); its last bytes are held until its span is written.
+
+    An answer that turns out not to be one (not JSON, an error, broken off) cannot
+    become a 502 once its first bytes went: its last bytes are not sent and the
+    connection is cut (:class:`Cut`), so the client fails to read it, as it would
+    read it from Ollama.
+    """
+    call, response, pool = answered.call, answered.response, answered.pool
+    scan = AnswerScan(answered.request.operation, host=pool.host)
+    chunks = aiter(pool.chunks(response))
+    deadline = call.deadline()
+    closed = False
+    held = head
+    try:
+        scan.feed(head)
+        while not scan.broken:
+            try:
+                async with call.in_time(deadline):
+                    data = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            scan.feed(data)
+            if held:
+                yield held
+            held = data
+        answer = scan.end()
+        failure = failure_of(answered, answer)
+        closed = True
+        await answered.end(failure)
+        if failure is not None:
+            raise Cut(str(failure))
+        yield held
+    except UpstreamError as error:  # broke off, went silent, or a value past any bound
+        if not closed:
+            closed = True
+            call.answered()  # a 200 whole answer: the work was done
+            await answered.end(error)
+        raise Cut(str(error)) from None
+    except BaseException as exc:  # the client hung up (or the server is stopping)
+        if not closed:
+            closed = True
+            call.answered()
+            await answered.end(exc)
+        raise
+    finally:
+        pool.finish(response, completed=response.content.at_eof())

@@ -1,0 +1,113 @@
+"""Whole (non-streamed) answers larger than the gateway reads at once: an embedding batch.
+
+Ollama has no limit on an answer's size, and a batch of 2,000 inputs of 4,096 dimensions
+is about 150 MB of JSON. Past :data:`MAX_ANSWER_BYTES` the gateway relays such an answer as
+it arrives and still meters it exactly from the small fields written after the vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.testing import OllamaEmulator
+from tests.gateway.conftest import Gateway
+
+INPUTS = [f"document number {i} about the quarterly numbers" for i in range(6)]
+
+
+def spans(gw: Gateway) -> list[Any]:
+    gw.settle()
+    return sorted(gw.ledger.latest(SpanFilter(), 100), key=lambda s: s.started_at)
+
+
+@pytest.mark.parametrize("path", ["/api/embed", "/v1/embeddings"])
+def test_an_embedding_batch_past_the_read_limit_is_relayed_and_metered_exactly(
+    app: Any, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A batch whose answer is longer than the gateway reads whole was a 502 (Ollama answers
+    it; the gateway refused it): it is relayed as it came, its span with Ollama's counts."""
+    from ollama_meter.upstream import _pooled
+
+    body = {"model": "nomic-embed-text", "input": INPUTS}
+    gw = app(emulator.url)
+    small = gw.client.post(path, json=body)  # under the limit: read whole, as ever
+    monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 2_000)
+    large = gw.client.post(path, json=body)
+    assert (small.status_code, large.status_code) == (200, 200)
+    assert len(large.content) > 2_000
+    whole, relayed = small.json(), large.json()
+    if path == "/api/embed":
+        assert relayed["embeddings"] == whole["embeddings"]
+        counted = relayed["prompt_eval_count"]
+        assert (relayed["model"], counted) == (whole["model"], whole["prompt_eval_count"])
+    else:
+        assert relayed["data"] == whole["data"]
+        counted = relayed["usage"]["prompt_tokens"]
+        assert relayed["usage"] == whole["usage"]
+    first, second = spans(gw)
+    for span in (first, second):
+        assert (span.status, span.input_tokens, span.output_tokens, span.token_source) == (
+            "ok",
+            counted,
+            0,
+            "reported",
+        )
+    if path == "/api/embed":
+        assert second.load_duration_ns == relayed["load_duration"]
+        assert second.total_duration_ns == relayed["total_duration"]
+
+
+_VECTOR = json.dumps([round(0.0123456789 * ((i % 17) - 8), 9) for i in range(4096)]).encode()
+_BATCH = 1_700
+_COUNTED = 23_456
+BIG = (
+    b'{"model":"nomic-embed-text","embeddings":['
+    + b",".join([_VECTOR] * _BATCH)
+    + b'],"total_duration":912345678,"load_duration":1234567,"prompt_eval_count":%d}' % _COUNTED
+)
+
+
+class _Batch(BaseHTTPRequestHandler):
+    """Ollama answering an embedding batch of 1,700 inputs of 4,096 dimensions (70 MB)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "application/json; charset=utf-8")
+        self.send_header("content-length", str(len(BIG)))
+        self.end_headers()
+        self.wfile.write(BIG)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_embedding_answer_over_64_mib_goes_through_byte_for_byte(app: Any) -> None:
+    """The real size, end to end: every byte as Ollama sent it, the count exact in the span."""
+    from ollama_meter.upstream._pooled import MAX_ANSWER_BYTES
+
+    assert len(BIG) > MAX_ANSWER_BYTES
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Batch)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = app(f"http://127.0.0.1:{server.server_address[1]}")
+        reply = gw.client.post("/api/embed", json={"model": "m", "input": ["a"] * _BATCH})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert reply.status_code == 200
+    assert reply.content == BIG
+    [span] = spans(gw)
+    assert (span.status, span.input_tokens, span.output_tokens, span.token_source) == (
+        "ok",
+        _COUNTED,
+        0,
+        "reported",
+    )
+    assert (span.total_duration_ns, span.load_duration_ns) == (912_345_678, 1_234_567)
