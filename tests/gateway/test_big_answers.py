@@ -111,3 +111,109 @@ def test_an_embedding_answer_over_64_mib_goes_through_byte_for_byte(app: Any) ->
         "reported",
     )
     assert (span.total_duration_ns, span.load_duration_ns) == (912_345_678, 1_234_567)
+
+
+class _Says(BaseHTTPRequestHandler):
+    """An upstream answering every embedding with ``server.answer``, whatever it is."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        answer: bytes = self.server.answer  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _vectors(count: int) -> bytes:
+    return b'{"model":"m","embeddings":[' + b",".join([b"[0.5,-0.25,0.125]"] * count) + b"]"
+
+
+PROMPT = "seven words of a prompt to embed here"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        _vectors(200) + b',"error":"the runner crashed"}',  # an error, after the vectors
+        _vectors(200) + b',"prompt_eval_count":9',  # broken off: never ends
+        _vectors(200) + b',"prompt_eval_count":9}}',  # not JSON at its very end
+        b"[" + _vectors(200) + b"}]",  # JSON, but not an object
+    ],
+)
+def test_a_relayed_answer_that_is_not_one_is_cut_before_its_end_and_an_error_span(
+    app: Any, monkeypatch: pytest.MonkeyPatch, answer: bytes
+) -> None:
+    """Once its first bytes went, a relayed answer cannot become a 502: its last bytes are
+    held back and the connection cut, so no client takes it for an answer; its span is an
+    error, charged its prompt (a 200: Ollama did the work)."""
+    from ollama_meter.upstream import _pooled
+
+    monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 1_000)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Says)
+    server.answer = answer  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = app(f"http://127.0.0.1:{server.server_address[1]}")
+        with gw.client.stream("POST", "/api/embed", json={"model": "m", "input": PROMPT}) as reply:
+            assert reply.status_code == 200
+            got = b"".join(reply.iter_raw())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(got) < len(answer) and answer.startswith(got)
+    [span] = spans(gw)
+    assert (span.status, span.error_type) == ("error", "stream_error")
+
+
+def test_a_relayed_answer_without_counts_is_estimated(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ollama_meter.meter import estimate_tokens
+    from ollama_meter.upstream import _pooled
+
+    monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 1_000)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Says)
+    server.answer = _vectors(200) + b"}"  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = app(f"http://127.0.0.1:{server.server_address[1]}")
+        reply = gw.client.post("/api/embed", json={"model": "m", "input": PROMPT})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (reply.status_code, reply.content) == (200, _vectors(200) + b"}")
+    [span] = spans(gw)
+    assert (span.status, span.input_tokens, span.output_tokens, span.token_source) == (
+        "ok",
+        estimate_tokens(PROMPT),
+        0,
+        "estimated",
+    )
+
+
+def test_a_client_of_the_real_server_cannot_take_a_cut_answer_for_a_whole_one(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a real connection the cut shows: the chunked body has no end, and the client raises."""
+    import httpx
+
+    from ollama_meter.upstream import _pooled
+
+    monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 1_000)
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Says)
+    upstream.answer = _vectors(200) + b',"error":"the runner crashed"}'  # type: ignore[attr-defined]
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        gw = serve(f"http://127.0.0.1:{upstream.server_address[1]}")
+        with pytest.raises(httpx.RemoteProtocolError):
+            gw.client.post("/api/embed", json={"model": "m", "input": PROMPT})
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+    [span] = spans(gw)
+    assert (span.status, span.error_type) == ("error", "stream_error")
