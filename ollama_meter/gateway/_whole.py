@@ -77,19 +77,28 @@ async def relayed(answered: _Answered, head: bytes) -> AsyncIterator[bytes]:
     chunks = aiter(pool.chunks(response))
     deadline = call.deadline()
     closed = False
-    held = head
+    held = b""
+    """The last byte that came (and white space after it), sent only once the span is written:
+    the client waits on no more than that, and never has a whole answer before its span is
+    in the ledger, nor one the span says is none."""
     try:
-        scan.feed(head)
-        while not scan.broken:
+        data = head
+        while True:
+            scan.feed(data)
+            if scan.broken:  # not JSON: nothing more of it goes
+                break
+            last = len(data.rstrip()) - 1  # the last byte that is not white space
+            if last < 0:
+                held += data
+            else:
+                sent, held = held + data[:last], data[last:]
+                if sent:
+                    yield sent
             try:
                 async with call.in_time(deadline):
                     data = await anext(chunks)
             except StopAsyncIteration:
                 break
-            scan.feed(data)
-            if held:
-                yield held
-            held = data
         answer = scan.end()
         failure = failure_of(answered, answer)
         closed = True

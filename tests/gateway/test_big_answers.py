@@ -88,15 +88,18 @@ class _Batch(BaseHTTPRequestHandler):
         pass
 
 
-def test_an_embedding_answer_over_64_mib_goes_through_byte_for_byte(app: Any) -> None:
-    """The real size, end to end: every byte as Ollama sent it, the count exact in the span."""
+def test_an_embedding_answer_over_64_mib_goes_through_byte_for_byte(
+    app_on: Any, sqlite_url: str
+) -> None:
+    """The real size, end to end: every byte as Ollama sent it, the count exact in the span
+    (on SQLite only: the database is not what it is about, and it moves 70 MB)."""
     from ollama_meter.upstream._pooled import MAX_ANSWER_BYTES
 
     assert len(BIG) > MAX_ANSWER_BYTES
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Batch)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        gw = app(f"http://127.0.0.1:{server.server_address[1]}")
+        gw = app_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url)
         reply = gw.client.post("/api/embed", json={"model": "m", "input": ["a"] * _BATCH})
     finally:
         server.shutdown()
@@ -143,6 +146,8 @@ PROMPT = "seven words of a prompt to embed here"
         _vectors(200) + b',"prompt_eval_count":9',  # broken off: never ends
         _vectors(200) + b',"prompt_eval_count":9}}',  # not JSON at its very end
         b"[" + _vectors(200) + b"}]",  # JSON, but not an object
+        b"[" + _vectors(200) + b"}]\n \n",  # the same, white space after it
+        _vectors(200) + b',"error":"the runner crashed"}\n',
     ],
 )
 def test_a_relayed_answer_that_is_not_one_is_cut_before_its_end_and_an_error_span(
@@ -165,7 +170,7 @@ def test_a_relayed_answer_that_is_not_one_is_cut_before_its_end_and_an_error_spa
     finally:
         server.shutdown()
         server.server_close()
-    assert len(got) < len(answer) and answer.startswith(got)
+    assert answer.startswith(got) and len(got) < len(answer.rstrip())  # its last byte never
     [span] = spans(gw)
     assert (span.status, span.error_type) == ("error", "stream_error")
 
@@ -217,3 +222,50 @@ def test_a_client_of_the_real_server_cannot_take_a_cut_answer_for_a_whole_one(
         upstream.server_close()
     [span] = spans(gw)
     assert (span.status, span.error_type) == ("error", "stream_error")
+
+
+class _Stalls(BaseHTTPRequestHandler):
+    """Ollama sending an answer's first 2,000 bytes, then nothing: until the gateway drops the
+    connection (it sets ``server.dropped``), which is how Ollama is told to stop."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        answer = _vectors(200) + b',"prompt_eval_count":9}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer[:2_000])
+        self.wfile.flush()
+        self.connection.settimeout(30)
+        if self.rfile.read(1) == b"":
+            self.server.dropped.set()  # type: ignore[attr-defined]
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_client_that_hangs_up_mid_relay_stops_ollama_and_is_a_client_abort_span(
+    serve: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client has the answer's first bytes at once (only the last is held back), and its
+    hang-up while Ollama is silent stops Ollama and ends the call, as a stream's does."""
+    from ollama_meter.upstream import _pooled
+
+    monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 1_000)
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Stalls)
+    upstream.dropped = threading.Event()  # type: ignore[attr-defined]
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        gw = serve(f"http://127.0.0.1:{upstream.server_address[1]}")
+        with gw.client.stream("POST", "/api/embed", json={"model": "m", "input": PROMPT}) as reply:
+            assert reply.status_code == 200
+            first = next(reply.iter_raw())
+        assert first == (_vectors(200) + b',"prompt_eval_count":9}')[: len(first)]
+        assert upstream.dropped.wait(30)  # type: ignore[attr-defined]
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+    [span] = spans(gw)
+    assert span.status == "client_abort"
