@@ -8,6 +8,7 @@ an answer read whole; its last bytes are held until its span is written.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
     from ollama_meter.gateway._relay import _Answered
 
 _log = logging.getLogger("ollama_meter.gateway")
+
+PIECE = 1 << 20
+"""The answer's first bytes (up to 64 MiB, read before it was known to be large) are parsed
+and sent a MiB at a time, so other calls on the event loop are not held up for a second."""
 
 
 def json_value(content: bytes) -> Any:
@@ -81,8 +86,9 @@ async def relayed(answered: _Answered, head: bytes) -> AsyncIterator[bytes]:
     """The last byte that came (and white space after it), sent only once the span is written:
     the client waits on no more than that, and never has a whole answer before its span is
     in the ledger, nor one the span says is none."""
+    pieces = (head[start : start + PIECE] for start in range(0, len(head), PIECE))
     try:
-        data = head
+        data = b""
         while True:
             scan.feed(data)
             if scan.broken:  # not JSON: nothing more of it goes
@@ -94,6 +100,9 @@ async def relayed(answered: _Answered, head: bytes) -> AsyncIterator[bytes]:
                 sent, held = held + data[:last], data[last:]
                 if sent:
                     yield sent
+            if data := next(pieces, b""):
+                await asyncio.sleep(0)  # the event loop's other calls have their turn
+                continue
             try:
                 async with call.in_time(deadline):
                     data = await anext(chunks)

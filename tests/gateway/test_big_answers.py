@@ -124,9 +124,17 @@ class _Says(BaseHTTPRequestHandler):
         answer: bytes = self.server.answer  # type: ignore[attr-defined]
         self.send_response(200)
         self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(answer)))
+        if not getattr(self.server, "chunked", False):
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
+        self.send_header("transfer-encoding", "chunked")
         self.end_headers()
-        self.wfile.write(answer)
+        for start in range(0, len(answer), 300):
+            piece = answer[start : start + 300]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        self.wfile.write(b"0\r\n\r\n")
 
     def log_message(self, *args: object) -> None:
         pass
@@ -269,3 +277,33 @@ def test_a_client_that_hangs_up_mid_relay_stops_ollama_and_is_a_client_abort_spa
         upstream.server_close()
     [span] = spans(gw)
     assert span.status == "client_abort"
+
+
+def test_an_answer_of_no_declared_length_is_relayed_from_its_first_bytes_read(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sent chunked, the answer's first bytes are read before it is known to be large: they
+    are parsed and sent in pieces (here of 7 bytes), then the rest as it comes, all exact."""
+    from ollama_meter.gateway import _whole
+    from ollama_meter.upstream import _pooled
+
+    monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 1_000)
+    monkeypatch.setattr(_whole, "PIECE", 7)
+    answer = _vectors(200) + b',"prompt_eval_count":9,"load_duration":5}'
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Says)
+    server.answer, server.chunked = answer, True  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = app(f"http://127.0.0.1:{server.server_address[1]}")
+        reply = gw.client.post("/api/embed", json={"model": "m", "input": PROMPT})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (reply.status_code, reply.content) == (200, answer)
+    [span] = spans(gw)
+    assert (span.status, span.input_tokens, span.token_source, span.load_duration_ns) == (
+        "ok",
+        9,
+        "reported",
+        5,
+    )
