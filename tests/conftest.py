@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,9 +52,16 @@ _KEEP = frozenset(
 @pytest.fixture(autouse=True)
 def _close_ledgers() -> Iterator[None]:
     """Each test's ledgers are its own: release their connections when it ends."""
+    before = sys.gettrace(), threading.gettrace()
     yield
     close_ledgers()
     reset_breakers()
+    # Coverage measures the suite through these hooks: a test that set its own and left None
+    # behind stopped it for every later test in its process (94 % reported for 96 %).
+    assert (sys.gettrace(), threading.gettrace()) == before, (
+        "the test left another trace function in place: put back what sys.gettrace() and "
+        "threading.gettrace() gave before it"
+    )
 
 
 @pytest.fixture(autouse=True)

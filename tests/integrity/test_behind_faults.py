@@ -10,6 +10,8 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -31,6 +33,27 @@ from tests.factories import make_span, token_prices
 from tests.integrity.test_disk_full import fill
 from tests.integrity.test_journal_lines import _no_prices
 from tests.integrity.test_write_behind import _opening
+
+
+@contextmanager
+def tracing(hook: Callable[..., Any], *, threads: bool = False) -> Iterator[None]:
+    """``hook`` as this thread's trace function (``threads``: that of threads started meanwhile),
+    then what traced before put back: coverage measures the suite through the same hook, and a
+    test that left None there stopped it for every test after it in its process."""
+    if threads:
+        before_threads = threading.gettrace()
+        threading.settrace(hook)
+        try:
+            yield
+        finally:
+            threading.settrace(before_threads)  # type: ignore[arg-type]
+        return
+    before = sys.gettrace()
+    sys.settrace(hook)
+    try:
+        yield
+    finally:
+        sys.settrace(before)
 
 
 def leases(ledger: Ledger) -> int:
@@ -165,19 +188,15 @@ def test_a_commit_that_ends_before_its_call_has_closed_settles_the_budget_as_com
             assert settling.wait(10)  # the commit ended before this close does
         return after_put
 
-    threading.settrace(in_commit_thread)  # type: ignore[arg-type]
-    try:
+    with tracing(in_commit_thread, threads=True):
         behind = WriteBehind(meter)
-    finally:
-        threading.settrace(None)  # type: ignore[arg-type]
     try:
         call = meter.open(_opening())
         call.prompt_text = "hello"
-        sys.settrace(in_closer)
         try:
-            assert meter.close_now(call)
+            with tracing(in_closer):
+                assert meter.close_now(call)
         finally:
-            sys.settrace(None)
             closed.set()
         assert call.span.cost_total > 0
         assert behind.settle(10)
@@ -255,11 +274,8 @@ def test_a_span_queued_on_the_event_loop_as_the_gateway_stops_is_committed_and_s
 
     call = meter.open(_opening())
     call.prompt_text = "hello"
-    sys.settrace(in_closer)  # type: ignore[arg-type]
-    try:
+    with tracing(in_closer):
         assert meter.close_now(call)
-    finally:
-        sys.settrace(None)
     assert stopped == [True]
     assert behind.stop(10)  # a second stop waits for it too
     assert call.stored == "committed"
