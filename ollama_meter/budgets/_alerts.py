@@ -3,13 +3,16 @@
 The log always gets the alert. A webhook (Slack-compatible JSON) and email
 (SMTP, STARTTLS when the server offers it) get it when configured. Delivery
 runs on a background thread with retries and backoff; what happened is written
-back to the alert's row, and undelivered alerts are retried by the next run.
+back to the alert's row. An attempt that fails is made again by the same process after
+:data:`RETRY_AFTER` (a gateway runs for weeks), and undelivered alerts by the next run.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import heapq
+import itertools
 import logging
 import queue
 import random
@@ -19,6 +22,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,7 +38,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("ollama_meter.alerts")
 
 MAX_RUNS = 5
-"""Runs (processes) that try an undelivered alert before giving up on it."""
+"""Attempts at an undelivered alert (each run that starts makes one) before giving up on it."""
+TRIES = 3
+"""Tries of a channel in one attempt, with backoff: about a second and a half in all."""
+RETRY_AFTER = (60.0, 300.0, 1800.0, 7200.0)
+"""Seconds after the 1st, 2nd... failed attempt at which the process that made it (if it
+still runs) makes the next: a webhook down for minutes, or two hours, still gets the alert."""
 
 
 class Channel(Protocol):
@@ -219,7 +228,7 @@ def deliver(
     channels: Sequence[Channel],
     *,
     done: Mapping[str, str] | None = None,
-    attempts: int = 3,
+    attempts: int = TRIES,
     backoff: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
     took: Callable[[dict[str, str]], None] | None = None,
@@ -276,12 +285,16 @@ class AlertDispatcher:
         *,
         backoff: float = 0.5,
         claim_seconds: float = CLAIM_SECONDS,
+        retry_after: Sequence[float] = RETRY_AFTER,
     ) -> None:
         self.ledger = ledger
         self.channels = list(channels)
         self.backoff = backoff
         self.claim_seconds = claim_seconds
+        self.retry_after = tuple(retry_after)
         self._queue: queue.Queue[Alert] = queue.Queue()
+        self._later: list[tuple[float, int, Alert]] = []  # (due, order, alert): a heap
+        self._order = itertools.count()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._recording = threading.Lock()
@@ -293,6 +306,7 @@ class AlertDispatcher:
         """A forked child delivers its own alerts, on a thread of its own (the parent's is not
         there); what the parent had queued is the parent's to send."""
         self._queue = queue.Queue()
+        self._later = []
         self._thread = None
         self._lock, self._recording = threading.Lock(), threading.Lock()
 
@@ -320,6 +334,8 @@ class AlertDispatcher:
         self.flush(EXIT_WAIT)
         with self._recording:
             self._closed, self._part = True, False
+        with self._lock:
+            self._later.clear()  # the ledger closes: the next run tries them
 
     def flush(self, timeout: float = 15.0) -> bool:
         """Wait (bounded) until every queued alert has been tried; True if all were."""
@@ -332,13 +348,38 @@ class AlertDispatcher:
 
     def _run(self) -> None:
         while True:
-            alert = self._queue.get()
+            try:
+                alert = self._queue.get(timeout=self._until_due())
+            except queue.Empty:
+                self._queue_due()
+                continue
             try:
                 self._deliver(alert)
             except Exception as exc:  # the database is away: a line per kind every 10 s
                 self._failures.failed("delivering or recording alert %d", exc, alert.id)
             finally:
+                self._queue_due()  # before this one is done: flush() sees a retry due now
                 self._queue.task_done()
+
+    def _until_due(self) -> float | None:
+        """Seconds until the next retry is due; None (wait for an alert) when none is."""
+        with self._lock:
+            return max(0.0, self._later[0][0] - time.monotonic()) if self._later else None
+
+    def _queue_due(self) -> None:
+        with self._lock:
+            while self._later and self._later[0][0] <= time.monotonic():
+                self._queue.put(heapq.heappop(self._later)[2])
+
+    def _retry_later(self, alert: Alert) -> None:
+        if alert.attempts >= MAX_RUNS:
+            _give_up(alert, dict(alert.deliveries))
+            return
+        delay = self.retry_after[min(alert.attempts, len(self.retry_after)) - 1]
+        with self._lock:
+            if not self._closed:
+                due = time.monotonic() + delay
+                heapq.heappush(self._later, (due, next(self._order), alert))
 
     def _deliver(self, alert: Alert) -> None:
         # The attempt counts before it is made: a process that ends mid-delivery (or a
@@ -368,7 +409,8 @@ class AlertDispatcher:
             claimed, self.channels, done=claimed.deliveries, backoff=self.backoff, took=took
         )
         with self._recording:
-            if not self._closed:
-                self.ledger.record_alert_delivery(alert.id, outcome, delivered)
-        if not delivered and claimed.attempts >= MAX_RUNS:
-            _give_up(claimed, outcome)
+            if self._closed:
+                return
+            self.ledger.record_alert_delivery(alert.id, outcome, delivered)
+        if not delivered:
+            self._retry_later(replace(claimed, deliveries=outcome))
