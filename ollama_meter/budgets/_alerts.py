@@ -1,9 +1,9 @@
 """Budget alerts: the message, the channels it goes to, and delivery that never blocks a call.
 
-The log always gets the alert. A webhook (Slack-compatible JSON) and email
-(SMTP, STARTTLS when the server offers it) get it when configured. Delivery
-runs on a background thread with retries and backoff; what happened is written
-back to the alert's row. An attempt that fails is made again by the same process after
+The log always gets the alert. A webhook (Slack-compatible JSON) and email (SMTP:
+implicit TLS on port 465, elsewhere STARTTLS when the server offers it) get it when
+configured. Delivery runs on a background thread with retries and backoff; what happened
+is written back to the alert's row. An attempt that fails is made again by the same process after
 :data:`RETRY_AFTER` (a gateway runs for weeks), and undelivered alerts by the next run.
 """
 
@@ -134,9 +134,17 @@ class _Session(smtplib.SMTP):
     reply (or trickles it) held the alert thread for ever, smtplib collecting every line.
     """
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(timeout=timeout)  # no host: connect() below, once it can be cut
         self._left = SMTP_REPLY_BYTES
+        self._tls = tls
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # smtplib's own hook (SMTP_SSL overrides it too); typeshed leaves it out.
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        if self._tls is None:
+            return sock
+        return self._tls.wrap_socket(sock, server_hostname=host)  # implicit TLS: SMTPS
 
     def getreply(self) -> tuple[int, bytes]:
         if self.file is None and self.sock is not None:  # a new socket (connect, STARTTLS)
@@ -169,6 +177,10 @@ class _Counted:
         self.reader.close()
 
 
+SMTPS_PORT = 465
+"""The port of SMTP over implicit TLS (RFC 8314): TLS from the first byte, no STARTTLS."""
+
+
 class EmailChannel:
     name = "email"
 
@@ -182,11 +194,14 @@ class EmailChannel:
         user: str | None = None,
         password: str | None = None,
         timeout: float = CHANNEL_TIMEOUT,
+        implicit_tls: bool | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.sender, self.recipients = sender, list(recipients)
         self.user, self.password = user, password
         self.timeout = timeout
+        # On 465 the server waits for a TLS hello: spoken in clear, each attempt timed out.
+        self.implicit_tls = port == SMTPS_PORT if implicit_tls is None else implicit_tls
 
     def send(self, alert: Alert) -> str:
         message = EmailMessage()
@@ -194,7 +209,7 @@ class EmailChannel:
         message["From"] = self.sender
         message["To"] = ", ".join(self.recipients)
         message.set_content(alert.text() + "\n")
-        smtp = _Session(self.timeout)
+        smtp = _Session(self.timeout, ssl.create_default_context() if self.implicit_tls else None)
         # A whole session (about six exchanges) within three reads' timeout.
         watchdog = threading.Timer(self.timeout * 3, smtp.cut)
         watchdog.daemon = True
@@ -210,7 +225,9 @@ class EmailChannel:
         with smtp:
             smtp.connect(self.host, self.port)
             smtp.ehlo()
-            if smtp.has_extn("starttls"):
+            if self.implicit_tls:
+                pass  # TLS from the first byte: the login below goes inside it
+            elif smtp.has_extn("starttls"):
                 smtp.starttls(context=ssl.create_default_context())
                 smtp.ehlo()
             elif self.user:  # no offer (or one stripped on the way): the password stays here

@@ -1,15 +1,21 @@
-"""A long-running process (the gateway) tries an alert it could not deliver again by itself,
-a bounded number of times; it never waits for a restart to do so.
+"""Alerts reach their channels: a long-running process (the gateway) tries an alert it could
+not deliver again by itself, a bounded number of times, never waiting for a restart; email
+goes over implicit TLS where the server speaks it (port 465).
 
-A real local webhook (``Receiver``) that refuses a given number of posts.
+A real local webhook (``Receiver``) that refuses a given number of posts; a real local SMTP
+server (aiosmtpd) behind TLS.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
+import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +84,64 @@ def test_a_webhook_that_never_takes_the_alert_is_tried_a_bounded_number_of_times
     # A later run leaves it be, as it would after five runs of processes.
     later = AlertDispatcher(Ledger(db_url), [WebhookChannel(receiver.url)], backoff=0)
     assert later.ledger.alerts(undelivered_only=True, max_attempts=MAX_RUNS) == []
+
+
+@pytest.fixture
+def certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 that this process's TLS clients trust."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # what ssl.create_default_context() trusts
+    return cert, key
+
+
+def test_email_over_implicit_tls_as_port_465_speaks_it(certificate: tuple[Path, Path]) -> None:
+    """Port 465 (SMTPS, RFC 8314) talks TLS from the first byte: ometer waited for a
+    greeting the server never sends in clear, and each attempt failed after its timeout
+    with "Connection unexpectedly closed: timed out", the password never sent but nor was
+    the alert. Implicit TLS is spoken on 465 (or when asked), the login inside it."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Message
+    from aiosmtpd.smtp import AuthResult
+
+    from ollama_meter.budgets import EmailChannel, deliver
+    from ollama_meter.testing import unused_port
+
+    received: list[Any] = []
+    logins: list[object] = []
+
+    class Collect(Message):  # type: ignore[misc]
+        def handle_message(self, message: Any) -> None:
+            received.append(message)
+
+    def authenticator(*args: Any) -> AuthResult:
+        logins.append(args[-1].login)
+        return AuthResult(success=True)
+
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(*certificate)
+    controller = Controller(
+        Collect(), hostname="127.0.0.1", port=unused_port(), ssl_context=tls,
+        authenticator=authenticator,
+        auth_require_tls=False,  # aiosmtpd counts only STARTTLS as TLS; this one is all TLS
+    )  # fmt: skip
+    controller.start()
+    try:
+        channel = EmailChannel(
+            "127.0.0.1", controller.port, sender="ometer@example.org",
+            recipients=["it@example.org"], user="ometer", password="s3cr3t", implicit_tls=True,
+        )  # fmt: skip
+        alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
+        outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)
+    finally:
+        controller.stop()
+    assert (outcome["email"], delivered) == ("sent to it@example.org", True)
+    assert logins == [b"ometer"]
+    assert [m["Subject"] for m in received] == ["[ometer] acme/sales budget at 90%"]
+    assert EmailChannel("smtp.example.org", 465, sender="a@b.org", recipients=[]).implicit_tls
+    assert not EmailChannel("smtp.example.org", 587, sender="a@b.org", recipients=[]).implicit_tls
