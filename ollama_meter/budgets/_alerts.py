@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from email.message import EmailMessage
+from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ollama_meter._forks import renew_after_fork
@@ -215,13 +216,22 @@ class EmailChannel:
         watchdog.daemon = True
         watchdog.start()
         try:
-            self._send(smtp, message)
+            refused = self._send(smtp, message)
         finally:
             watchdog.cancel()
             smtp.close()
-        return f"sent to {', '.join(self.recipients)}"
+        took = ", ".join(r for r in self.recipients if parseaddr(r)[1] not in refused)
+        if not refused:
+            return f"sent to {took}"
+        # Not a failure to retry: the others have it, and would get it again.
+        said = ", ".join(
+            f"{r} ({code} {reply.decode(errors='replace')})" for r, (code, reply) in refused.items()
+        )
+        log.warning("alert email to %s refused by %s: %s", ", ".join(refused), self.host, said)
+        return f"sent to {took}; refused by the server: {said}"
 
-    def _send(self, smtp: smtplib.SMTP, message: EmailMessage) -> None:
+    def _send(self, smtp: smtplib.SMTP, message: EmailMessage) -> dict[str, tuple[int, bytes]]:
+        """Send ``message``; the recipients the server refused (all refused raises)."""
         with smtp:
             smtp.connect(self.host, self.port)
             smtp.ehlo()
@@ -237,7 +247,7 @@ class EmailChannel:
                 )
             if self.user:
                 smtp.login(self.user, self.password or "")
-            smtp.send_message(message)
+            return smtp.send_message(message)
 
 
 def deliver(

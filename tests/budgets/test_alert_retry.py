@@ -145,3 +145,38 @@ def test_email_over_implicit_tls_as_port_465_speaks_it(certificate: tuple[Path, 
     assert [m["Subject"] for m in received] == ["[ometer] acme/sales budget at 90%"]
     assert EmailChannel("smtp.example.org", 465, sender="a@b.org", recipients=[]).implicit_tls
     assert not EmailChannel("smtp.example.org", 587, sender="a@b.org", recipients=[]).implicit_tls
+
+
+def test_email_says_which_recipients_the_server_refused() -> None:
+    """smtplib sends to the recipients a server takes and returns the ones it refused: the
+    ledger said "sent to it@example.org, gone@example.org" for an address that got nothing."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Sink as Discard
+
+    from ollama_meter.budgets import EmailChannel, deliver
+    from ollama_meter.testing import unused_port
+
+    class Refuse(Discard):  # type: ignore[misc]
+        async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, _: Any) -> str:  # fmt: skip
+            if address.startswith("gone@"):
+                return "550 5.1.1 no such mailbox"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+    controller = Controller(Refuse(), hostname="127.0.0.1", port=unused_port())
+    controller.start()
+    try:
+        channel = EmailChannel(
+            "127.0.0.1", controller.port, sender="ometer@example.org",
+            recipients=["it@example.org", "Gone <gone@example.org>"],
+        )  # fmt: skip
+        alert = Alert(1, 7, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
+        outcome, delivered = deliver(alert, [channel], sleep=lambda _: None)
+    finally:
+        controller.stop()
+    # Sent, not retried: a retry would mail it@example.org again.
+    assert (outcome["email"], delivered) == (
+        "sent to it@example.org; refused by the server: gone@example.org "
+        "(550 5.1.1 no such mailbox)",
+        True,
+    )
