@@ -89,13 +89,11 @@ class Budget:
 
 
 def parse_thresholds(text: str) -> tuple[int, ...]:
-    try:
-        values = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise ValueError(
-            f"thresholds {text!r} are not whole percentages like 50,75,90,100"
-        ) from None
-    return tuple(values)
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    # ASCII digits: int() also reads '50_0' (500) and Arabic-Indic or full-width digits.
+    if not all(part.isascii() and part.isdigit() and len(part) <= 6 for part in parts):
+        raise ValueError(f"thresholds {text[:80]!r} are not whole percentages like 50,75,90,100")
+    return tuple(sorted({int(part) for part in parts}))
 
 
 def parse_limit(value: Any, *, what: str) -> int:

@@ -200,3 +200,11 @@ def test_a_call_cut_at_its_time_cap_costs_at_most_its_bound(
     cut = Usage(inputs, outputs, prompt_eval_ns=0, eval_ns=bound.busy_ns, load_ns=0)
     assert book.cost("m", now, cut).total <= bound.amount
     assert bound.wait_ns is not None and bound.wait_ns >= bound.busy_ns  # a load may come first
+
+
+@pytest.mark.parametrize("text", ["50_0", "٥٠", "５０", "7_5,90"])
+def test_thresholds_are_ascii_digits_only(text: str) -> None:
+    """int() reads '50_0' as 500 and Arabic-Indic or full-width digits as numbers: a typo
+    set an alert at 500 % without a word (dates and periods already take ASCII digits only)."""
+    with pytest.raises(ValueError, match="are not whole percentages like 50,75,90,100"):
+        parse_thresholds(text)
