@@ -19,7 +19,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Generic, TypeVar, cast
 
@@ -34,13 +34,12 @@ from ollama_meter._arguments import (
     read_once,
     tags_of,
 )
+from ollama_meter._hooks import Hook, Hooks, check_hook
 from ollama_meter.config import load_settings
 from ollama_meter.errors import ClientClosed, InvalidRequest
 from ollama_meter.meter import Attribution, Meter, Run, SpanRecord
 from ollama_meter.pricing import from_micros
 from ollama_meter.records import record_from
-
-Hook = Callable[[SpanRecord], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,37 +114,6 @@ def with_meter(response: Any, span: SpanRecord) -> Any:
     )
 
 
-class _Hooks:
-    """User callbacks as a meter observer; the meter logs their failures, never raises them.
-
-    A hook is handed a copy of the span: what it adds to ``tags`` (stored) and
-    ``attributes`` (exported) is taken back, even when it then raises; nothing else
-    it writes reaches the call, the ledger or the other observers.
-    """
-
-    def __init__(self, on_start: Hook | None, on_end: Hook | None) -> None:
-        self._on_start, self._on_end = on_start, on_end
-
-    def on_start(self, span: SpanRecord) -> None:
-        if self._on_start is not None:
-            _shown(self._on_start, span)
-
-    def on_end(self, span: SpanRecord) -> None:
-        if self._on_end is not None:
-            _shown(self._on_end, span)
-
-
-def _shown(hook: Hook, span: SpanRecord) -> None:
-    copy = replace(span, tags=dict(span.tags), attributes=dict(span.attributes))
-    try:
-        hook(copy)
-    finally:
-        if isinstance(copy.tags, Mapping):
-            span.tags = dict(copy.tags)
-        if isinstance(copy.attributes, Mapping):
-            span.attributes = dict(copy.attributes)
-
-
 _Chat = TypeVar("_Chat")
 _Generate = TypeVar("_Generate")
 _Embed = TypeVar("_Embed")
@@ -172,8 +140,10 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         **settings: Any,
     ) -> None:
         check_settings(type(self).__name__, settings)
+        check_hook("on_start", on_start)
+        check_hook("on_end", on_end)
         cfg = load_settings(ollama_host=host, db_url=db_url, **settings)
-        hooks = [_Hooks(on_start, on_end)] if on_start or on_end else []
+        hooks = [Hooks(on_start, on_end)] if on_start or on_end else []
         self.meter = Meter.from_settings(cfg, source="sdk", observers=hooks)
         self.attribution = Attribution(
             tenant=cfg.tenant if tenant is None else tenant,

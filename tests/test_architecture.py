@@ -44,7 +44,9 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"reports", "telemetry"}),
     frozenset({"meter"}),
     # entry points
-    frozenset({"__init__", "__main__", "_client", "_arguments", "demo", "gateway", "cli"}),
+    frozenset(
+        {"__init__", "__main__", "_client", "_hooks", "_arguments", "demo", "gateway", "cli"}
+    ),
 )
 """Lowest first. A part may import its own layer and the layers below, never one above."""
 

@@ -225,9 +225,13 @@ def run(
     db: DbOption = None,
 ) -> None:
     """Run a program with OLLAMA_HOST pointed at a short-lived gateway: legacy scripts, metered."""
-    import uvicorn
-
-    from ollama_meter.gateway import GatewayOptions, create_app, listening_socket, server_config
+    from ollama_meter.gateway import (
+        GatewayOptions,
+        GatewayServer,
+        create_app,
+        listening_socket,
+        server_config,
+    )
     from ollama_meter.meter import Attribution, Meter
 
     cfg = settings(db_url=db, tenant=tenant, department=dept)
@@ -237,7 +241,7 @@ def run(
     sock = listening_socket("127.0.0.1", 0)  # bound here: no other program can take the port
     port = int(sock.getsockname()[1])
     app = create_app(cfg, GatewayOptions(default_user=user, loopback=True), meter=meter)
-    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port))
+    server = GatewayServer(server_config(app, host="127.0.0.1", port=port))
     serving()
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -250,8 +254,12 @@ def run(
     try:
         code = _foreground(command, env)
     finally:
+        # Calls the program left running (work it put in the background) are drained as
+        # `ometer serve` drains them on SIGTERM: each finishes, or is stopped with a clear
+        # last answer when the drain ends, and its span is written before ometer exits.
+        # A bound here cut them with no answer, their spans only in the journal.
         server.should_exit = True
-        thread.join(timeout=15)
+        thread.join()
     err.print(f"ometer: {tally.summary(f'{who.tenant}/{who.department}', cfg.currency)}")
     sys.exit(code)
 

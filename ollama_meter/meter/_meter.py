@@ -29,7 +29,7 @@ from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.meter._request import Opening, RequestFacts
 from ollama_meter.meter._run import Run
 from ollama_meter.meter._usage import RecentCalls, estimate_tokens
-from ollama_meter.meter._writer import GroupCommitWriter
+from ollama_meter.meter._writer import GroupCommitWriter, once_more
 from ollama_meter.pricing import PriceBook
 from ollama_meter.records import (
     NO_HOST,
@@ -390,9 +390,10 @@ class Meter:
             stored = None
         else:
             if away is None:
-                stored = self.writer.write(span)
+                stored, landed = once_more(lambda: self.writer.write(span))
             else:  # the ledger was found away just now: not a second wait for it
-                stored = self.ledger.keep([span], away)[span.id]
+                stored, landed = once_more(lambda: self.ledger.keep([span], away)[span.id])
+            stopped = stopped or landed
             if call is not None:
                 call.stored = stored
         if stopped is not None:

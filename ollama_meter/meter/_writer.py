@@ -11,6 +11,7 @@ its own condition, so a commit wakes only the threads it concerns.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from ollama_meter._forks import renew_after_fork
@@ -94,3 +95,18 @@ class GroupCommitWriter:
         if error is not None:
             raise error
         return {span.id: stored[span.id] for span in spans}
+
+
+def once_more(write: Callable[[], Stored]) -> tuple[Stored, BaseException | None]:
+    """``write()``, done again if an interrupt (Ctrl-C, an exit) lands in it; the interrupt
+    is handed back, to be raised once the span is written.
+
+    The write is the one step of ending a call that waits (a commit, a sync to disk), so
+    that is where a Ctrl-C lands: the call had been answered, and its span was rolled
+    back with the commit. Writing a span again is a no-op by its id. A second interrupt
+    (the caller insists) is raised as it comes.
+    """
+    try:
+        return write(), None
+    except (KeyboardInterrupt, SystemExit) as stop:
+        return write(), stop

@@ -1,0 +1,97 @@
+"""The Python API's lifecycle hooks (``on_start``, ``on_end``) as a meter observer.
+
+Owns what a hook is handed and what of its work is kept; never the call itself: the
+meter logs a hook's failure and goes on (``meter._observers``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from ollama_meter.meter import SpanRecord
+from ollama_meter.meter._attribution import MAX_TAGS
+
+Hook = Callable[[SpanRecord], object]
+"""What it returns is not used (an awaitable is closed unrun, and said so)."""
+
+log = logging.getLogger("ollama_meter.client")
+
+
+def check_hook(when: str, hook: object) -> None:
+    """Refuse, as the client is made, a hook that would fail or do nothing at every call."""
+    if hook is None:
+        return
+    if not callable(hook):
+        raise TypeError(
+            f"{when} is not callable, but {type(hook).__name__}: give a function that takes "
+            f"the span, e.g. {when}=lambda span: span.tags.update(job='nightly')"
+        )
+    # An object whose __call__ is async is one too.
+    if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(type(hook).__call__):
+        raise TypeError(
+            f"{when} is an async function: hooks are called with the span in the thread "
+            "that ends the call, where nothing would await it; make it a plain function "
+            "(hand slow work to a queue or a task of your own)"
+        )
+
+
+class Hooks:
+    """User callbacks as a meter observer; the meter logs their failures, never raises them.
+
+    A hook is handed a copy of the span: what it adds to ``tags`` (stored) and
+    ``attributes`` (exported) is taken back, even when it then raises; nothing else
+    it writes reaches the call, the ledger or the other observers.
+    """
+
+    def __init__(self, on_start: Hook | None, on_end: Hook | None) -> None:
+        self._on_start, self._on_end = on_start, on_end
+
+    def on_start(self, span: SpanRecord) -> None:
+        if self._on_start is not None:
+            _shown("on_start", self._on_start, span)
+
+    def on_end(self, span: SpanRecord) -> None:
+        if self._on_end is not None:
+            _shown("on_end", self._on_end, span)
+
+
+def _shown(when: str, hook: Hook, span: SpanRecord) -> None:
+    copy = replace(span, tags=dict(span.tags), attributes=dict(span.attributes))
+    answer: object = None
+    try:
+        answer = hook(copy)
+    finally:
+        if isinstance(copy.tags, Mapping):
+            span.tags = _kept_tags(when, copy.tags)
+        if isinstance(copy.attributes, Mapping):
+            span.attributes = dict(copy.attributes)
+    if inspect.isawaitable(answer):
+        if inspect.iscoroutine(answer):
+            answer.close()  # never run: not left to warn when collected
+        log.warning(
+            "%s returned %s, which nothing awaits (hooks are called in the thread that ends "
+            "the call): it did not run; make the hook a plain function",
+            when,
+            "a coroutine" if inspect.iscoroutine(answer) else "an awaitable",
+        )
+
+
+def _kept_tags(when: str, tags: Mapping[Any, Any]) -> dict[Any, Any]:
+    """The tags a hook left on the span, at most :data:`MAX_TAGS` (the call's own first), as
+    a call may carry: each is stored on the span's row and exported with it."""
+    if len(tags) <= MAX_TAGS:
+        return dict(tags)
+    log.warning(
+        "%s left %s tags on the span; a span keeps %d (the call's own first), the other %s "
+        "are left out",
+        when,
+        f"{len(tags):,}",
+        MAX_TAGS,
+        f"{len(tags) - MAX_TAGS:,}",
+    )
+    return dict(itertools.islice(tags.items(), MAX_TAGS))

@@ -1,0 +1,102 @@
+"""The Python API's lifecycle hooks: what a hook may do to a call, and what it cannot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from ollama_meter import AsyncMeteredClient, MeteredClient, SpanRecord
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter._attribution import MAX_TAGS
+from ollama_meter.testing import OllamaEmulator
+
+HI = [{"role": "user", "content": "say hi to the team"}]
+CLIENTS = {"sync": MeteredClient, "async": AsyncMeteredClient}
+
+
+def called(client: Any, **arguments: Any) -> Any:
+    """One chat through ``client``, sync or async: its answer."""
+    if isinstance(client, AsyncMeteredClient):
+
+        async def main() -> Any:
+            async with client:
+                return await client.chat(model="llama3.1:8b", messages=HI, **arguments)
+
+        return asyncio.run(main())
+    with client:
+        return client.chat(model="llama3.1:8b", messages=HI, **arguments)
+
+
+async def tag_it(span: SpanRecord) -> None:
+    span.tags["seen"] = "yes"
+
+
+class AsyncCallable:
+    async def __call__(self, span: SpanRecord) -> None:
+        span.tags["seen"] = "yes"
+
+
+@pytest.mark.parametrize("when", ["on_start", "on_end"])
+@pytest.mark.parametrize("flavour", sorted(CLIENTS))
+@pytest.mark.parametrize("hook", [tag_it, AsyncCallable(), "tag_it"], ids=["async", "ac", "str"])
+def test_a_hook_that_cannot_be_called_with_the_span_is_refused_when_the_client_is_made(
+    sqlite_url: str, emulator: OllamaEmulator, when: str, flavour: str, hook: Any
+) -> None:
+    """An ``async def`` hook (natural beside ``AsyncMeteredClient``) was called, its coroutine
+    never awaited: Python's RuntimeWarning, the tags it adds never kept, on every call; a hook
+    that is not callable failed in the log at every call. Both are refused at once."""
+    expected = (
+        rf"^{when} is not callable, but {type(hook).__name__}[^\n]*$"
+        if isinstance(hook, str)
+        else rf"^{when} is an async function: hooks are called with the span[^\n]*$"
+    )
+    with pytest.raises(TypeError, match=expected):
+        CLIENTS[flavour](emulator.url, db_url=sqlite_url, **{when: hook})
+    assert emulator.requests == []
+
+
+@pytest.mark.parametrize("flavour", sorted(CLIENTS))
+def test_a_hook_that_hands_back_an_awaitable_is_one_log_line_and_the_call_goes_on(
+    sqlite_url: str, emulator: OllamaEmulator, flavour: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain function that returns a coroutine (a lambda around an async one) cannot be told
+    from the hook it is until it is called: its coroutine is closed, not left to warn."""
+
+    def later(span: SpanRecord) -> Any:
+        return tag_it(span)
+
+    client = CLIENTS[flavour](emulator.url, db_url=sqlite_url, on_end=later)
+    with caplog.at_level(logging.WARNING, logger="ollama_meter"):
+        reply = called(client)
+    assert reply.meter is not None and reply.meter.status == "ok"
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "on_end returned a coroutine" in warned[0], warned
+    (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.status, span.tags) == ("ok", {})
+
+
+@pytest.mark.parametrize("when", ["on_start", "on_end"])
+def test_a_hook_keeps_no_more_tags_than_a_call_may_have(
+    sqlite_url: str, emulator: OllamaEmulator, when: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call takes at most 64 tags (each is stored on its span and exported with it); a hook
+    that added 100,000 had each of them stored on the span's row. The call's own come first."""
+
+    def many(span: SpanRecord) -> None:
+        for i in range(100_000):
+            span.tags[f"k{i}"] = "v"
+
+    own = {f"own{i}": "x" for i in range(10)}
+    client = MeteredClient(emulator.url, db_url=sqlite_url, tags=own, **{when: many})
+    with caplog.at_level(logging.WARNING, logger="ollama_meter"):
+        reply = called(client)
+    assert reply.meter is not None and reply.meter.status == "ok"
+    (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert span.tags == {**own, **{f"k{i}": "v" for i in range(MAX_TAGS - len(own))}}
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(
+        f"{when} left 100,010 tags on the span; a span keeps {MAX_TAGS}" in line for line in warned
+    ), warned
