@@ -154,6 +154,12 @@ def list_keys(conn: Connection) -> list[ApiKey]:
     return _read(conn)
 
 
+def key_with_id(conn: Connection, key_id: int) -> ApiKey | None:
+    """The key with this id, live or not; only its own row is read."""
+    found = _read(conn, _KEYS.c.id == key_id)
+    return found[0] if found else None
+
+
 def revoke_key(conn: Connection, key_id: int) -> bool:
     result = conn.execute(
         update(_KEYS)

@@ -264,3 +264,20 @@ def test_chat_says_which_row_to_fix(
     engine.dispose()
     done = cli("chat", "--tenant", "acme", "--dept", "sales", "-m", "llama3.1:8b", "hi")
     assert (done.code, done.stderr.strip()) == (1, f"error: {message}")
+
+
+def test_another_keys_broken_row_never_stops_a_limit_on_this_key(tmp_path: Any) -> None:
+    """Setting a key's limit read every key: one row broken in SQL refused them all."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    ledger = Ledger(url)
+    ledger.create_key(name="old", tenant="acme", department="sales")
+    ledger.create_key(name="bot", tenant="acme", department="support")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE api_keys SET created_at = 'garbage' WHERE id = 1")
+    engine.dispose()
+    limit = ledger.set_limit(Limit("x", None, key_id=2, rpm=5))
+    assert (limit.tenant, limit.department, limit.rpm) == ("acme", "support", 5)
+    with pytest.raises(LedgerError) as broken:
+        ledger.set_limit(Limit("x", None, key_id=1, rpm=5))
+    _one_line(broken.value, "key 1", KEY_FIX)
