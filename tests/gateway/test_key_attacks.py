@@ -83,9 +83,11 @@ def test_a_key_row_edited_in_sql_is_a_503_naming_it_on_every_route(
     require_key: bool,
     edit: str,
     reason: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Such a row was a 500 for every call with its key (or, for a bad user, a 400 telling
-    the caller their user name was wrong), and its key opened the pass-through routes."""
+    the caller their user name was wrong), and its key opened the pass-through routes. Only
+    the caller sees the answer, so the log says it too, a line every 10 s."""
     secret = Ledger(sqlite_url).create_key(name="bot", tenant="acme", department="sales")[1]
     engine = sa.create_engine(sqlite_url)
     with engine.begin() as conn:
@@ -101,6 +103,8 @@ def test_a_key_row_edited_in_sql_is_a_503_naming_it_on_every_route(
         reply = gw.client.request(method, path, json=body, headers=bearer(secret))
         assert (reply.status_code, reply.json()) == (503, {"error": message}), path
     assert emulator.requests == []
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.gateway"]
+    assert said == [f"checking an API key failed: {message.split(': ', 1)[1]}"]
 
 
 def test_keys_list_names_a_row_it_cannot_read(cli: Any, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]
