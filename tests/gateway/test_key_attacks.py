@@ -119,3 +119,24 @@ def test_keys_list_names_a_row_it_cannot_read(cli: Any, sqlite_url: str) -> None
         "error: key 1 in the ledger cannot be read: its created_at 'garbage' is not a value of "
         "the column's type; fix or delete the row in SQL (`ometer keys create` makes a new key)",
     )
+
+
+@pytest.mark.parametrize("how", ["env", "option"])
+def test_an_empty_admin_token_stops_serve_as_a_blank_one_does(
+    cli: Any, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """``OMETER_ADMIN_TOKEN=" "`` stopped ``ometer serve``, but ``OMETER_ADMIN_TOKEN=""`` (a
+    secret file that was not there) started it with no token: with ``--require-key`` every key
+    then read everyone's spend, and with ``--allow-admin`` pulled and deleted models."""
+    if how == "env":
+        monkeypatch.setenv("OMETER_ADMIN_TOKEN", "")
+    token = ["--admin-token", ""] if how == "option" else []
+    done = cli(
+        *("serve", "--require-key", "--allow-admin", *token),
+        *("--upstream", emulator.url, "--db", "nonsense://"),  # never listens, whatever happens
+    )
+    assert (done.code, done.stderr.strip()) == (
+        2,
+        "error: --admin-token (OMETER_ADMIN_TOKEN): is blank; give letters, digits and "
+        "punctuation (e.g. the output of `openssl rand -hex 32`)",
+    )
