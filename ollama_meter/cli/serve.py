@@ -138,10 +138,14 @@ def serve(
         server_config,
     )
 
+    if admin_token is None and os.environ.get("OMETER_ADMIN_TOKEN") == "":
+        # Set, to nothing (click reads an empty variable as unset): a blank token, refused
+        # below, never no token (which opens the gateway's pages to every key).
+        admin_token = ""
     options = GatewayOptions(
         require_key=require_key,
         allow_admin=allow_admin,
-        admin_token=admin_token or None,
+        admin_token=admin_token,
         max_body_bytes=max_body_bytes,
         loopback=is_loopback(host),
     )

@@ -10,7 +10,9 @@ The policy (README, "Security"):
 - ``/healthz`` stays open for load balancers, and says only ok or not.
 
 Refused unauthenticated requests are never spans (anyone could grow the ledger
-with them): they are counted, and logged at most once per interval.
+with them): they are counted, and logged at most once per interval. A key that cannot be
+checked (the ledger away, or its row broken in SQL) is a 503 that only its caller sees,
+so the log says it too, a line every 10 s.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -29,13 +32,17 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from ollama_meter._logging import Throttled
-from ollama_meter.errors import ValidationError
+from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.gateway import _memory
 from ollama_meter.gateway._attribution import HEADER_KEY
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
 from ollama_meter.gateway._memory import TooLarge, TooSlow, take
 from ollama_meter.gateway._relay import error_response, wire_of
-from ollama_meter.ledger import KEY_PREFIX
+from ollama_meter.gateway._threads import in_thread
+from ollama_meter.ledger import KEY_PREFIX, ApiKey
+
+if TYPE_CHECKING:
+    from ollama_meter.ledger import Ledger
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -212,6 +219,86 @@ class GatewayOptions:
 def token_matches(given: str | None, token: str) -> bool:
     """Constant-time comparison of a presented admin token."""
     return given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+class Access:
+    """Who a request comes from, by the policy above: its live key, or the admin token."""
+
+    def __init__(self, options: GatewayOptions, ledger: Ledger) -> None:
+        self.options = options
+        self.ledger = ledger
+        self.unauthenticated = Unauthenticated()
+        self._unchecked = Throttled(log)
+
+    def _refused(self, request: Request, message: str) -> Refused:
+        path, client = request.url.path, request.client
+        self.unauthenticated.refused(route_of(request), client.host if client else "?")
+        return Refused(
+            error_response(wire_of(path), 401, message, headers={"WWW-Authenticate": "Bearer"})
+        )
+
+    async def _key_of(self, request: Request) -> ApiKey | None:
+        """The live key the caller presented (None: none presented, or not a live key)."""
+        secret = presented_key(request)
+        if secret is None or not secret.startswith(KEY_PREFIX):
+            return None  # not one of ours (an OpenAI client sends its api_key): no ledger read
+        found: ApiKey | None = await in_thread(self.ledger.find_key, secret)
+        return found
+
+    def _cannot_check(self, exc: LedgerError) -> str:
+        self._unchecked.failed("checking an API key", exc)
+        return f"the API key cannot be checked, so the call was not made: {exc}"
+
+    async def required_key(self, request: Request) -> ApiKey:
+        """The caller's live key, or :class:`Refused` (401; 503 when keys cannot be checked)."""
+        try:
+            key = await self._key_of(request)
+        except LedgerError as exc:
+            message = self._cannot_check(exc)
+            wire = wire_of(request.url.path)
+            raise Refused(
+                error_response(wire, 503, message, headers={"Retry-After": "5"})
+            ) from None
+        if key is None:
+            raise self._refused(
+                request,
+                "a valid API key is required: send `Authorization: Bearer <key>` or "
+                "`X-Api-Key: <key>` (see `ometer keys create`)",
+            )
+        return key
+
+    async def optional_key(self, request: Request) -> ApiKey | None:
+        """A presented key when keys are not required; its owner is charged when headers are not.
+
+        One of our keys that is not live is :class:`Refused` (401) all the same: its caller
+        asked to be charged to it, and a revoked key must not go on working on the defaults.
+        """
+        try:
+            key = await self._key_of(request)
+        except LedgerError as exc:
+            raise BadCall(503, "ledger_unavailable", self._cannot_check(exc)) from None
+        if key is None and (presented_key(request) or "").startswith(KEY_PREFIX):
+            raise self._refused(
+                request,
+                "this API key is not a live key (revoked, or mistyped): send a live one "
+                "(`ometer keys list`), or none to be charged to the defaults",
+            )
+        return key
+
+    async def admin_only(self, request: Request, *, in_query: bool = False) -> None:
+        """The admin token when one is set; else a key when keys are required.
+
+        ``in_query``: the dashboard and ``/api/dash`` also take ``?token=`` (links in a browser);
+        a route forwarded to Ollama never does, or the token would travel on in the URL.
+        """
+        token = self.options.admin_token
+        if token:
+            given = bearer(request) or (request.query_params.get("token") if in_query else None)
+            if not token_matches(given, token):
+                how = "Authorization: Bearer <token>" + (" or ?token=" if in_query else "")
+                raise self._refused(request, f"this needs the admin token: {how}")
+        elif self.options.require_key:
+            await self.required_key(request)
 
 
 class Unauthenticated:

@@ -26,19 +26,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ollama_meter.config import Settings
-from ollama_meter.errors import LedgerError, ValidationError
+from ollama_meter.errors import ValidationError
 from ollama_meter.gateway import _metrics as metrics
 from ollama_meter.gateway._access import (
     TOKEN_IN_QUERY,
+    Access,
     BadCall,
     GatewayOptions,
     Refused,
-    Unauthenticated,
-    bearer,
-    presented_key,
     read_body,
-    route_of,
-    token_matches,
     unrouted,
 )
 from ollama_meter.gateway._attribution import Forbidden, resolve
@@ -62,7 +58,6 @@ from ollama_meter.gateway._requests import (
 from ollama_meter.gateway._retention import prune_daily
 from ollama_meter.gateway._slots import client_left
 from ollama_meter.gateway._threads import in_thread
-from ollama_meter.ledger import KEY_PREFIX, ApiKey
 from ollama_meter.meter import Attribution, Meter, Source, Status
 from ollama_meter.meter._behind import WriteBehind
 from ollama_meter.meter._wiring import transport_for
@@ -94,7 +89,7 @@ class Gateway:
         self.fleet = fleet
         self.rates = RateLimits()
         self.relay = Relay(meter, fleet)
-        self.unauthenticated = Unauthenticated()
+        self.access = Access(options, meter.ledger)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -139,79 +134,6 @@ class Gateway:
             await asyncio.sleep(every)
             await in_thread(self.meter.refresh)
 
-    # -- who may call ----------------------------------------------------------------------
-
-    def _unauthenticated(self, request: Request, message: str) -> Refused:
-        path, client = request.url.path, request.client
-        self.unauthenticated.refused(route_of(request), client.host if client else "?")
-        return Refused(
-            error_response(wire_of(path), 401, message, headers={"WWW-Authenticate": "Bearer"})
-        )
-
-    async def _key_of(self, request: Request) -> ApiKey | None:
-        """The live key the caller presented (None: none presented, or not a live key)."""
-        secret = presented_key(request)
-        if secret is None or not secret.startswith(KEY_PREFIX):
-            return None  # not one of ours (an OpenAI client sends its api_key): no ledger read
-
-        found: ApiKey | None = await in_thread(self.meter.ledger.find_key, secret)
-        return found
-
-    async def _required_key(self, request: Request) -> ApiKey:
-        """The caller's live key, or :class:`Refused` (401; 503 when keys cannot be checked)."""
-        try:
-            key = await self._key_of(request)
-        except LedgerError as exc:
-            raise Refused(
-                error_response(
-                    wire_of(request.url.path),
-                    503,
-                    f"the API key cannot be checked, so the call was not made: {exc}",
-                    headers={"Retry-After": "5"},
-                )
-            ) from None
-        if key is None:
-            raise self._unauthenticated(
-                request,
-                "a valid API key is required: send `Authorization: Bearer <key>` or "
-                "`X-Api-Key: <key>` (see `ometer keys create`)",
-            )
-        return key
-
-    async def _optional_key(self, request: Request) -> ApiKey | None:
-        """A presented key when keys are not required; its owner is charged when headers are not.
-
-        One of our keys that is not live is :class:`Refused` (401) all the same: its caller
-        asked to be charged to it, and a revoked key must not go on working on the defaults.
-        """
-        try:
-            key = await self._key_of(request)
-        except LedgerError as exc:
-            message = f"the API key cannot be checked, so the call was not made: {exc}"
-            raise BadCall(503, "ledger_unavailable", message) from None
-        if key is None and (presented_key(request) or "").startswith(KEY_PREFIX):
-            raise self._unauthenticated(
-                request,
-                "this API key is not a live key (revoked, or mistyped): send a live one "
-                "(`ometer keys list`), or none to be charged to the defaults",
-            )
-        return key
-
-    async def _admin_only(self, request: Request, *, in_query: bool = False) -> None:
-        """The admin token when one is set; else a key when keys are required.
-
-        ``in_query``: the dashboard and ``/api/dash`` also take ``?token=`` (links in a browser);
-        a route forwarded to Ollama never does, or the token would travel on in the URL.
-        """
-        token = self.options.admin_token
-        if token:
-            given = bearer(request) or (request.query_params.get("token") if in_query else None)
-            if not token_matches(given, token):
-                how = "Authorization: Bearer <token>" + (" or ?token=" if in_query else "")
-                raise self._unauthenticated(request, f"this needs the admin token: {how}")
-        elif self.options.require_key:
-            await self._required_key(request)
-
     # -- routes ----------------------------------------------------------------------------
 
     async def metered(self, request: Request) -> Response:
@@ -222,7 +144,9 @@ class Gateway:
         charged = Attribution(tenant=self.settings.tenant, department=self.settings.department)
         try:
             key = await (
-                self._required_key(request) if options.require_key else self._optional_key(request)
+                self.access.required_key(request)
+                if options.require_key
+                else self.access.optional_key(request)
             )
             if key is not None:
                 charged = Attribution(tenant=key.tenant, department=key.department)
@@ -306,7 +230,7 @@ class Gateway:
     async def passthrough(self, request: Request) -> Response:
         try:
             if self.options.require_key:
-                await self._required_key(request)
+                await self.access.required_key(request)
             # A body on GET/HEAD is never forwarded: an upstream that ignores it would
             # read it as the next request on the kept-alive connection (smuggling).
             body = (
@@ -331,7 +255,7 @@ class Gateway:
                 "start `ometer serve --allow-admin` to allow it",
             )
         try:
-            await self._admin_only(request)
+            await self.access.admin_only(request)
             if request.url.path.startswith(BLOBS):  # a model file: streamed, never held
                 upload = None if request.method in _NO_BODY else request.stream()
                 return await forward(self.fleet, request, body=upload)
@@ -364,14 +288,14 @@ class Gateway:
     async def own_page(self, request: Request, endpoint: Endpoint) -> Response:
         """The dashboard, ``/api/dash`` and ``/metrics``: behind the admin token (or a key)."""
         try:
-            await self._admin_only(request, in_query=request.url.path in TOKEN_IN_QUERY)
+            await self.access.admin_only(request, in_query=request.url.path in TOKEN_IN_QUERY)
         except Refused as refused:
             return refused.response
         response = await endpoint(request)
         body = getattr(response, "body", None)
         if request.url.path == "/metrics" and response.status_code == 200 and type(body) is bytes:
             # This process's refusals, after the other series.
-            text = body + self.unauthenticated.prometheus().encode()
+            text = body + self.access.unauthenticated.prometheus().encode()
             return Response(text, media_type=response.media_type, headers=NO_STORE)
         return response
 

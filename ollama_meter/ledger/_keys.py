@@ -2,13 +2,17 @@
 
 A key maps to a tenant and department, and may vouch for its users: one fixed
 user, or an allow-list of users its caller may name. Names follow the same
-rules as tenants and departments, checked here for every way a key is made.
+rules as tenants and departments, checked here for every way a key is made, and for
+every row read back: one edited in SQL to a name the ledger refuses, a digest that is
+none, or a date it cannot read is a :class:`LedgerError` naming the row (as budgets,
+price rules and limits are, :mod:`._stored`), never a 500 or a call charged to it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,11 +21,15 @@ from typing import Any
 from sqlalchemy import Connection, Table, insert, select, update
 
 from ollama_meter._names import MAX_USER, name_problem
-from ollama_meter.errors import ValidationError
+from ollama_meter.errors import LedgerError, ValidationError
+from ollama_meter.ledger._stored import read_records
 from ollama_meter.ledger.models import ApiKeyRow
 
 _KEYS: Table = ApiKeyRow.__table__  # type: ignore[assignment]
 KEY_PREFIX = "om_"
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{8}")  # the first 8 characters of token_urlsafe's
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_FIX = "fix or delete the row in SQL (`ometer keys create` makes a new key)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +56,22 @@ def _hash(key: str) -> str:
 
 
 def _to_key(row: Any) -> ApiKey:
+    """The key a row holds, as :func:`create_key` stores one; ValueError for a row that is not."""
+    allowed = row.allowed_users
+    if allowed is not None and not isinstance(allowed, str):
+        raise ValueError(f"allowed_users {allowed!r} is not a list of names")
+    users = tuple(allowed.split(",")) if allowed else ()
+    user = row.user
+    if user is not None and users:
+        raise ValueError("it has both a user and allowed_users; a key has one or the other")
+    if problem := _names_problem(
+        row.name, row.tenant, row.department, (user,) if user is not None else users
+    ):
+        raise ValueError(problem)
+    if not (isinstance(row.prefix, str) and _PREFIX.fullmatch(row.prefix)):
+        raise ValueError(f"its prefix {row.prefix!r} is not the 8 characters a key starts with")
+    if not (isinstance(row.key_hash, str) and _DIGEST.fullmatch(row.key_hash)):
+        raise ValueError("its key_hash is not a SHA-256 digest (64 hex digits)")
     return ApiKey(
         row.id,
         row.name,
@@ -56,12 +80,12 @@ def _to_key(row: Any) -> ApiKey:
         row.prefix,
         row.created_at,
         row.revoked_at,
-        row.user,
-        tuple(row.allowed_users.split(",")) if row.allowed_users else (),
+        user,
+        users,
     )
 
 
-def _check_names(name: str, tenant: str, department: str, users: tuple[str, ...]) -> None:
+def _names_problem(name: str, tenant: str, department: str, users: tuple[str, ...]) -> str | None:
     for what, value, limit in (
         ("key name", name, 64),
         ("tenant name", tenant, 64),
@@ -70,7 +94,25 @@ def _check_names(name: str, tenant: str, department: str, users: tuple[str, ...]
     ):
         problem = name_problem(value, limit=limit)
         if problem:
-            raise ValidationError(f"{what} {problem}")
+            return f"{what} {problem}"
+    return None
+
+
+def _check_names(name: str, tenant: str, department: str, users: tuple[str, ...]) -> None:
+    if problem := _names_problem(name, tenant, department, users):
+        raise ValidationError(problem)
+
+
+def _read(conn: Connection, *where: Any) -> list[ApiKey]:
+    """The keys of the rows ``where`` picks, in id order; LedgerError for a row that holds none."""
+    return read_records(
+        conn,
+        _KEYS,
+        select(_KEYS).where(*where).order_by(_KEYS.c.id),
+        _to_key,
+        what=lambda row: f"key {row.id}",
+        fix=lambda row: _FIX,
+    )
 
 
 def create_key(
@@ -109,7 +151,13 @@ def create_key(
 
 
 def list_keys(conn: Connection) -> list[ApiKey]:
-    return [_to_key(row) for row in conn.execute(select(ApiKeyRow).order_by(ApiKeyRow.id))]
+    return _read(conn)
+
+
+def key_with_id(conn: Connection, key_id: int) -> ApiKey | None:
+    """The key with this id, live or not; only its own row is read."""
+    found = _read(conn, _KEYS.c.id == key_id)
+    return found[0] if found else None
 
 
 def revoke_key(conn: Connection, key_id: int) -> bool:
@@ -122,16 +170,36 @@ def revoke_key(conn: Connection, key_id: int) -> bool:
 
 
 def find_key(conn: Connection, secret: str) -> ApiKey | None:
-    """The live key ``secret`` belongs to, or None. Revocation counts at once: no cache."""
+    """The live key ``secret`` belongs to, or None. Revocation counts at once: no cache.
+
+    Only the row the secret matches is read whole, so a row broken in SQL refuses its own
+    key (LedgerError), never another's that shares its prefix; two live rows with one
+    digest (a row copied to move a key) are refused too, not charged to whichever came last.
+    """
     if not secret.startswith(KEY_PREFIX):
         return None
     prefix = secret[len(KEY_PREFIX) : len(KEY_PREFIX) + 8]
-    digest = _hash(secret)
+    digest = _hash(secret).encode()
     rows = conn.execute(
-        select(ApiKeyRow).where(ApiKeyRow.prefix == prefix, ApiKeyRow.revoked_at.is_(None))
+        select(_KEYS.c.id, _KEYS.c.key_hash).where(
+            _KEYS.c.prefix == prefix, _KEYS.c.revoked_at.is_(None)
+        )
     ).all()
-    found = None
-    for row in rows:
-        if hmac.compare_digest(row.key_hash, digest):
-            found = _to_key(row)
-    return found
+    # Every row compared, in constant time: bytes, as a hand-edited digest may not be ASCII.
+    matched = [
+        key_id
+        for key_id, stored in rows
+        if hmac.compare_digest(str(stored).encode(), digest) and isinstance(stored, str)
+    ]
+    if not matched:
+        return None
+    if len(matched) > 1:
+        ids = sorted(matched)
+        named = ", ".join(str(i) for i in ids[:-1]) + f" and {ids[-1]}"
+        raise LedgerError(
+            f"keys {named} in the ledger hold the same key; revoke all but one "
+            "(`ometer keys revoke ID`)"
+        )
+    # Revoked since the read above (PostgreSQL reads each statement afresh): no key.
+    found = _read(conn, _KEYS.c.id == matched[0], _KEYS.c.revoked_at.is_(None))
+    return found[0] if found else None

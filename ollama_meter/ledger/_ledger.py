@@ -354,7 +354,7 @@ class Ledger(DurableLedger):
         """Store a scope's limits (values left None keep what was stored); a key's take its names."""
         with self.write() as conn:
             if limit.key_id is not None:
-                key = next((k for k in _keys.list_keys(conn) if k.id == limit.key_id), None)
+                key = _keys.key_with_id(conn, limit.key_id) if _row_id(limit.key_id) else None
                 if key is None or key.revoked_at is not None:
                     raise LedgerError(f"no live key with id {limit.key_id}; see `ometer keys list`")
                 limit = replace(limit, tenant=key.tenant, department=key.department)

@@ -1,4 +1,4 @@
-"""Budget, price rule and limit rows edited by hand in SQL, to values ometer never writes.
+"""Budget, price rule, limit and key rows edited by hand in SQL, to values ometer never writes.
 
 A record checks its values when made, so such a row raised a ValueError (or a decimal or date
 parser's own error) from every read of its table: a traceback for ``ometer`` and every call of
@@ -10,6 +10,7 @@ have written them, or is one LedgerError line naming the row and what to do.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -17,9 +18,10 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from ollama_meter._names import name_problem
 from ollama_meter.budgets import Budget
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import Ledger
+from ollama_meter.ledger import ApiKey, Ledger
 from ollama_meter.pricing import PriceRule
 from ollama_meter.records import Limit
 from ollama_meter.testing import OllamaEmulator
@@ -38,6 +40,11 @@ RULE_COLUMNS = (
     *("effective_from", "effective_until"),
 )
 LIMIT_COLUMNS = ("rpm", "tpm", "concurrency", "weight")
+KEY_COLUMNS = (
+    *("name", "tenant", "department", "user", "allowed_users"),
+    *("prefix", "key_hash", "created_at", "revoked_at"),
+)
+KEY_FIX = "fix or delete the row in SQL (`ometer keys create` makes a new key)"
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +135,86 @@ def test_a_limit_row_is_put_in_force_only_as_ometer_limit_set_would_store_it(
         assert all(type(getattr(limit, n)) in (int, type(None)) for n in LIMIT_COLUMNS)
 
 
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ledger, sa.Engine, str]]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('keys') / 'l.db'}"
+    ledger = Ledger(url)
+    secret = ledger.create_key(name="bot", tenant="acme", department="sales", users=("bob",))[1]
+    engine = sa.create_engine(url)
+    yield ledger, engine, secret
+    engine.dispose()
+
+
+def _as_created(key: ApiKey) -> None:
+    """A key as ``ometer keys create`` stores one: names by the name rules, one kind of user."""
+    for value, limit in ((key.name, 64), (key.tenant, 64), (key.department, 64)):
+        assert name_problem(value, limit=limit) is None, key
+    for user in (key.user, *key.users):
+        assert user is None or name_problem(user, limit=128) is None, key
+    assert key.user is None or not key.users, key
+    assert type(key.created_at) is datetime, key
+
+
+@_SETTINGS
+@given(column=st.sampled_from(KEY_COLUMNS), value=HOSTILE)
+def test_a_key_row_is_read_as_a_key_or_named(
+    keyed: tuple[Ledger, sa.Engine, str], column: str, value: object
+) -> None:
+    """A department with a line break or a tenant of 100 characters was charged as it was
+    (a span the ledger refuses: a 500 for every call with the key), a created_at of
+    ``'garbage'`` or a key_hash of ``'é'`` was a 500 on every route and a traceback from
+    ``ometer keys list``. Each is now a key as created, or one line naming the row."""
+    ledger, engine, secret = keyed
+
+    def read() -> tuple[object, object]:
+        found: object
+        try:
+            found = ledger.find_key(secret)
+        except LedgerError as exc:
+            _one_line(exc, "key 1", KEY_FIX)
+            found = exc
+        try:
+            listed: object = ledger.keys()
+        except LedgerError as exc:
+            _one_line(exc, "key 1", KEY_FIX)
+            listed = exc
+        return found, listed
+
+    read_back = _edited(engine, "api_keys", column, value, read)
+    if read_back is None:
+        return
+    found, listed = read_back
+    if isinstance(found, ApiKey):
+        _as_created(found)
+        assert isinstance(listed, list) and listed == [found]
+    if isinstance(listed, list):
+        for key in listed:
+            _as_created(key)
+
+
+def test_a_key_copied_in_sql_is_refused_not_charged_to_either_row(
+    keyed: tuple[Ledger, sa.Engine, str],
+) -> None:
+    """Two live rows with one key's digest (a row copied to move the key to another
+    department, the old one left live) charged calls to whichever row was read last."""
+    ledger, engine, secret = keyed
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO api_keys (name, tenant, department, prefix, key_hash, created_at) "
+            "SELECT name, tenant, 'support', prefix, key_hash, created_at FROM api_keys"
+        )
+    try:
+        with pytest.raises(LedgerError) as twice:
+            ledger.find_key(secret)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM api_keys WHERE id > 1")
+    assert str(twice.value) == (
+        "keys 1 and 2 in the ledger hold the same key; revoke all but one (`ometer keys revoke ID`)"
+    )
+    assert ledger.find_key(secret) is not None
+
+
 @pytest.mark.parametrize(
     ("table", "edit", "message"),
     [
@@ -177,3 +264,20 @@ def test_chat_says_which_row_to_fix(
     engine.dispose()
     done = cli("chat", "--tenant", "acme", "--dept", "sales", "-m", "llama3.1:8b", "hi")
     assert (done.code, done.stderr.strip()) == (1, f"error: {message}")
+
+
+def test_another_keys_broken_row_never_stops_a_limit_on_this_key(tmp_path: Any) -> None:
+    """Setting a key's limit read every key: one row broken in SQL refused them all."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    ledger = Ledger(url)
+    ledger.create_key(name="old", tenant="acme", department="sales")
+    ledger.create_key(name="bot", tenant="acme", department="support")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE api_keys SET created_at = 'garbage' WHERE id = 1")
+    engine.dispose()
+    limit = ledger.set_limit(Limit("x", None, key_id=2, rpm=5))
+    assert (limit.tenant, limit.department, limit.rpm) == ("acme", "support", 5)
+    with pytest.raises(LedgerError) as broken:
+        ledger.set_limit(Limit("x", None, key_id=1, rpm=5))
+    _one_line(broken.value, "key 1", KEY_FIX)

@@ -1,0 +1,142 @@
+"""Gateway keys and the admin token, tried as an attacker would, in process.
+
+A credential is the caller's to the gateway: it never travels on to Ollama, whichever header
+carries it. A key row someone edited in SQL is either a key as ``ometer keys create`` would
+have stored it, or a refusal naming the row; never a 500, never a call charged to a name
+the ledger would refuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ollama_meter.ledger import Ledger
+from ollama_meter.testing import OllamaEmulator
+from tests.gateway.conftest import Gateway
+
+TOKEN = "admin-s3cret"
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+HI = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+
+@pytest.mark.parametrize("require_key", [True, False])
+@pytest.mark.parametrize("header", ["Authorization", "X-Api-Key", "X-Ometer-Key"])
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/chat", HI),
+        ("POST", "/v1/chat/completions", HI),
+        ("POST", "/v1/messages", {**HI, "max_tokens": 5}),
+        ("GET", "/api/tags", None),
+        ("POST", "/api/show", {"model": "llama3.1:8b"}),
+        ("GET", "/v1/models/llama3.1:8b", None),
+    ],
+)
+def test_a_key_never_travels_on_to_ollama_in_any_header(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    require_key: bool,
+    header: str,
+    method: str,
+    path: str,
+    body: dict[str, object] | None,
+) -> None:
+    """``X-Api-Key`` (what Anthropic's clients send) reached Ollama with the gateway's key in
+    it, on every route: a log or a proxy beside Ollama then held a live key."""
+    secret = Ledger(sqlite_url).create_key(name="bot", tenant="acme", department="sales")[1]
+    gw = app_on(emulator.url, sqlite_url, require_key=require_key)
+    value = f"Bearer {secret}" if header == "Authorization" else secret
+    reply = gw.client.request(method, path, json=body, headers={header: value})
+    assert reply.status_code == 200, reply.text
+    (sent,) = emulator.requests
+    assert [name for name, v in sent.headers.items() if secret in v] == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (
+            "department = 'a' || char(10) || 'b'",
+            "department name 'a\\nb' has characters other than letters, digits and . _ @ + - "
+            "(and must start with a letter or digit)",
+        ),
+        ("tenant = printf('%.100c', 't')", "tenant name is longer than 64 characters"),
+        ("user = ''", "user name is empty"),
+        ("created_at = 'garbage'", "its created_at 'garbage' is not a value of the column's type"),
+    ],
+)
+@pytest.mark.parametrize("require_key", [True, False])
+def test_a_key_row_edited_in_sql_is_a_503_naming_it_on_every_route(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    require_key: bool,
+    edit: str,
+    reason: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Such a row was a 500 for every call with its key (or, for a bad user, a 400 telling
+    the caller their user name was wrong), and its key opened the pass-through routes. Only
+    the caller sees the answer, so the log says it too, a line every 10 s."""
+    secret = Ledger(sqlite_url).create_key(name="bot", tenant="acme", department="sales")[1]
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE api_keys SET {edit}")
+    engine.dispose()
+    gw = app_on(emulator.url, sqlite_url, require_key=require_key, admin_token=TOKEN)
+    message = (
+        f"the API key cannot be checked, so the call was not made: key 1 in the ledger cannot "
+        f"be read: {reason}; fix or delete the row in SQL (`ometer keys create` makes a new key)"
+    )
+    routes = [("POST", "/api/chat", HI), ("GET", "/api/tags", None)]
+    for method, path, body in routes if require_key else routes[:1]:
+        reply = gw.client.request(method, path, json=body, headers=bearer(secret))
+        assert (reply.status_code, reply.json()) == (503, {"error": message}), path
+    assert emulator.requests == []
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.gateway"]
+    assert said == [f"checking an API key failed: {message.split(': ', 1)[1]}"]
+
+
+def test_keys_list_names_a_row_it_cannot_read(cli: Any, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]
+    Ledger(sqlite_url).create_key(name="bot", tenant="acme", department="sales")
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE api_keys SET created_at = 'garbage'")
+    engine.dispose()
+    done = cli("keys", "list", "--db", sqlite_url)
+    assert (done.code, done.stderr.strip()) == (
+        1,
+        "error: key 1 in the ledger cannot be read: its created_at 'garbage' is not a value of "
+        "the column's type; fix or delete the row in SQL (`ometer keys create` makes a new key)",
+    )
+
+
+@pytest.mark.parametrize("how", ["env", "option"])
+def test_an_empty_admin_token_stops_serve_as_a_blank_one_does(
+    cli: Any, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """``OMETER_ADMIN_TOKEN=" "`` stopped ``ometer serve``, but ``OMETER_ADMIN_TOKEN=""`` (a
+    secret file that was not there) started it with no token: with ``--require-key`` every key
+    then read everyone's spend, and with ``--allow-admin`` pulled and deleted models."""
+    if how == "env":
+        monkeypatch.setenv("OMETER_ADMIN_TOKEN", "")
+    token = ["--admin-token", ""] if how == "option" else []
+    done = cli(
+        *("serve", "--require-key", "--allow-admin", *token),
+        *("--upstream", emulator.url, "--db", "nonsense://"),  # never listens, whatever happens
+    )
+    assert (done.code, done.stderr.strip()) == (
+        2,
+        "error: --admin-token (OMETER_ADMIN_TOKEN): is blank; give letters, digits and "
+        "punctuation (e.g. the output of `openssl rand -hex 32`)",
+    )
