@@ -20,6 +20,7 @@ import json
 from typing import Any, Final as Constant, Protocol
 
 from ollama_meter.upstream._classify import reported_error
+from ollama_meter.upstream._unasked import without_usage
 from ollama_meter.upstream._vocabulary import Delta, Event, Final
 
 OPENAI_PREFIX = "openai."
@@ -328,8 +329,9 @@ class WireFormat(Protocol):
         not read); raises :class:`Malformed` for an item that is not one."""
         ...
 
-    def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
-        """Whether the client must not see this object (a usage chunk it did not ask for)."""
+    def shown(self, frame: bytes, obj: dict[str, Any], *, hide_usage: bool) -> bytes | None:
+        """What the client gets of the item ``frame`` (without its separator), ``obj`` decoded:
+        None for nothing (a usage chunk it did not ask for); see :mod:`._unasked`."""
         ...
 
     def error_body(self, status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
@@ -355,8 +357,8 @@ class _Ollama:
             raise Malformed(f"a line that is not a JSON object: {_excerpt(frame)}")
         return obj
 
-    def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
-        return False
+    def shown(self, frame: bytes, obj: dict[str, Any], *, hide_usage: bool) -> bytes | None:
+        return frame
 
     def error_body(self, status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
         return {"error": message}
@@ -400,8 +402,10 @@ class _OpenAI:
             raise Malformed(f"an event whose data is not a JSON object: {_excerpt(frame)}")
         return obj
 
-    def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
-        return hide_usage and OpenAIReader.usage_only(obj)
+    def shown(self, frame: bytes, obj: dict[str, Any], *, hide_usage: bool) -> bytes | None:
+        if not hide_usage or "usage" not in obj:
+            return frame
+        return None if OpenAIReader.usage_only(obj) else without_usage(frame, obj)
 
     def error_body(self, status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
         default = "invalid_request_error" if status < 500 else "api_error"

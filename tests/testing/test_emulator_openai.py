@@ -83,7 +83,7 @@ def test_reasoning_effort_none_turns_thinking_off_and_others_are_refused(
     bad = http.post("/v1/chat/completions", json={**body, "reasoning": {"effort": "max"}})
     assert bad.status_code == 400
     assert bad.json()["error"]["message"] == (
-        "invalid reasoning value: 'max' (must be \"high\", \"medium\", \"low\", or \"none\")"
+        'invalid reasoning value: \'max\' (must be "high", "medium", "low", or "none")'
     )
     cannot = {"model": "llama3.1:8b", "messages": USER, "reasoning_effort": "low"}
     refused = http.post("/v1/chat/completions", json=cannot)

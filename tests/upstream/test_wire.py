@@ -137,7 +137,9 @@ def test_openai_streams_keep_model_and_finish_reason_until_the_usage() -> None:
     ]
     usage = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}
     assert reader.read(usage) == [Final("m", "stop", 4, 2)]
-    assert OPENAI.hidden(usage, hide_usage=True) and not OPENAI.hidden(usage, hide_usage=False)
+    frame = b"data: " + json.dumps(usage).encode()
+    assert OPENAI.shown(frame, usage, hide_usage=True) is None
+    assert OPENAI.shown(frame, usage, hide_usage=False) == frame
     assert reader.finish() == [] and reader.complete
 
 
