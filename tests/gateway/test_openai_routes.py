@@ -19,7 +19,14 @@ import openai
 import pytest
 
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.testing import DEFAULT_MODELS, THINKING_MODEL, OllamaEmulator, expected_reply
+from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
+from ollama_meter.testing import (
+    DEFAULT_MODELS,
+    THINKING_MODEL,
+    Fault,
+    OllamaEmulator,
+    expected_reply,
+)
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
@@ -133,3 +140,82 @@ def test_streamed_reasoning_and_tool_calls_reach_the_official_client_and_count_o
         "reported",
     )
     assert span.cost_total == expected.prompt_tokens * 1000 + expected.output_tokens * 2000
+
+
+@pytest.mark.parametrize("fault", [Fault.MIDSTREAM_ERROR, Fault.DROP])
+@pytest.mark.parametrize("after", [1, 9])
+def test_a_broken_reasoning_stream_ends_in_an_error_the_client_raises_and_an_estimated_span(
+    gw: Gateway, thinker: OllamaEmulator, fault: Fault, after: int
+) -> None:
+    """Ollama's error event is relayed as it sent it, a stream that breaks off ends with the
+    gateway's; either way the official client raises, and the span counts the chunks that
+    came (a reasoning chunk is a token), estimated."""
+    thinker.inject(fault, after_tokens=after)
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+    got: list[Any] = []
+    answer = client.chat.completions.create(
+        model="qwen3:8b",
+        messages=HI,  # type: ignore[arg-type]
+        stream=True,
+    )
+    with pytest.raises(openai.APIError):
+        got.extend(answer)
+    expected = expected_reply("qwen3:8b", HI)
+    assert len(got) == min(after, expected.output_tokens)
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.error_type, span.token_source) == (
+        "error",
+        "stream_error",
+        "estimated",
+    )
+    assert (span.input_tokens, span.output_tokens) == (
+        estimate_tokens(HI[0]["content"]),
+        len(got),
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"])
+def test_an_unknown_model_is_ollamas_404_byte_for_byte_and_an_error_span(
+    gw: Gateway, thinker: OllamaEmulator, path: str, stream: bool
+) -> None:
+    body: dict[str, Any] = {"model": "gpt-4o", "stream": stream}
+    body |= {"messages": HI, "prompt": "hi", "input": "hi"}
+    direct = httpx.post(f"{thinker.url}{path}", json=body, timeout=10)
+    relayed = httpx.post(f"{gw.url}{path}", json=body, timeout=10)
+    assert (direct.status_code, relayed.status_code) == (404, 404)
+    assert relayed.content == direct.content
+    assert relayed.json()["error"]["type"] == "not_found_error"
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.error_type, span.http_status) == ("error", "model_not_found", 404)
+    assert (span.input_tokens, span.output_tokens, span.cost_total) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+def test_a_stream_broken_after_its_tool_call_estimates_the_call_from_its_length(
+    gw: Gateway, thinker: OllamaEmulator, path: str
+) -> None:
+    """A tool call streams whole, in one chunk, however many tokens the model wrote for it:
+    a stream that breaks after it (no usage came) estimates the call from its length, as a
+    whole reply's is, not as one token."""
+    thinker.inject(Fault.DROP, after_tokens=1)
+    body = {"model": "llama3.1:8b", "messages": HI, "tools": WEATHER, "stream": True}
+    relayed = httpx.post(f"{gw.url}{path}", json=body, timeout=10)
+    expected = expected_reply("llama3.1:8b", HI, tools=WEATHER)
+    (call,) = expected.tool_calls
+    name, arguments = call["function"]["name"], call["function"]["arguments"]
+    if path == "/api/chat":
+        (chunk, _) = [json.loads(line) for line in relayed.text.splitlines()]
+        assert chunk["message"]["tool_calls"] == [call]
+        chars = len(json.dumps(name)) + len(json.dumps(arguments))
+    else:
+        (chunk, _) = [json.loads(e[6:]) for e in relayed.text.split("\n\n") if e]
+        (written,) = chunk["choices"][0]["delta"]["tool_calls"]
+        chars = len(json.dumps(name)) + len(written["function"]["arguments"])
+    assert tokens_in_chars(chars) > 1
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.output_tokens, span.token_source) == (
+        "error",
+        tokens_in_chars(chars),
+        "estimated",
+    )
