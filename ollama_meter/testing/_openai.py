@@ -36,6 +36,7 @@ from ollama_meter.testing._wire import (
     model_field,
     modified_at,
     openai_texts,
+    unmarshal_error,
 )
 
 
@@ -51,6 +52,13 @@ def _think(body: dict[str, Any]) -> bool | str | None:
     None (the model's default), False for ``none``, else the level; Ollama refuses others."""
     reasoning = body.get("reasoning")
     effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    fields = (
+        (effort, "Reasoning.effort"),
+        (body.get("reasoning_effort"), "ChatCompletionRequest.reasoning_effort"),
+    )
+    for value, field in fields:
+        if value is not None and not isinstance(value, str):  # Go's decoder refuses it
+            raise Refusal(400, unmarshal_error(value, field, "string"))
     effort = effort or body.get("reasoning_effort") or ""
     if not effort:
         return None

@@ -85,6 +85,12 @@ def test_reasoning_effort_none_turns_thinking_off_and_others_are_refused(
     assert bad.json()["error"]["message"] == (
         'invalid reasoning value: \'max\' (must be "high", "medium", "low", or "none")'
     )
+    typed = http.post("/v1/chat/completions", json={**body, "reasoning_effort": 3})
+    assert typed.status_code == 400
+    assert typed.json()["error"]["message"] == (
+        "json: cannot unmarshal number into Go struct field "
+        "ChatCompletionRequest.reasoning_effort of type string"
+    )
     cannot = {"model": "llama3.1:8b", "messages": USER, "reasoning_effort": "low"}
     refused = http.post("/v1/chat/completions", json=cannot)
     assert refused.status_code == 400
