@@ -195,8 +195,9 @@ class _Answered:
                 return wire.error_frame(str(failure)), True  # past the cap, or an early end
             if failure is not None:
                 return frame + separator, True  # the client sees Ollama's own error item
-            if isinstance(item, dict) and wire.hidden(item, hide_usage=request.hide_usage):
-                return None, False
+            if isinstance(item, dict):  # less what the gateway asked for on the client's behalf
+                shown = wire.shown(frame, item, hide_usage=request.hide_usage)
+                return (None if shown is None else shown + separator), False
             return frame + separator, False
 
         frames = Frames(separator, host=pool.host)

@@ -72,6 +72,9 @@ class MeteredCall:
         self.reply_chars = 0
         """The reply's length in characters, kept or not (see :data:`KEPT_REPLY_CHARS`)."""
         self.content_chunks = 0
+        self.streamed_tokens = 0
+        """A stream's reply tokens as its pieces show them: one a piece (Ollama streams a
+        token a chunk), a tool call's from its length (it comes whole, in one)."""
         self.other_chars = 0
         """The characters of the reply's thinking and tool calls (not its text)."""
         self.final: Final | None = None
@@ -107,6 +110,7 @@ class MeteredCall:
             self.final = event
         elif event.generated:  # thinking and tool calls are reply tokens too
             self.content_chunks += 1
+            self.streamed_tokens += max(1, tokens_in_chars(event.call_chars))
             self.other_chars += event.other_chars
             if event.text and self.keep_reply:
                 room = KEPT_REPLY_CHARS - self.reply_chars
@@ -315,7 +319,7 @@ class MeteredCall:
             span.output_tokens = reported_out
         else:
             span.output_tokens = (
-                self.content_chunks
+                self.streamed_tokens
                 if span.stream
                 else tokens_in_chars(self.reply_chars + self.other_chars)
             )

@@ -2,11 +2,17 @@
 
 The shapes Ollama's OpenAI layer writes (chunk field order, ``system_fingerprint``,
 SSE framing with ``data: [DONE]``, the usage chunk when asked), and its errors
-as OpenAI error objects.
+as OpenAI error objects. A chat thinks and calls tools as ``/api/chat`` does, written as
+Ollama's OpenAI layer writes them: the thinking in ``reasoning`` (a chunk of its own), a
+tool call whole in one chunk (``id``, ``index``, ``arguments`` as a JSON string) and the
+finish reason ``tool_calls``. With ``stream_options.include_usage``, a text completion's
+every chunk carries a zero ``usage`` (Ollama's ``CompleteWriter`` sets it on each) before the
+usage chunk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any
@@ -18,6 +24,8 @@ from ollama_meter.testing._models import (
     expected_embedding,
     find_model,
     reply_for_texts,
+    thinks,
+    wants_tool,
 )
 from ollama_meter.testing._wire import (
     ERROR_MIDSTREAM,
@@ -28,11 +36,55 @@ from ollama_meter.testing._wire import (
     model_field,
     modified_at,
     openai_texts,
+    unmarshal_error,
 )
 
 
 def _event(obj: object) -> bytes:
     return b"data: " + go_json(obj) + b"\n\n"
+
+
+_EFFORTS = ("high", "medium", "low", "none")
+
+
+def _think(body: dict[str, Any]) -> bool | str | None:
+    """What a chat's ``reasoning.effort`` (else ``reasoning_effort``) asks of ``think``:
+    None (the model's default), False for ``none``, else the level; Ollama refuses others."""
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    fields = (
+        (effort, "Reasoning.effort"),
+        (body.get("reasoning_effort"), "ChatCompletionRequest.reasoning_effort"),
+    )
+    for value, field in fields:
+        if value is not None and not isinstance(value, str):  # Go's decoder refuses it
+            raise Refusal(400, unmarshal_error(value, field, "string"))
+    effort = effort or body.get("reasoning_effort") or ""
+    if not effort:
+        return None
+    if effort not in _EFFORTS:
+        allowed = '"high", "medium", "low", or "none"'
+        raise Refusal(400, f"invalid reasoning value: '{effort}' (must be {allowed})")
+    return False if effort == "none" else str(effort)
+
+
+def _openai_calls(calls: tuple[dict[str, Any], ...], seed: str) -> list[dict[str, Any]]:
+    """Tool calls as Ollama's OpenAI layer writes them: an id, the call's index, the
+    arguments as a JSON string."""
+    written = []
+    for index, call in enumerate(calls):
+        function = call["function"]
+        digest = hashlib.sha256(f"{seed}\0{index}".encode()).hexdigest()[:8]
+        arguments = go_json(function["arguments"]).decode()
+        written.append(
+            {
+                "id": f"call_{digest}",
+                "index": index,
+                "type": "function",
+                "function": {"name": function["name"], "arguments": arguments},
+            }
+        )
+    return written
 
 
 class OpenAIRoutes(Handler):
@@ -56,11 +108,14 @@ class OpenAIRoutes(Handler):
         go_type = "openai.ChatCompletionRequest" if chat else "openai.CompletionRequest"
         try:
             body = decode_body(raw, go_type)
+            think: bool | str | None = None
+            messages: list[Any] = []
             if chat:
                 messages = body.get("messages") or []
                 if not isinstance(messages, list) or not messages:
                     raise Refusal(400, "[] is too short - 'messages'")
                 texts = openai_texts(messages)
+                think = _think(body)
             else:
                 prompt = body.get("prompt", "")
                 if not isinstance(prompt, str):
@@ -71,6 +126,8 @@ class OpenAIRoutes(Handler):
             if model.embedding:
                 what = "chat" if chat else "generate"
                 raise Refusal(400, f"{json.dumps(name)} does not support {what}")
+            if not model.thinking and think:
+                raise Refusal(400, f"{json.dumps(name)} does not support thinking")
             options: dict[str, Any] = {}
             max_tokens = body.get("max_tokens")
             if isinstance(max_tokens, int | float) and not isinstance(max_tokens, bool):
@@ -92,7 +149,15 @@ class OpenAIRoutes(Handler):
         if self.instead(outcome, self._openai_error):
             return
 
-        reply = reply_for_texts(model, texts, None if fault is Fault.IGNORE_CAP else options)
+        tools = body.get("tools") if chat else None
+        offered = tools if isinstance(tools, list) and tools and wants_tool(messages) else None
+        reply = reply_for_texts(
+            model,
+            texts,
+            None if fault is Fault.IGNORE_CAP else options,
+            think=thinks(model, think),
+            tools=offered,
+        )
         emu._warm(model)
         counted = fault is not Fault.OMIT_COUNTS
         prompt_tokens = reply.prompt_tokens if counted else 0
@@ -104,11 +169,24 @@ class OpenAIRoutes(Handler):
         }
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{emu._next_completion_id()}"
         created = int(time.time())
+        calls = _openai_calls(reply.tool_calls, ident)
+        finish_reason = "tool_calls" if calls else reply.done_reason
 
-        def choice(content: str, finish: str | None, key: str) -> dict[str, Any]:
+        def choice(
+            content: str,
+            finish: str | None,
+            key: str,
+            thought: str = "",
+            called: list[dict[str, Any]] | None = None,
+        ) -> dict[str, Any]:
             if not chat:
                 return {"text": content, "index": 0, "finish_reason": finish}
-            message = {"role": "assistant", "content": content}
+            # Field order and omitempty as Ollama's openai.Message has them.
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if thought:
+                message["reasoning"] = thought
+            if called:
+                message["tool_calls"] = called
             return {"index": 0, key: message, "finish_reason": finish}
 
         if not stream:
@@ -119,7 +197,7 @@ class OpenAIRoutes(Handler):
                 "created": created,
                 "model": name,
                 "system_fingerprint": "fp_ollama",
-                "choices": [choice(reply.content, reply.done_reason, "message")],
+                "choices": [choice(reply.content, finish_reason, "message", reply.thinking, calls)],
                 "usage": usage,
             }
             if fault is Fault.NO_USAGE:
@@ -127,9 +205,14 @@ class OpenAIRoutes(Handler):
             self._send_json(200, completion, newline=True)
             return
 
-        def chunk(content: str, finish: str | None) -> dict[str, Any]:
+        def chunk(
+            content: str,
+            finish: str | None,
+            thought: str = "",
+            called: list[dict[str, Any]] | None = None,
+        ) -> dict[str, Any]:
             if not chat:  # Ollama's CompletionChunk puts choices before model
-                return {
+                written = {
                     "id": ident,
                     "object": "text_completion",
                     "created": created,
@@ -137,17 +220,26 @@ class OpenAIRoutes(Handler):
                     "model": name,
                     "system_fingerprint": "fp_ollama",
                 }
+                if include_usage:  # a zero usage on every chunk, as Ollama writes it
+                    written["usage"] = dict.fromkeys(usage, 0)
+                return written
             return {
                 "id": ident,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": name,
                 "system_fingerprint": "fp_ollama",
-                "choices": [choice(content, finish, "delta")],
+                "choices": [choice(content, finish, "delta", thought, called)],
             }
 
+        # Thinking streams first, a token a chunk; a tool call comes whole, in one chunk.
+        pieces: list[dict[str, Any]] = [chunk("", None, t) for t in reply.thinking_pieces]
+        pieces += [chunk(piece, None) for piece in reply.pieces]
+        if calls:
+            pieces.append(chunk("", None, called=calls))
+
         def ending() -> list[bytes]:
-            last = chunk("", reply.done_reason)
+            last = chunk("", finish_reason)
             chunks = [_event(last)]
             if include_usage and fault is not Fault.NO_USAGE:
                 last["choices"] = []
@@ -158,8 +250,8 @@ class OpenAIRoutes(Handler):
         error = {"message": ERROR_MIDSTREAM, "type": "api_error", "param": None, "code": None}
         self.stream(
             "text/event-stream",
-            reply.pieces,
-            lambda piece: _event(chunk(piece, None)),
+            pieces,
+            _event,
             limit=armed.cut_after if armed else None,
             cut=fault,
             error=_event({"error": error}),

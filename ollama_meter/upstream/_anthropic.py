@@ -156,8 +156,8 @@ class _Anthropic(_OpenAI):
     def reader(self, operation: str, *, stream: bool = False) -> Reader:
         return MessagesReader(stream=stream)
 
-    def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
-        return False
+    def shown(self, frame: bytes, obj: dict[str, Any], *, hide_usage: bool) -> bytes | None:
+        return frame
 
     def error_body(self, status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
         default = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")

@@ -34,6 +34,9 @@ class Delta:
     """How long that other output is, in characters (the thinking's text, each tool call's
     name and arguments as JSON): what a whole reply Ollama did not count is estimated from,
     with its text."""
+    call_chars: int = 0
+    """Of those, the tool calls': a call comes whole in one piece, however many tokens the
+    model wrote for it, so a stream Ollama did not count estimates it from its length."""
 
     @property
     def generated(self) -> bool:

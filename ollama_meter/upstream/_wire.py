@@ -20,6 +20,7 @@ import json
 from typing import Any, Final as Constant, Protocol
 
 from ollama_meter.upstream._classify import reported_error
+from ollama_meter.upstream._unasked import without_usage
 from ollama_meter.upstream._vocabulary import Delta, Event, Final
 
 OPENAI_PREFIX = "openai."
@@ -148,7 +149,10 @@ class OllamaReader:
                 return [self._loaded(obj, None, only="load")]
             return [self._final(obj, output_tokens=0)]
         other = self._other_chars(obj)
-        events: list[Event] = [Delta(self._reply_text(obj), other is not None, other or 0)]
+        thought, calls = other or (0, 0)
+        events: list[Event] = [
+            Delta(self._reply_text(obj), other is not None, thought + calls, calls)
+        ]
         if obj.get("done") is True:
             self.complete = True
             events.append(self._final(obj, output_tokens=_count(obj.get("eval_count"))))
@@ -164,9 +168,9 @@ class OllamaReader:
         getter = getattr(message, "get", None)
         return (_text(getter("content")) or "") if callable(getter) else ""
 
-    def _other_chars(self, obj: Any) -> int | None:
-        """The characters of the thinking or tool calls ``obj`` carries (generated, though
-        not reply text); None when it carries none."""
+    def _other_chars(self, obj: Any) -> tuple[int, int] | None:
+        """The characters of the thinking and of the tool calls ``obj`` carries (generated,
+        though not reply text); None when it carries neither."""
         if not self.chat:
             thinking, calls = _text(obj.get("thinking")), obj.get("tool_calls")
         else:
@@ -177,7 +181,7 @@ class OllamaReader:
             thinking, calls = _text(getter("thinking")), getter("tool_calls")
         if not thinking and not _some(calls):
             return None
-        return len(thinking or "") + _calls_chars(calls)
+        return len(thinking or ""), _calls_chars(calls)
 
     @staticmethod
     def _final(obj: Any, *, output_tokens: int | None) -> Final:
@@ -246,12 +250,11 @@ class OpenAIReader:
                 bool(_text(delta.get("reasoning"))) or _some(delta.get("tool_calls"))
             )
             if text or other:
-                chars = 0
+                thought = calls = 0
                 if other and isinstance(delta, dict):
-                    chars = len(_text(delta.get("reasoning")) or "") + _calls_chars(
-                        delta.get("tool_calls"), arguments_as_text=True
-                    )
-                events.append(Delta(text, other, chars))
+                    thought = len(_text(delta.get("reasoning")) or "")
+                    calls = _calls_chars(delta.get("tool_calls"), arguments_as_text=True)
+                events.append(Delta(text, other, thought + calls, calls))
             self.finish_reason = _text(choice.get("finish_reason")) or self.finish_reason
         usage = obj.get("usage")
         if isinstance(usage, dict) and usage:
@@ -328,8 +331,9 @@ class WireFormat(Protocol):
         not read); raises :class:`Malformed` for an item that is not one."""
         ...
 
-    def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
-        """Whether the client must not see this object (a usage chunk it did not ask for)."""
+    def shown(self, frame: bytes, obj: dict[str, Any], *, hide_usage: bool) -> bytes | None:
+        """What the client gets of the item ``frame`` (without its separator), ``obj`` decoded:
+        None for nothing (a usage chunk it did not ask for); see :mod:`._unasked`."""
         ...
 
     def error_body(self, status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
@@ -355,8 +359,8 @@ class _Ollama:
             raise Malformed(f"a line that is not a JSON object: {_excerpt(frame)}")
         return obj
 
-    def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
-        return False
+    def shown(self, frame: bytes, obj: dict[str, Any], *, hide_usage: bool) -> bytes | None:
+        return frame
 
     def error_body(self, status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
         return {"error": message}
@@ -400,8 +404,10 @@ class _OpenAI:
             raise Malformed(f"an event whose data is not a JSON object: {_excerpt(frame)}")
         return obj
 
-    def hidden(self, obj: dict[str, Any], *, hide_usage: bool) -> bool:
-        return hide_usage and OpenAIReader.usage_only(obj)
+    def shown(self, frame: bytes, obj: dict[str, Any], *, hide_usage: bool) -> bytes | None:
+        if not hide_usage or "usage" not in obj:
+            return frame
+        return None if OpenAIReader.usage_only(obj) else without_usage(frame, obj)
 
     def error_body(self, status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
         default = "invalid_request_error" if status < 500 else "api_error"

@@ -445,7 +445,9 @@ def test_openai_completions_whole_and_streamed(http: httpx.Client) -> None:
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     # Ollama's CompletionChunk: choices come before model
-    assert list(chunks[0]) == ["id", "object", "created", "choices", "model", "system_fingerprint"]
+    assert list(chunks[0]) == [
+        *("id", "object", "created", "choices", "model", "system_fingerprint", "usage")
+    ]
     texts = [c["choices"][0]["text"] for c in chunks if c["choices"]]
     assert "".join(texts) == expected.content
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]

@@ -137,7 +137,9 @@ def test_openai_streams_keep_model_and_finish_reason_until_the_usage() -> None:
     ]
     usage = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}
     assert reader.read(usage) == [Final("m", "stop", 4, 2)]
-    assert OPENAI.hidden(usage, hide_usage=True) and not OPENAI.hidden(usage, hide_usage=False)
+    frame = b"data: " + json.dumps(usage).encode()
+    assert OPENAI.shown(frame, usage, hide_usage=True) is None
+    assert OPENAI.shown(frame, usage, hide_usage=False) == frame
     assert reader.finish() == [] and reader.complete
 
 
@@ -287,15 +289,16 @@ def test_thinking_and_tool_calls_say_how_long_they_are_in_every_shape() -> None:
     each call's name and arguments as JSON) is what a whole reply without counts is
     estimated from, alike from Ollama's JSON, the ``ollama`` client's objects and OpenAI's."""
     call = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
-    chars = len("hmm") + len('"get_weather"') + len('{"city": "Paris"}')
+    calls = len('"get_weather"') + len('{"city": "Paris"}')
+    chars = len("hmm") + calls
     chat = {
         "model": "m",
         "message": {"role": "assistant", "content": "", "thinking": "hmm", "tool_calls": [call]},
         "done": False,
     }
-    assert OLLAMA.reader("chat").read(chat) == [Delta("", True, chars)]
+    assert OLLAMA.reader("chat").read(chat) == [Delta("", True, chars, calls)]
     sdk = ollama.ChatResponse(**chat)
-    assert OLLAMA.reader("chat").read(sdk) == [Delta("", True, chars)]
+    assert OLLAMA.reader("chat").read(sdk) == [Delta("", True, chars, calls)]
     generate = {"model": "m", "response": "", "thinking": "hmm", "done": False}
     assert OLLAMA.reader("generate").read(generate) == [Delta("", True, len("hmm"))]
     openai_call = {
@@ -306,4 +309,4 @@ def test_thinking_and_tool_calls_say_how_long_they_are_in_every_shape() -> None:
     }
     message = {"role": "assistant", "content": "", "reasoning": "hmm", "tool_calls": [openai_call]}
     answer = {"choices": [{"message": message, "finish_reason": "tool_calls"}]}
-    assert OPENAI.reader("openai.chat").read(answer) == [Delta("", True, chars)]
+    assert OPENAI.reader("openai.chat").read(answer) == [Delta("", True, chars, calls)]
