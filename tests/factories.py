@@ -160,3 +160,21 @@ def quick_history(model: str = "llama3.1:8b") -> SpanRecord:
         eval_duration_ns=1_000_000_000,
         load_duration_ns=100_000_000,
     )
+
+
+# A tool as Ollama's docs give it, and a question a model answers by calling it.
+WEATHER_TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_current_weather",
+            "description": "Get the current weather for a location",
+            "parameters": {
+                "type": "object",
+                "properties": {"location": {"type": "string"}, "format": {"type": "string"}},
+                "required": ["location", "format"],
+            },
+        },
+    }
+]
+WEATHER_QUESTION = [{"role": "user", "content": "what is the weather in Paris today"}]

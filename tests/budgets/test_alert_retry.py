@@ -12,8 +12,6 @@ import logging
 import ssl
 import subprocess
 from collections.abc import Iterator
-from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +20,9 @@ import pytest
 from ollama_meter.budgets import Alert, AlertDispatcher, WebhookChannel
 from ollama_meter.budgets._alerts import MAX_RUNS, TRIES
 from ollama_meter.ledger import Ledger
+from tests.budgets.test_alert_once import NOV, fired
 from tests.budgets.test_gate import Receiver
 
-NOV = datetime(2026, 11, 1, tzinfo=UTC)
 NOW = (0.0,) * (MAX_RUNS - 1)
 """Try again at once: the schedule, not its minutes, is what these tests pin."""
 
@@ -35,14 +33,6 @@ def receiver() -> Iterator[Receiver]:
     yield r
     r.server.shutdown()
     r.server.server_close()
-
-
-def fired(ledger: Ledger) -> Alert:
-    alert = Alert(0, 1, "acme", "sales", "month", "2026-11", NOV, 90, 9, 10, "USD")
-    with ledger.budget_transaction() as store:
-        alert_id = store.claim_alert(alert, NOV)
-    assert alert_id is not None
-    return replace(alert, id=alert_id)
 
 
 def test_a_webhook_down_for_a_moment_gets_the_alert_without_a_restart(

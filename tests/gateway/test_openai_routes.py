@@ -27,22 +27,8 @@ from ollama_meter.testing import (
     OllamaEmulator,
     expected_reply,
 )
-from tests.factories import token_prices
+from tests.factories import WEATHER_QUESTION, WEATHER_TOOLS, token_prices
 from tests.gateway.conftest import Gateway
-
-HI = [{"role": "user", "content": "what is the weather in Paris today"}]
-WEATHER = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_current_weather",
-            "parameters": {
-                "type": "object",
-                "properties": {"location": {"type": "string"}, "format": {"type": "string"}},
-            },
-        },
-    }
-]
 
 
 @pytest.fixture
@@ -67,9 +53,12 @@ def _same_ids(text: str) -> str:
 
 
 BODIES: list[tuple[str, dict[str, Any]]] = [
-    ("/v1/chat/completions", {"model": "llama3.1:8b", "messages": HI}),
-    ("/v1/chat/completions", {"model": "qwen3:8b", "messages": HI}),
-    ("/v1/chat/completions", {"model": "qwen3:8b", "messages": HI, "tools": WEATHER}),
+    ("/v1/chat/completions", {"model": "llama3.1:8b", "messages": WEATHER_QUESTION}),
+    ("/v1/chat/completions", {"model": "qwen3:8b", "messages": WEATHER_QUESTION}),
+    (
+        "/v1/chat/completions",
+        {"model": "qwen3:8b", "messages": WEATHER_QUESTION, "tools": WEATHER_TOOLS},
+    ),
     ("/v1/completions", {"model": "qwen2.5:7b", "prompt": "why is the sky blue"}),
 ]
 
@@ -94,7 +83,7 @@ def test_a_stream_reaches_the_client_as_ollama_sends_it_for_what_the_client_aske
     if path == "/v1/completions":
         expected = expected_reply(body["model"], prompt=body["prompt"])
     else:
-        expected = expected_reply(body["model"], HI, tools=body.get("tools"))
+        expected = expected_reply(body["model"], WEATHER_QUESTION, tools=body.get("tools"))
     assert (span.status, span.input_tokens, span.output_tokens, span.token_source) == (
         "ok",
         expected.prompt_tokens,
@@ -108,12 +97,12 @@ def test_streamed_reasoning_and_tool_calls_reach_the_official_client_and_count_o
     gw: Gateway,
 ) -> None:
     client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused")
-    expected = expected_reply("qwen3:8b", HI, tools=WEATHER)
+    expected = expected_reply("qwen3:8b", WEATHER_QUESTION, tools=WEATHER_TOOLS)
     chunks = list(
         client.chat.completions.create(
             model="qwen3:8b",
-            messages=HI,  # type: ignore[arg-type]
-            tools=WEATHER,  # type: ignore[arg-type]
+            messages=WEATHER_QUESTION,  # type: ignore[arg-type]
+            tools=WEATHER_TOOLS,  # type: ignore[arg-type]
             stream=True,
         )
     )
@@ -155,12 +144,12 @@ def test_a_broken_reasoning_stream_ends_in_an_error_the_client_raises_and_an_est
     got: list[Any] = []
     answer = client.chat.completions.create(
         model="qwen3:8b",
-        messages=HI,  # type: ignore[arg-type]
+        messages=WEATHER_QUESTION,  # type: ignore[arg-type]
         stream=True,
     )
     with pytest.raises(openai.APIError):
         got.extend(answer)
-    expected = expected_reply("qwen3:8b", HI)
+    expected = expected_reply("qwen3:8b", WEATHER_QUESTION)
     assert len(got) == min(after, expected.output_tokens)
     (span,) = gw.ledger.latest(SpanFilter(), 10)
     assert (span.status, span.error_type, span.token_source) == (
@@ -169,7 +158,7 @@ def test_a_broken_reasoning_stream_ends_in_an_error_the_client_raises_and_an_est
         "estimated",
     )
     assert (span.input_tokens, span.output_tokens) == (
-        estimate_tokens(HI[0]["content"]),
+        estimate_tokens(WEATHER_QUESTION[0]["content"]),
         len(got),
     )
 
@@ -180,7 +169,7 @@ def test_an_unknown_model_is_ollamas_404_byte_for_byte_and_an_error_span(
     gw: Gateway, thinker: OllamaEmulator, path: str, stream: bool
 ) -> None:
     body: dict[str, Any] = {"model": "gpt-4o", "stream": stream}
-    body |= {"messages": HI, "prompt": "hi", "input": "hi"}
+    body |= {"messages": WEATHER_QUESTION, "prompt": "hi", "input": "hi"}
     direct = httpx.post(f"{thinker.url}{path}", json=body, timeout=10)
     relayed = httpx.post(f"{gw.url}{path}", json=body, timeout=10)
     assert (direct.status_code, relayed.status_code) == (404, 404)
@@ -199,9 +188,14 @@ def test_a_stream_broken_after_its_tool_call_estimates_the_call_from_its_length(
     a stream that breaks after it (no usage came) estimates the call from its length, as a
     whole reply's is, not as one token."""
     thinker.inject(Fault.DROP, after_tokens=1)
-    body = {"model": "llama3.1:8b", "messages": HI, "tools": WEATHER, "stream": True}
+    body = {
+        "model": "llama3.1:8b",
+        "messages": WEATHER_QUESTION,
+        "tools": WEATHER_TOOLS,
+        "stream": True,
+    }
     relayed = httpx.post(f"{gw.url}{path}", json=body, timeout=10)
-    expected = expected_reply("llama3.1:8b", HI, tools=WEATHER)
+    expected = expected_reply("llama3.1:8b", WEATHER_QUESTION, tools=WEATHER_TOOLS)
     (call,) = expected.tool_calls
     name, arguments = call["function"]["name"], call["function"]["arguments"]
     if path == "/api/chat":

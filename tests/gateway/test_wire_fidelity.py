@@ -23,7 +23,7 @@ from ollama_meter.testing import (
     expected_embedding,
     expected_reply,
 )
-from tests.factories import token_prices
+from tests.factories import WEATHER_QUESTION, WEATHER_TOOLS, token_prices
 from tests.gateway.conftest import Gateway
 
 
@@ -55,23 +55,6 @@ def test_a_generate_with_an_empty_prompt_only_loads_whatever_else_it_sends(
     assert (span.status, span.done_reason) == ("ok", reason)
     assert (span.input_tokens, span.output_tokens, span.token_source) == (0, 0, "reported")
     assert (span.prompt_eval_duration_ns, span.eval_duration_ns) == (0, 0)
-
-
-WEATHER = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_current_weather",
-            "description": "Get the current weather for a location",
-            "parameters": {
-                "type": "object",
-                "properties": {"location": {"type": "string"}, "format": {"type": "string"}},
-                "required": ["location", "format"],
-            },
-        },
-    }
-]
-HI = [{"role": "user", "content": "what is the weather in Paris today"}]
 
 
 @pytest.fixture
@@ -114,10 +97,12 @@ def test_thinking_counts_once_in_the_reply_tokens(
     thinking's and the text's together, reported, and priced as such."""
     client = ollama.Client(host=thinking_gateway.url)
     if operation == "chat":
-        answer = client.chat(model="qwen3:8b", messages=HI, stream=stream, think=think)
-        expected = expected_reply("qwen3:8b", HI, think=think)
+        answer = client.chat(
+            model="qwen3:8b", messages=WEATHER_QUESTION, stream=stream, think=think
+        )
+        expected = expected_reply("qwen3:8b", WEATHER_QUESTION, think=think)
     else:
-        prompt = HI[0]["content"]
+        prompt = WEATHER_QUESTION[0]["content"]
         answer = client.generate(model="qwen3:8b", prompt=prompt, stream=stream, think=think)
         expected = expected_reply("qwen3:8b", prompt=prompt, think=think)
     thinking, content, _, last = _streamed(answer, stream)
@@ -140,12 +125,14 @@ def test_think_false_turns_thinking_off_and_a_model_that_cannot_think_refuses_it
     """``think: false`` on a thinking model answers without thinking; ``think`` on a model
     that cannot think is Ollama's 400, relayed as it came, and a span of the refusal."""
     client = ollama.Client(host=thinking_gateway.url)
-    plain = client.chat(model="qwen3:8b", messages=HI, think=False)
+    plain = client.chat(model="qwen3:8b", messages=WEATHER_QUESTION, think=False)
     assert plain.message.thinking is None
-    assert plain.eval_count == expected_reply("qwen3:8b", HI, think=False).output_tokens
+    assert (
+        plain.eval_count == expected_reply("qwen3:8b", WEATHER_QUESTION, think=False).output_tokens
+    )
     for think in (True, "low"):
         with pytest.raises(ollama.ResponseError) as refused:
-            client.chat(model="llama3.1:8b", messages=HI, think=think)
+            client.chat(model="llama3.1:8b", messages=WEATHER_QUESTION, think=think)
         assert (refused.value.status_code, refused.value.error) == (
             400,
             '"llama3.1:8b" does not support thinking',
@@ -162,8 +149,8 @@ def test_a_reply_that_only_calls_a_tool_counts_its_tokens(
     """A chat offered tools may answer with a tool call and no text at all: the call is
     generated output, and ``eval_count`` counts it (with any thinking before it)."""
     client = ollama.Client(host=thinking_gateway.url)
-    answer = client.chat(model=model, messages=HI, tools=WEATHER, stream=stream)
-    expected = expected_reply(model, HI, tools=WEATHER)
+    answer = client.chat(model=model, messages=WEATHER_QUESTION, tools=WEATHER_TOOLS, stream=stream)
+    expected = expected_reply(model, WEATHER_QUESTION, tools=WEATHER_TOOLS)
     thinking, content, calls, last = _streamed(answer, stream)
     assert (content, thinking) == ("", expected.thinking)
     assert [c.model_dump(exclude_none=True) for c in calls] == list(expected.tool_calls)
@@ -176,15 +163,15 @@ def test_a_reply_that_only_calls_a_tool_counts_its_tokens(
     )
     # The tool's result in the next turn: the model answers in text.
     turn = [
-        *HI,
+        *WEATHER_QUESTION,
         {"role": "assistant", "content": "", "tool_calls": list(expected.tool_calls)},
         {"role": "tool", "content": "18 degrees and sunny", "tool_name": "get_current_weather"},
     ]
-    reply = client.chat(model=model, messages=turn, tools=WEATHER)
-    assert reply.message.content == expected_reply(model, turn, tools=WEATHER).content != ""
+    reply = client.chat(model=model, messages=turn, tools=WEATHER_TOOLS)
+    assert reply.message.content == expected_reply(model, turn, tools=WEATHER_TOOLS).content != ""
 
 
-@pytest.mark.parametrize(("model", "tools"), [("qwen3:8b", None), ("llama3.1:8b", WEATHER)])
+@pytest.mark.parametrize(("model", "tools"), [("qwen3:8b", None), ("llama3.1:8b", WEATHER_TOOLS)])
 def test_a_whole_reply_without_counts_is_estimated_from_its_thinking_and_tool_calls_too(
     thinking_gateway: Gateway,
     thinker: OllamaEmulator,
@@ -195,12 +182,12 @@ def test_a_whole_reply_without_counts_is_estimated_from_its_thinking_and_tool_ca
     the thinking and the tool calls are generated output as much as the text, so a reply
     that only calls a tool is never recorded as free."""
     thinker.inject(Fault.OMIT_COUNTS)
-    body: dict[str, Any] = {"model": model, "messages": HI, "stream": False}
+    body: dict[str, Any] = {"model": model, "messages": WEATHER_QUESTION, "stream": False}
     if tools:
         body["tools"] = tools
     answer = thinking_gateway.client.post("/api/chat", json=body)
     assert answer.status_code == 200, answer.text
-    expected = expected_reply(model, HI, tools=tools)
+    expected = expected_reply(model, WEATHER_QUESTION, tools=tools)
     calls = "".join(
         json.dumps(call["function"]["name"]) + json.dumps(call["function"]["arguments"])
         for call in expected.tool_calls
@@ -231,7 +218,7 @@ def test_keep_alive_in_any_form_ollama_reads_is_passed_and_metered_as_it_answere
 def test_a_keep_alive_ollama_cannot_read_is_its_400_relayed(sqlite_gateway: Gateway) -> None:
     client = ollama.Client(host=sqlite_gateway.url)
     with pytest.raises(ollama.ResponseError) as refused:
-        client.chat(model="mistral:7b", messages=HI, keep_alive="5")
+        client.chat(model="mistral:7b", messages=WEATHER_QUESTION, keep_alive="5")
     assert (refused.value.status_code, refused.value.error) == (
         400,
         'time: missing unit in duration "5"',
@@ -279,7 +266,7 @@ def test_every_documented_field_and_any_unknown_one_reaches_ollama_as_sent(
             "options": {"temperature": 0, "seed": 42, "mirostat": 1, "unknown_option": 3},
             "keep_alive": "10m",
             "think": False,
-            "tools": WEATHER,
+            "tools": WEATHER_TOOLS,
             "logprobs": True,
             "top_logprobs": 3,
             "stream": False,

@@ -16,20 +16,7 @@ import httpx
 import pytest
 
 from ollama_meter.testing import DEFAULT_MODELS, THINKING_MODEL, OllamaEmulator, expected_reply
-
-USER = [{"role": "user", "content": "what is the weather in Paris today"}]
-WEATHER = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_current_weather",
-            "parameters": {
-                "type": "object",
-                "properties": {"location": {"type": "string"}, "format": {"type": "string"}},
-            },
-        },
-    }
-]
+from tests.factories import WEATHER_QUESTION, WEATHER_TOOLS
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +39,10 @@ def events(response: httpx.Response) -> list[dict[str, Any]]:
 def test_a_thinking_model_reasons_in_reasoning_whole_and_streamed(
     http: httpx.Client, effort: str | None
 ) -> None:
-    body: dict[str, Any] = {"model": "qwen3:8b", "messages": USER}
+    body: dict[str, Any] = {"model": "qwen3:8b", "messages": WEATHER_QUESTION}
     if effort:
         body["reasoning_effort"] = effort
-    expected = expected_reply("qwen3:8b", USER, think=effort)
+    expected = expected_reply("qwen3:8b", WEATHER_QUESTION, think=effort)
     whole = http.post("/v1/chat/completions", json=body).json()
     (choice,) = whole["choices"]
     assert choice["message"] == {
@@ -77,9 +64,12 @@ def test_a_thinking_model_reasons_in_reasoning_whole_and_streamed(
 def test_reasoning_effort_none_turns_thinking_off_and_others_are_refused(
     http: httpx.Client,
 ) -> None:
-    body = {"model": "qwen3:8b", "messages": USER, "reasoning": {"effort": "none"}}
+    body = {"model": "qwen3:8b", "messages": WEATHER_QUESTION, "reasoning": {"effort": "none"}}
     message = http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]
-    assert message == {"role": "assistant", "content": expected_reply("qwen3:8b", USER).content}
+    assert message == {
+        "role": "assistant",
+        "content": expected_reply("qwen3:8b", WEATHER_QUESTION).content,
+    }
     bad = http.post("/v1/chat/completions", json={**body, "reasoning": {"effort": "max"}})
     assert bad.status_code == 400
     assert bad.json()["error"]["message"] == (
@@ -91,7 +81,7 @@ def test_reasoning_effort_none_turns_thinking_off_and_others_are_refused(
         "json: cannot unmarshal number into Go struct field "
         "ChatCompletionRequest.reasoning_effort of type string"
     )
-    cannot = {"model": "llama3.1:8b", "messages": USER, "reasoning_effort": "low"}
+    cannot = {"model": "llama3.1:8b", "messages": WEATHER_QUESTION, "reasoning_effort": "low"}
     refused = http.post("/v1/chat/completions", json=cannot)
     assert refused.status_code == 400
     assert refused.json()["error"] == {
@@ -105,8 +95,12 @@ def test_reasoning_effort_none_turns_thinking_off_and_others_are_refused(
 def test_a_tool_call_comes_whole_with_an_id_and_finish_reason_tool_calls(
     http: httpx.Client,
 ) -> None:
-    body: dict[str, Any] = {"model": "llama3.1:8b", "messages": USER, "tools": WEATHER}
-    expected = expected_reply("llama3.1:8b", USER, tools=WEATHER)
+    body: dict[str, Any] = {
+        "model": "llama3.1:8b",
+        "messages": WEATHER_QUESTION,
+        "tools": WEATHER_TOOLS,
+    }
+    expected = expected_reply("llama3.1:8b", WEATHER_QUESTION, tools=WEATHER_TOOLS)
     (call,) = expected.tool_calls
     whole = http.post("/v1/chat/completions", json=body).json()
     (choice,) = whole["choices"]
@@ -127,7 +121,7 @@ def test_a_tool_call_comes_whole_with_an_id_and_finish_reason_tool_calls(
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, "tool_calls"]
     assert chunks[0]["choices"][0]["delta"]["tool_calls"][0]["function"] == written["function"]
     assert "tool_calls" not in chunks[1]["choices"][0]["delta"]
-    answered = [*USER, {"role": "tool", "content": "sunny"}]
+    answered = [*WEATHER_QUESTION, {"role": "tool", "content": "sunny"}]
     after = http.post("/v1/chat/completions", json={**body, "messages": answered}).json()
     assert after["choices"][0]["finish_reason"] == "stop"
     assert "tool_calls" not in after["choices"][0]["message"]
