@@ -323,5 +323,8 @@ class MeteredCall:
                 if span.stream
                 else tokens_in_chars(self.reply_chars + self.other_chars)
             )
+            if self.output_cap is not None:  # a guess never passes the cap a budget set:
+                # one long tool call (or lying text) cut short is not a hard budget's overshoot
+                span.output_tokens = min(span.output_tokens, self.output_cap + 1)
         if reported_in is None or reported_out is None:
             span.token_source = TokenSource.ESTIMATED

@@ -685,9 +685,11 @@ def budgeted_10(
 
 
 TOOL_CALL = {"function": {"name": "look", "arguments": {}}}
+LONG_CALL = {"function": {"name": "look", "arguments": {"q": "x" * 40_000}}}  # ~10,000 tokens
 UNSEEN_PIECES = [
     ("/api/chat", {"message": {"role": "assistant", "content": "", "thinking": "hmm"}}),
     ("/api/chat", {"message": {"role": "assistant", "content": "", "tool_calls": [TOOL_CALL]}}),
+    ("/api/chat", {"message": {"role": "assistant", "content": "", "tool_calls": [LONG_CALL]}}),
     ("/api/generate", {"response": "", "thinking": "hmm"}),
     ("/v1/chat/completions", {"choices": [{"index": 0, "delta": {"reasoning": "hmm"}}]}),
     (
@@ -702,7 +704,9 @@ def test_a_stream_past_the_cap_in_thinking_or_tool_calls_is_cut_there_too(
     scripted: tuple[Gateway, Any], path: str, piece: dict[str, Any]
 ) -> None:
     """Thinking and tool calls are reply tokens too: a server that ignores the cap and
-    streams them without reply text is cut at the cap like one that streams text."""
+    streams them without reply text is cut at the cap like one that streams text. The cut
+    stream has no counts, and its estimate stops at the cap too: a tool call is estimated
+    from its length, and one long call must not charge a hard budget past its bound."""
     gw, server = scripted
     gw.ledger.add_price_rule(token_prices())
     gw.ledger.save_budget(
