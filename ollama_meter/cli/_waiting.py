@@ -26,6 +26,8 @@ _UNREACHABLE = (
     "connection refused",
     "timeout expired",
     "the database system is starting up",
+    "the database system is not yet accepting connections",  # replaying WAL (PostgreSQL 14+)
+    "the database system is not accepting connections",  # a standby not yet open to reads
     "the database system is shutting down",
     "the database system is in recovery mode",
     "no route to host",

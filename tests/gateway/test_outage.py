@@ -267,6 +267,27 @@ def test_a_gateway_starting_before_its_database_server_waits_for_it(
     close_ledgers()
 
 
+@pytest.mark.parametrize(
+    "said",
+    [
+        "the database system is starting up",
+        "the database system is not yet accepting connections",
+        "the database system is not accepting connections",
+        "the database system is in recovery mode",
+        "the database system is shutting down",
+    ],
+)
+def test_every_way_a_starting_postgresql_turns_a_connection_away_is_waited_for(said: str) -> None:
+    """What PostgreSQL's postmaster answers while it starts (or restarts after a crash):
+    "not yet accepting connections" comes while it replays its WAL, after "starting up",
+    and a gateway that took it for a refusal exited in the middle of the wait."""
+    from ollama_meter.cli._waiting import unreachable
+    from ollama_meter.errors import LedgerError
+
+    failure = f'connection to server at "127.0.0.1", port 5432 failed: FATAL:  {said}'
+    assert unreachable(LedgerError(f"cannot open the ledger at postgresql://x/y: {failure}"))
+
+
 def test_a_database_server_that_refuses_is_no_reason_to_wait(
     cluster: PgCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
