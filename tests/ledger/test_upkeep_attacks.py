@@ -1,0 +1,98 @@
+"""`db prune`, `db export` and `db backup` against each other and a full disk: upkeep that
+fails says what it did in one line, and never holds the other writers back."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ollama_meter.errors import LedgerError
+from ollama_meter.ledger import Ledger, close_ledgers, export_lines, prune
+from tests._tmpfs import small_tmpfs
+from tests.integrity.test_disk_full import fill
+from tests.ledger.test_transfer import NOW, _spans
+
+
+def _old_file(path: Path) -> None:
+    """A ledger file made before ledgers chose incremental vacuum (``prune --vacuum`` rewrites
+    it once)."""
+    plain = sqlite3.connect(path)
+    plain.execute("PRAGMA auto_vacuum = NONE")
+    plain.execute("CREATE TABLE t (x)")
+    plain.execute("DROP TABLE t")
+    plain.close()
+
+
+def test_a_prune_whose_vacuum_finds_the_disk_full_says_what_it_removed_and_what_to_do(
+    tmp_path: Path,
+) -> None:
+    """The deletes went through but VACUUM had no room: `error: unexpected OperationalError:
+    database or disk is full. This is a bug in ometer`, exit 70, and not a word of the spans
+    already gone. Now one LedgerError says both, and the same prune run again once there is
+    room finishes the job."""
+    with small_tmpfs(tmp_path, "16m") as disk:
+        path = disk / "old.db"
+        _old_file(path)
+        url = f"sqlite:///{path}"
+        Ledger(url).record(_spans(3000))
+        close_ledgers()
+        plain = sqlite3.connect(path)  # the disk holds the ledger alone, no WAL to reuse
+        plain.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        plain.close()
+        filler = fill(disk)
+        os.truncate(filler, filler.stat().st_size - 1_000_000)  # room for the deletes only
+        try:
+            with pytest.raises(LedgerError) as failed:
+                prune(Ledger(url), 30, now=NOW, vacuum=True)
+            assert str(failed.value) == (
+                "removed 1,895 span(s) started before 2026-11-20 00:00 UTC, but giving their "
+                f"space back to the disk failed: the ledger at {path} failed: database or disk "
+                "is full: free some disk space; then run the same prune again (it removes "
+                "nothing more, and gives the space back)"
+            )
+            filler.unlink()
+            again = prune(Ledger(url), 30, now=NOW, vacuum=True)
+            assert (again.removed, again.free_bytes) == (0, 0)
+            assert Ledger(url).count() == 3000 - 1895
+            plain = sqlite3.connect(path)
+            assert plain.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # converted
+            assert plain.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            plain.close()
+        finally:
+            close_ledgers()
+
+
+def test_a_prune_beside_a_long_export_never_holds_other_writers_back(tmp_path: Path) -> None:
+    """Its last step truncated the WAL (``wal_checkpoint(TRUNCATE)``), which waits for every
+    reader to leave an older snapshot, as a long `db export` (or a report) reads one, and holds
+    off every new writer while it waits: for OMETER_LEDGER_WAIT (here 30 s) no gateway or
+    `ometer chat` could commit, and their spans went to the spool. A writer that waits 1 s
+    for the lock now always gets it while the prune runs."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(f"sqlite:///{path}", wait=30)
+    ledger.record(_spans(2000))
+    export = export_lines(ledger)
+    first = next(export)  # the export reads on, from the snapshot it began with
+    done: list[object] = []
+    pruning = threading.Thread(target=lambda: done.append(prune(ledger, 30, now=NOW)))
+    pruning.start()
+    writer = sqlite3.connect(path, timeout=1, isolation_level=None)
+    refused = 0
+    while pruning.is_alive():
+        try:
+            writer.execute("BEGIN IMMEDIATE")
+            writer.execute("COMMIT")
+        except sqlite3.OperationalError:
+            refused += 1
+        time.sleep(0.01)
+    pruning.join()
+    writer.close()
+    assert refused == 0 and len(done) == 1
+    rest = list(export)  # and the export still gives the ledger as it was when it began
+    assert len(rest) + 1 == 2000 and first < rest[0]
+    close_ledgers()
