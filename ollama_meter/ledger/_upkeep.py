@@ -184,18 +184,36 @@ def _give_back(raw: sqlite3.Connection, *, vacuum: bool) -> int:
             if now_left >= left:  # nothing more would go (another process holds it)
                 break
             left = now_left
-    # Without waiting: a TRUNCATE checkpoint waits for each reader of an older snapshot (a
-    # long export, a report) to finish, and holds off every writer while it waits. Busy, it
-    # copies what it can and leaves the WAL for SQLite's own checkpoints to reuse.
-    wait = raw.execute("PRAGMA busy_timeout").fetchone()[0]
-    raw.execute("PRAGMA busy_timeout = 0")
-    try:
-        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        raw.execute(f"PRAGMA busy_timeout = {int(wait)}")  # a pooled connection: as it was
+    _truncate_wal(raw)
     free = raw.execute("PRAGMA freelist_count").fetchone()[0]
     page = raw.execute("PRAGMA page_size").fetchone()[0]
     return int(free) * int(page)
+
+
+TRUNCATE_TRIES = 20
+"""Tries at truncating the WAL after a prune, :data:`TRUNCATE_PAUSE_S` apart, each giving up at
+once when a writer or a reader of an older snapshot is there."""
+TRUNCATE_PAUSE_S = 0.05
+
+
+def _truncate_wal(raw: sqlite3.Connection) -> None:
+    """Shrink the WAL the deletes grew (SQLite reuses it, but never shrinks it on its own).
+
+    Never by waiting: a TRUNCATE checkpoint waits for each reader of an older snapshot (a
+    long export, a report) to finish, and holds off every writer meanwhile, so gateways
+    could not commit for as long as the busy timeout. A try that finds one there copies
+    what it can and gives up; between tries, writers go on. A WAL left is reused.
+    """
+    wait = raw.execute("PRAGMA busy_timeout").fetchone()[0]
+    raw.execute("PRAGMA busy_timeout = 0")
+    try:
+        for _ in range(TRUNCATE_TRIES):
+            busy = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                return
+            time.sleep(TRUNCATE_PAUSE_S)
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {int(wait)}")  # a pooled connection: as it was
 
 
 # -- backup --------------------------------------------------------------------------------
