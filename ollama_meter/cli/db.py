@@ -191,7 +191,7 @@ def import_command(
                 progress=lambda n: recorded.__setitem__(0, recorded[0] + n),
                 name="FILE" if source == "-" else source,
             )
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (cron's timeout, systemd)
             err.print(
                 f"the first {recorded[0]:,} span(s) are recorded, the batch in progress is not; "
                 "run the same import again for the rest (spans already there are skipped)"

@@ -3,8 +3,12 @@ fails says what it did in one line, and never holds the other writers back."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import Ledger, close_ledgers, export_lines, prune
+from ollama_meter.ledger import Ledger, close_ledgers, export_lines, prune, span_to_dict
 from tests._tmpfs import small_tmpfs
 from tests.integrity.test_disk_full import fill
-from tests.ledger.test_transfer import NOW, _spans
+from tests.ledger.test_transfer import NOW, _spans, _waits_on_a_pipe
 
 
 def _old_file(path: Path) -> None:
@@ -95,4 +99,39 @@ def test_a_prune_beside_a_long_export_never_holds_other_writers_back(tmp_path: P
     assert refused == 0 and len(done) == 1
     rest = list(export)  # and the export still gives the ledger as it was when it began
     assert len(rest) + 1 == 2000 and first < rest[0]
+    close_ledgers()
+
+
+def test_an_import_stopped_by_sigterm_says_what_it_recorded(tmp_path: Path) -> None:
+    """`timeout 1h ometer db import big.jsonl` in cron, `docker stop`, systemd: SIGTERM ended
+    the import with exit 143 and not a word, where Ctrl-C says how many spans are recorded
+    and that running it again is safe. Now SIGTERM says the same."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    lines = [json.dumps(span_to_dict(span)).encode() + b"\n" for span in _spans(2010)]
+    command = [sys.executable, "-m", "ollama_meter", "db", "import", "-"]
+    env = {**os.environ, "OMETER_DB_URL": url}
+    with subprocess.Popen(
+        command, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as proc:
+        assert proc.stdin is not None
+        proc.stdin.write(b"".join(lines[:2005]))  # a batch of 2,000 committed, 5 read after it
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while not _waits_on_a_pipe(proc.pid):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the import never waited for its next line"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out) == (128 + signal.SIGTERM, b"")
+    assert err.decode().splitlines()[-1:] == [
+        "the first 2,000 span(s) are recorded, the batch in progress is not; run the same "
+        "import again for the rest (spans already there are skipped)"
+    ]
+    assert Ledger(url).count() == 2000
+    again = subprocess.run(
+        command, env=env, input=b"".join(lines), capture_output=True, check=False
+    )
+    assert again.returncode == 0, again.stderr
+    assert Ledger(url).count() == 2010
     close_ledgers()
