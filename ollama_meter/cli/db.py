@@ -15,6 +15,7 @@ from ollama_meter.cli._common import (
     DbOption,
     SinceOption,
     UntilOption,
+    file_to_write,
     ledger_as_is,
     progress_bar,
     settings,
@@ -250,7 +251,10 @@ def _mb(size: int) -> str:
 
 @app.command("backup")
 def backup_command(
-    target: Annotated[Path, typer.Argument(help="The file to write the copy to.", dir_okay=False)],
+    target: Annotated[
+        Path,
+        typer.Argument(help="The file to write the copy to.", parser=file_to_write("ledger.db")),
+    ],
     db: DbOption = None,
 ) -> None:
     """Copy the live ledger to FILE (SQLite; prints the pg_dump command for PostgreSQL)."""

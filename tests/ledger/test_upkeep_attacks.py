@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,4 +135,35 @@ def test_an_import_stopped_by_sigterm_says_what_it_recorded(tmp_path: Path) -> N
     )
     assert again.returncode == 0, again.stderr
     assert Ledger(url).count() == 2010
+    close_ledgers()
+
+
+@pytest.mark.parametrize(
+    ("command", "named", "example"),
+    [
+        (("db", "backup"), "'target'", "ledger.db"),
+        (("report", "--format", "csv", "--out"), "'--out' / '-o'", "report.csv"),
+    ],
+)
+def test_a_file_to_write_named_as_a_folder_is_refused_not_made_a_file(
+    cli: Any, tmp_path: Path, command: tuple[str, ...], named: str, example: str
+) -> None:
+    """`ometer db backup /srv/backup/` (meaning "into that folder", not there yet) wrote a FILE
+    named `backup`: the path type drops the trailing slash. A name ending in / is a folder's,
+    and so is a folder that is there: each is one line saying what to give instead."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(url).record(_spans(5))
+    (tmp_path / "there").mkdir()
+    for given in (f"{tmp_path / 'nowhere'}/", f"{tmp_path / 'there'}", f"{tmp_path / 'there'}/"):
+        result = cli(*command, given, "--db", url)
+        folder = given.rstrip("/")
+        assert (result.code, result.stdout, result.stderr) == (
+            2,
+            "",
+            f"error: Invalid value for {named}: {given!r} is a folder: give the name of a file "
+            f"in it (e.g. {folder}/{example}) (see `ometer {command[0]} "
+            f"{'backup ' if command[0] == 'db' else ''}--help`)\n",
+        )
+    assert not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in (tmp_path / "there").iterdir()) == []
     close_ledgers()
