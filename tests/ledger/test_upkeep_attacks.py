@@ -167,3 +167,20 @@ def test_a_file_to_write_named_as_a_folder_is_refused_not_made_a_file(
     assert not (tmp_path / "nowhere").exists()
     assert sorted(p.name for p in (tmp_path / "there").iterdir()) == []
     close_ledgers()
+
+
+def test_db_export_of_any_ledger_gives_its_spans(cli: Any, db_url: str) -> None:
+    """On PostgreSQL every `ometer db export` failed: `error: the ledger at ... failed: syntax
+    error at or near "SET"`. The export streams through a server-side cursor, and the
+    statement that exempts bulk work from the idle-transaction limit went through it too
+    (DECLARE ... CURSOR FOR SET LOCAL ...). The tests exported with the library call, which
+    is not bulk work; the command is."""
+    spans = _spans(40)
+    Ledger(db_url).record(spans)
+    done = cli("db", "export", "--db", db_url)
+    assert (done.code, done.stderr) == (0, "exported 40 span(s)\n")
+    assert [json.loads(line)["id"] for line in done.stdout.splitlines()] == sorted(
+        span.id for span in spans
+    )
+    november = cli("db", "export", "--since", "2026-11-01", "--until", "2026-11-30", "--db", db_url)
+    assert november.code == 0, november.stderr
