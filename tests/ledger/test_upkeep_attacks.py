@@ -11,14 +11,25 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import Ledger, close_ledgers, export_lines, prune, span_to_dict
+from ollama_meter.ledger import (
+    Ledger,
+    SpanFilter,
+    close_ledgers,
+    export_lines,
+    import_lines,
+    prune,
+    span_to_dict,
+)
+from ollama_meter.records import SpanRecord
 from tests._tmpfs import small_tmpfs
+from tests.factories import make_span
 from tests.integrity.test_disk_full import fill
 from tests.ledger.test_transfer import NOW, _spans, _waits_on_a_pipe
 
@@ -184,3 +195,26 @@ def test_db_export_of_any_ledger_gives_its_spans(cli: Any, db_url: str) -> None:
     )
     november = cli("db", "export", "--since", "2026-11-01", "--until", "2026-11-30", "--db", db_url)
     assert november.code == 0, november.stderr
+
+
+def test_an_id_given_twice_is_recorded_as_its_first_line_has_it(sqlite_url: str) -> None:
+    """What the README says wins: within a batch, across batches and across imports."""
+    ledger = Ledger(sqlite_url)
+    first, other = make_span(tenant="first"), make_span(tenant="one")
+    lines = [
+        _line(first),
+        _line(replace(first, tenant="second")),  # the same batch
+        _line(other),
+        *(_line(make_span()) for _ in range(3)),
+        _line(replace(other, tenant="two")),  # a later batch
+    ]
+    summary = import_lines(ledger, lines, batch=2)
+    assert (summary.read, summary.added, summary.present) == (7, 5, 2)
+    again = import_lines(ledger, [_line(replace(first, tenant="third"))])
+    assert (again.added, again.present) == (0, 1)
+    kept = {span.id: span.tenant for span in ledger.latest(SpanFilter(), 10)}
+    assert (kept[first.id], kept[other.id]) == ("first", "one")
+
+
+def _line(span: SpanRecord) -> bytes:
+    return json.dumps(span_to_dict(span)).encode() + b"\n"
