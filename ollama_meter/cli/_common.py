@@ -178,9 +178,47 @@ DeptFilter = Annotated[
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 RowId = Annotated[int, typer.Argument(help="Its id, as the list command shows.")]
+
+
+def file_to_write(example: str) -> Callable[[str], Path]:
+    """A parser for a path a command writes a file to. A folder's is refused, with ``example``
+    as a file name to give in it: one that is there, and one that is not there yet but
+    ends in ``/`` (the path type dropped the slash, and a file of the folder's name was
+    written)."""
+
+    def parse(value: str) -> Path:
+        if isinstance(value, Path):  # a default, or a caller that parsed it already
+            return value
+        if not value:  # '--out "$FILE"' with FILE unset: not the current folder
+            raise typer.BadParameter(f"{value!r} is no file name; give the file to write")
+        if "\x00" in value:
+            raise typer.BadParameter(f"{value!r}: a file name holds no NUL")
+        if value.endswith(("/", os.sep)) or _is_folder(Path(value)):
+            folder = value.rstrip("/" + os.sep) or value
+            raise typer.BadParameter(
+                f"{value!r} is a folder: give the name of a file in it (e.g. "
+                f"{Path(folder) / example})"
+            )
+        return Path(value)
+
+    return parse
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long, say: the write says so in the system's words
+        return False
+
+
 OutOption = Annotated[
     Path | None,
-    typer.Option("--out", "-o", help="Write to this file instead of stdout.", dir_okay=False),
+    typer.Option(
+        "--out",
+        "-o",
+        help="Write to this file instead of stdout.",
+        parser=file_to_write("report.csv"),
+    ),
 ]
 
 

@@ -15,6 +15,7 @@ from ollama_meter.cli._common import (
     DbOption,
     SinceOption,
     UntilOption,
+    file_to_write,
     ledger_as_is,
     progress_bar,
     settings,
@@ -191,7 +192,7 @@ def import_command(
                 progress=lambda n: recorded.__setitem__(0, recorded[0] + n),
                 name="FILE" if source == "-" else source,
             )
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (cron's timeout, systemd)
             err.print(
                 f"the first {recorded[0]:,} span(s) are recorded, the batch in progress is not; "
                 "run the same import again for the rest (spans already there are skipped)"
@@ -250,7 +251,10 @@ def _mb(size: int) -> str:
 
 @app.command("backup")
 def backup_command(
-    target: Annotated[Path, typer.Argument(help="The file to write the copy to.", dir_okay=False)],
+    target: Annotated[
+        Path,
+        typer.Argument(help="The file to write the copy to.", parser=file_to_write("ledger.db")),
+    ],
     db: DbOption = None,
 ) -> None:
     """Copy the live ledger to FILE (SQLite; prints the pg_dump command for PostgreSQL)."""

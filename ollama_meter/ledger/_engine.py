@@ -52,7 +52,12 @@ def idle_seconds(wait: float) -> float:
 
 def _bulk_begin(conn: Connection) -> None:
     if in_bulk():  # a rebuild computes between statements; an export waits on its reader
-        conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
+        # Never through a server-side cursor (an export streams through one: DECLARE ...
+        # CURSOR FOR SET ... is a syntax error), whatever the connection's options say.
+        conn.exec_driver_sql(
+            "SET LOCAL idle_in_transaction_session_timeout = 0",
+            execution_options={"stream_results": False},
+        )
 
 
 def lock_seconds(wait: float) -> float:

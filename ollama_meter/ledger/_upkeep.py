@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, delete, or_, select, text
+from sqlalchemy.exc import OperationalError
 
 from ollama_meter._paths import discard, written_through
 from ollama_meter.errors import LedgerError, ValidationError
@@ -102,7 +103,14 @@ def prune(
         removed += done.rowcount
         if done.rowcount < chunk:
             break
-    free = _reclaim(ledger, vacuum=vacuum)
+    try:
+        free = _reclaim(ledger, vacuum=vacuum)
+    except LedgerError as exc:  # the deletes are committed: say so, not only what failed
+        raise LedgerError(
+            f"removed {removed:,} span(s) started before {cutoff:%Y-%m-%d %H:%M} UTC, but "
+            f"giving their space back to the disk failed: {exc}; then run the same prune "
+            "again (it removes nothing more, and gives the space back)"
+        ) from exc
     return PruneResult(cutoff, removed, before, _size(ledger), free)
 
 
@@ -149,29 +157,63 @@ the write lock for as long, the gateways' spans going to the spool meanwhile."""
 
 def _reclaim(ledger: Ledger, *, vacuum: bool) -> int:
     """Give freed SQLite pages back to the disk, :data:`VACUUM_STEP_PAGES` a transaction;
-    the bytes still free inside the file."""
+    the bytes still free inside the file. A failure (a full disk, a lock held past the
+    wait) is a LedgerError, as the ledger's own statements' are."""
     if ledger.path is None:
         return 0
-    with ledger.engine.connect() as conn:
+    with ledger.failures_named(), ledger.engine.connect() as conn:
         raw = conn.connection.driver_connection
         assert raw is not None
-        if vacuum and raw.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
-            raw.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            raw.execute("VACUUM")  # once: from now on freed pages can be released
-        if raw.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
-            # It frees one page per step, and the driver's execute() steps once:
-            # executescript() runs it to the end; each its own transaction, writers between.
-            left = raw.execute("PRAGMA freelist_count").fetchone()[0]
-            while left > 0:
-                raw.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES});")
-                now_left = raw.execute("PRAGMA freelist_count").fetchone()[0]
-                if now_left >= left:  # nothing more would go (another process holds it)
-                    break
-                left = now_left
-        raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        free = raw.execute("PRAGMA freelist_count").fetchone()[0]
-        page = raw.execute("PRAGMA page_size").fetchone()[0]
+        try:
+            return _give_back(raw, vacuum=vacuum)
+        except sqlite3.Error as exc:  # the driver's own: SQLAlchemy saw none of these
+            raise OperationalError("VACUUM, incremental_vacuum, wal_checkpoint", None, exc) from exc
+
+
+def _give_back(raw: sqlite3.Connection, *, vacuum: bool) -> int:
+    if vacuum and raw.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+        raw.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        raw.execute("VACUUM")  # once: from now on freed pages can be released
+    if raw.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        # It frees one page per step, and the driver's execute() steps once:
+        # executescript() runs it to the end; each its own transaction, writers between.
+        left = raw.execute("PRAGMA freelist_count").fetchone()[0]
+        while left > 0:
+            raw.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES});")
+            now_left = raw.execute("PRAGMA freelist_count").fetchone()[0]
+            if now_left >= left:  # nothing more would go (another process holds it)
+                break
+            left = now_left
+    _truncate_wal(raw)
+    free = raw.execute("PRAGMA freelist_count").fetchone()[0]
+    page = raw.execute("PRAGMA page_size").fetchone()[0]
     return int(free) * int(page)
+
+
+TRUNCATE_TRIES = 20
+"""Tries at truncating the WAL after a prune, :data:`TRUNCATE_PAUSE_S` apart, each giving up at
+once when a writer or a reader of an older snapshot is there."""
+TRUNCATE_PAUSE_S = 0.05
+
+
+def _truncate_wal(raw: sqlite3.Connection) -> None:
+    """Shrink the WAL the deletes grew (SQLite reuses it, but never shrinks it on its own).
+
+    Never by waiting: a TRUNCATE checkpoint waits for each reader of an older snapshot (a
+    long export, a report) to finish, and holds off every writer meanwhile, so gateways
+    could not commit for as long as the busy timeout. A try that finds one there copies
+    what it can and gives up; between tries, writers go on. A WAL left is reused.
+    """
+    wait = raw.execute("PRAGMA busy_timeout").fetchone()[0]
+    raw.execute("PRAGMA busy_timeout = 0")
+    try:
+        for _ in range(TRUNCATE_TRIES):
+            busy = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                return
+            time.sleep(TRUNCATE_PAUSE_S)
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {int(wait)}")  # a pooled connection: as it was
 
 
 # -- backup --------------------------------------------------------------------------------
