@@ -11,12 +11,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
+from sqlalchemy import event
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger
 from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.ledger._cells import duration_bin, speed_bin
-from ollama_meter.periods import parse_period
+from ollama_meter.periods import Window, parse_period
 from ollama_meter.reports import (
     COLD_LOAD_NS,
     PERF_METRICS,
@@ -353,3 +354,48 @@ def test_every_figure_is_its_bin_edge_exactly(
     edge = speed_bin(median.numerator, median.denominator * 10**9)
     assert row["tokens_per_s"] == Decimal(edge).scaleb(-6)
     assert row["tokens_per_s"] <= median
+
+
+def test_a_call_recorded_while_perf_reads_is_counted_whole_or_not_at_all(db_url: str) -> None:
+    """A window from 00:30 reads its first day's cell less the half hour before 00:30 from
+    raw spans: two statements. A late call in that half hour (an import, a journal
+    recovered) committed between them was subtracted without having been added: its
+    latency bin went to -1 and the group's percentiles read none at all (PostgreSQL,
+    READ COMMITTED). One report reads one moment of the ledger."""
+    ledger, writer = Ledger(db_url), Ledger(db_url)  # another process, as it were
+    ledger.record([llama(started_at=datetime(2026, 11, 15, tzinfo=UTC), latency_ns=200 * MS)])
+    late = llama(started_at=datetime(2026, 11, 10, 0, 10, tzinfo=UTC), latency_ns=5 * MS)
+    window = Window(datetime(2026, 11, 10, 0, 30, tzinfo=UTC), NOVEMBER.end, "from 00:30")
+
+    def record_once(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if "rollup_histograms" in statement and writer.count() == 1:
+            writer.record([late])
+
+    event.listen(ledger.engine, "after_cursor_execute", record_once)
+    try:
+        (row,) = perf_report(ledger, window, ["model", "department"]).rows
+    finally:
+        event.remove(ledger.engine, "after_cursor_execute", record_once)
+    assert ledger.count() == 2  # the late call was recorded meanwhile
+    assert (row["requests"], row["latency_p50_ms"]) == (1, Decimal("200.000"))
+
+
+def test_errors_are_failures_and_crashes_not_refusals_or_hang_ups(db_url: str) -> None:
+    """As the README says: `error` and `interrupted` are errors; `rejected` and `client_abort`
+    count as calls, not errors; a refusal's 0 ns is in the latency percentiles."""
+    ledger = Ledger(db_url)
+    ledger.record(
+        [
+            qwen(status="ok", latency_ns=400 * MS),
+            qwen(status="error", error_type="timeout", latency_ns=300 * MS),
+            qwen(status="interrupted", error_type="interrupted", latency_ns=None),
+            qwen(status="rejected", error_type="budget_exceeded", latency_ns=0),
+            qwen(status="client_abort", error_type="client_abort", latency_ns=200 * MS),
+        ]
+    )
+    (row,) = perf_report(ledger, NOVEMBER, ["model"]).rows
+    assert (row["requests"], row["errors"], row["error_rate"]) == (5, 2, Decimal("0.4000"))
+    assert (row["latency_p50_ms"], row["latency_p95_ms"]) == (
+        Decimal("200.000"),
+        Decimal("400.000"),
+    )
