@@ -92,7 +92,10 @@ def _cell(name: str, value: object) -> str:
     if name == "error_rate" and isinstance(value, Decimal):
         return f"{value * 100:.1f}%"
     if isinstance(value, Decimal):
-        return f"{value:,.1f}"
+        # One decimal when that is exact; else every digit: a percentile is a bin's edge
+        # (at most three significant digits), and rounding it could cross the true value.
+        tenths = value.quantize(Decimal("0.1"))
+        return f"{tenths if tenths == value else value.normalize():,f}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)

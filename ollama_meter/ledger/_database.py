@@ -132,7 +132,17 @@ class Database:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
+        """A read transaction that sees the ledger at one moment, however many statements.
+
+        A report adds rollup cells and subtracts raw spans at the window's edges in
+        separate statements: under READ COMMITTED, a call committed between them was
+        subtracted without having been added. SQLite's reads are one snapshot already;
+        PostgreSQL's are at REPEATABLE READ, which a transaction that only reads never
+        fails for.
+        """
         with self.failures_named(), self._connect() as conn:
+            if not self._sqlite:
+                conn.execution_options(isolation_level="REPEATABLE READ")
             yield conn
 
     @contextlib.contextmanager

@@ -5,7 +5,7 @@ generation speed, cold loads, time queued inside Ollama and in the gateway, erro
 rate). Counts come from rollup sums; percentiles from histograms kept per day and
 month with fixed bins (see ``ollama_meter.ledger._cells.duration_bin``), merged across cells:
 a percentile is the edge of the bin that holds the true nearest-rank value, so
-it never understates a latency or overstates a speed, by at most 2.5 %. Never
+it never understates a latency or overstates a speed, by at most 5 %. Never
 writes the ledger. Every figure is an int or an exactly rounded Decimal, never a
 float, so CSV and JSON are the same bytes every run.
 """
@@ -97,8 +97,20 @@ def _fixed(value: Fraction, places: int) -> Decimal:
     return Decimal(round(value * 10**places)).scaleb(-places)
 
 
+def _edge(value: int, shift: int, places: int) -> Decimal:
+    """A bin's edge ``value / 10**shift`` shown exactly, with at least ``places`` decimals.
+
+    Not rounded: a rounded edge could fall on the wrong side of the true value (a
+    speed edge of 1.15 tok/s shown as 1.2, a 2.2 µs wait as 0.002 ms), and an edge
+    has at most three significant digits, so it is short anyway.
+    """
+    exact = Decimal(value).scaleb(-shift)
+    padded = exact.quantize(Decimal(1).scaleb(-places))
+    return padded if padded == exact else exact.normalize()
+
+
 def _ms(ns: int | None) -> Decimal | None:
-    return None if ns is None else _fixed(Fraction(ns, 1_000_000), 3)
+    return None if ns is None else _edge(ns, 6, 3)
 
 
 @dataclass
@@ -126,7 +138,7 @@ class _Group:
             latency_p99_ms=_ms(pct(Metric.LATENCY, 99)),
             ttft_p50_ms=_ms(pct(Metric.TTFT, 50)),
             ttft_p95_ms=_ms(pct(Metric.TTFT, 95)),
-            tokens_per_s=None if speed is None else _fixed(Fraction(speed, 10**6), 1),
+            tokens_per_s=None if speed is None else _edge(speed, 6, 1),
             cold_loads=self.cold_loads,
             cold_load_s=_fixed(Fraction(self.cold_load_ns, 10**9), 3),
             queue_p50_ms=_ms(pct(Metric.QUEUE, 50)),

@@ -114,3 +114,30 @@ def test_out_writes_the_file(cli, calls: None, tmp_path: Path) -> None:  # type:
     assert target.read_text(encoding="utf-8").splitlines()[0] == HEADER
     table_out = cli("perf", "--out", str(tmp_path / "x.txt"))
     assert table_out.code == 2 and "--out needs --format csv or json" in table_out.stderr
+
+
+def test_table_cells_never_round_a_bin_edge_across_the_true_value() -> None:
+    """1.15 tok/s is a speed bin's lower edge (the true median is at least that): the table
+    must not say 1.2; a 2.2 µs queue must not read 0.0 ms. Whole tenths stay one decimal."""
+    report = PerfReport(
+        window=Window(
+            datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC), "2026-11"
+        ),
+        by=["model"],
+        rows=[
+            {
+                "model": "slow",
+                **dict.fromkeys(PERF_METRICS),
+                "tokens_per_s": Decimal("1.15"),
+                "queue_p50_ms": Decimal("0.0022"),
+                "latency_p50_ms": Decimal("1500.000"),
+            }
+        ],
+    )
+    console = Console(record=True, width=300)
+    console.print(render_table(report, "UTC"))
+    (line,) = (line for line in console.export_text().splitlines() if "slow" in line)
+    assert [cell.strip() for cell in line.split("│")[1:-1]] == [
+        "slow", "-", "-", "-", "1,500.0", "-", "-", "-", "-", "1.15", "-", "-", "0.0022", "-",
+        "-", "-",
+    ]  # fmt: skip

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
+from sqlalchemy import event
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger
-from ollama_meter.periods import parse_period
+from ollama_meter.ledger._aggregate import raw_spans
+from ollama_meter.ledger._cells import duration_bin, speed_bin
+from ollama_meter.periods import Window, parse_period
 from ollama_meter.reports import (
     COLD_LOAD_NS,
     PERF_METRICS,
@@ -289,3 +294,108 @@ def test_measured_durations_stay_out_of_tokens_per_second(ledger: Ledger) -> Non
     )
     (row,) = perf_report(ledger, NOVEMBER, ["model"], model="gemma:2b").rows
     assert (row["requests"], row["tokens_per_s"]) == (4, Decimal("20.0"))
+
+
+# Durations at and around the grid's corners: 0, 1 ns, the 100 ns floor, bin edges and a hair
+# past them, sub-millisecond waits, hours, and the largest a span stores (MAX_DURATION_NS).
+_ns = st.sampled_from(
+    [0, 1, 99, 100, 101, 1_020, 1_050, 1_051, 2_130, 3_130, 104_999, 999_999, 1_150_001]
+) | st.integers(0, 10**15)
+_speeds = st.tuples(st.integers(1, 2**31 - 1), st.integers(1, 10**15)) | st.sampled_from(
+    [(116, 100 * 10**9), (23, 20 * 10**9), (1, 10**9), (2, 300 * MS)]  # 1.16, 1.15, 1, 6.67 tok/s
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calls=st.lists(st.tuples(_ns, _ns, _speeds), min_size=1, max_size=12))
+def test_every_figure_is_its_bin_edge_exactly(
+    calls: list[tuple[int, int, tuple[int, int]]],
+) -> None:
+    """README's contract, as the user reads it in CSV and JSON: a latency, TTFT or queue
+    percentile is the upper edge of the bin holding the true nearest-rank value (never below
+    it), tokens/s the lower edge of its bin (never above it); whatever the magnitude."""
+    spans = [
+        make_span(
+            latency_ns=latency,
+            ttft_ns=latency,
+            queue_ns=wait,
+            total_duration_ns=wait + eval_ns,
+            load_duration_ns=0,
+            prompt_eval_duration_ns=0,
+            eval_duration_ns=eval_ns,
+            output_tokens=tokens,
+        )
+        for latency, wait, (tokens, eval_ns) in calls
+    ]
+    with tempfile.TemporaryDirectory() as folder:
+        ledger = Ledger(f"sqlite:///{folder}/ledger.db")
+        ledger.record(spans)
+        (row,) = perf_report(ledger, NOVEMBER, ["model"]).rows
+        with raw_spans():
+            assert perf_report(ledger, NOVEMBER, ["model"]).rows == [row]
+        ledger.dispose()
+    latencies = sorted(latency for latency, _, _ in calls)
+    waits = sorted(wait for _, wait, _ in calls)
+    for column, values, p in (
+        ("latency_p50_ms", latencies, 50),
+        ("latency_p99_ms", latencies, 99),
+        ("ttft_p95_ms", latencies, 95),
+        ("queue_p95_ms", waits, 95),
+        ("gateway_queue_p50_ms", waits, 50),
+    ):
+        true = percentile(values, p)
+        assert true is not None
+        shown = row[column]
+        assert shown == Decimal(duration_bin(true)).scaleb(-6), column
+        assert isinstance(shown, Decimal) and shown * 10**6 >= true, column
+    speeds = sorted(Fraction(tokens, eval_ns) * 10**9 for _, _, (tokens, eval_ns) in calls)
+    median = percentile(speeds, 50)
+    assert median is not None
+    edge = speed_bin(median.numerator, median.denominator * 10**9)
+    assert row["tokens_per_s"] == Decimal(edge).scaleb(-6)
+    assert row["tokens_per_s"] <= median
+
+
+def test_a_call_recorded_while_perf_reads_is_counted_whole_or_not_at_all(db_url: str) -> None:
+    """A window from 00:30 reads its first day's cell less the half hour before 00:30 from
+    raw spans: two statements. A late call in that half hour (an import, a journal
+    recovered) committed between them was subtracted without having been added: its
+    latency bin went to -1 and the group's percentiles read none at all (PostgreSQL,
+    READ COMMITTED). One report reads one moment of the ledger."""
+    ledger, writer = Ledger(db_url), Ledger(db_url)  # another process, as it were
+    ledger.record([llama(started_at=datetime(2026, 11, 15, tzinfo=UTC), latency_ns=200 * MS)])
+    late = llama(started_at=datetime(2026, 11, 10, 0, 10, tzinfo=UTC), latency_ns=5 * MS)
+    window = Window(datetime(2026, 11, 10, 0, 30, tzinfo=UTC), NOVEMBER.end, "from 00:30")
+
+    def record_once(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if "rollup_histograms" in statement and writer.count() == 1:
+            writer.record([late])
+
+    event.listen(ledger.engine, "after_cursor_execute", record_once)
+    try:
+        (row,) = perf_report(ledger, window, ["model", "department"]).rows
+    finally:
+        event.remove(ledger.engine, "after_cursor_execute", record_once)
+    assert ledger.count() == 2  # the late call was recorded meanwhile
+    assert (row["requests"], row["latency_p50_ms"]) == (1, Decimal("200.000"))
+
+
+def test_errors_are_failures_and_crashes_not_refusals_or_hang_ups(db_url: str) -> None:
+    """As the README says: `error` and `interrupted` are errors; `rejected` and `client_abort`
+    count as calls, not errors; a refusal's 0 ns is in the latency percentiles."""
+    ledger = Ledger(db_url)
+    ledger.record(
+        [
+            qwen(status="ok", latency_ns=400 * MS),
+            qwen(status="error", error_type="timeout", latency_ns=300 * MS),
+            qwen(status="interrupted", error_type="interrupted", latency_ns=None),
+            qwen(status="rejected", error_type="budget_exceeded", latency_ns=0),
+            qwen(status="client_abort", error_type="client_abort", latency_ns=200 * MS),
+        ]
+    )
+    (row,) = perf_report(ledger, NOVEMBER, ["model"]).rows
+    assert (row["requests"], row["errors"], row["error_rate"]) == (5, 2, Decimal("0.4000"))
+    assert (row["latency_p50_ms"], row["latency_p95_ms"]) == (
+        Decimal("200.000"),
+        Decimal("400.000"),
+    )
