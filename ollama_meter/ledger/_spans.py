@@ -275,31 +275,45 @@ def page_after(conn: Connection, where: SpanFilter, after: str, limit: int) -> l
     return [row_to_span(row) for row in conn.execute(query)]
 
 
-def update_costs(conn: Connection, spans: Sequence[SpanRecord]) -> None:
-    """Write the cost columns of already-recorded spans back, and move the rollups with them."""
+def update_costs(conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanRecord]:
+    """Write the cost columns of already-recorded spans back, and move the rollups with them.
+
+    Returns the spans that moved, as they were stored until now (read in this transaction):
+    a span whose stored costs are already these (another ``reprice`` wrote them since the
+    caller read it) or that is gone (pruned) is not written and not returned, so a caller
+    counts only what it moved.
+    """
     if not spans:
-        return
+        return []
     ids = [s.id for s in spans]
     _rollup.lock_cells(conn)
     query = select_spans().where(SpanRow.id.in_(ids)).order_by(SpanRow.id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
-    before = [row_to_span(row) for row in conn.execute(query)]
+    stored = {span.id: span for span in map(row_to_span, conn.execute(query))}
+    moved = [
+        (stored[new.id], new)
+        for new in spans
+        if new.id in stored and _costs(stored[new.id]) != _costs(new)
+    ]
+    if not moved:
+        return []
     stmt = (
         update(_TABLE)
         .where(_TABLE.c.id == bindparam("_id"))
         .values({name: bindparam(name) for name in _COST_COLUMNS})
     )
-    params = [{"_id": s.id, **{name: getattr(s, name) for name in _COST_COLUMNS}} for s in spans]
-    conn.execute(stmt, params)
-    known = {span.id for span in before}
+    conn.execute(stmt, [{"_id": new.id, **_costs(new)} for _, new in moved])
     delta = _rollup.RollupDelta()
-    for old in before:
+    for old, new in moved:
         delta.add(old, -1, busy=False)
-    for new in spans:
-        if new.id in known:
-            delta.add(new, busy=False)
+        delta.add(new, busy=False)
     delta.write(conn)
+    return [old for old, _ in moved]
+
+
+def _costs(span: SpanRecord) -> dict[str, Any]:
+    return {name: getattr(span, name) for name in _COST_COLUMNS}
 
 
 def recent_usage(conn: Connection, model: str, limit: int) -> list[PastCall]:

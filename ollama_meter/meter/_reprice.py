@@ -9,6 +9,7 @@ from datetime import datetime
 
 from ollama_meter.ledger import Ledger, SpanFilter, bulk
 from ollama_meter.pricing import PriceBook
+from ollama_meter.records import SpanRecord
 
 
 @dataclass
@@ -57,22 +58,35 @@ def reprice(
             return summary
         moved = []
         for span in page:
-            old = (span.cost_total, span.currency, span.unpriced, span.price_rule_id)
-            old_parts = (span.cost_tokens, span.cost_compute, span.cost_energy, span.cost_fee)
-            summary.before[span.currency] += span.cost_total
+            was = _costs(span)
             span.apply_cost(book.cost_of(span))
-            summary.after[span.currency] += span.cost_total
-            new_parts = (span.cost_tokens, span.cost_compute, span.cost_energy, span.cost_fee)
-            if old != (span.cost_total, span.currency, span.unpriced, span.price_rule_id) or (
-                old_parts != new_parts
-            ):
+            if _costs(span) != was:
                 moved.append(span)
-                summary.newly_priced += old[2] and not span.unpriced
-                summary.newly_unpriced += span.unpriced and not old[2]
-        if moved:
-            ledger.update_costs(moved)
+        # Counted from the spans as the write found them, not as the page read them: what a
+        # second reprice (or a prune) did in between, this one did not move.
+        stored = {old.id: old for old in ledger.update_costs(moved)}
+        for span in page:
+            old = stored.get(span.id, span)
+            summary.before[old.currency] += old.cost_total
+            summary.after[span.currency] += span.cost_total
+            if old is not span:
+                summary.changed += 1
+                summary.newly_priced += old.unpriced and not span.unpriced
+                summary.newly_unpriced += span.unpriced and not old.unpriced
         summary.examined += len(page)
-        summary.changed += len(moved)
         if progress is not None:
             progress(len(page))
         after = page[-1].id
+
+
+def _costs(span: SpanRecord) -> tuple[object, ...]:
+    return (
+        span.cost_total,
+        span.cost_tokens,
+        span.cost_compute,
+        span.cost_energy,
+        span.cost_fee,
+        span.currency,
+        span.unpriced,
+        span.price_rule_id,
+    )
