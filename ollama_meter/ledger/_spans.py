@@ -11,12 +11,12 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Select, Table, bindparam, func, null, select, update
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import _rollup
+from ollama_meter.ledger import _prices, _rollup
 from ollama_meter.ledger._cells import QUARTER_US, Grain
 from ollama_meter.ledger._types import driver_key, from_us, to_us
 from ollama_meter.ledger._upserts import run
 from ollama_meter.ledger.models import SpanRow
-from ollama_meter.records import TEXT_LIMITS, PastCall, SpanRecord, storable_text
+from ollama_meter.records import TEXT_LIMITS, PastCall, PriceRule, SpanRecord, storable_text
 
 _TABLE: Table = SpanRow.__table__  # type: ignore[assignment]
 _COST_COLUMNS = (
@@ -275,18 +275,29 @@ def page_after(conn: Connection, where: SpanFilter, after: str, limit: int) -> l
     return [row_to_span(row) for row in conn.execute(query)]
 
 
-def update_costs(conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanRecord]:
+class RulesChanged(Exception):
+    """The price rules are not those the costs were worked out under: work them out again."""
+
+
+def update_costs(
+    conn: Connection, spans: Sequence[SpanRecord], rules: Sequence[PriceRule] | None = None
+) -> list[SpanRecord]:
     """Write the cost columns of already-recorded spans back, and move the rollups with them.
 
     Returns the spans that moved, as they were stored until now (read in this transaction):
     a span whose stored costs are already these (another ``reprice`` wrote them since the
     caller read it) or that is gone (pruned) is not written and not returned, so a caller
-    counts only what it moved.
+    counts only what it moved. With ``rules`` (those the costs were worked out under),
+    raises :class:`RulesChanged`, writing nothing, unless they are the ledger's rules now:
+    a reprice begun before a rule changed undid, page by page, what a reprice run after
+    the change had written.
     """
     if not spans:
         return []
     ids = [s.id for s in spans]
     _rollup.lock_cells(conn)
+    if rules is not None and tuple(_prices.list_rules(conn)) != tuple(rules):
+        raise RulesChanged
     query = select_spans().where(SpanRow.id.in_(ids)).order_by(SpanRow.id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()

@@ -177,3 +177,43 @@ def test_what_reprices_say_they_moved_is_what_moved(
 
 
 BOOKS_CURRENCIES = ("EUR", "USD")
+
+
+def test_a_reprice_begun_before_a_rule_change_never_undoes_one_run_after_it(
+    db_url: str,
+) -> None:
+    """A long reprice, its rules read; a rule changed and a second reprice run to its end
+    meanwhile: the first went on writing the old rule's costs over the second's (on its
+    page in hand and every page after), so the ledger ended priced by a rule no longer in
+    force, after two reprices had both said they were done."""
+    ledger, other = Ledger(db_url, zone="Europe/Berlin"), Ledger(db_url)
+    ledger.record(_calls(9))
+    ledger.add_price_rule(token_prices("*"))
+
+    def book(of: Ledger) -> PriceBook:
+        return PriceBook(of.price_rules(), tz=BERLIN, currency="USD")
+
+    connects = 0
+
+    def meanwhile(*_: Any) -> None:
+        nonlocal connects
+        connects += 1
+        if connects == 3:  # the first page read, its write not begun
+            other.add_price_rule(replace(token_prices("llama3.1:*"), input_per_1m=Decimal(5)))
+            reprice(other, book(other), since=SINCE, reload=lambda: book(other))
+
+    event.listen(ledger.engine, "engine_connect", meanwhile)
+    try:
+        summary = reprice(ledger, book(ledger), since=SINCE, batch=4, reload=lambda: book(ledger))
+    finally:
+        event.remove(ledger.engine, "engine_connect", meanwhile)
+    now = book(ledger)
+    assert summary.examined == 9
+    for span in ledger.latest(SpanFilter(), 100):
+        assert (span.cost_total, span.price_rule_id) == (
+            now.cost_of(span).total,
+            now.cost_of(span).rule_id,
+        )
+    kept = _tables(ledger)
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
