@@ -268,9 +268,15 @@ def latest_spans(conn: Connection, where: SpanFilter, limit: int) -> list[SpanRe
 
 
 def page_after(conn: Connection, where: SpanFilter, after: str, limit: int) -> list[SpanRecord]:
-    """The next ``limit`` matching spans with ids above ``after``: keyset paging over the ledger."""
+    """The next ``limit`` matching spans with ids above ``after``: keyset paging over the ledger.
+
+    Without their prompts and replies (a page of 2,000 captured calls of a million characters
+    each held gigabytes): what pages them (a reprice) works from counts and durations."""
     query = (
-        select_spans().where(*where.clauses(), SpanRow.id > after).order_by(SpanRow.id).limit(limit)
+        select_spans(content=False)
+        .where(*where.clauses(), SpanRow.id > after)
+        .order_by(SpanRow.id)
+        .limit(limit)
     )
     return [row_to_span(row) for row in conn.execute(query)]
 
@@ -298,7 +304,7 @@ def update_costs(
     _rollup.lock_cells(conn)
     if rules is not None and tuple(_prices.list_rules(conn)) != tuple(rules):
         raise RulesChanged
-    query = select_spans().where(SpanRow.id.in_(ids)).order_by(SpanRow.id)
+    query = select_spans(content=False).where(SpanRow.id.in_(ids)).order_by(SpanRow.id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
     stored = {span.id: span for span in map(row_to_span, conn.execute(query))}

@@ -217,3 +217,23 @@ def test_a_reprice_begun_before_a_rule_change_never_undoes_one_run_after_it(
     kept = _tables(ledger)
     rebuild(ledger.write, ledger.read)
     assert _tables(ledger) == kept
+
+
+def test_a_reprice_holds_no_captured_content_in_memory(sqlite_url: str) -> None:
+    """With content capture on, a reply keeps up to a million characters: a reprice read
+    each page of 2,000 spans whole, prompts and replies too, and again in its write (gigabytes
+    for nothing: a price depends on counts and durations, never on the text)."""
+    import tracemalloc
+
+    ledger = Ledger(sqlite_url, zone="Europe/Berlin")
+    ledger.record([replace(s, prompt="p" * 10**6, reply="r" * 10**6) for s in _calls(20)])
+    tracemalloc.start()
+    try:
+        summary = reprice(ledger, BOOKS[1], since=SINCE, batch=20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (summary.examined, summary.changed) == (20, 20)
+    assert peak < 10 * 10**6, f"{peak:,} bytes held for 20 spans"  # their text is 40 MB
+    (kept,) = [s for s in ledger.latest(SpanFilter(), 1) if s.reply]
+    assert (len(kept.prompt or ""), len(kept.reply)) == (10**6, 10**6)
