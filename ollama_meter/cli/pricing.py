@@ -226,7 +226,8 @@ def reprice_command(
             progress=lambda n: bar.advance(task, n),
             reload=prices.load,
         )
-    out.print(f"examined {summary.examined} span(s) since {since}; {summary.changed} changed")
+    span = f"since {since}" if until is None else f"from {since} through {until}"
+    out.print(f"examined {summary.examined} span(s) {span}; {summary.changed} changed")
     for currency, delta in summary.delta().items():
         sign = "+" if delta >= 0 else "-"
         out.print(

@@ -237,3 +237,22 @@ def test_a_reprice_holds_no_captured_content_in_memory(sqlite_url: str) -> None:
     assert peak < 10 * 10**6, f"{peak:,} bytes held for 20 spans"  # their text is 40 MB
     (kept,) = [s for s in ledger.latest(SpanFilter(), 1) if s.reply]
     assert (len(kept.prompt or ""), len(kept.reply)) == (10**6, 10**6)
+
+
+def test_reprice_says_its_window_and_each_currency_apart(cli: Any, tmp_path: Any) -> None:
+    """Given --until, it said 'examined 3 span(s) since 2026-11-03', as if every day since."""
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    ledger = Ledger(db, zone="Europe/Berlin")
+    ledger.record(_calls(6))  # every 7 hours from 3 November 09:00 UTC (the tests' zone)
+    ledger.dispose()
+    assert (
+        cli("pricing", "set", "*", "--input-per-1m", "2", "--currency", "EUR", "--db", db).code == 0
+    )
+    done = cli("reprice", "--since", "2026-11-03", "--until", "2026-11-03", "--db", db)
+    assert done.code == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "examined 3 span(s) from 2026-11-03 through 2026-11-03; 3 changed",
+        "  EUR: 0.000000 → 0.000606 (+0.000606)",
+        "  USD: 0.000015 → 0.000000 (-0.000015)",
+        "  3 newly priced, 0 now unpriced",
+    ]
