@@ -166,6 +166,7 @@ class BudgetGate(ThresholdAlerts):
         # wait seconds for another process's write lock: an event loop never waits for it.
         if not self._lock.acquire(blocking=blocking):
             raise WouldBlock("this process's budget leases are being written to the ledger")
+        refused = False
         try:
             if not blocking and self._idle(now):
                 raise WouldBlock("idle budget leases are given back in the ledger")
@@ -184,10 +185,25 @@ class BudgetGate(ThresholdAlerts):
                 lease.in_flight[call_id] = estimate.amount
                 lease.last_used = self._clock()
             self._keep(now)
+        except BudgetExceeded:
+            refused = True
+            raise
         finally:
             self._lock.release()
+            if refused:
+                self._alert_refused(tenant, department, now)
         keys = tuple(le.key for le in leases)
         return Reservation(call_id, tuple(k.budget_id for k in keys), keys, estimate.amount)
+
+    def _alert_refused(self, tenant: str, department: str, now: datetime) -> None:
+        """A call refused: fire the thresholds the settled spend has reached (at most one read
+        per ``_leases.WATCH_SECONDS``). Checked only after calls that cost something, a spend
+        pushed past them by ``ometer reprice`` (or an import) fired nothing while every call
+        was refused. A failure here is logged, never instead of the refusal."""
+        try:
+            self.check_alerts(tenant, department, now, 0)
+        except Exception as exc:
+            self._failures.failed("checking budget alerts after a refusal", exc)
 
     def _forget_empty(self, leases: list[Lease]) -> None:
         """Drop the leases that hold nothing (new ones a refusal left unwritten; lock held):

@@ -215,13 +215,19 @@ def reprice_command(
         start, end = local_midnight(parse_day(since, what="--since"), cfg.tz), None
     ledger = ledger_for(cfg)
     total = ledger.count(SpanFilter(since=start, until=end))
-    book = PriceSource(ledger, settings=cfg)()
+    prices = PriceSource(ledger, settings=cfg)
     with progress_bar("re-pricing") as bar:
         task = bar.add_task("reprice", total=total)
         summary = reprice(
-            ledger, book, since=start, until=end, progress=lambda n: bar.advance(task, n)
+            ledger,
+            prices.load(),
+            since=start,
+            until=end,
+            progress=lambda n: bar.advance(task, n),
+            reload=prices.load,
         )
-    out.print(f"examined {summary.examined} span(s) since {since}; {summary.changed} changed")
+    span = f"since {since}" if until is None else f"from {since} through {until}"
+    out.print(f"examined {summary.examined} span(s) {span}; {summary.changed} changed")
     for currency, delta in summary.delta().items():
         sign = "+" if delta >= 0 else "-"
         out.print(

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ollama_meter.ledger._plan import raw_spans as raw_spans
     from ollama_meter.ledger._rebuild import rebuild as rebuild
     from ollama_meter.ledger._spans import (
+        RulesChanged as RulesChanged,
         SpanFilter as SpanFilter,
         page_after as page_after,
         update_costs as update_costs,
@@ -69,7 +70,7 @@ _NAMES = {
     "._migrate": "HEAD_REVISION current_revision upgrade",
     "._plan": "raw_spans",
     "._rebuild": "rebuild",
-    "._spans": "SpanFilter page_after update_costs",
+    "._spans": "RulesChanged SpanFilter page_after update_costs",
     "._timings": "HistogramResult",
     "._types": "from_us to_us",
     "._upkeep": "PruneResult backup ledger_file pg_dump_command prune",

@@ -153,10 +153,13 @@ class Ledger(DurableLedger):
         with self.read() as conn:
             return _spans.page_after(conn, where, after, limit)
 
-    def update_costs(self, spans: Sequence[SpanRecord]) -> None:
-        """Write the cost columns of recorded spans back, rollups with them, in one transaction."""
+    def update_costs(
+        self, spans: Sequence[SpanRecord], rules: Sequence[PriceRule] | None = None
+    ) -> list[SpanRecord]:
+        """Write the cost columns of recorded spans back, rollups with them, in one transaction;
+        the spans that moved, as they were stored (see :func:`_spans.update_costs`)."""
         with self.write() as conn:
-            _spans.update_costs(conn, spans)
+            return _spans.update_costs(conn, spans, rules)
 
     # -- aggregates: what reports, budgets and the dashboard read -----------------------
 

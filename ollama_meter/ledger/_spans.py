@@ -11,12 +11,12 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Select, Table, bindparam, func, null, select, update
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import _rollup
+from ollama_meter.ledger import _prices, _rollup
 from ollama_meter.ledger._cells import QUARTER_US, Grain
 from ollama_meter.ledger._types import driver_key, from_us, to_us
 from ollama_meter.ledger._upserts import run
 from ollama_meter.ledger.models import SpanRow
-from ollama_meter.records import TEXT_LIMITS, PastCall, SpanRecord, storable_text
+from ollama_meter.records import TEXT_LIMITS, PastCall, PriceRule, SpanRecord, storable_text
 
 _TABLE: Table = SpanRow.__table__  # type: ignore[assignment]
 _COST_COLUMNS = (
@@ -268,38 +268,69 @@ def latest_spans(conn: Connection, where: SpanFilter, limit: int) -> list[SpanRe
 
 
 def page_after(conn: Connection, where: SpanFilter, after: str, limit: int) -> list[SpanRecord]:
-    """The next ``limit`` matching spans with ids above ``after``: keyset paging over the ledger."""
+    """The next ``limit`` matching spans with ids above ``after``: keyset paging over the ledger.
+
+    Without their prompts and replies (a page of 2,000 captured calls of a million characters
+    each held gigabytes): what pages them (a reprice) works from counts and durations."""
     query = (
-        select_spans().where(*where.clauses(), SpanRow.id > after).order_by(SpanRow.id).limit(limit)
+        select_spans(content=False)
+        .where(*where.clauses(), SpanRow.id > after)
+        .order_by(SpanRow.id)
+        .limit(limit)
     )
     return [row_to_span(row) for row in conn.execute(query)]
 
 
-def update_costs(conn: Connection, spans: Sequence[SpanRecord]) -> None:
-    """Write the cost columns of already-recorded spans back, and move the rollups with them."""
+class RulesChanged(Exception):
+    """The price rules are not those the costs were worked out under: work them out again."""
+
+
+def update_costs(
+    conn: Connection, spans: Sequence[SpanRecord], rules: Sequence[PriceRule] | None = None
+) -> list[SpanRecord]:
+    """Write the cost columns of already-recorded spans back, and move the rollups with them.
+
+    Returns the spans that moved, as they were stored until now (read in this transaction):
+    a span whose stored costs are already these (another ``reprice`` wrote them since the
+    caller read it) or that is gone (pruned) is not written and not returned, so a caller
+    counts only what it moved. With ``rules`` (those the costs were worked out under),
+    raises :class:`RulesChanged`, writing nothing, unless they are the ledger's rules now:
+    a reprice begun before a rule changed undid, page by page, what a reprice run after
+    the change had written.
+    """
     if not spans:
-        return
+        return []
     ids = [s.id for s in spans]
     _rollup.lock_cells(conn)
-    query = select_spans().where(SpanRow.id.in_(ids)).order_by(SpanRow.id)
+    if rules is not None and tuple(_prices.list_rules(conn)) != tuple(rules):
+        raise RulesChanged
+    query = select_spans(content=False).where(SpanRow.id.in_(ids)).order_by(SpanRow.id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
-    before = [row_to_span(row) for row in conn.execute(query)]
+    stored = {span.id: span for span in map(row_to_span, conn.execute(query))}
+    moved = [
+        (stored[new.id], new)
+        for new in spans
+        if new.id in stored and _costs(stored[new.id]) != _costs(new)
+    ]
+    if not moved:
+        return []
     stmt = (
         update(_TABLE)
         .where(_TABLE.c.id == bindparam("_id"))
         .values({name: bindparam(name) for name in _COST_COLUMNS})
     )
-    params = [{"_id": s.id, **{name: getattr(s, name) for name in _COST_COLUMNS}} for s in spans]
-    conn.execute(stmt, params)
-    known = {span.id for span in before}
+    conn.execute(stmt, [{"_id": new.id, **_costs(new)} for _, new in moved])
     delta = _rollup.RollupDelta()
-    for old in before:
+    for old, new in moved:
         delta.add(old, -1, busy=False)
-    for new in spans:
-        if new.id in known:
-            delta.add(new, busy=False)
+        delta.add(new, busy=False)
     delta.write(conn)
+    return [old for old, _ in moved]
+
+
+def _costs(span: SpanRecord) -> dict[str, Any]:
+    return {name: getattr(span, name) for name in _COST_COLUMNS}
 
 
 def recent_usage(conn: Connection, model: str, limit: int) -> list[PastCall]:

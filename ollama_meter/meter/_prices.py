@@ -18,16 +18,18 @@ class PriceSource:
     """Call it for the price book in force. See :class:`~ollama_meter._reloaded.Reloaded`."""
 
     def __init__(self, ledger: Ledger, *, settings: Settings, ttl: float = 30.0) -> None:
-        self.cache = Reloaded(
-            lambda: PriceBook(
-                ledger.price_rules(), tz=ledger_zone(ledger, settings), currency=settings.currency
-            ),
-            ttl=ttl,
-            what="price rules",
-        )
+        self.ledger, self.settings = ledger, settings
+        self.cache = Reloaded(self.load, ttl=ttl, what="price rules")
 
     def __call__(self) -> PriceBook:
         return self.cache.get()
+
+    def load(self) -> PriceBook:
+        """The book of the ledger's rules as they are now, read from it (no snapshot)."""
+        ledger, settings = self.ledger, self.settings
+        return PriceBook(
+            ledger.price_rules(), tz=ledger_zone(ledger, settings), currency=settings.currency
+        )
 
 
 def ledger_zone(ledger: Ledger, settings: Settings) -> ZoneInfo:

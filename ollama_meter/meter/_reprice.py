@@ -7,8 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ollama_meter.ledger import Ledger, SpanFilter, bulk
+from ollama_meter.ledger import Ledger, RulesChanged, SpanFilter, bulk
 from ollama_meter.pricing import PriceBook
+from ollama_meter.records import SpanRecord
 
 
 @dataclass
@@ -39,11 +40,17 @@ def reprice(
     until: datetime | None = None,
     batch: int = 2000,
     progress: Callable[[int], None] | None = None,
+    reload: Callable[[], PriceBook] | None = None,
 ) -> RepriceSummary:
     """Recompute every span's cost from ``since`` under ``book``; writes only spans that moved.
 
     Works in keyset pages, one write transaction per page, so a large ledger
     never sits in memory and concurrent writers are blocked only briefly.
+
+    ``reload``: ``book`` is the ledger's rules, and this gives them as they are now. A page
+    is then written only under the rules in force when it is written; one whose rules
+    changed since ``book`` was read is priced again under the new ones, so a reprice begun
+    before a rule change never undoes one run after it.
     """
     summary = RepriceSummary()
     horizon = ledger.pruned_before()
@@ -56,23 +63,42 @@ def reprice(
         if not page:
             return summary
         moved = []
+        was = {span.id: _costs(span) for span in page}
         for span in page:
-            old = (span.cost_total, span.currency, span.unpriced, span.price_rule_id)
-            old_parts = (span.cost_tokens, span.cost_compute, span.cost_energy, span.cost_fee)
-            summary.before[span.currency] += span.cost_total
             span.apply_cost(book.cost_of(span))
-            summary.after[span.currency] += span.cost_total
-            new_parts = (span.cost_tokens, span.cost_compute, span.cost_energy, span.cost_fee)
-            if old != (span.cost_total, span.currency, span.unpriced, span.price_rule_id) or (
-                old_parts != new_parts
-            ):
+            if _costs(span) != was[span.id]:
                 moved.append(span)
-                summary.newly_priced += old[2] and not span.unpriced
-                summary.newly_unpriced += span.unpriced and not old[2]
-        if moved:
-            ledger.update_costs(moved)
+        try:
+            written = ledger.update_costs(moved, None if reload is None else book.rules)
+        except RulesChanged:
+            assert reload is not None
+            book = reload()
+            continue  # the same page, read again
+        # Counted from the spans as the write found them, not as the page read them: what a
+        # second reprice (or a prune) did in between, this one did not move.
+        stored = {old.id: old for old in written}
+        for span in page:
+            old = stored.get(span.id, span)
+            summary.before[old.currency] += old.cost_total
+            summary.after[span.currency] += span.cost_total
+            if old is not span:
+                summary.changed += 1
+                summary.newly_priced += old.unpriced and not span.unpriced
+                summary.newly_unpriced += span.unpriced and not old.unpriced
         summary.examined += len(page)
-        summary.changed += len(moved)
         if progress is not None:
             progress(len(page))
         after = page[-1].id
+
+
+def _costs(span: SpanRecord) -> tuple[object, ...]:
+    return (
+        span.cost_total,
+        span.cost_tokens,
+        span.cost_compute,
+        span.cost_energy,
+        span.cost_fee,
+        span.currency,
+        span.unpriced,
+        span.price_rule_id,
+    )
