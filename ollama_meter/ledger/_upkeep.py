@@ -144,7 +144,10 @@ def _size(ledger: Ledger) -> int:
             return 0
         return int(
             conn.execute(
-                text("SELECT sum(pg_total_relation_size(oid)) FROM pg_class WHERE relkind = 'r'")
+                text(  # the ledger's own tables: not the catalogs, nor another schema's
+                    "SELECT coalesce(sum(pg_total_relation_size(oid)), 0) FROM pg_class "
+                    "WHERE relkind = 'r' AND relnamespace = current_schema()::regnamespace"
+                )
             ).scalar_one()
         )
 

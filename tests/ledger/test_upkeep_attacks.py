@@ -218,3 +218,31 @@ def test_an_id_given_twice_is_recorded_as_its_first_line_has_it(sqlite_url: str)
 
 def _line(span: SpanRecord) -> bytes:
     return json.dumps(span_to_dict(span)).encode() + b"\n"
+
+
+def test_a_prune_on_postgresql_counts_the_ledgers_tables_alone(pg_server: str | None) -> None:
+    """The sizes a prune prints were the whole database's: the system catalogs and every
+    other schema's tables (another application's 8 MB table here) counted as the ledger."""
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import _fresh_pg_database
+
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    url = _fresh_pg_database(pg_server)
+    ledger = Ledger(url)
+    ledger.record(_spans(10))
+    other = create_engine(url)
+    with other.begin() as conn:
+        conn.execute(text("CREATE SCHEMA app"))
+        conn.execute(text("CREATE TABLE app.blobs AS SELECT repeat('x', 1000) AS b FROM generate_series(1, 8000)"))  # fmt: skip
+        ours = conn.execute(
+            text(
+                "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind = 'r'"
+            )
+        ).scalar_one()
+    other.dispose()
+    result = prune(ledger, 1, now=NOW)
+    assert result.bytes_before == ours
