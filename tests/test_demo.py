@@ -125,3 +125,13 @@ def test_demo_settings_are_the_defaults_but_for_place_zone_and_currency(monkeypa
         )
         assert getattr(demo, name) == expected, name
     assert (demo.timezone, demo.db_url) == ("Pacific/Chatham", "sqlite:////tmp/demo-x.db")
+
+
+def test_a_first_run_warns_of_nothing(cli) -> None:  # type: ignore[no-untyped-def]
+    """The first command on a new machine creates ometer's own data folder: a WARNING line
+    about it (meant for a ledger URL naming a folder that is not there) was the first thing
+    a new user read, before the demo had said anything."""
+    assert not default_data_dir().exists()
+    demo = cli("demo", "--calls", "3")
+    assert demo.code == 0 and default_data_dir().is_dir()
+    assert [line for line in demo.stderr.splitlines() if "created the folder" in line] == []
