@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 
-from ollama_meter.config import Settings, load_settings
+from ollama_meter.config import Settings
 from ollama_meter.errors import UpstreamError, ValidationError
 from ollama_meter.meter import Attribution, Meter, utc_now
 from ollama_meter.pricing import PriceRule
@@ -90,6 +90,28 @@ def _refuse_a_ledger_in_use(meter: Meter) -> None:
         )
 
 
+KEPT_SETTINGS = frozenset(
+    {"db_url", "timezone", "currency", "log_level", "log_format", "ledger_wait", "journal"}
+)
+"""What the demo takes of the install it runs on: where its ledger is, the zone its days are
+cut in, the currency it prices in, and how it logs and waits. Every other setting is its
+default, so the install's budgets (``DEPARTMENT_BUDGETS``), price file, alert channels,
+exporters (OTLP, Langfuse, Traceloop) and retention never meet the demo's fake calls."""
+
+
+def demo_settings(cfg: Settings, upstream: str) -> Settings:
+    """``cfg`` reduced to :data:`KEPT_SETTINGS`, calling ``upstream`` with no wait between
+    retries (the emulator answers at once). Every field is given, so neither the environment
+    nor a ``.env`` file adds anything."""
+    given = {
+        name: getattr(cfg, name)
+        if name in KEPT_SETTINGS
+        else field.get_default(call_default_factory=True)
+        for name, field in Settings.model_fields.items()
+    }
+    return Settings(**{**given, "ollama_host": upstream, "retry_backoff": 0.0})
+
+
 def run_demo(
     cfg: Settings, *, calls: int, progress: Callable[[], None], seed: int = 7
 ) -> DemoSummary:
@@ -100,10 +122,7 @@ def run_demo(
     clock = _Clock()
     ok = errors = 0
     with OllamaEmulator() as emulator:
-        # The emulator answers at once: no point waiting between retries.
-        demo_cfg = load_settings(
-            **{**cfg.model_dump(), "ollama_host": emulator.url, "retry_backoff": 0.0}
-        )
+        demo_cfg = demo_settings(cfg, emulator.url)
         meter = Meter.from_settings(demo_cfg, source="cli", clock=clock)
         _refuse_a_ledger_in_use(meter)
         if not any(rule.source == "demo" for rule in meter.ledger.price_rules()):

@@ -66,3 +66,72 @@ def test_demo_never_fills_a_ledger_in_use(cli, emulator, tmp_path: Path) -> None
     ]
     after = [cli(*what, "--json", "--db", url).stdout for what in (["pricing", "list"], ["log"])]
     assert after == before
+
+
+def test_demo_keeps_the_installs_budgets_prices_alerts_and_exporters_out(  # type: ignore[no-untyped-def]
+    cli, tmp_path: Path, monkeypatch
+) -> None:
+    """An admin who tries the demo on the machine ometer already runs on has its settings in
+    the environment: ``DEPARTMENT_BUDGETS`` was seeded into the demo ledger and refused the
+    demo's calls (exit 3 halfway), and the rules of ``OMETER_PRICING_FILE`` priced them. Its
+    alert webhook would have been told of the fake spend, and its OTLP collector, Langfuse
+    and Traceloop sent 300 fake spans: the demo takes nothing of an install but the ledger's
+    place, zone and currency."""
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[[rule]]\nmodel = "*"\ninput_per_1m = 5000\n', encoding="utf-8")
+    monkeypatch.setenv("DEPARTMENT_BUDGETS", '{"sales": {"daily": 0.000001}}')
+    monkeypatch.setenv("OMETER_PRICING_FILE", str(prices))
+    monkeypatch.setenv("OMETER_CURRENCY", "EUR")
+    result = cli("demo", "--calls", "40")
+    assert result.code == 0, result.stderr
+    for name in ("DEPARTMENT_BUDGETS", "OMETER_PRICING_FILE"):  # or the reading syncs them in
+        monkeypatch.delenv(name)
+    url = f"sqlite:///{default_data_dir() / 'demo.db'}"
+    assert json.loads(cli("budget", "list", "--json", "--db", url).stdout) == []
+    rules = json.loads(cli("pricing", "list", "--json", "--db", url).stdout)
+    assert [(r["pattern"], r["currency"], r["source"]) for r in rules] == [
+        ("llama3.1:*", "EUR", "demo"),
+        ("mistral:*", "EUR", "demo"),
+        ("qwen2.5:*", "EUR", "demo"),
+    ]
+
+
+def test_demo_settings_are_the_defaults_but_for_place_zone_and_currency(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from ollama_meter.config import Settings, load_settings
+    from ollama_meter.demo import KEPT_SETTINGS, demo_settings
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector.example:4318")
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-1")
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-1")
+    monkeypatch.setenv("LANGFUSE_HOST", "https://langfuse.example")
+    monkeypatch.setenv("TRACELOOP_API_KEY", "tl-1")
+    monkeypatch.setenv("OMETER_ALERT_WEBHOOK_URL", "https://hooks.example/T1")
+    monkeypatch.setenv("OMETER_SMTP_HOST", "smtp.example")
+    monkeypatch.setenv("OMETER_ALERT_EMAIL_TO", "it@example.com")
+    monkeypatch.setenv("OMETER_KEEP_DAYS", "3")
+    monkeypatch.setenv("OMETER_CAPTURE_CONTENT", "1")
+    monkeypatch.setenv("OMETER_TIMEZONE", "Pacific/Chatham")
+    mine = load_settings(db_url="sqlite:////tmp/demo-x.db")
+    demo = demo_settings(mine, "http://127.0.0.1:1")
+    assert (demo.ollama_host, demo.retry_backoff) == ("http://127.0.0.1:1", 0.0)
+    assert not demo.telemetry_configured
+    for name, field in Settings.model_fields.items():
+        if name in {"ollama_host", "retry_backoff"}:
+            continue
+        expected = (
+            getattr(mine, name)
+            if name in KEPT_SETTINGS
+            else field.get_default(call_default_factory=True)
+        )
+        assert getattr(demo, name) == expected, name
+    assert (demo.timezone, demo.db_url) == ("Pacific/Chatham", "sqlite:////tmp/demo-x.db")
+
+
+def test_a_first_run_warns_of_nothing(cli) -> None:  # type: ignore[no-untyped-def]
+    """The first command on a new machine creates ometer's own data folder: a WARNING line
+    about it (meant for a ledger URL naming a folder that is not there) was the first thing
+    a new user read, before the demo had said anything."""
+    assert not default_data_dir().exists()
+    demo = cli("demo", "--calls", "3")
+    assert demo.code == 0 and default_data_dir().is_dir()
+    assert [line for line in demo.stderr.splitlines() if "created the folder" in line] == []

@@ -187,3 +187,54 @@ def test_the_python_api_snippet_runs_as_written(
         ("chat", "ok", "bob", True),
         ("chat", "ok", None, False),
     ]
+
+
+def _leaf_commands() -> dict[str, typer.core.TyperCommand]:
+    from ollama_meter.cli import command
+
+    found = {}
+
+    def walk(group: object, path: str) -> None:
+        for name, sub in getattr(group, "commands", {}).items():
+            if hasattr(sub, "commands"):
+                walk(sub, f"{path} {name}")
+            else:
+                found[f"{path} {name}".strip()] = sub
+
+    walk(command(), "")
+    return found
+
+
+def test_every_option_and_argument_has_help_and_the_table_names_only_what_exists() -> None:
+    """The README's table of commands against the app: each command it names exists, and
+    each `--flag` it gives that command is one of the command's own; each option and
+    argument of each command says what it is for in ``--help``."""
+    commands = _leaf_commands()
+    for name, command in commands.items():
+        assert command.help and command.help.strip(), name
+        for param in command.params:
+            assert (param.help or "").strip(), f"`ometer {name}` {param.opts[0]}: no help"
+    table = README.split("## Commands", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| `ometer ")]
+    assert len(rows) >= 15
+    named = set()
+    for row in rows:
+        usage, what = row.split(" | ", 1)
+        in_row = set()
+        for given in re.findall(r"`ometer ([^`]+)`", usage):
+            words = given.split()
+            name = next(
+                (" ".join(words[:n]) for n in (2, 1) if " ".join(words[:n]) in commands), None
+            )
+            assert name is not None, f"the README names `ometer {given}`, which is no command"
+            named.add(name)
+            in_row.add(name)
+            flags = {opt for p in commands[name].params for opt in p.opts + p.secondary_opts}
+            for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", given):
+                assert flag in flags, f"the README gives `ometer {name}` {flag}, which it lacks"
+        flags = {o for n in in_row for p in commands[n].params for o in p.opts + p.secondary_opts}
+        for code in re.findall(r"`([^`]+)`", what):
+            for flag in re.findall(r"(?<![\w-])--?[a-z][a-z0-9-]*", code):
+                if code.startswith("-"):  # a list of flags, as in chat's row
+                    assert flag in flags, f"the README gives {sorted(in_row)} {flag}"
+    assert named == set(commands), set(commands) ^ named

@@ -69,13 +69,13 @@ class DataTable:
     def _sizes(self, index: int, column: Column) -> _Size:
         """How wide a column would like to be, and the longest word it should keep whole."""
         if column.width is not None:
-            return _Size(column.width, column.width, fixed=True)
+            return _Size(column.width, column.width, column.width, fixed=True)
         texts = [r[index].plain for r in self.rows if isinstance(r[index], Text)]
-        words = [w for t in [column.heading, *texts] for w in t.split()]
-        longest = max((cell_len(w) for w in words), default=1)
+        longest = max((cell_len(w) for t in [column.heading, *texts] for w in t.split()), default=1)
+        cells = max((cell_len(w) for t in [column.footer, *texts] for w in t.split()), default=1)
         # A heading may wrap over its words; it does not set the width.
         natural = max(cell_len(t) for t in [column.footer, *texts, *column.heading.split()])
-        return _Size(natural, longest, fixed=column.numeric)
+        return _Size(natural, longest, cells, fixed=column.numeric)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         if not self.rows:  # nothing to show is said in words, with no empty grid around it
@@ -111,6 +111,8 @@ class _Size(NamedTuple):
 
     natural: int
     word: int
+    cell: int
+    """The longest word of its cells and footer: its heading's words may fold, not these."""
     fixed: bool
 
 
@@ -120,6 +122,7 @@ _STEPS: list[tuple[bool | None, Callable[[_Size], int]]] = [
     (False, lambda size: min(size.natural, 6)),  # names, 6 a line
     (True, lambda size: max(size.word, (size.natural + 1) // 2)),  # numbers wrap, whole words
     (False, lambda size: min(size.natural, 3)),  # names, 3 a line
+    (True, lambda size: size.cell),  # numbers' headings fold; the numbers stay whole
     (None, lambda size: 1),  # anything folds
 ]
 
@@ -150,8 +153,9 @@ def table(
     Every string or Text cell is shown as text (:func:`shown`). Nothing is cut
     short with an ellipsis: when the terminal is too narrow, headings wrap, names
     wrap and fold onto more lines first (down to six characters a line), then
-    numbers wrap between their words (never inside one: money stays whole), and
-    only past that does anything fold further.
+    numbers wrap between their words (never inside one: money stays whole), names go
+    down to three a line and the headings of numbers fold, and only past that does
+    anything fold further.
     """
     return DataTable(title, columns, rows, caption)
 

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from ollama_meter._paths import sqlite_url_problem
+from ollama_meter._paths import default_data_dir, sqlite_url_problem
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
 from ollama_meter.ledger._migrate import numbered_as_ours
@@ -231,8 +231,14 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise LedgerError(f"cannot create the ledger folder {path.parent}: {exc}") from exc
-        log.warning("created the folder %s for the ledger %s", path.parent, path.name)
+            raise LedgerError(
+                f"cannot create the ledger folder {path.parent}: {exc.strerror}; give a ledger "
+                "in a folder ometer may write (OMETER_DB_URL, or --db)"
+            ) from exc
+        # Said for a folder a URL named (a typo would go unnoticed); ometer's own data folder
+        # is made on every machine's first run, where a warning would be the first word.
+        level = logging.INFO if path.parent == default_data_dir() else logging.WARNING
+        log.log(level, "created the folder %s for the ledger %s", path.parent, path.name)
     options: dict[str, Any] = {}
     millis = max(int(wait * 1000), 1)
     bounded = parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg"

@@ -1018,3 +1018,14 @@ def test_a_new_price_rule_never_takes_the_id_of_one_removed_or_named_by_a_span(
     assert new.id is not None and new.id > removed.id
     ledger.remove_price_rule(new.id)
     assert (ledger.add_price_rule(token_prices("phi*")).id or 0) > new.id
+
+
+def test_a_folder_that_cannot_be_made_says_why_and_what_to_do(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(LedgerError) as caught:
+        Ledger(f"sqlite:///{blocker}/sub/ledger.db")
+    assert str(caught.value) == (
+        f"cannot create the ledger folder {blocker}/sub: Not a directory; give a ledger in a "
+        "folder ometer may write (OMETER_DB_URL, or --db)"
+    )
