@@ -11,7 +11,7 @@ every limit that covers it.
   and their tokens (in + out). A call over either is refused before it is
   metered, with ``Retry-After`` the exact number of seconds (rounded up) until
   enough of the window has passed for it to be admitted. Under a tpm a call's
-  prompt (about four characters a token) is counted when it is admitted, so
+  whole prompt (:func:`prompt_tokens`) is counted when it is admitted, so
   calls running at once cannot all slip under the limit, nor one huge prompt;
   when it ends its own tokens take the estimate's place (its reply can take a
   department past its tpm; the next calls then wait). A prompt larger than the
@@ -43,7 +43,7 @@ from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import Ledger
 from ollama_meter.meter import Attribution
 from ollama_meter.meter._request import facts_of
-from ollama_meter.meter._usage import estimate_tokens
+from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.records import Limit, SpanRecord
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -182,8 +182,16 @@ class _Window:
 
 
 def prompt_tokens(request: MeteredRequest) -> int:
-    """About how many tokens ``request``'s prompt is: what a tpm limit counts at admission."""
-    return estimate_tokens(facts_of(request.operation, request.body).prompt_text)
+    """About how many tokens ``request``'s prompt is: what a tpm limit counts at admission.
+
+    All of it: its texts and what the template writes as JSON (tool definitions, earlier
+    tool calls) at about four characters a token, and the tokens it sends as numbers (a
+    generate's ``context``, OpenAI's token ids). Its texts alone let a call of "hi" with a
+    huge tool list, or a long conversation continued by its context, count as nothing.
+    """
+    facts = facts_of(request.operation, request.body)
+    written = tokens_in_chars(facts.written_bytes)
+    return estimate_tokens(facts.prompt_text) + written + facts.given_tokens
 
 
 def _scopes(tenant: str, department: str, key_id: int | None) -> list[Scope]:
