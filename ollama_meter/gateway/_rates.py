@@ -228,10 +228,14 @@ class RateLimits:
         self._keys: dict[str, int] = {}
         self._prompts: dict[str, list[_Held]] = {}
 
-    def load(self, limits: Iterable[Limit]) -> None:
-        """Put ``limits`` in force; windows and calls in flight carry over."""
+    def load(self, limits: Iterable[Limit], keep: Iterable[Limit] = ()) -> None:
+        """Put ``limits`` in force, and for the scopes of ``keep`` (rows that could not be read)
+        the limits in force before; windows and calls in flight carry over."""
         fresh = {_scope_of(limit): limit for limit in limits}
         with self._lock:
+            for scope in map(_scope_of, keep):
+                if (before := self._limits.get(scope)) is not None:
+                    fresh.setdefault(scope, before)
             self._limits = fresh
             for scope in list(self._calls):
                 if fresh.get(scope) is None or fresh[scope].rpm is None:
@@ -387,12 +391,21 @@ class RateLimits:
 
 
 async def read_limits(ledger: Ledger, rates: RateLimits) -> bool:
-    """Put the ledger's limits in force; False (the last ones kept) when they cannot be read."""
+    """Put the ledger's limits in force; False (the last ones kept) when they cannot be read.
+
+    A row that cannot be read (edited by hand in SQL) keeps its scope's limits read before,
+    said in a warning at each read; every other row is put in force all the same.
+    """
     try:
-        rates.load(await in_thread(ledger.limits))
+        limits, broken = await in_thread(ledger.limits_in_force)
     except LedgerError as exc:
         log.warning("keeping the limits read before: %s", exc)
         return False
+    if broken:  # one line a read, however many rows
+        others = len(broken) - 1
+        more = f" (and {others} other {'row' if others == 1 else 'rows'})" if others else ""
+        log.warning("%s; keeping the limits read before for them%s", broken[0][1], more)
+    rates.load(limits, keep=[scope for scope, _ in broken])
     return True
 
 
