@@ -61,9 +61,10 @@ def test_one_limit_row_broken_in_sql_leaves_every_other_limit_in_force(
 
 
 def test_several_broken_limit_rows_are_one_warning_a_read(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'l.db'}"
+    """On either database: the rows read one by one in the one read transaction."""
+    url = db_url
     ledger = Ledger(url)
     for department in ("hr", "it", "ops"):
         ledger.set_limit(Limit("globex", department, rpm=2))
@@ -71,8 +72,11 @@ def test_several_broken_limit_rows_are_one_warning_a_read(
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE limits SET rpm = 0")
     engine.dispose()
+    ledger.set_limit(Limit("acme", "sales", rpm=1))
+    rates = RateLimits()
     with caplog.at_level(logging.WARNING, "ollama_meter.gateway"):
-        assert asyncio.run(read_limits(ledger, RateLimits()))
+        assert asyncio.run(read_limits(ledger, rates))
+    assert _calls_let_in(rates, "acme", "sales") == 1
     (warning,) = [r.getMessage() for r in caplog.records]
     assert warning == (
         "the limits of globex/hr in the ledger cannot be read: --rpm must be between 1 and "
