@@ -273,9 +273,11 @@ class RateLimits:
     ) -> Admission:
         """Count one call, and its prompt's ``tokens`` under tpm limits, against its limits;
         :class:`OverLimit` (counting nothing) if that takes it over one."""
-        now = self.clock()
         tokens = max(tokens, 0)
         with self._lock:
+            # Read under the lock, as a call ending on another thread does: each window's
+            # log stays in time order, which trimming and Retry-After rely on.
+            now = self.clock()
             found = [
                 (scope, limit)
                 for scope in _scopes(tenant, department, key_id)

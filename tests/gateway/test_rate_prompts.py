@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from ollama_meter.gateway._rates import OverLimit, RateLimits
 from ollama_meter.gateway._requests import parse_request
 from ollama_meter.meter import Attribution
 from ollama_meter.records import Limit
+from tests.factories import make_span
 
 LLAMA = "llama3.1:8b"
 SALES = Attribution(tenant="acme", department="sales")
@@ -70,3 +73,45 @@ def test_a_prompt_larger_than_the_tpm_is_refused_wherever_the_request_puts_it(
         _admit(rates, path, body, inline)
     assert "so no wait would let it in" in str(refused.value)
     assert refused.value.retry_after == 60
+
+
+class _RacingClock:
+    """A clock whose next reading starts a call ending on another thread (``between``), as a
+    span ends on a ledger thread just as a call is admitted on the loop; the reading waits
+    for it unless the reader holds the limits' lock (the other thread then waits for that)."""
+
+    def __init__(self, now: int, rates_lock: Any) -> None:
+        self.now = now
+        self.lock = rates_lock
+        self.between: Callable[[], None] | None = None
+        self.thread: threading.Thread | None = None
+
+    def __call__(self) -> int:
+        read = self.now
+        if (between := self.between) is not None:
+            self.between = None
+            self.now += 10**9
+            self.thread = threading.Thread(target=between)
+            self.thread.start()
+            if not self.lock.locked():
+                self.thread.join()
+        return read
+
+
+def test_a_call_ending_as_another_is_admitted_leaves_the_minute_in_order() -> None:
+    """The admitted call read the clock before it took the lock: a call that ended meanwhile
+    counted its tokens at a later moment, ahead of the prompt counted at the earlier one.
+    The minute, kept in order, then held that prompt past its 60 s: a call that fitted then
+    was refused."""
+    S = 10**9
+    rates = RateLimits()
+    clock = _RacingClock(1000 * S, rates._lock)
+    rates.clock = clock
+    rates.load([Limit("acme", "sales", tpm=1_000)])
+    ended = make_span(tenant="acme", department="sales", input_tokens=500, output_tokens=0)
+    clock.between = lambda: rates.on_end(ended)
+    rates.admit("acme", "sales", tokens=400)
+    assert clock.thread is not None
+    clock.thread.join()
+    clock.now = 1060 * S  # the prompt is a minute old; the 500 tokens of the call that ended
+    rates.admit("acme", "sales", tokens=500)  # a second younger leave room for 500
