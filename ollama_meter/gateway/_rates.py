@@ -11,7 +11,7 @@ every limit that covers it.
   and their tokens (in + out). A call over either is refused before it is
   metered, with ``Retry-After`` the exact number of seconds (rounded up) until
   enough of the window has passed for it to be admitted. Under a tpm a call's
-  prompt (about four characters a token) is counted when it is admitted, so
+  whole prompt (:func:`prompt_tokens`) is counted when it is admitted, so
   calls running at once cannot all slip under the limit, nor one huge prompt;
   when it ends its own tokens take the estimate's place (its reply can take a
   department past its tpm; the next calls then wait). A prompt larger than the
@@ -43,7 +43,7 @@ from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import Ledger
 from ollama_meter.meter import Attribution
 from ollama_meter.meter._request import facts_of
-from ollama_meter.meter._usage import estimate_tokens
+from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.records import Limit, SpanRecord
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -182,8 +182,16 @@ class _Window:
 
 
 def prompt_tokens(request: MeteredRequest) -> int:
-    """About how many tokens ``request``'s prompt is: what a tpm limit counts at admission."""
-    return estimate_tokens(facts_of(request.operation, request.body).prompt_text)
+    """About how many tokens ``request``'s prompt is: what a tpm limit counts at admission.
+
+    All of it: its texts and what the template writes as JSON (tool definitions, earlier
+    tool calls) at about four characters a token, and the tokens it sends as numbers (a
+    generate's ``context``, OpenAI's token ids). Its texts alone let a call of "hi" with a
+    huge tool list, or a long conversation continued by its context, count as nothing.
+    """
+    facts = facts_of(request.operation, request.body)
+    written = tokens_in_chars(facts.written_bytes)
+    return estimate_tokens(facts.prompt_text) + written + facts.given_tokens
 
 
 def _scopes(tenant: str, department: str, key_id: int | None) -> list[Scope]:
@@ -220,10 +228,14 @@ class RateLimits:
         self._keys: dict[str, int] = {}
         self._prompts: dict[str, list[_Held]] = {}
 
-    def load(self, limits: Iterable[Limit]) -> None:
-        """Put ``limits`` in force; windows and calls in flight carry over."""
+    def load(self, limits: Iterable[Limit], keep: Iterable[Limit] = ()) -> None:
+        """Put ``limits`` in force, and for the scopes of ``keep`` (rows that could not be read)
+        the limits in force before; windows and calls in flight carry over."""
         fresh = {_scope_of(limit): limit for limit in limits}
         with self._lock:
+            for scope in map(_scope_of, keep):
+                if (before := self._limits.get(scope)) is not None:
+                    fresh.setdefault(scope, before)
             self._limits = fresh
             for scope in list(self._calls):
                 if fresh.get(scope) is None or fresh[scope].rpm is None:
@@ -261,9 +273,11 @@ class RateLimits:
     ) -> Admission:
         """Count one call, and its prompt's ``tokens`` under tpm limits, against its limits;
         :class:`OverLimit` (counting nothing) if that takes it over one."""
-        now = self.clock()
         tokens = max(tokens, 0)
         with self._lock:
+            # Read under the lock, as a call ending on another thread does: each window's
+            # log stays in time order, which trimming and Retry-After rely on.
+            now = self.clock()
             found = [
                 (scope, limit)
                 for scope in _scopes(tenant, department, key_id)
@@ -379,12 +393,21 @@ class RateLimits:
 
 
 async def read_limits(ledger: Ledger, rates: RateLimits) -> bool:
-    """Put the ledger's limits in force; False (the last ones kept) when they cannot be read."""
+    """Put the ledger's limits in force; False (the last ones kept) when they cannot be read.
+
+    A row that cannot be read (edited by hand in SQL) keeps its scope's limits read before,
+    said in a warning at each read; every other row is put in force all the same.
+    """
     try:
-        rates.load(await in_thread(ledger.limits))
+        limits, broken = await in_thread(ledger.limits_in_force)
     except LedgerError as exc:
         log.warning("keeping the limits read before: %s", exc)
         return False
+    if broken:  # one line a read, however many rows
+        others = len(broken) - 1
+        more = f" (and {others} other {'row' if others == 1 else 'rows'})" if others else ""
+        log.warning("%s; keeping the limits read before for them%s", broken[0][1], more)
+    rates.load(limits, keep=[scope for scope, _ in broken])
     return True
 
 

@@ -353,6 +353,11 @@ class Ledger(DurableLedger):
         with self.read() as conn:
             return _limits.list_limits(conn)
 
+    def limits_in_force(self) -> tuple[list[Limit], list[tuple[Limit, str]]]:
+        """Every limit that can be read, and each row that cannot: its scope, and why."""
+        with self.read() as conn:
+            return _limits.limits_in_force(conn)
+
     def set_limit(self, limit: Limit) -> Limit:
         """Store a scope's limits (values left None keep what was stored); a key's take its names."""
         with self.write() as conn:

@@ -38,6 +38,9 @@ class RequestFacts:
     """Every text the request sends, joined: what unreported input tokens are estimated from."""
     prompt_bytes: int
     """UTF-8 bytes of everything that becomes prompt tokens (text, tool definitions)."""
+    written_bytes: int = 0
+    """Of ``prompt_bytes``, those not in ``prompt_text``: tool definitions, tool calls and
+    results written as JSON, as the template writes them."""
     messages: int = 0
     """Pieces the model marks on their own: chat messages (role markers), embedding inputs
     (each tokenized apart, with the model's special tokens such as BERT's [CLS] and [SEP])."""
@@ -362,6 +365,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         evaluates=None if openai or kind not in _LOADS_WHEN_EMPTY else _evaluates(kind, body),
         prompt_text=prompt_text,
         prompt_bytes=sum(bytes_of(t) for t in texts) + extra,
+        written_bytes=extra,
         messages=messages,
         images=images,
         given_tokens=given,
