@@ -76,7 +76,8 @@ def two_servers(
         client.__exit__(None, None, None)
 
 
-def _scope(client: Any, body: bytes) -> dict[str, Any]:
+def chat_scope(client: Any, body: bytes, department: str = "sales") -> dict[str, Any]:
+    """The ASGI scope uvicorn gives a POST /api/chat, for calling the app by hand."""
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},  # as uvicorn says
@@ -91,7 +92,7 @@ def _scope(client: Any, body: bytes) -> dict[str, Any]:
             (b"host", b"testserver"),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
-            (b"x-ometer-department", b"sales"),
+            (b"x-ometer-department", department.encode()),
         ],
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
@@ -132,7 +133,7 @@ def _call(client: TestClient, body: dict[str, Any], leave_after: int | None) -> 
 
         if leave_after == 0:
             gone.set()
-        await client.app(_scope(client, raw), receive, send)  # type: ignore[arg-type]
+        await client.app(chat_scope(client, raw), receive, send)  # type: ignore[arg-type]
 
     client.portal.call(call)  # type: ignore[union-attr]
     return sent

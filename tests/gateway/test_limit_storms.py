@@ -25,6 +25,7 @@ from ollama_meter.gateway import GatewayOptions, create_app
 from ollama_meter.ledger import open_ledger
 from ollama_meter.records import Limit
 from ollama_meter.testing import Fault, OllamaEmulator
+from tests.gateway.test_fleet_endings import chat_scope
 
 LLAMA = "llama3.1:8b"
 HI = [{"role": "user", "content": "hi"}]
@@ -56,29 +57,6 @@ def gateway(
         client.__exit__(None, None, None)
 
 
-def _scope(client: Any, body: bytes, department: str) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/chat",
-        "raw_path": b"/api/chat",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-ometer-department", department.encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": client.app_state.copy(),
-    }
-
-
 async def _call(client: TestClient, department: str, stream: bool, leave: int | None) -> None:
     """One call; its caller hangs up after ``leave`` body messages (0: at once, while its
     call waits its turn; None: it reads to the end)."""
@@ -106,7 +84,7 @@ async def _call(client: TestClient, department: str, stream: bool, leave: int | 
         if leave is not None and sent >= leave:
             gone.set()
 
-    await client.app(_scope(client, raw, department), receive, send)  # type: ignore[arg-type]
+    await client.app(chat_scope(client, raw, department), receive, send)  # type: ignore[arg-type]
 
 
 CALLS = st.lists(

@@ -162,6 +162,27 @@ def _waits_on_a_pipe(pid: int) -> bool:
     return where.endswith("pipe_read") or where == "pipe_wait"
 
 
+def interrupted_import(
+    command: list[str], env: dict[str, str], lines: bytes, signum: int
+) -> tuple[int, bytes, bytes]:
+    """Run an import of ``lines`` from stdin, send ``signum`` once it waits for the next
+    line (the lines before are read), and give its exit code, stdout and stderr."""
+    with subprocess.Popen(
+        command, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as proc:
+        assert proc.stdin is not None
+        proc.stdin.write(lines)
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while not _waits_on_a_pipe(proc.pid):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the import never waited for its next line"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
+
+
 def test_an_import_stopped_by_ctrl_c_says_what_it_recorded(tmp_path: Path) -> None:
     """Ctrl-C during `db import` (typer turns it into exit 130, silently): the command says
     how many spans are recorded and that running it again is safe."""
@@ -176,24 +197,13 @@ def test_an_import_stopped_by_ctrl_c_says_what_it_recorded(tmp_path: Path) -> No
         "from ollama_meter.cli import main; sys.argv[0] = 'ometer'; main()"
     )
     command = [sys.executable, "-c", foreground, "db", "import", "-"]
-    with subprocess.Popen(
-        command, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.PIPE
-    ) as proc:
-        assert proc.stdin is not None
-        proc.stdin.write(b"".join(list(export_lines(source))[:10]))
-        proc.stdin.flush()
-        # The command has read the ten lines and waits for the next. (A wait for the ledger
-        # file and half a second more lost on a loaded machine: the Ctrl-C came while the
-        # ledger was still being opened, before the import began, and said only
-        # "interrupted".)
-        deadline = time.monotonic() + 60
-        while not _waits_on_a_pipe(proc.pid):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the import never waited for its next line"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    # The command has read the ten lines and waits for the next. (A wait for the ledger
+    # file and half a second more lost on a loaded machine: the Ctrl-C came while the
+    # ledger was still being opened, before the import began, and said only "interrupted".)
+    returncode, out, err = interrupted_import(
+        command, env, b"".join(list(export_lines(source))[:10]), signal.SIGINT
+    )
+    assert returncode == 130, err
     assert err.decode().splitlines()[-2:] == [
         "the first 0 span(s) are recorded, the batch in progress is not; run the same import "
         "again for the rest (spans already there are skipped)",

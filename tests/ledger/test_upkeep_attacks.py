@@ -31,7 +31,7 @@ from ollama_meter.records import SpanRecord
 from tests._tmpfs import small_tmpfs
 from tests.factories import make_span
 from tests.integrity.test_disk_full import fill
-from tests.ledger.test_transfer import NOW, _spans, _waits_on_a_pipe
+from tests.ledger.test_transfer import NOW, _spans, interrupted_import
 
 
 def _old_file(path: Path) -> None:
@@ -122,20 +122,9 @@ def test_an_import_stopped_by_sigterm_says_what_it_recorded(tmp_path: Path) -> N
     lines = [json.dumps(span_to_dict(span)).encode() + b"\n" for span in _spans(2010)]
     command = [sys.executable, "-m", "ollama_meter", "db", "import", "-"]
     env = {**os.environ, "OMETER_DB_URL": url}
-    with subprocess.Popen(
-        command, env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.PIPE
-    ) as proc:
-        assert proc.stdin is not None
-        proc.stdin.write(b"".join(lines[:2005]))  # a batch of 2,000 committed, 5 read after it
-        proc.stdin.flush()
-        deadline = time.monotonic() + 60
-        while not _waits_on_a_pipe(proc.pid):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the import never waited for its next line"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    assert (proc.returncode, out) == (128 + signal.SIGTERM, b"")
+    # a batch of 2,000 committed, 5 read after it
+    returncode, out, err = interrupted_import(command, env, b"".join(lines[:2005]), signal.SIGTERM)
+    assert (returncode, out) == (128 + signal.SIGTERM, b"")
     assert err.decode().splitlines()[-1:] == [
         "the first 2,000 span(s) are recorded, the batch in progress is not; run the same "
         "import again for the rest (spans already there are skipped)"
