@@ -299,7 +299,8 @@ class Relay:
         try:
             # Until the answer starts, only listening tells that the caller left.
             sent = await until_gone(
-                self._send(call, slot, request, wire, content, headers, query), hangup
+                self._send(call, slot, request, wire, content, headers, query, admission),
+                hangup,
             )
             if isinstance(sent, Response):
                 return sent
@@ -329,6 +330,7 @@ class Relay:
         content: bytes,
         headers: dict[str, str],
         query: str,
+        admission: Admission,
     ) -> _Answered | Response:
         """Ollama's 200 response, or the answer for the client (the span is then closed).
 
@@ -339,6 +341,7 @@ class Relay:
         """
         fleet, model = self.fleet, request.model
         tried: set[str] = set()
+        reached = False  # a server was called: the call counts in its rates
         while True:  # one server, then the next
             assert slot.lease is not None
             server = slot.lease.server
@@ -368,9 +371,12 @@ class Relay:
                     return _refusal_response(wire, sent)
                 failure = sent.error
             tried.add(server.url)
+            reached = reached or not isinstance(failure, CircuitOpen)
             if failure.error_type == "connection":
                 fleet.took_out(server, str(failure))
             if isinstance(failure, OverCap) or not fleet.can_move(model, tried):
+                if not reached:  # every circuit open: turned away here, as by a full queue
+                    admission.refund()
                 await close_call(self.meter, call, failure)
                 return _failure_response(wire, failure)
             call.moved(time.perf_counter_ns() - began)  # not the next server's busy time

@@ -284,6 +284,22 @@ def test_an_open_circuits_retry_after_is_not_before_it_closes(
     assert int(refused.headers["retry-after"]) >= still_open
 
 
+def test_calls_an_open_circuit_turns_away_do_not_use_up_the_rpm(
+    in_process: Callable[..., TestClient], sqlite_url: str
+) -> None:
+    """An open circuit turns a call away before it reaches any server, as a budget or a full
+    queue does: a client retrying through an outage used up its department's rpm on those
+    refusals, and was refused 429 for up to a minute once the server was back."""
+    open_ledger(sqlite_url).set_limit(Limit("default", "unassigned", rpm=2))
+    client = in_process(unreachable_url(), breaker_failures=1, breaker_reset=30, retries=0)
+    call = {"model": LLAMA, "messages": HI, "stream": False}
+    assert client.post("/api/chat", json=call).status_code == 502  # reached for: counts
+    for _ in range(5):
+        refused = client.post("/api/chat", json=call)
+        assert refused.status_code == 503, refused.text  # the circuit's, never the rpm's 429
+        assert "not calling it until" in refused.text
+
+
 @given(left_ms=st.integers(1, 3 * 86_400_000), held=st.booleans())
 def test_a_budgets_retry_after_is_not_before_the_period_ends(left_ms: int, held: bool) -> None:
     now = datetime(2026, 3, 1, 12, tzinfo=UTC)
