@@ -187,6 +187,8 @@ class Gateway:
             try:
                 admission = await self.rates.admit_request(parsed, charged, key_id, inline=inline)
             except OverLimit as over:
+                if over.retry_after is None:  # final: a 429 is retried (SDKs, wrappers), a 413 not
+                    raise BadCall(413, "rate_limited", str(over), model=parsed.model) from None
                 wait = {"Retry-After": str(over.retry_after)}
                 raise BadCall(
                     429, "rate_limited", str(over), model=parsed.model, headers=wait

@@ -15,7 +15,7 @@ every limit that covers it.
   calls running at once cannot all slip under the limit, nor one huge prompt;
   when it ends its own tokens take the estimate's place (its reply can take a
   department past its tpm; the next calls then wait). A prompt larger than the
-  tpm alone is refused outright: no wait would let it in.
+  tpm alone is refused outright, as final (413, no ``Retry-After``): no wait would let it in.
 - **concurrency** caps the calls of the scope holding a slot at once; further
   calls wait in the fair queue until one of the scope's calls ends. Every call
   is counted in each of its scopes, limited or not, so a limit set or lowered
@@ -56,9 +56,10 @@ Scope = tuple[str, ...]
 
 
 class OverLimit(Exception):
-    """A call over its rpm or tpm: refused, with the seconds until it would be admitted."""
+    """A call over its rpm or tpm: refused, with the seconds until it would be admitted
+    (at least 1); None when no wait would let it in (a prompt larger than a whole minute)."""
 
-    def __init__(self, message: str, *, retry_after: int) -> None:
+    def __init__(self, message: str, *, retry_after: int | None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -290,7 +291,7 @@ class RateLimits:
                         f"this call's prompt is about {tokens:,} tokens, more than "
                         f"{limit.scope()}'s limit of {limit.tpm:,} tokens a minute, so no wait "
                         "would let it in: shorten it, or raise the limit (`ometer limit set`)",
-                        retry_after=60,
+                        retry_after=None,
                     )
                 for windows, most, what, need in (
                     (self._calls, limit.rpm, "calls", 1),

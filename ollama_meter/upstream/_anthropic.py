@@ -50,8 +50,8 @@ _ERROR_TYPES = {
     503: "overloaded_error",
 }
 _KINDS = {"budget_exceeded": "billing_error", "rate_limited": "rate_limit_error"}
-"""The meter's refusals in Anthropic's words: spent money is a billing error (do not
-retry), a rate limit is one (retry later)."""
+"""The meter's 429s in Anthropic's words: spent money is a billing error (do not
+retry), a rate limit is one (retry later). Another status says its own (413: too large)."""
 
 
 class MessagesReader:
@@ -161,7 +161,7 @@ class _Anthropic(_OpenAI):
 
     def error_body(self, status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
         default = _ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-        error_type = _KINDS.get(kind or "", default)
+        error_type = _KINDS.get(kind or "", default) if status == 429 else default
         return {"type": "error", "error": {"type": error_type, "message": message}}
 
     def error_frame(self, message: str) -> bytes:

@@ -373,8 +373,12 @@ _OPENAI_ERRORS = {
     "budget_exceeded": ("insufficient_quota", "insufficient_quota"),
     "rate_limited": ("requests", "rate_limit_exceeded"),
 }
-"""The meter's refusals in OpenAI's words (``type``, ``code``), as OpenAI's own 429s say them:
-clients tell spent money (do not retry) from a rate limit (retry later) by these."""
+"""The meter's 429s in OpenAI's words (``type``, ``code``), as OpenAI's own 429s say them:
+clients tell spent money (do not retry) from a rate limit (retry later) by these. Another
+status says its own: a 413 (a body, or a prompt no wait lets in) is too large, not a rate."""
+_OPENAI_STATUSES: dict[int, tuple[str, str | None]] = {
+    413: ("invalid_request_error", "request_too_large")
+}
 
 
 class _OpenAI:
@@ -411,7 +415,8 @@ class _OpenAI:
 
     def error_body(self, status: int, message: str, *, kind: str | None = None) -> dict[str, Any]:
         default = "invalid_request_error" if status < 500 else "api_error"
-        error_type, code = _OPENAI_ERRORS.get(kind or "", (default, None))
+        said = _OPENAI_ERRORS.get(kind or "") if status == 429 else None
+        error_type, code = said or _OPENAI_STATUSES.get(status, (default, None))
         return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
 
     def error_frame(self, message: str) -> bytes:

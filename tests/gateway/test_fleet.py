@@ -279,7 +279,7 @@ def test_under_a_tpm_calls_running_at_once_cannot_all_slip_under_it(
         json={"model": LLAMA, "messages": [{"role": "user", "content": "y" * 8_000}]},
         headers={"X-Ometer-Department": "hr"},
     )
-    assert huge.status_code == 429
+    assert huge.status_code == 413 and "retry-after" not in huge.headers  # final: no retry
     assert huge.json() == {
         "error": "this call's prompt is about 2,000 tokens, more than default/hr's limit of "
         "1,000 tokens a minute, so no wait would let it in: shorten it, or raise the limit "
@@ -291,8 +291,9 @@ def test_under_a_tpm_calls_running_at_once_cannot_all_slip_under_it(
     assert prompts(emu) == [prompt, prompt]  # neither refused call reached the server
     refused = [s for s in spans(gw.ledger) if s.error_type == "rate_limited"]
     assert [(s.status, s.http_status, s.department) for s in refused] == [
-        ("rejected", 429, "hr")
-    ] * 2
+        ("rejected", 429, "hr"),
+        ("rejected", 413, "hr"),
+    ]
 
 
 def test_a_call_that_reached_no_server_names_none_and_adds_no_capacity(
