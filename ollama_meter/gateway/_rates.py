@@ -49,6 +49,9 @@ from ollama_meter.records import Limit, SpanRecord
 log = logging.getLogger("ollama_meter.gateway")
 
 WINDOW_NS = 60 * 10**9
+IMAGE_TOKENS_SEEN = 256
+"""About what a vision model counts of a picture in its prompt (Gemma 3: 256; LLaVA: 576;
+Qwen2.5-VL: by its size; Llama 3.2 Vision: a few): what a tpm counts of one at admission."""
 LIMITS_SECONDS = 10.0
 """How often a gateway reads the limits from the ledger."""
 
@@ -182,17 +185,19 @@ class _Window:
         return 0
 
 
-def prompt_tokens(request: MeteredRequest) -> int:
-    """About how many tokens ``request``'s prompt is: what a tpm limit counts at admission.
+def prompt_tokens(request: MeteredRequest) -> tuple[int, int]:
+    """About how many tokens ``request``'s prompt is, and how many pictures it carries: what
+    a tpm limit counts at admission.
 
     All of it: its texts and what the template writes as JSON (tool definitions, earlier
     tool calls) at about four characters a token, and the tokens it sends as numbers (a
     generate's ``context``, OpenAI's token ids). Its texts alone let a call of "hi" with a
     huge tool list, or a long conversation continued by its context, count as nothing.
+    Pictures apart: a model may count one as a few tokens or as thousands.
     """
     facts = facts_of(request.operation, request.body)
     written = tokens_in_chars(facts.written_bytes)
-    return estimate_tokens(facts.prompt_text) + written + facts.given_tokens
+    return estimate_tokens(facts.prompt_text) + written + facts.given_tokens, facts.images
 
 
 def _scopes(tenant: str, department: str, key_id: int | None) -> list[Scope]:
@@ -264,17 +269,29 @@ class RateLimits:
         """:meth:`admit` for a call of ``request``, its prompt counted where a tpm limit covers
         it (worked out in a thread unless ``inline``: a large body takes a while to read)."""
         tenant, department = charged.tenant, charged.department
-        tokens = 0
+        tokens = images = 0
         if self.counts_tokens(tenant, department, key_id):
-            tokens = prompt_tokens(request) if inline else await in_thread(prompt_tokens, request)
-        return self.admit(tenant, department, key_id, tokens=tokens)
+            tokens, images = (
+                prompt_tokens(request) if inline else await in_thread(prompt_tokens, request)
+            )
+        return self.admit(tenant, department, key_id, tokens=tokens, images=images)
 
     def admit(
-        self, tenant: str, department: str, key_id: int | None = None, *, tokens: int = 0
+        self,
+        tenant: str,
+        department: str,
+        key_id: int | None = None,
+        *,
+        tokens: int = 0,
+        images: int = 0,
     ) -> Admission:
-        """Count one call, and its prompt's ``tokens`` under tpm limits, against its limits;
-        :class:`OverLimit` (counting nothing) if that takes it over one."""
+        """Count one call, and its prompt's ``tokens`` and ``images`` under tpm limits, against
+        its limits; :class:`OverLimit` (counting nothing) if that takes it over one.
+
+        Pictures count :data:`IMAGE_TOKENS_SEEN` each, but at most a whole minute: a model
+        may count one as a few tokens, so they never make a call one no wait lets in."""
         tokens = max(tokens, 0)
+        seen = tokens + max(images, 0) * IMAGE_TOKENS_SEEN
         with self._lock:
             # Read under the lock, as a call ending on another thread does: each window's
             # log stays in time order, which trimming and Retry-After rely on.
@@ -293,9 +310,10 @@ class RateLimits:
                         "would let it in: shorten it, or raise the limit (`ometer limit set`)",
                         retry_after=None,
                     )
+                share = seen if limit.tpm is None else min(seen, limit.tpm)
                 for windows, most, what, need in (
                     (self._calls, limit.rpm, "calls", 1),
-                    (self._tokens, limit.tpm, "tokens", max(tokens, 1)),
+                    (self._tokens, limit.tpm, "tokens", max(share, 1)),
                 ):
                     if most is None:
                         continue
@@ -320,9 +338,9 @@ class RateLimits:
                 if limit.rpm is not None:
                     calls = self._calls[scope]
                     counted.append((calls, calls.add(now, 1)))
-                if limit.tpm is not None and tokens > 0:
+                if limit.tpm is not None and seen > 0:
                     window = self._tokens[scope]
-                    prompt.append((window, window.add(now, tokens)))
+                    prompt.append((window, window.add(now, min(seen, limit.tpm))))
                 if limit.weight is not None and scope[0] != "key":
                     weight = limit.weight  # the department's, over the tenant's (it comes after)
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ollama_meter.gateway._rates import OverLimit, RateLimits
+from ollama_meter.gateway._rates import IMAGE_TOKENS_SEEN, Admission, OverLimit, RateLimits
 from ollama_meter.gateway._requests import parse_request
 from ollama_meter.meter import Attribution
 from ollama_meter.records import Limit
@@ -115,3 +115,59 @@ def test_a_call_ending_as_another_is_admitted_leaves_the_minute_in_order() -> No
     clock.thread.join()
     clock.now = 1060 * S  # the prompt is a minute old; the 500 tokens of the call that ended
     rates.admit("acme", "sales", tokens=500)  # a second younger leave room for 500
+
+
+_PICTURE = "iVBORw0KGgoAAAANSUhEUg=="  # base64: what a client sends of an image
+
+
+def _with_images(where: str, images: int) -> tuple[str, dict[str, Any]]:
+    """A request of "hi" with ``images`` images, where each wire format puts them."""
+    url = f"data:image/png;base64,{_PICTURE}"
+    if where == "chat":
+        said = {"role": "user", "content": "hi", "images": [_PICTURE] * images}
+        return "/api/chat", {"model": LLAMA, "messages": [said]}
+    if where == "generate":
+        return "/api/generate", {"model": LLAMA, "prompt": "hi", "images": [_PICTURE] * images}
+    if where == "openai":
+        parts = [{"type": "text", "text": "hi"}]
+        parts += [{"type": "image_url", "image_url": {"url": url}}] * images
+        return "/v1/chat/completions", {
+            "model": LLAMA,
+            "messages": [{"role": "user", "content": parts}],
+        }
+    if where == "responses":
+        parts = [{"type": "input_text", "text": "hi"}]
+        parts += [{"type": "input_image", "image_url": url}] * images
+        return "/v1/responses", {"model": LLAMA, "input": [{"role": "user", "content": parts}]}
+    if where == "messages":
+        source = {"type": "base64", "media_type": "image/png", "data": _PICTURE}
+        blocks = [{"type": "text", "text": "hi"}, *[{"type": "image", "source": source}] * images]
+        body = {"model": LLAMA, "max_tokens": 9, "messages": [{"role": "user", "content": blocks}]}
+        return "/v1/messages", body
+    raise AssertionError(where)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    where=st.sampled_from(["chat", "generate", "openai", "responses", "messages"]),
+    images=st.integers(1, 40),
+)
+def test_images_count_toward_the_tpm_yet_never_make_a_call_one_no_wait_lets_in(
+    where: str, images: int
+) -> None:
+    """Ollama counts an image's tokens in the prompt (a few hundred to a few thousand a
+    picture): counted as nothing at admission, any number of pictures ran at once under a
+    tpm far below them. Each counts about IMAGE_TOKENS_SEEN now; but a model may count a
+    picture as a few tokens, so pictures alone never make a call one no wait would let in:
+    one fills at most an empty minute."""
+    path, body = _with_images(where, images)
+    rates = RateLimits()
+    rates.load([Limit("acme", "sales", tpm=IMAGE_TOKENS_SEEN * 4)])
+    first = _admit(rates, path, body, inline=True)  # however many pictures: an empty minute
+    assert isinstance(first, Admission)
+    counted = sum(event[1] for _, event in first.prompt)
+    assert counted == min(IMAGE_TOKENS_SEEN * images + 1, IMAGE_TOKENS_SEEN * 4)
+    if images >= 4:  # the minute is full while it runs
+        with pytest.raises(OverLimit) as over:
+            _admit(rates, path, _with_images(where, 0)[1], inline=True)
+        assert over.value.retry_after == 60
