@@ -151,9 +151,10 @@ def _with_images(where: str, images: int) -> tuple[str, dict[str, Any]]:
 @given(
     where=st.sampled_from(["chat", "generate", "openai", "responses", "messages"]),
     images=st.integers(1, 40),
+    inline=st.booleans(),
 )
 def test_images_count_toward_the_tpm_yet_never_make_a_call_one_no_wait_lets_in(
-    where: str, images: int
+    where: str, images: int, inline: bool
 ) -> None:
     """Ollama counts an image's tokens in the prompt (a few hundred to a few thousand a
     picture): counted as nothing at admission, any number of pictures ran at once under a
@@ -163,7 +164,7 @@ def test_images_count_toward_the_tpm_yet_never_make_a_call_one_no_wait_lets_in(
     path, body = _with_images(where, images)
     rates = RateLimits()
     rates.load([Limit("acme", "sales", tpm=IMAGE_TOKENS_SEEN * 4)])
-    first = _admit(rates, path, body, inline=True)  # however many pictures: an empty minute
+    first = _admit(rates, path, body, inline)  # however many pictures: an empty minute
     assert isinstance(first, Admission)
     counted = sum(event[1] for _, event in first.prompt)
     assert counted == min(IMAGE_TOKENS_SEEN * images + 1, IMAGE_TOKENS_SEEN * 4)

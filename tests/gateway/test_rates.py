@@ -239,3 +239,59 @@ def test_one_prompt_larger_than_the_tpm_is_refused_however_empty_the_minute() ->
     rates.admit("acme", "sales", tokens=1_000)  # exactly the limit fits an empty minute
     with pytest.raises(OverLimit):
         rates.admit("acme", "sales", tokens=0)  # and nothing more this minute
+
+
+_SCOPES = [Limit("acme", None, rpm=5, tpm=3_000), Limit("acme", "sales", rpm=3, tpm=1_000)]
+_CALLS = st.one_of(
+    st.tuples(
+        st.just("admit"),
+        st.integers(0, 30 * S),
+        st.integers(0, 1_100),
+        st.integers(0, 5),
+        st.booleans(),
+    ),
+    st.tuples(st.just("end"), st.integers(0, 30), st.integers(0, 2_000), st.just(0), st.just(0)),
+    st.tuples(st.just("refund"), st.integers(0, 30), st.just(0), st.just(0), st.just(0)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(_CALLS, min_size=1, max_size=40))
+def test_retry_after_is_the_first_whole_second_every_limit_lets_the_call_in(
+    steps: list[tuple[str, int, int, int, bool]],
+) -> None:
+    """A department's and its tenant's rpm and tpm at once, prompts with pictures, calls that
+    end with other counts than their estimate and calls turned away: a refused call is told a
+    Retry-After of at least 1 s after which, the minute left as it was, every limit lets it in,
+    and a second earlier one does not. The tenant's limits count its other departments too."""
+    rates, clock = limits(*_SCOPES)
+    running: list[tuple[str, str, object]] = []
+    for kind, number, tokens, images, other in steps:
+        department = "hr" if other else "sales"
+        if kind == "admit":
+            clock.now += number
+            try:
+                admission = rates.admit("acme", department, tokens=tokens, images=images)
+            except OverLimit as over:
+                if over.retry_after is None:
+                    assert department == "sales" and tokens > 1_000
+                    continue
+                wait, before = over.retry_after, clock.now
+                assert 1 <= wait <= 60
+                clock.now = before + (wait - 1) * S
+                if wait > 1:
+                    with pytest.raises(OverLimit):
+                        rates.admit("acme", department, tokens=tokens, images=images)
+                clock.now = before + wait * S
+                admission = rates.admit("acme", department, tokens=tokens, images=images)
+            span = make_span(tenant="acme", department=department, input_tokens=0)
+            rates.bind(span.id, None, admission)
+            running.append((span.id, department, admission))
+        elif running:
+            span_id, department, admission = running.pop(number % len(running))
+            if kind == "refund":
+                admission.refund()  # type: ignore[attr-defined]
+            else:
+                rates.on_end(
+                    make_span(id=span_id, tenant="acme", department="sales", input_tokens=tokens)
+                )
