@@ -39,8 +39,20 @@ def json_text(value: Any, **options: Any) -> str:
     escaped as ``\\uXXXX``: the same document to any JSON reader, and none of it acted on
     by the terminal it is printed on (ensure_ascii=False wrote U+009B and U+202E as they
     were). Letters of any script stay as they are."""
-    text = json.dumps(value, ensure_ascii=False, **options)
+    return _json_escaped(json.dumps(value, ensure_ascii=False, **options))
+
+
+def json_bytes(encoded: bytes) -> bytes:
+    """UTF-8 JSON another encoder wrote (msgspec's, which writes what :data:`ACTED_ON` lists
+    as it is), escaped as :func:`json_text` escapes it; ASCII, the common case, as it is."""
+    if encoded.isascii():
+        return encoded
+    text = encoded.decode()
+    return _json_escaped(text).encode() if _IN_JSON.search(text) else encoded
+
+
+def _json_escaped(text: str) -> str:
     return _IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
-__all__ = ["ACTED_ON", "json_text", "one_line"]
+__all__ = ["ACTED_ON", "json_bytes", "json_text", "one_line"]

@@ -210,19 +210,28 @@ def test_json_for_the_terminal_is_the_same_document_with_nothing_acted_on(value:
         assert json.loads(text) == value
 
 
-def test_log_json_escapes_what_the_terminal_would_act_on(cli, sqlite_url: str) -> None:  # type: ignore[no-untyped-def]
-    """``ometer log --json`` wrote Ollama's error text and hooks' tags with
-    ``ensure_ascii=False``: JSON escaped ESC but wrote U+009B (CSI, the screen erased) and
-    U+202E as they were, straight to the terminal."""
+@given(st.text())
+def test_an_export_line_is_escaped_as_the_json_for_the_terminal_is(text: str) -> None:
+    import msgspec
+
+    line = _text.json_bytes(msgspec.json.encode({"error_message": text}))
+    assert not ACTED_ON.search(line.decode()) and json.loads(line) == {"error_message": text}
+
+
+@pytest.mark.parametrize("command", [("log", "--json"), ("db", "export")])
+def test_spans_as_json_escape_what_the_terminal_would_act_on(cli, sqlite_url: str, command: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
+    """``ometer log --json`` and ``db export`` wrote Ollama's error text and hooks' tags as
+    UTF-8: JSON escaped ESC but they wrote U+009B (CSI: the screen erased) and U+202E as
+    they were, straight to the terminal."""
     message = f"Ollama failed (HTTP 500): boom{C1}\u202eevil{ERASE}\n"
     tags = {"job" + C1: "x\u2066y\x85"}
     Ledger(sqlite_url).record(
         [make_span(status="error", error_type="upstream_5xx", error_message=message, tags=tags)]
     )
-    shown = cli("log", "--json", "--db", sqlite_url)
+    shown = cli(*command, "--db", sqlite_url)
     assert shown.code == 0, shown.stderr
-    assert not ACTED_ON.search(shown.stdout), repr(shown.stdout)
-    [span] = json.loads(shown.stdout)
+    assert not ACTED_ON.search(shown.stdout.replace("\n", "")), repr(shown.stdout)
+    [span] = json.loads(shown.stdout) if command[0] == "log" else [json.loads(shown.stdout)]
     assert (span["error_message"], span["tags"]) == (message, tags)  # as stored, escaped
 
 
