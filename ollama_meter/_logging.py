@@ -6,7 +6,6 @@ keep their own configuration. ``ometer`` calls :func:`configure_logging` once.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -15,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ollama_meter._text import json_text, one_line
 from ollama_meter.errors import OmeterError
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -37,7 +37,20 @@ class JsonFormatter(logging.Formatter):
         )
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str, ensure_ascii=False)
+        return json_text(data, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``LEVEL logger: message``, the message on one line with its control characters
+    escaped (:func:`~ollama_meter._text.one_line`): what it quotes (a mail server's reply,
+    an exception's text) can neither forge a line nor recolour the terminal. A traceback
+    follows on lines of its own, as ever."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(super().formatMessage(record))
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -60,7 +73,7 @@ def configure_logging(level: str = "WARNING", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     logger = logging.getLogger("ollama_meter")
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())

@@ -32,6 +32,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "_forks",
             "_runtime",
             "_urls",
+            "_text",
             "errors",
             "records",
             "testing",

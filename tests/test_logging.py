@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
-from ollama_meter import configure_logging
+from ollama_meter import _text, configure_logging
+from ollama_meter._logging import JsonFormatter, TextFormatter
 
 
 def test_json_lines_with_extra_fields(capsys: pytest.CaptureFixture[str]) -> None:
@@ -84,3 +87,65 @@ def test_a_line_logged_after_stderr_was_replaced_goes_to_the_stderr_of_the_momen
     finally:
         configure_logging()
     assert second.getvalue() == "WARNING ollama_meter.test: budget alert: late\n"
+
+
+ACTED_ON = re.compile(f"[\x00-\x1f{_text.ACTED_ON}]")
+"""What a terminal or a log reader acts on: C0 (line breaks, ESC), DEL, C1, bidi controls."""
+
+
+@given(st.text())
+def test_whatever_a_message_quotes_stays_on_its_line_and_is_never_acted_on(quoted: str) -> None:
+    """A mail server's reply, an exception's text: what a log line quotes is text from
+    outside. A line break in it started a line of its own (a forged ``WARNING ...`` line),
+    an escape recoloured the terminal the log was read on."""
+    record = logging.makeLogRecord(
+        {"name": "ollama_meter.alerts", "levelname": "WARNING", "msg": "refused: %s",
+         "args": (quoted,)}
+    )  # fmt: skip
+    text = TextFormatter().format(record)
+    assert text.startswith("WARNING ollama_meter.alerts: refused: ")
+    assert not ACTED_ON.search(text), repr(text)
+    line = JsonFormatter().format(record)
+    assert not ACTED_ON.search(line) and not re.search(f"[{_text.ACTED_ON}]", line), repr(line)
+    assert json.loads(line)["message"] == "refused: " + quoted  # nothing lost
+
+
+def test_a_mail_servers_reply_cannot_forge_a_log_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A server that refuses a recipient with a reply of several lines, one of them made to
+    look like ometer's own, had it logged as a line of its own, in green."""
+    from datetime import UTC, datetime
+    from typing import Any
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Sink
+
+    from ollama_meter.budgets import Alert, EmailChannel, deliver
+    from ollama_meter.testing import unused_port
+
+    forged = "\x1b[32mWARNING ollama_meter.alerts: all is well\x1b[0m"
+
+    class Refuse(Sink):  # type: ignore[misc]
+        async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, _: Any) -> str:  # fmt: skip
+            if address.startswith("gone@"):
+                return f"550-5.1.1 no such mailbox\r\n550 {forged}"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+    controller = Controller(Refuse(), hostname="127.0.0.1", port=unused_port())
+    controller.start()
+    configure_logging()
+    try:
+        channel = EmailChannel(
+            "127.0.0.1", controller.port, sender="ometer@example.org",
+            recipients=["it@example.org", "gone@example.org"],
+        )  # fmt: skip
+        alert = Alert(1, 7, "acme", "sales", "month", "2026-11", datetime(2026, 11, 1, tzinfo=UTC),
+                      90, 9, 10, "USD")  # fmt: skip
+        deliver(alert, [channel], sleep=lambda _: None)
+    finally:
+        controller.stop()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["WARNING ollama_meter.alerts"] * 2
+    assert lines[1].endswith(
+        "(550 5.1.1 no such mailbox\\n\\x1b[32mWARNING ollama_meter.alerts: all is well\\x1b[0m)"
+    )

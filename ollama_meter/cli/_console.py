@@ -12,9 +12,9 @@ from typing import Any
 from rich.console import Console, ConsoleDimensions
 from rich.text import Text
 
-_CONTROL = re.compile(
-    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
+from ollama_meter._text import ACTED_ON
+
+_CONTROL = re.compile(f"[\x00-\x09\x0b-\x1f{ACTED_ON}]")
 _NEWLINE = re.compile("\n")
 _TERMINAL_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """What a terminal acts on rather than shows (escape sequences, carriage returns), bar tab and newline."""

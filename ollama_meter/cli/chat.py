@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ollama_meter._text import json_text
 from ollama_meter.cli._common import DbOption, DeptOption, TenantOption, money, ms, settings
 from ollama_meter.cli._console import err, inert, out, shown
 from ollama_meter.errors import OmeterError, UpstreamError, ValidationError
@@ -138,11 +139,11 @@ def _turn(session: _Session, messages: list[dict[str, str]]) -> str:
                 failure = {"error": _stopped_by(exc), "error_type": "client_abort"}
             if run.call is not None:
                 failure |= {"span_id": run.span.id, **span_to_dict(run.span)}
-            out.file.write(json.dumps(failure, ensure_ascii=False) + "\n")
+            out.file.write(json_text(failure) + "\n")
         raise
     reply = "".join(parts)
     if as_json:
-        out.file.write(json.dumps(result_json(run.span, reply), ensure_ascii=False) + "\n")
+        out.file.write(json_text(result_json(run.span, reply)) + "\n")
     else:
         if not reply.endswith("\n"):
             out.file.write("\n")

@@ -1,11 +1,11 @@
 """``ometer log``: the latest spans."""
 
-import json
 from typing import Annotated
 
 import typer
 from rich.text import Text
 
+from ollama_meter._text import json_text
 from ollama_meter.cli._common import (
     Column,
     DbOption,
@@ -74,9 +74,7 @@ def log(
     if as_json:
         from ollama_meter.reports import span_to_dict
 
-        out.file.write(
-            json.dumps([span_to_dict(s) for s in spans], indent=2, ensure_ascii=False) + "\n"
-        )
+        out.file.write(json_text([span_to_dict(s) for s in spans], indent=2) + "\n")
         return
     if not spans:
         filtered = any(v is not None for v in (tenant, dept, model, status, user))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ollama_meter._text import json_bytes
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._line import CutShort, span_from_line
@@ -119,7 +120,7 @@ def export_lines(
                 span = row_to_span(row)
                 if not "".join(filter(None, _LABEL_VALUES(span))).isprintable():
                     make_storable(span)
-                line = _ENCODER.encode(span_to_dict(span)) + b"\n"
+                line = json_bytes(_ENCODER.encode(span_to_dict(span))) + b"\n"
                 held += len(line)
                 yield line
             if held > BATCH_BYTES:  # captured calls of a million characters each

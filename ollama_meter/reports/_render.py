@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from ollama_meter._text import json_text
 from ollama_meter.ledger import iso_utc, span_to_dict
 from ollama_meter.records import Micros, format_micros
 
@@ -89,7 +89,7 @@ def _json_value(value: object) -> Any:
 def to_json(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
     """A JSON list of objects with exactly ``columns`` as keys."""
     data = [{key: _json_value(row.get(key)) for key in columns} for row in rows]
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    return json_text(data, indent=2) + "\n"
 
 
 __all__ = ["iso_utc", "safe_cell", "span_to_dict", "to_csv", "to_json"]

@@ -17,8 +17,10 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from hypothesis import given, strategies as st
 from rich.cells import cell_len
 
+from ollama_meter import _text
 from ollama_meter.ledger import Ledger
 from tests.factories import make_span
 
@@ -190,3 +192,59 @@ def test_the_console_takes_columns_as_they_are_when_it_prints(
     monkeypatch.setenv("COLUMNS", "200")
     assert console.size.width == 200
     assert _TextConsole(width=50).size.width == 50
+
+
+ACTED_ON = re.compile(f"[\x00-\x09\x0b-\x1f{_text.ACTED_ON}]")
+"""Raw in JSON: what a terminal acts on (C1's CSI clears the screen as ESC [ does; a bidi
+override reorders the rest of the line). A line break only between JSON's own tokens."""
+
+
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+))  # fmt: skip
+def test_json_for_the_terminal_is_the_same_document_with_nothing_acted_on(value: object) -> None:
+    for text in (_text.json_text(value), _text.json_text(value, indent=2)):
+        assert not ACTED_ON.search(text), repr(text)
+        assert json.loads(text) == value
+
+
+@given(st.text())
+def test_an_export_line_is_escaped_as_the_json_for_the_terminal_is(text: str) -> None:
+    import msgspec
+
+    line = _text.json_bytes(msgspec.json.encode({"error_message": text}))
+    assert not ACTED_ON.search(line.decode()) and json.loads(line) == {"error_message": text}
+
+
+@pytest.mark.parametrize("command", [("log", "--json"), ("db", "export")])
+def test_spans_as_json_escape_what_the_terminal_would_act_on(cli, sqlite_url: str, command: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]  # fmt: skip
+    """``ometer log --json`` and ``db export`` wrote Ollama's error text and hooks' tags as
+    UTF-8: JSON escaped ESC but they wrote U+009B (CSI: the screen erased) and U+202E as
+    they were, straight to the terminal."""
+    message = f"Ollama failed (HTTP 500): boom{C1}\u202eevil{ERASE}\n"
+    tags = {"job" + C1: "x\u2066y\x85"}
+    Ledger(sqlite_url).record(
+        [make_span(status="error", error_type="upstream_5xx", error_message=message, tags=tags)]
+    )
+    shown = cli(*command, "--db", sqlite_url)
+    assert shown.code == 0, shown.stderr
+    assert not ACTED_ON.search(shown.stdout.replace("\n", "")), repr(shown.stdout)
+    [span] = json.loads(shown.stdout) if command[0] == "log" else [json.loads(shown.stdout)]
+    assert (span["error_message"], span["tags"]) == (message, tags)  # as stored, escaped
+
+
+def test_chat_json_escapes_a_models_reply_for_the_terminal(
+    cli, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EscapingModel)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{server.server_address[1]}")
+        done = cli("chat", "hi", "-m", "m", "--json", "--db", sqlite_url)
+    finally:
+        server.shutdown()
+    assert done.code == 0, done.stderr
+    assert not ACTED_ON.search(done.stdout), repr(done.stdout)
+    assert json.loads(done.stdout)["reply"] == "".join(_EscapingModel.REPLY)
