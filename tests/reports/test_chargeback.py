@@ -668,3 +668,42 @@ def test_a_call_sent_to_no_server_adds_no_host_to_the_capacity(db_url: str) -> N
         ("acme", "support", 1, "0.00"),
         ("__idle__", "__idle__", 0, "2999.88"),
     ]
+
+
+def test_a_call_recorded_while_the_bill_is_read_is_in_all_of_it_or_none(db_url: str) -> None:
+    """The usage (who used how many GPU seconds) and the busy time (how much of the capacity
+    was used) were read in two transactions: a call a gateway or an import recorded between
+    them was in the busy time but in nobody's usage, so with idle separate the departments
+    carried a busy share split among those who had not used it. One snapshot: the bill
+    is the ledger before the call, or after it, never half of each."""
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy import event
+
+    ledger = Ledger(db_url)
+    t = datetime(2026, 11, 3, 9, tzinfo=UTC)
+    ledger.record([span("sales", t, 100, 1_000)])
+    options: dict[str, Any] = {
+        "tz": ZoneInfo("UTC"), "now": NOW, "currency": "USD",
+        "fixed_cost": Decimal("2592.00"), "idle": "separate",
+    }  # fmt: skip
+    before = chargeback(ledger, "2026-11", **options)
+    writer = Ledger(db_url)
+    late = span("support", t + timedelta(days=1), 86_400, 1_000)
+    seen: list[str] = []
+
+    def record_once(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not seen and statement.lstrip().upper().startswith("SELECT"):
+            seen.append(statement)  # the bill's first read: another process records meanwhile
+            writer.record([late])
+
+    event.listen(ledger.engine, "after_cursor_execute", record_once)
+    try:
+        during = chargeback(ledger, "2026-11", **options)
+    finally:
+        event.remove(ledger.engine, "after_cursor_execute", record_once)
+    after = chargeback(ledger, "2026-11", **options)
+    writer.dispose()
+    assert seen and after.busy_ns == before.busy_ns + 86_400 * SEC
+    bill = (during.rows, during.busy_ns, during.capacity_ns)
+    assert bill == (before.rows, before.busy_ns, before.capacity_ns)
