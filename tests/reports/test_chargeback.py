@@ -707,3 +707,56 @@ def test_a_call_recorded_while_the_bill_is_read_is_in_all_of_it_or_none(db_url: 
     assert seen and after.busy_ns == before.busy_ns + 86_400 * SEC
     bill = (during.rows, during.busy_ns, during.capacity_ns)
     assert bill == (before.rows, before.busy_ns, before.capacity_ns)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    calls=_calls.filter(bool),
+    zone=st.sampled_from(_ZONES),
+    ledger_zone=st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kathmandu"]),
+    keep=st.lists(st.integers(15, 75), min_size=1, max_size=2),
+    gpus=st.integers(1, 3),
+)
+def test_a_bill_is_the_same_bytes_after_any_prune(
+    tmp_path_factory: pytest.TempPathFactory,
+    calls: list[tuple[str, str, int, int, str, str]],
+    zone: str,
+    ledger_zone: str,
+    keep: list[int],
+    gpus: int,
+) -> None:
+    """Prunes whose horizon falls before, inside or after the month, in a ledger whose days
+    begin in another zone than the bill's, several servers, calls busy across the month's
+    edges: every bill (idle shared or separate, CSV and capacity) is what it was before."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.ledger import prune
+
+    tz = ZoneInfo(zone)
+    month, first = "2026-10", datetime(2026, 9, 4, tzinfo=UTC)
+    ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('cb') / 'l.db'}", zone=ledger_zone)
+    ledger.record(
+        [
+            span(dept, first + timedelta(seconds=at), busy, busy * 1000 + 1, host=host,
+                 tenant=tenant, currency=currency)
+            for tenant, dept, at, busy, currency, host in calls
+        ]
+    )  # fmt: skip
+
+    def bills() -> list[tuple[str, int, int]]:
+        made = []
+        for idle in ("share", "separate"):
+            result = chargeback(
+                ledger, month, tz=tz, now=NOW, currency="USD",
+                fixed_cost=Decimal("2400.17"), idle=idle, gpus=gpus,
+            )  # fmt: skip
+            made.append(
+                (to_csv(CHARGEBACK_COLUMNS, result.rows), result.busy_ns, result.capacity_ns)
+            )
+        return made
+
+    before = bills()
+    for days in sorted(keep, reverse=True):  # 2 December less 15 to 75 days: around October
+        prune(ledger, days, now=NOW)
+        assert bills() == before
+    ledger.dispose()
