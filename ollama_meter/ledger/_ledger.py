@@ -189,10 +189,16 @@ class Ledger(DurableLedger):
         with self.read() as conn:
             return _aggregate.aggregate_failures(conn, where)
 
-    def busy(self, since: datetime, until: datetime) -> tuple[int, int]:
-        """(busy ns summed over upstream hosts, number of hosts) in [since, until)."""
+    def spend_and_busy(
+        self, where: _spans.SpanFilter, by: Sequence[str], since: datetime, until: datetime
+    ) -> tuple[list[_aggregate.SpendSums], int, int]:
+        """:meth:`spend`, and the busy ns summed over upstream hosts and the number of hosts in
+        [since, until), read as one snapshot: chargeback splits the one by the other, and a
+        call recorded between two reads was in the busy time and in nobody's usage."""
         with self.read() as conn:
-            return _timings.busy_union(conn, since, until)
+            sums = _aggregate.aggregate_spend(conn, where, by, ())
+            busy, hosts = _timings.busy_union(conn, since, until)
+        return sums, busy, hosts
 
     # -- price rules -----------------------------------------------------------------
 

@@ -93,9 +93,12 @@ def chargeback(
     result = Chargeback(month=window.label, window=window)
     if now < window.end:
         result.warnings.append(f"{window.label} is not over yet; these figures will still change")
-    groups = ledger.spend(
-        SpanFilter(since=window.start, until=window.end), ["tenant", "department"]
-    )
+    units = None if fixed_cost is None else fixed_cost_units(fixed_cost, currency)
+    where, by = SpanFilter(since=window.start, until=window.end), ["tenant", "department"]
+    if units is None:
+        groups, busy, hosts = ledger.spend(where, by), 0, 0
+    else:  # one snapshot: who used the GPUs, and how much of them was used
+        groups, busy, hosts = ledger.spend_and_busy(where, by, window.start, window.end)
     usage: dict[tuple[str, str, str], SpendSums] = {}
     weights: dict[tuple[str, str], int] = defaultdict(int)
     for group in groups:
@@ -103,9 +106,7 @@ def chargeback(
         usage[(tenant, department, group.currency)] = group
         weights[(tenant, department)] += group.gpu_ns
     fixed: dict[tuple[str, str, str], int] = {}
-    if fixed_cost is not None:
-        units = fixed_cost_units(fixed_cost, currency)
-        busy, hosts = ledger.busy(window.start, window.end)
+    if units is not None:
         capacity = (
             int((window.end - window.start) / timedelta(microseconds=1))
             * 1000

@@ -668,3 +668,95 @@ def test_a_call_sent_to_no_server_adds_no_host_to_the_capacity(db_url: str) -> N
         ("acme", "support", 1, "0.00"),
         ("__idle__", "__idle__", 0, "2999.88"),
     ]
+
+
+def test_a_call_recorded_while_the_bill_is_read_is_in_all_of_it_or_none(db_url: str) -> None:
+    """The usage (who used how many GPU seconds) and the busy time (how much of the capacity
+    was used) were read in two transactions: a call a gateway or an import recorded between
+    them was in the busy time but in nobody's usage, so with idle separate the departments
+    carried a busy share split among those who had not used it. One snapshot: the bill
+    is the ledger before the call, or after it, never half of each."""
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy import event
+
+    ledger = Ledger(db_url)
+    t = datetime(2026, 11, 3, 9, tzinfo=UTC)
+    ledger.record([span("sales", t, 100, 1_000)])
+    options: dict[str, Any] = {
+        "tz": ZoneInfo("UTC"), "now": NOW, "currency": "USD",
+        "fixed_cost": Decimal("2592.00"), "idle": "separate",
+    }  # fmt: skip
+    before = chargeback(ledger, "2026-11", **options)
+    writer = Ledger(db_url)
+    late = span("support", t + timedelta(days=1), 86_400, 1_000)
+    seen: list[str] = []
+
+    def record_once(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not seen and statement.lstrip().upper().startswith("SELECT"):
+            seen.append(statement)  # the bill's first read: another process records meanwhile
+            writer.record([late])
+
+    event.listen(ledger.engine, "after_cursor_execute", record_once)
+    try:
+        during = chargeback(ledger, "2026-11", **options)
+    finally:
+        event.remove(ledger.engine, "after_cursor_execute", record_once)
+    after = chargeback(ledger, "2026-11", **options)
+    writer.dispose()
+    assert seen and after.busy_ns == before.busy_ns + 86_400 * SEC
+    bill = (during.rows, during.busy_ns, during.capacity_ns)
+    assert bill == (before.rows, before.busy_ns, before.capacity_ns)
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    calls=_calls.filter(bool),
+    zone=st.sampled_from(_ZONES),
+    ledger_zone=st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kathmandu"]),
+    keep=st.lists(st.integers(15, 75), min_size=1, max_size=2),
+    gpus=st.integers(1, 3),
+)
+def test_a_bill_is_the_same_bytes_after_any_prune(
+    tmp_path_factory: pytest.TempPathFactory,
+    calls: list[tuple[str, str, int, int, str, str]],
+    zone: str,
+    ledger_zone: str,
+    keep: list[int],
+    gpus: int,
+) -> None:
+    """Prunes whose horizon falls before, inside or after the month, in a ledger whose days
+    begin in another zone than the bill's, several servers, calls busy across the month's
+    edges: every bill (idle shared or separate, CSV and capacity) is what it was before."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.ledger import prune
+
+    tz = ZoneInfo(zone)
+    month, first = "2026-10", datetime(2026, 9, 4, tzinfo=UTC)
+    ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('cb') / 'l.db'}", zone=ledger_zone)
+    ledger.record(
+        [
+            span(dept, first + timedelta(seconds=at), busy, busy * 1000 + 1, host=host,
+                 tenant=tenant, currency=currency)
+            for tenant, dept, at, busy, currency, host in calls
+        ]
+    )  # fmt: skip
+
+    def bills() -> list[tuple[str, int, int]]:
+        made = []
+        for idle in ("share", "separate"):
+            result = chargeback(
+                ledger, month, tz=tz, now=NOW, currency="USD",
+                fixed_cost=Decimal("2400.17"), idle=idle, gpus=gpus,
+            )  # fmt: skip
+            made.append(
+                (to_csv(CHARGEBACK_COLUMNS, result.rows), result.busy_ns, result.capacity_ns)
+            )
+        return made
+
+    before = bills()
+    for days in sorted(keep, reverse=True):  # 2 December less 15 to 75 days: around October
+        prune(ledger, days, now=NOW)
+        assert bills() == before
+    ledger.dispose()
