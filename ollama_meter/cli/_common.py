@@ -253,27 +253,54 @@ def settings(**overrides: Any) -> Settings:
     return load_settings(flags=FLAGS, **overrides)
 
 
-def ledger_for(cfg: Settings) -> Ledger:
-    """The configured ledger (see :func:`ollama_meter.meter.ledger_for`).
+def ledger_for(cfg: Settings, *, existing: bool = False) -> Ledger:
+    """The configured ledger (see :func:`ollama_meter.meter.ledger_for`); ``existing``: for a
+    command that reads what was recorded, a ledger file that is not there is an error
+    (:func:`_must_exist`).
 
     Loaded here, when a command runs, so that ``--help`` and the commands that never
     open the ledger do not pay for SQLAlchemy.
     """
     from ollama_meter.meter import ledger_for as configured
 
+    if existing:
+        must_exist(cfg)
     return configured(cfg)
 
 
-def ledger_at(db: str | None) -> Ledger:
+def ledger_at(db: str | None, *, existing: bool = False) -> Ledger:
     """The ledger ``--db`` names (else the configured one), opened by :func:`ledger_for`."""
-    return ledger_for(settings(db_url=db))
+    return ledger_for(settings(db_url=db), existing=existing)
 
 
-def ledger_as_is(cfg: Settings) -> Ledger:
+def ledger_as_is(cfg: Settings, *, existing: bool = False) -> Ledger:
     """The configured ledger as it stands, for upkeep: no pricing file or budgets brought in."""
     from ollama_meter.ledger import open_ledger
 
+    if existing:
+        must_exist(cfg)
     return open_ledger(cfg.ledger_url, wait=cfg.ledger_wait, zone=cfg.timezone)
+
+
+def must_exist(cfg: Settings, *, default_too: bool = False) -> None:
+    """Refuse to read a SQLite ledger that a URL names (or, ``default_too``, the default
+    one) and that is not there.
+
+    Opening it would make a new, empty one: a typo in OMETER_DB_URL gave "no calls in this
+    period" and a bill putting the whole fixed cost on ``__idle__``, exit 0. The default
+    ledger, never written yet, is a first run's: reports read it as empty.
+    """
+    if not cfg.db_url and not default_too:
+        return
+    from ollama_meter.ledger import ledger_file
+
+    path = ledger_file(cfg.ledger_url)
+    if path is not None and not path.is_file():
+        raise ConfigError(
+            f"no ledger at {path}: nothing was ever recorded there. Check OMETER_DB_URL (or "
+            "--db) for a typo; a ledger is made by the first call metered into it, or by "
+            "`ometer db upgrade`"
+        )
 
 
 def utc_now() -> datetime:

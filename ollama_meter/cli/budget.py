@@ -109,7 +109,7 @@ def budget_to_dict(budget: Budget) -> dict[str, Any]:
 @app.command("list")
 def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every budget, with its limit, kind and thresholds."""
-    ledger = ledger_at(db)
+    ledger = ledger_at(db, existing=True)
     budgets = ledger.budgets()
     if as_json:
         out.file.write(json.dumps([budget_to_dict(b) for b in budgets], indent=2) + "\n")
@@ -194,7 +194,7 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
     from ollama_meter.meter._prices import ledger_zone
 
     cfg = settings(db_url=db)
-    ledger = ledger_for(cfg)
+    ledger = ledger_for(cfg, existing=True)
     rows = budget_status(ledger, tz=ledger_zone(ledger, cfg), now=utc_now())
     undelivered = ledger.alerts(undelivered_only=True)
     if as_json:

@@ -65,7 +65,7 @@ def chargeback_command(
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
     result = chargeback(
-        ledger_for(cfg),
+        ledger_for(cfg, existing=True),
         month,
         tz=cfg.tz,
         now=utc_now(),

@@ -17,6 +17,7 @@ from ollama_meter.cli._common import (
     UntilOption,
     file_to_write,
     ledger_as_is,
+    must_exist,
     progress_bar,
     settings,
 )
@@ -96,7 +97,7 @@ def export_command(
     from ollama_meter.ledger import export_lines, unbounded
 
     cfg = settings(db_url=db)
-    ledger = ledger_as_is(cfg)
+    ledger = ledger_as_is(cfg, existing=True)
     start = end = None
     if since is not None or until is not None:  # given empty: refused, not "everything"
         # No --until is no end, not today's: a span the clock put later (a gateway whose
@@ -229,7 +230,7 @@ def prune_command(
     from ollama_meter.ledger import prune
 
     cfg = settings(db_url=db)
-    ledger = ledger_as_is(cfg)
+    ledger = ledger_as_is(cfg, existing=True)
     result = prune(ledger, keep_days, now=datetime.now(UTC), vacuum=vacuum)
     out.print(
         f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d %H:%M} UTC; "
@@ -258,12 +259,10 @@ def backup_command(
     db: DbOption = None,
 ) -> None:
     """Copy the live ledger to FILE (SQLite; prints the pg_dump command for PostgreSQL)."""
-    from ollama_meter.ledger import backup, ledger_file, open_ledger, pg_dump_command
+    from ollama_meter.ledger import backup, open_ledger, pg_dump_command
 
     cfg = settings(db_url=db)
-    source = ledger_file(cfg.ledger_url)
-    if source is not None and not source.is_file():  # a typo in --db: nothing made there
-        raise OmeterError(f"there is no ledger at {source}")
+    must_exist(cfg, default_too=True)  # nothing to copy, and a typo must make nothing
     # As it is, not migrated first: the copy taken before an upgrade is the one to go back to.
     ledger = open_ledger(cfg.ledger_url, migrate=False)
     if ledger.path is None:

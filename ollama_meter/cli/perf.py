@@ -50,7 +50,12 @@ def perf(
 
     cfg, window = settings_and_window(period, since, until, db)
     result = perf_report(
-        ledger_for(cfg), window, parse_perf_by(by), tenant=tenant, department=dept, model=model
+        ledger_for(cfg, existing=True),
+        window,
+        parse_perf_by(by),
+        tenant=tenant,
+        department=dept,
+        model=model,
     )
     write_rows(
         fmt,
@@ -62,7 +67,7 @@ def perf(
     if not result.rows:
         from ollama_meter.cli._hints import note_unmatched
 
-        note_unmatched(ledger_for(cfg), tenant=tenant, department=dept, model=model)
+        note_unmatched(ledger_for(cfg, existing=True), tenant=tenant, department=dept, model=model)
     for warning in result.warnings:
         err.print(f"warning: {warning}")
 

@@ -65,7 +65,13 @@ def report(
     cfg, window = settings_and_window(period, since, until, db)
     columns = parse_by(by)
     result = spend_report(
-        ledger_for(cfg), window, columns, tz=cfg.tz, tenant=tenant, department=dept, model=model
+        ledger_for(cfg, existing=True),
+        window,
+        columns,
+        tz=cfg.tz,
+        tenant=tenant,
+        department=dept,
+        model=model,
     )
     if fmt is ReportFormat.HTML:
         from ollama_meter.reports import render_spend_html
@@ -90,10 +96,18 @@ def report(
     from ollama_meter.cli import _hints
 
     if not result.rows:
-        _hints.note_unmatched(ledger_for(cfg), tenant=tenant, department=dept, model=model)
+        _hints.note_unmatched(
+            ledger_for(cfg, existing=True), tenant=tenant, department=dept, model=model
+        )
         return
     _hints.note_tenants_summed(
-        ledger_for(cfg), window, columns, tz=cfg.tz, tenant=tenant, department=dept, model=model
+        ledger_for(cfg, existing=True),
+        window,
+        columns,
+        tz=cfg.tz,
+        tenant=tenant,
+        department=dept,
+        model=model,
     )
 
 

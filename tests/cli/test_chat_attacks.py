@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -298,6 +299,38 @@ def test_the_reading_commands_refuse_an_empty_db_too(
     result = cli(*command, "--db", "")
     assert result.code == 2
     assert result.stderr.startswith("error: --db is given empty")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("log",),
+        ("report", "--period", "month"),
+        ("perf",),
+        ("chargeback", "--month", "2026-11", "--fixed-cost", "100"),
+        ("budget", "list"),
+        ("budget", "status"),
+        ("limit", "list"),
+        ("pricing", "list"),
+        ("keys", "list"),
+        ("db", "export"),
+        ("db", "prune", "--keep-days", "30"),
+        ("db", "backup", "copy.db"),
+    ],
+)
+def test_a_reading_command_given_a_ledger_that_is_not_there_makes_none(
+    cli, tmp_path: Path, command: tuple[str, ...]
+) -> None:  # type: ignore[no-untyped-def]
+    """A typo in OMETER_DB_URL made a new, empty ledger (and its folder): the report said
+    "no calls in this period" and the bill put the whole fixed cost on __idle__, exit 0."""
+    place = tmp_path / "ledgers"
+    place.mkdir()
+    missing = place / "ledgr" / "ledger.db"
+    result = cli(*command, "--db", f"sqlite:///{missing}")
+    assert result.code == 2, result
+    assert result.stderr.startswith(f"error: no ledger at {missing}: nothing was ever recorded")
+    assert result.stderr.count("\n") == 1 and result.stdout == ""
+    assert list(place.iterdir()) == []
 
 
 def test_log_refuses_an_empty_status(cli, db: str) -> None:  # type: ignore[no-untyped-def]
