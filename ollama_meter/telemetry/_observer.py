@@ -293,6 +293,11 @@ class TelemetryObserver:
             # would be summed with the dollars. An unpriced span's 0 is not a cost either; it
             # would hide Langfuse's own estimate. ometer.cost and ometer.currency carry both.
             attributes[sc.LANGFUSE_COST] = json.dumps({"total": float(cost)})
+        if span.ttft_ns is not None:  # TTFT counts from the span's start, as Langfuse's does
+            first = span.started_at + timedelta(microseconds=span.ttft_ns // 1000)
+            attributes[sc.LANGFUSE_COMPLETION_START] = first.astimezone(UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S.%fZ"
+            )
         # The server that served it: a gateway in front of several picks one after the span opened.
         attributes.update(_server(span))
         for part in sc.OMETER_COST_PARTS:
