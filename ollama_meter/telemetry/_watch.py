@@ -136,13 +136,14 @@ class Watched(Reporting, SpanExporter):
         if result is not SpanExportResult.SUCCESS:
             self._drop(len(spans))
         elif self.answers is not None and self.answers.last:
-            self._refused(self.answers.last)
+            self._refused(self.answers.last, len(spans))
         return result
 
-    def _refused(self, answer: bytes) -> None:
+    def _refused(self, answer: bytes, sent: int) -> None:
         from ollama_meter.telemetry._session import refused_spans
 
         count, why = refused_spans(answer)
+        count = min(count, sent)  # a collector that says it refused more is not believed
         if not count:
             return
         if not self._said_refused and not self.quiet:

@@ -599,6 +599,36 @@ def test_spans_a_collector_refuses_in_a_partial_success_are_counted_and_said(
     ]
 
 
+def test_a_collector_that_claims_more_refused_than_it_was_sent_is_not_believed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lying collector's partial_success said 2**62 spans refused of an export of 3, and its
+    reason was 50 KB over several lines: the count of spans dropped read 4611686018427387904
+    for ever after, and the log got forged lines. At most the spans sent are refused; the
+    reason is one line of at most 200 characters."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    lie = trace_service_pb2.ExportTraceServiceResponse(
+        partial_success=trace_service_pb2.ExportTracePartialSuccess(
+            rejected_spans=2**62, error_message="bad\nERROR forged line\r\x1b[2J" + "x" * 50_000
+        )
+    )
+    with OtlpHttpReceiver() as rx:
+        rx.answer = lie.SerializeToString()
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        _end_spans(telemetry, 3)
+        assert telemetry.flush()
+        telemetry.shutdown()
+    assert exporter.dropped == 3
+    (refused, dropped) = [
+        r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"
+    ]
+    assert "refused 3 spans" in refused and "\n" not in refused and "\r" not in refused
+    assert "\x1b" not in refused and len(refused) < 400
+    assert dropped.endswith(": 3 (the ledger keeps every call)")
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_exports_on_a_connection_of_its_own(
     monkeypatch: pytest.MonkeyPatch,
