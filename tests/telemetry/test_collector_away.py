@@ -311,6 +311,41 @@ def test_a_running_process_says_once_when_exports_fail_and_when_they_work_again(
     assert capsys.readouterr().err.count("warning: could not export telemetry") == 1  # at exit
 
 
+def test_a_collector_that_fails_every_other_export_is_said_at_most_every_10_s(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Behind a balancer with one dead backend, every other export fails: the log said
+    "could not export" and "exporting again" for each, two lines per export, for as long as
+    it lasted (a busy gateway exports several times a second). The start of a failure is
+    said at most every 10 s, and its end only when its start was said."""
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
+    caplog.set_level("INFO", logger="ollama_meter.telemetry")
+    now = [0.0]
+    with OtlpHttpReceiver() as rx:
+        url = f"{rx.url}/v1/traces"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        exporter.clock = lambda: now[0]
+        for second in (0, 1, 2, 3, 4, 11, 12):
+            now[0] = float(second)
+            for status in (401, 200):
+                rx.status = status
+                _end_spans(telemetry, 1)
+                assert telemetry.flush()
+        telemetry.shutdown()
+    said = [
+        (r.levelname, r.getMessage()[:40])
+        for r in caplog.records
+        if r.name == "ollama_meter.telemetry" and "spans not sent" not in r.getMessage()
+    ]
+    assert said == 2 * [
+        ("WARNING", f"could not export spans to {url}"[:40]),
+        ("INFO", f"exporting spans to {url} again"[:40]),
+    ]
+    assert exporter.dropped == 7
+
+
 def test_an_endpoints_credentials_never_reach_the_warning(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
