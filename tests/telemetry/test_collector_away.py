@@ -346,6 +346,53 @@ def test_a_collector_that_fails_every_other_export_is_said_at_most_every_10_s(
     assert exporter.dropped == 7
 
 
+_TLS_SCRIPT = """
+from ollama_meter.config import load_settings
+from ollama_meter.records import make_storable
+from ollama_meter.telemetry import telemetry_for
+from tests.factories import make_span
+
+telemetry = telemetry_for(load_settings())
+for _ in range(3):
+    span = make_storable(make_span())
+    telemetry.observer.on_start(span)
+    telemetry.observer.on_end(span)
+telemetry.flush()
+import os
+print(os.environ.get("GRPC_VERBOSITY"))  # what a program `ometer run` starts would inherit
+"""
+
+
+def test_grpc_over_tls_to_a_plain_collector_costs_one_warning_line() -> None:
+    """gRPC's own C library wrote a line to stderr for each failed TLS handshake
+    ("I1202 ... Handshake failed with error SSL_ERROR_SSL: ... WRONG_VERSION_NUMBER"),
+    outside Python's logging, at every try of every export: a gateway with an https://
+    endpoint to a plain collector filled its log with them."""
+    with OtlpHttpReceiver() as rx:  # plain HTTP: no TLS there
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
+        env |= {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": rx.url.replace("http://", "https://"),
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OMETER_EXPORT_TIMEOUT": "1",
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", _TLS_SCRIPT],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).parents[2],
+        )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    # The rest are ometer's own log lines (no handler in this script: Python's last resort).
+    ours = ("could not export ", "spans not sent to ", "warning: could not export telemetry")
+    assert [line for line in lines if not line.startswith(ours)] == []
+    assert len([line for line in lines if line.startswith("warning:")]) == 1
+    assert done.stdout == "None\n"
+
+
 def test_an_endpoints_credentials_never_reach_the_warning(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
