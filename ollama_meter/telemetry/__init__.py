@@ -7,6 +7,8 @@ created, unless an exporter is configured.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import TYPE_CHECKING
 
 from ollama_meter._runtime import runtime
@@ -41,6 +43,11 @@ def telemetry_for(settings: Settings) -> Telemetry | None:
             "export_timeout",
         }
     )
+    # The keys too (their JSON above is masked), as a digest: a client given its own
+    # Traceloop key or Langfuse secret got the exporters of the first, and sent with its key.
+    secrets = [settings.langfuse_secret_key, settings.traceloop_api_key]
+    said = json.dumps([None if s is None else s.get_secret_value() for s in secrets])
+    key += hashlib.sha256(said.encode()).hexdigest()
     return runtime().shared("telemetry", key, lambda: Telemetry(settings), Telemetry.shutdown)
 
 

@@ -109,18 +109,35 @@ def _bounded(text: str, limit: int = MAX_EXPORTED_TEXT) -> str:
     return storable_text(text[: limit + 1], limit)
 
 
-def _messages(role: str, text: str) -> str:
-    """``gen_ai.*.messages`` for one text part: valid JSON within :data:`MAX_EXPORTED_TEXT`."""
-    content = _bounded(text)
-    while True:
-        dumped = json.dumps(
-            [{"role": role, "parts": [{"type": "text", "content": content}]}], ensure_ascii=False
-        )
-        over = len(dumped) - MAX_EXPORTED_TEXT
-        if over <= 0:
-            return dumped
-        # Each character cut shortens the JSON by at least one: one pass is enough.
-        content = content[: max(0, len(content) - over - 1)] + "…"
+def _messages(
+    role: str, text: str, limit: int = MAX_EXPORTED_TEXT, finish_reason: str | None = None
+) -> str | None:
+    """``gen_ai.*.messages`` for one text part: valid JSON within ``limit`` characters (and
+    :data:`MAX_EXPORTED_TEXT`), the text cut to fit; None when not even "…" fits.
+
+    The SDK cuts a value past ``OTEL_[SPAN_]ATTRIBUTE_VALUE_LENGTH_LIMIT`` where it stands,
+    mid-string: JSON no reader could parse. An output message has its ``finish_reason``, which
+    the conventions require."""
+    limit = min(limit, MAX_EXPORTED_TEXT)
+    message: dict[str, Any] = {"role": role, "parts": [{"type": "text", "content": ""}]}
+    if finish_reason is not None:
+        message["finish_reason"] = finish_reason
+
+    def dumped(content: str) -> str:
+        message["parts"][0]["content"] = content
+        return json.dumps([message], ensure_ascii=False)
+
+    if len(dumped("…")) > limit:
+        return None
+    content = _bounded(text, limit)
+    while len(out := dumped(content)) > limit:
+        # Each character cut shortens the JSON by at least one, down to "…", which fits.
+        content = content[: max(0, len(content) - (len(out) - limit) - 1)] + "…"
+    return out
+
+
+_JSON_VALUED = (sc.LANGFUSE_USAGE, sc.LANGFUSE_COST)
+"""Short JSON values: whole within any length limit but a tiny one, which leaves them out."""
 
 
 def _server(span: SpanRecord) -> dict[str, Any]:
@@ -134,6 +151,14 @@ def _server(span: SpanRecord) -> dict[str, Any]:
         if address.port:
             server[sc.SERVER_PORT] = address.port
     return server
+
+
+def _finish_reason(span: SpanRecord) -> str:
+    """Why the reply ended: Ollama's ``done_reason``; else ``error`` for a call that failed
+    or was cut, ``stop`` for one that ended well without saying."""
+    if span.done_reason:
+        return storable_text(span.done_reason, 32)
+    return "stop" if span.status == SpanStatus.OK else "error"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -154,8 +179,11 @@ class TelemetryObserver:
         self.capture_content = capture_content
         self._live: dict[str, Span] = {}
         self._lock = threading.Lock()
+        limits = SpanLimits()  # what the SDK's provider reads from the environment too
         # The SDK drops a span's oldest attribute to make room for a new one past its limit.
-        self.max_attributes = SpanLimits().max_span_attributes
+        self.max_attributes = limits.max_span_attributes
+        length = limits.max_span_attribute_length  # 0 is a limit too: every text cut to ""
+        self.max_length = MAX_EXPORTED_TEXT if length is None else length
         self._said_crowded = False
         self._metrics = meter is not None
         if meter is not None:
@@ -265,6 +293,11 @@ class TelemetryObserver:
             # would be summed with the dollars. An unpriced span's 0 is not a cost either; it
             # would hide Langfuse's own estimate. ometer.cost and ometer.currency carry both.
             attributes[sc.LANGFUSE_COST] = json.dumps({"total": float(cost)})
+        if span.ttft_ns is not None:  # TTFT counts from the span's start, as Langfuse's does
+            first = span.started_at + timedelta(microseconds=span.ttft_ns // 1000)
+            attributes[sc.LANGFUSE_COMPLETION_START] = first.astimezone(UTC).strftime(
+                "%Y-%m-%dT%H:%M:%S.%fZ"
+            )
         # The server that served it: a gateway in front of several picks one after the span opened.
         attributes.update(_server(span))
         for part in sc.OMETER_COST_PARTS:
@@ -279,10 +312,15 @@ class TelemetryObserver:
         if span.error_type:
             attributes[sc.ERROR_TYPE] = span.error_type
         if self.capture_content and span.prompt is not None:
-            attributes[sc.GEN_AI_INPUT_MESSAGES] = _messages("user", span.prompt)
+            attributes[sc.GEN_AI_INPUT_MESSAGES] = _messages("user", span.prompt, self.max_length)
         if self.capture_content and span.reply is not None:
-            attributes[sc.GEN_AI_OUTPUT_MESSAGES] = _messages("assistant", span.reply)
-        return attributes
+            attributes[sc.GEN_AI_OUTPUT_MESSAGES] = _messages(
+                "assistant", span.reply, self.max_length, _finish_reason(span)
+            )
+        for key in _JSON_VALUED:
+            if len(attributes.get(key) or "") > self.max_length:
+                del attributes[key]
+        return {key: value for key, value in attributes.items() if value is not None}
 
     def _with_hooks(self, otel: Span, ours: dict[str, Any], span: SpanRecord) -> dict[str, Any]:
         """``ours`` and the hooks' attributes, as many of the hooks' as the span has room for.

@@ -94,6 +94,8 @@ LANGFUSE_MODEL = "langfuse.observation.model.name"
 LANGFUSE_USAGE = "langfuse.observation.usage_details"
 LANGFUSE_COST = "langfuse.observation.cost_details"
 LANGFUSE_TAGS = "langfuse.trace.tags"
+LANGFUSE_COMPLETION_START = "langfuse.observation.completion_start_time"
+"""When the first token came (an ISO time): Langfuse's time to first token."""
 USER_ID = "user.id"
 
 __all__ = [
@@ -109,6 +111,7 @@ __all__ = [
     "GEN_AI_TOKEN_TYPE",
     "GEN_AI_USAGE_INPUT_TOKENS",
     "GEN_AI_USAGE_OUTPUT_TOKENS",
+    "LANGFUSE_COMPLETION_START",
     "LANGFUSE_COST",
     "LANGFUSE_MODEL",
     "LANGFUSE_OBSERVATION_TYPE",

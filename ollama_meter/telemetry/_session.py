@@ -12,6 +12,7 @@ redirect fails it too (:class:`Redirected`). Imported only when an OTLP/HTTP exp
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -19,10 +20,15 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from ollama_meter.records import storable_text
+
 MAX_ANSWER = 64 * 1024
 """Bytes of a collector's answer read at most (an OTLP answer is a few bytes; an HTML error
 page from a proxy fits)."""
 _CHUNK = 8 * 1024
+MAX_REASON = 200
+"""Characters of a collector's reason for refusing spans said in the log."""
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _PLAIN = frozenset(
     {"accept", "accept-encoding", "connection", "content-encoding", "content-length"}
     | {"content-type", "host", "transfer-encoding", "user-agent"}
@@ -125,4 +131,6 @@ def refused_spans(answer: bytes) -> tuple[int, str]:
         partial = ExportTraceServiceResponse.FromString(answer).partial_success
     except DecodeError:
         return 0, ""
-    return max(0, partial.rejected_spans), partial.error_message
+    # The reason goes into a log line: one line, short, nothing a terminal acts on.
+    why = storable_text(_CONTROL.sub("\ufffd", partial.error_message), MAX_REASON)
+    return max(0, partial.rejected_spans), why

@@ -12,6 +12,7 @@ import atexit
 import base64
 import functools
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -53,6 +54,8 @@ def _otlp(
     """
     exporter: Any
     grpc = settings.otlp_protocol_of(signal) == "grpc"
+    if grpc:
+        _import_grpc_quietly()
     if signal == "traces" and grpc:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as exporter,
@@ -81,6 +84,22 @@ def _otlp(
         return endpoint, exporter(endpoint=endpoint, insecure=insecure, **options)
     url = given or f"{endpoint.rstrip('/')}/v1/{signal}"
     return url, exporter(endpoint=url, session=session or _session(), **options)
+
+
+def _import_grpc_quietly() -> None:
+    """Import gRPC with its C library's own log at errors only, unless set otherwise.
+
+    It writes to stderr, outside Python's logging, a line per failed TLS handshake
+    (``https://`` to a plain collector) at every try of every export: a gateway's log filled
+    with them. Read once at import; the environment is put back, so that a program ``ometer
+    run`` starts has its own say."""
+    if "grpc" in sys.modules or "GRPC_VERBOSITY" in os.environ:
+        return
+    os.environ["GRPC_VERBOSITY"] = "ERROR"
+    try:
+        import grpc  # type: ignore[import-untyped]  # noqa: F401
+    finally:
+        os.environ.pop("GRPC_VERBOSITY", None)
 
 
 def _session(*, only: dict[str, str] | None = None) -> Any:

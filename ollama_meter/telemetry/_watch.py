@@ -42,30 +42,40 @@ class Reporting:
     """One place exports go: whether an export there failed, and a log line when that changes.
 
     A gateway runs for weeks: a collector that refuses its exports (a wrong key, a full disk)
-    is said once when it starts and once when it ends, not only at exit. ``quiet`` once the
-    process is exiting, where one warning line says it all.
+    is said when it starts and when it ends, not only at exit; one that fails every other
+    export (a balancer with a dead backend) is said at most every :data:`SAY_DROPS_EVERY` s,
+    not twice an export. ``quiet`` once the process is exiting, where one warning line says
+    it all.
     """
 
     name: str
     failed = False
     failing = False
     quiet = False
+    _said_failing_at: float | None = None
+    _said_failing = False  # the start of this failure was said, so its end is
+
+    def _now(self) -> float:
+        return time.monotonic()
 
     def _saw(self, ok: bool, what: str) -> None:
         if ok:
-            if self.failing and not self.quiet:
+            if self.failing and self._said_failing and not self.quiet:
                 log.info("exporting %s to %s again", what, self.name)
-            self.failing = False
+            self.failing = self._said_failing = False
             return
-        self.failed = True
-        if not self.failing and not self.quiet:
+        self.failed = self.failing = True
+        if self._said_failing or self.quiet:
+            return
+        now, last = self._now(), self._said_failing_at
+        if last is None or now - last >= SAY_DROPS_EVERY:  # else said at its next export
+            self._said_failing_at, self._said_failing = now, True
             log.warning(
                 "could not export %s to %s; they are dropped until it answers "
                 "(the ledger keeps every call)",
                 what,
                 self.name,
             )
-        self.failing = True
 
 
 class Watched(Reporting, SpanExporter):
@@ -89,6 +99,9 @@ class Watched(Reporting, SpanExporter):
         self._said_at: float | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
+
+    def _now(self) -> float:
+        return self.clock()
 
     def admit(self) -> bool:
         """Whether an ended span may wait for an export; counted as dropped when not."""
@@ -136,13 +149,14 @@ class Watched(Reporting, SpanExporter):
         if result is not SpanExportResult.SUCCESS:
             self._drop(len(spans))
         elif self.answers is not None and self.answers.last:
-            self._refused(self.answers.last)
+            self._refused(self.answers.last, len(spans))
         return result
 
-    def _refused(self, answer: bytes) -> None:
+    def _refused(self, answer: bytes, sent: int) -> None:
         from ollama_meter.telemetry._session import refused_spans
 
         count, why = refused_spans(answer)
+        count = min(count, sent)  # a collector that says it refused more is not believed
         if not count:
             return
         if not self._said_refused and not self.quiet:

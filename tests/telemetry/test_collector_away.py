@@ -311,6 +311,88 @@ def test_a_running_process_says_once_when_exports_fail_and_when_they_work_again(
     assert capsys.readouterr().err.count("warning: could not export telemetry") == 1  # at exit
 
 
+def test_a_collector_that_fails_every_other_export_is_said_at_most_every_10_s(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Behind a balancer with one dead backend, every other export fails: the log said
+    "could not export" and "exporting again" for each, two lines per export, for as long as
+    it lasted (a busy gateway exports several times a second). The start of a failure is
+    said at most every 10 s, and its end only when its start was said."""
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
+    caplog.set_level("INFO", logger="ollama_meter.telemetry")
+    now = [0.0]
+    with OtlpHttpReceiver() as rx:
+        url = f"{rx.url}/v1/traces"
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        exporter.clock = lambda: now[0]
+        for second in (0, 1, 2, 3, 4, 11, 12):
+            now[0] = float(second)
+            for status in (401, 200):
+                rx.status = status
+                _end_spans(telemetry, 1)
+                assert telemetry.flush()
+        telemetry.shutdown()
+    said = [
+        (r.levelname, r.getMessage()[:40])
+        for r in caplog.records
+        if r.name == "ollama_meter.telemetry" and "spans not sent" not in r.getMessage()
+    ]
+    assert said == 2 * [
+        ("WARNING", f"could not export spans to {url}"[:40]),
+        ("INFO", f"exporting spans to {url} again"[:40]),
+    ]
+    assert exporter.dropped == 7
+
+
+_TLS_SCRIPT = """
+from ollama_meter.config import load_settings
+from ollama_meter.records import make_storable
+from ollama_meter.telemetry import telemetry_for
+from tests.factories import make_span
+
+telemetry = telemetry_for(load_settings())
+for _ in range(3):
+    span = make_storable(make_span())
+    telemetry.observer.on_start(span)
+    telemetry.observer.on_end(span)
+telemetry.flush()
+import os
+print(os.environ.get("GRPC_VERBOSITY"))  # what a program `ometer run` starts would inherit
+"""
+
+
+def test_grpc_over_tls_to_a_plain_collector_costs_one_warning_line() -> None:
+    """gRPC's own C library wrote a line to stderr for each failed TLS handshake
+    ("I1202 ... Handshake failed with error SSL_ERROR_SSL: ... WRONG_VERSION_NUMBER"),
+    outside Python's logging, at every try of every export: a gateway with an https://
+    endpoint to a plain collector filled its log with them."""
+    with OtlpHttpReceiver() as rx:  # plain HTTP: no TLS there
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
+        env |= {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": rx.url.replace("http://", "https://"),
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OMETER_EXPORT_TIMEOUT": "1",
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", _TLS_SCRIPT],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).parents[2],
+        )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    # The rest are ometer's own log lines (no handler in this script: Python's last resort).
+    ours = ("could not export ", "spans not sent to ", "warning: could not export telemetry")
+    assert [line for line in lines if not line.startswith(ours)] == []
+    assert len([line for line in lines if line.startswith("warning:")]) == 1
+    assert done.stdout == "None\n"
+
+
 def test_an_endpoints_credentials_never_reach_the_warning(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -597,6 +679,36 @@ def test_spans_a_collector_refuses_in_a_partial_success_are_counted_and_said(
         f"{url} refused 2 spans of an export: span too old; said once",
         f"spans not sent to {url}: 2 (the ledger keeps every call)",
     ]
+
+
+def test_a_collector_that_claims_more_refused_than_it_was_sent_is_not_believed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lying collector's partial_success said 2**62 spans refused of an export of 3, and its
+    reason was 50 KB over several lines: the count of spans dropped read 4611686018427387904
+    for ever after, and the log got forged lines. At most the spans sent are refused; the
+    reason is one line of at most 200 characters."""
+    caplog.set_level("WARNING", logger="ollama_meter.telemetry")
+    lie = trace_service_pb2.ExportTraceServiceResponse(
+        partial_success=trace_service_pb2.ExportTracePartialSuccess(
+            rejected_spans=2**62, error_message="bad\nERROR forged line\r\x1b[2J" + "x" * 50_000
+        )
+    )
+    with OtlpHttpReceiver() as rx:
+        rx.answer = lie.SerializeToString()
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        telemetry = Telemetry(load_settings())
+        (exporter,) = telemetry.span_exporters
+        _end_spans(telemetry, 3)
+        assert telemetry.flush()
+        telemetry.shutdown()
+    assert exporter.dropped == 3
+    (refused, dropped) = [
+        r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"
+    ]
+    assert "refused 3 spans" in refused and "\n" not in refused and "\r" not in refused
+    assert "\x1b" not in refused and len(refused) < 400
+    assert dropped.endswith(": 3 (the ledger keeps every call)")
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -236,3 +236,32 @@ def test_otel_sdk_disabled_turns_telemetry_off_and_the_ledger_keeps_real_ids(
         assert len({row.trace_id for row in rows}) == 2
         assert all(set(row.trace_id) != {"0"} and set(row.span_id) != {"0"} for row in rows)
         assert rx.requests == []
+
+
+def test_two_clients_with_their_own_keys_export_each_with_its_own(
+    emulator: OllamaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exporters are shared by the settings that make them, and the keys were not among
+    them: a second client given another Traceloop key sent its spans with the first one's
+    (to the first one's account), and a second Langfuse secret went unused the same way."""
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "LANGFUSE_PUBLIC_KEY", "TRACELOOP_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    hi = [{"role": "user", "content": "hi"}]
+    with OtlpHttpReceiver() as rx:
+        for key, secret in (("one", "sk-1"), ("two", "sk-2")):
+            keys = {
+                "traceloop_api_key": key,
+                "traceloop_base_url": rx.url,
+                "langfuse_public_key": "pk",
+                "langfuse_secret_key": secret,
+                "langfuse_host": rx.url,
+            }
+            MeteredClient(db_url=db, **keys).chat(model="llama3.1:8b", messages=hi)
+            telemetry = telemetry_for(load_settings(**keys))
+            assert telemetry is not None and telemetry.flush()
+        wait_for(lambda: len(rx.requests) >= 4 or None, what="four exports")
+    sent = {(r.path, r.headers["authorization"]) for r in rx.requests}
+    assert {auth for path, auth in sent if path == "/v1/traces"} == {"Bearer one", "Bearer two"}
+    langfuse = {auth for path, auth in sent if path.startswith("/api/public/otel")}
+    assert len(langfuse) == 2

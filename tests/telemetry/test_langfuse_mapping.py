@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -82,3 +83,32 @@ def test_langfuse_gets_a_cost_only_in_usd(
     assert usd[sc.OMETER_COST] == "3.000000" and json.loads(usd[sc.LANGFUSE_COST]) == {"total": 3.0}
     # Unpriced: a 0 would read as "free" and hide the cost Langfuse infers from its model list.
     assert unpriced[sc.OMETER_UNPRICED] is True and sc.LANGFUSE_COST not in unpriced
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    started=st.datetimes(
+        min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+    ),
+    ttft_ns=st.none() | st.integers(0, 10**12),
+)
+def test_langfuse_gets_the_time_of_the_first_token(started: datetime, ttft_ns: int | None) -> None:
+    """Langfuse's time to first token is its ``completion_start_time``, an ISO time it reads
+    from ``langfuse.observation.completion_start_time``: ometer measured the TTFT and sent it
+    in no attribute Langfuse reads, so every generation showed none."""
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    observer = TelemetryObserver(provider.get_tracer("t"), None)
+    span = make_storable(make_span(started_at=started, ttft_ns=ttft_ns))
+    observer.on_start(span)
+    observer.on_end(span)
+    (otel,) = exported.get_finished_spans()
+    assert otel.attributes is not None
+    sent = otel.attributes.get(sc.LANGFUSE_COMPLETION_START)
+    if ttft_ns is None:
+        assert sent is None
+        return
+    assert isinstance(sent, str) and sent.endswith("Z")
+    first = datetime.fromisoformat(sent)
+    assert first == started + timedelta(microseconds=ttft_ns // 1000)
