@@ -44,8 +44,9 @@ def json_text(value: Any, **options: Any) -> str:
 
 def json_bytes(encoded: bytes) -> bytes:
     """UTF-8 JSON another encoder wrote (msgspec's, which writes what :data:`ACTED_ON` lists
-    as it is), escaped as :func:`json_text` escapes it; ASCII, the common case, as it is."""
-    if encoded.isascii():
+    as it is), escaped as :func:`json_text` escapes it; ASCII without DEL, the common case,
+    as it is."""
+    if encoded.isascii() and b"\x7f" not in encoded:
         return encoded
     text = encoded.decode()
     return _json_escaped(text).encode() if _IN_JSON.search(text) else encoded
