@@ -362,11 +362,16 @@ def write_rows(
         write_output(to_csv(columns, rows), path)
     elif fmt is Format.JSON:
         write_output(to_json(columns, rows), path)
-    elif path is not None:
+    else:
+        check_out(fmt, path, file_formats)
+        show_table()
+
+
+def check_out(fmt: str, path: Path | None, file_formats: Sequence[str] = ("csv", "json")) -> None:
+    """Refuse ``--out`` for a table (which goes to the terminal), before any ledger is read."""
+    if path is not None and fmt == Format.TABLE:
         *first, last = file_formats
         raise ValidationError(f"--out needs --format {', '.join(first)} or {last}")
-    else:
-        show_table()
 
 
 def money(micros: int, currency: str | None = None) -> str:

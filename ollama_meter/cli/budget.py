@@ -109,7 +109,7 @@ def budget_to_dict(budget: Budget) -> dict[str, Any]:
 @app.command("list")
 def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every budget, with its limit, kind and thresholds."""
-    ledger = ledger_at(db, existing=True)
+    ledger = ledger_at(db)
     budgets = ledger.budgets()
     if as_json:
         out.file.write(json.dumps([budget_to_dict(b) for b in budgets], indent=2) + "\n")

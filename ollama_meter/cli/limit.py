@@ -78,7 +78,7 @@ def remove_limit(
 @app.command("list")
 def list_limits(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every limit, per tenant, department and key."""
-    limits = ledger_at(db, existing=True).limits()
+    limits = ledger_at(db).limits()
     if as_json:
         rows = [
             values_of(lim, updated_at=lim.updated_at.isoformat() if lim.updated_at else None)

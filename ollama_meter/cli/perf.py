@@ -19,6 +19,7 @@ from ollama_meter.cli._common import (
     SinceOption,
     TenantFilter,
     UntilOption,
+    check_out,
     ledger_for,
     settings_and_window,
     table,
@@ -49,10 +50,12 @@ def perf(
     from ollama_meter.reports import parse_perf_by, perf_report
 
     cfg, window = settings_and_window(period, since, until, db)
+    columns = parse_perf_by(by)
+    check_out(fmt, out_file)
     result = perf_report(
         ledger_for(cfg, existing=True),
         window,
-        parse_perf_by(by),
+        columns,
         tenant=tenant,
         department=dept,
         model=model,

@@ -131,7 +131,7 @@ def list_rules(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Show every price rule."""
     from ollama_meter.pricing import sort_rules
 
-    rules = sort_rules(ledger_at(db, existing=True).price_rules())
+    rules = sort_rules(ledger_at(db).price_rules())
     if as_json:
         out.file.write(json.dumps([rule_to_dict(r) for r in rules], indent=2) + "\n")
         return

@@ -19,6 +19,7 @@ from ollama_meter.cli._common import (
     SinceOption,
     TenantFilter,
     UntilOption,
+    check_out,
     ledger_for,
     money,
     settings_and_window,
@@ -64,6 +65,7 @@ def report(
 
     cfg, window = settings_and_window(period, since, until, db)
     columns = parse_by(by)
+    check_out(fmt, out_file, [f.value for f in ReportFormat if f is not ReportFormat.TABLE])
     result = spend_report(
         ledger_for(cfg, existing=True),
         window,

@@ -360,7 +360,7 @@ def _users(key: "ApiKey") -> str:
 @keys_app.command("list")
 def list_keys(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Every key (never the secret), live or revoked."""
-    keys = ledger_at(db, existing=True).keys()
+    keys = ledger_at(db).keys()
     if as_json:
         rows = [
             {

@@ -137,6 +137,7 @@ def test_interactive_session_keeps_history(
 
 
 def test_log_table_and_filters(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
+    assert cli("db", "upgrade").code == 0
     assert "no spans yet" in cli("log").stdout
     cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "a b c")
     cli("chat", "--dept", "support", "-m", "qwen2.5:7b", "a b c")
@@ -316,7 +317,9 @@ def test_report_options_are_validated(cli, db: str) -> None:  # type: ignore[no-
     table_out = cli("report", "--out", "x.txt")
     assert table_out.code == 2
     assert table_out.stderr == "error: --out needs --format csv, json or html\n"
-    # Nothing to show is said in words, with no empty grid drawn around it.
+    # Nothing to show is said in words, with no empty grid drawn around it (in a ledger that
+    # is there: one that is not is an error, see test_chat_attacks).
+    assert cli("db", "upgrade").code == 0
     for command, said in [
         (("report", "--period", "2026-10"), "spend 2026-10 (UTC)\nno calls in this period\n"),
         (("perf", "--period", "2026-10"), "perf 2026-10 (UTC)\nno calls in this period\n"),
