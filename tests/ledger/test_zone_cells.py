@@ -14,7 +14,7 @@ from ollama_meter.ledger import Ledger
 from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.ledger._cells import QUARTER_US, Grain, floor_cell, next_cell
 from ollama_meter.ledger._types import from_us, to_us
-from ollama_meter.periods import current_period, local_midnight, parse_period
+from ollama_meter.periods import current_period, local_midnight, parse_period, window_between
 from ollama_meter.reports import spend_report
 from tests.factories import make_span
 
@@ -85,3 +85,16 @@ def test_a_report_across_st_johns_1987_fall_back_is_the_raw_report(db_url: str) 
                 assert report.rows == spend_report(ledger, window, by, tz=zone).rows
     day = spend_report(ledger, parse_period("1987-10-24", tz=zone, now=now), [], tz=zone)
     assert [row.requests for row in day.rows] == [14]  # from 21:00 until 02:30 UTC
+
+
+def test_a_long_report_holds_a_call_in_the_hour_after_the_first_midnight(db_url: str) -> None:
+    """A window over 400 days is first cut to the days holding calls, each call's day read
+    from its clock: a call at 23:29 on the clock, after St John's first midnight of 25
+    October 1987, was cut out, and 'report --since 1970-01-01' said nothing at all."""
+    zone = ZoneInfo("America/St_Johns")
+    ledger = Ledger(db_url)
+    ledger.record([make_span(started_at=datetime(1987, 10, 25, 3, tzinfo=UTC))])
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    for since in ("1970-01-01", "1987-10-25"):
+        window = window_between(since, "2026-11-30", tz=zone, now=now)
+        assert [r.requests for r in spend_report(ledger, window, [], tz=zone).rows] == [1]
