@@ -6,6 +6,8 @@ offsets (Kathmandu +5:45, Eucla +8:45), old odd offsets (Monrovia -0:44:30, Kiri
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -14,7 +16,7 @@ from ollama_meter.ledger import Ledger
 from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.periods import window_between
 from ollama_meter.records import SpanRecord
-from ollama_meter.reports import spend_report
+from ollama_meter.reports import chargeback, perf_report, spend_report
 from tests.factories import make_span
 from tests.ledger.test_rollups import _fill
 
@@ -46,11 +48,18 @@ def spans_near(draw: st.DrawFn, anchor: datetime) -> list[SpanRecord]:
         us = draw(st.integers(-4 * 96, 4 * 96)) * quarter + draw(
             st.sampled_from([0, -1, 1]) | st.integers(0, quarter - 1)
         )
+        started = anchor + timedelta(microseconds=us)
         out.append(
             make_span(
-                started_at=anchor + timedelta(microseconds=us),
+                started_at=started,
+                ended_at=started + timedelta(microseconds=draw(st.integers(0, 7_200 * 10**6))),
                 department=draw(st.sampled_from(["sales", "ops"])),
+                upstream_host=draw(st.sampled_from(["http://gpu1:11434", "http://gpu2:11434"])),
                 cost_total=draw(st.integers(0, 10**6)),
+                latency_ns=draw(st.none() | st.integers(0, 10**10)),
+                ttft_ns=draw(st.none() | st.integers(0, 10**10)),
+                prompt_eval_duration_ns=draw(st.none() | st.integers(0, 10**10)),
+                eval_duration_ns=draw(st.none() | st.integers(0, 10**10)),
             )
         )
     return out
@@ -70,7 +79,7 @@ def spans_near(draw: st.DrawFn, anchor: datetime) -> list[SpanRecord]:
     days=st.integers(0, 9),
     unit=st.sampled_from([None, "day", "week", "month"]),
 )
-def test_any_window_in_any_zone_from_rollups_is_the_raw_report(
+def test_any_window_in_any_zone_from_rollups_is_the_raw_report_perf_and_bill(
     db_url: str,
     data: st.DataObject,
     anchor: datetime,
@@ -92,6 +101,15 @@ def test_any_window_in_any_zone_from_rollups_is_the_raw_report(
     with raw_spans():
         expected = spend_report(ledger, window, by, tz=tz)
     assert report.rows == expected.rows
+    perf = perf_report(ledger, window, ["model"], unit=unit, tz=tz)
+    with raw_spans():
+        assert perf.rows == perf_report(ledger, window, ["model"], unit=unit, tz=tz).rows
+    month = since.strftime("%Y-%m")
+    options: dict[str, Any] = {"tz": tz, "now": NOW, "currency": "USD", "fixed_cost": Decimal(100)}
+    bill = chargeback(ledger, month, **options)
+    with raw_spans():
+        expected = chargeback(ledger, month, **options)
+    assert (bill.rows, bill.busy_ns) == (expected.rows, expected.busy_ns)
     inside = [s for s in spans if window.start <= s.started_at < window.end]
     assert sum(row.requests for row in report.rows) == len(inside)
     assert sum(int(row.cost) for row in report.rows) == sum(s.cost_total for s in inside)
