@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
@@ -44,9 +44,29 @@ class Window:
     label: str
 
 
-def local_midnight(day: date, tz: ZoneInfo) -> datetime:
-    """The UTC instant at which ``day`` starts in ``tz``."""
+def local_midnight(day: date, tz: tzinfo) -> datetime:
+    """The UTC instant at which ``day`` starts in ``tz``.
+
+    A midnight that comes twice (a clock turned back across it) is its first; one the
+    clock skips is read before the jump (the instant of the jump, for a jump from 00:00).
+    """
     return datetime.combine(day, time.min, tzinfo=tz).astimezone(UTC)
+
+
+def day_of(moment: datetime, tz: tzinfo) -> date:
+    """The day of ``tz`` that holds ``moment``: the last whose midnight is at or before it.
+
+    Mostly the local clock's date, but not where the clock was turned back across midnight
+    (St John's, Goose Bay and Moncton went from 00:01 back to 23:01 until 2011): the hour
+    after the first midnight reads 23:xx of the day before, and is still in the new day, so
+    that every day is one stretch of time, from its midnight to the next.
+    """
+    day = moment.astimezone(tz).date()
+    if day < date.max and local_midnight(day + timedelta(days=1), tz) <= moment:
+        return day + timedelta(days=1)
+    if day > date.min and local_midnight(day, tz) > moment:
+        return day - timedelta(days=1)  # a jump over midnight from before it
+    return day
 
 
 def month_start(day: date) -> date:
@@ -71,7 +91,7 @@ def parse_period(
     """``today``, ``week`` (ISO, from Monday), ``month``, ``YYYY-MM`` or ``YYYY-MM-DD``.
 
     ``what`` names the option in errors (``--month``); ``choices``, what the caller takes."""
-    today = now.astimezone(tz).date()
+    today = day_of(now, tz)
     value = text.strip().lower()
     if value == "today":
         return _days(today, today + timedelta(days=1), tz, today.isoformat())
@@ -122,7 +142,7 @@ def window_between(
     ``names``: what the caller calls the two dates in errors (options, or URL parameters).
     """
     since_name, until_name = names
-    today = now.astimezone(tz).date()
+    today = day_of(now, tz)
     # None is "not given"; "" was given, and is no date ('--since "$START"' with START unset
     # must not quietly mean "from the first day").
     first = FIRST_DAY if since is None else parse_day(since, what=since_name)
@@ -144,7 +164,7 @@ def bucket_bounds(window: Window, unit: str, tz: ZoneInfo) -> list[tuple[datetim
     """Consecutive (start, label) buckets of ``unit`` covering ``window``, starts in UTC."""
     if unit not in TIME_UNITS:
         raise ValueError(f"unknown time unit {unit!r}")
-    day = window.start.astimezone(tz).date()
+    day = day_of(window.start, tz)
     if unit == "week":
         day = week_start(day)
     elif unit == "month":

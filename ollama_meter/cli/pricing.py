@@ -1,9 +1,11 @@
 """``ometer pricing ...`` and ``ometer reprice``: price rules and re-pricing the ledger."""
 
 import json
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 
@@ -196,10 +198,14 @@ def import_rules(
 
 def reprice_command(
     since: Annotated[
-        str, typer.Option("--since", help="Re-price spans from this local date (YYYY-MM-DD).")
+        str,
+        typer.Option(
+            "--since",
+            help="Re-price spans from this date (YYYY-MM-DD), in the ledger's zone as rule dates.",
+        ),
     ],
     until: Annotated[
-        str | None, typer.Option("--until", help="Through this local date (inclusive).")
+        str | None, typer.Option("--until", help="Through this date (inclusive).")
     ] = None,
     db: DbOption = None,
 ) -> None:
@@ -208,19 +214,20 @@ def reprice_command(
     from ollama_meter.meter import PriceSource, reprice
 
     cfg = settings(db_url=db)
-    if until is not None:  # given empty: refused, not "from that day on"
-        window = window_between(since, until, tz=cfg.tz, now=utc_now())
-        start, end = window.start, window.end
-    else:  # every span from that day on, whatever its date
-        start, end = local_midnight(parse_day(since, what="--since"), cfg.tz), None
+    _window(since, until, cfg.tz)  # a date no one can read is refused before the ledger is opened
     ledger = ledger_for(cfg)
-    total = ledger.count(SpanFilter(since=start, until=end))
     prices = PriceSource(ledger, settings=cfg)
+    book = prices.load()
+    # The dates are read where the rules' --from/--until are (the ledger's midnights): from
+    # this host's OMETER_TIMEZONE, 'reprice --since' a rule's first day left out the calls
+    # between the two midnights, priced by the rule before while the rules said the new one.
+    start, end = _window(since, until, book.tz)
+    total = ledger.count(SpanFilter(since=start, until=end))
     with progress_bar("re-pricing") as bar:
         task = bar.add_task("reprice", total=total)
         summary = reprice(
             ledger,
-            prices.load(),
+            book,
             since=start,
             until=end,
             progress=lambda n: bar.advance(task, n),
@@ -241,3 +248,11 @@ def reprice_command(
             f"warning: spans that started before {summary.pruned_before:%Y-%m-%d %H:%M} UTC were "
             "pruned: their days keep the costs they were recorded with (only rollups are left)"
         )
+
+
+def _window(since: str, until: str | None, tz: ZoneInfo) -> tuple[datetime, datetime | None]:
+    """From ``since``'s midnight in ``tz``, through ``until`` or with no end."""
+    if until is not None:  # given empty: refused, not "from that day on"
+        window = window_between(since, until, tz=tz, now=utc_now())
+        return window.start, window.end
+    return local_midnight(parse_day(since, what="--since"), tz), None  # whatever its date

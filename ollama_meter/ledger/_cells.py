@@ -20,6 +20,7 @@ from enum import IntEnum
 from typing import Any
 
 from ollama_meter.ledger._types import from_us, to_us
+from ollama_meter.periods import day_of, local_midnight
 from ollama_meter.records import SpanRecord
 
 
@@ -106,32 +107,41 @@ def next_cell(grain: Grain, start: int, zone: tzinfo | None = None) -> int:
         return to_us(datetime(following.year, following.month, 1, tzinfo=UTC))
     # By the calendar, not by a longest day: Antarctica/Casey has had days of 27 hours
     # and Vostok one of 31 (from start + 26 h, a day's end was its own start: reads and
-    # `db rollup` ran forever). The cell at ``start`` is the day of its first quarter's
-    # last instant, as in _zoned_start; a day that was skipped (Apia, 30 December 2011)
-    # begins where the next does, so it is no cell of its own.
-    local = from_us(start + QUARTER_US - 1).astimezone(zone).date()
+    # `db rollup` ran forever). The cell at ``start`` is the day of its first quarter, as in
+    # _zoned_start; a day that was skipped (Apia, 30 December 2011) begins where the next
+    # does, so it is no cell of its own.
+    local = _cell_day(start // QUARTER_US, zone)
     if grain is Grain.DAY:
         following = date.fromordinal(local.toordinal() + 1)
     else:
         following = date(local.year + (local.month == 12), local.month % 12 + 1, 1)
-    end = to_us(datetime(following.year, following.month, following.day, tzinfo=zone))
+    end = to_us(local_midnight(following, zone))
     return end - end % QUARTER_US
 
 
 @functools.lru_cache(maxsize=65_536)
 def _zoned_start(grain: Grain, quarter: int, zone: tzinfo) -> int:
-    """The start of the local day or month holding quarter hour number ``quarter``.
-
-    A quarter hour belongs to the day of its last instant: under an old odd offset
-    (Berlin's +0:53:28 before 1893) the quarter hour in which midnight falls opens
-    the new day, whose start is rounded down to it, so the cells still tile time.
-    """
-    local = from_us((quarter + 1) * QUARTER_US - 1).astimezone(zone)
-    day = local.day if grain is Grain.DAY else 1
-    # A midnight that does not exist (a clock jumping from 00:00) is read before the jump:
-    # the instant the day begins. Rounded down to a quarter hour for old odd offsets.
-    start = to_us(datetime(local.year, local.month, day, tzinfo=zone))
+    """The start of the local day or month holding quarter hour number ``quarter``."""
+    day = _cell_day(quarter, zone)
+    if grain is Grain.MONTH:
+        day = day.replace(day=1)
+    # Rounded down to a quarter hour for old odd offsets.
+    start = to_us(local_midnight(day, zone))
     return start - start % QUARTER_US
+
+
+@functools.lru_cache(maxsize=65_536)
+def _cell_day(quarter: int, zone: tzinfo) -> date:
+    """The local day quarter hour number ``quarter`` is in: the day of its last instant.
+
+    Under an old odd offset (Berlin's +0:53:28 before 1893) the quarter hour in which
+    midnight falls opens the new day, whose start is rounded down to it, so the cells still
+    tile time. The day of an instant is :func:`~ollama_meter.periods.day_of`'s, as report
+    windows cut it: where a clock fell back across midnight (St John's until 2011) the hour
+    after the first midnight, which the clock reads as 23:xx, is in the new day (by the
+    clock's date, a day's end came before its start, and reads of it ran forever).
+    """
+    return day_of(from_us((quarter + 1) * QUARTER_US - 1), zone)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -23,6 +23,7 @@ from ollama_meter.ledger import FailureCount, Ledger, SpanFilter
 from ollama_meter.periods import (
     Window,
     bucket_bounds,
+    day_of,
     local_midnight,
     month_start,
     next_month,
@@ -95,7 +96,7 @@ def dash_window(query: DashQuery, *, tz: ZoneInfo, now: datetime) -> Window:
         if not query.since:
             raise ValidationError("a custom range needs a start date (since=YYYY-MM-DD)")
         window = window_between(query.since, query.until, tz=tz, now=now, names=("since", "until"))
-        first, end = (moment.astimezone(tz).date() for moment in (window.start, window.end))
+        first, end = (day_of(moment, tz) for moment in (window.start, window.end))
         if end > _years_after(first, LONGEST_RANGE_YEARS):
             raise ValidationError(
                 f"a custom range is at most {LONGEST_RANGE_YEARS} years ({window.label} is "
@@ -108,7 +109,7 @@ def dash_window(query: DashQuery, *, tz: ZoneInfo, now: datetime) -> Window:
             "give the dates with period=custom, or the period alone"
         )
     if period == "previous-month":
-        first = month_start(now.astimezone(tz).date())
+        first = month_start(day_of(now, tz))
         previous = month_start(first - timedelta(days=1))
         return parse_period(previous.strftime("%Y-%m"), tz=tz, now=now)
     return parse_period(period, tz=tz, now=now, choices=DASH_PERIOD_HELP)
@@ -127,8 +128,7 @@ def previous_window(window: Window, *, tz: ZoneInfo, now: datetime) -> Window:
     comparison stops as far into the earlier period as ``now`` is into this one, so
     the first 20 days of a month are set against the first 20 days of the last.
     """
-    first = window.start.astimezone(tz).date()
-    last = window.end.astimezone(tz).date()
+    first, last = day_of(window.start, tz), day_of(window.end, tz)
     if first == month_start(first) and last == next_month(first):
         before = month_start(first - timedelta(days=1))
     else:

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import GROUPS, Ledger, SpanFilter
-from ollama_meter.periods import TIME_UNITS, Window, bucket_bounds, local_midnight
+from ollama_meter.periods import TIME_UNITS, Window, bucket_bounds, day_of, local_midnight
 from ollama_meter.records import Micros
 from ollama_meter.reports._choices import BY_CHOICES
 from ollama_meter.reports._rows import SpendRow
@@ -44,10 +44,10 @@ def within_data(ledger: Ledger, window: Window, tz: ZoneInfo) -> Window:
     if window.end - window.start <= LONG_WINDOW:
         return window
     extent = ledger.extent()
-    first_day = window.start.astimezone(tz).date()
+    first_day = day_of(window.start, tz)
     start, end = window.start, local_midnight(first_day + timedelta(days=1), tz)  # no data
     if extent is not None:
-        first, last = (moment.astimezone(tz).date() for moment in extent)
+        first, last = (day_of(moment, tz) for moment in extent)
         start = max(window.start, local_midnight(first, tz))
         end = min(window.end, local_midnight(last + timedelta(days=1), tz))
         if start >= end:  # every call is outside the window

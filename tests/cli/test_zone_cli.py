@@ -1,0 +1,43 @@
+"""Dates on the command line against a ledger in another zone than the configured one."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from ollama_meter.ledger import Ledger, SpanFilter
+from tests.factories import make_span
+
+
+@pytest.mark.parametrize("configured", ["America/New_York", "Asia/Tokyo"])
+def test_reprice_since_a_rules_first_day_reprices_every_call_that_rule_prices(
+    cli,  # type: ignore[no-untyped-def]
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    configured: str,
+) -> None:
+    """A rule from 1 November prices calls from Berlin's midnight on a Berlin ledger; a
+    reprice --since 2026-11-01 read that date at New York's midnight, five hours later, and
+    left the calls of those hours at the cost of the rule before, while the rules said the new
+    one (from Tokyo's, eight hours earlier, it also moved calls of 31 October)."""
+    monkeypatch.setenv("OMETER_DB_URL", db_url)
+    monkeypatch.setenv("OMETER_TIMEZONE", configured)
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    early = datetime(2026, 10, 31, 16, 30, tzinfo=UTC)  # 31 October everywhere but Tokyo
+    late = datetime(2026, 10, 31, 23, 30, tzinfo=UTC)  # 00:30 on 1 November in Berlin
+    ledger.record([make_span(started_at=early), make_span(started_at=late)])
+    set_rule = ("pricing", "set", "*", "--input-per-1m", "1000", "--output-per-1m", "2000")
+    assert cli(*set_rule, "--from", "2026-11-01").code == 0
+    result = cli("reprice", "--since", "2026-11-01")
+    assert result.code == 0, result.stderr
+    assert "examined 1 span(s) since 2026-11-01; 1 changed" in result.stdout
+    [moved] = ledger.latest(SpanFilter(since=late))
+    assert (moved.cost_total, moved.unpriced) == (7 * 1000 + 12 * 2000, False)
+    [kept] = ledger.latest(SpanFilter(until=late))
+    assert kept.unpriced
+    # and through a date: the ledger's day too
+    result = cli("reprice", "--since", "2026-10-31", "--until", "2026-10-31")
+    assert "examined 1 span(s) from 2026-10-31 through 2026-10-31" in result.stdout
+    assert json.loads(cli("log", "--json").stdout)[0]["cost"] == "0.031000"
