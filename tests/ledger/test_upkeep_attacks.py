@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given as for_any, settings, strategies as st
+from sqlalchemy import delete
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import (
@@ -25,13 +27,17 @@ from ollama_meter.ledger import (
     export_lines,
     import_lines,
     prune,
+    rebuild,
     span_to_dict,
 )
+from ollama_meter.ledger._meta import set_meta
+from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS
+from ollama_meter.ledger.models import SpanRow
 from ollama_meter.records import SpanRecord
 from tests._tmpfs import small_tmpfs
 from tests.factories import make_span
 from tests.integrity.test_disk_full import fill
-from tests.ledger.test_transfer import NOW, _spans, interrupted_import
+from tests.ledger.test_transfer import NOW, _monthly, _spans, _tables, interrupted_import
 
 
 def _old_file(path: Path) -> None:
@@ -235,3 +241,44 @@ def test_a_prune_on_postgresql_counts_the_ledgers_tables_alone(pg_server: str | 
     other.dispose()
     result = prune(ledger, 1, now=NOW)
     assert result.bytes_before == ours
+
+
+@settings(
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@for_any(pieces=st.integers(min_value=0, max_value=5))
+def test_a_prune_told_to_stop_stops_between_pieces_and_the_next_one_goes_on(
+    db_url: str, pieces: int
+) -> None:
+    """A gateway's stop (SIGTERM, systemd's 90 s) waited for its daily prune to end: on a big
+    ledger 30 s and more (1M old spans), then SIGKILL. A prune is asked between its pieces
+    whether to stop; what it did stays, the rollups equal a rebuild, the reports of the
+    pruned months do not move, and the next prune removes the rest."""
+    ledger = Ledger(db_url)
+    with ledger.write() as conn:
+        conn.execute(delete(SpanRow))
+        for table in (ROLLUPS, HISTOGRAMS, BUSY, BUSY_CELLS):
+            conn.execute(delete(table))
+        set_meta(conn, "pruned_before", None)
+    ledger.record(_spans(50))
+    months = {month: _monthly(ledger, month) for month in ("2026-10", "2026-11")}
+    asked = []
+
+    def stop() -> bool:
+        asked.append(ledger.count())
+        return len(asked) > pieces
+
+    result = prune(ledger, 25, now=NOW, chunk=7, stop=stop)
+    old = ledger.count(SpanFilter(until=result.cutoff))
+    assert result.stopped == (old > 0 or result.free_bytes > 0)
+    assert result.removed == 50 - ledger.count()
+    if old:  # each answer came between two whole pieces of seven
+        assert result.removed == 7 * pieces and asked[-1] == 50 - result.removed
+    kept = _tables(ledger)
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
+    assert {month: _monthly(ledger, month) for month in months} == months
+    rest = prune(ledger, 25, now=NOW, chunk=7)
+    assert not rest.stopped and rest.removed == old
+    assert ledger.count(SpanFilter(until=result.cutoff)) == 0
+    assert {month: _monthly(ledger, month) for month in months} == months
