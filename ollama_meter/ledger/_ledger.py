@@ -81,7 +81,9 @@ class Ledger(DurableLedger):
         def made() -> None:
             self._retry_locked(lambda: ensure_current(self.engine), failure)
 
-        waiting_for_migration(made, self.display_url)  # another process's, maybe minutes
+        waiting_for_migration(
+            made, self.engine, self.display_url
+        )  # another process's, maybe minutes
         _rebuild.build_if_stale(self)
         if self._zone is not None:
             self.adopt_zone(self._zone)

@@ -45,7 +45,7 @@ def current_revision(engine: Engine) -> str | None:
             return None
 
 
-MIGRATION_WAIT_S = 1800.0
+MIGRATION_WAIT_S = 600.0
 """How long a process opening a ledger waits for another to migrate it (its schema lock)
 before it gives up: a migration of millions of spans rewrites tables."""
 
@@ -197,13 +197,15 @@ def create_at_head(engine: Engine) -> bool:
     return True
 
 
-def waiting_for_migration(make_current: Callable[[], None], url: str) -> None:
-    """Run ``make_current``, waiting while another process holds the schema lock.
+def waiting_for_migration(make_current: Callable[[], None], engine: Engine, url: str) -> None:
+    """Run ``make_current``, waiting while another process holds the schema lock of a ledger
+    (one with a revision) that a migration may be bringing to the head.
 
-    Only a ledger behind this ometer's schema (or a new one) takes that lock, and a
-    migration holds it throughout: minutes on a big ledger. Gateways started together
-    after an upgrade gave up after ``OMETER_LEDGER_WAIT`` ("database is locked": 3 of 4 on
-    a SQLite ledger of 200,000 spans); now they wait for it, as for a rebuild, and say so.
+    A migration holds that lock throughout: minutes on a big ledger. Gateways started
+    together after an upgrade gave up after ``OMETER_LEDGER_WAIT`` ("database is locked": 3
+    of 4 on a SQLite ledger of 200,000 spans); now they wait for it, as for a rebuild, and
+    say so. A file whose revision cannot even be read (locked for good, a stranger's
+    exclusive lock) or that holds none is no migration: that is the error it was.
     """
     from ollama_meter.ledger._database import is_lock_error
 
@@ -216,7 +218,7 @@ def waiting_for_migration(make_current: Callable[[], None], url: str) -> None:
         except LedgerError as exc:
             cause = exc.__cause__
             locked = isinstance(cause, DBAPIError) and is_lock_error(cause)
-            if not locked or time.monotonic() > deadline:
+            if not locked or time.monotonic() > deadline or not _has_revision(engine):
                 raise
         if not said:
             log.warning(
@@ -225,6 +227,13 @@ def waiting_for_migration(make_current: Callable[[], None], url: str) -> None:
                 url,
             )
             said = True
+
+
+def _has_revision(engine: Engine) -> bool:
+    try:
+        return current_revision(engine) is not None
+    except DBAPIError:
+        return False
 
 
 def ensure_current(engine: Engine) -> bool:
