@@ -22,6 +22,7 @@ from ollama_meter.cli._common import (
     settings,
 )
 from ollama_meter.cli._console import err, out
+from ollama_meter.cli._stopped import said_if_stopped
 from ollama_meter.errors import OmeterError, ValidationError
 from ollama_meter.periods import LAST_DAY, window_between
 
@@ -76,11 +77,23 @@ def rollup_command(
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg)
     began = time.monotonic()
-    with progress_bar("rolling up", unit=" days") as bar:
+    days = [0]
+    with (
+        progress_bar("rolling up", unit=" days") as bar,
+        said_if_stopped(
+            lambda: (
+                f"stopped after rolling up {days[0]:,} day(s), each whole; the next ometer "
+                "command to open the ledger finishes the rest (or run ometer db rollup again)"
+            )
+        ),
+    ):
         task = bar.add_task("days", total=None)
-        count = rebuild(
-            ledger.write, ledger.read, progress=lambda _day: bar.advance(task), zone=zone
-        )
+
+        def one_day(_day: int) -> None:
+            days[0] += 1
+            bar.advance(task)
+
+        count = rebuild(ledger.write, ledger.read, progress=one_day, zone=zone)
     took = time.monotonic() - began
     out.print(
         f"rolled up {count:,} span(s) in {took:.1f} s; days begin at {ledger.zone()} midnight"
@@ -185,7 +198,12 @@ def import_command(
     with stream, progress_bar("importing", rate=True) as bar:
         task = bar.add_task("bytes", total=total)
         recorded = [0]  # spans of the batches committed so far
-        try:
+        with said_if_stopped(
+            lambda: (
+                f"the first {recorded[0]:,} span(s) are recorded, the batch in progress is "
+                "not; run the same import again for the rest (spans already there are skipped)"
+            )
+        ):
             summary = import_lines(
                 ledger,
                 _counted(stream, lambda n: bar.advance(task, n)),
@@ -193,12 +211,6 @@ def import_command(
                 progress=lambda n: recorded.__setitem__(0, recorded[0] + n),
                 name="FILE" if source == "-" else source,
             )
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (cron's timeout, systemd)
-            err.print(
-                f"the first {recorded[0]:,} span(s) are recorded, the batch in progress is not; "
-                "run the same import again for the rest (spans already there are skipped)"
-            )
-            raise
     took = max(time.monotonic() - began, 1e-9)
     out.print(
         f"imported {summary.added:,} span(s) into {ledger.display_url}"
@@ -231,7 +243,21 @@ def prune_command(
 
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg, existing=True)
-    result = prune(ledger, keep_days, now=datetime.now(UTC), vacuum=vacuum)
+    removed = [0]  # spans of the pieces committed so far
+    with said_if_stopped(
+        lambda: (
+            f"stopped after removing {removed[0]:,} span(s) older than {keep_days} day(s), "
+            "the piece in progress not; reports do not change (rollups stay): run the same prune "
+            "again for the rest"
+        )
+    ):
+        result = prune(
+            ledger,
+            keep_days,
+            now=datetime.now(UTC),
+            vacuum=vacuum,
+            progress=lambda n: removed.__setitem__(0, removed[0] + n),
+        )
     out.print(
         f"removed {result.removed:,} span(s) started before {result.cutoff:%Y-%m-%d %H:%M} UTC; "
         f"{_mb(result.reclaimed)} back to the disk ({_mb(result.bytes_before)} → "

@@ -122,6 +122,9 @@ class Gateway:
         finally:
             for task in tasks:
                 task.cancel()
+            # Each ends between pieces of its ledger work (a prune under way stops early and
+            # says what it left), before the spans and leases below are settled.
+            await asyncio.gather(*tasks, return_exceptions=True)
             meter.observers.remove(gateway.rates)
             await fleet.aclose()
             await in_thread(behind.stop)  # every span committed; their budgets settled

@@ -2,13 +2,16 @@
 
 Several gateways on one ledger may all do it: pruning is idempotent, and each
 delete is a short transaction. A failure is logged and tried again the next day;
-it never stops the gateway.
+it never stops the gateway. A gateway told to stop stops its prune between two
+pieces (systemd's stop timeout is 90 s; a prune of millions of spans takes longer),
+says what it left, and the next prune goes on from there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import Ledger, prune
@@ -20,18 +23,36 @@ DAY_SECONDS = 86_400.0
 
 
 async def prune_daily(ledger: Ledger, keep_days: int, *, every: float = DAY_SECONDS) -> None:
-    """Prune now, then every ``every`` seconds, until cancelled."""
+    """Prune now, then every ``every`` seconds, until cancelled (which stops a prune under
+    way between its pieces)."""
     while True:
-        try:
-            result = await in_thread(lambda: prune(ledger, keep_days, now=utc_now()))
-        except Exception as exc:  # the gateway goes on; tomorrow is another try
-            log.warning("pruning raw spans older than %d days failed: %s", keep_days, exc)
-        else:
-            if result.removed:
-                log.info(
-                    "pruned %d span(s) started before %s UTC (OMETER_KEEP_DAYS=%d)",
-                    result.removed,
-                    f"{result.cutoff:%Y-%m-%d %H:%M}",
-                    keep_days,
-                )
+        stop = threading.Event()
+        await in_thread(_prune_once, ledger, keep_days, stop, on_cancel=stop.set)
         await asyncio.sleep(every)
+
+
+def _prune_once(ledger: Ledger, keep_days: int, stop: threading.Event) -> None:
+    """One prune, its outcome logged here: a cancelled caller never sees the result."""
+    try:
+        result = prune(ledger, keep_days, now=utc_now(), stop=stop.is_set)
+    except Exception as exc:  # the gateway goes on; tomorrow is another try
+        log.warning("pruning raw spans older than %d days failed: %s", keep_days, exc)
+        return
+    before = f"{result.cutoff:%Y-%m-%d %H:%M} UTC"
+    if result.stopped:
+        log.warning(
+            "the gateway is stopping: pruning stopped after removing %s span(s) started before "
+            "%s; the rest, and giving their space back to the disk, are left for the next "
+            "prune (the next start with OMETER_KEEP_DAYS=%d, or ometer db prune --keep-days %d)",
+            f"{result.removed:,}",
+            before,
+            keep_days,
+            keep_days,
+        )
+    elif result.removed:
+        log.info(
+            "pruned %d span(s) started before %s (OMETER_KEEP_DAYS=%d)",
+            result.removed,
+            before,
+            keep_days,
+        )

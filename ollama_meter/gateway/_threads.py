@@ -31,12 +31,16 @@ def _stop(pool: ThreadPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+async def in_thread(
+    fn: Callable[..., Any], *args: Any, on_cancel: Callable[[], object] | None = None
+) -> Any:
     """Ledger and budget work off the event loop, finished even if the request is cancelled.
 
     However it is cancelled (an anyio scope, or ``Task.cancel`` as a caller's hang-up
     does), the work is neither dropped from the pool's queue nor left running on its
     own: the cancellation is raised once it is done, so a span is written first.
+    ``on_cancel`` is called at the first cancellation: long work (a prune) told to stop
+    between its pieces, so the wait is short.
     """
     loop = asyncio.get_running_loop()
     pool = runtime().shared("threads", "gateway-ledger", _ledger_threads, _stop)
@@ -47,6 +51,8 @@ async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
             try:
                 await asyncio.wait((work,))  # cancelling the wait leaves the work alone
             except asyncio.CancelledError as exc:
+                if cancelled is None and on_cancel is not None:
+                    on_cancel()
                 cancelled = exc
     if cancelled is not None:
         if not work.cancelled() and (failed := work.exception()) is not None:

@@ -278,7 +278,7 @@ class Database:
             )
         if "password authentication failed" in lowered:
             return f"{text}: fix the password in OMETER_DB_URL{meanwhile}"
-        if _is_lock_error(exc):
+        if is_lock_error(exc):
             held = self._wait if self._sqlite else lock_seconds(self._wait)
             return (
                 f"{text}: another process held it for longer than {held:g} s "
@@ -304,7 +304,7 @@ class Database:
                 return
             except (OperationalError, LedgerError) as exc:
                 cause = exc if isinstance(exc, OperationalError) else exc.__cause__
-                locked = isinstance(cause, DBAPIError) and _is_lock_error(cause)
+                locked = isinstance(cause, DBAPIError) and is_lock_error(cause)
                 delay = self._retry_delay * 2 ** min(attempt, 6)
                 if not locked or time.monotonic() + delay > deadline:
                     if isinstance(cause, DBAPIError):
@@ -360,7 +360,7 @@ READ_ONLY = "25006"
 """PostgreSQL's SQLSTATE for a write in a read-only transaction (a standby, a read-only role)."""
 
 
-def _is_lock_error(exc: DBAPIError) -> bool:
+def is_lock_error(exc: DBAPIError) -> bool:
     if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
         return True
     text = str(exc.orig).lower()

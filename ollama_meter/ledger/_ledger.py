@@ -38,7 +38,7 @@ from ollama_meter.ledger._deadline import recording_nothing
 from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._keys import ApiKey
-from ollama_meter.ledger._migrate import ensure_current
+from ollama_meter.ledger._migrate import ensure_current, waiting_for_migration
 from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, SpanRecord
@@ -76,9 +76,14 @@ class Ledger(DurableLedger):
 
     def _make_current(self) -> None:
         """The schema at head, rollups built, the zone adopted if the ledger has none yet."""
-        self._retry_locked(
-            lambda: ensure_current(self.engine), f"cannot open the ledger at {self.display_url}"
-        )
+        failure = f"cannot open the ledger at {self.display_url}"
+
+        def made() -> None:
+            self._retry_locked(lambda: ensure_current(self.engine), failure)
+
+        waiting_for_migration(
+            made, self.engine, self.display_url
+        )  # another process's, maybe minutes
         _rebuild.build_if_stale(self)
         if self._zone is not None:
             self.adopt_zone(self._zone)

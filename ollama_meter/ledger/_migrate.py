@@ -8,7 +8,10 @@ advisory lock on PostgreSQL), so the losers find the work done.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections.abc import Callable
 from importlib.resources import as_file, files
 
 from sqlalchemy import Engine, inspect, text
@@ -17,6 +20,8 @@ from sqlalchemy.exc import DBAPIError
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import unbounded
+
+log = logging.getLogger("ollama_meter.ledger")
 
 HEAD_REVISION = "0016"
 """The newest migration; a test keeps it equal to the head of ``migrations/versions``."""
@@ -39,6 +44,10 @@ def current_revision(engine: Engine) -> str | None:
             conn.rollback()
             return None
 
+
+MIGRATION_WAIT_S = 600.0
+"""How long a process opening a ledger waits for another to migrate it (its schema lock)
+before it gives up: a migration of millions of spans rewrites tables."""
 
 _MARK = "spans"
 """The table every ometer ledger has had since its first revision."""
@@ -186,6 +195,45 @@ def create_at_head(engine: Engine) -> bool:
             {"head": HEAD_REVISION},
         )
     return True
+
+
+def waiting_for_migration(make_current: Callable[[], None], engine: Engine, url: str) -> None:
+    """Run ``make_current``, waiting while another process holds the schema lock of a ledger
+    (one with a revision) that a migration may be bringing to the head.
+
+    A migration holds that lock throughout: minutes on a big ledger. Gateways started
+    together after an upgrade gave up after ``OMETER_LEDGER_WAIT`` ("database is locked": 3
+    of 4 on a SQLite ledger of 200,000 spans); now they wait for it, as for a rebuild, and
+    say so. A file whose revision cannot even be read (locked for good, a stranger's
+    exclusive lock) or that holds none is no migration: that is the error it was.
+    """
+    from ollama_meter.ledger._database import is_lock_error
+
+    deadline = time.monotonic() + MIGRATION_WAIT_S
+    said = False
+    while True:
+        try:
+            make_current()
+            return
+        except LedgerError as exc:
+            cause = exc.__cause__
+            locked = isinstance(cause, DBAPIError) and is_lock_error(cause)
+            if not locked or time.monotonic() > deadline or not _has_revision(engine):
+                raise
+        if not said:
+            log.warning(
+                "waiting for another process to migrate the ledger at %s (it holds the schema "
+                "lock; a big ledger takes minutes)",
+                url,
+            )
+            said = True
+
+
+def _has_revision(engine: Engine) -> bool:
+    try:
+        return current_revision(engine) is not None
+    except DBAPIError:
+        return False
 
 
 def ensure_current(engine: Engine) -> bool:

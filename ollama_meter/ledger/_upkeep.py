@@ -46,6 +46,9 @@ class PruneResult:
     bytes_after: int
     free_bytes: int
     """Space freed inside the file but not given back (SQLite without incremental vacuum)."""
+    stopped: bool = False
+    """``stop`` said to stop between two pieces: spans before the cutoff may be left, and
+    space not given back; the next prune goes on from there."""
 
     @property
     def reclaimed(self) -> int:
@@ -54,7 +57,14 @@ class PruneResult:
 
 @bulk
 def prune(
-    ledger: Ledger, keep_days: int, *, now: datetime, vacuum: bool = False, chunk: int = 20_000
+    ledger: Ledger,
+    keep_days: int,
+    *,
+    now: datetime,
+    vacuum: bool = False,
+    chunk: int = 20_000,
+    stop: Callable[[], bool] = lambda: False,
+    progress: Callable[[int], None] | None = None,
 ) -> PruneResult:
     """Remove raw spans that started before midnight ``keep_days`` days ago; rollups stay.
 
@@ -62,6 +72,11 @@ def prune(
     may be gone; a prune that finds none to remove records none. Deletes go in chunks, each its own short transaction, so gateways keep
     writing. On SQLite freed pages go back to the disk when the file uses incremental
     vacuum (new ledgers do); ``vacuum`` converts an older file once (a full rewrite).
+
+    ``stop`` is asked between pieces (each chunk of deletes, each step giving space back): a
+    gateway that is stopping must not wait for a prune of millions of spans. What is done
+    stays done (each piece is whole); the result says ``stopped``, and the next prune goes on.
+    ``progress`` is told the spans each committed chunk removed.
     """
     if keep_days < 1:
         raise ValidationError("--keep-days must be at least 1")
@@ -97,21 +112,25 @@ def prune(
             set_meta(conn, "pruned_before", str(cutoff_us))
     removed = 0
     while found:
+        if stop():
+            return PruneResult(cutoff, removed, before, _size(ledger), 0, stopped=True)
         with ledger.write() as conn:
             ids = select(SpanRow.id).where(*gone).limit(chunk)
             done = conn.execute(delete(SpanRow).where(SpanRow.id.in_(ids.scalar_subquery())))
         removed += done.rowcount
+        if progress is not None:
+            progress(done.rowcount)
         if done.rowcount < chunk:
             break
     try:
-        free = _reclaim(ledger, vacuum=vacuum)
+        free = _reclaim(ledger, vacuum=vacuum, stop=stop)
     except LedgerError as exc:  # the deletes are committed: say so, not only what failed
         raise LedgerError(
             f"removed {removed:,} span(s) started before {cutoff:%Y-%m-%d %H:%M} UTC, but "
             f"giving their space back to the disk failed: {exc}; then run the same prune "
             "again (it removes nothing more, and gives the space back)"
         ) from exc
-    return PruneResult(cutoff, removed, before, _size(ledger), free)
+    return PruneResult(cutoff, removed, before, _size(ledger), free, stopped=free > 0 and stop())
 
 
 def _prunable(cutoff_us: int) -> list[ColumnElement[bool]]:
@@ -158,7 +177,7 @@ second): a prune of millions of spans frees gigabytes, and giving them back at o
 the write lock for as long, the gateways' spans going to the spool meanwhile."""
 
 
-def _reclaim(ledger: Ledger, *, vacuum: bool) -> int:
+def _reclaim(ledger: Ledger, *, vacuum: bool, stop: Callable[[], bool]) -> int:
     """Give freed SQLite pages back to the disk, :data:`VACUUM_STEP_PAGES` a transaction;
     the bytes still free inside the file. A failure (a full disk, a lock held past the
     wait) is a LedgerError, as the ledger's own statements' are."""
@@ -168,20 +187,20 @@ def _reclaim(ledger: Ledger, *, vacuum: bool) -> int:
         raw = conn.connection.driver_connection
         assert raw is not None
         try:
-            return _give_back(raw, vacuum=vacuum)
+            return _give_back(raw, vacuum=vacuum, stop=stop)
         except sqlite3.Error as exc:  # the driver's own: SQLAlchemy saw none of these
             raise OperationalError("VACUUM, incremental_vacuum, wal_checkpoint", None, exc) from exc
 
 
-def _give_back(raw: sqlite3.Connection, *, vacuum: bool) -> int:
-    if vacuum and raw.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+def _give_back(raw: sqlite3.Connection, *, vacuum: bool, stop: Callable[[], bool]) -> int:
+    if vacuum and not stop() and raw.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
         raw.execute("PRAGMA auto_vacuum = INCREMENTAL")
         raw.execute("VACUUM")  # once: from now on freed pages can be released
     if raw.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
         # It frees one page per step, and the driver's execute() steps once:
         # executescript() runs it to the end; each its own transaction, writers between.
         left = raw.execute("PRAGMA freelist_count").fetchone()[0]
-        while left > 0:
+        while left > 0 and not stop():
             raw.executescript(f"PRAGMA incremental_vacuum({VACUUM_STEP_PAGES});")
             now_left = raw.execute("PRAGMA freelist_count").fetchone()[0]
             if now_left >= left:  # nothing more would go (another process holds it)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sqlite3
 import time
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.gateway._retention import prune_daily
+from ollama_meter.ledger import Ledger, SpanFilter, prune
 from ollama_meter.ledger._meta import pruned_before
 from ollama_meter.meter import utc_now
 from ollama_meter.testing import OllamaEmulator
@@ -32,3 +36,38 @@ def test_a_gateway_prunes_what_is_older_than_keep_days(
     with gateway.ledger.read() as conn:
         horizon = pruned_before(conn)
     assert horizon is not None
+
+
+def test_a_gateway_told_to_stop_stops_its_prune_between_pieces_and_says_what_it_left(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`systemctl stop` (SIGTERM) waited for the day's prune to end: 30 s for a ledger of 1M
+    old spans, past systemd's 90 s on a bigger one, then SIGKILL. Now the prune stops
+    before its next piece and the log says what is left for the next one."""
+    now = utc_now()
+    ledger = Ledger(sqlite_url)
+    ledger.record([make_span(started_at=now - timedelta(days=40 + n)) for n in range(5)])
+    path = ledger.path
+    assert path is not None
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # the prune's first piece waits for it
+
+    async def stopped_at_once() -> None:
+        task = asyncio.create_task(prune_daily(ledger, 30))
+        await asyncio.sleep(0)  # the task has run to its wait: the prune is in the pool
+        task.cancel()
+        holder.execute("ROLLBACK")
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.INFO, logger="ollama_meter.gateway"):
+        asyncio.run(stopped_at_once())
+    holder.close()
+    assert ledger.count() == 5  # all there: the next prune removes them
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.gateway"]
+    assert any(
+        "pruning stopped after removing 0 span(s) started before" in line
+        and "left for the next prune" in line
+        for line in said
+    ), said
+    assert prune(ledger, 30, now=utc_now()).removed == 5

@@ -9,12 +9,16 @@ for what it holds, so the spans must not go to the quarantine, out of every drai
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
-from ollama_meter.ledger import HEAD_REVISION, Ledger, SpanFilter
+from ollama_meter.errors import LedgerError
+from ollama_meter.ledger import HEAD_REVISION, Ledger, SpanFilter, current_revision, upgrade
+from ollama_meter.ledger._engine import create_ledger_engine
+from ollama_meter.ledger._migrate import _PG_MIGRATION_LOCK
 from ollama_meter.records import Stored
 from tests.factories import make_span
 
@@ -48,3 +52,52 @@ def test_spans_written_after_a_newer_ometer_upgraded_the_ledger_wait_in_the_spoo
     said = " ".join(r.getMessage() for r in caplog.records)
     assert f"schema revision {newer}" in said and "newer ometer" in said, said
     assert ledger.count(SpanFilter()) == 1
+
+
+def test_a_process_opening_a_ledger_another_migrates_waits_for_it_and_says_so(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Four gateways started together after an upgrade, on a SQLite ledger of 200,000 spans:
+    the first migrated it (36 s), the other three exited after OMETER_LEDGER_WAIT with
+    "database is locked". Whoever holds the schema lock of a ledger behind this ometer's,
+    the others wait for it, and say so once."""
+    engine = create_ledger_engine(db_url)
+    upgrade(engine, "0005")
+    engine.dispose()
+    holder = create_engine(db_url, isolation_level="AUTOCOMMIT").connect()
+    if holder.dialect.name == "postgresql":  # as a migration holds it, for as long
+        holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+    else:
+        holder.exec_driver_sql("BEGIN IMMEDIATE")
+    waiting = threading.Event()
+    opened: list[object] = []
+
+    class Said(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for another process to migrate the ledger" in record.getMessage():
+                waiting.set()
+
+    said = Said()
+    logging.getLogger("ollama_meter.ledger").addHandler(said)
+    opening = threading.Thread(target=lambda: opened.append(_opened(db_url)))
+    opening.start()
+    try:
+        while not waiting.wait(0.05):
+            assert opening.is_alive(), opened  # it gave up, where it should wait
+    finally:
+        if holder.dialect.name == "postgresql":
+            holder.execute(text("SELECT pg_advisory_unlock_all()"))
+        else:
+            holder.exec_driver_sql("ROLLBACK")
+        holder.close()
+        opening.join(60)
+        logging.getLogger("ollama_meter.ledger").removeHandler(said)
+    assert opened == [HEAD_REVISION]
+
+
+def _opened(url: str) -> object:
+    try:
+        ledger = Ledger(url, wait=0.2)
+    except LedgerError as exc:
+        return exc
+    return current_revision(ledger.engine)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given as for_any, settings, strategies as st
+from sqlalchemy import delete
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import (
@@ -25,13 +27,17 @@ from ollama_meter.ledger import (
     export_lines,
     import_lines,
     prune,
+    rebuild,
     span_to_dict,
 )
+from ollama_meter.ledger._meta import set_meta
+from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS
+from ollama_meter.ledger.models import SpanRow
 from ollama_meter.records import SpanRecord
 from tests._tmpfs import small_tmpfs
-from tests.factories import make_span
+from tests.factories import make_span, token_prices
 from tests.integrity.test_disk_full import fill
-from tests.ledger.test_transfer import NOW, _spans, interrupted_import
+from tests.ledger.test_transfer import NOW, _monthly, _spans, _tables, interrupted_import
 
 
 def _old_file(path: Path) -> None:
@@ -235,3 +241,125 @@ def test_a_prune_on_postgresql_counts_the_ledgers_tables_alone(pg_server: str | 
     other.dispose()
     result = prune(ledger, 1, now=NOW)
     assert result.bytes_before == ours
+
+
+@settings(
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@for_any(pieces=st.integers(min_value=0, max_value=5))
+def test_a_prune_told_to_stop_stops_between_pieces_and_the_next_one_goes_on(
+    db_url: str, pieces: int
+) -> None:
+    """A gateway's stop (SIGTERM, systemd's 90 s) waited for its daily prune to end: on a big
+    ledger 30 s and more (1M old spans), then SIGKILL. A prune is asked between its pieces
+    whether to stop; what it did stays, the rollups equal a rebuild, the reports of the
+    pruned months do not move, and the next prune removes the rest."""
+    ledger = Ledger(db_url)
+    with ledger.write() as conn:
+        conn.execute(delete(SpanRow))
+        for table in (ROLLUPS, HISTOGRAMS, BUSY, BUSY_CELLS):
+            conn.execute(delete(table))
+        set_meta(conn, "pruned_before", None)
+    ledger.record(_spans(50))
+    months = {month: _monthly(ledger, month) for month in ("2026-10", "2026-11")}
+    asked = []
+
+    def stop() -> bool:
+        asked.append(ledger.count())
+        return len(asked) > pieces
+
+    result = prune(ledger, 25, now=NOW, chunk=7, stop=stop)
+    old = ledger.count(SpanFilter(until=result.cutoff))
+    assert result.stopped == (old > 0 or result.free_bytes > 0)
+    assert result.removed == 50 - ledger.count()
+    if old:  # each answer came between two whole pieces of seven
+        assert result.removed == 7 * pieces and asked[-1] == 50 - result.removed
+    kept = _tables(ledger)
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
+    assert {month: _monthly(ledger, month) for month in months} == months
+    rest = prune(ledger, 25, now=NOW, chunk=7)
+    assert not rest.stopped and rest.removed == old
+    assert ledger.count(SpanFilter(until=result.cutoff)) == 0
+    assert {month: _monthly(ledger, month) for month in months} == months
+
+
+_FOREGROUND = (  # Ctrl-C raises, as in a terminal's foreground job (a test run may ignore it)
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from ollama_meter.cli import main; sys.argv[0] = 'ometer'; main()"
+)
+
+
+def _stopped_at_its_first_write(path: Path, args: list[str], signum: int) -> tuple[int, str]:
+    """Run ``ometer ARGS`` while another connection holds the ledger's write lock; once it
+    waits for the lock (in SQLite's busy wait: its first write, past reading and opening),
+    send ``signum`` and let the lock go. Its exit code and stderr."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{path}", "OMETER_LEDGER_WAIT": "120"}
+    command = [sys.executable, "-c", _FOREGROUND, *args]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:
+        deadline = time.monotonic() + 60
+        while "nanosleep" not in Path(f"/proc/{run.pid}/wchan").read_text():
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "it never waited for the lock"
+            time.sleep(0.02)
+        run.send_signal(signum)
+        holder.execute("ROLLBACK")
+        _, err = run.communicate(timeout=60)
+    holder.close()
+    return run.returncode, err.decode()
+
+
+def test_a_prune_stopped_by_sigterm_says_what_it_removed_and_what_to_run(tmp_path: Path) -> None:
+    """`timeout 1h ometer db prune` in cron, `systemctl stop`: SIGTERM ended it with exit 143
+    and not a word (Ctrl-C: "interrupted"), where each piece it removed stays removed."""
+    path = tmp_path / "ledger.db"
+    url = f"sqlite:///{path}"
+    Ledger(url).record(_spans(40))
+    close_ledgers()
+    code, err = _stopped_at_its_first_write(
+        path, ["db", "prune", "--keep-days", "30"], signal.SIGTERM
+    )
+    assert code == 128 + signal.SIGTERM
+    assert err.splitlines()[-1:] == [
+        "stopped after removing 0 span(s) older than 30 day(s), the piece in progress not; "
+        "reports do not change (rollups stay): run the same prune again for the rest"
+    ]
+    assert Ledger(url).count() == 40
+    close_ledgers()
+
+
+def test_a_reprice_stopped_by_ctrl_c_says_how_far_it_got(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(f"sqlite:///{path}")
+    ledger.record(_spans(30))
+    ledger.add_price_rules([token_prices()])  # every span's cost moves
+    close_ledgers()
+    code, err = _stopped_at_its_first_write(
+        path, ["reprice", "--since", "2026-01-01"], signal.SIGINT
+    )
+    assert code == 130
+    assert err.splitlines()[-2:] == [
+        "stopped after re-pricing 0 of 30 span(s), the page in progress not (the rollups "
+        "follow each page); run the same reprice again for the rest (spans already re-priced "
+        "do not move again)",
+        "interrupted",
+    ]
+
+
+def test_a_rollup_stopped_by_sigterm_says_the_next_open_finishes_it(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    url = f"sqlite:///{path}"
+    Ledger(url).record(_spans(30))
+    close_ledgers()
+    kept = _tables(Ledger(url))
+    close_ledgers()
+    code, err = _stopped_at_its_first_write(path, ["db", "rollup"], signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM
+    assert err.splitlines()[-1:] == [
+        "stopped after rolling up 0 day(s), each whole; the next ometer command to open the "
+        "ledger finishes the rest (or run ometer db rollup again)"
+    ]
+    assert _tables(Ledger(url)) == kept  # opened again: the rebuild finished, the same
+    close_ledgers()
