@@ -295,7 +295,7 @@ def must_exist(cfg: Settings, *, default_too: bool = False) -> None:
     from ollama_meter.ledger import ledger_file
 
     path = ledger_file(cfg.ledger_url)
-    if path is not None and not path.is_file():
+    if path is not None and not path.exists():  # a folder: opening it says so
         raise ConfigError(
             f"no ledger at {path}: nothing was ever recorded there. Check OMETER_DB_URL (or "
             "--db) for a typo; a ledger is made by the first call metered into it, or by "

@@ -304,7 +304,6 @@ def test_the_reading_commands_refuse_an_empty_db_too(
 @pytest.mark.parametrize(
     "command",
     [
-        ("log",),
         ("report", "--period", "month"),
         ("perf",),
         ("chargeback", "--month", "2026-11", "--fixed-cost", "100"),

@@ -250,9 +250,10 @@ def test_reprice_says_its_window_and_each_currency_apart(cli: Any, tmp_path: Any
     )
     done = cli("reprice", "--since", "2026-11-03", "--until", "2026-11-03", "--db", db)
     assert done.code == 0, done.stderr
+    # Read at the ledger's midnights (Berlin's): the call at 23:00 UTC is on 4 November there.
     assert done.stdout.splitlines() == [
-        "examined 3 span(s) from 2026-11-03 through 2026-11-03; 3 changed",
-        "  EUR: 0.000000 → 0.000606 (+0.000606)",
-        "  USD: 0.000015 → 0.000000 (-0.000015)",
-        "  3 newly priced, 0 now unpriced",
+        "examined 2 span(s) from 2026-11-03 through 2026-11-03; 2 changed",
+        "  EUR: 0.000000 → 0.000402 (+0.000402)",
+        "  USD: 0.000005 → 0.000000 (-0.000005)",
+        "  2 newly priced, 0 now unpriced",
     ]
