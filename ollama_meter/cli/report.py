@@ -65,16 +65,11 @@ def report(
 
     cfg, window = settings_and_window(period, since, until, db)
     columns = parse_by(by)
-    check_out(fmt, out_file, [f.value for f in ReportFormat if f is not ReportFormat.TABLE])
-    result = spend_report(
-        ledger_for(cfg, existing=True),
-        window,
-        columns,
-        tz=cfg.tz,
-        tenant=tenant,
-        department=dept,
-        model=model,
-    )
+    file_formats = [f.value for f in ReportFormat if f is not ReportFormat.TABLE]
+    check_out(fmt, out_file, file_formats)
+    ledger = ledger_for(cfg, existing=True)
+    where = {"tenant": tenant, "department": dept, "model": model}
+    result = spend_report(ledger, window, columns, tz=cfg.tz, **where)
     if fmt is ReportFormat.HTML:
         from ollama_meter.reports import render_spend_html
 
@@ -93,24 +88,14 @@ def report(
         result.rows,
         out_file,
         lambda: out.print(render_table(result, cfg.timezone)),
-        file_formats=[f.value for f in ReportFormat if f is not ReportFormat.TABLE],
+        file_formats=file_formats,
     )
     from ollama_meter.cli import _hints
 
     if not result.rows:
-        _hints.note_unmatched(
-            ledger_for(cfg, existing=True), tenant=tenant, department=dept, model=model
-        )
+        _hints.note_unmatched(ledger, **where)
         return
-    _hints.note_tenants_summed(
-        ledger_for(cfg, existing=True),
-        window,
-        columns,
-        tz=cfg.tz,
-        tenant=tenant,
-        department=dept,
-        model=model,
-    )
+    _hints.note_tenants_summed(ledger, window, columns, tz=cfg.tz, **where)
 
 
 # Narrow headings for the terminal; CSV and JSON keep the exact column names.

@@ -7,12 +7,14 @@ move or a screen erase from the data; and nothing is cut short.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -131,19 +133,26 @@ class _EscapingModel(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_models_reply_cannot_drive_the_terminal_but_reaches_a_pipe_as_sent(
-    cli, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def _escaping_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """OLLAMA_HOST set to a model whose reply is full of escape sequences, while inside."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _EscapingModel)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{server.server_address[1]}")
+        yield
+    finally:
+        server.shutdown()
+
+
+def test_a_models_reply_cannot_drive_the_terminal_but_reaches_a_pipe_as_sent(
+    cli, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    with _escaping_model(monkeypatch):
         monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: stdout is a terminal
         shown = cli("chat", "hi", "-m", "m", "--db", sqlite_url)
         monkeypatch.setenv("TTY_COMPATIBLE", "0")
         piped = cli("chat", "hi", "-m", "m", "--db", sqlite_url)
-    finally:
-        server.shutdown()
     assert shown.code == 0 and piped.code == 0, shown.stderr + piped.stderr
     sent = "".join(_EscapingModel.REPLY)
     assert piped.stdout == sent + "\n"
@@ -238,13 +247,8 @@ def test_spans_as_json_escape_what_the_terminal_would_act_on(cli, sqlite_url: st
 def test_chat_json_escapes_a_models_reply_for_the_terminal(
     cli, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EscapingModel)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{server.server_address[1]}")
+    with _escaping_model(monkeypatch):
         done = cli("chat", "hi", "-m", "m", "--json", "--db", sqlite_url)
-    finally:
-        server.shutdown()
     assert done.code == 0, done.stderr
     assert not ACTED_ON.search(done.stdout), repr(done.stdout)
     assert json.loads(done.stdout)["reply"] == "".join(_EscapingModel.REPLY)
