@@ -218,7 +218,7 @@ def test_text_given_on_the_command_line_that_is_not_utf8_is_refused_up_front(  #
         raw.decode("utf-8")
     bad = undecodable.value.start  # where the stdin check, and Python, say it is
     if where == "prompt":
-        args = [text]
+        args = ["--", text]  # a prompt may begin with "-": no option
     elif where == "--option":
         args = ["--option", f"stop={text}", "hi"]
     else:
