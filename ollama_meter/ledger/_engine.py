@@ -97,6 +97,24 @@ def file_id(path: Path) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+def make_private(path: Path) -> None:
+    """Make the ledger file at ``path`` if there is none, for its owner (and its group where the
+    umask lets the group write: a team folder's umask 002, a WAL ledger being shared by writing
+    it), never for every user of the machine; SQLite made it 0644 under the usual umask 022,
+    and it holds everyone's spend and, with content capture on, every prompt and reply.
+    Its ``-wal`` and ``-shm`` files take its mode from SQLite. A file that is there, or one
+    that cannot be made here, is left to SQLite as it was (it says what is wrong)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o660)
+    except OSError:
+        return
+    try:
+        if not os.fstat(fd).st_mode & stat.S_IWGRP:  # the umask keeps the group from writing
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 _SMALLEST_DATABASE = 512
 """Bytes in the smallest SQLite database that holds anything: one page of the smallest size."""
 
@@ -275,6 +293,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         )
         raise LedgerError(f"no database driver for {parsed.drivername!r}.{hint}") from exc
     if path is not None:
+        event.listen(engine, "do_connect", lambda *_: make_private(path))
         event.listen(engine, "connect", _sqlite_connector(millis, path))
         event.listen(engine, "begin", _sqlite_begin)
     if bounded:
