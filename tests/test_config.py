@@ -698,3 +698,31 @@ def test_a_collectors_headers_refused_never_show_their_values(secret: str, form:
     said = str(caught.value)
     assert said.startswith("OTEL_EXPORTER_OTLP_HEADERS: ") and "\n" not in said
     assert secret not in said
+
+
+@given(secret=_SECRET.map(lambda s: "sk0" + s.replace("/", "%2F")))  # a URL's own spelling
+@example(secret="sk0p@ss")  # an '@' not encoded: the login ends at the last one
+@pytest.mark.parametrize(
+    ("form", "names"),
+    [
+        ("http://ollama:{s}@gpu1:99999", ("OLLAMA_HOST", "OMETER_UPSTREAMS")),  # no port
+        ("http://ollama:{s}@gpu 1:11434", ("OLLAMA_HOST", "OMETER_UPSTREAMS")),
+        ("ftp://ollama:{s}@gpu1", ("OLLAMA_HOST", "OMETER_UPSTREAMS")),
+        ("ollama:{s}@gpu1:x", ("OLLAMA_HOST", "OMETER_UPSTREAMS")),
+        ("http://{s}@gpu1:11434#slots=x", ("OMETER_UPSTREAMS",)),
+        ("http://a:1,http://ollama:{s}@gpu1:11434#slots=0", ("OMETER_UPSTREAMS",)),
+    ],
+)
+def test_an_ollama_url_refused_never_shows_its_login(
+    secret: str, form: str, names: tuple[str, ...]
+) -> None:
+    """An Ollama behind a proxy asking for a login is named ``http://user:password@host``:
+    a URL refused for its port or its #slots was shown whole, password and all, in an error
+    that reaches terminals and logs (a database URL's password never was)."""
+    for name in names:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv(name, form.format(s=secret))
+            with pytest.raises(ConfigError) as caught:
+                load_settings()
+        assert str(caught.value).startswith(f"{name}: ")
+        assert secret not in str(caught.value), name
