@@ -199,9 +199,13 @@ def credential_problem(text: str, *, public: bool) -> str | None:
 
 
 _PASSWORD = re.compile(r"(://[^:/@]*:).*@")
+SECRET_QUERY = frozenset({"password", "sslpassword"})
+"""Query keys of a database URL that hold a password: libpq takes ``?password=`` as it takes
+``user:password@``, and ``?sslpassword=`` unlocks the client's key."""
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
 
 
 def hide_password(url: str) -> str:
     """A database URL without its password (``scheme://user:password@``, to the last ``@``:
-    a password may hold one), for an error to show."""
-    return _PASSWORD.sub(r"\1***@", url)
+    a password may hold one; ``?password=`` and ``?sslpassword=``), for an error to show."""
+    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))

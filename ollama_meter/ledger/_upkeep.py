@@ -380,8 +380,11 @@ def pg_dump_command(ledger: Ledger, target: Path) -> str:
 
     from sqlalchemy.engine import URL, make_url
 
+    from ollama_meter._urls import SECRET_QUERY
+
     url = make_url(ledger.url)
+    query = {key: value for key, value in url.query.items() if key.lower() not in SECRET_QUERY}
     plain = URL.create(
-        "postgresql", url.username, None, url.host, url.port, url.database, url.query
+        "postgresql", url.username, None, url.host, url.port, url.database, query
     ).render_as_string(hide_password=False)
     return shlex.join(["pg_dump", "--format=custom", "--file", str(target), plain])
