@@ -24,6 +24,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from ollama_meter._paths import default_data_dir, sqlite_url_problem
+from ollama_meter._urls import hide_password
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
 from ollama_meter.ledger._migrate import numbered_as_ours
@@ -238,7 +239,8 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise LedgerError(f"OMETER_DB_URL {str(url)!r} is not a database URL") from exc
+        said = hide_password(str(url))  # the Python API's URL, not checked by Settings
+        raise LedgerError(f"OMETER_DB_URL {said!r} is not a database URL") from exc
     backend = parsed.get_backend_name()
     if problem := sqlite_url_problem(backend, parsed.database, bool(parsed.query)):
         raise LedgerError(

@@ -251,3 +251,11 @@ def test_a_database_password_given_in_the_urls_query_is_never_shown(cli: Any, ur
     done = cli("db", "path", "--db", bad_port)
     assert done.code == 2 and "is not a database URL" in done.stderr
     assert "Pw0sECRET" not in done.stderr
+
+
+def test_a_url_the_python_api_gives_that_is_none_is_refused_without_its_password() -> None:
+    """Settings hide it; a URL given to Ledger() directly was echoed whole."""
+    with pytest.raises(LedgerError) as refused:
+        Ledger("postgres ql://ometer:Pw0sECRET@db/ometer?password=Pw0sECRET")
+    assert "Pw0sECRET" not in str(refused.value)
+    assert "is not a database URL" in str(refused.value)
