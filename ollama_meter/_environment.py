@@ -95,20 +95,20 @@ def otlp_headers(value: str | None) -> str | None:
     The exporters read the ``OTEL_EXPORTER_OTLP_*HEADERS`` pairs themselves and leave out one
     they cannot read (a log line at most), so a collector that needs it refuses every export
     while nothing says why. The pairs are split, trimmed and matched as the exporters do.
+    The error names a pair by its header name, or its place: never a value, which is a
+    collector's key (the error reaches terminals and logs).
     """
     if not value:
         return None
-    for given in _HEADER_SEPARATOR.split(value):
+    pairs = _HEADER_SEPARATOR.split(value)
+    for place, given in enumerate(pairs, 1):
         if not given:  # between two commas: skipped (blanks are not: the exporters say so)
             continue
         item = given.strip()
         name, equals, encoded = item.partition("=")
         name, encoded = name.rstrip(" \t"), encoded.lstrip(" \t")
         if not equals or not _HEADER_NAME.fullmatch(name):
-            raise ValueError(
-                f"{item or given!r} is not name=value; give comma-separated pairs such as "
-                "Authorization=Bearer%20TOKEN (values URL-encoded)"
-            )
+            raise ValueError(f"{_pair_said(item, place, len(pairs))}; {_PAIRS}")
         if not _HEADER_VALUE.fullmatch(encoded):
             raise ValueError(
                 f"the value of {name!r} has a character to URL-encode (a quote, comma, "
@@ -118,6 +118,21 @@ def otlp_headers(value: str | None) -> str | None:
         if any(c in unquote(encoded) for c in "\r\n\x00"):
             raise ValueError(f"the value of {name!r} has a line break or NUL in it")
     return value
+
+
+_PAIRS = "give comma-separated pairs such as Authorization=Bearer%20TOKEN (values URL-encoded)"
+
+
+def _pair_said(item: str, place: int, pairs: int) -> str:
+    """What is wrong with a pair that is not ``name=value``, by its name where it starts with
+    one (``Authorization: Bearer ...``, HTTP's way), else by its place (the rest of a value
+    cut at a comma not URL-encoded)."""
+    head, colon, _ = item.partition(":")
+    if colon and _HEADER_NAME.fullmatch(head.rstrip(" \t")):
+        return f"{head.rstrip(' ')!r} is written name: value, not name=value"
+    where = f"pair {place} of {pairs}" if pairs > 1 else "it"
+    cut = " (the rest of a value whose comma is not written %2C?)" if place > 1 else ""
+    return f"{where} is not name=value{cut}"
 
 
 def sdk_disabled(value: str | None) -> bool:

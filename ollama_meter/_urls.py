@@ -101,29 +101,39 @@ def email_addresses(value: str, *, one: bool) -> list[str]:
     return items
 
 
+_LOGIN = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@")
+"""A URL's login (``user:password@``), to its authority's last ``@``: a password may hold one."""
+
+
+def without_login(url: str) -> str:
+    """``url`` as given but its login, for an error to show (an Ollama behind a proxy that
+    asks for one is ``http://user:password@host``); the rest is what was mistyped."""
+    return _LOGIN.sub(r"\1***@", url)
+
+
 def normalize_host(value: str) -> str:
     """Turn ``OLLAMA_HOST`` forms (``0.0.0.0``, ``host:port``, full URLs) into a base URL.
 
     Mirrors how the Ollama CLI reads the variable: scheme defaults to http and
     the port to 11434 (443 for https when no port is given).
     """
-    raw = value.strip()
+    raw, said = value.strip(), without_login(value)
     if not raw:
         raise ValueError("is empty; expected a URL such as http://127.0.0.1:11434")
     if _unprintable(raw):  # urlsplit drops \t \r \n unseen
         raise ValueError(
-            f"{value!r} has a space, line break or control character in it; expected a URL "
+            f"{said!r} has a space, line break or control character in it; expected a URL "
             "such as http://127.0.0.1:11434"
         )
     if "://" not in raw:
         raw = "http://" + raw
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL such as http://127.0.0.1:11434")
+        raise ValueError(f"{said!r} is not an http(s) URL such as http://127.0.0.1:11434")
     try:
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"{value!r} has an invalid port") from exc
+        raise ValueError(f"{said!r} has an invalid port") from exc
     if port is None:
         port = 443 if parts.scheme == "https" else 11434
     host = parts.hostname
@@ -157,11 +167,14 @@ def parse_upstreams(value: str, *, slots: int | None = None) -> tuple[UpstreamSp
             number = number.strip()
             if name.strip() != "slots" or not (number.isascii() and number.isdigit()):
                 raise ValueError(
-                    f"{part!r}: after # only slots=N is understood, e.g. http://gpu1:11434#slots=4"
+                    f"{without_login(part)!r}: after # only slots=N is understood, "
+                    "e.g. http://gpu1:11434#slots=4"
                 )
             own = int(number)
             if not 1 <= own <= MAX_SLOTS:
-                raise ValueError(f"{part!r}: slots must be between 1 and {MAX_SLOTS:,}")
+                raise ValueError(
+                    f"{without_login(part)!r}: slots must be between 1 and {MAX_SLOTS:,}"
+                )
         spec = UpstreamSpec(normalize_host(url), own)
         if any(s.url == spec.url for s in specs):
             raise ValueError(f"{spec.url} is given twice")
@@ -186,9 +199,13 @@ def credential_problem(text: str, *, public: bool) -> str | None:
 
 
 _PASSWORD = re.compile(r"(://[^:/@]*:).*@")
+SECRET_QUERY = frozenset({"password", "sslpassword"})
+"""Query keys of a database URL that hold a password: libpq takes ``?password=`` as it takes
+``user:password@``, and ``?sslpassword=`` unlocks the client's key."""
+_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
 
 
 def hide_password(url: str) -> str:
     """A database URL without its password (``scheme://user:password@``, to the last ``@``:
-    a password may hold one), for an error to show."""
-    return _PASSWORD.sub(r"\1***@", url)
+    a password may hold one; ``?password=`` and ``?sslpassword=``), for an error to show."""
+    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))

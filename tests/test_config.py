@@ -137,7 +137,7 @@ def test_a_dotenv_line_that_cannot_be_read_is_an_error_not_a_default(
         (
             "OTEL_EXPORTER_OTLP_HEADERS",
             "x-team=ops,Authorization: Bearer t",
-            "OTEL_EXPORTER_OTLP_HEADERS: 'Authorization: Bearer t' is not name=value",
+            "OTEL_EXPORTER_OTLP_HEADERS: 'Authorization' is written name: value, not name=value",
         ),
         (
             "OTEL_EXPORTER_OTLP_HEADERS",
@@ -670,3 +670,59 @@ def test_a_database_url_that_is_refused_never_shows_its_password(url: str, passw
     assert "ometer:***@db" in message
     assert "invalid literal" not in message
     assert "expected e.g. sqlite:////path/ledger.db" in message or "is not UTF-8" in message
+
+
+_SECRET = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_", min_size=8, max_size=40)  # fmt: skip
+_MISTYPED = [
+    "Authorization: Bearer {s}",  # a header as HTTP writes it
+    "Authorization: Basic {s}==",  # base64's padding: an '=' inside the value
+    "x-team=ops,{s}",  # a value's comma not URL-encoded: its rest is a pair of its own
+    "api-key {s}",
+    "{s}",
+    "x-team=ops, Bearer {s}=x",
+    'Authorization=Bearer "{s}"',  # a space is fine; a quote, tab or ; is not
+    "Authorization=Bearer\t{s}",
+    "Authorization=Bearer;{s}",
+]
+
+
+@given(secret=_SECRET.map(lambda s: "sk0" + s), form=st.sampled_from(_MISTYPED))
+def test_a_collectors_headers_refused_never_show_their_values(secret: str, form: str) -> None:
+    """The error reaches terminals and logs read by more people than the configuration: a
+    bearer token written ``Authorization: Bearer sk-...`` (HTTP's way, a common slip) was
+    shown whole, as was the rest of any value cut at an unencoded comma."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OTEL_EXPORTER_OTLP_HEADERS", form.format(s=secret))
+        with pytest.raises(ConfigError) as caught:
+            load_settings()
+    said = str(caught.value)
+    assert said.startswith("OTEL_EXPORTER_OTLP_HEADERS: ") and "\n" not in said
+    assert secret not in said
+
+
+@given(secret=_SECRET.map(lambda s: "sk0" + s.replace("/", "%2F")))  # a URL's own spelling
+@example(secret="sk0p@ss")  # an '@' not encoded: the login ends at the last one
+@pytest.mark.parametrize(
+    ("form", "names"),
+    [
+        ("http://ollama:{s}@gpu1:99999", ("OLLAMA_HOST", "OMETER_UPSTREAMS")),  # no port
+        ("http://ollama:{s}@gpu 1:11434", ("OLLAMA_HOST", "OMETER_UPSTREAMS")),
+        ("ftp://ollama:{s}@gpu1", ("OLLAMA_HOST", "OMETER_UPSTREAMS")),
+        ("ollama:{s}@gpu1:x", ("OLLAMA_HOST", "OMETER_UPSTREAMS")),
+        ("http://{s}@gpu1:11434#slots=x", ("OMETER_UPSTREAMS",)),
+        ("http://a:1,http://ollama:{s}@gpu1:11434#slots=0", ("OMETER_UPSTREAMS",)),
+    ],
+)
+def test_an_ollama_url_refused_never_shows_its_login(
+    secret: str, form: str, names: tuple[str, ...]
+) -> None:
+    """An Ollama behind a proxy asking for a login is named ``http://user:password@host``:
+    a URL refused for its port or its #slots was shown whole, password and all, in an error
+    that reaches terminals and logs (a database URL's password never was)."""
+    for name in names:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv(name, form.format(s=secret))
+            with pytest.raises(ConfigError) as caught:
+                load_settings()
+        assert str(caught.value).startswith(f"{name}: ")
+        assert secret not in str(caught.value), name

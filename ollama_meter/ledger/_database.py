@@ -29,6 +29,7 @@ from sqlalchemy.exc import (
 )
 
 from ollama_meter._forks import renew_after_fork
+from ollama_meter._urls import SECRET_QUERY
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import spooled_meanwhile
 from ollama_meter.ledger._engine import (
@@ -122,9 +123,13 @@ class Database:
 
     @functools.cached_property
     def display_url(self) -> str:
-        """The URL with any password hidden, or the file path for SQLite."""
+        """The URL with any password hidden (its query's too), or the file path for SQLite."""
         path = self.path
-        return str(path) if path is not None else make_url(self.url).render_as_string()
+        if path is not None:
+            return str(path)
+        url = make_url(self.url)
+        hidden = {key: "***" for key in url.query if key.lower() in SECRET_QUERY}
+        return url.update_query_dict(hidden).render_as_string()
 
     @property
     def path(self) -> Path | None:

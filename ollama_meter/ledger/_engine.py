@@ -24,6 +24,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from ollama_meter._paths import default_data_dir, sqlite_url_problem
+from ollama_meter._urls import hide_password
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
 from ollama_meter.ledger._migrate import numbered_as_ours
@@ -95,6 +96,24 @@ def file_id(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return found.st_dev, found.st_ino
+
+
+def make_private(path: Path) -> None:
+    """Make the ledger file at ``path`` if there is none, for its owner (and its group where the
+    umask lets the group write: a team folder's umask 002, a WAL ledger being shared by writing
+    it), never for every user of the machine; SQLite made it 0644 under the usual umask 022,
+    and it holds everyone's spend and, with content capture on, every prompt and reply.
+    Its ``-wal`` and ``-shm`` files take its mode from SQLite. A file that is there, or one
+    that cannot be made here, is left to SQLite as it was (it says what is wrong)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o660)
+    except OSError:
+        return
+    try:
+        if not os.fstat(fd).st_mode & stat.S_IWGRP:  # the umask keeps the group from writing
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 _SMALLEST_DATABASE = 512
@@ -220,7 +239,8 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise LedgerError(f"OMETER_DB_URL {str(url)!r} is not a database URL") from exc
+        said = hide_password(str(url))  # the Python API's URL, not checked by Settings
+        raise LedgerError(f"OMETER_DB_URL {said!r} is not a database URL") from exc
     backend = parsed.get_backend_name()
     if problem := sqlite_url_problem(backend, parsed.database, bool(parsed.query)):
         raise LedgerError(
@@ -275,6 +295,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         )
         raise LedgerError(f"no database driver for {parsed.drivername!r}.{hint}") from exc
     if path is not None:
+        event.listen(engine, "do_connect", lambda *_: make_private(path))
         event.listen(engine, "connect", _sqlite_connector(millis, path))
         event.listen(engine, "begin", _sqlite_begin)
     if bounded:

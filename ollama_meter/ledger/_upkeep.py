@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -275,7 +276,9 @@ def backup(
     try:
         # Made here, so a folder that is not there says so (SQLite would say only
         # "unable to open database file", which reads as if the ledger could not be).
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        # Its owner's until whole, then as private as the ledger it copies: made 0644 under
+        # the usual umask, a copy of a ledger kept from other users was readable by all.
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         # A URI of the path percent-encoded: a ledger in a folder named "a#b" was "a" to
         # SQLite (the "#" begins a URI's fragment, the mode with it), which made it empty.
         # Read-write, never created: the last connection to close a WAL ledger (this one,
@@ -290,6 +293,7 @@ def backup(
         finally:
             dst.close()
             src.close()
+        partial.chmod(stat.S_IMODE(source.stat().st_mode) & 0o666)
         partial.replace(target)
     except (OSError, sqlite3.Error) as exc:
         _discard_copy(partial)
@@ -376,8 +380,11 @@ def pg_dump_command(ledger: Ledger, target: Path) -> str:
 
     from sqlalchemy.engine import URL, make_url
 
+    from ollama_meter._urls import SECRET_QUERY
+
     url = make_url(ledger.url)
+    query = {key: value for key, value in url.query.items() if key.lower() not in SECRET_QUERY}
     plain = URL.create(
-        "postgresql", url.username, None, url.host, url.port, url.database, url.query
+        "postgresql", url.username, None, url.host, url.port, url.database, query
     ).render_as_string(hide_password=False)
     return shlex.join(["pg_dump", "--format=custom", "--file", str(target), plain])

@@ -227,3 +227,35 @@ def test_a_prune_while_the_rollups_are_cut_again_in_a_new_zone_waits_for_it(
     )
     assert ledger.pruned_before() is None and ledger.count() == 120
     assert _tables(ledger) == kept
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://ometer@127.0.0.1:1/ometer?password=Pw0sECRET",
+        "postgresql+psycopg://ometer@127.0.0.1:1/ometer?sslmode=require&sslpassword=Pw0sECRET",
+        "postgresql+psycopg://ometer:Pw0sECRET@127.0.0.1:1/ometer?password=Pw0sECRET",
+        "postgresql+psycopg://ometer@127.0.0.1:1/ometer?Password=Pw0sECRET&password=",
+    ],
+)
+def test_a_database_password_given_in_the_urls_query_is_never_shown(cli: Any, url: str) -> None:
+    """libpq takes ``?password=`` (and a client key's ``?sslpassword=``) as it takes the URL's
+    ``user:password@``; the password in the query was shown whole wherever the ledger is named:
+    the gateway's start-up line, `db path`, every error, and the `pg_dump` command `db backup`
+    prints (which needs none: PGPASSWORD or ~/.pgpass)."""
+    for args in (("db", "path"), ("db", "backup", "/nowhere/copy.db")):
+        done = cli(*args, "--db", url)
+        assert "Pw0sECRET" not in done.stdout + done.stderr, args
+        assert "127.0.0.1:1/ometer" in done.stdout + done.stderr, args
+    bad_port = url.replace(":1/", ":99999/")
+    done = cli("db", "path", "--db", bad_port)
+    assert done.code == 2 and "is not a database URL" in done.stderr
+    assert "Pw0sECRET" not in done.stderr
+
+
+def test_a_url_the_python_api_gives_that_is_none_is_refused_without_its_password() -> None:
+    """Settings hide it; a URL given to Ledger() directly was echoed whole."""
+    with pytest.raises(LedgerError) as refused:
+        Ledger("postgres ql://ometer:Pw0sECRET@db/ometer?password=Pw0sECRET")
+    assert "Pw0sECRET" not in str(refused.value)
+    assert "is not a database URL" in str(refused.value)

@@ -242,7 +242,8 @@ def test_headers_are_an_error_line_naming_them_or_sent_without_a_word(
         (
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
             "Authorization: Bearer x",
-            "OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'Authorization: Bearer x' is not name=value; "
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS: 'Authorization' is written name: value, not "
+            "name=value; "
             "give comma-separated pairs such as Authorization=Bearer%20TOKEN (values URL-encoded)",
         ),
     ],

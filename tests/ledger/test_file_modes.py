@@ -1,0 +1,79 @@
+"""Who may read a SQLite ledger ometer makes, and its backups: never every user of the machine.
+
+The ledger holds everyone's spend and, with content capture on, every prompt and reply; the
+spool and journal beside it were already 0600 whatever the umask (``test_spool_files.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollama_meter.ledger import Ledger, backup
+from tests.factories import make_span
+
+UMASKS = st.sampled_from([0o000, 0o002, 0o007, 0o022, 0o027, 0o077])
+
+
+@contextmanager
+def umask_of(mask: int) -> Iterator[None]:
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def modes(*paths: Path) -> dict[str, str]:
+    return {p.name: oct(p.stat().st_mode & 0o777) for p in paths if p.exists()}
+
+
+def expected(mask: int) -> str:
+    """Its owner's; its group's too where the umask lets the group write (a team folder,
+    umask 002: a WAL ledger is shared by writing it); never anyone else's."""
+    return oct(0o660 & ~mask if not mask & 0o020 else 0o600)
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(mask=UMASKS)
+def test_a_new_ledger_and_its_wal_are_never_readable_by_every_user(
+    tmp_path: Path, mask: int
+) -> None:
+    """Made 0644 under the usual umask 022: any user of the machine read every department's
+    spend and, with OMETER_CAPTURE_CONTENT, every prompt and reply, while the spool and
+    journal beside it were 0600."""
+    path = tmp_path / uuid.uuid4().hex / "ledger.db"
+    with umask_of(mask):
+        ledger = Ledger(f"sqlite:///{path}")
+        ledger.record([make_span()])
+    files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+    try:
+        assert modes(*files) == {p.name: expected(mask) for p in files if p.exists()}
+        assert path.name in modes(*files)
+    finally:
+        ledger.dispose()
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(mask=UMASKS)
+def test_a_backup_is_as_private_as_the_ledger_it_copies(tmp_path: Path, mask: int) -> None:
+    """The copy was made 0644 under umask 022 whatever the ledger's own mode (0600 kept
+    from other users, the copy beside it readable by all)."""
+    folder = tmp_path / uuid.uuid4().hex
+    path = folder / "ledger.db"
+    ledger = Ledger(f"sqlite:///{path}")
+    ledger.record([make_span()])
+    path.chmod(0o600)
+    with umask_of(mask):
+        backup(ledger, folder / "copy.db")
+    ledger.dispose()
+    assert modes(folder / "copy.db") == {"copy.db": oct(0o600)}
