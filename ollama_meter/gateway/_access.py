@@ -285,8 +285,9 @@ class Access:
             )
         return key
 
-    async def admin_only(self, request: Request, *, in_query: bool = False) -> None:
-        """The admin token when one is set; else a key when keys are required.
+    async def admin_only(self, request: Request, *, in_query: bool = False) -> ApiKey | None:
+        """The admin token when one is set; else a key when keys are required: that key, which
+        the gateway's own pages show only its own tenant and department.
 
         ``in_query``: the dashboard and ``/api/dash`` also take ``?token=`` (links in a browser);
         a route forwarded to Ollama never does, or the token would travel on in the URL.
@@ -298,7 +299,8 @@ class Access:
                 how = "Authorization: Bearer <token>" + (" or ?token=" if in_query else "")
                 raise self._refused(request, f"this needs the admin token: {how}")
         elif self.options.require_key:
-            await self.required_key(request)
+            return await self.required_key(request)
+        return None
 
 
 class Unauthenticated:

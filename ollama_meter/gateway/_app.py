@@ -38,7 +38,7 @@ from ollama_meter.gateway._access import (
     unrouted,
 )
 from ollama_meter.gateway._attribution import Forbidden, resolve
-from ollama_meter.gateway._dash import NO_STORE, dashboard_routes
+from ollama_meter.gateway._dash import KEY_SCOPE, METRICS_NEED_TOKEN, NO_STORE, dashboard_routes
 from ollama_meter.gateway._drain import Drain, drained
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._hosts import guard
@@ -291,11 +291,17 @@ class Gateway:
         )
 
     async def own_page(self, request: Request, endpoint: Endpoint) -> Response:
-        """The dashboard, ``/api/dash`` and ``/metrics``: behind the admin token (or a key)."""
+        """The dashboard, ``/api/dash`` and ``/metrics``: behind the admin token; or, with keys
+        required and no token, a key, for its own tenant and department's figures only."""
+        path = request.url.path
         try:
-            await self.access.admin_only(request, in_query=request.url.path in TOKEN_IN_QUERY)
+            key = await self.access.admin_only(request, in_query=path in TOKEN_IN_QUERY)
         except Refused as refused:
             return refused.response
+        if key is not None:
+            if path not in TOKEN_IN_QUERY:  # /metrics: every tenant's counters
+                return error_response(wire_of(path), 403, METRICS_NEED_TOKEN)
+            request.scope[KEY_SCOPE] = (key.tenant, key.department)
         response = await endpoint(request)
         body = getattr(response, "body", None)
         if request.url.path == "/metrics" and response.status_code == 200 and type(body) is bytes:

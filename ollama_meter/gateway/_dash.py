@@ -36,14 +36,28 @@ from ollama_meter.reports import (
 
 _PARAMS = ("period", "since", "until", "tenant", "dept", "model")
 _KEPT = (*_PARAMS, "token")
+KEY_SCOPE = "ometer.key_scope"
+"""Where a request's ASGI scope holds the (tenant, department) of the key it came with."""
+METRICS_NEED_TOKEN = (
+    "/metrics counts every tenant's calls, so a key does not open it: start the gateway "
+    "with an admin token (OMETER_ADMIN_TOKEN) and scrape with it as the bearer token"
+)
 
 
-def dash_query(params: Iterable[tuple[str, str]]) -> DashQuery:
+class OutOfScope(OmeterError):
+    """A key asked the dashboard for another tenant's or department's figures (403)."""
+
+
+def dash_query(
+    params: Iterable[tuple[str, str]], scope: tuple[str, str] | None = None
+) -> DashQuery:
     """The dashboard's URL parameters: ``period``, ``since``, ``until``, ``tenant``, ``dept``, ``model``.
 
     ``params`` are the URL's pairs as given. A name the dashboard does not take, or one given
     twice, is a :class:`ValidationError`: answering for one of two periods, or with a filter
     silently dropped (``department=`` for ``dept=``), would show figures nobody asked for.
+    ``scope``: the (tenant, department) of the key that asks, whose figures are all it sees
+    (:class:`OutOfScope` when it names others).
     """
     given: dict[str, str] = {}
     for name, value in params:
@@ -55,13 +69,22 @@ def dash_query(params: Iterable[tuple[str, str]]) -> DashQuery:
         if name in given:
             raise ValidationError(f"the parameter {name!r} is given twice; give it once")
         given[name] = value
+    tenant, department = given.get("tenant") or None, given.get("dept") or None
+    if scope is not None:
+        if tenant not in (None, scope[0]) or department not in (None, scope[1]):
+            raise OutOfScope(
+                f"this key sees its own tenant and department only ({scope[0]}, "
+                f"{scope[1]}); the admin token (OMETER_ADMIN_TOKEN) sees every one"
+            )
+        tenant, department = scope
     return DashQuery(
         period=(given.get("period") or "month").strip().lower(),
         since=given.get("since") or None,
         until=given.get("until") or None,
-        tenant=given.get("tenant") or None,
-        department=given.get("dept") or None,
+        tenant=tenant,
+        department=department,
         model=given.get("model") or None,
+        scope=scope,
     )
 
 
@@ -115,7 +138,8 @@ def dashboard_routes(
 
     async def report(request: Request) -> Dashboard:
         """The dashboard's reports for the URL's query; raises OmeterError for a bad one."""
-        query, meter = dash_query(request.query_params.multi_items()), meter_of(request)
+        scope = request.scope.get(KEY_SCOPE)
+        query, meter = dash_query(request.query_params.multi_items(), scope), meter_of(request)
         hit = recent.get(query)
         if hit is not None and time.monotonic() - hit[0] < DASH_CACHE_SECONDS:
             return hit[1]
@@ -129,10 +153,8 @@ def dashboard_routes(
     async def api_dash(request: Request) -> Response:
         try:
             result = await report(request)
-        except LedgerError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=503)
-        except OmeterError as exc:  # a bad period or filter
-            return JSONResponse({"error": str(exc)}, status_code=400)
+        except OmeterError as exc:  # a bad period or filter (400), or out of the key's scope
+            return JSONResponse({"error": str(exc)}, status_code=_status_of(exc))
         answer = result.to_json()
         if servers_of is not None:
             answer.update(servers_of(request))
@@ -145,7 +167,7 @@ def dashboard_routes(
         try:
             result = await report(request)
         except OmeterError as exc:
-            status = 503 if isinstance(exc, LedgerError) else 400
+            status = _status_of(exc)
             home = Links("/dashboard", {"token": params.get("token", "")}).href()
             page = render_error_page(str(exc), home=home)
             return HTMLResponse(page, status_code=status, headers=headers)
@@ -163,6 +185,11 @@ def dashboard_routes(
         Route("/dashboard", dashboard, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+
+
+def _status_of(exc: OmeterError) -> int:
+    """A report the dashboard could not give: the ledger's fault, the key's, or the query's."""
+    return 503 if isinstance(exc, LedgerError) else 403 if isinstance(exc, OutOfScope) else 400
 
 
 def prometheus_text(meter: Meter, settings: Settings) -> str:

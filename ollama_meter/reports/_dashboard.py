@@ -65,6 +65,8 @@ class DashQuery:
     tenant: str | None = None
     department: str | None = None
     model: str | None = None
+    scope: tuple[str, str] | None = None
+    """The (tenant, department) of the key that asked, which sees only its own; None: all."""
 
     def filters(self) -> Filters:
         return {"tenant": self.tenant, "department": self.department, "model": self.model}
@@ -334,7 +336,8 @@ def dashboard_report(
     previous = previous_window(window, tz=tz, now=now)
     unit = chart_unit(window)
     filters = query.filters()
-    everything = spend_report(ledger, window, ["tenant", "department", "model"], tz=tz)
+    scoped = dict(zip(("tenant", "department"), query.scope, strict=True)) if query.scope else {}
+    everything = spend_report(ledger, window, ["tenant", "department", "model"], tz=tz, **scoped)
     options = {
         name: sorted({row.label(name) for row in everything.rows})
         for name in ("tenant", "department", "model")
@@ -344,6 +347,9 @@ def dashboard_report(
         for status in budget_status(ledger, tz=budget_tz or tz, now=now)
         if query.tenant in (None, status.tenant, "*")
         and (query.department is None or status.budget.department in (None, query.department))
+        # A key's view holds its department's budgets only: a tenant's or everyone's
+        # would show what the other departments spent.
+        and (query.scope is None or query.scope == (status.tenant, status.budget.department))
     ]
     return Dashboard(
         query=query,
