@@ -54,13 +54,16 @@ def note_tenants_summed(
     tenants: dict[tuple[str, ...], set[str]] = {}
     for row in split.rows:
         tenants.setdefault(tuple(row.label(c) for c in named), set()).add(row.label("tenant"))
-    summed = {key: sorted(found) for key, found in sorted(tenants.items()) if len(found) > 1}
+    # A call that names no user has the name "" in no tenant: it is neither shared nor said.
+    summed = {
+        key: sorted(found) for key, found in sorted(tenants.items()) if len(found) > 1 and any(key)
+    }
     if not summed:
         return
     how = f"add tenant to --by (--by {','.join(['tenant', *columns])}) to see each"
 
     def names(key: tuple[str, ...]) -> str:
-        return " and ".join(f"{c} {shown(v)}" for c, v in zip(named, key, strict=True))
+        return " and ".join(f"{c} {shown(v)}" for c, v in zip(named, key, strict=True) if v)
 
     if len(summed) == 1:
         [(key, found)] = summed.items()

@@ -451,6 +451,14 @@ def test_a_report_that_sums_same_named_departments_or_users_of_several_tenants_s
         "note: 2 rows sum several tenants (department 'ops' in a, b, c, d; department 'research' "
         "in acme, globex): add tenant to --by (--by tenant,department,model) to see each"
     ]
+    # The ops calls name no user in four tenants: no user is nobody's name, so it is not "user ''".
+    by_user = cli("report", "--period", "today", "--by", "user", "--format", "csv")
+    assert by_user.stderr.splitlines() == [
+        "note: user 'alice' is in 2 tenants (acme, globex), summed in one row: add tenant to "
+        "--by (--by tenant,user) to see each"
+    ]
+    both = cli("report", "--period", "today", "--by", "department,user", "--format", "csv")
+    assert "department 'ops' in a, b, c, d;" in both.stderr and "''" not in both.stderr
     for apart in (("--by", "tenant,department,user"), ("--tenant", "globex"), ("--by", "model")):
         quiet = cli("report", "--period", "today", "--format", "csv", *apart)
         assert quiet.code == 0 and quiet.stderr == "", (apart, quiet.stderr)
