@@ -135,3 +135,20 @@ def test_a_first_run_warns_of_nothing(cli) -> None:  # type: ignore[no-untyped-d
     demo = cli("demo", "--calls", "3")
     assert demo.code == 0 and default_data_dir().is_dir()
     assert [line for line in demo.stderr.splitlines() if "created the folder" in line] == []
+
+
+def test_the_demos_next_commands_run_as_the_demo_was_run(tmp_path: Path) -> None:
+    """The README's first command runs `.venv/bin/ometer demo` with no venv active: the demo's
+    "explore the demo ledger: ometer log ..." then named a program not on PATH."""
+    from ollama_meter.cli.demo import program_name
+
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    script = venv_bin / "ometer"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    assert program_name(".venv/bin/ometer", path="/usr/bin", cwd=tmp_path) == ".venv/bin/ometer"
+    assert program_name(str(script), path=f"/usr/bin:{venv_bin}", cwd=tmp_path) == "ometer"
+    assert program_name("/some where/ometer", path="", cwd=tmp_path) == "'/some where/ometer'"
+    # Run any other way (python -m ollama_meter, a test runner): the name to type is ometer.
+    assert program_name("-m", path="", cwd=tmp_path) == "ometer"

@@ -244,7 +244,8 @@ def _usage_error(exc: Exception) -> bool:
     if type(exc).__name__ == "NoArgsIsHelpError":
         show()  # a bare command: its help
         return True
-    line = " ".join(str(message()).split())
+    # typer validates through pydantic, whose ValueError text starts "Value error, ".
+    line = " ".join(str(message()).split()).replace(": Value error, ", ": ")
     context = getattr(exc, "ctx", None)
     if context is not None:
         line += f" (see `{context.command_path} --help`)"

@@ -13,19 +13,24 @@ if TYPE_CHECKING:
 
 
 def unmatched(ledger: Ledger, **given: str | None) -> str:
-    """The filters in ``given`` (tenant, department, user, model) that name what no span in
+    """The filters in ``given`` (tenant, department, user, model, status) that name what no span in
     the ledger has, with the names closest to each; "" when every name is known (the filters
     together, or the window, matched nothing)."""
     said = []
     for column, value in given.items():
         if value is None:
             continue
-        known = ledger.names(column)
+        what, known = column, ledger.names(column) if column != "status" else []
+        if column == "status":  # `log --status` takes a status or an error type
+            from ollama_meter.records import Status
+
+            what = "status or error type"
+            known = sorted({s.value for s in Status} | set(ledger.names("error_type")) - {"*"})
         if value in known:
             continue
         close = get_close_matches(value, known, n=3)
         hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-        said.append(f"no span has {column} {shown(value)}{hint}")
+        said.append(f"no span has {what} {shown(value)}{hint}")
     return "; ".join(said)
 
 
@@ -54,13 +59,16 @@ def note_tenants_summed(
     tenants: dict[tuple[str, ...], set[str]] = {}
     for row in split.rows:
         tenants.setdefault(tuple(row.label(c) for c in named), set()).add(row.label("tenant"))
-    summed = {key: sorted(found) for key, found in sorted(tenants.items()) if len(found) > 1}
+    # A call that names no user has the name "" in no tenant: it is neither shared nor said.
+    summed = {
+        key: sorted(found) for key, found in sorted(tenants.items()) if len(found) > 1 and any(key)
+    }
     if not summed:
         return
     how = f"add tenant to --by (--by {','.join(['tenant', *columns])}) to see each"
 
     def names(key: tuple[str, ...]) -> str:
-        return " and ".join(f"{c} {shown(v)}" for c, v in zip(named, key, strict=True))
+        return " and ".join(f"{c} {shown(v)}" for c, v in zip(named, key, strict=True) if v)
 
     if len(summed) == 1:
         [(key, found)] = summed.items()

@@ -1,5 +1,10 @@
 """``ometer demo``: the product working end to end with no Ollama installed."""
 
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -49,12 +54,24 @@ def demo(
     window = window_between(first, None, tz=cfg.tz, now=utc_now())
     result = spend_report(open_ledger(url), window, ["tenant", "department", "model"], tz=cfg.tz)
     out.print(render_table(result, cfg.timezone))
-    flag = f"--db {url}"
+    flag, ometer = f"--db {shlex.quote(url)}", program_name(sys.argv[0], os.environ.get("PATH", ""))
     out.print(
         "\nexplore the demo ledger:\n"
-        f"  ometer log {flag} --limit 10\n"
-        f"  ometer report {flag} --since {first} --by department,day\n"
-        f"  ometer report {flag} --since {first} --by model --format csv\n"
-        f"  ometer pricing list {flag}\n"
-        'then point OLLAMA_HOST at your Ollama and run `ometer chat -m llama3.1:8b "hello"`.'
+        f"  {ometer} log {flag} --limit 10\n"
+        f"  {ometer} report {flag} --since {first} --by department,day\n"
+        f"  {ometer} report {flag} --since {first} --by model --format csv\n"
+        f"  {ometer} pricing list {flag}\n"
+        f'then point OLLAMA_HOST at your Ollama and run `{ometer} chat -m llama3.1:8b "hello"`.'
     )
+
+
+def program_name(invoked: str, path: str, cwd: Path | None = None) -> str:
+    """How to type the ``ometer`` this process is: ``ometer`` when PATH finds it, else the
+    path it was run by (``.venv/bin/ometer``, the README's first command, with no venv active)."""
+    if Path(invoked).name != "ometer":
+        return "ometer"  # python -m ollama_meter, a test runner
+    here = Path(cwd or Path.cwd())
+    found = shutil.which("ometer", path=path)
+    if found and (here / found).resolve() == (here / invoked).resolve():
+        return "ometer"
+    return shlex.quote(invoked)

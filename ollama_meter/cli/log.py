@@ -81,7 +81,9 @@ def log(
         if filtered:
             from ollama_meter.cli._hints import unmatched
 
-            hint = unmatched(ledger, tenant=tenant, department=dept, model=model, user=user)
+            hint = unmatched(
+                ledger, tenant=tenant, department=dept, model=model, user=user, status=status
+            )
             out.print(f"no spans match these filters{f': {hint}' if hint else ''}")
         else:
             out.print("no spans yet; run `ometer chat ...` or `ometer demo`")

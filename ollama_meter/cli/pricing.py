@@ -193,7 +193,7 @@ def import_rules(
         raise PricingError(f"{file}: {exc}") from None
     added = ledger_for(cfg).add_price_rules(rules)
     new = sum(is_new for _, is_new in added)
-    same = f"; {len(added) - new} were already there" if new < len(added) else ""
+    same = f" ({len(added) - new} already there)" if new < len(added) else ""
     out.print(f"imported {new} new rule(s) from {file}{same}")
 
 

@@ -151,7 +151,8 @@ def _shown(text: object) -> str:
 
 def check_amount(value: Decimal, *, what: str, limit: Decimal = MAX_PRICE) -> None:
     """Raise ValueError unless ``value`` is a finite amount in [0, ``limit``] of sane length."""
-    shown = _shown(value)
+    # Named as it is typed ("1e30"), not as Decimal prints it ("1E+30"), which nobody wrote.
+    shown = _shown(str(value).replace("E+", "e").replace("E", "e"))
     if not value.is_finite():
         raise ValueError(f"{what} {shown} is not a finite number")
     if value < 0:

@@ -416,7 +416,11 @@ def test_log_with_filters_that_match_nothing_says_so(
     """'no spans yet; run ometer chat' misled whoever mistyped a filter (--status eror)."""
     assert cli("chat", "-o", "num_predict=1", "hi").code == 0
     result = cli("log", "--status", "eror")
-    assert (result.code, result.stdout) == (0, "no spans match these filters\n")
+    assert (result.code, result.stdout) == (
+        0,
+        "no spans match these filters: no span has status or error type 'eror' "
+        "(did you mean 'error'?)\n",
+    )
     assert cli("log", "--tenant", "nobody").stdout == (
         "no spans match these filters: no span has tenant 'nobody'\n"
     )

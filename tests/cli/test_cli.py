@@ -203,6 +203,9 @@ def test_pricing_commands(cli, db: str, tmp_path: Path) -> None:  # type: ignore
     # Exponents are read, and prices are said back as plain decimals, never "1E+3".
     said = cli("pricing", "set", "e:*", "--input-per-1m", "1e3", "--fee-per-1m", "5E-7").stdout
     assert "input_per_1m 1000, fee_per_1m 0.0000005 USD" in said
+    # ... and an amount refused is named as it was written, not as Decimal prints it ("1E+30").
+    huge = cli("pricing", "set", "e:*", "--gpu-hour", "1e30").stderr
+    assert "--gpu-hour 1e30 is more than the largest allowed" in huge
     assert cli("pricing", "rm", str(rules[0]["id"])).code == 0
     missing = cli("pricing", "rm", "999")
     assert missing.code == 1 and "no price rule with id 999" in missing.stderr
@@ -210,7 +213,7 @@ def test_pricing_commands(cli, db: str, tmp_path: Path) -> None:  # type: ignore
     toml.write_text('[[rule]]\nmodel = "mistral:*"\nper_request = "0.01"\n')
     assert "imported 1 new rule" in cli("pricing", "import", str(toml)).stdout
     again = cli("pricing", "import", str(toml)).stdout
-    assert "imported 0 new rule(s)" in again and "1 were already there" in again
+    assert "imported 0 new rule(s)" in again and "(1 already there)" in again
     toml.write_text("[[rule]]\nmodel = 3\n")
     assert cli("pricing", "import", str(toml)).code == 1
 
@@ -448,6 +451,14 @@ def test_a_report_that_sums_same_named_departments_or_users_of_several_tenants_s
         "note: 2 rows sum several tenants (department 'ops' in a, b, c, d; department 'research' "
         "in acme, globex): add tenant to --by (--by tenant,department,model) to see each"
     ]
+    # The ops calls name no user in four tenants: no user is nobody's name, so it is not "user ''".
+    by_user = cli("report", "--period", "today", "--by", "user", "--format", "csv")
+    assert by_user.stderr.splitlines() == [
+        "note: user 'alice' is in 2 tenants (acme, globex), summed in one row: add tenant to "
+        "--by (--by tenant,user) to see each"
+    ]
+    both = cli("report", "--period", "today", "--by", "department,user", "--format", "csv")
+    assert "department 'ops' in a, b, c, d;" in both.stderr and "''" not in both.stderr
     for apart in (("--by", "tenant,department,user"), ("--tenant", "globex"), ("--by", "model")):
         quiet = cli("report", "--period", "today", "--format", "csv", *apart)
         assert quiet.code == 0 and quiet.stderr == "", (apart, quiet.stderr)

@@ -300,7 +300,11 @@ def test_an_id_no_row_can_have_is_not_found_not_a_crash(
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["report", "--format", "xml"], "'xml' is not one of 'table', 'csv', 'json', 'html'"),
+        (
+            ["report", "--format", "xml"],
+            "'--format' / '-f': 'xml' is not one of 'table', 'csv', 'json', 'html'",
+        ),
+        (["chargeback", "-m", "2026-11", "--idle", "x"], "'--idle': 'x' is not one of 'share'"),
         (["report", "--bogus"], "No such option: --bogus"),
         (["pricing", "rm", "abc"], "Invalid value for 'rule_id'"),
         (["chargeback", "--month", "2026-11", "--gpus", "0"], "Invalid value for '--gpus'"),
