@@ -247,11 +247,11 @@ def test_a_child_delivers_its_own_alerts(tmp_path: Path) -> None:
         return dataclasses.replace(alert, id=alert_id)
 
     dispatcher.dispatch(fired(50))
-    assert dispatcher.flush(5.0) and channel.sent == [50]
+    assert dispatcher.flush(600.0) and channel.sent == [50]
 
     def child() -> list[int]:
         dispatcher.dispatch(fired(90))
-        assert dispatcher.flush(5.0)
+        assert dispatcher.flush(600.0)
         return channel.sent
 
     _, result = forked(child)

@@ -46,7 +46,7 @@ def test_a_webhook_down_for_a_moment_gets_the_alert_without_a_restart(
     dispatcher = AlertDispatcher(ledger, [WebhookChannel(receiver.url)], backoff=0, retry_after=NOW)
     alert = fired(ledger)
     dispatcher.dispatch(alert)
-    assert dispatcher.flush()
+    assert dispatcher.flush(600.0)  # a bound for a hang, not a timing: a starved CI took 15 s
     assert [p["threshold"] for p in receiver.posts] == [90]
     (row,) = ledger.alerts()
     assert (row.delivered, row.attempts, row.deliveries["webhook"]) == (
@@ -65,7 +65,7 @@ def test_a_webhook_that_never_takes_the_alert_is_tried_a_bounded_number_of_times
     alert = fired(ledger)
     with caplog.at_level(logging.WARNING, "ollama_meter.alerts"):
         dispatcher.dispatch(alert)
-        assert dispatcher.flush()
+        assert dispatcher.flush(600.0)  # a bound for a hang, not a timing: a starved CI took 15 s
     assert 10**6 - receiver.fail == MAX_RUNS * TRIES
     (row,) = ledger.alerts()
     assert (row.delivered, row.attempts) == (False, MAX_RUNS)
