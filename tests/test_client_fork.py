@@ -256,3 +256,41 @@ def test_a_child_delivers_its_own_alerts(tmp_path: Path) -> None:
 
     _, result = forked(child)
     assert result() == [50, 90]
+
+
+def test_a_killed_processs_budget_hold_is_given_back_when_its_call_is_recorded(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """``kill -9`` of a process with a call in flight under a hard budget: the next process
+    recorded the call as interrupted, charged, yet the dead process's lease kept holding the
+    call's bound for 15 minutes (``RESERVATION_TTL``), so the call counted twice; near the
+    limit ``ometer chat`` was refused with 'calls in flight hold 8.243000 more ... retry in a
+    few seconds', for a call no longer in flight, and retrying did not help for 15 minutes."""
+    from ollama_meter.budgets import Budget
+    from tests.factories import token_prices
+
+    client = MeteredClient(department="sales", tenant="acme", db_url=sqlite_url)
+    ledger = client.meter.ledger
+    ledger.add_price_rule(token_prices())
+    ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10**9, currency="USD")
+    )
+    emulator.latency = HANG  # the child's call is in flight until it is killed
+    pid, _ = forked(lambda: client.chat(model=MODEL, messages=said("child")).model_dump())
+    while emulator.in_flight == 0:
+        threading.Event().wait(0.01)
+    with ledger.read() as conn:
+        held = conn.exec_driver_sql("SELECT count(*) FROM budget_reservations").scalar()
+    assert held == 1  # the child's lease
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    emulator.latency = 0
+    client.close()
+    close_ledgers()
+
+    with MeteredClient(db_url=sqlite_url) as later:  # the next process that meters calls
+        spans = later.meter.ledger.latest(SpanFilter(), 10)
+        with later.meter.ledger.read() as conn:
+            held = conn.exec_driver_sql("SELECT count(*) FROM budget_reservations").scalar()
+    assert [s.status for s in spans] == ["interrupted"]
+    assert held == 0

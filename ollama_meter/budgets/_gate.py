@@ -193,7 +193,8 @@ class BudgetGate(ThresholdAlerts):
             if refused:
                 self._alert_refused(tenant, department, now)
         keys = tuple(le.key for le in leases)
-        return Reservation(call_id, tuple(k.budget_id for k in keys), keys, estimate.amount)
+        rows = tuple(le.row_id for le in leases)
+        return Reservation(call_id, tuple(k.budget_id for k in keys), keys, estimate.amount, rows)
 
     def _alert_refused(self, tenant: str, department: str, now: datetime) -> None:
         """A call refused: fire the thresholds the settled spend has reached (at most one read

@@ -32,6 +32,9 @@ class Reservation:
     budget_ids: tuple[int, ...]
     keys: tuple[LeaseKey, ...] = ()
     amount: int = 0
+    rows: tuple[str, ...] = ()
+    """The lease rows' ids in the ledger, which the call's journal line notes: were this
+    process killed, whoever records the call frees them (else they held it for the TTL)."""
 
 
 @dataclass(slots=True)

@@ -141,6 +141,13 @@ def put_reservation(conn: Connection, row: dict[str, Any]) -> None:
     conn.execute(insert(_RESERVATIONS).values(**row))
 
 
+def drop_reservations(conn: Connection, lease_ids: Sequence[str]) -> None:
+    """Remove the lease rows ``lease_ids`` (a dead process's: nothing renews them)."""
+    for at in range(0, len(lease_ids), _IDS_A_QUERY):
+        ids = lease_ids[at : at + _IDS_A_QUERY]
+        conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.id.in_(ids)))
+
+
 def add_reservations(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         conn.execute(insert(_RESERVATIONS), list(rows))

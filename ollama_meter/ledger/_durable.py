@@ -30,9 +30,10 @@ from ollama_meter._logging import Throttled
 from ollama_meter._paths import default_data_dir
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _spans
+from ollama_meter.ledger._budgets import drop_reservations
 from ollama_meter.ledger._database import Database, is_content_error
 from ollama_meter.ledger._engine import DEFAULT_WAIT, sqlite_path
-from ollama_meter.ledger._journal import Journal
+from ollama_meter.ledger._journal import Journal, Orphan
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision
 from ollama_meter.ledger._spool import Rejected, Spool
 from ollama_meter.records import DURABLE, SpanRecord, Stored
@@ -137,8 +138,23 @@ class DurableLedger(Database):
         answered before their commit (noted whole in its journal); how many there were."""
         with self.journal.orphans(finals_only=True) as answered:
             if answered:
-                self.record([orphan.span for orphan in answered])
+                self.free_leases(answered, self.record([orphan.span for orphan in answered]))
         return (self._drain() or 0) + len(answered)
+
+    def free_leases(self, orphans: Sequence[Orphan], stored: dict[str, Stored]) -> None:
+        """Remove the budget lease rows the dead processes of ``orphans`` held for them, once
+        their spans are committed (``stored``: what :meth:`record` said): left, each held its
+        call's bound, counted besides its cost in the spend, until it expired (15 minutes).
+        A span still in the spool keeps its hold. Best effort: a row not removed expires."""
+        done = [o for o in orphans if stored.get(o.span.id) == Stored.COMMITTED]
+        if ids := sorted({lease for orphan in done for lease in orphan.leases}):
+            try:
+                with self.write() as conn:
+                    drop_reservations(conn, ids)
+            except LedgerError as exc:
+                log.warning(
+                    "could not free %d budget lease(s) of dead processes: %s", len(ids), exc
+                )
 
     def _drain(self, within: float | None = None) -> int | None:
         """Record the spool (for about ``within`` seconds, at least one file); how many

@@ -64,6 +64,8 @@ class Orphan:
     span: SpanRecord
     input_estimate: int
     final: bool = False
+    leases: tuple[str, ...] = ()
+    """The budget lease rows the call was admitted against (its dead process's)."""
 
 
 class Journal:
@@ -98,9 +100,12 @@ class Journal:
         self._size = 0
         self._torn = False
 
-    def opened(self, span: SpanRecord, input_estimate: int) -> None:
-        """Note a call about to go upstream. Best effort: a failure is logged, never raised."""
-        entry = {"o": span_json(span, _OPEN_FIELDS), "in": input_estimate}
+    def opened(self, span: SpanRecord, input_estimate: int, leases: tuple[str, ...] = ()) -> None:
+        """Note a call about to go upstream, with the budget lease rows that hold its bound.
+        Best effort: a failure is logged, never raised."""
+        entry: dict[str, Any] = {"o": span_json(span, _OPEN_FIELDS), "in": input_estimate}
+        if leases:
+            entry["l"] = list(leases)
         with self._lock:
             self._note(span.id, json.dumps(entry, ensure_ascii=True).encode() + b"\n")
 
@@ -314,13 +319,18 @@ def _open_calls(fd: int) -> tuple[dict[str, Orphan], list[bytes]]:
                 if not isinstance(entry["f"], dict):
                     raise ValueError("not an object")
                 span = span_from_row(entry["f"])
-                opened[span.id] = Orphan(span, span.input_tokens, final=True)
+                was = opened.get(span.id)
+                leases = () if was is None else was.leases
+                opened[span.id] = Orphan(span, span.input_tokens, final=True, leases=leases)
                 continue
             estimate = entry.get("in", 0)
             if type(estimate) is not int:
                 raise ValueError(f"the prompt's estimate {estimate!r} is not a count")
+            leases = entry.get("l", [])
+            if not isinstance(leases, list) or not all(isinstance(i, str) for i in leases):
+                raise ValueError(f"the leases {leases!r} are not row ids")
             span = _opened_span(entry["o"])
-            opened[span.id] = Orphan(span, estimate)
+            opened[span.id] = Orphan(span, estimate, leases=tuple(leases))
         except (ValueError, TypeError, KeyError, RecursionError):
             unreadable.append(line)
     return opened, unreadable

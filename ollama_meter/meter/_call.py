@@ -102,6 +102,11 @@ class MeteredCall:
         self._first_ns: int | None = None
         self._timers: set[asyncio.Timeout] = set()
 
+    @property
+    def leases(self) -> tuple[str, ...]:
+        """The budget lease rows holding the call's bound (for its journal line)."""
+        return () if self.reservation is None else self.reservation.rows
+
     def observe(self, event: Delta | Final) -> None:
         """Take one piece of the answer: a reply delta, or the final usage record."""
         if self._first_ns is None:

@@ -162,7 +162,7 @@ class Meter:
             span.upstream_host = self.upstream.host
         make_storable(span)  # what observers see (telemetry exports it) and the journal keeps
         if self.journal and not opening.queued:
-            self.ledger.journal.opened(span, estimate_tokens(facts.prompt_text))
+            self.ledger.journal.opened(span, estimate_tokens(facts.prompt_text), call.leases)
         stopped = self._notify("on_start", span)
         if stopped is not None:  # Ctrl-C in a hook: the call, admitted and journaled, ends here
             span.upstream_host = NO_HOST  # before it was sent
@@ -174,7 +174,7 @@ class Meter:
         """Journal a call opened ``queued`` as it leaves for Ollama (``span.upstream_host``):
         from here on, were this process killed, the call would be recorded as interrupted."""
         if self.journal:
-            self.ledger.journal.opened(call.span, estimate_tokens(call.prompt_text))
+            self.ledger.journal.opened(call.span, estimate_tokens(call.prompt_text), call.leases)
 
     def _new_span(
         self, operation: str, model: str, stream: bool, who: Attribution, currency: str

@@ -41,7 +41,7 @@ def recover_interrupted(ledger: Ledger, prices: Callable[[], PriceBook]) -> int:
                 interrupted += 1
             spans.append(span)
         if spans:
-            ledger.record(spans)
+            ledger.free_leases(orphans, ledger.record(spans))
     if interrupted:
         log.warning(
             "recorded %d call(s) a dead process left unfinished as interrupted", interrupted
