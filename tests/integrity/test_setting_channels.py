@@ -1,0 +1,91 @@
+"""Every way a setting is given (a variable, a flag, a file a setting or an argument names):
+a value that cannot work is one error line naming it and saying what to do, at start."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollama_meter.config import load_settings
+from ollama_meter.errors import ConfigError
+from ollama_meter.testing import unreachable_url
+from tests.integrity.test_cli_errors import one_error_line
+
+MAX_PRICING_BYTES = 10 * 2**20
+"""The most a pricing file may hold, as the README says."""
+
+
+def _pipe_of(size: int) -> str:
+    """A pipe (as ``<(command)`` gives one) that yields ``size`` bytes of blanks, then ends."""
+    read, write = os.pipe()
+
+    def feed() -> None:
+        chunk = b" " * 65536
+        with os.fdopen(write, "wb") as stream:
+            left = size
+            try:
+                while left > 0:
+                    stream.write(chunk[: min(left, len(chunk))])
+                    left -= len(chunk)
+            except BrokenPipeError:  # the reader had enough
+                pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    return f"/dev/fd/{read}"
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("/proc/self/mem", "cannot be read: Input/output error"),  # a read the system refuses
+        ("pipe", f"more than {MAX_PRICING_BYTES // 2**20} MiB"),
+        ("big.toml", f"more than {MAX_PRICING_BYTES // 2**20} MiB"),
+    ],
+)
+def test_a_pricing_file_that_cannot_be_read_whole_is_one_line(
+    cli: Any, tmp_path: Path, name: str, says: str
+) -> None:
+    """``pricing import`` read its argument with no bound and no care: a read error was
+    "cannot write the output: Input/output error" (EIO) or "unexpected OSError ... a bug"
+    (exit 70), and /dev/zero filled the memory until the kernel killed ometer."""
+    path = name
+    if name == "pipe":
+        path = _pipe_of(MAX_PRICING_BYTES + 1)
+    elif name == "big.toml":
+        with (tmp_path / name).open("wb") as big:
+            big.truncate(MAX_PRICING_BYTES + 1)
+    result = cli("pricing", "import", path)
+    line = one_error_line(result)
+    assert result.code == 1 and says in line and "unexpected" not in line, line
+    assert cli("pricing", "list", "--json").stdout.strip() == "[]"
+
+
+def test_the_pricing_file_setting_has_the_same_bound(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OMETER_PRICING_FILE is read by every command: a file past the bound is one error line
+    naming the setting, before its bytes are read (a 100 MB file took 8 s a command)."""
+    big = tmp_path / "big.toml"
+    with big.open("wb") as file:
+        file.write(b'[[rule]]\nmodel = "m"\nper_request = 1\n')
+        file.truncate(MAX_PRICING_BYTES + 1)  # the rest is NUL: never parsed
+    monkeypatch.setenv("OMETER_PRICING_FILE", str(big))
+    result = cli("report")
+    line = one_error_line(result)
+    assert line.startswith("error: OMETER_PRICING_FILE") and "more than 10 MiB" in line, line
+
+
+def test_a_pipe_is_read_as_a_pricing_file(cli: Any) -> None:
+    """``ometer pricing import <(curl ...)``: a pipe is read to its end, as a file is."""
+    read, write = os.pipe()
+    os.write(write, b'[[rule]]\nmodel = "m"\nper_request = 1\n')
+    os.close(write)
+    result = cli("pricing", "import", f"/dev/fd/{read}")
+    assert "imported 1 new rule" in result.stdout, result.stderr
+
+
