@@ -89,3 +89,16 @@ def test_a_pipe_is_read_as_a_pricing_file(cli: Any) -> None:
     assert "imported 1 new rule" in result.stdout, result.stderr
 
 
+@pytest.mark.parametrize("host", ["", " ", "\t", "127.0.0.1\n", "local host"])
+def test_an_address_to_listen_on_that_is_blank_or_split_is_refused(
+    cli: Any, tmp_path: Path, host: str
+) -> None:
+    """``--host "$HOST"`` with HOST unset listened on every interface of the machine (the
+    socket's empty address is all of them), saying 'listening on  with no key'."""
+    # a ledger refused at once: were the address taken, the error would be this one's
+    folder = f"sqlite:///{tmp_path}/"
+    result = cli("serve", "--host", host, "--port", "0", "--require-key", "--db", folder)
+    line = one_error_line(result)
+    assert result.code == 2 and "--host" in line and "0.0.0.0" in line, line
+
+
