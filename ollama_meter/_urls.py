@@ -30,6 +30,9 @@ def _unprintable(value: str) -> bool:
     return any(c.isspace() or not c.isprintable() for c in value)
 
 
+NO_PORT_0 = "has port 0, which no server listens on; give the port it listens on"
+
+
 def http_url(value: str, example: str, *, secret_path: bool = False) -> str:
     """``value`` stripped if it is an http(s) URL with a host; ValueError saying why not
     (the URL as :func:`shown` says it: an error reaches logs too)."""
@@ -39,10 +42,12 @@ def http_url(value: str, example: str, *, secret_path: bool = False) -> str:
         raise ValueError(f"{said} has a space, line break or control character in it")
     try:
         parts = urlsplit(raw)
-        parts.port  # noqa: B018 - raises for a port that is not one
+        port = parts.port  # raises for a port that is not one
         (parts.hostname or "").encode("idna")
     except (ValueError, UnicodeError):
         raise ValueError(f"{said} is not a URL with a valid host and port") from None
+    if port == 0:
+        raise ValueError(f"{said} {NO_PORT_0}, such as {example}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{said} is not an http(s) URL such as {example}")
     return raw
@@ -126,6 +131,8 @@ def normalize_host(value: str) -> str:
         raise ValueError(f"{value!r} has an invalid port") from exc
     if port is None:
         port = 443 if parts.scheme == "https" else 11434
+    if port == 0:
+        raise ValueError(f"{value!r} {NO_PORT_0}, such as http://127.0.0.1:11434")
     host = parts.hostname
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"

@@ -102,3 +102,44 @@ def test_an_address_to_listen_on_that_is_blank_or_split_is_refused(
     assert result.code == 2 and "--host" in line and "0.0.0.0" in line, line
 
 
+PORTED = [
+    "OLLAMA_HOST",
+    "OMETER_UPSTREAMS",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "LANGFUSE_HOST",
+    "TRACELOOP_BASE_URL",
+    "OMETER_ALERT_WEBHOOK_URL",
+]
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(name=st.sampled_from(PORTED), port=st.integers(min_value=0, max_value=70_000))
+def test_a_url_setting_names_a_port_a_server_can_listen_on(
+    monkeypatch: pytest.MonkeyPatch, name: str, port: int
+) -> None:
+    """Port 0 is no server's: OLLAMA_HOST=http://gpu1:0 was taken, and every call failed
+    with "cannot reach Ollama at http://gpu1:0: is it running?" (an OTLP endpoint's
+    every export, unseen)."""
+    with monkeypatch.context() as env:
+        env.setenv(name, f"http://gpu1:{port}/")
+        if 0 < port < 65536:
+            load_settings(warn=False)
+        else:
+            with pytest.raises(ConfigError, match=f"^{name}: .*port"):
+                load_settings(warn=False)
+
+
+def test_a_flag_with_port_0_is_named_as_typed(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:0")
+    monkeypatch.setenv("OMETER_RETRIES", "0")
+    result = cli("chat", "-m", "m", "hi")
+    line = one_error_line(result)
+    assert result.code == 2 and line.startswith("error: OLLAMA_HOST: ") and "port" in line, line
+    monkeypatch.setenv("OLLAMA_HOST", unreachable_url())
+    with pytest.raises(ConfigError, match="^--upstream: .*port"):
+        load_settings(flags={"upstreams": "--upstream"}, upstreams="http://a:1,http://b:0")
+
+
