@@ -143,3 +143,16 @@ def test_a_flag_with_port_0_is_named_as_typed(cli: Any, monkeypatch: pytest.Monk
         load_settings(flags={"upstreams": "--upstream"}, upstreams="http://a:1,http://b:0")
 
 
+@pytest.mark.parametrize("amount", ["-1", "0", "-0.5"])
+def test_a_budget_limit_that_is_not_above_0_says_so_once(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, amount: str
+) -> None:
+    """-1 was told "must not be negative (a positive amount, or 0)", and 0 then "must be a
+    positive amount, not '0'": advice the next error refused."""
+    result = cli("budget", "set", "sales", "--daily", amount)
+    line = one_error_line(result)
+    assert "or 0" not in line and "more than 0" in line, line
+    monkeypatch.setenv("DEPARTMENT_BUDGETS", f'{{"sales": {{"daily": {amount}}}}}')
+    line = one_error_line(cli("budget", "list"))
+    assert line.startswith("error: DEPARTMENT_BUDGETS: ") and "or 0" not in line, line
+    assert "more than 0" in line, line
