@@ -370,10 +370,16 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
+    @field_validator("pricing_file", mode="before")
+    @classmethod
+    def _blank_pricing_file(cls, value: object) -> object:
+        # Blank is unset, as for every setting: as a Path, "" is "." (the current folder).
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("pricing_file")
     @classmethod
     def _pricing_file(cls, value: Path | None) -> Path | None:
-        if value is None or str(value) == "":
+        if value is None:
             return None
         try:
             if value.is_file():  # False for most errors, but not a name too long

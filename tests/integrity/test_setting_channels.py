@@ -156,3 +156,13 @@ def test_a_budget_limit_that_is_not_above_0_says_so_once(
     line = one_error_line(cli("budget", "list"))
     assert line.startswith("error: DEPARTMENT_BUDGETS: ") and "or 0" not in line, line
     assert "more than 0" in line, line
+
+
+@pytest.mark.parametrize("blank", ["", " "])
+def test_a_blank_pricing_file_setting_is_none_as_other_blank_settings(
+    monkeypatch: pytest.MonkeyPatch, blank: str
+) -> None:
+    """``OMETER_PRICING_FILE=`` (a template's empty line) was "'.' does not exist or is not a
+    file": the empty path is the current folder. Blank is unset, as for OMETER_DB_URL."""
+    monkeypatch.setenv("OMETER_PRICING_FILE", blank)
+    assert load_settings(warn=False).pricing_file is None
