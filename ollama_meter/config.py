@@ -427,9 +427,14 @@ def load_settings(
     try:
         loaded = Settings(**given)
     except ValidationError as exc:
+        from ollama_meter._said import said
+
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
-        message = str(error["msg"]).removeprefix("Value error, ")
+        info = next(
+            (f for n, f in Settings.model_fields.items() if field in (n, f.validation_alias)), None
+        )
+        message = said(error, info) or str(error["msg"]).removeprefix("Value error, ")
         where = (flags or {}).get(field) if field in given else None
         raise ConfigError(f"{where or _env_name(field)}: {message}") from None
     check_alert_email(loaded)

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ollama_meter.config import load_settings
+from ollama_meter._environment import GATEWAY_ENV
+from ollama_meter.config import known_env_names, load_settings
 from ollama_meter.errors import ConfigError
 from ollama_meter.testing import unreachable_url
 from tests.integrity.test_cli_errors import one_error_line
@@ -166,3 +167,83 @@ def test_a_blank_pricing_file_setting_is_none_as_other_blank_settings(
     file": the empty path is the current folder. Blank is unset, as for OMETER_DB_URL."""
     monkeypatch.setenv("OMETER_PRICING_FILE", blank)
     assert load_settings(warn=False).pricing_file is None
+
+
+SETTINGS = sorted(known_env_names() - GATEWAY_ENV)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("OMETER_CAPTURE_CONTENT", "maybe", "'maybe' is not true or false (1/0, yes/no and on/off"),
+        ("OMETER_JOURNAL", "", "'' is not true or false"),
+        ("OMETER_RETRIES", "1.5", "'1.5' is not a whole number from 0 to 10"),
+        ("OMETER_KEEP_DAYS", "0", "'0' is not a whole number from 1 up"),
+        ("OMETER_SMTP_PORT", "70000", "'70000' is not a whole number from 1 to 65,535"),
+        ("OMETER_UPSTREAM_TIMEOUT", "1e400", "'1e400' is not a number above 0 and at most 86,400"),
+        ("OMETER_RETRY_BACKOFF", "-1", "'-1' is not a number from 0 to 3,600"),
+        ("OMETER_LOG_LEVEL", "verbose", "'verbose' is not one of debug, info, warning, error"),
+        ("OMETER_LOG_FORMAT", "JSON", "'JSON' is not one of text, json"),
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_said_with_what_the_setting_takes(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    """Pydantic's own words said neither the value nor what to give: "OMETER_KEEP_DAYS: Input
+    should be greater than or equal to 1", "OMETER_LOG_LEVEL: String should match pattern
+    '(?i)^(debug|info|warning|error|critical)$'"."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(warn=False)
+    assert str(caught.value) == f"{name}: {message}" or str(caught.value).startswith(
+        f"{name}: {message}"
+    )
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(name=st.sampled_from(SETTINGS), value=st.text(max_size=12))
+def test_any_text_for_any_setting_is_taken_or_said_in_ometers_words(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    with monkeypatch.context() as env:
+        if "\x00" in value:  # no environment holds one
+            return
+        env.setenv(name, value)
+        try:
+            load_settings(warn=False)
+        except ConfigError as exc:
+            message = str(exc)
+            assert message.startswith(f"{name}: ") and "\n" not in message, message
+            assert "should" not in message and "unable to" not in message, message
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.sampled_from(["OLLAMA_HOST", "OMETER_UPSTREAMS"]),
+    form=st.sampled_from(
+        [
+            "http://u:{}@h:abc",
+            "ftp://u:{}@h",
+            "http://u:{}@h:0",
+            "http://u:{}@ h",
+            "u:{}@h:1#x=2",
+            "http://u:{}@[::1",
+            "http://u:{}@h:1,http://u:{}@h:1",
+            "https://u:{}@h:99999",
+        ]
+    ),
+    password=st.text(st.characters(min_codepoint=48, max_codepoint=122), min_size=6),
+)
+def test_a_server_url_that_is_refused_never_shows_its_password(
+    monkeypatch: pytest.MonkeyPatch, name: str, form: str, password: str
+) -> None:
+    """OLLAMA_HOST='http://u:s3cret@h:abc' was "'http://u:s3cret@h:abc' has an invalid port",
+    password and all, into cron mail and logs (the other URL settings hide it)."""
+    if any(c in password for c in "@:/?#[]\\") or (name == "OLLAMA_HOST" and "#" in form):
+        return  # (OLLAMA_HOST ignores a fragment, as Ollama does)
+    with monkeypatch.context() as env:
+        env.setenv(name, form.replace("{}", password))
