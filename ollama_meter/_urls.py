@@ -64,6 +64,16 @@ def _said(url: str, *, path: bool) -> str:
     return repr(said) + (" (the rest not shown)" if hidden else "")
 
 
+def without_login(url: str) -> str:
+    """``url`` as given but for each ``user:password@`` (to the last ``@`` before a path): for
+    an error, which reaches cron mail and logs."""
+    return _LOGIN.sub(r"\1", url)
+
+
+_LOGIN = re.compile(r"(^|//)[^/?#]*@")
+"""A URL's ``user:password@``, after its ``//`` (or at the start, with no scheme given)."""
+
+
 def host_name(value: str, *, port_setting: str) -> str:
     """``value`` if it is a host name or an IP address; ValueError saying why not."""
     if ":" in value and value.count(":") == 1:
@@ -115,24 +125,27 @@ def normalize_host(value: str) -> str:
     raw = value.strip()
     if not raw:
         raise ValueError("is empty; expected a URL such as http://127.0.0.1:11434")
+    said = repr(without_login(raw))
     if _unprintable(raw):  # urlsplit drops \t \r \n unseen
         raise ValueError(
-            f"{value!r} has a space, line break or control character in it; expected a URL "
+            f"{said} has a space, line break or control character in it; expected a URL "
             "such as http://127.0.0.1:11434"
         )
     if "://" not in raw:
         raw = "http://" + raw
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL such as http://127.0.0.1:11434")
     try:
+        parts = urlsplit(raw)
         port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{value!r} has an invalid port") from exc
+    except ValueError:  # an unclosed [, a port that is no number or past 65535
+        raise ValueError(
+            f"{said} is not a URL with a valid host and port, such as http://127.0.0.1:11434"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{said} is not an http(s) URL such as http://127.0.0.1:11434")
     if port is None:
         port = 443 if parts.scheme == "https" else 11434
     if port == 0:
-        raise ValueError(f"{value!r} {NO_PORT_0}, such as http://127.0.0.1:11434")
+        raise ValueError(f"{said} {NO_PORT_0}, such as http://127.0.0.1:11434")
     host = parts.hostname
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
@@ -162,13 +175,14 @@ def parse_upstreams(value: str, *, slots: int | None = None) -> tuple[UpstreamSp
         if options:
             name, _, number = options.partition("=")
             number = number.strip()
+            said = repr(without_login(part))
             if name.strip() != "slots" or not (number.isascii() and number.isdigit()):
                 raise ValueError(
-                    f"{part!r}: after # only slots=N is understood, e.g. http://gpu1:11434#slots=4"
+                    f"{said}: after # only slots=N is understood, e.g. http://gpu1:11434#slots=4"
                 )
             own = int(number)
             if not 1 <= own <= MAX_SLOTS:
-                raise ValueError(f"{part!r}: slots must be between 1 and {MAX_SLOTS:,}")
+                raise ValueError(f"{said}: slots must be between 1 and {MAX_SLOTS:,}")
         spec = UpstreamSpec(normalize_host(url), own)
         if any(s.url == spec.url for s in specs):
             raise ValueError(f"{spec.url} is given twice")

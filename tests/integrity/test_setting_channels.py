@@ -247,3 +247,6 @@ def test_a_server_url_that_is_refused_never_shows_its_password(
         return  # (OLLAMA_HOST ignores a fragment, as Ollama does)
     with monkeypatch.context() as env:
         env.setenv(name, form.replace("{}", password))
+        with pytest.raises(ConfigError) as caught:
+            load_settings(warn=False)
+    assert password not in str(caught.value) and str(caught.value).startswith(f"{name}: ")
