@@ -15,6 +15,22 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
 
+def read_bounded(path: Path, *, limit: int, what: str) -> bytes:
+    """The bytes of ``path`` (a file, or a pipe read to its end), if at most ``limit``;
+    ValueError saying why not, in one line. Read with a bound: a device (``/dev/zero``)
+    or a file far too big for ``what`` would fill the memory first."""
+    try:
+        with path.open("rb") as file:
+            content = file.read(limit + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror or exc}") from None
+    if len(content) > limit:
+        raise ValueError(
+            f"holds more than {limit // 2**20} MiB, more than any {what} (is it the right file?)"
+        )
+    return content
+
+
 def discard(path: Path) -> None:
     """Remove the temp file a failed write may have left. Never raises: the removal fails
     for the same reason the write did (a name too long, a file where a folder should be),

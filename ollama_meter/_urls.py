@@ -30,6 +30,9 @@ def _unprintable(value: str) -> bool:
     return any(c.isspace() or not c.isprintable() for c in value)
 
 
+NO_PORT_0 = "has port 0, which no server listens on; give the port it listens on"
+
+
 def http_url(value: str, example: str, *, secret_path: bool = False) -> str:
     """``value`` stripped if it is an http(s) URL with a host; ValueError saying why not
     (the URL as :func:`shown` says it: an error reaches logs too)."""
@@ -39,10 +42,12 @@ def http_url(value: str, example: str, *, secret_path: bool = False) -> str:
         raise ValueError(f"{said} has a space, line break or control character in it")
     try:
         parts = urlsplit(raw)
-        parts.port  # noqa: B018 - raises for a port that is not one
+        port = parts.port  # raises for a port that is not one
         (parts.hostname or "").encode("idna")
     except (ValueError, UnicodeError):
         raise ValueError(f"{said} is not a URL with a valid host and port") from None
+    if port == 0:
+        raise ValueError(f"{said} {NO_PORT_0}, such as {example}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{said} is not an http(s) URL such as {example}")
     return raw
@@ -117,25 +122,30 @@ def normalize_host(value: str) -> str:
     Mirrors how the Ollama CLI reads the variable: scheme defaults to http and
     the port to 11434 (443 for https when no port is given).
     """
-    raw, said = value.strip(), without_login(value)
+    raw = value.strip()
     if not raw:
         raise ValueError("is empty; expected a URL such as http://127.0.0.1:11434")
+    said = repr(without_login(raw))
     if _unprintable(raw):  # urlsplit drops \t \r \n unseen
         raise ValueError(
-            f"{said!r} has a space, line break or control character in it; expected a URL "
+            f"{said} has a space, line break or control character in it; expected a URL "
             "such as http://127.0.0.1:11434"
         )
     if "://" not in raw:
         raw = "http://" + raw
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{said!r} is not an http(s) URL such as http://127.0.0.1:11434")
     try:
+        parts = urlsplit(raw)
         port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{said!r} has an invalid port") from exc
+    except ValueError:  # an unclosed [, a port that is no number or past 65535
+        raise ValueError(
+            f"{said} is not a URL with a valid host and port, such as http://127.0.0.1:11434"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{said} is not an http(s) URL such as http://127.0.0.1:11434")
     if port is None:
         port = 443 if parts.scheme == "https" else 11434
+    if port == 0:
+        raise ValueError(f"{said} {NO_PORT_0}, such as http://127.0.0.1:11434")
     host = parts.hostname
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
@@ -165,16 +175,14 @@ def parse_upstreams(value: str, *, slots: int | None = None) -> tuple[UpstreamSp
         if options:
             name, _, number = options.partition("=")
             number = number.strip()
+            said = repr(without_login(part))
             if name.strip() != "slots" or not (number.isascii() and number.isdigit()):
                 raise ValueError(
-                    f"{without_login(part)!r}: after # only slots=N is understood, "
-                    "e.g. http://gpu1:11434#slots=4"
+                    f"{said}: after # only slots=N is understood, e.g. http://gpu1:11434#slots=4"
                 )
             own = int(number)
             if not 1 <= own <= MAX_SLOTS:
-                raise ValueError(
-                    f"{without_login(part)!r}: slots must be between 1 and {MAX_SLOTS:,}"
-                )
+                raise ValueError(f"{said}: slots must be between 1 and {MAX_SLOTS:,}")
         spec = UpstreamSpec(normalize_host(url), own)
         if any(s.url == spec.url for s in specs):
             raise ValueError(f"{spec.url} is given twice")

@@ -370,10 +370,16 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
+    @field_validator("pricing_file", mode="before")
+    @classmethod
+    def _blank_pricing_file(cls, value: object) -> object:
+        # Blank is unset, as for every setting: as a Path, "" is "." (the current folder).
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("pricing_file")
     @classmethod
     def _pricing_file(cls, value: Path | None) -> Path | None:
-        if value is None or str(value) == "":
+        if value is None:
             return None
         try:
             if value.is_file():  # False for most errors, but not a name too long
@@ -421,9 +427,14 @@ def load_settings(
     try:
         loaded = Settings(**given)
     except ValidationError as exc:
+        from ollama_meter._said import said
+
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
-        message = str(error["msg"]).removeprefix("Value error, ")
+        info = next(
+            (f for n, f in Settings.model_fields.items() if field in (n, f.validation_alias)), None
+        )
+        message = said(error, info) or str(error["msg"]).removeprefix("Value error, ")
         where = (flags or {}).get(field) if field in given else None
         raise ConfigError(f"{where or _env_name(field)}: {message}") from None
     check_alert_email(loaded)

@@ -31,6 +31,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "_lazy",
             "_forks",
             "_runtime",
+            "_said",
             "_urls",
             "_text",
             "errors",

@@ -117,7 +117,11 @@ def test_a_dotenv_line_that_cannot_be_read_is_an_error_not_a_default(
             "/no/such/file.toml",
             "OMETER_PRICING_FILE: '/no/such/file.toml' does not exist",
         ),
-        ("OMETER_UPSTREAM_TIMEOUT", "0", "OMETER_UPSTREAM_TIMEOUT: Input should be greater than 0"),
+        (
+            "OMETER_UPSTREAM_TIMEOUT",
+            "0",
+            "OMETER_UPSTREAM_TIMEOUT: '0' is not a number above 0 and at most 86,400",
+        ),
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "collector",

@@ -177,17 +177,24 @@ def remove_rule(rule_id: RowId, db: DbOption = None) -> None:
 @app.command("import")
 def import_rules(
     file: Annotated[
-        Path, typer.Argument(help="TOML file with [[rule]] tables.", exists=True, dir_okay=False)
+        Path,
+        typer.Argument(
+            help="TOML file with [[rule]] tables (at most 10 MiB), or a pipe: <(command).",
+            exists=True,
+            dir_okay=False,
+        ),
     ],
     db: DbOption = None,
 ) -> None:
     """Add every rule in a TOML file (see README for the format)."""
-    from ollama_meter.pricing import parse_pricing_toml, pricing_text
+    from ollama_meter._paths import read_bounded
+    from ollama_meter.pricing import MAX_PRICING_BYTES, parse_pricing_toml, pricing_text
 
     cfg = settings(db_url=db)
     try:
+        content = read_bounded(file, limit=MAX_PRICING_BYTES, what="pricing file")
         rules = parse_pricing_toml(
-            pricing_text(file.read_bytes(), file), default_currency=cfg.currency, source="cli"
+            pricing_text(content, file), default_currency=cfg.currency, source="cli"
         )
     except ValueError as exc:
         raise PricingError(f"{file}: {exc}") from None

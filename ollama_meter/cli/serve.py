@@ -41,8 +41,31 @@ keys_app = typer.Typer(
 )
 
 
+def _listen_address(value: str) -> str:
+    """``--host`` as given, if it can be an address: blank is refused (``--host "$HOST"`` with
+    HOST unset listened on every interface, the socket's empty address), as is a line break,
+    space or control character (never in an address, and an error only once bound)."""
+    if not value.strip():
+        raise typer.BadParameter(
+            f"{value!r} is no address; give one such as 127.0.0.1, or 0.0.0.0 for every interface"
+        )
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise typer.BadParameter(
+            f"{value!r} has a space, line break or control character; give an address such as "
+            "127.0.0.1, or 0.0.0.0 for every interface"
+        )
+    return value
+
+
 def serve(
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on (0.0.0.0: every interface).",
+            parser=_listen_address,
+        ),
+    ] = "127.0.0.1",
     port: Annotated[
         int,
         typer.Option(

@@ -103,12 +103,13 @@ def ledger_for(settings: Settings) -> Ledger:
 
 def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> bool:
     """Load ``OMETER_PRICING_FILE`` into the ledger when its content changed; True if it did."""
-    from ollama_meter.pricing import parse_pricing_toml, pricing_text
+    from ollama_meter._paths import read_bounded
+    from ollama_meter.pricing import MAX_PRICING_BYTES, parse_pricing_toml, pricing_text
 
     try:  # checked by the settings, but read later: it may be gone or replaced since
-        content = path.read_bytes()
-    except OSError as exc:
-        raise PricingError(f"OMETER_PRICING_FILE {path}: cannot be read: {exc.strerror}") from None
+        content = read_bounded(path, limit=MAX_PRICING_BYTES, what="pricing file")
+    except ValueError as exc:
+        raise PricingError(f"OMETER_PRICING_FILE {path}: {exc}") from None
 
     def rules() -> list[PriceRule]:
         try:

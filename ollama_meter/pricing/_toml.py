@@ -30,6 +30,9 @@ from ollama_meter.periods import parse_day
 from ollama_meter.records import PRICE_FIELDS, PriceRule, known_currency, parse_amount, pattern_key
 from ollama_meter.records._money import TOO_LONG, exact_number
 
+MAX_PRICING_BYTES = 10 * 2**20
+"""The most a pricing file may hold (a rule is a few lines: some 100,000 rules)."""
+
 _KNOWN = {"model", "pattern", "currency", "charge_load", "from", "until", *PRICE_FIELDS}
 
 

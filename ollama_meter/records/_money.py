@@ -110,9 +110,9 @@ def parse_amount(
         raise ValueError(
             f"{what} {_shown(written)} has an exponent no amount has; write it such as 12.50"
         ) from None
+    if positive and value.is_finite() and value <= 0:  # -1 was told "a positive amount, or 0"
+        raise ValueError(f"{what} {_shown(written)} must be more than 0")
     check_amount(value, what=what, limit=limit)
-    if positive and value == 0:
-        raise ValueError(f"{what} must be a positive amount, not {text!r}")
     if places is not None and value != value.quantize(Decimal(1).scaleb(-places)):
         raise ValueError(f"{what} {text} has more than {places} decimal places")
     return value.copy_abs()  # '-0' is 0: never listed as a price of -0

@@ -59,7 +59,7 @@ def test_budget_commands(cli, db: str, emulator: OllamaEmulator) -> None:  # typ
     assert cli("budget", "rm", "4").code == 0
     assert "no budget with id 4" in cli("budget", "rm", "4").stderr
     assert "at least one of --daily" in cli("budget", "set", "x").stderr
-    assert "positive amount" in cli("budget", "set", "x", "--daily", "0").stderr
+    assert "must be more than 0" in cli("budget", "set", "x", "--daily", "0").stderr
     assert (
         "whole percentages"
         in cli("budget", "set", "x", "--daily", "1", "--thresholds", "most").stderr

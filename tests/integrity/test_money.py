@@ -95,7 +95,7 @@ def test_the_most_any_call_can_cost_fits_the_ledger(
         (["pricing", "set", "m", "--per-request", "-1"], "must not be negative"),
         (["pricing", "set", "m", "--per-request", "1", "--currency", "dollars"], "ISO 4217"),
         (["budget", "set", "d", "--monthly", "1e30"], "more than the largest allowed"),
-        (["budget", "set", "d", "--monthly", "0"], "positive amount"),
+        (["budget", "set", "d", "--monthly", "0"], "must be more than 0"),
         (["budget", "set", "d", "--daily", "NaN"], "not a finite number"),
         (["budget", "set", "d", "--daily", "0.0000015"], "more than 6 decimal places"),
         (["chargeback", "--month", "2026-11", "--fixed-cost", "1e30"], "largest allowed"),

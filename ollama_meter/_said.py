@@ -1,0 +1,69 @@
+"""A setting's value refused by its type or bounds, said as a user reads it: the value given
+and what the setting takes (pydantic's own words, "Input should be a valid boolean, unable
+to interpret input", said neither)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic.fields import FieldInfo
+
+_NUMBER_ERRORS = frozenset(
+    {
+        "int_parsing",
+        "int_from_float",
+        "int_type",
+        "float_parsing",
+        "float_type",
+        "finite_number",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "decimal_parsing",
+    }
+)
+_CHOICES = re.compile(r"\^\(([\w|]+)\)\$")
+
+
+def said(error: Any, info: FieldInfo | None) -> str | None:
+    """What is wrong with a value pydantic refused (one of its ``errors()``), or None to
+    keep pydantic's message (an error a validator of ours raised says it already)."""
+    kind, given = error["type"], error.get("input")
+    shown = _shown(given)
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{shown} is not true or false (1/0, yes/no and on/off are read too)"
+    if kind == "string_pattern_mismatch":
+        choices = _CHOICES.search(str(error.get("ctx", {}).get("pattern", "")))
+        if choices:
+            return f"{shown} is not one of {', '.join(choices.group(1).split('|'))}"
+    if kind in _NUMBER_ERRORS and info is not None:
+        return f"{shown} is not {_expected(info)}"
+    return None
+
+
+def _shown(given: object) -> str:
+    text = repr(given) if isinstance(given, str) else str(given)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text):,} characters)"
+
+
+def _expected(info: FieldInfo) -> str:
+    """``a whole number from 1 to 65,535``, ``a number above 0 and at most 3,600``..."""
+    whole = int in (info.annotation, *getattr(info.annotation, "__args__", ()))
+    low = high = ""
+    for bound in info.metadata:
+        if (ge := getattr(bound, "ge", None)) is not None:
+            low = f"from {ge:,}"
+        elif (gt := getattr(bound, "gt", None)) is not None:
+            low = f"from {gt + 1:,}" if whole else f"above {gt:,}"
+        if (le := getattr(bound, "le", None)) is not None:
+            high = f"to {le:,}" if low.startswith("from") else f"at most {le:,}"
+        elif (lt := getattr(bound, "lt", None)) is not None:
+            high = f"to {lt - 1:,}" if whole else f"below {lt:,}"
+    if low.startswith("above") and high:
+        high = "and " + high
+    elif low.startswith("from") and not high:
+        high = "up"
+    kind = "a whole number" if whole else "a number"
+    return " ".join(part for part in (kind, low, high) if part)
