@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -22,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.records import MAX_DURATION_NS
-from tests._raw_http import RawServer
+from tests._raw_http import RawServer, dripping
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
@@ -114,38 +111,6 @@ def test_no_time_ollama_reports_is_longer_than_the_call_the_meter_timed(
     assert span.cost_total <= most
 
 
-class _Drip(BaseHTTPRequestHandler):
-    """Answers 200 and then drips: a byte every 0.1 s (a space, or a blank line) for
-    ``DRIP_S``, then a whole answer, or until the caller leaves."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        path, drop = self.path, self.server.drop  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("content-type", "application/x-ndjson")
-        self.send_header("transfer-encoding", "chunked")
-        self.end_headers()
-        try:
-            for _ in range(int(DRIP_S * 10)):
-                self.wfile.write(b"1\r\n%s\r\n" % drop)
-                self.wfile.flush()
-                time.sleep(0.1)
-            line = json.dumps(final(path, {})).encode() + b"\n"
-            self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(line), line))
-        except OSError:
-            pass  # the gateway gave up on it
-        self.close_connection = True
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-DRIP_S = 8
-"""How long the upstream drips before it answers: well past the gateway's 1 s timeout."""
-
-
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
 @pytest.mark.parametrize("stream", [True, False])
 @pytest.mark.parametrize("drop", [b" ", b"\n"])
@@ -157,9 +122,7 @@ def test_an_upstream_dripping_bytes_that_make_no_item_runs_out_of_time(
     stream's blank lines likewise). An item that does not arrive whole within
     OMETER_UPSTREAM_TIMEOUT is the server's silence: a timeout, 504 or the stream's last
     item, and a timeout span, while the server would still drip for seconds."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
-    server.drop = drop  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = dripping(drop, lambda path: json.dumps(final(path, {})).encode() + b"\n")
     try:
         gw = serve_on(
             f"http://127.0.0.1:{server.server_address[1]}",
