@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class RawServer:
@@ -40,3 +42,41 @@ class RawServer:
                 while len(body) < int(length or 0):
                     body += conn.recv(65536)
                 conn.sendall(self.answer())
+
+
+DRIP_S = 8
+"""How long :func:`dripping` drips before it answers: well past the 1 s timeouts of the tests."""
+
+
+class _Drip(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        drop, answer = self.server.drop, self.server.answer  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("content-type", "application/x-ndjson")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        try:
+            for _ in range(DRIP_S * 10):
+                self.wfile.write(b"1\r\n%s\r\n" % drop)
+                self.wfile.flush()
+                time.sleep(0.1)
+            line = answer(self.path)
+            self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(line), line))
+        except OSError:
+            pass  # the caller gave up on it
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def dripping(drop: bytes, answer: Callable[[str], bytes]) -> ThreadingHTTPServer:
+    """A server that answers 200 and then drips ``drop`` (one byte) every 0.1 s for
+    :data:`DRIP_S`, then ``answer(path)``, or until the caller leaves. Shut it down after."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
+    server.drop, server.answer = drop, answer  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

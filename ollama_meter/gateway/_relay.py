@@ -146,7 +146,7 @@ class _Answered:
             pool.finish(response, completed=False)
             call.answered()  # lost on the way (or too large to take): the work was done
             await self.end(error)
-            return error_response(wire, 502, str(error))
+            return error_response(wire, gateway_status(error), str(error))
         except BaseException as exc:  # the client hung up: Ollama is stopped, the span written
             pool.finish(response, completed=False)
             call.answered()
@@ -201,14 +201,14 @@ class _Answered:
             return frame + separator, False
 
         frames = Frames(separator, host=pool.host)
-        chunks = aiter(pool.chunks(response))
+        batches = aiter(pool.items(response, frames))
         deadline = call.deadline()
         try:
             ended = False
             while not ended:
                 try:
                     async with call.in_time(deadline):  # a silent server runs out of time too
-                        batch = frames.feed(await anext(chunks))
+                        batch = await anext(batches)
                 except StopAsyncIteration:
                     batch, ended = frames.end(), True
                 for frame in batch:

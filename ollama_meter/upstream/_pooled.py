@@ -11,6 +11,7 @@ exception, and metered calls go through the one retry and breaker policy.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from ollama_meter.upstream._classify import (
     retry_after_seconds,
     transport_error,
 )
-from ollama_meter.upstream._frames import MAX_FRAME_BYTES
+from ollama_meter.upstream._frames import MAX_FRAME_BYTES, Frames
 from ollama_meter.upstream._resilience import (
     CallAttempts,
     CircuitBreaker,
@@ -72,6 +73,10 @@ class PooledUpstream(Resilient):
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=timeout
         )
+        self._item_s = timeout
+        """The longest an item of an answer may take to arrive whole (a stream's line or
+        event, a whole answer): a server dripping a byte a second is as silent as one that
+        sends nothing, and held the call, its slot and its caller for as long as it dripped."""
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -200,10 +205,11 @@ class PooledUpstream(Resilient):
         body = bytearray()
         try:
             if declared is None or declared <= limit:
-                async for data in response.content.iter_any():
-                    body += data
-                    if len(body) > limit:
-                        break
+                async with asyncio.timeout(self._item_s):
+                    async for data in response.content.iter_any():
+                        body += data
+                        if len(body) > limit:
+                            break
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._broken(exc) from exc
         if len(body) > limit or (declared or 0) > limit:
@@ -223,10 +229,11 @@ class PooledUpstream(Resilient):
         body = bytearray()
         try:
             if (response.content_length or 0) <= limit:
-                async for data in response.content.iter_any():
-                    body += data
-                    if len(body) > limit:
-                        return bytes(body), False
+                async with asyncio.timeout(self._item_s):
+                    async for data in response.content.iter_any():
+                        body += data
+                        if len(body) > limit:
+                            return bytes(body), False
                 return bytes(body), True
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise self._broken(exc) from exc
@@ -241,6 +248,27 @@ class PooledUpstream(Resilient):
             if left := _unread(response.content):
                 yield left  # what Ollama did send before it broke off is the client's too
             raise self._broken(exc) from exc
+
+    async def items(
+        self, response: aiohttp.ClientResponse, frames: Frames
+    ) -> AsyncIterator[list[bytes]]:
+        """The items ``frames`` cuts the body into, a batch for each piece that arrives; no
+        item whole for the read timeout (bytes that end none, blank lines) is a timeout."""
+        loop = asyncio.get_running_loop()
+        chunks = aiter(self.chunks(response))
+        since = loop.time()
+        while True:
+            try:
+                async with asyncio.timeout_at(since + self._item_s):
+                    data = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise self._broken(exc) from None
+            batch = frames.feed(data)
+            if any(frame.strip() for frame in batch):
+                since = loop.time()
+            yield batch
 
     def _broken(self, exc: BaseException) -> UpstreamError:
         kind = Failure.TIMEOUT if isinstance(exc, TimeoutError) else Failure.BROKEN

@@ -12,13 +12,12 @@ Python API hands back and ``_wire.py`` reads for the meter.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import ollama
@@ -45,6 +44,7 @@ from ollama_meter.upstream._resilience import (
     Waits,
     breaker_for,
 )
+from ollama_meter.upstream._sdk_time import TimeCap, paced, waits as _waits, within as _within
 
 Message = Mapping[str, Any]
 Response = ollama.ChatResponse | ollama.GenerateResponse | ollama.EmbedResponse
@@ -55,63 +55,14 @@ _ANSWERED: ContextVar[bool] = ContextVar("ometer_answered", default=False)
 response hook, so a failure after it is never read as the client refusing the request."""
 
 
-def _heard(_response: httpx.Response) -> None:
+def _heard(response: httpx.Response) -> None:
     _ANSWERED.set(True)
+    paced(response)
 
 
-class TimeCap(Waits, Protocol):
-    """How long a call may still wait for Ollama (a hard budget's time; see MeteredCall), told
-    of its waits between attempts, which are not Ollama's time."""
-
-    def time_left_s(self) -> float | None: ...
-
-    def out_of_time(self) -> UpstreamError: ...
-
-
-_WAIT_AT_MOST: ContextVar[float | None] = ContextVar("ometer_wait_at_most", default=None)
-"""The longest the request sent in this context may wait for each piece of its answer."""
-
-
-def _waits(request: httpx.Request) -> None:
-    """A request hook: the read timeout cut to :data:`_WAIT_AT_MOST`. A whole answer comes
-    at its end, so for it that is the time the call may still run."""
-    most = _WAIT_AT_MOST.get()
-    if most is not None:
-        timeout = dict(request.extensions.get("timeout") or {})
-        read = timeout.get("read")
-        timeout["read"] = most if read is None else min(read, most)
-        request.extensions["timeout"] = timeout
-
-
-def _within(cap: TimeCap | None) -> contextlib.AbstractContextManager[None]:
-    """Requests sent inside wait at most as long as ``cap`` has left; a read timeout that
-    comes once it has none left is the call cut (``cap.out_of_time()``), not Ollama's."""
-    left = None if cap is None else cap.time_left_s()
-    if cap is None or left is None:
-        return _NO_LIMIT
-    if left <= 0:  # a read timeout of 0 is no wait but a non-blocking read: it "cannot reach"
-        raise cap.out_of_time()
-    return _limited(cap, left)
-
-
-_NO_LIMIT: contextlib.nullcontext[None] = contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _limited(cap: TimeCap, left: float) -> Iterator[None]:
-    token = _WAIT_AT_MOST.set(left)
-    try:
-        yield
-    except httpx.ReadTimeout as exc:
-        if cap.time_left_s() != 0:
-            raise
-        raise cap.out_of_time() from exc
-    finally:
-        _WAIT_AT_MOST.reset(token)
-
-
-async def _aheard(_response: httpx.Response) -> None:
+async def _aheard(response: httpx.Response) -> None:
     _ANSWERED.set(True)
+    paced(response)
 
 
 class Upstream(Resilient):
