@@ -52,7 +52,8 @@ _KEEP = frozenset(
 
 
 _MADE: list[tuple[str, str]] = []
-"""(server, database) made for the running test: dropped when it ends."""
+"""(server, database) made for the running test alone (``db_url``): dropped when it ends. A
+module's or a test's own ``_fresh_pg_database`` is not: a module shares its database."""
 
 
 @pytest.fixture(autouse=True)
@@ -143,7 +144,6 @@ def _fresh_pg_database(server: str) -> str:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    _MADE.append((server, name))
     return f"{server}/{name}"
 
 
@@ -156,7 +156,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_server: str | None
         if os.environ.get("OMETER_TEST_REQUIRE_PG"):
             pytest.fail("OMETER_TEST_REQUIRE_PG is set but no PostgreSQL server could be started")
         pytest.skip("no PostgreSQL server available (install postgresql or set OMETER_TEST_PG_URL)")
-    return _fresh_pg_database(pg_server)
+    made = _fresh_pg_database(pg_server)
+    _MADE.append((pg_server, made.rsplit("/", 1)[1]))  # this test's own: dropped when it ends
+    return made
 
 
 @pytest.fixture
