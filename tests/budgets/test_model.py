@@ -45,7 +45,7 @@ def test_department_budgets_from_json() -> None:
         ('{"sales": 5}', "expected an object"),
         ('{"sales": {"yearly": 5}}', "unknown key"),
         ('{"sales": {"soft": true}}', "at least one of daily"),
-        ('{"sales": {"daily": -1}}', "must not be negative"),
+        ('{"sales": {"daily": -1}}', "must be more than 0"),
         ('{"sales": {"daily": "lots"}}', "is not a number"),
         ('{"sales": {"daily": true}}', "must be an amount"),
         ('{"sales": {"daily": 1, "thresholds": "50"}}', "list of whole percentages"),
