@@ -157,7 +157,7 @@ def dashboard_routes(
             return JSONResponse({"error": str(exc)}, status_code=_status_of(exc))
         answer = result.to_json()
         if servers_of is not None:
-            answer.update(servers_of(request))
+            answer.update(for_scope(servers_of(request), request.scope.get(KEY_SCOPE)))
         return JSONResponse(answer, headers=_PAGE_HEADERS)
 
     async def dashboard(request: Request) -> Response:
@@ -185,6 +185,18 @@ def dashboard_routes(
         Route("/dashboard", dashboard, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+
+
+def for_scope(servers: dict[str, Any], scope: tuple[str, str] | None) -> dict[str, Any]:
+    """What ``/api/dash`` says of the servers and the queue, for a key of ``scope``: the calls
+    waiting in all (a figure of the gateway's load), and of those its own department's only,
+    not the other departments' names."""
+    queue = servers.get("queue")
+    if scope is None or not isinstance(queue, dict):
+        return servers
+    own = f"{scope[0]}/{scope[1]}"
+    by_department = {name: n for name, n in queue.get("by_department", {}).items() if name == own}
+    return {**servers, "queue": {**queue, "by_department": by_department}}
 
 
 def _status_of(exc: OmeterError) -> int:

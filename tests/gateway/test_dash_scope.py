@@ -9,8 +9,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, strategies as st
 
 from ollama_meter.budgets import Budget
+from ollama_meter.gateway._dash import for_scope
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
 from tests.gateway.conftest import Gateway
@@ -108,3 +110,27 @@ def test_the_admin_token_still_sees_every_tenant(
         (t, d) for t, d, *_ in WHO
     }
     assert gw.client.get("/metrics", headers={"Authorization": "Bearer t0ken"}).status_code == 200
+
+
+_NAME = st.sampled_from(["acme", "globex", "sales", "legal", "a/b"])
+
+
+@given(
+    waiting=st.dictionaries(st.tuples(_NAME, _NAME).map("/".join), st.integers(1, 9)),
+    scope=st.tuples(_NAME, _NAME),
+)
+def test_the_queue_a_key_sees_names_no_other_department(
+    waiting: dict[str, int], scope: tuple[str, str]
+) -> None:
+    """/api/dash's queue named every department with calls waiting: a key's answer names its own."""
+    servers = {
+        "servers": [{"url": "http://gpu1:11434"}],
+        "queue": {"waiting": 7, "by_department": waiting},
+    }
+    seen = for_scope(servers, scope)
+    own = "/".join(scope)
+    assert seen["queue"] == {
+        "waiting": 7,
+        "by_department": {k: v for k, v in waiting.items() if k == own},
+    }
+    assert seen["servers"] == servers["servers"] and for_scope(servers, None) == servers
