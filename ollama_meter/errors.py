@@ -73,11 +73,16 @@ class BudgetExceeded(OmeterError):
     exit_code = 3
     error_type = "budget_exceeded"
 
-    def __init__(self, message: str, *, budget_id: int, retry_after: int) -> None:
+    def __init__(
+        self, message: str, *, budget_id: int, retry_after: int, narrow: str | None = None
+    ) -> None:
         super().__init__(message)
         self.budget_id = budget_id
         self.retry_after = retry_after
         """Seconds until the period that refused the call ends."""
+        self.narrow = narrow or message
+        """The refusal as one department may read it: a budget that counts other departments
+        too (a tenant's) without their spend, what a key of the gateway is told."""
 
 
 class UpstreamError(OmeterError):

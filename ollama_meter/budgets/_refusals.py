@@ -25,21 +25,32 @@ def refusal(
     lease: Lease, spent: int, held: int, need: int, now: datetime, tz: ZoneInfo
 ) -> BudgetExceeded:
     """Why the call does not fit ``lease``'s budget; ``held`` > 0 means only calls in flight
-    are in the way."""
+    are in the way.
+
+    A budget of no one department (a tenant's, or each tenant's) counts what the tenant's
+    other departments spent: its refusal as one department reads it (``narrow``, what a
+    gateway key is told) says that there is no room, not what was spent."""
     budget, tenant, window = lease.budget, lease.tenant, lease.window
-    head = (
+    named = (
         f"{budget.kind} budget {budget.id} for {budget.scope(tenant)} "
-        f"({PERIOD_ADVERB[budget.period]} {window.label}) refuses the call: spent "
+        f"({PERIOD_ADVERB[budget.period]} {window.label})"
+    )
+    head = (
+        f"{named} refuses the call: spent "
         f"{format_micros(spent)} of {format_micros(budget.limit)} {budget.currency}"
     )
     needs = f"this call may cost up to {format_micros(need)}"
     until_end = _seconds_until(window.end, now)
+    wide = budget.department is None
     if held:
+        tail = f"{needs}, which fits once they settle: retry in a few seconds"
         return BudgetExceeded(
-            f"{head}, and calls in flight hold {format_micros(held)} more; {needs}, which "
-            f"fits once they settle: retry in a few seconds",
+            f"{head}, and calls in flight hold {format_micros(held)} more; {tail}",
             budget_id=budget.id or 0,
             retry_after=min(IN_FLIGHT_RETRY_AFTER, until_end),
+            narrow=f"{named} has no room for the call until calls in flight settle; {tail}"
+            if wide
+            else None,
         )
     resumes = window.end.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
     hint = (
@@ -48,12 +59,16 @@ def refusal(
         if need and spent < budget.limit
         else ""
     )
-    return BudgetExceeded(
-        f"{head}; {needs}{hint}; the next period starts {resumes}"
+    tail = (
+        f"{needs}{hint}; the next period starts {resumes}"
         if need
-        else f"{head}; the next period starts {resumes}",
+        else f"the next period starts {resumes}"
+    )
+    return BudgetExceeded(
+        f"{head}; {tail}",
         budget_id=budget.id or 0,
         retry_after=until_end,
+        narrow=f"{named} has no room for the call; {tail}" if wide else None,
     )
 
 

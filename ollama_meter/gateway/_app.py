@@ -88,7 +88,7 @@ class Gateway:
         self.meter = meter
         self.fleet = fleet
         self.rates = RateLimits()
-        self.relay = Relay(meter, fleet)
+        self.relay = Relay(meter, fleet, keyed=options.require_key)
         self.access = Access(options, meter.ledger)
 
     @classmethod

@@ -238,9 +238,11 @@ class _Answered:
 class Relay:
     """Relays metered calls through ``meter`` to a server of ``fleet``, one slot per call."""
 
-    def __init__(self, meter: Meter, fleet: Fleet) -> None:
+    def __init__(self, meter: Meter, fleet: Fleet, *, keyed: bool = False) -> None:
         self.meter = meter
         self.fleet = fleet
+        self.keyed = keyed
+        """Keys required: a caller is one department, told no other's spend (``narrow``)."""
 
     async def metered(
         self,
@@ -266,7 +268,8 @@ class Relay:
         except BudgetExceeded as refused:
             admission.refund()
             wait = {"Retry-After": str(refused.retry_after), SPAN_HEADER: str(refused.span_id)}
-            return error_response(wire, 429, str(refused), headers=wait, kind=refused.error_type)
+            told = refused.narrow if self.keyed else str(refused)
+            return error_response(wire, 429, told, headers=wait, kind=refused.error_type)
         except LedgerError as unchecked:  # a covering budget unchecked, or nothing can record
             admission.refund()
             named = {SPAN_HEADER: unchecked.span_id} if unchecked.span_id else {}
