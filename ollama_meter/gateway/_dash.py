@@ -189,14 +189,24 @@ def dashboard_routes(
 
 def for_scope(servers: dict[str, Any], scope: tuple[str, str] | None) -> dict[str, Any]:
     """What ``/api/dash`` says of the servers and the queue, for a key of ``scope``: the calls
-    waiting in all (a figure of the gateway's load), and of those its own department's only,
-    not the other departments' names."""
-    queue = servers.get("queue")
-    if scope is None or not isinstance(queue, dict):
+    in flight and waiting in all (figures of the gateway's load right now), and of those
+    waiting its own department's only, not the other departments' names; no server's count
+    of calls served, which counts every tenant's since the start (as ``/metrics`` does)."""
+    if scope is None:
         return servers
-    own = f"{scope[0]}/{scope[1]}"
-    by_department = {name: n for name, n in queue.get("by_department", {}).items() if name == own}
-    return {**servers, "queue": {**queue, "by_department": by_department}}
+    shown = dict(servers)
+    if isinstance(listed := servers.get("servers"), list):
+        shown["servers"] = [
+            {k: v for k, v in server.items() if k != "served"}
+            if isinstance(server, dict)
+            else server
+            for server in listed
+        ]
+    if isinstance(queue := servers.get("queue"), dict):
+        own = f"{scope[0]}/{scope[1]}"
+        waiting = queue.get("by_department", {})
+        shown["queue"] = {**queue, "by_department": {n: c for n, c in waiting.items() if n == own}}
+    return shown
 
 
 def _status_of(exc: OmeterError) -> int:

@@ -134,3 +134,21 @@ def test_the_queue_a_key_sees_names_no_other_department(
         "by_department": {k: v for k, v in waiting.items() if k == own},
     }
     assert seen["servers"] == servers["servers"] and for_scope(servers, None) == servers
+
+
+def test_the_servers_a_key_sees_count_no_other_tenants_calls(
+    scoped: tuple[Gateway, dict[tuple[str, str], str]],
+) -> None:
+    """Each server's ``served`` counted every tenant's calls since the gateway started (what
+    /metrics is closed to a key for): globex's three calls read as 3 to acme's key."""
+    gw, keys = scoped
+    ask = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(3):
+        reply = gw.client.post(
+            "/api/chat", json=ask, headers={"Authorization": f"Bearer {keys['globex', 'legal']}"}
+        )
+        assert reply.status_code == 200
+    seen = gw.client.get("/api/dash", headers={"Authorization": f"Bearer {keys['acme', 'sales']}"})
+    (server,) = seen.json()["servers"]
+    assert "served" not in server, server
+    assert server["state"] == "up" and server["in_flight"] == 0
