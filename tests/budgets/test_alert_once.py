@@ -76,10 +76,10 @@ def test_a_channel_that_took_the_alert_is_not_sent_it_again_after_its_process_di
     later = AlertDispatcher(Ledger(db_url), [webhook, email], backoff=0)
     (pending,) = later.ledger.alerts(undelivered_only=True)
     later.dispatch(pending)
-    assert later.flush()
+    assert later.flush(600.0)
     assert (webhook.got, email.got) == ([alert.id], [alert.id])
     stuck.let_go.set()  # the first process wakes up late: it cannot undo the delivery
-    assert first.flush()
+    assert first.flush(600.0)
     (row,) = later.ledger.alerts()
     assert (row.delivered, row.attempts) == (True, 2)
     assert row.deliveries == {"log": "sent", "webhook": "sent to webhook", "email": "sent to email"}
@@ -96,9 +96,9 @@ def test_a_run_that_read_an_alert_before_another_delivered_part_of_it_sends_only
     later = AlertDispatcher(Ledger(db_url), [webhook, email := Sink("email")], backoff=0)
     (stale,) = later.ledger.alerts(undelivered_only=True)  # read as `later` starts ...
     first.dispatch(alert)  # ... while the process that fired it delivers what it can
-    assert first.flush()
+    assert first.flush(600.0)
     later.dispatch(stale)
-    assert later.flush()
+    assert later.flush(600.0)
     assert (webhook.got, email.got) == ([alert.id], [alert.id])
     (row,) = later.ledger.alerts()
     assert (row.delivered, row.attempts) == (True, 2)

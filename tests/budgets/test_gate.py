@@ -482,7 +482,7 @@ def test_webhook_gets_exactly_one_alert_per_threshold(
     for _ in range(5):
         call(meter)
     assert meter.budgets is not None and meter.budgets.alerts is not None
-    assert meter.budgets.alerts.flush()
+    assert meter.budgets.alerts.flush(600.0)
     assert [p["threshold"] for p in receiver.posts] == [25, 50, 90, 100]
     first = receiver.posts[0]
     assert (
@@ -507,7 +507,7 @@ def test_failing_webhook_is_retried_recorded_and_retried_by_the_next_run(
     meter.budgets.alerts.backoff = 0.01
     budget(meter, CALL_COST * 10, thresholds=(5,))
     assert call(meter).status == "ok"  # the call never waits for the channel
-    assert meter.budgets.alerts.flush()
+    assert meter.budgets.alerts.flush(600.0)
     (row,) = meter.ledger.alerts()
     assert (
         not row.delivered and row.deliveries["webhook"].startswith("failed:") and row.attempts == 1
@@ -515,7 +515,7 @@ def test_failing_webhook_is_retried_recorded_and_retried_by_the_next_run(
     assert row.deliveries["log"] == "sent"
     later = make_meter(db_url, Clock(NOV), alert_webhook_url=receiver.url)  # a later run
     assert later.budgets is not None and later.budgets.alerts is not None
-    assert later.budgets.alerts.flush()
+    assert later.budgets.alerts.flush(600.0)
     (row,) = later.ledger.alerts()
     assert row.delivered and row.attempts == 2
     assert [p["threshold"] for p in receiver.posts] == [5]
@@ -542,7 +542,7 @@ def test_an_alert_given_up_on_says_so_and_budget_status_shows_it(
             gate = runs[-1].budgets
             assert gate is not None and gate.alerts is not None
             gate.alerts.backoff = 0.001
-            assert gate.alerts.flush()
+            assert gate.alerts.flush(600.0)
     (row,) = runs[0].ledger.alerts()
     assert not row.delivered and row.attempts == MAX_RUNS  # the sixth run left it be
     given_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
@@ -571,11 +571,11 @@ def test_an_alert_being_delivered_is_not_sent_again_by_a_process_starting_meanwh
     meter = make_meter(db_url, Clock(NOV), alert_webhook_url=receiver.url)
     budget(meter, CALL_COST * 10, thresholds=(5,))
     call(meter)
-    assert receiver.posted.wait(10)  # on its way, not answered yet
+    assert receiver.posted.wait(600)  # on its way, not answered yet (bounds for a hang)
     others = [make_meter(db_url, Clock(NOV), alert_webhook_url=receiver.url) for _ in range(2)]
     for each in (meter, *others):
         assert each.budgets is not None and each.budgets.alerts is not None
-        assert each.budgets.alerts.flush()
+        assert each.budgets.alerts.flush(600.0)
     assert [p["threshold"] for p in receiver.posts] == [5]
     (row,) = meter.ledger.alerts()
     assert row.delivered and row.attempts == 1

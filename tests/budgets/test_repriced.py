@@ -40,7 +40,7 @@ def test_a_hard_budget_a_reprice_pushed_past_its_thresholds_alerts_when_it_refus
     with pytest.raises(BudgetExceeded):
         call(later)
     assert later.budgets is not None and later.budgets.alerts is not None
-    later.budgets.alerts.flush()
+    later.budgets.alerts.flush(600.0)
     fired = later.ledger.alerts()
     assert [(a.budget_id, a.threshold, a.spent) for a in fired] == [
         (cap.id, 50, 2 * CALL_COST),
