@@ -106,13 +106,14 @@ def email_addresses(value: str, *, one: bool) -> list[str]:
     return items
 
 
-_LOGIN = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@")
-"""A URL's login (``user:password@``), to its authority's last ``@``: a password may hold one."""
+_LOGIN = re.compile(r"(^|//)[^/?#]*@")
+"""A URL's login (``user:password@``), after its ``//`` (or at the start, with no scheme), to
+its authority's last ``@`` (a password may hold one); every one in a value (a list of URLs)."""
 
 
 def without_login(url: str) -> str:
-    """``url`` as given but its login, for an error to show (an Ollama behind a proxy that
-    asks for one is ``http://user:password@host``); the rest is what was mistyped."""
+    """``url`` as given but each login in it, for an error to show (an Ollama behind a proxy
+    that asks for one is ``http://user:password@host``); the rest is what was mistyped."""
     return _LOGIN.sub(r"\1***@", url)
 
 

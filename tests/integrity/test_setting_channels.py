@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter._environment import GATEWAY_ENV
 from ollama_meter.config import known_env_names, load_settings
@@ -238,6 +238,7 @@ def test_any_text_for_any_setting_is_taken_or_said_in_ometers_words(
     ),
     password=st.text(st.characters(min_codepoint=48, max_codepoint=122), min_size=6),
 )
+@example(name="OLLAMA_HOST", form="http://u:{}@h:1,http://u:{}@h:1", password="000000")
 def test_a_server_url_that_is_refused_never_shows_its_password(
     monkeypatch: pytest.MonkeyPatch, name: str, form: str, password: str
 ) -> None:
