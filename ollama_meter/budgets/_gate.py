@@ -356,7 +356,9 @@ class BudgetGate(ThresholdAlerts):
             self._closing.wait(every)
             with self._lock:
                 closed = self._closed and not any(le.in_flight for le in self._leases.values())
-                if closed or not self._leases:
+                # A ledger its owner disposed of (shutdown) is not reopened to renew: the
+                # rows expire as a crash's would.
+                if closed or not self._leases or self.ledger.disposed:
                     self._keeper = None  # the next admission starts another
                     return
                 seen, at = self._seen

@@ -83,6 +83,9 @@ class AlertLog(Protocol):
 class BudgetStore(AlertLog, Protocol):
     """Budgets and their transactions (the ledger is one)."""
 
+    disposed: bool
+    """Its owner closed it (shutdown): nothing in the background opens it again."""
+
     def budgets(self) -> list[Budget]: ...
 
     def budget_transaction(self) -> AbstractContextManager[BudgetWrites]: ...

@@ -61,6 +61,7 @@ class Database:
     def __init__(self, url: str, *, wait: float = DEFAULT_WAIT, retry_delay: float = 0.05) -> None:
         self.url = url
         self.engine = create_ledger_engine(url, wait=wait)
+        self.disposed = False  # its owner closed it: background work on it stops
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._wait = wait
         self._retry_delay = retry_delay
@@ -323,6 +324,7 @@ class Database:
                 raise LedgerError(f"{failure}: {self.explain(exc)}") from exc
 
     def dispose(self) -> None:
+        self.disposed = True
         self.engine.dispose()
 
 

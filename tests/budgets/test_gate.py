@@ -837,6 +837,32 @@ def test_a_gateway_gone_quiet_gives_its_idle_lease_back(db_url: str) -> None:
     _wait_for(lambda: _held(ledger, saved, NOV) == 0, "given back")
 
 
+def test_a_gate_whose_ledger_was_disposed_of_stops_keeping_its_leases(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shutdown disposes of the ledger while a call still holds a lease: the keeper thread
+    ends without opening the ledger again (it logged "renewing ... failed" into whatever
+    ran next, against a database already gone); the row expires as a crash's would."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.budgets import Estimate
+    from ollama_meter.ledger import Ledger
+
+    ledger = Ledger(sqlite_url)
+    ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="month", limit=10_000_000, currency="USD")
+    )
+    gate = BudgetGate(ledger, tz=ZoneInfo("UTC"), reservation_ttl=timedelta(seconds=0.4), ttl=0)
+    estimate = Estimate(1_000_000, "USD")
+    gate.admit(call_id="c", tenant="acme", department="sales", estimate=estimate, now=NOV)
+    keeper = next(t for t in threading.enumerate() if t.name == "ometer-budget-leases")
+    with caplog.at_level("WARNING", logger="ollama_meter"):
+        ledger.dispose()
+        keeper.join(timeout=60)  # a bound for a hang: it ends at its next round, in 0.1 s
+    assert not keeper.is_alive()
+    assert caplog.messages == []
+
+
 def test_a_budget_check_that_fails_unexpectedly_still_leaves_the_calls_span(
     sqlite_url: str, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
