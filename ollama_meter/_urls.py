@@ -211,7 +211,7 @@ _PASSWORD = re.compile(r"(://[^:/@]*:).*@")
 SECRET_QUERY = frozenset({"password", "sslpassword"})
 """Query keys of a database URL that hold a password: libpq takes ``?password=`` as it takes
 ``user:password@``, and ``?sslpassword=`` unlocks the client's key."""
-_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(rf"([?&](?:{'|'.join(sorted(SECRET_QUERY))})=)[^&#]*", re.IGNORECASE)
 
 
 def hide_password(url: str) -> str:

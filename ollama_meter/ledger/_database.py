@@ -29,7 +29,7 @@ from sqlalchemy.exc import (
 )
 
 from ollama_meter._forks import renew_after_fork
-from ollama_meter._urls import SECRET_QUERY
+from ollama_meter._urls import hide_password
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import spooled_meanwhile
 from ollama_meter.ledger._engine import (
@@ -128,9 +128,7 @@ class Database:
         path = self.path
         if path is not None:
             return str(path)
-        url = make_url(self.url)
-        hidden = {key: "***" for key in url.query if key.lower() in SECRET_QUERY}
-        return url.update_query_dict(hidden).render_as_string()
+        return hide_password(make_url(self.url).render_as_string())
 
     @property
     def path(self) -> Path | None:
