@@ -156,7 +156,29 @@ class DurableLedger(Database):
                     "could not free %d budget lease(s) of dead processes: %s", len(ids), exc
                 )
 
-    def _drain(self, within: float | None = None) -> int | None:
+    @property
+    def spooled(self) -> bool:
+        """Whether this process spooled spans that no write has brought in since."""
+        return self._spooled
+
+    def retry_spool(self) -> int | None:
+        """Bring in a slice of what this process spooled, with no span of its own to write.
+
+        Only a write that succeeded drained the spool: a gateway left idle after an outage
+        kept the outage's calls out of the ledger (out of reports on every other host, and
+        their cost held in its budget lease) until its next call, which could be hours or
+        a month end later. Its idle commit thread calls this instead. None while the
+        database still fails (said at DEBUG: each call's spooling says it already).
+        """
+        if not self._spooled:
+            return 0
+        self._spooled = False
+        count = self._drain(self.drain_slice, failed_at=logging.DEBUG)
+        if count is None or self.spool.pending():
+            self._spooled = True
+        return count
+
+    def _drain(self, within: float | None = None, failed_at: int = logging.WARNING) -> int | None:
         """Record the spool (for about ``within`` seconds, at least one file); how many
         spans that was, None when the database failed and the rest stays spooled."""
         if not self.spool.pending():
@@ -165,7 +187,7 @@ class DurableLedger(Database):
         try:
             count = self.spool.drain(self._record_now, self._isolate, until=until)
         except LedgerError as exc:
-            log.warning("spooled spans stay spooled for now: %s", exc)
+            log.log(failed_at, "spooled spans stay spooled for now: %s", exc)
             return None
         log.info("recorded %d spooled span(s) into %s", count, self.display_url)
         return count
