@@ -157,19 +157,23 @@ class DurableLedger(Database):
                 )
 
     @property
-    def spooled(self) -> bool:
-        """Whether this process spooled spans that no write has brought in since."""
-        return self._spooled
+    def kept_aside(self) -> bool:
+        """Whether this process has spans no write has brought in since: spooled, or held in
+        memory (the spool could not be written either)."""
+        return self._spooled or bool(self._held)
 
-    def retry_spool(self) -> int | None:
-        """Bring in a slice of what this process spooled, with no span of its own to write.
+    def bring_in(self) -> int | None:
+        """Write what this process holds in memory, and a slice of what it spooled, with no
+        span of its own to write; how many spooled spans that was, None while it fails.
 
-        Only a write that succeeded drained the spool: a gateway left idle after an outage
-        kept the outage's calls out of the ledger (out of reports on every other host, and
-        their cost held in its budget lease) until its next call, which could be hours or
-        a month end later. Its idle commit thread calls this instead. None while the
-        database still fails (said at DEBUG: each call's spooling says it already).
+        Only a write that succeeded did it: a gateway left idle after an outage kept the
+        outage's calls out of the ledger (out of reports on every other host, and their cost
+        held in its budget lease) until its next call, which could be hours or a month end
+        later. Its idle commit thread calls this instead. A failure is said at DEBUG: each
+        call's spooling said it already.
         """
+        if self._held and not self._write_held():
+            return None
         if not self._spooled:
             return 0
         self._spooled = False
@@ -357,6 +361,7 @@ class DurableLedger(Database):
             try:
                 self.spool.put(spans)
                 durable = [s.id for s in spans]
+                self._spooled = True  # brought in by a later write, or an idle gateway
             except OSError:
                 with self._held_lock:
                     self._held[:0] = spans

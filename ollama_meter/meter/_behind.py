@@ -44,7 +44,8 @@ megabyte each would hold 256 MB until the database took their spans."""
 
 
 SPOOL_RETRY_S = 5.0
-"""Seconds the commit thread waits idle before it brings in what this process spooled."""
+"""Seconds the commit thread waits idle before it brings in what this process spooled (or
+holds in memory: the spool's disk was full too)."""
 
 
 class WriteBehind:
@@ -173,8 +174,8 @@ class WriteBehind:
             with self._turn:
                 idle = False
                 while not self._waiting and not self._stopping and not idle:
-                    # Quiet for a while, with spans in the spool: bring them in now.
-                    idle = not self._turn.wait(SPOOL_RETRY_S) and self._meter.ledger.spooled
+                    # Quiet for a while, with spans spooled or held: bring them in now.
+                    idle = not self._turn.wait(SPOOL_RETRY_S) and self._meter.ledger.kept_aside
                 if idle and not self._waiting and not self._stopping:
                     batch = []
                 elif not self._waiting:
@@ -202,9 +203,9 @@ class WriteBehind:
                     self._turn.notify_all()
 
     def _bring_in(self) -> None:
-        """Record a slice of the spool while no call gives a write to do it."""
+        """Write what waits in memory or the spool while no call gives a write to do it."""
         try:
-            self._meter.ledger.retry_spool()
+            self._meter.ledger.bring_in()
         except Exception as exc:  # the spans stay spooled; the next try or write brings them
             self._meter.failures.failed("bringing in spooled spans", exc)
 
