@@ -128,6 +128,16 @@ class PgCluster:
             capture_output=True,
         )
 
+    def stop_smart(self) -> subprocess.Popen[bytes]:
+        """Begin a smart shutdown (``pg_ctl stop -m smart``, no wait): the server ends once
+        its last session does, and turns every new connection away meanwhile ("the
+        database system is shutting down"). The caller waits for the returned process."""
+        return subprocess.Popen(
+            [*self._prefix, self._pg_ctl, "-D", str(self.data), "-m", "smart", "-w", "stop"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
     def remove(self) -> None:
         self.stop()
         time.sleep(0.1)

@@ -52,9 +52,13 @@ def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[B
     # One aggregate per period (day, week, month) answers every budget of that period:
     # spend per (tenant, department, currency), summed as each budget's scope says.
     spend: dict[str, dict[tuple[str, str, str], int]] = {}
+    # Read before the snapshot's transaction, not inside it: a second connection while one
+    # is held failed on a server with a single connection left for this process ("too many
+    # clients"), and a pool of busy threads each holding one waited for another.
+    budgets = ledger.budgets()
     with ledger.budget_snapshot() as store:
         at = store.clock(now)  # leases live by the ledger's clock, not this host's
-        for budget in ledger.budgets():
+        for budget in budgets:
             assert budget.id is not None
             window = current_period(budget.period, tz=tz, now=now)
             if budget.period not in spend:

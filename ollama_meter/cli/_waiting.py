@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ollama_meter.errors import LedgerError
+from ollama_meter.ledger._deadline import NOTHING_LISTENS, SERVER_CHANGING
 
 if TYPE_CHECKING:
     from ollama_meter.config import Settings
@@ -23,18 +24,10 @@ if TYPE_CHECKING:
 START_WAIT_S = 120.0
 """How long a starting gateway waits for a database server it cannot reach."""
 _UNREACHABLE = (
-    "connection refused",
+    *NOTHING_LISTENS,
+    *SERVER_CHANGING,
     "timeout expired",
-    "the database system is starting up",
-    "the database system is not yet accepting connections",  # replaying WAL (PostgreSQL 14+)
-    "the database system is not accepting connections",  # a standby not yet open to reads
-    "the database system is shutting down",
-    "the database system is in recovery mode",
-    "no route to host",
-    "network is unreachable",
-    "temporary failure in name resolution",
     "server closed the connection unexpectedly",
-    "no such file or directory",  # its Unix socket, before the server makes it
 )
 
 

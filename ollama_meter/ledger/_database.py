@@ -31,7 +31,7 @@ from sqlalchemy.exc import (
 from ollama_meter._forks import renew_after_fork
 from ollama_meter._urls import hide_password
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger._deadline import spooled_meanwhile
+from ollama_meter.ledger._deadline import NOTHING_LISTENS, SERVER_CHANGING, spooled_meanwhile
 from ollama_meter.ledger._engine import (
     DEFAULT_WAIT,
     FILE_ID,
@@ -252,6 +252,16 @@ class Database:
                 f"{text}: the server is at its connection limit (max_connections, or the "
                 "user's CONNECTION LIMIT); each ometer process keeps up to 30, so raise the "
                 f"limit or stop idle clients{meanwhile}"
+            )
+        if not self._sqlite and any(said in lowered for said in SERVER_CHANGING):
+            return (
+                f"{text}: the server is starting, restarting or stopping; run again in a "
+                f"moment{meanwhile}"
+            )
+        if not self._sqlite and any(said in lowered for said in NOTHING_LISTENS):
+            return (
+                f"{text}: no server answers at that address: start it, or correct the host "
+                f"and port in OMETER_DB_URL{meanwhile}"
             )
         if "connection timeout expired" in lowered:  # the driver's connect_timeout
             return (

@@ -172,6 +172,26 @@ WATCHDOG = Watchdog()
 os.register_at_fork(after_in_child=WATCHDOG._after_fork)
 
 
+SERVER_CHANGING = (
+    "the database system is starting up",
+    "the database system is not yet accepting connections",  # replaying WAL (PostgreSQL 14+)
+    "the database system is not accepting connections",  # a standby not yet open to reads
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+)
+"""What a PostgreSQL server that is starting, recovering or stopping answers a connection."""
+
+NOTHING_LISTENS = (
+    "connection refused",
+    "no route to host",
+    "network is unreachable",
+    "temporary failure in name resolution",
+    "no such file or directory",  # its Unix socket: no server made it
+)
+"""What the driver says when no server is there to answer: it was stopped, or the URL
+names the wrong host or port. libpq's words alone said neither, nor what to do."""
+
+
 def bounded_connect(deadline: float) -> Any:
     """A ``psycopg`` connect function whose connections give up on a silent server.
 

@@ -156,7 +156,33 @@ class DurableLedger(Database):
                     "could not free %d budget lease(s) of dead processes: %s", len(ids), exc
                 )
 
-    def _drain(self, within: float | None = None) -> int | None:
+    @property
+    def kept_aside(self) -> bool:
+        """Whether this process has spans no write has brought in since: spooled, or held in
+        memory (the spool could not be written either)."""
+        return self._spooled or bool(self._held)
+
+    def bring_in(self) -> int | None:
+        """Write what this process holds in memory, and a slice of what it spooled, with no
+        span of its own to write; how many spooled spans that was, None while it fails.
+
+        Only a write that succeeded did it: a gateway left idle after an outage kept the
+        outage's calls out of the ledger (out of reports on every other host, and their cost
+        held in its budget lease) until its next call, which could be hours or a month end
+        later. Its idle commit thread calls this instead. A failure is said at DEBUG: each
+        call's spooling said it already.
+        """
+        if self._held and not self._write_held():
+            return None
+        if not self._spooled:
+            return 0
+        self._spooled = False
+        count = self._drain(self.drain_slice, failed_at=logging.DEBUG)
+        if count is None or self.spool.pending():
+            self._spooled = True
+        return count
+
+    def _drain(self, within: float | None = None, failed_at: int = logging.WARNING) -> int | None:
         """Record the spool (for about ``within`` seconds, at least one file); how many
         spans that was, None when the database failed and the rest stays spooled."""
         if not self.spool.pending():
@@ -165,7 +191,7 @@ class DurableLedger(Database):
         try:
             count = self.spool.drain(self._record_now, self._isolate, until=until)
         except LedgerError as exc:
-            log.warning("spooled spans stay spooled for now: %s", exc)
+            log.log(failed_at, "spooled spans stay spooled for now: %s", exc)
             return None
         log.info("recorded %d spooled span(s) into %s", count, self.display_url)
         return count
@@ -335,6 +361,7 @@ class DurableLedger(Database):
             try:
                 self.spool.put(spans)
                 durable = [s.id for s in spans]
+                self._spooled = True  # brought in by a later write, or an idle gateway
             except OSError:
                 with self._held_lock:
                     self._held[:0] = spans

@@ -43,6 +43,11 @@ MOST_BYTES = 64 * 2**20
 megabyte each would hold 256 MB until the database took their spans."""
 
 
+SPOOL_RETRY_S = 5.0
+"""Seconds the commit thread waits idle before it brings in what this process spooled (or
+holds in memory: the spool's disk was full too)."""
+
+
 class WriteBehind:
     """Spans answered and waiting for their commit, and the thread that commits them."""
 
@@ -167,13 +172,21 @@ class WriteBehind:
     def _run(self) -> None:
         while True:
             with self._turn:
-                while not self._waiting and not self._stopping:
-                    self._turn.wait()
-                if not self._waiting:
+                idle = False
+                while not self._waiting and not self._stopping and not idle:
+                    # Quiet for a while, with spans spooled or held: bring them in now.
+                    idle = not self._turn.wait(SPOOL_RETRY_S) and self._meter.ledger.kept_aside
+                if idle and not self._waiting and not self._stopping:
+                    batch = []
+                elif not self._waiting:
                     self._running = False  # under the turn: a later put sees it and starts one
                     return
-                batch, self._waiting = self._waiting, []
-                self._busy = True
+                else:
+                    batch, self._waiting = self._waiting, []
+                    self._busy = True
+            if not batch:
+                self._bring_in()
+                continue
             try:
                 self._commit(batch)
             except Exception:  # the spans are in the journal still: recorded when we end
@@ -188,6 +201,13 @@ class WriteBehind:
                     self._held -= len(batch)
                     self._bytes -= sum(_text(span, call) for span, call in batch)
                     self._turn.notify_all()
+
+    def _bring_in(self) -> None:
+        """Write what waits in memory or the spool while no call gives a write to do it."""
+        try:
+            self._meter.ledger.bring_in()
+        except Exception as exc:  # the spans stay spooled; the next try or write brings them
+            self._meter.failures.failed("bringing in spooled spans", exc)
 
 
 def _text(span: SpanRecord, call: MeteredCall) -> int:

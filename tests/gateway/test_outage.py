@@ -301,3 +301,44 @@ def test_a_database_server_that_refuses_is_no_reason_to_wait(
     with pytest.raises(LedgerError, match="no_such_database"):
         open_when_up(settings(), ledger_for, print, sleep=slept.append)
     assert slept == []
+
+
+def test_an_idle_gateway_brings_in_the_outages_spans_once_the_server_is_back(
+    cluster: PgCluster, app_on: Callable[..., Gateway], emulator: OllamaEmulator
+) -> None:
+    """Only a write that succeeded drained the spool: a gateway that got no call after the
+    outage (a night, a month end) kept the outage's calls out of the ledger, out of every
+    other host's reports, and their cost held in its budget lease, until its next call."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    url = f"{cluster.url}/postgres"
+    _budgets_for_sales_and_legal(url)
+    gw = app_on(emulator.url, url)
+
+    def chat(department: str) -> int:
+        return gw.client.post(
+            "/api/chat",
+            json={"model": "llama3.1:8b", "messages": HI, "stream": False},
+            headers={"X-Ometer-Tenant": "acme", "X-Ometer-Department": department},
+        ).status_code
+
+    assert [chat("sales"), chat("support")] == [200, 200]
+    gw.settle()
+    cluster.stop()
+    assert [chat("sales"), chat("support"), chat("support")] == [200, 200, 200]
+    gw.settle()
+    assert len(gw.meter.ledger.spool.pending()) == 3
+    cluster.start()
+    # Read as another host reads it: not through a ledger of this process (opening one
+    # would bring the spool in itself).
+    elsewhere = create_engine(url, poolclass=NullPool)
+    found: list[str] = []
+    deadline = time.monotonic() + 60  # a wait for the gateway's next try, not a measure
+    while len(found) < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        with elsewhere.connect() as conn:
+            found = list(conn.execute(text("SELECT department FROM spans")).scalars())
+    elsewhere.dispose()
+    assert sorted(found) == ["sales", "sales"] + ["support"] * 3
+    assert gw.meter.ledger.spool.pending() == []

@@ -105,3 +105,27 @@ def test_a_ledger_that_cannot_be_opened_on_a_full_disk_promises_no_spool(
         f"cannot open the ledger at {small_disk / 'ledger.db'}: database or disk is full: "
         "free some disk space"
     )
+
+
+def test_a_gateway_idle_once_the_disk_has_room_writes_what_it_held(
+    small_disk: Path, serve_on: Any, emulator: OllamaEmulator
+) -> None:
+    """The spans held in memory were written by the next call's write only: a gateway that
+    got no call after the disk had room again kept them in memory only, out of the ledger."""
+    gateway = serve_on(emulator.url, f"sqlite:///{small_disk / 'ledger.db'}")
+    assert ask(gateway.url).status_code == 200
+    filler = fill(small_disk)
+    answered = 1
+    for _ in range(400):  # the WAL may hold a few more spans before it needs new blocks
+        reply = ask(gateway.url)
+        if reply.status_code == 503:
+            break
+        answered += 1
+    assert gateway.ledger.held >= 1
+    filler.unlink()
+    deadline = time.monotonic() + 60  # a wait for the gateway's idle try, not a measure
+    while gateway.ledger.held and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert gateway.ledger.held == 0
+    spans = gateway.ledger.latest(SpanFilter(), 1000)
+    assert len(spans) == answered and {s.status for s in spans} == {"ok"}

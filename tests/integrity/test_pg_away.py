@@ -1,0 +1,74 @@
+"""A PostgreSQL ledger server that is not there (stopped, or the URL names no server) or is
+on its way down: a command says so in one line, and what to do about it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from ollama_meter.ledger import Ledger
+from ollama_meter.testing import OllamaEmulator
+from tests._pg import PgCluster
+
+NOBODY = (
+    "Connection refused: no server answers at that address: start it, or correct the host "
+    "and port in OMETER_DB_URL"
+)
+"""libpq's "Connection refused" was all a user was told: not whether the server was
+stopped or the URL wrong, nor what to do."""
+
+
+def _one_line(result: Any) -> str:
+    assert (result.code, result.stdout) == (1, ""), result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return str(lines[0])
+
+
+def test_commands_on_a_stopped_server_say_to_start_it_or_fix_the_url(
+    cli: Any, cluster: PgCluster, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"{cluster.url}/postgres"
+    Ledger(url).dispose()
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    cluster.stop()
+    for command in (["report", "--period", "month"], ["budget", "status"], ["db", "upgrade"]):
+        assert _one_line(cli(*command)).endswith(NOBODY), command
+    # The call is not made: which budgets cover it, and its prices, are in the ledger.
+    assert _one_line(cli("chat", "--dept", "sales", "hello")).endswith(NOBODY)
+    assert emulator.requests_to("/api/chat") == []
+
+
+def test_commands_while_the_server_shuts_down_say_to_run_again_in_a_moment(
+    cli: Any, cluster: PgCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A smart shutdown (``pg_ctl stop -m smart``; a restart that waits for a session)
+    turns every new connection away until the last session ends: its bare "the database
+    system is shutting down" did not say that this passes, or what to do."""
+    url = f"{cluster.url}/postgres"
+    Ledger(url).dispose()
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    lingering = create_engine(url)
+    with lingering.connect() as session:
+        session.execute(text("SELECT 1"))
+        stopping = cluster.stop_smart()
+        try:
+            result = cli("report", "--period", "month")
+            deadline = time.monotonic() + 60  # a wait for pg_ctl's signal, not a measure
+            while result.code == 0 and time.monotonic() < deadline:  # not yet signalled
+                time.sleep(0.05)
+                result = cli("report", "--period", "month")
+            said = _one_line(result)
+        finally:
+            session.close()
+            lingering.dispose()
+            stopping.wait(60)
+    assert said.endswith(
+        "the database system is shutting down: the server is starting, restarting or "
+        "stopping; run again in a moment"
+    ), said
+    cluster.start()
+    assert cli("report", "--period", "month").code == 0
