@@ -307,21 +307,21 @@ def _write_histograms(
     """Add ``rows``' bins to the stored ones. On SQLite (writers take turns) a row with one
     bin counted (every row of one call) adds to that bin alone, not 74 zeros too; on
     PostgreSQL, where concurrent writers lock rows in key order, all go in one statement."""
+    # A delta's bin counts one call each of its spans at most: no 64-bit bound to keep here.
     whole: list[tuple[Any, ...]] = []
     single: dict[int, list[tuple[Any, ...]]] = {}
     if statements.histogram_bin is None:
-        whole = sorted(rows)
+        whole = [key + tuple(rows[key]) for key in sorted(rows)]
     else:
         for key in sorted(rows):
             counts = rows[key]
             if counts.count(0) == SLOTS - 1:  # in C; the one bin found in C too
                 calls = sum(counts)
-                if -MOST <= calls <= MOST:
-                    single.setdefault(counts.index(calls), []).append((*key, calls))
-                    continue
-            whole.append(key)
+                single.setdefault(counts.index(calls), []).append((*key, calls))
+            else:
+                whole.append(key + tuple(counts))
     if whole:
-        run(conn, statements.histogram.sql, _with_values(whole, rows))
+        run(conn, statements.histogram.sql, whole)
     for index, values in sorted(single.items()):
         run(conn, statements.one_bin(conn.dialect, index).sql, values)
 
