@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from sqlalchemy import delete, update
+from sqlalchemy.dialects import sqlite
 
 from ollama_meter.budgets import Budget, budget_status
 from ollama_meter.ledger import Ledger, SpanFilter, _budgets as store
@@ -26,6 +27,7 @@ from ollama_meter.ledger._aggregate import (
 )
 from ollama_meter.ledger._cells import (
     ANYONE,
+    BIN_COLUMNS,
     SLOTS,
     Grain,
     add_intervals,
@@ -52,6 +54,7 @@ from ollama_meter.ledger._rollup import (
 )
 from ollama_meter.ledger._timings import aggregate_histograms, busy_union
 from ollama_meter.ledger._types import from_us, to_us
+from ollama_meter.ledger._upserts import HISTOGRAM_ROW_KEY, Statements, upsert
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.meter import SpanRecord
 from ollama_meter.periods import bucket_bounds, parse_period
@@ -655,6 +658,18 @@ def test_the_histogram_rows_of_a_delta_are_its_calls_bins_added_one_by_one(
         delta.add(span, sign, busy=sign > 0)
     for grains in (tuple(Grain), (Grain.QUARTER, Grain.DAY)):
         assert delta.histogram_rows(grains, zone) == _histograms_of(given_calls, grains, zone)
+
+
+def test_each_bins_upsert_is_the_one_compiled_for_it() -> None:
+    """The one-bin upserts are the first bin's text with its parameter and column moved: the
+    same SQL SQLAlchemy compiles for each bin (compiling all 75 took 0.15 s a process)."""
+    dialect = sqlite.dialect(paramstyle="qmark")
+    statements = Statements(dialect)
+    for index in [*range(SLOTS), 0]:
+        counted = BIN_COLUMNS[index]
+        others = [name for name in BIN_COLUMNS if name != counted]
+        compiled = upsert(dialect, HISTOGRAMS, HISTOGRAM_ROW_KEY, [counted], zeros=others)
+        assert statements.one_bin(dialect, index).sql == compiled.sql
 
 
 def test_cells_follow_the_calendar() -> None:
