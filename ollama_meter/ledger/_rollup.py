@@ -93,14 +93,12 @@ class RollupDelta:
     upsert per distinct key.
     """
 
-    __slots__ = ("busy", "calls", "histograms", "quarter_histograms", "quarters")
+    __slots__ = ("busy", "calls", "histograms", "quarters")
 
     def __init__(self) -> None:
         self.quarters: dict[tuple[Any, ...], list[int]] = {}
-        self.histograms: dict[tuple[Any, ...], int] = {}
-        """(quarter, tenant, department, model, metric, decade, bin) → calls."""
-        self.quarter_histograms: dict[tuple[Any, ...], int] = {}
-        """(quarter, metric, decade, bin) → calls, all calls together."""
+        self.histograms: dict[tuple[Any, ...], dict[tuple[int, int, int], int]] = {}
+        """(quarter, tenant, department, model) → (metric, decade, bin) → calls."""
         self.busy: defaultdict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
         """(minute, host) → busy pieces; a key without pieces: the host served a call then."""
         self.calls: dict[tuple[int, str], int] = {}
@@ -127,12 +125,14 @@ class RollupDelta:
             self.quarters[key] = [sign * v for v in values] if sign != 1 else list(values)
         else:
             self.quarters[key] = [a + sign * b for a, b in zip(current, values, strict=True)]
-        keyed, everyone = self.histograms, self.quarter_histograms
-        for slot in histogram_slots(span):
-            mine = (quarter, tenant, department, model, *slot)
-            keyed[mine] = keyed.get(mine, 0) + sign
-            ours = (quarter, *slot)
-            everyone[ours] = everyone.get(ours, 0) + sign
+        slots = histogram_slots(span)
+        if slots:
+            row = (quarter, tenant, department, model)
+            counted = self.histograms.get(row)
+            if counted is None:
+                counted = self.histograms[row] = {}
+            for slot in slots:
+                counted[slot] = counted.get(slot, 0) + sign
         if busy:
             self._add_busy(span, us)
 
@@ -177,31 +177,33 @@ class RollupDelta:
         and month: the only rows a question about everyone, or per model, reads.
         """
         rows: dict[tuple[Any, ...], list[int]] = {}
-        starts: dict[int, list[tuple[int, int]]] = {}
-        models: dict[tuple[Any, ...], int] = {}
-        for (quarter, _, _, *rest), calls in self.histograms.items():
-            key = (quarter, *rest)  # (quarter, model, metric, decade, bin)
-            models[key] = models.get(key, 0) + calls
-        for table, key_of, grains_here in (
-            (self.quarter_histograms, lambda rest: (*EVERYONE, *rest), grains),
-            (models, lambda rest: (*EACH_MODEL, *rest), grains),
-            (self.histograms, tuple, [g for g in grains if g is not Grain.QUARTER]),
-        ):
-            for (quarter, *rest, index), calls in table.items():
-                if not calls:
-                    continue
-                cells = starts.get(quarter)
-                if cells is None:
-                    cells = starts[quarter] = [
-                        (int(g), floor_cell(g, quarter, zone) // 10**6) for g in Grain
-                    ]
-                named = key_of(rest)
-                for grain in grains_here:
-                    key = (*cells[grain], *named)
-                    counts = rows.get(key)
-                    if counts is None:
-                        counts = rows[key] = [0] * SLOTS
-                    counts[index] += calls
+        starts: dict[int, list[int]] = {}
+        models: dict[tuple[int, str], dict[tuple[int, int, int], int]] = {}
+        keyed_grains = [int(g) for g in grains if g is not Grain.QUARTER]
+        for (quarter, tenant, department, model), slots in self.histograms.items():
+            _add_bins(
+                rows,
+                keyed_grains,
+                _starts(starts, quarter, zone),
+                (tenant, department, model),
+                slots,
+            )
+            summed = models.get(key := (quarter, model))
+            if summed is None:
+                summed = models[key] = {}
+            for slot, calls in slots.items():
+                summed[slot] = summed.get(slot, 0) + calls
+        everyone: dict[int, dict[tuple[int, int, int], int]] = {}
+        levels = [int(g) for g in grains]
+        for (quarter, model), slots in models.items():
+            _add_bins(rows, levels, starts[quarter], (*EACH_MODEL, model), slots)
+            summed = everyone.get(quarter)
+            if summed is None:
+                summed = everyone[quarter] = {}
+            for slot, calls in slots.items():
+                summed[slot] = summed.get(slot, 0) + calls
+        for quarter, slots in everyone.items():
+            _add_bins(rows, levels, starts[quarter], EVERYONE, slots)
         return {key: counts for key, counts in rows.items() if any(counts)}
 
     def write(self, conn: Connection) -> None:
@@ -214,13 +216,42 @@ class RollupDelta:
         zone = ledger_zone(conn)
         cube = self.cube_rows(tuple(Grain), zone)
         if cube:
-            run(conn, statements.cube.sql, [(*key, *within(cube[key])) for key in sorted(cube)])
-            _drop_emptied(conn, [key for key in sorted(cube) if cube[key][_REQUESTS] < 0])
+            keys = sorted(cube)
+            run(conn, statements.cube.sql, _with_values(keys, cube))
+            _drop_emptied(conn, [key for key in keys if cube[key][_REQUESTS] < 0])
         histograms = self.histogram_rows(tuple(Grain), zone)
         if histograms:
             _write_histograms(conn, statements, histograms)
         if self.busy:
             _write_busy(conn, statements, self.busy, self.calls, zone)
+
+
+def _starts(starts: dict[int, list[int]], quarter: int, zone: tzinfo | None) -> list[int]:
+    """The start (s) of the cell of each grain holding ``quarter``, by grain; kept in ``starts``."""
+    cells = starts.get(quarter)
+    if cells is None:
+        cells = starts[quarter] = [floor_cell(g, quarter, zone) // 10**6 for g in Grain]
+    return cells
+
+
+def _add_bins(
+    rows: dict[tuple[Any, ...], list[int]],
+    levels: Sequence[int],
+    starts: Sequence[int],
+    named: tuple[str, str, str],
+    slots: dict[tuple[int, int, int], int],
+) -> None:
+    """Add ``slots``' calls to the histogram rows of ``named`` in the cells ``starts`` of ``levels``."""
+    tenant, department, model = named
+    for (metric, decade, index), calls in slots.items():
+        if not calls:
+            continue
+        for level in levels:
+            key = (level, starts[level], tenant, department, model, metric, decade)
+            counts = rows.get(key)
+            if counts is None:
+                counts = rows[key] = [0] * SLOTS
+            counts[index] += calls
 
 
 _REQUESTS = MEASURES.index("requests")
@@ -260,23 +291,35 @@ def within(values: Sequence[int]) -> Sequence[int]:
     return values if fits else [min(max(v, -MOST), MOST) for v in values]
 
 
+def _with_values(
+    keys: Sequence[tuple[Any, ...]], rows: dict[tuple[Any, ...], list[int]]
+) -> list[tuple[Any, ...]]:
+    """Each of ``keys`` followed by its values, as a 64-bit column takes them (:func:`within`)."""
+    values = [rows[key] for key in keys]
+    if values and min(map(min, values)) >= -MOST and max(map(max, values)) <= MOST:  # in C
+        return list(map(operator.add, keys, map(tuple, values)))
+    return [(*key, *within(counts)) for key, counts in zip(keys, values, strict=True)]
+
+
 def _write_histograms(
     conn: Connection, statements: Statements, rows: dict[tuple[Any, ...], list[int]]
 ) -> None:
     """Add ``rows``' bins to the stored ones. On SQLite (writers take turns) a row with one
     bin counted (every row of one call) adds to that bin alone, not 74 zeros too; on
     PostgreSQL, where concurrent writers lock rows in key order, all go in one statement."""
-    whole: list[Sequence[Any]] = []
+    # A delta's bin counts one call each of its spans at most: no 64-bit bound to keep here.
+    whole: list[tuple[Any, ...]] = []
     single: dict[int, list[tuple[Any, ...]]] = {}
-    one_bin = statements.histogram_bin is not None
-    for key in sorted(rows):
-        counts = rows[key]
-        if one_bin and counts.count(0) == SLOTS - 1:  # in C; the one bin found in C too
-            calls = sum(counts)
-            if -MOST <= calls <= MOST:
+    if statements.histogram_bin is None:
+        whole = [key + tuple(rows[key]) for key in sorted(rows)]
+    else:
+        for key in sorted(rows):
+            counts = rows[key]
+            if counts.count(0) == SLOTS - 1:  # in C; the one bin found in C too
+                calls = sum(counts)
                 single.setdefault(counts.index(calls), []).append((*key, calls))
-                continue
-        whole.append((*key, *within(counts)))
+            else:
+                whole.append(key + tuple(counts))
     if whole:
         run(conn, statements.histogram.sql, whole)
     for index, values in sorted(single.items()):

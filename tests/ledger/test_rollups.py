@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 from sqlalchemy import delete, update
+from sqlalchemy.dialects import sqlite
 
 from ollama_meter.budgets import Budget, budget_status
 from ollama_meter.ledger import Ledger, SpanFilter, _budgets as store
@@ -26,12 +27,15 @@ from ollama_meter.ledger._aggregate import (
 )
 from ollama_meter.ledger._cells import (
     ANYONE,
+    BIN_COLUMNS,
+    SLOTS,
     Grain,
     add_intervals,
     busy_interval,
     duration_bin,
     floor_cell,
     format_intervals,
+    histogram_slots,
     merge_intervals,
     next_cell,
     parse_intervals,
@@ -39,9 +43,18 @@ from ollama_meter.ledger._cells import (
 )
 from ollama_meter.ledger._meta import META
 from ollama_meter.ledger._plan import GROUP_COLUMNS
-from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS, RollupDelta
+from ollama_meter.ledger._rollup import (
+    BUSY,
+    BUSY_CELLS,
+    EACH_MODEL,
+    EVERYONE,
+    HISTOGRAMS,
+    ROLLUPS,
+    RollupDelta,
+)
 from ollama_meter.ledger._timings import aggregate_histograms, busy_union
 from ollama_meter.ledger._types import from_us, to_us
+from ollama_meter.ledger._upserts import HISTOGRAM_ROW_KEY, Statements, upsert
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.meter import SpanRecord
 from ollama_meter.periods import bucket_bounds, parse_period
@@ -582,6 +595,81 @@ def test_days_and_months_of_a_delta_hold_each_quarter_where_its_own_cell_is(
     assert delta.cube_rows(grains, zone) == _folded(
         delta.quarters, grains, zone, lambda k: [k, (*k[:2], ANYONE, *k[3:5], ANYONE, ANYONE)]
     )
+
+
+def _histograms_of(
+    calls: Sequence[tuple[SpanRecord, int]], grains: Sequence[Grain], zone: ZoneInfo
+) -> dict[tuple[Any, ...], list[int]]:
+    """Each call's bins added to each of its rows one at a time: the reference."""
+    out: dict[tuple[Any, ...], list[int]] = {}
+    for span, sign in calls:
+        quarter = floor_cell(Grain.QUARTER, to_us(span.started_at))
+        model = span.response_model or span.request_model
+        for metric, decade, index in histogram_slots(span):
+            for grain in grains:
+                start = floor_cell(grain, quarter, zone) // 10**6
+                names = [EVERYONE, (*EACH_MODEL, model)]
+                if grain is not Grain.QUARTER:
+                    names.append((span.tenant, span.department, model))
+                for named in names:
+                    row = out.setdefault((int(grain), start, *named, metric, decade), [0] * SLOTS)
+                    row[index] += sign
+    return {key: counts for key, counts in out.items() if any(counts)}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    zone=st.sampled_from([*ZONES, ZoneInfo("Africa/Monrovia")]),
+    at=st.sampled_from([datetime(1965, 3, 1, tzinfo=UTC), NOW]),
+    calls=st.lists(
+        st.tuples(
+            st.integers(-3 * 86_400, 3 * 86_400),
+            st.sampled_from([("acme", "sales"), ("acme", "ops"), ("globex", "sales")]),
+            st.sampled_from(["llama3.1:8b", "qwen2.5:7b", "*"]),
+            st.integers(0, 10**12),
+            st.none() | st.integers(0, 10**10),
+            st.integers(0, 500),
+            st.sampled_from([1, 1, -1]),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_the_histogram_rows_of_a_delta_are_its_calls_bins_added_one_by_one(
+    zone: ZoneInfo, at: datetime, calls: list[tuple[int, tuple[str, str], str, int, Any, int, int]]
+) -> None:
+    """Every model's and everyone's rows (quarters, days, months) and each (tenant, department,
+    model)'s (days, months), as a batch writes them: the same bins, whichever way they are summed;
+    a call taken out again leaves no row."""
+    delta = RollupDelta()
+    given_calls = []
+    for seconds, (tenant, department), model, latency, ttft, tokens, sign in calls:
+        span = make_span(
+            started_at=at + timedelta(seconds=seconds),
+            tenant=tenant,
+            department=department,
+            request_model=model,
+            latency_ns=latency,
+            ttft_ns=ttft,
+            total_duration_ns=latency // 2,
+            output_tokens=tokens,
+        )
+        given_calls.append((span, sign))
+        delta.add(span, sign, busy=sign > 0)
+    for grains in (tuple(Grain), (Grain.QUARTER, Grain.DAY)):
+        assert delta.histogram_rows(grains, zone) == _histograms_of(given_calls, grains, zone)
+
+
+def test_each_bins_upsert_is_the_one_compiled_for_it() -> None:
+    """The one-bin upserts are the first bin's text with its parameter and column moved: the
+    same SQL SQLAlchemy compiles for each bin (compiling all 75 took 0.15 s a process)."""
+    dialect = sqlite.dialect(paramstyle="qmark")
+    statements = Statements(dialect)
+    for index in [*range(SLOTS), 0]:
+        counted = BIN_COLUMNS[index]
+        others = [name for name in BIN_COLUMNS if name != counted]
+        compiled = upsert(dialect, HISTOGRAMS, HISTOGRAM_ROW_KEY, [counted], zeros=others)
+        assert statements.one_bin(dialect, index).sql == compiled.sql
 
 
 def test_cells_follow_the_calendar() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -36,6 +37,7 @@ from ollama_meter.ledger import (
     span_to_dict,
 )
 from ollama_meter.ledger._aggregate import raw_spans
+from ollama_meter.ledger._jsonl import GC_YOUNG
 from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS
 from ollama_meter.ledger._types import to_us
 from ollama_meter.meter import SpanRecord, new_span_row_id, reprice
@@ -210,6 +212,26 @@ def test_an_import_stopped_by_ctrl_c_says_what_it_recorded(tmp_path: Path) -> No
         "interrupted",
     ]
     assert Ledger(f"sqlite:///{path}").count() == 0 and out == b""
+
+
+def test_an_import_has_the_collector_look_less_often_and_gives_its_setting_back(
+    sqlite_url: str,
+) -> None:
+    """An import makes hundreds of thousands of objects a batch: the collector's looks at
+    them every 700 took a tenth of its time. During it the young threshold is GC_YOUNG; after
+    it (done, or stopped by a bad line) it is what it was."""
+    before = gc.get_threshold()
+    lines = [json.dumps(span_to_dict(s)).encode() for s in _spans(6)]
+    seen: list[int] = []
+    summary = import_lines(
+        Ledger(sqlite_url), lines, batch=2, progress=lambda _: seen.append(gc.get_threshold()[0])
+    )
+    assert summary.added == 6
+    assert seen == [max(before[0], GC_YOUNG)] * 3
+    assert gc.get_threshold() == before
+    with pytest.raises(ValidationError, match="line 2"):
+        import_lines(Ledger(sqlite_url), [lines[0], b"{nope"])
+    assert gc.get_threshold() == before
 
 
 @pytest.mark.parametrize(
