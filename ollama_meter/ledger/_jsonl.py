@@ -26,6 +26,7 @@ from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._line import CutShort, span_from_line
 from ollama_meter.ledger._meta import pruned_before
+from ollama_meter.ledger._rollup import lock_cells
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger.models import SpanRow
@@ -243,6 +244,10 @@ def _import(
             try:
                 with ledger.write() as conn:
                     fresh = pending
+                    # The rollups' lock before the horizon (PostgreSQL): a prune records its
+                    # horizon holding it alone, so one this read misses waits for the batch
+                    # before it removes a span, and the spans it would remove are still here.
+                    lock_cells(conn)
                     horizon = None if pruned_too else pruned_before(conn)
                     if horizon is not None:
                         cutoff = from_us(horizon)

@@ -1,0 +1,45 @@
+"""`db import` against the commands that move the same spans in other processes: a prune, a
+rebuild, another import. Whatever lands between two of its statements, every span is counted
+once and the rollups end as a rebuild from the raw spans gives them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from ollama_meter.ledger import Ledger, import_lines, prune, rebuild, span_to_dict
+from tests.ledger.test_transfer import NOW, _monthly, _spans, _tables
+
+
+def test_an_import_a_prune_lands_in_counts_no_pruned_span_twice(pg_server: str | None) -> None:
+    """On PostgreSQL a batch read the prune horizon before it took the rollups' lock: a prune
+    that recorded its horizon and removed the ledger's old spans meanwhile left the batch
+    adding them back, counted a second time in rollups that already held them."""
+    from tests.conftest import _fresh_pg_database
+
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    url = _fresh_pg_database(pg_server)
+    ledger, pruner = Ledger(url, zone="Europe/Berlin"), Ledger(url, zone="Europe/Berlin")
+    ledger.record(_spans())
+    lines = [json.dumps(span_to_dict(span)).encode() for span in _spans()]
+    kept, bills = _tables(ledger), [_monthly(ledger, m) for m in ("2026-10", "2026-11")]
+    pruned: list[Any] = []
+
+    @event.listens_for(ledger.engine, "before_cursor_execute")
+    def prune_now(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "pg_advisory_xact_lock_shared" in statement and not pruned:
+            pruned.append(prune(pruner, 30, now=NOW))  # another process's, to the end
+
+    summary = import_lines(ledger, lines)
+    assert pruned and pruned[0].removed > 0
+    assert (summary.added, summary.pruned) == (0, pruned[0].removed)
+    assert _tables(ledger) == kept
+    assert [_monthly(ledger, m) for m in ("2026-10", "2026-11")] == bills
+    rebuild(ledger.write, ledger.read)
+    assert _tables(ledger) == kept
+    ledger.dispose()
+    pruner.dispose()
