@@ -136,14 +136,28 @@ def export_command(
         )
 
 
+class _Unreadable(Exception):
+    """The import's input failed to read (a failing disk, an NFS file gone stale, a device)."""
+
+
 def _counted(stream: BinaryIO, advance: Callable[[int], object]) -> Iterator[bytes]:
     """The stream's lines, telling ``advance`` how many bytes went by every megabyte or so
-    (the bar moves as often as the eye can see; per line it cost more than the parsing)."""
+    (the bar moves as often as the eye can see; per line it cost more than the parsing).
+    A read that fails is :class:`_Unreadable`, not an OSError: that would be taken for
+    output that cannot be written, or for a bug."""
     from ollama_meter.ledger import MAX_LINE_BYTES
 
-    read = 0
+    read = lines = 0
     # A line longer than any export's is cut at the limit (and refused), not read whole.
-    for line in iter(functools.partial(stream.readline, MAX_LINE_BYTES + 1), b""):
+    readline = functools.partial(stream.readline, MAX_LINE_BYTES + 1)
+    while True:
+        try:
+            line = readline()
+        except OSError as exc:
+            raise _Unreadable(f"after line {lines:,}: {exc.strerror or exc}") from None
+        if not line:
+            break
+        lines += 1
         read += len(line)
         if read >= 1 << 20:
             advance(read)
@@ -204,13 +218,20 @@ def import_command(
                 "not; run the same import again for the rest (spans already there are skipped)"
             )
         ):
-            summary = import_lines(
-                ledger,
-                _counted(stream, lambda n: bar.advance(task, n)),
-                pruned_too=pruned_too,
-                progress=lambda n: recorded.__setitem__(0, recorded[0] + n),
-                name="FILE" if source == "-" else source,
-            )
+            try:
+                summary = import_lines(
+                    ledger,
+                    _counted(stream, lambda n: bar.advance(task, n)),
+                    pruned_too=pruned_too,
+                    progress=lambda n: recorded.__setitem__(0, recorded[0] + n),
+                    name="FILE" if source == "-" else source,
+                )
+            except _Unreadable as exc:
+                raise OmeterError(
+                    f"cannot read {'stdin' if source == '-' else source} {exc}; the first "
+                    f"{recorded[0]:,} span(s) are recorded, the batch in progress is not: run the "
+                    "same import again once it reads (spans already there are skipped)"
+                ) from None
     took = max(time.monotonic() - began, 1e-9)
     out.print(
         f"imported {summary.added:,} span(s) into {ledger.display_url}"
