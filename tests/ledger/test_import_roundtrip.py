@@ -9,8 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings, strategies as st
+from sqlalchemy import delete
 
 from ollama_meter.ledger import Ledger, export_lines, import_lines
+from ollama_meter.ledger._meta import set_meta
+from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS
+from ollama_meter.ledger.models import SpanRow
 from ollama_meter.meter import SpanRecord, new_span_row_id
 from ollama_meter.records import NO_HOST
 from tests.factories import make_span
@@ -74,6 +78,16 @@ def _answers(cli: Any, url: str) -> list[tuple[int, str]]:
     return [(done.code, done.stdout) for done in (cli(*ask, "--db", url) for ask in _ASKED)]
 
 
+def _emptied(url: str) -> None:
+    ledger = Ledger(url)
+    with ledger.write() as conn:
+        for table in (SpanRow.__table__, ROLLUPS, HISTOGRAMS, BUSY, BUSY_CELLS):
+            conn.execute(delete(table))
+        for key in ("zone", "pruned_before", "rollups", "rebuilding"):
+            set_meta(conn, key, None)
+    ledger.dispose()
+
+
 @settings(
     max_examples=25,
     deadline=None,
@@ -84,13 +98,14 @@ def _answers(cli: Any, url: str) -> list[tuple[int, str]]:
     zones=st.tuples(*[st.sampled_from(ZONES)] * 3),
 )
 def test_an_export_imported_into_a_fresh_ledger_answers_byte_for_byte_the_same(
-    cli: Any, monkeypatch: Any, tmp_path_factory: Any, spans: list[SpanRecord],
+    cli: Any, monkeypatch: Any, tmp_path_factory: Any, db_url: str, spans: list[SpanRecord],
     zones: tuple[str, str, str],
 ) -> None:  # fmt: skip
     folder: Path = tmp_path_factory.mktemp("roundtrip")
-    source_url, target_url = (f"sqlite:///{folder / name}" for name in ("source.db", "target.db"))
+    source_url, target_url = f"sqlite:///{folder / 'source.db'}", db_url
     source = Ledger(source_url, zone=zones[0])
     source.record(spans)
+    _emptied(target_url)  # hypothesis runs every example on the same database
     target = Ledger(target_url, zone=zones[1])
     summary = import_lines(target, export_lines(source), batch=7)
     assert (summary.read, summary.added) == (len(spans), len(spans))
