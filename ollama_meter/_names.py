@@ -30,7 +30,11 @@ _HOST_ZONES = frozenset({"localtime", "posixrules", "factory"})
 """Files in the zone database that are no zone of their own: the host's zone (another on
 each machine that reads the ledger), a copy of some zone, and one with no offset at all.
 The ``right/`` copies count leap seconds, which Python's zoneinfo does not read: it takes
-``right/Europe/Berlin`` to be an hour off for months at a time, so they are refused too."""
+``right/Europe/Berlin`` to be an hour off for months at a time, so they are refused too. The
+``posix/`` copies are the zones themselves under a second name that many machines lack
+(Python's ``tzdata`` package, Debian's tzdata without tzdata-legacy): a ledger whose days
+began at one was refused by every process on such a machine, so they are refused as well."""
+_COPIES = ("right/", "posix/")
 
 
 def zone_problem(value: str) -> str | None:
@@ -42,6 +46,8 @@ def zone_problem(value: str) -> str | None:
         )
     if value[:6].lower() == "right/":
         return f"{value!r} counts leap seconds; use {value[6:]}"
+    if value[:6].lower() == "posix/":
+        return f"{value!r} is {value[6:]} under a name not every machine knows; use {value[6:]}"
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: longer than a file name
@@ -57,6 +63,6 @@ def system_timezone() -> str:
         name = tzlocal.get_localzone_name()
     except Exception:  # tzlocal raises various errors on unusual systems
         return "UTC"
-    if name and name[:6].lower() == "right/":  # the same civil time, read without leap seconds
-        name = name[6:]
+    if name and name[:6].lower() in _COPIES:  # the same civil time: without leap seconds,
+        name = name[6:]  # or by the name every machine knows
     return name if name and not zone_problem(name) else "UTC"

@@ -166,6 +166,14 @@ def test_a_dotenv_line_that_cannot_be_read_is_an_error_not_a_default(
             "Right/UTC",
             "OMETER_TIMEZONE: 'Right/UTC' counts leap seconds; use UTC",
         ),
+        # the zone database's posix/ copies: a ledger whose days began at one could not be
+        # read where they are missing (Python's tzdata package has none)
+        (
+            "OMETER_TIMEZONE",
+            "posix/Europe/Berlin",
+            "OMETER_TIMEZONE: 'posix/Europe/Berlin' is Europe/Berlin under a name not every "
+            "machine knows; use Europe/Berlin",
+        ),
         # a name longer than a file name may be: the zone lookup's OSError was exit 70
         ("OMETER_TIMEZONE", "Europe/" + "y" * 256, "OMETER_TIMEZONE: 'Europe/yyyyyy"),
     ],
@@ -536,6 +544,7 @@ def test_email_alerts_half_set_up_are_one_error_line_not_silence(
     ("host", "zone"),
     [
         ("right/Europe/Berlin", "Europe/Berlin"),
+        ("posix/Asia/Kolkata", "Asia/Kolkata"),
         ("Europe/Berlin", "Europe/Berlin"),
         ("localtime", "UTC"),
     ],
