@@ -45,7 +45,14 @@ from ollama_meter.ledger._correct import (
 )
 from ollama_meter.ledger._deadline import unbounded
 from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta, zone_name
-from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS, RollupDelta
+from ollama_meter.ledger._rollup import (
+    BUSY,
+    BUSY_CELLS,
+    HISTOGRAMS,
+    ROLLUPS,
+    RollupDelta,
+    lock_cells,
+)
 from ollama_meter.ledger._spans import row_to_span
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
@@ -78,7 +85,7 @@ def rebuild(
     """
     with unbounded():  # a day of a big ledger may take longer than a call's write
         if zone is not None:
-            _change_zone(write, read, zone)
+            _change_zone(write, zone)
         with write() as conn:
             # Until the last month is summed, days and months may disagree: if this stops,
             # whichever process opens the ledger next finishes it (build_if_stale).
@@ -349,18 +356,21 @@ def _zone_key(zone: str) -> str:
     return ZoneInfo(zone).key
 
 
-def _change_zone(write: Callable[[], Any], read: Callable[[], Any], zone: str) -> None:
+def _change_zone(write: Callable[[], Any], zone: str) -> None:
     key = _zone_key(zone)
-    with read() as conn:
+    with write() as conn:
+        # The horizon read in the write that marks the cells stale, under the rollups' lock:
+        # a prune records its horizon holding it alone once it saw no stale mark, so the two
+        # see each other (a prune landing between a read and this write removed days that
+        # could no longer be cut again).
+        lock_cells(conn)
         if zone_name(conn) == key:
             return
-        horizon = pruned_before(conn)
-    if horizon is not None:
-        raise ValidationError(
-            f"raw spans before {from_us(horizon):%Y-%m-%d %H:%M} UTC were pruned: their day and "
-            f"month rollups cannot be cut again at {key}'s midnight; keep the ledger's zone"
-        )
-    with write() as conn:
+        if (horizon := pruned_before(conn)) is not None:
+            raise ValidationError(
+                f"raw spans before {from_us(horizon):%Y-%m-%d %H:%M} UTC were pruned: their day "
+                f"and month rollups cannot be cut again at {key}'s midnight; keep the ledger's zone"
+            )
         set_meta(conn, "zone", key)
         # Until every day is cut again, cells of both zones are mixed and reports read
         # nothing for the days not yet redone: if the rebuild dies, whichever process
