@@ -36,6 +36,9 @@ from ollama_meter.upstream._resilience import (
     breaker_for,
 )
 
+HTTP_STATUSES = range(100, 600)
+"""The statuses HTTP defines (RFC 9110 §15), and the only ones a server can write."""
+
 MAX_ANSWER_BYTES = MAX_FRAME_BYTES
 """The longest whole answer read (a non-streamed one, or an error's body): like a stream's
 longest item, an upstream that sends more lies, and the gateway's memory is not its to fill."""
@@ -105,7 +108,7 @@ class PooledUpstream(Resilient):
         # Never timeout=None: that would switch aiohttp's timeouts off altogether.
         limits = aiohttp.ClientTimeout(total=timeout) if timeout else self._timeout
         try:
-            return await self.session.request(
+            response = await self.session.request(
                 method,
                 url,
                 data=body,
@@ -141,6 +144,17 @@ class PooledUpstream(Resilient):
             raise out_of_resources(exc, host=self.host) or transport_error(
                 Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)
             ) from exc
+        if response.status not in HTTP_STATUSES:
+            # aiohttp reads any three digits; a status no HTTP status is passed on as it came
+            # could not even be written (the server's status line raised): no answer at all.
+            response.close()
+            raise transport_error(
+                Failure.GARBLED,
+                host=self.host,
+                started=True,
+                reason=f"its status {response.status} is not an HTTP status (100 to 599)",
+            )
+        return response
 
     async def send(
         self,
