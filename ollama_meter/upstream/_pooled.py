@@ -207,8 +207,7 @@ class PooledUpstream(Resilient):
             model=model,
             retry_after=retry_after_seconds(header),
         )
-        content_type = response.headers.get("content-type")
-        return Refusal(failure, response.status, answer, content_type, header)
+        return Refusal(failure, response.status, answer, content_type_of(response), header)
 
     async def read(self, response: aiohttp.ClientResponse, *, most: int | None = None) -> bytes:
         """The whole body; a transport failure, or more than ``most`` bytes (default
@@ -316,6 +315,15 @@ def as_sent(response: aiohttp.ClientResponse) -> dict[str, str]:
         name.decode("latin-1").lower(): value.decode("latin-1")
         for name, value in response.raw_headers
     }
+
+
+def content_type_of(response: aiohttp.ClientResponse) -> str | None:
+    """The answer's ``Content-Type`` byte for byte, as Latin-1 text (as :func:`as_sent`):
+    read as UTF-8, a byte past ASCII made text that no answer can carry (a 500)."""
+    for name, value in response.raw_headers:
+        if name.lower() == b"content-type":
+            return value.decode("latin-1")
+    return None
 
 
 def gateway_status(error: UpstreamError) -> int:
