@@ -36,8 +36,10 @@ from ollama_meter.upstream._resilience import (
     breaker_for,
 )
 
-HTTP_STATUSES = range(100, 600)
-"""The statuses HTTP defines (RFC 9110 §15), and the only ones a server can write."""
+ANSWER_STATUSES = range(200, 600)
+"""The statuses of an answer (RFC 9110 §15), the only ones a server can write as one: aiohttp
+reads any three digits, and hands back a 101 (the gateway asks no server to switch protocols,
+and a 1xx is no answer to pass on) as it does a final status."""
 
 MAX_ANSWER_BYTES = MAX_FRAME_BYTES
 """The longest whole answer read (a non-streamed one, or an error's body): like a stream's
@@ -144,15 +146,15 @@ class PooledUpstream(Resilient):
             raise out_of_resources(exc, host=self.host) or transport_error(
                 Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)
             ) from exc
-        if response.status not in HTTP_STATUSES:
-            # aiohttp reads any three digits; a status no HTTP status is passed on as it came
-            # could not even be written (the server's status line raised): no answer at all.
+        if response.status not in ANSWER_STATUSES:
+            # Passed on as it came, a 999 could not even be written (the server's status line
+            # raised: no answer at all), and a 101 told the caller its connection was switched.
             response.close()
             raise transport_error(
                 Failure.GARBLED,
                 host=self.host,
                 started=True,
-                reason=f"its status {response.status} is not an HTTP status (100 to 599)",
+                reason=f"its status {response.status} is not an answer's (200 to 599)",
             )
         return response
 

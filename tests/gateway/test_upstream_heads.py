@@ -1,11 +1,12 @@
 """An upstream answer's head that no answer can carry as it came: the caller gets one all the same.
 
-Found by attack, each time with the span written and the caller answered no answer at all:
+Found by attack, each time with the span written and the caller handed no answer it can read:
 
 - aiohttp reads any three digits as a status, and the gateway passed a 600 or a 999 on as
   it came (Ollama's own error answer, relayed); uvicorn has no status line for it and raised
-  as it began the answer: a closed connection, and a traceback in the log. Such an answer is
-  no HTTP answer: a 502, once, never sent again.
+  as it began the answer: a closed connection, and a traceback in the log. A 101 passed
+  through told the caller its connection was switched to another protocol. Neither is an
+  answer: a 502, once, never sent again.
 - aiohttp reads header values as UTF-8, and a ``Content-Type`` with a byte that is not
   (Latin-1 text, a stray byte) was text no answer can carry: the gateway's own 500, plain
   text, for Ollama's answer or its refusal. It is passed on byte for byte.
@@ -92,9 +93,9 @@ def refusing(scripted: Callable[..., tuple[Gateway, Any]]) -> tuple[Gateway, Any
     return scripted(retries=0, breaker_failures=1000)
 
 
-@pytest.mark.parametrize("status", [600, 700, 999])
+@pytest.mark.parametrize("status", [101, 600, 700, 999])
 @pytest.mark.parametrize("path", sorted(CALLS))
-def test_a_status_http_does_not_define_is_a_502_with_one_span_never_no_answer(
+def test_a_status_no_answer_has_is_a_502_with_one_span_never_passed_on(
     odd: tuple[Gateway, Any], path: str, status: int
 ) -> None:
     gw, server = odd
@@ -102,7 +103,7 @@ def test_a_status_http_does_not_define_is_a_502_with_one_span_never_no_answer(
     got, body = post(gw.url, path, {**CALLS[path], "model": f"m{status}", "stream": False})
     assert got == 502, body
     error = body["error"]["message"] if path.startswith("/v1/") else body["error"]
-    assert f"its status {status} is not an HTTP status" in error
+    assert f"its status {status} is not an answer's (200 to 599)" in error
     assert server.calls == 1  # the call was taken: never sent again
     spans = gw.ledger.latest(SpanFilter(), 10)
     if path == "/api/show":  # passed through: no call to meter
