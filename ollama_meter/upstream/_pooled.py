@@ -201,7 +201,7 @@ class PooledUpstream(Resilient):
             raise
         else:
             self.finish(response, completed=True)
-        header = as_sent(response).get("retry-after")
+        header = header_of(response, b"retry-after")
         failure = answer_error(
             response.status,
             detail_of(answer.decode(errors="replace")),
@@ -309,23 +309,27 @@ class PooledUpstream(Resilient):
         """Nothing to do outside the event loop: :meth:`aclose` closes the pool."""
 
 
-def as_sent(response: aiohttp.ClientResponse) -> dict[str, str]:
-    """The answer's headers byte for byte, as Latin-1 text (which every byte is), names in
-    lower case: so they are passed on as they came. aiohttp reads them as UTF-8, which a
-    byte past ASCII (an accent, a stray byte) made text that no answer can carry."""
-    return {
-        name.decode("latin-1").lower(): value.decode("latin-1")
-        for name, value in response.raw_headers
-    }
+def as_sent(response: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    """The answer's headers byte for byte, names in lower case, each as often as it came
+    (``Set-Cookie`` twice is two cookies): so they are passed on as they came. aiohttp reads
+    them as UTF-8, which a byte past ASCII (an accent, a stray byte) made text that no
+    answer can carry."""
+    return [(name.lower(), value) for name, value in response.raw_headers]
+
+
+def header_of(response: aiohttp.ClientResponse, name: bytes) -> str | None:
+    """The answer's header ``name`` (lower case) byte for byte, as Latin-1 text (which every
+    byte is), as :func:`as_sent` passes it on; None when it is not there."""
+    for key, value in response.raw_headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
 
 
 def content_type_of(response: aiohttp.ClientResponse) -> str | None:
-    """The answer's ``Content-Type`` byte for byte, as Latin-1 text (as :func:`as_sent`):
-    read as UTF-8, a byte past ASCII made text that no answer can carry (a 500)."""
-    for name, value in response.raw_headers:
-        if name.lower() == b"content-type":
-            return value.decode("latin-1")
-    return None
+    """The answer's ``Content-Type`` as it came: read as UTF-8, a byte past ASCII made text
+    that no answer can carry (a 500)."""
+    return header_of(response, b"content-type")
 
 
 def gateway_status(error: UpstreamError) -> int:

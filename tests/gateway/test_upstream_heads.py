@@ -10,6 +10,9 @@ Found by attack, each time with the span written and the caller handed no answer
 - aiohttp reads header values as UTF-8, and a ``Content-Type`` with a byte that is not
   (Latin-1 text, a stray byte) was text no answer can carry: the gateway's own 500, plain
   text, for Ollama's answer or its refusal. It is passed on byte for byte.
+- A passed-through answer's headers were kept by name, so a header given twice (two
+  ``Set-Cookie``, as a proxy in front of Ollama sends for its session) reached the caller
+  once, the last. Each is passed on as often as it came.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ CALLS = {
 }
 
 
-def answer(status: int, content_type: bytes = b"application/json", body: bytes = b"") -> bytes:
+def answer(
+    status: int, content_type: bytes = b"application/json", body: bytes = b"", more: bytes = b""
+) -> bytes:
     body = body or b'{"error": "something odd"}'
-    head = b"HTTP/1.1 %d Odd\r\ncontent-type: %s\r\n" % (status, content_type)
+    head = b"HTTP/1.1 %d Odd\r\ncontent-type: %s\r\n%s" % (status, content_type, more)
     return head + b"content-length: %d\r\n\r\n%s" % (len(body), body)
 
 
@@ -72,8 +77,8 @@ def scripted(
     servers: list[RawServer] = []
 
     def start(**config: Any) -> tuple[Gateway, Any]:
-        server = RawServer(lambda: answer(server.status, server.type, server.body))  # type: ignore[attr-defined]
-        server.type, server.body = b"application/json", b""  # type: ignore[attr-defined]
+        server = RawServer(lambda: answer(server.status, server.type, server.body, server.more))  # type: ignore[attr-defined]
+        server.type, server.body, server.more = b"application/json", b"", b""  # type: ignore[attr-defined]
         servers.append(server)
         return serve_on(server.url, sqlite_url, config=config), server
 
@@ -157,3 +162,20 @@ def test_any_content_type_ollama_sends_is_passed_on_as_it_came(
     ]
     assert types == [content_type]
     assert gw.ledger.count() - before == (0 if path == "/api/show" else 1)
+
+
+def test_a_header_given_more_than_once_is_passed_through_as_often_as_it_came(
+    odd: tuple[Gateway, Any],
+) -> None:
+    gw, server = odd
+    server.status, server.body = 200, b'{"models": []}'
+    server.more = b"Set-Cookie: a=1\r\nVary: Accept\r\nSet-Cookie: b=2\r\nvary: Origin\r\n"
+    got, head, _ = exchange(gw.url, "/api/show", {"model": "m"})
+    assert got == 200, head
+    lines = [line.lower() for line in head.split(b"\r\n")[1:]]
+    assert [line for line in lines if line.startswith((b"set-cookie:", b"vary:"))] == [
+        b"set-cookie: a=1",
+        b"vary: accept",
+        b"set-cookie: b=2",
+        b"vary: origin",
+    ]
