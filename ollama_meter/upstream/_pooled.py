@@ -17,6 +17,11 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.http_exceptions import (
+    ContentEncodingError,
+    HttpProcessingError,
+    PayloadEncodingError,
+)
 
 from ollama_meter.errors import UpstreamError, UpstreamTimeout
 from ollama_meter.upstream._classify import (
@@ -353,4 +358,27 @@ def _unread(content: aiohttp.StreamReader) -> bytes:
 
 
 def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+    """What went wrong, in the words of aiohttp's parser where it has any: its errors print
+    as ``400, message: ...`` (a status nobody sent), wrapped in another's repr, and one it
+    raised from a callback as "Span callback error in on_body" (the real one is its cause)."""
+    said: list[str] = []
+    seen: list[BaseException] = []
+    ahead = [exc]
+    while ahead and len(seen) < 8:
+        error = ahead.pop(0)
+        if any(error is old for old in seen):
+            continue
+        seen.append(error)
+        if isinstance(error, ContentEncodingError):
+            said.append(_UNDECODED)
+        elif isinstance(error, HttpProcessingError) and error.message:
+            text = " ".join(str(error.message).split())
+            if text.startswith("Span callback error"):  # the decoder's, its cause not always kept
+                text = _UNDECODED if isinstance(error, PayloadEncodingError) else ""
+            said += [text] if text else []
+        ahead += [a for a in error.args if isinstance(a, BaseException)]
+        ahead += [e for e in (error.__cause__, error.__context__) if e is not None]
+    return said[-1] if said else str(exc) or type(exc).__name__
+
+
+_UNDECODED = "its body is not in the coding its Content-Encoding names"
