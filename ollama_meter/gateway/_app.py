@@ -181,7 +181,8 @@ class Gateway:
                     else await asyncio.to_thread(parse_request, path, raw)
                 )
             except BadRequest as exc:
-                raise BadCall(400, "bad_request", str(exc), model=exc.model) from None
+                message = _unread_coding(exc, request) or str(exc)
+                raise BadCall(400, "bad_request", message, model=exc.model) from None
             if isinstance(problem, Forbidden):
                 raise BadCall(403, "forbidden", str(problem), model=parsed.model)
             if problem is not None:
@@ -377,6 +378,19 @@ def create_app(
     )
     app.state.drain = drain
     return app
+
+
+def _unread_coding(bad: BadRequest, request: Request) -> str | None:
+    """Why a body sent compressed is no JSON, in words: Python's decoder says only that a
+    byte is not UTF-8 (and Ollama, which decodes no request body either, that one is not
+    JSON)."""
+    coding = request.headers.get("content-encoding", "").strip()
+    if not bad.not_json or coding.lower() in ("", "identity"):
+        return None
+    return (
+        f"the request body is sent as Content-Encoding: {coding[:40]}, which neither the "
+        "gateway nor Ollama decodes; send the JSON uncompressed"
+    )
 
 
 async def _client_left(request: Request, exc: Exception) -> Response:

@@ -47,8 +47,8 @@ _PATH_SAFE = "/:@!$&'()*+,;=~"
 """What stays as it is in a forwarded path (RFC 3986's pchar); anything else is %-encoded."""
 
 _NOT_RELAYED = frozenset({
-    "content-length", "transfer-encoding", "connection", "content-encoding",
-    "date", "server",  # the gateway's server writes its own: two of a field that is one
+    b"content-length", b"transfer-encoding", b"connection", b"content-encoding",
+    b"date", b"server",  # the gateway's server writes its own: two of a field that is one
 })  # fmt: skip
 
 
@@ -128,8 +128,9 @@ async def forward(
         finally:
             pool.finish(response, completed=response.content.at_eof())
 
-    headers = {k: v for k, v in as_sent(response).items() if k not in _NOT_RELAYED}
-    return _Relayed(relayed(), status_code=response.status, headers=headers)
+    answer = _Relayed(relayed(), status_code=response.status)
+    answer.raw_headers += [(k, v) for k, v in as_sent(response) if k not in _NOT_RELAYED]
+    return answer
 
 
 class _BrokeOff(Exception):

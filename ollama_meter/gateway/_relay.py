@@ -73,7 +73,7 @@ from ollama_meter.upstream._classify import (
     transport_error,
     unfinished_error,
 )
-from ollama_meter.upstream._pooled import gateway_status
+from ollama_meter.upstream._pooled import content_type_of, gateway_status
 
 HOP_BY_HOP = frozenset({
     "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
@@ -152,7 +152,7 @@ class _Answered:
             call.answered()
             await self.end(exc)
             raise
-        media_type = response.headers.get("content-type", "application/json")
+        media_type = content_type_of(response) or "application/json"
         if not complete:
             return Relayed(relayed(self, content), media_type=media_type)
         pool.finish(response, completed=True)
@@ -314,7 +314,8 @@ class Relay:
             stream = StreamingResponse(
                 sent.stream(),
                 media_type=wire.stream_media_type
-                or sent.response.headers.get("content-type", "application/x-ndjson"),
+                or content_type_of(sent.response)
+                or "application/x-ndjson",
                 headers={"cache-control": "no-cache"} if wire.stream_media_type else None,
             )
             # The answer gives the slot back when it has been sent, however it ends.

@@ -34,10 +34,12 @@ from ollama_meter.gateway._shapes import Items, _Body, _GoStruct
 class BadRequest(Exception):
     """The body is not a request this route can take; the message says what is wrong."""
 
-    def __init__(self, message: str, *, model: str = "") -> None:
+    def __init__(self, message: str, *, model: str = "", not_json: bool = False) -> None:
         super().__init__(message)
         self.model = model
         """The model the body names, when it names one (for the refusal's span)."""
+        self.not_json = not_json
+        """The body is no JSON at all (compressed, say), not JSON of the wrong shape."""
 
 
 def _texts(value: Any) -> Any:
@@ -276,7 +278,7 @@ def parse_request(path: str, raw: bytes) -> MeteredRequest:
     try:
         body = read_json(raw) if raw.strip() else None
     except NotJson as exc:
-        raise BadRequest(str(exc)) from None
+        raise BadRequest(str(exc), not_json=True) from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     if "model" in body and body["model"] is not None and not isinstance(body["model"], str):

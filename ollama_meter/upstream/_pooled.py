@@ -17,6 +17,11 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.http_exceptions import (
+    ContentEncodingError,
+    HttpProcessingError,
+    PayloadEncodingError,
+)
 
 from ollama_meter.errors import UpstreamError, UpstreamTimeout
 from ollama_meter.upstream._classify import (
@@ -35,6 +40,11 @@ from ollama_meter.upstream._resilience import (
     RetryPolicy,
     breaker_for,
 )
+
+ANSWER_STATUSES = range(200, 600)
+"""The statuses of an answer (RFC 9110 §15), the only ones a server can write as one: aiohttp
+reads any three digits, and hands back a 101 (the gateway asks no server to switch protocols,
+and a 1xx is no answer to pass on) as it does a final status."""
 
 MAX_ANSWER_BYTES = MAX_FRAME_BYTES
 """The longest whole answer read (a non-streamed one, or an error's body): like a stream's
@@ -105,7 +115,7 @@ class PooledUpstream(Resilient):
         # Never timeout=None: that would switch aiohttp's timeouts off altogether.
         limits = aiohttp.ClientTimeout(total=timeout) if timeout else self._timeout
         try:
-            return await self.session.request(
+            response = await self.session.request(
                 method,
                 url,
                 data=body,
@@ -141,6 +151,17 @@ class PooledUpstream(Resilient):
             raise out_of_resources(exc, host=self.host) or transport_error(
                 Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)
             ) from exc
+        if response.status not in ANSWER_STATUSES:
+            # Passed on as it came, a 999 could not even be written (the server's status line
+            # raised: no answer at all), and a 101 told the caller its connection was switched.
+            response.close()
+            raise transport_error(
+                Failure.GARBLED,
+                host=self.host,
+                started=True,
+                reason=f"its status {response.status} is not an answer's (200 to 599)",
+            )
+        return response
 
     async def send(
         self,
@@ -185,7 +206,7 @@ class PooledUpstream(Resilient):
             raise
         else:
             self.finish(response, completed=True)
-        header = as_sent(response).get("retry-after")
+        header = header_of(response, b"retry-after")
         failure = answer_error(
             response.status,
             detail_of(answer.decode(errors="replace")),
@@ -193,8 +214,7 @@ class PooledUpstream(Resilient):
             model=model,
             retry_after=retry_after_seconds(header),
         )
-        content_type = response.headers.get("content-type")
-        return Refusal(failure, response.status, answer, content_type, header)
+        return Refusal(failure, response.status, answer, content_type_of(response), header)
 
     async def read(self, response: aiohttp.ClientResponse, *, most: int | None = None) -> bytes:
         """The whole body; a transport failure, or more than ``most`` bytes (default
@@ -294,14 +314,27 @@ class PooledUpstream(Resilient):
         """Nothing to do outside the event loop: :meth:`aclose` closes the pool."""
 
 
-def as_sent(response: aiohttp.ClientResponse) -> dict[str, str]:
-    """The answer's headers byte for byte, as Latin-1 text (which every byte is), names in
-    lower case: so they are passed on as they came. aiohttp reads them as UTF-8, which a
-    byte past ASCII (an accent, a stray byte) made text that no answer can carry."""
-    return {
-        name.decode("latin-1").lower(): value.decode("latin-1")
-        for name, value in response.raw_headers
-    }
+def as_sent(response: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    """The answer's headers byte for byte, names in lower case, each as often as it came
+    (``Set-Cookie`` twice is two cookies): so they are passed on as they came. aiohttp reads
+    them as UTF-8, which a byte past ASCII (an accent, a stray byte) made text that no
+    answer can carry."""
+    return [(name.lower(), value) for name, value in response.raw_headers]
+
+
+def header_of(response: aiohttp.ClientResponse, name: bytes) -> str | None:
+    """The answer's header ``name`` (lower case) byte for byte, as Latin-1 text (which every
+    byte is), as :func:`as_sent` passes it on; None when it is not there."""
+    for key, value in response.raw_headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def content_type_of(response: aiohttp.ClientResponse) -> str | None:
+    """The answer's ``Content-Type`` as it came: read as UTF-8, a byte past ASCII made text
+    that no answer can carry (a 500)."""
+    return header_of(response, b"content-type")
 
 
 def gateway_status(error: UpstreamError) -> int:
@@ -325,4 +358,27 @@ def _unread(content: aiohttp.StreamReader) -> bytes:
 
 
 def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+    """What went wrong, in the words of aiohttp's parser where it has any: its errors print
+    as ``400, message: ...`` (a status nobody sent), wrapped in another's repr, and one it
+    raised from a callback as "Span callback error in on_body" (the real one is its cause)."""
+    said: list[str] = []
+    seen: list[BaseException] = []
+    ahead = [exc]
+    while ahead and len(seen) < 8:
+        error = ahead.pop(0)
+        if any(error is old for old in seen):
+            continue
+        seen.append(error)
+        if isinstance(error, ContentEncodingError):
+            said.append(_UNDECODED)
+        elif isinstance(error, HttpProcessingError) and error.message:
+            text = " ".join(str(error.message).split())
+            if text.startswith("Span callback error"):  # the decoder's, its cause not always kept
+                text = _UNDECODED if isinstance(error, PayloadEncodingError) else ""
+            said += [text] if text else []
+        ahead += [a for a in error.args if isinstance(a, BaseException)]
+        ahead += [e for e in (error.__cause__, error.__context__) if e is not None]
+    return said[-1] if said else str(exc) or type(exc).__name__
+
+
+_UNDECODED = "its body is not in the coding its Content-Encoding names"

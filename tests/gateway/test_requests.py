@@ -7,7 +7,9 @@ bodies; a broken stream ends with an error the official clients raise on; any
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from typing import Any
 
 import httpx
@@ -161,6 +163,45 @@ def test_a_key_given_twice_in_one_object_is_a_400(
     )
     assert emulator.requests == []
     assert len(spans(sqlite_app)) == before + 1
+
+
+COMPRESSED = {
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "br": lambda data: b"\x8b\x02\x80" + data,
+}
+BODIES = {
+    "/api/chat": {"model": "llama3.1:8b", "messages": HI, "stream": False},
+    "/api/embed": {"model": "nomic-embed-text", "input": "hello"},
+    "/v1/chat/completions": {"model": "llama3.1:8b", "messages": HI},
+}
+
+
+@pytest.mark.parametrize("coding", sorted(COMPRESSED))
+@pytest.mark.parametrize("path", sorted(BODIES))
+def test_a_compressed_body_is_a_400_that_says_so(
+    sqlite_app: Gateway, emulator: OllamaEmulator, coding: str, path: str
+) -> None:
+    """It was "invalid JSON body: 'utf-8' codec can't decode byte 0x8b in position 1": true,
+    and no help to a client that compressed its body (Ollama does not decode one either)."""
+    body = COMPRESSED[coding](json.dumps(BODIES[path]).encode())
+    reply = sqlite_app.client.post(path, content=body, headers={"content-encoding": coding})
+    assert reply.status_code == 400
+    assert error_of(reply) == (
+        f"the request body is sent as Content-Encoding: {coding}, which neither the gateway "
+        "nor Ollama decodes; send the JSON uncompressed"
+    )
+    assert emulator.requests == []
+    assert [(s.error_type, s.http_status) for s in spans(sqlite_app)] == [("bad_request", 400)]
+
+
+def test_a_json_body_labelled_compressed_is_still_read_as_ollama_reads_it(
+    sqlite_app: Gateway, emulator: OllamaEmulator
+) -> None:
+    """Ollama reads a request body as it comes, whatever it is labelled: so does the gateway."""
+    body = json.dumps(BODIES["/api/chat"]).encode()
+    reply = sqlite_app.client.post("/api/chat", content=body, headers={"content-encoding": "gzip"})
+    assert reply.status_code == 200 and len(emulator.requests_to("/api/chat")) == 1
 
 
 def test_unknown_fields_pass_through_untouched(

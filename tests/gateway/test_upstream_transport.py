@@ -355,6 +355,41 @@ def test_an_answer_that_is_not_http_is_a_502_once_not_a_server_unreachable(
     assert (span.status, span.error_type) == ("error", "stream_error")
 
 
+CUT = {
+    "body shorter than its length": (
+        b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n" + WHOLE[:20],
+        "Not enough data to satisfy content length header (received 20 of 500 bytes)",
+    ),
+    "chunked body without its last chunk": (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n%s\r\n" % WHOLE[:5],
+        "Not enough data to satisfy transfer length header",
+    ),
+    "body not in its coding": (
+        b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 7\r\n\r\nnotgzip",
+        "its body is not in the coding its Content-Encoding names",
+    ),
+}
+
+
+@pytest.mark.parametrize("answer", sorted(CUT))
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_body_that_breaks_off_is_said_in_words_not_in_aiohttps_reprs(
+    garbled: tuple[Gateway, Any], answer: str, stream: bool
+) -> None:
+    """The client read "broke off: Response payload is not completed: <TransferEncodingError:
+    400, message='...'>": a 400 nobody sent, in a repr; for a body not in its coding, only
+    "Span callback error in on_body"."""
+    gw, server = garbled
+    server.raw, said = CUT[answer]
+    reply = gw.client.post("/api/generate", json={**GENERATE, "stream": stream})
+    message = (
+        reply.json()["error"] if not stream else json.loads(reply.text.splitlines()[-1])["error"]
+    )
+    assert message.rstrip(".").endswith(f"broke off: {said}"), message
+    assert "400" not in message.partition("broke off")[2] and "<" not in message
+    assert last_span(gw).error_type == "stream_error"
+
+
 class _PullBreaksOff(BaseHTTPRequestHandler):
     """``/api/pull`` that streams its first status lines, then the connection drops."""
 
