@@ -77,9 +77,13 @@ def _drop_pg_databases() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _close_ledgers() -> Iterator[None]:
-    """Each test's ledgers are its own: release their connections when it ends."""
+    """Each test's ledgers (and budget gates) are its own: release them when it ends."""
     before = sys.gettrace(), threading.gettrace()
     yield
+    if gates := sys.modules.get("ollama_meter.budgets._gate"):
+        # Their keepers renewed leases in the next test's time (its caplog), against a
+        # database the test's end dropped.
+        gates.close_gates(give_back=False)
     close_ledgers()
     reset_breakers()
     # Coverage measures the suite through these hooks: a test that set its own and left None

@@ -21,7 +21,7 @@ from ollama_meter.budgets._estimate import (
     HiddenPrompts,
     bound_cost,
 )
-from ollama_meter.budgets._gate import BudgetGate
+from ollama_meter.budgets._gate import BudgetGate, close_gates
 from ollama_meter.budgets._leases import Reservation
 from ollama_meter.budgets._refusals import unbounded
 from ollama_meter.budgets._status import BudgetStatus, budget_status, project
@@ -53,6 +53,7 @@ __all__ = [
     "WebhookChannel",
     "bound_cost",
     "budget_status",
+    "close_gates",
     "deliver",
     "parse_limit",
     "parse_thresholds",

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,16 @@ if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetReads, BudgetStore, BudgetWrites
 
 log = logging.getLogger("ollama_meter.budgets")
+_KEEPING: weakref.WeakSet[BudgetGate] = weakref.WeakSet()
+"""Gates whose keeper thread runs: :func:`close_gates` ends them."""
+
+
+def close_gates(*, give_back: bool = True) -> None:
+    """Close every gate of this process that keeps leases (a host shutting down; each test's
+    end, whose gates would otherwise go on renewing in the next test's time, against a
+    database it dropped). ``give_back=False`` leaves the leases' rows to expire."""
+    for gate in list(_KEEPING):
+        gate.close(give_back=give_back)
 
 
 class BudgetGate(ThresholdAlerts):
@@ -89,6 +100,7 @@ class BudgetGate(ThresholdAlerts):
         self._idle_release = idle_release
         self._keeper: threading.Thread | None = None
         self._closed = False  # shutting down: a lease goes back as soon as no call holds it
+        self._abandoned = False  # closed without giving back: the keeper ends at once
         self._closing = threading.Event()  # wakes the keeper when the gate closes
         self._failures = Throttled(log)
         # the last ``now`` a caller gave, and this clock's reading then: the keeper's time
@@ -305,6 +317,8 @@ class BudgetGate(ThresholdAlerts):
                     self._closed or not self.lease_share or lease.free < reservation.amount
                 ):
                     give_back.append(self._leases.pop(key))
+            if self._closed and not self._leases:
+                self._closing.set()  # the keeper's work is done: it ends now, not in a round
         if give_back:
             self._give_back(give_back)
 
@@ -349,18 +363,23 @@ class BudgetGate(ThresholdAlerts):
                 target=self._keep_leases, name="ometer-budget-leases", daemon=True
             )
             self._keeper.start()
+            _KEEPING.add(self)
 
     def _keep_leases(self) -> None:
         every = min(self._idle_release, self._reservation_ttl.total_seconds() / 4)
         while True:
             self._closing.wait(every)
             with self._lock:
-                closed = self._closed and not any(le.in_flight for le in self._leases.values())
+                closed = self._abandoned or (
+                    self._closed and not any(le.in_flight for le in self._leases.values())
+                )
                 # A ledger its owner disposed of (shutdown) is not reopened to renew: the
                 # rows expire as a crash's would.
                 if closed or not self._leases or self.ledger.disposed:
                     self._keeper = None  # the next admission starts another
+                    _KEEPING.discard(self)
                     return
+                self._closing.clear()  # calls still in flight: its next round in ``every``
                 seen, at = self._seen
                 self._maintain(seen + timedelta(seconds=self._clock() - at))
 
@@ -399,17 +418,18 @@ class BudgetGate(ThresholdAlerts):
             lease.amount, lease.renewed = amount, renewed  # else the next round tries again
             lease.kept = {i: cost for i, cost in lease.kept.items() if i not in found}
 
-    def close(self) -> None:
+    def close(self, *, give_back: bool = True) -> None:
         """Give back every lease with no call in flight (a gateway shutting down); the others
-        go back as their calls settle."""
+        go back as their calls settle. ``give_back=False``: none goes back (their rows
+        expire), and the keeper ends even while calls hold leases."""
         with self._lock:
-            self._closed = True
+            self._closed, self._abandoned = True, not give_back
             done = [
                 k for k, lease in self._leases.items() if not lease.in_flight and not lease.kept
             ]
             leases = [self._leases.pop(k) for k in done]
-        self._closing.set()  # the keeper ends once no call is in flight
-        if leases:
+            self._closing.set()  # the keeper ends once no call is in flight
+        if leases and give_back:
             self._give_back(leases)
 
 

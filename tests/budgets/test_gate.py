@@ -863,6 +863,52 @@ def test_a_gate_whose_ledger_was_disposed_of_stops_keeping_its_leases(
     assert caplog.messages == []
 
 
+@pytest.mark.parametrize("give_back", [True, False])
+def test_closing_every_gate_ends_their_keepers_and_gives_back_what_is_idle(
+    sqlite_url: str, give_back: bool
+) -> None:
+    """A gate nobody closed (a test's, a discarded client's) renewed its leases for ever: in
+    the suite, into the next test's log, against the database that test's end dropped.
+    ``close_gates`` ends every keeper, a call still in flight or not; idle leases go back
+    unless told not to (their rows then expire)."""
+    from zoneinfo import ZoneInfo
+
+    from ollama_meter.budgets import Estimate, close_gates
+    from ollama_meter.ledger import Ledger
+
+    ledger = Ledger(sqlite_url)
+    for department in ("sales", "legal"):
+        ledger.save_budget(
+            Budget(
+                tenant="acme", department=department, period="month", limit=10**7, currency="USD"
+            )
+        )
+    gate = BudgetGate(ledger, tz=ZoneInfo("UTC"), lease_share=0.25, ttl=0)
+    estimate = Estimate(1_000, "USD")
+    busy = gate.admit(call_id="busy", tenant="acme", department="sales", estimate=estimate, now=NOV)
+    assert busy is not None
+    idle = gate.admit(call_id="idle", tenant="acme", department="legal", estimate=estimate, now=NOV)
+    assert idle is not None
+    gate.settle(idle)
+    keeper = next(t for t in threading.enumerate() if t.name == "ometer-budget-leases")
+    assert _leased_budgets(ledger) == {1, 2}  # sales's, legal's
+    close_gates(give_back=give_back)
+    if give_back:  # its keeper stays while a call holds a lease: it ends once the call does
+        keeper.join(timeout=0.5)
+        assert keeper.is_alive() and _leased_budgets(ledger) == {1}
+        gate.settle(busy)
+    keeper.join(timeout=60)  # a bound for a hang: it ends at once
+    assert not keeper.is_alive()
+    assert _leased_budgets(ledger) == (set() if give_back else {1, 2})
+
+
+def _leased_budgets(ledger: Any) -> set[int]:
+    from sqlalchemy import text
+
+    with ledger.engine.connect() as conn:
+        return set(conn.execute(text("SELECT budget_id FROM budget_reservations")).scalars())
+
+
 def test_a_budget_check_that_fails_unexpectedly_still_leaves_the_calls_span(
     sqlite_url: str, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
