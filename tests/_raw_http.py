@@ -11,11 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class RawServer:
     """Reads each request whole (its head, and the body its ``Content-Length`` says), writes
-    what ``answer()`` returns as it is, and hangs up; counts the requests in ``calls``."""
+    what ``answer()`` returns as it is, and hangs up; counts the requests in ``calls``, and
+    in ``answered`` those whose answer has been written whole."""
 
     def __init__(self, answer: Callable[[], bytes]) -> None:
         self.answer = answer
         self.calls = 0
+        self.answered = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -42,6 +44,7 @@ class RawServer:
                 while len(body) < int(length or 0):
                     body += conn.recv(65536)
                 conn.sendall(self.answer())
+                self.answered += 1
 
 
 DRIP_S = 8

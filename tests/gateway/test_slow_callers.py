@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from ollama_meter.gateway import _memory, _server
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
+from tests._raw_http import RawServer
 from tests.gateway.conftest import Gateway
 
 LONG = dataclasses.replace(DEFAULT_MODELS[0], reply_tokens=200_000)
@@ -202,3 +204,48 @@ def test_an_answer_given_before_the_body_ended_closes_the_connection(
             pass
     assert b"\r\nconnection: close\r\n" in head.lower()
     assert sqlite_gateway.client.get("/api/version").status_code == 200
+
+
+def _streamed(items: list[dict[str, Any]]) -> bytes:
+    """Ollama's 200 with ``items`` as one chunked NDJSON body, whole."""
+    body = b"".join(json.dumps(item).encode() + b"\n" for item in items)
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n"
+    return head + b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+
+@pytest.mark.parametrize("hangup", ["the caller's reset", "the gateway's, on a stalled caller"])
+def test_a_caller_gone_when_the_rest_of_its_answer_is_in_is_an_abort_not_ok(
+    serve_on: Callable[..., Gateway],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    hangup: str,
+) -> None:
+    """A write into a connection that is gone returns as if it was sent (ASGI 2.3), and the
+    hang-up reached the relay as a cancellation, later: the relay went on through what it had
+    of the answer meanwhile and, the rest of it in (Ollama had written it all; the sockets on
+    the way held it), reached its end first: the call was recorded ok, an answer nobody got.
+    (On uvloop the cancellation waits for as long as more of the answer is there to read.)"""
+    stalls = hangup.endswith("stalled caller")
+    monkeypatch.setattr(_server, "STALLED_S", 5.0 if stalls else 60.0)
+    words = [{"model": "m", "message": {"role": "assistant", "content": "word "}, "done": False}]
+    final = {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True}
+    final |= {"done_reason": "stop", "prompt_eval_count": 3, "eval_count": 100_000}
+    # ~8 MB: more than the sockets to the caller hold (4 MB at most for a send buffer)
+    upstream = RawServer(lambda: _streamed(words * 100_000 + [final]))
+    try:
+        gateway = serve_on(upstream.url, sqlite_url)
+        caller = _raw_request(
+            gateway, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        )
+        with caller:
+            _until(lambda: upstream.answered == 1, "all of the answer written")
+            if not stalls:
+                assert gateway.ledger.latest(SpanFilter(), 10) == [], "the answer got through"
+                linger = struct.pack("ii", 1, 0)  # closed with a reset: as on a crash
+                caller.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                caller.close()
+            _until(lambda: gateway.ledger.latest(SpanFilter(), 10), "recorded")
+    finally:
+        upstream.close()
+    (span,) = gateway.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.error_type, span.stream) == ("client_abort", "client_abort", True)
