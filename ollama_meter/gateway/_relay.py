@@ -9,14 +9,13 @@ queue); it moves to another such server, ahead of the queue, when its server
 fails it with a transient failure, or says it lacks the model, before anything
 reached the client.
 
-The route's wire format (``ollama_meter.upstream.OLLAMA`` or ``OPENAI``) says how
-items are framed, how they read as the meter's events, and what an error looks
-like to the client. The call goes through the pooled transport and the one
-retry and breaker policy: admitted once, retried on transient failures while
-nothing has reached the client, counted once. Any ``error`` in what Ollama
-sends ends the call as an error. A stream that breaks ends with an error item
-in the route's own format, so the official clients raise, as they do against
-Ollama directly.
+The route's wire format (``ollama_meter.upstream.OLLAMA`` or ``OPENAI``) says how items are
+framed, how they read as the meter's events, and what an error looks like to the client. The
+call goes through the pooled transport and the one retry and breaker policy: admitted once,
+retried on transient failures while nothing has reached the client, counted once. Any
+``error`` in what Ollama sends ends the call as an error. A stream that breaks ends with an
+error item in the route's own format, so the official clients raise, as they do against Ollama
+directly.
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ from ollama_meter.gateway._requests import SPAN_HEADER, MeteredRequest
 from ollama_meter.gateway._slots import (
     CallerGone,
     Hangup,
+    Heard,
     Holding,
     Slot,
     take_slot,
@@ -68,11 +68,7 @@ from ollama_meter.upstream import (
     wire_of_path,
 )
 from ollama_meter.upstream._answer import VECTORS
-from ollama_meter.upstream._classify import (
-    Failure,
-    transport_error,
-    unfinished_error,
-)
+from ollama_meter.upstream._classify import Failure, transport_error, unfinished_error
 from ollama_meter.upstream._pooled import content_type_of, gateway_status
 
 HOP_BY_HOP = frozenset({
@@ -131,7 +127,7 @@ class _Answered:
         self.attempts.end(outcome)
         await close_call(self.meter, self.call, outcome)
 
-    async def whole(self) -> Response:
+    async def whole(self, hangup: Hangup | None = None) -> Response:
         """The whole answer at once, after its span is written; an embedding batch larger than
         the gateway holds (:data:`MAX_ANSWER_BYTES`) is relayed as it arrives instead
         (:func:`~._whole.relayed`), its last bytes after its span is written."""
@@ -154,7 +150,7 @@ class _Answered:
             raise
         media_type = content_type_of(response) or "application/json"
         if not complete:
-            return Relayed(relayed(self, content), media_type=media_type)
+            return Relayed(relayed(self, content, hangup), media_type=media_type)
         pool.finish(response, completed=True)
         failure = failure_of(self, json_value(content))
         await self.end(failure)
@@ -162,7 +158,7 @@ class _Answered:
             return error_response(wire, 502, str(failure))
         return Response(content, status_code=200, media_type=media_type)
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    async def stream(self, hangup: Hangup | None = None) -> AsyncIterator[bytes]:
         """The answer item by item; the last one after the span is written.
 
         The client gets the answer its span describes: nothing after the answer's end,
@@ -173,6 +169,7 @@ class _Answered:
         separator = wire.separator
         reader = wire.reader(request.operation, stream=True)
         closed = False
+        heard = Heard(hangup)
 
         async def take(frame: bytes) -> tuple[bytes | None, bool]:
             """What of ``frame`` the client gets (None: nothing), and whether the stream stops."""
@@ -189,8 +186,9 @@ class _Answered:
                 return frame + separator, False
             failure = call.take(reader.finish() if item is END else reader.read(item))
             if failure is not None or reader.complete:
+                outcome = failure or await heard.ending()  # (nobody there to take it: an abort)
                 closed = True
-                await self.end(failure)
+                await self.end(outcome)
             if isinstance(failure, OverCap) or (failure is not None and item is END):
                 return wire.error_frame(str(failure)), True  # past the cap, or an early end
             if failure is not None:
@@ -215,6 +213,9 @@ class _Answered:
                     out, stop = await take(frame)
                     if out is not None:
                         yield out
+                    if heard.gone and not closed:  # what it was sent went nowhere
+                        closed = True
+                        await self.end(asyncio.CancelledError())
                     if stop or closed:  # the answer is over, whether or not its body is
                         return
             if not closed:
@@ -232,6 +233,7 @@ class _Answered:
         finally:
             # Read to the end: the connection goes back to the pool. Cut short (the
             # client hung up, the stream broke): it is dropped, which stops Ollama.
+            heard.close()
             pool.finish(response, completed=response.content.at_eof())
 
 
@@ -258,9 +260,9 @@ class Relay:
     ) -> Response:
         """Meter one call: budgets, a slot on a server (waiting its turn), Ollama, the span.
 
-        ``admission`` says how the call queues (its department, weight, concurrency
-        limits); ``bind`` learns the span's id once it is open; ``hangup`` returns when
-        the caller has gone, so a call waiting its turn leaves the queue.
+        ``admission`` says how the call queues (its department, weight, concurrency limits);
+        ``bind`` learns the span's id once it is open; ``hangup`` returns when the caller has
+        gone: a call waiting its turn leaves the queue, an answer being sent stops.
         """
         admission = admission or Admission((attribution.tenant, attribution.department))
         try:
@@ -308,11 +310,11 @@ class Relay:
             if isinstance(sent, Response):
                 return sent
             if not request.stream:
-                whole = await until_gone(sent.whole(), hangup)
+                whole = await until_gone(sent.whole(hangup), hangup)
                 # An answer relayed as it arrives gives the slot back when it has been sent.
                 return Holding(whole, slot.hand_over()) if isinstance(whole, Relayed) else whole
             stream = StreamingResponse(
-                sent.stream(),
+                sent.stream(hangup),
                 media_type=wire.stream_media_type
                 or content_type_of(sent.response)
                 or "application/x-ndjson",
@@ -338,10 +340,10 @@ class Relay:
     ) -> _Answered | Response:
         """Ollama's 200 response, or the answer for the client (the span is then closed).
 
-        On a server another one could stand in for, a transient failure (unreachable,
-        silent, 5xx, 429) or "model not found" moves the call there, ahead of the queue; on the last one the
-        one retry policy retries it. A server that did not answer at all is taken out
-        of the routing until discovery sees it answer.
+        On a server another one could stand in for, a transient failure (unreachable, silent,
+        5xx, 429) or "model not found" moves the call there, ahead of the queue; on the last one
+        the one retry policy retries it. A server that did not answer at all is taken out of the
+        routing until discovery sees it answer.
         """
         fleet, model = self.fleet, request.model
         tried: set[str] = set()

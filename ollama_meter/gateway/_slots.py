@@ -87,6 +87,44 @@ async def until_gone(work: Awaitable[T], hangup: Hangup | None) -> T:
     return task.result()
 
 
+class Heard:
+    """Whether the caller of an answer being sent has hung up, for the relay to ask as it goes.
+
+    A write into a connection that is gone returns as if it were sent (ASGI 2.3: uvicorn),
+    and the hang-up reaches the answer's sender as a cancellation only later: on uvloop, not
+    for as long as more of the answer is there to read. A relay that went on writing into
+    nothing read Ollama's whole answer for nobody, and recorded it ``ok``. Listening itself,
+    it stops at its next write (:attr:`gone`), and never takes an answer for delivered whose
+    caller has left (:meth:`left`).
+    """
+
+    __slots__ = ("_task",)
+
+    def __init__(self, hangup: Hangup | None) -> None:
+        self._task = None if hangup is None else asyncio.ensure_future(hangup())
+
+    @property
+    def gone(self) -> bool:
+        """The caller hung up (as far as has been heard)."""
+        return self._task is not None and self._task.done()
+
+    async def left(self) -> bool:
+        """Whether the caller has hung up, a hang-up that has already happened heard first."""
+        await asyncio.sleep(0)  # its news (queued as the connection was lost) comes before this
+        return self.gone
+
+    async def ending(self) -> asyncio.CancelledError | None:
+        """How a call whose whole answer is in ends, by its caller: an abort if it has gone."""
+        return asyncio.CancelledError() if await self.left() else None
+
+    def close(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        if self._task.done() and not self._task.cancelled():
+            self._task.exception()  # read: a receive that failed says the caller is gone
+
+
 class Slot:
     """The place a call holds now: moved when the call moves to another server, given back once."""
 

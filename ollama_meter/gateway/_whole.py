@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import StreamingResponse
 
 from ollama_meter.errors import UpstreamError
+from ollama_meter.gateway._slots import Hangup, Heard
 from ollama_meter.upstream._answer import AnswerScan
 from ollama_meter.upstream._classify import not_an_answer
 from ollama_meter.upstream._wire import lacks
@@ -68,19 +69,23 @@ class Relayed(StreamingResponse):
             _log.warning("a whole answer from Ollama was cut off before its end: %s", cut)
 
 
-async def relayed(answered: _Answered, head: bytes) -> AsyncIterator[bytes]:
+async def relayed(
+    answered: _Answered, head: bytes, hangup: Hangup | None = None
+) -> AsyncIterator[bytes]:
     """A whole answer too large to hold, relayed as it arrives and read as it passes
     (:class:`AnswerScan`); its last bytes are held until its span is written.
 
     An answer that turns out not to be one (not JSON, an error, broken off) cannot
     become a 502 once its first bytes went: its last bytes are not sent and the
     connection is cut (:class:`Cut`), so the client fails to read it, as it would
-    read it from Ollama.
+    read it from Ollama. A caller that has hung up (``hangup`` returns) is sent nothing
+    more: its call is an abort, never ok.
     """
     call, response, pool = answered.call, answered.response, answered.pool
     scan = AnswerScan(answered.request.operation, host=pool.host)
     chunks = aiter(pool.chunks(response))
     deadline = call.deadline()
+    heard = Heard(hangup)
     closed = False
     held = b""
     """The last byte that came (and white space after it), sent only once the span is written:
@@ -100,6 +105,8 @@ async def relayed(answered: _Answered, head: bytes) -> AsyncIterator[bytes]:
                 sent, held = held + data[:last], data[last:]
                 if sent:
                     yield sent
+            if heard.gone:  # what it was sent went nowhere
+                break
             if data := next(pieces, b""):
                 await asyncio.sleep(0)  # the event loop's other calls have their turn
                 continue
@@ -108,6 +115,11 @@ async def relayed(answered: _Answered, head: bytes) -> AsyncIterator[bytes]:
                     data = await anext(chunks)
             except StopAsyncIteration:
                 break
+        if heard.gone or await heard.left():  # nobody there to take (the rest of) it
+            closed = True
+            call.answered()
+            await answered.end(asyncio.CancelledError())
+            return
         answer = scan.end()
         failure = failure_of(answered, answer)
         closed = True
@@ -128,4 +140,5 @@ async def relayed(answered: _Answered, head: bytes) -> AsyncIterator[bytes]:
             await answered.end(exc)
         raise
     finally:
+        heard.close()
         pool.finish(response, completed=response.content.at_eof())

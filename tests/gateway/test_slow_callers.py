@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,8 @@ import pytest
 from ollama_meter.gateway import _memory, _server
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
+from ollama_meter.upstream import _pooled
+from tests._raw_http import RawServer
 from tests.gateway.conftest import Gateway
 
 LONG = dataclasses.replace(DEFAULT_MODELS[0], reply_tokens=200_000)
@@ -37,13 +40,13 @@ def _port(gateway: Gateway) -> int:
     return int(gateway.url.rsplit(":", 1)[1])
 
 
-def _raw_request(gateway: Gateway, body: dict[str, Any]) -> socket.socket:
-    """A connection that has sent ``body`` to /api/chat and reads nothing of the answer."""
+def _raw_request(gateway: Gateway, body: dict[str, Any], path: str = "/api/chat") -> socket.socket:
+    """A connection that has sent ``body`` to ``path`` and reads nothing of the answer."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window that fills at once
     sock.connect(("127.0.0.1", _port(gateway)))
     data = json.dumps(body).encode()
-    head = f"POST /api/chat HTTP/1.1\r\nhost: x\r\ncontent-length: {len(data)}\r\n\r\n"
+    head = f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(data)}\r\n\r\n"
     sock.sendall(head.encode() + data)
     return sock
 
@@ -202,3 +205,71 @@ def test_an_answer_given_before_the_body_ended_closes_the_connection(
             pass
     assert b"\r\nconnection: close\r\n" in head.lower()
     assert sqlite_gateway.client.get("/api/version").status_code == 200
+
+
+def _streamed(items: list[dict[str, Any]]) -> bytes:
+    """Ollama's 200 with ``items`` as one chunked NDJSON body, whole."""
+    body = b"".join(json.dumps(item).encode() + b"\n" for item in items)
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n"
+    return head + b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+
+@pytest.mark.parametrize("hangup", ["the caller's reset", "the gateway's, on a stalled caller"])
+def test_a_caller_gone_mid_stream_is_an_abort_never_ok(
+    serve_on: Callable[..., Gateway],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    hangup: str,
+) -> None:
+    """A write into a connection that is gone returns as if it was sent (ASGI 2.3), and the
+    hang-up reached the relay as a cancellation, later: anyio puts it off while the relay's wait
+    on Ollama is already over, as it is for as long as more of the answer is there to read. The
+    relay went on through the answer (the sockets from Ollama hold megabytes) to its end: the
+    call was recorded ok, an answer nobody got, computed whole for nobody."""
+    stalls = hangup.endswith("stalled caller")
+    monkeypatch.setattr(_server, "STALLED_S", 1.0 if stalls else 60.0)
+    words = [{"model": "m", "message": {"role": "assistant", "content": "word "}, "done": False}]
+    final = {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True}
+    final |= {"done_reason": "stop", "prompt_eval_count": 3, "eval_count": 100_000}
+    # ~8 MB: more than the sockets to the caller hold (4 MB at most for a send buffer)
+    upstream = RawServer(lambda: _streamed(words * 100_000 + [final]))
+    try:
+        gateway = serve_on(upstream.url, sqlite_url)
+        caller = _raw_request(
+            gateway, {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        )
+        with caller:
+            threading.Event().wait(1.0)  # the sockets on the way fill; the relay waits on them
+            if not stalls:
+                assert gateway.ledger.latest(SpanFilter(), 10) == [], "the answer got through"
+                linger = struct.pack("ii", 1, 0)  # closed with a reset: as on a crash
+                caller.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                caller.close()
+            _until(lambda: gateway.ledger.latest(SpanFilter(), 10), "recorded")
+    finally:
+        upstream.close()
+    (span,) = gateway.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.error_type, span.stream) == ("client_abort", "client_abort", True)
+
+
+def test_a_caller_gone_from_a_whole_answer_relayed_as_it_comes_is_an_abort_not_ok(
+    serve_on: Callable[..., Gateway], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a whole answer too large to hold (an embedding batch), relayed as it comes."""
+    monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 2_000)
+    vectors = [[0.123456789] * 4096] * 120  # ~6 MB: more than the sockets to the caller hold
+    body = json.dumps({"model": "m", "embeddings": vectors, "prompt_eval_count": 3}).encode()
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    upstream = RawServer(lambda: head + b"content-length: %d\r\n\r\n" % len(body) + body)
+    try:
+        gateway = serve_on(upstream.url, sqlite_url)
+        with _raw_request(gateway, {"model": "m", "input": ["hi"] * 120}, "/api/embed") as caller:
+            threading.Event().wait(1.0)  # the sockets on the way fill; the relay waits on them
+            assert gateway.ledger.latest(SpanFilter(), 10) == [], "the answer got through"
+            caller.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            caller.close()
+            _until(lambda: gateway.ledger.latest(SpanFilter(), 10), "recorded")
+    finally:
+        upstream.close()
+    (span,) = gateway.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.error_type) == ("client_abort", "client_abort")
