@@ -170,6 +170,14 @@ _EXEMPLAR_FILTERS = ("trace_based", "always_on", "always_off")
 _COMPRESSIONS = {"http": ("none", "deflate", "gzip"), "grpc": ("gzip",)}
 """What each exporter takes (trimmed, any case). The grpc one refuses even ``none``."""
 _TLS_FILES = ("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY")
+_METRIC_CHOICES = {
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": ("CUMULATIVE", "DELTA", "LOWMEMORY"),
+    "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": (
+        "EXPLICIT_BUCKET_HISTOGRAM",
+        "BASE2_EXPONENTIAL_BUCKET_HISTOGRAM",
+    ),
+}
+"""What the OTLP metric exporters take; another value was a raw SDK line and the default."""
 SAMPLERS = (
     "always_on",
     "always_off",
@@ -268,6 +276,18 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
     name = "OTEL_METRICS_EXEMPLAR_FILTER"
     if metrics and name in environ and environ[name] not in _EXEMPLAR_FILTERS:
         raise bad(name, f"one of {', '.join(_EXEMPLAR_FILTERS)}")
+    for name, choices in _METRIC_CHOICES.items():  # the exporters read them trimmed, any case
+        if metrics and name in environ and environ[name].strip().upper() not in choices:
+            raise bad(name, f"one of {', '.join(choice.lower() for choice in choices)}")
+    name = "OTEL_RESOURCE_ATTRIBUTES"
+    pairs = environ.get(name, "")
+    if pairs and any(not key.strip() for key, _, _ in map(_pair, pairs.split(","))):
+        raise bad(name, "key=value pairs separated by commas")
+    name = "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"
+    detectors = [each.strip() for each in environ.get(name, "").split(",") if each.strip()]
+    known = _resource_detectors() if detectors else set()
+    if any(detector not in known | {"*"} for detector in detectors):
+        raise bad(name, f"a list of resource detectors installed ({', '.join(sorted(known))})")
     for signal in ("", "TRACES_", "METRICS_"):
         name = f"OTEL_EXPORTER_OTLP_{signal}COMPRESSION"
         if name in environ:
@@ -292,6 +312,20 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
                     f"{name}: {environ[name]!r} is not a file that can be read; give the PEM "
                     "file's path or unset it"
                 )
+
+
+def _pair(item: str) -> tuple[str, str, str]:
+    """``item`` of ``OTEL_RESOURCE_ATTRIBUTES`` split at its first ``=``: the key is empty if
+    there is none (the SDK logged the pair and left it out)."""
+    key, equals, value = item.partition("=")
+    return (key, equals, value) if equals else ("", "", item)
+
+
+def _resource_detectors() -> set[str]:
+    """The resource detectors installed, by the names the SDK loads them by."""
+    from importlib.metadata import entry_points
+
+    return set(entry_points(group="opentelemetry_resource_detector").names)
 
 
 def _integer(text: str, *, low: int) -> int | None:

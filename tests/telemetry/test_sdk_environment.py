@@ -41,6 +41,10 @@ CHECKED = (
     "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
     "OTEL_SDK_DISABLED",
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+    "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
 )
 VALUES = st.one_of(
     st.sampled_from(
@@ -48,6 +52,9 @@ VALUES = st.one_of(
             *("", " ", "0", "1", "-1", "5000", " 7 ", "1.5", "nan", "unset", "UNSET", "abc"),
             *("gzip", " GZIP ", "deflate", "none", "zip", "trace_based", "always_on", "Always_On"),
             *("true", " TRUE ", "false", "False", "yes"),
+            *(" Delta ", "cumulative", "LowMemory", "explicit_bucket_histogram", "exponential"),
+            *("base2_exponential_bucket_histogram", "a=b", "a=b,", "=b", "a=%zz,b = c", ","),
+            *("otel", "host, process", "*", "nosuch", "otel,,os"),
         ]
     ),
     st.integers(-(10**6), 10**6).map(str),
@@ -141,6 +148,24 @@ def test_an_sdk_variable_is_an_error_line_naming_it_or_the_sdk_takes_it_without_
             "/no/such/ca.pem",
             "OTEL_EXPORTER_OTLP_CERTIFICATE: '/no/such/ca.pem' is not a file that can be "
             "read; give the PEM file's path or unset it",
+        ),
+        (  # the SDK printed a traceback, then went on without it
+            "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
+            "otel,nosuch",
+            "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS: 'otel,nosuch' is not a list of resource "
+            "detectors installed (host, os, otel, process, service_instance); fix or unset it",
+        ),
+        (  # the SDK printed a raw line, then left the pair out
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "team=ml,oops",
+            "OTEL_RESOURCE_ATTRIBUTES: 'team=ml,oops' is not key=value pairs separated by "
+            "commas; fix or unset it",
+        ),
+        (  # the SDK printed a raw line, then exported cumulative
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+            "deltas",
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: 'deltas' is not one of "
+            "cumulative, delta, lowmemory; fix or unset it",
         ),
     ],
 )
