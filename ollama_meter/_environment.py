@@ -10,7 +10,7 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -170,6 +170,13 @@ _EXEMPLAR_FILTERS = ("trace_based", "always_on", "always_off")
 _COMPRESSIONS = {"http": ("none", "deflate", "gzip"), "grpc": ("gzip",)}
 """What each exporter takes (trimmed, any case). The grpc one refuses even ``none``."""
 _TLS_FILES = ("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY")
+_GRPC_CODES = (
+    *("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND"),
+    *("ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION"),
+    *("ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"),
+    "UNAUTHENTICATED",
+)
+"""``grpc.StatusCode``'s names (grpc is imported only when it exports)."""
 _METRIC_CHOICES = {
     "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": ("CUMULATIVE", "DELTA", "LOWMEMORY"),
     "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": (
@@ -285,9 +292,11 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
         raise bad(name, "key=value pairs separated by commas")
     name = "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"
     detectors = [each.strip() for each in environ.get(name, "").split(",") if each.strip()]
-    known = _resource_detectors() if detectors else set()
+    known = _entry_points("opentelemetry_resource_detector") if detectors else set()
     if any(detector not in known | {"*"} for detector in detectors):
         raise bad(name, f"a list of resource detectors installed ({', '.join(sorted(known))})")
+    if "grpc" in protocols:
+        _check_grpc(environ, bad)
     for signal in ("", "TRACES_", "METRICS_"):
         name = f"OTEL_EXPORTER_OTLP_{signal}COMPRESSION"
         if name in environ:
@@ -321,11 +330,27 @@ def _pair(item: str) -> tuple[str, str, str]:
     return (key, equals, value) if equals else ("", "", item)
 
 
-def _resource_detectors() -> set[str]:
-    """The resource detectors installed, by the names the SDK loads them by."""
+def _entry_points(group: str) -> set[str]:
+    """The plugins installed in ``group``, by the names the SDK loads them by."""
     from importlib.metadata import entry_points
 
-    return set(entry_points(group="opentelemetry_resource_detector").names)
+    return set(entry_points(group=group).names)
+
+
+def _check_grpc(environ: Mapping[str, str], bad: Callable[[str, str], ConfigError]) -> None:
+    """The variables only the grpc exporters read: a code that is none, or a credential
+    provider not installed, was a KeyError or RuntimeError ometer called a bug of its own."""
+    name = "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES"
+    codes = [code.strip().upper() for code in environ.get(name, "").split(",") if code.strip()]
+    if any(code not in _GRPC_CODES for code in codes):
+        raise bad(name, f"a list of gRPC status codes ({', '.join(_GRPC_CODES).lower()})")
+    for signal in ("", "TRACES_", "METRICS_"):
+        name = f"OTEL_PYTHON_EXPORTER_OTLP_GRPC_{signal}CREDENTIAL_PROVIDER"
+        if environ.get(name):
+            known = _entry_points("opentelemetry_otlp_credential_provider")
+            if environ[name] not in known:
+                installed = ", ".join(sorted(known)) or "none is"
+                raise bad(name, f"a credential provider installed ({installed})")
 
 
 def _integer(text: str, *, low: int) -> int | None:

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter import load_settings
+from ollama_meter._environment import _GRPC_CODES
 from ollama_meter.errors import ConfigError
 from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.testing import unreachable_url
@@ -45,6 +46,9 @@ CHECKED = (
     "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
+    "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES",
+    "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER",
+    "OTEL_PYTHON_EXPORTER_OTLP_GRPC_TRACES_CREDENTIAL_PROVIDER",
 )
 VALUES = st.one_of(
     st.sampled_from(
@@ -55,6 +59,7 @@ VALUES = st.one_of(
             *(" Delta ", "cumulative", "LowMemory", "explicit_bucket_histogram", "exponential"),
             *("base2_exponential_bucket_histogram", "a=b", "a=b,", "=b", "a=%zz,b = c", ","),
             *("otel", "host, process", "*", "nosuch", "otel,,os"),
+            *("unavailable", " Unavailable , RESOURCE_EXHAUSTED,", "unavailable,nope"),
         ]
     ),
     st.integers(-(10**6), 10**6).map(str),
@@ -463,3 +468,46 @@ def test_the_service_name_is_taken_in_the_order_the_spec_gives(
         )
     finally:
         telemetry.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (  # a KeyError "ometer called a bug of its own"
+            "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES",
+            "unavailable,busy",
+            "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES: 'unavailable,busy' is not "
+            "a list of gRPC status codes (ok, cancelled, unknown, invalid_argument, "
+            "deadline_exceeded, not_found, already_exists, permission_denied, "
+            "resource_exhausted, failed_precondition, aborted, out_of_range, unimplemented, "
+            "internal, unavailable, data_loss, unauthenticated); fix or unset it",
+        ),
+        (  # a RuntimeError, the same
+            "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER",
+            "vault",
+            "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER: 'vault' is not a credential "
+            "provider installed (none is); fix or unset it",
+        ),
+    ],
+)
+def test_a_bad_grpc_exporter_variable_is_one_error_line_before_any_call(
+    cli,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url().replace("http:", "https:"))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv(name, value)
+    done = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "hi")
+    assert done.code == 2
+    assert done.stderr.strip() == f"error: {message}"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")  # read by grpc only
+    assert load_settings().otlp_protocol == "http/protobuf"
+
+
+def test_the_grpc_codes_checked_are_grpcs_own() -> None:
+    import grpc  # type: ignore[import-untyped]
+
+    assert tuple(code.name for code in grpc.StatusCode) == _GRPC_CODES
