@@ -259,6 +259,7 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
     for signal in ("traces", "metrics"):
         if settings.otlp_endpoint or getattr(settings, f"otlp_{signal}_endpoint"):
             protocols.add("grpc" if settings.otlp_protocol_of(signal) == "grpc" else "http")
+    otlp_http = "http" in protocols  # not Langfuse's or Traceloop's: they take no provider
     langfuse = settings.langfuse_public_key and settings.langfuse_secret_key
     if (langfuse and settings.langfuse_host) or settings.traceloop_api_key:
         protocols.add("http")
@@ -297,6 +298,14 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
         raise bad(name, f"a list of resource detectors installed ({', '.join(sorted(known))})")
     if "grpc" in protocols:
         _check_grpc(environ, bad)
+    for signal in ("", "TRACES_", "METRICS_"):
+        name = f"OTEL_PYTHON_EXPORTER_OTLP_HTTP_{signal}CREDENTIAL_PROVIDER"
+        if otlp_http and environ.get(name):  # the exporter was given ometer's session instead
+            raise ConfigError(
+                f"{name}: {environ[name]!r} is a credential provider ometer's http exporter "
+                "does not use (it reads a collector's answer with a session of its own): give "
+                "the credentials in OTEL_EXPORTER_OTLP_HEADERS, or export by grpc, and unset it"
+            )
     for signal in ("", "TRACES_", "METRICS_"):
         name = f"OTEL_EXPORTER_OTLP_{signal}COMPRESSION"
         if name in environ:

@@ -49,6 +49,7 @@ CHECKED = (
     "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES",
     "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER",
     "OTEL_PYTHON_EXPORTER_OTLP_GRPC_TRACES_CREDENTIAL_PROVIDER",
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
 )
 VALUES = st.one_of(
     st.sampled_from(
@@ -511,3 +512,25 @@ def test_the_grpc_codes_checked_are_grpcs_own() -> None:
     import grpc  # type: ignore[import-untyped]
 
     assert tuple(code.name for code in grpc.StatusCode) == _GRPC_CODES
+
+
+@pytest.mark.parametrize("signal", ["", "TRACES_", "METRICS_"])
+def test_an_http_credential_provider_ometer_would_not_use_is_one_error_line(
+    cli,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    signal: str,
+) -> None:
+    """The exporter is given ometer's bounded session, so it never loaded the provider: the
+    collector got no credentials and refused every export, said only as a failed export."""
+    name = f"OTEL_PYTHON_EXPORTER_OTLP_HTTP_{signal}CREDENTIAL_PROVIDER"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url())
+    monkeypatch.setenv(name, "oauth")
+    done = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "hi")
+    assert done.code == 2
+    assert done.stderr.strip() == (
+        f"error: {name}: 'oauth' is a credential provider ometer's http exporter does not use "
+        "(it reads a collector's answer with a session of its own): give the credentials in "
+        "OTEL_EXPORTER_OTLP_HEADERS, or export by grpc, and unset it"
+    )
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")  # grpc never reads it
+    assert load_settings().otlp_protocol == "grpc"
