@@ -291,6 +291,8 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
     pairs = environ.get(name, "")
     if pairs and any(not key.strip() for key, _, _ in map(_pair, pairs.split(","))):
         raise bad(name, "key=value pairs separated by commas")
+    if any(unicodedata.category(c) == "Cs" for c in pairs):  # bytes that are not UTF-8
+        raise bad(name, "UTF-8 text (percent-encode other bytes, e.g. %C3%A9)")
     name = "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"
     detectors = [each.strip() for each in environ.get(name, "").split(",") if each.strip()]
     known = _entry_points("opentelemetry_resource_detector") if detectors else set()

@@ -167,6 +167,12 @@ def test_an_sdk_variable_is_an_error_line_naming_it_or_the_sdk_takes_it_without_
             "OTEL_RESOURCE_ATTRIBUTES: 'team=ml,oops' is not key=value pairs separated by "
             "commas; fix or unset it",
         ),
+        (  # bytes that are not UTF-8: the pair was left out of every export without a word
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "team=ml,site=m\udce9nchen",
+            "OTEL_RESOURCE_ATTRIBUTES: 'team=ml,site=m\\udce9nchen' is not UTF-8 text "
+            "(percent-encode other bytes, e.g. %C3%A9); fix or unset it",
+        ),
         (  # the SDK printed a raw line, then exported cumulative
             "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
             "deltas",
