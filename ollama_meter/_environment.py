@@ -10,7 +10,7 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -170,6 +170,21 @@ _EXEMPLAR_FILTERS = ("trace_based", "always_on", "always_off")
 _COMPRESSIONS = {"http": ("none", "deflate", "gzip"), "grpc": ("gzip",)}
 """What each exporter takes (trimmed, any case). The grpc one refuses even ``none``."""
 _TLS_FILES = ("CERTIFICATE", "CLIENT_CERTIFICATE", "CLIENT_KEY")
+_GRPC_CODES = (
+    *("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND"),
+    *("ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION"),
+    *("ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"),
+    "UNAUTHENTICATED",
+)
+"""``grpc.StatusCode``'s names (grpc is imported only when it exports)."""
+_METRIC_CHOICES = {
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": ("CUMULATIVE", "DELTA", "LOWMEMORY"),
+    "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": (
+        "EXPLICIT_BUCKET_HISTOGRAM",
+        "BASE2_EXPONENTIAL_BUCKET_HISTOGRAM",
+    ),
+}
+"""What the OTLP metric exporters take; another value was a raw SDK line and the default."""
 SAMPLERS = (
     "always_on",
     "always_off",
@@ -244,6 +259,7 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
     for signal in ("traces", "metrics"):
         if settings.otlp_endpoint or getattr(settings, f"otlp_{signal}_endpoint"):
             protocols.add("grpc" if settings.otlp_protocol_of(signal) == "grpc" else "http")
+    otlp_http = "http" in protocols  # not Langfuse's or Traceloop's: they take no provider
     langfuse = settings.langfuse_public_key and settings.langfuse_secret_key
     if (langfuse and settings.langfuse_host) or settings.traceloop_api_key:
         protocols.add("http")
@@ -268,6 +284,30 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
     name = "OTEL_METRICS_EXEMPLAR_FILTER"
     if metrics and name in environ and environ[name] not in _EXEMPLAR_FILTERS:
         raise bad(name, f"one of {', '.join(_EXEMPLAR_FILTERS)}")
+    for name, choices in _METRIC_CHOICES.items():  # the exporters read them trimmed, any case
+        if metrics and name in environ and environ[name].strip().upper() not in choices:
+            raise bad(name, f"one of {', '.join(choice.lower() for choice in choices)}")
+    name = "OTEL_RESOURCE_ATTRIBUTES"
+    pairs = environ.get(name, "")
+    if pairs and any(not key.strip() for key, _, _ in map(_pair, pairs.split(","))):
+        raise bad(name, "key=value pairs separated by commas")
+    if any(unicodedata.category(c) == "Cs" for c in pairs):  # bytes that are not UTF-8
+        raise bad(name, "UTF-8 text (percent-encode other bytes, e.g. %C3%A9)")
+    name = "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS"
+    detectors = [each.strip() for each in environ.get(name, "").split(",") if each.strip()]
+    known = _entry_points("opentelemetry_resource_detector") if detectors else set()
+    if any(detector not in known | {"*"} for detector in detectors):
+        raise bad(name, f"a list of resource detectors installed ({', '.join(sorted(known))})")
+    if "grpc" in protocols:
+        _check_grpc(environ, bad)
+    for signal in ("", "TRACES_", "METRICS_"):
+        name = f"OTEL_PYTHON_EXPORTER_OTLP_HTTP_{signal}CREDENTIAL_PROVIDER"
+        if otlp_http and environ.get(name):  # the exporter was given ometer's session instead
+            raise ConfigError(
+                f"{name}: {environ[name]!r} is a credential provider ometer's http exporter "
+                "does not use (it reads a collector's answer with a session of its own): give "
+                "the credentials in OTEL_EXPORTER_OTLP_HEADERS, or export by grpc, and unset it"
+            )
     for signal in ("", "TRACES_", "METRICS_"):
         name = f"OTEL_EXPORTER_OTLP_{signal}COMPRESSION"
         if name in environ:
@@ -292,6 +332,36 @@ def check_sdk_environment(environ: Mapping[str, str], settings: Any) -> None:
                     f"{name}: {environ[name]!r} is not a file that can be read; give the PEM "
                     "file's path or unset it"
                 )
+
+
+def _pair(item: str) -> tuple[str, str, str]:
+    """``item`` of ``OTEL_RESOURCE_ATTRIBUTES`` split at its first ``=``: the key is empty if
+    there is none (the SDK logged the pair and left it out)."""
+    key, equals, value = item.partition("=")
+    return (key, equals, value) if equals else ("", "", item)
+
+
+def _entry_points(group: str) -> set[str]:
+    """The plugins installed in ``group``, by the names the SDK loads them by."""
+    from importlib.metadata import entry_points
+
+    return set(entry_points(group=group).names)
+
+
+def _check_grpc(environ: Mapping[str, str], bad: Callable[[str, str], ConfigError]) -> None:
+    """The variables only the grpc exporters read: a code that is none, or a credential
+    provider not installed, was a KeyError or RuntimeError ometer called a bug of its own."""
+    name = "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES"
+    codes = [code.strip().upper() for code in environ.get(name, "").split(",") if code.strip()]
+    if any(code not in _GRPC_CODES for code in codes):
+        raise bad(name, f"a list of gRPC status codes ({', '.join(_GRPC_CODES).lower()})")
+    for signal in ("", "TRACES_", "METRICS_"):
+        name = f"OTEL_PYTHON_EXPORTER_OTLP_GRPC_{signal}CREDENTIAL_PROVIDER"
+        if environ.get(name):
+            known = _entry_points("opentelemetry_otlp_credential_provider")
+            if environ[name] not in known:
+                installed = ", ".join(sorted(known)) or "none is"
+                raise bad(name, f"a credential provider installed ({installed})")
 
 
 def _integer(text: str, *, low: int) -> int | None:

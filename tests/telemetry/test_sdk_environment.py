@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter import load_settings
+from ollama_meter._environment import _GRPC_CODES
 from ollama_meter.errors import ConfigError
 from ollama_meter.telemetry._setup import Telemetry
 from ollama_meter.testing import unreachable_url
@@ -41,6 +42,14 @@ CHECKED = (
     "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
     "OTEL_SDK_DISABLED",
+    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+    "OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
+    "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES",
+    "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER",
+    "OTEL_PYTHON_EXPORTER_OTLP_GRPC_TRACES_CREDENTIAL_PROVIDER",
+    "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER",
 )
 VALUES = st.one_of(
     st.sampled_from(
@@ -48,6 +57,10 @@ VALUES = st.one_of(
             *("", " ", "0", "1", "-1", "5000", " 7 ", "1.5", "nan", "unset", "UNSET", "abc"),
             *("gzip", " GZIP ", "deflate", "none", "zip", "trace_based", "always_on", "Always_On"),
             *("true", " TRUE ", "false", "False", "yes"),
+            *(" Delta ", "cumulative", "LowMemory", "explicit_bucket_histogram", "exponential"),
+            *("base2_exponential_bucket_histogram", "a=b", "a=b,", "=b", "a=%zz,b = c", ","),
+            *("otel", "host, process", "*", "nosuch", "otel,,os"),
+            *("unavailable", " Unavailable , RESOURCE_EXHAUSTED,", "unavailable,nope"),
         ]
     ),
     st.integers(-(10**6), 10**6).map(str),
@@ -141,6 +154,30 @@ def test_an_sdk_variable_is_an_error_line_naming_it_or_the_sdk_takes_it_without_
             "/no/such/ca.pem",
             "OTEL_EXPORTER_OTLP_CERTIFICATE: '/no/such/ca.pem' is not a file that can be "
             "read; give the PEM file's path or unset it",
+        ),
+        (  # the SDK printed a traceback, then went on without it
+            "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS",
+            "otel,nosuch",
+            "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS: 'otel,nosuch' is not a list of resource "
+            "detectors installed (host, os, otel, process, service_instance); fix or unset it",
+        ),
+        (  # the SDK printed a raw line, then left the pair out
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "team=ml,oops",
+            "OTEL_RESOURCE_ATTRIBUTES: 'team=ml,oops' is not key=value pairs separated by "
+            "commas; fix or unset it",
+        ),
+        (  # bytes that are not UTF-8: the pair was left out of every export without a word
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "team=ml,site=m\udce9nchen",
+            "OTEL_RESOURCE_ATTRIBUTES: 'team=ml,site=m\\udce9nchen' is not UTF-8 text "
+            "(percent-encode other bytes, e.g. %C3%A9); fix or unset it",
+        ),
+        (  # the SDK printed a raw line, then exported cumulative
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+            "deltas",
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: 'deltas' is not one of "
+            "cumulative, delta, lowmemory; fix or unset it",
         ),
     ],
 )
@@ -438,3 +475,68 @@ def test_the_service_name_is_taken_in_the_order_the_spec_gives(
         )
     finally:
         telemetry.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (  # a KeyError "ometer called a bug of its own"
+            "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES",
+            "unavailable,busy",
+            "OTEL_PYTHON_EXPORTER_OTLP_GRPC_RETRYABLE_ERROR_CODES: 'unavailable,busy' is not "
+            "a list of gRPC status codes (ok, cancelled, unknown, invalid_argument, "
+            "deadline_exceeded, not_found, already_exists, permission_denied, "
+            "resource_exhausted, failed_precondition, aborted, out_of_range, unimplemented, "
+            "internal, unavailable, data_loss, unauthenticated); fix or unset it",
+        ),
+        (  # a RuntimeError, the same
+            "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER",
+            "vault",
+            "OTEL_PYTHON_EXPORTER_OTLP_GRPC_CREDENTIAL_PROVIDER: 'vault' is not a credential "
+            "provider installed (none is); fix or unset it",
+        ),
+    ],
+)
+def test_a_bad_grpc_exporter_variable_is_one_error_line_before_any_call(
+    cli,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url().replace("http:", "https:"))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv(name, value)
+    done = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "hi")
+    assert done.code == 2
+    assert done.stderr.strip() == f"error: {message}"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")  # read by grpc only
+    assert load_settings().otlp_protocol == "http/protobuf"
+
+
+def test_the_grpc_codes_checked_are_grpcs_own() -> None:
+    import grpc  # type: ignore[import-untyped]
+
+    assert tuple(code.name for code in grpc.StatusCode) == _GRPC_CODES
+
+
+@pytest.mark.parametrize("signal", ["", "TRACES_", "METRICS_"])
+def test_an_http_credential_provider_ometer_would_not_use_is_one_error_line(
+    cli,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+    signal: str,
+) -> None:
+    """The exporter is given ometer's bounded session, so it never loaded the provider: the
+    collector got no credentials and refused every export, said only as a failed export."""
+    name = f"OTEL_PYTHON_EXPORTER_OTLP_HTTP_{signal}CREDENTIAL_PROVIDER"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", unreachable_url())
+    monkeypatch.setenv(name, "oauth")
+    done = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "hi")
+    assert done.code == 2
+    assert done.stderr.strip() == (
+        f"error: {name}: 'oauth' is a credential provider ometer's http exporter does not use "
+        "(it reads a collector's answer with a session of its own): give the credentials in "
+        "OTEL_EXPORTER_OTLP_HEADERS, or export by grpc, and unset it"
+    )
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")  # grpc never reads it
+    assert load_settings().otlp_protocol == "grpc"
