@@ -50,18 +50,20 @@ class Runtime:
             keys = [k for k in self._parts if k[0] == kind and (key is None or k[1] == key)]
             return [self._parts.pop(k)[0] for k in keys]
 
-    def close(self) -> None:
-        """Close every part, newest first; a closer that fails is logged, the rest still run."""
+    def close(self, kind: str | None = None) -> None:
+        """Close every part (only the ``kind`` parts when given), newest first; a closer that
+        fails is logged, the rest still run."""
         with self._lock:
-            parts = list(self._parts.items())
-            self._parts.clear()
-        for (kind, key), (value, close) in reversed(parts):
+            parts = [item for item in self._parts.items() if kind in (None, item[0][0])]
+            for found, _ in parts:
+                del self._parts[found]
+        for (part, key), (value, close) in reversed(parts):
             if close is None:
                 continue
             try:
                 close(value)
             except Exception as exc:  # one broken part must not keep the others open
-                log.warning("closing %s %r failed: %s", kind, key, exc)
+                log.warning("closing %s %r failed: %s", part, key, exc)
 
 
 _current = Runtime()

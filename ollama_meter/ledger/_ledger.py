@@ -417,6 +417,10 @@ def close_ledger(url: str) -> None:
 
 
 def close_ledgers() -> None:
-    """Dispose of every process-wide ledger (tests, and long-running hosts on shutdown)."""
+    """Dispose of every process-wide ledger (tests, and long-running hosts on shutdown).
+
+    The alert dispatchers that record into them close first: one left running retried a
+    failed alert a minute later, against a ledger that was gone."""
+    runtime().close("alerts")
     for ledger in runtime().drop("ledger"):
         ledger.dispose()

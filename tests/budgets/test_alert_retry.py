@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 
 from ollama_meter.budgets import Alert, AlertDispatcher, WebhookChannel
 from ollama_meter.budgets._alerts import MAX_RUNS, TRIES
-from ollama_meter.ledger import Ledger
+from ollama_meter.ledger import Ledger, close_ledgers, open_ledger
 from tests.budgets.test_alert_once import NOV, fired
 from tests.budgets.test_gate import Receiver
 
@@ -170,3 +171,23 @@ def test_email_says_which_recipients_the_server_refused() -> None:
         "(550 5.1.1 no such mailbox)",
         True,
     )
+
+
+def test_closing_the_ledgers_ends_the_retries_that_would_record_into_them(
+    db_url: str, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dispatcher left running after its ledgers closed retried a failed alert a minute
+    later, against a ledger that was gone (CI: a dropped PostgreSQL database's error line
+    in another test's output). Closing the ledgers closes what records into them."""
+    receiver.fail = 10**6
+    ledger = open_ledger(db_url)
+    dispatcher = AlertDispatcher(ledger, [WebhookChannel(receiver.url)], backoff=0)
+    dispatcher.retry_after = (0.3,) * (MAX_RUNS - 1)
+    dispatcher.dispatch(fired(ledger))
+    assert dispatcher.flush(600.0)  # the first attempt failed: a retry is due in 0.3 s
+    posts = 10**6 - receiver.fail
+    assert posts == TRIES
+    close_ledgers()
+    time.sleep(1.0)  # three retries' worth
+    assert 10**6 - receiver.fail == posts  # none of them made
+    assert not [r for r in caplog.records if "delivering or recording" in r.getMessage()]
