@@ -10,14 +10,21 @@ from sqlalchemy import Connection, Table, delete, text
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import spooled_meanwhile
+from ollama_meter.ledger._upserts import run
 from ollama_meter.ledger.models import LedgerMetaRow
 
 META: Table = LedgerMetaRow.__table__  # type: ignore[assignment]
 
 
 def get_meta(conn: Connection, key: str) -> str | None:
-    value = conn.execute(_SELECT, {"key": key}).scalar()
-    return None if value is None else str(value)
+    if not conn.in_transaction():  # through SQLAlchemy: its BEGIN (SQLite's is ours) first
+        value = conn.execute(text(_SELECT.format(":key")), {"key": key}).scalar()
+        return None if value is None else str(value)
+    # Straight on the driver: every span's write reads the zone and the prune horizon, and
+    # SQLAlchemy's work around a text() statement took longer than the lookup (37 µs, 5 µs).
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    rows = run(conn, _SELECT.format(mark), (key,))
+    return None if not rows or rows[0][0] is None else str(rows[0][0])
 
 
 def set_meta(conn: Connection, key: str, value: str | None) -> None:
@@ -29,9 +36,9 @@ def set_meta(conn: Connection, key: str, value: str | None) -> None:
     conn.execute(_UPSERT, {"key": key, "value": value})
 
 
-_SELECT = text(f'SELECT "value" FROM {META.name} WHERE "key" = :key')
-"""Text, not a select() built anew: every span's write reads the zone, and building the
-statement and its cache key took twice as long as running it."""
+_SELECT = f'SELECT "value" FROM {META.name} WHERE "key" = {{}}'
+"""Driver SQL, not a select() built anew: building the statement and its cache key took
+twice as long as running it."""
 _UPSERT = text(
     f'INSERT INTO {META.name} ("key", "value") VALUES (:key, :value) '
     'ON CONFLICT ("key") DO UPDATE SET "value" = excluded."value"'
