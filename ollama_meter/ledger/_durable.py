@@ -18,9 +18,11 @@ import contextlib
 import hashlib
 import logging
 import re
+import shlex
 import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
@@ -208,8 +210,7 @@ class DurableLedger(Database):
         if self._held:
             self._write_held()
         try:
-            self._record_now(spans)
-            stored = dict.fromkeys((s.id for s in spans), Stored.COMMITTED)
+            stored = self._record_now(spans)
         except Rejected:
             stored = self._isolate(spans)
         except LedgerError as exc:
@@ -221,10 +222,16 @@ class DurableLedger(Database):
         self.journal.closed([i for i, where in stored.items() if where in DURABLE])
         return stored
 
-    def _record_now(self, spans: Sequence[SpanRecord]) -> None:
+    def _record_now(
+        self, spans: Sequence[SpanRecord], spool_file: Path | None = None
+    ) -> dict[str, Stored]:
+        """Commit ``spans`` in one transaction; where each went: committed, or kept aside
+        when it started before the prune horizon (see :meth:`_keep_early`)."""
+        done: list[_spans.Inserted] = []
+
         def insert() -> None:
             with self.write() as conn:
-                _spans.insert_spans(conn, spans)
+                done[:] = [_spans.insert_spans(conn, spans)]
 
         try:
             self._retry_locked(
@@ -237,6 +244,50 @@ class DurableLedger(Database):
                 self._check_schema_kept(exc)
                 raise Rejected(str(exc)) from exc
             raise
+        stored = dict.fromkeys((s.id for s in spans), Stored.COMMITTED)
+        if early := done[0].early:
+            stored.update(self._keep_early(early, done[0].horizon, spool_file))
+        return stored
+
+    def _keep_early(
+        self, spans: list[SpanRecord], horizon: datetime | None, spool_file: Path | None
+    ) -> dict[str, Stored]:
+        """Keep spans no write records, for starting before the prune horizon, for a human:
+        the ledger cannot tell whether its rollups count them already (recorded, pruned, then
+        replayed from a spool file or journal) or not (spooled across the prune, a clock days
+        behind). ``spool_file``: they are in it already (a drain); kept nowhere else, they
+        stay there. Else, when they cannot be kept, they are spooled (or held), as spans
+        the database cannot take are."""
+        ids = [span.id for span in spans]
+        when = f"{horizon:%Y-%m-%d %H:%M} UTC" if horizon else "the prune horizon"
+        try:
+            where = self.spool.set_aside_early(spans)
+        except OSError as exc:
+            why = (
+                f"{len(spans)} span(s) started before {when}, and cannot be kept in "
+                f"{self.spool.quarantine_dir} ({exc})"
+            )
+            if spool_file is not None:
+                log.error("%s: they stay in the spool file %s", why, spool_file)
+                return dict.fromkeys(ids, Stored.SPOOLED)
+            return self.keep(spans, LedgerError(why))
+        log.error(
+            "%d span(s) (the first %s, %s/%s) started before %s, where the raw spans of the "
+            "ledger at %s were pruned: not recorded, since its rollups of those days may count "
+            "them already (spans recorded, pruned, then replayed from a spool file or a journal "
+            "would count twice). Kept them in %s: if their days' report lacks them (spooled "
+            "across the prune, or a clock days behind), add them with: "
+            "ometer db import --pruned-too %s",
+            len(spans),
+            spans[0].id,
+            spans[0].tenant,
+            spans[0].department,
+            when,
+            self.display_url,
+            where,
+            shlex.quote(str(where)),
+        )
+        return dict.fromkeys(ids, Stored.QUARANTINED)
 
     def _check_schema_kept(self, exc: Exception) -> None:
         """A refused write on a ledger a newer ometer migrated meanwhile (``ometer db
@@ -267,8 +318,7 @@ class DurableLedger(Database):
         stored: dict[str, Stored] = {}
         for span in spans:
             try:
-                self._record_now([span])
-                stored[span.id] = Stored.COMMITTED
+                stored.update(self._record_now([span], spool_file))
             except Rejected as refused:
                 reason = str(refused.__cause__ or refused)
                 stored[span.id] = self._quarantine(span, reason, spool_file)
@@ -355,8 +405,8 @@ class DurableLedger(Database):
         if not spans:
             return True
         try:
-            self._record_now(spans)
-            durable = [s.id for s in spans]
+            stored = self._record_now(spans)
+            durable = [i for i, where in stored.items() if where in DURABLE]
         except (Rejected, LedgerError):
             try:
                 self.spool.put(spans)
@@ -368,7 +418,7 @@ class DurableLedger(Database):
                 return False
         log.warning("wrote the %d span(s) that were held in memory", len(spans))
         self.journal.closed(durable)
-        return True
+        return not self._held
 
     def check_writable(self) -> None:
         """Raise :class:`LedgerError` while spans are held in memory: no new call is taken

@@ -25,10 +25,7 @@ from ollama_meter._text import json_bytes
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._line import CutShort, span_from_line
-from ollama_meter.ledger._meta import pruned_before
-from ollama_meter.ledger._rollup import lock_cells
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span, select_spans
-from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger.models import SpanRow
 from ollama_meter.records import (
     LABEL_FIELDS,
@@ -100,6 +97,11 @@ _ENCODER = msgspec.json.Encoder()
 _LABEL_VALUES = operator.attrgetter(*sorted(LABEL_FIELDS))
 
 
+def export_line(span: SpanRecord) -> bytes:
+    """The span as one line of an export, its newline included."""
+    return json_bytes(_ENCODER.encode(span_to_dict(span))) + b"\n"
+
+
 def export_lines(
     ledger: Ledger, *, since: datetime | None = None, until: datetime | None = None
 ) -> Iterator[bytes]:
@@ -124,7 +126,7 @@ def export_lines(
                 span = row_to_span(row)
                 if not "".join(filter(None, _LABEL_VALUES(span))).isprintable():
                     make_storable(span)
-                line = json_bytes(_ENCODER.encode(span_to_dict(span))) + b"\n"
+                line = export_line(span)
                 held += len(line)
                 yield line
             if held > BATCH_BYTES:  # captured calls of a million characters each
@@ -141,7 +143,8 @@ class ImportSummary:
     read: int = 0
     added: int = 0
     pruned: int = 0
-    """Spans skipped because they started before the prune horizon (see :func:`import_lines`)."""
+    """Spans skipped because they started before the prune horizon and the ledger does not
+    hold them (see :func:`import_lines`)."""
     horizon: datetime | None = None
 
     @property
@@ -177,7 +180,8 @@ def import_lines(
     So are spans that started before the prune horizon, unless ``pruned_too``: the
     ledger no longer has the raw spans of those days, only their rollups, so it cannot
     tell whether a span there is one it pruned (counted already: an export imported
-    back) or one it never had (another ledger's).
+    back) or one it never had (another ledger's). Every write holds spans to that rule
+    (:func:`~ollama_meter.ledger._spans.insert_spans`); the import counts those it skips.
 
     Each batch (``batch`` spans, or fewer whose lines reach :data:`BATCH_BYTES`) is one
     transaction (spans and rollups together). A bad line stops the
@@ -243,18 +247,12 @@ def _import(
         if pending:
             try:
                 with ledger.write() as conn:
-                    fresh = pending
-                    # The rollups' lock before the horizon (PostgreSQL): a prune records its
-                    # horizon holding it alone, so one this read misses waits for the batch
-                    # before it removes a span, and the spans it would remove are still here.
-                    lock_cells(conn)
-                    horizon = None if pruned_too else pruned_before(conn)
-                    if horizon is not None:
-                        cutoff = from_us(horizon)
-                        fresh = [span for span in pending if span.started_at >= cutoff]
-                        summary.pruned += len(pending) - len(fresh)
-                        summary.horizon = cutoff
-                    summary.added += len(insert_spans(conn, fresh))
+                    # Spans before the prune horizon the ledger does not hold are left out,
+                    # as every write leaves them (insert_spans): counted, not kept.
+                    done = insert_spans(conn, pending, pruned_too=pruned_too)
+                summary.added += len(done.added)
+                summary.pruned += len(done.early)
+                summary.horizon = done.horizon or summary.horizon
             except LedgerError as exc:  # the batch is rolled back whole: running again is safe
                 raise LedgerError(
                     f"{exc}; the {summary.read:,} span(s) before this batch are recorded: run "

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Select, Table, bindparam, func, null, select, update
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import _prices, _rollup
+from ollama_meter.ledger import _meta, _prices, _rollup
 from ollama_meter.ledger._cells import QUARTER_US, Grain
 from ollama_meter.ledger._types import driver_key, from_us, to_us
 from ollama_meter.ledger._upserts import run
@@ -158,15 +158,40 @@ _INSERTS: dict[tuple[str, str, str], _SpanInsert] = {}
 _BY_ID = operator.attrgetter("id")
 
 
-def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanRecord]:
+@dataclass(frozen=True, slots=True)
+class Inserted:
+    """What :func:`insert_spans` did with the spans it was given."""
+
+    added: list[SpanRecord]
+    """The spans that were new: recorded, and counted in the rollups."""
+    early: list[SpanRecord] = field(default_factory=list)
+    """Spans that started before the prune horizon and that the ledger does not hold: not
+    recorded (see :func:`insert_spans`)."""
+    horizon: datetime | None = None
+    """The prune horizon the spans were held to (None: the ledger was never pruned)."""
+
+
+def insert_spans(
+    conn: Connection, spans: Sequence[SpanRecord], *, pruned_too: bool = False
+) -> Inserted:
     """Record ``spans`` and add the new ones to the rollups, in the caller's transaction.
 
     Spans go in id order (ULIDs: start time), so concurrent writers on PostgreSQL
-    lock ids in one order; an id given twice is recorded once. Returns the spans
-    that were new.
+    lock ids in one order; an id given twice is recorded once.
+
+    Every path that records spans comes here (a call's write, the spool's drain, a dead
+    process's journal, ``ometer db import``), so one rule holds for all at the prune
+    horizon: a span that started before it and that the ledger does not hold is not
+    recorded, unless ``pruned_too``. Its day keeps only rollups, and the ledger cannot
+    tell a span it counted there and pruned since (a spool file or journal replayed after
+    its commit, an export imported back) from one it never had (spooled across the prune,
+    another ledger's): the first, added again, is counted twice. The caller keeps those
+    (:attr:`Inserted.early`) or says it skipped them. The horizon is read under the
+    rollups' lock, which a prune holds alone to record it: a prune landing meanwhile
+    waits for this transaction, and removes the spans it adds.
     """
     if not spans:
-        return []
+        return Inserted([])
     dialect = conn.dialect
     key = driver_key(dialect)
     statement = _INSERTS.get(key)
@@ -174,9 +199,29 @@ def insert_spans(conn: Connection, spans: Sequence[SpanRecord]) -> list[SpanReco
         statement = _INSERTS[key] = _SpanInsert(dialect)
     unique = sorted({span.id: span for span in reversed(spans)}.values(), key=_BY_ID)
     _rollup.lock_cells(conn)
+    horizon = None if pruned_too else _meta.pruned_before(conn)
+    early: list[SpanRecord] = []
+    if horizon is not None:
+        unique, early = _before(conn, unique, horizon)
     added = statement.insert(conn, unique)
     _rollup.apply(conn, added)
-    return added
+    return Inserted(added, early, None if horizon is None else from_us(horizon))
+
+
+def _before(
+    conn: Connection, spans: list[SpanRecord], horizon: int
+) -> tuple[list[SpanRecord], list[SpanRecord]]:
+    """``spans`` split at the horizon: those to insert, and those before it that the ledger
+    does not hold (a span a prune kept, busy past the horizon, is there: a no-op, as ever)."""
+    later = [span for span in spans if to_us(span.started_at) >= horizon]
+    if len(later) == len(spans):
+        return spans, []
+    before = [span for span in spans if to_us(span.started_at) < horizon]
+    held: set[str] = set()
+    for start in range(0, len(before), _SpanInsert.CHUNK):
+        ids = [span.id for span in before[start : start + _SpanInsert.CHUNK]]
+        held.update(conn.scalars(select(SpanRow.id).where(SpanRow.id.in_(ids))))
+    return later, [span for span in before if span.id not in held]
 
 
 _COLUMNS = tuple(

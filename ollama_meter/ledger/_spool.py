@@ -14,6 +14,7 @@ spool, one file per span with the reason, and a log line says where.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -81,6 +82,10 @@ def write_atomically(path: Path, text: str | bytes) -> None:
         raise
 
 
+BEFORE_HORIZON = ".before-horizon.jsonl"
+"""How the files of spans kept for starting before the prune horizon end."""
+
+
 class Rejected(Exception):
     """The database refused these spans for what they contain, not because it is away."""
 
@@ -127,6 +132,20 @@ class Spool:
         write_atomically(path, json.dumps(record, ensure_ascii=True, indent=1) + "\n")
         return path
 
+    def set_aside_early(self, spans: Sequence[SpanRecord]) -> Path:
+        """Keep spans that started before the ledger's prune horizon (which no write records:
+        see :func:`~ollama_meter.ledger._spans.insert_spans`) beside the quarantine, as export
+        lines ``ometer db import --pruned-too`` takes; returns the file. The same spans set
+        aside again (a drain repeated) go to the same file."""
+        from ollama_meter.ledger._jsonl import export_line
+
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        ids = sorted(span.id for span in spans)
+        digest = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:12]
+        path = self.quarantine_dir / f"{ids[0]}-{digest}{BEFORE_HORIZON}"
+        write_atomically(path, b"".join(export_line(span) for span in spans))
+        return path
+
     def quarantined(self) -> list[Path]:
         try:
             return sorted(self.quarantine_dir.glob("*.json"))
@@ -144,14 +163,16 @@ class Spool:
 
     def drain(
         self,
-        record: Callable[[list[SpanRecord]], object],
+        record: Callable[[list[SpanRecord], Path], Mapping[str, Stored]],
         isolate: Callable[[list[SpanRecord], Path], Mapping[str, Stored]],
         *,
         until: float | None = None,
     ) -> int:
         """Record every spooled span; returns how many were recorded or set aside.
 
-        ``record`` raises :class:`Rejected` when a file holds a span the database refuses:
+        ``record`` says where each of a file's spans went (recorded, or kept aside for
+        starting before the prune horizon), and raises :class:`Rejected` when a file
+        holds a span the database refuses:
         then ``isolate`` records that file's spans one by one, quarantining the bad ones,
         and the drain goes on; the file goes once each of its spans is recorded or
         quarantined, and stays while one is neither. Any other failure (the database is away) stops the drain
@@ -197,10 +218,10 @@ class Spool:
             # can be kept nowhere, the file stays whole and its spans are recorded anyway.
             keep = bool(bad) and not self._keep_unreadable(path, lines, bad)
             try:
-                record(spans)
+                settled = record(spans, path).values()
             except Rejected:
                 settled = isolate(spans, path).values()
-                keep = keep or any(where not in _SETTLED for where in settled)
+            keep = keep or any(where not in _SETTLED for where in settled)
             done += len(spans)
             if not keep:
                 self._remove(path)

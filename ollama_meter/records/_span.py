@@ -34,7 +34,9 @@ class Stored(StrEnum):
     SPOOLED = "spooled"
     """Written to the spool: the database was busy or away; recorded later."""
     QUARANTINED = "quarantined"
-    """Refused by the database for its content; kept in the quarantine folder."""
+    """Refused by the database for its content, or started before the prune horizon (no write
+    records those: the ledger cannot tell whether its rollups count them already); kept in
+    the quarantine folder."""
     HELD = "held"
     """Only in this process's memory: nothing on disk could take it (yet)."""
 
