@@ -24,7 +24,7 @@ from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._fleet import UNION, Fleet, model_named
 from ollama_meter.gateway._json import INLINE_PARSE_BYTES
 from ollama_meter.gateway._relay import error_response, forward_headers, wire_of
-from ollama_meter.gateway._slots import CallerGone, client_left, until_gone
+from ollama_meter.gateway._slots import CallerGone, Heard, client_left, until_gone
 from ollama_meter.upstream import OLLAMA, gateway_status
 from ollama_meter.upstream._pooled import as_sent
 
@@ -112,11 +112,17 @@ async def forward(
         raise
 
     async def relayed() -> AsyncIterator[bytes]:
+        # A write into a caller that has gone returns as if sent, and its hang-up reaches
+        # this generator only once Ollama's answer stops coming: the relay read a large
+        # answer to its end for nobody. Listening itself, it stops at its next write.
+        heard = Heard(hangup)
         last = first[-1:] or b"\n"
         try:
             if first:
                 yield first
             async for chunk in chunks:
+                if heard.gone:  # what it was sent went nowhere: Ollama's connection goes
+                    return
                 yield chunk
                 last = chunk[-1:] or last
         except UpstreamError as exc:
@@ -126,6 +132,7 @@ async def forward(
             # Ended as Ollama ends a stream that failed, so the client raises.
             yield (b"" if last == b"\n" else b"\n") + OLLAMA.error_frame(str(exc))
         finally:
+            heard.close()
             pool.finish(response, completed=response.content.at_eof())
 
     answer = _Relayed(relayed(), status_code=response.status)
