@@ -228,3 +228,35 @@ def test_spans_before_the_horizon_that_cannot_be_kept_aside_wait_in_the_spool(
     ]
     assert sorted(aside) == sorted(s.id for s in early) and _tables(ledger) == kept
     ledger.dispose()
+
+
+def test_a_prune_landing_in_a_replay_leaves_no_pruned_span_counted_twice(
+    pg_server: str | None,
+) -> None:
+    """On PostgreSQL another process's prune lands as a spool's spans are written again, just
+    before the write takes the rollups' lock: the write reads the horizon the prune recorded,
+    and the spans the prune removed meanwhile are kept aside, not counted again."""
+    from sqlalchemy import event
+
+    from tests.conftest import _fresh_pg_database
+
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    url = _fresh_pg_database(pg_server)
+    ledger, pruner = Ledger(url, zone="Europe/Berlin"), Ledger(url, zone="Europe/Berlin")
+    ledger.record(_spans())
+    pruned: list[Any] = []
+
+    @event.listens_for(ledger.engine, "before_cursor_execute")
+    def prune_now(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "pg_advisory_xact_lock_shared" in statement and not pruned:
+            pruned.append(prune(pruner, 30, now=NOW))  # another process's, to the end
+
+    bills = [_monthly(ledger, m) for m in MONTHS]
+    kept = _tables(ledger)
+    stored = ledger.record(_spans())
+    assert pruned and pruned[0].removed > 0
+    assert list(stored.values()).count(Stored.QUARANTINED) == pruned[0].removed
+    assert _tables(ledger) == kept and [_monthly(ledger, m) for m in MONTHS] == bills
+    ledger.dispose()
+    pruner.dispose()
