@@ -29,7 +29,7 @@ from ollama_meter.budgets._leases import Reservation
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import Ledger
 from ollama_meter.periods import Window, current_period
-from ollama_meter.records import SpanRecord
+from ollama_meter.records import SpanRecord, new_span_row_id
 from tests.factories import make_span
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -108,7 +108,7 @@ class Budgets(RuleBasedStateMachine):
         gate %= len(self.gates)
         if gate in self.dead:
             return None
-        call_id = f"c{next(self.ids)}"
+        call_id = new_span_row_id()  # a call is admitted by its span's id, as the meter does
         try:
             reservation = self.gates[gate].admit(
                 call_id=call_id,
@@ -126,6 +126,7 @@ class Budgets(RuleBasedStateMachine):
 
     def _span(self, call: Call, cost: int) -> SpanRecord:
         return make_span(
+            id=call.reservation.id,
             started_at=call.started,
             tenant=self.tenant,
             department=call.department,
