@@ -226,6 +226,35 @@ class MeteredCall:
             "the answer was cut there, so the hard budget holds"
         )
 
+    def _priced_as_admitted(self, answered: str | None) -> str | None:
+        """The model the answer names, kept when pricing it by that name stays within the bound.
+
+        A span is priced by the model the answer names (:meth:`PriceBook.cost_of`), but a
+        hard budget bounded the call (:attr:`bound`) by the rule for the model asked for, the
+        only name known before it runs. An answer naming a model another rule prices (a proxy
+        that routes a name to another model, a server that lies) was charged by that rule:
+        a call for llama3.1:8b answered as llama3.1:70b spent twenty times what the budget
+        held for it, and one for a model no rule prices was admitted on nothing at all. Such
+        a call is priced by the rule it was admitted on: its span keeps the model asked for
+        (so a reprice finds the same rule), and a ``WARNING`` names the one the answer gave.
+        """
+        span = self.span
+        if answered is None or self.bound is None or answered == span.request_model:
+            return answered
+        named = self.prices.rule_for(answered, span.started_at)
+        if named is None or named == self.prices.rule_for(span.request_model, span.started_at):
+            return answered  # priced as the model asked for either way
+        log.warning(
+            "call %s asked for %s and its answer names %s, priced by another rule; its hard "
+            "budget admitted it on the price of %s, so it is charged and recorded as %s",
+            span.id,
+            span.request_model,
+            answered,
+            span.request_model,
+            span.request_model,
+        )
+        return None
+
     def _charge_at_most(self, paid: int) -> None:
         """Busy time (prompt evaluation first) up to ``paid``, what the call's bound paid for.
 
@@ -283,7 +312,7 @@ class MeteredCall:
         if span.stream and self._first_ns is not None and not no_token:
             span.ttft_ns = self._first_ns - self._t0  # a call that generated nothing has none
         if final is not None:
-            span.response_model = final.model or None
+            span.response_model = self._priced_as_admitted(final.model or None)
             span.done_reason = final.done_reason
             span.total_duration_ns = final.total_ns
             span.load_duration_ns = final.load_ns
