@@ -147,7 +147,7 @@ class Upstream(Resilient):
                 with _within(time_cap):
                     return self._checked(operation, method(**request, **_no_stream(operation)))
             except Exception as exc:
-                raise self.classify(exc, model=model, started=False) from exc
+                raise _taken(exc, self.classify(exc, model=model, started=False)) from exc
 
         result = attempts.run(attempt)
         attempts.end()
@@ -214,7 +214,7 @@ class Upstream(Resilient):
             try:
                 return self._checked(operation, await method(**request, **_no_stream(operation)))
             except Exception as exc:
-                raise self.classify(exc, model=model, started=False) from exc
+                raise _taken(exc, self.classify(exc, model=model, started=False)) from exc
 
         result = await attempts.arun(attempt)
         attempts.end()
@@ -264,7 +264,9 @@ class Upstream(Resilient):
         if failure is not None:
             raise failure
         if operation in ("chat", "generate") and not _says_done(answer):
-            raise not_an_answer(self.host, 'the object does not say "done": true')
+            error = not_an_answer(self.host, 'the object does not say "done": true')
+            error.consumed = True  # a whole 200 came: the work was done, as the gateway has it
+            raise error
         return answer
 
     def classify(
@@ -332,6 +334,21 @@ class Upstream(Resilient):
             client = self._async.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.close()  # type: ignore[no-untyped-call]
+
+
+def _taken(exc: BaseException, error: UpstreamError | ClientClosed) -> UpstreamError | ClientClosed:
+    """``error`` (what ``exc`` is classified as), said to have come after Ollama's whole answer
+    when the client library failed to read a success's body (not JSON, cut short, a field of
+    the wrong type): the call is charged its prompt, as the gateway charges it. A failure the
+    answer itself reports (``{"error": ...}``) is Ollama's, and consumed nothing."""
+    if (
+        _ANSWERED.get()
+        and isinstance(error, UpstreamError)
+        and not isinstance(exc, UpstreamError | ollama.ResponseError)
+        and _reported_in(exc) is None
+    ):
+        error.consumed = True
+    return error
 
 
 def _closed_under() -> ClientClosed:

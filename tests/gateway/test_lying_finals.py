@@ -207,6 +207,8 @@ class ScriptedUpstream:
 
     def __init__(self) -> None:
         self.script: dict[str, bytes] = {}
+        self.cut: set[str] = set()
+        """Models whose answer is cut short: its length says 100 bytes more than come."""
         self.listener = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -246,7 +248,8 @@ class ScriptedUpstream:
                 n = int(model.removeprefix("good-").split("-")[0])
                 content = honest(path, asked.get("stream", True), n)[0]
             answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n"
-            answer += b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(content) + content
+            length = len(content) + (100 if model in self.cut else 0)
+            answer += b"connection: close\r\ncontent-length: %d\r\n\r\n" % length + content
             with contextlib.suppress(OSError):  # the gateway gave up on it
                 conn.sendall(answer)
 
