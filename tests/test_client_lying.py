@@ -106,3 +106,41 @@ def test_a_whole_answer_that_came_and_cannot_be_read_is_charged_its_prompt(
     assert metered(sdk) == metered(aio) == metered(gateway)
     assert sdk.status == "error" and sdk.input_tokens > 0 and sdk.token_source == "estimated"
     assert gateway.status == ("ok" if reply.status_code == 200 else "error")
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b'{"model": "m", "message": {"role": "assistant", "content": "hi"}, "done": false, "created_at": 5}',
+        b'{"model": "m", "response": "hi", "done": false, "eval_count": 1.5}',
+    ],
+)
+def test_a_stream_whose_first_chunk_the_client_cannot_take_is_charged_its_prompt(
+    both: tuple[Gateway, MeteredClient, ScriptedUpstream, str], first: bytes
+) -> None:
+    """Ollama streams its first chunk once the prompt is evaluated. One the ollama client
+    refuses (a field of the wrong type) failed the Python API's call at $0, 0 tokens
+    "reported"; the gateway reads the same chunk (the field as absent) and charged the prompt."""
+    gw, client, upstream, _ = both
+    path = "/api/chat" if b"message" in first else "/api/generate"
+    model = f"m{next(models)}"
+    upstream.script[model] = first + b"\n"  # and nothing after it: the stream ends unfinished
+    request = _request(path, model, True)
+    with pytest.raises(UpstreamError):
+        for _ in getattr(client, path.removeprefix("/api/"))(**request):
+            pass
+    gw.client.post(path, json=request, headers={"X-Ometer-Department": "gw"})
+    settle(client.meter)
+    sdk, gateway = (
+        next(s for s in gw.ledger.latest(SpanFilter(department=d), 5) if s.request_model == model)
+        for d in ("sdk", "gw")
+    )
+    assert (sdk.status, gateway.status) == ("error", "error")
+    assert (
+        (sdk.token_source, sdk.input_tokens)
+        == ("estimated", gateway.input_tokens)
+        != (
+            "estimated",
+            0,
+        )
+    )

@@ -175,7 +175,8 @@ class Upstream(Resilient):
                     )
                     return parts, next(parts, None)
             except Exception as exc:
-                raise self.classify(exc, model=model, started=False) from exc
+                error = self.classify(exc, model=model, started=False)
+                raise _taken(exc, error, whole=False) from exc
 
         parts, part = attempts.run(first)
         try:
@@ -233,7 +234,8 @@ class Upstream(Resilient):
                 parts = await getattr(self.async_client, operation)(**request, stream=True)
                 return parts, await anext(parts, None)
             except Exception as exc:
-                raise self.classify(exc, model=model, started=False) from exc
+                error = self.classify(exc, model=model, started=False)
+                raise _taken(exc, error, whole=False) from exc
 
         parts, part = await attempts.arun(first)
         try:
@@ -336,15 +338,20 @@ class Upstream(Resilient):
             await client.close()  # type: ignore[no-untyped-call]
 
 
-def _taken(exc: BaseException, error: UpstreamError | ClientClosed) -> UpstreamError | ClientClosed:
-    """``error`` (what ``exc`` is classified as), said to have come after Ollama's whole answer
-    when the client library failed to read a success's body (not JSON, cut short, a field of
-    the wrong type): the call is charged its prompt, as the gateway charges it. A failure the
-    answer itself reports (``{"error": ...}``) is Ollama's, and consumed nothing."""
+def _taken(
+    exc: BaseException, error: UpstreamError | ClientClosed, *, whole: bool = True
+) -> UpstreamError | ClientClosed:
+    """``error`` (what ``exc`` is classified as), said to have come after Ollama did the work
+    (``consumed``) when the client library failed to read a success's body: a whole answer
+    (not JSON, cut short, a field of the wrong type), or a stream's first chunk, a JSON object
+    the client refused (Ollama streams it once the prompt is evaluated). The call is charged
+    its prompt, as the gateway charges the same answer. A failure the answer itself reports
+    (``{"error": ...}``) is Ollama's, and consumed nothing."""
     if (
         _ANSWERED.get()
         and isinstance(error, UpstreamError)
         and not isinstance(exc, UpstreamError | ollama.ResponseError)
+        and (whole or isinstance(exc, pydantic.ValidationError))
         and _reported_in(exc) is None
     ):
         error.consumed = True
