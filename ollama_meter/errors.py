@@ -91,6 +91,10 @@ class UpstreamError(OmeterError):
     error_type: str = "upstream_error"
     reached_upstream: bool = True
     """False when the call never left this process: the upstream's health is not in question."""
+    consumed: bool = False
+    """The call failed after Ollama did its work: its whole answer had come (a success) and
+    could not be taken, or the meter cut it while it was served (:class:`OverCap`). It is
+    charged what it consumed (its prompt, estimated, and its time), never a silent $0."""
 
     def __init__(
         self, message: str, *, status_code: int | None = None, retry_after: float | None = None
@@ -149,6 +153,7 @@ class OverCap(StreamError):
     """
 
     error_type = "over_cap"
+    consumed = True
 
 
 class RateLimited(UpstreamError):

@@ -9,7 +9,6 @@ an answer read whole; its last bytes are held until its span is written.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,7 @@ from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._slots import Hangup, Heard
 from ollama_meter.upstream._answer import AnswerScan
 from ollama_meter.upstream._classify import not_an_answer
-from ollama_meter.upstream._wire import lacks
+from ollama_meter.upstream._wire import json_object, lacks
 
 if TYPE_CHECKING:
     from ollama_meter.gateway._relay import _Answered
@@ -32,12 +31,11 @@ PIECE = 1 << 20
 and sent a MiB at a time, so other calls on the event loop are not held up for a second."""
 
 
-def json_value(content: bytes) -> Any:
-    """The JSON in ``content``; None when it is not JSON."""
-    try:
-        return json.loads(content)
-    except (ValueError, RecursionError):
-        return None
+def json_value(content: bytes) -> dict[str, Any] | None:
+    """The JSON object in a whole answer, read as a stream's line is (``json_object``); None
+    when it is not one, or not one a client could read (NaN, UTF-16...): never taken as an
+    answer here while the same object streamed would break the stream."""
+    return json_object(content)
 
 
 def _as_object(value: Any) -> dict[str, Any]:

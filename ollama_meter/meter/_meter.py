@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets import BudgetGate, HiddenPrompts, bound_cost, unbounded
-from ollama_meter.errors import BudgetExceeded, LedgerError, OverCap, UpstreamError, ValidationError
+from ollama_meter.errors import BudgetExceeded, LedgerError, UpstreamError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._behind import WriteBehind, settle
 from ollama_meter.meter._call import CALLER_STOPPED, MeteredCall
@@ -327,8 +327,8 @@ class Meter:
     def _close(
         self, call: MeteredCall, error: BaseException | None, *, behind: bool, here: bool = False
     ) -> SpanRecord:
-        # A call the meter cut (past its cap or its time) was being served: it consumed.
-        call.measure(time.perf_counter_ns(), ok=error is None or isinstance(error, OverCap))
+        # A call the meter cut (past its cap or its time), or whose whole answer came, consumed.
+        call.measure(time.perf_counter_ns(), ok=error is None or getattr(error, "consumed", False))
         span = call.span
         if error is None:
             span.status = Status.OK

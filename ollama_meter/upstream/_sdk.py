@@ -147,7 +147,7 @@ class Upstream(Resilient):
                 with _within(time_cap):
                     return self._checked(operation, method(**request, **_no_stream(operation)))
             except Exception as exc:
-                raise self.classify(exc, model=model, started=False) from exc
+                raise _taken(exc, self.classify(exc, model=model, started=False)) from exc
 
         result = attempts.run(attempt)
         attempts.end()
@@ -175,7 +175,8 @@ class Upstream(Resilient):
                     )
                     return parts, next(parts, None)
             except Exception as exc:
-                raise self.classify(exc, model=model, started=False) from exc
+                error = self.classify(exc, model=model, started=False)
+                raise _taken(exc, error, whole=False) from exc
 
         parts, part = attempts.run(first)
         try:
@@ -214,7 +215,7 @@ class Upstream(Resilient):
             try:
                 return self._checked(operation, await method(**request, **_no_stream(operation)))
             except Exception as exc:
-                raise self.classify(exc, model=model, started=False) from exc
+                raise _taken(exc, self.classify(exc, model=model, started=False)) from exc
 
         result = await attempts.arun(attempt)
         attempts.end()
@@ -233,7 +234,8 @@ class Upstream(Resilient):
                 parts = await getattr(self.async_client, operation)(**request, stream=True)
                 return parts, await anext(parts, None)
             except Exception as exc:
-                raise self.classify(exc, model=model, started=False) from exc
+                error = self.classify(exc, model=model, started=False)
+                raise _taken(exc, error, whole=False) from exc
 
         parts, part = await attempts.arun(first)
         try:
@@ -264,7 +266,9 @@ class Upstream(Resilient):
         if failure is not None:
             raise failure
         if operation in ("chat", "generate") and not _says_done(answer):
-            raise not_an_answer(self.host, 'the object does not say "done": true')
+            error = not_an_answer(self.host, 'the object does not say "done": true')
+            error.consumed = True  # a whole 200 came: the work was done, as the gateway has it
+            raise error
         return answer
 
     def classify(
@@ -332,6 +336,26 @@ class Upstream(Resilient):
             client = self._async.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.close()  # type: ignore[no-untyped-call]
+
+
+def _taken(
+    exc: BaseException, error: UpstreamError | ClientClosed, *, whole: bool = True
+) -> UpstreamError | ClientClosed:
+    """``error`` (what ``exc`` is classified as), said to have come after Ollama did the work
+    (``consumed``) when the client library failed to read a success's body: a whole answer
+    (not JSON, cut short, a field of the wrong type), or a stream's first chunk, a JSON object
+    the client refused (Ollama streams it once the prompt is evaluated). The call is charged
+    its prompt, as the gateway charges the same answer. A failure the answer itself reports
+    (``{"error": ...}``) is Ollama's, and consumed nothing."""
+    if (
+        _ANSWERED.get()
+        and isinstance(error, UpstreamError)
+        and not isinstance(exc, UpstreamError | ollama.ResponseError)
+        and (whole or isinstance(exc, pydantic.ValidationError))
+        and _reported_in(exc) is None
+    ):
+        error.consumed = True
+    return error
 
 
 def _closed_under() -> ClientClosed:

@@ -99,10 +99,12 @@ def _not_json(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _object(payload: bytes) -> dict[str, Any] | None:
-    """The JSON object in an item, read as strictly as the clients it is relayed to read it:
-    UTF-8 (OpenAI's client decodes strictly), no BOM and no NaN or Infinity (JavaScript's
-    ``JSON.parse`` and Go's take neither). Python's own decoder takes all three."""
+def json_object(payload: bytes) -> dict[str, Any] | None:
+    """The JSON object in an item of a stream or in a whole answer, read as strictly as the
+    clients it is relayed to read it: UTF-8 (OpenAI's client decodes strictly), no BOM and no
+    NaN or Infinity (JavaScript's ``JSON.parse`` and Go's take neither). Python's own decoder
+    takes all three, and UTF-16 and UTF-32 besides. One reading for both, so an answer no
+    client can read is an error whether it was streamed or not."""
     try:
         obj = json.loads(payload.decode("utf-8"), parse_constant=_not_json)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -354,7 +356,7 @@ class _Ollama:
         return OllamaReader(operation)
 
     def decode(self, frame: bytes) -> dict[str, Any] | _End | None:
-        obj = _object(frame)
+        obj = json_object(frame)
         if obj is None:
             raise Malformed(f"a line that is not a JSON object: {_excerpt(frame)}")
         return obj
@@ -403,7 +405,7 @@ class _OpenAI:
         payload = b"\n".join(data).strip()
         if payload == b"[DONE]":
             return END
-        obj = _object(payload)
+        obj = json_object(payload)
         if obj is None:
             raise Malformed(f"an event whose data is not a JSON object: {_excerpt(frame)}")
         return obj
@@ -442,5 +444,6 @@ __all__ = [
     "OpenAIReader",
     "Reader",
     "WireFormat",
+    "json_object",
     "lacks",
 ]
