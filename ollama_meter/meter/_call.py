@@ -324,8 +324,12 @@ class MeteredCall:
             # The upstream did not say how long it was busy (Ollama's /v1 routes never do;
             # an aborted stream has no final chunk): the meter's own clock stands in, and
             # says so. Time waiting in a gateway's queue for a slot, or to retry, is not
-            # Ollama's (both come before the answer's first byte).
-            waited = min((span.queue_ns or 0) + self.idle_ns, span.latency_ns)
+            # Ollama's (both come before the answer's first byte), and nor is a load it
+            # reported (/api/embed reports one, and no other time): priced once, not twice.
+            waited = min(
+                (span.queue_ns or 0) + self.idle_ns + max(span.load_duration_ns or 0, 0),
+                span.latency_ns,
+            )
             first = max(span.ttft_ns or 0, waited)
             span.prompt_eval_duration_ns, span.eval_duration_ns = (
                 first - waited,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -139,3 +140,25 @@ def test_an_upstream_dripping_bytes_that_make_no_item_runs_out_of_time(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("path", sorted(BODIES))
+def test_a_load_ollama_reported_is_not_timed_again_as_work(
+    upstream: tuple[Gateway, Any], path: str
+) -> None:
+    """/api/embed reports how long Ollama loaded the model and no other time, so the meter
+    times the rest itself: it timed the whole call, load included, and the load was priced a
+    second time on top (a cold 5 s load charged 10 s of GPU time). An honest answer here: a
+    0.3 s call that says it spent 0.2 s of it loading."""
+    gw, server = upstream
+    said = final(path, {"load_duration": 200_000_000, "total_duration": 250_000_000})
+    body = json.dumps(said).encode()
+    server.answer = lambda: (time.sleep(0.3), answer(body))[1]
+    request = {"model": f"m{next(models)}", **BODIES[path]}
+    if path != "/api/embed":
+        request["stream"] = False
+    assert gw.client.post(path, json=request).status_code == 200
+    (span,) = gw.ledger.latest(SpanFilter(), 1)
+    assert span.load_duration_ns == 200_000_000
+    busy = span.load_duration_ns + span.prompt_eval_duration_ns + span.eval_duration_ns
+    assert busy == span.latency_ns - (span.queue_ns or 0)
