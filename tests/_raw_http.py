@@ -12,11 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class RawServer:
     """Reads each request whole (its head, and the body its ``Content-Length`` says), writes
-    what ``answer()`` returns as it is, and hangs up; counts the requests in ``calls``."""
+    what ``answer()`` returns as it is (:meth:`reply`, which a subclass may answer by the
+    request), and hangs up; counts the requests in ``calls``. ``threaded``: a thread a
+    connection, so answers may overlap."""
 
-    def __init__(self, answer: Callable[[], bytes]) -> None:
+    def __init__(self, answer: Callable[[], bytes], *, threaded: bool = False) -> None:
         self.answer = answer
         self.calls = 0
+        self.threaded = threaded
         self.listener = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -27,23 +30,36 @@ class RawServer:
     def close(self) -> None:
         self.listener.close()
 
+    def reply(self, head: bytes, body: bytes) -> bytes:
+        """The bytes that answer the request ``head`` (its first line and headers) and ``body``."""
+        return self.answer()
+
     def _serve(self) -> None:
         while True:
             try:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            with conn:
-                self.calls += 1
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    request += conn.recv(65536)
-                head, _, body = request.partition(b"\r\n\r\n")
-                length = head.lower().partition(b"content-length:")[2].split(b"\r\n")[0]
-                while len(body) < int(length or 0):
-                    body += conn.recv(65536)
-                with contextlib.suppress(OSError):  # the caller gave up on it
-                    conn.sendall(self.answer())
+            self.calls += 1
+            if self.threaded:
+                threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            else:
+                self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                got = conn.recv(65536)
+                if not got:
+                    return
+                request += got
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = head.lower().partition(b"content-length:")[2].split(b"\r\n")[0]
+            while len(body) < int(length or 0):
+                body += conn.recv(65536)
+            with contextlib.suppress(OSError):  # the caller gave up on it
+                conn.sendall(self.reply(head, body))
 
 
 DRIP_S = 8

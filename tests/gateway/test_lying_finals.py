@@ -11,11 +11,8 @@ the wrong type counts as absent: estimated, or the meter's clock); reports still
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +25,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.ledger import SpanFilter, rebuild
 from ollama_meter.records import MAX_CALL_COST, MAX_DURATION_NS, MAX_TOKENS
+from tests._raw_http import RawServer
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 from tests.ledger.test_transfer import _tables
@@ -201,7 +199,7 @@ def honest(path: str, stream: bool, n: int) -> tuple[bytes, dict[str, int]]:
     ).encode() + b"\n", figures
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(RawServer):
     """A loopback server that answers each request by its body's model: ``script[model]``'s bytes
     (as a 200 with that length), or an honest answer for ``good-N``. One thread a connection."""
 
@@ -209,49 +207,20 @@ class ScriptedUpstream:
         self.script: dict[str, bytes] = {}
         self.cut: set[str] = set()
         """Models whose answer is cut short: its length says 100 bytes more than come."""
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(lambda: b"", threaded=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def close(self) -> None:
-        self.listener.close()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                got = conn.recv(65536)
-                if not got:
-                    return
-                request += got
-            head, _, body = request.partition(b"\r\n\r\n")
-            length = int(head.lower().partition(b"content-length:")[2].split(b"\r\n")[0] or 0)
-            while len(body) < length:
-                body += conn.recv(65536)
-            path = head.split(b" ")[1].decode()
-            asked = json.loads(body)
-            model = asked["model"]
-            if model in self.script:
-                content = self.script[model]
-            else:
-                n = int(model.removeprefix("good-").split("-")[0])
-                content = honest(path, asked.get("stream", True), n)[0]
-            answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n"
-            length = len(content) + (100 if model in self.cut else 0)
-            answer += b"connection: close\r\ncontent-length: %d\r\n\r\n" % length + content
-            with contextlib.suppress(OSError):  # the gateway gave up on it
-                conn.sendall(answer)
+    def reply(self, head: bytes, body: bytes) -> bytes:
+        path = head.split(b" ")[1].decode()
+        asked = json.loads(body)
+        model = asked["model"]
+        if model in self.script:
+            content = self.script[model]
+        else:
+            n = int(model.removeprefix("good-").split("-")[0])
+            content = honest(path, asked.get("stream", True), n)[0]
+        answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n"
+        length = len(content) + (100 if model in self.cut else 0)
+        return answer + b"connection: close\r\ncontent-length: %d\r\n\r\n" % length + content
 
 
 @pytest.fixture
