@@ -24,6 +24,7 @@ from ollama_meter.budgets._estimate import (
 from ollama_meter.budgets._gate import BudgetGate, close_gates
 from ollama_meter.budgets._leases import Reservation
 from ollama_meter.budgets._refusals import unbounded
+from ollama_meter.budgets._shown import ShownPrompts
 from ollama_meter.budgets._status import BudgetStatus, budget_status, project
 from ollama_meter.records import (
     Alert,
@@ -50,6 +51,7 @@ __all__ = [
     "HiddenPrompts",
     "PastCall",
     "Reservation",
+    "ShownPrompts",
     "WebhookChannel",
     "bound_cost",
     "budget_status",

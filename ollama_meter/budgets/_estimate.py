@@ -149,9 +149,10 @@ class HiddenPrompts:
         self._shown: dict[str, int] = {}
         """What the model's last call past its bound showed, until another agrees."""
 
-    def added(self, model: str, bound: CallBound) -> CallBound:
-        """``bound`` with the prompt ``model`` is known to add."""
-        hidden = self._learned.get(model, 0)
+    def added(self, model: str, bound: CallBound, shown: int | None = None) -> CallBound:
+        """``bound`` with the prompt ``model`` is known to add: ``shown`` by its servers
+        (:class:`~ollama_meter.budgets.ShownPrompts`), or more if calls showed more."""
+        hidden = max(self._learned.get(model, 0), shown or 0)
         if not hidden:
             return bound
         return replace(bound, input_tokens=bound.input_tokens + hidden, hidden=hidden)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import WouldBlock
-from ollama_meter.budgets import BudgetGate, HiddenPrompts, bound_cost, unbounded
+from ollama_meter.budgets import BudgetGate, HiddenPrompts, ShownPrompts, bound_cost, unbounded
 from ollama_meter.errors import BudgetExceeded, LedgerError, UpstreamError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._behind import WriteBehind, settle
@@ -85,12 +85,14 @@ class Meter:
         capture_content: bool = False,
         reply_cap: int = DEFAULT_REPLY_CAP,
         journal: bool = True,
+        shown: ShownPrompts | None = None,
     ) -> None:
         self.budgets = budgets
         self.reply_cap = reply_cap
         self.journal = journal
         self._recent = RecentCalls(ledger)
         self._hidden = HiddenPrompts()
+        self.shown = shown or ShownPrompts([upstream.host])  # the servers calls may go to
         self.capture_content = capture_content
         self.ledger = ledger
         self.prices = prices
@@ -163,7 +165,7 @@ class Meter:
         make_storable(span)  # what observers see (telemetry exports it) and the journal keeps
         if self.journal and not opening.queued:
             self.ledger.journal.opened(span, estimate_tokens(facts.prompt_text), call.leases)
-        stopped = self._notify("on_start", span)
+        stopped = notify(self.observers, "on_start", span)
         if stopped is not None:  # Ctrl-C in a hook: the call, admitted and journaled, ends here
             span.upstream_host = NO_HOST  # before it was sent
             self.close(call, stopped)
@@ -221,7 +223,8 @@ class Meter:
             covering = known
         if not any(b.hard for b in covering):
             return
-        limits = self._hidden.added(span.request_model, facts.bound(self.reply_cap))
+        shown = None if facts.embedding else self.shown.of(span.request_model, blocking=blocking)
+        limits = self._hidden.added(span.request_model, facts.bound(self.reply_cap), shown)
         call.bound = limits
         if not facts.embedding:
             call.output_cap = limits.output_tokens
@@ -381,7 +384,7 @@ class Meter:
             make_storable(span)
         stopped = None
         if self.observers:
-            stopped = self._notify("on_end", span)
+            stopped = notify(self.observers, "on_end", span)
             make_storable(span)
         queue = self.behind
         if call is not None and behind and queue is not None and queue.put(span, call, here=here):
@@ -399,9 +402,6 @@ class Meter:
         if stopped is not None:
             raise stopped
         return stored
-
-    def _notify(self, hook: str, span: SpanRecord) -> BaseException | None:
-        return notify(self.observers, hook, span)
 
     # -- driving calls through the ollama client ----------------------------------------
 

@@ -41,6 +41,7 @@ def build_meter(
     ``observers`` (user hooks) run before telemetry, so what they add is exported.
     Calls dead processes left open are recorded before the meter is handed out.
     """
+    from ollama_meter.budgets import ShownPrompts
     from ollama_meter.meter._meter import Meter, utc_now
     from ollama_meter.meter._prices import PriceSource
 
@@ -60,6 +61,11 @@ def build_meter(
         capture_content=settings.capture_content,
         reply_cap=settings.budget_reply_cap,
         journal=settings.journal,
+        shown=ShownPrompts(  # every server a gateway's calls may go to
+            [spec.url for spec in settings.upstream_specs]
+            if source == Source.GATEWAY
+            else [settings.ollama_host]
+        ),
     )
     meter.recover_interrupted()
     return meter

@@ -47,6 +47,9 @@ class _State:
         self.settled = threading.Condition(self.lock)
 
 
+_DESCRIBING = frozenset({"/api/show", "/api/tags", "/api/ps", "/api/version", "/v1/models"})
+
+
 class OllamaEmulator:
     """A local HTTP server that speaks Ollama's REST API with deterministic replies.
 
@@ -158,6 +161,12 @@ class OllamaEmulator:
         """A copy of every request received since start or :meth:`reset`, oldest first."""
         with self._state.lock:
             return list(self._state.requests)
+
+    @property
+    def calls(self) -> list[RecordedRequest]:
+        """:attr:`requests` but those that only read what the server has and runs
+        (``/api/show``, ``/api/tags``, ``/api/ps``, ``/api/version``, ``/v1/models``)."""
+        return [r for r in self.requests if r.path not in _DESCRIBING]
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
         """The recorded requests whose path is ``path`` (e.g. ``"/api/chat"``)."""
@@ -322,6 +331,7 @@ class OllamaEmulator:
                 f"# FROM {model.name}\n\n"
                 f"FROM {model.name}\n"
                 'TEMPLATE "{{ .Prompt }}"\n'
+                + (f'SYSTEM """{model.system}"""\n' if model.system else "")
             ),
             "parameters": f"{'num_ctx':<30} {model.context_length}",
             "template": "{{ .Prompt }}",
@@ -334,7 +344,7 @@ class OllamaEmulator:
             },
             "capabilities": ["embedding"] if model.embedding else ["completion"],
             "modified_at": stamp(modified_at(index)),
-        }
+        } | ({"system": model.system} if model.system else {})
 
     def _openai_models(self) -> dict[str, Any]:
         return {

@@ -46,9 +46,11 @@ class EmulatedModel:
     ``load_ns`` is the cold ``load_duration``; ``prompt_ns_per_token`` and
     ``eval_ns_per_token`` scale ``prompt_eval_duration`` and ``eval_duration``.
     ``reply_tokens`` fixes the reply length (else it derives from the prompt).
-    ``template_tokens`` is what the model's template adds to every prompt (a Modelfile
-    ``SYSTEM`` of its own; an embedding model's special tokens, to each input): counted in
-    ``prompt_eval_count``, sent by no request.
+    ``template_tokens`` is what the model's template writes into every prompt on its own
+    (text in its ``TEMPLATE``; an embedding model's special tokens, to each input): counted
+    in ``prompt_eval_count``, sent by no request, shown nowhere. ``system`` is a Modelfile ``SYSTEM``, as
+    ``/api/show`` shows it: sent before a chat that has no system message of its own, and
+    a generate that sets no ``system`` (not ``raw``).
     Embedding models refuse chat and generate, as Ollama does. A ``thinking`` model thinks
     unless a request says ``think: false`` (Ollama turns thinking on by default for the
     models that can); any other model refuses ``think: true`` or a level.
@@ -67,6 +69,7 @@ class EmulatedModel:
     embedding_dim: int = 768
     context_length: int = 4096
     template_tokens: int = 0
+    system: str = ""
     thinking: bool = False
 
     @property

@@ -128,6 +128,8 @@ class OllamaRoutes(Handler):
             name = model_field(body, schema)
             model = self._lookup(name)
             texts = texts_of(body)
+            if texts and model.system and not _says_system(kind, body):
+                texts = [model.system, *texts]  # as Ollama templates a Modelfile's SYSTEM in
             unload = not texts and keep_alive == 0
             think = body.get("think")
             if not unload and not model.thinking and (think is True or isinstance(think, str)):
@@ -330,3 +332,11 @@ class OllamaRoutes(Handler):
         self.emulator._warm(model)
         vector = expected_embedding(model, inputs[0], models=self.emulator.models) if inputs else []
         self._send_json(200, {"embedding": vector})
+
+
+def _says_system(kind: str, body: dict[str, Any]) -> bool:
+    """The request's own system prompt, which Ollama sends instead of the model's (raw: none)."""
+    if kind == "generate":
+        return bool(body.get("system")) or bool(body.get("raw"))
+    messages = body.get("messages") or [{}]
+    return isinstance(messages[0], dict) and messages[0].get("role") == "system"

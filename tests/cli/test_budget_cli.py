@@ -74,13 +74,13 @@ def test_refusal_exits_3_with_one_line_and_a_rejected_span(
     # going out when the process ends, on a loaded machine, and the next run sends it again.
     cli("budget", "set", "sales", "--tenant", "acme", "--monthly", "3", "--thresholds", "100")
     assert cli("chat", "--tenant", "acme", "--dept", "sales", "-m", "llama3.1:8b", "hi").code == 0
-    before = len(emulator.requests)
+    before = len(emulator.calls)
     refused = cli("chat", "--tenant", "acme", "--dept", "sales", "-m", "llama3.1:8b", "hi")
     assert refused.code == 3
     line = refused.stderr.strip()
     assert "\n" not in line and line.startswith("error: hard budget 1 for acme/sales (monthly ")
     assert "spent 2.000000 of 3.000000 USD" in line
-    assert len(emulator.requests) == before
+    assert len(emulator.calls) == before
     (span,) = json.loads(cli("log", "--json", "--status", "rejected").stdout)
     assert (span["error_type"], span["http_status"], span["cost"]) == (
         "budget_exceeded",

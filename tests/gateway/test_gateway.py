@@ -313,13 +313,13 @@ def test_budget_refusal_is_429_with_retry_after(
     gateway.ledger.save_budget(
         Budget(tenant="acme", department="sales", period="day", limit=1, currency="USD")
     )
-    before = len(emulator.requests)
+    before = len(emulator.calls)
     reply = gateway.client.post(
         "/api/chat", json={"model": "llama3.1:8b", "messages": HI}, headers=SALES
     )
     assert reply.status_code == 429 and "budget" in reply.json()["error"]
     assert 0 < int(reply.headers["retry-after"]) <= 86400
-    assert len(emulator.requests) == before
+    assert len(emulator.calls) == before
     (refused,) = spans(gateway)
     assert refused.status == "rejected"
     assert reply.headers["x-ometer-span-id"] == refused.id  # the README: every metered answer

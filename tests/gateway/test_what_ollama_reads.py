@@ -125,10 +125,10 @@ def test_under_a_hard_budget_ollama_gets_the_cap_the_call_was_admitted_on(
         body["options"] = {"num_predict": num_predict}
         if isinstance(num_predict, int) and num_predict > 0:
             given_caps.append(num_predict)
-    before = len(emulator.requests)
+    before = len(emulator.calls)
     reply = budgeted.client.post(path, json=body, headers=SALES)
     assert reply.status_code == 200, reply.text
-    sent = emulator.requests[before:]
+    sent = emulator.calls[before:]
     assert len(sent) == 1
     received = sent[0].body
     cap = cap_sent(path, received)
@@ -230,11 +230,11 @@ def test_a_field_spelled_another_way_is_refused_not_read_two_ways(
     """Ollama's Go decoder would read ``"Options"`` or ``"PROMPT"`` as the field; the gateway
     must not meter (and a hard budget admit) a request other than the one Ollama runs."""
     path, body, key = example
-    before, spans_before = len(emulator.requests), sqlite_app.ledger.count()
+    before, spans_before = len(emulator.calls), sqlite_app.ledger.count()
     reply = sqlite_app.client.post(path, json=body)
     assert reply.status_code == 400, (body, reply.text)
     assert json.dumps(key) in error_text(reply, path)
-    assert len(emulator.requests) == before
+    assert len(emulator.calls) == before
     assert sqlite_app.ledger.count() == spans_before + 1
     span = last_span(sqlite_app)
     assert (span.status, span.error_type, span.http_status) == ("error", "bad_request", 400)
@@ -460,10 +460,10 @@ def test_every_text_a_message_carries_counts_toward_a_hard_budgets_bound(
     )  # 10 USD: a short chat's bound (about 8.3 USD, its reply capped at 4096 tokens) fits
     short = {"model": "llama3.1:8b", "messages": HI, "stream": False}
     assert gw.client.post(path, json=short, headers=SALES).status_code == 200
-    before = len(emulator.requests)
+    before = len(emulator.calls)
     reply = gw.client.post(path, json={**short, "messages": [message, *HI]}, headers=SALES)
     assert reply.status_code == 429, reply.text
-    assert len(emulator.requests) == before
+    assert len(emulator.calls) == before
 
 
 @pytest.mark.parametrize(
@@ -665,10 +665,10 @@ def test_an_embedding_is_bounded_by_the_field_ollama_embeds(
     """A hard budget bounds an embedding by the text Ollama embeds, whatever else the body
     carries: a prompt of 100 kB cannot pass as an empty input."""
     gw = budgeted_10
-    before = len(emulator.requests)
+    before = len(emulator.calls)
     reply = gw.client.post(path, json={"model": "nomic-embed-text", **body}, headers=SALES)
     assert reply.status_code == 429, reply.text[:200]
-    assert len(emulator.requests) == before
+    assert len(emulator.calls) == before
 
 
 @pytest.fixture
@@ -750,7 +750,7 @@ def test_a_deeply_nested_text_counts_toward_the_bound_at_any_depth(
     """100 kB in a request's tools is 100 kB at any depth: one nested just short of what the
     gateway parses was measured as nothing (the measuring ran out of stack), so admitted."""
     gw = budgeted_10
-    before = len(emulator.requests)
+    before = len(emulator.calls)
     big = json.dumps(BIG)
     for depth in range(880, 1000):
         raw = '{"model": "llama3.1:8b", "stream": false, ' + where % nested(big, depth) + "}"
@@ -760,7 +760,7 @@ def test_a_deeply_nested_text_counts_toward_the_bound_at_any_depth(
             path, content=raw, headers={**SALES, "content-type": "application/json"}
         )
         assert reply.status_code in (400, 429), (depth, reply.text[:200])
-    assert len(emulator.requests) == before
+    assert len(emulator.calls) == before
 
 
 @EXAMPLES
@@ -810,10 +810,10 @@ def test_a_model_spelled_as_ollama_also_reads_it_is_priced_and_bounded_alike(
     gw.ledger.save_budget(
         Budget(tenant="acme", department="sales", period="day", limit=10_000_000, currency="USD")
     )
-    before = len(emulator.requests)
+    before = len(emulator.calls)
     big = {"model": alias, "prompt": BIG, "stream": False}
     assert gw.client.post("/api/generate", json=big, headers=SALES).status_code == 429
-    assert len(emulator.requests) == before
+    assert len(emulator.calls) == before
     small = {"model": alias, "prompt": "hello", "stream": False}
     reply = gw.client.post("/api/generate", json=small, headers=SALES)
     assert reply.status_code == 200, reply.text[:200]
@@ -834,11 +834,11 @@ def test_a_reply_cap_past_any_budget_is_refused_with_what_it_may_cost(
         body["max_tokens"] = cap
     else:
         body["options"] = {"num_predict": cap}
-    before, spans = len(emulator.requests), budgeted.ledger.count()
+    before, spans = len(emulator.calls), budgeted.ledger.count()
     reply = budgeted.client.post(path, json=body, headers=SALES)
     assert reply.status_code == 429, reply.text[:300]
     assert "this call may cost up to" in error_text(reply, path)
-    assert len(emulator.requests) == before
+    assert len(emulator.calls) == before
     assert budgeted.ledger.count() == spans + 1
     assert last_span(budgeted).status == "rejected"
 

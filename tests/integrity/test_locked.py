@@ -56,7 +56,7 @@ def test_a_hard_budget_that_cannot_be_checked_refuses(
     locked.execute("BEGIN IMMEDIATE")
     result = cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "-o", "num_predict=5", "hi")
     assert result.code == 1 and "cannot be checked, so the call was not made" in result.stderr
-    assert emulator.requests == []
+    assert emulator.requests_to("/api/chat") == []
     locked.execute("ROLLBACK")
     close_ledgers()
     spans = json.loads(cli("log", "--json").stdout)

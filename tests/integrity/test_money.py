@@ -230,7 +230,7 @@ def test_first_call_with_no_history_is_bounded_too(
     cap(meter, 50_000)  # 0.05 USD: less than 200 words of prompt could cost
     with pytest.raises(BudgetExceeded):
         chat(meter, " ".join(["word"] * 200), num_predict=1)
-    assert emulator.requests == []
+    assert emulator.requests_to("/api/chat") == []  # the model was only described (/api/show)
     spans = meter.ledger.latest(SpanFilter(), 5)
     assert [(s.status, s.cost_total) for s in spans] == [("rejected", 0)]
 
@@ -241,7 +241,7 @@ def test_a_call_that_sets_no_cap_gets_the_budgets_reply_cap(
     meter = make_meter(sqlite_url, budget_reply_cap=6)
     cap(meter, 10_000_000)
     span = chat(meter, "tell me everything")
-    (request,) = emulator.requests
+    (request,) = emulator.requests_to("/api/chat")
     assert request.body["options"] == {"num_predict": 6}
     assert span.output_tokens == 6 and span.done_reason == "length"
     # Without a hard budget nothing is capped.
