@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -871,3 +872,30 @@ def test_embed_truncates_an_input_past_the_context_unless_told_not_to(
     )
     fits = http.post("/api/embed", json={**body, "input": ["short one"]})
     assert fits.json()["prompt_eval_count"] == 2
+
+
+def test_a_models_own_system_prompt_is_shown_and_sent_as_ollama_sends_it() -> None:
+    """A Modelfile SYSTEM: ``/api/show`` says it; a chat without a system message of its own
+    and a generate without ``system`` (not ``raw``) count it; the others do not."""
+    system = "you are terse and kind"  # 5 words: 5 tokens to the emulator
+    model = replace(DEFAULT_MODELS[0], system=system)
+    with OllamaEmulator(models=[model, DEFAULT_MODELS[1]]) as emu:
+        client = ollama.Client(host=emu.url)
+        # The ollama client's ShowResponse has no field for it; Ollama's (api/types.go) has.
+        shown = httpx.post(f"{emu.url}/api/show", json={"model": model.name}).json()
+        assert shown["system"] == system
+        assert f'SYSTEM """{system}"""' in shown["modelfile"]
+        plain = httpx.post(f"{emu.url}/api/show", json={"model": DEFAULT_MODELS[1].name}).json()
+        assert "system" not in plain and "SYSTEM" not in plain["modelfile"]  # omitted when empty
+        say = {"role": "user", "content": "hi there"}
+        counts = [
+            client.chat(model=model.name, messages=[say]).prompt_eval_count,
+            client.chat(
+                model=model.name, messages=[{"role": "system", "content": "be brief"}, say]
+            ).prompt_eval_count,
+            client.generate(model=model.name, prompt="hi there").prompt_eval_count,
+            client.generate(model=model.name, prompt="hi there", system="brief").prompt_eval_count,
+            client.generate(model=model.name, prompt="hi there", raw=True).prompt_eval_count,
+        ]
+        assert counts == [7, 4, 7, 3, 2]
+        assert [r.path for r in emu.calls] == ["/api/chat"] * 2 + ["/api/generate"] * 3
