@@ -99,7 +99,14 @@ class ShownPrompts:
         known, tokens = self.cached(model)
         if known:
             return tokens
-        said = [tokens for host in self.hosts if (tokens := self._ask(host, model)) is not None]
+        if len(self.hosts) == 1:
+            answers = [self._ask(self.hosts[0], model)]
+        else:  # at once: a hung server costs the call one timeout, not one a server
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(self.hosts), thread_name_prefix="ometer-show") as pool:
+                answers = list(pool.map(lambda host: self._ask(host, model), self.hosts))
+        said = [tokens for tokens in answers if tokens is not None]
         tokens = max(said) if said else None
         with self._lock:
             if len(self._known) >= MODELS_KEPT:

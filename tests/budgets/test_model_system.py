@@ -219,3 +219,17 @@ def test_no_show_answer_falls_back_to_what_calls_showed(
         budget(meter, 10**12)
         list(chat(meter))
     assert "counted" in caplog.text and "past the" in caplog.text
+
+
+def test_servers_are_asked_at_once_so_hung_ones_cost_one_timeout() -> None:
+    hung = [dripping(b" ", lambda path: b"{}") for _ in range(3)]
+    told = RawServer(lambda: answer("200 OK", b'{"system": "abc"}'))
+    try:
+        urls = [f"http://127.0.0.1:{server.server_address[1]}" for server in hung]
+        began = time.monotonic()
+        assert ShownPrompts([*urls, told.url], timeout=1).read("m") == 3 + MESSAGE_TOKENS
+        assert time.monotonic() - began < 2.9  # one 1 s timeout, not three in turn (3 s)
+    finally:
+        told.close()
+        for server in hung:
+            server.shutdown()
