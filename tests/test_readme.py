@@ -7,13 +7,14 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import typer.main
 
 from ollama_meter.cli import app
-from ollama_meter.testing import OllamaEmulator
+from ollama_meter.testing import REAL_TIME_MODELS, OllamaEmulator
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -57,7 +58,18 @@ def test_every_command_is_documented_and_has_help() -> None:
     assert len(names) >= 10
 
 
-def test_walkthrough_runs_as_written(emulator: OllamaEmulator, tmp_path: Path) -> None:
+@pytest.fixture
+def at_real_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[OllamaEmulator]:
+    """The emulator as ``python -m ollama_meter.testing --real-time`` serves it (the README
+    says so): at a GPU's pace, spending every time it reports (a cold load of 1.2 s), so its
+    GPU-hour prices are a real server's."""
+    with OllamaEmulator(models=REAL_TIME_MODELS) as emulator:
+        monkeypatch.setenv("OLLAMA_HOST", emulator.url)
+        yield emulator
+
+
+def test_walkthrough_runs_as_written(at_real_time: OllamaEmulator, tmp_path: Path) -> None:
+    emulator = at_real_time
     console = fenced_blocks("console")[0]
     commands = [line[2:] for line in console.splitlines() if line.startswith("$ ")]
     assert commands[0] == "export OLLAMA_HOST=http://127.0.0.1:11434"

@@ -2,7 +2,8 @@
 
 Owns the public face of the emulator: :class:`OllamaEmulator` (the server),
 :class:`EmulatedModel` and :data:`DEFAULT_MODELS` (what it has "pulled"; :data:`THINKING_MODEL`
-thinks, and is pulled when a test asks for it),
+thinks, and is pulled when a test asks for it; :data:`REAL_TIME_MODELS` are the same at a GPU's
+pace, :data:`REAL_TIME` times slower: the emulator spends every time it reports),
 :class:`Fault` (run-time misbehaviour) with Ollama's own error texts
 (:data:`ERROR_500`, :data:`ERROR_503`, :data:`ERROR_MIDSTREAM`), and the pure
 helpers that say in advance what it will answer (:func:`expected_reply`,
@@ -25,6 +26,8 @@ from ollama_meter.testing._http import HANG_LIMIT_S
 from ollama_meter.testing._models import (
     DEFAULT_MODELS,
     OVERHEAD_NS,
+    REAL_TIME,
+    REAL_TIME_MODELS,
     THINKING_MODEL,
     WARM_LOAD_NS,
     EmulatedModel,
@@ -44,6 +47,8 @@ __all__ = [
     "HANG_LIMIT_S",
     "OLLAMA_VERSION",
     "OVERHEAD_NS",
+    "REAL_TIME",
+    "REAL_TIME_MODELS",
     "THINKING_MODEL",
     "WARM_LOAD_NS",
     "EmulatedModel",

@@ -181,6 +181,19 @@ class Handler(BaseHTTPRequestHandler):
                     self.emulator._hung_up()
                 self._drop()
 
+    def _spend(self, began_ns: int, ns: int, *, streaming: bool = False) -> None:
+        """Work until ``ns`` after ``began_ns`` (``time.monotonic_ns``): every duration the
+        emulator reports is time it spent on the request, as Ollama's are, so none is longer
+        than the call a client timed around it. Not hurried (its models take a few ms, see
+        ``_models.REAL_TIME``); a client that leaves meanwhile ends the reply."""
+        while (left := began_ns + ns - time.monotonic_ns()) > 0:
+            if self.server.stopping.wait(min(left / 1e9, 0.05)):
+                self._drop()
+            if self._client_gone():
+                if streaming:
+                    self.emulator._hung_up()
+                self._drop()
+
     def _client_gone(self, wait: float = 0.0) -> bool:
         """Whether the client closed its end (a request it pipelined is no leaving).
 
@@ -244,6 +257,7 @@ class Handler(BaseHTTPRequestHandler):
         cut: Fault | None,
         error: bytes,
         ending: Callable[[], Sequence[bytes]],
+        work: Callable[[int], None] | None = None,
     ) -> None:
         """Stream a reply chunk by chunk, paced by the emulator, cut short as a fault says.
 
@@ -251,6 +265,8 @@ class Handler(BaseHTTPRequestHandler):
         pieces at most; then a :attr:`Fault.DROP` hangs up mid-body and a
         :attr:`Fault.MIDSTREAM_ERROR` writes ``error`` and ends the body; otherwise
         ``ending()`` gives the last chunks (the final answer, usage, a terminator).
+        ``work(i)`` is the model's work before piece ``i`` leaves (``len(pieces)``: before
+        the ending), the time the durations it reports say it took.
         """
         emu = self.emulator
         self._pause(emu.latency, streaming=True)
@@ -260,6 +276,8 @@ class Handler(BaseHTTPRequestHandler):
                 break
             if index:
                 self._pause(emu.token_latency, streaming=True)
+            if work is not None:
+                work(index)
             self._write_chunk(encode(piece))
         if cut is Fault.DROP:
             self._drop()
@@ -270,6 +288,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if pieces:
             self._pause(emu.token_latency, streaming=True)
+        if work is not None:
+            work(len(pieces))
         for chunk in ending():
             self._write_chunk(chunk)
         self._end_chunked()

@@ -14,14 +14,20 @@ import json
 import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-WARM_LOAD_NS = 2_000_000
-"""``load_duration`` reported when the model is already loaded (warm)."""
+WARM_LOAD_NS = 5_000
+"""``load_duration`` reported when one of :data:`DEFAULT_MODELS` is already loaded (warm)."""
 
-OVERHEAD_NS = 500_000
-"""Fixed per-request overhead added to ``total_duration`` (templating, sampling setup)."""
+OVERHEAD_NS = 1_250
+"""Per-request overhead one of :data:`DEFAULT_MODELS` adds to ``total_duration`` (templating,
+sampling setup)."""
+
+REAL_TIME = 400
+"""How much slower than :data:`DEFAULT_MODELS` a GPU runs them (:data:`REAL_TIME_MODELS`). The
+emulator spends every duration it reports (Ollama times its work inside the request, so no
+figure is longer than the call timed around it): a cold load of 3 ms, 50 µs a reply token."""
 
 MIN_REPLY_TOKENS = 8
 MAX_REPLY_TOKENS = 40
@@ -43,8 +49,10 @@ _VOCABULARY = (
 class EmulatedModel:
     """One model the emulator has "pulled": its metadata and its deterministic speed.
 
-    ``load_ns`` is the cold ``load_duration``; ``prompt_ns_per_token`` and
-    ``eval_ns_per_token`` scale ``prompt_eval_duration`` and ``eval_duration``.
+    ``load_ns`` is the cold ``load_duration`` (``warm_load_ns`` the warm one);
+    ``prompt_ns_per_token`` and ``eval_ns_per_token`` scale ``prompt_eval_duration`` and
+    ``eval_duration``, and ``overhead_ns`` is added to ``total_duration``. The emulator
+    spends each of these times for real before it reports it (see :data:`REAL_TIME`).
     ``reply_tokens`` fixes the reply length (else it derives from the prompt).
     ``template_tokens`` is what the model's template writes into every prompt on its own
     (text in its ``TEMPLATE``; an embedding model's special tokens, to each input): counted
@@ -71,6 +79,8 @@ class EmulatedModel:
     template_tokens: int = 0
     system: str = ""
     thinking: bool = False
+    warm_load_ns: int = WARM_LOAD_NS
+    overhead_ns: int = OVERHEAD_NS
 
     @property
     def digest(self) -> str:
@@ -86,20 +96,37 @@ DEFAULT_MODELS: tuple[EmulatedModel, ...] = tuple(
     for name, family, parameter_size, quantization, size, load_ns, prompt_ns, eval_ns, dim, context, embedding in (
         # name, family, parameter size, quantization, size, load ns, ns per prompt token,
         # ns per reply token, embedding dimensions, context length, embedding-only
-        ("llama3.1:8b", "llama", "8.0B", "Q4_K_M", 4_920_753_328, 1_200_000_000, 1_000_000, 20_000_000, 4096, 131_072, False),
-        ("qwen2.5:7b", "qwen2", "7.6B", "Q4_K_M", 4_683_087_332, 1_100_000_000, 900_000, 18_000_000, 3584, 32_768, False),
-        ("mistral:7b", "llama", "7.2B", "Q4_0", 4_113_301_824, 1_000_000_000, 800_000, 16_000_000, 4096, 32_768, False),
-        ("nomic-embed-text:latest", "nomic-bert", "137M", "F16", 274_302_450, 300_000_000, 100_000, 0, 768, 2048, True),
+        ("llama3.1:8b", "llama", "8.0B", "Q4_K_M", 4_920_753_328, 3_000_000, 2_500, 50_000, 4096, 131_072, False),
+        ("qwen2.5:7b", "qwen2", "7.6B", "Q4_K_M", 4_683_087_332, 2_750_000, 2_250, 45_000, 3584, 32_768, False),
+        ("mistral:7b", "llama", "7.2B", "Q4_0", 4_113_301_824, 2_500_000, 2_000, 40_000, 4096, 32_768, False),
+        ("nomic-embed-text:latest", "nomic-bert", "137M", "F16", 274_302_450, 750_000, 250, 0, 768, 2048, True),
     )
 )  # fmt: skip
 
 
 THINKING_MODEL = EmulatedModel(
-    "qwen3:8b", "qwen3", "8.2B", "Q4_K_M", 5_225_376_047, 1_300_000_000, 1_100_000, 22_000_000,
+    "qwen3:8b", "qwen3", "8.2B", "Q4_K_M", 5_225_376_047, 3_250_000, 2_750, 55_000,
     embedding_dim=4096, context_length=40_960, thinking=True,
 )  # fmt: skip
 """A model that thinks before it answers (``message.thinking``), like qwen3 or deepseek-r1.
 Not among :data:`DEFAULT_MODELS`: start an emulator with it when a test needs one."""
+
+
+def at_real_time(model: EmulatedModel) -> EmulatedModel:
+    """``model`` at a GPU's pace: each of its times :data:`REAL_TIME` times as long."""
+    return replace(
+        model,
+        load_ns=model.load_ns * REAL_TIME,
+        warm_load_ns=model.warm_load_ns * REAL_TIME,
+        prompt_ns_per_token=model.prompt_ns_per_token * REAL_TIME,
+        eval_ns_per_token=model.eval_ns_per_token * REAL_TIME,
+        overhead_ns=model.overhead_ns * REAL_TIME,
+    )
+
+
+REAL_TIME_MODELS: tuple[EmulatedModel, ...] = tuple(map(at_real_time, DEFAULT_MODELS))
+""":data:`DEFAULT_MODELS` at a GPU's pace (llama3.1:8b: a 1.2 s load, 20 ms a token), as
+``python -m ollama_meter.testing --real-time`` serves them (the README's walkthrough)."""
 
 
 def normalize_name(name: str) -> str:
@@ -202,7 +229,7 @@ class ExpectedReply:
         return "".join(self.thinking_pieces)
 
     def load_duration(self, *, cold: bool) -> int:
-        return self.model.load_ns if cold else WARM_LOAD_NS
+        return self.model.load_ns if cold else self.model.warm_load_ns
 
     @property
     def prompt_eval_duration(self) -> int:
@@ -217,8 +244,20 @@ class ExpectedReply:
             self.load_duration(cold=cold)
             + self.prompt_eval_duration
             + self.eval_duration
-            + OVERHEAD_NS
+            + self.model.overhead_ns
         )
+
+    def worked_ns(self, *, cold: bool) -> list[int]:
+        """How long the model has worked when each streamed chunk leaves (thinking, text, a
+        tool call, in the order they stream), then the final one: the load and the prompt's
+        evaluation, then a reply token's time for each token generated so far; the final
+        chunk at ``total_duration``. The emulator sends none sooner (see :data:`REAL_TIME`)."""
+        start = self.load_duration(cold=cold) + self.prompt_eval_duration
+        tokens = list(range(1, len(self.thinking_pieces) + len(self.pieces) + 1))
+        if self.tool_calls:
+            tokens.append(self.output_tokens)  # the whole call comes in one chunk
+        due = [start + count * self.model.eval_ns_per_token for count in tokens]
+        return [*due, self.total_duration(cold=cold)]
 
     def metrics(self, *, cold: bool) -> dict[str, int]:
         """The metric fields of the final chunk, in Ollama's order, zeros omitted.

@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ollama_meter.testing._faults import WILD_COUNT, Armed, Fault, early
 from ollama_meter.testing._http import Handler
 from ollama_meter.testing._models import (
-    OVERHEAD_NS,
-    WARM_LOAD_NS,
     EmulatedModel,
     count_tokens,
     expected_embedding,
@@ -173,6 +172,7 @@ class OllamaRoutes(Handler):
         think: bool = False,
         tools: list[Any] | None = None,
     ) -> None:
+        began = time.monotonic_ns()  # the durations it reports are timed from here
         emu = self.emulator
         armed = emu._take_fault(model)
         fault = armed.fault if armed else None
@@ -239,8 +239,10 @@ class OllamaRoutes(Handler):
         if fault is Fault.ERROR_DONE:
             final = envelope(None)
             final.update({"done": True, "done_reason": "error", "error": ERROR_MIDSTREAM})
+        worked = reply.worked_ns(cold=cold)
         if not streaming:
             self._pause(emu.latency + emu.token_latency * reply.output_tokens)
+            self._spend(began, worked[-1])
             final["created_at"] = rfc3339_nano()
             if fault is not Fault.ERROR_DONE:
                 whole = envelope(reply.content, reply.thinking, list(reply.tool_calls))
@@ -265,6 +267,7 @@ class OllamaRoutes(Handler):
             cut=fault,
             error=go_json({"error": ERROR_MIDSTREAM}) + b"\n",
             ending=ending,
+            work=lambda index: self._spend(began, worked[index], streaming=True),
         )
 
     def _embed_request(
@@ -288,6 +291,7 @@ class OllamaRoutes(Handler):
         return name, model, inputs, armed
 
     def _embed(self, raw: bytes) -> None:
+        began = time.monotonic_ns()  # the durations it reports are timed from here
         request = self._embed_request(raw, "input", "api.EmbedRequest")
         if request is None:
             return
@@ -309,14 +313,15 @@ class OllamaRoutes(Handler):
             return
         # Each input is tokenized on its own, with what the model adds to every prompt.
         tokens = sum(count_tokens(text) + model.template_tokens for text in inputs)
-        load = model.load_ns if cold else WARM_LOAD_NS
+        load = model.load_ns if cold else model.warm_load_ns
         prompt_ns = tokens * model.prompt_ns_per_token
         out["embeddings"] = [
             expected_embedding(model, text, dimensions=dimensions, models=self.emulator.models)
             for text in inputs
         ]
+        self._spend(began, load + prompt_ns + model.overhead_ns)
         metrics = {
-            "total_duration": load + prompt_ns + OVERHEAD_NS,
+            "total_duration": load + prompt_ns + model.overhead_ns,
             "load_duration": load,
             "prompt_eval_count": 0 if armed and armed.fault is Fault.OMIT_COUNTS else tokens,
         }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -15,7 +17,7 @@ from rich.console import Console
 from ollama_meter.cli.perf import render_table
 from ollama_meter.periods import Window
 from ollama_meter.reports import PERF_METRICS, PerfReport
-from ollama_meter.testing import OllamaEmulator
+from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
 
 HEADER = (
     "model,department,requests,errors,error_rate,latency_p50_ms,latency_p95_ms,latency_p99_ms,"
@@ -30,9 +32,22 @@ def db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return db_url
 
 
+COLD_LOAD_NS = 120_000_000
+
+
 @pytest.fixture
-def calls(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
-    """Two llama calls for sales (the first loads the model: 1.2 s), one qwen call for support."""
+def slow_loads(monkeypatch: pytest.MonkeyPatch) -> Iterator[OllamaEmulator]:
+    """The emulator, its models loading in 120 ms when cold: perf counts a load of 100 ms or
+    more as cold, and the emulator spends every time it reports (its own load: 3 ms)."""
+    models = tuple(replace(m, load_ns=COLD_LOAD_NS) for m in DEFAULT_MODELS)
+    with OllamaEmulator(models=models) as emulator:
+        monkeypatch.setenv("OLLAMA_HOST", emulator.url)
+        yield emulator
+
+
+@pytest.fixture
+def calls(cli, db: str, slow_loads: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
+    """Two llama calls for sales (the first loads the model: 120 ms), one qwen call for support."""
     for dept, model in (
         ("sales", "llama3.1:8b"),
         ("sales", "llama3.1:8b"),
@@ -52,10 +67,15 @@ def test_csv_header_and_emulated_figures(cli, calls: None) -> None:  # type: ign
         ("qwen2.5:7b", "support", "1"),
     ]
     llama = rows[0]
-    # The emulator's durations are deterministic: 20 ms per token, 0.5 ms overhead, cold 1.2 s.
-    assert (llama["errors"], llama["error_rate"], llama["tokens_per_s"]) == ("0", "0.0000", "50.0")
-    assert (llama["cold_loads"], llama["cold_load_s"]) == ("1", "1.200")
-    assert (llama["queue_p50_ms"], llama["queue_p95_ms"]) == ("0.500", "0.500")
+    # The emulator's durations are deterministic: 50 µs a token, 1.25 µs overhead, cold 120 ms.
+    assert (llama["errors"], llama["error_rate"], llama["tokens_per_s"]) == (
+        "0",
+        "0.0000",
+        "20000.0",
+    )
+    assert (llama["cold_loads"], llama["cold_load_s"]) == ("1", "0.120")
+    assert (llama["queue_p50_ms"], llama["queue_p95_ms"]) == ("0.00125", "0.00125")
+    assert float(llama["latency_p99_ms"]) >= 120  # the load was spent, not only reported
     assert all(llama[c] for c in ("latency_p50_ms", "latency_p99_ms", "ttft_p95_ms"))
 
 
