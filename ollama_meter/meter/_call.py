@@ -280,6 +280,42 @@ class MeteredCall:
                 paid / 1e9,
             )
 
+    def _within_latency(self) -> None:
+        """The reported durations cut to the call's latency, which the meter timed around them.
+
+        Ollama times its work inside the request (load, then prompt evaluation, then
+        generation), so no honest figure, nor the three together, is longer than the call: a
+        10 ms call reported as 10^15 ns (11.6 days) was charged 11.6 days of GPU time. Time
+        runs out in that order: the load is kept up to the latency, prompt evaluation up to
+        what is left, generation up to the rest; ``total_duration`` up to the latency. A
+        ``WARNING`` names each figure cut, what was reported and what was kept.
+        """
+        span = self.span
+        latency = left = span.latency_ns or 0
+        cut: list[str] = []
+        for name in ("load", "prompt_eval", "eval"):
+            said = getattr(span, f"{name}_duration_ns")
+            if said is None:
+                continue
+            kept = min(said, left)
+            left -= kept
+            if kept != said:
+                setattr(span, f"{name}_duration_ns", kept)
+                cut.append(f"{name}_duration {said:,} ns (kept {kept:,})")
+        total = span.total_duration_ns
+        if total is not None and total > latency:
+            span.total_duration_ns = latency
+            cut.append(f"total_duration {total:,} ns (kept {latency:,})")
+        if cut:
+            log.warning(
+                "call %s to %s took %.6f s, and its answer reported longer at Ollama: %s; "
+                "no honest figure is longer than the call, so each is cut to it",
+                span.id,
+                span.request_model,
+                latency / 1e9,
+                ", ".join(cut),
+            )
+
     @property
     def reply(self) -> str:
         kept = "".join(self.reply_parts)
@@ -318,6 +354,7 @@ class MeteredCall:
             span.load_duration_ns = final.load_ns
             span.prompt_eval_duration_ns = final.prompt_eval_ns
             span.eval_duration_ns = final.eval_ns
+            self._within_latency()
         if final is None and self._first_ns is None and not ok:
             return  # the upstream never answered: nothing was consumed
         if span.prompt_eval_duration_ns is None and span.eval_duration_ns is None:

@@ -5,14 +5,16 @@ Infinity tokens, model names with NUL, escapes, 10 kB or bytes that are not UTF-
 final chunk, chunks after the end) is sent while honest calls of other departments run on
 the same gateway, so their spans share the write-behind's batches. Every honest call keeps
 its exact span; the hostile one is an error (an answer its client could not read) or an ok
-span whose counts and durations are the upstream's cut to what the ledger holds (a figure of
-the wrong type counts as absent: estimated, or the meter's clock); reports still add up.
+span whose counts and durations are the upstream's cut to what the ledger holds, and its
+durations to the call's latency (a figure of the wrong type counts as absent: estimated, or
+the meter's clock); reports still add up.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -217,7 +219,8 @@ class ScriptedUpstream(RawServer):
             content = self.script[model]
         else:
             n = int(model.removeprefix("good-").split("-")[0])
-            content = honest(path, asked.get("stream", True), n)[0]
+            content, figures = honest(path, asked.get("stream", True), n)
+            time.sleep(figures["total_duration"] / 1e9)  # honest: it spends the time it says
         answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n"
         length = len(content) + (100 if model in self.cut else 0)
         return answer + b"connection: close\r\ncontent-length: %d\r\n\r\n" % length + content
@@ -348,19 +351,26 @@ def check_hostile(gw: Gateway, bad: Hostile, department: str) -> None:
         assert span.output_tokens == min(said_out, MAX_TOKENS)
     reported = said_in is not None and said_out is not None
     assert span.token_source == ("reported" if reported else "estimated")
-    for name in ("total_duration", "load_duration"):
-        said = None if nothing_ran else _figure(read, name)  # "nothing ran": no figures
-        assert getattr(span, f"{name}_ns") == (None if said is None else min(said, MAX_DURATION_NS))
-    busy = [None if nothing_ran else _figure(read, k) for k in DURATIONS[2:]]
-    if busy == [None, None]:
+    # What the ledger holds of each figure ("nothing ran": no figures), then no more than the
+    # call's latency: Ollama times its work inside the call, load, prompt, then reply.
+    said = {k: None if nothing_ran else _figure(read, k) for k in DURATIONS}
+    kept = {k: None if v is None else min(v, MAX_DURATION_NS) for k, v in said.items()}
+    latency = left = span.latency_ns or 0
+    for name in DURATIONS[1:]:
+        kept[name] = None if kept[name] is None else min(kept[name], left)
+        left -= kept[name] or 0
+    total = kept["total_duration"]
+    assert span.total_duration_ns == (None if total is None else min(total, latency))
+    assert span.load_duration_ns == kept["load_duration"]
+    if said["prompt_eval_duration"] is None and said["eval_duration"] is None:
         assert span.duration_source == "measured"
-        assert (span.prompt_eval_duration_ns or 0) + (span.eval_duration_ns or 0) <= (
-            span.latency_ns or 0
-        )
+        assert (span.load_duration_ns or 0) + (span.prompt_eval_duration_ns or 0) + (
+            span.eval_duration_ns or 0
+        ) <= latency
     else:
         assert span.duration_source == "reported"
-        kept = [span.prompt_eval_duration_ns, span.eval_duration_ns]
-        assert kept == [None if b is None else min(b, MAX_DURATION_NS) for b in busy]
+        busy = [span.prompt_eval_duration_ns, span.eval_duration_ns]
+        assert busy == [kept["prompt_eval_duration"], kept["eval_duration"]]
 
 
 figure = st.one_of(st.integers(0, 10**6).map(lambda n: str(n).encode()), st.sampled_from(NUMBERS))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -67,12 +68,6 @@ figures = st.one_of(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the meter charges any reported duration up to 10^15 ns, whatever the call's "
-    "latency; cutting figures to the latency is the fix, but the emulator reports simulated "
-    "times (1.8 s for a 0.07 s call) that 13 tests price exactly, so it must turn honest first",
-)
 @settings(
     max_examples=40,
     deadline=None,
@@ -110,6 +105,28 @@ def test_no_time_ollama_reports_is_longer_than_the_call_the_meter_timed(
     # The GPU time is priced on at most the call's latency (rounded up, to the micro-unit).
     most = span.input_tokens * 1000 + span.output_tokens * 2000 + span.latency_ns * 2 // 3600 + 1
     assert span.cost_total <= most
+
+
+def test_figures_cut_to_the_latency_keep_the_load_first_and_say_so_once(
+    upstream: tuple[Gateway, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ollama loads, then evaluates the prompt, then generates: time runs out in that order.
+    One WARNING for the call names each figure cut, what was reported and what was kept."""
+    gw, server = upstream
+    said = {"load_duration": 1_000, "prompt_eval_duration": 10**15, "eval_duration": 10**12}
+    server.body = answer(json.dumps(final("/api/chat", said)).encode())
+    body = {"model": f"m{next(models)}", "stream": False, **BODIES["/api/chat"]}
+    with caplog.at_level(logging.WARNING, logger="ollama_meter.meter"):
+        assert gw.client.post("/api/chat", json=body).status_code == 200
+    (span,) = gw.ledger.latest(SpanFilter(), 1)
+    assert span.load_duration_ns == 1_000  # within the latency: kept whole
+    assert span.prompt_eval_duration_ns == span.latency_ns - 1_000  # the rest of the call
+    assert span.eval_duration_ns == 0 and span.total_duration_ns is None
+    (warning,) = [r for r in caplog.records if "longer at Ollama" in r.getMessage()]
+    text = warning.getMessage()
+    assert "prompt_eval_duration 1,000,000,000,000,000 ns (kept " in text
+    assert "eval_duration 1,000,000,000,000 ns (kept 0)" in text
+    assert "load_duration" not in text and span.id in text
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])

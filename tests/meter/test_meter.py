@@ -515,11 +515,56 @@ def test_a_call_a_hard_budget_timed_is_charged_at_most_the_busy_time_its_bound_p
     assert call.take([final]) is None
     if cut:
         call.out_of_time()
-    call.measure(call._t0 + 10**9, ok=True)
+    # The call took as long as Ollama says it worked: no figure is past its latency.
+    call.measure(call._t0 + max(load + prompt + generation, 10**9), ok=True)
     span = call.span
     assert span.duration_source == "reported" and span.load_duration_ns == load
     assert span.prompt_eval_duration_ns == min(prompt, paid)
     assert span.eval_duration_ns == min(generation, paid - min(prompt, paid))
+
+
+figure = st.none() | st.integers(0, 10**15)
+
+
+@given(
+    latency=st.integers(0, 10**12),
+    total=figure,
+    load=figure,
+    prompt=figure,
+    generation=figure,
+)
+def test_no_reported_time_is_longer_than_the_call_the_meter_timed(
+    latency: int, total: int | None, load: int | None, prompt: int | None, generation: int | None
+) -> None:
+    """Ollama times its work inside the request, so no honest figure, nor load, prompt and
+    reply together, is longer than the call: time runs out in the order Ollama works (load,
+    prompt, reply), a figure within what is left is kept as reported, and a WARNING says so."""
+    from ollama_meter.upstream import Final
+
+    call = _timed_call(10**16, 10**16)
+    call.paid_ns = call.time_cap_ns = None
+    final = Final(
+        input_tokens=3,
+        output_tokens=2,
+        total_ns=total,
+        load_ns=load,
+        prompt_eval_ns=prompt,
+        eval_ns=generation,
+    )
+    assert call.take([final]) is None
+    call.measure(call._t0 + latency, ok=True)
+    span = call.span
+    left = latency
+    for said, kept in zip(
+        (load, prompt, generation),
+        (span.load_duration_ns, span.prompt_eval_duration_ns, span.eval_duration_ns),
+        strict=True,
+    ):
+        if said is not None or span.duration_source == "reported":
+            assert kept == (None if said is None else min(said, left)), (said, kept, left)
+        left -= kept or 0
+    assert left >= 0  # load, prompt and reply together: at most the latency
+    assert span.total_duration_ns == (None if total is None else min(total, latency))
 
 
 def test_a_call_out_of_time_is_never_cut_at_its_final_chunk() -> None:
