@@ -21,8 +21,7 @@ WARM_LOAD_NS = 5_000
 """``load_duration`` reported when one of :data:`DEFAULT_MODELS` is already loaded (warm)."""
 
 OVERHEAD_NS = 1_250
-"""Per-request overhead one of :data:`DEFAULT_MODELS` adds to ``total_duration`` (templating,
-sampling setup)."""
+"""What one of :data:`DEFAULT_MODELS` adds to ``total_duration`` (templating, sampling setup)."""
 
 REAL_TIME = 400
 """How much slower than :data:`DEFAULT_MODELS` a GPU runs them (:data:`REAL_TIME_MODELS`). The
@@ -49,10 +48,9 @@ _VOCABULARY = (
 class EmulatedModel:
     """One model the emulator has "pulled": its metadata and its deterministic speed.
 
-    ``load_ns`` is the cold ``load_duration`` (``warm_load_ns`` the warm one);
-    ``prompt_ns_per_token`` and ``eval_ns_per_token`` scale ``prompt_eval_duration`` and
-    ``eval_duration``, and ``overhead_ns`` is added to ``total_duration``. The emulator
-    spends each of these times for real before it reports it (see :data:`REAL_TIME`).
+    ``load_ns`` is the cold ``load_duration`` (``warm_load_ns`` the warm one); the per-token
+    times scale ``prompt_eval_duration`` and ``eval_duration``; ``overhead_ns`` is added to
+    ``total_duration``. The emulator spends each time it reports (see :data:`REAL_TIME`).
     ``reply_tokens`` fixes the reply length (else it derives from the prompt).
     ``template_tokens`` is what the model's template writes into every prompt on its own
     (text in its ``TEMPLATE``; an embedding model's special tokens, to each input): counted
