@@ -32,6 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from ollama_meter._logging import Throttled
+from ollama_meter._names import MAX_USER, name_problem
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.gateway import _memory
 from ollama_meter.gateway._attribution import HEADER_KEY
@@ -207,6 +208,10 @@ class GatewayOptions:
     loopback: bool = False  # listening only there: requests must name this machine (_hosts.py)
 
     def __post_init__(self) -> None:
+        if self.default_user is not None and (
+            problem := name_problem(self.default_user, limit=MAX_USER)
+        ):
+            raise ValidationError(f"user name {problem}")
         if self.admin_token is not None:
             object.__setattr__(self, "admin_token", admin_token_of(self.admin_token))
 
