@@ -200,13 +200,25 @@ def test_without_keys_required_headers_then_the_key_then_the_defaults(
         assert reply.status_code < 500, (headers, reply.text)
         if reply.status_code == 401:
             assert new == [], headers
-            assert any(v.startswith("om_") and v not in keys.live for v in offered(headers))
+            ours = [v for v in offered(headers) if v.startswith("om_")]
+            assert ours, headers
+            assert key_header_twice(headers) or any(v not in keys.live for v in ours), headers
             return
         (span,) = new
         if reply.status_code != 200:
             return  # a name given twice or not a name: refused, charged to the key or defaults
         if key_header_twice(headers):
-            return  # counts as no key (README); the rest as without one is checked below
+            # Counts as none (README); a call that carries a key is charged to a live key it
+            # carries, never to the headers or the defaults unseen.
+            carried = [keys.live[v] for v in offered(headers) if v in keys.live]
+            if any(v.startswith("om_") for v in offered(headers)):
+                told = {h: given_values(headers, h)[:1] for h in NAME_HEADERS[:2]}
+                assert any(
+                    span.tenant in (*told["X-Ometer-Tenant"], k.tenant)
+                    and span.department in (*told["X-Ometer-Department"], k.department)
+                    for k in carried
+                ), headers
+            return
         key = chosen_key(headers, keys)
         for header, field, fallback in (
             ("X-Ometer-Tenant", "tenant", key.tenant if key else "default"),
@@ -237,3 +249,25 @@ def test_a_call_refused_for_its_headers_is_the_user_its_key_is_fixed_to(
         reply, (span,) = send(gw, "/api/chat", headers, "mallory")
         assert reply.status_code == 400, reply.text
         assert (span.tenant, span.department, span.user) == ("acme", "hr", "alice")
+
+
+def test_without_keys_required_a_key_sent_twice_is_refused_not_charged_to_the_defaults(
+    keyed: Callable[[bool], tuple[Gateway, Keys]],
+) -> None:
+    """A key header given twice counts as no key (a proxy in front may have read the other
+    one); without --require-key the call then went to the defaults unseen, as a revoked key's
+    did before it was refused: a live key so sent was charged to nobody's budget, and a
+    revoked one kept working on the defaults."""
+    gw, keys = keyed(False)
+    live, revoked = next(iter(keys.live)), keys.dead[0]
+    for headers in (
+        [("X-Ometer-Key", live), ("X-Ometer-Key", live)],
+        [("X-Api-Key", revoked), ("x-api-key", revoked), ("X-Ometer-Department", "ops")],
+        [("Authorization", f"Bearer {revoked}"), ("Authorization", "Bearer ollama")],
+    ):
+        reply, new = send(gw, "/v1/chat/completions", headers, "bob")
+        assert (reply.status_code, new) == (401, []), headers
+        assert "is given twice, so no key is read from it" in reply.json()["error"]["message"]
+    one = [("Authorization", f"Bearer {revoked}"), ("Authorization", "x"), ("X-Ometer-Key", live)]
+    reply, (span,) = send(gw, "/api/chat", one, "bob")  # the other key, given once, counts
+    assert (reply.status_code, span.tenant) == (200, keys.live[live].tenant)
