@@ -143,8 +143,19 @@ class Gateway:
         path = request.url.path
         wire = wire_of(path)
         options = self.options
-        # Who a refusal is charged to: the caller when known, else what its key vouches for.
+        # Who a refusal is charged to: the caller when known, else what its key vouches for;
+        # without keys required, what the headers name before the key is checked (a key that
+        # cannot be checked leaves them as they are).
         charged = vouched(None, self.settings, options.default_user)
+        if not options.require_key:
+            with contextlib.suppress(ValidationError):
+                charged = resolve(
+                    request.headers,
+                    None,
+                    self.settings,
+                    require_key=False,
+                    default_user=options.default_user,
+                )
         try:
             key = await (
                 self.access.required_key(request)

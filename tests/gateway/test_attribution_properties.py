@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ollama_meter.ledger import ApiKey, SpanFilter
+from ollama_meter.ledger import ApiKey, Ledger, SpanFilter
 from ollama_meter.testing import OllamaEmulator
 from tests.gateway.conftest import Gateway
 
@@ -271,3 +272,22 @@ def test_without_keys_required_a_key_sent_twice_is_refused_not_charged_to_the_de
     one = [("Authorization", f"Bearer {revoked}"), ("Authorization", "x"), ("X-Ometer-Key", live)]
     reply, (span,) = send(gw, "/api/chat", one, "bob")  # the other key, given once, counts
     assert (reply.status_code, span.tenant) == (200, keys.live[live].tenant)
+
+
+def test_without_keys_required_a_key_that_cannot_be_checked_is_refused_as_the_headers_name(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """Without --require-key the headers decide whom a call is charged to, with a key or
+    without: a call whose key could not be checked (its row broken in SQL) was written to
+    the defaults' department, not to the one its headers name."""
+    secret = Ledger(sqlite_url).create_key(name="bot", tenant="acme", department="sales")[1]
+    engine = sa.create_engine(sqlite_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE api_keys SET tenant = 'not a name'")
+    engine.dispose()
+    gw = app_on(emulator.url, sqlite_url)
+    headers = [("X-Ometer-Key", secret), ("X-Ometer-Department", "ops"), ("X-Ometer-User", "bob")]
+    reply, (span,) = send(gw, "/api/chat", headers, "bob")
+    assert reply.status_code == 503, reply.text
+    assert (span.tenant, span.department, span.user) == ("default", "ops", "bob")
+    assert span.tags == UNVERIFIED
