@@ -335,9 +335,10 @@ def _twice(request: Request) -> str | None:
         for name in (*_KEY_HEADERS, "authorization")
         if len(request.headers.getlist(name)) > 1
     ]
+    which = f"{doubled[0]} is" if len(doubled) == 1 else f"{', '.join(doubled)} are each"
     return (
-        f"{', '.join(doubled)} is given twice, so no key is read from it (a proxy on the way "
-        "may have read the other one): give the key once"
+        f"{which} given twice, so no key is read from it (a proxy on the way may have read "
+        "the other one): give the key once"
     )
 
 
