@@ -32,6 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from ollama_meter._logging import Throttled
+from ollama_meter._names import MAX_USER, name_problem
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.gateway import _memory
 from ollama_meter.gateway._attribution import HEADER_KEY
@@ -140,6 +141,10 @@ def route_of(request: Request) -> str:
     return getattr(route, "path", None) or request.url.path
 
 
+_KEY_HEADERS = (HEADER_KEY, "x-api-key")
+"""Where a key comes as the whole value; ``Authorization`` brings one as its bearer."""
+
+
 def _only(request: Request, header: str) -> str | None:
     """The header's one value; None when absent or sent twice (a proxy in front of the
     gateway may have checked the other one, so neither is taken)."""
@@ -147,11 +152,23 @@ def _only(request: Request, header: str) -> str | None:
     return values[0] if len(values) == 1 else None
 
 
+def _bearer_of(auth: str) -> str | None:
+    return (auth[7:].strip() or None) if auth[:7].lower() == "bearer " else None
+
+
 def bearer(request: Request) -> str | None:
-    auth = _only(request, "authorization") or ""
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip() or None
-    return None
+    return _bearer_of(_only(request, "authorization") or "")
+
+
+def offered_keys(request: Request) -> list[str]:
+    """Every gateway key (``om_...``) the request carries where a key is read, in a header
+    given once or twice: a call that carries one and is charged to no live key is refused,
+    never charged to the headers or the defaults unseen."""
+    sent = [value.strip() for name in _KEY_HEADERS for value in request.headers.getlist(name)]
+    sent += [
+        token for auth in request.headers.getlist("authorization") if (token := _bearer_of(auth))
+    ]
+    return [key for key in sent if key.startswith(KEY_PREFIX)]
 
 
 def presented_key(request: Request) -> str | None:
@@ -165,7 +182,7 @@ def presented_key(request: Request) -> str | None:
     when given both (Anthropic's own key in one, the gateway's in the other).
     """
     sent: list[str] = []
-    for header in (HEADER_KEY, "x-api-key"):
+    for header in _KEY_HEADERS:
         keys = [value.strip() for value in request.headers.getlist(header) if value.strip()]
         if len(keys) > 1:
             return None
@@ -207,6 +224,10 @@ class GatewayOptions:
     loopback: bool = False  # listening only there: requests must name this machine (_hosts.py)
 
     def __post_init__(self) -> None:
+        if self.default_user is not None and (
+            problem := name_problem(self.default_user, limit=MAX_USER)
+        ):
+            raise ValidationError(f"user name {problem}")
         if self.admin_token is not None:
             object.__setattr__(self, "admin_token", admin_token_of(self.admin_token))
 
@@ -262,7 +283,8 @@ class Access:
         if key is None:
             raise self._refused(
                 request,
-                "a valid API key is required: send `Authorization: Bearer <key>` or "
+                _twice(request)
+                or "a valid API key is required: send `Authorization: Bearer <key>` or "
                 "`X-Api-Key: <key>` (see `ometer keys create`)",
             )
         return key
@@ -277,10 +299,11 @@ class Access:
             key = await self._key_of(request)
         except LedgerError as exc:
             raise BadCall(503, "ledger_unavailable", self._cannot_check(exc)) from None
-        if key is None and (presented_key(request) or "").startswith(KEY_PREFIX):
+        if key is None and offered_keys(request):
             raise self._refused(
                 request,
-                "this API key is not a live key (revoked, or mistyped): send a live one "
+                _twice(request)
+                or "this API key is not a live key (revoked, or mistyped): send a live one "
                 "(`ometer keys list`), or none to be charged to the defaults",
             )
         return key
@@ -301,6 +324,22 @@ class Access:
         elif self.options.require_key:
             return await self.required_key(request)
         return None
+
+
+def _twice(request: Request) -> str | None:
+    """Why no key was read from a request that carries one only in headers given twice."""
+    if presented_key(request) in (offered := offered_keys(request)) or not offered:
+        return None
+    doubled = [
+        name.title()
+        for name in (*_KEY_HEADERS, "authorization")
+        if len(request.headers.getlist(name)) > 1
+    ]
+    which = f"{doubled[0]} is" if len(doubled) == 1 else f"{', '.join(doubled)} are each"
+    return (
+        f"{which} given twice, so no key is read from it (a proxy on the way may have read "
+        "the other one): give the key once"
+    )
 
 
 class Unauthenticated:

@@ -37,7 +37,7 @@ from ollama_meter.gateway._access import (
     read_body,
     unrouted,
 )
-from ollama_meter.gateway._attribution import Forbidden, resolve
+from ollama_meter.gateway._attribution import Forbidden, resolve, vouched
 from ollama_meter.gateway._dash import KEY_SCOPE, METRICS_NEED_TOKEN, NO_STORE, dashboard_routes
 from ollama_meter.gateway._drain import Drain, drained
 from ollama_meter.gateway._fleet import Fleet
@@ -58,7 +58,7 @@ from ollama_meter.gateway._requests import (
 from ollama_meter.gateway._retention import prune_daily
 from ollama_meter.gateway._slots import client_left
 from ollama_meter.gateway._threads import in_thread
-from ollama_meter.meter import Attribution, Meter, Source, Status
+from ollama_meter.meter import Meter, Source, Status
 from ollama_meter.meter._behind import WriteBehind
 from ollama_meter.meter._wiring import transport_for
 from ollama_meter.upstream import OLLAMA, PooledUpstream
@@ -143,16 +143,26 @@ class Gateway:
         path = request.url.path
         wire = wire_of(path)
         options = self.options
-        # Who a refusal is charged to: the caller when known, else the key's owner or defaults.
-        charged = Attribution(tenant=self.settings.tenant, department=self.settings.department)
+        # Who a refusal is charged to: the caller when known, else what its key vouches for;
+        # without keys required, what the headers name before the key is checked (a key that
+        # cannot be checked leaves them as they are).
+        charged = vouched(None, self.settings, options.default_user)
+        if not options.require_key:
+            with contextlib.suppress(ValidationError):
+                charged = resolve(
+                    request.headers,
+                    None,
+                    self.settings,
+                    require_key=False,
+                    default_user=options.default_user,
+                )
         try:
             key = await (
                 self.access.required_key(request)
                 if options.require_key
                 else self.access.optional_key(request)
             )
-            if key is not None:
-                charged = Attribution(tenant=key.tenant, department=key.department)
+            charged = vouched(key, self.settings, options.default_user)
             problem: Exception | None = None
             try:
                 charged = resolve(

@@ -61,6 +61,17 @@ def resolve(
     return Attribution(tenant=tenant, department=department, user=user, tags=tags)
 
 
+def vouched(key: ApiKey | None, settings: Settings, default_user: str | None = None) -> Attribution:
+    """Who a call is charged to when its headers cannot be read (a name given twice or not a
+    name, a user the key does not allow): what the key vouches for, its fixed user too, else
+    the defaults. A refusal of a call with a key fixed to a user is that user's call."""
+    if key is None:
+        return Attribution(
+            tenant=settings.tenant, department=settings.department, user=default_user
+        )
+    return Attribution(tenant=key.tenant, department=key.department, user=key.user)
+
+
 def _once(headers: Headers) -> dict[str, str]:
     """The attribution headers, each given at most once: two would charge the call to whichever
     one a proxy on the way reads, so ``ValidationError``."""
