@@ -110,15 +110,15 @@ THINKING_MODEL = EmulatedModel(
 Not among :data:`DEFAULT_MODELS`: start an emulator with it when a test needs one."""
 
 
-def at_real_time(model: EmulatedModel) -> EmulatedModel:
-    """``model`` at a GPU's pace: each of its times :data:`REAL_TIME` times as long."""
+def at_real_time(model: EmulatedModel, slower: int = REAL_TIME) -> EmulatedModel:
+    """``model`` at a GPU's pace: each of its times ``slower`` (:data:`REAL_TIME`) times as long."""
     return replace(
         model,
-        load_ns=model.load_ns * REAL_TIME,
-        warm_load_ns=model.warm_load_ns * REAL_TIME,
-        prompt_ns_per_token=model.prompt_ns_per_token * REAL_TIME,
-        eval_ns_per_token=model.eval_ns_per_token * REAL_TIME,
-        overhead_ns=model.overhead_ns * REAL_TIME,
+        load_ns=model.load_ns * slower,
+        warm_load_ns=model.warm_load_ns * slower,
+        prompt_ns_per_token=model.prompt_ns_per_token * slower,
+        eval_ns_per_token=model.eval_ns_per_token * slower,
+        overhead_ns=model.overhead_ns * slower,
     )
 
 
