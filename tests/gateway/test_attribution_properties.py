@@ -127,7 +127,9 @@ def keyed(
     return start
 
 
-def send(gw: Gateway, route: str, headers: list[tuple[str, str]], body_user: str) -> Any:
+def send(gw: Gateway, example: tuple[str, list[tuple[str, str]], str]) -> Any:
+    """The reply to ``example`` (route, headers, the user its body names) and the spans it added."""
+    route, headers, body_user = example
     before = gw.ledger.count()
     content = json.dumps(body_for(route, body_user)).encode()
     reply = gw.client.post(route, content=content, headers=headers)
@@ -150,8 +152,8 @@ def test_with_keys_required_a_call_is_charged_to_the_key_it_carries_and_no_other
     @_PROPERTY
     @given(example=requests(keys))
     def run(example: tuple[str, list[tuple[str, str]], str]) -> None:
-        route, headers, body_user = example
-        reply, new = send(gw, route, headers, body_user)
+        _, headers, body_user = example
+        reply, new = send(gw, example)
         assert reply.status_code < 500, (headers, reply.text)
         if reply.status_code == 401:
             assert new == [], headers  # nobody grows the ledger without a key
@@ -196,8 +198,8 @@ def test_without_keys_required_headers_then_the_key_then_the_defaults(
     @_PROPERTY
     @given(example=requests(keys))
     def run(example: tuple[str, list[tuple[str, str]], str]) -> None:
-        route, headers, body_user = example
-        reply, new = send(gw, route, headers, body_user)
+        headers = example[1]
+        reply, new = send(gw, example)
         assert reply.status_code < 500, (headers, reply.text)
         if reply.status_code == 401:
             assert new == [], headers
@@ -247,7 +249,7 @@ def test_a_call_refused_for_its_headers_is_the_user_its_key_is_fixed_to(
     fixed = next(secret for secret, key in keys.live.items() if key.user == "alice")
     for twice in NAME_HEADERS:
         headers = [("X-Ometer-Key", fixed), (twice, "ops"), (twice, "ops")]
-        reply, (span,) = send(gw, "/api/chat", headers, "mallory")
+        reply, (span,) = send(gw, ("/api/chat", headers, "mallory"))
         assert reply.status_code == 400, reply.text
         assert (span.tenant, span.department, span.user) == ("acme", "hr", "alice")
 
@@ -266,11 +268,11 @@ def test_without_keys_required_a_key_sent_twice_is_refused_not_charged_to_the_de
         [("X-Api-Key", revoked), ("x-api-key", revoked), ("X-Ometer-Department", "ops")],
         [("Authorization", f"Bearer {revoked}"), ("Authorization", "Bearer ollama")],
     ):
-        reply, new = send(gw, "/v1/chat/completions", headers, "bob")
+        reply, new = send(gw, ("/v1/chat/completions", headers, "bob"))
         assert (reply.status_code, new) == (401, []), headers
         assert "is given twice, so no key is read from it" in reply.json()["error"]["message"]
     one = [("Authorization", f"Bearer {revoked}"), ("Authorization", "x"), ("X-Ometer-Key", live)]
-    reply, (span,) = send(gw, "/api/chat", one, "bob")  # the other key, given once, counts
+    reply, (span,) = send(gw, ("/api/chat", one, "bob"))  # the other key, given once, counts
     assert (reply.status_code, span.tenant) == (200, keys.live[live].tenant)
 
 
@@ -287,7 +289,7 @@ def test_without_keys_required_a_key_that_cannot_be_checked_is_refused_as_the_he
     engine.dispose()
     gw = app_on(emulator.url, sqlite_url)
     headers = [("X-Ometer-Key", secret), ("X-Ometer-Department", "ops"), ("X-Ometer-User", "bob")]
-    reply, (span,) = send(gw, "/api/chat", headers, "bob")
+    reply, (span,) = send(gw, ("/api/chat", headers, "bob"))
     assert reply.status_code == 503, reply.text
     assert (span.tenant, span.department, span.user) == ("default", "ops", "bob")
     assert span.tags == UNVERIFIED
