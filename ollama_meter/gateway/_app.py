@@ -58,7 +58,8 @@ from ollama_meter.gateway._requests import (
 from ollama_meter.gateway._retention import prune_daily
 from ollama_meter.gateway._slots import client_left
 from ollama_meter.gateway._threads import in_thread
-from ollama_meter.meter import Meter, Source, Status
+from ollama_meter.ledger import ApiKey
+from ollama_meter.meter import Attribution, Meter, Source, Status
 from ollama_meter.meter._behind import WriteBehind
 from ollama_meter.meter._wiring import transport_for
 from ollama_meter.upstream import OLLAMA, PooledUpstream
@@ -139,6 +140,21 @@ class Gateway:
 
     # -- routes ----------------------------------------------------------------------------
 
+    def _attributed(
+        self, request: Request, key: ApiKey | None, otherwise: Attribution
+    ) -> tuple[Attribution, Exception | None]:
+        """Whom the headers and ``key`` charge the call to; ``otherwise`` and why, if they cannot."""
+        try:
+            return resolve(
+                request.headers,
+                key,
+                self.settings,
+                require_key=self.options.require_key,
+                default_user=self.options.default_user,
+            ), None
+        except (Forbidden, ValidationError) as exc:
+            return otherwise, exc
+
     async def metered(self, request: Request) -> Response:
         path = request.url.path
         wire = wire_of(path)
@@ -147,33 +163,18 @@ class Gateway:
         # without keys required, what the headers name before the key is checked (a key that
         # cannot be checked leaves them as they are).
         charged = vouched(None, self.settings, options.default_user)
+        problem: Exception | None = None
         if not options.require_key:
-            with contextlib.suppress(ValidationError):
-                charged = resolve(
-                    request.headers,
-                    None,
-                    self.settings,
-                    require_key=False,
-                    default_user=options.default_user,
-                )
+            charged, problem = self._attributed(request, None, charged)
         try:
             key = await (
                 self.access.required_key(request)
                 if options.require_key
                 else self.access.optional_key(request)
             )
-            charged = vouched(key, self.settings, options.default_user)
-            problem: Exception | None = None
-            try:
-                charged = resolve(
-                    request.headers,
-                    key,
-                    self.settings,
-                    require_key=options.require_key,
-                    default_user=options.default_user,
-                )
-            except (Forbidden, ValidationError) as exc:
-                problem = exc
+            if key is not None or options.require_key:  # else read above, without a key
+                vouching = vouched(key, self.settings, options.default_user)
+                charged, problem = self._attributed(request, key, vouching)
             try:
                 raw = await read_body(request, options.max_body_bytes)
             except Unread as exc:

@@ -172,22 +172,22 @@ class Handler(BaseHTTPRequestHandler):
         (Ollama cancels the request), a stream's counted as a hang-up. A whole reply's
         one long pause went on for all of it: a call cut after a second held the emulator
         for the next test to wait on."""
-        deadline, hurries = time.monotonic() + seconds, self.emulator.hurries
-        while (left := deadline - time.monotonic()) > 0 and self.emulator.hurries == hurries:
-            if self.server.stopping.wait(min(left, 0.05)):
-                self._drop()
-            if self._client_gone():
-                if streaming:
-                    self.emulator._hung_up()
-                self._drop()
+        self._wait_until(time.monotonic() + seconds, streaming=streaming, hurried=True)
 
     def _spend(self, began_ns: int, ns: int, *, streaming: bool = False) -> None:
         """Work until ``ns`` after ``began_ns`` (``time.monotonic_ns``): every duration the
         emulator reports is time it spent on the request, as Ollama's are, so none is longer
         than the call a client timed around it. Not hurried (its models take a few ms, see
         ``_models.REAL_TIME``); a client that leaves meanwhile ends the reply."""
-        while (left := began_ns + ns - time.monotonic_ns()) > 0:
-            if self.server.stopping.wait(min(left / 1e9, 0.05)):
+        self._wait_until((began_ns + ns) / 1e9, streaming=streaming, hurried=False)
+
+    def _wait_until(self, deadline: float, *, streaming: bool, hurried: bool) -> None:
+        """Wait until ``deadline`` (``time.monotonic``), or a hurry when ``hurried``."""
+        hurries = self.emulator.hurries
+        while (left := deadline - time.monotonic()) > 0 and (
+            not hurried or self.emulator.hurries == hurries
+        ):
+            if self.server.stopping.wait(min(left, 0.05)):
                 self._drop()
             if self._client_gone():
                 if streaming:
