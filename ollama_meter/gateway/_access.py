@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -119,6 +120,8 @@ async def unrouted(request: Request, exc: Exception) -> Response:
     the error shape of the path's clients, where Starlette would answer in plain text."""
     status = exc.status_code if isinstance(exc, HTTPException) else 404
     method, path = request.method, request.url.path
+    if status == 404 and (other := _other_slash(request)) is not None:
+        return Response(status_code=307, headers={"Location": other})
     headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
     if status == 405:
         takes = headers.get("Allow", "")
@@ -126,6 +129,30 @@ async def unrouted(request: Request, exc: Exception) -> Response:
     else:
         message = f"{method} {path} is not a route this gateway serves"
     return error_response(wire_of(path), status, message, headers=headers)
+
+
+def _other_slash(request: Request) -> str | None:
+    """Where a path the gateway serves with or without its trailing slash is, relative (path
+    and query), as Ollama's router redirects; None when neither form is a route.
+
+    Starlette's own redirect wrote an absolute URL from the caller's Host header: anyone
+    could have the gateway's answers point at a host of their choosing.
+    """
+    path = request.scope["path"]
+    other = _slashed(path)
+    if not other or other.startswith("//"):  # a Location of //host is another host
+        return None
+    scope = {**request.scope, "path": other}
+    if not any(route.matches(scope)[0] != Match.NONE for route in request.app.routes):
+        return None
+    # Percent-encoded again: a decoded %0A or %3F would say something else
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    return f"{quote(other)}?{query}" if query else quote(other)
+
+
+def _slashed(path: str) -> str:
+    """``path`` without its trailing slashes, or with one when it has none."""
+    return path.rstrip("/") if path.endswith("/") else f"{path}/"
 
 
 def route_of(request: Request) -> str:

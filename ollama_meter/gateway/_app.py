@@ -387,6 +387,7 @@ def create_app(
             body_memory(opts.max_body_bytes),
         ],
     )
+    app.router.redirect_slashes = False  # it builds Location from Host: unrouted's is relative
     app.state.drain = drain
     return app
 

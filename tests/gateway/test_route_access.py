@@ -127,6 +127,36 @@ def test_a_route_the_gateway_does_not_serve_is_refused_in_its_clients_error_shap
     assert path in message and "\n" not in message
 
 
+def test_a_route_asked_with_or_without_its_slash_is_redirected_relative_never_to_the_host_header(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """As Ollama's router does, the Location is the path (as sent, still percent-encoded) and
+    the query: Starlette's own was absolute, built from the caller's Host header."""
+    gw = app_on(emulator.url, sqlite_url)
+    seen = 0
+    served = {path for _, path in routes(gw)}
+    for method, path in routes(gw):
+        if (
+            "{" in path
+            or path == "/"
+            or method == "HEAD"
+            or any(p.startswith(f"{path}/") for p in served)
+        ):
+            continue  # /v1/models/ is /v1/models/{model:path}'s, as Ollama routes it
+        hostile = {"Host": "evil.example", "X-Forwarded-Host": "evil.example"}
+        for asked, told in ((f"{path}/", path), (f"{path}//?a=%0A&b", f"{path}?a=%0A&b")):
+            reply = gw.client.request(method, asked, headers=hostile, follow_redirects=False)
+            assert (reply.status_code, reply.headers["location"]) == (307, told), asked
+            seen += 1
+    assert seen > 20
+    for asked, told in (("/api/tags%2F", "/api/tags"), ("/api/tags%2F/", "/api/tags")):
+        reply = gw.client.get(asked, headers={"Host": "evil.example"}, follow_redirects=False)
+        assert (reply.status_code, reply.headers.get("location")) == (307, told), asked
+    for stray in ("/nothing/", "/api/chat/x/", "/api/nothing"):
+        assert gw.client.get(stray, follow_redirects=False).status_code == 404, stray
+    assert not emulator.calls
+
+
 _LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
 _PORT = st.one_of(st.just(""), st.integers(1, 65535).map(lambda p: f":{p}"))
 
