@@ -183,6 +183,16 @@ def _bearer_of(auth: str) -> str | None:
     return (auth[7:].strip() or None) if auth[:7].lower() == "bearer " else None
 
 
+def _credentials_of(auth: str) -> str | None:
+    """The key an ``Authorization`` value carries: its bearer, or a gateway key (``om_...``)
+    after any scheme or none (``Authorization: om_...`` was read as no key at all, and its
+    call charged to the defaults unseen)."""
+    words = auth.split()
+    if words and words[-1].startswith(KEY_PREFIX) and len(words) <= 2:
+        return words[-1]
+    return _bearer_of(auth)
+
+
 def bearer(request: Request) -> str | None:
     return _bearer_of(_only(request, "authorization") or "")
 
@@ -193,7 +203,9 @@ def offered_keys(request: Request) -> list[str]:
     never charged to the headers or the defaults unseen."""
     sent = [value.strip() for name in _KEY_HEADERS for value in request.headers.getlist(name)]
     sent += [
-        token for auth in request.headers.getlist("authorization") if (token := _bearer_of(auth))
+        token
+        for auth in request.headers.getlist("authorization")
+        if (token := _credentials_of(auth))
     ]
     return [key for key in sent if key.startswith(KEY_PREFIX)]
 
@@ -214,7 +226,7 @@ def presented_key(request: Request) -> str | None:
         if len(keys) > 1:
             return None
         sent += keys
-    sent += [token] if (token := bearer(request)) else []
+    sent += [token] if (token := _credentials_of(_only(request, "authorization") or "")) else []
     return next((key for key in sent if key.startswith(KEY_PREFIX)), sent[0] if sent else None)
 
 

@@ -82,7 +82,12 @@ def given_values(headers: list[tuple[str, str]], name: str) -> list[str]:
 def offered(headers: list[tuple[str, str]]) -> list[str]:
     """Every value a key could be read from, whatever the rules for picking one."""
     found = [*given_values(headers, "X-Ometer-Key"), *given_values(headers, "X-Api-Key")]
-    found += [v[7:] for v in given_values(headers, "Authorization") if v[:7].lower() == "bearer "]
+    for value in given_values(headers, "Authorization"):
+        words = value.split()
+        if words and words[-1].startswith("om_") and len(words) <= 2:  # any scheme, or none
+            found.append(words[-1])
+        elif value[:7].lower() == "bearer ":
+            found.append(value[7:])
     return [value.strip() for value in found]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ollama_meter.ledger import Ledger
+from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.testing import OllamaEmulator
 from tests.gateway.conftest import Gateway
 
@@ -140,3 +140,27 @@ def test_an_empty_admin_token_stops_serve_as_a_blank_one_does(
         "error: --admin-token (OMETER_ADMIN_TOKEN): is blank; give letters, digits and "
         "punctuation (e.g. the output of `openssl rand -hex 32`)",
     )
+
+
+@pytest.mark.parametrize("require_key", [True, False])
+@pytest.mark.parametrize("scheme", ["", "Bearer ", "bearer\t", "Token ", "Basic "])
+def test_a_key_in_authorization_is_the_key_whatever_scheme_it_is_sent_with(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    require_key: bool,
+    scheme: str,
+) -> None:
+    """``Authorization: om_...`` (no scheme, or another than Bearer) was read as no key: without
+    ``--require-key`` the call was charged to the defaults, and a revoked key went on working."""
+    ledger = Ledger(sqlite_url)
+    key, secret = ledger.create_key(name="bot", tenant="acme", department="sales")
+    gw = app_on(emulator.url, sqlite_url, require_key=require_key)
+    sent = {"Authorization": f"{scheme}{secret}"}
+    assert gw.client.post("/api/chat", json=HI, headers=sent).status_code == 200
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.tenant, span.department, span.http_status) == ("acme", "sales", 200)
+    ledger.revoke_key(key.id)
+    refused = gw.client.post("/api/chat", json=HI, headers=sent)
+    assert refused.status_code == 401, refused.text
+    assert gw.ledger.count() == 1 and len(emulator.calls) == 1
