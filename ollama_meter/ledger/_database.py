@@ -279,6 +279,15 @@ class Database:
                 f"{text}: the server ended this session (a restart, or pg_terminate_backend); "
                 f"what it had not committed is undone: run it again{meanwhile}"
             )
+        if getattr(exc.orig, "sqlstate", None) in UNDEFINED or any(
+            said in lowered for said in ("no such table", "no such column", "has no column")
+        ):
+            return (
+                f"{text}: the ledger's schema was changed outside ometer (a table or column "
+                "renamed or dropped by hand, or the search path naming another schema); undo "
+                "the change, or restore it from a backup (`ometer db backup` makes one)"
+                f"{meanwhile}"
+            )
         if getattr(exc.orig, "sqlstate", None) == NO_SCHEMA:
             return (
                 f"{text}: the search path (?options=-csearch_path%3D... in OMETER_DB_URL, or the "
@@ -370,6 +379,10 @@ NOT_ALLOWED = "42501"
 NO_SCHEMA = "3F000"
 """PostgreSQL's SQLSTATE for a table made with no schema to make it in: the search path
 names none that exists (``-csearch_path=meter`` before ``CREATE SCHEMA meter``)."""
+
+UNDEFINED = frozenset({"42P01", "42703"})
+"""PostgreSQL's SQLSTATEs for a table or column that is not there: a ledger at the current
+revision lacks one only when it was changed by hand (renamed, dropped)."""
 
 READ_ONLY = "25006"
 """PostgreSQL's SQLSTATE for a write in a read-only transaction (a standby, a read-only role)."""

@@ -1,0 +1,51 @@
+"""A ledger whose schema was changed by hand under ometer (a table renamed or dropped, a
+column gone, its revision row deleted): every command says what is wrong and what to do,
+in one line; nothing is written into the changed schema, and no span is lost."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from ollama_meter.ledger import Ledger, close_ledgers
+from ollama_meter.records import Stored
+from tests.factories import make_span
+from tests.integrity.test_cli_errors import one_error_line
+
+CHANGED = "the ledger's schema was changed outside ometer"
+
+
+@pytest.mark.parametrize("table", ["spans", "rollups", "ledger_meta"])
+def test_a_table_renamed_by_hand_is_named_with_what_to_do_and_its_spans_wait(
+    cli: Any, db_url: str, table: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL's bare ``relation "spans" does not exist`` (SQLite's ``no such table``)
+    said nothing of why a ledger that worked a moment ago lacks its own table, or what to do."""
+    spool = tmp_path / "spool"
+    ledger = Ledger(db_url, spool_dir=spool)
+    ledger.record([make_span()])
+    with ledger.write() as conn:
+        conn.execute(text(f"ALTER TABLE {table} RENAME TO {table}_kept"))
+    span = make_span()
+    with caplog.at_level(logging.WARNING, "ollama_meter.ledger"):
+        stored = ledger.record([span])
+    if table != "ledger_meta":  # a write that reads no setting needs no ledger_meta
+        assert stored == {span.id: Stored.SPOOLED}
+        assert CHANGED in caplog.text and "spans wait in the spool" in caplog.text
+    close_ledgers()
+    line = one_error_line(
+        cli("log", "--db", db_url)
+        if table != "rollups"
+        else cli("report", "--period", "month", "--db", db_url)
+    )
+    assert CHANGED in line and "restore it from a backup" in line, line
+    with ledger.write() as conn:
+        conn.execute(text(f"ALTER TABLE {table}_kept RENAME TO {table}"))
+    ledger.dispose()
+    again = Ledger(db_url, spool_dir=spool)  # opening it records what the spool kept
+    assert again.count() == 2 and again.spool.pending() == []
+    again.dispose()
