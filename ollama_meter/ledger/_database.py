@@ -35,6 +35,7 @@ from ollama_meter.ledger._deadline import NOTHING_LISTENS, SERVER_CHANGING, spoo
 from ollama_meter.ledger._engine import (
     DEFAULT_WAIT,
     FILE_ID,
+    READ_ONLY,
     connect_seconds,
     create_ledger_engine,
     file_id,
@@ -383,9 +384,6 @@ names none that exists (``-csearch_path=meter`` before ``CREATE SCHEMA meter``).
 UNDEFINED = frozenset({"42P01", "42703"})
 """PostgreSQL's SQLSTATEs for a table or column that is not there: a ledger at the current
 revision lacks one only when it was changed by hand (renamed, dropped)."""
-
-READ_ONLY = "25006"
-"""PostgreSQL's SQLSTATE for a write in a read-only transaction (a standby, a read-only role)."""
 
 
 def is_lock_error(exc: DBAPIError) -> bool:
