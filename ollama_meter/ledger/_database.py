@@ -280,14 +280,14 @@ class Database:
                 f"{text}: the server ended this session (a restart, or pg_terminate_backend); "
                 f"what it had not committed is undone: run it again{meanwhile}"
             )
-        if getattr(exc.orig, "sqlstate", None) in UNDEFINED or any(
-            said in lowered for said in ("no such table", "no such column", "has no column")
+        if getattr(exc.orig, "sqlstate", None) in SCHEMA_CHANGED or (
+            self._sqlite and any(said in lowered for said in SQLITE_SCHEMA_CHANGED)
         ):
             return (
-                f"{text}: the ledger's schema was changed outside ometer (a table or column "
-                "renamed or dropped by hand, or the search path naming another schema); undo "
-                "the change, or restore it from a backup (`ometer db backup` makes one)"
-                f"{meanwhile}"
+                f"{text}: the ledger's schema was changed outside ometer (a table, column or "
+                "index renamed, dropped or added by hand, its revision row edited, or the "
+                "search path naming another schema); undo the change, or restore it from a "
+                f"backup (`ometer db backup` makes one){meanwhile}"
             )
         if getattr(exc.orig, "sqlstate", None) == NO_SCHEMA:
             return (
@@ -381,9 +381,19 @@ NO_SCHEMA = "3F000"
 """PostgreSQL's SQLSTATE for a table made with no schema to make it in: the search path
 names none that exists (``-csearch_path=meter`` before ``CREATE SCHEMA meter``)."""
 
-UNDEFINED = frozenset({"42P01", "42703"})
-"""PostgreSQL's SQLSTATEs for a table or column that is not there: a ledger at the current
-revision lacks one only when it was changed by hand (renamed, dropped)."""
+SCHEMA_CHANGED = frozenset({"42P01", "42703", "42704", "42P07", "42701", "42710"})
+"""PostgreSQL's SQLSTATEs for a table, column or index missing, or there already: the tables
+are not what the ledger's revision says only when they, or the revision, were changed by
+hand (a write at the head, or a migration from the revision recorded)."""
+
+SQLITE_SCHEMA_CHANGED = (
+    "no such table",
+    "no such column",
+    "has no column",
+    "no such index",
+    "duplicate column",
+    "already exists",
+)
 
 
 def is_lock_error(exc: DBAPIError) -> bool:

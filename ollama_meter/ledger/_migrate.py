@@ -81,6 +81,13 @@ def check_is_ledger(conn: Connection, found: str | None, known: set[str]) -> Non
             return
         if numbered_as_ours(found) and found > HEAD_REVISION:
             raise newer_error(url, found)
+    if found is None and {_MARK, "budgets"} <= set(tables) <= _ours():
+        raise LedgerError(
+            f"{url} holds an ometer ledger's tables but no schema revision (its "
+            "alembic_version table is missing or empty: edited by hand, or restored in part); "
+            "nothing was changed. Restore the whole ledger from a backup, or put back its "
+            "alembic_version row as it was"
+        )
     shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
     held = [f"tables ({shown})"] if tables else []
     held += [] if found is None else [f"Alembic revision {found}"]
@@ -93,6 +100,15 @@ def check_is_ledger(conn: Connection, found: str | None, known: set[str]) -> Non
         f"{url} is not an ometer ledger: it holds another application's {' and '.join(held)}; "
         f"nothing was changed. Give ometer's ledger, or {where}, with --db / OMETER_DB_URL"
     )
+
+
+def _ours() -> set[str]:
+    """The tables of an ometer ledger at the head revision. A database holding only these,
+    ``spans`` and ``budgets`` (every ledger's since 0002) among them, is a ledger: a tracing
+    app's ``spans`` alone is not."""
+    from ollama_meter.ledger.models import Base
+
+    return set(Base.metadata.tables)
 
 
 _ENCODINGS = ("UTF8", "SQL_ASCII")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from ollama_meter.ledger import Ledger, close_ledgers
 from ollama_meter.records import Stored
@@ -49,3 +49,47 @@ def test_a_table_renamed_by_hand_is_named_with_what_to_do_and_its_spans_wait(
     again = Ledger(db_url, spool_dir=spool)  # opening it records what the spool kept
     assert again.count() == 2 and again.spool.pending() == []
     again.dispose()
+
+
+def _revision(url: str) -> list[str]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        found = list(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    engine.dispose()
+    return found
+
+
+def test_a_revision_set_back_by_hand_is_named_and_no_migration_runs_twice(
+    cli: Any, db_url: str
+) -> None:
+    """A revision row older than the tables (edited, or restored apart from them): the
+    migrations it named ran again and failed on the driver's bare ``duplicate column name:
+    claimed_until``, which said neither why nor what to do."""
+    Ledger(db_url).record([make_span()])
+    close_ledgers()
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0012'"))
+    engine.dispose()
+    for command in (["log"], ["db", "upgrade"]):
+        line = one_error_line(cli(*command, "--db", db_url))
+        assert CHANGED in line and "restore it from a backup" in line, line
+    assert _revision(db_url) == ["0012"]  # the migration was rolled back whole
+
+
+def test_a_ledger_whose_revision_row_is_gone_is_not_called_another_apps(
+    cli: Any, db_url: str
+) -> None:
+    """An empty ``alembic_version`` (a partial restore, a hand edit) under ometer's own
+    tables was refused as "another application's tables (api_keys, budget_alerts...)"."""
+    Ledger(db_url).record([make_span()])
+    close_ledgers()
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM alembic_version"))
+    engine.dispose()
+    for command in (["log"], ["db", "upgrade"], ["chat", "hello"]):
+        line = one_error_line(cli(*command, "--db", db_url))
+        assert "holds an ometer ledger's tables but no schema revision" in line, line
+        assert "another application" not in line
+    assert _revision(db_url) == []
