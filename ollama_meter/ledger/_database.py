@@ -43,6 +43,7 @@ from ollama_meter.ledger._engine import (
     lock_seconds,
     sqlite_path,
 )
+from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, numbered_as_ours
 
 log = logging.getLogger("ollama_meter.ledger")
 
@@ -284,6 +285,12 @@ class Database:
         if getattr(exc.orig, "sqlstate", None) in SCHEMA_CHANGED or (
             self._sqlite and any(said in lowered for said in SQLITE_SCHEMA_CHANGED)
         ):
+            if newer := self._newer_revision():
+                return (
+                    f"{text}: a newer ometer upgraded the ledger to schema revision {newer} "
+                    f"while this one ({HEAD_REVISION}) ran. Restart this process with the "
+                    f"newer ometer (pip install -U ollama-meter){meanwhile}"
+                )
             return (
                 f"{text}: the ledger's schema was changed outside ometer (a table, column or "
                 "index renamed, dropped or added by hand, its revision row edited, or the "
@@ -319,6 +326,16 @@ class Database:
                 "OMETER_LEDGER_WAIT=60"
             )
         return text
+
+    def _newer_revision(self) -> str | None:
+        """The ledger's revision when a newer ometer's migration made it (its schema is then
+        that ometer's, not changed by hand); None otherwise, or when it cannot be read."""
+        try:
+            found = current_revision(self.engine)
+        except DBAPIError:
+            return None
+        newer = found is not None and numbered_as_ours(found) and found > HEAD_REVISION
+        return found if newer else None
 
     def _retry_locked(self, action: Callable[[], object], failure: str) -> None:
         """Run ``action``, again with backoff while the database reports a lock.

@@ -93,3 +93,27 @@ def test_a_ledger_whose_revision_row_is_gone_is_not_called_another_apps(
         assert "holds an ometer ledger's tables but no schema revision" in line, line
         assert "another application" not in line
     assert _revision(db_url) == []
+
+
+def test_a_ledger_a_newer_ometer_changed_under_a_running_one_says_to_upgrade(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newer ometer's migration that renames a column (``ometer db upgrade`` on another
+    host while this gateway runs): the write that no longer finds it must say to restart
+    with the newer ometer, not that someone changed the schema by hand."""
+    from ollama_meter.ledger import HEAD_REVISION
+
+    spool = tmp_path / "spool"
+    ledger = Ledger(db_url, spool_dir=spool)
+    ledger.record([make_span()])
+    newer = f"{int(HEAD_REVISION) + 1:04d}"
+    with ledger.write() as conn:
+        conn.execute(text("ALTER TABLE spans RENAME COLUMN operation TO operation_name"))
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": newer})
+    span = make_span()
+    with caplog.at_level(logging.WARNING, "ollama_meter.ledger"):
+        assert ledger.record([span]) == {span.id: Stored.SPOOLED}
+    assert f"a newer ometer upgraded the ledger to schema revision {newer}" in caplog.text
+    assert "Restart this process with the newer ometer" in caplog.text
+    assert CHANGED not in caplog.text
+    ledger.dispose()
