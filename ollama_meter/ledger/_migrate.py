@@ -102,6 +102,21 @@ def check_is_ledger(conn: Connection, found: str | None, known: set[str]) -> Non
     )
 
 
+def check_tables(engine: Engine) -> None:
+    """Refuse a ledger at a revision whose tables are not all there (dropped or renamed by
+    hand): ``ometer db upgrade`` said such a ledger was up to date. Not run at every start:
+    the revision is all a process checks there (one small query)."""
+    with engine.connect() as conn:
+        missing = sorted(_ours() - set(inspect(conn).get_table_names()))
+    if missing:
+        raise LedgerError(
+            f"the ledger at {engine.url.render_as_string()} lacks its table(s) "
+            f"{', '.join(missing)}: the ledger's schema was changed outside ometer (dropped or "
+            "renamed by hand); undo the change, or restore it from a backup (ometer db "
+            "backup makes one)"
+        )
+
+
 def _ours() -> set[str]:
     """The tables of an ometer ledger at the head revision. A database holding only these,
     ``spans`` and ``budgets`` (every ledger's since 0002) among them, is a ledger: a tracing

@@ -43,6 +43,9 @@ def test_a_table_renamed_by_hand_is_named_with_what_to_do_and_its_spans_wait(
         else cli("report", "--period", "month", "--db", db_url)
     )
     assert CHANGED in line and "restore it from a backup" in line, line
+    # `db upgrade` said such a ledger was "up to date (revision 0016)".
+    line = one_error_line(cli("db", "upgrade", "--db", db_url))
+    assert CHANGED in line and "restore it from a backup" in line, line
     with ledger.write() as conn:
         conn.execute(text(f"ALTER TABLE {table}_kept RENAME TO {table}"))
     ledger.dispose()
