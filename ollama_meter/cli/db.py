@@ -32,7 +32,7 @@ app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 @app.command("upgrade")
 def upgrade_command(db: DbOption = None) -> None:
     """Apply pending migrations (also done automatically on first use)."""
-    from ollama_meter.ledger import HEAD_REVISION, current_revision, open_ledger
+    from ollama_meter.ledger import HEAD_REVISION, check_tables, current_revision, open_ledger
 
     cfg = settings(db_url=db)
     ledger = open_ledger(cfg.ledger_url, migrate=False, wait=cfg.ledger_wait)
@@ -41,6 +41,8 @@ def upgrade_command(db: DbOption = None) -> None:
     # Opened as every process opens it: migrated, and the rollups a migration asked for
     # built now (the long part on a big ledger), not by the first gateway started next.
     ledger_as_is(cfg)
+    with ledger.failures_named():
+        check_tables(ledger.engine)
     if before == HEAD_REVISION:
         out.print(f"ledger at {ledger.display_url} is up to date (revision {HEAD_REVISION})")
     else:

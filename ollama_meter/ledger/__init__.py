@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     )
     from ollama_meter.ledger._migrate import (
         HEAD_REVISION as HEAD_REVISION,
+        check_tables as check_tables,
         current_revision as current_revision,
         upgrade as upgrade,
     )
@@ -67,7 +68,7 @@ _NAMES = {
     "._keys": "KEY_PREFIX ApiKey",
     "._line": "MAX_LINE_BYTES span_from_line",
     "._ledger": "Ledger close_ledger close_ledgers open_ledger",
-    "._migrate": "HEAD_REVISION current_revision upgrade",
+    "._migrate": "HEAD_REVISION check_tables current_revision upgrade",
     "._plan": "raw_spans",
     "._rebuild": "rebuild",
     "._spans": "RulesChanged SpanFilter page_after update_costs",

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,12 +36,14 @@ from ollama_meter.ledger._deadline import NOTHING_LISTENS, SERVER_CHANGING, spoo
 from ollama_meter.ledger._engine import (
     DEFAULT_WAIT,
     FILE_ID,
+    READ_ONLY,
     connect_seconds,
     create_ledger_engine,
     file_id,
     lock_seconds,
     sqlite_path,
 )
+from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, numbered_as_ours
 
 log = logging.getLogger("ollama_meter.ledger")
 
@@ -279,6 +282,21 @@ class Database:
                 f"{text}: the server ended this session (a restart, or pg_terminate_backend); "
                 f"what it had not committed is undone: run it again{meanwhile}"
             )
+        if getattr(exc.orig, "sqlstate", None) in SCHEMA_CHANGED or (
+            self._sqlite and any(said in lowered for said in SQLITE_SCHEMA_CHANGED)
+        ):
+            if newer := self._newer_revision():
+                return (
+                    f"{text}: a newer ometer upgraded the ledger to schema revision {newer} "
+                    f"while this one ({HEAD_REVISION}) ran. Restart this process with the "
+                    f"newer ometer (pip install -U ollama-meter){meanwhile}"
+                )
+            return (
+                f"{text}: the ledger's schema was changed outside ometer (a table, column or "
+                "index renamed, dropped or added by hand, its revision row edited, or the "
+                "search path naming another schema); undo the change, or restore it from a "
+                f"backup (`ometer db backup` makes one){meanwhile}"
+            )
         if getattr(exc.orig, "sqlstate", None) == NO_SCHEMA:
             return (
                 f"{text}: the search path (?options=-csearch_path%3D... in OMETER_DB_URL, or the "
@@ -290,6 +308,14 @@ class Database:
                 f"{text}: the user {make_url(self.url).username} may not do this; grant it "
                 "what it needs, or run `ometer db upgrade` once as the database's owner"
             )
+        if not self._sqlite and (missing := _MISSING.search(text)):
+            what, fix = _NAMED[missing[1]]
+            return f"{text}: no {what} of that name on this server: {fix}{meanwhile}"
+        if "is not currently accepting connections" in lowered:
+            return (
+                f"{text}: the database is closed to connections; open it (ALTER DATABASE ... "
+                f"ALLOW_CONNECTIONS true), or give another in OMETER_DB_URL{meanwhile}"
+            )
         if "password authentication failed" in lowered:
             return f"{text}: fix the password in OMETER_DB_URL{meanwhile}"
         if is_lock_error(exc):
@@ -300,6 +326,16 @@ class Database:
                 "OMETER_LEDGER_WAIT=60"
             )
         return text
+
+    def _newer_revision(self) -> str | None:
+        """The ledger's revision when a newer ometer's migration made it (its schema is then
+        that ometer's, not changed by hand); None otherwise, or when it cannot be read."""
+        try:
+            found = current_revision(self.engine)
+        except DBAPIError:
+            return None
+        newer = found is not None and numbered_as_ours(found) and found > HEAD_REVISION
+        return found if newer else None
 
     def _retry_locked(self, action: Callable[[], object], failure: str) -> None:
         """Run ``action``, again with backoff while the database reports a lock.
@@ -371,8 +407,32 @@ NO_SCHEMA = "3F000"
 """PostgreSQL's SQLSTATE for a table made with no schema to make it in: the search path
 names none that exists (``-csearch_path=meter`` before ``CREATE SCHEMA meter``)."""
 
-READ_ONLY = "25006"
-"""PostgreSQL's SQLSTATE for a write in a read-only transaction (a standby, a read-only role)."""
+SCHEMA_CHANGED = frozenset({"42P01", "42703", "42704", "42P07", "42701", "42710"})
+"""PostgreSQL's SQLSTATEs for a table, column or index missing, or there already: the tables
+are not what the ledger's revision says only when they, or the revision, were changed by
+hand (a write at the head, or a migration from the revision recorded)."""
+
+_MISSING = re.compile(r'FATAL:\s+(database|role) ".*" does not exist')
+"""A PostgreSQL server's refusal of a connection to a database, or for a user, it has not
+(a typo in the URL, a database dropped under a running gateway)."""
+
+_NAMED = {
+    "database": (
+        "database",
+        "create it (CREATE DATABASE name ENCODING 'UTF8' TEMPLATE template0) or correct the "
+        "database's name in OMETER_DB_URL",
+    ),
+    "role": ("user", "create it (CREATE ROLE name LOGIN) or correct the user in OMETER_DB_URL"),
+}
+
+SQLITE_SCHEMA_CHANGED = (
+    "no such table",
+    "no such column",
+    "has no column",
+    "no such index",
+    "duplicate column",
+    "already exists",
+)
 
 
 def is_lock_error(exc: DBAPIError) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from ollama_meter._paths import default_data_dir, sqlite_url_problem
@@ -229,6 +229,26 @@ def _session_options(url: URL, ours: str) -> str:
     return f"{ours} {given}" if given else ours
 
 
+READ_ONLY = "25006"
+"""PostgreSQL's SQLSTATE for a write in a read-only transaction (a standby, a read-only role)."""
+
+QUERY_CANCELED = "57014"
+"""PostgreSQL's SQLSTATE for a statement cancelled: by ``statement_timeout``, among others."""
+
+
+def _session_settings_refused(context: ExceptionContext) -> None:
+    """A statement refused for a setting its session took when it began (the database's or
+    role's ``default_transaction_read_only``, ``statement_timeout``: ``ALTER ... SET``
+    reaches only sessions that start after it) ends every pooled session, as a lost server
+    does: kept, a session opened in a maintenance window refused each write until the
+    process restarted, however long ago the setting was put back. The next session reads
+    the settings as they are now."""
+    found = context.original_exception
+    state = getattr(found, "sqlstate", None)
+    if state == READ_ONLY or (state == QUERY_CANCELED and "statement timeout" in str(found)):
+        context.is_disconnect = True
+
+
 def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engine:
     """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder.
 
@@ -306,4 +326,6 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
 
         event.listen(engine, "do_connect", do_connect)
         event.listen(engine, "begin", _bulk_begin)
+    if parsed.get_backend_name() == "postgresql":
+        event.listen(engine, "handle_error", _session_settings_refused)
     return engine

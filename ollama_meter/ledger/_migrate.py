@@ -81,6 +81,13 @@ def check_is_ledger(conn: Connection, found: str | None, known: set[str]) -> Non
             return
         if numbered_as_ours(found) and found > HEAD_REVISION:
             raise newer_error(url, found)
+    if found is None and {_MARK, "budgets"} <= set(tables) <= _ours():
+        raise LedgerError(
+            f"{url} holds an ometer ledger's tables but no schema revision (its "
+            "alembic_version table is missing or empty: edited by hand, or restored in part); "
+            "nothing was changed. Restore the whole ledger from a backup, or put back its "
+            "alembic_version row as it was"
+        )
     shown = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
     held = [f"tables ({shown})"] if tables else []
     held += [] if found is None else [f"Alembic revision {found}"]
@@ -93,6 +100,30 @@ def check_is_ledger(conn: Connection, found: str | None, known: set[str]) -> Non
         f"{url} is not an ometer ledger: it holds another application's {' and '.join(held)}; "
         f"nothing was changed. Give ometer's ledger, or {where}, with --db / OMETER_DB_URL"
     )
+
+
+def check_tables(engine: Engine) -> None:
+    """Refuse a ledger at a revision whose tables are not all there (dropped or renamed by
+    hand): ``ometer db upgrade`` said such a ledger was up to date. Not run at every start:
+    the revision is all a process checks there (one small query)."""
+    with engine.connect() as conn:
+        missing = sorted(_ours() - set(inspect(conn).get_table_names()))
+    if missing:
+        raise LedgerError(
+            f"the ledger at {engine.url.render_as_string()} lacks its table(s) "
+            f"{', '.join(missing)}: the ledger's schema was changed outside ometer (dropped or "
+            "renamed by hand); undo the change, or restore it from a backup (ometer db "
+            "backup makes one)"
+        )
+
+
+def _ours() -> set[str]:
+    """The tables of an ometer ledger at the head revision. A database holding only these,
+    ``spans`` and ``budgets`` (every ledger's since 0002) among them, is a ledger: a tracing
+    app's ``spans`` alone is not."""
+    from ollama_meter.ledger.models import Base
+
+    return set(Base.metadata.tables)
 
 
 _ENCODINGS = ("UTF8", "SQL_ASCII")

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from ollama_meter.ledger import Ledger
+from ollama_meter.records import Stored
 from ollama_meter.testing import OllamaEmulator
 from tests._pg import PgCluster
 
@@ -72,3 +73,44 @@ def test_commands_while_the_server_shuts_down_say_to_run_again_in_a_moment(
     ), said
     cluster.start()
     assert cli("report", "--period", "month").code == 0
+
+
+def test_a_database_or_user_the_server_has_not_is_named_with_what_to_do(
+    cli: Any, pg_server: str | None, tmp_path: Any
+) -> None:
+    """A typo in the URL's database or user, a database dropped or closed under a running
+    gateway: the server's bare ``FATAL: database "x" does not exist`` (``role``, ``is not
+    currently accepting connections``) said nothing of what to do; its spans wait meanwhile."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import _fresh_pg_database
+    from tests.factories import make_span
+
+    closed = _fresh_pg_database(pg_server)
+    ledger = Ledger(closed, spool_dir=tmp_path / "spool")
+    admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"ALTER DATABASE {make_url(closed).database} ALLOW_CONNECTIONS false"))
+    ledger.engine.dispose()  # its sessions end (a restart); new ones are refused
+    server = make_url(pg_server)
+    cases = [
+        (f"{pg_server}/no_such_db", "no database of that name on this server: create it"),
+        (server.set(username="nobody", database="postgres").render_as_string(False),
+         "no user of that name on this server: create it (CREATE ROLE name LOGIN)"),
+        (closed, "the database is closed to connections; open it (ALTER DATABASE"),
+    ]  # fmt: skip
+    try:
+        for url, says in cases:
+            said = _one_line(cli("report", "--period", "month", "--db", url))
+            assert says in said and "OMETER_DB_URL" in said, said
+        span = make_span()
+        assert ledger.record([span]) == {span.id: Stored.SPOOLED}
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"ALTER DATABASE {make_url(closed).database} ALLOW_CONNECTIONS true"))
+        admin.dispose()
+    ledger.record([])
+    assert ledger.count() == 1 and ledger.spool.pending() == []
+    ledger.dispose()
