@@ -302,14 +302,22 @@ class EndlessCollector:
     Each connection gets ``200 OK`` with a chunked body of ``chunk`` repeated, ``pause``
     seconds apart, until ``limit`` bytes are sent (then the body ends properly); with
     ``length``, the body's length is said up front (``Content-Length``) and it is not chunked.
+    ``head_pause``: the status line and headers go a byte at a time, that many seconds apart.
     ``cut_short`` counts the answers the client hung up on before their end, ``sent_whole``
     those that ended; ``connections`` the connections accepted.
     """
 
     def __init__(
-        self, chunk: bytes, *, limit: int, pause: float = 0.0, length: bool = False
+        self,
+        chunk: bytes,
+        *,
+        limit: int,
+        pause: float = 0.0,
+        length: bool = False,
+        head_pause: float = 0.0,
     ) -> None:
         self.chunk, self.limit, self.pause, self.length = chunk, limit, pause, length
+        self.head_pause = head_pause
         self.connections = 0
         self.cut_short = 0
         self.sent_whole = 0
@@ -340,9 +348,12 @@ class EndlessCollector:
         with conn:
             try:
                 conn.recv(1 << 20)  # the request (its start is enough to answer it)
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n" + framing + b"\r\n\r\n"
-                )
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n" + framing + b"\r\n\r\n"
+                for part in (
+                    [head[i : i + 1] for i in range(len(head))] if self.head_pause else [head]
+                ):
+                    conn.sendall(part)
+                    time.sleep(self.head_pause)
                 while sent < self.limit:
                     conn.sendall(framed)
                     sent += len(self.chunk)

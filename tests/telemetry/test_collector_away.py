@@ -477,23 +477,33 @@ def test_an_integer_past_64_bits_from_a_hook_is_exported_as_its_digits(
 
 
 @pytest.mark.parametrize(
-    ("chunk", "limit", "pause", "length"),
+    ("chunk", "limit", "pause", "length", "head_pause"),
     [
-        (b"<html>" * 10_000, 64 << 20, 0.0, False),  # 64 MB as fast as it goes: all was read
-        (b"<p>", 3_000, 0.01, False),  # a trickle for 10 s: each read came within the timeout
+        (b"<html>" * 10_000, 64 << 20, 0.0, False, 0.0),  # 64 MB as fast as it goes: all read
+        (b"<p>", 3_000, 0.01, False, 0.0),  # a trickle for 10 s: each read within the timeout
         # A byte every 0.3 s of a body whose length is said: a read of 8 KiB waited for all
         # of it (a 60 KB answer: 5 hours of the export thread, every span dropped meanwhile).
-        (b"x", 40, 0.3, True),
+        (b"x", 40, 0.3, True, 0.0),
+        # The status line and headers a byte every 0.1 s: the body's bounds were never
+        # reached (65 KB of a status line alone: 2 hours at that pace, the export held).
+        (b"x", 1, 0.0, True, 0.1),
     ],
-    ids=["endless", "trickling", "trickling-with-length"],
+    ids=["endless", "trickling", "trickling-with-length", "trickling-head"],
 )
 def test_an_answer_that_does_not_end_is_cut_and_the_export_fails(
-    monkeypatch: pytest.MonkeyPatch, chunk: bytes, limit: int, pause: float, length: bool
+    monkeypatch: pytest.MonkeyPatch,
+    chunk: bytes,
+    limit: int,
+    pause: float,
+    length: bool,
+    head_pause: float,
 ) -> None:
     """requests read a collector's whole answer, its timeout bounding each read, not the
     answer: an endless body took the exporter to 5 GB in 20 s, and the export never ended."""
     monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
-    with EndlessCollector(chunk, limit=limit, pause=pause, length=length) as collector:
+    with EndlessCollector(
+        chunk, limit=limit, pause=pause, length=length, head_pause=head_pause
+    ) as collector:
         url = f"{collector.url}/v1/traces"
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
         telemetry = Telemetry(load_settings())
