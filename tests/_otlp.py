@@ -252,6 +252,7 @@ class SilentCollector:
 
     def __init__(self, answer: bytes = b"") -> None:
         self.answer = answer
+        self.accepted_at: list[float] = []  # time.monotonic() of each connection accepted
         self._listener: socket.socket | None = None
         self._held: list[socket.socket] = []
         self._thread: threading.Thread | None = None
@@ -270,6 +271,7 @@ class SilentCollector:
             except OSError:  # closed
                 return
             self._held.append(conn)
+            self.accepted_at.append(time.monotonic())
             if self.answer:
                 with contextlib.suppress(OSError):
                     conn.sendall(self.answer)

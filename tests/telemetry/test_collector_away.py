@@ -97,6 +97,51 @@ def test_exit_waits_at_most_the_export_timeout_for_a_collector_that_never_answer
     assert 1 <= tries <= 2, f"{tries} exports tried at exit, in {took:.1f} s"
 
 
+_CLIENTS_EXIT_SCRIPT = """
+import sys
+from ollama_meter.config import load_settings
+from ollama_meter.telemetry import telemetry_for
+
+for key in ("k1", "k2", "k3"):  # a client each, with its own key: a telemetry each
+    settings = load_settings(traceloop_api_key=key, traceloop_base_url=sys.argv[1])
+    telemetry_for(settings).observer.tracer.start_span("call").end()
+print("exiting", flush=True)
+"""
+
+
+def test_a_process_with_several_telemetries_stops_them_together_within_one_bound() -> None:
+    """Each configuration's telemetry (a client given its own Traceloop or Langfuse key has
+    one) stopped at exit after the one before it: three waited three times the bound for a
+    collector that never answered, and said so in three lines."""
+    timeout = 2.0
+    with SilentCollector() as collector:
+        env = {
+            **os.environ,
+            "OMETER_EXPORT_TIMEOUT": str(timeout),
+            "OTEL_BSP_SCHEDULE_DELAY": "600000",  # nothing goes out before the exit
+        }
+        for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "LANGFUSE_PUBLIC_KEY", "TRACELOOP_API_KEY"):
+            env.pop(name, None)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CLIENTS_EXIT_SCRIPT, collector.url],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None and child.stdout.readline() == "exiting\n"
+        started = time.monotonic()
+        _, err = child.communicate(timeout=120)
+        took = time.monotonic() - started
+        accepted = list(collector.accepted_at)
+    assert child.returncode == 0 and "Traceback" not in err
+    assert err.count("warning: could not export telemetry") == 1, err
+    # Ordered, not timed: every export began before the first one's bound ran out (one after
+    # the other, each began once the one before had waited its whole timeout).
+    assert len(accepted) == 3, accepted
+    assert max(accepted) - min(accepted) < timeout, f"exit took {took:.1f} s"
+
+
 def _chat(gw: Gateway, model: str) -> int:
     body = json.dumps({"model": model, "messages": HI, "stream": False})
     return gw.client.post("/api/chat", content=body.encode()).status_code
