@@ -231,10 +231,23 @@ def _stop_open() -> None:
     stop_together(telemetries)
 
 
+def stop_with_its_runtime(telemetry: Telemetry) -> None:
+    """The runtime's closer: ``telemetry`` and the others of its runtime stop together (a
+    runtime closes its parts one by one; an application that embeds ometer resets it)."""
+    with _lock:
+        peers = [
+            other
+            for other in _open
+            if telemetry.owner is not None and other.owner is telemetry.owner
+        ]
+    stop_together([telemetry, *peers])
+
+
 class Telemetry:
     """The providers, the observer the meter calls, and a bounded flush for exit."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, owner: object = None) -> None:
+        self.owner = owner  # the runtime that shares it, if one does
         resource = _resource(settings.otel_service_name)
         self.timeout = settings.export_timeout
         self.span_exporters = _span_exporters(settings)

@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ollama_meter import MeteredClient, load_settings
+from ollama_meter._runtime import reset_runtime
 from ollama_meter.errors import OmeterError
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.records import make_storable, storable_text
@@ -140,6 +141,28 @@ def test_a_process_with_several_telemetries_stops_them_together_within_one_bound
     # the other, each began once the one before had waited its whole timeout).
     assert len(accepted) == 3, accepted
     assert max(accepted) - min(accepted) < timeout, f"exit took {took:.1f} s"
+
+
+def test_a_runtime_reset_stops_its_telemetries_together(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An application that embeds ometer resets its runtime on shutdown: the runtime closed
+    each configuration's telemetry after the one before it, each waiting its whole bound."""
+    timeout = 1.0
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "LANGFUSE_PUBLIC_KEY", "TRACELOOP_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", str(timeout))
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # nothing goes out before the reset
+    with SilentCollector() as collector:
+        for key in ("k1", "k2", "k3"):
+            settings = load_settings(traceloop_api_key=key, traceloop_base_url=collector.url)
+            telemetry = telemetry_for(settings)
+            assert telemetry is not None
+            telemetry.observer.tracer.start_span("call").end()
+        reset_runtime()
+        accepted = list(collector.accepted_at)
+    assert capsys.readouterr().err.count("warning: could not export telemetry") == 1
+    assert len(accepted) == 3 and max(accepted) - min(accepted) < timeout, accepted
 
 
 def _chat(gw: Gateway, model: str) -> int:
