@@ -1,11 +1,10 @@
 """Budget alerts: the message, the channels it goes to, and delivery that never blocks a call.
 
-The log always gets the alert. A webhook (Slack-compatible JSON) and email (SMTP:
-implicit TLS on port 465, elsewhere STARTTLS when the server offers it) get it when
-configured. Delivery runs on a background thread with retries and backoff; what happened
-is written back to the alert's row. An attempt that fails is made again by the same process after
-:data:`RETRY_AFTER` (a gateway runs for weeks), and undelivered alerts by the next run.
-"""
+The log gets the alert as it fires. A webhook (Slack-compatible JSON) and email (SMTP:
+implicit TLS on port 465, elsewhere STARTTLS when offered) get it when configured, on a
+background thread with retries and backoff; what happened is written back to the alert's
+row. A failed attempt is made again by the same process after :data:`RETRY_AFTER` (a
+gateway runs for weeks), and undelivered alerts by the next run."""
 
 from __future__ import annotations
 
@@ -373,10 +372,11 @@ class AlertDispatcher:
             self._later.clear()  # the ledger closes: the next run tries them
 
     def flush(self, timeout: float = 15.0) -> bool:
-        """Wait (bounded) until every queued alert has been tried; True if all were."""
+        """Wait (bounded) until every queued alert has been tried; True if all were (once
+        closed, not at all: the exit hook waited again for a channel that hung)."""
         deadline = time.monotonic() + timeout
         while self._queue.unfinished_tasks:
-            if time.monotonic() > deadline:
+            if self._closed or time.monotonic() > deadline:
                 return False
             time.sleep(0.01)
         return True

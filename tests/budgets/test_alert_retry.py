@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -23,7 +24,7 @@ from ollama_meter.budgets import Alert, AlertDispatcher, WebhookChannel
 from ollama_meter.budgets._alerts import MAX_RUNS, TRIES
 from ollama_meter.ledger import Ledger, close_ledgers, open_ledger
 from tests._otlp import SilentCollector, wait_for
-from tests.budgets.test_alert_once import NOV, fired
+from tests.budgets.test_alert_once import NOV, Stuck, fired
 from tests.budgets.test_gate import Receiver
 
 NOW = (0.0,) * (MAX_RUNS - 1)
@@ -221,3 +222,21 @@ def test_a_hung_webhook_keeps_no_later_alert_out_of_the_log(
         assert len(said) == 2
         assert {row.deliveries["log"] for row in ledger.alerts()} == {"sent"}
         dispatcher.close()
+
+
+def test_a_closed_dispatcher_does_not_wait_again_for_a_hung_channel(db_url: str) -> None:
+    """A process ending closes its dispatcher (waiting a moment for a channel that hangs),
+    then its exit hook waited once more for the same hung delivery: twice the moment a
+    gateway's SIGTERM was documented to cost."""
+    stuck = Stuck("webhook")
+    ledger = Ledger(db_url)
+    dispatcher = AlertDispatcher(ledger, [stuck], backoff=0)
+    try:
+        dispatcher.dispatch(fired(ledger))
+        assert stuck.entered.wait(30)
+        dispatcher.close()  # waits its moment: the delivery still hangs
+        threading.Timer(1.0, stuck.let_go.set).start()  # then it ends, in a while
+        # What the exit hook calls: it returns at once, not once the delivery ended.
+        assert dispatcher.flush(60.0) is False
+    finally:
+        stuck.let_go.set()
