@@ -252,6 +252,7 @@ class SilentCollector:
 
     def __init__(self, answer: bytes = b"") -> None:
         self.answer = answer
+        self.accepted_at: list[float] = []  # time.monotonic() of each connection accepted
         self._listener: socket.socket | None = None
         self._held: list[socket.socket] = []
         self._thread: threading.Thread | None = None
@@ -270,6 +271,7 @@ class SilentCollector:
             except OSError:  # closed
                 return
             self._held.append(conn)
+            self.accepted_at.append(time.monotonic())
             if self.answer:
                 with contextlib.suppress(OSError):
                     conn.sendall(self.answer)
@@ -302,14 +304,22 @@ class EndlessCollector:
     Each connection gets ``200 OK`` with a chunked body of ``chunk`` repeated, ``pause``
     seconds apart, until ``limit`` bytes are sent (then the body ends properly); with
     ``length``, the body's length is said up front (``Content-Length``) and it is not chunked.
+    ``head_pause``: the status line and headers go a byte at a time, that many seconds apart.
     ``cut_short`` counts the answers the client hung up on before their end, ``sent_whole``
     those that ended; ``connections`` the connections accepted.
     """
 
     def __init__(
-        self, chunk: bytes, *, limit: int, pause: float = 0.0, length: bool = False
+        self,
+        chunk: bytes,
+        *,
+        limit: int,
+        pause: float = 0.0,
+        length: bool = False,
+        head_pause: float = 0.0,
     ) -> None:
         self.chunk, self.limit, self.pause, self.length = chunk, limit, pause, length
+        self.head_pause = head_pause
         self.connections = 0
         self.cut_short = 0
         self.sent_whole = 0
@@ -340,9 +350,12 @@ class EndlessCollector:
         with conn:
             try:
                 conn.recv(1 << 20)  # the request (its start is enough to answer it)
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n" + framing + b"\r\n\r\n"
-                )
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n" + framing + b"\r\n\r\n"
+                for part in (
+                    [head[i : i + 1] for i in range(len(head))] if self.head_pause else [head]
+                ):
+                    conn.sendall(part)
+                    time.sleep(self.head_pause)
                 while sent < self.limit:
                     conn.sendall(framed)
                     sent += len(self.chunk)

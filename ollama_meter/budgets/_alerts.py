@@ -1,11 +1,10 @@
 """Budget alerts: the message, the channels it goes to, and delivery that never blocks a call.
 
-The log always gets the alert. A webhook (Slack-compatible JSON) and email (SMTP:
-implicit TLS on port 465, elsewhere STARTTLS when the server offers it) get it when
-configured. Delivery runs on a background thread with retries and backoff; what happened
-is written back to the alert's row. An attempt that fails is made again by the same process after
-:data:`RETRY_AFTER` (a gateway runs for weeks), and undelivered alerts by the next run.
-"""
+The log gets the alert as it fires. A webhook (Slack-compatible JSON) and email (SMTP:
+implicit TLS on port 465, elsewhere STARTTLS when offered) get it when configured, on a
+background thread with retries and backoff; what happened is written back to the alert's
+row. A failed attempt is made again by the same process after :data:`RETRY_AFTER` (a
+gateway runs for weeks), and undelivered alerts by the next run."""
 
 from __future__ import annotations
 
@@ -265,8 +264,9 @@ def deliver(
     ``took`` is told the outcome so far each time a channel takes the alert, before the next
     is tried. Returns what happened per channel and whether all of them have it now.
     """
-    log.warning("budget alert: %s", alert.text())
     outcome = dict(done or {})
+    if not outcome.get("log", "").startswith("sent"):
+        said(alert)
     outcome["log"] = "sent"
     for channel in channels:
         if outcome.get(channel.name, "").startswith("sent"):
@@ -288,6 +288,11 @@ def deliver(
             )
     delivered = all(value.startswith("sent") for value in outcome.values())
     return outcome, delivered
+
+
+def said(alert: Alert) -> Alert:
+    log.warning("budget alert: %s", alert.text())  # the channel it always goes to
+    return replace(alert, deliveries={**alert.deliveries, "log": "sent"})
 
 
 def _give_up(alert: Alert, outcome: dict[str, str]) -> None:
@@ -338,14 +343,16 @@ class AlertDispatcher:
         self._lock, self._recording = threading.Lock(), threading.Lock()
 
     def dispatch(self, alert: Alert) -> None:
-        """Queue ``alert`` for delivery (to the channels that do not have it yet)."""
+        """Log ``alert`` now (on the delivery thread, a hung webhook kept every later alert out
+        of the log too), and queue it for the channels that do not have it yet."""
+        if not alert.deliveries.get("log", "").startswith("sent"):
+            alert = said(alert)
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ometer-alerts", daemon=True)
                 self._thread.start()
-                # A short-lived process (the CLI) waits a moment, never long: what is not
-                # delivered by then is retried by the next run (atexit: a host that never
-                # resets the runtime).
+                # A short-lived process (the CLI) waits a moment, never long: the next run
+                # retries the rest (atexit: a host that never resets the runtime).
                 atexit.register(self.flush, EXIT_WAIT)
             if not self._part:
                 # A runtime part, so it is done with the ledger before the ledger closes
@@ -365,10 +372,11 @@ class AlertDispatcher:
             self._later.clear()  # the ledger closes: the next run tries them
 
     def flush(self, timeout: float = 15.0) -> bool:
-        """Wait (bounded) until every queued alert has been tried; True if all were."""
+        """Wait (bounded) until every queued alert has been tried; True if all were (once
+        closed, not at all: the exit hook waited again for a channel that hung)."""
         deadline = time.monotonic() + timeout
         while self._queue.unfinished_tasks:
-            if time.monotonic() > deadline:
+            if self._closed or time.monotonic() > deadline:
                 return False
             time.sleep(0.01)
         return True
@@ -409,12 +417,10 @@ class AlertDispatcher:
                 heapq.heappush(self._later, (due, next(self._order), alert))
 
     def _deliver(self, alert: Alert) -> None:
-        # The attempt counts before it is made: a process that ends mid-delivery (or a
-        # channel that hangs) still uses up one of the alert's runs. And it is claimed: every
-        # process retries undelivered alerts when it starts, and sent again one that the
-        # process that fired it (or another) was still delivering. The claim hands back the
-        # alert as it stands, so what another process delivered since ``alert`` was read
-        # is not sent again.
+        # The attempt counts before it is made: a process that ends mid-delivery (or a hung
+        # channel) still uses up one of its runs. And it is claimed: a process starting sent
+        # again one another was still delivering. The claim hands back the alert as it
+        # stands, so what another process delivered since ``alert`` was read is not resent.
         with self._recording:
             claimed = (
                 None
@@ -432,8 +438,9 @@ class AlertDispatcher:
                 if not self._closed:
                     self.ledger.record_alert_delivery(alert.id, outcome, False, final=False)
 
+        done = {**alert.deliveries, **claimed.deliveries}  # the log has it since dispatch
         outcome, delivered = deliver(
-            claimed, self.channels, done=claimed.deliveries, backoff=self.backoff, took=took
+            claimed, self.channels, done=done, backoff=self.backoff, took=took
         )
         with self._recording:
             if self._closed:

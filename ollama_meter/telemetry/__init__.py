@@ -22,7 +22,7 @@ def telemetry_for(settings: Settings) -> Telemetry | None:
     """The process's telemetry for this configuration, or None when nothing is configured."""
     if not settings.telemetry_configured:
         return None
-    from ollama_meter.telemetry._setup import Telemetry
+    from ollama_meter.telemetry._setup import Telemetry, stop_with_its_runtime
 
     key = settings.model_dump_json(
         include={
@@ -48,7 +48,10 @@ def telemetry_for(settings: Settings) -> Telemetry | None:
     secrets = [settings.langfuse_secret_key, settings.traceloop_api_key]
     said = json.dumps([None if s is None else s.get_secret_value() for s in secrets])
     key += hashlib.sha256(said.encode()).hexdigest()
-    return runtime().shared("telemetry", key, lambda: Telemetry(settings), Telemetry.shutdown)
+    shared = runtime()
+    return shared.shared(
+        "telemetry", key, lambda: Telemetry(settings, owner=shared), stop_with_its_runtime
+    )
 
 
 __all__ = ["telemetry_for"]

@@ -7,18 +7,28 @@ it waited in the queue and was dropped without a word. An OTLP answer is an empt
 or a short ``partial_success``: :data:`MAX_ANSWER` bytes, read before the request's own
 timeout runs out, or the connection is dropped and the export fails like any other. A
 redirect fails it too (:class:`Redirected`). Imported only when an OTLP/HTTP exporter is made.
+
+The timeout bounds the whole exchange, not each read: a collector that trickled its status
+line or headers a byte at a time (each read within the timeout) held the export thread for
+minutes, before any body was read, and the spans behind it waited without a word. A watchdog
+(:class:`_Cut`) shuts the exchange's socket when the timeout is up, whatever it is waiting on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ollama_meter.records import storable_text
 
@@ -46,6 +56,84 @@ class Redirected(requests.RequestException):
     follows none, so the spans were lost while every export 'succeeded'."""
 
 
+class _Cut:
+    """Shuts, from a timer's thread, the sockets one exchange used: a read or write waiting on
+    them returns at once. Connections register as they connect or send (a kept-alive one
+    sends on the socket it has), on the thread making the request."""
+
+    current = threading.local()
+
+    def __init__(self) -> None:
+        self.sockets: list[socket.socket] = []
+        self.done = False
+        self._lock = threading.Lock()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self.sockets.append(sock)
+            if self.done:  # connected after the time was up: nothing is sent on it
+                _shut(sock)
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.done = True
+            for sock in self.sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _watched(sock: socket.socket | None) -> None:
+    cut: _Cut | None = getattr(_Cut.current, "cut", None)
+    if cut is not None:
+        cut.watch(sock)
+
+
+class _CutHTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watched(sock)  # before a TLS handshake, which a collector could trickle as well
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watched(self.sock)  # a kept-alive connection: it made no new socket
+        super().request(*args, **kwargs)
+
+
+class _CutHTTPSConnection(_CutHTTPConnection, HTTPSConnection):
+    pass
+
+
+class _CutHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _CutHTTPConnection
+
+
+class _CutHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _CutHTTPSConnection
+
+
+_POOLS = {"http": _CutHTTPPool, "https": _CutHTTPSPool}
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter, its connections (direct or through an HTTP proxy) cut by :class:`_Cut`."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS has connection classes of its own
+            manager.pool_classes_by_scheme = dict(_POOLS)
+        return manager
+
+
 class BoundedSession(requests.Session):
     """``keep``: for a place that is not the collector (Langfuse, Traceloop), the only headers
     it is sent besides plain HTTP ones. The SDK's exporter adds the environment's
@@ -54,10 +142,16 @@ class BoundedSession(requests.Session):
 
     def __init__(self, keep: Iterable[str] | None = None) -> None:
         super().__init__()
+        self._mount_cut()
         self.keep = None if keep is None else _PLAIN | {name.lower() for name in keep}
         self.last = b""
         """The body of the last answer (an exporter sends one request at a time)."""
         self._pid = os.getpid()
+
+    def _mount_cut(self) -> None:
+        # Mounted anew, not closed: in a forked child the parent still uses its connections.
+        self.mount("https://", _Adapter())
+        self.mount("http://", _Adapter())
 
     def _own_connections(self) -> None:
         """In a forked child, connections of its own: the kept-alive ones are the parent's,
@@ -65,8 +159,7 @@ class BoundedSession(requests.Session):
         if self._pid == os.getpid():
             return
         self._pid = os.getpid()
-        for prefix in list(self.adapters):  # dropped, not closed: the parent still uses them
-            self.mount(prefix, HTTPAdapter())
+        self._mount_cut()  # the old ones dropped, not closed: the parent still uses them
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         self._own_connections()
@@ -79,7 +172,38 @@ class BoundedSession(requests.Session):
         timeout = kwargs.get("timeout")
         deadline = time.monotonic() + timeout if isinstance(timeout, int | float) else None
         kwargs["stream"] = True
-        response = super().request(method, url, *args, **kwargs)
+        cut = _Cut()
+        watchdog = None
+        if isinstance(timeout, int | float):
+            watchdog = threading.Timer(max(0.0, timeout), cut)
+        _Cut.current.cut = cut
+        try:
+            if watchdog is not None:
+                watchdog.daemon = True
+                watchdog.start()
+            response = super().request(method, url, *args, **kwargs)
+            body = self._read(response, deadline, timeout)
+            if cut.done:  # the socket was shut under the last read: the answer may be short
+                raise AnswerOutOfBounds(f"no whole answer within {timeout} s")
+        except Exception as exc:
+            if cut.done and not isinstance(exc, AnswerOutOfBounds):
+                # Not a connection error: the exporter would send the batch again at once.
+                raise AnswerOutOfBounds(f"no whole answer within {timeout} s") from None
+            raise
+        finally:
+            _Cut.current.cut = None
+            if watchdog is not None:
+                watchdog.cancel()
+        response._content = bytes(body)
+        response._content_consumed = True  # read whole: urllib3 put the connection back
+        self.last = response._content
+        if 300 <= response.status_code < 400:
+            where = response.headers.get("location") or "nowhere said"
+            raise Redirected(f"answered {response.status_code} to {where}: set the endpoint to it")
+        return response
+
+    @staticmethod
+    def _read(response: requests.Response, deadline: float | None, timeout: Any) -> bytearray:
         body = bytearray()
         try:
             for chunk in _parts(response):
@@ -91,13 +215,7 @@ class BoundedSession(requests.Session):
         except BaseException:
             response.close()  # the connection is not reused: the rest of the answer is on it
             raise
-        response._content = bytes(body)
-        response._content_consumed = True  # read whole: urllib3 put the connection back
-        self.last = response._content
-        if 300 <= response.status_code < 400:
-            where = response.headers.get("location") or "nowhere said"
-            raise Redirected(f"answered {response.status_code} to {where}: set the endpoint to it")
-        return response
+        return body
 
 
 def _parts(response: requests.Response) -> Iterable[bytes]:

@@ -15,7 +15,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -191,10 +192,62 @@ def _resource(name: str | None) -> Resource:
     return resource
 
 
+_open: list[Telemetry] = []
+"""Every telemetry of the process not yet stopped: at exit they stop together."""
+_lock = threading.Lock()
+
+
+def stop_together(telemetries: Sequence[Telemetry]) -> None:
+    """Stop ``telemetries`` at once: within the longest ``OMETER_EXPORT_TIMEOUT`` among them,
+    not their sum, with one warning line for the places that failed.
+
+    A process has one telemetry per configuration (a client with its own Langfuse or
+    Traceloop key is one): stopped one after the other at exit, each waited its whole timeout
+    for a collector that never answered (three clients, three times the bound and three
+    lines)."""
+    begun = [telemetry for telemetry in telemetries if telemetry._begin_stop()]
+    failed: list[str] = []
+    late: list[str] = []
+    waited = 0.0
+    for telemetry in begun:
+        its_failed, its_late = telemetry._end_stop()
+        failed += its_failed
+        late += its_late
+        if its_late:
+            waited = max(waited, telemetry.timeout)
+    names = ", ".join(dict.fromkeys([*failed, *late]))
+    if late:
+        sys.stderr.write(
+            f"warning: could not export telemetry to {names} within OMETER_EXPORT_TIMEOUT "
+            f"({waited:g} s); what was not sent is dropped\n"
+        )
+    elif failed:
+        sys.stderr.write(f"warning: could not export telemetry to {names}\n")
+
+
+def _stop_open() -> None:
+    with _lock:
+        telemetries = list(_open)
+    stop_together(telemetries)
+
+
+def stop_with_its_runtime(telemetry: Telemetry) -> None:
+    """The runtime's closer: ``telemetry`` and the others of its runtime stop together (a
+    runtime closes its parts one by one; an application that embeds ometer resets it)."""
+    with _lock:
+        peers = [
+            other
+            for other in _open
+            if telemetry.owner is not None and other.owner is telemetry.owner
+        ]
+    stop_together([telemetry, *peers])
+
+
 class Telemetry:
     """The providers, the observer the meter calls, and a bounded flush for exit."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, owner: object = None) -> None:
+        self.owner = owner  # the runtime that shares it, if one does
         resource = _resource(settings.otel_service_name)
         self.timeout = settings.export_timeout
         self.span_exporters = _span_exporters(settings)
@@ -242,7 +295,11 @@ class Telemetry:
         logging.getLogger("opentelemetry").setLevel(logging.CRITICAL)
         self._closed = False
         self._flushing: list[tuple[str, threading.Thread]] = []
-        atexit.register(self.shutdown)
+        self._stopping: tuple[threading.Thread, float] | None = None  # the worker, its deadline
+        with _lock:
+            if not _open:
+                atexit.register(_stop_open)
+            _open.append(self)
 
     def flush(self) -> bool:
         millis = int(self.timeout * 1000)
@@ -263,24 +320,34 @@ class Telemetry:
         setting. So they run on a thread the exit waits for, at most the setting, once, and
         it flushes every place at once, so a dead one never costs another its last spans.
         """
-        if self._closed:
-            return
-        self._closed = True
+        stop_together([self])
+
+    def _begin_stop(self) -> bool:
+        """Start stopping on a thread of its own; False if it was stopped already."""
+        with _lock:
+            if self._closed:
+                return False
+            self._closed = True
+            if self in _open:
+                _open.remove(self)
         for exporter in self._watchers():
-            exporter.quiet = True  # the line below says it
+            exporter.quiet = True  # the line stop_together writes says it
         worker = threading.Thread(target=self._stop, name="ometer-telemetry-exit", daemon=True)
         worker.start()
-        worker.join(self.timeout)
+        self._stopping = (worker, time.monotonic() + self.timeout)
+        return True
+
+    def _end_stop(self) -> tuple[list[str], list[str]]:
+        """Wait for the stop begun, up to its deadline: the places that failed, and the places
+        still exporting when it passed."""
+        assert self._stopping is not None
+        worker, deadline = self._stopping
+        worker.join(max(0.0, deadline - time.monotonic()))
         failed = self.failures()
-        if worker.is_alive():
-            late = [name for name, flush in self._flushing if flush.is_alive()]
-            names = list(dict.fromkeys([*failed, *late])) or self.exporter_names()
-            sys.stderr.write(
-                f"warning: could not export telemetry to {', '.join(names)} within "
-                f"OMETER_EXPORT_TIMEOUT ({self.timeout:g} s); what was not sent is dropped\n"
-            )
-        elif failed:
-            sys.stderr.write(f"warning: could not export telemetry to {', '.join(failed)}\n")
+        if not worker.is_alive():
+            return failed, []
+        late = [name for name, flush in self._flushing if flush.is_alive()]
+        return failed, list(dict.fromkeys([*failed, *late])) or self.exporter_names()
 
     def exporter_names(self) -> list[str]:
         return list(self._exporters())

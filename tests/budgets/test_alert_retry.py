@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,8 @@ import pytest
 from ollama_meter.budgets import Alert, AlertDispatcher, WebhookChannel
 from ollama_meter.budgets._alerts import MAX_RUNS, TRIES
 from ollama_meter.ledger import Ledger, close_ledgers, open_ledger
-from tests.budgets.test_alert_once import NOV, fired
+from tests._otlp import SilentCollector, wait_for
+from tests.budgets.test_alert_once import NOV, Stuck, fired
 from tests.budgets.test_gate import Receiver
 
 NOW = (0.0,) * (MAX_RUNS - 1)
@@ -191,3 +194,49 @@ def test_closing_the_ledgers_ends_the_retries_that_would_record_into_them(
     time.sleep(1.0)  # three retries' worth
     assert 10**6 - receiver.fail == posts  # none of them made
     assert not [r for r in caplog.records if "delivering or recording" in r.getMessage()]
+
+
+def test_a_hung_webhook_keeps_no_later_alert_out_of_the_log(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log was said on the delivery thread, behind the channels: a webhook that accepts
+    and never answers (each attempt 3 tries of its timeout) kept a budget's 100 % alert,
+    fired with its 90 %, out of the log for as long (27 s by default), and a gateway
+    stopped meanwhile never said it at all. Each alert is said once, as it fires."""
+    with SilentCollector() as hung:  # any server that accepts and never answers
+        ledger = Ledger(db_url)
+        webhook = WebhookChannel(f"{hung.url}/hook", timeout=0.2)
+        dispatcher = AlertDispatcher(ledger, [webhook], backoff=0, retry_after=(3600.0,) * 4)
+        ninety = fired(ledger)
+        hundred = replace(ninety, id=0, threshold=100, spent=10)
+        with ledger.budget_transaction() as store:
+            hundred = replace(hundred, id=store.claim_alert(hundred, NOV) or 0)
+        with caplog.at_level(logging.WARNING, "ollama_meter.alerts"):
+            dispatcher.dispatch(ninety)
+            dispatcher.dispatch(hundred)
+            wait_for(lambda: hung.connections, what="the webhook posted to")
+            said = [r.getMessage() for r in caplog.records if "budget alert:" in r.getMessage()]
+            assert [line.split("crossed ")[1][:4] for line in said] == ["90%:", "100%"]
+            assert dispatcher.flush(600.0)  # both attempts over: neither is said again
+        said = [r.getMessage() for r in caplog.records if "budget alert:" in r.getMessage()]
+        assert len(said) == 2
+        assert {row.deliveries["log"] for row in ledger.alerts()} == {"sent"}
+        dispatcher.close()
+
+
+def test_a_closed_dispatcher_does_not_wait_again_for_a_hung_channel(db_url: str) -> None:
+    """A process ending closes its dispatcher (waiting a moment for a channel that hangs),
+    then its exit hook waited once more for the same hung delivery: twice the moment a
+    gateway's SIGTERM was documented to cost."""
+    stuck = Stuck("webhook")
+    ledger = Ledger(db_url)
+    dispatcher = AlertDispatcher(ledger, [stuck], backoff=0)
+    try:
+        dispatcher.dispatch(fired(ledger))
+        assert stuck.entered.wait(30)
+        dispatcher.close()  # waits its moment: the delivery still hangs
+        threading.Timer(1.0, stuck.let_go.set).start()  # then it ends, in a while
+        # What the exit hook calls: it returns at once, not once the delivery ended.
+        assert dispatcher.flush(60.0) is False
+    finally:
+        stuck.let_go.set()

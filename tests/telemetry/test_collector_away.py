@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from ollama_meter import MeteredClient, load_settings
+from ollama_meter._runtime import reset_runtime
 from ollama_meter.errors import OmeterError
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.records import make_storable, storable_text
@@ -95,6 +96,73 @@ def test_exit_waits_at_most_the_export_timeout_for_a_collector_that_never_answer
     # Before, the SDK's exit hooks tried again per queued batch of 512, each waiting out the
     # export timeout: 5 tries and 10 s here. Counted, not timed, so a busy machine cannot fail it.
     assert 1 <= tries <= 2, f"{tries} exports tried at exit, in {took:.1f} s"
+
+
+_CLIENTS_EXIT_SCRIPT = """
+import sys
+from ollama_meter.config import load_settings
+from ollama_meter.telemetry import telemetry_for
+
+for key in ("k1", "k2", "k3"):  # a client each, with its own key: a telemetry each
+    settings = load_settings(traceloop_api_key=key, traceloop_base_url=sys.argv[1])
+    telemetry_for(settings).observer.tracer.start_span("call").end()
+print("exiting", flush=True)
+"""
+
+
+def test_a_process_with_several_telemetries_stops_them_together_within_one_bound() -> None:
+    """Each configuration's telemetry (a client given its own Traceloop or Langfuse key has
+    one) stopped at exit after the one before it: three waited three times the bound for a
+    collector that never answered, and said so in three lines."""
+    timeout = 2.0
+    with SilentCollector() as collector:
+        env = {
+            **os.environ,
+            "OMETER_EXPORT_TIMEOUT": str(timeout),
+            "OTEL_BSP_SCHEDULE_DELAY": "600000",  # nothing goes out before the exit
+        }
+        for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "LANGFUSE_PUBLIC_KEY", "TRACELOOP_API_KEY"):
+            env.pop(name, None)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CLIENTS_EXIT_SCRIPT, collector.url],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None and child.stdout.readline() == "exiting\n"
+        started = time.monotonic()
+        _, err = child.communicate(timeout=120)
+        took = time.monotonic() - started
+        accepted = list(collector.accepted_at)
+    assert child.returncode == 0 and "Traceback" not in err
+    assert err.count("warning: could not export telemetry") == 1, err
+    # Ordered, not timed: every export began before the first one's bound ran out (one after
+    # the other, each began once the one before had waited its whole timeout).
+    assert len(accepted) == 3, accepted
+    assert max(accepted) - min(accepted) < timeout, f"exit took {took:.1f} s"
+
+
+def test_a_runtime_reset_stops_its_telemetries_together(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An application that embeds ometer resets its runtime on shutdown: the runtime closed
+    each configuration's telemetry after the one before it, each waiting its whole bound."""
+    timeout = 1.0
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "LANGFUSE_PUBLIC_KEY", "TRACELOOP_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", str(timeout))
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # nothing goes out before the reset
+    with SilentCollector() as collector:
+        for key in ("k1", "k2", "k3"):
+            settings = load_settings(traceloop_api_key=key, traceloop_base_url=collector.url)
+            telemetry = telemetry_for(settings)
+            assert telemetry is not None
+            telemetry.observer.tracer.start_span("call").end()
+        reset_runtime()
+        accepted = list(collector.accepted_at)
+    assert capsys.readouterr().err.count("warning: could not export telemetry") == 1
+    assert len(accepted) == 3 and max(accepted) - min(accepted) < timeout, accepted
 
 
 def _chat(gw: Gateway, model: str) -> int:
@@ -477,23 +545,33 @@ def test_an_integer_past_64_bits_from_a_hook_is_exported_as_its_digits(
 
 
 @pytest.mark.parametrize(
-    ("chunk", "limit", "pause", "length"),
+    ("chunk", "limit", "pause", "length", "head_pause"),
     [
-        (b"<html>" * 10_000, 64 << 20, 0.0, False),  # 64 MB as fast as it goes: all was read
-        (b"<p>", 3_000, 0.01, False),  # a trickle for 10 s: each read came within the timeout
+        (b"<html>" * 10_000, 64 << 20, 0.0, False, 0.0),  # 64 MB as fast as it goes: all read
+        (b"<p>", 3_000, 0.01, False, 0.0),  # a trickle for 10 s: each read within the timeout
         # A byte every 0.3 s of a body whose length is said: a read of 8 KiB waited for all
         # of it (a 60 KB answer: 5 hours of the export thread, every span dropped meanwhile).
-        (b"x", 40, 0.3, True),
+        (b"x", 40, 0.3, True, 0.0),
+        # The status line and headers a byte every 0.1 s: the body's bounds were never
+        # reached (65 KB of a status line alone: 2 hours at that pace, the export held).
+        (b"x", 1, 0.0, True, 0.1),
     ],
-    ids=["endless", "trickling", "trickling-with-length"],
+    ids=["endless", "trickling", "trickling-with-length", "trickling-head"],
 )
 def test_an_answer_that_does_not_end_is_cut_and_the_export_fails(
-    monkeypatch: pytest.MonkeyPatch, chunk: bytes, limit: int, pause: float, length: bool
+    monkeypatch: pytest.MonkeyPatch,
+    chunk: bytes,
+    limit: int,
+    pause: float,
+    length: bool,
+    head_pause: float,
 ) -> None:
     """requests read a collector's whole answer, its timeout bounding each read, not the
     answer: an endless body took the exporter to 5 GB in 20 s, and the export never ended."""
     monkeypatch.setenv("OMETER_EXPORT_TIMEOUT", "0.5")
-    with EndlessCollector(chunk, limit=limit, pause=pause, length=length) as collector:
+    with EndlessCollector(
+        chunk, limit=limit, pause=pause, length=length, head_pause=head_pause
+    ) as collector:
         url = f"{collector.url}/v1/traces"
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
         telemetry = Telemetry(load_settings())
