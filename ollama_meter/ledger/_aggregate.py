@@ -32,6 +32,7 @@ from ollama_meter.ledger._plan import (
     cube_filters,
     decompose,
     edge_filter,
+    grouped_sums,
     plan,
     raw_spans,
     signed_sums,
@@ -185,23 +186,20 @@ def _raw_sums(
         bucket_column: ColumnElement[Any] = case(*whens, else_=zero).label("bucket")
     else:
         bucket_column = zero.label("bucket")
-    query = (
-        select(
-            *keys,
-            bucket_column,
-            SpanRow.currency,
-            *(func.sum(getattr(measures, name)) for name in SUMMED),
-        )
-        .where(*where.clauses())
+    rows = grouped_sums(
+        conn,
+        [*keys, bucket_column, SpanRow.currency],
+        [getattr(measures, name) for name in SUMMED],
+        filters=where.clauses(),
         # By output name: PostgreSQL cannot match bound parameters in SELECT and GROUP BY.
-        .group_by(
+        group_by=[
             *(literal_column(k.name) for k in keys),
             literal_column("bucket"),
             SpanRow.currency,
-        )
+        ],
     )
     width = len(keys)
-    for row in conn.execute(query):
+    for row in rows:
         sums.add(
             int(row[width]) if bucket is None else bucket,
             tuple(str(v) for v in row[:width]),
