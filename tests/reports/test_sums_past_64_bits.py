@@ -18,7 +18,14 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ollama_meter.ledger import Ledger, raw_spans
 from ollama_meter.periods import parse_period
 from ollama_meter.records import MAX_CALL_COST, make_storable
-from ollama_meter.reports import CHARGEBACK_COLUMNS, chargeback, spend_report, to_csv
+from ollama_meter.reports import (
+    CHARGEBACK_COLUMNS,
+    chargeback,
+    render_chargeback_html,
+    render_spend_html,
+    spend_report,
+    to_csv,
+)
 from tests.factories import make_span
 
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
@@ -96,6 +103,7 @@ def test_a_report_adds_cells_past_64_bits_exactly(
         rows = list(csv.DictReader(io.StringIO(to_csv(report.columns, report.rows))))
         assert _cost(rows, "cost") == want
         assert sum(int(row["requests"]) for row in rows) == len(inside)
+        render_spend_html(report, tz=tz, zone=zone, generated=NOW, title="past 64 bits")
     bill = chargeback(ledger, "2026-11", tz=tz, now=NOW, currency="USD", fixed_cost=Decimal(10))
     rows = list(csv.DictReader(io.StringIO(to_csv(CHARGEBACK_COLUMNS, bill.rows))))
     assert _cost(rows, "usage_cost") == want
@@ -107,4 +115,5 @@ def test_a_report_adds_cells_past_64_bits_exactly(
         **dict.fromkeys([("__idle__", "__idle__")] if not inside else [], 0),
         **per_department,
     }
+    render_chargeback_html(bill, tz=tz, zone=zone, generated=NOW)
     ledger.dispose()
