@@ -42,7 +42,7 @@ from ollama_meter.ledger._cells import (
     floor_cell,
     next_cell,
 )
-from ollama_meter.ledger._spans import SpanFilter
+from ollama_meter.ledger._spans import ANSWERED_MODEL, SpanFilter
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 
@@ -50,7 +50,7 @@ GROUP_COLUMNS: dict[str, ColumnElement[Any]] = {
     "tenant": SpanRow.__table__.c.tenant,
     "department": SpanRow.__table__.c.department,
     "user": func.coalesce(SpanRow.user, ""),
-    "model": func.coalesce(SpanRow.response_model, SpanRow.request_model),
+    "model": ANSWERED_MODEL,
 }
 """What reports group by, as raw span expressions; rollups store these very values."""
 
