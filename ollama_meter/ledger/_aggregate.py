@@ -235,7 +235,8 @@ def aggregate_failures(
             .group_by(SpanRow.status, SpanRow.error_type)
         )
         for status, error_type, requests in conn.execute(query):
-            counts[(status, error_type)] += int(requests)
+            # An empty error type (an import can hold one) is none, as the rollups keep it.
+            counts[(status, error_type or None)] += int(requests)
     else:
         zone = ledger_zone(conn)
         pieces = plan(where, (), CUBE_GRAINS, zone)
