@@ -144,7 +144,9 @@ def _span_measures() -> SimpleNamespace:
     load = func.coalesce(SpanRow.load_duration_ns, zero)
     cold = load >= COLD_LOAD_NS
     unpriced = SpanRow.unpriced == True  # noqa: E712
-    used = unpriced & (SpanRow.input_tokens + SpanRow.output_tokens > 0)
+    # Not input + output > 0: the columns are 32-bit on PostgreSQL, and their sum overflowed
+    # ("integer out of range") for a call of 2**31 - 1 tokens in and any out.
+    used = unpriced & ((SpanRow.input_tokens > 0) | (SpanRow.output_tokens > 0))
     return SimpleNamespace(
         requests=one,
         errors=case((SpanRow.status.in_(sorted(ERROR_STATUSES)), one), else_=zero),
