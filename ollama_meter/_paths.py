@@ -48,13 +48,20 @@ def written_through(path: Path) -> Path | None:
     None: ``path`` is a file of its own, or nothing yet, and is replaced by a rename.
     """
     try:
+        # Through any link first: /dev/stdout names /proc/self/fd/1, which names the pipe
+        # (``pipe:[123]``, a name no file has), so resolving it found no file there yet.
+        mode = path.stat().st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return path
+    try:
         if path.is_symlink():
             named = path.resolve()  # the file it names, even one not there yet
             return written_through(named) or named
-        mode = path.stat().st_mode
     except OSError:
-        return None
-    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else path
+        pass
+    return None
 
 
 def sqlite_url_problem(backend: str, database: str | None, options: bool) -> str | None:

@@ -32,6 +32,7 @@ from ollama_meter.ledger._plan import (
     cube_filters,
     decompose,
     edge_filter,
+    grouped_sums,
     plan,
     raw_spans,
     signed_sums,
@@ -143,7 +144,9 @@ def _span_measures() -> SimpleNamespace:
     load = func.coalesce(SpanRow.load_duration_ns, zero)
     cold = load >= COLD_LOAD_NS
     unpriced = SpanRow.unpriced == True  # noqa: E712
-    used = unpriced & (SpanRow.input_tokens + SpanRow.output_tokens > 0)
+    # Not input + output > 0: the columns are 32-bit on PostgreSQL, and their sum overflowed
+    # ("integer out of range") for a call of 2**31 - 1 tokens in and any out.
+    used = unpriced & ((SpanRow.input_tokens > 0) | (SpanRow.output_tokens > 0))
     return SimpleNamespace(
         requests=one,
         errors=case((SpanRow.status.in_(sorted(ERROR_STATUSES)), one), else_=zero),
@@ -185,23 +188,20 @@ def _raw_sums(
         bucket_column: ColumnElement[Any] = case(*whens, else_=zero).label("bucket")
     else:
         bucket_column = zero.label("bucket")
-    query = (
-        select(
-            *keys,
-            bucket_column,
-            SpanRow.currency,
-            *(func.sum(getattr(measures, name)) for name in SUMMED),
-        )
-        .where(*where.clauses())
+    rows = grouped_sums(
+        conn,
+        [*keys, bucket_column, SpanRow.currency],
+        [getattr(measures, name) for name in SUMMED],
+        filters=where.clauses(),
         # By output name: PostgreSQL cannot match bound parameters in SELECT and GROUP BY.
-        .group_by(
+        group_by=[
             *(literal_column(k.name) for k in keys),
             literal_column("bucket"),
             SpanRow.currency,
-        )
+        ],
     )
     width = len(keys)
-    for row in conn.execute(query):
+    for row in rows:
         sums.add(
             int(row[width]) if bucket is None else bucket,
             tuple(str(v) for v in row[:width]),
@@ -237,7 +237,8 @@ def aggregate_failures(
             .group_by(SpanRow.status, SpanRow.error_type)
         )
         for status, error_type, requests in conn.execute(query):
-            counts[(status, error_type)] += int(requests)
+            # An empty error type (an import can hold one) is none, as the rollups keep it.
+            counts[(status, error_type or None)] += int(requests)
     else:
         zone = ledger_zone(conn)
         pieces = plan(where, (), CUBE_GRAINS, zone)

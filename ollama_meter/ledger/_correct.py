@@ -18,7 +18,6 @@ names.
 
 from __future__ import annotations
 
-import operator
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -39,7 +38,6 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlalchemy.exc import OperationalError
 
 from ollama_meter.ledger._cells import (
     BIN_COLUMNS,
@@ -55,6 +53,7 @@ from ollama_meter.ledger._cells import (
     parse_intervals,
 )
 from ollama_meter.ledger._meta import get_meta, set_meta
+from ollama_meter.ledger._plan import grouped_sums
 from ollama_meter.ledger._rollup import (
     BUSY,
     BUSY_CELLS,
@@ -209,24 +208,9 @@ def summed_days(conn: Connection, kind: Additive, month: int, end: int) -> Sums:
     table, names = kind.table, kind.keys[2:]
     days = (table.c.grain == int(Grain.DAY), table.c.start >= month, table.c.start < end)
     width = len(names)
-    try:
-        rows: Iterable[Any] = list(
-            conn.execute(
-                select(*(table.c[k] for k in names), *(func.sum(table.c[v]) for v in kind.values))
-                .where(*days)
-                .group_by(*(table.c[k] for k in names))
-            )
-        )
-    except OperationalError as exc:  # SQLite's sum() stops there, rather than go past 2**63
-        if "integer overflow" not in str(exc):
-            raise
-        sums: dict[Key, list[int]] = {}
-        for row in conn.execute(
-            select(*(table.c[k] for k in names), *(table.c[v] for v in kind.values)).where(*days)
-        ):
-            found = sums.setdefault(tuple(row[:width]), [0] * len(kind.values))
-            found[:] = map(operator.add, found, row[width:])
-        rows = [(*key, *values) for key, values in sums.items()]
+    rows = grouped_sums(
+        conn, [table.c[k] for k in names], [table.c[v] for v in kind.values], filters=days
+    )
     return {(int(Grain.MONTH), month, *row[:width]): [int(v) for v in row[width:]] for row in rows}
 
 

@@ -32,6 +32,7 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.elements import ColumnElement
 
 from ollama_meter.ledger._cells import (
@@ -41,7 +42,7 @@ from ollama_meter.ledger._cells import (
     floor_cell,
     next_cell,
 )
-from ollama_meter.ledger._spans import SpanFilter
+from ollama_meter.ledger._spans import ANSWERED_MODEL, SpanFilter
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 
@@ -49,7 +50,7 @@ GROUP_COLUMNS: dict[str, ColumnElement[Any]] = {
     "tenant": SpanRow.__table__.c.tenant,
     "department": SpanRow.__table__.c.department,
     "user": func.coalesce(SpanRow.user, ""),
-    "model": func.coalesce(SpanRow.response_model, SpanRow.request_model),
+    "model": ANSWERED_MODEL,
 }
 """What reports group by, as raw span expressions; rollups store these very values."""
 
@@ -198,17 +199,49 @@ def signed_sums(
         joined = cells.join(
             table, and_(table.c.grain == cells.c.grain, table.c.start == cells.c.start)
         )
-        query = (
-            select(
-                cells.c.bucket,
-                *groups,
-                *(func.sum(cells.c.sign * (table.c[v] if isinstance(v, str) else v)) for v in sums),
-            )
-            .select_from(joined)
-            .where(*filters)
-            .group_by(cells.c.bucket, *groups)
+        yield from grouped_sums(
+            conn,
+            [cells.c.bucket, *groups],
+            [cells.c.sign * (table.c[v] if isinstance(v, str) else v) for v in sums],
+            source=joined,
+            filters=filters,
         )
-        yield from conn.execute(query)
+
+
+def grouped_sums(
+    conn: Connection,
+    keys: Sequence[Any],
+    values: Sequence[Any],
+    *,
+    source: Any = None,
+    filters: Sequence[Any] = (),
+    group_by: Sequence[Any] | None = None,
+) -> list[tuple[Any, ...]]:
+    """Rows of (*keys, *sums of values) grouped by ``keys`` (or ``group_by``), exact at any size.
+
+    SQLite's ``sum()`` fails with "integer overflow" past 2**63, where PostgreSQL's goes on
+    in numeric: a tenant of two departments whose rollup cells each hold 2**62 (an import of
+    the costliest calls) could not be reported. There the rows are summed here instead.
+    """
+    aggregate = select(*keys, *(func.sum(v) for v in values)).where(*filters)
+    if source is not None:
+        aggregate = aggregate.select_from(source)
+    try:
+        return [tuple(row) for row in conn.execute(aggregate.group_by(*(group_by or keys)))]
+    except OperationalError as exc:
+        if "integer overflow" not in str(exc):
+            raise
+    detail = select(*keys, *values).where(*filters)
+    if source is not None:
+        detail = detail.select_from(source)
+    width = len(keys)
+    found: dict[tuple[Any, ...], list[int | None]] = {}
+    for row in conn.execute(detail):
+        sums = found.setdefault(tuple(row[:width]), [None] * len(values))
+        for at, value in enumerate(row[width:]):
+            if value is not None:  # as sum() has it: NULLs add nothing, all NULL is NULL
+                sums[at] = value if sums[at] is None else sums[at] + value
+    return [(*key, *sums) for key, sums in found.items()]
 
 
 def _cells_table(entries: Sequence[tuple[int, int, int, int]]) -> Any:

@@ -250,6 +250,12 @@ def row_to_span(row: Any) -> SpanRecord:
     return SpanRecord(*row)
 
 
+ANSWERED_MODEL = func.coalesce(func.nullif(SpanRow.response_model, ""), SpanRow.request_model)
+"""The model a raw span counts under, as :attr:`SpanRecord.model` and the rollups have it: the
+one Ollama answered with, else the one asked for; an empty answer (an import can hold one)
+is none. ``coalesce`` alone took ``""`` for an answer, so the raw spans and the rollups put
+one call under two models, and ``--model`` found it in a report but not in ``log``."""
+
 _TEXT_FILTERS = {
     "tenant": "tenant",
     "department": "department",
@@ -298,11 +304,7 @@ class SpanFilter:
             if value is not None:
                 clauses.append(column == value)
         if self.model is not None:
-            # A span belongs to the model Ollama answered with, or the one asked for.
-            clauses.append(
-                (SpanRow.response_model == self.model)
-                | ((SpanRow.response_model.is_(None)) & (SpanRow.request_model == self.model))
-            )
+            clauses.append(self.model == ANSWERED_MODEL)
         return clauses
 
 

@@ -62,15 +62,16 @@ def fixed_cost_units(amount: Decimal, currency: str) -> int:
     if amount < 0:
         raise ValidationError(f"fixed cost {amount} must not be negative")
     places = minor_places(currency)
-    units = amount.scaleb(places)
-    if units != units.to_integral_value():
+    # quantize, not scaleb: scaleb rounds to the context's 28 digits, so 1.000...0001 (29
+    # digits, the library's to give) became 100 cents and was billed as 1.00 without a word.
+    if amount != amount.quantize(Decimal(1).scaleb(-places)):
         smallest = "a cent" if places == 2 else f"{Decimal(1).scaleb(-places)} {currency}"
         to = f"{places} decimal places" if places else "a whole number"
         raise ValidationError(
             f"fixed cost {amount} {currency} is finer than {smallest}, the smallest amount of "
             f"{currency}: round it to {to}"
         )
-    return int(units)
+    return int(amount.scaleb(places))  # exact: at most 13 digits before the point and places after
 
 
 def chargeback(

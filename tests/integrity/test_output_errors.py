@@ -124,6 +124,33 @@ def test_out_into_a_pipe_or_through_a_link_leaves_them_what_they_are(
     assert link.is_symlink() and real.read_bytes().startswith(b"SQLite format 3")
 
 
+@pytest.mark.parametrize("out", ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"])
+@pytest.mark.parametrize(
+    "args",
+    [["report", "--format", "csv"], ["chargeback", "--month", "2026-11", "--fixed-cost", "9"]],
+    ids=" ".join,
+)
+def test_out_to_its_own_stdout_in_a_pipe_is_written_into_it(
+    out: str, args: list[str], env: dict[str, str]
+) -> None:
+    """`ometer chargeback ... --out /dev/stdout | gzip`: the link names the process's pipe
+    (``pipe:[123]``, no file at all), which was taken for a file not there yet, so a temp
+    file was made beside it in /proc/self/fd: 'cannot write /dev/stdout: No such file or
+    directory', exit 1. What the link names (a pipe, a socket, a terminal) is written into."""
+    shown = subprocess.run(
+        [sys.executable, "-c", _MAIN, *args], env=env, capture_output=True, check=False
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _MAIN, *args, "--out", out], env=env, capture_output=True,
+        check=False, timeout=60,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, shown.stderr)
+    assert done.stdout == shown.stdout and shown.stdout.count(b"\n") > 1
+
+
+_MAIN = "import sys; sys.argv[0] = 'ometer'; from ollama_meter.cli import main; main()"
+
+
 def _closed(fd: int, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
     """``ometer ARGS`` started with ``fd`` closed (``>&-``, ``<&-``): Python gives it no stream."""
     code = "import sys; sys.argv[0] = 'ometer'; from ollama_meter.cli import main; main()"

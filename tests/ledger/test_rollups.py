@@ -96,9 +96,13 @@ def spans(draw: st.DrawFn) -> SpanRecord:
         # NO_HOST: a call sent to no server (refused, or gone while queued): no capacity.
         upstream_host=draw(st.sampled_from(["http://gpu1:11434", "http://gpu2:11434", NO_HOST])),
         request_model=draw(st.sampled_from(["llama3.1:8b", "qwen2.5:7b"])),
-        response_model=draw(st.sampled_from([None, "llama3.1:8b", "llama3.1:8b-q4"])),
+        # "": an answer naming no model (an import can hold one) is none: the one asked for.
+        response_model=draw(st.sampled_from([None, "", "llama3.1:8b", "llama3.1:8b-q4"])),
         status=status,
-        error_type=None if status == "ok" else draw(st.sampled_from(["timeout", "upstream_5xx"])),
+        # "": an error type that names none (an import can hold one) is none.
+        error_type=draw(
+            st.sampled_from([None, ""] if status == "ok" else ["timeout", "upstream_5xx", ""])
+        ),
         input_tokens=draw(st.integers(0, 500)),
         output_tokens=draw(st.integers(0, 500)),
         total_duration_ns=draw(_durations),

@@ -571,6 +571,37 @@ def test_a_fixed_cost_finer_than_its_currency_is_refused_saying_so(
     assert "\n" not in str(raised.value)
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    currency=st.sampled_from(sorted(_MINOR)),
+    units=st.integers(0, 10**12),
+    finer=st.integers(0, 10**20),
+    digits=st.integers(1, 27),
+)
+def test_a_fixed_cost_is_taken_in_whole_units_or_refused_never_rounded(
+    currency: str, units: int, finer: int, digits: int
+) -> None:
+    """However many digits the library is given (a Decimal holds 40 and more; its context
+    rounds at 28): an amount that is whole units of the currency's smallest amount is taken
+    as exactly those, any other is refused. 1.00000000000000000000000000001 USD was taken as
+    100 cents."""
+    from decimal import localcontext
+
+    from ollama_meter.errors import ValidationError
+    from ollama_meter.reports._chargeback import fixed_cost_units
+
+    places = _MINOR[currency]
+    with localcontext(prec=100):  # the amount as given, every digit of it
+        amount = Decimal(units).scaleb(-places) + Decimal(finer).scaleb(-places - digits)
+    if amount > Decimal(10**12):
+        return
+    if finer % 10**digits == 0:
+        assert fixed_cost_units(amount, currency) == units + finer // 10**digits
+    else:
+        with pytest.raises(ValidationError):
+            fixed_cost_units(amount, currency)
+
+
 @pytest.mark.parametrize(
     ("currency", "amount", "shares"),
     [("KWD", "0.007", ["0.002", "0.002", "0.003"]), ("JPY", "7", ["2", "2", "3"])],

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ollama_meter.ledger import Ledger
+from ollama_meter.ledger import Ledger, raw_spans
 from ollama_meter.periods import parse_period
 from ollama_meter.records import (
     MAX_CALL_COST,
@@ -123,3 +123,31 @@ def test_the_costliest_longest_calls_add_up_exactly_in_every_format(
     spend = dash.to_json()["spend"]
     assert {s["currency"]: _micros(s["cost"]) for s in spend} == want
     render_dashboard(dash, links=Links("/dashboard", {}), zone="UTC")
+
+
+@pytest.mark.parametrize("status", ["ok", "error", "client_abort"])
+@pytest.mark.parametrize("unpriced", [False, True])
+def test_the_most_tokens_a_call_holds_read_from_raw_spans_as_from_rollups(
+    db_url: str, status: str, unpriced: bool
+) -> None:
+    """2**31 - 1 tokens in and out (the most a span holds, and what a lying upstream's count
+    is cut to): reading raw spans added the two 32-bit columns in SQL to tell unpriced usage,
+    which PostgreSQL refused ('integer out of range') for every report with a raw edge."""
+    ledger = Ledger(db_url)
+    ledger.record(
+        [
+            make_span(
+                status=status, error_type=None if status == "ok" else "timeout",
+                unpriced=unpriced, input_tokens=MAX_TOKENS, output_tokens=MAX_TOKENS,
+                started_at=NOVEMBER + timedelta(days=4),
+            )
+        ]
+    )  # fmt: skip
+    window = parse_period("2026-11", tz=UTC_ZONE, now=NOW)
+    cube = spend_report(ledger, window, ["model", "day"], tz=UTC_ZONE)
+    perf = perf_report(ledger, window, ["model"], tz=UTC_ZONE)
+    with raw_spans():
+        assert spend_report(ledger, window, ["model", "day"], tz=UTC_ZONE).rows == cube.rows
+        assert perf_report(ledger, window, ["model"], tz=UTC_ZONE).rows == perf.rows
+    assert cube.rows[0].input_tokens == cube.rows[0].output_tokens == MAX_TOKENS
+    assert cube.unpriced_requests == int(unpriced)

@@ -162,6 +162,29 @@ def test_chargeback_file_has_exactly_the_csv(ledger: Ledger) -> None:
     assert "GPU capacity used" in page
 
 
+def test_a_bills_chart_draws_the_biggest_bills_and_counts_the_rest(tmp_path: Path) -> None:
+    """A bar per department drew a bill of 5,000 departments as an SVG 140,000 px tall (3.5 MB
+    of an email); the report's chart of groups draws its 25 biggest. The bill's does too,
+    the biggest first, and says how many more the table holds."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    at = datetime(2026, 10, 5, tzinfo=UTC)
+    ledger.record(
+        [
+            make_span(
+                department=f"d{n:02d}", started_at=at + timedelta(minutes=n), unpriced=False,
+                cost_total=(n + 1) * 1_000_000, cost_tokens=(n + 1) * 1_000_000,
+            )
+            for n in range(40)
+        ]
+    )  # fmt: skip
+    result = chargeback(ledger, "2026-10", tz=UTC_ZONE, now=OFFICE_NOW, currency="USD")
+    page = render_chargeback_html(result, tz=UTC_ZONE, zone="UTC", generated=OFFICE_NOW)
+    drawn = re.findall(r'data-series="usage" data-at="acme / ([^"]+)"', page)
+    assert drawn == [f"d{n:02d}" for n in range(39, 14, -1)]
+    assert "and 15 more" in page
+    assert len(tables(page).body) == 40
+
+
 @pytest.mark.parametrize(("currency", "total"), [("JPY", "1000"), ("KWD", "1000.000")])
 def test_a_bills_total_line_has_its_currencys_places(
     ledger: Ledger, currency: str, total: str
