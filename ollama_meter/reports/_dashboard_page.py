@@ -7,9 +7,10 @@ and rendered with the HTML module's templates and filters, with the timing chart
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TypeVar
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -53,6 +54,17 @@ from ollama_meter.reports._rows import SpendRow
 SHOWN_DRILLS = 25
 """How many departments (the biggest) get a drill-down panel on the page; the others are one
 line that points at the Department filter, which gives any of them its panel."""
+_T = TypeVar("_T")
+SHOWN_BUDGETS = 25
+"""How many budget gauges the page draws: a ``*`` budget has one per tenant, so a thousand
+tenants drew a thousand gauges (5 MB of page). Past this, the ones nearest or over their
+limit, and how many more under them (``ometer budget status`` and ``/api/dash`` list all)."""
+
+
+def top(rows: Sequence[_T], limit: int = TOP) -> tuple[list[_T], int]:
+    """The first ``limit`` of ``rows`` (already in order), and how many more there are: what
+    every list on the page shows, so no name in the ledger can make the page grow."""
+    return list(rows[:limit]), max(len(rows) - limit, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +110,11 @@ class DepartmentPanel:
     share: Decimal | None
     chart: Chart
     filter_href: str
+    models: list[SpendRow] = field(default_factory=list)
+    """Its biggest models (:data:`TOP`); ``more_models`` the others, counted."""
+    users: list[SpendRow] = field(default_factory=list)
+    more_models: int = 0
+    more_users: int = 0
 
 
 @dataclass
@@ -127,6 +144,23 @@ class BudgetPanel:
     tone: str
     note: str
     gauge: Gauge
+
+
+_SEVERITY = {"exhausted": 3, "over": 3, "warning": 1}
+
+
+def budget_panels(statuses: Sequence[BudgetStatus]) -> tuple[list[BudgetPanel], int]:
+    """The gauges the page draws, in the ledger's order, and how many more there are: past
+    :data:`SHOWN_BUDGETS`, those over or nearest their limit (by state, then share used)."""
+    panels = [_budget_panel(status) for status in statuses]
+    if len(panels) <= SHOWN_BUDGETS:
+        return panels, 0
+    by_risk = sorted(
+        range(len(panels)),
+        key=lambda i: (-_SEVERITY.get(panels[i].state, 0), -panels[i].used, i),
+    )
+    kept = sorted(by_risk[:SHOWN_BUDGETS])
+    return [panels[i] for i in kept], len(panels) - len(kept)
 
 
 def _budget_panel(status: BudgetStatus) -> BudgetPanel:
@@ -242,6 +276,8 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
             x_text=lambda x: short_label(x, d.unit),
             height=180,
         )
+        models, more_models = top(dept.models)
+        users, more_users = top(dept.users)
         panels.append(
             DepartmentPanel(
                 name=dept.name,
@@ -257,6 +293,10 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
                     if tenant is not None
                     else links.href(dept=dept.name)
                 ),
+                models=models,
+                users=users,
+                more_models=more_models,
+                more_users=more_users,
             )
         )
     folded = departments[SHOWN_SERIES:]
@@ -331,8 +371,15 @@ def _user_label(user: str, tenant: str | None) -> str:
 def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
     """The dashboard page for ``d``; ``links`` carries the current URL's parameters."""
     counts = d.counts()
-    unpriced_models = sorted({r.label("model") for r in d.spend.rows if r.unpriced_requests > 0})
-    unpriced_models = [isolate(model) for model in unpriced_models]
+    unpriced: dict[str, int] = {}
+    for row in d.spend.rows:
+        if row.unpriced_requests > 0:
+            model = row.label("model")
+            unpriced[model] = unpriced.get(model, 0) + row.unpriced_requests
+    # The models with the most unpriced calls: a ledger of 5,000 unpriced models wrote every
+    # one into the banner (1 MB of it).
+    unpriced_models, more_unpriced = top(sorted(unpriced, key=lambda m: (-unpriced[m], m)))
+    budgets, more_budgets = budget_panels(d.budgets)
     query = d.query
     by_calls = sorted(d.timing_by_model.rows, key=lambda r: (-r.requests, r.label("model")))
     return render_template(
@@ -346,10 +393,12 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
         as_of=d.now.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M"),
         cards=_cards(d),
         counts=counts,
-        unpriced_models=unpriced_models,
+        unpriced_models=[isolate(model) for model in unpriced_models],
+        more_unpriced_models=more_unpriced,
         panels=[_currency_panel(d, c, links) for c in d.currencies],
         several_tenants=d.several_tenants,
-        budgets=[_budget_panel(b) for b in d.budgets],
+        budgets=budgets,
+        more_budgets=more_budgets,
         charts=timing_charts(d),
         timing_models=by_calls[:TOP],
         more_timing_models=len(by_calls[TOP:]),

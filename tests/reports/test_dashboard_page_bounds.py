@@ -14,12 +14,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from ollama_meter.budgets import Budget
 from ollama_meter.ledger import Ledger
 from ollama_meter.meter import SpanRecord
 from ollama_meter.pricing import format_micros
 from ollama_meter.reports import DashQuery, Links, dashboard_report, render_dashboard
 from ollama_meter.reports._dashboard import TOP
-from ollama_meter.reports._dashboard_page import SHOWN_DRILLS
+from ollama_meter.reports._dashboard_page import SHOWN_BUDGETS, SHOWN_DRILLS
 from ollama_meter.reports._html import SHOWN_SERIES, money
 from tests.factories import OFFICE_NOW, make_span
 
@@ -128,3 +129,52 @@ def test_calls_that_cost_nothing_are_not_called_no_calls(tmp_path: Path) -> None
     said = re.findall(r'<p class="empty">([^<]*)</p>', page)
     assert said.count("Nothing was spent in this period: its calls cost nothing.") == 2
     assert said.count("Nothing was spent here in this period: its calls cost nothing.") == 2
+
+
+def test_a_departments_models_users_unpriced_models_and_budgets_are_bounded_too(
+    tmp_path: Path,
+) -> None:
+    """One department with 300 models and 300 users, 300 unpriced models, and a ``*`` budget
+    over 300 tenants: its drill-down listed every model and user, the unpriced banner named
+    every model and the budgets drew a gauge per tenant (5,000 of each made a 12 MB page)."""
+    many = 300
+    at = datetime(2026, 11, 18, 10, tzinfo=UTC)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.record(
+        [
+            make_span(started_at=at, department="big", user=f"user{n:03d}",
+                      request_model=f"model{n:03d}", cost_total=10**9 + n, unpriced=False)
+            for n in range(many)
+        ]
+        + [
+            make_span(started_at=at, department="free", request_model=f"free{n:03d}",
+                      cost_total=0, unpriced=True)
+            for n in range(many)
+        ]
+        + [
+            make_span(started_at=at, tenant=f"tenant{n:03d}", department="small",
+                      cost_total=10**6 * (n + 1), unpriced=False)
+            for n in range(many)
+        ]
+    )  # fmt: skip
+    ledger.save_budget(Budget("*", "small", "month", 100 * 10**6, "USD"))
+    dash = dashboard_report(ledger, DashQuery(), tz=ZoneInfo("UTC"), now=OFFICE_NOW)
+    page = render_dashboard(dash, links=Links("/dashboard", {}), zone="UTC")
+    drill = page[page.index('data-department="big"') : page.index("</details>")]
+    models = re.findall(r'<tr data-model="([^"]*)"', drill)
+    assert models == [f"model{many - 1 - n:03d}" for n in range(TOP)]  # the biggest first
+    assert len(re.findall(r"<tr data-user=", drill)) == TOP
+    assert f"and {many - TOP} more models" in drill
+    assert f"and {many - TOP} more users" in drill
+    banner = page[page.index('id="unpriced-banner"') :]
+    banner = banner[: banner.index("</div>")]
+    assert re.findall(r"free\d+", banner) == [f"free{n:03d}" for n in range(TOP)]
+    assert f" and {many - TOP} more)" in banner
+    gauges = re.findall(r'role="meter"[^>]*data-scope="([^"]*)"[^>]*data-state="([^"]*)"', page)
+    assert len(gauges) == SHOWN_BUDGETS
+    # the fullest (those over their limit) are the ones drawn, in the ledger's order
+    assert [scope for scope, _ in gauges] == [
+        f"tenant{n:03d}/small" for n in range(many - SHOWN_BUDGETS, many)
+    ]
+    assert f"and {many - SHOWN_BUDGETS} more budgets" in section(page, "Budgets")
+    assert len(page) < 400_000
