@@ -304,7 +304,15 @@ class Gateway:
 
     async def own_page(self, request: Request, endpoint: Endpoint) -> Response:
         """The dashboard, ``/api/dash`` and ``/metrics``: behind the admin token; or, with keys
-        required and no token, a key, for its own tenant and department's figures only."""
+        required and no token, a key, for its own tenant and department's figures only.
+
+        Every answer, a refusal too, is kept by no cache and read by no browser as another
+        type than its own (``nosniff``): each may quote a caller's text."""
+        response = await self._guarded_page(request, endpoint)
+        response.headers.update(NO_STORE)
+        return response
+
+    async def _guarded_page(self, request: Request, endpoint: Endpoint) -> Response:
         path = request.url.path
         try:
             key = await self.access.admin_only(request, in_query=path in TOKEN_IN_QUERY)

@@ -91,11 +91,14 @@ def dash_query(
 DASH_CACHE_SECONDS = 3.0
 """How long ``/api/dash`` and the dashboard answer from figures already computed."""
 
-NO_STORE = {"Cache-Control": "no-store"}
-"""Figures of this moment: no cache in between keeps them (a proxy would serve stale counts)."""
+NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+"""Figures of this moment: no cache in between keeps them (a proxy would serve stale counts),
+and no browser reads them as anything but their type (JSON or text holding a caller's model
+name is never sniffed into a page)."""
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PAGE_HEADERS = {"Referrer-Policy": "no-referrer", **NO_STORE}
-"""The page and its JSON hold everyone's spend: no browser or proxy keeps a copy."""
+"""The page and its JSON hold everyone's spend: no browser or proxy keeps a copy. Every answer
+of the two routes carries these, a refusal too (it may quote the URL)."""
 
 
 def dashboard_routes(
@@ -154,7 +157,9 @@ def dashboard_routes(
         try:
             result = await report(request)
         except OmeterError as exc:  # a bad period or filter (400), or out of the key's scope
-            return JSONResponse({"error": str(exc)}, status_code=_status_of(exc))
+            return JSONResponse(
+                {"error": str(exc)}, status_code=_status_of(exc), headers=_PAGE_HEADERS
+            )
         answer = result.to_json()
         if servers_of is not None:
             answer.update(for_scope(servers_of(request), request.scope.get(KEY_SCOPE)))

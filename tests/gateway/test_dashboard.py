@@ -362,6 +362,33 @@ def test_admin_token_guards_the_dashboard(app: Any, emulator: OllamaEmulator) ->
     assert gw.client.get("/api/dash?token=s3cret").json()["spend"] == []
 
 
+@pytest.mark.parametrize(
+    ("path", "status", "kind"),
+    [
+        ("/dashboard?token=s3cret", 200, "text/html"),
+        ("/dashboard?token=s3cret&period=%3Cscript%3E", 400, "text/html"),
+        ("/dashboard?token=wrong", 401, "application/json"),
+        ("/api/dash?token=s3cret", 200, "application/json"),
+        ("/api/dash?token=s3cret&period=%3Cscript%3E", 400, "application/json"),
+        ("/api/dash?token=s3cret&model=%3Ca%3E&model=b", 400, "application/json"),
+        ("/api/dash", 401, "application/json"),
+        ("/metrics", 401, "application/json"),
+    ],
+)
+def test_every_answer_of_the_own_pages_is_its_own_type_and_kept_nowhere(
+    app: Any, emulator: OllamaEmulator, path: str, status: int, kind: str
+) -> None:
+    """No answer of the dashboard, ``/api/dash`` or ``/metrics`` said ``nosniff``, and a
+    refusal (a bad period, quoted back) said ``no-store`` on the page only: JSON or text that
+    quotes a caller's words must never be read as a page, nor kept by a proxy."""
+    gw = app(emulator.url, admin_token="s3cret")
+    answer = gw.client.get(path)
+    assert answer.status_code == status
+    assert answer.headers["content-type"].split(";")[0] == kind
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["cache-control"] == "no-store"
+
+
 def test_metrics_take_the_admin_token_only_in_a_header(app: Any, emulator: OllamaEmulator) -> None:
     """``?token=`` is for a browser (the dashboard, ``/api/dash``); in a scrape URL it would show
     in Prometheus' target list and any proxy's log, and the README promises it only there."""
