@@ -174,6 +174,18 @@ def content_security_policy() -> str:
 
 
 @cache
+def file_security_policy() -> str:
+    """The report and chargeback files' policy, in a ``<meta>`` (a file has no headers): their
+    one inline style and nothing else, no script at all. Names in them are escaped; this is
+    what keeps a file opened from a mail or a share inert should markup ever get through."""
+    return (
+        "default-src 'none'; "
+        f"style-src '{_sha256(asset('style.css'))}'; "
+        "img-src data:; form-action 'none'; base-uri 'none'"
+    )
+
+
+@cache
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("ollama_meter.reports", "templates"),
@@ -191,7 +203,7 @@ def _environment() -> jinja2.Environment:
         ms=ms,
         isolate=isolate,
     )
-    env.globals.update(css=asset("style.css"))
+    env.globals.update(css=asset("style.css"), file_policy=file_security_policy())
     return env
 
 

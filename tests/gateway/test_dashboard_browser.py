@@ -22,7 +22,7 @@ import pytest
 from playwright import sync_api
 
 from ollama_meter.budgets import Budget
-from ollama_meter.ledger import SpanFilter
+from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.meter import SpanRecord
 from ollama_meter.pricing import format_micros
 from ollama_meter.records import make_storable
@@ -327,6 +327,32 @@ def test_html_report_file_in_the_browser(
     assert page.locator("svg.chart rect.mark").count() > 0
     page.screenshot(path=str(shots / "report.png"))  # the top: totals, chart, first rows
     assert watched.problems == []
+
+
+def test_an_html_file_runs_no_script_even_one_that_got_into_it(
+    browser: Any, cli: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The report and chargeback files had no policy of their own: names in them are escaped,
+    but markup that got into one (a template's slip, an edit on the way) ran when the file was
+    opened. Each now says in a ``<meta>`` that it takes its inline style and no script."""
+    Ledger(sqlite_url).record(
+        [make_span(started_at=datetime(2026, 11, 18, 10, tzinfo=UTC), cost_total=5)]
+    )
+    for command in (["report", "--by", "department,day"], ["chargeback", "--month", "2026-11"]):
+        out = tmp_path / f"{command[0]}.html"
+        period = ["--period", "2026-11"] if command[0] == "report" else []
+        result = cli(*command, *period, "--db", sqlite_url, "--format", "html", "--out", str(out))
+        assert result.code == 0, result.stderr
+        slipped = '<script>window.pwned=1</script><img src="data:," onerror="window.pwned=2">'
+        out.write_text(out.read_text().replace("<main>", f"<main>{slipped}", 1))
+        watched = open_page(browser, out.as_uri(), "file:")
+        page = watched.page
+        assert page.evaluate("() => window.pwned") is None
+        # its own style still applies: the cards are laid out as a grid, not a list
+        assert page.locator("section.cards").evaluate("e => getComputedStyle(e).display") == "grid"
+        assert watched.problems and all(
+            "Content Security Policy" in problem for problem in watched.problems
+        )
 
 
 def test_the_same_department_in_two_tenants_opens_and_filters_its_own_panel(
