@@ -376,12 +376,12 @@ def test_admin_token_guards_the_dashboard(app: Any, emulator: OllamaEmulator) ->
     ],
 )
 def test_every_answer_of_the_own_pages_is_its_own_type_and_kept_nowhere(
-    app: Any, emulator: OllamaEmulator, path: str, status: int, kind: str
+    app_on: Any, sqlite_url: str, emulator: OllamaEmulator, path: str, status: int, kind: str
 ) -> None:
     """No answer of the dashboard, ``/api/dash`` or ``/metrics`` said ``nosniff``, and a
     refusal (a bad period, quoted back) said ``no-store`` on the page only: JSON or text that
     quotes a caller's words must never be read as a page, nor kept by a proxy."""
-    gw = app(emulator.url, admin_token="s3cret")
+    gw = app_on(emulator.url, sqlite_url, admin_token="s3cret")
     answer = gw.client.get(path)
     assert answer.status_code == status
     assert answer.headers["content-type"].split(";")[0] == kind
