@@ -228,3 +228,12 @@ def emulators() -> Iterator[Callable[..., OllamaEmulator]]:
     yield start
     for emu in started:
         emu.stop()
+
+
+def key_in_authorization(value: str) -> str | None:
+    """The key an ``Authorization`` value carries, as README says the gateway reads it: a
+    gateway key (``om_...``) after any scheme or none, else a bearer's token."""
+    words = value.split()
+    if words and words[-1].startswith("om_") and len(words) <= 2:
+        return words[-1]
+    return value[7:].strip() if value[:7].lower() == "bearer " else None

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.ledger import ApiKey, Ledger, SpanFilter
 from ollama_meter.testing import OllamaEmulator
-from tests.gateway.conftest import Gateway
+from tests.gateway.conftest import Gateway, key_in_authorization
 
 ROUTES = ("/api/chat", "/v1/chat/completions", "/v1/messages", "/api/embed")
 KEY_HEADERS = ("X-Ometer-Key", "X-Api-Key", "Authorization")
@@ -82,12 +82,11 @@ def given_values(headers: list[tuple[str, str]], name: str) -> list[str]:
 def offered(headers: list[tuple[str, str]]) -> list[str]:
     """Every value a key could be read from, whatever the rules for picking one."""
     found = [*given_values(headers, "X-Ometer-Key"), *given_values(headers, "X-Api-Key")]
-    for value in given_values(headers, "Authorization"):
-        words = value.split()
-        if words and words[-1].startswith("om_") and len(words) <= 2:  # any scheme, or none
-            found.append(words[-1])
-        elif value[:7].lower() == "bearer ":
-            found.append(value[7:])
+    found += [
+        key
+        for value in given_values(headers, "Authorization")
+        if (key := key_in_authorization(value))
+    ]
     return [value.strip() for value in found]
 
 

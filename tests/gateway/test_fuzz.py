@@ -30,7 +30,7 @@ from ollama_meter.reports import spend_report
 from ollama_meter.testing import OllamaEmulator
 from tests._committed import committed
 from tests.factories import token_prices
-from tests.gateway.conftest import Gateway
+from tests.gateway.conftest import Gateway, key_in_authorization
 from tests.gateway.test_security import clean_env, launch, stop
 
 METERED = {
@@ -133,8 +133,7 @@ Send = Callable[[str, str, dict[str, str], bytes], tuple[int, str]]
 def presents_a_key(headers: dict[str, str]) -> bool:
     """Whether a request sends one of ometer's keys (none of these is live) in X-Ometer-Key,
     X-Api-Key or a bearer."""
-    auth = headers.get("Authorization", "")
-    bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    bearer = key_in_authorization(headers.get("Authorization", "")) or ""
     sent = [headers.get("X-Ometer-Key", "").strip(), headers.get("X-Api-Key", "").strip(), bearer]
     return any(key.startswith("om_") for key in sent)
 
