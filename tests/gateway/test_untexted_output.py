@@ -1,4 +1,4 @@
-"""Thinking and tool calls Ollama did not count are estimated from their length on every route.
+"""What Ollama did not count is estimated from all of it: thinking, tool calls, tool lists.
 
 A reply's thinking and tool calls are tokens the model generated, though not reply text.
 When Ollama writes no counts (a 0 is a count it did not take) or a stream breaks before
@@ -6,7 +6,8 @@ its usage, the meter estimates the reply from its length: the same reply, writte
 each route's shape, is the same estimate on ``/v1/chat/completions``, ``/v1/messages``
 and ``/v1/responses``; and a tool call that streams whole in one piece (Anthropic's
 ``input_json_delta``, the Responses API's ``function_call_arguments.delta``) counts by
-its length, not as one token.
+its length, not as one token. Likewise a prompt Ollama did not count is estimated from all
+it sends, its tool definitions too, not only its texts.
 """
 
 from __future__ import annotations
@@ -152,3 +153,56 @@ def test_a_reply_without_counts_is_estimated_alike_on_every_route(
     for path, items in (("/v1/messages", message_call), ("/v1/responses", response_call)):
         server.body = events(items)
         assert output_tokens(gw, path, request(path, stream=True)) == ("error", streamed), path
+
+
+def broken(path: str) -> bytes:
+    """A stream that breaks after its first piece of text: Ollama's counts never come."""
+    if path == "/api/chat":
+        line = {"model": "m", "message": {"role": "assistant", "content": "hi"}, "done": False}
+        raw = json.dumps(line).encode() + b"\n"
+        kind = b"application/x-ndjson"
+    else:
+        item = {
+            "/v1/chat/completions": {"object": "chat.completion.chunk", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]},
+            "/v1/messages": {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}},
+            "/v1/responses": {"type": "response.output_text.delta", "delta": "hi", "item_id": "m1"},
+        }[path]  # fmt: skip
+        raw, kind = f"data: {json.dumps(item)}\n\n".encode(), b"text/event-stream"
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: " + kind + b"\r\n"
+    return head + b"content-length: %d\r\n\r\n" % len(raw) + raw
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    path=st.sampled_from(["/api/chat", "/v1/chat/completions", "/v1/messages", "/v1/responses"]),
+    described=st.lists(st.text(min_size=100, max_size=2000), min_size=1, max_size=8),
+)
+def test_a_prompt_ollama_did_not_count_is_estimated_with_its_tools(
+    upstream: tuple[Gateway, Any], path: str, described: list[str]
+) -> None:
+    """A stream that breaks before its counts is charged its prompt, estimated: all of it, as
+    a tpm limit counts it, its tool definitions too (an agent's prompt is mostly tools), not
+    a few tokens for its one line of text."""
+    gw, server = upstream
+    server.body = broken(path)
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tools = [
+        {"name": f"t{i}", "description": d, "input_schema": parameters}
+        if path == "/v1/messages"
+        else {"type": "function", **({"name": f"t{i}", "description": d, "parameters": parameters} if path == "/v1/responses" else {"function": {"name": f"t{i}", "description": d, "parameters": parameters}})}
+        for i, d in enumerate(described)
+    ]  # fmt: skip
+    body = {**request(path, stream=True), "tools": tools}
+    if path == "/api/chat":
+        body = {"model": body["model"], "messages": ASKED, "tools": tools, "stream": True}
+    reply = gw.client.post(path, json=body)
+    assert reply.status_code == 200, reply.text
+    (span,) = gw.ledger.latest(SpanFilter(), 1)
+    assert (span.status, span.token_source) == ("error", "estimated")
+    descriptions = tokens_in_chars(sum(len(d) for d in described))
+    assert span.input_tokens > descriptions  # each tool's description, at least
+    assert span.cost_total == span.input_tokens * 1000 + span.output_tokens * 2000
