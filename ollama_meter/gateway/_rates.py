@@ -43,7 +43,6 @@ from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import Ledger
 from ollama_meter.meter import Attribution
 from ollama_meter.meter._request import facts_of
-from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.records import Limit, SpanRecord
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -196,8 +195,7 @@ def prompt_tokens(request: MeteredRequest) -> tuple[int, int]:
     Pictures apart: a model may count one as a few tokens or as thousands.
     """
     facts = facts_of(request.operation, request.body)
-    written = tokens_in_chars(facts.written_bytes)
-    return estimate_tokens(facts.prompt_text) + written + facts.given_tokens, facts.images
+    return facts.input_estimate(), facts.images
 
 
 def _scopes(tenant: str, department: str, key_id: int | None) -> list[Scope]:

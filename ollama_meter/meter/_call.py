@@ -58,6 +58,9 @@ class MeteredCall:
     ) -> None:
         self.span = span
         self.prompt_text = prompt_text
+        self.input_estimate = estimate_tokens(prompt_text)
+        """The prompt's tokens when Ollama does not count them; the meter sets
+        ``RequestFacts.input_estimate`` (its tools and earlier tool calls, not only its texts)."""
         self.evaluates = bool(prompt_text.strip()) if evaluates is None else evaluates
         """Ollama evaluates something for the request (a prompt, messages, input to embed);
         False: it only loads or unloads the model (see ``RequestFacts.evaluates``)."""
@@ -387,9 +390,7 @@ class MeteredCall:
         # then the count is estimated from the text, and the span says so.
         reported_in = final.input_tokens if final is not None else None
         reported_out = final.output_tokens if final is not None else None
-        span.input_tokens = (
-            reported_in if reported_in is not None else estimate_tokens(self.prompt_text)
-        )
+        span.input_tokens = reported_in if reported_in is not None else self.input_estimate
         if reported_out is not None:
             span.output_tokens = reported_out
         else:

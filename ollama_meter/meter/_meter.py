@@ -28,7 +28,7 @@ from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.meter._request import Opening, RequestFacts
 from ollama_meter.meter._run import Run
-from ollama_meter.meter._usage import RecentCalls, estimate_tokens
+from ollama_meter.meter._usage import RecentCalls
 from ollama_meter.meter._writer import GroupCommitWriter, once_more
 from ollama_meter.pricing import PriceBook
 from ollama_meter.records import (
@@ -158,13 +158,14 @@ class Meter:
         call = MeteredCall(
             span, facts.prompt_text, prices, keep_reply=keep_reply, evaluates=facts.evaluates
         )
+        call.input_estimate = facts.input_estimate()  # its tools too, not only its texts
         if self.budgets is not None:
             self._admit(self.budgets, call, facts, prices, blocking=blocking)
         if not opening.queued:  # admitted, it goes to Ollama now; a queued one, with its slot
             span.upstream_host = self.upstream.host
         make_storable(span)  # what observers see (telemetry exports it) and the journal keeps
         if self.journal and not opening.queued:
-            self.ledger.journal.opened(span, estimate_tokens(facts.prompt_text), call.leases)
+            self.ledger.journal.opened(span, call.input_estimate, call.leases)
         stopped = notify(self.observers, "on_start", span)
         if stopped is not None:  # Ctrl-C in a hook: the call, admitted and journaled, ends here
             span.upstream_host = NO_HOST  # before it was sent
@@ -173,10 +174,9 @@ class Meter:
         return call
 
     def sending(self, call: MeteredCall) -> None:
-        """Journal a call opened ``queued`` as it leaves for Ollama (``span.upstream_host``):
-        from here on, were this process killed, the call would be recorded as interrupted."""
+        """Journal a ``queued`` call as it leaves for Ollama: killed from here on, it is interrupted."""
         if self.journal:
-            self.ledger.journal.opened(call.span, estimate_tokens(call.prompt_text), call.leases)
+            self.ledger.journal.opened(call.span, call.input_estimate, call.leases)
 
     def _new_span(
         self, operation: str, model: str, stream: bool, who: Attribution, currency: str

@@ -16,6 +16,7 @@ from typing import Any
 
 from ollama_meter.budgets import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS, CallBound
 from ollama_meter.meter._attribution import Attribution
+from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.meter._written import (
     CALL_BYTES,
     WEB_SEARCH_BYTES,
@@ -59,6 +60,14 @@ class RequestFacts:
     unloads it), as it does for a generate whose ``prompt`` is empty whatever else the body
     holds (a system message, a suffix, images), a chat with no messages, an embedding of no
     input. None: as the request's texts say (some text: it evaluates)."""
+
+    def input_estimate(self) -> int:
+        """About how many tokens the prompt is, for when Ollama does not count it: its texts
+        and what the template writes as JSON (tools, earlier tool calls) at about four
+        characters a token, and the tokens sent as numbers. Pictures apart: a model may count
+        one as a few tokens or as thousands."""
+        written = tokens_in_chars(self.written_bytes)
+        return estimate_tokens(self.prompt_text) + written + self.given_tokens
 
     def bound(self, default_output: int) -> CallBound:
         """The most tokens the call can count; ``default_output`` when the caller set no cap."""

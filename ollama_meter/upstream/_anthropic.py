@@ -26,16 +26,28 @@ from typing import Any
 from ollama_meter.errors import StreamError
 from ollama_meter.upstream._classify import error_text, reported_error
 from ollama_meter.upstream._vocabulary import Delta, Event, Final
-from ollama_meter.upstream._wire import OLLAMA, OPENAI, Reader, WireFormat, _counted, _OpenAI, _text
+from ollama_meter.upstream._wire import (
+    OLLAMA,
+    OPENAI,
+    Reader,
+    WireFormat,
+    _counted,
+    _OpenAI,
+    _text,
+    call_chars,
+)
 
 MESSAGES_PATH = "/v1/messages"
 MESSAGES = "anthropic.messages"
 """The metered operation of ``POST /v1/messages``."""
 
-_OTHER_DELTAS = frozenset({"thinking_delta", "input_json_delta", "signature_delta"})
-"""Deltas of output that is not reply text (thinking, a tool call's input)."""
+_OTHER_DELTAS = frozenset({"thinking_delta", "signature_delta"})
+"""Deltas of output that is not reply text (thinking); a tool call's input is one too, and
+counts by its length."""
 _UNTEXTED = frozenset({"thinking", "tool_use", "server_tool_use"})
 """Content blocks that are generated without being reply text."""
+_CALLS = frozenset({"tool_use", "server_tool_use"})
+"""Content blocks that are tool calls (a name, and an input object)."""
 _UNENDED = (
     "the answer ended before its message_stop event (which ends a Messages stream): "
     "it is incomplete"
@@ -82,11 +94,19 @@ class MessagesReader:
             if delta.get("type") == "text_delta":
                 text = _text(delta.get("text")) or ""
                 return [Delta(text)] if text else []
-            return [Delta("", True)] if delta.get("type") in _OTHER_DELTAS else []
+            if delta.get("type") == "input_json_delta":  # a tool call's input, often whole
+                calls = len(_text(delta.get("partial_json")) or "")
+                return [Delta("", True, calls, calls)]
+            if delta.get("type") in _OTHER_DELTAS:
+                return [Delta("", True, len(_text(delta.get("thinking")) or ""))]
+            return []
         if kind == "content_block_start":
             block = obj.get("content_block")
-            untexted = isinstance(block, dict) and block.get("type") in _UNTEXTED
-            return [Delta("", True)] if untexted else []
+            if not (isinstance(block, dict) and block.get("type") in _UNTEXTED):
+                return []
+            # A call's name comes here, its input in the deltas that follow.
+            calls = call_chars(block.get("name"), "") if block.get("type") in _CALLS else 0
+            return [Delta("", True, calls, calls)]
         if kind == "message_start" and isinstance(obj.get("message"), dict):
             self._usage(obj["message"])
         elif kind == "message_delta":
@@ -123,15 +143,21 @@ class MessagesReader:
         """The reply a whole answer carries, as one piece."""
         texts: list[str] = []
         other = False
+        thought = calls = 0
         blocks = message.get("content")
         for block in blocks if isinstance(blocks, list) else []:
             if not isinstance(block, dict):
                 continue
-            other = other or block.get("type") in _UNTEXTED
-            if block.get("type") == "text":
+            kind = block.get("type")
+            other = other or kind in _UNTEXTED
+            if kind == "text":
                 texts.append(_text(block.get("text")) or "")
+            elif kind == "thinking":
+                thought += len(_text(block.get("thinking")) or "")
+            elif kind in _CALLS:
+                calls += call_chars(block.get("name"), block.get("input"))
         text = "".join(texts)
-        return [Delta(text, other)] if text or other else []
+        return [Delta(text, other, thought + calls, calls)] if text or other else []
 
     def _end(self) -> list[Event]:
         if self.ended:

@@ -21,7 +21,7 @@ from typing import Any
 from ollama_meter.errors import StreamError
 from ollama_meter.upstream._classify import error_text, mid_stream_error, reported_error
 from ollama_meter.upstream._vocabulary import Delta, Event, Final
-from ollama_meter.upstream._wire import _counted, _text
+from ollama_meter.upstream._wire import _counted, _text, call_chars
 
 _TEXT = "response.output_text.delta"
 _OTHER = frozenset({
@@ -30,6 +30,7 @@ _OTHER = frozenset({
     "response.function_call_arguments.delta",
 })  # fmt: skip
 """Deltas of output that is not reply text (thinking, a tool call's arguments)."""
+_ARGUMENTS = "response.function_call_arguments.delta"
 _ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _UNENDED = (
     "the answer ended before its response.completed event (which ends a Responses stream "
@@ -37,6 +38,10 @@ _UNENDED = (
 )
 _UNTEXTED = frozenset({"reasoning", "function_call"})
 """Output items that are generated without being reply text."""
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 class ResponsesReader:
@@ -63,10 +68,16 @@ class ResponsesReader:
             text = _text(obj.get("delta")) or ""
             return [Delta(text)] if text else []
         if kind in _OTHER:
-            return [Delta("", True)] if _text(obj.get("delta")) else []
+            piece = _text(obj.get("delta")) or ""
+            calls = len(piece) if kind == _ARGUMENTS else 0  # a call's arguments, often whole
+            return [Delta("", True, len(piece), calls)] if piece else []
         item = obj.get("item")
         if kind == "response.output_item.added" and isinstance(item, dict):
-            return [Delta("", True)] if item.get("type") == "function_call" else []
+            if item.get("type") != "function_call":
+                return []
+            # A call's name comes here, its arguments in the deltas that follow.
+            calls = call_chars(item.get("name"), _text(item.get("arguments")) or "")
+            return [Delta("", True, calls, calls)]
         response = obj.get("response")
         if not isinstance(response, dict):
             return []
@@ -87,17 +98,27 @@ class ResponsesReader:
         """The reply a whole answer carries, as one piece."""
         texts: list[str] = []
         other = False
+        thought = calls = 0
         items = response.get("output")
         for item in items if isinstance(items, list) else []:
             if not isinstance(item, dict):
                 continue
-            other = other or item.get("type") in _UNTEXTED
-            parts = item.get("content") if item.get("type") == "message" else None
-            for part in parts if isinstance(parts, list) else []:
-                if isinstance(part, dict) and part.get("type") == "output_text":
+            kind = item.get("type")
+            other = other or kind in _UNTEXTED
+            if kind == "function_call":
+                calls += call_chars(item.get("name"), _text(item.get("arguments")) or "")
+            parts = item.get("content") if kind in ("message", "reasoning") else None
+            if kind == "reasoning":  # its summary, or its text
+                parts = [*(_list(item.get("summary"))), *(_list(parts))]
+            for part in _list(parts):
+                if not isinstance(part, dict):
+                    continue
+                if kind == "message" and part.get("type") == "output_text":
                     texts.append(_text(part.get("text")) or "")
+                elif kind == "reasoning":
+                    thought += len(_text(part.get("text")) or "")
         text = "".join(texts)
-        return [Delta(text, other)] if text or other else []
+        return [Delta(text, other, thought + calls, calls)] if text or other else []
 
     def _end(self, response: dict[str, Any]) -> list[Event]:
         """The answer's end: its usage, the model that answered and how it ended."""

@@ -66,23 +66,23 @@ def _written(value: object) -> int:
         return 0
 
 
-def _calls_chars(calls: object, *, arguments_as_text: bool = False) -> int:
-    """The characters of tool calls as a model writes them: each call's name and arguments as
-    JSON (OpenAI's ``arguments`` is that JSON already, a string)."""
+def _calls_chars(calls: object) -> int:
+    """The characters of tool calls as a model writes them (:func:`call_chars` of each)."""
     total = 0
     for call in calls if isinstance(calls, list) else []:
         getter = getattr(call, "get", None)
         function = getter("function") if callable(getter) else None
         get = getattr(function, "get", None)
-        if not callable(get):
-            continue
-        name, arguments = get("name"), get("arguments")
-        total += _written(json.dumps(name) if isinstance(name, str) else "")
-        if arguments_as_text:
-            total += len(arguments) if isinstance(arguments, str) else _written(arguments)
-        else:
-            total += _written(_plain(arguments))
+        if callable(get):
+            total += call_chars(get("name"), _plain(get("arguments")))
     return total
+
+
+def call_chars(name: object, arguments: object) -> int:
+    """One tool call's characters: its name and arguments as JSON (a string is that JSON
+    already: OpenAI's ``arguments``, or a piece of them as a stream sends it)."""
+    named = _written(json.dumps(name)) if isinstance(name, str) else 0
+    return named + _written(arguments)
 
 
 def _plain(value: object) -> object:
@@ -255,7 +255,7 @@ class OpenAIReader:
                 thought = calls = 0
                 if other and isinstance(delta, dict):
                     thought = len(_text(delta.get("reasoning")) or "")
-                    calls = _calls_chars(delta.get("tool_calls"), arguments_as_text=True)
+                    calls = _calls_chars(delta.get("tool_calls"))
                 events.append(Delta(text, other, thought + calls, calls))
             self.finish_reason = _text(choice.get("finish_reason")) or self.finish_reason
         usage = obj.get("usage")

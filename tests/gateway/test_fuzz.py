@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.config import load_settings
 from ollama_meter.ledger import Ledger, SpanFilter
@@ -132,7 +132,7 @@ Send = Callable[[str, str, dict[str, str], bytes], tuple[int, str]]
 
 def presents_a_key(headers: dict[str, str]) -> bool:
     """Whether a request sends one of ometer's keys (none of these is live) in X-Ometer-Key,
-    X-Api-Key or a bearer."""
+    X-Api-Key or Authorization (a bearer, or an ``om_...`` after any scheme or none)."""
     bearer = key_in_authorization(headers.get("Authorization", "")) or ""
     sent = [headers.get("X-Ometer-Key", "").strip(), headers.get("X-Api-Key", "").strip(), bearer]
     return any(key.startswith("om_") for key in sent)
@@ -195,6 +195,7 @@ def in_process(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(example=request())
+@example(example=("POST", "/api/chat", {"Authorization": "om_x"}, b"null"))
 def test_generated_requests_in_process(
     in_process: tuple[Send, Ledger], example: tuple[str, str, dict[str, str], bytes]
 ) -> None:
