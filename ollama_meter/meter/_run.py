@@ -31,6 +31,8 @@ class Answers(Protocol):
 
     host: str
 
+    def sent(self, operation: str, request: Mapping[str, Any]) -> Mapping[str, Any]: ...
+
     def call(
         self, operation: str, request: Mapping[str, Any], time_cap: MeteredCall | None = None
     ) -> Any: ...
@@ -89,7 +91,8 @@ class Run:
                 str(self.request.get("model") or ""),
                 self.stream,
                 self.attribution,
-                facts_of(self.operation, self.request),
+                # read as the client sends it: bytes as text, models and functions as JSON
+                facts_of(self.operation, self._upstream.sent(self.operation, self.request)),
             )
         )
         if call.output_cap is not None:

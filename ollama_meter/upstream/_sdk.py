@@ -45,6 +45,7 @@ from ollama_meter.upstream._resilience import (
     breaker_for,
 )
 from ollama_meter.upstream._sdk_time import TimeCap, paced, waits as _waits, within as _within
+from ollama_meter.upstream._sent import as_sent
 
 Message = Mapping[str, Any]
 Response = ollama.ChatResponse | ollama.GenerateResponse | ollama.EmbedResponse
@@ -130,6 +131,10 @@ class Upstream(Resilient):
                     event_hooks={"response": [_aheard]},
                 )
             return client
+
+    def sent(self, operation: str, request: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``request`` as the ``ollama`` client writes it (bytes as text, models as JSON)."""
+        return as_sent(operation, request)
 
     def call(
         self, operation: str, request: Mapping[str, Any], time_cap: TimeCap | None = None

@@ -1,0 +1,79 @@
+"""Arguments the ``ollama`` client takes in more shapes than JSON: read as it sends them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollama_meter import BudgetExceeded, MeteredClient
+from ollama_meter.budgets import Budget
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.testing import Fault, OllamaEmulator
+from tests.factories import token_prices
+
+WORDS = st.lists(
+    st.text(st.characters(codec="utf-8", categories=("L", "N", "P")), min_size=1, max_size=12),
+    min_size=1,
+    max_size=12,
+).map(" ".join)
+
+AS_TEXT: dict[str, Any] = {
+    "chat content": lambda t: ("chat", {"messages": [{"role": "user", "content": t}]}),
+    "generate prompt": lambda t: ("generate", {"prompt": t}),
+    "generate system": lambda t: ("generate", {"prompt": "hi", "system": t}),
+    "embed input": lambda t: ("embed", {"input": t}),
+    "embed inputs": lambda t: ("embed", {"input": [t]}),
+}
+MODEL = {"chat": "llama3.1:8b", "generate": "llama3.1:8b", "embed": "nomic-embed-text"}
+
+
+def called(client: MeteredClient, where: str, text: str | bytes) -> Any:
+    operation, arguments = AS_TEXT[where](text)
+    return getattr(client, operation)(model=MODEL[operation], **arguments)
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=WORDS, where=st.sampled_from(sorted(AS_TEXT)))
+def test_text_given_as_bytes_is_estimated_as_the_text_it_is_sent_as(
+    sqlite_url: str, emulator: OllamaEmulator, text: str, where: str
+) -> None:
+    """The ``ollama`` client sends bytes given for a prompt, a message's content or an
+    embedding's input as the text they hold; the meter read only ``str`` there, so such a
+    prompt was estimated at no tokens when Ollama left its count out."""
+    with MeteredClient(emulator.url, db_url=sqlite_url) as client:
+        estimated = []
+        for given_as in (text, text.encode()):
+            emulator.inject(Fault.OMIT_COUNTS)
+            answer = called(client, where, given_as)
+            assert answer.meter is not None
+            estimated.append((answer.meter.input_tokens, answer.meter.token_source))
+    assert estimated[1] == estimated[0]
+
+
+@pytest.mark.parametrize("where", sorted(AS_TEXT))
+def test_a_prompt_given_as_bytes_is_bounded_by_its_size_under_a_hard_budget(
+    sqlite_url: str, emulator: OllamaEmulator, where: str
+) -> None:
+    """A hard budget bounded a bytes prompt as empty: a 1 MB embedding input given as bytes
+    was admitted against a budget of 1.00 and charged 2.05 (past the limit), where the same
+    text as ``str`` is refused before it reaches Ollama."""
+    big = "word " * 200_000
+    with MeteredClient(emulator.url, tenant="acme", department="sales", db_url=sqlite_url) as c:
+        c.meter.ledger.add_price_rule(token_prices())
+        c.meter.ledger.save_budget(
+            Budget(tenant="acme", department="sales", period="month", limit=10**6, currency="USD")
+        )
+        refusals = []
+        for given_as in (big, big.encode()):
+            with pytest.raises(BudgetExceeded) as refused:
+                called(c, where, given_as)
+            refusals.append(str(refused.value))
+        spans = c.meter.ledger.latest(SpanFilter(), 5)
+    assert refusals[1] == refusals[0]
+    assert [s.status for s in spans] == ["rejected"] * 2
+    operation = AS_TEXT[where]("")[0]
+    assert emulator.requests_to(f"/api/{operation}") == []  # never sent
