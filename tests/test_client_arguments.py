@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ollama_meter import BudgetExceeded, MeteredClient
+from ollama_meter import AsyncMeteredClient, BudgetExceeded, MeteredClient, UpstreamBadRequest
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import Fault, OllamaEmulator
 from tests.factories import token_prices
+
+HI = [{"role": "user", "content": "say hi to the team"}]
 
 WORDS = st.lists(
     st.text(st.characters(codec="utf-8", categories=("L", "N", "P")), min_size=1, max_size=12),
@@ -77,3 +80,45 @@ def test_a_prompt_given_as_bytes_is_bounded_by_its_size_under_a_hard_budget(
     assert [s.status for s in spans] == ["rejected"] * 2
     operation = AS_TEXT[where]("")[0]
     assert emulator.requests_to(f"/api/{operation}") == []  # never sent
+
+
+WRONG_OPTION = st.sampled_from(["ten", True, [8], {"n": 8}])
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(value=WRONG_OPTION, stream=st.booleans(), run_async=st.booleans())
+def test_an_option_of_the_wrong_type_is_the_callers_mistake_never_retried_nor_counted(
+    sqlite_url: str, emulator: OllamaEmulator, value: Any, stream: bool, run_async: bool
+) -> None:
+    """Ollama refuses ``num_predict: "ten"`` with a 500 (``option "num_predict" must be of
+    type integer``); it was read as the server failing: sent three times a call, and three
+    such calls opened the model's circuit, so every later call in the process (or through
+    the gateway) failed fast for a minute on a healthy model."""
+    emulator.reset()
+    bad = {"model": "llama3.1:8b", "messages": HI, "options": {"num_predict": value}}
+
+    async def call_async(client: AsyncMeteredClient, arguments: dict[str, Any]) -> Any:
+        answer = await client.chat(**arguments, stream=stream)
+        return [part async for part in answer][-1] if stream else answer
+
+    def call(arguments: dict[str, Any]) -> Any:
+        if run_async:
+            client = AsyncMeteredClient(emulator.url, db_url=sqlite_url)
+            return asyncio.run(call_async(client, arguments))
+        with MeteredClient(emulator.url, db_url=sqlite_url) as client:
+            answer = client.chat(**arguments, stream=stream)
+            return list(answer)[-1] if stream else answer
+
+    for _ in range(4):  # past the model circuit's threshold
+        with pytest.raises(UpstreamBadRequest, match=r"^Ollama refused the request \(HTTP 500\)"):
+            call(bad)
+    assert len(emulator.requests_to("/api/chat")) == 4  # each sent once
+    good = call({"model": "llama3.1:8b", "messages": HI})
+    assert good.meter is not None and good.meter.status == "ok"
+    with MeteredClient(emulator.url, db_url=sqlite_url) as client:
+        spans = client.meter.ledger.latest(SpanFilter(), 5)
+    assert [(s.status, s.error_type, s.http_status) for s in spans] == [("ok", None, 200)] + [
+        ("error", "bad_request", 500)
+    ] * 4

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -123,6 +124,10 @@ def not_an_answer(host: str, what: str) -> StreamError:
     return StreamError(f"the answer from Ollama at {host} is not an answer: {what}")
 
 
+_REFUSED_OPTION = re.compile(r'option ".*" must be of ')
+"""How Ollama refuses an option of the wrong type (``Options.FromMap``), in a 500."""
+
+
 def answer_error(
     status: int, detail: str, *, host: str, model: str, retry_after: float | None = None
 ) -> UpstreamError:
@@ -146,6 +151,12 @@ def answer_error(
             status_code=status,
         )
     if 400 <= status < 500:
+        return UpstreamBadRequest(
+            f"Ollama refused the request (HTTP {status}): {detail}", status_code=status
+        )
+    if status == 500 and _REFUSED_OPTION.match(detail):
+        # Ollama answers an option of the wrong type (``num_predict: "ten"``) with a 500: the
+        # request's fault, the same every time; no retry mends it, no circuit counts it.
         return UpstreamBadRequest(
             f"Ollama refused the request (HTTP {status}): {detail}", status_code=status
         )
