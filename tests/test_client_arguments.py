@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ollama_meter import AsyncMeteredClient, BudgetExceeded, MeteredClient, UpstreamBadRequest
+from ollama_meter import (
+    AsyncMeteredClient,
+    BudgetExceeded,
+    MeteredClient,
+    UpstreamBadRequest,
+    UpstreamError,
+)
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import Fault, OllamaEmulator
@@ -122,3 +131,81 @@ def test_an_option_of_the_wrong_type_is_the_callers_mistake_never_retried_nor_co
     assert [(s.status, s.error_type, s.http_status) for s in spans] == [("ok", None, 200)] + [
         ("error", "bad_request", 500)
     ] * 4
+
+
+class _Redirecting(BaseHTTPRequestHandler):
+    """A server that sends every request elsewhere (an http-to-https rule, a moved host)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(self.server.status)  # type: ignore[attr-defined]
+        self.send_header("location", f"{self.server.target}{self.path}")  # type: ignore[attr-defined]
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def redirecting(emulator: OllamaEmulator) -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    server.target = emulator.url  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    status=st.sampled_from([301, 302, 303, 307, 308]), stream=st.booleans(), run_async=st.booleans()
+)
+def test_a_redirect_is_said_where_it_points_never_followed(
+    sqlite_url: str,
+    emulator: OllamaEmulator,
+    redirecting: ThreadingHTTPServer,
+    status: int,
+    stream: bool,
+    run_async: bool,
+) -> None:
+    """The ``ollama`` client follows redirects: a 301 or 302 (an http-to-https rule) sent the
+    chat on as a GET, and the call failed as ``Ollama refused the request (HTTP 405)``, the
+    caller's request blamed; a 307 sent it to another server, recorded as this one's. The
+    gateway never follows one; the Python API and ``ometer chat`` now say where it points."""
+    emulator.reset()
+    redirecting.status = status  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{redirecting.server_address[1]}"
+
+    async def call_async() -> None:
+        async with AsyncMeteredClient(url, db_url=sqlite_url) as client:
+            answer = await client.chat(model="llama3.1:8b", messages=HI, stream=stream)
+            if stream:
+                async for _ in answer:  # type: ignore[union-attr]
+                    pass
+
+    with MeteredClient(url, db_url=sqlite_url) as client:
+
+        def call() -> None:
+            if run_async:
+                asyncio.run(call_async())
+                return
+            answer = client.chat(model="llama3.1:8b", messages=HI, stream=stream)
+            if stream:
+                list(answer)  # type: ignore[arg-type]
+
+        with pytest.raises(UpstreamError) as failed:
+            call()
+        (span, *_) = client.meter.ledger.latest(SpanFilter(), 1)
+    assert str(failed.value) == (
+        f"Ollama at {url} answered HTTP {status}, which is not an answer: it redirects to "
+        f"'{emulator.url}/api/chat': set OLLAMA_HOST to the server it points to"
+    )
+    assert emulator.requests == []
+    assert (span.status, span.http_status, span.upstream_host) == ("error", status, url)

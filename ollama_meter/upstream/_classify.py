@@ -129,7 +129,13 @@ _REFUSED_OPTION = re.compile(r'option ".*" must be of ')
 
 
 def answer_error(
-    status: int, detail: str, *, host: str, model: str, retry_after: float | None = None
+    status: int,
+    detail: str,
+    *,
+    host: str,
+    model: str,
+    retry_after: float | None = None,
+    location: str | None = None,
 ) -> UpstreamError:
     """The error for an answer with HTTP ``status``; ``detail`` is what its body says (:func:`detail_of`)."""
     lowered = detail.lower()
@@ -167,6 +173,12 @@ def answer_error(
             retry_after=retry_after,
         )
     # A redirect, or a success other than 200 (a proxy in between?): not an answer either.
+    if 300 <= status < 400 and location:  # followed, it went elsewhere (a POST as a GET)
+        return UpstreamError(
+            f"Ollama at {host} answered HTTP {status}, which is not an answer: it redirects "
+            f"to {location[:200]!r}: set OLLAMA_HOST to the server it points to",
+            status_code=status,
+        )
     return UpstreamError(
         f"Ollama at {host} answered HTTP {status}, which is not an answer: {detail or 'no body'}",
         status_code=status,
