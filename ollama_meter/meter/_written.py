@@ -98,7 +98,11 @@ def calls_bytes(calls: object) -> int:
 
 
 def tools_bytes(tools: object) -> int:
-    """The bytes of a request's tools as the template writes them, each with its own keys."""
+    """The bytes of a request's tools as the template writes them, each with its own keys.
+
+    None (``[]``, which the ``ollama`` client sends for no tools) is written as nothing."""
+    if isinstance(tools, list) and not tools:
+        return 0
     return json_bytes(tools) + (_TOOL_BYTES * len(tools) if isinstance(tools, list) else 0)
 
 
