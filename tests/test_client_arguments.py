@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -133,26 +134,28 @@ def test_an_option_of_the_wrong_type_is_the_callers_mistake_never_retried_nor_co
     ] * 4
 
 
-class _Redirecting(BaseHTTPRequestHandler):
-    """A server that sends every request elsewhere (an http-to-https rule, a moved host)."""
+class _Answering(BaseHTTPRequestHandler):
+    """A server that answers every request as told: ``server.answer = (status, headers, body)``."""
 
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
-        self.send_response(self.server.status)  # type: ignore[attr-defined]
-        self.send_header("location", f"{self.server.target}{self.path}")  # type: ignore[attr-defined]
-        self.send_header("content-length", "0")
+        status, headers, body = self.server.answer  # type: ignore[attr-defined]
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value.replace("{path}", self.path))
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args: object) -> None:
         pass
 
 
 @pytest.fixture
-def redirecting(emulator: OllamaEmulator) -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
-    server.target = emulator.url  # type: ignore[attr-defined]
+def answering() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answering)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield server
@@ -170,7 +173,7 @@ def redirecting(emulator: OllamaEmulator) -> Iterator[ThreadingHTTPServer]:
 def test_a_redirect_is_said_where_it_points_never_followed(
     sqlite_url: str,
     emulator: OllamaEmulator,
-    redirecting: ThreadingHTTPServer,
+    answering: ThreadingHTTPServer,
     status: int,
     stream: bool,
     run_async: bool,
@@ -180,8 +183,9 @@ def test_a_redirect_is_said_where_it_points_never_followed(
     caller's request blamed; a 307 sent it to another server, recorded as this one's. The
     gateway never follows one; the Python API and ``ometer chat`` now say where it points."""
     emulator.reset()
-    redirecting.status = status  # type: ignore[attr-defined]
-    url = f"http://127.0.0.1:{redirecting.server_address[1]}"
+    where = {"location": f"{emulator.url}{{path}}"}
+    answering.answer = (status, where, b"")  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{answering.server_address[1]}"
 
     async def call_async() -> None:
         async with AsyncMeteredClient(url, db_url=sqlite_url) as client:
@@ -209,3 +213,30 @@ def test_a_redirect_is_said_where_it_points_never_followed(
     )
     assert emulator.requests == []
     assert (span.status, span.http_status, span.upstream_host) == ("error", status, url)
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(model_size=st.integers(1, 100_000), body_size=st.integers(0, 1_000_000))
+def test_a_long_model_name_or_error_body_is_said_in_a_line_of_bounded_length(
+    sqlite_url: str,
+    emulator: OllamaEmulator,
+    answering: ThreadingHTTPServer,
+    model_size: int,
+    body_size: int,
+) -> None:
+    """A 10 KB model name came back three times in ``ModelNotFound`` (a 30 KB "line"), and
+    an upstream's error body, however long, whole in the error."""
+    model = "m" * model_size
+    with MeteredClient(emulator.url, db_url=sqlite_url) as client:
+        with pytest.raises(UpstreamError) as missing:
+            client.chat(model=model, messages=HI)
+    detail = json.dumps({"error": "e" * body_size}).encode()
+    answering.answer = (500, {"content-type": "application/json"}, detail)  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{answering.server_address[1]}"
+    with MeteredClient(url, db_url=sqlite_url, retries=0) as client:
+        with pytest.raises(UpstreamError) as failed:
+            client.chat(model=model, messages=HI)
+    for said in (str(missing.value), str(failed.value)):
+        assert len(said) < 1000 and "\n" not in said, said[:200]

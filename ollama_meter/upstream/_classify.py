@@ -128,6 +128,18 @@ _REFUSED_OPTION = re.compile(r'option ".*" must be of ')
 """How Ollama refuses an option of the wrong type (``Options.FromMap``), in a 500."""
 
 
+SAID_MOST = 300
+"""The most characters of an error body an error message repeats."""
+MODEL_SAID_MOST = 100
+"""The most characters of a model's name an error message repeats (it may say it twice)."""
+
+
+def _brief(text: str, most: int) -> str:
+    if len(text) <= most:
+        return text
+    return f"{text[:most]}... ({len(text):,} characters)"
+
+
 def answer_error(
     status: int,
     detail: str,
@@ -137,8 +149,12 @@ def answer_error(
     retry_after: float | None = None,
     location: str | None = None,
 ) -> UpstreamError:
-    """The error for an answer with HTTP ``status``; ``detail`` is what its body says (:func:`detail_of`)."""
+    """The error for an answer with HTTP ``status``; ``detail`` is what its body says (:func:`detail_of`).
+
+    Both ``detail`` and ``model`` may be any length (an error body, a name the caller
+    gave): each is said in at most :data:`SAID_MOST` characters, so the error stays a line."""
     lowered = detail.lower()
+    detail, model = _brief(detail, SAID_MOST), _brief(model, MODEL_SAID_MOST)
     if status == 404 and "model" in lowered and "not found" in lowered:
         return ModelNotFound(
             f"model {model!r} is not available on {host} ({detail}); "
