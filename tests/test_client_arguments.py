@@ -240,3 +240,16 @@ def test_a_long_model_name_or_error_body_is_said_in_a_line_of_bounded_length(
             client.chat(model=model, messages=HI)
     for said in (str(missing.value), str(failed.value)):
         assert len(said) < 1000 and "\n" not in said, said[:200]
+
+
+def test_a_model_named_in_bytes_is_metered_under_the_name_sent(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """The ``ollama`` client sends ``model=b"llama3.1:8b"`` as the name it holds; the span's
+    requested model said ``b'llama3.1:8b'``, a model reports and filters never name."""
+    with MeteredClient(emulator.url, db_url=sqlite_url) as client:
+        client.meter.ledger.add_price_rule(token_prices("llama3.1:*"))
+        reply = client.chat(model=b"llama3.1:8b", messages=HI)  # type: ignore[arg-type]
+        (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert reply.meter is not None and not reply.meter.unpriced and reply.meter.cost > 0
+    assert span.request_model == "llama3.1:8b"
