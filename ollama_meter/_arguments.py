@@ -78,6 +78,8 @@ passed on (and refused by it), not left out for its default (``embed(input=None)
 
 
 def names_no_model(request: Mapping[str, Any]) -> bool:
-    """Whether the request names no model (None, empty, blank): refused, never sent."""
+    """Whether the request names no model (None, empty, blank, or anything else empty: 0,
+    ``[]``, ``b""``): refused, never sent. A name of the wrong type that is not empty is the
+    ``ollama`` client's to refuse, and it says so."""
     model = request.get("model")
-    return model is None or (isinstance(model, str) and not model.strip())
+    return not model.strip() if isinstance(model, str) else not model

@@ -609,7 +609,7 @@ def test_messages_in_any_shape_the_ollama_client_takes_are_sent_and_metered_as_a
         assert estimates[1] == estimates[0] > 0
 
 
-@pytest.mark.parametrize("model", [None, "", "  "])
+@pytest.mark.parametrize("model", [None, "", "  ", 0, False, [], b""])
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_a_call_without_a_model_is_refused_as_every_malformed_call_is(
     sqlite_url: str, emulator: OllamaEmulator, model: str | None, flavour: str

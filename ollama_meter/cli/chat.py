@@ -141,6 +141,8 @@ def _turn(session: _Session, messages: list[dict[str, str]]) -> str:
                 failure |= {"span_id": run.span.id, **span_to_dict(run.span)}
             out.file.write(json_text(failure) + "\n")
         raise
+    finally:  # whatever stopped the loop (stdout gone, a bug): the call ends here, recorded
+        chunks.close()
     reply = "".join(parts)
     if as_json:
         out.file.write(json_text(result_json(run.span, reply)) + "\n")

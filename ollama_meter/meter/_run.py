@@ -31,6 +31,8 @@ class Answers(Protocol):
 
     host: str
 
+    def sent(self, operation: str, request: Mapping[str, Any]) -> Mapping[str, Any]: ...
+
     def call(
         self, operation: str, request: Mapping[str, Any], time_cap: MeteredCall | None = None
     ) -> Any: ...
@@ -83,13 +85,16 @@ class Run:
         return self.call.span
 
     def open(self) -> MeteredCall:
+        # Read as the client sends it: bytes as text, models and functions as JSON.
+        sent = self._upstream.sent(self.operation, self.request)
+        model = sent.get("model")
         self.call = call = self._meter.open(
             Opening(
                 self.operation,
-                str(self.request.get("model") or ""),
+                model if isinstance(model, str) else str(model or ""),
                 self.stream,
                 self.attribution,
-                facts_of(self.operation, self.request),
+                facts_of(self.operation, sent),
             )
         )
         if call.output_cap is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -123,11 +124,37 @@ def not_an_answer(host: str, what: str) -> StreamError:
     return StreamError(f"the answer from Ollama at {host} is not an answer: {what}")
 
 
+_REFUSED_OPTION = re.compile(r'option ".*" must be of ')
+"""How Ollama refuses an option of the wrong type (``Options.FromMap``), in a 500."""
+
+
+SAID_MOST = 300
+"""The most characters of an error body an error message repeats."""
+MODEL_SAID_MOST = 100
+"""The most characters of a model's name an error message repeats (it may say it twice)."""
+
+
+def _brief(text: str, most: int) -> str:
+    if len(text) <= most:
+        return text
+    return f"{text[:most]}... ({len(text):,} characters)"
+
+
 def answer_error(
-    status: int, detail: str, *, host: str, model: str, retry_after: float | None = None
+    status: int,
+    detail: str,
+    *,
+    host: str,
+    model: str,
+    retry_after: float | None = None,
+    location: str | None = None,
 ) -> UpstreamError:
-    """The error for an answer with HTTP ``status``; ``detail`` is what its body says (:func:`detail_of`)."""
+    """The error for an answer with HTTP ``status``; ``detail`` is what its body says (:func:`detail_of`).
+
+    Both ``detail`` and ``model`` may be any length (an error body, a name the caller
+    gave): each is said in at most :data:`SAID_MOST` characters, so the error stays a line."""
     lowered = detail.lower()
+    detail, model = _brief(detail, SAID_MOST), _brief(model, MODEL_SAID_MOST)
     if status == 404 and "model" in lowered and "not found" in lowered:
         return ModelNotFound(
             f"model {model!r} is not available on {host} ({detail}); "
@@ -149,6 +176,12 @@ def answer_error(
         return UpstreamBadRequest(
             f"Ollama refused the request (HTTP {status}): {detail}", status_code=status
         )
+    if status == 500 and _REFUSED_OPTION.match(detail):
+        # Ollama answers an option of the wrong type (``num_predict: "ten"``) with a 500: the
+        # request's fault, the same every time; no retry mends it, no circuit counts it.
+        return UpstreamBadRequest(
+            f"Ollama refused the request (HTTP {status}): {detail}", status_code=status
+        )
     if status >= 500:
         return UpstreamServerError(
             f"Ollama at {host} failed (HTTP {status}): {detail}",
@@ -156,6 +189,12 @@ def answer_error(
             retry_after=retry_after,
         )
     # A redirect, or a success other than 200 (a proxy in between?): not an answer either.
+    if 300 <= status < 400 and location:  # followed, it went elsewhere (a POST as a GET)
+        return UpstreamError(
+            f"Ollama at {host} answered HTTP {status}, which is not an answer: it redirects "
+            f"to {location[:200]!r}: set OLLAMA_HOST to the server it points to",
+            status_code=status,
+        )
     return UpstreamError(
         f"Ollama at {host} answered HTTP {status}, which is not an answer: {detail or 'no body'}",
         status_code=status,

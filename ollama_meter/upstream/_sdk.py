@@ -45,6 +45,7 @@ from ollama_meter.upstream._resilience import (
     breaker_for,
 )
 from ollama_meter.upstream._sdk_time import TimeCap, paced, waits as _waits, within as _within
+from ollama_meter.upstream._sent import as_sent
 
 Message = Mapping[str, Any]
 Response = ollama.ChatResponse | ollama.GenerateResponse | ollama.EmbedResponse
@@ -97,6 +98,7 @@ class Upstream(Resilient):
             host=self.host,
             timeout=self._timeout,
             headers=self._headers,
+            follow_redirects=False,  # a redirect is no answer (as the gateway has it): said
             event_hooks={"request": [_waits], "response": [_heard]},
         )
 
@@ -127,9 +129,14 @@ class Upstream(Resilient):
                     host=self.host,
                     timeout=self._timeout,
                     headers=self._headers,
+                    follow_redirects=False,
                     event_hooks={"response": [_aheard]},
                 )
             return client
+
+    def sent(self, operation: str, request: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``request`` as the ``ollama`` client writes it (bytes as text, models as JSON)."""
+        return as_sent(operation, request)
 
     def call(
         self, operation: str, request: Mapping[str, Any], time_cap: TimeCap | None = None
@@ -293,6 +300,7 @@ class Upstream(Resilient):
                 host=self.host,
                 model=model,
                 retry_after=_retry_after(exc),
+                location=_header(exc, "location"),
             )
         reason = _one_line(exc)
         answered = started or _ANSWERED.get()
@@ -414,10 +422,15 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _retry_after(exc: ollama.ResponseError) -> float | None:
-    """The answer's ``Retry-After``: the client raises from httpx's error, which has the headers."""
+    return retry_after_seconds(_header(exc, "retry-after"))
+
+
+def _header(exc: ollama.ResponseError, name: str) -> str | None:
+    """A header of the answer: the client raises from httpx's error, which has them."""
     cause = exc.__context__
     if isinstance(cause, httpx.HTTPStatusError):
-        return retry_after_seconds(cause.response.headers.get("retry-after"))
+        value: str | None = cause.response.headers.get(name)
+        return value
     return None
 
 
