@@ -32,6 +32,8 @@ from ollama_meter.ledger import Ledger, SpanFilter, open_ledger
 from ollama_meter.meter import Meter
 from ollama_meter.meter._meter import utc_now
 from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
+from tests._raw_http import RawServer
+from tests.factories import token_prices
 
 
 @dataclass
@@ -237,3 +239,16 @@ def key_in_authorization(value: str) -> str | None:
     if words and words[-1].startswith("om_") and len(words) <= 2:
         return words[-1]
     return value[7:].strip() if value[:7].lower() == "bearer " else None
+
+
+@pytest.fixture
+def upstream(app_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[tuple[Gateway, Any]]:
+    """An in-process gateway (SQLite) before an upstream whose answer each example scripts
+    (``server.body``, bytes as they are sent), calls priced by the token."""
+    server = RawServer(lambda: server.body)  # type: ignore[attr-defined]
+    try:
+        gw = app_on(server.url, sqlite_url)
+        gw.ledger.add_price_rule(token_prices())
+        yield gw, server
+    finally:
+        server.close()

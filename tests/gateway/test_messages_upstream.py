@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.ledger import SpanFilter
-from tests._raw_http import RawServer
-from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
 ASKED = "hello from the crm bot"
@@ -65,18 +61,6 @@ items = st.one_of(
     st.sampled_from(["[DONE]", "{not json", ": keep-alive", "event: message_stop"]),
     st.just({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}),
 )
-
-
-@pytest.fixture
-def upstream(app_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[tuple[Gateway, Any]]:
-    """An in-process gateway before an upstream whose answer each example scripts."""
-    server = RawServer(lambda: server.body)  # type: ignore[attr-defined]
-    try:
-        gw = app_on(server.url, sqlite_url)
-        gw.ledger.add_price_rule(token_prices())
-        yield gw, server
-    finally:
-        server.close()
 
 
 def answer(events: list[Any]) -> bytes:

@@ -14,32 +14,16 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter._usage import tokens_in_chars
-from tests._raw_http import RawServer
-from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
 models = itertools.count()  # each example its own model: no circuit opens across examples
 ASKED = [{"role": "user", "content": "what is the weather in paris"}]
-
-
-@pytest.fixture
-def upstream(app_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[tuple[Gateway, Any]]:
-    """An in-process gateway before an upstream whose answer each call scripts."""
-    server = RawServer(lambda: server.body)  # type: ignore[attr-defined]
-    try:
-        gw = app_on(server.url, sqlite_url)
-        gw.ledger.add_price_rule(token_prices())
-        yield gw, server
-    finally:
-        server.close()
 
 
 def whole(body: dict[str, Any]) -> bytes:
