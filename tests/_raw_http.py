@@ -6,7 +6,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -98,3 +98,37 @@ def dripping(drop: bytes, answer: Callable[[str], bytes]) -> ThreadingHTTPServer
     server.drop, server.answer = drop, answer  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+class _Answering(BaseHTTPRequestHandler):
+    """Answers every POST with ``server.answer``: (status, headers, body); ``{path}`` in a
+    header value is the request's path."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        status, headers, body = self.server.answer  # type: ignore[attr-defined]
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value.replace("{path}", self.path))
+        if status not in (204, 304):
+            self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        if status not in (204, 304):
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def answering() -> Iterator[ThreadingHTTPServer]:
+    """A server whose every answer is what its ``answer`` attribute says (see _Answering)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answering)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

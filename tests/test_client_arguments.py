@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from ollama_meter import (
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import Fault, OllamaEmulator
+from tests._raw_http import answering as answering_server
 from tests.factories import token_prices
 
 HI = [{"role": "user", "content": "say hi to the team"}]
@@ -134,34 +134,10 @@ def test_an_option_of_the_wrong_type_is_the_callers_mistake_never_retried_nor_co
     ] * 4
 
 
-class _Answering(BaseHTTPRequestHandler):
-    """A server that answers every request as told: ``server.answer = (status, headers, body)``."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        status, headers, body = self.server.answer  # type: ignore[attr-defined]
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value.replace("{path}", self.path))
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def answering() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answering)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with answering_server() as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @settings(

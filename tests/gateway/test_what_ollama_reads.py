@@ -29,6 +29,7 @@ from ollama_meter.budgets import Budget
 from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import DEFAULT_MODELS, Fault, OllamaEmulator
+from tests._raw_http import answering
 from tests.factories import quick_history, token_prices
 from tests.gateway.conftest import Gateway
 
@@ -240,37 +241,11 @@ def test_a_field_spelled_another_way_is_refused_not_read_two_ways(
     assert (span.status, span.error_type, span.http_status) == ("error", "bad_request", 400)
 
 
-class _Scripted(BaseHTTPRequestHandler):
-    """An upstream that answers every call with the status, headers and body it is given."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        status, headers, body = self.server.answer  # type: ignore[attr-defined]
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        if status not in (204, 304):
-            self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        if status not in (204, 304):
-            self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def scripted(app_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[tuple[Gateway, Any]]:
     """An in-process gateway in front of an upstream that answers as the test says."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with answering() as server:
         yield app_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url), server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def call_with(gw: Gateway, path: str, model: str, stream: bool) -> Any:
