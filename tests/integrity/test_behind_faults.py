@@ -191,8 +191,7 @@ def test_a_commit_that_ends_before_its_call_has_closed_settles_the_budget_as_com
     with tracing(in_commit_thread, threads=True):
         behind = WriteBehind(meter)
     try:
-        call = meter.open(_opening())
-        call.prompt_text = "hello"
+        call = meter.open(_opening("hello"))
         try:
             with tracing(in_closer):
                 assert meter.close_now(call)
@@ -272,8 +271,7 @@ def test_a_span_queued_on_the_event_loop_as_the_gateway_stops_is_committed_and_s
         if event == "call" and frame.f_code is WriteBehind.put.__code__ and not stopped:
             stopped.append(behind.stop(10))  # the whole stop, before this put takes the lock
 
-    call = meter.open(_opening())
-    call.prompt_text = "hello"
+    call = meter.open(_opening("hello"))
     with tracing(in_closer):
         assert meter.close_now(call)
     assert stopped == [True]

@@ -203,8 +203,10 @@ def test_calls_commit_before_answering_once_too_many_wait(
     assert not meter.close_now(fourth)
 
 
-def _opening() -> Opening:
-    return Opening("chat", "llama3.1:8b", False, Attribution("acme", "sales"))
+def _opening(prompt: str = "") -> Opening:
+    """A chat call of ``prompt`` (its tokens, estimated, are its cost: no Ollama answers it)."""
+    facts = RequestFacts(prompt_text=prompt, prompt_bytes=len(prompt.encode()))
+    return Opening("chat", "llama3.1:8b", False, Attribution("acme", "sales"), facts)
 
 
 def test_the_journal_refuses_a_whole_span_for_a_call_it_never_opened(tmp_path: Path) -> None:
