@@ -70,6 +70,24 @@ def _one_span_then_exit(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     return line
 
 
+def _exit_of(
+    env: dict[str, str], script: str, *args: str
+) -> tuple[subprocess.Popen[str], str, float]:
+    """Run ``script`` in a child until it says it is exiting; the child, its stderr, and how
+    long its exit took from there."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdout.readline() == "exiting\n"
+    started = time.monotonic()
+    _, err = child.communicate(timeout=120)
+    return child, err, time.monotonic() - started
+
+
 def test_exit_waits_at_most_the_export_timeout_for_a_collector_that_never_answers() -> None:
     """The SDK's own exit hooks flushed again after ours, one export timeout per batch queued."""
     timeout = 2.0
@@ -79,17 +97,7 @@ def test_exit_waits_at_most_the_export_timeout_for_a_collector_that_never_answer
             "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
             "OMETER_EXPORT_TIMEOUT": str(timeout),
         }
-        child = subprocess.Popen(
-            [sys.executable, "-c", _EXIT_SCRIPT],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert child.stdout is not None and child.stdout.readline() == "exiting\n"
-        started = time.monotonic()
-        _, err = child.communicate(timeout=120)
-        took = time.monotonic() - started
+        child, err, took = _exit_of(env, _EXIT_SCRIPT)
         tries = collector.connections
     assert child.returncode == 0
     assert err.count("warning: could not export telemetry") == 1 and "Traceback" not in err
@@ -123,17 +131,7 @@ def test_a_process_with_several_telemetries_stops_them_together_within_one_bound
         }
         for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "LANGFUSE_PUBLIC_KEY", "TRACELOOP_API_KEY"):
             env.pop(name, None)
-        child = subprocess.Popen(
-            [sys.executable, "-c", _CLIENTS_EXIT_SCRIPT, collector.url],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert child.stdout is not None and child.stdout.readline() == "exiting\n"
-        started = time.monotonic()
-        _, err = child.communicate(timeout=120)
-        took = time.monotonic() - started
+        child, err, took = _exit_of(env, _CLIENTS_EXIT_SCRIPT, collector.url)
         accepted = list(collector.accepted_at)
     assert child.returncode == 0 and "Traceback" not in err
     assert err.count("warning: could not export telemetry") == 1, err
