@@ -172,13 +172,9 @@ def answer_error(
             f"Ollama has no such endpoint (HTTP 404: {detail}); check the URL path",
             status_code=status,
         )
-    if 400 <= status < 500:
-        return UpstreamBadRequest(
-            f"Ollama refused the request (HTTP {status}): {detail}", status_code=status
-        )
-    if status == 500 and _REFUSED_OPTION.match(detail):
-        # Ollama answers an option of the wrong type (``num_predict: "ten"``) with a 500: the
-        # request's fault, the same every time; no retry mends it, no circuit counts it.
+    # Ollama answers an option of the wrong type (``num_predict: "ten"``) with a 500: the
+    # request's fault, the same every time; no retry mends it, no circuit counts it.
+    if 400 <= status < 500 or (status == 500 and _REFUSED_OPTION.match(detail)):
         return UpstreamBadRequest(
             f"Ollama refused the request (HTTP {status}): {detail}", status_code=status
         )
