@@ -184,15 +184,17 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 RowId = Annotated[int, typer.Argument(help="Its id, as the list command shows.")]
 
 
-def file_to_write(example: str) -> Callable[[str], Path]:
+def file_to_write(example: str, *, dash: bool = False) -> Callable[[str], Path | None]:
     """A parser for a path a command writes a file to. A folder's is refused, with ``example``
     as a file name to give in it: one that is there, and one that is not there yet but
     ends in ``/`` (the path type dropped the slash, and a file of the folder's name was
-    written)."""
+    written). ``dash``: ``-`` is stdout (None), as for every Unix tool, not a file named ``-``."""
 
-    def parse(value: str) -> Path:
+    def parse(value: str) -> Path | None:
         if isinstance(value, Path):  # a default, or a caller that parsed it already
             return value
+        if dash and value == "-":
+            return None
         if not value:  # '--out "$FILE"' with FILE unset: not the current folder
             raise typer.BadParameter(f"{value!r} is no file name; give the file to write")
         if "\x00" in value:
@@ -220,8 +222,8 @@ OutOption = Annotated[
     typer.Option(
         "--out",
         "-o",
-        help="Write to this file instead of stdout.",
-        parser=file_to_write("report.csv"),
+        help="Write to this file instead of stdout ('-': stdout).",
+        parser=file_to_write("report.csv", dash=True),
     ),
 ]
 

@@ -74,6 +74,10 @@ def fixed_cost_units(amount: Decimal, currency: str) -> int:
     return int(amount.scaleb(places))  # exact: at most 13 digits before the point and places after
 
 
+MAX_GPUS = 1024
+"""The most GPUs ``--gpus`` takes per upstream host: more is a typo, not a server."""
+
+
 def chargeback(
     ledger: Ledger,
     month: str,
@@ -88,8 +92,10 @@ def chargeback(
     """Rows for ``month`` (YYYY-MM in ``tz``), sorted by tenant, department, currency."""
     if idle not in IDLE_MODES:
         raise ValidationError(f"--idle {idle!r} is not one of: {', '.join(IDLE_MODES)}")
-    if gpus < 1:
-        raise ValidationError("--gpus must be at least 1")
+    if not 1 <= gpus <= MAX_GPUS:  # 80000 for 8 would bill nearly all of the cost as idle
+        raise ValidationError(
+            f"--gpus {gpus} is not a number of GPUs in one host: give 1 to {MAX_GPUS:,}"
+        )
     window = parse_month(month, tz=tz, now=now)
     result = Chargeback(month=window.label, window=window)
     if now < window.end:

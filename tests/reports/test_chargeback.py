@@ -219,7 +219,8 @@ def test_month_not_over_warns_and_bad_input_is_refused(ledger: Ledger) -> None:
         ({"fixed_cost": Decimal("10.001")}, "finer than a cent"),
         ({"fixed_cost": Decimal("-1")}, "must not be negative"),
         ({"idle": "ignore"}, "not one of"),
-        ({"gpus": 0}, "at least 1"),
+        ({"gpus": 0}, "give 1 to 1,024"),
+        ({"gpus": 80_000}, "--gpus 80000 is not a number of GPUs in one host"),
     ]:
         with pytest.raises(ValidationError, match=message):
             chargeback(ledger, "2026-11", tz=ZoneInfo("UTC"), now=NOW, currency="USD", **kwargs)  # type: ignore[arg-type]
@@ -318,6 +319,16 @@ def test_cli_writes_atomically_and_reads_the_fixed_cost_from_the_environment(
     assert list(as_json[0]) == HEADER.split(",")
     assert as_json[-1]["department"] == "__idle__" and isinstance(as_json[0]["total_cost"], str)
     assert cli("chargeback", "--month", "nov").code == 2
+    # '-' is stdout, as for every Unix tool (a file named '-' was written), in every format
+    monkeypatch.chdir(tmp_path)
+    for fmt in ("csv", "json", "html"):
+        to_stdout = cli("chargeback", "--month", "2026-11", "-f", fmt, "--out", "-")
+        assert to_stdout.code == 0 and "wrote" not in to_stdout.stderr
+        if fmt == "html":  # a page of its own moment
+            assert to_stdout.stdout.startswith("<!doctype html>")
+        else:
+            assert to_stdout.stdout == cli("chargeback", "--month", "2026-11", "-f", fmt).stdout
+    assert not (tmp_path / "-").exists()
     assert "not a number" in cli("chargeback", "--month", "2026-11", "--fixed-cost", "lots").stderr
 
 
