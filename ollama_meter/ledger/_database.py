@@ -1,10 +1,9 @@
 """A ledger database: its engine, transactions, and database failures named for a user.
 
-Owns the connection side only: which transaction a caller gets (reads, and
-writes that take SQLite's write lock up front), waiting out a busy database,
-and turning a driver's failure into one :class:`LedgerError` that says what to
-do. What is written, and what happens when writing fails, is above it.
-"""
+Owns the connection side only: which transaction a caller gets (reads, and writes that
+take SQLite's write lock up front), waiting out a busy database, and turning a driver's
+failure into one :class:`LedgerError` that says what to do. What is written, and what
+happens when writing fails, is above it."""
 
 from __future__ import annotations
 
@@ -40,6 +39,7 @@ from ollama_meter.ledger._engine import (
     connect_seconds,
     create_ledger_engine,
     file_id,
+    idle_seconds,
     lock_seconds,
     sqlite_path,
 )
@@ -277,6 +277,12 @@ class Database:
                 f"default_transaction_read_only is on); point OMETER_DB_URL at the primary"
                 f"{meanwhile}"
             )
+        if getattr(exc.orig, "sqlstate", None) == IDLED:  # the timeout ometer sets (_engine)
+            return (
+                f"{text}: this process sat silent inside a transaction for over "
+                f"{idle_seconds(self._wait):g} s (stalled: an overloaded machine, a paused "
+                f"process or VM); what it had not committed is undone: run it again{meanwhile}"
+            )
         if getattr(exc.orig, "sqlstate", None) in ENDED or "closed the connection" in lowered:
             return (
                 f"{text}: the server ended this session (a restart, or pg_terminate_backend); "
@@ -399,6 +405,8 @@ LOCK_NOT_AVAILABLE = "55P03"
 ENDED = frozenset({"57P01", "57P02"})
 """PostgreSQL's SQLSTATEs for a session the server ended: an administrator's command
 (``pg_terminate_backend``, a fast shutdown or restart), another backend's crash."""
+
+IDLED = "25P03"  # PostgreSQL's SQLSTATE for idle_in_transaction_session_timeout
 
 NOT_ALLOWED = "42501"
 """PostgreSQL's SQLSTATE for a privilege the user lacks (CREATE on the schema, a table)."""

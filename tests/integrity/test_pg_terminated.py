@@ -132,3 +132,31 @@ def test_a_server_whose_every_connection_is_taken_says_what_to_change(
         "30, so raise the limit or stop idle clients\n"
     )
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_read_the_server_ends_for_sitting_idle_says_the_process_stalled(
+    pg_server: str | None,
+) -> None:
+    """A report whose process stalls inside its read transaction (a machine overloaded for
+    seconds, a paused VM) past the idle timeout ometer sets for its sessions: the error was
+    PostgreSQL's bare "terminating connection due to idle-in-transaction timeout", which says
+    neither why nor what to do. The stall is made short here, with the session's own setting."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from tests.conftest import _fresh_pg_database
+
+    ledger = Ledger(_fresh_pg_database(pg_server), zone="UTC")
+    ledger.record([make_span(started_at=START)])
+
+    def stalled_read() -> None:
+        with ledger.read() as conn:
+            conn.execute(text("SET LOCAL idle_in_transaction_session_timeout = 50"))
+            time.sleep(0.3)  # the stall
+            conn.execute(text("SELECT count(*) FROM spans"))
+
+    with pytest.raises(LedgerError) as raised:
+        stalled_read()
+    said = str(raised.value)
+    assert "idle-in-transaction timeout: this process sat silent inside a transaction" in said
+    assert "what it had not committed is undone: run it again" in said and "\n" not in said
+    assert _report(ledger)[0]  # the next read is answered (a new session)
