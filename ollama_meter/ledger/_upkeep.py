@@ -273,35 +273,36 @@ def backup(
     target = through or target
     _sweep_killed(target)
     partial = _partial_name(target)
-    try:
-        # Made here, so a folder that is not there says so (SQLite would say only
-        # "unable to open database file", which reads as if the ledger could not be).
-        # Its owner's until whole, then as private as the ledger it copies: made 0644 under
-        # the usual umask, a copy of a ledger kept from other users was readable by all.
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        # A URI of the path percent-encoded: a ledger in a folder named "a#b" was "a" to
-        # SQLite (the "#" begins a URI's fragment, the mode with it), which made it empty.
-        # Read-write, never created: the last connection to close a WAL ledger (this one,
-        # when no gateway runs) checkpoints it and removes its -wal and -shm files, which a
-        # read-only one left behind. SQLite opens a file this user may not write read-only.
-        src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=rw", uri=True, timeout=30)
-        dst = sqlite3.connect(partial)
+    # The ledger's own connection, through the checks every connection to it passes: a raw
+    # one let SQLite replay a WAL another file left beside it (a backup restored over the
+    # ledger while a killed gateway's WAL stayed) into the ledger, and the copy, and remove
+    # it, where every other command refuses and changes nothing.
+    with ledger.read() as conn:
+        src = conn.connection.driver_connection
+        assert isinstance(src, sqlite3.Connection)
         try:
-            # One step: the whole copy reads one snapshot, so it never restarts.
-            src.backup(dst, pages=-1, progress=None if progress is None else _pages(progress))
-            dst.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
-        finally:
-            dst.close()
-            src.close()
-        partial.chmod(stat.S_IMODE(source.stat().st_mode) & 0o666)
-        partial.replace(target)
-    except (OSError, sqlite3.Error) as exc:
-        _discard_copy(partial)
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise LedgerError(f"could not back up {source} to {target}: {why}") from exc
-    except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
-        _discard_copy(partial)
-        raise
+            # Made here, so a folder that is not there says so (SQLite would say only
+            # "unable to open database file", which reads as if the ledger could not be).
+            # Its owner's until whole, then as private as the ledger it copies: made 0644
+            # under the usual umask, a copy of a ledger kept from other users was readable
+            # by all.
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            dst = sqlite3.connect(partial)
+            try:
+                # One step: the whole copy reads one snapshot, so it never restarts.
+                src.backup(dst, pages=-1, progress=None if progress is None else _pages(progress))
+                dst.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
+            finally:
+                dst.close()
+            partial.chmod(stat.S_IMODE(source.stat().st_mode) & 0o666)
+            partial.replace(target)
+        except (OSError, sqlite3.Error) as exc:
+            _discard_copy(partial)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise LedgerError(f"could not back up {source} to {target}: {why}") from exc
+        except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
+            _discard_copy(partial)
+            raise
     return target.stat().st_size
 
 
