@@ -271,6 +271,7 @@ def backup(
             "file's path"
         )
     target = through or target
+    _refuse_in_use(target)
     _sweep_killed(target)
     partial = _partial_name(target)
     # The ledger's own connection, through the checks every connection to it passes: a raw
@@ -304,6 +305,24 @@ def backup(
             _discard_copy(partial)
             raise
     return target.stat().st_size
+
+
+def _refuse_in_use(target: Path) -> None:
+    """Refuse a target with a database's WAL, shared memory or rollback journal beside it.
+
+    Those are there while a process has that database open (a gateway's ledger, given as
+    the target by mistake), or after one was killed. The copy renamed over it left the
+    database's users writing to a file no name leads to any more (a gateway's ledger gone
+    with its spans), and SQLite would replay the WAL or journal left there into the copy.
+    """
+    beside = [Path(f"{target}{end}") for end in ("-wal", "-shm", "-journal")]
+    if found := [path for path in beside if os.path.lexists(path)]:
+        raise ValidationError(
+            f"{found[0]} is beside {target}: that is a database some process has open (a "
+            "ledger in use?), or had when it was killed, and a backup would replace it. Give "
+            f"another file, or stop what uses {target} and move it and its "
+            f"{', '.join(p.name.removeprefix(target.name) for p in found)} aside first"
+        )
 
 
 def ledger_file(url: str) -> Path | None:

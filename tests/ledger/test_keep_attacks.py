@@ -6,8 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, backup
 from tests.ledger.test_transfer import _spans
+
+ENDS = ["-wal", "-shm", "-journal"]
 
 
 def _restored_beside_a_killed_gateways_wal(folder: Path) -> tuple[Path, dict[str, bytes]]:
@@ -45,3 +51,55 @@ def test_a_backup_of_a_ledger_with_another_files_wal_beside_it_changes_nothing(
     (folder / "ledger.db-wal").rename(tmp_path / "old-wal")  # as the message says
     assert cli("db", "backup", str(tmp_path / "copy.db"), "--db", f"sqlite:///{path}").code == 0
     assert Ledger(f"sqlite:///{tmp_path / 'copy.db'}").count() == 3
+
+
+def test_a_backup_onto_a_ledger_in_use_is_refused_and_the_ledger_keeps_its_spans(
+    cli: Any, tmp_path: Path
+) -> None:
+    """`ometer db backup /var/lib/ometer/ledger.db --db dev.db` (the arguments the wrong way
+    round, or the wrong path) renamed the copy over the production ledger while a gateway
+    had it open: exit 0 and 'backed up', the gateway's spans since went to the spool (the
+    new file had its old WAL beside it), and the ledger's own file, with every span it held,
+    was gone once the gateway stopped."""
+    prod, dev = tmp_path / "prod.db", tmp_path / "dev.db"
+    gateway = Ledger(f"sqlite:///{prod}")
+    gateway.record(_spans(20))
+    Ledger(f"sqlite:///{dev}").record(_spans(3, seed=5))
+    before = prod.stat().st_ino
+    for target in (prod, tmp_path / "link.db"):
+        if target.name == "link.db":
+            target.symlink_to(prod)
+        done = cli("db", "backup", str(target), "--db", f"sqlite:///{dev}")
+        assert done.code == 2, done.stdout
+        assert f"error: {prod}-wal is beside {prod}: that is a database some process" in (
+            done.stderr
+        )
+    assert prod.stat().st_ino == before and not list(tmp_path.glob(".*partial*"))
+    gateway.record(_spans(23)[20:])
+    assert gateway.count() == 23 and not (tmp_path / "prod.db.spool").exists()
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(left=st.sets(st.sampled_from(["-wal", "-shm", "-journal"]), min_size=1))
+def test_a_backup_never_lands_beside_another_files_wal_or_journal(
+    tmp_path_factory: pytest.TempPathFactory, left: set[str]
+) -> None:
+    """A killed process's WAL, shared memory or hot journal beside the target belongs to the
+    file that was there: SQLite replays it into whatever file has that name next, so a copy
+    put there was mixed with it (or refused by every ometer command that opened it)."""
+    folder = tmp_path_factory.mktemp("beside")
+    ledger = Ledger(f"sqlite:///{folder / 'ledger.db'}")
+    ledger.record(_spans(3))
+    target = folder / "copy.db"
+    target.write_bytes(b"an older copy")
+    for end in left:
+        Path(f"{target}{end}").write_bytes(b"x" * 100)
+    files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    with pytest.raises(
+        ValidationError, match=f"copy.db{sorted(left, key=ENDS.index)[0]} is beside"
+    ):
+        backup(ledger, target)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == files
+    ledger.dispose()
