@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import ColumnElement, delete, or_, select, text
 from sqlalchemy.exc import OperationalError
 
-from ollama_meter._paths import discard, written_through
+from ollama_meter._paths import discard, resolved, written_through
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
 from ollama_meter.ledger._deadline import bulk
@@ -256,15 +256,16 @@ def backup(
         raise LedgerError("not a SQLite ledger; back PostgreSQL up with pg_dump")
     if not source.is_file():
         raise LedgerError(f"there is no ledger at {source}")
-    ledger_files = {Path(f"{source.resolve()}{end}") for end in ("", "-wal", "-shm", "-journal")}
-    if target.resolve() in ledger_files:
+    try:
+        named, through = resolved(target), written_through(target)
+    except OSError as exc:  # links that loop
+        raise LedgerError(f"could not back up {source} to {target}: {exc.strerror}") from None
+    ledger_files = {Path(f"{resolved(source)}{end}") for end in ("", "-wal", "-shm", "-journal")}
+    if named in ledger_files:
         # a copy renamed over the live WAL would hide the writers' last transactions
         raise ValidationError(
             f"{target} is the ledger itself or one of its files; give another file"
         )
-    # A name of its own: two backups to one file at once (cron and a manual run) must not
-    # copy into each other's temp file, nor rename the other's half into place.
-    through = written_through(target)
     if through is not None and not through.is_file():
         raise ValidationError(
             f"{target} is a device or pipe, not a file: a backup is a SQLite file; give a "
@@ -273,6 +274,8 @@ def backup(
     target = through or target
     _refuse_in_use(target)
     _sweep_killed(target)
+    # A name of its own: two backups to one file at once (cron and a manual run) must not
+    # copy into each other's temp file, nor rename the other's half into place.
     partial = _partial_name(target)
     # The ledger's own connection, through the checks every connection to it passes: a raw
     # one let SQLite replay a WAL another file left beside it (a backup restored over the

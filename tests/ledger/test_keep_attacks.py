@@ -103,3 +103,32 @@ def test_a_backup_never_lands_beside_another_files_wal_or_journal(
         backup(ledger, target)
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == files
     ledger.dispose()
+
+
+@pytest.mark.parametrize("loop", [["self"], ["a", "b"], ["a", "b", "c"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["db", "backup"],
+        ["chargeback", "--month", "2026-11", "--out"],
+        ["report", "-f", "csv", "--out"],
+    ],
+)
+def test_a_file_to_write_that_is_links_in_a_loop_is_one_line_and_left_as_it_is(
+    cli: Any, tmp_path: Path, command: list[str], loop: list[str]
+) -> None:
+    """`ometer db backup a` or `--out a`, where a links to b and b back to a (or a to
+    itself): Python's resolve() raised RuntimeError on the loop, said as 'unexpected
+    RuntimeError ... This is a bug in ometer' (exit 70). The links stay as they are."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(db).record(_spans(3))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for name, to in zip(loop, [*loop[1:], loop[0]], strict=True):
+        (folder / name).symlink_to(to)
+    done = cli(*command, str(folder / loop[0]), "--db", db)
+    assert done.code == 1, done.stderr
+    assert done.stderr.endswith(f"{folder / loop[0]}: Too many levels of symbolic links\n")
+    assert "unexpected" not in done.stderr and len(done.stderr.strip().splitlines()) <= 2
+    assert sorted(p.name for p in folder.iterdir()) == sorted(loop)
+    assert all((folder / name).is_symlink() for name in loop)
