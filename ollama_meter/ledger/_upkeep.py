@@ -395,9 +395,17 @@ def _pages(progress: Callable[[int, int], None]) -> Callable[[int, int, int], No
 
 
 def pg_dump_command(ledger: Ledger, target: Path) -> str:
-    """The ``pg_dump`` command that backs up a PostgreSQL ledger (password left out).
+    """The ``pg_dump`` command that backs up a PostgreSQL ledger (password left out): a
+    ledger in a schema of its own (its sessions' current schema, asked of the server), that
+    schema alone.
 
-    Quoted for a POSIX shell: it is meant to be pasted, and a file name may hold anything.
+    A ledger shares a database with other apps in a schema of its own: a dump of the whole
+    database failed for ometer's own role at the first table it may not read ("permission
+    denied for schema hr"), and run by a superuser it put the other apps' tables, and their
+    data, in the ledger's backup. A ledger in ``public`` (a database of its own) is dumped
+    whole, as before: ``--schema public`` makes pg_restore fail on the ``public`` every new
+    database has. Quoted for a POSIX shell: it is meant to be pasted, and a file name may
+    hold anything; the schema as a pattern that matches its name alone.
     """
     import shlex
 
@@ -405,9 +413,20 @@ def pg_dump_command(ledger: Ledger, target: Path) -> str:
 
     from ollama_meter._urls import SECRET_QUERY
 
+    with ledger.read() as conn:
+        schema, spans = conn.execute(
+            text("SELECT current_schema(), to_regclass(quote_ident(current_schema()) || '.spans')")
+        ).one()
+    if schema is None or spans is None:
+        where = f"schema {schema}" if schema else "any schema (its search path names none there)"
+        raise LedgerError(
+            f"there is no ledger at {ledger.display_url} in {where}: nothing to back up"
+        )
     url = make_url(ledger.url)
     query = {key: value for key, value in url.query.items() if key.lower() not in SECRET_QUERY}
     plain = URL.create(
         "postgresql", url.username, None, url.host, url.port, url.database, query
     ).render_as_string(hide_password=False)
-    return shlex.join(["pg_dump", "--format=custom", "--file", str(target), plain])
+    exact = '"' + str(schema).replace('"', '""') + '"'  # pg_dump reads it as a pattern
+    alone = [] if schema == "public" else ["--schema", exact]
+    return shlex.join(["pg_dump", "--format=custom", *alone, "--file", str(target), plain])

@@ -3,14 +3,19 @@ it, to its copy or to its reports, whatever state the files beside it are in."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
+from sqlalchemy import create_engine, make_url, text
 
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import Ledger, backup
+from ollama_meter.ledger import Ledger, backup, close_ledgers, export_lines
+from tests._pg import _bin
 from tests.ledger.test_transfer import _spans
 
 ENDS = ["-wal", "-shm", "-journal"]
@@ -132,3 +137,72 @@ def test_a_file_to_write_that_is_links_in_a_loop_is_one_line_and_left_as_it_is(
     assert "unexpected" not in done.stderr and len(done.stderr.strip().splitlines()) <= 2
     assert sorted(p.name for p in folder.iterdir()) == sorted(loop)
     assert all((folder / name).is_symlink() for name in loop)
+
+
+def _pg_run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """A PostgreSQL client program (``pg_dump``, ``pg_restore``) from the machine's install."""
+    program = _bin(argv[0])
+    if program is None:
+        pytest.skip(f"no {argv[0]} on this machine")
+    return subprocess.run(
+        [program, *argv[1:]], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_the_pg_dump_command_backs_up_a_ledger_in_a_schema_of_its_own_and_only_it(
+    cli: Any, pg_server: str | None, tmp_path: Path
+) -> None:
+    """The README's advice for a shared database (a schema of ometer's own, a role of its
+    own): the printed `pg_dump` dumped the whole database, so as printed it failed ('permission
+    denied for schema hr') at the other app's schema, and run by a superuser it put that
+    app's tables and rows in the ledger's backup. It dumps the ledger's schema now, and the
+    dump restored into a new database answers byte for byte the same."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    mark = uuid.uuid4().hex[:10]
+    app, other, shared, restored = (f"{n}_{mark}" for n in ("app", "hr", "shared", "restored"))
+    admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
+
+    def as_role(role: str, database: str, schema: str | None = None) -> str:
+        url = make_url(f"{pg_server}/{database}").set(username=role)
+        if schema is not None:
+            url = url.update_query_dict({"options": f"-csearch_path={schema}"})
+        return url.render_as_string(hide_password=False)
+
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {app} LOGIN"))
+        conn.execute(text(f"CREATE ROLE {other} LOGIN"))
+        conn.execute(text(f"CREATE DATABASE {shared}"))
+        conn.execute(text(f"CREATE DATABASE {restored} OWNER {app}"))
+    try:
+        setup = create_engine(f"{pg_server}/{shared}", isolation_level="AUTOCOMMIT")
+        with setup.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "Meter-x" AUTHORIZATION {app}'))
+            conn.execute(text(f"CREATE SCHEMA hr AUTHORIZATION {other}"))
+            conn.execute(text("CREATE TABLE hr.salaries (name text, pay int)"))
+            conn.execute(text(f"ALTER TABLE hr.salaries OWNER TO {other}"))
+            conn.execute(text("INSERT INTO hr.salaries VALUES ('bob', 123456)"))
+        setup.dispose()
+        url = as_role(app, shared, '"Meter-x"')
+        Ledger(url, zone="Europe/Berlin").record(_spans(60))
+        dump = tmp_path / "ledger.dump"
+        printed = cli("db", "backup", str(dump), "--db", url)
+        assert printed.code == 2, printed.stderr
+        dumped = _pg_run(shlex.split(printed.stdout))
+        assert dumped.returncode == 0, dumped.stderr
+        listed = _pg_run(["pg_restore", "--list", str(dump)]).stdout
+        assert "salaries" not in listed and " hr " not in listed and "spans" in listed
+        into = as_role(app, restored, '"Meter-x"')
+        loaded = _pg_run(["pg_restore", "--dbname", into.replace("+psycopg", ""), str(dump)])
+        assert loaded.returncode == 0, loaded.stderr
+        asked = ("report", "--period", "2026-11", "--by", "tenant,department,user,model,day")
+        assert cli(*asked, "--db", into).stdout == cli(*asked, "--db", url).stdout
+        assert b"".join(export_lines(Ledger(into))) == b"".join(export_lines(Ledger(url)))
+    finally:
+        close_ledgers()
+        with admin.connect() as conn:
+            for database in (shared, restored):
+                conn.execute(text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+            for role in (app, other):
+                conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()
