@@ -58,6 +58,27 @@ def test_a_backup_of_a_ledger_with_another_files_wal_beside_it_changes_nothing(
     assert Ledger(f"sqlite:///{tmp_path / 'copy.db'}").count() == 3
 
 
+@pytest.mark.parametrize("command", [["log"], ["report"], ["db", "backup", "copy.db"]])
+def test_a_ledger_named_through_a_link_with_another_files_wal_beside_it_is_refused(
+    cli: Any, tmp_path: Path, command: list[str]
+) -> None:
+    """/var/lib/ometer/ledger.db a link to the file on a data disk: SQLite keeps the WAL
+    beside the file the link names, and the check looked beside the link, where there is
+    none. The killed gateway's WAL was replayed into the restored ledger (its spans taken
+    back, the WAL gone); refused now, naming the WAL that is there."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path, before = _restored_beside_a_killed_gateways_wal(folder)
+    link = tmp_path / "ledger.db"
+    link.symlink_to(path)
+    done = cli(*command, "--db", f"sqlite:///{link}")
+    assert done.code == 1, done.stdout
+    assert f"{path}-wal is left from another file: {path} keeps no WAL" in done.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    (folder / "ledger.db-wal").rename(tmp_path / "old-wal")  # as the message says
+    assert Ledger(f"sqlite:///{link}").count() == 3
+
+
 def test_a_backup_onto_a_ledger_in_use_is_refused_and_the_ledger_keeps_its_spans(
     cli: Any, tmp_path: Path
 ) -> None:
