@@ -7,6 +7,7 @@ online backup API while gateways keep writing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sqlite3
@@ -158,6 +159,8 @@ def _size(ledger: Ledger) -> int:
     """The ledger's size on disk: the SQLite file and its WAL, or PostgreSQL's tables."""
     path = ledger.path
     if path is not None:
+        with contextlib.suppress(OSError):  # the WAL is beside the file a link names
+            path = resolved(path)
         return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
     with ledger.read() as conn:
         if conn.dialect.name != "postgresql":

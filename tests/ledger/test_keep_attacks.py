@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import create_engine, make_url, text
 
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import Ledger, backup, close_ledgers, export_lines
+from ollama_meter.ledger import Ledger, backup, close_ledgers, export_lines, prune
 from tests._pg import _bin
-from tests.ledger.test_transfer import _spans
+from tests.ledger.test_transfer import NOW, _spans
 
 ENDS = ["-wal", "-shm", "-journal"]
 
@@ -227,3 +227,17 @@ def test_the_pg_dump_command_backs_up_a_ledger_in_a_schema_of_its_own_and_only_i
             for role in (app, other):
                 conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
         admin.dispose()
+
+
+def test_a_prune_through_a_link_counts_the_wal_beside_the_file_it_names(tmp_path: Path) -> None:
+    """The sizes a prune says ('7.3 MB → 5.1 MB') left out the WAL of a ledger named through
+    a link: it was looked for beside the link, and SQLite keeps it beside the file."""
+    real, link = tmp_path / "data.db", tmp_path / "ledger.db"
+    link.symlink_to(real)
+    writer = Ledger(f"sqlite:///{real}")  # a gateway's, open: its WAL stays
+    writer.record(_spans(300))
+    wal = Path(f"{real}-wal")
+    assert wal.stat().st_size > 100_000
+    on_disk = real.stat().st_size + wal.stat().st_size
+    assert prune(Ledger(f"sqlite:///{link}"), 30, now=NOW).bytes_before == on_disk
+    writer.dispose()
