@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import stat
 from pathlib import Path
 
@@ -44,7 +46,8 @@ def written_through(path: Path) -> Path | None:
 
     A device, pipe or socket (``/dev/stdout``, ``/dev/null``, a FIFO) is written into:
     renaming a file over it would replace the device itself, for everyone when run as
-    root. A link is followed, so the file it names is replaced and the link stays.
+    root. A link is followed, so the file it names is replaced and the link stays; links
+    that loop name no file: an OSError (ELOOP), and nothing is replaced.
     None: ``path`` is a file of its own, or nothing yet, and is replaced by a rename.
     """
     try:
@@ -56,12 +59,24 @@ def written_through(path: Path) -> Path | None:
     if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         return path
     try:
-        if path.is_symlink():
-            named = path.resolve()  # the file it names, even one not there yet
-            return written_through(named) or named
-    except OSError:
-        pass
+        link = path.is_symlink()
+    except OSError:  # a name too long, say: the write says so in the system's words
+        return None
+    if link:
+        named = resolved(path)  # the file it names, even one not there yet
+        return written_through(named) or named
     return None
+
+
+def resolved(path: Path) -> Path:
+    """``path.resolve()``, but links that loop are an OSError (ELOOP), as Python 3.13 raises
+    it, for the caller to say as it says a write that fails: before 3.13 it was a
+    RuntimeError, which reached the user as "unexpected RuntimeError ... a bug in ometer"
+    (``ometer db backup loop``, ``--out loop``)."""
+    try:
+        return path.resolve()
+    except RuntimeError:
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
 
 
 def sqlite_url_problem(backend: str, database: str | None, options: bool) -> str | None:

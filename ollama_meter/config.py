@@ -31,7 +31,7 @@ from ollama_meter._environment import (
     warn_unknown,
 )
 from ollama_meter._names import name_problem, system_timezone, zone_problem
-from ollama_meter._paths import default_data_dir, sqlite_url_problem
+from ollama_meter._paths import default_data_dir, resolved, sqlite_url_problem
 from ollama_meter._urls import (
     UpstreamSpec,
     credential_problem,
@@ -383,7 +383,7 @@ class Settings(BaseSettings):
             return None
         try:
             if value.is_file():  # False for most errors, but not a name too long
-                return value.resolve()
+                return resolved(value)
         except OSError as exc:
             raise ValueError(f"{str(value)!r} cannot be read: {exc.strerror}") from None
         raise ValueError(f"{str(value)!r} does not exist or is not a file")

@@ -395,14 +395,14 @@ def write_output(text: str, path: Path | None) -> None:
         out.file.write(text)
         out.file.flush()
         return
-    through = written_through(path)
-    if through is not None and not through.is_file():  # a device or pipe: written into
-        try:
+    try:
+        through = written_through(path)
+        if through is not None and not through.is_file():  # a device or pipe: written into
             with through.open("w", encoding="utf-8", newline="") as file:
                 file.write(text)
-        except OSError as exc:
-            raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
-        return
+            return
+    except OSError as exc:  # a device that fails, or links that loop
+        raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
     target = through or path
     # A name of its own: two runs writing one file (cron overlapping a manual run) must not
     # write into each other's temp file and rename a mix, or the other's half, into place.

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ollama_meter._paths import default_data_dir
+from ollama_meter._paths import default_data_dir, resolved
 from ollama_meter.cli._common import progress_bar, settings, utc_now
 from ollama_meter.cli._console import err, out
 from ollama_meter.cli.report import render_table
@@ -72,6 +72,6 @@ def program_name(invoked: str, path: str, cwd: Path | None = None) -> str:
         return "ometer"  # python -m ollama_meter, a test runner
     here = Path(cwd or Path.cwd())
     found = shutil.which("ometer", path=path)
-    if found and (here / found).resolve() == (here / invoked).resolve():
+    if found and resolved(here / found) == resolved(here / invoked):
         return "ometer"
     return shlex.quote(invoked)

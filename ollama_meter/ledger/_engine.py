@@ -23,7 +23,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from ollama_meter._paths import default_data_dir, sqlite_url_problem
+from ollama_meter._paths import default_data_dir, resolved, sqlite_url_problem
 from ollama_meter._urls import hide_password
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
@@ -147,6 +147,10 @@ def _refuse_foreign_wal(dbapi_connection: Any, path: Path) -> None:
     no WAL: switching to WAL writes the header first. So the WAL is looked at before the
     header, and one with frames beside such a file is another file's.
     """
+    try:
+        path = resolved(path)  # SQLite keeps the WAL beside the file a link names, not the link
+    except OSError:
+        return  # links that loop: SQLite says it cannot open the file
     wal = Path(f"{path}-wal")
     try:
         if os.stat(wal).st_size <= _WAL_HEADER:

@@ -7,6 +7,7 @@ online backup API while gateways keep writing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sqlite3
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import ColumnElement, delete, or_, select, text
 from sqlalchemy.exc import OperationalError
 
-from ollama_meter._paths import discard, written_through
+from ollama_meter._paths import discard, resolved, written_through
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
 from ollama_meter.ledger._deadline import bulk
@@ -158,6 +159,8 @@ def _size(ledger: Ledger) -> int:
     """The ledger's size on disk: the SQLite file and its WAL, or PostgreSQL's tables."""
     path = ledger.path
     if path is not None:
+        with contextlib.suppress(OSError):  # the WAL is beside the file a link names
+            path = resolved(path)
         return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
     with ledger.read() as conn:
         if conn.dialect.name != "postgresql":
@@ -256,53 +259,76 @@ def backup(
         raise LedgerError("not a SQLite ledger; back PostgreSQL up with pg_dump")
     if not source.is_file():
         raise LedgerError(f"there is no ledger at {source}")
-    ledger_files = {Path(f"{source.resolve()}{end}") for end in ("", "-wal", "-shm", "-journal")}
-    if target.resolve() in ledger_files:
+    try:
+        named, through = resolved(target), written_through(target)
+    except OSError as exc:  # links that loop
+        raise LedgerError(f"could not back up {source} to {target}: {exc.strerror}") from None
+    ledger_files = {Path(f"{resolved(source)}{end}") for end in ("", "-wal", "-shm", "-journal")}
+    if named in ledger_files:
         # a copy renamed over the live WAL would hide the writers' last transactions
         raise ValidationError(
             f"{target} is the ledger itself or one of its files; give another file"
         )
-    # A name of its own: two backups to one file at once (cron and a manual run) must not
-    # copy into each other's temp file, nor rename the other's half into place.
-    through = written_through(target)
     if through is not None and not through.is_file():
         raise ValidationError(
             f"{target} is a device or pipe, not a file: a backup is a SQLite file; give a "
             "file's path"
         )
     target = through or target
+    _refuse_in_use(target)
     _sweep_killed(target)
+    # A name of its own: two backups to one file at once (cron and a manual run) must not
+    # copy into each other's temp file, nor rename the other's half into place.
     partial = _partial_name(target)
-    try:
-        # Made here, so a folder that is not there says so (SQLite would say only
-        # "unable to open database file", which reads as if the ledger could not be).
-        # Its owner's until whole, then as private as the ledger it copies: made 0644 under
-        # the usual umask, a copy of a ledger kept from other users was readable by all.
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        # A URI of the path percent-encoded: a ledger in a folder named "a#b" was "a" to
-        # SQLite (the "#" begins a URI's fragment, the mode with it), which made it empty.
-        # Read-write, never created: the last connection to close a WAL ledger (this one,
-        # when no gateway runs) checkpoints it and removes its -wal and -shm files, which a
-        # read-only one left behind. SQLite opens a file this user may not write read-only.
-        src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=rw", uri=True, timeout=30)
-        dst = sqlite3.connect(partial)
+    # The ledger's own connection, through the checks every connection to it passes: a raw
+    # one let SQLite replay a WAL another file left beside it (a backup restored over the
+    # ledger while a killed gateway's WAL stayed) into the ledger, and the copy, and remove
+    # it, where every other command refuses and changes nothing.
+    with ledger.read() as conn:
+        src = conn.connection.driver_connection
+        assert isinstance(src, sqlite3.Connection)
         try:
-            # One step: the whole copy reads one snapshot, so it never restarts.
-            src.backup(dst, pages=-1, progress=None if progress is None else _pages(progress))
-            dst.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
-        finally:
-            dst.close()
-            src.close()
-        partial.chmod(stat.S_IMODE(source.stat().st_mode) & 0o666)
-        partial.replace(target)
-    except (OSError, sqlite3.Error) as exc:
-        _discard_copy(partial)
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise LedgerError(f"could not back up {source} to {target}: {why}") from exc
-    except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
-        _discard_copy(partial)
-        raise
+            # Made here, so a folder that is not there says so (SQLite would say only
+            # "unable to open database file", which reads as if the ledger could not be).
+            # Its owner's until whole, then as private as the ledger it copies: made 0644
+            # under the usual umask, a copy of a ledger kept from other users was readable
+            # by all.
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            dst = sqlite3.connect(partial)
+            try:
+                # One step: the whole copy reads one snapshot, so it never restarts.
+                src.backup(dst, pages=-1, progress=None if progress is None else _pages(progress))
+                dst.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
+            finally:
+                dst.close()
+            partial.chmod(stat.S_IMODE(source.stat().st_mode) & 0o666)
+            partial.replace(target)
+        except (OSError, sqlite3.Error) as exc:
+            _discard_copy(partial)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise LedgerError(f"could not back up {source} to {target}: {why}") from exc
+        except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
+            _discard_copy(partial)
+            raise
     return target.stat().st_size
+
+
+def _refuse_in_use(target: Path) -> None:
+    """Refuse a target with a database's WAL, shared memory or rollback journal beside it.
+
+    Those are there while a process has that database open (a gateway's ledger, given as
+    the target by mistake), or after one was killed. The copy renamed over it left the
+    database's users writing to a file no name leads to any more (a gateway's ledger gone
+    with its spans), and SQLite would replay the WAL or journal left there into the copy.
+    """
+    beside = [Path(f"{target}{end}") for end in ("-wal", "-shm", "-journal")]
+    if found := [path for path in beside if os.path.lexists(path)]:
+        raise ValidationError(
+            f"{found[0]} is beside {target}: that is a database some process has open (a "
+            "ledger in use?), or had when it was killed, and a backup would replace it. Give "
+            f"another file, or stop what uses {target} and move it and its "
+            f"{', '.join(p.name.removeprefix(target.name) for p in found)} aside first"
+        )
 
 
 def ledger_file(url: str) -> Path | None:
@@ -372,9 +398,17 @@ def _pages(progress: Callable[[int, int], None]) -> Callable[[int, int, int], No
 
 
 def pg_dump_command(ledger: Ledger, target: Path) -> str:
-    """The ``pg_dump`` command that backs up a PostgreSQL ledger (password left out).
+    """The ``pg_dump`` command that backs up a PostgreSQL ledger (password left out): a
+    ledger in a schema of its own (its sessions' current schema, asked of the server), that
+    schema alone.
 
-    Quoted for a POSIX shell: it is meant to be pasted, and a file name may hold anything.
+    A ledger shares a database with other apps in a schema of its own: a dump of the whole
+    database failed for ometer's own role at the first table it may not read ("permission
+    denied for schema hr"), and run by a superuser it put the other apps' tables, and their
+    data, in the ledger's backup. A ledger in ``public`` (a database of its own) is dumped
+    whole, as before: ``--schema public`` makes pg_restore fail on the ``public`` every new
+    database has. Quoted for a POSIX shell: it is meant to be pasted, and a file name may
+    hold anything; the schema as a pattern that matches its name alone.
     """
     import shlex
 
@@ -382,9 +416,20 @@ def pg_dump_command(ledger: Ledger, target: Path) -> str:
 
     from ollama_meter._urls import SECRET_QUERY
 
+    with ledger.read() as conn:
+        schema, spans = conn.execute(
+            text("SELECT current_schema(), to_regclass(quote_ident(current_schema()) || '.spans')")
+        ).one()
+    if schema is None or spans is None:
+        where = f"schema {schema}" if schema else "any schema (its search path names none there)"
+        raise LedgerError(
+            f"there is no ledger at {ledger.display_url} in {where}: nothing to back up"
+        )
     url = make_url(ledger.url)
     query = {key: value for key, value in url.query.items() if key.lower() not in SECRET_QUERY}
     plain = URL.create(
         "postgresql", url.username, None, url.host, url.port, url.database, query
     ).render_as_string(hide_password=False)
-    return shlex.join(["pg_dump", "--format=custom", "--file", str(target), plain])
+    exact = '"' + str(schema).replace('"', '""') + '"'  # pg_dump reads it as a pattern
+    alone = [] if schema == "public" else ["--schema", exact]
+    return shlex.join(["pg_dump", "--format=custom", *alone, "--file", str(target), plain])
