@@ -97,3 +97,16 @@ def sqlite_url_problem(backend: str, database: str | None, options: bool) -> str
     if database.endswith("/") or not Path(database).name:
         return "names a folder, not a file"
     return None
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the names in ``folder`` durable (a file just renamed into it): a rename is in
+    the folder's entry, which a power cut can lose while the file's own bytes were synced."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # a file system whose folders cannot be synced (some network ones)
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import ColumnElement, delete, or_, select, text
 from sqlalchemy.exc import OperationalError
 
-from ollama_meter._paths import discard, resolved, written_through
+from ollama_meter._paths import discard, resolved, sync_folder, written_through
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
 from ollama_meter.ledger._deadline import bulk
@@ -303,6 +303,7 @@ def backup(
                 dst.close()
             partial.chmod(stat.S_IMODE(source.stat().st_mode) & 0o666)
             partial.replace(target)
+            sync_folder(target.parent)  # "backed up" is said of a copy a power cut keeps
         except (OSError, sqlite3.Error) as exc:
             _discard_copy(partial)
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc

@@ -241,3 +241,26 @@ def test_a_prune_through_a_link_counts_the_wal_beside_the_file_it_names(tmp_path
     on_disk = real.stat().st_size + wal.stat().st_size
     assert prune(Ledger(f"sqlite:///{link}"), 30, now=NOW).bytes_before == on_disk
     writer.dispose()
+
+
+def test_a_backup_syncs_the_folder_it_renames_its_copy_into(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy's bytes were synced (SQLite's commit) but not the rename that gives it its
+    name: a power cut just after "backed up" could leave the folder without the copy."""
+    import os
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.record(_spans(3))
+    (tmp_path / "copies").mkdir()
+    target = tmp_path / "copies" / "copy.db"
+    synced: list[tuple[str, bool]] = []  # (what was synced, whether the copy had its name)
+    fsync = os.fsync
+
+    def watched(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), target.exists()))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", watched)
+    backup(ledger, target)
+    assert (str(target.parent), True) in synced
