@@ -201,3 +201,17 @@ def test_a_body_whose_chunks_cannot_be_parsed_is_a_400_in_the_routes_format_with
         "sales",
     )
     assert emulator.requests == []  # nothing reached Ollama
+
+
+def test_a_blob_upload_whose_chunks_cannot_be_parsed_is_a_400_not_ollama_unreachable(
+    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """Streamed on to Ollama as it came, the broken body read as Ollama being unreachable:
+    a 502 telling the caller to check that Ollama runs."""
+    gateway = serve_on(emulator.url, sqlite_url, allow_admin=True)
+    head = b"POST /api/blobs/sha256:" + b"a" * 64 + b" HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+    upload = head + b"transfer-encoding: chunked\r\n\r\n4\r\nGGUF\r\nzz\r\n"
+    ((answer, reply),) = _answers(_exchange(gateway, upload))
+    assert answer.status_code == 400
+    assert "chunked encoding" in json.loads(reply)["error"]
+    assert emulator.blobs == {}
