@@ -91,7 +91,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(limit)
-    parts: list[bytes] = []
+    body = bytearray()  # not a list of the parts: a part of a few bytes costs 35 more in Python
     size = 0
     waited = 0.0  # on the caller: not on room for the body (the gateway's own wait)
     loop = asyncio.get_running_loop()
@@ -111,8 +111,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise TooLarge(limit)
         await take(request.scope, len(part))
-        parts.append(part)
-    return b"".join(parts)
+        body += part
+    return bytes(body)
 
 
 async def unrouted(request: Request, exc: Exception) -> Response:

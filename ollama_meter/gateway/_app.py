@@ -274,8 +274,13 @@ class Gateway:
         try:
             await self.access.admin_only(request)
             if request.url.path.startswith(BLOBS):  # a model file: streamed, never held
-                upload = None if request.method in _NO_BODY else request.stream()
-                return await forward(self.fleet, request, body=upload)
+                if request.method in _NO_BODY:
+                    return await forward(self.fleet, request, body=None)
+                upload = _Upload(request)
+                answer = await forward(self.fleet, request, body=upload)
+                if upload.broken is not None:  # the caller's side broke it, not Ollama's
+                    raise upload.broken
+                return answer
             body = await read_body(request, self.options.max_body_bytes)
         except Refused as refused:
             return refused.response
@@ -398,6 +403,23 @@ def create_app(
     app.router.redirect_slashes = False  # it builds Location from Host: unrouted's is relative
     app.state.drain = drain
     return app
+
+
+class _Upload:
+    """A blob's body, streamed on as it arrives; why the caller's side broke it off, if it did
+    (a chunk that cannot be parsed): Ollama's side then reads as unreachable."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.broken: Unread | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for part in self.request.stream():
+                yield part
+        except Unread as exc:
+            self.broken = exc
+            raise
 
 
 def _unread_coding(bad: BadRequest, request: Request) -> str | None:

@@ -76,6 +76,13 @@ class TooSlow(Unread):
         )
 
 
+class Unparsable(Unread):
+    """The rest of the request body cannot be parsed (HTTP's framing, not its JSON): the
+    server reads no more of the connection, and the app answers the request 400."""
+
+    status = 400
+
+
 class NoRoom(Unread):
     """The bodies the gateway holds leave no room for this one, and none was freed in time."""
 

@@ -30,6 +30,11 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
   for a minute when the caller read no answer. Past ``PIPELINED`` queued, the rest is not
   read: those queued are answered, the last with ``connection: close`` (as any server may
   close a pipelining connection; its client sends the rest again on a new one).
+- **Earlier answers first.** The server's own answers (400 for bytes it cannot parse, 408,
+  431) went onto the connection at once: into an earlier request's stream, or ahead of an
+  answer not yet begun (read as that one's). With a request still to be answered, nothing
+  more is parsed; those parsed are answered in order, the last closing the connection. A
+  body that cannot be parsed (a bad chunk size) is the app's to answer: 400, with a span.
 - **No connection held by a body nobody reads.** An answer that starts before its request's
   body has ended (a refusal, a 404, a GET's body) closes the connection after it.
 - **Attribution from headers only.** uvicorn appends chunked-body trailers to the
@@ -45,14 +50,15 @@ import ipaddress
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ollama_meter._logging import Throttled
 from ollama_meter.errors import ValidationError
+from ollama_meter.gateway._cycle import BodyNews, closing_early, hearing_breaks
 from ollama_meter.gateway._limits import MAX_HEADER_BYTES
 
 
@@ -150,6 +156,8 @@ class _GuardedHttpTools(HttpToolsProtocol):
         self._ended_now = False  # a request ended in it
         self._too_large = False
         self._too_many_ahead = False  # past PIPELINED: nothing more is read
+        self._stopped = False  # bytes it cannot parse, or too late: nothing more is parsed
+        self._body = BodyNews()  # of the request whose headers came last
         self._head_bytes = 0  # the request line and complete headers, exactly
         self._partial_bytes = 0  # whole reads while a header is still arriving
         self._trailer_bytes = 0
@@ -284,7 +292,9 @@ class _GuardedHttpTools(HttpToolsProtocol):
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is not before:  # a request (not an upgrade): its answer is watched
-            self.cycle.send = _closing_early(self.cycle)  # type: ignore[method-assign,assignment]
+            self.cycle.send = closing_early(self.cycle)  # type: ignore[method-assign,assignment]
+            self._body = BodyNews()
+            self.cycle.receive = hearing_breaks(self.cycle, self._body)  # type: ignore[method-assign,assignment]
 
     def on_message_complete(self) -> None:
         self._ended_now = True
@@ -293,6 +303,8 @@ class _GuardedHttpTools(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._too_many_ahead:
             return  # the connection closes after the answers queued
+        if self._stopped:
+            return  # read (to hear a hang-up) and dropped: it closes after its answers
         self._heard = self._heard or bool(data)
         self._began_now = self._ended_now = False
         super().data_received(data)
@@ -310,8 +322,30 @@ class _GuardedHttpTools(HttpToolsProtocol):
             self.flow.pause_reading()
         elif self._too_large:
             self._refuse_head()
+        elif self._answering():
+            self._stop_after_answers(
+                "the request's body breaks HTTP/1.1's chunked encoding (a chunk size that is "
+                "not hex, or a chunk that does not end where its size says) and cannot be "
+                "read; send it with a Content-Length, or chunks as RFC 9112 frames them"
+            )
         else:
             super().send_400_response(msg)
+
+    def _answering(self) -> bool:
+        """Whether a request on this connection is still to be answered: the server may not
+        answer for itself then (its answer would come first, or into the middle of that one)."""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _stop_after_answers(self, broken: str) -> None:
+        """Parse nothing more: the requests parsed are answered, the last one's answer closing
+        the connection. If that request's own body is what could not be read, the app hears
+        it as :class:`Unparsable` (``broken`` says why) and answers it."""
+        self._stopped = True
+        self._end_head_wait()
+        self.cycle.keep_alive = False
+        if self.cycle.more_body and self._body.broken is None:
+            self._body.broken = broken
+            self.cycle.message_event.set()  # a read waiting for more of it hears at once
 
     def _refuse_head(self) -> None:
         self._close_with(
@@ -321,7 +355,11 @@ class _GuardedHttpTools(HttpToolsProtocol):
         )
 
     def _close_with(self, status: bytes, error: str, headers: bytes = b"") -> None:
-        """Answer ``status`` with ``{"error": error}`` and close the connection."""
+        """Answer ``status`` with ``{"error": error}`` and close the connection; with a request
+        on it still to be answered, that answer is the last (:meth:`_stop_after_answers`)."""
+        if self._answering():
+            self._stop_after_answers(error)
+            return
         body = json.dumps({"error": error}).encode()
         self.transport.write(
             b"HTTP/1.1 " + status + b"\r\n"
@@ -334,21 +372,6 @@ class _GuardedHttpTools(HttpToolsProtocol):
             + body
         )
         self.transport.close()
-
-
-def _closing_early(cycle: RequestResponseCycle) -> Callable[[Any], Awaitable[None]]:
-    """``cycle.send``, with an answer that starts before the request's body has ended closing
-    the connection (``connection: close``). uvicorn would read the rest of that body and throw
-    it away, each read putting off the idle connection's timeout with none of its own: a byte
-    now and then held the connection for ever (a 404, a refusal, a GET's unread body)."""
-    send = cycle.send
-
-    async def answer(message: Any) -> None:
-        if message["type"] == "http.response.start" and cycle.more_body:
-            cycle.keep_alive = False
-        await send(message)
-
-    return answer
 
 
 def server_config(

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ollama_meter.gateway._fleet import Fleet, Lease
+from ollama_meter.gateway._memory import Unread
 from ollama_meter.gateway._rates import Admission
 from ollama_meter.meter import Meter, MeteredCall
 
@@ -33,8 +34,12 @@ class CallerGone(Exception):
 
 async def client_left(request: Request) -> None:
     """Returns when the client of ``request`` (whose body was read) hangs up."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    while True:
+        try:
+            if (await request.receive())["type"] == "http.disconnect":
+                return
+        except Unread:  # a body left unread broke (``_server``): no news of the caller
+            continue
 
 
 async def take_slot(

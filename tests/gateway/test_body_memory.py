@@ -326,3 +326,46 @@ def test_bodies_that_each_hold_part_of_the_room_never_wait_on_each_other() -> No
     assert len(done) == 2
     assert memory.held == 0
     assert max(high) <= 100 + 6 * 10
+
+
+@settings(max_examples=15, deadline=None)
+@given(pattern=st.lists(st.integers(2, 12), min_size=1, max_size=20), count=st.integers(2000, 4000))
+def test_a_body_that_comes_in_small_pieces_holds_about_its_size_while_it_is_read(
+    pattern: list[int], count: int
+) -> None:
+    """Each piece was kept as its own ``bytes`` until the body ended: 2-byte pieces (a caller
+    sending a few bytes at a time, each read on its own) held 21 times the body's size, out
+    of sight of the room (which counts bytes), for the minute a slow body may take."""
+    import tracemalloc
+
+    from starlette.requests import Request
+
+    from ollama_meter.gateway._access import read_body
+
+    sizes = list(itertools.islice(itertools.cycle(pattern), count))
+    total = sum(sizes)
+    held: list[int] = []
+
+    async def read() -> bytes:
+        sent = iter(enumerate(sizes))
+        base = tracemalloc.get_traced_memory()[0]
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.sleep(0)  # each piece is waited for, as from a caller
+            n, size = next(sent, (0, 0))
+            if not size:  # all in: what the reader holds now is the body, and its parts
+                held.append(tracemalloc.get_traced_memory()[0] - base)
+                return {"type": "http.request", "body": b"", "more_body": False}
+            piece = bytes([65 + n % 26]) * size  # a new object, as uvicorn's receive makes
+            return {"type": "http.request", "body": piece, "more_body": True}
+
+        scope = {"type": "http", "method": "POST", "path": "/api/chat", "headers": []}
+        return await read_body(Request(scope, receive), 10 * total)
+
+    tracemalloc.start()
+    try:
+        body = asyncio.run(read())
+    finally:
+        tracemalloc.stop()
+    assert body == b"".join(bytes([65 + n % 26]) * size for n, size in enumerate(sizes))
+    assert held[0] < 2 * total + 4096, f"{held[0]:,} bytes held for a body of {total:,}"

@@ -1,0 +1,60 @@
+"""What the app's reads and answer of one request do on its connection (uvicorn's cycle).
+
+``_server``'s protocol wraps each request's ``receive`` and ``send`` with these, so that the
+app hears what only the parser knows (the rest of the body cannot be parsed) and the
+connection is not kept for a body nobody will read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+from ollama_meter.gateway._memory import Unparsable
+
+
+class BodyNews:
+    """What the app's reads of a request's body must hear from the parser: it broke."""
+
+    __slots__ = ("broken", "told")
+
+    def __init__(self) -> None:
+        self.broken: str | None = None
+        self.told = False
+
+
+def hearing_breaks(cycle: RequestResponseCycle, body: BodyNews) -> Callable[[], Awaitable[Any]]:
+    """``cycle.receive``, raising :class:`Unparsable` once (a read waiting, or the next) when
+    the rest of the request's body cannot be parsed: uvicorn would answer 400 itself and
+    close, the app's read hearing a hang-up, its span a ``client_abort`` that was none.
+    Afterwards, reads wait for the caller to hang up, as they do once a body has ended."""
+    receive = cycle.receive
+
+    async def hear() -> Any:
+        if body.broken is None or body.told:
+            message = await receive()
+            if body.broken is None or body.told or message["type"] != "http.request":
+                return message
+        if cycle.disconnected:
+            return await receive()
+        body.told = True
+        raise Unparsable(body.broken)
+
+    return hear
+
+
+def closing_early(cycle: RequestResponseCycle) -> Callable[[Any], Awaitable[None]]:
+    """``cycle.send``, with an answer that starts before the request's body has ended closing
+    the connection (``connection: close``). uvicorn would read the rest of that body and throw
+    it away, each read putting off the idle connection's timeout with none of its own: a byte
+    now and then held the connection for ever (a 404, a refusal, a GET's unread body)."""
+    send = cycle.send
+
+    async def answer(message: Any) -> None:
+        if message["type"] == "http.response.start" and cycle.more_body:
+            cycle.keep_alive = False
+        await send(message)
+
+    return answer
