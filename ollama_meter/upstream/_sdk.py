@@ -46,6 +46,7 @@ from ollama_meter.upstream._resilience import (
 )
 from ollama_meter.upstream._sdk_time import TimeCap, paced, waits as _waits, within as _within
 from ollama_meter.upstream._sent import as_sent
+from ollama_meter.upstream._tls import client_tls
 
 Message = Mapping[str, Any]
 Response = ollama.ChatResponse | ollama.GenerateResponse | ollama.EmbedResponse
@@ -100,6 +101,7 @@ class Upstream(Resilient):
             headers=self._headers,
             follow_redirects=False,  # a redirect is no answer (as the gateway has it): said
             event_hooks={"request": [_waits], "response": [_heard]},
+            verify=client_tls(),
         )
 
     def _after_fork(self) -> None:
@@ -131,6 +133,7 @@ class Upstream(Resilient):
                     headers=self._headers,
                     follow_redirects=False,
                     event_hooks={"response": [_aheard]},
+                    verify=client_tls(),
                 )
             return client
 

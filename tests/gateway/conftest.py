@@ -32,6 +32,7 @@ from ollama_meter.ledger import Ledger, SpanFilter, open_ledger
 from ollama_meter.meter import Meter
 from ollama_meter.meter._meter import utc_now
 from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
+from ollama_meter.upstream._tls import client_tls
 from tests._raw_http import RawServer
 from tests.factories import token_prices
 
@@ -134,7 +135,8 @@ def serve_on() -> Iterator[Callable[..., Gateway]]:
             assert time.monotonic() < deadline, "gateway did not start"
             time.sleep(0.01)
         url = f"http://127.0.0.1:{port}"
-        client = httpx.Client(base_url=url, timeout=30)
+        # The process's one CA bundle (plain http here): loading one per gateway cost 20 ms.
+        client = httpx.Client(base_url=url, timeout=30, verify=client_tls())
         clients.append(client)
         ledger = committed(open_ledger(settings.ledger_url), meter)
         return Gateway(url, ledger, server, client, meter)
