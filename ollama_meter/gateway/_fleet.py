@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +34,7 @@ from ollama_meter._urls import UpstreamSpec
 from ollama_meter.config import Settings
 from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._json import NotJson, read_json
-from ollama_meter.gateway._queue import Capacity, FairQueue, Grant
+from ollama_meter.gateway._queue import Capacity, FairQueue, Grant, Place, Where
 from ollama_meter.meter import Source
 from ollama_meter.meter._wiring import transport_for
 from ollama_meter.records import model_key
@@ -272,6 +272,11 @@ class Fleet:
                 return tier
         return pool
 
+    def _placing(self, model: str, tried: Iterable[str] = ()) -> tuple[Place, Where]:
+        """Where a call to ``model`` can go now (not to ``tried``), and what that depends on."""
+        key, exclude = model_key(model), frozenset(tried)
+        return lambda: self._place(key, exclude), (key, exclude)
+
     def _place(self, model: str, exclude: frozenset[str]) -> Server | None:
         free = [s for s in self._tier(model, exclude) if s.free]
         if not free:
@@ -297,10 +302,8 @@ class Fleet:
         self, model: str, flow: tuple[str, str], *, weight: int = 1, caps: Sequence[Capacity] = ()
     ) -> Lease | None:
         """A slot at once when one is free and nobody waits for one; else None (then :meth:`lease`)."""
-        key = model_key(model)
-        grant = self.queue.grant_now(
-            flow, lambda: self._place(key, frozenset()), weight=weight, caps=caps
-        )
+        place, where = self._placing(model)
+        grant = self.queue.grant_now(flow, place, weight=weight, caps=caps, where=where)
         return None if grant is None else self._leased(grant)
 
     def _leased(self, grant: Grant) -> Lease:
@@ -321,13 +324,9 @@ class Fleet:
 
         Raises :class:`~ollama_meter.gateway._queue.Busy`.
         """
-        key = model_key(model)
+        place, where = self._placing(model)
         grant = await self.queue.acquire(
-            flow,
-            lambda: self._place(key, frozenset()),
-            weight=weight,
-            caps=caps,
-            timeout=self.queue_timeout,
+            flow, place, weight=weight, caps=caps, timeout=self.queue_timeout, where=where
         )
         return self._leased(grant)
 
@@ -337,10 +336,8 @@ class Fleet:
 
         Raises :class:`~ollama_meter.gateway._queue.Busy`.
         """
-        key, exclude = model_key(model), frozenset(tried)
-        grant = await self.queue.move(
-            lease._grant, lambda: self._place(key, exclude), timeout=self.queue_timeout
-        )
+        place, where = self._placing(model, tried)
+        grant = await self.queue.move(lease._grant, place, timeout=self.queue_timeout, where=where)
         return self._leased(grant)
 
     def server_for(self, model: str | None) -> Server:

@@ -66,6 +66,12 @@ class Capacity:
 Place = Callable[[], Capacity | None]
 """Where a waiting call could go right now (a server's slots with room), or None."""
 
+Where = Hashable
+"""What a :data:`Place` answers from (the fleet's: the model and the servers it may not use):
+calls with the same ``where`` and limits find the same place, so while the queue looks for
+the next call to serve, one that found none speaks for every other like it. Without one a
+call's place is its own (its :data:`Place` function)."""
+
 
 class Grant:
     """A place a call holds: on ``server``, counted against ``caps``. Give it back with :meth:`release`."""
@@ -96,7 +102,7 @@ class Grant:
 
 
 class _Waiter:
-    __slots__ = ("caps", "flow", "future", "place", "since_ns")
+    __slots__ = ("caps", "flow", "future", "like", "place", "since_ns")
 
     def __init__(
         self,
@@ -105,12 +111,15 @@ class _Waiter:
         caps: tuple[Capacity, ...],
         future: asyncio.Future[Grant],
         since_ns: int,
+        where: Where | None,
     ) -> None:
         self.flow = flow
         self.place = place
         self.caps = caps
         self.future = future
         self.since_ns = since_ns
+        self.like = (place if where is None else where, caps)
+        """Waiters alike find the same place, or none (:data:`Where`)."""
 
 
 class _Flow:
@@ -174,6 +183,7 @@ class FairQueue:
         caps: Sequence[Capacity] = (),
         timeout: float | None = None,
         urgent: bool = False,
+        where: Where | None = None,
     ) -> Grant:
         """A place for one call of ``flow``: at once if one is free, else after waiting its turn.
 
@@ -183,7 +193,7 @@ class FairQueue:
         the queue, and gives back a place granted to it meanwhile.
         """
         loop = asyncio.get_running_loop()
-        waiter = self._enqueue(flow, place, max(1, weight), tuple(caps), loop, urgent=urgent)
+        waiter = self._enqueue(flow, place, max(1, weight), tuple(caps), loop, urgent, where)
         try:  # from here on, however it ends, the waiter leaves the queue or holds its place
             self._dispatch()
             _not_waited(waiter)
@@ -202,7 +212,14 @@ class FairQueue:
                 ) from None
             raise
 
-    async def move(self, grant: Grant, place: Place, *, timeout: float | None = None) -> Grant:
+    async def move(
+        self,
+        grant: Grant,
+        place: Place,
+        *,
+        timeout: float | None = None,
+        where: Where | None = None,
+    ) -> Grant:
         """Another place for the call holding ``grant`` (its server failed it): before every flow.
 
         Only the server's place is given back (the next waiting call may take it); the
@@ -215,7 +232,7 @@ class FairQueue:
         grant.release()  # the server's place alone
         try:
             moved = await self.acquire(
-                flow.key, place, weight=flow.weight, timeout=timeout, urgent=True
+                flow.key, place, weight=flow.weight, timeout=timeout, urgent=True, where=where
             )
         except BaseException:
             for cap in caps:  # the call ends here: its caps go back, and who waited for them goes
@@ -226,13 +243,19 @@ class FairQueue:
         return moved
 
     def grant_now(
-        self, flow: Hashable, place: Place, *, weight: int = 1, caps: Sequence[Capacity] = ()
+        self,
+        flow: Hashable,
+        place: Place,
+        *,
+        weight: int = 1,
+        caps: Sequence[Capacity] = (),
+        where: Where | None = None,
     ) -> Grant | None:
         """A place at once when nobody waits and one is free (no waiting, no task); else None."""
         if self._waiting or not all(cap.free for cap in caps):
             return None
         loop = asyncio.get_running_loop()
-        waiter = self._enqueue(flow, place, max(1, weight), tuple(caps), loop, urgent=False)
+        waiter = self._enqueue(flow, place, max(1, weight), tuple(caps), loop, False, where)
         self._dispatch()
         if waiter.future.done():
             return _not_waited(waiter)
@@ -246,8 +269,8 @@ class FairQueue:
         weight: int,
         caps: tuple[Capacity, ...],
         loop: asyncio.AbstractEventLoop,
-        *,
         urgent: bool,
+        where: Where | None,
     ) -> _Waiter:
         flow = self._flows.get(key)
         if flow is None:
@@ -258,7 +281,7 @@ class FairQueue:
         elif not flow.waiters and not urgent:
             flow.tag = max(flow.tag, self._virtual)  # idle time earns no credit
         flow.weight = weight
-        waiter = _Waiter(flow, place, caps, loop.create_future(), self.clock())
+        waiter = _Waiter(flow, place, caps, loop.create_future(), self.clock(), where)
         if urgent:
             self._urgent.append(waiter)
         else:
@@ -329,12 +352,17 @@ class FairQueue:
             self._grant(waiter, server)
 
     def _next(self) -> tuple[_Waiter, Capacity] | None:
+        """The next call to serve and its place: the first urgent one that has a place, else
+        the first in fair order. A call like one that found none is passed over without
+        asking (``place`` is asked once per kind of call, not once per call: a thousand
+        calls waiting for one full server were each asked on every arrival and release)."""
+        placeless: set[tuple[Hashable, tuple[Capacity, ...]]] = set()
         for waiter in self._urgent:
-            if (server := _placed(waiter)) is not None:
+            if (server := _placed(waiter, placeless)) is not None:
                 return waiter, server
         for flow in sorted(self._flows.values(), key=lambda f: (f.tag, f.order)):
             for waiter in flow.waiters:
-                if (server := _placed(waiter)) is not None:
+                if (server := _placed(waiter, placeless)) is not None:
                     return waiter, server
         return None
 
@@ -378,9 +406,18 @@ def _not_waited(waiter: _Waiter) -> Grant | None:
     return grant
 
 
-def _placed(waiter: _Waiter) -> Capacity | None:
+def _placed(
+    waiter: _Waiter, placeless: set[tuple[Hashable, tuple[Capacity, ...]]]
+) -> Capacity | None:
+    """Where ``waiter`` can go now, if anywhere; ``placeless``: the kinds of call that found
+    nowhere in this look (their places do not change within it), this one's added if so."""
     # A cancelled caller's future is done before its task runs again to leave the queue.
-    if waiter.future.done() or not all(cap.free for cap in waiter.caps):
+    if waiter.future.done() or waiter.like in placeless:
         return None
-    server = waiter.place()
-    return server if server is not None and server.free else None
+    server = None
+    if all(cap.free for cap in waiter.caps):
+        server = waiter.place()
+    if server is None or not server.free:
+        placeless.add(waiter.like)
+        return None
+    return server

@@ -567,3 +567,92 @@ def test_backlogged_departments_get_their_weighted_share_and_a_newcomer_waits_on
                 assert gap <= wi + wj, (weights, n, served)
     if late < len(order):
         assert "late" in order[late : late + len(weights) + 1], (late, order)
+
+
+def test_a_thousand_calls_waiting_for_one_full_server_are_asked_where_to_go_once_a_look() -> None:
+    """Each arrival and each release looked for the next call to serve by asking every
+    waiting call where it could go: a thousand calls waiting for one full server were asked
+    a thousand times each time, the gateway's cost growing with its queue. Calls alike (same
+    model and servers, same limits) are now asked once a look."""
+
+    async def scenario() -> tuple[int, int, int]:
+        queue, slot = FairQueue(max_queue=5000), Capacity(1)
+        asked = 0
+
+        def place() -> Capacity | None:
+            nonlocal asked
+            asked += 1
+            return slot if slot.free else None
+
+        def placing() -> Place:  # a call's own function, as the fleet makes one per call
+            def own() -> Capacity | None:
+                return place()
+
+            return own
+
+        held = await queue.acquire("first", placing(), where="llama3")
+        flood = [
+            asyncio.create_task(queue.acquire(f"dept{n % 20}", placing(), where="llama3"))
+            for n in range(1000)
+        ]
+        await asyncio.sleep(0)
+        asked = 0
+        late = asyncio.create_task(queue.acquire("late", placing(), where="llama3"))
+        await asyncio.sleep(0)
+        on_arrival, asked = asked, 0
+        held.release()
+        await asyncio.sleep(0)
+        on_release = asked
+        served = sum(task.done() for task in [*flood, late])
+        for task in [*flood, late]:
+            task.cancel()
+        await asyncio.sleep(0)
+        return on_arrival, on_release, served
+
+    on_arrival, on_release, served = asyncio.run(scenario())
+    assert (on_arrival, served) == (1, 1)
+    assert on_release == 2  # the call served, then one look that finds the server full again
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    calls=st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("xyz")), max_size=30),
+    frees=st.lists(st.sampled_from("xyz"), max_size=40),
+)
+def test_calls_asked_once_a_look_are_served_in_the_order_each_asked_would_be(
+    calls: list[tuple[str, str]], frees: list[str]
+) -> None:
+    """Departments a, b, c wait for models x, y, z (a server of one slot each, all full), and
+    the servers free up in any order: who gets each slot is the same whether calls alike are
+    asked once a look or each of them is asked."""
+
+    async def served(alike: bool) -> list[int]:
+        queue = FairQueue(max_queue=100)
+        servers = {model: Capacity(1, model) for model in "xyz"}
+        holding = {
+            model: await queue.acquire("held", first_free([server]), where=model)
+            for model, server in servers.items()
+        }
+        tasks = [
+            asyncio.create_task(
+                queue.acquire(dept, first_free([servers[model]]), where=model if alike else None)
+            )
+            for dept, model in calls
+        ]
+        await asyncio.sleep(0)
+        order: list[int] = []
+        for model in frees:
+            if (grant := holding.pop(model, None)) is None:
+                continue  # nobody waited for this server when it last freed
+            grant.release()  # its call ended: the next call may have the slot
+            await asyncio.sleep(0)
+            for index, task in enumerate(tasks):
+                if task.done() and index not in order:
+                    order.append(index)
+                    holding[task.result().server.name] = task.result()
+        for task in tasks:
+            task.cancel()
+        await asyncio.sleep(0)
+        return order
+
+    assert asyncio.run(served(alike=True)) == asyncio.run(served(alike=False))
