@@ -296,12 +296,12 @@ def test_unreachable_upstream_is_502_naming_it(app: Any) -> None:
     reply = gw.client.post("/api/chat", json={"model": "llama3.1:8b", "messages": HI})
     assert reply.status_code == 502 and dead in reply.json()["error"]
     (span,) = spans(gw)
-    assert span.error_type == "connection"
+    assert (span.error_type, span.http_status) == ("connection", 502)  # as the caller was told
     for _ in range(2):
         gw.client.post("/api/chat", json={"model": "llama3.1:8b", "messages": HI})
     open_circuit = gw.client.post("/api/chat", json={"model": "llama3.1:8b", "messages": HI})
     assert open_circuit.status_code == 503 and int(open_circuit.headers["retry-after"]) > 0
-    assert spans(gw)[0].error_type == "circuit_open"
+    assert (spans(gw)[0].error_type, spans(gw)[0].http_status) == ("circuit_open", 503)
     assert gw.client.get("/healthz").status_code == 503
 
 
@@ -576,8 +576,8 @@ def test_silent_upstream_is_504_and_a_timeout_span(
         "/api/chat", json={"model": "llama3.1:8b", "messages": HI, "stream": False}
     )
     assert reply.status_code == 504 and "did not answer in time" in reply.json()["error"]
-    (span,) = spans(gw)
-    assert (span.status, span.error_type) == ("error", "timeout")
+    (span,) = spans(gw)  # its status as the caller got it (a span said none: Ollama gave none)
+    assert (span.status, span.error_type, span.http_status) == ("error", "timeout", 504)
 
 
 def test_flaky_upstream_is_retried_for_whole_answers_and_metered_once(
