@@ -52,6 +52,7 @@ from ollama_meter.records import (
     make_storable,
 )
 from tests.factories import make_span
+from tests.ledger.test_keep_attacks import _restored_beside_a_killed_gateways_wal
 from tests.ledger.test_transfer import BERLIN, NOW, _monthly, _spans, _tables
 
 BASE = span_to_dict(
@@ -437,19 +438,8 @@ def test_a_backup_copied_over_a_ledger_whose_wal_a_killed_process_left_is_not_mi
     ledger silently took back the spans it was restored to be rid of (or, from a copy whose
     pages lay otherwise, was corrupted). A WAL beside a file that says it has none is from
     another file: refused, and every file left as it was."""
-    path, copy, wal = tmp_path / "ledger.db", tmp_path / "backup.db", tmp_path / "ledger.db-wal"
-    url = f"sqlite:///{path}"
-    ledger = Ledger(url)
-    ledger.record(_spans(3))
-    backup(ledger, copy)
-    ledger.record(_spans(8)[3:])  # in the WAL: the ledger stays open, as a gateway's does
-    left = wal.read_bytes()
-    assert len(left) > 32  # frames, not only the header
-    ledger.dispose()  # the last connection checkpoints the WAL: as killed, it would not have
-    copy.replace(path)
-    wal.write_bytes(left)
-    (tmp_path / "ledger.db-shm").unlink(missing_ok=True)
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    path, before = _restored_beside_a_killed_gateways_wal(tmp_path)
+    url, wal = f"sqlite:///{path}", tmp_path / "ledger.db-wal"
     with pytest.raises(LedgerError) as refused:
         Ledger(url)
     said = str(refused.value)
