@@ -383,8 +383,7 @@ class Relay:
             if isinstance(failure, OverCap) or not fleet.can_move(model, tried):
                 if not reached:  # every circuit open: turned away here, as by a full queue
                     admission.refund()
-                # The 502 or 504 a silent or gone server is answered with (a span had no status)
-                call.span.http_status = failure.status_code or gateway_status(failure)
+                call.span.http_status = failure.status_code or gateway_status(failure)  # 502, 504
                 await close_call(self.meter, call, failure)
                 return _failure_response(wire, failure)
             call.moved(time.perf_counter_ns() - began)  # not the next server's busy time

@@ -41,6 +41,7 @@ from ollama_meter.ledger._engine import (
     file_id,
     idle_seconds,
     lock_seconds,
+    patient_read,
     sqlite_path,
 )
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, numbered_as_ours
@@ -141,15 +142,14 @@ class Database:
     def read(self) -> Iterator[Connection]:
         """A read transaction that sees the ledger at one moment, however many statements.
 
-        A report adds rollup cells and subtracts raw spans at the window's edges in
-        separate statements: under READ COMMITTED, a call committed between them was
-        subtracted without having been added. SQLite's reads are one snapshot already;
-        PostgreSQL's are at REPEATABLE READ, which a transaction that only reads never
-        fails for.
-        """
+        A report adds rollup cells and subtracts raw spans at the window's edges in separate
+        statements: under READ COMMITTED, a call committed between them was subtracted without
+        having been added. SQLite's reads are one snapshot already; PostgreSQL's are at
+        REPEATABLE READ, which a transaction that only reads never fails for."""
         with self.failures_named(), self._connect() as conn:
             if not self._sqlite:
                 conn.execution_options(isolation_level="REPEATABLE READ")
+                patient_read(conn)
             yield conn
 
     @contextlib.contextmanager

@@ -51,6 +51,22 @@ def idle_seconds(wait: float) -> float:
     return max(wait, IDLE_FLOOR)
 
 
+READ_IDLE_S = 60.0
+"""Seconds a read transaction of ours may sit idle on a PostgreSQL server: it holds no row
+lock for a write to wait on, and a report stalled on a busy machine (a load average of 10 on
+two cores) was ended at :data:`IDLE_FLOOR` half way through its reads."""
+
+
+def patient_read(conn: Connection) -> None:
+    """Let the read transaction ``conn`` begins sit idle :data:`READ_IDLE_S` (upkeep's never
+    ends: :func:`_bulk_begin`)."""
+    if not in_bulk():
+        conn.exec_driver_sql(
+            f"SET LOCAL idle_in_transaction_session_timeout = {int(READ_IDLE_S * 1000)}",
+            execution_options={"stream_results": False},
+        )
+
+
 def _bulk_begin(conn: Connection) -> None:
     if in_bulk():  # a rebuild computes between statements; an export waits on its reader
         # Never through a server-side cursor (an export streams through one: DECLARE ...

@@ -97,6 +97,11 @@ def chargeback(
             f"--gpus {gpus} is not a number of GPUs in one host: give 1 to {MAX_GPUS:,}"
         )
     window = parse_month(month, tz=tz, now=now)
+    if now < window.start:  # a typo of the year, most likely: an empty bill said nothing of it
+        raise ValidationError(
+            f"--month {window.label} has not begun ({now.astimezone(tz):%Y-%m-%d} in {tz.key}): "
+            "bill a month that has (the last one, for the bill of the 1st)"
+        )
     result = Chargeback(month=window.label, window=window)
     if now < window.end:
         result.warnings.append(f"{window.label} is not over yet; these figures will still change")

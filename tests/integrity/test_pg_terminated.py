@@ -160,3 +160,24 @@ def test_a_read_the_server_ends_for_sitting_idle_says_the_process_stalled(
     assert "idle-in-transaction timeout: this process sat silent inside a transaction" in said
     assert "what it had not committed is undone: run it again" in said and "\n" not in said
     assert _report(ledger)[0]  # the next read is answered (a new session)
+
+
+def test_a_read_may_sit_idle_a_minute_and_a_write_only_as_long_as_others_wait_for_it(
+    pg_server: str | None,
+) -> None:
+    """Reports stalled on a busy machine (load average 10 on two cores) were ended half way
+    through their reads by the 5 s ometer gives a transaction to sit idle, which exists for
+    writes: their row locks hold the other processes' writes. A read holds none."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    from tests.conftest import _fresh_pg_database
+
+    ledger = Ledger(_fresh_pg_database(pg_server), zone="UTC")
+    show = text("SHOW idle_in_transaction_session_timeout")
+    with ledger.read() as conn:
+        assert conn.execute(show).scalar() == "1min"
+    with ledger.write() as conn:
+        assert conn.execute(show).scalar() == "5s"
+    with ledger.read() as conn:  # the read's own setting ended with it: the session is as it was
+        conn.commit()
+        assert conn.execute(show).scalar() == "5s"

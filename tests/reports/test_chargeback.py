@@ -221,9 +221,11 @@ def test_month_not_over_warns_and_bad_input_is_refused(ledger: Ledger) -> None:
         ({"idle": "ignore"}, "not one of"),
         ({"gpus": 0}, "give 1 to 1,024"),
         ({"gpus": 80_000}, "--gpus 80000 is not a number of GPUs in one host"),
+        ({"month": "2027-11"}, r"--month 2027-11 has not begun \(2026-12-02 in UTC\)"),
     ]:
+        args = {"month": "2026-11", **kwargs}
         with pytest.raises(ValidationError, match=message):
-            chargeback(ledger, "2026-11", tz=ZoneInfo("UTC"), now=NOW, currency="USD", **kwargs)  # type: ignore[arg-type]
+            chargeback(ledger, tz=ZoneInfo("UTC"), now=NOW, currency="USD", **args)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="YYYY-MM"):
         chargeback(ledger, "2026-11-01", tz=ZoneInfo("UTC"), now=NOW, currency="USD")
 
