@@ -118,6 +118,94 @@ def test_bodies_past_the_room_wait_then_get_503_with_a_span(
     assert httpx.post(f"{gw.url}/api/chat", content=body, timeout=30).status_code == 200
 
 
+def test_a_caller_that_hangs_up_while_its_body_waits_for_room_ends_its_wait_at_once() -> None:
+    """A body waiting for room is read by nobody, so no ``http.disconnect`` tells of its
+    caller leaving: the wait went on to its end (30 s) for nobody, then said ``NoRoom``.
+    The connection's loss (:data:`_memory.GONE`) ends it at once; the room is untouched."""
+    from starlette.requests import ClientDisconnect
+
+    answer = asyncio.Event()
+    ends: dict[str, str] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await take(scope, scope["size"])
+        await answer.wait()
+
+    memory = BodyMemory(app, most=100, wait=3600)
+
+    async def one(scope: dict[str, Any]) -> None:
+        try:
+            await memory({"type": "http", **scope}, None, None)
+            ends[scope["name"]] = "answered"
+        except ClientDisconnect:
+            ends[scope["name"]] = "gone"
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future[None] = loop.create_future()
+        holder = asyncio.ensure_future(one({"name": "holder", "size": 100}))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        leaver = asyncio.ensure_future(one({"name": "leaver", "size": 10, _memory.GONE: gone}))
+        stayer = asyncio.ensure_future(one({"name": "stayer", "size": 10}))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert len(memory._waiting) == 2 and memory.held == 100
+        gone.set_result(None)  # the leaver's connection is lost
+        await asyncio.wait_for(leaver, 5)  # at once: not when the room comes back
+        assert ends == {"leaver": "gone"}
+        assert len(memory._waiting) == 1 and memory.held == 100
+        answer.set()
+        await asyncio.wait_for(asyncio.gather(holder, stayer), 5)
+
+    asyncio.run(run())
+    assert ends == {"leaver": "gone", "holder": "answered", "stayer": "answered"}
+    assert memory.held == 0 and memory._waiting == []
+
+
+def test_a_caller_that_hangs_up_waiting_for_room_is_a_client_abort_at_once(
+    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the wire: the span was written 30 s later, as ``server_busy``/503."""
+    monkeypatch.setattr(_memory, "ROOM_WAIT_S", 20.0)
+    gw = serve_on(emulator.url, sqlite_url, config={"slots": 8}, max_body_bytes=1000)
+    body = json.dumps(
+        {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "x" * 880}]}
+    )
+    assert gw.client.post("/api/chat", content=body).status_code == 200  # builds the app
+    memory = _memory_of(gw)
+    _until(lambda: memory.held == 0, "an answered call kept its room")
+    emulator.inject(Fault.HANG, times=8)
+    address = (urlsplit(gw.url).hostname, urlsplit(gw.url).port)
+    request = (
+        b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode())
+    )
+    callers = [socket.create_connection(address, timeout=30) for _ in range(8)]
+    try:
+        for caller in callers:
+            caller.sendall(request)  # each waits on a hung Ollama, its body held
+        _until(lambda: memory.held == 8 * len(body), "the eight calls did not take their room")
+        leaver = socket.create_connection(address, timeout=30)
+        leaver.sendall(request)
+        _until(lambda: len(memory._waiting) == 1, "the ninth body did not wait for room")
+        left = time.monotonic()
+        leaver.close()
+        _until(lambda: not memory._waiting, "the wait went on for a caller that hung up")
+        assert time.monotonic() - left < 10  # not the 20 s wait
+        (span,) = gw.ledger.latest(SpanFilter(), 1)
+        assert (span.status, span.error_type, span.http_status) == (
+            "client_abort",
+            "client_abort",
+            499,
+        )
+        assert memory.held == 8 * len(body)  # the leaver took no room
+    finally:
+        for caller in callers:
+            caller.close()
+    _until(lambda: memory.held == 0, "the callers left and their room did not come back")
+
+
 def test_a_body_promised_and_not_sent_holds_only_what_came(
     serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
