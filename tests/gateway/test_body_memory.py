@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from hypothesis import given, settings, strategies as st
+from starlette.requests import ClientDisconnect
 
 from ollama_meter.gateway import _memory
 from ollama_meter.gateway._memory import BodyMemory, NoRoom, take
@@ -21,7 +22,7 @@ from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import Fault, OllamaEmulator
 from tests.gateway.conftest import Gateway
 
-_OUTCOMES = st.sampled_from(["answer", "fail", "cancel"])
+_OUTCOMES = st.sampled_from(["answer", "slow", "fail", "cancel", "leave"])
 
 
 @settings(max_examples=200, deadline=None)
@@ -29,21 +30,30 @@ _OUTCOMES = st.sampled_from(["answer", "fail", "cancel"])
 def test_the_room_is_never_overdrawn_and_always_given_back(
     requests: list[tuple[int, str]],
 ) -> None:
-    """However a request ends (answered, failed, its task cancelled as when the client
-    leaves), its room comes back; no moment holds more than the most."""
+    """However a request ends (answered at once or late, failed, its task cancelled as when
+    the client leaves, its connection lost), its room comes back; no moment holds more than
+    the most. A body whose connection is lost while it waits for room ends its wait then, and
+    is never told ``NoRoom`` (it waited on for nobody, to be refused as ``server_busy``)."""
     seen: list[int] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await take(scope, scope["size"])
         seen.append(memory.held)
+        if scope["outcome"] == "leave":
+            await scope[_memory.GONE]  # the app hears it its own way, once it reads
+            return
         if scope["outcome"] == "fail":
             raise RuntimeError("the call failed")
-        await asyncio.sleep(0 if scope["outcome"] == "answer" else 3600)
+        slow = 0.03 if scope["outcome"] == "slow" else 3600  # slow: answered past the wait
+        await asyncio.sleep(0 if scope["outcome"] == "answer" else slow)
 
     memory = BodyMemory(app, most=200, wait=0.01)
 
     async def one(size: int, outcome: str) -> str:
-        scope = {"type": "http", "size": size, "outcome": outcome}
+        scope: dict[str, Any] = {"type": "http", "size": size, "outcome": outcome}
+        if outcome == "leave":  # its connection is lost before its wait could end
+            scope[_memory.GONE] = gone = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.001, gone.set_result, None)
         call = asyncio.ensure_future(memory(scope, None, None))
         if outcome == "cancel":
             await asyncio.sleep(0.001)
@@ -54,6 +64,8 @@ def test_the_room_is_never_overdrawn_and_always_given_back(
             return "ended"
         except NoRoom:
             return "no room"
+        except ClientDisconnect:
+            return "left"
         return "answered"
 
     async def run() -> list[str]:
@@ -64,6 +76,10 @@ def test_the_room_is_never_overdrawn_and_always_given_back(
     assert all(held <= 200 for held in seen)
     fits = sum(size for size, _ in requests) <= 200
     assert "no room" not in ends or not fits  # refused only when all at once could not fit
+    for (_, outcome), end in zip(requests, ends, strict=True):
+        assert end in (
+            ("left", "answered") if outcome == "leave" else ("answered", "ended", "no room")
+        )
 
 
 def _memory_of(gw: Gateway) -> BodyMemory:
@@ -122,8 +138,6 @@ def test_a_caller_that_hangs_up_while_its_body_waits_for_room_ends_its_wait_at_o
     """A body waiting for room is read by nobody, so no ``http.disconnect`` tells of its
     caller leaving: the wait went on to its end (30 s) for nobody, then said ``NoRoom``.
     The connection's loss (:data:`_memory.GONE`) ends it at once; the room is untouched."""
-    from starlette.requests import ClientDisconnect
-
     answer = asyncio.Event()
     ends: dict[str, str] = {}
 
