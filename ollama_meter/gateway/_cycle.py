@@ -1,18 +1,19 @@
 """What the app's reads and answer of one request do on its connection (uvicorn's cycle).
 
-``_server``'s protocol wraps each request's ``receive`` and ``send`` with these, so that the
-app hears what only the parser knows (the rest of the body cannot be parsed) and the
-connection is not kept for a body nobody will read.
+``_server``'s protocol wraps each request's ``receive`` and ``send`` with these (:func:`watch`),
+so that the app hears what only the parser knows (the rest of the body cannot be parsed, the
+connection is lost) and the connection is not kept for a body nobody will read.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from ollama_meter.gateway._memory import Unparsable
+from ollama_meter.gateway._memory import GONE, Unparsable
 
 
 class BodyNews:
@@ -23,6 +24,16 @@ class BodyNews:
     def __init__(self) -> None:
         self.broken: str | None = None
         self.told = False
+
+
+def watch(cycle: RequestResponseCycle, gone: asyncio.Future[None]) -> BodyNews:
+    """Wrap the request's reads and answer; name in its scope the connection's ``gone``
+    (:data:`GONE`). Returns the news of its body, for the parser to tell."""
+    body = BodyNews()
+    cycle.scope[GONE] = gone  # type: ignore[literal-required]
+    cycle.send = closing_early(cycle)  # type: ignore[method-assign,assignment]
+    cycle.receive = hearing_breaks(cycle, body)  # type: ignore[method-assign,assignment]
+    return body
 
 
 def hearing_breaks(cycle: RequestResponseCycle, body: BodyNews) -> Callable[[], Awaitable[Any]]:

@@ -11,10 +11,11 @@ So the bodies held at once are bounded too: :data:`BODIES_HELD` times the larges
 not as a ``Content-Length`` promises them (a caller that declares 32 MiB and sends nothing
 holds none: eight of them would otherwise have shut everyone out). A request whose next
 bytes do not fit waits (the rest wait in the network, unread) until earlier requests
-finish, at most :data:`ROOM_WAIT_S`, then is answered 503 with ``Retry-After``. When every
-request holding room waits for more (bodies that came in side by side, each holding a part:
-none would ever finish to give room back), the last to wait is read to its end past the
-room, by less than one body: the others then wait for its answer, as for any other.
+finish, at most :data:`ROOM_WAIT_S`, then is answered 503 with ``Retry-After``; a caller
+that hangs up meanwhile ends its wait at once, as a ``client_abort`` (:data:`GONE`). When
+every request holding room waits for more (bodies that came in side by side, each holding a
+part: none would ever finish to give room back), the last to wait is read to its end past
+the room, by less than one body: the others then wait for its answer, as for any other.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 from typing import Any
 
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 BODY_S = 60.0
@@ -35,6 +37,10 @@ BODIES_HELD = 8
 """How many of the largest allowed bodies one gateway holds at once."""
 ROOM_WAIT_S = 30.0
 _MEMORY = "ometer.memory"
+GONE = "ometer.gone"
+"""The scope's key for a future done when the request's connection is lost (``_server``): a
+body waiting for room is read by nobody, so no ``http.disconnect`` would tell of it. A caller
+that hung up went on waiting the whole :data:`ROOM_WAIT_S`, and its span said ``server_busy``."""
 _HELD = "ometer.held"
 
 
@@ -133,13 +139,17 @@ class BodyMemory:
                         waiter.set_result(None)
 
     async def hold(self, scope: Scope, size: int) -> None:
-        """Take ``size`` more bytes of room for this request, waiting for it; :class:`NoRoom`."""
+        """Take ``size`` more bytes of room for this request, waiting for it; :class:`NoRoom`,
+        or ``ClientDisconnect`` when its caller hangs up meanwhile."""
         if size <= 0:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait
         holding = _HELD in scope
+        gone: asyncio.Future[None] | None = scope.get(GONE)
         while self.held + size > self.most:
+            if gone is not None and gone.done():
+                raise ClientDisconnect  # no room is waited for nobody
             if holding and self._stuck == self._holders - 1:
                 break  # every other request holding room waits for more: this one goes on
             if loop.time() >= deadline:
@@ -147,11 +157,12 @@ class BodyMemory:
             waiter = loop.create_future()
             self._waiting.append(waiter)
             self._stuck += holding
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except TimeoutError:
-                pass  # looked at once more above, then refused
+            try:  # looked at once more above, then refused (or the caller is gone)
+                await asyncio.wait(
+                    (waiter,) if gone is None else (waiter, gone),
+                    timeout=deadline - loop.time(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             finally:
                 self._stuck -= holding
                 self._waiting.remove(waiter)

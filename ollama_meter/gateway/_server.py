@@ -58,7 +58,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ollama_meter._logging import Throttled
 from ollama_meter.errors import ValidationError
-from ollama_meter.gateway._cycle import BodyNews, closing_early, hearing_breaks
+from ollama_meter.gateway._cycle import BodyNews, watch
 from ollama_meter.gateway._limits import MAX_HEADER_BYTES
 
 
@@ -164,6 +164,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
         self._stall: asyncio.TimerHandle | None = None  # while writes wait on the caller
         self._head_timer: asyncio.TimerHandle | None = None  # while a head is awaited
         self._heard = False  # a byte of the awaited head has arrived
+        self._gone: asyncio.Future[None] = self.loop.create_future()  # when the connection is lost
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -224,6 +225,8 @@ class _GuardedHttpTools(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._unwatch_stall()
         self._end_head_wait()
+        if not self._gone.done():
+            self._gone.set_result(None)
         super().connection_lost(exc)
 
     def _watch_stall(self, waiting: int) -> None:
@@ -292,9 +295,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is not before:  # a request (not an upgrade): its answer is watched
-            self.cycle.send = closing_early(self.cycle)  # type: ignore[method-assign,assignment]
-            self._body = BodyNews()
-            self.cycle.receive = hearing_breaks(self.cycle, self._body)  # type: ignore[method-assign,assignment]
+            self._body = watch(self.cycle, self._gone)
 
     def on_message_complete(self) -> None:
         self._ended_now = True

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from hypothesis import given, settings, strategies as st
+from starlette.requests import ClientDisconnect
 
 from ollama_meter.gateway import _memory
 from ollama_meter.gateway._memory import BodyMemory, NoRoom, take
@@ -21,7 +22,7 @@ from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import Fault, OllamaEmulator
 from tests.gateway.conftest import Gateway
 
-_OUTCOMES = st.sampled_from(["answer", "fail", "cancel"])
+_OUTCOMES = st.sampled_from(["answer", "slow", "fail", "cancel", "leave"])
 
 
 @settings(max_examples=200, deadline=None)
@@ -29,21 +30,30 @@ _OUTCOMES = st.sampled_from(["answer", "fail", "cancel"])
 def test_the_room_is_never_overdrawn_and_always_given_back(
     requests: list[tuple[int, str]],
 ) -> None:
-    """However a request ends (answered, failed, its task cancelled as when the client
-    leaves), its room comes back; no moment holds more than the most."""
+    """However a request ends (answered at once or late, failed, its task cancelled as when
+    the client leaves, its connection lost), its room comes back; no moment holds more than
+    the most. A body whose connection is lost while it waits for room ends its wait then, and
+    is never told ``NoRoom`` (it waited on for nobody, to be refused as ``server_busy``)."""
     seen: list[int] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await take(scope, scope["size"])
         seen.append(memory.held)
+        if scope["outcome"] == "leave":
+            await scope[_memory.GONE]  # the app hears it its own way, once it reads
+            return
         if scope["outcome"] == "fail":
             raise RuntimeError("the call failed")
-        await asyncio.sleep(0 if scope["outcome"] == "answer" else 3600)
+        slow = 0.03 if scope["outcome"] == "slow" else 3600  # slow: answered past the wait
+        await asyncio.sleep(0 if scope["outcome"] == "answer" else slow)
 
     memory = BodyMemory(app, most=200, wait=0.01)
 
     async def one(size: int, outcome: str) -> str:
-        scope = {"type": "http", "size": size, "outcome": outcome}
+        scope: dict[str, Any] = {"type": "http", "size": size, "outcome": outcome}
+        if outcome == "leave":  # its connection is lost before its wait could end
+            scope[_memory.GONE] = gone = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(0.001, gone.set_result, None)
         call = asyncio.ensure_future(memory(scope, None, None))
         if outcome == "cancel":
             await asyncio.sleep(0.001)
@@ -54,6 +64,8 @@ def test_the_room_is_never_overdrawn_and_always_given_back(
             return "ended"
         except NoRoom:
             return "no room"
+        except ClientDisconnect:
+            return "left"
         return "answered"
 
     async def run() -> list[str]:
@@ -64,6 +76,10 @@ def test_the_room_is_never_overdrawn_and_always_given_back(
     assert all(held <= 200 for held in seen)
     fits = sum(size for size, _ in requests) <= 200
     assert "no room" not in ends or not fits  # refused only when all at once could not fit
+    for (_, outcome), end in zip(requests, ends, strict=True):
+        assert end in (
+            ("left", "answered") if outcome == "leave" else ("answered", "ended", "no room")
+        )
 
 
 def _memory_of(gw: Gateway) -> BodyMemory:
@@ -116,6 +132,92 @@ def test_bodies_past_the_room_wait_then_get_503_with_a_span(
         caller.close()
     _until(lambda: memory.held == 0, "the callers left and their room did not come back")
     assert httpx.post(f"{gw.url}/api/chat", content=body, timeout=30).status_code == 200
+
+
+def test_a_caller_that_hangs_up_while_its_body_waits_for_room_ends_its_wait_at_once() -> None:
+    """A body waiting for room is read by nobody, so no ``http.disconnect`` tells of its
+    caller leaving: the wait went on to its end (30 s) for nobody, then said ``NoRoom``.
+    The connection's loss (:data:`_memory.GONE`) ends it at once; the room is untouched."""
+    answer = asyncio.Event()
+    ends: dict[str, str] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await take(scope, scope["size"])
+        await answer.wait()
+
+    memory = BodyMemory(app, most=100, wait=3600)
+
+    async def one(scope: dict[str, Any]) -> None:
+        try:
+            await memory({"type": "http", **scope}, None, None)
+            ends[scope["name"]] = "answered"
+        except ClientDisconnect:
+            ends[scope["name"]] = "gone"
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future[None] = loop.create_future()
+        holder = asyncio.ensure_future(one({"name": "holder", "size": 100}))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        leaver = asyncio.ensure_future(one({"name": "leaver", "size": 10, _memory.GONE: gone}))
+        stayer = asyncio.ensure_future(one({"name": "stayer", "size": 10}))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert len(memory._waiting) == 2 and memory.held == 100
+        gone.set_result(None)  # the leaver's connection is lost
+        await asyncio.wait_for(leaver, 5)  # at once: not when the room comes back
+        assert ends == {"leaver": "gone"}
+        assert len(memory._waiting) == 1 and memory.held == 100
+        answer.set()
+        await asyncio.wait_for(asyncio.gather(holder, stayer), 5)
+
+    asyncio.run(run())
+    assert ends == {"leaver": "gone", "holder": "answered", "stayer": "answered"}
+    assert memory.held == 0 and memory._waiting == []
+
+
+def test_a_caller_that_hangs_up_waiting_for_room_is_a_client_abort_at_once(
+    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the wire: the span was written 30 s later, as ``server_busy``/503."""
+    monkeypatch.setattr(_memory, "ROOM_WAIT_S", 20.0)
+    gw = serve_on(emulator.url, sqlite_url, config={"slots": 8}, max_body_bytes=1000)
+    body = json.dumps(
+        {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "x" * 880}]}
+    )
+    assert gw.client.post("/api/chat", content=body).status_code == 200  # builds the app
+    memory = _memory_of(gw)
+    _until(lambda: memory.held == 0, "an answered call kept its room")
+    emulator.inject(Fault.HANG, times=8)
+    address = (urlsplit(gw.url).hostname, urlsplit(gw.url).port)
+    request = (
+        b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode())
+    )
+    callers = [socket.create_connection(address, timeout=30) for _ in range(8)]
+    try:
+        for caller in callers:
+            caller.sendall(request)  # each waits on a hung Ollama, its body held
+        _until(lambda: memory.held == 8 * len(body), "the eight calls did not take their room")
+        leaver = socket.create_connection(address, timeout=30)
+        leaver.sendall(request)
+        _until(lambda: len(memory._waiting) == 1, "the ninth body did not wait for room")
+        left = time.monotonic()
+        leaver.close()
+        _until(lambda: not memory._waiting, "the wait went on for a caller that hung up")
+        assert time.monotonic() - left < 10  # not the 20 s wait
+        (span,) = gw.ledger.latest(SpanFilter(), 1)
+        assert (span.status, span.error_type, span.http_status) == (
+            "client_abort",
+            "client_abort",
+            499,
+        )
+        assert memory.held == 8 * len(body)  # the leaver took no room
+    finally:
+        for caller in callers:
+            caller.close()
+    _until(lambda: memory.held == 0, "the callers left and their room did not come back")
 
 
 def test_a_body_promised_and_not_sent_holds_only_what_came(
