@@ -14,10 +14,7 @@ of the calls that really were in flight.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import re
 import shlex
 import threading
 import time
@@ -25,19 +22,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
 from ollama_meter._logging import Throttled
-from ollama_meter._paths import default_data_dir
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _spans
 from ollama_meter.ledger._budgets import drop_reservations
 from ollama_meter.ledger._database import Database, is_content_error
-from ollama_meter.ledger._engine import DEFAULT_WAIT, sqlite_path
+from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._journal import Journal, Orphan
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision
 from ollama_meter.ledger._spool import Rejected, Spool
+from ollama_meter.ledger._spool_dir import default_spool_dir
 from ollama_meter.records import DURABLE, SpanRecord, Stored
 
 log = logging.getLogger("ollama_meter.ledger")
@@ -49,62 +45,6 @@ DRAIN_SLICE = 0.2
 """Seconds a write spends recording the spool once the database answers again. The write
 is every waiting call's (group commit): a long outage spools thousands of files, and
 recording them all in the first write after it held every call for a minute and more."""
-
-
-_SERVER_KEYS = ("host", "hostaddr", "port", "dbname", "service")
-"""URL query keys that say which server and database (the rest say how to log in or talk)."""
-
-
-def default_spool_dir(url: str) -> Path:
-    """Beside a SQLite file; in the user data dir, per database, for servers.
-
-    A server's folder is named after the database it holds spans for: its backend,
-    host, port and name, not the user, password, driver or options, which are what
-    gets fixed after an outage (a wrong password, an expired user); spans spooled
-    under the old URL are then recorded by the process started with the new one.
-    """
-    parsed = make_url(url)
-    path = sqlite_path(parsed)
-    if path is not None:
-        return path.with_name(f"{path.name}.spool")
-    query = {k: v for k, v in parsed.query.items() if k in _SERVER_KEYS}
-    given = parsed.query.get("options")
-    schema = _search_path(" ".join(given) if isinstance(given, tuple) else given or "")
-    if schema is not None:  # which ledger of the database: two schemas are two ledgers
-        query["search_path"] = schema
-    database = URL.create(
-        parsed.get_backend_name(),
-        host=parsed.host,
-        port=parsed.port,
-        database=parsed.database,
-        query=query,
-    )
-    digest = hashlib.sha256(database.render_as_string().encode()).hexdigest()[:16]
-    folder = default_data_dir() / "spool" / digest
-    # Spools from before were named after the whole URL: bring this URL's along, once.
-    legacy = folder.with_name(hashlib.sha256(url.encode()).hexdigest()[:16])
-    if legacy != folder and legacy.is_dir() and not folder.exists():
-        with contextlib.suppress(OSError):  # another process moved it first
-            legacy.rename(folder)
-    return folder
-
-
-def _search_path(options: str) -> str | None:
-    """The ``search_path`` a libpq ``options`` string sets (``-c search_path=x``,
-    ``-csearch_path=x``, ``--search-path=x``; the last one wins, as on the server)."""
-    words = [w.replace("\\ ", " ") for w in re.split(r"(?<!\\) +", options.strip())]
-    found = None
-    for index, word in enumerate(words):
-        if word == "-c" and index + 1 < len(words):
-            setting = words[index + 1]
-        elif word.startswith(("-c", "--")) and len(word) > 2:
-            setting = word[2:]
-        else:
-            continue
-        name, equals, value = setting.partition("=")
-        if equals and name.strip().lower().replace("-", "_") == "search_path":
-            found = value
-    return found
 
 
 class DurableLedger(Database):
