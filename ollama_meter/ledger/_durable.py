@@ -32,7 +32,7 @@ from ollama_meter.ledger._database import Database, is_content_error
 from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._journal import Journal, Orphan
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision
-from ollama_meter.ledger._spool import Rejected, Spool
+from ollama_meter.ledger._spool import BEFORE_HORIZON, Rejected, Spool
 from ollama_meter.ledger._spool_dir import default_spool_dir
 from ollama_meter.records import DURABLE, SpanRecord, Stored
 
@@ -65,6 +65,8 @@ class DurableLedger(Database):
         self.drain_slice = DRAIN_SLICE
         """Seconds a write spends recording the spool (:data:`DRAIN_SLICE`); 0: one file."""
         self._spooling = Throttled(log)
+        self._early = Throttled(log)
+        """Says spans set aside for starting before the prune horizon (:meth:`_keep_early`)."""
         self._held: list[SpanRecord] = []
         self._held_lock = threading.Lock()
         self._held_tried = 0.0
@@ -197,7 +199,12 @@ class DurableLedger(Database):
         replayed from a spool file or journal) or not (spooled across the prune, a clock days
         behind). ``spool_file``: they are in it already (a drain); kept nowhere else, they
         stay there. Else, when they cannot be kept, they are spooled (or held), as spans
-        the database cannot take are."""
+        the database cannot take are.
+
+        Each write's spans go to a file of their own (the same spans set aside again go to
+        the same file, so a repeated drain adds no line); the ERROR saying so is one every
+        10 s at most, with how many spans were set aside since: a gateway whose clock is days
+        behind set aside every call, and a late drain every file, each with its own line."""
         ids = [span.id for span in spans]
         when = f"{horizon:%Y-%m-%d %H:%M} UTC" if horizon else "the prune horizon"
         try:
@@ -208,16 +215,25 @@ class DurableLedger(Database):
                 f"{self.spool.quarantine_dir} ({exc})"
             )
             if spool_file is not None:
-                log.error("%s: they stay in the spool file %s", why, spool_file)
+                said = self._early.due("unkept", len(spans))
+                log.log(
+                    logging.DEBUG if said is None else logging.ERROR,
+                    "%s: they stay in the spool file %s%s",
+                    why,
+                    spool_file,
+                    _since(said, len(spans), "left in their spool files alike"),
+                )
                 return dict.fromkeys(ids, Stored.SPOOLED)
             return self.keep(spans, LedgerError(why))
-        log.error(
+        said = self._early.due("kept", len(spans))
+        log.log(
+            logging.DEBUG if said is None else logging.ERROR,
             "%d span(s) (the first %s, %s/%s) started before %s, where the raw spans of the "
             "ledger at %s were pruned: not recorded, since its rollups of those days may count "
             "them already (spans recorded, pruned, then replayed from a spool file or a journal "
-            "would count twice). Kept them in %s: if their days' report lacks them (spooled "
+            "would count twice). Kept them in %s%s: if their days' report lacks them (spooled "
             "across the prune, or a clock days behind), add them with: "
-            "ometer db import --pruned-too %s",
+            "ometer db import --pruned-too %s (each file *%s in %s alike)",
             len(spans),
             spans[0].id,
             spans[0].tenant,
@@ -225,7 +241,10 @@ class DurableLedger(Database):
             when,
             self.display_url,
             where,
+            _since(said, len(spans), "set aside in files of their own there"),
             shlex.quote(str(where)),
+            BEFORE_HORIZON,
+            self.spool.quarantine_dir,
         )
         return dict.fromkeys(ids, Stored.QUARANTINED)
 
@@ -380,3 +399,11 @@ class DurableLedger(Database):
     def dispose(self) -> None:
         self.journal.close()
         super().dispose()
+
+
+def _since(said: int | None, these: int, how: str) -> str:
+    """What a throttled line adds: how many more spans were ``how`` since the last such line,
+    when there were more than ``these``, this write's."""
+    if said is None or said <= these:
+        return ""
+    return f" (and {said - these} more span(s) {how} since the last such line)"
