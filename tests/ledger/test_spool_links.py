@@ -143,3 +143,20 @@ def test_a_spool_named_after_a_link_on_another_file_system_is_used_through_both(
         writer.dispose()
         assert later.id in _ids(f"sqlite:///{target}")
         assert target.with_name("ledger.db.spool").resolve() == old.resolve()
+
+
+def test_files_that_cannot_join_across_file_systems_stay_and_are_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both folders there and on two file systems: a file cannot be renamed across, so it
+    stays where it is, whole, and a warning says where it is and what to do."""
+    with small_tmpfs(tmp_path, "8m") as disk:
+        link, target = _paths(tmp_path, disk)
+        old = link.with_name("ledger.db.spool")
+        first, stranded = make_span(), make_span()
+        Spool(target.with_name("ledger.db.spool")).put([first])
+        left = Spool(old).put([stranded])
+        assert _ids(f"sqlite:///{link}") == {first.id}
+        assert left.is_file()
+        said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+        assert f"1 file(s) in {old}" in said and "move them there by hand" in said
