@@ -109,12 +109,12 @@ class Throttled:
         self._unlogged: dict[str, int] = {}
         self.counts: dict[str, int] = {}
 
-    def due(self, kind: str) -> int | None:
-        """Count one ``kind``: how many happened since its last line (this one included)
-        when a line is due now, else None."""
+    def due(self, kind: str, count: int = 1) -> int | None:
+        """Count ``count`` of ``kind`` (one event, or the spans of one batch): how many
+        happened since its last line (these included) when a line is due now, else None."""
         with self._lock:
-            self.counts[kind] = self.counts.get(kind, 0) + 1
-            unlogged = self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+            self.counts[kind] = self.counts.get(kind, 0) + count
+            unlogged = self._unlogged[kind] = self._unlogged.get(kind, 0) + count
             now, last = self._clock(), self._last.get(kind)
             if last is not None and now - last < self.interval:
                 return None

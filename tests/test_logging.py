@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from ollama_meter import _text, configure_logging
-from ollama_meter._logging import JsonFormatter, TextFormatter
+from ollama_meter._logging import JsonFormatter, TextFormatter, Throttled
 
 
 def test_json_lines_with_extra_fields(capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,3 +150,23 @@ def test_a_mail_servers_reply_cannot_forge_a_log_line(capsys: pytest.CaptureFixt
     assert lines[1].endswith(
         "(550 5.1.1 no such mailbox\\n\\x1b[32mWARNING ollama_meter.alerts: all is well\\x1b[0m)"
     )
+
+
+@given(st.lists(st.tuples(st.floats(0, 30), st.integers(1, 50)), max_size=60))
+def test_a_throttled_count_of_batches_says_every_item_once(
+    events: list[tuple[float, int]],
+) -> None:
+    """Batches of ``count`` items (spans set aside a write): the lines due are at least an
+    interval apart, and together with what is still unsaid they count every item once."""
+    now = [0.0]
+    throttled = Throttled(logging.getLogger("test"), interval=10, clock=lambda: now[0])
+    said, times = 0, []
+    for gap, count in events:
+        now[0] += gap
+        if (due := throttled.due("kind", count)) is not None:
+            said, times = said + due, [*times, now[0]]
+            assert due >= count
+    assert all(b - a >= 10 for a, b in itertools.pairwise(times))
+    total = sum(count for _, count in events)
+    assert throttled.counts.get("kind", 0) == total
+    assert said + throttled._unlogged.get("kind", 0) == total

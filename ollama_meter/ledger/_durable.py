@@ -14,10 +14,7 @@ of the calls that really were in flight.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import re
 import shlex
 import threading
 import time
@@ -25,19 +22,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
 from ollama_meter._logging import Throttled
-from ollama_meter._paths import default_data_dir
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _spans
 from ollama_meter.ledger._budgets import drop_reservations
 from ollama_meter.ledger._database import Database, is_content_error
-from ollama_meter.ledger._engine import DEFAULT_WAIT, sqlite_path
+from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._journal import Journal, Orphan
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision
-from ollama_meter.ledger._spool import Rejected, Spool
+from ollama_meter.ledger._spool import BEFORE_HORIZON, Rejected, Spool
+from ollama_meter.ledger._spool_dir import default_spool_dir
 from ollama_meter.records import DURABLE, SpanRecord, Stored
 
 log = logging.getLogger("ollama_meter.ledger")
@@ -49,62 +45,6 @@ DRAIN_SLICE = 0.2
 """Seconds a write spends recording the spool once the database answers again. The write
 is every waiting call's (group commit): a long outage spools thousands of files, and
 recording them all in the first write after it held every call for a minute and more."""
-
-
-_SERVER_KEYS = ("host", "hostaddr", "port", "dbname", "service")
-"""URL query keys that say which server and database (the rest say how to log in or talk)."""
-
-
-def default_spool_dir(url: str) -> Path:
-    """Beside a SQLite file; in the user data dir, per database, for servers.
-
-    A server's folder is named after the database it holds spans for: its backend,
-    host, port and name, not the user, password, driver or options, which are what
-    gets fixed after an outage (a wrong password, an expired user); spans spooled
-    under the old URL are then recorded by the process started with the new one.
-    """
-    parsed = make_url(url)
-    path = sqlite_path(parsed)
-    if path is not None:
-        return path.with_name(f"{path.name}.spool")
-    query = {k: v for k, v in parsed.query.items() if k in _SERVER_KEYS}
-    given = parsed.query.get("options")
-    schema = _search_path(" ".join(given) if isinstance(given, tuple) else given or "")
-    if schema is not None:  # which ledger of the database: two schemas are two ledgers
-        query["search_path"] = schema
-    database = URL.create(
-        parsed.get_backend_name(),
-        host=parsed.host,
-        port=parsed.port,
-        database=parsed.database,
-        query=query,
-    )
-    digest = hashlib.sha256(database.render_as_string().encode()).hexdigest()[:16]
-    folder = default_data_dir() / "spool" / digest
-    # Spools from before were named after the whole URL: bring this URL's along, once.
-    legacy = folder.with_name(hashlib.sha256(url.encode()).hexdigest()[:16])
-    if legacy != folder and legacy.is_dir() and not folder.exists():
-        with contextlib.suppress(OSError):  # another process moved it first
-            legacy.rename(folder)
-    return folder
-
-
-def _search_path(options: str) -> str | None:
-    """The ``search_path`` a libpq ``options`` string sets (``-c search_path=x``,
-    ``-csearch_path=x``, ``--search-path=x``; the last one wins, as on the server)."""
-    words = [w.replace("\\ ", " ") for w in re.split(r"(?<!\\) +", options.strip())]
-    found = None
-    for index, word in enumerate(words):
-        if word == "-c" and index + 1 < len(words):
-            setting = words[index + 1]
-        elif word.startswith(("-c", "--")) and len(word) > 2:
-            setting = word[2:]
-        else:
-            continue
-        name, equals, value = setting.partition("=")
-        if equals and name.strip().lower().replace("-", "_") == "search_path":
-            found = value
-    return found
 
 
 class DurableLedger(Database):
@@ -125,6 +65,8 @@ class DurableLedger(Database):
         self.drain_slice = DRAIN_SLICE
         """Seconds a write spends recording the spool (:data:`DRAIN_SLICE`); 0: one file."""
         self._spooling = Throttled(log)
+        self._early = Throttled(log)
+        """Says spans set aside for starting before the prune horizon (:meth:`_keep_early`)."""
         self._held: list[SpanRecord] = []
         self._held_lock = threading.Lock()
         self._held_tried = 0.0
@@ -257,7 +199,12 @@ class DurableLedger(Database):
         replayed from a spool file or journal) or not (spooled across the prune, a clock days
         behind). ``spool_file``: they are in it already (a drain); kept nowhere else, they
         stay there. Else, when they cannot be kept, they are spooled (or held), as spans
-        the database cannot take are."""
+        the database cannot take are.
+
+        Each write's spans go to a file of their own (the same spans set aside again go to
+        the same file, so a repeated drain adds no line); the ERROR saying so is one every
+        10 s at most, with how many spans were set aside since: a gateway whose clock is days
+        behind set aside every call, and a late drain every file, each with its own line."""
         ids = [span.id for span in spans]
         when = f"{horizon:%Y-%m-%d %H:%M} UTC" if horizon else "the prune horizon"
         try:
@@ -268,16 +215,25 @@ class DurableLedger(Database):
                 f"{self.spool.quarantine_dir} ({exc})"
             )
             if spool_file is not None:
-                log.error("%s: they stay in the spool file %s", why, spool_file)
+                said = self._early.due("unkept", len(spans))
+                log.log(
+                    logging.DEBUG if said is None else logging.ERROR,
+                    "%s: they stay in the spool file %s%s",
+                    why,
+                    spool_file,
+                    _since(said, len(spans), "left in their spool files alike"),
+                )
                 return dict.fromkeys(ids, Stored.SPOOLED)
             return self.keep(spans, LedgerError(why))
-        log.error(
+        said = self._early.due("kept", len(spans))
+        log.log(
+            logging.DEBUG if said is None else logging.ERROR,
             "%d span(s) (the first %s, %s/%s) started before %s, where the raw spans of the "
             "ledger at %s were pruned: not recorded, since its rollups of those days may count "
             "them already (spans recorded, pruned, then replayed from a spool file or a journal "
-            "would count twice). Kept them in %s: if their days' report lacks them (spooled "
+            "would count twice). Kept them in %s%s: if their days' report lacks them (spooled "
             "across the prune, or a clock days behind), add them with: "
-            "ometer db import --pruned-too %s",
+            "ometer db import --pruned-too %s (each file *%s in %s alike)",
             len(spans),
             spans[0].id,
             spans[0].tenant,
@@ -285,7 +241,10 @@ class DurableLedger(Database):
             when,
             self.display_url,
             where,
+            _since(said, len(spans), "set aside in files of their own there"),
             shlex.quote(str(where)),
+            BEFORE_HORIZON,
+            self.spool.quarantine_dir,
         )
         return dict.fromkeys(ids, Stored.QUARANTINED)
 
@@ -440,3 +399,11 @@ class DurableLedger(Database):
     def dispose(self) -> None:
         self.journal.close()
         super().dispose()
+
+
+def _since(said: int | None, these: int, how: str) -> str:
+    """What a throttled line adds: how many more spans were ``how`` since the last such line,
+    when there were more than ``these``, this write's."""
+    if said is None or said <= these:
+        return ""
+    return f" (and {said - these} more span(s) {how} since the last such line)"

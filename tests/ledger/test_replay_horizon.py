@@ -5,6 +5,7 @@ horizon, so no pruned span is counted twice in the rollups that kept it, and non
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,6 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from ollama_meter._logging import Throttled
 from ollama_meter.ledger import Ledger, SpanFilter, import_lines, prune, rebuild, span_to_dict
 from ollama_meter.ledger._journal import _OPEN_FIELDS
 from ollama_meter.ledger._spool import span_json
@@ -201,6 +203,54 @@ def test_a_fresh_call_dated_before_the_horizon_is_kept_aside_and_said(
     said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
     assert str(aside) in said and "ometer db import --pruned-too" in said
     ledger.dispose()
+
+
+def test_late_spans_by_the_hundred_are_each_kept_once_and_said_in_a_few_lines(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two gateways with clocks days behind after a prune: every write's spans were set aside
+    with an ERROR line of their own (147 in a second). Now a line per process every 10 s at
+    most, saying how many since; every span is still kept, once, a write's set aside again
+    (a repeated drain) going to the same file, and the import adds each exactly once."""
+    caplog.set_level(logging.DEBUG, logger="ollama_meter.ledger")
+    now = [0.0]
+    ledger, other = Ledger(sqlite_url, zone="Europe/Berlin"), Ledger(sqlite_url)
+    for writer in (ledger, other):
+        writer._early = Throttled(logging.getLogger("ollama_meter.ledger"), clock=lambda: now[0])
+    ledger.record(_spans())
+    cutoff = prune(ledger, 30, now=NOW).cutoff
+    kept = _tables(ledger)
+    behind = cutoff - timedelta(days=3)
+    late = [
+        replace(s, started_at=behind + timedelta(minutes=i), ended_at=behind + timedelta(hours=3))
+        for i, s in enumerate(_spans(150, seed=11))
+    ]
+    batches: list[list[SpanRecord]] = []
+    while len(done := [s for b in batches for s in b]) < len(late):
+        batches.append(late[len(done) : len(done) + 1 + len(batches) % 3])  # 1, 2, 3 spans
+    for index, batch in enumerate(batches):
+        stored = (ledger, other)[index % 2].record(batch)
+        assert set(stored.values()) == {Stored.QUARANTINED}
+    assert ledger.record(batches[0]) == dict.fromkeys(
+        (s.id for s in batches[0]), Stored.QUARANTINED
+    )
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2  # one a writer
+    now[0] += 11
+    ledger.record(batches[1])
+    (*_, said) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    since = sum(map(len, batches[2::2])) + len(batches[0])  # this writer's, the repeat too
+    assert f"(and {since} more span(s) set aside" in said
+    assert _tables(ledger) == kept
+    files = _set_aside(ledger)
+    assert len(files) == len(batches)  # the same spans again: the same file
+    lines = [line for f in files for line in f.read_bytes().splitlines()]
+    assert sorted(json.loads(line)["id"] for line in lines) == sorted(s.id for s in late)
+    assert import_lines(ledger, lines, pruned_too=True).added == len(late)
+    assert import_lines(ledger, lines, pruned_too=True).added == 0
+    assert ledger.count(SpanFilter(until=cutoff)) == len(late)
+    ledger.dispose()
+    other.dispose()
 
 
 def test_spans_before_the_horizon_that_cannot_be_kept_aside_wait_in_the_spool(
