@@ -99,13 +99,13 @@ def _until(condition: Any, what: str) -> None:
         time.sleep(0.02)
 
 
-def test_bodies_past_the_room_wait_then_get_503_with_a_span(
-    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_memory, "ROOM_WAIT_S", 0.3)
-    gw = serve_on(emulator.url, sqlite_url, config={"slots": 8}, max_body_bytes=1000)
-    prompt = "x" * 880
-    body = json.dumps({"model": "llama3.1:8b", "messages": [{"role": "user", "content": prompt}]})
+def _room_filled(gw: Any, emulator: OllamaEmulator) -> tuple[Any, str, bytes, list[socket.socket]]:
+    """Eight calls of a 1,000-byte room each (the room: 8,000 bytes) waiting on a hung Ollama,
+    each holding its body's room: the room full. The memory, the body, the request as sent,
+    and the eight callers' sockets."""
+    body = json.dumps(
+        {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "x" * 880}]}
+    )
     assert 900 < len(body) <= 1000
     assert gw.client.post("/api/chat", content=body).status_code == 200  # builds the app
     memory = _memory_of(gw)
@@ -121,6 +121,15 @@ def test_bodies_past_the_room_wait_then_get_503_with_a_span(
     for caller in callers:
         caller.sendall(request)  # each waits on a hung Ollama, its body held
     _until(lambda: memory.held == 8 * len(body), "the eight calls did not take their room")
+    return memory, body, request, callers
+
+
+def test_bodies_past_the_room_wait_then_get_503_with_a_span(
+    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_memory, "ROOM_WAIT_S", 0.3)
+    gw = serve_on(emulator.url, sqlite_url, config={"slots": 8}, max_body_bytes=1000)
+    memory, body, _, callers = _room_filled(gw, emulator)
     refused = httpx.post(f"{gw.url}/api/chat", content=body, timeout=30)
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert "holds as many request bodies as it takes (8,000 bytes" in refused.json()["error"]
@@ -183,24 +192,9 @@ def test_a_caller_that_hangs_up_waiting_for_room_is_a_client_abort_at_once(
     """On the wire: the span was written 30 s later, as ``server_busy``/503."""
     monkeypatch.setattr(_memory, "ROOM_WAIT_S", 20.0)
     gw = serve_on(emulator.url, sqlite_url, config={"slots": 8}, max_body_bytes=1000)
-    body = json.dumps(
-        {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "x" * 880}]}
-    )
-    assert gw.client.post("/api/chat", content=body).status_code == 200  # builds the app
-    memory = _memory_of(gw)
-    _until(lambda: memory.held == 0, "an answered call kept its room")
-    emulator.inject(Fault.HANG, times=8)
-    address = (urlsplit(gw.url).hostname, urlsplit(gw.url).port)
-    request = (
-        b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode())
-    )
-    callers = [socket.create_connection(address, timeout=30) for _ in range(8)]
+    memory, body, request, callers = _room_filled(gw, emulator)
     try:
-        for caller in callers:
-            caller.sendall(request)  # each waits on a hung Ollama, its body held
-        _until(lambda: memory.held == 8 * len(body), "the eight calls did not take their room")
-        leaver = socket.create_connection(address, timeout=30)
+        leaver = socket.create_connection(callers[0].getpeername(), timeout=30)
         leaver.sendall(request)
         _until(lambda: len(memory._waiting) == 1, "the ninth body did not wait for room")
         left = time.monotonic()
