@@ -18,7 +18,9 @@ from urllib.parse import unquote
 from ollama_meter.errors import ConfigError
 
 _ENV_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
-GATEWAY_ENV = frozenset({"OMETER_ADMIN_TOKEN", "OMETER_MAX_BODY_BYTES", "OMETER_MAX_HEADER_BYTES"})
+GATEWAY_ENV = frozenset({
+    "OMETER_ADMIN_TOKEN", "OMETER_MAX_BODY_BYTES", "OMETER_MAX_HEADER_BYTES", "OMETER_ORIGINS",
+})  # fmt: skip
 """Variables ``ometer serve`` reads for its own options, beside the settings."""
 TEST_ENV = "OMETER_TEST_"
 """The prefix of the test suite's own variables (``OMETER_TEST_PG_URL``, ...): never settings."""

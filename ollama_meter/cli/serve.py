@@ -129,6 +129,14 @@ def serve(
             help="Listen beyond loopback with no key and no admin token (a trusted network only).",
         ),
     ] = False,
+    origins: Annotated[
+        str,
+        typer.Option(
+            "--origins",
+            envvar="OMETER_ORIGINS",
+            help="Web pages that may call from a browser beyond Ollama's defaults (origins, comma-separated, * wildcards).",
+        ),
+    ] = "",
     max_body_bytes: Annotated[
         int,
         typer.Option(
@@ -171,6 +179,7 @@ def serve(
         admin_token=admin_token,
         max_body_bytes=max_body_bytes,
         loopback=is_loopback(host),
+        origins=tuple(origins.split(",")),
     )
     admin_token = options.admin_token
     if not (is_loopback(host) or require_key or admin_token or insecure_open):

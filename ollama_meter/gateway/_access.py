@@ -39,6 +39,7 @@ from ollama_meter.gateway import _memory
 from ollama_meter.gateway._attribution import HEADER_KEY
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
 from ollama_meter.gateway._memory import TooLarge, TooSlow, take
+from ollama_meter.gateway._origins import allowed_origins
 from ollama_meter.gateway._relay import error_response, wire_of
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import KEY_PREFIX, ApiKey
@@ -261,6 +262,7 @@ class GatewayOptions:
     default_user: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     loopback: bool = False  # listening only there: requests must name this machine (_hosts.py)
+    origins: tuple[str, ...] = ()  # web pages allowed beyond Ollama's defaults (_origins.py)
 
     def __post_init__(self) -> None:
         if self.default_user is not None and (
@@ -269,6 +271,7 @@ class GatewayOptions:
             raise ValidationError(f"user name {problem}")
         if self.admin_token is not None:
             object.__setattr__(self, "admin_token", admin_token_of(self.admin_token))
+        allowed_origins(self.origins)  # a malformed one is an error before anything listens
 
     @property
     def guarded(self) -> bool:

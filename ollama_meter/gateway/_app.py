@@ -44,6 +44,7 @@ from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._hosts import guard
 from ollama_meter.gateway._json import INLINE_PARSE_BYTES
 from ollama_meter.gateway._memory import Unread, body_memory
+from ollama_meter.gateway._origins import allowed_origins, origin_check
 from ollama_meter.gateway._passthrough import BLOBS, PASSTHROUGH, forward
 from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
 from ollama_meter.gateway._relay import Relay, error_response, wire_of
@@ -397,6 +398,7 @@ def create_app(
         middleware=[
             drained(drain),
             guard(loopback=opts.loopback),
+            origin_check(allowed_origins(opts.origins)),
             body_memory(opts.max_body_bytes),
         ],
     )

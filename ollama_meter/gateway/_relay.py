@@ -73,7 +73,7 @@ from ollama_meter.upstream._pooled import content_type_of, gateway_status
 
 HOP_BY_HOP = frozenset({
     "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
-    "upgrade", "proxy-authorization", "proxy-authenticate",
+    "upgrade", "proxy-authorization", "proxy-authenticate", "origin",  # _origins.py
     # The caller's credentials are the gateway's to read, never Ollama's (nor its logs'):
     # every header a key or the admin token may come in.
     "authorization", "x-api-key", "x-ometer-key",

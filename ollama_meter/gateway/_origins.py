@@ -1,0 +1,181 @@
+"""Which web pages may call the gateway from a browser: Ollama's origin rule, kept in front.
+
+A browser sends the page's ``Origin`` with every cross-origin call, and Ollama answers only
+pages it allows (``OLLAMA_ORIGINS`` plus http(s) on localhost, 127.0.0.1 and 0.0.0.0 at any
+port, and the ``app``, ``file``, ``tauri``, ``vscode-webview`` and ``vscode-file`` schemes):
+any other origin gets 403, so a page on some web site cannot spend a department's budget
+through a gateway on its visitor's machine with a plain form post (no preflight needed).
+The gateway is the server the browser talks to, so it applies the same rule, with
+``OMETER_ORIGINS`` for the pages it allows beyond the defaults (same form: comma-separated,
+one ``*`` per entry at most, ``*`` alone for any page):
+
+- no ``Origin``, or the gateway's own (its dashboard): nothing changes;
+- an allowed origin: a preflight (``OPTIONS``) is answered 204 with what may be sent, and
+  every answer says the page may read it (and the span id and ``Retry-After`` headers);
+- any other origin: 403 before anything is read, forwarded or metered (no span: anyone's
+  page could grow the ledger with them), in the route's error format.
+
+The caller's ``Origin`` is never passed on to Ollama (``_relay.HOP_BY_HOP``): the gateway
+made the decision, and Ollama's own check would read an origin of a page it never served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ollama_meter.errors import ValidationError
+from ollama_meter.gateway._relay import error_response, wire_of
+
+DEFAULT_ORIGINS = (
+    *(
+        f"{scheme}://{host}{port}"
+        for host in ("localhost", "127.0.0.1", "0.0.0.0")
+        for scheme in ("http", "https")
+        for port in ("", ":*")
+    ),
+    *(f"{scheme}://*" for scheme in ("app", "file", "tauri", "vscode-webview", "vscode-file")),
+)
+"""Ollama's own defaults (``envconfig.AllowedOrigins``)."""
+
+ALLOWED_METHODS = b"GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+ALLOWED_HEADERS = ", ".join((
+    "Authorization", "Content-Type", "User-Agent", "Accept", "X-Requested-With",
+    # OpenAI's and Anthropic's browser clients
+    "OpenAI-Beta", "x-stainless-arch", "x-stainless-async", "x-stainless-custom-poll-interval",
+    "x-stainless-helper-method", "x-stainless-lang", "x-stainless-os",
+    "x-stainless-package-version", "x-stainless-poll-helper", "x-stainless-retry-count",
+    "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-timeout",
+    "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access",
+    "x-api-key",
+    # the gateway's own
+    "X-Ometer-Key", "X-Ometer-Tenant", "X-Ometer-Department", "X-Ometer-User",
+)).encode()  # fmt: skip
+EXPOSED_HEADERS = b"X-Ometer-Span-Id, Retry-After"
+MAX_AGE = b"43200"  # 12 h, as Ollama's
+
+
+@dataclass(frozen=True, slots=True)
+class Origins:
+    """The pages allowed: exact origins, and ``prefix*suffix`` patterns."""
+
+    exact: frozenset[str]
+    patterns: tuple[tuple[str, str], ...]
+    any: bool = False
+
+    def allows(self, origin: str) -> bool:
+        origin = origin.lower()
+        return (
+            self.any
+            or origin in self.exact
+            or any(
+                len(origin) >= len(head) + len(tail)
+                and origin.startswith(head)
+                and origin.endswith(tail)
+                for head, tail in self.patterns
+            )
+        )
+
+
+def allowed_origins(extra: Iterable[str] = ()) -> Origins:
+    """Ollama's defaults and ``extra`` (``OMETER_ORIGINS``); a malformed entry is an error."""
+    exact: set[str] = set()
+    patterns: list[tuple[str, str]] = []
+    anything = False
+    for entry in (*extra, *DEFAULT_ORIGINS):
+        origin = entry.strip().lower()
+        if not origin:
+            continue
+        if origin == "*":
+            anything = True
+        elif origin.count("*") > 1 or not (origin.isascii() and origin.isprintable()):
+            raise ValidationError(_bad(entry, "has more than one * or a character not allowed"))
+        elif "*" in origin:
+            head, _, tail = origin.partition("*")
+            patterns.append((head, tail))
+        elif origin != "null" and "://" not in origin:
+            raise ValidationError(_bad(entry, "is not scheme://host[:port]"))
+        else:
+            exact.add(origin.rstrip("/"))
+    return Origins(frozenset(exact), tuple(dict.fromkeys(patterns)), anything)
+
+
+def _bad(entry: str, problem: str) -> str:
+    return (
+        f"--origins (OMETER_ORIGINS): {entry.strip()[:80]!r} {problem}; give web page origins "
+        "separated by commas, as OLLAMA_ORIGINS takes them (e.g. "
+        "https://chat.example.com,http://intranet:*), or * for any page"
+    )
+
+
+def _own(origin: str, host: str) -> bool:
+    """Whether the page is the gateway's own (its dashboard)."""
+    return bool(host) and origin.lower() in (f"http://{host}".lower(), f"https://{host}".lower())
+
+
+class OriginCheck:
+    """ASGI middleware: the rule above, before any route."""
+
+    def __init__(self, app: ASGIApp, *, origins: Origins) -> None:
+        self.app = app
+        self.origins = origins
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = [v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"]
+        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+        if not given or (len(given) == 1 and _own(given[0], host)):
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "/")
+        if len(given) > 1:
+            message = f"Origin is given {len(given)} times; give it once"
+            await error_response(wire_of(path), 400, message)(scope, receive, send)
+            return
+        origin = given[0]
+        if not self.origins.allows(origin):
+            shown = origin[:200] if origin.isprintable() else repr(origin[:200])
+            message = (
+                f"a web page from {shown} may not call this gateway (as Ollama refuses pages it "
+                "does not allow); its administrator can allow it with --origins / "
+                "OMETER_ORIGINS, as OLLAMA_ORIGINS allows pages on Ollama"
+            )
+            await error_response(wire_of(path), 403, message)(scope, receive, send)
+            return
+        allow = [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"vary", b"Origin"),
+        ]
+        if scope["method"] == "OPTIONS":
+            await _preflight(allow, send)
+            return
+
+        async def send_allowed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                exposed = (b"access-control-expose-headers", EXPOSED_HEADERS)
+                message = {**message, "headers": [*message.get("headers", []), *allow, exposed]}
+            await send(message)
+
+        await self.app(scope, receive, send_allowed)
+
+
+async def _preflight(allow: list[tuple[bytes, bytes]], send: Send) -> None:
+    headers = [
+        *allow,
+        (b"access-control-allow-methods", ALLOWED_METHODS),
+        (b"access-control-allow-headers", ALLOWED_HEADERS),
+        (b"access-control-max-age", MAX_AGE),
+        (b"content-length", b"0"),
+    ]
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def origin_check(origins: Origins) -> Middleware:
+    """The middleware as the app declares it."""
+    return Middleware(OriginCheck, origins=origins)

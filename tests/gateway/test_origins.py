@@ -1,0 +1,265 @@
+"""Web pages calling the gateway from a browser: Ollama's origin rule, applied in front of it.
+
+In process (the rule, every answer's headers, what reaches Ollama and the ledger); the last
+test opens real pages in Debian's headless Chromium, one allowed and one not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from hypothesis import given, strategies as st
+from playwright import sync_api
+
+from ollama_meter.errors import ValidationError
+from ollama_meter.gateway import GatewayOptions
+from ollama_meter.gateway._origins import allowed_origins
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.testing import OllamaEmulator, expected_reply
+from tests.gateway.conftest import Gateway
+from tests.gateway.test_dashboard_browser import ARGS, CHROMIUM
+
+CHAT = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+LOCAL_PAGE = "http://localhost:5173"
+EVIL_PAGE = "https://evil.example"
+PREFLIGHT = {
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "content-type",
+}
+
+
+@pytest.fixture
+def gateway_with(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> Callable[..., Gateway]:
+    return lambda **options: app_on(emulator.url, sqlite_url, **options)
+
+
+def _calls(emulator: OllamaEmulator) -> list[Any]:
+    return emulator.requests_to("/api/chat") + emulator.requests_to("/v1/chat/completions")
+
+
+HOSTS = st.sampled_from(["localhost", "127.0.0.1", "0.0.0.0", "evil.example", "localhost.evil", "10.0.0.1"])  # fmt: skip
+SCHEMES = st.sampled_from(["http", "https", "app", "file", "tauri", "chrome-extension", "ftp"])
+PORTS = st.sampled_from(["", ":80", ":5173", ":65535"])
+
+
+@given(scheme=SCHEMES, host=HOSTS, port=PORTS)
+def test_the_default_origins_are_ollamas(scheme: str, host: str, port: str) -> None:
+    """http(s) pages on localhost, 127.0.0.1 and 0.0.0.0 at any port, and Ollama's app
+    schemes at any host; nothing else."""
+    origin = f"{scheme}://{host}{port}"
+    expected = scheme in ("app", "file", "tauri") or (
+        scheme in ("http", "https") and host in ("localhost", "127.0.0.1", "0.0.0.0")
+    )
+    assert allowed_origins().allows(origin) is expected
+    assert allowed_origins().allows(origin.upper()) is expected
+
+
+def test_an_allowed_page_is_answered_and_its_preflight_too(
+    gateway_with: Callable[..., Gateway], emulator: OllamaEmulator
+) -> None:
+    gw = gateway_with()
+    pre = gw.client.options("/api/chat", headers={"Origin": LOCAL_PAGE, **PREFLIGHT})
+    assert pre.status_code == 204
+    assert pre.content == b""
+    assert pre.headers["access-control-allow-origin"] == LOCAL_PAGE
+    assert (
+        pre.headers["access-control-allow-methods"]
+        == "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
+    )
+    allowed = {h.strip().lower() for h in pre.headers["access-control-allow-headers"].split(",")}
+    assert {"content-type", "authorization", "x-ometer-key", "x-ometer-department"} <= allowed
+    assert pre.headers["access-control-max-age"] == "43200"
+    assert emulator.requests == []  # a preflight is the gateway's to answer
+
+    answer = gw.client.post("/api/chat", json=CHAT, headers={"Origin": LOCAL_PAGE})
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == LOCAL_PAGE
+    assert answer.headers["access-control-expose-headers"] == "X-Ometer-Span-Id, Retry-After"
+    assert "Origin" in answer.headers.get_list("vary")
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.status, answer.headers["x-ometer-span-id"]) == ("ok", span.id)
+    (call,) = _calls(emulator)
+    assert "origin" not in call.headers  # the gateway decided; Ollama's check never sees it
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/chat", lambda text: {"error": text}),
+        ("/v1/chat/completions", lambda text: {"error": {"message": text, "type": "invalid_request_error", "param": None, "code": None}}),
+    ],
+)  # fmt: skip
+def test_a_page_not_allowed_is_refused_before_anything_runs(
+    gateway_with: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    path: str,
+    body: Callable[[str], Any],
+) -> None:
+    """A plain form post (text/plain: no preflight) from some web site: 403 in the route's
+    format, nothing forwarded, no span; its preflight is refused the same way."""
+    gw = gateway_with()
+    payload = json.dumps({**CHAT, "messages": [{"role": "user", "content": "spend"}]})
+    headers = {"Origin": EVIL_PAGE, "Content-Type": "text/plain"}
+    refused = gw.client.post(path, content=payload, headers=headers)
+    assert refused.status_code == 403
+    text = refused.json()
+    message = text["error"] if isinstance(text["error"], str) else text["error"]["message"]
+    assert text == body(message)
+    assert EVIL_PAGE in message and "OMETER_ORIGINS" in message
+    assert "access-control-allow-origin" not in refused.headers
+    pre = gw.client.options(path, headers={"Origin": EVIL_PAGE, **PREFLIGHT})
+    assert pre.status_code == 403
+    assert "access-control-allow-origin" not in pre.headers
+    assert emulator.requests == []
+    assert gw.ledger.latest(SpanFilter(), 10) == []
+
+
+def test_the_administrator_allows_more_pages(
+    gateway_with: Callable[..., Gateway], emulator: OllamaEmulator
+) -> None:
+    gw = gateway_with(origins=("https://*.corp.example", " http://intranet:8080 ", ""))
+    for page, status in [
+        ("https://chat.corp.example", 200),
+        ("HTTPS://Chat.Corp.Example", 200),
+        ("http://intranet:8080", 200),
+        ("https://corp.example.evil", 403),
+        ("https://evilcorp.example", 403),
+        ("http://intranet:8081", 403),
+        (LOCAL_PAGE, 200),  # the defaults stay
+    ]:
+        answer = gw.client.post("/api/chat", json=CHAT, headers={"Origin": page})
+        assert answer.status_code == status, page
+    assert len(_calls(emulator)) == 4
+    anyone = gateway_with(origins=("*",))
+    assert (
+        anyone.client.post("/api/chat", json=CHAT, headers={"Origin": EVIL_PAGE}).status_code == 200
+    )
+
+
+def test_the_gateways_own_page_and_callers_with_no_page_are_as_before(
+    gateway_with: Callable[..., Gateway],
+) -> None:
+    gw = gateway_with()
+    own = gw.client.post("/api/chat", json=CHAT, headers={"Origin": "http://testserver"})
+    assert own.status_code == 200
+    assert "access-control-allow-origin" not in own.headers
+    plain = gw.client.post("/api/chat", json=CHAT)
+    assert plain.status_code == 200 and "access-control-allow-origin" not in plain.headers
+    assert gw.client.options("/api/chat").status_code == 405  # no page: no preflight
+
+
+def test_an_origin_given_twice_is_refused(gateway_with: Callable[..., Gateway]) -> None:
+    gw = gateway_with()
+    headers = [("Origin", LOCAL_PAGE), ("Origin", EVIL_PAGE)]
+    answer = gw.client.post("/api/chat", json=CHAT, headers=headers)
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "Origin is given 2 times; give it once"}
+
+
+@pytest.mark.parametrize(
+    "entry", ["http://a*b*", "intranet", "http://caf\u00e9.example", "http://a\nb"]
+)
+def test_a_malformed_origin_setting_is_an_error_before_anything_listens(entry: str) -> None:
+    with pytest.raises(ValidationError, match="OMETER_ORIGINS") as caught:
+        GatewayOptions(origins=(entry,))
+    assert "\n" not in str(caught.value)
+
+
+PAGE = b"<!doctype html><title>a page</title><p>calls the gateway from the browser"
+
+
+@pytest.fixture
+def page_server() -> Iterator[int]:
+    """Serves one plain page on loopback: what a web app's origin is made of here."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(PAGE)))
+            self.end_headers()
+            self.wfile.write(PAGE)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield int(server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+CALL = """async ([url, body]) => {
+  try {
+    const answer = await fetch(url + "/api/chat", {
+      method: "POST", body,
+      headers: {"Content-Type": "application/json", "X-Ometer-Department": "web"},
+    });
+    return {status: answer.status, span: answer.headers.get("X-Ometer-Span-Id"),
+            reply: (await answer.json()).message.content};
+  } catch (error) { return {failed: String(error)}; }
+}"""
+FORM_POST = """async ([url, body]) => {
+  await fetch(url + "/api/chat", {method: "POST", mode: "no-cors", body,
+                                  headers: {"Content-Type": "text/plain"}});
+  return "sent";
+}"""
+
+
+def test_pages_in_a_real_browser(
+    serve_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    page_server: int,
+) -> None:
+    """Chromium loads a page from localhost (allowed: its preflight, call and headers work)
+    and the same page from evil.test (its call fails; its form post is sent, and refused:
+    no span, nothing reached Ollama)."""
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("OMETER_TEST_REQUIRE_BROWSER"):
+            pytest.fail("OMETER_TEST_REQUIRE_BROWSER is set but /usr/bin/chromium is missing")
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    gw = serve_on(emulator.url, sqlite_url)
+    body = json.dumps(CHAT)
+    with sync_api.sync_playwright() as playwright:
+        args = [*ARGS, "--host-resolver-rules=MAP evil.test 127.0.0.1"]
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://localhost:{page_server}/")
+            allowed = page.evaluate(CALL, [gw.url, body])
+            page.goto(f"http://evil.test:{page_server}/")
+            refused = page.evaluate(CALL, [gw.url, body])
+            assert page.evaluate(FORM_POST, [gw.url, body]) == "sent"
+        finally:
+            browser.close()
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.department, span.status) == ("web", "ok")
+    assert allowed == {
+        "status": 200,
+        "span": span.id,
+        "reply": expected_reply(CHAT["model"], CHAT["messages"]).content,
+    }
+    assert set(refused) == {"failed"}
+    assert len(_calls(emulator)) == 1
+
+
+def test_serve_says_which_origin_setting_is_wrong_before_listening(
+    cli: Any, emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMETER_ORIGINS", "https://chat.example.com,intranet")
+    done = cli("serve", "--port", "0", "--upstream", emulator.url, "--db", sqlite_url)
+    assert done.code == 2 and "ometer gateway on" not in done.stderr
+    assert done.stderr.startswith(
+        "error: --origins (OMETER_ORIGINS): 'intranet' is not scheme://host[:port]; "
+    )
