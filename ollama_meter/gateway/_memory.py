@@ -147,12 +147,13 @@ class BodyMemory:
         deadline = loop.time() + self.wait
         holding = _HELD in scope
         gone: asyncio.Future[None] | None = scope.get(GONE)
-        while self.held + size > self.most:
+        waited = False  # refused only just after a turn of the loop: a hang-up already due
+        while self.held + size > self.most:  # (a process paused past the wait) is heard first
             if gone is not None and gone.done():
                 raise ClientDisconnect  # no room is waited for nobody
             if holding and self._stuck == self._holders - 1:
                 break  # every other request holding room waits for more: this one goes on
-            if loop.time() >= deadline:
+            if waited and loop.time() >= deadline:
                 raise NoRoom(self.most, self.wait)
             waiter = loop.create_future()
             self._waiting.append(waiter)
@@ -160,9 +161,10 @@ class BodyMemory:
             try:  # looked at once more above, then refused (or the caller is gone)
                 await asyncio.wait(
                     (waiter,) if gone is None else (waiter, gone),
-                    timeout=deadline - loop.time(),
+                    timeout=max(0.0, deadline - loop.time()),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
+                waited = True
             finally:
                 self._stuck -= holding
                 self._waiting.remove(waiter)

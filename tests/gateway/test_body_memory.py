@@ -82,6 +82,24 @@ def test_the_room_is_never_overdrawn_and_always_given_back(
         )
 
 
+def test_a_hang_up_already_due_when_the_wait_ends_is_heard_before_the_refusal() -> None:
+    """A process paused past a body's wait (a loaded machine) while its caller's hang-up sat in
+    the loop's queue refused it for want of room: a ``server_busy`` span for a caller who had
+    left. The refusal comes only after a turn of the loop, so the hang-up is heard first."""
+
+    async def run() -> None:
+        memory = BodyMemory(lambda *_: None, most=100, wait=0)  # the wait is over at once
+        await memory.hold({"type": "http"}, 100)  # another request holds all the room
+        gone = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(gone.set_result, None)  # due, not yet heard
+        with pytest.raises(ClientDisconnect):
+            await memory.hold({"type": "http", _memory.GONE: gone}, 1)
+        with pytest.raises(NoRoom):  # with no hang-up, still refused
+            await memory.hold({"type": "http"}, 1)
+
+    asyncio.run(run())
+
+
 def _memory_of(gw: Gateway) -> BodyMemory:
     assert gw.server is not None
     app: Any = gw.server.config.loaded_app
