@@ -12,6 +12,7 @@ exception, and metered calls go through the one retry and breaker policy.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from ollama_meter.upstream._classify import (
     transport_error,
 )
 from ollama_meter.upstream._frames import MAX_FRAME_BYTES, Frames
+from ollama_meter.upstream._kept import Connections, fresh, sending, stale
 from ollama_meter.upstream._resilience import (
     CallAttempts,
     CircuitBreaker,
@@ -95,7 +97,7 @@ class PooledUpstream(Resilient):
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0),
+                connector=Connections(limit=1000, limit_per_host=0),
                 auto_decompress=True,
             )
         return self._session
@@ -115,14 +117,7 @@ class PooledUpstream(Resilient):
         # Never timeout=None: that would switch aiohttp's timeouts off altogether.
         limits = aiohttp.ClientTimeout(total=timeout) if timeout else self._timeout
         try:
-            response = await self.session.request(
-                method,
-                url,
-                data=body,
-                headers=dict(headers or {}),
-                allow_redirects=False,
-                timeout=limits,
-            )
+            response = await self._sent(method, url, body, dict(headers or {}), limits)
         except aiohttp.ConnectionTimeoutError as exc:  # nothing answered the connect
             raise transport_error(
                 Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)
@@ -162,6 +157,34 @@ class PooledUpstream(Resilient):
                 reason=f"its status {response.status} is not an answer's (200 to 599)",
             )
         return response
+
+    async def _sent(
+        self,
+        method: str,
+        url: str,
+        body: bytes | AsyncIterable[bytes] | None,
+        headers: dict[str, str],
+        limits: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        """aiohttp's answer; sent again once, on a new connection, when it was lost on a
+        kept-alive one that Ollama had closed (``_kept.py``)."""
+        request = functools.partial(
+            self.session.request,
+            method,
+            url,
+            data=body,
+            headers=headers,
+            allow_redirects=False,
+            timeout=limits,
+        )
+        sending()
+        try:
+            return await request()
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if not stale(exc, body):
+                raise
+        with fresh():
+            return await request()
 
     async def send(
         self,

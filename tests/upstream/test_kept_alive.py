@@ -1,0 +1,100 @@
+"""A kept-alive connection Ollama closed loses no call; a call Ollama may have taken is not sent twice.
+
+Ollama closes a connection idle for a while (and every one when it restarts); a request
+that goes out on it as it closes is lost before Ollama reads it. Through the gateway, with
+``OMETER_RETRIES=0``, that was a 502 "cannot reach Ollama" from a server that was up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ollama_meter.errors import UpstreamError
+from ollama_meter.upstream import CircuitBreaker, PooledUpstream, Refusal, RetryPolicy
+from tests._raw_http import FINAL, KeptAlive
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "stream": False}
+
+
+@pytest.fixture(params=[False, True], ids=["closed", "reset"])
+def reset(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[KeptAlive]]:
+    made: list[KeptAlive] = []
+    yield made
+    for server in made:
+        server.close()
+
+
+def _pooled_calls(server: KeptAlive, calls: int) -> tuple[list[Any], CircuitBreaker]:
+    """``calls`` chats one after another through one pool that retries nothing."""
+    breaker = CircuitBreaker(server.url, threshold=1)
+
+    async def run() -> list[Any]:
+        pool = PooledUpstream(server.url, timeout=10, breaker=breaker, retry=RetryPolicy(retries=0))
+        outcomes: list[Any] = []
+        try:
+            for _ in range(calls):
+                attempts = pool.attempts("m")
+                try:
+                    sent = await pool.send(attempts, "/api/chat", body=json.dumps(CHAT).encode())
+                except UpstreamError as error:
+                    outcomes.append(error)
+                    continue
+                assert not isinstance(sent, Refusal)
+                outcomes.append(json.loads(await pool.read(sent)))
+                pool.finish(sent, completed=True)
+                attempts.end()
+                await asyncio.sleep(0.05)  # the pool has the connection back
+        finally:
+            await pool.aclose()
+        return outcomes
+
+    return asyncio.run(run()), breaker
+
+
+def test_a_call_on_a_connection_ollama_closed_goes_again_on_a_new_one(
+    servers: list[KeptAlive], reset: bool
+) -> None:
+    """Retries off, the call lost on the kept-alive connection is sent once more on a new
+    connection, and answered; nobody's breaker counts a failure."""
+    server = KeptAlive(lambda connection, request: request == 2, reset=reset)
+    servers.append(server)
+    outcomes, breaker = _pooled_calls(server, 2)
+    assert outcomes == [FINAL, FINAL]
+    assert server.requests == [(1, 1, "/api/chat"), (1, 2, "/api/chat"), (2, 1, "/api/chat")]
+    assert (breaker.failures(), breaker.failures("m")) == (0, 0)
+
+
+def test_a_call_lost_on_a_new_connection_is_not_sent_again(
+    servers: list[KeptAlive], reset: bool
+) -> None:
+    """A new connection that closes without an answer may have been Ollama taking the call
+    (and dying): with retries off it is sent once, and fails as unreachable."""
+    server = KeptAlive(lambda connection, request: True, reset=reset)
+    servers.append(server)
+    outcomes, breaker = _pooled_calls(server, 1)
+    assert isinstance(outcomes[0], UpstreamError) and outcomes[0].error_type == "connection"
+    assert server.requests == [(1, 1, "/api/chat")]
+    assert breaker.failures() == 1
+
+
+def test_a_call_is_sent_again_once_only_and_on_a_new_connection(
+    servers: list[KeptAlive], reset: bool
+) -> None:
+    """Ollama closed the kept-alive connection, then the new one too: the call went out
+    twice, never a third time, and failed."""
+    server = KeptAlive(lambda connection, request: connection > 1 or request == 2, reset=reset)
+    servers.append(server)
+    outcomes, _ = _pooled_calls(server, 2)
+    assert outcomes[0] == FINAL
+    assert isinstance(outcomes[1], UpstreamError) and outcomes[1].error_type == "connection"
+    assert server.requests == [(1, 1, "/api/chat"), (1, 2, "/api/chat"), (2, 1, "/api/chat")]
