@@ -98,3 +98,69 @@ def test_a_call_is_sent_again_once_only_and_on_a_new_connection(
     assert outcomes[0] == FINAL
     assert isinstance(outcomes[1], UpstreamError) and outcomes[1].error_type == "connection"
     assert server.requests == [(1, 1, "/api/chat"), (1, 2, "/api/chat"), (2, 1, "/api/chat")]
+
+
+def _sdk_calls(server: KeptAlive, calls: int, *, aio: bool, stream: bool) -> list[Any]:
+    """``calls`` chats one after another through the ``ollama`` client transport (the CLI's,
+    the Python API's), which retries nothing."""
+    from ollama_meter.upstream import Upstream
+
+    upstream = Upstream(
+        server.url, retry=RetryPolicy(retries=0), breaker=CircuitBreaker(server.url)
+    )
+    request = {key: value for key, value in CHAT.items() if key != "stream"}
+
+    def once() -> Any:
+        if stream:
+            return [part.message.content for part in upstream.stream("chat", request)]
+        return upstream.call("chat", request).message.content
+
+    async def aonce() -> Any:
+        if stream:
+            return [part.message.content async for part in upstream.astream("chat", request)]
+        return (await upstream.acall("chat", request)).message.content
+
+    async def run() -> list[Any]:
+        outcomes: list[Any] = []
+        for _ in range(calls):
+            try:
+                outcomes.append(await aonce())
+            except UpstreamError as error:
+                outcomes.append(error)
+        await upstream.aclose()
+        return outcomes
+
+    if aio:
+        return asyncio.run(run())
+    outcomes: list[Any] = []
+    for _ in range(calls):
+        try:
+            outcomes.append(once())
+        except UpstreamError as error:
+            outcomes.append(error)
+    upstream.close()
+    return outcomes
+
+
+@pytest.mark.parametrize("aio", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_the_ollama_clients_call_on_a_closed_connection_goes_again_on_a_new_one(
+    servers: list[KeptAlive], reset: bool, aio: bool, stream: bool
+) -> None:
+    """The CLI and the Python API said "cannot reach Ollama" of a server that was up."""
+    server = KeptAlive(lambda connection, request: request == 2, reset=reset)
+    servers.append(server)
+    outcomes = _sdk_calls(server, 2, aio=aio, stream=stream)
+    assert outcomes == ([["hi"], ["hi"]] if stream else ["hi", "hi"])
+    assert server.requests == [(1, 1, "/api/chat"), (1, 2, "/api/chat"), (2, 1, "/api/chat")]
+
+
+@pytest.mark.parametrize("aio", [False, True], ids=["sync", "async"])
+def test_the_ollama_clients_call_lost_on_a_new_connection_is_not_sent_again(
+    servers: list[KeptAlive], reset: bool, aio: bool
+) -> None:
+    server = KeptAlive(lambda connection, request: True, reset=reset)
+    servers.append(server)
+    outcomes = _sdk_calls(server, 1, aio=aio, stream=False)
+    assert isinstance(outcomes[0], UpstreamError) and outcomes[0].error_type == "connection"
+    assert server.requests == [(1, 1, "/api/chat")]
