@@ -164,3 +164,50 @@ def test_the_ollama_clients_call_lost_on_a_new_connection_is_not_sent_again(
     outcomes = _sdk_calls(server, 1, aio=aio, stream=False)
     assert isinstance(outcomes[0], UpstreamError) and outcomes[0].error_type == "connection"
     assert server.requests == [(1, 1, "/api/chat")]
+
+
+def test_the_ollama_clients_call_is_sent_again_once_only(
+    servers: list[KeptAlive], reset: bool
+) -> None:
+    server = KeptAlive(lambda connection, request: connection > 1 or request == 2, reset=reset)
+    servers.append(server)
+    outcomes = _sdk_calls(server, 2, aio=False, stream=False)
+    assert outcomes[0] == "hi"
+    assert isinstance(outcomes[1], UpstreamError) and outcomes[1].error_type == "connection"
+    assert server.requests == [(1, 1, "/api/chat"), (1, 2, "/api/chat"), (2, 1, "/api/chat")]
+
+
+def test_a_call_right_after_ollama_restarted_on_its_port_is_answered() -> None:
+    """Ollama restarted between two calls, before the gateway's loop heard its connections
+    close: the second went on a dead one, a 502 with retries off."""
+    from ollama_meter.testing import OllamaEmulator
+
+    first = OllamaEmulator().start()
+    restarted = OllamaEmulator(port=first.port)
+    chat = {"model": "llama3.1:8b", "messages": CHAT["messages"], "stream": False}
+
+    async def run() -> list[int]:
+        breaker = CircuitBreaker(first.url, threshold=1)
+        pool = PooledUpstream(first.url, timeout=10, breaker=breaker, retry=RetryPolicy(0))
+        statuses = []
+        try:
+            for emulator in (first, restarted):
+                emulator.start()
+                sent = await pool.send(
+                    pool.attempts("m"), "/api/chat", body=json.dumps(chat).encode()
+                )
+                assert not isinstance(sent, Refusal)
+                await pool.read(sent)
+                pool.finish(sent, completed=True)
+                statuses.append(sent.status)
+                emulator.stop()  # no await between: the loop has not heard the connection close
+        finally:
+            await pool.aclose()
+        return statuses
+
+    try:
+        assert asyncio.run(run()) == [200, 200]
+        assert len(restarted.requests_to("/api/chat")) == 1
+    finally:
+        first.stop()
+        restarted.stop()
