@@ -8,26 +8,22 @@ metered call is a POST, so the caller got a 502 "cannot reach Ollama" from a ser
 was up, and with ``OMETER_RETRIES=0`` nothing tried again.
 
 Such a request is sent again here, once, on a new connection, whatever the retry policy
-says, as browsers and urllib3 do: it is one attempt of the call, which no breaker counts.
+says, as browsers do: it is one attempt of the call, which no breaker counts. It goes on
+a connection of its own, never kept: the pool's others have waited as long as the lost one.
 A request that fails on a new connection is never sent again here: Ollama may have taken
 it (a POST computed twice), and the one retry policy decides.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 
 _REUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("ometer_reused", default=False)
 """Whether the connection the request of this task went on last had served one before."""
-
-_FRESH: contextvars.ContextVar[bool] = contextvars.ContextVar("ometer_fresh", default=False)
-"""Whether the request of this task is to go on a new connection."""
 
 
 class Connections(aiohttp.TCPConnector):
@@ -38,15 +34,9 @@ class Connections(aiohttp.TCPConnector):
         self._served: weakref.WeakSet[object] = weakref.WeakSet()
 
     async def connect(self, req: Any, *args: Any, **kwargs: Any) -> aiohttp.connector.Connection:
-        while True:
-            conn = await super().connect(req, *args, **kwargs)
-            reused = conn.protocol in self._served
-            if not (reused and _FRESH.get()):
-                break
-            # Idle as long as the one that was found closed: it goes, and the next is tried.
-            conn.close()
+        conn = await super().connect(req, *args, **kwargs)
+        _REUSED.set(conn.protocol in self._served)
         self._served.add(conn.protocol)
-        _REUSED.set(reused)
         return conn
 
 
@@ -68,13 +58,3 @@ def stale(exc: BaseException, body: object) -> bool:
 def sending() -> None:
     """A request of this task is about to go: whatever connection it goes on is yet unknown."""
     _REUSED.set(False)
-
-
-@contextlib.contextmanager
-def fresh() -> Iterator[None]:
-    """Requests of this task inside go on new connections."""
-    token = _FRESH.set(True)
-    try:
-        yield
-    finally:
-        _FRESH.reset(token)

@@ -34,7 +34,7 @@ from ollama_meter.upstream._classify import (
     transport_error,
 )
 from ollama_meter.upstream._frames import MAX_FRAME_BYTES, Frames
-from ollama_meter.upstream._kept import Connections, fresh, sending, stale
+from ollama_meter.upstream._kept import Connections, sending, stale
 from ollama_meter.upstream._resilience import (
     CallAttempts,
     CircuitBreaker,
@@ -90,6 +90,7 @@ class PooledUpstream(Resilient):
         event, a whole answer): a server dripping a byte a second is as silent as one that
         sends nothing, and held the call, its slot and its caller for as long as it dripped."""
         self._session: aiohttp.ClientSession | None = None
+        self._once: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -169,9 +170,9 @@ class PooledUpstream(Resilient):
         """aiohttp's answer; sent again once, on a new connection, when it was lost on a
         kept-alive one that Ollama had closed (``_kept.py``)."""
         request = functools.partial(
-            self.session.request,
-            method,
-            url,
+            aiohttp.ClientSession.request,
+            method=method,
+            url=url,
             data=body,
             headers=headers,
             allow_redirects=False,
@@ -179,12 +180,15 @@ class PooledUpstream(Resilient):
         )
         sending()
         try:
-            return await request()
+            return await request(self.session)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             if not stale(exc, body):
                 raise
-        with fresh():
-            return await request()
+        if self._once is None:  # a connection of its own, never kept: the pool's may be as old
+            self._once = aiohttp.ClientSession(
+                timeout=self._timeout, connector=aiohttp.TCPConnector(force_close=True)
+            )
+        return await request(self._once)
 
     async def send(
         self,
@@ -329,9 +333,10 @@ class PooledUpstream(Resilient):
             response.close()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._once):
+            if session is not None:
+                await session.close()
+        self._session = self._once = None
 
     def close(self) -> None:
         """Nothing to do outside the event loop: :meth:`aclose` closes the pool."""
