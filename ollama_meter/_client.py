@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import types
 from abc import ABC, abstractmethod
 from collections.abc import (
     AsyncGenerator,
@@ -315,15 +316,20 @@ class MeteredClient(
         self.close()
 
 
+_CLOSING: set[asyncio.Task[None]] = set()
+"""The closing of streams left unfinished, held until done (the loop holds tasks weakly)."""
+
+
 class _Chunks:
     """An async stream as ``ollama.AsyncClient`` hands one over: its chunks, the last with
-    ``meter``; ``aclose()`` ends the call. An iterator, not an async generator of its own:
-    as the event loop shuts down it closes every live generator at once, and one more
-    layer closing the next would only add one more "already running" to what it logs."""
+    ``meter``; ``aclose()`` ends the call, and so does leaving it unfinished (``break``).
+    An iterator, not an async generator of its own: the loop's finalizer and its shutdown
+    would close it too, at once with the layers it closes itself."""
 
     def __init__(self, client: AsyncMeteredClient, run: Run) -> None:
         self._client, self._run = client, run
         self._parts: AsyncGenerator[Any, None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __aiter__(self) -> _Chunks:
         return self
@@ -331,12 +337,33 @@ class _Chunks:
     async def __anext__(self) -> Any:
         if self._parts is None:
             self._client._check_open()  # its call starts when it is first read: after close()?
-            self._parts = self._run.__aiter__()
+            self._parts, self._loop = self._run.__aiter__(), asyncio.get_running_loop()
         return _metered(await anext(self._parts), self._run)
 
     async def aclose(self) -> None:
         if self._parts is not None:
             await self._parts.aclose()
+
+    def __del__(self) -> None:
+        # Left unfinished (``break``), its call is closed now, layer after layer, in one task
+        # on this loop. Left to the loop's finalizer, its task was cancelled before it ran as
+        # ``asyncio.run`` ended, and the loop's shutdown closed every layer at once while each
+        # closed the next: "already running" on stderr.
+        parts = self._parts
+        if (
+            not isinstance(parts, types.AsyncGeneratorType)
+            or parts.ag_frame is None
+            or parts.ag_running
+        ):
+            return
+        try:
+            if asyncio.get_running_loop() is not self._loop:
+                return  # not on its loop: the generator's own finalizer closes it
+        except RuntimeError:
+            return
+        closing = self._loop.create_task(parts.aclose())
+        _CLOSING.add(closing)
+        closing.add_done_callback(_CLOSING.discard)
 
 
 class AsyncMeteredClient(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -132,3 +134,79 @@ def answering() -> Iterator[ThreadingHTTPServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+FINAL = {  # Ollama's whole answer to a chat
+    "model": "m",
+    "message": {"role": "assistant", "content": "hi"},
+    "done": True,
+    "prompt_eval_count": 7,
+    "eval_count": 3,
+}
+
+
+class KeptAlive:
+    """An Ollama that keeps its connections alive, and closes one without a word as the
+    request that ``drops(connection, request)`` names arrives on it (each counted from 1):
+    as Ollama does when its idle timer fires as a request comes. ``reset``: closed with a
+    reset (unread bytes), else with a FIN. Every request it read is in ``requests``."""
+
+    def __init__(self, drops: Callable[[int, int], bool], *, reset: bool = False) -> None:
+        self.drops, self.reset = drops, reset
+        self.requests: list[tuple[int, int, str]] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(
+                target=self._handle, args=(conn, self.connections), daemon=True
+            ).start()
+
+    def _handle(self, conn: socket.socket, number: int) -> None:
+        with conn:
+            data, served = b"", 0
+            while True:
+                while b"\r\n\r\n" not in data:
+                    got = conn.recv(65536)
+                    if not got:
+                        return
+                    data += got
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = int(head.lower().partition(b"content-length:")[2].split(b"\r\n")[0] or 0)
+                while len(data) < length:
+                    data += conn.recv(65536)
+                data = data[length:]
+                served += 1
+                path = head.split(b" ")[1].decode()
+                self.requests.append((number, served, path))
+                if self.drops(number, served):
+                    if self.reset:  # closed with the request unread: a reset
+                        conn.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                    return
+                conn.sendall(_answer(path))
+
+
+def _answer(path: str) -> bytes:
+    body = json.dumps({
+        "/api/tags": {"models": [{"name": "m", "model": "m"}]},
+        "/api/ps": {"models": []},
+        "/api/version": {"version": "0.6.0"},
+    }.get(path, FINAL)).encode()  # fmt: skip
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+    return head % len(body) + body

@@ -140,6 +140,7 @@ class Run:
             raise cancelled
         reader = OLLAMA.reader(self.operation)
         last: Any = None
+        parts: AsyncGenerator[Any, None] | None = None
         try:
             # A silent server, or a whole answer, is cut on time too: at the deadline of the
             # moment, which a wait between attempts pushed back (it is not Ollama's time).
@@ -167,7 +168,11 @@ class Run:
                     last = await self._upstream.acall(self.operation, self.request, call)
                 call.take(reader.read(last))
         except BaseException as exc:
-            await asyncio.to_thread(meter.close, call, exc)
+            try:
+                if parts is not None:  # stopped here (left at a chunk): Ollama's stream first
+                    await parts.aclose()
+            finally:
+                await asyncio.to_thread(meter.close, call, exc)
             raise
         await asyncio.to_thread(meter.close, call)
         if last is not None:

@@ -12,6 +12,7 @@ exception, and metered calls go through the one retry and breaker policy.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from ollama_meter.upstream._classify import (
     transport_error,
 )
 from ollama_meter.upstream._frames import MAX_FRAME_BYTES, Frames
+from ollama_meter.upstream._kept import Connections, sending, stale
 from ollama_meter.upstream._resilience import (
     CallAttempts,
     CircuitBreaker,
@@ -88,6 +90,7 @@ class PooledUpstream(Resilient):
         event, a whole answer): a server dripping a byte a second is as silent as one that
         sends nothing, and held the call, its slot and its caller for as long as it dripped."""
         self._session: aiohttp.ClientSession | None = None
+        self._once: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -95,7 +98,7 @@ class PooledUpstream(Resilient):
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=1000, limit_per_host=0),
+                connector=Connections(limit=1000, limit_per_host=0),
                 auto_decompress=True,
             )
         return self._session
@@ -115,14 +118,7 @@ class PooledUpstream(Resilient):
         # Never timeout=None: that would switch aiohttp's timeouts off altogether.
         limits = aiohttp.ClientTimeout(total=timeout) if timeout else self._timeout
         try:
-            response = await self.session.request(
-                method,
-                url,
-                data=body,
-                headers=dict(headers or {}),
-                allow_redirects=False,
-                timeout=limits,
-            )
+            response = await self._sent(method, url, body, dict(headers or {}), limits)
         except aiohttp.ConnectionTimeoutError as exc:  # nothing answered the connect
             raise transport_error(
                 Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)
@@ -162,6 +158,37 @@ class PooledUpstream(Resilient):
                 reason=f"its status {response.status} is not an answer's (200 to 599)",
             )
         return response
+
+    async def _sent(
+        self,
+        method: str,
+        url: str,
+        body: bytes | AsyncIterable[bytes] | None,
+        headers: dict[str, str],
+        limits: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        """aiohttp's answer; sent again once, on a new connection, when it was lost on a
+        kept-alive one that Ollama had closed (``_kept.py``)."""
+        request = functools.partial(
+            aiohttp.ClientSession.request,
+            method=method,
+            url=url,
+            data=body,
+            headers=headers,
+            allow_redirects=False,
+            timeout=limits,
+        )
+        sending()
+        try:
+            return await request(self.session)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if not stale(exc, body):
+                raise
+        if self._once is None:  # a connection of its own, never kept: the pool's may be as old
+            self._once = aiohttp.ClientSession(
+                timeout=self._timeout, connector=aiohttp.TCPConnector(force_close=True)
+            )
+        return await request(self._once)
 
     async def send(
         self,
@@ -306,9 +333,10 @@ class PooledUpstream(Resilient):
             response.close()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._once):
+            if session is not None:
+                await session.close()
+        self._session = self._once = None
 
     def close(self) -> None:
         """Nothing to do outside the event loop: :meth:`aclose` closes the pool."""

@@ -44,6 +44,7 @@ from ollama_meter.upstream._resilience import (
     Waits,
     breaker_for,
 )
+from ollama_meter.upstream._sdk_kept import AsyncKeptTransport, KeptTransport
 from ollama_meter.upstream._sdk_time import TimeCap, paced, waits as _waits, within as _within
 from ollama_meter.upstream._sent import as_sent
 from ollama_meter.upstream._tls import client_tls
@@ -102,6 +103,7 @@ class Upstream(Resilient):
             follow_redirects=False,  # a redirect is no answer (as the gateway has it): said
             event_hooks={"request": [_waits], "response": [_heard]},
             verify=client_tls(),
+            transport=KeptTransport(verify=client_tls()),
         )
 
     def _after_fork(self) -> None:
@@ -134,6 +136,7 @@ class Upstream(Resilient):
                     follow_redirects=False,
                     event_hooks={"response": [_aheard]},
                     verify=client_tls(),
+                    transport=AsyncKeptTransport(verify=client_tls()),
                 )
             return client
 
