@@ -1,0 +1,245 @@
+"""What the CLI bills, held to an oracle that prices and cuts the raw spans itself.
+
+Spans near a month's edges in the report's zone and the ledger's (which may differ), at DST
+changes (23- and 25-hour days, Lord Howe's half hour) and in zones whose midnights are not
+on the hour (Kolkata, Kathmandu, Eucla, Chatham); several currencies in one month (yen with
+no decimals, dinars with three); rules whose ``--from`` changes the price mid-month, read at
+the ledger's midnights; unpriced and estimated calls; costs recorded wrong and put right by
+``ometer reprice``. The oracle (``_oracle.py``) prices each span with Decimal and cuts days
+with zoneinfo; ``report``, ``chargeback`` and ``/api/dash`` must say exactly what it says.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter, defaultdict
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+
+from ollama_meter.ledger import Ledger
+from ollama_meter.records import NO_HOST, PriceRule, SpanRecord
+from ollama_meter.reports import DashQuery, dashboard_report
+from tests.factories import make_span
+from tests.reports import _oracle as oracle
+
+ZONES = [
+    "Asia/Kolkata", "Asia/Kathmandu", "Australia/Eucla", "Pacific/Chatham",
+    "America/New_York", "Europe/London", "Australia/Lord_Howe", "UTC",
+]  # fmt: skip
+MONTHS = ["2026-03", "2026-04", "2026-10", "2026-11"]  # each has a DST change somewhere
+MODELS = ["llama3.1:8b", "llama3.1:70b", "qwen2.5:7b", "phi3:mini"]
+PATTERNS = ["*", "llama3.1:*", "llama3.1:8b", "qwen2.5:*"]
+CURRENCIES = ["USD", "JPY", "BHD", "KWD"]
+HOSTS = ["http://gpu1:11434", "http://gpu2:11434", NO_HOST]
+OFFSETS_US = [0, -1, 1, -1_800_000_000, 1_800_000_000, -3_600_000_000, 2_700_000_000]
+SETTINGS = settings(
+    max_examples=int(__import__("os").environ.get("ORACLE_N", 8)),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+_price = st.builds(
+    lambda n, places: Decimal(n).scaleb(-places), st.integers(0, 10**3), st.integers(0, 7)
+)
+
+
+@st.composite
+def rules(draw: st.DrawFn, month: str) -> list[PriceRule]:
+    year, number = (int(x) for x in month.split("-"))
+    days = [None, date(year, number, 15), date(year, number, 16), date(year, number, 1)]
+    out = []
+    for _ in range(draw(st.integers(1, 4))):
+        start = draw(st.sampled_from(days))
+        end = draw(st.sampled_from([d for d in days if d is None or start is None or d > start]))
+        fields: dict[str, Any] = {
+            name: draw(st.none() | _price)
+            for name in ("input_per_1m", "output_per_1m", "gpu_hour", "per_request", "fee_per_1m")
+        }
+        if draw(st.booleans()):
+            fields.update(watts=draw(_price), kwh_price=draw(_price))
+        if all(v is None for v in fields.values()):
+            fields["input_per_1m"] = Decimal("0.15")
+        out.append(
+            PriceRule(
+                pattern=draw(st.sampled_from(PATTERNS)), currency=draw(st.sampled_from(CURRENCIES)),
+                charge_load=draw(st.booleans()), effective_from=start, effective_until=end,
+                **fields,
+            )
+        )  # fmt: skip
+    return out
+
+
+@st.composite
+def spans(draw: st.DrawFn, anchors: list[datetime]) -> list[SpanRecord]:
+    out = []
+    for _ in range(draw(st.integers(1, 18))):
+        offset = draw(
+            st.sampled_from(OFFSETS_US) | st.integers(-3 * 86_400 * 10**6, 86_400 * 10**6)
+        )
+        started = draw(st.sampled_from(anchors)) + timedelta(microseconds=offset)
+        status = draw(st.sampled_from(["ok", "ok", "error", "client_abort", "rejected"]))
+        ns = st.none() | st.integers(0, 4 * 10**12)
+        prompt, evaluation = draw(ns), draw(ns)
+        latency = draw(st.integers(0, 2 * 10**13))
+        out.append(
+            make_span(
+                started_at=started,
+                ended_at=draw(st.none() | st.just(started + timedelta(microseconds=latency // 1000))),
+                tenant=draw(st.sampled_from(["acme", "globex"])),
+                department=draw(st.sampled_from(["sales", "ops", "legal"])),
+                request_model=draw(st.sampled_from(MODELS)),
+                response_model=draw(st.none() | st.sampled_from(MODELS)),
+                status=status,
+                error_type=None if status in ("ok",) else "boom",
+                input_tokens=draw(st.integers(0, 10**6)),
+                output_tokens=draw(st.integers(0, 10**6)),
+                token_source=draw(st.sampled_from(["reported", "estimated"])),
+                prompt_eval_duration_ns=prompt,
+                eval_duration_ns=evaluation,
+                load_duration_ns=draw(ns),
+                latency_ns=latency,
+                upstream_host=draw(st.sampled_from(HOSTS)),
+                # recorded wrong: reprice must put every figure and rollup right
+                cost_total=draw(st.integers(0, 10**9)), cost_tokens=7, currency="USD",
+                unpriced=draw(st.booleans()), price_rule_id=None,
+            )
+        )  # fmt: skip
+    return out
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> dict[str, Any]:
+    month = draw(st.sampled_from(MONTHS))
+    zone, ledger_zone = (
+        ZoneInfo(draw(st.sampled_from(ZONES))),
+        ZoneInfo(draw(st.sampled_from(ZONES))),
+    )
+    anchors = [*oracle.month_bounds(month, zone), *oracle.month_bounds(month, ledger_zone)]
+    anchors += oracle.transitions(zone, month) + oracle.transitions(ledger_zone, month)
+    middle = datetime.fromisoformat(month + "-15").replace(tzinfo=ledger_zone).astimezone(UTC)
+    anchors.append(middle)
+    return {
+        "month": month, "zone": zone, "ledger_zone": ledger_zone,
+        "spans": draw(spans(anchors)), "rules": draw(rules(month)),
+        "currency": draw(st.sampled_from(["USD", "JPY"])),
+    }  # fmt: skip
+
+
+def _micros(text: str) -> int:
+    return int(Decimal(text).scaleb(6))
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+
+
+@SETTINGS
+@given(case=cases())
+def test_report_chargeback_and_dash_bill_what_the_oracle_prices(
+    cli: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+    case: dict[str, Any],
+) -> None:
+    month, zone, ledger_zone = case["month"], case["zone"], case["ledger_zone"]
+    folder = tmp_path_factory.mktemp("oracle")
+    url = f"sqlite:///{folder / 'ledger.db'}"
+    ledger = Ledger(url, zone=ledger_zone.key)
+    ledger.record(case["spans"])
+    rules = [rule for rule, _ in ledger.add_price_rules(case["rules"])]
+    ledger.dispose()
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    monkeypatch.setenv("OMETER_TIMEZONE", zone.key)
+    monkeypatch.setenv("OMETER_CURRENCY", case["currency"])
+    first = min(s.started_at for s in case["spans"]).astimezone(ledger_zone).date()
+    done = cli("reprice", "--since", (first - timedelta(days=1)).isoformat())
+    assert done.code == 0, done.stderr
+
+    priced = oracle.repriced(case["spans"], rules, ledger_zone, case["currency"])
+    inside = [s for s in priced if oracle.month_of(s.started_at, zone) == month]
+
+    # ometer report --by department,day: each local day of the report's zone, each currency
+    want: dict[tuple[str, str, str], Counter[str]] = defaultdict(Counter)
+    for s in inside:
+        row = want[(s.department, f"{oracle.local_day(s.started_at, zone)}", s.currency)]
+        row["requests"] += 1
+        row["errors"] += s.status in ("error", "interrupted")
+        row["input_tokens"] += s.input_tokens
+        row["output_tokens"] += s.output_tokens
+        row["gpu_ns"] += (s.prompt_eval_duration_ns or 0) + (s.eval_duration_ns or 0)
+        row["cost"] += s.cost_total
+    done = cli(
+        "report", "--period", month, "--by", "department,day", "--format", "csv",
+        "--out", str(folder / "report.csv"),
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    got = {
+        (r["department"], r["day"], r["currency"]): Counter(
+            requests=int(r["requests"]),
+            errors=int(r["errors"]),
+            input_tokens=int(r["input_tokens"]),
+            output_tokens=int(r["output_tokens"]),
+            gpu_ns=int(Decimal(r["gpu_seconds"]).scaleb(9)),
+            cost=_micros(r["cost"]),
+        )
+        for r in _csv(folder / "report.csv")
+    }
+    assert {k: +v for k, v in got.items()} == {k: +v for k, v in want.items()}
+    assert set(got) == set(want)
+
+    # ometer chargeback, usage only: per tenant, department and currency
+    bill: Counter[tuple[str, str, str]] = Counter()
+    calls: Counter[tuple[str, str, str]] = Counter()
+    for s in inside:
+        bill[(s.tenant, s.department, s.currency)] += s.cost_total
+        calls[(s.tenant, s.department, s.currency)] += 1
+    done = cli("chargeback", "--month", month, "--out", str(folder / "cb.csv"))
+    assert done.code == 0, done.stderr
+    rows = _csv(folder / "cb.csv")
+    assert {
+        (r["tenant"], r["department"], r["currency"]): _micros(r["usage_cost"]) for r in rows
+    } == dict(bill)
+    assert {
+        (r["tenant"], r["department"], r["currency"]): int(r["requests"]) for r in rows
+    } == dict(calls)
+    assert all(
+        r["total_cost"] == r["usage_cost"] and Decimal(r["fixed_cost_share"]) == 0 for r in rows
+    )
+    unpriced = [
+        s for s in inside if s.unpriced and (s.status == "ok" or s.input_tokens + s.output_tokens)
+    ]
+    assert ("matched no price rule" in done.stderr) == bool(unpriced)
+
+    # /api/dash for that month: per currency, and per department and local day
+    _, end = oracle.month_bounds(month, zone)
+    reader = Ledger(url)
+    dash = dashboard_report(
+        reader, DashQuery(period="month"), tz=zone, now=end - timedelta(microseconds=1),
+        budget_tz=ledger_zone,
+    ).to_json()  # fmt: skip
+    reader.dispose()
+    per_currency: Counter[str] = Counter()
+    for s in inside:
+        per_currency[s.currency] += s.cost_total
+    assert dash["period"]["label"] == month
+    assert {d["currency"]: _micros(d["cost"]) for d in dash["spend"]} == {
+        c: v for c, v in per_currency.items() if c in dash["currencies"]
+    }
+    assert set(dash["currencies"]) == {s.currency for s in inside}
+    cells: Counter[tuple[str, str, str, str]] = Counter()
+    for s in inside:
+        cells[(s.tenant, s.department, f"{oracle.local_day(s.started_at, zone)}", s.currency)] += (
+            s.cost_total
+        )
+    assert {
+        (r["tenant"], r["department"], r["day"], r["currency"]): _micros(r["cost"])
+        for r in dash["spend_by_department_by_day"]
+    } == dict(cells)
