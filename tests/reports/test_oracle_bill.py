@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -28,13 +29,13 @@ from ollama_meter.ledger import Ledger
 from ollama_meter.records import MAX_CALL_COST, Budget, SpanRecord
 from tests.factories import make_span
 from tests.reports import _oracle as oracle
-from tests.reports.test_oracle_prices import HOSTS, MONTHS, OFFSETS_US, ZONES
+from tests.reports.test_oracle_prices import EXAMPLES, HOSTS, MONTHS, OFFSETS_US, ZONES
 
 NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
 DEPARTMENTS = [("acme", f"d{n}") for n in range(7)] + [("globex", "d0")]
 SETTINGS = settings(
-    max_examples=int(__import__("os").environ.get("ORACLE_N", 8)),
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    max_examples=EXAMPLES,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # shrinking whole ledgers took minutes
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -138,15 +139,14 @@ def fixed_units(places: int) -> st.SearchStrategy[int]:
     gpus=st.integers(1, 3),
 )
 def test_the_fixed_cost_splits_as_the_oracle_splits_it(
-    cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory,
+    new_url: Callable[[], str], cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory,
     data: st.DataObject, zone: str, month: str, currency: str, idle: str, gpus: int,
 ) -> None:  # fmt: skip
     tz = ZoneInfo(zone)
     places = oracle.MINOR[currency]
     units = data.draw(fixed_units(places))
     spans = data.draw(calls(_anchors(month, tz)))
-    folder = tmp_path_factory.mktemp("bill")
-    url = f"sqlite:///{folder / 'ledger.db'}"
+    url = new_url()
     ledger = Ledger(url, zone=data.draw(st.sampled_from(ZONES)))
     ledger.record(spans)
     ledger.dispose()
@@ -182,7 +182,7 @@ def _export(cli: Any, folder: Path, spans: list[SpanRecord], zone: str) -> Path:
     return path
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=max(EXAMPLES // 2, 1))
 @given(
     data=st.data(),
     zone=st.sampled_from(ZONES),
@@ -191,14 +191,14 @@ def _export(cli: Any, folder: Path, spans: list[SpanRecord], zone: str) -> Path:
     idle=st.sampled_from(["share", "separate"]),
 )
 def test_late_imported_and_pruned_months_bill_what_the_oracle_says(
-    cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory,
+    new_url: Callable[[], str], cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory,
     data: st.DataObject, zone: str, ledger_zone: str, month: str, idle: str,
 ) -> None:  # fmt: skip
     tz = ZoneInfo(zone)
     anchors = _anchors(month, tz)
     first, late, imported = (data.draw(calls(anchors, 8)) for _ in range(3))
     folder = tmp_path_factory.mktemp("life")
-    url = f"sqlite:///{folder / 'ledger.db'}"
+    url = new_url()
     for name, value in (
         ("OMETER_DB_URL", url),
         ("OMETER_TIMEZONE", zone),

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -39,9 +42,11 @@ PATTERNS = ["*", "llama3.1:*", "llama3.1:8b", "qwen2.5:*"]
 CURRENCIES = ["USD", "JPY", "BHD", "KWD"]
 HOSTS = ["http://gpu1:11434", "http://gpu2:11434", NO_HOST]
 OFFSETS_US = [0, -1, 1, -1_800_000_000, 1_800_000_000, -3_600_000_000, 2_700_000_000]
+EXAMPLES = int(os.environ.get("ORACLE_EXAMPLES", "6"))
+"""Examples per test; ``ORACLE_EXAMPLES=80`` hunts longer (each one is a whole ledger)."""
 SETTINGS = settings(
-    max_examples=int(__import__("os").environ.get("ORACLE_N", 8)),
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    max_examples=EXAMPLES,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # shrinking whole ledgers took minutes
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -126,10 +131,13 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
     anchors += oracle.transitions(zone, month) + oracle.transitions(ledger_zone, month)
     middle = datetime.fromisoformat(month + "-15").replace(tzinfo=ledger_zone).astimezone(UTC)
     anchors.append(middle)
+    mid = [datetime.fromisoformat(f"{month}-{d}").date() for d in ("01", "14", "15", "16")]
     return {
         "month": month, "zone": zone, "ledger_zone": ledger_zone,
         "spans": draw(spans(anchors)), "rules": draw(rules(month)),
         "currency": draw(st.sampled_from(["USD", "JPY"])),
+        "since": draw(st.none() | st.sampled_from(mid)),
+        "until": draw(st.none() | st.sampled_from(mid)),
     }  # fmt: skip
 
 
@@ -144,6 +152,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
 @SETTINGS
 @given(case=cases())
 def test_report_chargeback_and_dash_bill_what_the_oracle_prices(
+    new_url: Callable[[], str],
     cli: Any,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path_factory: pytest.TempPathFactory,
@@ -151,7 +160,7 @@ def test_report_chargeback_and_dash_bill_what_the_oracle_prices(
 ) -> None:
     month, zone, ledger_zone = case["month"], case["zone"], case["ledger_zone"]
     folder = tmp_path_factory.mktemp("oracle")
-    url = f"sqlite:///{folder / 'ledger.db'}"
+    url = new_url()
     ledger = Ledger(url, zone=ledger_zone.key)
     ledger.record(case["spans"])
     rules = [rule for rule, _ in ledger.add_price_rules(case["rules"])]
@@ -160,10 +169,30 @@ def test_report_chargeback_and_dash_bill_what_the_oracle_prices(
     monkeypatch.setenv("OMETER_TIMEZONE", zone.key)
     monkeypatch.setenv("OMETER_CURRENCY", case["currency"])
     first = min(s.started_at for s in case["spans"]).astimezone(ledger_zone).date()
-    done = cli("reprice", "--since", (first - timedelta(days=1)).isoformat())
+    since, until = case["since"] or first - timedelta(days=1), case["until"]
+    if until is not None and until < since:
+        since, until = until, since
+    dates = ["--since", since.isoformat()] + (["--until", until.isoformat()] if until else [])
+    done = cli("reprice", *dates)
     assert done.code == 0, done.stderr
 
-    priced = oracle.repriced(case["spans"], rules, ledger_zone, case["currency"])
+    # --since and --until are dates of the ledger's zone, as the rules' are; spans outside
+    # keep what they were recorded with
+    def repriced(s: SpanRecord) -> bool:
+        day = oracle.local_day(s.started_at, ledger_zone)
+        return since <= day and (until is None or day <= until)
+
+    again = oracle.repriced(case["spans"], rules, ledger_zone, case["currency"])
+    priced = [new if repriced(old) else old for old, new in zip(case["spans"], again, strict=True)]
+    # what it says moved: per currency, before and after, of the spans it examined
+    examined = [(o, n) for o, n in zip(case["spans"], again, strict=True) if repriced(o)]
+    assert f"examined {len(examined)} span(s)" in done.stdout
+    moved: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for o, n in examined:
+        moved[o.currency][0] += o.cost_total
+        moved[n.currency][1] += n.cost_total
+    said = re.findall(r"^  ([A-Z]{3}): ([0-9.]+) → ([0-9.]+) \(", done.stdout, re.MULTILINE)
+    assert {c: [_micros(a), _micros(b)] for c, a, b in said} == dict(moved)
     inside = [s for s in priced if oracle.month_of(s.started_at, zone) == month]
 
     # ometer report --by department,day: each local day of the report's zone, each currency
