@@ -81,18 +81,20 @@ def _micros(text: str) -> int:
 def expected_bill(
     spans: list[SpanRecord], month: str, zone: ZoneInfo, *, currency: str,
     units: int | None, idle: str, gpus: int,
-) -> dict[tuple[str, str, str], tuple[int, int, int]]:  # fmt: skip
-    """(tenant, department, currency) → (requests, usage micro-units, fixed share in smallest units)."""
+) -> dict[tuple[str, str, str], tuple[int, int, int, int]]:  # fmt: skip
+    """(tenant, department, currency) → (requests, GPU ns, usage micro-units, fixed share in
+    smallest units)."""
     inside = [s for s in spans if oracle.month_of(s.started_at, zone) == month]
     usage: Counter[tuple[str, str, str]] = Counter()
     requests: Counter[tuple[str, str, str]] = Counter()
+    gpu: Counter[tuple[str, str, str]] = Counter()
     weights: Counter[tuple[str, str]] = Counter()
     for s in inside:
+        busy = (s.prompt_eval_duration_ns or 0) + (s.eval_duration_ns or 0)
         usage[(s.tenant, s.department, s.currency)] += s.cost_total
         requests[(s.tenant, s.department, s.currency)] += 1
-        weights[(s.tenant, s.department)] += (s.prompt_eval_duration_ns or 0) + (
-            s.eval_duration_ns or 0
-        )
+        gpu[(s.tenant, s.department, s.currency)] += busy
+        weights[(s.tenant, s.department)] += busy
     shares: dict[tuple[str, str, str], int] = {}
     if units is not None:
         start, end = oracle.month_bounds(month, zone)
@@ -102,10 +104,12 @@ def expected_bill(
             units, dict(weights), idle=idle, busy=min(busy, capacity), capacity=capacity
         )
         shares = {(t, d, currency): v for (t, d), v in split.items()}
-    return {key: (requests[key], usage[key], shares.get(key, 0)) for key in {*usage, *shares}}
+    return {
+        key: (requests[key], gpu[key], usage[key], shares.get(key, 0)) for key in {*usage, *shares}
+    }
 
 
-def billed(text: str, currency: str) -> dict[tuple[str, str, str], tuple[int, int, int]]:
+def billed(text: str, currency: str) -> dict[tuple[str, str, str], tuple[int, int, int, int]]:
     """The CSV's rows as the oracle gives them, after checking each row's own arithmetic."""
     out = {}
     places = oracle.MINOR[currency]
@@ -118,7 +122,8 @@ def billed(text: str, currency: str) -> dict[tuple[str, str, str], tuple[int, in
             assert share == 0, r
         assert _micros(r["total_cost"]) == _micros(r["usage_cost"]) + int(share.scaleb(6)), r
         key = (r["tenant"], r["department"], r["currency"])
-        out[key] = (int(r["requests"]), _micros(r["usage_cost"]), int(share.scaleb(places)))
+        gpu = int(Decimal(r["gpu_seconds"]).scaleb(9))
+        out[key] = (int(r["requests"]), gpu, _micros(r["usage_cost"]), int(share.scaleb(places)))
     return out
 
 
@@ -169,15 +174,15 @@ def test_the_fixed_cost_splits_as_the_oracle_splits_it(
     assert idle_rows in ([], [len(rows) - 1])  # the idle row, if any, comes last
 
 
-def _export(cli: Any, folder: Path, spans: list[SpanRecord], zone: str) -> Path:
+def _export(cli: Any, folder: Path, spans: list[SpanRecord], zone: str, name: str) -> Path:
     """``spans`` as ``ometer db export`` writes them, from a ledger of their own."""
-    url = f"sqlite:///{folder / 'other.db'}"
+    url = f"sqlite:///{folder / f'{name}.db'}"
     other = Ledger(url, zone=zone)
     other.record(spans)
     other.dispose()
     done = cli("db", "export", "--db", url)
     assert done.code == 0, done.stderr
-    path = folder / "month.jsonl"
+    path = folder / f"{name}.jsonl"
     path.write_text(done.stdout, encoding="utf-8")
     return path
 
@@ -196,7 +201,7 @@ def test_late_imported_and_pruned_months_bill_what_the_oracle_says(
 ) -> None:  # fmt: skip
     tz = ZoneInfo(zone)
     anchors = _anchors(month, tz)
-    first, late, imported = (data.draw(calls(anchors, 8)) for _ in range(3))
+    first, late, imported, more = (data.draw(calls(anchors, 8)) for _ in range(4))
     folder = tmp_path_factory.mktemp("life")
     url = new_url()
     for name, value in (
@@ -208,7 +213,8 @@ def test_late_imported_and_pruned_months_bill_what_the_oracle_says(
     ledger = Ledger(url, zone=ledger_zone)
     ledger.record(first)
     ledger.dispose()
-    lines = _export(cli, folder, imported, ledger_zone)
+    lines = _export(cli, folder, imported, ledger_zone, "imported")
+    other = _export(cli, folder, more, ledger_zone, "more")
 
     def bill(spans: list[SpanRecord]) -> None:
         done = cli("chargeback", "--month", month, "--fixed-cost", "2400.17", "--idle", idle)
@@ -244,6 +250,14 @@ def test_late_imported_and_pruned_months_bill_what_the_oracle_says(
     done = cli("db", "rollup")  # rebuilt from what is left: the pruned days keep their rollups
     assert done.code == 0, done.stderr
     bill(every)
+    cli("db", "import", str(lines))  # its own pruned spans again: set aside, never twice
+    ledger = Ledger(url)
+    ledger.record(first[:2])  # a spool replayed after the prune: quarantined, not counted again
+    ledger.dispose()
+    bill(every)
+    done = cli("db", "import", "--pruned-too", str(other))  # another ledger's: added
+    assert done.code == 0, done.stderr
+    bill(every + more)
 
 
 @SETTINGS
