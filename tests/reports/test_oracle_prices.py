@@ -145,8 +145,12 @@ def _micros(text: str) -> int:
     return int(Decimal(text).scaleb(6))
 
 
+def _csv_text(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
 def _csv(path: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    return _csv_text(path.read_text(encoding="utf-8"))
 
 
 @SETTINGS
@@ -223,6 +227,24 @@ def test_report_chargeback_and_dash_bill_what_the_oracle_prices(
     }
     assert {k: +v for k, v in got.items()} == {k: +v for k, v in want.items()}
     assert set(got) == set(want)
+
+    # ometer report --since --until --by tenant,week: local days, inclusive; ISO weeks
+    year, number = (int(x) for x in month.split("-"))
+    lo, hi = date(year, number, 1) - timedelta(days=9), date(year, number, 28) + timedelta(days=4)
+    weeks: Counter[tuple[str, str, str]] = Counter()
+    for s in priced:
+        day = oracle.local_day(s.started_at, zone)
+        if lo <= day <= hi:
+            iso = day.isocalendar()
+            weeks[(s.tenant, f"{iso.year}-W{iso.week:02d}", s.currency)] += s.cost_total
+    done = cli(
+        "report", "--since", lo.isoformat(), "--until", hi.isoformat(), "--by", "tenant,week",
+        "--format", "csv",
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    assert {
+        (r["tenant"], r["week"], r["currency"]): _micros(r["cost"]) for r in _csv_text(done.stdout)
+    } == dict(weeks)
 
     # ometer chargeback, usage only: per tenant, department and currency
     bill: Counter[tuple[str, str, str]] = Counter()
