@@ -294,3 +294,7 @@ def test_report_chargeback_and_dash_bill_what_the_oracle_prices(
         (r["tenant"], r["department"], r["day"], r["currency"]): _micros(r["cost"])
         for r in dash["spend_by_department_by_day"]
     } == dict(cells)
+    models: Counter[tuple[str, str]] = Counter()
+    for s in inside:  # the model Ollama answered with, else the one asked for
+        models[(s.response_model or s.request_model, s.currency)] += s.cost_total
+    assert {(r["model"], r["currency"]): _micros(r["cost"]) for r in dash["models"]} == dict(models)
