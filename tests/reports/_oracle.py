@@ -81,18 +81,20 @@ def price(span: SpanRecord, rules: Sequence[PriceRule], zone: ZoneInfo, currency
         return Priced(currency, (0, 0, 0, 0), None)
     zero = Decimal(0)
     with localcontext() as ctx:
-        ctx.prec = 200  # every product and quotient here is exact or far from a tie
+        ctx.prec = 200  # products exact; a quotient exact, or (a ninth in it) far from a tie
         tokens = span.input_tokens * (rule.input_per_1m or zero) + span.output_tokens * (
             rule.output_per_1m or zero
         )
         busy = (span.prompt_eval_duration_ns or 0) + (span.eval_duration_ns or 0)
         if rule.charge_load:
             busy += span.load_duration_ns or 0
-        hours = Decimal(busy) / Decimal(3_600_000_000_000)
-        compute = hours * (rule.gpu_hour or zero) * 1_000_000
+        # one division, last: busy hours (ns / 3.6e12) have no exact decimal, and 400 s at
+        # 1 W and 0.0495 per kWh, exactly 5.5 micro-units, came to 5.4999... and rounded to 5
+        ns_per_hour = Decimal(3_600_000_000_000)
+        compute = busy * (rule.gpu_hour or zero) * 1_000_000 / ns_per_hour
         energy = zero
         if rule.watts is not None and rule.kwh_price is not None:
-            energy = hours * rule.watts / 1000 * rule.kwh_price * 1_000_000
+            energy = busy * rule.watts * rule.kwh_price * 1_000_000 / (1000 * ns_per_hour)
         fee = zero
         if span.status in ("ok", "client_abort"):
             counted = span.input_tokens + span.output_tokens

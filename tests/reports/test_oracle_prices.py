@@ -298,3 +298,44 @@ def test_report_chargeback_and_dash_bill_what_the_oracle_prices(
     for s in inside:  # the model Ollama answered with, else the one asked for
         models[(s.response_model or s.request_model, s.currency)] += s.cost_total
     assert {(r["model"], r["currency"]): _micros(r["cost"]) for r in dash["models"]} == dict(models)
+
+
+@pytest.mark.parametrize(
+    ("fields", "prices", "micros"),
+    [
+        ({"input_tokens": 1}, {"input_per_1m": Decimal("0.5")}, 0),  # 0.5: to even, 0
+        ({"input_tokens": 3}, {"input_per_1m": Decimal("0.5")}, 2),  # 1.5: to even, 2
+        ({"input_tokens": 5, "output_tokens": 1}, {"input_per_1m": Decimal("0.5")}, 2),  # 2.5
+        ({"eval_duration_ns": 1_800_000}, {"gpu_hour": Decimal(1)}, 0),  # 0.5
+        ({"eval_duration_ns": 5_400_000}, {"gpu_hour": Decimal(1)}, 2),  # 1.5
+        (
+            {"eval_duration_ns": 400 * 10**9},
+            {"watts": Decimal(1), "kwh_price": Decimal("0.0495")},
+            6,
+        ),
+        ({"load_duration_ns": 1_800_000}, {"gpu_hour": Decimal(3), "charge_load": True}, 2),
+        ({"status": "client_abort", "input_tokens": 1}, {"per_request": Decimal("0.0000005")}, 0),
+        ({"status": "client_abort"}, {"per_request": Decimal("0.0000015")}, 2),
+        ({"status": "error"}, {"per_request": Decimal(1)}, 0),  # a fee only for calls answered
+    ],
+)
+def test_a_half_micro_unit_rounds_to_even_once_per_part(
+    cli: Any, sqlite_url: str, monkeypatch: pytest.MonkeyPatch,
+    fields: dict[str, Any], prices: dict[str, Any], micros: int,
+) -> None:  # fmt: skip
+    """Ties of each part, priced by ``reprice`` as the oracle prices them, and as by hand."""
+    span = make_span(
+        **{"input_tokens": 0, "output_tokens": 0, "prompt_eval_duration_ns": 0,
+           "eval_duration_ns": 0, **fields},
+        started_at=datetime(2026, 11, 5, tzinfo=UTC),
+    )  # fmt: skip
+    ledger = Ledger(sqlite_url, zone="UTC")
+    ledger.record([span])
+    rules = [ledger.add_price_rule(PriceRule(pattern="*", currency="USD", **prices))]
+    ledger.dispose()
+    monkeypatch.setenv("OMETER_DB_URL", sqlite_url)
+    assert cli("reprice", "--since", "2026-11-01").code == 0
+    assert oracle.price(span, rules, ZoneInfo("UTC"), "USD").total == micros
+    done = cli("report", "--period", "2026-11", "--by", "department", "--format", "csv")
+    (row,) = _csv_text(done.stdout)
+    assert _micros(row["cost"]) == micros
