@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -37,13 +37,19 @@ class BudgetStatus:
         return "ok"
 
 
+_US = timedelta(microseconds=1)
+
+
 def project(spent: int, window: Window, now: datetime) -> int:
-    """Spend at period end if the pace so far holds (integer micro-units)."""
-    total = (window.end - window.start).total_seconds()
-    elapsed = min(max((now - window.start).total_seconds(), 0.0), total)
+    """Spend at period end if the pace so far holds (integer micro-units).
+
+    In whole microseconds, as the times are: through float seconds, 1.001 s in became
+    1000 ms (1.001 * 1000 is 1000.999...), and the projection 0.1 % too high."""
+    total = (window.end - window.start) // _US
+    elapsed = min(max((now - window.start) // _US, 0), total)
     if elapsed <= 0:
         return spent
-    return spent * int(total * 1000) // max(int(elapsed * 1000), 1)
+    return spent * total // elapsed
 
 
 def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[BudgetStatus]:
