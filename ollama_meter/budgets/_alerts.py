@@ -205,7 +205,7 @@ class EmailChannel:
 
     def send(self, alert: Alert) -> str:
         message = EmailMessage()
-        message["Subject"] = f"[ometer] {alert.scope} budget at {alert.threshold}%"
+        message["Subject"] = alert.subject
         message["From"] = self.sender
         message["To"] = ", ".join(self.recipients)
         message.set_content(alert.text() + "\n")

@@ -51,10 +51,10 @@ from ollama_meter.budgets._leases import (
     Watches,
 )
 from ollama_meter.budgets._refusals import mismatch, refusal
-from ollama_meter.budgets._thresholds import ThresholdAlerts
+from ollama_meter.budgets._thresholds import ThresholdAlerts, refused_alert
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.periods import current_period
-from ollama_meter.records import Budget, LeaseKey
+from ollama_meter.records import Alert, Budget, LeaseKey
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetReads, BudgetStore, BudgetWrites
@@ -96,6 +96,7 @@ class BudgetGate(ThresholdAlerts):
         self._clock = clock
         self._leases: dict[LeaseKey, Lease] = {}
         self._watch = Watches()
+        self._refusals_said: set[tuple[LeaseKey, int]] = set()  # claimed in the ledger
         self._lock = threading.Lock()
         self._idle_release = idle_release
         self._keeper: threading.Thread | None = None
@@ -178,7 +179,8 @@ class BudgetGate(ThresholdAlerts):
         # wait seconds for another process's write lock: an event loop never waits for it.
         if not self._lock.acquire(blocking=blocking):
             raise WouldBlock("this process's budget leases are being written to the ledger")
-        refused = False
+        refused: list[Alert] | None = None  # set when refused: the alerts the refusal fires
+        said: list[Alert] = []
         try:
             if not blocking and self._idle(now):
                 raise WouldBlock("idle budget leases are given back in the ledger")
@@ -189,7 +191,7 @@ class BudgetGate(ThresholdAlerts):
                 if not blocking:
                     raise WouldBlock("a budget lease is renewed in the ledger")
                 try:
-                    self._renew(short, estimate.amount, now)
+                    self._renew(short, estimate.amount, now, said)
                 except BaseException:
                     self._forget_empty(leases)
                     raise
@@ -198,25 +200,15 @@ class BudgetGate(ThresholdAlerts):
                 lease.last_used = self._clock()
             self._keep(now)
         except BudgetExceeded:
-            refused = True
+            refused = said
             raise
         finally:
             self._lock.release()
-            if refused:
-                self._alert_refused(tenant, department, now)
+            if refused is not None:
+                self._alert_refused(tenant, department, now, refused)
         keys = tuple(le.key for le in leases)
         rows = tuple(le.row_id for le in leases)
         return Reservation(call_id, tuple(k.budget_id for k in keys), keys, estimate.amount, rows)
-
-    def _alert_refused(self, tenant: str, department: str, now: datetime) -> None:
-        """A call refused: fire the thresholds the settled spend has reached (at most one read
-        per ``_leases.WATCH_SECONDS``). Checked only after calls that cost something, a spend
-        pushed past them by ``ometer reprice`` (or an import) fired nothing while every call
-        was refused. A failure here is logged, never instead of the refusal."""
-        try:
-            self.check_alerts(tenant, department, now, 0)
-        except Exception as exc:
-            self._failures.failed("checking budget alerts after a refusal", exc)
 
     def _forget_empty(self, leases: list[Lease]) -> None:
         """Drop the leases that hold nothing (new ones a refusal left unwritten; lock held):
@@ -243,10 +235,11 @@ class BudgetGate(ThresholdAlerts):
             lease.stale = True  # renew well before its row expires in the ledger
         return lease
 
-    def _renew(self, leases: list[Lease], need: int, now: datetime) -> None:
+    def _renew(self, leases: list[Lease], need: int, now: datetime, refused: list[Alert]) -> None:
         """Read spend and others' holds, and take new slices, for ``leases`` in one transaction.
 
-        Raises :class:`BudgetExceeded` (writing nothing) when ``need`` does not fit one of them.
+        Raises :class:`BudgetExceeded` (writing nothing) when ``need`` does not fit one of them;
+        ``refused`` then has an alert per budget whose spend leaves no room for it.
         """
         self.renewals += 1
         with self.ledger.budget_transaction() as store:
@@ -266,6 +259,10 @@ class BudgetGate(ThresholdAlerts):
                 if over or need > room:  # held > 0: only calls in flight are in the way
                     held = 0 if over else others + mine
                     refusals.append(refusal(lease, spent, held, need, now, self.tz))
+                    if over:  # not calls in flight: what is left, until the period ends
+                        refused.append(
+                            refused_alert(budget, lease.tenant, lease.window, spent, need)
+                        )
                     continue
                 slice_ = max(need, int(room * self.lease_share))
                 sizes.append((lease, mine + slice_, spent))

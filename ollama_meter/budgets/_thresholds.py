@@ -1,6 +1,12 @@
 """Budget alerts: each threshold the settled spend reaches fires once per budget, tenant and
 period, checked after a call settles; the ledger is read only when a threshold may have been
-crossed (:class:`ThresholdAlerts`, part of :class:`~ollama_meter.budgets._gate.BudgetGate`)."""
+crossed (:class:`ThresholdAlerts`, part of :class:`~ollama_meter.budgets._gate.BudgetGate`).
+
+A hard budget refuses a call whose bound does not fit what is left, so its spend may stay
+below 100 % while it refuses every call. A refusal fires an alert of its own (kind
+``refused``), truthful at any spend: once per budget, tenant, period and the highest threshold
+the spend had reached then (0 for none). A refusal only calls in flight are in the way of
+(room that comes back within seconds) fires none."""
 
 from __future__ import annotations
 
@@ -11,9 +17,36 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from ollama_meter._logging import Throttled
 from ollama_meter.budgets._leases import WATCH_SECONDS, Watches, crossed
-from ollama_meter.periods import current_period
+from ollama_meter.periods import Window, current_period
 from ollama_meter.records import Alert, Budget, LeaseKey
+
+MAX_SAID = 10_000
+"""Refusal alerts a process remembers having claimed (then it forgets them all and asks the
+ledger again): a flood of refused calls writes to the ledger once per budget and band."""
+
+
+def refused_alert(budget: Budget, tenant: str, window: Window, spent: int, need: int) -> Alert:
+    """The alert for a call ``budget`` refused: ``spent`` leaves no room for ``need``."""
+    assert budget.id is not None
+    reached = [t for t in budget.thresholds if spent * 100 >= t * budget.limit]
+    return Alert(
+        id=0,
+        budget_id=budget.id,
+        tenant=tenant,
+        department=budget.department,
+        period=budget.period,
+        period_label=window.label,
+        period_start=window.start,
+        threshold=max(reached, default=0),
+        spent=spent,
+        limit=budget.limit,
+        currency=budget.currency,
+        kind="refused",
+        call_bound=need,
+    )
+
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._alerts import AlertDispatcher
@@ -29,6 +62,8 @@ class ThresholdAlerts:
     _watch: Watches
     _lock: threading.Lock
     _clock: Callable[[], float]
+    _failures: Throttled
+    _refusals_said: set[tuple[LeaseKey, int]]
     budgets_for: Callable[[str, str], list[Budget]]
 
     def check_alerts(
@@ -75,6 +110,43 @@ class ThresholdAlerts:
                 self.alerts.dispatch(alert)
         return fired
 
+    def _alert_refused(
+        self, tenant: str, department: str, now: datetime, refused: list[Alert]
+    ) -> None:
+        """A call refused: fire the thresholds the settled spend has reached (at most one read
+        per ``_leases.WATCH_SECONDS``: checked only after calls that cost something, a spend
+        pushed past them by ``ometer reprice`` fired nothing while every call was refused),
+        then the refusal's alerts (``refused``, for the budgets whose spend leaves no room for
+        the call). A failure here is logged, never instead of the refusal."""
+        try:
+            self.check_alerts(tenant, department, now, 0)
+        except Exception as exc:
+            self._failures.failed("checking budget alerts after a refusal", exc)
+        try:
+            self._claim_refused(refused, now)
+        except Exception as exc:
+            self._failures.failed("recording a budget's refusal alert", exc)
+
+    def _claim_refused(self, refused: list[Alert], now: datetime) -> None:
+        """Record each of ``refused`` this process has not claimed yet; dispatch those no other
+        process had (the ledger's unique key decides, across processes)."""
+        said = self._refusals_said
+        due = [a for a in refused if (_key(a), a.threshold) not in said]
+        if not due:
+            return
+        fired: list[Alert] = []
+        with self.ledger.budget_transaction() as store:
+            for alert in due:
+                alert_id = store.claim_alert(alert, now)
+                if alert_id is not None:
+                    fired.append(replace(alert, id=alert_id))
+        if len(said) >= MAX_SAID:
+            said.clear()
+        said.update((_key(a), a.threshold) for a in due)  # committed: claimed, here or before
+        if self.alerts is not None:
+            for alert in fired:
+                self.alerts.dispatch(alert)
+
     def _to_check(
         self, budgets: list[Budget], tenant: str, now: datetime, cost: int | None
     ) -> list[Budget]:
@@ -105,3 +177,7 @@ class ThresholdAlerts:
         for alert in pending:
             self.alerts.dispatch(alert)
         return len(pending)
+
+
+def _key(alert: Alert) -> LeaseKey:
+    return LeaseKey(alert.budget_id, alert.tenant, alert.period_start)

@@ -146,6 +146,7 @@ def alert_to_dict(alert: "Alert") -> dict[str, Any]:
 
     return {
         "id": alert.id,
+        "kind": alert.kind,
         "threshold": alert.threshold,
         "period_label": alert.period_label,
         "deliveries": dict(alert.deliveries),
@@ -160,8 +161,9 @@ def _undelivered_line(alert: "Alert") -> str:
     failed = [name for name, what in alert.deliveries.items() if not what.startswith("sent")]
     where = f"not delivered by {', '.join(failed)}" if failed else "not delivered yet"
     then = "given up" if alert.attempts >= MAX_RUNS else "the next run tries again"
+    what = "refused a call" if alert.kind == "refused" else f"crossed {alert.threshold}%"
     return (
-        f"alert {alert.id}: budget {alert.budget_id} ({alert.scope}) crossed {alert.threshold}% "
+        f"alert {alert.id}: budget {alert.budget_id} ({alert.scope}) {what} "
         f"in {alert.period} {alert.period_label}, {where} after {alert.attempts} of "
         f"{MAX_RUNS} runs; {then}"
     )

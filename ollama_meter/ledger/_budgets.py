@@ -239,15 +239,17 @@ def _to_alert(row: Any) -> Alert:
         spent=row.spent_micros,
         limit=row.limit_micros,
         deliveries=dict(row.deliveries or {}),
+        call_bound=row.call_bound_micros,
     )
 
 
 def _alert_values(alert: Alert, fired_at: datetime) -> dict[str, Any]:
     return values_of(
         alert,
-        skip=("id", "spent", "limit"),
+        skip=("id", "spent", "limit", "call_bound"),
         spent_micros=alert.spent,
         limit_micros=alert.limit,
+        call_bound_micros=alert.call_bound,
         fired_at=fired_at,
         deliveries={},
         delivered=False,
@@ -336,7 +338,8 @@ class BudgetTables:
         self._conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.id == lease_id))
 
     def claim_alert(self, alert: Alert, fired_at: datetime) -> int | None:
-        """Record ``alert`` (its id is ignored) unless its threshold already fired; the new id.
+        """Record ``alert`` (its id is ignored) unless it fired already (its kind, at its
+        threshold, in its budget, tenant and period); the new id.
 
         The unique constraint decides, so across processes exactly one caller gets an id.
         """

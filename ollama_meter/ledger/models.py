@@ -298,7 +298,9 @@ class ReservationRow(Base):
 
 
 class AlertRow(Base):
-    """A threshold crossed, once per budget, tenant, period and threshold; and where it went."""
+    """A threshold crossed, once per budget, tenant, period and threshold, or a call a hard
+    budget refused (``kind`` ``refused``: once per budget, tenant, period and the highest
+    threshold the spend had reached then, 0 for none); and where it went."""
 
     __tablename__ = "budget_alerts"
 
@@ -319,8 +321,11 @@ class AlertRow(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     """While in the future, a process is delivering the alert: no other sends it meanwhile."""
+    kind: Mapped[str] = mapped_column(String(16), server_default="threshold")
+    call_bound_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """A refusal's: the most the refused call could cost."""
 
-    __table_args__ = (UniqueConstraint("budget_id", "tenant", "period_start", "threshold"),)
+    __table_args__ = (UniqueConstraint("budget_id", "tenant", "period_start", "kind", "threshold"),)
 
 
 class ApiKeyRow(Base):

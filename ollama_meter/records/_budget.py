@@ -178,12 +178,21 @@ class LeaseKey(NamedTuple):
     period_start: datetime
 
 
+ALERT_KINDS = ("threshold", "refused")
+"""What an alert says: a threshold the spend crossed, or a hard budget refusing a call."""
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """A threshold a budget's spend crossed, once per budget, tenant, period and threshold.
+    """A threshold a budget's spend crossed, or a call a hard budget refused for want of room.
 
-    ``deliveries`` (channel → outcome), ``delivered`` and ``attempts`` are where the
-    alert went, as the ledger last recorded it.
+    A ``threshold`` alert fires once per budget, tenant, period and threshold. A ``refused``
+    one fires once per budget, tenant, period and ``threshold``, there the highest threshold
+    the spend had reached when the call was refused (0: none): a refusal at 10 % spend (one
+    call too big for what is left) and a later one past 90 % (the budget all but spent) are
+    each said once. It says what was spent, the limit, and ``call_bound``: the most the
+    refused call could cost, more than the limit left. ``deliveries`` (channel → outcome),
+    ``delivered`` and ``attempts`` are where the alert went, as the ledger last recorded it.
     """
 
     id: int
@@ -201,22 +210,40 @@ class Alert:
     deliveries: Mapping[str, str] = field(default_factory=dict)
     delivered: bool = False
     attempts: int = 0
+    kind: str = "threshold"
+    call_bound: int | None = None
 
     @property
     def scope(self) -> str:
         return f"{self.tenant}/{self.department}" if self.department else self.tenant
 
+    @property
+    def subject(self) -> str:
+        """A line that names the alert (an email's subject)."""
+        if self.kind == "refused":
+            return f"[ometer] {self.scope} budget refused a call"
+        return f"[ometer] {self.scope} budget at {self.threshold}%"
+
     def text(self) -> str:
         used = self.spent * 100 // self.limit
+        named = f"Budget {self.budget_id} ({self.scope}, {PERIOD_ADVERB[self.period]} {self.period_label})"
+        spent = (
+            f"spent {format_micros(self.spent)} of {format_micros(self.limit)} {self.currency} "
+            f"({used}% used)"
+        )
+        if self.kind != "refused":
+            return f"{named} crossed {self.threshold}%: {spent}"
+        left = max(0, self.limit - self.spent)
         return (
-            f"Budget {self.budget_id} ({self.scope}, {PERIOD_ADVERB[self.period]} {self.period_label}) "
-            f"crossed {self.threshold}%: spent {format_micros(self.spent)} of "
-            f"{format_micros(self.limit)} {self.currency} ({used}% used)"
+            f"{named} refused a call: {spent}, {format_micros(left)} left, and the call may "
+            f"cost up to {format_micros(self.call_bound or 0)}; calls that may cost more than "
+            "is left are refused until the period ends or the limit is raised"
         )
 
     def payload(self) -> dict[str, Any]:
-        return {
+        said: dict[str, Any] = {
             "text": self.text(),
+            "kind": self.kind,
             "budget_id": self.budget_id,
             "tenant": self.tenant,
             "department": self.department,
@@ -228,3 +255,7 @@ class Alert:
             "limit": format_micros(self.limit),
             "currency": self.currency,
         }
+        if self.kind == "refused":
+            said["left"] = format_micros(max(0, self.limit - self.spent))
+            said["call_bound"] = format_micros(self.call_bound or 0)
+        return said

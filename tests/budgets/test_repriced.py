@@ -42,8 +42,9 @@ def test_a_hard_budget_a_reprice_pushed_past_its_thresholds_alerts_when_it_refus
     assert later.budgets is not None and later.budgets.alerts is not None
     later.budgets.alerts.flush(600.0)
     fired = later.ledger.alerts()
-    assert [(a.budget_id, a.threshold, a.spent) for a in fired] == [
-        (cap.id, 50, 2 * CALL_COST),
-        (cap.id, 90, 6 * CALL_COST),
-        (cap.id, 100, 6 * CALL_COST),
+    assert [(a.budget_id, a.kind, a.threshold, a.spent) for a in fired] == [
+        (cap.id, "threshold", 50, 2 * CALL_COST),
+        (cap.id, "threshold", 90, 6 * CALL_COST),
+        (cap.id, "threshold", 100, 6 * CALL_COST),
+        (cap.id, "refused", 100, 6 * CALL_COST),  # and it refuses calls
     ]

@@ -77,8 +77,15 @@ def test_refusal_exits_3_with_one_line_and_a_rejected_span(
     before = len(emulator.calls)
     refused = cli("chat", "--tenant", "acme", "--dept", "sales", "-m", "llama3.1:8b", "hi")
     assert refused.code == 3
-    line = refused.stderr.strip()
-    assert "\n" not in line and line.startswith("error: hard budget 1 for acme/sales (monthly ")
+    # The caller's one line, after the budget's refusal alert in the log (its channel here).
+    alert, line = refused.stderr.strip().split("\n")
+    assert alert.startswith("WARNING ollama_meter.alerts: budget alert: Budget 1 (acme/sales, ")
+    assert alert.endswith(
+        "refused a call: spent 2.000000 of 3.000000 USD (66% used), 1.000000 left, and the "
+        "call may cost up to 2.000000; calls that may cost more than is left are refused "
+        "until the period ends or the limit is raised"
+    )
+    assert line.startswith("error: hard budget 1 for acme/sales (monthly ")
     assert "spent 2.000000 of 3.000000 USD" in line
     assert len(emulator.calls) == before
     (span,) = json.loads(cli("log", "--json", "--status", "rejected").stdout)
