@@ -40,6 +40,7 @@ from ollama_meter.cli import (
 )
 from ollama_meter.cli._common import settings
 from ollama_meter.cli._console import err, out, printable
+from ollama_meter.cli._settings import run_ended, run_started
 from ollama_meter.errors import OmeterError
 from ollama_meter.ledger._deadline import recording_nothing
 
@@ -75,11 +76,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
     ),
 ) -> None:
     """Meter, price and charge back every Ollama call."""
+    # The settings are read once in this run, and afresh in the next (cli/_settings.py).
+    run_started()
+    ctx.call_on_close(run_ended)
     _logging()  # here, not in main(): help and --version need no settings
 
 

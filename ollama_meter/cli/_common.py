@@ -26,6 +26,7 @@ from rich.text import Text
 
 from ollama_meter._paths import discard, written_through
 from ollama_meter.cli._console import err, out, shown
+from ollama_meter.cli._settings import settings as settings  # noqa: PLC0414 (where commands get it)
 from ollama_meter.errors import ConfigError, OmeterError, ValidationError
 from ollama_meter.periods import PERIOD_HELP, Window, parse_period, window_between
 from ollama_meter.records import format_micros
@@ -226,33 +227,6 @@ OutOption = Annotated[
         parser=file_to_write("report.csv", dash=True),
     ),
 ]
-
-
-FLAGS = {
-    "db_url": "--db",
-    "ollama_host": "--upstream",
-    "upstreams": "--upstream",
-    "slots": "--slots",
-    "max_queue": "--max-queue",
-    "tenant": "--tenant",
-    "department": "--dept",
-    "currency": "--currency",
-}
-"""The flag each settings override comes from, so a bad value is named as the user typed it."""
-
-
-def settings(**overrides: Any) -> Settings:
-    """Settings with command-line overrides on top of the environment and ``.env``."""
-    from ollama_meter.config import load_settings
-
-    for field, value in overrides.items():
-        # Given empty is given: '--db "$DB"' with DB unset must not quietly mean the default.
-        if isinstance(value, str) and not value.strip():
-            raise ConfigError(
-                f"{FLAGS.get(field, field)} is given empty; give a value, or leave it out "
-                "for the configured one"
-            )
-    return load_settings(flags=FLAGS, **overrides)
 
 
 def ledger_for(cfg: Settings, *, existing: bool = False) -> Ledger:

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -153,6 +154,11 @@ class Correction:
     resum: tuple[int, int] | None = None
     """A day (start s, end s) whose busy cells are summed again from its minutes, at the end."""
 
+    @property
+    def nothing(self) -> bool:
+        """Whether writing it would change no cell."""
+        return not (self.sums or self.minutes) and self.resum is None
+
     def add(self, kind: Additive, wanted: Sums, stored: Sums) -> None:
         found: list[tuple[Additive, Key, list[int] | None]] = []
         for key, values in wanted.items():
@@ -192,15 +198,21 @@ def stored_sums(
     conn: Connection, kind: Additive, grains: Iterable[Grain], start: int, end: int
 ) -> Sums:
     """The stored rows of ``kind`` in cells of ``grains`` starting in [``start``, ``end``) s."""
-    table, width = kind.table, len(kind.keys)
-    rows = conn.execute(
-        select(*(table.c[k] for k in kind.keys), *(table.c[v] for v in kind.values)).where(
-            table.c.grain.in_([int(g) for g in grains]),
-            table.c.start >= start,
-            table.c.start < end,
-        )
-    )
+    width = len(kind.keys)
+    rows = conn.execute(_stored(kind, tuple(int(g) for g in grains)), {"low": start, "high": end})
     return {tuple(row[:width]): list(row[width:]) for row in rows}
+
+
+@cache
+def _stored(kind: Additive, grains: tuple[int, ...]) -> Select[Any]:
+    """The query of :func:`stored_sums`, built once: a rebuild runs it three times a day read,
+    and building it (and its cache key) took longer than running it."""
+    table = kind.table
+    return select(*(table.c[k] for k in kind.keys), *(table.c[v] for v in kind.values)).where(
+        table.c.grain.in_(grains),
+        table.c.start >= bindparam("low"),
+        table.c.start < bindparam("high"),
+    )
 
 
 def summed_days(conn: Connection, kind: Additive, month: int, end: int) -> Sums:
@@ -218,12 +230,13 @@ def stored_minutes(
     conn: Connection, start: int, end: int
 ) -> dict[tuple[int, str], tuple[str, int, int]]:
     """The busy minutes stored from ``start`` to ``end`` (s): intervals, busy µs, calls."""
-    rows = conn.execute(
-        select(BUSY.c.start, BUSY.c.host, BUSY.c.intervals, BUSY.c.busy_us, BUSY.c.calls).where(
-            BUSY.c.start >= start, BUSY.c.start < end
-        )
-    )
+    rows = conn.execute(_MINUTES, {"low": start, "high": end})
     return {(row[0], row[1]): (row[2], int(row[3]), int(row[4])) for row in rows}
+
+
+_MINUTES = select(BUSY.c.start, BUSY.c.host, BUSY.c.intervals, BUSY.c.busy_us, BUSY.c.calls).where(
+    BUSY.c.start >= bindparam("low"), BUSY.c.start < bindparam("high")
+)
 
 
 def write(
@@ -332,14 +345,20 @@ def _write_minutes(conn: Connection, minutes: Sequence[_Minute]) -> None:
         conn.execute(insert(BUSY), fresh)
 
 
-def spans_busy_in(low: int, high: int) -> Select[Any]:
-    """The spans that started from ``low`` to ``high`` (µs), and the day before's still busy
-    at ``low`` (a call's busy time ends at most a day after it began: ``busy_interval``)."""
-    return select_spans(content=False).where(
-        SpanRow.started_at >= from_us(low - DAY_US),
-        SpanRow.started_at < from_us(high),
-        or_(SpanRow.started_at >= from_us(low), SpanRow.ended_at > from_us(low)),
-    )
+SPANS_BUSY_IN = select_spans(content=False).where(
+    SpanRow.started_at >= bindparam("before"),
+    SpanRow.started_at < bindparam("high"),
+    or_(SpanRow.started_at >= bindparam("low"), SpanRow.ended_at > bindparam("low")),
+)
+"""The spans that started from ``low`` to ``high``, and the day before's still busy at
+``low`` (a call's busy time ends at most a day after it began: ``busy_interval``); built
+once (with 30 columns, building it took longer than a day's read), run with
+:func:`busy_in`."""
+
+
+def busy_in(low: int, high: int) -> dict[str, Any]:
+    """The values of :data:`SPANS_BUSY_IN` for ``low`` to ``high`` (µs)."""
+    return {"before": from_us(low - DAY_US), "low": from_us(low), "high": from_us(high)}
 
 
 def _minutes_from_spans(
@@ -350,10 +369,10 @@ def _minutes_from_spans(
     low = min(start for start, _ in keys) * 10**6
     high = max(start for start, _ in keys) * 10**6 + BUSY_US
     pieces: dict[tuple[int, str], list[tuple[int, int]]] = {key: [] for key in keys}
-    query = spans_busy_in(low, high).where(
+    query = SPANS_BUSY_IN.where(
         SpanRow.upstream_host.in_(sorted({host for _, host in keys} - {NO_HOST}))
     )
-    for row in conn.execute(query):
+    for row in conn.execute(query, busy_in(low, high)):
         span = row_to_span(row)
         for cell, piece in busy_pieces(span):
             key = (cell // 10**6, span.upstream_host)

@@ -18,7 +18,7 @@ from datetime import datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from ollama_meter._names import zone_problem
 from ollama_meter.errors import ValidationError
@@ -34,11 +34,12 @@ from ollama_meter.ledger._correct import (
     BINS,
     BUSY_SUMS,
     CUBE,
+    SPANS_BUSY_IN,
     Correction,
     Key,
     Moved,
     Pass,
-    spans_busy_in,
+    busy_in,
     stored_minutes,
     stored_sums,
     summed_days,
@@ -143,6 +144,7 @@ REBUILD_SILENCE_S = 600
 died: one day of 10M spans took under a minute on a busy machine."""
 
 
+BEAT_S = REBUILD_SILENCE_S / 10  # how often to say so while the days read need no write
 REBUILD_POLL_S = 0.5
 """How often a process waiting for another's rebuild looks whether it is done."""
 STOPPED = "stopped"
@@ -194,6 +196,7 @@ def _rebuild_days(
     total = 0
     months: set[int] = set()
     claim = Pass()
+    beaten = time.monotonic()  # rebuild() said it began
     day: int | None = first
     while day is not None and day <= last:
         with read() as conn:
@@ -211,10 +214,14 @@ def _rebuild_days(
             # (a call may have been busy past midnight).
             after = next_cell(Grain.DAY, day, zone)
             following = after if count else _next_day(conn, after, zone)
-        try:
-            _correct.write(write, claim, correction, _beat)
-        except Moved:  # another rebuild wrote since the read: read the day again
-            continue
+        # A day whose cells are right is not written (a rebuild of rollups that are right is
+        # mostly such days), unless it is time to say the rebuild is still at work.
+        if not correction.nothing or time.monotonic() - beaten >= BEAT_S:
+            try:
+                _correct.write(write, claim, correction, _beat)
+            except Moved:  # another rebuild wrote since the read: read the day again
+                continue
+            beaten = time.monotonic()
         if correction.near_cap:  # the difference may have met a writer's at the cap
             continue
         total += count
@@ -231,6 +238,8 @@ def _rebuild_days(
                 claim.read(conn)
                 _same_zone(conn, zone)
                 correction = _read_month(conn, month, zone)
+            if correction.nothing:
+                break
             with contextlib.suppress(Moved):
                 _correct.write(write, claim, correction, _beat)
                 if not correction.near_cap:
@@ -282,16 +291,22 @@ before the first call's day in the new zone, or hold no call at all: it is remov
 if its day (and month) is read."""
 
 
+_FIRST_FROM = [
+    (
+        select(func.min(column)).where(*extra, column >= bindparam("at")),
+        column is SpanRow.started_at,
+    )
+    for column, extra in _STARTS
+]
+"""The first start at or after ``at`` in each of :data:`_STARTS` (built once)."""
+
+
 def _next_day(conn: Connection, after: int, zone: tzinfo | None) -> int | None:
     """The first day from ``after`` on with spans or rollups (skips years of nothing at once)."""
     seconds = after // 10**6
     found = [
-        conn.execute(
-            select(func.min(column)).where(
-                *extra, column >= (from_us(after) if column is SpanRow.started_at else seconds)
-            )
-        ).scalar()
-        for column, extra in _STARTS
+        conn.execute(query, {"at": from_us(after) if spans else seconds}).scalar()
+        for query, spans in _FIRST_FROM
     ]
     moments = [to_us(f) if isinstance(f, datetime) else f * 10**6 for f in found if f is not None]
     return floor_cell(Grain.DAY, min(moments), zone) if moments else None
@@ -305,7 +320,7 @@ def _read_day(conn: Connection, day: int, zone: tzinfo | None) -> tuple[int, Cor
     delta = RollupDelta()
     count = 0
     # Today's spans, and yesterday's that were still busy after midnight.
-    for row in conn.execute(spans_busy_in(day, end)):
+    for row in conn.execute(SPANS_BUSY_IN, busy_in(day, end)):
         span = row_to_span(row)
         if to_us(span.started_at) >= day:
             delta.add(span)
