@@ -22,6 +22,9 @@ class BudgetStatus:
     spent: int
     held: int
     projected: int
+    refused_bound: int | None = None
+    """The bound of the call this budget last refused for want of room this period (its
+    latest ``refused`` alert), None if it refused none."""
 
     @property
     def percent(self) -> int:
@@ -29,9 +32,17 @@ class BudgetStatus:
 
     @property
     def state(self) -> str:
-        """``ok``, ``warning`` (first threshold reached), ``over`` or ``exhausted`` (hard, at 100 %)."""
+        """``ok``, ``warning`` (first threshold reached), ``refusing`` (hard, below 100 %: the
+        call it last refused this period would still not fit what is left, so calls like it
+        are refused), ``over`` or ``exhausted`` (hard, at 100 %)."""
         if self.spent >= self.budget.limit:
             return "exhausted" if self.budget.hard else "over"
+        if (
+            self.budget.hard
+            and self.refused_bound is not None
+            and self.spent + self.refused_bound > self.budget.limit
+        ):
+            return "refusing"
         if self.spent * 100 >= min(self.budget.thresholds) * self.budget.limit:
             return "warning"
         return "ok"
@@ -62,8 +73,10 @@ def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[B
     # is held failed on a server with a single connection left for this process ("too many
     # clients"), and a pool of busy threads each holding one waited for another.
     budgets = ledger.budgets()
+    starts = {current_period(p, tz=tz, now=now).start for p in {b.period for b in budgets}}
     with ledger.budget_snapshot() as store:
         at = store.clock(now)  # leases live by the ledger's clock, not this host's
+        refused = store.refusals(starts) if starts else {}
         for budget in budgets:
             assert budget.id is not None
             window = current_period(budget.period, tz=tz, now=now)
@@ -73,6 +86,12 @@ def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[B
             tenants = [budget.tenant]
             if budget.tenant == EACH_TENANT:
                 seen = {tenant for tenant, department, _ in sums if department == budget.department}
+                # and those it refused, who may have spent nothing (a first call too big)
+                seen.update(
+                    k.tenant
+                    for k in refused
+                    if k.budget_id == budget.id and k.period_start == window.start
+                )
                 tenants = sorted(seen) or [EACH_TENANT]
             for tenant in tenants:
                 spent = sum(
@@ -82,8 +101,10 @@ def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[B
                     and currency == budget.currency
                     and budget.department in (None, department)
                 )
-                held = store.held(LeaseKey(budget.id, tenant, window.start), at)
+                key = LeaseKey(budget.id, tenant, window.start)
+                held = store.held(key, at)
+                projected = project(spent, window, now)
                 rows.append(
-                    BudgetStatus(budget, tenant, window, spent, held, project(spent, window, now))
+                    BudgetStatus(budget, tenant, window, spent, held, projected, refused.get(key))
                 )
     return rows

@@ -41,6 +41,12 @@ class BudgetReads(Protocol):
         on (a span and its rollups are committed together), so asked first, before it."""
         ...
 
+    def refusals(self, starts: Collection[datetime]) -> dict[LeaseKey, int]:
+        """The bound of the call each hard budget last refused for want of room (its latest
+        ``refused`` alert), per budget, tenant and period, in the periods that begin at
+        ``starts``."""
+        ...
+
 
 class BudgetWrites(BudgetReads, Protocol):
     """One write transaction: reads, plus locks, leases and alerts."""

@@ -36,7 +36,13 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Budgets: spending caps that refuse or alert.", no_args_is_help=True)
 
-_STATE_STYLE = {"ok": "green", "warning": "yellow", "over": "red", "exhausted": "bold red"}
+_STATE_STYLE = {
+    "ok": "green",
+    "warning": "yellow",
+    "refusing": "red",
+    "over": "red",
+    "exhausted": "bold red",
+}
 
 
 @app.command("set")

@@ -318,6 +318,19 @@ class BudgetTables:
             found.update(self._conn.execute(query).scalars())
         return found
 
+    def refusals(self, starts: Collection[datetime]) -> dict[LeaseKey, int]:
+        query = (
+            select(
+                AlertRow.budget_id,
+                AlertRow.tenant,
+                AlertRow.period_start,
+                AlertRow.call_bound_micros,
+            )
+            .where(AlertRow.kind == "refused", AlertRow.period_start.in_(sorted(set(starts))))
+            .order_by(AlertRow.id)  # the latest wins
+        )
+        return {LeaseKey(b, t, s): bound or 0 for b, t, s, bound in self._conn.execute(query)}
+
     def put_lease(self, lease_id: str, key: LeaseKey, amount: int, expires_at: datetime) -> None:
         # Rows a killed process left (nobody gives them back) go once a day has passed
         # their end: each counted as held only until then, but they stayed for good.

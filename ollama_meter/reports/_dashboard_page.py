@@ -146,7 +146,7 @@ class BudgetPanel:
     gauge: Gauge
 
 
-_SEVERITY = {"exhausted": 3, "over": 3, "warning": 1}
+_SEVERITY = {"exhausted": 3, "over": 3, "refusing": 2, "warning": 1}
 
 
 def budget_panels(statuses: Sequence[BudgetStatus]) -> tuple[list[BudgetPanel], int]:
@@ -170,6 +170,7 @@ def _budget_panel(status: BudgetStatus) -> BudgetPanel:
     tone = {"ok": "ok", "warning": "warning"}.get(state, "over")
     note = {
         "exhausted": "limit reached: calls are refused",
+        "refusing": "refusing calls that may cost more than is left",
         "over": "over the limit (soft budget: alerts only)",
     }.get(state, "")
     if not note and projected is not None and projected > 100:

@@ -67,3 +67,9 @@ def test_a_gateway_refusing_calls_posts_one_refusal_alert(
         "200.042000",
     )
     assert "refused a call: spent 7.654321 of 10.000000 USD (76% used)" in refused["text"]
+    # The dashboard says the budget refuses calls, not only that 75 % is passed (warning).
+    [gauge] = gw.client.get("/api/dash").json()["budgets"]
+    assert (gauge["spent"], gauge["state"]) == ("7.654321", "refusing")
+    page = gw.client.get("/dashboard").text
+    assert 'data-scope="acme/sales" data-state="refusing"' in page
+    assert "refusing calls that may cost more than is left" in page
