@@ -96,7 +96,7 @@ class BudgetGate(ThresholdAlerts):
         self._clock = clock
         self._leases: dict[LeaseKey, Lease] = {}
         self._watch = Watches()
-        self._refusals_said: set[tuple[LeaseKey, int]] = set()  # claimed in the ledger
+        self._refusals_said: set[tuple[LeaseKey, int, int]] = set()  # claimed in the ledger
         self._lock = threading.Lock()
         self._idle_release = idle_release
         self._keeper: threading.Thread | None = None

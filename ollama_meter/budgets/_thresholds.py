@@ -5,7 +5,7 @@ crossed (:class:`ThresholdAlerts`, part of :class:`~ollama_meter.budgets._gate.B
 A hard budget refuses a call whose bound does not fit what is left, so its spend may stay
 below 100 % while it refuses every call. A refusal fires an alert of its own (kind
 ``refused``), truthful at any spend: once per budget, tenant, period and the highest threshold
-the spend had reached then (0 for none). A refusal only calls in flight are in the way of
+the spend had reached then (0 for none), and again under a changed limit. A refusal only calls in flight are in the way of
 (room that comes back within seconds) fires none."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class ThresholdAlerts:
     _lock: threading.Lock
     _clock: Callable[[], float]
     _failures: Throttled
-    _refusals_said: set[tuple[LeaseKey, int]]
+    _refusals_said: set[tuple[LeaseKey, int, int]]
     budgets_for: Callable[[str, str], list[Budget]]
 
     def check_alerts(
@@ -131,7 +131,7 @@ class ThresholdAlerts:
         """Record each of ``refused`` this process has not claimed yet; dispatch those no other
         process had (the ledger's unique key decides, across processes)."""
         said = self._refusals_said
-        due = [a for a in refused if (_key(a), a.threshold) not in said]
+        due = [a for a in refused if _said(a) not in said]
         if not due:
             return
         fired: list[Alert] = []
@@ -142,7 +142,7 @@ class ThresholdAlerts:
                     fired.append(replace(alert, id=alert_id))
         if len(said) >= MAX_SAID:
             said.clear()
-        said.update((_key(a), a.threshold) for a in due)  # committed: claimed, here or before
+        said.update(map(_said, due))  # committed: claimed, here or before
         if self.alerts is not None:
             for alert in fired:
                 self.alerts.dispatch(alert)
@@ -179,5 +179,6 @@ class ThresholdAlerts:
         return len(pending)
 
 
-def _key(alert: Alert) -> LeaseKey:
-    return LeaseKey(alert.budget_id, alert.tenant, alert.period_start)
+def _said(alert: Alert) -> tuple[LeaseKey, int, int]:
+    """What a refusal alert is said once for: its budget, tenant, period, band and limit."""
+    return LeaseKey(alert.budget_id, alert.tenant, alert.period_start), alert.threshold, alert.limit

@@ -352,7 +352,7 @@ class BudgetTables:
 
     def claim_alert(self, alert: Alert, fired_at: datetime) -> int | None:
         """Record ``alert`` (its id is ignored) unless it fired already (its kind, at its
-        threshold, in its budget, tenant and period); the new id.
+        threshold, in its budget, tenant and period; a refusal: under its limit); the new id.
 
         The unique constraint decides, so across processes exactly one caller gets an id.
         """
@@ -361,6 +361,35 @@ class BudgetTables:
                 insert_alert = insert(_ALERTS).values(**_alert_values(alert, fired_at))
                 new = self._conn.execute(insert_alert).inserted_primary_key
         except IntegrityError:
+            return self._rearm(alert, fired_at) if alert.kind == "refused" else None
+        assert new is not None
+        return int(new[0])
+
+    def _rearm(self, alert: Alert, fired_at: datetime) -> int | None:
+        """A refusal recorded under another limit (the admin changed it since, as the alert
+        told them): news, so it replaces the row, with a new id (a delivery of the old one
+        still queued finds no row, never this one's); None when the row is this limit's."""
+        c = _ALERTS.c
+        top = self._conn.execute(select(func.max(c.id))).scalar() or 0
+        gone = self._conn.execute(
+            delete(_ALERTS).where(
+                c.budget_id == alert.budget_id,
+                c.tenant == alert.tenant,
+                c.period_start == alert.period_start,
+                c.kind == alert.kind,
+                c.threshold == alert.threshold,
+                c.limit_micros != alert.limit,  # of processes racing, one deletes it
+            )
+        )
+        if gone.rowcount != 1:
+            return None
+        values = _alert_values(alert, fired_at)
+        if self._conn.dialect.name != "postgresql":  # SQLite gives a deleted last row's id again
+            values["id"] = top + 1  # (its write lock is held: no other process takes it)
+        try:
+            with self._conn.begin_nested():
+                new = self._conn.execute(insert(_ALERTS).values(**values)).inserted_primary_key
+        except IntegrityError:  # another process replaced it first
             return None
         assert new is not None
         return int(new[0])

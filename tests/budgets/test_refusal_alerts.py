@@ -161,6 +161,40 @@ def test_a_refusal_at_low_spend_is_a_refusal_and_one_past_90_percent_is_said_aga
     ]
 
 
+def test_a_refusal_after_the_limit_was_raised_is_said_again(
+    db_url: str,
+    emulator: OllamaEmulator,
+    receiver: Receiver,  # noqa: F811
+) -> None:
+    """The alert says calls are refused "until the period ends or the limit is raised". The
+    admin raises it; calls are admitted, then refused again under the new limit, in the same
+    band (no threshold reached): that is news, said once more; the refusals after it are not.
+    """
+    meter = make_meter(db_url, Clock(NOV), alert_webhook_url=receiver.url)
+    c = CALL_COST
+    first = c * 2 + BOUND - 1
+    b = budget(meter, first, thresholds=(100,))
+    call(meter)
+    call(meter)
+    with pytest.raises(BudgetExceeded):
+        call(meter)
+    assert meter.budgets is not None and meter.budgets.alerts is not None
+    assert meter.budgets.alerts.flush(600.0)  # the admin reads it, and raises the limit
+    raised = c * 4 + BOUND - 1
+    budget(meter, raised, thresholds=(100,))
+    call(meter)
+    call(meter)
+    for _ in range(3):
+        with pytest.raises(BudgetExceeded):
+            call(meter)
+    assert meter.budgets.alerts.flush(600.0)
+    assert [p["text"] for p in receiver.posts] == [
+        refused_text(b.id or 0, 2 * c, first, BOUND),
+        refused_text(b.id or 0, 4 * c, raised, BOUND),
+    ]
+    assert rows(meter.ledger) == [("refused", 0, 4 * c, BOUND)]  # the latest, under its limit
+
+
 def test_a_refusal_only_calls_in_flight_are_in_the_way_of_fires_no_alert(
     sqlite_url: str, emulator: OllamaEmulator
 ) -> None:
