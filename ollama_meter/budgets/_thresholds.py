@@ -124,8 +124,12 @@ class ThresholdAlerts:
             self._failures.failed("checking budget alerts after a refusal", exc)
         try:
             self._claim_refused(refused, now)
-        except Exception as exc:
-            self._failures.failed("recording a budget's refusal alert", exc)
+        except Exception as exc:  # not remembered as said: the next refusal records it
+            self._failures.failed(
+                "recording the refusal alert of budget %s (the next refusal tries again)",
+                exc,
+                ", ".join(f"{a.budget_id} ({a.scope})" for a in refused),
+            )
 
     def _claim_refused(self, refused: list[Alert], now: datetime) -> None:
         """Record each of ``refused`` this process has not claimed yet; dispatch those no other

@@ -195,6 +195,37 @@ def test_a_refusal_after_the_limit_was_raised_is_said_again(
     assert rows(meter.ledger) == [("refused", 0, 4 * c, BOUND)]  # the latest, under its limit
 
 
+def test_a_refusal_the_ledger_cannot_record_is_refused_all_the_same_and_recorded_later(
+    tmp_path: Path, emulator: OllamaEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The ledger fails the alert's write (a trigger that errs, as a full disk would): the call
+    is refused as ever, the log names the budget whose alert was not recorded, and the next
+    refusal, once the ledger takes writes again, records it: not lost for good."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    meter = make_meter(url, Clock(NOV))
+    b = budget(meter, CALL_COST + BOUND - 1, thresholds=(100,))
+    call(meter)
+    with meter.ledger.write() as conn:
+        conn.execute(
+            text(
+                "CREATE TRIGGER broken BEFORE INSERT ON budget_alerts BEGIN INSERT INTO gone VALUES (1); END"
+            )
+        )
+    with pytest.raises(BudgetExceeded, match="refuses the call"):
+        call(meter)
+    assert meter.ledger.alerts() == []
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(said) == 1 and said[0].startswith(
+        f"recording the refusal alert of budget {b.id} (acme/sales) (the next refusal tries "
+        "again) failed: "
+    )
+    with meter.ledger.write() as conn:
+        conn.execute(text("DROP TRIGGER broken"))
+    with pytest.raises(BudgetExceeded, match="refuses the call"):
+        call(meter)
+    assert rows(meter.ledger) == [("refused", 0, CALL_COST, BOUND)]
+
+
 def test_a_refusal_only_calls_in_flight_are_in_the_way_of_fires_no_alert(
     sqlite_url: str, emulator: OllamaEmulator
 ) -> None:
