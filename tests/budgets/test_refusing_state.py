@@ -87,6 +87,8 @@ def test_a_budget_for_each_tenant_is_refusing_for_each_tenant_it_refused(
         ("beta/sales", "refusing", 0),
         ("gamma/sales", "ok", CALL_COST),
     ]
+    said = [(a.tenant, a.kind, a.spent) for a in meter.ledger.alerts()]
+    assert said == [("acme", "refused", CALL_COST), ("beta", "refused", 0)]
 
 
 def test_budget_status_says_refusing_in_its_table_and_json(
