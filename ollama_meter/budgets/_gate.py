@@ -54,7 +54,7 @@ from ollama_meter.budgets._refusals import mismatch, refusal
 from ollama_meter.budgets._thresholds import ThresholdAlerts, refused_alert
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.periods import current_period
-from ollama_meter.records import Alert, Budget, LeaseKey
+from ollama_meter.records import EACH_TENANT, Alert, Budget, LeaseKey
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetReads, BudgetStore, BudgetWrites
@@ -259,7 +259,9 @@ class BudgetGate(ThresholdAlerts):
                 if over or need > room:  # held > 0: only calls in flight are in the way
                     held = 0 if over else others + mine
                     refusals.append(refusal(lease, spent, held, need, now, self.tz))
-                    if over:  # not calls in flight: what is left, until the period ends
+                    # Not calls in flight: what is left, until the period ends; and for a
+                    # budget of each tenant, a tenant that spent (no made-up name per alert).
+                    if over and (spent > 0 or budget.tenant != EACH_TENANT):
                         refused.append(
                             refused_alert(budget, lease.tenant, lease.window, spent, need)
                         )

@@ -85,8 +85,11 @@ def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[B
             sums = spend[budget.period]
             tenants = [budget.tenant]
             if budget.tenant == EACH_TENANT:
-                seen = {tenant for tenant, department, _ in sums if department == budget.department}
-                # and those it refused, who may have spent nothing (a first call too big)
+                # Those who spent (a name on refused calls only is anyone's to make up), and
+                # those it refused (who spent: a refusal alert needs that, _gate.py).
+                seen = {
+                    t for (t, dept, _), cost in sums.items() if dept == budget.department and cost
+                }
                 seen.update(
                     k.tenant
                     for k in refused

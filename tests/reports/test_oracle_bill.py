@@ -311,10 +311,11 @@ def test_budget_status_counts_the_day_week_and_month_of_the_ledgers_zone(
     want: defaultdict[tuple[int | None, str], int] = defaultdict(int)
     for b in budgets:
         tenants = {b.tenant}
-        if b.tenant == "*":  # each tenant with calls of the department in the period
+        if b.tenant == "*":  # each tenant that spent on the department in the period
             seen = {
                 s.tenant for s in spans
                 if s.department == b.department and period(s.started_at, b.period) == period(now, b.period)
+                and s.cost_total
             }  # fmt: skip
             tenants = seen or tenants
         for tenant in tenants:
