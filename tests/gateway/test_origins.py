@@ -156,6 +156,27 @@ def test_the_gateways_own_page_and_callers_with_no_page_are_as_before(
     assert gw.client.options("/api/chat").status_code == 405  # no page: no preflight
 
 
+@pytest.mark.parametrize("token", [None, "s3cret-admin-token-0123456789"])
+@pytest.mark.parametrize("path", ["/api/dash", "/dashboard", "/metrics"])
+def test_an_allowed_page_reads_not_the_gateways_own_pages(
+    gateway_with: Callable[..., Gateway], path: str, token: str | None
+) -> None:
+    """The dashboard, its JSON and /metrics hold everyone's spend and are no route of
+    Ollama's: an allowed page's request is answered as before the origin rule, with no CORS
+    header (the browser hides the answer from the page), with the token or without, and its
+    preflight is not answered."""
+    gw = gateway_with(admin_token=token)
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    answer = gw.client.get(path, headers={"Origin": LOCAL_PAGE, **auth})
+    assert answer.status_code == 200
+    assert "access-control-allow-origin" not in answer.headers
+    assert "access-control-expose-headers" not in answer.headers
+    pre = gw.client.options(path, headers={"Origin": LOCAL_PAGE, **PREFLIGHT})
+    assert pre.status_code == 405
+    assert "access-control-allow-origin" not in pre.headers
+    assert gw.client.get(path, headers={"Origin": EVIL_PAGE, **auth}).status_code == 403
+
+
 def test_an_origin_given_twice_is_refused(gateway_with: Callable[..., Gateway]) -> None:
     gw = gateway_with()
     headers = [("Origin", LOCAL_PAGE), ("Origin", EVIL_PAGE)]
