@@ -177,6 +177,35 @@ def test_an_allowed_page_reads_not_the_gateways_own_pages(
     assert gw.client.get(path, headers={"Origin": EVIL_PAGE, **auth}).status_code == 403
 
 
+@pytest.mark.parametrize(
+    ("options", "method", "path", "status"),
+    [
+        ({}, "POST", "/api/nothing", 404),
+        ({}, "GET", "/api/chat", 405),
+        ({}, "POST", "/api/x/%2E%2E/chat", 404),  # the guard's, before any route
+        ({"require_key": True}, "POST", "/api/chat", 401),
+        ({"max_body_bytes": 16}, "POST", "/api/chat", 413),
+        ({"loopback": True, "host": "evil.example"}, "POST", "/api/chat", 403),
+    ],
+)
+def test_an_allowed_page_reads_the_gateways_refusals(
+    gateway_with: Callable[..., Gateway],
+    options: dict[str, Any],
+    method: str,
+    path: str,
+    status: int,
+) -> None:
+    """A browser hides an answer with no Access-Control-Allow-Origin from the page: an
+    allowed page's call refused is one it can tell why, whichever check refused it."""
+    host = options.pop("host", None)
+    gw = gateway_with(**options)
+    headers = {"Origin": LOCAL_PAGE, **({"Host": host} if host else {})}
+    answer = gw.client.request(method, path, json=CHAT, headers=headers)
+    assert answer.status_code == status
+    assert answer.headers["access-control-allow-origin"] == LOCAL_PAGE
+    assert answer.json()["error"]
+
+
 def test_an_origin_given_twice_is_refused(gateway_with: Callable[..., Gateway]) -> None:
     gw = gateway_with()
     headers = [("Origin", LOCAL_PAGE), ("Origin", EVIL_PAGE)]
