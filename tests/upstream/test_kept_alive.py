@@ -177,6 +177,22 @@ def test_the_ollama_clients_call_is_sent_again_once_only(
     assert server.requests == [(1, 1, "/api/chat"), (1, 2, "/api/chat"), (2, 1, "/api/chat")]
 
 
+@pytest.mark.parametrize("aio", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("partial", [b"HTTP/1.1 200", b"HTTP/1.1 200 OK\r\ncontent-type: app"])
+def test_the_ollama_clients_call_answered_in_part_is_not_sent_again(
+    servers: list[KeptAlive], reset: bool, aio: bool, partial: bytes
+) -> None:
+    """Part of an answer's head, then the kept-alive connection closed: Ollama took the call,
+    so it is not sent again (httpcore says "without sending a response" of that too; it
+    went twice, computed twice)."""
+    server = KeptAlive(lambda connection, request: request == 2, reset=reset, partial=partial)
+    servers.append(server)
+    outcomes = _sdk_calls(server, 2, aio=aio, stream=False)
+    assert outcomes[0] == "hi"
+    assert isinstance(outcomes[1], UpstreamError)
+    assert server.requests == [(1, 1, "/api/chat"), (1, 2, "/api/chat")]
+
+
 def test_a_call_right_after_ollama_restarted_on_its_port_is_answered() -> None:
     """Ollama restarted between two calls, before the gateway's loop heard its connections
     close: the second went on a dead one, a 502 with retries off."""
