@@ -100,6 +100,22 @@ def test_a_call_is_sent_again_once_only_and_on_a_new_connection(
     assert server.requests == [(1, 1, "/api/chat"), (1, 2, "/api/chat"), (2, 1, "/api/chat")]
 
 
+@pytest.mark.parametrize("partial", [b"HTTP/1.1 200", b"HTTP/1.1 200 OK\r\ncontent-type: app"])
+def test_a_call_answered_in_part_on_a_kept_alive_connection_is_not_sent_again(
+    servers: list[KeptAlive], reset: bool, partial: bytes
+) -> None:
+    """Part of an answer's head, then the kept-alive connection closed or reset: Ollama took
+    the call, so it is not sent again (a reset says nothing of the bytes before it: it went
+    twice, computed twice)."""
+    server = KeptAlive(lambda connection, request: request == 2, reset=reset, partial=partial)
+    servers.append(server)
+    outcomes, breaker = _pooled_calls(server, 2)
+    assert outcomes[0] == FINAL
+    assert isinstance(outcomes[1], UpstreamError)
+    assert server.requests == [(1, 1, "/api/chat"), (1, 2, "/api/chat")]
+    assert breaker.failures() + breaker.failures("m") == 1  # the one attempt, once
+
+
 def _sdk_calls(server: KeptAlive, calls: int, *, aio: bool, stream: bool) -> list[Any]:
     """``calls`` chats one after another through the ``ollama`` client transport (the CLI's,
     the Python API's), which retries nothing."""
