@@ -116,6 +116,47 @@ def test_a_call_answered_in_part_on_a_kept_alive_connection_is_not_sent_again(
     assert breaker.failures() + breaker.failures("m") == 1  # the one attempt, once
 
 
+def test_many_calls_at_once_on_a_pool_of_closed_connections_each_go_again_once_at_most(
+    servers: list[KeptAlive],
+) -> None:
+    """20 calls fill the pool with 20 kept-alive connections; then 40 at once: 20 go on
+    those, which Ollama closes, and are sent again once each; 20 go on new connections,
+    closed too, and are not sent again (each task's own connection decides, not another's)."""
+    calls = 20
+    server = KeptAlive(lambda connection, request: request == 2 or connection > calls)
+    servers.append(server)
+    pool = PooledUpstream(
+        server.url, timeout=10, breaker=CircuitBreaker(server.url, threshold=10**6),
+        retry=RetryPolicy(retries=0),
+    )  # fmt: skip
+
+    async def one() -> Any:
+        try:
+            sent = await pool.send(pool.attempts("m"), "/api/chat", body=json.dumps(CHAT).encode())
+        except UpstreamError as error:
+            return error.error_type
+        assert not isinstance(sent, Refusal)
+        answer = json.loads(await pool.read(sent))
+        pool.finish(sent, completed=True)
+        return answer
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        try:
+            first = await asyncio.gather(*(one() for _ in range(calls)))
+            await asyncio.sleep(0.1)  # the pool has the connections back
+            return first, await asyncio.gather(*(one() for _ in range(2 * calls)))
+        finally:
+            await pool.aclose()
+
+    first, second = asyncio.run(run())
+    assert first == [FINAL] * calls
+    assert second == ["connection"] * (2 * calls)
+    assert server.connections == 3 * calls
+    kept = [r for c, r, _ in server.requests if c <= calls]
+    assert sorted(kept) == [1] * calls + [2] * calls
+    assert len(server.requests) == 4 * calls  # 20, then 20 lost + 20 again + 20 new
+
+
 def _sdk_calls(server: KeptAlive, calls: int, *, aio: bool, stream: bool) -> list[Any]:
     """``calls`` chats one after another through the ``ollama`` client transport (the CLI's,
     the Python API's), which retries nothing."""
