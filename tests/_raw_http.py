@@ -149,10 +149,13 @@ class KeptAlive:
     """An Ollama that keeps its connections alive, and closes one without a word as the
     request that ``drops(connection, request)`` names arrives on it (each counted from 1):
     as Ollama does when its idle timer fires as a request comes. ``reset``: closed with a
-    reset (unread bytes), else with a FIN. Every request it read is in ``requests``."""
+    reset (unread bytes), else with a FIN; ``partial``: the bytes of an answer it writes
+    first (none: it closes without a word). Every request it read is in ``requests``."""
 
-    def __init__(self, drops: Callable[[int, int], bool], *, reset: bool = False) -> None:
-        self.drops, self.reset = drops, reset
+    def __init__(
+        self, drops: Callable[[int, int], bool], *, reset: bool = False, partial: bytes = b""
+    ) -> None:
+        self.drops, self.reset, self.partial = drops, reset, partial
         self.requests: list[tuple[int, int, str]] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.connections = 0
@@ -194,6 +197,7 @@ class KeptAlive:
                 path = head.split(b" ")[1].decode()
                 self.requests.append((number, served, path))
                 if self.drops(number, served):
+                    conn.sendall(self.partial)
                     if self.reset:  # closed with the request unread: a reset
                         conn.setsockopt(
                             socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)

@@ -396,9 +396,10 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={ClientDisconnect: _client_left, 404: unrouted, 405: unrouted},
         middleware=[
+            # Outermost: an allowed page reads every answer, the drain's and the guard's too.
+            origin_check(allowed_origins(opts.origins)),
             drained(drain),
             guard(loopback=opts.loopback),
-            origin_check(allowed_origins(opts.origins)),
             body_memory(opts.max_body_bytes),
         ],
     )

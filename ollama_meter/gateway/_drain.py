@@ -95,7 +95,7 @@ async def _last_answer(path: str, send: Send, *, started: bool) -> None:
 
 
 def drained(drain: Drain) -> Middleware:
-    """The middleware as the app declares it (outermost, so every route's call is covered)."""
+    """The middleware as the app declares it (before every route, so each call is covered)."""
     return Middleware(Drained, drain=drain)
 
 

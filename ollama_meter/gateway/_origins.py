@@ -15,6 +15,11 @@ one ``*`` per entry at most, ``*`` alone for any page):
 - any other origin: 403 before anything is read, forwarded or metered (no span: anyone's
   page could grow the ledger with them), in the route's error format.
 
+The gateway's own pages (:data:`OWN_PAGES`: the dashboard, its JSON, ``/metrics``) are no
+route of Ollama's that a browser app calls, and hold everyone's spend: an allowed page's
+request to them is passed on as before, with no CORS header, so no page but the dashboard
+itself reads them (a preflight is not answered either).
+
 The caller's ``Origin`` is never passed on to Ollama (``_relay.HOP_BY_HOP``): the gateway
 made the decision, and Ollama's own check would read an origin of a page it never served.
 """
@@ -56,6 +61,8 @@ ALLOWED_HEADERS = ", ".join((
 )).encode()  # fmt: skip
 EXPOSED_HEADERS = b"X-Ometer-Span-Id, Retry-After"
 MAX_AGE = b"43200"  # 12 h, as Ollama's
+OWN_PAGES = frozenset({"/dashboard", "/api/dash", "/metrics"})
+"""The gateway's pages, not Ollama's: no other page reads them, allowed or not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +153,9 @@ class OriginCheck:
                 "OMETER_ORIGINS, as OLLAMA_ORIGINS allows pages on Ollama"
             )
             await error_response(wire_of(path), 403, message)(scope, receive, send)
+            return
+        if path in OWN_PAGES:  # as before: sent, but not for the page to read
+            await self.app(scope, receive, send)
             return
         allow = [
             (b"access-control-allow-origin", origin.encode("latin-1")),

@@ -4,14 +4,21 @@ A request that went out on a kept-alive connection as Ollama closed it (idle too
 restarting) comes back with not a byte of an answer, and httpx sends nothing again: the
 CLI or the Python API said "cannot reach Ollama" of a server that was up, retries off.
 Such a request is sent again here, within its one attempt: no retry counted, no breaker
-charged. One lost on a new connection is never sent again here: Ollama may have taken it.
+charged. One lost on a new connection is never sent again here: Ollama may have taken it;
+nor one whose connection brought a byte of an answer first (part of a status line): httpcore
+says "disconnected without sending a response" of that too, so the bytes are counted here,
+as the connection's stream reads them.
 """
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 import httpx
+
+_ANSWERED: contextvars.ContextVar[bool] = contextvars.ContextVar("ometer_answered", default=False)
+"""Whether a byte of an answer came since this thread or task last sent a request."""
 
 LOST = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 """What httpx raises when a connection closes or resets before an answer's first byte."""
@@ -42,20 +49,90 @@ class _Connections:
     def lost(self, exc: BaseException, request: httpx.Request) -> bool:
         """Whether ``exc`` lost ``request`` on a kept-alive connection, before any answer,
         and its body can go again (bytes, as the ``ollama`` client sends)."""
-        if self.opened or not isinstance(request.stream, httpx.ByteStream):
+        if self.opened or _ANSWERED.get() or not isinstance(request.stream, httpx.ByteStream):
             return False
         if isinstance(exc, httpx.RemoteProtocolError):
             return "without sending a response" in str(exc)  # httpcore's words: no byte came
         return True
 
 
+class _Stream:
+    """A connection's stream (httpcore's), which notes each byte of an answer it reads."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data: bytes = self._stream.read(max_bytes, timeout)
+        _ANSWERED.set(_ANSWERED.get() or bool(data))
+        return data
+
+    async def aread(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data: bytes = await self._stream.read(max_bytes, timeout)
+        _ANSWERED.set(_ANSWERED.get() or bool(data))
+        return data
+
+    def start_tls(self, *args: Any, **kwargs: Any) -> Any:
+        return _Stream(self._stream.start_tls(*args, **kwargs))
+
+    async def astart_tls(self, *args: Any, **kwargs: Any) -> Any:
+        return _AsyncStream(await self._stream.start_tls(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:  # write, close, get_extra_info
+        return getattr(self._stream, name)
+
+
+class _AsyncStream(_Stream):
+    """:class:`_Stream` on the event loop."""
+
+    read = _Stream.aread  # type: ignore[assignment]
+    start_tls = _Stream.astart_tls
+
+
+class _Backend:
+    """httpcore's network backend, its streams wrapped in :class:`_Stream`."""
+
+    def __init__(self, backend: Any, stream: type[_Stream]) -> None:
+        self._backend, self._wrap = backend, stream
+
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrap(self._backend.connect_tcp(*args, **kwargs))
+
+    async def aconnect_tcp(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrap(await self._backend.connect_tcp(*args, **kwargs))
+
+    def __getattr__(self, name: str) -> Any:  # connect_unix_socket (no kept-alive use), sleep
+        return getattr(self._backend, name)
+
+
+class _AsyncBackend(_Backend):
+    """:class:`_Backend` on the event loop."""
+
+    connect_tcp = _Backend.aconnect_tcp
+
+
+def _counting(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport, aio: bool) -> None:
+    """Wrap the pool's backend (httpx takes none of its own), if it has the one httpcore's
+    pools have; without it, a partial answer's loss reads as no answer's, as before."""
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if backend is not None:
+        wrapped = _AsyncBackend(backend, _AsyncStream) if aio else _Backend(backend, _Stream)
+        pool._network_backend = wrapped  # type: ignore[union-attr]
+
+
 class KeptTransport(httpx.HTTPTransport):
     """httpx's transport, sending again a request lost on a kept-alive connection."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _counting(self, aio=False)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         theirs = request.extensions.get("trace")
         for sent in range(1, MOST_SENT + 1):
             connections = _Connections(theirs)
+            _ANSWERED.set(False)
             request.extensions = {**request.extensions, "trace": connections.heard}
             try:
                 return super().handle_request(request)
@@ -68,10 +145,15 @@ class KeptTransport(httpx.HTTPTransport):
 class AsyncKeptTransport(httpx.AsyncHTTPTransport):
     """:class:`KeptTransport` on the event loop."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _counting(self, aio=True)
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         theirs = request.extensions.get("trace")
         for sent in range(1, MOST_SENT + 1):
             connections = _Connections(theirs)
+            _ANSWERED.set(False)
             request.extensions = {**request.extensions, "trace": connections.aheard}
             try:
                 return await super().handle_async_request(request)

@@ -16,6 +16,7 @@ from ollama_meter.ledger import SpanFilter, open_ledger
 from ollama_meter.testing import OllamaEmulator
 
 HI = [{"role": "user", "content": "hello"}]
+PAGE = "http://localhost:5173"
 
 
 def test_calls_still_running_when_the_drain_ends_get_a_clear_answer(
@@ -48,7 +49,8 @@ def test_calls_still_running_when_the_drain_ends_get_a_clear_answer(
                 first.set()
 
     def whole(path: str, body: dict[str, object]) -> None:
-        answers[path] = httpx.post(f"{url}{path}", json=body, timeout=30)
+        page = {"Origin": PAGE} if path.startswith("/v1/") else {}  # a web page's call
+        answers[path] = httpx.post(f"{url}{path}", json=body, headers=page, timeout=30)
 
     callers = [
         threading.Thread(target=stream),
@@ -84,6 +86,7 @@ def test_calls_still_running_when_the_drain_ends_get_a_clear_answer(
         "1",
     )
     assert (openai.status_code, openai.json()["error"]["message"]) == (503, stopping)
+    assert openai.headers["access-control-allow-origin"] == PAGE  # the page reads it too
     assert "Exception in ASGI application" not in caplog.text
     assert "the drain ended after 0.5 s: stopped 3 call(s) still running" in caplog.text
     spans = open_ledger(settings.ledger_url).latest(SpanFilter(), 10)

@@ -156,6 +156,56 @@ def test_the_gateways_own_page_and_callers_with_no_page_are_as_before(
     assert gw.client.options("/api/chat").status_code == 405  # no page: no preflight
 
 
+@pytest.mark.parametrize("token", [None, "s3cret-admin-token-0123456789"])
+@pytest.mark.parametrize("path", ["/api/dash", "/dashboard", "/metrics"])
+def test_an_allowed_page_reads_not_the_gateways_own_pages(
+    gateway_with: Callable[..., Gateway], path: str, token: str | None
+) -> None:
+    """The dashboard, its JSON and /metrics hold everyone's spend and are no route of
+    Ollama's: an allowed page's request is answered as before the origin rule, with no CORS
+    header (the browser hides the answer from the page), with the token or without, and its
+    preflight is not answered."""
+    gw = gateway_with(admin_token=token)
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    answer = gw.client.get(path, headers={"Origin": LOCAL_PAGE, **auth})
+    assert answer.status_code == 200
+    assert "access-control-allow-origin" not in answer.headers
+    assert "access-control-expose-headers" not in answer.headers
+    pre = gw.client.options(path, headers={"Origin": LOCAL_PAGE, **PREFLIGHT})
+    assert pre.status_code == 405
+    assert "access-control-allow-origin" not in pre.headers
+    assert gw.client.get(path, headers={"Origin": EVIL_PAGE, **auth}).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("options", "method", "path", "status"),
+    [
+        ({}, "POST", "/api/nothing", 404),
+        ({}, "GET", "/api/chat", 405),
+        ({}, "POST", "/api/x/%2E%2E/chat", 404),  # the guard's, before any route
+        ({"require_key": True}, "POST", "/api/chat", 401),
+        ({"max_body_bytes": 16}, "POST", "/api/chat", 413),
+        ({"loopback": True, "host": "evil.example"}, "POST", "/api/chat", 403),
+    ],
+)
+def test_an_allowed_page_reads_the_gateways_refusals(
+    gateway_with: Callable[..., Gateway],
+    options: dict[str, Any],
+    method: str,
+    path: str,
+    status: int,
+) -> None:
+    """A browser hides an answer with no Access-Control-Allow-Origin from the page: an
+    allowed page's call refused is one it can tell why, whichever check refused it."""
+    host = options.pop("host", None)
+    gw = gateway_with(**options)
+    headers = {"Origin": LOCAL_PAGE, **({"Host": host} if host else {})}
+    answer = gw.client.request(method, path, json=CHAT, headers=headers)
+    assert answer.status_code == status
+    assert answer.headers["access-control-allow-origin"] == LOCAL_PAGE
+    assert answer.json()["error"]
+
+
 def test_an_origin_given_twice_is_refused(gateway_with: Callable[..., Gateway]) -> None:
     gw = gateway_with()
     headers = [("Origin", LOCAL_PAGE), ("Origin", EVIL_PAGE)]

@@ -100,6 +100,63 @@ def test_a_call_is_sent_again_once_only_and_on_a_new_connection(
     assert server.requests == [(1, 1, "/api/chat"), (1, 2, "/api/chat"), (2, 1, "/api/chat")]
 
 
+@pytest.mark.parametrize("partial", [b"HTTP/1.1 200", b"HTTP/1.1 200 OK\r\ncontent-type: app"])
+def test_a_call_answered_in_part_on_a_kept_alive_connection_is_not_sent_again(
+    servers: list[KeptAlive], reset: bool, partial: bytes
+) -> None:
+    """Part of an answer's head, then the kept-alive connection closed or reset: Ollama took
+    the call, so it is not sent again (a reset says nothing of the bytes before it: it went
+    twice, computed twice)."""
+    server = KeptAlive(lambda connection, request: request == 2, reset=reset, partial=partial)
+    servers.append(server)
+    outcomes, breaker = _pooled_calls(server, 2)
+    assert outcomes[0] == FINAL
+    assert isinstance(outcomes[1], UpstreamError)
+    assert server.requests == [(1, 1, "/api/chat"), (1, 2, "/api/chat")]
+    assert breaker.failures() + breaker.failures("m") == 1  # the one attempt, once
+
+
+def test_many_calls_at_once_on_a_pool_of_closed_connections_each_go_again_once_at_most(
+    servers: list[KeptAlive],
+) -> None:
+    """20 calls fill the pool with 20 kept-alive connections; then 40 at once: 20 go on
+    those, which Ollama closes, and are sent again once each; 20 go on new connections,
+    closed too, and are not sent again (each task's own connection decides, not another's)."""
+    calls = 20
+    server = KeptAlive(lambda connection, request: request == 2 or connection > calls)
+    servers.append(server)
+    pool = PooledUpstream(
+        server.url, timeout=10, breaker=CircuitBreaker(server.url, threshold=10**6),
+        retry=RetryPolicy(retries=0),
+    )  # fmt: skip
+
+    async def one() -> Any:
+        try:
+            sent = await pool.send(pool.attempts("m"), "/api/chat", body=json.dumps(CHAT).encode())
+        except UpstreamError as error:
+            return error.error_type
+        assert not isinstance(sent, Refusal)
+        answer = json.loads(await pool.read(sent))
+        pool.finish(sent, completed=True)
+        return answer
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        try:
+            first = await asyncio.gather(*(one() for _ in range(calls)))
+            await asyncio.sleep(0.1)  # the pool has the connections back
+            return first, await asyncio.gather(*(one() for _ in range(2 * calls)))
+        finally:
+            await pool.aclose()
+
+    first, second = asyncio.run(run())
+    assert first == [FINAL] * calls
+    assert second == ["connection"] * (2 * calls)
+    assert server.connections == 3 * calls
+    kept = [r for c, r, _ in server.requests if c <= calls]
+    assert sorted(kept) == [1] * calls + [2] * calls
+    assert len(server.requests) == 4 * calls  # 20, then 20 lost + 20 again + 20 new
+
+
 def _sdk_calls(server: KeptAlive, calls: int, *, aio: bool, stream: bool) -> list[Any]:
     """``calls`` chats one after another through the ``ollama`` client transport (the CLI's,
     the Python API's), which retries nothing."""
@@ -175,6 +232,22 @@ def test_the_ollama_clients_call_is_sent_again_once_only(
     assert outcomes[0] == "hi"
     assert isinstance(outcomes[1], UpstreamError) and outcomes[1].error_type == "connection"
     assert server.requests == [(1, 1, "/api/chat"), (1, 2, "/api/chat"), (2, 1, "/api/chat")]
+
+
+@pytest.mark.parametrize("aio", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("partial", [b"HTTP/1.1 200", b"HTTP/1.1 200 OK\r\ncontent-type: app"])
+def test_the_ollama_clients_call_answered_in_part_is_not_sent_again(
+    servers: list[KeptAlive], reset: bool, aio: bool, partial: bytes
+) -> None:
+    """Part of an answer's head, then the kept-alive connection closed: Ollama took the call,
+    so it is not sent again (httpcore says "without sending a response" of that too; it
+    went twice, computed twice)."""
+    server = KeptAlive(lambda connection, request: request == 2, reset=reset, partial=partial)
+    servers.append(server)
+    outcomes = _sdk_calls(server, 2, aio=aio, stream=False)
+    assert outcomes[0] == "hi"
+    assert isinstance(outcomes[1], UpstreamError)
+    assert server.requests == [(1, 1, "/api/chat"), (1, 2, "/api/chat")]
 
 
 def test_a_call_right_after_ollama_restarted_on_its_port_is_answered() -> None:
