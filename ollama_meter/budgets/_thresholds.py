@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from ollama_meter._logging import Throttled
@@ -27,10 +27,11 @@ MAX_SAID = 10_000
 ledger again): a flood of refused calls writes to the ledger once per budget and band."""
 
 
-def refused_alert(budget: Budget, tenant: str, window: Window, spent: int, need: int) -> Alert:
-    """The alert for a call ``budget`` refused: ``spent`` leaves no room for ``need``."""
+def alert_of(
+    budget: Budget, tenant: str, window: Window, spent: int, threshold: int, **kind: Any
+) -> Alert:
+    """The alert of ``budget`` for ``tenant`` in ``window`` (``kind``: a refusal's fields)."""
     assert budget.id is not None
-    reached = [t for t in budget.thresholds if spent * 100 >= t * budget.limit]
     return Alert(
         id=0,
         budget_id=budget.id,
@@ -39,12 +40,19 @@ def refused_alert(budget: Budget, tenant: str, window: Window, spent: int, need:
         period=budget.period,
         period_label=window.label,
         period_start=window.start,
-        threshold=max(reached, default=0),
+        threshold=threshold,
         spent=spent,
         limit=budget.limit,
         currency=budget.currency,
-        kind="refused",
-        call_bound=need,
+        **kind,
+    )
+
+
+def refused_alert(budget: Budget, tenant: str, window: Window, spent: int, need: int) -> Alert:
+    """The alert for a call ``budget`` refused: ``spent`` leaves no room for ``need``."""
+    reached = [t for t in budget.thresholds if spent * 100 >= t * budget.limit]
+    return alert_of(
+        budget, tenant, window, spent, max(reached, default=0), kind="refused", call_bound=need
     )
 
 
@@ -89,19 +97,7 @@ class ThresholdAlerts:
                 for threshold in budget.thresholds:
                     if spent * 100 < threshold * budget.limit:
                         break
-                    alert = Alert(
-                        id=0,
-                        budget_id=budget.id,
-                        tenant=tenant,
-                        department=budget.department,
-                        period=budget.period,
-                        period_label=window.label,
-                        period_start=window.start,
-                        threshold=threshold,
-                        spent=spent,
-                        limit=budget.limit,
-                        currency=budget.currency,
-                    )
+                    alert = alert_of(budget, tenant, window, spent, threshold)
                     alert_id = store.claim_alert(alert, now)
                     if alert_id is not None:
                         fired.append(replace(alert, id=alert_id))
