@@ -12,16 +12,10 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-class RawServer:
-    """Reads each request whole (its head, and the body its ``Content-Length`` says), writes
-    what ``answer()`` returns as it is (:meth:`reply`, which a subclass may answer by the
-    request), and hangs up; counts the requests in ``calls``. ``threaded``: a thread a
-    connection, so answers may overlap."""
+class _Listener:
+    """A loopback port whose connections :meth:`_accepted` takes, one by one, as they come."""
 
-    def __init__(self, answer: Callable[[], bytes], *, threaded: bool = False) -> None:
-        self.answer = answer
-        self.calls = 0
-        self.threaded = threaded
+    def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -32,21 +26,40 @@ class RawServer:
     def close(self) -> None:
         self.listener.close()
 
-    def reply(self, head: bytes, body: bytes) -> bytes:
-        """The bytes that answer the request ``head`` (its first line and headers) and ``body``."""
-        return self.answer()
-
     def _serve(self) -> None:
         while True:
             try:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            self.calls += 1
-            if self.threaded:
-                threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-            else:
-                self._handle(conn)
+            self._accepted(conn)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class RawServer(_Listener):
+    """Reads each request whole (its head, and the body its ``Content-Length`` says), writes
+    what ``answer()`` returns as it is (:meth:`reply`, which a subclass may answer by the
+    request), and hangs up; counts the requests in ``calls``. ``threaded``: a thread a
+    connection, so answers may overlap."""
+
+    def __init__(self, answer: Callable[[], bytes], *, threaded: bool = False) -> None:
+        self.answer = answer
+        self.calls = 0
+        self.threaded = threaded
+        super().__init__()
+
+    def reply(self, head: bytes, body: bytes) -> bytes:
+        """The bytes that answer the request ``head`` (its first line and headers) and ``body``."""
+        return self.answer()
+
+    def _accepted(self, conn: socket.socket) -> None:
+        self.calls += 1
+        if self.threaded:
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+        else:
+            self._handle(conn)
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
@@ -145,7 +158,7 @@ FINAL = {  # Ollama's whole answer to a chat
 }
 
 
-class KeptAlive:
+class KeptAlive(_Listener):
     """An Ollama that keeps its connections alive, and closes one without a word as the
     request that ``drops(connection, request)`` names arrives on it (each counted from 1):
     as Ollama does when its idle timer fires as a request comes. ``reset``: closed with a
@@ -157,27 +170,12 @@ class KeptAlive:
     ) -> None:
         self.drops, self.reset, self.partial = drops, reset, partial
         self.requests: list[tuple[int, int, str]] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
         self.connections = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def close(self) -> None:
-        self.listener.close()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(
-                target=self._handle, args=(conn, self.connections), daemon=True
-            ).start()
+    def _accepted(self, conn: socket.socket) -> None:
+        self.connections += 1
+        threading.Thread(target=self._handle, args=(conn, self.connections), daemon=True).start()
 
     def _handle(self, conn: socket.socket, number: int) -> None:
         with conn:
