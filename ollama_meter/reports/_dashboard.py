@@ -226,6 +226,7 @@ class Dashboard:
     """(department, tenant) with calls in the window, whatever the filters, in order: each
     keeps its place (and so its colour) whatever is filtered."""
     totals: list[SpendRow] = field(init=False)
+    _json: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.totals = self.spend.totals()
@@ -296,10 +297,15 @@ class Dashboard:
         return drills
 
     def to_json(self) -> dict[str, Any]:
-        """``/api/dash``: exact money as decimal strings, each with its currency."""
+        """``/api/dash``: exact money as decimal strings, each with its currency.
+
+        Built once (the gateway answers polls from one report for a few seconds): the same
+        dict each time, to be read, not changed."""
         from ollama_meter.reports._dashboard_json import dashboard_json  # it builds on this module
 
-        return dashboard_json(self)
+        if self._json is None:
+            self._json = dashboard_json(self)
+        return self._json
 
     def requests_by_time(self) -> dict[str, dict[str, int]]:
         """Calls and errors per time bucket, every bucket present (0 where none)."""
