@@ -214,7 +214,9 @@ def read_prompt(stdin: Any) -> str:
 def chat(
     prompt: Annotated[
         str | None,
-        typer.Argument(help="The prompt. Read from stdin when piped; interactive when omitted."),
+        typer.Argument(
+            help="The prompt. Read from stdin when piped or given as -; interactive when omitted."
+        ),
     ] = None,
     model: Annotated[
         str, typer.Option("--model", "-m", help="Ollama model, e.g. llama3.1:8b.")
@@ -256,9 +258,10 @@ def chat(
     options = parse_options(option or []) or None
     system = None if system is None else utf8(system, "--system")
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    if prompt is None and sys.stdin is None:  # `ometer chat <&-`
+    piped = prompt == "-"  # as in cat: read stdin, even from a terminal (until Ctrl-D)
+    if (prompt is None or piped) and sys.stdin is None:  # `ometer chat <&-`
         raise ValidationError("no prompt: stdin is closed; give the prompt as an argument")
-    if prompt is None and not sys.stdin.isatty():
+    if piped or (prompt is None and not sys.stdin.isatty()):
         prompt = read_prompt(sys.stdin)
         if not prompt:
             raise ValidationError("stdin was empty; give a prompt as an argument or pipe one in")

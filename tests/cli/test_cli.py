@@ -46,6 +46,18 @@ def test_chat_streams_reply_and_prints_footer(cli, db: str, emulator: OllamaEmul
     assert span["output_tokens"] == expected.output_tokens
 
 
+def test_chat_reads_the_prompt_from_stdin_when_given_as_a_dash(  # type: ignore[no-untyped-def]
+    cli, db: str, emulator: OllamaEmulator
+) -> None:
+    """``ometer chat -`` is cat's convention: the prompt is stdin, never the text "-"."""
+    result = cli("chat", "--dept", "support", "--json", "-", stdin="summarise this\n")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["input_tokens"] == 2
+    (sent,) = emulator.requests_to("/api/chat")
+    assert sent.body["messages"] == [{"role": "user", "content": "summarise this"}]
+    assert "stdin was empty" in cli("chat", "-", stdin="").stderr
+
+
 def test_chat_json_and_stdin(cli, db: str, emulator: OllamaEmulator) -> None:  # type: ignore[no-untyped-def]
     result = cli(
         "chat",
