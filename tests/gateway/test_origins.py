@@ -16,10 +16,15 @@ from typing import Any
 import pytest
 from hypothesis import given, strategies as st
 from playwright import sync_api
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway import GatewayOptions
-from ollama_meter.gateway._origins import allowed_origins
+from ollama_meter.gateway._origins import allowed_origins, origin_check
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator, expected_reply
 from tests.gateway.conftest import Gateway
@@ -313,3 +318,29 @@ def test_serve_says_which_origin_setting_is_wrong_before_listening(
     assert done.stderr.startswith(
         "error: --origins (OMETER_ORIGINS): 'intranet' is not scheme://host[:port]; "
     )
+
+
+def test_an_allowed_page_reads_an_answer_that_ends_in_a_500() -> None:
+    """A route that fails unexpectedly is Starlette's 500, sent outside every middleware: an
+    allowed page must still be allowed to read it (else the browser reports a network
+    error, not the 500), and the exception still reaches the server, which logs it."""
+
+    async def failing(request: Request) -> Response:
+        raise RuntimeError("a bug in a route")
+
+    app = Starlette(
+        routes=[Route("/api/chat", failing, methods=["POST"])],
+        middleware=[origin_check(allowed_origins())],
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        reply = client.post("/api/chat", json=CHAT, headers={"Origin": LOCAL_PAGE})
+        assert (reply.status_code, reply.text) == (500, "Internal Server Error")
+        assert reply.headers["access-control-allow-origin"] == LOCAL_PAGE
+        assert reply.headers["access-control-expose-headers"] == "X-Ometer-Span-Id, Retry-After"
+        unlisted = client.post("/api/chat", json=CHAT, headers={"Origin": EVIL_PAGE})
+        assert unlisted.status_code == 403  # refused before the route, as ever
+        no_page = client.post("/api/chat", json=CHAT)
+        assert no_page.status_code == 500
+        assert "access-control-allow-origin" not in no_page.headers
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="a bug in a route"):
+        client.post("/api/chat", json=CHAT, headers={"Origin": LOCAL_PAGE})
