@@ -173,6 +173,15 @@ DeptOption = Annotated[
     str | None,
     typer.Option("--dept", "--department", "-d", help="Department (default: OMETER_DEPARTMENT)."),
 ]
+OriginsOption = Annotated[
+    str,
+    typer.Option(
+        "--origins",
+        envvar="OMETER_ORIGINS",
+        help="Web pages that may call from a browser beyond Ollama's defaults (origins, comma-separated, * wildcards).",
+    ),
+]
+"""The pages a gateway answers (``ometer serve``'s, ``ometer run``'s): see ``gateway/_origins.py``."""
 ModelFilter = Annotated[str | None, typer.Option("--model", "-m", help="Only this model.")]
 TenantFilter = Annotated[
     str | None, typer.Option("--tenant", "-t", help="Only this tenant (default: all).")

@@ -17,6 +17,7 @@ from ollama_meter.cli._common import (
     DbOption,
     DeptOption,
     JsonFlag,
+    OriginsOption,
     RowId,
     TenantOption,
     ledger_at,
@@ -129,14 +130,7 @@ def serve(
             help="Listen beyond loopback with no key and no admin token (a trusted network only).",
         ),
     ] = False,
-    origins: Annotated[
-        str,
-        typer.Option(
-            "--origins",
-            envvar="OMETER_ORIGINS",
-            help="Web pages that may call from a browser beyond Ollama's defaults (origins, comma-separated, * wildcards).",
-        ),
-    ] = "",
+    origins: OriginsOption = "",
     max_body_bytes: Annotated[
         int,
         typer.Option(
@@ -258,6 +252,7 @@ def run(
     user: Annotated[
         str | None, typer.Option("--user", "-u", help="User to attribute the calls to.")
     ] = None,
+    origins: OriginsOption = "",
     db: DbOption = None,
 ) -> None:
     """Run a program with OLLAMA_HOST pointed at a short-lived gateway: legacy scripts, metered."""
@@ -272,11 +267,13 @@ def run(
 
     cfg = settings(db_url=db, tenant=tenant, department=dept)
     who = Attribution(tenant=cfg.tenant, department=cfg.department, user=user)
+    # As `ometer serve`'s: a malformed entry is an error before the program runs.
+    options = GatewayOptions(default_user=user, loopback=True, origins=tuple(origins.split(",")))
     tally = _Tally()
     meter = Meter.from_settings(cfg, source=Source.GATEWAY, observers=[tally])
     sock = listening_socket("127.0.0.1", 0)  # bound here: no other program can take the port
     port = int(sock.getsockname()[1])
-    app = create_app(cfg, GatewayOptions(default_user=user, loopback=True), meter=meter)
+    app = create_app(cfg, options, meter=meter)
     server = GatewayServer(server_config(app, host="127.0.0.1", port=port))
     serving()
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

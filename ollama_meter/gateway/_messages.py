@@ -4,8 +4,11 @@ Ollama decodes the body into Go structs and makes a chat of it: ``system`` (a st
 or text blocks joined) a system message, each message one message of its text blocks
 joined (its images, tool calls and thinking beside them), each ``tool_result`` block a
 tool message of its own; ``max_tokens`` becomes ``num_predict``. Ollama refuses a body
-without a positive ``max_tokens`` or without messages; the gateway leaves those
-refusals to it. The shapes below name the fields Ollama reads, at every depth, so a
+without a positive ``max_tokens`` or without messages. The gateway refuses a ``max_tokens``
+of 0 or less itself, the same with a hard budget or without (it would otherwise send the
+budget's reply cap in its place, and run a call Ollama refuses); the rest it leaves to
+Ollama (a body with no ``max_tokens`` at all, under a hard budget, is sent
+``OMETER_BUDGET_REPLY_CAP``, as on every route). The shapes below name the fields Ollama reads, at every depth, so a
 field spelled another way is refused rather than read two ways (see
 :class:`~._shapes._GoStruct`).
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ollama_meter.gateway._shapes import Items, _Body, _GoStruct
+from ollama_meter.gateway._shapes import Items, PositiveGoInt, _Body, _GoStruct
 from ollama_meter.upstream._anthropic import MESSAGES
 
 
@@ -51,7 +54,7 @@ class MessagesTool(_GoStruct):
 class MessagesRequest(_Body):
     operation = MESSAGES
 
-    max_tokens: int | None = None
+    max_tokens: PositiveGoInt | None = None
     messages: Items[MessagesMessage] | None = None
     system: Any = None  # a string or text blocks; Ollama ignores anything else
     temperature: float | None = None

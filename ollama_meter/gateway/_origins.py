@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_meter.errors import ValidationError
@@ -165,13 +166,25 @@ class OriginCheck:
             await _preflight(allow, send)
             return
 
+        started = False
+
         async def send_allowed(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 exposed = (b"access-control-expose-headers", EXPOSED_HEADERS)
                 message = {**message, "headers": [*message.get("headers", []), *allow, exposed]}
             await send(message)
 
-        await self.app(scope, receive, send_allowed)
+        try:
+            await self.app(scope, receive, send_allowed)
+        except Exception:
+            # Starlette answers a route's unexpected exception with its 500 outside every
+            # middleware, which the page could not read (a network error to it, not a 500):
+            # the same 500 is sent here, readable; the exception goes on to be logged.
+            if not started:
+                await PlainTextResponse("Internal Server Error", 500)(scope, receive, send_allowed)
+            raise
 
 
 async def _preflight(allow: list[tuple[bytes, bytes]], send: Send) -> None:

@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 from ollama_meter.gateway._json import NotJson, read_json
 from ollama_meter.gateway._messages import MessagesRequest
 from ollama_meter.gateway._responses import ResponsesRequest
-from ollama_meter.gateway._shapes import Items, _Body, _GoStruct
+from ollama_meter.gateway._shapes import GoInt, Items, _Body, _GoStruct
 
 
 class BadRequest(Exception):
@@ -193,7 +193,7 @@ class OpenAIMessage(_GoStruct):
 
 class _OpenAIGeneration(_Body):
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
+    max_tokens: GoInt | None = None
     temperature: float | None = None
     top_p: float | None = None
     n: int | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ollama_meter.gateway._shapes import Items, _Body, _GoStruct
+from ollama_meter.gateway._shapes import GoInt, Items, _Body, _GoStruct
 
 
 class ResponsesPart(_GoStruct):
@@ -52,7 +52,7 @@ class ResponsesRequest(_Body):
 
     input: str | Items[ResponsesItem] | None = None
     instructions: str | None = None
-    max_output_tokens: int | None = None
+    max_output_tokens: GoInt | None = None
     temperature: float | None = None
     top_p: float | None = None
     tools: Items[dict[str, Any]] | None = None

@@ -20,6 +20,22 @@ def _model_name(value: str) -> str:
     return value
 
 
+def _go_int(value: int) -> int:
+    if not -(2**63) <= value < 2**63:
+        raise PydanticCustomError(
+            "go_int", "must be an integer Ollama can read, from -2^63 to 2^63-1"
+        )
+    return value
+
+
+def _positive(value: int) -> int:
+    if value <= 0:
+        raise PydanticCustomError(
+            "positive", "must be a positive number of tokens (Ollama refuses 0 or less here)"
+        )
+    return value
+
+
 class _FailFast(FailFast):
     __hash__ = object.__hash__  # one instance, in unions (``Items[str] | None``), which hash
 
@@ -29,6 +45,10 @@ Items = Annotated[list[T], _FailFast()]
 """A list checked to its first wrong item: one problem per item would be millions of them
 for a body of ``[1,1,...]`` (4 MB: 10 s and 2.9 GB to refuse), with no object to count."""
 ModelName = Annotated[str, AfterValidator(_model_name)]
+GoInt = Annotated[int, AfterValidator(_go_int)]
+"""A field Ollama decodes into a Go ``int``: a number past 64 bits is no request to it (a
+reply cap of 2^70 would be one the meter read and Ollama refused)."""
+PositiveGoInt = Annotated[int, AfterValidator(_go_int), AfterValidator(_positive)]
 
 
 class _GoStruct(BaseModel):

@@ -27,6 +27,7 @@ from ollama_meter.meter._written import (
     web_searches,
     written_bytes,
 )
+from ollama_meter.records import MAX_TOKENS
 
 OPENAI_PREFIX = "openai."
 
@@ -80,8 +81,8 @@ class RequestFacts:
         )
         if self.embedding:
             return CallBound(inputs, 0)
-        if self.max_output is not None:
-            return CallBound(inputs, self.max_output)
+        if self.max_output is not None:  # no span counts more: no larger cap is sent
+            return CallBound(inputs, min(self.max_output, MAX_TOKENS))
         return CallBound(inputs, min(default_output, self.context or default_output))
 
 

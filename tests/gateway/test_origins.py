@@ -8,22 +8,31 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, strategies as st
 from playwright import sync_api
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway import GatewayOptions
-from ollama_meter.gateway._origins import allowed_origins
+from ollama_meter.gateway._origins import allowed_origins, origin_check
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator, expected_reply
 from tests.gateway.conftest import Gateway
 from tests.gateway.test_dashboard_browser import ARGS, CHROMIUM
+from tests.gateway.test_processes import OMETER
 
 CHAT = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 LOCAL_PAGE = "http://localhost:5173"
@@ -311,5 +320,91 @@ def test_serve_says_which_origin_setting_is_wrong_before_listening(
     done = cli("serve", "--port", "0", "--upstream", emulator.url, "--db", sqlite_url)
     assert done.code == 2 and "ometer gateway on" not in done.stderr
     assert done.stderr.startswith(
+        "error: --origins (OMETER_ORIGINS): 'intranet' is not scheme://host[:port]; "
+    )
+
+
+def test_an_allowed_page_reads_an_answer_that_ends_in_a_500() -> None:
+    """A route that fails unexpectedly is Starlette's 500, sent outside every middleware: an
+    allowed page must still be allowed to read it (else the browser reports a network
+    error, not the 500), and the exception still reaches the server, which logs it."""
+
+    async def failing(request: Request) -> Response:
+        raise RuntimeError("a bug in a route")
+
+    app = Starlette(
+        routes=[Route("/api/chat", failing, methods=["POST"])],
+        middleware=[origin_check(allowed_origins())],
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        reply = client.post("/api/chat", json=CHAT, headers={"Origin": LOCAL_PAGE})
+        assert (reply.status_code, reply.text) == (500, "Internal Server Error")
+        assert reply.headers["access-control-allow-origin"] == LOCAL_PAGE
+        assert reply.headers["access-control-expose-headers"] == "X-Ometer-Span-Id, Retry-After"
+        unlisted = client.post("/api/chat", json=CHAT, headers={"Origin": EVIL_PAGE})
+        assert unlisted.status_code == 403  # refused before the route, as ever
+        no_page = client.post("/api/chat", json=CHAT)
+        assert no_page.status_code == 500
+        assert "access-control-allow-origin" not in no_page.headers
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="a bug in a route"):
+        client.post("/api/chat", json=CHAT, headers={"Origin": LOCAL_PAGE})
+
+
+ASK_AS_PAGES = """
+import os, sys, urllib.error, urllib.request
+for origin in sys.argv[1:]:
+    asked = urllib.request.Request(os.environ["OLLAMA_HOST"] + "/api/tags", headers={"Origin": origin})
+    try:
+        with urllib.request.urlopen(asked) as answer:
+            print(answer.status, answer.headers.get("access-control-allow-origin"))
+    except urllib.error.HTTPError as refused:
+        print(refused.code, refused.headers.get("access-control-allow-origin"))
+"""
+
+
+def test_ometer_runs_gateway_allows_the_pages_serves_allows(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """``ometer run``'s short-lived gateway applied Ollama's defaults only, whatever
+    ``OMETER_ORIGINS`` said: a page ``ometer serve`` answers got 403 from it. It reads the
+    setting now, and takes ``--origins`` as ``serve`` does (which wins over it)."""
+    env = {
+        **os.environ,
+        "OLLAMA_HOST": emulator.url,
+        "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}",
+        "OMETER_ORIGINS": "https://chat.example.com",
+    }
+    pages = ["https://chat.example.com", "https://wiki.example.com", EVIL_PAGE, LOCAL_PAGE]
+
+    def run(*options: str, environment: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", ASK_AS_PAGES, *pages]
+        return subprocess.run(
+            [*OMETER, "run", *options, "--", *command],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=180,  # a gateway and a Python child start: a minute on a loaded machine
+            check=False,
+        )
+
+    from_env = run()
+    assert from_env.returncode == 0, from_env.stderr
+    assert from_env.stdout.splitlines() == [
+        "200 https://chat.example.com",
+        "403 None",
+        "403 None",
+        f"200 {LOCAL_PAGE}",
+    ]
+    given = run("--origins", "https://wiki.example.com")
+    assert given.returncode == 0, given.stderr
+    assert given.stdout.splitlines() == [
+        "403 None",
+        "200 https://wiki.example.com",
+        "403 None",
+        f"200 {LOCAL_PAGE}",
+    ]
+    malformed = run(environment={**env, "OMETER_ORIGINS": "https://chat.example.com,intranet"})
+    assert (malformed.returncode, malformed.stdout) == (2, "")  # the program never ran
+    assert malformed.stderr.startswith(
         "error: --origins (OMETER_ORIGINS): 'intranet' is not scheme://host[:port]; "
     )
