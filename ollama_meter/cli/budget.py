@@ -19,7 +19,7 @@ from ollama_meter.cli._common import (
     utc_now,
 )
 from ollama_meter.cli._console import out, shown
-from ollama_meter.errors import BudgetError
+from ollama_meter.errors import BudgetError, ValidationError
 from ollama_meter.records import (
     DEFAULT_THRESHOLDS,
     PERIOD_ADVERB,
@@ -50,6 +50,10 @@ def set_budget(
     department: Annotated[
         str | None, typer.Argument(help="Department to cap; leave out for a tenant-wide cap.")
     ] = None,
+    dept: Annotated[
+        str | None,
+        typer.Option("--dept", "--department", "-d", help="The department, as an option."),
+    ] = None,
     tenant: Annotated[
         str | None, typer.Option("--tenant", "-t", help="Tenant (default OMETER_TENANT).")
     ] = None,
@@ -66,6 +70,11 @@ def set_budget(
     db: DbOption = None,
 ) -> None:
     """Cap a department's (or a whole tenant's) spend per day, week or month."""
+    if dept is not None and department is not None and dept != department:
+        raise ValidationError(
+            f"two departments given ({department!r} and --dept {dept!r}); give one"
+        )
+    department = department if dept is None else dept
     cfg = settings(db_url=db, currency=currency, tenant=tenant)
     limits = {"day": daily, "week": weekly, "month": monthly}
     if all(value is None for value in limits.values()):  # '' was given: parse_limit says so

@@ -66,6 +66,25 @@ def test_budget_commands(cli, db: str, emulator: OllamaEmulator) -> None:  # typ
     )
 
 
+def test_the_department_may_be_given_as_dept_as_every_other_command_takes_it(  # type: ignore[no-untyped-def]
+    cli, db: str
+) -> None:
+    """``budget set --dept sales`` (as chat, run and report take it) is ``budget set sales``."""
+    for args in (["--dept", "sales"], ["-d", "sales"], ["sales", "--department", "sales"]):
+        done = cli("budget", "set", *args, "--tenant", "acme", "--monthly", "100")
+        assert done.stdout == (
+            "budget 1: acme/sales monthly limit 100.000000 USD (hard, alerts at 75%, 90%, 100%)\n"
+        ), done.stderr
+    both = cli("budget", "set", "support", "--dept", "sales", "--monthly", "5")
+    assert (both.code, both.stderr) == (
+        2,
+        "error: two departments given ('support' and --dept 'sales'); give one\n",
+    )
+    assert [b["department"] for b in json.loads(cli("budget", "list", "--json").stdout)] == [
+        "sales"
+    ]
+
+
 def test_refusal_exits_3_with_one_line_and_a_rejected_span(
     cli, db: str, emulator: OllamaEmulator
 ) -> None:  # type: ignore[no-untyped-def]
