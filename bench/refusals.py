@@ -1,0 +1,195 @@
+"""A flood of refused calls against the other departments' calls on one gateway, same run.
+
+One emulator, one gateway (``ometer serve``, SQLite ledger). Department ``spent`` has a hard
+monthly budget it has used up (every call is refused, 429); ``free`` has no budget and
+``capped`` a hard one far above what the run spends. Interleaved rounds time sequential
+calls of ``free`` and ``capped`` alone, then while 32 workers send ``spent`` calls as fast as
+the gateway refuses them, and print p50/p99 of each. A flood on its own then counts what each
+refused call costs the ledger: transactions begun (reads and writes), write transactions
+(SQLite's ``BEGIN IMMEDIATE``, each holding the database's one write lock) and commits, per
+refused call, from the gateway process (it runs with a SQLAlchemy listener counting them).
+
+    python bench/refusals.py [--rounds 3] [--sequential 200] [--flood 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.gateway import BODY, pct, start
+from ollama_meter.testing import unused_port
+
+OTHERS = ("free", "capped")
+
+
+def counted_serve(out: Path, args: list[str]) -> None:
+    """Run ``ometer`` (``args``) counting the ledger's transactions into ``out`` (JSON, every
+    0.1 s): ``begin`` every transaction, ``write`` those that take the write lock."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    counts = {"begin": 0, "write": 0, "commit": 0}
+
+    @event.listens_for(Engine, "before_cursor_execute")
+    def _statement(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if statement.startswith("BEGIN"):
+            counts["begin"] += 1
+            counts["write"] += statement == "BEGIN IMMEDIATE"
+
+    @event.listens_for(Engine, "commit")
+    def _commit(conn: Any) -> None:
+        counts["commit"] += 1
+
+    def dump() -> None:
+        while True:
+            out.with_suffix(".tmp").write_text(json.dumps(counts))
+            out.with_suffix(".tmp").replace(out)
+            time.sleep(0.1)
+
+    threading.Thread(target=dump, daemon=True).start()
+    sys.argv = ["ometer", *args]
+    from ollama_meter.__main__ import main
+
+    main()
+
+
+def counts(path: Path) -> dict[str, int]:
+    time.sleep(0.3)  # the gateway dumps every 0.1 s
+    return dict(json.loads(path.read_text()))
+
+
+async def flood(url: str, stop: asyncio.Event, concurrency: int, total: int | None) -> int:
+    """Refused calls of ``spent`` until ``stop`` (or ``total`` of them); how many were sent."""
+    headers = {"X-Ometer-Department": "spent", "X-Ometer-Tenant": "acme"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    sent = 0
+    async with aiohttp.ClientSession(url, connector=connector, headers=headers) as client:
+
+        async def worker() -> None:
+            nonlocal sent
+            while not stop.is_set() and (total is None or sent < total):
+                sent += 1
+                async with client.post("/api/chat", json=BODY) as reply:
+                    await reply.read()
+                    assert reply.status == 429, await reply.text()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return sent
+
+
+async def sequential(url: str, dept: str, n: int, flooded: bool) -> tuple[list[float], float]:
+    """``n`` calls of ``dept`` one after another (during a flood if ``flooded``): their times
+    in ms, and refused calls per second meanwhile."""
+    headers = {"X-Ometer-Department": dept, "X-Ometer-Tenant": "acme"}
+    stop = asyncio.Event()
+    flooding = asyncio.create_task(flood(url, stop, 32, None)) if flooded else None
+    times = []
+    async with aiohttp.ClientSession(url, headers=headers) as client:
+        await asyncio.sleep(0.2 if flooded else 0)  # the flood under way
+        began = time.perf_counter()
+        for _ in range(n):
+            start_ = time.perf_counter()
+            async with client.post("/api/chat", json=BODY) as reply:
+                await reply.read()
+                assert reply.status == 200, await reply.text()
+            times.append((time.perf_counter() - start_) * 1000)
+        took = time.perf_counter() - began
+    refused = 0.0
+    if flooding is not None:
+        stop.set()
+        refused = await flooding / (took + 0.2)
+    return times, refused
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--serve-counted", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sequential", type=int, default=200)
+    parser.add_argument("--flood", type=int, default=2000, help="refused calls counted")
+    args, rest = parser.parse_known_args()
+    if args.serve_counted is not None:
+        return counted_serve(args.serve_counted, rest)
+    folder = Path(tempfile.mkdtemp(prefix="ometer-refusal-bench-"))
+    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{folder / 'ledger.db'}"}
+    for setup in (
+        ["pricing", "set", "*", "--input-per-1m", "0.1", "--output-per-1m", "0.2"],
+        ["budget", "set", "capped", "--tenant", "acme", "--monthly", "1000000"],
+        ["budget", "set", "spent", "--tenant", "acme", "--monthly", "0.000001"],
+    ):
+        subprocess.run([sys.executable, "-m", "ollama_meter", *setup], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+    emu_port, gw_port = unused_port(), unused_port()
+    emulator, gateway = f"http://127.0.0.1:{emu_port}", f"http://127.0.0.1:{gw_port}"
+    emu = start(["ollama_meter.testing", "--port", str(emu_port)], f"{emulator}/api/version")
+    tally = folder / "counts.json"
+    serve = ["serve", "--port", str(gw_port), "--upstream", emulator]
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-counted", str(tally), *serve],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(400):
+        try:
+            if httpx.get(f"{gateway}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    times: dict[tuple[str, bool], list[float]] = {(d, f): [] for d in OTHERS for f in (False, True)}
+    rates: list[float] = []
+    try:
+        for dept in OTHERS:  # warm up (the first lease, the budget cache, the refusal alert)
+            asyncio.run(sequential(gateway, dept, 20, True))
+        for round_ in range(args.rounds):
+            for dept in OTHERS if round_ % 2 == 0 else OTHERS[::-1]:
+                for flooded in (False, True):
+                    took, rate = asyncio.run(sequential(gateway, dept, args.sequential, flooded))
+                    times[dept, flooded] += took
+                    rates += [rate] if flooded else []
+        before = counts(tally)
+        began = time.perf_counter()
+        sent = asyncio.run(flood(gateway, asyncio.Event(), 32, args.flood))
+        elapsed = time.perf_counter() - began
+        after = counts(tally)
+        print(f"{'sequential calls (ms)':<34} {'p50':>8} {'p99':>8}")
+        for dept, label in (("free", "no budget"), ("capped", "hard budget, room left")):
+            for flooded in (False, True):
+                values = times[dept, flooded]
+                during = "flood" if flooded else "alone"
+                print(
+                    f"{f'{label}, {during}':<34} "
+                    f"{statistics.median(values):>8.3f} {pct(values, 0.99):>8.3f}"
+                )
+        print(f"\nrefused calls/s during the flood (median): {statistics.median(rates):.0f}")
+        print(f"a flood alone: {sent} refused calls at concurrency 32, {sent / elapsed:.0f}/s")
+        print("  per refused call: " + ", ".join(
+            f"{what} {(after[what] - before[what]) / sent:.3f}" for what in ("begin", "write", "commit")
+        ))  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        emu.terminate()
+        emu.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
