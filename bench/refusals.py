@@ -74,31 +74,51 @@ def counts(path: Path) -> dict[str, int]:
     return dict(json.loads(path.read_text()))
 
 
-async def flood(url: str, stop: asyncio.Event, concurrency: int, total: int | None) -> int:
-    """Refused calls of ``spent`` until ``stop`` (or ``total`` of them); how many were sent."""
+async def flood(
+    url: str, stop: asyncio.Event, concurrency: int, total: int | None, rate: float = 0
+) -> int:
+    """Refused calls of ``spent`` until ``stop`` (or ``total`` of them), ``concurrency`` at
+    once, each sent as the one before is answered or (``rate``) that many a second; how many
+    were sent."""
     headers = {"X-Ometer-Department": "spent", "X-Ometer-Tenant": "acme"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     sent = 0
     async with aiohttp.ClientSession(url, connector=connector, headers=headers) as client:
 
+        async def one() -> None:
+            async with client.post("/api/chat", json=BODY) as reply:
+                await reply.read()
+                assert reply.status == 429, await reply.text()
+
         async def worker() -> None:
             nonlocal sent
             while not stop.is_set() and (total is None or sent < total):
                 sent += 1
-                async with client.post("/api/chat", json=BODY) as reply:
-                    await reply.read()
-                    assert reply.status == 429, await reply.text()
+                await one()
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        if not rate:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return sent
+        running: set[asyncio.Task[None]] = set()
+        began = time.perf_counter()
+        while not stop.is_set():
+            if len(running) < concurrency:  # else this one is dropped: the rate is a ceiling
+                task = asyncio.create_task(one())
+                running.add(task)
+                task.add_done_callback(running.discard)
+            sent += 1
+            await asyncio.sleep(max(0.0, began + sent / rate - time.perf_counter()))
+        await asyncio.gather(*running)
     return sent
 
 
-async def sequential(url: str, dept: str, n: int, flooded: bool) -> tuple[list[float], float]:
-    """``n`` calls of ``dept`` one after another (during a flood if ``flooded``): their times
-    in ms, and refused calls per second meanwhile."""
+async def sequential(url: str, dept: str, n: int, rate: float | None) -> tuple[list[float], float]:
+    """``n`` calls of ``dept`` one after another (during a flood unless ``rate`` is None; 0: as
+    fast as refused): their times in ms, and refused calls per second meanwhile."""
     headers = {"X-Ometer-Department": dept, "X-Ometer-Tenant": "acme"}
     stop = asyncio.Event()
-    flooding = asyncio.create_task(flood(url, stop, 32, None)) if flooded else None
+    flooded = rate is not None
+    flooding = asyncio.create_task(flood(url, stop, 32, None, rate or 0)) if flooded else None
     times = []
     async with aiohttp.ClientSession(url, headers=headers) as client:
         await asyncio.sleep(0.2 if flooded else 0)  # the flood under way
@@ -125,6 +145,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sequential", type=int, default=200)
     parser.add_argument("--flood", type=int, default=2000, help="refused calls counted")
+    parser.add_argument(
+        "--rate", type=float, default=100, help="refused calls a second in the paced flood"
+    )
     args, rest = parser.parse_known_args()
     if args.serve_counted is not None:
         return counted_serve(args.serve_counted, rest)
@@ -154,32 +177,34 @@ def main() -> None:
                 break
         except httpx.HTTPError:
             time.sleep(0.05)
-    times: dict[tuple[str, bool], list[float]] = {(d, f): [] for d in OTHERS for f in (False, True)}
-    rates: list[float] = []
+    # None: no flood; 0: 32 callers each sending as soon as refused; else refused calls a second
+    floods: dict[float | None, str] = {None: "alone", args.rate: f"{args.rate:.0f}/s", 0: "c=32"}
+    times: dict[tuple[str, float | None], list[float]] = {
+        (d, f): [] for d in OTHERS for f in floods
+    }
+    rates: dict[float | None, list[float]] = {f: [] for f in floods}
     try:
         for dept in OTHERS:  # warm up (the first lease, the budget cache, the refusal alert)
-            asyncio.run(sequential(gateway, dept, 20, True))
+            asyncio.run(sequential(gateway, dept, 20, 0))
         for round_ in range(args.rounds):
             for dept in OTHERS if round_ % 2 == 0 else OTHERS[::-1]:
-                for flooded in (False, True):
-                    took, rate = asyncio.run(sequential(gateway, dept, args.sequential, flooded))
-                    times[dept, flooded] += took
-                    rates += [rate] if flooded else []
+                for rate in floods:
+                    took, refused = asyncio.run(sequential(gateway, dept, args.sequential, rate))
+                    times[dept, rate] += took
+                    rates[rate].append(refused)
         before = counts(tally)
         began = time.perf_counter()
         sent = asyncio.run(flood(gateway, asyncio.Event(), 32, args.flood))
         elapsed = time.perf_counter() - began
         after = counts(tally)
-        print(f"{'sequential calls (ms)':<34} {'p50':>8} {'p99':>8}")
+        print(f"{'sequential calls (ms), flood':<40} {'p50':>8} {'p99':>8} {'refused/s':>10}")
         for dept, label in (("free", "no budget"), ("capped", "hard budget, room left")):
-            for flooded in (False, True):
-                values = times[dept, flooded]
-                during = "flood" if flooded else "alone"
+            for rate, during in floods.items():
+                values = times[dept, rate]
                 print(
-                    f"{f'{label}, {during}':<34} "
-                    f"{statistics.median(values):>8.3f} {pct(values, 0.99):>8.3f}"
+                    f"{f'{label}, {during}':<40} {statistics.median(values):>8.3f} "
+                    f"{pct(values, 0.99):>8.3f} {statistics.median(rates[rate]):>10.0f}"
                 )
-        print(f"\nrefused calls/s during the flood (median): {statistics.median(rates):.0f}")
         print(f"a flood alone: {sent} refused calls at concurrency 32, {sent / elapsed:.0f}/s")
         print("  per refused call: " + ", ".join(
             f"{what} {(after[what] - before[what]) / sent:.3f}" for what in ("begin", "write", "commit")
