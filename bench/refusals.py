@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -112,29 +113,58 @@ async def flood(
     return sent
 
 
-async def sequential(url: str, dept: str, n: int, rate: float | None) -> tuple[list[float], float]:
-    """``n`` calls of ``dept`` one after another (during a flood unless ``rate`` is None; 0: as
-    fast as refused): their times in ms, and refused calls per second meanwhile."""
+def flooding(url: str, rate: float, ready: Any, stop: Any, rated: Any) -> None:
+    """A process of its own sending refused calls from ``ready`` until ``stop`` is set, then
+    how many a second in ``rated``: in the timing process, a fast flood's answers would delay
+    the timed calls' own (one event loop)."""
+
+    async def run() -> None:
+        stopped = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.02)
+            stopped.set()
+
+        watching = asyncio.create_task(watch())
+        ready.set()
+        began = time.perf_counter()
+        sent = await flood(url, stopped, 32, None, rate)
+        rated.value = sent / (time.perf_counter() - began)
+        await watching
+
+    asyncio.run(run())
+
+
+async def sequential(url: str, dept: str, n: int) -> list[float]:
+    """``n`` calls of ``dept`` one after another: their times in ms."""
     headers = {"X-Ometer-Department": dept, "X-Ometer-Tenant": "acme"}
-    stop = asyncio.Event()
-    flooded = rate is not None
-    flooding = asyncio.create_task(flood(url, stop, 32, None, rate or 0)) if flooded else None
     times = []
     async with aiohttp.ClientSession(url, headers=headers) as client:
-        await asyncio.sleep(0.2 if flooded else 0)  # the flood under way
-        began = time.perf_counter()
         for _ in range(n):
             start_ = time.perf_counter()
             async with client.post("/api/chat", json=BODY) as reply:
                 await reply.read()
                 assert reply.status == 200, await reply.text()
             times.append((time.perf_counter() - start_) * 1000)
-        took = time.perf_counter() - began
-    refused = 0.0
-    if flooding is not None:
-        stop.set()
-        refused = await flooding / (took + 0.2)
-    return times, refused
+    return times
+
+
+def timed(url: str, dept: str, n: int, rate: float | None) -> tuple[list[float], float]:
+    """:func:`sequential` during a flood (unless ``rate`` is None; 0: each of 32 callers sends
+    as soon as refused); the times, and refused calls a second meanwhile."""
+    if rate is None:
+        return asyncio.run(sequential(url, dept, n)), 0.0
+    spawn = multiprocessing.get_context("spawn")
+    ready, stop, rated = spawn.Event(), spawn.Event(), spawn.Value("d", 0.0)
+    process = spawn.Process(target=flooding, args=(url, rate, ready, stop, rated))
+    process.start()
+    ready.wait()
+    time.sleep(0.3)  # the flood under way
+    times = asyncio.run(sequential(url, dept, n))
+    stop.set()
+    process.join()
+    return times, float(rated.value)
 
 
 def main() -> None:
@@ -185,11 +215,11 @@ def main() -> None:
     rates: dict[float | None, list[float]] = {f: [] for f in floods}
     try:
         for dept in OTHERS:  # warm up (the first lease, the budget cache, the refusal alert)
-            asyncio.run(sequential(gateway, dept, 20, 0))
+            timed(gateway, dept, 20, 0)
         for round_ in range(args.rounds):
             for dept in OTHERS if round_ % 2 == 0 else OTHERS[::-1]:
                 for rate in floods:
-                    took, refused = asyncio.run(sequential(gateway, dept, args.sequential, rate))
+                    took, refused = timed(gateway, dept, args.sequential, rate)
                     times[dept, rate] += took
                     rates[rate].append(refused)
         before = counts(tally)
