@@ -33,7 +33,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gateway import BODY, pct, start
+from bench.gateway import BODY, cpu_seconds, pct, start
 from ollama_meter.testing import unused_port
 
 OTHERS = ("free", "capped")
@@ -222,11 +222,11 @@ def main() -> None:
                     took, refused = timed(gateway, dept, args.sequential, rate)
                     times[dept, rate] += took
                     rates[rate].append(refused)
-        before = counts(tally)
+        before, cpu = counts(tally), cpu_seconds(proc.pid)
         began = time.perf_counter()
         sent = asyncio.run(flood(gateway, asyncio.Event(), 32, args.flood))
         elapsed = time.perf_counter() - began
-        after = counts(tally)
+        after, cpu = counts(tally), cpu_seconds(proc.pid) - cpu
         print(f"{'sequential calls (ms), flood':<40} {'p50':>8} {'p99':>8} {'refused/s':>10}")
         for dept, label in (("free", "no budget"), ("capped", "hard budget, room left")):
             for rate, during in floods.items():
@@ -236,6 +236,7 @@ def main() -> None:
                     f"{pct(values, 0.99):>8.3f} {statistics.median(rates[rate]):>10.0f}"
                 )
         print(f"a flood alone: {sent} refused calls at concurrency 32, {sent / elapsed:.0f}/s")
+        print(f"  gateway CPU per refused call: {cpu * 1000 / sent:.2f} ms")
         print("  per refused call: " + ", ".join(
             f"{what} {(after[what] - before[what]) / sent:.3f}" for what in ("begin", "write", "commit")
         ))  # fmt: skip
