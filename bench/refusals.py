@@ -3,13 +3,15 @@
 One emulator, one gateway (``ometer serve``, SQLite ledger). Department ``spent`` has a hard
 monthly budget it has used up (every call is refused, 429); ``free`` has no budget and
 ``capped`` a hard one far above what the run spends. Interleaved rounds time sequential
-calls of ``free`` and ``capped`` alone, then while 32 workers send ``spent`` calls as fast as
-the gateway refuses them, and print p50/p99 of each. A flood on its own then counts what each
-refused call costs the ledger: transactions begun (reads and writes), write transactions
-(SQLite's ``BEGIN IMMEDIATE``, each holding the database's one write lock) and commits, per
-refused call, from the gateway process (it runs with a SQLAlchemy listener counting them).
+calls of ``free`` and ``capped`` alone, during a paced flood (``--rate`` refused calls a
+second, the same load for any build) and during a flood of 32 callers each sending again as
+soon as refused (as fast as the gateway refuses), the flood from a process of its own; and
+print p50/p99 of each. A flood on its own then counts what each refused call costs: the
+gateway's CPU, and the ledger's transactions begun (reads and writes), write transactions
+(SQLite's ``BEGIN IMMEDIATE``, each holding the database's one write lock) and commits, from
+the gateway process (it runs with a SQLAlchemy listener counting them).
 
-    python bench/refusals.py [--rounds 3] [--sequential 200] [--flood 2000]
+    python bench/refusals.py [--rounds 3] [--sequential 200] [--rate 100] [--flood 2000]
 """
 
 from __future__ import annotations
