@@ -10,6 +10,8 @@ Counted by the engine's ``begin`` events: no timing in these tests.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -139,25 +141,50 @@ def test_a_limit_raised_or_a_new_period_admits_at_once(db_url: str) -> None:
     gate.close()
 
 
+PROCESS_B = """
+import sys
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+from ollama_meter.budgets import BudgetGate, Estimate
+from ollama_meter.ledger import Ledger
+
+gate = BudgetGate(Ledger(sys.argv[1]), tz=ZoneInfo("UTC"))
+held = gate.admit(call_id="b", tenant="acme", department="sales",
+                  estimate=Estimate(int(sys.argv[2]), "USD"), now=datetime.fromisoformat(sys.argv[3]))
+print("held", flush=True)
+sys.stdin.readline()
+gate.settle(held)  # lease_share 0: its lease goes back at once
+print("freed", flush=True)
+sys.stdin.readline()
+gate.close()
+"""
+
+
 def test_room_another_process_frees_is_seen_within_the_budgets_ttl(db_url: str) -> None:
-    """Process B holds the room and gives it back: A, which read B's hold when it refused,
-    refuses from memory for at most the ttl its budgets are read again in, then reads the
-    ledger and admits. Each process is a gate of its own; they share only the ledger."""
+    """Process B holds the room, then gives it back: A, which read B's hold when it refused,
+    refuses from memory for less than the ttl its budgets are read again in (a limit changed
+    elsewhere takes as long), then reads the ledger and admits."""
     ledger = Ledger(db_url)
     ledger.save_budget(Budget("acme", "sales", "month", 2 * BOUND, "USD"))
     mono = Mono()
-    a, b = _gate(ledger, mono), _gate(Ledger(db_url), Mono())
-    held = _admit(b, "b", 2 * BOUND)
-    assert "calls in flight hold" in str(_refused(a, BOUND))
-    b.settle(held)  # B's lease goes back (lease_share 0: at once)
-    with transactions(ledger) as begun:
-        mono.now += TTL - 0.5
-        _refused(a, BOUND)  # what it read a moment ago
-    assert begun == []
-    mono.now += 0.5
-    a.settle(_admit(a, "a", BOUND))
-    for gate in (a, b):
-        gate.close()
+    a = _gate(ledger, mono)
+    args = [sys.executable, "-c", PROCESS_B, db_url, str(2 * BOUND), NOV.isoformat()]
+    with subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as b:
+        assert b.stdin is not None and b.stdout is not None
+        assert b.stdout.readline() == "held\n"
+        assert "calls in flight hold" in str(_refused(a, BOUND))
+        b.stdin.write("settle\n")
+        b.stdin.flush()
+        assert b.stdout.readline() == "freed\n"
+        with transactions(ledger) as begun:
+            mono.now += TTL - 0.5
+            _refused(a, BOUND)  # what it read a moment ago
+        assert begun == []
+        mono.now += 0.5
+        a.settle(_admit(a, "a", BOUND))
+        b.stdin.close()
+    assert b.returncode == 0
+    a.close()
 
 
 def test_a_flood_of_refused_calls_leaves_one_span_each_and_one_alert(
