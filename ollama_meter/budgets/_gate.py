@@ -50,11 +50,11 @@ from ollama_meter.budgets._leases import (
     Reservation,
     Watches,
 )
-from ollama_meter.budgets._refusals import mismatch, refusal
-from ollama_meter.budgets._thresholds import ThresholdAlerts, refused_alert
+from ollama_meter.budgets._refusals import Refusals, mismatch, refusal, refused_alerts
+from ollama_meter.budgets._thresholds import ThresholdAlerts
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.periods import current_period
-from ollama_meter.records import EACH_TENANT, Alert, Budget, LeaseKey
+from ollama_meter.records import Alert, Budget, LeaseKey
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetReads, BudgetStore, BudgetWrites
@@ -97,6 +97,7 @@ class BudgetGate(ThresholdAlerts):
         self._leases: dict[LeaseKey, Lease] = {}
         self._watch = Watches()
         self._refusals_said: set[tuple[LeaseKey, int, int]] = set()  # claimed in the ledger
+        self._refused = Refusals(recheck=ttl, clock=clock)  # said again without the ledger
         self._lock = threading.Lock()
         self._idle_release = idle_release
         self._keeper: threading.Thread | None = None
@@ -175,12 +176,18 @@ class BudgetGate(ThresholdAlerts):
             if estimate.currency != budget.currency and estimate.amount > 0:
                 window = current_period(budget.period, tz=self.tz, now=now)
                 raise mismatch(budget, tenant, window, estimate, now)
+        refused: list[Alert] | None = None  # set when refused: the alerts the refusal fires
+        said: list[Alert] = []
+        if blocking:  # a refusal read a moment ago is said again, waiting for no lock
+            try:
+                self._refused.again(hard, tenant, estimate.amount, now, self.tz, said)
+            except BudgetExceeded:
+                self._alert_refused(tenant, department, now, said)
+                raise
         # The lock is held across ledger transactions (a renewal, the keeper's), which may
         # wait seconds for another process's write lock: an event loop never waits for it.
         if not self._lock.acquire(blocking=blocking):
             raise WouldBlock("this process's budget leases are being written to the ledger")
-        refused: list[Alert] | None = None  # set when refused: the alerts the refusal fires
-        said: list[Alert] = []
         try:
             if not blocking and self._idle(now):
                 raise WouldBlock("idle budget leases are given back in the ledger")
@@ -190,7 +197,9 @@ class BudgetGate(ThresholdAlerts):
             if short:
                 if not blocking:
                     raise WouldBlock("a budget lease is renewed in the ledger")
-                try:
+                try:  # one read while this thread waited for the lock: not read again
+                    again = [le.budget for le in short]
+                    self._refused.again(again, tenant, estimate.amount, now, self.tz, said)
                     self._renew(short, estimate.amount, now, said)
                 except BaseException:
                     self._forget_empty(leases)
@@ -259,12 +268,8 @@ class BudgetGate(ThresholdAlerts):
                 if over or need > room:  # held > 0: only calls in flight are in the way
                     held = 0 if over else others + mine
                     refusals.append(refusal(lease, spent, held, need, now, self.tz))
-                    # Not calls in flight: what is left, until the period ends; and for a
-                    # budget of each tenant, a tenant that spent (no made-up name per alert).
-                    if over and (spent > 0 or budget.tenant != EACH_TENANT):
-                        refused.append(
-                            refused_alert(budget, lease.tenant, lease.window, spent, need)
-                        )
+                    refused += refused_alerts(lease, spent, held, need)
+                    self._refused.note(lease, spent, held, need, now)
                     continue
                 slice_ = max(need, int(room * self.lease_share))
                 sizes.append((lease, mine + slice_, spent))
@@ -289,6 +294,7 @@ class BudgetGate(ThresholdAlerts):
     def ended(self, reservation: Reservation, cost: int) -> None:
         """The call cost ``cost``: what it holds from now until it settles, not its bound.
         No lock (an event loop calls it): only its own settle, later, takes its entry out."""
+        self._refused.forget(reservation.keys)  # room may have come back
         for lease in filter(None, map(self._leases.get, reservation.keys)):
             if reservation.id in lease.in_flight:
                 lease.in_flight[reservation.id] = cost
@@ -303,6 +309,7 @@ class BudgetGate(ThresholdAlerts):
         process's call can have that room."""
         give_back: list[Lease] = []
         with self._lock:
+            self._refused.forget(reservation.keys)
             for key in reservation.keys:
                 if (lease := self._leases.get(key)) is None:
                     continue
@@ -342,6 +349,7 @@ class BudgetGate(ThresholdAlerts):
             self._give_back([self._leases.pop(key) for key in idle])
 
     def _give_back(self, leases: list[Lease]) -> None:
+        self._refused.forget(le.key for le in leases)
         try:
             with self.ledger.budget_transaction() as store:
                 for lease in leases:
@@ -434,8 +442,7 @@ class BudgetGate(ThresholdAlerts):
 
 def _recorded(store: BudgetReads, leases: list[Lease]) -> set[str]:
     """The spans kept by ``leases`` that are in the ledger now."""
-    kept = [i for lease in leases for i in lease.kept]
-    return store.recorded(kept) if kept else set()
+    return store.recorded(kept) if (kept := [i for le in leases for i in le.kept]) else set()
 
 
 def _still_kept(lease: Lease, found: set[str]) -> int:

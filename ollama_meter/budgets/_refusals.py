@@ -1,16 +1,27 @@
-"""Why a hard budget refuses a call: the one line a caller reads (CLI exit 3, gateway 429)."""
+"""Why a hard budget refuses a call: the one line a caller reads (CLI exit 3, gateway 429);
+and the refusals a process read in the ledger, which it answers again from memory
+(:class:`Refusals`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from ollama_meter.budgets._estimate import Estimate
 from ollama_meter.budgets._leases import Lease
+from ollama_meter.budgets._thresholds import refused_alert
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.periods import Window, current_period
-from ollama_meter.records import PERIOD_ADVERB, Budget, format_micros
+from ollama_meter.records import (
+    EACH_TENANT,
+    PERIOD_ADVERB,
+    Alert,
+    Budget,
+    LeaseKey,
+    format_micros,
+)
 
 IN_FLIGHT_RETRY_AFTER = 5
 """Seconds to wait when only money held by calls in flight is in the way."""
@@ -98,3 +109,100 @@ def unbounded(
         budget_id=budget.id or 0,
         retry_after=_seconds_until(window.end, now),
     )
+
+
+def refused_alerts(lease: Lease, spent: int, held: int, need: int) -> list[Alert]:
+    """The alert a refusal fires: none when calls in flight are in the way (``held``: room that
+    comes back within seconds); for a budget of each tenant, only for a tenant that spent (no
+    made-up name per alert)."""
+    budget = lease.budget
+    if held or not (spent > 0 or budget.tenant != EACH_TENANT):
+        return []
+    return [refused_alert(budget, lease.tenant, lease.window, spent, need)]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """What the ledger said when ``budget`` (as it was then) had no room for a bound of ``need``."""
+
+    budget: Budget
+    need: int
+    spent: int
+    held: int
+    at: float
+    """The gate's clock (monotonic) when it was read."""
+    now: datetime
+    """And the wall clock's time the call was judged at (leases expire by it)."""
+
+
+MAX_REMEMBERED = 1000
+"""Refusals a process remembers (a budget for each tenant refuses any name it is sent): past
+this many, those too old to answer from are dropped, and if that is not half, all."""
+
+
+class Refusals:
+    """The refusals this process read in the ledger, answered again from memory.
+
+    Each refusal was a ledger transaction (SQLite's write lock, a PostgreSQL advisory lock) under
+    the gate's lock: a department that spent its budget and kept calling made every other
+    department's call wait for the gate behind its refusals, and the database wrote once per
+    refusal. A call whose bound is at least one refused in the same budget (unchanged), tenant and
+    period is refused again in memory, for ``recheck`` seconds after the ledger was read (the
+    gate's budgets ``ttl``: a limit changed elsewhere takes as long to be seen), unless this
+    process did something that could make room (:meth:`forget`: a call of the budget ended or
+    settled, a lease given back), or the budget changed. Room made elsewhere (another
+    process's calls settle, its lease goes back or expires, ``ometer reprice`` lowers the spend)
+    is seen by the first call after ``recheck``. A new period is another key. Answering from
+    memory only ever refuses: it admits nothing, so no limit is passed.
+    """
+
+    def __init__(self, recheck: float, clock: Callable[[], float]) -> None:
+        self.recheck, self._clock = recheck, clock
+        self._by_key: dict[LeaseKey, Refused] = {}
+
+    def note(self, lease: Lease, spent: int, held: int, need: int, now: datetime) -> None:
+        """The ledger refused ``need`` in ``lease``'s budget just now, a call at ``now`` (``held``:
+        calls in flight are in the way)."""
+        if self.recheck <= 0:
+            return
+        at = self._clock()
+        if len(self._by_key) >= MAX_REMEMBERED:
+            fresh = {k: r for k, r in self._by_key.items() if at - r.at < self.recheck}
+            self._by_key = fresh if len(fresh) <= MAX_REMEMBERED // 2 else {}
+        self._by_key[lease.key] = Refused(lease.budget, need, spent, held, at, now)
+
+    def forget(self, keys: Iterable[LeaseKey]) -> None:
+        """Room may have come back in these (no lock needed: one dict operation each)."""
+        for key in keys:
+            self._by_key.pop(key, None)
+
+    def again(
+        self,
+        budgets: Iterable[Budget],
+        tenant: str,
+        need: int,
+        now: datetime,
+        tz: ZoneInfo,
+        alerts: list[Alert],
+    ) -> None:
+        """Raise the refusal of a call of ``tenant`` and bound ``need`` in ``budgets`` from
+        memory, with its alerts added to ``alerts`` (as :meth:`BudgetGate._renew` does);
+        return when only the ledger can answer. No lock: it reads one dict entry a budget."""
+        refusals: list[BudgetExceeded] = []
+        at = self._clock()
+        for budget in budgets:
+            window = current_period(budget.period, tz=tz, now=now)
+            known = self._by_key.get(LeaseKey(budget.id or 0, tenant, window.start))
+            if (
+                known is None
+                or known.budget != budget
+                or need < known.need
+                or not 0 <= at - known.at < self.recheck
+                or abs((now - known.now).total_seconds()) >= self.recheck  # a clock stepped
+            ):
+                continue
+            lease = Lease(budget, tenant, window)  # what the refusal names
+            refusals.append(refusal(lease, known.spent, known.held, need, now, tz))
+            alerts += refused_alerts(lease, known.spent, known.held, need)
+        if refusals:  # the budget that frees up last, as the ledger's refusal says
+            raise max(refusals, key=lambda r: r.retry_after)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -152,7 +153,7 @@ class ThresholdAlerts:
     ) -> list[Budget]:
         """The budgets whose spend may have crossed a threshold; the rest keep counting here."""
         due = []
-        with self._lock:
+        with self._lock if cost else nullcontext():  # a refused call's adds nothing
             for budget in budgets:
                 window = current_period(budget.period, tz=self.tz, now=now)
                 watch = self._watch.get(LeaseKey(budget.id or 0, tenant, window.start))
