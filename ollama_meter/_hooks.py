@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from ollama_meter.meter import SpanRecord
-from ollama_meter.meter._attribution import MAX_TAGS
+from ollama_meter.meter._attribution import MAX_TAGS, tag_problem
 
 Hook = Callable[[SpanRecord], object]
 """What it returns is not used (an awaitable is closed unrun, and said so)."""
@@ -81,17 +81,38 @@ def _shown(when: str, hook: Hook, span: SpanRecord) -> None:
         )
 
 
-def _kept_tags(when: str, tags: Mapping[Any, Any]) -> dict[Any, Any]:
-    """The tags a hook left on the span, at most :data:`MAX_TAGS` (the call's own first), as
-    a call may carry: each is stored on the span's row and exported with it."""
-    if len(tags) <= MAX_TAGS:
-        return dict(tags)
+def _kept_tags(when: str, tags: Mapping[Any, Any]) -> dict[str, str]:
+    """The tags a hook left on the span that a call could carry: each follows the call's tag
+    rules (text, a key by the name rules, a value of at most 256 printable characters), at
+    most :data:`MAX_TAGS` of them (the call's own first); each is stored on the span's row and
+    exported with it. What a call could not carry is left out, said in one log line: a hook's
+    object whose ``str()`` raised cost the call its row, a control character reached the
+    ledger and every report that prints it."""
+    kept: dict[str, str] = {}
+    refused: list[str] = []
+    for given in tags.items():
+        # Plain text: a subclass's own __str__, isprintable() and the like are not asked.
+        key, value = (str.__str__(v) if isinstance(v, str) else v for v in given)
+        problem = tag_problem(key, value)
+        if problem is None:
+            kept[key] = value
+        else:
+            refused.append(problem)
+    if refused:
+        log.warning(
+            "%s set %s a call could not carry, left out (e.g. %s); set text tags, as a call's",
+            when,
+            "1 tag" if len(refused) == 1 else f"{len(refused):,} tags",
+            refused[0],
+        )
+    if len(kept) <= MAX_TAGS:
+        return kept
     log.warning(
         "%s left %s tags on the span; a span keeps %d (the call's own first), the other %s "
         "are left out",
         when,
-        f"{len(tags):,}",
+        f"{len(kept):,}",
         MAX_TAGS,
-        f"{len(tags) - MAX_TAGS:,}",
+        f"{len(kept) - MAX_TAGS:,}",
     )
-    return dict(itertools.islice(tags.items(), MAX_TAGS))
+    return dict(itertools.islice(kept.items(), MAX_TAGS))

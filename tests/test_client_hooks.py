@@ -100,3 +100,72 @@ def test_a_hook_keeps_no_more_tags_than_a_call_may_have(
     assert any(
         f"{when} left 100,010 tags on the span; a span keeps {MAX_TAGS}" in line for line in warned
     ), warned
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise ValueError("no text for this one")
+
+    __repr__ = __str__
+
+
+class Sly(str):
+    """Text whose own ``str()`` raises and which says it is printable when it is not."""
+
+    def __str__(self) -> str:
+        raise ValueError("no text for this one")
+
+    def isprintable(self) -> bool:
+        return True
+
+
+HOSTILE_TAGS: dict[Any, Any] = {
+    "ok": "yes",
+    "number": 5,
+    7: "seven",
+    "none": None,
+    "nested": {"a": "b"},
+    Unprintable(): "v",
+    "object": Unprintable(),
+    "line\nbreak": "v",
+    "escape": "red\x1b[31m",
+    "sly": Sly("bell\x07"),
+    Sly("sly-key"): "v",
+    "long": "x" * 257,
+    "surrogate": "\ud800",
+}
+
+
+@pytest.mark.parametrize("when", ["on_start", "on_end"])
+@pytest.mark.parametrize("flavour", sorted(CLIENTS))
+def test_a_hooks_tags_follow_a_calls_rules_and_never_cost_the_call_its_row(
+    sqlite_url: str,
+    emulator: OllamaEmulator,
+    flavour: str,
+    when: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hook's tag whose ``str()`` raised cost the call its row (the error reached the caller
+    of a call Ollama had answered), and one with a control character or a number was stored
+    as no call's tag could be: a hook's tags follow the call's rules, the rest left out."""
+
+    def hostile(span: SpanRecord) -> None:
+        span.tags.update(HOSTILE_TAGS)
+
+    client = CLIENTS[flavour](
+        emulator.url, db_url=sqlite_url, tags={"job": "nightly"}, **{when: hostile}
+    )
+    with caplog.at_level(logging.WARNING, logger="ollama_meter"):
+        reply = called(client)
+    assert reply.meter is not None and reply.meter.status == "ok"
+    (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.id, span.status, span.tags) == (
+        reply.meter.id,
+        "ok",
+        {"job": "nightly", "ok": "yes", "sly-key": "v"},
+    )
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == [
+        f"{when} set 11 tags a call could not carry, left out (e.g. tag 'number': keys and "
+        "values are text, not int); set text tags, as a call's"
+    ]
