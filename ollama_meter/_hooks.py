@@ -1,11 +1,13 @@
 """The Python API's lifecycle hooks (``on_start``, ``on_end``) as a meter observer.
 
-Owns what a hook is handed and what of its work is kept; never the call itself: the
-meter logs a hook's failure and goes on (``meter._observers``).
+Owns what a hook is handed and what of its work is kept; never the call itself: a hook
+that raises is logged here, by its name, and the call goes on (Ctrl-C and ``sys.exit()``
+are raised once the call is recorded, ``meter._observers``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
 import logging
@@ -41,7 +43,7 @@ def check_hook(when: str, hook: object) -> None:
 
 
 class Hooks:
-    """User callbacks as a meter observer; the meter logs their failures, never raises them.
+    """User callbacks as a meter observer; their failures are logged, never raised.
 
     A hook is handed a copy of the span: what it adds to ``tags`` (stored) and
     ``attributes`` (exported) is taken back, even when it then raises; nothing else
@@ -65,6 +67,15 @@ def _shown(when: str, hook: Hook, span: SpanRecord) -> None:
     answer: object = None
     try:
         answer = hook(copy)
+    except (Exception, GeneratorExit, asyncio.CancelledError):
+        # A hook's own: it runs in no generator and no task a cancellation reaches (the
+        # async client's in a worker thread). Raised on, GeneratorExit cut an async stream
+        # mid-close ("already running" on stderr) and CancelledError ended the caller's
+        # task, which nobody cancelled. Ctrl-C and sys.exit() are the caller's: raised
+        # once the call is recorded (``meter._observers``).
+        log.exception(
+            "%s hook %s raised; the call goes on, recorded as it ended", when, _named(hook)
+        )
     finally:
         if isinstance(copy.tags, Mapping):
             span.tags = _kept_tags(when, copy.tags)
@@ -79,6 +90,11 @@ def _shown(when: str, hook: Hook, span: SpanRecord) -> None:
             when,
             "a coroutine" if inspect.iscoroutine(answer) else "an awaitable",
         )
+
+
+def _named(hook: Hook) -> str:
+    name = getattr(hook, "__qualname__", None) or type(hook).__qualname__
+    return name if isinstance(name, str) else type(hook).__qualname__
 
 
 def _kept_tags(when: str, tags: Mapping[Any, Any]) -> dict[str, str]:

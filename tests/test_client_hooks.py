@@ -169,3 +169,54 @@ def test_a_hooks_tags_follow_a_calls_rules_and_never_cost_the_call_its_row(
         f"{when} set 11 tags a call could not carry, left out (e.g. tag 'number': keys and "
         "values are text, not int); set text tags, as a call's"
     ]
+
+
+def streamed(client: Any) -> Any:
+    """One streamed chat through ``client``, sync or async, read to its end: its last chunk."""
+    if isinstance(client, AsyncMeteredClient):
+
+        async def main() -> Any:
+            async with client:
+                chunks = await client.chat(model="llama3.1:8b", messages=HI, stream=True)
+                return [chunk async for chunk in chunks][-1]
+
+        return asyncio.run(main())
+    with client:
+        return list(client.chat(model="llama3.1:8b", messages=HI, stream=True))[-1]
+
+
+class Boom:
+    """A hook that raises what it is given."""
+
+    def __init__(self, raised: BaseException) -> None:
+        self.raised = raised
+
+    def __call__(self, span: SpanRecord) -> None:
+        raise self.raised
+
+
+@pytest.mark.parametrize("raised", [ValueError("a bug"), GeneratorExit(), asyncio.CancelledError()])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("flavour", sorted(CLIENTS))
+def test_what_a_hook_raises_is_its_own_failure_said_by_its_name(
+    sqlite_url: str,
+    emulator: OllamaEmulator,
+    flavour: str,
+    stream: bool,
+    raised: BaseException,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hook runs in no generator and no task a cancellation reaches: a GeneratorExit or
+    CancelledError it raises is its own. Raised on, GeneratorExit reached the caller and cut
+    an async stream mid-close ("already running" logged by asyncio), CancelledError ended a
+    task nobody cancelled; and a failing hook was named by an object's repr."""
+    client = CLIENTS[flavour](emulator.url, db_url=sqlite_url, on_end=Boom(raised))
+    with caplog.at_level(logging.WARNING):
+        last = streamed(client) if stream else called(client)
+    assert last.meter is not None and last.meter.status == "ok"
+    (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.id, span.status, span.stream) == (last.meter.id, "ok", stream)
+    said = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [
+        ("ollama_meter.client", "on_end hook Boom raised; the call goes on, recorded as it ended")
+    ]
