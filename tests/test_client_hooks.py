@@ -220,3 +220,27 @@ def test_what_a_hook_raises_is_its_own_failure_said_by_its_name(
     assert said == [
         ("ollama_meter.client", "on_end hook Boom raised; the call goes on, recorded as it ended")
     ]
+
+
+class Collected:
+    """A hook that keeps the spans it is handed, and says how many: falsy before the first."""
+
+    def __init__(self) -> None:
+        self.spans: list[SpanRecord] = []
+
+    def __call__(self, span: SpanRecord) -> None:
+        self.spans.append(span)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+
+@pytest.mark.parametrize("flavour", sorted(CLIENTS))
+def test_a_hook_object_that_is_falsy_is_called_all_the_same(
+    sqlite_url: str, emulator: OllamaEmulator, flavour: str
+) -> None:
+    """The client took a hook that was falsy (here: empty) for none, and never called it."""
+    collected = Collected()
+    reply = called(CLIENTS[flavour](emulator.url, db_url=sqlite_url, on_end=collected))
+    assert reply.meter is not None
+    assert [span.id for span in collected.spans] == [reply.meter.id]
