@@ -40,6 +40,16 @@ def check_hook(when: str, hook: object) -> None:
             "that ends the call, where nothing would await it; make it a plain function "
             "(hand slow work to a queue or a task of your own)"
         )
+    # One with a ``yield`` only makes a generator when called: its body never runs.
+    for made, what in (
+        (inspect.isgeneratorfunction, "a generator function"),
+        (inspect.isasyncgenfunction, "an async generator function"),
+    ):
+        if made(hook) or made(type(hook).__call__):
+            raise TypeError(
+                f"{when} is {what} (it has a yield): calling it only makes a generator, so "
+                "its body would never run; make it a plain function without yield"
+            )
 
 
 class Hooks:
@@ -89,6 +99,14 @@ def _shown(when: str, hook: Hook, span: SpanRecord) -> None:
             "the call): it did not run; make the hook a plain function",
             when,
             "a coroutine" if inspect.iscoroutine(answer) else "an awaitable",
+        )
+    elif inspect.isgenerator(answer) or inspect.isasyncgen(answer):
+        if inspect.isgenerator(answer):
+            answer.close()
+        log.warning(
+            "%s returned a generator, which nothing iterates: the code in it did not run; "
+            "make the hook a plain function without yield",
+            when,
         )
 
 

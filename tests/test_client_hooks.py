@@ -39,9 +39,29 @@ class AsyncCallable:
         span.tags["seen"] = "yes"
 
 
+def tag_it_later(span: SpanRecord) -> Any:
+    span.tags["seen"] = "yes"
+    yield
+
+
+async def tag_it_async_later(span: SpanRecord) -> Any:
+    span.tags["seen"] = "yes"
+    yield
+
+
+class GeneratorCallable:
+    def __call__(self, span: SpanRecord) -> Any:
+        span.tags["seen"] = "yes"
+        yield
+
+
 @pytest.mark.parametrize("when", ["on_start", "on_end"])
 @pytest.mark.parametrize("flavour", sorted(CLIENTS))
-@pytest.mark.parametrize("hook", [tag_it, AsyncCallable(), "tag_it"], ids=["async", "ac", "str"])
+@pytest.mark.parametrize(
+    "hook",
+    [tag_it, AsyncCallable(), "tag_it", tag_it_later, tag_it_async_later, GeneratorCallable()],
+    ids=["async", "ac", "str", "gen", "asyncgen", "gc"],
+)
 def test_a_hook_that_cannot_be_called_with_the_span_is_refused_when_the_client_is_made(
     sqlite_url: str, emulator: OllamaEmulator, when: str, flavour: str, hook: Any
 ) -> None:
@@ -52,6 +72,9 @@ def test_a_hook_that_cannot_be_called_with_the_span_is_refused_when_the_client_i
         rf"^{when} is not callable, but {type(hook).__name__}[^\n]*$"
         if isinstance(hook, str)
         else rf"^{when} is an async function: hooks are called with the span[^\n]*$"
+        if hook in (tag_it,) or isinstance(hook, AsyncCallable)
+        else rf"^{when} is (a|an async) generator function \(it has a yield\): calling it "
+        r"only makes a generator, so its body would never run[^\n]*$"
     )
     with pytest.raises(TypeError, match=expected):
         CLIENTS[flavour](emulator.url, db_url=sqlite_url, **{when: hook})
@@ -244,3 +267,25 @@ def test_a_hook_object_that_is_falsy_is_called_all_the_same(
     reply = called(CLIENTS[flavour](emulator.url, db_url=sqlite_url, on_end=collected))
     assert reply.meter is not None
     assert [span.id for span in collected.spans] == [reply.meter.id]
+
+
+@pytest.mark.parametrize("made", [tag_it_later, tag_it_async_later], ids=["gen", "asyncgen"])
+def test_a_hook_that_hands_back_a_generator_is_one_log_line_and_the_call_goes_on(
+    sqlite_url: str, emulator: OllamaEmulator, made: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A function with a ``yield`` only makes a generator: the tags its body adds were never
+    added, without a word. Refused when the client is made; handed back by a plain one, said."""
+
+    def hands_back(span: SpanRecord) -> Any:
+        return made(span)
+
+    client = MeteredClient(emulator.url, db_url=sqlite_url, on_end=hands_back)
+    with caplog.at_level(logging.WARNING, logger="ollama_meter"):
+        reply = called(client)
+    assert reply.meter is not None and reply.meter.status == "ok"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "on_end returned a generator, which nothing iterates: the code in it did not run; "
+        "make the hook a plain function without yield"
+    ]
+    (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.status, span.tags) == ("ok", {})
