@@ -47,7 +47,9 @@ class HookedAttributes:
                 broken.append(f"{_name(key)} ({type(exc).__name__})")
                 continue
             for name, exported in one.items():
-                if name in ours or name in OMETERS_NAMES or name.startswith(OMETERS_PREFIXES):
+                if not name:  # the SDK drops it, with a warning of its own at every span
+                    broken.append("'' (an empty name)")
+                elif name in ours or name in OMETERS_NAMES or name.startswith(OMETERS_PREFIXES):
                     taken.append(name)
                 else:
                     kept[name] = exported
@@ -63,7 +65,8 @@ class HookedAttributes:
             self._once(
                 "broken",
                 "a hook set %s on a span, which could not be exported (its value or name "
-                "raised when read), left out; the span is exported without; said once",
+                "raised when read, or it has no name), left out; the span is exported "
+                "without; said once",
                 broken,
             )
         return kept
