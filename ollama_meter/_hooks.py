@@ -19,7 +19,7 @@ from ollama_meter.meter import SpanRecord
 from ollama_meter.meter._attribution import MAX_TAGS, tag_problem
 
 Hook = Callable[[SpanRecord], object]
-"""What it returns is not used (an awaitable is closed unrun, and said so)."""
+"""What it returns is not used (an awaitable or a generator is closed unrun, and said so)."""
 
 log = logging.getLogger("ollama_meter.client")
 
