@@ -144,7 +144,8 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         check_hook("on_start", on_start)
         check_hook("on_end", on_end)
         cfg = load_settings(ollama_host=host, db_url=db_url, **settings)
-        hooks = [Hooks(on_start, on_end)] if on_start or on_end else []
+        # ``is not None``: a hook object may be falsy (one with a __len__ of 0, say)
+        hooks = [] if on_start is None and on_end is None else [Hooks(on_start, on_end)]
         self.meter = Meter.from_settings(cfg, source="sdk", observers=hooks)
         self.attribution = Attribution(
             tenant=cfg.tenant if tenant is None else tenant,

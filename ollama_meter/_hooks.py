@@ -1,11 +1,13 @@
 """The Python API's lifecycle hooks (``on_start``, ``on_end``) as a meter observer.
 
-Owns what a hook is handed and what of its work is kept; never the call itself: the
-meter logs a hook's failure and goes on (``meter._observers``).
+Owns what a hook is handed and what of its work is kept; never the call itself: a hook
+that raises is logged here, by its name, and the call goes on (Ctrl-C and ``sys.exit()``
+are raised once the call is recorded, ``meter._observers``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
 import logging
@@ -14,10 +16,10 @@ from dataclasses import replace
 from typing import Any
 
 from ollama_meter.meter import SpanRecord
-from ollama_meter.meter._attribution import MAX_TAGS
+from ollama_meter.meter._attribution import MAX_TAGS, tag_problem
 
 Hook = Callable[[SpanRecord], object]
-"""What it returns is not used (an awaitable is closed unrun, and said so)."""
+"""What it returns is not used (an awaitable or a generator is closed unrun, and said so)."""
 
 log = logging.getLogger("ollama_meter.client")
 
@@ -38,10 +40,20 @@ def check_hook(when: str, hook: object) -> None:
             "that ends the call, where nothing would await it; make it a plain function "
             "(hand slow work to a queue or a task of your own)"
         )
+    # One with a ``yield`` only makes a generator when called: its body never runs.
+    for made, what in (
+        (inspect.isgeneratorfunction, "a generator function"),
+        (inspect.isasyncgenfunction, "an async generator function"),
+    ):
+        if made(hook) or made(type(hook).__call__):
+            raise TypeError(
+                f"{when} is {what} (it has a yield): calling it only makes a generator, so "
+                "its body would never run; make it a plain function without yield"
+            )
 
 
 class Hooks:
-    """User callbacks as a meter observer; the meter logs their failures, never raises them.
+    """User callbacks as a meter observer; their failures are logged, never raised.
 
     A hook is handed a copy of the span: what it adds to ``tags`` (stored) and
     ``attributes`` (exported) is taken back, even when it then raises; nothing else
@@ -65,6 +77,15 @@ def _shown(when: str, hook: Hook, span: SpanRecord) -> None:
     answer: object = None
     try:
         answer = hook(copy)
+    except (Exception, GeneratorExit, asyncio.CancelledError):
+        # A hook's own: it runs in no generator and no task a cancellation reaches (the
+        # async client's in a worker thread). Raised on, GeneratorExit cut an async stream
+        # mid-close ("already running" on stderr) and CancelledError ended the caller's
+        # task, which nobody cancelled. Ctrl-C and sys.exit() are the caller's: raised
+        # once the call is recorded (``meter._observers``).
+        log.exception(
+            "%s hook %s raised; the call goes on, recorded as it ended", when, _named(hook)
+        )
     finally:
         if isinstance(copy.tags, Mapping):
             span.tags = _kept_tags(when, copy.tags)
@@ -79,19 +100,53 @@ def _shown(when: str, hook: Hook, span: SpanRecord) -> None:
             when,
             "a coroutine" if inspect.iscoroutine(answer) else "an awaitable",
         )
+    elif inspect.isgenerator(answer) or inspect.isasyncgen(answer):
+        if inspect.isgenerator(answer):
+            answer.close()
+        log.warning(
+            "%s returned a generator, which nothing iterates: the code in it did not run; "
+            "make the hook a plain function without yield",
+            when,
+        )
 
 
-def _kept_tags(when: str, tags: Mapping[Any, Any]) -> dict[Any, Any]:
-    """The tags a hook left on the span, at most :data:`MAX_TAGS` (the call's own first), as
-    a call may carry: each is stored on the span's row and exported with it."""
-    if len(tags) <= MAX_TAGS:
-        return dict(tags)
+def _named(hook: Hook) -> str:
+    name = getattr(hook, "__qualname__", None) or type(hook).__qualname__
+    return name if isinstance(name, str) else type(hook).__qualname__
+
+
+def _kept_tags(when: str, tags: Mapping[Any, Any]) -> dict[str, str]:
+    """The tags a hook left on the span that a call could carry: each follows the call's tag
+    rules (text, a key by the name rules, a value of at most 256 printable characters), at
+    most :data:`MAX_TAGS` of them (the call's own first); each is stored on the span's row and
+    exported with it. What a call could not carry is left out, said in one log line: a hook's
+    object whose ``str()`` raised cost the call its row, a control character reached the
+    ledger and every report that prints it."""
+    kept: dict[str, str] = {}
+    refused: list[str] = []
+    for given in tags.items():
+        # Plain text: a subclass's own __str__, isprintable() and the like are not asked.
+        key, value = (str.__str__(v) if isinstance(v, str) else v for v in given)
+        problem = tag_problem(key, value)
+        if problem is None:
+            kept[key] = value
+        else:
+            refused.append(problem)
+    if refused:
+        log.warning(
+            "%s set %s a call could not carry, left out (e.g. %s); set text tags, as a call's",
+            when,
+            "1 tag" if len(refused) == 1 else f"{len(refused):,} tags",
+            refused[0],
+        )
+    if len(kept) <= MAX_TAGS:
+        return kept
     log.warning(
         "%s left %s tags on the span; a span keeps %d (the call's own first), the other %s "
         "are left out",
         when,
-        f"{len(tags):,}",
+        f"{len(kept):,}",
         MAX_TAGS,
-        f"{len(tags) - MAX_TAGS:,}",
+        f"{len(kept) - MAX_TAGS:,}",
     )
-    return dict(itertools.islice(tags.items(), MAX_TAGS))
+    return dict(itertools.islice(kept.items(), MAX_TAGS))

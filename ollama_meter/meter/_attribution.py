@@ -38,19 +38,30 @@ class Attribution:
                 "span and exported with it); keep the ones reports group by"
             )
         for key, value in self.tags.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                wrong = value if isinstance(key, str) else key
-                raise ValidationError(
-                    f"tag {_shown(key)}: keys and values are text, not {type(wrong).__name__}"
-                )
-            if name_problem(key) or len(value) > 256 or not value.isprintable():
-                raise ValidationError(
-                    f"tag {_shown(key)}: keys follow the name rules and values are at most 256 "
-                    "printable characters"
-                )
+            problem = tag_problem(key, value)
+            if problem:
+                raise ValidationError(problem)
+
+
+def tag_problem(key: object, value: object) -> str | None:
+    """What is wrong with one tag, or None: a call's and a hook's tags follow the same rules."""
+    if not isinstance(key, str) or not isinstance(value, str):
+        wrong = value if isinstance(key, str) else key
+        return f"tag {_shown(key)}: keys and values are text, not {type(wrong).__name__}"
+    if name_problem(key) or len(value) > 256 or not value.isprintable():
+        return (
+            f"tag {_shown(key)}: keys follow the name rules and values are at most 256 "
+            "printable characters"
+        )
+    return None
 
 
 def _shown(key: object) -> str:
     """A tag key as an error names it: its start, when it is long (it may be kilobytes)."""
-    text = repr(key)
-    return text if len(text) <= 70 else f"{text[:64]}... ({len(str(key)):,} characters)"
+    try:  # a hook's key may be any object, its repr() one that raises
+        plain = str.__str__(key) if isinstance(key, str) else key
+        text = repr(plain)
+    except Exception:
+        return f"<{type(key).__name__}>"
+    size = f"{len(plain):,} characters" if isinstance(plain, str) else f"{len(text):,} long"
+    return text if len(text) <= 70 else f"{text[:64]}... ({size})"

@@ -28,6 +28,7 @@ from ollama_meter.records import (
     storable_text,
 )
 from ollama_meter.telemetry import _semconv as sc
+from ollama_meter.telemetry._hooked import HookedAttributes
 
 log = logging.getLogger("ollama_meter.telemetry")
 
@@ -185,6 +186,7 @@ class TelemetryObserver:
         length = limits.max_span_attribute_length  # 0 is a limit too: every text cut to ""
         self.max_length = MAX_EXPORTED_TEXT if length is None else length
         self._said_crowded = False
+        self._hooked = HookedAttributes(exportable)
         self._metrics = meter is not None
         if meter is not None:
 
@@ -326,19 +328,19 @@ class TelemetryObserver:
         """``ours`` and the hooks' attributes, as many of the hooks' as the span has room for.
 
         Past its limit the SDK drops the oldest attribute for each new one: ometer's own, set
-        first. A hook's attribute may replace one of ours (it costs no room); the rest of a
-        hook's go in the order it set them while there is room, and what is left is said once.
+        first. A hook's never replace ours (:mod:`._hooked`); they go in the order it set them
+        while there is room, and what is left is said once.
         """
-        hooked = exportable(span.attributes)
+        present = set(getattr(otel, "attributes", None) or ()) | set(ours)
+        hooked = self._hooked.kept(span.attributes, present) if span.attributes else {}
         if self.max_attributes is None or not hooked:
             return {**ours, **hooked}
-        present = set(getattr(otel, "attributes", None) or ()) | set(ours)
         room = self.max_attributes - len(present)
         attributes = dict(ours)
         left = 0
         for key, value in hooked.items():
-            if key in present or room > 0:
-                room -= key not in present
+            if room > 0:
+                room -= 1
                 attributes[key] = value
             else:
                 left += 1

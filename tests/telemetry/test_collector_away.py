@@ -664,7 +664,7 @@ def test_a_hooks_many_attributes_never_push_out_the_calls_own(
             span = make_storable(make_span(user="ann"))
             telemetry.observer.on_start(span)
             span.attributes.update({f"app.k{n:03}": n for n in range(hooked)})
-            span.attributes["ometer.tenant"] = "from-hook"  # a hook may still replace one
+            span.attributes["ometer.tenant"] = "from-hook"  # never the hook's to replace
             telemetry.observer.on_end(span)
         assert telemetry.flush()
         crowded, alone = wait_for(lambda: s if len(s := spans(rx)) == 2 else None, what="2 spans")
@@ -672,13 +672,16 @@ def test_a_hooks_many_attributes_never_push_out_the_calls_own(
     own = [k for k in alone.attributes if not k.startswith("app.") and k != "ometer.span.id"]
     assert len(crowded.attributes) == 128  # OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT
     assert {k: crowded.attributes[k] for k in own} == {k: alone.attributes[k] for k in own}
-    assert crowded.attributes["ometer.tenant"] == "from-hook"
+    assert crowded.attributes["ometer.tenant"] == "acme"
     kept = sorted(k for k in crowded.attributes if k.startswith("app."))
     assert kept == [f"app.k{n:03}" for n in range(128 - len(own) - 1)]  # the first ones set
     said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.telemetry"]
     assert said == [
-        f"a hook set {150 + 1} attributes on a span; {150 - len(kept)} not exported, past "
-        "the 128 a span holds (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT); said once"
+        "a hook set ometer.tenant on a span: ometer's own (what the call cost, its tokens, who "
+        "it is charged to), exported as metered, not as the hook set them; name the hook's own "
+        "attributes (e.g. app.cost); said once",
+        f"a hook set 150 attributes on a span; {150 - len(kept)} not exported, past "
+        "the 128 a span holds (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT); said once",
     ]
 
 

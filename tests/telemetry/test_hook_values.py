@@ -9,10 +9,12 @@ the observer, so the call's span was never exported at all.
 
 from __future__ import annotations
 
+import logging
 import math
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given, settings, strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import TracerProvider
@@ -24,6 +26,7 @@ from ollama_meter.telemetry._observer import (
     MAX_EXPORTED_TEXT,
     TelemetryObserver,
 )
+from ollama_meter.telemetry._semconv import LANGFUSE_COST
 from tests.factories import make_span
 
 LEAVES = (
@@ -88,7 +91,9 @@ def _leaves(value: Any, depth: int = 0) -> tuple[list[str | bytes], int, int]:
     return [], 0, depth
 
 
-KEYS = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20)
+KEYS = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=20).map(
+    lambda key: f"app.{key}"  # a hook's own names: ometer's are not its to set
+)
 
 
 def _keys(value: Any) -> int:
@@ -148,3 +153,78 @@ def test_values_otlp_has_no_type_for_are_exported_as_their_text() -> None:
     )
     assert attributes["app.cost"] == "0.10" and attributes["app.set"] == "{3}"
     assert math.isnan(attributes["app.nan"]) and attributes["app.none"] is None
+
+
+def _baseline() -> dict[str, Any]:
+    attributes, _ = _exported({})
+    return attributes
+
+
+class Unreadable:
+    def __str__(self) -> str:
+        raise ValueError("no text")
+
+
+class UnreadableMap(dict[str, int]):
+    def items(self) -> Any:
+        raise RuntimeError("cannot be read")
+
+
+class UnreadableList(list[int]):
+    def __iter__(self) -> Any:
+        raise RuntimeError("cannot be read")
+
+
+def test_a_value_that_cannot_be_read_costs_the_span_only_that_attribute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A hook's key whose ``str()`` raised, or a map or list that could not be read, failed
+    the observer: the call's span was never exported, and a traceback was logged."""
+    hooked = {
+        Unreadable(): "v",
+        "app.map": UnreadableMap(a=1),
+        "app.list": UnreadableList([1]),
+        "app.object": Unreadable(),
+        "": "no name",  # the SDK dropped it and logged so at every span
+        "app.ok": 1,
+    }
+    with caplog.at_level(logging.WARNING, logger="ollama_meter"):
+        attributes, sent = _exported(hooked)
+    assert {k: v for k, v in attributes.items() if k.startswith("app.")} == {
+        "app.object": "<Unreadable>",  # a value without text is its type, as before
+        "app.ok": 1,
+    }
+    assert {"app.object", "app.ok", "ometer.cost"} <= set(sent)  # encoded: the span is sent
+    assert _own({k: v for k, v in attributes.items() if not k.startswith("app.")}) == _own(
+        _baseline()
+    )
+    assert [r.getMessage() for r in caplog.records] == [
+        "a hook set <Unreadable> (ValueError), app.map (RuntimeError), app.list (RuntimeError), "
+        "'' (an empty name) on a span, which could not be exported (its value or name raised "
+        "when read, or it has no name), left out; the span is exported without; said once"
+    ]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+def _own(attributes: dict[str, Any]) -> dict[str, Any]:
+    """ometer's attributes but the ids, which are each span's own."""
+    return {k: v for k, v in attributes.items() if k != "ometer.span.id"}
+
+
+OMETERS_UNSET = ["ometer.user", "ometer.cost.discount", "gen_ai.usage.cost", LANGFUSE_COST]
+"""Names ometer owns that it did not set on this span (no user; a span in EUR has no
+Langfuse cost): a hook's value for them is not exported either."""
+
+
+@settings(max_examples=40, deadline=None)
+@given(forged=st.sampled_from(["0", 0, -1, None, 10**30, "", "evil", ["x"], {"total": 99}]))
+def test_a_hook_cannot_replace_what_the_call_cost_or_who_it_is_charged_to(forged: Any) -> None:
+    """A hook adds attributes (DESIGN §9): its ``ometer.cost`` of 0, its ``ometer.tenant``
+    or token counts were exported in place of the measured ones, so a collector, Langfuse or a
+    dashboard summing ``ometer.cost`` showed what the hook said, not what the ledger holds."""
+    baseline = _baseline()
+    hooked = dict.fromkeys([*baseline, *OMETERS_UNSET], forged)
+    attributes, _ = _exported({**hooked, "app.job": "nightly"})
+    assert attributes.pop("app.job") == "nightly"
+    assert _own(attributes) == _own(baseline)
+    assert attributes["ometer.tenant"] == "acme" and attributes["ometer.cost"] == "0.000000"

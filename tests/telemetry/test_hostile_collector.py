@@ -29,6 +29,7 @@ HOSTILE = {
         b"503 Unavailable", b"Retry-After: Wed, 21 Oct 2015 07:28:00 GMT"
     ),
     "500-html": _answer(b"500 Internal Server Error", body=b"<html>oops</html>" * 100),
+    "413-too-large": _answer(b"413 Content Too Large", b"Connection: close", body=b"\xff" * 99),
     "redirect-to-itself": _answer(b"301 Moved Permanently", b"Location: /v1/traces"),
     "redirect-elsewhere": _answer(b"307 Temporary Redirect", b"Location: http://example.com/"),
     "closes-mid-answer": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc",

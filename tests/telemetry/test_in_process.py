@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ollama_meter import BudgetExceeded, MeteredClient, load_settings
+from ollama_meter import BudgetExceeded, MeteredClient, SpanRecord, load_settings
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.pricing import PriceRule
@@ -265,3 +265,44 @@ def test_two_clients_with_their_own_keys_export_each_with_its_own(
     assert {auth for path, auth in sent if path == "/v1/traces"} == {"Bearer one", "Bearer two"}
     langfuse = {auth for path, auth in sent if path.startswith("/api/public/otel")}
     assert len(langfuse) == 2
+
+
+def test_a_collector_gets_the_ledgers_cost_and_tenant_whatever_a_hook_sets(
+    emulator: OllamaEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hook's ``ometer.cost`` of 0 and its ``ometer.tenant`` went on the wire in place of
+    the metered ones: the collector summed a cost the ledger never held."""
+
+    def forge(span: SpanRecord) -> None:
+        span.attributes.update(
+            {"ometer.cost": "0", "ometer.tenant": "someone-else", "gen_ai.usage.input_tokens": 0}
+        )
+        span.attributes["app.feature"] = "faq"
+
+    with OtlpHttpReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{rx.url}/v1/traces")
+        client = MeteredClient(
+            db_url=f"sqlite:///{tmp_path / 'l.db'}", tenant="acme", department="sales", on_end=forge
+        )
+        client.meter.ledger.add_price_rule(
+            PriceRule(pattern="*", currency="USD", per_request=Decimal("0.25"))
+        )
+        reply = client.chat(model="llama3.1:8b", messages=HI)
+        telemetry = telemetry_for(load_settings())
+        assert telemetry is not None and telemetry.flush()
+        (view,) = wait_for(lambda: spans(rx), what="the call's span")
+        telemetry.shutdown()
+    (row,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert reply.meter is not None and reply.meter.cost == Decimal("0.25")
+    assert (row.cost_total, row.tenant, row.input_tokens) == (
+        250_000,
+        "acme",
+        reply.meter.input_tokens,
+    )
+    exported = view.attributes
+    assert (exported["ometer.cost"], exported["ometer.tenant"], exported["app.feature"]) == (
+        "0.250000",
+        "acme",
+        "faq",
+    )
+    assert exported["gen_ai.usage.input_tokens"] == row.input_tokens > 0
