@@ -7,11 +7,13 @@ import errno
 import io
 import json
 import sys
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from ollama_meter.ledger import Ledger, rebuild, span_to_dict
+from ollama_meter.ledger import Ledger, rebuild, span_from_line, span_to_dict
 from tests.ledger.test_transfer import _spans, _tables
 
 
@@ -57,3 +59,68 @@ def test_an_input_that_fails_to_read_says_so_and_how_far_the_import_got(
     kept = _tables(ledger)
     rebuild(ledger.write, ledger.read)
     assert _tables(ledger) == kept
+
+
+def _members(value: Any, spaced: bool) -> bytes:
+    """``value`` as JSON whose objects are lists of (key, value) pairs, so a key can be
+    given twice: compact as an export writes it, or with spaces as a hand or a tool does."""
+    if isinstance(value, list):
+        comma, colon = (", ", ": ") if spaced else (",", ":")
+        inner = comma.join(
+            json.dumps(key) + colon + _members(item, spaced).decode() for key, item in value
+        )
+        return ("{" + inner + "}").encode()
+    return json.dumps(value).encode()
+
+
+def _pairs(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(key, _pairs(v) if isinstance(v, dict) else v) for key, v in data.items()]
+
+
+_OBJECTS = st.sampled_from([(), ("tags",), ("cost_parts",), ("durations_ns",)])
+
+
+@settings(max_examples=80, deadline=None)
+@given(where=_OBJECTS, data=st.data(), spaced=st.booleans())
+def test_a_line_that_gives_a_key_twice_in_one_object_is_refused_naming_it(
+    where: tuple[str, ...], data: st.DataObject, spaced: bool
+) -> None:
+    """Readers differ on which of the two values counts (the decoder keeps the last, many keep
+    the first), so which span the line means cannot be told: it was stored with the last value
+    (a second ``"tenant"`` moved the call to another tenant's bill, a second ``"cost"`` with
+    its parts made it free). No export writes one, nor even one that repeats a key and its
+    value, as here. The same line with the key once imports."""
+    span = span_to_dict(replace(_spans(1)[0], tags={"job": "nightly", "team": "ml"}))
+    line = _pairs(span)
+    inner = line
+    for key in where:
+        inner = dict(inner)[key]
+    key, first = data.draw(st.sampled_from(inner))
+    position = data.draw(st.integers(0, len(inner)))
+    once = _members(line, spaced)
+    assert span_to_dict(span_from_line(once)) == span
+    inner.insert(position, (key, first))
+    with pytest.raises(ValueError) as caught:
+        span_from_line(_members(line, spaced))
+    assert str(caught.value) == (
+        f"key {key!r} is given twice in one object: which of its values is meant cannot be "
+        "told (an export gives each key once)"
+    )
+
+
+def test_a_key_given_twice_through_an_escape_is_refused_too(cli: Any, sqlite_url: str) -> None:
+    """``"ten\\u0061nt"`` is the key ``tenant`` to every JSON reader: a line giving it besides
+    ``"tenant"`` is refused with its number; the spans before it are recorded (the README's
+    rule for a bad line), and the line fixed imports the rest."""
+    first, second, third = (json.dumps(span_to_dict(s)) for s in _spans(3))
+    twice = second[:-1] + ', "ten\\u0061nt": "initech"}'
+    done = cli("db", "import", "-", "--db", sqlite_url, stdin=f"{first}\n{twice}\n{third}\n")
+    assert (done.code, done.stderr) == (
+        2,
+        "error: line 2: key 'tenant' is given twice in one object: which of its values is "
+        "meant cannot be told (an export gives each key once); the 1 span(s) before it are "
+        "recorded, fix the line and import again (spans already there are skipped)\n",
+    )
+    assert Ledger(sqlite_url).count() == 1
+    done = cli("db", "import", "-", "--db", sqlite_url, stdin=f"{first}\n{second}\n{third}\n")
+    assert done.code == 0 and Ledger(sqlite_url).count() == 3
