@@ -16,7 +16,6 @@ from datetime import UTC, datetime, time, timedelta
 import msgspec
 
 from ollama_meter._names import name_problem
-from ollama_meter._text import json_bytes
 from ollama_meter.periods import EARLIEST, FIRST_DAY, LAST_DAY
 from ollama_meter.records import (
     MAX_CALL_COST,
@@ -262,8 +261,9 @@ def span_from_line(line: bytes) -> SpanRecord:
         raise ValueError(f"not JSON: {exc}") from None
     except RecursionError:  # valid JSON, under a key a newer export may have added
         raise ValueError("nested too deep to read; an export line nests two levels") from None
+    span = _span(d)  # first: the fields it keeps are within their limits when read again
     _each_key_once(line)
-    return _span(d)
+    return span
 
 
 _ANY = msgspec.json.Decoder()
@@ -277,9 +277,9 @@ def _each_key_once(line: bytes) -> None:
 
     A line as an export writes it (the common case: a few microseconds) is its own objects
     written again, each key once; any other (spaces, escapes, a key twice) is read again by a
-    reader that sees every key."""
+    reader that sees every key. Either holds one reading of the line at a time."""
     body = line.strip()
-    if json_bytes(_PLAIN.encode(_ANY.decode(body))) == body:
+    if _PLAIN.encode(_ANY.decode(body)) == body:
         return
 
     def once(pairs: list[tuple[str, object]]) -> None:
