@@ -8,6 +8,7 @@ import io
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,4 +124,39 @@ def test_a_key_given_twice_through_an_escape_is_refused_too(cli: Any, sqlite_url
     )
     assert Ledger(sqlite_url).count() == 1
     done = cli("db", "import", "-", "--db", sqlite_url, stdin=f"{first}\n{second}\n{third}\n")
+    assert done.code == 0 and Ledger(sqlite_url).count() == 3
+
+
+def test_spans_spread_over_lines_are_named_for_what_they_are(
+    cli: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    """`ometer log --json` prints an array over many lines, `jq .` each object over many: the
+    import said 'Expected `object`, got `array`' or 'not JSON: Input data was truncated' and
+    to fix line 1, which no fix of one line does. It says what the file is and how to make
+    it one span a line; made so, it imports."""
+    source = tmp_path / "source.db"
+    Ledger(f"sqlite:///{source}").record(_spans(3))
+    logged = cli("log", "--json", "--db", f"sqlite:///{source}")
+    assert logged.code == 0 and logged.stdout.startswith("[\n")
+    done = cli("db", "import", "-", "--db", sqlite_url, stdin=logged.stdout)
+    assert (done.code, done.stderr) == (
+        2,
+        "error: line 1: a JSON array, not a span: an export gives each span on a line of its "
+        "own, as an object; `ometer log --json` prints them as an array (jq -c '.[]' FILE | "
+        "ometer db import -); the 0 span(s) before it are recorded: import the spans one a "
+        "line (spans already there are skipped)\n",
+    )
+    pretty = tmp_path / "pretty spans.json"
+    spans = json.loads(logged.stdout)
+    pretty.write_text(json.dumps(spans[0]) + "\n" + json.dumps(spans[1], indent=2) + "\n")
+    done = cli("db", "import", str(pretty), "--db", sqlite_url)
+    assert (done.code, done.stderr) == (
+        2,
+        "error: line 2: the span goes on past the end of the line: an export gives each span "
+        f"whole on one line, not spread over several as jq . prints it (jq -c . '{pretty}' | "
+        "ometer db import -); the 1 span(s) before it are recorded: import the spans one a "
+        "line (spans already there are skipped)\n",
+    )
+    lines = "".join(json.dumps(span) + "\n" for span in spans)  # what jq -c prints
+    done = cli("db", "import", "-", "--db", sqlite_url, stdin=lines)
     assert done.code == 0 and Ledger(sqlite_url).count() == 3
