@@ -8,7 +8,6 @@ what one call can cost. Anything else is a ValueError saying which field and why
 
 from __future__ import annotations
 
-import json
 import operator
 import re
 from datetime import UTC, datetime, time, timedelta
@@ -16,6 +15,7 @@ from datetime import UTC, datetime, time, timedelta
 import msgspec
 
 from ollama_meter._names import name_problem
+from ollama_meter.ledger._members import each_key_once
 from ollama_meter.periods import EARLIEST, FIRST_DAY, LAST_DAY
 from ollama_meter.records import (
     MAX_CALL_COST,
@@ -85,6 +85,7 @@ class _Line(msgspec.Struct, gc=False):
 
 
 _DECODER = msgspec.json.Decoder(_Line)
+_LINE_FIELDS = frozenset(_Line.__struct_fields__)
 MAX_LINE_BYTES = 64 * 2**20
 """No export line is longer (prompt and reply hold a million characters each): a longer
 one is refused after this much is read, not read whole into memory."""
@@ -262,42 +263,8 @@ def span_from_line(line: bytes) -> SpanRecord:
     except RecursionError:  # valid JSON, under a key a newer export may have added
         raise ValueError("nested too deep to read; an export line nests two levels") from None
     span = _span(d)  # first: the fields it keeps are within their limits when read again
-    _each_key_once(line)
+    each_key_once(line, _LINE_FIELDS)
     return span
-
-
-_ANY = msgspec.json.Decoder()
-_PLAIN = msgspec.json.Encoder()
-
-
-def _each_key_once(line: bytes) -> None:
-    """ValueError when an object of the line gives a key twice: JSON readers differ on which
-    value counts (the decoder above keeps the last, many keep the first), so the span such a
-    line means cannot be told, and no export writes one.
-
-    A line as an export writes it (the common case: a few microseconds) is its own objects
-    written again, each key once; any other (spaces, escapes, a key twice) is read again by a
-    reader that sees every key. Either holds one reading of the line at a time."""
-    body = line.strip()
-    if _PLAIN.encode(_ANY.decode(body)) == body:
-        return
-
-    def once(pairs: list[tuple[str, object]]) -> None:
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise ValueError(
-                    f"key {_shown(key)} is given twice in one object: which of its values is "
-                    "meant cannot be told (an export gives each key once)"
-                )
-            seen.add(key)
-
-    try:
-        json.loads(body, object_pairs_hook=once, strict=False)
-    except json.JSONDecodeError as exc:  # what the decoder above took, this one should too
-        raise ValueError(f"not JSON: {exc}") from None
-    except RecursionError:
-        raise ValueError("nested too deep to read; an export line nests two levels") from None
 
 
 _ROW_DURATIONS = {
