@@ -310,7 +310,8 @@ def _spread(line: bytes, exc: ValueError, name: str) -> str | None:
     if isinstance(exc, CutShort):
         return (
             "the span goes on past the end of the line: an export gives each span whole on "
-            f"one line, not spread over several as jq . prints it {made_lines('.')}"
+            f"one line, not spread over several as jq . prints it {made_lines('.')}, and one "
+            "cut short ends so too (import a whole export)"
         )
     return None
 

@@ -164,8 +164,9 @@ def test_spans_spread_over_lines_are_named_for_what_they_are(
         2,
         "error: line 2: the span goes on past the end of the line: an export gives each span "
         f"whole on one line, not spread over several as jq . prints it (jq -c . '{pretty}' | "
-        "ometer db import -); the 1 span(s) before it are recorded: import the spans one a "
-        "line (spans already there are skipped)\n",
+        "ometer db import -), and one cut short ends so too (import a whole export); the 1 "
+        "span(s) before it are recorded: import the spans one a line (spans already there are "
+        "skipped)\n",
     )
     lines = "".join(json.dumps(span) + "\n" for span in spans)  # what jq -c prints
     done = cli("db", "import", "-", "--db", sqlite_url, stdin=lines)
