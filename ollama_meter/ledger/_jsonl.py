@@ -280,6 +280,11 @@ def _import(
                     f"{summary.read} span(s) before it are recorded: import a whole export "
                     "(spans already there are skipped)"
                 ) from None
+            if spread := _spread(line, exc, name):
+                raise ValidationError(
+                    f"line {number}: {spread}; the {summary.read} span(s) before it are "
+                    "recorded: import the spans one a line (spans already there are skipped)"
+                ) from None
             raise ValidationError(
                 f"line {number}: {exc}; the {summary.read} span(s) before it are recorded, "
                 "fix the line and import again (spans already there are skipped)"
@@ -288,6 +293,27 @@ def _import(
             flush()
     flush()
     return summary
+
+
+def _spread(line: bytes, exc: ValueError, name: str) -> str | None:
+    """What is wrong with ``line`` when it is JSON that spreads spans over lines (``ometer log
+    --json``'s array, ``jq .``'s objects): that, and how to make it lines, not a line to fix."""
+
+    def made_lines(jq: str) -> str:
+        return f"(jq -c {shlex.quote(jq)} {shlex.quote(name)} | ometer db import -)"
+
+    if line.lstrip().startswith(b"["):
+        return (
+            "a JSON array, not a span: an export gives each span on a line of its own, as an "
+            f"object; `ometer log --json` prints them as an array {made_lines('.[]')}"
+        )
+    if isinstance(exc, CutShort):
+        return (
+            "the span goes on past the end of the line: an export gives each span whole on "
+            f"one line, not spread over several as jq . prints it {made_lines('.')}, and one "
+            "cut short ends so too (import a whole export)"
+        )
+    return None
 
 
 _PACKED = {

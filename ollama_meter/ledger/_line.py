@@ -15,6 +15,7 @@ from datetime import UTC, datetime, time, timedelta
 import msgspec
 
 from ollama_meter._names import name_problem
+from ollama_meter.ledger._members import each_key_once
 from ollama_meter.periods import EARLIEST, FIRST_DAY, LAST_DAY
 from ollama_meter.records import (
     MAX_CALL_COST,
@@ -84,6 +85,7 @@ class _Line(msgspec.Struct, gc=False):
 
 
 _DECODER = msgspec.json.Decoder(_Line)
+_LINE_FIELDS = frozenset(_Line.__struct_fields__)
 MAX_LINE_BYTES = 64 * 2**20
 """No export line is longer (prompt and reply hold a million characters each): a longer
 one is refused after this much is read, not read whole into memory."""
@@ -260,7 +262,9 @@ def span_from_line(line: bytes) -> SpanRecord:
         raise ValueError(f"not JSON: {exc}") from None
     except RecursionError:  # valid JSON, under a key a newer export may have added
         raise ValueError("nested too deep to read; an export line nests two levels") from None
-    return _span(d)
+    span = _span(d)  # first: the fields it keeps are within their limits when read again
+    each_key_once(line, _LINE_FIELDS)
+    return span
 
 
 _ROW_DURATIONS = {

@@ -7,11 +7,15 @@ import errno
 import io
 import json
 import sys
+import tracemalloc
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from ollama_meter.ledger import Ledger, rebuild, span_to_dict
+from ollama_meter.ledger import Ledger, rebuild, span_from_line, span_to_dict
 from tests.ledger.test_transfer import _spans, _tables
 
 
@@ -57,3 +61,130 @@ def test_an_input_that_fails_to_read_says_so_and_how_far_the_import_got(
     kept = _tables(ledger)
     rebuild(ledger.write, ledger.read)
     assert _tables(ledger) == kept
+
+
+_SPACINGS = [(",", ":", False), (", ", ": ", False), (" ,\t", "\t: ", False), (",", ":", True)]
+
+
+def _members(value: Any, spacing: tuple[str, str, bool]) -> bytes:
+    """``value`` as JSON whose objects are lists of (key, value) pairs, so a key can be
+    given twice: compact as an export writes it, or with spaces or escaped keys as a hand or
+    a tool writes it."""
+    comma, colon, escaped = spacing
+    if isinstance(value, list):
+        inner = comma.join(
+            json.dumps(key, ensure_ascii=not escaped).replace("e", "\\u0065" if escaped else "e")
+            + colon
+            + _members(item, spacing).decode()
+            for key, item in value
+        )
+        return (" {" + inner + "}\r").encode() if escaped else ("{" + inner + "}").encode()
+    return json.dumps(value).encode()
+
+
+def _pairs(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(key, _pairs(v) if isinstance(v, dict) else v) for key, v in data.items()]
+
+
+_OBJECTS = st.sampled_from([(), ("tags",), ("cost_parts",), ("durations_ns",)])
+
+
+@settings(max_examples=80, deadline=None)
+@given(where=_OBJECTS, data=st.data(), spacing=st.sampled_from(_SPACINGS), newer=st.booleans())
+def test_a_line_that_gives_a_key_twice_in_one_object_is_refused_naming_it(
+    where: tuple[str, ...], data: st.DataObject, spacing: tuple[str, str, bool], newer: bool
+) -> None:
+    """Readers differ on which of the two values counts (the decoder keeps the last, many keep
+    the first), so which span the line means cannot be told: it was stored with the last value
+    (a second ``"tenant"`` moved the call to another tenant's bill, a second ``"cost"`` with
+    its parts made it free). No export writes one, nor even one that repeats a key and its
+    value, as here. The same line with the key once imports."""
+    span = span_to_dict(replace(_spans(1)[0], tags={"job": "nightly", "team": "ml"}))
+    line = _pairs(span)
+    if newer:  # a key a newer export may add, holding anything
+        line.insert(data.draw(st.integers(0, len(line))), ("x_newer", [("a", [("b", 1)])]))
+    inner = line
+    for key in where:
+        inner = dict(inner)[key]
+    key, first = data.draw(st.sampled_from(inner))
+    position = data.draw(st.integers(0, len(inner)))
+    once = _members(line, spacing)
+    assert span_to_dict(span_from_line(once)) == span
+    inner.insert(position, (key, first))
+    with pytest.raises(ValueError) as caught:
+        span_from_line(_members(line, spacing))
+    assert str(caught.value) == (
+        f"key {key!r} is given twice in one object: which of its values is meant cannot be "
+        "told (an export gives each key once)"
+    )
+
+
+def test_a_key_given_twice_through_an_escape_is_refused_too(cli: Any, sqlite_url: str) -> None:
+    """``"ten\\u0061nt"`` is the key ``tenant`` to every JSON reader: a line giving it besides
+    ``"tenant"`` is refused with its number; the spans before it are recorded (the README's
+    rule for a bad line), and the line fixed imports the rest."""
+    first, second, third = (json.dumps(span_to_dict(s)) for s in _spans(3))
+    twice = second[:-1] + ', "ten\\u0061nt": "initech"}'
+    done = cli("db", "import", "-", "--db", sqlite_url, stdin=f"{first}\n{twice}\n{third}\n")
+    assert (done.code, done.stderr) == (
+        2,
+        "error: line 2: key 'tenant' is given twice in one object: which of its values is "
+        "meant cannot be told (an export gives each key once); the 1 span(s) before it are "
+        "recorded, fix the line and import again (spans already there are skipped)\n",
+    )
+    assert Ledger(sqlite_url).count() == 1
+    done = cli("db", "import", "-", "--db", sqlite_url, stdin=f"{first}\n{second}\n{third}\n")
+    assert done.code == 0 and Ledger(sqlite_url).count() == 3
+
+
+def test_spans_spread_over_lines_are_named_for_what_they_are(
+    cli: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    """`ometer log --json` prints an array over many lines, `jq .` each object over many: the
+    import said 'Expected `object`, got `array`' or 'not JSON: Input data was truncated' and
+    to fix line 1, which no fix of one line does. It says what the file is and how to make
+    it one span a line; made so, it imports."""
+    source = tmp_path / "source.db"
+    Ledger(f"sqlite:///{source}").record(_spans(3))
+    logged = cli("log", "--json", "--db", f"sqlite:///{source}")
+    assert logged.code == 0 and logged.stdout.startswith("[\n")
+    done = cli("db", "import", "-", "--db", sqlite_url, stdin=logged.stdout)
+    assert (done.code, done.stderr) == (
+        2,
+        "error: line 1: a JSON array, not a span: an export gives each span on a line of its "
+        "own, as an object; `ometer log --json` prints them as an array (jq -c '.[]' FILE | "
+        "ometer db import -); the 0 span(s) before it are recorded: import the spans one a "
+        "line (spans already there are skipped)\n",
+    )
+    pretty = tmp_path / "pretty spans.json"
+    spans = json.loads(logged.stdout)
+    pretty.write_text(json.dumps(spans[0]) + "\n" + json.dumps(spans[1], indent=2) + "\n")
+    done = cli("db", "import", str(pretty), "--db", sqlite_url)
+    assert (done.code, done.stderr) == (
+        2,
+        "error: line 2: the span goes on past the end of the line: an export gives each span "
+        f"whole on one line, not spread over several as jq . prints it (jq -c . '{pretty}' | "
+        "ometer db import -), and one cut short ends so too (import a whole export); the 1 "
+        "span(s) before it are recorded: import the spans one a line (spans already there are "
+        "skipped)\n",
+    )
+    lines = "".join(json.dumps(span) + "\n" for span in spans)  # what jq -c prints
+    done = cli("db", "import", "-", "--db", sqlite_url, stdin=lines)
+    assert done.code == 0 and Ledger(sqlite_url).count() == 3
+
+
+def test_a_key_a_newer_export_may_add_is_not_read_to_check_the_keys() -> None:
+    """Checking each key is given once read the whole line into Python objects: 16 MiB of
+    ``[],`` under a key no span has (which the span's decoder skips unread) were 400 MB of
+    lists. Whatever the line's spacing, the check holds a few copies of the line at most."""
+    line = span_to_dict(_spans(1)[0])
+    for compact in (True, False):
+        head = json.dumps(line, separators=(",", ":") if compact else None).encode()[:-1]
+        big = head + b', "x_newer": [' + b"[]," * (16 * 2**20 // 3) + b"[]]}"
+        tracemalloc.start()
+        try:
+            span_from_line(big)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 * len(big), (compact, peak)

@@ -1,0 +1,88 @@
+"""A line's objects give each key once: the check behind :func:`~ollama_meter.ledger._line.span_from_line`.
+
+JSON readers differ on which value of a key given twice counts (msgspec keeps the last, many
+keep the first), so the span such a line means cannot be told; no export writes one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import msgspec
+
+_MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+"""An object's members, each value as its bytes in the line (not read: a key a newer export
+may have added holds anything, and read, 64 MiB of ``[],`` were a gigabyte of lists)."""
+_PLAIN = msgspec.json.Encoder()
+_NESTED = ("tags", "cost_parts", "durations_ns")
+_KEY = re.compile(rb'[ \t\r\n]*"([^"\\]*(?:\\.[^"\\]*)*)"[ \t\r\n]*:[ \t\r\n]*')
+_AFTER = re.compile(rb"[ \t\r\n]*([,}])")
+
+
+def each_key_once(line: bytes, known: frozenset[str]) -> None:
+    """ValueError when an object of ``line`` (valid JSON, an object whose keys outside ``known``
+    went unread) gives a key twice.
+
+    An object as an export writes it (the common case: a few microseconds) is its members
+    written again; any other (spaces, escapes, a key twice) is walked member by member."""
+    body = line.strip()
+    members = _MEMBERS.decode(body)
+    if _PLAIN.encode(members) == body:
+        for key in _NESTED:  # the span's own: read as objects above, so objects here
+            if (value := members.get(key)) is not None:
+                inner = bytes(value)
+                nested = _MEMBERS.decode(inner)
+                if _PLAIN.encode(nested) != inner:
+                    _walk(inner, nested)
+    elif members.keys() <= known:  # each value read by the line's decoder already: again
+        json.loads(body, object_pairs_hook=_once, strict=False)
+    else:
+        _walk(body, members)
+        for key in _NESTED:
+            if (value := members.get(key)) is not None:
+                json.loads(bytes(value), object_pairs_hook=_once, strict=False)
+
+
+def _once(pairs: list[tuple[str, object]]) -> None:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _twice(key)
+        seen.add(key)
+
+
+def _walk(body: bytes, members: dict[str, msgspec.Raw]) -> None:
+    """Each member of the object ``body`` in turn, its value the bytes ``members`` has for its
+    key: the last of that key's values. One that is not, or a key seen before, is a key given
+    twice."""
+    seen: set[str] = set()
+    at = body.index(b"{") + 1
+    if _AFTER.match(body, at) and not members:
+        return  # {}
+    while found := _KEY.match(body, at):
+        written = found.group(1)
+        key = json.loads(b'"%s"' % written) if b"\\" in written else written.decode()
+        value = members.get(key)
+        at = found.end()
+        if key in seen or value is None or not body.startswith(value, at):
+            raise _twice(key)
+        seen.add(key)
+        after = _AFTER.match(body, at + len(value))
+        if after is None:
+            raise _twice(key)  # a longer value under it: not the last
+        if after.group(1) == b"}":
+            return
+        at = after.end()
+    raise ValueError("not JSON: a member of an object is not a key and a value")
+
+
+def _twice(key: str) -> ValueError:
+    return ValueError(
+        f"key {_quoted(key)} is given twice in one object: which of its values is meant cannot "
+        "be told (an export gives each key once)"
+    )
+
+
+def _quoted(key: str) -> str:
+    return repr(key) if len(key) <= 60 else f"{key[:60]!r}... ({len(key):,} characters)"
