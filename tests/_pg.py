@@ -32,7 +32,7 @@ MEMORY_ROOM = 2 << 30
 """Free space /dev/shm must have to hold clusters (Docker's default 64 MB has not)."""
 
 
-def _memory_folder() -> str | None:
+def memory_folder() -> str | None:
     """/dev/shm where it has room, else None (the temp folder): on this machine's disk each
     CREATE DATABASE, which every PostgreSQL test runs, took 0.63 s; in memory 0.10 s."""
     try:
@@ -52,7 +52,7 @@ class PgCluster:
     """A private PostgreSQL cluster in a temp folder, which a test may stop and start again."""
 
     def __init__(self, initdb: str, pg_ctl: str) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="ometer-pg-", dir=_memory_folder()))
+        self.root = Path(tempfile.mkdtemp(prefix="ometer-pg-", dir=memory_folder()))
         self.data = self.root / "data"
         self.port = _free_port()
         self._pg_ctl = pg_ctl

@@ -111,7 +111,9 @@ def dripping(drop: bytes, answer: Callable[[str], bytes]) -> ThreadingHTTPServer
     :data:`DRIP_S`, then ``answer(path)``, or until the caller leaves. Shut it down after."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
     server.drop, server.answer = drop, answer  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     return server
 
 
@@ -141,7 +143,9 @@ class _Answering(BaseHTTPRequestHandler):
 def answering() -> Iterator[ThreadingHTTPServer]:
     """A server whose every answer is what its ``answer`` attribute says (see _Answering)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Answering)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         yield server
     finally:

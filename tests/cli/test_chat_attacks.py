@@ -68,7 +68,9 @@ def answering(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bytes], Non
     """Point OLLAMA_HOST at an upstream whose every answer is the body set by calling this."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
     server.body = b""  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{server.server_address[1]}")
 
     def answer(body: bytes) -> None:

@@ -137,7 +137,9 @@ class _EscapingModel(BaseHTTPRequestHandler):
 def _escaping_model(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """OLLAMA_HOST set to a model whose reply is full of escape sequences, while inside."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _EscapingModel)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         monkeypatch.setenv("OLLAMA_HOST", f"http://127.0.0.1:{server.server_address[1]}")
         yield

@@ -97,7 +97,9 @@ def test_an_embedding_answer_over_64_mib_goes_through_byte_for_byte(
 
     assert len(BIG) > MAX_ANSWER_BYTES
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Batch)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         gw = app_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url)
         reply = gw.client.post("/api/embed", json={"model": "m", "input": ["a"] * _BATCH})
@@ -169,7 +171,9 @@ def test_a_relayed_answer_that_is_not_one_is_cut_before_its_end_and_an_error_spa
     monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 1_000)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Says)
     server.answer = answer  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         gw = app(f"http://127.0.0.1:{server.server_address[1]}")
         with gw.client.stream("POST", "/api/embed", json={"model": "m", "input": PROMPT}) as reply:
@@ -192,7 +196,9 @@ def test_a_relayed_answer_without_counts_is_estimated(
     monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 1_000)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Says)
     server.answer = _vectors(200) + b"}"  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         gw = app(f"http://127.0.0.1:{server.server_address[1]}")
         reply = gw.client.post("/api/embed", json={"model": "m", "input": PROMPT})
@@ -220,7 +226,9 @@ def test_a_client_of_the_real_server_cannot_take_a_cut_answer_for_a_whole_one(
     monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 1_000)
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Says)
     upstream.answer = _vectors(200) + b',"error":"the runner crashed"}'  # type: ignore[attr-defined]
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=upstream.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         gw = serve(f"http://127.0.0.1:{upstream.server_address[1]}")
         with pytest.raises(httpx.RemoteProtocolError):
@@ -264,7 +272,9 @@ def test_a_client_that_hangs_up_mid_relay_stops_ollama_and_is_a_client_abort_spa
     monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 1_000)
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Stalls)
     upstream.dropped = threading.Event()  # type: ignore[attr-defined]
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=upstream.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         gw = serve(f"http://127.0.0.1:{upstream.server_address[1]}")
         with gw.client.stream("POST", "/api/embed", json={"model": "m", "input": PROMPT}) as reply:
@@ -292,7 +302,9 @@ def test_an_answer_of_no_declared_length_is_relayed_from_its_first_bytes_read(
     answer = _vectors(200) + b',"prompt_eval_count":9,"load_duration":5}'
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Says)
     server.answer, server.chunked = answer, True  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         gw = app(f"http://127.0.0.1:{server.server_address[1]}")
         reply = gw.client.post("/api/embed", json={"model": "m", "input": PROMPT})

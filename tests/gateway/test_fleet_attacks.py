@@ -66,7 +66,9 @@ def liar() -> Iterator[Callable[[dict[str, tuple[int, bytes]]], str]]:
     def start(answers: dict[str, tuple[int, bytes]]) -> str:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _Liar)
         server.answers = answers  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 

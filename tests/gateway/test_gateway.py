@@ -676,7 +676,9 @@ def test_an_answer_longer_than_the_gateway_reads_is_a_502_and_an_error_span(
     monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 2_000)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Oversized)
     server.chunked = chunked  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         gw = app(f"http://127.0.0.1:{server.server_address[1]}")
         reply = gw.client.post("/api/chat", json={"model": "m", "messages": HI, "stream": False})
@@ -719,7 +721,9 @@ def test_an_answer_that_says_nothing_ran_to_a_call_with_a_prompt_is_not_believed
     """Ollama only loads a model for an empty prompt: "loaded, nothing ran" in answer to a real
     prompt (a proxy, a lie) would make the call free, so its counts are estimated instead."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _SaysNothingRan)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         gw = app(f"http://127.0.0.1:{server.server_address[1]}")
         prompt = "a prompt of seven words to be counted"

@@ -97,7 +97,9 @@ class _Compressing(BaseHTTPRequestHandler):
 def compressing(app_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[tuple[Gateway, Any]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Compressing)
     server.seen = []  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         yield app_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url), server
     finally:
@@ -207,7 +209,9 @@ def test_a_long_stream_is_relayed_in_memory_that_does_not_grow_with_it(
     until it ended, though only their number counts: a model that generates for ever
     (Ollama's default ``num_predict`` with context shift) grew the gateway without bound."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Long)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     gw = serve_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url)
     peaks = {}
     try:
@@ -277,7 +281,9 @@ def test_a_stream_ends_for_its_caller_at_its_final_chunk(
     5 minutes by default, as the official clients read until the stream ends."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Unended)
     server.release = threading.Event()  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         gw = serve_on(
             f"http://127.0.0.1:{server.server_address[1]}",
@@ -328,7 +334,9 @@ GARBLED = {
 def garbled(app_on: Callable[..., Gateway], sqlite_url: str) -> Iterator[tuple[Gateway, Any]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Garbled)
     server.calls = 0  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         yield app_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url), server
     finally:
@@ -416,7 +424,9 @@ def test_a_passed_through_stream_that_breaks_off_ends_in_an_error_the_client_rai
     """A pull whose stream broke off reached the client as a stream that ended well, so
     ``ollama pull`` through the gateway said nothing of a model it never got."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _PullBreaksOff)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         gw = serve_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url, allow_admin=True)
         client = ollama.Client(host=gw.url)
@@ -525,7 +535,9 @@ def test_a_caller_that_leaves_before_a_passed_through_answer_starts_stops_ollama
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Silent)
     server.asked, server.dropped = threading.Event(), threading.Event()  # type: ignore[attr-defined]
     server.headed = headed  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         gw = serve_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url, allow_admin=True)
         host, port = gw.url.removeprefix("http://").split(":")

@@ -601,7 +601,9 @@ def test_a_caller_that_leaves_while_a_whole_answer_arrives_stops_ollama(
 ) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowBody)
     server.dropped = threading.Event()  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     try:
         gw = serve_on(f"http://127.0.0.1:{server.server_address[1]}", sqlite_url)
         with pytest.raises(httpx.TimeoutException):

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from ollama_meter.ledger import Ledger
+from ollama_meter.ledger import Ledger, close_ledgers
 from ollama_meter.records import Stored
 from ollama_meter.testing import OllamaEmulator
 from tests._pg import PgCluster
@@ -61,6 +61,9 @@ def test_commands_while_the_server_shuts_down_say_to_run_again_in_a_moment(
             deadline = time.monotonic() + 60  # a wait for pg_ctl's signal, not a measure
             while result.code == 0 and time.monotonic() < deadline:  # not yet signalled
                 time.sleep(0.05)
+                # A new session each try: the process's ledger keeps its sessions, and one
+                # opened before the signal lives on through a smart shutdown (all 60 s).
+                close_ledgers()
                 result = cli("report", "--period", "month")
             said = _one_line(result)
         finally:

@@ -178,7 +178,9 @@ def test_alerts_still_going_out_at_exit_are_done_with_the_ledger_before_it_close
     so SQLite's write-ahead log stayed beside the file (PostgreSQL: a dropped session)."""
     handler = type("Hook", (_SlowHook,), {"delay": delay})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     db = f"sqlite:///{tmp_path / 'l.db'}"
     env = {
         **os.environ,
@@ -232,7 +234,9 @@ def test_a_webhook_answering_an_endless_body_neither_holds_alerts_nor_fills_memo
 
     handler = type("Hook", (_EndlessHook,), {"stop": threading.Event()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
     url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     dispatcher = AlertDispatcher(ledger, [WebhookChannel(url)])
