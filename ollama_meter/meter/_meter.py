@@ -166,8 +166,7 @@ class Meter:
         make_storable(span)  # what observers see (telemetry exports it) and the journal keeps
         if self.journal and not opening.queued:
             self.ledger.journal.opened(span, call.input_estimate, call.leases)
-        with call.waiting():  # a hook's time is not Ollama's: neither priced nor capped
-            stopped = notify(self.observers, "on_start", span)
+        stopped = notify(self.observers, "on_start", span)
         if stopped is not None:  # Ctrl-C in a hook: the call, admitted and journaled, ends here
             span.upstream_host = NO_HOST  # before it was sent
             self.close(call, stopped)
@@ -424,6 +423,8 @@ class Meter:
     ) -> Run:
         """Any metered operation (``chat``, ``generate``, ``embed``) with the client's own arguments."""
         return Run(self, operation, request, attribution, stream)
+
+    # -- upkeep --------------------------------------------------------------------------
 
     def recover_interrupted(self) -> int:
         """Record the calls dead processes left open in the journal (see ``_recovery.py``)."""
