@@ -2,7 +2,8 @@
 
 Owns what a hook is handed and what of its work is kept; never the call itself: a hook
 that raises is logged here, by its name, and the call goes on (Ctrl-C and ``sys.exit()``
-are raised once the call is recorded, ``meter._observers``).
+are raised once the call is recorded, ``meter._observers``). The time an ``on_start`` hook
+takes is the caller's: the call waits for it before it is sent, so it is queue time.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -64,8 +66,17 @@ class Hooks:
         self._on_start, self._on_end = on_start, on_end
 
     def on_start(self, span: SpanRecord) -> None:
-        if self._on_start is not None:
+        if self._on_start is None:
+            return
+        began = time.perf_counter_ns()
+        try:
             _shown("on_start", self._on_start, span)
+        finally:
+            # The call waits for the hook before it is sent, as a gateway's call waits for a
+            # slot: queue time, in its latency, never in the busy time the meter's clock stands
+            # in for when Ollama reports none (priced as GPU time; busy and queue time still
+            # make the latency), nor against a hard budget's time cap (``MeteredCall``).
+            span.queue_ns = (span.queue_ns or 0) + time.perf_counter_ns() - began
 
     def on_end(self, span: SpanRecord) -> None:
         if self._on_end is not None:

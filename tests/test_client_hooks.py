@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from ollama_meter import AsyncMeteredClient, MeteredClient, SpanRecord
+from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter._attribution import MAX_TAGS
+from ollama_meter.pricing import PriceRule, from_micros
 from ollama_meter.testing import OllamaEmulator
+from tests.factories import quick_history, token_prices
 
 HI = [{"role": "user", "content": "say hi to the team"}]
 CLIENTS = {"sync": MeteredClient, "async": AsyncMeteredClient}
@@ -289,3 +294,68 @@ def test_a_hook_that_hands_back_a_generator_is_one_log_line_and_the_call_goes_on
     ]
     (span,) = client.meter.ledger.latest(SpanFilter(), 5)
     assert (span.status, span.tags) == ("ok", {})
+
+
+class Slow:
+    """An on_start hook that takes ``seconds`` (sleeping), and says how long it slept."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.slept: list[int] = []
+
+    def __call__(self, span: SpanRecord) -> None:
+        started = time.perf_counter_ns()
+        time.sleep(self.seconds)
+        self.slept.append(time.perf_counter_ns() - started)
+
+
+@pytest.mark.parametrize("flavour", sorted(CLIENTS))
+def test_the_time_an_on_start_hook_takes_is_the_callers_never_priced_as_ollamas(
+    sqlite_url: str, emulator: OllamaEmulator, flavour: str
+) -> None:
+    """Where Ollama does not say how long it was busy (``/api/embed``), the meter's clock
+    stands in: it counted the on_start hook's time too, priced as GPU time (a hook that took
+    a second cost a call at 1 USD a GPU-second 1 USD more). The call waits for its hook
+    before it is sent: that is queue time, in its latency, and busy time plus queue time is
+    the latency, as on every call the meter's clock times."""
+    slow = Slow(0.05)
+    client = CLIENTS[flavour](emulator.url, db_url=sqlite_url, on_start=slow)
+    client.meter.ledger.add_price_rule(
+        PriceRule(pattern="*", currency="USD", gpu_hour=Decimal(3600))  # 1 USD a second
+    )
+    if isinstance(client, AsyncMeteredClient):
+        reply = asyncio.run(client.embed(model="nomic-embed-text", input="one text"))
+    else:
+        reply = client.embed(model="nomic-embed-text", input="one text")
+    (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.id, span.duration_source) == (reply.meter.id, "measured")
+    (slept,) = slow.slept
+    assert span.queue_ns is not None and span.latency_ns is not None
+    assert slept <= span.queue_ns <= span.latency_ns  # the caller's time, in the latency
+    priced = (span.prompt_eval_duration_ns or 0) + (span.eval_duration_ns or 0)
+    busy = priced + (span.load_duration_ns or 0)
+    assert busy + span.queue_ns == span.latency_ns
+    assert span.cost_compute == round(Decimal(priced) / 1000)  # a micro-dollar a microsecond
+    assert reply.meter.cost_parts["compute"] == from_micros(span.cost_compute)
+
+
+@pytest.mark.parametrize("flavour", sorted(CLIENTS))
+def test_the_time_an_on_start_hook_takes_does_not_run_a_timed_calls_time_out(
+    sqlite_url: str, emulator: OllamaEmulator, flavour: str
+) -> None:
+    """Under a hard budget that prices GPU time, a call is cut once it has run as long at
+    Ollama as it was admitted on (about 2.3 s here): a hook that took longer ran that out
+    before the call was sent, and its quick answer was cut."""
+    slow = Slow(3.0)  # longer than the call was admitted on
+    client = CLIENTS[flavour](department="sales", tenant="acme", db_url=sqlite_url, on_start=slow)
+    ledger = client.meter.ledger
+    ledger.add_price_rule(token_prices(gpu_hour=Decimal(3600)))
+    ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
+    )
+    ledger.record([quick_history()])
+    reply = called(client, options={"num_predict": 64})
+    assert reply.done and reply.meter is not None
+    (span,) = ledger.latest(SpanFilter(), 5)[:1]
+    assert (span.status, span.error_type) == ("ok", None)
+    assert span.queue_ns is not None and span.queue_ns >= slow.slept[0]

@@ -130,7 +130,7 @@ def render_table(result: "PerfReport", zone: str) -> DataTable:
         notes = [
             "lat, TTFT and queue in ms",
             "queue = Ollama's total time less load, prompt and generation",
-            "gw queue = waiting in the gateway for a slot (in lat and TTFT too)",
+            "gw queue = waiting to be sent (a gateway slot, an on_start hook; in lat and TTFT too)",
             "cold = model load ≥ 100 ms",
         ]
         caption = Text(" · ".join(notes))

@@ -70,7 +70,8 @@ class Metric(IntEnum):
     """Inside Ollama: its total time less load, prompt evaluation and generation."""
     SPEED = 3
     GATEWAY_QUEUE = 4
-    """In the gateway, waiting for a free slot (``SpanRecord.queue_ns``): before Ollama's."""
+    """Before the call was sent (``SpanRecord.queue_ns``): in the gateway for a free slot, in
+    the Python API for its ``on_start`` hook; before Ollama's."""
 
 
 _LATENCY, _TTFT, _QUEUE, _SPEED, _GATEWAY_QUEUE = (int(m) for m in Metric)

@@ -165,7 +165,8 @@ class MeteredCall:
 
     def time_left_s(self) -> float | None:
         """Seconds until the call has run as long at Ollama as it was admitted on (0: it has;
-        None: no limit). Waiting in a gateway's queue, or to retry, is not Ollama's time."""
+        None: no limit). Waiting to be sent (queue time: for a gateway's slot, for an on_start
+        hook), or to retry, is not Ollama's time."""
         if self.time_cap_ns is None:
             return None
         ran = time.perf_counter_ns() - self._t0 - (self.span.queue_ns or 0) - self.idle_ns
@@ -363,8 +364,8 @@ class MeteredCall:
         if span.prompt_eval_duration_ns is None and span.eval_duration_ns is None:
             # The upstream did not say how long it was busy (Ollama's /v1 routes never do;
             # an aborted stream has no final chunk): the meter's own clock stands in, and
-            # says so. Time waiting in a gateway's queue for a slot, or to retry, is not
-            # Ollama's (both come before the answer's first byte), and nor is a load it
+            # says so. Time waiting to be sent (for a gateway's slot, an on_start hook), or to
+            # retry, is not Ollama's (both come before the answer's first byte), nor is a load it
             # reported (/api/embed reports one, and no other time): priced once, not twice.
             waited = min(
                 (span.queue_ns or 0) + self.idle_ns + max(span.load_duration_ns or 0, 0),

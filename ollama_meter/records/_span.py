@@ -145,7 +145,8 @@ class SpanRecord:
     latency_ns: int | None = None
     ttft_ns: int | None = None
     queue_ns: int | None = None
-    """Time the call waited in the gateway for a free slot (its latency and TTFT include it)."""
+    """Time the call waited before it was sent: in the gateway for a free slot, in the Python
+    API for its ``on_start`` hook (its latency and TTFT include it; never Ollama's busy time)."""
     cost_tokens: int = 0
     cost_compute: int = 0
     cost_energy: int = 0
@@ -164,7 +165,7 @@ class SpanRecord:
         return self.response_model or self.request_model
 
     def durations(self) -> dict[str, int | None]:
-        """Ollama's durations and the meter's timings (latency, TTFT, the gateway's queue), in ns."""
+        """Ollama's durations and the meter's timings (latency, TTFT, the queue), in ns."""
         return {
             "total": self.total_duration_ns,
             "load": self.load_duration_ns,

@@ -209,7 +209,8 @@ class TelemetryObserver:
             self.queue = histogram(
                 sc.METRIC_QUEUE_DURATION,
                 "s",
-                "Time a call waited in the gateway for a free slot on a server.",
+                "Time a call waited before it was sent: in the gateway for a free slot on a "
+                "server, in the Python API for its on_start hook.",
                 seconds,
             )
             self.cost = meter.create_counter(
