@@ -147,24 +147,26 @@ class BodyMemory:
         deadline = loop.time() + self.wait
         holding = _HELD in scope
         gone: asyncio.Future[None] | None = scope.get(GONE)
-        waited = False  # refused only just after a turn of the loop: a hang-up already due
-        while self.held + size > self.most:  # (a process paused past the wait) is heard first
+        # Refused only after a wait that timed out: the loop has then run all that was due by
+        # the deadline, so a hang-up due before it (a process paused past the wait) is heard first.
+        timed_out = False
+        while self.held + size > self.most:
             if gone is not None and gone.done():
                 raise ClientDisconnect  # no room is waited for nobody
             if holding and self._stuck == self._holders - 1:
                 break  # every other request holding room waits for more: this one goes on
-            if waited and loop.time() >= deadline:
+            if timed_out and loop.time() >= deadline:
                 raise NoRoom(self.most, self.wait)
             waiter = loop.create_future()
             self._waiting.append(waiter)
             self._stuck += holding
-            try:  # looked at once more above, then refused (or the caller is gone)
-                await asyncio.wait(
+            try:  # woken by room given back: looked at once more, never refused before a timeout
+                done, _ = await asyncio.wait(
                     (waiter,) if gone is None else (waiter, gone),
                     timeout=max(0.0, deadline - loop.time()),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                waited = True
+                timed_out = not done
             finally:
                 self._stuck -= holding
                 self._waiting.remove(waiter)
