@@ -105,6 +105,9 @@ class OllamaRoutes(Handler):
                 raise Refusal(400, unmarshal_error(prompt, "GenerateRequest.prompt", "string"))
             if system is not None and not isinstance(system, str):
                 raise Refusal(400, unmarshal_error(system, "GenerateRequest.system", "string"))
+            template = body.get("template")
+            if prompt and isinstance(template, str) and template and not body.get("raw"):
+                return [_rendered(template, body)]
             return generate_texts(prompt, system) if prompt else []
 
         self._text_call(raw, "generate", "api.GenerateRequest", texts)
@@ -345,3 +348,20 @@ def _says_system(kind: str, body: dict[str, Any]) -> bool:
         return bool(body.get("system")) or bool(body.get("raw"))
     messages = body.get("messages") or [{}]
     return isinstance(messages[0], dict) and messages[0].get("role") == "system"
+
+
+_ACTION = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.DOTALL)
+_PRINTED = {".Prompt": "prompt", ".System": "system", ".Suffix": "suffix"}
+
+
+def _rendered(template: str, body: dict[str, Any]) -> str:
+    """A generate's own ``template`` as Ollama writes the prompt of it, for the actions that
+    print the request's texts (``{{ .Prompt }}``, however often); any other action writes
+    nothing here, both branches of an ``if`` are kept."""
+
+    def value(action: re.Match[str]) -> str:
+        field = _PRINTED.get(action.group(1))
+        text = body.get(field) if field else None
+        return text if isinstance(text, str) else ""
+
+    return _ACTION.sub(value, template)
