@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from ollama_meter import MeteredClient
 from ollama_meter.budgets import Budget
+from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import token_prices
@@ -83,6 +85,27 @@ def test_a_template_that_can_write_more_than_the_requests_texts_is_refused(
     reply = gw.client.post("/api/generate", json=generate(template), headers=SALES)
     assert reply.status_code == 429, reply.text[:300]
     assert "template" in reply.json()["error"]
+    assert not emulator.calls
+
+
+def test_the_python_api_refuses_such_a_template_too(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """The bound is the meter's, read from the request alike for every entry point."""
+    with MeteredClient(department="sales", tenant="acme", db_url=sqlite_url) as client:
+        client.meter.ledger.add_price_rule(token_prices())
+        client.meter.ledger.save_budget(
+            Budget(tenant="acme", department="sales", period="day", limit=LIMIT, currency="USD")
+        )
+        assert client.meter.budgets is not None
+        client.meter.budgets.reload_soon()
+        with pytest.raises(BudgetExceeded, match="its template writes"):
+            client.generate(
+                model="llama3.1:8b",
+                prompt=PROMPT,
+                template="{{ .Prompt }}" * 40,
+                options={"num_predict": 1},
+            )
     assert not emulator.calls
 
 
