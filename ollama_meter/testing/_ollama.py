@@ -139,6 +139,8 @@ class OllamaRoutes(Handler):
             if model.embedding:
                 raise Refusal(400, f"{json.dumps(name)} does not support {kind}")
             given = options(body)
+            if texts:  # the runner reads the format only for a call that evaluates
+                _check_format(body.get("format"))
         except Refusal as exc:
             self._ollama_error(exc.status, exc.message)
             return
@@ -364,4 +366,24 @@ def _rendered(template: str, body: dict[str, Any]) -> str:
         text = body.get(field) if field else None
         return text if isinstance(text, str) else ""
 
-    return _ACTION.sub(value, template)
+    rendered = _ACTION.sub(value, template)
+    if "{{" in rendered:  # Go's parser, in Ollama's words (a 500)
+        raise Refusal(500, "template: :1: unclosed action")
+    return rendered
+
+
+_SCHEMA_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+
+
+def _check_format(value: Any) -> None:
+    """A ``format`` as Ollama's runner reads it, refused in its words (a 500, not a 400)."""
+    if value in (None, "", "json"):
+        return
+    if not isinstance(value, dict):
+        quoted = json.dumps(json.dumps(value))
+        raise Refusal(
+            500, f'invalid format: {quoted}; expected "json" or a valid JSON Schema object'
+        )
+    kind = value.get("type")
+    if isinstance(kind, str) and kind not in _SCHEMA_TYPES:  # no grammar is made of it
+        raise Refusal(500, "invalid JSON schema in format")
