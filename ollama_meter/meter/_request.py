@@ -335,7 +335,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     else:
         cap = _option_int(options.get("num_predict"))
     texts: list[str] = []
-    messages = images = extra = given = written = 0
+    messages = images = extra = given = no_values = 0
     unbounded = None
     embedding = kind in ("embed", "embeddings")
     if kind == "chat":
@@ -366,7 +366,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
             texts = [_text(prompt)]
         texts += [_text(body.get(key)) for key in ("system", "suffix", "template")]
         if not openai and _text(body.get("template")) and not body.get("raw"):  # Go renders it
-            written, unbounded = template_bound(body["template"])
+            no_values, unbounded = template_bound(body["template"])
         if isinstance(body.get("images"), list):
             images = len(body["images"])
         context = body.get("context")
@@ -377,7 +377,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     return RequestFacts(
         evaluates=None if openai or kind not in _LOADS_WHEN_EMPTY else _evaluates(kind, body),
         prompt_text=prompt_text,
-        prompt_bytes=sum(bytes_of(t) for t in texts) + extra + written,
+        prompt_bytes=sum(bytes_of(t) for t in texts) + extra + no_values,
         written_bytes=extra,
         messages=messages,
         images=images,
