@@ -139,8 +139,9 @@ class OllamaRoutes(Handler):
             if model.embedding:
                 raise Refusal(400, f"{json.dumps(name)} does not support {kind}")
             given = options(body)
-            if texts:  # the runner reads the format only for a call that evaluates
+            if texts:  # the runner reads these only for a call that evaluates
                 _check_format(body.get("format"))
+                _check_images(body)
         except Refusal as exc:
             self._ollama_error(exc.status, exc.message)
             return
@@ -387,3 +388,20 @@ def _check_format(value: Any) -> None:
     kind = value.get("type")
     if isinstance(kind, str) and kind not in _SCHEMA_TYPES:  # no grammar is made of it
         raise Refusal(500, "invalid JSON schema in format")
+
+
+def _check_images(body: dict[str, Any]) -> None:
+    """An image of no bytes, refused by Ollama's runner as it makes the sequence (a 500)."""
+    messages = body.get("messages")
+    images = [*(body.get("images") or [])] + [
+        image
+        for message in (messages if isinstance(messages, list) else [])
+        if isinstance(message, dict)
+        for image in (message.get("images") or [])
+    ]
+    if "" in images:
+        raise Refusal(
+            500,
+            "llm predict error: Failed to create new sequence: failed to process inputs: "
+            "received zero length image",
+        )
