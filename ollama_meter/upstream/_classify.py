@@ -126,10 +126,13 @@ def not_an_answer(host: str, what: str) -> StreamError:
 
 _CALLERS_FAULT = re.compile(
     r'option ".*" must be of |invalid format: |invalid JSON schema in format|template: '
+    r"|(?:llm predict error: )?Failed to create new sequence: "
 )
 """How Ollama refuses a request for its own fault in a 500, not a 400: an option of the wrong
 type (``Options.FromMap``), a ``format`` that is neither ``"json"`` nor a schema it can make a
-grammar of, a template that does not parse or run (a generate's own ``template``). The same
+grammar of, a template that does not parse or run (a generate's own ``template``), a sequence
+the runner cannot make of the request (an image of no bytes or none it can read, a prompt past
+the context it may not cut, a pattern in the schema it cannot sample by). The same
 request fails the same way every time: no retry mends it, and counted by the model's circuit,
 three of them from one caller failed every other caller of the model for a minute."""
 

@@ -3,7 +3,8 @@
 Ollama answers some mistakes in a request with a 500, not a 400: a ``format`` that is not
 ``"json"`` or a schema it can make a grammar of (``invalid JSON schema in format``, common
 with schemas that use ``$ref``), a generate's own ``template`` that does not parse
-(``template: :1: unclosed action``). Read as the server failing, each such call was sent
+(``template: :1: unclosed action``), an image the runner cannot make a sequence of (``Failed
+to create new sequence: failed to process inputs: received zero length image``). Read as the server failing, each such call was sent
 three times, and three such calls from one caller opened the model's circuit: every other
 caller of that model, in any department, got 503 for a minute from a healthy server. The
 same request fails the same way every time: it is the caller's mistake, sent once,
@@ -33,8 +34,21 @@ SUPPORT = {"X-Ometer-Department": "support"}
         ("/api/chat", {"messages": HI, "format": "xml"}, "invalid format"),
         ("/api/generate", {"prompt": "hello", "format": {"type": "thing"}}, "invalid JSON"),
         ("/api/generate", {"prompt": "hello", "template": "{{ .Prompt "}, "unclosed action"),
+        ("/api/generate", {"prompt": "hello", "images": [""]}, "zero length image"),
+        (
+            "/api/chat",
+            {"messages": [{"role": "user", "content": "hi", "images": [""]}]},
+            "zero length image",
+        ),
     ],
-    ids=["chat-schema", "chat-format", "generate-schema", "generate-template"],
+    ids=[
+        "chat-schema",
+        "chat-format",
+        "generate-schema",
+        "generate-template",
+        "generate-image",
+        "chat-image",
+    ],
 )
 def test_a_requests_own_500_is_sent_once_and_opens_no_circuit_for_others(
     app_on: Callable[..., Gateway],
