@@ -16,6 +16,7 @@ from typing import Any
 
 from ollama_meter.budgets import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS, CallBound
 from ollama_meter.meter._attribution import Attribution
+from ollama_meter.meter._templates import template_bound
 from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.meter._written import (
     CALL_BYTES,
@@ -334,7 +335,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     else:
         cap = _option_int(options.get("num_predict"))
     texts: list[str] = []
-    messages = images = extra = given = 0
+    messages = images = extra = given = no_values = 0
     unbounded = None
     embedding = kind in ("embed", "embeddings")
     if kind == "chat":
@@ -364,6 +365,8 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         else:
             texts = [_text(prompt)]
         texts += [_text(body.get(key)) for key in ("system", "suffix", "template")]
+        if not openai and _text(body.get("template")) and not body.get("raw"):  # Go renders it
+            no_values, unbounded = template_bound(body["template"])
         if isinstance(body.get("images"), list):
             images = len(body["images"])
         context = body.get("context")
@@ -374,7 +377,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     return RequestFacts(
         evaluates=None if openai or kind not in _LOADS_WHEN_EMPTY else _evaluates(kind, body),
         prompt_text=prompt_text,
-        prompt_bytes=sum(bytes_of(t) for t in texts) + extra,
+        prompt_bytes=sum(bytes_of(t) for t in texts) + extra + no_values,
         written_bytes=extra,
         messages=messages,
         images=images,

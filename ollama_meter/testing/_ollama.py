@@ -105,6 +105,9 @@ class OllamaRoutes(Handler):
                 raise Refusal(400, unmarshal_error(prompt, "GenerateRequest.prompt", "string"))
             if system is not None and not isinstance(system, str):
                 raise Refusal(400, unmarshal_error(system, "GenerateRequest.system", "string"))
+            template = body.get("template")
+            if prompt and isinstance(template, str) and template and not body.get("raw"):
+                return [_rendered(template, body)]
             return generate_texts(prompt, system) if prompt else []
 
         self._text_call(raw, "generate", "api.GenerateRequest", texts)
@@ -136,6 +139,9 @@ class OllamaRoutes(Handler):
             if model.embedding:
                 raise Refusal(400, f"{json.dumps(name)} does not support {kind}")
             given = options(body)
+            if texts:  # the runner reads these only for a call that evaluates
+                _check_format(body.get("format"))
+                _check_images(body)
         except Refusal as exc:
             self._ollama_error(exc.status, exc.message)
             return
@@ -345,3 +351,57 @@ def _says_system(kind: str, body: dict[str, Any]) -> bool:
         return bool(body.get("system")) or bool(body.get("raw"))
     messages = body.get("messages") or [{}]
     return isinstance(messages[0], dict) and messages[0].get("role") == "system"
+
+
+_ACTION = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.DOTALL)
+_PRINTED = {".Prompt": "prompt", ".System": "system", ".Suffix": "suffix"}
+
+
+def _rendered(template: str, body: dict[str, Any]) -> str:
+    """A generate's own ``template`` as Ollama writes the prompt of it, for the actions that
+    print the request's texts (``{{ .Prompt }}``, however often); any other action writes
+    nothing here, both branches of an ``if`` are kept."""
+
+    def value(action: re.Match[str]) -> str:
+        field = _PRINTED.get(action.group(1))
+        text = body.get(field) if field else None
+        return text if isinstance(text, str) else ""
+
+    rendered = _ACTION.sub(value, template)
+    if "{{" in rendered:  # Go's parser, in Ollama's words (a 500)
+        raise Refusal(500, "template: :1: unclosed action")
+    return rendered
+
+
+_SCHEMA_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+
+
+def _check_format(value: Any) -> None:
+    """A ``format`` as Ollama's runner reads it, refused in its words (a 500, not a 400)."""
+    if value in (None, "", "json"):
+        return
+    if not isinstance(value, dict):
+        quoted = json.dumps(json.dumps(value))
+        raise Refusal(
+            500, f'invalid format: {quoted}; expected "json" or a valid JSON Schema object'
+        )
+    kind = value.get("type")
+    if isinstance(kind, str) and kind not in _SCHEMA_TYPES:  # no grammar is made of it
+        raise Refusal(500, "invalid JSON schema in format")
+
+
+def _check_images(body: dict[str, Any]) -> None:
+    """An image of no bytes, refused by Ollama's runner as it makes the sequence (a 500)."""
+    messages = body.get("messages")
+    images = [*(body.get("images") or [])] + [
+        image
+        for message in (messages if isinstance(messages, list) else [])
+        if isinstance(message, dict)
+        for image in (message.get("images") or [])
+    ]
+    if "" in images:
+        raise Refusal(
+            500,
+            "llm predict error: Failed to create new sequence: failed to process inputs: "
+            "received zero length image",
+        )

@@ -124,8 +124,17 @@ def not_an_answer(host: str, what: str) -> StreamError:
     return StreamError(f"the answer from Ollama at {host} is not an answer: {what}")
 
 
-_REFUSED_OPTION = re.compile(r'option ".*" must be of ')
-"""How Ollama refuses an option of the wrong type (``Options.FromMap``), in a 500."""
+_CALLERS_FAULT = re.compile(
+    r'option ".*" must be of |invalid format: |invalid JSON schema in format|template: '
+    r"|(?:llm predict error: )?Failed to create new sequence: "
+)
+"""How Ollama refuses a request for its own fault in a 500, not a 400: an option of the wrong
+type (``Options.FromMap``), a ``format`` that is neither ``"json"`` nor a schema it can make a
+grammar of, a template that does not parse or run (a generate's own ``template``), a sequence
+the runner cannot make of the request (an image of no bytes or none it can read, a prompt past
+the context it may not cut, a pattern in the schema it cannot sample by). The same
+request fails the same way every time: no retry mends it, and counted by the model's circuit,
+three of them from one caller failed every other caller of the model for a minute."""
 
 
 SAID_MOST = 300
@@ -172,9 +181,9 @@ def answer_error(
             f"Ollama has no such endpoint (HTTP 404: {detail}); check the URL path",
             status_code=status,
         )
-    # Ollama answers an option of the wrong type (``num_predict: "ten"``) with a 500: the
-    # request's fault, the same every time; no retry mends it, no circuit counts it.
-    if 400 <= status < 500 or (status == 500 and _REFUSED_OPTION.match(detail)):
+    # Ollama answers some of a request's own mistakes (``num_predict: "ten"``, a bad
+    # ``format``) with a 500: the same every time; no retry mends it, no circuit counts it.
+    if 400 <= status < 500 or (status == 500 and _CALLERS_FAULT.match(detail)):
         return UpstreamBadRequest(
             f"Ollama refused the request (HTTP {status}): {detail}", status_code=status
         )
