@@ -56,6 +56,7 @@ def backup(
         )
     target = through or target
     _refuse_in_use(target)
+    _refuse_no_backup(source, target)
     _sweep_killed(target)
     # A name of its own: two backups to one file at once (cron and a manual run) must not
     # copy into each other's temp file, nor rename the other's half into place.
@@ -109,6 +110,38 @@ def _refuse_in_use(target: Path) -> None:
             "ledger in use?), or had when it was killed, and a backup would replace it. Give "
             f"another file, or stop what uses {target} and move it and its "
             f"{', '.join(p.name.removeprefix(target.name) for p in found)} aside first"
+        )
+
+
+_HEADER = b"SQLite format 3\x00"
+_WAL = 2
+"""The file format's write and read versions (bytes 18 and 19 of the header) in WAL mode."""
+
+
+def _refuse_no_backup(source: Path, target: Path) -> None:
+    """Refuse a target that is there and is not an earlier backup: a file of another kind, or
+    a database in WAL mode, a ledger (ours are) that no process has open just now.
+
+    Backups are in rollback mode (one self-contained file), so WAL mode tells a ledger from
+    one. ``ometer db backup prod.db --db dev.db`` (the arguments the wrong way round) with
+    the gateways stopped renamed dev.db's copy over prod.db, every span it held gone; a
+    file mistaken for the source (``prices.toml``) was replaced as well. An empty file
+    (``mktemp``'s) holds nothing to lose.
+    """
+    try:
+        with target.open("rb") as file:
+            header = file.read(100)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        # said as the write would say it (a file where a folder should be, a name too long)
+        raise LedgerError(f"could not back up {source} to {target}: {exc.strerror}") from None
+    again = "a backup replaces only an earlier backup. Give another file, or move it aside first"
+    if header and (len(header) < 100 or not header.startswith(_HEADER)):
+        raise ValidationError(f"{target} is there and is not a SQLite database (a backup): {again}")
+    if header and _WAL in header[18:20]:
+        raise ValidationError(
+            f"{target} is a database in use (a ledger, in WAL mode), not a backup: {again}"
         )
 
 
