@@ -75,3 +75,13 @@ def test_a_backup_replaces_an_earlier_backup_and_an_empty_file(cli: Any, tmp_pat
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
     assert Ledger(f"sqlite:///{target}").count() == 5
 
+
+def test_a_rollup_of_a_ledger_that_is_not_there_makes_none(cli: Any, tmp_path: Path) -> None:
+    """`ometer db rollup --db typo.db` made an empty ledger there and said 'rolled up 0
+    span(s)', exit 0, where every other upkeep command says there is no ledger."""
+    typo = tmp_path / "typo.db"
+    for args in (["db", "rollup"], ["db", "rollup", "--zone", "Europe/Berlin"]):
+        done = cli(*args, "--db", f"sqlite:///{typo}")
+        assert done.code == 2, done.stdout
+        assert done.stderr.startswith(f"error: no ledger at {typo}: nothing was ever recorded")
+        assert not typo.exists() and not list(tmp_path.glob("typo.db*"))
