@@ -141,7 +141,8 @@ def _refuse_no_backup(source: Path, target: Path) -> None:
         raise ValidationError(f"{target} is there and is not a SQLite database (a backup): {again}")
     if header and _WAL in header[18:20]:
         raise ValidationError(
-            f"{target} is a database in use (a ledger, in WAL mode), not a backup: {again}"
+            f"{target} is a ledger (a SQLite database in WAL mode, as ometer leaves every ledger it "
+            f"opens), not a backup: {again}"
         )
 
 

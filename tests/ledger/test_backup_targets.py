@@ -30,8 +30,9 @@ def test_a_backup_onto_a_stopped_ledger_is_refused_and_the_ledger_keeps_its_span
     done = cli("db", "backup", str(prod), "--db", f"sqlite:///{dev}")
     assert done.code == 2, done.stdout
     assert done.stderr == (
-        f"error: {prod} is a database in use (a ledger, in WAL mode), not a backup: a backup "
-        "replaces only an earlier backup. Give another file, or move it aside first\n"
+        f"error: {prod} is a ledger (a SQLite database in WAL mode, as ometer leaves every "
+        "ledger it opens), not a backup: a backup replaces only an earlier backup. Give another "
+        "file, or move it aside first\n"
     )
     assert prod.read_bytes() == before and not list(tmp_path.glob(".*partial*"))
     assert Ledger(f"sqlite:///{prod}").count() == 20
