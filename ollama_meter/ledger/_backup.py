@@ -49,7 +49,8 @@ def backup(
         raise ValidationError(
             f"{target} is the ledger itself or one of its files; give another file"
         )
-    if through is not None and not through.is_file():
+    # through a link to a file not there yet (latest.db -> a dated name) is that file, made
+    if through is not None and os.path.lexists(through) and not through.is_file():
         raise ValidationError(
             f"{target} is a device or pipe, not a file: a backup is a SQLite file; give a "
             "file's path"

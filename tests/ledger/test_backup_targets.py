@@ -86,3 +86,27 @@ def test_a_rollup_of_a_ledger_that_is_not_there_makes_none(cli: Any, tmp_path: P
         assert done.code == 2, done.stdout
         assert done.stderr.startswith(f"error: no ledger at {typo}: nothing was ever recorded")
         assert not typo.exists() and not list(tmp_path.glob("typo.db*"))
+
+
+def test_a_backup_through_a_link_to_a_file_not_there_yet_writes_that_file(
+    cli: Any, tmp_path: Path
+) -> None:
+    """`/srv/backup/latest.db -> ledger-2026-12-04.db`, made before the copy it names: the
+    backup was refused as 'a device or pipe, not a file'."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(db).record(_spans(3))
+    (tmp_path / "kept").mkdir()
+    link, named = tmp_path / "latest.db", tmp_path / "kept" / "ledger-2026-12-04.db"
+    link.symlink_to(named)
+    done = cli("db", "backup", str(link), "--db", db)
+    assert done.code == 0, done.stderr
+    assert link.is_symlink() and link.readlink() == named
+    assert Ledger(f"sqlite:///{named}").count() == 3
+    gone = tmp_path / "gone.db"
+    gone.symlink_to(tmp_path / "no-folder" / "x.db")
+    done = cli("db", "backup", str(gone), "--db", db)
+    assert (done.code, done.stderr) == (
+        1,
+        f"error: could not back up {tmp_path / 'ledger.db'} to {tmp_path / 'no-folder' / 'x.db'}: "
+        "No such file or directory\n",
+    )
