@@ -77,7 +77,7 @@ def rollup_command(
     from ollama_meter.ledger import rebuild
 
     cfg = settings(db_url=db)
-    ledger = ledger_as_is(cfg)
+    ledger = ledger_as_is(cfg, existing=True)  # a typo must not make an empty ledger
     began = time.monotonic()
     days = [0]
     with (

@@ -14,6 +14,11 @@ from ollama_meter._lazy import lazy_names, names_in
 
 if TYPE_CHECKING:
     from ollama_meter.ledger._aggregate import FailureCount as FailureCount, SpendSums as SpendSums
+    from ollama_meter.ledger._backup import (
+        backup as backup,
+        ledger_file as ledger_file,
+        pg_dump_command as pg_dump_command,
+    )
     from ollama_meter.ledger._cells import COLD_LOAD_NS as COLD_LOAD_NS, Metric as Metric
     from ollama_meter.ledger._deadline import bulk as bulk, unbounded as unbounded
     from ollama_meter.ledger._jsonl import (
@@ -51,13 +56,7 @@ if TYPE_CHECKING:
     )
     from ollama_meter.ledger._timings import HistogramResult as HistogramResult
     from ollama_meter.ledger._types import from_us as from_us, to_us as to_us
-    from ollama_meter.ledger._upkeep import (
-        PruneResult as PruneResult,
-        backup as backup,
-        ledger_file as ledger_file,
-        pg_dump_command as pg_dump_command,
-        prune as prune,
-    )
+    from ollama_meter.ledger._upkeep import PruneResult as PruneResult, prune as prune
     from ollama_meter.records import GROUPS as GROUPS
 
 _NAMES = {
@@ -74,7 +73,8 @@ _NAMES = {
     "._spans": "RulesChanged SpanFilter page_after update_costs",
     "._timings": "HistogramResult",
     "._types": "from_us to_us",
-    "._upkeep": "PruneResult backup ledger_file pg_dump_command prune",
+    "._backup": "backup ledger_file pg_dump_command",
+    "._upkeep": "PruneResult prune",
     "ollama_meter.records": "GROUPS",
 }
 """Module → the public names it defines, each imported when first read: the ledger's

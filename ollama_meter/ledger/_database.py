@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import re
 import threading
 import time
@@ -45,6 +44,7 @@ from ollama_meter.ledger._engine import (
     sqlite_path,
 )
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, numbered_as_ours
+from ollama_meter.ledger._why import full_disk, unwritable
 
 log = logging.getLogger("ollama_meter.ledger")
 
@@ -243,6 +243,12 @@ class Database:
             return f"{text}: {unwritable(self._file)}{meanwhile}"
         if "disk is full" in lowered or "no space" in lowered:
             return f"{text}: free some disk space{meanwhile}"
+        if (
+            self._file is not None
+            and "disk i/o error" in lowered
+            and (full := full_disk(self._file))
+        ):
+            return f"{text}: {full}{meanwhile}"
         if "statement timeout" in lowered:
             return (
                 f"{text}: the server's statement_timeout for this user stopped it; raise it "
@@ -376,26 +382,6 @@ class Database:
     def dispose(self) -> None:
         self.disposed = True
         self.engine.dispose()
-
-
-def unwritable(path: Path) -> str:
-    """Why SQLite could not open or write the ledger file at ``path``, and what to do: its
-    own words ("unable to open database file") name neither."""
-    if path.is_dir():
-        return (
-            f"{path} is a folder, not a ledger file; give a file's path, e.g. {path / 'ledger.db'}"
-        )
-    folder = path.parent
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return (
-            f"the folder {folder} is read-only to this user (its permissions, or a read-only "
-            "mount), and SQLite writes the ledger's -wal and -shm files beside it: make it "
-            "writable, or give a ledger in a folder ometer may write"
-        )
-    return (
-        f"this user may not write the ledger file {path} or its -wal and -shm files: give "
-        "them to this user (chown), or run ometer as their owner"
-    )
 
 
 LOCK_NOT_AVAILABLE = "55P03"

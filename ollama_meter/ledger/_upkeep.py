@@ -1,17 +1,13 @@
-"""Keeping a ledger small and safe: pruning raw spans, backing the file up.
+"""Keeping a ledger small: pruning raw spans and giving their space back to the disk.
 
 Pruning removes raw spans past a horizon and keeps the rollups, so reports of
-pruned months do not change. Backup copies a live SQLite file with SQLite's
-online backup API while gateways keep writing.
+pruned months do not change. Backing the file up is ``_backup``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 import sqlite3
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +18,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import ColumnElement, delete, or_, select, text
 from sqlalchemy.exc import OperationalError
 
-from ollama_meter._paths import discard, resolved, sync_folder, written_through
+from ollama_meter._paths import resolved
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._cells import DAY_US, Grain, floor_cell
 from ollama_meter.ledger._deadline import bulk
@@ -240,197 +236,3 @@ def _truncate_wal(raw: sqlite3.Connection) -> None:
             time.sleep(TRUNCATE_PAUSE_S)
     finally:
         raw.execute(f"PRAGMA busy_timeout = {int(wait)}")  # a pooled connection: as it was
-
-
-# -- backup --------------------------------------------------------------------------------
-
-
-def backup(
-    ledger: Ledger, target: Path, *, progress: Callable[[int, int], None] | None = None
-) -> int:
-    """Copy a SQLite ledger to ``target`` with the online backup API; its size in bytes.
-
-    The copy is one consistent snapshot, taken while other processes keep writing
-    (WAL readers never block writers). It is written beside ``target`` and renamed
-    into place, so a failed backup never leaves half a file under that name.
-    """
-    source = ledger.path
-    if source is None:
-        raise LedgerError("not a SQLite ledger; back PostgreSQL up with pg_dump")
-    if not source.is_file():
-        raise LedgerError(f"there is no ledger at {source}")
-    try:
-        named, through = resolved(target), written_through(target)
-    except OSError as exc:  # links that loop
-        raise LedgerError(f"could not back up {source} to {target}: {exc.strerror}") from None
-    ledger_files = {Path(f"{resolved(source)}{end}") for end in ("", "-wal", "-shm", "-journal")}
-    if named in ledger_files:
-        # a copy renamed over the live WAL would hide the writers' last transactions
-        raise ValidationError(
-            f"{target} is the ledger itself or one of its files; give another file"
-        )
-    if through is not None and not through.is_file():
-        raise ValidationError(
-            f"{target} is a device or pipe, not a file: a backup is a SQLite file; give a "
-            "file's path"
-        )
-    target = through or target
-    _refuse_in_use(target)
-    _sweep_killed(target)
-    # A name of its own: two backups to one file at once (cron and a manual run) must not
-    # copy into each other's temp file, nor rename the other's half into place.
-    partial = _partial_name(target)
-    # The ledger's own connection, through the checks every connection to it passes: a raw
-    # one let SQLite replay a WAL another file left beside it (a backup restored over the
-    # ledger while a killed gateway's WAL stayed) into the ledger, and the copy, and remove
-    # it, where every other command refuses and changes nothing.
-    with ledger.read() as conn:
-        src = conn.connection.driver_connection
-        assert isinstance(src, sqlite3.Connection)
-        try:
-            # Made here, so a folder that is not there says so (SQLite would say only
-            # "unable to open database file", which reads as if the ledger could not be).
-            # Its owner's until whole, then as private as the ledger it copies: made 0644
-            # under the usual umask, a copy of a ledger kept from other users was readable
-            # by all.
-            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            dst = sqlite3.connect(partial)
-            try:
-                # One step: the whole copy reads one snapshot, so it never restarts.
-                src.backup(dst, pages=-1, progress=None if progress is None else _pages(progress))
-                dst.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
-            finally:
-                dst.close()
-            partial.chmod(stat.S_IMODE(source.stat().st_mode) & 0o666)
-            partial.replace(target)
-            sync_folder(target.parent)  # "backed up" is said of a copy a power cut keeps
-        except (OSError, sqlite3.Error) as exc:
-            _discard_copy(partial)
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise LedgerError(f"could not back up {source} to {target}: {why}") from exc
-        except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
-            _discard_copy(partial)
-            raise
-    return target.stat().st_size
-
-
-def _refuse_in_use(target: Path) -> None:
-    """Refuse a target with a database's WAL, shared memory or rollback journal beside it.
-
-    Those are there while a process has that database open (a gateway's ledger, given as
-    the target by mistake), or after one was killed. The copy renamed over it left the
-    database's users writing to a file no name leads to any more (a gateway's ledger gone
-    with its spans), and SQLite would replay the WAL or journal left there into the copy.
-    """
-    beside = [Path(f"{target}{end}") for end in ("-wal", "-shm", "-journal")]
-    if found := [path for path in beside if os.path.lexists(path)]:
-        raise ValidationError(
-            f"{found[0]} is beside {target}: that is a database some process has open (a "
-            "ledger in use?), or had when it was killed, and a backup would replace it. Give "
-            f"another file, or stop what uses {target} and move it and its "
-            f"{', '.join(p.name.removeprefix(target.name) for p in found)} aside first"
-        )
-
-
-def ledger_file(url: str) -> Path | None:
-    """The SQLite file ``url`` names (None for a server), read from the URL alone: opening
-    the ledger would make its folder."""
-    from sqlalchemy.engine import make_url
-
-    from ollama_meter.ledger._engine import sqlite_path
-
-    return sqlite_path(make_url(url))
-
-
-def _discard_copy(partial: Path) -> None:
-    """The temp copy and the rollback journal SQLite keeps beside it while it writes (a copy
-    stopped half way, on a full disk say, leaves it there)."""
-    discard(partial)
-    discard(partial.with_name(f"{partial.name}-journal"))
-
-
-_NAME_MAX = 255
-"""The longest file name, in bytes, most file systems take."""
-
-
-def _partial_name(target: Path) -> Path:
-    """A temp name of this backup's own beside ``target``, within the longest name a folder
-    takes with SQLite's ``-journal`` after it (a target name near it is cut short here)."""
-    mark = f".{os.getpid()}.{secrets.token_hex(4)}.partial"
-    room = _NAME_MAX - 1 - len(mark) - len("-journal")
-    # The name's own bytes (os.fsencode): one that is not UTF-8 arrives with surrogates in it.
-    head = os.fsdecode(os.fsencode(target.name)[:room])
-    return target.with_name(f".{head}{mark}")
-
-
-_STALE_S = 3600
-"""How long a temp copy whose process is gone must have been left untouched to be swept."""
-
-
-def _sweep_killed(target: Path) -> None:
-    """Remove the temp copies that earlier backups to ``target`` left when killed (``kill
-    -9``, a power cut: nothing ran to remove them), each the ledger's size.
-
-    Only a copy whose process is gone from this host and that nobody wrote for an hour:
-    a live backup's (here, or another host's on a shared folder) is written to all along.
-    """
-    name = os.fsencode(target.name)
-    try:
-        left = [*target.parent.glob(".*.partial"), *target.parent.glob(".*.partial-journal")]
-    except OSError:
-        return
-    for path in left:
-        head, _, rest = path.name[1:].removesuffix("-journal").rpartition(".partial")
-        head, pid, _ = [*head.rsplit(".", 2), "", ""][:3]
-        if rest or not head or not name.startswith(os.fsencode(head)) or not pid.isdigit():
-            continue
-        try:
-            if time.time() - path.stat().st_mtime < _STALE_S:
-                continue
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            discard(path)
-        except OSError:  # alive under another user, or gone already: not ours to judge
-            continue
-
-
-def _pages(progress: Callable[[int, int], None]) -> Callable[[int, int, int], None]:
-    return lambda status, remaining, total: progress(total - remaining, total)
-
-
-def pg_dump_command(ledger: Ledger, target: Path) -> str:
-    """The ``pg_dump`` command that backs up a PostgreSQL ledger (password left out): a
-    ledger in a schema of its own (its sessions' current schema, asked of the server), that
-    schema alone.
-
-    A ledger shares a database with other apps in a schema of its own: a dump of the whole
-    database failed for ometer's own role at the first table it may not read ("permission
-    denied for schema hr"), and run by a superuser it put the other apps' tables, and their
-    data, in the ledger's backup. A ledger in ``public`` (a database of its own) is dumped
-    whole, as before: ``--schema public`` makes pg_restore fail on the ``public`` every new
-    database has. Quoted for a POSIX shell: it is meant to be pasted, and a file name may
-    hold anything; the schema as a pattern that matches its name alone.
-    """
-    import shlex
-
-    from sqlalchemy.engine import URL, make_url
-
-    from ollama_meter._urls import SECRET_QUERY
-
-    with ledger.read() as conn:
-        schema, spans = conn.execute(
-            text("SELECT current_schema(), to_regclass(quote_ident(current_schema()) || '.spans')")
-        ).one()
-    if schema is None or spans is None:
-        where = f"schema {schema}" if schema else "any schema (its search path names none there)"
-        raise LedgerError(
-            f"there is no ledger at {ledger.display_url} in {where}: nothing to back up"
-        )
-    url = make_url(ledger.url)
-    query = {key: value for key, value in url.query.items() if key.lower() not in SECRET_QUERY}
-    plain = URL.create(
-        "postgresql", url.username, None, url.host, url.port, url.database, query
-    ).render_as_string(hide_password=False)
-    exact = '"' + str(schema).replace('"', '""') + '"'  # pg_dump reads it as a pattern
-    alone = [] if schema == "public" else ["--schema", exact]
-    return shlex.join(["pg_dump", "--format=custom", *alone, "--file", str(target), plain])

@@ -120,8 +120,15 @@ def test_out_into_a_pipe_or_through_a_link_leaves_them_what_they_are(
         refused.stderr
         == f"error: {fifo} is a device or pipe, not a file: a backup is a SQLite file; give a file's path\n"
     )
-    assert cli("db", "backup", str(link)).code == 0
-    assert link.is_symlink() and real.read_bytes().startswith(b"SQLite format 3")
+    # through the link to the report: refused, a backup replaces only an earlier backup
+    assert cli("db", "backup", str(link)).code == 2 and real.read_text() == shown
+    copy = tmp_path / "backups" / "ledger.db"
+    copy.parent.mkdir()
+    latest = tmp_path / "latest.db"
+    latest.symlink_to(copy)
+    for _ in range(2):  # made through the link, then replaced through it
+        assert cli("db", "backup", str(latest)).code == 0
+        assert latest.is_symlink() and copy.read_bytes().startswith(b"SQLite format 3")
 
 
 @pytest.mark.parametrize("out", ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"])

@@ -1,0 +1,52 @@
+"""Why a SQLite ledger file could not be opened or written, in words a user can act on.
+
+SQLite's own ("unable to open database file", "disk I/O error") name neither the file nor
+the cause; these look at the file system once the driver has failed, never before.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOM_BYTES = 1 << 20
+"""Free space below which a disk counts as full: SQLite grows the ledger's shared-memory
+file 32 KiB at a time and its WAL a page at a time, so a disk with a few blocks left
+fails them as surely as one with none."""
+
+
+def unwritable(path: Path) -> str:
+    """Why SQLite could not open or write the ledger file at ``path``, and what to do: its
+    own words ("unable to open database file") name neither."""
+    if path.is_dir():
+        return (
+            f"{path} is a folder, not a ledger file; give a file's path, e.g. {path / 'ledger.db'}"
+        )
+    folder = path.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (
+            f"the folder {folder} is read-only to this user (its permissions, or a read-only "
+            "mount), and SQLite writes the ledger's -wal and -shm files beside it: make it "
+            "writable, or give a ledger in a folder ometer may write"
+        )
+    return (
+        f"this user may not write the ledger file {path} or its -wal and -shm files: give "
+        "them to this user (chown), or run ometer as their owner"
+    )
+
+
+def full_disk(path: Path) -> str | None:
+    """What to do when the disk holding the ledger ``path`` is (as good as) full, else None.
+
+    On a full disk SQLite fails to grow the ``-shm`` file beside a ledger it opens and says
+    "disk I/O error" (SQLITE_IOERR_SHMSIZE), which reads as a failing disk; only a new
+    ledger's first write says "database or disk is full".
+    """
+    folder = path.parent
+    try:
+        disk = os.statvfs(folder)
+    except OSError:
+        return None
+    if disk.f_bavail * disk.f_frsize >= ROOM_BYTES:
+        return None
+    return f"the disk that holds {folder} is full: free some disk space"

@@ -1,0 +1,112 @@
+"""What `ometer db backup FILE` may write over, and what upkeep commands do with a ledger that
+is not there."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ollama_meter.ledger import Ledger
+from tests.ledger.test_transfer import _spans
+
+
+def test_a_backup_onto_a_stopped_ledger_is_refused_and_the_ledger_keeps_its_spans(
+    cli: Any, tmp_path: Path
+) -> None:
+    """`ometer db backup prod.db --db dev.db` (the arguments the wrong way round) was refused
+    only while a process had prod.db open (its WAL beside it): with the gateways stopped, the
+    copy of dev.db was renamed over prod.db, exit 0 and 'backed up', and every span prod.db
+    held was gone. A file in WAL mode is a database in use (a ledger), never a backup."""
+    prod, dev = tmp_path / "prod.db", tmp_path / "dev.db"
+    gateway = Ledger(f"sqlite:///{prod}")
+    gateway.record(_spans(20))
+    gateway.dispose()  # stopped: SQLite removes the WAL with its last connection
+    assert not Path(f"{prod}-wal").exists()
+    Ledger(f"sqlite:///{dev}").record(_spans(3, seed=5))
+    before = prod.read_bytes()
+    done = cli("db", "backup", str(prod), "--db", f"sqlite:///{dev}")
+    assert done.code == 2, done.stdout
+    assert done.stderr == (
+        f"error: {prod} is a ledger (a SQLite database in WAL mode, as ometer leaves every "
+        "ledger it opens), not a backup: a backup replaces only an earlier backup. Give another "
+        "file, or move it aside first\n"
+    )
+    assert prod.read_bytes() == before and not list(tmp_path.glob(".*partial*"))
+    assert Ledger(f"sqlite:///{prod}").count() == 20
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"model = 'llama3.1:8b'\n", b"SQLite format 3", b"\x00" * 4096],
+    ids=["text", "a header alone", "zeros"],
+)
+def test_a_backup_onto_a_file_that_is_no_database_is_refused_and_left(
+    cli: Any, tmp_path: Path, content: bytes
+) -> None:
+    """`ometer db backup prices.toml` (a file mistaken for the source, or a tab completion one
+    name off) replaced the file with a copy of the ledger, exit 0."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(db).record(_spans(3))
+    target = tmp_path / "prices.toml"
+    target.write_bytes(content)
+    done = cli("db", "backup", str(target), "--db", db)
+    assert done.code == 2, done.stdout
+    assert done.stderr == (
+        f"error: {target} is there and is not a SQLite database (a backup): a backup replaces "
+        "only an earlier backup. Give another file, or move it aside first\n"
+    )
+    assert target.read_bytes() == content and not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_backup_replaces_an_earlier_backup_and_an_empty_file(cli: Any, tmp_path: Path) -> None:
+    """The nightly job writes over last night's copy; `mktemp` makes an empty file first."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(db)
+    ledger.record(_spans(3))
+    target, empty = tmp_path / "nightly.db", tmp_path / "tmp.XXXX"
+    empty.touch()
+    for name in (target, target, empty):
+        done = cli("db", "backup", str(name), "--db", db)
+        assert done.code == 0, done.stderr
+        ledger.record(_spans(5)[3:])
+    with sqlite3.connect(target) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert Ledger(f"sqlite:///{target}").count() == 5
+
+
+def test_a_rollup_of_a_ledger_that_is_not_there_makes_none(cli: Any, tmp_path: Path) -> None:
+    """`ometer db rollup --db typo.db` made an empty ledger there and said 'rolled up 0
+    span(s)', exit 0, where every other upkeep command says there is no ledger."""
+    typo = tmp_path / "typo.db"
+    for args in (["db", "rollup"], ["db", "rollup", "--zone", "Europe/Berlin"]):
+        done = cli(*args, "--db", f"sqlite:///{typo}")
+        assert done.code == 2, done.stdout
+        assert done.stderr.startswith(f"error: no ledger at {typo}: nothing was ever recorded")
+        assert not typo.exists() and not list(tmp_path.glob("typo.db*"))
+
+
+def test_a_backup_through_a_link_to_a_file_not_there_yet_writes_that_file(
+    cli: Any, tmp_path: Path
+) -> None:
+    """`/srv/backup/latest.db -> ledger-2026-12-04.db`, made before the copy it names: the
+    backup was refused as 'a device or pipe, not a file'."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger(db).record(_spans(3))
+    (tmp_path / "kept").mkdir()
+    link, named = tmp_path / "latest.db", tmp_path / "kept" / "ledger-2026-12-04.db"
+    link.symlink_to(named)
+    done = cli("db", "backup", str(link), "--db", db)
+    assert done.code == 0, done.stderr
+    assert link.is_symlink() and link.readlink() == named
+    assert Ledger(f"sqlite:///{named}").count() == 3
+    gone = tmp_path / "gone.db"
+    gone.symlink_to(tmp_path / "no-folder" / "x.db")
+    done = cli("db", "backup", str(gone), "--db", db)
+    assert (done.code, done.stderr) == (
+        1,
+        f"error: could not back up {tmp_path / 'ledger.db'} to {tmp_path / 'no-folder' / 'x.db'}: "
+        "No such file or directory\n",
+    )
