@@ -286,18 +286,18 @@ class Relay:
         try:
             slot = await take_slot(self.fleet, self.meter, call, request.model, admission, hangup)
         except CallerGone:
-            call.span.queue_ns = time.monotonic_ns() - queued
+            call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - queued
             await close_call(self.meter, call, asyncio.CancelledError())
             return Response(status_code=499)  # nobody is there to read it
         except ServerBusy as busy:
             admission.refund()
-            call.span.queue_ns = time.monotonic_ns() - queued
+            call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - queued
             await close_call(self.meter, call, busy)
             return error_response(
                 wire, 503, str(busy), headers={"Retry-After": str(busy.retry_after)}
             )
         except BaseException as exc:  # the server is stopping while the call waits
-            call.span.queue_ns = time.monotonic_ns() - queued
+            call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - queued
             await close_call(self.meter, call, exc)
             raise
         headers = {**forward_headers(raw_headers), "content-type": "application/json"}

@@ -64,7 +64,7 @@ async def take_slot(
         # Cancelled when the caller leaves: the queue takes it out, or gives back a place
         # just granted.
         lease = await until_gone(fleet.lease(model, flow, weight=weight, caps=caps), hangup)
-    call.span.queue_ns = lease.waited_ns
+    call.span.queue_ns = (call.span.queue_ns or 0) + lease.waited_ns  # after its admission's
     call.span.upstream_host = lease.server.url
     meter.sending(call)
     return Slot(lease)

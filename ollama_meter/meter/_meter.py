@@ -160,7 +160,14 @@ class Meter:
         )
         call.input_estimate = facts.input_estimate()  # its tools too, not only its texts
         if self.budgets is not None:
+            admitting = time.perf_counter_ns()
             self._admit(self.budgets, call, facts, prices, blocking=blocking)
+            if call.bound is not None:
+                # A hard budget's admission (the budgets, the model's hidden prompt and recent
+                # calls read, a lease taken: each may wait on a busy ledger or on Ollama) comes
+                # before the call is sent: queue time, as a gateway's wait for a slot is, in
+                # its latency, never priced as Ollama's busy time nor run off its time cap.
+                span.queue_ns = (span.queue_ns or 0) + time.perf_counter_ns() - admitting
         if not opening.queued:  # admitted, it goes to Ollama now; a queued one, with its slot
             span.upstream_host = self.upstream.host
         make_storable(span)  # what observers see (telemetry exports it) and the journal keeps

@@ -1,0 +1,75 @@
+"""The time a hard budget's admission takes is the caller's wait, never Ollama's busy time."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from ollama_meter import AsyncMeteredClient, MeteredClient
+from ollama_meter.budgets import Budget
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.pricing import PriceRule
+from ollama_meter.testing import OllamaEmulator
+from tests.factories import quick_history
+
+CLIENTS = {"sync": MeteredClient, "async": AsyncMeteredClient}
+HELD_S = 1.0
+
+
+@pytest.mark.parametrize("flavour", sorted(CLIENTS))
+def test_a_budgets_admission_waiting_on_a_busy_ledger_is_queue_time_not_priced(
+    sqlite_url: str, emulator: OllamaEmulator, flavour: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where Ollama does not say how long it was busy (``/api/embed``), the meter's clock
+    stands in from when the call was sent. A call under a hard budget is admitted first: its
+    lease is taken from the ledger, and while another writer held the ledger it waited for
+    it, and that wait was counted as Ollama's time: it ran off the 0.4 s the call was
+    admitted on, so its answer was cut (OverCap) though Ollama had barely begun; under a
+    looser bound it was priced as GPU time (at 1 USD a GPU-second, a second's wait cost the
+    call 1 USD). The wait comes before the call is sent: queue time, in its latency."""
+    monkeypatch.setenv("OLLAMA_HOST", emulator.url)
+    client = CLIENTS[flavour](department="sales", tenant="acme", db_url=sqlite_url)
+    ledger = client.meter.ledger
+    ledger.add_price_rule(PriceRule(pattern="*", currency="USD", gpu_hour=Decimal(3600)))
+    ledger.save_budget(
+        Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
+    )
+    ledger.record([quick_history("nomic-embed-text")])
+    holder = sqlite3.connect(
+        sqlite_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+    )
+    holder.execute("BEGIN IMMEDIATE")  # the admission's lease waits for this writer
+    released: list[datetime] = []
+
+    def release() -> None:
+        time.sleep(HELD_S)
+        released.append(datetime.now(UTC))
+        holder.execute("COMMIT")
+
+    releasing = threading.Thread(target=release)
+    releasing.start()
+    try:
+        if isinstance(client, AsyncMeteredClient):
+            reply = asyncio.run(client.embed(model="nomic-embed-text", input="one text"))
+        else:
+            reply = client.embed(model="nomic-embed-text", input="one text")
+    finally:
+        releasing.join()
+        holder.close()
+    (span,) = ledger.latest(SpanFilter(department="sales", status="ok"), 5)[:1]
+    assert (span.id, span.duration_source) == (reply.meter.id, "measured")
+    assert span.queue_ns is not None and span.latency_ns is not None
+    priced = (span.prompt_eval_duration_ns or 0) + (span.eval_duration_ns or 0)
+    busy = priced + (span.load_duration_ns or 0)
+    assert busy + span.queue_ns == span.latency_ns  # the wait is in the latency, as queue
+    # Ollama had the call only once the admission was done, after the writer let go: the
+    # time priced as Ollama's lies wholly after that.
+    ended = span.started_at + timedelta(microseconds=span.latency_ns // 1000)
+    assert ended - timedelta(microseconds=busy // 1000) >= released[0] - timedelta(milliseconds=1)
+    assert span.cost_compute == round(Decimal(priced) / 1000)  # a micro-dollar a microsecond
