@@ -29,6 +29,8 @@ from ollama_meter.testing._models import (
 from ollama_meter.testing._wire import (
     ERROR_MIDSTREAM,
     Refusal,
+    check_format,
+    check_images,
     context_tokens,
     decode_body,
     embed_inputs,
@@ -140,8 +142,8 @@ class OllamaRoutes(Handler):
                 raise Refusal(400, f"{json.dumps(name)} does not support {kind}")
             given = options(body)
             if texts:  # the runner reads these only for a call that evaluates
-                _check_format(body.get("format"))
-                _check_images(body)
+                check_format(body.get("format"))
+                check_images(_images(body))
         except Refusal as exc:
             self._ollama_error(exc.status, exc.message)
             return
@@ -373,35 +375,12 @@ def _rendered(template: str, body: dict[str, Any]) -> str:
     return rendered
 
 
-_SCHEMA_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
-
-
-def _check_format(value: Any) -> None:
-    """A ``format`` as Ollama's runner reads it, refused in its words (a 500, not a 400)."""
-    if value in (None, "", "json"):
-        return
-    if not isinstance(value, dict):
-        quoted = json.dumps(json.dumps(value))
-        raise Refusal(
-            500, f'invalid format: {quoted}; expected "json" or a valid JSON Schema object'
-        )
-    kind = value.get("type")
-    if isinstance(kind, str) and kind not in _SCHEMA_TYPES:  # no grammar is made of it
-        raise Refusal(500, "invalid JSON schema in format")
-
-
-def _check_images(body: dict[str, Any]) -> None:
-    """An image of no bytes, refused by Ollama's runner as it makes the sequence (a 500)."""
+def _images(body: dict[str, Any]) -> list[object]:
+    """Every image a native request sends: a generate's, and each chat message's."""
     messages = body.get("messages")
-    images = [*(body.get("images") or [])] + [
+    return [*(body.get("images") or [])] + [
         image
         for message in (messages if isinstance(messages, list) else [])
         if isinstance(message, dict)
         for image in (message.get("images") or [])
     ]
-    if "" in images:
-        raise Refusal(
-            500,
-            "llm predict error: Failed to create new sequence: failed to process inputs: "
-            "received zero length image",
-        )

@@ -72,3 +72,50 @@ def test_a_requests_own_500_is_sent_once_and_opens_no_circuit_for_others(
     assert [(s.department, s.status, s.error_type, s.http_status) for s in spans] == [
         ("support", "ok", None, 200)
     ] + [("sales", "error", "bad_request", 500)] * 4
+
+
+PNG_OF_NO_BYTES = {"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}
+SCHEMA_OF_NO_TYPE = {"type": "json_schema", "json_schema": {"schema": {"type": "thing"}}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        ({"response_format": SCHEMA_OF_NO_TYPE}, "invalid JSON schema in format"),
+        ({"response_format": {"type": "json_schema", "json_schema": {"schema": "xml"}}}, "invalid format"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, PNG_OF_NO_BYTES]}]},
+            "zero length image",
+        ),
+    ],
+    ids=["schema", "format", "image"],
+)  # fmt: skip
+def test_on_v1_a_requests_own_500_is_sent_once_openai_shaped_and_opens_no_circuit(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    bad: dict[str, Any],
+    said: str,
+    stream: bool,
+) -> None:
+    """The same through Ollama's OpenAI layer, which says it in OpenAI's error object (a
+    ``response_format``'s schema is Ollama's ``format``, an ``image_url`` data URI an image):
+    what it is about is read from the object's ``message``, streamed or not."""
+    gw = app_on(emulator.url, sqlite_url)
+    body = {"model": "llama3.1:8b", "stream": stream, "messages": HI, **bad}
+    for _ in range(4):  # past the model circuit's threshold of 3
+        reply = gw.client.post("/v1/chat/completions", json=body, headers=SALES)
+        assert reply.status_code == 500, reply.text[:300]
+        error = reply.json()["error"]
+        assert said in error["message"] and error["type"] == "api_error", error
+        assert reply.headers["x-ometer-span-id"]
+    assert len(emulator.requests_to("/v1/chat/completions")) == 4  # each sent once
+    good = {"model": "llama3.1:8b", "stream": stream, "messages": HI}
+    reply = gw.client.post("/v1/chat/completions", json=good, headers=SUPPORT)
+    assert reply.status_code == 200, reply.text[:300]
+    spans = gw.ledger.latest(SpanFilter(), 10)
+    assert [(s.department, s.status, s.error_type, s.http_status) for s in spans] == [
+        ("support", "ok", None, 200)
+    ] + [("sales", "error", "bad_request", 500)] * 4
+    assert [s.input_tokens for s in spans[1:]] == [0] * 4  # refused before the model read it
