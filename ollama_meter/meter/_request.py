@@ -24,6 +24,7 @@ from ollama_meter.meter._written import (
     bytes_of,
     calls_bytes,
     json_bytes,
+    names_by_call_id,
     tools_bytes,
     web_searches,
     written_bytes,
@@ -341,6 +342,8 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     if kind == "chat":
         texts, messages, images, extra = _messages(body.get("messages"))
         extra += tools_bytes(body.get("tools"))
+        if openai:  # Ollama names each tool result by its call's id
+            extra += names_by_call_id(body.get("messages"))
     elif kind == "responses":
         texts, messages, images, extra = _responses_input(body)
         extra += tools_bytes(body.get("tools"))
