@@ -141,9 +141,10 @@ class OllamaRoutes(Handler):
             if model.embedding:
                 raise Refusal(400, f"{json.dumps(name)} does not support {kind}")
             given = options(body)
+            late = None
             if texts:  # the runner reads these only for a call that evaluates
-                check_format(body.get("format"))
                 check_images(_images(body))
+                late = _late_format(kind, body, thinks(model, think))
         except Refusal as exc:
             self._ollama_error(exc.status, exc.message)
             return
@@ -163,6 +164,7 @@ class OllamaRoutes(Handler):
             raw_mode=kind == "generate" and bool(body.get("raw")),
             think=thinks(model, think),
             tools=offered,
+            late=late,
         )
 
     def _complete(
@@ -179,7 +181,9 @@ class OllamaRoutes(Handler):
         raw_mode: bool = False,
         think: bool = False,
         tools: list[Any] | None = None,
+        late: Refusal | None = None,
     ) -> None:
+        """``late``: the refusal a stream ends with once its thinking is sent (:func:`_late_format`)."""
         began = time.monotonic_ns()  # the durations it reports are timed from here
         emu = self.emulator
         armed = emu._take_fault(model)
@@ -267,13 +271,14 @@ class OllamaRoutes(Handler):
         chunks += [envelope(piece) for piece in reply.pieces]
         if reply.tool_calls:
             chunks.append(envelope(None, calls=list(reply.tool_calls)))
+        cut = (len(reply.thinking_pieces), Fault.MIDSTREAM_ERROR) if late else None
         self.stream(
             "application/x-ndjson",
             chunks,
             lambda chunk: go_json({**chunk, "created_at": rfc3339_nano(), "done": False}) + b"\n",
-            limit=armed.cut_after if armed else None,
-            cut=fault,
-            error=go_json({"error": ERROR_MIDSTREAM}) + b"\n",
+            limit=cut[0] if cut else armed.cut_after if armed else None,
+            cut=cut[1] if cut else fault,
+            error=go_json({"error": late.message if late else ERROR_MIDSTREAM}) + b"\n",
             ending=ending,
             work=lambda index: self._spend(began, worked[index], streaming=True),
         )
@@ -373,6 +378,20 @@ def _rendered(template: str, body: dict[str, Any]) -> str:
     if "{{" in rendered:  # Go's parser, in Ollama's words (a 500)
         raise Refusal(500, "template: :1: unclosed action")
     return rendered
+
+
+def _late_format(kind: str, body: dict[str, Any], thinking: bool) -> Refusal | None:
+    """A ``format`` the runner refuses (a 500 before the answer), or, for a thinking model's
+    streamed chat, the refusal its stream ends with after the thinking: Ollama first runs the
+    chat without the format, and asks the runner for its grammar only once the thinking is
+    done (structured outputs in two passes), when the 200 and the thinking are sent."""
+    try:
+        check_format(body.get("format"))
+    except Refusal as refused:
+        if kind == "chat" and thinking and body.get("stream") is not False:
+            return refused
+        raise
+    return None
 
 
 def _images(body: dict[str, Any]) -> list[object]:
