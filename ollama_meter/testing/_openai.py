@@ -20,6 +20,7 @@ from typing import Any
 from ollama_meter.testing._faults import Fault, early
 from ollama_meter.testing._http import Handler
 from ollama_meter.testing._models import (
+    EmulatedModel,
     count_tokens,
     expected_embedding,
     find_model,
@@ -93,6 +94,22 @@ def _response_format(body: dict[str, Any]) -> Any:
     return None
 
 
+def _late_format(
+    response_format: Any, stream: bool, model: EmulatedModel, think: bool | str | None
+) -> Refusal | None:
+    """A ``format`` the runner refuses (a 500), or, for a thinking model's streamed chat, the
+    refusal that comes after the thinking (Ollama reads the format in a second pass). Ollama's
+    OpenAI layer writes that error line, inside the 200, as an empty chunk: the stream ends
+    there, with no ``[DONE]`` and no word of why."""
+    try:
+        check_format(response_format)
+    except Refusal as refused:
+        if stream and thinks(model, think):
+            return refused
+        raise
+    return None
+
+
 def _openai_calls(calls: tuple[dict[str, Any], ...], seed: str) -> list[dict[str, Any]]:
     """Tool calls as Ollama's OpenAI layer writes them: an id, the call's index, the
     arguments as a JSON string."""
@@ -155,9 +172,10 @@ class OpenAIRoutes(Handler):
                 raise Refusal(400, f"{json.dumps(name)} does not support {what}")
             if not model.thinking and think:
                 raise Refusal(400, f"{json.dumps(name)} does not support thinking")
+            late = None
             if chat:  # the runner's own refusals, a 500 (the chat handler's, dressed by the layer)
-                check_format(response_format)
                 check_images(images)
+                late = _late_format(response_format, body.get("stream") is True, model, think)
             options: dict[str, Any] = {}
             max_tokens = body.get("max_tokens")
             if isinstance(max_tokens, int | float) and not isinstance(max_tokens, bool):
@@ -278,13 +296,17 @@ class OpenAIRoutes(Handler):
             return [*chunks, b"data: [DONE]\n\n"]
 
         error = {"message": ERROR_MIDSTREAM, "type": "api_error", "param": None, "code": None}
+        limit = armed.cut_after if armed else None
+        said: dict[str, Any] = {"error": error}
+        if late:  # the layer reads the error line as an empty chunk, and the body ends there
+            limit, fault, said = len(reply.thinking_pieces), Fault.MIDSTREAM_ERROR, chunk("", None)
         self.stream(
             "text/event-stream",
             pieces,
             _event,
-            limit=armed.cut_after if armed else None,
+            limit=limit,
             cut=fault,
-            error=_event({"error": error}),
+            error=_event(said),
             ending=ending,
         )
 
