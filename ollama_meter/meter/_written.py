@@ -144,3 +144,28 @@ def names_by_call_id(messages: object) -> int:
         if str(message.get("role")).lower() == "tool" and isinstance(call_id, str):
             named += longest.get(call_id, 0)
     return named
+
+
+def arguments_bytes(arguments: object) -> int:
+    """A tool call's arguments as the template writes them. OpenAI's are JSON text, which
+    Ollama parses and Go writes again, every number a float64: ``1e20`` comes back as 21
+    digits, so a string counts as the larger of itself and what it parses to."""
+    if not isinstance(arguments, str):
+        return json_bytes(arguments)
+    try:
+        parsed = json.loads(arguments)
+    except (ValueError, RecursionError):  # Ollama refuses it: the text is all there is
+        return written_bytes(arguments)
+    return max(written_bytes(arguments), json_bytes(parsed))
+
+
+def tool_calls_bytes(calls: object) -> int:
+    """A message's ``tool_calls`` as JSON (:func:`json_bytes`), each call's ``arguments``
+    counted as the template writes them (:func:`arguments_bytes`)."""
+    total = json_bytes(calls)
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") if isinstance(call, Mapping) else None
+        arguments = function.get("arguments") if isinstance(function, Mapping) else None
+        if isinstance(arguments, str):
+            total += max(arguments_bytes(arguments) - _scalar_bytes(arguments), 0)
+    return total
