@@ -22,13 +22,21 @@ from ollama_meter import (
     InvalidRequest,
     MeteredClient,
     SpanRecord,
+    UpstreamBadRequest,
     ValidationError,
 )
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter._request import facts_of
 from ollama_meter.pricing import from_micros
-from ollama_meter.testing import Fault, OllamaEmulator, expected_embedding, expected_reply
+from ollama_meter.testing import (
+    DEFAULT_MODELS,
+    THINKING_MODEL,
+    Fault,
+    OllamaEmulator,
+    expected_embedding,
+    expected_reply,
+)
 from tests.factories import quick_history, token_prices
 
 HI = [{"role": "user", "content": "say hi to the team"}]
@@ -846,3 +854,25 @@ def test_event_loops_running_at_once_in_threads_each_keep_their_connections(
     assert asyncio.run(client.chat(model="llama3.1:8b", messages=HI)).meter is not None
     gc.collect()
     assert [ref() is None for ref in made] == [True] * 4 + [False]
+
+
+def test_a_format_refused_inside_a_thinking_stream_is_the_callers_mistake_and_opens_no_circuit(
+    sqlite_url: str,
+) -> None:
+    """Ollama reads a thinking model's ``format`` only once its thinking is streamed: the
+    refusal of a schema it cannot read comes inside the 200. Through the ``ollama`` client too,
+    it is the caller's mistake (``UpstreamBadRequest``), and the model's circuit stays shut."""
+    bad = {"model": THINKING_MODEL.name, "messages": HI, "format": {"type": "thing"}}
+    with (
+        OllamaEmulator(models=[*DEFAULT_MODELS, THINKING_MODEL]) as emu,
+        MeteredClient(emu.url, department="sales", db_url=sqlite_url) as metered,
+    ):
+        for _ in range(4):  # past the breaker's threshold of 3
+            with pytest.raises(UpstreamBadRequest, match="invalid JSON schema in format"):
+                list(metered.chat(**bad, stream=True))
+        reply = metered.chat(model=THINKING_MODEL.name, messages=HI)
+        assert reply.meter is not None and reply.meter.status == "ok"
+        spans = metered.meter.ledger.latest(SpanFilter(), 10)
+        assert [(s.status, s.error_type) for s in spans] == [("ok", None)] + [
+            ("error", "bad_request")
+        ] * 4

@@ -21,9 +21,12 @@ from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.meter._written import (
     CALL_BYTES,
     WEB_SEARCH_BYTES,
+    arguments_bytes,
     bytes_of,
     calls_bytes,
     json_bytes,
+    names_by_call_id,
+    tool_calls_bytes,
     tools_bytes,
     web_searches,
     written_bytes,
@@ -186,7 +189,11 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
         if isinstance(message.get("images"), list):
             images += len(message["images"])
         extra += calls_bytes(message.get("tool_calls")) + sum(
-            written_bytes(value) if isinstance(value, str) else json_bytes(value)
+            tool_calls_bytes(value)
+            if key == "tool_calls"
+            else written_bytes(value)
+            if isinstance(value, str)
+            else json_bytes(value)
             for key, value in message.items()
             if key not in _COUNTED_APART
         )
@@ -222,7 +229,11 @@ def _responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]
             images += pictures
         extra += CALL_BYTES if item.get("type") == "function_call" else 0
         extra += sum(  # a call's arguments are parsed, and written again as JSON
-            written_bytes(field) if isinstance(field, str) else json_bytes(field)
+            arguments_bytes(field)
+            if key == "arguments"
+            else written_bytes(field)
+            if isinstance(field, str)
+            else json_bytes(field)
             for key, field in item.items()
             if key not in _ITEM_APART
         )
@@ -341,6 +352,8 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     if kind == "chat":
         texts, messages, images, extra = _messages(body.get("messages"))
         extra += tools_bytes(body.get("tools"))
+        if openai:  # Ollama names each tool result by its call's id
+            extra += names_by_call_id(body.get("messages"))
     elif kind == "responses":
         texts, messages, images, extra = _responses_input(body)
         extra += tools_bytes(body.get("tools"))

@@ -119,3 +119,53 @@ def web_searches(tools: object) -> list[int]:
         for at, tool in enumerate(tools)
         if isinstance(tool, Mapping) and str(tool.get("type") or "").startswith("web_search")
     ]
+
+
+def names_by_call_id(messages: object) -> int:
+    """Bytes of the tool names Ollama's OpenAI layer writes into tool messages that do not
+    carry them: a ``tool`` message with no ``name`` but the ``tool_call_id`` of a call is given
+    that call's name (``nameFromToolCallID``), which the template may write with its result.
+    One call's name, named by id in a thousand results, is a thousand names in the prompt."""
+    if not isinstance(messages, list):
+        return 0
+    longest: dict[str, int] = {}  # Go takes the latest call with the id: at most the longest
+    for message in messages:
+        calls = message.get("tool_calls") if isinstance(message, Mapping) else None
+        for call in calls if isinstance(calls, list) else []:
+            function = call.get("function") if isinstance(call, Mapping) else None
+            name = function.get("name") if isinstance(function, Mapping) else None
+            if isinstance(name, str) and isinstance(call.get("id"), str):
+                longest[call["id"]] = max(longest.get(call["id"], 0), written_bytes(name))
+    named = 0
+    for message in messages:
+        if not isinstance(message, Mapping) or message.get("name"):
+            continue
+        call_id = message.get("tool_call_id")
+        if str(message.get("role")).lower() == "tool" and isinstance(call_id, str):
+            named += longest.get(call_id, 0)
+    return named
+
+
+def arguments_bytes(arguments: object) -> int:
+    """A tool call's arguments as the template writes them. OpenAI's are JSON text, which
+    Ollama parses and Go writes again, every number a float64: ``1e20`` comes back as 21
+    digits, so a string counts as the larger of itself and what it parses to."""
+    if not isinstance(arguments, str):
+        return json_bytes(arguments)
+    try:
+        parsed = json.loads(arguments)
+    except (ValueError, RecursionError):  # Ollama refuses it: the text is all there is
+        return written_bytes(arguments)
+    return max(written_bytes(arguments), json_bytes(parsed))
+
+
+def tool_calls_bytes(calls: object) -> int:
+    """A message's ``tool_calls`` as JSON (:func:`json_bytes`), each call's ``arguments``
+    counted as the template writes them (:func:`arguments_bytes`)."""
+    total = json_bytes(calls)
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") if isinstance(call, Mapping) else None
+        arguments = function.get("arguments") if isinstance(function, Mapping) else None
+        if isinstance(arguments, str):
+            total += max(arguments_bytes(arguments) - _scalar_bytes(arguments), 0)
+    return total

@@ -29,6 +29,8 @@ from ollama_meter.testing._models import (
 from ollama_meter.testing._wire import (
     ERROR_MIDSTREAM,
     Refusal,
+    check_format,
+    check_images,
     context_tokens,
     decode_body,
     embed_inputs,
@@ -139,9 +141,10 @@ class OllamaRoutes(Handler):
             if model.embedding:
                 raise Refusal(400, f"{json.dumps(name)} does not support {kind}")
             given = options(body)
+            late = None
             if texts:  # the runner reads these only for a call that evaluates
-                _check_format(body.get("format"))
-                _check_images(body)
+                check_images(_images(body))
+                late = _late_format(kind, body, thinks(model, think))
         except Refusal as exc:
             self._ollama_error(exc.status, exc.message)
             return
@@ -161,6 +164,7 @@ class OllamaRoutes(Handler):
             raw_mode=kind == "generate" and bool(body.get("raw")),
             think=thinks(model, think),
             tools=offered,
+            late=late,
         )
 
     def _complete(
@@ -177,7 +181,9 @@ class OllamaRoutes(Handler):
         raw_mode: bool = False,
         think: bool = False,
         tools: list[Any] | None = None,
+        late: Refusal | None = None,
     ) -> None:
+        """``late``: the refusal a stream ends with once its thinking is sent (:func:`_late_format`)."""
         began = time.monotonic_ns()  # the durations it reports are timed from here
         emu = self.emulator
         armed = emu._take_fault(model)
@@ -265,13 +271,14 @@ class OllamaRoutes(Handler):
         chunks += [envelope(piece) for piece in reply.pieces]
         if reply.tool_calls:
             chunks.append(envelope(None, calls=list(reply.tool_calls)))
+        cut = (len(reply.thinking_pieces), Fault.MIDSTREAM_ERROR) if late else None
         self.stream(
             "application/x-ndjson",
             chunks,
             lambda chunk: go_json({**chunk, "created_at": rfc3339_nano(), "done": False}) + b"\n",
-            limit=armed.cut_after if armed else None,
-            cut=fault,
-            error=go_json({"error": ERROR_MIDSTREAM}) + b"\n",
+            limit=cut[0] if cut else armed.cut_after if armed else None,
+            cut=cut[1] if cut else fault,
+            error=go_json({"error": late.message if late else ERROR_MIDSTREAM}) + b"\n",
             ending=ending,
             work=lambda index: self._spend(began, worked[index], streaming=True),
         )
@@ -373,35 +380,26 @@ def _rendered(template: str, body: dict[str, Any]) -> str:
     return rendered
 
 
-_SCHEMA_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+def _late_format(kind: str, body: dict[str, Any], thinking: bool) -> Refusal | None:
+    """A ``format`` the runner refuses (a 500 before the answer), or, for a thinking model's
+    streamed chat, the refusal its stream ends with after the thinking: Ollama first runs the
+    chat without the format, and asks the runner for its grammar only once the thinking is
+    done (structured outputs in two passes), when the 200 and the thinking are sent."""
+    try:
+        check_format(body.get("format"))
+    except Refusal as refused:
+        if kind == "chat" and thinking and body.get("stream") is not False:
+            return refused
+        raise
+    return None
 
 
-def _check_format(value: Any) -> None:
-    """A ``format`` as Ollama's runner reads it, refused in its words (a 500, not a 400)."""
-    if value in (None, "", "json"):
-        return
-    if not isinstance(value, dict):
-        quoted = json.dumps(json.dumps(value))
-        raise Refusal(
-            500, f'invalid format: {quoted}; expected "json" or a valid JSON Schema object'
-        )
-    kind = value.get("type")
-    if isinstance(kind, str) and kind not in _SCHEMA_TYPES:  # no grammar is made of it
-        raise Refusal(500, "invalid JSON schema in format")
-
-
-def _check_images(body: dict[str, Any]) -> None:
-    """An image of no bytes, refused by Ollama's runner as it makes the sequence (a 500)."""
+def _images(body: dict[str, Any]) -> list[object]:
+    """Every image a native request sends: a generate's, and each chat message's."""
     messages = body.get("messages")
-    images = [*(body.get("images") or [])] + [
+    return [*(body.get("images") or [])] + [
         image
         for message in (messages if isinstance(messages, list) else [])
         if isinstance(message, dict)
         for image in (message.get("images") or [])
     ]
-    if "" in images:
-        raise Refusal(
-            500,
-            "llm predict error: Failed to create new sequence: failed to process inputs: "
-            "received zero length image",
-        )

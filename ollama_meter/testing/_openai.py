@@ -20,6 +20,7 @@ from typing import Any
 from ollama_meter.testing._faults import Fault, early
 from ollama_meter.testing._http import Handler
 from ollama_meter.testing._models import (
+    EmulatedModel,
     count_tokens,
     expected_embedding,
     find_model,
@@ -30,6 +31,8 @@ from ollama_meter.testing._models import (
 from ollama_meter.testing._wire import (
     ERROR_MIDSTREAM,
     Refusal,
+    check_format,
+    check_images,
     decode_body,
     embed_inputs,
     go_json,
@@ -66,6 +69,45 @@ def _think(body: dict[str, Any]) -> bool | str | None:
         allowed = '"high", "medium", "low", or "none"'
         raise Refusal(400, f"invalid reasoning value: '{effort}' (must be {allowed})")
     return False if effort == "none" else str(effort)
+
+
+def _response_format(body: dict[str, Any]) -> Any:
+    """The ``format`` a chat's ``response_format`` asks Ollama for: ``"json"`` for a
+    ``json_object``, a ``json_schema``'s ``schema`` as it is, else none."""
+    value = body.get("response_format")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        field = "ChatCompletionRequest.response_format"
+        raise Refusal(400, unmarshal_error(value, field, "openai.ResponseFormat"))
+    kind = value.get("type")
+    if kind is not None and not isinstance(kind, str):
+        raise Refusal(
+            400, unmarshal_error(kind, "ChatCompletionRequest.response_format.type", "string")
+        )
+    kind = (kind or "").strip().lower()
+    if kind == "json_object":
+        return "json"
+    schema = value.get("json_schema")
+    if kind == "json_schema" and isinstance(schema, dict):
+        return schema.get("schema")
+    return None
+
+
+def _late_format(
+    response_format: Any, stream: bool, model: EmulatedModel, think: bool | str | None
+) -> Refusal | None:
+    """A ``format`` the runner refuses (a 500), or, for a thinking model's streamed chat, the
+    refusal that comes after the thinking (Ollama reads the format in a second pass). Ollama's
+    OpenAI layer writes that error line, inside the 200, as an empty chunk: the stream ends
+    there, with no ``[DONE]`` and no word of why."""
+    try:
+        check_format(response_format)
+    except Refusal as refused:
+        if stream and thinks(model, think):
+            return refused
+        raise
+    return None
 
 
 def _openai_calls(calls: tuple[dict[str, Any], ...], seed: str) -> list[dict[str, Any]]:
@@ -110,12 +152,14 @@ class OpenAIRoutes(Handler):
             body = decode_body(raw, go_type)
             think: bool | str | None = None
             messages: list[Any] = []
+            images: list[bytes] = []
             if chat:
                 messages = body.get("messages") or []
                 if not isinstance(messages, list) or not messages:
                     raise Refusal(400, "[] is too short - 'messages'")
-                texts = openai_texts(messages)
+                texts, images = openai_texts(messages)
                 think = _think(body)
+                response_format = _response_format(body)
             else:
                 prompt = body.get("prompt", "")
                 if not isinstance(prompt, str):
@@ -128,6 +172,10 @@ class OpenAIRoutes(Handler):
                 raise Refusal(400, f"{json.dumps(name)} does not support {what}")
             if not model.thinking and think:
                 raise Refusal(400, f"{json.dumps(name)} does not support thinking")
+            late = None
+            if chat:  # the runner's own refusals, a 500 (the chat handler's, dressed by the layer)
+                check_images(images)
+                late = _late_format(response_format, body.get("stream") is True, model, think)
             options: dict[str, Any] = {}
             max_tokens = body.get("max_tokens")
             if isinstance(max_tokens, int | float) and not isinstance(max_tokens, bool):
@@ -248,13 +296,17 @@ class OpenAIRoutes(Handler):
             return [*chunks, b"data: [DONE]\n\n"]
 
         error = {"message": ERROR_MIDSTREAM, "type": "api_error", "param": None, "code": None}
+        limit = armed.cut_after if armed else None
+        said: dict[str, Any] = {"error": error}
+        if late:  # the layer reads the error line as an empty chunk, and the body ends there
+            limit, fault, said = len(reply.thinking_pieces), Fault.MIDSTREAM_ERROR, chunk("", None)
         self.stream(
             "text/event-stream",
             pieces,
             _event,
-            limit=armed.cut_after if armed else None,
+            limit=limit,
             cut=fault,
-            error=_event({"error": error}),
+            error=_event(said),
             ending=ending,
         )
 

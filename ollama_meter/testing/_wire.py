@@ -8,6 +8,7 @@ routes (``_ollama``, ``_openai``) build their answers from it.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -238,9 +239,12 @@ def keep_alive_ns(body: Mapping[str, Any]) -> int | None:
     return _FOREVER if ns < 0 else ns
 
 
-def openai_texts(messages: Sequence[Any]) -> list[str]:
-    """Message texts the way Ollama's OpenAI layer splits them: one per text part."""
+def openai_texts(messages: Sequence[Any]) -> tuple[list[str], list[bytes]]:
+    """Message texts and images the way Ollama's OpenAI layer reads them (``FromChatRequest``):
+    one text per text part, an image per ``image_url`` part (a base64 data URI, decoded), and
+    its 400s for anything else in a content list."""
     texts: list[str] = []
+    images: list[bytes] = []
     for message in messages:
         if not isinstance(message, dict):
             raise Refusal(400, "invalid message format")
@@ -253,11 +257,63 @@ def openai_texts(messages: Sequence[Any]) -> list[str]:
                     raise Refusal(400, "invalid message format")
                 if part.get("type") == "text" and isinstance(part.get("text"), str):
                     texts.append(part["text"])
+                elif part.get("type") == "image_url":
+                    images.append(_data_uri(part.get("image_url")))
+                else:
+                    raise Refusal(400, "invalid message format")
         elif content is None and message.get("tool_calls"):
             texts.append("")
         else:
             raise Refusal(400, f"invalid message content type: {go_kind(content)}")
-    return texts
+    return texts, images
+
+
+_IMAGE_PREFIXES = (
+    "data:;base64,",
+    *(f"data:image/{t};base64," for t in ("jpeg", "jpg", "png", "webp")),
+)
+
+
+def _data_uri(value: object) -> bytes:
+    """An ``image_url`` part's picture: its ``url`` (or the value itself, a string), a base64
+    data URI of a type Ollama takes, decoded; Ollama's 400 otherwise (it fetches no URL)."""
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str):
+        raise Refusal(400, "invalid message format")
+    prefix = next((p for p in _IMAGE_PREFIXES if url.startswith(p)), None)
+    if prefix is None:
+        raise Refusal(400, "invalid image input")
+    try:
+        return base64.b64decode(url.removeprefix(prefix), validate=True)
+    except ValueError:
+        raise Refusal(400, "invalid message format") from None
+
+
+_SCHEMA_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+
+
+def check_format(value: Any) -> None:
+    """A ``format`` as Ollama's runner reads it, refused in its words (a 500, not a 400)."""
+    if value in (None, "", "json"):
+        return
+    if not isinstance(value, dict):
+        quoted = json.dumps(json.dumps(value))
+        raise Refusal(
+            500, f'invalid format: {quoted}; expected "json" or a valid JSON Schema object'
+        )
+    kind = value.get("type")
+    if isinstance(kind, str) and kind not in _SCHEMA_TYPES:  # no grammar is made of it
+        raise Refusal(500, "invalid JSON schema in format")
+
+
+def check_images(images: Sequence[object]) -> None:
+    """An image of no bytes, refused by Ollama's runner as it makes the sequence (a 500)."""
+    if any(len(image) == 0 for image in images if isinstance(image, str | bytes)):
+        raise Refusal(
+            500,
+            "llm predict error: Failed to create new sequence: failed to process inputs: "
+            "received zero length image",
+        )
 
 
 def context_tokens(texts: Sequence[str], reply: ExpectedReply) -> list[int]:

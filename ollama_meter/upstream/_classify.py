@@ -217,8 +217,16 @@ def reported_error(obj: Mapping[str, Any] | Any) -> UpstreamError | None:
     return mid_stream_error(error_text(error or "the answer ended with done_reason 'error'"))
 
 
-def mid_stream_error(detail: str) -> StreamError:
-    """A failure Ollama reported in a 200 answer (an ``{"error": ...}`` line or object), streamed or whole."""
+def mid_stream_error(detail: str) -> UpstreamError:
+    """A failure Ollama reported in a 200 answer (an ``{"error": ...}`` line or object), streamed or whole.
+
+    The request's own fault (:data:`_CALLERS_FAULT`) is that wherever it is said: a thinking
+    model's streamed chat runs first without its ``format``, and Ollama asks for the grammar
+    only once the thinking is sent, so a schema it cannot read is refused inside the 200, in
+    the words of the 500 it is otherwise. Read as the stream breaking, three such calls from
+    one caller opened the model's circuit for every other caller."""
+    if _CALLERS_FAULT.match(detail):
+        return UpstreamBadRequest(f"Ollama refused the request after it began answering: {detail}")
     return StreamError(f"Ollama failed while answering: {detail}")
 
 

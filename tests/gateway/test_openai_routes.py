@@ -213,3 +213,38 @@ def test_a_stream_broken_after_its_tool_call_estimates_the_call_from_its_length(
         tokens_in_chars(chars),
         "estimated",
     )
+
+
+def test_a_schema_refused_after_the_reasoning_ends_the_stream_in_an_error_the_client_raises(
+    gw: Gateway, thinker: OllamaEmulator
+) -> None:
+    """A thinking model's streamed chat runs without its ``response_format`` until the
+    reasoning is sent; a schema Ollama then cannot read is refused inside the 200, and Ollama's
+    OpenAI layer writes that error line as an empty chunk and ends the body, with no
+    ``[DONE]`` and no word of why. The gateway ends the stream with its error event (the
+    official client raises) and charges the reasoning streamed, estimated; the words that
+    would mark it the caller's fault are lost upstream (on ``/api/chat`` they are kept,
+    ``test_callers_own_500s.py``)."""
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "thing"}}}
+    got: list[Any] = []
+    answer = client.chat.completions.create(
+        model="qwen3:8b",
+        messages=WEATHER_QUESTION,  # type: ignore[arg-type]
+        stream=True,
+        response_format=schema,  # type: ignore[arg-type]
+    )
+    with pytest.raises(openai.APIError, match="ended without its final chunk"):
+        got.extend(answer)
+    reasoning = expected_reply("qwen3:8b", WEATHER_QUESTION).thinking_pieces
+    assert [c.choices[0].delta.model_extra["reasoning"] for c in got[: len(reasoning)]] == list(
+        reasoning
+    )
+    assert all(not c.choices[0].delta.content for c in got)
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.error_type, span.token_source) == (
+        "error",
+        "stream_error",
+        "estimated",
+    )
+    assert span.output_tokens == len(reasoning)

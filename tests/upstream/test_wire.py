@@ -310,3 +310,32 @@ def test_thinking_and_tool_calls_say_how_long_they_are_in_every_shape() -> None:
     message = {"role": "assistant", "content": "", "reasoning": "hmm", "tool_calls": [openai_call]}
     answer = {"choices": [{"message": message, "finish_reason": "tool_calls"}]}
     assert OPENAI.reader("openai.chat").read(answer) == [Delta("", True, chars, calls)]
+
+
+@pytest.mark.parametrize(
+    ("said", "kind"),
+    [
+        ("invalid JSON schema in format", UpstreamBadRequest),
+        ('invalid format: "\\"xml\\""; expected "json" or a valid JSON Schema object', UpstreamBadRequest),
+        ("llm predict error: Failed to create new sequence: received zero length image", UpstreamBadRequest),
+        ("template: :1: unclosed action", UpstreamBadRequest),
+        ("an error was encountered while running the model: unexpected EOF", StreamError),
+    ],
+)  # fmt: skip
+def test_a_refusal_is_read_alike_whether_it_comes_as_a_500_or_inside_a_200(
+    said: str, kind: type
+) -> None:
+    """The request's own fault, said by Ollama as a 500 (its body or OpenAI's object) or inside
+    a 200 (a native error line, an SSE error event, an error object answering whole), is
+    one error type; Ollama's own failure stays one too (a 5xx before, a broken stream after)."""
+    before = kind if kind is UpstreamBadRequest else UpstreamServerError
+    for body in (json.dumps({"error": said}), json.dumps({"error": {"message": said}})):
+        error = answer_error(500, detail_of(body), host=HOST, model="x")
+        assert type(error) is before and said in str(error)
+    inside = [
+        OLLAMA.reader("chat").read({"error": said}),
+        OPENAI.reader("openai.chat").read({"error": {"message": said, "type": "api_error"}}),
+        [reported_error({"done": True, "done_reason": "error", "error": said})],
+    ]
+    for (error,) in inside:
+        assert type(error) is kind and said in str(error), error
