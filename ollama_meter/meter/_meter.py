@@ -160,14 +160,7 @@ class Meter:
         )
         call.input_estimate = facts.input_estimate()  # its tools too, not only its texts
         if self.budgets is not None:
-            admitting = time.perf_counter_ns()
             self._admit(self.budgets, call, facts, prices, blocking=blocking)
-            if call.bound is not None:
-                # A hard budget's admission (the budgets, the model's hidden prompt and recent
-                # calls read, a lease taken: each may wait on a busy ledger or on Ollama) comes
-                # before the call is sent: queue time, as a gateway's wait for a slot is, in
-                # its latency, never priced as Ollama's busy time nor run off its time cap.
-                span.queue_ns = (span.queue_ns or 0) + time.perf_counter_ns() - admitting
         if not opening.queued:  # admitted, it goes to Ollama now; a queued one, with its slot
             span.upstream_host = self.upstream.host
         make_storable(span)  # what observers see (telemetry exports it) and the journal keeps
@@ -220,7 +213,7 @@ class Meter:
         in the field Ollama honours (:attr:`reply_cap` when the caller set none): so the
         bound holds whatever field the caller named its cap in, and however Ollama reads it.
         """
-        span = call.span
+        span, admitting = call.span, time.perf_counter_ns()
         if blocking:
             covering = gate.budgets_for(span.tenant, span.department)
         else:
@@ -254,6 +247,10 @@ class Meter:
                 now=span.started_at,
                 blocking=blocking,
             )
+            # The admission (which may wait on a busy ledger, or on Ollama for the model's
+            # prompt) came before the call is sent: queue time, as a gateway's wait for a
+            # slot is, in its latency; not Ollama's, so neither priced nor run off its cap.
+            span.queue_ns = (span.queue_ns or 0) + time.perf_counter_ns() - admitting
         except LedgerError as exc:
             # A hard budget that cannot be checked is not waved through.
             unchecked = LedgerError(
@@ -302,10 +299,8 @@ class Meter:
         stream: bool = False,
         status: Status = Status.ERROR,
     ) -> SpanRecord:
-        """Record a call refused before metering could start (a malformed request, no key).
-
-        ``status`` REJECTED: refused by policy (a rate limit), not failed.
-        """
+        """Record a call refused before metering could start (a malformed request, no key);
+        ``status`` REJECTED: refused by policy (a rate limit), not failed."""
         prices = self.prices()
         span = self._new_span(operation, model[:255], stream, attribution, prices.currency)
         span.fail(error_type, message, status=status, http_status=http_status, instant=True)
@@ -319,10 +314,8 @@ class Meter:
 
     def close(self, call: MeteredCall, error: BaseException | None = None) -> SpanRecord:
         """Measure, price and write the call; the span is durable when this returns (in the
-        journal, when it waits for its commit: :attr:`behind`).
-
-        Raises :class:`LedgerError` only when not even memory can keep the span.
-        """
+        journal, when it waits for its commit: :attr:`behind`). Raises :class:`LedgerError`
+        only when not even memory can keep the span."""
         behind = self.behind
         return self._close(call, error, behind=behind is not None and behind.room(call))
 
@@ -380,13 +373,12 @@ class Meter:
         """Hand a finished span to the observers, then make it durable; says where it went
         (None: whole in the journal, waiting for its commit: :attr:`behind`).
 
-        Hooks see it before it is written, so the tags they add are kept; what they or
-        anyone else put in it is made storable last. (``storable``: it is, and only
-        observers could change that.) An interrupt in a hook is raised once the span is
-        written (and ``call.stored`` says where). ``away``: why the ledger cannot take
-        it (found so just now): it goes to the spool at once. ``behind``: it may wait for its
-        commit (``here``: must, on an event loop).
-        """
+        Hooks see it before it is written, so the tags they add are kept; what they or anyone
+        else put in it is made storable last (``storable``: it is, and only observers could
+        change that). An interrupt in a hook is raised once the span is written (and
+        ``call.stored`` says where). ``away``: why the ledger cannot take it (found so just
+        now): it goes to the spool at once. ``behind``: it may wait for its commit (``here``:
+        must, on an event loop)."""
         if not storable:
             make_storable(span)
         stopped = None
