@@ -120,18 +120,22 @@ class Lease:
     def waited_ns(self) -> int:
         return self._grant.waited_ns
 
-    def attempts(self, model: str, *, elsewhere: bool, waits: Waits | None = None) -> CallAttempts:
+    def attempts(
+        self, model: str, *, elsewhere: bool, waits: Waits | None = None, caller: str = ""
+    ) -> CallAttempts:
         """The call's way through this server's breaker (CircuitOpen if closed to it).
 
         ``elsewhere``: another server can take the call, so a transient failure here ends
         this server's part at once and the call moves on (the move is its retry); else
         the server's own retry policy applies. ``waits``: who is told of the waits
-        between attempts.
+        between attempts. ``caller``: whose call it is, for the model's circuit.
         """
         pool = self.server.pool
         retry = replace(pool.retry, retries=0) if elsewhere else pool.retry
         # One circuit per model, however the call spells it: the one routing asks about.
-        return CallAttempts(pool.breaker, retry, model, circuit=model_key(model), waits=waits)
+        return CallAttempts(
+            pool.breaker, retry, model, circuit=model_key(model), waits=waits, caller=caller
+        )
 
     def release(self) -> None:
         self._grant.release()

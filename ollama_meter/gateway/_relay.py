@@ -159,11 +159,9 @@ class _Answered:
         return Response(content, status_code=200, media_type=media_type)
 
     async def stream(self, hangup: Hangup | None = None) -> AsyncIterator[bytes]:
-        """The answer item by item; the last one after the span is written.
-
-        The client gets the answer its span describes: nothing after the answer's end,
-        and an item that is not one (a line that is not a JSON object) breaks the stream.
-        """
+        """The answer item by item; the last one after the span is written. The client gets
+        the answer its span describes: nothing after the answer's end, and an item that is
+        not one (a line that is not a JSON object) breaks the stream."""
         call, request, wire = self.call, self.request, self.wire
         response, pool = self.response, self.pool
         separator = wire.separator
@@ -355,7 +353,8 @@ class Relay:
             elsewhere = fleet.can_move(model, {*tried, server.url})
             began = time.perf_counter_ns()
             try:
-                attempts = slot.lease.attempts(model, elsewhere=elsewhere, waits=call)
+                who = f"{call.span.tenant}/{call.span.department}"  # a circuit of its own
+                attempts = slot.lease.attempts(model, elsewhere=elsewhere, waits=call, caller=who)
                 async with call.in_time(call.deadline()):  # a whole answer comes at its end
                     sent = await server.pool.send(
                         attempts, request.path, body=content, query=query, headers=headers

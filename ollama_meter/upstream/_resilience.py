@@ -18,6 +18,12 @@ opens after ``threshold`` consecutive failed calls, fails fast with
 :class:`CircuitOpen` until ``reset_after`` seconds pass, then lets one trial
 call through, whose outcome closes or re-opens it.
 
+A call may name its caller (the gateway names the tenant and department). Then a model's
+circuit opens only on failures from two callers or more: a run of one caller's failures is
+likely its requests' own doing (a mistake Ollama answers as a server error, in words no
+classifier knows yet), so it opens that caller's circuit for the model, and the other
+callers' calls still reach it. Calls that name no caller count as before.
+
 The two transports (the ``ollama`` client in ``_sdk.py``, the gateway's pooled
 aiohttp client in ``_pooled.py``) are :class:`Resilient`: each drives every call
 through :class:`CallAttempts`, whose :meth:`~CallAttempts.run` is the one retry loop.
@@ -47,6 +53,7 @@ _HOST_SILENT = frozenset({"connection", "timeout"})
 _MAX_MODEL_CIRCUITS = 4096
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 class Waits(Protocol):
@@ -93,6 +100,8 @@ class _Circuit:
     failures: int = 0
     opened_at: float | None = None
     trial_running: bool = False
+    callers: set[str] = field(default_factory=set)
+    """Whose calls failed in the run (a model's circuit): ``""`` for calls that name none."""
 
 
 @dataclass(slots=True)
@@ -100,8 +109,10 @@ class Ticket:
     """One call's admission: which circuits let it through as their trial."""
 
     model: str
+    caller: str = ""
     host_trial: bool = False
     model_trial: bool = False
+    caller_trial: bool = False
     settled: bool = field(default=False, repr=False)
 
 
@@ -123,10 +134,14 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._host = _Circuit()
         self._models: dict[str, _Circuit] = {}
+        self._callers: dict[tuple[str, str], _Circuit] = {}  # (model, caller)
 
-    def state(self, model: str | None = None) -> str:
-        """``closed``, ``open`` or ``half_open``: the host's circuit, or ``model``'s."""
+    def state(self, model: str | None = None, caller: str = "") -> str:
+        """``closed``, ``open`` or ``half_open``: the host's circuit, ``model``'s, or the one
+        ``caller`` has for ``model``."""
         with self._lock:
+            if model is not None and caller:
+                return self._state(self._callers.get((model, caller), _Circuit()))
             circuit = self._host if model is None else self._models.get(model, _Circuit())
             return self._state(circuit)
 
@@ -143,11 +158,12 @@ class CircuitBreaker:
             return "half_open"
         return "open"
 
-    def admit(self, model: str) -> Ticket:
-        """Let a call to ``model`` through, or raise :class:`CircuitOpen` saying until when."""
+    def admit(self, model: str, caller: str = "") -> Ticket:
+        """Let ``caller``'s call to ``model`` through, or raise :class:`CircuitOpen` saying until when."""
         with self._lock:
-            ticket = Ticket(model)
+            ticket = Ticket(model, caller)
             circuit = self._models.get(model)
+            own = self._callers.get((model, caller)) if caller else None
             refused = self._refusal(self._host, f"Ollama at {self.host}")
             if refused is None and circuit is not None:
                 refused = self._refusal(
@@ -155,12 +171,20 @@ class CircuitBreaker:
                     f"model {model!r} on {self.host}",
                     hint="; other models on this server are not affected",
                 )
+            if refused is None and own is not None:
+                refused = self._refusal(
+                    own,
+                    f"model {model!r} on {self.host}, called by {caller},",
+                    hint="; other callers of the model are not affected",
+                )
             if refused is not None:
                 raise refused
             if self._state(self._host) == "half_open":
                 self._host.trial_running = ticket.host_trial = True
             if circuit is not None and self._state(circuit) == "half_open":
                 circuit.trial_running = ticket.model_trial = True
+            if own is not None and self._state(own) == "half_open":
+                own.trial_running = ticket.caller_trial = True
             return ticket
 
     def _refusal(self, circuit: _Circuit, what: str, hint: str = "") -> CircuitOpen | None:
@@ -189,9 +213,12 @@ class CircuitBreaker:
             sent = isinstance(outcome, UpstreamError) and outcome.reached_upstream
             kind = outcome.error_type if sent and isinstance(outcome, UpstreamError) else None
             circuit = self._models.get(ticket.model)
+            mine = (ticket.model, ticket.caller)
+            own = self._callers.get(mine) if ticket.caller else None
             if outcome is None:
                 self._host = _Circuit()
                 self._models.pop(ticket.model, None)
+                self._callers.pop(mine, None)
                 return
             if kind is not None and kind not in _HOST_SILENT:
                 self._host = _Circuit()  # the host answered
@@ -201,11 +228,21 @@ class CircuitBreaker:
                 self._fail(self._host, ticket.host_trial)
             if ticket.model_trial and circuit is not None:
                 circuit.trial_running = False
+            if ticket.caller_trial and own is not None:
+                own.trial_running = False
             if kind in _MODEL_FAILURES:
                 if circuit is None:
                     circuit = self._models[ticket.model] = _Circuit()
                     self._forget_closed()
-                self._fail(circuit, ticket.model_trial)
+                circuit.callers.add(ticket.caller)
+                # One named caller's run of failures opens its own circuit, not everyone's.
+                many = len(circuit.callers) > 1 or "" in circuit.callers
+                self._fail(circuit, ticket.model_trial, opens=many)
+                if ticket.caller:
+                    if own is None:
+                        own = self._callers[mine] = _Circuit()
+                        self._forget_closed()
+                    self._fail(own, ticket.caller_trial)
 
     def answered(self) -> None:
         """The host answered a health check (the gateway's discovery): close the host's circuit.
@@ -216,17 +253,22 @@ class CircuitBreaker:
         with self._lock:
             self._host = _Circuit()
 
-    def _fail(self, circuit: _Circuit, was_trial: bool) -> None:
+    def _fail(self, circuit: _Circuit, was_trial: bool, *, opens: bool = True) -> None:
         circuit.failures += 1
         circuit.trial_running = False
-        if was_trial or circuit.failures >= self.threshold:
+        if was_trial or (opens and circuit.failures >= self.threshold):
             circuit.opened_at = self._clock()
 
     def _forget_closed(self) -> None:
         # Model names come from callers: keep the table bounded by dropping closed circuits.
-        if len(self._models) > _MAX_MODEL_CIRCUITS:
-            for name in [n for n, c in self._models.items() if c.opened_at is None]:
-                del self._models[name]
+        _forget_closed(self._models)
+        _forget_closed(self._callers)
+
+
+def _forget_closed(circuits: dict[K, _Circuit]) -> None:
+    if len(circuits) > _MAX_MODEL_CIRCUITS:
+        for name in [n for n, c in circuits.items() if c.opened_at is None]:
+            del circuits[name]
 
 
 class CallAttempts:
@@ -244,14 +286,15 @@ class CallAttempts:
         *,
         circuit: str | None = None,
         waits: Waits | None = None,
+        caller: str = "",
     ) -> None:
         """``circuit``: the name the model's circuit goes by (default ``model``, as asked),
         so that every spelling of one model shares one circuit. ``waits``: who is told of
-        the waits between attempts."""
+        the waits between attempts. ``caller``: whose call it is (see :class:`CircuitBreaker`)."""
         self._breaker = breaker
         self._retry = retry
         self._waits = waits
-        self._ticket = breaker.admit(circuit or model)
+        self._ticket = breaker.admit(circuit or model, caller)
         self.model = model
         self.attempts = 0
 

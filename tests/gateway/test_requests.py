@@ -367,9 +367,12 @@ def test_cli_and_gateway_classify_a_missing_route_alike(emulator: OllamaEmulator
     assert json.loads(json.dumps({"ok": True}))
 
 
+@pytest.mark.parametrize("callers", [["sales", "support", "sales"], ["sales"] * 3])
 def test_a_trial_calls_own_retry_is_not_refused_by_the_circuit_it_reopened(
-    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str
+    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, callers: list[str]
 ) -> None:
+    """Failures from two departments open the model's circuit; one department's, the circuit
+    it has for the model (``test_callers_circuits.py``): either one's trial is retried."""
     from ollama_meter.config import load_settings
     from ollama_meter.upstream import breaker_for
 
@@ -387,19 +390,26 @@ def test_a_trial_calls_own_retry_is_not_refused_by_the_circuit_it_reopened(
     gw = serve_on(emulator.url, sqlite_url)
     body = {"model": "mistral:7b", "messages": HI, "stream": False}
     emulator.inject(Fault.HTTP_503, times=9)
-    for _ in range(3):
-        assert httpx.post(f"{gw.url}/api/chat", json=body).status_code == 503
-    assert breaker.state("mistral:7b") == "open"
-    assert httpx.post(f"{gw.url}/api/chat", json=body).status_code == 503  # open: not sent
+    for department in callers:
+        sent = httpx.post(f"{gw.url}/api/chat", json=body, headers=_from(department))
+        assert sent.status_code == 503
+    circuit = ("mistral:7b", "" if len(set(callers)) > 1 else "default/sales")
+    assert breaker.state(*circuit) == "open"
+    refused = httpx.post(f"{gw.url}/api/chat", json=body, headers=_from("sales"))
+    assert refused.status_code == 503  # open: not sent
     assert len(emulator.requests_to("/api/chat")) == 9
     now[0] += reset
-    assert breaker.state("mistral:7b") == "half_open"  # the next call is the trial
+    assert breaker.state(*circuit) == "half_open"  # the next call is the trial
     emulator.inject(Fault.HTTP_503)  # ... whose first attempt fails and reopens the circuit
-    assert httpx.post(f"{gw.url}/api/chat", json=body).status_code == 200
+    assert httpx.post(f"{gw.url}/api/chat", json=body, headers=_from("sales")).status_code == 200
     trial = spans(gw)[0]
     assert (trial.status, trial.error_type) == ("ok", None)  # its retry went through
     assert len(emulator.requests_to("/api/chat")) == 11
-    assert breaker.state("mistral:7b") == "closed"
+    assert breaker.state(*circuit) == "closed"
+
+
+def _from(department: str) -> dict[str, str]:
+    return {"X-Ometer-Department": department}
 
 
 def test_header_limit_and_trailers_in_the_http_protocol(

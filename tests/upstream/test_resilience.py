@@ -370,3 +370,49 @@ def test_a_trial_whose_caller_leaves_while_it_waits_to_retry_ends_its_trial(flav
     assert b.state("m") == "half_open" and b.failures("m") == 1
     b.settle(b.admit("m"), None)  # the next caller is let through, and closes it
     assert b.state("m") == "closed"
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["", "acme/sales", "acme/support"]), OUTCOMES), max_size=60)
+)
+def test_one_callers_run_of_failures_refuses_that_caller_alone(
+    calls: list[tuple[str, BaseException | None]],
+) -> None:
+    """Against a reference: a call that names its caller is refused when its own last 3 calls
+    to the model failed, or when the model's last 3 failed and more than one caller (or a
+    call naming none) failed among them; one caller's run never refuses another's calls.
+    Calls that name no caller count as before: 3 failures in a row open the model."""
+    b, _ = breaker(threshold=3)
+    host = 0
+    model_run: list[str] = []  # whose were the model's failures since its last success
+    own = {"acme/sales": 0, "acme/support": 0}
+    opened = False
+    for caller, outcome in calls:
+        refused = host >= 3 or opened or own.get(caller, 0) >= 3
+        said = []
+        try:
+            ticket = b.admit("m", caller)
+        except CircuitOpen as exc:
+            said.append(str(exc))
+        if said:
+            assert refused
+            if caller and own[caller] >= 3 and not opened and host < 3:
+                assert f"called by {caller}, failed" in said[0]
+            continue
+        assert not refused, (caller, model_run, own)
+        b.settle(ticket, outcome)
+        kind = outcome.error_type if isinstance(outcome, UpstreamError) else None
+        if outcome is None:
+            host, model_run = 0, []
+            if caller:
+                own[caller] = 0
+        elif kind == "connection":
+            host += 1
+        elif kind is not None:
+            host = 0 if kind != "timeout" else host
+            if kind in ("upstream_5xx", "timeout", "stream_error"):
+                model_run.append(caller)
+                if caller:
+                    own[caller] += 1
+                many = len(set(model_run)) > 1 or "" in model_run
+                opened = opened or (len(model_run) >= 3 and many)
