@@ -116,6 +116,7 @@ class Run:
                             parts.throw(failure)  # the transport counts it, and raises it back
                         if last is not None:
                             yield last
+                            call.read_here()  # not in a child forked meanwhile
                         last = part
                 except UpstreamError:
                     if last is not None:  # read ahead and charged: handed over before the failure
@@ -157,6 +158,7 @@ class Run:
                             await parts.athrow(failure)
                         if last is not None:
                             yield last
+                            call.read_here()
                         last = part
                 except UpstreamError:
                     if last is not None:
