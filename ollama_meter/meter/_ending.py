@@ -1,14 +1,25 @@
-"""How a call ends: its outcome on its span.
+"""How a call ends: its outcome on its span, and the calls the interpreter's exit ends.
 
 Owns the words a span's status is said in (ok, Ollama's failure as classified, an abort,
-a failure of ours); never the measuring, pricing or writing, which are the meter's.
+a failure of ours) and the calls still open as the interpreter exits; never the measuring,
+pricing or writing, which are the meter's.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import weakref
+from typing import TYPE_CHECKING
+
 from ollama_meter.errors import UpstreamError
-from ollama_meter.meter._call import CALLER_STOPPED
+from ollama_meter.meter._call import CALLER_STOPPED, MeteredCall
 from ollama_meter.records import NO_HOST, SpanRecord, Status
+
+if TYPE_CHECKING:
+    from ollama_meter.meter._meter import Meter
+
+log = logging.getLogger("ollama_meter.meter")
 
 
 def mark_ended(span: SpanRecord, error: BaseException | None) -> None:
@@ -25,3 +36,33 @@ def mark_ended(span: SpanRecord, error: BaseException | None) -> None:
         span.fail("client_abort", status=Status.CLIENT_ABORT)
     else:
         span.fail(type(error).__name__, str(error))
+
+
+_OPEN: weakref.WeakKeyDictionary[MeteredCall, Meter] = weakref.WeakKeyDictionary()
+"""The calls of the ``ollama`` client's driver (:class:`Run`) that may be open, by their meter."""
+_AT_EXIT: list[bool] = []
+
+
+def close_at_exit(meter: Meter, call: MeteredCall) -> None:
+    """Have ``call`` closed as the interpreter exits, if nothing closed it by then: a stream
+    left open (kept in a list, read by a daemon thread, on an event loop never shut down).
+    Left to be collected, its span was written as the interpreter came apart, or not at all:
+    what the ledger needs was gone ("sys.meta_path is None" on stderr), or its generator never
+    ran again, and the call was in the journal only, for a later process to charge as
+    ``interrupted`` (its prompt, estimated, none of the answer read).
+
+    Registered with :mod:`atexit` at the first call, after the parts the span goes to
+    (telemetry) registered theirs: handlers run newest first, so those are still open."""
+    _OPEN[call] = meter
+    if not _AT_EXIT:
+        _AT_EXIT.append(True)
+        atexit.register(_close_left_open)
+
+
+def _close_left_open() -> None:
+    """End each call still open as its caller's abort, with what it had read by now."""
+    for call, meter in list(_OPEN.items()):
+        try:
+            meter.close(call, SystemExit())  # closed already, or a forked parent's: nothing
+        except BaseException as exc:  # the others must still be recorded
+            log.warning("a call left open at exit could not be recorded: %s", exc)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from ollama_meter.errors import UpstreamError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
+from ollama_meter.meter._ending import close_at_exit
 from ollama_meter.meter._request import Opening, facts_of, with_output_cap
 from ollama_meter.records import SpanRecord
 from ollama_meter.upstream import OLLAMA
@@ -97,6 +98,7 @@ class Run:
                 facts_of(self.operation, sent),
             )
         )
+        close_at_exit(self._meter, call)
         if call.output_cap is not None:
             self.request = with_output_cap(self.operation, self.request, call.output_cap)
         return call
