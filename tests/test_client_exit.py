@@ -45,6 +45,21 @@ elif case == "read by a daemon thread":  # never resumed
 
     threading.Thread(target=reader, daemon=True).start()
     read.wait()
+elif case == "kept in a multiprocessing child":  # which leaves by os._exit: no atexit
+    import multiprocessing
+
+    client = MeteredClient(host, db_url=url)
+    kept = []
+
+    def opened():
+        stream = client.chat(model="llama3.1:8b", messages=HI, stream=True)
+        next(stream), next(stream)
+        kept.append(stream)
+
+    child = multiprocessing.get_context("fork").Process(target=opened)
+    child.start()
+    child.join()
+    assert child.exitcode == 0
 else:  # on an event loop never shut down: nothing closes its async generators
 
     async def opened():
@@ -58,7 +73,13 @@ else:  # on an event loop never shut down: nothing closes its async generators
 
 
 @pytest.mark.parametrize(
-    "case", ["kept in a list", "read by a daemon thread", "on a loop never shut down"]
+    "case",
+    [
+        "kept in a list",
+        "read by a daemon thread",
+        "on a loop never shut down",
+        "kept in a multiprocessing child",
+    ],
 )
 def test_a_stream_left_open_at_exit_is_one_abort_written_as_the_process_exits(
     emulator: OllamaEmulator, tmp_path: Path, case: str

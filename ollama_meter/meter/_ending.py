@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import weakref
 from typing import TYPE_CHECKING
 
@@ -40,7 +41,8 @@ def mark_ended(span: SpanRecord, error: BaseException | None) -> None:
 
 _OPEN: weakref.WeakKeyDictionary[MeteredCall, Meter] = weakref.WeakKeyDictionary()
 """The calls of the ``ollama`` client's driver (:class:`Run`) that may be open, by their meter."""
-_AT_EXIT: list[bool] = []
+_AT_EXIT: list[int] = []
+"""The processes that have :func:`_close_left_open` run as they exit (a fork copies the list)."""
 
 
 def close_at_exit(meter: Meter, call: MeteredCall) -> None:
@@ -51,12 +53,17 @@ def close_at_exit(meter: Meter, call: MeteredCall) -> None:
     ran again, and the call was in the journal only, for a later process to charge as
     ``interrupted`` (its prompt, estimated, none of the answer read).
 
-    Registered with :mod:`atexit` at the first call, after the parts the span goes to
-    (telemetry) registered theirs: handlers run newest first, so those are still open."""
+    Registered with :mod:`atexit` at a process's first call, after the parts the span goes to
+    (telemetry) registered theirs: handlers run newest first, so those are still open. A
+    child of :mod:`multiprocessing` runs no atexit handler (it leaves by ``os._exit``) but
+    that module's finalizers, so it is one of those too."""
     _OPEN[call] = meter
-    if not _AT_EXIT:
-        _AT_EXIT.append(True)
+    if os.getpid() not in _AT_EXIT:
+        _AT_EXIT.append(os.getpid())
         atexit.register(_close_left_open)
+        from multiprocessing.util import Finalize
+
+        Finalize(None, _close_left_open, exitpriority=0)
 
 
 def _close_left_open() -> None:
