@@ -336,3 +336,38 @@ def test_a_stream_open_at_a_fork_is_read_and_recorded_by_the_parent_alone(
         (parts[-1].meter.id, "ok", expected.prompt_tokens, expected.output_tokens)
     ]
     assert parts[-1].meter.cost == cost
+
+
+@pytest.mark.parametrize("holder", ["reloading the prices", "building a runtime part"])
+def test_a_child_forked_while_a_thread_holds_a_lock_of_ours_has_it_free(holder: str) -> None:
+    """A fork taken while a thread of the parent held a lock of ours left the child's copy
+    held for ever: a multiprocessing pool forked while a thread called reloaded the prices
+    (the lock held while the ledger is read), and a worker's first call waited for ever (one
+    run in fifteen hung). What the lock guards is the child's to do again."""
+    from ollama_meter._reloaded import Reloaded
+    from ollama_meter._runtime import Runtime
+
+    parent, inside, go_on = os.getpid(), threading.Event(), threading.Event()
+
+    def load() -> str:
+        if os.getpid() != parent:
+            return "the child's"
+        inside.set()
+        go_on.wait()
+        return "the parent's"
+
+    prices = Reloaded(load, ttl=0, what="prices")  # read at every get
+    parts = Runtime()
+    work = prices.get if holder == "reloading the prices" else lambda: parts.shared("k", 1, load)
+    held = threading.Thread(target=work)
+    held.start()
+    try:
+        inside.wait()
+        if holder == "reloading the prices":
+            _, result = forked(prices.get)
+        else:
+            _, result = forked(lambda: parts.shared("k", 1, load))
+        assert result() == "the child's"
+    finally:
+        go_on.set()
+        held.join()
