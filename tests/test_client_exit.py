@@ -107,3 +107,34 @@ def test_a_stream_left_open_at_exit_is_one_abort_written_as_the_process_exits(
     ]
     (span,) = spans
     assert span.cost_total == (span.input_tokens * 1000 + 3 * 2000)
+
+
+def test_an_async_stream_dropped_after_its_loop_closed_is_recorded_then(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """A loop run with ``run_until_complete`` and closed leaves no loop to close the streams
+    it had open: one dropped then was left in the journal (for a later process to charge as
+    ``interrupted``), and gone from memory. Its call now ends as it is dropped."""
+    import asyncio
+    import gc
+
+    from ollama_meter import AsyncMeteredClient
+
+    client = AsyncMeteredClient(emulator.url, db_url=sqlite_url)
+
+    async def opened() -> object:
+        stream = await client.chat(
+            model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        await anext(stream), await anext(stream)  # type: ignore[call-overload]
+        return stream
+
+    loop = asyncio.new_event_loop()
+    stream = loop.run_until_complete(opened())
+    loop.close()
+    del stream
+    gc.collect()
+    spans = client.meter.ledger.latest(SpanFilter(), 5)
+    assert [(s.status, s.output_tokens, s.token_source) for s in spans] == [
+        ("client_abort", 3, "estimated")
+    ]

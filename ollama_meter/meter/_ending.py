@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import weakref
 from typing import TYPE_CHECKING
 
 from ollama_meter.errors import UpstreamError
@@ -39,8 +38,10 @@ def mark_ended(span: SpanRecord, error: BaseException | None) -> None:
         span.fail(type(error).__name__, str(error))
 
 
-_OPEN: weakref.WeakKeyDictionary[MeteredCall, Meter] = weakref.WeakKeyDictionary()
-"""The calls of the ``ollama`` client's driver (:class:`Run`) that may be open, by their meter."""
+_OPEN: dict[int, tuple[Meter, MeteredCall]] = {}
+"""The open calls of the ``ollama`` client's driver (:class:`Run`), with their meter, by id.
+Held until closed: an async stream collected once its event loop was closed never runs
+its closing (no loop is left to), and was gone from a weak registry with it."""
 _AT_EXIT: list[int] = []
 """The processes that have :func:`_close_left_open` run as they exit (a fork copies the list)."""
 
@@ -57,7 +58,7 @@ def close_at_exit(meter: Meter, call: MeteredCall) -> None:
     (telemetry) registered theirs: handlers run newest first, so those are still open. A
     child of :mod:`multiprocessing` runs no atexit handler (it leaves by ``os._exit``) but
     that module's finalizers, so it is one of those too."""
-    _OPEN[call] = meter
+    _OPEN[id(call)] = (meter, call)
     if os.getpid() not in _AT_EXIT:
         _AT_EXIT.append(os.getpid())
         atexit.register(_close_left_open)
@@ -66,9 +67,14 @@ def close_at_exit(meter: Meter, call: MeteredCall) -> None:
         Finalize(None, _close_left_open, exitpriority=0)
 
 
+def closed(call: MeteredCall) -> None:
+    """``call`` is closed: nothing is left for the exit to do for it."""
+    _OPEN.pop(id(call), None)
+
+
 def _close_left_open() -> None:
     """End each call still open as its caller's abort, with what it had read by now."""
-    for call, meter in list(_OPEN.items()):
+    for meter, call in list(_OPEN.values()):
         try:
             meter.close(call, SystemExit())  # closed already, or a forked parent's: nothing
         except BaseException as exc:  # the others must still be recorded

@@ -24,7 +24,7 @@ from ollama_meter.errors import BudgetExceeded, LedgerError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._behind import WriteBehind, settle
 from ollama_meter.meter._call import MeteredCall
-from ollama_meter.meter._ending import mark_ended
+from ollama_meter.meter._ending import closed, mark_ended
 from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.meter._request import Opening, RequestFacts
@@ -333,6 +333,7 @@ class Meter:
     ) -> SpanRecord:
         if not call.ending():  # closed already (at the exit), or a forked child's copy
             return call.span
+        closed(call)
         # A call the meter cut (past its cap or its time), or whose whole answer came, consumed.
         call.measure(time.perf_counter_ns(), ok=error is None or getattr(error, "consumed", False))
         span = call.span
