@@ -357,6 +357,12 @@ class _Chunks:
             or parts.ag_running
         ):
             return
+        if self._loop is not None and self._loop.is_closed():
+            # No loop will run its closing (run_until_complete, then close): its call ends
+            # here, or only at the exit, when its span waited in the journal that long.
+            if self._run.call is not None:
+                self._client.meter.close(self._run.call, GeneratorExit())
+            return
         try:
             if asyncio.get_running_loop() is not self._loop:
                 return  # not on its loop: the generator's own finalizer closes it

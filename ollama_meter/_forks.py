@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import weakref
 from typing import Protocol
 
@@ -37,6 +38,44 @@ def renew_after_fork(part: Renewable) -> None:
     _renewable[id(part)] = part
 
 
+class ChildLock:
+    """A ``threading.Lock`` a forked child has unheld.
+
+    A child gets each lock as it was at the fork, held by whichever thread of the parent
+    held it then; no thread of the child will ever release it. So a fork taken while a
+    thread reloaded the prices (the lock held while the ledger is read) left the child's
+    first call waiting for ever (a multiprocessing pool's workers hung, at random). State
+    a lock guards is written whole under it, so the child's copy is one state or the other.
+    """
+
+    __slots__ = ("__weakref__", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        _locks.add(self)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+_locks: weakref.WeakSet[ChildLock] = weakref.WeakSet()
+
+
 def _each(step: str) -> None:
     for part in list(_renewable.values()):
         method = getattr(part, step, None)
@@ -48,8 +87,14 @@ def _each(step: str) -> None:
             log.warning("%s of %s at a fork failed: %s", step, type(part).__name__, exc)
 
 
+def _in_child() -> None:
+    for lock in list(_locks):  # first: a part's _after_fork may take its locks
+        lock._after_fork()
+    _each("_after_fork")
+
+
 os.register_at_fork(
     before=lambda: _each("_before_fork"),
     after_in_parent=lambda: _each("_after_fork_in_parent"),
-    after_in_child=lambda: _each("_after_fork"),
+    after_in_child=_in_child,
 )

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ollama_meter._forks import ChildLock
 from ollama_meter._text import json_text, one_line
 from ollama_meter.errors import OmeterError
 
@@ -104,7 +104,7 @@ class Throttled:
         self.log = logger
         self.interval = FAILURE_INTERVAL if interval is None else interval
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = ChildLock()
         self._last: dict[str, float] = {}
         self._unlogged: dict[str, int] = {}
         self.counts: dict[str, int] = {}

@@ -17,11 +17,11 @@ happen on demand, since nothing is known yet).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from ollama_meter._forks import ChildLock
 from ollama_meter._logging import Throttled
 from ollama_meter.errors import OmeterError
 
@@ -53,7 +53,7 @@ class Reloaded(Generic[T]):
         self._loaded: float | None = None
         self._expired = False
         self._background = False
-        self._lock = threading.Lock()
+        self._lock = ChildLock()
 
     def get(self) -> T:
         """The value, loaded first when needed; a first load that fails raises LedgerError."""

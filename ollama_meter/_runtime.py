@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import gc
 import logging
-import threading
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
+
+from ollama_meter._forks import ChildLock
 
 T = TypeVar("T")
 
@@ -26,7 +27,7 @@ class Runtime:
     """Shared parts by kind and key, each with the function that closes it."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = ChildLock()
         self._parts: dict[tuple[str, Hashable], tuple[Any, Callable[[Any], None] | None]] = {}
 
     def shared(
@@ -67,7 +68,7 @@ class Runtime:
 
 
 _current = Runtime()
-_swap = threading.Lock()
+_swap = ChildLock()
 
 
 def runtime() -> Runtime:

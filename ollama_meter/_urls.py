@@ -24,6 +24,12 @@ def shown(url: str, *, path: bool = True) -> str:
     return urlunsplit((parts.scheme, host, parts.path if path else "", "", ""))
 
 
+def quoted(value: str) -> str:
+    """``value`` as an error says it: quoted, and cut to its start when long (a setting of
+    megabytes would otherwise be the error, in a log line or on a terminal)."""
+    return repr(value) if len(value) <= 200 else f"{value[:120]!r}... ({len(value):,} characters)"
+
+
 def _unprintable(value: str) -> bool:
     """A space, line break or control character: never part of a URL, host or address, and
     where a header or a request line would split (urlsplit quietly drops some of them)."""
@@ -31,6 +37,43 @@ def _unprintable(value: str) -> bool:
 
 
 NO_PORT_0 = "has port 0, which no server listens on; give the port it listens on"
+
+_IPV4_LIKE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+"""A host httpx reads as an IPv4 address (and refuses when it is none, as the client is made)."""
+MAX_HOST_NAME = 253
+"""The longest name DNS (and so the resolver, as the call goes out) takes."""
+MAX_URL = 65_536 - 64
+"""The longest address httpx sends a request to (65,536), less room for an API's path."""
+
+
+def host_problem(host: str) -> str | None:
+    """Why a URL's host (``urlsplit``'s ``hostname``) is none a call could be made to, or None.
+
+    What httpx refuses as the client is made (an IPv4 address past 255, a name IDNA 2008
+    cannot write) or the socket as the call goes out (a part of a name past 63 characters,
+    or empty) would be an error of another library at each use, or each call's span a
+    malformed request, when it is the address that is wrong.
+    """
+    if ":" in host:  # an IPv6 literal: urlsplit checked it
+        return None
+    if _IPV4_LIKE.fullmatch(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return "has a host that is no IPv4 address (four numbers of 0 to 255)"
+        return None
+    try:
+        if host.isascii():
+            written = host.encode("idna")
+        else:
+            import idna  # httpx's own reading of such a name
+
+            written = idna.encode(host)
+    except (UnicodeError, ValueError):
+        return "has a host name with a part that is empty or longer than 63 characters, or not IDNA"
+    if len(written.rstrip(b".")) > MAX_HOST_NAME:
+        return f"has a host name longer than {MAX_HOST_NAME} characters"
+    return None
 
 
 def http_url(value: str, example: str, *, secret_path: bool = False) -> str:
@@ -43,9 +86,13 @@ def http_url(value: str, example: str, *, secret_path: bool = False) -> str:
     try:
         parts = urlsplit(raw)
         port = parts.port  # raises for a port that is not one
-        (parts.hostname or "").encode("idna")
-    except (ValueError, UnicodeError):
+    except ValueError:
         raise ValueError(f"{said} is not a URL with a valid host and port") from None
+    problem = host_problem(parts.hostname or "") or (
+        f"is longer than {MAX_URL:,} characters" if len(raw) > MAX_URL else None
+    )
+    if problem is not None:
+        raise ValueError(f"{said} {problem}")
     if port == 0:
         raise ValueError(f"{said} {NO_PORT_0}, such as {example}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -61,7 +108,7 @@ def _said(url: str, *, path: bool) -> str:
         scheme, sep, rest = url.partition("://")
         said = scheme + sep + re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
     hidden = not path and said.rstrip("/") != url.rstrip("/")
-    return repr(said) + (" (the rest not shown)" if hidden else "")
+    return quoted(said) + (" (the rest not shown)" if hidden else "")
 
 
 def host_name(value: str, *, port_setting: str) -> str:
@@ -126,7 +173,7 @@ def normalize_host(value: str) -> str:
     raw = value.strip()
     if not raw:
         raise ValueError("is empty; expected a URL such as http://127.0.0.1:11434")
-    said = repr(without_login(raw))
+    said = quoted(without_login(raw))
     if _unprintable(raw):  # urlsplit drops \t \r \n unseen
         raise ValueError(
             f"{said} has a space, line break or control character in it; expected a URL "
@@ -147,6 +194,11 @@ def normalize_host(value: str) -> str:
         port = 443 if parts.scheme == "https" else 11434
     if port == 0:
         raise ValueError(f"{said} {NO_PORT_0}, such as http://127.0.0.1:11434")
+    problem = host_problem(parts.hostname) or (
+        f"is longer than {MAX_URL:,} characters" if len(raw) > MAX_URL else None
+    )
+    if problem is not None:
+        raise ValueError(f"{said} {problem}; expected a URL such as http://127.0.0.1:11434")
     host = parts.hostname
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
@@ -176,7 +228,7 @@ def parse_upstreams(value: str, *, slots: int | None = None) -> tuple[UpstreamSp
         if options:
             name, _, number = options.partition("=")
             number = number.strip()
-            said = repr(without_login(part))
+            said = quoted(without_login(part))
             if name.strip() != "slots" or not (number.isascii() and number.isdigit()):
                 raise ValueError(
                     f"{said}: after # only slots=N is understood, e.g. http://gpu1:11434#slots=4"

@@ -294,3 +294,80 @@ def test_a_killed_processs_budget_hold_is_given_back_when_its_call_is_recorded(
             held = conn.exec_driver_sql("SELECT count(*) FROM budget_reservations").scalar()
     assert [s.status for s in spans] == ["interrupted"]
     assert held == 0
+
+
+@pytest.mark.parametrize("child", ["closes it", "reads on"])
+def test_a_stream_open_at_a_fork_is_read_and_recorded_by_the_parent_alone(
+    sqlite_url: str, emulator: OllamaEmulator, child: str
+) -> None:
+    """A child forked while the parent read a stream has a copy of it. Closing its copy (as
+    a child's exit does) recorded the parent's call as the child's abort, 2 tokens, and the
+    parent's span of the whole answer was dropped as a second row of that id. Reading on, the
+    child took the rest of the answer off the parent's connection, and the parent's call hung
+    until its time-out. Now the child cannot read it, and records nothing of it."""
+    from decimal import Decimal
+
+    from ollama_meter import ValidationError
+    from tests.factories import token_prices
+
+    expected = expected_reply(MODEL, said("parent"))
+    with MeteredClient(db_url=sqlite_url, upstream_timeout=10) as client:
+        client.meter.ledger.add_price_rule(token_prices())
+        stream = iter(client.chat(model=MODEL, messages=said("parent"), stream=True))
+        parts = [next(stream), next(stream)]
+
+        def in_the_child() -> str:
+            if child == "closes it":
+                stream.close()  # type: ignore[attr-defined]
+                return ""
+            with pytest.raises(ValidationError) as refused:
+                next(stream)
+            return str(refused.value)
+
+        _, result = forked(in_the_child)
+        said_in_child = result()
+        parts += list(stream)
+        spans = client.meter.ledger.latest(SpanFilter(), 10)
+    if child == "reads on":
+        assert said_in_child.startswith(f"this stream was opened by process {os.getpid()}, ")
+    assert "".join(p.message.content or "" for p in parts) == expected.content
+    cost = Decimal(expected.prompt_tokens * 1000 + expected.output_tokens * 2000) / 10**6
+    assert [(s.id, s.status, s.input_tokens, s.output_tokens) for s in spans] == [
+        (parts[-1].meter.id, "ok", expected.prompt_tokens, expected.output_tokens)
+    ]
+    assert parts[-1].meter.cost == cost
+
+
+@pytest.mark.parametrize("holder", ["reloading the prices", "building a runtime part"])
+def test_a_child_forked_while_a_thread_holds_a_lock_of_ours_has_it_free(holder: str) -> None:
+    """A fork taken while a thread of the parent held a lock of ours left the child's copy
+    held for ever: a multiprocessing pool forked while a thread called reloaded the prices
+    (the lock held while the ledger is read), and a worker's first call waited for ever (one
+    run in fifteen hung). What the lock guards is the child's to do again."""
+    from ollama_meter._reloaded import Reloaded
+    from ollama_meter._runtime import Runtime
+
+    parent, inside, go_on = os.getpid(), threading.Event(), threading.Event()
+
+    def load() -> str:
+        if os.getpid() != parent:
+            return "the child's"
+        inside.set()
+        go_on.wait()
+        return "the parent's"
+
+    prices = Reloaded(load, ttl=0, what="prices")  # read at every get
+    parts = Runtime()
+    work = prices.get if holder == "reloading the prices" else lambda: parts.shared("k", 1, load)
+    held = threading.Thread(target=work)
+    held.start()
+    try:
+        inside.wait()
+        if holder == "reloading the prices":
+            _, result = forked(prices.get)
+        else:
+            _, result = forked(lambda: parts.shared("k", 1, load))
+        assert result() == "the child's"
+    finally:
+        go_on.set()
+        held.join()

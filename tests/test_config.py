@@ -739,3 +739,49 @@ def test_an_ollama_url_refused_never_shows_its_login(
                 load_settings()
         assert str(caught.value).startswith(f"{name}: ")
         assert secret not in str(caught.value), name
+
+
+_LABEL = st.text(alphabet="az09-_äß☃", min_size=0, max_size=70)
+_HOSTS = st.one_of(
+    st.lists(_LABEL, min_size=1, max_size=6).map(".".join),
+    st.lists(st.integers(0, 999), min_size=4, max_size=4).map(lambda n: ".".join(map(str, n))),
+    st.integers(1, 300).map(lambda n: ("a" * 62 + ".") * (n // 63) + "a" * (n % 63 or 1)),
+)
+
+
+@given(host=_HOSTS, form=st.sampled_from(["http://{}:11434", "{}", "https://{}/proxy"]))
+@example(host="999.1.1.1", form="http://{}:11434")
+@example(host="a" * 64, form="{}")
+@example(host="ä" * 62, form="{}")
+@example(host="a" * 10_000_000, form="{}")
+def test_an_ollama_address_is_one_httpx_and_the_socket_take_or_one_short_line(
+    host: str, form: str
+) -> None:
+    """An address httpx refuses (an IPv4 address past 255, a name IDNA 2008 cannot write, one
+    past its 65,536 characters) was taken, then raised httpx.InvalidURL with a traceback from
+    MeteredClient() or at each gateway call; one the socket refuses (a part of a name past 63
+    characters, or empty) made each call's span a malformed request's ('encoding with idna
+    codec failed'). Now each is a ConfigError when the settings are read, in a short line."""
+    import httpx
+
+    given = form.format(host)
+    try:
+        url = normalize_host(given)
+    except ValueError as refused:
+        message = str(refused)
+        assert "\n" not in message and len(message) < 500
+        return
+    parsed = httpx.URL(url)
+    httpx.Client(base_url=url).close()
+    if ":" not in parsed.host:  # the socket writes the name as IDNA 2003 does
+        parsed.raw_host.decode("ascii").encode("idna")
+
+
+@pytest.mark.parametrize("host", ["http://999.1.1.1", "http://" + "a" * 64, "http://a..b"])
+def test_a_client_given_an_address_no_call_can_go_to_is_refused_when_made(
+    host: str, sqlite_url: str
+) -> None:
+    from ollama_meter import MeteredClient
+
+    with pytest.raises(ConfigError, match=r"^OLLAMA_HOST: 'http://[a-z0-9.]+' has a host"):
+        MeteredClient(host, db_url=sqlite_url)

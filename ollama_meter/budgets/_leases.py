@@ -6,10 +6,10 @@ Plain data for :mod:`ollama_meter.budgets._gate`, which decides; see its docstri
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from ollama_meter._forks import ChildLock
 from ollama_meter.periods import Window
 from ollama_meter.records import Budget, LeaseKey
 
@@ -103,7 +103,7 @@ class Watches:
 
     def __init__(self) -> None:
         self._by_key: dict[LeaseKey, Watch] = {}
-        self._lock = threading.Lock()
+        self._lock = ChildLock()
 
     def __len__(self) -> int:
         return len(self._by_key)

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ollama_meter._forks import ChildLock
 from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets._estimate import IMAGE_TOKENS, MESSAGE_TOKENS
 from ollama_meter.records import MAX_TOKENS
@@ -75,7 +75,7 @@ class ShownPrompts:
         self.timeout = timeout
         self.clock = clock
         self._known: dict[str, tuple[int | None, float]] = {}
-        self._lock = threading.Lock()
+        self._lock = ChildLock()
 
     def cached(self, model: str) -> tuple[bool, int | None]:
         """(known, tokens) from memory: tokens None when no server could say."""

@@ -9,7 +9,6 @@ advisory lock on PostgreSQL), so the losers find the work done.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from importlib.resources import as_file, files
@@ -18,6 +17,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
+from ollama_meter._forks import ChildLock
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import unbounded
 
@@ -147,7 +147,7 @@ def _check_encoding(conn: Connection, url: str) -> None:
         )
 
 
-_ALEMBIC = threading.Lock()
+_ALEMBIC = ChildLock()
 """Alembic runs a migration through module globals (``alembic.context``, ``op``): two threads
 migrating at once ran each other's (KeyError, or a half-made ledger taken for another app's
 database). Processes take turns on the migration's own transaction instead."""

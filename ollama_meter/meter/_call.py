@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from ollama_meter.errors import ClientClosed, OverCap, UpstreamError
+from ollama_meter.errors import ClientClosed, OverCap, UpstreamError, ValidationError
 from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.records import DurationSource, SpanRecord, Stored, TokenSource
 from ollama_meter.upstream import Delta, Event, Final
@@ -101,9 +102,36 @@ class MeteredCall:
         """Time spent waiting between attempts (a retry's backoff), or at a server that failed
         the call before it moved to another: not the serving Ollama's, so it neither runs out
         :attr:`time_cap_ns` nor is charged as busy time (see :meth:`waiting`, :meth:`moved`)."""
+        self.pid = os.getpid()
+        """The process that opened the call: its answer goes there, and only there is it
+        recorded (a forked child has a copy of each call its parent had open)."""
+        self._closes = [self.pid]
         self._t0 = time.perf_counter_ns()
         self._first_ns: int | None = None
         self._timers: set[asyncio.Timeout] = set()
+
+    def ending(self) -> bool:
+        """Whether closing the call now is its one close: in the process that opened it, the
+        first time. A stream left open is closed as the interpreter exits, then again by its
+        generator as it is collected; a child forked while it was open closes its copy (the
+        child's span, of a call the parent went on to read, took the parent's row: one id)."""
+        if self.pid != os.getpid():
+            return False
+        try:
+            self._closes.pop()  # one thread wins, whichever closes it first
+        except IndexError:
+            return False
+        return True
+
+    def read_here(self) -> None:
+        """Refuse to read on in a forked child: the answer comes on the parent's connection,
+        so each process would read part of it, and the parent's call hung for the rest."""
+        if self.pid != os.getpid():
+            raise ValidationError(
+                f"this stream was opened by process {self.pid}, which forked since: its answer "
+                "goes to that process, so this one cannot read it (nor records it); make the "
+                "call in this process"
+            )
 
     @property
     def leases(self) -> tuple[str, ...]:

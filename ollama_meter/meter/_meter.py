@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets import BudgetGate, HiddenPrompts, ShownPrompts, bound_cost, unbounded
-from ollama_meter.errors import BudgetExceeded, LedgerError, UpstreamError, ValidationError
+from ollama_meter.errors import BudgetExceeded, LedgerError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._behind import WriteBehind, settle
-from ollama_meter.meter._call import CALLER_STOPPED, MeteredCall
+from ollama_meter.meter._call import MeteredCall
+from ollama_meter.meter._ending import closed, mark_ended
 from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.meter._request import Opening, RequestFacts
@@ -330,20 +331,13 @@ class Meter:
     def _close(
         self, call: MeteredCall, error: BaseException | None, *, behind: bool, here: bool = False
     ) -> SpanRecord:
+        if not call.ending():  # closed already (at the exit), or a forked child's copy
+            return call.span
+        closed(call)
         # A call the meter cut (past its cap or its time), or whose whole answer came, consumed.
         call.measure(time.perf_counter_ns(), ok=error is None or getattr(error, "consumed", False))
         span = call.span
-        if error is None:
-            span.status = Status.OK
-            span.http_status = 200
-        elif isinstance(error, UpstreamError):
-            span.fail(error.error_type, str(error), http_status=error.status_code)
-            if not error.reached_upstream:  # never left this process: no server's call
-                span.upstream_host = NO_HOST
-        elif isinstance(error, CALLER_STOPPED):
-            span.fail("client_abort", status=Status.CLIENT_ABORT)
-        else:
-            span.fail(type(error).__name__, str(error))
+        mark_ended(span, error)
         if self.capture_content:
             span.prompt, span.reply = call.prompt_text, call.reply
         # Counts and names came from a caller and from Ollama: bound them before pricing.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from ollama_meter.errors import UpstreamError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
+from ollama_meter.meter._ending import close_at_exit
 from ollama_meter.meter._request import Opening, facts_of, with_output_cap
 from ollama_meter.records import SpanRecord
 from ollama_meter.upstream import OLLAMA
@@ -97,6 +98,7 @@ class Run:
                 facts_of(self.operation, sent),
             )
         )
+        close_at_exit(self._meter, call)
         if call.output_cap is not None:
             self.request = with_output_cap(self.operation, self.request, call.output_cap)
         return call
@@ -116,6 +118,7 @@ class Run:
                             parts.throw(failure)  # the transport counts it, and raises it back
                         if last is not None:
                             yield last
+                            call.read_here()  # not in a child forked meanwhile
                         last = part
                 except UpstreamError:
                     if last is not None:  # read ahead and charged: handed over before the failure
@@ -157,6 +160,7 @@ class Run:
                             await parts.athrow(failure)
                         if last is not None:
                             yield last
+                            call.read_here()
                         last = part
                 except UpstreamError:
                     if last is not None:

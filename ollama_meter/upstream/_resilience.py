@@ -34,13 +34,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
+from ollama_meter._forks import ChildLock
 from ollama_meter._runtime import runtime
 from ollama_meter.errors import CircuitOpen, UpstreamError
 
@@ -131,7 +131,7 @@ class CircuitBreaker:
         self.threshold = threshold
         self.reset_after = reset_after
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = ChildLock()
         self._host = _Circuit()
         self._models: dict[str, _Circuit] = {}
         self._callers: dict[tuple[str, str], _Circuit] = {}  # (model, caller)
