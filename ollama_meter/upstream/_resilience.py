@@ -232,16 +232,16 @@ class CircuitBreaker:
                 own.trial_running = False
             if kind in _MODEL_FAILURES:
                 if circuit is None:
+                    self._forget_closed()  # before it is made: not the new one itself
                     circuit = self._models[ticket.model] = _Circuit()
-                    self._forget_closed()
                 circuit.callers.add(ticket.caller)
                 # One named caller's run of failures opens its own circuit, not everyone's.
                 many = len(circuit.callers) > 1 or "" in circuit.callers
                 self._fail(circuit, ticket.model_trial, opens=many)
                 if ticket.caller:
                     if own is None:
-                        own = self._callers[mine] = _Circuit()
                         self._forget_closed()
+                        own = self._callers[mine] = _Circuit()
                     self._fail(own, ticket.caller_trial)
 
     def answered(self) -> None:
@@ -266,9 +266,14 @@ class CircuitBreaker:
 
 
 def _forget_closed(circuits: dict[K, _Circuit]) -> None:
-    if len(circuits) > _MAX_MODEL_CIRCUITS:
+    """Room for one circuit more, within :data:`_MAX_MODEL_CIRCUITS`."""
+    if len(circuits) >= _MAX_MODEL_CIRCUITS:
         for name in [n for n, c in circuits.items() if c.opened_at is None]:
             del circuits[name]
+    # Still too many (callers name themselves where keys are not required): the oldest open
+    # ones go, whose callers' next calls are let through as if their wait were over.
+    for name in list(circuits)[: max(len(circuits) - _MAX_MODEL_CIRCUITS + 1, 0)]:
+        del circuits[name]
 
 
 class CallAttempts:

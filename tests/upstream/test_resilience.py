@@ -416,3 +416,14 @@ def test_one_callers_run_of_failures_refuses_that_caller_alone(
                     own[caller] += 1
                 many = len(set(model_run)) > 1 or "" in model_run
                 opened = opened or (len(model_run) >= 3 and many)
+
+
+def test_the_circuits_callers_open_stay_bounded_in_number() -> None:
+    """Where keys are not required a caller names its own department: one that failed three
+    calls under each of many names kept a circuit open for each, without end."""
+    b, _ = breaker(threshold=1)
+    for n in range(5000):
+        b.settle(b.admit("m", f"acme/d{n}"), BOOM)
+        b.settle(b.admit("m", "acme/ok"), None)  # the model's run ends; the caller's stays
+    assert len(b._callers) <= 4096
+    assert b.state("m", "acme/d4999") == "open"  # the newest are kept
