@@ -95,24 +95,23 @@ class RetryPolicy:
         return max(delay, asked)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Circuit:
     failures: int = 0
     opened_at: float | None = None
-    trial_running: bool = False
+    trial: Ticket | None = None
+    """The call let through as the half-open circuit's trial, until it ends: only its own
+    outcome ends it (a call sent before the circuit opened that ends meanwhile does not)."""
     callers: set[str] = field(default_factory=set)
     """Whose calls failed in the run (a model's circuit): ``""`` for calls that name none."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Ticket:
-    """One call's admission: which circuits let it through as their trial."""
+    """One call's admission (the circuits it is the trial of hold it: :attr:`_Circuit.trial`)."""
 
     model: str
     caller: str = ""
-    host_trial: bool = False
-    model_trial: bool = False
-    caller_trial: bool = False
     settled: bool = field(default=False, repr=False)
 
 
@@ -179,17 +178,14 @@ class CircuitBreaker:
                 )
             if refused is not None:
                 raise refused
-            if self._state(self._host) == "half_open":
-                self._host.trial_running = ticket.host_trial = True
-            if circuit is not None and self._state(circuit) == "half_open":
-                circuit.trial_running = ticket.model_trial = True
-            if own is not None and self._state(own) == "half_open":
-                own.trial_running = ticket.caller_trial = True
+            for passed in (self._host, circuit, own):
+                if passed is not None and self._state(passed) == "half_open":
+                    passed.trial = ticket
             return ticket
 
     def _refusal(self, circuit: _Circuit, what: str, hint: str = "") -> CircuitOpen | None:
         state = self._state(circuit)
-        if state == "closed" or (state == "half_open" and not circuit.trial_running):
+        if state == "closed" or (state == "half_open" and circuit.trial is None):
             return None
         assert circuit.opened_at is not None
         wait = max(self.reset_after - (self._clock() - circuit.opened_at), 0.0)
@@ -222,14 +218,8 @@ class CircuitBreaker:
                 return
             if kind is not None and kind not in _HOST_SILENT:
                 self._host = _Circuit()  # the host answered
-            elif ticket.host_trial:
-                self._host.trial_running = False
             if kind in _HOST_FAILURES:
-                self._fail(self._host, ticket.host_trial)
-            if ticket.model_trial and circuit is not None:
-                circuit.trial_running = False
-            if ticket.caller_trial and own is not None:
-                own.trial_running = False
+                self._fail(self._host, ticket)
             if kind in _MODEL_FAILURES:
                 if circuit is None:
                     self._forget_closed()  # before it is made: not the new one itself
@@ -237,12 +227,16 @@ class CircuitBreaker:
                 circuit.callers.add(ticket.caller)
                 # One named caller's run of failures opens its own circuit, not everyone's.
                 many = len(circuit.callers) > 1 or "" in circuit.callers
-                self._fail(circuit, ticket.model_trial, opens=many)
+                self._fail(circuit, ticket, opens=many)
                 if ticket.caller:
                     if own is None:
                         self._forget_closed()
                         own = self._callers[mine] = _Circuit()
-                    self._fail(own, ticket.caller_trial)
+                    self._fail(own, ticket)
+            # Counted or not (the caller hung up, a request never sent), its trials are over.
+            for passed in (self._host, circuit, own):
+                if passed is not None and passed.trial is ticket:
+                    passed.trial = None
 
     def answered(self) -> None:
         """The host answered a health check (the gateway's discovery): close the host's circuit.
@@ -253,9 +247,13 @@ class CircuitBreaker:
         with self._lock:
             self._host = _Circuit()
 
-    def _fail(self, circuit: _Circuit, was_trial: bool, *, opens: bool = True) -> None:
+    def _fail(self, circuit: _Circuit, ticket: Ticket, *, opens: bool = True) -> None:
+        """One failed call more on ``circuit``: its failed trial re-opens it. A call that was
+        the trial of a circuit closed since (by a success) is one failure on the new one."""
         circuit.failures += 1
-        circuit.trial_running = False
+        was_trial = circuit.trial is ticket
+        if was_trial:
+            circuit.trial = None
         if was_trial or (opens and circuit.failures >= self.threshold):
             circuit.opened_at = self._clock()
 

@@ -181,5 +181,5 @@ def test_a_fleet_call_that_ends_in_any_way_gives_everything_back_and_is_one_span
     assert gateway.rates.running() == {}
     for server in fleet.servers:
         breaker = server.breaker
-        assert not breaker._host.trial_running
-        assert not any(c.trial_running for c in breaker._models.values())
+        assert breaker._host.trial is None
+        assert all(c.trial is None for c in breaker._models.values())
