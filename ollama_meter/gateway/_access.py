@@ -36,11 +36,12 @@ from ollama_meter._logging import Throttled
 from ollama_meter._names import MAX_USER, name_problem
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.gateway import _memory
+from ollama_meter.gateway._answers import error_response
 from ollama_meter.gateway._attribution import HEADER_KEY
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
 from ollama_meter.gateway._memory import TooLarge, TooSlow, take
 from ollama_meter.gateway._origins import allowed_origins
-from ollama_meter.gateway._relay import error_response, wire_of
+from ollama_meter.gateway._relay import wire_of
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import KEY_PREFIX, ApiKey
 

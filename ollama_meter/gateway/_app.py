@@ -37,6 +37,7 @@ from ollama_meter.gateway._access import (
     read_body,
     unrouted,
 )
+from ollama_meter.gateway._answers import error_response
 from ollama_meter.gateway._attribution import Forbidden, resolve, vouched
 from ollama_meter.gateway._dash import KEY_SCOPE, METRICS_NEED_TOKEN, NO_STORE, dashboard_routes
 from ollama_meter.gateway._drain import Drain, drained
@@ -47,7 +48,7 @@ from ollama_meter.gateway._memory import Unread, body_memory
 from ollama_meter.gateway._origins import allowed_origins, origin_check
 from ollama_meter.gateway._passthrough import BLOBS, PASSTHROUGH, forward
 from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
-from ollama_meter.gateway._relay import Relay, error_response, wire_of
+from ollama_meter.gateway._relay import Relay, wire_of
 from ollama_meter.gateway._requests import (
     OLLAMA_ROUTES,
     OPENAI_ROUTES,

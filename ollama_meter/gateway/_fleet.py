@@ -8,7 +8,8 @@ background), the routing rule, and the union answers of ``/api/tags``,
 server a call could take.
 
 **Routing.** A call goes to a server that has its model and is answering (not
-down at the last discovery, host and model circuits not open); failing that, to
+down at the last discovery, host and model circuits not open, nor the circuit its
+caller has there for the model); failing that, to
 one that has the model (its breaker then fails the call fast with its reason);
 failing that (nobody has it), to any answering server, which says "not found" or
 serves a model pulled since the last discovery. Among those with a free slot it
@@ -33,7 +34,7 @@ from typing import Any
 from ollama_meter._urls import UpstreamSpec
 from ollama_meter.config import Settings
 from ollama_meter.errors import UpstreamError
-from ollama_meter.gateway._json import NotJson, read_json
+from ollama_meter.gateway._model_names import name_of, names
 from ollama_meter.gateway._queue import Capacity, FairQueue, Grant, Place, Where
 from ollama_meter.meter import Source
 from ollama_meter.meter._wiring import transport_for
@@ -79,8 +80,14 @@ class Server(Capacity):
     def has(self, model: str) -> bool:
         return self.models is None or model in self.models
 
-    def answering(self, model: str) -> bool:
-        return self.up and self.breaker.state() != "open" and self.breaker.state(model) != "open"
+    def answering(self, model: str, caller: str = "") -> bool:
+        """Up, and no circuit open to ``caller``'s calls to ``model`` (its own one either)."""
+        circuits = (
+            self.breaker.state(),
+            self.breaker.state(model),
+            self.breaker.state(model, caller),
+        )
+        return self.up and "open" not in circuits
 
     def state(self) -> str:
         if not self.up:
@@ -139,6 +146,11 @@ class Lease:
 
     def release(self) -> None:
         self._grant.release()
+
+
+def caller_of(flow: tuple[str, str]) -> str:
+    """Whose call it is, for the circuits: its tenant and department (``tenant/department``)."""
+    return f"{flow[0]}/{flow[1]}"
 
 
 class Fleet:
@@ -222,8 +234,8 @@ class Fleet:
             if not server.up:
                 log.warning("%s answers again; it is back in the fleet", server.url)
             server.breaker.answered()  # back at once, not after the breaker's reset
-            server.models = frozenset(_names(tags, "models", "model"))
-            server.loaded = set(_names(running, "models", "model"))
+            server.models = frozenset(names(tags, "models", "model"))
+            server.loaded = set(names(running, "models", "model"))
             server.up, server.problem = True, None
         server.checked_at = datetime.now(UTC)
 
@@ -265,24 +277,25 @@ class Fleet:
 
     # -- routing --------------------------------------------------------------------------
 
-    def _tier(self, model: str, exclude: frozenset[str]) -> list[Server]:
+    def _tier(self, model: str, exclude: frozenset[str], caller: str = "") -> list[Server]:
         pool = [s for s in self.servers if s.url not in exclude]
         for tier in (
-            [s for s in pool if s.has(model) and s.answering(model)],
+            [s for s in pool if s.has(model) and s.answering(model, caller)],
             [s for s in pool if s.has(model)],
-            [s for s in pool if s.answering(model)],
+            [s for s in pool if s.answering(model, caller)],
         ):
             if tier:
                 return tier
         return pool
 
-    def _placing(self, model: str, tried: Iterable[str] = ()) -> tuple[Place, Where]:
-        """Where a call to ``model`` can go now (not to ``tried``), and what that depends on."""
+    def _placing(self, model: str, tried: Iterable[str], caller: str) -> tuple[Place, Where]:
+        """Where ``caller``'s call to ``model`` can go now (not to ``tried``), and what that
+        depends on."""
         key, exclude = model_key(model), frozenset(tried)
-        return lambda: self._place(key, exclude), (key, exclude)
+        return lambda: self._place(key, exclude, caller), (key, exclude, caller)
 
-    def _place(self, model: str, exclude: frozenset[str]) -> Server | None:
-        free = [s for s in self._tier(model, exclude) if s.free]
+    def _place(self, model: str, exclude: frozenset[str], caller: str) -> Server | None:
+        free = [s for s in self._tier(model, exclude, caller) if s.free]
         if not free:
             return None
         # Without --slots the gateway cannot tell when Ollama starts queueing: a server
@@ -297,16 +310,18 @@ class Fleet:
             ),
         )
 
-    def can_move(self, model: str, tried: set[str]) -> bool:
-        """Whether a server not yet ``tried`` has ``model`` and is answering."""
+    def can_move(self, model: str, tried: set[str], caller: str = "") -> bool:
+        """Whether a server not yet ``tried`` has ``model`` and is answering ``caller``."""
         key = model_key(model)
-        return any(s.url not in tried and s.has(key) and s.answering(key) for s in self.servers)
+        return any(
+            s.url not in tried and s.has(key) and s.answering(key, caller) for s in self.servers
+        )
 
     def lease_now(
         self, model: str, flow: tuple[str, str], *, weight: int = 1, caps: Sequence[Capacity] = ()
     ) -> Lease | None:
         """A slot at once when one is free and nobody waits for one; else None (then :meth:`lease`)."""
-        place, where = self._placing(model)
+        place, where = self._placing(model, (), caller_of(flow))
         grant = self.queue.grant_now(flow, place, weight=weight, caps=caps, where=where)
         return None if grant is None else self._leased(grant)
 
@@ -328,19 +343,19 @@ class Fleet:
 
         Raises :class:`~ollama_meter.gateway._queue.Busy`.
         """
-        place, where = self._placing(model)
+        place, where = self._placing(model, (), caller_of(flow))
         grant = await self.queue.acquire(
             flow, place, weight=weight, caps=caps, timeout=self.queue_timeout, where=where
         )
         return self._leased(grant)
 
-    async def move(self, lease: Lease, model: str, tried: set[str]) -> Lease:
+    async def move(self, lease: Lease, model: str, tried: set[str], caller: str = "") -> Lease:
         """Another server for the call holding ``lease`` (not one of ``tried``), ahead of the
         queue; the call keeps its places under its limits (``caps``) meanwhile.
 
         Raises :class:`~ollama_meter.gateway._queue.Busy`.
         """
-        place, where = self._placing(model, tried)
+        place, where = self._placing(model, tried, caller)
         grant = await self.queue.move(lease._grant, place, timeout=self.queue_timeout, where=where)
         return self._leased(grant)
 
@@ -370,7 +385,7 @@ class Fleet:
                 continue
             items = answer.get(field) if isinstance(answer, dict) else None
             for item in items if isinstance(items, list) else []:
-                if (named := _name_of(item, name)) is not None:
+                if (named := name_of(item, name)) is not None:
                     merged.setdefault(model_key(named), item)
         if len(failures) == len(asked):
             raise UpstreamError("no Ollama server answered: " + "; ".join(failures))
@@ -414,35 +429,3 @@ class Fleet:
                 await self._task
         for server in self.servers:
             await server.pool.aclose()
-
-
-def _name_of(item: Any, name: str) -> str | None:
-    """The model an entry of a list names: its ``name`` field (OpenAI's ``id``, Ollama's
-    ``model``); in Ollama's lists else its ``name`` (older Ollamas and compatible servers
-    list models by ``name`` alone)."""
-    if not isinstance(item, dict):
-        return None
-    named = item.get(name) or (item.get("name") if name == "model" else None)
-    return named if isinstance(named, str) and named else None
-
-
-def _names(answer: Any, field: str, name: str) -> list[str]:
-    items = answer.get(field) if isinstance(answer, dict) else None
-    named = (_name_of(item, name) for item in (items if isinstance(items, list) else []))
-    return [model_key(n) for n in named if n is not None]
-
-
-def model_named(body: bytes | None) -> str | None:
-    """The model a passed-through body names (``/api/show``, ``/api/pull``...), if any.
-
-    Read as a metered body is (:func:`read_json`): a body that holds more than any call
-    needs names none, where reading it would take many times its size in memory.
-    """
-    try:
-        obj = read_json(body) if body else None
-    except NotJson:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    name = obj.get("model") or obj.get("name")
-    return name if isinstance(name, str) and name.strip() else None

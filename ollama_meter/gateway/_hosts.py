@@ -24,7 +24,8 @@ import socket
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ollama_meter.gateway._relay import error_response, wire_of
+from ollama_meter.gateway._answers import error_response
+from ollama_meter.gateway._relay import wire_of
 
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
 

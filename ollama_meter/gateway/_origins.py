@@ -34,7 +34,8 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ollama_meter.errors import ValidationError
-from ollama_meter.gateway._relay import error_response, wire_of
+from ollama_meter.gateway._answers import error_response
+from ollama_meter.gateway._relay import wire_of
 
 DEFAULT_ORIGINS = (
     *(

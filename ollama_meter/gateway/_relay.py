@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from ollama_meter.errors import (
     BudgetExceeded,
@@ -40,7 +39,8 @@ from ollama_meter.errors import (
     ServerBusy,
     UpstreamError,
 )
-from ollama_meter.gateway._fleet import Fleet
+from ollama_meter.gateway._answers import error_response, failure_response, refusal_response
+from ollama_meter.gateway._fleet import Fleet, caller_of
 from ollama_meter.gateway._rates import Admission
 from ollama_meter.gateway._requests import SPAN_HEADER, MeteredRequest
 from ollama_meter.gateway._slots import (
@@ -84,20 +84,6 @@ HOP_BY_HOP = frozenset({
     # plain (a caller's "br" passed on got answers in a coding it cannot read).
     "expect", "accept-encoding",
 })  # fmt: skip
-
-
-def error_response(
-    wire: WireFormat,
-    status: int,
-    message: str,
-    *,
-    headers: dict[str, str] | None = None,
-    kind: str | None = None,
-) -> Response:
-    """An error in the route's wire format: Ollama's ``{"error": "..."}``, or OpenAI's object
-    (``kind``, the meter's error type, says which refusal it is in OpenAI's words)."""
-    body = wire.error_body(status, message, kind=kind)
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def wire_of(path: str) -> WireFormat:
@@ -344,16 +330,17 @@ class Relay:
         routing until discovery sees it answer.
         """
         fleet, model = self.fleet, request.model
+        who = caller_of(admission.flow)  # its own circuits: routing and breakers ask of them
         tried: set[str] = set()
         reached = False  # a server was called: the call counts in its rates
+        soonest: tuple[float, str, CircuitOpen] | None = None  # the circuit to open first
         while True:  # one server, then the next
             assert slot.lease is not None
             server = slot.lease.server
             call.span.upstream_host = server.url
-            elsewhere = fleet.can_move(model, {*tried, server.url})
+            elsewhere = fleet.can_move(model, {*tried, server.url}, who)
             began = time.perf_counter_ns()
             try:
-                who = f"{call.span.tenant}/{call.span.department}"  # a circuit of its own
                 attempts = slot.lease.attempts(model, elsewhere=elsewhere, waits=call, caller=who)
                 async with call.in_time(call.deadline()):  # a whole answer comes at its end
                     sent = await server.pool.send(
@@ -373,28 +360,32 @@ class Relay:
                     fleet.lacks(server, model)
                 if not (elsewhere and (missing or is_transient(sent.error))):
                     await close_call(self.meter, call, sent.error)
-                    return _refusal_response(wire, sent)
+                    return refusal_response(wire, sent)
                 failure = sent.error
             tried.add(server.url)
             reached = reached or not isinstance(failure, CircuitOpen)
+            if isinstance(failure, CircuitOpen):
+                turned = (failure.retry_after or 0.0, server.url, failure)
+                soonest = turned if soonest is None or turned[0] < soonest[0] else soonest
             if failure.error_type == "connection":
                 fleet.took_out(server, str(failure))
-            if isinstance(failure, OverCap) or not fleet.can_move(model, tried):
-                if not reached:  # every circuit open: turned away here, as by a full queue
-                    admission.refund()
+            if isinstance(failure, OverCap) or not fleet.can_move(model, tried, who):
+                if not reached and soonest is not None:  # every circuit open: turned away
+                    admission.refund()  # here, as by a full queue; back when the first lets it
+                    _, call.span.upstream_host, failure = soonest
                 call.span.http_status = failure.status_code or gateway_status(failure)  # 502, 504
                 await close_call(self.meter, call, failure)
-                return _failure_response(wire, failure)
+                return failure_response(wire, failure)
             call.moved(time.perf_counter_ns() - began)  # not the next server's busy time
             moving = time.monotonic_ns()
             try:
                 # Its server's slot is given back; its places under its limits stay its own.
-                lease = await fleet.move(slot.lease, model, tried)
+                lease = await fleet.move(slot.lease, model, tried, who)
             except BaseException as exc:  # busy, the caller left, or the server is stopping
                 call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - moving
                 await close_call(self.meter, call, exc)
                 if isinstance(exc, ServerBusy):
-                    return _failure_response(wire, exc)
+                    return failure_response(wire, exc)
                 raise
             call.span.queue_ns = (call.span.queue_ns or 0) + lease.waited_ns  # both waits
             slot.move(lease)
@@ -427,23 +418,3 @@ class Relay:
                 await close_call(self.meter, opened[0], exc)
             raise
         return made
-
-
-def _refusal_response(wire: WireFormat, refusal: Refusal) -> Response:
-    """Ollama's own error answer, as it came; a redirect or another success is no answer: 502."""
-    if refusal.status < 400:
-        return error_response(wire, 502, str(refusal.error))
-    return Response(
-        refusal.body,
-        status_code=refusal.status,
-        media_type=refusal.content_type,
-        headers={"Retry-After": refusal.retry_after} if refusal.retry_after else None,
-    )
-
-
-def _failure_response(wire: WireFormat, error: UpstreamError) -> Response:
-    """The answer for a call no server could take: 503 and when to retry, or 502/504."""
-    if isinstance(error, CircuitOpen | ServerBusy):
-        wait = str(max(1, math.ceil(error.retry_after)))  # never before it is over
-        return error_response(wire, 503, str(error), headers={"Retry-After": wait})
-    return error_response(wire, gateway_status(error), str(error))

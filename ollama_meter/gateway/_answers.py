@@ -1,0 +1,45 @@
+"""The gateway's error answers, in the route's wire format (Ollama's, OpenAI's, Anthropic's)."""
+
+from __future__ import annotations
+
+import math
+
+from starlette.responses import JSONResponse, Response
+
+from ollama_meter.errors import CircuitOpen, ServerBusy, UpstreamError
+from ollama_meter.upstream import Refusal, WireFormat
+from ollama_meter.upstream._pooled import gateway_status
+
+
+def error_response(
+    wire: WireFormat,
+    status: int,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    kind: str | None = None,
+) -> Response:
+    """An error in the route's wire format: Ollama's ``{"error": "..."}``, or OpenAI's object
+    (``kind``, the meter's error type, says which refusal it is in OpenAI's words)."""
+    body = wire.error_body(status, message, kind=kind)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def refusal_response(wire: WireFormat, refusal: Refusal) -> Response:
+    """Ollama's own error answer, as it came; a redirect or another success is no answer: 502."""
+    if refusal.status < 400:
+        return error_response(wire, 502, str(refusal.error))
+    return Response(
+        refusal.body,
+        status_code=refusal.status,
+        media_type=refusal.content_type,
+        headers={"Retry-After": refusal.retry_after} if refusal.retry_after else None,
+    )
+
+
+def failure_response(wire: WireFormat, error: UpstreamError) -> Response:
+    """The answer for a call no server could take: 503 and when to retry, or 502/504."""
+    if isinstance(error, CircuitOpen | ServerBusy):
+        wait = str(max(1, math.ceil(error.retry_after)))  # never before it is over
+        return error_response(wire, 503, str(error), headers={"Retry-After": wait})
+    return error_response(wire, gateway_status(error), str(error))
