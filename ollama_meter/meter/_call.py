@@ -223,6 +223,12 @@ class MeteredCall:
         time is not the serving server's (as a wait between attempts is not, :meth:`waiting`)."""
         self.idle_ns += max(spent_ns, 0)
 
+    @property
+    def caller(self) -> str:
+        """Whose call it is, for the circuit breaker: ``tenant/department`` (its own circuit
+        for a model; a model's opens only on failures from two callers or more)."""
+        return f"{self.span.tenant}/{self.span.department}"
+
     def deadline(self) -> float | None:
         """When, in the running event loop's time, the call has run all it was admitted on."""
         left = self.time_left_s()

@@ -35,19 +35,39 @@ class Answers(Protocol):
     def sent(self, operation: str, request: Mapping[str, Any]) -> Mapping[str, Any]: ...
 
     def call(
-        self, operation: str, request: Mapping[str, Any], time_cap: MeteredCall | None = None
+        self,
+        operation: str,
+        request: Mapping[str, Any],
+        time_cap: MeteredCall | None = None,
+        *,
+        caller: str = "",
     ) -> Any: ...
 
     def stream(
-        self, operation: str, request: Mapping[str, Any], time_cap: MeteredCall | None = None
+        self,
+        operation: str,
+        request: Mapping[str, Any],
+        time_cap: MeteredCall | None = None,
+        *,
+        caller: str = "",
     ) -> Generator[Any, None, None]: ...
 
     async def acall(
-        self, operation: str, request: Mapping[str, Any], waits: MeteredCall | None = None
+        self,
+        operation: str,
+        request: Mapping[str, Any],
+        waits: MeteredCall | None = None,
+        *,
+        caller: str = "",
     ) -> Any: ...
 
     def astream(
-        self, operation: str, request: Mapping[str, Any], waits: MeteredCall | None = None
+        self,
+        operation: str,
+        request: Mapping[str, Any],
+        waits: MeteredCall | None = None,
+        *,
+        caller: str = "",
     ) -> AsyncGenerator[Any, None]: ...
 
 
@@ -110,7 +130,9 @@ class Run:
         last: Any = None
         try:
             if self.stream:
-                parts = self._upstream.stream(self.operation, self.request, call)
+                parts = self._upstream.stream(
+                    self.operation, self.request, call, caller=call.caller
+                )
                 try:
                     for part in parts:
                         failure = call.take(reader.read(part))
@@ -126,7 +148,7 @@ class Run:
                         yield held
                     raise
             else:
-                last = self._upstream.call(self.operation, self.request, call)
+                last = self._upstream.call(self.operation, self.request, call, caller=call.caller)
                 call.take(reader.read(last))  # a reported failure was raised by the call
         except BaseException as exc:
             meter.close(call, exc)
@@ -148,7 +170,9 @@ class Run:
             # A silent server, or a whole answer, is cut on time too: at the deadline of the
             # moment, which a wait between attempts pushed back (it is not Ollama's time).
             if self.stream:
-                parts = self._upstream.astream(self.operation, self.request, call)
+                parts = self._upstream.astream(
+                    self.operation, self.request, call, caller=call.caller
+                )
                 try:
                     while True:
                         async with call.in_time(call.deadline()):
@@ -169,7 +193,9 @@ class Run:
                     raise
             else:
                 async with call.in_time(call.deadline()):
-                    last = await self._upstream.acall(self.operation, self.request, call)
+                    last = await self._upstream.acall(
+                        self.operation, self.request, call, caller=call.caller
+                    )
                 call.take(reader.read(last))
         except BaseException as exc:
             try:

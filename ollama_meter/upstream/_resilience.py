@@ -373,10 +373,10 @@ class Resilient:
         self.retry = retry
         self.breaker = breaker
 
-    def attempts(self, model: str, *, waits: Waits | None = None) -> CallAttempts:
+    def attempts(self, model: str, *, waits: Waits | None = None, caller: str = "") -> CallAttempts:
         """One call's passage through this host's breaker and retry policy (``waits``: who
-        is told of its waits between attempts)."""
-        return CallAttempts(self.breaker, self.retry, model, waits=waits)
+        is told of its waits between attempts; ``caller``: whose call it is)."""
+        return CallAttempts(self.breaker, self.retry, model, waits=waits, caller=caller)
 
 
 def breaker_for(

@@ -33,7 +33,6 @@ from ollama_meter.upstream._classify import (
     not_an_answer,
     out_of_resources,
     reported_error,
-    retry_after_seconds,
     transport_error,
     unfinished_error,
 )
@@ -45,6 +44,14 @@ from ollama_meter.upstream._resilience import (
     breaker_for,
 )
 from ollama_meter.upstream._sdk_kept import AsyncKeptTransport, KeptTransport
+from ollama_meter.upstream._sdk_said import (
+    header_of_error as _header,
+    one_line as _one_line,
+    refused_by_client as _refused_by_client,
+    reported_in as _reported_in,
+    retry_after_of as _retry_after,
+    said_nothing as _said_nothing,
+)
 from ollama_meter.upstream._sdk_time import TimeCap, paced, waits as _waits, within as _within
 from ollama_meter.upstream._sent import as_sent
 from ollama_meter.upstream._tls import client_tls
@@ -145,14 +152,20 @@ class Upstream(Resilient):
         return as_sent(operation, request)
 
     def call(
-        self, operation: str, request: Mapping[str, Any], time_cap: TimeCap | None = None
+        self,
+        operation: str,
+        request: Mapping[str, Any],
+        time_cap: TimeCap | None = None,
+        *,
+        caller: str = "",
     ) -> Response:
         """One answer, retrying transient failures with backoff; raises a classified error.
 
-        ``time_cap``: the call is cut (its error raised) once it has waited that long."""
+        ``time_cap``: the call is cut (its error raised) once it has waited that long.
+        ``caller``: whose call it is, for the model's circuits (see ``CircuitBreaker``)."""
         method = getattr(self.client, operation)
         model = str(request.get("model", ""))
-        attempts = self.attempts(model, waits=time_cap)
+        attempts = self.attempts(model, waits=time_cap, caller=caller)
 
         def attempt() -> Response:
             _ANSWERED.set(False)
@@ -167,7 +180,12 @@ class Upstream(Resilient):
         return result
 
     def stream(
-        self, operation: str, request: Mapping[str, Any], time_cap: TimeCap | None = None
+        self,
+        operation: str,
+        request: Mapping[str, Any],
+        time_cap: TimeCap | None = None,
+        *,
+        caller: str = "",
     ) -> Generator[Response, None, None]:
         """Ollama's chunks as they arrive; raises a classified error.
 
@@ -177,7 +195,7 @@ class Upstream(Resilient):
         ``time_cap``: no wait for a chunk outlasts the time the call had left when sent.
         """
         model = str(request.get("model", ""))
-        attempts = self.attempts(model, waits=time_cap)
+        attempts = self.attempts(model, waits=time_cap, caller=caller)
 
         def first() -> tuple[Iterator[Response], Response | None]:
             _ANSWERED.set(False)
@@ -215,13 +233,18 @@ class Upstream(Resilient):
         attempts.end()
 
     async def acall(
-        self, operation: str, request: Mapping[str, Any], waits: Waits | None = None
+        self,
+        operation: str,
+        request: Mapping[str, Any],
+        waits: Waits | None = None,
+        *,
+        caller: str = "",
     ) -> Response:
         """:meth:`call` on the event loop; ``waits`` is told of the waits between attempts
         (the caller cuts the call on time: see ``MeteredCall.in_time``)."""
         method = getattr(self.async_client, operation)
         model = str(request.get("model", ""))
-        attempts = self.attempts(model, waits=waits)
+        attempts = self.attempts(model, waits=waits, caller=caller)
 
         async def attempt() -> Response:
             _ANSWERED.set(False)
@@ -235,11 +258,16 @@ class Upstream(Resilient):
         return result
 
     async def astream(
-        self, operation: str, request: Mapping[str, Any], waits: Waits | None = None
+        self,
+        operation: str,
+        request: Mapping[str, Any],
+        waits: Waits | None = None,
+        *,
+        caller: str = "",
     ) -> AsyncGenerator[Response, None]:
         """:meth:`stream` on the event loop; ``waits`` as for :meth:`acall`."""
         model = str(request.get("model", ""))
-        attempts = self.attempts(model, waits=waits)
+        attempts = self.attempts(model, waits=waits, caller=caller)
 
         async def first() -> tuple[AsyncIterator[Response], Response | None]:
             _ANSWERED.set(False)
@@ -382,62 +410,6 @@ def _closed_under() -> ClientClosed:
 def _says_done(part: object) -> bool:
     """Whether a streamed chunk is the last: a stream that ends before it was cut short."""
     return getattr(part, "done", None) is True
-
-
-def _refused_by_client(exc: BaseException) -> bool:
-    """Whether the client library refused to build the request from the arguments it was given.
-
-    It checks them (pydantic models named for the request and its parts) before sending;
-    an answer it cannot read fails on a model named ``...Response``, which is Ollama's doing.
-    """
-    if isinstance(exc, pydantic.ValidationError):
-        return not exc.title.endswith("Response")
-    return isinstance(exc, ollama.RequestError | TypeError) or (
-        isinstance(exc, ValueError) and not isinstance(exc, json.JSONDecodeError)
-    )
-
-
-def _said_nothing(exc: httpx.RemoteProtocolError) -> bool:
-    """Whether the server closed the connection before a byte of its answer could be read
-    (httpcore's words for it): nothing answered, as when it is not there at all."""
-    return "without sending a response" in str(exc)
-
-
-def _reported_in(exc: BaseException) -> UpstreamError | None:
-    """The failure a 200's object reports (``{"error": ...}``), when the client could not read
-    it as an answer: it checks the fields an answer has first, so the error went unsaid."""
-    if not (isinstance(exc, pydantic.ValidationError) and exc.title.endswith("Response")):
-        return None
-    for error in exc.errors(include_url=False):
-        answer = error.get("input")
-        if error["type"] == "missing" and not error["loc"][1:] and isinstance(answer, Mapping):
-            return reported_error(answer)
-    return None
-
-
-def _one_line(exc: BaseException) -> str:
-    """What the client library said, on one line: ``Message.content: Input should be ...``."""
-    if isinstance(exc, pydantic.ValidationError):
-        return "; ".join(
-            f"{'.'.join((exc.title, *map(str, error['loc'])))}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
-    if isinstance(exc, ollama.RequestError):
-        return exc.error
-    return str(exc) or type(exc).__name__
-
-
-def _retry_after(exc: ollama.ResponseError) -> float | None:
-    return retry_after_seconds(_header(exc, "retry-after"))
-
-
-def _header(exc: ollama.ResponseError, name: str) -> str | None:
-    """A header of the answer: the client raises from httpx's error, which has them."""
-    cause = exc.__context__
-    if isinstance(cause, httpx.HTTPStatusError):
-        value: str | None = cause.response.headers.get(name)
-        return value
-    return None
 
 
 def _no_stream(operation: str) -> dict[str, Any]:

@@ -58,3 +58,29 @@ def test_failures_from_two_departments_open_the_models_circuit_for_everyone(
     assert refused.status_code == 503
     assert "model 'llama3.1:8b' on" in refused.json()["error"]
     assert "failed 3 calls in a row" in refused.json()["error"]
+
+
+def test_under_require_key_headers_do_not_make_one_key_many_callers(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """With keys required the key says whose call it is: a caller that names another
+    department, tenant or user in each request is still one caller, and its failures open
+    its own circuit, never the model's for every other key."""
+    gw = app_on(emulator.url, sqlite_url, require_key=True)
+    sales = gw.ledger.create_key(name="s", tenant="acme", department="sales")[1]
+    support = gw.ledger.create_key(name="t", tenant="acme", department="support")[1]
+    emulator.inject(Fault.HTTP_500, times=100)
+    disguises = [
+        {"X-Ometer-Department": "legal"},
+        {"X-Ometer-Tenant": "globex", "X-Ometer-Department": "ops"},
+        {"X-Ometer-User": "mallory", "X-Ometer-Department": "hr"},
+    ]
+    for disguise in disguises:
+        reply = gw.client.post("/api/chat", json=HI, headers={"X-Ometer-Key": sales, **disguise})
+        assert reply.status_code == 500
+    emulator.clear_faults()
+    refused = gw.client.post("/api/chat", json=HI, headers={"X-Ometer-Key": sales, **disguises[0]})
+    assert refused.status_code == 503
+    assert "called by acme/sales, failed 3 calls in a row" in refused.json()["error"]
+    answered = gw.client.post("/api/chat", json=HI, headers={"X-Ometer-Key": support})
+    assert answered.status_code == 200, answered.text[:300]
