@@ -22,7 +22,8 @@ A call may name its caller (the gateway names the tenant and department). Then a
 circuit opens only on failures from two callers or more: a run of one caller's failures is
 likely its requests' own doing (a mistake Ollama answers as a server error, in words no
 classifier knows yet), so it opens that caller's circuit for the model, and the other
-callers' calls still reach it. Calls that name no caller count as before.
+callers' calls still reach it; once it opened, that caller's failures count on its circuit
+alone, and its calls are never the model's trial. Calls that name no caller count as before.
 
 The two transports (the ``ollama`` client in ``_sdk.py``, the gateway's pooled
 aiohttp client in ``_pooled.py``) are :class:`Resilient`: each drives every call
@@ -178,7 +179,10 @@ class CircuitBreaker:
                 )
             if refused is not None:
                 raise refused
-            for passed in (self._host, circuit, own):
+            # A caller let through on its own circuit's trial speaks for itself, not for the
+            # model: the model's trial is left to another caller's call.
+            suspect = own is not None and own.opened_at is not None
+            for passed in (self._host, None if suspect else circuit, own):
                 if passed is not None and self._state(passed) == "half_open":
                     passed.trial = ticket
             return ticket
@@ -220,7 +224,10 @@ class CircuitBreaker:
                 self._host = _Circuit()  # the host answered
             if kind in _HOST_FAILURES:
                 self._fail(self._host, ticket)
-            if kind in _MODEL_FAILURES:
+            # A failure of a caller whose own circuit opened counts on its own circuit alone:
+            # else its failed trials, each minute, kept the model's circuit open for everyone.
+            suspect = own is not None and own.opened_at is not None
+            if kind in _MODEL_FAILURES and not suspect:
                 if circuit is None:
                     self._forget_closed()  # before it is made: not the new one itself
                     circuit = self._models[ticket.model] = _Circuit()
@@ -228,11 +235,11 @@ class CircuitBreaker:
                 # One named caller's run of failures opens its own circuit, not everyone's.
                 many = len(circuit.callers) > 1 or "" in circuit.callers
                 self._fail(circuit, ticket, opens=many)
-                if ticket.caller:
-                    if own is None:
-                        self._forget_closed()
-                        own = self._callers[mine] = _Circuit()
-                    self._fail(own, ticket)
+            if kind in _MODEL_FAILURES and ticket.caller:
+                if own is None:
+                    self._forget_closed()
+                    own = self._callers[mine] = _Circuit()
+                self._fail(own, ticket)
             # Counted or not (the caller hung up, a request never sent), its trials are over.
             for passed in (self._host, circuit, own):
                 if passed is not None and passed.trial is ticket:

@@ -54,8 +54,10 @@ class Reference:
             state = self._state(rec)
             if state == "open" or (state == "half_open" and rec.trial is not None):
                 return False
+        own = self.own.get(caller) if caller else None
+        suspect = own is not None and own.opened_at is not None  # its own circuit opened
         for rec in recs:
-            if self._state(rec) == "half_open":
+            if self._state(rec) == "half_open" and not (suspect and rec is self.model):
                 rec.trial = call
         return True
 
@@ -78,13 +80,14 @@ class Reference:
             self.host = Rec()
         if kind == "connection":
             self._fail(self.host, call)
-        if kind in _MODEL:
+        own = self.own.get(caller) if caller else None
+        if kind in _MODEL and not (own is not None and own.opened_at is not None):
             self.model = self.model or Rec()
             self.model.callers.add(caller)
             many = len(self.model.callers) > 1 or "" in self.model.callers
             self._fail(self.model, call, opens=many)
-            if caller:
-                self._fail(self.own.setdefault(caller, Rec()), call)
+        if kind in _MODEL and caller:
+            self._fail(self.own.setdefault(caller, Rec()), call)
         for rec in self._recs(caller):
             if rec.trial == call:
                 rec.trial = None
@@ -172,3 +175,23 @@ def test_one_trial_at_a_time_though_a_call_sent_before_the_circuit_opened_fails(
     assert second is None  # the first trial still runs
     b.settle(trial, None)
     assert b.state("m") == "closed"
+
+
+def test_one_caller_cannot_keep_the_models_circuit_open_with_its_own_trials() -> None:
+    """The model's circuit opened (sales' and support's failures); sales calls again and again,
+    its requests failing as its own do. Let through each minute as the trial of the model's
+    circuit and of its own at once, it re-opened both each time: support was refused the
+    model for as long as sales kept calling. A call let through as its own circuit's trial
+    speaks for its caller, not for the model: the model's trial is another caller's call."""
+    clock = Clock()
+    b = CircuitBreaker(HOST, threshold=3, reset_after=RESET, clock=clock)
+    for caller in ("acme/sales", "acme/support", "acme/sales"):
+        b.settle(b.admit("m", caller), BOOM)
+    assert b.state("m") == "open"
+    for _ in range(5):  # sales is always first when a minute is over
+        clock.now += RESET
+        b.settle(b.admit("m", "acme/sales"), BOOM)
+    assert b.state("m", "acme/sales") == "open"
+    trial = b.admit("m", "acme/support")  # the model's trial: support's call, which answers
+    b.settle(trial, None)
+    assert b.state("m") == "closed" and b.state("m", "acme/sales") == "open"
