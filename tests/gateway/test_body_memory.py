@@ -151,6 +151,7 @@ def test_bodies_past_the_room_wait_then_get_503_with_a_span(
     refused = httpx.post(f"{gw.url}/api/chat", content=body, timeout=30)
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert "holds as many request bodies as it takes (8,000 bytes" in refused.json()["error"]
+    _until(lambda: len(gw.ledger.latest(SpanFilter(), 5)) == 2, "the refusal left no span")
     latest = gw.ledger.latest(SpanFilter(), 1)[0]
     assert (latest.status, latest.error_type, latest.http_status) == ("error", "server_busy", 503)
     small = httpx.post(f"{gw.url}/api/chat", content=b'{"model": 5}', timeout=30)
@@ -219,7 +220,9 @@ def test_a_caller_that_hangs_up_waiting_for_room_is_a_client_abort_at_once(
         leaver.close()
         _until(lambda: not memory._waiting, "the wait went on for a caller that hung up")
         assert time.monotonic() - left < 10  # not the 20 s wait
-        (span,) = gw.ledger.latest(SpanFilter(), 1)
+        # Its span is written once its wait has ended (the warm-up call's is the other).
+        _until(lambda: len(gw.ledger.latest(SpanFilter(), 5)) == 2, "the leaver left no span")
+        span = gw.ledger.latest(SpanFilter(), 1)[0]
         assert (span.status, span.error_type, span.http_status) == (
             "client_abort",
             "client_abort",
