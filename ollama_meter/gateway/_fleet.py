@@ -39,7 +39,7 @@ from ollama_meter.gateway._queue import Capacity, FairQueue, Grant, Place, Where
 from ollama_meter.meter import Source
 from ollama_meter.meter._wiring import transport_for
 from ollama_meter.records import model_key
-from ollama_meter.upstream import CallAttempts, PooledUpstream, Waits
+from ollama_meter.upstream import CallAttempts, PooledUpstream, Waits, caller_of
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -146,11 +146,6 @@ class Lease:
 
     def release(self) -> None:
         self._grant.release()
-
-
-def caller_of(flow: tuple[str, str]) -> str:
-    """Whose call it is, for the circuits: its tenant and department (``tenant/department``)."""
-    return f"{flow[0]}/{flow[1]}"
 
 
 class Fleet:
@@ -321,7 +316,7 @@ class Fleet:
         self, model: str, flow: tuple[str, str], *, weight: int = 1, caps: Sequence[Capacity] = ()
     ) -> Lease | None:
         """A slot at once when one is free and nobody waits for one; else None (then :meth:`lease`)."""
-        place, where = self._placing(model, (), caller_of(flow))
+        place, where = self._placing(model, (), caller_of(*flow))
         grant = self.queue.grant_now(flow, place, weight=weight, caps=caps, where=where)
         return None if grant is None else self._leased(grant)
 
@@ -343,7 +338,7 @@ class Fleet:
 
         Raises :class:`~ollama_meter.gateway._queue.Busy`.
         """
-        place, where = self._placing(model, (), caller_of(flow))
+        place, where = self._placing(model, (), caller_of(*flow))
         grant = await self.queue.acquire(
             flow, place, weight=weight, caps=caps, timeout=self.queue_timeout, where=where
         )

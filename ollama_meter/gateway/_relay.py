@@ -40,7 +40,7 @@ from ollama_meter.errors import (
     UpstreamError,
 )
 from ollama_meter.gateway._answers import error_response, failure_response, refusal_response
-from ollama_meter.gateway._fleet import Fleet, caller_of
+from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._rates import Admission
 from ollama_meter.gateway._requests import SPAN_HEADER, MeteredRequest
 from ollama_meter.gateway._slots import (
@@ -64,6 +64,7 @@ from ollama_meter.upstream import (
     PooledUpstream,
     Refusal,
     WireFormat,
+    caller_of,
     is_transient,
     wire_of_path,
 )
@@ -330,7 +331,7 @@ class Relay:
         routing until discovery sees it answer.
         """
         fleet, model = self.fleet, request.model
-        who = caller_of(admission.flow)  # its own circuits: routing and breakers ask of them
+        who = caller_of(*admission.flow)  # its own circuits: routing and breakers ask of them
         tried: set[str] = set()
         reached = False  # a server was called: the call counts in its rates
         soonest: tuple[float, str, CircuitOpen] | None = None  # the circuit to open first

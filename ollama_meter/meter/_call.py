@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from ollama_meter.errors import ClientClosed, OverCap, UpstreamError, ValidationError
 from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.records import DurationSource, SpanRecord, Stored, TokenSource
-from ollama_meter.upstream import Delta, Event, Final
+from ollama_meter.upstream import Delta, Event, Final, caller_of
 
 if TYPE_CHECKING:
     from ollama_meter.budgets import CallBound, Reservation
@@ -227,7 +227,7 @@ class MeteredCall:
     def caller(self) -> str:
         """Whose call it is, for the circuit breaker: ``tenant/department`` (its own circuit
         for a model; a model's opens only on failures from two callers or more)."""
-        return f"{self.span.tenant}/{self.span.department}"
+        return caller_of(self.span.tenant, self.span.department)
 
     def deadline(self) -> float | None:
         """When, in the running event loop's time, the call has run all it was admitted on."""

@@ -28,6 +28,7 @@ from ollama_meter.upstream._resilience import (
     RetryPolicy,
     Waits,
     breaker_for,
+    caller_of,
     is_transient,
     reset_breakers,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "Waits",
     "WireFormat",
     "breaker_for",
+    "caller_of",
     "error_text",
     "gateway_status",
     "is_transient",

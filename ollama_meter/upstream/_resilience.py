@@ -57,6 +57,11 @@ T = TypeVar("T")
 K = TypeVar("K")
 
 
+def caller_of(tenant: str, department: str) -> str:
+    """Whose call it is, for the circuits (see :class:`CircuitBreaker`): ``tenant/department``."""
+    return f"{tenant}/{department}"
+
+
 class Waits(Protocol):
     """Told of each wait between a call's attempts (the meter: waiting is not Ollama's time,
     so it neither runs out a hard budget's time for the call nor is charged as busy time)."""
