@@ -66,3 +66,15 @@ def system_timezone() -> str:
     if name and name[:6].lower() in _COPIES:  # the same civil time: without leap seconds,
         name = name[6:]  # or by the name every machine knows
     return name if name and not zone_problem(name) else "UTC"
+
+
+WHOLE_NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*")
+"""An integer as a user writes one: ASCII digits. ``int()`` (and so typer and pydantic) also
+reads ``1_0``, ``10.0`` and other scripts' digits, so a typo ran on a value nobody wrote."""
+
+
+def whole_number(value: object) -> object:
+    """``value`` for an integer setting; a ValueError for text that is not ASCII digits."""
+    if isinstance(value, str) and not WHOLE_NUMBER.fullmatch(value):
+        raise ValueError(f"{value!r} is not a whole number (digits only, e.g. 30)")
+    return value

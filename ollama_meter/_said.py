@@ -5,9 +5,13 @@ to interpret input", said neither)."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic.fields import FieldInfo
+from pydantic.functional_validators import BeforeValidator
+from pydantic_core import PydanticCustomError
+
+from ollama_meter._names import WHOLE_NUMBER
 
 _NUMBER_ERRORS = frozenset(
     {
@@ -43,6 +47,14 @@ def said(error: Any, info: FieldInfo | None) -> str | None:
     return None
 
 
+def digits(value: object) -> object:
+    """An integer setting's ``value``, refused unless it is written in ASCII digits: pydantic
+    reads ``1_0``, ``10.0`` and other scripts' digits as 10 (:func:`said` words the refusal)."""
+    if isinstance(value, str) and not WHOLE_NUMBER.fullmatch(value):
+        raise PydanticCustomError("int_parsing", "not a whole number")
+    return value
+
+
 def _shown(given: object) -> str:
     text = repr(given) if isinstance(given, str) else str(given)
     return text if len(text) <= 60 else f"{text[:40]}... ({len(text):,} characters)"
@@ -50,7 +62,8 @@ def _shown(given: object) -> str:
 
 def _expected(info: FieldInfo) -> str:
     """``a whole number from 1 to 65,535``, ``a number above 0 and at most 3,600``..."""
-    whole = int in (info.annotation, *getattr(info.annotation, "__args__", ()))
+    kinds = (info.annotation, *getattr(info.annotation, "__args__", ()))
+    whole = any(getattr(kind, "__origin__", kind) is int for kind in kinds)  # Annotated too
     low = high = ""
     for bound in info.metadata:
         if (ge := getattr(bound, "ge", None)) is not None:
@@ -67,3 +80,7 @@ def _expected(info: FieldInfo) -> str:
         high = "up"
     kind = "a whole number" if whole else "a number"
     return " ".join(part for part in (kind, low, high) if part)
+
+
+Int = Annotated[int, BeforeValidator(digits)]
+"""An integer setting: written in digits (``1_0`` and ``10.0`` are refused, not read as 10)."""

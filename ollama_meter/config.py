@@ -32,6 +32,7 @@ from ollama_meter._environment import (
 )
 from ollama_meter._names import name_problem, system_timezone, zone_problem
 from ollama_meter._paths import default_data_dir, resolved, sqlite_url_problem
+from ollama_meter._said import Int
 from ollama_meter._urls import (
     UpstreamSpec,
     credential_problem,
@@ -77,12 +78,12 @@ class Settings(BaseSettings):
     upstream_timeout: Annotated[
         float, Field(validation_alias="OMETER_UPSTREAM_TIMEOUT", gt=0, le=DAY_SECONDS)
     ] = 300.0
-    retries: Annotated[int, Field(validation_alias="OMETER_RETRIES", ge=0, le=10)] = 2
+    retries: Annotated[Int, Field(validation_alias="OMETER_RETRIES", ge=0, le=10)] = 2
     retry_backoff: Annotated[
         float, Field(validation_alias="OMETER_RETRY_BACKOFF", ge=0, le=3600)
     ] = 0.5
     breaker_failures: Annotated[
-        int, Field(validation_alias="OMETER_BREAKER_FAILURES", ge=1, le=1000)
+        Int, Field(validation_alias="OMETER_BREAKER_FAILURES", ge=1, le=1000)
     ] = 3
     breaker_reset: Annotated[
         float, Field(validation_alias="OMETER_BREAKER_RESET", gt=0, le=DAY_SECONDS)
@@ -139,7 +140,7 @@ class Settings(BaseSettings):
     journal: Annotated[bool, Field(validation_alias="OMETER_JOURNAL")] = True
     """Write each call to the crash journal before it goes upstream (off only to measure it)."""
     budget_reply_cap: Annotated[
-        int, Field(validation_alias="OMETER_BUDGET_REPLY_CAP", ge=1, le=10_000_000)
+        Int, Field(validation_alias="OMETER_BUDGET_REPLY_CAP", ge=1, le=10_000_000)
     ] = 4096
     """Reply tokens a call under a hard budget may produce when it sets no num_predict/max_tokens."""
     export_timeout: Annotated[
@@ -150,7 +151,7 @@ class Settings(BaseSettings):
         None
     )
     smtp_host: Annotated[str | None, Field(validation_alias="OMETER_SMTP_HOST")] = None
-    smtp_port: Annotated[int, Field(validation_alias="OMETER_SMTP_PORT", gt=0, lt=65536)] = 25
+    smtp_port: Annotated[Int, Field(validation_alias="OMETER_SMTP_PORT", gt=0, lt=65536)] = 25
     smtp_user: Annotated[str | None, Field(validation_alias="OMETER_SMTP_USER")] = None
     smtp_password: Annotated[SecretStr | None, Field(validation_alias="OMETER_SMTP_PASSWORD")] = (
         None
@@ -160,12 +161,12 @@ class Settings(BaseSettings):
     fixed_monthly_cost: Annotated[
         Decimal | None, Field(validation_alias="OMETER_FIXED_MONTHLY_COST", ge=0)
     ] = None
-    keep_days: Annotated[int | None, Field(validation_alias="OMETER_KEEP_DAYS", ge=1)] = None
+    keep_days: Annotated[Int | None, Field(validation_alias="OMETER_KEEP_DAYS", ge=1)] = None
     upstreams: Annotated[str | None, Field(validation_alias="OMETER_UPSTREAMS")] = None
     """Several Ollama servers for the gateway: ``url[#slots=N],...`` (instead of OLLAMA_HOST)."""
-    slots: Annotated[int | None, Field(validation_alias="OMETER_SLOTS", ge=1, le=MAX_SLOTS)] = None
+    slots: Annotated[Int | None, Field(validation_alias="OMETER_SLOTS", ge=1, le=MAX_SLOTS)] = None
     """Calls each server runs at once through the gateway; more wait in its fair queue."""
-    max_queue: Annotated[int, Field(validation_alias="OMETER_MAX_QUEUE", ge=0, le=MAX_QUEUE)] = 512
+    max_queue: Annotated[Int, Field(validation_alias="OMETER_MAX_QUEUE", ge=0, le=MAX_QUEUE)] = 512
     """Calls that may wait for a slot; more are answered 503 "server busy", as Ollama does."""
     discovery_interval: Annotated[
         float, Field(validation_alias="OMETER_DISCOVERY_INTERVAL", gt=0, le=3600)

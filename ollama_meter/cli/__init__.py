@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 import typer
 
 from ollama_meter._logging import configure_logging
+from ollama_meter._names import whole_number
 from ollama_meter._version import __version__
 from ollama_meter.cli import (
     budget,
@@ -224,7 +225,8 @@ def _once(command: Any) -> None:
 
     def parse_once(ctx: typer.Context, args: list[str]) -> list[str]:
         seen = set()
-        _, _, order = command.make_parser(ctx).parse_args(args=list(args))
+        given, _, order = command.make_parser(ctx).parse_args(args=list(args))
+        _whole_numbers(ctx, command, given)
         for param in order:
             if param.param_type_name == "option" and not (
                 param.multiple or param.count or param.is_eager
@@ -236,6 +238,21 @@ def _once(command: Any) -> None:
         return rest
 
     command.parse_args = parse_once
+
+
+def _whole_numbers(ctx: typer.Context, command: Any, given: dict[str, Any]) -> None:
+    """Refuse an integer option or argument written as anything but digits
+    (:func:`~ollama_meter._names.whole_number`): typer read ``--keep-days 10.0`` as 10."""
+    for param in command.params:
+        raw = given.get(param.name)
+        descriptor = getattr(param, "type_descriptor", None)
+        if not isinstance(raw, str) or descriptor is None:
+            continue
+        if descriptor.annotation in (int, int | None):
+            try:
+                whole_number(raw)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
 def _usage_error(exc: Exception) -> bool:
