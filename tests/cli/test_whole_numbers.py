@@ -7,6 +7,7 @@ from __future__ import annotations
 import string
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -97,3 +98,38 @@ def test_digits_are_read_as_before(cli, tmp_path: Path, value: str) -> None:  # 
     days.append((datetime.now(UTC) - timedelta(days=10)).date().isoformat())  # past midnight
     assert result.code == 0, result.stderr
     assert any(f"started before {day} 00:00 UTC" in result.stdout for day in days), result.stdout
+
+
+def _integer_params() -> list[tuple[tuple[str, ...], str, str | None]]:
+    """(command path, parameter name, option or None for an argument) of every integer one."""
+    import typer.main
+
+    from ollama_meter.cli import app
+
+    found = []
+
+    def walk(command: Any, path: tuple[str, ...]) -> None:
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, (*path, name))
+        for param in getattr(command, "params", ()) if path else ():
+            descriptor = getattr(param, "type_descriptor", None)
+            if descriptor is not None and descriptor.annotation is int:
+                option = param.opts[0] if param.param_type_name == "option" else None
+                found.append((path, param.name, option))
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+INTEGER_PARAMS = _integer_params()
+
+
+def test_every_integer_option_and_argument_refuses_what_is_not_digits(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Found in the command tree, so a new one is covered without a line here."""
+    assert len(INTEGER_PARAMS) >= 15
+    for path, name, option in INTEGER_PARAMS:
+        given = [option, "1_0"] if option else ["1_0", "1_0", "1_0"][:1]
+        result = cli(*path, *given)
+        said = result.stderr
+        assert result.code == 2, (path, name, said)
+        assert "'1_0' is not a whole number" in said and said.count("\n") == 1, (path, name, said)
