@@ -6,7 +6,9 @@ hard budget admits a call on the most its prompt can count, so it must know them
 before the first call: learned from calls past their bound, every ``ometer chat`` (one
 call a process) and a gateway's first concurrent calls were each charged past their
 bound by the whole hidden prompt. ``/api/show`` names them (``system``, ``messages``);
-like the request's own text they count at most a token a byte.
+like the request's own text they count at most a token a byte. It names the model's
+``template`` too, whose own text is bounded for each request's shape
+(:mod:`~ollama_meter.budgets._template`).
 
 Asked only for calls a hard budget covers, once per model and process for a minute,
 of every server the call may go to (the most of them counts). A server that cannot
@@ -20,11 +22,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ollama_meter._forks import ChildLock
 from ollama_meter._reloaded import WouldBlock
-from ollama_meter.budgets._estimate import IMAGE_TOKENS, MESSAGE_TOKENS
+from ollama_meter.budgets._estimate import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS
+from ollama_meter.budgets._template import TemplateBound, bound_template
 from ollama_meter.records import MAX_TOKENS
 
 log = logging.getLogger("ollama_meter.meter")
@@ -39,6 +43,54 @@ SHOW_LIMIT = 4 * 2**20
 """The most of an ``/api/show`` answer read: a longer one is a server that cannot be believed,
 and the call is bounded as the longest prompt a span can count."""
 MODELS_KEPT = 1000
+SPECIAL_TOKENS = 8
+"""Tokens a tokenizer adds around a rendered prompt (a BOS token) that no template writes."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptShape:
+    """What of a request the model's template writes: its messages, tools, tool calls and
+    their parts, and the bytes of all its texts."""
+
+    messages: int
+    tools: int
+    calls: int
+    parts: int
+    """Members of the lists and objects within its tools and messages (a tool's properties)."""
+    text_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """What a model adds to every prompt on its own, as its servers said."""
+
+    hidden: int
+    """Its ``SYSTEM`` and ``MESSAGE`` lines (:func:`hidden_tokens`); the most, of all servers."""
+    messages: int = 0
+    """The messages they add to a chat (Ollama sends the ``SYSTEM`` as one)."""
+    templates: tuple[TemplateBound, ...] = ()
+    """What each server's ``TEMPLATE`` may write beyond a request's texts."""
+
+    def tokens(self, shape: PromptShape | None) -> int:
+        """The most tokens the model adds to a request of ``shape`` (None: one its template
+        does not render) beyond what the request's own bound allows for its template
+        (:data:`TEMPLATE_TOKENS`, :data:`MESSAGE_TOKENS` a message)."""
+        if shape is None or not self.templates:
+            return self.hidden
+        messages = max(shape.messages, 2) + self.messages  # a generate: a system, a prompt
+        written = SPECIAL_TOKENS + max(
+            t.extra(messages, shape.tools, shape.calls, shape.parts, shape.text_bytes + self.hidden)
+            for t in self.templates
+        )
+        allowed = TEMPLATE_TOKENS + MESSAGE_TOKENS * shape.messages
+        return min(self.hidden + max(written - allowed, 0), MAX_TOKENS)
+
+    def most(self, other: Shown) -> Shown:
+        return Shown(
+            max(self.hidden, other.hidden),
+            max(self.messages, other.messages),
+            self.templates + other.templates,
+        )
 
 
 def hidden_tokens(shown: Any) -> int:
@@ -74,31 +126,41 @@ class ShownPrompts:
         self.hosts = list(dict.fromkeys(hosts))
         self.timeout = timeout
         self.clock = clock
-        self._known: dict[str, tuple[int | None, float]] = {}
+        self._known: dict[str, tuple[Shown | None, float]] = {}
         self._lock = ChildLock()
+        self._unbounded: set[tuple[str, str]] = set()
+        """(server, model) whose template was said to be unbounded (said once)."""
 
-    def cached(self, model: str) -> tuple[bool, int | None]:
-        """(known, tokens) from memory: tokens None when no server could say."""
+    def cached(self, model: str) -> tuple[bool, Shown | None]:
+        """(known, what) from memory: what None when no server could say."""
         with self._lock:
             entry = self._known.get(model)
         if entry is None or entry[1] <= self.clock():
             return False, None
         return True, entry[0]
 
-    def of(self, model: str, *, blocking: bool) -> int | None:
-        """:meth:`read`, or from memory only (:class:`WouldBlock` when servers must be asked)."""
-        known, tokens = self.cached(model)
-        if known:
-            return tokens
-        if not blocking:
-            raise WouldBlock(f"what {model} adds to a prompt must be asked of Ollama")
-        return self.read(model)
+    def tokens(self, model: str, shape: PromptShape | None, *, blocking: bool) -> int | None:
+        """The most tokens ``model`` adds to a request of ``shape`` (:meth:`Shown.tokens`),
+        from memory only unless ``blocking`` (:class:`WouldBlock` when servers must be
+        asked); None: no server could say."""
+        known, shown = self.cached(model)
+        if not known:
+            if not blocking:
+                raise WouldBlock(f"what {model} adds to a prompt must be asked of Ollama")
+            shown = self.shown(model)
+        return None if shown is None else shown.tokens(shape)
 
     def read(self, model: str) -> int | None:
-        """The most tokens ``model`` adds on any server, asked now if not known; None: no server said."""
-        known, tokens = self.cached(model)
+        """The most tokens ``model``'s own prompt (``SYSTEM``, ``MESSAGE``) counts on any server;
+        None: no server said."""
+        shown = self.shown(model)
+        return None if shown is None else shown.hidden
+
+    def shown(self, model: str) -> Shown | None:
+        """What ``model`` adds on any server (the most), asked now if not known; None: no server said."""
+        known, shown = self.cached(model)
         if known:
-            return tokens
+            return shown
         if len(self.hosts) == 1:
             answers = [self._ask(self.hosts[0], model)]
         else:  # at once: a hung server costs the call one timeout, not one a server
@@ -106,15 +168,17 @@ class ShownPrompts:
 
             with ThreadPoolExecutor(len(self.hosts), thread_name_prefix="ometer-show") as pool:
                 answers = list(pool.map(lambda host: self._ask(host, model), self.hosts))
-        said = [tokens for tokens in answers if tokens is not None]
-        tokens = max(said) if said else None
+        said = [answer for answer in answers if answer is not None]
+        shown = None
+        for answer in said:
+            shown = answer if shown is None else shown.most(answer)
         with self._lock:
             if len(self._known) >= MODELS_KEPT:
                 self._known.clear()
-            self._known[model] = (tokens, self.clock() + (SHOW_TTL if said else UNKNOWN_TTL))
-        return tokens
+            self._known[model] = (shown, self.clock() + (SHOW_TTL if said else UNKNOWN_TTL))
+        return shown
 
-    def _ask(self, host: str, model: str) -> int | None:
+    def _ask(self, host: str, model: str) -> Shown | None:
         import httpx
 
         try:
@@ -137,12 +201,37 @@ class ShownPrompts:
                             SHOW_LIMIT,
                             model,
                         )
-                        return MAX_TOKENS
+                        return Shown(MAX_TOKENS)
                 missing = answer.status_code == 404
             shown = json.loads(body)
             if missing:  # {"error": "model ... not found"}: the call is not sent there
-                return 0 if isinstance(shown, dict) and "error" in shown else None
-            return hidden_tokens(shown)
+                return Shown(0) if isinstance(shown, dict) and "error" in shown else None
+            return self._described(host, model, shown)
         except (httpx.HTTPError, ValueError, RecursionError) as exc:
             log.debug("%s/api/show for %s: %s", host, model, exc)
             return None
+
+    def _described(self, host: str, model: str, shown: Any) -> Shown:
+        """What an ``/api/show`` answer (decoded) says ``model`` adds: its own prompt, and
+        what its template may write (one that nothing bounds: the longest prompt)."""
+        hidden = hidden_tokens(shown)
+        if not isinstance(shown, dict):
+            return Shown(hidden)
+        said = shown.get("messages")
+        messages = (len(said) if isinstance(said, list) else 0) + (1 if shown.get("system") else 0)
+        template = shown.get("template")
+        if not isinstance(template, str) or not template:
+            return Shown(hidden, messages)  # Ollama's default: {{ .Prompt }}, nothing of its own
+        bound = bound_template(template)
+        if isinstance(bound, TemplateBound):
+            return Shown(hidden, messages, (bound,))
+        if (host, model) not in self._unbounded:
+            self._unbounded.add((host, model))
+            log.warning(
+                "%s/api/show: %s's template cannot be bounded (%s): calls to it under a hard "
+                "budget are bounded as the longest prompt",
+                host,
+                model,
+                bound,
+            )
+        return Shown(MAX_TOKENS, messages)

@@ -224,8 +224,9 @@ class Meter:
             covering = known
         if not any(b.hard for b in covering):
             return
-        shown = None if facts.embedding else self.shown.of(span.request_model, blocking=blocking)
-        limits = self._hidden.added(span.request_model, facts.bound(self.reply_cap), shown)
+        model, shape = span.request_model, facts.shape  # what its template writes of the call
+        shown = None if facts.embedding else self.shown.tokens(model, shape, blocking=blocking)
+        limits = self._hidden.added(model, facts.bound(self.reply_cap), shown)
         call.bound = limits
         if not facts.embedding:
             call.output_cap = limits.output_tokens

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ollama_meter.budgets import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS, CallBound
+from ollama_meter.budgets._shown import PromptShape
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._templates import template_bound
 from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
@@ -24,8 +25,10 @@ from ollama_meter.meter._written import (
     arguments_bytes,
     bytes_of,
     calls_bytes,
+    calls_in,
     json_bytes,
     names_by_call_id,
+    parts_in,
     tool_calls_bytes,
     tools_bytes,
     web_searches,
@@ -65,6 +68,8 @@ class RequestFacts:
     unloads it), as it does for a generate whose ``prompt`` is empty whatever else the body
     holds (a system message, a suffix, images), a chat with no messages, an embedding of no
     input. None: as the request's texts say (some text: it evaluates)."""
+    shape: PromptShape | None = None
+    """What the model's own template writes of it; None: it is not rendered with it."""
 
     def input_estimate(self) -> int:
         """About how many tokens the prompt is, for when Ollama does not count it: its texts
@@ -387,10 +392,17 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
             given += len(context)
     texts = [t for t in texts if t]
     prompt_text = "\n".join(texts)
+    size = sum(bytes_of(t) for t in texts) + extra + no_values
+    tools = body.get("tools")
+    own = kind == "generate" and not openai and (body.get("raw") or _text(body.get("template")))
+    said = [body.get("messages"), body.get("input")]
+    calls, parts = sum(map(calls_in, said)), parts_in([tools, *said])
+    count = len(tools) if isinstance(tools, list) else 0
     return RequestFacts(
+        shape=None if embedding or own else PromptShape(messages, count, calls, parts, size),
         evaluates=None if openai or kind not in _LOADS_WHEN_EMPTY else _evaluates(kind, body),
         prompt_text=prompt_text,
-        prompt_bytes=sum(bytes_of(t) for t in texts) + extra + no_values,
+        prompt_bytes=size,
         written_bytes=extra,
         messages=messages,
         images=images,

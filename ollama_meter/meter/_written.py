@@ -8,6 +8,7 @@ The measures here are of what it writes, at least. Pure functions; no I/O.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 from collections.abc import Mapping
@@ -70,12 +71,16 @@ _PARAMETER_BYTES = 64
 def _schema_bytes(function: object) -> int:
     """At least the bytes of the schema the ``ollama`` client sends for ``function``: built
     from its name, its signature and its docstring (the descriptions are cut from it)."""
-    try:
-        parameters = list(inspect.signature(function).parameters)  # type: ignore[arg-type]
-    except (TypeError, ValueError):  # a builtin without a signature
-        parameters = []
+    parameters = _parameters(function)
     texts = [getattr(function, "__name__", ""), inspect.getdoc(function) or "", *parameters]
     return _SCHEMA_BYTES + _PARAMETER_BYTES * len(parameters) + sum(map(bytes_of, texts))
+
+
+def _parameters(function: object) -> list[str]:
+    try:
+        return list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # a builtin without a signature
+        return []
 
 
 def _scalar_bytes(value: object) -> int:
@@ -169,3 +174,54 @@ def tool_calls_bytes(calls: object) -> int:
         if isinstance(arguments, str):
             total += max(arguments_bytes(arguments) - _scalar_bytes(arguments), 0)
     return total
+
+
+_CALL_BLOCKS = ("tool_use", "server_tool_use")
+
+
+def calls_in(messages: object) -> int:
+    """The tool calls a chat's messages carry, in any wire format: a message's ``tool_calls``,
+    a Responses ``function_call`` item, a Messages ``tool_use`` block (each one Ollama hands
+    the model's template as a call)."""
+    count = 0
+    for message in messages if isinstance(messages, list) else ():
+        fields = message if isinstance(message, Mapping) else {}
+        calls = fields.get("tool_calls") if fields else getattr(message, "tool_calls", None)
+        count += len(calls) if isinstance(calls, list | tuple) else 0
+        count += fields.get("type") == "function_call"
+        content = fields.get("content")
+        for block in content if isinstance(content, list) else ():
+            count += isinstance(block, Mapping) and block.get("type") in _CALL_BLOCKS
+    return count
+
+
+def parts_in(value: object) -> int:
+    """Members of every list and object within ``value`` (a request's tools or messages), at
+    any depth, a call's JSON ``arguments`` parsed as Ollama does: the most a template's
+    ``range`` over a part of a tool or call (a tool's properties) repeats, all of them."""
+    count, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Mapping):
+            count += len(item)
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            count += len(item)
+            pending.extend(item)
+        elif isinstance(item, str) and item[:1] in ("{", "["):
+            with contextlib.suppress(ValueError, RecursionError):
+                pending.append(json.loads(item))
+        elif inspect.isroutine(item):  # a Python function as a tool: its schema's members
+            count += _SCHEMA_PARTS + _PARAMETER_PARTS * len(_parameters(item))
+        else:
+            fields = getattr(type(item), "model_fields", None)  # the ollama client's models
+            if isinstance(fields, Mapping):
+                count += len(fields)
+                pending.extend(getattr(item, name, None) for name in fields)
+    return count
+
+
+_SCHEMA_PARTS = 16
+"""Members of a function's schema besides its parameters' (its keys, ``parameters``')."""
+_PARAMETER_PARTS = 8
+"""A parameter's: its entry in ``properties``, its keys, its place in ``required``."""

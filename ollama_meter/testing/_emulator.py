@@ -330,11 +330,11 @@ class OllamaEmulator:
                 "# To build a new Modelfile based on this, replace FROM with:\n"
                 f"# FROM {model.name}\n\n"
                 f"FROM {model.name}\n"
-                'TEMPLATE "{{ .Prompt }}"\n'
+                f'TEMPLATE """{model_template(model)}"""\n'
                 + (f'SYSTEM """{model.system}"""\n' if model.system else "")
             ),
             "parameters": f"{'num_ctx':<30} {model.context_length}",
-            "template": "{{ .Prompt }}",
+            "template": model_template(model),
             "details": details(model),
             "model_info": {
                 "general.architecture": arch,
@@ -359,6 +359,20 @@ class OllamaEmulator:
                 for index, model in enumerate(self.models)
             ],
         }
+
+
+def model_template(model: EmulatedModel) -> str:
+    """The ``TEMPLATE`` ``/api/show`` names: Ollama's default (``{{ .Prompt }}``), or, for a
+    model whose template writes ``template_tokens`` of its own, a chat template that writes
+    that many words (a token each to the emulator, as it counts them in every prompt) after
+    the system prompt and each other message's content."""
+    if not model.template_tokens:
+        return "{{ .Prompt }}"
+    return (
+        "{{ if .System }}{{ .System }} {{ end }}{{ range .Messages }}"
+        '{{ if ne .Role "system" }}{{ .Content }} {{ end }}{{ end }}'
+        + " ".join(["x"] * model.template_tokens)
+    )
 
 
 def unused_port(host: str = "127.0.0.1") -> int:

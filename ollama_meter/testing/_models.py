@@ -54,9 +54,9 @@ class EmulatedModel:
     ``reply_tokens`` fixes the reply length (else it derives from the prompt).
     ``template_tokens`` is what the model's template writes into every prompt on its own
     (text in its ``TEMPLATE``; an embedding model's special tokens, to each input): counted
-    in ``prompt_eval_count``, sent by no request, shown nowhere. ``system`` is a Modelfile ``SYSTEM``, as
-    ``/api/show`` shows it: sent before a chat that has no system message of its own, and
-    a generate that sets no ``system`` (not ``raw``).
+    in ``prompt_eval_count``, sent by no request, written in ``/api/show``'s ``template``.
+    ``system`` is a Modelfile ``SYSTEM``, as ``/api/show`` shows it: sent before a chat
+    that has no system message of its own, and a generate that sets no ``system`` (not raw).
     Embedding models refuse chat and generate, as Ollama does. A ``thinking`` model thinks
     unless a request says ``think: false`` (Ollama turns thinking on by default for the
     models that can); any other model refuses ``think: true`` or a level.
