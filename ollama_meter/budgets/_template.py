@@ -10,7 +10,8 @@ bounds it, a token a byte as the rest of a call's bound counts:
   each ``range`` around it may repeat (over ``.Messages`` the chat's messages and the
   model's own; over ``.Tools`` the tools; over a message's ``.ToolCalls`` the request's
   calls, all messages' together; over a part of a tool or call, a tool's properties say,
-  the members of all their lists and objects); a block under ``if $last`` (Ollama's idiom,
+  the members of all their lists and objects); what is under ``if .Tools`` only for a
+  request with tools; a block under ``if $last`` (Ollama's idiom,
   ``eq (len (slice $.Messages $i)) 1``) once per pass of its range;
 - :data:`PRINT_BYTES` for each action that prints no request text (``.Role``,
   ``currentDate``, a count);
@@ -64,9 +65,9 @@ def _merge(a: Cost, b: Cost, most: bool = False) -> Cost:
 class TemplateBound:
     """What a template may write beyond a request's texts, for any request."""
 
-    literal: tuple[tuple[tuple[int, int, int, int], int], ...]
+    literal: tuple[tuple[counts.Key, int], ...]
     """Bytes of its own text and printed values, as a polynomial in the request's counts."""
-    repeats: tuple[tuple[str, tuple[tuple[tuple[int, int, int, int], int], ...]], ...]
+    repeats: tuple[tuple[str, tuple[tuple[counts.Key, int], ...]], ...]
     """For each of the request's texts (system, messages, tools, calls...), how often the
     template may write each of them."""
 
@@ -302,6 +303,8 @@ class _Walk:
             no = had - (names - {"*"}) if positive else had & names
             then.roles[ranged], orelse.roles[ranged] = yes, no
         body = self.nodes(block.body, then)
+        if self.tooled(block.pipe, scope):  # no tools: not written at all
+            body = {key: counts.mul(poly, counts.TOOLED) for key, poly in body.items()}
         if condition[0] == "cap":  # per pass of its range: repeats inside it multiply it
             ranged, most = int(str(condition[1])), int(str(condition[2]))
             capped: Cost = {}
@@ -311,6 +314,14 @@ class _Walk:
                 capped = _merge(capped, {key: scaled})
             body = capped
         return _merge(body, self.nodes(block.orelse, orelse), most=True)
+
+    def tooled(self, pipe: Pipe, scope: _Scope) -> bool:
+        """``if .Tools`` (or ``and`` of it): true only for a request with tools."""
+        if len(pipe.cmds) != 1 or pipe.decl:
+            return False
+        cmd = pipe.cmds[0]
+        args = cmd[1:] if cmd[0] == ("ident", "and") else cmd if len(cmd) == 1 else ()
+        return any(self.arg(a, scope) == ("coll", "tools", None) for a in args)
 
     def narrow(self, pipe: Pipe, scope: _Scope) -> tuple[int, frozenset[str], bool] | None:
         """``eq .Role "user" ...`` (or ``ne``, or ``not`` of one): the range whose message's

@@ -163,6 +163,9 @@ SIX = {
     messages=TURNS,
     tools=[A_TOOL] * 3,
 )
+@example(  # not only with tools
+    tree=[("if", ".System", [("text", "z" * 100)], [("text", "y")])], messages=SYSTEM, tools=[]
+)
 @example(  # once a property of each tool
     tree=[
         ("range", "messages", None, LAST),
@@ -210,23 +213,28 @@ def test_a_llama3_style_template_with_tools_is_bounded_exactly() -> None:
     the last user message and the assistant header after it), its headers once a message,
     the tools' lines once each, a call's wrapper once a call."""
     eot, answer = "<|eot_id|>", "<|start_header_id|>assistant<|end_header_id|>\n\n"
-    once = len(SYSTEM_HEAD + TOOLS_NOTE + eot + TOOLS_ASK + "\n" + eot + answer)
+    once = len(SYSTEM_HEAD + eot + answer)
+    tooled = len(TOOLS_NOTE + TOOLS_ASK + "\n" + eot)  # only when there are tools
     # the largest message: an assistant's header, a blank line, its end of turn
     a_message = len("<|start_header_id|>assistant<|end_header_id|>" + "\n\n" + eot)
     a_tool = len("\n") + PRINT_BYTES  # {{- . }}: the tool, printed whole
     a_call = len('\n{"name": "' + '", "parameters": ' + "}") + 2 * PRINT_BYTES
     bound = bound_template(LLAMA)
     assert isinstance(bound, TemplateBound)
-    assert (once, a_message, a_tool, a_call) == (319, 57, 33, 93)
+    assert (once, tooled, a_message, a_tool, a_call) == (129, 190, 57, 33, 93)
     assert dict(bound.literal) == {
-        (0, 0, 0, 0): once,
-        (1, 0, 0, 0): a_message,
-        (0, 1, 0, 0): a_tool,
-        (0, 0, 1, 0): a_call,
+        (0, 0, 0, 0, 0): once,
+        (0, 0, 0, 0, 1): tooled,
+        (1, 0, 0, 0, 0): a_message,
+        (0, 1, 0, 0, 1): a_tool,
+        (0, 0, 1, 0, 0): a_call,
     }
+    assert bound.extra(3, 0, 0, 0, 10_000) == 129 + 57 * 3 + JOIN_BYTES * 3 == 306  # no tools
     # A chat of a system message, a user question, a call and its result, two tools: four
     # messages (and the model's SYSTEM, a fifth), written once each.
-    assert bound.extra(5, 2, 1, 0, 10_000) == 319 + 57 * 5 + 33 * 2 + 93 + JOIN_BYTES * 5 == 773
+    assert (
+        bound.extra(5, 2, 1, 0, 10_000) == 129 + 190 + 57 * 5 + 33 * 2 + 93 + JOIN_BYTES * 5 == 773
+    )
     shape = PromptShape(messages=4, tools=2, calls=1, parts=9, text_bytes=9_000)
     shown = Shown(hidden=1_000, messages=1, templates=(bound,))
     allowed = TEMPLATE_TOKENS + MESSAGE_TOKENS * 4
@@ -240,7 +248,7 @@ def test_the_emulators_template_writes_what_it_counts() -> None:
     template = model_template(model)
     bound = bound_template(template)
     assert isinstance(bound, TemplateBound)
-    assert dict(bound.literal) == {(0, 0, 0, 0): 2 * 7 - 1 + 1, (1, 0, 0, 0): 1}
+    assert dict(bound.literal) == {(0, 0, 0, 0, 0): 2 * 7 - 1 + 1, (1, 0, 0, 0, 0): 1}
     messages = [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "hello there"},
