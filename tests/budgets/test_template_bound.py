@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.budgets import MESSAGE_TOKENS, TEMPLATE_TOKENS, ShownPrompts
-from ollama_meter.budgets._shown import SPECIAL_TOKENS, PromptShape, Shown
+from ollama_meter.budgets._shown import SHOW_LIMIT, SPECIAL_TOKENS, PromptShape, Shown
 from ollama_meter.budgets._template import JOIN_BYTES, PRINT_BYTES, TemplateBound, bound_template
 from ollama_meter.meter._request import facts_of
 from ollama_meter.records import MAX_TOKENS
@@ -313,6 +313,20 @@ def test_a_template_nothing_bounds_bounds_calls_as_the_longest_prompt_said_once(
     assert len(said) == 1, said
     assert "m's template cannot be bounded" in said[0]
     assert "bounded as the longest prompt" in said[0] and "\n" not in said[0]
+
+
+def test_a_template_larger_than_any_answer_is_believed_bounds_calls_as_the_longest_prompt(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = RawServer(lambda: answer({"template": "x" * (SHOW_LIMIT + 10)}))
+    try:
+        with caplog.at_level(logging.WARNING, logger="ollama_meter.meter"):
+            shape = PromptShape(messages=1, tools=0, calls=0, parts=0, text_bytes=5)
+            assert ShownPrompts([server.url]).tokens("m", shape, blocking=True) == MAX_TOKENS
+    finally:
+        server.close()
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"answered more than {SHOW_LIMIT} bytes for m" in said and "\n" not in said
 
 
 def test_a_server_whose_answer_has_no_template_adds_only_the_models_prompt() -> None:
