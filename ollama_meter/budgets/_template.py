@@ -229,7 +229,9 @@ class _Walk:
 
     def printed(self, kind: Kind, scope: _Scope) -> Cost:
         head = kind[0]
-        if head in ("scalar", "role", "cap"):
+        if head == "role":  # a longer role counts in the request's bytes (written again)
+            return {("lit", None): counts.const(PRINT_BYTES), ("field:Role", kind[1]): counts.ONE}  # type: ignore[dict-item]
+        if head in ("scalar", "cap"):
             return {("lit", None): counts.const(PRINT_BYTES)}
         if head == "literal":
             return {("lit", None): counts.const(int(str(kind[1])))}

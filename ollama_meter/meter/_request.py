@@ -29,6 +29,7 @@ from ollama_meter.meter._written import (
     json_bytes,
     names_by_call_id,
     parts_in,
+    role_bytes,
     tool_calls_bytes,
     tools_bytes,
     web_searches,
@@ -187,7 +188,8 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
         if message is None:
             continue
         content = message.get("content")
-        count += len(content) if isinstance(content, list) and content else 1
+        made = len(content) if isinstance(content, list) and content else 1
+        count, extra = count + made, extra + made * role_bytes(message.get("role"))
         parts, pictures = _content_parts(content)
         texts.extend(parts)
         images += pictures
@@ -227,7 +229,7 @@ def _responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]
     for item in value if isinstance(value, list) else []:
         if not isinstance(item, Mapping):
             continue
-        count += 1
+        count, extra = count + 1, extra + role_bytes(item.get("role"))
         for key in ("content", "output"):
             parts, pictures = _content_parts(item.get(key))
             texts.extend(parts)
@@ -268,7 +270,7 @@ def _messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
     for message in messages if isinstance(messages, list) else []:
         if not isinstance(message, Mapping):
             continue
-        count += 1
+        count, extra = count + 1, extra + role_bytes(message.get("role"))
         content = message.get("content")
         if isinstance(content, str):
             texts.append(content)

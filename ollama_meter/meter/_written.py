@@ -13,6 +13,14 @@ import inspect
 import json
 from collections.abc import Mapping
 
+from ollama_meter.budgets._template import PRINT_BYTES
+
+
+def role_bytes(role: object) -> int:
+    """What a message's role weighs past the :data:`~ollama_meter.budgets._template.PRINT_BYTES`
+    a template's ``{{ .Role }}`` is allowed: Ollama takes any role, and writes it whole."""
+    return max(written_bytes(role) - PRINT_BYTES, 0) if isinstance(role, str) else 0
+
 
 def bytes_of(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))

@@ -163,6 +163,11 @@ SIX = {
     messages=TURNS,
     tools=[A_TOOL] * 3,
 )
+@example(  # a role of any length, written twice
+    tree=[("range", "messages", None, [*LAST, ("print", ".Role"), ("print", ".Role")])],
+    messages=[{"role": "r" * 1000, "content": "hi"}],
+    tools=[],
+)
 @example(  # not only with tools
     tree=[("if", ".System", [("text", "z" * 100)], [("text", "y")])], messages=SYSTEM, tools=[]
 )
