@@ -23,6 +23,7 @@ from ollama_meter.ledger import close_ledgers
 from ollama_meter.testing import OllamaEmulator
 from ollama_meter.upstream import reset_breakers
 from tests._pg import PgCluster, memory_folder, postgres_server
+from tests._schedule import long_first
 
 # No timing thresholds in tests: Hypothesis' default 200 ms deadline per example fails
 # tests on a busy machine (CI shares two cores) for being slow, not for being wrong.
@@ -46,6 +47,11 @@ MAX_WORKERS = 4
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long tests first, so that no worker runs one alone at the end (tests/_schedule.py)."""
+    long_first(items)
 
 
 _CLEAR_PREFIXES = ("OMETER_", "OLLAMA_", "OTEL_", "LANGFUSE_", "TRACELOOP_")
