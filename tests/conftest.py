@@ -24,6 +24,7 @@ from ollama_meter.testing import OllamaEmulator
 from ollama_meter.upstream import reset_breakers
 from tests._pg import PgCluster, memory_folder, postgres_server
 from tests._schedule import long_first
+from tests._templates import LedgerTemplates, ledger_templates
 
 # No timing thresholds in tests: Hypothesis' default 200 ms deadline per example fails
 # tests on a busy machine (CI shares two cores) for being slow, not for being wrong.
@@ -188,6 +189,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_server: str | None
     made = _fresh_pg_database(pg_server)
     _MADE.append((pg_server, made.rsplit("/", 1)[1]))  # this test's own: dropped when it ends
     return made
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LedgerTemplates]:
+    """Recorded ledgers made once per process, copied into a test's ``db_url``
+    (tests/_templates.py)."""
+    with ledger_templates(tmp_path_factory.mktemp("templates"), _admin) as made:
+        yield made
 
 
 @pytest.fixture
