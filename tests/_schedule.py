@@ -9,6 +9,11 @@ the run ends on tests of a second or less.
 
 Tests marked ``slow`` and those named below go first, in their collected order; the rest
 keep theirs. A test renamed out of this list only runs where it is collected, as before.
+
+Not listed, though as long: test_body_memory's small-pieces test. It counts the memory its
+process allocates (tracemalloc) while a body is read, and threads an earlier test left
+running count into it: run first, after the budget tests' gateways and alert threads, it
+failed once ("21,433 bytes held for a body of 4,000"), where it passes after its neighbours.
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ LONG = frozenset(
         "tests/integrity/test_slow_channels.py::test_alerts_still_going_out_at_exit_are_done_with_the_ledger_before_it_closes",
         "tests/ledger/test_rollups.py::test_histograms_of_any_window_from_rollups_are_the_raw_ones",
         "tests/budgets/test_gate.py::test_a_flood_of_tenant_names_under_an_each_tenant_budget_keeps_the_alert_watch_bounded",
-        "tests/gateway/test_body_memory.py::test_a_body_that_comes_in_small_pieces_holds_about_its_size_while_it_is_read",
         "tests/integrity/test_crash.py::test_kill_9_mid_stream_leaves_interrupted_spans",
         "tests/meter/test_openai_chat_bound.py::test_the_bound_holds_what_ollamas_openai_layer_hands_the_template",
         "tests/gateway/test_compat_bodies.py::test_a_hostile_body_is_answered_in_its_routes_shape_and_one_span",
