@@ -23,6 +23,8 @@ from ollama_meter.ledger import close_ledgers
 from ollama_meter.testing import OllamaEmulator
 from ollama_meter.upstream import reset_breakers
 from tests._pg import PgCluster, memory_folder, postgres_server
+from tests._schedule import long_first
+from tests._templates import LedgerTemplates, ledger_templates
 
 # No timing thresholds in tests: Hypothesis' default 200 ms deadline per example fails
 # tests on a busy machine (CI shares two cores) for being slow, not for being wrong.
@@ -46,6 +48,11 @@ MAX_WORKERS = 4
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long tests first, so that no worker runs one alone at the end (tests/_schedule.py)."""
+    long_first(items)
 
 
 _CLEAR_PREFIXES = ("OMETER_", "OLLAMA_", "OTEL_", "LANGFUSE_", "TRACELOOP_")
@@ -182,6 +189,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_server: str | None
     made = _fresh_pg_database(pg_server)
     _MADE.append((pg_server, made.rsplit("/", 1)[1]))  # this test's own: dropped when it ends
     return made
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LedgerTemplates]:
+    """Recorded ledgers made once per process, copied into a test's ``db_url``
+    (tests/_templates.py)."""
+    with ledger_templates(tmp_path_factory.mktemp("templates"), _admin) as made:
+        yield made
 
 
 @pytest.fixture

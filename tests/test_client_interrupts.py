@@ -27,13 +27,17 @@ def called(client: MeteredClient, stream: bool) -> None:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_ctrl_c_as_the_span_is_committed_still_records_the_call(
-    db_url: str, emulator: OllamaEmulator, stream: bool
+    db_url: str, emulator: OllamaEmulator, stream: bool, request: pytest.FixtureRequest
 ) -> None:
     """Ctrl-C (a real SIGINT) landing in the commit of a call's span: the call had been
     answered, yet its span was rolled back with the commit and not written again. A REPL or
     a notebook, which lives on after Ctrl-C, had the call in no report and its budget short
     of it; only the journal held it open, for a later process to record as ``interrupted``
     (its prompt charged, not its answer). Now the span is written, then Ctrl-C is raised."""
+    # Ctrl-C raises, as in a terminal's foreground job: a test run started as a background
+    # job has SIGINT ignored, and all four cases failed there ("DID NOT RAISE").
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     armed = [False]
 
     def interrupt_at_commit(*_: Any) -> None:

@@ -24,6 +24,7 @@ from ollama_meter.ledger.models import Base
 from ollama_meter.meter import GroupCommitWriter
 from ollama_meter.pricing import PriceRule
 from ollama_meter.records import SpanRecord, Stored
+from tests._templates import LedgerTemplates
 from tests.factories import make_span
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -908,7 +909,7 @@ def _everything(ledger: Ledger) -> dict[str, list[tuple[object, ...]]]:
 
 @pytest.mark.parametrize("revision", [f"{n:04d}" for n in range(1, int(HEAD_REVISION))])
 def test_a_ledger_of_any_older_revision_upgrades_with_every_span_and_rollup_exact(
-    db_url: str, revision: str
+    db_url: str, revision: str, templates: LedgerTemplates
 ) -> None:
     """A ledger taken down to ``revision`` (with the migrations' own downgrades) and opened
     again has every span and every rollup row it had, to the microsecond and micro-unit:
@@ -917,13 +918,21 @@ def test_a_ledger_of_any_older_revision_upgrades_with_every_span_and_rollup_exac
 
     # Cells cut off UTC midnights; below 0006 a ledger kept no zone (its rollups go with
     # the downgrade), and one from then is cut in UTC.
-    ledger = Ledger(db_url, zone="Europe/Berlin" if revision >= "0006" else None)
+    zone = "Europe/Berlin" if revision >= "0006" else None
     # Nothing a downgrade below 0008 (queue time) or 0004 (duration source) drops.
     spans = [
         replace_span(s, queue_ns=None, duration_source="reported" if s.eval_duration_ns else None)
         for s in office_spans(OFFICE_NOW + timedelta(days=20))
     ]
-    ledger.record(spans)
+
+    def recorded(url: str) -> Ledger:
+        made = Ledger(url, zone=zone)
+        made.record(spans)
+        return made
+
+    # Each revision on each backend starts from a copy of the one ledger recorded.
+    templates.copy(db_url, f"office, 20 days on, zone {zone}", recorded)
+    ledger = Ledger(db_url, zone=zone)
     before = _everything(ledger)
     assert len(before["spans"]) == len(spans) and before["rollup_busy_cells"]
     downgrade(ledger, revision)

@@ -30,6 +30,7 @@ from ollama_meter.reports import (
     spend_report,
 )
 from ollama_meter.reports._dashboard import chart_unit, dash_window, previous_window
+from tests._templates import LedgerTemplates
 from tests.factories import OFFICE_NOW, make_span, office_spans, two_currencies
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -46,16 +47,26 @@ def between(spans: list[SpanRecord], start: datetime, end: datetime) -> list[Spa
     return [s for s in spans if start <= s.started_at < end]
 
 
-@pytest.fixture(scope="module")
-def spans() -> list[SpanRecord]:
-    return office_spans()
+SPANS = office_spans()
+"""The office's spans, once per process: each test's ledger is a copy of one that recorded
+them (tests/_templates.py), and the sums here are taken from them."""
 
 
 @pytest.fixture
-def ledger(db_url: str, spans: list[SpanRecord]) -> Ledger:
-    ledger = Ledger(db_url)
-    ledger.record(spans)
+def spans() -> list[SpanRecord]:
+    return SPANS
+
+
+def _recorded(url: str) -> Ledger:
+    ledger = Ledger(url)
+    ledger.record(SPANS)
     return ledger
+
+
+@pytest.fixture
+def ledger(db_url: str, templates: LedgerTemplates) -> Ledger:
+    templates.copy(db_url, "test_dashboard_report's office", _recorded)
+    return Ledger(db_url)
 
 
 def test_month_so_far_matches_the_spans(ledger: Ledger, spans: list[SpanRecord]) -> None:

@@ -28,6 +28,7 @@ from ollama_meter.reports import (
 )
 from ollama_meter.reports._charts import nice_ticks, tick_text
 from ollama_meter.reports._html import money, short_label
+from tests._templates import LedgerTemplates
 from tests.conftest import CliResult
 from tests.factories import OFFICE_NOW, make_span, office_spans, two_currencies
 
@@ -86,11 +87,17 @@ def assert_self_contained(page: str) -> None:
     assert '<link rel="icon" href="data:,">' in page
 
 
-@pytest.fixture
-def ledger(db_url: str) -> Ledger:
-    ledger = Ledger(db_url)
+def _recorded(url: str) -> Ledger:
+    ledger = Ledger(url)
     ledger.record(office_spans())
     return ledger
+
+
+@pytest.fixture
+def ledger(db_url: str, templates: LedgerTemplates) -> Ledger:
+    """A copy of a ledger that recorded the office's spans (tests/_templates.py)."""
+    templates.copy(db_url, "test_html's office", _recorded)
+    return Ledger(db_url)
 
 
 @pytest.mark.parametrize("by", [["department", "day"], ["model"], ["tenant", "department"], []])
