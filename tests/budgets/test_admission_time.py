@@ -67,7 +67,12 @@ def test_a_budgets_admission_waiting_on_a_busy_ledger_is_queue_time_not_priced(
     assert span.queue_ns is not None and span.latency_ns is not None
     priced = (span.prompt_eval_duration_ns or 0) + (span.eval_duration_ns or 0)
     busy = priced + (span.load_duration_ns or 0)
-    assert busy + span.queue_ns == span.latency_ns  # the wait is in the latency, as queue
+    # The wait is in the latency, as queue: all of it, up to the writer letting go. (Busy and
+    # queue need not fill the latency: a retry's pause, after a first try lost under load, is
+    # neither; that once left 0.24 s over in a full run.)
+    assert busy + span.queue_ns <= span.latency_ns
+    waited = released[0] - span.started_at
+    assert span.queue_ns >= (waited - timedelta(milliseconds=1)) // timedelta(microseconds=1) * 1000
     # Ollama had the call only once the admission was done, after the writer let go: the
     # time priced as Ollama's lies wholly after that.
     ended = span.started_at + timedelta(microseconds=span.latency_ns // 1000)
