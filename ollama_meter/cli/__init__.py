@@ -226,7 +226,6 @@ def _once(command: Any) -> None:
     def parse_once(ctx: typer.Context, args: list[str]) -> list[str]:
         seen = set()
         given, _, order = command.make_parser(ctx).parse_args(args=list(args))
-        _whole_numbers(ctx, command, given)
         for param in order:
             if param.param_type_name == "option" and not (
                 param.multiple or param.count or param.is_eager
@@ -234,6 +233,7 @@ def _once(command: Any) -> None:
                 if param in seen:
                     raise typer.BadParameter("given twice; give it once", ctx=ctx, param=param)
                 seen.add(param)
+        _whole_numbers(ctx, command, given)
         rest: list[str] = parse_args(ctx, args)
         return rest
 
