@@ -263,3 +263,22 @@ def test_a_reading_command_loads_no_metering_sequence_or_client(tmp_path: Path) 
     assert "ollama_meter.meter._wiring" in loaded
     unwanted = {"ollama_meter.meter._meter", "ollama_meter.budgets", "ollama", "httpx", "aiohttp"}
     assert loaded.isdisjoint(unwanted), sorted(loaded & unwanted)
+
+
+TEMPLATE_READER = {"ollama_meter.budgets._template", "ollama_meter.budgets._gotemplate"}
+"""What reads a model's Go template: only a call under a hard budget needs it (its admission)."""
+
+
+@pytest.mark.parametrize(
+    "module", ["ollama_meter.meter._meter", "ollama_meter._client", "ollama_meter.gateway._app"]
+)
+def test_the_metering_sequence_loads_no_template_reader(module: str) -> None:
+    """The meter, the Python API and the gateway load the Go-template reader when a hard budget
+    first asks a model's template, not on import: a call no hard budget covers never uses it."""
+    code = f"import sys, {module}\nprint(' '.join(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    loaded = set(done.stdout.split())
+    assert module in loaded
+    assert loaded.isdisjoint(TEMPLATE_READER), sorted(loaded & TEMPLATE_READER)

@@ -29,6 +29,10 @@ MESSAGE_TOKENS = 8
 """Tokens each chat message's role markers may add."""
 IMAGE_TOKENS = 4096
 """Tokens one image may count as (vision models use a few hundred to a few thousand)."""
+PRINT_BYTES = 32
+"""What one action of a model's template that prints no request text may write (a role, a
+date, a number, the punctuation Go writes around a tool or a call it prints whole): here, not
+in :mod:`~ollama_meter.budgets._template`, so the meter reads it without loading that reader."""
 
 DEFAULT_PROMPT_NS_PER_TOKEN = 2_000_000
 DEFAULT_EVAL_NS_PER_TOKEN = 50_000_000

@@ -23,13 +23,15 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ollama_meter._forks import ChildLock
 from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets._estimate import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS
-from ollama_meter.budgets._template import TemplateBound, bound_template
 from ollama_meter.records import MAX_TOKENS
+
+if TYPE_CHECKING:
+    from ollama_meter.budgets._template import TemplateBound
 
 log = logging.getLogger("ollama_meter.meter")
 
@@ -222,6 +224,9 @@ class ShownPrompts:
         template = shown.get("template")
         if not isinstance(template, str) or not template:
             return Shown(hidden, messages)  # Ollama's default: {{ .Prompt }}, nothing of its own
+        # Read here, not on import: only a call under a hard budget asks for a template.
+        from ollama_meter.budgets._template import TemplateBound, bound_template
+
         bound = bound_template(template)
         if isinstance(bound, TemplateBound):
             return Shown(hidden, messages, (bound,))

@@ -33,11 +33,9 @@ from dataclasses import dataclass, field
 
 from ollama_meter.budgets import _counts as counts, _gotemplate as go
 from ollama_meter.budgets._counts import Poly
+from ollama_meter.budgets._estimate import PRINT_BYTES
 from ollama_meter.budgets._gotemplate import Action, Block, Node, Pipe, Text, Unreadable
 
-PRINT_BYTES = 32
-"""What one action that prints no request text may write (a role, a date, a number, the
-punctuation Go writes around a tool or a call it prints whole)."""
 JSON_ESCAPE = 6
 """``json`` of a text may write six bytes for one (``<`` is ``\\u003c``)."""
 JOIN_BYTES = 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ollama_meter.budgets import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS, CallBound
@@ -69,8 +69,21 @@ class RequestFacts:
     unloads it), as it does for a generate whose ``prompt`` is empty whatever else the body
     holds (a system message, a suffix, images), a chat with no messages, an embedding of no
     input. None: as the request's texts say (some text: it evaluates)."""
-    shape: PromptShape | None = None
-    """What the model's own template writes of it; None: it is not rendered with it."""
+    rendered: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    """The body, when the model's own template renders it (:attr:`shape`); None: it does not."""
+
+    @property
+    def shape(self) -> PromptShape | None:
+        """What the model's own template writes of the request; None: it is not rendered with it.
+        Counted when read (a walk of the whole body only a hard budget's admission needs)."""
+        body = self.rendered
+        if body is None:
+            return None
+        tools = body.get("tools")
+        said = [body.get("messages"), body.get("input")]
+        calls, parts = sum(map(calls_in, said)), parts_in([tools, *said])
+        count = len(tools) if isinstance(tools, list) else 0
+        return PromptShape(self.messages, count, calls, parts, self.prompt_bytes)
 
     def input_estimate(self) -> int:
         """About how many tokens the prompt is, for when Ollama does not count it: its texts
@@ -395,13 +408,9 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     texts = [t for t in texts if t]
     prompt_text = "\n".join(texts)
     size = sum(bytes_of(t) for t in texts) + extra + no_values
-    tools = body.get("tools")
     own = kind == "generate" and not openai and (body.get("raw") or _text(body.get("template")))
-    said = [body.get("messages"), body.get("input")]
-    calls, parts = sum(map(calls_in, said)), parts_in([tools, *said])
-    count = len(tools) if isinstance(tools, list) else 0
     return RequestFacts(
-        shape=None if embedding or own else PromptShape(messages, count, calls, parts, size),
+        rendered=None if embedding or own else body,
         evaluates=None if openai or kind not in _LOADS_WHEN_EMPTY else _evaluates(kind, body),
         prompt_text=prompt_text,
         prompt_bytes=size,

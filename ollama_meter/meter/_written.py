@@ -13,11 +13,11 @@ import inspect
 import json
 from collections.abc import Mapping
 
-from ollama_meter.budgets._template import PRINT_BYTES
+from ollama_meter.budgets._estimate import PRINT_BYTES
 
 
 def role_bytes(role: object) -> int:
-    """What a message's role weighs past the :data:`~ollama_meter.budgets._template.PRINT_BYTES`
+    """What a message's role weighs past the :data:`~ollama_meter.budgets._estimate.PRINT_BYTES`
     a template's ``{{ .Role }}`` is allowed: Ollama takes any role, and writes it whole."""
     return max(written_bytes(role) - PRINT_BYTES, 0) if isinstance(role, str) else 0
 
