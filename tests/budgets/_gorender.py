@@ -131,6 +131,11 @@ def templates(legacy: bool) -> st.SearchStrategy[list[Node]]:
     return nodes("root", (), 0)
 
 
+TEMPLATES = st.one_of(templates(False), templates(True))
+"""Both kinds of template, built once: a strategy built anew for each example (``flatmap``)
+is validated anew, which took most of the test's time (83 s for 400 examples)."""
+
+
 def _number_ranges(tree: list[Node]) -> list[Node]:
     out: list[Node] = []
     for node in tree:

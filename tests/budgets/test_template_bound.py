@@ -141,7 +141,7 @@ SIX = {
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tree=st.booleans().flatmap(go.templates), messages=MESSAGES, tools=TOOLS)
+@given(tree=go.TEMPLATES, messages=MESSAGES, tools=TOOLS)
 @example(tree=[("text", "<|turn|>" * 8), ("print", ".Prompt")], messages=TURNS, tools=[])
 @example(
     tree=[("range", "messages", None, [("print", "json .Content")])], messages=ESCAPED, tools=[]
