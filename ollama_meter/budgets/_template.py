@@ -29,6 +29,7 @@ template) has no bound (:func:`bound_template` says why). Pure functions; no I/O
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from ollama_meter.budgets import _counts as counts, _gotemplate as go
@@ -413,8 +414,25 @@ def _overlapping(path: str, printed: dict[str, Poly]) -> Poly:
     return total
 
 
+BOUNDS_KEPT = 256
+_bounds: dict[bytes, TemplateBound | str] = {}
+"""Bounds already read, by their template's SHA-256: a model's answer is asked again each
+minute, and a large template takes a moment to read (its digest, a millisecond a megabyte)."""
+
+
 def bound_template(template: str) -> TemplateBound | str:
     """What ``template`` may write beyond a request's texts, or why nothing bounds it."""
+    key = hashlib.sha256(template.encode("utf-8", "surrogatepass")).digest()
+    bound = _bounds.get(key)
+    if bound is None:
+        bound = _bound(template)
+        if len(_bounds) >= BOUNDS_KEPT:
+            _bounds.clear()
+        _bounds[key] = bound
+    return bound
+
+
+def _bound(template: str) -> TemplateBound | str:
     try:
         nodes = go.parse(template)
         names = go.identifiers(nodes)

@@ -356,3 +356,59 @@ def test_the_most_of_every_servers_template_counts() -> None:
     finally:
         short.close()
         long.close()
+
+
+MB = 2**20
+
+
+@pytest.mark.parametrize(
+    ("template", "said"),
+    [
+        ("x" * (4 * MB), None),
+        ("{{ .System }}" * (4 * MB // 13), "more than 5,000 actions"),
+        ("{{ if .System }}" * 100_000 + "x" + "{{ end }}" * 100_000, "more than 5,000 actions"),
+        ("{{ if .System }}" * 33 + "x" + "{{ end }}" * 33, "nested too deep"),
+        ("{{ " + "(" * 100_000 + ".System" + ")" * 100_000 + " }}", "more than 1,000 words"),
+        ("{{ " + "(" * 40 + ".System" + ")" * 40 + " }}", "parentheses nested too deep"),
+        ("{{ range .Tools }}x{{ end }}" * 100_000, "more than 5,000 actions"),
+        ("{{- /* c */ -}}   " * 300_000, "more than 5,000 actions"),
+        ("{{- .System -}}" + " \n\t" * MB + "{{- .System -}}", None),
+        ("{{" + " " * (4 * MB) + ".System }}", None),
+        ('{{ "' + "a" * (4 * MB) + '" }}', None),
+        ('{{ "' + "a" * (4 * MB), "unterminated quoted string"),
+        ("{{" * (2 * MB), "unclosed action"),
+        ("{{/*" + "x" * (4 * MB) + "*/}}", None),
+        (("{{ and" + " .System" * 990 + " }}") * 500, "more than 20,000 words"),
+        ("{{ .System" + " | len" * 100_000 + " }}", "more than 1,000 words"),
+    ],
+    ids=[
+        "4MB-text",
+        "4MB-actions",
+        "nested-100k",
+        "nested-33",
+        "parens-100k",
+        "parens-40",
+        "ranges-100k",
+        "trims-300k",
+        "whitespace",
+        "spaces-in-action",
+        "4MB-string",
+        "4MB-unclosed-string",
+        "2M-opens",
+        "4MB-comment",
+        "500k-words",
+        "100k-pipes",
+    ],
+)
+def test_a_hostile_template_is_refused_or_bounded_and_read_once(
+    template: str, said: str | None
+) -> None:
+    """What a lying server's ``/api/show`` may answer (up to its 4 MB): read in a moment
+    (bench/template_bound.py times it), neither crashing nor recursing, and read once: the
+    same template asked again is the same bound."""
+    bound = bound_template(template)
+    if said is None:
+        assert isinstance(bound, TemplateBound), bound
+    else:
+        assert isinstance(bound, str) and said in bound, bound
+    assert bound_template(template) is bound
