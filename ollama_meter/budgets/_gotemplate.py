@@ -63,7 +63,14 @@ class Block:
     orelse: list[Node] = field(default_factory=list)
 
 
-Node = Text | Action | Block
+@dataclass(slots=True)
+class Jump:
+    """``break`` or ``continue``: the rest of the range's pass is not run."""
+
+    kind: str
+
+
+Node = Text | Action | Block | Jump
 
 _SPACE = " \t\r\n"
 _TOKEN = re.compile(
@@ -245,7 +252,7 @@ def parse(source: str) -> list[Node]:
             while stack and stack.pop()[2]:
                 pass
         elif word in ("break", "continue"):
-            continue  # stops a range early: it writes less, never more
+            into().append(Jump(word))
         elif word in _KEYWORDS:
             raise Unreadable(f"unexpected {word}")
         else:

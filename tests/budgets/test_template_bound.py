@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from ollama_meter.budgets import MESSAGE_TOKENS, TEMPLATE_TOKENS, ShownPrompts
+from ollama_meter.budgets import MESSAGE_TOKENS, TEMPLATE_TOKENS, ShownPrompts, _counts as counts
 from ollama_meter.budgets._shown import SHOW_LIMIT, SPECIAL_TOKENS, PromptShape, Shown
 from ollama_meter.budgets._template import JOIN_BYTES, PRINT_BYTES, TemplateBound, bound_template
 from ollama_meter.meter._request import facts_of
@@ -127,6 +127,12 @@ ESCAPED = [{"role": "user", "content": "<&" * 40}]
 SYSTEM = [{"role": "system", "content": "s" * 50}, {"role": "user", "content": "hi"}]
 A_TOOL = {"type": "function", "function": {"name": "f", "description": "", "parameters": {}}}
 LAST = [("last", 1)]
+BIG_SYSTEM = [
+    {"role": "system", "content": "s" * 1000},
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "ok"},
+]
+OR_LAST_TWO = "or (eq (len (slice $.Messages $i1)) 1) (eq (len (slice $.Messages $i1)) 2)"
 SIX = {
     "type": "function",
     "function": {
@@ -183,6 +189,67 @@ SIX = {
     ],
     messages=ESCAPED,
     tools=[SIX],
+)
+@example(  # a system message gathered in a variable, printed once and emptied; and .System
+    tree=[
+        ("acc_decl",),
+        ("print", ".System"),
+        ("range", "messages", None, [*LAST, ("acc_add",), ("acc_flush",)]),
+    ],
+    messages=BIG_SYSTEM,
+    tools=[],
+)
+@example(  # not printed emptied: all it gathered, each time
+    tree=[("acc_decl",), ("range", "messages", None, [*LAST, ("acc_add",), ("acc_print",)])],
+    messages=BIG_SYSTEM * 2,
+    tools=[],
+)
+@example(  # after a system message's continue, only the others' contents
+    tree=[
+        (
+            "range",
+            "messages",
+            None,
+            [
+                *LAST,
+                ("jump", "continue", 'eq .Role "system"'),
+                ("if", 'eq .Role "user"', [("print", ".Content")] * 2, []),
+            ],
+        )
+    ],
+    messages=[{"role": "user", "content": "x" * 1000}],
+    tools=[],
+)
+@example(  # the second message's pass only
+    tree=[
+        ("print", ".System"),
+        ("range", "messages", None, [*LAST, ("if", "eq $i1 1", [("print", "$.System")], [])]),
+    ],
+    messages=BIG_SYSTEM,
+    tools=[],
+)
+@example(  # the last two messages' passes
+    tree=[("range", "messages", None, [*LAST, ("if", OR_LAST_TWO, [("print", "$.System")], [])])],
+    messages=BIG_SYSTEM,
+    tools=[],
+)
+@example(  # json of either text, escaped
+    tree=[("range", "messages", None, [*LAST, ("print", 'json (or .Content "-")')])],
+    messages=ESCAPED,
+    tools=[],
+)
+@example(  # a role spelled with an escape is the role
+    tree=[
+        ("print", ".System"),
+        (
+            "range",
+            "messages",
+            None,
+            [*LAST, ("if", 'eq .Role "syst\\x65m"', [("print", ".Content")], [])],
+        ),
+    ],
+    messages=BIG_SYSTEM,
+    tools=[],
 )
 def test_what_a_template_writes_is_within_the_bound(
     tree: list[go.Node], messages: list[dict[str, Any]], tools: list[Any]
@@ -412,3 +479,90 @@ def test_a_hostile_template_is_refused_or_bounded_and_read_once(
     else:
         assert isinstance(bound, str) and said in bound, bound
     assert bound_template(template) is bound
+
+
+GATHERED = """{{- $system := "" }}
+{{- range .Messages }}
+{{- if eq .Role "system" }}
+{{- if not $system }}{{ $system = .Content }}
+{{- else }}{{ $system = printf "%s\\n\\n%s" $system .Content }}
+{{- end }}
+{{- continue }}
+{{- else if eq .Role "user" }}<turn>user
+{{- if $system }}
+{{ $system }}
+{{- $system = "" }}
+{{- end }}
+{{- else if eq .Role "assistant" }}<turn>model
+{{- end }}
+{{ .Content }}<end>
+{{ end }}<turn>model
+"""
+"""The system messages gathered in a variable and written with the next user message (the
+shape of Ollama's gemma, llama2 and alpaca templates, in other words)."""
+FIRST_ONLY = """{{- range $index, $_ := .Messages }}
+{{- if eq .Role "user" }}[Q] {{ if eq $index 0 }}<<S>>{{ if $.System }}{{ $.System }}{{ end }}<</S>>{{ end }}{{ .Content }}
+{{- else }} [A] {{ .Content }}</s>
+{{- end }}{{ end }}"""
+LAST_TWO = """{{- range $i, $m := .Messages }}
+{{- $last := or (eq (len (slice $.Messages $i)) 1) (eq (len (slice $.Messages $i)) 2) }}
+{{- if and $.Tools $last }}[TOOLS] {{ $.Tools }}[/TOOLS]{{ end }}{{ .Content }}
+{{- end }}"""
+SKIPPED = """{{- range .Messages }}
+{{- if eq .Role "system" }}{{ continue }}{{ end }}<{{ .Role }}>{{ .Content }}
+{{- if .ToolCalls }}{{ range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ json .Function.Arguments }}}{{ end }}{{ end }}
+{{- end }}
+{{- range .Tools }}def {{ .Function.Name }}({{ range $name, $p := .Function.Parameters.Properties }}{{ $name }}: {{ $p.Type }}, {{ end }})
+{{ end }}"""
+REASONING = """{{- $tools := false }}{{ if $.Tools }}{{ $tools = true }}{{ end }}
+{{- with .System }}<sys>{{ . }}</sys>{{ end }}date: {{ currentDate }}
+{{- if $tools }}{{ range $.Tools }}{{ json . }}
+{{ end }}{{ end }}
+{{- range $i, $msg := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if and (eq $msg.Role "assistant") $last (ne $msg.Thinking "") }}<think>{{ $msg.Thinking }}</think>{{ end }}
+{{- if or (eq .Role "user") (eq .Role "tool") }}<{{ .Role }}>{{ .Content }}{{ "\\n" }}
+{{- else if eq .Role "assistant" }}{{ .Content }}{{ if .ToolCalls }}{{ range $j, $c := .ToolCalls }}{{ if gt $j 8 }}{{ break }}{{ end }}{{ $c.Function.Name }}{{ json $c.Function.Arguments }}{{ end }}{{ end }}
+{{- end }}
+{{- if and $last (ne .Role "assistant") }}<assistant>{{ if and $.IsThinkSet $.Think }}<think>{{ end }}{{ end }}
+{{- end }}"""
+"""A reasoning model's shape (gpt-oss, qwen3, deepseek): a flag set in a block, ``with``,
+``currentDate``, ``json`` of tools and arguments, ``$msg.Thinking`` under ``$last``, a
+``break`` in a range of calls."""
+
+
+@pytest.mark.parametrize(
+    ("template", "most"),
+    [(GATHERED, 1), (FIRST_ONLY, 1), (LAST_TWO, 2), (SKIPPED, 1), (REASONING, 1)],
+    ids=["gathered", "first-only", "last-two", "skipped", "reasoning"],
+)
+def test_templates_in_the_shapes_ollama_ships_are_bounded_each_text_written_as_often(
+    template: str, most: int
+) -> None:
+    """Every template Ollama ships (its template/*.gotmpl and its tool-use test templates)
+    is bounded; these have their constructs, and each request text is counted as often as
+    they may write it: a system message gathered and written once, ``.System`` under ``eq
+    $index 0`` once, the tools under the last two messages twice."""
+    bound = bound_template(template)
+    assert isinstance(bound, TemplateBound), bound
+    at = (12, 3, 4, 20)
+    assert max(counts.evaluate(dict(p), at) for _, p in bound.repeats) == most, bound.repeats
+
+
+@pytest.mark.parametrize(
+    ("template", "said"),
+    [
+        ('{{ $s := "" }}{{ range .Messages }}{{ $s = printf "%s%s" $s $s }}{{ end }}', "copy"),
+        ('{{ $s := "" }}{{ range .Messages }}{{ $s = json $s }}{{ end }}', "changed copy"),
+        ('{{ $a := "" }}{{ $b := "" }}{{ $a = $b }}{{ $b = "x" }}{{ .Messages }}', "copy"),
+        ('{{ $s := "" }}{{ $s = .System }}{{ $t := $s }}{{ $t = "" }}{{ .Messages }}', "copy"),
+        ('{{ printf "%9999s" .System }}{{ .Messages }}', "format"),
+        ('{{ range .Tools }}{{ printf "%s" .Function.Parameters }}{{ end }}', "printf"),
+        ('{{ printf "%s" .System .System }}{{ .Messages }}', "format"),
+        ('{{ range $s := .Tools }}{{ $s }}{{ $s = "" }}{{ end }}{{ .Messages }}', "ranges into"),
+    ],
+    ids=["doubled", "escaped", "other", "copied", "width", "struct", "extra-argument", "ranged"],
+)
+def test_a_gathering_that_could_grow_past_its_texts_is_refused(template: str, said: str) -> None:
+    bound = bound_template(template)
+    assert isinstance(bound, str) and said in bound, bound
