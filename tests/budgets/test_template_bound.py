@@ -566,3 +566,15 @@ def test_templates_in_the_shapes_ollama_ships_are_bounded_each_text_written_as_o
 def test_a_gathering_that_could_grow_past_its_texts_is_refused(template: str, said: str) -> None:
     bound = bound_template(template)
     assert isinstance(bound, str) and said in bound, bound
+
+
+def test_an_index_set_anew_is_no_longer_its_ranges() -> None:
+    """``$i := 1`` in a range over two messages: ``eq (len (slice $.Messages $i)) 1`` holds
+    in both passes (it counted once: 10 bytes of the 20 written)."""
+    template = (
+        "{{ range $i, $_ := .Messages }}{{ $i := 1 }}"
+        "{{ if eq (len (slice $.Messages $i)) 1 }}XXXXXXXXXX{{ end }}{{ end }}"
+    )
+    bound = bound_template(template)
+    assert isinstance(bound, TemplateBound)
+    assert dict(bound.literal) == {(1, 0, 0, 0, 0): 10}  # 20 for two messages
