@@ -61,6 +61,7 @@ execution)) to its count: literal bytes, or how often each of the pool's texts i
 
 
 def _merge(a: Cost, b: Cost, most: bool = False) -> Cost:
+    """What both write, or either (``most``: an ``if`` and its else part, in one item)."""
     out = dict(a)
     for key, poly in b.items():
         out[key] = (counts.most if most else counts.add)(out.get(key, {}), poly)
@@ -85,7 +86,8 @@ class TemplateBound:
         at = (messages, tools, calls, parts)
         written = counts.evaluate(dict(self.literal), at) + JOIN_BYTES * messages
         most = max((counts.evaluate(dict(p), at) for _, p in self.repeats), default=1)
-        return written + max(most - 1, 0) * text_bytes
+        # a text written again is written with the blank lines Ollama joined it with
+        return written + max(most - 1, 0) * (text_bytes + JOIN_BYTES * messages)
 
 
 class _Walk(Values):
@@ -98,6 +100,11 @@ class _Walk(Values):
         self.totals: Cost = {}
         """What each accumulator may hold, once known (the first walk)."""
         self.adding: str | None = None
+        self.passes: dict[tuple[int, str], int] = {}
+        """A test true in at most N items of a range's pass, by (range, test): the negative
+        of its number tags what is written under it, once a pass. Two parts of an ``if`` under
+        the same test write either's (it holds for the same items); under two, both's."""
+        self.ranged_by: dict[int, int] = {}
 
     # -- what it writes -------------------------------------------------------------------
 
@@ -213,13 +220,14 @@ class _Walk(Values):
         body = _merge(declared, self.nodes(block.body, then))
         if self.tooled(block.pipe, scope):  # no tools: not written at all
             body = {key: counts.mul(poly, counts.TOOLED) for key, poly in body.items()}
-        if condition[0] == "cap":  # per pass of its range: repeats inside it multiply it
-            ranged, most = int(str(condition[1])), int(str(condition[2]))
+        if condition[0] == "cap":  # per pass of its range (a negative tag): inner repeats
+            ranged, most = int(str(condition[1])), int(str(condition[2]))  # multiply it
+            test = -self.passes.setdefault((ranged, str(condition[3])), len(self.passes) + 1)
+            self.ranged_by[test] = ranged
             capped: Cost = {}
             for (what, tag), poly in body.items():
-                key = (what, ranged if tag is None else tag)
-                scaled = counts.scale(poly, most) if tag is None else poly
-                capped = _merge(capped, {key: scaled})
+                key = (what, test if tag is None else tag)
+                capped = _merge(capped, {key: counts.scale(poly, most) if tag is None else poly})
             body = capped
         return _merge(body, self.nodes(block.orelse, orelse), most=True)
 
@@ -287,17 +295,20 @@ class _Walk(Values):
                 inner.vars[names[0]] = key
                 inner.index[names[0]] = (ranged, collection)
         body = self.nodes(block.body, inner)
-        cost = _repeat(body, ranged, count, owner if isinstance(owner, int) else None)
+        passes = {tag for tag, of in self.ranged_by.items() if of == ranged}
+        cost = _repeat(body, ranged, count, owner if isinstance(owner, int) else None, passes)
         return _merge(cost, self.nodes(block.orelse, scope.inner()), most=True)
 
 
-def _repeat(body: Cost, ranged: int, count: Poly, owner: int | None) -> Cost:
+def _repeat(
+    body: Cost, ranged: int, count: Poly, owner: int | None, passes: set[int] | None = None
+) -> Cost:
     """A range's body repeated ``count`` times: what was per one of its items is per a pass
     of the range its collection belongs to (``owner``: a message's tool calls, all of them
     ``count`` in one pass over the messages), or once; the rest repeats."""
     out: Cost = {}
     for (what, tag), poly in body.items():
-        if tag == ranged:
+        if tag == ranged or tag in (passes or ()):  # per item or per pass: per owner's pass
             out = _merge(out, {(what, owner): poly})
         elif owner is None:
             out = _merge(out, {(what, tag): counts.mul(poly, count)})

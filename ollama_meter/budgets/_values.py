@@ -125,7 +125,8 @@ class Values:
             if name == "and" and any(a[0] == "cap" for a in args):
                 return next(a for a in args if a[0] == "cap")
             if name == "or" and args and all(a[0] == "cap" and a[1] == args[0][1] for a in args):
-                return ("cap", args[0][1], sum(int(str(a[2])) for a in args))
+                said = tuple(sorted(str(a[3]) for a in args))
+                return ("cap", args[0][1], sum(int(str(a[2])) for a in args), f"or {said}")
             if name in ("and", "or"):
                 return ("either", tuple(args))
             if name == "printf" and cmd[1:2] and isinstance(cmd[1], tuple) and cmd[1][0] == "str":
@@ -165,7 +166,7 @@ class Values:
         bound = int(number[1])
         if isinstance(of, tuple) and of[0] == "var" and of[1] in scope.index:  # $i itself
             most = {"eq": 1, "le": bound + 1, "lt": bound}[name]
-            return ("cap", scope.index[of[1]][0], most)
+            return ("cap", scope.index[of[1]][0], most, f"index {name} {bound}")
         if not (isinstance(of, Pipe) and len(of.cmds) == 1 and not of.decl):
             return None
         inner = of.cmds[0]
@@ -179,7 +180,7 @@ class Values:
         if ranged is None or self.arg(sliced[1], scope) != ranged[1]:
             return None
         most = {"eq": 1, "le": bound, "lt": bound - 1}[name]
-        return ("cap", ranged[0], max(most, 0))
+        return ("cap", ranged[0], max(most, 0), f"left {name} {bound}")
 
 
 def _formatted(kind: Kind) -> bool:

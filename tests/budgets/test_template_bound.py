@@ -25,7 +25,7 @@ from ollama_meter.testing import DEFAULT_MODELS
 from ollama_meter.testing._emulator import model_template
 from ollama_meter.testing._models import count_tokens, expected_counts
 from tests._raw_http import RawServer
-from tests.budgets import _gorender as go
+from tests.budgets import _goexec as goexec, _gorender as go
 
 SYSTEM_HEAD = "<|start_header_id|>system<|end_header_id|>\n\nKnowledge cut off: 2023-12\n\n"
 TOOLS_NOTE = "Answer from a tool's result when one comes.\n\nYou can call tools."
@@ -231,6 +231,23 @@ SIX = {
 @example(  # the last two messages' passes
     tree=[("range", "messages", None, [*LAST, ("if", OR_LAST_TWO, [("print", "$.System")], [])])],
     messages=BIG_SYSTEM,
+    tools=[],
+)
+@example(  # once a pass under $last, and in other passes its else part: both, not the larger
+    tree=[
+        (
+            "range",
+            "messages",
+            None,
+            [*LAST, ("if", "$last1", [("print", "$.System")], [("print", ".Content")])],
+        )
+    ],
+    messages=BIG_SYSTEM,
+    tools=[],
+)
+@example(  # three messages of one role joined by blank lines, written twice, blank lines too
+    tree=[("print", ".Response"), ("print", ".Response")],
+    messages=[{"role": "assistant", "content": ""}] * 3,
     tools=[],
 )
 @example(  # json of either text, escaped
@@ -533,7 +550,7 @@ REASONING = """{{- $tools := false }}{{ if $.Tools }}{{ $tools = true }}{{ end }
 
 @pytest.mark.parametrize(
     ("template", "most"),
-    [(GATHERED, 1), (FIRST_ONLY, 1), (LAST_TWO, 2), (SKIPPED, 1), (REASONING, 1)],
+    [(GATHERED, 1), (FIRST_ONLY, 2), (LAST_TWO, 2), (SKIPPED, 1), (REASONING, 1)],
     ids=["gathered", "first-only", "last-two", "skipped", "reasoning"],
 )
 def test_templates_in_the_shapes_ollama_ships_are_bounded_each_text_written_as_often(
@@ -541,12 +558,39 @@ def test_templates_in_the_shapes_ollama_ships_are_bounded_each_text_written_as_o
 ) -> None:
     """Every template Ollama ships (its template/*.gotmpl and its tool-use test templates)
     is bounded; these have their constructs, and each request text is counted as often as
-    they may write it: a system message gathered and written once, ``.System`` under ``eq
-    $index 0`` once, the tools under the last two messages twice."""
+    they may write it: a system message gathered and written once; ``.System`` under ``eq
+    $index 0`` once, and again as a system message in the else part (Ollama's llama2 shape:
+    it was counted once); the tools under the last two messages twice."""
     bound = bound_template(template)
     assert isinstance(bound, TemplateBound), bound
     at = (12, 3, 4, 20)
     assert max(counts.evaluate(dict(p), at) for _, p in bound.repeats) == most, bound.repeats
+
+
+SHAPES = [LLAMA, GATHERED, FIRST_ONLY, LAST_TWO, SKIPPED, REASONING]
+
+
+@settings(max_examples=150, deadline=None)
+@given(template=st.sampled_from(SHAPES), messages=MESSAGES, tools=TOOLS)
+@example(  # .System in the first pass, the system message in the else part of another
+    template=FIRST_ONLY,
+    messages=[{"role": "user", "content": "hi"}, {"role": "system", "content": "s" * 1000}],
+    tools=[],
+)
+def test_what_the_shapes_ollama_ships_write_is_within_the_bound(
+    template: str, messages: list[dict[str, Any]], tools: list[Any]
+) -> None:
+    """Those templates, executed as Go executes them (``_goexec``, a reading apart from the
+    meter's) for generated chats: within the bound, a token a byte. (Ollama's own 48, read
+    from its repository and run so with typical chats, write at most 0.96 of theirs.)"""
+    written = goexec.execute(template, messages, tools).encode("utf-8", "surrogatepass")
+    body = {"model": "m", "messages": messages, "tools": tools}
+    assert len(written) <= admitted_on(template, body)
+    bound = bound_template(template)
+    shape = facts_of("chat", body).shape
+    assert isinstance(bound, TemplateBound) and shape is not None
+    extra = bound.extra(shape.messages, shape.tools, shape.calls, shape.parts, shape.text_bytes)
+    assert len(written) <= shape.text_bytes + extra
 
 
 @pytest.mark.parametrize(
