@@ -6,6 +6,7 @@ legacy template). Independent of the meter's reading of Go templates, which it c
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,8 @@ PRINTS: dict[str, dict[str, Callable[[Data], object]]] = {
         ".Role": lambda d: d.dot["role"],
         ".Thinking": lambda d: d.dot.get("thinking", ""),
         "json .Content": lambda d: go_json(d.dot["content"]),
+        'json (or .Content "-")': lambda d: go_json(d.dot["content"] or "-"),
+        'printf "%s: %s" .Role .Content': lambda d: f"{d.dot['role']}: {d.dot['content']}",
         "$.System": lambda d: d.root.get("System", "<no value>"),
     },
     "tool": {
@@ -87,6 +90,8 @@ CONDITIONS: dict[str, dict[str, Callable[[Data], object]]] = {
         'ne .Role "system"': lambda d: d.dot["role"] != "system",
         'eq .Role "assistant" "tool"': lambda d: d.dot["role"] in ("assistant", "tool"),
         'not (eq .Role "user")': lambda d: d.dot["role"] != "user",
+        'or (eq .Role "user") (eq .Role "tool")': lambda d: d.dot["role"] in ("user", "tool"),
+        'eq .Role "syst\\x65m"': lambda d: d.dot["role"] == "system",
         ".ToolCalls": lambda d: d.dot.get("tool_calls"),
     },
     "tool": {".Function.Name": lambda d: _function(d).get("name")},
@@ -107,7 +112,18 @@ def templates(legacy: bool) -> st.SearchStrategy[list[Node]]:
         prints = st.sampled_from(sorted(PRINTS[scope])).map(lambda e: ("print", e))
         conds = sorted(CONDITIONS[scope]) + [f"$last{n}" for n in lasts]
         conds += [f"and $.Tools $last{n}" for n in lasts] + [f"not $last{n}" for n in lasts]
-        options = [texts, prints]
+        conds += [f"{op} $i{n} {k}" for n in lasts for op, k in (("eq", 0), ("eq", 1), ("lt", 2))]
+        conds += [
+            f"or (eq (len (slice $.Messages $i{n})) 1) (eq (len (slice $.Messages $i{n})) 2)"
+            for n in lasts
+        ]
+        accumulator = st.sampled_from([("acc_flush",), ("acc_print",)])
+        options = [texts, prints, accumulator]
+        if scope == "msg":
+            options.append(st.just(("acc_add",)))
+        if scope != "root":  # in a range: the rest of its pass skipped, or all of it
+            jumps = st.sampled_from(["continue", "break"])
+            options.append(st.tuples(st.just("jump"), jumps, st.sampled_from(conds)))
         if depth < 3:
             inner = st.deferred(lambda: nodes(scope, lasts, depth + 1))
             options.append(st.tuples(st.just("if"), st.sampled_from(conds), inner, inner))
@@ -128,7 +144,12 @@ def templates(legacy: bool) -> st.SearchStrategy[list[Node]]:
         n = next(counter)
         return nodes("msg", (*lasts, n), depth + 1).map(lambda body: [("last", n), *body])
 
-    return nodes("root", (), 0)
+    return nodes("root", (), 0).map(lambda tree: [("acc_decl",), *tree])
+
+
+TEMPLATES = st.one_of(templates(False), templates(True))
+"""Both kinds of template, built once: a strategy built anew for each example (``flatmap``)
+is validated anew, which took most of the test's time (83 s for 400 examples)."""
 
 
 def _number_ranges(tree: list[Node]) -> list[Node]:
@@ -145,6 +166,22 @@ def _number_ranges(tree: list[Node]) -> list[Node]:
     return out
 
 
+ACCUMULATOR = {
+    "acc_decl": '{{- $acc := "" }}',
+    "acc_add": "{{ if not $acc }}{{ $acc = .Content }}"
+    '{{ else }}{{ $acc = printf "%s\\n\\n%s" $acc .Content }}{{ end }}',
+    "acc_flush": '{{ if $acc }}{{ $acc }}\n{{ $acc = "" }}{{ end }}',
+    "acc_print": "{{ $acc }}",
+}
+"""A variable that gathers the system messages' contents, as Ollama's gemma and llama2
+templates do, printed and emptied (``acc_flush``) or only printed (``acc_print``)."""
+
+
+class _Jump(Exception):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
 def go_text(tree: list[Node], trim: bool = False) -> str:
     """The Go template a tree is (``trim``: ``{{-`` markers where text is only spaces)."""
     out = []
@@ -156,6 +193,10 @@ def go_text(tree: list[Node], trim: bool = False) -> str:
         elif node[0] == "last":
             n = node[1]
             out.append(f"{{{{- $last{n} := eq (len (slice $.Messages $i{n})) 1 }}}}")
+        elif node[0] in ACCUMULATOR:
+            out.append(ACCUMULATOR[node[0]])
+        elif node[0] == "jump":
+            out.append(f"{{{{ if {node[2]} }}}}{{{{ {node[1]} }}}}{{{{ end }}}}")
         elif node[0] == "if":
             out.append(f"{{{{ if {node[1]} }}}}{go_text(node[2])}")
             out.append(f"{{{{ else }}}}{go_text(node[3])}{{{{ end }}}}")
@@ -213,8 +254,10 @@ def render(tree: list[Node], messages: Sequence[Mapping[str, Any]], tools: list[
     return "".join(out)
 
 
-def _run(tree: list[Node], data: Data, scope: str) -> str:
-    out = []
+def _run(tree: list[Node], data: Data, scope: str, out: list[str] | None = None) -> str:
+    """What ``tree`` writes, into ``out`` as it goes (a break or continue raised out of it
+    keeps what was written before)."""
+    out = [] if out is None else out
     for node in tree:
         if node[0] == "text":
             out.append(node[1].replace("{", "(").replace("}", ")"))
@@ -223,8 +266,21 @@ def _run(tree: list[Node], data: Data, scope: str) -> str:
         elif node[0] == "last":
             n = node[1]
             data.vars[f"$last{n}"] = data.vars[f"$i{n}"] == len(data.root["Messages"]) - 1
+        elif node[0] == "acc_decl":
+            data.vars["$acc"] = [""]  # a cell: set in a range, it holds after it too
+        elif node[0] == "acc_add":
+            cell = data.vars["$acc"]
+            cell[0] = f"{cell[0]}\n\n{data.dot['content']}" if cell[0] else data.dot["content"]
+        elif node[0] in ("acc_flush", "acc_print"):
+            out.append(data.vars["$acc"][0])
+            if node[0] == "acc_flush" and data.vars["$acc"][0]:
+                out.append("\n")
+                data.vars["$acc"][0] = ""
+        elif node[0] == "jump":
+            if _holds(node[2], data, scope):
+                raise _Jump(node[1]) from None
         elif node[0] == "if":
-            out.append(_run(node[2] if _holds(node[1], data, scope) else node[3], data, scope))
+            _run(node[2] if _holds(node[1], data, scope) else node[3], data, scope, out)
         else:
             what, n, body = node[1], node[2], node[3]
             if what == "calls":
@@ -233,7 +289,14 @@ def _run(tree: list[Node], data: Data, scope: str) -> str:
                 props = _function(data).get("parameters", {}).get("properties") or {}
                 for key, prop in sorted(props.items()):
                     inner = Data(data.root, prop, {**data.vars, "$k": key, "$p": prop})
-                    out.append(_run(body, inner, "prop"))
+                    kept = []
+                    try:
+                        _run(body, inner, "prop", kept)
+                    except _Jump as jump:
+                        if jump.kind == "break":
+                            out.extend(kept)
+                            break
+                    out.extend(kept)
                 continue
             else:
                 items = data.root.get({"messages": "Messages", "tools": "Tools"}[what]) or []
@@ -241,11 +304,23 @@ def _run(tree: list[Node], data: Data, scope: str) -> str:
                 inner = Data(data.root, item, dict(data.vars))
                 if n is not None:
                     inner.vars[f"$i{n}"] = at
-                out.append(_run(body, inner, _SCOPE[what]))
+                kept: list[str] = []
+                try:
+                    _run(body, inner, _SCOPE[what], kept)
+                except _Jump as jump:
+                    if jump.kind == "break":
+                        out.extend(kept)
+                        break
+                out.extend(kept)
     return "".join(out)
 
 
 def _holds(condition: str, data: Data, scope: str) -> bool:
+    if match := re.fullmatch(r"(eq|lt) \$i(\d+) (\d+)", condition):
+        at, than = data.vars[f"$i{match[2]}"], int(match[3])
+        return at == than if match[1] == "eq" else at < than
+    if match := re.fullmatch(r"or \(eq \(len \(slice \$\.Messages \$i(\d+)\)\) 1\) .*", condition):
+        return len(data.root["Messages"]) - data.vars[f"$i{match[1]}"] in (1, 2)
     if condition.startswith("$last"):
         return _last(int(condition[5:]))(data)
     if condition.startswith("not $last"):

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from ollama_meter.budgets import MESSAGE_TOKENS, TEMPLATE_TOKENS, ShownPrompts
+from ollama_meter.budgets import MESSAGE_TOKENS, TEMPLATE_TOKENS, ShownPrompts, _counts as counts
 from ollama_meter.budgets._shown import SHOW_LIMIT, SPECIAL_TOKENS, PromptShape, Shown
 from ollama_meter.budgets._template import JOIN_BYTES, PRINT_BYTES, TemplateBound, bound_template
 from ollama_meter.meter._request import facts_of
@@ -25,7 +25,7 @@ from ollama_meter.testing import DEFAULT_MODELS
 from ollama_meter.testing._emulator import model_template
 from ollama_meter.testing._models import count_tokens, expected_counts
 from tests._raw_http import RawServer
-from tests.budgets import _gorender as go
+from tests.budgets import _goexec as goexec, _gorender as go
 
 SYSTEM_HEAD = "<|start_header_id|>system<|end_header_id|>\n\nKnowledge cut off: 2023-12\n\n"
 TOOLS_NOTE = "Answer from a tool's result when one comes.\n\nYou can call tools."
@@ -127,6 +127,12 @@ ESCAPED = [{"role": "user", "content": "<&" * 40}]
 SYSTEM = [{"role": "system", "content": "s" * 50}, {"role": "user", "content": "hi"}]
 A_TOOL = {"type": "function", "function": {"name": "f", "description": "", "parameters": {}}}
 LAST = [("last", 1)]
+BIG_SYSTEM = [
+    {"role": "system", "content": "s" * 1000},
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "ok"},
+]
+OR_LAST_TWO = "or (eq (len (slice $.Messages $i1)) 1) (eq (len (slice $.Messages $i1)) 2)"
 SIX = {
     "type": "function",
     "function": {
@@ -141,7 +147,7 @@ SIX = {
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tree=st.booleans().flatmap(go.templates), messages=MESSAGES, tools=TOOLS)
+@given(tree=go.TEMPLATES, messages=MESSAGES, tools=TOOLS)
 @example(tree=[("text", "<|turn|>" * 8), ("print", ".Prompt")], messages=TURNS, tools=[])
 @example(
     tree=[("range", "messages", None, [("print", "json .Content")])], messages=ESCAPED, tools=[]
@@ -183,6 +189,84 @@ SIX = {
     ],
     messages=ESCAPED,
     tools=[SIX],
+)
+@example(  # a system message gathered in a variable, printed once and emptied; and .System
+    tree=[
+        ("acc_decl",),
+        ("print", ".System"),
+        ("range", "messages", None, [*LAST, ("acc_add",), ("acc_flush",)]),
+    ],
+    messages=BIG_SYSTEM,
+    tools=[],
+)
+@example(  # not printed emptied: all it gathered, each time
+    tree=[("acc_decl",), ("range", "messages", None, [*LAST, ("acc_add",), ("acc_print",)])],
+    messages=BIG_SYSTEM * 2,
+    tools=[],
+)
+@example(  # after a system message's continue, only the others' contents
+    tree=[
+        (
+            "range",
+            "messages",
+            None,
+            [
+                *LAST,
+                ("jump", "continue", 'eq .Role "system"'),
+                ("if", 'eq .Role "user"', [("print", ".Content")] * 2, []),
+            ],
+        )
+    ],
+    messages=[{"role": "user", "content": "x" * 1000}],
+    tools=[],
+)
+@example(  # the second message's pass only
+    tree=[
+        ("print", ".System"),
+        ("range", "messages", None, [*LAST, ("if", "eq $i1 1", [("print", "$.System")], [])]),
+    ],
+    messages=BIG_SYSTEM,
+    tools=[],
+)
+@example(  # the last two messages' passes
+    tree=[("range", "messages", None, [*LAST, ("if", OR_LAST_TWO, [("print", "$.System")], [])])],
+    messages=BIG_SYSTEM,
+    tools=[],
+)
+@example(  # once a pass under $last, and in other passes its else part: both, not the larger
+    tree=[
+        (
+            "range",
+            "messages",
+            None,
+            [*LAST, ("if", "$last1", [("print", "$.System")], [("print", ".Content")])],
+        )
+    ],
+    messages=BIG_SYSTEM,
+    tools=[],
+)
+@example(  # three messages of one role joined by blank lines, written twice, blank lines too
+    tree=[("print", ".Response"), ("print", ".Response")],
+    messages=[{"role": "assistant", "content": ""}] * 3,
+    tools=[],
+)
+@example(  # json of either text, escaped
+    tree=[("range", "messages", None, [*LAST, ("print", 'json (or .Content "-")')])],
+    messages=ESCAPED,
+    tools=[],
+)
+@example(  # a role spelled with an escape is the role
+    tree=[
+        ("print", ".System"),
+        (
+            "range",
+            "messages",
+            None,
+            [*LAST, ("if", 'eq .Role "syst\\x65m"', [("print", ".Content")], [])],
+        ),
+    ],
+    messages=BIG_SYSTEM,
+    tools=[],
 )
 def test_what_a_template_writes_is_within_the_bound(
     tree: list[go.Node], messages: list[dict[str, Any]], tools: list[Any]
@@ -356,3 +440,185 @@ def test_the_most_of_every_servers_template_counts() -> None:
     finally:
         short.close()
         long.close()
+
+
+MB = 2**20
+
+
+@pytest.mark.parametrize(
+    ("template", "said"),
+    [
+        ("x" * (4 * MB), None),
+        ("{{ .System }}" * (4 * MB // 13), "more than 5,000 actions"),
+        ("{{ if .System }}" * 100_000 + "x" + "{{ end }}" * 100_000, "more than 5,000 actions"),
+        ("{{ if .System }}" * 33 + "x" + "{{ end }}" * 33, "nested too deep"),
+        ("{{ " + "(" * 100_000 + ".System" + ")" * 100_000 + " }}", "more than 1,000 words"),
+        ("{{ " + "(" * 40 + ".System" + ")" * 40 + " }}", "parentheses nested too deep"),
+        ("{{ range .Tools }}x{{ end }}" * 100_000, "more than 5,000 actions"),
+        ("{{- /* c */ -}}   " * 300_000, "more than 5,000 actions"),
+        ("{{- .System -}}" + " \n\t" * MB + "{{- .System -}}", None),
+        ("{{" + " " * (4 * MB) + ".System }}", None),
+        ('{{ "' + "a" * (4 * MB) + '" }}', None),
+        ('{{ "' + "a" * (4 * MB), "unterminated quoted string"),
+        ("{{" * (2 * MB), "unclosed action"),
+        ("{{/*" + "x" * (4 * MB) + "*/}}", None),
+        (("{{ and" + " .System" * 990 + " }}") * 500, "more than 20,000 words"),
+        ("{{ .System" + " | len" * 100_000 + " }}", "more than 1,000 words"),
+    ],
+    ids=[
+        "4MB-text",
+        "4MB-actions",
+        "nested-100k",
+        "nested-33",
+        "parens-100k",
+        "parens-40",
+        "ranges-100k",
+        "trims-300k",
+        "whitespace",
+        "spaces-in-action",
+        "4MB-string",
+        "4MB-unclosed-string",
+        "2M-opens",
+        "4MB-comment",
+        "500k-words",
+        "100k-pipes",
+    ],
+)
+def test_a_hostile_template_is_refused_or_bounded_and_read_once(
+    template: str, said: str | None
+) -> None:
+    """What a lying server's ``/api/show`` may answer (up to its 4 MB): read in a moment
+    (bench/template_bound.py times it), neither crashing nor recursing, and read once: the
+    same template asked again is the same bound."""
+    bound = bound_template(template)
+    if said is None:
+        assert isinstance(bound, TemplateBound), bound
+    else:
+        assert isinstance(bound, str) and said in bound, bound
+    assert bound_template(template) is bound
+
+
+GATHERED = """{{- $system := "" }}
+{{- range .Messages }}
+{{- if eq .Role "system" }}
+{{- if not $system }}{{ $system = .Content }}
+{{- else }}{{ $system = printf "%s\\n\\n%s" $system .Content }}
+{{- end }}
+{{- continue }}
+{{- else if eq .Role "user" }}<turn>user
+{{- if $system }}
+{{ $system }}
+{{- $system = "" }}
+{{- end }}
+{{- else if eq .Role "assistant" }}<turn>model
+{{- end }}
+{{ .Content }}<end>
+{{ end }}<turn>model
+"""
+"""The system messages gathered in a variable and written with the next user message (the
+shape of Ollama's gemma, llama2 and alpaca templates, in other words)."""
+FIRST_ONLY = """{{- range $index, $_ := .Messages }}
+{{- if eq .Role "user" }}[Q] {{ if eq $index 0 }}<<S>>{{ if $.System }}{{ $.System }}{{ end }}<</S>>{{ end }}{{ .Content }}
+{{- else }} [A] {{ .Content }}</s>
+{{- end }}{{ end }}"""
+LAST_TWO = """{{- range $i, $m := .Messages }}
+{{- $last := or (eq (len (slice $.Messages $i)) 1) (eq (len (slice $.Messages $i)) 2) }}
+{{- if and $.Tools $last }}[TOOLS] {{ $.Tools }}[/TOOLS]{{ end }}{{ .Content }}
+{{- end }}"""
+SKIPPED = """{{- range .Messages }}
+{{- if eq .Role "system" }}{{ continue }}{{ end }}<{{ .Role }}>{{ .Content }}
+{{- if .ToolCalls }}{{ range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ json .Function.Arguments }}}{{ end }}{{ end }}
+{{- end }}
+{{- range .Tools }}def {{ .Function.Name }}({{ range $name, $p := .Function.Parameters.Properties }}{{ $name }}: {{ $p.Type }}, {{ end }})
+{{ end }}"""
+REASONING = """{{- $tools := false }}{{ if $.Tools }}{{ $tools = true }}{{ end }}
+{{- with .System }}<sys>{{ . }}</sys>{{ end }}date: {{ currentDate }}
+{{- if $tools }}{{ range $.Tools }}{{ json . }}
+{{ end }}{{ end }}
+{{- range $i, $msg := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if and (eq $msg.Role "assistant") $last (ne $msg.Thinking "") }}<think>{{ $msg.Thinking }}</think>{{ end }}
+{{- if or (eq .Role "user") (eq .Role "tool") }}<{{ .Role }}>{{ .Content }}{{ "\\n" }}
+{{- else if eq .Role "assistant" }}{{ .Content }}{{ if .ToolCalls }}{{ range $j, $c := .ToolCalls }}{{ if gt $j 8 }}{{ break }}{{ end }}{{ $c.Function.Name }}{{ json $c.Function.Arguments }}{{ end }}{{ end }}
+{{- end }}
+{{- if and $last (ne .Role "assistant") }}<assistant>{{ if and $.IsThinkSet $.Think }}<think>{{ end }}{{ end }}
+{{- end }}"""
+"""A reasoning model's shape (gpt-oss, qwen3, deepseek): a flag set in a block, ``with``,
+``currentDate``, ``json`` of tools and arguments, ``$msg.Thinking`` under ``$last``, a
+``break`` in a range of calls."""
+
+
+@pytest.mark.parametrize(
+    ("template", "most"),
+    [(GATHERED, 1), (FIRST_ONLY, 2), (LAST_TWO, 2), (SKIPPED, 1), (REASONING, 1)],
+    ids=["gathered", "first-only", "last-two", "skipped", "reasoning"],
+)
+def test_templates_in_the_shapes_ollama_ships_are_bounded_each_text_written_as_often(
+    template: str, most: int
+) -> None:
+    """Every template Ollama ships (its template/*.gotmpl and its tool-use test templates)
+    is bounded; these have their constructs, and each request text is counted as often as
+    they may write it: a system message gathered and written once; ``.System`` under ``eq
+    $index 0`` once, and again as a system message in the else part (Ollama's llama2 shape:
+    it was counted once); the tools under the last two messages twice."""
+    bound = bound_template(template)
+    assert isinstance(bound, TemplateBound), bound
+    at = (12, 3, 4, 20)
+    assert max(counts.evaluate(dict(p), at) for _, p in bound.repeats) == most, bound.repeats
+
+
+SHAPES = [LLAMA, GATHERED, FIRST_ONLY, LAST_TWO, SKIPPED, REASONING]
+
+
+@settings(max_examples=150, deadline=None)
+@given(template=st.sampled_from(SHAPES), messages=MESSAGES, tools=TOOLS)
+@example(  # .System in the first pass, the system message in the else part of another
+    template=FIRST_ONLY,
+    messages=[{"role": "user", "content": "hi"}, {"role": "system", "content": "s" * 1000}],
+    tools=[],
+)
+def test_what_the_shapes_ollama_ships_write_is_within_the_bound(
+    template: str, messages: list[dict[str, Any]], tools: list[Any]
+) -> None:
+    """Those templates, executed as Go executes them (``_goexec``, a reading apart from the
+    meter's) for generated chats: within the bound, a token a byte. (Ollama's own 48, read
+    from its repository and run so with typical chats, write at most 0.96 of theirs.)"""
+    written = goexec.execute(template, messages, tools).encode("utf-8", "surrogatepass")
+    body = {"model": "m", "messages": messages, "tools": tools}
+    assert len(written) <= admitted_on(template, body)
+    bound = bound_template(template)
+    shape = facts_of("chat", body).shape
+    assert isinstance(bound, TemplateBound) and shape is not None
+    extra = bound.extra(shape.messages, shape.tools, shape.calls, shape.parts, shape.text_bytes)
+    assert len(written) <= shape.text_bytes + extra
+
+
+@pytest.mark.parametrize(
+    ("template", "said"),
+    [
+        ('{{ $s := "" }}{{ range .Messages }}{{ $s = printf "%s%s" $s $s }}{{ end }}', "copy"),
+        ('{{ $s := "" }}{{ range .Messages }}{{ $s = json $s }}{{ end }}', "changed copy"),
+        ('{{ $a := "" }}{{ $b := "" }}{{ $a = $b }}{{ $b = "x" }}{{ .Messages }}', "copy"),
+        ('{{ $s := "" }}{{ $s = .System }}{{ $t := $s }}{{ $t = "" }}{{ .Messages }}', "copy"),
+        ('{{ printf "%9999s" .System }}{{ .Messages }}', "format"),
+        ('{{ range .Tools }}{{ printf "%s" .Function.Parameters }}{{ end }}', "printf"),
+        ('{{ printf "%s" .System .System }}{{ .Messages }}', "format"),
+        ('{{ range $s := .Tools }}{{ $s }}{{ $s = "" }}{{ end }}{{ .Messages }}', "ranges into"),
+    ],
+    ids=["doubled", "escaped", "other", "copied", "width", "struct", "extra-argument", "ranged"],
+)
+def test_a_gathering_that_could_grow_past_its_texts_is_refused(template: str, said: str) -> None:
+    bound = bound_template(template)
+    assert isinstance(bound, str) and said in bound, bound
+
+
+def test_an_index_set_anew_is_no_longer_its_ranges() -> None:
+    """``$i := 1`` in a range over two messages: ``eq (len (slice $.Messages $i)) 1`` holds
+    in both passes (it counted once: 10 bytes of the 20 written)."""
+    template = (
+        "{{ range $i, $_ := .Messages }}{{ $i := 1 }}"
+        "{{ if eq (len (slice $.Messages $i)) 1 }}XXXXXXXXXX{{ end }}{{ end }}"
+    )
+    bound = bound_template(template)
+    assert isinstance(bound, TemplateBound)
+    assert dict(bound.literal) == {(1, 0, 0, 0, 0): 10}  # 20 for two messages
