@@ -246,25 +246,23 @@ def _write_busy(
 ) -> None:
     """Merge the minutes' busy pieces into their rows, then add what grew to their cells."""
     keys = sorted(busy)
-    # Make sure each row exists and count its calls, then (on PostgreSQL) lock the ones
-    # whose intervals change, in key order.
-    run(
-        conn,
-        statements.busy_presence.sql,
-        [(start // 10**6, host, "", 0, calls.get((start, host), 0)) for start, host in keys],
-    )
     grown: dict[tuple[int, str], int] = {}
-    changed = [key for key in keys if busy[key]]
-    if changed:
-        stored = _stored_busy(conn, statements, changed)
-        updates = []
-        for start, host in changed:
+    if conn.dialect.name == "sqlite":
+        # Writers take turns: each minute's row read, then written once, merged (an import
+        # wrote most of its minutes twice, once to make sure the row was there).
+        stored = _stored_busy(conn, statements, keys)
+        rows = []
+        for start, host in keys:
             seconds = start // 10**6
-            intervals, had = stored[(seconds, host)]
-            merged, grew = add_intervals(intervals, busy[(start, host)])
-            grown[(start, host)] = grew
-            updates.append((merged, had + grew, seconds, host))
-        run(conn, statements.busy_update.sql, updates)
+            intervals, had = stored.get((seconds, host), ("", 0))
+            if pieces := busy[(start, host)]:
+                intervals, grew = add_intervals(intervals, pieces)
+                grown[(start, host)] = grew
+                had += grew
+            rows.append((seconds, host, intervals, had, calls.get((start, host), 0)))
+        run(conn, statements.busy_whole.sql, rows)
+    else:
+        _merge_busy(conn, statements, busy, calls, keys, grown)
     # Summed per quarter hour first: a day or month is a run of whole quarter hours.
     added: dict[tuple[int, str], list[int]] = {}
     for minute, host in keys:
@@ -281,6 +279,36 @@ def _write_busy(
     )
     if cells:
         run(conn, statements.busy_cells.sql, cells)
+
+
+def _merge_busy(
+    conn: Connection,
+    statements: Statements,
+    busy: dict[tuple[int, str], list[tuple[int, int]]],
+    calls: dict[tuple[int, str], int],
+    keys: Sequence[tuple[int, str]],
+    grown: dict[tuple[int, str], int],
+) -> None:
+    """Merge the busy pieces of ``keys`` (sorted) into their rows, by how much each grew in
+    ``grown``, where writers run at once (PostgreSQL)."""
+    # Make sure each row exists and count its calls, then lock the ones whose intervals
+    # change, in key order.
+    run(
+        conn,
+        statements.busy_presence.sql,
+        [(start // 10**6, host, "", 0, calls.get((start, host), 0)) for start, host in keys],
+    )
+    changed = [key for key in keys if busy[key]]
+    if changed:
+        stored = _stored_busy(conn, statements, changed)
+        updates = []
+        for start, host in changed:
+            seconds = start // 10**6
+            intervals, had = stored[(seconds, host)]
+            merged, grew = add_intervals(intervals, busy[(start, host)])
+            grown[(start, host)] = grew
+            updates.append((merged, had + grew, seconds, host))
+        run(conn, statements.busy_update.sql, updates)
 
 
 def _stored_busy(
