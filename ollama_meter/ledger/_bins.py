@@ -71,21 +71,25 @@ class BinEntries:
     ) -> None:
         """Count one call of ``named`` (tenant, department, model) in ``slots`` (metric,
         decade, bin), ``sign`` times (negative: taken out)."""
+        if sign not in (1, -1):
+            for _ in range(abs(sign)):
+                self.add(quarter, named, slots, 1 if sign > 0 else -1)
+            return
         into = self.added if sign > 0 else self.taken
         lists = into.get(quarter)
         if lists is None:
             lists = into[quarter] = ([], [], [])
         mine, models, everyone = lists
         numbers = self.numbers
+        tenant, department, model = named
         for metric, decade, index in slots:
-            key = (*named, metric, decade)
+            key = (tenant, department, model, metric, decade)
             number = numbers.get(key)
             if number is None:
                 number = numbers[key] = self._numbered(key)
-            for _ in range(abs(sign)):
-                mine.append(number[0] + index)
-                models.append(number[1] + index)
-                everyone.append(number[2] + index)
+            mine.append(number[0] + index)
+            models.append(number[1] + index)
+            everyone.append(number[2] + index)
 
     def _numbered(self, key: tuple[Any, ...]) -> tuple[int, int, int]:
         """The numbers (times :data:`SLOTS`) of ``key``'s rows, given when first seen."""
