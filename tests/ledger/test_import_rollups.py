@@ -5,7 +5,6 @@ call by call, and a reprice's delta takes calls out of the same rows."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -14,7 +13,7 @@ from ollama_meter.ledger import Ledger, import_lines, rebuild
 from ollama_meter.ledger._jsonl import export_line
 from ollama_meter.ledger._spans import update_costs
 from ollama_meter.records import SpanRecord
-from tests.ledger.test_import_roundtrip import ZONES, _call
+from tests.ledger.test_import_roundtrip import ZONES, _call, _emptied
 from tests.ledger.test_transfer import _tables
 
 
@@ -31,15 +30,15 @@ from tests.ledger.test_transfer import _tables
     data=st.data(),
 )
 def test_rollups_an_import_and_a_reprice_write_are_those_rebuilt_from_the_spans(
-    tmp_path_factory: Any,
+    db_url: str,
     spans: list[SpanRecord],
     batch: int,
     zone: str,
     moved: list[int],
     data: Any,
 ) -> None:
-    folder: Path = tmp_path_factory.mktemp("rollups")
-    ledger = Ledger(f"sqlite:///{folder / 'ledger.db'}", zone=zone)
+    _emptied(db_url)  # hypothesis runs every example on the same database
+    ledger = Ledger(db_url, zone=zone)
     try:
         lines = [export_line(span) for span in data.draw(st.permutations(spans))]
         summary = import_lines(ledger, lines, batch=batch)
