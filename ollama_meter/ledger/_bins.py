@@ -1,10 +1,11 @@
 """A batch's histogram bins, counted a cell at a time: what ``_rollup`` adds to ``rollup_histograms``.
 
-A delta keeps, per quarter hour, one entry per bin a call counts in (tenant, department,
-model, metric, decade, bin). The rows of a cell are those entries counted together, the
-quarters of a day or month chained: counted in C (``Counter`` over ``itemgetter``), once per
-kind of row, rather than added call by call to every row of every grain (most of an
-import's rollup time went there). Nothing here knows SQL but the write.
+A delta keeps, per quarter hour, a number for each bin a call counts in and each row it
+counts there (its department's, its model's, everyone's: :class:`BinEntries`). The rows of
+a cell are those numbers counted together, the quarters of a day or month chained: counted
+in C (``Counter``), once per kind of row, rather than added call by call to every row of
+every grain (most of an import's rollup time went there). Nothing here knows SQL but the
+write.
 """
 
 from __future__ import annotations
