@@ -42,18 +42,23 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete
 
+from ollama_meter.ledger._bins import (
+    EACH_MODEL,
+    EVERYONE,
+    BinEntries,
+    histogram_rows as _histogram_rows,
+    write_bins,
+)
 from ollama_meter.ledger._cells import (
     ANYONE,
     BUSY_US,
     DIMENSIONS,
     MEASURES,
     QUARTER_US,
-    SLOTS,
     Grain,
     add_intervals,
     busy_pieces,
     by_grain,
-    floor_cell,
     histogram_slots,
     measures_of,
 )
@@ -74,13 +79,6 @@ from ollama_meter.records import NO_HOST, SpanRecord
 
 BUSY_GRAINS = (Grain.MONTH, Grain.DAY)
 """The cells busy minutes are summed into, coarsest first."""
-EVERYONE = (ANYONE, ANYONE, ANYONE)
-"""The (tenant, department, model) of histogram rows for all calls together."""
-EACH_MODEL = (ANYONE, "+")
-"""The (tenant, department) of histogram rows per model over all tenants and departments.
-
-``+`` is no department's name (names begin with a letter or digit), so these rows never
-meet a department's, nor :data:`EVERYONE`'s (a model may be called ``*``)."""
 REBUILD_LOCK = 0x6F6D7275  # "omru"
 """PostgreSQL advisory lock: writers of rollups share it, a rebuild's piece takes it alone."""
 
@@ -97,8 +95,8 @@ class RollupDelta:
 
     def __init__(self) -> None:
         self.quarters: dict[tuple[Any, ...], list[int]] = {}
-        self.histograms: dict[tuple[Any, ...], dict[tuple[int, int, int], int]] = {}
-        """(quarter, tenant, department, model) → (metric, decade, bin) → calls."""
+        self.histograms = BinEntries()
+        """The bins each call counts in, per quarter hour."""
         self.busy: defaultdict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
         """(minute, host) → busy pieces; a key without pieces: the host served a call then."""
         self.calls: dict[tuple[int, str], int] = {}
@@ -127,12 +125,7 @@ class RollupDelta:
             self.quarters[key] = [a + sign * b for a, b in zip(current, values, strict=True)]
         slots = histogram_slots(span)
         if slots:
-            row = (quarter, tenant, department, model)
-            counted = self.histograms.get(row)
-            if counted is None:
-                counted = self.histograms[row] = {}
-            for slot in slots:
-                counted[slot] = counted.get(slot, 0) + sign
+            self.histograms.add(quarter, (tenant, department, model), slots, sign)
         if busy:
             self._add_busy(span, us)
 
@@ -176,35 +169,7 @@ class RollupDelta:
         departments (:data:`EACH_MODEL`) are kept too, per quarter hour as well as per day
         and month: the only rows a question about everyone, or per model, reads.
         """
-        rows: dict[tuple[Any, ...], list[int]] = {}
-        starts: dict[int, list[int]] = {}
-        models: dict[tuple[int, str], dict[tuple[int, int, int], int]] = {}
-        keyed_grains = [int(g) for g in grains if g is not Grain.QUARTER]
-        for (quarter, tenant, department, model), slots in self.histograms.items():
-            _add_bins(
-                rows,
-                keyed_grains,
-                _starts(starts, quarter, zone),
-                (tenant, department, model),
-                slots,
-            )
-            summed = models.get(key := (quarter, model))
-            if summed is None:
-                summed = models[key] = {}
-            for slot, calls in slots.items():
-                summed[slot] = summed.get(slot, 0) + calls
-        everyone: dict[int, dict[tuple[int, int, int], int]] = {}
-        levels = [int(g) for g in grains]
-        for (quarter, model), slots in models.items():
-            _add_bins(rows, levels, starts[quarter], (*EACH_MODEL, model), slots)
-            summed = everyone.get(quarter)
-            if summed is None:
-                summed = everyone[quarter] = {}
-            for slot, calls in slots.items():
-                summed[slot] = summed.get(slot, 0) + calls
-        for quarter, slots in everyone.items():
-            _add_bins(rows, levels, starts[quarter], EVERYONE, slots)
-        return {key: counts for key, counts in rows.items() if any(counts)}
+        return _histogram_rows(self.histograms.count(grains, zone))
 
     def write(self, conn: Connection) -> None:
         """Add this delta to the rollups, in the caller's transaction.
@@ -219,39 +184,10 @@ class RollupDelta:
             keys = sorted(cube)
             run(conn, statements.cube.sql, _with_values(keys, cube))
             _drop_emptied(conn, [key for key in keys if cube[key][_REQUESTS] < 0])
-        histograms = self.histogram_rows(tuple(Grain), zone)
-        if histograms:
-            _write_histograms(conn, statements, histograms)
+        if self.histograms:
+            write_bins(conn, statements, self.histograms.count(tuple(Grain), zone))
         if self.busy:
             _write_busy(conn, statements, self.busy, self.calls, zone)
-
-
-def _starts(starts: dict[int, list[int]], quarter: int, zone: tzinfo | None) -> list[int]:
-    """The start (s) of the cell of each grain holding ``quarter``, by grain; kept in ``starts``."""
-    cells = starts.get(quarter)
-    if cells is None:
-        cells = starts[quarter] = [floor_cell(g, quarter, zone) // 10**6 for g in Grain]
-    return cells
-
-
-def _add_bins(
-    rows: dict[tuple[Any, ...], list[int]],
-    levels: Sequence[int],
-    starts: Sequence[int],
-    named: tuple[str, str, str],
-    slots: dict[tuple[int, int, int], int],
-) -> None:
-    """Add ``slots``' calls to the histogram rows of ``named`` in the cells ``starts`` of ``levels``."""
-    tenant, department, model = named
-    for (metric, decade, index), calls in slots.items():
-        if not calls:
-            continue
-        for level in levels:
-            key = (level, starts[level], tenant, department, model, metric, decade)
-            counts = rows.get(key)
-            if counts is None:
-                counts = rows[key] = [0] * SLOTS
-            counts[index] += calls
 
 
 _REQUESTS = MEASURES.index("requests")
@@ -301,31 +237,6 @@ def _with_values(
     return [(*key, *within(counts)) for key, counts in zip(keys, values, strict=True)]
 
 
-def _write_histograms(
-    conn: Connection, statements: Statements, rows: dict[tuple[Any, ...], list[int]]
-) -> None:
-    """Add ``rows``' bins to the stored ones. On SQLite (writers take turns) a row with one
-    bin counted (every row of one call) adds to that bin alone, not 74 zeros too; on
-    PostgreSQL, where concurrent writers lock rows in key order, all go in one statement."""
-    # A delta's bin counts one call each of its spans at most: no 64-bit bound to keep here.
-    whole: list[tuple[Any, ...]] = []
-    single: dict[int, list[tuple[Any, ...]]] = {}
-    if statements.histogram_bin is None:
-        whole = [key + tuple(rows[key]) for key in sorted(rows)]
-    else:
-        for key in sorted(rows):
-            counts = rows[key]
-            if counts.count(0) == SLOTS - 1:  # in C; the one bin found in C too
-                calls = sum(counts)
-                single.setdefault(counts.index(calls), []).append((*key, calls))
-            else:
-                whole.append(key + tuple(counts))
-    if whole:
-        run(conn, statements.histogram.sql, whole)
-    for index, values in sorted(single.items()):
-        run(conn, statements.one_bin(conn.dialect, index).sql, values)
-
-
 def _write_busy(
     conn: Connection,
     statements: Statements,
@@ -335,25 +246,23 @@ def _write_busy(
 ) -> None:
     """Merge the minutes' busy pieces into their rows, then add what grew to their cells."""
     keys = sorted(busy)
-    # Make sure each row exists and count its calls, then (on PostgreSQL) lock the ones
-    # whose intervals change, in key order.
-    run(
-        conn,
-        statements.busy_presence.sql,
-        [(start // 10**6, host, "", 0, calls.get((start, host), 0)) for start, host in keys],
-    )
     grown: dict[tuple[int, str], int] = {}
-    changed = [key for key in keys if busy[key]]
-    if changed:
-        stored = _stored_busy(conn, statements, changed)
-        updates = []
-        for start, host in changed:
+    if conn.dialect.name == "sqlite":
+        # Writers take turns: each minute's row read, then written once, merged (an import
+        # wrote most of its minutes twice, once to make sure the row was there).
+        stored = _stored_busy(conn, statements, keys)
+        rows = []
+        for start, host in keys:
             seconds = start // 10**6
-            intervals, had = stored[(seconds, host)]
-            merged, grew = add_intervals(intervals, busy[(start, host)])
-            grown[(start, host)] = grew
-            updates.append((merged, had + grew, seconds, host))
-        run(conn, statements.busy_update.sql, updates)
+            intervals, had = stored.get((seconds, host), ("", 0))
+            if pieces := busy[(start, host)]:
+                intervals, grew = add_intervals(intervals, pieces)
+                grown[(start, host)] = grew
+                had += grew
+            rows.append((seconds, host, intervals, had, calls.get((start, host), 0)))
+        run(conn, statements.busy_whole.sql, rows)
+    else:
+        _merge_busy(conn, statements, busy, calls, keys, grown)
     # Summed per quarter hour first: a day or month is a run of whole quarter hours.
     added: dict[tuple[int, str], list[int]] = {}
     for minute, host in keys:
@@ -370,6 +279,36 @@ def _write_busy(
     )
     if cells:
         run(conn, statements.busy_cells.sql, cells)
+
+
+def _merge_busy(
+    conn: Connection,
+    statements: Statements,
+    busy: dict[tuple[int, str], list[tuple[int, int]]],
+    calls: dict[tuple[int, str], int],
+    keys: Sequence[tuple[int, str]],
+    grown: dict[tuple[int, str], int],
+) -> None:
+    """Merge the busy pieces of ``keys`` (sorted) into their rows, by how much each grew in
+    ``grown``, where writers run at once (PostgreSQL)."""
+    # Make sure each row exists and count its calls, then lock the ones whose intervals
+    # change, in key order.
+    run(
+        conn,
+        statements.busy_presence.sql,
+        [(start // 10**6, host, "", 0, calls.get((start, host), 0)) for start, host in keys],
+    )
+    changed = [key for key in keys if busy[key]]
+    if changed:
+        stored = _stored_busy(conn, statements, changed)
+        updates = []
+        for start, host in changed:
+            seconds = start // 10**6
+            intervals, had = stored[(seconds, host)]
+            merged, grew = add_intervals(intervals, busy[(start, host)])
+            grown[(start, host)] = grew
+            updates.append((merged, had + grew, seconds, host))
+        run(conn, statements.busy_update.sql, updates)
 
 
 def _stored_busy(

@@ -104,10 +104,11 @@ def upsert(
     *,
     initial: Sequence[str] = (),
     zeros: Sequence[str] = (),
+    replaced: Sequence[str] = (),
 ) -> DriverSQL:
     """Insert a row, or add ``added`` to the one there; ``initial`` is only inserted,
-    ``zeros`` are inserted as 0 (no parameter)."""
-    names = [*keys, *initial, *added]
+    ``zeros`` are inserted as 0 (no parameter), ``replaced`` replace the stored values."""
+    names = [*keys, *initial, *replaced, *added]
     # Imported by name when first compiled: a SQLite ledger never loads PostgreSQL's dialect.
     which = "postgresql" if dialect.name == "postgresql" else "sqlite"
     module: Any = importlib.import_module(f"sqlalchemy.dialects.{which}")
@@ -121,6 +122,7 @@ def upsert(
         }
     else:  # SQLite turns an overflowing sum into a float, which MIN brings back
         set_ = {n: func.min(table.c[n] + statement.excluded[n], most) for n in added}
+    set_.update({n: statement.excluded[n] for n in replaced})
     statement = statement.on_conflict_do_update(index_elements=list(keys), set_=set_)
     return DriverSQL(positional(statement, dialect, names))
 
@@ -138,6 +140,10 @@ class Statements:
             self.histogram_bin = None
         self.busy_presence = upsert(
             dialect, BUSY, ["start", "host"], ["calls"], initial=["intervals", "busy_us"]
+        )
+        # SQLite's writers take turns: a minute's row is read, then written whole at once
+        self.busy_whole = upsert(
+            dialect, BUSY, ["start", "host"], ["calls"], replaced=["intervals", "busy_us"]
         )
         self.busy_cells = upsert(
             dialect, BUSY_CELLS, ["grain", "start", "host"], ["busy_us", "calls"]
