@@ -14,8 +14,9 @@ last calls are decided exactly, in the database.
 Invariant, across processes and gateways: settled spend plus every live lease is
 at most the limit, and a lease always covers the bounds of its calls in flight;
 so calls together can never spend past the limit. A call that has ended holds its
-cost, not its bound, and that stays in its lease until the next renewal reads its
-span from the ledger, which only errs on the safe side. A call whose span went to the spool
+cost, not its bound, and that stays in its lease until a renewal finds its span in
+the ledger, whose spend counts it from then on (the call, settled or not yet, holds nothing
+more): counted once, and only ever on the safe side. A call whose span went to the spool
 (the database was away) holds its cost by span id (``Lease.kept``) until a transaction finds
 the span in the ledger; the same transaction reads the spend after that, so the cost is
 counted once, and always at least once. A lease that is not renewed expires (a crashed process
@@ -262,7 +263,7 @@ class BudgetGate(ThresholdAlerts):
                 assert budget.id is not None
                 spent = store.spent(budget, lease.tenant, lease.window.start, lease.window.end)
                 others = store.held(lease.key, at, exclude=lease.row_id)
-                mine = sum(lease.in_flight.values()) + _still_kept(lease, found)
+                mine = lease.holds(found)
                 room = budget.limit - spent - others - mine
                 over = spent >= budget.limit or spent + need > budget.limit
                 if over or need > room:  # held > 0: only calls in flight are in the way
@@ -283,9 +284,8 @@ class BudgetGate(ThresholdAlerts):
         renewed = self._clock()
         for lease, amount, spent in sizes:
             lease.amount, lease.renewed, lease.spent = amount, renewed, spent
-            lease.used = 0
-            lease.kept = {i: cost for i, cost in lease.kept.items() if i not in found}
-            lease.stale = False
+            lease.used, lease.stale = 0, False
+            lease.counted(found)
 
     def _write_lease(self, store: BudgetWrites, lease: Lease, amount: int, now: datetime) -> None:
         lease.expires_at = now + self._reservation_ttl  # if not committed, renewed says due
@@ -441,10 +441,5 @@ class BudgetGate(ThresholdAlerts):
 
 
 def _recorded(store: BudgetReads, leases: list[Lease]) -> set[str]:
-    """The spans kept by ``leases`` that are in the ledger now."""
-    return store.recorded(kept) if (kept := [i for le in leases for i in le.kept]) else set()
-
-
-def _still_kept(lease: Lease, found: set[str]) -> int:
-    """What ``lease`` holds for spans not in the ledger (``found`` are)."""
-    return sum(cost for i, cost in lease.kept.items() if i not in found)
+    """The spans of ``leases``' calls (in flight, or kept) that are in the ledger now."""
+    return store.recorded(ids) if (ids := [i for le in leases for i in le.span_ids()]) else set()

@@ -72,6 +72,25 @@ class Lease:
     def free(self) -> int:
         return self.amount - sum(self.in_flight.values()) - self.used - sum(self.kept.values())
 
+    def span_ids(self) -> list[str]:
+        """The spans of its calls in flight and kept: any of them may be in the ledger already."""
+        return [*self.in_flight, *self.kept]
+
+    def holds(self, recorded: set[str]) -> int:
+        """What it must hold for its calls but those whose spans are ``recorded`` (in the
+        ledger: the spend read after counts their costs). A call's span is committed before
+        its hold is settled (by the write-behind thread, or the meter after its commit): an
+        admission in between that counted both refused a call that fitted exactly."""
+        holding = [*self.in_flight.items(), *self.kept.items()]
+        return sum(amount for i, amount in holding if i not in recorded)
+
+    def counted(self, recorded: set[str]) -> None:
+        """The spend now counts the spans ``recorded`` (a transaction that read them committed):
+        a kept one is done with, a call in flight holds nothing more until it settles."""
+        self.kept = {i: cost for i, cost in self.kept.items() if i not in recorded}
+        for i in recorded.intersection(self.in_flight):
+            self.in_flight[i] = 0
+
     def due(self, now: datetime, clock: float, ttl: timedelta) -> bool:
         """Time to write the row again: half its life gone by this process's clock (``clock``,
         monotonic), or by the wall clock (``now``), which may have stepped forward."""

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import func, select
 
-from ollama_meter.budgets import Budget
-from ollama_meter.ledger import SpanFilter
+from ollama_meter.budgets import Budget, BudgetGate, Estimate
+from ollama_meter.errors import BudgetExceeded
+from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger.models import ReservationRow
 from ollama_meter.meter._request import facts_of
+from ollama_meter.records import new_span_row_id
 from ollama_meter.testing import OllamaEmulator, expected_counts
 from tests.budgets.test_gate import BOUND, HELLO
-from tests.factories import token_prices
+from tests.factories import make_span, token_prices
 from tests.gateway.conftest import Gateway
 
 OUT = expected_counts("llama3.1:8b", HELLO)[1]
@@ -71,6 +77,62 @@ def test_near_the_limit_every_call_is_decided_exactly(serve: Any, emulator: Olla
     assert statuses == [200] * 7 + [429] * 3
     spans = gateway.ledger.latest(SpanFilter(status="ok"), 100)
     assert sum(s.cost_total for s in spans) == cost * 7
+
+
+NOW = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
+_tenants = (f"w{n}" for n in itertools.count())
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    bound=st.integers(1, 10**6),
+    percent=st.integers(0, 100),
+    share=st.sampled_from([0.0, 0.25]),
+)
+def test_a_call_committed_and_not_settled_yet_is_counted_once(
+    db_url: str, bound: int, percent: int, share: float
+) -> None:
+    """A call's span is committed, then its hold settled (the gateway's write-behind thread,
+    or the meter after its own commit): an admission between the two reads the call's cost
+    in the spend, and the call's hold must not count it again. Before, the next call that
+    fitted exactly was refused (the near-the-limit gateway test, once, under load)."""
+    ledger, tenant = Ledger(db_url), next(_tenants)
+    cost = bound * percent // 100
+    ledger.save_budget(
+        Budget(
+            tenant=tenant, department="sales", period="month", limit=cost + bound, currency="USD"
+        )
+    )
+    gate = BudgetGate(ledger, tz=UTC, lease_share=share)
+
+    def admit(amount: int) -> Any:
+        return gate.admit(
+            call_id=new_span_row_id(),
+            tenant=tenant,
+            department="sales",
+            estimate=Estimate(amount, "USD"),
+            now=NOW,
+        )
+
+    try:
+        first = admit(bound)
+        gate.ended(first, cost)
+        spent = {"tenant": tenant, "department": "sales", "cost_total": cost}
+        ledger.record([make_span(id=first.id, started_at=NOW, **spent)])  # not settled yet
+        second = admit(bound)  # the room left, exactly
+        with pytest.raises(BudgetExceeded):
+            admit(1)
+        gate.settle(first)
+        with pytest.raises(BudgetExceeded):
+            admit(1)
+        gate.ended(second, 0)
+        gate.settle(second, recorded=False)  # it cost nothing: its span holds nothing
+        assert admit(bound) is not None
+    finally:
+        gate.close(give_back=False)
+        ledger.dispose()
 
 
 def test_two_gateways_on_one_ledger_never_overshoot(serve: Any, emulator: OllamaEmulator) -> None:
