@@ -295,7 +295,8 @@ class TelemetryObserver:
             # Langfuse reads any cost as USD and has no currency field: another currency's cost
             # would be summed with the dollars. An unpriced span's 0 is not a cost either; it
             # would hide Langfuse's own estimate. ometer.cost and ometer.currency carry both.
-            attributes[sc.LANGFUSE_COST] = json.dumps({"total": float(cost)})
+            # JSON text with the decimal itself: through a float it rounded past 2**53 micro-units.
+            attributes[sc.LANGFUSE_COST] = f'{{"total": {cost:f}}}'
         if span.ttft_ns is not None:  # TTFT counts from the span's start, as Langfuse's does
             first = span.started_at + timedelta(microseconds=span.ttft_ns // 1000)
             attributes[sc.LANGFUSE_COMPLETION_START] = first.astimezone(UTC).strftime(

@@ -112,3 +112,23 @@ def test_langfuse_gets_the_time_of_the_first_token(started: datetime, ttft_ns: i
     assert isinstance(sent, str) and sent.endswith("Z")
     first = datetime.fromisoformat(sent)
     assert first == started + timedelta(microseconds=ttft_ns // 1000)
+
+
+@settings(max_examples=100, deadline=None)
+@given(micros=st.integers(0, 2**63 - 1) | st.sampled_from([1, 10**15 + 1, 2**53 + 1, 2**63 - 1]))
+def test_langfuse_gets_the_cost_to_the_micro_unit(micros: int) -> None:
+    """``cost_details`` is JSON text: its number is written as the exact decimal, not through
+    a float, which rounds a cost past 2**53 micro-units (9,007,199,254.740993 dollars became
+    9,007,199,254.740992)."""
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    observer = TelemetryObserver(provider.get_tracer("t"), None)
+    span = make_storable(make_span(cost_total=micros, cost_tokens=micros, unpriced=False))
+    observer.on_start(span)
+    observer.on_end(span)
+    (otel,) = exported.get_finished_spans()
+    assert otel.attributes is not None
+    sent = otel.attributes[sc.LANGFUSE_COST]
+    assert isinstance(sent, str)
+    assert json.loads(sent, parse_float=Decimal) == {"total": Decimal(micros).scaleb(-6)}
