@@ -83,5 +83,17 @@ def _once(headers: Headers) -> dict[str, str]:
                 f"{name.title()} is given {len(values)} times; give it once, for one caller"
             )
         if values:
-            found[name] = values[0]
+            found[name] = _as_sent(values[0])
     return found
+
+
+def _as_sent(value: str) -> str:
+    """A header's value as the client wrote it: HTTP reads a byte a character (Latin-1), and a
+    name beyond ASCII (refused: names are ASCII) is UTF-8 from most clients, so an error then
+    names ``'été'``, not ``'Ã©tÃ©'``."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode()
+    except UnicodeError:  # no UTF-8 (or not bytes read as Latin-1): as it is
+        return value

@@ -123,3 +123,21 @@ def test_no_call_that_starts_after_its_key_is_revoked_is_made(
     assert set(after) == {401}, after
     ok = gw.ledger.latest(SpanFilter(), 10_000)
     assert {(s.tenant, s.department) for s in ok} == {("acme", "hr")}
+
+
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [("été".encode(), "été"), ("ops\u202e".encode(), "ops\\u202e"), (b"b\xf6b", "böb")],
+)
+def test_a_name_beyond_ascii_is_refused_as_the_caller_wrote_it(
+    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str,
+    sent: bytes, shown: str,
+) -> None:  # fmt: skip
+    """Names are ASCII: a department a client sent as UTF-8 is refused, and the error names it
+    as sent (`'été'`), not as its bytes read one a character (`'Ã©tÃ©'`); bytes that are no
+    UTF-8 are read one a character (Latin-1, as HTTP reads them)."""
+    gw = serve_on(emulator.url, sqlite_url)
+    answer = raw(gw.url, b"X-Ometer-Department: " + sent + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    assert error.startswith(f"department name '{shown}' has characters other than"), error
