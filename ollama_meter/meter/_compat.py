@@ -1,0 +1,149 @@
+"""What Ollama's OpenAI and Anthropic layers make of a request: the chat it becomes.
+
+Ollama turns a ``/v1/responses`` or ``/v1/messages`` body into a chat before the model's
+template sees it; the meter reads such a body the same way (texts, messages, images, and
+the bytes the template writes as JSON), and whether it asks for structured output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ollama_meter.meter._written import (
+    CALL_BYTES,
+    arguments_bytes,
+    json_bytes,
+    role_bytes,
+    written_bytes,
+)
+
+
+def text_of(value: object) -> str:
+    """``value`` if it is a text, else nothing (a request is untrusted input)."""
+    return value if isinstance(value, str) else ""
+
+
+def content_parts(content: object) -> tuple[list[str], int]:
+    """Texts and image count of one message's content (a string, or OpenAI's list of parts)."""
+    if isinstance(content, str):
+        return [content], 0
+    texts: list[str] = []
+    images = 0
+    if isinstance(content, list):
+        for part in content:
+            if not isinstance(part, Mapping):
+                continue
+            if part.get("type") in ("image_url", "input_image", "image"):
+                images += 1
+            elif isinstance(part.get("text"), str):
+                texts.append(part["text"])
+    return texts, images
+
+
+_ITEM_APART = frozenset({"type", "role", "content", "output"})
+"""A Responses input item's fields counted on their own: its type and role (in
+MESSAGE_TOKENS), its content or a tool's output (texts and images)."""
+
+
+def responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
+    """Texts, message count, image count and extra bytes of a Responses API request.
+
+    Ollama makes a chat of it: ``instructions`` a system message, a string ``input`` a
+    user message, each input item at most one message (a message's parts joined, a tool's
+    output, a call's name and arguments, reasoning merged into the next message).
+    """
+    texts = [text_of(body.get("instructions"))]
+    count = 1 if texts[0] else 0
+    images = extra = 0
+    value = body.get("input")
+    if isinstance(value, str):
+        texts.append(value)
+        count += 1 if value else 0
+    for item in value if isinstance(value, list) else []:
+        if not isinstance(item, Mapping):
+            continue
+        count, extra = count + 1, extra + role_bytes(item.get("role"))
+        for key in ("content", "output"):
+            parts, pictures = content_parts(item.get(key))
+            texts.extend(parts)
+            images += pictures
+        extra += CALL_BYTES if item.get("type") == "function_call" else 0
+        extra += sum(  # a call's arguments are parsed, and written again as JSON
+            arguments_bytes(field)
+            if key == "arguments"
+            else written_bytes(field)
+            if isinstance(field, str)
+            else json_bytes(field)
+            for key, field in item.items()
+            if key not in _ITEM_APART
+        )
+    return texts, count, images, extra
+
+
+_BLOCK_APART = frozenset({"type", "text", "content"})
+"""A Messages content block's fields counted on their own: its type, its text, a tool
+result's content (texts and images), a web search result's."""
+_CALLS = frozenset({"tool_use", "server_tool_use"})
+
+
+def messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
+    """Texts, message count, image count and extra bytes of a Messages API request.
+
+    Ollama makes a chat of it: ``system`` (a string, or its text blocks joined) a system
+    message, each message one message of its text blocks (its images, tool calls and
+    thinking beside them), each ``tool_result`` and ``web_search_tool_result`` block a
+    tool message of its own.
+    """
+    system = body.get("system")
+    texts, _ = content_parts(system) if isinstance(system, str | list) else ([], 0)
+    count = 1 if any(texts) else 0
+    images = extra = 0
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else []:
+        if not isinstance(message, Mapping):
+            continue
+        count, extra = count + 1, extra + role_bytes(message.get("role"))
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        for block in content if isinstance(content, list) else []:
+            if not isinstance(block, Mapping):
+                continue
+            kind = block.get("type")
+            if kind == "image":
+                images += 1
+            elif isinstance(block.get("text"), str):
+                texts.append(block["text"])
+            if kind == "tool_result":
+                count += 1
+                inner = block.get("content")
+                parts, pictures = content_parts(inner if isinstance(inner, str | list) else None)
+                texts.extend(parts)
+                images += pictures
+            elif kind == "web_search_tool_result":  # a tool message of its results' lines
+                count += 1
+                extra += json_bytes(block.get("content"))
+            elif kind in _CALLS:  # the template writes each call in its own wrapper
+                extra += CALL_BYTES
+            extra += sum(  # names and arguments are written as JSON, escaped
+                written_bytes(field) if isinstance(field, str) else json_bytes(field)
+                for key, field in block.items()
+                if key not in _BLOCK_APART and not (kind == "image" and key == "source")
+            )
+    return texts, count, images, extra
+
+
+def formatted(openai: bool, kind: str, body: Mapping[str, Any]) -> bool:
+    """Whether a chat asks for structured output, which Ollama gives a thinking model in a
+    second pass. Natively any ``format`` (Go keeps even ``null`` or ``""`` as set); on
+    ``/v1/chat/completions`` a ``response_format`` and on ``/v1/responses`` a ``text.format``
+    of any type but ``text``."""
+    if not openai:
+        return "format" in body
+    value = body.get("response_format")
+    if kind == "responses":
+        text = body.get("text")
+        value = text.get("format") if isinstance(text, Mapping) else None
+    kind_of = value.get("type") if isinstance(value, Mapping) else None
+    return isinstance(value, Mapping) and text_of(kind_of).strip().lower() != "text"
