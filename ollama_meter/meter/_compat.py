@@ -134,16 +134,25 @@ def messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
     return texts, count, images, extra
 
 
+def _go_fields(value: object, name: str) -> list[Any]:
+    """What Go's decoder may read as ``value``'s field ``name``: every key equal to it in any
+    case (``TYPE``, a long s, the Kelvin sign), the last winning; in a part of a body the
+    gateway takes as any object, such keys are not refused."""
+    if not isinstance(value, Mapping):
+        return []
+    return [v for k, v in value.items() if isinstance(k, str) and k.casefold() == name]
+
+
 def formatted(openai: bool, kind: str, body: Mapping[str, Any]) -> bool:
     """Whether a chat asks for structured output, which Ollama gives a thinking model in a
     second pass. Natively any ``format`` (Go keeps even ``null`` or ``""`` as set); on
     ``/v1/chat/completions`` a ``response_format`` and on ``/v1/responses`` a ``text.format``
-    of any type but ``text``."""
+    of type ``json_object`` or ``json_schema``, in any case."""
     if not openai:
         return "format" in body
-    value = body.get("response_format")
     if kind == "responses":
-        text = body.get("text")
-        value = text.get("format") if isinstance(text, Mapping) else None
-    kind_of = value.get("type") if isinstance(value, Mapping) else None
-    return isinstance(value, Mapping) and text_of(kind_of).strip().lower() != "text"
+        shapes = [f for text in _go_fields(body, "text") for f in _go_fields(text, "format")]
+    else:
+        shapes = _go_fields(body, "response_format")
+    kinds = [text_of(t).strip().lower() for shape in shapes for t in _go_fields(shape, "type")]
+    return bool({"json_object", "json_schema"}.intersection(kinds))

@@ -158,6 +158,16 @@ def test_the_python_api_bounds_the_second_pass_alike(
         ("generate", {"format": "json"}, 1),  # generate runs once
         ("openai.chat", {"response_format": {"type": " JSON_object"}}, 2),
         ("openai.chat", {"response_format": {"type": "text"}}, 1),
+        ("openai.chat", {"response_format": {}}, 1),
+        # Go matches a key in any case, the last one winning: it reads a json_object here
+        ("openai.chat", {"response_format": {"type": "text", "TYPE": "json_object"}}, 2),
+        ("openai.chat", {"response_format": {"Type": " JSON_schema"}}, 2),
+        ("openai.responses", {"text": {"Format": {"type": "json_schema"}}}, 2),
+        (
+            "openai.responses",
+            {"text": {"format": {"type": "text"}, "FORMAT": {"Type": "json_schema"}}},
+            2,
+        ),
         ("openai.responses", {"text": {"format": {"type": "json_schema", "schema": {}}}}, 2),
         ("openai.responses", {"text": {"format": {"type": "text"}}}, 1),
         ("anthropic.messages", {"max_tokens": 10, "format": "json"}, 1),  # no format there
