@@ -156,3 +156,15 @@ def formatted(openai: bool, kind: str, body: Mapping[str, Any]) -> bool:
         shapes = _go_fields(body, "response_format")
     kinds = [text_of(t).strip().lower() for shape in shapes for t in _go_fields(shape, "type")]
     return bool({"json_object", "json_schema"}.intersection(kinds))
+
+
+def continued(body: Mapping[str, Any]) -> str | None:
+    """Why a Responses request's prompt has no bound in its body, if it has none: it names an
+    earlier response (``previous_response_id``, in any case), whose conversation Ollama keeps
+    (up to 64 MiB, for 30 minutes) and puts before the request's input."""
+    if any(named is not None for named in _go_fields(body, "previous_response_id")):
+        return (
+            "previous_response_id continues a conversation Ollama keeps, of a size nobody "
+            "knows before the call (send the conversation in input instead)"
+        )
+    return None

@@ -20,6 +20,7 @@ from ollama_meter.budgets._shown import PromptShape
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._compat import (
     content_parts,
+    continued,
     formatted,
     messages_input,
     responses_input,
@@ -282,6 +283,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     elif kind == "responses":
         texts, messages, images, extra = responses_input(body)
         extra += tools_bytes(body.get("tools"))
+        unbounded = continued(body)
     elif operation == _MESSAGES:  # Ollama writes a web search tool its own way
         texts, messages, images, extra = messages_input(body)
         searches = web_searches(body.get("tools"))

@@ -1,0 +1,58 @@
+"""``/v1/responses`` with ``previous_response_id`` has no bound in its body.
+
+Ollama keeps each Responses conversation it answered (its input and output items, up to
+64 MiB, for 30 minutes) and puts it before the input of a request that names it by
+``previous_response_id``: a body of a few bytes can send a prompt of millions of tokens.
+Go's decoder reads that key in any case. A hard budget refuses such a call before it reaches
+Ollama, as it refuses web search on ``/v1/messages``; without one it goes through as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ollama_meter.budgets import Budget
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter._request import facts_of
+from ollama_meter.testing import OllamaEmulator
+from tests.factories import token_prices
+from tests.gateway.conftest import Gateway
+
+SALES = {"X-Ometer-Tenant": "acme", "X-Ometer-Department": "sales"}
+
+
+@pytest.mark.parametrize(
+    ("continued", "unbounded"),
+    [
+        ({"previous_response_id": "resp_1"}, True),
+        ({"Previous_Response_ID": "resp_1"}, True),  # Go matches the key in any case
+        ({"previous_response_id": None}, False),  # null: no continuation
+        ({}, False),
+    ],
+)
+def test_a_continued_conversation_has_no_bound(continued: dict[str, Any], unbounded: bool) -> None:
+    facts = facts_of("openai.responses", {"input": "hi", **continued})
+    assert (facts.unbounded is not None) is unbounded
+    assert facts_of("openai.chat", {"messages": [], **continued}).unbounded is None
+
+
+def test_a_hard_budget_refuses_a_continued_conversation_before_ollama(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(Budget("acme", "sales", "day", 10**12, "USD"))
+    body = {"model": "llama3.1:8b", "input": "and then?", "previous_response_id": "resp_1"}
+    reply = gw.client.post("/v1/responses", json=body, headers=SALES)
+    assert reply.status_code == 429, reply.text[:300]
+    assert "previous_response_id" in reply.json()["error"]["message"]
+    assert not emulator.requests_to("/v1/responses")
+    (span,) = gw.ledger.latest(SpanFilter(), 5)
+    assert (span.status, span.error_type, span.cost_total) == ("rejected", "budget_exceeded", 0)
+    # No hard budget: it goes to Ollama as it came.
+    reply = gw.client.post("/v1/responses", json=body, headers={"X-Ometer-Department": "ops"})
+    assert reply.status_code == 200, reply.text[:300]
+    assert len(emulator.requests_to("/v1/responses")) == 1
