@@ -13,8 +13,10 @@ from typing import Any
 from ollama_meter.meter._written import (
     CALL_BYTES,
     arguments_bytes,
+    go_fields,
     json_bytes,
     role_bytes,
+    web_searches,
     written_bytes,
 )
 
@@ -134,15 +136,6 @@ def messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
     return texts, count, images, extra
 
 
-def _go_fields(value: object, name: str) -> list[Any]:
-    """What Go's decoder may read as ``value``'s field ``name``: every key equal to it in any
-    case (``TYPE``, a long s, the Kelvin sign), the last winning; in a part of a body the
-    gateway takes as any object, such keys are not refused."""
-    if not isinstance(value, Mapping):
-        return []
-    return [v for k, v in value.items() if isinstance(k, str) and k.casefold() == name]
-
-
 def formatted(openai: bool, kind: str, body: Mapping[str, Any]) -> bool:
     """Whether a chat asks for structured output, which Ollama gives a thinking model in a
     second pass. Natively any ``format`` (Go keeps even ``null`` or ``""`` as set); on
@@ -151,10 +144,10 @@ def formatted(openai: bool, kind: str, body: Mapping[str, Any]) -> bool:
     if not openai:
         return "format" in body
     if kind == "responses":
-        shapes = [f for text in _go_fields(body, "text") for f in _go_fields(text, "format")]
+        shapes = [f for text in go_fields(body, "text") for f in go_fields(text, "format")]
     else:
-        shapes = _go_fields(body, "response_format")
-    kinds = [text_of(t).strip().lower() for shape in shapes for t in _go_fields(shape, "type")]
+        shapes = go_fields(body, "response_format")
+    kinds = [text_of(t).strip().lower() for shape in shapes for t in go_fields(shape, "type")]
     return bool({"json_object", "json_schema"}.intersection(kinds))
 
 
@@ -162,9 +155,23 @@ def continued(body: Mapping[str, Any]) -> str | None:
     """Why a Responses request's prompt has no bound in its body, if it has none: it names an
     earlier response (``previous_response_id``, in any case), whose conversation Ollama keeps
     (up to 64 MiB, for 30 minutes) and puts before the request's input."""
-    if any(named is not None for named in _go_fields(body, "previous_response_id")):
+    if any(named is not None for named in go_fields(body, "previous_response_id")):
         return (
             "previous_response_id continues a conversation Ollama keeps, of a size nobody "
             "knows before the call (send the conversation in input instead)"
         )
     return None
+
+
+def searched(tools: object) -> str | None:
+    """Why a request's prompt has no bound in its body, if it has none: its tools name a web
+    search Ollama runs itself (:func:`web_searches`), answering the call with up to four chats
+    (``maxWebSearchLoops``), the later ones over results it fetched."""
+    searches = web_searches(tools)
+    if not searches:
+        return None
+    return (
+        f"tools[{searches[0]}] is a web search, which Ollama runs itself and answers with up "
+        "to four chats, the later ones over search results of a size nobody knows before the "
+        "call"
+    )

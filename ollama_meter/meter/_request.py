@@ -24,6 +24,7 @@ from ollama_meter.meter._compat import (
     formatted,
     messages_input,
     responses_input,
+    searched,
     text_of,
 )
 from ollama_meter.meter._templates import template_bound
@@ -283,17 +284,12 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     elif kind == "responses":
         texts, messages, images, extra = responses_input(body)
         extra += tools_bytes(body.get("tools"))
-        unbounded = continued(body)
+        unbounded = continued(body) or searched(body.get("tools"))
     elif operation == _MESSAGES:  # Ollama writes a web search tool its own way
         texts, messages, images, extra = messages_input(body)
         searches = web_searches(body.get("tools"))
         extra += tools_bytes(body.get("tools")) + WEB_SEARCH_BYTES * len(searches)
-        if searches:  # Ollama's middleware searches and chats again, up to 3 more times
-            unbounded = (
-                f"tools[{searches[0]}] is Anthropic's built-in web search, which Ollama answers "
-                "with up to four chats, the later ones over search results of a size nobody "
-                "knows before the call"
-            )
+        unbounded = searched(body.get("tools"))
     elif embedding:  # the field Ollama embeds: a legacy /api/embeddings reads only its prompt
         texts, given, messages = _inputs(
             body.get("prompt" if operation == "embeddings" else "input")

@@ -56,3 +56,33 @@ def test_a_hard_budget_refuses_a_continued_conversation_before_ollama(
     reply = gw.client.post("/v1/responses", json=body, headers={"X-Ometer-Department": "ops"})
     assert reply.status_code == 200, reply.text[:300]
     assert len(emulator.requests_to("/v1/responses")) == 1
+
+
+@pytest.mark.parametrize(
+    ("operation", "tool"),
+    [
+        # Ollama's Responses layer searches the web itself, and chats again over the results
+        ("openai.responses", {"type": "web_search"}),
+        ("openai.responses", {"Type": "web_search"}),  # Go matches the key in any case
+        ("anthropic.messages", {"TYPE": "web_search_20250305", "name": "web_search"}),
+    ],
+)
+def test_a_web_search_in_any_spelling_has_no_bound(operation: str, tool: dict[str, Any]) -> None:
+    body = {"input": "news?", "messages": [{"role": "user", "content": "news?"}], "tools": [tool]}
+    assert facts_of(operation, {**body, "max_tokens": 10}).unbounded is not None
+    plain = {"type": "function", "name": "look", "parameters": {}}
+    assert facts_of(operation, {**body, "tools": [plain], "max_tokens": 10}).unbounded is None
+
+
+def test_a_hard_budget_refuses_a_responses_web_search_before_ollama(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(Budget("acme", "sales", "day", 10**12, "USD"))
+    for tool in ({"type": "web_search"}, {"Type": "web_search"}):
+        body = {"model": "llama3.1:8b", "input": "news?", "tools": [tool]}
+        reply = gw.client.post("/v1/responses", json=body, headers=SALES)
+        assert reply.status_code == 429, reply.text[:300]
+        assert "tools[0] is a web search" in reply.json()["error"]["message"]
+    assert not emulator.requests_to("/v1/responses")
