@@ -145,6 +145,14 @@ def test_the_python_api_bounds_the_second_pass_alike(
         assert (answer.prompt_eval_count, answer.eval_count) == (1_502, 2_000)
         spans = m.meter.ledger.latest(SpanFilter(), 5)
         assert [(s.status, s.cost_total) for s in spans] == [("ok", 5_502_000), ("rejected", 0)]
+        # Streamed, its thinking and its answer are more pieces than the cap: not cut.
+        m.meter.ledger.save_budget(Budget("acme", "sales", "day", 20_000_000, "USD"))
+        m.meter.budgets.reload_soon()
+        parts = list(
+            m.chat(THINKER.name, HI, format="json", options={"num_predict": 2_000}, stream=True)
+        )
+        assert (parts[-1].prompt_eval_count, parts[-1].eval_count) == (1_502, 2_000)
+        assert m.meter.ledger.latest(SpanFilter(), 1)[0].status == "ok"
 
 
 @pytest.mark.parametrize(
@@ -208,3 +216,25 @@ def test_a_model_its_servers_say_does_not_think_is_bounded_on_one_pass(
     # A thinking model's prompt may hold its thinking: the cap (100), 8 and 64 tokens more.
     once, twice = (bound_of(gateway, route, THINKER.name, f) for f in (False, True))
     assert Decimal(twice) - Decimal(once) == Decimal("0.172")
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_streamed_two_pass_chat_is_not_cut_for_its_thinking_and_answer_together(
+    gateway: Gateway, route: str
+) -> None:
+    # 1,501 thinking pieces, then 2,000 pieces of answer: more than the cap of 2,000 in all,
+    # each pass within it. The span is as the non-streamed one: ok, 1,502 and 2,000 tokens.
+    department = f"d{next(_departments)}"
+    gateway.ledger.save_budget(Budget("acme", department, "day", 10**9, "USD"))
+    assert gateway.meter.budgets is not None
+    gateway.meter.budgets.reload_soon()
+    who = {"X-Ometer-Tenant": "acme", "X-Ometer-Department": department}
+    sent = {**body(route, 2_000), "stream": True}
+    if route != "/api/chat":
+        sent["stream_options"] = {"include_usage": True}
+    reply = gateway.client.post(route, json=sent, headers=who)
+    assert reply.status_code == 200
+    assert "over_cap" not in reply.text and "streamed more than" not in reply.text
+    gateway.settle()
+    (span,) = gateway.ledger.latest(SpanFilter(department=department), 5)
+    assert (span.status, span.input_tokens, span.output_tokens) == ("ok", 1_502, 2_000)
