@@ -13,18 +13,21 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import ollama
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter import MeteredClient
-from ollama_meter.budgets import Budget
+from ollama_meter.budgets import Budget, CallBound, bound_cost
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter._request import facts_of
+from ollama_meter.pricing import PriceBook
 from ollama_meter.testing import DEFAULT_MODELS, THINKING_MODEL, OllamaEmulator
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
@@ -238,3 +241,17 @@ def test_a_streamed_two_pass_chat_is_not_cut_for_its_thinking_and_answer_togethe
     gateway.settle()
     (span,) = gateway.ledger.latest(SpanFilter(department=department), 5)
     assert (span.status, span.input_tokens, span.output_tokens) == ("ok", 1_502, 2_000)
+
+
+def test_a_two_pass_call_may_run_the_first_pass_long_before_it_is_cut_on_time() -> None:
+    # Priced by the GPU-hour, a call is cut once it has run as long as its bound pays for;
+    # the first pass (its prompt, its thinking) runs before the pass charged, unpaid.
+    rule = replace(token_prices(id=1), gpu_hour=Decimal(3_600))
+    book = PriceBook([rule], tz=ZoneInfo("UTC"), currency="USD")
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    once = bound_cost(book, "m", now, CallBound(2_114, 2_000), [])
+    twice = bound_cost(book, "m", now, CallBound(2_114, 2_000, passes=2), [])
+    assert (twice.amount, twice.busy_ns) == (once.amount, once.busy_ns)  # charged alike
+    assert once.busy_ns is not None and once.wait_ns is not None and twice.wait_ns is not None
+    assert twice.wait_ns == once.wait_ns + once.busy_ns  # 2 ms a prompt token, 50 a reply's
+    assert once.busy_ns == 2_114 * 2_000_000 + 2_000 * 50_000_000
