@@ -2,7 +2,9 @@
 
 Ollama turns a ``/v1/responses`` or ``/v1/messages`` body into a chat before the model's
 template sees it; the meter reads such a body the same way (texts, messages, images, and
-the bytes the template writes as JSON), and whether it asks for structured output.
+the bytes the template writes as JSON); and what these layers do beyond one chat: structured
+output (a thinking model's second pass), a web search Ollama runs itself, a Responses
+conversation Ollama keeps. Their keys are read as Go's decoder reads them, in any case.
 """
 
 from __future__ import annotations
