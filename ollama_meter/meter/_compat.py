@@ -14,6 +14,7 @@ from typing import Any
 
 from ollama_meter.meter._written import (
     CALL_BYTES,
+    TOOL_BYTES,
     arguments_bytes,
     go_fields,
     json_bytes,
@@ -82,7 +83,24 @@ def responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
             for key, field in item.items()
             if key not in _ITEM_APART
         )
+        extra += sum(map(namespaced_bytes, go_fields(item, "tools")))
     return texts, count, images, extra
+
+
+def namespaced_bytes(tools: object, prefix: int = 0) -> int:
+    """What Ollama writes of a ``tool_search_output``'s tools beyond their JSON, counted once
+    already: each tool of a namespace named with the namespace's names before its own
+    (``orders.lookup_order``, a prefix of ``prefix`` bytes), with the keys Go writes for a
+    tool. A long namespace, named once in the body, is written once a tool in it."""
+    total = 0
+    for tool in tools if isinstance(tools, list) else []:
+        inner = [t for t in go_fields(tool, "tools") if isinstance(t, list)]
+        if not inner:
+            total += prefix + TOOL_BYTES
+            continue
+        name = sum(written_bytes(text_of(n)) + 1 for n in go_fields(tool, "name"))
+        total += sum(namespaced_bytes(t, prefix + name) for t in inner)
+    return total
 
 
 _BLOCK_APART = frozenset({"type", "text", "content"})

@@ -38,7 +38,7 @@ def written_bytes(text: str) -> int:
 _FLOAT_BYTES = 26
 """The longest a JSON number is once Go has read it as a float64 and written it again
 (``1e20`` is written ``100000000000000000000``; at most 17 digits, a point, six zeros, a sign)."""
-_TOOL_BYTES = 80
+TOOL_BYTES = 80
 """The keys Go writes for every tool (``api.Tool``), whether the request gave them or not:
 ``{"type":"","function":{"name":"","parameters":{"type":"","properties":null}}}``."""
 
@@ -116,7 +116,7 @@ def tools_bytes(tools: object) -> int:
     (none for no tools: an empty list, which clients send, writes nothing)."""
     if not tools:
         return 0
-    return json_bytes(tools) + (_TOOL_BYTES * len(tools) if isinstance(tools, list) else 0)
+    return json_bytes(tools) + (TOOL_BYTES * len(tools) if isinstance(tools, list) else 0)
 
 
 WEB_SEARCH_BYTES = 320

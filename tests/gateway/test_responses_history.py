@@ -86,3 +86,23 @@ def test_a_hard_budget_refuses_a_responses_web_search_before_ollama(
         assert reply.status_code == 429, reply.text[:300]
         assert "tools[0] is a web search" in reply.json()["error"]["message"]
     assert not emulator.requests_to("/v1/responses")
+
+
+def found(namespace: str, tools: int) -> dict[str, Any]:
+    """A tool_search_output naming ``tools`` small tools in one namespace."""
+    inner = [{"type": "function", "name": f"t{i}"} for i in range(tools)]
+    return {
+        "type": "tool_search_output",
+        "call_id": "c1",
+        "tools": [{"type": "namespace", "name": namespace, "tools": inner}],
+    }
+
+
+def test_a_namespace_of_found_tools_is_bounded_as_ollama_writes_each_name() -> None:
+    # Ollama writes a tool_search_output's tools as a tool message, each tool of a namespace
+    # named "namespace.tool": a long namespace named once in the body is written once a tool.
+    long, short = "n" * 10_000, "n"
+    for tools in (1, 100, 1_000):
+        grown = facts_of("openai.responses", {"input": [found(long, tools)]}).prompt_bytes
+        base = facts_of("openai.responses", {"input": [found(short, tools)]}).prompt_bytes
+        assert grown - base >= (len(long) - len(short)) * tools, tools
