@@ -84,7 +84,27 @@ def responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
             if key not in _ITEM_APART
         )
         extra += sum(map(namespaced_bytes, go_fields(item, "tools")))
-    return texts, count, images, extra
+    return texts, count, images, extra + outputs_named(value)
+
+
+def outputs_named(items: object) -> int:
+    """Bytes of the calls' names Ollama may give their outputs: an item that answers a call
+    (``call_id``) and is not one may be written as a tool message named after the call with
+    that id, which the template may write with it (as Ollama names a ``tool_search_output``).
+    One call's name, answered a thousand times, is a thousand names in the prompt."""
+    if not isinstance(items, list):
+        return 0
+    longest: dict[str, int] = {}  # the call with the id: at most the longest of them
+    answers: list[str] = []
+    for item in items:
+        kinds = [text_of(k) for k in go_fields(item, "type")]
+        for call_id in (text_of(c) for c in go_fields(item, "call_id")):
+            if any(k.endswith("_call") for k in kinds):
+                names = [written_bytes(text_of(n)) for n in go_fields(item, "name")]
+                longest[call_id] = max([longest.get(call_id, 0), *names])
+            else:
+                answers.append(call_id)
+    return sum(longest.get(call_id, 0) for call_id in answers)
 
 
 def namespaced_bytes(tools: object, prefix: int = 0) -> int:

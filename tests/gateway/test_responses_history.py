@@ -106,3 +106,18 @@ def test_a_namespace_of_found_tools_is_bounded_as_ollama_writes_each_name() -> N
         grown = facts_of("openai.responses", {"input": [found(long, tools)]}).prompt_bytes
         base = facts_of("openai.responses", {"input": [found(short, tools)]}).prompt_bytes
         assert grown - base >= (len(long) - len(short)) * tools, tools
+
+
+def test_a_call_named_once_and_answered_a_thousand_times_is_bounded_as_a_thousand_names() -> None:
+    # Ollama gives a call's output the call's name (as it gives a tool_search_output
+    # "tool_search"), which the template may write with each result.
+    def items(name: str, outputs: int) -> list[dict[str, Any]]:
+        call = {"type": "function_call", "call_id": "c1", "name": name, "arguments": "{}"}
+        result = {"type": "function_call_output", "call_id": "c1", "output": "ok"}
+        return [call, *[result] * outputs]
+
+    long, short = "n" * 10_000, "n"
+    for outputs in (1, 1_000):
+        grown = facts_of("openai.responses", {"input": items(long, outputs)}).prompt_bytes
+        base = facts_of("openai.responses", {"input": items(short, outputs)}).prompt_bytes
+        assert grown - base >= (len(long) - len(short)) * (outputs + 1), outputs
