@@ -221,7 +221,8 @@ class ShownPrompts:
                 missing = answer.status_code == 404
             shown = json.loads(body)
             if missing:  # {"error": "model ... not found"}: the call is not sent there
-                return Shown(0) if isinstance(shown, dict) and "error" in shown else None
+                lacks = isinstance(shown, dict) and "error" in shown  # nothing to add, or think
+                return Shown(0, thinks=False) if lacks else None
             return self._described(host, model, shown)
         except (httpx.HTTPError, ValueError, RecursionError) as exc:
             log.debug("%s/api/show for %s: %s", host, model, exc)

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter import MeteredClient
-from ollama_meter.budgets import Budget, CallBound, bound_cost
+from ollama_meter.budgets import Budget, CallBound, ShownPrompts, bound_cost
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter._request import facts_of
@@ -255,3 +255,14 @@ def test_a_two_pass_call_may_run_the_first_pass_long_before_it_is_cut_on_time() 
     assert once.busy_ns is not None and once.wait_ns is not None and twice.wait_ns is not None
     assert twice.wait_ns == once.wait_ns + once.busy_ns  # 2 ms a prompt token, 50 a reply's
     assert once.busy_ns == 2_114 * 2_000_000 + 2_000 * 50_000_000
+
+
+def test_a_server_without_the_model_says_nothing_of_whether_it_thinks(
+    thinker: OllamaEmulator,
+) -> None:
+    # A fleet's server that lacks the model is not sent its calls: its 404 is no "may think".
+    with OllamaEmulator(models=[THINKER]) as lacking:
+        shown = ShownPrompts([thinker.url, lacking.url])
+        assert shown.thinks("llama3.1:8b", blocking=True) is False
+        assert shown.thinks(THINKER.name, blocking=True) is True
+        assert ShownPrompts([lacking.url]).thinks("llama3.1:8b", blocking=True) is False
