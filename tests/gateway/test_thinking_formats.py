@@ -266,3 +266,28 @@ def test_a_server_without_the_model_says_nothing_of_whether_it_thinks(
         assert shown.thinks("llama3.1:8b", blocking=True) is False
         assert shown.thinks(THINKER.name, blocking=True) is True
         assert ShownPrompts([lacking.url]).thinks("llama3.1:8b", blocking=True) is False
+
+
+def test_the_official_client_through_a_served_gateway_is_held_to_the_second_pass(
+    serve_on: Callable[..., Gateway], thinker: OllamaEmulator, sqlite_url: str
+) -> None:
+    gw = serve_on(thinker.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(Budget("acme", "sales", "day", 6_113_999, "USD"))
+    who = {"X-Ometer-Tenant": "acme", "X-Ometer-Department": "sales"}
+    client = ollama.Client(host=gw.url, headers=who)
+    sent = len(thinker.requests_to("/api/chat"))
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.chat(THINKER.name, HI, format="json", options={"num_predict": 2_000})
+    assert refused.value.status_code == 429
+    assert len(thinker.requests_to("/api/chat")) == sent  # refused before Ollama
+    gw.ledger.save_budget(Budget("acme", "sales", "day", 6_114_000, "USD"))
+    assert gw.meter.budgets is not None
+    gw.meter.budgets.reload_soon()
+    parts = list(
+        client.chat(THINKER.name, HI, format="json", options={"num_predict": 2_000}, stream=True)
+    )
+    assert (parts[-1].prompt_eval_count, parts[-1].eval_count) == (1_502, 2_000)
+    gw.settle()
+    spans = gw.ledger.latest(SpanFilter(), 5)
+    assert [(s.status, s.cost_total) for s in spans] == [("ok", 5_502_000), ("rejected", 0)]
