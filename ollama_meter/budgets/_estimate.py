@@ -29,6 +29,9 @@ MESSAGE_TOKENS = 8
 """Tokens each chat message's role markers may add."""
 IMAGE_TOKENS = 4096
 """Tokens one image may count as (vision models use a few hundred to a few thousand)."""
+SECOND_PASS_TOKENS = 64
+"""What Ollama writes into a second pass's prompt beyond the thinking and the role markers of
+the message holding it (gpt-oss's switch to its final channel, 52 bytes)."""
 PRINT_BYTES = 32
 """What one action of a model's template that prints no request text may write (a role, a
 date, a number, the punctuation Go writes around a tool or a call it prints whole): here, not
@@ -52,6 +55,10 @@ class CallBound:
     output_tokens: int
     hidden: int = 0
     """Of ``input_tokens``, the prompt the model's template adds, learned from earlier calls."""
+    passes: int = 1
+    """2: Ollama may run the call twice and report the second pass only (a thinking model's
+    chat with a ``format``): the bounds are the second pass's, and the call may take as long
+    again before it (:func:`bound_cost`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +139,10 @@ def bound_cost(
         model, when, untimed
     )
     paid = usage.busy_ns(charge_load=priced_load)
-    return Estimate(cost.total, cost.currency, paid, usage.busy_ns(charge_load=True))
+    # A first pass nobody reports (thinking, then cancelled) runs before the one charged: at
+    # most the second's work again, which the call's wall time holds and its price does not.
+    unreported = (bound.passes - 1) * usage.busy_ns(charge_load=False)
+    return Estimate(cost.total, cost.currency, paid, usage.busy_ns(charge_load=True) + unreported)
 
 
 _HOUR_NS = 3_600 * 10**9

@@ -72,6 +72,9 @@ class Shown:
     """The messages they add to a chat (Ollama sends the ``SYSTEM`` as one)."""
     templates: tuple[TemplateBound, ...] = ()
     """What each server's ``TEMPLATE`` may write beyond a request's texts."""
+    thinks: bool = True
+    """The model may think: a server names ``thinking`` among its ``capabilities``, or names
+    none (an Ollama before 0.6.4). Ollama runs such a model's chat with a ``format`` twice."""
 
     def tokens(self, shape: PromptShape | None) -> int:
         """The most tokens the model adds to a request of ``shape`` (None: one its template
@@ -92,6 +95,7 @@ class Shown:
             max(self.hidden, other.hidden),
             max(self.messages, other.messages),
             self.templates + other.templates,
+            self.thinks or other.thinks,
         )
 
 
@@ -145,12 +149,22 @@ class ShownPrompts:
         """The most tokens ``model`` adds to a request of ``shape`` (:meth:`Shown.tokens`),
         from memory only unless ``blocking`` (:class:`WouldBlock` when servers must be
         asked); None: no server could say."""
+        shown = self._asked(model, blocking=blocking)
+        return None if shown is None else shown.tokens(shape)
+
+    def thinks(self, model: str, *, blocking: bool) -> bool:
+        """Whether ``model`` may think on any server (as :meth:`tokens` asks); True when no
+        server could say."""
+        shown = self._asked(model, blocking=blocking)
+        return shown is None or shown.thinks
+
+    def _asked(self, model: str, *, blocking: bool) -> Shown | None:
         known, shown = self.cached(model)
         if not known:
             if not blocking:
                 raise WouldBlock(f"what {model} adds to a prompt must be asked of Ollama")
             shown = self.shown(model)
-        return None if shown is None else shown.tokens(shape)
+        return shown
 
     def read(self, model: str) -> int | None:
         """The most tokens ``model``'s own prompt (``SYSTEM``, ``MESSAGE``) counts on any server;
@@ -207,7 +221,8 @@ class ShownPrompts:
                 missing = answer.status_code == 404
             shown = json.loads(body)
             if missing:  # {"error": "model ... not found"}: the call is not sent there
-                return Shown(0) if isinstance(shown, dict) and "error" in shown else None
+                lacks = isinstance(shown, dict) and "error" in shown  # nothing to add, or think
+                return Shown(0, thinks=False) if lacks else None
             return self._described(host, model, shown)
         except (httpx.HTTPError, ValueError, RecursionError) as exc:
             log.debug("%s/api/show for %s: %s", host, model, exc)
@@ -221,15 +236,17 @@ class ShownPrompts:
             return Shown(hidden)
         said = shown.get("messages")
         messages = (len(said) if isinstance(said, list) else 0) + (1 if shown.get("system") else 0)
+        named = shown.get("capabilities")
+        thinks = not isinstance(named, list) or "thinking" in named
         template = shown.get("template")
         if not isinstance(template, str) or not template:
-            return Shown(hidden, messages)  # Ollama's default: {{ .Prompt }}, nothing of its own
+            return Shown(hidden, messages, thinks=thinks)  # Ollama's default: {{ .Prompt }}
         # Read here, not on import: only a call under a hard budget asks for a template.
         from ollama_meter.budgets._template import TemplateBound, bound_template
 
         bound = bound_template(template)
         if isinstance(bound, TemplateBound):
-            return Shown(hidden, messages, (bound,))
+            return Shown(hidden, messages, (bound,), thinks)
         if (host, model) not in self._unbounded:
             self._unbounded.add((host, model))
             log.warning(

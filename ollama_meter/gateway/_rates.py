@@ -42,7 +42,6 @@ from ollama_meter.gateway._requests import MeteredRequest
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import Ledger
 from ollama_meter.meter import Attribution
-from ollama_meter.meter._request import facts_of
 from ollama_meter.records import Limit, SpanRecord
 
 log = logging.getLogger("ollama_meter.gateway")
@@ -194,8 +193,7 @@ def prompt_tokens(request: MeteredRequest) -> tuple[int, int]:
     huge tool list, or a long conversation continued by its context, count as nothing.
     Pictures apart: a model may count one as a few tokens or as thousands.
     """
-    facts = facts_of(request.operation, request.body)
-    return facts.input_estimate(), facts.images
+    return request.facts.input_estimate(), request.facts.images
 
 
 def _scopes(tenant: str, department: str, key_id: int | None) -> list[Scope]:

@@ -55,7 +55,7 @@ from ollama_meter.gateway._slots import (
 from ollama_meter.gateway._threads import close_call, in_thread
 from ollama_meter.gateway._whole import Relayed, failure_of, json_value, relayed
 from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening
-from ollama_meter.meter._request import facts_of, with_output_cap
+from ollama_meter.meter._request import with_output_cap
 from ollama_meter.upstream import (
     END,
     CallAttempts,
@@ -398,7 +398,7 @@ class Relay:
             request.model,
             request.stream,
             attribution,
-            facts_of(request.operation, request.body),
+            request.facts,
             queued=True,
         )
         call = self.meter.try_open(opening)

@@ -29,6 +29,7 @@ from ollama_meter.gateway._json import NotJson, read_json
 from ollama_meter.gateway._messages import MessagesRequest
 from ollama_meter.gateway._responses import ResponsesRequest
 from ollama_meter.gateway._shapes import GoInt, Items, _Body, _GoStruct
+from ollama_meter.meter._request import RequestFacts, facts_of
 
 
 class BadRequest(Exception):
@@ -270,6 +271,9 @@ class MeteredRequest:
     upstream_body: bytes
     hide_usage: bool
     """True when the gateway asked Ollama for the usage chunk the client did not ask for."""
+    facts: RequestFacts
+    """What the meter reads of ``body`` (read once, with the body: the rate limits and the
+    budgets read the same facts, off the event loop for a large body)."""
 
 
 def parse_request(path: str, raw: bytes) -> MeteredRequest:
@@ -312,6 +316,7 @@ def parse_request(path: str, raw: bytes) -> MeteredRequest:
         body=body,
         upstream_body=upstream,
         hide_usage=hide_usage,
+        facts=facts_of(shape.operation, body),
     )
 
 

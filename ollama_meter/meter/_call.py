@@ -176,10 +176,12 @@ class MeteredCall:
                 return event
             self.observe(event)
             cap = self.output_cap
-            if cap is not None and self.span.stream and self.content_chunks > cap:
+            passes = self.bound.passes if self.bound is not None else 1  # each up to the cap
+            if cap is not None and self.span.stream and self.content_chunks > cap * passes:
                 return OverCap(
                     f"{self.span.upstream_host or 'Ollama'} streamed more than the {cap:,} "
-                    f"reply tokens the call was admitted on (sent as its cap): the answer "
+                    f"reply tokens the call was admitted on (sent as its cap"
+                    f"{', in each of its two passes' if passes > 1 else ''}): the answer "
                     "was cut there, so the hard budget holds"
                 )
             if (

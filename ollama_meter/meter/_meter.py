@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -224,7 +225,10 @@ class Meter:
             covering = known
         if not any(b.hard for b in covering):
             return
-        model, shape = span.request_model, facts.shape  # what its template writes of the call
+        model = span.request_model
+        if facts.passes > 1 and not self.shown.thinks(model, blocking=blocking):
+            facts = replace(facts, passes=1)  # its servers say it does not think: one pass
+        shape = facts.shape  # what its template writes of the call
         shown = None if facts.embedding else self.shown.tokens(model, shape, blocking=blocking)
         limits = self._hidden.added(model, facts.bound(self.reply_cap), shown)
         call.bound = limits

@@ -15,14 +15,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ollama_meter.budgets import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS, CallBound
+from ollama_meter.budgets._estimate import SECOND_PASS_TOKENS
 from ollama_meter.budgets._shown import PromptShape
 from ollama_meter.meter._attribution import Attribution
+from ollama_meter.meter._compat import (
+    content_parts,
+    continued,
+    formatted,
+    messages_input,
+    responses_input,
+    searched,
+    text_of,
+)
 from ollama_meter.meter._templates import template_bound
 from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.meter._written import (
-    CALL_BYTES,
     WEB_SEARCH_BYTES,
-    arguments_bytes,
     bytes_of,
     calls_bytes,
     calls_in,
@@ -69,6 +77,9 @@ class RequestFacts:
     unloads it), as it does for a generate whose ``prompt`` is empty whatever else the body
     holds (a system message, a suffix, images), a chat with no messages, an embedding of no
     input. None: as the request's texts say (some text: it evaluates)."""
+    passes: int = 1
+    """2: a chat Ollama may run twice, reporting the second pass only (a ``format``, which a
+    thinking model is given once it has thought: the thinking comes back in the prompt)."""
     rendered: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
     """The body, when the model's own template renders it (:attr:`shape`); None: it does not."""
 
@@ -83,7 +94,8 @@ class RequestFacts:
         said = [body.get("messages"), body.get("input")]
         calls, parts = sum(map(calls_in, said)), parts_in([tools, *said])
         count = len(tools) if isinstance(tools, list) else 0
-        return PromptShape(self.messages, count, calls, parts, self.prompt_bytes)
+        messages = self.messages + self.passes - 1  # a second pass's thinking, a message
+        return PromptShape(messages, count, calls, parts, self.prompt_bytes)
 
     def input_estimate(self) -> int:
         """About how many tokens the prompt is, for when Ollama does not count it: its texts
@@ -105,8 +117,15 @@ class RequestFacts:
         if self.embedding:
             return CallBound(inputs, 0)
         if self.max_output is not None:  # no span counts more: no larger cap is sent
-            return CallBound(inputs, min(self.max_output, MAX_TOKENS))
-        return CallBound(inputs, min(default_output, self.context or default_output))
+            outputs = min(self.max_output, MAX_TOKENS)
+        else:
+            outputs = min(default_output, self.context or default_output)
+        if self.passes == 1:
+            return CallBound(inputs, outputs)
+        # The first pass thinks up to the cap; its thinking is the second pass's prompt too,
+        # in an assistant message of its own (the reply has the cap to itself again).
+        second = outputs + MESSAGE_TOKENS + SECOND_PASS_TOKENS
+        return CallBound(inputs + second, outputs, passes=self.passes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +154,6 @@ def options_of(body: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
 def _positive_int(value: object) -> int | None:
     """A caller's cap: a positive integer, else None (Ollama reads -1/-2 as "no cap")."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -154,21 +169,7 @@ def _option_int(value: object) -> int | None:
     return _positive_int(value)
 
 
-def _content_parts(content: object) -> tuple[list[str], int]:
-    """Texts and image count of one message's content (a string, or OpenAI's list of parts)."""
-    if isinstance(content, str):
-        return [content], 0
-    texts: list[str] = []
-    images = 0
-    if isinstance(content, list):
-        for part in content:
-            if not isinstance(part, Mapping):
-                continue
-            if part.get("type") in ("image_url", "input_image", "image"):
-                images += 1
-            elif isinstance(part.get("text"), str):
-                texts.append(part["text"])
-    return texts, images
+_MESSAGES = "anthropic.messages"
 
 
 def _fields(value: object) -> Mapping[str, Any] | None:
@@ -203,7 +204,7 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
         content = message.get("content")
         made = len(content) if isinstance(content, list) and content else 1
         count, extra = count + made, extra + made * role_bytes(message.get("role"))
-        parts, pictures = _content_parts(content)
+        parts, pictures = content_parts(content)
         texts.extend(parts)
         images += pictures
         if isinstance(message.get("images"), list):
@@ -217,100 +218,6 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
             for key, value in message.items()
             if key not in _COUNTED_APART
         )
-    return texts, count, images, extra
-
-
-_ITEM_APART = frozenset({"type", "role", "content", "output"})
-"""A Responses input item's fields counted on their own: its type and role (in
-MESSAGE_TOKENS), its content or a tool's output (texts and images)."""
-
-
-def _responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
-    """Texts, message count, image count and extra bytes of a Responses API request.
-
-    Ollama makes a chat of it: ``instructions`` a system message, a string ``input`` a
-    user message, each input item at most one message (a message's parts joined, a tool's
-    output, a call's name and arguments, reasoning merged into the next message).
-    """
-    texts = [_text(body.get("instructions"))]
-    count = 1 if texts[0] else 0
-    images = extra = 0
-    value = body.get("input")
-    if isinstance(value, str):
-        texts.append(value)
-        count += 1 if value else 0
-    for item in value if isinstance(value, list) else []:
-        if not isinstance(item, Mapping):
-            continue
-        count, extra = count + 1, extra + role_bytes(item.get("role"))
-        for key in ("content", "output"):
-            parts, pictures = _content_parts(item.get(key))
-            texts.extend(parts)
-            images += pictures
-        extra += CALL_BYTES if item.get("type") == "function_call" else 0
-        extra += sum(  # a call's arguments are parsed, and written again as JSON
-            arguments_bytes(field)
-            if key == "arguments"
-            else written_bytes(field)
-            if isinstance(field, str)
-            else json_bytes(field)
-            for key, field in item.items()
-            if key not in _ITEM_APART
-        )
-    return texts, count, images, extra
-
-
-_MESSAGES = "anthropic.messages"
-_BLOCK_APART = frozenset({"type", "text", "content"})
-"""A Messages content block's fields counted on their own: its type, its text, a tool
-result's content (texts and images), a web search result's."""
-_CALLS = frozenset({"tool_use", "server_tool_use"})
-
-
-def _messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
-    """Texts, message count, image count and extra bytes of a Messages API request.
-
-    Ollama makes a chat of it: ``system`` (a string, or its text blocks joined) a system
-    message, each message one message of its text blocks (its images, tool calls and
-    thinking beside them), each ``tool_result`` and ``web_search_tool_result`` block a
-    tool message of its own.
-    """
-    system = body.get("system")
-    texts, _ = _content_parts(system) if isinstance(system, str | list) else ([], 0)
-    count = 1 if any(texts) else 0
-    images = extra = 0
-    messages = body.get("messages")
-    for message in messages if isinstance(messages, list) else []:
-        if not isinstance(message, Mapping):
-            continue
-        count, extra = count + 1, extra + role_bytes(message.get("role"))
-        content = message.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        for block in content if isinstance(content, list) else []:
-            if not isinstance(block, Mapping):
-                continue
-            kind = block.get("type")
-            if kind == "image":
-                images += 1
-            elif isinstance(block.get("text"), str):
-                texts.append(block["text"])
-            if kind == "tool_result":
-                count += 1
-                inner = block.get("content")
-                parts, pictures = _content_parts(inner if isinstance(inner, str | list) else None)
-                texts.extend(parts)
-                images += pictures
-            elif kind == "web_search_tool_result":  # a tool message of its results' lines
-                count += 1
-                extra += json_bytes(block.get("content"))
-            elif kind in _CALLS:  # the template writes each call in its own wrapper
-                extra += CALL_BYTES
-            extra += sum(  # names and arguments are written as JSON, escaped
-                written_bytes(field) if isinstance(field, str) else json_bytes(field)
-                for key, field in block.items()
-                if key not in _BLOCK_APART and not (kind == "image" and key == "source")
-            )
     return texts, count, images, extra
 
 
@@ -375,18 +282,14 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         if openai:  # Ollama names each tool result by its call's id
             extra += names_by_call_id(body.get("messages"))
     elif kind == "responses":
-        texts, messages, images, extra = _responses_input(body)
+        texts, messages, images, extra = responses_input(body)
         extra += tools_bytes(body.get("tools"))
+        unbounded = continued(body) or searched(body.get("tools"))
     elif operation == _MESSAGES:  # Ollama writes a web search tool its own way
-        texts, messages, images, extra = _messages_input(body)
+        texts, messages, images, extra = messages_input(body)
         searches = web_searches(body.get("tools"))
         extra += tools_bytes(body.get("tools")) + WEB_SEARCH_BYTES * len(searches)
-        if searches:  # Ollama's middleware searches and chats again, up to 3 more times
-            unbounded = (
-                f"tools[{searches[0]}] is Anthropic's built-in web search, which Ollama answers "
-                "with up to four chats, the later ones over search results of a size nobody "
-                "knows before the call"
-            )
+        unbounded = searched(body.get("tools"))
     elif embedding:  # the field Ollama embeds: a legacy /api/embeddings reads only its prompt
         texts, given, messages = _inputs(
             body.get("prompt" if operation == "embeddings" else "input")
@@ -396,9 +299,9 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
         if openai and isinstance(prompt, list):
             texts, given, _ = _inputs(prompt)
         else:
-            texts = [_text(prompt)]
-        texts += [_text(body.get(key)) for key in ("system", "suffix", "template")]
-        if not openai and _text(body.get("template")) and not body.get("raw"):  # Go renders it
+            texts = [text_of(prompt)]
+        texts += [text_of(body.get(key)) for key in ("system", "suffix", "template")]
+        if not openai and text_of(body.get("template")) and not body.get("raw"):  # Go renders it
             no_values, unbounded = template_bound(body["template"])
         if isinstance(body.get("images"), list):
             images = len(body["images"])
@@ -408,8 +311,9 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     texts = [t for t in texts if t]
     prompt_text = "\n".join(texts)
     size = sum(bytes_of(t) for t in texts) + extra + no_values
-    own = kind == "generate" and not openai and (body.get("raw") or _text(body.get("template")))
+    own = kind == "generate" and not openai and (body.get("raw") or text_of(body.get("template")))
     return RequestFacts(
+        passes=2 if kind in ("chat", "responses") and formatted(openai, kind, body) else 1,
         rendered=None if embedding or own else body,
         evaluates=None if openai or kind not in _LOADS_WHEN_EMPTY else _evaluates(kind, body),
         prompt_text=prompt_text,

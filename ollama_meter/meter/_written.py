@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from ollama_meter.budgets._estimate import PRINT_BYTES
 
@@ -37,7 +38,7 @@ def written_bytes(text: str) -> int:
 _FLOAT_BYTES = 26
 """The longest a JSON number is once Go has read it as a float64 and written it again
 (``1e20`` is written ``100000000000000000000``; at most 17 digits, a point, six zeros, a sign)."""
-_TOOL_BYTES = 80
+TOOL_BYTES = 80
 """The keys Go writes for every tool (``api.Tool``), whether the request gave them or not:
 ``{"type":"","function":{"name":"","parameters":{"type":"","properties":null}}}``."""
 
@@ -115,7 +116,7 @@ def tools_bytes(tools: object) -> int:
     (none for no tools: an empty list, which clients send, writes nothing)."""
     if not tools:
         return 0
-    return json_bytes(tools) + (_TOOL_BYTES * len(tools) if isinstance(tools, list) else 0)
+    return json_bytes(tools) + (TOOL_BYTES * len(tools) if isinstance(tools, list) else 0)
 
 
 WEB_SEARCH_BYTES = 320
@@ -123,14 +124,25 @@ WEB_SEARCH_BYTES = 320
 313 bytes whatever the request spelled of it (``{"name": "web_search"}``, 50)."""
 
 
+def go_fields(value: object, name: str) -> list[Any]:
+    """What Go's decoder may read as ``value``'s field ``name``: every key equal to it in any
+    case (``TYPE``, a long s, the Kelvin sign), the last winning; in a part of a body the
+    gateway takes as any object, such keys are not refused."""
+    if not isinstance(value, Mapping):
+        return []
+    return [v for k, v in value.items() if isinstance(k, str) and k.casefold() == name]
+
+
 def web_searches(tools: object) -> list[int]:
-    """Where a Messages request's tools name Anthropic's built-in web search."""
+    """Where a request's tools name a web search that Ollama runs itself (Anthropic's built-in
+    ``web_search_...`` on ``/v1/messages``, ``web_search`` on ``/v1/responses``), its type
+    read in any case."""
     if not isinstance(tools, list):
         return []
     return [
         at
         for at, tool in enumerate(tools)
-        if isinstance(tool, Mapping) and str(tool.get("type") or "").startswith("web_search")
+        if any(str(kind or "").startswith("web_search") for kind in go_fields(tool, "type"))
     ]
 
 

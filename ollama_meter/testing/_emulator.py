@@ -342,7 +342,9 @@ class OllamaEmulator:
                 f"{arch}.context_length": model.context_length,
                 f"{arch}.embedding_length": model.embedding_dim,
             },
-            "capabilities": ["embedding"] if model.embedding else ["completion"],
+            "capabilities": ["embedding"]
+            if model.embedding
+            else ["completion", *(["thinking"] if model.thinking else [])],
             "modified_at": stamp(modified_at(index)),
         } | ({"system": model.system} if model.system else {})
 

@@ -26,6 +26,7 @@ from ollama_meter.testing._models import (
     thinks,
     wants_tool,
 )
+from ollama_meter.testing._passes import in_two_passes
 from ollama_meter.testing._wire import (
     ERROR_MIDSTREAM,
     Refusal,
@@ -165,6 +166,7 @@ class OllamaRoutes(Handler):
             think=thinks(model, think),
             tools=offered,
             late=late,
+            passes=2 if kind == "chat" and "format" in body and thinks(model, think) else 1,
         )
 
     def _complete(
@@ -182,8 +184,10 @@ class OllamaRoutes(Handler):
         think: bool = False,
         tools: list[Any] | None = None,
         late: Refusal | None = None,
+        passes: int = 1,
     ) -> None:
-        """``late``: the refusal a stream ends with once its thinking is sent (:func:`_late_format`)."""
+        """``late``: the refusal a stream ends with once its thinking is sent (:func:`_late_format`);
+        ``passes``: 2 for a chat Ollama may run twice (:func:`in_two_passes`)."""
         began = time.monotonic_ns()  # the durations it reports are timed from here
         emu = self.emulator
         armed = emu._take_fault(model)
@@ -232,6 +236,10 @@ class OllamaRoutes(Handler):
             think=think,
             tools=tools,
         )
+        if passes == 2 and late is None:
+            reply = in_two_passes(
+                reply, model, texts, None if fault is Fault.IGNORE_CAP else options
+            )
         cold = emu._warm(model)
         final = envelope(None)
         metrics = reply.metrics(cold=cold)

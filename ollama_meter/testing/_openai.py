@@ -28,6 +28,7 @@ from ollama_meter.testing._models import (
     thinks,
     wants_tool,
 )
+from ollama_meter.testing._passes import in_two_passes
 from ollama_meter.testing._wire import (
     ERROR_MIDSTREAM,
     Refusal,
@@ -151,6 +152,7 @@ class OpenAIRoutes(Handler):
         try:
             body = decode_body(raw, go_type)
             think: bool | str | None = None
+            response_format: Any = None
             messages: list[Any] = []
             images: list[bytes] = []
             if chat:
@@ -206,6 +208,9 @@ class OpenAIRoutes(Handler):
             think=thinks(model, think),
             tools=offered,
         )
+        if chat and response_format is not None and thinks(model, think) and late is None:
+            capped = None if fault is Fault.IGNORE_CAP else options
+            reply = in_two_passes(reply, model, texts, capped)
         emu._warm(model)
         counted = fault is not Fault.OMIT_COUNTS
         prompt_tokens = reply.prompt_tokens if counted else 0
