@@ -20,6 +20,7 @@ import json
 from typing import Any, Final as Constant, Protocol
 
 from ollama_meter.upstream._classify import reported_error
+from ollama_meter.upstream._strict import json_object
 from ollama_meter.upstream._unasked import without_usage
 from ollama_meter.upstream._vocabulary import Delta, Event, Final
 
@@ -93,23 +94,6 @@ def _plain(value: object) -> object:
 
 def _excerpt(frame: bytes) -> str:
     return repr(frame[:60].decode(errors="replace")) + (" ..." if len(frame) > 60 else "")
-
-
-def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def json_object(payload: bytes) -> dict[str, Any] | None:
-    """The JSON object in an item of a stream or in a whole answer, read as strictly as the
-    clients it is relayed to read it: UTF-8 (OpenAI's client decodes strictly), no BOM and no
-    NaN or Infinity (JavaScript's ``JSON.parse`` and Go's take neither). Python's own decoder
-    takes all three, and UTF-16 and UTF-32 besides. One reading for both, so an answer no
-    client can read is an error whether it was streamed or not."""
-    try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_not_json)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 class Malformed(ValueError):

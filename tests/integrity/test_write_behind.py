@@ -203,6 +203,53 @@ def test_calls_commit_before_answering_once_too_many_wait(
     assert not meter.close_now(fourth)
 
 
+def test_calls_ending_close_together_commit_in_one_transaction_with_the_same_rows(
+    sqlite_url: str, emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """A commit begins ``gather`` seconds after the last one began at the soonest: the calls
+    ending meanwhile share it, and the ledger holds the same rows as with a transaction a
+    call. Waiting for the commits (a settle) or a stop does not wait out the gathering."""
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator.url)
+    meter = Meter.from_settings(settings, source="gateway")
+    behind = WriteBehind(meter, gather=3600)
+    batches: list[list[str]] = []
+    commit = behind._commit
+
+    def noted(calls: Any) -> None:
+        batches.append([span.id for span, _ in calls])
+        commit(calls)
+
+    behind._commit = noted  # type: ignore[method-assign]
+    calls = [meter.open(_opening(f"call {n}")) for n in range(6)]
+    try:
+        assert meter.close_now(calls[0])  # after a quiet spell: committed at once
+        assert behind.settle(30)
+        for call in calls[1:4]:
+            assert meter.close_now(call)  # the last commit began just now: they wait
+        assert behind.settle(30)  # and go together, at once
+        for call in calls[4:]:
+            assert meter.close_now(call)
+    finally:
+        assert behind.stop(30)  # commits the waiting ones without waiting out the hour
+    ids = [call.span.id for call in calls]
+    assert batches == [ids[:1], ids[1:4], ids[4:]]
+    assert all(call.stored == "committed" for call in calls)
+    one_by_one = Ledger(f"sqlite:///{tmp_path / 'one-by-one.db'}")
+    for span in meter.ledger.latest(SpanFilter(), limit=10):
+        one_by_one.record([span])
+    assert _rows(sqlite_url) == _rows(one_by_one.url)
+
+
+def _rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the spans and the rollups, sorted."""
+    reader = sqlite3.connect(url.removeprefix("sqlite:///"))
+    tables = ("spans", "rollups", "rollup_histograms", "rollup_busy", "rollup_busy_cells")
+    try:
+        return {name: sorted(reader.execute(f"SELECT * FROM {name}")) for name in tables}
+    finally:
+        reader.close()
+
+
 def _opening(prompt: str = "") -> Opening:
     """A chat call of ``prompt`` (its tokens, estimated, are its cost: no Ollama answers it)."""
     facts = RequestFacts(prompt_text=prompt, prompt_bytes=len(prompt.encode()))

@@ -1,0 +1,31 @@
+"""Reading a JSON object off the wire as strictly as the clients it is relayed to read it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRICT = json.JSONDecoder(parse_constant=_not_json)
+"""Made once: ``json.loads`` given an argument makes a decoder (and its scanner) at every
+call, and each item of every stream was read with it."""
+
+
+def json_object(payload: bytes) -> dict[str, Any] | None:
+    """The JSON object in an item of a stream or in a whole answer, read as strictly as the
+    clients it is relayed to read it: UTF-8 (OpenAI's client decodes strictly), no BOM and no
+    NaN or Infinity (JavaScript's ``JSON.parse`` and Go's take neither). Python's own decoder
+    takes all three, and UTF-16 and UTF-32 besides. One reading for both, so an answer no
+    client can read is an error whether it was streamed or not."""
+    try:
+        text = payload.decode("utf-8")
+        if text.startswith("\ufeff"):  # refused as ``json.loads`` refuses it
+            return None
+        obj = _STRICT.decode(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return obj if isinstance(obj, dict) else None
