@@ -301,21 +301,28 @@ def _spend_over_time(
     if len(xs) > 400:  # a window from 1970: start where the calls do
         first = min((r.label(unit) for r in rows), default=xs[-1])
         xs = xs[xs.index(first) :] if first in xs else xs[-400:]
-    cells: dict[str, dict[str, int]] = {}
+    # Keyed by the group's values, not the name shown: a call with no model and one whose
+    # model is called '(none)' both show as '(none)', and were one series with one's amount.
+    cells: dict[tuple[str, ...], dict[str, int]] = {}
+    shown_as: dict[tuple[str, ...], str] = {}
     for row in rows:
-        cells.setdefault(_key(row, groups), {})[row.label(unit)] = row.cost
-    colours = {name: series_class(index) for index, name in enumerate(sorted(cells))}
-    names = sorted(cells, key=lambda name: (-sum(cells[name].values()), name))
-    shown, rest = names[:SHOWN_SERIES], names[SHOWN_SERIES:]
-    series = [spend_series(name, colours[name], cells[name], xs, currency) for name in shown]
+        group = tuple(row.label(g) for g in groups)
+        shown_as[group] = _key(row, groups)
+        cells.setdefault(group, {})[row.label(unit)] = row.cost
+    colours = {group: series_class(index) for index, group in enumerate(sorted(cells))}
+    groups_by_cost = sorted(cells, key=lambda group: (-sum(cells[group].values()), group))
+    shown, rest = groups_by_cost[:SHOWN_SERIES], groups_by_cost[SHOWN_SERIES:]
+    series = [
+        spend_series(shown_as[group], colours[group], cells[group], xs, currency) for group in shown
+    ]
     legend = [
         LegendItem(
-            name,
-            colours[name],
-            money(sum(cells[name].values()), currency),
-            f"{format_micros(sum(cells[name].values()))} {currency}",
+            shown_as[group],
+            colours[group],
+            money(sum(cells[group].values()), currency),
+            f"{format_micros(sum(cells[group].values()))} {currency}",
         )
-        for name in shown
+        for group in shown
     ]
     if rest:
         folded, item = rest_of([cells[name] for name in rest], "", xs, currency)

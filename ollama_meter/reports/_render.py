@@ -20,16 +20,18 @@ from ollama_meter._text import json_text
 from ollama_meter.ledger import iso_utc, span_to_dict
 from ollama_meter.records import Micros, format_micros
 
-# A line starting with one of these is a formula to a spreadsheet; so is one starting
-# after a line break inside a cell, which some read as a new row.
-_FORMULA_LINE = re.compile(r"(^|\r\n|\r|\n)(?=[=+\-@\t\r])")
+# A cell starting with one of these is a formula to a spreadsheet; so is a piece of one
+# after a line break, which some read as a new row, or after a ';' or a tab, which Excel
+# (with a ';' list separator: Germany, France...) and LibreOffice's import split cells on,
+# our ','-quoting aside. Quotes before it may open that piece as a quoted field.
+_FORMULA_LINE = re.compile(r'(^|\r\n|\r|\n|;|\t)(?="*[=+\-@\t\r])')
 
 
 def safe_cell(value: str) -> str:
     """Neutralise text a spreadsheet would run as a formula (CSV injection).
 
-    Every line of the cell that starts with ``= + - @``, a tab or a carriage return
-    gets a leading ``'``, the first line and each one after a line break alike.
+    Every piece of the cell that starts with ``= + - @``, a tab or a carriage return (after
+    any ``"``) gets a leading ``'``: the first, and each after a line break, ``;`` or tab.
     """
     return _FORMULA_LINE.sub(lambda m: m.group(1) + "'", value)
 

@@ -1,4 +1,10 @@
-"""CSV cells are safe to open in a spreadsheet, whatever a caller put in a name (issue 9 item 4)."""
+"""CSV cells are safe to open in a spreadsheet, whatever a caller put in a name (issue 9 item 4).
+
+Also where the spreadsheet splits on another character than the comma: Excel opens a ``.csv``
+with the locale's list separator (``;`` in Germany, France, Italy...), and LibreOffice's import
+offers tab and semicolon beside the comma. There the ``,``-quoting means nothing (a quote that
+does not open a field is a letter), so ``x;=1+1`` in a model's name is a cell ``=1+1``.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ from tests.factories import make_span
 
 TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 BREAK = re.compile(r"\r\n|\r|\n")
+OTHER_SEPARATORS = re.compile(r"[;\t]")
+"""What a spreadsheet may split a line on besides the comma: each piece is a cell to it."""
 HOSTILE = [
     'x\r=HYPERLINK("http://evil.example","x")',
     "ok\n+1+1",
@@ -25,6 +33,9 @@ HOSTILE = [
     "-2",
     "\t=1",
     "plain",
+    'x;=HYPERLINK("http://evil.example","x")',
+    "a\t@SUM(A1)",
+    'b;"=1+1',
 ]
 
 
@@ -35,16 +46,19 @@ def assert_safe(text: str) -> list[list[str]]:
         for cell in row:
             for line in BREAK.split(cell):
                 assert not line.startswith(TRIGGERS), (cell, line)
-    # No physical line of the file starts a formula either (a reader that splits on \r).
+    # No physical line of the file starts a formula either (a reader that splits on \r), nor
+    # any piece of one a reader splitting on ';' or tab makes (quotes or not: a '"' that does
+    # not open a field is a letter to it, and one that does may open it on '=').
     for line in BREAK.split(text):
-        assert not line.startswith(TRIGGERS[:4]), line
+        for piece in OTHER_SEPARATORS.split(line):
+            assert not piece.lstrip('"').startswith(TRIGGERS[:4]), (line, piece)
     # A cell holding a line break is quoted.
     for cell in (c for row in rows for c in row if BREAK.search(c)):
         assert '"' + cell.replace('"', '""') + '"' in text
     return rows
 
 
-@given(st.lists(st.text(alphabet=st.sampled_from("=+-@\t\r\n\"',ab1 "), max_size=12), max_size=6))
+@given(st.lists(st.text(alphabet=st.sampled_from("=+-@\t\r\n\"',;ab1 "), max_size=12), max_size=6))
 def test_every_cell_reads_back_safe_and_only_gains_quotes(cells: list[str]) -> None:
     columns = [f"c{i}" for i in range(len(cells))]
     text = to_csv(columns, [dict(zip(columns, cells, strict=True))])
@@ -71,3 +85,4 @@ def test_reports_written_by_the_cli_are_safe(cli, sqlite_url: str, command: str)
     rows = assert_safe(text)
     models = {row[0] for row in rows[1:]}
     assert "'=1+1" in models and 'x\r\'=HYPERLINK("http://evil.example","x")' in models
+    assert 'x;\'=HYPERLINK("http://evil.example","x")' in models and "a\t'@SUM(A1)" in models

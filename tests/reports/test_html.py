@@ -323,3 +323,34 @@ def test_money_shows_each_currencys_own_minor_unit(micros: int, currency: str) -
             (500_000, "JPY"),
         ]
     ] == ["1,235", "1.235", "1.23", "1"]
+
+
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.sampled_from(["", "(none)", "a", "a / b", "b"]),  # a model a caller named so
+            st.sampled_from(["", "u"]),
+            st.integers(1, 10**6),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    by=st.sampled_from([["model", "day"], ["user", "model", "day"], ["model", "user", "week"]]),
+)
+def test_every_call_is_in_the_spend_chart_whatever_its_models_name(
+    tmp_path_factory: pytest.TempPathFactory, calls: list[tuple[str, str, int]], by: list[str]
+) -> None:
+    """The chart drew one series per name shown: a call with no model ('(none)') and one
+    naming the model '(none)' were one series, holding one of the two amounts."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('chart') / 'l.db'}"
+    ledger = Ledger(url)
+    at = datetime(2026, 11, 18, 10, tzinfo=UTC)
+    ledger.record(
+        [make_span(started_at=at, request_model=m, user=u, cost_total=c) for m, u, c in calls]
+    )
+    zone = ZoneInfo("UTC")
+    report = spend_report(ledger, parse_period("2026-11", tz=zone, now=OFFICE_NOW), by, tz=zone)
+    page = render_spend_html(report, tz=zone, zone="UTC", generated=OFFICE_NOW, title="t")
+    ledger.dispose()
+    drawn = re.findall(r'class="mark [^"]*"[^>]* data-value="([0-9.]+)"', page)
+    assert sum(Decimal(v) for v in drawn) == Decimal(sum(c for _, _, c in calls)).scaleb(-6)
