@@ -10,7 +10,6 @@ cannot make links, clear the screen, move the cursor or hide text.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from ollama_meter._paths import discard, written_through
+from ollama_meter._paths import replace_file, written_through
 from ollama_meter.cli._console import err, out, shown
 from ollama_meter.cli._settings import settings as settings  # noqa: PLC0414 (where commands get it)
 from ollama_meter.errors import ConfigError, OmeterError, ValidationError
@@ -386,20 +385,10 @@ def write_output(text: str, path: Path | None) -> None:
             return
     except OSError as exc:  # a device that fails, or links that loop
         raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
-    target = through or path
-    # A name of its own: two runs writing one file (cron overlapping a manual run) must not
-    # write into each other's temp file and rename a mix, or the other's half, into place.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with tmp.open("x", encoding="utf-8", newline="") as file:
-            file.write(text)
-        tmp.replace(target)
+        replace_file(through or path, text)
     except OSError as exc:
-        discard(tmp)
         raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
-    except BaseException:  # Ctrl-C, SIGTERM: no half-written temp file left beside it
-        discard(tmp)
-        raise
     err.print(f"wrote {path}")
 
 
