@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ollama_meter._paths import replace_file, written_through
-from ollama_meter.cli._console import err, out, shown
+from ollama_meter.cli._console import err, named, out, shown
 from ollama_meter.cli._settings import settings as settings  # noqa: PLC0414 (where commands get it)
 from ollama_meter.errors import ConfigError, OmeterError, ValidationError
 from ollama_meter.periods import PERIOD_HELP, Window, parse_period, window_between
@@ -389,7 +389,7 @@ def write_output(text: str, path: Path | None) -> None:
         replace_file(through or path, text)
     except OSError as exc:
         raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
-    err.print(f"wrote {path}")
+    err.print(f"wrote {named(path)}")
 
 
 def progress_bar(
