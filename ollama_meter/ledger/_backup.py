@@ -21,6 +21,7 @@ from sqlalchemy import text
 
 from ollama_meter._paths import discard, resolved, sync_folder, written_through
 from ollama_meter.errors import LedgerError, ValidationError
+from ollama_meter.ledger._why import file_limit
 
 if TYPE_CHECKING:
     from ollama_meter.ledger._ledger import Ledger
@@ -97,8 +98,10 @@ def backup(
             partial.replace(target)
             sync_folder(target.parent)  # "backed up" is said of a copy a power cut keeps
         except (OSError, sqlite3.Error) as exc:
+            limit = file_limit(partial, "the copy")
             _discard_copy(partial)
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            why = f"{why}: {limit}" if limit else why
             raise LedgerError(f"could not back up {source} to {target}: {why}") from exc
         except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
             _discard_copy(partial)
