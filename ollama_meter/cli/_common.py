@@ -219,6 +219,23 @@ def file_to_write(example: str, *, dash: bool = False) -> Callable[[str], Path |
     return parse
 
 
+def file_to_read(value: str) -> Path:
+    """A parser for a file a command reads, as click's ``Path(exists=True, dir_okay=False)``
+    checks it, but an empty name (``"$FILE"`` with FILE unset) is said to be none: click took
+    it for the current folder ("file '' is a directory")."""
+    import click
+
+    if isinstance(value, Path):
+        return value
+    if not value:
+        raise typer.BadParameter(f"{value!r} is no file name; give the file to read")
+    try:
+        found = click.Path(exists=True, dir_okay=False).convert(value, None, None)
+    except click.BadParameter as exc:  # said for the parameter, in its words ("file 'x' ...")
+        raise typer.BadParameter(exc.message[:1].lower() + exc.message[1:]) from None
+    return Path(os.fsdecode(found))
+
+
 def _is_folder(path: Path) -> bool:
     try:
         return path.is_dir()

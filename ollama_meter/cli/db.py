@@ -185,6 +185,11 @@ def import_command(
     """Load spans from JSON lines (an `ometer db export`); spans already there are skipped."""
     from ollama_meter.ledger import import_lines
 
+    if not source:  # "$EXPORT" unset: not the current folder ("Is a directory")
+        raise ValidationError(
+            "'' is no file name: give the export's file (ometer db import FILE), or - to read "
+            "it from stdin"
+        )
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg)
     stream: BinaryIO

@@ -14,6 +14,7 @@ from ollama_meter.cli._common import (
     DbOption,
     JsonFlag,
     RowId,
+    file_to_read,
     ledger_at,
     ledger_for,
     money,
@@ -180,8 +181,7 @@ def import_rules(
         Path,
         typer.Argument(
             help="TOML file with [[rule]] tables (at most 10 MiB), or a pipe: <(command).",
-            exists=True,
-            dir_okay=False,
+            parser=file_to_read,
         ),
     ],
     db: DbOption = None,
