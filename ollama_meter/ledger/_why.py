@@ -48,8 +48,8 @@ def full_disk(path: Path) -> str | None:
         disk = os.statvfs(folder)
     except OSError:
         return None
-    if disk.f_bavail * disk.f_frsize >= ROOM_BYTES:
-        return None
+    if disk.f_blocks == 0 or disk.f_bavail * disk.f_frsize >= ROOM_BYTES:
+        return None  # f_blocks 0: a file system of no disk (/proc), never full
     return f"the disk that holds {folder} is full: free some disk space"
 
 
