@@ -145,3 +145,29 @@ def replace_file(target: Path, text: str) -> None:
         discard(tmp)
         raise
     sync_folder(target.parent)
+
+
+_SQLITE = b"SQLite format 3\x00"
+_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
+_BESIDE = ("-wal", "-shm", "-journal")
+
+
+def database_file(path: Path) -> str | None:
+    """What SQLite file ``path`` is ("a SQLite database", "a SQLite database's write-ahead
+    log"), or None for any other file, or none there: a report written over one loses what
+    no report is worth (a ledger's every span, or the transactions its WAL holds)."""
+    for end in _BESIDE:
+        if path.name.endswith(end) and os.path.lexists(path.with_name(path.name[: -len(end)])):
+            return f"a SQLite database's {end[1:]} file"
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a pipe's open would wait for a writer
+            return None
+        with path.open("rb") as file:
+            head = file.read(len(_SQLITE))
+    except OSError:
+        return None
+    if head == _SQLITE:
+        return "a SQLite database (a ledger, or a backup of one)"
+    if head[:4] in _WAL_MAGIC:
+        return "a SQLite database's write-ahead log"
+    return None

@@ -23,7 +23,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from ollama_meter._paths import replace_file, written_through
+from ollama_meter._paths import database_file, replace_file, written_through
 from ollama_meter.cli._console import err, named, out, shown
 from ollama_meter.cli._settings import settings as settings  # noqa: PLC0414 (where commands get it)
 from ollama_meter.errors import ConfigError, OmeterError, ValidationError
@@ -193,11 +193,14 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 RowId = Annotated[int, typer.Argument(help="Its id, as the list command shows.")]
 
 
-def file_to_write(example: str, *, dash: bool = False) -> Callable[[str], Path | None]:
+def file_to_write(
+    example: str, *, dash: bool = False, report: bool = False
+) -> Callable[[str], Path | None]:
     """A parser for a path a command writes a file to. A folder's is refused, with ``example``
     as a file name to give in it: one that is there, and one that is not there yet but
     ends in ``/`` (the path type dropped the slash, and a file of the folder's name was
-    written). ``dash``: ``-`` is stdout (None), as for every Unix tool, not a file named ``-``."""
+    written). ``dash``: ``-`` is stdout (None), as for every Unix tool, not a file named ``-``.
+    ``report``: a SQLite database is refused too, before any ledger is read."""
 
     def parse(value: str) -> Path | None:
         if isinstance(value, Path):  # a default, or a caller that parsed it already
@@ -214,6 +217,8 @@ def file_to_write(example: str, *, dash: bool = False) -> Callable[[str], Path |
                 f"{value!r} is a folder: give the name of a file in it (e.g. "
                 f"{Path(folder) / example})"
             )
+        if report and (problem := _a_database(Path(value))):
+            raise typer.BadParameter(f"{value!r} {problem}")
         return Path(value)
 
     return parse
@@ -236,6 +241,14 @@ def file_to_read(value: str) -> Path:
     return Path(os.fsdecode(found))
 
 
+def _a_database(path: Path) -> str | None:
+    """Why a report must not be written over ``path`` (a ledger, a backup, a WAL: a typo of
+    ``--out ledger.db`` replaced every span with a CSV), else None."""
+    if what := database_file(path):
+        return f"is {what}, not a report: --out replaces only a file that is no database: give another file"
+    return None
+
+
 def _is_folder(path: Path) -> bool:
     try:
         return path.is_dir()
@@ -249,7 +262,7 @@ OutOption = Annotated[
         "--out",
         "-o",
         help="Write to this file instead of stdout ('-': stdout).",
-        parser=file_to_write("report.csv", dash=True),
+        parser=file_to_write("report.csv", dash=True, report=True),
     ),
 ]
 
@@ -402,6 +415,8 @@ def write_output(text: str, path: Path | None) -> None:
             return
     except OSError as exc:  # a device that fails, or links that loop
         raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
+    if problem := _a_database(through or path):
+        raise ValidationError(f"{path} {problem}")
     try:
         replace_file(through or path, text)
     except OSError as exc:

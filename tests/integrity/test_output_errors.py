@@ -6,6 +6,7 @@ Real processes: what is at stake is the interpreter's own stdout and its last fl
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -289,3 +290,50 @@ def test_an_out_file_root_writes_again_stays_its_owners(
     info = kept.stat()
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 65534, 0o600)
     assert kept.read_text().startswith("month,tenant,")
+
+
+@pytest.mark.parametrize("which", ["the ledger", "its wal", "another ledger", "a backup"])
+@pytest.mark.parametrize(
+    "args",
+    [["report", "--format", "csv"], ["chargeback", "--month", "2026-11", "--format", "html"]],
+    ids=" ".join,
+)
+def test_out_never_replaces_a_database(
+    cli: Any, tmp_path: Path, args: list[str], which: str
+) -> None:
+    """`ometer report --format csv --out ledger.db` (a tab completion one name off, the
+    arguments of `db backup` in mind) renamed the CSV over the live ledger: every span gone,
+    and the gateways writing to a file no name led to. A database of any kind is refused and
+    left as it is: a report is text, and no report is worth a database."""
+    ledger = tmp_path / "ledger.db"
+    url = f"sqlite:///{ledger}"
+    Ledger(url).record([make_span(started_at=datetime(2026, 11, 3, tzinfo=UTC))])
+    other = tmp_path / "other.db"
+    Ledger(f"sqlite:///{other}").record([make_span()])
+    copy = tmp_path / "nightly.db"
+    assert cli("db", "backup", str(copy), "--db", url).code == 0
+    reader = sqlite3.connect(ledger)  # a gateway's: the WAL stays while it is open
+    reader.execute("SELECT count(*) FROM spans").fetchone()
+    target = {
+        "the ledger": ledger,
+        "its wal": Path(f"{ledger}-wal"),
+        "another ledger": other,
+        "a backup": copy,
+    }[which]
+    assert target.exists()
+    before = target.read_bytes()
+    done = cli(*args, "--out", str(target), "--db", url)
+    reader.close()
+    assert (done.code, done.stdout) == (2, ""), done.stderr
+    assert done.stderr.startswith(
+        f"error: Invalid value for '--out' / '-o': '{target}' is a SQLite database"
+    ), done.stderr  # said before the ledger is read: nothing else is said
+    assert done.stderr.endswith(
+        "--out replaces only a file that is no database: give another file (see `ometer "
+        f"{args[0]} --help`)\n"
+    ), done.stderr
+    assert done.stderr.count("\n") == 1
+    if which != "its wal":  # the gateway's own checkpoint may change that one meanwhile
+        assert target.read_bytes() == before
+    assert Ledger(url).count() == 1
+    assert not list(tmp_path.glob(".*.tmp"))
