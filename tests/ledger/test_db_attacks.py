@@ -294,3 +294,22 @@ def test_a_ledger_on_a_file_system_with_no_blocks_is_not_said_to_be_on_a_full_di
     done = cli("report", "--db", "sqlite:////proc/self/mem")
     assert done.code == 1
     assert "full" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_a_ledgers_wal_given_to_import_is_named_for_what_it_is(cli: Any, tmp_path: Path) -> None:
+    """`ometer db import ledger.db-wal` (a tab completion one name on) said `Expected object,
+    got int`: the WAL's magic number reads as a JSON number."""
+    ledger = tmp_path / "ledger.db"
+    url = f"sqlite:///{ledger}"
+    Ledger(url).record(_spans(3))
+    wal = Path(f"{ledger}-wal")
+    assert wal.read_bytes()[:3] == b"\x37\x7f\x06"
+    copy = tmp_path / "copy-wal"
+    copy.write_bytes(wal.read_bytes())
+    result = cli("db", "import", str(copy), "--db", f"sqlite:///{tmp_path / 'other.db'}")
+    assert (result.code, result.stderr) == (
+        2,
+        "error: line 1: the file is a SQLite write-ahead log (a ledger's -wal file), not an "
+        "export: export the ledger it belongs to (ometer db export --db sqlite:///LEDGER) and "
+        "import that\n",
+    )
