@@ -23,8 +23,9 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from ollama_meter._paths import database_file, replace_file, written_through
+from ollama_meter._paths import replace_file, written_through
 from ollama_meter.cli._console import err, named, out, shown
+from ollama_meter.cli._files import a_database
 from ollama_meter.cli._settings import settings as settings  # noqa: PLC0414 (where commands get it)
 from ollama_meter.errors import ConfigError, OmeterError, ValidationError
 from ollama_meter.periods import PERIOD_HELP, Window, parse_period, window_between
@@ -217,36 +218,11 @@ def file_to_write(
                 f"{value!r} is a folder: give the name of a file in it (e.g. "
                 f"{Path(folder) / example})"
             )
-        if report and (problem := _a_database(Path(value))):
+        if report and (problem := a_database(Path(value))):
             raise typer.BadParameter(f"{value!r} {problem}")
         return Path(value)
 
     return parse
-
-
-def file_to_read(value: str) -> Path:
-    """A parser for a file a command reads, as click's ``Path(exists=True, dir_okay=False)``
-    checks it, but an empty name (``"$FILE"`` with FILE unset) is said to be none: click took
-    it for the current folder ("file '' is a directory")."""
-    import click
-
-    if isinstance(value, Path):
-        return value
-    if not value:
-        raise typer.BadParameter(f"{value!r} is no file name; give the file to read")
-    try:
-        found = click.Path(exists=True, dir_okay=False).convert(value, None, None)
-    except click.BadParameter as exc:  # said for the parameter, in its words ("file 'x' ...")
-        raise typer.BadParameter(exc.message[:1].lower() + exc.message[1:]) from None
-    return Path(os.fsdecode(found))
-
-
-def _a_database(path: Path) -> str | None:
-    """Why a report must not be written over ``path`` (a ledger, a backup, a WAL: a typo of
-    ``--out ledger.db`` replaced every span with a CSV), else None."""
-    if what := database_file(path):
-        return f"is {what}, not a report: --out replaces only a file that is no database: give another file"
-    return None
 
 
 def _is_folder(path: Path) -> bool:
@@ -415,7 +391,7 @@ def write_output(text: str, path: Path | None) -> None:
             return
     except OSError as exc:  # a device that fails, or links that loop
         raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
-    if problem := _a_database(through or path):
+    if problem := a_database(through or path):
         raise ValidationError(f"{path} {problem}")
     try:
         replace_file(through or path, text)

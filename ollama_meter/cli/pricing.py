@@ -14,7 +14,6 @@ from ollama_meter.cli._common import (
     DbOption,
     JsonFlag,
     RowId,
-    file_to_read,
     ledger_at,
     ledger_for,
     money,
@@ -24,6 +23,7 @@ from ollama_meter.cli._common import (
     utc_now,
 )
 from ollama_meter.cli._console import err, named, out
+from ollama_meter.cli._files import file_to_read
 from ollama_meter.cli._stopped import said_if_stopped
 from ollama_meter.errors import PricingError, ValidationError
 from ollama_meter.periods import local_midnight, parse_day, window_between
