@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -110,3 +111,63 @@ def sync_folder(folder: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def replace_file(target: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``target`` through a temp file of its own renamed over it:
+    readers see the old file or the new one, never half, and a power cut just after leaves
+    one of them whole (the bytes are synced before the rename, the folder after it).
+
+    The file it replaces gives the new one its mode, and its owner and group where this
+    process may set them: a bill kept from other users (``chmod 600``) stays so when
+    written again. Until renamed the temp file is its owner's alone. Raises OSError; a
+    temp file is never left behind (nor on Ctrl-C).
+    """
+    # A name of its own: two runs writing one file (cron overlapping a manual run) must not
+    # write into each other's temp file and rename a mix, or the other's half, into place.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        before: os.stat_result | None = target.stat()
+    except OSError:
+        before = None
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if before else 0o666)
+        with open(fd, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+            file.flush()
+            if before is not None:
+                with contextlib.suppress(OSError):  # not ours to give away: keep ours
+                    os.fchown(fd, before.st_uid, before.st_gid)
+                os.fchmod(fd, stat.S_IMODE(before.st_mode))
+            os.fsync(fd)
+        tmp.replace(target)
+    except BaseException:  # an OSError, or Ctrl-C, SIGTERM: no temp file left beside it
+        discard(tmp)
+        raise
+    sync_folder(target.parent)
+
+
+_SQLITE = b"SQLite format 3\x00"
+_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
+_BESIDE = ("-wal", "-shm", "-journal")
+
+
+def database_file(path: Path) -> str | None:
+    """What SQLite file ``path`` is ("a SQLite database", "a SQLite database's write-ahead
+    log"), or None for any other file, or none there: a report written over one loses what
+    no report is worth (a ledger's every span, or the transactions its WAL holds)."""
+    for end in _BESIDE:
+        if path.name.endswith(end) and os.path.lexists(path.with_name(path.name[: -len(end)])):
+            return f"a SQLite database's {end[1:]} file"
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a pipe's open would wait for a writer
+            return None
+        with path.open("rb") as file:
+            head = file.read(len(_SQLITE))
+    except OSError:
+        return None
+    if head == _SQLITE:
+        return "a SQLite database (a ledger, or a backup of one)"
+    if head[:4] in _WAL_MAGIC:
+        return "a SQLite database's write-ahead log"
+    return None

@@ -41,6 +41,7 @@ from ollama_meter.cli import (
 )
 from ollama_meter.cli._common import settings
 from ollama_meter.cli._console import err, out, printable
+from ollama_meter.cli._hints import shown as quoted
 from ollama_meter.cli._settings import run_ended, run_started
 from ollama_meter.errors import OmeterError
 from ollama_meter.ledger._deadline import recording_nothing
@@ -134,7 +135,7 @@ def _main() -> None:
             err.print("interrupted")
     except OmeterError as exc:
         # Plain write: one line whatever the terminal width, easy to grep in cron mail.
-        sys.stderr.write(f"error: {printable(str(exc))}\n")
+        sys.stderr.write(f"error: {printable(_arguments_cut(str(exc)))}\n")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -271,5 +272,24 @@ def _usage_error(exc: Exception) -> bool:
     context = getattr(exc, "ctx", None)
     if context is not None:
         line += f" (see `{context.command_path} --help`)"
-    sys.stderr.write(f"error: {printable(line)}\n")
+    sys.stderr.write(f"error: {printable(_arguments_cut(line))}\n")
     return True
+
+
+_LONG_ARGUMENT = 200
+"""An argument longer than this is quoted in an error by its start and its length."""
+
+
+def _arguments_cut(message: str) -> str:
+    """``message`` with each long argument of the command line it quotes (as ``'...'``, or as
+    it was typed) cut to its start and its length, as the name filters' notes quote one.
+
+    Every refusal quotes the value it refuses, and a value from a variable that held a
+    file, or a paste gone wrong, made the one line 120,000 characters long. Cut here, where
+    every refusal is written, so no message has to remember to.
+    """
+    values = {arg.partition("=")[2] if arg.startswith("--") else arg for arg in sys.argv[1:]}
+    for value in sorted((v for v in values if len(v) > _LONG_ARGUMENT), key=len, reverse=True):
+        cut = quoted(value)
+        message = message.replace(repr(value), cut).replace(value, cut)
+    return message

@@ -10,7 +10,6 @@ cannot make links, clear the screen, move the cursor or hide text.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,8 +23,9 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from ollama_meter._paths import discard, written_through
-from ollama_meter.cli._console import err, out, shown
+from ollama_meter._paths import replace_file, written_through
+from ollama_meter.cli._console import err, named, out, shown
+from ollama_meter.cli._files import a_database
 from ollama_meter.cli._settings import settings as settings  # noqa: PLC0414 (where commands get it)
 from ollama_meter.errors import ConfigError, OmeterError, ValidationError
 from ollama_meter.periods import PERIOD_HELP, Window, parse_period, window_between
@@ -194,11 +194,14 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 RowId = Annotated[int, typer.Argument(help="Its id, as the list command shows.")]
 
 
-def file_to_write(example: str, *, dash: bool = False) -> Callable[[str], Path | None]:
+def file_to_write(
+    example: str, *, dash: bool = False, report: bool = False
+) -> Callable[[str], Path | None]:
     """A parser for a path a command writes a file to. A folder's is refused, with ``example``
     as a file name to give in it: one that is there, and one that is not there yet but
     ends in ``/`` (the path type dropped the slash, and a file of the folder's name was
-    written). ``dash``: ``-`` is stdout (None), as for every Unix tool, not a file named ``-``."""
+    written). ``dash``: ``-`` is stdout (None), as for every Unix tool, not a file named ``-``.
+    ``report``: a SQLite database is refused too, before any ledger is read."""
 
     def parse(value: str) -> Path | None:
         if isinstance(value, Path):  # a default, or a caller that parsed it already
@@ -215,6 +218,8 @@ def file_to_write(example: str, *, dash: bool = False) -> Callable[[str], Path |
                 f"{value!r} is a folder: give the name of a file in it (e.g. "
                 f"{Path(folder) / example})"
             )
+        if report and (problem := a_database(Path(value))):
+            raise typer.BadParameter(f"{value!r} {problem}")
         return Path(value)
 
     return parse
@@ -233,7 +238,7 @@ OutOption = Annotated[
         "--out",
         "-o",
         help="Write to this file instead of stdout ('-': stdout).",
-        parser=file_to_write("report.csv", dash=True),
+        parser=file_to_write("report.csv", dash=True, report=True),
     ),
 ]
 
@@ -386,21 +391,13 @@ def write_output(text: str, path: Path | None) -> None:
             return
     except OSError as exc:  # a device that fails, or links that loop
         raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
-    target = through or path
-    # A name of its own: two runs writing one file (cron overlapping a manual run) must not
-    # write into each other's temp file and rename a mix, or the other's half, into place.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    if problem := a_database(through or path):
+        raise ValidationError(f"{path} {problem}")
     try:
-        with tmp.open("x", encoding="utf-8", newline="") as file:
-            file.write(text)
-        tmp.replace(target)
+        replace_file(through or path, text)
     except OSError as exc:
-        discard(tmp)
         raise OmeterError(f"cannot write {path}: {exc.strerror}") from None
-    except BaseException:  # Ctrl-C, SIGTERM: no half-written temp file left beside it
-        discard(tmp)
-        raise
-    err.print(f"wrote {path}")
+    err.print(f"wrote {named(path)}")
 
 
 def progress_bar(

@@ -32,6 +32,13 @@ def printable(text: str, *, newlines: bool = False) -> str:
     return text if newlines else _NEWLINE.sub(REPLACEMENT, text)
 
 
+def named(value: object) -> str:
+    """A file name or ledger URL for a message: :func:`printable` with its line breaks
+    replaced too. A message keeps its own line breaks; a name's would start a line that
+    reads as the command's own (``error: ...``)."""
+    return printable(str(value))
+
+
 def inert(text: str, *, terminal: bool) -> str:
     """Free text (a model's reply) as a terminal may show it: nothing it would act on.
 

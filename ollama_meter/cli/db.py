@@ -21,7 +21,7 @@ from ollama_meter.cli._common import (
     progress_bar,
     settings,
 )
-from ollama_meter.cli._console import err, out
+from ollama_meter.cli._console import err, named, out
 from ollama_meter.cli._stopped import said_if_stopped
 from ollama_meter.errors import OmeterError, ValidationError
 from ollama_meter.periods import LAST_DAY, window_between
@@ -44,9 +44,9 @@ def upgrade_command(db: DbOption = None) -> None:
     with ledger.failures_named():
         check_tables(ledger.engine)
     if before == HEAD_REVISION:
-        out.print(f"ledger at {ledger.display_url} is up to date (revision {HEAD_REVISION})")
+        out.print(f"ledger at {named(ledger.display_url)} is up to date (revision {HEAD_REVISION})")
     else:
-        out.print(f"ledger at {ledger.display_url}: {before or 'empty'} → {HEAD_REVISION}")
+        out.print(f"ledger at {named(ledger.display_url)}: {before or 'empty'} → {HEAD_REVISION}")
 
 
 @app.command("path")
@@ -55,7 +55,7 @@ def path_command(db: DbOption = None) -> None:
     from ollama_meter.ledger import open_ledger
 
     cfg = settings(db_url=db)
-    out.print(open_ledger(cfg.ledger_url, migrate=False).display_url)
+    out.print(named(open_ledger(cfg.ledger_url, migrate=False).display_url))
 
 
 @app.command("rollup")
@@ -185,6 +185,11 @@ def import_command(
     """Load spans from JSON lines (an `ometer db export`); spans already there are skipped."""
     from ollama_meter.ledger import import_lines
 
+    if not source:  # "$EXPORT" unset: not the current folder ("Is a directory")
+        raise ValidationError(
+            "'' is no file name: give the export's file (ometer db import FILE), or - to read "
+            "it from stdin"
+        )
     cfg = settings(db_url=db)
     ledger = ledger_as_is(cfg)
     stream: BinaryIO
@@ -236,7 +241,7 @@ def import_command(
                 ) from None
     took = max(time.monotonic() - began, 1e-9)
     out.print(
-        f"imported {summary.added:,} span(s) into {ledger.display_url}"
+        f"imported {summary.added:,} span(s) into {named(ledger.display_url)}"
         f" ({summary.present:,} already there) in {took:.1f} s, {summary.read / took:,.0f} spans/s"
     )
     if summary.pruned and summary.horizon is not None:
@@ -329,5 +334,5 @@ def backup_command(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     out.print(
-        f"backed up {ledger.display_url} to {target}: {_mb(size)} in {time.monotonic() - began:.1f} s"
+        f"backed up {named(ledger.display_url)} to {named(target)}: {_mb(size)} in {time.monotonic() - began:.1f} s"
     )

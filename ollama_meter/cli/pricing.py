@@ -22,7 +22,8 @@ from ollama_meter.cli._common import (
     table,
     utc_now,
 )
-from ollama_meter.cli._console import err, out
+from ollama_meter.cli._console import err, named, out
+from ollama_meter.cli._files import file_to_read
 from ollama_meter.cli._stopped import said_if_stopped
 from ollama_meter.errors import PricingError, ValidationError
 from ollama_meter.periods import local_midnight, parse_day, window_between
@@ -180,8 +181,7 @@ def import_rules(
         Path,
         typer.Argument(
             help="TOML file with [[rule]] tables (at most 10 MiB), or a pipe: <(command).",
-            exists=True,
-            dir_okay=False,
+            parser=file_to_read,
         ),
     ],
     db: DbOption = None,
@@ -201,7 +201,7 @@ def import_rules(
     added = ledger_for(cfg).add_price_rules(rules)
     new = sum(is_new for _, is_new in added)
     same = f" ({len(added) - new} already there)" if new < len(added) else ""
-    out.print(f"imported {new} new rule(s) from {file}{same}")
+    out.print(f"imported {new} new rule(s) from {named(file)}{same}")
 
 
 def reprice_command(

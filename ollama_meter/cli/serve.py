@@ -26,7 +26,7 @@ from ollama_meter.cli._common import (
     settings,
     table,
 )
-from ollama_meter.cli._console import err, out
+from ollama_meter.cli._console import err, named, out
 from ollama_meter.cli._waiting import open_when_up
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
@@ -192,7 +192,7 @@ def serve(
     servers = ", ".join(s.url + (f" ({s.slots} slots)" if s.slots else "") for s in specs)
     err.print(
         f"ometer gateway on {listening_url(host, port)} → {servers} "
-        f"(ledger {ledger_for(cfg).display_url})"
+        f"(ledger {named(ledger_for(cfg).display_url)})"
     )
     if insecure_open and not (is_loopback(host) or require_key or admin_token):
         err.print(f"warning: listening on {host} with no key and no admin token (--insecure-open)")

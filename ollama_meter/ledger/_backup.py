@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import sqlite3
 import stat
 import time
@@ -20,6 +21,7 @@ from sqlalchemy import text
 
 from ollama_meter._paths import discard, resolved, sync_folder, written_through
 from ollama_meter.errors import LedgerError, ValidationError
+from ollama_meter.ledger._why import file_limit
 
 if TYPE_CHECKING:
     from ollama_meter.ledger._ledger import Ledger
@@ -80,20 +82,51 @@ def backup(
             try:
                 # One step: the whole copy reads one snapshot, so it never restarts.
                 src.backup(dst, pages=-1, progress=None if progress is None else _pages(progress))
+                damage = _damage(dst)
                 dst.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
             finally:
                 dst.close()
+            if damage is not None:
+                _discard_copy(partial)
+                raise LedgerError(
+                    f"the ledger at {source} is damaged (SQLite's quick_check: {damage}): the "
+                    f"copy is not kept, and {target} is left as it was. Keep the ledger as it is "
+                    f"(stop the gateways), and recover what it holds: sqlite3 "
+                    f"{shlex.quote(str(source))} .recover | sqlite3 recovered.db"
+                )
             partial.chmod(stat.S_IMODE(source.stat().st_mode) & 0o666)
             partial.replace(target)
             sync_folder(target.parent)  # "backed up" is said of a copy a power cut keeps
         except (OSError, sqlite3.Error) as exc:
+            limit = file_limit(partial, "the copy")
             _discard_copy(partial)
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            why = f"{why}: {limit}" if limit else why
             raise LedgerError(f"could not back up {source} to {target}: {why}") from exc
         except BaseException:  # Ctrl-C, SIGTERM: no hidden copy the ledger's size left behind
             _discard_copy(partial)
             raise
     return target.stat().st_size
+
+
+def _damage(copy: sqlite3.Connection) -> str | None:
+    """What SQLite finds wrong with the copy, on one line; None when nothing.
+
+    The backup API copies pages as they are, so a page a failing disk or a torn write
+    damaged is copied too, and every command that never reads that page works: the
+    damaged copy replaced last night's good one, said "backed up", and a job rotating
+    its copies soon kept none worth restoring. ``quick_check`` reads every page (not
+    the indexes against their tables, which ``integrity_check`` adds at many times the
+    cost).
+    """
+    try:
+        found = [row[0] for row in copy.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as exc:  # a page too damaged to walk: said as an error
+        return str(exc)
+    if found == ["ok"]:
+        return None
+    lines = [line for row in found for line in str(row).splitlines() if not line.startswith("***")]
+    return "; ".join(lines)
 
 
 def _refuse_in_use(target: Path) -> None:

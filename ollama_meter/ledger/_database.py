@@ -44,7 +44,7 @@ from ollama_meter.ledger._engine import (
     sqlite_path,
 )
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, numbered_as_ours
-from ollama_meter.ledger._why import full_disk, unwritable
+from ollama_meter.ledger._why import file_limit, full_disk, unwritable
 
 log = logging.getLogger("ollama_meter.ledger")
 
@@ -241,6 +241,12 @@ class Database:
             )
         if self._file is not None and ("unable to open" in lowered or "readonly" in lowered):
             return f"{text}: {unwritable(self._file)}{meanwhile}"
+        if (
+            self._file is not None
+            and any(said in lowered for said in ("disk i/o error", "disk is full", "no space"))
+            and (limit := file_limit(self._file))
+        ):
+            return f"{text}: {limit}{meanwhile}"
         if "disk is full" in lowered or "no space" in lowered:
             return f"{text}: free some disk space{meanwhile}"
         if (

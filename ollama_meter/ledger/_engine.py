@@ -269,6 +269,15 @@ def _session_settings_refused(context: ExceptionContext) -> None:
         context.is_disconnect = True
 
 
+def _special(path: Path) -> bool:
+    """Whether ``path`` (through any link) is there and is neither a file nor a folder."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # not there (a new ledger), or not to be judged here
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engine:
     """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder.
 
@@ -287,6 +296,13 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
             f"{str(url)!r} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
         )
     path = sqlite_path(parsed)
+    if path is not None and _special(path):
+        # SQLite opens a device (/dev/null, a disk) to write a database onto it, and a named
+        # pipe waits for a writer; either then fails as "disk I/O error", naming no cause.
+        raise LedgerError(
+            f"{path} is a device or pipe, not a ledger file: give a file's path, e.g. "
+            "sqlite:////var/lib/ometer/ledger.db"
+        )
     if path is not None and not path.parent.is_dir():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -348,6 +348,12 @@ def _without_bom(lines: Iterable[bytes], name: str = "FILE") -> Iterator[bytes]:
             "line 1: the file is a SQLite database (a ledger or its backup), not an export: "
             f"export it (ometer db export --db {shlex.quote(f'sqlite:///{name}')}) and import that"
         )
+    if first.startswith((b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")):  # read as a number
+        raise ValidationError(
+            "line 1: the file is a SQLite write-ahead log (a ledger's -wal file), not an export: "
+            "export the ledger it belongs to (ometer db export --db sqlite:///LEDGER) and "
+            "import that"
+        )
     if b"}\r{" in first:  # JSON strings hold no raw CR: it ends one span's line
         raise ValidationError(
             "line 1: the file ends its lines with CR alone (classic Mac OS), not LF: convert it "

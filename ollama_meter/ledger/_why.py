@@ -7,6 +7,7 @@ the cause; these look at the file system once the driver has failed, never befor
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 
 ROOM_BYTES = 1 << 20
@@ -47,6 +48,33 @@ def full_disk(path: Path) -> str | None:
         disk = os.statvfs(folder)
     except OSError:
         return None
-    if disk.f_bavail * disk.f_frsize >= ROOM_BYTES:
-        return None
+    if disk.f_blocks == 0 or disk.f_bavail * disk.f_frsize >= ROOM_BYTES:
+        return None  # f_blocks 0: a file system of no disk (/proc), never full
     return f"the disk that holds {folder} is full: free some disk space"
+
+
+def file_limit(path: Path, said: str | None = None) -> str | None:
+    """What to do when ``path`` (the ledger, its WAL or rollback journal beside it) has
+    reached this process's file size limit, else None.
+
+    A write past ``ulimit -f`` (``LimitFSIZE=`` in a systemd unit, a container's or a shared
+    host's limits) fails with EFBIG, which SQLite says as "disk I/O error": read as a failing
+    disk, on a disk with room to spare. ``said``: the file's name for the user (default: the
+    ledger's, by its file name).
+    """
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit == resource.RLIM_INFINITY:
+        return None
+    for end in ("", "-wal", "-journal"):
+        try:
+            size = Path(f"{path}{end}").stat().st_size
+        except OSError:
+            continue
+        if size + ROOM_BYTES > limit:  # a page, or a WAL frame, from it: the write failed
+            name = said or f"the ledger's {path.name}{end}"
+            return (
+                f"this process may write no file past {limit / 1e6:,.1f} MB (its file size "
+                f"limit: ulimit -f, or LimitFSIZE= in a systemd unit), and {name} has reached "
+                "it: raise or remove the limit for ometer"
+            )
+    return None

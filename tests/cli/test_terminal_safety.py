@@ -254,3 +254,39 @@ def test_chat_json_escapes_a_models_reply_for_the_terminal(
     assert done.code == 0, done.stderr
     assert not ACTED_ON.search(done.stdout), repr(done.stdout)
     assert json.loads(done.stdout)["reply"] == "".join(_EscapingModel.REPLY)
+
+
+def test_a_file_name_with_a_line_break_cannot_forge_a_line_of_output(cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`wrote x` and `y.csv` on two lines: a name with a line break (a cron job's `--out
+    "$NAME"` made from a ticket title) printed the next line as the command's own, such as
+    `error: ...` or `backed up ...` to a script that reads them. Escapes were replaced in
+    these names already; the line break is too, as in every error message."""
+    folder = tmp_path / "data\nerror: the ledger is lost"
+    folder.mkdir()
+    ledger = folder / "ledger.db"
+    db = f"sqlite:///{ledger}"
+    Ledger(db).record([make_span(started_at=datetime(2026, 11, 3, tzinfo=UTC))])
+    export = folder / "spans.jsonl"
+    assert cli("db", "export", "--db", db).code == 0
+    export.write_text(cli("db", "export", "--db", db).stdout)
+    prices = folder / "prices.toml"
+    prices.write_text('[[rule]]\nmodel = "llama3.1:*"\ninput_per_1m = 1\n')
+    commands = [
+        ("report", "--period", "2026-11", "--format", "csv", "--out", str(folder / "r.csv")),
+        ("chargeback", "--month", "2026-11", "--out", str(folder / "cb.csv")),
+        ("db", "backup", str(folder / "copy.db")),
+        ("db", "import", str(export)),
+        ("db", "upgrade"),
+        ("db", "path"),
+        ("pricing", "import", str(prices)),
+    ]
+    for args in commands:
+        done = cli(*args, "--db", db)
+        assert done.code == 0, (args, done.stderr)
+        said = [line for line in (done.stdout + done.stderr).splitlines() if "data" in line]
+        assert said and all("data\ufffderror: the ledger is lost" in line for line in said), (
+            args,
+            done.stdout + done.stderr,
+        )
+        lines = (done.stdout + done.stderr).splitlines()
+        assert not any(line.startswith("error: the ledger") for line in lines)

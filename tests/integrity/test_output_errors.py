@@ -6,6 +6,8 @@ Real processes: what is at stake is the interpreter's own stdout and its last fl
 from __future__ import annotations
 
 import os
+import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -205,3 +207,133 @@ def test_an_import_from_a_terminal_says_to_pipe_the_export_rather_than_wait(
         "error: stdin is a terminal: pipe the export in (ometer db export | ometer db import "
         "-, or ometer db import - < FILE), or give its file name (ometer db import FILE)\n"
     )
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report", "--format", "csv"],
+        ["perf", "--format", "json"],
+        ["chargeback", "--month", "2026-11", "--fixed-cost", "9"],
+        ["chargeback", "--month", "2026-11", "--format", "html"],
+    ],
+    ids=" ".join,
+)
+def test_an_out_file_written_again_keeps_who_may_read_it(
+    cli: Any, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    args: list[str], mode: int,
+) -> None:  # fmt: skip
+    """The bill kept for finance alone (`chmod 600 cb.csv`), written again by the monthly job:
+    the temp file renamed over it was made 0644 (the umask's), so every user of the machine
+    could read every department's spend from then on. The file it replaces gives its mode;
+    a new file has the umask's, as any file a command makes."""
+    monkeypatch.setenv("OMETER_DB_URL", env["OMETER_DB_URL"])
+    kept, new = tmp_path / "kept.out", tmp_path / "new.out"
+    kept.write_text("last month\n")
+    kept.chmod(mode)
+    link = tmp_path / "latest.out"
+    link.symlink_to(kept)
+    for target in (kept, link, new):
+        done = cli(*args, "--out", str(target))
+        assert done.code == 0, done.stderr
+        assert kept.read_text() != "last month\n"
+    assert stat.S_IMODE(kept.stat().st_mode) == mode
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_out_file_is_on_the_disk_before_its_name_is(
+    cli: Any, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "The file is written atomically": renamed into place, but never synced, so a power cut
+    just after (the bill written at 06:00, the machine lost at 06:01) could leave the new name
+    on an empty file on ext4 and XFS, where the old bill was whole. The temp file's bytes are
+    synced before the rename, and the folder after it, as `db backup` does."""
+    monkeypatch.setenv("OMETER_DB_URL", env["OMETER_DB_URL"])
+    target = tmp_path / "cb.csv"
+    synced: list[tuple[str, int]] = []
+    real_fsync, real_replace = os.fsync, Path.replace
+
+    def fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        synced.append(("folder" if stat.S_ISDIR(info.st_mode) else "file", info.st_ino))
+        real_fsync(fd)
+
+    def replace(self: Path, to: Any) -> Path:
+        synced.append(("rename", self.stat().st_ino))
+        return real_replace(self, to)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(Path, "replace", replace)
+    done = cli("chargeback", "--month", "2026-11", "--fixed-cost", "9", "--out", str(target))
+    assert done.code == 0, done.stderr
+    inode = target.stat().st_ino
+    assert synced == [("file", inode), ("rename", inode), ("folder", tmp_path.stat().st_ino)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_an_out_file_root_writes_again_stays_its_owners(
+    cli: Any, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root's cron job writing the bill finance's user keeps: the file renamed over it was
+    root's, and finance could no longer change or remove its own file's copy."""
+    monkeypatch.setenv("OMETER_DB_URL", env["OMETER_DB_URL"])
+    kept = tmp_path / "cb.csv"
+    kept.write_text("last month\n")
+    kept.chmod(0o600)
+    os.chown(kept, 65534, 65534)
+    done = cli("chargeback", "--month", "2026-11", "--fixed-cost", "9", "--out", str(kept))
+    assert done.code == 0, done.stderr
+    info = kept.stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 65534, 0o600)
+    assert kept.read_text().startswith("month,tenant,")
+
+
+@pytest.mark.parametrize("which", ["the ledger", "its wal", "another ledger", "a backup"])
+@pytest.mark.parametrize(
+    "args",
+    [["report", "--format", "csv"], ["chargeback", "--month", "2026-11", "--format", "html"]],
+    ids=" ".join,
+)
+def test_out_never_replaces_a_database(
+    cli: Any, tmp_path: Path, args: list[str], which: str
+) -> None:
+    """`ometer report --format csv --out ledger.db` (a tab completion one name off, the
+    arguments of `db backup` in mind) renamed the CSV over the live ledger: every span gone,
+    and the gateways writing to a file no name led to. A database of any kind is refused and
+    left as it is: a report is text, and no report is worth a database."""
+    ledger = tmp_path / "ledger.db"
+    url = f"sqlite:///{ledger}"
+    Ledger(url).record([make_span(started_at=datetime(2026, 11, 3, tzinfo=UTC))])
+    other = tmp_path / "other.db"
+    Ledger(f"sqlite:///{other}").record([make_span()])
+    copy = tmp_path / "nightly.db"
+    assert cli("db", "backup", str(copy), "--db", url).code == 0
+    reader = sqlite3.connect(ledger)  # a gateway's: the WAL stays while it is open
+    reader.execute("SELECT count(*) FROM spans").fetchone()
+    target = {
+        "the ledger": ledger,
+        "its wal": Path(f"{ledger}-wal"),
+        "another ledger": other,
+        "a backup": copy,
+    }[which]
+    assert target.exists()
+    before = target.read_bytes()
+    done = cli(*args, "--out", str(target), "--db", url)
+    reader.close()
+    assert (done.code, done.stdout) == (2, ""), done.stderr
+    assert done.stderr.startswith(
+        f"error: Invalid value for '--out' / '-o': '{target}' is a SQLite database"
+    ), done.stderr  # said before the ledger is read: nothing else is said
+    assert done.stderr.endswith(
+        "--out replaces only a file that is no database: give another file (see `ometer "
+        f"{args[0]} --help`)\n"
+    ), done.stderr
+    assert done.stderr.count("\n") == 1
+    if which != "its wal":  # the gateway's own checkpoint may change that one meanwhile
+        assert target.read_bytes() == before
+    assert Ledger(url).count() == 1
+    assert not list(tmp_path.glob(".*.tmp"))

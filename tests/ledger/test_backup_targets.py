@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ollama_meter.ledger import Ledger
+from ollama_meter.ledger import Ledger, close_ledgers
 from tests.ledger.test_transfer import _spans
 
 
@@ -110,3 +110,46 @@ def test_a_backup_through_a_link_to_a_file_not_there_yet_writes_that_file(
         f"error: could not back up {tmp_path / 'ledger.db'} to {tmp_path / 'no-folder' / 'x.db'}: "
         "No such file or directory\n",
     )
+
+
+def _damage_a_page_of_spans(path: Path) -> None:
+    """Overwrite one leaf page of the spans table, as a failing disk or a copy torn by a
+    power cut leaves it: the ledger still opens, and every read that misses that page works."""
+    with sqlite3.connect(path) as conn:
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = [row[0] for row in conn.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'spans' AND pagetype = 'leaf' ORDER BY pageno"
+        )]  # fmt: skip
+    assert len(pages) > 4
+    with path.open("r+b") as file:
+        file.seek((pages[len(pages) // 2] - 1) * size)
+        file.write(b"\xff" * size)
+
+
+def test_a_backup_of_a_damaged_ledger_is_refused_and_the_earlier_backup_kept(
+    cli: Any, tmp_path: Path
+) -> None:
+    """A ledger with one damaged page of spans still opened, and `ometer db backup` copied it
+    page for page: exit 0, 'backed up', and the damaged copy replaced last night's good one.
+    A nightly job rotating its copies kept nothing but damaged ones, and nobody was told."""
+    path = tmp_path / "ledger.db"
+    ledger = Ledger(f"sqlite:///{path}")
+    ledger.record(_spans(600))
+    target = tmp_path / "nightly.db"
+    assert cli("db", "backup", str(target), "--db", f"sqlite:///{path}").code == 0
+    good = target.read_bytes()
+    ledger.dispose()
+    close_ledgers()  # the backup's own, whose page cache would not see the damage
+    _damage_a_page_of_spans(path)
+    done = cli("db", "backup", str(target), "--db", f"sqlite:///{path}")
+    assert (done.code, done.stdout) == (1, ""), done.stderr
+    assert done.stderr.startswith(
+        f"error: the ledger at {path} is damaged (SQLite's quick_check: "
+    ), done.stderr
+    assert done.stderr.endswith(
+        f"): the copy is not kept, and {target} is left as it was. Keep the ledger as it is "
+        f"(stop the gateways), and recover what it holds: sqlite3 {path} .recover | sqlite3 "
+        "recovered.db\n"
+    ), done.stderr
+    assert done.stderr.count("\n") == 1
+    assert target.read_bytes() == good and not list(tmp_path.glob(".*partial*"))

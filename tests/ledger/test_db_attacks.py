@@ -4,6 +4,7 @@ prune, failures in the middle of a bulk command."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -259,3 +260,56 @@ def test_a_url_the_python_api_gives_that_is_none_is_refused_without_its_password
         Ledger("postgres ql://ometer:Pw0sECRET@db/ometer?password=Pw0sECRET")
     assert "Pw0sECRET" not in str(refused.value)
     assert "is not a database URL" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("report",), ("db", "import", "-"), ("db", "backup", "copy.db"), ("db", "upgrade")],
+    ids=" ".join,
+)
+def test_a_ledger_url_naming_a_device_or_a_pipe_says_so_and_opens_nothing(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    """`--db sqlite:////dev/null` (or a named pipe: a path pasted from a script) said only
+    `disk I/O error`, after SQLite had opened the device to write a database onto it; a
+    ledger under /proc was said to be on a full disk."""
+    monkeypatch.chdir(tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (Path("/dev/null"), fifo):
+        done = cli(*args, "--db", f"sqlite:///{path}", stdin="")
+        assert (done.code, done.stdout) == (1, ""), done.stderr
+        assert done.stderr.endswith(
+            f"{path} is a device or pipe, not a ledger file: give a file's path, e.g. "
+            "sqlite:////var/lib/ometer/ledger.db\n"
+        ), done.stderr
+        assert done.stderr.count("\n") == 1
+    assert fifo.is_fifo() and not list(tmp_path.glob("fifo-*")) and not Path("copy.db").exists()
+
+
+def test_a_ledger_on_a_file_system_with_no_blocks_is_not_said_to_be_on_a_full_disk(
+    cli: Any,
+) -> None:
+    """/proc counts no blocks at all: its 0 free bytes are not a full disk."""
+    done = cli("report", "--db", "sqlite:////proc/self/mem")
+    assert done.code == 1
+    assert "full" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_a_ledgers_wal_given_to_import_is_named_for_what_it_is(cli: Any, tmp_path: Path) -> None:
+    """`ometer db import ledger.db-wal` (a tab completion one name on) said `Expected object,
+    got int`: the WAL's magic number reads as a JSON number."""
+    ledger = tmp_path / "ledger.db"
+    url = f"sqlite:///{ledger}"
+    Ledger(url).record(_spans(3))
+    wal = Path(f"{ledger}-wal")
+    assert wal.read_bytes()[:3] == b"\x37\x7f\x06"
+    copy = tmp_path / "copy-wal"
+    copy.write_bytes(wal.read_bytes())
+    result = cli("db", "import", str(copy), "--db", f"sqlite:///{tmp_path / 'other.db'}")
+    assert (result.code, result.stderr) == (
+        2,
+        "error: line 1: the file is a SQLite write-ahead log (a ledger's -wal file), not an "
+        "export: export the ledger it belongs to (ometer db export --db sqlite:///LEDGER) and "
+        "import that\n",
+    )

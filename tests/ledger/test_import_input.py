@@ -188,3 +188,29 @@ def test_a_key_a_newer_export_may_add_is_not_read_to_check_the_keys() -> None:
         finally:
             tracemalloc.stop()
         assert peak < 4 * len(big), (compact, peak)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ("db", "import", ""),
+            "error: '' is no file name: give the export's file (ometer db import FILE), or - to "
+            "read it from stdin\n",
+        ),
+        (
+            ("pricing", "import", ""),
+            "error: Invalid value for 'file': '' is no file name; give the file to read (see "
+            "`ometer pricing import --help`)\n",
+        ),
+    ],
+    ids=["db import", "pricing import"],
+)
+def test_an_empty_file_name_is_said_to_be_one_not_the_current_folder(
+    cli: Any, sqlite_url: str, args: tuple[str, ...], said: str
+) -> None:
+    """`ometer db import "$EXPORT"` with EXPORT unset said `cannot read : Is a directory`
+    (the empty name read as the current folder), and `pricing import` said `file '' is a
+    directory`: neither says that the name is what is missing."""
+    done = cli(*args, "--db", sqlite_url)
+    assert (done.code, done.stdout, done.stderr) == (2, "", said)
