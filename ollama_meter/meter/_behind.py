@@ -206,9 +206,15 @@ class WriteBehind:
         while True:
             with self._turn:
                 idle = False
+                quiet = time.monotonic() + SPOOL_RETRY_S
                 while not self._waiting and not self._stopping and not idle:
-                    # Quiet for a while, with spans spooled or held: bring them in now.
-                    idle = not self._turn.wait(SPOOL_RETRY_S) and self._meter.ledger.kept_aside
+                    # Quiet for a while, with spans spooled or held: bring them in now. By the
+                    # clock: settle() wakes the thread, and one called often kept it from idling.
+                    if (left := quiet - time.monotonic()) > 0:
+                        self._turn.wait(left)
+                        continue
+                    idle = self._meter.ledger.kept_aside
+                    quiet = time.monotonic() + SPOOL_RETRY_S
                 self._gathering = True
                 while self._waiting and not self._stopping and not self._hurried:
                     left = began + self._gather - time.monotonic()
