@@ -162,7 +162,8 @@ STORED_NOTES = {
     Stored.QUARANTINED: "the ledger refused this call's span; it was set aside in the spool's "
     "quarantine folder (see the log)",
     Stored.HELD: "nothing on disk could record this call's span (is the disk full?); it was "
-    "kept in memory and is lost when this command ends",
+    "kept in memory, and is tried again as this command ends (an ERROR line says where it "
+    "went if the ledger still cannot take it)",
 }
 
 

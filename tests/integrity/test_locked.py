@@ -116,3 +116,83 @@ def test_reading_commands_never_need_the_write_lock_for_the_pricing_file_or_env_
     prices.write_text('currency = "USD"\n[[rule]]\npattern = "qwen*"\ninput_per_1m = "3"\n')
     close_ledgers()
     assert "database is locked" in cli("log").stderr  # a changed file must be written: it waits
+
+
+def test_a_span_nothing_on_disk_can_take_is_saved_at_exit_to_import(
+    tmp_path: Path, emulator: OllamaEmulator, locked: sqlite3.Connection
+) -> None:
+    """The ledger locked past the wait and the spool unwritable (a file where its folder goes):
+    `ometer chat` kept the call's span in memory, and it was lost as the command ended. Now the
+    process tries both once more as it exits and, when neither takes it, saves the span's
+    export line in the temporary folder and names it; imported, it is the call's span, exactly."""
+    import subprocess
+    import sys
+
+    (tmp_path / "ledger.db.spool").write_text("not a folder")
+    (tmp_path / "tmp").mkdir()
+    env = {
+        **os.environ,
+        "OLLAMA_HOST": emulator.url,
+        "NO_COLOR": "1",
+        "TMPDIR": str(tmp_path / "tmp"),
+    }
+    command = [sys.executable, "-m", "ollama_meter"]
+    chat = subprocess.run(
+        [*command, "chat", "--dept", "sales", "-m", "llama3.1:8b", "--json", "hello"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert chat.returncode == 0, chat.stderr
+    answered = json.loads(chat.stdout)
+    (saved,) = (tmp_path / "tmp").glob("ometer-unrecorded-*.jsonl")
+    assert f"run `ometer db import {saved}` once the ledger can be written" in chat.stderr
+    locked.execute("ROLLBACK")
+    (tmp_path / "ledger.db.spool").unlink()
+    imported = subprocess.run(
+        [*command, "db", "import", str(saved)],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    logged = subprocess.run(
+        [*command, "log", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    (span,) = json.loads(logged.stdout)
+    assert span["id"] == answered["span_id"]
+    assert (span["department"], span["input_tokens"], span["output_tokens"], span["cost"]) == (
+        "sales", answered["input_tokens"], answered["output_tokens"], answered["cost"],
+    )  # fmt: skip
+
+
+def test_a_span_no_file_can_take_either_goes_to_the_log_as_its_export_line(
+    tmp_path: Path,
+    locked: sqlite3.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Neither the ledger, its spool nor the temporary folder can take a held span when its
+    ledger is closed: the log gets its export line, which `ometer db import` reads back."""
+    import tempfile
+
+    from ollama_meter.ledger import Ledger, export_lines, import_lines
+    from ollama_meter.records import Stored
+    from tests.factories import make_span
+
+    (tmp_path / "ledger.db.spool").write_text("not a folder")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no such folder"))
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url, wait=0.2)
+    span = make_span(department="ops")
+    assert ledger.record([span]) == {span.id: Stored.HELD}
+    with caplog.at_level("ERROR", logger="ollama_meter.ledger"):
+        ledger.dispose()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("{")]
+    assert "save them to a file and run `ometer db import FILE`" in caplog.text
+    locked.execute("ROLLBACK")
+    again = Ledger(url)
+    assert import_lines(again, [lines[0].encode() + b"\n"]).added == 1
+    assert list(export_lines(again)) == [lines[0].encode() + b"\n"]
+    again.dispose()
