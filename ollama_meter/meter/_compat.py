@@ -16,6 +16,7 @@ from ollama_meter.meter._written import (
     CALL_BYTES,
     TOOL_BYTES,
     arguments_bytes,
+    field_bytes,
     go_fields,
     json_bytes,
     role_bytes,
@@ -75,11 +76,7 @@ def responses_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
             images += pictures
         extra += CALL_BYTES if item.get("type") == "function_call" else 0
         extra += sum(  # a call's arguments are parsed, and written again as JSON
-            arguments_bytes(field)
-            if key == "arguments"
-            else written_bytes(field)
-            if isinstance(field, str)
-            else json_bytes(field)
+            arguments_bytes(field) if key == "arguments" else field_bytes(field)
             for key, field in item.items()
             if key not in _ITEM_APART
         )
@@ -169,7 +166,7 @@ def messages_input(body: Mapping[str, Any]) -> tuple[list[str], int, int, int]:
             elif kind in _CALLS:  # the template writes each call in its own wrapper
                 extra += CALL_BYTES
             extra += sum(  # names and arguments are written as JSON, escaped
-                written_bytes(field) if isinstance(field, str) else json_bytes(field)
+                field_bytes(field)
                 for key, field in block.items()
                 if key not in _BLOCK_APART and not (kind == "image" and key == "source")
             )

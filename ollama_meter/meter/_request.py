@@ -34,14 +34,13 @@ from ollama_meter.meter._written import (
     bytes_of,
     calls_bytes,
     calls_in,
-    json_bytes,
+    field_bytes,
     names_by_call_id,
     parts_in,
     role_bytes,
     tool_calls_bytes,
     tools_bytes,
     web_searches,
-    written_bytes,
 )
 from ollama_meter.records import MAX_TOKENS
 
@@ -210,11 +209,7 @@ def _messages(messages: object) -> tuple[list[str], int, int, int]:
         if isinstance(message.get("images"), list):
             images += len(message["images"])
         extra += calls_bytes(message.get("tool_calls")) + sum(
-            tool_calls_bytes(value)
-            if key == "tool_calls"
-            else written_bytes(value)
-            if isinstance(value, str)
-            else json_bytes(value)
+            tool_calls_bytes(value) if key == "tool_calls" else field_bytes(value)
             for key, value in message.items()
             if key not in _COUNTED_APART
         )

@@ -71,6 +71,12 @@ def json_bytes(value: object) -> int:
     return size
 
 
+def field_bytes(value: object) -> int:
+    """A field of a message or block as the template writes it: text escaped as Go writes
+    it (:func:`written_bytes`), anything else as JSON (:func:`json_bytes`)."""
+    return written_bytes(value) if isinstance(value, str) else json_bytes(value)
+
+
 _SCHEMA_BYTES = 128
 """A tool schema's own keys: ``{"type": "function", "function": {"name": ..., "parameters": ...``."""
 _PARAMETER_BYTES = 64
