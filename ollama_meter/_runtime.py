@@ -45,6 +45,11 @@ class Runtime:
             value: T = found[0]
             return value
 
+    def parts(self, kind: str) -> list[Any]:
+        """The ``kind`` parts, left shared."""
+        with self._lock:
+            return [value for (part, _), (value, _) in self._parts.items() if part == kind]
+
     def drop(self, kind: str, key: Hashable | None = None) -> list[Any]:
         """Forget the ``kind`` parts (only ``key``'s when given) and return them, unclosed."""
         with self._lock:

@@ -156,6 +156,10 @@ def _main() -> None:
         if _usage_error(exc):
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         _bug(exc)
+    if not code and (ledgers := sys.modules.get("ollama_meter.ledger._ledger")):
+        # A call answered, its span saved outside the ledger (an ERROR line names the file
+        # to import): unrecorded until someone does, which a script must be able to notice.
+        code = 1 if ledgers.give_up_held_spans() else code
     sys.exit(code if isinstance(code, int) else 0)
 
 

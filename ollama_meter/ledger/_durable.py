@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import shlex
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -34,7 +32,7 @@ from ollama_meter.ledger._budgets import drop_reservations
 from ollama_meter.ledger._database import Database, is_content_error
 from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._journal import Journal, Orphan
-from ollama_meter.ledger._jsonl import export_line
+from ollama_meter.ledger._jsonl import save_unrecorded
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision
 from ollama_meter.ledger._spool import BEFORE_HORIZON, Rejected, Spool
 from ollama_meter.ledger._spool_dir import default_spool_dir
@@ -404,37 +402,19 @@ class DurableLedger(Database):
     def held(self) -> int:
         return len(self._held)
 
-    def give_up_held(self) -> None:
+    def give_up_held(self) -> int:
         """The process ends (or the ledger is closed) with spans held in memory: the ledger
         and the spool get one more try; what neither takes goes to a file in the temporary
-        folder, named with its ``ometer db import`` in an ERROR line, else to the log."""
+        folder, named with its ``ometer db import`` in an ERROR line, else to the log. Returns
+        how many spans went there, unrecorded."""
         if not self._held or self._write_held():
-            return
+            return 0
         with self._held_lock:
             spans, self._held = self._held, []
-        lines = b"".join(export_line(span) for span in spans)
-        where = f"the ledger at {self.display_url} and its spool at {self.spool.directory}"
-        try:
-            fd, name = tempfile.mkstemp(prefix="ometer-unrecorded-", suffix=".jsonl")
-            with os.fdopen(fd, "wb") as file:
-                file.write(lines)
-                file.flush()
-                os.fsync(file.fileno())
-        except OSError as exc:
-            log.error(
-                "%d span(s) could be written neither to %s nor to a file (%s); each is a line "
-                "below: save them to a file and run `ometer db import FILE` once the ledger can "
-                "be written, or these calls go unrecorded",
-                len(spans), where, exc,
-            )  # fmt: skip
-            for line in lines.splitlines():
-                log.error("%s", line.decode())
-            return
-        log.error(
-            "%d span(s) could not be written to %s; they were saved in %s: run `ometer db "
-            "import %s` once the ledger can be written, or these calls go unrecorded",
-            len(spans), where, name, shlex.quote(name),
-        )  # fmt: skip
+        save_unrecorded(
+            spans, f"the ledger at {self.display_url} and its spool at {self.spool.directory}"
+        )
+        return len(spans)
 
     def dispose(self) -> None:
         self.give_up_held()

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import operator
+import os
 import shlex
+import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -36,6 +39,8 @@ from ollama_meter.records import (
 
 if TYPE_CHECKING:
     from ollama_meter.ledger._ledger import Ledger
+
+log = logging.getLogger("ollama_meter.ledger")
 
 
 def iso_utc(moment: datetime) -> str:
@@ -100,6 +105,34 @@ _LABEL_VALUES = operator.attrgetter(*sorted(LABEL_FIELDS))
 def export_line(span: SpanRecord) -> bytes:
     """The span as one line of an export, its newline included."""
     return json_bytes(_ENCODER.encode(span_to_dict(span))) + b"\n"
+
+
+def save_unrecorded(spans: Sequence[SpanRecord], where: str) -> None:
+    """Spans that ``where`` (the ledger and its spool) would not take as a process ends: saved
+    to a file in the temporary folder, named with its ``ometer db import`` in an ERROR line;
+    with no file either, each span's export line goes to the log."""
+    lines = b"".join(export_line(span) for span in spans)
+    try:
+        fd, name = tempfile.mkstemp(prefix="ometer-unrecorded-", suffix=".jsonl")
+        with os.fdopen(fd, "wb") as file:
+            file.write(lines)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as exc:
+        log.error(
+            "%d span(s) could be written neither to %s nor to a file (%s); each is a line "
+            "below: save them to a file and run `ometer db import FILE` once the ledger can "
+            "be written, or these calls go unrecorded",
+            len(spans), where, exc,
+        )  # fmt: skip
+        for line in lines.splitlines():
+            log.error("%s", line.decode())
+        return
+    log.error(
+        "%d span(s) could not be written to %s; they were saved in %s: run `ometer db "
+        "import %s` once the ledger can be written, or these calls go unrecorded",
+        len(spans), where, name, shlex.quote(name),
+    )  # fmt: skip
 
 
 def export_lines(

@@ -416,6 +416,12 @@ def close_ledger(url: str) -> None:
             ledger.dispose()
 
 
+def give_up_held_spans() -> int:
+    """Spans the process's ledgers still hold in memory, given one more try each; returns how
+    many neither a ledger nor its spool took (saved to a file, or logged, to import)."""
+    return sum(ledger.give_up_held() for ledger in runtime().parts("ledger"))
+
+
 def close_ledgers() -> None:
     """Dispose of every process-wide ledger (tests, and long-running hosts on shutdown).
 

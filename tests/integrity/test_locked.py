@@ -124,7 +124,8 @@ def test_a_span_nothing_on_disk_can_take_is_saved_at_exit_to_import(
     """The ledger locked past the wait and the spool unwritable (a file where its folder goes):
     `ometer chat` kept the call's span in memory, and it was lost as the command ended. Now the
     process tries both once more as it exits and, when neither takes it, saves the span's
-    export line in the temporary folder and names it; imported, it is the call's span, exactly."""
+    export line in the temporary folder and names it, and exits 1; imported, it is the call's
+    span, exactly."""
     import subprocess
     import sys
 
@@ -141,7 +142,8 @@ def test_a_span_nothing_on_disk_can_take_is_saved_at_exit_to_import(
         [*command, "chat", "--dept", "sales", "-m", "llama3.1:8b", "--json", "hello"],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
-    assert chat.returncode == 0, chat.stderr
+    # Answered, but unrecorded until someone imports the file: a script must notice.
+    assert chat.returncode == 1, chat.stderr
     answered = json.loads(chat.stdout)
     (saved,) = (tmp_path / "tmp").glob("ometer-unrecorded-*.jsonl")
     assert f"run `ometer db import {saved}` once the ledger can be written" in chat.stderr
