@@ -291,6 +291,11 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         said = hide_password(str(url))  # the Python API's URL, not checked by Settings
         raise LedgerError(f"OMETER_DB_URL {said!r} is not a database URL") from exc
     backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):  # SQLAlchemy speaks more; the ledger does not
+        raise LedgerError(
+            f"the ledger is kept in SQLite or PostgreSQL, not {backend}: give "
+            "sqlite:///PATH or postgresql+psycopg://USER@HOST/DATABASE"
+        )
     if problem := sqlite_url_problem(backend, parsed.database, bool(parsed.query)):
         raise LedgerError(
             f"{str(url)!r} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"

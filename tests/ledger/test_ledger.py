@@ -376,8 +376,17 @@ def test_an_interrupt_in_the_thread_leading_a_commit_is_that_threads_alone() -> 
 def test_unknown_driver_and_bad_url_are_clear() -> None:
     with pytest.raises(LedgerError, match="not a database URL"):
         Ledger("not a url")
-    with pytest.raises(LedgerError, match="no database driver"):
-        Ledger("mysql+nosuchdriver://x/y")
+    for url in ("mysql+nosuchdriver://x/y", "mysql://x/y", "oracle://x/y", "mssql+pyodbc://x"):
+        # SQLAlchemy knows these databases; ometer's ledger is SQLite or PostgreSQL only
+        with pytest.raises(LedgerError) as raised:
+            Ledger(url)
+        backend = url.split(":")[0].split("+")[0]
+        assert str(raised.value) == (
+            f"the ledger is kept in SQLite or PostgreSQL, not {backend}: give sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DATABASE"
+        )
+    with pytest.raises(LedgerError, match="pip install 'ollama-meter\\[postgres\\]'"):
+        Ledger("postgresql+nosuchdriver://x/y")
 
 
 def test_unwritable_folder_is_clear(tmp_path: Path) -> None:
