@@ -50,6 +50,10 @@ class Fault(StrEnum):
     """On generation routes: reply in full whatever ``num_predict`` (or ``max_tokens``)
     says, and report what was sent, as an Ollama-compatible server that does not honour
     the cap would."""
+    STALL = "stall"
+    """Stream ``after_tokens`` chunks, then send nothing more until the client leaves,
+    :meth:`stop` is called, or :data:`HANG_LIMIT_S` passes (then close the socket), as a
+    server wedged mid-reply does; a non-streamed request hangs as :attr:`HANG`."""
     UNDERCOUNT = "undercount"
     """On generation routes: stream and answer in full, but report :data:`SMALL_COUNT` prompt
     and reply tokens whatever was evaluated and streamed, as a server (or a proxy before
@@ -64,7 +68,7 @@ WILD_COUNT = 10**18
 SMALL_COUNT = 1
 """What :attr:`Fault.UNDERCOUNT` reports of each count."""
 
-CUT_SHORT = frozenset({Fault.MIDSTREAM_ERROR, Fault.DROP, Fault.ERROR_DONE})
+CUT_SHORT = frozenset({Fault.MIDSTREAM_ERROR, Fault.DROP, Fault.ERROR_DONE, Fault.STALL})
 """Faults that stream ``after_tokens`` chunks and then fail."""
 
 
@@ -114,7 +118,7 @@ def early(
             return (500, ERROR_500)
         if not streaming and fault is Fault.MIDSTREAM_ERROR:
             return (500, ERROR_MIDSTREAM)
-    if fault is Fault.HANG:
+    if fault is Fault.HANG or (fault is Fault.STALL and not streaming):
         return Instead.HANG
     if fault is Fault.DROP and not streaming:
         return Instead.DROP
