@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ollama_meter.errors import ClientClosed, OverCap, UpstreamError, ValidationError
+from ollama_meter.meter._passes import charge_unreported_pass
 from ollama_meter.meter._usage import count_tokens, estimate_tokens, tokens_in_chars
 from ollama_meter.records import DurationSource, SpanRecord, Stored
 from ollama_meter.upstream import Delta, Event, Final, caller_of
@@ -82,6 +83,8 @@ class MeteredCall:
         """Of those, the pieces that carried only thinking."""
         self.passes = 1
         """2: a chat Ollama may run twice, its thinking counted in the second pass's prompt."""
+        self.thinking_ns: tuple[int, int] | None = None
+        """When the thinking the stream began with came: its first piece and its last."""
         self.streamed_tokens = 0
         """A stream's reply tokens as its pieces show them: one a piece (Ollama streams a
         token a chunk), a tool call's from its length (it comes whole, in one)."""
@@ -151,8 +154,12 @@ class MeteredCall:
         if isinstance(event, Final):
             self.final = event
         elif event.generated:  # thinking and tool calls are reply tokens too
+            thought = not event.text and not event.call_chars and event.other_output
+            if thought and self.content_chunks == self.thought_chunks:  # nothing answered yet
+                now = time.perf_counter_ns()
+                self.thinking_ns = (self.thinking_ns or (now, now))[0], now
             self.content_chunks += 1
-            self.thought_chunks += not event.text and not event.call_chars and event.other_output
+            self.thought_chunks += thought
             self.streamed_tokens += max(1, tokens_in_chars(event.call_chars))
             self.other_chars += event.other_chars
             if event.text and self.keep_reply:
@@ -428,6 +435,8 @@ class MeteredCall:
             span.duration_source = DurationSource.MEASURED
         else:
             span.duration_source = DurationSource.REPORTED
+        if span.duration_source == DurationSource.REPORTED:
+            charge_unreported_pass(self)
         if self.paid_ns is not None:
             self._charge_at_most(self.paid_ns)
         count_tokens(self, final)
