@@ -205,3 +205,23 @@ def test_a_two_pass_stream_may_stream_its_thinking_past_the_reply_count(
     assert (span.input_tokens, span.output_tokens) == (prompt, 2_000)
     assert span.token_source == ("estimated" if lying else "reported")
     assert span.cost_total == prompt * 1_000 + 2_000 * 2_000
+
+
+def test_the_python_api_charges_an_under_reported_stream_its_pieces(
+    emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    from ollama_meter import MeteredClient
+
+    with MeteredClient(emulator.url, tenant="acme", department="api", db_url=sqlite_url) as m:
+        m.meter.ledger.add_price_rule(token_prices())
+        emulator.inject(Fault.UNDERCOUNT)
+        parts = list(m.chat("llama3.1:8b", HI, options={"num_predict": 30}, stream=True))
+        pieces = sum(bool(p.message.content) for p in parts)
+        assert (parts[-1].prompt_eval_count, parts[-1].eval_count) == (1, 1)  # as Ollama said
+        (span,) = m.meter.ledger.latest(SpanFilter(department="api"), 5)
+        assert (span.input_tokens, span.output_tokens, span.token_source) == (
+            1,
+            pieces,
+            "estimated",
+        )
+        assert span.cost_total == 1_000 + pieces * 2_000

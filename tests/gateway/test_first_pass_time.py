@@ -90,3 +90,33 @@ def test_a_chat_of_one_pass_is_charged_as_reported(
         last.prompt_eval_duration,
         last.eval_duration,
     )
+
+
+def test_on_v1_the_meters_clock_already_times_both_passes_and_nothing_is_added(
+    thinking: tuple[Gateway, OllamaEmulator],
+) -> None:
+    """Ollama's ``/v1`` routes report no durations: the meter's clock stands in for the whole
+    call from when it was sent, both passes in it, so the first pass is not added again."""
+    import openai
+
+    gw, _ = thinking
+    department = f"t{next(_departments)}"
+    client = openai.OpenAI(
+        base_url=f"{gw.url}/v1", api_key="x", default_headers={"X-Ometer-Department": department}
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model=THINKER.name,
+            messages=HI,  # type: ignore[arg-type]
+            max_tokens=2_000,
+            response_format={"type": "json_object"},
+            stream=True,
+        )
+    )
+    assert chunks
+    gw.settle()
+    (span,) = gw.ledger.latest(SpanFilter(department=department), 5)
+    assert (span.status, span.duration_source) == ("ok", "measured")
+    busy = span.prompt_eval_duration_ns + span.eval_duration_ns
+    assert busy == span.latency_ns - (span.queue_ns or 0)
+    assert span.cost_compute == round_half_even(busy, 1000)
