@@ -12,6 +12,8 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -21,8 +23,11 @@ import pytest
 
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter._meter import utc_now
 from ollama_meter.pricing import PriceRule
+from ollama_meter.records import to_micros
 from ollama_meter.testing import Fault, OllamaEmulator
+from tests.factories import quick_history
 from tests.gateway.conftest import Gateway
 
 OUT_PRICE = 2_000
@@ -139,3 +144,64 @@ def test_four_streams_that_stall_give_back_their_holds_slots_and_leave_exact_spa
         assert [s.status for s in spans] == ["ok", "error"]
         assert sum(s.cost_total for s in spans) == CAP * OUT_PRICE  # the limit, exactly
     assert dash(quiet)["queue"] == {"waiting": 0, "by_department": {}}
+
+
+@pytest.fixture
+def timed(serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str) -> Gateway:
+    """A served gateway of four slots pricing the GPU-hour (1 USD a second), whose ledger has
+    seen one quick call of the model: a hard budget times a call to well under a second."""
+    config = {"slots": CALLERS, "retries": 0, "breaker_failures": 100}  # 300 s of silence
+    gw = serve_on(emulator.url, sqlite_url, config=config)
+    gw.ledger.add_price_rule(PriceRule(pattern="*", currency="USD", gpu_hour=Decimal(3600)))
+    gw.ledger.record([replace(quick_history(), started_at=utc_now() - timedelta(minutes=1))])
+    return gw
+
+
+def bound_of(gw: Gateway, cap: int) -> int:
+    """What a hard budget holds for the test's chat, as a refusal says it (micro-USD)."""
+    department = f"b{next(_runs)}"
+    gw.ledger.save_budget(Budget("default", department, "day", 1, "USD"))
+    assert gw.meter.budgets is not None
+    gw.meter.budgets.reload_soon()
+    got, error = stream(gw, department, cap)
+    assert got == 0 and error is not None and error.startswith("429"), error
+    return to_micros(Decimal(error.split("may cost up to ")[1].split(";")[0].split(",")[0]))
+
+
+def test_four_streams_that_stall_under_a_time_price_are_cut_at_their_bound_and_leak_nothing(
+    timed: Gateway, emulator: OllamaEmulator
+) -> None:
+    """Priced by the GPU-hour, a stalled call is cut once it has run the time its bound pays
+    for (plus a load's wait), long before Ollama's silence times out: charged that time,
+    exactly its bound, and no more; its hold and slot come back for the next call."""
+    bound = bound_of(timed, CAP)
+    departments = [f"p{next(_runs)}-{i}" for i in range(CALLERS)]
+    for department in departments:  # room for two calls each: one stalled, one after it
+        timed.ledger.save_budget(Budget("default", department, "day", 2 * bound, "USD"))
+    assert timed.meter.budgets is not None
+    timed.meter.budgets.reload_soon()
+    emulator.inject(Fault.STALL, times=CALLERS, after_tokens=SHOWN)
+    results = at_once([lambda d=d: stream(timed, d, CAP) for d in departments])
+    for got, error in results:
+        assert got == SHOWN and error is not None and "busy time it was admitted on" in error
+    timed.settle()
+    for department in departments:
+        (span,) = timed.ledger.latest(SpanFilter(department=department), 5)
+        assert (span.status, span.error_type, span.duration_source) == (
+            "error",
+            "over_cap",
+            "measured",
+        )
+        assert span.output_tokens == SHOWN
+        assert span.cost_total == span.cost_compute == bound  # the time it was admitted on
+    state = dash(timed)
+    assert state["queue"] == {"waiting": 0, "by_department": {}}
+    assert [s["in_flight"] for s in state["servers"]] == [0]
+    # Each hold came back: the second call's bound fits beside the first's charge.
+    results = at_once([lambda d=d: stream(timed, d, CAP) for d in departments])
+    assert all(got > 0 and error is None for got, error in results), results
+    timed.settle()
+    for department in departments:
+        spans = timed.ledger.latest(SpanFilter(department=department), 5)
+        assert [s.status for s in spans] == ["ok", "error"]
+        assert sum(s.cost_total for s in spans) <= 2 * bound
