@@ -225,3 +225,29 @@ def test_the_python_api_charges_an_under_reported_stream_its_pieces(
             "estimated",
         )
         assert span.cost_total == 1_000 + pieces * 2_000
+
+
+def test_four_streams_cut_at_once_spend_one_budget_to_its_limit_and_not_past(
+    capped: Gateway, emulator: OllamaEmulator
+) -> None:
+    """Four callers of one department at once, each admitted on its cap's price, against a
+    server that ignores the cap: each is cut and charged its cap, the four the limit exactly
+    (charged cap + 1 each, they spent four reply tokens past it); the next is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cap, who = 5, department()
+    limit = 4 * cap * OUT_PRICE
+    hard(capped, who, limit)
+    emulator.inject(Fault.IGNORE_CAP, times=4)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(
+            pool.map(lambda _: streamed(capped, "/api/chat", "llama3.1:8b", cap, who), "abcd")
+        )
+    assert got == [cap] * 4
+    capped.settle()
+    spans = capped.ledger.latest(SpanFilter(department=who["X-Ometer-Department"]), 10)
+    assert [(s.error_type, s.output_tokens) for s in spans] == [("over_cap", cap)] * 4
+    assert sum(s.cost_total for s in spans) == limit
+    assert streamed(capped, "/api/chat", "llama3.1:8b", 1, who) == 0  # no room left
+    spans = capped.ledger.latest(SpanFilter(department=who["X-Ometer-Department"]), 10)
+    assert spans[0].status == "rejected"
