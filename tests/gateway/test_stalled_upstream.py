@@ -205,3 +205,36 @@ def test_four_streams_that_stall_under_a_time_price_are_cut_at_their_bound_and_l
         spans = timed.ledger.latest(SpanFilter(department=department), 5)
         assert [s.status for s in spans] == ["ok", "error"]
         assert sum(s.cost_total for s in spans) <= 2 * bound
+
+
+def test_four_whole_answers_that_never_come_give_back_their_holds_and_slots(
+    quiet: Gateway, emulator: OllamaEmulator
+) -> None:
+    """Not streamed, a stalled answer sends nothing at all: each caller gets a 504 after the
+    timeout, its span is a timeout that consumed nothing (no byte of an answer came), and its
+    hold and slot come back: each department's whole limit admits a call after it."""
+    departments = [f"w{next(_runs)}-{i}" for i in range(CALLERS)]
+    for department in departments:
+        quiet.ledger.save_budget(Budget("default", department, "day", CAP * OUT_PRICE, "USD"))
+    assert quiet.meter.budgets is not None
+    quiet.meter.budgets.reload_soon()
+    emulator.inject(Fault.STALL, times=CALLERS)
+
+    def whole(department: str) -> int:
+        client = ollama.Client(host=quiet.url, headers={"X-Ometer-Department": department})
+        try:
+            client.chat(
+                "llama3.1:8b", [{"role": "user", "content": "hi"}], options={"num_predict": CAP}
+            )
+        except ollama.ResponseError as error:
+            return error.status_code
+        return 200
+
+    assert at_once([lambda d=d: whole(d) for d in departments]) == [504] * CALLERS
+    quiet.settle()
+    for department in departments:
+        (span,) = quiet.ledger.latest(SpanFilter(department=department), 5)
+        assert (span.status, span.error_type, span.http_status) == ("error", "timeout", 504)
+        assert (span.output_tokens, span.cost_total) == (0, 0)
+    assert [s["in_flight"] for s in dash(quiet)["servers"]] == [0]
+    assert at_once([lambda d=d: whole(d) for d in departments]) == [200] * CALLERS
