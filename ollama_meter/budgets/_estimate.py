@@ -57,8 +57,8 @@ class CallBound:
     """Of ``input_tokens``, the prompt the model's template adds, learned from earlier calls."""
     passes: int = 1
     """2: Ollama may run the call twice and report the second pass only (a thinking model's
-    chat with a ``format``): the bounds are the second pass's, and the call may take as long
-    again before it (:func:`bound_cost`)."""
+    chat with a ``format``): the bounds are the second pass's, the call may take as long
+    again before it, and its thinking's generation is charged (:func:`bound_cost`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,11 @@ def bound_cost(
         eval_ns=min(outputs * eval_ns, MAX_DURATION_NS),
         load_ns=min(load_ns, MAX_DURATION_NS),
     )
-    cost = book.cost(model, when, usage)
+    # A first pass nobody reports (thinking, then cancelled) runs before the one Ollama
+    # reports: its thinking, up to the cap, is charged as the generation the meter saw
+    # (``meter/_passes.py``), so the bound pays for it too.
+    charged = replace(usage, eval_ns=min(usage.eval_ns * bound.passes, MAX_DURATION_NS))
+    cost = book.cost(model, when, charged)
     untimed = replace(usage, prompt_eval_ns=0, eval_ns=0, load_ns=0)
     if book.cost(model, when, replace(untimed, eval_ns=_HOUR_NS)) == book.cost(
         model, when, untimed
@@ -138,9 +142,9 @@ def bound_cost(
     priced_load = book.cost(model, when, replace(untimed, load_ns=_HOUR_NS)) != book.cost(
         model, when, untimed
     )
-    paid = usage.busy_ns(charge_load=priced_load)
-    # A first pass nobody reports (thinking, then cancelled) runs before the one charged: at
-    # most the second's work again, which the call's wall time holds and its price does not.
+    paid = charged.busy_ns(charge_load=priced_load)
+    # The first pass may take as long as the second's work again (its prompt, its thinking):
+    # the call's wall time holds that, its price only the thinking.
     unreported = (bound.passes - 1) * usage.busy_ns(charge_load=False)
     return Estimate(cost.total, cost.currency, paid, usage.busy_ns(charge_load=True) + unreported)
 

@@ -18,8 +18,9 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ollama_meter.errors import ClientClosed, OverCap, UpstreamError, ValidationError
-from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
-from ollama_meter.records import DurationSource, SpanRecord, Stored, TokenSource
+from ollama_meter.meter._passes import charge_unreported_pass
+from ollama_meter.meter._usage import count_tokens, estimate_tokens, tokens_in_chars
+from ollama_meter.records import DurationSource, SpanRecord, Stored
 from ollama_meter.upstream import Delta, Event, Final, caller_of
 
 if TYPE_CHECKING:
@@ -76,6 +77,14 @@ class MeteredCall:
         self.reply_chars = 0
         """The reply's length in characters, kept or not (see :data:`KEPT_REPLY_CHARS`)."""
         self.content_chunks = 0
+        """The pieces of reply a stream carried (text, thinking, tool calls): each is at least
+        a token (see :func:`~._usage.count_tokens`)."""
+        self.thought_chunks = 0
+        """Of those, the pieces that carried only thinking."""
+        self.passes = 1
+        """2: a chat Ollama may run twice, its thinking counted in the second pass's prompt."""
+        self.thinking_ns: tuple[int, int] | None = None
+        """When the thinking the stream began with came: its first piece and its last."""
         self.streamed_tokens = 0
         """A stream's reply tokens as its pieces show them: one a piece (Ollama streams a
         token a chunk), a tool call's from its length (it comes whole, in one)."""
@@ -145,7 +154,12 @@ class MeteredCall:
         if isinstance(event, Final):
             self.final = event
         elif event.generated:  # thinking and tool calls are reply tokens too
+            thought = not event.text and not event.call_chars and event.other_output
+            if thought and self.content_chunks == self.thought_chunks:  # nothing answered yet
+                now = time.perf_counter_ns()
+                self.thinking_ns = (self.thinking_ns or (now, now))[0], now
             self.content_chunks += 1
+            self.thought_chunks += thought
             self.streamed_tokens += max(1, tokens_in_chars(event.call_chars))
             self.other_chars += event.other_chars
             if event.text and self.keep_reply:
@@ -421,23 +435,8 @@ class MeteredCall:
             span.duration_source = DurationSource.MEASURED
         else:
             span.duration_source = DurationSource.REPORTED
+        if span.duration_source == DurationSource.REPORTED:
+            charge_unreported_pass(self)
         if self.paid_ns is not None:
             self._charge_at_most(self.paid_ns)
-        # Ollama omits counts that are zero, and a broken stream has no final chunk:
-        # then the count is estimated from the text, and the span says so.
-        reported_in = final.input_tokens if final is not None else None
-        reported_out = final.output_tokens if final is not None else None
-        span.input_tokens = reported_in if reported_in is not None else self.input_estimate
-        if reported_out is not None:
-            span.output_tokens = reported_out
-        else:
-            span.output_tokens = (
-                self.streamed_tokens
-                if span.stream
-                else tokens_in_chars(self.reply_chars + self.other_chars)
-            )
-            if self.output_cap is not None:  # a guess never passes the cap a budget set:
-                # one long tool call (or lying text) cut short is not a hard budget's overshoot
-                span.output_tokens = min(span.output_tokens, self.output_cap + 1)
-        if reported_in is None or reported_out is None:
-            span.token_source = TokenSource.ESTIMATED
+        count_tokens(self, final)

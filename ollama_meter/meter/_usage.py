@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 from ollama_meter._reloaded import WouldBlock
 from ollama_meter.pricing import usage_of
+from ollama_meter.records import TokenSource
 
 if TYPE_CHECKING:
     from ollama_meter.ledger import Ledger
+    from ollama_meter.meter._call import MeteredCall
     from ollama_meter.records import PastCall
+    from ollama_meter.upstream import Final
 
-__all__ = ["RecentCalls", "estimate_tokens", "tokens_in_chars", "usage_of"]
+__all__ = ["RecentCalls", "count_tokens", "estimate_tokens", "tokens_in_chars", "usage_of"]
+
+log = logging.getLogger("ollama_meter.meter")
 
 HISTORY_TTL = 30.0
 """Seconds a model's recent calls are reused for bounding time-priced costs."""
@@ -28,6 +34,64 @@ def estimate_tokens(text: str) -> int:
 def tokens_in_chars(chars: int) -> int:
     """:func:`estimate_tokens` of a text ``chars`` characters long."""
     return -(-chars // _CHARS_PER_TOKEN) if chars > 0 else 0
+
+
+def count_tokens(call: MeteredCall, final: Final | None) -> None:
+    """The span's token counts: Ollama's, else estimated; a stream's, at least what it streamed.
+
+    Ollama omits counts that are zero, and a broken stream has no final chunk: then a count
+    is estimated from the text, and the span says so. Ollama streams a reply about a token a
+    chunk (it may join pieces, never split one), so a stream's pieces are that many tokens
+    at least: an upstream (or a proxy before it) that reports fewer was charged what it said
+    (``eval_count: 1`` for 1,000 pieces). Such a count is raised to the pieces, and the span
+    says ``estimated``. In a chat Ollama may run twice (:attr:`MeteredCall.passes`), the
+    thinking streamed first is counted in the second pass's prompt: the reply is at least
+    the other pieces, and prompt and reply together at least all of them.
+
+    Under a hard budget no estimate passes what the call was admitted on (the reply's cap,
+    the prompt's bound): a stream cut at its cap is charged the cap, what Ollama honouring
+    ``num_predict`` would have billed (the piece past it is never relayed), and a server that
+    lies cannot move a call's charge past its bound. Counts Ollama reports past the bound are
+    charged as reported (``HiddenPrompts.past_bound``): the tokens were processed.
+    """
+    span = call.span
+    said_in = final.input_tokens if final is not None else None
+    said_out = final.output_tokens if final is not None else None
+    inputs = said_in if said_in is not None else call.input_estimate
+    if said_out is not None:
+        outputs = said_out
+    elif span.stream:
+        outputs = call.streamed_tokens
+    else:
+        outputs = tokens_in_chars(call.reply_chars + call.other_chars)
+    if span.stream:
+        thought = call.thought_chunks if call.passes > 1 else 0  # may be the prompt's
+        outputs = max(outputs, call.content_chunks - thought)
+        if call.passes > 1:
+            inputs = max(inputs, call.content_chunks - outputs)
+    bound = call.bound
+    if bound is not None:  # one long tool call, or lying text, is no hard budget's overshoot
+        inputs = min(inputs, max(bound.input_tokens, said_in or 0))
+        if call.output_cap is not None:
+            outputs = min(outputs, max(bound.output_tokens, said_out or 0))
+    if said_in is None or said_out is None:
+        span.token_source = TokenSource.ESTIMATED
+    elif (inputs, outputs) != (said_in, said_out):
+        span.token_source = TokenSource.ESTIMATED
+        log.warning(
+            "call %s to %s streamed %d pieces of reply (%d of them thinking) and reported %d "
+            "prompt and %d reply tokens; Ollama streams about a token a piece, so it is "
+            "charged %d and %d",
+            span.id,
+            span.request_model,
+            call.content_chunks,
+            call.thought_chunks,
+            said_in,
+            said_out,
+            inputs,
+            outputs,
+        )
+    span.input_tokens, span.output_tokens = inputs, outputs
 
 
 class RecentCalls:

@@ -50,6 +50,14 @@ class Fault(StrEnum):
     """On generation routes: reply in full whatever ``num_predict`` (or ``max_tokens``)
     says, and report what was sent, as an Ollama-compatible server that does not honour
     the cap would."""
+    STALL = "stall"
+    """Stream ``after_tokens`` chunks, then send nothing more until the client leaves,
+    :meth:`stop` is called, or :data:`HANG_LIMIT_S` passes (then close the socket), as a
+    server wedged mid-reply does; a non-streamed request hangs as :attr:`HANG`."""
+    UNDERCOUNT = "undercount"
+    """On generation routes: stream and answer in full, but report :data:`SMALL_COUNT` prompt
+    and reply tokens whatever was evaluated and streamed, as a server (or a proxy before
+    it) that under-reports would: Ollama streams a reply token a chunk, so the chunks say more."""
     NO_ROUTE = "no_route"
     """Answer ``404 page not found`` (text/plain), as an Ollama too old to have
     the route does."""
@@ -57,8 +65,10 @@ class Fault(StrEnum):
 
 WILD_COUNT = 10**18
 """What :attr:`Fault.INFLATE_COUNTS` reports."""
+SMALL_COUNT = 1
+"""What :attr:`Fault.UNDERCOUNT` reports of each count."""
 
-CUT_SHORT = frozenset({Fault.MIDSTREAM_ERROR, Fault.DROP, Fault.ERROR_DONE})
+CUT_SHORT = frozenset({Fault.MIDSTREAM_ERROR, Fault.DROP, Fault.ERROR_DONE, Fault.STALL})
 """Faults that stream ``after_tokens`` chunks and then fail."""
 
 
@@ -108,7 +118,7 @@ def early(
             return (500, ERROR_500)
         if not streaming and fault is Fault.MIDSTREAM_ERROR:
             return (500, ERROR_MIDSTREAM)
-    if fault is Fault.HANG:
+    if fault is Fault.HANG or (fault is Fault.STALL and not streaming):
         return Instead.HANG
     if fault is Fault.DROP and not streaming:
         return Instead.DROP

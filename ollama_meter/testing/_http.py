@@ -262,7 +262,8 @@ class Handler(BaseHTTPRequestHandler):
         """Stream a reply chunk by chunk, paced by the emulator, cut short as a fault says.
 
         Each piece is encoded as it leaves (timestamps are the send time). ``limit``
-        pieces at most; then a :attr:`Fault.DROP` hangs up mid-body and a
+        pieces at most; then a :attr:`Fault.DROP` hangs up mid-body, a :attr:`Fault.STALL`
+        says nothing more (then hangs up), and a
         :attr:`Fault.MIDSTREAM_ERROR` writes ``error`` and ends the body; otherwise
         ``ending()`` gives the last chunks (the final answer, usage, a terminator).
         ``work(i)`` is the model's work before piece ``i`` leaves (``len(pieces)``: before
@@ -281,6 +282,8 @@ class Handler(BaseHTTPRequestHandler):
             self._write_chunk(encode(piece))
         if cut is Fault.DROP:
             self._drop()
+        if cut is Fault.STALL:
+            self._hang()  # closes the connection when it is over
         if cut is Fault.MIDSTREAM_ERROR:
             if error:  # (an empty chunk would end the body: no error item is none at all)
                 self._write_chunk(error)

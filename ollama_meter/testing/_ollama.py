@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ollama_meter.testing._faults import WILD_COUNT, Armed, Fault, early
+from ollama_meter.testing._faults import SMALL_COUNT, WILD_COUNT, Armed, Fault, early
 from ollama_meter.testing._http import Handler
 from ollama_meter.testing._models import (
     EmulatedModel,
@@ -248,6 +248,8 @@ class OllamaRoutes(Handler):
             metrics.pop("eval_count", None)
         elif fault is Fault.INFLATE_COUNTS:
             metrics.update(prompt_eval_count=WILD_COUNT, prompt_eval_duration=WILD_COUNT)
+        elif fault is Fault.UNDERCOUNT:
+            metrics.update(prompt_eval_count=SMALL_COUNT, eval_count=SMALL_COUNT)
         if kind == "chat":
             final.update({"done_reason": reply.done_reason, "done": True})
         else:

@@ -17,7 +17,7 @@ import json
 import time
 from typing import Any
 
-from ollama_meter.testing._faults import Fault, early
+from ollama_meter.testing._faults import SMALL_COUNT, Fault, early
 from ollama_meter.testing._http import Handler
 from ollama_meter.testing._models import (
     EmulatedModel,
@@ -215,6 +215,8 @@ class OpenAIRoutes(Handler):
         counted = fault is not Fault.OMIT_COUNTS
         prompt_tokens = reply.prompt_tokens if counted else 0
         output_tokens = reply.output_tokens if counted else 0
+        if fault is Fault.UNDERCOUNT:
+            prompt_tokens = output_tokens = SMALL_COUNT
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": output_tokens,

@@ -129,7 +129,7 @@ def test_a_stream_past_the_admitted_cap_is_cut_there(
         asyncio.run(drain()) if asynchronous else got.extend(run)
     assert len(got) == 2  # the piece past the cap is not handed over
     span = run.span
-    assert (span.status, span.error_type, span.output_tokens) == ("error", "over_cap", 3)
+    assert (span.status, span.error_type, span.output_tokens) == ("error", "over_cap", 2)
     assert meter.ledger.latest(SpanFilter(), 1)[0].error_type == "over_cap"
 
 

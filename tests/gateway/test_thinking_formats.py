@@ -245,13 +245,15 @@ def test_a_streamed_two_pass_chat_is_not_cut_for_its_thinking_and_answer_togethe
 
 def test_a_two_pass_call_may_run_the_first_pass_long_before_it_is_cut_on_time() -> None:
     # Priced by the GPU-hour, a call is cut once it has run as long as its bound pays for;
-    # the first pass (its prompt, its thinking) runs before the pass charged, unpaid.
+    # the first pass (its prompt, its thinking) runs before the pass Ollama reports, and its
+    # thinking (up to the cap) is charged as the generation the gateway saw: paid for too.
     rule = replace(token_prices(id=1), gpu_hour=Decimal(3_600))
     book = PriceBook([rule], tz=ZoneInfo("UTC"), currency="USD")
     now = datetime(2026, 11, 1, tzinfo=UTC)
     once = bound_cost(book, "m", now, CallBound(2_114, 2_000), [])
     twice = bound_cost(book, "m", now, CallBound(2_114, 2_000, passes=2), [])
-    assert (twice.amount, twice.busy_ns) == (once.amount, once.busy_ns)  # charged alike
+    thinking = 2_000 * 50_000_000  # the cap at 50 ms a reply token: 100 s, 100 USD
+    assert (twice.amount, twice.busy_ns) == (once.amount + 100_000_000, once.busy_ns + thinking)
     assert once.busy_ns is not None and once.wait_ns is not None and twice.wait_ns is not None
     assert twice.wait_ns == once.wait_ns + once.busy_ns  # 2 ms a prompt token, 50 a reply's
     assert once.busy_ns == 2_114 * 2_000_000 + 2_000 * 50_000_000
