@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from ollama_meter.records import DurationSource
+
 if TYPE_CHECKING:
     from ollama_meter.meter._call import MeteredCall
 
@@ -52,6 +54,8 @@ def charge_unreported_pass(call: MeteredCall) -> None:
     )
     added = min(ran, max(span.latency_ns - busy, 0))
     span.eval_duration_ns = (span.eval_duration_ns or 0) + added
+    if added:  # no longer Ollama's figure alone: perf's speed leaves it out, as any measured
+        span.duration_source = DurationSource.MEASURED
     log.info(
         "call %s to %s ran a first pass Ollama does not report (thinking, then a format): "
         "its %.3f s of thinking are charged as generation",

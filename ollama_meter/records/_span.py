@@ -62,7 +62,8 @@ class DurationSource(StrEnum):
     """Ollama, in its final chunk: exact."""
     MEASURED = "measured"
     """The meter's clock, where Ollama said nothing (its OpenAI-compatible routes, an
-    aborted stream): an upper bound, since it includes network, queueing and loading."""
+    aborted stream): an upper bound, since it includes network, queueing and loading. Also
+    Ollama's figures with the meter's added, for a pass it ran and did not report."""
 
 
 GROUPS: tuple[str, ...] = ("tenant", "department", "user", "model")
