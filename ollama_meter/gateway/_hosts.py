@@ -18,6 +18,7 @@ is a 400 on any gateway (RFC 9112 §3.2): the check could read one and a server 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 
@@ -30,6 +31,7 @@ from ollama_meter.gateway._relay import wire_of
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
 
 
+@functools.lru_cache(maxsize=1024)  # the same few Host headers, every request
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(text)

@@ -63,6 +63,10 @@ class Capacity:
         return f"Capacity({self.name!r}, {self.in_use}/{self.limit})"
 
 
+Tag = int | Fraction
+"""A flow's virtual start tag, and the queue's virtual time: exact, an int while every
+weight is 1."""
+
 Place = Callable[[], Capacity | None]
 """Where a waiting call could go right now (a server's slots with room), or None."""
 
@@ -125,7 +129,7 @@ class _Waiter:
 class _Flow:
     __slots__ = ("key", "order", "serving", "tag", "waiters", "weight")
 
-    def __init__(self, key: Hashable, tag: Fraction, order: int) -> None:
+    def __init__(self, key: Hashable, tag: Tag, order: int) -> None:
         self.key = key
         self.tag = tag
         self.order = order
@@ -145,7 +149,7 @@ class FairQueue:
         self._flows: dict[Hashable, _Flow] = {}
         self._urgent: deque[_Waiter] = deque()
         self._waiting = 0
-        self._virtual = Fraction(0)
+        self._virtual: Tag = 0
         self._order = 0
         self._granted = 0
         self._hold_ns = 1_000_000_000.0  # a running mean of how long places are held
@@ -251,16 +255,25 @@ class FairQueue:
         caps: Sequence[Capacity] = (),
         where: Where | None = None,
     ) -> Grant | None:
-        """A place at once when nobody waits and one is free (no waiting, no task); else None."""
+        """A place at once when nobody waits and one is free (no waiting, no task); else None.
+
+        What :meth:`acquire` does for a call served at once, without a waiter, a future or a
+        look through the flows (nobody waits: none is ahead of it, ``where`` is of no use)."""
         if self._waiting or not all(cap.free for cap in caps):
             return None
-        loop = asyncio.get_running_loop()
-        waiter = self._enqueue(flow, place, max(1, weight), tuple(caps), loop, False, where)
-        self._dispatch()
-        if waiter.future.done():
-            return _not_waited(waiter)
-        self._remove(waiter)
-        return None
+        server = place()
+        if server is None or not server.free:
+            return None
+        key, caps = flow, tuple(caps)
+        served = self._flows.get(key)
+        if served is None:
+            self._order += 1
+            served = self._flows[key] = _Flow(key, self._virtual, self._order)
+        else:  # with nobody waiting, it has no waiter: idle time earns no credit
+            served.tag = max(served.tag, self._virtual)
+        served.weight = max(1, weight)
+        self._serve(served, server, caps)
+        return Grant(self, served, server, caps, 0)
 
     def _enqueue(
         self,
@@ -368,20 +381,29 @@ class FairQueue:
 
     def _grant(self, waiter: _Waiter, server: Capacity) -> None:
         flow = waiter.flow
-        if waiter in self._urgent:
+        urgent = waiter in self._urgent
+        if urgent:
             self._urgent.remove(waiter)
         else:
             flow.waiters.remove(waiter)
-            self._virtual = max(self._virtual, flow.tag)
-            flow.tag = max(flow.tag, self._virtual) + Fraction(1, flow.weight)
         self._waiting -= 1
-        flow.serving += 1
-        server.in_use += 1
-        for cap in waiter.caps:
-            cap.in_use += 1
-        self._granted += 1
+        self._serve(flow, server, waiter.caps, urgent=urgent)
         waited = self.clock() - waiter.since_ns
         waiter.future.set_result(Grant(self, flow, server, waiter.caps, waited))
+
+    def _serve(
+        self, flow: _Flow, server: Capacity, caps: tuple[Capacity, ...], *, urgent: bool = False
+    ) -> None:
+        """Count a place given to a call of ``flow``: its flow's turn moves on (but for an
+        urgent call's, which already waited its turn), the places are taken."""
+        if not urgent:
+            self._virtual = max(self._virtual, flow.tag)
+            flow.tag = max(flow.tag, self._virtual) + _step(flow.weight)
+        flow.serving += 1
+        server.in_use += 1
+        for cap in caps:
+            cap.in_use += 1
+        self._granted += 1
 
     def _release(self, grant: Grant) -> None:
         grant.server.in_use -= 1
@@ -393,6 +415,11 @@ class FairQueue:
         held = self.clock() - grant.granted_ns
         self._hold_ns += (held - self._hold_ns) / 8
         self._dispatch()
+
+
+def _step(weight: int) -> Tag:
+    """How far serving a call moves its flow's tag on: ``1 / weight`` (exact; an int for 1)."""
+    return 1 if weight == 1 else Fraction(1, weight)
 
 
 def _not_waited(waiter: _Waiter) -> Grant | None:

@@ -11,7 +11,6 @@ queue, not before. A slot is held until the answer has been sent, or abandoned
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -74,22 +73,37 @@ async def until_gone(work: Awaitable[T], hangup: Hangup | None) -> T:
     """``work``'s result; if the caller hangs up first, ``work`` is cancelled (its own handlers
     close what it opened: a place in the queue, the span, the connection to Ollama, which
     stops it) and :class:`CallerGone` is raised. A plain request is not cancelled when its
-    client leaves: without this, Ollama would compute a whole answer for nobody."""
+    client leaves: without this, Ollama would compute a whole answer for nobody.
+
+    ``work`` runs in this task, which the hang-up cancels (as :func:`asyncio.timeout` does
+    its own): no task of its own and no :func:`asyncio.wait`, twice a call."""
     if hangup is None:
         return await work
-    task = asyncio.ensure_future(work)
+    task = asyncio.current_task()
+    assert task is not None
     gone = asyncio.ensure_future(hangup())
-    try:
-        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not task.done():
+    cut = ended = False
+
+    def cut_short(_: object) -> None:
+        nonlocal cut
+        if not ended:
+            cut = True
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait((task,))
-    if task.cancelled():
-        raise CallerGone
-    return task.result()
+
+    gone.add_done_callback(cut_short)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if cut:
+            cut = False
+            if task.uncancel() == 0:  # the hang-up's cancellation alone
+                raise CallerGone from None
+        raise
+    finally:
+        ended = True
+        gone.cancel()
+        if cut:  # the work took the hang-up's cancellation and ended otherwise
+            task.uncancel()
 
 
 class Heard:

@@ -46,6 +46,8 @@ _OPEN_FIELDS = (
 )  # fmt: skip
 """What is known of a call when it opens: enough to charge an interrupted span to its caller."""
 """A journal is rewritten with only its open calls once it grows past this."""
+_FINISHED = json.JSONEncoder(ensure_ascii=True, default=str)
+"""Made once: ``json.dumps`` with ``default`` makes an encoder each time."""
 _NOTED_ALWAYS = tuple(name for name in _OPEN_FIELDS if name not in ("user", "tags"))
 _PLACEHOLDERS: dict[str, Any] = dict.fromkeys(_NOTED_ALWAYS)
 _UNKNOWN_YET = {
@@ -116,7 +118,7 @@ class Journal:
     def finished(self, span: SpanRecord) -> bool:
         """Note a call's whole span before its commit (the gateway answers first); False
         when it could not be written (then commit the span before answering)."""
-        line = json.dumps({"f": span_json(span)}, ensure_ascii=True, default=str).encode()
+        line = _FINISHED.encode({"f": span_json(span)}).encode()
         with self._lock:  # a call never opened here: nothing would recover it
             return span.id in self._open and self._note(span.id, line + b"\n")
 

@@ -254,6 +254,10 @@ DURATION_FIELDS = (
     "total_duration_ns", "load_duration_ns", "prompt_eval_duration_ns", "eval_duration_ns",
     "latency_ns", "ttft_ns", "queue_ns",
 )  # fmt: skip
+_TEXTS = tuple((name, limit, name in LABEL_FIELDS) for name, limit in TEXT_LIMITS.items())
+_NUMBERS = tuple((name, MAX_TOKENS) for name in COUNT_FIELDS) + tuple(
+    (name, MAX_DURATION_NS) for name in DURATION_FIELDS
+)
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 """NUL (PostgreSQL text cannot hold it) and lone surrogates (UTF-8 cannot encode them)."""
 
@@ -283,27 +287,31 @@ def make_storable(span: SpanRecord) -> SpanRecord:
     counts, durations), so any of them may be hostile or malformed. Done once at the
     meter's boundary, a span can never fail a write for its content.
     """
-    for name, limit in TEXT_LIMITS.items():
-        value = getattr(span, name)
+    # A field already within bounds is left as it is (it is most of them, three times a call).
+    for name, limit, label in _TEXTS:
+        value = given = getattr(span, name)
         if value is None:
             continue
         if not isinstance(value, str):
             value = str(value)
         if not value.isascii() or len(value) > limit or "\x00" in value:
             value = storable_text(value, limit)
-        if name in LABEL_FIELDS and not value.isprintable():
+        if label and not value.isprintable():
             value = "".join(c if c.isprintable() else "\ufffd" for c in value)
-        setattr(span, name, value)
+        if value is not given:
+            setattr(span, name, value)
     if span.tags:
         span.tags = {
             storable_text(str(k), MAX_TAG_KEY): storable_text(str(v), MAX_TAG_VALUE)
             for k, v in span.tags.items()
         }
-    for name in COUNT_FIELDS:
-        setattr(span, name, _bounded(getattr(span, name), MAX_TOKENS))
-    for name in DURATION_FIELDS:
-        if getattr(span, name) is not None:
-            setattr(span, name, _bounded(getattr(span, name), MAX_DURATION_NS))
+    for name, top in _NUMBERS:
+        value = getattr(span, name)
+        # (an int within bounds: _bounded would keep it; a duration may be unknown: None)
+        if (type(value) is not int or not 0 <= value <= top) and (
+            value is not None or name in COUNT_FIELDS
+        ):
+            setattr(span, name, _bounded(value, top))
     if span.http_status is not None and not (
         isinstance(span.http_status, int) and 100 <= span.http_status <= 999
     ):

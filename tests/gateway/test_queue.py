@@ -656,3 +656,53 @@ def test_calls_asked_once_a_look_are_served_in_the_order_each_asked_would_be(
         return order
 
     assert asyncio.run(served(alike=True)) == asyncio.run(served(alike=False))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    calls=st.lists(
+        st.tuples(st.sampled_from("abc"), st.integers(1, 3), st.booleans()), max_size=12
+    ),
+    backlog=st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 3)), max_size=9),
+)
+def test_a_place_taken_at_once_counts_in_the_fair_order_as_one_waited_for(
+    calls: list[tuple[str, int, bool]], backlog: list[tuple[str, int]]
+) -> None:
+    """``grant_now`` (a free slot, nobody waiting) moves its flow's turn on as ``acquire``
+    does: calls served at once, then a backlog, are served in the same order either way."""
+
+    async def now(queue: FairQueue, flow: str, place: Place, weight: int) -> Grant | None:
+        return queue.grant_now(flow, place, weight=weight)
+
+    def served(at_once: bool) -> list[str]:
+        loop = asyncio.new_event_loop()
+        server = Capacity(2, "s")
+        queue, place = FairQueue(max_queue=50), first_free([server])
+        held: list[Grant] = []
+        for flow, weight, keep in calls:
+            if not server.free:
+                held.pop(0).release()
+            if at_once:  # on the event loop, as the gateway asks
+                grant = loop.run_until_complete(now(queue, flow, place, weight))
+            else:
+                grant = loop.run_until_complete(queue.acquire(flow, place, weight=weight))
+            assert grant is not None and grant.waited_ns == 0
+            if keep:
+                held.append(grant)
+            else:
+                grant.release()
+        while server.free:  # full: the backlog waits its turn
+            held.append(loop.run_until_complete(queue.acquire("z", place)))
+        order: list[str] = []
+        for flow, weight in backlog:
+            task = loop.create_task(queue.acquire(flow, place, weight=weight))
+            task.add_done_callback(lambda t, f=flow: (order.append(f), t.result().release()))
+        settle(loop)
+        for grant in held:
+            grant.release()
+        settle(loop)
+        loop.close()
+        assert queue.waiting == 0 and server.in_use == 0
+        return order
+
+    assert served(at_once=True) == served(at_once=False)
