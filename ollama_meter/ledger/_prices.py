@@ -85,22 +85,33 @@ def file_digest(conn: Connection, source: str) -> str | None:
 
 
 def replace_source(conn: Connection, source: str, rules: Sequence[PriceRule], digest: str) -> None:
-    """Make the rules that came from ``source`` exactly ``rules``.
+    """Make the rules that came from ``source`` exactly ``rules``, their ids in file order.
 
     A rule the file still has keeps its row, so its id: equally specific rules from one date
     are told apart by which came last, and adding every rule again on any edit (a comment)
-    made the file's rules beat those set since with ``ometer pricing set``."""
+    made the file's rules beat those set since with ``ometer pricing set``. But within the
+    file the later rule wins, so ids follow the file: from the first rule the file adds, or
+    moves above one it kept, the rest are added again in order. Kept as they were, a rule
+    written above an old one for the months after it ('2' above '1 until December') got the
+    newer id, won every day, and billed November at 2, where the same file read fresh said 1.
+    """
     source = source_key(source)
     old = _read(
         conn, select(PriceRuleRow).where(PriceRuleRow.source == source).order_by(PriceRuleRow.id)
     )
-    new = []
+    new: list[PriceRule] = []
+    last_kept = 0
     for rule in rules:
-        same = next((r for r in old if r.same_as(rule)), None)
-        if same is None:
-            new.append(replace(rule, source=source))
-        else:
+        same = (
+            None
+            if new
+            else next((r for r in old if (r.id or 0) > last_kept and r.same_as(rule)), None)
+        )
+        if same is not None:
             old.remove(same)
+            last_kept = same.id or 0
+        else:
+            new.append(replace(rule, source=source))
     if old:
         conn.execute(delete(_TABLE).where(_TABLE.c.id.in_([r.id for r in old])))
     conn.execute(update(_TABLE).where(_TABLE.c.source == source).values(source_digest=digest))
