@@ -84,9 +84,12 @@ class Reloaded(Generic[T]):
         """Reload on the next :meth:`get` (after a change this process made itself)."""
         self._expired = True
 
-    def keep_fresh(self) -> None:
-        """From now on :meth:`refresh` keeps the value fresh; readers only read snapshots."""
+    def keep_fresh(self, *, ttl: float | None = None) -> None:
+        """From now on :meth:`refresh` keeps the value fresh, reloading it when older than
+        ``ttl`` (default: as before); readers only read snapshots."""
         self._background = True
+        if ttl is not None:
+            self._ttl = ttl
 
     def refresh(self) -> None:
         """Reload now when a value is loaded and due (a background task's work); never raises."""

@@ -430,7 +430,9 @@ class Meter:
 
     def keep_fresh(self) -> None:
         """Prices and budgets are refreshed by :meth:`refresh` from now on; calls read snapshots."""
-        self.prices.cache.keep_fresh()
+        # At every tick of the server's task: at 30 s old, a changed rule's old price held for
+        # up to 35 s, and a `reprice` run at once had passed those calls before they were written.
+        self.prices.cache.keep_fresh(ttl=0.0)
         if self.budgets is not None:
             self.budgets.cache.keep_fresh()
 
