@@ -216,7 +216,8 @@ class Ledger(DurableLedger):
         return self.add_price_rules([rule])[0][0]
 
     def add_price_rules(self, rules: Sequence[PriceRule]) -> list[tuple[PriceRule, bool]]:
-        """Add every rule not already present, in one transaction; (rule, whether it is new) each.
+        """Add every rule not already present and in force as given, in one transaction;
+        (rule, whether it is new) each.
 
         Refused as a whole if a rule would leave a budget unable to count its calls.
         """
@@ -224,7 +225,9 @@ class Ledger(DurableLedger):
             existing = _prices.list_rules(conn)
             result: list[tuple[PriceRule, bool]] = []
             for rule in rules:
-                same = next((r for r in existing if r.same_as(rule)), None)
+                same = next(
+                    (r for r in existing if _prices.in_force_as_set(r, rule, existing)), None
+                )
                 if same is None:
                     same = _prices.add_rules(conn, [rule])[0]
                     existing.append(same)

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Select, Table, delete, insert, select, update
 
 from ollama_meter.ledger._stored import read_records
 from ollama_meter.ledger.models import PriceRuleRow
-from ollama_meter.records import PriceRule, record_from, storable_text, values_of
+from ollama_meter.records import PriceRule, pattern_key, record_from, storable_text, values_of
 
 _TABLE: Table = PriceRuleRow.__table__  # type: ignore[assignment]
 _SOURCE_CHARS: int = _TABLE.c.source.type.length  # type: ignore[attr-defined]
@@ -71,6 +71,24 @@ def add_rules(
         assert new_id is not None
         added.append(replace(rule, id=int(new_id[0])))
     return added
+
+
+def in_force_as_set(old: PriceRule, rule: PriceRule, rules: Sequence[PriceRule]) -> bool:
+    """Whether ``old`` is ``rule`` and adding ``rule`` again, as the newest, would change no
+    price: no later rule for its pattern (any spelling) from the same date prices otherwise.
+
+    Setting 1, then 2, then 1 again said "(already there)" of the first rule, which the
+    second beats on every day (the later of two from one date wins): the price stayed 2."""
+    if not old.same_as(rule):
+        return False
+    key = pattern_key(old.pattern)
+    return not any(
+        (other.id or 0) > (old.id or 0)
+        and other.effective_from == old.effective_from
+        and pattern_key(other.pattern) == key
+        and not other.same_as(replace(old, pattern=other.pattern))
+        for other in rules
+    )
 
 
 def remove_rule(conn: Connection, rule_id: int) -> bool:
