@@ -222,15 +222,13 @@ class Ledger(DurableLedger):
         Refused as a whole if a rule would leave a budget unable to count its calls.
         """
         with self.write() as conn:
-            existing = _prices.list_rules(conn)
+            existing = _prices.RuleIndex(_prices.list_rules(conn))
             result: list[tuple[PriceRule, bool]] = []
             for rule in rules:
-                same = next(
-                    (r for r in existing if _prices.in_force_as_set(r, rule, existing)), None
-                )
+                same = existing.in_force_as(rule)
                 if same is None:
                     same = _prices.add_rules(conn, [rule])[0]
-                    existing.append(same)
+                    existing.add(same)
                     result.append((same, True))
                 else:
                     result.append((same, False))
