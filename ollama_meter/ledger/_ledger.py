@@ -211,6 +211,11 @@ class Ledger(DurableLedger):
         with self.read() as conn:
             return _prices.list_rules(conn)
 
+    def price_rules_version(self) -> tuple[object, ...]:
+        """What changes whenever a rule is added or removed: one short read."""
+        with self.read() as conn:
+            return _prices.rules_version(conn)
+
     def add_price_rule(self, rule: PriceRule) -> PriceRule:
         """Add ``rule``, or return the identical rule already there (the same rule is the same rule)."""
         return self.add_price_rules([rule])[0][0]

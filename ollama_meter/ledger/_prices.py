@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, Table, delete, insert, select, update
+from sqlalchemy import Connection, Select, Table, delete, func, insert, select, update
 
 from ollama_meter.ledger._stored import read_records
 from ollama_meter.ledger.models import PriceRuleRow
@@ -52,6 +52,14 @@ def _to_rule(row: Any) -> PriceRule:
 
 def _values(rule: PriceRule, digest: str | None) -> dict[str, object]:
     return values_of(rule, skip=("id",), source_digest=digest, created_at=datetime.now(UTC))
+
+
+def rules_version(conn: Connection) -> tuple[object, ...]:
+    """How many rules, the last id and the last made: rules are never edited, only added and
+    removed, so any change moves one of them (an id reused after the last was removed comes
+    with a later ``created_at``)."""
+    query = select(func.count(), func.max(PriceRuleRow.id), func.max(PriceRuleRow.created_at))
+    return tuple(conn.execute(query).one())
 
 
 def list_rules(conn: Connection) -> list[PriceRule]:

@@ -430,9 +430,7 @@ class Meter:
 
     def keep_fresh(self) -> None:
         """Prices and budgets are refreshed by :meth:`refresh` from now on; calls read snapshots."""
-        # At every tick of the server's task: at 30 s old, a changed rule's old price held for
-        # up to 35 s, and a `reprice` run at once had passed those calls before they were written.
-        self.prices.cache.keep_fresh(ttl=0.0)
+        self.prices.cache.keep_fresh()
         if self.budgets is not None:
             self.budgets.cache.keep_fresh()
 

@@ -32,4 +32,13 @@ def test_a_gateways_refresh_tick_reads_a_rule_changed_since(sqlite_url: str) -> 
     )
     meter.refresh()
     assert meter.prices().rule_for("qwen2.5:7b", when) == newer
+    assert newer.id is not None
+    ledger.remove_price_rule(newer.id)  # the last rule removed: its id may be given again
+    meter.refresh()
+    assert meter.prices().rule_for("qwen2.5:7b", when) == added
+    again = ledger.add_price_rule(
+        PriceRule(pattern="qwen2.5:*", currency="USD", input_per_1m=Decimal(9))
+    )
+    meter.refresh()
+    assert meter.prices().rule_for("qwen2.5:7b", when) == again
     close_ledgers()
