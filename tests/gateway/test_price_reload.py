@@ -13,17 +13,17 @@ from ollama_meter.pricing import PriceRule
 from tests.factories import token_prices
 
 
-def test_a_gateways_refresh_tick_reads_a_rule_changed_since(sqlite_url: str) -> None:
+def test_a_gateways_refresh_tick_reads_a_rule_changed_since(db_url: str) -> None:
     """What the gateway's background task does every ``REFRESH_SECONDS``: ``meter.refresh()``.
     It reloaded the rules only once they were 30 s old, so for up to 35 s after ``pricing
     set`` every call was priced by the old rule (measured: 35.7 s), and a ``reprice`` run at
     once had passed those calls before they were written."""
-    settings = load_settings(db_url=sqlite_url)
+    settings = load_settings(db_url=db_url)
     meter = Meter.from_settings(settings, source="gateway")
     meter.keep_fresh()  # as the gateway's lifespan does: calls read the snapshot
     when = datetime(2026, 11, 10, tzinfo=UTC)
     assert meter.prices().rule_for("qwen2.5:7b", when) is None
-    ledger = Ledger(sqlite_url)
+    ledger = Ledger(db_url)
     added = ledger.add_price_rule(token_prices("qwen2.5:*"))
     meter.refresh()
     assert meter.prices().rule_for("qwen2.5:7b", when) == added
