@@ -149,6 +149,11 @@ def _refuse_shadowed(rules: list[PriceRule]) -> None:
             if first < len(days) and rule.applies_on(days[first]):
                 continue
             by = sorted({w.id or 0 for w in group if _beats_on_a_day(w, rule)})
+            if not by:  # 'until = 1970-01-01': no day at all
+                raise ValueError(
+                    f"rule {rule.id}: ends on {rule.effective_until}, before the first day "
+                    f"ometer works with ({FIRST_DAY}), so it prices no call; remove it"
+                )
             more = f" and {len(by) - 4} more" if len(by) > 4 else ""
             others = f" (with rule {', '.join(map(str, by[-4:-1]))}{more})" if len(by) > 1 else ""
             raise ValueError(

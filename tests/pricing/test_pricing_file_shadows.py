@@ -107,3 +107,12 @@ def test_a_file_of_a_price_a_day_for_decades_is_read() -> None:
             + _toml([("llama3.1:*", 1, date(2040, 1, 1), None)]),
             default_currency="USD",
         )
+
+
+def test_a_rule_that_ends_before_any_day_is_refused_saying_so() -> None:
+    """An IndexError (exit 70, "a bug in ometer") for a rule with no day to find a winner on."""
+    with pytest.raises(ValueError, match=r"^rule 2: ends on 1970-01-01, before the first day"):
+        parse_pricing_toml(
+            _toml([("a", 1, None, None), ("a", 2, None, date(1970, 1, 1))]),
+            default_currency="USD",
+        )
