@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 from hypothesis import example, given, strategies as st
 
-from ollama_meter.periods import FIRST_DAY
+from ollama_meter.periods import FIRST_DAY, LAST_DAY
 from ollama_meter.pricing import PriceRule, parse_pricing_toml, select_rule
 
 _SPELLINGS = ("llama3.1:*", "library/llama3.1:*", "LLAMA3.1:*")
@@ -116,3 +116,38 @@ def test_a_rule_that_ends_before_any_day_is_refused_saying_so() -> None:
             _toml([("a", 1, None, None), ("a", 2, None, date(1970, 1, 1))]),
             default_currency="USD",
         )
+
+
+_ANY_DAY = st.none() | st.sampled_from(
+    [
+        FIRST_DAY,
+        FIRST_DAY + timedelta(days=1),
+        date(2026, 12, 1),
+        LAST_DAY - timedelta(days=1),
+        LAST_DAY,
+    ]
+)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from((*_SPELLINGS, "qwen2.5:*")), st.integers(1, 2), _ANY_DAY, _ANY_DAY
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_any_dates_in_a_file_are_taken_or_refused_in_one_line(
+    specs: list[tuple[str, int, date | None, date | None]],
+) -> None:
+    fixed = [
+        (p, n, a, b) if a is None or b is None or a < b else (p, n, b, a if a > b else None)
+        for p, n, a, b in specs
+    ]
+    message = None
+    try:
+        parse_pricing_toml(_toml(fixed), default_currency="USD")
+    except ValueError as exc:  # anything else is a bug: exit 70 and a traceback
+        message = str(exc)
+    assert message is None or ("\n" not in message and message.startswith("rule ")), message
