@@ -43,8 +43,10 @@ class Reloaded(Generic[T]):
         ttl: float,
         what: str,
         clock: Callable[[], float] = time.monotonic,
+        changed: Callable[[], bool] | None = None,
     ) -> None:
         self._load = load
+        self._changed = changed
         self._clock = clock
         self._said = Throttled(log, clock=clock)
         self._ttl = ttl
@@ -90,10 +92,10 @@ class Reloaded(Generic[T]):
 
     def refresh(self) -> None:
         """Reload now when a value is loaded and due (a background task's work); never raises."""
-        if self._value is None or not self._due():
+        if self._value is None or not (self._due() or self._has_changed()):
             return
         with self._lock:
-            if self._due():
+            if self._due() or self._has_changed():
                 try:
                     self._reload()
                 except Exception as exc:  # a first load's failure: the next reader says so
@@ -123,6 +125,15 @@ class Reloaded(Generic[T]):
             value = self._value
         self._value, self._loaded, self._expired = value, self._clock(), False
         return value
+
+    def _has_changed(self) -> bool:
+        """``changed()``: a cheap look, at each refresh, for a change not to wait ``ttl`` for."""
+        if self._changed is None:
+            return False
+        try:
+            return self._changed()
+        except Exception:  # the ledger is away: the reload when due says so
+            return False
 
     def _due(self) -> bool:
         return self._loaded is None or self._clock() - self._loaded > self._ttl

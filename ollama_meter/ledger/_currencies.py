@@ -18,12 +18,13 @@ from sqlalchemy import Connection
 from ollama_meter.errors import BudgetError, PricingError
 from ollama_meter.ledger import _budgets, _prices
 from ollama_meter.ledger._meta import ledger_zone
+from ollama_meter.periods import day_of
 from ollama_meter.records import Budget, PriceRule
 
 
 def _today(conn: Connection, now: datetime | None) -> date:
     """The ledger's date: rules are in force from and until its midnights, as they price."""
-    return (now or datetime.now(UTC)).astimezone(ledger_zone(conn) or UTC).date()
+    return day_of(now or datetime.now(UTC), ledger_zone(conn) or UTC)
 
 
 def _live_rules(conn: Connection, now: datetime | None) -> list[PriceRule]:

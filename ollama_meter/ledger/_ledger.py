@@ -211,23 +211,29 @@ class Ledger(DurableLedger):
         with self.read() as conn:
             return _prices.list_rules(conn)
 
+    def price_rules_version(self) -> tuple[object, ...]:
+        """What changes whenever a rule is added or removed: one short read."""
+        with self.read() as conn:
+            return _prices.rules_version(conn)
+
     def add_price_rule(self, rule: PriceRule) -> PriceRule:
         """Add ``rule``, or return the identical rule already there (the same rule is the same rule)."""
         return self.add_price_rules([rule])[0][0]
 
     def add_price_rules(self, rules: Sequence[PriceRule]) -> list[tuple[PriceRule, bool]]:
-        """Add every rule not already present, in one transaction; (rule, whether it is new) each.
+        """Add every rule not already present and in force as given, in one transaction;
+        (rule, whether it is new) each.
 
         Refused as a whole if a rule would leave a budget unable to count its calls.
         """
         with self.write() as conn:
-            existing = _prices.list_rules(conn)
+            existing = _prices.RuleIndex(_prices.list_rules(conn))
             result: list[tuple[PriceRule, bool]] = []
             for rule in rules:
-                same = next((r for r in existing if r.same_as(rule)), None)
+                same = existing.in_force_as(rule)
                 if same is None:
                     same = _prices.add_rules(conn, [rule])[0]
-                    existing.append(same)
+                    existing.add(same)
                     result.append((same, True))
                 else:
                     result.append((same, False))

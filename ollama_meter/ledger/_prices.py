@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, Table, delete, insert, select, update
+from sqlalchemy import Connection, Select, Table, delete, func, insert, select, update
 
 from ollama_meter.ledger._stored import read_records
 from ollama_meter.ledger.models import PriceRuleRow
-from ollama_meter.records import PriceRule, record_from, storable_text, values_of
+from ollama_meter.records import (
+    RULE_FIELDS,
+    PriceRule,
+    pattern_key,
+    record_from,
+    storable_text,
+    values_of,
+)
 
 _TABLE: Table = PriceRuleRow.__table__  # type: ignore[assignment]
 _SOURCE_CHARS: int = _TABLE.c.source.type.length  # type: ignore[attr-defined]
@@ -46,6 +54,14 @@ def _values(rule: PriceRule, digest: str | None) -> dict[str, object]:
     return values_of(rule, skip=("id",), source_digest=digest, created_at=datetime.now(UTC))
 
 
+def rules_version(conn: Connection) -> tuple[object, ...]:
+    """How many rules, the last id and the last made: rules are never edited, only added and
+    removed, so any change moves one of them (an id reused after the last was removed comes
+    with a later ``created_at``)."""
+    query = select(func.count(), func.max(PriceRuleRow.id), func.max(PriceRuleRow.created_at))
+    return tuple(conn.execute(query).one())
+
+
 def list_rules(conn: Connection) -> list[PriceRule]:
     return _read(conn, select(PriceRuleRow).order_by(PriceRuleRow.id))
 
@@ -73,6 +89,43 @@ def add_rules(
     return added
 
 
+class RuleIndex:
+    """The ledger's rules, found by what they say: adding 100,000 rules compared each with
+    every rule before it (hours, where a dict takes seconds)."""
+
+    def __init__(self, rules: Sequence[PriceRule]) -> None:
+        self._same: dict[tuple[object, ...], list[PriceRule]] = defaultdict(list)
+        self._start: dict[tuple[str, object], list[PriceRule]] = defaultdict(list)
+        for rule in rules:
+            self.add(rule)
+
+    def add(self, rule: PriceRule) -> None:
+        self._same[_says(rule, rule.pattern)].append(rule)
+        self._start[(pattern_key(rule.pattern), rule.effective_from)].append(rule)
+
+    def in_force_as(self, rule: PriceRule) -> PriceRule | None:
+        """A rule that is ``rule`` and that adding ``rule`` again, as the newest, would change
+        no price of: none later for its pattern (any spelling) and start date prices otherwise.
+
+        Setting 1, then 2, then 1 again said "(already there)" of the first rule, which the
+        second beats on every day (the later of two from one date wins): the price stayed 2."""
+        rivals = self._start[(pattern_key(rule.pattern), rule.effective_from)]
+        for old in self._same.get(_says(rule, rule.pattern), []):
+            if not any(
+                (other.id or 0) > (old.id or 0) and _says(other) != _says(old) for other in rivals
+            ):
+                return old
+        return None
+
+
+def _says(rule: PriceRule, pattern: str = "") -> tuple[object, ...]:
+    """What ``rule`` prices, and how, with ``pattern`` for its pattern (none: any spelling)."""
+    return (pattern, *(getattr(rule, name) for name in RULE_FIELDS if name not in _NOT_SAID))
+
+
+_NOT_SAID = ("id", "source", "pattern")
+
+
 def remove_rule(conn: Connection, rule_id: int) -> bool:
     return conn.execute(delete(_TABLE).where(_TABLE.c.id == rule_id)).rowcount > 0
 
@@ -85,22 +138,33 @@ def file_digest(conn: Connection, source: str) -> str | None:
 
 
 def replace_source(conn: Connection, source: str, rules: Sequence[PriceRule], digest: str) -> None:
-    """Make the rules that came from ``source`` exactly ``rules``.
+    """Make the rules that came from ``source`` exactly ``rules``, their ids in file order.
 
     A rule the file still has keeps its row, so its id: equally specific rules from one date
     are told apart by which came last, and adding every rule again on any edit (a comment)
-    made the file's rules beat those set since with ``ometer pricing set``."""
+    made the file's rules beat those set since with ``ometer pricing set``. But within the
+    file the later rule wins, so ids follow the file: from the first rule the file adds, or
+    moves above one it kept, the rest are added again in order. Kept as they were, a rule
+    written above an old one for the months after it ('2' above '1 until December') got the
+    newer id, won every day, and billed November at 2, where the same file read fresh said 1.
+    """
     source = source_key(source)
     old = _read(
         conn, select(PriceRuleRow).where(PriceRuleRow.source == source).order_by(PriceRuleRow.id)
     )
-    new = []
+    new: list[PriceRule] = []
+    last_kept = 0
     for rule in rules:
-        same = next((r for r in old if r.same_as(rule)), None)
-        if same is None:
-            new.append(replace(rule, source=source))
-        else:
+        same = (
+            None
+            if new
+            else next((r for r in old if (r.id or 0) > last_kept and r.same_as(rule)), None)
+        )
+        if same is not None:
             old.remove(same)
+            last_kept = same.id or 0
+        else:
+            new.append(replace(rule, source=source))
     if old:
         conn.execute(delete(_TABLE).where(_TABLE.c.id.in_([r.id for r in old])))
     conn.execute(update(_TABLE).where(_TABLE.c.source == source).values(source_digest=digest))

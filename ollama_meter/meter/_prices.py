@@ -19,7 +19,11 @@ class PriceSource:
 
     def __init__(self, ledger: Ledger, *, settings: Settings, ttl: float = 30.0) -> None:
         self.ledger, self.settings = ledger, settings
-        self.cache = Reloaded(self.load, ttl=ttl, what="price rules")
+        self._version: tuple[object, ...] | None = None
+        # A server's refresh task looks for a changed rule at each tick (every 5 s): waiting
+        # out the 30 s, a gateway priced calls by a changed rule's old price for up to 35 s,
+        # and a `reprice` run at once had passed those calls before they were written.
+        self.cache = Reloaded(self.load, ttl=ttl, what="price rules", changed=self._changed)
 
     def __call__(self) -> PriceBook:
         return self.cache.get()
@@ -27,9 +31,13 @@ class PriceSource:
     def load(self) -> PriceBook:
         """The book of the ledger's rules as they are now, read from it (no snapshot)."""
         ledger, settings = self.ledger, self.settings
+        self._version = ledger.price_rules_version()  # read first: a change after it is seen
         return PriceBook(
             ledger.price_rules(), tz=ledger_zone(ledger, settings), currency=settings.currency
         )
+
+    def _changed(self) -> bool:
+        return self.ledger.price_rules_version() != self._version
 
 
 def ledger_zone(ledger: Ledger, settings: Settings) -> ZoneInfo:

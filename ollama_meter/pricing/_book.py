@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from ollama_meter.periods import day_of
 from ollama_meter.pricing._calc import compute_cost
 from ollama_meter.pricing._rules import select_rule
 from ollama_meter.records import Cost, PriceRule, SpanRecord, Status, Usage
@@ -21,7 +22,9 @@ class PriceBook:
         self._choice: dict[tuple[str, object], PriceRule | None] = {}
 
     def rule_for(self, model: str, when: datetime) -> PriceRule | None:
-        day = when.astimezone(self.tz).date()
+        # The day reports and `reprice --since` cut, not the clock's date: where a clock went
+        # back across midnight, the hour after it read as the day before, and was priced so.
+        day = day_of(when, self.tz)
         key = (model, day)
         if key not in self._choice:
             if len(self._choice) > 10_000:

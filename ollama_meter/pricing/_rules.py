@@ -41,10 +41,15 @@ def select_rule(rules: Iterable[PriceRule], model: str, day: date) -> PriceRule 
     for rule in rules:
         if not rule.applies_on(day) or not rule.matches(model):
             continue
-        key = (specificity(rule.pattern), rule.effective_from or date.min, rule.id or 0)
+        key = precedence(rule)
         if best_key is None or key > best_key:
             best, best_key = rule, key
     return best
+
+
+def precedence(rule: PriceRule) -> tuple[tuple[int, int, int], date, int]:
+    """Which of two rules that both price a call on a day wins: the greater."""
+    return (specificity(rule.pattern), rule.effective_from or date.min, rule.id or 0)
 
 
 def sort_rules(rules: Sequence[PriceRule]) -> list[PriceRule]:

@@ -21,12 +21,16 @@ from __future__ import annotations
 import codecs
 import shlex
 import tomllib
+from bisect import bisect_left
+from collections import defaultdict
 from dataclasses import replace
 from datetime import date
+from heapq import heappop, heappush
 from typing import Any
 
 from ollama_meter.errors import ValidationError
-from ollama_meter.periods import parse_day
+from ollama_meter.periods import FIRST_DAY, parse_day
+from ollama_meter.pricing._rules import precedence
 from ollama_meter.records import PRICE_FIELDS, PriceRule, known_currency, parse_amount, pattern_key
 from ollama_meter.records._money import TOO_LONG, exact_number
 
@@ -129,18 +133,71 @@ def parse_pricing_toml(
 
 
 def _refuse_shadowed(rules: list[PriceRule]) -> None:
-    """Refuse two rules for one pattern (in any spelling) over the same dates that price
-    differently: only one rule prices a call, so the earlier would never apply. A token
-    price and a GPU-hour price in two tables look like one price of both; they were not."""
-    seen: dict[tuple[str, object, object], int] = {}
+    """Refuse a rule whose price is in force on none of its dates: only one rule prices a call,
+    and later rules for its pattern (in any spelling) may beat it on every one. A token price
+    and a GPU-hour price in two tables looked like one price of both; '1 until December' then
+    '2' with no ``from`` looked like a change in December, and was 2 on every day: the later
+    of two rules from one date wins."""
+    groups: dict[str, list[PriceRule]] = defaultdict(list)
     for number, rule in enumerate(rules, start=1):
-        key = (pattern_key(rule.pattern), rule.effective_from, rule.effective_until)
-        earlier = seen.setdefault(key, number)
-        if earlier != number and not replace(rules[earlier - 1], pattern=rule.pattern).same_as(
-            rule
-        ):
+        groups[pattern_key(rule.pattern)].append(replace(rule, id=number))
+    for group in groups.values():
+        won = _winning_days(group)
+        for rule in group:
+            days = won.get(_price_of(rule), [])
+            first = bisect_left(days, rule.effective_from or FIRST_DAY)
+            if first < len(days) and rule.applies_on(days[first]):
+                continue
+            by = sorted({w.id or 0 for w in group if _beats_on_a_day(w, rule)})
+            if not by:  # 'until = 1970-01-01': no day at all
+                raise ValueError(
+                    f"rule {rule.id}: ends on {rule.effective_until}, before the first day "
+                    f"ometer works with ({FIRST_DAY}), so it prices no call; remove it"
+                )
+            more = f" and {len(by) - 4} more" if len(by) > 4 else ""
+            others = f" (with rule {', '.join(map(str, by[-4:-1]))}{more})" if len(by) > 1 else ""
             raise ValueError(
-                f"rule {number}: prices {rule.pattern!r} on the same dates as rule {earlier}, "
-                f"so rule {earlier} would never apply (one rule prices a call); put their "
-                "prices in one rule, or give the newer price a later `from`"
+                f"rule {by[-1]}: prices {rule.pattern!r}{others} on every date of rule "
+                f"{rule.id}, so rule {rule.id} would never apply (one rule prices a call); put "
+                "their prices in one rule, or give the newer price a later `from`"
             )
+
+
+def _price_of(rule: PriceRule) -> tuple[object, ...]:
+    """What a rule says, however its pattern is spelled: the same rule twice is one rule."""
+    prices = tuple(sorted(rule.prices().items()))
+    return (rule.currency, rule.charge_load, prices, rule.effective_from, rule.effective_until)
+
+
+def _winning_days(group: list[PriceRule]) -> dict[tuple[object, ...], list[date]]:
+    """Per price, the sorted days where a rule of ``group`` (one pattern) starts or ends and the
+    rule in force then has that price: the winner changes only on such days. One sweep, so a
+    file of a price a day for years is read in moments, not hours."""
+    starts = sorted(group, key=lambda r: r.effective_from or FIRST_DAY)
+    edges = sorted(
+        {FIRST_DAY} | {d for r in group for d in (r.effective_from, r.effective_until) if d}
+    )
+    live: list[tuple[int, int, int]] = []  # a heap of the started rules, the winner on top
+    won: dict[tuple[object, ...], list[date]] = defaultdict(list)
+    taken = 0
+    for day in edges:
+        while taken < len(starts) and (starts[taken].effective_from or FIRST_DAY) <= day:
+            rule = starts[taken]
+            heappush(live, (-(rule.effective_from or date.min).toordinal(), -(rule.id or 0), taken))
+            taken += 1
+        while live and not starts[live[0][2]].applies_on(day):  # ended: for good
+            heappop(live)
+        if live:
+            won[_price_of(starts[live[0][2]])].append(day)
+    return won
+
+
+def _beats_on_a_day(winner: PriceRule, rule: PriceRule) -> bool:
+    """Whether ``winner`` (of ``rule``'s pattern) is in force on a day of ``rule``'s over it."""
+    start = max(winner.effective_from or FIRST_DAY, rule.effective_from or FIRST_DAY)
+    return (
+        winner is not rule
+        and winner.applies_on(start)
+        and rule.applies_on(start)
+        and precedence(winner) > precedence(rule)
+    )

@@ -116,7 +116,12 @@ DEFAULT_NAMESPACE = "library"
 
 
 def _unqualified(name: str) -> str:
-    """``name`` without the default registry and namespace, which Ollama fills in."""
+    """``name`` without the default registry and namespace, which Ollama fills in, and without
+    a scheme before its host, which Ollama reads past ('https://registry.ollama.ai/library/x'
+    runs x: a caller who spelled it so was priced by no rule for x, at the catch-all's price)."""
+    scheme, cut, rest = name.partition("://")
+    if cut and "/" not in scheme:
+        name = rest
     parts = name.split("/")
     if len(parts) == 3 and parts[0] == DEFAULT_HOST:
         parts = parts[1:]

@@ -128,18 +128,16 @@ REAL_TIME_MODELS: tuple[EmulatedModel, ...] = tuple(map(at_real_time, DEFAULT_MO
 
 
 def normalize_name(name: str) -> str:
-    """The canonical form Ollama resolves a name to: lower case, ``:latest`` if untagged, and
-    without the default registry and namespace (``registry.ollama.ai/library/``)."""
-    name = name.strip().casefold()
+    """The canonical form Ollama resolves a name to: lower case, ``:latest`` if untagged,
+    without a scheme and the default registry and namespace (``registry.ollama.ai/library/``)."""
+    scheme, cut, rest = name.strip().casefold().partition("://")  # read past a host's scheme
+    name = rest if cut and "/" not in scheme else scheme + cut + rest
     parts = name.split("/")
     if len(parts) == 3 and parts[0] == "registry.ollama.ai":
         parts = parts[1:]
     if len(parts) == 2 and parts[0] == "library":
         parts = parts[1:]
-    name = "/".join(parts)
-    if ":" not in parts[-1]:
-        name = f"{name}:latest"
-    return name
+    return "/".join(parts) + ("" if ":" in parts[-1] else ":latest")
 
 
 def find_model(models: Iterable[EmulatedModel], name: str) -> EmulatedModel | None:
