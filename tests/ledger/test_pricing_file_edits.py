@@ -13,7 +13,7 @@ from hypothesis import example, given, settings, strategies as st
 from ollama_meter.ledger import Ledger
 from ollama_meter.periods import FIRST_DAY
 from ollama_meter.pricing import PriceBook, PriceRule, parse_pricing_toml
-from tests.pricing.test_pricing_file_shadows import _toml
+from tests.pricing.test_pricing_file_shadows import _toml, ordered
 
 UTC_ZONE = UTC
 _DAYS = st.none() | st.integers(0, 3).map(lambda n: date(2026, 11, 29) + timedelta(days=n))
@@ -27,12 +27,7 @@ _COUNTER = itertools.count()
 
 def _file(specs: list[tuple[str, int, date | None, date | None]]) -> str | None:
     """The file's text, or None when ometer refuses it (a rule in it would price no day)."""
-    fixed = []
-    for pattern, price, one, other in specs:
-        start, end = one, other
-        if one is not None and other is not None and other <= one:
-            start, end = other, one + timedelta(days=1)
-        fixed.append((pattern, price, start, end))
+    fixed = ordered(specs)
     text = _toml(fixed)
     try:
         parse_pricing_toml(text, default_currency="USD")

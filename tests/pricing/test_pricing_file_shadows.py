@@ -17,6 +17,20 @@ _SPELLINGS = ("llama3.1:*", "library/llama3.1:*", "LLAMA3.1:*")
 _DAYS = st.none() | st.integers(0, 4).map(lambda n: date(2026, 11, 29) + timedelta(days=n))
 
 
+def ordered(
+    specs: list[tuple[str, int, date | None, date | None]],
+) -> list[tuple[str, int, date | None, date | None]]:
+    """Drawn (pattern, price, date, date) as rules: two dates in order, the later one's day
+    included (a rule's ``until`` is the first day it no longer holds)."""
+    fixed = []
+    for pattern, price, one, other in specs:
+        start, end = one, other
+        if one is not None and other is not None and other <= one:
+            start, end = other, one + timedelta(days=1)
+        fixed.append((pattern, price, start, end))
+    return fixed
+
+
 def _toml(specs: list[tuple[str, int, date | None, date | None]]) -> str:
     tables = []
     for pattern, price, start, end in specs:
@@ -66,12 +80,7 @@ def test_a_file_is_refused_exactly_when_one_of_its_rules_prices_no_day(
     """'1 until December, then 2' written without the second's ``from`` was taken without a
     word, and every call paid 2: both start on the same (no) date, so the later rule won on
     every day and the old price never applied, not even in November."""
-    fixed = []
-    for pattern, price, one, other in specs:
-        start, end = one, other
-        if one is not None and other is not None and other <= one:
-            start, end = other, one + timedelta(days=1)
-        fixed.append((pattern, price, start, end))
+    fixed = ordered(specs)
     dead = _dead(fixed)
     if not dead:
         assert len(parse_pricing_toml(_toml(fixed), default_currency="USD")) == len(fixed)
