@@ -188,7 +188,7 @@ def prompt_tokens(request: MeteredRequest) -> tuple[int, int]:
     a tpm limit counts at admission.
 
     All of it: its texts and what the template writes as JSON (tool definitions, earlier
-    tool calls) at about four characters a token, and the tokens it sends as numbers (a
+    tool calls) at about four bytes of UTF-8 a token, and the tokens it sends as numbers (a
     generate's ``context``, OpenAI's token ids). Its texts alone let a call of "hi" with a
     huge tool list, or a long conversation continued by its context, count as nothing.
     Pictures apart: a model may count one as a few tokens or as thousands.

@@ -98,8 +98,8 @@ class RequestFacts:
 
     def input_estimate(self) -> int:
         """About how many tokens the prompt is, for when Ollama does not count it: its texts
-        and what the template writes as JSON (tools, earlier tool calls) at about four
-        characters a token, and the tokens sent as numbers. Pictures apart: a model may count
+        and what the template writes as JSON (tools, earlier tool calls) at about four bytes
+        of UTF-8 a token, and the tokens sent as numbers. Pictures apart: a model may count
         one as a few tokens or as thousands."""
         written = tokens_in_chars(self.written_bytes)
         return estimate_tokens(self.prompt_text) + written + self.given_tokens

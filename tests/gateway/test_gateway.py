@@ -494,6 +494,39 @@ def test_client_hang_up_mid_stream_cancels_upstream_and_records_abort(
     assert 2 <= span.output_tokens < EXPECTED.output_tokens
 
 
+@pytest.mark.parametrize(
+    ("prompt", "estimated"),
+    [
+        ("hello there", 3),  # 11 bytes: four characters of English a token, as ever
+        ("你好，世界", 4),  # 15 bytes: was 2 (five characters), a quarter of what it is
+        ("Привет", 3),  # 12 bytes: was 2
+        ("é" * 9, 5),  # 18 bytes: was 3
+    ],
+)
+def test_a_prompt_ollama_never_counted_is_estimated_from_its_utf8_bytes(
+    gateway: Gateway, emulator: OllamaEmulator, prompt: str, estimated: int
+) -> None:
+    """A stream cut before Ollama's counts is charged an estimate of its prompt: four
+    characters a token charged a Chinese prompt about a quarter of its tokens (a character
+    is about one), so a caller writing in it who hung up early paid a quarter of the price.
+    Four bytes of UTF-8 a token is English's four characters still, and a CJK character's
+    three bytes are nearer its token."""
+    emulator.inject(Fault.MIDSTREAM_ERROR, after_tokens=3)
+    messages = [{"role": "user", "content": prompt}]
+    with pytest.raises(ollama.ResponseError):
+        list(
+            ollama.Client(host=gateway.url).chat(
+                model="llama3.1:8b", messages=messages, stream=True
+            )
+        )
+    (span,) = spans(gateway)
+    assert (span.error_type, span.input_tokens, span.token_source) == (
+        "stream_error",
+        estimated,
+        "estimated",
+    )
+
+
 def test_mid_stream_error_is_relayed_and_recorded(
     gateway: Gateway, emulator: OllamaEmulator
 ) -> None:
