@@ -57,11 +57,14 @@ class MeteredCall:
         *,
         keep_reply: bool = True,
         evaluates: bool | None = None,
+        input_estimate: int | None = None,
     ) -> None:
         self.span = span
         self.prompt_text = prompt_text
-        self.input_estimate = estimate_tokens(prompt_text)
-        """The prompt's tokens when Ollama does not count them; the meter sets
+        self.input_estimate = (
+            estimate_tokens(prompt_text) if input_estimate is None else input_estimate
+        )
+        """The prompt's tokens when Ollama does not count them; the meter gives
         ``RequestFacts.input_estimate`` (its tools and earlier tool calls, not only its texts)."""
         self.evaluates = bool(prompt_text.strip()) if evaluates is None else evaluates
         """Ollama evaluates something for the request (a prompt, messages, input to embed);

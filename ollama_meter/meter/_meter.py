@@ -158,9 +158,9 @@ class Meter:
         )
         keep_reply = self.capture_content or not opening.stream  # a whole reply: estimated
         call = MeteredCall(
-            span, facts.prompt_text, prices, keep_reply=keep_reply, evaluates=facts.evaluates
-        )
-        call.input_estimate = facts.input_estimate()  # its tools too, not only its texts
+            span, facts.prompt_text, prices, keep_reply=keep_reply, evaluates=facts.evaluates,
+            input_estimate=facts.input_estimate(),  # its tools too, not only its texts
+        )  # fmt: skip
         call.passes = facts.passes  # its streamed thinking may be counted as its prompt
         if self.budgets is not None:
             self._admit(self.budgets, call, facts, prices, blocking=blocking)
