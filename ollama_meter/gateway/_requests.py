@@ -127,12 +127,25 @@ class _OllamaBody(_Body):
     keep_alive: KeepAlive = None
 
 
+class OllamaCalledFunction(_GoStruct):
+    index: GoInt | None = None
+    name: str | None = None
+    arguments: Any = None  # an object; Ollama's to refuse when it is not one
+
+
+class OllamaToolCall(_GoStruct):
+    """An earlier tool call, which Ollama decodes into Go structs (keys read in any case)."""
+
+    id: str | None = None
+    function: OllamaCalledFunction | None = None
+
+
 class OllamaMessage(_GoStruct):
     role: str | None = None
     content: str | None = None
     thinking: str | None = None
     images: Items[str] | None = None
-    tool_calls: Items[dict[str, Any]] | None = None
+    tool_calls: Items[OllamaToolCall] | None = None
     tool_name: str | None = None
 
 
@@ -184,11 +197,28 @@ class StreamOptions(_GoStruct):
     include_usage: bool | None = None
 
 
+class OpenAICalledFunction(_GoStruct):
+    name: str | None = None
+    arguments: str | None = None  # JSON text, which Ollama parses
+
+
+class OpenAIToolCall(_GoStruct):
+    """An earlier tool call. Ollama decodes it into Go structs, whose keys it reads in any
+    case, and names each ``tool`` message by the call its ``tool_call_id`` points to: a call
+    spelled ``{"ID": ..., "FUNCTION": {"NAME": ...}}`` named a thousand results by a name the
+    meter never counted."""
+
+    id: str | None = None
+    index: GoInt | None = None
+    type: str | None = None
+    function: OpenAICalledFunction | None = None
+
+
 class OpenAIMessage(_GoStruct):
     role: str
     content: Annotated[Any, AfterValidator(_openai_content)] = None
     name: str | None = None
-    tool_calls: Items[dict[str, Any]] | None = None
+    tool_calls: Items[OpenAIToolCall] | None = None
     tool_call_id: str | None = None
 
 

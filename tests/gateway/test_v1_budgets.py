@@ -13,6 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter._request import facts_of
@@ -66,3 +69,50 @@ def test_a_thousand_results_of_one_long_named_call_are_refused_before_ollama(
         "/v1/chat/completions", json=chat("n" * 10_000, 5, named=False), headers=SALES
     )
     assert reply.status_code == 200, reply.text[:300]
+
+
+def go_spellings(name: str) -> st.SearchStrategy[str]:
+    """``name`` as Go's decoder still reads it as that field: any case, a long s for s, the
+    Kelvin sign for k."""
+    spelled = {"s": "sSſ", "k": "kKK"}
+    letters = [st.sampled_from(spelled.get(c, c + c.upper())) for c in name]
+    return st.tuples(*letters).map("".join)
+
+
+@pytest.fixture
+def sales_budget(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> Gateway:
+    """A gateway whose acme/sales budget of 100 USD a day refuses :func:`chat` of a thousand
+    results of one 10,000-byte name."""
+    gw = app_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())  # 1000 USD per 1M input tokens
+    gw.ledger.save_budget(Budget("acme", "sales", "day", 100_000_000, "USD"))
+    return gw
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    spelled=st.fixed_dictionaries(
+        {key: go_spellings(key) for key in ("id", "type", "function", "name", "arguments")}
+    )
+)
+def test_a_call_whose_keys_go_reads_in_any_case_is_refused_as_its_plain_spelling_is(
+    sales_budget: Gateway, emulator: OllamaEmulator, spelled: dict[str, str]
+) -> None:
+    """Ollama's OpenAI layer decodes a tool call into Go structs (``id``, ``function``,
+    ``name``...), whose keys it reads in any case. A call spelled ``{"ID": ..., "FUNCTION":
+    {"NAME": ...}}`` names its results as the plain one does, so it is never admitted where
+    the plain one is refused (it was: its bound counted the name once, not a thousand times)."""
+    body = chat("n" * 10_000, 1_000, named=False)
+    call = body["messages"][1]["tool_calls"][0]
+    function = {spelled["name"]: call["function"]["name"], spelled["arguments"]: "{}"}
+    body["messages"][1]["tool_calls"] = [
+        {spelled["id"]: "c1", spelled["type"]: "function", spelled["function"]: function}
+    ]
+    sent = len(emulator.requests_to("/v1/chat/completions"))
+    reply = sales_budget.client.post("/v1/chat/completions", json=body, headers=SALES)
+    assert reply.status_code in (400, 429), (spelled, reply.status_code, reply.text[:300])
+    assert len(emulator.requests_to("/v1/chat/completions")) == sent
