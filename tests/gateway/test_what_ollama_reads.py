@@ -206,7 +206,7 @@ def misspelled(draw: st.DrawFn) -> tuple[str, dict[str, Any], str]:
     path = draw(st.sampled_from(sorted(ROUTES)))
     model = "nomic-embed-text" if "embed" in path else "llama3.1:8b"
     body: dict[str, Any] = {"model": model, **VALID[path]}
-    where = draw(st.sampled_from(["body", "message", "stream_options"]))
+    where = draw(st.sampled_from(["body", "message", "stream_options", "tool_call"]))
     if where == "message" and path == "/v1/responses":  # in an input item, as Go reads it too
         key = draw(st.sampled_from(other_spellings(draw(st.sampled_from(["role", "content"])))))
         body["input"] = [{"role": "user", "content": "hi", key: "a much longer prompt " * 50}]
@@ -214,6 +214,21 @@ def misspelled(draw: st.DrawFn) -> tuple[str, dict[str, Any], str]:
         message = {"role": "user", "content": "hi"}
         key = draw(st.sampled_from(other_spellings(draw(st.sampled_from(sorted(message))))))
         body["messages"] = [{**message, key: "a much longer prompt " * 50}]
+    elif where == "tool_call" and path in ("/api/chat", "/v1/chat/completions"):
+        # An earlier call: Go structs too, whose names Ollama may write once per result.
+        function: dict[str, Any] = {"name": "lookup", "arguments": {}}
+        call: dict[str, Any] = {"function": function}
+        if path == "/v1/chat/completions":
+            call |= {"id": "c1", "type": "function", "index": 0}
+            function["arguments"] = "{}"
+        else:
+            call["id"], function["index"] = "c1", 0
+        part = draw(st.sampled_from([call, function]))
+        field = draw(st.sampled_from(sorted(part)))
+        key = draw(st.sampled_from(other_spellings(field)))
+        part[key] = part.pop(field)
+        said = {"role": "assistant", "content": "", "tool_calls": [call]}
+        body["messages"] = [{"role": "user", "content": "hi"}, said]
     elif where == "stream_options" and path in ("/v1/chat/completions", "/v1/completions"):
         key = draw(st.sampled_from(other_spellings("include_usage")))
         body |= {"stream": True, "stream_options": {key: True}}
