@@ -151,6 +151,7 @@ class OllamaMessage(_GoStruct):
 
 class ChatRequest(_OllamaBody):
     operation = "chat"
+    renders_for_debug = True
     streams_by_default = True
 
     messages: Items[OllamaMessage] | None = None
@@ -161,6 +162,7 @@ class ChatRequest(_OllamaBody):
 
 class GenerateRequest(_OllamaBody):
     operation = "generate"
+    renders_for_debug = True
     streams_by_default = True
 
     prompt: str | None = None
@@ -240,6 +242,7 @@ class _OpenAIGeneration(_Body):
 
 class OpenAIChatRequest(_OpenAIGeneration):
     operation = "openai.chat"
+    renders_for_debug = True
 
     messages: Items[OpenAIMessage]
     max_completion_tokens: int | None = None
@@ -250,6 +253,7 @@ class OpenAIChatRequest(_OpenAIGeneration):
 
 class OpenAICompletionRequest(_OpenAIGeneration):
     operation = "openai.completions"
+    renders_for_debug = True
 
     prompt: OpenAIInput = None
     suffix: str | None = None
@@ -380,7 +384,7 @@ def _explain(exc: PydanticError) -> str:
     more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
     if first["type"] == "missing":
         return f"{where} is required{more}"
-    if first["type"] == "field_spelling":
+    if first["type"] in ("field_spelling", "debug_render"):
         return f"{where}: {first['msg']}{more}"
     got = _json_type(type(first.get("input")).__name__)
     if sum(_where(e["loc"]) == where for e in errors) > 1:

@@ -51,6 +51,14 @@ reply cap of 2^70 would be one the meter read and Ollama refused)."""
 PositiveGoInt = Annotated[int, AfterValidator(_go_int), AfterValidator(_positive)]
 
 
+DEBUG_RENDER = "_debug_render_only"
+"""Ollama's chat and generate (and its OpenAI chat and completions) answer a body with this
+set to true with the prompt the model's template renders, and run nothing: a 200 that is no
+answer, which the gateway took for a failing model (a 502, the prompt charged as estimated,
+and a failure towards the model's circuit: two callers' few such requests refused the model
+to everyone for a minute). Refused instead, as a request the gateway does not meter."""
+
+
 class _GoStruct(BaseModel):
     """A body (or part of one) that Ollama decodes into a Go struct.
 
@@ -62,6 +70,8 @@ class _GoStruct(BaseModel):
     """
 
     model_config = ConfigDict(strict=True, extra="allow")
+    renders_for_debug: ClassVar[bool] = False
+    """Ollama reads ``_debug_render_only`` in this body (:data:`DEBUG_RENDER`)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -70,7 +80,16 @@ class _GoStruct(BaseModel):
             fields = _field_names(cls)
             for key in data:
                 if isinstance(key, str) and key not in fields:
-                    name = _folded_fields(cls).get(key.casefold())
+                    folded = key.casefold()
+                    if folded == DEBUG_RENDER and cls.renders_for_debug and data[key] is True:
+                        raise PydanticCustomError(
+                            "debug_render",
+                            "{key} asks Ollama for the prompt it would run instead of running "
+                            "the model; the gateway meters calls to models and does not relay "
+                            "that (ask Ollama itself, or leave the field out)",
+                            {"key": json.dumps(key)},
+                        )
+                    name = _folded_fields(cls).get(folded)
                     if name is not None:
                         raise PydanticCustomError(
                             "field_spelling",
