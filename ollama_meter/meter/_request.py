@@ -27,6 +27,7 @@ from ollama_meter.meter._compat import (
     searched,
     text_of,
 )
+from ollama_meter.meter._media import NoBound, audio_tokens
 from ollama_meter.meter._templates import template_bound
 from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.meter._written import (
@@ -81,6 +82,9 @@ class RequestFacts:
     thinking model is given once it has thought: the thinking comes back in the prompt)."""
     rendered: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
     """The body, when the model's own template renders it (:attr:`shape`); None: it does not."""
+    sounds: object = field(default=None, repr=False, compare=False)
+    """The body, where a WAV may be sent as a picture (:mod:`._media`): read by :meth:`bound`
+    only, a walk of the whole body only a hard budget's admission needs."""
 
     @property
     def shape(self) -> PromptShape | None:
@@ -112,6 +116,7 @@ class RequestFacts:
             + self.messages * MESSAGE_TOKENS
             + self.images * IMAGE_TOKENS
             + TEMPLATE_TOKENS
+            + _heard(self.sounds)
         )
         if self.embedding:
             return CallBound(inputs, 0)
@@ -125,6 +130,15 @@ class RequestFacts:
         # in an assistant message of its own (the reply has the cap to itself again).
         second = outputs + MESSAGE_TOKENS + SECOND_PASS_TOKENS
         return CallBound(inputs + second, outputs, passes=self.passes)
+
+
+def _heard(body: object) -> int:
+    """The most tokens the sounds in ``body`` may count; as many as a span holds when a WAV
+    says nothing of its length (a template that cannot be read is bounded so too)."""
+    try:
+        return audio_tokens(body)
+    except NoBound:
+        return MAX_TOKENS
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +324,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     return RequestFacts(
         passes=2 if kind in ("chat", "responses") and formatted(openai, kind, body) else 1,
         rendered=None if embedding or own else body,
+        sounds=None if embedding else body,
         evaluates=None if openai or kind not in _LOADS_WHEN_EMPTY else _evaluates(kind, body),
         prompt_text=prompt_text,
         prompt_bytes=size,
