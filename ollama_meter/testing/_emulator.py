@@ -220,8 +220,9 @@ class OllamaEmulator:
     def wait_idle(self, seconds: float = 10.0) -> int:
         """Wait until no inference request is being answered; return how many still are.
 
-        A client holds its whole reply a moment before the handler's thread has returned,
-        so a test that asserts ``in_flight == 0`` right after a call must wait for it here.
+        A call answered whole is counted out before its last bytes leave; one the emulator
+        hangs up on (a fault), or whose client left, only once its handler has returned, so a
+        test that asserts ``in_flight == 0`` right after such a call must wait for it here.
         """
         with self._state.settled:
             self._state.settled.wait_for(lambda: self._state.in_flight == 0, seconds)

@@ -86,6 +86,8 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: Server
     _head = False
+    _occupied = False
+    """An inference request is being answered: counted in the emulator's ``in_flight``."""
 
     # --- plumbing -------------------------------------------------------------
 
@@ -107,6 +109,18 @@ class Handler(BaseHTTPRequestHandler):
     @property
     def emulator(self) -> OllamaEmulator:
         return self.server.emulator
+
+    def _occupy(self) -> None:
+        self._occupied = True
+        self.emulator._busy(+1)
+
+    def _release(self) -> None:
+        """The request no longer occupies the server: called before its answer's last bytes
+        leave, as a client that has them may send its next call at once (a gateway handing
+        the slot on); counted after them, that call met this one still in flight."""
+        if self._occupied:
+            self._occupied = False
+            self.emulator._busy(-1)
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -134,6 +148,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self._release()
         if not self._head:
             self.wfile.write(body)
 
@@ -158,6 +173,7 @@ class Handler(BaseHTTPRequestHandler):
             raise
 
     def _end_chunked(self) -> None:
+        self._release()
         self.wfile.write(b"0\r\n\r\n")
 
     def _drop(self) -> None:

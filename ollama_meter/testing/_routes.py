@@ -127,11 +127,11 @@ class RoutingHandler(OllamaRoutes, MessagesRoutes):
         if handler is None and method in ("HEAD", "POST") and path.startswith(BLOBS):
             handler = functools.partial(self._blob, path.removeprefix(BLOBS))
         if handler is not None and path in _INFERENCE:
-            self.emulator._busy(+1)
+            self._occupy()
             try:
                 handler(raw)
             finally:
-                self.emulator._busy(-1)
+                self._release()
         elif handler is not None:
             handler(raw)
         elif path in self._GET_PATHS | self._HEAD_PATHS | self._POST_PATHS:

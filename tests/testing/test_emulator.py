@@ -630,10 +630,27 @@ def test_it_counts_the_most_inference_requests_answered_at_once() -> None:
         for thread in threads:
             thread.join()
         client.list()  # not inference: not counted
-        assert emu.wait_idle() == 0  # the last handler may still be returning
+        assert emu.in_flight == 0
         assert emu.most_in_flight == 3
         emu.reset()
         assert emu.most_in_flight == 0
+
+
+def test_a_call_answered_is_out_of_flight_before_its_client_has_the_answer() -> None:
+    """A client holding a whole answer may send its next call at once (a gateway handing a
+    slot on): the server must not count the two at once. The call is counted out before its
+    answer's last bytes leave."""
+    with OllamaEmulator() as emu:
+        client = ollama.Client(host=emu.url)
+        for stream in (False, True) * 100:
+            reply = client.chat(model="llama3.1:8b", messages=USER, stream=stream)
+            if stream:
+                *_, last = reply
+                assert last.done
+            assert emu.in_flight == 0
+            client.generate(model="llama3.1:8b", prompt="hi", stream=False)
+            assert emu.in_flight == 0
+        assert emu.most_in_flight == 1
 
 
 def test_a_paced_stream_is_whole_in_a_process_holding_over_a_thousand_files() -> None:
