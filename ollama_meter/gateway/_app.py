@@ -58,7 +58,7 @@ from ollama_meter.gateway._requests import (
     parse_request,
 )
 from ollama_meter.gateway._retention import prune_daily
-from ollama_meter.gateway._slots import client_left
+from ollama_meter.gateway._slots import hangup_of
 from ollama_meter.gateway._threads import in_thread
 from ollama_meter.ledger import ApiKey
 from ollama_meter.meter import Attribution, Meter, Source, Status
@@ -240,7 +240,7 @@ class Gateway:
             request.url.query,
             admission,
             bind=bind,
-            hangup=functools.partial(client_left, request),
+            hangup=hangup_of(request),
         )
         if spans:
             answer.headers[SPAN_HEADER] = spans[0]

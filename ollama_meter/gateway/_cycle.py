@@ -15,6 +15,11 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from ollama_meter.gateway._memory import GONE, Unparsable
 
+LEFT = "ometer.left"
+"""The scope's key for a future done when the request's caller has hung up: when its cycle is
+told ``disconnected`` (uvicorn's reads then say ``http.disconnect``). A call listens to it
+while it waits and answers (``_slots``), with no task of its own reading for the news."""
+
 
 class BodyNews:
     """What the app's reads of a request's body must hear from the parser: it broke."""
@@ -31,9 +36,20 @@ def watch(cycle: RequestResponseCycle, gone: asyncio.Future[None]) -> BodyNews:
     (:data:`GONE`). Returns the news of its body, for the parser to tell."""
     body = BodyNews()
     cycle.scope[GONE] = gone  # type: ignore[literal-required]
+    cycle.scope[LEFT] = gone.get_loop().create_future()  # type: ignore[literal-required]
     cycle.send = closing_early(cycle)  # type: ignore[method-assign,assignment]
     cycle.receive = hearing_breaks(cycle, body)  # type: ignore[method-assign,assignment]
     return body
+
+
+def hear_lost(cycle: RequestResponseCycle | None) -> None:
+    """Tell the request of ``cycle`` that its caller has gone, if its connection's loss told
+    the cycle so (uvicorn tells the last request parsed, not one before it still running)."""
+    if cycle is None or not cycle.disconnected:
+        return
+    left = cycle.scope.get(LEFT)
+    if isinstance(left, asyncio.Future) and not left.done():
+        left.set_result(None)
 
 
 def hearing_breaks(cycle: RequestResponseCycle, body: BodyNews) -> Callable[[], Awaitable[Any]]:

@@ -11,7 +11,6 @@ relayed as it comes, status, headers and body.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from urllib.parse import quote
@@ -26,7 +25,7 @@ from ollama_meter.gateway._fleet import UNION, Fleet
 from ollama_meter.gateway._json import INLINE_PARSE_BYTES
 from ollama_meter.gateway._model_names import model_named
 from ollama_meter.gateway._relay import forward_headers, wire_of
-from ollama_meter.gateway._slots import CallerGone, Heard, client_left, until_gone
+from ollama_meter.gateway._slots import CallerGone, Heard, hangup_of, until_gone
 from ollama_meter.upstream import OLLAMA, gateway_status
 from ollama_meter.upstream._pooled import as_sent
 
@@ -82,7 +81,7 @@ async def forward(
     # Until the answer starts, the caller is listened for: one that leaves a pull (minutes of
     # nothing; a stream:false one sends even its headers at the end) has its connection to
     # Ollama dropped, which stops it. Not while a blob upload reads the request (streamed on).
-    hangup = None if isinstance(body, AsyncIterable) else functools.partial(client_left, request)
+    hangup = None if isinstance(body, AsyncIterable) else hangup_of(request)
     try:
         sent = pool.request(
             request.method,

@@ -58,7 +58,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ollama_meter._logging import Throttled
 from ollama_meter.errors import ValidationError
-from ollama_meter.gateway._cycle import BodyNews, watch
+from ollama_meter.gateway._cycle import BodyNews, hear_lost, watch
 from ollama_meter.gateway._limits import MAX_HEADER_BYTES
 
 
@@ -228,6 +228,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
         if not self._gone.done():
             self._gone.set_result(None)
         super().connection_lost(exc)
+        hear_lost(self.cycle)
 
     def _watch_stall(self, waiting: int) -> None:
         self._unwatch_stall()

@@ -11,20 +11,23 @@ queue, not before. A slot is held until the answer has been sent, or abandoned
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ollama_meter.gateway._cycle import LEFT
 from ollama_meter.gateway._fleet import Fleet, Lease
 from ollama_meter.gateway._memory import Unread
 from ollama_meter.gateway._rates import Admission
 from ollama_meter.meter import Meter, MeteredCall
 
 T = TypeVar("T")
-Hangup = Callable[[], Awaitable[object]]
-"""Returns when the caller has gone."""
+Hangup = Callable[[], Awaitable[object]] | asyncio.Future[None]
+"""Returns when the caller has gone; or a future done then, that nobody but the server
+completes or cancels."""
 
 
 class CallerGone(Exception):
@@ -39,6 +42,18 @@ async def client_left(request: Request) -> None:
                 return
         except Unread:  # a body left unread broke (``_server``): no news of the caller
             continue
+
+
+def hangup_of(request: Request) -> Hangup:
+    """What tells that the caller of ``request`` has gone: the future its connection's server
+    completes then (``_cycle.LEFT``), else :func:`client_left` (another ASGI server)."""
+    left: asyncio.Future[None] | None = request.scope.get(LEFT)
+    return left if left is not None else functools.partial(client_left, request)
+
+
+def _listen(hangup: Hangup) -> asyncio.Future[Any]:
+    """A future done when the caller has gone: the server's own, or a task reading for it."""
+    return hangup if isinstance(hangup, asyncio.Future) else asyncio.ensure_future(hangup())
 
 
 async def take_slot(
@@ -81,7 +96,7 @@ async def until_gone(work: Awaitable[T], hangup: Hangup | None) -> T:
         return await work
     task = asyncio.current_task()
     assert task is not None
-    gone = asyncio.ensure_future(hangup())
+    gone = _listen(hangup)
     cut = ended = False
 
     def cut_short(_: object) -> None:
@@ -101,7 +116,10 @@ async def until_gone(work: Awaitable[T], hangup: Hangup | None) -> T:
         raise
     finally:
         ended = True
-        gone.cancel()
+        if gone is hangup:  # the server's: shared with the call's other waits
+            gone.remove_done_callback(cut_short)
+        else:
+            gone.cancel()
         if cut:  # the work took the hang-up's cancellation and ended otherwise
             task.uncancel()
 
@@ -117,10 +135,11 @@ class Heard:
     caller has left (:meth:`left`).
     """
 
-    __slots__ = ("_task",)
+    __slots__ = ("_own", "_task")
 
     def __init__(self, hangup: Hangup | None) -> None:
-        self._task = None if hangup is None else asyncio.ensure_future(hangup())
+        self._task = None if hangup is None else _listen(hangup)
+        self._own = self._task is not hangup  # a task of its own, to stop when done
 
     @property
     def gone(self) -> bool:
@@ -137,7 +156,7 @@ class Heard:
         return asyncio.CancelledError() if await self.left() else None
 
     def close(self) -> None:
-        if self._task is None:
+        if self._task is None or not self._own:
             return
         self._task.cancel()
         if self._task.done() and not self._task.cancelled():

@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from ollama_meter.gateway._slots import CallerGone, until_gone
+from ollama_meter.gateway._cycle import LEFT, hear_lost
+from ollama_meter.gateway._slots import CallerGone, Heard, until_gone
 
 
 def test_a_hang_up_cancels_the_work_and_leaves_the_task_uncancelled() -> None:
@@ -97,3 +98,93 @@ def test_work_that_takes_the_hang_ups_cancellation_and_answers_is_answered() -> 
         return got
 
     assert asyncio.run(scenario()) == "answered anyway"
+
+
+# -- the server's own news of a hang-up: a future it completes, shared by the call's waits --
+
+
+def test_the_servers_hang_up_future_cuts_the_work_short_and_is_neither_cancelled_nor_reused() -> (
+    None
+):
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+        left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def work() -> str:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                seen.append("work cancelled")
+                raise
+            return "done"
+
+        asyncio.get_running_loop().call_later(0.01, left.set_result, None)
+        with pytest.raises(CallerGone):
+            await until_gone(work(), left)
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        assert left.done() and not left.cancelled()
+        with pytest.raises(CallerGone):  # the next wait of the call hears it at once
+            await until_gone(asyncio.sleep(10), left)
+        assert task.cancelling() == 0
+        seen.append("went on")
+        return seen
+
+    assert asyncio.run(scenario()) == ["work cancelled", "went on"]
+
+
+def test_work_that_ends_first_leaves_the_servers_future_pending_for_the_next_wait() -> None:
+    async def scenario() -> tuple[str, str]:
+        left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def work() -> str:
+            await asyncio.sleep(0)
+            return "answer"
+
+        first = await until_gone(work(), left)
+        assert not left.done()  # not cancelled: the connection's, not this wait's
+        second = await until_gone(work(), left)
+        left.set_result(None)
+        await asyncio.sleep(0.01)  # heard after both: nothing of it reaches this task
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        return first, second
+
+    assert asyncio.run(scenario()) == ("answer", "answer")
+
+
+def test_heard_reads_the_servers_future_and_leaves_it_as_it_was() -> None:
+    async def scenario() -> list[bool]:
+        left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heard = Heard(left)
+        seen = [heard.gone, await heard.left()]
+        heard.close()
+        assert not left.cancelled()
+        left.set_result(None)
+        again = Heard(left)
+        seen += [again.gone, await again.left()]
+        again.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [False, False, True, True]
+
+
+class _Cycle:
+    """As much of uvicorn's request cycle as ``hear_lost`` reads."""
+
+    def __init__(self, *, disconnected: bool, left: asyncio.Future[None]) -> None:
+        self.disconnected = disconnected
+        self.scope = {LEFT: left}
+
+
+def test_a_lost_connection_tells_only_a_request_its_cycle_was_told_of() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        loop = asyncio.get_running_loop()
+        told, untold = loop.create_future(), loop.create_future()
+        hear_lost(_Cycle(disconnected=True, left=told))  # type: ignore[arg-type]
+        hear_lost(_Cycle(disconnected=False, left=untold))  # type: ignore[arg-type]
+        hear_lost(None)
+        hear_lost(_Cycle(disconnected=True, left=told))  # type: ignore[arg-type]  # twice: once
+        return told.done(), untold.done()
+
+    assert asyncio.run(scenario()) == (True, False)
