@@ -98,22 +98,29 @@ async def read_body(request: Request, limit: int) -> bytes:
     waited = 0.0  # on the caller: not on room for the body (the gateway's own wait)
     loop = asyncio.get_running_loop()
     stream = aiter(request.stream())
-    while True:
-        allowed = _memory.BODY_S + size // _memory.BODY_PART * _memory.BODY_S_PER_PART
-        began = loop.time()
-        try:
-            async with asyncio.timeout(allowed - waited):
-                part = await anext(stream)
-        except StopAsyncIteration:
-            break
-        except TimeoutError:
-            raise TooSlow(size, declared, allowed) from None
-        waited += loop.time() - began
-        size += len(part)
-        if size > limit:
-            raise TooLarge(limit)
-        await take(request.scope, len(part))
-        body += part
+    allowed = _memory.BODY_S
+    timer = asyncio.timeout(None)  # one for the reads, set before each (three a small body)
+    try:
+        async with timer:
+            while True:
+                allowed = _memory.BODY_S + size // _memory.BODY_PART * _memory.BODY_S_PER_PART
+                began = loop.time()
+                timer.reschedule(began + allowed - waited)
+                try:
+                    part = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                timer.reschedule(None)
+                waited += loop.time() - began
+                size += len(part)
+                if size > limit:
+                    raise TooLarge(limit)
+                await take(request.scope, len(part))
+                body += part
+    except TimeoutError:
+        if not timer.expired():
+            raise
+        raise TooSlow(size, declared, allowed) from None
     return bytes(body)
 
 
