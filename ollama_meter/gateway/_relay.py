@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from ollama_meter.errors import (
     BudgetExceeded,
@@ -49,6 +49,7 @@ from ollama_meter.gateway._slots import (
     Heard,
     Holding,
     Slot,
+    Streamed,
     take_slot,
     until_gone,
 )
@@ -298,7 +299,7 @@ class Relay:
                 whole = await until_gone(sent.whole(hangup), hangup)
                 # An answer relayed as it arrives gives the slot back when it has been sent.
                 return Holding(whole, slot.hand_over()) if isinstance(whole, Relayed) else whole
-            stream = StreamingResponse(
+            stream = Streamed(
                 sent.stream(hangup),
                 media_type=wire.stream_media_type
                 or content_type_of(sent.response)

@@ -11,12 +11,13 @@ queue, not before. A slot is held until the answer has been sent, or abandoned
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from ollama_meter.gateway._cycle import LEFT
 from ollama_meter.gateway._fleet import Fleet, Lease
@@ -206,3 +207,21 @@ class Holding(Response):
             await self.inner(scope, receive, send)
         finally:
             self.lease.release()
+
+
+class Streamed(StreamingResponse):
+    """Starlette's streamed answer, stopped when its caller hangs up, heard from the server's
+    own news of it (``_cycle.LEFT``) in this task: Starlette's own (ASGI 2.3, as uvicorn speaks)
+    ran the stream in a task group beside a task reading for the hang-up, each streamed call.
+    The hang-up cancels the stream as that task group did; under another server, Starlette's."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        left = scope.get(LEFT)
+        if scope["type"] != "http" or not isinstance(left, asyncio.Future):
+            await super().__call__(scope, receive, send)
+            return
+        # Stopped by a hang-up as Starlette's task group stopped it: nobody is there to read it.
+        with contextlib.suppress(CallerGone):
+            await until_gone(self.stream_response(send), left)
+        if self.background is not None:
+            await self.background()

@@ -4,11 +4,12 @@ and leaves that task as it found it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
 from ollama_meter.gateway._cycle import LEFT, hear_lost
-from ollama_meter.gateway._slots import CallerGone, Heard, until_gone
+from ollama_meter.gateway._slots import CallerGone, Heard, Streamed, until_gone
 
 
 def test_a_hang_up_cancels_the_work_and_leaves_the_task_uncancelled() -> None:
@@ -188,3 +189,61 @@ def test_a_lost_connection_tells_only_a_request_its_cycle_was_told_of() -> None:
         return told.done(), untold.done()
 
     assert asyncio.run(scenario()) == (True, False)
+
+
+def _scope(left: asyncio.Future[None]) -> dict[str, object]:
+    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, LEFT: left}
+
+
+async def _no_message() -> dict[str, object]:
+    await asyncio.Event().wait()  # the server's news is the future: nothing reads for it
+    raise AssertionError
+
+
+def test_a_streamed_answer_is_sent_whole_and_leaves_the_servers_future_as_it_was() -> None:
+    async def scenario() -> list[object]:
+        left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        sent: list[object] = []
+
+        async def items() -> AsyncIterator[bytes]:
+            yield b"a\n"
+            yield b"b\n"
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message.get("body", message["type"]))
+
+        await Streamed(items())(_scope(left), _no_message, send)
+        assert not left.done()
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        return sent
+
+    assert asyncio.run(scenario()) == ["http.response.start", b"a\n", b"b\n", b""]
+
+
+def test_a_hang_up_stops_a_silent_stream_which_hears_it_as_a_cancellation() -> None:
+    async def scenario() -> list[object]:
+        left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        seen: list[object] = []
+
+        async def items() -> AsyncIterator[bytes]:
+            yield b"a\n"
+            try:
+                await asyncio.sleep(10)  # Ollama silent: only the hang-up can stop it
+            except asyncio.CancelledError:
+                seen.append("stream cancelled")
+                raise
+            yield b"never\n"
+
+        async def send(message: dict[str, object]) -> None:
+            seen.append(message.get("body", message["type"]))
+
+        asyncio.get_running_loop().call_later(0.01, left.set_result, None)
+        async with asyncio.timeout(5):
+            await Streamed(items())(_scope(left), _no_message, send)
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        seen.append("went on")
+        return seen
+
+    assert asyncio.run(scenario()) == ["http.response.start", b"a\n", "stream cancelled", "went on"]
