@@ -304,18 +304,24 @@ class PooledUpstream(Resilient):
         loop = asyncio.get_running_loop()
         chunks = aiter(self.chunks(response))
         since = loop.time()
-        while True:
-            try:
-                async with asyncio.timeout_at(since + self._item_s):
-                    data = await anext(chunks)
-            except StopAsyncIteration:
-                return
-            except TimeoutError as exc:
-                raise self._broken(exc) from None
-            batch = frames.feed(data)
-            if any(frame.strip() for frame in batch):
-                since = loop.time()
-            yield batch
+        timer = asyncio.timeout(None)  # one for the reads, set before each: none meanwhile
+        try:
+            async with timer:
+                while True:
+                    timer.reschedule(since + self._item_s)
+                    try:
+                        data = await anext(chunks)
+                    except StopAsyncIteration:
+                        return
+                    timer.reschedule(None)
+                    batch = frames.feed(data)
+                    if any(frame.strip() for frame in batch):
+                        since = loop.time()
+                    yield batch
+        except TimeoutError as exc:
+            if not timer.expired():
+                raise
+            raise self._broken(exc) from None
 
     def _broken(self, exc: BaseException) -> UpstreamError:
         kind = Failure.TIMEOUT if isinstance(exc, TimeoutError) else Failure.BROKEN
