@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import socket
 
 from starlette.middleware import Middleware
@@ -29,6 +30,10 @@ from ollama_meter.gateway._answers import error_response
 from ollama_meter.gateway._relay import wire_of
 
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
+_HOST = re.compile(r"(?:\[[0-9A-Za-z:.%~_-]*\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+"""A ``Host`` as RFC 9110 has it (RFC 3986's host and port): a name or an address, never a
+path, query, fragment or user. Starlette's ``request.url`` is built from it, and older ones
+took ``gw/api/dash?`` as a host followed by a path, whatever path was asked."""
 
 
 @functools.lru_cache(maxsize=1024)  # the same few Host headers, every request
@@ -86,6 +91,9 @@ class Guard:
             refusal = None
             if len(hosts) > 1:  # which one a check reads, and which one a server behind it
                 message = f"Host is given {len(hosts)} times; give it once"
+                refusal = error_response(wire_of(path), 400, message)
+            elif not _HOST.fullmatch(host):  # RFC 9112 §3.2: a Host not a host is a 400
+                message = f"{host!r} is not a host: Host names a host and a port, nothing more"
                 refusal = error_response(wire_of(path), 400, message)
             elif self.loopback and not is_local_host(host):
                 message = (
