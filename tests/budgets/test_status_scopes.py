@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 from ollama_meter.budgets import budget_status
 from ollama_meter.ledger import Ledger
 from ollama_meter.records import EACH_TENANT, Budget
+from ollama_meter.reports import DashQuery, dashboard_report
 from tests.factories import make_span
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
@@ -32,4 +33,9 @@ def test_a_whole_tenant_budget_for_each_tenant_shows_each_tenants_spend(sqlite_u
     assert [(s.tenant, s.spent, s.state) for s in rows] == [
         ("acme", 2_200_000, "exhausted"),
         ("globex", 300_000, "ok"),
+    ]
+    gauges = dashboard_report(ledger, DashQuery(), tz=ZoneInfo("UTC"), now=NOW).to_json()
+    assert [(b["scope"], b["spent"], b["state"]) for b in gauges["budgets"]] == [
+        ("acme", "2.200000", "exhausted"),
+        ("globex", "0.300000", "ok"),
     ]
