@@ -88,7 +88,9 @@ def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[B
                 # Those who spent (a name on refused calls only is anyone's to make up), and
                 # those it refused (who spent: a refusal alert needs that, _gate.py).
                 seen = {
-                    t for (t, dept, _), cost in sums.items() if dept == budget.department and cost
+                    t
+                    for (t, dept, _), cost in sums.items()
+                    if budget.department in (None, dept) and cost
                 }
                 seen.update(
                     k.tenant

@@ -78,7 +78,7 @@ def report(
             tz=cfg.tz,
             zone=cfg.timezone,
             generated=utc_now(),
-            title=f"Spend by {', '.join(columns) or 'period'}",
+            title=f"Spend by {', '.join(columns) or 'period'}{_whose(where)}",
         )
         write_output(page, out_file)
         return
@@ -96,6 +96,12 @@ def report(
         _hints.note_unmatched(ledger, **where)
         return
     _hints.note_tenants_summed(ledger, window, columns, tz=cfg.tz, **where)
+
+
+def _whose(where: dict[str, str | None]) -> str:
+    """The filters, for the title of a file read by someone who never saw the command."""
+    named = [f"{what} {value}" for what, value in where.items() if value is not None]
+    return f" of {', '.join(named)}" if named else ""
 
 
 # Narrow headings for the terminal; CSV and JSON keep the exact column names.

@@ -25,6 +25,7 @@ from ollama_meter.records import (
     MAX_TOKENS,
     TEXT_LIMITS,
     SpanRecord,
+    Status,
     format_micros,
 )
 
@@ -91,6 +92,8 @@ MAX_LINE_BYTES = 64 * 2**20
 one is refused after this much is read, not read whole into memory."""
 _ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
+_STATUSES = frozenset(Status)
+
 _SUB_MICROSECOND = re.compile(r"[.,][0-9]{7}")
 # What a line may hold is what the ledger stores unchanged: the limits of the records
 # (``make_storable``'s), refused here rather than cut, so a span comes back as it left.
@@ -193,6 +196,10 @@ def _check_labels(d: _Line) -> None:
         value = getattr(d, what)
         if value is not None and (len(value) > limit or not value.isprintable()):
             raise ValueError(f"{what} {_shown(value)} is longer than {limit} or not printable")
+    if d.status not in _STATUSES:  # reports count errors, and `log --status` finds, by these
+        raise ValueError(
+            f"status {_shown(d.status)} is not one of {', '.join(Status)} (a newer ometer's?)"
+        )
     if not _CURRENCY.fullmatch(d.currency):
         raise ValueError(f"currency {_shown(d.currency)} is not a 3-letter code like USD")
 

@@ -196,3 +196,25 @@ def test_ledgers_opened_by_several_threads_at_once_are_each_migrated(db_url: str
         thread.join()
     assert failures == [] and len(opened) == 4
     assert {ledger.count() for ledger in opened} == {0}
+
+
+def test_an_export_while_spans_are_written_is_the_ledger_as_it_began(db_url: str) -> None:
+    """``db export`` reads one snapshot however long it streams: spans recorded while it runs,
+    started among those it has still to give, are in none of its lines, and the spans it
+    gives are each there once."""
+    ledger, writer = Ledger(db_url), Ledger(db_url)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    ledger.record([make_span(started_at=start + timedelta(seconds=i)) for i in range(2_500)])
+    given: list[str] = []
+    for n, line in enumerate(export_lines(ledger, since=start)):
+        given.append(json.loads(line)["department"])
+        if n % 500 == 0:  # a batch in the middle of the window, and one at its end
+            writer.record(
+                [
+                    make_span(started_at=start + timedelta(seconds=s, microseconds=1),
+                              department=f"b{n}")
+                    for s in (1_250, 2_499)
+                ]
+            )  # fmt: skip
+    assert given == ["sales"] * 2_500
+    assert ledger.count() == 2_510

@@ -35,6 +35,10 @@ ANCHORS = [
     datetime(2011, 12, 30, 10, tzinfo=UTC),  # Apia skips a day
     datetime(1971, 6, 1, tzinfo=UTC),  # Monrovia -0:44:30, Kiritimati -10:40
     datetime(1979, 10, 1, 10, tzinfo=UTC),  # Kiritimati to +14
+    datetime(2026, 10, 25, 1, tzinfo=UTC),  # Europe back
+    datetime(2026, 4, 4, 15, tzinfo=UTC),  # Lord Howe back half an hour
+    datetime(2024, 2, 29, 12, tzinfo=UTC),  # a leap day
+    datetime(2020, 12, 31, 12, tzinfo=UTC),  # a year's end inside ISO week 53
 ]
 NOW = datetime(2027, 1, 1, tzinfo=UTC)
 

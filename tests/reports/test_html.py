@@ -354,3 +354,31 @@ def test_every_call_is_in_the_spend_chart_whatever_its_models_name(
     ledger.dispose()
     drawn = re.findall(r'class="mark [^"]*"[^>]* data-value="([0-9.]+)"', page)
     assert sum(Decimal(v) for v in drawn) == Decimal(sum(c for _, _, c in calls)).scaleb(-6)
+
+
+def test_a_filtered_html_file_says_whose_it_is(cli, sqlite_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The file is made to be mailed, to someone who never saw the command: with ``--tenant
+    acme --model llama3.1:8b`` it was titled "Spend by department" and its total was acme's
+    llama spend alone, read as the whole company's."""
+    at = datetime(2026, 11, 3, 9, tzinfo=UTC)
+    Ledger(sqlite_url).record(
+        [
+            make_span(started_at=at, tenant="acme", cost_total=1_000_000),
+            make_span(started_at=at, tenant="globex", cost_total=2_000_000),
+            make_span(started_at=at, tenant="acme", request_model="<b>x</b>", cost_total=4),
+        ]
+    )
+    out = tmp_path / "spend.html"
+    filters = ["--tenant", "acme", "--dept", "sales", "--model", "llama3.1:8b"]
+    result = cli(
+        "report", "--db", sqlite_url, "--period", "2026-11", *filters,
+        "--format", "html", "--out", str(out),
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    page = out.read_text()
+    heading = "Spend by department of tenant acme, department sales, model llama3.1:8b"
+    assert f"<title>{heading} · 2026-11 · UTC</title>" in page
+    unfiltered = tmp_path / "all.html"
+    cli("report", "--db", sqlite_url, "--period", "2026-11", "--model", "<b>x</b>",
+        "--format", "html", "--out", str(unfiltered))  # fmt: skip
+    assert "<title>Spend by department of model &lt;b&gt;x&lt;/b&gt; · " in unfiltered.read_text()

@@ -23,13 +23,15 @@ from tests.ledger.test_rollups import _fill
 JUMPS = {
     "Europe/Berlin": [date(2026, 3, 29), date(2026, 10, 25)],
     "America/New_York": [date(2026, 3, 8), date(2026, 11, 1)],
-    "Asia/Kathmandu": [date(2026, 2, 1)],
+    "Asia/Kathmandu": [date(2026, 2, 1), date(2024, 2, 29), date(2020, 12, 31)],
+    "America/St_Johns": [date(2026, 3, 8), date(2026, 11, 1)],
     "Australia/Lord_Howe": [date(2026, 4, 5), date(2026, 10, 4)],
     "Pacific/Chatham": [date(2026, 4, 5), date(2026, 9, 27)],
     "Pacific/Apia": [date(2011, 12, 30)],
     "Antarctica/Casey": [date(2023, 3, 9)],
 }
-"""Zones, and local days their clocks jump on (Kathmandu: none, +5:45 all year)."""
+"""Zones, and local days their clocks jump on (Kathmandu: none, +5:45 all year: its days
+are a leap day and a year's end inside ISO week 53)."""
 NOW = datetime(2027, 1, 1, tzinfo=UTC)
 
 
