@@ -10,7 +10,6 @@ import asyncio
 import json
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,11 +18,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, strategies as st
-from starlette.exceptions import StarletteDeprecationWarning
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
 
 from ollama_meter.budgets._estimate import Estimate
 from ollama_meter.budgets._leases import Lease
@@ -39,6 +33,7 @@ from ollama_meter.periods import Window
 from ollama_meter.records import Budget, Limit
 from ollama_meter.testing import Fault, OllamaEmulator, unreachable_url
 from tests._committed import committed
+from tests.gateway.conftest import TestClient
 
 LLAMA, QWEN = "llama3.1:8b", "qwen2.5:7b"
 HI = [{"role": "user", "content": "hi"}]

@@ -7,18 +7,12 @@ the test places exactly, in front of two emulated servers that fail in any way.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from starlette.exceptions import StarletteDeprecationWarning
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
 
 from ollama_meter.budgets import Budget
 from ollama_meter.config import load_settings
@@ -27,6 +21,7 @@ from ollama_meter.ledger import SpanFilter, open_ledger
 from ollama_meter.testing import Fault, OllamaEmulator
 from tests._committed import committed
 from tests.factories import token_prices
+from tests.gateway.conftest import TestClient
 
 LLAMA = "llama3.1:8b"
 HI = [{"role": "user", "content": "hi"}]

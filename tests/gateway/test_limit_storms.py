@@ -7,24 +7,19 @@ two emulated servers that fail in several ways; each caller hangs up where the t
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from starlette.exceptions import StarletteDeprecationWarning
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
 
 from ollama_meter.config import load_settings
 from ollama_meter.gateway import GatewayOptions, create_app
 from ollama_meter.ledger import open_ledger
 from ollama_meter.records import Limit
 from ollama_meter.testing import Fault, OllamaEmulator
+from tests.gateway.conftest import TestClient
 from tests.gateway.test_fleet_endings import chat_scope
 
 LLAMA = "llama3.1:8b"

@@ -4,13 +4,6 @@ every server the call may go to (the most of them), as ``/api/show`` says it."""
 from __future__ import annotations
 
 import dataclasses
-import warnings
-
-from starlette.exceptions import StarletteDeprecationWarning
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
 
 from ollama_meter.budgets import MESSAGE_TOKENS, Budget
 from ollama_meter.config import load_settings
@@ -19,6 +12,7 @@ from ollama_meter.ledger import SpanFilter, open_ledger
 from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator, expected_counts
 from tests._committed import committed
 from tests.factories import token_prices
+from tests.gateway.conftest import TestClient
 
 SYSTEM = " ".join(f"rule{n}" for n in range(300))
 WITH_SYSTEM = dataclasses.replace(DEFAULT_MODELS[0], system=SYSTEM)
