@@ -39,6 +39,7 @@ from ollama_meter.ledger._engine import (
     create_ledger_engine,
     file_id,
     idle_seconds,
+    is_damaged,
     lock_seconds,
     patient_read,
     sqlite_path,
@@ -193,14 +194,14 @@ class Database:
             if file_id(path) == self._known:
                 return  # another thread got here first
             self.engine.dispose()
+            self.on_new_file()  # said once it is a ledger: a file that is not says so, each try
+            with self.engine.connect():  # the file exists from here, if on_new_file made none
+                self._known = file_id(path)
             log.warning(
                 "the ledger file %s was removed or replaced while ometer had it open; "
                 "ometer now writes to the file at that path",
                 path,
             )
-            self.on_new_file()
-            with self.engine.connect():  # the file exists from here, if on_new_file made none
-                self._known = file_id(path)
 
     def _same_file(self, conn: Connection) -> bool:
         """Whether ``conn`` is open on the file at the ledger's path now."""
@@ -217,6 +218,8 @@ class Database:
         except DBAPIError as exc:
             if is_content_error(exc):
                 raise
+            if is_damaged(exc):  # every connection kept what it read of the damaged file: a
+                self.engine.dispose()  # good copy put back over it (cp) failed like it
             raise LedgerError(
                 f"the ledger at {self.display_url} failed: {self.explain(exc)}"
             ) from exc
@@ -236,8 +239,8 @@ class Database:
         if "malformed" in lowered or "not a database" in lowered:
             return (
                 f"{text}: the file is damaged or is not an ometer ledger. Restore it from a "
-                "backup (`ometer db backup FILE` makes one), or move it aside to start a new "
-                "ledger; spans spooled since stay in the spool"
+                "backup (`ometer db backup FILE` makes one; a running gateway writes to the "
+                f"copy from its next write), or move it aside to start a new ledger{meanwhile}"
             )
         if self._file is not None and ("unable to open" in lowered or "readonly" in lowered):
             return f"{text}: {unwritable(self._file)}{meanwhile}"
