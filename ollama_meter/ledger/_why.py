@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import resource
+import shlex
+import stat
 from pathlib import Path
 
 ROOM_BYTES = 1 << 20
@@ -30,6 +32,18 @@ def unwritable(path: Path) -> str:
             "mount), and SQLite writes the ledger's -wal and -shm files beside it: make it "
             "writable, or give a ledger in a folder ometer may write"
         )
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            found = file.stat()
+        except OSError:
+            continue
+        if found.st_uid == os.geteuid() and not found.st_mode & stat.S_IWUSR:
+            # This user's own file, made read-only (chmod a-w): giving it to the user, as
+            # said below, changes nothing.
+            return (
+                f"{file} is read-only (mode {stat.S_IMODE(found.st_mode):o}), though this "
+                f"user owns it: make it writable (chmod u+w {shlex.quote(str(file))})"
+            )
     return (
         f"this user may not write the ledger file {path} or its -wal and -shm files: give "
         "them to this user (chown), or run ometer as their owner"

@@ -12,6 +12,8 @@ import logging
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -168,3 +170,37 @@ def test_a_file_replaced_by_one_that_is_not_a_ledger_is_not_said_written_to(
     assert running.failing is None
     running.dispose()
     assert _ids(url) == {s.id for s in [*late, last]}
+
+
+_RECORD = """
+import sys
+from ollama_meter.ledger import Ledger
+from tests.factories import make_span
+ledger = Ledger(sys.argv[1])
+print(ledger.record([make_span()]).popitem()[1].value)
+print(ledger.failing)
+"""
+
+
+def test_a_ledger_file_made_read_only_says_to_make_it_writable(tmp_path: Path) -> None:
+    """``chmod a-w ledger.db``: the writes failed saying to give the file to this user
+    (chown), which it is already. (Root without CAP_DAC_OVERRIDE is held to file modes as
+    any other user is.)"""
+    if os.geteuid() != 0:
+        pytest.skip("dropping the override of file modes needs root (CI runs as root)")
+    path = tmp_path / "l.db"
+    url = f"sqlite:///{path}"
+    Ledger(url).dispose()
+    path.chmod(0o444)
+    limited = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    done = subprocess.run(
+        [*limited, sys.executable, "-c", _RECORD, url],
+        capture_output=True, text=True, check=False, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    spooled, failing = done.stdout.splitlines()
+    assert spooled == "spooled"
+    assert failing.endswith(
+        f"attempt to write a readonly database: {path} is read-only (mode 444), though this "
+        f"user owns it: make it writable (chmod u+w {path}); spans wait in the spool meanwhile"
+    ), failing
