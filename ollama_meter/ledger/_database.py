@@ -45,7 +45,7 @@ from ollama_meter.ledger._engine import (
     sqlite_path,
 )
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, numbered_as_ours
-from ollama_meter.ledger._why import file_limit, full_disk, unwritable
+from ollama_meter.ledger._why import emptied, file_limit, full_disk, unwritable
 
 log = logging.getLogger("ollama_meter.ledger")
 
@@ -306,6 +306,8 @@ class Database:
         if getattr(exc.orig, "sqlstate", None) in SCHEMA_CHANGED or (
             self._sqlite and any(said in lowered for said in SQLITE_SCHEMA_CHANGED)
         ):
+            if self._file is not None and (empty := emptied(self._file)):
+                return f"{text}: {empty}{meanwhile}"
             if newer := self._newer_revision():
                 return (
                     f"{text}: a newer ometer upgraded the ledger to schema revision {newer} "

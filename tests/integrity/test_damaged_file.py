@@ -60,6 +60,8 @@ def damage(path: Path, how: str) -> None:
             for root in roots:
                 file.seek((root - 1) * size)
                 file.write(bytes(range(256)) * (size // 256))
+    elif how == "emptied":
+        os.truncate(path, 0)
     elif how == "cut in half":
         os.truncate(path, os.stat(path).st_size // 2)
     elif how == "text written over it":
@@ -204,3 +206,22 @@ def test_a_ledger_file_made_read_only_says_to_make_it_writable(tmp_path: Path) -
         f"attempt to write a readonly database: {path} is read-only (mode 444), though this "
         f"user owns it: make it writable (chmod u+w {path}); spans wait in the spool meanwhile"
     ), failing
+
+
+def test_a_ledger_file_emptied_under_a_running_process_says_so(tmp_path: Path) -> None:
+    """``: > ledger.db`` (or a disk that lost it) under a running gateway: its writes failed
+    saying the schema had been changed by hand. The file is empty: what it held is gone."""
+    path = tmp_path / "l.db"
+    running = Ledger(f"sqlite:///{path}")
+    running.record(_spans(0, 3))
+    damage(path, "emptied")
+    late = _spans(100, 3)
+    for span in late:
+        assert running.record([span]) == {span.id: Stored.SPOOLED}
+    assert running.failing is not None
+    assert running.failing.endswith(
+        f"the ledger file {path} is empty (emptied while ometer had it open?): what it held is "
+        "gone. Restore it from a backup (`ometer db backup FILE` makes one), or run `ometer db "
+        "upgrade` to make a new ledger of it; spans wait in the spool meanwhile"
+    ), running.failing
+    running.dispose()
