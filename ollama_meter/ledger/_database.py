@@ -73,6 +73,7 @@ class Database:
         self._file = sqlite_path(make_url(url))
         self._reopening = threading.Lock()
         self._known: tuple[int, int] | None = None
+        self._damaged = False  # SQLite found the file damaged, and no write succeeded since
         """The identity of the file this database is (SQLite), from its first use on."""
         self._in_use = 0
         self._forking = False
@@ -166,6 +167,7 @@ class Database:
                         f"the ledger file {self._file} was removed or replaced during a write; "
                         "it is written again to the file there now"
                     )
+            self._damaged = False
 
     def _connect(self) -> Connection:
         """A connection to the file at the ledger's path now (SQLite), not to one moved away.
@@ -218,8 +220,7 @@ class Database:
         except DBAPIError as exc:
             if is_content_error(exc):
                 raise
-            if is_damaged(exc):  # every connection kept what it read of the damaged file: a
-                self.engine.dispose()  # good copy put back over it (cp) failed like it
+            self._damaged = self._damaged or is_damaged(exc)
             raise LedgerError(
                 f"the ledger at {self.display_url} failed: {self.explain(exc)}"
             ) from exc
@@ -229,6 +230,9 @@ class Database:
                 f"to it stayed busy for {self._wait:g} s (OMETER_LEDGER_WAIT); the server is "
                 "slow to answer or this process is overloaded"
             ) from exc
+        finally:
+            if self._damaged:  # no connection outlives its use: a kept one read a copy put
+                self.engine.dispose()  # over the file (cp) through its cache of the damaged one
 
     def explain(self, exc: DBAPIError) -> str:
         """The driver's message, and what to do when the cause is one a user can fix."""
@@ -408,9 +412,7 @@ IDLED = "25P03"  # PostgreSQL's SQLSTATE for idle_in_transaction_session_timeout
 NOT_ALLOWED = "42501"
 """PostgreSQL's SQLSTATE for a privilege the user lacks (CREATE on the schema, a table)."""
 
-NO_SCHEMA = "3F000"
-"""PostgreSQL's SQLSTATE for a table made with no schema to make it in: the search path
-names none that exists (``-csearch_path=meter`` before ``CREATE SCHEMA meter``)."""
+NO_SCHEMA = "3F000"  # PostgreSQL's SQLSTATE for no schema to make a table in (search path)
 
 SCHEMA_CHANGED = frozenset({"42P01", "42703", "42704", "42P07", "42701", "42710"})
 """PostgreSQL's SQLSTATEs for a table, column or index missing, or there already: the tables
