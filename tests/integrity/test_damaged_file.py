@@ -84,14 +84,14 @@ def restore(copy: Path, path: Path, how: str) -> None:
         raise AssertionError(how)
 
 
+@pytest.mark.parametrize("back", ["renamed into place", "copied over the file"])
+@pytest.mark.parametrize(
+    "how", ["garbage in the spans' pages", "cut in half", "text written over it"]
+)
 @settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(
-    how=st.sampled_from(["garbage in the spans' pages", "cut in half", "text written over it"]),
-    back=st.sampled_from(["renamed into place", "copied over the file"]),
-    during=st.integers(1, 3),
-)
+@given(during=st.integers(1, 3))
 def test_spans_written_to_a_damaged_file_wait_in_the_spool_until_a_copy_is_back(
     tmp_path_factory: pytest.TempPathFactory, how: str, back: str, during: int
 ) -> None:
