@@ -294,7 +294,8 @@ class Gateway:
         checks: dict[str, str] = {}
         try:
             await in_thread(self.meter.ledger.zone)  # one row: a probe every few seconds
-            checks["ledger"] = "ok"
+            failing = self.meter.ledger.failing  # the writes' own word: a damaged page the
+            checks["ledger"] = "ok" if failing is None else f"failed: {failing}"  # row misses
         except Exception as exc:
             checks["ledger"] = f"failed: {exc}"
         checks["upstream"] = await self.fleet.health()

@@ -39,12 +39,13 @@ from ollama_meter.ledger._engine import (
     create_ledger_engine,
     file_id,
     idle_seconds,
+    is_damaged,
     lock_seconds,
     patient_read,
     sqlite_path,
 )
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, numbered_as_ours
-from ollama_meter.ledger._why import file_limit, full_disk, unwritable
+from ollama_meter.ledger._why import emptied, file_limit, full_disk, unwritable
 
 log = logging.getLogger("ollama_meter.ledger")
 
@@ -72,6 +73,7 @@ class Database:
         self._file = sqlite_path(make_url(url))
         self._reopening = threading.Lock()
         self._known: tuple[int, int] | None = None
+        self._damaged = False  # SQLite found the file damaged, and no write succeeded since
         """The identity of the file this database is (SQLite), from its first use on."""
         self._in_use = 0
         self._forking = False
@@ -165,6 +167,7 @@ class Database:
                         f"the ledger file {self._file} was removed or replaced during a write; "
                         "it is written again to the file there now"
                     )
+            self._damaged = False
 
     def _connect(self) -> Connection:
         """A connection to the file at the ledger's path now (SQLite), not to one moved away.
@@ -193,14 +196,14 @@ class Database:
             if file_id(path) == self._known:
                 return  # another thread got here first
             self.engine.dispose()
+            self.on_new_file()  # said once it is a ledger: a file that is not says so, each try
+            with self.engine.connect():  # the file exists from here, if on_new_file made none
+                self._known = file_id(path)
             log.warning(
                 "the ledger file %s was removed or replaced while ometer had it open; "
                 "ometer now writes to the file at that path",
                 path,
             )
-            self.on_new_file()
-            with self.engine.connect():  # the file exists from here, if on_new_file made none
-                self._known = file_id(path)
 
     def _same_file(self, conn: Connection) -> bool:
         """Whether ``conn`` is open on the file at the ledger's path now."""
@@ -217,6 +220,7 @@ class Database:
         except DBAPIError as exc:
             if is_content_error(exc):
                 raise
+            self._damaged = self._damaged or is_damaged(exc)
             raise LedgerError(
                 f"the ledger at {self.display_url} failed: {self.explain(exc)}"
             ) from exc
@@ -226,6 +230,9 @@ class Database:
                 f"to it stayed busy for {self._wait:g} s (OMETER_LEDGER_WAIT); the server is "
                 "slow to answer or this process is overloaded"
             ) from exc
+        finally:
+            if self._damaged:  # no connection outlives its use: a kept one read a copy put
+                self.engine.dispose()  # over the file (cp) through its cache of the damaged one
 
     def explain(self, exc: DBAPIError) -> str:
         """The driver's message, and what to do when the cause is one a user can fix."""
@@ -236,8 +243,8 @@ class Database:
         if "malformed" in lowered or "not a database" in lowered:
             return (
                 f"{text}: the file is damaged or is not an ometer ledger. Restore it from a "
-                "backup (`ometer db backup FILE` makes one), or move it aside to start a new "
-                "ledger; spans spooled since stay in the spool"
+                "backup (`ometer db backup FILE` makes one; a running gateway writes to the "
+                f"copy from its next write), or move it aside to start a new ledger{meanwhile}"
             )
         if self._file is not None and ("unable to open" in lowered or "readonly" in lowered):
             return f"{text}: {unwritable(self._file)}{meanwhile}"
@@ -303,6 +310,8 @@ class Database:
         if getattr(exc.orig, "sqlstate", None) in SCHEMA_CHANGED or (
             self._sqlite and any(said in lowered for said in SQLITE_SCHEMA_CHANGED)
         ):
+            if self._file is not None and (empty := emptied(self._file)):
+                return f"{text}: {empty}{meanwhile}"
             if newer := self._newer_revision():
                 return (
                     f"{text}: a newer ometer upgraded the ledger to schema revision {newer} "
@@ -403,9 +412,7 @@ IDLED = "25P03"  # PostgreSQL's SQLSTATE for idle_in_transaction_session_timeout
 NOT_ALLOWED = "42501"
 """PostgreSQL's SQLSTATE for a privilege the user lacks (CREATE on the schema, a table)."""
 
-NO_SCHEMA = "3F000"
-"""PostgreSQL's SQLSTATE for a table made with no schema to make it in: the search path
-names none that exists (``-csearch_path=meter`` before ``CREATE SCHEMA meter``)."""
+NO_SCHEMA = "3F000"  # PostgreSQL's SQLSTATE for no schema to make a table in (search path)
 
 SCHEMA_CHANGED = frozenset({"42P01", "42703", "42704", "42P07", "42701", "42710"})
 """PostgreSQL's SQLSTATEs for a table, column or index missing, or there already: the tables

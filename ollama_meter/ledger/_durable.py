@@ -31,6 +31,7 @@ from ollama_meter.ledger import _spans
 from ollama_meter.ledger._budgets import drop_reservations
 from ollama_meter.ledger._database import Database, is_content_error
 from ollama_meter.ledger._engine import DEFAULT_WAIT
+from ollama_meter.ledger._failing import Failing
 from ollama_meter.ledger._journal import Journal, Orphan
 from ollama_meter.ledger._jsonl import save_unrecorded
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision
@@ -73,6 +74,7 @@ class DurableLedger(Database):
         self._last_try_at_exit = False  # give_up_held is registered with atexit
         self._held_lock = threading.Lock()
         self._held_tried = 0.0
+        self.writes = Failing()
 
     def _after_fork(self) -> None:
         """The child writes what the parent held in memory too (recording is idempotent:
@@ -102,6 +104,12 @@ class DurableLedger(Database):
                 log.warning(
                     "could not free %d budget lease(s) of dead processes: %s", len(ids), exc
                 )
+
+    @property
+    def failing(self) -> str | None:
+        """Why this process's writes fail, since when, and where their spans wait; None
+        while they succeed (:class:`~ollama_meter.ledger._failing.Failing`)."""
+        return self.writes.said(self.spool.directory)
 
     @property
     def kept_aside(self) -> bool:
@@ -182,13 +190,15 @@ class DurableLedger(Database):
             self._retry_locked(
                 insert, f"could not write {len(spans)} span(s) to the ledger at {self.display_url}"
             )
-        except LedgerError:
+        except LedgerError as exc:
+            self.writes.failed(exc)
             raise
         except Exception as exc:
             if is_content_error(exc):
                 self._check_schema_kept(exc)
                 raise Rejected(str(exc)) from exc
             raise
+        self.writes.passed()
         stored = dict.fromkeys((s.id for s in spans), Stored.COMMITTED)
         if early := done[0].early:
             stored.update(self._keep_early(early, done[0].horizon, spool_file))
@@ -261,12 +271,14 @@ class DurableLedger(Database):
         except DBAPIError:
             return
         if found is not None and found != HEAD_REVISION:
-            raise LedgerError(
+            newer = LedgerError(
                 f"the ledger at {self.display_url} is now at schema revision {found}: a newer "
                 f"ometer upgraded it while this one ({HEAD_REVISION}) ran, and it refuses this "
                 "version's writes. Restart this process with the newer ometer (pip install -U "
                 "ollama-meter); it records the spooled spans"
-            ) from exc
+            )
+            self.writes.failed(newer)
+            raise newer from exc
 
     def _isolate(
         self, spans: Sequence[SpanRecord], spool_file: Path | None = None

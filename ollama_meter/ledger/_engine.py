@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from ollama_meter._paths import default_data_dir, resolved, sqlite_url_problem
 from ollama_meter._urls import hide_password
@@ -149,6 +149,9 @@ def _refuse_too_short(dbapi_connection: Any, path: Path) -> None:
         raise sqlite3.DatabaseError("file is not a database")
 
 
+_SQLITE = b"SQLite format 3\x00"
+"""What a SQLite database's first bytes are."""
+
 _WAL_HEADER = 32
 """Bytes of a WAL file's header; the frames, the changes it holds, come after it."""
 
@@ -161,7 +164,9 @@ def _refuse_foreign_wal(dbapi_connection: Any, path: Path) -> None:
     took back the spans it was restored to be rid of, or was corrupted by them. A file whose
     header says it keeps a rollback journal (as ``ometer db backup`` writes its copy) made
     no WAL: switching to WAL writes the header first. So the WAL is looked at before the
-    header, and one with frames beside such a file is another file's.
+    header, and one with frames beside such a file is another file's. So is one beside a
+    file that is not SQLite's at all (another file renamed over a running gateway's ledger):
+    SQLite read its pages from the old ledger's WAL, and wrote the calls there.
     """
     try:
         path = resolved(path)  # SQLite keeps the WAL beside the file a link names, not the link
@@ -175,9 +180,16 @@ def _refuse_foreign_wal(dbapi_connection: Any, path: Path) -> None:
             header = file.read(20)
     except OSError:
         return
-    if header[:16] != b"SQLite format 3\x00" or header[18:20] != b"\x01\x01":
-        return
+    if not header or (header[18:20] == b"\x02\x02" and header.startswith(_SQLITE)):
+        return  # a WAL ledger's, or an empty file (SQLite makes a database of it)
     dbapi_connection.close()
+    if not header.startswith(_SQLITE):
+        raise LedgerError(
+            f"{path} is not a SQLite database: it is damaged or is not an ometer ledger, and "
+            f"SQLite would take the WAL beside it ({wal}, another file's) for its pages; "
+            f"nothing was changed. Move {path} aside to start a new ledger, or put a backup "
+            f"in its place; and move {wal} and {path}-shm aside while no ometer uses the ledger"
+        )
     raise LedgerError(
         f"{wal} is left from another file: {path} keeps no WAL (a backup copied over the "
         "ledger while a killed ometer's WAL stayed beside it?), and SQLite would replay that "
@@ -267,6 +279,15 @@ def _session_settings_refused(context: ExceptionContext) -> None:
     state = getattr(found, "sqlstate", None)
     if state == READ_ONLY or (state == QUERY_CANCELED and "statement timeout" in str(found)):
         context.is_disconnect = True
+
+
+_DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def is_damaged(exc: DBAPIError) -> bool:
+    """Whether SQLite found the file damaged, or not a database at all."""
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _DAMAGED
 
 
 def _special(path: Path) -> bool:

@@ -6,8 +6,12 @@ the cause; these look at the file system once the driver has failed, never befor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import shlex
+import sqlite3
+import stat
 from pathlib import Path
 
 ROOM_BYTES = 1 << 20
@@ -30,9 +34,39 @@ def unwritable(path: Path) -> str:
             "mount), and SQLite writes the ledger's -wal and -shm files beside it: make it "
             "writable, or give a ledger in a folder ometer may write"
         )
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            found = file.stat()
+        except OSError:
+            continue
+        if found.st_uid == os.geteuid() and not found.st_mode & stat.S_IWUSR:
+            # This user's own file, made read-only (chmod a-w): giving it to the user, as
+            # said below, changes nothing.
+            return (
+                f"{file} is read-only (mode {stat.S_IMODE(found.st_mode):o}), though this "
+                f"user owns it: make it writable (chmod u+w {shlex.quote(str(file))})"
+            )
     return (
         f"this user may not write the ledger file {path} or its -wal and -shm files: give "
         "them to this user (chown), or run ometer as their owner"
+    )
+
+
+def emptied(path: Path) -> str | None:
+    """What to say of the ledger file at ``path`` when it holds no table at all, else None:
+    its tables are not missing for a change by hand, it was emptied (and made a database
+    again by the process's next connection, which switches it to WAL)."""
+    try:
+        uri = f"{path.absolute().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                return None
+    except sqlite3.Error:
+        return None
+    return (
+        f"the ledger file {path} is empty (emptied while ometer had it open?): what it held is "
+        "gone. Restore it from a backup (`ometer db backup FILE` makes one), or run `ometer db "
+        "upgrade` to make a new ledger of it"
     )
 
 
