@@ -73,8 +73,8 @@ class Database:
         self._file = sqlite_path(make_url(url))
         self._reopening = threading.Lock()
         self._known: tuple[int, int] | None = None
-        self._damaged = False  # SQLite found the file damaged, and no write succeeded since
         """The identity of the file this database is (SQLite), from its first use on."""
+        self._damaged = False  # SQLite found the file damaged, and no write succeeded since
         self._in_use = 0
         self._forking = False
         self._quiet = threading.Condition(threading.Lock())
