@@ -285,12 +285,18 @@ def must_exist(cfg: Settings, *, default_too: bool = False) -> None:
     from ollama_meter.ledger import ledger_file
 
     path = ledger_file(cfg.ledger_url)
-    if path is not None and not path.exists():  # a folder: opening it says so
+    if path is None:
+        return
+    if not path.exists():  # a folder: opening it says so
         raise ConfigError(
             f"no ledger at {path}: nothing was ever recorded there. Check OMETER_DB_URL (or "
             "--db) for a typo; a ledger is made by the first call metered into it, or by "
             "`ometer db upgrade`"
         )
+    from ollama_meter.ledger._why import empty_file, is_empty
+
+    if path.is_file() and is_empty(path):  # emptied: opening it would make it a new ledger
+        raise ConfigError(empty_file(path))
 
 
 def utc_now() -> datetime:

@@ -60,7 +60,7 @@ def log(
         raise ValidationError(
             "--status is given empty; give a status or error type, or leave it out"
         )
-    ledger = ledger_for(cfg)
+    ledger = ledger_for(cfg, existing=True)  # a typo must not make an empty ledger
     statuses = {s.value for s in Status}
     where = SpanFilter(
         tenant=tenant,

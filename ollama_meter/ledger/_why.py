@@ -63,11 +63,29 @@ def emptied(path: Path) -> str | None:
                 return None
     except sqlite3.Error:
         return None
+    return empty_file(path)
+
+
+def empty_file(path: Path) -> str:
+    """What to say of the ledger file at ``path`` that holds nothing at all (``: > ledger.db``,
+    a truncate, a copy that wrote nothing)."""
     return (
-        f"the ledger file {path} is empty (emptied while ometer had it open?): what it held is "
-        "gone. Restore it from a backup (`ometer db backup FILE` makes one), or run `ometer db "
-        "upgrade` to make a new ledger of it"
+        f"the ledger file {path} is empty: what it held is gone. Restore it from a backup "
+        "(`ometer db backup FILE` makes one), or run `ometer db upgrade` to make a new ledger "
+        "of it"
     )
+
+
+def is_empty(path: Path) -> bool:
+    """Whether the SQLite file at ``path`` holds no byte, and no WAL beside it does either."""
+    try:
+        if path.stat().st_size:
+            return False
+        return not Path(f"{path}-wal").stat().st_size
+    except FileNotFoundError:
+        return True  # no WAL (the file itself was there)
+    except OSError:
+        return False  # unreadable: opening it says why
 
 
 def full_disk(path: Path) -> str | None:

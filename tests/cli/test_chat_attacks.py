@@ -303,18 +303,20 @@ def test_the_reading_commands_refuse_an_empty_db_too(
     assert result.stderr.startswith("error: --db is given empty")
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ("report", "--period", "month"),
-        ("perf",),
-        ("chargeback", "--month", "2026-11", "--fixed-cost", "100"),
-        ("budget", "status"),
-        ("db", "export"),
-        ("db", "prune", "--keep-days", "30"),
-        ("db", "backup", "copy.db"),
-    ],
-)
+READING = [
+    ("log",),
+    ("report", "--period", "month"),
+    ("perf",),
+    ("chargeback", "--month", "2026-11", "--fixed-cost", "100"),
+    ("budget", "status"),
+    ("db", "export"),
+    ("db", "prune", "--keep-days", "30"),
+    ("db", "backup", "copy.db"),
+]
+"""A command of each kind that reads the ledger and writes nothing of its own into it."""
+
+
+@pytest.mark.parametrize("command", READING)
 def test_a_reading_command_given_a_ledger_that_is_not_there_makes_none(
     cli, tmp_path: Path, command: tuple[str, ...]
 ) -> None:  # type: ignore[no-untyped-def]
@@ -328,6 +330,29 @@ def test_a_reading_command_given_a_ledger_that_is_not_there_makes_none(
     assert result.stderr.startswith(f"error: no ledger at {missing}: nothing was ever recorded")
     assert result.stderr.count("\n") == 1 and result.stdout == ""
     assert list(place.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", READING)
+def test_a_reading_command_given_an_emptied_ledger_file_leaves_it_empty(
+    cli, tmp_path: Path, command: tuple[str, ...]
+) -> None:  # type: ignore[no-untyped-def]
+    """A ledger file emptied under a running gateway (``: > ledger.db``): a report made a new,
+    empty ledger of it, said "no calls", and the gateway wrote its spooled spans into that
+    file, which the backup restored next replaced."""
+    place = tmp_path / "ledgers"
+    place.mkdir()
+    emptied = place / "ledger.db"
+    emptied.touch()
+    result = cli(*command, "--db", f"sqlite:///{emptied}")
+    assert result.code == 2, result
+    assert result.stderr == (
+        f"error: the ledger file {emptied} is empty: what it held is gone. Restore it from a "
+        "backup (`ometer db backup FILE` makes one), or run `ometer db upgrade` to make a new "
+        "ledger of it\n"
+    )
+    assert result.stdout == ""
+    assert emptied.stat().st_size == 0
+    assert list(place.iterdir()) == [emptied]
 
 
 def test_log_refuses_an_empty_status(cli, db: str) -> None:  # type: ignore[no-untyped-def]

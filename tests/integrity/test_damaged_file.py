@@ -220,8 +220,8 @@ def test_a_ledger_file_emptied_under_a_running_process_says_so(tmp_path: Path) -
         assert running.record([span]) == {span.id: Stored.SPOOLED}
     assert running.failing is not None
     assert running.failing.endswith(
-        f"the ledger file {path} is empty (emptied while ometer had it open?): what it held is "
-        "gone. Restore it from a backup (`ometer db backup FILE` makes one), or run `ometer db "
-        "upgrade` to make a new ledger of it; spans wait in the spool meanwhile"
+        f"the ledger file {path} is empty: what it held is gone. Restore it from a backup "
+        "(`ometer db backup FILE` makes one), or run `ometer db upgrade` to make a new ledger "
+        "of it; spans wait in the spool meanwhile"
     ), running.failing
     running.dispose()
