@@ -182,12 +182,25 @@ def plan_cells(
     longest = max(hi - lo for _, lo, hi in buckets)
     grain = Grain.DAY if longest < 28 * DAY_US else Grain.MONTH
     held = held_cells(conn, grain, buckets[0][1], buckets[-1][2])
-    pieces = []
-    for index, lo, hi in buckets:
-        cut = _within_held(held, grain, lo, hi, zone)
-        if cut is not None:
-            pieces += decompose(*cut, grains, bucket=index, zone=zone)
-    return pieces
+    # From the held cells to the buckets they overlap, not the other way: a window of
+    # 20,000 days and three calls looks at the buckets of three days.
+    lows = [lo for _, lo, _ in buckets]
+    cuts: dict[int, tuple[int, int]] = {}
+    for start in held:
+        end = next_cell(grain, start, zone)
+        at = max(bisect.bisect_right(lows, start) - 1, 0)  # the bucket start is in, if any
+        while at < len(buckets) and buckets[at][1] < end:
+            _, lo, hi = buckets[at]
+            if hi > start:
+                a, b = max(lo, start), min(hi, end)
+                cut = cuts.get(at)
+                cuts[at] = (a, b) if cut is None else (min(cut[0], a), max(cut[1], b))
+            at += 1
+    return [
+        piece
+        for at, (lo, hi) in sorted(cuts.items())
+        for piece in decompose(lo, hi, grains, bucket=buckets[at][0], zone=zone)
+    ]
 
 
 _LONGEST_CELL_US = 40 * DAY_US
@@ -212,19 +225,6 @@ def held_cells(conn: Connection, grain: Grain, lo: int, hi: int) -> list[int]:
     found = found.union_all(select(following.scalar_subquery()).where(found.c.start.is_not(None)))
     query = select(found.c.start).where(found.c.start.is_not(None))
     return [int(start) * 10**6 for start in conn.scalars(query)]
-
-
-def _within_held(
-    held: Sequence[int], grain: Grain, lo: int, hi: int, zone: tzinfo | None
-) -> tuple[int, int] | None:
-    """[lo, hi) cut to the first and last of the ``held`` cells it overlaps; None if none."""
-    first = bisect.bisect_right(held, lo) - 1  # the cell that holds lo, if it is held
-    if first < 0 or next_cell(grain, held[first], zone) <= lo:
-        first += 1
-    last = bisect.bisect_left(held, hi) - 1  # the last held cell that starts before hi
-    if first > last:
-        return None
-    return max(lo, held[first]), min(hi, next_cell(grain, held[last], zone))
 
 
 def cell_signs(
