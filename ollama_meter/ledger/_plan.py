@@ -209,7 +209,8 @@ before it."""
 
 
 def held_cells(conn: Connection, grain: Grain, lo: int, hi: int) -> list[int]:
-    """Starts (µs, in order) of the ``grain`` cells that hold rollup rows and overlap [lo, hi).
+    """Starts (µs, in order) of the ``grain`` cells that hold rollup rows, from any that may
+    hold ``lo`` (one may start up to a month before it) to ``hi``.
 
     A loose index scan of the rollups' key (grain, start): one lookup per cell that holds
     calls, however long the window and however many rows each cell has.
