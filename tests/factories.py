@@ -43,6 +43,13 @@ def make_span(**fields: Any) -> SpanRecord:
         "eval_duration_ns": 2_000_000,
     }
     values.update(fields)
+    if "unpriced" not in fields:
+        # A span with a cost or a rule was priced: ometer writes no unpriced span with
+        # either (an import refuses one).
+        costs = ("cost_tokens", "cost_compute", "cost_energy", "cost_fee", "cost_total")
+        values["unpriced"] = not any(values.get(c) for c in costs) and not values.get(
+            "price_rule_id"
+        )
     return SpanRecord(**values)
 
 

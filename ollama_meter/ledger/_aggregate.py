@@ -33,7 +33,7 @@ from ollama_meter.ledger._plan import (
     decompose,
     edge_filter,
     grouped_sums,
-    plan,
+    plan_cells,
     raw_spans,
     signed_sums,
 )
@@ -98,7 +98,7 @@ def aggregate_spend(
         _raw_sums(conn, where, by, bucket_starts, sums, sign=1, bucket=None)
         return sums.result()
     zone = ledger_zone(conn)
-    pieces = plan(where, bucket_starts, CUBE_GRAINS, zone)
+    pieces = plan_cells(conn, where, bucket_starts, CUBE_GRAINS, zone)
     _cube_sums(conn, pieces, where, by, sums, zone)
     for piece in pieces:
         if piece.grain is None:
@@ -241,7 +241,7 @@ def aggregate_failures(
             counts[(status, error_type or None)] += int(requests)
     else:
         zone = ledger_zone(conn)
-        pieces = plan(where, (), CUBE_GRAINS, zone)
+        pieces = plan_cells(conn, where, (), CUBE_GRAINS, zone)
         c = ROLLUPS.c
         rows = signed_sums(
             conn,

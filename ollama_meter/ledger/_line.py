@@ -3,7 +3,7 @@
 A line may hold only what the ledger stores unchanged: the records' limits
 (``make_storable``'s) on names, texts, counts and durations, times within the
 dates ometer works with, and money that is the sum of its parts and at most
-what one call can cost. Anything else is a ValueError saying which field and why.
+what one call can cost (nothing, with no price rule, for a call no rule priced). Anything else is a ValueError saying which field and why.
 """
 
 from __future__ import annotations
@@ -332,6 +332,19 @@ def _row_money(row: dict[str, object], key: str) -> str:
     return format_micros(value)
 
 
+def _unpriced_priced(total: int, rule: int | None) -> None:
+    """Refuse an unpriced call with a cost or a rule: reports would sum the cost and still
+    count the call as one to price. No ometer writes one (``compute_cost(None, ...)``)."""
+    if total:
+        raise ValueError(
+            f'"unpriced": true with a cost of {format_micros(total)}: a call no price rule '
+            "priced costs 0 in every part (cost and cost_parts)"
+        )
+    raise ValueError(
+        f'"unpriced": true with price_rule_id {rule}: a call no price rule priced names none'
+    )
+
+
 def _span(d: _Line) -> SpanRecord:
     if d.response_model is None and d.model is not None and d.model != d.request_model:
         d.response_model = d.model  # an export from before response_model was its own key
@@ -348,6 +361,8 @@ def _span(d: _Line) -> SpanRecord:
     total = _micros(d.cost, "cost")
     if total != tokens + compute + energy + fee:
         raise ValueError(f"cost {d.cost} is not the sum of its cost_parts")
+    if d.unpriced and (total or d.price_rule_id is not None):
+        _unpriced_priced(total, d.price_rule_id)
     # By position, in SpanRecord's field order: a call with 41 keywords costs twice as much.
     return SpanRecord(
         d.id,

@@ -36,7 +36,7 @@ from ollama_meter.ledger._plan import (
     RAW,
     decompose,
     edge_filter,
-    plan,
+    plan_cells,
     rollup_filters,
     signed_sums,
 )
@@ -121,7 +121,7 @@ def aggregate_histograms(
         filters = [*rollup_filters(HISTOGRAMS, where, HISTOGRAM_KEY), c.tenant != EVERYONE[0]]
     grains = (*HISTOGRAM_GRAINS, Grain.QUARTER) if overall else HISTOGRAM_GRAINS
     zone = ledger_zone(conn)
-    pieces = plan(where, bucket_starts, grains, zone)
+    pieces = plan_cells(conn, where, bucket_starts, grains, zone)
     if each_model and horizon is not None:
         # Quarter hours per model pruned before migration 0012 made them are not there:
         # before the horizon, they are read from raw spans (gone, and said so) as before.

@@ -181,6 +181,8 @@ def _fixed_shares(
     units: int, weights: dict[tuple[str, str], int], *, idle: str, busy: int, capacity: int
 ) -> dict[tuple[str, str], int]:
     """Smallest units of the currency per (tenant, department), plus ``(IDLE, IDLE)`` when idle is separate or nobody was busy."""
+    if units == 0:  # nothing to share: no row of zeros (idle, or a currency not used)
+        return {}
     used = {key: w for key, w in weights.items() if w > 0}
     total_weight = sum(used.values())
     if total_weight == 0:

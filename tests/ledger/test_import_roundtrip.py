@@ -30,7 +30,8 @@ def _call(draw: Any) -> SpanRecord:
         minutes=draw(st.integers(0, 31 * 24 * 60)), microseconds=draw(st.integers(0, 10**6 - 1))
     )
     busy = draw(st.sampled_from([0, 10**6, 50 * 10**9, 7_200 * 10**9]))
-    parts = draw(st.lists(st.integers(0, 10**9), min_size=4, max_size=4))
+    unpriced = draw(st.booleans())  # then it costs nothing, as ometer writes it
+    parts = [0] * 4 if unpriced else draw(st.lists(st.integers(0, 10**9), min_size=4, max_size=4))
     status = draw(st.sampled_from(["ok", "ok", "error", "client_abort", "rejected"]))
     return make_span(
         id=new_span_row_id(int(at.timestamp() * 10**9)),
@@ -60,7 +61,7 @@ def _call(draw: Any) -> SpanRecord:
         cost_energy=parts[2],
         cost_fee=parts[3],
         cost_total=sum(parts),
-        unpriced=draw(st.booleans()),
+        unpriced=unpriced,
     )
 
 

@@ -219,7 +219,10 @@ def fixed_shares(
     """Each department's share of a fixed cost (smallest units), by its GPU seconds: idle
     capacity shared in proportion, or billed on the ``__idle__`` row (all of it when no one
     was busy). With idle separate, department i's quota is units * busy/capacity * w_i/W and
-    idle's units * (capacity - busy)/capacity: over the common denominator capacity * W."""
+    idle's units * (capacity - busy)/capacity: over the common denominator capacity * W.
+    A fixed cost of nothing is no share at all (the bill without one)."""
+    if units == 0:
+        return {}
     used = {k: w for k, w in weights.items() if w > 0}
     if not used:
         return {IDLE: units}

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger
 from ollama_meter.periods import parse_period
 from ollama_meter.records import NO_HOST
@@ -121,3 +122,63 @@ def test_a_months_edges_bill_each_call_once_and_the_fixed_cost_to_the_cent(
             if r.currency == "USD"
         }
         assert {k: v for k, v in got.items() if v} == {k: v for k, v in want.items() if v}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    calls=st.lists(_CALLS.map(lambda calls: calls[0]), max_size=4),
+    month=st.sampled_from(["2026-10", "2026-11"]),
+    zero=st.sampled_from(["0", "0.00", "0.000"]),
+    idle=st.sampled_from(["share", "separate"]),
+)
+def test_a_fixed_cost_of_nothing_is_the_bill_without_one(
+    tmp_path_factory: pytest.TempPathFactory,
+    calls: list[tuple[tuple[str, str], bool, int, int, str, str]],
+    month: str,
+    zero: str,
+    idle: str,
+) -> None:
+    """``--fixed-cost 0`` of a month in which no GPU was busy (no calls, or calls with no
+    busy time) billed an ``__idle__`` row of zeros that the bill without it has not."""
+    tz = ZoneInfo("Europe/Berlin")
+    start = parse_period("2026-11", tz=tz, now=NOW).start
+    ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('zero') / 'ledger.db'}")
+    ledger.record(
+        [
+            make_span(
+                tenant=tenant,
+                department=department,
+                started_at=start + offset * US,
+                ended_at=start + (offset + busy) * US,
+                eval_duration_ns=busy * 1000,
+                cost_total=busy,
+                cost_tokens=busy,
+                currency=currency,
+                upstream_host=host,
+            )
+            for (tenant, department), _, offset, busy, currency, host in calls
+        ]
+    )
+    options = {"tz": tz, "now": NOW, "currency": "USD", "idle": idle}
+    plain = chargeback(ledger, month, **options)  # type: ignore[arg-type]
+    nothing = chargeback(ledger, month, fixed_cost=Decimal(zero), **options)  # type: ignore[arg-type]
+    assert nothing.rows == plain.rows
+    assert all(row.tenant != "__idle__" for row in nothing.rows)
+
+
+def test_a_month_with_spaces_around_it_is_that_month_as_every_date_option_takes_it(
+    sqlite_url: str,
+) -> None:
+    """``--month '2026-11 '`` (a pasted value) is 2026-11, as ``--period`` and ``--since``
+    take theirs: spaces around, never inside, and the bill names the month without them."""
+    tz = ZoneInfo("Europe/Berlin")
+    ledger = Ledger(sqlite_url)
+    ledger.record([make_span(started_at=datetime(2026, 11, 10, tzinfo=UTC), cost_total=7)])
+    options = {"tz": tz, "now": NOW, "currency": "USD"}
+    plain = chargeback(ledger, "2026-11", **options)  # type: ignore[arg-type]
+    for spaced in ("2026-11 ", " 2026-11", "\t2026-11\n"):
+        bill = chargeback(ledger, spaced, **options)  # type: ignore[arg-type]
+        assert (bill.month, bill.rows) == ("2026-11", plain.rows)
+        assert [row.month for row in bill.rows] == ["2026-11"]
+    with pytest.raises(ValidationError, match="is not a month"):
+        chargeback(ledger, "2026 -11", **options)  # type: ignore[arg-type]
