@@ -467,6 +467,8 @@ def test_a_right_to_left_name_cannot_move_the_numbers_beside_it(
                                     request_model=hebrew, cost_total=1_234_567)),
             make_span(started_at=at, tenant="acme", department="sales", request_model=long,
                       cost_total=10**15, unpriced=False),
+            # no rule priced it: the banner names its model
+            make_span(started_at=at, tenant="acme", department="sales", request_model=hebrew),
         ]
     )  # fmt: skip
     watched = open_page(

@@ -142,6 +142,9 @@ def test_a_ledger_on_a_read_only_mount_says_so_and_is_left_as_it_was(
             for path in (head, old, disk / "new.db"):
                 for command in (["log"], ["db", "upgrade"]):
                     line = one_error_line(cli(*command, "--db", f"sqlite:///{path}"))
+                    if command == ["log"] and not path.exists():  # reading makes no ledger
+                        assert line.startswith(f"error: no ledger at {path}"), line
+                        continue
                     assert f"{disk} is read-only" in line, line
                     assert "give a ledger in a folder ometer may write" in line, line
         finally:
@@ -173,7 +176,7 @@ def test_an_unreachable_server_for_db_upgrade_is_one_line(cli: Any) -> None:
 
 def test_a_missing_folder_is_created_and_said(cli: Any, tmp_path: Path) -> None:
     where = tmp_path / "new" / "deeper" / "ledger.db"
-    result = cli("log", "--db", f"sqlite:///{where}")
+    result = cli("db", "upgrade", "--db", f"sqlite:///{where}")
     assert result.code == 0 and f"created the folder {where.parent}" in result.stderr
 
 

@@ -83,7 +83,11 @@ _durations = st.none() | st.integers(0, 3_000 * MS)
 def spans(draw: st.DrawFn) -> SpanRecord:
     started = FIRST + timedelta(microseconds=draw(st.integers(0, 36 * 86_400 * 10**6)))
     status = draw(st.sampled_from(["ok", "ok", "ok", "error", "rejected", "client_abort"]))
-    cost_parts = draw(st.lists(st.integers(0, 5_000), min_size=4, max_size=4))
+    # A call no rule priced costs 0 in every part (an import refuses one that costs more).
+    unpriced = draw(st.booleans())
+    cost_parts = (
+        [0] * 4 if unpriced else draw(st.lists(st.integers(0, 5_000), min_size=4, max_size=4))
+    )
     return make_span(
         started_at=started,
         ended_at=draw(
@@ -118,7 +122,7 @@ def spans(draw: st.DrawFn) -> SpanRecord:
         cost_fee=cost_parts[3],
         cost_total=sum(cost_parts),
         currency=draw(st.sampled_from(["USD", "USD", "EUR"])),
-        unpriced=draw(st.booleans()),
+        unpriced=unpriced,
     )
 
 

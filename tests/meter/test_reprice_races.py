@@ -255,5 +255,5 @@ def test_reprice_says_its_window_and_each_currency_apart(cli: Any, tmp_path: Any
         "examined 2 span(s) from 2026-11-03 through 2026-11-03; 2 changed",
         "  EUR: 0.000000 → 0.000402 (+0.000402)",
         "  USD: 0.000005 → 0.000000 (-0.000005)",
-        "  2 newly priced, 0 now unpriced",
+        "  1 newly priced, 0 now unpriced",  # the call that cost nothing: it had no rule
     ]
