@@ -360,8 +360,9 @@ class Database:
 
         The busy timeout covers ordinary waits; SQLite still answers "locked" at once
         in a few races (a fresh file switching to WAL, a snapshot gone stale), and those
-        pass on a second try. Retries stop once ``wait`` seconds have passed. Anything
-        else, or the last try, is one LedgerError starting with ``failure``.
+        pass on a second try. Retries stop once ``wait`` seconds have passed, or after
+        PostgreSQL's lock timeout (a second try waited as long again). Anything else, or
+        the last try, is one LedgerError starting with ``failure``.
         """
         deadline = time.monotonic() + self._wait
         attempt = 0
@@ -372,7 +373,8 @@ class Database:
                 return
             except (OperationalError, LedgerError) as exc:
                 cause = exc if isinstance(exc, OperationalError) else exc.__cause__
-                locked = isinstance(cause, DBAPIError) and is_lock_error(cause)
+                timed_out = isinstance(cause, DBAPIError) and is_lock_timeout(cause)
+                locked = isinstance(cause, DBAPIError) and is_lock_error(cause) and not timed_out
                 delay = self._retry_delay * 2 ** min(attempt, 6)
                 if not locked or time.monotonic() + delay > deadline:
                     if isinstance(cause, DBAPIError):
@@ -435,8 +437,14 @@ SQLITE_SCHEMA_CHANGED = (
 )
 
 
+def is_lock_timeout(exc: DBAPIError) -> bool:
+    """Whether the server gave up on a lock after its ``lock_timeout`` (PostgreSQL's, which
+    is OMETER_LEDGER_WAIT less a margin): the whole wait is spent, not a race to try again."""
+    return getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE
+
+
 def is_lock_error(exc: DBAPIError) -> bool:
-    if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+    if is_lock_timeout(exc):
         return True
     text = str(exc.orig).lower()
     return "locked" in text or "busy" in text
