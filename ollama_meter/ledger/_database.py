@@ -30,7 +30,7 @@ from sqlalchemy.exc import (
 from ollama_meter._forks import renew_after_fork
 from ollama_meter._urls import hide_password
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger._deadline import NOTHING_LISTENS, SERVER_CHANGING, spooled_meanwhile
+from ollama_meter.ledger._deadline import SERVER_CHANGING, not_there, spooled_meanwhile
 from ollama_meter.ledger._engine import (
     DEFAULT_WAIT,
     FILE_ID,
@@ -273,15 +273,13 @@ class Database:
                 f"{text}: the server is starting, restarting or stopping; run again in a "
                 f"moment{meanwhile}"
             )
-        if not self._sqlite and any(said in lowered for said in NOTHING_LISTENS):
-            return (
-                f"{text}: no server answers at that address: start it, or correct the host "
-                f"and port in OMETER_DB_URL{meanwhile}"
-            )
+        if not self._sqlite and (wrong := not_there(lowered)):
+            return f"{text}: {wrong}{meanwhile}"
         if "connection timeout expired" in lowered:  # the driver's connect_timeout
             return (
                 f"{text}: the server did not answer within {connect_seconds(self._wait)} s "
-                f"(OMETER_LEDGER_WAIT): it is stopped, overloaded or cut off{meanwhile}"
+                f"(OMETER_LEDGER_WAIT): it is stopped, overloaded or cut off, or is not a "
+                f"PostgreSQL server (check the port in OMETER_DB_URL){meanwhile}"
             )
         if getattr(exc.orig, "sqlstate", None) == READ_ONLY:
             return (
