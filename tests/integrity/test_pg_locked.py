@@ -95,3 +95,25 @@ def test_making_a_ledger_another_process_is_making_past_the_wait_fails_after_one
         "OMETER_LEDGER_WAIT=60"
     )
     assert len(asked) == 1
+
+
+def test_spans_a_process_found_spooled_but_could_not_record_as_it_opened_come_in_later(
+    pg_url: str, holder: Connection, tmp_path: Any
+) -> None:
+    """Opening the ledger records the spool; when that failed (the ledger locked or away as
+    a gateway started), nothing said the spool still held spans, so the process's next
+    writes succeeded and left them out of the ledger (out of reports and budgets) until
+    the next process opened it: for a gateway, until its restart."""
+    spool = tmp_path / "spool"
+    before = make_span(department="sales")
+    writer = Ledger(pg_url, wait=1.0, spool_dir=spool)
+    holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REBUILD_LOCK})
+    assert writer.record([before]) == {before.id: Stored.SPOOLED}
+    writer.dispose()
+    gateway = Ledger(pg_url, wait=1.0, spool_dir=spool)  # its recovery meets the lock
+    assert len(gateway.spool.pending()) == 1
+    holder.rollback()
+    after = make_span(department="ops")
+    assert gateway.record([after]) == {after.id: Stored.COMMITTED}
+    assert gateway.spool.pending() == [] and gateway.count() == 2
+    gateway.dispose()
