@@ -11,11 +11,13 @@ Two ways to keep it fresh. By default the first reader after ``ttl`` reloads it
 server calls :meth:`Reloaded.keep_fresh` and then :meth:`Reloaded.refresh`
 from a background task: readers then never load, never wait on the lock, and
 only read the snapshot (the first load, and one after :meth:`expire`, still
-happen on demand, since nothing is known yet).
+happen on demand; the value :meth:`Reloaded.keep_fresh` loaded stays in force if that
+one fails).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -87,8 +89,19 @@ class Reloaded(Generic[T]):
         self._expired = True
 
     def keep_fresh(self) -> None:
-        """From now on :meth:`refresh` keeps the value fresh; readers only read snapshots."""
+        """From now on :meth:`refresh` keeps the value fresh; readers only read snapshots.
+
+        Nothing loaded yet, it is loaded now, and again by the first reader (a change made
+        since is in force at once), which keeps this one if the ledger is away then: left to
+        that reader alone, a server whose database went away before its first call had
+        nothing in force, and every call was refused where one call earlier all were served.
+        A load that fails here is left to that reader, which says why."""
         self._background = True
+        with self._lock:
+            if self._value is None:
+                with contextlib.suppress(Exception):
+                    self._reload()
+                self._expired = True
 
     def refresh(self) -> None:
         """Reload now when a value is loaded and due (a background task's work); never raises."""

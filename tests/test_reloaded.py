@@ -130,3 +130,27 @@ def test_the_last_good_value_stays_whatever_the_failure_said_once_per_10_s(
     ]
     # A traceback only for what no ometer error explains: a bug to report.
     assert [r.exc_info is not None for r in caplog.records] == [isinstance(failure, ValueError)] * 2
+
+
+def test_a_server_reads_the_value_as_it_starts_and_keeps_it_when_the_first_reader_cannot() -> None:
+    """A server whose database went away before its first call had nothing in force: every
+    call was refused. ``keep_fresh`` reads the value at once; the first reader reads it again
+    (a change made since is in force at once), and keeps that one when the ledger is away."""
+    slow = SlowLedger()
+    prices = Reloaded(slow, ttl=30, what="price rules")
+    prices.keep_fresh()
+    assert slow.loads == 1
+    with pytest.raises(WouldBlock):
+        prices.snapshot()  # the first reader loads again, from a thread
+    assert prices.get() == 2 and prices.snapshot() == 2  # read again, now a snapshot
+    away = SlowLedger()
+    away_prices = Reloaded(away, ttl=30, what="price rules")
+    away_prices.keep_fresh()
+    away.down = True
+    assert away_prices.get() == 1 and away_prices.snapshot() == 1 and away.loads == 2
+    nothing = SlowLedger()
+    nothing.down = True
+    never = Reloaded(nothing, ttl=30, what="budgets")
+    never.keep_fresh()  # the ledger away as it starts: the first reader says so
+    with pytest.raises(LedgerError, match="away"):
+        never.get()

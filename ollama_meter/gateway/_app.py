@@ -108,7 +108,7 @@ class Gateway:
         fleet = Fleet.from_settings(settings, first=upstream)
         gateway = cls(settings, options, meter, fleet)
         metrics.install(meter)  # /metrics counts from the first call on
-        meter.keep_fresh()  # calls read snapshots; the task below reloads them
+        await in_thread(meter.keep_fresh)  # read now; calls read them; the task reloads them
         behind = WriteBehind(meter)  # calls answer once their span is whole in the journal
         meter.observers.append(gateway.rates)  # tokens per minute count as calls end
         # In force before the first call: a restarted gateway meets every retrying client at once.

@@ -30,7 +30,7 @@ from sqlalchemy.exc import (
 from ollama_meter._forks import renew_after_fork
 from ollama_meter._urls import hide_password
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger._deadline import NOTHING_LISTENS, SERVER_CHANGING, spooled_meanwhile
+from ollama_meter.ledger._deadline import SERVER_CHANGING, not_there, spooled_meanwhile
 from ollama_meter.ledger._engine import (
     DEFAULT_WAIT,
     FILE_ID,
@@ -280,15 +280,13 @@ class Database:
                 f"{text}: the server is starting, restarting or stopping; run again in a "
                 f"moment{meanwhile}"
             )
-        if not self._sqlite and any(said in lowered for said in NOTHING_LISTENS):
-            return (
-                f"{text}: no server answers at that address: start it, or correct the host "
-                f"and port in OMETER_DB_URL{meanwhile}"
-            )
+        if not self._sqlite and (wrong := not_there(lowered)):
+            return f"{text}: {wrong}{meanwhile}"
         if "connection timeout expired" in lowered:  # the driver's connect_timeout
             return (
                 f"{text}: the server did not answer within {connect_seconds(self._wait)} s "
-                f"(OMETER_LEDGER_WAIT): it is stopped, overloaded or cut off{meanwhile}"
+                f"(OMETER_LEDGER_WAIT): it is stopped, overloaded or cut off, or is not a "
+                f"PostgreSQL server (check the port in OMETER_DB_URL){meanwhile}"
             )
         if getattr(exc.orig, "sqlstate", None) == READ_ONLY:
             return (
@@ -369,8 +367,9 @@ class Database:
 
         The busy timeout covers ordinary waits; SQLite still answers "locked" at once
         in a few races (a fresh file switching to WAL, a snapshot gone stale), and those
-        pass on a second try. Retries stop once ``wait`` seconds have passed. Anything
-        else, or the last try, is one LedgerError starting with ``failure``.
+        pass on a second try. Retries stop once ``wait`` seconds have passed, or after
+        PostgreSQL's lock timeout (a second try waited as long again). Anything else, or
+        the last try, is one LedgerError starting with ``failure``.
         """
         deadline = time.monotonic() + self._wait
         attempt = 0
@@ -381,7 +380,8 @@ class Database:
                 return
             except (OperationalError, LedgerError) as exc:
                 cause = exc if isinstance(exc, OperationalError) else exc.__cause__
-                locked = isinstance(cause, DBAPIError) and is_lock_error(cause)
+                timed_out = isinstance(cause, DBAPIError) and is_lock_timeout(cause)
+                locked = isinstance(cause, DBAPIError) and is_lock_error(cause) and not timed_out
                 delay = self._retry_delay * 2 ** min(attempt, 6)
                 if not locked or time.monotonic() + delay > deadline:
                     if isinstance(cause, DBAPIError):
@@ -442,8 +442,14 @@ SQLITE_SCHEMA_CHANGED = (
 )
 
 
+def is_lock_timeout(exc: DBAPIError) -> bool:
+    """Whether the server gave up on a lock after its ``lock_timeout`` (PostgreSQL's, which
+    is OMETER_LEDGER_WAIT less a margin): the whole wait is spent, not a race to try again."""
+    return getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE
+
+
 def is_lock_error(exc: DBAPIError) -> bool:
-    if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+    if is_lock_timeout(exc):
         return True
     text = str(exc.orig).lower()
     return "locked" in text or "busy" in text

@@ -191,6 +191,30 @@ NOTHING_LISTENS = (
 """What the driver says when no server is there to answer: it was stopped, or the URL
 names the wrong host or port. libpq's words alone said neither, nor what to do."""
 
+NOT_POSTGRESQL = (
+    "invalid response to ssl negotiation",
+    "expected authentication request from server",
+)
+"""What libpq says when what answers at the address speaks another protocol: the URL names
+the port of an HTTP server (the gateway's, Ollama's). Its "received invalid response to SSL
+negotiation: H" said neither what was wrong nor what to do."""
+
+
+def not_there(said: str) -> str | None:
+    """What to do when a connection found no PostgreSQL server at the URL's address
+    (``said``: the driver's words, in lower case); None when it found one."""
+    if any(words in said for words in NOTHING_LISTENS):
+        return (
+            "no server answers at that address: start it, or correct the host and port in "
+            "OMETER_DB_URL"
+        )
+    if any(words in said for words in NOT_POSTGRESQL):
+        return (
+            "what answers at that address is not a PostgreSQL server (an HTTP server, say): "
+            "correct the host and port in OMETER_DB_URL"
+        )
+    return None
+
 
 def bounded_connect(deadline: float) -> Any:
     """A ``psycopg`` connect function whose connections give up on a silent server.

@@ -139,7 +139,9 @@ class DurableLedger(Database):
 
     def _drain(self, within: float | None = None, failed_at: int = logging.WARNING) -> int | None:
         """Record the spool (for about ``within`` seconds, at least one file); how many
-        spans that was, None when the database failed and the rest stays spooled."""
+        spans that was, None when the database failed and the rest stays spooled, for the
+        next write that succeeds (not marked so, the spool a process could not record as
+        it opened stayed out of the ledger until the next process opened it)."""
         if not self.spool.pending():
             return 0
         until = None if within is None else time.monotonic() + within
@@ -147,6 +149,7 @@ class DurableLedger(Database):
             count = self.spool.drain(self._record_now, self._isolate, until=until)
         except LedgerError as exc:
             log.log(failed_at, "spooled spans stay spooled for now: %s", exc)
+            self._spooled = True
             return None
         log.info("recorded %d spooled span(s) into %s", count, self.display_url)
         return count

@@ -430,7 +430,8 @@ class Meter:
         return recover_interrupted(self.ledger, self.prices)
 
     def keep_fresh(self) -> None:
-        """Prices and budgets are refreshed by :meth:`refresh` from now on; calls read snapshots."""
+        """Prices and budgets are read now (in force if the ledger goes away), then by the
+        first call and :meth:`refresh`; calls read snapshots."""
         self.prices.cache.keep_fresh()
         if self.budgets is not None:
             self.budgets.cache.keep_fresh()

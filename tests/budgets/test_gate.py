@@ -705,7 +705,7 @@ def test_try_open_admits_in_memory_or_hands_the_call_to_a_thread(
     def open_(who: Attribution) -> MeteredCall:
         return meter.open(Opening("chat", "llama3.1:8b", False, who, facts))
 
-    assert try_open(support) is None  # prices and budgets are not loaded yet
+    assert try_open(support) is None  # prices and budgets are read again at the first call
     first = open_(sales)  # from a thread: loads prices, budgets and history, leases a slice
     assert first.reservation is not None
     free = try_open(support)  # no budget covers it: decided in memory

@@ -347,3 +347,40 @@ def test_an_idle_gateway_brings_in_the_outages_spans_once_the_server_is_back(
     elsewhere.dispose()
     assert sorted(found) == ["sales", "sales"] + ["support"] * 3
     assert gw.meter.ledger.spool.pending() == []
+
+
+def test_a_gateway_that_loses_its_database_before_its_first_call_serves_and_prices_it(
+    cluster: PgCluster, app_on: Callable[..., Gateway], emulator: OllamaEmulator
+) -> None:
+    """Started with the server up, the gateway read its prices and budgets only at its first
+    call: the server gone before then, every call was refused 503 with the bare ledger error,
+    with no span and no log line, where a gateway warmed by one call served them all."""
+    from tests.factories import token_prices
+
+    url = f"{cluster.url}/postgres"
+    _budgets_for_sales_and_legal(url, token_prices())
+    gw = app_on(emulator.url, url)
+    cluster.stop()
+
+    def chat(department: str) -> httpx.Response:
+        return gw.client.post(
+            "/api/chat",
+            json={"model": "llama3.1:8b", "messages": HI, "stream": False},
+            headers={"X-Ometer-Tenant": "acme", "X-Ometer-Department": department},
+        )
+
+    assert [chat("support").status_code for _ in range(3)] == [200, 200, 200]
+    refused = chat("legal")  # a hard budget with no lease: refused as unchecked, a span too
+    assert refused.status_code == 503
+    assert "budget for acme/legal cannot be checked" in refused.json()["error"]
+    gw.settle()
+    assert _spooled(gw.ledger.spool) == 4
+    cluster.start()
+    gw.ledger.drain_slice = 60.0
+    assert chat("support").status_code == 200  # this write brings in the spool
+    assert gw.ledger.spool.pending() == []
+    spans = Ledger(url).latest(SpanFilter(), 10)
+    assert sorted((s.department, s.status, s.cost_total) for s in spans) == [
+        ("legal", "error", 0),
+        *[("support", "ok", 5 * 1000 + 25 * 2000)] * 4,
+    ]

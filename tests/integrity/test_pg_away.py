@@ -3,7 +3,10 @@ on its way down: a command says so in one line, and what to do about it."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -117,3 +120,60 @@ def test_a_database_or_user_the_server_has_not_is_named_with_what_to_do(
     ledger.record([])
     assert ledger.count() == 1 and ledger.spool.pending() == []
     ledger.dispose()
+
+
+@pytest.fixture
+def http_port() -> Iterator[int]:
+    """A port where an HTTP server answers whatever comes with a 400, at once (as the
+    gateway or a web server does): what a URL naming the wrong service's port reaches."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stopped = threading.Event()
+
+    def answer() -> None:
+        while not stopped.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    yield int(listener.getsockname()[1])
+    stopped.set()
+    listener.close()
+    thread.join(10)
+
+
+@pytest.mark.parametrize("sslmode", ["prefer", "disable"])
+def test_a_url_naming_a_server_that_is_not_postgresql_says_to_fix_the_port(
+    cli: Any, http_port: int, sslmode: str
+) -> None:
+    """OMETER_DB_URL with the gateway's or Ollama's port: libpq's "received invalid response
+    to SSL negotiation: H" (with sslmode=disable "expected authentication request from
+    server, but received H") said nothing of what was wrong, nor what to do."""
+    url = f"postgresql+psycopg://ometer:pw@127.0.0.1:{http_port}/ometer?sslmode={sslmode}"
+    for command in (["report", "--period", "month"], ["log"], ["db", "export"]):
+        said = _one_line(cli(*command, "--db", url))
+        assert said.endswith(
+            ": what answers at that address is not a PostgreSQL server (an HTTP server, "
+            "say): correct the host and port in OMETER_DB_URL"
+        ), said
+
+
+def test_a_url_naming_a_silent_server_says_it_may_not_be_postgresql(
+    cli: Any, emulator: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ollama's port in OMETER_DB_URL: its server waits for an HTTP request line that never
+    comes, as a stopped one would; the message named only a stopped, overloaded or cut-off
+    server, not the likelier typo."""
+    monkeypatch.setenv("OMETER_LEDGER_WAIT", "1")
+    url = emulator.url.replace("http://", "postgresql+psycopg://ometer:pw@") + "/ometer"
+    said = _one_line(cli("report", "--period", "month", "--db", url))
+    assert said.endswith(
+        ": the server did not answer within 2 s (OMETER_LEDGER_WAIT): it is stopped, "
+        "overloaded or cut off, or is not a PostgreSQL server (check the port in "
+        "OMETER_DB_URL)"
+    ), said
