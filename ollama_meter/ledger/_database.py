@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +44,7 @@ from ollama_meter.ledger._engine import (
     sqlite_path,
 )
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, numbered_as_ours
-from ollama_meter.ledger._why import emptied, file_limit, full_disk, unwritable
+from ollama_meter.ledger._why import emptied, file_limit, full_disk, no_such, unwritable
 
 log = logging.getLogger("ollama_meter.ledger")
 
@@ -333,9 +332,8 @@ class Database:
                 f"{text}: the user {make_url(self.url).username} may not do this; grant it "
                 "what it needs, or run `ometer db upgrade` once as the database's owner"
             )
-        if not self._sqlite and (missing := _MISSING.search(text)):
-            what, fix = _NAMED[missing[1]]
-            return f"{text}: no {what} of that name on this server: {fix}{meanwhile}"
+        if not self._sqlite and (missing := no_such(text)):
+            return f"{text}: {missing}{meanwhile}"
         if "is not currently accepting connections" in lowered:
             return (
                 f"{text}: the database is closed to connections; open it (ALTER DATABASE ... "
@@ -418,19 +416,6 @@ SCHEMA_CHANGED = frozenset({"42P01", "42703", "42704", "42P07", "42701", "42710"
 """PostgreSQL's SQLSTATEs for a table, column or index missing, or there already: the tables
 are not what the ledger's revision says only when they, or the revision, were changed by
 hand (a write at the head, or a migration from the revision recorded)."""
-
-_MISSING = re.compile(r'FATAL:\s+(database|role) ".*" does not exist')
-"""A PostgreSQL server's refusal of a connection to a database, or for a user, it has not
-(a typo in the URL, a database dropped under a running gateway)."""
-
-_NAMED = {
-    "database": (
-        "database",
-        "create it (CREATE DATABASE name ENCODING 'UTF8' TEMPLATE template0) or correct the "
-        "database's name in OMETER_DB_URL",
-    ),
-    "role": ("user", "create it (CREATE ROLE name LOGIN) or correct the user in OMETER_DB_URL"),
-}
 
 SQLITE_SCHEMA_CHANGED = (
     "no such table",

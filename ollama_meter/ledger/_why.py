@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import shlex
 import sqlite3
@@ -129,4 +130,27 @@ def file_limit(path: Path, said: str | None = None) -> str | None:
                 f"limit: ulimit -f, or LimitFSIZE= in a systemd unit), and {name} has reached "
                 "it: raise or remove the limit for ometer"
             )
+    return None
+
+
+_MISSING = re.compile(r'FATAL:\s+(database|role) ".*" does not exist')
+"""A PostgreSQL server's refusal of a connection to a database, or for a user, it has not
+(a typo in the URL, a database dropped under a running gateway)."""
+
+_NAMED = {
+    "database": (
+        "database",
+        "create it (CREATE DATABASE name ENCODING 'UTF8' TEMPLATE template0) or correct the "
+        "database's name in OMETER_DB_URL",
+    ),
+    "role": ("user", "create it (CREATE ROLE name LOGIN) or correct the user in OMETER_DB_URL"),
+}
+
+
+def no_such(said: str) -> str | None:
+    """What to do when a PostgreSQL server has no database, or no user, of the URL's name
+    (``said``: its refusal), else None."""
+    if missing := _MISSING.search(said):
+        what, fix = _NAMED[missing[1]]
+        return f"no {what} of that name on this server: {fix}"
     return None
