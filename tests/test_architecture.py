@@ -254,7 +254,11 @@ def test_a_reading_command_loads_no_metering_sequence_or_client(tmp_path: Path) 
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "sys.stderr.write(' '.join(sorted(sys.modules)))"
     )
-    env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}"}
+    from ollama_meter.ledger import Ledger
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    Ledger(url).dispose()  # a ledger with no spans: log reads it, as it refuses one not there
+    env = {**os.environ, "OMETER_DB_URL": url}
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env
     )
