@@ -3,7 +3,8 @@
 A line may hold only what the ledger stores unchanged: the records' limits
 (``make_storable``'s) on names, texts, counts and durations, times within the
 dates ometer works with, and money that is the sum of its parts and at most
-what one call can cost (nothing, with no price rule, for a call no rule priced). Anything else is a ValueError saying which field and why.
+what one call can cost (nothing, with no price rule, for a call no rule priced).
+Anything else is a ValueError saying which field and why.
 """
 
 from __future__ import annotations
