@@ -74,9 +74,9 @@ def test_drop_forgets_one_key_or_a_whole_kind() -> None:
     "command",
     [
         ["db", "upgrade"],  # a new file: the migrations are written
-        ["log", "--limit", "1"],  # a new file, opened by a command that reads
-        ["log", "--limit", "1", "&&", "db", "upgrade"],  # up to date: only read
-        ["log", "--limit", "1", "&&", "db", "backup", "copy.db"],
+        ["db", "upgrade", "&&", "log", "--limit", "1"],  # opened by a command that reads
+        ["db", "upgrade", "&&", "log", "--limit", "1", "&&", "db", "upgrade"],  # only read
+        ["db", "upgrade", "&&", "log", "--limit", "1", "&&", "db", "backup", "copy.db"],
     ],
 )
 def test_every_ledger_an_ometer_process_opens_is_closed_before_it_exits(

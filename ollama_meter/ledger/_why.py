@@ -78,10 +78,14 @@ def empty_file(path: Path) -> str:
 
 
 def is_empty(path: Path) -> bool:
-    """Whether the SQLite file at ``path`` holds no byte, and no WAL beside it does either."""
+    """Whether the regular file at ``path`` holds no byte, and no WAL beside it does either.
+
+    Read, not its size asked: a file of /proc says 0 bytes and holds more (opening it as a
+    ledger says what it is)."""
     try:
-        if path.stat().st_size:
-            return False
+        with path.open("rb") as file:
+            if file.read(1):
+                return False
         return not Path(f"{path}-wal").stat().st_size
     except FileNotFoundError:
         return True  # no WAL (the file itself was there)
