@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime, time, timedelta
 
 import msgspec
@@ -25,8 +26,10 @@ from ollama_meter.records import (
     MAX_TAG_VALUE,
     MAX_TOKENS,
     TEXT_LIMITS,
+    DurationSource,
     SpanRecord,
     Status,
+    TokenSource,
     format_micros,
 )
 
@@ -94,6 +97,8 @@ one is refused after this much is read, not read whole into memory."""
 _ULID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _STATUSES = frozenset(Status)
+_TOKEN_SOURCES = frozenset(TokenSource)
+_DURATION_SOURCES = frozenset(DurationSource)
 
 _SUB_MICROSECOND = re.compile(r"[.,][0-9]{7}")
 # What a line may hold is what the ledger stores unchanged: the limits of the records
@@ -198,11 +203,18 @@ def _check_labels(d: _Line) -> None:
         if value is not None and (len(value) > limit or not value.isprintable()):
             raise ValueError(f"{what} {_shown(value)} is longer than {limit} or not printable")
     if d.status not in _STATUSES:  # reports count errors, and `log --status` finds, by these
-        raise ValueError(
-            f"status {_shown(d.status)} is not one of {', '.join(Status)} (a newer ometer's?)"
-        )
+        raise ValueError(_not_one_of("status", d.status, Status))
+    # `~` beside estimated tokens, and which calls' timings count in percentiles, go by these
+    if d.token_source not in _TOKEN_SOURCES:
+        raise ValueError(_not_one_of("token_source", d.token_source, TokenSource))
+    if d.duration_source is not None and d.duration_source not in _DURATION_SOURCES:
+        raise ValueError(_not_one_of("duration_source", d.duration_source, DurationSource))
     if not _CURRENCY.fullmatch(d.currency):
         raise ValueError(f"currency {_shown(d.currency)} is not a 3-letter code like USD")
+
+
+def _not_one_of(what: str, value: str, known: Iterable[str]) -> str:
+    return f"{what} {_shown(value)} is not one of {', '.join(known)} (a newer ometer's?)"
 
 
 def _check(d: _Line) -> None:

@@ -43,7 +43,14 @@ from ollama_meter.ledger._types import to_us
 from ollama_meter.meter import SpanRecord, new_span_row_id, reprice
 from ollama_meter.periods import parse_period
 from ollama_meter.pricing import PriceBook
-from ollama_meter.records import MAX_CALL_COST, MAX_DURATION_NS, Status, Stored
+from ollama_meter.records import (
+    MAX_CALL_COST,
+    MAX_DURATION_NS,
+    DurationSource,
+    Status,
+    Stored,
+    TokenSource,
+)
 from ollama_meter.reports import chargeback, perf_report, spend_report, to_csv
 from tests.factories import make_span, token_prices
 
@@ -257,6 +264,15 @@ def test_an_import_has_the_collector_look_less_often_and_gives_its_setting_back(
         # a status no ometer writes: counted as no error by every report, and no `log
         # --status` found it (it took "ERROR" for an error type no span has)
         (lambda d: d.update(status="ERROR"), "status 'ERROR' is not one of ok, error,"),
+        # no `~` beside tokens no server counted; timings the meter's clock took, as exact
+        (
+            lambda d: d.update(token_source="Estimated"),
+            "token_source 'Estimated' is not one of reported, estimated (a newer ometer's?)",
+        ),
+        (
+            lambda d: d.update(duration_source="measured "),
+            "duration_source 'measured ' is not one of reported, measured (a newer ometer's?)",
+        ),
     ],
 )
 def test_a_bad_line_is_refused_with_its_number(
@@ -335,8 +351,8 @@ _DURATION_FIELDS = [f"{name}_ns" for name in ("total_duration", "load_duration",
             "done_reason": st.none() | _text,
             "input_tokens": st.integers(0, 2**31 - 1),
             "output_tokens": st.integers(0, 2**31 - 1),
-            "token_source": _text,
-            "duration_source": st.none() | _text,
+            "token_source": st.sampled_from(list(TokenSource)),
+            "duration_source": st.none() | st.sampled_from(list(DurationSource)),
             **dict.fromkeys(_DURATION_FIELDS, _nanos),
             **{f"cost_{part}": _money for part in ("tokens", "compute", "energy", "fee")},
             "currency": st.from_regex(r"[A-Z]{3}", fullmatch=True),
