@@ -26,8 +26,7 @@ from ollama_meter.ledger._cells import Grain, floor_cell
 from ollama_meter.ledger._types import to_us
 from ollama_meter.periods import day_of, week_start, window_between
 from ollama_meter.reports import perf_report, spend_report
-from ollama_meter.reports._html import spend_axis
-from ollama_meter.reports._spend import held_buckets
+from ollama_meter.reports._spend import held_buckets, spend_axis
 from tests.factories import make_span
 from tests.ledger.test_rollups import _fill
 from tests.ledger.test_sparse_windows import CELLS_PER_DAY, NOW, ZONES, planned_cells
