@@ -24,7 +24,14 @@ from ollama_meter.ledger import Ledger
 from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.ledger._cells import Grain, floor_cell
 from ollama_meter.ledger._types import to_us
-from ollama_meter.periods import day_of, week_start, window_between
+from ollama_meter.periods import (
+    bucket_bounds,
+    buckets_over,
+    day_of,
+    walk_buckets,
+    week_start,
+    window_between,
+)
 from ollama_meter.reports import DashQuery, dashboard_report, perf_report, spend_report
 from ollama_meter.reports._spend import held_buckets, spend_axis
 from tests.factories import make_span
@@ -131,9 +138,11 @@ def test_a_window_of_millennia_builds_the_buckets_of_its_calls_and_sums_them_exa
     assert sum(int(r.cost) for r in report.rows) == sum(s.cost_total for s in inside)
     perf = perf_report(ledger, window, [], unit=unit, tz=tz)
     assert [row.label(unit) for row in perf.rows] == held
+    by_user = perf_report(ledger, window, ["user"], unit=unit, tz=tz)  # histograms of raw spans
     with raw_spans():
         assert report.rows == spend_report(ledger, window, ["department", unit], tz=tz).rows
         assert perf.rows == perf_report(ledger, window, [], unit=unit, tz=tz).rows
+        assert by_user.rows == perf_report(ledger, window, ["user"], unit=unit, tz=tz).rows
 
 
 def test_the_calls_of_1970_and_9998_are_two_buckets_and_a_chart_of_two_columns(
@@ -211,3 +220,37 @@ def test_the_dashboard_over_twenty_years_reads_no_ledger_table_through(sqlite_ur
 def _nulls(sql: str) -> tuple[None, ...]:
     """Any values for the statement's parameters: a plan does not depend on them."""
     return (None,) * sql.count("?")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    zone=st.sampled_from([*ZONES, "Pacific/Apia"]),
+    unit=st.sampled_from(["day", "week", "month"]),
+    stretches=st.lists(
+        st.tuples(st.integers(0, 2 * 24 * 1000), st.integers(1, 24 * 40)), max_size=6
+    ),
+)
+def test_the_buckets_over_stretches_are_those_of_the_calendar_that_overlap_them(
+    zone: str, unit: str, stretches: list[tuple[int, int]]
+) -> None:
+    tz = ZoneInfo(zone)
+    window = window_between("2010-01-01", "2012-03-31", tz=tz, now=NOW)  # Apia's lost day
+    origin = datetime(2009, 11, 1, tzinfo=UTC)  # from two months before to three after
+    runs: list[tuple[datetime, datetime]] = []
+    for start, hours in sorted(stretches):  # half hours from the origin, and a length in hours
+        lo = origin + timedelta(minutes=30 * start)
+        hi = lo + timedelta(hours=hours)
+        if runs and lo <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], max(hi, runs[-1][1]))
+        else:
+            runs.append((lo, hi))
+    every = list(walk_buckets(window.start, window.end, unit, tz))
+    assert bucket_bounds(window, unit, tz) == [(start, label) for start, _, label in every]
+    assert buckets_over(runs, window, unit, tz) == [
+        (start, end, label)
+        for start, end, label in every
+        if start < end
+        and any(max(start, lo, window.start) < min(end, hi, window.end) for lo, hi in runs)
+    ]
+    whole = buckets_over([(window.start, window.end)], window, unit, tz)
+    assert whole == [bucket for bucket in every if bucket[0] < bucket[1]]  # but Apia's lost day
