@@ -8,6 +8,7 @@ long exactly as the wall clock says.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo
@@ -160,17 +161,21 @@ def window_between(
     return window
 
 
-def bucket_bounds(window: Window, unit: str, tz: ZoneInfo) -> list[tuple[datetime, str]]:
-    """Consecutive (start, label) buckets of ``unit`` covering ``window``, starts in UTC."""
+Bucket = tuple[datetime, datetime, str]
+"""A time bucket: its start and end in UTC, and its label (``2026-11-30``, ``2026-W48``, ``2026-11``)."""
+
+
+def walk_buckets(start: datetime, end: datetime, unit: str, tz: ZoneInfo) -> Iterator[Bucket]:
+    """The buckets of ``unit`` from the one that holds ``start``, while they begin before ``end``."""
     if unit not in TIME_UNITS:
         raise ValueError(f"unknown time unit {unit!r}")
-    day = day_of(window.start, tz)
+    day = day_of(start, tz)
     if unit == "week":
         day = week_start(day)
     elif unit == "month":
         day = month_start(day)
-    bounds = []
-    while (start := local_midnight(day, tz)) < window.end:
+    begins = local_midnight(day, tz)
+    while begins < end:
         if unit == "day":
             label, after = day.isoformat(), day + timedelta(days=1)
         elif unit == "week":
@@ -178,9 +183,37 @@ def bucket_bounds(window: Window, unit: str, tz: ZoneInfo) -> list[tuple[datetim
             label, after = f"{iso.year}-W{iso.week:02d}", day + timedelta(days=7)
         else:
             label, after = day.strftime("%Y-%m"), next_month(day)
-        bounds.append((start, label))
-        day = after
-    return bounds
+        ends = local_midnight(after, tz)
+        yield begins, ends, label
+        day, begins = after, ends
+
+
+def bucket_bounds(window: Window, unit: str, tz: ZoneInfo) -> list[tuple[datetime, str]]:
+    """Consecutive (start, label) buckets of ``unit`` covering ``window``, starts in UTC.
+
+    Every bucket of the window, one for each day of it by day: for a window of reasonable
+    size (a chart's axis). Reports build theirs with :func:`buckets_over`."""
+    return [(start, label) for start, _, label in walk_buckets(window.start, window.end, unit, tz)]
+
+
+def buckets_over(
+    stretches: Iterable[tuple[datetime, datetime]], window: Window, unit: str, tz: ZoneInfo
+) -> list[Bucket]:
+    """The buckets of ``unit`` that overlap ``window`` and one of ``stretches``, in order, once.
+
+    ``stretches`` (in time order, not overlapping) are where calls are: a report of a long
+    window builds the buckets of the days that hold calls, not one for every day between.
+    A bucket of no time (a day a zone skipped, as Apia did 2011-12-30) holds nothing.
+    """
+    found: list[Bucket] = []
+    for start, end in stretches:
+        lo, hi = max(start, window.start), min(end, window.end)
+        if lo >= hi:
+            continue
+        for bucket in walk_buckets(lo, hi, unit, tz):
+            if bucket[0] < bucket[1] and (not found or bucket[0] > found[-1][0]):
+                found.append(bucket)
+    return found
 
 
 PERIOD_UNITS = {"day": "today", "week": "week", "month": "month"}

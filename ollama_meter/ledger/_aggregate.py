@@ -21,24 +21,27 @@ from typing import Any
 from sqlalchemy import Connection, case, func, literal, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from ollama_meter.ledger._cells import COLD_LOAD_NS, ERROR_STATUSES
+from ollama_meter.ledger._cells import COLD_LOAD_NS, ERROR_STATUSES, Grain
 from ollama_meter.ledger._meta import ledger_zone
 from ollama_meter.ledger._plan import (
     CUBE_GRAINS,
     GROUP_COLUMNS,
     RAW,
+    Buckets,
     Piece,
     cube_answers,
     cube_filters,
     decompose,
     edge_filter,
     grouped_sums,
+    held_runs,
     plan_cells,
     raw_spans,
     signed_sums,
 )
 from ollama_meter.ledger._rollup import ROLLUPS
 from ollama_meter.ledger._spans import SpanFilter
+from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SpanRow
 
 
@@ -88,17 +91,17 @@ def aggregate_spend(
     conn: Connection,
     where: SpanFilter,
     by: Sequence[str],
-    bucket_starts: Sequence[datetime] = (),
+    buckets: Buckets = (),
     *,
     raw: bool = False,
 ) -> list[SpendSums]:
     """Sums per (``by`` columns, time bucket, currency) over the window ``where`` gives."""
     sums = _Sums()
     if raw or RAW.get() or not cube_answers(where):
-        _raw_sums(conn, where, by, bucket_starts, sums, sign=1, bucket=None)
+        _raw_sums(conn, where, by, buckets, sums, sign=1, bucket=None)
         return sums.result()
     zone = ledger_zone(conn)
-    pieces = plan_cells(conn, where, bucket_starts, CUBE_GRAINS, zone)
+    pieces = plan_cells(conn, where, buckets, CUBE_GRAINS, zone)
     _cube_sums(conn, pieces, where, by, sums, zone)
     for piece in pieces:
         if piece.grain is None:
@@ -169,7 +172,7 @@ def _raw_sums(
     conn: Connection,
     where: SpanFilter,
     by: Sequence[str],
-    bucket_starts: Sequence[datetime],
+    buckets: Buckets,
     sums: _Sums,
     *,
     sign: int,
@@ -178,14 +181,14 @@ def _raw_sums(
     keys = [GROUP_COLUMNS[name].label(f"k_{name}") for name in by]
     zero = literal(0)
     measures = _span_measures()
-    if bucket_starts:
-        # Spans are filtered to the window, so every span falls in one bucket;
-        # the boundaries are searched from the newest down.
+    if buckets:
+        # A span in no bucket (a call recorded after the buckets were built from the days
+        # that held calls) is in no row, as the rollups' cells of no bucket are not read.
         whens = [
-            (SpanRow.started_at >= start, literal(index))
-            for index, start in reversed(list(enumerate(bucket_starts)))
+            ((SpanRow.started_at >= start) & (SpanRow.started_at < end), literal(index))
+            for index, (start, end) in enumerate(buckets)
         ]
-        bucket_column: ColumnElement[Any] = case(*whens, else_=zero).label("bucket")
+        bucket_column: ColumnElement[Any] = case(*whens, else_=literal(-1)).label("bucket")
     else:
         bucket_column = zero.label("bucket")
     rows = grouped_sums(
@@ -202,6 +205,8 @@ def _raw_sums(
     )
     width = len(keys)
     for row in rows:
+        if int(row[width]) < 0:
+            continue
         sums.add(
             int(row[width]) if bucket is None else bucket,
             tuple(str(v) for v in row[:width]),
@@ -209,6 +214,16 @@ def _raw_sums(
             sign,
             row[width + 2 :],
         )
+
+
+def held_stretches(
+    conn: Connection, since: datetime, until: datetime, *, months: bool = False
+) -> list[tuple[datetime, datetime]]:
+    """The runs of the ledger's days (or months) in which calls started that reach into
+    [since, until), in order: where a report's buckets can hold calls (see ``held_cells``)."""
+    grain = Grain.MONTH if months else Grain.DAY
+    runs = held_runs(conn, grain, to_us(since), to_us(until), ledger_zone(conn))
+    return [(from_us(lo), from_us(hi)) for lo, hi in runs]
 
 
 # -- failures (the dashboard) ------------------------------------------------------------

@@ -172,22 +172,31 @@ class Ledger(DurableLedger):
         self,
         where: _spans.SpanFilter,
         by: Sequence[str] = (),
-        bucket_starts: Sequence[datetime] = (),
+        buckets: Sequence[tuple[datetime, datetime]] = (),
     ) -> list[_aggregate.SpendSums]:
-        """Sums per (``by`` groups, time bucket, currency) over ``where``'s window."""
+        """Sums per (``by`` groups, time bucket, currency) over ``where``'s window; buckets
+        are (start, end), in order, with gaps where there were no calls (see :meth:`days_with_calls`)."""
         with self.read() as conn:
-            return _aggregate.aggregate_spend(conn, where, by, bucket_starts)
+            return _aggregate.aggregate_spend(conn, where, by, buckets)
 
     def timings(
         self,
         where: _spans.SpanFilter,
         by: Sequence[str] = (),
-        bucket_starts: Sequence[datetime] = (),
+        buckets: Sequence[tuple[datetime, datetime]] = (),
     ) -> tuple[list[_aggregate.SpendSums], _timings.HistogramResult]:
         """Sums and latency/TTFT/queue/speed histograms per group, read as one snapshot."""
         with self.read() as conn:
-            sums = _aggregate.aggregate_spend(conn, where, by, bucket_starts)
-            return sums, _timings.aggregate_histograms(conn, where, by, bucket_starts)
+            sums = _aggregate.aggregate_spend(conn, where, by, buckets)
+            return sums, _timings.aggregate_histograms(conn, where, by, buckets)
+
+    def days_with_calls(
+        self, since: datetime, until: datetime, *, months: bool = False
+    ) -> list[tuple[datetime, datetime]]:
+        """The runs of the ledger's days (months) in which calls started, from ``since`` to
+        ``until``: one lookup for each day that holds calls, however long the window."""
+        with self.read() as conn:
+            return _aggregate.held_stretches(conn, since, until, months=months)
 
     def failures(self, where: _spans.SpanFilter) -> list[_aggregate.FailureCount]:
         """Calls that did not end ``ok``, counted per (status, error type)."""

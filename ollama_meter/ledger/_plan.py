@@ -129,18 +129,21 @@ def decompose(
     ]
 
 
-def _buckets(where: SpanFilter, bucket_starts: Sequence[datetime]) -> list[tuple[int, int, int]]:
+Buckets = Sequence[tuple[datetime, datetime]]
+"""Time buckets as (start, end) in UTC, in order, not overlapping; a report's may have gaps
+(the days of no call between two that hold some)."""
+
+
+def _buckets(where: SpanFilter, buckets: Buckets) -> list[tuple[int, int, int]]:
     """(index, lo, hi) in µs of each bucket's part of the window."""
     assert where.since is not None
     assert where.until is not None
     since, until = to_us(where.since), to_us(where.until)
-    if not bucket_starts:
+    if not buckets:
         return [(0, since, until)]
-    starts = [to_us(s) for s in bucket_starts]
     out = []
-    for index, start in enumerate(starts):
-        end = starts[index + 1] if index + 1 < len(starts) else until
-        lo, hi = max(start, since), min(end, until)
+    for index, (start, end) in enumerate(buckets):
+        lo, hi = max(to_us(start), since), min(to_us(end), until)
         if lo < hi:
             out.append((index, lo, hi))
     return out
@@ -148,13 +151,13 @@ def _buckets(where: SpanFilter, bucket_starts: Sequence[datetime]) -> list[tuple
 
 def plan(
     where: SpanFilter,
-    bucket_starts: Sequence[datetime],
+    buckets: Buckets,
     grains: Sequence[Grain],
     zone: tzinfo | None = None,
 ) -> list[Piece]:
     return [
         piece
-        for index, lo, hi in _buckets(where, bucket_starts)
+        for index, lo, hi in _buckets(where, buckets)
         for piece in decompose(lo, hi, grains, bucket=index, zone=zone)
     ]
 
@@ -162,45 +165,56 @@ def plan(
 def plan_cells(
     conn: Connection,
     where: SpanFilter,
-    bucket_starts: Sequence[datetime],
+    buckets: Buckets,
     grains: Sequence[Grain],
     zone: tzinfo | None = None,
 ) -> list[Piece]:
-    """:func:`plan`, each bucket cut to the first and last cell of it in which a call started.
+    """:func:`plan`, each bucket cut to the runs of cells in it in which calls started.
 
     No call started outside those cells (every call is in the rollups, pruned or not), so
     the sums are the whole bucket's, and a bucket of none is not planned at all. Cut at the
     ledger's own midnights, a bucket's ends need no quarter hours: ``--since 1970-01-01
     --by day`` in another zone than the ledger's planned a day cell and up to 56 quarter
     hours for each of 20,000 days, most of them empty (1.7 million cells for three calls).
+    Each run of consecutive cells is planned on its own: one bucket from a call in 1970 to
+    one in 9998 planned the 96,000 months between.
     """
-    buckets = _buckets(where, bucket_starts)
-    if not buckets:
+    cut = _buckets(where, buckets)
+    if not cut:
         return []
     # Days where buckets are shorter than a month (a month's cell would keep every day of
     # it); months otherwise, fewer to find over years of calls.
-    longest = max(hi - lo for _, lo, hi in buckets)
+    longest = max(hi - lo for _, lo, hi in cut)
     grain = Grain.DAY if longest < 28 * DAY_US else Grain.MONTH
-    held = held_cells(conn, grain, buckets[0][1], buckets[-1][2])
-    # From the held cells to the buckets they overlap, not the other way: a window of
-    # 20,000 days and three calls looks at the buckets of three days.
-    lows = [lo for _, lo, _ in buckets]
-    cuts: dict[int, tuple[int, int]] = {}
-    for start in held:
-        end = next_cell(grain, start, zone)
+    # From the runs of held cells to the buckets they overlap, not the other way: a window
+    # of 20,000 days and three calls looks at the buckets of three days.
+    lows = [lo for _, lo, _ in cut]
+    pieces = []
+    for start, end in held_runs(conn, grain, cut[0][1], cut[-1][2], zone):
         at = max(bisect.bisect_right(lows, start) - 1, 0)  # the bucket start is in, if any
-        while at < len(buckets) and buckets[at][1] < end:
-            _, lo, hi = buckets[at]
+        while at < len(cut) and cut[at][1] < end:
+            index, lo, hi = cut[at]
             if hi > start:
-                a, b = max(lo, start), min(hi, end)
-                cut = cuts.get(at)
-                cuts[at] = (a, b) if cut is None else (min(cut[0], a), max(cut[1], b))
+                pieces += decompose(max(lo, start), min(hi, end), grains, bucket=index, zone=zone)
             at += 1
-    return [
-        piece
-        for at, (lo, hi) in sorted(cuts.items())
-        for piece in decompose(lo, hi, grains, bucket=buckets[at][0], zone=zone)
-    ]
+    return pieces
+
+
+def held_runs(
+    conn: Connection, grain: Grain, lo: int, hi: int, zone: tzinfo | None
+) -> list[tuple[int, int]]:
+    """(start, end) in µs of each run of consecutive ``grain`` cells that hold calls and
+    reach into [lo, hi), in order: the stretches of time in which calls started."""
+    runs: list[tuple[int, int]] = []
+    for start in held_cells(conn, grain, lo, hi):
+        end = next_cell(grain, start, zone)
+        if end <= lo:
+            continue
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+    return runs
 
 
 _LONGEST_CELL_US = 40 * DAY_US

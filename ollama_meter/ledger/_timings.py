@@ -34,6 +34,7 @@ from ollama_meter.ledger._plan import (
     GROUP_COLUMNS,
     HISTOGRAM_GRAINS,
     RAW,
+    Buckets,
     decompose,
     edge_filter,
     plan_cells,
@@ -83,7 +84,7 @@ def aggregate_histograms(
     conn: Connection,
     where: SpanFilter,
     by: Sequence[str],
-    bucket_starts: Sequence[datetime] = (),
+    buckets: Buckets = (),
     *,
     raw: bool = False,
 ) -> HistogramResult:
@@ -93,8 +94,8 @@ def aggregate_histograms(
     department, model); raw spans otherwise, and for the hours between a midnight of
     the ledger's zone and the window's ends. Grouped by model or by nothing, with no
     tenant or department asked for, from rows over all tenants and departments, which
-    are kept per quarter hour too: raw spans only inside the quarter hours at the ends. With ``bucket_starts`` each group's key ends with
-    its time bucket's index.
+    are kept per quarter hour too: raw spans only inside the quarter hours at the ends. With ``buckets`` each group's key
+    ends with its time bucket's index.
     """
     fits = set(by) <= set(HISTOGRAM_KEY) and all(
         getattr(where, name) is None for name in ("user", "status", "error_type")
@@ -104,7 +105,7 @@ def aggregate_histograms(
     if raw or RAW.get() or not fits or where.since is None or where.until is None:
         if horizon is not None and (where.since is None or to_us(where.since) < horizon):
             result.pruned_before = horizon
-        _raw_histograms(conn, where, by, result, sign=1, bucket_starts=bucket_starts)
+        _raw_histograms(conn, where, by, result, sign=1, buckets=buckets)
         return result
     # All calls together (no group, no filter on the key), and each model over all
     # tenants and departments, are also kept per quarter hour: a window's edges need no
@@ -121,7 +122,7 @@ def aggregate_histograms(
         filters = [*rollup_filters(HISTOGRAMS, where, HISTOGRAM_KEY), c.tenant != EVERYONE[0]]
     grains = (*HISTOGRAM_GRAINS, Grain.QUARTER) if overall else HISTOGRAM_GRAINS
     zone = ledger_zone(conn)
-    pieces = plan_cells(conn, where, bucket_starts, grains, zone)
+    pieces = plan_cells(conn, where, buckets, grains, zone)
     if each_model and horizon is not None:
         # Quarter hours per model pruned before migration 0012 made them are not there:
         # before the horizon, they are read from raw spans (gone, and said so) as before.
@@ -129,7 +130,7 @@ def aggregate_histograms(
             replace(p, grain=None) if p.grain is Grain.QUARTER and p.lo < horizon else p
             for p in pieces
         ]
-    bucketed = bool(bucket_starts)
+    bucketed = bool(buckets)
     rows = signed_sums(
         conn,
         HISTOGRAMS,
@@ -170,18 +171,21 @@ def _raw_histograms(
     result: HistogramResult,
     *,
     sign: int,
-    bucket_starts: Sequence[datetime] = (),
+    buckets: Buckets = (),
     bucket: int | None = None,
 ) -> None:
     keys = [GROUP_COLUMNS[name].label(f"k_{name}") for name in by]
     query = select(*keys, *TIMING_COLUMNS, SpanRow.started_at).where(*where.clauses())
     width = len(keys)
+    starts = [start for start, _ in buckets]
     for call in conn.execute(query):
         group_key: tuple[Any, ...] = tuple(str(v) for v in call[:width])
         if bucket is not None:
             group_key = (*group_key, bucket)
-        elif bucket_starts:
-            index = max(bisect.bisect_right(bucket_starts, call.started_at) - 1, 0)
+        elif buckets:
+            index = bisect.bisect_right(starts, call.started_at) - 1
+            if index < 0 or call.started_at >= buckets[index][1]:
+                continue  # in no bucket: as in ``_raw_sums``
             group_key = (*group_key, index)
         group = result.groups.setdefault(group_key, {})
         for metric, edge in histogram_entries(call):

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 
-from ollama_meter.periods import TIME_UNITS, bucket_bounds
+from ollama_meter.periods import TIME_UNITS
 from ollama_meter.records import Micros, format_micros, minor_places
 from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS, Chargeback
 from ollama_meter.reports._charts import (
@@ -45,7 +45,7 @@ from ollama_meter.reports._dashboard import (
 )
 from ollama_meter.reports._render import cell_text
 from ollama_meter.reports._rows import SpendRow
-from ollama_meter.reports._spend import SpendReport
+from ollama_meter.reports._spend import SpendReport, spend_axis
 
 
 def money(micros: int, currency: str) -> str:
@@ -297,10 +297,7 @@ def _spend_over_time(
     currency: str,
     tz: ZoneInfo,
 ) -> Chart:
-    xs = [label for _, label in bucket_bounds(report.window, unit, tz)]
-    if len(xs) > 400:  # a window from 1970: start where the calls do
-        first = min((r.label(unit) for r in rows), default=xs[-1])
-        xs = xs[xs.index(first) :] if first in xs else xs[-400:]
+    xs = spend_axis(report, rows, unit, tz)
     # Keyed by the group's values, not the name shown: a call with no model and one whose
     # model is called '(none)' both show as '(none)', and were one series with one's amount.
     cells: dict[tuple[str, ...], dict[str, int]] = {}

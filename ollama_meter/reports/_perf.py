@@ -22,10 +22,10 @@ from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, Metric, SpanFilter, from_us
-from ollama_meter.periods import Window, bucket_bounds
+from ollama_meter.periods import Window
 from ollama_meter.reports._choices import PERF_BY_CHOICES
 from ollama_meter.reports._rows import PERF_FIGURES, PerfRow
-from ollama_meter.reports._spend import within_data
+from ollama_meter.reports._spend import held_buckets
 
 PERF_METRICS: tuple[str, ...] = PERF_FIGURES
 
@@ -200,14 +200,12 @@ def perf_report(
     also split per period, which becomes the last ``by`` column; rows keep time order.
     """
     zone = tz or ZoneInfo("UTC")
-    read = within_data(ledger, window, zone)
     where = SpanFilter(
-        since=read.start, until=read.end, tenant=tenant, department=department, model=model
+        since=window.start, until=window.end, tenant=tenant, department=department, model=model
     )
-    bounds = bucket_bounds(read, unit, zone) if unit else []
-    starts = [start for start, _ in bounds]
+    bounds = held_buckets(ledger, window, unit, zone) if unit else []
     groups: dict[tuple[Any, ...], _Group] = {}
-    aggregates, histograms = ledger.timings(where, by, starts)
+    aggregates, histograms = ledger.timings(where, by, [(s, e) for s, e, _ in bounds])
     for sums in aggregates:
         keys: tuple[Any, ...] = (*sums.keys, sums.bucket) if unit else sums.keys
         group = groups.setdefault(keys, _Group())
@@ -229,6 +227,6 @@ def perf_report(
     for group_keys in sorted(groups):
         labels = [str(key) for key in group_keys[: len(by)]]
         if unit:
-            labels.append(bounds[group_keys[-1]][1])
+            labels.append(bounds[group_keys[-1]][2])
         report.rows.append(groups[group_keys].row(tuple(zip(columns, labels, strict=True))))
     return report

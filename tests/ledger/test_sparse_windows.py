@@ -23,7 +23,7 @@ from ollama_meter.ledger._meta import ledger_zone
 from ollama_meter.ledger._plan import CUBE_GRAINS, HISTOGRAM_GRAINS, cell_signs, plan_cells
 from ollama_meter.ledger._timings import HistogramResult
 from ollama_meter.ledger._types import to_us
-from ollama_meter.periods import Window, bucket_bounds, window_between
+from ollama_meter.periods import Window, walk_buckets, window_between
 from ollama_meter.reports import chargeback, perf_report, spend_report
 from tests.factories import make_span
 from tests.ledger.test_rollups import _fill
@@ -38,9 +38,16 @@ CELLS_PER_DAY = 250
 hull of days adds a month cell and its days either side."""
 
 
+def every_bucket(window: Window, unit: str | None, tz: ZoneInfo) -> list[tuple[datetime, datetime]]:
+    """(start, end) of every ``unit`` bucket of ``window``, none left out for having no calls."""
+    if unit is None:
+        return []
+    return [(start, end) for start, end, _ in walk_buckets(window.start, window.end, unit, tz)]
+
+
 def planned_cells(ledger: Ledger, window: Window, unit: str | None, tz: ZoneInfo) -> int:
     """How many rollup cells a read of ``window`` cut by ``unit`` plans, over both cubes."""
-    starts = [start for start, _ in bucket_bounds(window, unit, tz)] if unit else []
+    starts = every_bucket(window, unit, tz)
     where = SpanFilter(since=window.start, until=window.end)
     with ledger.read() as conn:
         zone = ledger_zone(conn)
@@ -102,7 +109,7 @@ def test_a_long_window_of_few_calls_plans_the_cells_of_their_days_and_sums_them_
     assert planned_cells(ledger, window, unit, tz) <= CELLS_PER_DAY * days_held(
         moments, ZoneInfo(cells)
     )
-    starts = [start for start, _ in bucket_bounds(window, unit, tz)] if unit else []
+    starts = every_bucket(window, unit, tz)
     where = SpanFilter(since=window.start, until=window.end)
     sums, histograms = ledger.timings(where, ["department"], starts)
     failures = ledger.failures(where)
