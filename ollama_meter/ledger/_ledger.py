@@ -135,11 +135,6 @@ class Ledger(DurableLedger):
             horizon = _meta.pruned_before(conn)
         return None if horizon is None else from_us(horizon)
 
-    def extent(self) -> tuple[datetime, datetime] | None:
-        """The first and last moment a call started (see :func:`_spans.extent`); None if none."""
-        with self.read() as conn:
-            return _spans.extent(conn)
-
     def names(self, column: str) -> list[str]:
         """Every tenant, department, user or model some span has, sorted: read from the
         month rollups (a row per month and combination), whatever the ledger's size."""

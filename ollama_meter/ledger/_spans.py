@@ -12,7 +12,6 @@ from sqlalchemy import Connection, Dialect, Select, Table, bindparam, func, null
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _meta, _prices, _rollup
-from ollama_meter.ledger._cells import QUARTER_US, Grain
 from ollama_meter.ledger._types import driver_key, from_us, to_us
 from ollama_meter.ledger._upserts import run
 from ollama_meter.ledger.models import SpanRow
@@ -397,25 +396,3 @@ def recent_usage(conn: Connection, model: str, limit: int) -> list[PastCall]:
         PastCall(row[0], row[1], row[2] or 0, row[3] or 0, row[4] or 0)
         for row in conn.execute(query)
     ]
-
-
-def extent(conn: Connection) -> tuple[datetime, datetime] | None:
-    """When the first call started and (to the quarter hour, once pruned) the last; None if none.
-
-    From the raw spans and the quarter-hour rollups, which keep every call a prune removed.
-    """
-    moments: list[int] = []
-    low, high = conn.execute(
-        select(func.min(SpanRow.started_at), func.max(SpanRow.started_at))
-    ).one()
-    if low is not None:
-        moments += [to_us(low), to_us(high)]
-    rollups = _rollup.ROLLUPS
-    low, high = conn.execute(
-        select(func.min(rollups.c.start), func.max(rollups.c.start)).where(
-            rollups.c.grain == int(Grain.QUARTER)
-        )
-    ).one()
-    if low is not None:
-        moments += [int(low) * 10**6, int(high) * 10**6 + QUARTER_US - 1]
-    return (from_us(min(moments)), from_us(max(moments))) if moments else None
