@@ -29,7 +29,12 @@ from sqlalchemy.exc import (
 from ollama_meter._forks import renew_after_fork
 from ollama_meter._urls import hide_password
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger._deadline import SERVER_CHANGING, not_there, spooled_meanwhile
+from ollama_meter.ledger._deadline import (
+    AT_CONNECTION_LIMIT,
+    SERVER_CHANGING,
+    not_there,
+    spooled_meanwhile,
+)
 from ollama_meter.ledger._engine import (
     DEFAULT_WAIT,
     FILE_ID,
@@ -266,9 +271,7 @@ class Database:
                 f"{text}: the server's statement_timeout for this user stopped it; raise it "
                 "(ALTER ROLE ... SET statement_timeout = '10min') or leave it unset for ometer"
             )
-        # A role's CONNECTION LIMIT; the server's max_connections ("sorry, too many clients
-        # already"), or what is left of it reserved for superusers.
-        if any(said in lowered for said in ("too many c", "connection slots")):
+        if any(said in lowered for said in AT_CONNECTION_LIMIT):
             return (
                 f"{text}: the server is at its connection limit (max_connections, or the "
                 "user's CONNECTION LIMIT); each ometer process keeps up to 30, so raise the "
