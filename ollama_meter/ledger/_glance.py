@@ -16,7 +16,8 @@ glances: while another process holds the lock, a later write records it.
 
 A glance is a lock wait cut short in the write's own transaction: PostgreSQL's
 ``lock_timeout`` for that transaction, SQLite's busy timeout while its ``BEGIN IMMEDIATE``
-asks. Owns no query; what waits for the whole wait (budgets, upkeep, opening) is untouched.
+asks. Owns no query of the ledger's tables; the other writes (budgets, upkeep, making the
+schema current) wait the whole wait as before.
 """
 
 from __future__ import annotations
