@@ -276,3 +276,27 @@ def test_chat_with_spans_spooled_before_waits_for_a_locked_ledger_once(
     close_ledgers()
     spans = json.loads(cli("log", "--json").stdout)
     assert sorted(s["department"] for s in spans) == ["ops", "sales"]
+
+
+def test_a_lock_held_on_is_waited_for_again_once_the_spell_after_a_wait_is_over(
+    locked: sqlite3.Connection,
+) -> None:
+    """The glances last ``OMETER_LEDGER_WAIT`` after the last wait or glance the lock
+    refused: a lock held on still gets a whole wait now and then, never a write given up
+    on for good; each span goes to the spool, none is lost."""
+    from ollama_meter.ledger import Ledger
+    from ollama_meter.records import Stored
+    from tests.factories import make_span
+
+    ledger = Ledger(os.environ["OMETER_DB_URL"], wait=0.5)
+    spans = [make_span(department=name) for name in ("sales", "ops", "legal")]
+    with _busy_timeouts(ledger.engine) as timeouts:
+        assert ledger.record(spans[:1]) == {spans[0].id: Stored.SPOOLED}
+        assert ledger.record(spans[1:2]) == {spans[1].id: Stored.SPOOLED}
+        time.sleep(0.6)  # the spell the glance renewed is over
+        assert ledger.record(spans[2:]) == {spans[2].id: Stored.SPOOLED}
+    assert timeouts == [500, 50, 500]
+    locked.execute("ROLLBACK")
+    ledger.recover()
+    assert ledger.count() == 3 and ledger.spool.pending() == []
+    ledger.dispose()
