@@ -3,9 +3,10 @@
 A gateway that is running rides out a database outage (spans wait in the spool); one
 that is starting could not open the ledger and exited at once, and under systemd's
 restart limit (5 starts in 10 s) it could give up for good while the server was still
-starting. It now waits for a server that cannot be reached yet, saying so once; a
-server that answers and refuses (a wrong password, no such database) is no reason to
-wait, and ends the start at once as before.
+starting. It now waits for a server that cannot be reached yet, or that has no
+connection to spare (other clients restarting with it free their slots as they end),
+saying so once; a server that answers and refuses (a wrong password, no such
+database) is no reason to wait, and ends the start at once as before.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger._deadline import NOTHING_LISTENS, SERVER_CHANGING
+from ollama_meter.ledger._deadline import AT_CONNECTION_LIMIT, NOTHING_LISTENS, SERVER_CHANGING
 
 if TYPE_CHECKING:
     from ollama_meter.config import Settings
@@ -25,6 +26,7 @@ START_WAIT_S = 120.0
 """How long a starting gateway waits for a database server it cannot reach."""
 _UNREACHABLE = (
     *NOTHING_LISTENS,
+    *AT_CONNECTION_LIMIT,
     *SERVER_CHANGING,
     "timeout expired",
     "server closed the connection unexpectedly",
@@ -32,7 +34,8 @@ _UNREACHABLE = (
 
 
 def unreachable(exc: LedgerError) -> bool:
-    """Whether ``exc`` says the server could not be reached (not that it refused)."""
+    """Whether ``exc`` says the server could not be reached, or had no connection to spare
+    (not that it refused)."""
     text = str(exc).lower()
     return any(sign in text for sign in _UNREACHABLE)
 

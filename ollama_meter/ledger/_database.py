@@ -29,7 +29,12 @@ from sqlalchemy.exc import (
 from ollama_meter._forks import renew_after_fork
 from ollama_meter._urls import hide_password
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger._deadline import SERVER_CHANGING, not_there, spooled_meanwhile
+from ollama_meter.ledger._deadline import (
+    AT_CONNECTION_LIMIT,
+    SERVER_CHANGING,
+    not_there,
+    spooled_meanwhile,
+)
 from ollama_meter.ledger._engine import (
     DEFAULT_WAIT,
     FILE_ID,
@@ -43,6 +48,7 @@ from ollama_meter.ledger._engine import (
     patient_read,
     sqlite_path,
 )
+from ollama_meter.ledger._glance import GLANCE_S, glances, postgresql_glance, sqlite_glance
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision, numbered_as_ours
 from ollama_meter.ledger._why import emptied, file_limit, full_disk, no_such, unwritable
 
@@ -159,7 +165,9 @@ class Database:
         with self.failures_named(), self._connect() as conn:
             if self._sqlite:
                 conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
+            with sqlite_glance(conn) if self._sqlite else contextlib.nullcontext(), conn.begin():
+                if not self._sqlite:
+                    postgresql_glance(conn)
                 yield conn
                 if not self._same_file(conn):  # replaced while we wrote: roll back, keep the spans
                     raise LedgerError(
@@ -266,9 +274,7 @@ class Database:
                 f"{text}: the server's statement_timeout for this user stopped it; raise it "
                 "(ALTER ROLE ... SET statement_timeout = '10min') or leave it unset for ometer"
             )
-        # A role's CONNECTION LIMIT; the server's max_connections ("sorry, too many clients
-        # already"), or what is left of it reserved for superusers.
-        if any(said in lowered for said in ("too many c", "connection slots")):
+        if any(said in lowered for said in AT_CONNECTION_LIMIT):
             return (
                 f"{text}: the server is at its connection limit (max_connections, or the "
                 "user's CONNECTION LIMIT); each ometer process keeps up to 30, so raise the "
@@ -341,6 +347,8 @@ class Database:
             )
         if "password authentication failed" in lowered:
             return f"{text}: fix the password in OMETER_DB_URL{meanwhile}"
+        if is_lock_error(exc) and (why := glances()):
+            return f"{text}: another process holds it, and this write did not wait for it: {why}"
         if is_lock_error(exc):
             held = self._wait if self._sqlite else lock_seconds(self._wait)
             return (
@@ -366,10 +374,11 @@ class Database:
         The busy timeout covers ordinary waits; SQLite still answers "locked" at once
         in a few races (a fresh file switching to WAL, a snapshot gone stale), and those
         pass on a second try. Retries stop once ``wait`` seconds have passed, or after
-        PostgreSQL's lock timeout (a second try waited as long again). Anything else, or
-        the last try, is one LedgerError starting with ``failure``.
+        PostgreSQL's lock timeout (a second try waited as long again); a glance
+        (``_glance``) retries for as long as it waits. Anything else, or the last try, is
+        one LedgerError starting with ``failure``.
         """
-        deadline = time.monotonic() + self._wait
+        deadline = time.monotonic() + (GLANCE_S if glances() else self._wait)
         attempt = 0
         while True:
             attempt += 1

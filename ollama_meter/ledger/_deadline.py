@@ -181,6 +181,13 @@ SERVER_CHANGING = (
 )
 """What a PostgreSQL server that is starting, recovering or stopping answers a connection."""
 
+AT_CONNECTION_LIMIT = (
+    "too many clients already",  # the server's max_connections
+    "too many connections for",  # a role's or a database's CONNECTION LIMIT
+    "remaining connection slots are reserved",  # what max_connections keeps for superusers
+)
+"""What a PostgreSQL server with no connection to spare answers: one frees as a client ends."""
+
 NOTHING_LISTENS = (
     "connection refused",
     "no route to host",

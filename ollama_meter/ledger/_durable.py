@@ -31,7 +31,8 @@ from ollama_meter.ledger import _spans
 from ollama_meter.ledger._budgets import drop_reservations
 from ollama_meter.ledger._database import Database, is_content_error
 from ollama_meter.ledger._engine import DEFAULT_WAIT
-from ollama_meter.ledger._failing import Failing
+from ollama_meter.ledger._failing import Failing, passing
+from ollama_meter.ledger._glance import OPENING, Spell, glancing
 from ollama_meter.ledger._journal import Journal, Orphan
 from ollama_meter.ledger._jsonl import save_unrecorded
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision
@@ -75,6 +76,7 @@ class DurableLedger(Database):
         self._held_lock = threading.Lock()
         self._held_tried = 0.0
         self.writes = Failing()
+        self.spell = Spell(wait)  # on: span writes glance at locks (a wait ran out just now)
 
     def _after_fork(self) -> None:
         """The child writes what the parent held in memory too (recording is idempotent:
@@ -83,12 +85,13 @@ class DurableLedger(Database):
         self._held_lock = threading.Lock()
 
     def recover(self) -> int:
-        """Record spans a refused write left in the spool, and the spans a dead gateway
-        answered before their commit (noted whole in its journal); how many there were."""
-        with self.journal.orphans(finals_only=True) as answered:
-            if answered:
-                self.free_leases(answered, self.record([orphan.span for orphan in answered]))
-        return (self._drain() or 0) + len(answered)
+        """Record spans a refused write left in the spool, and those a dead gateway answered
+        before their commit (whole in its journal), glancing at locks (``_glance``); how many."""
+        with glancing(OPENING):
+            with self.journal.orphans(finals_only=True) as answered:
+                if answered:
+                    self.free_leases(answered, self.record([orphan.span for orphan in answered]))
+            return (self._drain() or 0) + len(answered)
 
     def free_leases(self, orphans: Sequence[Orphan], stored: dict[str, Stored]) -> None:
         """Remove the budget lease rows the dead processes of ``orphans`` held for them, once
@@ -189,11 +192,12 @@ class DurableLedger(Database):
             with self.write() as conn:
                 done[:] = [_spans.insert_spans(conn, spans)]
 
+        failure = f"could not write {len(spans)} span(s) to the ledger at {self.display_url}"
         try:
-            self._retry_locked(
-                insert, f"could not write {len(spans)} span(s) to the ledger at {self.display_url}"
-            )
+            with self.spell.cast():  # a wait for a lock ran out just now: a glance
+                self._retry_locked(insert, failure)
         except LedgerError as exc:
+            self.spell.failed(passing(exc))
             self.writes.failed(exc)
             raise
         except Exception as exc:

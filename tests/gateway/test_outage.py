@@ -384,3 +384,68 @@ def test_a_gateway_that_loses_its_database_before_its_first_call_serves_and_pric
         ("legal", "error", 0),
         *[("support", "ok", 5 * 1000 + 25 * 2000)] * 4,
     ]
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "sorry, too many clients already",
+        'too many connections for role "ometer"',
+        'too many connections for database "ledger"',
+        "remaining connection slots are reserved for non-replication superuser connections",
+        "remaining connection slots are reserved for roles with the SUPERUSER attribute",
+    ],
+)
+def test_every_way_a_full_postgresql_turns_a_connection_away_is_waited_for(said: str) -> None:
+    """A server at its connection limit (other clients restarting, a pooler that has not let
+    go yet) frees a slot as they end: a starting gateway waits for it as for a server still
+    starting, instead of exiting at once (and meeting systemd's restart limit)."""
+    from ollama_meter.cli._waiting import unreachable
+    from ollama_meter.errors import LedgerError
+
+    failure = f'connection to server at "127.0.0.1", port 5432 failed: FATAL:  {said}'
+    assert unreachable(LedgerError(f"cannot open the ledger at postgresql://x/y: {failure}"))
+
+
+def test_a_gateway_starting_while_its_database_server_is_full_waits_for_a_free_slot(
+    pg_server: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ometer serve`` exited at once when the server answered "too many connections";
+    it waits for a slot as it waits for a server that cannot be reached yet."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from ollama_meter.cli._common import ledger_for, settings
+    from ollama_meter.cli._waiting import open_when_up
+
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 0"))
+        conn.execute(text(f"CREATE DATABASE {role} OWNER {role}"))
+    url = make_url(f"{pg_server}/{role}").set(username=role).render_as_string(False)
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    said: list[str] = []
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # meanwhile the other clients let go of their slots
+        slept.append(seconds)
+        with admin.connect() as conn:
+            conn.execute(text(f"ALTER ROLE {role} CONNECTION LIMIT -1"))
+
+    try:
+        ledger = open_when_up(settings(), ledger_for, said.append, sleep=sleep)
+        assert ledger.count() == 0 and slept == [1.0]
+        assert said[0].startswith("waiting for the database server: ")
+        assert f'too many connections for role "{role}"' in said[0]
+        assert said[1:] == ["the database server answers: starting"]
+        ledger.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {role} WITH (FORCE)"))
+            conn.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()

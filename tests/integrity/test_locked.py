@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +200,103 @@ def test_a_span_no_file_can_take_either_goes_to_the_log_as_its_export_line(
     assert import_lines(again, [lines[0].encode() + b"\n"]).added == 1
     assert list(export_lines(again)) == [lines[0].encode() + b"\n"]
     again.dispose()
+
+
+@contextlib.contextmanager
+def _busy_timeouts(target: Any, asked: threading.Event | None = None) -> Iterator[list[int]]:
+    """The busy timeout (ms) each write transaction of ``target`` (an engine, or every
+    engine) takes the write lock under in the block: BEGIN IMMEDIATE waits that long at
+    most. ``asked`` is set at the first."""
+    from sqlalchemy import event
+
+    timeouts: list[int] = []
+
+    def begun(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement == "BEGIN IMMEDIATE":
+            timeouts.append(cursor.connection.execute("PRAGMA busy_timeout").fetchone()[0])
+            if asked is not None:
+                asked.set()
+
+    event.listen(target, "before_cursor_execute", begun)
+    try:
+        yield timeouts
+    finally:
+        event.remove(target, "before_cursor_execute", begun)
+
+
+def test_spans_queued_behind_a_commit_the_lock_held_up_past_the_wait_do_not_wait_again(
+    locked: sqlite3.Connection,
+) -> None:
+    """A call whose span queued (group commit) behind a write that waited out another
+    process's write lock then waited it out again for its own: twice OMETER_LEDGER_WAIT.
+    The ledger found locked past the wait just now, the next write only glances."""
+    from ollama_meter.ledger import Ledger
+    from ollama_meter.meter import GroupCommitWriter
+    from ollama_meter.records import Stored
+    from tests.factories import make_span
+
+    ledger = Ledger(os.environ["OMETER_DB_URL"], wait=0.5)
+    writer = GroupCommitWriter(ledger)
+    asked = threading.Event()
+    first, second = make_span(department="sales"), make_span(department="ops")
+    stored: dict[str, Stored] = {}
+    leading = threading.Thread(target=lambda: stored.update(writer.write_many([first])))
+    with _busy_timeouts(ledger.engine, asked) as timeouts:
+        leading.start()
+        assert asked.wait(10)
+        stored.update(writer.write_many([second]))  # queued behind the first's commit
+        leading.join()
+    assert stored == {first.id: Stored.SPOOLED, second.id: Stored.SPOOLED}
+    assert timeouts == [500, 50]  # one wait, then a glance
+    locked.execute("ROLLBACK")
+    third = make_span(department="legal")
+    assert ledger.record([third]) == {third.id: Stored.COMMITTED}  # the glance finds it free
+    assert ledger.count() == 3 and ledger.spool.pending() == []
+    ledger.dispose()
+
+
+def test_chat_with_spans_spooled_before_waits_for_a_locked_ledger_once(
+    cli: Any, emulator: OllamaEmulator, locked: sqlite3.Connection
+) -> None:
+    """Opening the ledger with spans in the spool waited out the lock recording them, then
+    the call's own span waited again: twice OMETER_LEDGER_WAIT for one ``ometer chat``."""
+    from sqlalchemy import Engine
+
+    from ollama_meter.ledger import Ledger
+    from tests.factories import make_span
+
+    earlier = Ledger(os.environ["OMETER_DB_URL"], migrate=False)
+    earlier.spool.put([make_span(department="sales")])
+    earlier.dispose()
+    close_ledgers()  # the command is a process of its own: it opens the ledger
+    with _busy_timeouts(Engine) as timeouts:
+        assert cli("chat", "--dept", "ops", "-m", "llama3.1:8b", "hello").code == 0
+    assert timeouts == [50, 500]  # the spool at open: a glance; its own span: one wait
+    locked.execute("ROLLBACK")
+    close_ledgers()
+    spans = json.loads(cli("log", "--json").stdout)
+    assert sorted(s["department"] for s in spans) == ["ops", "sales"]
+
+
+def test_a_lock_held_on_is_waited_for_again_once_the_spell_after_a_wait_is_over(
+    locked: sqlite3.Connection,
+) -> None:
+    """The glances last ``OMETER_LEDGER_WAIT`` after the last wait or glance the lock
+    refused: a lock held on still gets a whole wait now and then, never a write given up
+    on for good; each span goes to the spool, none is lost."""
+    from ollama_meter.ledger import Ledger
+    from ollama_meter.records import Stored
+    from tests.factories import make_span
+
+    ledger = Ledger(os.environ["OMETER_DB_URL"], wait=0.5)
+    spans = [make_span(department=name) for name in ("sales", "ops", "legal")]
+    with _busy_timeouts(ledger.engine) as timeouts:
+        assert ledger.record(spans[:1]) == {spans[0].id: Stored.SPOOLED}
+        assert ledger.record(spans[1:2]) == {spans[1].id: Stored.SPOOLED}
+        time.sleep(0.6)  # the spell the glance renewed is over
+        assert ledger.record(spans[2:]) == {spans[2].id: Stored.SPOOLED}
+    assert timeouts == [500, 50, 500]
+    locked.execute("ROLLBACK")
+    ledger.recover()
+    assert ledger.count() == 3 and ledger.spool.pending() == []
+    ledger.dispose()

@@ -3,6 +3,8 @@ own ``lock_timeout`` ends each wait, and the spans go to the spool after one wai
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +15,9 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import Ledger
 from ollama_meter.ledger._rollup import REBUILD_LOCK
+from ollama_meter.meter import GroupCommitWriter
 from ollama_meter.records import Stored
+from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
 
 MIGRATION_LOCK = 0x6F6D6574
@@ -49,6 +53,30 @@ def _waits_for(ledger: Ledger, lock: str) -> list[str]:
             asked.append(statement)
 
     return asked
+
+
+ROLLUPS = "pg_advisory_xact_lock_shared"
+"""What each span write asks for first: the lock a rollup rebuild holds whole."""
+
+
+@contextlib.contextmanager
+def _lock_timeouts(target: Any, asked: threading.Event | None = None) -> Iterator[list[str]]:
+    """The ``lock_timeout`` each span write of ``target`` (an engine, or every engine) asks
+    for the rollups' lock under in the block, as the server has it then: each request waits
+    that long at most. ``asked`` is set at the first request."""
+    timeouts: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if ROLLUPS in statement:
+            timeouts.append(cursor.connection.execute("SHOW lock_timeout").fetchone()[0])
+            if asked is not None:
+                asked.set()
+
+    event.listen(target, "before_cursor_execute", seen)
+    try:
+        yield timeouts
+    finally:
+        event.remove(target, "before_cursor_execute", seen)
 
 
 def test_a_span_write_the_rollups_lock_holds_up_waits_once_then_spools(
@@ -117,3 +145,57 @@ def test_spans_a_process_found_spooled_but_could_not_record_as_it_opened_come_in
     assert gateway.record([after]) == {after.id: Stored.COMMITTED}
     assert gateway.spool.pending() == [] and gateway.count() == 2
     gateway.dispose()
+
+
+def test_spans_queued_behind_a_commit_the_lock_held_up_past_the_wait_do_not_wait_again(
+    pg_url: str, holder: Connection
+) -> None:
+    """Gateway calls past the write-behind backlog commit their own spans through the group
+    commit: under a held rollups lock, such a call queued behind the commit that was waiting
+    out the lock, then waited out the lock once more for its own: 9 s where the README says 5.
+    The ledger found locked past the wait just now, the next write asks without waiting."""
+    ledger = Ledger(pg_url, wait=1.0)
+    writer = GroupCommitWriter(ledger)
+    asked = threading.Event()
+    holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REBUILD_LOCK})
+    first, second = make_span(department="sales"), make_span(department="ops")
+    stored: dict[str, Stored] = {}
+    leading = threading.Thread(target=lambda: stored.update(writer.write_many([first])))
+    with _lock_timeouts(ledger.engine, asked) as timeouts:
+        leading.start()
+        assert asked.wait(10)
+        stored.update(writer.write_many([second]))  # queued behind the first's commit
+        leading.join()
+    assert stored == {first.id: Stored.SPOOLED, second.id: Stored.SPOOLED}
+    assert timeouts == ["800ms", "50ms"]  # one wait, then a glance
+    holder.rollback()
+    third = make_span(department="legal")
+    assert ledger.record([third]) == {third.id: Stored.COMMITTED}  # a glance that finds it free
+    assert ledger.count() == 3 and ledger.spool.pending() == []
+    ledger.dispose()
+
+
+def test_chat_with_spans_spooled_before_waits_for_a_locked_ledger_once(
+    pg_url: str,
+    holder: Connection,
+    cli: Any,
+    emulator: OllamaEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ometer chat`` opening a ledger whose spool held spans waited out the lock recording
+    them, then again for its own span: twice OMETER_LEDGER_WAIT. Opening now only glances at
+    the lock; the spool is recorded by a later write."""
+    monkeypatch.setenv("OMETER_DB_URL", pg_url)
+    monkeypatch.setenv("OMETER_LEDGER_WAIT", "1")
+    earlier = Ledger(pg_url, wait=1.0)  # the spool every process on this machine shares
+    earlier.spool.put([make_span(department="sales")])
+    earlier.dispose()
+    holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REBUILD_LOCK})
+    with _lock_timeouts(Engine) as timeouts:
+        result = cli("chat", "--dept", "ops", "-m", "llama3.1:8b", "hello")
+    assert result.code == 0 and result.stdout.strip()
+    assert timeouts == ["50ms", "800ms"]  # the spool at open: a glance; its own span: one wait
+    holder.rollback()
+    later = Ledger(pg_url, wait=1.0)
+    assert later.count() == 2 and later.spool.pending() == []
+    later.dispose()
