@@ -143,8 +143,10 @@ def http_port() -> Iterator[int]:
     thread.start()
     yield int(listener.getsockname()[1])
     stopped.set()
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone left it 10 s)
     listener.close()
     thread.join(10)
+    assert not thread.is_alive()
 
 
 @pytest.mark.parametrize("sslmode", ["prefer", "disable"])
