@@ -1,4 +1,5 @@
-"""What a request's audio may count: WAV files sent where pictures go, bounded by their length.
+"""What a request's media may count beyond a picture each: sounds and moving pictures sent
+where pictures go. A WAV is bounded by its length; a video has no bound.
 
 Ollama hands every item of a request's ``images`` (and OpenAI's ``image_url`` data URLs,
 Anthropic's base64 sources) to the model as bytes; models that hear (Gemma 4, Nemotron-H
@@ -8,7 +9,16 @@ bounded whatever its size (``IMAGE_TOKENS``), a sound's are not: a 24 MB WAV of 
 25 minutes, about 40,000 tokens, bounded as one picture. The bound of a WAV is read from its
 header: its samples at 16 kHz (as Ollama resamples them), a piece per 20 s started.
 
-Pure functions; no I/O but reading the start of a file a Python caller names by path.
+Qwen3-VL decodes an item as a picture first, and hands bytes that are none to ffmpeg as a
+video, a frame a second, each frame up to a picture's tokens: an hour of small frames is a
+few hundred kilobytes and some 150,000 tokens, as far as the caller's context goes. So an
+item where Ollama reads a picture is bounded as one only when it is one still picture that
+every model's decoder reads (PNG, JPEG, GIF, WebP, BMP: :func:`moving`); a moving picture,
+a video or bytes that are no such picture have no bound (:class:`NoBound`). Only the items
+Ollama reads as pictures are looked at so (:func:`picture_items`): elsewhere (a message's text,
+a tool's arguments) bytes are text.
+
+Pure functions; no I/O but reading a file a Python caller names by path.
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ AUDIO_PIECE_TOKENS = 768
 frames made four times fewer is 700) and the markers around them."""
 HEADER_BYTES = 65_536
 """How much of a WAV is read for its format: a ``fmt`` chunk later than that is no bound."""
+MEDIA_READ = 64 * 2**20
+"""How much of a file a Python caller names is read to tell what it is (no body holds more)."""
 _RIFF = b"RIFF"
 _RIFF_B64 = "UklGR"  # "RIFF" in base64, whatever follows
 _DATA_URL = "data:"
@@ -114,3 +126,195 @@ def wav_tokens(head: bytes, size: int) -> int:
         f"a WAV file whose format is not in its first {HEADER_BYTES:,} bytes: its length, "
         "and what its sound counts, cannot be known before the call"
     )
+
+
+def moving_tokens(body: object) -> int:
+    """0 when every item Ollama reads as a picture in ``body`` is a still picture or a WAV
+    (whose sound :func:`audio_tokens` bounds); else :class:`NoBound` (:func:`moving`)."""
+    for item in picture_items(body):
+        data = _picture_bytes(item)
+        if not data or (data.startswith(_RIFF) and data[8:12] == b"WAVE"):
+            continue  # nothing (Ollama refuses it), or a sound
+        if problem := moving(data):
+            raise NoBound(
+                f"{problem}, where a picture goes: a model may read it as a video (Qwen3-VL "
+                "hands what is no picture to ffmpeg, a frame a second), whose tokens cannot be "
+                "known before the call; send still pictures (PNG, JPEG, GIF, WebP, BMP)"
+            )
+    return 0
+
+
+def picture_items(body: object) -> list[object]:
+    """Every item Ollama reads as a picture, in any wire format: native ``images`` (of the
+    body, or of a message), OpenAI's ``image_url`` parts (a data URL, or an object whose
+    ``url`` is one), the Responses API's ``input_image``, Anthropic's base64 ``source``s, in
+    a message's content or a tool result's. Keys in any case, as Go's decoder reads them."""
+    found: list[object] = []
+    request = _mapping(body)
+    if request is None:
+        return found
+    found += _listed(_field(request, "images"))
+    for key in ("messages", "input"):
+        for message in _listed(_field(request, key)):
+            _parts([message], found)
+    return found
+
+
+def _parts(parts: list[object], found: list[object]) -> None:
+    """The pictures of messages or content parts (and of the parts they hold), into ``found``."""
+    pending = list(parts)
+    while pending:
+        part = _mapping(pending.pop())
+        if part is None:
+            continue
+        found += _listed(_field(part, "images"))
+        for url in _listed(_field(part, "image_url"), whole=True):
+            inner = _mapping(url)
+            found += [url] if inner is None else _listed(_field(inner, "url"), whole=True)
+        for source in map(_mapping, _listed(_field(part, "source"), whole=True)):
+            if source is not None and str(_field(source, "type")).casefold() == "base64":
+                found += _listed(_field(source, "data"), whole=True)
+        pending += _listed(_field(part, "content"))
+
+
+def _mapping(value: object) -> Mapping[Any, Any] | None:
+    """A mapping, or the fields of a model the ``ollama`` client takes (``ollama.Message``)."""
+    if isinstance(value, Mapping):
+        return value
+    names = getattr(type(value), "model_fields", None)
+    return (
+        {name: getattr(value, name, None) for name in names} if isinstance(names, Mapping) else None
+    )
+
+
+def _field(item: Mapping[Any, Any], name: str) -> object:
+    """The field ``name`` as Go's decoder reads it: a key equal to it in any case, the last."""
+    found = None
+    for key, value in item.items():
+        if isinstance(key, str) and key.casefold() == name:
+            found = value
+    return found
+
+
+def _listed(value: object, *, whole: bool = False) -> list[object]:
+    """The members of a list; ``whole``: a value that is no list is one member."""
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value] if whole and value is not None else []
+
+
+def _picture_bytes(item: object) -> bytes:
+    """The bytes of a picture item: base64 text (or a data URL), bytes, a path, or the
+    ``ollama`` client's ``Image``; nothing when it is none of these or not base64."""
+    value = getattr(item, "value", item)  # ollama.Image
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, os.PathLike):
+        try:
+            with open(value, "rb") as file:
+                return file.read(MEDIA_READ)
+        except OSError:
+            return b""  # the client cannot send it either
+    if not isinstance(value, str):
+        return b""
+    start = 0
+    if value.startswith(_DATA_URL):  # data:[type];base64,<payload>
+        comma = value.find(",", 0, 256)
+        start = comma + 1 if comma > 0 else 0
+    try:
+        return base64.b64decode(value[start:])
+    except (binascii.Error, ValueError):
+        return b""  # not base64: Ollama refuses it
+
+
+_JPEG_READ = frozenset({0xC0, 0xC1, 0xC2})
+"""The JPEG frames Go's decoder reads (baseline, extended, progressive; 8 bits)."""
+_JPEG_PICTURES = 3
+"""Pictures a still JPEG may hold: its own, an EXIF thumbnail, a preview (MPF)."""
+
+
+def moving(data: bytes) -> str | None:
+    """None when ``data`` is one still picture that every model's decoder reads as one (PNG,
+    JPEG, GIF, WebP, BMP); else what it is: a moving picture, or no such picture."""
+    if data.startswith(b"\x89PNG"):
+        return _png(data)
+    if data.startswith(b"\xff\xd8\xff"):
+        return _jpeg(data)
+    if data.startswith(b"GIF8"):
+        return _gif(data)
+    if data.startswith(_RIFF) and data[8:12] == b"WEBP":
+        animated = data[12:16] == b"VP8X" and len(data) > 20 and data[20] & 0x02
+        return "an animated WebP" if animated else None
+    if data.startswith(b"BM"):
+        return None
+    return "bytes that are no still picture (PNG, JPEG, GIF, WebP, BMP)"
+
+
+def _png(data: bytes) -> str | None:
+    """An APNG (an ``acTL`` chunk before the picture's data) moves; a PNG does not."""
+    offset = 8
+    while offset + 8 <= len(data):
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8]
+        if kind == b"acTL":
+            return "an animated PNG"
+        if kind in (b"IDAT", b"IEND"):
+            break
+        offset += 12 + length
+    return None
+
+
+def _jpeg(data: bytes) -> str | None:
+    """A JPEG Go's decoder reads, holding no more pictures than a photograph does; one it
+    cannot read (lossless, arithmetic, 12 bits) goes to ffmpeg, which reads every picture in
+    it as a frame (a motion JPEG)."""
+    if data.count(b"\xff\xd8\xff") > _JPEG_PICTURES:
+        return f"a JPEG holding more than {_JPEG_PICTURES} pictures (a motion JPEG)"
+    offset = 2
+    while offset + 4 <= len(data) and data[offset] == 0xFF:
+        marker = data[offset + 1]
+        if marker == 0xFF:  # a fill byte
+            offset += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            offset += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            precision = data[offset + 4] if offset + 4 < len(data) else 0
+            if marker in _JPEG_READ and precision == 8:
+                return None
+            return "a JPEG of a kind Go's decoder does not read (lossless, arithmetic or 12-bit)"
+        if marker == 0xDA:
+            break
+        offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
+    return "a JPEG with no frame Go's decoder reads"
+
+
+def _gif(data: bytes) -> str | None:
+    """A GIF of one picture; one of several is an animation (ffmpeg reads each as frames)."""
+    pictures, offset = 0, 13
+    if len(data) > 10 and data[10] & 0x80:  # a global colour table
+        offset += 3 << ((data[10] & 0x07) + 1)
+    while offset < len(data):
+        block = data[offset]
+        if block == 0x3B:  # the trailer
+            break
+        if block == 0x21:  # an extension: its label, then sub-blocks
+            offset = _sub_blocks(data, offset + 2)
+        elif block == 0x2C:  # a picture: its descriptor, colours, code size, sub-blocks
+            pictures += 1
+            if pictures > 1:
+                return "an animated GIF"
+            flags = data[offset + 9] if offset + 9 < len(data) else 0
+            offset += 10 + ((3 << ((flags & 0x07) + 1)) if flags & 0x80 else 0)
+            offset = _sub_blocks(data, offset + 1)
+        else:
+            return "a GIF Go's decoder does not read"
+    return None
+
+
+def _sub_blocks(data: bytes, offset: int) -> int:
+    """Where the sub-blocks starting at ``offset`` end (past their empty one)."""
+    while offset < len(data) and data[offset]:
+        offset += 1 + data[offset]
+    return offset + 1

@@ -27,7 +27,7 @@ from ollama_meter.meter._compat import (
     searched,
     text_of,
 )
-from ollama_meter.meter._media import NoBound, audio_tokens
+from ollama_meter.meter._media import NoBound, audio_tokens, moving_tokens
 from ollama_meter.meter._templates import template_bound
 from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.meter._written import (
@@ -134,9 +134,10 @@ class RequestFacts:
 
 def _heard(body: object) -> int:
     """The most tokens the sounds in ``body`` may count; as many as a span holds when a WAV
-    says nothing of its length (a template that cannot be read is bounded so too)."""
+    says nothing of its length, or a picture may be a video (a template that cannot be read
+    is bounded so too)."""
     try:
-        return audio_tokens(body)
+        return audio_tokens(body) + moving_tokens(body)
     except NoBound:
         return MAX_TOKENS
 
