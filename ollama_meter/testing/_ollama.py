@@ -144,7 +144,7 @@ class OllamaRoutes(Handler):
             given = options(body)
             late = None
             if texts:  # the runner reads these only for a call that evaluates
-                check_images(_images(body))
+                check_images(_images(kind, body))
                 late = _late_format(kind, body, thinks(model, think))
         except Refusal as exc:
             self._ollama_error(exc.status, exc.message)
@@ -404,10 +404,13 @@ def _late_format(kind: str, body: dict[str, Any], thinking: bool) -> Refusal | N
     return None
 
 
-def _images(body: dict[str, Any]) -> list[object]:
-    """Every image a native request sends: a generate's, and each chat message's."""
+def _images(kind: str, body: dict[str, Any]) -> list[object]:
+    """Every image a native request sends: a generate's, or each chat message's (a chat has
+    no ``images`` of its own: Go's decoder skips the field, whatever it holds)."""
+    if kind != "chat":
+        return [*(body.get("images") or [])]
     messages = body.get("messages")
-    return [*(body.get("images") or [])] + [
+    return [
         image
         for message in (messages if isinstance(messages, list) else [])
         if isinstance(message, dict)

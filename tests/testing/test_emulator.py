@@ -289,6 +289,17 @@ def test_request_errors(http: httpx.Client) -> None:
     assert http.get("/api/chat").status_code == 405
 
 
+@pytest.mark.parametrize("images", [True, 5, "aW1n", {"a": 1}, ["aW1n"]])
+def test_a_chat_reads_no_images_beside_its_messages(http: httpx.Client, images: object) -> None:
+    """Ollama's ChatRequest has no top-level ``images`` (a message carries its own): Go's
+    decoder skips the field, whatever it holds. The emulator's handler raised on it, and the
+    connection dropped: a gateway in front answered 502 for a call Ollama answers."""
+    body = {"model": "llama3.1:8b", "stream": False, "messages": USER, "images": images}
+    reply = http.post("/api/chat", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["done"] is True
+
+
 def test_unreachable_url_refuses_connections() -> None:
     with ollama.Client(host=unreachable_url(), timeout=2) as c, pytest.raises(ConnectionError):
         c.list()
