@@ -144,6 +144,12 @@ def moving_tokens(body: object) -> int:
     return 0
 
 
+def picture_size(body: object) -> int:
+    """Characters (or bytes) of the pictures in ``body`` given as text or bytes: what
+    :func:`moving_tokens` reads of them (decoding 30 MB of them takes some 80 ms)."""
+    return sum(len(item) for item in picture_items(body) if isinstance(item, str | bytes))
+
+
 def picture_items(body: object) -> list[object]:
     """Every item Ollama reads as a picture, in any wire format: native ``images`` (of the
     body, or of a message), OpenAI's ``image_url`` parts (a data URL, or an object whose

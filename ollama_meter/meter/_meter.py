@@ -231,7 +231,7 @@ class Meter:
             facts = replace(facts, passes=1)  # its servers say it does not think: one pass
         shape = facts.shape  # what its template writes of the call
         shown = None if facts.embedding else self.shown.tokens(model, shape, blocking=blocking)
-        limits = self._hidden.added(model, facts.bound(self.reply_cap), shown)
+        limits = self._hidden.added(model, facts.bound(self.reply_cap, blocking=blocking), shown)
         call.bound = limits
         if not facts.embedding:
             call.output_cap = limits.output_tokens

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS, CallBound
 from ollama_meter.budgets._estimate import SECOND_PASS_TOKENS
 from ollama_meter.budgets._shown import PromptShape
@@ -27,7 +28,7 @@ from ollama_meter.meter._compat import (
     searched,
     text_of,
 )
-from ollama_meter.meter._media import NoBound, audio_tokens, moving_tokens
+from ollama_meter.meter._media import NoBound, audio_tokens, moving_tokens, picture_size
 from ollama_meter.meter._templates import template_bound
 from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.meter._written import (
@@ -46,6 +47,9 @@ from ollama_meter.meter._written import (
 from ollama_meter.records import MAX_TOKENS
 
 OPENAI_PREFIX = "openai."
+PICTURES_IN_PLACE = 64 * 1024
+"""The most picture text an event loop reads for a bound (as a body past 64 KiB is checked
+off the event loop, so are its pictures)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +112,13 @@ class RequestFacts:
         written = tokens_in_chars(self.written_bytes)
         return estimate_tokens(self.prompt_text) + written + self.given_tokens
 
-    def bound(self, default_output: int) -> CallBound:
-        """The most tokens the call can count; ``default_output`` when the caller set no cap."""
+    def bound(self, default_output: int, *, blocking: bool = True) -> CallBound:
+        """The most tokens the call can count; ``default_output`` when the caller set no cap.
+
+        ``blocking`` False (an event loop): :class:`WouldBlock` when its pictures are too
+        large to read there (each is decoded to tell a still picture from a video)."""
+        if not blocking and self.images and picture_size(self.sounds) > PICTURES_IN_PLACE:
+            raise WouldBlock("the call's pictures are read off the event loop")
         inputs = (
             self.prompt_bytes
             + self.given_tokens

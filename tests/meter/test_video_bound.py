@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter._request import facts_of
@@ -56,6 +57,7 @@ _SOF3 = b"\xff\xc3" + _SOF0[2:]  # lossless: Go's decoder refuses it
 _JFIF = b"\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
 _SCAN = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00" + b"\x12\x34" + b"\xff\xd9"
 JPEG = b"\xff\xd8" + _JFIF + _SOF0 + _SCAN
+LARGE_JPEG = JPEG[:-2] + b"\x00" * 100_000 + b"\xff\xd9"  # read off the event loop
 LOSSLESS_JPEG = b"\xff\xd8" + _JFIF + _SOF3 + _SCAN
 MOTION_JPEG = LOSSLESS_JPEG + JPEG * 30  # the first one no Go decoder reads: ffmpeg's frames
 _GIF_HEAD = b"GIF89a\x01\x00\x01\x00\x80\x00\x00" + b"\x00\x00\x00\xff\xff\xff"
@@ -169,4 +171,19 @@ def test_a_hard_budget_refuses_a_video_it_admitted_as_one_picture(
     (span,) = gw.ledger.latest(SpanFilter(), 10)
     assert (span.status, span.error_type, span.cost_total) == ("rejected", "budget_exceeded", 0)
     assert chat(JPEG).status_code == 200  # a picture is admitted, as before
-    assert len(emulator.requests_to("/api/chat")) == 1
+    assert chat(LARGE_JPEG).status_code == 200  # admitted from a thread
+    assert len(emulator.requests_to("/api/chat")) == 2
+
+
+def test_large_pictures_are_read_off_the_event_loop() -> None:
+    """Each picture is decoded to tell what it is (30 MB of them take some 80 ms): an event
+    loop admitting the call in place hands it to a thread instead (nothing happened yet)."""
+    for media, in_place in ((JPEG, True), (LARGE_JPEG, False)):
+        body = {"model": "qwen3-vl", **wire_bodies(base64.b64encode(media).decode())["chat"]}
+        facts = facts_of("chat", body)
+        if in_place:
+            assert facts.bound(1, blocking=False) == facts.bound(1)
+        else:
+            with pytest.raises(WouldBlock):
+                facts.bound(1, blocking=False)
+            assert facts.bound(1).input_tokens < 10_000
