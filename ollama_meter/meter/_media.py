@@ -235,8 +235,9 @@ def _picture_bytes(item: object) -> bytes:
 
 _JPEG_READ = frozenset({0xC0, 0xC1, 0xC2})
 """The JPEG frames Go's decoder reads (baseline, extended, progressive; 8 bits)."""
-_JPEG_PICTURES = 3
-"""Pictures a still JPEG may hold: its own, an EXIF thumbnail, a preview (MPF)."""
+_JPEG_PICTURES = 8
+"""Pictures a still JPEG may hold: its own, EXIF thumbnails, a phone's HDR gain map and
+previews (MPF). Read as a motion JPEG (25 pictures a second), so many are one frame at most."""
 
 
 def moving(data: bytes) -> str | None:

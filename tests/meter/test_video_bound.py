@@ -73,7 +73,10 @@ WEBM = b"\x1a\x45\xdf\xa3" + b"\x9f\x42\x86\x81\x01" + b"\x00" * 64
 AVI = b"RIFF\x00\x10\x00\x00AVI LIST" + b"\x00" * 64
 MPEG_TS = (b"\x47" + b"\x00" * 187) * 4
 
-STILL = {"png": PNG, "jpeg": JPEG, "gif": GIF, "webp": WEBP, "bmp": BMP}
+PHONE_JPEG = (
+    JPEG[:2] + (b"\xff\xe1\x00\x14Exif\x00\x00" + JPEG[:12]) + JPEG[2:] + JPEG * 3
+)  # thumbnail, maps
+STILL = {"png": PNG, "jpeg": JPEG, "phone-jpeg": PHONE_JPEG, "gif": GIF, "webp": WEBP, "bmp": BMP}
 MOVING = {
     "mp4": MP4,
     "webm": WEBM,
