@@ -25,6 +25,7 @@ from hypothesis import given, settings, strategies as st
 from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter._media import picture_items
 from ollama_meter.meter._request import facts_of
 from ollama_meter.records import MAX_TOKENS
 from ollama_meter.testing import OllamaEmulator
@@ -105,6 +106,16 @@ def test_a_moving_picture_in_any_wire_format_has_no_bound(operation: str, kind: 
 @pytest.mark.parametrize("kind", sorted(STILL))
 def test_a_still_picture_is_bounded_as_one(operation: str, kind: str) -> None:
     assert bound(operation, STILL[kind]) == bound(operation, PNG) < 10_000
+
+
+def test_a_video_in_a_tools_output_has_no_bound() -> None:
+    """A Responses ``function_call_output`` may answer with pictures, as a tool result may."""
+    url = f"data:;base64,{base64.b64encode(MP4).decode()}"
+    output = {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_image", "image_url": url}]}  # fmt: skip
+    body = {"model": "qwen3-vl", "input": [output]}
+    facts = facts_of("openai.responses", body)
+    assert facts.images == 1
+    assert facts.bound(1).input_tokens >= MAX_TOKENS
 
 
 def test_raw_bytes_from_python_callers_are_read_alike() -> None:
@@ -190,3 +201,59 @@ def test_large_pictures_are_read_off_the_event_loop() -> None:
             with pytest.raises(WouldBlock):
                 facts.bound(1, blocking=False)
             assert facts.bound(1).input_tokens < 10_000
+
+
+_PICTURE = base64.b64encode(PNG).decode()
+_URL = f"data:image/png;base64,{_PICTURE}"
+_parts = st.lists(
+    st.sampled_from(
+        [
+            {"type": "text", "text": "hi"},
+            {"type": "image_url", "image_url": _URL},
+            {"type": "image_url", "image_url": {"url": _URL}},
+            {"type": "input_image", "image_url": _URL},
+            {"type": "image", "source": {"type": "base64", "data": _PICTURE}},
+            {
+                "type": "tool_result",
+                "tool_use_id": "t",
+                "content": [{"type": "image", "source": {"type": "base64", "data": _PICTURE}}],
+            },
+        ]
+    ),
+    max_size=4,
+)
+_messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "tool"]), "content": st.just("hi") | _parts},
+        optional={"images": st.lists(st.just(_PICTURE), max_size=2)},
+    ),
+    max_size=4,
+)
+_outputs = st.lists(
+    st.fixed_dictionaries(
+        {"type": st.just("function_call_output"), "call_id": st.just("c"), "output": _parts}
+    ),
+    max_size=2,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    operation=st.sampled_from(OPERATIONS),
+    messages=_messages,
+    outputs=_outputs,
+    images=st.lists(st.just(_PICTURE), max_size=2),
+)
+def test_every_picture_a_bound_counts_is_read_for_what_it_is(
+    operation: str, messages: list[Any], outputs: list[Any], images: list[str]
+) -> None:
+    """The bound counts a picture's tokens where Ollama reads one; the media check must read
+    each of those, or a video there would be bounded as the picture it is not."""
+    body: dict[str, Any] = {"model": "qwen3-vl", "max_tokens": 1}
+    if operation == "generate":
+        body |= {"prompt": "hi", "images": images}
+    elif operation == "openai.responses":
+        body["input"] = [*messages, *outputs]
+    else:
+        body["messages"] = messages
+    assert len(picture_items(body)) >= facts_of(operation, body).images
