@@ -154,7 +154,8 @@ def picture_items(body: object) -> list[object]:
     """Every item Ollama reads as a picture, in any wire format: native ``images`` (of the
     body, or of a message), OpenAI's ``image_url`` parts (a data URL, or an object whose
     ``url`` is one), the Responses API's ``input_image``, Anthropic's base64 ``source``s, in
-    a message's content or a tool result's (a Responses ``function_call_output``'s too). Keys in any case, as Go's decoder reads them."""
+    a message's content or a tool result's (a Responses ``function_call_output``'s too).
+    Keys in any case, as Go's decoder reads them."""
     found: list[object] = []
     request = _mapping(body)
     if request is None:
