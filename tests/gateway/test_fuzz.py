@@ -22,6 +22,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
+from ollama_meter.budgets import Budget
 from ollama_meter.config import load_settings
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.meter import utc_now
@@ -42,6 +43,7 @@ METERED = {
     "/v1/completions": "generate",
     "/v1/embeddings": "embed",
     "/v1/messages": "messages",
+    "/v1/responses": "responses",
 }
 OTHERS = ["/api/tags", "/api/show", "/api/ps", "/api/version", "/v1/models", "/api/pull"]
 MODELS = ["llama3.1:8b", "qwen2.5:7b", "mistral:7b", "nomic-embed-text"]
@@ -78,6 +80,8 @@ def valid_body(draw: st.DrawFn, path: str) -> dict[str, Any]:
     elif kind == "messages":  # Anthropic's: a reply cap Ollama requires, and content blocks
         content = draw(texts | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": texts}), max_size=2))  # fmt: skip
         body |= {"max_tokens": draw(st.integers(1, 50)), "messages": [{"role": "user", "content": content}]}  # fmt: skip
+    elif kind == "responses":  # the Responses API's: a text, or input items
+        body["input"] = draw(texts | st.lists(st.fixed_dictionaries({"role": st.just("user"), "content": texts}), max_size=2))  # fmt: skip
     elif kind == "generate" or path == "/api/embeddings":
         body["prompt"] = draw(texts)
     else:
@@ -182,9 +186,11 @@ def sender(client: httpx.Client) -> Send:
 def in_process(
     emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway]
 ) -> Iterator[tuple[Send, Ledger]]:
-    """A gateway in this process (a uvicorn thread), on a priced ledger."""
+    """A gateway in this process (a uvicorn thread), on a priced ledger, its default
+    department under a hard budget no call reaches (each is bounded, capped and settled)."""
     gateway = serve_on(emulator.url, sqlite_url)
     gateway.ledger.add_price_rule(token_prices())
+    gateway.ledger.save_budget(Budget("default", "unassigned", "day", 10**15, "USD"))
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
         yield sender(client), gateway.ledger
 
