@@ -14,6 +14,7 @@ from ollama_meter.budgets._alerts import (
 )
 from ollama_meter.budgets._estimate import (
     IMAGE_TOKENS,
+    IMAGE_TOKENS_SEEN,
     MESSAGE_TOKENS,
     TEMPLATE_TOKENS,
     CallBound,
@@ -36,6 +37,7 @@ from ollama_meter.records import (
 
 __all__ = [
     "IMAGE_TOKENS",
+    "IMAGE_TOKENS_SEEN",
     "MAX_RUNS",
     "MESSAGE_TOKENS",
     "TEMPLATE_TOKENS",

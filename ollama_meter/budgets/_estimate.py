@@ -29,6 +29,10 @@ MESSAGE_TOKENS = 8
 """Tokens each chat message's role markers may add."""
 IMAGE_TOKENS = 4096
 """Tokens one image may count as (vision models use a few hundred to a few thousand)."""
+IMAGE_TOKENS_SEEN = 256
+"""About what a vision model counts of a picture in its prompt (Gemma 3: 256; LLaVA: 576;
+Qwen2.5-VL: by its size; Llama 3.2 Vision: a few): what a tpm counts of one at admission, and
+what an estimated prompt counts of one."""
 SECOND_PASS_TOKENS = 64
 """What Ollama writes into a second pass's prompt beyond the thinking and the role markers of
 the message holding it (gpt-oss's switch to its final channel, 52 bytes)."""

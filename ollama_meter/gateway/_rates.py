@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
+from ollama_meter.budgets import IMAGE_TOKENS_SEEN
 from ollama_meter.errors import LedgerError
 from ollama_meter.gateway._queue import Capacity, FairQueue
 from ollama_meter.gateway._requests import MeteredRequest
@@ -47,9 +48,6 @@ from ollama_meter.records import Limit, SpanRecord
 log = logging.getLogger("ollama_meter.gateway")
 
 WINDOW_NS = 60 * 10**9
-IMAGE_TOKENS_SEEN = 256
-"""About what a vision model counts of a picture in its prompt (Gemma 3: 256; LLaVA: 576;
-Qwen2.5-VL: by its size; Llama 3.2 Vision: a few): what a tpm counts of one at admission."""
 LIMITS_SECONDS = 10.0
 """How often a gateway reads the limits from the ledger."""
 
@@ -193,7 +191,7 @@ def prompt_tokens(request: MeteredRequest) -> tuple[int, int]:
     huge tool list, or a long conversation continued by its context, count as nothing.
     Pictures apart: a model may count one as a few tokens or as thousands.
     """
-    return request.facts.input_estimate(), request.facts.images
+    return request.facts.text_estimate(), request.facts.images
 
 
 def _scopes(tenant: str, department: str, key_id: int | None) -> list[Scope]:

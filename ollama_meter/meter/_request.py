@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ollama_meter._reloaded import WouldBlock
-from ollama_meter.budgets import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS, CallBound
+from ollama_meter.budgets import (
+    IMAGE_TOKENS,
+    IMAGE_TOKENS_SEEN,
+    MESSAGE_TOKENS,
+    TEMPLATE_TOKENS,
+    CallBound,
+)
 from ollama_meter.budgets._estimate import SECOND_PASS_TOKENS
 from ollama_meter.budgets._shown import PromptShape
 from ollama_meter.meter._attribution import Attribution
@@ -104,13 +110,20 @@ class RequestFacts:
         messages = self.messages + self.passes - 1  # a second pass's thinking, a message
         return PromptShape(messages, count, calls, parts, self.prompt_bytes)
 
-    def input_estimate(self) -> int:
-        """About how many tokens the prompt is, for when Ollama does not count it: its texts
-        and what the template writes as JSON (tools, earlier tool calls) at about four bytes
-        of UTF-8 a token, and the tokens sent as numbers. Pictures apart: a model may count
-        one as a few tokens or as thousands."""
+    def text_estimate(self) -> int:
+        """About how many tokens the prompt's texts are: its texts and what the template
+        writes as JSON (tools, earlier tool calls) at about four bytes of UTF-8 a token, and
+        the tokens sent as numbers. Pictures apart: a model may count one as a few tokens or
+        as thousands (a tpm limit counts them apart)."""
         written = tokens_in_chars(self.written_bytes)
         return estimate_tokens(self.prompt_text) + written + self.given_tokens
+
+    def input_estimate(self) -> int:
+        """About how many tokens the prompt is, for when Ollama does not count it (a caller
+        that hung up, a stream broken off): its texts, and each picture what a vision model
+        commonly counts of one (``IMAGE_TOKENS_SEEN``). Counted as nothing, a caller that hung
+        up on the first token had twenty pictures' prompt evaluated for free."""
+        return self.text_estimate() + self.images * IMAGE_TOKENS_SEEN
 
     def bound(self, default_output: int, *, blocking: bool = True) -> CallBound:
         """The most tokens the call can count; ``default_output`` when the caller set no cap.
