@@ -185,7 +185,7 @@ class _Answered:
             return frame + separator, False
 
         frames = Frames(separator, host=pool.host)
-        batches = aiter(pool.items(response, frames))
+        batches = pool.items(response, frames)
         deadline = call.deadline()
         try:
             ended = False
@@ -221,6 +221,10 @@ class _Answered:
             # client hung up, the stream broke): it is dropped, which stops Ollama.
             heard.close()
             pool.finish(response, completed=response.content.at_eof())
+            # Closed here, not left to the event loop's finalizer: that is a thread-safe
+            # wake-up and a task of its own, each streamed call (the reader stops at the
+            # answer's end, before the body's).
+            await batches.aclose()
 
 
 class Relay:
