@@ -48,6 +48,7 @@ from ollama_meter.gateway._slots import (
     Hangup,
     Heard,
     Holding,
+    LastPart,
     Slot,
     Streamed,
     take_slot,
@@ -197,8 +198,8 @@ class _Answered:
                     batch, ended = frames.end(), True
                 for frame in batch:
                     out, stop = await take(frame)
-                    if out is not None:
-                        yield out
+                    if out is not None:  # the last one (closed: it returns below) with the end
+                        yield LastPart(out) if stop or closed else out
                     if heard.gone and not closed:  # what it was sent went nowhere
                         closed = True
                         await self.end(asyncio.CancelledError())
@@ -210,7 +211,7 @@ class _Answered:
             if not closed:
                 closed = True
                 await self.end(error)
-                yield wire.error_frame(str(error))
+                yield LastPart(wire.error_frame(str(error)))
         except BaseException as exc:  # the client hung up (or the server is stopping)
             if not closed:
                 closed = True

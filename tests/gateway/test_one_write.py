@@ -20,6 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from uvicorn.server import ServerState
 
 from ollama_meter.gateway import server_config
+from ollama_meter.gateway._slots import LastPart, Streamed
 
 
 class Wire:
@@ -135,3 +136,31 @@ def test_an_app_failing_after_its_head_still_writes_the_head_then_closes() -> No
     assert len(wire.writes) == 1
     assert wire.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert wire.writes[0].endswith(b"\r\n\r\n")
+
+
+def test_a_streamed_answers_last_part_leaves_with_its_end() -> None:
+    """The relay marks the item that ends an answer (:class:`LastPart`): it is written with
+    the body's end (the chunked encoding's last chunk), so the client wakes once for both."""
+
+    async def items() -> AsyncIterator[bytes]:
+        yield b'{"done":false}\n'
+        yield LastPart(b'{"done":true}\n')
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await Streamed(items(), media_type="application/x-ndjson")(scope, receive, send)
+
+    wire = asyncio.run(_served(app, GET))
+    assert wire.writes[-1] == b'e\r\n{"done":true}\n\r\n0\r\n\r\n'
+    assert wire.writes[1] == b'f\r\n{"done":false}\n\r\n'
+    assert len(wire.writes) == 3  # the head, the first item, the last item with the end
+
+
+def test_a_streamed_answer_with_no_last_part_ends_as_before() -> None:
+    async def items() -> AsyncIterator[bytes]:
+        yield b'{"done":true}\n'
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await Streamed(items(), media_type="application/x-ndjson")(scope, receive, send)
+
+    wire = asyncio.run(_served(app, GET))
+    assert wire.writes[1:] == [b'e\r\n{"done":true}\n\r\n', b"0\r\n\r\n"]
