@@ -3,7 +3,7 @@
 Three processes, so none measures the others' cost: the emulator (``python -m
 ollama_meter.testing``, no artificial latency), the gateway (``ometer serve``, ledger
 on, a SQLite file) and this load generator (aiohttp). It measures:
-  - sequential latency, non-streamed and streamed chat: p50, p99, added ms at p50;
+  - sequential latency, non-streamed and streamed chat: p50, p95, p99, added ms at p50 and p95;
   - throughput at concurrency 32 and 64 (requests/s), direct and through the gateway;
   - the gateway process's RSS after N requests (default 50,000), sampled along the way.
 
@@ -155,19 +155,22 @@ def main() -> None:
         for name, (url, proc) in gateways.items():
             print(f"  {name}: {url} (pid {proc.pid})")
         print(
-            f"\n{'sequential chat':<28} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'CPU ms/call':>12}"
+            f"\n{'sequential chat':<28} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'added p50':>10} "
+            f"{'added p95':>10} {'CPU ms/call':>12}"
         )
         per_round = max(args.sequential // args.rounds, 1)
         for label, body in (("non-streamed", BODY), ("streamed", STREAM)):
             times: dict[str, list[float]] = {"direct": [], **{name: [] for name in gateways}}
             cpu = dict.fromkeys(gateways, 0.0)
-            for _ in range(args.rounds):  # interleaved, so the machine's moods hit all alike
+            for round_ in range(args.rounds):  # interleaved, so the machine's moods hit all alike
                 times["direct"] += asyncio.run(sequential(emulator, body, per_round))
-                for name, (url, proc) in gateways.items():
+                order = list(gateways.items())  # each gateway goes first every other round
+                for name, (url, proc) in order[::-1] if round_ % 2 else order:
                     before = cpu_seconds(proc.pid)
                     times[name] += asyncio.run(sequential(url, body, per_round))
                     cpu[name] += cpu_seconds(proc.pid) - before
             direct = statistics.median(times["direct"])
+            direct_p95 = pct(times["direct"], 0.95)
             for name, values in times.items():
                 used = cpu.get(name)
                 # each round also sends 20 warm-up calls
@@ -176,9 +179,10 @@ def main() -> None:
                     if used is None
                     else f"{used * 1000 / (args.rounds * (per_round + 20)):>12.3f}"
                 )
+                p50, p95 = statistics.median(values), pct(values, 0.95)
                 print(
-                    f"{f'{label}, {name}':<28} {statistics.median(values):>8.3f} "
-                    f"{pct(values, 0.99):>8.3f} {statistics.median(values) - direct:>10.3f}{per_call}"
+                    f"{f'{label}, {name}':<28} {p50:>8.3f} {p95:>8.3f} {pct(values, 0.99):>8.3f} "
+                    f"{p50 - direct:>10.3f} {p95 - direct_p95:>10.3f}{per_call}"
                 )
         print(f"\n{'throughput':<28} {'req/s':>8} {'share':>8}")
         for label, body in (("non-streamed", BODY), ("streamed", STREAM)):

@@ -76,12 +76,72 @@ def closing_early(cycle: RequestResponseCycle) -> Callable[[Any], Awaitable[None
     """``cycle.send``, with an answer that starts before the request's body has ended closing
     the connection (``connection: close``). uvicorn would read the rest of that body and throw
     it away, each read putting off the idle connection's timeout with none of its own: a byte
-    now and then held the connection for ever (a 404, a refusal, a GET's unread body)."""
+    now and then held the connection for ever (a 404, a refusal, a GET's unread body).
+
+    A whole answer (its length said in its head) leaves in one write with its body's first
+    part (:class:`_HeadHeld`); a streamed one's head leaves at once, before its first item."""
     send = cycle.send
 
     async def answer(message: Any) -> None:
-        if message["type"] == "http.response.start" and cycle.more_body:
-            cycle.keep_alive = False
-        await send(message)
+        kind = message["type"]
+        if kind == "http.response.start":
+            if cycle.more_body:
+                cycle.keep_alive = False
+            if _whole(message):
+                cycle.transport = _HeadHeld(cycle.transport)  # type: ignore[assignment]
+            await send(message)
+            return
+        held: Any = cycle.transport
+        if kind != "http.response.body" or type(held) is not _HeadHeld:
+            await send(message)
+            return
+        try:
+            await send(message)
+        finally:
+            cycle.transport = held.transport
+            held.flush()  # a HEAD answer's, or one whose send wrote nothing
 
     return answer
+
+
+def _whole(message: Any) -> bool:
+    """Whether an answer's start says its length: its body follows at once, whole."""
+    return any(name.lower() == b"content-length" for name, _ in message.get("headers", ()))
+
+
+class _HeadHeld:
+    """A request's transport from its answer's start to its body's first part: the head
+    (status line and headers) is held and written with that part, in one write.
+
+    Written apart, each whole answer was two segments, and its client woke twice for it (on
+    a loaded machine, taking the gateway's core between the two). Anything else is the
+    transport's own; closing writes the head first, as it would have been."""
+
+    __slots__ = ("_started", "head", "transport")
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.head: bytes | None = None
+        self._started = False
+
+    def write(self, data: bytes) -> None:
+        if not self._started:  # the answer's start: its head
+            self._started, self.head = True, data
+            return
+        head, self.head = self.head, None
+        if head is None:
+            self.transport.write(data)
+        else:
+            self.transport.writelines((head, data))
+
+    def flush(self) -> None:
+        head, self.head = self.head, None
+        if head is not None and not self.transport.is_closing():
+            self.transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)

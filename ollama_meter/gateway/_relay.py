@@ -48,6 +48,7 @@ from ollama_meter.gateway._slots import (
     Hangup,
     Heard,
     Holding,
+    LastPart,
     Slot,
     Streamed,
     take_slot,
@@ -185,7 +186,7 @@ class _Answered:
             return frame + separator, False
 
         frames = Frames(separator, host=pool.host)
-        batches = aiter(pool.items(response, frames))
+        batches = pool.items(response, frames)
         deadline = call.deadline()
         try:
             ended = False
@@ -197,8 +198,8 @@ class _Answered:
                     batch, ended = frames.end(), True
                 for frame in batch:
                     out, stop = await take(frame)
-                    if out is not None:
-                        yield out
+                    if out is not None:  # the last one (closed: it returns below) with the end
+                        yield LastPart(out) if stop or closed else out
                     if heard.gone and not closed:  # what it was sent went nowhere
                         closed = True
                         await self.end(asyncio.CancelledError())
@@ -210,7 +211,7 @@ class _Answered:
             if not closed:
                 closed = True
                 await self.end(error)
-                yield wire.error_frame(str(error))
+                yield LastPart(wire.error_frame(str(error)))
         except BaseException as exc:  # the client hung up (or the server is stopping)
             if not closed:
                 closed = True
@@ -221,6 +222,10 @@ class _Answered:
             # client hung up, the stream broke): it is dropped, which stops Ollama.
             heard.close()
             pool.finish(response, completed=response.content.at_eof())
+            # Closed here, not left to the event loop's finalizer: that is a thread-safe
+            # wake-up and a task of its own, each streamed call (the reader stops at the
+            # answer's end, before the body's).
+            await batches.aclose()
 
 
 class Relay:

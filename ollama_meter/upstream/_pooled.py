@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -286,7 +286,7 @@ class PooledUpstream(Resilient):
             raise self._broken(exc) from exc
         return b"", False
 
-    async def chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def chunks(self, response: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
         """The body as it arrives; a transport failure is a classified error."""
         try:
             async for data in response.content.iter_any():
@@ -298,11 +298,11 @@ class PooledUpstream(Resilient):
 
     async def items(
         self, response: aiohttp.ClientResponse, frames: Frames
-    ) -> AsyncIterator[list[bytes]]:
+    ) -> AsyncGenerator[list[bytes], None]:
         """The items ``frames`` cuts the body into, a batch for each piece that arrives; no
         item whole for the read timeout (bytes that end none, blank lines) is a timeout."""
         loop = asyncio.get_running_loop()
-        chunks = aiter(self.chunks(response))
+        chunks = self.chunks(response)
         since = loop.time()
         timer = asyncio.timeout(None)  # one for the reads, set before each: none meanwhile
         try:
@@ -322,6 +322,8 @@ class PooledUpstream(Resilient):
             if not timer.expired():
                 raise
             raise self._broken(exc) from None
+        finally:
+            await chunks.aclose()  # when the reader stops first (an answer's end is read)
 
     def _broken(self, exc: BaseException) -> UpstreamError:
         kind = Failure.TIMEOUT if isinstance(exc, TimeoutError) else Failure.BROKEN
