@@ -100,6 +100,9 @@ class PooledUpstream(Resilient):
                 timeout=self._timeout,
                 connector=Connections(limit=1000, limit_per_host=0),
                 auto_decompress=True,
+                # No cookie kept: one an answer set (a proxy's session in front of Ollama)
+                # went with every later call to that server, whoever made it.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
@@ -186,7 +189,9 @@ class PooledUpstream(Resilient):
                 raise
         if self._once is None:  # a connection of its own, never kept: the pool's may be as old
             self._once = aiohttp.ClientSession(
-                timeout=self._timeout, connector=aiohttp.TCPConnector(force_close=True)
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(force_close=True),
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return await request(self._once)
 

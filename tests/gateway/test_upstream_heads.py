@@ -185,3 +185,39 @@ def test_a_header_given_more_than_once_is_passed_through_as_often_as_it_came(
         b"set-cookie: b=2",
         b"vary: origin",
     ]
+
+
+class _Recording(RawServer):
+    """Answers as ``odd`` does, a cookie set on each answer; keeps each request's head."""
+
+    def __init__(self) -> None:
+        self.heads: list[bytes] = []
+        super().__init__(lambda: b"")
+
+    def reply(self, head: bytes, body: bytes) -> bytes:
+        self.heads.append(head)
+        cookie = b"Set-Cookie: session=caller%d; Path=/\r\n" % len(self.heads)
+        return answer(200, body=json.dumps(FINAL).encode(), more=cookie)
+
+
+def test_a_cookie_set_on_one_callers_answer_is_never_sent_on_anothers_call(
+    serve_on: Callable[..., Gateway], sqlite_url: str
+) -> None:
+    """The pool's session kept the cookies answers set (a proxy's session before Ollama), and
+    sent them with every later call to that server: one caller's session on everyone's calls.
+    Each call goes with the headers its caller sent, and no others (a cookie of its own
+    included: the gateway is no browser)."""
+    server = _Recording()
+    try:
+        # By name: aiohttp's jar takes no cookie from a server known by its IP address.
+        gw = serve_on(server.url.replace("127.0.0.1", "localhost"), sqlite_url)
+        for tenant in ("alice", "bob"):
+            got, head, _ = exchange(
+                gw.url, "/api/generate", {"model": "m", "prompt": tenant, "stream": False}
+            )
+            assert got == 200, head
+    finally:
+        server.close()
+    assert len(server.heads) == 2
+    for head in server.heads:
+        assert b"cookie:" not in head.lower()
