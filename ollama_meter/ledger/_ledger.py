@@ -40,7 +40,7 @@ from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._keys import ApiKey
 from ollama_meter.ledger._migrate import ensure_current, waiting_for_migration
 from ollama_meter.ledger._types import from_us
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, SpanRecord
 
 MAX_ROW_ID = 2**31 - 1
@@ -126,7 +126,7 @@ class Ledger(DurableLedger):
         clauses = where.clauses() if where else []
         with self.read() as conn:
             return int(
-                conn.execute(select(func.count()).select_from(SpanRow).where(*clauses)).scalar_one()
+                conn.execute(select(func.count()).select_from(SPANS).where(*clauses)).scalar_one()
             )
 
     def pruned_before(self) -> datetime | None:
@@ -139,10 +139,10 @@ class Ledger(DurableLedger):
         """Every tenant, department, user or model some span has, sorted: read from the
         month rollups (a row per month and combination), whatever the ledger's size."""
         from ollama_meter.ledger._cells import ANYONE, Grain
-        from ollama_meter.ledger.models import RollupRow
+        from ollama_meter.ledger.models import ROLLUPS
 
-        named = getattr(RollupRow, column)
-        query = select(named).distinct().where(RollupRow.grain == int(Grain.MONTH), named != "")
+        named = ROLLUPS.c[column]
+        query = select(named).distinct().where(ROLLUPS.c.grain == int(Grain.MONTH), named != "")
         if column == "user":  # a model may be called "*"; a user never is (the overview's)
             query = query.where(named != ANYONE)
         with self.read() as conn:
