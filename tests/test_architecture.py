@@ -250,7 +250,8 @@ def test_help_loads_no_database_settings_or_client_library() -> None:
 def test_a_reading_command_loads_no_metering_sequence_or_client(tmp_path: Path) -> None:
     """``ometer log`` opens the configured ledger through the meter's wiring and loads no more of
     it; nor SQLAlchemy's ORM, which no query uses (loading it took a sixth of the start-up),
-    nor msgspec, which reads export, spool and journal lines (none to read here)."""
+    nor msgspec, which reads export, spool and journal lines (none to read here), nor the
+    ledger's sums, keys and limits."""
     code = (
         "import sys\nfrom ollama_meter.cli import main\nsys.argv = ['ometer', 'log']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
@@ -269,6 +270,7 @@ def test_a_reading_command_loads_no_metering_sequence_or_client(tmp_path: Path) 
     assert "ollama_meter.meter._wiring" in loaded
     unwanted = {"ollama_meter.meter._meter", "ollama_meter.budgets", "ollama", "httpx", "aiohttp"}
     unwanted |= {"sqlalchemy.orm", "msgspec"}
+    unwanted |= {f"ollama_meter.ledger.{m}" for m in ("_aggregate", "_timings", "_keys", "_limits")}
     assert loaded.isdisjoint(unwanted), sorted(loaded & unwanted)
 
 
