@@ -274,6 +274,29 @@ def test_a_reading_command_loads_no_metering_sequence_or_client(tmp_path: Path) 
     assert loaded.isdisjoint(unwanted), sorted(loaded & unwanted)
 
 
+def test_a_report_as_a_table_loads_no_line_reader(tmp_path: Path) -> None:
+    """``ometer report`` shown as a table loads neither the CSV and JSON writers nor, through
+    them, msgspec (the ledger's export lines): only ``--format csv`` or ``json`` needs them."""
+    code = (
+        "import sys\nfrom ollama_meter.cli import main\nsys.argv = ['ometer', 'report']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "sys.stderr.write(' '.join(sorted(sys.modules)))"
+    )
+    from ollama_meter.ledger import Ledger
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    Ledger(url).dispose()
+    env = {**os.environ, "OMETER_DB_URL": url}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env
+    )
+    assert "no calls in this period" in done.stdout
+    loaded = set(done.stderr.split())
+    assert "ollama_meter.reports._spend" in loaded
+    unwanted = {"ollama_meter.reports._render", "msgspec"}
+    assert loaded.isdisjoint(unwanted), sorted(loaded & unwanted)
+
+
 TEMPLATE_READER = {"ollama_meter.budgets._template", "ollama_meter.budgets._gotemplate"}
 """What reads a model's Go template: only a call under a hard budget needs it (its admission)."""
 
