@@ -5,8 +5,9 @@ and prints per command the median wall time and CPU time (user + system) and
 what each adds over ``python -c pass``:
 
   python -c pass                      (the baseline)
-  libraries alone                     (importing SQLAlchemy's ORM, pydantic-settings,
-                                       Typer and rich, which a ledger command cannot skip)
+  libraries alone                     (importing SQLAlchemy, pydantic-settings, Typer and
+                                       rich, which a ledger command cannot skip; no command
+                                       loads SQLAlchemy's ORM)
   ometer --help
   ometer log --limit 1                (a ledger of a month of demo calls)
   ometer report --period month
@@ -35,7 +36,7 @@ from ollama_meter._runtime import STARTING
 
 LIBRARIES = (  # run as ``ometer`` runs (ollama_meter/__main__.py): no collection, none at exit
     f"import gc; gc.set_threshold({STARTING}); "
-    "import sqlalchemy.orm, pydantic_settings, typer.main, rich.console; gc.freeze()"
+    "import sqlalchemy, pydantic_settings, typer.main, rich.console; gc.freeze()"
 )
 IN_PROCESS = "import sys; from ollama_meter.cli import main; sys.argv[0] = 'ometer'; main()"
 """The command line without its process wrapper: Python's collector as it comes."""

@@ -7,7 +7,7 @@ from sqlalchemy.engine import Connection
 
 from ollama_meter.ledger._engine import create_ledger_engine
 from ollama_meter.ledger._migrate import check_is_ledger, lock_for_schema
-from ollama_meter.ledger.models import Base
+from ollama_meter.ledger.models import METADATA
 
 config = context.config
 
@@ -20,7 +20,7 @@ def _run(connection: Connection) -> None:
         connection.execution_options(sqlite_begin="IMMEDIATE")
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=METADATA,
         render_as_batch=sqlite,
         transactional_ddl=True,
         compare_type=True,
@@ -45,7 +45,7 @@ def _url() -> str:
 
 
 if context.is_offline_mode():
-    context.configure(url=_url(), target_metadata=Base.metadata, literal_binds=True)
+    context.configure(url=_url(), target_metadata=METADATA, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 else:

@@ -35,3 +35,24 @@ def lazy_names(namespace: dict[str, Any], where: Mapping[str, str]) -> Callable[
 def names_in(modules: Mapping[str, str]) -> dict[str, str]:
     """``{module: "its names, space-separated"}`` turned round: name → module, for :func:`lazy_names`."""
     return {name: module for module, names in modules.items() for name in names.split()}
+
+
+def lazy_modules(namespace: dict[str, Any], package: str, names: str) -> None:
+    """Bind each of ``names`` (modules of ``package``, space-separated) in a module's
+    ``namespace`` to a stand-in that imports the module when an attribute is first read of
+    it, and puts the module in its place: later reads are plain. For modules only some of
+    a module's functions use; type checkers are shown the import under ``TYPE_CHECKING``."""
+    for name in names.split():
+        namespace[name] = _Later(namespace, package, name)
+
+
+class _Later:
+    __slots__ = ("_name", "_namespace", "_package")
+
+    def __init__(self, namespace: dict[str, Any], package: str, name: str) -> None:
+        self._namespace, self._package, self._name = namespace, package, name
+
+    def __getattr__(self, attribute: str) -> Any:
+        module = importlib.import_module(f"{self._package}.{self._name}")
+        self._namespace[self._name] = module
+        return getattr(module, attribute)

@@ -3,9 +3,10 @@
 Owns names, defaults and validation of every setting. Nothing here opens a
 database or a socket; a bad value becomes one :class:`ConfigError` line that
 names the setting the user has to fix.
-"""
 
-from __future__ import annotations
+Annotations are objects here, not strings (no ``from __future__ import annotations``):
+pydantic evaluated each field's string again whenever a command started.
+"""
 
 import os
 from collections.abc import Mapping

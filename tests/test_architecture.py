@@ -248,7 +248,10 @@ def test_help_loads_no_database_settings_or_client_library() -> None:
 
 
 def test_a_reading_command_loads_no_metering_sequence_or_client(tmp_path: Path) -> None:
-    """``ometer log`` opens the configured ledger through the meter's wiring and loads no more of it."""
+    """``ometer log`` opens the configured ledger through the meter's wiring and loads no more of
+    it; nor SQLAlchemy's ORM, which no query uses (loading it took a sixth of the start-up),
+    nor msgspec, which reads export, spool and journal lines (none to read here), nor the
+    ledger's sums, keys and limits."""
     code = (
         "import sys\nfrom ollama_meter.cli import main\nsys.argv = ['ometer', 'log']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
@@ -266,6 +269,31 @@ def test_a_reading_command_loads_no_metering_sequence_or_client(tmp_path: Path) 
     loaded = set(done.stderr.split())
     assert "ollama_meter.meter._wiring" in loaded
     unwanted = {"ollama_meter.meter._meter", "ollama_meter.budgets", "ollama", "httpx", "aiohttp"}
+    unwanted |= {"sqlalchemy.orm", "msgspec"}
+    unwanted |= {f"ollama_meter.ledger.{m}" for m in ("_aggregate", "_timings", "_keys", "_limits")}
+    assert loaded.isdisjoint(unwanted), sorted(loaded & unwanted)
+
+
+def test_a_report_as_a_table_loads_no_line_reader(tmp_path: Path) -> None:
+    """``ometer report`` shown as a table loads neither the CSV and JSON writers nor, through
+    them, msgspec (the ledger's export lines): only ``--format csv`` or ``json`` needs them."""
+    code = (
+        "import sys\nfrom ollama_meter.cli import main\nsys.argv = ['ometer', 'report']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "sys.stderr.write(' '.join(sorted(sys.modules)))"
+    )
+    from ollama_meter.ledger import Ledger
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    Ledger(url).dispose()
+    env = {**os.environ, "OMETER_DB_URL": url}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env
+    )
+    assert "no calls in this period" in done.stdout
+    loaded = set(done.stderr.split())
+    assert "ollama_meter.reports._spend" in loaded
+    unwanted = {"ollama_meter.reports._render", "msgspec"}
     assert loaded.isdisjoint(unwanted), sorted(loaded & unwanted)
 
 

@@ -352,11 +352,13 @@ def write_rows(
 
     ``file_formats``: every format the command writes to ``--out`` (the refusal names them all).
     """
-    from ollama_meter.reports import to_csv, to_json
+    if fmt is Format.CSV:  # the writers load here: a table needs neither (nor msgspec)
+        from ollama_meter.reports import to_csv
 
-    if fmt is Format.CSV:
         write_output(to_csv(columns, rows), path)
     elif fmt is Format.JSON:
+        from ollama_meter.reports import to_json
+
         write_output(to_json(columns, rows), path)
     else:
         check_out(fmt, path, file_formats)

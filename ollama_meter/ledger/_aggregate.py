@@ -42,7 +42,7 @@ from ollama_meter.ledger._plan import (
 from ollama_meter.ledger._rollup import ROLLUPS
 from ollama_meter.ledger._spans import SpanFilter
 from ollama_meter.ledger._types import from_us, to_us
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,22 +144,22 @@ SUMMED = (
 def _span_measures() -> SimpleNamespace:
     """One raw span as the rollup measures it adds to (``_cells.measures_of`` in SQL)."""
     zero, one = literal(0), literal(1)
-    load = func.coalesce(SpanRow.load_duration_ns, zero)
+    load = func.coalesce(SPANS.c.load_duration_ns, zero)
     cold = load >= COLD_LOAD_NS
-    unpriced = SpanRow.unpriced == True  # noqa: E712
+    unpriced = SPANS.c.unpriced == True  # noqa: E712
     # Not input + output > 0: the columns are 32-bit on PostgreSQL, and their sum overflowed
     # ("integer out of range") for a call of 2**31 - 1 tokens in and any out.
-    used = unpriced & ((SpanRow.input_tokens > 0) | (SpanRow.output_tokens > 0))
+    used = unpriced & ((SPANS.c.input_tokens > 0) | (SPANS.c.output_tokens > 0))
     return SimpleNamespace(
         requests=one,
-        errors=case((SpanRow.status.in_(sorted(ERROR_STATUSES)), one), else_=zero),
-        input_tokens=SpanRow.input_tokens,
-        output_tokens=SpanRow.output_tokens,
-        busy_ns=func.coalesce(SpanRow.prompt_eval_duration_ns, zero)
-        + func.coalesce(SpanRow.eval_duration_ns, zero),
-        cost_total=SpanRow.cost_total,
+        errors=case((SPANS.c.status.in_(sorted(ERROR_STATUSES)), one), else_=zero),
+        input_tokens=SPANS.c.input_tokens,
+        output_tokens=SPANS.c.output_tokens,
+        busy_ns=func.coalesce(SPANS.c.prompt_eval_duration_ns, zero)
+        + func.coalesce(SPANS.c.eval_duration_ns, zero),
+        cost_total=SPANS.c.cost_total,
         unpriced_usage=case(
-            (SpanRow.status == "ok", case((unpriced, one), else_=zero)),
+            (SPANS.c.status == "ok", case((unpriced, one), else_=zero)),
             (used, one),
             else_=zero,
         ),
@@ -185,7 +185,7 @@ def _raw_sums(
         # A span in no bucket (a call recorded after the buckets were built from the days
         # that held calls) is in no row, as the rollups' cells of no bucket are not read.
         whens = [
-            ((SpanRow.started_at >= start) & (SpanRow.started_at < end), literal(index))
+            ((SPANS.c.started_at >= start) & (SPANS.c.started_at < end), literal(index))
             for index, (start, end) in enumerate(buckets)
         ]
         bucket_column: ColumnElement[Any] = case(*whens, else_=literal(-1)).label("bucket")
@@ -193,14 +193,14 @@ def _raw_sums(
         bucket_column = zero.label("bucket")
     rows = grouped_sums(
         conn,
-        [*keys, bucket_column, SpanRow.currency],
+        [*keys, bucket_column, SPANS.c.currency],
         [getattr(measures, name) for name in SUMMED],
         filters=where.clauses(),
         # By output name: PostgreSQL cannot match bound parameters in SELECT and GROUP BY.
         group_by=[
             *(literal_column(k.name) for k in keys),
             literal_column("bucket"),
-            SpanRow.currency,
+            SPANS.c.currency,
         ],
     )
     width = len(keys)
@@ -247,9 +247,9 @@ def aggregate_failures(
     counts: defaultdict[tuple[str, str | None], int] = defaultdict(int)
     if raw or RAW.get() or not cube_answers(where):
         query = (
-            select(SpanRow.status, SpanRow.error_type, func.count())
-            .where(*where.clauses(), SpanRow.status != "ok")
-            .group_by(SpanRow.status, SpanRow.error_type)
+            select(SPANS.c.status, SPANS.c.error_type, func.count())
+            .where(*where.clauses(), SPANS.c.status != "ok")
+            .group_by(SPANS.c.status, SPANS.c.error_type)
         )
         for status, error_type, requests in conn.execute(query):
             # An empty error type (an import can hold one) is none, as the rollups keep it.

@@ -16,12 +16,12 @@ from sqlalchemy import Connection, Table, delete, func, insert, select, text, up
 from sqlalchemy.exc import IntegrityError
 
 from ollama_meter.ledger._stored import read_records
-from ollama_meter.ledger.models import AlertRow, BudgetRow, ReservationRow, SpanRow
+from ollama_meter.ledger.models import BUDGET_ALERTS, BUDGET_RESERVATIONS, BUDGETS, SPANS
 from ollama_meter.records import Alert, Budget, LeaseKey, parse_thresholds, record_from, values_of
 
-_BUDGETS: Table = BudgetRow.__table__  # type: ignore[assignment]
-_RESERVATIONS: Table = ReservationRow.__table__  # type: ignore[assignment]
-_ALERTS: Table = AlertRow.__table__  # type: ignore[assignment]
+_BUDGETS: Table = BUDGETS
+_RESERVATIONS: Table = BUDGET_RESERVATIONS
+_ALERTS: Table = BUDGET_ALERTS
 
 
 def _to_budget(row: Any) -> Budget:
@@ -44,7 +44,7 @@ def list_budgets(conn: Connection) -> list[Budget]:
     return read_records(
         conn,
         _BUDGETS,
-        select(BudgetRow).order_by(BudgetRow.id),
+        select(BUDGETS).order_by(BUDGETS.c.id),
         _to_budget,
         what=lambda row: f"budget {row.id}",
         fix=lambda row: f"fix the row in SQL, or remove it with `ometer budget rm {row.id}`",
@@ -54,13 +54,13 @@ def list_budgets(conn: Connection) -> list[Budget]:
 def save_budget(conn: Connection, budget: Budget) -> Budget:
     """Insert, or replace the budget with the same scope, period and source."""
     same = conn.execute(
-        select(BudgetRow.id).where(
-            BudgetRow.tenant == budget.tenant,
-            BudgetRow.department.is_(None)
+        select(BUDGETS.c.id).where(
+            BUDGETS.c.tenant == budget.tenant,
+            BUDGETS.c.department.is_(None)
             if budget.department is None
-            else BudgetRow.department == budget.department,
-            BudgetRow.period == budget.period,
-            BudgetRow.source == budget.source,
+            else BUDGETS.c.department == budget.department,
+            BUDGETS.c.period == budget.period,
+            BUDGETS.c.source == budget.source,
         )
     ).scalar()
     if same is not None:
@@ -203,7 +203,9 @@ def claim_attempt(conn: Connection, alert_id: int, now: datetime, until: datetim
     )
     if claimed.rowcount != 1:
         return None
-    return _to_alert(conn.execute(select(AlertRow).where(AlertRow.id == alert_id)).one())
+    return _to_alert(
+        conn.execute(select(BUDGET_ALERTS).where(BUDGET_ALERTS.c.id == alert_id)).one()
+    )
 
 
 def record_delivery(
@@ -224,11 +226,11 @@ def record_delivery(
 def alerts(
     conn: Connection, *, undelivered_only: bool = False, max_attempts: int | None = None
 ) -> list[Alert]:
-    query = select(AlertRow).order_by(AlertRow.id)
+    query = select(BUDGET_ALERTS).order_by(BUDGET_ALERTS.c.id)
     if undelivered_only:
-        query = query.where(AlertRow.delivered == False)  # noqa: E712
+        query = query.where(BUDGET_ALERTS.c.delivered == False)  # noqa: E712
     if max_attempts is not None:
-        query = query.where(AlertRow.attempts < max_attempts)
+        query = query.where(BUDGET_ALERTS.c.attempts < max_attempts)
     return [_to_alert(row) for row in conn.execute(query)]
 
 
@@ -299,14 +301,14 @@ class BudgetTables:
         return ledger_now(self._conn, now)
 
     def held(self, key: LeaseKey, now: datetime, *, exclude: str | None = None) -> int:
-        query = select(func.coalesce(func.sum(ReservationRow.amount_micros), 0)).where(
-            ReservationRow.budget_id == key.budget_id,
-            ReservationRow.tenant == key.tenant,
-            ReservationRow.period_start == key.period_start,
-            ReservationRow.expires_at > now,
+        query = select(func.coalesce(func.sum(BUDGET_RESERVATIONS.c.amount_micros), 0)).where(
+            BUDGET_RESERVATIONS.c.budget_id == key.budget_id,
+            BUDGET_RESERVATIONS.c.tenant == key.tenant,
+            BUDGET_RESERVATIONS.c.period_start == key.period_start,
+            BUDGET_RESERVATIONS.c.expires_at > now,
         )
         if exclude is not None:
-            query = query.where(ReservationRow.id != exclude)
+            query = query.where(BUDGET_RESERVATIONS.c.id != exclude)
         return int(self._conn.execute(query).scalar_one())
 
     def recorded(self, span_ids: Collection[str]) -> set[str]:
@@ -314,20 +316,23 @@ class BudgetTables:
         ids = sorted(span_ids)
         for start in range(0, len(ids), _IDS_A_QUERY):
             chunk = ids[start : start + _IDS_A_QUERY]
-            query = select(SpanRow.id).where(SpanRow.id.in_(chunk))
+            query = select(SPANS.c.id).where(SPANS.c.id.in_(chunk))
             found.update(self._conn.execute(query).scalars())
         return found
 
     def refusals(self, starts: Collection[datetime]) -> dict[LeaseKey, int]:
         query = (
             select(
-                AlertRow.budget_id,
-                AlertRow.tenant,
-                AlertRow.period_start,
-                AlertRow.call_bound_micros,
+                BUDGET_ALERTS.c.budget_id,
+                BUDGET_ALERTS.c.tenant,
+                BUDGET_ALERTS.c.period_start,
+                BUDGET_ALERTS.c.call_bound_micros,
             )
-            .where(AlertRow.kind == "refused", AlertRow.period_start.in_(sorted(set(starts))))
-            .order_by(AlertRow.id)  # the latest wins
+            .where(
+                BUDGET_ALERTS.c.kind == "refused",
+                BUDGET_ALERTS.c.period_start.in_(sorted(set(starts))),
+            )
+            .order_by(BUDGET_ALERTS.c.id)  # the latest wins
         )
         return {LeaseKey(b, t, s): bound or 0 for b, t, s, bound in self._conn.execute(query)}
 

@@ -67,7 +67,7 @@ from ollama_meter.ledger._rollup import (
 from ollama_meter.ledger._spans import row_to_span, select_spans
 from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger._upserts import run, statements_for
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import NO_HOST
 
 PIECE_ROWS = 500
@@ -346,9 +346,9 @@ def _write_minutes(conn: Connection, minutes: Sequence[_Minute]) -> None:
 
 
 SPANS_BUSY_IN = select_spans(content=False).where(
-    SpanRow.started_at >= bindparam("before"),
-    SpanRow.started_at < bindparam("high"),
-    or_(SpanRow.started_at >= bindparam("low"), SpanRow.ended_at > bindparam("low")),
+    SPANS.c.started_at >= bindparam("before"),
+    SPANS.c.started_at < bindparam("high"),
+    or_(SPANS.c.started_at >= bindparam("low"), SPANS.c.ended_at > bindparam("low")),
 )
 """The spans that started from ``low`` to ``high``, and the day before's still busy at
 ``low`` (a call's busy time ends at most a day after it began: ``busy_interval``); built
@@ -370,7 +370,7 @@ def _minutes_from_spans(
     high = max(start for start, _ in keys) * 10**6 + BUSY_US
     pieces: dict[tuple[int, str], list[tuple[int, int]]] = {key: [] for key in keys}
     query = SPANS_BUSY_IN.where(
-        SpanRow.upstream_host.in_(sorted({host for _, host in keys} - {NO_HOST}))
+        SPANS.c.upstream_host.in_(sorted({host for _, host in keys} - {NO_HOST}))
     )
     for row in conn.execute(query, busy_in(low, high)):
         span = row_to_span(row)

@@ -34,7 +34,6 @@ from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._failing import Failing, passing
 from ollama_meter.ledger._glance import OPENING, Spell, glancing
 from ollama_meter.ledger._journal import Journal, Orphan
-from ollama_meter.ledger._jsonl import save_unrecorded
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision
 from ollama_meter.ledger._spool import BEFORE_HORIZON, Rejected, Spool
 from ollama_meter.ledger._spool_dir import default_spool_dir
@@ -430,9 +429,10 @@ class DurableLedger(Database):
             return 0
         with self._held_lock:
             spans, self._held = self._held, []
-        save_unrecorded(
-            spans, f"the ledger at {self.display_url} and its spool at {self.spool.directory}"
-        )
+        from ollama_meter.ledger._jsonl import save_unrecorded  # msgspec: loaded if needed
+
+        where = f"the ledger at {self.display_url} and its spool at {self.spool.directory}"
+        save_unrecorded(spans, where)
         return len(spans)
 
     def dispose(self) -> None:

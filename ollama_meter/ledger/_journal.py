@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from ollama_meter._forks import renew_after_fork
-from ollama_meter.ledger._line import span_from_row
 from ollama_meter.ledger._spool import span_json, write_atomically
 from ollama_meter.records import SpanRecord
 
@@ -320,6 +319,8 @@ def _open_calls(fd: int) -> tuple[dict[str, Orphan], list[bytes]]:
             if "f" in entry:
                 if not isinstance(entry["f"], dict):
                     raise ValueError("not an object")
+                from ollama_meter.ledger._line import span_from_row  # msgspec: loaded if needed
+
                 span = span_from_row(entry["f"])
                 was = opened.get(span.id)
                 leases = () if was is None else was.leases
@@ -346,4 +347,6 @@ def _opened_span(noted: object) -> SpanRecord:
     if missing := [name for name in _NOTED_ALWAYS if name not in noted]:
         raise ValueError(f"no {missing[0]}")
     known = {name: value for name, value in noted.items() if name in _OPEN_FIELDS}
+    from ollama_meter.ledger._line import span_from_row
+
     return span_from_row({**_UNKNOWN_YET, **known})

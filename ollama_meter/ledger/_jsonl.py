@@ -29,7 +29,7 @@ from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._line import CutShort, span_from_line
 from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span, select_spans
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import (
     LABEL_FIELDS,
     SpanRecord,
@@ -148,7 +148,7 @@ def export_lines(
     where = SpanFilter(since=since, until=until)
     # Ties in start time by id: the same spans give the same lines from any ledger, whatever
     # order each stored them in.
-    order = (SpanRow.id,) if since is None and until is None else (SpanRow.started_at, SpanRow.id)
+    order = (SPANS.c.id,) if since is None and until is None else (SPANS.c.started_at, SPANS.c.id)
     query = select_spans().where(*where.clauses()).order_by(*order)
     with ledger.read() as conn:
         result = conn.execution_options(stream_results=True).execute(query)

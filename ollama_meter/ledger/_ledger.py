@@ -17,31 +17,27 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
+from ollama_meter._lazy import lazy_modules
 from ollama_meter._runtime import runtime
 from ollama_meter.errors import BudgetError, LedgerError, PricingError, ValidationError
-from ollama_meter.ledger import (
-    _aggregate,
-    _budgets,
-    _currencies,
-    _keys,
-    _limits,
-    _meta,
-    _prices,
-    _rebuild,
-    _spans,
-    _timings,
-)
+from ollama_meter.ledger import _budgets, _meta, _prices, _rebuild, _spans
 from ollama_meter.ledger._deadline import recording_nothing
 from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
-from ollama_meter.ledger._keys import ApiKey
 from ollama_meter.ledger._migrate import ensure_current, waiting_for_migration
 from ollama_meter.ledger._types import from_us
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, SpanRecord
+
+if TYPE_CHECKING:
+    from ollama_meter.ledger import _aggregate, _currencies, _keys, _limits, _timings
+    from ollama_meter.ledger._keys import ApiKey
+else:  # loaded when first used: a command that reads spans needs none of them
+    lazy_modules(globals(), "ollama_meter.ledger", "_aggregate _currencies _keys _limits _timings")
 
 MAX_ROW_ID = 2**31 - 1
 """Rules, budgets and keys have 32-bit ids (PostgreSQL's INTEGER): a larger number names none."""
@@ -126,7 +122,7 @@ class Ledger(DurableLedger):
         clauses = where.clauses() if where else []
         with self.read() as conn:
             return int(
-                conn.execute(select(func.count()).select_from(SpanRow).where(*clauses)).scalar_one()
+                conn.execute(select(func.count()).select_from(SPANS).where(*clauses)).scalar_one()
             )
 
     def pruned_before(self) -> datetime | None:
@@ -139,10 +135,10 @@ class Ledger(DurableLedger):
         """Every tenant, department, user or model some span has, sorted: read from the
         month rollups (a row per month and combination), whatever the ledger's size."""
         from ollama_meter.ledger._cells import ANYONE, Grain
-        from ollama_meter.ledger.models import RollupRow
+        from ollama_meter.ledger.models import ROLLUPS
 
-        named = getattr(RollupRow, column)
-        query = select(named).distinct().where(RollupRow.grain == int(Grain.MONTH), named != "")
+        named = ROLLUPS.c[column]
+        query = select(named).distinct().where(ROLLUPS.c.grain == int(Grain.MONTH), named != "")
         if column == "user":  # a model may be called "*"; a user never is (the overview's)
             query = query.where(named != ANYONE)
         with self.read() as conn:

@@ -14,10 +14,10 @@ from sqlalchemy import Connection, Table, delete, insert, select, update
 
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._stored import read_records
-from ollama_meter.ledger.models import LimitRow
+from ollama_meter.ledger.models import LIMITS
 from ollama_meter.records import Limit
 
-_LIMITS: Table = LimitRow.__table__  # type: ignore[assignment]
+_LIMITS: Table = LIMITS
 
 
 def _where(tenant: str, department: str | None, key_id: int | None) -> list[Any]:

@@ -11,9 +11,9 @@ from sqlalchemy import Connection, Table, delete, text
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import spooled_meanwhile
 from ollama_meter.ledger._upserts import run
-from ollama_meter.ledger.models import LedgerMetaRow
+from ollama_meter.ledger.models import LEDGER_META
 
-META: Table = LedgerMetaRow.__table__  # type: ignore[assignment]
+META: Table = LEDGER_META
 
 
 def get_meta(conn: Connection, key: str) -> str | None:

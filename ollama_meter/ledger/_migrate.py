@@ -121,9 +121,9 @@ def _ours() -> set[str]:
     """The tables of an ometer ledger at the head revision. A database holding only these,
     ``spans`` and ``budgets`` (every ledger's since 0002) among them, is a ledger: a tracing
     app's ``spans`` alone is not."""
-    from ollama_meter.ledger.models import Base
+    from ollama_meter.ledger.models import METADATA
 
-    return set(Base.metadata.tables)
+    return set(METADATA.tables)
 
 
 _ENCODINGS = ("UTF8", "SQL_ASCII")
@@ -209,7 +209,7 @@ def create_at_head(engine: Engine) -> bool:
     anything (a ledger, even a half-made one, or a stranger's tables) is left to
     :func:`upgrade`, which knows what to do with each.
     """
-    from ollama_meter.ledger.models import Base
+    from ollama_meter.ledger.models import METADATA
 
     options = {"sqlite_begin": "IMMEDIATE"} if engine.dialect.name == "sqlite" else {}
     with unbounded(), engine.connect().execution_options(**options) as conn, conn.begin():
@@ -218,7 +218,7 @@ def create_at_head(engine: Engine) -> bool:
         if seen.get_table_names() or seen.get_view_names():
             return False  # made meanwhile, or not empty: the migrations judge it
         check_is_ledger(conn, None, set())
-        Base.metadata.create_all(conn)
+        METADATA.create_all(conn)
         conn.execute(text("INSERT INTO ledger_meta (key, value) VALUES ('rollups', 'current')"))
         conn.execute(text(_VERSION_TABLE))
         conn.execute(

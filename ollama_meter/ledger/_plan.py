@@ -47,13 +47,12 @@ from ollama_meter.ledger._cells import (
 )
 from ollama_meter.ledger._spans import ANSWERED_MODEL, SpanFilter
 from ollama_meter.ledger._types import from_us, to_us
-from ollama_meter.ledger._upserts import ROLLUPS
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import ROLLUPS, SPANS
 
 GROUP_COLUMNS: dict[str, ColumnElement[Any]] = {
-    "tenant": SpanRow.__table__.c.tenant,
-    "department": SpanRow.__table__.c.department,
-    "user": func.coalesce(SpanRow.user, ""),
+    "tenant": SPANS.c.tenant,
+    "department": SPANS.c.department,
+    "user": func.coalesce(SPANS.c.user, ""),
     "model": ANSWERED_MODEL,
 }
 """What reports group by, as raw span expressions; rollups store these very values."""

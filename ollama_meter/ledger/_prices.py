@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, Table, delete, func, insert, select, update
 
 from ollama_meter.ledger._stored import read_records
-from ollama_meter.ledger.models import PriceRuleRow
+from ollama_meter.ledger.models import PRICE_RULES
 from ollama_meter.records import (
     RULE_FIELDS,
     PriceRule,
@@ -22,7 +22,7 @@ from ollama_meter.records import (
     values_of,
 )
 
-_TABLE: Table = PriceRuleRow.__table__  # type: ignore[assignment]
+_TABLE: Table = PRICE_RULES
 _SOURCE_CHARS: int = _TABLE.c.source.type.length  # type: ignore[attr-defined]
 
 
@@ -58,12 +58,12 @@ def rules_version(conn: Connection) -> tuple[object, ...]:
     """How many rules, the last id and the last made: rules are never edited, only added and
     removed, so any change moves one of them (an id reused after the last was removed comes
     with a later ``created_at``)."""
-    query = select(func.count(), func.max(PriceRuleRow.id), func.max(PriceRuleRow.created_at))
+    query = select(func.count(), func.max(PRICE_RULES.c.id), func.max(PRICE_RULES.c.created_at))
     return tuple(conn.execute(query).one())
 
 
 def list_rules(conn: Connection) -> list[PriceRule]:
-    return _read(conn, select(PriceRuleRow).order_by(PriceRuleRow.id))
+    return _read(conn, select(PRICE_RULES).order_by(PRICE_RULES.c.id))
 
 
 def _read(conn: Connection, query: Select[Any]) -> list[PriceRule]:
@@ -133,7 +133,7 @@ def remove_rule(conn: Connection, rule_id: int) -> bool:
 def file_digest(conn: Connection, source: str) -> str | None:
     key = source_key(source)
     return conn.execute(
-        select(PriceRuleRow.source_digest).where(PriceRuleRow.source == key).limit(1)
+        select(PRICE_RULES.c.source_digest).where(PRICE_RULES.c.source == key).limit(1)
     ).scalar()
 
 
@@ -150,7 +150,7 @@ def replace_source(conn: Connection, source: str, rules: Sequence[PriceRule], di
     """
     source = source_key(source)
     old = _read(
-        conn, select(PriceRuleRow).where(PriceRuleRow.source == source).order_by(PriceRuleRow.id)
+        conn, select(PRICE_RULES).where(PRICE_RULES.c.source == source).order_by(PRICE_RULES.c.id)
     )
     new: list[PriceRule] = []
     last_kept = 0

@@ -56,7 +56,7 @@ from ollama_meter.ledger._rollup import (
 )
 from ollama_meter.ledger._spans import row_to_span
 from ollama_meter.ledger._types import from_us, to_us
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import NO_HOST
 
 log = logging.getLogger("ollama_meter.ledger")
@@ -279,7 +279,7 @@ def _first_whole_day(horizon: int, zone: tzinfo | None) -> int:
 
 
 _STARTS: tuple[tuple[Any, tuple[Any, ...]], ...] = (
-    (SpanRow.started_at, ()),
+    (SPANS.c.started_at, ()),
     *((ROLLUPS.c.start, (ROLLUPS.c.grain == int(g),)) for g in Grain),
     *((HISTOGRAMS.c.start, (HISTOGRAMS.c.grain == int(g),)) for g in Grain),
     (BUSY.c.start, ()),
@@ -294,7 +294,7 @@ if its day (and month) is read."""
 _FIRST_FROM = [
     (
         select(func.min(column)).where(*extra, column >= bindparam("at")),
-        column is SpanRow.started_at,
+        column is SPANS.c.started_at,
     )
     for column, extra in _STARTS
 ]
@@ -428,7 +428,7 @@ def build_if_stale(ledger: Any) -> None:
                 # (all removed, a rebuild stopped half way) are not that: they are rebuilt.
                 empty = all(
                     conn.execute(select(column).limit(1)).first() is None
-                    for column in (SpanRow.id, ROLLUPS.c.start)
+                    for column in (SPANS.c.id, ROLLUPS.c.start)
                 )
                 break
         if not stale:

@@ -70,11 +70,11 @@ from ollama_meter.ledger._upserts import (
     BUSY_READS,
     HISTOGRAMS,
     MOST,
-    ROLLUPS,
     Statements,
     run,
     statements_for,
 )
+from ollama_meter.ledger.models import ROLLUPS
 from ollama_meter.records import NO_HOST, SpanRecord
 
 BUSY_GRAINS = (Grain.MONTH, Grain.DAY)

@@ -14,10 +14,10 @@ from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _meta, _prices, _rollup
 from ollama_meter.ledger._types import driver_key, from_us, to_us
 from ollama_meter.ledger._upserts import run
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import TEXT_LIMITS, PastCall, PriceRule, SpanRecord, storable_text
 
-_TABLE: Table = SpanRow.__table__  # type: ignore[assignment]
+_TABLE: Table = SPANS
 _COST_COLUMNS = (
     "cost_tokens",
     "cost_compute",
@@ -133,7 +133,7 @@ class _SpanInsert:
         if not self.returning:
             known = set(
                 conn.execute(
-                    select(SpanRow.id).where(SpanRow.id.in_([s.id for s in spans]))
+                    select(SPANS.c.id).where(SPANS.c.id.in_([s.id for s in spans]))
                 ).scalars()
             )
             fresh = [s for s in spans if s.id not in known]
@@ -219,13 +219,11 @@ def _before(
     held: set[str] = set()
     for start in range(0, len(before), _SpanInsert.CHUNK):
         ids = [span.id for span in before[start : start + _SpanInsert.CHUNK]]
-        held.update(conn.scalars(select(SpanRow.id).where(SpanRow.id.in_(ids))))
+        held.update(conn.scalars(select(SPANS.c.id).where(SPANS.c.id.in_(ids))))
     return later, [span for span in before if span.id not in held]
 
 
-_COLUMNS = tuple(
-    getattr(SpanRow, name) for name in SpanRecord.__dataclass_fields__ if name != "attributes"
-)
+_COLUMNS = tuple(SPANS.c[name] for name in SpanRecord.__dataclass_fields__ if name != "attributes")
 
 
 _CONTENT = frozenset({"prompt", "reply"})
@@ -249,7 +247,7 @@ def row_to_span(row: Any) -> SpanRecord:
     return SpanRecord(*row)
 
 
-ANSWERED_MODEL = func.coalesce(func.nullif(SpanRow.response_model, ""), SpanRow.request_model)
+ANSWERED_MODEL = func.coalesce(func.nullif(SPANS.c.response_model, ""), SPANS.c.request_model)
 """The model a raw span counts under, as :attr:`SpanRecord.model` and the rollups have it: the
 one Ollama answered with, else the one asked for; an empty answer (an import can hold one)
 is none. ``coalesce`` alone took ``""`` for an answer, so the raw spans and the rollups put
@@ -290,15 +288,15 @@ class SpanFilter:
     def clauses(self) -> list[Any]:
         clauses: list[Any] = []
         if self.since is not None:
-            clauses.append(SpanRow.started_at >= self.since)
+            clauses.append(SPANS.c.started_at >= self.since)
         if self.until is not None:
-            clauses.append(SpanRow.started_at < self.until)
+            clauses.append(SPANS.c.started_at < self.until)
         for column, value in (
-            (SpanRow.tenant, self.tenant),
-            (SpanRow.department, self.department),
-            (SpanRow.status, self.status),
-            (SpanRow.user, self.user),
-            (SpanRow.error_type, self.error_type),
+            (SPANS.c.tenant, self.tenant),
+            (SPANS.c.department, self.department),
+            (SPANS.c.status, self.status),
+            (SPANS.c.user, self.user),
+            (SPANS.c.error_type, self.error_type),
         ):
             if value is not None:
                 clauses.append(column == value)
@@ -309,7 +307,7 @@ class SpanFilter:
 
 def latest_spans(conn: Connection, where: SpanFilter, limit: int) -> list[SpanRecord]:
     """Newest first. Ids are ULIDs, so the primary key orders by start time."""
-    query = select_spans().where(*where.clauses()).order_by(SpanRow.id.desc()).limit(limit)
+    query = select_spans().where(*where.clauses()).order_by(SPANS.c.id.desc()).limit(limit)
     return [row_to_span(row) for row in conn.execute(query)]
 
 
@@ -320,8 +318,8 @@ def page_after(conn: Connection, where: SpanFilter, after: str, limit: int) -> l
     each held gigabytes): what pages them (a reprice) works from counts and durations."""
     query = (
         select_spans(content=False)
-        .where(*where.clauses(), SpanRow.id > after)
-        .order_by(SpanRow.id)
+        .where(*where.clauses(), SPANS.c.id > after)
+        .order_by(SPANS.c.id)
         .limit(limit)
     )
     return [row_to_span(row) for row in conn.execute(query)]
@@ -350,7 +348,7 @@ def update_costs(
     _rollup.lock_cells(conn)
     if rules is not None and tuple(_prices.list_rules(conn)) != tuple(rules):
         raise RulesChanged
-    query = select_spans(content=False).where(SpanRow.id.in_(ids)).order_by(SpanRow.id)
+    query = select_spans(content=False).where(SPANS.c.id.in_(ids)).order_by(SPANS.c.id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
     stored = {span.id: span for span in map(row_to_span, conn.execute(query))}
@@ -382,14 +380,14 @@ def _costs(span: SpanRecord) -> dict[str, Any]:
 def recent_usage(conn: Connection, model: str, limit: int) -> list[PastCall]:
     query = (
         select(
-            SpanRow.input_tokens,
-            SpanRow.output_tokens,
-            SpanRow.prompt_eval_duration_ns,
-            SpanRow.eval_duration_ns,
-            SpanRow.load_duration_ns,
+            SPANS.c.input_tokens,
+            SPANS.c.output_tokens,
+            SPANS.c.prompt_eval_duration_ns,
+            SPANS.c.eval_duration_ns,
+            SPANS.c.load_duration_ns,
         )
-        .where(SpanRow.request_model == model, SpanRow.status == "ok")
-        .order_by(SpanRow.id.desc())
+        .where(SPANS.c.request_model == model, SPANS.c.status == "ok")
+        .order_by(SPANS.c.id.desc())
         .limit(limit)
     )
     return [

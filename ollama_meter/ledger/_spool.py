@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from ollama_meter._paths import discard
-from ollama_meter.ledger._line import NewerColumn, span_from_row
 from ollama_meter.records import SpanRecord, Stored
 
 log = logging.getLogger("ollama_meter.ledger")
@@ -57,6 +56,8 @@ def decode_span(line: str) -> SpanRecord:
         row = json.loads(line)
     except RecursionError:
         raise ValueError("nested too deep to read; a spool line nests one level") from None
+    from ollama_meter.ledger._line import span_from_row  # msgspec: loaded for a spool to read
+
     return span_from_row(row)
 
 
@@ -201,6 +202,8 @@ class Spool:
                 self._set_aside(path, exc)
                 continue
             spans, bad = self._decode(lines)
+            from ollama_meter.ledger._line import NewerColumn
+
             if newer := next((e for _, e in bad if isinstance(e, NewerColumn)), None):
                 # Not damage: the spans are whole, for an ometer that knows the column.
                 self._pass_over(

@@ -51,7 +51,7 @@ from ollama_meter.ledger._rollup import (
 )
 from ollama_meter.ledger._spans import SpanFilter, row_to_span, select_spans
 from ollama_meter.ledger._types import from_us, to_us
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import NO_HOST
 
 # -- histograms (perf) -------------------------------------------------------------------
@@ -60,16 +60,16 @@ Histograms = dict[tuple[Any, ...], dict[Metric, dict[int, int]]]
 """Per group (and time bucket, when asked): per metric, bin edge → calls."""
 
 TIMING_COLUMNS = (
-    SpanRow.status,
-    SpanRow.latency_ns,
-    SpanRow.ttft_ns,
-    SpanRow.queue_ns,
-    SpanRow.output_tokens,
-    SpanRow.total_duration_ns,
-    SpanRow.load_duration_ns,
-    SpanRow.prompt_eval_duration_ns,
-    SpanRow.eval_duration_ns,
-    SpanRow.duration_source,
+    SPANS.c.status,
+    SPANS.c.latency_ns,
+    SPANS.c.ttft_ns,
+    SPANS.c.queue_ns,
+    SPANS.c.output_tokens,
+    SPANS.c.total_duration_ns,
+    SPANS.c.load_duration_ns,
+    SPANS.c.prompt_eval_duration_ns,
+    SPANS.c.eval_duration_ns,
+    SPANS.c.duration_source,
 )
 
 
@@ -175,7 +175,7 @@ def _raw_histograms(
     bucket: int | None = None,
 ) -> None:
     keys = [GROUP_COLUMNS[name].label(f"k_{name}") for name in by]
-    query = select(*keys, *TIMING_COLUMNS, SpanRow.started_at).where(*where.clauses())
+    query = select(*keys, *TIMING_COLUMNS, SPANS.c.started_at).where(*where.clauses())
     width = len(keys)
     starts = [start for start, _ in buckets]
     for call in conn.execute(query):
@@ -236,10 +236,10 @@ def busy_union(
             if busy:
                 hosts.add(host)
                 busy_us += busy
-        started = select(SpanRow.upstream_host).where(
-            SpanRow.upstream_host != NO_HOST,
-            SpanRow.started_at >= from_us(max(cell, lo)),
-            SpanRow.started_at < from_us(min(cell + BUSY_US, hi)),
+        started = select(SPANS.c.upstream_host).where(
+            SPANS.c.upstream_host != NO_HOST,
+            SPANS.c.started_at >= from_us(max(cell, lo)),
+            SPANS.c.started_at < from_us(min(cell + BUSY_US, hi)),
         )
         hosts.update(conn.execute(started.distinct()).scalars())
     return busy_us * 1000, len(hosts)
@@ -277,9 +277,9 @@ def _whole_minutes(conn: Connection, lo: int, hi: int) -> dict[str, list[int]]:
 
 def _raw_busy(conn: Connection, lo: int, hi: int) -> tuple[int, int]:
     query = select_spans(content=False).where(
-        SpanRow.started_at >= from_us(lo - DAY_US),
-        SpanRow.started_at < from_us(hi),
-        SpanRow.upstream_host != NO_HOST,
+        SPANS.c.started_at >= from_us(lo - DAY_US),
+        SPANS.c.started_at < from_us(hi),
+        SPANS.c.upstream_host != NO_HOST,
     )
     per_host: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
     hosts: set[str] = set()

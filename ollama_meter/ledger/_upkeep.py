@@ -25,7 +25,7 @@ from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._meta import get_meta, ledger_zone, pruned_before, set_meta
 from ollama_meter.ledger._rollup import lock_cells
 from ollama_meter.ledger._types import from_us, to_us
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 
 if TYPE_CHECKING:
     from ollama_meter.ledger._ledger import Ledger
@@ -104,7 +104,7 @@ def prune(
         gone = _prunable(cutoff_us)
         # A horizon only when there is something to remove: else it would say days were
         # pruned that were not (export warns, a zone change is refused, imports skip them).
-        found = conn.execute(select(SpanRow.id).where(*gone).limit(1)).first() is not None
+        found = conn.execute(select(SPANS.c.id).where(*gone).limit(1)).first() is not None
         known = pruned_before(conn)
         if found and (known is None or known < cutoff_us):
             set_meta(conn, "pruned_before", str(cutoff_us))
@@ -113,8 +113,8 @@ def prune(
         if stop():
             return PruneResult(cutoff, removed, before, _size(ledger), 0, stopped=True)
         with ledger.write() as conn:
-            ids = select(SpanRow.id).where(*gone).limit(chunk)
-            done = conn.execute(delete(SpanRow).where(SpanRow.id.in_(ids.scalar_subquery())))
+            ids = select(SPANS.c.id).where(*gone).limit(chunk)
+            done = conn.execute(delete(SPANS).where(SPANS.c.id.in_(ids.scalar_subquery())))
         removed += done.rowcount
         if progress is not None:
             progress(done.rowcount)
@@ -142,11 +142,11 @@ def _prunable(cutoff_us: int) -> list[ColumnElement[bool]]:
     """
     cutoff = from_us(cutoff_us)
     return [
-        SpanRow.started_at < cutoff,
+        SPANS.c.started_at < cutoff,
         or_(
-            SpanRow.ended_at.is_(None),
-            SpanRow.ended_at <= cutoff,
-            SpanRow.started_at < from_us(cutoff_us - DAY_US),
+            SPANS.c.ended_at.is_(None),
+            SPANS.c.ended_at <= cutoff,
+            SPANS.c.started_at < from_us(cutoff_us - DAY_US),
         ),
     ]
 

@@ -28,16 +28,15 @@ from sqlalchemy.exc import DBAPIError
 from ollama_meter.ledger._cells import BIN_COLUMNS, DIMENSIONS, HISTOGRAM_KEY, MEASURES
 from ollama_meter.ledger._types import driver_key
 from ollama_meter.ledger.models import (
+    ROLLUP_BUSY,
+    ROLLUP_BUSY_CELLS,
     ROLLUP_HISTOGRAMS,
-    RollupBusyCellRow,
-    RollupBusyRow,
-    RollupRow,
+    ROLLUPS,
 )
 
-ROLLUPS: Table = RollupRow.__table__  # type: ignore[assignment]
 HISTOGRAMS: Table = ROLLUP_HISTOGRAMS
-BUSY: Table = RollupBusyRow.__table__  # type: ignore[assignment]
-BUSY_CELLS: Table = RollupBusyCellRow.__table__  # type: ignore[assignment]
+BUSY: Table = ROLLUP_BUSY
+BUSY_CELLS: Table = ROLLUP_BUSY_CELLS
 MOST = 2**63 - 1
 """The most a rollup sum holds (a 64-bit integer column): a sum past it stays at it."""
 BUSY_READS = (2, 16, 250)

@@ -1,14 +1,13 @@
-"""The ledger's tables as SQLAlchemy 2.0 models.
+"""The ledger's tables, as SQLAlchemy Core tables in one :data:`METADATA`.
 
-Changing a model needs a new Alembic migration in ``migrations/versions``; a
+Changing a table needs a new Alembic migration in ``migrations/versions``; a
 test compares the two. Released migrations are never edited: fix forward.
-Annotations are objects here, not strings: SQLAlchemy would otherwise evaluate each
-``Mapped[...]`` again while every command starts.
+Every query of the package is Core SQL over these tables, so they are plain ``Table``
+objects, not ORM classes: mapping them loaded ``sqlalchemy.orm`` and configured a mapper
+per table in every command, a sixth of a short command's start-up (``bench/startup.py``).
 """
 
-from datetime import date, datetime
-from decimal import Decimal
-from typing import Any
+from functools import partial
 
 from sqlalchemy import (
     JSON,
@@ -26,7 +25,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ollama_meter.ledger._types import DecimalText, UTCDateTime, UTCMicros
 
@@ -38,139 +36,132 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+METADATA = MetaData(naming_convention=NAMING_CONVENTION)
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+_NotNull = partial(Column, nullable=False)
+"""A column that always holds a value. Core's ``Column`` is nullable unless told (the
+ORM's ``Mapped[...]`` said it), so each column here says which it is."""
+_Nullable = partial(Column, nullable=True)
 
-
-class SpanRow(Base):
-    """One metered call. Columns mirror :class:`ollama_meter.meter.SpanRecord`."""
-
-    __tablename__ = "spans"
-
-    id: Mapped[str] = mapped_column(String(26), primary_key=True)
-    trace_id: Mapped[str] = mapped_column(String(32))
-    span_id: Mapped[str] = mapped_column(String(16))
-    started_at: Mapped[datetime] = mapped_column(UTCMicros())
-    ended_at: Mapped[datetime | None] = mapped_column(UTCMicros())
-    tenant: Mapped[str] = mapped_column(String(64))
-    department: Mapped[str] = mapped_column(String(64))
-    user: Mapped[str | None] = mapped_column(String(128))
-    tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    source: Mapped[str] = mapped_column(String(16))
-    operation: Mapped[str] = mapped_column(String(32))
-    upstream_host: Mapped[str] = mapped_column(String(255))
-    request_model: Mapped[str] = mapped_column(String(255))
-    response_model: Mapped[str | None] = mapped_column(String(255))
-    stream: Mapped[bool] = mapped_column(Boolean)
-    status: Mapped[str] = mapped_column(String(16))
-    error_type: Mapped[str | None] = mapped_column(String(32))
-    error_message: Mapped[str | None] = mapped_column(Text)
-    http_status: Mapped[int | None] = mapped_column(Integer)
-    done_reason: Mapped[str | None] = mapped_column(String(32))
-    input_tokens: Mapped[int] = mapped_column(Integer)
-    output_tokens: Mapped[int] = mapped_column(Integer)
-    token_source: Mapped[str] = mapped_column(String(16))
-    total_duration_ns: Mapped[int | None] = mapped_column(BigInteger)
-    load_duration_ns: Mapped[int | None] = mapped_column(BigInteger)
-    prompt_eval_duration_ns: Mapped[int | None] = mapped_column(BigInteger)
-    eval_duration_ns: Mapped[int | None] = mapped_column(BigInteger)
-    duration_source: Mapped[str | None] = mapped_column(String(16))
-    latency_ns: Mapped[int | None] = mapped_column(BigInteger)
-    ttft_ns: Mapped[int | None] = mapped_column(BigInteger)
-    queue_ns: Mapped[int | None] = mapped_column(BigInteger)
-    cost_tokens: Mapped[int] = mapped_column(BigInteger)
-    cost_compute: Mapped[int] = mapped_column(BigInteger)
-    cost_energy: Mapped[int] = mapped_column(BigInteger)
-    cost_fee: Mapped[int] = mapped_column(BigInteger)
-    cost_total: Mapped[int] = mapped_column(BigInteger)
-    currency: Mapped[str] = mapped_column(String(3))
-    price_rule_id: Mapped[int | None] = mapped_column(Integer)
-    unpriced: Mapped[bool] = mapped_column(Boolean)
-    prompt: Mapped[str | None] = mapped_column(Text)
-    reply: Mapped[str | None] = mapped_column(Text)
-
+SPANS = Table(
+    "spans",
+    METADATA,
+    _NotNull("id", String(26), primary_key=True),
+    _NotNull("trace_id", String(32)),
+    _NotNull("span_id", String(16)),
+    _NotNull("started_at", UTCMicros()),
+    _Nullable("ended_at", UTCMicros()),
+    _NotNull("tenant", String(64)),
+    _NotNull("department", String(64)),
+    _Nullable("user", String(128)),
+    _NotNull("tags", JSON, default=dict),
+    _NotNull("source", String(16)),
+    _NotNull("operation", String(32)),
+    _NotNull("upstream_host", String(255)),
+    _NotNull("request_model", String(255)),
+    _Nullable("response_model", String(255)),
+    _NotNull("stream", Boolean),
+    _NotNull("status", String(16)),
+    _Nullable("error_type", String(32)),
+    _Nullable("error_message", Text),
+    _Nullable("http_status", Integer),
+    _Nullable("done_reason", String(32)),
+    _NotNull("input_tokens", Integer),
+    _NotNull("output_tokens", Integer),
+    _NotNull("token_source", String(16)),
+    _Nullable("total_duration_ns", BigInteger),
+    _Nullable("load_duration_ns", BigInteger),
+    _Nullable("prompt_eval_duration_ns", BigInteger),
+    _Nullable("eval_duration_ns", BigInteger),
+    _Nullable("duration_source", String(16)),
+    _Nullable("latency_ns", BigInteger),
+    _Nullable("ttft_ns", BigInteger),
+    _Nullable("queue_ns", BigInteger),
+    _NotNull("cost_tokens", BigInteger),
+    _NotNull("cost_compute", BigInteger),
+    _NotNull("cost_energy", BigInteger),
+    _NotNull("cost_fee", BigInteger),
+    _NotNull("cost_total", BigInteger),
+    _NotNull("currency", String(3)),
+    _Nullable("price_rule_id", Integer),
+    _NotNull("unpriced", Boolean),
+    _Nullable("prompt", Text),
+    _Nullable("reply", Text),
     # Reports, budgets and chargeback read rollups; raw spans are found by time (export,
     # prune, the open edge) or by id. Nothing else pays for an index on every span.
-    __table_args__ = (Index("ix_spans_started_at", "started_at"),)
+    Index("ix_spans_started_at", "started_at"),
+)
+"""One metered call per row. Columns mirror :class:`ollama_meter.meter.SpanRecord`."""
 
+ROLLUPS = Table(
+    "rollups",
+    METADATA,
+    _NotNull("grain", SmallInteger),
+    _NotNull("start", BigInteger),
+    _NotNull("tenant", String(64)),
+    _NotNull("department", String(64)),
+    _NotNull("user", String(128)),
+    _NotNull("model", String(255)),
+    _NotNull("currency", String(3)),
+    _NotNull("status", String(16)),
+    _NotNull("error_type", String(32)),
+    _NotNull("requests", BigInteger),
+    _NotNull("input_tokens", BigInteger),
+    _NotNull("output_tokens", BigInteger),
+    _NotNull("busy_ns", BigInteger),
+    _NotNull("load_ns", BigInteger),
+    _NotNull("cost_tokens", BigInteger),
+    _NotNull("cost_compute", BigInteger),
+    _NotNull("cost_energy", BigInteger),
+    _NotNull("cost_fee", BigInteger),
+    _NotNull("cost_total", BigInteger),
+    _NotNull("unpriced", BigInteger),
+    _NotNull("unpriced_tokens", BigInteger),
+    _NotNull("cold_loads", BigInteger),
+    _NotNull("cold_load_ns", BigInteger),
+    _NotNull("errors", BigInteger),
+    _NotNull("unpriced_usage", BigInteger),
+    PrimaryKeyConstraint(  # the user right after the cell: the overview rows are one range
+        "grain",
+        "start",
+        "user",
+        "tenant",
+        "department",
+        "model",
+        "currency",
+        "status",
+        "error_type",
+    ),
+    # Rollup tables are their primary key: no rowid beside it, no second copy of the key.
+    sqlite_with_rowid=False,
+)
+"""Sums over the spans that started in one cell: a quarter hour, or a day or month of the ledger's zone.
 
-_KEY = {"sqlite_with_rowid": False}
-"""Rollup tables are their primary key: no rowid beside it, no second copy of the key."""
-
-
-class RollupRow(Base):
-    """Sums over the spans that started in one cell: a quarter hour, or a day or month of the ledger's zone.
-
-    ``grain`` says which (see ``ollama_meter.ledger._cells.Grain``), ``start`` is the
-    cell's first second (Unix time, UTC). ``user`` and ``error_type`` are ``''`` when the
-    spans had none, ``model`` is the answering model (else the requested one), as
-    reports group them. Each row is kept per user, status and error type, and once
-    more summed over all three (they are ``*``): the overview most reads take.
-    ``busy_ns`` is prompt evaluation plus generation; ``unpriced`` counts spans no rule
-    priced, ``unpriced_tokens`` those of them with tokens; ``cold_loads`` counts loads
-    of at least 100 ms; ``errors`` and ``unpriced_usage`` are the calls reports count
-    as errors and as unpriced usage (``ollama_meter.ledger._cells.measures_of``).
-    """
-
-    __tablename__ = "rollups"
-
-    grain: Mapped[int] = mapped_column(SmallInteger)
-    start: Mapped[int] = mapped_column(BigInteger)
-    tenant: Mapped[str] = mapped_column(String(64))
-    department: Mapped[str] = mapped_column(String(64))
-    user: Mapped[str] = mapped_column(String(128))
-    model: Mapped[str] = mapped_column(String(255))
-    currency: Mapped[str] = mapped_column(String(3))
-    status: Mapped[str] = mapped_column(String(16))
-    error_type: Mapped[str] = mapped_column(String(32))
-    requests: Mapped[int] = mapped_column(BigInteger)
-    input_tokens: Mapped[int] = mapped_column(BigInteger)
-    output_tokens: Mapped[int] = mapped_column(BigInteger)
-    busy_ns: Mapped[int] = mapped_column(BigInteger)
-    load_ns: Mapped[int] = mapped_column(BigInteger)
-    cost_tokens: Mapped[int] = mapped_column(BigInteger)
-    cost_compute: Mapped[int] = mapped_column(BigInteger)
-    cost_energy: Mapped[int] = mapped_column(BigInteger)
-    cost_fee: Mapped[int] = mapped_column(BigInteger)
-    cost_total: Mapped[int] = mapped_column(BigInteger)
-    unpriced: Mapped[int] = mapped_column(BigInteger)
-    unpriced_tokens: Mapped[int] = mapped_column(BigInteger)
-    cold_loads: Mapped[int] = mapped_column(BigInteger)
-    cold_load_ns: Mapped[int] = mapped_column(BigInteger)
-    errors: Mapped[int] = mapped_column(BigInteger)
-    unpriced_usage: Mapped[int] = mapped_column(BigInteger)
-
-    __table_args__ = (
-        PrimaryKeyConstraint(  # the user right after the cell: the overview rows are one range
-            "grain",
-            "start",
-            "user",
-            "tenant",
-            "department",
-            "model",
-            "currency",
-            "status",
-            "error_type",
-        ),
-        _KEY,
-    )
-
+``grain`` says which (see ``ollama_meter.ledger._cells.Grain``), ``start`` is the
+cell's first second (Unix time, UTC). ``user`` and ``error_type`` are ``''`` when the
+spans had none, ``model`` is the answering model (else the requested one), as
+reports group them. Each row is kept per user, status and error type, and once
+more summed over all three (they are ``*``): the overview most reads take.
+``busy_ns`` is prompt evaluation plus generation; ``unpriced`` counts spans no rule
+priced, ``unpriced_tokens`` those of them with tokens; ``cold_loads`` counts loads
+of at least 100 ms; ``errors`` and ``unpriced_usage`` are the calls reports count
+as errors and as unpriced usage (``ollama_meter.ledger._cells.measures_of``).
+"""
 
 HISTOGRAM_BINS = 75
 """Bins per decade in ``rollup_histograms`` (see ``ollama_meter.ledger._rollup``)."""
 
 ROLLUP_HISTOGRAMS = Table(
     "rollup_histograms",
-    Base.metadata,
-    Column("grain", SmallInteger, nullable=False),
-    Column("start", BigInteger, nullable=False),
-    Column("tenant", String(64), nullable=False),
-    Column("department", String(64), nullable=False),
-    Column("model", String(255), nullable=False),
-    Column("metric", SmallInteger, nullable=False),
-    Column("decade", SmallInteger, nullable=False),
-    *(Column(f"b{index:02d}", BigInteger, nullable=False) for index in range(HISTOGRAM_BINS)),
+    METADATA,
+    _NotNull("grain", SmallInteger),
+    _NotNull("start", BigInteger),
+    _NotNull("tenant", String(64)),
+    _NotNull("department", String(64)),
+    _NotNull("model", String(255)),
+    _NotNull("metric", SmallInteger),
+    _NotNull("decade", SmallInteger),
+    *(_NotNull(f"b{index:02d}", BigInteger) for index in range(HISTOGRAM_BINS)),
     PrimaryKeyConstraint("grain", "start", "tenant", "department", "model", "metric", "decade"),
     sqlite_with_rowid=False,
 )
@@ -182,192 +173,177 @@ speed or the gateway's queue (``ollama_meter.ledger._cells.Metric``);
 ``decade`` the power of ten the row's 75 bins ``b00`` ... ``b74`` divide.
 """
 
+ROLLUP_BUSY = Table(
+    "rollup_busy",
+    METADATA,
+    _NotNull("start", BigInteger),
+    _NotNull("host", String(255)),
+    _NotNull("intervals", Text),
+    _NotNull("busy_us", BigInteger),
+    _NotNull("calls", BigInteger),
+    PrimaryKeyConstraint("start", "host"),
+    sqlite_with_rowid=False,
+)
+"""One upstream host's busy time in one minute, as the union of its calls' intervals.
 
-class RollupBusyRow(Base):
-    """One upstream host's busy time in one minute, as the union of its calls' intervals.
+``intervals`` lists the merged intervals as ``begin-end`` microsecond offsets from
+``start``, comma-separated; ``busy_us`` is their total length. ``calls`` counts the
+calls that started in the minute on the host (rows from before 0011 count 1). A row
+with no intervals says the host served calls then without being busy (it still adds
+capacity).
+"""
 
-    ``intervals`` lists the merged intervals as ``begin-end`` microsecond offsets from
-    ``start``, comma-separated; ``busy_us`` is their total length. ``calls`` counts the
-    calls that started in the minute on the host (rows from before 0011 count 1). A row
-    with no intervals says the host served calls then without being busy (it still adds
-    capacity).
-    """
+ROLLUP_BUSY_CELLS = Table(
+    "rollup_busy_cells",
+    METADATA,
+    _NotNull("grain", SmallInteger),
+    _NotNull("start", BigInteger),
+    _NotNull("host", String(255)),
+    _NotNull("busy_us", BigInteger),
+    _NotNull("calls", BigInteger),
+    PrimaryKeyConstraint("grain", "start", "host"),
+    sqlite_with_rowid=False,
+)
+"""One host's busy minutes summed over a day or month of the ledger's zone.
 
-    __tablename__ = "rollup_busy"
+``busy_us`` and ``calls`` are the sums of the minutes' (:data:`ROLLUP_BUSY`) whose
+start is in the cell: a host was there in a window when either sum over it is not 0.
+A month or a whole day of busy time is then one row a host, not 1,440 a day.
+"""
 
-    start: Mapped[int] = mapped_column(BigInteger)
-    host: Mapped[str] = mapped_column(String(255))
-    intervals: Mapped[str] = mapped_column(Text)
-    busy_us: Mapped[int] = mapped_column(BigInteger)
-    calls: Mapped[int] = mapped_column(BigInteger)
+LEDGER_META = Table(
+    "ledger_meta",
+    METADATA,
+    _NotNull("key", String(64), primary_key=True),
+    _NotNull("value", String(255)),
+)
+"""Facts about the ledger itself: where raw spans were pruned, whether rollups need a rebuild."""
 
-    __table_args__ = (PrimaryKeyConstraint("start", "host"), _KEY)
-
-
-class RollupBusyCellRow(Base):
-    """One host's busy minutes summed over a day or month of the ledger's zone.
-
-    ``busy_us`` and ``calls`` are the sums of the minutes' (:class:`RollupBusyRow`) whose
-    start is in the cell: a host was there in a window when either sum over it is not 0.
-    A month or a whole day of busy time is then one row a host, not 1,440 a day.
-    """
-
-    __tablename__ = "rollup_busy_cells"
-
-    grain: Mapped[int] = mapped_column(SmallInteger)
-    start: Mapped[int] = mapped_column(BigInteger)
-    host: Mapped[str] = mapped_column(String(255))
-    busy_us: Mapped[int] = mapped_column(BigInteger)
-    calls: Mapped[int] = mapped_column(BigInteger)
-
-    __table_args__ = (PrimaryKeyConstraint("grain", "start", "host"), _KEY)
-
-
-class LedgerMetaRow(Base):
-    """Facts about the ledger itself: where raw spans were pruned, whether rollups need a rebuild."""
-
-    __tablename__ = "ledger_meta"
-
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(String(255))
-
-
-class PriceRuleRow(Base):
-    """A price rule (see :class:`ollama_meter.pricing.PriceRule`)."""
-
-    __tablename__ = "price_rules"
+PRICE_RULES = Table(
+    "price_rules",
+    METADATA,
+    _NotNull("id", Integer, primary_key=True, autoincrement=True),
+    _NotNull("pattern", String(255)),
+    _NotNull("currency", String(3)),
+    _Nullable("input_per_1m", DecimalText()),
+    _Nullable("output_per_1m", DecimalText()),
+    _Nullable("gpu_hour", DecimalText()),
+    _Nullable("watts", DecimalText()),
+    _Nullable("kwh_price", DecimalText()),
+    _Nullable("per_request", DecimalText()),
+    _Nullable("fee_per_1m", DecimalText()),
+    _NotNull("charge_load", Boolean, default=False),
+    _Nullable("effective_from", Date),
+    _Nullable("effective_until", Date),
+    _NotNull("source", String(512), default="cli"),
+    _Nullable("source_digest", String(64)),
+    _NotNull("created_at", UTCDateTime()),
     # Never reuse a removed rule's id on SQLite: the spans it priced keep naming it.
-    __table_args__ = ({"sqlite_autoincrement": True},)
+    sqlite_autoincrement=True,
+)
+"""Price rules (see :class:`ollama_meter.pricing.PriceRule`)."""
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    pattern: Mapped[str] = mapped_column(String(255))
-    currency: Mapped[str] = mapped_column(String(3))
-    input_per_1m: Mapped[Decimal | None] = mapped_column(DecimalText())
-    output_per_1m: Mapped[Decimal | None] = mapped_column(DecimalText())
-    gpu_hour: Mapped[Decimal | None] = mapped_column(DecimalText())
-    watts: Mapped[Decimal | None] = mapped_column(DecimalText())
-    kwh_price: Mapped[Decimal | None] = mapped_column(DecimalText())
-    per_request: Mapped[Decimal | None] = mapped_column(DecimalText())
-    fee_per_1m: Mapped[Decimal | None] = mapped_column(DecimalText())
-    charge_load: Mapped[bool] = mapped_column(Boolean, default=False)
-    effective_from: Mapped[date | None] = mapped_column(Date)
-    effective_until: Mapped[date | None] = mapped_column(Date)
-    source: Mapped[str] = mapped_column(String(512), default="cli")
-    source_digest: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-
-class BudgetRow(Base):
-    """A spending cap on a tenant (``department`` None) or one of its departments.
-
-    ``tenant`` ``*`` means "each tenant's department" (budgets from
-    ``DEPARTMENT_BUDGETS``): every tenant gets its own allowance.
-    """
-
-    __tablename__ = "budgets"
+BUDGETS = Table(
+    "budgets",
+    METADATA,
+    _NotNull("id", Integer, primary_key=True, autoincrement=True),
+    _NotNull("tenant", String(64)),
+    _Nullable("department", String(64)),
+    _NotNull("period", String(8)),
+    _NotNull("limit_micros", BigInteger),
+    _NotNull("currency", String(3)),
+    _NotNull("hard", Boolean),
+    _NotNull("thresholds", String(64)),
+    _NotNull("source", String(16)),
+    _NotNull("created_at", UTCDateTime()),
     # Never reuse a removed budget's id on SQLite: its alerts and leases hang on it.
-    __table_args__ = ({"sqlite_autoincrement": True},)
+    sqlite_autoincrement=True,
+)
+"""Spending caps, each on a tenant (``department`` NULL) or one of its departments.
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    tenant: Mapped[str] = mapped_column(String(64))
-    department: Mapped[str | None] = mapped_column(String(64))
-    period: Mapped[str] = mapped_column(String(8))
-    limit_micros: Mapped[int] = mapped_column(BigInteger)
-    currency: Mapped[str] = mapped_column(String(3))
-    hard: Mapped[bool] = mapped_column(Boolean)
-    thresholds: Mapped[str] = mapped_column(String(64))
-    source: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+``tenant`` ``*`` means "each tenant's department" (budgets from
+``DEPARTMENT_BUDGETS``): every tenant gets its own allowance.
+"""
 
+BUDGET_RESERVATIONS = Table(
+    "budget_reservations",
+    METADATA,
+    _NotNull("id", String(26), primary_key=True),
+    _NotNull("budget_id", Integer, primary_key=True),
+    _NotNull("tenant", String(64)),
+    _NotNull("period_start", UTCDateTime()),
+    _NotNull("amount_micros", BigInteger),
+    _NotNull("expires_at", UTCDateTime()),
+    Index("ix_budget_reservations_budget_id", "budget_id", "tenant", "period_start"),
+)
+"""Money set aside for a call in flight; gone when settled, ignored once expired."""
 
-class ReservationRow(Base):
-    """Money set aside for a call in flight; gone when settled, ignored once expired."""
+BUDGET_ALERTS = Table(
+    "budget_alerts",
+    METADATA,
+    _NotNull("id", Integer, primary_key=True, autoincrement=True),
+    _NotNull("budget_id", Integer),
+    _NotNull("tenant", String(64)),
+    _Nullable("department", String(64)),
+    _NotNull("period", String(8)),
+    _NotNull("period_start", UTCDateTime()),
+    _NotNull("period_label", String(16)),
+    _NotNull("threshold", Integer),
+    _NotNull("spent_micros", BigInteger),
+    _NotNull("limit_micros", BigInteger),
+    _NotNull("currency", String(3)),
+    _NotNull("fired_at", UTCDateTime()),
+    _NotNull("deliveries", JSON, default=dict),
+    _NotNull("delivered", Boolean),
+    _NotNull("attempts", Integer),
+    # While in the future, a process is delivering the alert: no other sends it meanwhile.
+    _Nullable("claimed_until", UTCDateTime()),
+    _NotNull("kind", String(16), server_default="threshold"),
+    # A refusal's: the most the refused call could cost.
+    _Nullable("call_bound_micros", BigInteger),
+    UniqueConstraint("budget_id", "tenant", "period_start", "kind", "threshold"),
+)
+"""Thresholds crossed, each once per budget, tenant, period and threshold, or calls a hard
+budget refused (``kind`` ``refused``: once per budget, tenant, period and the highest
+threshold the spend had reached then, 0 for none); and where each went."""
 
-    __tablename__ = "budget_reservations"
+API_KEYS = Table(
+    "api_keys",
+    METADATA,
+    _NotNull("id", Integer, primary_key=True, autoincrement=True),
+    _NotNull("name", String(64)),
+    _NotNull("tenant", String(64)),
+    _NotNull("department", String(64)),
+    _NotNull("prefix", String(16)),
+    _NotNull("key_hash", String(64)),
+    _NotNull("created_at", UTCDateTime()),
+    _Nullable("revoked_at", UTCDateTime()),
+    # The one user this key's calls are charged to, whatever a header says.
+    _Nullable("user", String(128)),
+    # Comma-separated users this key may name in ``X-Ometer-User`` (names have no commas).
+    _Nullable("allowed_users", Text()),
+    Index("ix_api_keys_prefix", "prefix"),
+)
+"""Gateway keys: only each key's SHA-256 is kept; the prefix finds it without a scan."""
 
-    id: Mapped[str] = mapped_column(String(26), primary_key=True)
-    budget_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    tenant: Mapped[str] = mapped_column(String(64))
-    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
-    amount_micros: Mapped[int] = mapped_column(BigInteger)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+LIMITS = Table(
+    "limits",
+    METADATA,
+    _NotNull("tenant", String(64)),
+    _NotNull("department", String(64)),
+    _NotNull("key_id", Integer),
+    _Nullable("rpm", Integer),
+    _Nullable("tpm", BigInteger),
+    _Nullable("concurrency", Integer),
+    _Nullable("weight", Integer),
+    _NotNull("updated_at", UTCDateTime()),
+    PrimaryKeyConstraint("tenant", "department", "key_id"),
+)
+"""How fast and how much one tenant, department or API key may call, and its share.
 
-    __table_args__ = (
-        Index("ix_budget_reservations_budget_id", "budget_id", "tenant", "period_start"),
-    )
-
-
-class AlertRow(Base):
-    """A threshold crossed, once per budget, tenant, period and threshold, or a call a hard
-    budget refused (``kind`` ``refused``: once per budget, tenant, period and the highest
-    threshold the spend had reached then, 0 for none); and where it went."""
-
-    __tablename__ = "budget_alerts"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    budget_id: Mapped[int] = mapped_column(Integer)
-    tenant: Mapped[str] = mapped_column(String(64))
-    department: Mapped[str | None] = mapped_column(String(64))
-    period: Mapped[str] = mapped_column(String(8))
-    period_start: Mapped[datetime] = mapped_column(UTCDateTime())
-    period_label: Mapped[str] = mapped_column(String(16))
-    threshold: Mapped[int] = mapped_column(Integer)
-    spent_micros: Mapped[int] = mapped_column(BigInteger)
-    limit_micros: Mapped[int] = mapped_column(BigInteger)
-    currency: Mapped[str] = mapped_column(String(3))
-    fired_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    deliveries: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    delivered: Mapped[bool] = mapped_column(Boolean)
-    attempts: Mapped[int] = mapped_column(Integer)
-    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
-    """While in the future, a process is delivering the alert: no other sends it meanwhile."""
-    kind: Mapped[str] = mapped_column(String(16), server_default="threshold")
-    call_bound_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    """A refusal's: the most the refused call could cost."""
-
-    __table_args__ = (UniqueConstraint("budget_id", "tenant", "period_start", "kind", "threshold"),)
-
-
-class ApiKeyRow(Base):
-    """A gateway key: only its SHA-256 is kept; the prefix finds it without a scan."""
-
-    __tablename__ = "api_keys"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(64))
-    tenant: Mapped[str] = mapped_column(String(64))
-    department: Mapped[str] = mapped_column(String(64))
-    prefix: Mapped[str] = mapped_column(String(16))
-    key_hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    user: Mapped[str | None] = mapped_column(String(128))
-    """The one user this key's calls are charged to, whatever a header says."""
-    allowed_users: Mapped[str | None] = mapped_column(Text())
-    """Comma-separated users this key may name in ``X-Ometer-User`` (names have no commas)."""
-
-    __table_args__ = (Index("ix_api_keys_prefix", "prefix"),)
-
-
-class LimitRow(Base):
-    """How fast and how much one tenant, department or API key may call, and its share.
-
-    ``department`` is ``''`` for a limit on the whole tenant; ``key_id`` is 0 except for
-    a key's own limits (which keep the key's tenant and department, for reading). Any of
-    ``rpm`` (calls per minute), ``tpm`` (tokens per minute), ``concurrency`` (calls
-    holding a slot at once) and ``weight`` (the share of slots when calls queue) may be
-    NULL: not limited, or the default weight 1.
-    """
-
-    __tablename__ = "limits"
-
-    tenant: Mapped[str] = mapped_column(String(64))
-    department: Mapped[str] = mapped_column(String(64))
-    key_id: Mapped[int] = mapped_column(Integer)
-    rpm: Mapped[int | None] = mapped_column(Integer)
-    tpm: Mapped[int | None] = mapped_column(BigInteger)
-    concurrency: Mapped[int | None] = mapped_column(Integer)
-    weight: Mapped[int | None] = mapped_column(Integer)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-
-    __table_args__ = (PrimaryKeyConstraint("tenant", "department", "key_id"),)
+``department`` is ``''`` for a limit on the whole tenant; ``key_id`` is 0 except for
+a key's own limits (which keep the key's tenant and department, for reading). Any of
+``rpm`` (calls per minute), ``tpm`` (tokens per minute), ``concurrency`` (calls
+holding a slot at once) and ``weight`` (the share of slots when calls queue) may be
+NULL: not limited, or the default weight 1.
+"""

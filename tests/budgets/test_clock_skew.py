@@ -20,7 +20,7 @@ from ollama_meter.budgets import Budget, BudgetGate, Estimate
 from ollama_meter.budgets._leases import RESERVATION_TTL
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import Ledger, _budgets as tables
-from ollama_meter.ledger.models import AlertRow, ReservationRow
+from ollama_meter.ledger.models import BUDGET_ALERTS, BUDGET_RESERVATIONS
 from ollama_meter.periods import current_period
 from ollama_meter.records import Alert
 from tests.conftest import _fresh_pg_database
@@ -74,7 +74,7 @@ def test_a_lease_holds_for_its_ttl_by_the_servers_clock_whatever_the_hosts_clock
     after = _server_clock(pg_ledger)
     with pg_ledger.read() as conn:
         (expires_at,) = conn.execute(
-            select(ReservationRow.expires_at).where(ReservationRow.tenant == tenant)
+            select(BUDGET_RESERVATIONS.c.expires_at).where(BUDGET_RESERVATIONS.c.tenant == tenant)
         ).one()
     assert before + RESERVATION_TTL <= expires_at <= after + RESERVATION_TTL
     with pytest.raises(BudgetExceeded):
@@ -82,7 +82,9 @@ def test_a_lease_holds_for_its_ttl_by_the_servers_clock_whatever_the_hosts_clock
     fits = _admit(asker, tenant, "fits", LIMIT - bound, asker_now)
     with pg_ledger.read() as conn:
         rows = conn.execute(
-            select(ReservationRow.amount_micros).where(ReservationRow.tenant == tenant)
+            select(BUDGET_RESERVATIONS.c.amount_micros).where(
+                BUDGET_RESERVATIONS.c.tenant == tenant
+            )
         ).scalars()
         assert sorted(rows) == sorted([bound, LIMIT - bound])  # the holder's row is still there
     for gate, reservation in ((holder, held), (asker, fits)):
@@ -112,7 +114,9 @@ def test_an_alert_claim_holds_its_seconds_by_the_servers_clock(
         assert tables.claim_attempt(conn, alert_id, first, first + claim) is not None
     after = _server_clock(pg_ledger)
     with pg_ledger.read() as conn:
-        (until,) = conn.execute(select(AlertRow.claimed_until).where(AlertRow.id == alert_id)).one()
+        (until,) = conn.execute(
+            select(BUDGET_ALERTS.c.claimed_until).where(BUDGET_ALERTS.c.id == alert_id)
+        ).one()
     assert before + claim <= until <= after + claim
     with pg_ledger.write() as conn:
         assert tables.claim_attempt(conn, alert_id, second, second + claim) is None

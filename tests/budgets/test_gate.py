@@ -773,10 +773,12 @@ def _expires_at(ledger: Any) -> datetime:
     PostgreSQL (where waiting for a renewal past it takes real time)."""
     from sqlalchemy import func, select
 
-    from ollama_meter.ledger.models import ReservationRow
+    from ollama_meter.ledger.models import BUDGET_RESERVATIONS
 
     with ledger.read() as conn:
-        expires_at: datetime = conn.execute(select(func.max(ReservationRow.expires_at))).one()[0]
+        expires_at: datetime = conn.execute(
+            select(func.max(BUDGET_RESERVATIONS.c.expires_at))
+        ).one()[0]
         return expires_at
 
 

@@ -17,7 +17,7 @@ from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets import Budget, BudgetGate, Estimate
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import Ledger
-from ollama_meter.ledger.models import ReservationRow
+from ollama_meter.ledger.models import BUDGET_RESERVATIONS
 from ollama_meter.records import LeaseKey
 
 NOV = datetime(2026, 11, 10, 12, tzinfo=UTC)
@@ -144,7 +144,7 @@ def test_money_of_a_span_not_yet_in_the_ledger_stays_held_while_the_gateway_is_q
     mine.settle(spooled, recorded=False)  # its span is in the spool, not in the ledger
     later = NOV + 2 * ttl
     with ledger.read() as conn:  # by the ledger's clock: the test's on SQLite, else the server's
-        written = conn.execute(select(func.max(ReservationRow.expires_at))).one()[0]
+        written = conn.execute(select(func.max(BUDGET_RESERVATIONS.c.expires_at))).one()[0]
     # Renewed past the moment it would have expired.
     _until(lambda: _held(ledger, sales, written + ttl) == BOUND.amount, "kept")
     with pytest.raises(BudgetExceeded):

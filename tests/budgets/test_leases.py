@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from ollama_meter.budgets import Budget, BudgetGate, Estimate
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import Ledger, SpanFilter
-from ollama_meter.ledger.models import ReservationRow
+from ollama_meter.ledger.models import BUDGET_RESERVATIONS
 from ollama_meter.meter._request import facts_of
 from ollama_meter.records import new_span_row_id
 from ollama_meter.testing import OllamaEmulator, expected_counts
@@ -45,7 +45,7 @@ def cap(gateway: Gateway, limit: int) -> Budget:
 
 def held(gateway: Gateway) -> int:
     with gateway.ledger.read() as conn:
-        return int(conn.execute(select(func.count()).select_from(ReservationRow)).scalar_one())
+        return int(conn.execute(select(func.count()).select_from(BUDGET_RESERVATIONS)).scalar_one())
 
 
 def test_the_bound_in_the_tests_is_what_the_meter_reserves() -> None:

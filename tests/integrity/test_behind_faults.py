@@ -23,7 +23,7 @@ from ollama_meter.budgets import Budget
 from ollama_meter.config import load_settings
 from ollama_meter.ledger import Ledger, SpanFilter, _journal
 from ollama_meter.ledger._journal import Journal
-from ollama_meter.ledger.models import ReservationRow
+from ollama_meter.ledger.models import BUDGET_RESERVATIONS
 from ollama_meter.meter import Meter, _behind
 from ollama_meter.meter._behind import WriteBehind
 from ollama_meter.meter._recovery import recover_interrupted
@@ -59,7 +59,7 @@ def tracing(hook: Callable[..., Any], *, threads: bool = False) -> Iterator[None
 def leases(ledger: Ledger) -> int:
     """Budget lease rows in the ledger: what processes hold."""
     with ledger.read() as conn:
-        return int(conn.execute(select(func.count()).select_from(ReservationRow)).scalar_one())
+        return int(conn.execute(select(func.count()).select_from(BUDGET_RESERVATIONS)).scalar_one())
 
 
 def _as_dead(writer: Journal, ledger: Ledger, name: str) -> Path:

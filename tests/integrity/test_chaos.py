@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import Ledger, rebuild
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.periods import parse_period
 from ollama_meter.reports import chargeback, spend_report, to_csv
 from ollama_meter.testing import OllamaEmulator, expected_counts
@@ -188,8 +188,8 @@ def test_a_gateway_a_killed_writer_and_upkeep_at_once_keep_every_invariant(
         spans = {
             row.id: row
             for row in conn.execute(
-                select(SpanRow.id, SpanRow.user, SpanRow.department, SpanRow.status,
-                       SpanRow.cost_total, SpanRow.started_at, SpanRow.request_model)
+                select(SPANS.c.id, SPANS.c.user, SPANS.c.department, SPANS.c.status,
+                       SPANS.c.cost_total, SPANS.c.started_at, SPANS.c.request_model)
             )
         }  # fmt: skip
     by_user = Counter(row.user for row in spans.values())

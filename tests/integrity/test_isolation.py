@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger._spans import row_to_span, select_spans
 from ollama_meter.ledger._spool import encode_span
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.meter import GroupCommitWriter, Stored
 from ollama_meter.records import TEXT_LIMITS, make_storable
 from ollama_meter.testing import OllamaEmulator
@@ -62,9 +62,9 @@ def test_any_span_becomes_storable(
 
 
 def test_the_text_limits_are_the_columns(db_url: str) -> None:
-    from ollama_meter.ledger.models import SpanRow
+    from ollama_meter.ledger.models import SPANS
 
-    columns = SpanRow.__table__.c
+    columns = SPANS.c
     for name, limit in TEXT_LIMITS.items():
         length = getattr(columns[name].type, "length", None)
         assert length in (limit, None), name  # Text columns have no length: ours is a cap
@@ -264,7 +264,7 @@ def test_a_spool_line_is_stored_as_written_or_set_aside(
     # all made the examples slower as they went).
     wanted = [s.id for s in good] + ([row["id"]] if isinstance(row.get("id"), str) else [])
     with ledger.read() as conn:
-        found = conn.execute(select_spans().where(SpanRow.id.in_(wanted)))
+        found = conn.execute(select_spans().where(SPANS.c.id.in_(wanted)))
         stored = {s.id: s for s in map(row_to_span, found)}
     assert {s.id for s in good} <= stored.keys()
     kept = ledger.spool.quarantine_dir / f"{path.name}.unreadable"

@@ -19,7 +19,7 @@ from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger._journal import _OPEN_FIELDS
 from ollama_meter.ledger._spans import row_to_span, select_spans
 from ollama_meter.ledger._spool import span_json
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.pricing import PriceBook
 from tests.factories import make_span
@@ -80,7 +80,7 @@ def test_a_journal_line_is_recorded_as_noted_or_kept_aside(
     # all made the examples slower as they went).
     wanted = [good["o"]["id"]] + ([row["id"]] if isinstance(row.get("id"), str) else [])
     with ledger.read() as conn:
-        found = conn.execute(select_spans().where(SpanRow.id.in_(wanted)))
+        found = conn.execute(select_spans().where(SPANS.c.id.in_(wanted)))
         stored = {s.id: s for s in map(row_to_span, found)}
     assert good["o"]["id"] in stored
     kept = ledger.spool.quarantine_dir / f"{path.name}.unreadable"

@@ -554,13 +554,13 @@ def test_a_price_rule_an_older_ometer_kept_with_a_final_newline_still_reads(db_u
     refuses it, and reading it back must not make every price lookup fail."""
     from sqlalchemy import update
 
-    from ollama_meter.ledger.models import PriceRuleRow
+    from ollama_meter.ledger.models import PRICE_RULES
     from tests.factories import token_prices
 
     ledger = Ledger(db_url)
     rule = ledger.add_price_rule(token_prices("llama3"))
     with ledger.write() as conn:  # as the older meter stored it
-        conn.execute(update(PriceRuleRow).values(pattern="llama3\n"))
+        conn.execute(update(PRICE_RULES).values(pattern="llama3\n"))
     [read] = ledger.price_rules()
     assert read.pattern == "llama3" and read.id == rule.id
 

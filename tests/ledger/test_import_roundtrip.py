@@ -14,7 +14,7 @@ from sqlalchemy import delete
 from ollama_meter.ledger import Ledger, export_lines, import_lines
 from ollama_meter.ledger._meta import set_meta
 from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.meter import SpanRecord, new_span_row_id
 from ollama_meter.records import NO_HOST
 from tests.factories import make_span
@@ -82,7 +82,7 @@ def _answers(cli: Any, url: str) -> list[tuple[int, str]]:
 def _emptied(url: str) -> None:
     ledger = Ledger(url)
     with ledger.write() as conn:
-        for table in (SpanRow.__table__, ROLLUPS, HISTOGRAMS, BUSY, BUSY_CELLS):
+        for table in (SPANS, ROLLUPS, HISTOGRAMS, BUSY, BUSY_CELLS):
             conn.execute(delete(table))
         for key in ("zone", "pruned_before", "rollups", "rebuilding"):
             set_meta(conn, key, None)

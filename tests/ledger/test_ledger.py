@@ -20,7 +20,7 @@ from sqlalchemy import inspect
 
 from ollama_meter.errors import LedgerError, PricingError
 from ollama_meter.ledger import HEAD_REVISION, Ledger, SpanFilter, current_revision
-from ollama_meter.ledger.models import Base
+from ollama_meter.ledger.models import METADATA
 from ollama_meter.meter import GroupCommitWriter
 from ollama_meter.pricing import PriceRule
 from ollama_meter.records import SpanRecord, Stored
@@ -56,7 +56,7 @@ def test_first_use_migrates_and_models_match_migrations(db_url: str) -> None:
     )
     with ledger.engine.connect() as conn:
         diff = compare_metadata(
-            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+            MigrationContext.configure(conn, opts={"compare_type": True}), METADATA
         )
     assert diff == []
     # opening again is a no-op
@@ -482,7 +482,7 @@ def test_the_fast_span_insert_stores_what_the_core_insert_stores(db_url: str) ->
 
     from sqlalchemy import insert, text
 
-    from ollama_meter.ledger.models import SpanRow
+    from ollama_meter.ledger.models import SPANS
     from ollama_meter.records import new_span_row_id
 
     ledger = Ledger(db_url)
@@ -500,7 +500,7 @@ def test_the_fast_span_insert_stores_what_the_core_insert_stores(db_url: str) ->
     core = replace(full, id=new_span_row_id())
     ledger.record([full])  # the fast path
     with ledger.write() as conn:
-        conn.execute(insert(SpanRow.__table__), [core.as_row()])
+        conn.execute(insert(SPANS), [core.as_row()])
     with ledger.read() as conn:
         rows = {
             row[0]: tuple(row[1:])
@@ -632,7 +632,7 @@ def test_0010_overview_rows_fold_the_status_and_come_back_the_same_after_a_round
     every row as it was."""
     from sqlalchemy import text
 
-    from ollama_meter.ledger.models import RollupRow
+    from ollama_meter.ledger.models import ROLLUPS
 
     def key() -> list[str]:
         return inspect(ledger.engine).get_pk_constraint("rollups")["constrained_columns"]
@@ -642,7 +642,7 @@ def test_0010_overview_rows_fold_the_status_and_come_back_the_same_after_a_round
             return sorted(conn.execute(text(f"SELECT * FROM rollups WHERE {where}")).all())
 
     ledger = Ledger(db_url)
-    model_key = [c.name for c in RollupRow.__table__.primary_key.columns]
+    model_key = [c.name for c in ROLLUPS.primary_key.columns]
     assert model_key[:3] == ["grain", "start", "user"] and key() == model_key
     failed = {"status": "error", "error_type": "timeout", "output_tokens": 0}
     nothing = {"input_tokens": 0, "output_tokens": 0}

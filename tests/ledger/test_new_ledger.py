@@ -11,7 +11,7 @@ from sqlalchemy import Engine, inspect, text
 from ollama_meter.ledger import HEAD_REVISION, Ledger, current_revision, upgrade
 from ollama_meter.ledger._engine import create_ledger_engine
 from ollama_meter.ledger._rebuild import build_if_stale
-from ollama_meter.ledger.models import Base
+from ollama_meter.ledger.models import METADATA
 from tests.conftest import _fresh_pg_database
 
 
@@ -75,7 +75,7 @@ def test_a_new_ledger_is_made_at_head_exactly_as_every_migration_in_turn_makes_i
         busy = old["rollup_busy"][0]
         busy[busy.index(("calls", "BIGINT", False, "'1'"))] = ("calls", "BIGINT", False, "None")
     assert _schema(made.engine) == old
-    assert set(inspect(made.engine).get_table_names()) == {*Base.metadata.tables, "alembic_version"}
+    assert set(inspect(made.engine).get_table_names()) == {*METADATA.tables, "alembic_version"}
 
 
 def test_a_database_that_holds_anything_is_not_made_a_ledger_over_it(sqlite_url: str) -> None:

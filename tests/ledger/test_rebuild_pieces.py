@@ -28,7 +28,7 @@ from ollama_meter.ledger._correct import PASS, PIECE_ROWS
 from ollama_meter.ledger._meta import get_meta
 from ollama_meter.ledger._rebuild import STOPPED
 from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.meter import SpanRecord
 from ollama_meter.records import NO_HOST
 from tests.factories import make_span
@@ -157,7 +157,7 @@ def test_a_month_whose_days_lost_every_call_is_summed_again(db_url: str, tmp_pat
     ledger.record([*kept, _call(0), _call(60, busy_s=50, host=1)])
     november = int(DAY.replace(day=1).timestamp())
     with ledger.write() as conn:  # as the stopped rebuild left November: its month rows only
-        conn.execute(delete(SpanRow).where(SpanRow.id.not_in([s.id for s in kept])))
+        conn.execute(delete(SPANS).where(SPANS.c.id.not_in([s.id for s in kept])))
         conn.execute(BUSY.delete().where(BUSY.c.start >= november))
         for table in (ROLLUPS, HISTOGRAMS, BUSY_CELLS):
             month = table.c.grain == int(Grain.MONTH)
@@ -225,7 +225,7 @@ def test_spans_written_during_a_rebuild_are_counted_once(
     reference = Ledger(f"sqlite:///{tmp_path / 'reference.db'}", zone="Europe/Berlin")
     for each in (ledger, reference):  # hypothesis runs the example again on the same ledgers
         with each.write() as conn:
-            conn.execute(delete(SpanRow))
+            conn.execute(delete(SPANS))
         _without_rollups(each)
     ledger.record(spans)
     kept = spans[1::2] if state.startswith("spans") else spans
@@ -237,7 +237,7 @@ def test_spans_written_during_a_rebuild_are_counted_once(
                 conn.execute(table.delete().where(table.c.start % 3 == 0))
     elif state == "spans removed by hand":  # their cells stay, with nothing to build them from
         with ledger.write() as conn:
-            conn.execute(delete(SpanRow).where(SpanRow.id.not_in([s.id for s in kept])))
+            conn.execute(delete(SPANS).where(SPANS.c.id.not_in([s.id for s in kept])))
     written = list(kept)
     begun = 0
 

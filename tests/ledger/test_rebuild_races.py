@@ -24,7 +24,7 @@ from ollama_meter.ledger import Ledger, import_lines, prune, rebuild
 from ollama_meter.ledger._jsonl import span_to_dict
 from ollama_meter.ledger._meta import pruned_before, set_meta, zone_name
 from ollama_meter.ledger._spans import row_to_span, select_spans
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.meter import SpanRecord, new_span_row_id, reprice
 from ollama_meter.pricing import PriceBook
 from ollama_meter.records import MAX_CALL_COST, MAX_DURATION_NS, MAX_TOKENS
@@ -101,7 +101,7 @@ def test_a_rebuild_racing_any_command_ends_as_the_spans_say(
     reads, its spans' or its cells'."""
     ledger = Ledger(db_url, zone="Europe/Berlin")
     with ledger.write() as conn:  # hypothesis runs the example again on the same ledger
-        conn.execute(delete(SpanRow))
+        conn.execute(delete(SPANS))
         for key in ("zone", "pruned_before", "rollups", "rebuilding"):
             set_meta(conn, key, None)
     _without_rollups(ledger)
@@ -133,7 +133,7 @@ def _race(
                 conn.execute(table.delete().where(table.c.start % 3 == 0))
     elif state == "spans removed by hand":
         with ledger.write() as conn:
-            conn.execute(delete(SpanRow).where(SpanRow.id.in_([s.id for s in spans[::2]])))
+            conn.execute(delete(SPANS).where(SPANS.c.id.in_([s.id for s in spans[::2]])))
         truth = _spans_now(ledger)
     broken = state != "kept"
     begun = 0
@@ -291,7 +291,7 @@ def test_calls_at_midnights_month_ends_and_clock_changes_are_rebuilt_exactly(
     span keeps no row."""
     ledger = Ledger(db_url)
     with ledger.write() as conn:
-        conn.execute(delete(SpanRow))
+        conn.execute(delete(SPANS))
         for key in ("zone", "pruned_before", "rollups", "rebuilding"):
             set_meta(conn, key, None)
     _without_rollups(ledger)
@@ -307,7 +307,7 @@ def test_calls_at_midnights_month_ends_and_clock_changes_are_rebuilt_exactly(
                     conn.execute(table.delete().where(table.c.start % 2 == 0))
         else:  # their days keep rows, with no span left to build them from
             with ledger.write() as conn:
-                conn.execute(delete(SpanRow).where(SpanRow.id.in_([s.id for s in spans[::2]])))
+                conn.execute(delete(SPANS).where(SPANS.c.id.in_([s.id for s in spans[::2]])))
         begun = 0
 
         def meanwhile(_conn: Any) -> None:
@@ -347,11 +347,11 @@ def test_a_call_written_while_a_stale_cell_at_the_cap_is_corrected_keeps_its_cos
         ledger = Ledger(db_url, zone="Europe/Berlin")
         writer = Ledger(db_url, zone="Europe/Berlin")
         with ledger.write() as conn:
-            conn.execute(delete(SpanRow))
+            conn.execute(delete(SPANS))
         _without_rollups(ledger)
         ledger.record(calls)
         with ledger.write() as conn:
-            conn.execute(delete(SpanRow).where(SpanRow.id.in_([s.id for s in calls[:10]])))
+            conn.execute(delete(SPANS).where(SPANS.c.id.in_([s.id for s in calls[:10]])))
         begun = [at]
 
         def meanwhile(_conn: Any, begun: list[int] = begun, writer: Ledger = writer) -> None:

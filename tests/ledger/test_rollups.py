@@ -55,7 +55,7 @@ from ollama_meter.ledger._rollup import (
 from ollama_meter.ledger._timings import aggregate_histograms, busy_union
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger._upserts import HISTOGRAM_ROW_KEY, Statements, upsert
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.meter import SpanRecord
 from ollama_meter.periods import bucket_bounds, parse_period
 from ollama_meter.records import GROUPS, NO_HOST
@@ -140,7 +140,7 @@ def ledger_contents(draw: st.DrawFn) -> tuple[list[SpanRecord], list[list[SpanRe
 
 def _wipe(ledger: Ledger) -> None:
     with ledger.write() as conn:
-        for table in (SpanRow.__table__, ROLLUPS, HISTOGRAMS, BUSY, BUSY_CELLS):
+        for table in (SPANS, ROLLUPS, HISTOGRAMS, BUSY, BUSY_CELLS):
             conn.execute(delete(table))
         conn.execute(delete(META).where(META.c.key.in_(["pruned_before", "zone"])))
 
@@ -739,7 +739,7 @@ def test_busy_rows_an_import_left_for_no_host_are_no_host_of_capacity(ledger: Le
     )  # fmt: skip
     _fill(ledger, [[served, refused]], ZoneInfo("UTC"))
     with ledger.write() as conn:  # as such an import left them
-        conn.execute(update(SpanRow).where(SpanRow.id == refused.id).values(upstream_host=""))
+        conn.execute(update(SPANS).where(SPANS.c.id == refused.id).values(upstream_host=""))
         for table in (BUSY, BUSY_CELLS):
             conn.execute(update(table).where(table.c.host == "http://gpu2:11434").values(host=""))
     with ledger.read() as conn:

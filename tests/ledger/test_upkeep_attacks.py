@@ -32,7 +32,7 @@ from ollama_meter.ledger import (
 )
 from ollama_meter.ledger._meta import set_meta
 from ollama_meter.ledger._rollup import BUSY, BUSY_CELLS, HISTOGRAMS, ROLLUPS
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import SpanRecord
 from tests._tmpfs import small_tmpfs
 from tests.factories import make_span, token_prices
@@ -256,7 +256,7 @@ def test_a_prune_told_to_stop_stops_between_pieces_and_the_next_one_goes_on(
     pruned months do not move, and the next prune removes the rest."""
     ledger = Ledger(db_url)
     with ledger.write() as conn:
-        conn.execute(delete(SpanRow))
+        conn.execute(delete(SPANS))
         for table in (ROLLUPS, HISTOGRAMS, BUSY, BUSY_CELLS):
             conn.execute(delete(table))
         set_meta(conn, "pruned_before", None)

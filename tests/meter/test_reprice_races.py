@@ -18,7 +18,7 @@ from hypothesis import given, settings, strategies as st
 from sqlalchemy import event, func, select
 
 from ollama_meter.ledger import Ledger, SpanFilter, prune, rebuild
-from ollama_meter.ledger.models import SpanRow
+from ollama_meter.ledger.models import SPANS
 from ollama_meter.meter import RepriceSummary, SpanRecord, reprice
 from ollama_meter.pricing import PriceBook
 from tests.factories import make_span, token_prices
@@ -53,7 +53,7 @@ def _calls(count: int, *, first: int = 0) -> list[SpanRecord]:
 def _totals(ledger: Ledger) -> Counter[str]:
     with ledger.read() as conn:
         rows = conn.execute(
-            select(SpanRow.currency, func.sum(SpanRow.cost_total)).group_by(SpanRow.currency)
+            select(SPANS.c.currency, func.sum(SPANS.c.cost_total)).group_by(SPANS.c.currency)
         )
         return Counter({currency: int(total) for currency, total in rows})
 
