@@ -92,9 +92,9 @@ class RequestFacts:
     thinking model is given once it has thought: the thinking comes back in the prompt)."""
     rendered: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
     """The body, when the model's own template renders it (:attr:`shape`); None: it does not."""
-    sounds: object = field(default=None, repr=False, compare=False)
-    """The body, where a WAV may be sent as a picture (:mod:`._media`): read by :meth:`bound`
-    only, a walk of the whole body only a hard budget's admission needs."""
+    media: object = field(default=None, repr=False, compare=False)
+    """The body, where a WAV or a video may be sent as a picture (:mod:`._media`): read by
+    :meth:`bound` only, a walk of the whole body only a hard budget's admission needs."""
 
     @property
     def shape(self) -> PromptShape | None:
@@ -130,7 +130,7 @@ class RequestFacts:
 
         ``blocking`` False (an event loop): :class:`WouldBlock` when its pictures are too
         large to read there (each is decoded to tell a still picture from a video)."""
-        if not blocking and self.images and picture_size(self.sounds) > PICTURES_IN_PLACE:
+        if not blocking and self.images and picture_size(self.media) > PICTURES_IN_PLACE:
             raise WouldBlock("the call's pictures are read off the event loop")
         inputs = (
             self.prompt_bytes
@@ -138,7 +138,7 @@ class RequestFacts:
             + self.messages * MESSAGE_TOKENS
             + self.images * IMAGE_TOKENS
             + TEMPLATE_TOKENS
-            + _heard(self.sounds)
+            + _heard(self.media)
         )
         if self.embedding:
             return CallBound(inputs, 0)
@@ -347,7 +347,7 @@ def facts_of(operation: str, body: Mapping[str, Any]) -> RequestFacts:
     return RequestFacts(
         passes=2 if kind in ("chat", "responses") and formatted(openai, kind, body) else 1,
         rendered=None if embedding or own else body,
-        sounds=None if embedding else body,
+        media=None if embedding else body,
         evaluates=None if openai or kind not in _LOADS_WHEN_EMPTY else _evaluates(kind, body),
         prompt_text=prompt_text,
         prompt_bytes=size,
