@@ -17,7 +17,6 @@ so the log says it too, a line every 10 s.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import threading
@@ -35,11 +34,9 @@ from starlette.routing import Match
 from ollama_meter._logging import Throttled
 from ollama_meter._names import MAX_USER, name_problem
 from ollama_meter.errors import LedgerError, ValidationError
-from ollama_meter.gateway import _memory
 from ollama_meter.gateway._answers import error_response
 from ollama_meter.gateway._attribution import HEADER_KEY
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
-from ollama_meter.gateway._memory import TooLarge, TooSlow, take
 from ollama_meter.gateway._origins import allowed_origins
 from ollama_meter.gateway._relay import wire_of
 from ollama_meter.gateway._threads import in_thread
@@ -81,47 +78,6 @@ class BadCall(Exception):
         self.message = message
         self.model = model
         self.headers = headers
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, or :class:`TooLarge` as soon as it passes ``limit`` (before, when it says so).
-
-    Each part takes its room as it arrives (:mod:`._memory`); :class:`NoRoom` when there is
-    none in time; :class:`TooSlow` when the caller takes longer to send it than its size
-    allows (the wait for room is the gateway's, not counted).
-    """
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise TooLarge(limit)
-    body = bytearray()  # not a list of the parts: a part of a few bytes costs 35 more in Python
-    size = 0
-    waited = 0.0  # on the caller: not on room for the body (the gateway's own wait)
-    loop = asyncio.get_running_loop()
-    stream = aiter(request.stream())
-    allowed = _memory.BODY_S
-    timer = asyncio.timeout(None)  # one for the reads, set before each (three a small body)
-    try:
-        async with timer:
-            while True:
-                allowed = _memory.BODY_S + size // _memory.BODY_PART * _memory.BODY_S_PER_PART
-                began = loop.time()
-                timer.reschedule(began + allowed - waited)
-                try:
-                    part = await anext(stream)
-                except StopAsyncIteration:
-                    break
-                timer.reschedule(None)
-                waited += loop.time() - began
-                size += len(part)
-                if size > limit:
-                    raise TooLarge(limit)
-                await take(request.scope, len(part))
-                body += part
-    except TimeoutError:
-        if not timer.expired():
-            raise
-        raise TooSlow(size, declared, allowed) from None
-    return bytes(body)
 
 
 async def unrouted(request: Request, exc: Exception) -> Response:

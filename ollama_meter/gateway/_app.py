@@ -34,7 +34,6 @@ from ollama_meter.gateway._access import (
     BadCall,
     GatewayOptions,
     Refused,
-    read_body,
     unrouted,
 )
 from ollama_meter.gateway._answers import error_response
@@ -44,7 +43,7 @@ from ollama_meter.gateway._drain import Drain, drained
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._hosts import guard
 from ollama_meter.gateway._json import INLINE_PARSE_BYTES
-from ollama_meter.gateway._memory import Unread, body_memory
+from ollama_meter.gateway._memory import Unread, body_memory, read_body
 from ollama_meter.gateway._origins import allowed_origins, origin_check
 from ollama_meter.gateway._passthrough import BLOBS, PASSTHROUGH, forward
 from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits

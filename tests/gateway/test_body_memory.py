@@ -457,7 +457,7 @@ def test_a_body_that_comes_in_small_pieces_holds_about_its_size_while_it_is_read
 
     from starlette.requests import Request
 
-    from ollama_meter.gateway._access import read_body
+    from ollama_meter.gateway._memory import read_body
 
     sizes = list(itertools.islice(itertools.cycle(pattern), count))
     total = sum(sizes)
