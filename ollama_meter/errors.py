@@ -8,6 +8,7 @@
     ├── PricingError                 a price rule is invalid or cannot be found
     ├── BudgetError                  a budget is invalid or cannot be found
     ├── BudgetExceeded               a hard budget refuses the call      (budget_exceeded, exit 3)
+    ├── KeyRefused                   a queued call's key, read again, refuses it (key_revoked)
     └── UpstreamError                a call to Ollama failed; ``error_type`` classifies it
         ├── UpstreamConnectionError  Ollama cannot be reached            (connection)
         ├── UpstreamTimeout          Ollama did not answer in time       (timeout)
@@ -83,6 +84,17 @@ class BudgetExceeded(OmeterError):
         self.narrow = narrow or message
         """The refusal as one department may read it: a budget that counts other departments
         too (a tenant's) without their spend, what a key of the gateway is told."""
+
+
+class KeyRefused(OmeterError):
+    """The gateway key a call was admitted with refuses it as the call leaves the queue, before
+    it is sent: revoked while the call waited (``key_revoked``, 401), or not checkable again
+    (``ledger_unavailable``, 503)."""
+
+    def __init__(self, message: str, *, error_type: str, http_status: int) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.http_status = http_status
 
 
 class UpstreamError(OmeterError):

@@ -33,7 +33,7 @@ from starlette.routing import Match
 
 from ollama_meter._logging import Throttled
 from ollama_meter._names import MAX_USER, name_problem
-from ollama_meter.errors import LedgerError, ValidationError
+from ollama_meter.errors import KeyRefused, LedgerError, ValidationError
 from ollama_meter.gateway._answers import error_response
 from ollama_meter.gateway._attribution import HEADER_KEY
 from ollama_meter.gateway._limits import MAX_BODY_BYTES
@@ -51,6 +51,12 @@ log = logging.getLogger("ollama_meter.gateway")
 TOKEN_IN_QUERY = frozenset({"/dashboard", "/api/dash"})
 """The pages a browser opens, which take the admin token as ``?token=`` too; not ``/metrics``:
 in a scrape URL it would show in Prometheus' list of targets."""
+
+
+NOT_LIVE = (
+    "this API key is not a live key (revoked, or mistyped): send a live one (`ometer keys list`)"
+)
+"""A key of ours that is not live; without ``--require-key`` a call may send none instead."""
 
 
 class Refused(Exception):
@@ -306,13 +312,21 @@ class Access:
         except LedgerError as exc:
             raise BadCall(503, "ledger_unavailable", self._cannot_check(exc)) from None
         if key is None and offered_keys(request):
-            raise self._refused(
-                request,
-                _twice(request)
-                or "this API key is not a live key (revoked, or mistyped): send a live one "
-                "(`ometer keys list`), or none to be charged to the defaults",
-            )
+            raise self._refused(request, _twice(request) or _not_live(required=False))
         return key
+
+    async def still_live(self, request: Request, key: ApiKey) -> None:
+        """:class:`KeyRefused` unless ``key``, read at the door, is still live: read again as
+        its call leaves the queue, so a call that waited is not sent on a key revoked
+        meanwhile. Not counted as an unauthenticated refusal: the call is a span already."""
+        try:
+            found = await self._key_of(request)
+        except LedgerError as exc:
+            message = self._cannot_check(exc)
+            raise KeyRefused(message, error_type="ledger_unavailable", http_status=503) from None
+        if found is None or found.id != key.id:
+            message = _not_live(required=self.options.require_key)
+            raise KeyRefused(message, error_type="key_revoked", http_status=401)
 
     async def admin_only(self, request: Request, *, in_query: bool = False) -> ApiKey | None:
         """The admin token when one is set; else a key when keys are required: that key, which
@@ -330,6 +344,10 @@ class Access:
         elif self.options.require_key:
             return await self.required_key(request)
         return None
+
+
+def _not_live(*, required: bool) -> str:
+    return NOT_LIVE if required else f"{NOT_LIVE}, or none to be charged to the defaults"
 
 
 def _twice(request: Request) -> str | None:

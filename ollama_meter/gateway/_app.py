@@ -231,6 +231,8 @@ class Gateway:
             spans.append(span_id)
             self.rates.bind(span_id, key_id, admission)
 
+        # A call that waits its turn is sent only if its key is still live when it comes.
+        recheck = None if key is None else functools.partial(self.access.still_live, request, key)
         answer = await self.relay.metered(
             parsed,
             wire,
@@ -240,6 +242,7 @@ class Gateway:
             admission,
             bind=bind,
             hangup=hangup_of(request),
+            recheck=recheck,
         )
         if spans:
             answer.headers[SPAN_HEADER] = spans[0]

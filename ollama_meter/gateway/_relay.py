@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from starlette.responses import Response
 from ollama_meter.errors import (
     BudgetExceeded,
     CircuitOpen,
+    KeyRefused,
     LedgerError,
     ModelNotFound,
     OverCap,
@@ -248,12 +249,15 @@ class Relay:
         *,
         bind: Callable[[str], None] | None = None,
         hangup: Hangup | None = None,
+        recheck: Callable[[], Awaitable[object]] | None = None,
     ) -> Response:
         """Meter one call: budgets, a slot on a server (waiting its turn), Ollama, the span.
 
         ``admission`` says how the call queues (its department, weight, concurrency limits);
         ``bind`` learns the span's id once it is open; ``hangup`` returns when the caller has
-        gone: a call waiting its turn leaves the queue, an answer being sent stops.
+        gone: a call waiting its turn leaves the queue, an answer being sent stops;
+        ``recheck`` raises :class:`KeyRefused` when a call that waited for its slot may no
+        longer be sent (its key revoked meanwhile).
         """
         admission = admission or Admission((attribution.tenant, attribution.department))
         try:
@@ -275,7 +279,16 @@ class Relay:
             content = json.dumps(capped).encode()
         queued = time.monotonic_ns()
         try:
-            slot = await take_slot(self.fleet, self.meter, call, request.model, admission, hangup)
+            slot = await take_slot(
+                self.fleet, self.meter, call, request.model, admission, hangup, recheck
+            )
+        except KeyRefused as refused:  # as the door refuses it: never sent
+            admission.refund()
+            call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - queued
+            await close_call(self.meter, call, refused)
+            status = refused.http_status
+            why = {"WWW-Authenticate": "Bearer"} if status == 401 else {"Retry-After": "5"}
+            return error_response(wire, status, str(refused), headers=why)
         except CallerGone:
             call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - queued
             await close_call(self.meter, call, asyncio.CancelledError())

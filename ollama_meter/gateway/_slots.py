@@ -64,8 +64,13 @@ async def take_slot(
     model: str,
     admission: Admission,
     hangup: Hangup | None = None,
+    recheck: Callable[[], Awaitable[object]] | None = None,
 ) -> Slot:
     """A slot for ``call`` to ``model``: at once when one is free and nobody waits, else in turn.
+
+    ``recheck`` is awaited once a call that waited has its slot, before anything is sent:
+    what was checked at the door (its key) may have changed meanwhile. What it raises is
+    raised, the slot given back.
 
     The call is journaled only once it has its slot (it was opened ``queued``): were the
     process killed, a call still waiting would otherwise be recorded as interrupted and
@@ -79,6 +84,12 @@ async def take_slot(
         # Cancelled when the caller leaves: the queue takes it out, or gives back a place
         # just granted.
         lease = await until_gone(fleet.lease(model, flow, weight=weight, caps=caps), hangup)
+        if recheck is not None:
+            try:
+                await recheck()
+            except BaseException:
+                lease.release()
+                raise
     call.span.queue_ns = (call.span.queue_ns or 0) + lease.waited_ns  # after its admission's
     call.span.upstream_host = lease.server.url
     meter.sending(call)

@@ -12,7 +12,7 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from ollama_meter.errors import UpstreamError
+from ollama_meter.errors import KeyRefused, UpstreamError
 from ollama_meter.meter._call import CALLER_STOPPED, MeteredCall
 from ollama_meter.records import NO_HOST, SpanRecord, Status
 
@@ -32,6 +32,9 @@ def mark_ended(span: SpanRecord, error: BaseException | None) -> None:
         span.fail(error.error_type, str(error), http_status=error.status_code)
         if not error.reached_upstream:  # never left this process: no server's call
             span.upstream_host = NO_HOST
+    elif isinstance(error, KeyRefused):  # refused as it left the queue: sent to no server
+        span.fail(error.error_type, str(error), http_status=error.http_status)
+        span.upstream_host = NO_HOST
     elif isinstance(error, CALLER_STOPPED):
         span.fail("client_abort", status=Status.CLIENT_ABORT)
     else:

@@ -165,13 +165,18 @@ def serve_on() -> Iterator[Callable[..., Gateway]]:
 
 @pytest.fixture
 def app_on() -> Iterator[Callable[..., Gateway]]:
-    """Gateways in this process, no server: ``app_on(upstream, db, clock=None, **options)``."""
+    """Gateways in this process, no server: ``app_on(upstream, db, clock=None, config=None,
+    **options)``; ``config`` overrides settings (``slots``...), ``options`` are GatewayOptions."""
     clients: list[TestClient] = []
 
     def start(
-        upstream: str, db: str, clock: Callable[[], datetime] | None = None, **options: Any
+        upstream: str,
+        db: str,
+        clock: Callable[[], datetime] | None = None,
+        config: dict[str, Any] | None = None,
+        **options: Any,
     ) -> Gateway:
-        settings = load_settings(db_url=db, ollama_host=upstream)
+        settings = load_settings(db_url=db, ollama_host=upstream, **(config or {}))
         meter = Meter.from_settings(settings, source="gateway", clock=clock or utc_now)
         client = TestClient(create_app(settings, GatewayOptions(**options), meter=meter))
         client.__enter__()  # runs the lifespan: the gateway starts
