@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -98,21 +99,29 @@ async def forward(
         return Response(status_code=499)  # nobody is there to read it
 
     lines = response.content_type == "application/x-ndjson"  # a pull's progress, say
-    chunks = aiter(pool.chunks(response))
+    chunks = pool.chunks(response)
+
+    async def ending() -> None:
+        """However the answer ends, sent or not: Ollama's connection goes back to the pool
+        when its body was read to the end, else is dropped (which stops Ollama), and the
+        read of it is closed here, not left to the event loop's finalizer."""
+        pool.finish(response, completed=response.content.at_eof())
+        await chunks.aclose()
+
     try:  # before the answer starts: one that breaks off before its first byte is a 502
         first = await until_gone(anext(chunks, b""), hangup)
     except UpstreamError as exc:
-        pool.finish(response, completed=False)
+        await ending()
         log.warning("passing %s through: %s", path, exc)
         return error_response(wire_of(path), gateway_status(exc), str(exc))
     except CallerGone:  # the connection to Ollama is dropped, which stops it
-        pool.finish(response, completed=False)
+        await ending()
         return Response(status_code=499)  # nobody is there to read it
     except BaseException:
-        pool.finish(response, completed=False)
+        await ending()
         raise
 
-    async def relayed() -> AsyncIterator[bytes]:
+    async def relayed() -> AsyncGenerator[bytes, None]:
         # A write into a caller that has gone returns as if sent, and its hang-up reaches
         # this generator only once Ollama's answer stops coming: the relay read a large
         # answer to its end for nobody. Listening itself, it stops at its next write.
@@ -134,9 +143,8 @@ async def forward(
             yield (b"" if last == b"\n" else b"\n") + OLLAMA.error_frame(str(exc))
         finally:
             heard.close()
-            pool.finish(response, completed=response.content.at_eof())
 
-    answer = _Relayed(relayed(), status_code=response.status)
+    answer = _Relayed(relayed(), status_code=response.status, ending=ending)
     answer.raw_headers += [(k, v) for k, v in as_sent(response) if k not in _NOT_RELAYED]
     return answer
 
@@ -148,7 +156,28 @@ class _BrokeOff(Exception):
 class _Relayed(StreamingResponse):
     """An answer relayed as it comes; one that broke off (:class:`_BrokeOff`) ends without
     its end (no last chunk), so the server closes the connection and the client raises, as
-    it would against Ollama. Ended well, a client could not tell a cut body from a whole one."""
+    it would against Ollama. Ended well, a client could not tell a cut body from a whole one.
+
+    However it ends (its caller gone before its first byte or mid-way, when Starlette leaves
+    the relay suspended), the relay is closed and ``ending`` runs."""
+
+    def __init__(
+        self,
+        content: AsyncGenerator[bytes, None],
+        *,
+        status_code: int,
+        ending: Callable[[], Awaitable[None]],
+    ) -> None:
+        super().__init__(content, status_code=status_code)
+        self._relay = content
+        self._ending = ending
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._relay.aclose()
+            await self._ending()
 
     async def stream_response(self, send: Send) -> None:
         try:

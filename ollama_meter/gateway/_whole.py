@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import StreamingResponse
@@ -58,13 +58,18 @@ class Cut(Exception):
 
 
 class Relayed(StreamingResponse):
-    """A whole answer relayed as it arrives (:func:`relayed`), with no length."""
+    """A whole answer relayed as it arrives (:func:`relayed`), with no length; closed when
+    its caller leaves mid-way (Starlette stops iterating it and leaves it suspended), so its
+    span is written and its read of Ollama closed now, not by the event loop's finalizer."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         except Cut as cut:  # the response is left unfinished: the server cuts the connection
             _log.warning("a whole answer from Ollama was cut off before its end: %s", cut)
+        finally:
+            if isinstance(self.body_iterator, AsyncGenerator):
+                await self.body_iterator.aclose()
 
 
 async def relayed(
@@ -81,7 +86,7 @@ async def relayed(
     """
     call, response, pool = answered.call, answered.response, answered.pool
     scan = AnswerScan(answered.request.operation, host=pool.host)
-    chunks = aiter(pool.chunks(response))
+    chunks = pool.chunks(response)
     deadline = call.deadline()
     heard = Heard(hangup)
     closed = False
@@ -140,3 +145,4 @@ async def relayed(
     finally:
         heard.close()
         pool.finish(response, completed=response.content.at_eof())
+        await chunks.aclose()  # stopped before its end (not JSON, the caller gone, an error)
