@@ -56,7 +56,7 @@ from ollama_meter.gateway._slots import (
     until_gone,
 )
 from ollama_meter.gateway._threads import close_call, in_thread
-from ollama_meter.gateway._whole import Relayed, failure_of, json_value, relayed
+from ollama_meter.gateway._whole import Relayed, failure_of, json_value
 from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening
 from ollama_meter.meter._request import with_output_cap
 from ollama_meter.upstream import (
@@ -140,7 +140,7 @@ class _Answered:
             raise
         media_type = content_type_of(response) or "application/json"
         if not complete:
-            return Relayed(relayed(self, content, hangup), media_type=media_type)
+            return Relayed(self, content, hangup, media_type=media_type)
         pool.finish(response, completed=True)
         failure = failure_of(self, json_value(content))
         await self.end(failure)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import StreamingResponse
@@ -58,9 +58,20 @@ class Cut(Exception):
 
 
 class Relayed(StreamingResponse):
-    """A whole answer relayed as it arrives (:func:`relayed`), with no length; closed when
-    its caller leaves mid-way (Starlette stops iterating it and leaves it suspended), so its
-    span is written and its read of Ollama closed now, not by the event loop's finalizer."""
+    """A whole answer relayed as it arrives (:func:`relayed`), with no length.
+
+    However the response ends, the relay is closed (Starlette leaves it suspended when its
+    caller leaves mid-way): its read of Ollama is closed and its span written now, not by the
+    event loop's finalizer. A relay that never ran (its caller gone before the first byte)
+    ends its call all the same, as an abort: no call is left open for want of it.
+    """
+
+    def __init__(
+        self, answered: _Answered, head: bytes, hangup: Hangup | None, *, media_type: str
+    ) -> None:
+        self._answered = answered
+        self._relay = relayed(answered, head, hangup)
+        super().__init__(self._relay, media_type=media_type)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
@@ -68,13 +79,23 @@ class Relayed(StreamingResponse):
         except Cut as cut:  # the response is left unfinished: the server cuts the connection
             _log.warning("a whole answer from Ollama was cut off before its end: %s", cut)
         finally:
-            if isinstance(self.body_iterator, AsyncGenerator):
-                await self.body_iterator.aclose()
+            await self._relay.aclose()
+            await _unrelayed(self._answered)
+
+
+async def _unrelayed(answered: _Answered) -> None:
+    """End a call whose relay never ran: an abort, charged what Ollama did (its whole answer
+    had come, as :func:`relayed` charges one cut short), its connection dropped. Nothing for
+    a call the relay ended: its connection is finished, its outcome counted and its span
+    closed once, whoever asks again."""
+    answered.pool.finish(answered.response, completed=answered.response.content.at_eof())
+    answered.call.answered()  # only a time for its measure, which a call closed took already
+    await answered.end(asyncio.CancelledError())
 
 
 async def relayed(
     answered: _Answered, head: bytes, hangup: Hangup | None = None
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """A whole answer too large to hold, relayed as it arrives and read as it passes
     (:class:`AnswerScan`); its last bytes are held until its span is written.
 

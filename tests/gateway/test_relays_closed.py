@@ -121,23 +121,28 @@ def test_a_passed_through_answer_whose_caller_leaves_closes_its_read(
     assert suspended == []
 
 
+@pytest.mark.parametrize("leave_at", [0, 1], ids=["at-the-head", "after-the-first-part"])
 def test_a_whole_answer_relayed_as_it_arrives_whose_caller_leaves_is_closed_with_it(
-    emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, leave_at: int
 ) -> None:
-    """An embedding batch past the read limit, whose caller leaves after its first part:
-    the relay is closed as the answer ends, and its span written then (an abort)."""
+    """An embedding batch past the read limit, whose caller leaves before or after its
+    head: the relay is closed as the answer ends, and the call's span written then (an
+    abort, its prompt charged: Ollama did the work). Gone before the head, the relay never
+    ran, and the call was left open: no span."""
     monkeypatch.setattr(_pooled, "MAX_ANSWER_BYTES", 2_000)
     body = json.dumps({"model": "nomic-embed-text", "input": INPUTS}).encode()
     app = gateway_on(emulator.url, sqlite_url)
-    suspended, sent = left_open(app, "POST", "/api/embed", body, leave_at=1)
-    assert [m["type"] for m in sent] == ["http.response.start"]
+    suspended, sent = left_open(app, "POST", "/api/embed", body, leave_at=leave_at)
+    assert [m["type"] for m in sent] == ["http.response.start"][:leave_at]
     assert suspended == []
     (span,) = open_ledger(sqlite_url).latest(SpanFilter(), 10)  # committed as the app stopped
-    assert (span.status, span.operation, span.upstream_host) == (
+    assert (span.status, span.operation, span.upstream_host, span.token_source) == (
         "client_abort",
         "embed",
         emulator.url,
+        "estimated",
     )
+    assert span.input_tokens is not None and span.input_tokens > 0
 
 
 def test_a_whole_answer_that_stops_being_json_past_the_read_limit_closes_its_read(
