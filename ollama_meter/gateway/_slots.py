@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -231,7 +231,9 @@ class Streamed(StreamingResponse):
     own news of it (``_cycle.LEFT``) in this task: Starlette's own (ASGI 2.3, as uvicorn speaks)
     ran the stream in a task group beside a task reading for the hang-up, each streamed call.
     The hang-up cancels the stream as that task group did; under another server, Starlette's.
-    A :class:`LastPart` is sent with the body's end."""
+    A :class:`LastPart` is sent with the body's end. However it ends, its relay is closed
+    (a send that failed, or a hang-up heard at one, leaves it suspended): its span is
+    written and its reads of Ollama closed then, not by the event loop's finalizer."""
 
     async def stream_response(self, send: Any) -> None:
         start = {"type": "http.response.start", "status": self.status_code}
@@ -246,11 +248,15 @@ class Streamed(StreamingResponse):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         left = scope.get(LEFT)
-        if scope["type"] != "http" or not isinstance(left, asyncio.Future):
-            await super().__call__(scope, receive, send)
-            return
-        # Stopped by a hang-up as Starlette's task group stopped it: nobody is there to read it.
-        with contextlib.suppress(CallerGone):
-            await until_gone(self.stream_response(send), left)
+        try:
+            if scope["type"] != "http" or not isinstance(left, asyncio.Future):
+                await super().__call__(scope, receive, send)
+                return
+            # Stopped by a hang-up as Starlette's task group stopped it: nobody is there to read it.
+            with contextlib.suppress(CallerGone):
+                await until_gone(self.stream_response(send), left)
+        finally:
+            if isinstance(self.body_iterator, AsyncGenerator):  # ended: a no-op
+                await self.body_iterator.aclose()
         if self.background is not None:
             await self.background()

@@ -165,3 +165,21 @@ def test_a_whole_answer_that_stops_being_json_past_the_read_limit_closes_its_rea
     assert suspended == []
     (span,) = open_ledger(sqlite_url).latest(SpanFilter(), 10)
     assert (span.status, span.error_type) == ("error", "stream_error")
+
+
+@pytest.mark.parametrize("leave_at", [1, 2], ids=["after-the-head", "after-the-first-item"])
+def test_a_metered_stream_whose_caller_leaves_mid_way_is_closed_with_it(
+    emulator: OllamaEmulator, sqlite_url: str, leave_at: int
+) -> None:
+    """The relay of a stream whose send fails (the caller gone, as an ASGI 2.4 server says
+    it) was left suspended, with its reads of Ollama, for the finalizer to close; its span
+    waited for that. They are closed as the answer ends, the span written then."""
+    chat = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    app = gateway_on(emulator.url, sqlite_url)
+    suspended, sent = left_open(
+        app, "POST", "/api/chat", json.dumps(chat).encode(), leave_at=leave_at
+    )
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"][:leave_at]
+    assert suspended == []
+    (span,) = open_ledger(sqlite_url).latest(SpanFilter(), 10)
+    assert (span.status, span.error_type) == ("client_abort", "client_abort")
