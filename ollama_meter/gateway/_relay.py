@@ -207,9 +207,11 @@ class _Answered:
                         return
             if not closed:
                 raise unfinished_error(pool.host)
-        except UpstreamError as error:  # broke off, went silent, or ended early
+        except UpstreamError as error:  # broke off, went silent, ended early, or unreadable
             if not closed:
                 closed = True
+                if frames.begun:  # Ollama streams once the prompt is evaluated: it consumed
+                    call.answered()
                 await self.end(error)
                 yield LastPart(wire.error_frame(str(error)))
         except BaseException as exc:  # the client hung up (or the server is stopping)

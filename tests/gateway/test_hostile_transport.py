@@ -301,3 +301,39 @@ def test_a_spoiled_answer_is_a_clear_answer_and_one_sane_span(
     honest = {**body, "model": f"m{next(models)}"}
     assert gw.client.post(path, json=honest, timeout=20).status_code == 200
     assert gw.ledger.count() == before + 2
+
+
+unreadable = st.one_of(
+    st.builds(Spoil, st.sampled_from(["one_line", "gzip_unsaid", "bad_first"])),
+    st.builds(Spoil, st.just("html"), status=st.just(200)),
+    st.builds(Spoil, st.sampled_from(["cut", "reset"]), at=st.floats(0.0, 0.005)),
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(path=st.sampled_from(sorted(STREAMED)), spoil=unreadable)
+@example(path="/api/chat", spoil=Spoil("one_line"))
+@example(path="/v1/chat/completions", spoil=Spoil("reset", at=0.0))
+def test_a_stream_whose_first_item_comes_unreadable_is_charged_its_prompt(
+    hostile: tuple[Gateway, HostileProxy], path: str, spoil: Spoil
+) -> None:
+    """A whole answer lost on the way is charged its prompt, estimated: Ollama wrote it, so it
+    did the work. A stream whose first item came and could not be read (every line run into
+    one, gzip'd unsaid, not UTF-8, broken off or reset partway through it) was charged
+    nothing, and its span said ``reported`` for counts nobody reported."""
+    gw, proxy = hostile
+    proxy.spoil = spoil
+    body = {"model": f"m{next(models)}", "stream": True, **ROUTES[path]}
+    reply = gw.client.post(path, json=body, timeout=20)
+    check_answer(path, True, reply)
+    (span,) = gw.ledger.latest(SpanFilter(), 1)
+    if reply.status_code == 502:  # reset before its head was read: no answer began
+        return
+    assert (span.status, span.error_type) == ("error", "stream_error")
+    assert span.token_source == "estimated"
+    assert span.input_tokens == 9  # the prompt's 33 characters, about four a token
+    assert span.cost_total > 0
