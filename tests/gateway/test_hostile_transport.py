@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.records import MAX_CALL_COST, MAX_DURATION_NS, MAX_TOKENS
 from ollama_meter.testing import OllamaEmulator
+from tests._raw_http import DRIP_S, dripping
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
@@ -337,3 +338,31 @@ def test_a_stream_whose_first_item_comes_unreadable_is_charged_its_prompt(
     assert span.token_source == "estimated"
     assert span.input_tokens == 9  # the prompt's 33 characters, about four a token
     assert span.cost_total > 0
+
+
+CALLS = [(path, stream) for path in sorted(ROUTES) for stream in (False, True)]
+CALLS = [(path, stream) for path, stream in CALLS if path in STREAMED or not stream]
+
+
+@pytest.mark.parametrize(("path", "stream"), CALLS)
+def test_an_answer_that_trickles_a_byte_at_a_time_runs_out_of_time_on_every_route(
+    serve_on: Callable[..., Gateway], sqlite_url: str, path: str, stream: bool
+) -> None:
+    """A byte every 0.1 s, never an item whole (the native routes' case is in
+    ``test_lying_upstream``): each route gives up after OMETER_UPSTREAM_TIMEOUT, answers a
+    timeout in its own format, and leaves one timeout span, while the server drips on."""
+    server = dripping(b" ", lambda _: b"{}\n")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        gw = serve_on(url, sqlite_url, config={"upstream_timeout": 1, "retries": 0})
+        body: dict[str, Any] = {"model": "m", **ROUTES[path]}
+        if path in STREAMED:
+            body["stream"] = stream
+        reply = gw.client.post(path, json=body, timeout=DRIP_S - 2)
+        assert reply.status_code == (200 if stream else 504), reply.text
+        check_answer(path, stream, reply)
+        (span,) = gw.ledger.latest(SpanFilter(), 1)
+        assert (span.status, span.error_type) == ("error", "timeout")
+    finally:
+        server.shutdown()
+        server.server_close()
