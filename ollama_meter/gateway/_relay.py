@@ -210,8 +210,7 @@ class _Answered:
         except UpstreamError as error:  # broke off, went silent, ended early, or unreadable
             if not closed:
                 closed = True
-                if frames.begun:  # Ollama streams once the prompt is evaluated: it consumed
-                    call.answered()
+                call.answered()  # Ollama's 200 comes with its first item: it consumed
                 await self.end(error)
                 yield LastPart(wire.error_frame(str(error)))
         except BaseException as exc:  # the client hung up (or the server is stopping)

@@ -23,16 +23,12 @@ class Frames:
         self._pending = bytearray()
         self._cr = False
         """The last piece ended in CR: the LF that may follow it is the same line end."""
-        self.begun = False
-        """Bytes of an item arrived (not only blank lines), read or not: the answer began."""
 
     def feed(self, data: bytes) -> list[bytes]:
         """The items ``data`` completes; raises :class:`StreamError` past the limit.
 
         Lines may end in CRLF or CR as well as LF (server-sent events allow all three); they
         are read as LF. No item holds a raw CR: JSON escapes it inside a string."""
-        if not self.begun:
-            self.begun = not data.isspace() and bool(data)
         if self._cr:
             data, self._cr = b"\r" + data, False
         if b"\r" in data:

@@ -137,6 +137,20 @@ def spoiled(spoil: Spoil, status: int, media: str, body: bytes) -> list[bytes | 
             body = b"".join(items) + (items[-1] if items else b"")
         case "never":
             body = b"".join(_items(body)[:-1])
+        case "coding":  # a coding it does not have, or none at all
+            extra = f"content-encoding: {spoil.value.decode()}\r\n"
+        case "chunked_bad":  # chunk sizes that lie, then no end
+            n = _cut(body, spoil.at)
+            head += "transfer-encoding: chunked\r\n\r\n"
+            return [head.encode() + b"%x\r\n" % (n + 7) + body[:n] + b"\r\nzz\r\n"]
+        case "both_lengths":
+            head += "transfer-encoding: chunked\r\n"
+        case "no_length":  # ends at the close
+            return [head.encode() + b"\r\n" + body]
+        case "huge_header":
+            extra = "x-junk: " + "a" * 200_000 + "\r\n"
+        case "informational":
+            head = "HTTP/1.1 100 Continue\r\n\r\n" + head
         case "html":
             head = f"HTTP/1.1 {spoil.status} X\r\ncontent-type: text/html\r\nconnection: close\r\n"
             body = HTML
@@ -235,6 +249,13 @@ spoils = st.one_of(
         st.sampled_from(["honest", "gzip", "gzip_unsaid", "long", "one_line", "twice", "never"]),
     ),
     st.builds(Spoil, st.just("html"), status=st.sampled_from([200, 500, 502])),
+    st.builds(
+        Spoil, st.just("coding"), st.sampled_from([b"gzip", b"deflate", b"br", b"zstd", b"x"])
+    ),
+    st.builds(Spoil, st.just("chunked_bad"), at=st.floats(0.0, 1.0)),
+    st.builds(
+        Spoil, st.sampled_from(["both_lengths", "no_length", "huge_header", "informational"])
+    ),
     st.builds(Spoil, st.just("error_200")),
 )
 
@@ -276,7 +297,7 @@ def check_span(span: Any) -> None:
 
 
 @settings(
-    max_examples=100,
+    max_examples=400,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -308,6 +329,7 @@ unreadable = st.one_of(
     st.builds(Spoil, st.sampled_from(["one_line", "gzip_unsaid", "bad_first"])),
     st.builds(Spoil, st.just("html"), status=st.just(200)),
     st.builds(Spoil, st.sampled_from(["cut", "reset"]), at=st.floats(0.0, 0.005)),
+    st.builds(Spoil, st.just("coding"), st.sampled_from([b"gzip", b"deflate"])),
 )
 
 
@@ -338,6 +360,7 @@ def test_a_stream_whose_first_item_comes_unreadable_is_charged_its_prompt(
     assert span.token_source == "estimated"
     assert span.input_tokens == 9  # the prompt's 33 characters, about four a token
     assert span.cost_total > 0
+    assert span.ttft_ns is None  # no item of it was read: no first token to time
 
 
 CALLS = [(path, stream) for path in sorted(ROUTES) for stream in (False, True)]
