@@ -24,6 +24,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,11 +164,13 @@ def spoiled(spoil: Spoil, status: int, media: str, body: bytes) -> list[bytes | 
 class HostileProxy:
     """A loopback proxy to ``emulator``: each request's model becomes ``real`` (the gateway asks
     for a model of its own each call, so no circuit opens across calls), and the emulator's
-    answer is written as :func:`spoiled` says for ``self.spoil``."""
+    answer is written as :func:`spoiled` says for ``self.spoil``, or for ``self.by_model``'s
+    spoil of the model asked for."""
 
     def __init__(self, emulator: OllamaEmulator) -> None:
         self.emulator = emulator
         self.spoil = Spoil("honest")
+        self.by_model: dict[str, Spoil] = {}
         self.http = httpx.Client(base_url=emulator.url, timeout=30)
         self.listener = socket.create_server(("127.0.0.1", 0))
         threading.Thread(target=self._serve, daemon=True).start()
@@ -206,10 +209,11 @@ class HostileProxy:
                 conn.sendall(b"".join(p or b"" for p in spoiled(Spoil("honest"), *_of(got))))
                 return
             asked = json.loads(body)
+            spoil = self.by_model.get(asked.get("model"), self.spoil)
             embedding = path in EMBEDDING
             asked["model"] = "nomic-embed-text:latest" if embedding else "llama3.1:8b"
             got = self.http.post(path, json=asked)
-            for piece in spoiled(self.spoil, *_of(got)):
+            for piece in spoiled(spoil, *_of(got)):
                 if piece is None:  # once the bytes before it are read: a reset drops them
                     time.sleep(0.05)
                     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -389,3 +393,58 @@ def test_an_answer_that_trickles_a_byte_at_a_time_runs_out_of_time_on_every_rout
     finally:
         server.shutdown()
         server.server_close()
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    bad=st.lists(
+        st.tuples(st.sampled_from(sorted(ROUTES)), st.booleans(), spoils), min_size=1, max_size=6
+    )
+)
+@example(bad=[("/v1/chat/completions", False, Spoil("figures", b"9223372036854775808"))] * 3)
+def test_spoiled_answers_cost_no_honest_caller_beside_them_its_span(
+    hostile: tuple[Gateway, HostileProxy], bad: list[tuple[str, bool, Spoil]]
+) -> None:
+    """Spoiled answers on every route at once with an honest call on each route, so their
+    spans share the write-behind's batches: each honest call keeps the span an honest call
+    alone leaves (its tokens, cost and source), and every call leaves one span."""
+    gw, proxy = hostile
+
+    def call(path: str, stream: bool, model: str) -> None:
+        body: dict[str, Any] = {"model": model, **ROUTES[path]}
+        if path in STREAMED:
+            body["stream"] = stream and path in STREAMED
+        gw.client.post(path, json=body, timeout=20)
+
+    honest = [(path, stream) for path in sorted(ROUTES) for stream in (False, True)]
+    alone: dict[tuple[str, bool], tuple[object, ...]] = {}
+
+    def kept(span: Any) -> tuple[object, ...]:
+        return (span.status, span.input_tokens, span.output_tokens, span.token_source,
+                span.cost_total)  # fmt: skip
+
+    for path, stream in honest:  # each alone first
+        model = f"m{next(models)}"
+        call(path, stream, model)
+        (span,) = gw.ledger.latest(SpanFilter(), 1)
+        alone[path, stream] = kept(span)
+    before = gw.ledger.count()
+    calls = [(path, stream, f"m{next(models)}") for path, stream in honest]
+    named = {model: (path, stream) for path, stream, model in calls}
+    for path, stream, spoil in bad:
+        model = f"m{next(models)}"
+        proxy.by_model[model] = spoil
+        calls.append((path, stream, model))
+    with ThreadPoolExecutor(len(calls)) as pool:
+        list(pool.map(lambda c: call(*c), calls))
+    assert gw.ledger.count() == before + len(calls)
+    spans = gw.ledger.latest(SpanFilter(), len(calls))
+    for span in spans:
+        check_span(span)
+        if span.request_model in named:
+            assert kept(span) == alone[named[span.request_model]], span
+    assert {s.request_model for s in spans} == {model for _, _, model in calls}
