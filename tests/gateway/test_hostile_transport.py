@@ -448,3 +448,58 @@ def test_spoiled_answers_cost_no_honest_caller_beside_them_its_span(
         if span.request_model in named:
             assert kept(span) == alone[named[span.request_model]], span
     assert {s.request_model for s in spans} == {model for _, _, model in calls}
+
+
+class KeptAliveOnly:
+    """A loopback server that answers 200 to a stream and then sends only ``frame`` (a
+    keep-alive comment) every 0.1 s, for :data:`DRIP_S` or until the caller leaves."""
+
+    def __init__(self, frame: bytes) -> None:
+        self.frame = frame
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n"
+            conn.sendall(head + b"\r\n")
+            for _ in range(DRIP_S * 10):
+                conn.sendall(self.frame)
+                time.sleep(0.1)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses"])
+@pytest.mark.parametrize("frame", [b": keep-alive\n\n", b"event: ping\n\n", b"\n\n"])
+def test_keep_alive_comments_alone_run_out_of_time(
+    serve_on: Callable[..., Gateway], sqlite_url: str, path: str, frame: bytes
+) -> None:
+    """An SSE comment (or an event with no data) is no item of the answer: the gateway relays
+    it and reads nothing in it. Sent every 0.1 s, it kept the call, its slot and its caller
+    waiting for as long as the server sent them (ended by the server: a stream_error), past
+    OMETER_UPSTREAM_TIMEOUT: now no item of the answer in that time is a timeout."""
+    server = KeptAliveOnly(frame)
+    try:
+        gw = serve_on(server.url, sqlite_url, config={"upstream_timeout": 1, "retries": 0})
+        body = {"model": "m", "stream": True, **ROUTES[path]}
+        reply = gw.client.post(path, json=body, timeout=DRIP_S * 2)
+        assert reply.status_code == 200
+        check_answer(path, True, reply)
+        (span,) = gw.ledger.latest(SpanFilter(), 1)
+        assert (span.status, span.error_type) == ("error", "timeout")
+    finally:
+        server.listener.close()
