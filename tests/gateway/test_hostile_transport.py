@@ -7,9 +7,10 @@ named, the body gzip'd (said or not), a Content-Length that lies, the body cut m
 reset mid-stream, bytes that are not UTF-8, every newline dropped (one huge line), the last
 item twice or never, an HTML error page, a 200 that says ``{"error": ...}``.
 
-Whatever it does, the caller gets a clear answer (JSON, or a stream whose items are JSON)
-well within the timeouts, the call leaves exactly one span with sane values, and the
-gateway answers an honest call next.
+Whatever it does, the caller gets a clear answer (JSON, or a stream whose items are JSON;
+an error page the upstream answered with a 4xx or 5xx is relayed with its status as it came,
+the gateway's rule for Ollama's own refusals) well within the timeouts, the call leaves
+exactly one span with sane values, and the gateway answers an honest call next.
 """
 
 from __future__ import annotations
@@ -311,6 +312,8 @@ def check_span(span: Any) -> None:
 def test_a_spoiled_answer_is_a_clear_answer_and_one_sane_span(
     hostile: tuple[Gateway, HostileProxy], path: str, stream: bool, spoil: Spoil
 ) -> None:
+    """Counts past 64 bits are cut to what a span stores, of the wrong type estimated; an
+    answer that cannot be read is a 502 or a stream's error item; each is one span."""
     gw, proxy = hostile
     stream = stream and path in STREAMED
     body: dict[str, Any] = {"model": f"m{next(models)}", **ROUTES[path]}
