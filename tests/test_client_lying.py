@@ -19,8 +19,10 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from ollama_meter import AsyncMeteredClient, MeteredClient
 from ollama_meter.errors import UpstreamError
 from ollama_meter.ledger import SpanFilter
+from ollama_meter.testing import OllamaEmulator
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway, settle
+from tests.gateway.test_hostile_transport import ROUTES, HostileProxy, Spoil, unreadable
 from tests.gateway.test_lying_finals import PATHS, Hostile, ScriptedUpstream, _request
 
 models = itertools.count()
@@ -135,6 +137,59 @@ def test_a_stream_whose_first_chunk_the_client_cannot_take_is_charged_its_prompt
         next(s for s in gw.ledger.latest(SpanFilter(department=d), 5) if s.request_model == model)
         for d in ("sdk", "gw")
     )
+    assert (sdk.status, gateway.status) == ("error", "error")
+    assert (
+        (sdk.token_source, sdk.input_tokens)
+        == ("estimated", gateway.input_tokens)
+        != (
+            "estimated",
+            0,
+        )
+    )
+
+
+@pytest.fixture
+def hostile(
+    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> Iterator[tuple[Gateway, HostileProxy]]:
+    """A gateway on SQLite before a proxy that spoils the emulator's answers."""
+    proxy = HostileProxy(emulator)
+    try:
+        config = {"upstream_timeout": 3, "retries": 0, "breaker_failures": 1000}
+        gw = serve_on(proxy.url, sqlite_url, config=config)
+        gw.ledger.add_price_rule(token_prices())
+        yield gw, proxy
+    finally:
+        proxy.close()
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(path=st.sampled_from(["/api/chat", "/api/generate"]), spoil=unreadable)
+@example(path="/api/chat", spoil=Spoil("one_line"))
+@example(path="/api/generate", spoil=Spoil("cut", at=0.001))
+def test_a_stream_unreadable_from_its_first_line_is_charged_its_prompt_as_the_gateway_does(
+    hostile: tuple[Gateway, HostileProxy], sqlite_url: str, path: str, spoil: Spoil
+) -> None:
+    """Only a first chunk the ``ollama`` client refused as a JSON object was charged; one that
+    is no JSON at all (every line run into one, gzip'd unsaid, HTML, bytes not UTF-8), cut
+    short, reset or in a coding it does not name failed the Python API's call at $0, 0
+    tokens ``reported``, where the gateway charges its prompt."""
+    gw, proxy = hostile
+    proxy.spoil = spoil
+    request = {"model": f"m{next(models)}", "stream": True, **ROUTES[path]}
+    reply = gw.client.post(path, json=request, headers={"X-Ometer-Department": "gw"})
+    with MeteredClient(proxy.url, department="sdk", db_url=sqlite_url, retries=0) as client:
+        with pytest.raises(UpstreamError):
+            for _ in getattr(client, path.removeprefix("/api/"))(**request):
+                pass
+        settle(client.meter)
+    sdk, gateway = (gw.ledger.latest(SpanFilter(department=d), 1)[0] for d in ("sdk", "gw"))
+    if reply.status_code == 502:  # reset before its head was read: no answer began
+        return
     assert (sdk.status, gateway.status) == ("error", "error")
     assert (
         (sdk.token_source, sdk.input_tokens)

@@ -208,9 +208,10 @@ class _Answered:
                         return
             if not closed:
                 raise unfinished_error(pool.host)
-        except UpstreamError as error:  # broke off, went silent, or ended early
+        except UpstreamError as error:  # broke off, went silent, ended early, or unreadable
             if not closed:
                 closed = True
+                call.answered()  # Ollama's 200 comes with its first item: it consumed
                 await self.end(error)
                 yield LastPart(wire.error_frame(str(error)))
         except BaseException as exc:  # the client hung up (or the server is stopping)

@@ -120,6 +120,7 @@ class MeteredCall:
         self._closes = [self.pid]
         self._t0 = time.perf_counter_ns()
         self._first_ns: int | None = None
+        self._consumed = False
         self._timers: set[asyncio.Timeout] = set()
 
     def ending(self) -> bool:
@@ -172,14 +173,15 @@ class MeteredCall:
                 self.reply_chars += len(event.text)
 
     def answered(self) -> None:
-        """The upstream sent a whole answer's 200, and the answer was lost: it consumed.
+        """The upstream answered 200, and the answer was lost or unreadable: it consumed.
 
-        Ollama writes a non-streamed answer only once it has all of it, so its prompt is
-        charged (estimated) even when that answer is then lost on the way or is too large
-        to take, as a broken stream's is; never a silent $0 for work that was done.
+        Ollama writes a non-streamed answer only once it has all of it, and a stream's 200
+        with its first item (its headers go with the first write), so the prompt is charged
+        (estimated) even when the answer is then lost on the way, too large to take, or
+        cannot be read; never a silent $0 for work that was done. No item was read, so
+        there is no first token to time.
         """
-        if self._first_ns is None:
-            self._first_ns = time.perf_counter_ns()
+        self._consumed = True
 
     def take(self, events: Iterable[Event]) -> UpstreamError | None:
         """Observe ``events`` in order; the failure that ends the answer, if any.
@@ -412,7 +414,7 @@ class MeteredCall:
             span.prompt_eval_duration_ns = final.prompt_eval_ns
             span.eval_duration_ns = final.eval_ns
             self._within_latency()
-        if final is None and self._first_ns is None and not ok:
+        if final is None and self._first_ns is None and not (ok or self._consumed):
             return  # the upstream never answered: nothing was consumed
         if span.prompt_eval_duration_ns is None and span.eval_duration_ns is None:
             # The upstream did not say how long it was busy (Ollama's /v1 routes never do;

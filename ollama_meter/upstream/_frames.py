@@ -55,6 +55,14 @@ class Frames:
             )
         return frames
 
+    def carries(self, frame: bytes) -> bool:
+        """Whether ``frame`` carries some of the answer: not blank, and for server-sent events
+        with data (a comment or an event with none is a keep-alive, however often it comes:
+        the server is as silent as one that sends nothing)."""
+        if self._separator != b"\n\n":
+            return bool(frame.strip())
+        return frame.startswith(b"data:") or b"\ndata:" in frame
+
     def end(self) -> list[bytes]:
         """The stream ended: what is left is its last item, unterminated (the clients read it)."""
         rest = bytes(self._pending)

@@ -305,7 +305,8 @@ class PooledUpstream(Resilient):
         self, response: aiohttp.ClientResponse, frames: Frames
     ) -> AsyncGenerator[list[bytes], None]:
         """The items ``frames`` cuts the body into, a batch for each piece that arrives; no
-        item whole for the read timeout (bytes that end none, blank lines) is a timeout."""
+        item of the answer whole for the read timeout (bytes that end none, blank lines,
+        keep-alive comments) is a timeout."""
         loop = asyncio.get_running_loop()
         chunks = self.chunks(response)
         since = loop.time()
@@ -320,7 +321,7 @@ class PooledUpstream(Resilient):
                         return
                     timer.reschedule(None)
                     batch = frames.feed(data)
-                    if any(frame.strip() for frame in batch):
+                    if any(frames.carries(frame) for frame in batch):
                         since = loop.time()
                     yield batch
         except TimeoutError as exc:

@@ -207,7 +207,7 @@ class Upstream(Resilient):
                     return parts, next(parts, None)
             except Exception as exc:
                 error = self.classify(exc, model=model, started=False)
-                raise _taken(exc, error, whole=False) from exc
+                raise _taken(exc, error) from exc
 
         parts, part = attempts.run(first)
         try:
@@ -276,7 +276,7 @@ class Upstream(Resilient):
                 return parts, await anext(parts, None)
             except Exception as exc:
                 error = self.classify(exc, model=model, started=False)
-                raise _taken(exc, error, whole=False) from exc
+                raise _taken(exc, error) from exc
 
         parts, part = await attempts.arun(first)
         try:
@@ -380,20 +380,18 @@ class Upstream(Resilient):
             await client.close()  # type: ignore[no-untyped-call]
 
 
-def _taken(
-    exc: BaseException, error: UpstreamError | ClientClosed, *, whole: bool = True
-) -> UpstreamError | ClientClosed:
+def _taken(exc: BaseException, error: UpstreamError | ClientClosed) -> UpstreamError | ClientClosed:
     """``error`` (what ``exc`` is classified as), said to have come after Ollama did the work
     (``consumed``) when the client library failed to read a success's body: a whole answer
-    (not JSON, cut short, a field of the wrong type), or a stream's first chunk, a JSON object
-    the client refused (Ollama streams it once the prompt is evaluated). The call is charged
-    its prompt, as the gateway charges the same answer. A failure the answer itself reports
-    (``{"error": ...}``) is Ollama's, and consumed nothing."""
+    (not JSON, cut short, a field of the wrong type), or a stream's first chunk (Ollama's 200
+    goes out with it, once the prompt is evaluated): a JSON object the client refused, a line
+    that is not JSON or not UTF-8, one cut short or reset, or none in time. The call is
+    charged its prompt, as the gateway charges the same answer. A failure the answer itself
+    reports (``{"error": ...}``) is Ollama's, and consumed nothing."""
     if (
         _ANSWERED.get()
         and isinstance(error, UpstreamError)
         and not isinstance(exc, UpstreamError | ollama.ResponseError)
-        and (whole or isinstance(exc, pydantic.ValidationError))
         and _reported_in(exc) is None
     ):
         error.consumed = True

@@ -381,7 +381,14 @@ class _OpenAI:
 
     def decode(self, frame: bytes) -> dict[str, Any] | _End | None:
         """An event's data: its ``data:`` lines joined (comments, ``event:`` and ``id:`` lines
-        beside them are not data); None for an event without any, a keep-alive comment."""
+        beside them are not data); None for an event without any, a keep-alive comment. An
+        event not all UTF-8 is malformed: the official clients decode every line strictly
+        (OpenAI's raised on a comment they would skip), and it is relayed as it came."""
+        if not frame.isascii():
+            try:
+                frame.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Malformed(f"an event that is not UTF-8: {_excerpt(frame)}") from None
         lines = frame.split(b"\n")
         data = [line[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
         if not data:

@@ -64,13 +64,16 @@ counts = st.one_of(
     st.sampled_from([0, -1, 2**63, 2**70, 1.5, "7", None, True]),
 )
 usages = st.dictionaries(st.sampled_from(["prompt_tokens", "completion_tokens"]), counts)
+NOT_UTF8 = b": keep-alive \xff\xfe"
+"""A comment (no data) in bytes that are not UTF-8: the official client decodes every line
+strictly, so it raises on it, where it skips a comment it can read."""
 items = st.one_of(
     st.builds(text, st.text("ab ", min_size=1, max_size=6)),
     st.builds(call_piece, st.sampled_from(['{"a":', "1}", ""])),
     st.just(chunk({}, "stop")),
     st.builds(usage_only, usages),
     st.builds(with_usage, st.text("ab", min_size=1, max_size=3), usages),
-    st.sampled_from([DONE, "{not json", ": keep-alive", "[1, 2]"]),
+    st.sampled_from([DONE, "{not json", ": keep-alive", "[1, 2]", NOT_UTF8]),
     st.just({"error": {"message": "the model ran out of memory", "type": "api_error"}}),
 )
 
@@ -78,7 +81,7 @@ completion_items = st.one_of(
     st.builds(completion, st.text("ab ", min_size=1, max_size=6)),
     st.builds(completion, st.text("ab", min_size=1, max_size=3), usages),
     st.builds(usage_only, usages),
-    st.sampled_from([DONE, "{not json", ": keep-alive"]),
+    st.sampled_from([DONE, "{not json", ": keep-alive", NOT_UTF8]),
     st.just({"error": {"message": "the model ran out of memory", "type": "api_error"}}),
 )
 
@@ -86,10 +89,11 @@ completion_items = st.one_of(
 def answer(events: list[Any]) -> bytes:
     """A 200 carrying ``events`` as ``data:`` events (a comment as it is)."""
     raw = (
-        (e if e.startswith(":") else f"data: {e}") if isinstance(e, str) else f"data: {json.dumps(e)}"
+        e if isinstance(e, bytes) else
+        ((e if e.startswith(":") else f"data: {e}") if isinstance(e, str) else f"data: {json.dumps(e)}").encode()
         for e in events
     )  # fmt: skip
-    body = "".join(f"{line}\n\n" for line in raw).encode()
+    body = b"".join(line + b"\n\n" for line in raw)
     head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
     return head + b"content-length: %d\r\n\r\n" % len(body) + body
 
@@ -171,6 +175,7 @@ SETTINGS = settings(
 @example(events=[text("hi"), usage_only({"prompt_tokens": 9, "completion_tokens": 2}), DONE, DONE], asked=False)  # fmt: skip
 @example(events=[with_usage("hi", {"prompt_tokens": -1, "completion_tokens": "7"}), DONE], asked=True)  # fmt: skip
 @example(events=[call_piece('{"a":'), call_piece("1}"), chunk({}, "tool_calls"), DONE], asked=False)  # fmt: skip
+@example(events=[NOT_UTF8, text("hi"), chunk({}, "stop"), DONE], asked=False)
 def test_a_lying_chat_stream_gives_the_official_client_what_its_span_says(
     upstream: tuple[Gateway, Any], events: list[Any], asked: bool
 ) -> None:

@@ -40,6 +40,7 @@ from ollama_meter.upstream import (
     RetryPolicy,
     wire_for,
 )
+from ollama_meter.upstream._anthropic import wire_of_path
 from ollama_meter.upstream._classify import (
     answer_error,
     detail_of,
@@ -282,6 +283,31 @@ def test_an_item_is_read_only_if_the_clients_read_it_as_the_gateway_did(
             assert isinstance(_as_clients_read(payload), dict)
         return
     assert read == _as_clients_read(payload)
+
+
+@given(
+    beside=st.sampled_from([b": keep-alive", b"event: message", b"id: 7", b"retry: 10"]),
+    at=st.integers(0, 20),
+    flaw=st.sampled_from([b"", b"\xff", b"\xc3", b"\xed\xa0\x80", "é".encode()]),
+    data=st.booleans(),
+    path=st.sampled_from(["/v1/chat/completions", "/v1/responses", "/v1/messages"]),
+)
+def test_an_event_is_read_only_if_the_clients_can_decode_every_line_of_it(
+    beside: bytes, at: int, flaw: bytes, data: bool, path: str
+) -> None:
+    """A comment or an ``event:`` line not in UTF-8 was relayed as it came, beside data the
+    gateway read (or as an event it skipped): OpenAI's client decodes each line strictly,
+    so it raised UnicodeDecodeError on an answer whose span said ``ok``."""
+    line = beside[:at] + flaw + beside[at:]
+    frame = line + b'\ndata: {"a": 1}' if data else line
+    wire = wire_of_path(path)
+    try:
+        frame.decode("utf-8")
+    except UnicodeDecodeError:
+        with pytest.raises(Malformed):
+            wire.decode(frame)
+        return
+    assert wire.decode(frame) == ({"a": 1} if data else None)
 
 
 def test_thinking_and_tool_calls_say_how_long_they_are_in_every_shape() -> None:
