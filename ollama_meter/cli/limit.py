@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ollama_meter.cli._common import Column, DbOption, JsonFlag, ledger_at, settings, table
-from ollama_meter.cli._console import out
+from ollama_meter.cli._console import out, write_data
 from ollama_meter.errors import ValidationError
 from ollama_meter.records import Limit, values_of
 
@@ -84,7 +84,7 @@ def list_limits(as_json: JsonFlag = False, db: DbOption = None) -> None:
             values_of(lim, updated_at=lim.updated_at.isoformat() if lim.updated_at else None)
             for lim in limits
         ]
-        out.file.write(json.dumps(rows, indent=2) + "\n")
+        write_data(json.dumps(rows, indent=2) + "\n")
         return
     columns = [
         Column("scope"),

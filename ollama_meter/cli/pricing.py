@@ -22,7 +22,7 @@ from ollama_meter.cli._common import (
     table,
     utc_now,
 )
-from ollama_meter.cli._console import err, named, out
+from ollama_meter.cli._console import err, named, out, write_data
 from ollama_meter.cli._files import file_to_read
 from ollama_meter.cli._stopped import said_if_stopped
 from ollama_meter.errors import PricingError, ValidationError
@@ -137,7 +137,7 @@ def list_rules(as_json: JsonFlag = False, db: DbOption = None) -> None:
 
     rules = sort_rules(ledger_at(db).price_rules())
     if as_json:
-        out.file.write(json.dumps([rule_to_dict(r) for r in rules], indent=2) + "\n")
+        write_data(json.dumps([rule_to_dict(r) for r in rules], indent=2) + "\n")
         return
     if not rules:
         out.print(

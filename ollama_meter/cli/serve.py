@@ -26,7 +26,7 @@ from ollama_meter.cli._common import (
     settings,
     table,
 )
-from ollama_meter.cli._console import err, named, out
+from ollama_meter.cli._console import err, named, out, write_data
 from ollama_meter.cli._waiting import open_when_up
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES, short_token
@@ -407,7 +407,7 @@ def list_keys(as_json: JsonFlag = False, db: DbOption = None) -> None:
             }
             for k in keys
         ]
-        out.file.write(json.dumps(rows, indent=2) + "\n")
+        write_data(json.dumps(rows, indent=2) + "\n")
         return
     columns = [
         Column("id", numeric=True),
