@@ -1,4 +1,5 @@
-"""What to say when a filter matched nothing: the names no span has, and the near ones."""
+"""What to say when a filter matched nothing, or a cap names what no call has: the names no span
+has, and the near ones."""
 
 from __future__ import annotations
 
@@ -41,6 +42,18 @@ def note_unmatched(ledger: Ledger, **given: str | None) -> None:
     hint = unmatched(ledger, **given) if any(v is not None for v in given.values()) else ""
     if hint:
         err.print(f"note: {hint}")
+
+
+def note_unused_scope(ledger: Ledger, what: str, tenant: str, department: str | None) -> None:
+    """After a cap was set (a budget, a limit): on stderr, a tenant or department no span has.
+
+    The cap is kept (a new department's may come before its first call), but one on a typo
+    (``salse``) binds no call while whoever set it thinks sales capped."""
+    from ollama_meter.cli._console import err
+
+    hint = unmatched(ledger, tenant=tenant, department=department)
+    if hint:
+        err.print(f"note: {hint}: the {what} binds no call until one names it")
 
 
 def note_tenants_summed(

@@ -105,6 +105,9 @@ def set_budget(
             f"{money(saved.limit, saved.currency)} ({saved.kind}, alerts at "
             f"{', '.join(f'{t}%' for t in saved.thresholds)})"
         )
+    from ollama_meter.cli import _hints
+
+    _hints.note_unused_scope(ledger, "budget", cfg.tenant, department)
 
 
 def budget_to_dict(budget: Budget) -> dict[str, Any]:

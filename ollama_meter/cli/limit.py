@@ -58,8 +58,13 @@ def set_limit(
         raise ValidationError("give at least one of --rpm, --tpm, --concurrency, --weight")
     scope = _scope(department, tenant, key, db)
     limit = replace(scope, rpm=rpm, tpm=tpm, concurrency=concurrency, weight=weight)
-    saved = ledger_at(db).set_limit(limit)
+    ledger = ledger_at(db)
+    saved = ledger.set_limit(limit)
     out.print(f"limits for {saved.scope()}: {saved.describe()}")
+    if key is None:  # a key's scope is the key's own, named when it was made
+        from ollama_meter.cli import _hints
+
+        _hints.note_unused_scope(ledger, "limit", scope.tenant, department)
 
 
 @app.command("rm")
