@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
     from ollama_meter.ledger import Ledger
     from ollama_meter.periods import Window
+    from ollama_meter.records import PriceRule
 
 
 def unmatched(ledger: Ledger, **given: str | None) -> str:
@@ -54,6 +55,23 @@ def note_unused_scope(ledger: Ledger, what: str, tenant: str, department: str | 
     hint = unmatched(ledger, tenant=tenant, department=department)
     if hint:
         err.print(f"note: {hint}: the {what} binds no call until one names it")
+
+
+def note_unmatched_rule(ledger: Ledger, rule: PriceRule) -> None:
+    """After ``pricing set``: on stderr, a pattern that matches no model a span has. The rule
+    is kept (a model may be priced before its first call), but one on a typo (``lama3.1:*``)
+    prices nothing while the calls it was meant for stay unpriced."""
+    from ollama_meter.cli._console import err
+
+    models = ledger.names("model")
+    if not models or any(rule.matches(model) for model in models):
+        return
+    close = get_close_matches(rule.pattern, models, n=3)
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    err.print(
+        f"note: no span has a model {shown(rule.pattern)} matches{hint}: the rule prices no "
+        "call until one does"
+    )
 
 
 def note_tenants_summed(

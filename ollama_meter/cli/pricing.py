@@ -104,13 +104,17 @@ def set_rule(
         )
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
-    ((saved, new),) = ledger_for(cfg).add_price_rules([rule])
+    ledger = ledger_for(cfg)
+    ((saved, new),) = ledger.add_price_rules([rule])
     parts = ", ".join(f"{name} {value:f}" for name, value in saved.prices().items())
     out.print(
         f"rule {saved.id}: {saved.pattern} → {parts} {saved.currency}"
         + (f" from {saved.effective_from}" if saved.effective_from else "")
         + ("" if new else " (already there)")
     )
+    from ollama_meter.cli import _hints
+
+    _hints.note_unmatched_rule(ledger, saved)
 
 
 def rule_to_dict(rule: PriceRule) -> dict[str, object]:
