@@ -52,6 +52,8 @@ def note_unused_scope(ledger: Ledger, what: str, tenant: str, department: str | 
     (``salse``) binds no call while whoever set it thinks sales capped."""
     from ollama_meter.cli._console import err
 
+    if not ledger.names("tenant"):  # nothing recorded yet: every name is new, none a typo
+        return
     hint = unmatched(ledger, tenant=tenant, department=department)
     if hint:
         err.print(f"note: {hint}: the {what} binds no call until one names it")

@@ -54,3 +54,11 @@ def test_a_cap_on_names_calls_have_used_says_nothing_more(cli, db: str, what: st
     for args in ([department, "--tenant", tenant], ["--tenant", tenant]):
         done = cli(*COMMANDS[what], *args)
         assert done.code == 0 and done.stderr == "", done.stderr
+
+
+@pytest.mark.parametrize("what", sorted(COMMANDS))
+def test_on_a_ledger_with_no_calls_yet_every_name_is_new_and_nothing_is_said(  # type: ignore[no-untyped-def]
+    cli, sqlite_url: str, what: str
+) -> None:
+    done = cli(*COMMANDS[what], "sales", "--tenant", "acme", "--db", sqlite_url)
+    assert done.code == 0 and done.stderr == "", done.stderr
