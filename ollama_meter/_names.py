@@ -71,6 +71,8 @@ def system_timezone() -> str:
 WHOLE_NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*")
 """An integer as a user writes one: ASCII digits. ``int()`` (and so typer and pydantic) also
 reads ``1_0``, ``10.0`` and other scripts' digits, so a typo ran on a value nobody wrote."""
+PLAIN_NUMBER = re.compile(r"\s*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
+"""A number as a user writes one: ASCII digits, a point, an exponent (``1.5``, ``1e3``)."""
 
 
 def whole_number(value: object) -> object:

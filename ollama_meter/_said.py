@@ -11,7 +11,7 @@ from pydantic.fields import FieldInfo
 from pydantic.functional_validators import BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from ollama_meter._names import WHOLE_NUMBER
+from ollama_meter._names import PLAIN_NUMBER, WHOLE_NUMBER
 
 _NUMBER_ERRORS = frozenset(
     {
@@ -55,6 +55,14 @@ def digits(value: object) -> object:
     return value
 
 
+def plain(value: object) -> object:
+    """A number setting's ``value`` (seconds), refused unless written as a number is: ASCII
+    digits, a point and an exponent. pydantic reads ``1_0`` as 10, as it does for an integer."""
+    if isinstance(value, str) and not PLAIN_NUMBER.fullmatch(value):
+        raise PydanticCustomError("float_parsing", "not a number")
+    return value
+
+
 def _shown(given: object) -> str:
     text = repr(given) if isinstance(given, str) else str(given)
     return text if len(text) <= 60 else f"{text[:40]}... ({len(text):,} characters)"
@@ -84,3 +92,5 @@ def _expected(info: FieldInfo) -> str:
 
 Int = Annotated[int, BeforeValidator(digits)]
 """An integer setting: written in digits (``1_0`` and ``10.0`` are refused, not read as 10)."""
+Float = Annotated[float, BeforeValidator(plain)]
+"""A number setting: written as ``1.5`` or ``1e3`` (``1_0`` is refused, not read as 10)."""

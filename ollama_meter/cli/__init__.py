@@ -40,7 +40,7 @@ from ollama_meter.cli import (
     serve,
 )
 from ollama_meter.cli._common import settings
-from ollama_meter.cli._console import err, out, printable
+from ollama_meter.cli._console import err, escape_unencodable, out, printable
 from ollama_meter.cli._hints import shown as quoted
 from ollama_meter.cli._settings import run_ended, run_started
 from ollama_meter.errors import OmeterError
@@ -127,6 +127,7 @@ def _main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     if sys.stdout is None:  # started with it closed (`>&-`): Python gives no stream at all
         sys.stdout = _ClosedStdout()
+    escape_unencodable()
     try:
         with contextlib.nullcontext() if _records_calls(sys.argv) else recording_nothing():
             code = command()(standalone_mode=False)

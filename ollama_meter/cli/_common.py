@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ollama_meter._paths import replace_file, written_through
-from ollama_meter.cli._console import err, named, out, shown
+from ollama_meter.cli._console import err, named, shown, write_data
 from ollama_meter.cli._files import a_database
 from ollama_meter.cli._settings import settings as settings  # noqa: PLC0414 (where commands get it)
 from ollama_meter.errors import ConfigError, OmeterError, ValidationError
@@ -388,8 +388,7 @@ def ms(ns: int | None) -> str:
 def write_output(text: str, path: Path | None) -> None:
     """Print, or write ``path`` atomically (a temp file renamed over it)."""
     if path is None:
-        out.file.write(text)
-        out.file.flush()
+        write_data(text)
         return
     try:
         through = written_through(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
 from typing import Any
 
 from rich.console import Console, ConsoleDimensions
@@ -123,6 +124,32 @@ class _TextConsole(Console):
         """Drop what a failed write left unwritten; rich would print it before the next
         command's output."""
         del self._buffer[:]
+
+
+def write_data(text: str) -> None:
+    """CSV, JSON or an HTML page on stdout: UTF-8 whatever the locale's encoding, the bytes
+    ``--out`` writes to a file. In the locale's (a Windows redirect's cp1252, ISO-8859-1, a
+    PYTHONIOENCODING of ascii) a model's ``中文`` failed the write: no bill, and an exit code
+    that said ometer had a bug."""
+    stream = out.file
+    binary = getattr(stream, "buffer", None)
+    if binary is None:  # a text-only stream (an embedding's StringIO): it holds any text
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()  # what a table or message before it left in the text layer goes first
+    binary.write(text.encode("utf-8"))
+    binary.flush()
+
+
+def escape_unencodable() -> None:
+    """Have stdout write a character its encoding cannot hold as an escape (``\\u4e2d``), as
+    Python writes stderr: tables and messages are for a person, and a name in another script
+    must not end the command (see :func:`write_data` for data)."""
+    stream = sys.stdout
+    reconfigure = getattr(stream, "reconfigure", None)
+    if callable(reconfigure) and getattr(stream, "errors", None) == "strict":
+        reconfigure(errors="backslashreplace")
 
 
 out = _TextConsole(highlight=False, soft_wrap=True, markup=False, emoji=False)

@@ -1,4 +1,5 @@
-"""What to say when a filter matched nothing: the names no span has, and the near ones."""
+"""What to say when a filter matched nothing, or a cap names what no call has: the names no span
+has, and the near ones."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ if TYPE_CHECKING:
 
     from ollama_meter.ledger import Ledger
     from ollama_meter.periods import Window
+    from ollama_meter.records import PriceRule
 
 
 def unmatched(ledger: Ledger, **given: str | None) -> str:
@@ -41,6 +43,37 @@ def note_unmatched(ledger: Ledger, **given: str | None) -> None:
     hint = unmatched(ledger, **given) if any(v is not None for v in given.values()) else ""
     if hint:
         err.print(f"note: {hint}")
+
+
+def note_unused_scope(ledger: Ledger, what: str, tenant: str, department: str | None) -> None:
+    """After a cap was set (a budget, a limit): on stderr, a tenant or department no span has.
+
+    The cap is kept (a new department's may come before its first call), but one on a typo
+    (``salse``) binds no call while whoever set it thinks sales capped."""
+    from ollama_meter.cli._console import err
+
+    if not ledger.names("tenant"):  # nothing recorded yet: every name is new, none a typo
+        return
+    hint = unmatched(ledger, tenant=tenant, department=department)
+    if hint:
+        err.print(f"note: {hint}: the {what} binds no call until one names it")
+
+
+def note_unmatched_rule(ledger: Ledger, rule: PriceRule) -> None:
+    """After ``pricing set``: on stderr, a pattern that matches no model a span has. The rule
+    is kept (a model may be priced before its first call), but one on a typo (``lama3.1:*``)
+    prices nothing while the calls it was meant for stay unpriced."""
+    from ollama_meter.cli._console import err
+
+    models = ledger.names("model")
+    if not models or any(rule.matches(model) for model in models):
+        return
+    close = get_close_matches(rule.pattern, models, n=3)
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    err.print(
+        f"note: no span has a model {shown(rule.pattern)} matches{hint}: the rule prices no "
+        "call until one does"
+    )
 
 
 def note_tenants_summed(

@@ -18,7 +18,7 @@ from ollama_meter.cli._common import (
     table,
     utc_now,
 )
-from ollama_meter.cli._console import out, shown
+from ollama_meter.cli._console import out, shown, write_data
 from ollama_meter.errors import BudgetError, ValidationError
 from ollama_meter.records import (
     DEFAULT_THRESHOLDS,
@@ -105,6 +105,9 @@ def set_budget(
             f"{money(saved.limit, saved.currency)} ({saved.kind}, alerts at "
             f"{', '.join(f'{t}%' for t in saved.thresholds)})"
         )
+    from ollama_meter.cli import _hints
+
+    _hints.note_unused_scope(ledger, "budget", cfg.tenant, department)
 
 
 def budget_to_dict(budget: Budget) -> dict[str, Any]:
@@ -127,7 +130,7 @@ def list_budgets(as_json: JsonFlag = False, db: DbOption = None) -> None:
     ledger = ledger_at(db)
     budgets = ledger.budgets()
     if as_json:
-        out.file.write(json.dumps([budget_to_dict(b) for b in budgets], indent=2) + "\n")
+        write_data(json.dumps([budget_to_dict(b) for b in budgets], indent=2) + "\n")
         return
     if not budgets:
         out.print("no budgets; add one with `ometer budget set DEPT --monthly 100`")
@@ -216,7 +219,7 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
     undelivered = ledger.alerts(undelivered_only=True)
     if as_json:
         dicts = [status_to_dict(r, undelivered) for r in rows]
-        out.file.write(json.dumps(dicts, indent=2) + "\n")
+        write_data(json.dumps(dicts, indent=2) + "\n")
         return
     if not rows:
         out.print("no budgets; add one with `ometer budget set DEPT --monthly 100`")

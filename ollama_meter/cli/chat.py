@@ -12,7 +12,7 @@ import typer
 
 from ollama_meter._text import json_text
 from ollama_meter.cli._common import DbOption, DeptOption, TenantOption, money, ms, settings
-from ollama_meter.cli._console import err, inert, out, shown
+from ollama_meter.cli._console import err, inert, out, shown, write_data
 from ollama_meter.errors import OmeterError, UpstreamError, ValidationError
 from ollama_meter.records import SpanRecord, Stored, TokenSource
 
@@ -139,13 +139,13 @@ def _turn(session: _Session, messages: list[dict[str, str]]) -> str:
                 failure = {"error": _stopped_by(exc), "error_type": "client_abort"}
             if run.call is not None:
                 failure |= {"span_id": run.span.id, **span_to_dict(run.span)}
-            out.file.write(json_text(failure) + "\n")
+            write_data(json_text(failure) + "\n")
         raise
     finally:  # whatever stopped the loop (stdout gone, a bug): the call ends here, recorded
         chunks.close()
     reply = "".join(parts)
     if as_json:
-        out.file.write(json_text(result_json(run.span, reply)) + "\n")
+        write_data(json_text(result_json(run.span, reply)) + "\n")
     else:
         if not reply.endswith("\n"):
             out.file.write("\n")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ollama_meter.cli._common import Column, DbOption, JsonFlag, ledger_at, settings, table
-from ollama_meter.cli._console import out
+from ollama_meter.cli._console import out, write_data
 from ollama_meter.errors import ValidationError
 from ollama_meter.records import Limit, values_of
 
@@ -58,8 +58,13 @@ def set_limit(
         raise ValidationError("give at least one of --rpm, --tpm, --concurrency, --weight")
     scope = _scope(department, tenant, key, db)
     limit = replace(scope, rpm=rpm, tpm=tpm, concurrency=concurrency, weight=weight)
-    saved = ledger_at(db).set_limit(limit)
+    ledger = ledger_at(db)
+    saved = ledger.set_limit(limit)
     out.print(f"limits for {saved.scope()}: {saved.describe()}")
+    if key is None:  # a key's scope is the key's own, named when it was made
+        from ollama_meter.cli import _hints
+
+        _hints.note_unused_scope(ledger, "limit", scope.tenant, department)
 
 
 @app.command("rm")
@@ -84,7 +89,7 @@ def list_limits(as_json: JsonFlag = False, db: DbOption = None) -> None:
             values_of(lim, updated_at=lim.updated_at.isoformat() if lim.updated_at else None)
             for lim in limits
         ]
-        out.file.write(json.dumps(rows, indent=2) + "\n")
+        write_data(json.dumps(rows, indent=2) + "\n")
         return
     columns = [
         Column("scope"),

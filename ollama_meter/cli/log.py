@@ -20,7 +20,7 @@ from ollama_meter.cli._common import (
     settings,
     table,
 )
-from ollama_meter.cli._console import out, shown
+from ollama_meter.cli._console import out, shown, write_data
 from ollama_meter.records import Status, TokenSource
 
 _STATUS_STYLE: dict[str, str] = {
@@ -74,7 +74,7 @@ def log(
     if as_json:
         from ollama_meter.reports import span_to_dict
 
-        out.file.write(json_text([span_to_dict(s) for s in spans], indent=2) + "\n")
+        write_data(json_text([span_to_dict(s) for s in spans], indent=2) + "\n")
         return
     if not spans:
         filtered = any(v is not None for v in (tenant, dept, model, status, user))

@@ -22,7 +22,7 @@ from ollama_meter.cli._common import (
     table,
     utc_now,
 )
-from ollama_meter.cli._console import err, named, out
+from ollama_meter.cli._console import err, named, out, write_data
 from ollama_meter.cli._files import file_to_read
 from ollama_meter.cli._stopped import said_if_stopped
 from ollama_meter.errors import PricingError, ValidationError
@@ -104,13 +104,17 @@ def set_rule(
         )
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
-    ((saved, new),) = ledger_for(cfg).add_price_rules([rule])
+    ledger = ledger_for(cfg)
+    ((saved, new),) = ledger.add_price_rules([rule])
     parts = ", ".join(f"{name} {value:f}" for name, value in saved.prices().items())
     out.print(
         f"rule {saved.id}: {saved.pattern} → {parts} {saved.currency}"
         + (f" from {saved.effective_from}" if saved.effective_from else "")
         + ("" if new else " (already there)")
     )
+    from ollama_meter.cli import _hints
+
+    _hints.note_unmatched_rule(ledger, saved)
 
 
 def rule_to_dict(rule: PriceRule) -> dict[str, object]:
@@ -137,7 +141,7 @@ def list_rules(as_json: JsonFlag = False, db: DbOption = None) -> None:
 
     rules = sort_rules(ledger_at(db).price_rules())
     if as_json:
-        out.file.write(json.dumps([rule_to_dict(r) for r in rules], indent=2) + "\n")
+        write_data(json.dumps([rule_to_dict(r) for r in rules], indent=2) + "\n")
         return
     if not rules:
         out.print(

@@ -26,10 +26,10 @@ from ollama_meter.cli._common import (
     settings,
     table,
 )
-from ollama_meter.cli._console import err, named, out
+from ollama_meter.cli._console import err, named, out, write_data
 from ollama_meter.cli._waiting import open_when_up
 from ollama_meter.errors import ValidationError
-from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
+from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES, short_token
 from ollama_meter.records import Source, SpanRecord, Status
 from ollama_meter.records._limit import MAX_QUEUE, MAX_SLOTS
 
@@ -176,6 +176,8 @@ def serve(
         origins=tuple(origins.split(",")),
     )
     admin_token = options.admin_token
+    if admin_token and (short := short_token(admin_token, host, loopback=is_loopback(host))):
+        raise ValidationError(short)
     if not (is_loopback(host) or require_key or admin_token or insecure_open):
         raise ValidationError(
             f"not listening on {host}: with neither --require-key nor --admin-token, anyone who "
@@ -405,7 +407,7 @@ def list_keys(as_json: JsonFlag = False, db: DbOption = None) -> None:
             }
             for k in keys
         ]
-        out.file.write(json.dumps(rows, indent=2) + "\n")
+        write_data(json.dumps(rows, indent=2) + "\n")
         return
     columns = [
         Column("id", numeric=True),

@@ -98,6 +98,8 @@ def allowed_origins(extra: Iterable[str] = ()) -> Origins:
         origin = entry.strip().lower()
         if not origin:
             continue
+        if (page := _page_address(origin)) is not None:  # what a browser's Origin never is
+            raise ValidationError(_bad(entry, f"is a page's address, not its origin: give {page}"))
         if origin == "*":
             anything = True
         elif origin.count("*") > 1 or not (origin.isascii() and origin.isprintable()):
@@ -110,6 +112,17 @@ def allowed_origins(extra: Iterable[str] = ()) -> Origins:
         else:
             exact.add(origin.rstrip("/"))
     return Origins(frozenset(exact), tuple(dict.fromkeys(patterns)), anything)
+
+
+def _page_address(origin: str) -> str | None:
+    """The origin of ``origin`` when it has a path, query or fragment (a page's address
+    copied whole: https://chat.example.com/app), else None. A browser's ``Origin`` is
+    scheme://host[:port] and nothing after, so such an entry matched no page, and the page
+    it was meant for was refused with no word why."""
+    scheme, sep, rest = origin.partition("://")
+    rest = rest.rstrip("/")
+    cut = min((rest.index(c) for c in "/?#" if c in rest), default=-1)
+    return f"{scheme}://{rest[:cut]}" if sep and cut >= 0 else None
 
 
 def _bad(entry: str, problem: str) -> str:

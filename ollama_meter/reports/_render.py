@@ -23,15 +23,21 @@ from ollama_meter.records import Micros, format_micros
 # A cell starting with one of these is a formula to a spreadsheet; so is a piece of one
 # after a line break, which some read as a new row, or after a ';' or a tab, which Excel
 # (with a ';' list separator: Germany, France...) and LibreOffice's import split cells on,
-# our ','-quoting aside. Quotes before it may open that piece as a quoted field.
-_FORMULA_LINE = re.compile(r'(^|\r\n|\r|\n|;|\t)(?="*[=+\-@\t\r])')
+# our ','-quoting aside. Quotes before it may open that piece as a quoted field, and blanks
+# before it are trimmed by Google Sheets' import and LibreOffice's "trim spaces": any
+# Unicode space (no-break, ideographic...) and the invisible zero-width space and byte order
+# mark. Not a tab, a trigger itself: a run of tabs (each a separator) is then not read to
+# its end again from each one.
+_BLANKS = r'[^\S\t\r\n]|[\u200b\ufeff"]'
+_FORMULA_LINE = re.compile(rf"(^|\r\n|\r|\n|;|\t)(?=(?:{_BLANKS})*[=+\-@\t\r])")
 
 
 def safe_cell(value: str) -> str:
     """Neutralise text a spreadsheet would run as a formula (CSV injection).
 
     Every piece of the cell that starts with ``= + - @``, a tab or a carriage return (after
-    any ``"``) gets a leading ``'``: the first, and each after a line break, ``;`` or tab.
+    any ``"`` and blanks) gets a leading ``'``: the first, and each after a line break, ``;``
+    or tab.
     """
     return _FORMULA_LINE.sub(lambda m: m.group(1) + "'", value)
 

@@ -232,6 +232,32 @@ def test_a_malformed_origin_setting_is_an_error_before_anything_listens(entry: s
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("entry", "origin"),
+    [
+        ("https://chat.example.com/app", "https://chat.example.com"),
+        ("https://chat.example.com/app/index.html", "https://chat.example.com"),
+        ("http://intranet:8080/?x=1", "http://intranet:8080"),
+        ("https://chat.example.com#top", "https://chat.example.com"),
+        ("http://intranet:*/ui", "http://intranet:*"),
+    ],
+)
+def test_an_origin_with_a_path_is_an_error_naming_the_origin(entry: str, origin: str) -> None:
+    """A browser's ``Origin`` is scheme://host[:port], nothing after: an entry copied from a
+    page's address (https://chat.example.com/app) matched no page, so that page was refused
+    403 with no word why."""
+    with pytest.raises(ValidationError) as caught:
+        GatewayOptions(origins=(entry,))
+    assert str(caught.value).startswith(
+        f"--origins (OMETER_ORIGINS): {entry!r} is a page's address, not its origin: give {origin}"
+    ), str(caught.value)
+
+
+@pytest.mark.parametrize("entry", ["https://chat.example.com/", "http://intranet:*", "app://*"])
+def test_an_origin_with_no_path_is_taken(entry: str) -> None:
+    GatewayOptions(origins=(entry,))
+
+
 PAGE = b"<!doctype html><title>a page</title><p>calls the gateway from the browser"
 
 

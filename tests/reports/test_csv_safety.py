@@ -24,6 +24,10 @@ TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 BREAK = re.compile(r"\r\n|\r|\n")
 OTHER_SEPARATORS = re.compile(r"[;\t]")
 """What a spreadsheet may split a line on besides the comma: each piece is a cell to it."""
+SPACES = " \u00a0\u2003\u3000\u200b\ufeff\x0b\x0c"
+"""Blanks a spreadsheet may trim from a cell before it looks for a formula (Google Sheets,
+LibreOffice's "trim spaces"): an ordinary space, no-break, em and ideographic spaces, the
+invisible zero-width space and byte order mark, vertical tab and form feed."""
 HOSTILE = [
     'x\r=HYPERLINK("http://evil.example","x")',
     "ok\n+1+1",
@@ -33,6 +37,8 @@ HOSTILE = [
     "-2",
     "\t=1",
     "plain",
+    ' =HYPERLINK("http://evil.example","x")',
+    "x; \u00a0@SUM(A1)",
     'x;=HYPERLINK("http://evil.example","x")',
     "a\t@SUM(A1)",
     'b;"=1+1',
@@ -45,20 +51,24 @@ def assert_safe(text: str) -> list[list[str]]:
     for row in rows:
         for cell in row:
             for line in BREAK.split(cell):
-                assert not line.startswith(TRIGGERS), (cell, line)
+                assert not line.lstrip(SPACES).startswith(TRIGGERS), (cell, line)
     # No physical line of the file starts a formula either (a reader that splits on \r), nor
     # any piece of one a reader splitting on ';' or tab makes (quotes or not: a '"' that does
     # not open a field is a letter to it, and one that does may open it on '=').
     for line in BREAK.split(text):
         for piece in OTHER_SEPARATORS.split(line):
-            assert not piece.lstrip('"').startswith(TRIGGERS[:4]), (line, piece)
+            assert not piece.lstrip('"' + SPACES).startswith(TRIGGERS[:4]), (line, piece)
     # A cell holding a line break is quoted.
     for cell in (c for row in rows for c in row if BREAK.search(c)):
         assert '"' + cell.replace('"', '""') + '"' in text
     return rows
 
 
-@given(st.lists(st.text(alphabet=st.sampled_from("=+-@\t\r\n\"',;ab1 "), max_size=12), max_size=6))
+@given(
+    st.lists(
+        st.text(alphabet=st.sampled_from("=+-@\t\r\n\"',;ab1 " + SPACES), max_size=12), max_size=6
+    )
+)
 def test_every_cell_reads_back_safe_and_only_gains_quotes(cells: list[str]) -> None:
     columns = [f"c{i}" for i in range(len(cells))]
     text = to_csv(columns, [dict(zip(columns, cells, strict=True))])
@@ -86,3 +96,5 @@ def test_reports_written_by_the_cli_are_safe(cli, sqlite_url: str, command: str)
     models = {row[0] for row in rows[1:]}
     assert "'=1+1" in models and 'x\r\'=HYPERLINK("http://evil.example","x")' in models
     assert 'x;\'=HYPERLINK("http://evil.example","x")' in models and "a\t'@SUM(A1)" in models
+    # Blanks before the formula hide it from no spreadsheet that trims them.
+    assert '\' =HYPERLINK("http://evil.example","x")' in models and "x;' \u00a0@SUM(A1)" in models
