@@ -9,6 +9,9 @@ rebuilt. Reports of those months then never counted the spans the rebuild was ru
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -79,3 +82,32 @@ def test_a_rebuild_stopped_half_way_is_finished_before_anything_is_pruned(
     assert gateway.count() < 120
     assert [_monthly(ledger, m) for m in MONTHS] == _reference(tmp_path, "reference.db")
     gateway.dispose()
+
+
+def _rebuild_killed_after_its_first_day(url: str) -> None:
+    ledger = Ledger(url, zone="Europe/Berlin")
+    rebuild(ledger.write, ledger.read, progress=lambda _day: os.kill(os.getpid(), signal.SIGKILL))
+
+
+def test_a_rebuild_killed_dead_half_way_is_finished_before_anything_is_pruned(
+    db_url: str, tmp_path: Path
+) -> None:
+    """kill -9 (the OOM killer, a host lost) leaves no word that it stopped, only its beat."""
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.record(_spans())
+    _without_rollups(ledger)
+    gateway = Ledger(db_url, zone="Europe/Berlin")
+    killed = multiprocessing.get_context("spawn").Process(
+        target=_rebuild_killed_after_its_first_day, args=(db_url,)
+    )
+    killed.start()
+    killed.join(120)
+    assert killed.exitcode == -signal.SIGKILL
+    with pytest.raises(LedgerError, match="being rebuilt"):
+        prune(gateway, 30, now=NOW)
+    assert gateway.count() == 120
+    Ledger(db_url, zone="Europe/Berlin").dispose()  # the next process to open it finishes it
+    assert prune(gateway, 30, now=NOW).removed > 0
+    assert [_monthly(ledger, m) for m in MONTHS] == _reference(tmp_path, "reference.db")
+    gateway.dispose()
+    ledger.dispose()
