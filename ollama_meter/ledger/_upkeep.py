@@ -90,6 +90,16 @@ def prune(
                 "after an upgrade): prune once that is done, since the days it would prune "
                 "could not be cut again after it"
             )
+        if get_meta(conn, "rebuilding") is not None:
+            # Run because the rollups lack spans (a bulk load, rows lost), it puts days
+            # right oldest first: days it has not reached yet would keep rollups without
+            # those spans for good once their raw spans were gone. A process that opens
+            # the ledger finishes one stopped half way; a gateway's daily prune does not.
+            raise LedgerError(
+                "the rollups are being rebuilt from the raw spans (ometer db rollup): prune "
+                "once that is done, since the days it would prune could not be rebuilt after "
+                "it (ometer db rollup finishes a rebuild that stopped half way)"
+            )
         # Midnight in the ledger's zone, so its day cells before the horizon are whole; days
         # by the calendar (now less keep_days * 24 h is a day off across a DST change).
         zone = ledger_zone(conn)

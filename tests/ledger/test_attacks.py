@@ -595,18 +595,23 @@ def test_a_prune_that_lands_while_the_rollups_are_rebuilt_loses_no_pruned_day(
 ) -> None:
     """`ometer db rollup` read the prune horizon once, at its start; a `db prune` run from
     cron meanwhile removed the raw spans of days it had yet to redo, and it redid them from
-    nothing: the rollups, all the ledger still has of those days, were emptied."""
+    nothing: the rollups, all the ledger still has of those days, were emptied. Now the
+    prune waits for the rebuild (test_prune_beside_rebuild: days it had yet to redo kept
+    rollups without the spans it was run for)."""
     ledger = Ledger(db_url, zone="Europe/Berlin")
     ledger.record(_spans())
     kept, bills = _tables(ledger), [_monthly(ledger, m) for m in ("2026-10", "2026-11")]
-    pruned: list[datetime] = []
+    refused: list[LedgerError] = []
 
     def prune_after_the_first_day(_day: int) -> None:
-        if not pruned:
-            pruned.append(prune(ledger, 30, now=NOW).cutoff)
+        if not refused:
+            with pytest.raises(LedgerError, match="being rebuilt") as caught:
+                prune(ledger, 30, now=NOW)
+            refused.append(caught.value)
 
     rebuild(ledger.write, ledger.read, progress=prune_after_the_first_day)
-    assert pruned and pruned[0] > datetime(2026, 11, 1, tzinfo=UTC)
+    assert refused and ledger.pruned_before() is None
+    assert prune(ledger, 30, now=NOW).cutoff > datetime(2026, 11, 1, tzinfo=UTC)
     assert [_monthly(ledger, m) for m in ("2026-10", "2026-11")] == bills
     assert _tables(ledger) == kept
 
