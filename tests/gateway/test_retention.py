@@ -13,7 +13,7 @@ import pytest
 
 from ollama_meter.gateway._retention import prune_daily
 from ollama_meter.ledger import Ledger, SpanFilter, prune
-from ollama_meter.ledger._meta import pruned_before
+from ollama_meter.ledger._meta import pruned_before, set_meta
 from ollama_meter.meter import utc_now
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
@@ -73,3 +73,34 @@ def test_a_gateway_told_to_stop_stops_its_prune_between_pieces_and_says_what_it_
         for line in said
     ), said
     assert prune(ledger, 30, now=utc_now()).removed == 5
+
+
+def test_a_refused_prune_is_tried_again_within_the_hour_not_the_next_day(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A prune refused (a `db rollup` under way, a locked or absent ledger) was tried again
+    only a day later: a gateway started beside a long rebuild kept a day's worth of spans
+    more than OMETER_KEEP_DAYS says, every time."""
+    now = utc_now()
+    ledger = Ledger(sqlite_url)
+    ledger.record([make_span(started_at=now - timedelta(days=40 + n)) for n in range(5)])
+    with ledger.write() as conn:
+        set_meta(conn, "rebuilding", "2026-01-01")  # a rebuild stopped half way
+
+    async def refused_then_done() -> None:
+        task = asyncio.create_task(prune_daily(ledger, 30, retry=0.05))
+        try:
+            while not any("failed" in r.getMessage() for r in caplog.records):
+                await asyncio.sleep(0.01)
+            assert ledger.count() == 5
+            with ledger.write() as conn:
+                set_meta(conn, "rebuilding", None)  # the rebuild finished
+            while ledger.count():
+                await asyncio.sleep(0.01)
+        finally:
+            task.cancel()
+
+    with caplog.at_level(logging.INFO, logger="ollama_meter.gateway"):
+        asyncio.run(asyncio.wait_for(refused_then_done(), 30))
+    said = [r.getMessage() for r in caplog.records if r.name == "ollama_meter.gateway"]
+    assert any("being rebuilt" in line and "tried again in" in line for line in said), said
