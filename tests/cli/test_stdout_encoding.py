@@ -12,14 +12,18 @@ an escape (``\\u4e2d``), as Python writes stderr.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ollama_meter.cli import main
 from ollama_meter.ledger import Ledger
 from tests.factories import make_span
 
@@ -28,12 +32,52 @@ AT = datetime(2026, 11, 3, 9, tzinfo=UTC)
 ENCODINGS = ["ascii", "latin-1", "cp1252"]
 
 
-def ometer(encoding: str, *args: str) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "PYTHONIOENCODING": encoding, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "ollama_meter", *args],
-        env=env, capture_output=True, check=False, timeout=120,
-    )  # fmt: skip
+@dataclass
+class Ran:
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+
+@pytest.fixture
+def ometer(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """``ometer ARGS`` in this process through the real entry point, its stdout a text stream
+    in ``encoding`` over bytes, strict as the locale's is (what PYTHONIOENCODING makes of a
+    process's stdout: one process shows that, below)."""
+
+    def run(encoding: str, *args: str) -> Ran:
+        capsys.readouterr()
+        raw = io.BytesIO()
+        stdout = io.TextIOWrapper(raw, encoding=encoding, errors="strict", write_through=True)
+        monkeypatch.setattr(sys, "stdout", stdout)
+        monkeypatch.setattr(sys, "argv", ["ometer", *args])
+        monkeypatch.setenv("COLUMNS", "200")
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        stdout.flush()
+        return Ran(code, raw.getvalue(), capsys.readouterr().err)
+
+    return run
+
+
+def test_a_process_whose_stdout_is_ascii_writes_csv_as_utf8_and_tables_with_escapes(
+    ledger_url: str,
+) -> None:
+    env = {**os.environ, "PYTHONIOENCODING": "ascii", "COLUMNS": "200"}
+    for args, says in (
+        (["--format", "csv"], "qwen2.5:中文".encode()),
+        ([], b"gemma:\\U0001f600"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "ollama_meter", "report", "--period", "2026-11", "--by",
+             "model", "--db", ledger_url, *args],
+            env=env, capture_output=True, check=False, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert says in done.stdout, done.stdout
 
 
 @pytest.fixture
@@ -46,7 +90,7 @@ def ledger_url(sqlite_url: str) -> str:
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_data_on_stdout_is_the_utf8_of_the_out_file(
-    ledger_url: str, tmp_path: Path, encoding: str
+    ometer: Any, ledger_url: str, tmp_path: Path, encoding: str
 ) -> None:
     commands = [
         ["report", "--period", "2026-11", "--by", "model", "--format", "csv"],
@@ -56,7 +100,7 @@ def test_data_on_stdout_is_the_utf8_of_the_out_file(
     ]
     for args in commands:
         piped = ometer(encoding, *args, "--db", ledger_url)
-        assert piped.returncode == 0, (args, piped.stderr.decode(errors="replace"))
+        assert piped.returncode == 0, (args, piped.stderr)
         out = tmp_path / "out"
         written = ometer(encoding, *args, "--db", ledger_url, "--out", str(out))
         assert written.returncode == 0, written.stderr
@@ -68,14 +112,16 @@ def test_data_on_stdout_is_the_utf8_of_the_out_file(
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_tables_write_what_stdout_cannot_hold_as_escapes(ledger_url: str, encoding: str) -> None:
+def test_tables_write_what_stdout_cannot_hold_as_escapes(
+    ometer: Any, ledger_url: str, encoding: str
+) -> None:
     for args in (
         ["report", "--period", "2026-11", "--by", "model"],
         ["perf", "--period", "2026-11", "--by", "model"],
         ["log"],
     ):
         done = ometer(encoding, *args, "--db", ledger_url)
-        assert done.returncode == 0, (args, done.stderr.decode(errors="replace"))
+        assert done.returncode == 0, (args, done.stderr)
         text = done.stdout.decode(encoding)
         assert "\\u4e2d\\u6587" in text or "中文" in text, args
         assert "gemma:\\U0001f600" in text, args
