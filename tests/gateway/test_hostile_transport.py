@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.records import MAX_CALL_COST, MAX_DURATION_NS, MAX_TOKENS
 from ollama_meter.testing import OllamaEmulator
-from tests._raw_http import DRIP_S, dripping
+from tests._raw_http import DRIP_S, _Listener, dripping
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
@@ -162,7 +162,7 @@ def spoiled(spoil: Spoil, status: int, media: str, body: bytes) -> list[bytes | 
     return [head.encode() + body]
 
 
-class HostileProxy:
+class HostileProxy(_Listener):
     """A loopback proxy to ``emulator``: each request's model becomes ``real`` (the gateway asks
     for a model of its own each call, so no circuit opens across calls), and the emulator's
     answer is written as :func:`spoiled` says for ``self.spoil``, or for ``self.by_model``'s
@@ -173,24 +173,14 @@ class HostileProxy:
         self.spoil = Spoil("honest")
         self.by_model: dict[str, Spoil] = {}
         self.http = httpx.Client(base_url=emulator.url, timeout=30)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        super().__init__()
 
     def close(self) -> None:
-        self.listener.close()
+        super().close()
         self.http.close()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+    def _accepted(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
@@ -453,26 +443,16 @@ def test_spoiled_answers_cost_no_honest_caller_beside_them_its_span(
     assert {s.request_model for s in spans} == {model for _, _, model in calls}
 
 
-class KeptAliveOnly:
+class KeptAliveOnly(_Listener):
     """A loopback server that answers 200 to a stream and then sends only ``frame`` (a
     keep-alive comment) every 0.1 s, for :data:`DRIP_S` or until the caller leaves."""
 
     def __init__(self, frame: bytes) -> None:
         self.frame = frame
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+    def _accepted(self, conn: socket.socket) -> None:
+        threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
