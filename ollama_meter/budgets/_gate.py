@@ -50,6 +50,8 @@ from ollama_meter.budgets._leases import (
     Lease,
     Reservation,
     Watches,
+    recorded,
+    settled,
 )
 from ollama_meter.budgets._refusals import Refusals, mismatch, refusal, refused_alerts
 from ollama_meter.budgets._thresholds import ThresholdAlerts
@@ -58,7 +60,7 @@ from ollama_meter.periods import current_period
 from ollama_meter.records import Alert, Budget, LeaseKey
 
 if TYPE_CHECKING:
-    from ollama_meter.budgets._store import BudgetReads, BudgetStore, BudgetWrites
+    from ollama_meter.budgets._store import BudgetStore, BudgetWrites
 
 log = logging.getLogger("ollama_meter.budgets")
 _KEEPING: weakref.WeakSet[BudgetGate] = weakref.WeakSet()
@@ -257,12 +259,9 @@ class BudgetGate(ThresholdAlerts):
             at = store.clock(now)  # after the lock: a wait for it does not age the time
             sizes: list[tuple[Lease, int, int]] = []
             refusals: list[BudgetExceeded] = []
-            found = _recorded(store, leases)  # before the spend: then it counts their costs
-            for lease in leases:
+            found, reads = settled(store, leases, at)  # the spend counts the calls found
+            for lease, spent, others in reads:
                 budget = lease.budget
-                assert budget.id is not None
-                spent = store.spent(budget, lease.tenant, lease.window.start, lease.window.end)
-                others = store.held(lease.key, at, exclude=lease.row_id)
                 mine = lease.holds(found)
                 room = budget.limit - spent - others - mine
                 over = spent >= budget.limit or spent + need > budget.limit
@@ -413,7 +412,7 @@ class BudgetGate(ThresholdAlerts):
         clock, ttl = self._clock(), self._reservation_ttl
         written: list[tuple[Lease, int]] = []
         with self.ledger.budget_transaction() as store:
-            found = _recorded(store, leases)
+            found = recorded(store, leases)
             for lease in leases:
                 gone = sum(cost for i, cost in lease.kept.items() if i in found)
                 if found.intersection(lease.kept) or lease.due(now, clock, ttl):
@@ -438,8 +437,3 @@ class BudgetGate(ThresholdAlerts):
             self._closing.set()  # the keeper ends once no call is in flight
         if leases and give_back:
             self._give_back(leases)
-
-
-def _recorded(store: BudgetReads, leases: list[Lease]) -> set[str]:
-    """The spans of ``leases``' calls (in flight, or kept) that are in the ledger now."""
-    return store.recorded(ids) if (ids := [i for le in leases for i in le.span_ids()]) else set()

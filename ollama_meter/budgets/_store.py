@@ -38,7 +38,8 @@ class BudgetReads(Protocol):
 
     def recorded(self, span_ids: Collection[str]) -> set[str]:
         """Which of ``span_ids`` are in the ledger: their costs are in :meth:`spent` from now
-        on (a span and its rollups are committed together), so asked first, before it."""
+        on (a span and its rollups are committed together). Asked before it and after: on
+        PostgreSQL each statement reads the ledger as it is then (``_leases.settled``)."""
         ...
 
     def refusals(self, starts: Collection[datetime]) -> dict[LeaseKey, int]:
