@@ -7,6 +7,7 @@ what a renewal reads of the ledger for them (:func:`settled`).
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -108,10 +109,11 @@ def recorded(store: BudgetReads, leases: list[Lease]) -> set[str]:
 
 
 def settled(
-    store: BudgetReads, leases: list[Lease], at: datetime
+    store: BudgetReads, leases: list[Lease], at: datetime, returning: Collection[str] = ()
 ) -> tuple[set[str], list[tuple[Lease, int, int]]]:
     """The spans of ``leases``' calls in the ledger, and each lease's spend and what other
-    processes hold (at ``at``), read so that every call is counted once, and no call twice
+    processes hold (at ``at``; not ``returning``, this process's rows being given back, whose
+    calls are all in the ledger), read so that every call is counted once, and no call twice
     but another process's between its commit and its next renewal (its lease holds it still).
 
     A PostgreSQL write transaction reads each statement as the ledger is then (READ
@@ -125,7 +127,7 @@ def settled(
     while True:
         reads = []
         for lease in leases:
-            others = store.held(lease.key, at, exclude=lease.row_id)
+            others = store.held(lease.key, at, exclude=(lease.row_id, *returning))
             start, end = lease.window.start, lease.window.end
             reads.append((lease, store.spent(lease.budget, lease.tenant, start, end), others))
         again = recorded(store, leases)

@@ -32,8 +32,9 @@ class BudgetReads(Protocol):
         where it has one (hosts' clocks disagree), else ``now``, this host's."""
         ...
 
-    def held(self, key: LeaseKey, now: datetime, *, exclude: str | None = None) -> int:
-        """What live leases hold for ``key`` at ``now``, a :meth:`clock` time (``exclude`` one)."""
+    def held(self, key: LeaseKey, now: datetime, *, exclude: Collection[str] = ()) -> int:
+        """What live leases hold for ``key`` at ``now``, a :meth:`clock` time (but the rows
+        ``exclude``)."""
         ...
 
     def recorded(self, span_ids: Collection[str]) -> set[str]:

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import event, func, select
 
 from ollama_meter.budgets import Budget, BudgetGate, Estimate
+from ollama_meter.budgets._leases import Reservation
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger.models import BUDGET_RESERVATIONS
@@ -299,6 +300,76 @@ def _given_back_during_admission(
     finally:
         mine.close(give_back=False)
         their.close(give_back=False)
+
+
+def test_a_lease_given_back_as_the_next_call_renews_is_held_once(db_url: str) -> None:
+    """A call settles and its lease, a fragment now, goes back (after the lock is let go);
+    the next call renews after any statement of that give-back: it is admitted in exactly
+    the room left. The row not dropped yet was counted as another process's hold, and the
+    call refused (the near-the-limit gateway test, under load, with renewals read at one
+    moment already)."""
+    ledger = Ledger(db_url)
+    try:
+        at = 0
+        while _renewed_during_give_back(ledger, at):
+            at += 1
+        assert at > 0
+    finally:
+        ledger.dispose()
+
+
+def _renewed_during_give_back(ledger: Ledger, at: int) -> bool:
+    """Whether the second admission ran inside the first call's give-back (else after it)."""
+    tenant, bound, cost = next(_tenants), 1000, 600
+    ledger.save_budget(
+        Budget(
+            tenant=tenant, department="sales", period="month", limit=cost + bound, currency="USD"
+        )
+    )
+    gate = BudgetGate(ledger, tz=UTC, lease_share=0.25)
+    admitted: list[Any] = []
+
+    def admit() -> None:
+        try:
+            admitted.append(
+                gate.admit(
+                    call_id=new_span_row_id(),
+                    tenant=tenant,
+                    department="sales",
+                    estimate=Estimate(bound, "USD"),
+                    now=NOW,
+                )
+            )
+        except BudgetExceeded as exc:
+            admitted.append(exc)
+
+    try:
+        first = admit() or admitted.pop()
+        gate.ended(first, cost)
+        ledger.record([make_span(id=first.id, started_at=NOW, tenant=tenant, cost_total=cost)])
+        second = threading.Thread(target=admit)
+        statements = itertools.count()
+
+        def meanwhile(*_: Any) -> None:
+            if next(statements) == at:
+                second.start()
+                if ledger.engine.dialect.name == "postgresql":
+                    second.join()  # it runs between this statement and the next
+                # (SQLite: it waits for the give-back's write lock, and runs after it)
+
+        event.listen(ledger.engine, "after_cursor_execute", meanwhile)
+        try:
+            gate.settle(first)  # a fragment of bound - cost is left: it goes back
+        finally:
+            event.remove(ledger.engine, "after_cursor_execute", meanwhile)
+            inside = second.ident is not None
+            if not inside:
+                second.start()
+            second.join()
+        assert [type(a) for a in admitted] == [Reservation]  # the room left, exactly
+        return inside
+    finally:
+        gate.close(give_back=False)
 
 
 def test_two_gateways_on_one_ledger_never_overshoot(serve: Any, emulator: OllamaEmulator) -> None:
