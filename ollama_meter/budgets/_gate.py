@@ -50,6 +50,8 @@ from ollama_meter.budgets._leases import (
     Lease,
     Reservation,
     Watches,
+    recorded,
+    settled,
 )
 from ollama_meter.budgets._refusals import Refusals, mismatch, refusal, refused_alerts
 from ollama_meter.budgets._thresholds import ThresholdAlerts
@@ -58,7 +60,7 @@ from ollama_meter.periods import current_period
 from ollama_meter.records import Alert, Budget, LeaseKey
 
 if TYPE_CHECKING:
-    from ollama_meter.budgets._store import BudgetReads, BudgetStore, BudgetWrites
+    from ollama_meter.budgets._store import BudgetStore, BudgetWrites
 
 log = logging.getLogger("ollama_meter.budgets")
 _KEEPING: weakref.WeakSet[BudgetGate] = weakref.WeakSet()
@@ -96,6 +98,7 @@ class BudgetGate(ThresholdAlerts):
         self.lease_share = lease_share
         self._clock = clock
         self._leases: dict[LeaseKey, Lease] = {}
+        self._returning: set[str] = set()  # rows of leases taken out, being given back
         self._watch = Watches()
         self._refusals_said: set[tuple[LeaseKey, int, int]] = set()  # claimed in the ledger
         self._refused = Refusals(recheck=ttl, clock=clock)  # said again without the ledger
@@ -124,7 +127,7 @@ class BudgetGate(ThresholdAlerts):
         """A forked child's gate holds no lease: the parent's rows are the parent's (a child
         admitting against one in memory, or writing its row, would spend or drop the parent's
         hold), and the parent's keeper thread is not there."""
-        self._leases, self._watch = {}, Watches()  # (its lock may have been held at the fork)
+        self._leases, self._returning, self._watch = {}, set(), Watches()  # (a lock held at fork)
         self._lock = threading.Lock()
         self._keeper = None
         self._closing = threading.Event()
@@ -257,12 +260,10 @@ class BudgetGate(ThresholdAlerts):
             at = store.clock(now)  # after the lock: a wait for it does not age the time
             sizes: list[tuple[Lease, int, int]] = []
             refusals: list[BudgetExceeded] = []
-            found = _recorded(store, leases)  # before the spend: then it counts their costs
-            for lease in leases:
+            # the spend counts the calls found; (a copy: a give-back ends without the lock)
+            found, reads = settled(store, leases, at, tuple(self._returning))
+            for lease, spent, others in reads:
                 budget = lease.budget
-                assert budget.id is not None
-                spent = store.spent(budget, lease.tenant, lease.window.start, lease.window.end)
-                others = store.held(lease.key, at, exclude=lease.row_id)
                 mine = lease.holds(found)
                 room = budget.limit - spent - others - mine
                 over = spent >= budget.limit or spent + need > budget.limit
@@ -322,7 +323,7 @@ class BudgetGate(ThresholdAlerts):
                 if idle and (
                     self._closed or not self.lease_share or lease.free < reservation.amount
                 ):
-                    give_back.append(self._leases.pop(key))
+                    give_back.append(self._returned(key))
             if self._closed and not self._leases:
                 self._closing.set()  # the keeper's work is done: it ends now, not in a round
         if give_back:
@@ -346,7 +347,14 @@ class BudgetGate(ThresholdAlerts):
         """Give back the idle leases (lock held)."""
         idle = self._idle(now)
         if idle:
-            self._give_back([self._leases.pop(key) for key in idle])
+            self._give_back([self._returned(key) for key in idle])
+
+    def _returned(self, key: LeaseKey) -> Lease:
+        """Take out a lease to give back (lock held; all its calls are in the ledger): its row,
+        dropped after the lock is let go, is no other process's hold to a renewal meanwhile."""
+        lease = self._leases.pop(key)
+        self._returning.add(lease.row_id)
+        return lease
 
     def _give_back(self, leases: list[Lease]) -> None:
         self._refused.forget(le.key for le in leases)
@@ -356,6 +364,8 @@ class BudgetGate(ThresholdAlerts):
                     store.drop_lease(lease.row_id)
         except Exception:  # it expires on its own; the call must not fail for this
             log.warning("could not give back %d budget lease(s); they expire", len(leases))
+        finally:
+            self._returning.difference_update(le.row_id for le in leases)
 
     def _keep(self, now: datetime) -> None:
         """Note the time, and have a thread look after this process's leases (lock held).
@@ -413,7 +423,7 @@ class BudgetGate(ThresholdAlerts):
         clock, ttl = self._clock(), self._reservation_ttl
         written: list[tuple[Lease, int]] = []
         with self.ledger.budget_transaction() as store:
-            found = _recorded(store, leases)
+            found = recorded(store, leases)
             for lease in leases:
                 gone = sum(cost for i, cost in lease.kept.items() if i in found)
                 if found.intersection(lease.kept) or lease.due(now, clock, ttl):
@@ -434,12 +444,7 @@ class BudgetGate(ThresholdAlerts):
             done = [
                 k for k, lease in self._leases.items() if not lease.in_flight and not lease.kept
             ]
-            leases = [self._leases.pop(k) for k in done]
+            leases = [self._returned(k) for k in done]
             self._closing.set()  # the keeper ends once no call is in flight
         if leases and give_back:
             self._give_back(leases)
-
-
-def _recorded(store: BudgetReads, leases: list[Lease]) -> set[str]:
-    """The spans of ``leases``' calls (in flight, or kept) that are in the ledger now."""
-    return store.recorded(ids) if (ids := [i for le in leases for i in le.span_ids()]) else set()

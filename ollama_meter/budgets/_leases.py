@@ -1,17 +1,23 @@
 """What a process holds of a budget: leases in the ledger, and the calls admitted against them.
 
-Plain data for :mod:`ollama_meter.budgets._gate`, which decides; see its docstring.
+Plain data for :mod:`ollama_meter.budgets._gate`, which decides (see its docstring), and
+what a renewal reads of the ledger for them (:func:`settled`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from ollama_meter._forks import ChildLock
 from ollama_meter.periods import Window
 from ollama_meter.records import Budget, LeaseKey
+
+if TYPE_CHECKING:
+    from ollama_meter.budgets._store import BudgetReads
 
 RESERVATION_TTL = timedelta(minutes=15)
 """How long a lease holds if its process dies without giving it back."""
@@ -95,6 +101,39 @@ class Lease:
         """Time to write the row again: half its life gone by this process's clock (``clock``,
         monotonic), or by the wall clock (``now``), which may have stepped forward."""
         return clock - self.renewed > ttl.total_seconds() / 2 or now >= self.expires_at - ttl / 2
+
+
+def recorded(store: BudgetReads, leases: list[Lease]) -> set[str]:
+    """The spans of ``leases``' calls (in flight, or kept) that are in the ledger now."""
+    return store.recorded(ids) if (ids := [i for le in leases for i in le.span_ids()]) else set()
+
+
+def settled(
+    store: BudgetReads, leases: list[Lease], at: datetime, returning: Collection[str] = ()
+) -> tuple[set[str], list[tuple[Lease, int, int]]]:
+    """The spans of ``leases``' calls in the ledger, and each lease's spend and what other
+    processes hold (at ``at``; not ``returning``, this process's rows being given back, whose
+    calls are all in the ledger), read so that every call is counted once, and no call twice
+    but another process's between its commit and its next renewal (its lease holds it still).
+
+    A PostgreSQL write transaction reads each statement as the ledger is then (READ
+    COMMITTED): commits land between them. The holds are read before the spend: a call
+    committed and its lease given back meanwhile is in the spend (else in neither, and a
+    call past the limit was admitted). The spans are asked about before and after: when a
+    call of these leases was committed meanwhile (else the spend counted it and its lease
+    held it too, and a call that fitted exactly was refused), all is read again. Only these
+    leases' calls, settling, do that: each once."""
+    found = recorded(store, leases)
+    while True:
+        reads = []
+        for lease in leases:
+            others = store.held(lease.key, at, exclude=(lease.row_id, *returning))
+            start, end = lease.window.start, lease.window.end
+            reads.append((lease, store.spent(lease.budget, lease.tenant, start, end), others))
+        again = recorded(store, leases)
+        if again == found:
+            return found, reads
+        found = again
 
 
 WATCH_SECONDS = 30.0

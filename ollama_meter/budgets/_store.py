@@ -32,13 +32,15 @@ class BudgetReads(Protocol):
         where it has one (hosts' clocks disagree), else ``now``, this host's."""
         ...
 
-    def held(self, key: LeaseKey, now: datetime, *, exclude: str | None = None) -> int:
-        """What live leases hold for ``key`` at ``now``, a :meth:`clock` time (``exclude`` one)."""
+    def held(self, key: LeaseKey, now: datetime, *, exclude: Collection[str] = ()) -> int:
+        """What live leases hold for ``key`` at ``now``, a :meth:`clock` time (but the rows
+        ``exclude``)."""
         ...
 
     def recorded(self, span_ids: Collection[str]) -> set[str]:
         """Which of ``span_ids`` are in the ledger: their costs are in :meth:`spent` from now
-        on (a span and its rollups are committed together), so asked first, before it."""
+        on (a span and its rollups are committed together). Asked before it and after: on
+        PostgreSQL each statement reads the ledger as it is then (``_leases.settled``)."""
         ...
 
     def refusals(self, starts: Collection[datetime]) -> dict[LeaseKey, int]:

@@ -300,15 +300,15 @@ class BudgetTables:
         """The ledger's time (see :func:`ledger_now`): what ``held`` and ``put_lease`` take."""
         return ledger_now(self._conn, now)
 
-    def held(self, key: LeaseKey, now: datetime, *, exclude: str | None = None) -> int:
+    def held(self, key: LeaseKey, now: datetime, *, exclude: Collection[str] = ()) -> int:
         query = select(func.coalesce(func.sum(BUDGET_RESERVATIONS.c.amount_micros), 0)).where(
             BUDGET_RESERVATIONS.c.budget_id == key.budget_id,
             BUDGET_RESERVATIONS.c.tenant == key.tenant,
             BUDGET_RESERVATIONS.c.period_start == key.period_start,
             BUDGET_RESERVATIONS.c.expires_at > now,
         )
-        if exclude is not None:
-            query = query.where(BUDGET_RESERVATIONS.c.id != exclude)
+        if exclude:
+            query = query.where(BUDGET_RESERVATIONS.c.id.not_in(sorted(exclude)))
         return int(self._conn.execute(query).scalar_one())
 
     def recorded(self, span_ids: Collection[str]) -> set[str]:

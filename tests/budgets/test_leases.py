@@ -10,9 +10,10 @@ from typing import Any
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from ollama_meter.budgets import Budget, BudgetGate, Estimate
+from ollama_meter.budgets._leases import Reservation
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger.models import BUDGET_RESERVATIONS
@@ -133,6 +134,242 @@ def test_a_call_committed_and_not_settled_yet_is_counted_once(
     finally:
         gate.close(give_back=False)
         ledger.dispose()
+
+
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    bound=st.integers(1, 10**6),
+    percent=st.integers(1, 100),
+    share=st.sampled_from([0.0, 0.25]),
+)
+def test_a_call_committed_while_a_lease_is_renewed_is_counted_once(
+    db_url: str, bound: int, percent: int, share: float
+) -> None:
+    """The write-behind thread commits a call's span while another thread renews the lease
+    that holds its cost, after any statement of the renewal: the call that fits exactly is
+    admitted, and nothing past it. On PostgreSQL (READ COMMITTED) the renewal asked which
+    spans were in, then read the spend in later statements: a commit between the two was
+    counted in the spend and held as well (the near-the-limit gateway test, once, under load,
+    once commits gathered 100 ms of calls). SQLite's write lock lets no commit in."""
+    ledger, writer = Ledger(db_url), Ledger(db_url)
+    cost = max(1, bound * percent // 100)
+    try:
+        at = 0
+        while _commit_during_admission(ledger, writer, bound, cost, share, at):
+            at += 1
+        assert at > 0  # the admission renewed the lease (it holds the call's cost)
+    finally:
+        ledger.dispose()
+        writer.dispose()
+
+
+def _commit_during_admission(
+    ledger: Ledger, writer: Ledger, bound: int, cost: int, share: float, at: int
+) -> bool:
+    """A call ends costing ``cost``; another, of ``bound``, is admitted in exactly the room
+    left, while ``writer`` commits the first one's span after the ``at``-th statement the
+    admission sends (after the admission when it sends fewer): whether it landed inside."""
+    tenant = next(_tenants)
+    ledger.save_budget(
+        Budget(
+            tenant=tenant, department="sales", period="month", limit=cost + bound, currency="USD"
+        )
+    )
+    gate = BudgetGate(ledger, tz=UTC, lease_share=share)
+
+    def admit(amount: int) -> Any:
+        return gate.admit(
+            call_id=new_span_row_id(),
+            tenant=tenant,
+            department="sales",
+            estimate=Estimate(amount, "USD"),
+            now=NOW,
+        )
+
+    try:
+        first = admit(bound)
+        gate.ended(first, cost)
+        span = make_span(id=first.id, started_at=NOW, tenant=tenant, cost_total=cost)
+        commit = threading.Thread(target=writer.record, args=([span],))
+        statements = itertools.count()
+
+        def meanwhile(*_: Any) -> None:
+            if next(statements) == at:
+                commit.start()
+                if ledger.engine.dialect.name == "postgresql":
+                    commit.join()  # it lands between this statement and the next
+                # (SQLite: it waits for the admission's write lock, and lands after it)
+
+        event.listen(ledger.engine, "after_cursor_execute", meanwhile)
+        try:
+            second = admit(bound)  # the room left, exactly
+        finally:
+            event.remove(ledger.engine, "after_cursor_execute", meanwhile)
+            inside = commit.ident is not None
+            if not inside:
+                commit.start()
+            commit.join()
+        assert second is not None
+        with pytest.raises(BudgetExceeded):
+            admit(1)
+        gate.settle(first)
+        with pytest.raises(BudgetExceeded):
+            admit(1)
+        return inside
+    finally:
+        gate.close(give_back=False)
+
+
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(bound=st.integers(1, 10**6), percent=st.integers(1, 100))
+def test_a_lease_given_back_while_another_process_renews_is_counted_once(
+    db_url: str, bound: int, percent: int
+) -> None:
+    """Another process's call is committed and its lease given back (a CLI run's) while this
+    one renews, after any statement of the renewal: its cost is in the spend or its bound in
+    the holds, never in neither. On PostgreSQL (READ COMMITTED) the spend was read before the
+    commit and the holds after the give-back, and a call past the limit was admitted."""
+    ours, theirs = Ledger(db_url), Ledger(db_url)
+    cost = max(1, bound * percent // 100)
+    try:
+        at = 0
+        while _given_back_during_admission(ours, theirs, bound, cost, at):
+            at += 1
+        assert at > 0
+    finally:
+        ours.dispose()
+        theirs.dispose()
+
+
+def _given_back_during_admission(
+    ours: Ledger, theirs: Ledger, bound: int, cost: int, at: int
+) -> bool:
+    """Their call of ``bound`` ends costing ``cost``; ours, one more than the room it leaves,
+    is refused while they commit the span and give the lease back after the ``at``-th
+    statement our admission sends (after it when it sends fewer): whether it landed inside."""
+    tenant, limit = next(_tenants), 2 * bound
+    ours.save_budget(
+        Budget(tenant=tenant, department="sales", period="month", limit=limit, currency="USD")
+    )
+    mine, their = (BudgetGate(ledger, tz=UTC, lease_share=0.0) for ledger in (ours, theirs))
+
+    def admit(gate: BudgetGate, amount: int) -> Any:
+        return gate.admit(
+            call_id=new_span_row_id(),
+            tenant=tenant,
+            department="sales",
+            estimate=Estimate(amount, "USD"),
+            now=NOW,
+        )
+
+    try:
+        call = admit(their, bound)
+        their.ended(call, cost)
+        span = make_span(id=call.id, started_at=NOW, tenant=tenant, cost_total=cost)
+
+        def done() -> None:
+            theirs.record([span])
+            their.settle(call)  # the lease goes back
+
+        done_there = threading.Thread(target=done)
+        statements = itertools.count()
+
+        def meanwhile(*_: Any) -> None:
+            if next(statements) == at:
+                done_there.start()
+                if ours.engine.dialect.name == "postgresql":
+                    done_there.join()  # it lands between this statement and the next
+                # (SQLite: it waits for the admission's write lock, and lands after it)
+
+        event.listen(ours.engine, "after_cursor_execute", meanwhile)
+        try:
+            with pytest.raises(BudgetExceeded):
+                admit(mine, limit - cost + 1)
+        finally:
+            event.remove(ours.engine, "after_cursor_execute", meanwhile)
+            inside = done_there.ident is not None
+            if not inside:
+                done_there.start()
+            done_there.join()
+        assert admit(mine, limit - cost) is not None  # the room left, exactly
+        return inside
+    finally:
+        mine.close(give_back=False)
+        their.close(give_back=False)
+
+
+def test_a_lease_given_back_as_the_next_call_renews_is_held_once(db_url: str) -> None:
+    """A call settles and its lease, a fragment now, goes back (after the lock is let go);
+    the next call renews after any statement of that give-back: it is admitted in exactly
+    the room left. The row not dropped yet was counted as another process's hold, and the
+    call refused (the near-the-limit gateway test, under load, with renewals read at one
+    moment already)."""
+    ledger = Ledger(db_url)
+    try:
+        at = 0
+        while _renewed_during_give_back(ledger, at):
+            at += 1
+        assert at > 0
+    finally:
+        ledger.dispose()
+
+
+def _renewed_during_give_back(ledger: Ledger, at: int) -> bool:
+    """Whether the second admission ran inside the first call's give-back (else after it)."""
+    tenant, bound, cost = next(_tenants), 1000, 600
+    ledger.save_budget(
+        Budget(
+            tenant=tenant, department="sales", period="month", limit=cost + bound, currency="USD"
+        )
+    )
+    gate = BudgetGate(ledger, tz=UTC, lease_share=0.25)
+    admitted: list[Any] = []
+
+    def admit() -> None:
+        try:
+            admitted.append(
+                gate.admit(
+                    call_id=new_span_row_id(),
+                    tenant=tenant,
+                    department="sales",
+                    estimate=Estimate(bound, "USD"),
+                    now=NOW,
+                )
+            )
+        except BudgetExceeded as exc:
+            admitted.append(exc)
+
+    try:
+        first = admit() or admitted.pop()
+        gate.ended(first, cost)
+        ledger.record([make_span(id=first.id, started_at=NOW, tenant=tenant, cost_total=cost)])
+        second = threading.Thread(target=admit)
+        statements = itertools.count()
+
+        def meanwhile(*_: Any) -> None:
+            if next(statements) == at:
+                second.start()
+                if ledger.engine.dialect.name == "postgresql":
+                    second.join()  # it runs between this statement and the next
+                # (SQLite: it waits for the give-back's write lock, and runs after it)
+
+        event.listen(ledger.engine, "after_cursor_execute", meanwhile)
+        try:
+            gate.settle(first)  # a fragment of bound - cost is left: it goes back
+        finally:
+            event.remove(ledger.engine, "after_cursor_execute", meanwhile)
+            inside = second.ident is not None
+            if not inside:
+                second.start()
+            second.join()
+        assert [type(a) for a in admitted] == [Reservation]  # the room left, exactly
+        return inside
+    finally:
+        gate.close(give_back=False)
 
 
 def test_two_gateways_on_one_ledger_never_overshoot(serve: Any, emulator: OllamaEmulator) -> None:
