@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,6 +86,55 @@ NOW = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
 _tenants = (f"w{n}" for n in itertools.count())
 
 
+def _gate(
+    ledger: Ledger, limit: int, share: float, tenant: str | None = None
+) -> tuple[BudgetGate, Callable[[int], Any]]:
+    """A month's budget of ``limit`` for a new tenant's sales (or ``tenant``'s), a gate on
+    ``ledger``, and what admits a call of an amount through it."""
+    tenant = tenant or next(_tenants)
+    ledger.save_budget(
+        Budget(tenant=tenant, department="sales", period="month", limit=limit, currency="USD")
+    )
+    gate = BudgetGate(ledger, tz=UTC, lease_share=share)
+
+    def admit(amount: int) -> Any:
+        return gate.admit(
+            call_id=new_span_row_id(),
+            tenant=tenant,
+            department="sales",
+            estimate=Estimate(amount, "USD"),
+            now=NOW,
+        )
+
+    return gate, admit
+
+
+@contextlib.contextmanager
+def _after_statement(ledger: Ledger, at: int, other: threading.Thread) -> Iterator[list[bool]]:
+    """Run ``other`` after the ``at``-th statement ``ledger`` sends in the block (after the
+    block when it sends fewer); the list given says, once the block ends, whether it ran
+    inside. On PostgreSQL it runs to its end between that statement and the next; on SQLite
+    it waits for the block's write lock, and lands after it."""
+    statements = itertools.count()
+
+    def meanwhile(*_: Any) -> None:
+        if next(statements) == at:
+            other.start()
+            if ledger.engine.dialect.name == "postgresql":
+                other.join()
+
+    inside: list[bool] = []
+    event.listen(ledger.engine, "after_cursor_execute", meanwhile)
+    try:
+        yield inside
+    finally:
+        event.remove(ledger.engine, "after_cursor_execute", meanwhile)
+        inside.append(other.ident is not None)
+        if not inside[0]:
+            other.start()
+        other.join()
+
+
 @settings(
     max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -101,22 +152,7 @@ def test_a_call_committed_and_not_settled_yet_is_counted_once(
     fitted exactly was refused (the near-the-limit gateway test, once, under load)."""
     ledger, tenant = Ledger(db_url), next(_tenants)
     cost = bound * percent // 100
-    ledger.save_budget(
-        Budget(
-            tenant=tenant, department="sales", period="month", limit=cost + bound, currency="USD"
-        )
-    )
-    gate = BudgetGate(ledger, tz=UTC, lease_share=share)
-
-    def admit(amount: int) -> Any:
-        return gate.admit(
-            call_id=new_span_row_id(),
-            tenant=tenant,
-            department="sales",
-            estimate=Estimate(amount, "USD"),
-            now=NOW,
-        )
-
+    gate, admit = _gate(ledger, cost + bound, share, tenant)
     try:
         first = admit(bound)
         gate.ended(first, cost)
@@ -172,52 +208,21 @@ def _commit_during_admission(
     left, while ``writer`` commits the first one's span after the ``at``-th statement the
     admission sends (after the admission when it sends fewer): whether it landed inside."""
     tenant = next(_tenants)
-    ledger.save_budget(
-        Budget(
-            tenant=tenant, department="sales", period="month", limit=cost + bound, currency="USD"
-        )
-    )
-    gate = BudgetGate(ledger, tz=UTC, lease_share=share)
-
-    def admit(amount: int) -> Any:
-        return gate.admit(
-            call_id=new_span_row_id(),
-            tenant=tenant,
-            department="sales",
-            estimate=Estimate(amount, "USD"),
-            now=NOW,
-        )
-
+    gate, admit = _gate(ledger, cost + bound, share, tenant)
     try:
         first = admit(bound)
         gate.ended(first, cost)
         span = make_span(id=first.id, started_at=NOW, tenant=tenant, cost_total=cost)
         commit = threading.Thread(target=writer.record, args=([span],))
-        statements = itertools.count()
-
-        def meanwhile(*_: Any) -> None:
-            if next(statements) == at:
-                commit.start()
-                if ledger.engine.dialect.name == "postgresql":
-                    commit.join()  # it lands between this statement and the next
-                # (SQLite: it waits for the admission's write lock, and lands after it)
-
-        event.listen(ledger.engine, "after_cursor_execute", meanwhile)
-        try:
+        with _after_statement(ledger, at, commit) as inside:
             second = admit(bound)  # the room left, exactly
-        finally:
-            event.remove(ledger.engine, "after_cursor_execute", meanwhile)
-            inside = commit.ident is not None
-            if not inside:
-                commit.start()
-            commit.join()
         assert second is not None
         with pytest.raises(BudgetExceeded):
             admit(1)
         gate.settle(first)
         with pytest.raises(BudgetExceeded):
             admit(1)
-        return inside
+        return inside[0]
     finally:
         gate.close(give_back=False)
 
@@ -252,22 +257,16 @@ def _given_back_during_admission(
     is refused while they commit the span and give the lease back after the ``at``-th
     statement our admission sends (after it when it sends fewer): whether it landed inside."""
     tenant, limit = next(_tenants), 2 * bound
-    ours.save_budget(
-        Budget(tenant=tenant, department="sales", period="month", limit=limit, currency="USD")
-    )
-    mine, their = (BudgetGate(ledger, tz=UTC, lease_share=0.0) for ledger in (ours, theirs))
-
-    def admit(gate: BudgetGate, amount: int) -> Any:
-        return gate.admit(
+    mine, admit_mine = _gate(ours, limit, 0.0, tenant)
+    their = BudgetGate(theirs, tz=UTC, lease_share=0.0)
+    try:
+        call = their.admit(
             call_id=new_span_row_id(),
             tenant=tenant,
             department="sales",
-            estimate=Estimate(amount, "USD"),
+            estimate=Estimate(bound, "USD"),
             now=NOW,
         )
-
-    try:
-        call = admit(their, bound)
         their.ended(call, cost)
         span = make_span(id=call.id, started_at=NOW, tenant=tenant, cost_total=cost)
 
@@ -275,28 +274,13 @@ def _given_back_during_admission(
             theirs.record([span])
             their.settle(call)  # the lease goes back
 
-        done_there = threading.Thread(target=done)
-        statements = itertools.count()
-
-        def meanwhile(*_: Any) -> None:
-            if next(statements) == at:
-                done_there.start()
-                if ours.engine.dialect.name == "postgresql":
-                    done_there.join()  # it lands between this statement and the next
-                # (SQLite: it waits for the admission's write lock, and lands after it)
-
-        event.listen(ours.engine, "after_cursor_execute", meanwhile)
-        try:
-            with pytest.raises(BudgetExceeded):
-                admit(mine, limit - cost + 1)
-        finally:
-            event.remove(ours.engine, "after_cursor_execute", meanwhile)
-            inside = done_there.ident is not None
-            if not inside:
-                done_there.start()
-            done_there.join()
-        assert admit(mine, limit - cost) is not None  # the room left, exactly
-        return inside
+        with (
+            _after_statement(ours, at, threading.Thread(target=done)) as inside,
+            pytest.raises(BudgetExceeded),
+        ):
+            admit_mine(limit - cost + 1)
+        assert admit_mine(limit - cost) is not None  # the room left, exactly
+        return inside[0]
     finally:
         mine.close(give_back=False)
         their.close(give_back=False)
@@ -321,53 +305,23 @@ def test_a_lease_given_back_as_the_next_call_renews_is_held_once(db_url: str) ->
 def _renewed_during_give_back(ledger: Ledger, at: int) -> bool:
     """Whether the second admission ran inside the first call's give-back (else after it)."""
     tenant, bound, cost = next(_tenants), 1000, 600
-    ledger.save_budget(
-        Budget(
-            tenant=tenant, department="sales", period="month", limit=cost + bound, currency="USD"
-        )
-    )
-    gate = BudgetGate(ledger, tz=UTC, lease_share=0.25)
+    gate, admit = _gate(ledger, cost + bound, 0.25, tenant)
     admitted: list[Any] = []
 
-    def admit() -> None:
+    def second() -> None:
         try:
-            admitted.append(
-                gate.admit(
-                    call_id=new_span_row_id(),
-                    tenant=tenant,
-                    department="sales",
-                    estimate=Estimate(bound, "USD"),
-                    now=NOW,
-                )
-            )
+            admitted.append(admit(bound))
         except BudgetExceeded as exc:
             admitted.append(exc)
 
     try:
-        first = admit() or admitted.pop()
+        first = admit(bound)
         gate.ended(first, cost)
         ledger.record([make_span(id=first.id, started_at=NOW, tenant=tenant, cost_total=cost)])
-        second = threading.Thread(target=admit)
-        statements = itertools.count()
-
-        def meanwhile(*_: Any) -> None:
-            if next(statements) == at:
-                second.start()
-                if ledger.engine.dialect.name == "postgresql":
-                    second.join()  # it runs between this statement and the next
-                # (SQLite: it waits for the give-back's write lock, and runs after it)
-
-        event.listen(ledger.engine, "after_cursor_execute", meanwhile)
-        try:
+        with _after_statement(ledger, at, threading.Thread(target=second)) as inside:
             gate.settle(first)  # a fragment of bound - cost is left: it goes back
-        finally:
-            event.remove(ledger.engine, "after_cursor_execute", meanwhile)
-            inside = second.ident is not None
-            if not inside:
-                second.start()
-            second.join()
         assert [type(a) for a in admitted] == [Reservation]  # the room left, exactly
-        return inside
+        return inside[0]
     finally:
         gate.close(give_back=False)
 
