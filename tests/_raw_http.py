@@ -63,18 +63,26 @@ class RawServer(_Listener):
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                got = conn.recv(65536)
-                if not got:
-                    return
-                request += got
-            head, _, body = request.partition(b"\r\n\r\n")
-            length = head.lower().partition(b"content-length:")[2].split(b"\r\n")[0]
-            while len(body) < int(length or 0):
-                body += conn.recv(65536)
+            if (request := read_request(conn)) is None:
+                return
             with contextlib.suppress(OSError):  # the caller gave up on it
-                conn.sendall(self.reply(head, body))
+                conn.sendall(self.reply(*request))
+
+
+def read_request(conn: socket.socket) -> tuple[bytes, bytes] | None:
+    """The head (first line and headers) and the body its ``Content-Length`` says of the
+    request ``conn`` sends; None when it hangs up before its head ends."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        got = conn.recv(65536)
+        if not got:
+            return None
+        request += got
+    head, _, body = request.partition(b"\r\n\r\n")
+    length = head.lower().partition(b"content-length:")[2].split(b"\r\n")[0]
+    while len(body) < int(length or 0):
+        body += conn.recv(65536)
+    return head, body
 
 
 DRIP_S = 8

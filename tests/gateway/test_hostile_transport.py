@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.records import MAX_CALL_COST, MAX_DURATION_NS, MAX_TOKENS
 from ollama_meter.testing import OllamaEmulator
-from tests._raw_http import DRIP_S, _Listener, dripping
+from tests._raw_http import DRIP_S, _Listener, dripping, read_request
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
@@ -184,16 +184,9 @@ class HostileProxy(_Listener):
 
     def _handle(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
-            request = b""
-            while b"\r\n\r\n" not in request:
-                got = conn.recv(65536)
-                if not got:
-                    return
-                request += got
-            head, _, body = request.partition(b"\r\n\r\n")
-            length = head.lower().partition(b"content-length:")[2].split(b"\r\n")[0]
-            while len(body) < int(length or 0):
-                body += conn.recv(65536)
+            if (request := read_request(conn)) is None:
+                return
+            head, body = request
             path = head.split(b" ")[1].decode()
             if not body:  # /api/tags, /api/ps...
                 got = self.http.get(path)
