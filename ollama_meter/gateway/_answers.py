@@ -6,7 +6,7 @@ import math
 
 from starlette.responses import JSONResponse, Response
 
-from ollama_meter.errors import CircuitOpen, ServerBusy, UpstreamError
+from ollama_meter.errors import CircuitOpen, KeyRefused, ServerBusy, UpstreamError
 from ollama_meter.upstream import Refusal, WireFormat
 from ollama_meter.upstream._pooled import gateway_status
 
@@ -43,3 +43,11 @@ def failure_response(wire: WireFormat, error: UpstreamError) -> Response:
         wait = str(max(1, math.ceil(error.retry_after)))  # never before it is over
         return error_response(wire, 503, str(error), headers={"Retry-After": wait})
     return error_response(wire, gateway_status(error), str(error))
+
+
+def key_refused_response(wire: WireFormat, refused: KeyRefused) -> Response:
+    """The answer for a call whose key, read again as its wait for a slot ended, refuses it:
+    the door's (401, or 503 when the key cannot be read)."""
+    status = refused.http_status
+    why = {"WWW-Authenticate": "Bearer"} if status == 401 else {"Retry-After": "5"}
+    return error_response(wire, status, str(refused), headers=why)

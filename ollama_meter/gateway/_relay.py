@@ -40,7 +40,12 @@ from ollama_meter.errors import (
     ServerBusy,
     UpstreamError,
 )
-from ollama_meter.gateway._answers import error_response, failure_response, refusal_response
+from ollama_meter.gateway._answers import (
+    error_response,
+    failure_response,
+    key_refused_response,
+    refusal_response,
+)
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._rates import Admission
 from ollama_meter.gateway._requests import SPAN_HEADER, MeteredRequest
@@ -287,9 +292,7 @@ class Relay:
             admission.refund()
             call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - queued
             await close_call(self.meter, call, refused)
-            status = refused.http_status
-            why = {"WWW-Authenticate": "Bearer"} if status == 401 else {"Retry-After": "5"}
-            return error_response(wire, status, str(refused), headers=why)
+            return key_refused_response(wire, refused)
         except CallerGone:
             call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - queued
             await close_call(self.meter, call, asyncio.CancelledError())
@@ -401,15 +404,16 @@ class Relay:
             moving = time.monotonic_ns()
             try:
                 # Its server's slot is given back; its places under its limits stay its own.
-                lease = await fleet.move(slot.lease, model, tried, who)
-            except BaseException as exc:  # busy, the caller left, or the server is stopping
+                lease = await slot.move(fleet.move(slot.lease, model, tried, who))
+            except BaseException as exc:  # busy, its key revoked, the caller left, or stopping
                 call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - moving
                 await close_call(self.meter, call, exc)
                 if isinstance(exc, ServerBusy):
                     return failure_response(wire, exc)
+                if isinstance(exc, KeyRefused):
+                    return key_refused_response(wire, exc)
                 raise
             call.span.queue_ns = (call.span.queue_ns or 0) + lease.waited_ns  # both waits
-            slot.move(lease)
 
     async def _open(self, request: MeteredRequest, attribution: Attribution) -> MeteredCall:
         """Admit and open the call: in place when memory can decide, else on a ledger thread."""

@@ -83,17 +83,28 @@ async def take_slot(
     if lease is None:
         # Cancelled when the caller leaves: the queue takes it out, or gives back a place
         # just granted.
-        lease = await until_gone(fleet.lease(model, flow, weight=weight, caps=caps), hangup)
-        if recheck is not None:
-            try:
-                await recheck()
-            except BaseException:
-                lease.release()
-                raise
+        lease = await waited(fleet.lease(model, flow, weight=weight, caps=caps), hangup, recheck)
     call.span.queue_ns = (call.span.queue_ns or 0) + lease.waited_ns  # after its admission's
     call.span.upstream_host = lease.server.url
     meter.sending(call)
-    return Slot(lease)
+    return Slot(lease, recheck)
+
+
+async def waited(
+    wait: Awaitable[Lease], hangup: Hangup | None, recheck: Callable[[], Awaitable[object]] | None
+) -> Lease:
+    """The slot ``wait`` ends in, ``recheck`` awaited once it is granted: every wait of a call
+    for a slot (its first, and another after its server failed it) ends here, so what was
+    checked at the door is checked again however long and however often the call waited.
+    What ``recheck`` raises is raised, the slot given back."""
+    lease = await until_gone(wait, hangup)
+    if recheck is not None:
+        try:
+            await recheck()
+        except BaseException:
+            lease.release()
+            raise
+    return lease
 
 
 async def until_gone(work: Awaitable[T], hangup: Hangup | None) -> T:
@@ -176,16 +187,23 @@ class Heard:
 
 
 class Slot:
-    """The place a call holds now: moved when the call moves to another server, given back once."""
+    """The place a call holds now: moved when the call moves to another server, given back once.
+    ``recheck`` is awaited as each wait for another place ends (:func:`waited`)."""
 
-    __slots__ = ("lease",)
+    __slots__ = ("lease", "recheck")
 
-    def __init__(self, lease: Lease) -> None:
+    def __init__(
+        self, lease: Lease, recheck: Callable[[], Awaitable[object]] | None = None
+    ) -> None:
         self.lease: Lease | None = lease
+        self.recheck = recheck
 
-    def move(self, lease: Lease) -> None:
+    async def move(self, wait: Awaitable[Lease]) -> Lease:
+        """The place ``wait`` ends in, held from now on (the one before given back)."""
+        lease = await waited(wait, None, self.recheck)
         self.release()
         self.lease = lease
+        return lease
 
     def hand_over(self) -> Lease:
         """The lease, now the answer's to give back (:class:`Holding`), not this holder's."""

@@ -32,9 +32,9 @@ def mark_ended(span: SpanRecord, error: BaseException | None) -> None:
         span.fail(error.error_type, str(error), http_status=error.status_code)
         if not error.reached_upstream:  # never left this process: no server's call
             span.upstream_host = NO_HOST
-    elif isinstance(error, KeyRefused):  # refused as it left the queue: sent to no server
+    elif isinstance(error, KeyRefused):  # refused as it left the queue: not sent on from there
+        # Its first wait named no server yet; after a move, the one that failed it stays named.
         span.fail(error.error_type, str(error), http_status=error.http_status)
-        span.upstream_host = NO_HOST
     elif isinstance(error, CALLER_STOPPED):
         span.fail("client_abort", status=Status.CLIENT_ABORT)
     else:

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from ollama_meter.ledger import SpanFilter
-from ollama_meter.testing import OllamaEmulator
+from ollama_meter.testing import Fault, OllamaEmulator
 from tests.gateway.conftest import Gateway
 
 LLAMA = "llama3.1:8b"
@@ -180,3 +180,61 @@ def test_a_stream_under_way_when_its_key_is_revoked_runs_to_its_end(
     assert (span.status, span.department) == ("ok", "sales")
     again = gw.client.post("/api/chat", json=body("again"), headers={"X-Ometer-Key": secret})
     assert again.status_code == 401
+
+
+def test_a_call_whose_key_is_revoked_while_it_waits_again_after_a_move_is_refused(
+    app_on: Callable[..., Gateway],
+    emulators: Callable[..., OllamaEmulator],
+    sqlite_url: str,
+) -> None:
+    """A call its first server fails moves to another, and may wait there for a slot as long
+    as it waited the first time: its key is read again when that wait ends too."""
+    one, two = emulators(LLAMA, token_latency=1.0), emulators(LLAMA, token_latency=1.0)
+    servers = f"{one.url}#slots=1,{two.url}#slots=1"
+    gw = app_on(one.url, sqlite_url, config={"upstreams": servers}, require_key=True)
+    _, first_key = gw.ledger.create_key(name="a", tenant="acme", department="sales")
+    moved, second_key = gw.ledger.create_key(name="b", tenant="acme", department="hr")
+    first = posted(gw, "/api/chat", body("first"), first_key)
+    second = posted(gw, "/api/chat", body("second"), second_key)
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    wait_for(lambda: one.in_flight + two.in_flight == 1, "the first call to run")
+    busy, free = (one, two) if one.in_flight else (two, one)
+    free.inject(Fault.HTTP_503)  # the second call is sent there, fails, and moves to the busy one
+    threads.append(threading.Thread(target=second))
+    threads[1].start()
+    wait_for(lambda: waiting(gw) == 1, "the second call to wait for the busy server's slot")
+    assert free.pending_faults == 0  # it was sent to the free server first
+    gw.ledger.revoke_key(moved.id)
+    busy.hurry()
+    for thread in threads:
+        thread.join(timeout=60)
+    (answered,), (refused,) = first.answers, second.answers  # type: ignore[attr-defined]
+    assert (answered.status_code, refused.status_code) == (200, 401)
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert refused.json()["error"] == (
+        "this API key is not a live key (revoked, or mistyped): send a live one "
+        "(`ometer keys list`)"
+    )
+    assert prompts(busy) == ["first"]  # the refused call never reached it
+    assert prompts(free) == ["second"]  # where it failed
+    ok, gone = spans(gw)
+    assert (ok.status, ok.department, ok.upstream_host) == ("ok", "sales", busy.url)
+    assert refused.headers["x-ometer-span-id"] == gone.id
+    assert (
+        gone.status,
+        gone.error_type,
+        gone.http_status,
+        gone.department,
+        gone.upstream_host,
+        gone.input_tokens,
+        gone.output_tokens,
+        gone.cost_total,
+    ) == ("error", "key_revoked", 401, "hr", free.url, 0, 0, 0)
+    assert waiting(gw) == 0
+    # Both slots went back: two calls run side by side.
+    busy.token_latency = free.token_latency = 0.0
+    again = [posted(gw, "/api/chat", body(f"after {n}"), first_key) for n in range(2)]
+    for call in again:
+        call()
+    assert [a.status_code for (a,) in (c.answers for c in again)] == [200, 200]  # type: ignore[attr-defined]
