@@ -1,5 +1,5 @@
 """What to say when a filter matched nothing, or a cap names what no call has: the names no span
-has, and the near ones."""
+has, and the near ones; or when a cap can never bind, another being as low or lower."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
     from ollama_meter.ledger import Ledger
     from ollama_meter.periods import Window
-    from ollama_meter.records import PriceRule
+    from ollama_meter.records import Budget, Limit, PriceRule
 
 
 def unmatched(ledger: Ledger, **given: str | None) -> str:
@@ -57,6 +57,50 @@ def note_unused_scope(ledger: Ledger, what: str, tenant: str, department: str | 
     hint = unmatched(ledger, tenant=tenant, department=department)
     if hint:
         err.print(f"note: {hint}: the {what} binds no call until one names it")
+
+
+def note_unreached_budgets(ledger: Ledger, saved: list[Budget]) -> None:
+    """After ``budget set``: on stderr, each budget whose limit can never be reached because
+    a hard one over the same spend (a daily cap above the monthly cap) refuses first, where
+    either is one just ``saved``. Both are kept, as set: the other may be changed next."""
+    from ollama_meter.cli._common import money
+    from ollama_meter.cli._console import err
+    from ollama_meter.records import PERIOD_ADVERB, never_reached
+
+    def named(budget: Budget) -> str:
+        limit = money(budget.limit, budget.currency)
+        return f"budget {budget.id} ({budget.scope()} {PERIOD_ADVERB[budget.period]} {limit})"
+
+    ids = {budget.id for budget in saved}
+    budgets = ledger.budgets()
+    for budget in budgets:
+        for under in budgets:
+            if ids & {budget.id, under.id} and never_reached(budget, under):
+                err.print(
+                    f"note: {named(budget)} can never reach its limit: hard {named(under)} "
+                    "refuses calls first"
+                )
+
+
+def note_unbound_limits(ledger: Ledger, saved: Limit) -> None:
+    """After ``limit set``: on stderr, a department's caps that can never bind because its
+    tenant's limit on all departments together is as low or lower (or, the tenant's just set,
+    the departments' caps that no longer can)."""
+    from ollama_meter.cli._console import err
+
+    limits = ledger.limits()
+    nested = [
+        (own, wide)
+        for own in limits
+        for wide in limits
+        if saved.scope() in (own.scope(), wide.scope())
+    ]
+    for own, wide in nested:
+        if caps := own.never_bound(wide):
+            err.print(
+                f"note: {', '.join(caps)} of {own.scope()} can never bind: {wide.scope()}'s "
+                f"are as low or lower ({wide.describe()}), and count every call of it"
+            )
 
 
 def note_unmatched_rule(ledger: Ledger, rule: PriceRule) -> None:

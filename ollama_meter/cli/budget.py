@@ -98,8 +98,9 @@ def set_budget(
     except ValueError as exc:
         raise BudgetError(str(exc)) from None
     ledger = ledger_for(cfg)
+    kept = []
     for budget in budgets:
-        saved = ledger.save_budget(budget)
+        kept.append(saved := ledger.save_budget(budget))
         out.print(
             f"budget {saved.id}: {saved.scope()} {PERIOD_ADVERB[saved.period]} limit "
             f"{money(saved.limit, saved.currency)} ({saved.kind}, alerts at "
@@ -108,6 +109,7 @@ def set_budget(
     from ollama_meter.cli import _hints
 
     _hints.note_unused_scope(ledger, "budget", cfg.tenant, department)
+    _hints.note_unreached_budgets(ledger, kept)
 
 
 def budget_to_dict(budget: Budget) -> dict[str, Any]:

@@ -65,6 +65,7 @@ def set_limit(
         from ollama_meter.cli import _hints
 
         _hints.note_unused_scope(ledger, "limit", scope.tenant, department)
+        _hints.note_unbound_limits(ledger, saved)
 
 
 @app.command("rm")

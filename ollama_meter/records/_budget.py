@@ -88,6 +88,31 @@ class Budget:
         return "hard" if self.hard else "soft"
 
 
+MOST_SPANNED = {
+    ("day", "day"): 1, ("day", "week"): 1, ("day", "month"): 1,
+    ("week", "day"): 7, ("week", "week"): 1, ("week", "month"): 2,
+    ("month", "day"): 31, ("month", "week"): 6, ("month", "month"): 1,
+}  # fmt: skip
+"""``(p, q)``: how many periods ``q`` one period ``p`` overlaps at most, on the local calendar
+(a day lies in one week and one month, an ISO week in up to two months; a month has up to
+31 days and overlaps up to six ISO weeks)."""
+
+
+def never_reached(budget: Budget, under: Budget) -> bool:
+    """Whether ``budget``'s limit can never be reached because ``under``, a hard cap on spend
+    that includes all of ``budget``'s (its scope or a wider one, in the same currency), refuses
+    calls first: in any of ``budget``'s periods, the spend is at most ``under``'s limit times the
+    periods of ``under`` it overlaps. ``budget`` then binds no call (its lower alerts may fire)."""
+    return (
+        under.hard
+        and under != budget
+        and under.currency == budget.currency
+        and under.tenant in (budget.tenant, EACH_TENANT)
+        and under.department in (None, budget.department)
+        and budget.limit >= MOST_SPANNED[budget.period, under.period] * under.limit
+    )
+
+
 def parse_thresholds(text: str) -> tuple[int, ...]:
     parts = [part.strip() for part in text.split(",") if part.strip()]
     # ASCII digits: int() also reads '50_0' (500) and Arabic-Indic or full-width digits.

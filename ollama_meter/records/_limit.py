@@ -51,6 +51,26 @@ class Limit:
         ]
         return ", ".join(p for p in parts if p) or "no limits"
 
+    def never_bound(self, under: Limit) -> list[str]:
+        """The caps of this limit (``--rpm``, ``--tpm``, ``--concurrency``) that can never bind
+        because ``under``, its tenant's limit on all its departments together, is as low or
+        lower: every call of the department counts there too."""
+        nested = self.department is not None and under.department is None
+        if not nested or self.key_id is not None or under.key_id is not None:
+            return []
+        if self.tenant != under.tenant:
+            return []
+        pairs = (
+            ("--rpm", self.rpm, under.rpm),
+            ("--tpm", self.tpm, under.tpm),
+            ("--concurrency", self.concurrency, under.concurrency),
+        )
+        return [
+            what
+            for what, own, wide in pairs
+            if own is not None and wide is not None and own >= wide
+        ]
+
     def problem(self) -> str | None:
         """What is wrong with this limit, in one line; None when nothing is."""
         for what, name in (("tenant", self.tenant), ("department", self.department)):

@@ -21,6 +21,10 @@ COMMANDS = {
     "budget": ["budget", "set", "--monthly", "100"],
     "limit": ["limit", "set", "--rpm", "60"],
 }
+WIDER = {  # a tenant-wide cap above its departments': one no higher is said (test_caps_that_never_bind)
+    "budget": ["budget", "set", "--monthly", "1000"],
+    "limit": ["limit", "set", "--rpm", "600"],
+}
 
 
 @pytest.fixture
@@ -51,8 +55,11 @@ def test_a_cap_on_a_misspelt_department_is_saved_and_said(cli, db: str, what: st
 @given(what=st.sampled_from(sorted(COMMANDS)), scope=st.sampled_from(KNOWN))
 def test_a_cap_on_names_calls_have_used_says_nothing_more(cli, db: str, what: str, scope) -> None:  # type: ignore[no-untyped-def]
     tenant, department = scope
-    for args in ([department, "--tenant", tenant], ["--tenant", tenant]):
-        done = cli(*COMMANDS[what], *args)
+    for command in (
+        [*COMMANDS[what], department, "--tenant", tenant],
+        [*WIDER[what], "--tenant", tenant],
+    ):
+        done = cli(*command)
         assert done.code == 0 and done.stderr == "", done.stderr
 
 
