@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
+from pydantic import Field
 from pydantic.fields import FieldInfo
 from pydantic.functional_validators import BeforeValidator
 from pydantic_core import PydanticCustomError
@@ -94,3 +95,9 @@ Int = Annotated[int, BeforeValidator(digits)]
 """An integer setting: written in digits (``1_0`` and ``10.0`` are refused, not read as 10)."""
 Float = Annotated[float, BeforeValidator(plain)]
 """A number setting: written as ``1.5`` or ``1e3`` (``1_0`` is refused, not read as 10)."""
+
+MIN_SECONDS = 0.001
+"""The shortest a timer setting may be: a call given less than a millisecond can only time
+out, a ledger wait that short only spools, and an interval that short spins."""
+Seconds = Annotated[Float, Field(ge=MIN_SECONDS)]
+"""A timer setting, in seconds: a number of at least :data:`MIN_SECONDS` (its most, its own)."""

@@ -33,7 +33,7 @@ from ollama_meter._environment import (
 )
 from ollama_meter._names import name_problem, system_timezone, zone_problem
 from ollama_meter._paths import default_data_dir, resolved, sqlite_url_problem
-from ollama_meter._said import Float, Int
+from ollama_meter._said import Float, Int, Seconds
 from ollama_meter._urls import (
     UpstreamSpec,
     credential_problem,
@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     )
     pricing_file: Annotated[Path | None, Field(validation_alias="OMETER_PRICING_FILE")] = None
     upstream_timeout: Annotated[
-        Float, Field(validation_alias="OMETER_UPSTREAM_TIMEOUT", gt=0, le=DAY_SECONDS)
+        Seconds, Field(validation_alias="OMETER_UPSTREAM_TIMEOUT", le=DAY_SECONDS)
     ] = 300.0
     retries: Annotated[Int, Field(validation_alias="OMETER_RETRIES", ge=0, le=10)] = 2
     retry_backoff: Annotated[
@@ -87,7 +87,7 @@ class Settings(BaseSettings):
         Int, Field(validation_alias="OMETER_BREAKER_FAILURES", ge=1, le=1000)
     ] = 3
     breaker_reset: Annotated[
-        Float, Field(validation_alias="OMETER_BREAKER_RESET", gt=0, le=DAY_SECONDS)
+        Seconds, Field(validation_alias="OMETER_BREAKER_RESET", le=DAY_SECONDS)
     ] = 60.0
     capture_content: Annotated[bool, Field(validation_alias="OMETER_CAPTURE_CONTENT")] = False
     log_format: Annotated[
@@ -135,7 +135,7 @@ class Settings(BaseSettings):
         None
     )
     traceloop_base_url: Annotated[str, Field(validation_alias="TRACELOOP_BASE_URL")] = TRACELOOP_URL
-    ledger_wait: Annotated[Float, Field(validation_alias="OMETER_LEDGER_WAIT", gt=0, le=600)] = 5.0
+    ledger_wait: Annotated[Seconds, Field(validation_alias="OMETER_LEDGER_WAIT", le=600)] = 5.0
     """Seconds the ledger waits for a busy database, and for each answer of a PostgreSQL
     server, before a write's spans go to the spool instead (or a budget check refuses)."""
     journal: Annotated[bool, Field(validation_alias="OMETER_JOURNAL")] = True
@@ -144,9 +144,9 @@ class Settings(BaseSettings):
         Int, Field(validation_alias="OMETER_BUDGET_REPLY_CAP", ge=1, le=10_000_000)
     ] = 4096
     """Reply tokens a call under a hard budget may produce when it sets no num_predict/max_tokens."""
-    export_timeout: Annotated[
-        Float, Field(validation_alias="OMETER_EXPORT_TIMEOUT", gt=0, le=3600)
-    ] = 3.0
+    export_timeout: Annotated[Seconds, Field(validation_alias="OMETER_EXPORT_TIMEOUT", le=3600)] = (
+        3.0
+    )
     department_budgets: Annotated[str | None, Field(validation_alias="DEPARTMENT_BUDGETS")] = None
     alert_webhook_url: Annotated[str | None, Field(validation_alias="OMETER_ALERT_WEBHOOK_URL")] = (
         None
@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     max_queue: Annotated[Int, Field(validation_alias="OMETER_MAX_QUEUE", ge=0, le=MAX_QUEUE)] = 512
     """Calls that may wait for a slot; more are answered 503 "server busy", as Ollama does."""
     discovery_interval: Annotated[
-        Float, Field(validation_alias="OMETER_DISCOVERY_INTERVAL", gt=0, le=3600)
+        Seconds, Field(validation_alias="OMETER_DISCOVERY_INTERVAL", le=3600)
     ] = 10.0
     """Seconds between two reads of every server's models (with several upstreams)."""
 

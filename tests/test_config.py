@@ -120,7 +120,7 @@ def test_a_dotenv_line_that_cannot_be_read_is_an_error_not_a_default(
         (
             "OMETER_UPSTREAM_TIMEOUT",
             "0",
-            "OMETER_UPSTREAM_TIMEOUT: '0' is not a number above 0 and at most 86,400",
+            "OMETER_UPSTREAM_TIMEOUT: '0' is not a number from 0.001 to 86,400",
         ),
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -785,3 +785,39 @@ def test_a_client_given_an_address_no_call_can_go_to_is_refused_when_made(
 
     with pytest.raises(ConfigError, match=r"^OLLAMA_HOST: 'http://[a-z0-9.]+' has a host"):
         MeteredClient(host, db_url=sqlite_url)
+
+
+TIMERS = {  # name: (field, most seconds)
+    "OMETER_UPSTREAM_TIMEOUT": ("upstream_timeout", 86_400),
+    "OMETER_BREAKER_RESET": ("breaker_reset", 86_400),
+    "OMETER_EXPORT_TIMEOUT": ("export_timeout", 3_600),
+    "OMETER_LEDGER_WAIT": ("ledger_wait", 600),
+    "OMETER_DISCOVERY_INTERVAL": ("discovery_interval", 3_600),
+}
+
+
+@given(
+    name=st.sampled_from(sorted(TIMERS)),
+    seconds=st.one_of(
+        st.floats(min_value=0, max_value=0.001, exclude_min=True),
+        st.floats(min_value=0.001, max_value=86_400),
+        st.sampled_from([1e-300, 5e-324, 1e-9, 0.000999, 0.001, 0.0010001]),
+    ),
+)
+def test_a_timer_under_a_millisecond_is_refused_naming_the_setting_and_the_floor(
+    name: str, seconds: float
+) -> None:
+    """``OMETER_UPSTREAM_TIMEOUT=1e-300`` was taken: a call given less than a millisecond can
+    only time out, and an interval that short spins. Every timer setting has one floor."""
+    field, most = TIMERS[name]
+    given_as = repr(seconds)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(name, given_as)
+        try:
+            taken: float | str = getattr(load_settings(), field)
+        except ConfigError as exc:
+            taken = str(exc)
+    if 0.001 <= seconds <= most:
+        assert taken == seconds
+    else:
+        assert taken == f"{name}: {given_as!r} is not a number from 0.001 to {most:,}"

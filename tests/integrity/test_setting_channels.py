@@ -180,7 +180,7 @@ SETTINGS = sorted(known_env_names() - GATEWAY_ENV)
         ("OMETER_RETRIES", "1.5", "'1.5' is not a whole number from 0 to 10"),
         ("OMETER_KEEP_DAYS", "0", "'0' is not a whole number from 1 up"),
         ("OMETER_SMTP_PORT", "70000", "'70000' is not a whole number from 1 to 65,535"),
-        ("OMETER_UPSTREAM_TIMEOUT", "1e400", "'1e400' is not a number above 0 and at most 86,400"),
+        ("OMETER_UPSTREAM_TIMEOUT", "1e400", "'1e400' is not a number from 0.001 to 86,400"),
         ("OMETER_RETRY_BACKOFF", "-1", "'-1' is not a number from 0 to 3,600"),
         ("OMETER_LOG_LEVEL", "verbose", "'verbose' is not one of debug, info, warning, error"),
         ("OMETER_LOG_FORMAT", "JSON", "'JSON' is not one of text, json"),
