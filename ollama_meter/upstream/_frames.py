@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 from ollama_meter.upstream._classify import Failure, transport_error
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 """The longest item of a stream waited for (Ollama's longest, a generate's final chunk with
 its ``context``, is a few MB at most); an upstream that sends more without an end lies."""
+
+
+_EMPTY = re.compile(rb"\s*(?:\{\s*\})?\s*")
+"""An item with nothing in it: blank, or an empty JSON object (one that is no object at all,
+``null``, ends the stream as unreadable)."""
+_EMPTY_DATA = re.compile(rb"[ \t]*(?:\{[ \t]*\})?[ \t]*(?:\n|\Z)")
+"""A server-sent event's data line (from its value) with nothing in it."""
 
 
 class Frames:
@@ -56,12 +65,18 @@ class Frames:
         return frames
 
     def carries(self, frame: bytes) -> bool:
-        """Whether ``frame`` carries some of the answer: not blank, and for server-sent events
-        with data (a comment or an event with none is a keep-alive, however often it comes:
-        the server is as silent as one that sends nothing)."""
+        """Whether ``frame`` carries some of the answer: an item, or for server-sent events a
+        data line, that is not empty (blank, or ``{}``). A comment, an event with no data or an
+        empty item is a keep-alive, however often it comes: the server is as silent as one
+        that sends nothing."""
         if self._separator != b"\n\n":
-            return bool(frame.strip())
-        return frame.startswith(b"data:") or b"\ndata:" in frame
+            return frame.startswith(b'{"') or _EMPTY.fullmatch(frame) is None
+        at = 0 if frame.startswith(b"data:") else frame.find(b"\ndata:") + 1 or -1
+        while at >= 0:  # a data line starts at ``at``
+            if _EMPTY_DATA.match(frame, at + 5) is None:
+                return True
+            at = frame.find(b"\ndata:", at + 5) + 1 or -1
+        return False
 
     def end(self) -> list[bytes]:
         """The stream ended: what is left is its last item, unterminated (the clients read it)."""

@@ -438,10 +438,11 @@ def test_spoiled_answers_cost_no_honest_caller_beside_them_its_span(
 
 class KeptAliveOnly(_Listener):
     """A loopback server that answers 200 to a stream and then sends only ``frame`` (a
-    keep-alive comment) every 0.1 s, for :data:`DRIP_S` or until the caller leaves."""
+    keep-alive comment, an empty item) every 0.1 s, for :data:`DRIP_S` or until the caller
+    leaves."""
 
-    def __init__(self, frame: bytes) -> None:
-        self.frame = frame
+    def __init__(self, frame: bytes, media: bytes = b"text/event-stream") -> None:
+        self.frame, self.media = frame, media
         super().__init__()
 
     def _accepted(self, conn: socket.socket) -> None:
@@ -452,7 +453,7 @@ class KeptAliveOnly(_Listener):
             request = b""
             while b"\r\n\r\n" not in request:
                 request += conn.recv(65536)
-            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n"
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\nconnection: close\r\n" % self.media
             conn.sendall(head + b"\r\n")
             for _ in range(DRIP_S * 10):
                 conn.sendall(self.frame)
@@ -460,7 +461,9 @@ class KeptAliveOnly(_Listener):
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses"])
-@pytest.mark.parametrize("frame", [b": keep-alive\n\n", b"event: ping\n\n", b"\n\n"])
+@pytest.mark.parametrize(
+    "frame", [b": keep-alive\n\n", b"event: ping\n\n", b"\n\n", b"data: {}\n\n"]
+)
 def test_keep_alive_comments_alone_run_out_of_time(
     serve_on: Callable[..., Gateway], sqlite_url: str, path: str, frame: bytes
 ) -> None:
@@ -469,6 +472,28 @@ def test_keep_alive_comments_alone_run_out_of_time(
     waiting for as long as the server sent them (ended by the server: a stream_error), past
     OMETER_UPSTREAM_TIMEOUT: now no item of the answer in that time is a timeout."""
     server = KeptAliveOnly(frame)
+    try:
+        gw = serve_on(server.url, sqlite_url, config={"upstream_timeout": 1, "retries": 0})
+        body = {"model": "m", "stream": True, **ROUTES[path]}
+        reply = gw.client.post(path, json=body, timeout=DRIP_S * 2)
+        assert reply.status_code == 200
+        check_answer(path, True, reply)
+        (span,) = gw.ledger.latest(SpanFilter(), 1)
+        assert (span.status, span.error_type) == ("error", "timeout")
+    finally:
+        server.listener.close()
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
+@pytest.mark.parametrize("frame", [b"\n", b"{}\n", b" { }\r\n"])
+def test_empty_items_alone_run_out_of_time(
+    serve_on: Callable[..., Gateway], sqlite_url: str, path: str, frame: bytes
+) -> None:
+    """An NDJSON item with nothing in it (a blank line, ``{}``) is no item of the answer, as
+    an SSE comment is none: sent every 0.1 s, ``{}`` held the call, its slot and its caller
+    for as long as the server sent it (ended by the server: a stream_error), past
+    OMETER_UPSTREAM_TIMEOUT. Now no item that carries data in that time is a timeout."""
+    server = KeptAliveOnly(frame, b"application/x-ndjson")
     try:
         gw = serve_on(server.url, sqlite_url, config={"upstream_timeout": 1, "retries": 0})
         body = {"model": "m", "stream": True, **ROUTES[path]}
