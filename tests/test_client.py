@@ -305,9 +305,9 @@ def test_an_answer_the_ollama_client_cannot_read_is_one_line_and_not_the_callers
         server.close()
     assert not isinstance(failed.value, ValidationError)
     assert str(failed.value).endswith(
-        "its answer does not read as Ollama's API has it: EmbedResponse.embeddings: Field required"
+        "does not read as Ollama's API has it: EmbedResponse.embeddings: Field required"
     )
-    assert (span.status, span.error_type) == ("error", "upstream_error")
+    assert (span.status, span.error_type) == ("error", "stream_error")
 
 
 def test_a_task_cancelled_while_its_call_opens_still_closes_the_call(

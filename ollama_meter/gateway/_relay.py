@@ -77,7 +77,10 @@ from ollama_meter.upstream import (
     wire_of_path,
 )
 from ollama_meter.upstream._answer import VECTORS
-from ollama_meter.upstream._classify import Failure, transport_error, unfinished_error
+from ollama_meter.upstream._classify import (
+    unfinished_error,
+    unreadable,
+)
 from ollama_meter.upstream._pooled import content_type_of, gateway_status
 
 HOP_BY_HOP = frozenset({
@@ -172,9 +175,7 @@ class _Answered:
             try:
                 item = wire.decode(frame)
             except Malformed as bad:
-                raise transport_error(
-                    Failure.BROKEN, host=pool.host, started=True, reason=str(bad)
-                ) from None
+                raise unreadable(pool.host, str(bad)) from None
             if item is None:  # not an item (an SSE comment): relayed as is
                 return frame + separator, False
             failure = call.take(reader.finish() if item is END else reader.read(item))

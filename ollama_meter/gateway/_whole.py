@@ -18,7 +18,7 @@ from starlette.responses import StreamingResponse
 from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._slots import Hangup, Heard
 from ollama_meter.upstream._answer import AnswerScan
-from ollama_meter.upstream._classify import not_an_answer
+from ollama_meter.upstream._classify import not_an_answer, unreadable
 from ollama_meter.upstream._wire import json_object, lacks
 
 if TYPE_CHECKING:
@@ -47,7 +47,9 @@ def failure_of(answered: _Answered, answer: Any) -> UpstreamError | None:
     operation = answered.request.operation
     reader = answered.wire.reader(operation)
     failure = answered.call.take([*reader.read(_as_object(answer)), *reader.finish()])
-    if failure is None and (missing := lacks(operation, answer)) is not None:
+    if failure is None and answer is None:  # as a stream's item that is not one (the relay)
+        failure = unreadable(answered.pool.host, "the body is not a JSON object")
+    elif failure is None and (missing := lacks(operation, answer)) is not None:
         failure = not_an_answer(answered.pool.host, missing)  # never relayed as if it were one
     return failure
 

@@ -114,6 +114,15 @@ def out_of_resources(exc: BaseException, *, host: str) -> ServerBusy | None:
     return None
 
 
+def unreadable(host: str, reason: str) -> StreamError:
+    """An answer, or an item of a stream, that came (a 200) and does not read as the API has
+    it: not JSON, not an object, not UTF-8, a field of the wrong type. A broken stream, for
+    the gateway's relay and the Python API's client alike; Ollama did the work."""
+    return StreamError(
+        f"the answer from Ollama at {host} does not read as Ollama's API has it: {reason}"
+    )
+
+
 def unfinished_error(host: str) -> StreamError:
     """A stream that ended cleanly but never said it was done."""
     return StreamError(f"the stream from Ollama at {host} ended without its final chunk")

@@ -35,6 +35,7 @@ from ollama_meter.upstream._classify import (
     reported_error,
     transport_error,
     unfinished_error,
+    unreadable,
 )
 from ollama_meter.upstream._resilience import (
     CircuitBreaker,
@@ -344,9 +345,15 @@ class Upstream(Resilient):
             return InvalidRequestType(str(refusal)) if isinstance(exc, TypeError) else refusal
         if (reported := _reported_in(exc)) is not None:
             return reported  # a 200 whose object is Ollama's {"error": ...}: its own words
-        if isinstance(exc, pydantic.ValidationError) or (
-            answered and isinstance(exc, TypeError | UnicodeDecodeError | json.JSONDecodeError)
+        if answered and (
+            isinstance(
+                exc,
+                pydantic.ValidationError | TypeError | UnicodeDecodeError | json.JSONDecodeError,
+            )
+            or _not_an_object(exc)
         ):  # an answer that is not what the API says (not JSON, not an object, not UTF-8)
+            return unreadable(self.host, reason)
+        if isinstance(exc, pydantic.ValidationError):
             kind, reason = (
                 Failure.UNEXPECTED,
                 f"its answer does not read as Ollama's API has it: {reason}",
@@ -396,6 +403,16 @@ def _taken(exc: BaseException, error: UpstreamError | ClientClosed) -> UpstreamE
     ):
         error.consumed = True
     return error
+
+
+def _not_an_object(exc: BaseException) -> bool:
+    """Whether ``exc`` is the ``ollama`` client asking a streamed line's JSON value that is no
+    object (``[1, 2]``) for its ``error``: ``'list' object has no attribute 'get'``."""
+    return (
+        isinstance(exc, AttributeError)
+        and exc.name == "get"
+        and isinstance(exc.obj, list | str | int | float | None)
+    )
 
 
 def _closed_under() -> ClientClosed:
