@@ -61,7 +61,7 @@ from ollama_meter.gateway._slots import (
     until_gone,
 )
 from ollama_meter.gateway._threads import close_call, in_thread
-from ollama_meter.gateway._whole import Relayed, failure_of, json_value
+from ollama_meter.gateway._whole import Relayed, Whole, failure_of, json_value
 from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening
 from ollama_meter.meter._request import with_output_cap
 from ollama_meter.upstream import (
@@ -126,7 +126,7 @@ class _Answered:
         await close_call(self.meter, self.call, outcome)
 
     async def whole(self, hangup: Hangup | None = None) -> Response:
-        """The whole answer at once, after its span is written; an embedding batch larger than
+        """The whole answer, its last byte after its span is written; an embedding batch larger than
         the gateway holds (:data:`MAX_ANSWER_BYTES`) is relayed as it arrives instead
         (:func:`~._whole.relayed`), its last bytes after its span is written."""
         call, wire, response, pool = self.call, self.wire, self.response, self.pool
@@ -151,10 +151,10 @@ class _Answered:
             return Relayed(self, content, hangup, media_type=media_type)
         pool.finish(response, completed=True)
         failure = failure_of(self, json_value(content))
-        await self.end(failure)
         if failure is not None:
+            await self.end(failure)
             return error_response(wire, 502, str(failure))
-        return Response(content, status_code=200, media_type=media_type)
+        return Whole(self, content, hangup, media_type=media_type)  # its span written as it goes
 
     async def stream(self, hangup: Hangup | None = None) -> AsyncIterator[bytes]:
         """The answer item by item; the last one after the span is written. The client gets

@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._slots import Hangup, Heard
@@ -52,6 +52,48 @@ def failure_of(answered: _Answered, answer: Any) -> UpstreamError | None:
     elif failure is None and (missing := lacks(operation, answer)) is not None:
         failure = not_an_answer(answered.pool.host, missing)  # never relayed as if it were one
     return failure
+
+
+HELD_WHOLE = 1 << 16
+"""An answer held whole up to this size is written at once (the transport's high-water mark):
+nothing can be heard of its caller between two parts of it, so it goes in one write."""
+
+
+class Whole(Response):
+    """A whole answer held in memory, sent with its length; its last byte only once its span is
+    written, as a stream's last item is. A caller that has hung up by then (it read part of a
+    large answer and left) makes the call a ``client_abort``, charged what Ollama reported:
+    never ``ok`` for an answer it did not have."""
+
+    def __init__(
+        self, answered: _Answered, content: bytes, hangup: Hangup | None, *, media_type: str
+    ) -> None:
+        super().__init__(content, status_code=200, media_type=media_type)
+        self._answered, self._hangup = answered, hangup
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        heard = Heard(self._hangup)
+        body, ended = bytes(self.body), False
+        held = 1 if len(body) > HELD_WHOLE else len(body)  # what goes after the span is written
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            if held < len(body):
+                more = {"type": "http.response.body", "more_body": True}
+                await send({**more, "body": body[:-held]})
+                # Nothing: a server waits, before it writes, while the caller takes what was
+                # written (uvicorn), or until the caller leaves.
+                await send({**more, "body": b""})
+            outcome = await heard.ending()
+            ended = True
+            await self._answered.end(outcome)
+            if outcome is None:
+                await send({"type": "http.response.body", "body": body[-held:]})
+        except BaseException as exc:  # cancelled as it was sent: the caller hung up
+            if not ended:
+                await self._answered.end(exc)
+            raise
+        finally:
+            heard.close()
 
 
 class Cut(Exception):
