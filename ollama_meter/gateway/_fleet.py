@@ -82,12 +82,7 @@ class Server(Capacity):
 
     def answering(self, model: str, caller: str = "") -> bool:
         """Up, and no circuit open to ``caller``'s calls to ``model`` (its own one either)."""
-        circuits = (
-            self.breaker.state(),
-            self.breaker.state(model),
-            self.breaker.state(model, caller),
-        )
-        return self.up and "open" not in circuits
+        return self.up and not self.breaker.any_open(model, caller)
 
     def state(self) -> str:
         if not self.up:

@@ -157,9 +157,9 @@ class _Answered:
         return Whole(self, content, hangup, media_type=media_type)  # its span written as it goes
 
     async def stream(self, hangup: Hangup | None = None) -> AsyncIterator[bytes]:
-        """The answer item by item; the last one after the span is written. The client gets
-        the answer its span describes: nothing after the answer's end, and an item that is
-        not one (a line that is not a JSON object) breaks the stream."""
+        """The answer as it is read (one part a read), the last after the span is written.
+        The client gets the answer its span describes: nothing after the answer's end, and
+        an item that is not one (a line that is not a JSON object) breaks the stream."""
         call, request, wire = self.call, self.request, self.wire
         response, pool = self.response, self.pool
         separator = wire.separator
@@ -195,6 +195,7 @@ class _Answered:
         frames = Frames(separator, host=pool.host)
         batches = pool.items(response, frames)
         deadline = call.deadline()
+        ready: list[bytes] = []  # the items of one read: one part, one write (not one each)
         try:
             ended = False
             while not ended:
@@ -205,21 +206,27 @@ class _Answered:
                     batch, ended = frames.end(), True
                 for frame in batch:
                     out, stop = await take(frame)
-                    if out is not None:  # the last one (closed: it returns below) with the end
-                        yield LastPart(out) if stop or closed else out
-                    if heard.gone and not closed:  # what it was sent went nowhere
-                        closed = True
-                        await self.end(asyncio.CancelledError())
+                    ready += () if out is None else (out,)
                     if stop or closed:  # the answer is over, whether or not its body is
+                        if ready:  # the last part, with the body's end
+                            yield LastPart(b"".join(ready))
                         return
+                if ready:
+                    part = b"".join(ready)
+                    ready.clear()
+                    yield part
+                if heard.gone and not closed:  # what it was sent went nowhere
+                    closed = True
+                    await self.end(asyncio.CancelledError())
+                    return
             if not closed:
                 raise unfinished_error(pool.host)
         except UpstreamError as error:  # broke off, went silent, ended early, or unreadable
-            if not closed:
+            if not closed:  # the read's items before the break go first, as they came
                 closed = True
                 call.answered()  # Ollama's 200 comes with its first item: it consumed
                 await self.end(error)
-                yield LastPart(wire.error_frame(str(error)))
+                yield LastPart(b"".join(ready) + wire.error_frame(str(error)))
         except BaseException as exc:  # the client hung up (or the server is stopping)
             if not closed:
                 closed = True

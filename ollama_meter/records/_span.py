@@ -81,12 +81,18 @@ def new_span_row_id(now_ns: int | None = None) -> str:
     part makes collisions across processes and gateways practically impossible.
     """
     millis = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
-    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    return _ulid(millis, os.urandom(10))
+
+
+_DIGIT_PAIRS = [high + low for high in _CROCKFORD for low in _CROCKFORD]
+_PAIR_SHIFTS = tuple(range(120, -10, -10))
+
+
+def _ulid(millis: int, entropy: bytes) -> str:
+    """The 26 digits of ``millis`` then ``entropy`` (their low 130 bits), two at a time:
+    half the time of one at a time, a span's id made at every call."""
+    value = ((millis << 80) | int.from_bytes(entropy, "big")) & ((1 << 130) - 1)
+    return "".join([_DIGIT_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def new_trace_id() -> str:

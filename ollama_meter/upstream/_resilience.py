@@ -150,6 +150,16 @@ class CircuitBreaker:
             circuit = self._host if model is None else self._models.get(model, _Circuit())
             return self._state(circuit)
 
+    def any_open(self, model: str, caller: str = "") -> bool:
+        """Whether the host's circuit, ``model``'s or ``caller``'s for ``model`` is open: the
+        three :meth:`state` reads of routing (two a call), under one lock, none made up."""
+        with self._lock:
+            own = self._callers.get((model, caller)) if caller else self._models.get(model)
+            for circuit in (self._host, self._models.get(model), own):
+                if circuit is not None and self._state(circuit) == "open":
+                    return True
+            return False
+
     def failures(self, model: str | None = None) -> int:
         """Consecutive failed calls counted against the host, or against ``model``."""
         with self._lock:

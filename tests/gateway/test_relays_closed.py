@@ -175,6 +175,7 @@ def test_a_metered_stream_whose_caller_leaves_mid_way_is_closed_with_it(
     it) was left suspended, with its reads of Ollama, for the finalizer to close; its span
     waited for that. They are closed as the answer ends, the span written then."""
     chat = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    emulator.token_latency = 0.01  # one item a read: read together, items leave as one part
     app = gateway_on(emulator.url, sqlite_url)
     suspended, sent = left_open(
         app, "POST", "/api/chat", json.dumps(chat).encode(), leave_at=leave_at

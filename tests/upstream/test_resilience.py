@@ -427,3 +427,29 @@ def test_the_circuits_callers_open_stay_bounded_in_number() -> None:
         b.settle(b.admit("m", "acme/ok"), None)  # the model's run ends; the caller's stays
     assert len(b._callers) <= 4096
     assert b.state("m", "acme/d4999") == "open"  # the newest are kept
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["m", "n"]),
+            st.sampled_from(["", "a", "b"]),
+            OUTCOMES,
+            st.sampled_from([0.0, 4.0, 11.0]),
+        ),
+        max_size=12,
+    ),
+    st.sampled_from(["m", "n"]),
+    st.sampled_from(["", "a", "b"]),
+)
+def test_any_open_is_whether_one_of_the_three_circuits_is_open(
+    steps: list[tuple[str, str, BaseException | None, float]], model: str, caller: str
+) -> None:
+    """Routing asks once, under one lock, what it asked as three ``state`` calls."""
+    b, clock = breaker()
+    for named, by, outcome, later in steps:
+        with contextlib.suppress(CircuitOpen):
+            b.settle(b.admit(named, by), outcome)
+        clock.now += later
+        three = (b.state(), b.state(model), b.state(model, caller))
+        assert b.any_open(model, caller) == ("open" in three)
