@@ -77,10 +77,7 @@ from ollama_meter.upstream import (
     wire_of_path,
 )
 from ollama_meter.upstream._answer import VECTORS
-from ollama_meter.upstream._classify import (
-    unfinished_error,
-    unreadable,
-)
+from ollama_meter.upstream._classify import unfinished_error, unreadable
 from ollama_meter.upstream._pooled import content_type_of, gateway_status
 
 HOP_BY_HOP = frozenset({
