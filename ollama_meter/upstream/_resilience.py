@@ -42,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from ollama_meter._forks import ChildLock
+from ollama_meter._names import model_cache_key
 from ollama_meter._runtime import runtime
 from ollama_meter.errors import CircuitOpen, UpstreamError
 
@@ -116,7 +117,8 @@ class _Circuit:
 class Ticket:
     """One call's admission (the circuits it is the trial of hold it: :attr:`_Circuit.trial`)."""
 
-    model: str
+    model: str | bytes
+    """The model's circuit (:func:`~ollama_meter._names.model_cache_key`)."""
     caller: str = ""
     settled: bool = field(default=False, repr=False)
 
@@ -138,22 +140,25 @@ class CircuitBreaker:
         self._clock = clock
         self._lock = ChildLock()
         self._host = _Circuit()
-        self._models: dict[str, _Circuit] = {}
-        self._callers: dict[tuple[str, str], _Circuit] = {}  # (model, caller)
+        # By model_cache_key: a name of megabytes is not kept whole for each circuit.
+        self._models: dict[str | bytes, _Circuit] = {}
+        self._callers: dict[tuple[str | bytes, str], _Circuit] = {}  # (model, caller)
 
     def state(self, model: str | None = None, caller: str = "") -> str:
         """``closed``, ``open`` or ``half_open``: the host's circuit, ``model``'s, or the one
         ``caller`` has for ``model``."""
+        key = None if model is None else model_cache_key(model)
         with self._lock:
-            if model is not None and caller:
-                return self._state(self._callers.get((model, caller), _Circuit()))
-            circuit = self._host if model is None else self._models.get(model, _Circuit())
+            if key is not None and caller:
+                return self._state(self._callers.get((key, caller), _Circuit()))
+            circuit = self._host if key is None else self._models.get(key, _Circuit())
             return self._state(circuit)
 
     def failures(self, model: str | None = None) -> int:
         """Consecutive failed calls counted against the host, or against ``model``."""
+        key = None if model is None else model_cache_key(model)
         with self._lock:
-            circuit = self._host if model is None else self._models.get(model, _Circuit())
+            circuit = self._host if key is None else self._models.get(key, _Circuit())
             return circuit.failures
 
     def _state(self, circuit: _Circuit) -> str:
@@ -165,10 +170,11 @@ class CircuitBreaker:
 
     def admit(self, model: str, caller: str = "") -> Ticket:
         """Let ``caller``'s call to ``model`` through, or raise :class:`CircuitOpen` saying until when."""
+        key = model_cache_key(model)
         with self._lock:
-            ticket = Ticket(model, caller)
-            circuit = self._models.get(model)
-            own = self._callers.get((model, caller)) if caller else None
+            ticket = Ticket(key, caller)
+            circuit = self._models.get(key)
+            own = self._callers.get((key, caller)) if caller else None
             refused = self._refusal(self._host, f"Ollama at {self.host}")
             if refused is None and circuit is not None:
                 refused = self._refusal(
