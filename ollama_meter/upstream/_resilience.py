@@ -110,7 +110,8 @@ class _Circuit:
     """The call let through as the half-open circuit's trial, until it ends: only its own
     outcome ends it (a call sent before the circuit opened that ends meanwhile does not)."""
     callers: set[str] = field(default_factory=set)
-    """Whose calls failed in the run (a model's circuit): ``""`` for calls that name none."""
+    """Whose calls failed in the run (a model's circuit): ``""`` for calls that name none. Two
+    at most: whether the run is one caller's is all it tells."""
 
 
 @dataclass(slots=True, eq=False)
@@ -242,7 +243,8 @@ class CircuitBreaker:
                 if circuit is None:
                     self._forget_closed()  # before it is made: not the new one itself
                     circuit = self._models[ticket.model] = _Circuit()
-                circuit.callers.add(ticket.caller)
+                if len(circuit.callers) < 2:  # all ``many`` reads: a trial a minute added one
+                    circuit.callers.add(ticket.caller)
                 # One named caller's run of failures opens its own circuit, not everyone's.
                 many = len(circuit.callers) > 1 or "" in circuit.callers
                 self._fail(circuit, ticket, opens=many)
