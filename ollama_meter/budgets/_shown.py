@@ -29,7 +29,7 @@ from ollama_meter._forks import ChildLock
 from ollama_meter._names import model_cache_key
 from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets._estimate import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS
-from ollama_meter.records import MAX_TOKENS
+from ollama_meter.records import MAX_TOKENS, model_key
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._template import TemplateBound
@@ -136,7 +136,8 @@ class ShownPrompts:
         self._known: dict[str | bytes, tuple[Shown | None, float]] = {}
         self._lock = ChildLock()
         self._unbounded: set[tuple[str, str | bytes]] = set()
-        """(server, model) whose template was said to be unbounded (said once)."""
+        """(server, model) whose template was said to be unbounded (said once a model, not a
+        spelling of its name; at most :data:`MODELS_KEPT`, then said again)."""
 
     def cached(self, model: str) -> tuple[bool, Shown | None]:
         """(known, what) from memory: what None when no server could say."""
@@ -249,7 +250,9 @@ class ShownPrompts:
         bound = bound_template(template)
         if isinstance(bound, TemplateBound):
             return Shown(hidden, messages, (bound,), thinks)
-        if (host, key := model_cache_key(model)) not in self._unbounded:
+        if (host, key := model_cache_key(model_key(model))) not in self._unbounded:
+            if len(self._unbounded) >= MODELS_KEPT:  # a server that says so of every name
+                self._unbounded.clear()
             self._unbounded.add((host, key))
             log.warning(
                 "%s/api/show: %s's template cannot be bounded (%s): calls to it under a hard "
