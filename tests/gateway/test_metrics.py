@@ -12,11 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ollama
 import pytest
 from hypothesis import given, settings, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from ollama_meter.gateway._metrics import OTHER, GatewayMetrics
+from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.records import SpanRecord, Status, make_storable
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
@@ -217,3 +219,32 @@ def test_names_no_server_answered_for_share_one_series_and_leave_room_for_real_m
         "qwen2.5:7b",
         OTHER,
     }
+
+
+def test_a_keys_made_up_models_through_the_official_client_take_no_series_of_their_own(
+    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """On the wire, keys required: each made-up name is Ollama's 404 to the client and a span
+    in the ledger under its own name, and one ``_other`` series in the scrape."""
+    secret = Ledger(sqlite_url).create_key(name="bot", tenant="acme", department="sales")[1]
+    gw = serve_on(emulator.url, sqlite_url, require_key=True, admin_token="s3cret")
+    client = ollama.Client(host=gw.url, headers={"Authorization": f"Bearer {secret}"})
+    for n in range(30):
+        with pytest.raises(ollama.ResponseError) as raised:
+            client.chat(model=f"made-up-{n}", messages=[{"role": "user", "content": "hi"}])
+        assert raised.value.status_code == 404
+    client.chat(model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}])
+    text = gw.client.get("/metrics", headers={"Authorization": "Bearer s3cret"}).text
+    requests = {
+        (s.labels["model"], s.labels["status"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "ometer_requests"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert requests == {(OTHER, "error"): 30.0, ("llama3.1:8b", "ok"): 1.0}
+    gw.settle()
+    spans = gw.ledger.latest(SpanFilter(), 100)
+    assert sorted(s.request_model for s in spans if s.status == "error") == sorted(
+        f"made-up-{n}" for n in range(30)
+    )
