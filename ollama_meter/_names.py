@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -80,3 +81,18 @@ def whole_number(value: object) -> object:
     if isinstance(value, str) and not WHOLE_NUMBER.fullmatch(value):
         raise ValueError(f"{value!r} is not a whole number (digits only, e.g. 30)")
     return value
+
+
+LONGEST_MODEL = 1024
+"""The longest model name a process keeps whole as a key (a price rule's choice, recent calls,
+what ``/api/show`` said, a circuit): far past any name Ollama takes (its host, namespace, model
+and tag are at most 350, 80, 80 and 80 characters), far below the 32 MB a body may hold."""
+
+
+def model_cache_key(model: str) -> str | bytes:
+    """``model`` as a process keeps it: itself, or past :data:`LONGEST_MODEL` characters its
+    SHA-256 digest (bytes, so equal to no name sent). A caller may name a new model of
+    megabytes each call: kept whole, a cache of a thousand names held gigabytes."""
+    if len(model) <= LONGEST_MODEL:
+        return model
+    return hashlib.sha256(model.encode("utf-8", "surrogatepass")).digest()

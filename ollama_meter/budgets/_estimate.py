@@ -12,14 +12,24 @@ conservative defaults, which is as close to a bound as time allows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from ollama_meter._names import model_cache_key
 from ollama_meter.ledger import COLD_LOAD_NS
 from ollama_meter.pricing import PriceBook
-from ollama_meter.records import MAX_DURATION_NS, MAX_TOKENS, PastCall, SpanRecord, Usage
+from ollama_meter.records import (
+    MAX_DURATION_NS,
+    MAX_TOKENS,
+    PastCall,
+    SpanRecord,
+    Usage,
+    model_key,
+)
 
 log = logging.getLogger("ollama_meter.meter")
 
@@ -46,6 +56,10 @@ DEFAULT_EVAL_NS_PER_TOKEN = 50_000_000
 DEFAULT_LOAD_NS = 60_000_000_000
 HISTORY_MARGIN = 3
 """Per-token times seen recently are scaled by 3/2 for the bound."""
+MODELS_LEARNED = 1000
+"""Models whose own prompt a process keeps learned (more than a fleet serves): past it, the one
+no call asked for the longest goes. Only a server reporting too many tokens for every name
+sent gets near it: spellings of one model are one (:func:`~ollama_meter.records.model_key`)."""
 MAX_HIDDEN_PROMPT = 32_768
 """The most prompt tokens a model's template may add on its own (a Modelfile ``SYSTEM``):
 a count further past a call's bound is a server's error, not a prompt to budget for."""
@@ -167,14 +181,22 @@ class HiddenPrompts:
     the count was wrong."""
 
     def __init__(self) -> None:
-        self._learned: dict[str, int] = {}
-        self._shown: dict[str, int] = {}
-        """What the model's last call past its bound showed, until another agrees."""
+        # By the model Ollama runs, not the name as spelled: a caller may spell one model a new
+        # way each call (case, the default registry), and each spelling was an entry.
+        self._learned: OrderedDict[str | bytes, int] = OrderedDict()
+        """Oldest use first: an entry read moves to the end (without a moment out of it)."""
+        self._shown: OrderedDict[str | bytes, int] = OrderedDict()
+        """What the model's last call past its bound showed, until another agrees (oldest first)."""
 
     def added(self, model: str, bound: CallBound, shown: int | None = None) -> CallBound:
         """``bound`` with the prompt ``model`` is known to add: ``shown`` by its servers
         (:class:`~ollama_meter.budgets.ShownPrompts`), or more if calls showed more."""
-        hidden = max(self._learned.get(model, 0), shown or 0)
+        key = _model(model)
+        learned = self._learned.get(key, 0)
+        if learned:
+            with contextlib.suppress(KeyError):  # gone meanwhile, on another thread
+                self._learned.move_to_end(key)  # in use: the last to go
+        hidden = max(learned, shown or 0)
         if not hidden:
             return bound
         return replace(bound, input_tokens=bound.input_tokens + hidden, hidden=hidden)
@@ -182,16 +204,20 @@ class HiddenPrompts:
     def observe(self, model: str, counted: int, bound: CallBound) -> int:
         """Learn from a call to ``model`` admitted on ``bound`` that counted ``counted`` prompt
         tokens; the prompt the model is now known to add."""
-        learned = self._learned.get(model, 0)
+        key = _model(model)
+        learned = self._learned.get(key, 0)
         if counted <= bound.input_tokens:
             return learned
         shown = min(bound.hidden + counted - bound.input_tokens, MAX_HIDDEN_PROMPT)
-        if len(self._shown) > 1000:  # as many models as a fleet serves, not every name sent
-            self._shown.clear()
-        before = self._shown.get(model)
-        self._shown[model] = shown
+        before = self._shown.pop(key, None)
+        self._shown[key] = shown
+        while len(self._shown) > MODELS_LEARNED:  # the oldest goes: a flood of names, cleared
+            self._shown.popitem(last=False)  # at once, kept each model from its second call
         if before is not None and min(before, shown) > learned:
-            learned = self._learned[model] = min(before, shown)
+            learned = self._learned[key] = min(before, shown)
+            self._learned.move_to_end(key)
+            while len(self._learned) > MODELS_LEARNED:
+                self._learned.popitem(last=False)
         return learned
 
     def past_bound(self, span: SpanRecord, bound: CallBound) -> None:
@@ -216,3 +242,8 @@ class HiddenPrompts:
             if learned
             else f"if {model}'s next call counts past its bound too, later bounds add the excess",
         )
+
+
+def _model(name: str) -> str | bytes:
+    """The model Ollama runs for ``name``, as a process keeps it."""
+    return model_cache_key(model_key(name))

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ollama_meter._forks import ChildLock
+from ollama_meter._names import model_cache_key
 from ollama_meter._reloaded import WouldBlock
 from ollama_meter.budgets._estimate import IMAGE_TOKENS, MESSAGE_TOKENS, TEMPLATE_TOKENS
-from ollama_meter.records import MAX_TOKENS
+from ollama_meter.records import MAX_TOKENS, model_key
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._template import TemplateBound
@@ -132,15 +133,16 @@ class ShownPrompts:
         self.hosts = list(dict.fromkeys(hosts))
         self.timeout = timeout
         self.clock = clock
-        self._known: dict[str, tuple[Shown | None, float]] = {}
+        self._known: dict[str | bytes, tuple[Shown | None, float]] = {}
         self._lock = ChildLock()
-        self._unbounded: set[tuple[str, str]] = set()
-        """(server, model) whose template was said to be unbounded (said once)."""
+        self._unbounded: set[tuple[str, str | bytes]] = set()
+        """(server, model) whose template was said to be unbounded (said once a model, not a
+        spelling of its name; at most :data:`MODELS_KEPT`, then said again)."""
 
     def cached(self, model: str) -> tuple[bool, Shown | None]:
         """(known, what) from memory: what None when no server could say."""
         with self._lock:
-            entry = self._known.get(model)
+            entry = self._known.get(model_cache_key(model))
         if entry is None or entry[1] <= self.clock():
             return False, None
         return True, entry[0]
@@ -191,7 +193,8 @@ class ShownPrompts:
         with self._lock:
             if len(self._known) >= MODELS_KEPT:
                 self._known.clear()
-            self._known[model] = (shown, self.clock() + (SHOW_TTL if said else UNKNOWN_TTL))
+            expires = self.clock() + (SHOW_TTL if said else UNKNOWN_TTL)
+            self._known[model_cache_key(model)] = (shown, expires)
         return shown
 
     def _ask(self, host: str, model: str) -> Shown | None:
@@ -247,8 +250,10 @@ class ShownPrompts:
         bound = bound_template(template)
         if isinstance(bound, TemplateBound):
             return Shown(hidden, messages, (bound,), thinks)
-        if (host, model) not in self._unbounded:
-            self._unbounded.add((host, model))
+        if (host, key := model_cache_key(model_key(model))) not in self._unbounded:
+            if len(self._unbounded) >= MODELS_KEPT:  # a server that says so of every name
+                self._unbounded.clear()
+            self._unbounded.add((host, key))
             log.warning(
                 "%s/api/show: %s's template cannot be bounded (%s): calls to it under a hard "
                 "budget are bounded as the longest prompt",

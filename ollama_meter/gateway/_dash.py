@@ -89,6 +89,18 @@ def dash_query(
     )
 
 
+MAX_REPORTS = 8
+"""Distinct reports the dashboard runs at once, on the ledger threads the calls' spans are
+written on; a query past them is answered 503 (a query already running is joined). A report
+runs on for a caller that hung up (the next poll takes it): a new query per request, each
+abandoned, queued a report each, without end."""
+REPORTS_RETRY_AFTER = 5
+
+
+class ReportsBusy(OmeterError):
+    """As many reports as :data:`MAX_REPORTS` are running: try again in a few seconds (503)."""
+
+
 DASH_CACHE_SECONDS = 3.0
 """How long ``/api/dash`` and the dashboard answer from figures already computed."""
 
@@ -149,6 +161,11 @@ def dashboard_routes(
             return hit[1]
         task = running.get(query)
         if task is None:
+            if len(running) >= MAX_REPORTS:
+                raise ReportsBusy(
+                    f"the dashboard is running {len(running)} other reports, the most it runs "
+                    f"at once; try again in {REPORTS_RETRY_AFTER} s"
+                )
             task = running[query] = asyncio.ensure_future(in_thread(compute, query, meter))
             task.add_done_callback(functools.partial(keep, query))
         # A caller hanging up leaves the report to the others (and to the cache).
@@ -159,7 +176,7 @@ def dashboard_routes(
             result = await report(request)
         except OmeterError as exc:  # a bad period or filter (400), or out of the key's scope
             return JSONResponse(
-                {"error": str(exc)}, status_code=_status_of(exc), headers=_PAGE_HEADERS
+                {"error": str(exc)}, status_code=_status_of(exc), headers=_refused_headers(exc)
             )
         live = (
             {}
@@ -181,7 +198,7 @@ def dashboard_routes(
             status = _status_of(exc)
             home = Links("/dashboard", {"token": params.get("token", "")}).href()
             page = render_error_page(str(exc), home=home)
-            return HTMLResponse(page, status_code=status, headers=headers)
+            return HTMLResponse(page, status_code=status, headers=_refused_headers(exc, headers))
         page = await in_thread(
             lambda: render_dashboard(result, links=links, zone=settings.timezone)
         )
@@ -228,8 +245,16 @@ def for_scope(servers: dict[str, Any], scope: tuple[str, str] | None) -> dict[st
 
 
 def _status_of(exc: OmeterError) -> int:
-    """A report the dashboard could not give: the ledger's fault, the key's, or the query's."""
-    return 503 if isinstance(exc, LedgerError) else 403 if isinstance(exc, OutOfScope) else 400
+    """A report the dashboard could not give: the ledger's fault (or too many reports at once),
+    the key's, or the query's."""
+    if isinstance(exc, LedgerError | ReportsBusy):
+        return 503
+    return 403 if isinstance(exc, OutOfScope) else 400
+
+
+def _refused_headers(exc: OmeterError, headers: dict[str, str] = _PAGE_HEADERS) -> dict[str, str]:
+    busy = isinstance(exc, ReportsBusy)
+    return {**headers, "Retry-After": str(REPORTS_RETRY_AFTER)} if busy else headers
 
 
 def prometheus_text(meter: Meter, settings: Settings) -> str:

@@ -36,8 +36,18 @@ path, query, fragment or user. Starlette's ``request.url`` is built from it, and
 took ``gw/api/dash?`` as a host followed by a path, whatever path was asked."""
 
 
-@functools.lru_cache(maxsize=1024)  # the same few Host headers, every request
+_LONGEST_ADDRESS = 64
+"""Characters of the longest address a ``Host`` names: an IPv6 one of 45 and a zone of 16."""
+
+
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    # A Host may be 64 KiB, a new one each request: one that long is no address, and not
+    # kept (the cache kept 1,024 of them whole, 64 MB).
+    return _address(text) if len(text) <= _LONGEST_ADDRESS else None
+
+
+@functools.lru_cache(maxsize=1024)  # the same few Host headers, every request
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(text)
     except ValueError:

@@ -9,7 +9,11 @@ micro-units with the currency as a label, so sums never mix currencies.
 Label values come from callers (tenant, department and model names), so a caller
 could mint a new series with every request and swell the gateway's memory and every
 scrape. Each family keeps at most :data:`MAX_SERIES` label sets of its own; calls past
-that are counted under :data:`OTHER`, so totals stay whole.
+that are counted under :data:`OTHER`, so totals stay whole. A model is a label of its own
+once a server answered a call to it (at most :data:`MAX_SERIES` of them); until then, as
+for a made-up name that is refused or not found, its calls count as :data:`OTHER`: where
+keys decide the tenant and department, such names took every series before a model
+pulled later had its first call. The ledger keeps every name as sent.
 """
 
 from __future__ import annotations
@@ -80,12 +84,35 @@ class _Bounded:
         return (OTHER,) * len(labels)
 
 
+class _Served:
+    """Models a server answered a call to (it ended ``ok``, or an answer named the model),
+    up to ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.models: set[str] = set()
+        self._lock = threading.Lock()
+
+    def label(self, span: SpanRecord, model: str) -> str:
+        """``model``'s label for a call of ``span``: itself once a server answered for it."""
+        if model in self.models:  # the common case, without the lock: the set only grows
+            return model
+        if span.response_model is None and span.status != Status.OK:
+            return OTHER  # no answer: a name no server has answered for so far
+        with self._lock:
+            if len(self.models) < self.limit:
+                self.models.add(model)
+                return model
+        return OTHER
+
+
 class GatewayMetrics:
     """A :class:`~ollama_meter.meter.SpanObserver` that counts every call this process meters."""
 
     def __init__(self, max_series: int = MAX_SERIES) -> None:
         self._who = _Bounded("tenant/department/model", max_series)
         self._genai = _Bounded("operation/model/error type", max_series)
+        self._served = _Served(max_series)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -161,7 +188,8 @@ class GatewayMetrics:
         if span.id in self._open:
             self._open.discard(span.id)
             self.in_flight.dec()
-        who = self._who((span.tenant, span.department, span.model))
+        served = self._served.label
+        who = self._who((span.tenant, span.department, served(span, span.model)))
         self._of(self.requests, *who, span.status).inc()
         if span.status == Status.ERROR:
             self._of(self.errors, *who, span.error_type or "unknown").inc()
@@ -173,7 +201,7 @@ class GatewayMetrics:
         genai = self._genai(
             (
                 OPERATION_NAMES.get(span.operation, span.operation),
-                span.request_model,
+                served(span, span.request_model),
                 span.error_type or "",
             )
         )

@@ -6,6 +6,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from ollama_meter._names import model_cache_key
 from ollama_meter._reloaded import WouldBlock
 from ollama_meter.meter._written import bytes_of
 from ollama_meter.pricing import usage_of
@@ -103,17 +104,17 @@ class RecentCalls:
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
-        self._read: dict[str, tuple[float, list[PastCall]]] = {}
+        self._read: dict[str | bytes, tuple[float, list[PastCall]]] = {}
 
     def of(self, model: str, *, blocking: bool = True) -> list[PastCall]:
         """``model``'s recent calls; :class:`WouldBlock` when they must be read first and
         ``blocking`` is False (an event loop)."""
-        now = time.monotonic()
-        cached = self._read.get(model)
+        now, key = time.monotonic(), model_cache_key(model)
+        cached = self._read.get(key)
         if cached is None or now - cached[0] > HISTORY_TTL:
             if not blocking:
                 raise WouldBlock(f"the recent calls to {model!r} must be read first")
             if len(self._read) > 1000:
                 self._read.clear()
-            cached = self._read[model] = (now, self._ledger.recent_usage(model))
+            cached = self._read[key] = (now, self._ledger.recent_usage(model))
         return cached[1]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from ollama_meter._names import model_cache_key
 from ollama_meter.periods import day_of
 from ollama_meter.pricing._calc import compute_cost
 from ollama_meter.pricing._rules import select_rule
@@ -19,13 +20,13 @@ class PriceBook:
         self.rules = tuple(rules)
         self.tz = tz
         self.currency = currency
-        self._choice: dict[tuple[str, object], PriceRule | None] = {}
+        self._choice: dict[tuple[str | bytes, object], PriceRule | None] = {}
 
     def rule_for(self, model: str, when: datetime) -> PriceRule | None:
         # The day reports and `reprice --since` cut, not the clock's date: where a clock went
         # back across midnight, the hour after it read as the day before, and was priced so.
         day = day_of(when, self.tz)
-        key = (model, day)
+        key = (model_cache_key(model), day)
         if key not in self._choice:
             if len(self._choice) > 10_000:
                 self._choice.clear()

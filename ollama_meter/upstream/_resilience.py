@@ -42,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from ollama_meter._forks import ChildLock
+from ollama_meter._names import model_cache_key
 from ollama_meter._runtime import runtime
 from ollama_meter.errors import CircuitOpen, UpstreamError
 
@@ -109,14 +110,16 @@ class _Circuit:
     """The call let through as the half-open circuit's trial, until it ends: only its own
     outcome ends it (a call sent before the circuit opened that ends meanwhile does not)."""
     callers: set[str] = field(default_factory=set)
-    """Whose calls failed in the run (a model's circuit): ``""`` for calls that name none."""
+    """Whose calls failed in the run (a model's circuit): ``""`` for calls that name none. Two
+    at most: whether the run is one caller's is all it tells."""
 
 
 @dataclass(slots=True, eq=False)
 class Ticket:
     """One call's admission (the circuits it is the trial of hold it: :attr:`_Circuit.trial`)."""
 
-    model: str
+    model: str | bytes
+    """The model's circuit (:func:`~ollama_meter._names.model_cache_key`)."""
     caller: str = ""
     settled: bool = field(default=False, repr=False)
 
@@ -138,16 +141,18 @@ class CircuitBreaker:
         self._clock = clock
         self._lock = ChildLock()
         self._host = _Circuit()
-        self._models: dict[str, _Circuit] = {}
-        self._callers: dict[tuple[str, str], _Circuit] = {}  # (model, caller)
+        # By model_cache_key: a name of megabytes is not kept whole for each circuit.
+        self._models: dict[str | bytes, _Circuit] = {}
+        self._callers: dict[tuple[str | bytes, str], _Circuit] = {}  # (model, caller)
 
     def state(self, model: str | None = None, caller: str = "") -> str:
         """``closed``, ``open`` or ``half_open``: the host's circuit, ``model``'s, or the one
         ``caller`` has for ``model``."""
+        key = None if model is None else model_cache_key(model)
         with self._lock:
-            if model is not None and caller:
-                return self._state(self._callers.get((model, caller), _Circuit()))
-            circuit = self._host if model is None else self._models.get(model, _Circuit())
+            if key is not None and caller:
+                return self._state(self._callers.get((key, caller), _Circuit()))
+            circuit = self._host if key is None else self._models.get(key, _Circuit())
             return self._state(circuit)
 
     def any_open(self, model: str, caller: str = "") -> bool:
@@ -162,8 +167,9 @@ class CircuitBreaker:
 
     def failures(self, model: str | None = None) -> int:
         """Consecutive failed calls counted against the host, or against ``model``."""
+        key = None if model is None else model_cache_key(model)
         with self._lock:
-            circuit = self._host if model is None else self._models.get(model, _Circuit())
+            circuit = self._host if key is None else self._models.get(key, _Circuit())
             return circuit.failures
 
     def _state(self, circuit: _Circuit) -> str:
@@ -175,10 +181,11 @@ class CircuitBreaker:
 
     def admit(self, model: str, caller: str = "") -> Ticket:
         """Let ``caller``'s call to ``model`` through, or raise :class:`CircuitOpen` saying until when."""
+        key = model_cache_key(model)
         with self._lock:
-            ticket = Ticket(model, caller)
-            circuit = self._models.get(model)
-            own = self._callers.get((model, caller)) if caller else None
+            ticket = Ticket(key, caller)
+            circuit = self._models.get(key)
+            own = self._callers.get((key, caller)) if caller else None
             refused = self._refusal(self._host, f"Ollama at {self.host}")
             if refused is None and circuit is not None:
                 refused = self._refusal(
@@ -246,7 +253,8 @@ class CircuitBreaker:
                 if circuit is None:
                     self._forget_closed()  # before it is made: not the new one itself
                     circuit = self._models[ticket.model] = _Circuit()
-                circuit.callers.add(ticket.caller)
+                if len(circuit.callers) < 2:  # all ``many`` reads: a trial a minute added one
+                    circuit.callers.add(ticket.caller)
                 # One named caller's run of failures opens its own circuit, not everyone's.
                 many = len(circuit.callers) > 1 or "" in circuit.callers
                 self._fail(circuit, ticket, opens=many)

@@ -10,13 +10,16 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import ollama
 import pytest
 from hypothesis import given, settings, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from ollama_meter.gateway._metrics import OTHER, GatewayMetrics
-from ollama_meter.records import Status, make_storable
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.records import SpanRecord, Status, make_storable
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
 from tests.gateway.conftest import Gateway
@@ -62,7 +65,12 @@ def test_any_name_is_one_escaped_label_value_and_the_scrape_parses(
 ) -> None:
     """Quotes, backslashes, newlines, control characters, surrogates: one sample, its own line."""
     span = make_storable(
-        make_span(request_model=model, status=Status.ERROR, error_type=error_type or None)
+        make_span(
+            request_model=model,
+            response_model=model,  # a server answered for it: its own series
+            status=Status.ERROR,
+            error_type=error_type or None,
+        )
     )
     metrics = GatewayMetrics()
     metrics.on_end(span)
@@ -169,3 +177,74 @@ def test_counts_are_this_gateways_own_whatever_prometheus_multiproc_dir_says(
     labels = 'department="sales",model="llama3.1:8b",status="ok",tenant="acme"'
     assert done.stdout.strip() == repr([f"ometer_requests_total{{{labels}}} 1.0"])
     assert not exists or list(folder.iterdir()) == []
+
+
+def test_names_no_server_answered_for_share_one_series_and_leave_room_for_real_models() -> None:
+    """Where keys decide the tenant and department, the model is the label a caller still
+    names: a key whose calls were refused (its budget spent) or answered "model not found"
+    sent a made-up name each call, and the first thousand took every series, so a model
+    pulled afterwards was counted as ``_other``. A model gets its own series once a server
+    answered a call to it; until then its calls are counted, as ``_other``."""
+    metrics = GatewayMetrics(max_series=50)
+
+    def timed(**fields: Any) -> SpanRecord:
+        return make_span(latency_ns=1_000_000, **fields)  # each in the duration histogram too
+
+    metrics.on_end(timed(request_model="llama3.1:8b", response_model="llama3.1:8b"))
+    for n in range(2_000):
+        metrics.on_end(
+            timed(
+                request_model=f"made-up-{n}",
+                status=Status.ERROR,
+                error_type="model_not_found",
+            )
+        )
+        metrics.on_end(timed(request_model=f"refused-{n}", status=Status.REJECTED))
+    metrics.on_end(timed(request_model="qwen2.5:7b", response_model="qwen2.5:7b"))
+    timeout = timed(request_model="llama3.1:8b", status=Status.ERROR, error_type="timeout")
+    metrics.on_end(timeout)  # no answer, but to a model served before: its own
+    requests = samples(metrics, "ometer_requests")
+    assert sum(requests.values()) == 4_003
+    by_model = Counter[str]()
+    for labels, value in requests.items():
+        by_model[dict(labels)["model"]] += int(value)
+    assert by_model == {"llama3.1:8b": 2, "qwen2.5:7b": 1, OTHER: 4_000}
+    (family,) = (
+        f
+        for f in text_string_to_metric_families(metrics.text())
+        if f.name == "gen_ai_client_operation_duration_seconds"
+    )
+    assert {s.labels["gen_ai_request_model"] for s in family.samples} == {
+        "llama3.1:8b",
+        "qwen2.5:7b",
+        OTHER,
+    }
+
+
+def test_a_keys_made_up_models_through_the_official_client_take_no_series_of_their_own(
+    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """On the wire, keys required: each made-up name is Ollama's 404 to the client and a span
+    in the ledger under its own name, and one ``_other`` series in the scrape."""
+    secret = Ledger(sqlite_url).create_key(name="bot", tenant="acme", department="sales")[1]
+    gw = serve_on(emulator.url, sqlite_url, require_key=True, admin_token="s3cret")
+    client = ollama.Client(host=gw.url, headers={"Authorization": f"Bearer {secret}"})
+    for n in range(30):
+        with pytest.raises(ollama.ResponseError) as raised:
+            client.chat(model=f"made-up-{n}", messages=[{"role": "user", "content": "hi"}])
+        assert raised.value.status_code == 404
+    client.chat(model="llama3.1:8b", messages=[{"role": "user", "content": "hi"}])
+    text = gw.client.get("/metrics", headers={"Authorization": "Bearer s3cret"}).text
+    requests = {
+        (s.labels["model"], s.labels["status"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "ometer_requests"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert requests == {(OTHER, "error"): 30.0, ("llama3.1:8b", "ok"): 1.0}
+    gw.settle()
+    spans = gw.ledger.latest(SpanFilter(), 100)
+    assert sorted(s.request_model for s in spans if s.status == "error") == sorted(
+        f"made-up-{n}" for n in range(30)
+    )
