@@ -1,7 +1,8 @@
-"""Daily hard budgets on days the clock jumps: a 23- or 25-hour day (Berlin), a 23.5- or
-24.5-hour one (Lord Howe's half-hour shift), a clock turned back at 00:01 (St John's until
-2011). The day's spend is what started between its midnights, the gate and `budget status`
-say the same, and a refusal's Retry-After is the next midnight exactly."""
+"""Daily, weekly and monthly hard budgets over days the clock jumps: a 23- or 25-hour day
+(Berlin), a 23.5- or 24.5-hour one (Lord Howe's half-hour shift), a clock turned back at 00:01
+(St John's until 2011). A period's spend is what started between its first midnight and the
+next period's, the gate and `budget status` say the same, and a refusal's Retry-After is the
+next period's start exactly."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ollama_meter.budgets import Budget, BudgetGate, Estimate, budget_status
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import Ledger
-from ollama_meter.periods import day_of, local_midnight
+from ollama_meter.periods import day_of, local_midnight, next_month
 from ollama_meter.records import new_span_row_id
 from tests.factories import make_span
 
@@ -29,12 +30,28 @@ US = timedelta(microseconds=1)
 _tenants = (f"t{n}" for n in range(10**9))
 
 
+def _period(unit: str, day: date) -> tuple[date, date]:
+    """The first day of ``unit`` holding ``day``, and the first day after it."""
+    if unit == "day":
+        return day, day + timedelta(days=1)
+    if unit == "week":
+        first = day - timedelta(days=day.weekday())
+        return first, first + timedelta(days=7)
+    return day.replace(day=1), next_month(day)
+
+
+Case = tuple[ZoneInfo, str, date, list[tuple[datetime, int]], datetime]
+
+
 @st.composite
-def cases(draw: st.DrawFn) -> tuple[ZoneInfo, date, list[tuple[datetime, int]], datetime]:
-    name = draw(st.sampled_from(sorted(DAYS)))
-    zone, day = ZoneInfo(name), draw(st.sampled_from(DAYS[name]))
-    start = local_midnight(day, zone)
-    end = local_midnight(day + timedelta(days=1), zone)
+def cases(draw: st.DrawFn) -> Case:
+    name, unit = (
+        draw(st.sampled_from(sorted(DAYS))),
+        draw(st.sampled_from(["day", "week", "month"])),
+    )
+    zone, jump = ZoneInfo(name), draw(st.sampled_from(DAYS[name]))
+    first, after = _period(unit, jump)
+    start, end = local_midnight(first, zone), local_midnight(after, zone)
     length = (end - start) // US
     edges = [start - US, start, end - US, end]
     moments = st.one_of(
@@ -42,8 +59,10 @@ def cases(draw: st.DrawFn) -> tuple[ZoneInfo, date, list[tuple[datetime, int]], 
         st.integers(-3_600 * 10**6, length + 3_600 * 10**6).map(lambda us: start + us * US),
     )
     spans = draw(st.lists(st.tuples(moments, st.integers(0, LIMIT // 9)), max_size=8))
-    now = start + draw(st.sampled_from([0, length - 1, *range(0, length, length // 7)])) * US
-    return zone, day, spans, now
+    jumped = (local_midnight(jump, zone) - start) // US  # the jump's day, in a week or month
+    stops = [0, length - 1, jumped, *range(0, length, length // 7)]
+    now = start + draw(st.sampled_from(stops)) * US
+    return zone, unit, jump, spans, now
 
 
 @settings(
@@ -52,17 +71,16 @@ def cases(draw: st.DrawFn) -> tuple[ZoneInfo, date, list[tuple[datetime, int]], 
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(case=cases())
-def test_a_daily_budget_on_a_day_the_clock_jumps(
-    db_url: str, case: tuple[ZoneInfo, date, list[tuple[datetime, int]], datetime]
-) -> None:
-    zone, day, spans, now = case
+def test_a_budget_over_a_day_the_clock_jumps(db_url: str, case: Case) -> None:
+    zone, unit, jump, spans, now = case
     tenant = next(_tenants)
     ledger = Ledger(db_url)
-    budget = Budget(tenant=tenant, department="sales", period="day", limit=LIMIT, currency="USD")
+    budget = Budget(tenant=tenant, department="sales", period=unit, limit=LIMIT, currency="USD")
     ledger.save_budget(budget)
     ledger.record([make_span(started_at=at, tenant=tenant, cost_total=cost) for at, cost in spans])
-    start, end = local_midnight(day, zone), local_midnight(day + timedelta(days=1), zone)
-    assert day_of(now, zone) == day
+    first, after = _period(unit, jump)
+    start, end = local_midnight(first, zone), local_midnight(after, zone)
+    assert first <= day_of(now, zone) < after
     spent = sum(cost for at, cost in spans if start <= at < end)
     gate = BudgetGate(ledger, tz=zone, ttl=0)
 
