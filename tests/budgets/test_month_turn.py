@@ -5,7 +5,10 @@ alerts fire once, again."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -14,10 +17,13 @@ from ollama_meter.budgets import Budget, BudgetGate, Estimate, budget_status
 from ollama_meter.budgets._leases import Reservation
 from ollama_meter.errors import BudgetExceeded
 from ollama_meter.ledger import Ledger
+from ollama_meter.meter import Attribution
 from ollama_meter.periods import local_midnight, next_month
 from ollama_meter.records import new_span_row_id
 from ollama_meter.reports import chargeback
-from tests.factories import make_span
+from ollama_meter.testing import OllamaEmulator
+from tests.factories import make_span, token_prices
+from tests.gateway.conftest import settle as settle_meter
 
 LIMIT = 10_000_000
 BOUND = 400_000
@@ -107,3 +113,70 @@ def test_a_call_from_the_months_last_moment_is_the_old_months_everywhere(
         )  # fmt: skip
         assert sum(int(r.usage_cost) for r in bill.rows) == total, month
     ledger.dispose()
+
+
+def test_a_metered_stream_from_the_months_last_moment_is_priced_counted_and_billed_in_it(
+    db_url: str, emulator: OllamaEmulator
+) -> None:
+    """Through the meter: a stream opened at 23:59:59.9 on 30 November in Berlin, ending in
+    December, when a dearer price rule begins. Its bound, cost, month of spend, alerts and
+    bill are November's; December's budget starts from nothing."""
+    from tests.budgets.test_gate import BOUND, CALL_COST, HELLO, OUT, Clock, budget, make_meter
+
+    berlin = ZoneInfo("Europe/Berlin")
+    turn = local_midnight(datetime(2026, 12, 1).date(), berlin)
+    clock = Clock(turn - MOMENT)
+    meter = make_meter(db_url, clock, ollama_host=emulator.url)
+    dearer = replace(
+        token_prices("llama3.1:*", effective_from=datetime(2026, 12, 1).date()),
+        input_per_1m=Decimal(3000),
+        output_per_1m=Decimal(6000),
+    )
+    meter.ledger.add_price_rule(dearer)
+    limit = 3 * BOUND  # December's bound, at its prices
+    before = limit - BOUND  # spent in November: room for the late call's bound exactly
+    saved = budget(meter, limit, thresholds=(80, 100))
+    meter.ledger.record([make_span(started_at=turn - timedelta(days=9), cost_total=before)])
+    who = Attribution(tenant="acme", department="sales")
+
+    def chat(stream: bool) -> Any:
+        return meter.chat(
+            model="llama3.1:8b", messages=HELLO, attribution=who, stream=stream,
+            options={"num_predict": OUT},
+        )  # fmt: skip
+
+    run = chat(True)
+    parts = iter(run)
+    next(parts)  # admitted and sent in November
+    clock.now = turn + MOMENT
+    list(parts)  # it ends in December
+    late = run.span
+    assert (late.started_at, late.cost_total) == (turn - MOMENT, CALL_COST)
+    early = chat(False)
+    list(early)
+    assert early.span.cost_total == 3 * CALL_COST  # December's prices
+    settle_meter(meter)
+    with pytest.raises(BudgetExceeded):  # November's room is spent to the last call's bound
+        meter.budgets.admit(  # type: ignore[union-attr]
+            call_id="x", tenant="acme", department="sales",
+            estimate=Estimate(BOUND - CALL_COST + 1, "USD"), now=turn - MOMENT,
+        )  # fmt: skip
+    for now, spent in ((turn - MOMENT, before + CALL_COST), (turn + MOMENT, 3 * CALL_COST)):
+        (status,) = budget_status(meter.ledger, tz=berlin, now=now)
+        assert (status.budget.id, status.spent) == (saved.id, spent)
+    for month, total in (("2026-11", before + CALL_COST), ("2026-12", 3 * CALL_COST)):
+        bill = chargeback(
+            meter.ledger, month, tz=berlin, now=turn + timedelta(days=40), currency="USD"
+        )
+        assert sum(int(r.usage_cost) for r in bill.rows) == total, month
+    fired = sorted(
+        (a.period_label, a.threshold) for a in meter.ledger.alerts() if a.kind != "refused"
+    )
+    assert fired == [
+        (month, t)
+        for month, spent in (("2026-11", before + CALL_COST), ("2026-12", 3 * CALL_COST))
+        for t in (80, 100)
+        if spent * 100 >= t * limit
+    ]
+    assert ("2026-11", 80) in fired  # the late call's cost crossed it, and in November
+    meter.close_upstream()
