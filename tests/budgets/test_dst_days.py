@@ -1,8 +1,9 @@
 """Daily, weekly and monthly hard budgets over days the clock jumps: a 23- or 25-hour day
-(Berlin), a 23.5- or 24.5-hour one (Lord Howe's half-hour shift), a clock turned back at 00:01
-(St John's until 2011). A period's spend is what started between its first midnight and the
-next period's, the gate and `budget status` say the same, and a refusal's Retry-After is the
-next period's start exactly."""
+(Berlin), a 23.5- or 24.5-hour one (Lord Howe's half-hour shift), a clock turned back across
+midnight (St John's at 00:01 until 2011; Cairo, Beirut and Santiago from 24:00 to 23:00 today),
+a midnight skipped (Havana, Cairo, Santiago from 00:00 to 01:00). A period's spend is what
+started from its first midnight to the next period's, the gate and `budget status` say the
+same, and a refusal's Retry-After is the next period's start exactly."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ DAYS = {
     "Australia/Lord_Howe": [date(2026, 4, 5), date(2026, 10, 4)],
     "America/St_Johns": [date(2026, 3, 8), date(2010, 11, 7), date(2010, 11, 6)],
     "Pacific/Chatham": [date(2026, 4, 5), date(2026, 9, 27)],
+    # midnight skipped (00:00 -> 01:00), and a clock turned back from 24:00 to 23:00
+    "Africa/Cairo": [date(2026, 4, 24), date(2026, 10, 29), date(2026, 10, 30)],
+    "America/Santiago": [date(2026, 4, 4), date(2026, 4, 5), date(2026, 9, 6)],
+    "Asia/Beirut": [date(2026, 3, 29), date(2026, 10, 24), date(2026, 10, 25)],
+    "America/Havana": [date(2026, 3, 8), date(2026, 11, 1)],
 }
 US = timedelta(microseconds=1)
 _tenants = (f"t{n}" for n in range(10**9))
@@ -66,7 +72,7 @@ def cases(draw: st.DrawFn) -> Case:
 
 
 @settings(
-    max_examples=40,
+    max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
