@@ -1,7 +1,7 @@
 """Daily, weekly and monthly hard budgets over days the clock jumps: a 23- or 25-hour day
 (Berlin), a 23.5- or 24.5-hour one (Lord Howe's half-hour shift), a clock turned back across
-midnight (St John's at 00:01 until 2011; Cairo, Beirut and Santiago from 24:00 to 23:00 today),
-a midnight skipped (Havana, Cairo, Santiago from 00:00 to 01:00). A period's spend is what
+midnight (St John's at 00:01 until 2011), or at it (Cairo, Beirut and Santiago go from 24:00
+back to 23:00 today), a midnight skipped (Havana, Cairo, Santiago from 00:00 to 01:00). A period's spend is what
 started from its first midnight to the next period's, the gate and `budget status` say the
 same, and a refusal's Retry-After is the next period's start exactly."""
 
@@ -26,7 +26,7 @@ DAYS = {
     "Australia/Lord_Howe": [date(2026, 4, 5), date(2026, 10, 4)],
     "America/St_Johns": [date(2026, 3, 8), date(2010, 11, 7), date(2010, 11, 6)],
     "Pacific/Chatham": [date(2026, 4, 5), date(2026, 9, 27)],
-    # midnight skipped (00:00 -> 01:00), and a clock turned back from 24:00 to 23:00
+    # midnight skipped (00:00 -> 01:00), and the clock turned back from 24:00 to 23:00
     "Africa/Cairo": [date(2026, 4, 24), date(2026, 10, 29), date(2026, 10, 30)],
     "America/Santiago": [date(2026, 4, 4), date(2026, 4, 5), date(2026, 9, 6)],
     "Asia/Beirut": [date(2026, 3, 29), date(2026, 10, 24), date(2026, 10, 25)],
