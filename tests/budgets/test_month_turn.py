@@ -28,7 +28,10 @@ from tests.gateway.conftest import settle as settle_meter
 LIMIT = 10_000_000
 BOUND = 400_000
 MOMENT = timedelta(milliseconds=100)
-ZONES = ["Europe/Berlin", "Australia/Lord_Howe", "America/St_Johns", "Pacific/Chatham"]
+ZONES = [
+    "Europe/Berlin", "Australia/Lord_Howe", "America/St_Johns", "Pacific/Chatham",
+    "Asia/Kathmandu", "UTC", "America/Santiago",
+]  # fmt: skip
 
 
 def _reservations(ledger: Ledger) -> list[tuple[datetime, int]]:
