@@ -89,6 +89,9 @@ def test_a_call_from_the_months_last_moment_is_the_old_months_everywhere(
         early = admit(LIMIT, early_at)  # December's whole limit: the late call is not in it
         with pytest.raises(BudgetExceeded):
             admit(1, early_at)
+        for now, spent, held in ((late_at, LIMIT - BOUND, BOUND), (early_at, 0, LIMIT)):
+            (status,) = budget_status(ledger, tz=zone, now=now)  # each month's lease, in it
+            assert (status.spent, status.held) == (spent, held)
         done(late, BOUND, late_at)  # it ends in December
         assert [a.period_label for a in ledger.alerts()] == ["2026-11", "2026-11"]
         done(early, LIMIT * 80 // 100, early_at)
