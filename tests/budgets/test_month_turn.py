@@ -44,11 +44,12 @@ def _reservations(ledger: Ledger) -> list[tuple[datetime, int]]:
     return sorted((start.replace(tzinfo=UTC), amount) for start, amount in rows)
 
 
-@pytest.mark.parametrize("share", [0.0, 0.25])
+@pytest.mark.parametrize(("share", "ttl"), [(0.0, 0), (0.25, 0), (0.25, 5)])
 @pytest.mark.parametrize("name", ZONES)
 def test_a_call_from_the_months_last_moment_is_the_old_months_everywhere(
-    db_url: str, name: str, share: float
+    db_url: str, name: str, share: float, ttl: float
 ) -> None:
+    """``ttl`` 5: refusals are remembered (a gateway's), November's must not refuse December's."""
     zone = ZoneInfo(name)
     ledger = Ledger(db_url)
     budget = ledger.save_budget(
@@ -61,7 +62,7 @@ def test_a_call_from_the_months_last_moment_is_the_old_months_everywhere(
     turn = local_midnight(first_dec, zone)
     nov_start = local_midnight(first_nov, zone)
     ledger.record([make_span(started_at=nov_start + timedelta(days=3), cost_total=LIMIT - BOUND)])
-    gate = BudgetGate(ledger, tz=zone, ttl=0, lease_share=share)
+    gate = BudgetGate(ledger, tz=zone, ttl=ttl, lease_share=share)
 
     def admit(amount: int, now: datetime) -> Reservation:
         call = new_span_row_id(int(now.timestamp() * 1e9))
