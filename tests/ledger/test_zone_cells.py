@@ -26,6 +26,10 @@ TWICE_MIDNIGHT = [
     ("America/Havana", date(2026, 11, 1)),  # back from 01:00 to 00:00: midnight twice, one date
     ("America/Santiago", date(2026, 9, 6)),  # forward from 00:00 to 01:00: no midnight
     ("Pacific/Apia", date(2011, 12, 30)),  # a day skipped
+    # back from 24:00 to 23:00 today: midnight comes once, at the end of a 25-hour day
+    ("Africa/Cairo", date(2026, 10, 30)),
+    ("Asia/Beirut", date(2026, 10, 25)),
+    ("America/Santiago", date(2026, 4, 5)),
 ]
 
 
@@ -98,3 +102,38 @@ def test_a_long_report_holds_a_call_in_the_hour_after_the_first_midnight(db_url:
     for since in ("1970-01-01", "1987-10-25"):
         window = window_between(since, "2026-11-30", tz=zone, now=now)
         assert [r.requests for r in spend_report(ledger, window, [], tz=zone).rows] == [1]
+
+
+@pytest.mark.parametrize("cells", ["zone", "UTC"])
+@pytest.mark.parametrize(
+    ("name", "day"),
+    [("Africa/Cairo", date(2026, 10, 30)), ("Asia/Beirut", date(2026, 10, 25)),
+     ("America/Santiago", date(2026, 4, 5))],
+)  # fmt: skip
+def test_todays_falls_back_at_24_00_split_days_at_the_midnight_the_clock_reads(
+    db_url: str, name: str, day: date, cells: str
+) -> None:
+    """Cairo, Beirut and Santiago turn the clock back from 24:00 to 23:00: midnight is the
+    transition's instant, never read on the clock, and comes an hour later. Each day of a
+    report (from rollups cut in the zone, or in UTC) holds the calls from the midnight the
+    clock reads to the next, as raw spans say: the day before is 25 hours long."""
+    zone = ZoneInfo(name)
+    ledger = Ledger(db_url, zone=name if cells == "zone" else "UTC")
+    first = local_midnight(day, zone)
+    spans = [
+        make_span(started_at=first + timedelta(minutes=10 * n), cost_total=n + 100)
+        for n in range(-12, 12)
+    ]
+    ledger.record(spans)
+    now = datetime(2027, 1, 1, tzinfo=UTC)
+    for d in (day - timedelta(days=1), day):
+        window = parse_period(d.isoformat(), tz=zone, now=now)
+        report = spend_report(ledger, window, ["day"], tz=zone)
+        want = [s for s in spans if window.start <= s.started_at < window.end]
+        assert len(want) == 12  # the two hours before the midnight, and after it
+        assert [(r.label("day"), r.requests, int(r.cost)) for r in report.rows] == [
+            (d.isoformat(), len(want), sum(s.cost_total for s in want))
+        ]
+        with raw_spans():
+            assert report.rows == spend_report(ledger, window, ["day"], tz=zone).rows
+    ledger.dispose()
