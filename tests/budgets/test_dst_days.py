@@ -72,7 +72,7 @@ def cases(draw: st.DrawFn) -> Case:
 
 
 @settings(
-    max_examples=80,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

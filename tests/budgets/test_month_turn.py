@@ -44,8 +44,11 @@ def _reservations(ledger: Ledger) -> list[tuple[datetime, int]]:
     return sorted((start.replace(tzinfo=UTC), amount) for start, amount in rows)
 
 
-@pytest.mark.parametrize(("share", "ttl"), [(0.0, 0), (0.25, 0), (0.25, 5)])
-@pytest.mark.parametrize("name", ZONES)
+# Each zone with one of the three settings in turn (not every pair: 42 cases took 2.5 min).
+@pytest.mark.parametrize(
+    ("name", "share", "ttl"),
+    [(zone, *[(0.0, 0), (0.25, 0), (0.25, 5)][i % 3]) for i, zone in enumerate(ZONES)],
+)
 def test_a_call_from_the_months_last_moment_is_the_old_months_everywhere(
     db_url: str, name: str, share: float, ttl: float
 ) -> None:
