@@ -102,6 +102,51 @@ def check_is_ledger(conn: Connection, found: str | None, known: set[str]) -> Non
     )
 
 
+_WHOLE = (
+    "http_status", "input_tokens", "output_tokens", "total_duration_ns", "load_duration_ns",
+    "prompt_eval_duration_ns", "eval_duration_ns", "queue_ns", "latency_ns", "ttft_ns",
+    "cost_tokens", "cost_compute", "cost_energy", "cost_fee", "cost_total", "price_rule_id",
+)  # fmt: skip
+"""The span columns of whole numbers: counts, nanoseconds, micro-units of money, a rule's id."""
+
+
+def check_whole_numbers(conn: Connection) -> None:
+    """Refuse, before a migration changes anything, a SQLite ledger's spans that hold a
+    fraction or text where ometer keeps whole numbers (a hand edit, another tool's import).
+
+    SQLite keeps what it is given in a column of integers (``1500.0`` and ``'250'`` become
+    the integers they are; ``1500.5`` and ``'n/a'`` stay): the rollups an upgrade builds cut
+    the fraction off without a word, and reading the span failed. PostgreSQL's columns take
+    whole numbers only."""
+    if conn.dialect.name != "sqlite":
+        return
+    present = {column["name"] for column in inspect(conn).get_columns(_MARK)}
+    names = [name for name in _WHOLE if name in present]
+    odd = " OR ".join(f"typeof(\"{name}\") NOT IN ('integer', 'null')" for name in names)
+    listed = ", ".join(f'"{name}"' for name in names)
+    rows = conn.execute(text(f"SELECT id, {listed} FROM spans WHERE {odd} LIMIT 6")).all()
+    if not rows:
+        return
+    said = [
+        f"span {row[0]!r} has "
+        + ", ".join(
+            f"{name} {value[:40] if isinstance(value, str | bytes) else value!r}"
+            for name, value in zip(names, row[1:], strict=True)
+            if value is not None and not isinstance(value, int)
+        )
+        for row in rows[:5]
+    ]
+    more = " and more" if len(rows) > 5 else ""
+    raise LedgerError(
+        f"the ledger at {conn.engine.url.render_as_string()} holds spans with a fraction or "
+        f"text where ometer keeps whole numbers (tokens, nanoseconds, micro-units of money): "
+        f"{'; '.join(said)}{more}; nothing was changed. Set each to the whole number it "
+        'should be, or to NULL where the column allows it (sqlite3 LEDGER "UPDATE spans SET '
+        "cost_total = 1500 WHERE id = '...'\"), or delete the span, then run ometer db "
+        "upgrade again"
+    )
+
+
 def check_tables(engine: Engine) -> None:
     """Refuse a ledger at a revision whose tables are not all there (dropped or renamed by
     hand): ``ometer db upgrade`` said such a ledger was up to date. Not run at every start:
