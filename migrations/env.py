@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from ollama_meter.ledger._engine import create_ledger_engine
-from ollama_meter.ledger._migrate import check_is_ledger, lock_for_schema
+from ollama_meter.ledger._migrate import check_is_ledger, check_whole_numbers, lock_for_schema
 from ollama_meter.ledger.models import METADATA
 
 config = context.config
@@ -29,7 +29,10 @@ def _run(connection: Connection) -> None:
         lock_for_schema(connection)
         # Under the lock: what another process migrated meanwhile is a ledger, not a stranger.
         known = {script.revision for script in context.script.walk_revisions()}
-        check_is_ledger(connection, context.get_context().get_current_revision(), known)
+        found = context.get_context().get_current_revision()
+        check_is_ledger(connection, found, known)
+        if found is not None and found != context.script.get_current_head():
+            check_whole_numbers(connection)  # what the migrations' rollups would misread
         context.run_migrations()
 
 

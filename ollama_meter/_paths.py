@@ -147,6 +147,32 @@ def replace_file(target: Path, text: str) -> None:
     sync_folder(target.parent)
 
 
+def first_bytes(path: Path, size: int) -> bytes:
+    """The first ``size`` bytes of the file at ``path``, read without closing a descriptor
+    of a file this process has open: POSIX drops every lock a process holds on a file when
+    it closes any descriptor of it, its SQLite connections' too. Another process then took
+    itself for the ledger's last user and deleted its ``-wal`` and ``-shm`` under this one,
+    whose next commits went to a WAL no one else reads. So a descriptor this process has
+    open on the file (a SQLite connection's) is read at its offset 0; a file no descriptor
+    here has open holds no lock of this process, and is opened and closed as usual."""
+    found = os.stat(path)
+    for fd in _descriptors():
+        with contextlib.suppress(OSError):
+            seen = os.fstat(fd)
+            if (seen.st_dev, seen.st_ino) == (found.st_dev, found.st_ino):
+                return os.pread(fd, size, 0)  # (OSError on one opened for writing only)
+    with path.open("rb") as file:
+        return file.read(size)
+
+
+def _descriptors() -> list[int]:
+    """This process's open descriptors (Linux's /proc, or /dev/fd elsewhere)."""
+    for listing in ("/proc/self/fd", "/dev/fd"):
+        with contextlib.suppress(OSError):
+            return [int(name) for name in os.listdir(listing) if name.isdigit()]
+    return []
+
+
 _SQLITE = b"SQLite format 3\x00"
 _WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 _BESIDE = ("-wal", "-shm", "-journal")
@@ -162,8 +188,7 @@ def database_file(path: Path) -> str | None:
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a pipe's open would wait for a writer
             return None
-        with path.open("rb") as file:
-            head = file.read(len(_SQLITE))
+        head = first_bytes(path, len(_SQLITE))
     except OSError:
         return None
     if head == _SQLITE:

@@ -7,12 +7,18 @@ in the row and in the index). Rollups for the spans already in the ledger are
 built from them once, by the first ``ometer`` that opens the ledger after this
 migration (``ledger_meta.rollups = 'stale'`` asks for it).
 
+A time another tool wrote into a SQLite ledger (ISO 8601 with a ``T``, a ``Z``, an offset,
+a short fraction) is carried over as the instant it names; one that names none stops the
+migration with the spans to mend, before anything changes. (Fixed after release: ledgers
+it migrated before had such times read as ometer's own text, an offset as microseconds.)
+
 Revision ID: 0006
 Revises: 0005
 Create Date: 2026-11-30
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -78,6 +84,73 @@ def _sqlite_micros(column: str) -> str:
     )
 
 
+_DIGITS = "[0-9][0-9]"
+_WRITTEN = f"{_DIGITS}{_DIGITS}-{_DIGITS}-{_DIGITS} {_DIGITS}:{_DIGITS}:{_DIGITS}"
+_WRITTEN_FRACTION = f"{_WRITTEN}.{_DIGITS * 3}"
+
+
+def _as_ometer_wrote(column: str) -> str:
+    """SQL: whether ``column`` holds a time in SQLAlchemy's text, which the copy reads."""
+    return (
+        f"(typeof({column}) = 'text' AND ({column} GLOB '{_WRITTEN}' "
+        f"OR {column} GLOB '{_WRITTEN_FRACTION}') AND {_sqlite_micros(column)} IS NOT NULL)"
+    )
+
+
+def _utc_text(value: object) -> str | None:
+    """An ISO 8601 time as SQLAlchemy's text of its UTC instant (naive is UTC, as ometer
+    stores it); None for anything else: a number could be seconds or microseconds."""
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if at.tzinfo is not None:
+        at = at.astimezone(UTC).replace(tzinfo=None)
+    return at.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _times_as_ometer_wrote_them() -> None:
+    """Rewrite each span time another tool wrote as the text of its UTC instant, so the copy
+    reads it; refuse the migration, naming them, for spans whose times name no instant."""
+    bind = op.get_bind()
+    odd = bind.execute(
+        sa.text(
+            f"SELECT id, started_at, ended_at FROM spans WHERE NOT {_as_ometer_wrote('started_at')}"
+            f" OR (ended_at IS NOT NULL AND NOT {_as_ometer_wrote('ended_at')})"
+        )
+    ).all()
+    unread: list[str] = []
+    for row_id, started, ended in odd:
+        times = {"started_at": _utc_text(started), "ended_at": _utc_text(ended)}
+        wrong = [
+            f"span {row_id!r} has {column} "
+            + repr(value[:64] if isinstance(value, str | bytes) else value)
+            for column, value in (("started_at", started), ("ended_at", ended))
+            if value is not None and times[column] is None
+        ]
+        unread += wrong
+        if wrong:
+            continue
+        bind.execute(
+            sa.text("UPDATE spans SET started_at = :started_at, ended_at = :ended_at "
+                    "WHERE id = :id"),
+            {**times, "id": row_id},
+        )  # fmt: skip
+    if unread:
+        from ollama_meter.errors import LedgerError
+
+        more = f" and {len(unread) - 5} more" if len(unread) > 5 else ""
+        raise LedgerError(
+            f"the ledger at {bind.engine.url.render_as_string()} holds span times that name "
+            f"no instant: {'; '.join(unread[:5])}{more}; nothing was changed. Set each to its "
+            'UTC time as YYYY-MM-DD HH:MM:SS (sqlite3 LEDGER "UPDATE spans SET started_at = '
+            "'2026-11-01 10:00:00' WHERE id = '...'\"), or delete the span, then run ometer "
+            "db upgrade again"
+        )
+
+
 def _sqlite_text(column: str) -> str:
     """Microseconds back to SQLAlchemy's SQLite text time."""
     return (
@@ -111,6 +184,7 @@ def _rebuild_spans_on_sqlite(time_type: sa.types.TypeEngine[object], convert: ob
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
+        _times_as_ometer_wrote_them()
         _rebuild_spans_on_sqlite(sa.BigInteger(), _sqlite_micros)
     else:
         op.drop_index("ix_spans_tenant_department_started_at", table_name="spans")

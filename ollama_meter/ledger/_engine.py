@@ -23,7 +23,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from ollama_meter._paths import default_data_dir, resolved, sqlite_url_problem
+from ollama_meter._paths import default_data_dir, first_bytes, resolved, sqlite_url_problem
 from ollama_meter._urls import hide_password
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
@@ -176,8 +176,7 @@ def _refuse_foreign_wal(dbapi_connection: Any, path: Path) -> None:
     try:
         if os.stat(wal).st_size <= _WAL_HEADER:
             return
-        with open(path, "rb") as file:
-            header = file.read(20)
+        header = first_bytes(path, 20)  # not open(): its close drops this process's locks
     except OSError:
         return
     if not header or (header[18:20] == b"\x02\x02" and header.startswith(_SQLITE)):

@@ -102,6 +102,51 @@ def check_is_ledger(conn: Connection, found: str | None, known: set[str]) -> Non
     )
 
 
+_WHOLE = (
+    "http_status", "input_tokens", "output_tokens", "total_duration_ns", "load_duration_ns",
+    "prompt_eval_duration_ns", "eval_duration_ns", "queue_ns", "latency_ns", "ttft_ns",
+    "cost_tokens", "cost_compute", "cost_energy", "cost_fee", "cost_total", "price_rule_id",
+)  # fmt: skip
+"""The span columns of whole numbers: counts, nanoseconds, micro-units of money, a rule's id."""
+
+
+def check_whole_numbers(conn: Connection) -> None:
+    """Refuse, before a migration changes anything, a SQLite ledger's spans that hold a
+    fraction or text where ometer keeps whole numbers (a hand edit, another tool's import).
+
+    SQLite keeps what it is given in a column of integers (``1500.0`` and ``'250'`` become
+    the integers they are; ``1500.5`` and ``'n/a'`` stay): the rollups an upgrade builds cut
+    the fraction off without a word, and reading the span failed. PostgreSQL's columns take
+    whole numbers only."""
+    if conn.dialect.name != "sqlite":
+        return
+    present = {column["name"] for column in inspect(conn).get_columns(_MARK)}
+    names = [name for name in _WHOLE if name in present]
+    odd = " OR ".join(f"typeof(\"{name}\") NOT IN ('integer', 'null')" for name in names)
+    listed = ", ".join(f'"{name}"' for name in names)
+    rows = conn.execute(text(f"SELECT id, {listed} FROM spans WHERE {odd} LIMIT 6")).all()
+    if not rows:
+        return
+    said = [
+        f"span {row[0]!r} has "
+        + ", ".join(
+            f"{name} {value[:40] if isinstance(value, str | bytes) else value!r}"
+            for name, value in zip(names, row[1:], strict=True)
+            if value is not None and not isinstance(value, int)
+        )
+        for row in rows[:5]
+    ]
+    more = " and more" if len(rows) > 5 else ""
+    raise LedgerError(
+        f"the ledger at {conn.engine.url.render_as_string()} holds spans with a fraction or "
+        f"text where ometer keeps whole numbers (tokens, nanoseconds, micro-units of money): "
+        f"{'; '.join(said)}{more}; nothing was changed. Set each to the whole number it "
+        'should be, or to NULL where the column allows it (sqlite3 LEDGER "UPDATE spans SET '
+        "cost_total = 1500 WHERE id = '...'\"), or delete the span, then run ometer db "
+        "upgrade again"
+    )
+
+
 def check_tables(engine: Engine) -> None:
     """Refuse a ledger at a revision whose tables are not all there (dropped or renamed by
     hand): ``ometer db upgrade`` said such a ledger was up to date. Not run at every start:
@@ -183,8 +228,38 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             raise newer_error(engine.url.render_as_string(), found) from exc
 
 
-_PG_MIGRATION_LOCK = 0x6F6D6574  # "omet"
+PG_MIGRATION_LOCK = 0x6F6D6574  # "omet"
 """The advisory lock every ometer process takes to make or migrate a PostgreSQL ledger."""
+
+
+def check_revision_kept(conn: Connection) -> None:
+    """Refuse, in a write's transaction, a ledger whose revision is no longer this ometer's.
+
+    A newer ometer's migration may leave this version's inserts working and still change
+    what its tables mean (0012 made rollup rows per model that a 0011 gateway never wrote):
+    a gateway that went on writing as it knew how left the new rollups short of its calls.
+    Read after the migration's lock (:func:`~ollama_meter.ledger._rollup.lock_cells`), so a
+    migration under way has committed. The spans then wait in the spool for the newer ometer.
+    """
+    # Every write pays for it: the driver's SQL, with no statement to compile (~11 µs, not 25).
+    found = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    if found == HEAD_REVISION:
+        return
+    url = conn.engine.url.render_as_string()
+    if found is not None and numbered_as_ours(found) and found > HEAD_REVISION:
+        raise LedgerError(
+            f"could not write to the ledger at {url}: a newer ometer upgraded the ledger to "
+            f"schema revision {found} while this one ({HEAD_REVISION}) ran, and this one "
+            "writes only a ledger of its own revision. Restart this process with the newer "
+            "ometer (pip install -U ollama-meter); it records the spooled spans"
+        )
+    raise LedgerError(
+        f"the ledger at {url} is at schema revision {found}, not this ometer's "
+        f"{HEAD_REVISION}: its revision row was changed outside ometer (edited by hand, or "
+        "restored apart from its tables); undo the change, or restore it from a backup "
+        "(`ometer db backup` makes one)"
+    )
+
 
 _VERSION_TABLE = (
     "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
@@ -197,7 +272,7 @@ def lock_for_schema(conn: Connection) -> None:
     """Take the lock that makes processes change a ledger's schema one at a time: SQLite's
     write lock (the transaction begins IMMEDIATE), or PostgreSQL's advisory lock."""
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})
 
 
 def create_at_head(engine: Engine) -> bool:

@@ -63,6 +63,7 @@ from ollama_meter.ledger._cells import (
     measures_of,
 )
 from ollama_meter.ledger._meta import ledger_zone
+from ollama_meter.ledger._migrate import PG_MIGRATION_LOCK, check_revision_kept
 from ollama_meter.ledger._types import to_us
 from ollama_meter.ledger._upserts import (
     BUSY,
@@ -208,17 +209,25 @@ def _drop_emptied(conn: Connection, keys: Sequence[tuple[Any, ...]]) -> None:
 
 def lock_cells(conn: Connection, *, alone: bool = False) -> None:
     """Take the rollups' lock for this transaction: shared by writers, ``alone`` for a
-    rebuild's piece (``_correct``) or a prune.
+    rebuild's piece (``_correct``) or a prune; and refuse a ledger of another schema revision.
 
     A piece replaces busy minutes (deleted, and inserted as their spans and what writers
     merged since make them) and sums a day's busy cells again from its minutes: a writer
     merging a minute between the two would be lost, or break the insert ("duplicate
     key"). Taken before the span insert, a writer commits before the piece begins or
     waits until it is done. SQLite writers take turns already (``BEGIN IMMEDIATE``).
+
+    Every writer of spans or rollups also waits for a migration under way (PostgreSQL: the
+    migration's lock, shared; SQLite: its write lock) and then writes only a ledger of this
+    ometer's revision (:func:`~ollama_meter.ledger._migrate.check_revision_kept`).
     """
     if conn.dialect.name == "postgresql":
         kind = "" if alone else "_shared"
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock{kind}({REBUILD_LOCK})")
+        conn.exec_driver_sql(
+            f"SELECT pg_advisory_xact_lock{kind}({REBUILD_LOCK}), "
+            f"pg_advisory_xact_lock_shared({PG_MIGRATION_LOCK})"
+        )
+    check_revision_kept(conn)
 
 
 def within(values: Sequence[int]) -> Sequence[int]:

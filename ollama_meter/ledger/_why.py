@@ -15,6 +15,8 @@ import sqlite3
 import stat
 from pathlib import Path
 
+from ollama_meter._paths import first_bytes
+
 ROOM_BYTES = 1 << 20
 """Free space below which a disk counts as full: SQLite grows the ledger's shared-memory
 file 32 KiB at a time and its WAL a page at a time, so a disk with a few blocks left
@@ -83,9 +85,8 @@ def is_empty(path: Path) -> bool:
     Read, not its size asked: a file of /proc says 0 bytes and holds more (opening it as a
     ledger says what it is)."""
     try:
-        with path.open("rb") as file:
-            if file.read(1):
-                return False
+        if first_bytes(path, 1):
+            return False
         return not Path(f"{path}-wal").stat().st_size
     except FileNotFoundError:
         return True  # no WAL (the file itself was there)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -18,7 +19,7 @@ from sqlalchemy import create_engine, text
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import HEAD_REVISION, Ledger, SpanFilter, current_revision, upgrade
 from ollama_meter.ledger._engine import create_ledger_engine
-from ollama_meter.ledger._migrate import _PG_MIGRATION_LOCK
+from ollama_meter.ledger._migrate import PG_MIGRATION_LOCK
 from ollama_meter.records import Stored
 from tests.factories import make_span
 
@@ -66,7 +67,7 @@ def test_a_process_opening_a_ledger_another_migrates_waits_for_it_and_says_so(
     engine.dispose()
     holder = create_engine(db_url, isolation_level="AUTOCOMMIT").connect()
     if holder.dialect.name == "postgresql":  # as a migration holds it, for as long
-        holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PG_MIGRATION_LOCK})
     else:
         holder.exec_driver_sql("BEGIN IMMEDIATE")
     waiting = threading.Event()
@@ -101,3 +102,57 @@ def _opened(url: str) -> object:
     except LedgerError as exc:
         return exc
     return current_revision(ledger.engine)
+
+
+def _newer_revision_only(conn: Any) -> str:
+    """What a newer ometer's migration may do that no insert of this one notices: change what
+    the rollups hold (as 0012 did), or add a column it fills itself."""
+    newer = f"{int(HEAD_REVISION) + 1:04d}"
+    conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": newer})
+    return newer
+
+
+def test_spans_written_after_a_newer_ometer_migrated_the_ledger_wait_even_when_they_fit(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newer migration that leaves this version's inserts working (one that changes what
+    the rollups hold, and rebuilds them): this gateway went on writing spans and rollups as
+    it knew them, so the new rollups missed every call it made from then on (as a 0011
+    gateway did beside a ledger upgraded past 0012). It writes a ledger of its own revision
+    only; the spans wait in the spool for the newer ometer."""
+    spool = tmp_path / "spool"
+    ledger = Ledger(db_url, spool_dir=spool)
+    ledger.record([make_span()])
+    with ledger.engine.begin() as conn:
+        newer = _newer_revision_only(conn)
+    spans = [make_span(), make_span()]
+    with caplog.at_level(logging.WARNING, logger="ollama_meter.ledger"):
+        assert set(ledger.record(spans).values()) == {Stored.SPOOLED}
+    assert not ledger.spool.quarantined() and len(ledger.spool.pending()) == 1
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f"schema revision {newer}" in said and "newer ometer" in said, said
+    assert ledger.count(SpanFilter()) == 1
+
+
+def test_a_write_begun_while_a_newer_ometer_migrates_waits_for_it_and_then_spools(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The migration commits while the write waits for it: the write must see the revision
+    the migration left, not the one it read before."""
+    ledger = Ledger(db_url, spool_dir=tmp_path / "spool", wait=30)
+    ledger.record([make_span()])
+    holder = create_engine(db_url).connect()
+    if holder.dialect.name == "postgresql":  # as a migration takes it, first
+        holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})
+    else:
+        holder.exec_driver_sql("BEGIN IMMEDIATE")
+    _newer_revision_only(holder)
+    stored: list[dict[str, Stored]] = []
+    writing = threading.Thread(target=lambda: stored.append(ledger.record([make_span()])))
+    writing.start()
+    writing.join(1.0)  # it waits for the migration (no timing asserted: it may not have begun)
+    holder.commit()
+    holder.close()
+    writing.join(60)
+    assert [set(s.values()) for s in stored] == [{Stored.SPOOLED}]
+    assert ledger.count(SpanFilter()) == 1
