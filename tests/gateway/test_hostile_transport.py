@@ -460,40 +460,31 @@ class KeptAliveOnly(_Listener):
                 time.sleep(0.1)
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/responses"])
-@pytest.mark.parametrize(
-    "frame", [b": keep-alive\n\n", b"event: ping\n\n", b"\n\n", b"data: {}\n\n"]
-)
-def test_keep_alive_comments_alone_run_out_of_time(
-    serve_on: Callable[..., Gateway], sqlite_url: str, path: str, frame: bytes
+_SSE, _NDJSON = b"text/event-stream", b"application/x-ndjson"
+_DRIPS = [
+    *(
+        (path, frame, _SSE)
+        for path in ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+        for frame in (b": keep-alive\n\n", b"event: ping\n\n", b"\n\n", b"data: {}\n\n")
+    ),
+    *(
+        (path, frame, _NDJSON)
+        for path in ("/api/chat", "/api/generate")
+        for frame in (b"\n", b"{}\n", b" { }\r\n")
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "frame", "media"), _DRIPS)
+def test_what_carries_no_item_alone_runs_out_of_time(
+    serve_on: Callable[..., Gateway], sqlite_url: str, path: str, frame: bytes, media: bytes
 ) -> None:
-    """An SSE comment (or an event with no data) is no item of the answer: the gateway relays
-    it and reads nothing in it. Sent every 0.1 s, it kept the call, its slot and its caller
+    """An SSE comment (or an event with no data, or ``data: {}``) and an NDJSON item with
+    nothing in it (a blank line, ``{}``) are no item of the answer: the gateway relays them
+    and reads nothing in them. Sent every 0.1 s, they kept the call, its slot and its caller
     waiting for as long as the server sent them (ended by the server: a stream_error), past
-    OMETER_UPSTREAM_TIMEOUT: now no item of the answer in that time is a timeout."""
-    server = KeptAliveOnly(frame)
-    try:
-        gw = serve_on(server.url, sqlite_url, config={"upstream_timeout": 1, "retries": 0})
-        body = {"model": "m", "stream": True, **ROUTES[path]}
-        reply = gw.client.post(path, json=body, timeout=DRIP_S * 2)
-        assert reply.status_code == 200
-        check_answer(path, True, reply)
-        (span,) = gw.ledger.latest(SpanFilter(), 1)
-        assert (span.status, span.error_type) == ("error", "timeout")
-    finally:
-        server.listener.close()
-
-
-@pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
-@pytest.mark.parametrize("frame", [b"\n", b"{}\n", b" { }\r\n"])
-def test_empty_items_alone_run_out_of_time(
-    serve_on: Callable[..., Gateway], sqlite_url: str, path: str, frame: bytes
-) -> None:
-    """An NDJSON item with nothing in it (a blank line, ``{}``) is no item of the answer, as
-    an SSE comment is none: sent every 0.1 s, ``{}`` held the call, its slot and its caller
-    for as long as the server sent it (ended by the server: a stream_error), past
-    OMETER_UPSTREAM_TIMEOUT. Now no item that carries data in that time is a timeout."""
-    server = KeptAliveOnly(frame, b"application/x-ndjson")
+    OMETER_UPSTREAM_TIMEOUT: now no item that carries data in that time is a timeout."""
+    server = KeptAliveOnly(frame, media)
     try:
         gw = serve_on(server.url, sqlite_url, config={"upstream_timeout": 1, "retries": 0})
         body = {"model": "m", "stream": True, **ROUTES[path]}

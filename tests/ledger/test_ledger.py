@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace as replace_span
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -898,12 +899,20 @@ def test_an_edit_of_a_pricing_file_moves_no_price_the_edit_did_not_change(db_url
     assert sorted(r.source for r in ledger.price_rules()) == ["cli", "file:/p.toml", "file:/p.toml"]
 
 
-def _everything(ledger: Ledger) -> dict[str, list[tuple[object, ...]]]:
-    """Every span and every rollup row, exactly as stored, each column by name (a downgrade
-    and upgrade may move a column to the end of its table)."""
+def _everything(
+    ledger: Ledger,
+    tables: Sequence[str] = (
+        "spans",
+        "rollups",
+        "rollup_histograms",
+        "rollup_busy",
+        "rollup_busy_cells",
+    ),
+) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of ``tables`` (every span and rollup row), exactly as stored, each column by
+    name (a downgrade and upgrade may move a column to the end of its table)."""
     from sqlalchemy import text
 
-    tables = ("spans", "rollups", "rollup_histograms", "rollup_busy", "rollup_busy_cells")
     with ledger.read() as conn:
         return {
             t: sorted(

@@ -23,6 +23,7 @@ from ollama_meter.ledger import HEAD_REVISION, Ledger, close_ledgers, current_re
 from ollama_meter.ledger._engine import create_ledger_engine
 from ollama_meter.records import Budget, Limit
 from tests.factories import office_spans, token_prices
+from tests.ledger.test_ledger import _everything
 
 _KEPT = (
     "price_rules", "spans", "budgets", "budget_reservations", "budget_alerts", "api_keys",
@@ -119,20 +120,6 @@ def _as(kind: Any, value: object) -> object:
     return value
 
 
-def _rows(ledger: Ledger) -> dict[str, list[tuple[object, ...]]]:
-    with ledger.read() as conn:
-        return {
-            t: sorted(
-                (
-                    tuple(sorted(r._mapping.items()))
-                    for r in conn.execute(text(f"SELECT * FROM {t}"))
-                ),
-                key=repr,
-            )
-            for t in _COMPARED
-        }
-
-
 def _printed(cli: Any, url: str, month: str) -> list[tuple[int, str, str]]:
     close_ledgers()
     commands = [
@@ -165,7 +152,7 @@ def test_a_ledger_written_at_any_older_revision_upgrades_to_what_the_head_would_
     _written_at(revision, head, db_url)
     upgraded = Ledger(db_url)  # migrates, and builds the rollups of what was there
     assert current_revision(upgraded.engine) == HEAD_REVISION
-    assert _rows(upgraded) == _rows(head)
+    assert _everything(upgraded, _COMPARED) == _everything(head, _COMPARED)
     utc = ZoneInfo("UTC")
     assert budget_status(upgraded, tz=utc, now=now) == budget_status(head, tz=utc, now=now)
     upgraded.dispose()
