@@ -95,7 +95,9 @@ def test_what_api_show_said_keeps_a_digest_of_a_long_name(emulator: OllamaEmulat
             shown.shown(name)
             emulator.reset()  # which keeps each request it was sent
 
-    assert kept_bytes(ask) < few * KEPT_EACH
+    # The emulator's threads answer in this process and allocate too (38 KB once in CI):
+    # a tenth of the names' own size still tells digests from names kept whole (2 MB).
+    assert kept_bytes(ask) < few * LONG // 10
     kept = itertools.islice(long_names(), few)  # by their digests
     assert all(shown.cached(name)[0] for name in kept)
 
