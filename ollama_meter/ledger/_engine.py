@@ -26,6 +26,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from ollama_meter._paths import default_data_dir, first_bytes, resolved, sqlite_url_problem
 from ollama_meter._urls import hide_password
 from ollama_meter.errors import LedgerError
+from ollama_meter.ledger._beside import give_to_folder, make_folder
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
 from ollama_meter.ledger._migrate import numbered_as_ours
 
@@ -126,6 +127,7 @@ def make_private(path: Path) -> None:
     except OSError:
         return
     try:
+        give_to_folder(fd, path.parent)
         if not os.fstat(fd).st_mode & stat.S_IWGRP:  # the umask keeps the group from writing
             os.fchmod(fd, 0o600)
     finally:
@@ -330,7 +332,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         )
     if path is not None and not path.parent.is_dir():
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(path.parent)
         except OSError as exc:
             raise LedgerError(
                 f"cannot create the ledger folder {path.parent}: {exc.strerror}; give a ledger "

@@ -1,0 +1,133 @@
+"""A ledger one service user keeps, that root or an admin of its group touches too: what they
+make beside it (the spool, the journal, their files) stays usable by the service user, so
+its gateway never loses a span, nor refuses calls, because someone else ran ``ometer``.
+
+The service user is a real process of another uid (``setpriv``), as on a host.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ollama_meter.ledger import Ledger
+from tests.factories import make_span
+
+SERVICE = 64_201
+"""The service user's uid and gid (``ometer serve`` runs as it); no name needed."""
+
+_REPO = Path(__file__).resolve().parents[2]
+
+_AS_GATEWAY = """
+import sqlite3, sys
+sys.path.insert(0, sys.argv[1])
+from ollama_meter.ledger import Ledger
+from tests.factories import make_span
+url = sys.argv[2]
+ledger = Ledger(url, wait=0.2)
+if sys.argv[3] == "busy":  # another process holds the write lock: the span must be spooled
+    blocker = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    ledger.journal.opened(make_span(), 5)
+    ledger.record([make_span()])
+    blocker.execute("ROLLBACK")
+    print(ledger.held, len(ledger.spool.pending()))
+elif sys.argv[3] == "admin":  # a metered call, and a write refused: spooled
+    ledger.journal.opened(make_span(), 5)
+    ledger.spool.put([make_span()])
+else:
+    ledger.record([make_span()])
+    print(ledger.count(), len(ledger.spool.pending()))
+ledger.dispose()
+"""
+
+
+ADMIN = 64_202
+"""An admin's uid and gid, in the service user's group."""
+
+
+def as_service(*args: str, umask: int = 0o007, uid: int = SERVICE) -> tuple[list[str], str]:
+    """What the service user's process (or ``uid``'s) printed, its words split, and its stderr."""
+    groups = "--clear-groups" if uid == SERVICE else f"--groups={SERVICE}"
+    command = [
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", groups, "--",
+        sys.executable, "-c", f"import os; os.umask({umask}); exec(open(0).read())",
+        str(_REPO), *args,
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, input=_AS_GATEWAY, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split(), done.stderr
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """The service user's folder, group-writable (``/var/lib/ometer``, mode 2770), in a folder
+    the service user may reach (pytest's own are root's alone)."""
+    if os.geteuid() != 0:
+        pytest.skip("running as the service user and as root at once needs root (CI runs as root)")
+    top = Path(tempfile.mkdtemp(prefix="ometer-shared-"))
+    top.chmod(0o711)
+    try:
+        probe = subprocess.run(
+            ["setpriv", f"--reuid={SERVICE}", f"--regid={SERVICE}", "--clear-groups", "--",
+             sys.executable, "-c", "import ollama_meter"],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        if probe.returncode:
+            pytest.skip(f"another user may not run {sys.executable} (it is under a private home)")
+        folder = top / "ometer"
+        folder.mkdir()
+        os.chown(folder, SERVICE, SERVICE)
+        folder.chmod(0o2770)
+        yield folder
+    finally:
+        shutil.rmtree(top)
+
+
+def test_what_root_makes_beside_the_ledger_leaves_the_gateway_its_spool_and_journal(
+    shared: Path,
+) -> None:
+    """Root (umask 077) ran a metered call against the service user's ledger: it made the
+    spool and journal folders, root's own, 0700. The gateway's next busy write could not be
+    spooled ("Permission denied"): it held the span in memory and refused every new call,
+    and its journal (a dead gateway's answered calls) was off."""
+    url = f"sqlite:///{shared / 'ledger.db'}"
+    assert as_service(url, "idle")[0] == ["1", "0"]
+    previous = os.umask(0o077)
+    try:
+        ledger = Ledger(url)
+        ledger.journal.opened(make_span(), 5)  # what `ometer chat` notes first
+        ledger.spool.put([make_span()])  # a write of root's refused: spooled
+        ledger.dispose()
+    finally:
+        os.umask(previous)
+    printed, said = as_service(url, "busy")
+    # Root's spooled span, given to the service user, was recorded as the gateway opened the
+    # ledger; the busy write's span is in the spool, none held in memory, the journal kept.
+    assert printed == ["0", "1"], said
+    assert "kept them in" in said and "cannot write the call journal" not in said
+    assert as_service(url, "idle") == (["4", "0"], "")
+
+
+def test_what_an_admin_of_its_group_makes_beside_the_ledger_leaves_the_gateway_its_spool(
+    shared: Path,
+) -> None:
+    """An admin in the service user's group, umask 077, made the spool folder (drwx--S---,
+    the admin's): the gateway could not spool, as under root. Made in a folder its group
+    may write, the spool lets the group write too; the admin's spool file stays the admin's."""
+    url = f"sqlite:///{shared / 'ledger.db'}"
+    assert as_service(url, "idle")[0] == ["1", "0"]
+    assert as_service(url, "admin", umask=0o077, uid=ADMIN)[1] == ""
+    printed, said = as_service(url, "busy")
+    assert printed == ["0", "1"], said  # the gateway's; the admin's is left for the admin
+    assert f"left in the spool for its owner (uid {ADMIN})" in said
+    assert "kept them in" in said and "cannot write the call journal" not in said
