@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,3 +132,22 @@ def test_what_an_admin_of_its_group_makes_beside_the_ledger_leaves_the_gateway_i
     assert printed == ["0", "1"], said  # the gateway's; the admin's is left for the admin
     assert f"left in the spool for its owner (uid {ADMIN})" in said
     assert "kept them in" in said and "cannot write the call journal" not in said
+
+
+def test_a_ledger_root_makes_in_the_service_users_folder_is_the_service_users(
+    shared: Path, cli: Any
+) -> None:
+    """Root ran ``ometer db upgrade`` before the first ``ometer serve``: the ledger, and the
+    folder made for it, were root's (0600, 0755); the gateway could not open it ("the folder
+    ... is read-only to this user")."""
+    path = shared / "ledgers" / "ledger.db"
+    previous = os.umask(0o022)
+    try:
+        done = cli("db", "upgrade", "--db", f"sqlite:///{path}")
+    finally:
+        os.umask(previous)
+    assert done.code == 0, done.stderr
+    for made in (path, path.parent):
+        assert (made.stat().st_uid, made.stat().st_gid) == (SERVICE, SERVICE)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    assert as_service(f"sqlite:///{path}", "idle") == (["1", "0"], "")
