@@ -7,7 +7,9 @@ the cause; these look at the file system once the driver has failed, never befor
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
+import pwd
 import re
 import resource
 import shlex
@@ -30,6 +32,8 @@ def unwritable(path: Path) -> str:
         return (
             f"{path} is a folder, not a ledger file; give a file's path, e.g. {path / 'ledger.db'}"
         )
+    if kept := kept_from(path):
+        return kept
     folder = path.parent
     if not os.access(folder, os.W_OK | os.X_OK):
         return (
@@ -53,6 +57,52 @@ def unwritable(path: Path) -> str:
         f"this user may not write the ledger file {path} or its -wal and -shm files: give "
         "them to this user (chown), or run ometer as their owner"
     )
+
+
+def _who(uid: int) -> str:
+    with contextlib.suppress(KeyError):
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    return f"uid {uid}"
+
+
+def _group(gid: int) -> str:
+    with contextlib.suppress(KeyError):
+        return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
+    return f"gid {gid}"
+
+
+def kept_from(path: Path) -> str | None:
+    """What to say when the ledger file at ``path`` is another user's that this one may not
+    write (a service user's ledger, its group's to read), else None. Said before the folder:
+    with a gateway running its -wal and -shm are there, and a writable folder changes nothing."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    if found.st_uid == os.geteuid() or os.access(path, os.W_OK):
+        return None
+    quoted = shlex.quote(str(path))
+    whose = (
+        f"(owner {_who(found.st_uid)}, group {_group(found.st_gid)}, "
+        f"mode {stat.S_IMODE(found.st_mode):o})"
+    )
+    me = _who(os.geteuid())
+    if not os.access(path, os.R_OK):
+        return (
+            f"this user, {me}, may neither read nor write the ledger file {path} {whose}: run "
+            "this as its owner, or give it to a group this user is in (chgrp, then chmod g+rw "
+            f"{quoted} and its folder)"
+        )
+    said = (
+        f"this user, {me}, may read the ledger file {path} but not write it {whose}: run this "
+        f"as its owner, or give its group write (chmod g+w {quoted} and its folder)"
+    )
+    if not Path(f"{path}-shm").exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        said += (
+            "; even reading it needs its -shm file, which a writer makes: a report works "
+            "while a gateway has the ledger open"
+        )
+    return said
 
 
 def emptied(path: Path) -> str | None:

@@ -151,3 +151,42 @@ def test_a_ledger_root_makes_in_the_service_users_folder_is_the_service_users(
         assert (made.stat().st_uid, made.stat().st_gid) == (SERVICE, SERVICE)
     assert oct(path.stat().st_mode & 0o777) == oct(0o600)
     assert as_service(f"sqlite:///{path}", "idle") == (["1", "0"], "")
+
+
+def ometer_as(uid: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ometer ARGS`` run by ``uid``, in the service user's group (an admin of it)."""
+    command = [
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", f"--groups={SERVICE}", "--",
+        sys.executable, "-m", "ollama_meter", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "HOME": "/nonexistent", "NO_COLOR": "1", "COLUMNS": "400"}
+    return subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=120, env=env, cwd="/"
+    )
+
+
+def test_a_reader_of_the_group_is_told_what_it_may_not_write_and_how_to_act(
+    shared: Path,
+) -> None:
+    """The ledger is its group's to read (0640, folder 2750). ``ometer keys create`` by an
+    admin of the group said "the folder ... is read-only to this user ... make it writable":
+    the folder was not what kept it from writing (with a gateway running, its -wal and -shm
+    are there), the ledger file was, and making the folder writable changed nothing."""
+    url = f"sqlite:///{shared / 'ledger.db'}"
+    assert as_service(url, "idle", umask=0o027)[0] == ["1", "0"]
+    (shared / "ledger.db").chmod(0o640)
+    shared.chmod(0o2750)
+    done = ometer_as(ADMIN, "keys", "create", "-t", "acme", "-d", "sales", "--db", url)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    said = " ".join(done.stderr.split())
+    assert (
+        f"this user, uid {ADMIN}, may read the ledger file {shared / 'ledger.db'} but not "
+        f"write it (owner uid {SERVICE}, group gid {SERVICE}, mode 640)"
+    ) in said, said
+    assert "run this as its owner, or give its group write (chmod g+w" in said, said
+    assert "read-only to this user" not in said
+    # Reading it wants its -shm file, which only a writer makes: said, when none is there.
+    done = ometer_as(ADMIN, "log", "--db", url)
+    said = " ".join(done.stderr.split())
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "even reading it needs its -shm file, which a writer makes" in said, said
