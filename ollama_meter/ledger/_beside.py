@@ -22,6 +22,8 @@ import os
 import stat
 from pathlib import Path
 
+from ollama_meter._paths import first_bytes
+
 
 def make_folder(path: Path) -> None:
     """``mkdir -p path`` (OSError as it raises), each folder it makes shaped as the module says."""
@@ -59,3 +61,37 @@ def give_to_folder(fd: int, folder: Path) -> None:
     with contextlib.suppress(OSError):
         found = os.stat(folder)
         os.fchown(fd, found.st_uid, found.st_gid)
+
+
+_SQLITE_WAL = (b"SQLite format 3\x00", b"\x02\x02")
+"""A WAL database's header: its first 16 bytes, and its bytes 18 and 19."""
+
+
+def wal_files_like(path: Path) -> None:
+    """Make the ``-wal`` and ``-shm`` files of the WAL ledger at ``path`` where there are none,
+    with the ledger's group and mode (and owner, made by root), before SQLite makes them.
+
+    SQLite gives them the ledger's mode but this process's group (and, but for root, its
+    owner): an admin of the ledger's group (umask 077, a folder without the setgid bit) who
+    opened it first left them its own group's, and the service user could not open the
+    ledger while they stayed (a killed ``ometer report`` left them for good). Empty files
+    are what SQLite makes of them itself. Never beside a file that is not a WAL database
+    (another app's file is refused, never changed)."""
+    try:
+        found = os.stat(path)
+        header = first_bytes(path, 20)  # not open(): its close drops this process's locks
+    except OSError:
+        return
+    if not (header.startswith(_SQLITE_WAL[0]) and header[18:20] == _SQLITE_WAL[1]):
+        return
+    for end in ("-wal", "-shm"):
+        try:
+            fd = os.open(f"{path}{end}", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0)
+        except OSError:
+            continue  # there already (SQLite's to use), or not to be made here (SQLite says why)
+        try:
+            with contextlib.suppress(OSError):  # a group this user is not in: kept as made
+                os.fchown(fd, found.st_uid if os.geteuid() == 0 else -1, found.st_gid)
+            os.fchmod(fd, stat.S_IMODE(found.st_mode) & 0o666)
+        finally:
+            os.close(fd)

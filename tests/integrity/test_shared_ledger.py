@@ -27,7 +27,7 @@ SERVICE = 64_201
 _REPO = Path(__file__).resolve().parents[2]
 
 _AS_GATEWAY = """
-import sqlite3, sys
+import os, sqlite3, sys
 sys.path.insert(0, sys.argv[1])
 from ollama_meter.ledger import Ledger
 from tests.factories import make_span
@@ -40,6 +40,10 @@ if sys.argv[3] == "busy":  # another process holds the write lock: the span must
     ledger.record([make_span()])
     blocker.execute("ROLLBACK")
     print(ledger.held, len(ledger.spool.pending()))
+elif sys.argv[3] == "killed":  # an `ometer report` killed while it had the ledger open
+    print(ledger.count())
+    sys.stdout.flush()
+    os._exit(0)
 elif sys.argv[3] == "admin":  # a metered call, and a write refused: spooled
     ledger.journal.opened(make_span(), 5)
     ledger.spool.put([make_span()])
@@ -190,3 +194,18 @@ def test_a_reader_of_the_group_is_told_what_it_may_not_write_and_how_to_act(
     said = " ".join(done.stderr.split())
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "even reading it needs its -shm file, which a writer makes" in said, said
+
+
+def test_the_wal_an_admin_of_its_group_leaves_is_the_gateways_to_use(shared: Path) -> None:
+    """In a folder without the setgid bit, an admin's ``ometer report`` (umask 077) opened the
+    ledger first: SQLite made its -wal and -shm the admin's, of the admin's own group (mode
+    660, the ledger's). Killed before it closed them, they stayed, and the gateway could not
+    open the ledger at all ("this user may not write ... -wal and -shm")."""
+    shared.chmod(0o770)
+    url = f"sqlite:///{shared / 'ledger.db'}"
+    assert as_service(url, "idle")[0] == ["1", "0"]
+    assert as_service(url, "killed", umask=0o077, uid=ADMIN)[0] == ["1"]
+    for end in ("-wal", "-shm"):
+        left = (shared / f"ledger.db{end}").stat()
+        assert (left.st_gid, oct(left.st_mode & 0o777)) == (SERVICE, oct(0o660))
+    assert as_service(url, "idle") == (["2", "0"], "")
