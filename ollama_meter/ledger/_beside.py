@@ -23,6 +23,7 @@ import stat
 from pathlib import Path
 
 from ollama_meter._paths import first_bytes
+from ollama_meter.ledger._why import kept_from
 
 
 def make_folder(path: Path) -> None:
@@ -67,6 +68,28 @@ _SQLITE_WAL = (b"SQLite format 3\x00", b"\x02\x02")
 """A WAL database's header: its first 16 bytes, and its bytes 18 and 19."""
 
 
+def _is_wal_database(path: Path) -> bool:
+    try:
+        header = first_bytes(path, 20)  # not open(): its close drops this process's locks
+    except OSError:
+        return False
+    return header.startswith(_SQLITE_WAL[0]) and header[18:20] == _SQLITE_WAL[1]
+
+
+def reading_alone(path: Path) -> str | None:
+    """Why this user must not open the WAL ledger at ``path``, else None: it may read it but
+    not write it, and no process has it open (no ``-shm``). SQLite made the ``-wal`` and
+    ``-shm`` this reader's, of the ledger's mode (0640), and could not remove them (a reader
+    checkpoints nothing): every write of the ledger's owner was refused from then on, the
+    gateway spooling each call, for good. In a folder this user may not write (a read-only
+    mount too) SQLite makes nothing and fails; what it says is explained then (``_why``)."""
+    if os.access(path, os.W_OK) or os.path.lexists(f"{path}-shm") or not path.exists():
+        return None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return None
+    return kept_from(path) if _is_wal_database(path) else None
+
+
 def wal_files_like(path: Path) -> None:
     """Make the ``-wal`` and ``-shm`` files of the WAL ledger at ``path`` where there are none,
     with the ledger's group and mode (and owner, made by root), before SQLite makes them.
@@ -79,10 +102,9 @@ def wal_files_like(path: Path) -> None:
     (another app's file is refused, never changed)."""
     try:
         found = os.stat(path)
-        header = first_bytes(path, 20)  # not open(): its close drops this process's locks
     except OSError:
         return
-    if not (header.startswith(_SQLITE_WAL[0]) and header[18:20] == _SQLITE_WAL[1]):
+    if not _is_wal_database(path):
         return
     for end in ("-wal", "-shm"):
         try:
@@ -92,6 +114,6 @@ def wal_files_like(path: Path) -> None:
         try:
             with contextlib.suppress(OSError):  # a group this user is not in: kept as made
                 os.fchown(fd, found.st_uid if os.geteuid() == 0 else -1, found.st_gid)
-            os.fchmod(fd, stat.S_IMODE(found.st_mode) & 0o666)
+            os.fchmod(fd, stat.S_IMODE(found.st_mode) & 0o666)  # SQLite's too (an empty file)
         finally:
             os.close(fd)

@@ -26,7 +26,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from ollama_meter._paths import default_data_dir, first_bytes, resolved, sqlite_url_problem
 from ollama_meter._urls import hide_password
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger._beside import give_to_folder, make_folder, wal_files_like
+from ollama_meter.ledger._beside import (
+    give_to_folder,
+    make_folder,
+    reading_alone,
+    wal_files_like,
+)
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
 from ollama_meter.ledger._migrate import numbered_as_ours
 
@@ -203,6 +208,9 @@ def _sqlite_connector(busy_timeout_ms: int, path: Path) -> Callable[[Any, Any], 
     def connect(dbapi_connection: Any, record: Any) -> None:
         _refuse_too_short(dbapi_connection, path)
         _refuse_foreign_wal(dbapi_connection, path)
+        if alone := reading_alone(path):
+            dbapi_connection.close()
+            raise LedgerError(f"cannot read the ledger at {path}: {alone}")
         wal_files_like(path)
         _sqlite_setup(dbapi_connection, busy_timeout_ms)
         # A file removed or replaced later keeps this connection on the old one: a write

@@ -97,10 +97,11 @@ def kept_from(path: Path) -> str | None:
         f"this user, {me}, may read the ledger file {path} but not write it {whose}: run this "
         f"as its owner, or give its group write (chmod g+w {quoted} and its folder)"
     )
-    if not Path(f"{path}-shm").exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+    if not Path(f"{path}-shm").exists():
         said += (
-            "; even reading it needs its -shm file, which a writer makes: a report works "
-            "while a gateway has the ledger open"
+            "; no ometer has it open, and even reading it needs its -shm and -wal files, which "
+            "this user would leave its own, keeping the owner from writing the ledger: a "
+            "report works while a gateway has the ledger open"
         )
     return said
 

@@ -189,11 +189,11 @@ def test_a_reader_of_the_group_is_told_what_it_may_not_write_and_how_to_act(
     ) in said, said
     assert "run this as its owner, or give its group write (chmod g+w" in said, said
     assert "read-only to this user" not in said
-    # Reading it wants its -shm file, which only a writer makes: said, when none is there.
+    # Reading it wants its -shm file, which a writer makes: said, when none is there.
     done = ometer_as(ADMIN, "log", "--db", url)
     said = " ".join(done.stderr.split())
     assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert "even reading it needs its -shm file, which a writer makes" in said, said
+    assert "no ometer has it open, and even reading it needs its -shm" in said, said
 
 
 def test_the_wal_an_admin_of_its_group_leaves_is_the_gateways_to_use(shared: Path) -> None:
@@ -209,3 +209,21 @@ def test_the_wal_an_admin_of_its_group_leaves_is_the_gateways_to_use(shared: Pat
         left = (shared / f"ledger.db{end}").stat()
         assert (left.st_gid, oct(left.st_mode & 0o777)) == (SERVICE, oct(0o660))
     assert as_service(url, "idle") == (["2", "0"], "")
+
+
+def test_a_report_by_a_reader_of_the_group_leaves_the_gateway_its_ledger_to_write(
+    shared: Path,
+) -> None:
+    """The ledger is its group's to read (0640) in a folder its group may write (2770). An
+    admin's ``ometer report``, no gateway running, made the -wal and -shm the admin's, 0640,
+    and could not remove them (a reader checkpoints nothing): from then on every write of the
+    gateway was refused ("attempt to write a readonly database") and spooled, for good."""
+    url = f"sqlite:///{shared / 'ledger.db'}"
+    assert as_service(url, "idle", umask=0o027)[0] == ["1", "0"]
+    (shared / "ledger.db").chmod(0o640)
+    done = ometer_as(ADMIN, "log", "--db", url)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "Traceback" not in said, said
+    assert "no ometer has it open, and even reading it needs its -shm and -wal files" in said
+    assert [p.name for p in shared.iterdir()] == ["ledger.db"]  # nothing left beside it
+    assert as_service(url, "idle", umask=0o027) == (["2", "0"], "")
