@@ -53,10 +53,34 @@ def unwritable(path: Path) -> str:
                 f"{file} is read-only (mode {stat.S_IMODE(found.st_mode):o}), though this "
                 f"user owns it: make it writable (chmod u+w {shlex.quote(str(file))})"
             )
+    if kept := side_file_kept(path):
+        return kept
     return (
         f"this user may not write the ledger file {path} or its -wal and -shm files: give "
         "them to this user (chown), or run ometer as their owner"
     )
+
+
+def side_file_kept(path: Path) -> str | None:
+    """What to say when the ``-wal`` or ``-shm`` beside the ledger at ``path`` is a file this
+    user may not write (another user's process made it), else None: which, whose, and how
+    to give them back. Given, never removed: a WAL holds committed calls."""
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    for file in (wal, shm):
+        try:
+            found = file.stat()
+        except OSError:
+            continue
+        if os.access(file, os.R_OK | os.W_OK):
+            continue
+        return (
+            f"{file} belongs to {_who(found.st_uid)} (group {_group(found.st_gid)}, mode "
+            f"{stat.S_IMODE(found.st_mode):o}), and this user may not write it: give it and "
+            f"{shm if file == wal else wal} to the ledger's owner, as root: chown "
+            f"--reference={shlex.quote(str(path))} {shlex.quote(str(wal))} "
+            f"{shlex.quote(str(shm))}"
+        )
+    return None
 
 
 def _who(uid: int) -> str:

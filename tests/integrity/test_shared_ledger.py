@@ -227,3 +227,27 @@ def test_a_report_by_a_reader_of_the_group_leaves_the_gateway_its_ledger_to_writ
     assert "no ometer has it open, and even reading it needs its -shm and -wal files" in said
     assert [p.name for p in shared.iterdir()] == ["ledger.db"]  # nothing left beside it
     assert as_service(url, "idle", umask=0o027) == (["2", "0"], "")
+
+
+def test_a_wal_another_user_left_is_named_with_its_owner_and_how_to_give_it_back(
+    shared: Path,
+) -> None:
+    """-wal and -shm another user's process left, that the service user may not write (made
+    before this version, or by hand): the gateway said only "this user may not write the
+    ledger file ... or its -wal and -shm files", naming neither which nor whose."""
+    url = f"sqlite:///{shared / 'ledger.db'}"
+    assert as_service(url, "idle")[0] == ["1", "0"]
+    for end in ("-wal", "-shm"):
+        left = shared / f"ledger.db{end}"
+        left.write_bytes(b"")
+        os.chown(left, ADMIN, ADMIN)
+        left.chmod(0o600)
+    done = ometer_as(SERVICE, "log", "--db", url)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "Traceback" not in said, said
+    wal = shared / "ledger.db-wal"
+    assert (
+        f"{wal} belongs to uid {ADMIN} (group gid {ADMIN}, mode 600), and this user may not write "
+        f"it: give it and {wal.with_name('ledger.db-shm')} to the ledger's owner, as root: "
+        f"chown --reference={shared / 'ledger.db'} {wal} {wal.with_name('ledger.db-shm')}"
+    ) in said, said
