@@ -123,12 +123,15 @@ def test_what_root_makes_beside_the_ledger_leaves_the_gateway_its_spool_and_jour
     assert as_service(url, "idle") == (["4", "0"], "")
 
 
+@pytest.mark.parametrize("folder_mode", [0o2770, 0o770])
 def test_what_an_admin_of_its_group_makes_beside_the_ledger_leaves_the_gateway_its_spool(
-    shared: Path,
+    shared: Path, folder_mode: int
 ) -> None:
     """An admin in the service user's group, umask 077, made the spool folder (drwx--S---,
     the admin's): the gateway could not spool, as under root. Made in a folder its group
-    may write, the spool lets the group write too; the admin's spool file stays the admin's."""
+    may write, the spool lets the group write too, the folder's group (without the setgid
+    bit it was the admin's own); the admin's spool file stays the admin's."""
+    shared.chmod(folder_mode)
     url = f"sqlite:///{shared / 'ledger.db'}"
     assert as_service(url, "idle")[0] == ["1", "0"]
     assert as_service(url, "admin", umask=0o077, uid=ADMIN)[1] == ""
