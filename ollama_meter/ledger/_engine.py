@@ -25,7 +25,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from ollama_meter._paths import default_data_dir, first_bytes, resolved, sqlite_url_problem
 from ollama_meter._urls import hide_password
-from ollama_meter.errors import LedgerError
+from ollama_meter.errors import ConfigError, LedgerError
 from ollama_meter.ledger._beside import (
     give_to_folder,
     make_folder,
@@ -309,6 +309,14 @@ def _special(path: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
+def _data_dir() -> Path | None:
+    """The user's data folder, None for a user without one (a ledger given needs none)."""
+    try:
+        return default_data_dir()
+    except ConfigError:
+        return None
+
+
 def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engine:
     """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder.
 
@@ -349,7 +357,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
             ) from exc
         # Said for a folder a URL named (a typo would go unnoticed); ometer's own data folder
         # is made on every machine's first run, where a warning would be the first word.
-        level = logging.INFO if path.parent == default_data_dir() else logging.WARNING
+        level = logging.INFO if path.parent == _data_dir() else logging.WARNING
         log.log(level, "created the folder %s for the ledger %s", path.parent, path.name)
     options: dict[str, Any] = {}
     millis = max(int(wait * 1000), 1)

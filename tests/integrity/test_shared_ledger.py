@@ -254,3 +254,90 @@ def test_a_wal_another_user_left_is_named_with_its_owner_and_how_to_give_it_back
         f"it: give it and {wal.with_name('ledger.db-shm')} to the ledger's owner, as root: "
         f"chown --reference={shared / 'ledger.db'} {wal} {wal.with_name('ledger.db-shm')}"
     ) in said, said
+
+
+def test_the_wal_root_opens_first_is_the_ledger_owners(shared: Path) -> None:
+    """The classic: root's ``ometer report`` (umask 077) opens the ledger before the gateway.
+    Its -wal and -shm are the ledger owner's, of the ledger's mode (SQLite gives them so when
+    root makes them), and the gateway writes while root still has them open."""
+    url = f"sqlite:///{shared / 'ledger.db'}"
+    assert as_service(url, "idle")[0] == ["1", "0"]
+    previous = os.umask(0o077)
+    try:
+        ledger = Ledger(url)
+        with ledger.read() as conn:
+            conn.exec_driver_sql("SELECT count(*) FROM spans").fetchall()
+            for end in ("-wal", "-shm"):
+                made = (shared / f"ledger.db{end}").stat()
+                assert (made.st_uid, made.st_gid, oct(made.st_mode & 0o777)) == (
+                    SERVICE, SERVICE, oct(0o660),
+                )  # fmt: skip
+            assert as_service(url, "idle") == (["2", "0"], "")
+        ledger.dispose()
+    finally:
+        os.umask(previous)
+
+
+_NO_HOME = (
+    "this user has no home folder: HOME is unset or not absolute, and uid 64201 has no entry "
+    "in the user database. Set HOME, or XDG_DATA_HOME, to a folder ometer may write"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["log"], _NO_HOME),
+        (["log", "--db", "postgresql+psycopg://ometer@127.0.0.1:9/ledger"], _NO_HOME),
+        (["db", "upgrade", "--db", "sqlite:///{shared}/made/ledger.db"], None),
+    ],
+    ids=["default ledger", "postgresql's spool", "a ledger's new folder"],
+)
+def test_a_uid_of_no_user_and_no_home_is_told_to_set_home(
+    shared: Path, args: list[str], said: str | None
+) -> None:
+    """A container's ``--user 64201``, no HOME, no entry in /etc/passwd: every ``ometer``
+    command that looked for its data folder said "unexpected RuntimeError: could not
+    determine the home directory ... This is a bug in ometer"; so did a PostgreSQL ledger
+    (its spool is kept there) and ``db upgrade`` of a SQLite ledger in a new folder (which
+    needs no data folder at all)."""
+    shared.chmod(0o777)  # the test's service folder: this uid may write it
+    command = [
+        "setpriv", f"--reuid={SERVICE}", f"--regid={SERVICE}", "--clear-groups", "--",
+        sys.executable, "-m", "ollama_meter", *(a.format(shared=shared) for a in args),
+    ]  # fmt: skip
+    unset = ("HOME", "XDG_DATA_HOME", "OMETER_DB_URL")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=120, cwd="/", env=env
+    )
+    told = " ".join(done.stderr.split())
+    assert "Traceback" not in told and "bug" not in told, told
+    if said is None:
+        assert done.returncode == 0, told
+    else:
+        assert done.returncode == 2 and said in told, told
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"HOME": "/nonexistent"}, {"XDG_DATA_HOME": "/dev/null"}],
+    ids=["HOME nowhere", "XDG_DATA_HOME a file"],
+)
+def test_a_service_user_without_a_home_is_told_where_its_default_ledger_cannot_be_made(
+    shared: Path, env: dict[str, str]
+) -> None:
+    """``useradd -M`` makes no home; ``ometer log`` there, from a folder it may not write."""
+    command = [
+        "setpriv", f"--reuid={SERVICE}", f"--regid={SERVICE}", "--clear-groups", "--",
+        sys.executable, "-m", "ollama_meter", "log",
+    ]  # fmt: skip
+    unset = ("HOME", "XDG_DATA_HOME", "OMETER_DB_URL")
+    env = {**{k: v for k, v in os.environ.items() if k not in unset}, **env}
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=120, cwd="/", env=env
+    )
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "Traceback" not in said and "bug" not in said, said
+    assert said.startswith("error: cannot create the ledger folder /"), said
+    assert "give a ledger in a folder ometer may write (OMETER_DB_URL, or --db)" in said
