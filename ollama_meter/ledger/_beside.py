@@ -10,8 +10,8 @@ thing is made in (never for one that was there: a file's owner chose its mode):
 - made by root, it takes that folder's owner and group (only root may give a file away);
 - a folder made where the folder's group may write (a team folder, ``chmod 2770``; not a
   sticky ``/tmp`` every user writes) takes that group (as the setgid bit would) and lets it
-  write too. The spool's files stay their
-  owner's alone (0600), as a reader's spool files are left for it (``Spool.drain``).
+  write too. The spool's files stay their owner's alone (0600), as another user's spool
+  files are left for it (``Spool.drain``).
 
 Best effort: what cannot be given is left as made, and the write that needs it says why.
 """
@@ -42,20 +42,27 @@ def make_folder(path: Path) -> None:
 def _shape(folder: Path) -> None:
     try:
         parent = os.stat(folder.parent)
-        made = os.lstat(folder)
+        # Through a descriptor of the folder itself, never its name: the folder it is made in
+        # is another user's to rename in, and root changing a link put there changes the
+        # link's target (/etc).
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
         return
-    if not stat.S_ISDIR(made.st_mode) or made.st_uid != os.geteuid():
-        return  # another process's, made meanwhile
-    team = parent.st_mode & stat.S_IWGRP and not parent.st_mode & stat.S_IWOTH
-    with contextlib.suppress(OSError):
-        if os.geteuid() == 0 and (made.st_uid, made.st_gid) != (parent.st_uid, parent.st_gid):
-            os.chown(folder, parent.st_uid, parent.st_gid, follow_symlinks=False)
-        elif team and made.st_gid != parent.st_gid:  # no setgid bit: it took this user's group
-            os.chown(folder, -1, parent.st_gid, follow_symlinks=False)
-    with contextlib.suppress(OSError):
-        if team and not made.st_mode & stat.S_IWGRP:
-            os.chmod(folder, stat.S_IMODE(made.st_mode) | stat.S_IRWXG)
+    try:
+        made = os.fstat(fd)
+        if made.st_uid != os.geteuid():
+            return  # another process's, made meanwhile
+        team = parent.st_mode & stat.S_IWGRP and not parent.st_mode & stat.S_IWOTH
+        with contextlib.suppress(OSError):
+            if os.geteuid() == 0 and (made.st_uid, made.st_gid) != (parent.st_uid, parent.st_gid):
+                os.fchown(fd, parent.st_uid, parent.st_gid)
+            elif team and made.st_gid != parent.st_gid:  # no setgid bit: this user's group
+                os.fchown(fd, -1, parent.st_gid)
+        with contextlib.suppress(OSError):
+            if team and not made.st_mode & stat.S_IWGRP:
+                os.fchmod(fd, stat.S_IMODE(made.st_mode) | stat.S_IRWXG)
+    finally:
+        os.close(fd)
 
 
 def give_to_folder(fd: int, folder: Path) -> None:
