@@ -9,13 +9,26 @@ import secrets
 import stat
 from pathlib import Path
 
+from ollama_meter.errors import ConfigError
+
 APP_NAME = "ollama-meter"
 
 
 def default_data_dir() -> Path:
+    """The user's data folder for ometer; ConfigError when this user has none to find (a
+    container's ``--user`` uid with no HOME and no entry in the user database)."""
     import platformdirs
 
-    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    try:
+        return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    except RuntimeError:  # platformdirs: "could not determine the home directory"
+        raise ConfigError(
+            "ometer keeps its ledger and spool in this user's data folder unless told "
+            "otherwise, and this user has no home folder: HOME is unset or not absolute, and "
+            f"uid {os.getuid()} has no entry in the user database. Set HOME, or XDG_DATA_HOME, "
+            "to a folder ometer may write (for a SQLite ledger, giving its path with "
+            "OMETER_DB_URL or --db is enough)"
+        ) from None
 
 
 def read_bounded(path: Path, *, limit: int, what: str) -> bytes:

@@ -25,7 +25,13 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from ollama_meter._paths import default_data_dir, first_bytes, resolved, sqlite_url_problem
 from ollama_meter._urls import hide_password
-from ollama_meter.errors import LedgerError
+from ollama_meter.errors import ConfigError, LedgerError
+from ollama_meter.ledger._beside import (
+    give_to_folder,
+    make_folder,
+    reading_alone,
+    wal_files_like,
+)
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
 from ollama_meter.ledger._migrate import numbered_as_ours
 
@@ -126,6 +132,7 @@ def make_private(path: Path) -> None:
     except OSError:
         return
     try:
+        give_to_folder(fd, path.parent)
         if not os.fstat(fd).st_mode & stat.S_IWGRP:  # the umask keeps the group from writing
             os.fchmod(fd, 0o600)
     finally:
@@ -201,6 +208,10 @@ def _sqlite_connector(busy_timeout_ms: int, path: Path) -> Callable[[Any, Any], 
     def connect(dbapi_connection: Any, record: Any) -> None:
         _refuse_too_short(dbapi_connection, path)
         _refuse_foreign_wal(dbapi_connection, path)
+        if alone := reading_alone(path):
+            dbapi_connection.close()
+            raise LedgerError(f"cannot read the ledger at {path}: {alone}")
+        wal_files_like(path)
         _sqlite_setup(dbapi_connection, busy_timeout_ms)
         # A file removed or replaced later keeps this connection on the old one: a write
         # there would vanish with the process. The database checks this before each use.
@@ -298,6 +309,14 @@ def _special(path: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
+def _data_dir() -> Path | None:
+    """The user's data folder, None for a user without one (a ledger given needs none)."""
+    try:
+        return default_data_dir()
+    except ConfigError:
+        return None
+
+
 def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engine:
     """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder.
 
@@ -330,7 +349,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         )
     if path is not None and not path.parent.is_dir():
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(path.parent)
         except OSError as exc:
             raise LedgerError(
                 f"cannot create the ledger folder {path.parent}: {exc.strerror}; give a ledger "
@@ -338,7 +357,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
             ) from exc
         # Said for a folder a URL named (a typo would go unnoticed); ometer's own data folder
         # is made on every machine's first run, where a warning would be the first word.
-        level = logging.INFO if path.parent == default_data_dir() else logging.WARNING
+        level = logging.INFO if path.parent == _data_dir() else logging.WARNING
         log.log(level, "created the folder %s for the ledger %s", path.parent, path.name)
     options: dict[str, Any] = {}
     millis = max(int(wait * 1000), 1)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_meter._forks import renew_after_fork
+from ollama_meter.ledger._beside import give_to_folder, make_folder
 from ollama_meter.ledger._spool import span_json, write_atomically
 from ollama_meter.records import SpanRecord
 
@@ -172,9 +173,10 @@ class Journal:
         self._size += done
 
     def _start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_folder(self.directory)
         path = self.directory / f"{os.getpid()}-{os.urandom(4).hex()}.journal"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        give_to_folder(fd, self.directory)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._fd, self._path, self._size, self._torn = fd, path, 0, False
 
@@ -274,7 +276,7 @@ class Journal:
         False when they cannot be (the file then stays, and is read again next time)."""
         target = self.quarantine_dir / f"{path.name}.unreadable"
         try:
-            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(self.quarantine_dir)
             write_atomically(target, b"".join(line + b"\n" for line in lines))
         except OSError as exc:
             log.error(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ollama_meter._paths import discard
+from ollama_meter.ledger._beside import give_to_folder, make_folder
 from ollama_meter.records import SpanRecord, Stored
 
 log = logging.getLogger("ollama_meter.ledger")
@@ -67,6 +68,7 @@ def write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as handle:
         os.fchmod(fd, 0o600)  # a file left from before keeps its mode through O_CREAT
+        give_to_folder(fd, path.parent)
         handle.write(data)
         handle.flush()
         os.fsync(fd)
@@ -120,14 +122,14 @@ class Spool:
         drained them again)."""
 
     def put(self, spans: Sequence[SpanRecord]) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_folder(self.directory)
         final = self.directory / f"{time.time_ns()}-{os.getpid()}-{spans[0].id}.jsonl"
         write_atomically(final, "".join(encode_span(span) + "\n" for span in spans))
         return final
 
     def quarantine(self, span: SpanRecord, reason: str) -> Path:
         """Set aside a span the database will not take, with why; returns where it went."""
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.quarantine_dir)
         path = self.quarantine_dir / f"{span.id}.json"
         record = {"reason": reason, "span": span_json(span)}
         write_atomically(path, json.dumps(record, ensure_ascii=True, indent=1) + "\n")
@@ -140,7 +142,7 @@ class Spool:
         aside again (a drain repeated) go to the same file."""
         from ollama_meter.ledger._jsonl import export_line
 
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(self.quarantine_dir)
         ids = sorted(span.id for span in spans)
         digest = hashlib.sha256(" ".join(ids).encode()).hexdigest()[:12]
         path = self.quarantine_dir / f"{ids[0]}-{digest}{BEFORE_HORIZON}"
@@ -273,7 +275,7 @@ class Spool:
         target = self.quarantine_dir / f"{path.name}.unreadable"
         numbers = ", ".join(str(index + 1) for index, _ in bad[:10])
         try:
-            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(self.quarantine_dir)
             write_private(target, b"".join(lines[index] + b"\n" for index, _ in bad))
         except OSError as exc:
             log.error(
@@ -303,7 +305,7 @@ class Spool:
         """An unreadable spool file is kept for a human, out of the drain's way."""
         target = self.quarantine_dir / f"{path.name}.unreadable"
         try:
-            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(self.quarantine_dir)
             path.replace(target)
         except OSError as move_exc:
             if os.path.lexists(path):  # gone: another drain set it aside first

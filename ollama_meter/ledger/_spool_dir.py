@@ -14,6 +14,7 @@ from pathlib import Path
 from sqlalchemy.engine import URL, make_url
 
 from ollama_meter._paths import default_data_dir, resolved
+from ollama_meter.ledger._beside import make_folder
 from ollama_meter.ledger._engine import sqlite_path
 
 log = logging.getLogger("ollama_meter.ledger")
@@ -108,7 +109,7 @@ def _bring_files(old: Path, folder: Path) -> None:
                 source.rmdir()  # once empty
                 continue
             if not os.path.lexists(target):
-                target.parent.mkdir(parents=True, exist_ok=True)
+                make_folder(target.parent)
                 source.rename(target)
                 continue
         except FileNotFoundError:  # another process moved it first

@@ -7,7 +7,9 @@ the cause; these look at the file system once the driver has failed, never befor
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
+import pwd
 import re
 import resource
 import shlex
@@ -30,6 +32,8 @@ def unwritable(path: Path) -> str:
         return (
             f"{path} is a folder, not a ledger file; give a file's path, e.g. {path / 'ledger.db'}"
         )
+    if kept := kept_from(path):
+        return kept
     folder = path.parent
     if not os.access(folder, os.W_OK | os.X_OK):
         return (
@@ -49,10 +53,81 @@ def unwritable(path: Path) -> str:
                 f"{file} is read-only (mode {stat.S_IMODE(found.st_mode):o}), though this "
                 f"user owns it: make it writable (chmod u+w {shlex.quote(str(file))})"
             )
+    if kept := side_file_kept(path):
+        return kept
     return (
         f"this user may not write the ledger file {path} or its -wal and -shm files: give "
         "them to this user (chown), or run ometer as their owner"
     )
+
+
+def side_file_kept(path: Path) -> str | None:
+    """What to say when the ``-wal`` or ``-shm`` beside the ledger at ``path`` is a file this
+    user may not write (another user's process made it), else None: which, whose, and how
+    to give them back. Given, never removed: a WAL holds committed calls."""
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    for file in (wal, shm):
+        try:
+            found = file.stat()
+        except OSError:
+            continue
+        if os.access(file, os.R_OK | os.W_OK):
+            continue
+        return (
+            f"{file} belongs to {_who(found.st_uid)} (group {_group(found.st_gid)}, mode "
+            f"{stat.S_IMODE(found.st_mode):o}), and this user may not write it: give it and "
+            f"{shm if file == wal else wal} to the ledger's owner, as root: chown "
+            f"--reference={shlex.quote(str(path))} {shlex.quote(str(wal))} "
+            f"{shlex.quote(str(shm))}"
+        )
+    return None
+
+
+def _who(uid: int) -> str:
+    with contextlib.suppress(KeyError):
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    return f"uid {uid}"
+
+
+def _group(gid: int) -> str:
+    with contextlib.suppress(KeyError):
+        return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
+    return f"gid {gid}"
+
+
+def kept_from(path: Path) -> str | None:
+    """What to say when the ledger file at ``path`` is another user's that this one may not
+    write (a service user's ledger, its group's to read), else None. Said before the folder:
+    with a gateway running its -wal and -shm are there, and a writable folder changes nothing."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    if found.st_uid == os.geteuid() or os.access(path, os.W_OK):
+        return None
+    quoted = shlex.quote(str(path))
+    whose = (
+        f"(owner {_who(found.st_uid)}, group {_group(found.st_gid)}, "
+        f"mode {stat.S_IMODE(found.st_mode):o})"
+    )
+    me = _who(os.geteuid())
+    if not os.access(path, os.R_OK):
+        return (
+            f"this user, {me}, may neither read nor write the ledger file {path} {whose}: run "
+            "this as its owner, or give it to a group this user is in (chgrp, then chmod g+rw "
+            f"{quoted} and its folder)"
+        )
+    said = (
+        f"this user, {me}, may read the ledger file {path} but not write it {whose}: run this "
+        f"as its owner, or give its group write (chmod g+w {quoted} and its folder)"
+    )
+    if not Path(f"{path}-shm").exists():
+        said += (
+            "; no ometer has it open, and even reading it needs its -shm and -wal files, which "
+            "this user would leave its own, keeping the owner from writing the ledger: a "
+            "report works while a gateway has the ledger open"
+        )
+    return said
 
 
 def emptied(path: Path) -> str | None:

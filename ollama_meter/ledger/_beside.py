@@ -1,0 +1,130 @@
+"""Folders and files ometer makes beside a ledger (its spool, the journal, the quarantine, a new
+ledger file), made for whoever keeps the ledger, not only for whoever ran ``ometer``.
+
+A shared ledger is kept by one user (the service user ``ometer serve`` runs as) in its folder;
+root, or an admin in its group, runs ``ometer`` on it too. The spool folder root made on its
+first metered call was root's, 0700: the gateway's next busy write could not be spooled, so it
+held the span in memory and refused every call, and its journal was off. So, for the folder a
+thing is made in (never for one that was there: a file's owner chose its mode):
+
+- made by root, it takes that folder's owner and group (only root may give a file away);
+- a folder made where the folder's group may write (a team folder, ``chmod 2770``; not a
+  sticky ``/tmp`` every user writes) takes that group (as the setgid bit would) and lets it
+  write too. The spool's files stay their owner's alone (0600), as another user's spool
+  files are left for it (``Spool.drain``).
+
+Best effort: what cannot be given is left as made, and the write that needs it says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+
+from ollama_meter._paths import first_bytes
+from ollama_meter.ledger._why import kept_from
+
+
+def make_folder(path: Path) -> None:
+    """``mkdir -p path`` (OSError as it raises), each folder it makes shaped as the module says."""
+    missing: list[Path] = []
+    at = path
+    while not os.path.lexists(at) and at.parent != at:
+        missing.append(at)
+        at = at.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in reversed(missing):
+        _shape(folder)
+
+
+def _shape(folder: Path) -> None:
+    try:
+        parent = os.stat(folder.parent)
+        # Through a descriptor of the folder itself, never its name: the folder it is made in
+        # is another user's to rename in, and root changing a link put there changes the
+        # link's target (/etc).
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        made = os.fstat(fd)
+        if made.st_uid != os.geteuid():
+            return  # another process's, made meanwhile
+        team = parent.st_mode & stat.S_IWGRP and not parent.st_mode & stat.S_IWOTH
+        with contextlib.suppress(OSError):
+            if os.geteuid() == 0 and (made.st_uid, made.st_gid) != (parent.st_uid, parent.st_gid):
+                os.fchown(fd, parent.st_uid, parent.st_gid)
+            elif team and made.st_gid != parent.st_gid:  # no setgid bit: this user's group
+                os.fchown(fd, -1, parent.st_gid)
+        with contextlib.suppress(OSError):
+            if team and not made.st_mode & stat.S_IWGRP:
+                os.fchmod(fd, stat.S_IMODE(made.st_mode) | stat.S_IRWXG)
+    finally:
+        os.close(fd)
+
+
+def give_to_folder(fd: int, folder: Path) -> None:
+    """Give the file open at ``fd``, just made in ``folder``, to the folder's owner and group
+    when this process is root; its mode stays as made."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):
+        found = os.stat(folder)
+        os.fchown(fd, found.st_uid, found.st_gid)
+
+
+_SQLITE_WAL = (b"SQLite format 3\x00", b"\x02\x02")
+"""A WAL database's header: its first 16 bytes, and its bytes 18 and 19."""
+
+
+def _is_wal_database(path: Path) -> bool:
+    try:
+        header = first_bytes(path, 20)  # not open(): its close drops this process's locks
+    except OSError:
+        return False
+    return header.startswith(_SQLITE_WAL[0]) and header[18:20] == _SQLITE_WAL[1]
+
+
+def reading_alone(path: Path) -> str | None:
+    """Why this user must not open the WAL ledger at ``path``, else None: it may read it but
+    not write it, and no process has it open (no ``-shm``). SQLite made the ``-wal`` and
+    ``-shm`` this reader's, of the ledger's mode (0640), and could not remove them (a reader
+    checkpoints nothing): every write of the ledger's owner was refused from then on, the
+    gateway spooling each call, for good. In a folder this user may not write (a read-only
+    mount too) SQLite makes nothing and fails; what it says is explained then (``_why``)."""
+    if os.access(path, os.W_OK) or os.path.lexists(f"{path}-shm") or not path.exists():
+        return None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return None
+    return kept_from(path) if _is_wal_database(path) else None
+
+
+def wal_files_like(path: Path) -> None:
+    """Make the ``-wal`` and ``-shm`` files of the WAL ledger at ``path`` where there are none,
+    with the ledger's group and mode (and owner, made by root), before SQLite makes them.
+
+    SQLite gives them the ledger's mode but this process's group (and, but for root, its
+    owner): an admin of the ledger's group (umask 077, a folder without the setgid bit) who
+    opened it first left them its own group's, and the service user could not open the
+    ledger while they stayed (a killed ``ometer report`` left them for good). Empty files
+    are what SQLite makes of them itself. Never beside a file that is not a WAL database
+    (another app's file is refused, never changed)."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return
+    if not _is_wal_database(path):
+        return
+    for end in ("-wal", "-shm"):
+        try:
+            fd = os.open(f"{path}{end}", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0)
+        except OSError:
+            continue  # there already (SQLite's to use), or not to be made here (SQLite says why)
+        try:
+            with contextlib.suppress(OSError):  # a group this user is not in: kept as made
+                os.fchown(fd, found.st_uid if os.geteuid() == 0 else -1, found.st_gid)
+            os.fchmod(fd, stat.S_IMODE(found.st_mode) & 0o666)  # SQLite's too (an empty file)
+        finally:
+            os.close(fd)
