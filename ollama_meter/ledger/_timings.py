@@ -49,7 +49,8 @@ from ollama_meter.ledger._rollup import (
     EVERYONE,
     HISTOGRAMS,
 )
-from ollama_meter.ledger._spans import SpanFilter, row_to_span, select_spans
+from ollama_meter.ledger._span_rows import row_to_span
+from ollama_meter.ledger._spans import SpanFilter, select_spans
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import NO_HOST

@@ -1,0 +1,166 @@
+"""Span and rollup rows edited by hand in SQL (or written by another tool), to values ometer never writes.
+
+SQLite's type affinity lets an integer column hold ``1500.5``, ``'n/a'`` or a blob, a time
+column text; a row may hold negative tokens, a lowercase currency, an unknown status. A span
+with a REAL cost made ``ometer log`` exit 70 (a bug in ometer) and the rollups truncated it.
+Each reader now gives the exact answer (a value SQLite stores as an integer, like ``1500.0``
+or ``'250'``, is that integer) or one line naming the table, span, column and value, and the
+UPDATE that fixes it: a data problem, never a bug, never a silently wrong sum.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollama_meter.ledger.models import ROLLUPS, SPANS
+from ollama_meter.testing import OllamaEmulator
+
+READERS = (
+    ("log",),
+    ("log", "--json"),
+    ("report", "--since", "2000-01-01"),
+    ("chargeback", "--month", datetime.now(UTC).strftime("%Y-%m"), "--fixed-cost", "100"),
+    ("perf",),
+    ("budget", "status"),
+)
+
+
+def _span_ledger(cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    assert cli("pricing", "set", "llama3.1:*", "--per-request", "1").code == 0
+    assert cli("budget", "set", "--tenant", "acme", "sales", "--daily", "5").code == 0
+    done = cli("chat", "--tenant", "acme", "--dept", "sales", "-m", "llama3.1:8b", "hi")
+    assert done.code == 0, done.stderr
+    return url
+
+
+def _edit(url: str, sql: str, *params: object) -> Any:
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(sql, params)
+        span_id = conn.exec_driver_sql("SELECT id FROM spans").scalar_one()
+    engine.dispose()
+    return span_id
+
+
+@pytest.mark.parametrize("reader", READERS, ids=" ".join)
+def test_a_real_cost_is_named_not_a_bug(
+    cli: Any,
+    emulator: OllamaEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    reader: tuple[str, ...],
+) -> None:
+    url = _span_ledger(cli, tmp_path, monkeypatch)
+    span_id = _edit(url, "UPDATE spans SET cost_total = 1500.5")
+    done = cli(*reader)
+    assert done.code != 70, done.stderr
+    assert done.code == 0 or done.stderr.startswith(
+        f"error: span {span_id} in the ledger cannot be read: its cost_total is 1500.5, not a whole number from 0 to"
+    ), done
+
+
+SPAN_COLUMNS = tuple(column.name for column in SPANS.c)
+HOSTILE = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from([None, 0, -5, 1, 2, 1500.0, 1500.5, "250", "n/a", "", "usd", "US", "EUR"]),
+    st.sampled_from(["9223372036854775808", 2.0**64, -0.5, b"\x00\x01", "2026-01-01", "{}"]),
+    st.sampled_from(["ok", "error", "weird", "chat", '{"a": 1}', "[1]", "not json", "x" * 300]),
+    st.sampled_from(["01HZZZZZZZZZZZZZZZZZZZZZZZ", "01hzz", "a\nb", "é" * 70]),
+    st.text(max_size=12).filter(lambda t: "\x00" not in t),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+TIME = "error: a span's time in the ledger cannot be read: it is "
+ALL_READERS = (
+    *READERS,
+    ("db", "export"),
+    ("db", "rollup"),
+)
+
+
+def _stored_as(url: str, column: str) -> tuple[object, str]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        value, kind = conn.exec_driver_sql(
+            f'SELECT "{column}", typeof("{column}") FROM spans'
+        ).one()
+    engine.dispose()
+    return value, kind
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_every_reader_reads_a_hostile_span_exactly_or_names_it(
+    cli: Any,
+    emulator: OllamaEmulator,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    data: st.DataObject,
+) -> None:
+    url = _span_ledger(cli, tmp_path_factory.mktemp("span"), monkeypatch)
+    column = data.draw(st.sampled_from(SPAN_COLUMNS), label="column")
+    value = data.draw(HOSTILE, label="value")
+    try:
+        span_id = _edit(url, f'UPDATE spans SET "{column}" = ?', value)
+    except sa.exc.IntegrityError:
+        return  # the schema refuses it: no one can store it
+    for reader in ALL_READERS:
+        done = cli(*reader)
+        assert done.code in (0, 1), (reader, done)
+        if done.code == 1:
+            line = done.stderr.strip()
+            assert "\n" not in line, (reader, line)
+            if line.startswith(TIME) and column in ("started_at", "ended_at"):
+                continue  # a time read alone (the days a rebuild reads): the query to find it
+            plain = isinstance(span_id, str) and span_id.isprintable() and "'" not in span_id
+            named = span_id if plain and len(span_id) <= 80 else repr(span_id)[:77]
+            assert line.startswith(f"error: span {named}"), (reader, line)
+            assert f"its {column} is " in line and "UPDATE spans SET" in line, (reader, line)
+
+
+ROLLUP_MEASURES = tuple(
+    column.name
+    for column in ROLLUPS.c
+    if column.name not in {"grain", "start"} and not isinstance(column.type, sa.String)
+)
+SUMS = (
+    ("report", "--since", "2000-01-01"),
+    ("report", "--since", "2000-01-01", "-f", "json"),
+    ("budget", "status"),
+)
+
+
+@pytest.mark.parametrize("value", [1500.5, "n/a", b"\x01", 2.0**64, -0.5])
+@pytest.mark.parametrize("column", ["cost_total", "requests", "input_tokens", "busy_ns"])
+def test_a_rollup_sum_of_what_is_no_whole_number_names_the_row(
+    cli: Any,
+    emulator: OllamaEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    column: str,
+    value: object,
+) -> None:
+    """SQLite's SUM over a REAL (or text, which it sums as 0) is a REAL, which the sums cut to
+    a whole number: a report a cent short, or 0 for a cost of 'n/a'. Now the row is named."""
+    url = _span_ledger(cli, tmp_path, monkeypatch)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE rollups SET {column} = ?", (value,))
+    engine.dispose()
+    for reader in SUMS:
+        done = cli(*reader)
+        line = done.stderr.strip()
+        assert done.code == 1, (reader, done)
+        assert line.startswith("error: a rollup row in the ledger cannot be read: its "), line
+        assert f"{column} is {value!r}" in line and "ometer db rollup" in line, line
