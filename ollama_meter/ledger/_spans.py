@@ -388,7 +388,12 @@ def recent_usage(conn: Connection, model: str, limit: int) -> list[PastCall]:
         .order_by(SPANS.c.id.desc())
         .limit(limit)
     )
+    # A row another tool wrote with no whole number in range ('n/a', a REAL) failed every
+    # new call bounded by this history, or bounded it by a fraction: it is left out. What
+    # reads whole spans names it (``_span_rows``); a call's bound does not wait on a fix.
     return [
         PastCall(row[0], row[1], row[2] or 0, row[3] or 0, row[4] or 0)
         for row in conn.execute(query)
+        if all(type(value) is int and value >= 0 for value in row[:2])
+        and all(value is None or (type(value) is int and value >= 0) for value in row[2:])
     ]

@@ -18,8 +18,10 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from ollama_meter.ledger import Ledger
 from ollama_meter.ledger.models import ROLLUPS, SPANS
 from ollama_meter.testing import OllamaEmulator
+from tests.factories import make_span
 
 READERS = (
     ("log",),
@@ -45,7 +47,7 @@ def _edit(url: str, sql: str, *params: object) -> Any:
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(sql, params)
-        span_id = conn.exec_driver_sql("SELECT id FROM spans").scalar_one()
+        span_id = conn.exec_driver_sql("SELECT id FROM spans").scalars().first()
     engine.dispose()
     return span_id
 
@@ -164,3 +166,41 @@ def test_a_rollup_sum_of_what_is_no_whole_number_names_the_row(
         assert done.code == 1, (reader, done)
         assert line.startswith("error: a rollup row in the ledger cannot be read: its "), line
         assert f"{column} is {value!r}" in line and "ometer db rollup" in line, line
+
+
+USAGE_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "prompt_eval_duration_ns",
+    "eval_duration_ns",
+    "load_duration_ns",
+)
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(column=st.sampled_from(USAGE_COLUMNS), value=HOSTILE)
+def test_a_hostile_span_never_counts_in_the_history_a_new_call_is_bounded_by(
+    tmp_path_factory: pytest.TempPathFactory, column: str, value: object
+) -> None:
+    """Each call to a time-priced model is bounded by the model's recent calls, read from
+    the raw spans: a 'n/a' there failed every new call (``'n/a' > 0``), a REAL bounded it
+    by a fraction. A row that holds no whole number in range is left out of the history."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('usage') / 'l.db'}"
+    ledger = Ledger(url)
+    good = make_span(input_tokens=10, output_tokens=20, prompt_eval_duration_ns=1000)
+    bad = make_span(input_tokens=11, output_tokens=21, prompt_eval_duration_ns=1001)
+    ledger.record([good, bad])
+    try:
+        _edit(url, f'UPDATE spans SET "{column}" = ? WHERE id = ?', value, bad.id)
+    except sa.exc.IntegrityError:
+        return
+    history = ledger.recent_usage(good.request_model)
+    for past in history:
+        for name in ("input_tokens", "output_tokens", "prompt_eval_ns", "eval_ns", "load_ns"):
+            number = getattr(past, name)
+            assert type(number) is int and number >= 0, history
+    assert len(history) in (1, 2)
