@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger
+from ollama_meter.ledger._aggregate import SUMMED
 from ollama_meter.ledger.models import ROLLUPS, SPANS
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
@@ -79,6 +80,7 @@ HOSTILE = st.one_of(
     st.text(max_size=12).filter(lambda t: "\x00" not in t),
     st.floats(allow_nan=False, allow_infinity=False),
 )
+HALF_REBUILT = "error: the rollups are being rebuilt from the raw spans (ometer db rollup): "
 TIME = "error: a span's time in the ledger cannot be read: it is "
 ALL_READERS = (
     *READERS,
@@ -117,7 +119,14 @@ def test_every_reader_reads_a_hostile_span_exactly_or_names_it(
         span_id = _edit(url, f'UPDATE spans SET "{column}" = ?', value)
     except sa.exc.IntegrityError:
         return  # the schema refuses it: no one can store it
-    for reader in ALL_READERS:
+    exported = cli("db", "export")
+    if exported.code == 0:  # an export of such a ledger imports, or says which line is wrong
+        dump = Path(url.removeprefix("sqlite:///")).with_suffix(".jsonl")
+        dump.write_text(exported.stdout)
+        other = f"sqlite:///{dump.with_suffix('.other.db')}"
+        done = cli("db", "import", str(dump), "--db", other)
+        assert done.code in (0, 1, 2) and "bug in ometer" not in done.stderr, done
+    for reader in (*ALL_READERS, ("db", "prune", "--keep-days", "1")):
         done = cli(*reader)
         assert done.code in (0, 1), (reader, done)
         if done.code == 1:
@@ -125,6 +134,8 @@ def test_every_reader_reads_a_hostile_span_exactly_or_names_it(
             assert "\n" not in line, (reader, line)
             if line.startswith(TIME) and column in ("started_at", "ended_at"):
                 continue  # a time read alone (the days a rebuild reads): the query to find it
+            if reader[:2] == ("db", "prune") and line.startswith(HALF_REBUILT):
+                continue  # the `db rollup` above stopped at the span: it says to finish it
             plain = isinstance(span_id, str) and span_id.isprintable() and "'" not in span_id
             named = span_id if plain and len(span_id) <= 80 else repr(span_id)[:77]
             assert line.startswith(f"error: span {named}"), (reader, line)
@@ -140,11 +151,12 @@ SUMS = (
     ("report", "--since", "2000-01-01"),
     ("report", "--since", "2000-01-01", "-f", "json"),
     ("budget", "status"),
+    READERS[3],  # chargeback
 )
 
 
 @pytest.mark.parametrize("value", [1500.5, "n/a", b"\x01", 2.0**64, -0.5])
-@pytest.mark.parametrize("column", ["cost_total", "requests", "input_tokens", "busy_ns"])
+@pytest.mark.parametrize("column", ROLLUP_MEASURES)
 def test_a_rollup_sum_of_what_is_no_whole_number_names_the_row(
     cli: Any,
     emulator: OllamaEmulator,
@@ -153,8 +165,9 @@ def test_a_rollup_sum_of_what_is_no_whole_number_names_the_row(
     column: str,
     value: object,
 ) -> None:
-    """SQLite's SUM over a REAL (or text, which it sums as 0) is a REAL, which the sums cut to
-    a whole number: a report a cent short, or 0 for a cost of 'n/a'. Now the row is named."""
+    """SQLite's SUM over a REAL is a REAL, which the sums cut to a whole number (a report a
+    micro-unit short), and ``sign * 'n/a'`` is 0 (a cost of 'n/a' summed as none). A sum a
+    reader shows now names the row; a column no reader sums leaves its answers exact."""
     url = _span_ledger(cli, tmp_path, monkeypatch)
     engine = sa.create_engine(url)
     with engine.begin() as conn:
@@ -163,6 +176,8 @@ def test_a_rollup_sum_of_what_is_no_whole_number_names_the_row(
     for reader in SUMS:
         done = cli(*reader)
         line = done.stderr.strip()
+        if column not in SUMMED and done.code == 0:
+            continue  # no reader sums it: what they show is exact
         assert done.code == 1, (reader, done)
         assert line.startswith("error: a rollup row in the ledger cannot be read: its "), line
         assert f"{column} is {value!r}" in line and "ometer db rollup" in line, line
