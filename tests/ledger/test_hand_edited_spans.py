@@ -18,7 +18,8 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ollama_meter.ledger import Ledger
+from ollama_meter.errors import LedgerError
+from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger._aggregate import SUMMED
 from ollama_meter.ledger.models import ROLLUPS, SPANS
 from ollama_meter.testing import OllamaEmulator
@@ -219,3 +220,40 @@ def test_a_hostile_span_never_counts_in_the_history_a_new_call_is_bounded_by(
             number = getattr(past, name)
             assert type(number) is int and number >= 0, history
     assert len(history) in (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "expected"),
+    [
+        ("input_tokens", -5, "a whole number from 0 to"),
+        ("cost_total", -1, "a whole number from 0 to"),
+        ("latency_ns", -1, "a whole number from 0 to"),
+        ("currency", "usd", "a 3-letter code in capitals, like USD"),
+        ("currency", "US", "a 3-letter code in capitals, like USD"),
+        ("status", "weird", "one of client_abort, error, interrupted, ok, rejected"),
+        ("token_source", "guessed", "one of estimated, reported"),
+        ("http_status", 42, "an HTTP status from 100 to 999, or NULL"),
+        ("price_rule_id", 0, "a price rule's id, or NULL"),
+    ],
+)
+def test_values_no_type_refuses_are_named_on_every_backend(
+    db_url: str, column: str, value: object, expected: str
+) -> None:
+    """PostgreSQL enforces types, not these values: a negative count or cost, a currency
+    in lowercase, a status no report knows were read as they were."""
+    ledger = Ledger(db_url)
+    span = make_span()
+    ledger.record([span])
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.update(SPANS).values({column: value}))
+    engine.dispose()
+    with pytest.raises(LedgerError) as named:
+        ledger.latest(SpanFilter(), 5)
+    shown = repr(value) if isinstance(value, str) else str(value)
+    assert str(named.value).startswith(
+        f"span {span.id} in the ledger cannot be read: its {column} is {shown}, not {expected}"
+    ), named.value
+    assert str(named.value).endswith(
+        f"(`DELETE FROM spans WHERE id = '{span.id}'`), then run `ometer db rollup`"
+    )
