@@ -42,7 +42,7 @@ from ollama_meter.ledger._plan import (
 from ollama_meter.ledger._rollup import ROLLUPS
 from ollama_meter.ledger._spans import SpanFilter
 from ollama_meter.ledger._types import from_us, to_us
-from ollama_meter.ledger._unreadable import NotWhole, unreadable, whole
+from ollama_meter.ledger._unreadable import named_sums, whole
 from ollama_meter.ledger.models import SPANS
 
 
@@ -88,6 +88,7 @@ class _Sums:
         ]
 
 
+@named_sums
 def aggregate_spend(
     conn: Connection,
     where: SpanFilter,
@@ -98,15 +99,6 @@ def aggregate_spend(
 ) -> list[SpendSums]:
     """Sums per (``by`` columns, time bucket, currency) over the window ``where`` gives;
     LedgerError naming the row when one holds no whole number where a sum needs one."""
-    try:
-        return _aggregate_spend(conn, where, by, buckets, raw=raw)
-    except NotWhole as exc:
-        raise unreadable(conn, exc.args[0]) from None
-
-
-def _aggregate_spend(
-    conn: Connection, where: SpanFilter, by: Sequence[str], buckets: Buckets, *, raw: bool
-) -> list[SpendSums]:
     sums = _Sums()
     if raw or RAW.get() or not cube_answers(where):
         _raw_sums(conn, where, by, buckets, sums, sign=1, bucket=None)

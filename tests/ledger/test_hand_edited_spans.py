@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger._aggregate import SUMMED
-from ollama_meter.ledger.models import ROLLUPS, SPANS
+from ollama_meter.ledger.models import ROLLUP_HISTOGRAMS as HISTOGRAMS, ROLLUPS, SPANS
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
 
@@ -180,7 +180,7 @@ def test_a_rollup_sum_of_what_is_no_whole_number_names_the_row(
         if column not in SUMMED and done.code == 0:
             continue  # no reader sums it: what they show is exact
         assert done.code == 1, (reader, done)
-        assert line.startswith("error: a rollup row in the ledger cannot be read: its "), line
+        assert line.startswith("error: a rollups row in the ledger cannot be read: its "), line
         assert f"{column} is {value!r}" in line and "ometer db rollup" in line, line
 
 
@@ -257,3 +257,47 @@ def test_values_no_type_refuses_are_named_on_every_backend(
     assert str(named.value).endswith(
         f"(`DELETE FROM spans WHERE id = '{span.id}'`), then run `ometer db rollup`"
     )
+
+
+@pytest.mark.parametrize("value", [2.5, "n/a", b"\x01"])
+@pytest.mark.parametrize(
+    ("table", "column", "reader"),
+    [
+        ("rollup_histograms", "b{bin}", ("perf", "--since", "2026-11-01", "--until", "2026-11-30")),
+        ("rollup_busy_cells", "busy_us", ("chargeback", "--month", "2026-11", "--fixed-cost", "100")),
+        ("rollup_busy_cells", "calls", ("chargeback", "--month", "2026-11", "--fixed-cost", "100")),
+    ],
+)  # fmt: skip
+def test_a_histogram_or_busy_row_of_no_whole_number_names_the_row(
+    cli: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    table: str,
+    column: str,
+    reader: tuple[str, ...],
+    value: object,
+) -> None:
+    """Percentiles and GPU time of closed days come from these rows: a bin of 2.5 calls was
+    cut to 2, one of 'n/a' dropped, in silence. Now the row is named."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    ended = datetime(2026, 11, 10, 12, 0, 3, tzinfo=UTC)
+    Ledger(url).record(
+        [make_span(latency_ns=2_000_000, eval_duration_ns=10**9, ended_at=ended) for _ in range(3)]
+    )
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        if "{bin}" in column:  # a bin that holds calls
+            held = [c.name for c in HISTOGRAMS.c if c.name.startswith("b")]
+            row = conn.execute(sa.select(HISTOGRAMS).where(HISTOGRAMS.c.grain == 1)).first()
+            assert row is not None
+            column = next(name for name in held if row._mapping[name])
+        conn.exec_driver_sql(f"UPDATE {table} SET {column} = ?", (value,))
+    engine.dispose()
+    done = cli(*reader)
+    assert done.code == 1, done
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(
+        f"error: a {table} row in the ledger cannot be read: its {column} is {value!r}"
+    ), line
+    assert "ometer db rollup" in line, line
