@@ -298,8 +298,9 @@ def signed_sums(
 
 def _stored(conn: Connection, column: Any) -> Any:
     """``column`` as a sum must see it. SQLite multiplies a text or blob in an integer column
-    as 0, so a sum over ``'n/a'`` was an integer short of it: there it is a REAL, and the sum
-    one the reader refuses, naming the row (``_unreadable``)."""
+    as 0, so a sum over ``'n/a'`` was an integer short of it: there it is a REAL, the sum
+    one the reader refuses, naming the row (``_unreadable``). An integer, negative too,
+    stays as it is."""
     if conn.dialect.name != "sqlite":
         return column
     return case((func.typeof(column) == "integer", column), else_=literal(0.5))
