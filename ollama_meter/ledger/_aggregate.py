@@ -42,6 +42,7 @@ from ollama_meter.ledger._plan import (
 from ollama_meter.ledger._rollup import ROLLUPS
 from ollama_meter.ledger._spans import SpanFilter
 from ollama_meter.ledger._types import from_us, to_us
+from ollama_meter.ledger._unreadable import named_sums, whole
 from ollama_meter.ledger.models import SPANS
 
 
@@ -74,7 +75,7 @@ class _Sums:
     ) -> None:
         """Add sums in :class:`SpendSums` order (calls, errors, tokens in and out, busy, cost,
         unpriced calls, cold loads and their time)."""
-        signed = [sign * int(value or 0) for value in values]
+        signed = [sign * whole(value) for value in values]
         row = self.rows.setdefault((bucket, keys, currency), signed)
         if row is not signed:
             row[:] = map(operator.add, row, signed)
@@ -87,6 +88,7 @@ class _Sums:
         ]
 
 
+@named_sums
 def aggregate_spend(
     conn: Connection,
     where: SpanFilter,
@@ -95,7 +97,8 @@ def aggregate_spend(
     *,
     raw: bool = False,
 ) -> list[SpendSums]:
-    """Sums per (``by`` columns, time bucket, currency) over the window ``where`` gives."""
+    """Sums per (``by`` columns, time bucket, currency) over the window ``where`` gives;
+    LedgerError naming the row when one holds no whole number where a sum needs one."""
     sums = _Sums()
     if raw or RAW.get() or not cube_answers(where):
         _raw_sums(conn, where, by, buckets, sums, sign=1, bucket=None)

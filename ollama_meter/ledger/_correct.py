@@ -64,7 +64,8 @@ from ollama_meter.ledger._rollup import (
     lock_cells,
     within,
 )
-from ollama_meter.ledger._spans import row_to_span, select_spans
+from ollama_meter.ledger._span_rows import row_to_span
+from ollama_meter.ledger._spans import select_spans
 from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger._upserts import run, statements_for
 from ollama_meter.ledger.models import SPANS

@@ -28,7 +28,8 @@ from ollama_meter._text import json_bytes
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._deadline import bulk
 from ollama_meter.ledger._line import CutShort, span_from_line
-from ollama_meter.ledger._spans import SpanFilter, insert_spans, row_to_span, select_spans
+from ollama_meter.ledger._span_rows import row_to_span
+from ollama_meter.ledger._spans import SpanFilter, insert_spans, select_spans
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import (
     LABEL_FIELDS,

@@ -30,8 +30,10 @@ from sqlalchemy import (
     Integer,
     SmallInteger,
     and_,
+    case,
     column,
     func,
+    literal,
     select,
     text,
 )
@@ -288,10 +290,20 @@ def signed_sums(
         yield from grouped_sums(
             conn,
             [cells.c.bucket, *groups],
-            [cells.c.sign * (table.c[v] if isinstance(v, str) else v) for v in sums],
+            [cells.c.sign * (_stored(conn, table.c[v]) if isinstance(v, str) else v) for v in sums],
             source=joined,
             filters=filters,
         )
+
+
+def _stored(conn: Connection, column: Any) -> Any:
+    """``column`` as a sum must see it. SQLite multiplies a text or blob in an integer column
+    as 0, so a sum over ``'n/a'`` was an integer short of it: there it is a REAL, the sum
+    one the reader refuses, naming the row (``_unreadable``). An integer, negative too,
+    stays as it is."""
+    if conn.dialect.name != "sqlite":
+        return column
+    return case((func.typeof(column) == "integer", column), else_=literal(0.5))
 
 
 def grouped_sums(

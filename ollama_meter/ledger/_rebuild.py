@@ -54,7 +54,7 @@ from ollama_meter.ledger._rollup import (
     RollupDelta,
     lock_cells,
 )
-from ollama_meter.ledger._spans import row_to_span
+from ollama_meter.ledger._span_rows import row_to_span
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import NO_HOST

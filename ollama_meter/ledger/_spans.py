@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Dialect, Select, Table, bindparam, func, null
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _meta, _prices, _rollup
+from ollama_meter.ledger._span_rows import read_as_stored, row_to_span
 from ollama_meter.ledger._types import driver_key, from_us, to_us
 from ollama_meter.ledger._upserts import run
 from ollama_meter.ledger.models import SPANS
@@ -223,7 +224,9 @@ def _before(
     return later, [span for span in before if span.id not in held]
 
 
-_COLUMNS = tuple(SPANS.c[name] for name in SpanRecord.__dataclass_fields__ if name != "attributes")
+_COLUMNS = read_as_stored(
+    tuple(SPANS.c[name] for name in SpanRecord.__dataclass_fields__ if name != "attributes")
+)
 
 
 _CONTENT = frozenset({"prompt", "reply"})
@@ -240,11 +243,6 @@ def select_spans(*, content: bool = True) -> Select[Any]:
     calls of a million characters each would be gigabytes).
     """
     return select(*(_COLUMNS if content else _WITHOUT_CONTENT))
-
-
-def row_to_span(row: Any) -> SpanRecord:
-    """The span a :func:`select_spans` row holds (built by position: no lookups by name)."""
-    return SpanRecord(*row)
 
 
 ANSWERED_MODEL = func.coalesce(func.nullif(SPANS.c.response_model, ""), SPANS.c.request_model)
@@ -390,7 +388,12 @@ def recent_usage(conn: Connection, model: str, limit: int) -> list[PastCall]:
         .order_by(SPANS.c.id.desc())
         .limit(limit)
     )
+    # A row another tool wrote with no whole number in range ('n/a', a REAL) failed every
+    # new call bounded by this history, or bounded it by a fraction: it is left out. What
+    # reads whole spans names it (``_span_rows``); a call's bound does not wait on a fix.
     return [
         PastCall(row[0], row[1], row[2] or 0, row[3] or 0, row[4] or 0)
         for row in conn.execute(query)
+        if all(type(value) is int and value >= 0 for value in row[:2])
+        and all(value is None or (type(value) is int and value >= 0) for value in row[2:])
     ]

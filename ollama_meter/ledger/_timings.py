@@ -49,8 +49,10 @@ from ollama_meter.ledger._rollup import (
     EVERYONE,
     HISTOGRAMS,
 )
-from ollama_meter.ledger._spans import SpanFilter, row_to_span, select_spans
+from ollama_meter.ledger._span_rows import row_to_span
+from ollama_meter.ledger._spans import SpanFilter, select_spans
 from ollama_meter.ledger._types import from_us, to_us
+from ollama_meter.ledger._unreadable import named_sums, whole
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import NO_HOST
 
@@ -80,6 +82,7 @@ class HistogramResult:
     """Set (µs) when raw spans were needed from before the prune horizon: they are gone."""
 
 
+@named_sums
 def aggregate_histograms(
     conn: Connection,
     where: SpanFilter,
@@ -148,8 +151,8 @@ def aggregate_histograms(
         bins = result.groups.setdefault(group, {}).setdefault(metric, {})
         edges = slot_edges(metric is Metric.SPEED, decade)
         for edge, calls in zip(edges, row[3 + width :], strict=True):
-            if calls:
-                bins[edge] = bins.get(edge, 0) + int(calls)
+            if calls := whole(calls):  # a REAL 0.0 too: a bin of 'n/a' (``_plan._stored``)
+                bins[edge] = bins.get(edge, 0) + calls
     for piece in pieces:
         if piece.grain is None:
             if horizon is not None and piece.lo < horizon:
@@ -196,6 +199,7 @@ def _raw_histograms(
 # -- busy time per host (chargeback) ----------------------------------------------------
 
 
+@named_sums
 def busy_union(
     conn: Connection, since: datetime, until: datetime, *, raw: bool = False
 ) -> tuple[int, int]:
@@ -259,8 +263,8 @@ def _whole_minutes(conn: Connection, lo: int, hi: int) -> dict[str, list[int]]:
     for _, host, busy, calls in signed_sums(
         conn, BUSY_CELLS, cells, [BUSY_CELLS.c.host], ["busy_us", "calls"], [], zone
     ):
-        sums[host][0] += int(busy)
-        sums[host][1] += int(calls)
+        sums[host][0] += whole(busy)
+        sums[host][1] += whole(calls)
     c = BUSY_TABLE.c
     for piece in pieces:
         if piece.grain is None:
@@ -270,8 +274,8 @@ def _whole_minutes(conn: Connection, lo: int, hi: int) -> dict[str, list[int]]:
                 .group_by(c.host)
             )
             for host, busy, calls in conn.execute(query):
-                sums[host][0] += piece.sign * int(busy)
-                sums[host][1] += piece.sign * int(calls)
+                sums[host][0] += piece.sign * whole(busy)
+                sums[host][1] += piece.sign * whole(calls)
     return sums
 
 

@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import BigInteger, DateTime, Dialect, String
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from ollama_meter.errors import LedgerError
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -81,10 +83,26 @@ class UTCMicros(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if isinstance(value, int):
-            return from_us(value)
-        assert isinstance(value, datetime)
+        if type(value) is int:
+            try:
+                return from_us(value)
+            except OverflowError:  # past year 9999, or before year 1
+                raise _not_a_time(value) from None
+        if not isinstance(value, datetime):
+            raise _not_a_time(value)
         return value.replace(tzinfo=UTC)
+
+
+def _not_a_time(value: object) -> LedgerError:
+    """A span time SQLite kept as it came (text, a REAL, a blob): not a bug, a row to fix.
+    Readers of whole spans name the span (``_span_rows``); a bare time names the query."""
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    return LedgerError(
+        f"a span's time in the ledger cannot be read: it is {shown}, not a time; find the "
+        "span with `SELECT id, started_at, ended_at FROM spans WHERE typeof(started_at) != "
+        "'integer' OR typeof(ended_at) NOT IN ('integer', 'null')`, set its time in SQL "
+        "(microseconds since 1970-01-01 UTC), then run `ometer db rollup`"
+    )
 
 
 class DecimalText(TypeDecorator[Decimal]):
