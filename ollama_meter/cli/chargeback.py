@@ -1,7 +1,7 @@
 """``ometer chargeback``: the month's bill per tenant and department, for finance and cron."""
 
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +17,10 @@ from ollama_meter.cli._console import err, shown
 from ollama_meter.errors import ValidationError
 from ollama_meter.records import MAX_AMOUNT, minor_places, parse_amount
 from ollama_meter.reports import IdleMode
+
+if TYPE_CHECKING:
+    from ollama_meter.config import Settings
+    from ollama_meter.ledger import Ledger
 
 
 class Format(StrEnum):
@@ -64,8 +68,9 @@ def chargeback_command(
             )
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
+    ledger = ledger_for(cfg, existing=True)
     result = chargeback(
-        ledger_for(cfg, existing=True),
+        ledger,
         month,
         tz=cfg.tz,
         now=utc_now(),
@@ -74,7 +79,7 @@ def chargeback_command(
         idle=idle,
         gpus=gpus,
     )
-    for warning in result.warnings:
+    for warning in (*result.warnings, *_other_zone(ledger, cfg, month)):
         err.print(shown("warning:", "yellow"), warning)
     if fmt is Format.HTML:
         from ollama_meter.reports import render_chargeback_html
@@ -84,3 +89,19 @@ def chargeback_command(
         return
     render = to_csv if fmt is Format.CSV else to_json
     write_output(render(CHARGEBACK_COLUMNS, result.rows), out_file)
+
+
+def _other_zone(ledger: "Ledger", cfg: "Settings", month: str) -> list[str]:
+    """What to say when the bill is cut at another zone's midnight than the ledger's: its
+    budgets and price rules' dates run on the ledger's months (one for every gateway on it),
+    so a call near midnight would be one month's for the budget and the next's on the bill."""
+    from ollama_meter.meter._prices import ledger_zone
+
+    kept = str(ledger_zone(ledger, cfg))
+    if kept == str(cfg.tz):
+        return []
+    return [
+        f"this bill cuts {month} at midnight in {cfg.tz} (OMETER_TIMEZONE); the ledger's days "
+        f"and months, its budgets' and price rules' dates, begin at midnight in {kept}: set "
+        f"OMETER_TIMEZONE={kept} to bill those"
+    ]

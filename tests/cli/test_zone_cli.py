@@ -41,3 +41,31 @@ def test_reprice_since_a_rules_first_day_reprices_every_call_that_rule_prices(
     result = cli("reprice", "--since", "2026-10-31", "--until", "2026-10-31")
     assert "examined 1 span(s) from 2026-10-31 through 2026-10-31" in result.stdout
     assert json.loads(cli("log", "--json").stdout)[0]["cost"] == "0.031000"
+
+
+@pytest.mark.parametrize("configured", ["UTC", "America/New_York", "Europe/Berlin"])
+def test_a_bill_cut_at_another_zone_than_the_ledgers_says_so_and_bills_as_asked(
+    cli,  # type: ignore[no-untyped-def]
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    configured: str,
+) -> None:
+    """Budgets and price dates run on the ledger's months; a chargeback on a machine set to
+    another zone cut its month there, silently: a call at 23:30 UTC on 30 November was
+    November's for the budget and December's on a Berlin bill of a UTC ledger. The bill is
+    still cut where it was asked, and stderr says where the ledger's months begin."""
+    monkeypatch.setenv("OMETER_DB_URL", db_url)
+    monkeypatch.setenv("OMETER_TIMEZONE", configured)
+    ledger = Ledger(db_url, zone="Europe/Berlin")
+    ledger.record([make_span(started_at=datetime(2026, 11, 10, 12, tzinfo=UTC), cost_total=5)])
+    result = cli("chargeback", "--month", "2026-11")
+    assert result.code == 0, result.stderr
+    assert result.stdout.count("\n") == 2  # the header and the one department
+    if configured == "Europe/Berlin":
+        assert result.stderr == ""
+    else:
+        assert result.stderr == (
+            f"warning: this bill cuts 2026-11 at midnight in {configured} (OMETER_TIMEZONE); "
+            "the ledger's days and months, its budgets' and price rules' dates, begin at "
+            "midnight in Europe/Berlin: set OMETER_TIMEZONE=Europe/Berlin to bill those\n"
+        )
