@@ -17,7 +17,7 @@ import hashlib
 import unicodedata
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
-from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 
 from ollama_meter.periods import TIME_UNITS
-from ollama_meter.records import Micros, format_micros, minor_places
+from ollama_meter.records import MICRO_PLACES, Micros, format_micros, minor_places
 from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS, Chargeback
 from ollama_meter.reports._charts import (
     PALETTE_SIZE,
@@ -51,9 +51,17 @@ from ollama_meter.reports._spend import SpendReport, spend_axis
 def money(micros: int, currency: str) -> str:
     """What the UI shows for an amount: rounded half up to ``currency``'s minor unit, with
     thousands separators (exact in tooltips). ``1234567891`` is ``1,234.57`` USD, ``1,235``
-    JPY (no cents) and ``1,234.568`` KWD (fils)."""
-    unit = Decimal(1).scaleb(-minor_places(currency))
-    return f"{Decimal(micros).scaleb(-6).quantize(unit, ROUND_HALF_UP):,}"
+    JPY (no cents) and ``1,234.568`` KWD (fils).
+
+    In integers, exact at any size: through Decimal's 28 digits, 10^28 micro-units of gold
+    (a budget's projection from its first milliseconds) raised InvalidOperation."""
+    places = minor_places(currency)
+    unit = 10 ** (MICRO_PLACES - places)
+    units, rest = divmod(abs(micros), unit)
+    units += 2 * rest >= unit  # half up, away from zero, as ROUND_HALF_UP
+    whole, fraction = divmod(units, 10**places)
+    sign = "-" if micros < 0 and units else ""
+    return f"{sign}{whole:,}" + (f".{fraction:0{places}d}" if places else "")
 
 
 _DIRECTIONAL = frozenset({"R", "AL", "RLE", "LRE", "RLO", "LRO", "PDF", "RLI", "LRI", "FSI", "PDI"})

@@ -13,7 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 from ollama_meter.ledger import Ledger
 from ollama_meter.records import minor_places
@@ -303,17 +303,23 @@ def test_axis_labels() -> None:
 
 
 @given(
-    micros=st.integers(min_value=0, max_value=10**21),
+    micros=st.integers(min_value=0, max_value=10**21) | st.integers(min_value=0, max_value=10**60),
     currency=st.sampled_from(["USD", "EUR", "JPY", "ISK", "KWD", "BHD", "CLF", "XAU"]),
 )
+@example(micros=10**28 + 1, currency="XAU")
 def test_money_shows_each_currencys_own_minor_unit(micros: int, currency: str) -> None:
-    """JPY has no cents and KWD has fils: ``1,235`` yen and ``1.235`` dinar, never ``1,234.57``."""
+    """JPY has no cents and KWD has fils: ``1,235`` yen and ``1.235`` dinar, never ``1,234.57``.
+
+    At any size: through Decimal's 28 digits, 10^28 micro-units of gold raised InvalidOperation
+    (a budget's projection from its first milliseconds reaches that), and a bigger amount in
+    dollars was rounded to 28 digits before it was rounded to the cent."""
     shown = money(micros, currency)
     places = minor_places(currency)
     assert len(shown.partition(".")[2]) == places and (places > 0 or "." not in shown)
     # half a minor unit rounds up, and the amount shown is the nearest one
-    exact = Decimal(micros).scaleb(-6)
-    assert abs(Decimal(shown.replace(",", "")) - exact) <= Decimal(1).scaleb(-places) / 2
+    unit = 10 ** (6 - places)
+    nearest = micros // unit + (2 * (micros % unit) >= unit)
+    assert int(shown.replace(",", "").replace(".", "")) == nearest
     assert [
         money(v, c)
         for v, c in [
@@ -323,6 +329,37 @@ def test_money_shows_each_currencys_own_minor_unit(micros: int, currency: str) -
             (500_000, "JPY"),
         ]
     ] == ["1,235", "1.235", "1.23", "1"]
+
+
+def test_a_gold_budget_spent_in_its_first_microseconds_is_drawn(tmp_path: Path) -> None:
+    """A hundred of the costliest calls in the first 40 µs of the month, seen 50 µs into it:
+    the pace projects 4.8·10^28 micro-units, past Decimal's 28 digits with gold's six places,
+    and the dashboard failed (InvalidOperation) where it should draw the gauge."""
+    from ollama_meter.records import MAX_CALL_COST, Budget
+    from ollama_meter.reports import DashQuery, Links, dashboard_report, render_dashboard
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", zone="UTC")
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    ledger.save_budget(Budget("acme", "sales", "month", 10**18, "XAU", hard=False))
+    ledger.record(
+        [
+            make_span(
+                started_at=start + timedelta(microseconds=n % 40), cost_total=MAX_CALL_COST,
+                cost_tokens=MAX_CALL_COST, currency="XAU",
+            )
+            for n in range(100)
+        ]
+    )  # fmt: skip
+    dash = dashboard_report(
+        ledger, DashQuery(), tz=UTC_ZONE, now=start + timedelta(microseconds=50)
+    )
+    (status,) = dash.budgets
+    assert status.projected == 100 * MAX_CALL_COST * (30 * 86_400 * 10**6) // 50
+    page = render_dashboard(dash, links=Links("/dashboard", {}), zone="UTC")
+    assert f"{status.projected // 10**6:,}.{status.projected % 10**6:06d}" == money(
+        status.projected, "XAU"
+    )
+    assert money(status.projected, "XAU") in page
 
 
 @given(
