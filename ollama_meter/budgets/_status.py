@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from ollama_meter.periods import Window, current_period
-from ollama_meter.records import EACH_TENANT, Budget, LeaseKey
+from ollama_meter.records import EACH_TENANT, Budget, LeaseKey, format_micros
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetStore
@@ -25,6 +26,23 @@ class BudgetStatus:
     refused_bound: int | None = None
     """The bound of the call this budget last refused for want of room this period (its
     latest ``refused`` alert), None if it refused none."""
+    uncounted: tuple[tuple[str, int], ...] = ()
+    """(currency, micro-units) spent this period in the budget's scope in other currencies
+    than its own, by currency: not in :attr:`spent` (amounts in two currencies are never
+    added), and not capped by it. Calls its rules priced in another currency before they
+    changed currency (the budget set again in the new one) are here."""
+
+    def uncounted_note(self) -> str | None:
+        """What this budget does not count, said in a line; None when it counts everything."""
+        if not self.uncounted:
+            return None
+        amounts = " and ".join(f"{format_micros(m)} {c}" for c, m in self.uncounted)
+        scope = self.budget.scope(self.tenant)
+        return (
+            f"budget {self.budget.id} ({scope}) counts {self.budget.currency} only: {amounts} "
+            f"spent in {self.budget.period} {self.window.label} is not in its spent and not "
+            f"capped by it (amounts in two currencies are never added)"
+        )
 
     @property
     def percent(self) -> int:
@@ -99,17 +117,20 @@ def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[B
                 )
                 tenants = sorted(seen) or [EACH_TENANT]
             for tenant in tenants:
-                spent = sum(
-                    cost
-                    for (t, department, currency), cost in sums.items()
-                    if t == tenant
-                    and currency == budget.currency
-                    and budget.department in (None, department)
-                )
+                spent, uncounted = 0, Counter[str]()
+                for (t, department, currency), cost in sums.items():
+                    if t == tenant and budget.department in (None, department):
+                        if currency == budget.currency:
+                            spent += cost
+                        elif cost:
+                            uncounted[currency] += cost
                 key = LeaseKey(budget.id, tenant, window.start)
                 held = store.held(key, at)
                 projected = project(spent, window, now)
+                others = tuple(sorted(uncounted.items()))
                 rows.append(
-                    BudgetStatus(budget, tenant, window, spent, held, projected, refused.get(key))
+                    BudgetStatus(
+                        budget, tenant, window, spent, held, projected, refused.get(key), others
+                    )
                 )
     return rows

@@ -7,8 +7,10 @@ from difflib import get_close_matches
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from datetime import datetime
     from zoneinfo import ZoneInfo
 
+    from ollama_meter.config import Settings
     from ollama_meter.ledger import Ledger
     from ollama_meter.periods import Window
     from ollama_meter.records import Budget, Limit, PriceRule
@@ -80,6 +82,20 @@ def note_unreached_budgets(ledger: Ledger, saved: list[Budget]) -> None:
                     f"note: {named(budget)} can never reach its limit: hard {named(under)} "
                     "refuses calls first"
                 )
+
+
+def note_uncounted_spend(ledger: Ledger, saved: list[Budget], cfg: Settings, now: datetime) -> None:
+    """After ``budget set``: on stderr, what the scope of a budget just ``saved`` spent this
+    period in another currency, which it cannot count: set again in the currency its rules
+    changed to mid-month, it said 0 spent and capped the month afresh, without a word."""
+    from ollama_meter.budgets import budget_status
+    from ollama_meter.cli._console import err
+    from ollama_meter.meter._prices import ledger_zone
+
+    ids = {budget.id for budget in saved}
+    for status in budget_status(ledger, tz=ledger_zone(ledger, cfg), now=now):
+        if status.budget.id in ids and (note := status.uncounted_note()):
+            err.print(f"note: {note}")
 
 
 def note_unbound_limits(ledger: Ledger, saved: Limit) -> None:

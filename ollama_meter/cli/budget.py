@@ -110,6 +110,7 @@ def set_budget(
 
     _hints.note_unused_scope(ledger, "budget", cfg.tenant, department)
     _hints.note_unreached_budgets(ledger, kept)
+    _hints.note_uncounted_spend(ledger, kept, cfg, utc_now())
 
 
 def budget_to_dict(budget: Budget) -> dict[str, Any]:
@@ -201,6 +202,7 @@ def status_to_dict(row: "BudgetStatus", undelivered: "Sequence[Alert]" = ()) -> 
         "percent": row.percent,
         "projected": format_micros(row.projected),
         "state": row.state,
+        "uncounted": {currency: format_micros(m) for currency, m in row.uncounted},
         "undelivered_alerts": [
             alert_to_dict(a)
             for a in undelivered
@@ -261,6 +263,8 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
         for row in rows
     ]
     out.print(table(f"budgets now ({cfg.timezone})", columns, lines))
+    for note in filter(None, (row.uncounted_note() for row in rows)):
+        out.print(shown(note, "yellow"))
     for alert in undelivered:  # an admin sees what no channel got
         out.print(shown(_undelivered_line(alert), "yellow"))
 

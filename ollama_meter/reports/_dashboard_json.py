@@ -109,6 +109,7 @@ def budget_json(status: BudgetStatus) -> dict[str, Any]:
         "projected": format_micros(status.projected),
         "projected_percent": _text(share(status.projected, budget.limit)),
         "state": status.state,
+        "uncounted": {currency: format_micros(m) for currency, m in status.uncounted},
     }
 
 

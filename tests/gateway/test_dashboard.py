@@ -612,5 +612,10 @@ def test_each_currency_shows_its_own_minor_unit(dash: Gateway) -> None:
         cells = re.findall(r'<td class="num" title="[^"]*" data-value="[^"]*">([^<]*)</td>', panel)
         legend = re.findall(r"<b>([^<]*)</b>", panel)
         assert set(cells) == {shown} and set(legend) == {shown}, currency
-    assert "1,234.57" not in page and "1.23 " not in page.replace("1.23 KWD", "")
-    assert "1,235 of 5,000 JPY" in page  # the yen budget's gauge
+    # the yen budget's gauge, and what its scope spent in the others, which it cannot count
+    assert "1,235 of 5,000 JPY" in page
+    notes = re.findall(r'<div class="gauge-note uncounted" [^>]*>and ([^<]*) spent', page)
+    assert notes == ["1.235 KWD", "1.23 USD"]
+    assert "1,234.57" not in page and "1.23 " not in page.replace("1.23 KWD", "").replace(
+        "and 1.23 USD", ""
+    )
