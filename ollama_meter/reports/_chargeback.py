@@ -154,7 +154,24 @@ def chargeback(
         )
     if unpriced := _unpriced_warning(result.rows):
         result.warnings.append(unpriced)
+    if units and (other := _fixed_cost_apart(result.rows, currency)):
+        result.warnings.append(other)
     return result
+
+
+def _fixed_cost_apart(rows: list[ChargebackRow], currency: str) -> str | None:
+    """What to say when the month's calls cost nothing in ``currency``, the fixed cost's, but
+    something in others: its shares are rows of their own beside the usage, never added to it
+    (prices in EUR and a fixed cost taken as USD for want of OMETER_CURRENCY=EUR, most likely)."""
+    spent = sorted({row.currency for row in rows if row.usage_cost})
+    if not spent or currency in spent:
+        return None
+    return (
+        f"the fixed cost is in {currency} (OMETER_CURRENCY), but the calls of {rows[0].month} "
+        f"cost nothing in {currency}, only in {' and '.join(spent)}: its shares are rows of their "
+        f"own, never added to the calls' cost. If the fixed cost is in "
+        f"{' or '.join(spent)}, set OMETER_CURRENCY to that and bill again"
+    )
 
 
 _NAMED_GROUPS = 10

@@ -804,3 +804,49 @@ def test_a_bill_is_the_same_bytes_after_any_prune(
         prune(ledger, days, now=NOW)
         assert bills() == before
     ledger.dispose()
+
+
+@pytest.mark.parametrize(
+    ("fixed_in", "calls_in", "warned"),
+    [
+        ("USD", ["EUR"], "only in EUR"),
+        ("USD", ["EUR", "JPY"], "only in EUR and JPY"),
+        ("EUR", ["EUR"], None),
+        ("USD", ["EUR", "USD"], None),  # the fixed cost's currency has calls: nothing to say
+    ],
+)
+def test_a_fixed_cost_in_a_currency_no_call_cost_anything_in_is_said(
+    sqlite_url: str, fixed_in: str, calls_in: list[str], warned: str | None
+) -> None:
+    """Prices in EUR and OMETER_CURRENCY left at USD: the 2,400 meant in euros was billed as
+    800 USD a department beside their euro usage, rows never added to it, without a word."""
+    from zoneinfo import ZoneInfo
+
+    ledger = Ledger(sqlite_url)
+    at = datetime(2026, 11, 3, 9, tzinfo=UTC)
+    ledger.record(
+        [
+            span(dept, at + timedelta(hours=n), 10, 1_000_000, currency=currency)
+            for n, (dept, currency) in enumerate(
+                zip(["sales", "ops", "legal"], calls_in * 3, strict=False)
+            )
+        ]
+    )
+    bill = chargeback(
+        ledger, "2026-11", tz=ZoneInfo("UTC"), now=NOW, currency=fixed_in,
+        fixed_cost=Decimal(2400),
+    )  # fmt: skip
+    said = [w for w in bill.warnings if "the fixed cost is in" in w]
+    if warned is None:
+        assert said == []
+    else:
+        spent = warned.removeprefix("only in ").replace(" and ", " or ")
+        assert said == [
+            f"the fixed cost is in {fixed_in} (OMETER_CURRENCY), but the calls of 2026-11 cost "
+            f"nothing in {fixed_in}, {warned}: its shares are rows of their own, never added to "
+            f"the calls' cost. If the fixed cost is in {spent}, set OMETER_CURRENCY to that and "
+            "bill again"
+        ]
+    # no fixed cost, nothing billed apart: nothing to say
+    plain = chargeback(ledger, "2026-11", tz=ZoneInfo("UTC"), now=NOW, currency=fixed_in)
+    assert not [w for w in plain.warnings if "the fixed cost is in" in w]
