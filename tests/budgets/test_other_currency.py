@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.budgets import budget_status
 from ollama_meter.ledger import Ledger
@@ -123,3 +124,51 @@ def test_budget_set_and_status_say_what_the_new_currencys_budget_cannot_count(
         "budget", "set", "legal", "--tenant", "acme", "--monthly", "10", "--currency", "EUR"
     )
     assert quiet.code == 0 and "counts EUR only" not in quiet.stderr
+
+
+_CALLS = st.lists(
+    st.tuples(
+        st.sampled_from(["acme", "globex"]),
+        st.sampled_from(["sales", "ops"]),
+        st.sampled_from(["EUR", "USD", "JPY"]),
+        st.integers(0, 10**15),
+        st.sampled_from(
+            [datetime(2026, 10, 31, 23, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC), NOW]
+        ),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    calls=_CALLS,
+    tenant=st.sampled_from(["acme", EACH_TENANT]),
+    department=st.sampled_from(["sales", None]),
+)
+def test_every_currency_a_scope_spent_is_counted_or_said_once(
+    tmp_path_factory: pytest.TempPathFactory,
+    calls: list[tuple[str, str, str, int, datetime]],
+    tenant: str,
+    department: str | None,
+) -> None:
+    """Per currency, what a budget's scope spent this month is its ``spent`` (its own currency)
+    or in ``uncounted`` (any other), never both, never summed across currencies."""
+    ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('oc') / 'l.db'}", zone="UTC")
+    ledger.record(
+        [
+            make_span(
+                started_at=at, tenant=t, department=d, cost_total=c, currency=cur, unpriced=False
+            )
+            for t, d, cur, c, at in calls
+        ]
+    )
+    ledger.save_budget(Budget(tenant, department, "month", 10**18, "EUR"))
+    for row in budget_status(ledger, tz=UTC_ZONE, now=NOW):
+        per_currency: dict[str, int] = {}
+        for t, d, cur, c, at in calls:
+            if t == row.tenant and department in (None, d) and at.month == 11 and c:
+                per_currency[cur] = per_currency.get(cur, 0) + c
+        assert row.spent == per_currency.pop("EUR", 0)
+        assert row.uncounted == tuple(sorted(per_currency.items()))
+    ledger.dispose()
