@@ -125,6 +125,10 @@ def main() -> None:
 
 def _main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    # A terminal gone (an ssh session dropped) stops a command as a kill does, its call still
+    # written as a span; ignored (nohup), it stays ignored.
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _terminate)
     if sys.stdout is None:  # started with it closed (`>&-`): Python gives no stream at all
         sys.stdout = _ClosedStdout()
     escape_unencodable()

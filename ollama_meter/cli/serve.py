@@ -308,10 +308,12 @@ def _foreground(command: list[str], env: dict[str, str]) -> int:
 
     Ctrl-C reaches the program from the terminal (the whole group gets it), so here it is
     ignored: the program decides what it means, and its gateway meters what it still does.
-    A SIGTERM sent to ``ometer`` alone is passed on. A program a signal ended gives 128 + it.
+    A SIGTERM or SIGHUP sent to ``ometer`` is passed on (as ``timeout`` passes them): a hang-up
+    killed ometer and its gateway, and what the program did after it went unmetered. A program
+    a signal ended gives 128 + it.
     """
     program: subprocess.Popen[bytes] | None = None
-    early: list[int] = []  # SIGTERMs that came while the program was being started
+    early: list[int] = []  # signals that came while the program was being started
 
     def pass_on(sig: int, _frame: object) -> None:
         if program is None:
@@ -322,11 +324,14 @@ def _foreground(command: list[str], env: dict[str, str]) -> int:
     # In place before the program starts: a SIGTERM in between ended ometer alone and left
     # the program running, unmetered. Ctrl-C gets a handler that does nothing, not SIG_IGN,
     # which the program would inherit (unless ometer has it so: a shell's background job).
+    # A hang-up ometer ignores (nohup) is left ignored for the program to inherit.
     ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     before = {
         signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else _nothing),
         signal.SIGTERM: signal.signal(signal.SIGTERM, pass_on),
     }
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        before[signal.SIGHUP] = signal.signal(signal.SIGHUP, pass_on)
     try:
         try:
             program = subprocess.Popen(command, env=env)

@@ -18,7 +18,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 
 import uvicorn
 from starlette.middleware import Middleware
@@ -107,6 +110,26 @@ class GatewayServer(uvicorn.Server):
         config.timeout_graceful_shutdown = int(drain_s + FINISH_S) + 1
         super().__init__(config)
         self.drain_s = drain_s
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, with SIGHUP taken as SIGTERM (unless ignored: nohup): a terminal gone (an
+        ssh session dropped) killed the gateway on the spot, cutting every call in flight."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = [signal.SIGINT, signal.SIGTERM]
+        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+            handled.append(signal.SIGHUP)
+        before = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+        # As uvicorn's: the process ends as the signal it was stopped by says (ometer: 128 + N).
+        for captured in reversed(self._captured_signals):
+            signal.raise_signal(captured)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         drain: Drain | None = getattr(getattr(self.config.app, "state", None), "drain", None)

@@ -100,7 +100,12 @@ def test_kill_9_right_after_the_answers_loses_no_span(
     assert {s["status"] for s in spans} == {"ok"}
 
 
-def test_sigterm_drains_an_in_flight_stream(emulator: OllamaEmulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_drains_an_in_flight_stream(
+    emulator: OllamaEmulator, tmp_path: Path, signum: int
+) -> None:
+    """SIGHUP (the terminal of an ``ometer serve`` gone: an ssh session dropped) drains as
+    SIGTERM does; it killed the gateway on the spot, cutting every call in flight."""
     env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}"}
     proc, url = start_gateway(env, emulator.url)
     emulator.token_latency = 0.05
@@ -118,9 +123,9 @@ def test_sigterm_drains_an_in_flight_stream(emulator: OllamaEmulator, tmp_path: 
     try:
         reader.start()
         assert first.wait(10)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         reader.join(timeout=30)
-        assert proc.wait(timeout=30) in (0, 128 + signal.SIGTERM)  # exits after draining
+        assert proc.wait(timeout=30) in (0, 128 + signum)  # exits after draining
     finally:
         emulator.token_latency = 0.0
     assert received[-1] == "<done>"
@@ -207,7 +212,9 @@ def test_keys_commands(cli, db_url: str, monkeypatch) -> None:  # type: ignore[n
 def test_ometer_run_leaves_signals_to_its_program(emulator: OllamaEmulator, tmp_path: Path) -> None:
     """Ctrl-C goes to the whole foreground group: the program decides what it means, and the
     gateway meters what the program still does; a SIGTERM to ometer is passed on to it; a
-    program killed by a signal ends ometer as a shell reports it (128 + the signal)."""
+    program killed by a signal ends ometer as a shell reports it (128 + the signal). A hang-up
+    (the terminal gone) is the program's to take too: it killed ometer and its gateway on the
+    spot, and what the program did next went unmetered."""
     env = {
         **os.environ,
         "OLLAMA_HOST": emulator.url,
@@ -219,6 +226,7 @@ def test_ometer_run_leaves_signals_to_its_program(emulator: OllamaEmulator, tmp_
         "got = []\n"
         "signal.signal(signal.SIGINT, lambda *_: got.append('INT'))\n"
         "signal.signal(signal.SIGTERM, lambda *_: got.append('TERM'))\n"
+        "signal.signal(signal.SIGHUP, lambda *_: got.append('HUP'))\n"
         f"pathlib.Path({str(ready)!r}).touch()\n"
         "while not got:\n"
         "    time.sleep(0.01)\n"
@@ -254,6 +262,13 @@ def test_ometer_run_leaves_signals_to_its_program(emulator: OllamaEmulator, tmp_
     _, stderr = terminated.communicate(timeout=60)
     assert terminated.returncode == 3, stderr
     assert [s["status"] for s in logged(env)] == ["ok", "ok"]
+
+    hung_up = started(sys.executable, "-c", script)
+    os.killpg(hung_up.pid, signal.SIGHUP)  # the terminal closed: the whole group has it
+    _, stderr = hung_up.communicate(timeout=60)
+    assert hung_up.returncode == 3, stderr
+    assert "1 call(s) metered" in stderr
+    assert [s["status"] for s in logged(env)] == ["ok", "ok", "ok"]
 
     killed = started(
         sys.executable,
