@@ -37,6 +37,7 @@ from ollama_meter.cli import (
     perf,
     pricing,
     report,
+    run,
     serve,
 )
 from ollama_meter.cli._common import settings
@@ -62,7 +63,7 @@ app.command("reprice")(pricing.reprice_command)
 app.command("chargeback")(chargeback.chargeback_command)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
-app.command("run", context_settings={"allow_interspersed_args": False})(serve.run)
+app.command("run", context_settings={"allow_interspersed_args": False})(run.run)
 app.add_typer(serve.keys_app, name="keys")
 app.add_typer(pricing.app, name="pricing")
 app.add_typer(budget.app, name="budget")

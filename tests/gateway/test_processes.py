@@ -285,7 +285,7 @@ def test_a_sigterm_that_comes_as_the_program_starts_is_passed_on_to_it(
     """``ometer run`` put its handlers in place after starting the program: a service manager's
     SIGTERM in between ended ometer alone (its own handler), its gateway with it, and left
     the program running, unmetered. Here the SIGTERM comes the moment the program exists."""
-    from ollama_meter.cli import _terminate, serve
+    from ollama_meter.cli import _terminate, run
 
     started: list[subprocess.Popen[bytes]] = []
     real = subprocess.Popen
@@ -295,10 +295,10 @@ def test_a_sigterm_that_comes_as_the_program_starts_is_passed_on_to_it(
         os.kill(os.getpid(), signal.SIGTERM)  # delivered here, before Popen returns
         return started[-1]
 
-    monkeypatch.setattr(serve.subprocess, "Popen", start_then_terminate)
+    monkeypatch.setattr(run.subprocess, "Popen", start_then_terminate)
     before = signal.signal(signal.SIGTERM, _terminate)  # as `ometer` has it
     try:
-        code = serve._foreground([sys.executable, "-c", "import time; time.sleep(60)"], {})
+        code = run._foreground([sys.executable, "-c", "import time; time.sleep(60)"], {})
     finally:
         signal.signal(signal.SIGTERM, before)
         for program in started:
