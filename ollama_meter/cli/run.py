@@ -1,7 +1,9 @@
 """``ometer run``: a program run with OLLAMA_HOST pointed at a short-lived gateway, as a shell
 runs a foreground job (its signals, its exit status), and what that gateway metered."""
 
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,12 +141,7 @@ def _foreground(command: list[str], env: dict[str, str]) -> int:
     if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
         before[signal.SIGHUP] = signal.signal(signal.SIGHUP, pass_on)
     try:
-        try:
-            program = subprocess.Popen(command, env=env)
-        except FileNotFoundError:
-            raise _not_run(f"no such program: {command[0]}", 127) from None
-        except OSError as exc:  # not executable, a directory, ...
-            raise _not_run(f"cannot run {command[0]}: {exc.strerror or exc}", 126) from None
+        program = _started(command, env)
         for sig in early:
             program.send_signal(sig)
         code = program.wait()
@@ -152,6 +149,35 @@ def _foreground(command: list[str], env: dict[str, str]) -> int:
         for sig, handler in before.items():
             signal.signal(sig, handler)
     return 128 - code if code < 0 else code
+
+
+def _started(command: list[str], env: dict[str, str]) -> "subprocess.Popen[bytes]":
+    """``command`` started as a shell starts it: an executable text file with no ``#!`` line
+    (a legacy shell script) is run by ``/bin/sh``, as POSIX ``execvp`` (and so ``nice``,
+    ``env``, ``timeout``) runs it; Python alone refused it (Exec format error)."""
+    try:
+        try:
+            return subprocess.Popen(command, env=env)
+        except OSError as exc:
+            script = _shell_script(command[0], env) if exc.errno == errno.ENOEXEC else None
+            if script is None:
+                raise
+            return subprocess.Popen(["/bin/sh", script, *command[1:]], env=env)
+    except FileNotFoundError:
+        raise _not_run(f"no such program: {command[0]}", 127) from None
+    except OSError as exc:  # not executable, a directory, ...
+        raise _not_run(f"cannot run {command[0]}: {exc.strerror or exc}", 126) from None
+
+
+def _shell_script(program: str, env: dict[str, str]) -> str | None:
+    """The file ``program`` names (on PATH when it has no slash), if its first line holds
+    no NUL byte: text for a shell, not a binary of another machine (as bash decides)."""
+    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None:
+        return None
+    with open(found, "rb") as file:
+        head = file.read(80)
+    return None if b"\0" in head.split(b"\n", 1)[0] else found
 
 
 def _not_run(message: str, status: int) -> ValidationError:
