@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,6 +25,9 @@ from ollama_meter.cli._common import (
 from ollama_meter.cli._console import err
 from ollama_meter.errors import ValidationError
 from ollama_meter.records import Source, SpanRecord, Status
+
+if TYPE_CHECKING:
+    from ollama_meter.gateway import GatewayOptions
 
 
 class _Tally:
@@ -67,7 +70,6 @@ def run(
 ) -> None:
     """Run a program with OLLAMA_HOST pointed at a short-lived gateway: legacy scripts, metered."""
     from ollama_meter.gateway import (
-        GatewayOptions,
         GatewayServer,
         create_app,
         listening_socket,
@@ -77,8 +79,7 @@ def run(
 
     cfg = settings(db_url=db, tenant=tenant, department=dept)
     who = Attribution(tenant=cfg.tenant, department=cfg.department, user=user)
-    # As `ometer serve`'s: a malformed entry is an error before the program runs.
-    options = GatewayOptions(default_user=user, loopback=True, origins=tuple(origins.split(",")))
+    options = gateway_options(user, origins)
     tally = _Tally()
     meter = Meter.from_settings(cfg, source=Source.GATEWAY, observers=[tally])
     sock = listening_socket("127.0.0.1", 0)  # bound here: no other program can take the port
@@ -105,6 +106,20 @@ def run(
         thread.join()
     err.print(f"ometer: {tally.summary(f'{who.tenant}/{who.department}', cfg.currency)}")
     sys.exit(code)
+
+
+def gateway_options(user: str | None, origins: str) -> "GatewayOptions":
+    """How ``ometer run``'s gateway answers: on loopback, with no key, for its program alone.
+
+    Its own pages are refused: any local user could otherwise read every tenant's spend
+    from them (a ledger they may not open themselves) while the program runs.
+    ``origins`` as ``ometer serve``'s: a malformed entry is an error before the program runs.
+    """
+    from ollama_meter.gateway import GatewayOptions
+
+    return GatewayOptions(
+        default_user=user, loopback=True, origins=tuple(origins.split(",")), own_pages=False
+    )
 
 
 def _nothing(_sig: int, _frame: object) -> None:

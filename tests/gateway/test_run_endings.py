@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ollama_meter.gateway._drain import STOPPED
+from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
+from tests.gateway.conftest import Gateway
 from tests.gateway.test_processes import OMETER, logged
 
 LONG = [{"role": "user", "content": "tell me a long story please about many things"}]
@@ -64,3 +68,27 @@ def test_a_call_still_streaming_when_the_program_exits_is_drained_and_recorded(
     assert f"ometer: 1 call(s) metered for default/sales: {tokens}" in done.stderr
     assert done.stderr.rstrip().endswith("1 failed"), done.stderr
     assert outcome.read_text() == STOPPED
+
+
+def test_the_run_gateways_own_pages_are_no_one_elses_window_on_the_ledger(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """``ometer run``'s gateway listens on loopback with no key and no token, for its program:
+    every local user could read every tenant's spend from its ``/api/dash``, ``/dashboard``
+    and ``/metrics`` (a ledger they may not open themselves) while the program ran. Its
+    program never needs them: they are refused, saying where the figures are; its calls and
+    Ollama's own routes are served as before."""
+    from ollama_meter.cli import run
+
+    options = run.gateway_options(user="dora", origins="")
+    gw = app_on(emulator.url, sqlite_url, **dataclasses.asdict(options))
+    gw.client.base_url = "http://localhost"  # type: ignore[assignment]  # it takes loopback only
+    gw.client.post("/api/chat", json={"model": "llama3.1:8b", "messages": LONG, "stream": False})
+    for page in ("/api/dash", "/dashboard", "/metrics", "/api/dash?token=x"):
+        answer = gw.client.get(page)
+        assert answer.status_code == 403, page
+        assert "ometer report" in answer.text and "default" not in answer.text
+    assert gw.client.get("/api/tags").status_code == 200
+    assert gw.client.get("/healthz").status_code == 200
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.user) == ("ok", "dora")
