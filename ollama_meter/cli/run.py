@@ -27,7 +27,7 @@ from ollama_meter.errors import ValidationError
 from ollama_meter.records import Source, SpanRecord, Status
 
 if TYPE_CHECKING:
-    from ollama_meter.gateway import GatewayOptions
+    from ollama_meter.gateway import GatewayOptions, GatewayServer
 
 
 class _Tally:
@@ -103,7 +103,7 @@ def run(
         # last answer when the drain ends, and its span is written before ometer exits.
         # A bound here cut them with no answer, their spans only in the journal.
         server.should_exit = True
-        thread.join()
+        _drained(server, thread)
     err.print(f"ometer: {tally.summary(f'{who.tenant}/{who.department}', cfg.currency)}")
     sys.exit(code)
 
@@ -120,6 +120,25 @@ def gateway_options(user: str | None, origins: str) -> "GatewayOptions":
     return GatewayOptions(
         default_user=user, loopback=True, origins=tuple(origins.split(",")), own_pages=False
     )
+
+
+def _drained(server: "GatewayServer", thread: threading.Thread) -> None:
+    """Wait for the gateway to stop. A Ctrl-C, SIGTERM or SIGHUP meanwhile ends its drain
+    there and then (each call stopped with a clear last answer, its span written): it ended
+    ometer under them, each call cut with no answer and its span left in the journal."""
+
+    def cut(_sig: int, _frame: object) -> None:
+        server.cut_drain()
+
+    taken = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {
+        sig: signal.signal(sig, cut) for sig in taken if signal.getsignal(sig) != signal.SIG_IGN
+    }
+    try:
+        thread.join()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _nothing(_sig: int, _frame: object) -> None:
