@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
 
 import typer
 
@@ -94,7 +96,7 @@ def run(
             raise ValidationError(f"could not start the gateway on port {port}")
         time.sleep(0.01)
     gateway = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OLLAMA_HOST": gateway, "OPENAI_BASE_URL": f"{gateway}/v1"}
+    env = program_environment(os.environ, [spec.url for spec in cfg.upstream_specs], gateway)
     try:
         code = _foreground(command, env)
     finally:
@@ -106,6 +108,57 @@ def run(
         _drained(server, thread)
     err.print(f"ometer: {tally.summary(f'{who.tenant}/{who.department}', cfg.currency)}")
     sys.exit(code)
+
+
+def program_environment(
+    environ: Mapping[str, str], upstreams: Sequence[str], gateway: str
+) -> dict[str, str]:
+    """The program's environment: ``OLLAMA_HOST`` and ``OPENAI_BASE_URL`` at the gateway, and
+    every other variable that names an Ollama the gateway relays to (``OPENAI_API_BASE``,
+    LiteLLM's ``OLLAMA_API_BASE``, an app's own) pointed there too, in the form it had (a
+    URL, or ``host:port``) and with its path: else the program reached Ollama unmetered."""
+    env = dict(environ)
+    for name, value in environ.items():
+        if (pointed := _repointed(value, upstreams, gateway)) is not None:
+            env[name] = pointed
+    env.update(OLLAMA_HOST=gateway, OPENAI_BASE_URL=f"{gateway}/v1")
+    return env
+
+
+_THIS_MACHINE = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
+
+
+def _where(url: str) -> tuple[str, str, int, str] | None:
+    """Scheme, host (this machine's by one name), port and path of a URL or ``host:port``
+    (with a port: a bare word is no address); None for what is neither, or carries a login."""
+    schemed = "://" in url
+    try:
+        parts = urlsplit(url if schemed else f"http://{url}")
+        port = parts.port
+    except ValueError:
+        return None
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host or "@" in parts.netloc:
+        return None
+    if port is None and not schemed:
+        return None
+    port = port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, "localhost" if host in _THIS_MACHINE else host, port, parts.path
+
+
+def _repointed(value: str, upstreams: Sequence[str], gateway: str) -> str | None:
+    """``value`` pointed at ``gateway`` if it names one of ``upstreams``; else None."""
+    if not value or any(c.isspace() for c in value) or (here := _where(value)) is None:
+        return None
+    for upstream in upstreams:
+        there = _where(upstream)
+        if there is None or here[:3] != there[:3]:
+            continue
+        base = there[3].rstrip("/")
+        if here[3] == base or here[3].startswith(f"{base}/"):
+            rest = here[3][len(base) :] + (f"?{value.split('?', 1)[1]}" if "?" in value else "")
+            return (gateway if "://" in value else gateway.split("://", 1)[1]) + rest
+    return None
 
 
 def gateway_options(user: str | None, origins: str) -> "GatewayOptions":

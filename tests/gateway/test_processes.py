@@ -137,11 +137,13 @@ def test_ometer_run_meters_a_legacy_script(emulator: OllamaEmulator, tmp_path: P
     env = {
         **os.environ,
         "OLLAMA_HOST": emulator.url,
+        "OPENAI_API_BASE": f"{emulator.url}/v1",  # openai before 1.0, LangChain
         "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}",
     }
     script = (
         "import os, sys, ollama\n"
         "assert os.environ['OLLAMA_HOST'] != " + repr(emulator.url) + "\n"
+        "assert os.environ['OPENAI_API_BASE'] == os.environ['OLLAMA_HOST'] + '/v1'\n"
         "assert os.environ['OPENAI_BASE_URL'].endswith('/v1')\n"
         "ollama.chat(model='llama3.1:8b', messages=[{'role': 'user', 'content': 'monthly summary'}])\n"
         "legal = ollama.Client(headers={'X-Ometer-Department': 'legal'})\n"
