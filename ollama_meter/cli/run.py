@@ -188,6 +188,11 @@ def _drained(server: "GatewayServer", thread: threading.Thread) -> None:
         sig: signal.signal(sig, cut) for sig in taken if signal.getsignal(sig) != signal.SIG_IGN
     }
     try:
+        if running := len(server.server_state.tasks):  # each leaves the set as it ends
+            err.print(
+                f"ometer: the program exited; {running} call(s) it left running have up to "
+                f"{server.drain_s:g} s to finish (Ctrl-C stops them now)"
+            )
         thread.join()
     finally:
         for sig, handler in before.items():

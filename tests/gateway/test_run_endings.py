@@ -91,6 +91,9 @@ def test_a_call_still_streaming_when_the_program_exits_is_drained_and_recorded(
     assert f"ometer: 1 call(s) metered for default/sales: {tokens}" in stderr
     assert stderr.rstrip().endswith("1 failed"), stderr
     assert outcome.read_text() == STOPPED
+    # Why ometer has not ended with its program, and how to end it now.
+    waited = "the program exited; 1 call(s) it left running have up to 10 s to finish"
+    assert f"ometer: {waited} (Ctrl-C stops them now)" in stderr
 
 
 def test_the_run_gateways_own_pages_are_no_one_elses_window_on_the_ledger(
