@@ -37,6 +37,7 @@ from ollama_meter.cli import (
     perf,
     pricing,
     report,
+    run,
     serve,
 )
 from ollama_meter.cli._common import settings
@@ -62,7 +63,7 @@ app.command("reprice")(pricing.reprice_command)
 app.command("chargeback")(chargeback.chargeback_command)
 app.command("demo")(demo.demo)
 app.command("serve")(serve.serve)
-app.command("run", context_settings={"allow_interspersed_args": False})(serve.run)
+app.command("run", context_settings={"allow_interspersed_args": False})(run.run)
 app.add_typer(serve.keys_app, name="keys")
 app.add_typer(pricing.app, name="pricing")
 app.add_typer(budget.app, name="budget")
@@ -125,6 +126,10 @@ def main() -> None:
 
 def _main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    # A terminal gone (an ssh session dropped) stops a command as a kill does, its call still
+    # written as a span; ignored (nohup), it stays ignored.
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _terminate)
     if sys.stdout is None:  # started with it closed (`>&-`): Python gives no stream at all
         sys.stdout = _ClosedStdout()
     escape_unencodable()

@@ -1,12 +1,7 @@
-"""``ometer serve``, ``ometer run`` and ``ometer keys``: the metering gateway from the terminal."""
+"""``ometer serve`` and ``ometer keys``: the metering gateway from the terminal."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -22,7 +17,6 @@ from ollama_meter.cli._common import (
     TenantOption,
     ledger_at,
     ledger_for,
-    money,
     settings,
     table,
 )
@@ -30,7 +24,6 @@ from ollama_meter.cli._console import err, named, out, write_data
 from ollama_meter.cli._waiting import open_when_up
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES, short_token
-from ollama_meter.records import Source, SpanRecord, Status
 from ollama_meter.records._limit import MAX_QUEUE, MAX_SLOTS
 
 if TYPE_CHECKING:
@@ -219,130 +212,6 @@ def serve_settings(
     )
 
 
-class _Tally:
-    """What ``ometer run``'s gateway metered, counted as its spans end (a span observer)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.calls = self.failed = self.tokens_in = self.tokens_out = 0
-        self.cost: dict[str, int] = {}
-
-    def on_start(self, span: SpanRecord) -> None:
-        pass
-
-    def on_end(self, span: SpanRecord) -> None:
-        with self._lock:
-            self.calls += 1
-            self.failed += span.status != Status.OK
-            self.tokens_in += span.input_tokens
-            self.tokens_out += span.output_tokens
-            self.cost[span.currency] = self.cost.get(span.currency, 0) + span.cost_total
-
-    def summary(self, default: str, currency: str) -> str:
-        with self._lock:
-            spent = " + ".join(money(micros, currency) for currency, micros in self.cost.items())
-            return (
-                f"{self.calls} call(s) metered for {default}: {self.tokens_in} in / "
-                f"{self.tokens_out} out tokens, {spent or money(0, currency)}, {self.failed} failed"
-            )
-
-
-def run(
-    command: Annotated[list[str], typer.Argument(help="The program to run, after --.")],
-    dept: DeptOption = None,
-    tenant: TenantOption = None,
-    user: Annotated[
-        str | None, typer.Option("--user", "-u", help="User to attribute the calls to.")
-    ] = None,
-    origins: OriginsOption = "",
-    db: DbOption = None,
-) -> None:
-    """Run a program with OLLAMA_HOST pointed at a short-lived gateway: legacy scripts, metered."""
-    from ollama_meter.gateway import (
-        GatewayOptions,
-        GatewayServer,
-        create_app,
-        listening_socket,
-        server_config,
-    )
-    from ollama_meter.meter import Attribution, Meter
-
-    cfg = settings(db_url=db, tenant=tenant, department=dept)
-    who = Attribution(tenant=cfg.tenant, department=cfg.department, user=user)
-    # As `ometer serve`'s: a malformed entry is an error before the program runs.
-    options = GatewayOptions(default_user=user, loopback=True, origins=tuple(origins.split(",")))
-    tally = _Tally()
-    meter = Meter.from_settings(cfg, source=Source.GATEWAY, observers=[tally])
-    sock = listening_socket("127.0.0.1", 0)  # bound here: no other program can take the port
-    port = int(sock.getsockname()[1])
-    app = create_app(cfg, options, meter=meter)
-    server = GatewayServer(server_config(app, host="127.0.0.1", port=port))
-    serving()
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise ValidationError(f"could not start the gateway on port {port}")
-        time.sleep(0.01)
-    gateway = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OLLAMA_HOST": gateway, "OPENAI_BASE_URL": f"{gateway}/v1"}
-    try:
-        code = _foreground(command, env)
-    finally:
-        # Calls the program left running (work it put in the background) are drained as
-        # `ometer serve` drains them on SIGTERM: each finishes, or is stopped with a clear
-        # last answer when the drain ends, and its span is written before ometer exits.
-        # A bound here cut them with no answer, their spans only in the journal.
-        server.should_exit = True
-        thread.join()
-    err.print(f"ometer: {tally.summary(f'{who.tenant}/{who.department}', cfg.currency)}")
-    sys.exit(code)
-
-
-def _nothing(_sig: int, _frame: object) -> None:
-    """A signal handler that does nothing."""
-
-
-def _foreground(command: list[str], env: dict[str, str]) -> int:
-    """Run ``command`` as a shell runs a foreground job; its exit status, as a shell gives it.
-
-    Ctrl-C reaches the program from the terminal (the whole group gets it), so here it is
-    ignored: the program decides what it means, and its gateway meters what it still does.
-    A SIGTERM sent to ``ometer`` alone is passed on. A program a signal ended gives 128 + it.
-    """
-    program: subprocess.Popen[bytes] | None = None
-    early: list[int] = []  # SIGTERMs that came while the program was being started
-
-    def pass_on(sig: int, _frame: object) -> None:
-        if program is None:
-            early.append(sig)
-        else:
-            program.send_signal(sig)
-
-    # In place before the program starts: a SIGTERM in between ended ometer alone and left
-    # the program running, unmetered. Ctrl-C gets a handler that does nothing, not SIG_IGN,
-    # which the program would inherit (unless ometer has it so: a shell's background job).
-    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    before = {
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else _nothing),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, pass_on),
-    }
-    try:
-        try:
-            program = subprocess.Popen(command, env=env)
-        except FileNotFoundError:
-            raise _not_run(f"no such program: {command[0]}", 127) from None
-        except OSError as exc:  # not executable, a directory, ...
-            raise _not_run(f"cannot run {command[0]}: {exc.strerror or exc}", 126) from None
-        for sig in early:
-            program.send_signal(sig)
-        code = program.wait()
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-    return 128 - code if code < 0 else code
-
-
 @keys_app.command("create")
 def create_key(
     tenant: TenantOption = None,
@@ -439,11 +308,3 @@ def revoke_key(key_id: RowId, db: DbOption = None) -> None:
     """Revoke a key (its id from `ometer keys list`): the gateway refuses it from the next request on."""
     ledger_at(db).revoke_key(key_id)
     out.print(f"revoked key {key_id}")
-
-
-def _not_run(message: str, status: int) -> ValidationError:
-    """The error for a program that could not be started, with the status a shell gives
-    it (127: not found, 126: found but not runnable), so scripts tell it from the program's."""
-    error = ValidationError(message)
-    error.exit_code = status
-    return error

@@ -8,6 +8,8 @@ The policy (README, "Security"):
   so do model-management routes, on top of ``--allow-admin`` (a key alone cannot
   delete a model).
 - ``/healthz`` stays open for load balancers, and says only ok or not.
+- ``ometer run``'s gateway (``own_pages=False``) is its program's: its own pages are refused
+  to everyone, or any local user could read every tenant's spend while the program runs.
 
 Refused unauthenticated requests are never spans (anyone could grow the ledger
 with them): they are counted, and logged at most once per interval. A key that cannot be
@@ -57,6 +59,12 @@ NOT_LIVE = (
     "this API key is not a live key (revoked, or mistyped): send a live one (`ometer keys list`)"
 )
 """A key of ours that is not live; without ``--require-key`` a call may send none instead."""
+
+
+NO_PAGES = (
+    "this gateway only meters the program `ometer run` started, and serves none of the "
+    "gateway's own pages; see the figures with `ometer report`, or `ometer serve` for a dashboard"
+)
 
 
 class Refused(Exception):
@@ -233,6 +241,7 @@ class GatewayOptions:
     max_body_bytes: int = MAX_BODY_BYTES
     loopback: bool = False  # listening only there: requests must name this machine (_hosts.py)
     origins: tuple[str, ...] = ()  # web pages allowed beyond Ollama's defaults (_origins.py)
+    own_pages: bool = True  # the dashboard, /api/dash, /metrics and model management served
 
     def __post_init__(self) -> None:
         if self.default_user is not None and (
@@ -335,6 +344,8 @@ class Access:
         ``in_query``: the dashboard and ``/api/dash`` also take ``?token=`` (links in a browser);
         a route forwarded to Ollama never does, or the token would travel on in the URL.
         """
+        if not self.options.own_pages:
+            raise Refused(error_response(wire_of(request.url.path), 403, NO_PAGES))
         token = self.options.admin_token
         if token:
             given = bearer(request) or (request.query_params.get("token") if in_query else None)

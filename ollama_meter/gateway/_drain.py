@@ -18,7 +18,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 
 import uvicorn
 from starlette.middleware import Middleware
@@ -107,29 +110,62 @@ class GatewayServer(uvicorn.Server):
         config.timeout_graceful_shutdown = int(drain_s + FINISH_S) + 1
         super().__init__(config)
         self.drain_s = drain_s
+        self._draining: tuple[asyncio.AbstractEventLoop, Drain] | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, with SIGHUP taken as SIGTERM (unless ignored: nohup): a terminal gone (an
+        ssh session dropped) killed the gateway on the spot, cutting every call in flight."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = [signal.SIGINT, signal.SIGTERM]
+        if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+            handled.append(signal.SIGHUP)
+        before = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+        # As uvicorn's: the process ends as the signal it was stopped by says (ometer: 128 + N).
+        for captured in reversed(self._captured_signals):
+            signal.raise_signal(captured)
+
+    def cut_drain(self) -> None:
+        """End the drain now, from any thread (``ometer run``'s Ctrl-C while it waits for what
+        its program left running): each call still running is stopped as when the drain
+        ends, with a clear last answer and its span written."""
+        self.drain_s = 0.0  # a drain not begun yet ends as it begins
+        if (draining := self._draining) is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing left to stop
+                draining[0].call_soon_threadsafe(self._end_drain, draining[1], "was cut short")
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         drain: Drain | None = getattr(getattr(self.config.app, "state", None), "drain", None)
-        timer = (
-            asyncio.get_running_loop().call_later(self.drain_s, self._end_drain, drain)
-            if drain is not None
-            else None
-        )
+        loop = asyncio.get_running_loop()
+        timer = None
+        if drain is not None:
+            self._draining = (loop, drain)
+            timer = loop.call_later(
+                self.drain_s, self._end_drain, drain, f"ended after {self.drain_s:g} s"
+            )
         try:
             await super().shutdown(sockets)
         finally:
+            self._draining = None
             if timer is not None:
                 timer.cancel()
 
-    def _end_drain(self, drain: Drain) -> None:
+    def _end_drain(self, drain: Drain, how: str) -> None:
         running = [task for task in self.server_state.tasks if not task.done()]
-        if not running:
+        if not running or drain.over:
             return
         drain.over = True
         log.warning(
-            "the drain ended after %g s: stopped %d call(s) still running; each is answered "
+            "the drain %s: stopped %d call(s) still running; each is answered "
             "that the gateway stopped, and its span written",
-            self.drain_s,
+            how,
             len(running),
         )
         for task in running:

@@ -515,9 +515,12 @@ FOREGROUND = (
 )
 """``ometer`` as a foreground job has it: Ctrl-C raises (a shell's background job, and so a
 test run started as one, would hand it on ignored)."""
+STOPPING = [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+"""Ctrl-C, a kill, and the terminal gone (an ssh session dropped): SIGHUP killed ometer on the
+spot, its span left in the journal for some later ometer to find as ``interrupted``."""
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("signum", "code"), STOPPING)
 def test_a_streamed_reply_stopped_by_a_signal_is_recorded_with_what_came(
     emulator: OllamaEmulator, sqlite_url: str, signum: int, code: int
 ) -> None:
@@ -562,7 +565,7 @@ def test_a_streamed_reply_stopped_by_a_signal_is_recorded_with_what_came(
     assert span.token_source == "estimated"
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("signum", "code"), STOPPING)
 def test_chat_json_stopped_by_a_signal_still_prints_its_one_object(
     emulator: OllamaEmulator, sqlite_url: str, signum: int, code: int
 ) -> None:
@@ -597,5 +600,5 @@ def test_chat_json_stopped_by_a_signal_still_prints_its_one_object(
     assert shown["error"] == (
         "interrupted before the answer was complete"
         if signum == signal.SIGINT
-        else "stopped by signal 15 before the answer was complete"
+        else f"stopped by signal {signum} before the answer was complete"
     )

@@ -100,7 +100,12 @@ def test_kill_9_right_after_the_answers_loses_no_span(
     assert {s["status"] for s in spans} == {"ok"}
 
 
-def test_sigterm_drains_an_in_flight_stream(emulator: OllamaEmulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_drains_an_in_flight_stream(
+    emulator: OllamaEmulator, tmp_path: Path, signum: int
+) -> None:
+    """SIGHUP (the terminal of an ``ometer serve`` gone: an ssh session dropped) drains as
+    SIGTERM does; it killed the gateway on the spot, cutting every call in flight."""
     env = {**os.environ, "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}"}
     proc, url = start_gateway(env, emulator.url)
     emulator.token_latency = 0.05
@@ -118,9 +123,9 @@ def test_sigterm_drains_an_in_flight_stream(emulator: OllamaEmulator, tmp_path: 
     try:
         reader.start()
         assert first.wait(10)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         reader.join(timeout=30)
-        assert proc.wait(timeout=30) in (0, 128 + signal.SIGTERM)  # exits after draining
+        assert proc.wait(timeout=30) in (0, 128 + signum)  # exits after draining
     finally:
         emulator.token_latency = 0.0
     assert received[-1] == "<done>"
@@ -132,11 +137,13 @@ def test_ometer_run_meters_a_legacy_script(emulator: OllamaEmulator, tmp_path: P
     env = {
         **os.environ,
         "OLLAMA_HOST": emulator.url,
+        "OPENAI_API_BASE": f"{emulator.url}/v1",  # openai before 1.0, LangChain
         "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}",
     }
     script = (
         "import os, sys, ollama\n"
         "assert os.environ['OLLAMA_HOST'] != " + repr(emulator.url) + "\n"
+        "assert os.environ['OPENAI_API_BASE'] == os.environ['OLLAMA_HOST'] + '/v1'\n"
         "assert os.environ['OPENAI_BASE_URL'].endswith('/v1')\n"
         "ollama.chat(model='llama3.1:8b', messages=[{'role': 'user', 'content': 'monthly summary'}])\n"
         "legal = ollama.Client(headers={'X-Ometer-Department': 'legal'})\n"
@@ -207,7 +214,9 @@ def test_keys_commands(cli, db_url: str, monkeypatch) -> None:  # type: ignore[n
 def test_ometer_run_leaves_signals_to_its_program(emulator: OllamaEmulator, tmp_path: Path) -> None:
     """Ctrl-C goes to the whole foreground group: the program decides what it means, and the
     gateway meters what the program still does; a SIGTERM to ometer is passed on to it; a
-    program killed by a signal ends ometer as a shell reports it (128 + the signal)."""
+    program killed by a signal ends ometer as a shell reports it (128 + the signal). A hang-up
+    (the terminal gone) is the program's to take too: it killed ometer and its gateway on the
+    spot, and what the program did next went unmetered."""
     env = {
         **os.environ,
         "OLLAMA_HOST": emulator.url,
@@ -219,6 +228,7 @@ def test_ometer_run_leaves_signals_to_its_program(emulator: OllamaEmulator, tmp_
         "got = []\n"
         "signal.signal(signal.SIGINT, lambda *_: got.append('INT'))\n"
         "signal.signal(signal.SIGTERM, lambda *_: got.append('TERM'))\n"
+        "signal.signal(signal.SIGHUP, lambda *_: got.append('HUP'))\n"
         f"pathlib.Path({str(ready)!r}).touch()\n"
         "while not got:\n"
         "    time.sleep(0.01)\n"
@@ -255,6 +265,13 @@ def test_ometer_run_leaves_signals_to_its_program(emulator: OllamaEmulator, tmp_
     assert terminated.returncode == 3, stderr
     assert [s["status"] for s in logged(env)] == ["ok", "ok"]
 
+    hung_up = started(sys.executable, "-c", script)
+    os.killpg(hung_up.pid, signal.SIGHUP)  # the terminal closed: the whole group has it
+    _, stderr = hung_up.communicate(timeout=60)
+    assert hung_up.returncode == 3, stderr
+    assert "1 call(s) metered" in stderr
+    assert [s["status"] for s in logged(env)] == ["ok", "ok", "ok"]
+
     killed = started(
         sys.executable,
         "-c",
@@ -270,7 +287,7 @@ def test_a_sigterm_that_comes_as_the_program_starts_is_passed_on_to_it(
     """``ometer run`` put its handlers in place after starting the program: a service manager's
     SIGTERM in between ended ometer alone (its own handler), its gateway with it, and left
     the program running, unmetered. Here the SIGTERM comes the moment the program exists."""
-    from ollama_meter.cli import _terminate, serve
+    from ollama_meter.cli import _terminate, run
 
     started: list[subprocess.Popen[bytes]] = []
     real = subprocess.Popen
@@ -280,10 +297,10 @@ def test_a_sigterm_that_comes_as_the_program_starts_is_passed_on_to_it(
         os.kill(os.getpid(), signal.SIGTERM)  # delivered here, before Popen returns
         return started[-1]
 
-    monkeypatch.setattr(serve.subprocess, "Popen", start_then_terminate)
+    monkeypatch.setattr(run.subprocess, "Popen", start_then_terminate)
     before = signal.signal(signal.SIGTERM, _terminate)  # as `ometer` has it
     try:
-        code = serve._foreground([sys.executable, "-c", "import time; time.sleep(60)"], {})
+        code = run._foreground([sys.executable, "-c", "import time; time.sleep(60)"], {})
     finally:
         signal.signal(signal.SIGTERM, before)
         for program in started:
@@ -351,3 +368,29 @@ def _settle_files(pid: int) -> None:
         if now != count:
             count, since = now, time.monotonic()
         time.sleep(0.05)
+
+
+def test_a_script_with_no_interpreter_line_is_run_by_the_shell_as_execvp_runs_it(
+    tmp_path: Path,
+) -> None:
+    """A legacy shell script with no ``#!`` line: ``nice``, ``env`` and ``timeout`` run it (by
+    ``/bin/sh``, as POSIX ``execvp`` does), ``ometer run`` refused it: 'Exec format error',
+    126, the job unmetered. Found by name on PATH too; a file of no text still cannot run."""
+    from ollama_meter.cli import run
+
+    script = tmp_path / "legacy-job"
+    script.write_text('echo "$0 $1" > "$2"\nexit 4\n')
+    script.chmod(0o755)
+    said = tmp_path / "said"
+    assert run._foreground([str(script), "one", str(said)], {}) == 4
+    assert said.read_text() == f"{script} one\n"
+    said.unlink()
+    on_path = {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    assert run._foreground(["legacy-job", "two", str(said)], on_path) == 4
+    assert said.read_text() == f"{script} two\n"
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x7fELF\x00\x00broken")
+    garbage.chmod(0o755)
+    with pytest.raises(Exception, match="cannot run .*garbage: Exec format error") as raised:
+        run._foreground([str(garbage)], {})
+    assert getattr(raised.value, "exit_code", None) == 126

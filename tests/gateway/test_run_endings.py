@@ -2,35 +2,50 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from ollama_meter.gateway._drain import STOPPED
+from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
+from tests.gateway.conftest import Gateway
 from tests.gateway.test_processes import OMETER, logged
 
 LONG = [{"role": "user", "content": "tell me a long story please about many things"}]
 
 
+@pytest.mark.parametrize("stopped", ["by the drain's end", "by Ctrl-C"])
 def test_a_call_still_streaming_when_the_program_exits_is_drained_and_recorded(
-    emulator: OllamaEmulator, tmp_path: Path
+    emulator: OllamaEmulator, tmp_path: Path, stopped: str
 ) -> None:
     """A program that leaves work behind (``job &`` in a script, a daemonised worker): its
     call was still streaming when the program exited. ``ometer run`` waited 15 s for it,
     then exited under it: the call was cut with no answer, its span was neither written
     nor counted ("0 call(s) metered"), only left in the journal for a later start to find
     as ``interrupted``. Now it is drained as ``ometer serve`` drains on SIGTERM: stopped
-    when the drain ends with a clear last line, its span written and counted before exit."""
+    when the drain ends with a clear last line, its span written and counted before exit.
+
+    Ctrl-C while ``ometer run`` waits for that work (the background job ignores it, as a
+    script's does) did the same harm: ometer ended at once, 130, the call cut with no
+    answer, its span only in the journal, no summary. Now it ends the drain there and then:
+    each call stopped with a clear last line, its span written, the program's status kept."""
     env = {
         **os.environ,
         "OLLAMA_HOST": emulator.url,
         "OMETER_DB_URL": f"sqlite:///{tmp_path / 'l.db'}",
     }
-    ready, outcome = tmp_path / "ready", tmp_path / "outcome"
+    ready, outcome, exited = tmp_path / "ready", tmp_path / "outcome", tmp_path / "exited"
     worker = (
-        "import pathlib, ollama\n"
+        "import pathlib, signal, ollama\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"  # a background job of a script
         f"ready, outcome = pathlib.Path({str(ready)!r}), pathlib.Path({str(outcome)!r})\n"
         "try:\n"
         f"    for chunk in ollama.chat(model='llama3.1:8b', messages={LONG!r}, stream=True):\n"
@@ -45,22 +60,61 @@ def test_a_call_still_streaming_when_the_program_exits_is_drained_and_recorded(
         "stderr=subprocess.DEVNULL)\n"
         f"while not pathlib.Path({str(ready)!r}).exists():\n"
         "    time.sleep(0.02)\n"
+        f"pathlib.Path({str(exited)!r}).touch()\n"
         "sys.exit(5)\n"
     )
     emulator.token_latency = 1.0  # 25 words: longer than the drain
-    done = subprocess.run(
+    proc = subprocess.Popen(
         [*OMETER, "run", "--dept", "sales", "--", sys.executable, "-c", program],
         env=env,
-        capture_output=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=180,
-        check=False,
+        start_new_session=True,  # its own group, as a terminal's foreground job is
     )
-    assert done.returncode == 5, done.stderr
+    if stopped == "by Ctrl-C":
+        deadline = time.monotonic() + 60
+        while not exited.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the program did not run"
+            time.sleep(0.02)
+        time.sleep(0.5)  # the program gone, ometer draining what it left
+        os.killpg(proc.pid, signal.SIGINT)
+        hit = time.monotonic()
+    _, stderr = proc.communicate(timeout=180)
+    if stopped == "by Ctrl-C":
+        assert time.monotonic() - hit < 8  # the drain (10 s) cut short
+    assert proc.returncode == 5, stderr
     (span,) = logged(env)  # in the ledger, not only in a journal for the next start to find
     assert (span["status"], span["department"]) == ("client_abort", "sales")
     assert span["output_tokens"] > 0
     tokens = f"{span['input_tokens']} in / {span['output_tokens']} out tokens"
-    assert f"ometer: 1 call(s) metered for default/sales: {tokens}" in done.stderr
-    assert done.stderr.rstrip().endswith("1 failed"), done.stderr
+    assert f"ometer: 1 call(s) metered for default/sales: {tokens}" in stderr
+    assert stderr.rstrip().endswith("1 failed"), stderr
     assert outcome.read_text() == STOPPED
+    # Why ometer has not ended with its program, and how to end it now.
+    waited = "the program exited; 1 call(s) it left running have up to 10 s to finish"
+    assert f"ometer: {waited} (Ctrl-C stops them now)" in stderr
+
+
+def test_the_run_gateways_own_pages_are_no_one_elses_window_on_the_ledger(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """``ometer run``'s gateway listens on loopback with no key and no token, for its program:
+    every local user could read every tenant's spend from its ``/api/dash``, ``/dashboard``
+    and ``/metrics`` (a ledger they may not open themselves) while the program ran. Its
+    program never needs them: they are refused, saying where the figures are; its calls and
+    Ollama's own routes are served as before."""
+    from ollama_meter.cli import run
+
+    options = run.gateway_options(user="dora", origins="")
+    gw = app_on(emulator.url, sqlite_url, **dataclasses.asdict(options))
+    gw.client.base_url = "http://localhost"  # type: ignore[assignment]  # it takes loopback only
+    gw.client.post("/api/chat", json={"model": "llama3.1:8b", "messages": LONG, "stream": False})
+    for page in ("/api/dash", "/dashboard", "/metrics", "/api/dash?token=x"):
+        answer = gw.client.get(page)
+        assert answer.status_code == 403, page
+        assert "ometer report" in answer.text and "default" not in answer.text
+    assert gw.client.get("/api/tags").status_code == 200
+    assert gw.client.get("/healthz").status_code == 200
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.user) == ("ok", "dora")

@@ -1,0 +1,280 @@
+"""``ometer run``: a program run with OLLAMA_HOST pointed at a short-lived gateway, as a shell
+runs a foreground job (its signals, its exit status), and what that gateway metered."""
+
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
+
+import typer
+
+from ollama_meter._runtime import serving
+from ollama_meter.cli._common import (
+    DbOption,
+    DeptOption,
+    OriginsOption,
+    TenantOption,
+    money,
+    settings,
+)
+from ollama_meter.cli._console import err
+from ollama_meter.errors import ValidationError
+from ollama_meter.records import Source, SpanRecord, Status
+
+if TYPE_CHECKING:
+    from ollama_meter.gateway import GatewayOptions, GatewayServer
+
+
+class _Tally:
+    """What ``ometer run``'s gateway metered, counted as its spans end (a span observer)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls = self.failed = self.tokens_in = self.tokens_out = 0
+        self.cost: dict[str, int] = {}
+
+    def on_start(self, span: SpanRecord) -> None:
+        pass
+
+    def on_end(self, span: SpanRecord) -> None:
+        with self._lock:
+            self.calls += 1
+            self.failed += span.status != Status.OK
+            self.tokens_in += span.input_tokens
+            self.tokens_out += span.output_tokens
+            self.cost[span.currency] = self.cost.get(span.currency, 0) + span.cost_total
+
+    def summary(self, default: str, currency: str) -> str:
+        with self._lock:
+            spent = " + ".join(money(micros, currency) for currency, micros in self.cost.items())
+            return (
+                f"{self.calls} call(s) metered for {default}: {self.tokens_in} in / "
+                f"{self.tokens_out} out tokens, {spent or money(0, currency)}, {self.failed} failed"
+            )
+
+
+def run(
+    command: Annotated[list[str], typer.Argument(help="The program to run, after --.")],
+    dept: DeptOption = None,
+    tenant: TenantOption = None,
+    user: Annotated[
+        str | None, typer.Option("--user", "-u", help="User to attribute the calls to.")
+    ] = None,
+    origins: OriginsOption = "",
+    db: DbOption = None,
+) -> None:
+    """Run a program with OLLAMA_HOST pointed at a short-lived gateway: legacy scripts, metered."""
+    from ollama_meter.gateway import (
+        GatewayServer,
+        create_app,
+        listening_socket,
+        server_config,
+    )
+    from ollama_meter.meter import Attribution, Meter
+
+    cfg = settings(db_url=db, tenant=tenant, department=dept)
+    who = Attribution(tenant=cfg.tenant, department=cfg.department, user=user)
+    options = gateway_options(user, origins)
+    tally = _Tally()
+    meter = Meter.from_settings(cfg, source=Source.GATEWAY, observers=[tally])
+    sock = listening_socket("127.0.0.1", 0)  # bound here: no other program can take the port
+    port = int(sock.getsockname()[1])
+    app = create_app(cfg, options, meter=meter)
+    server = GatewayServer(server_config(app, host="127.0.0.1", port=port))
+    serving()
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise ValidationError(f"could not start the gateway on port {port}")
+        time.sleep(0.01)
+    gateway = f"http://127.0.0.1:{port}"
+    env = program_environment(os.environ, [spec.url for spec in cfg.upstream_specs], gateway)
+    try:
+        code = _foreground(command, env)
+    finally:
+        # Calls the program left running (work it put in the background) are drained as
+        # `ometer serve` drains them on SIGTERM: each finishes, or is stopped with a clear
+        # last answer when the drain ends, and its span is written before ometer exits.
+        # A bound here cut them with no answer, their spans only in the journal.
+        server.should_exit = True
+        _drained(server, thread)
+    err.print(f"ometer: {tally.summary(f'{who.tenant}/{who.department}', cfg.currency)}")
+    sys.exit(code)
+
+
+def program_environment(
+    environ: Mapping[str, str], upstreams: Sequence[str], gateway: str
+) -> dict[str, str]:
+    """The program's environment: ``OLLAMA_HOST`` and ``OPENAI_BASE_URL`` at the gateway, and
+    every other variable that names an Ollama the gateway relays to (``OPENAI_API_BASE``,
+    LiteLLM's ``OLLAMA_API_BASE``, an app's own) pointed there too, in the form it had (a
+    URL, or ``host:port``) and with its path: else the program reached Ollama unmetered."""
+    env = dict(environ)
+    for name, value in environ.items():
+        if (pointed := _repointed(value, upstreams, gateway)) is not None:
+            env[name] = pointed
+    env.update(OLLAMA_HOST=gateway, OPENAI_BASE_URL=f"{gateway}/v1")
+    return env
+
+
+_THIS_MACHINE = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
+
+
+def _where(url: str) -> tuple[str, str, int, str] | None:
+    """Scheme, host (this machine's by one name), port and path of a URL or ``host:port``
+    (with a port: a bare word is no address); None for what is neither, or carries a login."""
+    schemed = "://" in url
+    try:
+        parts = urlsplit(url if schemed else f"http://{url}")
+        port = parts.port
+    except ValueError:
+        return None
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host or "@" in parts.netloc:
+        return None
+    if port is None and not schemed:
+        return None
+    port = port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, "localhost" if host in _THIS_MACHINE else host, port, parts.path
+
+
+def _repointed(value: str, upstreams: Sequence[str], gateway: str) -> str | None:
+    """``value`` pointed at ``gateway`` if it names one of ``upstreams``; else None."""
+    if not value or any(c.isspace() for c in value) or (here := _where(value)) is None:
+        return None
+    for upstream in upstreams:
+        there = _where(upstream)
+        if there is None or here[:3] != there[:3]:
+            continue
+        base = there[3].rstrip("/")
+        if here[3] == base or here[3].startswith(f"{base}/"):
+            rest = here[3][len(base) :] + (f"?{value.split('?', 1)[1]}" if "?" in value else "")
+            return (gateway if "://" in value else gateway.split("://", 1)[1]) + rest
+    return None
+
+
+def gateway_options(user: str | None, origins: str) -> "GatewayOptions":
+    """How ``ometer run``'s gateway answers: on loopback, with no key, for its program alone.
+
+    Its own pages are refused: any local user could otherwise read every tenant's spend
+    from them (a ledger they may not open themselves) while the program runs.
+    ``origins`` as ``ometer serve``'s: a malformed entry is an error before the program runs.
+    """
+    from ollama_meter.gateway import GatewayOptions
+
+    return GatewayOptions(
+        default_user=user, loopback=True, origins=tuple(origins.split(",")), own_pages=False
+    )
+
+
+def _drained(server: "GatewayServer", thread: threading.Thread) -> None:
+    """Wait for the gateway to stop. A Ctrl-C, SIGTERM or SIGHUP meanwhile ends its drain
+    there and then (each call stopped with a clear last answer, its span written): it ended
+    ometer under them, each call cut with no answer and its span left in the journal."""
+
+    def cut(_sig: int, _frame: object) -> None:
+        server.cut_drain()
+
+    taken = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {
+        sig: signal.signal(sig, cut) for sig in taken if signal.getsignal(sig) != signal.SIG_IGN
+    }
+    try:
+        if running := len(server.server_state.tasks):  # each leaves the set as it ends
+            err.print(
+                f"ometer: the program exited; {running} call(s) it left running have up to "
+                f"{server.drain_s:g} s to finish (Ctrl-C stops them now)"
+            )
+        thread.join()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _nothing(_sig: int, _frame: object) -> None:
+    """A signal handler that does nothing."""
+
+
+def _foreground(command: list[str], env: dict[str, str]) -> int:
+    """Run ``command`` as a shell runs a foreground job; its exit status, as a shell gives it.
+
+    Ctrl-C reaches the program from the terminal (the whole group gets it), so here it is
+    ignored: the program decides what it means, and its gateway meters what it still does.
+    A SIGTERM or SIGHUP sent to ``ometer`` is passed on (as ``timeout`` passes them): a hang-up
+    killed ometer and its gateway, and what the program did after it went unmetered. A program
+    a signal ended gives 128 + it.
+    """
+    program: subprocess.Popen[bytes] | None = None
+    early: list[int] = []  # signals that came while the program was being started
+
+    def pass_on(sig: int, _frame: object) -> None:
+        if program is None:
+            early.append(sig)
+        else:
+            program.send_signal(sig)
+
+    # In place before the program starts: a SIGTERM in between ended ometer alone and left
+    # the program running, unmetered. Ctrl-C gets a handler that does nothing, not SIG_IGN,
+    # which the program would inherit (unless ometer has it so: a shell's background job).
+    # A hang-up ometer ignores (nohup) is left ignored for the program to inherit.
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    before = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else _nothing),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, pass_on),
+    }
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        before[signal.SIGHUP] = signal.signal(signal.SIGHUP, pass_on)
+    try:
+        program = _started(command, env)
+        for sig in early:
+            program.send_signal(sig)
+        code = program.wait()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
+
+
+def _started(command: list[str], env: dict[str, str]) -> "subprocess.Popen[bytes]":
+    """``command`` started as a shell starts it: an executable text file with no ``#!`` line
+    (a legacy shell script) is run by ``/bin/sh``, as POSIX ``execvp`` (and so ``nice``,
+    ``env``, ``timeout``) runs it; Python alone refused it (Exec format error)."""
+    try:
+        try:
+            return subprocess.Popen(command, env=env)
+        except OSError as exc:
+            script = _shell_script(command[0], env) if exc.errno == errno.ENOEXEC else None
+            if script is None:
+                raise
+            return subprocess.Popen(["/bin/sh", script, *command[1:]], env=env)
+    except FileNotFoundError:
+        raise _not_run(f"no such program: {command[0]}", 127) from None
+    except OSError as exc:  # not executable, a directory, ...
+        raise _not_run(f"cannot run {command[0]}: {exc.strerror or exc}", 126) from None
+
+
+def _shell_script(program: str, env: dict[str, str]) -> str | None:
+    """The file ``program`` names (on PATH when it has no slash), if its first line holds
+    no NUL byte: text for a shell, not a binary of another machine (as bash decides)."""
+    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None:
+        return None
+    with open(found, "rb") as file:
+        head = file.read(80)
+    return None if b"\0" in head.split(b"\n", 1)[0] else found
+
+
+def _not_run(message: str, status: int) -> ValidationError:
+    """The error for a program that could not be started, with the status a shell gives
+    it (127: not found, 126: found but not runnable), so scripts tell it from the program's."""
+    error = ValidationError(message)
+    error.exit_code = status
+    return error
