@@ -8,7 +8,7 @@ delivery live in :mod:`ollama_meter.budgets`; the ledger stores these records.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, TypeAlias
@@ -111,6 +111,24 @@ def never_reached(budget: Budget, under: Budget) -> bool:
         and under.department in (None, budget.department)
         and budget.limit >= MOST_SPANNED[budget.period, under.period] * under.limit
     )
+
+
+def unreached_notes(budgets: Sequence[Budget], saved: Collection[int | None]) -> list[str]:
+    """Why each of ``budgets`` that can never reach its limit (:func:`never_reached`) binds no
+    call, where it or the cap refusing first is one of ``saved`` (ids): what `budget set` and
+    ``DEPARTMENT_BUDGETS`` say of the budgets they just saved. Both are kept, as set: the other
+    may be changed next."""
+
+    def named(budget: Budget) -> str:
+        limit = f"{format_micros(budget.limit)} {budget.currency}"
+        return f"budget {budget.id} ({budget.scope()} {PERIOD_ADVERB[budget.period]} {limit})"
+
+    return [
+        f"{named(budget)} can never reach its limit: hard {named(under)} refuses calls first"
+        for budget in budgets
+        for under in budgets
+        if (budget.id in saved or under.id in saved) and never_reached(budget, under)
+    ]
 
 
 def parse_thresholds(text: str) -> tuple[int, ...]:

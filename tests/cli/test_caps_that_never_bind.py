@@ -64,6 +64,25 @@ def test_a_cap_set_later_that_outranks_one_already_there_names_it(cli, db: str) 
     ]
 
 
+def test_department_budgets_that_can_never_bind_are_said_once(  # type: ignore[no-untyped-def]
+    cli, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``DEPARTMENT_BUDGETS`` seeded the same two caps as `budget set` and said nothing: the
+    seeding says the same note (through the log, as the gateway seeds them too), once, when
+    the budgets it brings in change."""
+    monkeypatch.setenv("DEPARTMENT_BUDGETS", '{"sales": {"daily": 200, "monthly": 100}}')
+    done = cli("budget", "list", "--json")
+    assert done.code == 0
+    assert done.stderr == (
+        "WARNING ollama_meter.meter: note: budget 1 (*/sales daily 200.000000 USD) can never "
+        "reach its limit: hard budget 2 (*/sales monthly 100.000000 USD) refuses calls first "
+        "(DEPARTMENT_BUDGETS)\n"
+    )
+    assert cli("budget", "list", "--json").stderr == ""  # unchanged: nothing new to say
+    monkeypatch.setenv("DEPARTMENT_BUDGETS", '{"sales": {"daily": 50, "monthly": 100}}')
+    assert cli("budget", "list", "--json").stderr == ""
+
+
 @pytest.mark.parametrize(
     "args",
     [
