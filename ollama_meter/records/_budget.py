@@ -102,7 +102,17 @@ def never_reached(budget: Budget, under: Budget) -> bool:
     """Whether ``budget``'s limit can never be reached because ``under``, a hard cap on spend
     that includes all of ``budget``'s (its scope or a wider one, in the same currency), refuses
     calls first: in any of ``budget``'s periods, the spend is at most ``under``'s limit times the
-    periods of ``under`` it overlaps. ``budget`` then binds no call (its lower alerts may fire)."""
+    periods of ``under`` it overlaps. ``budget`` then binds no call (its lower alerts may fire).
+
+    Two such caps on the same spend (one scope, period and limit, from two sources) each
+    refuse as soon as the other, so either alone would bind: only the later one (by id, then
+    source) is said never to, not both because of each other."""
+    if not _capped_below(budget, under):
+        return False
+    return not _capped_below(under, budget) or _order(budget) > _order(under)
+
+
+def _capped_below(budget: Budget, under: Budget) -> bool:
     return (
         under.hard
         and under != budget
@@ -111,6 +121,11 @@ def never_reached(budget: Budget, under: Budget) -> bool:
         and under.department in (None, budget.department)
         and budget.limit >= MOST_SPANNED[budget.period, under.period] * under.limit
     )
+
+
+def _order(budget: Budget) -> tuple[bool, int, str, tuple[int, ...], bool]:
+    """Which of two caps on the same spend came later: a saved one's id, else what differs."""
+    return (budget.id is None, budget.id or 0, budget.source, budget.thresholds, budget.hard)
 
 
 def unreached_notes(budgets: Sequence[Budget], saved: Collection[int | None]) -> list[str]:
