@@ -315,7 +315,7 @@ def absolute_sqlite(value: str) -> str | None:
     url = make_url(value)
     if url.get_backend_name() != "sqlite" or url.database is None:
         return None
-    if Path(url.database).is_absolute():
+    if Path(url.database).expanduser().is_absolute():  # '~/x.db' is the home folder's, as opened
         return None
     absolute = str(Path.cwd() / url.database)  # './x.db' is x.db; '..' is left as given
     return f"{url.drivername}:///{absolute.replace('%', '%25').replace('?', '%3F')}"

@@ -55,8 +55,12 @@ def test_a_relative_url_is_the_working_folders_file_and_said(
 
 
 def test_an_absolute_url_says_nothing(cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "ledger.db").touch()
     done = cli("db", "path", "--db", f"sqlite:///{tmp_path / 'ledger.db'}")
     assert (done.code, done.stderr) == (0, "")
+    (tmp_path / "home" / "ledger.db").touch()
+    done = cli("db", "path", "--db", "sqlite:///~/ledger.db")  # the home folder's, as opened
+    assert (done.code, done.stdout, done.stderr) == (0, f"{tmp_path / 'home' / 'ledger.db'}\n", "")
 
 
 def test_the_file_is_fixed_when_the_settings_are_read(
