@@ -24,7 +24,7 @@ GATEWAY_ENV = frozenset({
 """Variables ``ometer serve`` reads for its own options, beside the settings."""
 TEST_ENV = "OMETER_TEST_"
 """The prefix of the test suite's own variables (``OMETER_TEST_PG_URL``, ...): never settings."""
-_warned: set[str | tuple[str, str, str]] = set()
+_warned: set[str] = set()
 
 
 def warn_unknown(
@@ -50,27 +50,6 @@ def warn_unknown(
             "export it or give its flag",
             name,
         )
-
-
-def warn_relative(where: str, given: str, absolute: str) -> None:
-    """Say, once a process, that ``where`` (``OMETER_DB_URL`` or ``--db``) names a SQLite file
-    relative to the working folder, which file that is here, and the URL that names it from
-    anywhere: a gateway started in /srv and a cron job run in the home folder each had a
-    ledger of their own, each silently missing the other's calls."""
-    if (where, given, absolute) in _warned:
-        return
-    _warned.add((where, given, absolute))
-    from sqlalchemy.engine import make_url
-
-    logging.getLogger("ollama_meter.config").warning(
-        "%s %r is relative to the working folder: here it is the ledger %s, and a command run "
-        "from another folder (cron runs in the home folder) reads and writes another; give it "
-        "absolute: %s",
-        where,
-        given,
-        make_url(absolute).database,
-        absolute,
-    )
 
 
 def check_env_file(path: Path) -> list[str]:

@@ -319,3 +319,29 @@ def absolute_sqlite(value: str) -> str | None:
         return None
     absolute = str(Path.cwd() / url.database)  # './x.db' is x.db; '..' is left as given
     return f"{url.drivername}:///{absolute.replace('%', '%25').replace('?', '%3F')}"
+
+
+_said_relative: set[tuple[str, str, str]] = set()
+
+
+def warn_relative(where: str, given: str, absolute: str) -> None:
+    """Say, once a process, that ``where`` (``OMETER_DB_URL`` or ``--db``) named a SQLite file
+    relative to the working folder, which file that is here, and the URL that names it from
+    anywhere: a gateway started in /srv and a cron job run in the home folder each had a
+    ledger of their own, each silently missing the other's calls."""
+    import logging
+
+    from sqlalchemy.engine import make_url
+
+    if (where, given, absolute) in _said_relative:
+        return
+    _said_relative.add((where, given, absolute))
+    logging.getLogger("ollama_meter.config").warning(
+        "%s %r is relative to the working folder: here it is the ledger %s, and a command run "
+        "from another folder (cron runs in the home folder) reads and writes another; give it "
+        "absolute: %s",
+        where,
+        given,
+        make_url(absolute).database,
+        absolute,
+    )

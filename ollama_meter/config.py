@@ -37,7 +37,6 @@ from ollama_meter._environment import (
     sdk_disabled,
     service_name,
     traces_sampler,
-    warn_relative,
     warn_unknown,
 )
 from ollama_meter._names import name_problem, system_timezone, zone_problem
@@ -53,6 +52,7 @@ from ollama_meter._urls import (
     http_url,
     normalize_host,
     parse_upstreams,
+    warn_relative,
 )
 from ollama_meter.errors import ConfigError
 from ollama_meter.records._limit import MAX_QUEUE, MAX_SLOTS

@@ -34,24 +34,15 @@ def test_a_relative_url_is_the_working_folders_file_and_said(
         monkeypatch.chdir(tmp_path / folder)
         monkeypatch.setenv("OMETER_DB_URL", f"sqlite:///{given}")
         absolute = tmp_path / folder / "ledger.db"
-        done = cli("db", "path")
-        assert (done.code, done.stdout) == (0, f"{absolute}\n")
-        assert done.stderr == WARNING.format(where="OMETER_DB_URL", given=given, absolute=absolute)
-        monkeypatch.delenv("OMETER_DB_URL")
         done = cli(
-            "budget",
-            "set",
-            "sales",
-            "--tenant",
-            "acme",
-            "--monthly",
-            "5",
-            "--db",
-            f"sqlite:///{given}",
+            "budget", "set", "sales", "-t", "acme", "--monthly", "5", "--db", f"sqlite:///{given}"
         )
         assert done.code == 0
         assert done.stderr == WARNING.format(where="--db", given=given, absolute=absolute)
         assert absolute.is_file()
+        done = cli("db", "path")
+        assert (done.code, done.stdout) == (0, f"{absolute}\n")
+        assert done.stderr == WARNING.format(where="OMETER_DB_URL", given=given, absolute=absolute)
 
 
 def test_an_absolute_url_says_nothing(cli: Any, tmp_path: Path) -> None:
