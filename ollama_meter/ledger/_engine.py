@@ -317,13 +317,10 @@ def _data_dir() -> Path | None:
         return None
 
 
-def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engine:
-    """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder.
-
-    ``wait`` bounds how long a statement waits for another writer's lock (SQLite's busy
-    timeout, PostgreSQL's ``lock_timeout``), for one of the pool's connections, and for
-    a PostgreSQL server to answer (connecting, and each round trip: see ``_deadline``).
-    """
+def checked_url(url: str | URL) -> tuple[URL, Path | None]:
+    """``url`` parsed, and the SQLite file it names (None for a server), once it is checked as
+    a ledger's: SQLite or PostgreSQL, a file that is no device nor pipe. Makes nothing:
+    :class:`LedgerError` saying what is wrong."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -347,6 +344,17 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
             f"{path} is a device or pipe, not a ledger file: give a file's path, e.g. "
             "sqlite:////var/lib/ometer/ledger.db"
         )
+    return parsed, path
+
+
+def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engine:
+    """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder.
+
+    ``wait`` bounds how long a statement waits for another writer's lock (SQLite's busy
+    timeout, PostgreSQL's ``lock_timeout``), for one of the pool's connections, and for
+    a PostgreSQL server to answer (connecting, and each round trip: see ``_deadline``).
+    """
+    parsed, path = checked_url(url)
     if path is not None and not path.parent.is_dir():
         try:
             make_folder(path.parent)
