@@ -121,20 +121,19 @@ def file_id(path: Path) -> tuple[int, int] | None:
 
 
 def make_private(path: Path) -> None:
-    """Make the ledger file at ``path`` if there is none, for its owner (and its group where the
-    umask lets the group write: a team folder's umask 002, a WAL ledger being shared by writing
-    it), never for every user of the machine; SQLite made it 0644 under the usual umask 022,
-    and it holds everyone's spend and, with content capture on, every prompt and reply.
-    Its ``-wal`` and ``-shm`` files take its mode from SQLite. A file that is there, or one
-    that cannot be made here, is left to SQLite as it was (it says what is wrong)."""
+    """Make the ledger file at ``path`` if there is none, for its owner and its group as far as
+    the umask lets it (0660 under a team folder's 002, 0640 under 027 or 022, 0600 under 077),
+    never for every user of the machine: SQLite made it 0644 under the usual umask 022, and it
+    holds everyone's spend and, with content capture on, every prompt and reply. (It was 0600
+    whenever the group could not write: an admin of the group, which 027 lets read, could
+    not.) Its ``-wal`` and ``-shm`` files take its mode from SQLite. A file that is there, or
+    one that cannot be made here, is left to SQLite as it was (it says what is wrong)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o660)
     except OSError:
         return
     try:
         give_to_folder(fd, path.parent)
-        if not os.fstat(fd).st_mode & stat.S_IWGRP:  # the umask keeps the group from writing
-            os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
 
