@@ -270,3 +270,78 @@ def hide_password(url: str) -> str:
     """A database URL without its password (``scheme://user:password@``, to the last ``@``:
     a password may hold one; ``?password=`` and ``?sslpassword=``), for an error to show."""
     return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
+
+
+def database_url(value: str) -> str:
+    """``OMETER_DB_URL`` (or ``--db``) checked: a URL SQLAlchemy reads, a SQLite one naming a
+    file, a server's in UTF-8; ValueError saying which and what to give."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from ollama_meter._paths import sqlite_url_problem
+
+    said = repr(hide_password(value))  # an error reaches logs too
+    try:
+        url = make_url(value)
+        port_ok = url.port is None or 0 < url.port < 65536
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
+        port_ok = False
+    if not port_ok:
+        raise ValueError(
+            f"{said} is not a database URL; expected e.g. sqlite:////path/ledger.db "
+            "or postgresql+psycopg://user:pass@host:5432/db"
+        )
+    if problem := sqlite_url_problem(url.get_backend_name(), url.database, bool(url.query)):
+        raise ValueError(f"{said} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db")
+    if url.get_backend_name() != "sqlite" and any("\udc80" <= c <= "\udcff" for c in value):
+        # Bytes that are not UTF-8 (a Latin-1 shell) arrive as lone surrogates: a file's
+        # name may hold them, a server's address, user, password or database cannot.
+        raise ValueError(
+            f"{said} is not UTF-8 text; write the URL in UTF-8 (a character that is "
+            "not ASCII in a user name or password percent-encoded, e.g. %C3%A9 for é)"
+        )
+    return value
+
+
+def absolute_sqlite(value: str) -> str | None:
+    """A checked database URL naming a SQLite file relative to the working folder, with that
+    folder's path put in front; None for any other URL. Written as the text it came as, the
+    folder's ``%`` and ``?`` escaped (SQLAlchemy reads ``%xx`` and a query in a path), so
+    the URL names the very file, whatever bytes its name holds."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(value)
+    if url.get_backend_name() != "sqlite" or url.database is None:
+        return None
+    if Path(url.database).expanduser().is_absolute():  # '~/x.db' is the home folder's, as opened
+        return None
+    absolute = str(Path.cwd() / url.database)  # './x.db' is x.db; '..' is left as given
+    return f"{url.drivername}:///{absolute.replace('%', '%25').replace('?', '%3F')}"
+
+
+_said_relative: set[tuple[str, str, str]] = set()
+
+
+def warn_relative(where: str, given: str, absolute: str) -> None:
+    """Say, once a process, that ``where`` (``OMETER_DB_URL`` or ``--db``) named a SQLite file
+    relative to the working folder, which file that is here, and the URL that names it from
+    anywhere: a gateway started in /srv and a cron job run in the home folder each had a
+    ledger of their own, each silently missing the other's calls."""
+    import logging
+
+    from sqlalchemy.engine import make_url
+
+    if (where, given, absolute) in _said_relative:
+        return
+    _said_relative.add((where, given, absolute))
+    logging.getLogger("ollama_meter.config").warning(
+        "%s %r is relative to the working folder: here it is the ledger %s, and a command run "
+        "from another folder (cron runs in the home folder) reads and writes another; give it "
+        "absolute: %s",
+        where,
+        given,
+        make_url(absolute).database,
+        absolute,
+    )

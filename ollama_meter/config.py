@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ollama_meter._environment import (
@@ -32,17 +40,19 @@ from ollama_meter._environment import (
     warn_unknown,
 )
 from ollama_meter._names import name_problem, system_timezone, zone_problem
-from ollama_meter._paths import default_data_dir, resolved, sqlite_url_problem
+from ollama_meter._paths import default_data_dir, resolved
 from ollama_meter._said import Float, Int, Seconds
 from ollama_meter._urls import (
     UpstreamSpec,
+    absolute_sqlite,
     credential_problem,
+    database_url,
     email_addresses,
-    hide_password,
     host_name,
     http_url,
     normalize_host,
     parse_upstreams,
+    warn_relative,
 )
 from ollama_meter.errors import ConfigError
 from ollama_meter.records._limit import MAX_QUEUE, MAX_SLOTS
@@ -69,6 +79,8 @@ class Settings(BaseSettings):
 
     ollama_host: Annotated[str, Field(validation_alias="OLLAMA_HOST")] = DEFAULT_OLLAMA_HOST
     db_url: Annotated[str | None, Field(validation_alias="OMETER_DB_URL")] = None
+    _relative_db_url: str | None = PrivateAttr(None)
+    """``db_url`` as given, when it named a SQLite file relative to the working folder."""
     tenant: Annotated[str, Field(validation_alias="OMETER_TENANT")] = "default"
     department: Annotated[str, Field(validation_alias="OMETER_DEPARTMENT")] = "unassigned"
     currency: Annotated[str, Field(validation_alias="OMETER_CURRENCY")] = "USD"
@@ -197,34 +209,15 @@ class Settings(BaseSettings):
     @field_validator("db_url")
     @classmethod
     def _db_url(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
+        return database_url(value.strip()) if value is not None and value.strip() else None
 
-        said = repr(hide_password(value.strip()))  # an error reaches logs too
-        try:
-            url = make_url(value.strip())
-            port_ok = url.port is None or 0 < url.port < 65536
-        except (ArgumentError, ValueError):  # ValueError: a port that is no number
-            port_ok = False
-        if not port_ok:
-            raise ValueError(
-                f"{said} is not a database URL; expected e.g. sqlite:////path/ledger.db "
-                "or postgresql+psycopg://user:pass@host:5432/db"
-            )
-        if problem := sqlite_url_problem(url.get_backend_name(), url.database, bool(url.query)):
-            raise ValueError(
-                f"{said} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
-            )
-        if url.get_backend_name() != "sqlite" and any("\udc80" <= c <= "\udcff" for c in value):
-            # Bytes that are not UTF-8 (a Latin-1 shell) arrive as lone surrogates: a file's
-            # name may hold them, a server's address, user, password or database cannot.
-            raise ValueError(
-                f"{said} is not UTF-8 text; write the URL in UTF-8 (a character that is "
-                "not ASCII in a user name or password percent-encoded, e.g. %C3%A9 for é)"
-            )
-        return value.strip()
+    @model_validator(mode="after")
+    def _absolute_ledger(self) -> "Settings":
+        """A SQLite file named relative to the working folder is that folder's, read once: a
+        process that changes folder later keeps its ledger (``load_settings`` says which)."""
+        if self.db_url and (absolute := absolute_sqlite(self.db_url)):
+            self._relative_db_url, self.__dict__["db_url"] = self.db_url, absolute
+        return self
 
     @field_validator("department_budgets")
     @classmethod
@@ -443,5 +436,14 @@ def load_settings(
     if loaded.telemetry_configured:
         check_sdk_environment(os.environ, loaded)
     if warn:
-        warn_unknown(os.environ, in_file, known_env_names())
+        doubts(loaded, in_file, db_flag=(flags or {}).get("db_url") if "db_url" in given else None)
     return loaded
+
+
+def doubts(loaded: Settings, in_file: list[str], *, db_flag: str | None) -> None:
+    """Log, once a process, what the settings may not mean as meant: ``OMETER_`` names that
+    are no setting, and a SQLite ledger relative to the working folder (``db_flag``: the
+    flag it came from, else ``OMETER_DB_URL``)."""
+    warn_unknown(os.environ, in_file, known_env_names())
+    if loaded._relative_db_url and loaded.db_url:
+        warn_relative(db_flag or "OMETER_DB_URL", loaded._relative_db_url, loaded.db_url)

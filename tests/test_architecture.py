@@ -60,7 +60,7 @@ THIRD_PARTY_HOMES = {
     "rich": {"cli"},
     "starlette": {"gateway"},
     "uvicorn": {"gateway", "cli"},  # `ometer serve` runs the gateway's app
-    "sqlalchemy": {"ledger", "config"},  # config only parses the URL a setting gives
+    "sqlalchemy": {"ledger", "config", "_urls"},  # these two only parse the URL a setting gives
     "alembic": {"ledger"},
 }
 """Libraries only one part of the package may import (SQL only in the ledger)."""

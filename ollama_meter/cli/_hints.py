@@ -64,24 +64,12 @@ def note_unused_scope(ledger: Ledger, what: str, tenant: str, department: str | 
 def note_unreached_budgets(ledger: Ledger, saved: list[Budget]) -> None:
     """After ``budget set``: on stderr, each budget whose limit can never be reached because
     a hard one over the same spend (a daily cap above the monthly cap) refuses first, where
-    either is one just ``saved``. Both are kept, as set: the other may be changed next."""
-    from ollama_meter.cli._common import money
+    either is one just ``saved`` (:func:`~ollama_meter.records.unreached_notes`)."""
     from ollama_meter.cli._console import err
-    from ollama_meter.records import PERIOD_ADVERB, never_reached
+    from ollama_meter.records import unreached_notes
 
-    def named(budget: Budget) -> str:
-        limit = money(budget.limit, budget.currency)
-        return f"budget {budget.id} ({budget.scope()} {PERIOD_ADVERB[budget.period]} {limit})"
-
-    ids = {budget.id for budget in saved}
-    budgets = ledger.budgets()
-    for budget in budgets:
-        for under in budgets:
-            if ids & {budget.id, under.id} and never_reached(budget, under):
-                err.print(
-                    f"note: {named(budget)} can never reach its limit: hard {named(under)} "
-                    "refuses calls first"
-                )
+    for note in unreached_notes(ledger.budgets(), {budget.id for budget in saved}):
+        err.print(f"note: {note}")
 
 
 def note_uncounted_spend(ledger: Ledger, saved: list[Budget], cfg: Settings, now: datetime) -> None:

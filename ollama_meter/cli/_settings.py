@@ -10,7 +10,6 @@ read again: the environment or ``.env`` may have changed in between.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -51,8 +50,8 @@ def settings(*, warn: bool = True, **overrides: Any) -> Settings:
     """Settings with command-line overrides on top of the environment and ``.env``: read
     once in a run of a command, whose logging was set up from them (``warn``: say which
     ``OMETER_`` names are no setting, off only for that logging)."""
-    from ollama_meter._environment import check_env_file, warn_unknown
-    from ollama_meter.config import known_env_names, load_settings
+    from ollama_meter._environment import check_env_file
+    from ollama_meter.config import doubts, load_settings
 
     for field, value in overrides.items():
         # Given empty is given: '--db "$DB"' with DB unset must not quietly mean the default.
@@ -69,7 +68,8 @@ def settings(*, warn: bool = True, **overrides: Any) -> Settings:
     else:
         cfg, warned = kept
         if warn and not warned:
-            warn_unknown(os.environ, check_env_file(Path(".env")), known_env_names())
+            flag = FLAGS["db_url"] if overrides.get("db_url") is not None else None
+            doubts(cfg, check_env_file(Path(".env")), db_flag=flag)
     if run is not None:
         run[key] = (cfg, warn or (kept is not None and kept[1]))
     return cfg

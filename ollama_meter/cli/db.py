@@ -52,10 +52,15 @@ def upgrade_command(db: DbOption = None) -> None:
 @app.command("path")
 def path_command(db: DbOption = None) -> None:
     """Print the ledger's location: the SQLite file, or the database URL without its password."""
-    from ollama_meter.ledger import open_ledger
+    from ollama_meter.ledger import ledger_place
 
-    cfg = settings(db_url=db)
-    out.print(named(open_ledger(cfg.ledger_url, migrate=False).display_url))
+    place, there = ledger_place(settings(db_url=db).ledger_url)  # opening it makes its folder
+    out.print(named(place))
+    if not there:
+        err.print(
+            "note: there is no ledger there yet: the first metered call, or `ometer db upgrade`, "
+            "makes it"
+        )
 
 
 @app.command("rollup")

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ollama_meter.ledger._backup import (
         backup as backup,
         ledger_file as ledger_file,
+        ledger_place as ledger_place,
         pg_dump_command as pg_dump_command,
     )
     from ollama_meter.ledger._cells import COLD_LOAD_NS as COLD_LOAD_NS, Metric as Metric
@@ -73,7 +74,7 @@ _NAMES = {
     "._spans": "RulesChanged SpanFilter page_after update_costs",
     "._timings": "HistogramResult",
     "._types": "from_us to_us",
-    "._backup": "backup ledger_file pg_dump_command",
+    "._backup": "backup ledger_file ledger_place pg_dump_command",
     "._upkeep": "PruneResult prune",
     "ollama_meter.records": "GROUPS",
 }

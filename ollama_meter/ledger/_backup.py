@@ -190,6 +190,19 @@ def ledger_file(url: str) -> Path | None:
     return sqlite_path(make_url(url))
 
 
+def ledger_place(url: str) -> tuple[str, bool]:
+    """Where the ledger ``url`` names is, as ometer names it (its SQLite file, or the URL
+    without its password), and whether a SQLite file is there (always True for a server):
+    from the URL alone, checked as opening it checks it, making nothing."""
+    from ollama_meter._urls import hide_password
+    from ollama_meter.ledger._engine import checked_url
+
+    parsed, path = checked_url(url)
+    if path is None:
+        return hide_password(parsed.render_as_string()), True
+    return str(path), path.exists()
+
+
 def _discard_copy(partial: Path) -> None:
     """The temp copy and the rollback journal SQLite keeps beside it while it writes (a copy
     stopped half way, on a full disk say, leaves it there)."""

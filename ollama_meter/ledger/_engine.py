@@ -121,20 +121,19 @@ def file_id(path: Path) -> tuple[int, int] | None:
 
 
 def make_private(path: Path) -> None:
-    """Make the ledger file at ``path`` if there is none, for its owner (and its group where the
-    umask lets the group write: a team folder's umask 002, a WAL ledger being shared by writing
-    it), never for every user of the machine; SQLite made it 0644 under the usual umask 022,
-    and it holds everyone's spend and, with content capture on, every prompt and reply.
-    Its ``-wal`` and ``-shm`` files take its mode from SQLite. A file that is there, or one
-    that cannot be made here, is left to SQLite as it was (it says what is wrong)."""
+    """Make the ledger file at ``path`` if there is none, for its owner and its group as far as
+    the umask lets it (0660 under a team folder's 002, 0640 under 027 or 022, 0600 under 077),
+    never for every user of the machine: SQLite made it 0644 under the usual umask 022, and it
+    holds everyone's spend and, with content capture on, every prompt and reply. (It was 0600
+    whenever the group could not write: an admin of the group, which 027 lets read, could
+    not.) Its ``-wal`` and ``-shm`` files take its mode from SQLite. A file that is there, or
+    one that cannot be made here, is left to SQLite as it was (it says what is wrong)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o660)
     except OSError:
         return
     try:
         give_to_folder(fd, path.parent)
-        if not os.fstat(fd).st_mode & stat.S_IWGRP:  # the umask keeps the group from writing
-            os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
 
@@ -317,13 +316,10 @@ def _data_dir() -> Path | None:
         return None
 
 
-def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engine:
-    """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder.
-
-    ``wait`` bounds how long a statement waits for another writer's lock (SQLite's busy
-    timeout, PostgreSQL's ``lock_timeout``), for one of the pool's connections, and for
-    a PostgreSQL server to answer (connecting, and each round trip: see ``_deadline``).
-    """
+def checked_url(url: str | URL) -> tuple[URL, Path | None]:
+    """``url`` parsed, and the SQLite file it names (None for a server), once it is checked as
+    a ledger's: SQLite or PostgreSQL, a file that is no device nor pipe. Makes nothing:
+    :class:`LedgerError` saying what is wrong."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -347,6 +343,17 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
             f"{path} is a device or pipe, not a ledger file: give a file's path, e.g. "
             "sqlite:////var/lib/ometer/ledger.db"
         )
+    return parsed, path
+
+
+def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engine:
+    """An engine for ``url`` with the settings the ledger relies on; creates a SQLite file's folder.
+
+    ``wait`` bounds how long a statement waits for another writer's lock (SQLite's busy
+    timeout, PostgreSQL's ``lock_timeout``), for one of the pool's connections, and for
+    a PostgreSQL server to answer (connecting, and each round trip: see ``_deadline``).
+    """
+    parsed, path = checked_url(url)
     if path is not None and not path.parent.is_dir():
         try:
             make_folder(path.parent)

@@ -31,6 +31,7 @@ from ollama_meter.records import (
     Status,
     TokenSource,
     format_micros,
+    parse_currency,
 )
 
 
@@ -209,8 +210,6 @@ def _check_labels(d: _Line) -> None:
         raise ValueError(_not_one_of("token_source", d.token_source, TokenSource))
     if d.duration_source is not None and d.duration_source not in _DURATION_SOURCES:
         raise ValueError(_not_one_of("duration_source", d.duration_source, DurationSource))
-    if not _CURRENCY.fullmatch(d.currency):
-        raise ValueError(f"currency {_shown(d.currency)} is not a 3-letter code like USD")
 
 
 def _not_one_of(what: str, value: str, known: Iterable[str]) -> str:
@@ -361,6 +360,8 @@ def _unpriced_priced(total: int, rule: int | None) -> None:
 def _span(d: _Line) -> SpanRecord:
     if d.response_model is None and d.model is not None and d.model != d.request_model:
         d.response_model = d.model  # an export from before response_model was its own key
+    if not _CURRENCY.fullmatch(d.currency):  # 'usd' is USD, as rules and budgets take it
+        d.currency = parse_currency(d.currency)
     _check(d)
     started = _moment(d.started_at, "started_at")
     ended = None if d.ended_at is None else _moment(d.ended_at, "ended_at")

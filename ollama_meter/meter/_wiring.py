@@ -10,6 +10,7 @@ pieces as arguments. Heavy pieces are imported here, when they are built.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from ollama_meter.meter._meter import Clock, Meter, Transport
     from ollama_meter.meter._observers import SpanObserver
     from ollama_meter.pricing import PriceRule
+
+log = logging.getLogger("ollama_meter.meter")
 
 GATEWAY_LEASE_SHARE = 0.25
 """The share of a budget's room a long-running process leases at a time."""
@@ -132,12 +135,15 @@ def sync_pricing_file(ledger: Ledger, path: Path, *, default_currency: str) -> b
 
 def sync_env_budgets(ledger: Ledger, settings: Settings) -> None:
     """Bring ``DEPARTMENT_BUDGETS`` into the ledger when it is set (source ``env``)."""
-    from ollama_meter.records import parse_department_budgets
+    from ollama_meter.records import parse_department_budgets, unreached_notes
 
-    if settings.department_budgets:
-        ledger.sync_budgets(
-            "env", parse_department_budgets(settings.department_budgets, currency=settings.currency)
-        )
+    if not settings.department_budgets:
+        return
+    seeded = parse_department_budgets(settings.department_budgets, currency=settings.currency)
+    if ledger.sync_budgets("env", seeded):  # said once, when what it brings in changes
+        budgets = ledger.budgets()
+        for note in unreached_notes(budgets, {b.id for b in budgets if b.source == "env"}):
+            log.warning("note: %s (DEPARTMENT_BUDGETS)", note)
 
 
 def budget_gate(ledger: Ledger, settings: Settings, *, lease_share: float = 0.0) -> BudgetGate:

@@ -20,6 +20,7 @@ from ollama_meter.records._budget import (
     parse_department_budgets,
     parse_limit,
     parse_thresholds,
+    unreached_notes,
 )
 from ollama_meter.records._fields import record_from, values_of
 from ollama_meter.records._limit import Limit
@@ -138,5 +139,6 @@ __all__ = [
     "round_half_even",
     "storable_text",
     "to_micros",
+    "unreached_notes",
     "values_of",
 ]

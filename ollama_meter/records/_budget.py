@@ -8,7 +8,7 @@ delivery live in :mod:`ollama_meter.budgets`; the ledger stores these records.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, TypeAlias
@@ -102,7 +102,17 @@ def never_reached(budget: Budget, under: Budget) -> bool:
     """Whether ``budget``'s limit can never be reached because ``under``, a hard cap on spend
     that includes all of ``budget``'s (its scope or a wider one, in the same currency), refuses
     calls first: in any of ``budget``'s periods, the spend is at most ``under``'s limit times the
-    periods of ``under`` it overlaps. ``budget`` then binds no call (its lower alerts may fire)."""
+    periods of ``under`` it overlaps. ``budget`` then binds no call (its lower alerts may fire).
+
+    Two such caps on the same spend (one scope, period and limit, from two sources) each
+    refuse as soon as the other, so either alone would bind: only the later one (by id, then
+    source) is said never to, not both because of each other."""
+    if not _capped_below(budget, under):
+        return False
+    return not _capped_below(under, budget) or _order(budget) > _order(under)
+
+
+def _capped_below(budget: Budget, under: Budget) -> bool:
     return (
         under.hard
         and under != budget
@@ -111,6 +121,29 @@ def never_reached(budget: Budget, under: Budget) -> bool:
         and under.department in (None, budget.department)
         and budget.limit >= MOST_SPANNED[budget.period, under.period] * under.limit
     )
+
+
+def _order(budget: Budget) -> tuple[bool, int, str, tuple[int, ...], bool]:
+    """Which of two caps on the same spend came later: a saved one's id, else what differs."""
+    return (budget.id is None, budget.id or 0, budget.source, budget.thresholds, budget.hard)
+
+
+def unreached_notes(budgets: Sequence[Budget], saved: Collection[int | None]) -> list[str]:
+    """Why each of ``budgets`` that can never reach its limit (:func:`never_reached`) binds no
+    call, where it or the cap refusing first is one of ``saved`` (ids): what `budget set` and
+    ``DEPARTMENT_BUDGETS`` say of the budgets they just saved. Both are kept, as set: the other
+    may be changed next."""
+
+    def named(budget: Budget) -> str:
+        limit = f"{format_micros(budget.limit)} {budget.currency}"
+        return f"budget {budget.id} ({budget.scope()} {PERIOD_ADVERB[budget.period]} {limit})"
+
+    return [
+        f"{named(budget)} can never reach its limit: hard {named(under)} refuses calls first"
+        for budget in budgets
+        for under in budgets
+        if (budget.id in saved or under.id in saved) and never_reached(budget, under)
+    ]
 
 
 def parse_thresholds(text: str) -> tuple[int, ...]:

@@ -176,7 +176,7 @@ def parse_currency(text: object, *, what: str = "currency") -> str:
     stripped = text.strip() if isinstance(text, str) else ""
     code = stripped.upper() if stripped.isascii() else ""  # 'Aß'.upper() is 'ASS'
     if not _CURRENCY.fullmatch(code):
-        given = f"{what} {text!r}".strip()
+        given = f"{what} {_shown(repr(text))}".strip()  # a line of an import may be megabytes
         raise ValueError(f"{given} is not a 3-letter ISO 4217 code such as USD or EUR")
     return code
 

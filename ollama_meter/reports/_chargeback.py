@@ -20,7 +20,14 @@ from zoneinfo import ZoneInfo
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, SpanFilter, SpendSums
 from ollama_meter.periods import Window, parse_period
-from ollama_meter.records import MAX_AMOUNT, MICRO_PLACES, Micros, check_amount, minor_places
+from ollama_meter.records import (
+    MAX_AMOUNT,
+    MICRO_PLACES,
+    Micros,
+    check_amount,
+    minor_places,
+    parse_currency,
+)
 from ollama_meter.reports._allocation import allocate
 from ollama_meter.reports._choices import IDLE, IDLE_MODES
 from ollama_meter.reports._rows import CHARGEBACK_COLUMNS, ChargebackRow
@@ -96,6 +103,10 @@ def chargeback(
         raise ValidationError(
             f"--gpus {gpus} is not a number of GPUs in one host: give 1 to {MAX_GPUS:,}"
         )
+    try:  # 'usd' is USD, as every rule, budget and span has it: not a currency of its own
+        currency = parse_currency(currency)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
     window = parse_month(month, tz=tz, now=now)
     if now < window.start:  # a typo of the year, most likely: an empty bill said nothing of it
         raise ValidationError(

@@ -15,7 +15,7 @@ from datetime import date, timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ollama_meter.records import PERIODS, Budget, never_reached
+from ollama_meter.records import PERIODS, Budget, never_reached, unreached_notes
 from ollama_meter.records._budget import MOST_SPANNED
 
 
@@ -62,6 +62,25 @@ def test_a_cap_set_later_that_outranks_one_already_there_names_it(cli, db: str) 
         (1, "acme", "sales", "week", "30.000000", True),
         (2, "acme", None, "month", "15.000000", True),
     ]
+
+
+def test_department_budgets_that_can_never_bind_are_said_once(  # type: ignore[no-untyped-def]
+    cli, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``DEPARTMENT_BUDGETS`` seeded the same two caps as `budget set` and said nothing: the
+    seeding says the same note (through the log, as the gateway seeds them too), once, when
+    the budgets it brings in change."""
+    monkeypatch.setenv("DEPARTMENT_BUDGETS", '{"sales": {"daily": 200, "monthly": 100}}')
+    done = cli("budget", "list", "--json")
+    assert done.code == 0
+    assert done.stderr == (
+        "WARNING ollama_meter.meter: note: budget 1 (*/sales daily 200.000000 USD) can never "
+        "reach its limit: hard budget 2 (*/sales monthly 100.000000 USD) refuses calls first "
+        "(DEPARTMENT_BUDGETS)\n"
+    )
+    assert cli("budget", "list", "--json").stderr == ""  # unchanged: nothing new to say
+    monkeypatch.setenv("DEPARTMENT_BUDGETS", '{"sales": {"daily": 50, "monthly": 100}}')
+    assert cli("budget", "list", "--json").stderr == ""
 
 
 @pytest.mark.parametrize(
@@ -130,10 +149,24 @@ budgets = st.builds(
     tenant=st.sampled_from(["acme", "*"]),
     department=st.sampled_from([None, "sales"]),
     period=st.sampled_from(PERIODS),
-    limit=st.integers(1, 10**9),
+    limit=st.sampled_from([1, 7, 10**6]) | st.integers(1, 10**9),
     currency=st.sampled_from(["USD", "EUR"]),
     hard=st.booleans(),
+    source=st.sampled_from(["cli", "env", "api"]),
+    id=st.none() | st.integers(1, 3),
 )
+
+
+def caps_below(budget: Budget, under: Budget) -> bool:
+    covers = under.tenant in (budget.tenant, "*") and under.department in (None, budget.department)
+    most = MOST_SPANNED[budget.period, under.period] * under.limit  # its spend in any period
+    return (
+        under.hard
+        and under != budget
+        and under.currency == budget.currency
+        and covers
+        and budget.limit >= most
+    )
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -141,12 +174,24 @@ budgets = st.builds(
 def test_a_budget_is_never_reached_only_under_a_hard_cap_on_all_its_spend(
     budget: Budget, under: Budget
 ) -> None:
-    covers = under.tenant in (budget.tenant, "*") and under.department in (None, budget.department)
-    most = MOST_SPANNED[budget.period, under.period] * under.limit  # its spend in any period
-    assert never_reached(budget, under) == (
-        under.hard
-        and under != budget
-        and under.currency == budget.currency
-        and covers
-        and budget.limit >= most
+    """Two caps on the same spend, equal (same scope, period and limit), each refuse as soon as
+    the other: both were said never to bind, each because of the other, when either binds
+    alone. Only the later one (by id) is said never to bind."""
+    assert never_reached(budget, under) <= caps_below(budget, under)
+    if not caps_below(under, budget):
+        assert never_reached(budget, under) == caps_below(budget, under)
+    assert not (never_reached(budget, under) and never_reached(under, budget))
+    if caps_below(budget, under) and caps_below(under, budget):
+        assert never_reached(budget, under) or never_reached(under, budget)
+
+
+@pytest.mark.parametrize("saved", [{1}, {2}, {1, 2}])
+def test_of_two_equal_caps_only_the_later_is_said(saved: set[int]) -> None:
+    first, second = (
+        Budget("acme", "sales", "month", 10**8, "USD", source=source, id=number)
+        for number, source in ((1, "api"), (2, "sync"))  # the library's own sources
     )
+    assert unreached_notes([first, second], saved) == [
+        "budget 2 (acme/sales monthly 100.000000 USD) can never reach its limit: hard "
+        "budget 1 (acme/sales monthly 100.000000 USD) refuses calls first"
+    ]

@@ -257,7 +257,7 @@ def test_an_import_has_the_collector_look_less_often_and_gives_its_setting_back(
         (lambda d: d.update(cost="١.٠٠٠٠٠٠"), "cost '١.٠٠٠٠٠٠' is not an amount with six"),
         (lambda d: d.update(department="sa les"), "department 'sa les' has characters"),
         (lambda d: d.update(id="x"), "id 'x' is not a span id"),
-        (lambda d: d.update(currency="usd"), "currency 'usd' is not a 3-letter code"),
+        (lambda d: d.update(currency="US"), "currency 'US' is not a 3-letter ISO 4217 code"),
         (lambda d: d.update(input_tokens=-1), "input_tokens -1 is not a count from 0 to"),
         (lambda d: d.update(upstream_host="h\x1b[31m"), "upstream_host 'h\\x1b[31m'"),
         (lambda d: d.pop("tenant"), "missing required field `tenant`"),
