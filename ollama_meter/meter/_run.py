@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
+from ollama_meter._urls import shown as shown_url
 from ollama_meter.errors import UpstreamError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
@@ -110,7 +111,7 @@ class Run:
         is the call's record (:attr:`span` has its id); None when this meter wrote the span."""
         call = self.call
         relied_on = call is not None and call.heard is not None and call.heard.relied_on
-        return self._upstream.host if relied_on else None
+        return shown_url(self._upstream.host) if relied_on else None
 
     @property
     def span(self) -> SpanRecord:
