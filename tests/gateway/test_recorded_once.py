@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,10 @@ from ollama_meter.pricing import from_micros
 from ollama_meter.testing import OllamaEmulator
 from tests._raw_http import answering
 from tests.factories import token_prices
-from tests.gateway.conftest import Gateway
+from tests.gateway.conftest import Gateway, left_mid_stream
+from tests.gateway.test_processes import OMETER, logged
 
 HI = [{"role": "user", "content": "hi"}]
-OMETER = [sys.executable, "-m", "ollama_meter"]
 LEDGER_HEADER = "X-Ometer-Ledger"
 
 
@@ -253,11 +254,7 @@ def test_ometer_chat_inside_ometer_run_is_one_span_charged_as_it_says(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    spans = json.loads(
-        subprocess.run(
-            [*OMETER, "log", "--json"], env=env, capture_output=True, text=True, check=True
-        ).stdout
-    )
+    spans = logged(env)
     assert [(s["source"], s["department"]) for s in spans] == [
         ("gateway", "sales"),
         ("gateway", "finance"),
@@ -329,3 +326,59 @@ def test_telemetry_and_hooks_of_a_call_the_gateway_recorded(
         for metric in sm.metrics
         for point in metric.data.data_points
     )
+
+
+def test_a_stream_the_client_leaves_is_the_gateways_one_abort(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway]
+) -> None:
+    gw = serve_on(emulator.url, sqlite_url)
+    emulator.token_latency = 0.05  # Ollama is still answering when the caller has gone
+    try:
+        with MeteredClient(gw.url, department="sales", db_url=sqlite_url) as client:
+            parts = client.chat("llama3.1:8b", HI, stream=True, options={"num_predict": 200})
+            next(parts)
+            parts.close()
+            span = left_mid_stream(gw, emulator)
+    finally:
+        emulator.token_latency = 0.0
+    assert (span.source, span.department) == ("gateway", "sales")
+
+
+def test_calls_at_once_from_threads_and_tasks_are_each_charged_as_they_say(
+    emulator: OllamaEmulator, db_url: str, serve_on: Callable[..., Gateway]
+) -> None:
+    """Each call's headers and answer are its own: four threads of one client and four tasks
+    of another, each naming its own department, on SQLite and PostgreSQL."""
+    gw = serve_on(emulator.url, db_url)
+    departments = [f"d{n}" for n in range(8)]
+    with MeteredClient(gw.url, db_url=db_url) as client:
+        threads = [
+            threading.Thread(
+                target=client.chat, args=("llama3.1:8b", HI), kwargs={"department": department}
+            )
+            for department in departments[:4]
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    async def tasks() -> list[Any]:
+        async with AsyncMeteredClient(gw.url, db_url=db_url) as aclient:
+            return await asyncio.gather(
+                *(
+                    _consumed(aclient.chat("llama3.1:8b", HI, stream=True, department=department))
+                    for department in departments[4:]
+                )
+            )
+
+    lasts = asyncio.run(tasks())
+    gw.settle()
+    spans = gw.ledger.latest(SpanFilter(), 20)
+    assert sorted((s.source, s.department) for s in spans) == [("gateway", d) for d in departments]
+    by_id = {s.id: s.department for s in spans}
+    assert [by_id[last.meter.id] for last in lasts] == departments[4:]
+
+
+async def _consumed(parts: Any) -> Any:
+    return [part async for part in await parts][-1]
