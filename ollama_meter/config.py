@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ollama_meter import _names
 from ollama_meter._environment import (
     GATEWAY_ENV,
     check_alert_email,
@@ -69,8 +70,8 @@ class Settings(BaseSettings):
 
     ollama_host: Annotated[str, Field(validation_alias="OLLAMA_HOST")] = DEFAULT_OLLAMA_HOST
     db_url: Annotated[str | None, Field(validation_alias="OMETER_DB_URL")] = None
-    tenant: Annotated[str, Field(validation_alias="OMETER_TENANT")] = "default"
-    department: Annotated[str, Field(validation_alias="OMETER_DEPARTMENT")] = "unassigned"
+    tenant: Annotated[str, Field(validation_alias="OMETER_TENANT")] = _names.NO_TENANT
+    department: Annotated[str, Field(validation_alias="OMETER_DEPARTMENT")] = _names.NO_DEPARTMENT
     currency: Annotated[str, Field(validation_alias="OMETER_CURRENCY")] = "USD"
     timezone: Annotated[str, Field(validation_alias="OMETER_TIMEZONE")] = Field(
         default_factory=system_timezone

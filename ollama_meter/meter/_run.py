@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
+from ollama_meter._names import NO_DEPARTMENT, NO_TENANT
 from ollama_meter._urls import shown as shown_url
 from ollama_meter.errors import UpstreamError
 from ollama_meter.meter._attribution import Attribution
@@ -133,8 +134,12 @@ class Run:
             )
         )
         close_at_exit(self._meter, call)
-        who = self.attribution  # named to a gateway in front of Ollama, which charges by them
-        call.heard = Heard(sends=who_headers(who.tenant, who.department, who.user))
+        # Named to a gateway in front of Ollama, which charges by them; no name given (the
+        # fallbacks): the gateway's own defaults (``ometer run``'s department, say) are kept.
+        who = self.attribution
+        tenant = None if who.tenant == NO_TENANT else who.tenant
+        department = None if who.department == NO_DEPARTMENT else who.department
+        call.heard = Heard(sends=who_headers(tenant, department, who.user))
         if call.output_cap is not None:
             self.request = with_output_cap(self.operation, self.request, call.output_cap)
         return call

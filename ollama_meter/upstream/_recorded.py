@@ -30,13 +30,12 @@ _WORD = re.compile(r"[0-9A-Za-z_-]{1,64}")
 """What a ledger's id or a span's id looks like: a header that says anything else names none."""
 
 
-def who_headers(tenant: str, department: str, user: str | None) -> dict[str, str]:
+def who_headers(tenant: str | None, department: str | None, user: str | None) -> dict[str, str]:
     """The headers a gateway (keys not required) charges a call by: the names the client's
-    meter charges it to, so the gateway's span, the call's record, is charged the same."""
-    sent = {TENANT_HEADER: tenant, DEPARTMENT_HEADER: department}
-    if user is not None:
-        sent[USER_HEADER] = user
-    return sent
+    meter charges it to, so the gateway's span, the call's record, is charged the same.
+    None: the client names none, and the gateway charges its own default."""
+    named = ((TENANT_HEADER, tenant), (DEPARTMENT_HEADER, department), (USER_HEADER, user))
+    return {header: name for header, name in named if name is not None}
 
 
 @dataclass(slots=True)

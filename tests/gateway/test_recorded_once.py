@@ -382,3 +382,21 @@ def test_calls_at_once_from_threads_and_tasks_are_each_charged_as_they_say(
 
 async def _consumed(parts: Any) -> Any:
     return [part async for part in await parts][-1]
+
+
+def test_a_client_that_names_no_department_leaves_the_gateways_default(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway]
+) -> None:
+    """The client's fallbacks (``default``, ``unassigned``) name nobody: the gateway charges
+    its own default, as it charged any call that names none."""
+    gw = serve_on(emulator.url, sqlite_url, config={"tenant": "acme", "department": "ops"})
+    with MeteredClient(gw.url, db_url=sqlite_url, user="ann") as client:
+        last = client.chat("llama3.1:8b", HI)
+    gw.settle()
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.tenant, span.department, span.user, span.id) == (
+        "acme",
+        "ops",
+        "ann",
+        last.meter.id,
+    )
