@@ -63,6 +63,10 @@ class MeterInfo:
     durations_ns: dict[str, int | None] = field(default_factory=dict)
     duration_source: str | None = None
     """``reported`` (Ollama's own timing) or ``measured`` (the meter's clock, where Ollama gave none)."""
+    recorded_by: str | None = None
+    """The ``ometer`` gateway (its address) that recorded the call in this client's own ledger:
+    its span, :attr:`id`, is the call's one record, and this client wrote none. None when
+    the client recorded the call itself."""
 
     @property
     def span_id(self) -> str:
@@ -73,10 +77,11 @@ class MeterInfo:
         return self.id
 
     @classmethod
-    def of(cls, span: SpanRecord) -> MeterInfo:
+    def of(cls, span: SpanRecord, *, recorded_by: str | None = None) -> MeterInfo:
         return record_from(
             cls,
             span,
+            recorded_by=recorded_by,
             otel_span_id=span.span_id,
             cost=from_micros(span.cost_total),
             cost_parts={
@@ -106,13 +111,12 @@ _METERED: dict[type, type[Any]] = {
 }
 
 
-def with_meter(response: Any, span: SpanRecord) -> Any:
+def with_meter(response: Any, run: Run) -> Any:
     """The same response, as its metered subclass carrying ``meter``."""
     cls = _METERED[type(response)]
     values = {name: getattr(response, name) for name in type(response).model_fields}
-    return cls.model_construct(
-        _fields_set=set(response.model_fields_set), meter=MeterInfo.of(span), **values
-    )
+    meter = MeterInfo.of(run.span, recorded_by=run.recorded_by)
+    return cls.model_construct(_fields_set=set(response.model_fields_set), meter=meter, **values)
 
 
 _Chat = TypeVar("_Chat")
@@ -275,7 +279,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
 
 def _metered(part: Any, run: Run) -> Any:
     """A chunk as it came, but the last (the span is written by then) with ``meter``."""
-    return with_meter(part, run.span) if run.call is not None and run.call.span.ended_at else part
+    return with_meter(part, run) if run.call is not None and run.call.span.ended_at else part
 
 
 class MeteredClient(
@@ -295,7 +299,7 @@ class MeteredClient(
         if run.stream:
             return self._streamed(run)
         (answer,) = list(run)
-        return with_meter(answer, run.span)
+        return with_meter(answer, run)
 
     def _streamed(self, run: Run) -> Iterator[Any]:
         self._check_open()  # a stream's call starts when it is first read: maybe after close()
@@ -393,7 +397,7 @@ class AsyncMeteredClient(
         if run.stream:
             return _Chunks(self, run)
         answers = [part async for part in run]
-        return with_meter(answers[-1], run.span)
+        return with_meter(answers[-1], run)
 
     async def close(self) -> None:
         """Close the connections to Ollama, as ``ollama.AsyncClient.close`` does."""

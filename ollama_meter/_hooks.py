@@ -82,6 +82,11 @@ class Hooks:
         if self._on_end is not None:
             _shown("on_end", self._on_end, span)
 
+    def on_recorded_elsewhere(self, span: SpanRecord) -> None:
+        """A call a gateway on this ledger recorded ends as any other: ``span.id`` names the
+        gateway's span, the call's record (what the hook adds is not stored: no span is)."""
+        self.on_end(span)
+
 
 def _shown(when: str, hook: Hook, span: SpanRecord) -> None:
     copy = replace(span, tags=dict(span.tags), attributes=dict(span.attributes))

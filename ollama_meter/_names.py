@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]*")
 MAX_NAME = 64
 MAX_USER = 128
+NO_TENANT, NO_DEPARTMENT = "default", "unassigned"
+"""The names a call is charged to when nothing names its tenant or department."""
 
 
 def name_problem(value: str, *, limit: int = MAX_NAME) -> str | None:

@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ollama_meter import _names
 from ollama_meter._environment import (
     GATEWAY_ENV,
     check_alert_email,
@@ -81,8 +82,8 @@ class Settings(BaseSettings):
     db_url: Annotated[str | None, Field(validation_alias="OMETER_DB_URL")] = None
     _relative_db_url: str | None = PrivateAttr(None)
     """``db_url`` as given, when it named a SQLite file relative to the working folder."""
-    tenant: Annotated[str, Field(validation_alias="OMETER_TENANT")] = "default"
-    department: Annotated[str, Field(validation_alias="OMETER_DEPARTMENT")] = "unassigned"
+    tenant: Annotated[str, Field(validation_alias="OMETER_TENANT")] = _names.NO_TENANT
+    department: Annotated[str, Field(validation_alias="OMETER_DEPARTMENT")] = _names.NO_DEPARTMENT
     currency: Annotated[str, Field(validation_alias="OMETER_CURRENCY")] = "USD"
     timezone: Annotated[str, Field(validation_alias="OMETER_TIMEZONE")] = Field(
         default_factory=system_timezone

@@ -67,24 +67,30 @@ def _not_finite(text: str) -> float:
     raise _NotFinite(text)
 
 
-def footer(span: SpanRecord) -> str:
-    """One line for stderr: tokens, cost, time to first token, speed."""
+def footer(span: SpanRecord, recorded_by: str | None = None) -> str:
+    """One line for stderr: tokens, cost, time to first token, speed, where the span is
+    (``recorded_by``: the gateway on this ledger that recorded the call, not this command)."""
     approx = "~" if span.token_source == TokenSource.ESTIMATED else ""
     cost = "unpriced" if span.unpriced else money(span.cost_total, span.currency)
     speed = "-"
     if span.eval_duration_ns and span.output_tokens:
         speed = f"{span.output_tokens / (span.eval_duration_ns / 1e9):.1f} tok/s"
+    where = f"span {span.id}"
+    if recorded_by is not None:  # the gateway's span is the call's record: this wrote none
+        where = f"recorded by the gateway at {recorded_by} as {where}"
     return (
         f"{approx}{span.input_tokens} in / {approx}{span.output_tokens} out tokens · {cost} · "
-        f"TTFT {ms(span.ttft_ns)} · {speed} · span {span.id}"
+        f"TTFT {ms(span.ttft_ns)} · {speed} · {where}"
     )
 
 
-def result_json(span: SpanRecord, reply: str) -> dict[str, Any]:
-    """``--json``: the reply, the span's ledger id, then the span as ``ometer log --json`` shows it."""
+def result_json(span: SpanRecord, reply: str, recorded_by: str | None = None) -> dict[str, Any]:
+    """``--json``: the reply, the span's ledger id (``recorded_by``: the gateway that recorded
+    it, when one on this ledger did), then the span as ``ometer log --json`` shows it."""
     from ollama_meter.reports import span_to_dict
 
-    return {"reply": reply, "span_id": span.id, **span_to_dict(span)}
+    by = {} if recorded_by is None else {"recorded_by": recorded_by}
+    return {"reply": reply, "span_id": span.id, **by, **span_to_dict(span)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +151,12 @@ def _turn(session: _Session, messages: list[dict[str, str]]) -> str:
         chunks.close()
     reply = "".join(parts)
     if as_json:
-        write_data(json_text(result_json(run.span, reply)) + "\n")
+        write_data(json_text(result_json(run.span, reply, run.recorded_by)) + "\n")
     else:
         if not reply.endswith("\n"):
             out.file.write("\n")
         out.file.flush()
-        err.print(shown(footer(run.span), "dim"))
+        err.print(shown(footer(run.span, run.recorded_by), "dim"))
     if run.call is not None and run.call.stored not in (None, Stored.COMMITTED):
         err.print(shown("note:", "yellow"), STORED_NOTES[run.call.stored])
     return reply

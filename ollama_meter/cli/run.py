@@ -97,6 +97,10 @@ def run(
         time.sleep(0.01)
     gateway = f"http://127.0.0.1:{port}"
     env = program_environment(os.environ, [spec.url for spec in cfg.upstream_specs], gateway)
+    # An ometer client in the program (``ometer chat``, the Python API) charges the run's
+    # tenant and department unless told otherwise: it names them to the gateway, whose span
+    # is then the call's one record (``meter/_elsewhere.py``).
+    env.update(OMETER_TENANT=who.tenant, OMETER_DEPARTMENT=who.department)
     try:
         code = _foreground(command, env)
     finally:

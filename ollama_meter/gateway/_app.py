@@ -43,6 +43,7 @@ from ollama_meter.gateway._drain import Drain, drained
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._hosts import guard
 from ollama_meter.gateway._json import INLINE_PARSE_BYTES
+from ollama_meter.gateway._ledger_name import LedgerName
 from ollama_meter.gateway._memory import Unread, body_memory, read_body
 from ollama_meter.gateway._origins import allowed_origins, origin_check
 from ollama_meter.gateway._passthrough import BLOBS, PASSTHROUGH, forward
@@ -51,7 +52,6 @@ from ollama_meter.gateway._relay import Relay, wire_of
 from ollama_meter.gateway._requests import (
     OLLAMA_ROUTES,
     OPENAI_ROUTES,
-    SPAN_HEADER,
     BadRequest,
     operation_of,
     parse_request,
@@ -64,6 +64,7 @@ from ollama_meter.meter import Attribution, Meter, Source, Status
 from ollama_meter.meter._behind import WriteBehind
 from ollama_meter.meter._wiring import transport_for
 from ollama_meter.upstream import OLLAMA, PooledUpstream
+from ollama_meter.upstream._recorded import SPAN_HEADER
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -92,6 +93,7 @@ class Gateway:
         self.rates = RateLimits()
         self.relay = Relay(meter, fleet, keyed=options.require_key)
         self.access = Access(options, meter.ledger)
+        self.ledger_name = LedgerName(meter.ledger)  # named on its answers
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -108,6 +110,7 @@ class Gateway:
         gateway = cls(settings, options, meter, fleet)
         metrics.install(meter)  # /metrics counts from the first call on
         await in_thread(meter.keep_fresh)  # read now; calls read them; the task reloads them
+        await in_thread(gateway.ledger_name.learn)
         behind = WriteBehind(meter)  # calls answer once their span is whole in the journal
         meter.observers.append(gateway.rates)  # tokens per minute count as calls end
         # In force before the first call: a restarted gateway meets every retrying client at once.
@@ -138,6 +141,7 @@ class Gateway:
         while True:
             await asyncio.sleep(every)
             await in_thread(self.meter.refresh)
+            await in_thread(self.ledger_name.learn)  # if the ledger was away until now
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -161,8 +165,7 @@ class Gateway:
         wire = wire_of(path)
         options = self.options
         # Who a refusal is charged to: the caller when known, else what its key vouches for;
-        # without keys required, what the headers name before the key is checked (a key that
-        # cannot be checked leaves them as they are).
+        # without keys required, what the headers name before the key is checked (or can't be).
         charged = vouched(None, self.settings, options.default_user)
         problem: Exception | None = None
         if not options.require_key:
@@ -245,7 +248,7 @@ class Gateway:
             recheck=recheck,
         )
         if spans:
-            answer.headers[SPAN_HEADER] = spans[0]
+            self.ledger_name.stamp(answer.headers, spans[0])
         return answer
 
     async def passthrough(self, request: Request) -> Response:

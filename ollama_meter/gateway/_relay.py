@@ -48,7 +48,7 @@ from ollama_meter.gateway._answers import (
 )
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._rates import Admission
-from ollama_meter.gateway._requests import SPAN_HEADER, MeteredRequest
+from ollama_meter.gateway._requests import MeteredRequest
 from ollama_meter.gateway._slots import (
     CallerGone,
     Hangup,
@@ -79,6 +79,7 @@ from ollama_meter.upstream import (
 from ollama_meter.upstream._answer import VECTORS
 from ollama_meter.upstream._classify import unfinished_error, unreadable
 from ollama_meter.upstream._pooled import content_type_of, gateway_status
+from ollama_meter.upstream._recorded import SPAN_HEADER
 
 HOP_BY_HOP = frozenset({
     "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
@@ -268,8 +269,7 @@ class Relay:
         ``bind`` learns the span's id once it is open; ``hangup`` returns when the caller has
         gone: a call waiting its turn leaves the queue, an answer being sent stops;
         ``recheck`` raises :class:`KeyRefused` when a call that waited for its slot may no
-        longer be sent (its key revoked meanwhile).
-        """
+        longer be sent (its key revoked meanwhile)."""
         admission = admission or Admission((attribution.tenant, attribution.department))
         try:
             call = await self._open(request, attribution)

@@ -270,9 +270,6 @@ class OpenAIEmbeddingRequest(_Body):
     user: str | None = None
 
 
-SPAN_HEADER = "X-Ometer-Span-Id"
-"""The header a metered call's answer names its span in (``ometer log --json``'s ``id``)."""
-
 OLLAMA_ROUTES: dict[str, type[_Body]] = {
     "/api/chat": ChatRequest,
     "/api/generate": GenerateRequest,

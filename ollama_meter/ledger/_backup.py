@@ -7,6 +7,7 @@ replaces is only an earlier backup, never a database in use or a file of another
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shlex
@@ -21,7 +22,9 @@ from sqlalchemy import text
 
 from ollama_meter._paths import discard, resolved, sync_folder, written_through
 from ollama_meter.errors import LedgerError, ValidationError
+from ollama_meter.ledger._meta import IDENTITY
 from ollama_meter.ledger._why import file_limit
+from ollama_meter.ledger.models import LEDGER_META
 
 if TYPE_CHECKING:
     from ollama_meter.ledger._ledger import Ledger
@@ -83,6 +86,8 @@ def backup(
                 # One step: the whole copy reads one snapshot, so it never restarts.
                 src.backup(dst, pages=-1, progress=None if progress is None else _pages(progress))
                 damage = _damage(dst)
+                if damage is None:
+                    _unnamed(dst)
                 dst.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
             finally:
                 dst.close()
@@ -107,6 +112,15 @@ def backup(
             _discard_copy(partial)
             raise
     return target.stat().st_size
+
+
+def _unnamed(copy: sqlite3.Connection) -> None:
+    """The copy without the ledger's id: it is another ledger. A gateway writing to it must
+    not be taken for one writing to this one, or a client here would leave its calls' records
+    to the copy; a copy restored in the ledger's place is given an id anew when first asked."""
+    with contextlib.suppress(sqlite3.OperationalError):  # a ledger from before ledger_meta
+        copy.execute(f"DELETE FROM {LEDGER_META.name} WHERE key = ?", (IDENTITY,))
+        copy.commit()
 
 
 def _damage(copy: sqlite3.Connection) -> str | None:

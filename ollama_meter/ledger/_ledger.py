@@ -65,6 +65,7 @@ class Ledger(DurableLedger):
         holds nothing yet begins its day and month rollups (see :meth:`adopt_zone`)."""
         super().__init__(url, spool_dir=spool_dir, wait=wait, retry_delay=retry_delay)
         self._migrate, self._zone = migrate, zone
+        self._identity: str | None = None
         if migrate:
             with recording_nothing():
                 self._make_current()
@@ -86,6 +87,7 @@ class Ledger(DurableLedger):
 
     def on_new_file(self) -> None:
         """A new or restored file at the path is made a ledger, as a process starting would."""
+        self._identity = None  # another file: another ledger
         if self._migrate:
             self._make_current()
 
@@ -111,6 +113,16 @@ class Ledger(DurableLedger):
         for a ledger from before zones were kept, whose rollups are cut in UTC."""
         with self.read() as conn:
             return _meta.get_meta(conn, "zone")
+
+    def identity(self, *, make: bool = True) -> str | None:
+        """This ledger's id (``_meta.ledger_identity``), read once; ``make``: made if it has none."""
+        if self._identity is None:
+            with self.read() as conn:
+                self._identity = _meta.ledger_identity(conn, make=False)
+        if self._identity is None and make:
+            with self.write() as conn:
+                self._identity = _meta.ledger_identity(conn, make=True)
+        return self._identity
 
     # -- reading spans ---------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Facts about the ledger itself, kept in ``ledger_meta``: its zone, where raw spans were pruned,
-whether rollups need a rebuild."""
+whether rollups need a rebuild, its identity."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -45,6 +46,27 @@ _UPSERT = text(
     'ON CONFLICT ("key") DO UPDATE SET "value" = excluded."value"'
 )
 """SQLite and PostgreSQL spell it alike."""
+_ADD = text(
+    f'INSERT INTO {META.name} ("key", "value") VALUES (:key, :value) ON CONFLICT ("key") DO NOTHING'
+)
+"""Set unless set: the first process to name the ledger names it for all."""
+
+IDENTITY = "ledger_id"
+
+
+def ledger_identity(conn: Connection, *, make: bool) -> str | None:
+    """The ledger's own id: random, unguessable, the same for every process that writes to it.
+
+    A gateway names it on its answers (``X-Ometer-Ledger``): an ometer client whose ledger it
+    is leaves the call's record to the gateway. ``make``: give the ledger one if it has none
+    (None otherwise). Not a secret, but never guessed: knowing it lets an answer spare a client
+    its own span of the call, nothing else.
+    """
+    found = get_meta(conn, IDENTITY)
+    if found is not None or not make:
+        return found
+    conn.execute(_ADD, {"key": IDENTITY, "value": secrets.token_hex(16)})
+    return get_meta(conn, IDENTITY)
 
 
 def ledger_zone(conn: Connection) -> tzinfo | None:

@@ -26,6 +26,7 @@ from ollama_meter.upstream import Delta, Event, Final, caller_of
 if TYPE_CHECKING:
     from ollama_meter.budgets import CallBound, Reservation
     from ollama_meter.pricing import PriceBook
+    from ollama_meter.upstream._recorded import Heard
 
 
 log = logging.getLogger("ollama_meter.meter")
@@ -110,6 +111,8 @@ class MeteredCall:
         it waits for its commit, :attr:`behind`)."""
         self.behind = False
         """Answered before its span's commit (write-behind): the commit settles its budget."""
+        self.heard: Heard | None = None
+        """What a gateway in front of Ollama said of the call's record (``meter._elsewhere``)."""
         self.idle_ns = 0
         """Time spent waiting between attempts (a retry's backoff), or at a server that failed
         the call before it moved to another: not the serving Ollama's, so it neither runs out

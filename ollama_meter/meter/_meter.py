@@ -25,6 +25,7 @@ from ollama_meter.errors import BudgetExceeded, LedgerError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._behind import WriteBehind, settle
 from ollama_meter.meter._call import MeteredCall
+from ollama_meter.meter._elsewhere import leave_to_gateway
 from ollama_meter.meter._ending import closed, mark_ended
 from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.meter._recovery import recover_interrupted
@@ -320,9 +321,9 @@ class Meter:
     # -- closing -------------------------------------------------------------------------
 
     def close(self, call: MeteredCall, error: BaseException | None = None) -> SpanRecord:
-        """Measure, price and write the call; the span is durable when this returns (in the
-        journal, when it waits for its commit: :attr:`behind`). Raises :class:`LedgerError`
-        only when not even memory can keep the span."""
+        """Measure, price and write the call (not when a gateway on this ledger recorded it:
+        ``_elsewhere.py``); the span is durable when this returns (in the journal, waiting for
+        its commit: :attr:`behind`). Raises :class:`LedgerError` when not even memory keeps it."""
         behind = self.behind
         return self._close(call, error, behind=behind is not None and behind.room(call))
 
@@ -337,7 +338,7 @@ class Meter:
     def _close(
         self, call: MeteredCall, error: BaseException | None, *, behind: bool, here: bool = False
     ) -> SpanRecord:
-        if not call.ending():  # closed already (at the exit), or a forked child's copy
+        if not call.ending() or leave_to_gateway(self, call, error):  # closed; a gateway's
             return call.span
         closed(call)
         # A call the meter cut (past its cap or its time), or whose whole answer came, consumed.
@@ -430,8 +431,7 @@ class Meter:
         return recover_interrupted(self.ledger, self.prices)
 
     def keep_fresh(self) -> None:
-        """Prices and budgets are read now (in force if the ledger goes away), then by the
-        first call and :meth:`refresh`; calls read snapshots."""
+        """Read prices and budgets now (in force if the ledger goes away); calls read snapshots."""
         self.prices.cache.keep_fresh()
         if self.budgets is not None:
             self.budgets.cache.keep_fresh()

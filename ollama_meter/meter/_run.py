@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
+from ollama_meter._names import NO_DEPARTMENT, NO_TENANT
+from ollama_meter._urls import shown as shown_url
 from ollama_meter.errors import UpstreamError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
@@ -19,6 +21,7 @@ from ollama_meter.meter._ending import close_at_exit
 from ollama_meter.meter._request import Opening, facts_of, with_output_cap
 from ollama_meter.records import SpanRecord
 from ollama_meter.upstream import OLLAMA
+from ollama_meter.upstream._recorded import Heard, who_headers
 
 if TYPE_CHECKING:
     from ollama_meter.meter._meter import Meter
@@ -41,6 +44,7 @@ class Answers(Protocol):
         time_cap: MeteredCall | None = None,
         *,
         caller: str = "",
+        heard: Heard | None = None,
     ) -> Any: ...
 
     def stream(
@@ -50,6 +54,7 @@ class Answers(Protocol):
         time_cap: MeteredCall | None = None,
         *,
         caller: str = "",
+        heard: Heard | None = None,
     ) -> Generator[Any, None, None]: ...
 
     async def acall(
@@ -59,6 +64,7 @@ class Answers(Protocol):
         waits: MeteredCall | None = None,
         *,
         caller: str = "",
+        heard: Heard | None = None,
     ) -> Any: ...
 
     def astream(
@@ -68,6 +74,7 @@ class Answers(Protocol):
         waits: MeteredCall | None = None,
         *,
         caller: str = "",
+        heard: Heard | None = None,
     ) -> AsyncGenerator[Any, None]: ...
 
 
@@ -100,6 +107,14 @@ class Run:
         self.call: MeteredCall | None = None
 
     @property
+    def recorded_by(self) -> str | None:
+        """The gateway that recorded the call in this meter's ledger (its address): its span
+        is the call's record (:attr:`span` has its id); None when this meter wrote the span."""
+        call = self.call
+        relied_on = call is not None and call.heard is not None and call.heard.relied_on
+        return shown_url(self._upstream.host) if relied_on else None
+
+    @property
     def span(self) -> SpanRecord:
         if self.call is None:
             raise RuntimeError("the call has not run yet; iterate it first")
@@ -119,6 +134,12 @@ class Run:
             )
         )
         close_at_exit(self._meter, call)
+        # Named to a gateway in front of Ollama, which charges by them; no name given (the
+        # fallbacks): the gateway's own defaults (``ometer run``'s department, say) are kept.
+        who = self.attribution
+        tenant = None if who.tenant == NO_TENANT else who.tenant
+        department = None if who.department == NO_DEPARTMENT else who.department
+        call.heard = Heard(sends=who_headers(tenant, department, who.user))
         if call.output_cap is not None:
             self.request = with_output_cap(self.operation, self.request, call.output_cap)
         return call
@@ -131,7 +152,7 @@ class Run:
         try:
             if self.stream:
                 parts = self._upstream.stream(
-                    self.operation, self.request, call, caller=call.caller
+                    self.operation, self.request, call, caller=call.caller, heard=call.heard
                 )
                 try:
                     for part in parts:
@@ -148,7 +169,9 @@ class Run:
                         yield held
                     raise
             else:
-                last = self._upstream.call(self.operation, self.request, call, caller=call.caller)
+                last = self._upstream.call(
+                    self.operation, self.request, call, caller=call.caller, heard=call.heard
+                )
                 call.take(reader.read(last))  # a reported failure was raised by the call
         except BaseException as exc:
             meter.close(call, exc)
@@ -171,7 +194,7 @@ class Run:
             # moment, which a wait between attempts pushed back (it is not Ollama's time).
             if self.stream:
                 parts = self._upstream.astream(
-                    self.operation, self.request, call, caller=call.caller
+                    self.operation, self.request, call, caller=call.caller, heard=call.heard
                 )
                 try:
                     while True:
@@ -194,7 +217,7 @@ class Run:
             else:
                 async with call.in_time(call.deadline()):
                     last = await self._upstream.acall(
-                        self.operation, self.request, call, caller=call.caller
+                        self.operation, self.request, call, caller=call.caller, heard=call.heard
                     )
                 call.take(reader.read(last))
         except BaseException as exc:

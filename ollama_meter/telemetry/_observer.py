@@ -246,11 +246,11 @@ class TelemetryObserver:
         span.trace_id = f"{context.trace_id:032x}"
         span.span_id = f"{context.span_id:016x}"
         with self._lock:
-            self._live[span.id] = otel
+            self._live[span.span_id] = otel  # its OTel id: a gateway's record may rename span.id
 
     def on_end(self, span: SpanRecord) -> None:
         with self._lock:
-            otel = self._live.pop(span.id, None)
+            otel = self._live.pop(span.span_id, None)
         if otel is None:  # refused before it started
             otel = self._start(span)
             context = otel.get_span_context()
@@ -261,6 +261,21 @@ class TelemetryObserver:
         otel.end(end_time=_ns(span, end=True))
         if self._metrics:
             self._record_metrics(span)
+
+    def on_recorded_elsewhere(self, span: SpanRecord) -> None:
+        """A call a gateway recorded in this client's own ledger: the gateway exports it, with
+        its cost, tokens and metrics. Its trace span here ends naming the gateway's record
+        (``span.id``), with none of them: a backend summing a trace's costs counts it once."""
+        with self._lock:
+            otel = self._live.pop(span.span_id, None)
+        if otel is None:
+            return
+        said: dict[str, Any] = {sc.OMETER_RECORDED_BY: "gateway", sc.OMETER_SPAN_ID: span.id}
+        said |= {sc.OMETER_STATUS: span.status, sc.ERROR_TYPE: span.error_type}
+        otel.set_attributes(exportable({k: v for k, v in said.items() if v is not None}))
+        if span.status in (SpanStatus.ERROR, SpanStatus.REJECTED):
+            otel.set_status(Status(StatusCode.ERROR, storable_text(span.error_message or "", 500)))
+        otel.end(end_time=_ns(span, end=True))
 
     def _end_attributes(self, span: SpanRecord) -> dict[str, Any]:
         cost = Decimal(format_micros(span.cost_total))

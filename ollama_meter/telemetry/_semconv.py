@@ -88,6 +88,8 @@ OMETER_COST_PARTS = ("tokens", "compute", "energy", "fee")
 OMETER_CURRENCY = "ometer.currency"
 OMETER_TOKEN_SOURCE = "ometer.token_source"
 OMETER_UNPRICED = "ometer.unpriced"
+OMETER_RECORDED_BY = "ometer.recorded_by"
+"""``gateway``: the call's record (and its cost, tokens and metrics) is the gateway's span."""
 
 LANGFUSE_OBSERVATION_TYPE = "langfuse.observation.type"
 LANGFUSE_MODEL = "langfuse.observation.model.name"
@@ -127,6 +129,7 @@ __all__ = [
     "OMETER_COST_PARTS",
     "OMETER_CURRENCY",
     "OMETER_DEPARTMENT",
+    "OMETER_RECORDED_BY",
     "OMETER_SPAN_ID",
     "OMETER_STATUS",
     "OMETER_TENANT",

@@ -16,7 +16,6 @@ import json
 import threading
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
-from contextvars import ContextVar
 from typing import Any
 
 import httpx
@@ -37,12 +36,21 @@ from ollama_meter.upstream._classify import (
     unfinished_error,
     unreadable,
 )
+from ollama_meter.upstream._recorded import Heard
 from ollama_meter.upstream._resilience import (
     CircuitBreaker,
     Resilient,
     RetryPolicy,
     Waits,
     breaker_for,
+)
+from ollama_meter.upstream._sdk_heard import (
+    ANSWERED as _ANSWERED,
+    aon_request,
+    aon_response,
+    attempting,
+    on_request,
+    on_response,
 )
 from ollama_meter.upstream._sdk_kept import AsyncKeptTransport, KeptTransport
 from ollama_meter.upstream._sdk_said import (
@@ -53,27 +61,13 @@ from ollama_meter.upstream._sdk_said import (
     retry_after_of as _retry_after,
     said_nothing as _said_nothing,
 )
-from ollama_meter.upstream._sdk_time import TimeCap, paced, waits as _waits, within as _within
+from ollama_meter.upstream._sdk_time import TimeCap, within as _within
 from ollama_meter.upstream._sent import as_sent
 from ollama_meter.upstream._tls import client_tls
 
 Message = Mapping[str, Any]
 Response = ollama.ChatResponse | ollama.GenerateResponse | ollama.EmbedResponse
 OPERATIONS = ("chat", "generate", "embed")
-
-_ANSWERED: ContextVar[bool] = ContextVar("ometer_answered", default=False)
-"""Whether Ollama answered the attempt running in this context: set by the clients'
-response hook, so a failure after it is never read as the client refusing the request."""
-
-
-def _heard(response: httpx.Response) -> None:
-    _ANSWERED.set(True)
-    paced(response)
-
-
-async def _aheard(response: httpx.Response) -> None:
-    _ANSWERED.set(True)
-    paced(response)
 
 
 class Upstream(Resilient):
@@ -109,7 +103,7 @@ class Upstream(Resilient):
             timeout=self._timeout,
             headers=self._headers,
             follow_redirects=False,  # a redirect is no answer (as the gateway has it): said
-            event_hooks={"request": [_waits], "response": [_heard]},
+            event_hooks={"request": [on_request], "response": [on_response]},
             verify=client_tls(),
             transport=KeptTransport(verify=client_tls()),
         )
@@ -142,7 +136,7 @@ class Upstream(Resilient):
                     timeout=self._timeout,
                     headers=self._headers,
                     follow_redirects=False,
-                    event_hooks={"response": [_aheard]},
+                    event_hooks={"request": [aon_request], "response": [aon_response]},
                     verify=client_tls(),
                     transport=AsyncKeptTransport(verify=client_tls()),
                 )
@@ -159,17 +153,19 @@ class Upstream(Resilient):
         time_cap: TimeCap | None = None,
         *,
         caller: str = "",
+        heard: Heard | None = None,
     ) -> Response:
         """One answer, retrying transient failures with backoff; raises a classified error.
 
         ``time_cap``: the call is cut (its error raised) once it has waited that long.
-        ``caller``: whose call it is, for the model's circuits (see ``CircuitBreaker``)."""
+        ``caller``: whose call it is, for the model's circuits (see ``CircuitBreaker``);
+        ``heard``: what the call sends, and what its answer says of its record."""
         method = getattr(self.client, operation)
         model = str(request.get("model", ""))
         attempts = self.attempts(model, waits=time_cap, caller=caller)
 
         def attempt() -> Response:
-            _ANSWERED.set(False)
+            attempting(heard)
             try:
                 with _within(time_cap):
                     return self._checked(operation, method(**request, **_no_stream(operation)))
@@ -187,6 +183,7 @@ class Upstream(Resilient):
         time_cap: TimeCap | None = None,
         *,
         caller: str = "",
+        heard: Heard | None = None,
     ) -> Generator[Response, None, None]:
         """Ollama's chunks as they arrive; raises a classified error.
 
@@ -199,7 +196,7 @@ class Upstream(Resilient):
         attempts = self.attempts(model, waits=time_cap, caller=caller)
 
         def first() -> tuple[Iterator[Response], Response | None]:
-            _ANSWERED.set(False)
+            attempting(heard)
             try:
                 with _within(time_cap):
                     parts: Iterator[Response] = getattr(self.client, operation)(
@@ -240,6 +237,7 @@ class Upstream(Resilient):
         waits: Waits | None = None,
         *,
         caller: str = "",
+        heard: Heard | None = None,
     ) -> Response:
         """:meth:`call` on the event loop; ``waits`` is told of the waits between attempts
         (the caller cuts the call on time: see ``MeteredCall.in_time``)."""
@@ -248,7 +246,7 @@ class Upstream(Resilient):
         attempts = self.attempts(model, waits=waits, caller=caller)
 
         async def attempt() -> Response:
-            _ANSWERED.set(False)
+            attempting(heard)
             try:
                 return self._checked(operation, await method(**request, **_no_stream(operation)))
             except Exception as exc:
@@ -265,13 +263,14 @@ class Upstream(Resilient):
         waits: Waits | None = None,
         *,
         caller: str = "",
+        heard: Heard | None = None,
     ) -> AsyncGenerator[Response, None]:
         """:meth:`stream` on the event loop; ``waits`` as for :meth:`acall`."""
         model = str(request.get("model", ""))
         attempts = self.attempts(model, waits=waits, caller=caller)
 
         async def first() -> tuple[AsyncIterator[Response], Response | None]:
-            _ANSWERED.set(False)
+            attempting(heard)
             try:
                 parts = await getattr(self.async_client, operation)(**request, stream=True)
                 return parts, await anext(parts, None)

@@ -91,7 +91,10 @@ def test_an_allowed_page_is_answered_and_its_preflight_too(
     answer = gw.client.post("/api/chat", json=CHAT, headers={"Origin": LOCAL_PAGE})
     assert answer.status_code == 200
     assert answer.headers["access-control-allow-origin"] == LOCAL_PAGE
-    assert answer.headers["access-control-expose-headers"] == "X-Ometer-Span-Id, Retry-After"
+    assert (
+        answer.headers["access-control-expose-headers"]
+        == "X-Ometer-Span-Id, X-Ometer-Ledger, Retry-After"
+    )
     assert "Origin" in answer.headers.get_list("vary")
     (span,) = gw.ledger.latest(SpanFilter(), 10)
     assert (span.status, answer.headers["x-ometer-span-id"]) == ("ok", span.id)
@@ -368,7 +371,10 @@ def test_an_allowed_page_reads_an_answer_that_ends_in_a_500() -> None:
         reply = client.post("/api/chat", json=CHAT, headers={"Origin": LOCAL_PAGE})
         assert (reply.status_code, reply.text) == (500, "Internal Server Error")
         assert reply.headers["access-control-allow-origin"] == LOCAL_PAGE
-        assert reply.headers["access-control-expose-headers"] == "X-Ometer-Span-Id, Retry-After"
+        assert (
+            reply.headers["access-control-expose-headers"]
+            == "X-Ometer-Span-Id, X-Ometer-Ledger, Retry-After"
+        )
         unlisted = client.post("/api/chat", json=CHAT, headers={"Origin": EVIL_PAGE})
         assert unlisted.status_code == 403  # refused before the route, as ever
         no_page = client.post("/api/chat", json=CHAT)

@@ -1,0 +1,73 @@
+"""A call a metering gateway recorded in this meter's own ledger: the gateway's span is its record.
+
+An ometer client (``ometer chat``, the Python API) that reaches Ollama through ``ometer serve``
+or ``ometer run``'s gateway writing to the same ledger wrote a second span of the one call,
+charged to the client's department as well as to the gateway's: reports, budgets and
+chargeback counted it twice. The gateway names its ledger on its answer
+(``upstream._recorded``); when that is this meter's ledger the client writes no span of
+its own. Its budget reservation is given back (the gateway's own budget gate held the call),
+its journal entry closed, and its span, measured and priced as any, takes the id of the
+gateway's span, so the caller finds the call's record by it. Telemetry ends the call's trace
+span with no cost, tokens or metrics (the gateway exports those); user hooks see the call
+end as any other (what they add to it is not stored: the gateway's span is the record).
+
+The gateway never leaves a span out on a caller's word: only a client leaves its own out,
+and an answer naming another ledger (or none: a plain Ollama) changes nothing. An answer
+can only name this ledger by its id (random, unguessable; not a secret), and even then can
+only spare this client its copy of a call.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import TYPE_CHECKING
+
+from ollama_meter.meter._call import MeteredCall
+from ollama_meter.meter._ending import closed, mark_ended
+from ollama_meter.meter._observers import notify
+from ollama_meter.records import make_storable
+
+if TYPE_CHECKING:
+    from ollama_meter.meter._meter import Meter
+
+RECORDED_ELSEWHERE = "on_recorded_elsewhere"
+"""What an observer that has it is told instead of ``on_end`` of a call another recorded."""
+
+
+def gateways_span(meter: Meter, call: MeteredCall) -> str | None:
+    """The span of ``call`` a gateway on ``meter``'s ledger recorded, as its answer named it."""
+    heard = call.heard
+    if heard is None or heard.ledger is None or heard.span_id is None:
+        return None
+    try:
+        ours = meter.ledger.identity(make=False)
+    except Exception:  # the ledger is away: the call is recorded here (spooled) as well
+        return None
+    return heard.span_id if ours and hmac.compare_digest(heard.ledger, ours) else None
+
+
+def leave_to_gateway(meter: Meter, call: MeteredCall, error: BaseException | None) -> bool:
+    """End ``call`` with no span of its own if a gateway on this ledger recorded it (True)."""
+    if call.heard is None or (recorded := gateways_span(meter, call)) is None:
+        return False
+    closed(call)
+    call.measure(time.perf_counter_ns(), ok=error is None or getattr(error, "consumed", False))
+    span = call.span
+    mark_ended(span, error)
+    make_storable(span)
+    span.apply_cost(call.prices.cost_of(span))  # what the caller is told it cost
+    if meter.journal:
+        meter.ledger.journal.closed([span.id])
+    span.id, call.heard.relied_on = recorded, True
+    if call.reservation is not None and meter.budgets is not None:
+        try:  # held nothing: the gateway's span is charged to the budgets
+            meter.budgets.ended(call.reservation, 0)
+            meter.budgets.settle(call.reservation)
+        except Exception as exc:  # the lease lapses: never fails the call
+            meter.failures.failed("giving back the budget hold of span %s", exc, span.id)
+    watching = [o for o in meter.observers if hasattr(o, RECORDED_ELSEWHERE)]
+    stopped = notify(watching, RECORDED_ELSEWHERE, span)
+    if stopped is not None:
+        raise stopped
+    return True

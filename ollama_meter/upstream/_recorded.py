@@ -1,0 +1,65 @@
+"""What a call says to a metering gateway in front of Ollama, and what the gateway says back.
+
+An ometer client (``ometer chat``, the Python API) may reach Ollama through ``ometer serve``
+or ``ometer run``'s gateway. It names whom to charge in the gateway's attribution headers
+(:data:`WHO_HEADERS`); the gateway, which records every call it relays, names on its answer
+the ledger it recorded the call in (:data:`LEDGER_HEADER`) and its span there
+(:data:`SPAN_HEADER`). :class:`Heard` carries both for one call; the meter decides what the
+answer's words mean (only a gateway on the client's own ledger spares the client its span).
+
+Imports nothing heavy: the meter holds a :class:`Heard` on every call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+SPAN_HEADER = "X-Ometer-Span-Id"
+"""The header a metered call's answer names its span in (``ometer log --json``'s ``id``)."""
+LEDGER_HEADER = "X-Ometer-Ledger"
+"""The header a gateway's metered answer names its ledger in (``Ledger.identity``)."""
+TENANT_HEADER, DEPARTMENT_HEADER, USER_HEADER = (
+    "X-Ometer-Tenant",
+    "X-Ometer-Department",
+    "X-Ometer-User",
+)
+
+_WORD = re.compile(r"[0-9A-Za-z_-]{1,64}")
+"""What a ledger's id or a span's id looks like: a header that says anything else names none."""
+
+
+def who_headers(tenant: str | None, department: str | None, user: str | None) -> dict[str, str]:
+    """The headers a gateway (keys not required) charges a call by: the names the client's
+    meter charges it to, so the gateway's span, the call's record, is charged the same.
+    None: the client names none, and the gateway charges its own default."""
+    named = ((TENANT_HEADER, tenant), (DEPARTMENT_HEADER, department), (USER_HEADER, user))
+    return {header: name for header, name in named if name is not None}
+
+
+@dataclass(slots=True)
+class Heard:
+    """One call's words with what answers it: the headers it sends, and what the last
+    answer said of where the call was recorded (a gateway's ledger and span, or nothing)."""
+
+    sends: Mapping[str, str] = field(default_factory=dict)
+    ledger: str | None = None
+    """The ledger the gateway that answered recorded the call in (None: no gateway said)."""
+    span_id: str | None = None
+    """The gateway's span of the call in that ledger."""
+    relied_on: bool = False
+    """Set by the meter: the gateway's span is the call's record, the client wrote none."""
+
+    def attempt(self) -> None:
+        """A new attempt is sent: what an earlier answer said is not this one's."""
+        self.ledger = self.span_id = None
+
+    def heard(self, headers: Mapping[str, str]) -> None:
+        """An answer came with ``headers``: a gateway that recorded the call names both its
+        ledger and its span; a header that is no id (or one without the other) names none."""
+        ledger, span_id = headers.get(LEDGER_HEADER), headers.get(SPAN_HEADER)
+        if ledger and span_id and _WORD.fullmatch(ledger) and _WORD.fullmatch(span_id):
+            self.ledger, self.span_id = ledger, span_id
+        else:
+            self.attempt()

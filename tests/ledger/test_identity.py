@@ -1,0 +1,49 @@
+"""A ledger's identity: the id a gateway names on its answers, so an ometer client on the same
+ledger leaves the call's record to the gateway (``meter/_elsewhere.py``)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from ollama_meter.ledger import Ledger
+
+
+def test_every_process_on_a_ledger_reads_one_id_and_another_ledger_has_another(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Four writers name a new ledger at once (an insert-if-absent, on SQLite and
+    PostgreSQL): all read the one id the first wrote. A reader asks without naming it."""
+    assert Ledger(db_url).identity(make=False) is None
+    ledgers = [Ledger(db_url) for _ in range(4)]
+    start = threading.Barrier(len(ledgers))
+    named: list[str | None] = []
+
+    def name(ledger: Ledger) -> None:
+        start.wait()
+        named.append(ledger.identity())
+
+    threads = [threading.Thread(target=name, args=(ledger,)) for ledger in ledgers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    (one,) = set(named)
+    assert one is not None and len(one) == 32 and int(one, 16) >= 0  # 128 random bits
+    assert Ledger(db_url).identity(make=False) == one
+    other = Ledger(f"sqlite:///{tmp_path / 'other.db'}").identity()
+    assert other is not None and other != one
+
+
+def test_a_backup_is_another_ledger(cli: Any, tmp_path: Path) -> None:
+    """A copy a gateway may write to is not this ledger: a client here leaving its records
+    to that gateway would leave them in the copy. The copy is named anew when first asked."""
+    live = Ledger(f"sqlite:///{tmp_path / 'live.db'}")
+    ours = live.identity()
+    copy = tmp_path / "copy.db"
+    assert cli("db", "backup", str(copy), "--db", live.url).code == 0
+    copied = Ledger(f"sqlite:///{copy}")
+    assert copied.identity(make=False) is None
+    assert copied.identity() not in (None, ours)
+    assert live.identity() == ours
