@@ -73,6 +73,7 @@ from ollama_meter.ledger._upserts import (
     MOST,
     Statements,
     run,
+    run_rows,
     statements_for,
 )
 from ollama_meter.ledger.models import ROLLUPS
@@ -183,7 +184,7 @@ class RollupDelta:
         cube = self.cube_rows(tuple(Grain), zone)
         if cube:
             keys = sorted(cube)
-            run(conn, statements.cube.sql, _with_values(keys, cube))
+            run_rows(conn, statements.cube, _with_values(keys, cube))
             _drop_emptied(conn, [key for key in keys if cube[key][_REQUESTS] < 0])
         if self.histograms:
             write_bins(conn, statements, self.histograms.count(tuple(Grain), zone))
@@ -287,7 +288,7 @@ def _write_busy(
         if any(sums)
     )
     if cells:
-        run(conn, statements.busy_cells.sql, cells)
+        run_rows(conn, statements.busy_cells, cells)
 
 
 def _merge_busy(
@@ -302,9 +303,9 @@ def _merge_busy(
     ``grown``, where writers run at once (PostgreSQL)."""
     # Make sure each row exists and count its calls, then lock the ones whose intervals
     # change, in key order.
-    run(
+    run_rows(
         conn,
-        statements.busy_presence.sql,
+        statements.busy_presence,
         [(start // 10**6, host, "", 0, calls.get((start, host), 0)) for start, host in keys],
     )
     changed = [key for key in keys if busy[key]]
@@ -317,7 +318,7 @@ def _merge_busy(
             merged, grew = add_intervals(intervals, busy[(start, host)])
             grown[(start, host)] = grew
             updates.append((merged, had + grew, seconds, host))
-        run(conn, statements.busy_update.sql, updates)
+        run_rows(conn, statements.busy_update, updates)
 
 
 def _stored_busy(
