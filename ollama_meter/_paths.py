@@ -9,6 +9,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from ollama_meter._kinds import SQLITE, sqlite_kind
 from ollama_meter.errors import ConfigError
 
 APP_NAME = "ollama-meter"
@@ -186,8 +187,6 @@ def _descriptors() -> list[int]:
     return []
 
 
-_SQLITE = b"SQLite format 3\x00"
-_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 _BESIDE = ("-wal", "-shm", "-journal")
 
 
@@ -201,11 +200,7 @@ def database_file(path: Path) -> str | None:
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a pipe's open would wait for a writer
             return None
-        head = first_bytes(path, len(_SQLITE))
+        head = first_bytes(path, len(SQLITE))
     except OSError:
         return None
-    if head == _SQLITE:
-        return "a SQLite database (a ledger, or a backup of one)"
-    if head[:4] in _WAL_MAGIC:
-        return "a SQLite database's write-ahead log"
-    return None
+    return sqlite_kind(head)

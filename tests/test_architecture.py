@@ -28,6 +28,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "_environment",
             "_names",
             "_paths",
+            "_kinds",
             "_lazy",
             "_forks",
             "_runtime",

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from ollama_meter._kinds import SQLITE, WAL_MAGIC, packed
 from ollama_meter._text import json_bytes
 from ollama_meter.errors import LedgerError, ValidationError
 from ollama_meter.ledger._deadline import bulk
@@ -350,16 +351,6 @@ def _spread(line: bytes, exc: ValueError, name: str) -> str | None:
     return None
 
 
-_PACKED = {
-    b"\x1f\x8b": "gzip-compressed: zcat",
-    b"BZh": "bzip2-compressed: bzcat",
-    b"\xfd7zXZ\x00": "xz-compressed: xzcat",
-    b"\x28\xb5\x2f\xfd": "zstd-compressed: zstdcat",
-    b"PK\x03\x04": "a zip archive: unzip -p",
-}
-"""What a file that is an export packed starts with, and the command that unpacks it."""
-
-
 def _without_bom(lines: Iterable[bytes], name: str = "FILE") -> Iterator[bytes]:
     """``lines`` without the UTF-8 byte order mark editors put first; a ValidationError
     naming what the file is when it is no export's text, which no line of it would say: a
@@ -372,17 +363,17 @@ def _without_bom(lines: Iterable[bytes], name: str = "FILE") -> Iterator[bytes]:
             "line 1: the file is UTF-16 (its byte order mark says so); export lines are UTF-8: "
             "convert it (iconv -f UTF-16 -t UTF-8) and import again"
         )
-    for magic, unpack in _PACKED.items():
-        if first.startswith(magic):
-            raise ValidationError(
-                f"line 1: the file is {unpack} {shlex.quote(name)} | ometer db import -"
-            )
-    if first.startswith(b"SQLite format 3\x00"):
+    if found := packed(first):
+        what, unpack = found
+        raise ValidationError(
+            f"line 1: the file is {what}: {unpack} {shlex.quote(name)} | ometer db import -"
+        )
+    if first.startswith(SQLITE):
         raise ValidationError(
             "line 1: the file is a SQLite database (a ledger or its backup), not an export: "
             f"export it (ometer db export --db {shlex.quote(f'sqlite:///{name}')}) and import that"
         )
-    if first.startswith((b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")):  # read as a number
+    if first[:4] in WAL_MAGIC:
         raise ValidationError(
             "line 1: the file is a SQLite write-ahead log (a ledger's -wal file), not an export: "
             "export the ledger it belongs to (ometer db export --db sqlite:///LEDGER) and "

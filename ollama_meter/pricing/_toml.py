@@ -28,6 +28,7 @@ from datetime import date
 from heapq import heappop, heappush
 from typing import Any
 
+from ollama_meter._kinds import packed, sqlite_kind
 from ollama_meter.errors import ValidationError
 from ollama_meter.periods import FIRST_DAY, parse_day
 from ollama_meter.pricing._rules import precedence
@@ -61,13 +62,30 @@ def pricing_text(content: bytes, path: object) -> str:
 
     Python's own message ("'utf-8' codec can't decode byte 0xe9 in position 36") said
     neither. A UTF-8 byte order mark (Windows editors write one) is read past: the TOML
-    reader took it for a statement it could not read.
+    reader took it for a statement it could not read. A file that is no text at all (a
+    ledger, a packed file, a program) is named as such: it was told to convert itself from
+    Latin-1.
     """
     where = shlex.quote(str(path))
+    wanted = "give the TOML file of [[rule]] tables"
+    if kind := sqlite_kind(content):
+        raise ValueError(f"{kind}, not a pricing file: {wanted}")
+    if found := packed(content):
+        what, unpack = found
+        raise ValueError(
+            f"{what}, not a pricing file's TOML text: unpack it first "
+            f"({unpack} {where} > prices.toml)"
+        )
     if content[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):  # PowerShell's `>` writes it
         raise ValueError(
             "UTF-16 text, not UTF-8; save it as UTF-8, e.g. "
             f"`iconv -f utf-16 -t utf-8 {where} > {where}.utf8`"
+        )
+    if (nul := content.find(b"\x00")) >= 0:  # Latin-1 text has none: iconv makes no rules of it
+        line = content[:nul].count(b"\n") + 1
+        raise ValueError(
+            f"holds a NUL byte (on line {line}), which no text file "
+            "does: it is binary (or UTF-16 with no byte order mark), not a pricing file: " + wanted
         )
     try:
         return content.decode("utf-8-sig")

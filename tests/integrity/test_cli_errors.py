@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -489,6 +490,44 @@ def test_a_pricing_file_that_is_not_utf8_says_what_to_do(
     done = cli("pricing", "list")
     line = f"error: OMETER_PRICING_FILE {toml}: {says.format(path=toml)}"
     assert (done.code, done.stderr.strip().splitlines()[-1]) == (1, line)
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (
+            b"SQLite format 3\x00" + bytes(84),
+            "a SQLite database (a ledger, or a backup of one), not a pricing file: give the "
+            "TOML file of [[rule]] tables",
+        ),
+        (
+            gzip.compress(("[[rule]]\n" + RULE).encode()),
+            "gzip-compressed, not a pricing file's TOML text: unpack it first "
+            "(zcat {path} > prices.toml)",
+        ),
+        (
+            b"\x7fELF\x02\x01\x01\x00\x00\x00",
+            "holds a NUL byte (on line 1), which no text file does: it is binary (or UTF-16 "
+            "with no byte order mark), not a pricing file: give the TOML file of [[rule]] tables",
+        ),
+        (
+            '[[rule]]\nmodel = "x:*"\n'.encode("utf-16-le"),
+            "holds a NUL byte (on line 1), which no text file does: it is binary (or UTF-16 "
+            "with no byte order mark), not a pricing file: give the TOML file of [[rule]] tables",
+        ),
+    ],
+    ids=["ledger", "gzip", "program", "utf16-no-bom"],
+)
+def test_a_pricing_file_that_is_no_text_says_what_it_is(
+    cli: Any, tmp_path: Path, content: bytes, says: str
+) -> None:
+    """A ledger, a packed file or a program given as the pricing file was told to convert
+    itself from Latin-1 (`iconv -f latin1 -t utf-8 ledger.db > ledger.db.utf8`), advice that
+    makes no pricing file of any of them; `ometer db import` names what such a file is."""
+    toml = tmp_path / "prices.toml"
+    toml.write_bytes(content)
+    done = cli("pricing", "import", str(toml))
+    assert (done.code, done.stderr.strip()) == (1, f"error: {toml}: {says.format(path=toml)}")
 
 
 def test_a_pricing_file_saved_with_a_byte_order_mark_is_read(cli: Any, tmp_path: Path) -> None:
