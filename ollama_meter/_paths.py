@@ -204,3 +204,25 @@ def database_file(path: Path) -> str | None:
     except OSError:
         return None
     return sqlite_kind(head)
+
+
+def unreachable_ledger(path: Path) -> str | None:
+    """Why the file system will not look at the ledger file ``path`` at all, or None
+    (there or not: a missing file is made, or said by the command that reads it).
+
+    Path.exists() and is_dir() raise for all but a missing file: a name too long, a folder
+    on the way this user may not enter (a 0700 /var/lib/ometer), links that loop were each
+    "unexpected ... This is a bug in ometer" in every command.
+    """
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # a file on the way is said where the folder would be made
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        where = "give a ledger this user may reach with OMETER_DB_URL or --db"
+        if exc.errno == errno.EACCES:
+            why += " (a folder on its way is not this user's to enter)"
+            where = f"run this as a user who may, or {where}"
+        return f"cannot reach the ledger at {path}: {why}; {where}"
+    return None

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ollama_meter._paths import replace_file, written_through
+from ollama_meter._paths import replace_file, unreachable_ledger, written_through
 from ollama_meter.cli._console import err, named, write_data
 from ollama_meter.cli._files import a_database
 from ollama_meter.cli._settings import settings as settings  # noqa: PLC0414 (where commands get it)
 from ollama_meter.cli._table import Column as Column, DataTable as DataTable, table as table  # noqa: PLC0414
-from ollama_meter.errors import ConfigError, OmeterError, ValidationError
+from ollama_meter.errors import ConfigError, LedgerError, OmeterError, ValidationError
 from ollama_meter.periods import PERIOD_HELP, Window, parse_period, window_between
 from ollama_meter.records import format_micros
 
@@ -160,6 +160,8 @@ def must_exist(cfg: Settings, *, default_too: bool = False) -> None:
     path = ledger_file(cfg.ledger_url)
     if path is None:
         return
+    if why := unreachable_ledger(path):  # as opening it says, in every command
+        raise LedgerError(why)
     if not path.exists():  # a folder: opening it says so
         raise ConfigError(
             f"no ledger at {path}: nothing was ever recorded there. Check OMETER_DB_URL (or "

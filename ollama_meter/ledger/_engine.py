@@ -23,7 +23,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
-from ollama_meter._paths import default_data_dir, first_bytes, resolved, sqlite_url_problem
+from ollama_meter._paths import (
+    default_data_dir,
+    first_bytes,
+    resolved,
+    sqlite_url_problem,
+    unreachable_ledger,
+)
 from ollama_meter._urls import hide_password
 from ollama_meter.errors import ConfigError, LedgerError
 from ollama_meter.ledger._beside import (
@@ -336,6 +342,8 @@ def checked_url(url: str | URL) -> tuple[URL, Path | None]:
             f"{str(url)!r} {problem}; give a file, e.g. sqlite:////var/lib/ometer/ledger.db"
         )
     path = sqlite_path(parsed)
+    if path is not None and (why := unreachable_ledger(path)):
+        raise LedgerError(why)
     if path is not None and _special(path):
         # SQLite opens a device (/dev/null, a disk) to write a database onto it, and a named
         # pipe waits for a writer; either then fails as "disk I/O error", naming no cause.

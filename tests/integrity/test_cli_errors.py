@@ -382,6 +382,10 @@ def test_every_option_given_twice_is_one_line_and_exit_2(cli: Any) -> None:
         (["report", "--format", "json", "--out", "afile/r.json"], "Not a directory"),
         (["db", "import", "y" * 300], "File name too long"),
         (["db", "import", "a\x00b"], "NUL"),
+        (["log", "--db", "sqlite:///" + "y" * 300], "File name too long"),
+        (["pricing", "list", "--db", "sqlite:///" + "y" * 300], "File name too long"),
+        (["db", "path", "--db", f"sqlite:///{'y' * 300}/l.db"], "File name too long"),
+        (["budget", "set", "--monthly", "5", "--db", "sqlite:///" + "y" * 300], "too long"),
         (["log", "--db", "sqlite:////"], "names a folder"),
         (["log", "--db", "sqlite:///."], "names a folder"),
         (["log", "--db", "sqlite:///a\x00b"], "NUL"),
@@ -402,6 +406,32 @@ def test_a_path_the_system_refuses_is_one_line_not_a_bug(
     line = one_error_line(result)
     assert result.code in (1, 2) and "unexpected" not in line and says in line, line
     assert not (tmp_path / "file:").exists()  # no folder made from a URI's name
+
+
+@pytest.mark.parametrize("args", [["report"], ["pricing", "list"], ["db", "upgrade"]])
+def test_a_ledger_in_a_folder_this_user_may_not_enter_is_one_line(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """OMETER_DB_URL in a folder of another user's (/root/ledger.db, a 0700 /var/lib/ometer)
+    was "unexpected PermissionError ... This is a bug in ometer", exit 70, in every command.
+    (The tests run as root, whom no folder refuses: the file system's answer is made here.)"""
+    closed = tmp_path / "closed"
+    real_stat = os.stat
+
+    def refusing(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if str(path).startswith(str(closed)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", refusing)
+    result = cli(*args, "--db", f"sqlite:///{closed}/ledger.db")
+    line = one_error_line(result)
+    assert result.code == 1, line
+    assert line == (
+        f"error: cannot reach the ledger at {closed}/ledger.db: Permission denied (a folder "
+        "on its way is not this user's to enter); run this as a user who may, or give a "
+        "ledger this user may reach with OMETER_DB_URL or --db"
+    )
 
 
 def test_a_pricing_file_name_too_long_is_one_line(
