@@ -259,10 +259,8 @@ def _started(command: list[str], env: dict[str, str]) -> "subprocess.Popen[bytes
             if script is None:
                 raise
             return subprocess.Popen(["/bin/sh", script, *command[1:]], env=env)
-    except FileNotFoundError:
-        raise _not_run(f"no such program: {command[0]}", 127) from None
-    except OSError as exc:  # not executable, a directory, ...
-        raise _not_run(f"cannot run {command[0]}: {exc.strerror or exc}", 126) from None
+    except OSError as exc:  # none by that name, not executable, a folder, ...
+        raise _not_run(command[0], exc) from None
 
 
 def _shell_script(program: str, env: dict[str, str]) -> str | None:
@@ -276,9 +274,28 @@ def _shell_script(program: str, env: dict[str, str]) -> str | None:
     return None if b"\0" in head.split(b"\n", 1)[0] else found
 
 
-def _not_run(message: str, status: int) -> ValidationError:
+def _not_run(name: str, exc: OSError) -> ValidationError:
     """The error for a program that could not be started, with the status a shell gives
-    it (127: not found, 126: found but not runnable), so scripts tell it from the program's."""
+    it (127: not found, 126: found but not runnable), so scripts tell it from the program's.
+    The system's word alone (``cannot run : Permission denied`` for an empty name, the same
+    for a folder) said neither what was wrong nor what to do."""
+    if not name:
+        message, status = (
+            "the program to run is empty: give its name after --, e.g. ometer run -- python job.py",
+            127,
+        )
+    elif isinstance(exc, FileNotFoundError):
+        message, status = f"no such program: {name}", 127
+    elif os.path.isdir(name):
+        message, status = f"cannot run {name}: it is a folder, not a program", 126
+    elif isinstance(exc, PermissionError) and os.path.isfile(name):
+        message, status = (
+            f"cannot run {name}: it is not executable: chmod +x {name}, or put the program "
+            f"that runs it first (e.g. ometer run -- python {name})",
+            126,
+        )
+    else:
+        message, status = f"cannot run {name}: {exc.strerror or exc}", 126
     error = ValidationError(message)
     error.exit_code = status
     return error

@@ -180,7 +180,9 @@ def test_ometer_run_meters_a_legacy_script(emulator: OllamaEmulator, tmp_path: P
         check=False,
     )
     assert not_a_program.returncode == 126  # as a shell has it
-    assert not_a_program.stderr.strip().endswith(f"cannot run {tmp_path}: Permission denied")
+    assert not_a_program.stderr.strip().endswith(
+        f"cannot run {tmp_path}: it is a folder, not a program"
+    )
     missing = subprocess.run(
         [*OMETER, "run", "--", str(tmp_path / "nothing")],
         env=env,
