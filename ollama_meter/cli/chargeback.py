@@ -79,7 +79,7 @@ def chargeback_command(
         idle=idle,
         gpus=gpus,
     )
-    for warning in (*result.warnings, *_other_zone(ledger, cfg, month)):
+    for warning in (*result.warnings, *_other_zone(ledger, cfg, result.month)):
         err.print(shown("warning:", "yellow"), warning)
     if fmt is Format.HTML:
         from ollama_meter.reports import render_chargeback_html

@@ -43,12 +43,14 @@ def test_reprice_since_a_rules_first_day_reprices_every_call_that_rule_prices(
     assert json.loads(cli("log", "--json").stdout)[0]["cost"] == "0.031000"
 
 
+@pytest.mark.parametrize("typed", ["2026-11", " 2026-11\n"])  # read as 2026-11; said as it
 @pytest.mark.parametrize("configured", ["UTC", "America/New_York", "Europe/Berlin"])
 def test_a_bill_cut_at_another_zone_than_the_ledgers_says_so_and_bills_as_asked(
     cli,  # type: ignore[no-untyped-def]
     db_url: str,
     monkeypatch: pytest.MonkeyPatch,
     configured: str,
+    typed: str,
 ) -> None:
     """Budgets and price dates run on the ledger's months; a chargeback on a machine set to
     another zone cut its month there, silently: a call at 23:30 UTC on 30 November was
@@ -58,7 +60,7 @@ def test_a_bill_cut_at_another_zone_than_the_ledgers_says_so_and_bills_as_asked(
     monkeypatch.setenv("OMETER_TIMEZONE", configured)
     ledger = Ledger(db_url, zone="Europe/Berlin")
     ledger.record([make_span(started_at=datetime(2026, 11, 10, 12, tzinfo=UTC), cost_total=5)])
-    result = cli("chargeback", "--month", "2026-11")
+    result = cli("chargeback", "--month", typed)  # a month typed with a newline split the line
     assert result.code == 0, result.stderr
     assert result.stdout.count("\n") == 2  # the header and the one department
     if configured == "Europe/Berlin":
