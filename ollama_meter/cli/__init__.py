@@ -54,6 +54,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},  # every command's, inherited
 )
 app.command("chat")(chat.chat)
 app.command("log")(log.log)

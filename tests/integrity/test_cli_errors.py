@@ -329,6 +329,10 @@ def test_help_and_a_bare_command_still_show_the_help(cli: Any) -> None:
     bare = cli("pricing")
     assert bare.code == 2 and "Usage: ometer pricing" in bare.stdout + bare.stderr
     assert cli("--version").stdout.startswith("ometer ")
+    # -h, as most commands take it, was "No such option: -h"
+    for args in (["-h"], ["report", "-h"], ["db", "backup", "-h"], ["keys", "-h"]):
+        shown = cli(*args)
+        assert shown.code == 0 and "Usage: ometer" in shown.stdout, (args, shown)
 
 
 def _single_valued_options() -> list[tuple[list[str], str, bool]]:
