@@ -68,10 +68,8 @@ class DataTable:
         sizes = [self._sizes(i, c) for i, c in enumerate(self.columns)]
         room = options.max_width - (3 * len(self.columns) + 1)  # borders and padding
         widths = _fit(sizes, room)
-        if sum(widths) > room or any(
-            width < size.cell for width, size in zip(widths, sizes, strict=True) if size.fixed
-        ):  # a number would be cut in two, or (past the floors) every cell left blank
-            yield from self._records()
+        if sum(widths) > room:  # numbers would be cut in two, names below 3 a line, or
+            yield from self._records()  # (rich narrowing the grid further) every cell blank
             return
         grid = Table(
             title=shown(self.title, "table.title"),
@@ -129,14 +127,14 @@ class _Size(NamedTuple):
 
 
 # How columns give way on a narrow terminal, in order: (which columns, the floor of each).
-_STEPS: list[tuple[bool | None, Callable[[_Size], int]]] = [
+_STEPS: list[tuple[bool, Callable[[_Size], int]]] = [
     (False, lambda size: min(size.natural, 10)),  # names wrap, 10 a line
     (False, lambda size: min(size.natural, 6)),  # names, 6 a line
     (True, lambda size: max(size.word, (size.natural + 1) // 2)),  # numbers wrap, whole words
     (False, lambda size: min(size.natural, 3)),  # names, 3 a line
     (True, lambda size: size.cell),  # numbers' headings fold; the numbers stay whole
-    (None, lambda size: 1),  # anything folds
 ]
+"""Past the last, the grid does not fit: its rows are shown as records (``_records``)."""
 
 
 def _fit(sizes: Sequence[_Size], room: int) -> list[int]:
@@ -144,7 +142,7 @@ def _fit(sizes: Sequence[_Size], room: int) -> list[int]:
     widths = [size.natural for size in sizes]
     for which, floor in _STEPS:
         floors = [floor(size) for size in sizes]
-        movable = [i for i, size in enumerate(sizes) if which is None or size.fixed is which]
+        movable = [i for i, size in enumerate(sizes) if size.fixed is which]
         while sum(widths) > room:
             candidates = [i for i in movable if widths[i] > floors[i]]
             if not candidates:
@@ -167,7 +165,7 @@ def table(
     wrap and fold onto more lines first (down to six characters a line), then
     numbers wrap between their words (never inside one: money stays whole), names go
     down to three a line and the headings of numbers fold. Past that, each row is
-    shown as a record of its headings and values (``model: llama3.1:8b · calls: 4 ·
-    ...``), wrapped at the terminal's width, so no number is cut in two.
+    shown as a record of its headings and values (``model: llama3.1:8b   calls: 4
+    ...``), as many to a line as fit, so no number is cut in two.
     """
     return DataTable(title, columns, rows, caption)
