@@ -16,6 +16,7 @@ import errno
 import io
 import logging
 import os
+import re
 import signal
 import sys
 from functools import cache
@@ -300,7 +301,14 @@ def _arguments_cut(message: str) -> str:
     every refusal is written, so no message has to remember to.
     """
     values = {arg.partition("=")[2] if arg.startswith("--") else arg for arg in sys.argv[1:]}
-    for value in sorted((v for v in values if len(v) > _LONG_ARGUMENT), key=len, reverse=True):
+    long = sorted((v for v in values if len(v) > _LONG_ARGUMENT), key=len, reverse=True)
+    for value in long:
         cut = quoted(value)
         message = message.replace(repr(value), cut).replace(value, cut)
+    # What a long value names, quoted as it was read (a --db URL's path, a file name the
+    # system cut short), and not the value as typed: as long a line, all of it.
+    for word in set(re.findall(rf"[^\s'\"]{{{_LONG_ARGUMENT + 1},}}", message)):
+        part = word.rstrip(":;,.)")
+        if len(part) > _LONG_ARGUMENT and any(part in value for value in long):
+            message = message.replace(part, quoted(part))
     return message

@@ -36,3 +36,27 @@ def test_a_long_value_is_quoted_by_its_start_and_length(
     assert line.startswith("error: ") and len(line) < 600, line[:300]
     # quoted by its start and length, or said without it ("is longer than 64 characters")
     assert "... (120,000 characters)" in line or "a" * 61 not in line, line[:300]
+
+
+DEEP = "/tmp/" + "/".join(["y" * 200] * 600)  # 120,605 characters: no folder of it is there
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("report", "--db", f"sqlite:///{DEEP}"),
+        ("db", "import", DEEP),
+        ("report", "--db", f"sqlite:////tmp/{'y' * 100_000}"),
+    ],
+    ids=["no-ledger", "no-file", "name-too-long"],
+)
+def test_a_long_path_from_a_value_is_quoted_by_its_start_and_length(
+    cli: Any, args: tuple[str, ...]
+) -> None:
+    """A refusal that names the file a long value names (the path of a `--db` URL, a file
+    name the system cut) held all of it: only the value as typed was cut."""
+    done = cli(*args)
+    assert done.code in (1, 2), done.stdout
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: ") and len(line) < 600, line[:300]
+    assert " characters)" in line, line[:300]
