@@ -235,7 +235,8 @@ def create_key(
 
     cfg = settings(db_url=db, tenant=tenant, department=dept)
     who = Attribution(tenant=cfg.tenant, department=cfg.department)
-    key, secret = ledger_for(cfg).create_key(
+    ledger = ledger_for(cfg)
+    key, secret = ledger.create_key(
         name=name,
         tenant=who.tenant,
         department=who.department,
@@ -246,7 +247,15 @@ def create_key(
         f"key {key.id} ({key.name}) for {key.tenant}/{key.department}{_users(key)}; "
         "it is shown only this once:"
     )
-    out.file.write(secret + "\n")
+    try:
+        out.file.write(secret + "\n")
+        out.file.flush()  # a full disk refuses it here, not at exit, once the key is live
+    except BaseException:  # the stdout refused it, or Ctrl-C: a key no one saw is no key
+        ledger.revoke_key(key.id)
+        err.print(
+            f"note: key {key.id} ({key.name}) is revoked: it could not be shown; run the command again"
+        )
+        raise
 
 
 def _users(key: "ApiKey") -> str:
