@@ -19,7 +19,7 @@ from ollama_meter.cli._common import (
     utc_now,
 )
 from ollama_meter.cli._console import out, shown, write_data
-from ollama_meter.errors import BudgetError, ValidationError
+from ollama_meter.errors import ValidationError
 from ollama_meter.records import (
     DEFAULT_THRESHOLDS,
     PERIOD_ADVERB,
@@ -78,7 +78,7 @@ def set_budget(
     cfg = settings(db_url=db, currency=currency, tenant=tenant)
     limits = {"day": daily, "week": weekly, "month": monthly}
     if all(value is None for value in limits.values()):  # '' was given: parse_limit says so
-        raise BudgetError("give at least one of --daily, --weekly, --monthly")
+        raise ValidationError("give at least one of --daily, --weekly, --monthly")
     try:
         budgets = [
             Budget(
@@ -96,7 +96,7 @@ def set_budget(
             if value is not None
         ]
     except ValueError as exc:
-        raise BudgetError(str(exc)) from None
+        raise ValidationError(str(exc)) from None
     ledger = ledger_for(cfg)
     kept = []
     for budget in budgets:

@@ -164,12 +164,14 @@ def test_a_budget_the_ledger_could_not_read_back_is_never_stored(
     [
         (["--daily", ""], "error: --daily '' is not a number"),
         (["--weekly", " "], "error: --weekly ' ' is not a number"),
+        (["--monthly", "12,50"], "error: --monthly '12,50' is not a number"),
         ([], "error: give at least one of --daily, --weekly, --monthly"),
     ],
 )
 def test_a_limit_given_empty_is_named(cli, sqlite_url: str, args: list[str], error: str) -> None:  # type: ignore[no-untyped-def]
     """`--daily "$LIMIT"` with LIMIT unset was told to give one of --daily, --weekly, --monthly:
-    the limit it gave, empty, was taken for no limit at all."""
+    the limit it gave, empty, was taken for no limit at all. A value typed wrong exits 2, as it
+    does in every command (`pricing set`, `chargeback`); `budget set` exited 1."""
     result = cli("budget", "set", "sales", *args, "--db", sqlite_url)
-    assert (result.code, result.stderr.startswith(error), result.stdout) == (1, True, "")
+    assert (result.code, result.stderr.startswith(error), result.stdout) == (2, True, "")
     assert "no budgets" in cli("budget", "list", "--db", sqlite_url).stdout
