@@ -48,13 +48,13 @@ def _property(examples: int) -> Any:
 
 
 def test_a_clients_tags_reach_the_gateways_span_exactly(
-    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway]
+    emulator: OllamaEmulator, db_url: str, serve_on: Callable[..., Gateway]
 ) -> None:
     """Client → gateway → span: the span the client is told is the call's record carries the
     tags the client was given (its own and the call's), exactly, beside the gateway's mark
-    of a user no key vouches for (64 tags and the mark: 65)."""
-    gw = serve_on(emulator.url, sqlite_url)
-    with MeteredClient(gw.url, db_url=sqlite_url, department="sales") as client:
+    of a user no key vouches for (64 tags and the mark: 65); on SQLite and PostgreSQL."""
+    gw = serve_on(emulator.url, db_url)
+    with MeteredClient(gw.url, db_url=db_url, department="sales") as client:
 
         @_property(40)
         @example(own=MOST, per_call={}, user="ann", stream=False)
