@@ -59,7 +59,7 @@ ALLOWED_HEADERS = ", ".join((
     "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access",
     "x-api-key",
     # the gateway's own
-    "X-Ometer-Key", "X-Ometer-Tenant", "X-Ometer-Department", "X-Ometer-User",
+    "X-Ometer-Key", "X-Ometer-Tenant", "X-Ometer-Department", "X-Ometer-User", "X-Ometer-Tags",
 )).encode()  # fmt: skip
 EXPOSED_HEADERS = b"X-Ometer-Span-Id, X-Ometer-Ledger, Retry-After"
 MAX_AGE = b"43200"  # 12 h, as Ollama's

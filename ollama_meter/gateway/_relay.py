@@ -87,7 +87,7 @@ HOP_BY_HOP = frozenset({
     # The caller's credentials are the gateway's to read, never Ollama's (nor its logs'):
     # every header a key or the admin token may come in.
     "authorization", "x-api-key", "x-ometer-key",
-    "x-ometer-tenant", "x-ometer-department", "x-ometer-user",
+    "x-ometer-tenant", "x-ometer-department", "x-ometer-user", "x-ometer-tags",
     # How this hop's bodies travel, the gateway's own to say: it has the whole request body
     # (a caller's "Expect: 100-continue" passed on had the client wait, with no timeout, for
     # a "100 Continue" a server may never send), and it decodes the answer and relays it

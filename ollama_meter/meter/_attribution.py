@@ -10,6 +10,9 @@ from ollama_meter.errors import ValidationError
 
 MAX_TAGS = 64
 """The most tags one call carries: OTel keeps 128 attributes a span, ometer's own take ~30."""
+UNVERIFIED_TAG = "user_verified"
+"""The gateway's mark on a span whose user no key vouches for (``"false"``): its word beside
+a caller's tags, not one of them (a caller's 64 through a gateway are kept with it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,31 +35,39 @@ class Attribution:
             problem = name_problem(value, limit=limit)
             if problem:
                 raise ValidationError(f"{what} name {problem}")
-        if len(self.tags) > MAX_TAGS:
-            raise ValidationError(
-                f"{len(self.tags)} tags: a call takes at most {MAX_TAGS} (each is stored on its "
-                "span and exported with it); keep the ones reports group by"
-            )
-        for key, value in self.tags.items():
-            problem = tag_problem(key, value)
-            if problem:
-                raise ValidationError(problem)
+        problem = tags_problem(self.tags)
+        if problem:
+            raise ValidationError(problem)
+
+
+def tags_problem(tags: Mapping[str, str]) -> str | None:
+    """What is wrong with a call's tags, or None: too many, or the first bad one."""
+    if len(tags) - (UNVERIFIED_TAG in tags) > MAX_TAGS:
+        return (
+            f"{len(tags)} tags: a call takes at most {MAX_TAGS} (each is stored on its "
+            "span and exported with it); keep the ones reports group by"
+        )
+    for key, value in tags.items():
+        problem = tag_problem(key, value)
+        if problem:
+            return problem
+    return None
 
 
 def tag_problem(key: object, value: object) -> str | None:
     """What is wrong with one tag, or None: a call's and a hook's tags follow the same rules."""
     if not isinstance(key, str) or not isinstance(value, str):
         wrong = value if isinstance(key, str) else key
-        return f"tag {_shown(key)}: keys and values are text, not {type(wrong).__name__}"
+        return f"tag {shown_key(key)}: keys and values are text, not {type(wrong).__name__}"
     if name_problem(key) or len(value) > 256 or not value.isprintable():
         return (
-            f"tag {_shown(key)}: keys follow the name rules and values are at most 256 "
+            f"tag {shown_key(key)}: keys follow the name rules and values are at most 256 "
             "printable characters"
         )
     return None
 
 
-def _shown(key: object) -> str:
+def shown_key(key: object) -> str:
     """A tag key as an error names it: its start, when it is long (it may be kilobytes)."""
     try:  # a hook's key may be any object, its repr() one that raises
         plain = str.__str__(key) if isinstance(key, str) else key

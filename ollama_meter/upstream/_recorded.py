@@ -12,6 +12,7 @@ Imports nothing heavy: the meter holds a :class:`Heard` on every call.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,17 +26,28 @@ TENANT_HEADER, DEPARTMENT_HEADER, USER_HEADER = (
     "X-Ometer-Department",
     "X-Ometer-User",
 )
+TAGS_HEADER = "X-Ometer-Tags"
+"""The call's tags, a JSON object of text to text (ASCII: other characters as ``\\u`` escapes)."""
 
 _WORD = re.compile(r"[0-9A-Za-z_-]{1,64}")
 """What a ledger's id or a span's id looks like: a header that says anything else names none."""
 
 
-def who_headers(tenant: str | None, department: str | None, user: str | None) -> dict[str, str]:
+def who_headers(
+    tenant: str | None,
+    department: str | None,
+    user: str | None,
+    tags: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """The headers a gateway (keys not required) charges a call by: the names the client's
-    meter charges it to, so the gateway's span, the call's record, is charged the same.
-    None: the client names none, and the gateway charges its own default."""
+    meter charges it to, and its tags, so the gateway's span, the call's record, is charged
+    and labelled the same. None: the client names none, and the gateway charges its own
+    default; no tags, no tags header."""
     named = ((TENANT_HEADER, tenant), (DEPARTMENT_HEADER, department), (USER_HEADER, user))
-    return {header: name for header, name in named if name is not None}
+    sends = {header: name for header, name in named if name is not None}
+    if tags:
+        sends[TAGS_HEADER] = json.dumps(dict(tags), separators=(",", ":"))
+    return sends
 
 
 @dataclass(slots=True)

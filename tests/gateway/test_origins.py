@@ -85,6 +85,7 @@ def test_an_allowed_page_is_answered_and_its_preflight_too(
     )
     allowed = {h.strip().lower() for h in pre.headers["access-control-allow-headers"].split(",")}
     assert {"content-type", "authorization", "x-ometer-key", "x-ometer-department"} <= allowed
+    assert "x-ometer-tags" in allowed
     assert pre.headers["access-control-max-age"] == "43200"
     assert emulator.requests == []  # a preflight is the gateway's to answer
 

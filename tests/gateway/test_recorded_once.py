@@ -70,7 +70,9 @@ def test_a_client_through_a_gateway_on_its_ledger_leaves_one_span(
 ) -> None:
     gw = serve_on(emulator.url, sqlite_url)
     gw.ledger.add_price_rule(token_prices())
-    who = {"tenant": "acme", "department": "sales", "user": "ann", "db_url": sqlite_url}
+    tags = {"job": "nightly", "note": "été \U0001f319"}
+    who = {"tenant": "acme", "department": "sales", "user": "ann", "tags": tags}
+    who["db_url"] = sqlite_url
     if driver == "sync":
         with MeteredClient(gw.url, **who) as client:
             last = _call(client, operation, stream)
@@ -88,6 +90,8 @@ def test_a_client_through_a_gateway_on_its_ledger_leaves_one_span(
     ]
     (span,) = spans
     assert span.cost_total > 0 and span.status == "ok"
+    # The client's tags, with the gateway's word that no key vouches for its user.
+    assert span.tags == {**tags, "user_verified": "false"}
     # The client names the gateway's span: the call's one record.
     assert last.meter.id == span.id
     assert last.meter.recorded_by == gw.url
