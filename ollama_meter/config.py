@@ -205,7 +205,8 @@ class Settings(BaseSettings):
     @field_validator("ollama_host")
     @classmethod
     def _host(cls, value: str) -> str:
-        return normalize_host(value)
+        # Set but empty is the default address to Ollama and its client (`OLLAMA_HOST=`).
+        return normalize_host(value) if value.strip() else DEFAULT_OLLAMA_HOST
 
     @field_validator("db_url")
     @classmethod
