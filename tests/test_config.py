@@ -821,3 +821,23 @@ def test_a_timer_under_a_millisecond_is_refused_naming_the_setting_and_the_floor
         assert taken == seconds
     else:
         assert taken == f"{name}: {given_as!r} is not a number from 0.001 to {most:,}"
+
+
+@pytest.mark.parametrize("value", ["", "  ", "\t"])
+def test_an_empty_ollama_host_is_the_default_address_as_ollama_takes_it(
+    cli, monkeypatch: pytest.MonkeyPatch, sqlite_url: str, value: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Ollama and the ``ollama`` client read ``OLLAMA_HOST=`` (set, but empty) as their
+    default address; ometer refused it ("OLLAMA_HOST: is empty") in every command, a
+    report too, so a shell that exports it empty could run Ollama but not ometer."""
+    from ollama_meter.cli.serve import serve_settings
+
+    monkeypatch.setenv("OLLAMA_HOST", value)
+    monkeypatch.delenv("OMETER_UPSTREAMS", raising=False)
+    assert load_settings().ollama_host == "http://127.0.0.1:11434"
+    specs = serve_settings(None, slots=None, max_queue=None, db=sqlite_url).upstream_specs
+    assert [s.url for s in specs] == ["http://127.0.0.1:11434"]  # --upstream's default
+    done = cli("budget", "list", "--db", sqlite_url)
+    assert done.code == 0, done.stderr
+    # MeteredClient(host=""), as ollama.Client(host="")
+    assert load_settings(ollama_host=value).ollama_host == "http://127.0.0.1:11434"

@@ -211,6 +211,19 @@ def status_to_dict(row: "BudgetStatus", undelivered: "Sequence[Alert]" = ()) -> 
     }
 
 
+BAR_CELLS = 10
+
+
+def use_bar(spent: int, limit: int, style: str) -> ProgressBar:
+    """``spent`` of ``limit`` as a bar of :data:`BAR_CELLS` cells, drawn by halves: any use
+    at all is half a cell at least (under 5 % it drew nothing, as no use does)."""
+    least = -(-limit // (2 * BAR_CELLS))  # one half-cell, rounded up
+    shown = 0 if spent <= 0 else max(min(spent, limit), least)
+    return ProgressBar(
+        total=limit, completed=shown, width=BAR_CELLS, complete_style=style, finished_style=style
+    )
+
+
 @app.command("status")
 def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
     """Each budget's use this period: spent, share, bar, projection to period end, state."""
@@ -250,13 +263,7 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
             money(row.spent, row.budget.currency if per_row else None),
             money(row.budget.limit, row.budget.currency if per_row else None),
             f"{row.percent}%",
-            ProgressBar(
-                total=100,
-                completed=min(row.percent, 100),
-                width=10,
-                complete_style=_STATE_STYLE[row.state],
-                finished_style=_STATE_STYLE[row.state],
-            ),
+            use_bar(row.spent, row.budget.limit, _STATE_STYLE[row.state]),
             money(row.projected, row.budget.currency if per_row else None),
             shown(row.state, _STATE_STYLE[row.state]),
         ]

@@ -196,7 +196,6 @@ def import_command(
             "it from stdin"
         )
     cfg = settings(db_url=db)
-    ledger = ledger_as_is(cfg)
     stream: BinaryIO
     if source == "-":
         if sys.stdin is None:  # started with it closed (`<&-`)
@@ -231,8 +230,9 @@ def import_command(
             )
         ):
             try:
+                # Opened once a span is ready: input refused at once leaves no new ledger.
                 summary = import_lines(
-                    ledger,
+                    lambda: ledger_as_is(cfg),
                     _counted(stream, lambda n: bar.advance(task, n)),
                     pruned_too=pruned_too,
                     progress=lambda n: recorded.__setitem__(0, recorded[0] + n),
@@ -246,7 +246,7 @@ def import_command(
                 ) from None
     took = max(time.monotonic() - began, 1e-9)
     out.print(
-        f"imported {summary.added:,} span(s) into {named(ledger.display_url)}"
+        f"imported {summary.added:,} span(s) into {named(ledger_as_is(cfg).display_url)}"
         f" ({summary.present:,} already there) in {took:.1f} s, {summary.read / took:,.0f} spans/s"
     )
     if summary.pruned and summary.horizon is not None:

@@ -26,6 +26,8 @@ made the decision, and Ollama's own check would read an origin of a page it neve
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -104,14 +106,61 @@ def allowed_origins(extra: Iterable[str] = ()) -> Origins:
             anything = True
         elif origin.count("*") > 1 or not (origin.isascii() and origin.isprintable()):
             raise ValidationError(_bad(entry, "has more than one * or a character not allowed"))
+        elif origin != "null" and "://" not in origin:
+            raise ValidationError(_bad(entry, "is not scheme://host[:port]"))
+        elif origin != "null" and (why := _not_origin(origin)):
+            raise ValidationError(_bad(entry, f"is not an origin ({why})"))
         elif "*" in origin:
             head, _, tail = origin.partition("*")
             patterns.append((head, tail))
-        elif origin != "null" and "://" not in origin:
-            raise ValidationError(_bad(entry, "is not scheme://host[:port]"))
         else:
             exact.add(origin.rstrip("/"))
     return Origins(frozenset(exact), tuple(dict.fromkeys(patterns)), anything)
+
+
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+_HOST = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
+
+
+def _not_origin(origin: str) -> str | None:
+    """What keeps ``origin`` (lower case, no path) from being ``scheme://host[:port]`` as a
+    browser sends it, else None; a ``*`` stands for any part of one. Such an entry matched
+    no page (``http://[::1`` with no closing bracket, a port of 99999), and the page it was
+    meant for got 403 with no word why."""
+    scheme, _, rest = origin.partition("://")
+    rest = rest.rstrip("/")
+    if not _SCHEME.fullmatch(scheme.replace("*", "x")):
+        return f"{scheme!r} is no scheme"
+    if rest.startswith("["):
+        host, close, after = rest[1:].partition("]")
+        if not close:
+            return "its IPv6 address has no closing ]"
+        if "*" not in host and not _ipv6(host):
+            return f"{host!r} is no IPv6 address"
+        if after and not after.startswith(":"):
+            return f"{rest!r} is no host name"
+        colon, port = after[:1], after[1:]
+    elif rest.count(":") > 1:
+        return f"an IPv6 address goes in brackets: [{rest}]"
+    else:
+        host, colon, port = rest.partition(":")
+        if host and not _HOST.fullmatch(host.replace("*", "x")):
+            return f"{host!r} is no host name"
+    if not host:
+        return "it names no host"
+    if colon and not port:
+        return "it ends in : with no port"
+    if port and "*" not in port and not (port.isdigit() and int(port) <= 65535):
+        return f"port {port if port.isdigit() else repr(port)} is not 0 to 65535"
+    return None
+
+
+def _ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _page_address(origin: str) -> str | None:

@@ -202,7 +202,7 @@ without content (a kilobyte or so a line) fill a batch by its count first."""
 
 @bulk
 def import_lines(
-    ledger: Ledger,
+    ledger: Ledger | Callable[[], Ledger],
     lines: Iterable[bytes],
     *,
     batch: int = BATCH_SPANS,
@@ -222,7 +222,8 @@ def import_lines(
     transaction (spans and rollups together). A bad line stops the
     import with its number; what came before it is recorded, so the same command
     runs again after the line is fixed. ``name`` is the file's, for a message that says
-    what to run on it.
+    what to run on it. ``ledger`` may be a function that opens it: called once the first
+    batch is ready, so input refused before that (a UTF-16 file, an array) makes no ledger.
     """
     with _fewer_collections():
         return _import(ledger, lines, batch, progress, pruned_too=pruned_too, name=name)
@@ -264,7 +265,7 @@ _fewer_collections = _FewerCollections()
 
 
 def _import(
-    ledger: Ledger,
+    ledger: Ledger | Callable[[], Ledger],
     lines: Iterable[bytes],
     batch: int,
     progress: Callable[[int], None] | None,
@@ -277,9 +278,11 @@ def _import(
     held = 0  # bytes of the lines in pending
 
     def flush() -> None:
-        nonlocal held
+        nonlocal held, ledger
         held = 0
         if pending:
+            if callable(ledger):
+                ledger = ledger()
             try:
                 with ledger.write() as conn:
                     # Spans before the prune horizon the ledger does not hold are left out,

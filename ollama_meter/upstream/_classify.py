@@ -18,7 +18,8 @@ import errno
 import json
 import math
 import re
-from collections.abc import Mapping
+import ssl
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
@@ -96,10 +97,7 @@ def out_of_resources(exc: BaseException, *, host: str) -> ServerBusy | None:
     It is no "cannot reach Ollama" (retried, then counted against the server's breaker, so a
     healthy Ollama was refused to everyone); nothing was sent. None for any other failure.
     """
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
+    for cause in _causes(exc):
         code = getattr(cause, "errno", None)
         if isinstance(cause, OSError) and code in _OUT_OF:
             busy = ServerBusy(
@@ -109,9 +107,48 @@ def out_of_resources(exc: BaseException, *, host: str) -> ServerBusy | None:
             )
             busy.reached_upstream = False  # its breaker neither fails nor recovers by it
             return busy
+    return None
+
+
+def no_connection(exc: BaseException, *, host: str, reason: str = "") -> UpstreamError:
+    """The error for a call that got no connection to Ollama, ``exc`` what the client library
+    raised: this process out of resources (:func:`out_of_resources`), a server that answered
+    a TLS handshake in plain HTTP, else Ollama not reachable."""
+    if busy := out_of_resources(exc, host=host):
+        return busy
+    if host.startswith("https://") and any(map(_plain_http, _causes(exc))):
+        # It said "cannot reach Ollama: is it running?": it is running, and it answered.
+        address = host.removeprefix("https://")
+        return UpstreamConnectionError(
+            f"the server at {address} answered plain HTTP to a TLS connection: use "
+            f"http://{address}, not https://"
+        )
+    return transport_error(Failure.CONNECTION, host=host, started=False, reason=reason)
+
+
+_PLAIN_HTTP = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST")
+"""How OpenSSL fails a handshake whose answer is HTTP's ``HTTP/1.1 400`` read as a TLS record
+(``RECORD_LAYER_FAILURE`` from OpenSSL 3.2 on)."""
+
+
+def _plain_http(cause: BaseException) -> bool:
+    if not isinstance(cause, ssl.SSLError):
+        return False
+    said = str(cause).lower()
+    return getattr(cause, "reason", None) in _PLAIN_HTTP or any(
+        reason.replace("_", " ").lower() in said for reason in _PLAIN_HTTP
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from or during, down the chain (each once)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        yield cause
         inner = getattr(cause, "os_error", None)  # aiohttp's connector error keeps it here
         cause = inner if isinstance(inner, BaseException) else cause.__cause__ or cause.__context__
-    return None
 
 
 def unreadable(host: str, reason: str) -> StreamError:

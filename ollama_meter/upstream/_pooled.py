@@ -29,7 +29,7 @@ from ollama_meter.upstream._classify import (
     Failure,
     answer_error,
     detail_of,
-    out_of_resources,
+    no_connection,
     retry_after_seconds,
     transport_error,
 )
@@ -147,9 +147,7 @@ class PooledUpstream(Resilient):
                 reason="the connection closed partway through its status line and headers",
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise out_of_resources(exc, host=self.host) or transport_error(
-                Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)
-            ) from exc
+            raise no_connection(exc, host=self.host, reason=_reason(exc)) from exc
         if response.status not in ANSWER_STATUSES:
             # Passed on as it came, a 999 could not even be written (the server's status line
             # raised: no answer at all), and a 101 told the caller its connection was switched.

@@ -29,8 +29,8 @@ from ollama_meter.upstream._classify import (
     answer_error,
     error_text,
     mid_stream_error,
+    no_connection,
     not_an_answer,
-    out_of_resources,
     reported_error,
     transport_error,
     unfinished_error,
@@ -366,9 +366,7 @@ class Upstream(Resilient):
         elif isinstance(exc, httpx.RemoteProtocolError) and not _said_nothing(exc):
             kind = Failure.GARBLED  # something answered, in bytes that are no HTTP answer
         elif isinstance(exc, ConnectionError | httpx.TransportError):
-            if (exhausted := out_of_resources(exc, host=self.host)) is not None:
-                return exhausted
-            kind, reason = Failure.CONNECTION, ""  # the client's own words say nothing more
+            return no_connection(exc, host=self.host)  # the client's own words say nothing more
         else:
             kind = Failure.UNEXPECTED
         return transport_error(kind, host=self.host, started=started, reason=reason)

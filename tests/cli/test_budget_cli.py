@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 
 import pytest
+from hypothesis import given, strategies as st
 
 from ollama_meter.testing import OllamaEmulator
 
@@ -175,3 +177,34 @@ def test_a_limit_given_empty_is_named(cli, sqlite_url: str, args: list[str], err
     result = cli("budget", "set", "sales", *args, "--db", sqlite_url)
     assert (result.code, result.stderr.startswith(error), result.stdout) == (2, True, "")
     assert "no budgets" in cli("budget", "list", "--db", sqlite_url).stdout
+
+
+def test_any_use_shows_in_the_bar_and_none_shows_nothing(
+    cli, db: str, emulator: OllamaEmulator
+) -> None:  # type: ignore[no-untyped-def]
+    """The bar is 10 cells of 10 %, drawn by halves: a budget used 0.15 % (or anything under
+    5 %) showed a blank bar, the same as one never used."""
+    for dept in ("sales", "support"):
+        assert cli("budget", "set", dept, "--daily", "1000").code == 0
+    cli("pricing", "set", "*", "--per-request", "1.5")
+    assert cli("chat", "--dept", "sales", "-m", "llama3.1:8b", "hi").code == 0
+    rows = {
+        line.split()[3]: line for line in cli("budget", "status").stdout.splitlines() if "/" in line
+    }
+    assert "0%" in rows["default/sales"] and "╸" in rows["default/sales"]
+    assert "━" not in rows["default/support"] and "╸" not in rows["default/support"]
+
+
+@given(limit=st.integers(1, 10**15), share=st.fractions(0, 2))
+def test_the_bar_is_blank_only_for_no_use(limit: int, share: Fraction) -> None:
+    from rich.console import Console
+
+    from ollama_meter.cli.budget import use_bar
+
+    spent = int(limit * share)
+    console = Console(no_color=True, width=40)
+    with console.capture() as shown:
+        console.print(use_bar(spent, limit, "green"))
+    drawn = shown.get().strip()
+    assert (drawn == "") == (spent == 0), (spent, limit, drawn)
+    assert len(drawn) <= 10

@@ -257,9 +257,50 @@ def test_an_origin_with_a_path_is_an_error_naming_the_origin(entry: str, origin:
     ), str(caught.value)
 
 
-@pytest.mark.parametrize("entry", ["https://chat.example.com/", "http://intranet:*", "app://*"])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "https://chat.example.com/",
+        "http://intranet:*",
+        "app://*",
+        "http://[::1]",
+        "http://[::1]:8080",
+        "http://[fe80::1]:*",
+        "https://*.corp.example:8443",
+        "chrome-extension://abcdefghijklmnop",
+        "HTTP://Intranet:65535",
+    ],
+)
 def test_an_origin_with_no_path_is_taken(entry: str) -> None:
     GatewayOptions(origins=(entry,))
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ("http://[::1", "its IPv6 address has no closing ]"),
+        ("http://[::1:*", "its IPv6 address has no closing ]"),
+        ("http://[::zz]:80", "'::zz' is no IPv6 address"),
+        ("http://::1", "an IPv6 address goes in brackets: [::1]"),
+        ("http://intranet:99999", "port 99999 is not 0 to 65535"),
+        ("http://intranet:http", "port 'http' is not 0 to 65535"),
+        ("http://intranet:", "it ends in : with no port"),
+        ("http://", "it names no host"),
+        ("http://:8080", "it names no host"),
+        ("http://user@intranet", "'user@intranet' is no host name"),
+        ("http://intra net", "'intra net' is no host name"),
+        ("ht tp://intranet", "'ht tp' is no scheme"),
+    ],
+)
+def test_every_origin_is_checked_and_the_bad_one_named(entry: str, why: str) -> None:
+    """Only the shape ``scheme://`` was checked: ``http://[::1`` (no closing bracket), a port
+    of 99999 or ``http://intranet:`` were taken, matched no page a browser sends, and the
+    page they were meant for got 403 with no word why."""
+    with pytest.raises(ValidationError) as caught:
+        GatewayOptions(origins=("https://chat.example.com", entry))
+    assert str(caught.value).startswith(
+        f"--origins (OMETER_ORIGINS): {entry!r} is not an origin ({why}); "
+    ), str(caught.value)
 
 
 PAGE = b"<!doctype html><title>a page</title><p>calls the gateway from the browser"

@@ -7,13 +7,14 @@ import errno
 import io
 import json
 import sys
+import tempfile
 import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger, rebuild, span_from_line, span_to_dict
 from tests.ledger.test_transfer import _spans, _tables
@@ -214,3 +215,44 @@ def test_an_empty_file_name_is_said_to_be_one_not_the_current_folder(
     directory`: neither says that the name is what is missing."""
     done = cli(*args, "--db", sqlite_url)
     assert (done.code, done.stdout, done.stderr) == (2, "", said)
+
+
+_REFUSED_AT_ONCE = {
+    "a JSON array": b'[{"id": "x"}]\n',
+    "UTF-16": '{"id": "x"}\n'.encode("utf-16"),
+    "gzip": b"\x1f\x8b\x08\x00" + b"\x00" * 12,
+    "a SQLite file": b"SQLite format 3\x00" + b"\x00" * 84,
+    "a bad first line": b'{"id": 1}\n',
+}
+
+
+@pytest.mark.parametrize("data", _REFUSED_AT_ONCE.values(), ids=_REFUSED_AT_ONCE.keys())
+def test_an_import_refused_at_once_leaves_no_new_ledger_behind(
+    cli: Any, tmp_path: Path, data: bytes
+) -> None:
+    """The ledger was opened (made, migrated) before the file's first line was read: an
+    import refused on line 1 left an empty ledger at the target, which every later command
+    then read as a real one with no calls in it."""
+    source = tmp_path / "input"
+    source.write_bytes(data)
+    target = tmp_path / "new" / "ledger.db"
+    done = cli("db", "import", str(source), "--db", f"sqlite:///{target}")
+    assert (done.code, done.stdout) == (2, "")
+    assert done.stderr.startswith("error: line 1: ")
+    assert not target.parent.exists()  # not the ledger, not even its folder
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(first=st.text(min_size=1).filter(lambda t: "\n" not in t and "\r" not in t and t.strip()))
+def test_any_import_refused_on_its_first_line_makes_no_ledger(cli: Any, first: str) -> None:
+    """Whatever the first line, when the import refuses it nothing is made at the target:
+    the ledger is opened only for a span ready to record."""
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / "ledger.db"
+        done = cli("db", "import", "-", "--db", f"sqlite:///{target}", stdin=f"{first}\n")
+        if done.code == 0:  # pragma: no cover (a line that is a whole span)
+            return
+        assert done.code == 2 and done.stderr.startswith("error: line 1: "), done.stderr
+        assert list(Path(folder).iterdir()) == []
