@@ -101,7 +101,7 @@ def parse_amount(
     written = str(text).strip()
     if not _NUMBER.fullmatch(written):
         raise ValueError(
-            f"{what} {_shown(repr(text))} is not a number; write it with the digits 0-9 and a "
+            f"{what} {_quoted(text)} is not a number; write it with the digits 0-9 and a "
             "point, such as 12.50"
         )
     try:
@@ -149,6 +149,13 @@ def _shown(text: object) -> str:
     return f"{written[:20]}...{written[-10:]} ({len(written):,} characters)"
 
 
+def _quoted(text: object) -> str:
+    """``text`` quoted as an error names a value: its ends and its own length when long."""
+    if isinstance(text, str) and len(text) > 60:
+        return f"{text[:20]!r}...{text[-10:]!r} ({len(text):,} characters)"
+    return _shown(repr(text))
+
+
 def check_amount(value: Decimal, *, what: str, limit: Decimal = MAX_PRICE) -> None:
     """Raise ValueError unless ``value`` is a finite amount in [0, ``limit``] of sane length."""
     # Named as it is typed ("1e30"), not as Decimal prints it ("1E+30"), which nobody wrote.
@@ -176,7 +183,7 @@ def parse_currency(text: object, *, what: str = "currency") -> str:
     stripped = text.strip() if isinstance(text, str) else ""
     code = stripped.upper() if stripped.isascii() else ""  # 'Aß'.upper() is 'ASS'
     if not _CURRENCY.fullmatch(code):
-        given = f"{what} {_shown(repr(text))}".strip()  # a line of an import may be megabytes
+        given = f"{what} {_quoted(text)}".strip()  # a line of an import may be megabytes
         raise ValueError(f"{given} is not a 3-letter ISO 4217 code such as USD or EUR")
     return code
 
