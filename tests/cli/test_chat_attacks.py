@@ -511,10 +511,12 @@ def test_an_option_of_thousands_of_digits_is_refused_by_name(  # type: ignore[no
 
 FOREGROUND = (
     "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "signal.signal(signal.SIGHUP, signal.SIG_DFL); "
     "from ollama_meter.cli import main; sys.argv[0] = 'ometer'; main()"
 )
-"""``ometer`` as a foreground job has it: Ctrl-C raises (a shell's background job, and so a
-test run started as one, would hand it on ignored)."""
+"""``ometer`` as a foreground job has it: Ctrl-C raises, a hang-up is not ignored (a shell's
+background job, and a run under nohup, and so a test run started as one, would hand them on
+ignored)."""
 STOPPING = [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
 """Ctrl-C, a kill, and the terminal gone (an ssh session dropped): SIGHUP killed ometer on the
 spot, its span left in the journal for some later ometer to find as ``interrupted``."""

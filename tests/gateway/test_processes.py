@@ -23,6 +23,14 @@ import pytest
 from ollama_meter.testing import OllamaEmulator
 
 OMETER = [sys.executable, "-m", "ollama_meter"]
+HEARING = [
+    sys.executable,
+    "-c",
+    "import runpy, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+    "sys.argv[0] = 'ometer'; runpy.run_module('ollama_meter', run_name='__main__')",
+]
+"""``ometer`` as started from a terminal, which hears a hang-up: a test run under nohup (CI)
+hands its children SIGHUP ignored, and ometer keeps an ignored one ignored."""
 HI = [{"role": "user", "content": "hello"}]
 
 
@@ -60,7 +68,7 @@ def start_gateway(
     gateway that logged a lot)."""
     with tempfile.TemporaryFile() as output:  # the gateway's copy outlives this one
         proc = subprocess.Popen(
-            [*OMETER, "serve", "--host", host, "--port", "0", "--upstream", upstream, *options],
+            [*HEARING, "serve", "--host", host, "--port", "0", "--upstream", upstream, *options],
             env=env,
             stdout=output,
             stderr=output,
