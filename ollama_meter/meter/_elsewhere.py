@@ -47,6 +47,15 @@ def gateways_span(meter: Meter, call: MeteredCall) -> str | None:
     return heard.span_id if ours and hmac.compare_digest(heard.ledger, ours) else None
 
 
+def streamed_from_gateway(meter: Meter, call: MeteredCall) -> None:
+    """A stream's first part came: if a gateway on this ledger sent it, its span is the call's
+    record from here on, however this process ends (its caller gone, the gateway records the
+    call as an abort), so the call's journal entry is closed now. Kept open, a client killed
+    mid-stream was recorded again, as interrupted, by the next process on the ledger."""
+    if meter.journal and gateways_span(meter, call) is not None:
+        meter.ledger.journal.closed([call.span.id])
+
+
 def leave_to_gateway(meter: Meter, call: MeteredCall, error: BaseException | None) -> bool:
     """End ``call`` with no span of its own if a gateway on this ledger recorded it (True)."""
     if call.heard is None or (recorded := gateways_span(meter, call)) is None:

@@ -3,13 +3,18 @@ its answers is the ledger's at the path now, not the one it read when it started
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from ollama_meter import MeteredClient
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
-from tests.gateway.conftest import Gateway
+from tests.gateway.conftest import Gateway, left_mid_stream
 
 HI = [{"role": "user", "content": "hi"}]
 LEDGER_HEADER = "X-Ometer-Ledger"
@@ -41,3 +46,53 @@ def test_a_new_ledger_file_at_the_path_is_named_by_its_own_id(
     spans = gw.ledger.latest(SpanFilter(), 10)
     assert [s.source for s in spans] == ["gateway"] * 3
     assert last.meter.recorded_by == gw.url and last.meter.id == spans[0].id
+
+
+_KILLED_MID_STREAM = {
+    "sync": """
+import os, sys
+from ollama_meter import MeteredClient
+client = MeteredClient(sys.argv[1], department="sales", db_url=sys.argv[2])
+parts = client.chat("llama3.1:8b", [{"role": "user", "content": "a b c d"}], stream=True,
+                    options={"num_predict": 200})
+next(parts)
+print("read", flush=True)
+os.kill(os.getpid(), 9)
+""",
+    "async": """
+import asyncio, os, sys
+from ollama_meter import AsyncMeteredClient
+async def main():
+    client = AsyncMeteredClient(sys.argv[1], department="sales", db_url=sys.argv[2])
+    parts = await client.chat("llama3.1:8b", [{"role": "user", "content": "a b c d"}],
+                              stream=True, options={"num_predict": 200})
+    await anext(parts)
+    print("read", flush=True)
+    os.kill(os.getpid(), 9)
+asyncio.run(main())
+""",
+}
+
+
+@pytest.mark.parametrize("driver", ["sync", "async"])
+def test_a_client_killed_mid_stream_leaves_the_gateways_span_alone(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], driver: str
+) -> None:
+    """``kill -9`` of a client reading a stream the gateway on its ledger records: the
+    gateway's span (its caller gone) is the call's one record. The client's journal kept
+    the call open, and the next process on the ledger recorded it again as interrupted."""
+    gw = serve_on(emulator.url, sqlite_url)
+    emulator.token_latency = 0.05
+    try:
+        dead = subprocess.run(
+            [sys.executable, "-c", _KILLED_MID_STREAM[driver], gw.url, sqlite_url],
+            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert (dead.returncode, dead.stdout) == (-signal.SIGKILL, "read\n"), dead.stderr
+        span = left_mid_stream(gw, emulator)
+    finally:
+        emulator.token_latency = 0.0
+    assert gw.meter.recover_interrupted() == 0
+    spans = gw.ledger.latest(SpanFilter(), 10)
+    assert [(s.id, s.source) for s in spans] == [(span.id, "gateway")]
