@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ollama_meter._names import UNVERIFIED_TAG
+
 SPAN_HEADER = "X-Ometer-Span-Id"
 """The header a metered call's answer names its span in (``ometer log --json``'s ``id``)."""
 LEDGER_HEADER = "X-Ometer-Ledger"
@@ -45,8 +47,9 @@ def who_headers(
     default; no tags, no tags header."""
     named = ((TENANT_HEADER, tenant), (DEPARTMENT_HEADER, department), (USER_HEADER, user))
     sends = {header: name for header, name in named if name is not None}
-    if tags:
-        sends[TAGS_HEADER] = json.dumps(dict(tags), separators=(",", ":"))
+    labels = {key: value for key, value in (tags or {}).items() if key != UNVERIFIED_TAG}
+    if labels:
+        sends[TAGS_HEADER] = json.dumps(labels, separators=(",", ":"))
     return sends
 
 

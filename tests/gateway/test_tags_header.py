@@ -269,3 +269,20 @@ def test_a_flood_of_hostile_tags_costs_other_callers_nothing(
     assert sorted((s.status, s.department, json.dumps(s.tags)) for s in spans) == sorted(
         [("ok", "sales", json.dumps(mine))] * 5 + [("error", "unassigned", "{}")] * 40
     )
+
+
+@pytest.mark.parametrize("user", [None, "ann"])
+def test_a_client_tagged_user_verified_calls_through_a_gateway(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], user: str | None
+) -> None:
+    """A client may carry a user_verified tag of its own (its rules allow it); the gateway
+    refuses the header that sets it (its own word): every call of the client through a
+    gateway was a 400. The client leaves it out of the header: the gateway's word stands."""
+    gw = serve_on(emulator.url, sqlite_url)
+    own = {"user_verified": "yes", "job": "nightly"}
+    with MeteredClient(gw.url, db_url=sqlite_url, user=user, tags=own) as client:
+        answer = client.chat("llama3.1:8b", HI)
+    gw.settle()
+    (span,) = gw.ledger.latest(SpanFilter(), 1)
+    assert (span.id, answer.meter.recorded_by) == (answer.meter.id, gw.url)
+    assert span.tags == {"job": "nightly", **(UNVERIFIED if user else {})}
