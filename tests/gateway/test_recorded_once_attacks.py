@@ -8,12 +8,16 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from ollama_meter import MeteredClient
+from ollama_meter.budgets import Budget, budget_status
 from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter import utc_now
 from ollama_meter.testing import OllamaEmulator
+from tests.factories import token_prices
 from tests.gateway.conftest import Gateway, left_mid_stream
 
 HI = [{"role": "user", "content": "hi"}]
@@ -52,6 +56,7 @@ _KILLED_MID_STREAM = {
     "sync": """
 import os, sys
 from ollama_meter import MeteredClient
+from ollama_meter.budgets import Budget, budget_status
 client = MeteredClient(sys.argv[1], department="sales", db_url=sys.argv[2])
 parts = client.chat("llama3.1:8b", [{"role": "user", "content": "a b c d"}], stream=True,
                     options={"num_predict": 200})
@@ -82,6 +87,10 @@ def test_a_client_killed_mid_stream_leaves_the_gateways_span_alone(
     gateway's span (its caller gone) is the call's one record. The client's journal kept
     the call open, and the next process on the ledger recorded it again as interrupted."""
     gw = serve_on(emulator.url, sqlite_url)
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(
+        Budget(tenant="default", department="sales", period="day", limit=1_000_000, currency="USD")
+    )
     emulator.token_latency = 0.05
     try:
         dead = subprocess.run(
@@ -96,3 +105,8 @@ def test_a_client_killed_mid_stream_leaves_the_gateways_span_alone(
     assert gw.meter.recover_interrupted() == 0
     spans = gw.ledger.latest(SpanFilter(), 10)
     assert [(s.id, s.source) for s in spans] == [(span.id, "gateway")]
+    # The dead client's hold on the budget is given back, not left to lapse (15 minutes).
+    assert gw.meter.budgets is not None
+    gw.meter.budgets.close()
+    (status,) = budget_status(gw.ledger, tz=ZoneInfo("UTC"), now=utc_now())
+    assert (status.spent, status.held) == (span.cost_total, 0)
