@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -110,3 +111,23 @@ def test_a_client_killed_mid_stream_leaves_the_gateways_span_alone(
     gw.meter.budgets.close()
     (status,) = budget_status(gw.ledger, tz=ZoneInfo("UTC"), now=utc_now())
     assert (status.spent, status.held) == (span.cost_total, 0)
+
+
+def test_the_tags_an_on_start_hook_adds_are_on_the_gateways_span(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway]
+) -> None:
+    """What an ``on_start`` hook adds to a call's tags is stored with the call; through a
+    gateway on the client's ledger the gateway's span is the call's one record, and it
+    carried only the client's own tags: the hook's were lost."""
+    gw = serve_on(emulator.url, sqlite_url)
+
+    def tag(span: Any) -> None:
+        span.tags["job"] = "nightly"
+
+    own = {"team": "ml"}
+    with MeteredClient(gw.url, db_url=sqlite_url, tags=own, on_start=tag) as client:
+        answer = client.chat("llama3.1:8b", HI)
+    gw.settle()
+    (span,) = gw.ledger.latest(SpanFilter(), 1)
+    assert (span.id, answer.meter.recorded_by) == (answer.meter.id, gw.url)
+    assert span.tags == {"team": "ml", "job": "nightly"}
