@@ -3,6 +3,7 @@ its answers is the ledger's at the path now, not the one it read when it started
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from ollama_meter.meter import utc_now
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway, left_mid_stream
+from tests.gateway.test_processes import OMETER, logged
 
 HI = [{"role": "user", "content": "hi"}]
 LEDGER_HEADER = "X-Ometer-Ledger"
@@ -131,3 +133,24 @@ def test_the_tags_an_on_start_hook_adds_are_on_the_gateways_span(
     (span,) = gw.ledger.latest(SpanFilter(), 1)
     assert (span.id, answer.meter.recorded_by) == (answer.meter.id, gw.url)
     assert span.tags == {"team": "ml", "job": "nightly"}
+
+
+def test_ometer_chat_inside_ometer_run_db_writes_to_the_runs_ledger(
+    emulator: OllamaEmulator, tmp_path: Path
+) -> None:
+    """``ometer run --db X -- prog``: an ometer client in prog charged the run's tenant and
+    department but wrote to its own ledger (the default one), so the call was recorded in
+    both, the client's span in a ledger the run was told not to use. The program is given
+    the run's ledger as it is given the run's names."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMETER_") and k != "HOME"}
+    env.update(OLLAMA_HOST=emulator.url, HOME=str(tmp_path), XDG_DATA_HOME=str(tmp_path / "d"))
+    run_db = f"sqlite:///{tmp_path / 'run.db'}"
+    chat = [*OMETER, "chat", "-m", "llama3.1:8b", "--no-stream", "hi"]
+    done = subprocess.run(
+        [*OMETER, "run", "--db", run_db, "--", *chat],
+        env=env, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "recorded by the gateway at" in done.stderr, done.stderr
+    spans = logged({**env, "OMETER_DB_URL": run_db})
+    assert [s["source"] for s in spans] == ["gateway"]
