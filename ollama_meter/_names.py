@@ -11,6 +11,10 @@ MAX_NAME = 64
 MAX_USER = 128
 NO_TENANT, NO_DEPARTMENT = "default", "unassigned"
 """The names a call is charged to when nothing names its tenant or department."""
+UNVERIFIED_TAG = "user_verified"
+"""The gateway's mark on a span whose user no key vouches for (``"false"``): its word beside
+a caller's tags, not one of them (a caller's 64 through a gateway are kept with it). A
+client's own tag of that name is not sent to a gateway, which refuses a header that sets it."""
 
 
 def name_problem(value: str, *, limit: int = MAX_NAME) -> str | None:

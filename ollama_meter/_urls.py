@@ -168,9 +168,10 @@ def normalize_host(value: str) -> str:
     """Turn ``OLLAMA_HOST`` forms (``0.0.0.0``, ``host:port``, full URLs) into a base URL.
 
     Mirrors how the Ollama CLI reads the variable: scheme defaults to http and
-    the port to 11434 (443 for https when no port is given).
+    the port to 11434 (443 for https when no port is given), the spaces and quotes around it
+    trimmed (a docker env_file keeps the quotes of ``OLLAMA_HOST="http://gpu1:11434"``).
     """
-    raw = value.strip()
+    raw = value.strip().strip("\"'")
     if not raw:
         raise ValueError("is empty; expected a URL such as http://127.0.0.1:11434")
     said = quoted(without_login(raw))

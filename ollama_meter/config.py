@@ -205,7 +205,7 @@ class Settings(BaseSettings):
     @field_validator("ollama_host")
     @classmethod
     def _host(cls, value: str) -> str:
-        return normalize_host(value) if value.strip() else DEFAULT_OLLAMA_HOST  # as Ollama
+        return normalize_host(value) if value.strip().strip("\"'") else DEFAULT_OLLAMA_HOST
 
     @field_validator("db_url")
     @classmethod

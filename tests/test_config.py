@@ -841,3 +841,22 @@ def test_an_empty_ollama_host_is_the_default_address_as_ollama_takes_it(
     assert done.code == 0, done.stderr
     # MeteredClient(host=""), as ollama.Client(host="")
     assert load_settings(ollama_host=value).ollama_host == "http://127.0.0.1:11434"
+
+
+@pytest.mark.parametrize(
+    ("value", "url"),
+    [
+        ('""', "http://127.0.0.1:11434"),
+        ("''", "http://127.0.0.1:11434"),
+        ('"http://gpu1:11434"', "http://gpu1:11434"),
+        (" 'gpu1' ", "http://gpu1:11434"),
+    ],
+)
+def test_a_quoted_ollama_host_is_read_as_ollama_reads_it(
+    monkeypatch: pytest.MonkeyPatch, value: str, url: str
+) -> None:
+    """Ollama trims the quotes around OLLAMA_HOST (a docker env_file passes them on as they
+    are): ``OLLAMA_HOST=""`` was taken as a server named ``""`` (http://"":11434), every call
+    to it failing, and a quoted URL was refused, where Ollama reads both."""
+    monkeypatch.setenv("OLLAMA_HOST", value)
+    assert load_settings().ollama_host == url

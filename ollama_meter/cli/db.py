@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 
 import typer
 
@@ -25,6 +25,10 @@ from ollama_meter.cli._console import err, named, out
 from ollama_meter.cli._stopped import said_if_stopped
 from ollama_meter.errors import OmeterError, ValidationError
 from ollama_meter.periods import LAST_DAY, window_between
+
+if TYPE_CHECKING:
+    from ollama_meter.config import Settings
+    from ollama_meter.ledger import Ledger
 
 app = typer.Typer(help="The ledger database.", no_args_is_help=True)
 
@@ -223,6 +227,7 @@ def import_command(
     with stream, progress_bar("importing", rate=True) as bar:
         task = bar.add_task("bytes", total=total)
         recorded = [0]  # spans of the batches committed so far
+        opened: list[Ledger] = []  # the ledger, once a span was ready for it
         with said_if_stopped(
             lambda: (
                 f"the first {recorded[0]:,} span(s) are recorded, the batch in progress is "
@@ -232,7 +237,7 @@ def import_command(
             try:
                 # Opened once a span is ready: input refused at once leaves no new ledger.
                 summary = import_lines(
-                    lambda: ledger_as_is(cfg),
+                    functools.partial(_opened, opened, cfg),
                     _counted(stream, lambda n: bar.advance(task, n)),
                     pruned_too=pruned_too,
                     progress=lambda n: recorded.__setitem__(0, recorded[0] + n),
@@ -245,8 +250,18 @@ def import_command(
                     "same import again once it reads (spans already there are skipped)"
                 ) from None
     took = max(time.monotonic() - began, 1e-9)
+    if not opened:  # nothing in the input: nothing is made at the target either
+        from ollama_meter.ledger import ledger_place
+
+        place, there = ledger_place(cfg.ledger_url)
+        holds = f"{'stdin' if source == '-' else source} holds none"
+        if there:
+            out.print(f"imported 0 span(s) into {named(place)}: {holds}")
+        else:
+            out.print(f"imported 0 span(s): {holds}; no ledger made at {named(place)}")
+        return
     out.print(
-        f"imported {summary.added:,} span(s) into {named(ledger_as_is(cfg).display_url)}"
+        f"imported {summary.added:,} span(s) into {named(opened[0].display_url)}"
         f" ({summary.present:,} already there) in {took:.1f} s, {summary.read / took:,.0f} spans/s"
     )
     if summary.pruned and summary.horizon is not None:
@@ -255,6 +270,12 @@ def import_command(
             " UTC, where this ledger's raw spans were pruned: the ones it had are in its rollups "
             "already. Spans it never had (another ledger's) go in with --pruned-too"
         )
+
+
+def _opened(opened: "list[Ledger]", cfg: "Settings") -> "Ledger":
+    """The ledger to import into, opened (made, if need be) and kept in ``opened``."""
+    opened.append(ledger_as_is(cfg))
+    return opened[0]
 
 
 @app.command("prune")

@@ -98,9 +98,12 @@ def run(
     gateway = f"http://127.0.0.1:{port}"
     env = program_environment(os.environ, [spec.url for spec in cfg.upstream_specs], gateway)
     # An ometer client in the program (``ometer chat``, the Python API) charges the run's
-    # tenant and department unless told otherwise: it names them to the gateway, whose span
-    # is then the call's one record (``meter/_elsewhere.py``).
-    env.update(OMETER_TENANT=who.tenant, OMETER_DEPARTMENT=who.department)
+    # tenant and department unless told otherwise, and writes to the run's ledger (--db): it
+    # names them to the gateway, whose span is then the call's one record
+    # (``meter/_elsewhere.py``); on another ledger the call was recorded in both.
+    env.update(
+        OMETER_TENANT=who.tenant, OMETER_DEPARTMENT=who.department, OMETER_DB_URL=cfg.ledger_url
+    )
     try:
         code = _foreground(command, env)
     finally:

@@ -17,11 +17,12 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
+from ollama_meter._names import UNVERIFIED_TAG
 from ollama_meter.config import Settings
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import ApiKey
 from ollama_meter.meter import Attribution
-from ollama_meter.meter._attribution import UNVERIFIED_TAG, shown_key, tags_problem
+from ollama_meter.meter._attribution import shown_key, tags_problem
 from ollama_meter.upstream._recorded import TAGS_HEADER
 
 HEADER_TENANT = "x-ometer-tenant"

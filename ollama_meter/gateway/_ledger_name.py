@@ -19,11 +19,16 @@ log = logging.getLogger("ollama_meter.gateway")
 
 
 class LedgerName:
-    """The id of the gateway's ledger, once read (given one, if it has none yet)."""
+    """The id of the gateway's ledger, once read (given one, if it has none yet): the file at
+    the path now's (removed, or a backup restored, the new file is named anew), never one the
+    gateway read when it started."""
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
-        self.value: str | None = None
+
+    @property
+    def value(self) -> str | None:
+        return self._ledger.known_identity
 
     def learn(self) -> None:
         """Read the id, unless known (in a thread: it asks the ledger). While the ledger is
@@ -32,7 +37,7 @@ class LedgerName:
         if self.value is not None:
             return
         try:
-            self.value = self._ledger.identity()
+            self._ledger.identity()
         except Exception as exc:  # the ledger's own failure is said where it is used
             log.debug("the ledger's id could not be read yet: %s", exc)
 

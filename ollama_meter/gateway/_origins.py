@@ -111,10 +111,10 @@ def allowed_origins(extra: Iterable[str] = ()) -> Origins:
         elif origin != "null" and (why := _not_origin(origin)):
             raise ValidationError(_bad(entry, f"is not an origin ({why})"))
         elif "*" in origin:
-            head, _, tail = origin.partition("*")
+            head, _, tail = _as_browsers_write(origin).partition("*")
             patterns.append((head, tail))
         else:
-            exact.add(origin.rstrip("/"))
+            exact.add(_as_browsers_write(origin))
     return Origins(frozenset(exact), tuple(dict.fromkeys(patterns)), anything)
 
 
@@ -153,6 +153,30 @@ def _not_origin(origin: str) -> str | None:
     if port and "*" not in port and not (port.isdigit() and int(port) <= 65535):
         return f"port {port if port.isdigit() else repr(port)} is not 0 to 65535"
     return None
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _as_browsers_write(origin: str) -> str:
+    """``origin`` (checked by :func:`_not_origin`, or ``null``) as a browser's ``Origin`` writes
+    it: without its scheme's own port (``:443``), a port with no leading zeros, an IPv6
+    address in its short form. Written another way, it matched no page a browser sends."""
+    scheme, sep, rest = origin.partition("://")
+    if not sep:
+        return origin
+    rest = rest.rstrip("/")
+    if rest.startswith("["):
+        host, _, after = rest[1:].partition("]")
+        host, port = (
+            f"[{host if '*' in host else ipaddress.IPv6Address(host).compressed}]",
+            after[1:],
+        )
+    else:
+        host, _, port = rest.partition(":")
+    if port and "*" not in port:
+        port = "" if _DEFAULT_PORTS.get(scheme) == str(int(port)) else str(int(port))
+    return f"{scheme}://{host}{':' if port else ''}{port}"
 
 
 def _ipv6(text: str) -> bool:

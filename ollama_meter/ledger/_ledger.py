@@ -29,6 +29,7 @@ from ollama_meter.ledger._deadline import recording_nothing
 from ollama_meter.ledger._durable import DurableLedger
 from ollama_meter.ledger._engine import DEFAULT_WAIT
 from ollama_meter.ledger._migrate import ensure_current, waiting_for_migration
+from ollama_meter.ledger._named import Named
 from ollama_meter.ledger._types import from_us
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, SpanRecord
@@ -48,7 +49,7 @@ def _row_id(value: int) -> bool:
     return 1 <= value <= MAX_ROW_ID
 
 
-class Ledger(DurableLedger):
+class Ledger(DurableLedger, Named):
     """A ledger database at ``url`` (any SQLAlchemy URL), migrated to the current schema."""
 
     def __init__(
@@ -65,7 +66,6 @@ class Ledger(DurableLedger):
         holds nothing yet begins its day and month rollups (see :meth:`adopt_zone`)."""
         super().__init__(url, spool_dir=spool_dir, wait=wait, retry_delay=retry_delay)
         self._migrate, self._zone = migrate, zone
-        self._identity: str | None = None
         if migrate:
             with recording_nothing():
                 self._make_current()
@@ -87,9 +87,11 @@ class Ledger(DurableLedger):
 
     def on_new_file(self) -> None:
         """A new or restored file at the path is made a ledger, as a process starting would."""
-        self._identity = None  # another file: another ledger
+        named = self.forget_identity()  # another file: another ledger
         if self._migrate:
             self._make_current()
+        if named:
+            self.rename()
 
     def adopt_zone(self, zone: str) -> bool:
         """Begin day and month rollups at ``zone``'s midnights, if the ledger has none yet.
@@ -113,16 +115,6 @@ class Ledger(DurableLedger):
         for a ledger from before zones were kept, whose rollups are cut in UTC."""
         with self.read() as conn:
             return _meta.get_meta(conn, "zone")
-
-    def identity(self, *, make: bool = True) -> str | None:
-        """This ledger's id (``_meta.ledger_identity``), read once; ``make``: made if it has none."""
-        if self._identity is None:
-            with self.read() as conn:
-                self._identity = _meta.ledger_identity(conn, make=False)
-        if self._identity is None and make:
-            with self.write() as conn:
-                self._identity = _meta.ledger_identity(conn, make=True)
-        return self._identity
 
     # -- reading spans ---------------------------------------------------------------------
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ollama_meter._names import MAX_USER, name_problem
+from ollama_meter._names import MAX_USER, UNVERIFIED_TAG, name_problem
 from ollama_meter.errors import ValidationError
 
 MAX_TAGS = 64
 """The most tags one call carries: OTel keeps 128 attributes a span, ometer's own take ~30."""
-UNVERIFIED_TAG = "user_verified"
-"""The gateway's mark on a span whose user no key vouches for (``"false"``): its word beside
-a caller's tags, not one of them (a caller's 64 through a gateway are kept with it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,29 @@ def gateways_span(meter: Meter, call: MeteredCall) -> str | None:
     return heard.span_id if ours and hmac.compare_digest(heard.ledger, ours) else None
 
 
+def _give_back(meter: Meter, call: MeteredCall) -> None:
+    """Give back the call's budget hold, once: the gateway's span is charged to the budgets."""
+    reservation, call.reservation = call.reservation, None
+    if reservation is not None and meter.budgets is not None:
+        try:
+            meter.budgets.ended(reservation, 0)
+            meter.budgets.settle(reservation)
+        except Exception as exc:  # the lease lapses: never fails the call
+            meter.failures.failed("giving back the budget hold of span %s", exc, call.span.id)
+
+
+def streamed_from_gateway(meter: Meter, call: MeteredCall) -> None:
+    """A stream's first part came: if a gateway on this ledger sent it, its span is the call's
+    record from here on, however this process ends (its caller gone, the gateway records the
+    call as an abort), so the call's journal entry is closed now. Kept open, a client killed
+    mid-stream was recorded again, as interrupted, by the next process on the ledger. Its
+    budget hold is given back now too: the journal no longer says to free it."""
+    if gateways_span(meter, call) is not None:
+        if meter.journal:
+            meter.ledger.journal.closed([call.span.id])
+        _give_back(meter, call)  # not left to lapse (15 minutes) if this process dies
+
+
 def leave_to_gateway(meter: Meter, call: MeteredCall, error: BaseException | None) -> bool:
     """End ``call`` with no span of its own if a gateway on this ledger recorded it (True)."""
     if call.heard is None or (recorded := gateways_span(meter, call)) is None:
@@ -60,12 +83,7 @@ def leave_to_gateway(meter: Meter, call: MeteredCall, error: BaseException | Non
     if meter.journal:
         meter.ledger.journal.closed([span.id])
     span.id, call.heard.relied_on = recorded, True
-    if call.reservation is not None and meter.budgets is not None:
-        try:  # held nothing: the gateway's span is charged to the budgets
-            meter.budgets.ended(call.reservation, 0)
-            meter.budgets.settle(call.reservation)
-        except Exception as exc:  # the lease lapses: never fails the call
-            meter.failures.failed("giving back the budget hold of span %s", exc, span.id)
+    _give_back(meter, call)
     watching = [o for o in meter.observers if hasattr(o, RECORDED_ELSEWHERE)]
     stopped = notify(watching, RECORDED_ELSEWHERE, span)
     if stopped is not None:

@@ -17,6 +17,7 @@ from ollama_meter._urls import shown as shown_url
 from ollama_meter.errors import UpstreamError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
+from ollama_meter.meter._elsewhere import streamed_from_gateway
 from ollama_meter.meter._ending import close_at_exit
 from ollama_meter.meter._request import Opening, facts_of, with_output_cap
 from ollama_meter.records import SpanRecord
@@ -139,7 +140,8 @@ class Run:
         who = self.attribution
         tenant = None if who.tenant == NO_TENANT else who.tenant
         department = None if who.department == NO_DEPARTMENT else who.department
-        call.heard = Heard(sends=who_headers(tenant, department, who.user, who.tags))
+        # The span's tags: the call's, and what an on_start hook added (stored with the call).
+        call.heard = Heard(sends=who_headers(tenant, department, who.user, call.span.tags))
         if call.output_cap is not None:
             self.request = with_output_cap(self.operation, self.request, call.output_cap)
         return call
@@ -159,6 +161,8 @@ class Run:
                         failure = call.take(reader.read(part))
                         if failure is not None:
                             parts.throw(failure)  # the transport counts it, and raises it back
+                        if last is None:
+                            streamed_from_gateway(meter, call)
                         if last is not None:
                             yield last
                             call.read_here()  # not in a child forked meanwhile
@@ -205,6 +209,8 @@ class Run:
                         failure = call.take(reader.read(part))
                         if failure is not None:
                             await parts.athrow(failure)
+                        if last is None and call.heard is not None and call.heard.ledger:
+                            await asyncio.to_thread(streamed_from_gateway, meter, call)
                         if last is not None:
                             yield last
                             call.read_here()

@@ -17,6 +17,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ollama_meter._names import UNVERIFIED_TAG
+
 SPAN_HEADER = "X-Ometer-Span-Id"
 """The header a metered call's answer names its span in (``ometer log --json``'s ``id``)."""
 LEDGER_HEADER = "X-Ometer-Ledger"
@@ -27,7 +29,13 @@ TENANT_HEADER, DEPARTMENT_HEADER, USER_HEADER = (
     "X-Ometer-User",
 )
 TAGS_HEADER = "X-Ometer-Tags"
-"""The call's tags, a JSON object of text to text (ASCII: other characters as ``\\u`` escapes)."""
+"""The call's tags, a JSON object of text to text (ASCII: other characters as ``\\u`` escapes;
+past :data:`ASCII_TAGS_BYTES`, UTF-8)."""
+ASCII_TAGS_BYTES = 16 * 1024
+"""Tags up to this long go as ASCII, as any proxy passes a header; longer, as UTF-8, which the
+gateway reads as well. A character beyond ASCII is 6 bytes escaped (12 past U+FFFF), 2 to 4
+in UTF-8: 64 tags of 256 accented or CJK characters took 98 KB, past the gateway's 64 KiB of
+headers (every call refused, 431); in UTF-8 they take 54 KB."""
 
 _WORD = re.compile(r"[0-9A-Za-z_-]{1,64}")
 """What a ledger's id or a span's id looks like: a header that says anything else names none."""
@@ -45,8 +53,12 @@ def who_headers(
     default; no tags, no tags header."""
     named = ((TENANT_HEADER, tenant), (DEPARTMENT_HEADER, department), (USER_HEADER, user))
     sends = {header: name for header, name in named if name is not None}
-    if tags:
-        sends[TAGS_HEADER] = json.dumps(dict(tags), separators=(",", ":"))
+    labels = {key: value for key, value in (tags or {}).items() if key != UNVERIFIED_TAG}
+    if labels:
+        text = json.dumps(labels, separators=(",", ":"))
+        if len(text) > ASCII_TAGS_BYTES:
+            text = json.dumps(labels, separators=(",", ":"), ensure_ascii=False)
+        sends[TAGS_HEADER] = text
     return sends
 
 
@@ -56,6 +68,7 @@ class Heard:
     answer said of where the call was recorded (a gateway's ledger and span, or nothing)."""
 
     sends: Mapping[str, str] = field(default_factory=dict)
+    """Sent as UTF-8 (an ASCII header's bytes are the same)."""
     ledger: str | None = None
     """The ledger the gateway that answered recorded the call in (None: no gateway said)."""
     span_id: str | None = None

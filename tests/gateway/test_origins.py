@@ -484,3 +484,23 @@ def test_ometer_runs_gateway_allows_the_pages_serves_allows(
     assert malformed.stderr.startswith(
         "error: --origins (OMETER_ORIGINS): 'intranet' is not scheme://host[:port]; "
     )
+
+
+@pytest.mark.parametrize(
+    ("entry", "origin"),
+    [
+        ("https://chat.example.com:443", "https://chat.example.com"),
+        ("http://intranet:80", "http://intranet"),
+        ("http://intranet:08080", "http://intranet:8080"),
+        ("http://[0:0:0:0:0:0:0:1]:8080", "http://[::1]:8080"),
+        ("http://[FE80:0::1]", "http://[fe80::1]"),
+        ("https://*.corp.example:443", "https://a.corp.example"),
+    ],
+)
+def test_an_origin_allows_the_page_a_browser_names_by_it(entry: str, origin: str) -> None:
+    """A browser's ``Origin`` leaves the scheme's own port out and writes ports and IPv6
+    addresses one way: an entry written another way (``:443``, ``08080``, an IPv6 address
+    in full) was taken, matched no page, and the page got 403 with no word why."""
+    origins = allowed_origins([entry])
+    assert origins.allows(origin)
+    assert not origins.allows(origin.replace("http", "ftp", 1))

@@ -23,6 +23,7 @@ from ollama_meter import MeteredClient
 from ollama_meter.errors import UpstreamBadRequest
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
+from ollama_meter.upstream._recorded import who_headers
 from tests.gateway.conftest import Gateway
 
 TAGS = "X-Ometer-Tags"
@@ -72,7 +73,8 @@ def test_a_clients_tags_reach_the_gateways_span_exactly(
             tags = {**own, **per_call}
             client.attribution = replace(client.attribution, user=user, tags=own)
             before = gw.ledger.count()
-            if len(json.dumps(tags)) > 60_000:  # past the server's 64 KiB of headers
+            sent = who_headers(None, None, None, tags).get(TAGS, "")
+            if len(sent.encode()) > 60_000:  # past the server's 64 KiB of headers
                 with pytest.raises(UpstreamBadRequest, match="HTTP 431.*larger than 65536"):
                     client.chat("llama3.1:8b", HI, stream=stream, tags=per_call)
                 assert gw.ledger.count() == before + 1  # the client's own record of it
@@ -269,3 +271,37 @@ def test_a_flood_of_hostile_tags_costs_other_callers_nothing(
     assert sorted((s.status, s.department, json.dumps(s.tags)) for s in spans) == sorted(
         [("ok", "sales", json.dumps(mine))] * 5 + [("error", "unassigned", "{}")] * 40
     )
+
+
+@pytest.mark.parametrize("user", [None, "ann"])
+def test_a_client_tagged_user_verified_calls_through_a_gateway(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], user: str | None
+) -> None:
+    """A client may carry a user_verified tag of its own (its rules allow it); the gateway
+    refuses the header that sets it (its own word): every call of the client through a
+    gateway was a 400. The client leaves it out of the header: the gateway's word stands."""
+    gw = serve_on(emulator.url, sqlite_url)
+    own = {"user_verified": "yes", "job": "nightly"}
+    with MeteredClient(gw.url, db_url=sqlite_url, user=user, tags=own) as client:
+        answer = client.chat("llama3.1:8b", HI)
+    gw.settle()
+    (span,) = gw.ledger.latest(SpanFilter(), 1)
+    assert (span.id, answer.meter.recorded_by) == (answer.meter.id, gw.url)
+    assert span.tags == {"job": "nightly", **(UNVERIFIED if user else {})}
+
+
+@pytest.mark.parametrize("letter", ["\u00e9", "\u4e2d"])
+def test_a_clients_longest_tags_in_any_script_reach_the_gateways_span(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], letter: str
+) -> None:
+    """64 tags of 256 accented or CJK characters: tags any call may carry. As ASCII JSON
+    (6 bytes a character) they took 98 KB, past the gateway's 64 KiB of headers, and every
+    call of the client through a gateway was refused (431). Long tags go as UTF-8."""
+    gw = serve_on(emulator.url, sqlite_url)
+    tags = {f"t{n:02}" + "k" * 61: letter * 256 for n in range(64)}
+    with MeteredClient(gw.url, db_url=sqlite_url, department="sales", tags=tags) as client:
+        answer = client.chat("llama3.1:8b", HI)
+    gw.settle()
+    (span,) = gw.ledger.latest(SpanFilter(), 1)
+    assert (span.id, answer.meter.recorded_by) == (answer.meter.id, gw.url)
+    assert span.tags == tags

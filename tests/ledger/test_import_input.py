@@ -256,3 +256,22 @@ def test_any_import_refused_on_its_first_line_makes_no_ledger(cli: Any, first: s
             return
         assert done.code == 2 and done.stderr.startswith("error: line 1: "), done.stderr
         assert list(Path(folder).iterdir()) == []
+
+
+@pytest.mark.parametrize("data", [b"", b"\n\n", b"  \r\n"], ids=["empty", "blank", "spaces"])
+def test_an_import_of_nothing_makes_no_ledger(cli: Any, tmp_path: Path, data: bytes) -> None:
+    """A file with no span in it (an export of an empty period, a typo'd --db beside it)
+    made an empty ledger at the target only to name it in the summary."""
+    source = tmp_path / "input"
+    source.write_bytes(data)
+    target = tmp_path / "new" / "ledger.db"
+    done = cli("db", "import", str(source), "--db", f"sqlite:///{target}")
+    assert (done.code, done.stderr) == (0, "")
+    assert done.stdout.startswith(f"imported 0 span(s): {source} holds none; no ledger made at ")
+    assert not target.parent.exists()
+    Ledger(f"sqlite:///{target}").dispose()  # one there: the import names it, as ever
+    done = cli("db", "import", str(source), "--db", f"sqlite:///{target}")
+    assert (done.code, done.stdout) == (
+        0,
+        f"imported 0 span(s) into {target}: {source} holds none\n",
+    )
