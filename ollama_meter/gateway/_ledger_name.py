@@ -17,6 +17,21 @@ from ollama_meter.upstream._recorded import LEDGER_HEADER, SPAN_HEADER
 
 log = logging.getLogger("ollama_meter.gateway")
 
+UNNAMED = (
+    "the gateway cannot name its ledger %s (%s): an ometer client (ometer chat, the Python "
+    "API) writing to the same ledger through this gateway records each call again beside "
+    "the gateway's span, so those calls are counted twice. The id is made once, in the "
+    "ledger_meta table: give the gateway's database role INSERT on ledger_meta (PostgreSQL) "
+    "or make the ledger file writable; the gateway tries again every few seconds"
+)
+"""Said once, not at every try: the ledger away at start, or a role that cannot write."""
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's own words (a SQLAlchemy error goes on with the SQL and its parameters)."""
+    said = str(getattr(exc, "orig", None) or exc).strip()
+    return said.splitlines()[0] if said else type(exc).__name__
+
 
 class LedgerName:
     """The id of the gateway's ledger, once read (given one, if it has none yet): the file at
@@ -25,6 +40,7 @@ class LedgerName:
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
+        self._warned = False
 
     @property
     def value(self) -> str | None:
@@ -38,8 +54,14 @@ class LedgerName:
             return
         try:
             self._ledger.identity()
-        except Exception as exc:  # the ledger's own failure is said where it is used
-            log.debug("the ledger's id could not be read yet: %s", exc)
+        except Exception as exc:  # said once: it is tried again every few seconds
+            if not self._warned:
+                self._warned = True
+                log.warning(UNNAMED, self._ledger.display_url, _first_line(exc))
+        else:
+            if self._warned:
+                self._warned = False
+                log.info("the gateway names its ledger now: calls are counted once again")
 
     def stamp(self, headers: MutableHeaders, span_id: str) -> None:
         """Name the call's span, and the ledger it is in, on its answer."""

@@ -47,3 +47,37 @@ def test_a_backup_is_another_ledger(cli: Any, tmp_path: Path) -> None:
     assert copied.identity(make=False) is None
     assert copied.identity() not in (None, ours)
     assert live.identity() == ours
+
+
+def test_a_gateway_that_cannot_name_its_ledger_warns_once_what_it_means(
+    tmp_path: Path, caplog: Any
+) -> None:
+    """A gateway whose role cannot write ``ledger_meta`` (no INSERT on PostgreSQL, a
+    read-only file) never names its ledger: every ometer client call through it is then
+    recorded twice (the client's span beside the gateway's), and only a DEBUG line said so.
+    It says it once as a WARNING, with what to do, however often it tries again."""
+    from sqlalchemy import create_engine, text
+
+    from ollama_meter.gateway._ledger_name import LedgerName
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    Ledger(url).identity(make=False)  # made, migrated
+    engine = create_engine(url)
+    with engine.begin() as conn:  # as a role without INSERT on ledger_meta is refused
+        conn.execute(
+            text(
+                "CREATE TRIGGER no_meta BEFORE INSERT ON ledger_meta "
+                "BEGIN SELECT RAISE(ABORT, 'permission denied for table ledger_meta'); END"
+            )
+        )
+    engine.dispose()
+    name = LedgerName(Ledger(url))
+    with caplog.at_level("DEBUG", logger="ollama_meter"):
+        for _ in range(3):
+            name.learn()
+    assert name.value is None
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1, warned
+    (said,) = warned
+    assert "permission denied for table ledger_meta" in said
+    assert "counted twice" in said and "INSERT on ledger_meta" in said
