@@ -15,6 +15,12 @@ UNVERIFIED_TAG = "user_verified"
 """The gateway's mark on a span whose user no key vouches for (``"false"``): its word beside
 a caller's tags, not one of them (a caller's 64 through a gateway are kept with it). A
 client's own tag of that name is not sent to a gateway, which refuses a header that sets it."""
+CLIENT_SPAN_TAG = "ometer.client_span"
+"""The gateway's note on its span of the call an ometer client named its own span id for
+(``X-Ometer-Client-Span``): that client, killed before any answer, is not recorded again as
+interrupted (``meter/_recovery.py``). Like :data:`UNVERIFIED_TAG`, not one of a caller's tags."""
+GATEWAY_TAGS = (UNVERIFIED_TAG, CLIENT_SPAN_TAG)
+"""The tags only a gateway sets on its spans: never counted among a caller's, nor sent by one."""
 
 
 def name_problem(value: str, *, limit: int = MAX_NAME) -> str | None:

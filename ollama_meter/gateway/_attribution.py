@@ -13,23 +13,27 @@ without: they are labels, not who pays. They follow the rules of tags given any 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from starlette.datastructures import Headers
 
-from ollama_meter._names import UNVERIFIED_TAG
+from ollama_meter._names import CLIENT_SPAN_TAG, UNVERIFIED_TAG
 from ollama_meter.config import Settings
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import ApiKey
 from ollama_meter.meter import Attribution
 from ollama_meter.meter._attribution import shown_key, tags_problem
-from ollama_meter.upstream._recorded import TAGS_HEADER
+from ollama_meter.upstream._recorded import CLIENT_SPAN_HEADER, TAGS_HEADER
 
 HEADER_TENANT = "x-ometer-tenant"
 HEADER_DEPARTMENT = "x-ometer-department"
 HEADER_USER = "x-ometer-user"
 HEADER_TAGS = TAGS_HEADER.lower()
 HEADER_KEY = "x-ometer-key"
+_SPAN_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+"""A span id as ometer makes one (a ULID): ``X-Ometer-Client-Span`` naming anything else is
+not noted."""
 UNVERIFIED = {UNVERIFIED_TAG: "false"}
 MAX_TAGS_BYTES = 64 * 1024
 """The longest ``X-Ometer-Tags`` read, as long as the server's default for all the headers
@@ -75,7 +79,22 @@ def resolve(
         )
     else:
         user, tags = named, UNVERIFIED
-    return Attribution(tenant=tenant, department=department, user=user, tags={**labels, **tags})
+    return Attribution(
+        tenant=tenant,
+        department=department,
+        user=user,
+        tags={**labels, **tags, **_client_span(given)},
+    )
+
+
+def _client_span(headers: Headers) -> dict[str, str]:
+    """The client's own span of the call, noted on the gateway's (:data:`CLIENT_SPAN_TAG`),
+    when ``X-Ometer-Client-Span`` names one, once. The caller's word, and only ever read to
+    spare a dead client's interrupted copy of a call this gateway recorded, charged alike."""
+    given = headers.getlist(CLIENT_SPAN_HEADER)
+    if len(given) == 1 and _SPAN_ID.fullmatch(given[0]):
+        return {CLIENT_SPAN_TAG: given[0]}
+    return {}
 
 
 def vouched(key: ApiKey | None, settings: Settings, default_user: str | None = None) -> Attribution:
@@ -158,6 +177,11 @@ def _tags(value: str) -> dict[str, str]:
         raise ValidationError(
             f"{TAGS_HEADER} sets {UNVERIFIED_TAG}, the gateway's own tag (whether a key vouches "
             "for the call's user); name yours otherwise"
+        )
+    if CLIENT_SPAN_TAG in tags:
+        raise ValidationError(
+            f"{TAGS_HEADER} sets {CLIENT_SPAN_TAG}, the gateway's own tag (the client's span of "
+            f"the call, from {CLIENT_SPAN_HEADER}); name yours otherwise"
         )
     problem = tags_problem(tags)
     if problem:

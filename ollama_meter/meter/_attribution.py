@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ollama_meter._names import MAX_USER, UNVERIFIED_TAG, name_problem
+from ollama_meter._names import GATEWAY_TAGS, MAX_USER, name_problem
 from ollama_meter.errors import ValidationError
 
 MAX_TAGS = 64
@@ -39,7 +39,7 @@ class Attribution:
 
 def tags_problem(tags: Mapping[str, str]) -> str | None:
     """What is wrong with a call's tags, or None: too many, or the first bad one."""
-    if len(tags) - (UNVERIFIED_TAG in tags) > MAX_TAGS:
+    if len(tags) - sum(own in tags for own in GATEWAY_TAGS) > MAX_TAGS:
         return (
             f"{len(tags)} tags: a call takes at most {MAX_TAGS} (each is stored on its "
             "span and exported with it); keep the ones reports group by"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ollama_meter.pricing import PriceBook
-from ollama_meter.records import Status, TokenSource, make_storable
+from ollama_meter.records import Source, SpanRecord, Status, Stored, TokenSource, make_storable
 
 if TYPE_CHECKING:
     from ollama_meter.ledger import Ledger
@@ -30,8 +30,14 @@ def recover_interrupted(ledger: Ledger, prices: Callable[[], PriceBook]) -> int:
     """
     spans, interrupted = [], 0
     with ledger.journal.orphans() as orphans:
+        # A client killed before any answer, its call recorded by a gateway on this ledger:
+        # that span is the call's one record (its hold given back with the others).
+        opened = [orphan.span for orphan in orphans if not orphan.final]
+        elsewhere = _recorded_by_gateway(ledger, opened)
         for orphan in orphans:
             span = orphan.span
+            if span.id in elsewhere:
+                continue
             if not orphan.final:
                 span.fail("interrupted", INTERRUPTED_MESSAGE, status=Status.INTERRUPTED)
                 span.input_tokens = orphan.input_estimate
@@ -40,10 +46,26 @@ def recover_interrupted(ledger: Ledger, prices: Callable[[], PriceBook]) -> int:
                 span.apply_cost(prices().cost_of(span))
                 interrupted += 1
             spans.append(span)
-        if spans:
-            ledger.free_leases(orphans, ledger.record(spans))
+        if spans or elsewhere:
+            stored = ledger.record(spans) if spans else {}
+            ledger.free_leases(orphans, {**stored, **dict.fromkeys(elsewhere, Stored.COMMITTED)})
     if interrupted:
         log.warning(
             "recorded %d call(s) a dead process left unfinished as interrupted", interrupted
         )
     return interrupted
+
+
+def _recorded_by_gateway(ledger: Ledger, opened: list[SpanRecord]) -> set[str]:
+    """Which ``opened`` calls a gateway on the ledger recorded (none, if it cannot be read:
+    then they are recorded as interrupted, counted twice rather than not at all)."""
+    if not any(span.source != Source.GATEWAY for span in opened):
+        return set()
+    from ollama_meter.ledger._client_spans import recorded_by_gateway
+
+    try:
+        with ledger.read() as conn:
+            return recorded_by_gateway(conn, opened)
+    except Exception as exc:
+        log.warning("could not look for gateway spans of calls dead clients left open: %s", exc)
+        return set()

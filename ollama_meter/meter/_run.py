@@ -141,7 +141,9 @@ class Run:
         tenant = None if who.tenant == NO_TENANT else who.tenant
         department = None if who.department == NO_DEPARTMENT else who.department
         # The span's tags: the call's, and what an on_start hook added (stored with the call).
-        call.heard = Heard(sends=who_headers(tenant, department, who.user, call.span.tags))
+        call.heard = Heard(
+            sends=who_headers(tenant, department, who.user, call.span.tags, call.span.id)
+        )
         if call.output_cap is not None:
             self.request = with_output_cap(self.operation, self.request, call.output_cap)
         return call

@@ -20,6 +20,7 @@ from opentelemetry.metrics import Meter as OtelMeter
 from opentelemetry.sdk.trace import SpanLimits
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from ollama_meter._names import CLIENT_SPAN_TAG
 from ollama_meter.records import (
     NO_HOST,
     SpanRecord,
@@ -302,7 +303,9 @@ class TelemetryObserver:
                 for tag in (
                     f"tenant:{span.tenant}",
                     f"department:{span.department}",
-                    *(f"{k}:{v}" for k, v in sorted(span.tags.items())),
+                    # Not the client's span id a gateway notes: a tag of one call only
+                    # would add a filter to Langfuse's list for every call.
+                    *(f"{k}:{v}" for k, v in sorted(span.tags.items()) if k != CLIENT_SPAN_TAG),
                 )
             ],
         }

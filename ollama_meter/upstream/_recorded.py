@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ollama_meter._names import UNVERIFIED_TAG
+from ollama_meter._names import GATEWAY_TAGS
 
 SPAN_HEADER = "X-Ometer-Span-Id"
 """The header a metered call's answer names its span in (``ometer log --json``'s ``id``)."""
@@ -28,6 +28,9 @@ TENANT_HEADER, DEPARTMENT_HEADER, USER_HEADER = (
     "X-Ometer-Department",
     "X-Ometer-User",
 )
+CLIENT_SPAN_HEADER = "X-Ometer-Client-Span"
+"""The client's own span id of the call (journaled): a gateway notes it on its span
+(``CLIENT_SPAN_TAG``), so the client's journal entry is not recorded again if it dies."""
 TAGS_HEADER = "X-Ometer-Tags"
 """The call's tags, a JSON object of text to text (ASCII: other characters as ``\\u`` escapes;
 past :data:`ASCII_TAGS_BYTES`, UTF-8)."""
@@ -46,14 +49,17 @@ def who_headers(
     department: str | None,
     user: str | None,
     tags: Mapping[str, str] | None = None,
+    span_id: str | None = None,
 ) -> dict[str, str]:
     """The headers a gateway (keys not required) charges a call by: the names the client's
     meter charges it to, and its tags, so the gateway's span, the call's record, is charged
     and labelled the same. None: the client names none, and the gateway charges its own
-    default; no tags, no tags header."""
+    default; no tags, no tags header. ``span_id``: the client's own span of the call."""
     named = ((TENANT_HEADER, tenant), (DEPARTMENT_HEADER, department), (USER_HEADER, user))
     sends = {header: name for header, name in named if name is not None}
-    labels = {key: value for key, value in (tags or {}).items() if key != UNVERIFIED_TAG}
+    if span_id is not None:
+        sends[CLIENT_SPAN_HEADER] = span_id
+    labels = {key: value for key, value in (tags or {}).items() if key not in GATEWAY_TAGS}
     if labels:
         text = json.dumps(labels, separators=(",", ":"))
         if len(text) > ASCII_TAGS_BYTES:

@@ -90,8 +90,11 @@ def test_a_client_through_a_gateway_on_its_ledger_leaves_one_span(
     ]
     (span,) = spans
     assert span.cost_total > 0 and span.status == "ok"
-    # The client's tags, with the gateway's word that no key vouches for its user.
+    # The client's tags, with the gateway's word that no key vouches for its user, and its
+    # note of the client's own span of the call (another id: the client's journal named it).
+    client_span = span.tags.pop("ometer.client_span")
     assert span.tags == {**tags, "user_verified": "false"}
+    assert len(client_span) == 26 and client_span != span.id
     # The client names the gateway's span: the call's one record.
     assert last.meter.id == span.id
     assert last.meter.recorded_by == gw.url

@@ -1,0 +1,50 @@
+"""Which calls a dead ometer client left open a gateway on this ledger recorded itself.
+
+A client sends its own span id of each call to a gateway (``X-Ometer-Client-Span``); the
+gateway notes it on its span (``CLIENT_SPAN_TAG``). A client killed before any answer left
+its call open in its journal; where the gateway's span of that call is in the ledger, it is
+the call's one record, and recovery writes no interrupted copy beside it.
+
+The note is the caller's word: anyone may name any id. So a gateway span only stands for a
+journal entry charged alike (tenant, department, requested model) and begun near it; where
+they differ (a key that charges otherwise, a clock hours off) the copy is written, the call
+counted twice, never not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from sqlalchemy import Connection, select
+
+from ollama_meter._names import CLIENT_SPAN_TAG
+from ollama_meter.ledger.models import SPANS
+from ollama_meter.records import Source, SpanRecord
+
+NEAR = timedelta(hours=1)
+"""How far apart a client's and its gateway's clocks may put the call's start."""
+
+
+def recorded_by_gateway(conn: Connection, opened: Sequence[SpanRecord]) -> set[str]:
+    """The ids of the ``opened`` client spans a gateway span in the ledger names, charged alike."""
+    noted = SPANS.c.tags[CLIENT_SPAN_TAG].as_string()
+    found: set[str] = set()
+    for span in opened:
+        if span.source == Source.GATEWAY:
+            continue
+        query = (
+            select(SPANS.c.id)
+            .where(
+                SPANS.c.started_at.between(span.started_at - NEAR, span.started_at + NEAR),
+                SPANS.c.source == Source.GATEWAY,
+                noted == span.id,
+                SPANS.c.tenant == span.tenant,
+                SPANS.c.department == span.department,
+                SPANS.c.request_model == span.request_model,
+            )
+            .limit(1)
+        )
+        if conn.execute(query).first() is not None:
+            found.add(span.id)
+    return found
