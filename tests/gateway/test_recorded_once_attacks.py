@@ -85,6 +85,28 @@ asyncio.run(main())
 }
 
 
+def _budgeted(emulator: OllamaEmulator, url: str, serve_on: Callable[..., Gateway]) -> Gateway:
+    """A gateway on ``url`` with prices and a daily budget for sales."""
+    gw = serve_on(emulator.url, url)
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(
+        Budget(tenant="default", department="sales", period="day", limit=1_000_000, currency="USD")
+    )
+    return gw
+
+
+def _the_one_record(gw: Gateway, span: Any) -> None:
+    """The gateway's ``span`` is the call's one record once the dead client's journal is
+    recovered, and the dead client's hold on the budget is given back (not left to lapse)."""
+    assert gw.meter.recover_interrupted() == 0
+    spans = gw.ledger.latest(SpanFilter(), 10)
+    assert [(s.id, s.source) for s in spans] == [(span.id, "gateway")]
+    assert gw.meter.budgets is not None
+    gw.meter.budgets.close()
+    (status,) = budget_status(gw.ledger, tz=ZoneInfo("UTC"), now=utc_now())
+    assert (status.spent, status.held) == (span.cost_total, 0)
+
+
 @pytest.mark.parametrize("driver", ["sync", "async"])
 def test_a_client_killed_mid_stream_leaves_the_gateways_span_alone(
     emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], driver: str
@@ -92,11 +114,7 @@ def test_a_client_killed_mid_stream_leaves_the_gateways_span_alone(
     """``kill -9`` of a client reading a stream the gateway on its ledger records: the
     gateway's span (its caller gone) is the call's one record. The client's journal kept
     the call open, and the next process on the ledger recorded it again as interrupted."""
-    gw = serve_on(emulator.url, sqlite_url)
-    gw.ledger.add_price_rule(token_prices())
-    gw.ledger.save_budget(
-        Budget(tenant="default", department="sales", period="day", limit=1_000_000, currency="USD")
-    )
+    gw = _budgeted(emulator, sqlite_url, serve_on)
     emulator.token_latency = 0.05
     try:
         dead = subprocess.run(
@@ -108,14 +126,7 @@ def test_a_client_killed_mid_stream_leaves_the_gateways_span_alone(
         span = left_mid_stream(gw, emulator)
     finally:
         emulator.token_latency = 0.0
-    assert gw.meter.recover_interrupted() == 0
-    spans = gw.ledger.latest(SpanFilter(), 10)
-    assert [(s.id, s.source) for s in spans] == [(span.id, "gateway")]
-    # The dead client's hold on the budget is given back, not left to lapse (15 minutes).
-    assert gw.meter.budgets is not None
-    gw.meter.budgets.close()
-    (status,) = budget_status(gw.ledger, tz=ZoneInfo("UTC"), now=utc_now())
-    assert (status.spent, status.held) == (span.cost_total, 0)
+    _the_one_record(gw, span)
 
 
 def test_the_tags_an_on_start_hook_adds_are_on_the_gateways_span(
@@ -159,11 +170,11 @@ def test_ometer_chat_inside_ometer_run_db_writes_to_the_runs_ledger(
     assert [s["source"] for s in spans] == ["gateway"]
 
 
-_KILLED_BEFORE_THE_ANSWER = """
+_WAITS_FOR_THE_ANSWER = """
 import sys
-import time
 from ollama_meter import MeteredClient
-client = MeteredClient(sys.argv[1], department="sales", db_url=sys.argv[2])
+client = MeteredClient(sys.argv[1], department="sales", db_url=sys.argv[2],
+                       on_start=lambda span: print(span.id, flush=True))
 answer = client.chat("llama3.1:8b", [{"role": "user", "content": "a b c d"}],
                      stream=sys.argv[3] == "stream", options={"num_predict": 200})
 next(iter(answer)) if sys.argv[3] == "stream" else None
@@ -171,80 +182,16 @@ print("answered", flush=True)
 """
 
 
-def _killed_before_the_answer(gw: Gateway, emulator: OllamaEmulator, url: str, how: str) -> Any:
-    """A client process ``kill -9``'d while Ollama holds its answer back: the gateway's span
-    of the call (its caller gone), once the gateway noticed."""
+def _killed_before_the_answer(
+    emulator: OllamaEmulator, upstream: str, url: str, how: str = "whole", gw: Gateway | None = None
+) -> str:
+    """A client process on the ledger ``url`` calling ``upstream``, ``kill -9``'d while Ollama
+    holds its answer back (a whole one, or a stream's first part): its own span id of the
+    call. Given the gateway it called, once that gateway has recorded the call."""
     emulator.latency = 30.0  # the answer never comes while the client lives
     try:
         child = subprocess.Popen(
-            [sys.executable, "-c", _KILLED_BEFORE_THE_ANSWER, gw.url, url, how],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while emulator.in_flight == 0:
-            assert child.poll() is None, child.communicate()
-            assert time.monotonic() < deadline, "the client's call never reached Ollama"
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-        out, err = child.communicate(timeout=60)
-        assert (child.returncode, out) == (-signal.SIGKILL, ""), err
-        while not gw.ledger.latest(SpanFilter(), 1):
-            assert time.monotonic() < deadline, "the gateway never noticed its caller leave"
-            time.sleep(0.05)
-    finally:
-        emulator.latency = 0.0
-    (span,) = gw.ledger.latest(SpanFilter(), 10)
-    assert (span.source, span.status) == ("gateway", "client_abort")
-    return span
-
-
-@pytest.mark.parametrize("how", ["whole", "stream"])
-def test_a_client_killed_before_the_answer_leaves_the_gateways_span_alone(
-    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], how: str
-) -> None:
-    """``kill -9`` of a client waiting for an answer (a whole one, or a stream's first part)
-    from a gateway on its ledger: the gateway's abort span is the call's one record. The
-    client's journal entry, never closed (no answer named the gateway), was recorded again
-    as interrupted by the next process on the ledger: the call counted twice."""
-    gw = serve_on(emulator.url, sqlite_url)
-    gw.ledger.add_price_rule(token_prices())
-    gw.ledger.save_budget(
-        Budget(tenant="default", department="sales", period="day", limit=1_000_000, currency="USD")
-    )
-    span = _killed_before_the_answer(gw, emulator, sqlite_url, how)
-    assert gw.meter.recover_interrupted() == 0
-    spans = gw.ledger.latest(SpanFilter(), 10)
-    assert [(s.id, s.source) for s in spans] == [(span.id, "gateway")]
-    # The dead client's hold on the budget is given back, not left to lapse (15 minutes).
-    assert gw.meter.budgets is not None
-    gw.meter.budgets.close()
-    (status,) = budget_status(gw.ledger, tz=ZoneInfo("UTC"), now=utc_now())
-    assert (status.spent, status.held) == (span.cost_total, 0)
-
-
-_NAMES_ITS_SPAN_THEN_WAITS = """
-import sys
-from ollama_meter import MeteredClient
-client = MeteredClient(sys.argv[1], department="sales", db_url=sys.argv[2],
-                       on_start=lambda span: print(span.id, flush=True))
-client.chat("llama3.1:8b", [{"role": "user", "content": "a b c d"}])
-"""
-
-
-def test_a_caller_naming_anothers_span_spares_no_copy_charged_otherwise(
-    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway]
-) -> None:
-    """A client calling Ollama itself (no gateway) is killed before the answer; a hostile
-    caller names that client's span id to a gateway on the same ledger, charged to another
-    department. The dead client's call is still recorded, as interrupted: a gateway span
-    only stands for a client's call charged alike, and the caller's word spares nothing else.
-    A malformed id, or the gateway's note set as a tag, is not noted."""
-    gw = serve_on(emulator.url, sqlite_url)
-    emulator.latency = 30.0
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-c", _NAMES_ITS_SPAN_THEN_WAITS, emulator.url, sqlite_url],
+            [sys.executable, "-c", _WAITS_FOR_THE_ANSWER, upstream, url, how],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             cwd=Path(__file__).resolve().parents[2],
         )  # fmt: skip
@@ -256,9 +203,42 @@ def test_a_caller_naming_anothers_span_spares_no_copy_charged_otherwise(
             assert time.monotonic() < deadline, "the client's call never reached Ollama"
             time.sleep(0.02)
         child.send_signal(signal.SIGKILL)
-        child.communicate(timeout=60)
+        out, err = child.communicate(timeout=60)
+        assert (child.returncode, out) == (-signal.SIGKILL, ""), err
+        while gw is not None and not gw.ledger.latest(SpanFilter(), 1):
+            assert time.monotonic() < deadline, "the gateway never noticed its caller leave"
+            time.sleep(0.05)
     finally:
         emulator.latency = 0.0
+    return named
+
+
+@pytest.mark.parametrize("how", ["whole", "stream"])
+def test_a_client_killed_before_the_answer_leaves_the_gateways_span_alone(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], how: str
+) -> None:
+    """``kill -9`` of a client waiting for an answer (a whole one, or a stream's first part)
+    from a gateway on its ledger: the gateway's abort span is the call's one record. The
+    client's journal entry, never closed (no answer named the gateway), was recorded again
+    as interrupted by the next process on the ledger: the call counted twice."""
+    gw = _budgeted(emulator, sqlite_url, serve_on)
+    named = _killed_before_the_answer(emulator, gw.url, sqlite_url, how, gw)
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.source, span.status) == ("gateway", "client_abort")
+    assert span.tags == {"ometer.client_span": named}
+    _the_one_record(gw, span)
+
+
+def test_a_caller_naming_anothers_span_spares_no_copy_charged_otherwise(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway]
+) -> None:
+    """A client calling Ollama itself (no gateway) is killed before the answer; a hostile
+    caller names that client's span id to a gateway on the same ledger, charged to another
+    department. The dead client's call is still recorded, as interrupted: a gateway span
+    only stands for a client's call charged alike, and the caller's word spares nothing else.
+    A malformed id, or the gateway's note set as a tag, is not noted."""
+    gw = serve_on(emulator.url, sqlite_url)
+    named = _killed_before_the_answer(emulator, emulator.url, sqlite_url)
     body = {"model": "llama3.1:8b", "messages": HI, "stream": False}
     for header in (named, named.lower(), f"{named}X", "../" + named[3:]):
         said = {"X-Ometer-Client-Span": header, "X-Ometer-Department": "ops"}
