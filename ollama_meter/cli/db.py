@@ -1,5 +1,6 @@
 """``ometer db ...``: the ledger itself: schema, rollups, export and import, retention, backup."""
 
+import contextlib
 import functools
 import io
 import sys
@@ -23,7 +24,7 @@ from ollama_meter.cli._common import (
 )
 from ollama_meter.cli._console import err, named, out
 from ollama_meter.cli._stopped import said_if_stopped
-from ollama_meter.errors import OmeterError, ValidationError
+from ollama_meter.errors import LedgerError, OmeterError, ValidationError
 from ollama_meter.periods import LAST_DAY, window_between
 
 if TYPE_CHECKING:
@@ -47,6 +48,10 @@ def upgrade_command(db: DbOption = None) -> None:
     ledger_as_is(cfg)
     with ledger.failures_named():
         check_tables(ledger.engine)
+    # Named now, by its owner: a gateway whose role may not write ledger_meta cannot name it,
+    # and its ometer clients' calls are counted twice until it is (gateway/_ledger_name.py).
+    with contextlib.suppress(LedgerError):
+        ledger.identity()
     if before == HEAD_REVISION:
         out.print(f"ledger at {named(ledger.display_url)} is up to date (revision {HEAD_REVISION})")
     else:

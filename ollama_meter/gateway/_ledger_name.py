@@ -12,25 +12,30 @@ import logging
 
 from starlette.datastructures import MutableHeaders
 
+from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import Ledger
 from ollama_meter.upstream._recorded import LEDGER_HEADER, SPAN_HEADER
 
 log = logging.getLogger("ollama_meter.gateway")
 
 UNNAMED = (
-    "the gateway cannot name its ledger %s (%s): an ometer client (ometer chat, the Python "
-    "API) writing to the same ledger through this gateway records each call again beside "
-    "the gateway's span, so those calls are counted twice. The id is made once, in the "
-    "ledger_meta table: give the gateway's database role INSERT on ledger_meta (PostgreSQL) "
-    "or make the ledger file writable; the gateway tries again every few seconds"
+    "the gateway cannot name its ledger (%s): an ometer client (ometer chat, the Python API) "
+    "writing to the same ledger through this gateway records each call again beside the "
+    "gateway's span, so those calls are counted twice. The name is made once, in the "
+    "ledger_meta table: run `ometer db upgrade` once as the database's owner, or give the "
+    "gateway's database role INSERT on ledger_meta (or make the ledger file writable); the "
+    "gateway tries again every few seconds"
 )
 """Said once, not at every try: the ledger away at start, or a role that cannot write."""
 
 
-def _first_line(exc: BaseException) -> str:
-    """The driver's own words (a SQLAlchemy error goes on with the SQL and its parameters)."""
+def _first_line(exc: BaseException, place: str) -> str:
+    """What failed: a LedgerError says where; a driver's error its first line (SQLAlchemy's
+    goes on with the SQL and its parameters)."""
+    if isinstance(exc, LedgerError):
+        return str(exc)
     said = str(getattr(exc, "orig", None) or exc).strip()
-    return said.splitlines()[0] if said else type(exc).__name__
+    return f"the ledger at {place} failed: {said.splitlines()[0] if said else type(exc).__name__}"
 
 
 class LedgerName:
@@ -57,7 +62,7 @@ class LedgerName:
         except Exception as exc:  # said once: it is tried again every few seconds
             if not self._warned:
                 self._warned = True
-                log.warning(UNNAMED, self._ledger.display_url, _first_line(exc))
+                log.warning(UNNAMED, _first_line(exc, self._ledger.display_url))
         else:
             if self._warned:
                 self._warned = False

@@ -80,4 +80,14 @@ def test_a_gateway_that_cannot_name_its_ledger_warns_once_what_it_means(
     assert len(warned) == 1, warned
     (said,) = warned
     assert "permission denied for table ledger_meta" in said
-    assert "counted twice" in said and "INSERT on ledger_meta" in said
+    path = tmp_path / "l.db"
+    assert said.startswith(f"the gateway cannot name its ledger (the ledger at {path} failed: ")
+    assert "counted twice" in said and "`ometer db upgrade` once as the database's owner" in said
+
+
+def test_ometer_db_upgrade_names_the_ledger(cli: Any, tmp_path: Path) -> None:
+    """Run by the database's owner, ``ometer db upgrade`` names the ledger, so a gateway whose
+    role may not write ``ledger_meta`` names it on its answers (the warning's advice)."""
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    assert cli("db", "upgrade", "--db", url).code == 0
+    assert Ledger(url).identity(make=False) is not None
