@@ -16,7 +16,7 @@ from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.pricing import PriceRule
 from ollama_meter.testing import OllamaEmulator
-from tests.factories import quick_history
+from tests.factories import make_span
 
 CLIENTS = {"sync": MeteredClient, "async": AsyncMeteredClient}
 HELD_S = 1.0
@@ -40,7 +40,21 @@ def test_a_budgets_admission_waiting_on_a_busy_ledger_is_queue_time_not_priced(
     ledger.save_budget(
         Budget(tenant="acme", department="sales", period="day", limit=10**12, currency="USD")
     )
-    ledger.record([quick_history("nomic-embed-text")])
+    # A model that loads in 2 s: the call is admitted on some 6 s of busy time, which a loaded
+    # CI machine's emulator never runs past (the 0.4 s of a quicker history once did). The
+    # wait still shows if it is counted: priced as GPU time, or lying before the writer let go.
+    ledger.record(
+        [
+            make_span(
+                request_model="nomic-embed-text",
+                input_tokens=100,
+                output_tokens=100,
+                prompt_eval_duration_ns=100_000_000,
+                eval_duration_ns=1_000_000_000,
+                load_duration_ns=2_000_000_000,
+            )
+        ]
+    )
     holder = sqlite3.connect(
         sqlite_url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
     )
