@@ -8,11 +8,13 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
 - **A log no caller can flood.** uvicorn's warnings about requests it cannot parse are
   a line per message every 10 s at most.
 - **Room for the calls it takes.** Each connection holds a file descriptor, and so does
-  each call it sends on to Ollama, each ledger and spool file. A connection past
-  ``max_connections`` (half of what the open-file limit leaves after a reserve) is answered
-  503 and closed at once, so a flood of idle connections cannot leave a call unable to
-  reach Ollama (which read as Ollama being down and opened its breaker) or a span unable
-  to reach the spool. The soft open-file limit is raised to the hard one first.
+  each call it sends on to Ollama, each ledger and spool file. Past ``max_connections``
+  (half of what the open-file limit leaves after a reserve), the connection that has waited
+  longest on its caller (silent, a head or body trickling in, idle) is let go for the new
+  one; with none waiting, the new one is answered 503 and closed at once. So a flood of
+  idle connections can neither leave a call unable to reach Ollama (which read as Ollama
+  being down and opened its breaker) nor shut other callers out (``_connections.py``).
+  The soft open-file limit is raised to the hard one first.
 - **No connection held by a head that never ends.** A connection's request line and
   headers must arrive within ``HEAD_S`` of the connection (or of the request's first byte,
   on a kept-alive one): else 408, or, when nothing was sent, the connection is just closed
@@ -50,7 +52,7 @@ import ipaddress
 import json
 import logging
 import socket
-from collections.abc import Callable
+import weakref
 from typing import Any
 
 import uvicorn
@@ -58,42 +60,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ollama_meter._logging import Throttled
 from ollama_meter.errors import ValidationError
+from ollama_meter.gateway._connections import (
+    _MOST_FILES,
+    Waiting,
+    connections_for,
+    open_files_limit,
+)
 from ollama_meter.gateway._cycle import BodyNews, hear_lost, watch
 from ollama_meter.gateway._limits import MAX_HEADER_BYTES
-
-
-class _ThrottledWarnings:
-    """uvicorn's connection logger, its warnings at most a line per message every 10 s.
-
-    uvicorn warns once per request it cannot parse and twice per ``Upgrade: websocket``,
-    so anyone who reaches the port would write the log at the rate they open connections.
-    """
-
-    _throttle = Throttled(logging.getLogger("uvicorn.error"))  # shared by every connection
-
-    def __init__(self, logger: logging.Logger, quiet: Callable[[], bool] = lambda: False) -> None:
-        self._logger = logger
-        self._quiet = quiet  # while the parser was stopped on purpose: nothing was invalid
-
-    def __getattr__(self, name: str) -> Any:  # level, log, debug...: as they are
-        return getattr(self._logger, name)
-
-    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        if self._quiet():
-            return
-        more = self._throttle.more(msg)
-        if more is not None:
-            self._logger.warning(msg + more.replace("%", "%%"), *args, **kwargs)
-
-    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        """uvicorn's line for an answer the app ended early (an upstream's broken off, passed
-        on cut so the client sees it) is throttled too; an error with a traceback is not."""
-        if args or kwargs:
-            self._logger.error(msg, *args, **kwargs)
-            return
-        more = self._throttle.more(msg)
-        if more is not None:
-            self._logger.error(msg + more.replace("%", "%%"))
+from ollama_meter.gateway._warnings import _ThrottledWarnings
 
 
 class _TooManyAhead(Exception):
@@ -104,6 +79,13 @@ class _HeadTooLarge(Exception):
     """Raised inside a parser callback to stop parsing a request whose head is too large."""
 
 
+_WAITING: weakref.WeakKeyDictionary[Any, Waiting[_GuardedHttpTools]] = weakref.WeakKeyDictionary()
+"""Each server's connections waiting on their callers (its ``server_state``)."""
+LET_GO = (
+    "the gateway needed this connection for another caller: its request's headers had not "
+    "all arrived; send them at once"
+)
+
 HEAD_S = 60.0
 """Seconds a request's line and headers may take to arrive."""
 STALLED_S = 60.0
@@ -111,34 +93,6 @@ STALLED_S = 60.0
 
 PIPELINED = 32
 """Requests a connection may have queued behind the one being answered."""
-
-FILES_RESERVED = 64
-"""Descriptors kept for the process itself: the ledger, spool and journal files, logs, DNS."""
-_MOST_FILES = 1 << 20
-
-
-def open_files_limit() -> int:
-    """This process's soft limit on open files, raised to the hard limit first (as Go's
-    runtime does for every program): 1,024, the usual soft limit, is ~500 connections."""
-    try:
-        import resource
-    except ImportError:  # not on this platform
-        return _MOST_FILES
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    most = _MOST_FILES if hard == resource.RLIM_INFINITY else min(hard, _MOST_FILES)
-    if soft != resource.RLIM_INFINITY and soft < most:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (most, hard))
-            soft = most
-        except (ValueError, OSError):  # a container that forbids it: keep what there is
-            pass
-    return _MOST_FILES if soft == resource.RLIM_INFINITY else int(soft)
-
-
-def connections_for(files: int) -> int:
-    """The connections a process allowed ``files`` open files takes: two descriptors each
-    (the caller's, and its call's to Ollama) after the reserve."""
-    return max(1, (files - FILES_RESERVED) // 2)
 
 
 class _GuardedHttpTools(HttpToolsProtocol):
@@ -168,10 +122,46 @@ class _GuardedHttpTools(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self._waiting = _WAITING.setdefault(self.server_state, Waiting())
         if len(self.connections) > self.max_connections:
-            self._refuse_connection()
-            return
+            held = self._waiting.longest(_GuardedHttpTools._waits_on_caller)
+            if held is None:
+                self._refuse_connection()
+                return
+            held._let_go()
+        self._waiting.began(self)
         self._await_head(heard=False)
+
+    def _waits_on_caller(self) -> bool:
+        """Whether this connection waits for its caller to send something (nothing is being
+        answered on it): it may be let go for a new caller's."""
+        if self.transport.is_closing() or self.pipeline:
+            return False
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:  # silent, a head arriving, or idle
+            return True
+        return cycle.more_body and not cycle.response_started  # a body still arriving
+
+    def _let_go(self) -> None:
+        """Close this connection, which waits on its caller, for a new caller's. A head half
+        sent is answered 503; a body half sent ends its call as the caller's hang-up."""
+        more = self._refusals.more("let go")
+        if more is not None:
+            self._refusals.log.warning(
+                "let a connection go that was waiting on its caller, for a new one: %d are "
+                "open, the most this process takes%s",
+                len(self.connections) - 1,
+                more,
+            )
+        if self._in_head and self._heard:
+            self._close_with(b"503 Service Unavailable", LET_GO)
+        else:
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._waiting.began(self)  # idle, or the next request's head arriving
 
     def _await_head(self, *, heard: bool) -> None:
         self._end_head_wait()
@@ -223,6 +213,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
         super().resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._waiting.gone(self)
         self._unwatch_stall()
         self._end_head_wait()
         if not self._gone.done():
@@ -295,6 +286,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
             raise _TooManyAhead  # the parser stops; uvicorn calls send_400_response
         before = self.cycle
         super().on_headers_complete()
+        self._waiting.began(self)  # for its body, if it has one
         if self.cycle is not before:  # a request (not an upgrade): its answer is watched
             self._body = watch(self.cycle, self._gone)
 

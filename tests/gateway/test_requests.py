@@ -444,44 +444,6 @@ def test_header_limit_and_trailers_in_the_http_protocol(
     assert span.department == "unassigned"
 
 
-def test_connections_past_the_most_are_refused_and_calls_in_use_still_reach_ollama(
-    serve_on: Any, emulator: OllamaEmulator, sqlite_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Idle connections took every file descriptor: a call on a connection already open
-    could not reach Ollama, read as Ollama being down, and opened its breaker (see
-    test_processes.py for the same under a real open-file limit)."""
-    import socket
-    import time
-    from urllib.parse import urlsplit
-
-    gw = serve_on(emulator.url, sqlite_url, server_options={"max_connections": 3})
-    address = (urlsplit(gw.url).hostname, urlsplit(gw.url).port)
-    body = {"model": "llama3.1:8b", "messages": HI, "stream": False}
-    with httpx.Client(base_url=gw.url, timeout=30) as caller:
-        assert caller.get("/api/tags").status_code == 200  # its connection is kept open
-        idle = [socket.create_connection(address, timeout=10) for _ in range(2)]
-        try:
-            with socket.create_connection(address, timeout=10) as extra:
-                answer = b""
-                while chunk := extra.recv(65536):
-                    answer += chunk
-            head, _, rest = answer.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in head
-            assert json.loads(rest) == {
-                "error": "the gateway has as many connections open as it takes; retry shortly"
-            }
-            assert caller.post("/api/chat", json=body).status_code == 200
-        finally:
-            for sock in idle:
-                sock.close()
-    assert [(s.status, s.error_type) for s in spans(gw)] == [("ok", None)]
-    assert "refused a connection: 3 are open, the most this process takes" in caplog.text
-    deadline = time.monotonic() + 30  # closed connections make room again
-    while httpx.get(f"{gw.url}/api/tags").status_code == 503:
-        assert time.monotonic() < deadline, "closed connections were not let go"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("header", ["X-Ometer-Tenant", "X-Ometer-Department", "X-Ometer-User"])
 def test_an_attribution_header_given_twice_is_a_400_not_the_first_one_silently(
     sqlite_app: Gateway, emulator: OllamaEmulator, header: str

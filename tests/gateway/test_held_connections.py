@@ -1,0 +1,132 @@
+"""Connections held open by a caller that sends nothing, or a byte now and then.
+
+The gateway takes a bounded number of connections (its open files). One machine on the
+network could hold every one of them (a silent connection is kept 60 s, a head may trickle
+in for 60 s, a declared 32 MiB body for minutes) and every other caller was refused 503 for
+as long as it went on. When the gateway is full, the connection that has waited longest on
+its caller now gives way to the new one; a connection whose request is being answered never
+does, and when all are, the newcomer is refused as before.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.testing import OllamaEmulator
+from tests.gateway.conftest import Gateway
+
+CHAT = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+HOLDS = [
+    b"",  # connected, silent
+    b"POST /api/chat HTTP/1.1\r\nhost: x\r\nx-ometer-dep",  # a head trickling in
+    b"POST /api/chat HTTP/1.1\r\nhost: x\r\ncontent-length: 33554432\r\n\r\n{",  # a body
+    b"GET /api/version HTTP/1.1\r\nhost: x\r\n\r\n",  # answered, then idle (kept alive)
+]
+
+HEAD_LET_GO = (
+    "the gateway needed this connection for another caller: its request's headers had not "
+    "all arrived; send them at once"
+)
+LET_GO = {
+    HOLDS[0]: b"",
+    HOLDS[1]: b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"content-type: application/json; charset=utf-8\r\n"
+    b"content-length: " + str(len(json.dumps({"error": HEAD_LET_GO}))).encode() + b"\r\n"
+    b"connection: close\r\n\r\n" + json.dumps({"error": HEAD_LET_GO}).encode(),
+    HOLDS[2]: b"",  # its call is the gateway's to end: a client_abort span
+    HOLDS[3]: b"",
+}
+"""What each kind of held connection is sent as it is let go."""
+
+
+def _address(gw: Gateway) -> tuple[str, int]:
+    parts = urlsplit(gw.url)
+    return str(parts.hostname), int(parts.port or 0)
+
+
+def _closed(sock: socket.socket, wait: float = 0.3) -> bytes | None:
+    """What the gateway sent before it closed ``sock``, or None while it keeps it open."""
+    sock.settimeout(wait)
+    received = b""
+    try:
+        while part := sock.recv(65536):
+            received += part
+    except TimeoutError:
+        return None
+    return received
+
+
+@pytest.mark.parametrize("sent", HOLDS, ids=["silent", "head", "body", "idle"])
+def test_a_full_gateway_lets_the_longest_waiting_connections_go_for_new_callers(
+    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str, sent: bytes
+) -> None:
+    """Eight connections held (the most the gateway takes here): three callers, each keeping
+    its own connection open, are answered, and the three held longest are let go."""
+    gw = serve_on(emulator.url, sqlite_url, server_options={"max_connections": 8})
+    held = []
+    for _ in range(8):
+        sock = socket.create_connection(_address(gw), timeout=10)
+        sock.sendall(sent)
+        if sent.startswith(b"GET"):  # its answer read: idle from now on
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        threading.Event().wait(0.05)  # each begins to wait after the one before
+        held.append(sock)
+    callers = [httpx.Client(base_url=gw.url, timeout=30) for _ in range(3)]
+    try:
+        for n, caller in enumerate(callers):
+            reply = caller.post("/api/chat", json=CHAT)
+            assert reply.status_code == 200, reply.text
+            assert _closed(held[n]) == LET_GO[sent], f"connection {n} was not let go"
+        assert [_closed(sock) for sock in held[3:]] == [None] * 5
+        statuses = sorted(s.status for s in gw.ledger.latest(SpanFilter(), 100))
+        aborted = ["client_abort"] * 3 if sent is HOLDS[2] else []  # the gateway's hang-up
+        assert statuses == [*aborted, "ok", "ok", "ok"]
+    finally:
+        for sock in held:
+            sock.close()
+        for caller in callers:
+            caller.close()
+
+
+def test_connections_whose_calls_are_answered_are_never_let_go_and_a_newcomer_is_refused(
+    serve_on: Callable[..., Gateway], sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three calls Ollama takes a second each to answer hold the three connections taken:
+    a fourth caller is refused 503 and the log says why, the three are answered, and their
+    connections, closed, make room again."""
+    with OllamaEmulator(latency=1.5) as slow:
+        gw = serve_on(slow.url, sqlite_url, server_options={"max_connections": 3})
+        replies: list[int] = []
+
+        def call() -> None:
+            replies.append(httpx.post(f"{gw.url}/api/chat", json=CHAT, timeout=30).status_code)
+
+        callers = [threading.Thread(target=call) for _ in range(3)]
+        for caller in callers:
+            caller.start()
+        deadline = time.monotonic() + 30
+        while len(slow.requests_to("/api/chat")) < 3:  # all three with Ollama
+            assert time.monotonic() < deadline, "the three calls never reached Ollama"
+            time.sleep(0.02)
+        with socket.create_connection(_address(gw), timeout=10) as extra:
+            answer = _closed(extra, wait=10)
+        for caller in callers:
+            caller.join(30)
+        assert httpx.get(f"{gw.url}/api/version").status_code == 200  # room again
+    assert answer is not None
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in head
+    assert json.loads(body) == {
+        "error": "the gateway has as many connections open as it takes; retry shortly"
+    }
+    assert replies == [200, 200, 200]
+    assert "refused a connection: 3 are open, the most this process takes" in caplog.text
