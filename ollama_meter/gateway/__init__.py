@@ -13,14 +13,10 @@ from ollama_meter.gateway._limits import MAX_BODY_BYTES, MAX_HEADER_BYTES
 if TYPE_CHECKING:
     from ollama_meter.gateway._access import GatewayOptions
     from ollama_meter.gateway._app import ADMIN, create_app
+    from ollama_meter.gateway._connections import is_loopback, listening_socket, listening_url
     from ollama_meter.gateway._drain import GatewayServer
     from ollama_meter.gateway._passthrough import PASSTHROUGH
-    from ollama_meter.gateway._server import (
-        is_loopback,
-        listening_socket,
-        listening_url,
-        server_config,
-    )
+    from ollama_meter.gateway._server import server_config
 
 __all__ = [
     "ADMIN",
@@ -42,9 +38,9 @@ _LAZY = {
     "GatewayOptions": "._access",
     "GatewayServer": "._drain",
     "create_app": "._app",
-    "is_loopback": "._server",
-    "listening_socket": "._server",
-    "listening_url": "._server",
+    "is_loopback": "._connections",
+    "listening_socket": "._connections",
+    "listening_url": "._connections",
     "server_config": "._server",
 }
 

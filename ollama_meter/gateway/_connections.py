@@ -1,4 +1,7 @@
-"""How many connections one gateway process takes, and which gives way when it has them all.
+"""Where the gateway listens, how many connections it takes, and which gives way when full.
+
+The socket is bound before the gateway says it runs (:func:`listening_socket`), so a port
+in use is one line, not a server that announces itself and stops.
 
 Each connection holds a file descriptor, and so does each call it sends on to Ollama: the
 process takes :func:`connections_for` its open-file limit, and answers one past them 503.
@@ -15,8 +18,13 @@ milliseconds, so its call gets through.
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import socket
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+from ollama_meter.errors import ValidationError
 
 FILES_RESERVED = 64
 """Descriptors kept for the process itself: the ledger, spool and journal files, logs, DNS."""
@@ -79,3 +87,46 @@ class Waiting(Generic[Conn]):
             if waits(conn):
                 return conn
         return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a --host value) listens only on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+_CANNOT_LISTEN = {
+    errno.EADDRINUSE: "the port is in use (another gateway, or Ollama itself?); choose another "
+    "--port",
+    errno.EACCES: "not allowed (a port below 1024 needs root); choose a --port from 1024 up",
+    errno.EADDRNOTAVAIL: "no network interface of this machine has that address; give one it "
+    "has, 127.0.0.1 or 0.0.0.0",
+}
+
+
+def listening_url(host: str, port: int) -> str:
+    """The gateway's address as a client takes it (``OLLAMA_HOST``): an IPv6 host in brackets."""
+    bare = host.strip("[]")
+    return f"http://[{bare}]:{port}" if ":" in bare else f"http://{host}:{port}"
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The gateway's socket, bound before it says it is running (``port`` 0: any free one).
+
+    A port in use or an address this machine does not have is a one-line error
+    saying what to change, not a server that announces itself and then stops.
+    """
+    bare = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((bare, port))
+    except OSError as exc:
+        sock.close()
+        reason = _CANNOT_LISTEN.get(exc.errno or 0, exc.strerror or str(exc))
+        raise ValidationError(f"cannot listen on {host}:{port}: {reason}") from None
+    return sock

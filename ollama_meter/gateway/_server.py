@@ -47,11 +47,8 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
 from __future__ import annotations
 
 import asyncio
-import errno
-import ipaddress
 import json
 import logging
-import socket
 import weakref
 from typing import Any
 
@@ -59,7 +56,6 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ollama_meter._logging import Throttled
-from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._connections import (
     _MOST_FILES,
     Waiting,
@@ -135,8 +131,8 @@ class _GuardedHttpTools(HttpToolsProtocol):
     def _waits_on_caller(self) -> bool:
         """Whether this connection waits for its caller to send something (nothing is being
         answered on it): it may be let go for a new caller's."""
-        if self.transport.is_closing() or self.pipeline:
-            return False
+        if self.transport.is_closing() or self.pipeline or self.transport.get_write_buffer_size():
+            return False  # closed, or answers still to send: its caller is being answered
         cycle = self.cycle
         if cycle is None or cycle.response_complete:  # silent, a head arriving, or idle
             return True
@@ -160,6 +156,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._watch_rest()
         if not self.transport.is_closing():
             self._waiting.began(self)  # idle, or the next request's head arriving
 
@@ -211,6 +208,15 @@ class _GuardedHttpTools(HttpToolsProtocol):
     def resume_writing(self) -> None:
         self._unwatch_stall()
         super().resume_writing()
+        self._watch_rest()
+
+    def _watch_rest(self) -> None:
+        """An answer given in full may wait, below the mark that pauses writing, on a caller
+        that reads none of it, and the connection be closed meanwhile (idle, let go): the
+        close would wait to send it for ever. Watched as any wait on the caller."""
+        done = self.cycle is not None and self.cycle.response_complete
+        if done and self._stall is None and (left := self.transport.get_write_buffer_size()):
+            self._watch_stall(left)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._waiting.gone(self)
@@ -234,9 +240,9 @@ class _GuardedHttpTools(HttpToolsProtocol):
         """Writes have waited on the caller ``STALLED_S``: if it took nothing of the ``waiting``
         bytes meanwhile (nothing more is written while they wait), it is hung up on."""
         self._stall = None
-        if self.transport.is_closing():
+        left = self.transport.get_write_buffer_size()  # closing or not: a close waits on it
+        if not left:
             return
-        left = self.transport.get_write_buffer_size()
         if left < waiting:  # reading, however slowly
             self._watch_stall(left)
             return
@@ -244,7 +250,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
         if more is not None:
             self._refusals.log.warning(
                 "hung up on a caller that took no byte of its answer in %g s (%d bytes waiting "
-                "for it); its call ends as client_abort%s",
+                "for it); a call still going ends as client_abort%s",
                 STALLED_S,
                 left,
                 more,
@@ -397,46 +403,3 @@ def server_config(
         access_log=options.pop("access_log", False),
         **options,
     )
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a --host value) listens only on this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-_CANNOT_LISTEN = {
-    errno.EADDRINUSE: "the port is in use (another gateway, or Ollama itself?); choose another "
-    "--port",
-    errno.EACCES: "not allowed (a port below 1024 needs root); choose a --port from 1024 up",
-    errno.EADDRNOTAVAIL: "no network interface of this machine has that address; give one it "
-    "has, 127.0.0.1 or 0.0.0.0",
-}
-
-
-def listening_url(host: str, port: int) -> str:
-    """The gateway's address as a client takes it (``OLLAMA_HOST``): an IPv6 host in brackets."""
-    bare = host.strip("[]")
-    return f"http://[{bare}]:{port}" if ":" in bare else f"http://{host}:{port}"
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The gateway's socket, bound before it says it is running (``port`` 0: any free one).
-
-    A port in use or an address this machine does not have is a one-line error
-    saying what to change, not a server that announces itself and then stops.
-    """
-    bare = host.strip("[]")
-    sock = socket.socket(socket.AF_INET6 if ":" in bare else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((bare, port))
-    except OSError as exc:
-        sock.close()
-        reason = _CANNOT_LISTEN.get(exc.errno or 0, exc.strerror or str(exc))
-        raise ValidationError(f"cannot listen on {host}:{port}: {reason}") from None
-    return sock

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from ollama_meter.gateway import _server, listening_socket
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
 from tests.gateway.conftest import Gateway
@@ -130,3 +131,57 @@ def test_connections_whose_calls_are_answered_are_never_let_go_and_a_newcomer_is
     }
     assert replies == [200, 200, 200]
     assert "refused a connection: 3 are open, the most this process takes" in caplog.text
+
+
+def _small_send_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gateways listening from here on send through sockets that hold a few KiB (accepted
+    sockets take the listening one's), so an answer of some 100 KiB fills them."""
+    from tests.gateway import conftest
+
+    def listening(host: str, port: int) -> socket.socket:
+        sock = listening_socket(host, port)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        return sock
+
+    monkeypatch.setattr(conftest, "listening_socket", listening)
+
+
+def test_an_answer_nobody_reads_is_hung_up_on_though_the_connection_was_closed(
+    serve_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An answer given whole (the page: 19 KiB) that its caller never reads waits in the
+    gateway once the sockets on the way are full. The connection, closed when it had been
+    idle a while (keep-alive's timeout) or given up for a new caller, waited to send it for
+    ever: the hang-up of a caller that takes nothing watched only connections still open, and
+    only from a wait of 64 KiB. So each such caller kept a connection of the gateway's, and
+    its descriptor, for as long as it liked, and the gateway could not let it go for another.
+    Now it is hung up on once it has taken nothing for STALLED_S, closed or not."""
+    monkeypatch.setattr(_server, "STALLED_S", 0.5)
+    _small_send_buffers(monkeypatch)
+    gw = serve_on(
+        emulator.url,
+        sqlite_url,
+        server_options={"max_connections": 1, "timeout_keep_alive": 0.2},
+    )
+    assert gw.server is not None
+    connections = gw.server.server_state.connections
+    unread = socket.socket()
+    unread.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window that fills at once
+    unread.connect(_address(gw))
+    unread.sendall(b"GET /dashboard HTTP/1.1\r\nhost: x\r\n\r\n")
+    try:
+        deadline = time.monotonic() + 30
+        while not any(c.cycle and c.cycle.response_complete for c in list(connections)):
+            assert time.monotonic() < deadline, "never answered"
+            time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while connections:  # hung up on
+            assert time.monotonic() < deadline, "the connection of an unread answer is kept"
+            time.sleep(0.05)
+        reply = httpx.get(f"{gw.url}/api/version", timeout=10)  # its place is free again
+        assert reply.status_code == 200
+    finally:
+        unread.close()

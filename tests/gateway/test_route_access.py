@@ -18,9 +18,9 @@ from starlette.routing import Route
 from ollama_meter._urls import normalize_host
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway import PASSTHROUGH, GatewayOptions
+from ollama_meter.gateway._connections import listening_url
 from ollama_meter.gateway._hosts import is_local_host
 from ollama_meter.gateway._requests import OLLAMA_ROUTES, OPENAI_ROUTES
-from ollama_meter.gateway._server import listening_url
 from ollama_meter.ledger import Ledger
 from ollama_meter.testing import OllamaEmulator
 from tests.gateway.conftest import Gateway
