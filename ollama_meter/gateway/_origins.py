@@ -9,7 +9,10 @@ The gateway is the server the browser talks to, so it applies the same rule, wit
 ``OMETER_ORIGINS`` for the pages it allows beyond the defaults (same form: comma-separated,
 one ``*`` per entry at most, ``*`` alone for any page):
 
-- no ``Origin``, or the gateway's own (its dashboard): nothing changes;
+- no ``Origin``: nothing changes (the dashboard sends none: it only opens links and GET
+  forms). A page is never taken for the gateway's own by naming the gateway's address, as
+  CORS libraries take it (Ollama's too): a page whose name was pointed at the gateway (DNS
+  rebinding; a ``.local`` name anyone on the LAN may answer for) names exactly that;
 - an allowed origin: a preflight (``OPTIONS``) is answered 204 with what may be sent, and
   every answer says the page may read it (and the span id and ``Retry-After`` headers);
 - any other origin: 403 before anything is read, forwarded or metered (no span: anyone's
@@ -206,11 +209,6 @@ def _bad(entry: str, problem: str) -> str:
     )
 
 
-def _own(origin: str, host: str) -> bool:
-    """Whether the page is the gateway's own (its dashboard)."""
-    return bool(host) and origin.lower() in (f"http://{host}".lower(), f"https://{host}".lower())
-
-
 class OriginCheck:
     """ASGI middleware: the rule above, before any route."""
 
@@ -223,8 +221,7 @@ class OriginCheck:
             await self.app(scope, receive, send)
             return
         given = [v.decode("latin-1") for k, v in scope["headers"] if k == b"origin"]
-        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
-        if not given or (len(given) == 1 and _own(given[0], host)):
+        if not given:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "/")

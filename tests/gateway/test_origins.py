@@ -157,16 +157,44 @@ def test_the_administrator_allows_more_pages(
     )
 
 
-def test_the_gateways_own_page_and_callers_with_no_page_are_as_before(
-    gateway_with: Callable[..., Gateway],
-) -> None:
+def test_callers_with_no_page_are_as_before(gateway_with: Callable[..., Gateway]) -> None:
     gw = gateway_with()
-    own = gw.client.post("/api/chat", json=CHAT, headers={"Origin": "http://testserver"})
-    assert own.status_code == 200
-    assert "access-control-allow-origin" not in own.headers
     plain = gw.client.post("/api/chat", json=CHAT)
     assert plain.status_code == 200 and "access-control-allow-origin" not in plain.headers
     assert gw.client.options("/api/chat").status_code == 405  # no page: no preflight
+
+
+@pytest.mark.parametrize(
+    ("options", "host"),
+    [
+        ({"loopback": True}, "printer.local:11435"),  # a name anyone on the LAN answers (mDNS)
+        ({"loopback": True}, "evil.internal"),
+        ({"admin_token": "s3cret-admin-token-0123456789"}, "evil.example:11435"),  # --host 0.0.0.0
+    ],
+)
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/api/pull", "/api/delete"])
+def test_a_page_is_not_the_gateways_own_by_naming_it(
+    gateway_with: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    options: dict[str, Any],
+    host: str,
+    path: str,
+) -> None:
+    """A page whose name was pointed at the gateway (DNS rebinding: a web site's own name, or
+    a .local one that any machine on the LAN may answer for) is same-origin with it, so the
+    browser names the gateway's address as the page's. Taken for the gateway's own page (the
+    dashboard, which calls nothing), it could spend any department's budget with a form post
+    and pull or delete models (--allow-admin); it is held to the origin rule as any page."""
+    gw = gateway_with(allow_admin=True, **options)
+    page = f"http://{host}"
+    headers = {"Host": host, "Origin": page, "Content-Type": "text/plain"}
+    body = json.dumps({**CHAT, "name": "llama3.1:8b"})
+    refused = gw.client.post(path, content=body, headers=headers)
+    assert refused.status_code == 403, refused.text
+    assert page in refused.text
+    assert "access-control-allow-origin" not in refused.headers
+    assert emulator.requests == []
+    assert gw.ledger.latest(SpanFilter(), 10) == []
 
 
 @pytest.mark.parametrize("token", [None, "s3cret-admin-token-0123456789"])
