@@ -211,12 +211,17 @@ class _GuardedHttpTools(HttpToolsProtocol):
         self._watch_rest()
 
     def _watch_rest(self) -> None:
-        """An answer given in full may wait, below the mark that pauses writing, on a caller
-        that reads none of it, and the connection be closed meanwhile (idle, let go): the
-        close would wait to send it for ever. Watched as any wait on the caller."""
-        done = self.cycle is not None and self.cycle.response_complete
-        if done and self._stall is None and (left := self.transport.get_write_buffer_size()):
+        """A connection closed (idle, an answer that closes it, a refusal) with bytes still to
+        send, below the mark that pauses writing, waits to send them on a caller that may read
+        none of them: for ever. Watched as any wait on the caller (a closing connection takes
+        no new request, so what waits can only go down)."""
+        left = self.transport.get_write_buffer_size()
+        if left and self._stall is None and self.transport.is_closing():
             self._watch_stall(left)
+
+    def timeout_keep_alive_handler(self) -> None:
+        super().timeout_keep_alive_handler()
+        self._watch_rest()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._waiting.gone(self)
@@ -372,6 +377,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
             + body
         )
         self.transport.close()
+        self._watch_rest()
 
 
 def server_config(
