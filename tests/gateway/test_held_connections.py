@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import httpx
@@ -23,6 +24,7 @@ import pytest
 from ollama_meter.gateway import _server, listening_socket
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
+from tests.factories import make_span
 from tests.gateway.conftest import Gateway
 
 CHAT = {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -185,3 +187,52 @@ def test_an_answer_nobody_reads_is_hung_up_on_though_the_connection_was_closed(
         assert reply.status_code == 200
     finally:
         unread.close()
+
+
+def _answer_of(sock: socket.socket) -> bytes:
+    """One whole answer (a head with its Content-Length, then the body) read from ``sock``."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        part = sock.recv(65536)
+        assert part, f"closed before the answer's head: {received!r}"
+        received += part
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        part = sock.recv(65536)
+        assert part, f"closed after {len(body)} of {length} bytes"
+        body += part
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_caller_that_read_its_answer_is_not_hung_up_on_for_the_next_one_it_reads_later(
+    serve_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller that read its answer, asked another on the same connection and took less than
+    STALLED_S to begin reading it, gets it whole: the first answer's wait is over. (The
+    second answer's bytes, more than the first's, were taken for the first's still waiting.)"""
+    monkeypatch.setattr(_server, "STALLED_S", 1.0)
+    _small_send_buffers(monkeypatch)
+    gw = serve_on(emulator.url, sqlite_url)
+    assert gw.server is not None
+    now = datetime.now(UTC)
+    gw.ledger.record([make_span(started_at=now, department=f"d{n}") for n in range(8)])
+    connections = gw.server.server_state.connections
+    with socket.socket() as caller:
+        caller.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        caller.connect(_address(gw))
+        caller.settimeout(10)
+        caller.sendall(b"GET /dashboard?model=none HTTP/1.1\r\nhost: x\r\n\r\n")  # 20 KB
+        deadline = time.monotonic() + 30
+        while not any(c.cycle and c.cycle.response_complete for c in list(connections)):
+            assert time.monotonic() < deadline, "never answered"
+            time.sleep(0.01)
+        answered = time.monotonic()  # its rest waits in the gateway
+        assert _answer_of(caller).startswith(b"HTTP/1.1 200 ")
+        time.sleep(max(0.0, answered + 0.5 - time.monotonic()))
+        caller.sendall(b"GET /dashboard HTTP/1.1\r\nhost: x\r\n\r\n")  # 48 KB
+        time.sleep(max(0.0, answered + 1.3 - time.monotonic()))  # it waited 0.8 s
+        assert _answer_of(caller).startswith(b"HTTP/1.1 200 ")
