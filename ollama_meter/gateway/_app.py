@@ -406,7 +406,7 @@ def create_app(
             # Outermost: an allowed page reads every answer, the drain's and the guard's too.
             origin_check(allowed_origins(opts.origins)),
             drained(drain),
-            guard(loopback=opts.loopback),
+            guard(loopback=opts.loopback, token=opts.admin_token),
             body_memory(opts.max_body_bytes),
         ],
     )

@@ -1,4 +1,5 @@
-"""What every request is checked for before routing: its path, and (DNS rebinding) its Host.
+"""What every request is checked for before routing: its path, its URL, and (DNS rebinding)
+its Host.
 
 A path with a ``.`` or ``..`` segment is refused: the gateway forwards paths to Ollama, and
 the HTTP client that does resolves dot segments, so a pass-through route that takes the rest
@@ -14,20 +15,34 @@ a name under ``.localhost``, ``.local`` or ``.internal``. A gateway listening on
 address was started for the network (``--require-key``, ``--admin-token``,
 ``--insecure-open``), and takes every name. A request that names two (``Host`` given twice)
 is a 400 on any gateway (RFC 9112 §3.2): the check could read one and a server the other.
+
+A URL holding a gateway key (``om_...``) or the admin token is a 400 on every route but the
+gateway's own pages (which take ``?token=`` and send nothing on): the gateway reads neither
+there, and would pass the URL on to Ollama, into its log.
 """
 
 from __future__ import annotations
 
 import functools
+import hmac
 import ipaddress
 import re
 import socket
+from urllib.parse import parse_qsl
 
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ollama_meter.gateway._answers import error_response
+from ollama_meter.gateway._origins import OWN_PAGES
 from ollama_meter.gateway._relay import wire_of
+from ollama_meter.ledger import KEY_PREFIX
+
+IN_URL = (
+    "the URL holds a gateway key or the admin token, which would travel on to Ollama and into "
+    "its log: send it in a header (Authorization: Bearer <key>, or X-Ometer-Key), never in "
+    "the URL (only the dashboard takes ?token=)"
+)
 
 _LOCAL_SUFFIXES = (".localhost", ".local", ".internal")
 _HOST = re.compile(r"(?:\[[0-9A-Za-z:.%~_-]*\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
@@ -84,14 +99,30 @@ def is_plain_path(path: str) -> bool:
     return not any(part in (".", "..") for part in path.split("/")) and path.isprintable()
 
 
+def holds_credential(query: bytes, token: str | None) -> bool:
+    """Whether a query string holds a gateway key or ``token`` (the admin token) as a value."""
+    if not query:
+        return False
+    given = token.encode() if token else None
+    for _, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        for word in value.split():  # a value as a header has it too: "Bearer om_..."
+            if word.startswith(KEY_PREFIX):
+                return True
+            if given is not None and hmac.compare_digest(word.encode("utf-8", "replace"), given):
+                return True
+    return False
+
+
 class Guard:
     """ASGI middleware before any route: a path with a dot segment is no route the gateway
     serves (404); with ``loopback`` (``ometer serve`` on a loopback ``--host``, ``ometer run``),
-    a ``Host`` naming another machine gets 403."""
+    a ``Host`` naming another machine gets 403; a URL holding a key or ``token`` (the admin
+    token) is a 400 but on the gateway's own pages."""
 
-    def __init__(self, app: ASGIApp, *, loopback: bool) -> None:
+    def __init__(self, app: ASGIApp, *, loopback: bool, token: str | None = None) -> None:
         self.app = app
         self.loopback = loopback
+        self.token = token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -116,12 +147,14 @@ class Guard:
                 shown = path if path.isprintable() else repr(path)  # one line
                 message = f"{scope['method']} {shown} is not a route this gateway serves"
                 refusal = error_response(wire_of(path), 404, message)
+            elif path not in OWN_PAGES and holds_credential(scope["query_string"], self.token):
+                refusal = error_response(wire_of(path), 400, IN_URL)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-def guard(*, loopback: bool) -> Middleware:
+def guard(*, loopback: bool, token: str | None = None) -> Middleware:
     """The middleware as the app declares it."""
-    return Middleware(Guard, loopback=loopback)
+    return Middleware(Guard, loopback=loopback, token=token)

@@ -164,3 +164,50 @@ def test_a_key_in_authorization_is_the_key_whatever_scheme_it_is_sent_with(
     refused = gw.client.post("/api/chat", json=HI, headers=sent)
     assert refused.status_code == 401, refused.text
     assert gw.ledger.count() == 1 and len(emulator.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/chat", HI),
+        ("POST", "/v1/chat/completions", HI),
+        ("GET", "/api/tags", None),
+        ("POST", "/api/show", {"model": "llama3.1:8b"}),
+        ("GET", "/v1/models/llama3.1:8b", None),
+    ],
+)
+@pytest.mark.parametrize(
+    "query", ["token={token}", "key={key}", "api_key={key}&x=1", "t=+{key}", "a=Bearer%20{token}"]
+)
+def test_a_key_or_the_admin_token_in_a_url_is_refused_never_sent_on(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    method: str,
+    path: str,
+    body: dict[str, object] | None,
+    query: str,
+) -> None:
+    """The dashboard takes the admin token as ``?token=``, so a user tried it on the Ollama
+    routes too (and some clients send a key as ``?key=``): the gateway read neither there,
+    passed the URL on as it came, and Ollama's log kept the token or key of every such call
+    (a metered call went on, charged to the defaults). A URL holding either is now a 400
+    saying where it goes; nothing is sent on, nothing recorded."""
+    secret = Ledger(sqlite_url).create_key(name="bot", tenant="acme", department="sales")[1]
+    gw = app_on(emulator.url, sqlite_url, admin_token=TOKEN)
+    url = f"{path}?{query.format(token=TOKEN, key=secret)}"
+    reply = gw.client.request(method, url, json=body)
+    assert reply.status_code == 400, reply.text
+    text = reply.text
+    assert "in a header" in text and TOKEN not in text and secret not in text
+    assert emulator.requests == []
+    assert gw.ledger.latest(SpanFilter(), 10) == []
+
+
+def test_the_dashboard_still_takes_its_token_in_the_url(
+    app_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    gw = app_on(emulator.url, sqlite_url, admin_token=TOKEN)
+    assert gw.client.get(f"/dashboard?token={TOKEN}").status_code == 200
+    assert gw.client.get(f"/api/dash?token={TOKEN}").status_code == 200
+    assert gw.client.get("/api/tags?name=om").status_code == 200  # no credential: as before
