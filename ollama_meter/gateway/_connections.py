@@ -11,9 +11,10 @@ trickling in, idle between requests) costs its caller nothing: one machine could
 connection the process takes and keep them (a silent one for 60 s, a declared 32 MiB body
 for minutes), and every other caller was refused for as long as it went on. So when the
 process has them all, the connection that has waited longest on its caller is let go for the
-new one (:class:`Waiting`); a connection whose request is being answered never is. Under
-such a flood the held connections are the oldest: a caller's own head and body arrive in
-milliseconds, so its call gets through.
+new one (:class:`Waiting`), of the address holding the most such connections; a connection
+whose request is being answered never is. So a flood from one machine makes room from its
+own connections, and another caller's call, even a prompt that takes seconds to arrive,
+gets through.
 """
 
 from __future__ import annotations
@@ -58,32 +59,76 @@ def connections_for(files: int) -> int:
 Conn = TypeVar("Conn")
 
 
+def peer_of(client: tuple[str, int] | None) -> str:
+    """Whose a connection is, for :class:`Waiting`: its address, an IPv6 one by its /64 (one
+    machine may take any address of its network's)."""
+    host = client[0] if client else ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else host
+
+
 class Waiting(Generic[Conn]):
-    """One server's connections in the order they began to wait on their callers.
+    """One server's connections waiting on their callers, by address, in the order they began.
 
     A connection is noted each time it begins to wait (connected, a body to come, an answer
     done) and forgotten when it closes; whether it still waits is asked only when one must
-    give way, so nothing is done per request but a dict write."""
+    give way, so nothing is done per request but a few dict writes. The one that gives way
+    is the longest waiting of the address holding the most: a flood from one machine lets
+    its own go, not another caller's prompt still arriving."""
 
     def __init__(self) -> None:
-        self._since: dict[Conn, None] = {}
+        self._peer: dict[Conn, str] = {}
+        self._of: dict[str, dict[Conn, None]] = {}  # each address's, longest waiting first
+        self._holding: dict[int, dict[str, None]] = {}  # how many an address holds -> addresses
+        self._most = 0
 
     def __len__(self) -> int:
-        return len(self._since)
+        return len(self._peer)
 
-    def began(self, conn: Conn) -> None:
-        self._since.pop(conn, None)
-        self._since[conn] = None
+    def __contains__(self, conn: object) -> bool:
+        return conn in self._peer
+
+    def began(self, conn: Conn, peer: str) -> None:
+        self.gone(conn)
+        self._peer[conn] = peer
+        conns = self._of.setdefault(peer, {})
+        self._move(peer, len(conns), len(conns) + 1)
+        conns[conn] = None
 
     def gone(self, conn: Conn) -> None:
-        self._since.pop(conn, None)
+        peer = self._peer.pop(conn, None)
+        if peer is None:
+            return
+        conns = self._of[peer]
+        del conns[conn]
+        self._move(peer, len(conns) + 1, len(conns))
+        if not conns:
+            del self._of[peer]
+
+    def _move(self, peer: str, held: int, holds: int) -> None:
+        if held:
+            addresses = self._holding[held]
+            del addresses[peer]
+            if not addresses:
+                del self._holding[held]
+        if holds:
+            self._holding.setdefault(holds, {})[peer] = None
+        # Counts change by one: the most is the new count, or one less when its last left.
+        self._most = max(self._most, holds)
+        while self._most and self._most not in self._holding:
+            self._most -= 1
 
     def longest(self, waits: Callable[[Conn], bool]) -> Conn | None:
-        """The connection that has waited longest and ``waits`` still, forgotten here; None
-        when none does. Those found no longer waiting are forgotten until they wait again."""
-        while self._since:
-            conn = next(iter(self._since))
-            del self._since[conn]
+        """The longest waiting connection of the address holding the most, that ``waits``
+        still, forgotten here; None when none does. Those found no longer waiting are
+        forgotten until they wait again."""
+        while self._most:
+            peer = next(iter(self._holding[self._most]))
+            conn = next(iter(self._of[peer]))
+            self.gone(conn)
             if waits(conn):
                 return conn
         return None

@@ -61,6 +61,7 @@ from ollama_meter.gateway._connections import (
     Waiting,
     connections_for,
     open_files_limit,
+    peer_of,
 )
 from ollama_meter.gateway._cycle import BodyNews, hear_lost, watch
 from ollama_meter.gateway._limits import MAX_HEADER_BYTES
@@ -119,13 +120,14 @@ class _GuardedHttpTools(HttpToolsProtocol):
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._waiting = _WAITING.setdefault(self.server_state, Waiting())
+        self._peer = peer_of(self.client)
         if len(self.connections) > self.max_connections:
             held = self._waiting.longest(_GuardedHttpTools._waits_on_caller)
             if held is None:
                 self._refuse_connection()
                 return
             held._let_go()
-        self._waiting.began(self)
+        self._waiting.began(self, self._peer)
         self._await_head(heard=False)
 
     def _waits_on_caller(self) -> bool:
@@ -158,7 +160,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
         super().on_response_complete()
         self._watch_rest()
         if not self.transport.is_closing():
-            self._waiting.began(self)  # idle, or the next request's head arriving
+            self._waiting.began(self, self._peer)  # idle, or the next request's head arriving
 
     def _await_head(self, *, heard: bool) -> None:
         self._end_head_wait()
@@ -297,7 +299,7 @@ class _GuardedHttpTools(HttpToolsProtocol):
             raise _TooManyAhead  # the parser stops; uvicorn calls send_400_response
         before = self.cycle
         super().on_headers_complete()
-        self._waiting.began(self)  # for its body, if it has one
+        self._waiting.began(self, self._peer)  # for its body, if it has one
         if self.cycle is not before:  # a request (not an upgrade): its answer is watched
             self._body = watch(self.cycle, self._gone)
 

@@ -20,8 +20,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from hypothesis import given, strategies as st
 
 from ollama_meter.gateway import _server, listening_socket
+from ollama_meter.gateway._connections import Waiting
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import make_span
@@ -236,3 +238,78 @@ def test_a_caller_that_read_its_answer_is_not_hung_up_on_for_the_next_one_it_rea
         caller.sendall(b"GET /dashboard HTTP/1.1\r\nhost: x\r\n\r\n")  # 48 KB
         time.sleep(max(0.0, answered + 1.3 - time.monotonic()))  # it waited 0.8 s
         assert _answer_of(caller).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_flood_from_one_machine_lets_its_own_connections_go_before_anothers_upload(
+    serve_on: Callable[..., Gateway], emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    """A caller's prompt on its way (a body arriving for seconds: a picture over a VPN) was the
+    longest waiting connection once a flood from one other machine had cycled through the
+    gateway's connections, and was cut for the flood's next one. Now the connection let go is
+    the longest waiting one of the address that holds the most (IPv6: the most in one /64)."""
+    gw = serve_on(emulator.url, sqlite_url, server_options={"max_connections": 6})
+    body = json.dumps(CHAT).encode()
+    upload = socket.create_connection(_address(gw), timeout=10)  # from 127.0.0.1
+    upload.sendall(b"POST /api/chat HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body))
+    upload.sendall(body[:10])
+    flood = []
+    try:
+        for _ in range(12):  # the flood, from another address: twice what the gateway takes
+            sock = socket.create_connection(
+                _address(gw), timeout=10, source_address=("127.0.0.2", 0)
+            )
+            flood.append(sock)
+            threading.Event().wait(0.02)
+        upload.sendall(body[10:])
+        assert _answer_of(upload).startswith(b"HTTP/1.1 200 ")
+        assert sum(_closed(sock) is not None for sock in flood) >= 7
+    finally:
+        upload.close()
+        for sock in flood:
+            sock.close()
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["began", "gone", "longest"]), st.integers(0, 9), st.integers(0, 3)
+        ),
+        max_size=80,
+    ),
+    st.sets(st.integers(0, 9)),
+)
+def test_the_connection_let_go_is_the_longest_waiting_of_the_address_holding_the_most(
+    steps: list[tuple[str, int, int]], busy: set[int]
+) -> None:
+    """Against a plain list of (connection, address) in the order they began to wait: the one
+    let go is the first of an address holding the most of those that still wait."""
+    waiting: Waiting[int] = Waiting()
+    model: list[tuple[int, str]] = []  # in the order they began; ``busy`` ones wait no more
+    for op, conn, peer in steps:
+        if op == "began":
+            model = [(c, p) for c, p in model if c != conn] + [(conn, f"10.0.0.{peer}")]
+            waiting.began(conn, f"10.0.0.{peer}")
+        elif op == "gone":
+            model = [(c, p) for c, p in model if c != conn]
+            waiting.gone(conn)
+        else:
+            chosen = waiting.longest(lambda c: c not in busy)
+            while True:  # the model's: those that wait no more are forgotten on the way
+                counts = {p: sum(1 for _, q in model if q == p) for _, p in model}
+                if not counts:
+                    assert chosen is None
+                    break
+                most = max(counts.values())
+                firsts = {
+                    next(c for c, q in model if q == p) for p, n in counts.items() if n == most
+                }
+                if chosen is not None and chosen in firsts:
+                    model = [(c, p) for c, p in model if c != chosen]
+                    break
+                stale = [c for c in firsts if c in busy]
+                assert stale, f"{chosen} let go, where one of {firsts} should be"
+                model = [(c, p) for c, p in model if c not in stale]
+        # a busy one may have been looked at and forgotten (until it waits again)
+        model = [(c, p) for c, p in model if c in waiting or c not in busy]
+        assert [c for c, _ in model if c not in waiting] == []
+        assert len(waiting) == len(model)
