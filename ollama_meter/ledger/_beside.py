@@ -34,9 +34,26 @@ def make_folder(path: Path) -> None:
     while not os.path.lexists(at) and at.parent != at:
         missing.append(at)
         at = at.parent
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OSError(exc.errno, _in_the_way(path) or exc.strerror, exc.filename) from None
     for folder in reversed(missing):
         _shape(folder)
+
+
+def _in_the_way(path: Path) -> str | None:
+    """What stands where a folder of ``path`` is to be, in words: the system says "File exists"
+    of a link to a folder not there (one moved, or on a disk not mounted)."""
+    for at in (path, *path.parents):
+        if not os.path.lexists(at) or os.path.isdir(at):
+            continue
+        if not os.path.islink(at):
+            return f"{at} is a file, not a folder"
+        return (
+            f"{at} links to {os.readlink(at)}, not there (not made yet, or on a disk not mounted)"
+        )
+    return None
 
 
 def _shape(folder: Path) -> None:
