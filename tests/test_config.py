@@ -914,3 +914,34 @@ def test_a_quoted_ollama_host_is_read_as_ollama_reads_it(
     to it failing, and a quoted URL was refused, where Ollama reads both."""
     monkeypatch.setenv("OLLAMA_HOST", value)
     assert load_settings().ollama_host == url
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OMETER_TIMEZONE", "Europe/Berlin"),
+        ("OMETER_CURRENCY", "EUR"),
+        ("OMETER_DEPARTMENT", "sales"),
+        ("OMETER_RETRIES", "2"),
+        ("OMETER_CAPTURE_CONTENT", "1"),
+        ("OMETER_DB_URL", "sqlite:////var/lib/ometer/ledger.db"),
+        ("DEPARTMENT_BUDGETS", '{"sales": {"daily": 5}}'),
+    ],
+)
+@pytest.mark.parametrize("quote", ['"', "'"])
+def test_a_value_in_quotes_is_told_they_are_part_of_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, quote: str
+) -> None:
+    """``docker run --env-file`` keeps the quotes of ``OMETER_TIMEZONE="Europe/Berlin"``: the
+    value was refused as not a zone, the quotes in it unremarked, and each setting taken in
+    turn by an admin who could not see what was wrong with 'Europe/Berlin'."""
+    monkeypatch.setenv(name, value)
+    load_settings()  # as it is, it is taken
+    monkeypatch.setenv(name, f"{quote}{value}{quote}")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    said = str(caught.value)
+    assert said.startswith(f"{name}: ")
+    assert said.endswith(
+        "; the quotes are part of the value as given: remove them (docker's --env-file keeps them)"
+    )
