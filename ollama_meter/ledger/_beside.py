@@ -104,6 +104,26 @@ def _is_wal_database(path: Path) -> bool:
     return header.startswith(_SQLITE_WAL[0]) and header[18:20] == _SQLITE_WAL[1]
 
 
+def other_names(path: Path) -> str | None:
+    """Why the ledger file at ``path`` must not be opened, else None: it has more than one name
+    (a hard link). SQLite keeps the ``-wal`` and ``-shm`` beside the name it opened, so two
+    processes opening the file by two names each kept a WAL of their own, neither saw the
+    other's calls, and the last to checkpoint wrote its pages over the other's (calls gone,
+    and ``integrity_check`` said ok)."""
+    try:
+        names = os.stat(path).st_nlink
+    except OSError:
+        return None  # none yet: SQLite makes it (with one name)
+    if names < 2:
+        return None
+    return (
+        f"the file has {names} names (hard links, as `ln` without -s makes): SQLite keeps a "
+        "ledger's WAL beside the name it is opened by, so processes opening it by two names "
+        "miss each other's calls and write over them. Keep one name: remove the others "
+        f"(find / -xdev -samefile {path}), and link to it with `ln -s` instead"
+    )
+
+
 def reading_alone(path: Path) -> str | None:
     """Why this user must not open the WAL ledger at ``path``, else None: it may read it but
     not write it, and no process has it open (no ``-shm``). SQLite made the ``-wal`` and

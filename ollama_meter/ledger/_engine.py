@@ -35,6 +35,7 @@ from ollama_meter.errors import ConfigError, LedgerError
 from ollama_meter.ledger._beside import (
     give_to_folder,
     make_folder,
+    other_names,
     reading_alone,
     wal_files_like,
 )
@@ -220,6 +221,9 @@ def _sqlite_connector(busy_timeout_ms: int, path: Path) -> Callable[[Any, Any], 
     def connect(dbapi_connection: Any, record: Any) -> None:
         _refuse_too_short(dbapi_connection, path)
         real = opened_by_sqlite(path)  # the -wal and -shm are beside it, not beside a link
+        if named := other_names(real):
+            dbapi_connection.close()
+            raise LedgerError(f"cannot open the ledger at {path}: {named}")
         _refuse_foreign_wal(dbapi_connection, real)
         if alone := reading_alone(real):
             dbapi_connection.close()

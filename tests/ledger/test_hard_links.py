@@ -1,0 +1,82 @@
+"""A SQLite ledger file with a second name (a hard link: ``ln`` without ``-s`` makes one).
+
+SQLite keeps a WAL database's ``-wal`` and ``-shm`` beside the name it was opened by, so two
+processes opening one file by two names each wrote a WAL of their own, neither saw the
+other's calls, and the last to checkpoint wrote its pages over the other's: a gateway on
+``/var/lib/ometer/ledger.db`` and ``ometer chat --db sqlite:///srv/ledger.db`` (``ln``'d
+there) each counted 1,020 of 2,020 spans, and once both closed 1,000 of them were gone for
+good, with ``PRAGMA integrity_check`` saying ok.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ollama_meter.errors import LedgerError
+from ollama_meter.ledger import Ledger
+from tests.factories import make_span
+
+
+def _said(path: Path, names: int) -> str:
+    return (
+        f"cannot open the ledger at {path}: the file has {names} names (hard links, as `ln` "
+        "without -s makes): SQLite keeps a ledger's WAL beside the name it is opened by, so "
+        "processes opening it by two names miss each other's calls and write over them. Keep "
+        f"one name: remove the others (find / -xdev -samefile {path}), and link to it with "
+        "`ln -s` instead"
+    )
+
+
+@pytest.mark.parametrize("names", [2, 3])
+def test_a_ledger_with_another_name_is_refused_by_either_name_and_changed_by_none(
+    tmp_path: Path, names: int
+) -> None:
+    (tmp_path / "var").mkdir()
+    first = tmp_path / "var" / "ledger.db"
+    ledger = Ledger(f"sqlite:///{first}")
+    ledger.record([make_span() for _ in range(5)])
+    ledger.dispose()
+    others = [tmp_path / f"ledger{n}.db" for n in range(1, names)]
+    for other in others:
+        os.link(first, other)
+    before = first.read_bytes()
+    for path in (first, *others):
+        with pytest.raises(LedgerError) as caught:
+            Ledger(f"sqlite:///{path}")
+        assert str(caught.value) == _said(path, names)
+        assert not Path(f"{path}-wal").exists() and not Path(f"{path}-shm").exists()
+    assert first.read_bytes() == before
+    for other in others:
+        other.unlink()
+    again = Ledger(f"sqlite:///{first}")
+    assert again.count() == 5
+    again.dispose()
+
+
+def test_a_link_made_under_an_open_ledger_keeps_its_spans_in_the_spool(tmp_path: Path) -> None:
+    """Linked while a gateway runs: its writes fail from the next connection and spool, and the
+    first write once the other name is gone records them."""
+    first = tmp_path / "ledger.db"
+    ledger = Ledger(f"sqlite:///{first}")
+    ledger.record([make_span()])
+    ledger.engine.dispose()  # the pool's connections end (idle ones are recycled)
+    os.link(first, tmp_path / "other.db")
+    spooled = [make_span() for _ in range(3)]
+    assert set(ledger.record(spooled).values()) == {"spooled"}
+    (tmp_path / "other.db").unlink()
+    ledger.record([make_span()])
+    assert ledger.count() == 5
+    ledger.dispose()
+
+
+def test_a_command_on_a_ledger_with_another_name_is_one_line(cli: Any, tmp_path: Path) -> None:
+    first = tmp_path / "ledger.db"
+    Ledger(f"sqlite:///{first}").dispose()
+    os.link(first, tmp_path / "copy.db")
+    done = cli("log", "--db", f"sqlite:///{tmp_path / 'copy.db'}")
+    assert done.code == 1
+    assert done.stderr == f"error: {_said(tmp_path / 'copy.db', 2)}\n"
