@@ -1,4 +1,5 @@
-"""A SQLite ledger file with a second name (a hard link: ``ln`` without ``-s`` makes one).
+"""A SQLite ledger file with a second name: a hard link (``ln`` without ``-s`` makes one), or
+the file mounted on its own elsewhere (``mount --bind``, ``docker run -v FILE:...``).
 
 SQLite keeps a WAL database's ``-wal`` and ``-shm`` beside the name it was opened by, so two
 processes opening one file by two names each wrote a WAL of their own, neither saw the
@@ -11,6 +12,7 @@ good, with ``PRAGMA integrity_check`` saying ok.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +82,34 @@ def test_a_command_on_a_ledger_with_another_name_is_one_line(cli: Any, tmp_path:
     done = cli("log", "--db", f"sqlite:///{tmp_path / 'copy.db'}")
     assert done.code == 1
     assert done.stderr == f"error: {_said(tmp_path / 'copy.db', 2)}\n"
+
+
+def test_a_ledger_file_mounted_on_its_own_is_refused_there(tmp_path: Path) -> None:
+    """``docker run -v /srv/ometer/ledger.db:/data/ledger.db``: the container kept its WAL in
+    /data, the host's gateway its own in /srv/ometer; two processes each counted 1,001 of
+    2,001 spans, and the last to close wrote over the other's."""
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "in a box").mkdir()  # a blank, which the mount table writes as \\040
+    own = tmp_path / "srv" / "ledger.db"
+    Ledger(f"sqlite:///{own}").dispose()
+    mounted = tmp_path / "in a box" / "ledger.db"
+    mounted.touch()
+    done = subprocess.run(
+        ["mount", "--bind", str(own), str(mounted)], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount a file here: {done.stderr.decode().strip()}")
+    try:
+        with pytest.raises(LedgerError) as caught:
+            Ledger(f"sqlite:///{mounted}")
+        assert str(caught.value) == (
+            f"cannot open the ledger at {mounted}: the file is mounted on its own at {mounted} "
+            "(mount --bind, or docker run -v FILE:...): SQLite keeps a ledger's WAL beside the "
+            "name it is opened by, so the processes on each side miss each other's calls and "
+            "write over them, and a container's WAL goes with the container. Mount the "
+            "ledger's folder instead"
+        )
+        assert not Path(f"{mounted}-wal").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(mounted)], check=False)
+    Ledger(f"sqlite:///{own}").dispose()  # the file's own name, with the folder it is in
