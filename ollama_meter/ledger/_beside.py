@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import stat
 from pathlib import Path
 
 from ollama_meter._paths import first_bytes
+from ollama_meter.ledger._mounts import mounted_alone
 from ollama_meter.ledger._why import kept_from
 
 
@@ -117,42 +117,13 @@ def other_names(path: Path) -> str | None:
     except OSError:
         return None  # none yet: SQLite makes it (with one name)
     if names < 2:
-        return _mounted_alone(path)
+        return mounted_alone(path)
     return (
         f"the file has {names} names (hard links, as `ln` without -s makes): SQLite keeps a "
         "ledger's WAL beside the name it is opened by, so processes opening it by two names "
         "miss each other's calls and write over them. Keep one name: remove the others "
         f"(find / -xdev -samefile {path}), and link to it with `ln -s` instead"
     )
-
-
-def _mounted_alone(path: Path) -> str | None:
-    """Why the file at ``path``, mounted on its own (``mount --bind``, ``docker run -v FILE:``),
-    must not be opened as a ledger, else None: it is another name of a file whose own folder is
-    elsewhere, and its WAL is kept apart from its folder's (a container's went with it)."""
-    try:
-        with open("/proc/self/mountinfo", "rb") as table:  # Linux's: where there is none, none
-            mounts = table.read()
-    except OSError:
-        return None
-    name = os.fsencode(path)
-    for line in mounts.splitlines():
-        fields = line.split(b" ")  # the 5th is where it is mounted, with \040 for a blank...
-        if len(fields) > 4 and _OCTAL.sub(_byte, fields[4]) == name:
-            return (
-                f"the file is mounted on its own at {path} (mount --bind, or docker run -v "
-                "FILE:...): SQLite keeps a ledger's WAL beside the name it is opened by, so the "
-                "processes on each side miss each other's calls and write over them, and a "
-                "container's WAL goes with the container. Mount the ledger's folder instead"
-            )
-    return None
-
-
-_OCTAL = re.compile(rb"\\([0-7]{3})")
-
-
-def _byte(found: re.Match[bytes]) -> bytes:
-    return bytes([int(found.group(1), 8)])
 
 
 def reading_alone(path: Path) -> str | None:

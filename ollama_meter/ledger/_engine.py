@@ -41,6 +41,7 @@ from ollama_meter.ledger._beside import (
 )
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
 from ollama_meter.ledger._migrate import numbered_as_ours
+from ollama_meter.ledger._mounts import warn_network
 
 DEFAULT_WAIT = 5.0
 """Seconds a ledger operation waits for a busy database (``OMETER_LEDGER_WAIT``)."""
@@ -386,6 +387,8 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         # is made on every machine's first run, where a warning would be the first word.
         level = logging.INFO if path.parent == _data_dir() else logging.WARNING
         log.log(level, "created the folder %s for the ledger %s", path.parent, path.name)
+    if path is not None:
+        warn_network(opened_by_sqlite(path))
     options: dict[str, Any] = {}
     millis = max(int(wait * 1000), 1)
     bounded = parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg"

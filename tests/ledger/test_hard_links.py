@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import Ledger
+from ollama_meter.ledger import Ledger, _mounts
 from tests.factories import make_span
 
 
@@ -113,3 +113,26 @@ def test_a_ledger_file_mounted_on_its_own_is_refused_there(tmp_path: Path) -> No
     finally:
         subprocess.run(["umount", "-l", str(mounted)], check=False)
     Ledger(f"sqlite:///{own}").dispose()  # the file's own name, with the folder it is in
+
+
+@pytest.mark.parametrize("kind", ["nfs4", "cifs", "fuse.sshfs"])
+def test_a_ledger_on_a_network_file_system_is_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """A home folder on NFS holds the default ledger: ``ometer chat`` on two machines of it
+    wrote one file through two WAL indexes (shared memory, which two machines cannot share),
+    each over the other's calls, and nothing said that the ledger was shared at all."""
+    home = tmp_path / "home"
+    table = [(b"/", b"ext4"), (os.fsencode(home), kind.encode()), (b"/proc", b"proc")]
+    monkeypatch.setattr(_mounts, "_table", lambda: table)
+    path = home / "alice" / ".local" / "share" / "ollama-meter" / "ledger.db"
+    for _ in range(2):
+        Ledger(f"sqlite:///{path}").dispose()
+    Ledger(f"sqlite:///{tmp_path / 'local.db'}").dispose()
+    said = [r.getMessage() for r in caplog.records if "network file system" in r.getMessage()]
+    assert said == [
+        f"the ledger {path} is on a network file system ({kind}): SQLite keeps it whole only "
+        "while every process using it runs on one machine, and ometer on another machine using "
+        "it (a shared home folder) would write over this one's calls. Give each machine a "
+        "ledger of its own (OMETER_DB_URL), or share a PostgreSQL ledger"
+    ]
