@@ -89,6 +89,43 @@ def _held(text: Text) -> Text:
     return held
 
 
+class Diagnostics:
+    """stderr as a command writes to it: what cannot be written there (closed: ``2>&-``, a full
+    disk, a reader gone) is dropped, and nothing more is tried. The command's outcome is its
+    exit code and stdout: a budget's refusal (3) or a usage error (2) with stderr on a full
+    disk exited 1, as did ``ometer chat`` whose call was answered and charged but whose
+    footer could not be written (a script then asked again, and paid twice)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream  # None: closed when the process started, or failed since
+
+    def write(self, text: str) -> int:
+        if self.stream is not None:
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError):  # ValueError: the stream was closed
+                self.stream = None
+        return len(text)
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.stream = None
+
+    def isatty(self) -> bool:
+        try:
+            return self.stream is not None and bool(self.stream.isatty())
+        except (OSError, ValueError):
+            return False
+
+    def __getattr__(self, name: str) -> Any:  # encoding, errors, fileno...: the stream's
+        if self.stream is None:
+            raise AttributeError(name)
+        return getattr(self.stream, name)
+
+
 PIPED_WIDTH = 1000
 """Columns a table may take where no terminal says how many (see :class:`_TextConsole`)."""
 
