@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from ollama_meter._names import warn_tz
 from ollama_meter.errors import ConfigError
 
 _ENV_NAME = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
@@ -32,7 +33,9 @@ def warn_unknown(
 ) -> None:
     """Say, once a process, which ``OMETER_`` names are no setting: a misspelt one would
     silently leave its setting at the default (a key not required, spans never pruned);
-    and which of ``ometer serve``'s variables a ``.env`` sets, where they are not read."""
+    a ``TZ`` naming no zone, where no ``OMETER_TIMEZONE`` is given (the host's is the
+    default); and which of ``ometer serve``'s variables a ``.env`` sets, where they are not
+    read."""
     log = logging.getLogger("ollama_meter.config")
     for name in (*environment, *env_file):
         if not name.startswith("OMETER_") or name.startswith(TEST_ENV) or name in known | _warned:
@@ -43,6 +46,8 @@ def warn_unknown(
         meant = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
         hint = f"; did you mean {meant[0]}?" if meant else "; see `ometer --help` and the README"
         log.warning("%s is not an ometer setting and is ignored%s", name, hint)
+    if "OMETER_TIMEZONE" not in {*environment, *env_file}:  # the host's zone: TZ may name none
+        warn_tz()
     for name in GATEWAY_ENV.intersection(env_file) - _warned:
         _warned.add(name)
         log.warning(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import re
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]*")
 MAX_NAME = 64
@@ -68,8 +70,25 @@ def zone_problem(value: str) -> str | None:
     return None
 
 
+def _zone_of_tz(tz: str) -> str | None:
+    """The zone ``TZ`` sets the host's clock in (``Europe/Berlin``, ``:EST5EDT``, a zone file's
+    path), or None: a POSIX rule (``CET-1CEST,M3.5.0,M10.5.0/3``) names none."""
+    name = tz.removeprefix(":")
+    if os.path.isabs(name):
+        real = os.path.realpath(name)
+        roots = [root.rstrip("/") + "/" for root in TZPATH]
+        name = next((real[len(root) :] for root in roots if real.startswith(root)), "")
+    if name[:6].lower() in _COPIES:
+        name = name[6:]
+    return name if name and not zone_problem(name) else None
+
+
 def system_timezone() -> str:
-    """The machine's IANA zone name, UTC when it cannot be told."""
+    """The machine's IANA zone name, UTC when it cannot be told. ``TZ`` first, as the C library
+    reads it: tzlocal takes only the names it maps to a Windows zone, and passed over
+    ``EST5EDT`` or ``PST8PDT`` for /etc/timezone (UTC in most containers)."""
+    if (tz := os.environ.get("TZ")) and (zone := _zone_of_tz(tz)):
+        return zone
     try:
         import tzlocal
 
@@ -79,6 +98,25 @@ def system_timezone() -> str:
     if name and name[:6].lower() in _COPIES:  # the same civil time: without leap seconds,
         name = name[6:]  # or by the name every machine knows
     return name if name and not zone_problem(name) else "UTC"
+
+
+_said_tz: set[str] = set()
+
+
+def warn_tz() -> None:
+    """Say, once a process, that ``TZ`` sets the host's clock in a zone it does not name (a POSIX
+    rule), and which zone periods are cut in instead (/etc/timezone's, as tzlocal finds it)."""
+    tz = os.environ.get("TZ")
+    if not tz or tz in _said_tz or _zone_of_tz(tz):
+        return
+    _said_tz.add(tz)
+    zone = system_timezone()
+    logging.getLogger("ollama_meter.config").warning(
+        "TZ=%r names no time zone ometer can read (a zone's name, such as Europe/Berlin): days, "
+        "weeks and months are cut in %s; set OMETER_TIMEZONE to the zone's name",
+        tz,
+        zone,
+    )
 
 
 WHOLE_NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*")

@@ -32,9 +32,20 @@ _NUMBER_ERRORS = frozenset(
 _CHOICES = re.compile(r"\^\(([\w|]+)\)\$")
 
 
-def said(error: Any, info: FieldInfo | None) -> str | None:
-    """What is wrong with a value pydantic refused (one of its ``errors()``), or None to
-    keep pydantic's message (an error a validator of ours raised says it already)."""
+def said(error: Any, info: FieldInfo | None) -> str:
+    """What is wrong with a value pydantic refused (one of its ``errors()``); a value in quotes
+    is told they are part of it: ``docker run --env-file`` keeps them (``OMETER_TIMEZONE=
+    "Europe/Berlin"``), and the value was refused with them, the quotes in it unremarked."""
+    message = _words(error, info) or str(error["msg"]).removeprefix("Value error, ")
+    given = error.get("input")
+    if isinstance(given, str) and len(given) > 1 and given[0] == given[-1] and given[0] in "\"'":
+        message += "; the quotes are part of the value as given: remove them (docker's --env-file keeps them)"
+    return message
+
+
+def _words(error: Any, info: FieldInfo | None) -> str | None:
+    """What :func:`said` says of a refusal pydantic words as no user reads it, or None to keep
+    its message (an error a validator of ours raised says it already)."""
     kind, given = error["type"], error.get("input")
     shown = _shown(given)
     if kind in ("bool_parsing", "bool_type"):

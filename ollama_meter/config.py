@@ -430,7 +430,7 @@ def load_settings(
         info = next(
             (f for n, f in Settings.model_fields.items() if field in (n, f.validation_alias)), None
         )
-        message = said(error, info) or str(error["msg"]).removeprefix("Value error, ")
+        message = said(error, info)
         where = (flags or {}).get(field) if field in given else None
         raise ConfigError(f"{where or _env_name(field)}: {message}") from None
     check_alert_email(loaded)

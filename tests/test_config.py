@@ -559,6 +559,60 @@ def test_the_hosts_zone_is_read_without_its_leap_seconds(
     assert system_timezone() == zone
 
 
+@pytest.mark.parametrize(
+    ("tz", "zone"),
+    [
+        ("EST5EDT", "EST5EDT"),
+        ("PST8PDT", "PST8PDT"),
+        (":CST6CDT", "CST6CDT"),
+        ("Europe/Berlin", "Europe/Berlin"),
+        ("right/Australia/Lord_Howe", "Australia/Lord_Howe"),
+        ("/usr/share/zoneinfo/America/Sao_Paulo", "America/Sao_Paulo"),
+    ],
+)
+def test_the_hosts_zone_is_the_tz_its_clock_is_read_in(
+    monkeypatch: pytest.MonkeyPatch, tz: str, zone: str
+) -> None:
+    """TZ names the zone every program of the host reads its clock in (``date``, cron, the
+    logs): tzlocal took only the names it maps to a Windows zone, and EST5EDT, PST8PDT (IANA
+    zones, in the tzdata every machine has) were passed over for /etc/timezone: a host in
+    New York cut its days at UTC midnight, five hours off, saying so only in a heading."""
+    if tz.startswith("/") and not Path(tz).exists():
+        pytest.skip(f"this machine has no {tz}")
+    monkeypatch.setenv("TZ", tz)
+    monkeypatch.delenv("OMETER_TIMEZONE")
+    assert system_timezone() == zone
+    assert load_settings().timezone == zone
+
+
+@pytest.mark.parametrize(
+    "tz", ["CET-1CEST,M3.5.0,M10.5.0/3", "EST5", "<+0330>-3:30", "Mars/Olympus"]
+)
+def test_a_tz_that_is_no_zone_name_is_said_with_the_zone_periods_are_cut_in(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tz: str
+) -> None:
+    """A POSIX rule (a container's ``TZ=CET-1CEST,M3.5.0,M10.5.0/3``) sets the host's clock, and
+    no zone name says which zone it is: the days were cut in /etc/timezone's zone (UTC in a
+    container) without a word. Said once, naming the setting to give."""
+    import tzlocal
+
+    monkeypatch.setattr(tzlocal, "get_localzone_name", lambda: "Etc/UTC")
+    monkeypatch.setenv("TZ", tz)
+    monkeypatch.delenv("OMETER_TIMEZONE")
+    assert load_settings().timezone == "Etc/UTC"
+    load_settings()
+    said = [r.getMessage() for r in caplog.records if "TZ" in r.getMessage()]
+    assert said == [
+        f"TZ={tz!r} names no time zone ometer can read (a zone's name, such as Europe/Berlin): "
+        "days, weeks and months are cut in Etc/UTC; set OMETER_TIMEZONE to the zone's name"
+    ]
+    monkeypatch.setenv("OMETER_TIMEZONE", "Europe/Berlin")
+    caplog.clear()
+    monkeypatch.setenv("TZ", tz + " ")  # another value, with the zone given: nothing to say
+    assert load_settings().timezone == "Europe/Berlin"
+    assert not [r for r in caplog.records if "TZ" in r.getMessage()]
+
+
 @given(
     host=st.from_regex(r"[a-z][a-z0-9]{0,6}", fullmatch=True),
     at=st.integers(min_value=0, max_value=7),
@@ -860,3 +914,34 @@ def test_a_quoted_ollama_host_is_read_as_ollama_reads_it(
     to it failing, and a quoted URL was refused, where Ollama reads both."""
     monkeypatch.setenv("OLLAMA_HOST", value)
     assert load_settings().ollama_host == url
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("OMETER_TIMEZONE", "Europe/Berlin"),
+        ("OMETER_CURRENCY", "EUR"),
+        ("OMETER_DEPARTMENT", "sales"),
+        ("OMETER_RETRIES", "2"),
+        ("OMETER_CAPTURE_CONTENT", "1"),
+        ("OMETER_DB_URL", "sqlite:////var/lib/ometer/ledger.db"),
+        ("DEPARTMENT_BUDGETS", '{"sales": {"daily": 5}}'),
+    ],
+)
+@pytest.mark.parametrize("quote", ['"', "'"])
+def test_a_value_in_quotes_is_told_they_are_part_of_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, quote: str
+) -> None:
+    """``docker run --env-file`` keeps the quotes of ``OMETER_TIMEZONE="Europe/Berlin"``: the
+    value was refused as not a zone, the quotes in it unremarked, and each setting taken in
+    turn by an admin who could not see what was wrong with 'Europe/Berlin'."""
+    monkeypatch.setenv(name, value)
+    load_settings()  # as it is, it is taken
+    monkeypatch.setenv(name, f"{quote}{value}{quote}")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    said = str(caught.value)
+    assert said.startswith(f"{name}: ")
+    assert said.endswith(
+        "; the quotes are part of the value as given: remove them (docker's --env-file keeps them)"
+    )

@@ -42,7 +42,7 @@ from ollama_meter.cli import (
     serve,
 )
 from ollama_meter.cli._common import settings
-from ollama_meter.cli._console import err, escape_unencodable, out, printable
+from ollama_meter.cli._console import Diagnostics, err, escape_unencodable, out, printable
 from ollama_meter.cli._hints import shown as quoted
 from ollama_meter.cli._settings import run_ended, run_started
 from ollama_meter.errors import OmeterError
@@ -120,10 +120,13 @@ def _logging() -> None:
 
 def main() -> None:
     """Entry point: run the app, turning ometer's own errors into one line and an exit code."""
+    stderr = sys.stderr
+    sys.stderr = Diagnostics(stderr)
     try:
         _main()
     finally:  # however it ended (click ends a closed pipe itself, with SystemExit)
         out.discard()
+        sys.stderr = stderr
 
 
 def _main() -> None:

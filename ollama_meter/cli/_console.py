@@ -57,10 +57,73 @@ def shown(value: object, style: str = "") -> Text:
         safe.plain = printable(value.plain)
         if style:
             safe.stylize(style)
-        return safe
+        return _held(safe)
     text = Text(printable(str(value)))
     text.stylize(style)  # the characters only, not a cell's padding
-    return text
+    return _held(text)
+
+
+def _held(text: Text) -> Text:
+    """``text`` with what stdout's encoding cannot hold written as the escape the stream would
+    write (``\\u2192``), its styles kept: a table laid out for the character and then given
+    its escape lost its grid (``log``'s ``1→13``, 4 wide, took 11 on ISO-8859-1)."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        text.plain.encode(encoding)
+        return text
+    except (UnicodeEncodeError, LookupError):
+        pass
+    try:
+        held = text.blank_copy()
+        for piece in text.divide(
+            sorted({s.start for s in text.spans} | {s.end for s in text.spans})
+        ):
+            part = Text(
+                piece.plain.encode(encoding, "backslashreplace").decode(encoding), piece.style
+            )
+            for span in piece.spans:  # each covers the whole piece, cut at every span's ends
+                part.stylize(span.style)
+            held.append_text(part)
+    except LookupError:  # an encoding Python does not know: the stream says so itself
+        return text
+    return held
+
+
+class Diagnostics:
+    """stderr as a command writes to it: what cannot be written there (closed: ``2>&-``, a full
+    disk, a reader gone) is dropped, and nothing more is tried. The command's outcome is its
+    exit code and stdout: a budget's refusal (3) or a usage error (2) with stderr on a full
+    disk exited 1, as did ``ometer chat`` whose call was answered and charged but whose
+    footer could not be written (a script then asked again, and paid twice)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream  # None: closed when the process started, or failed since
+
+    def write(self, text: str) -> int:
+        if self.stream is not None:
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError):  # ValueError: the stream was closed
+                self.stream = None
+        return len(text)
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.stream = None
+
+    def isatty(self) -> bool:
+        try:
+            return self.stream is not None and bool(self.stream.isatty())
+        except (OSError, ValueError):
+            return False
+
+    def __getattr__(self, name: str) -> Any:  # encoding, errors, fileno...: the stream's
+        if self.stream is None:
+            raise AttributeError(name)
+        return getattr(self.stream, name)
 
 
 PIPED_WIDTH = 1000

@@ -24,6 +24,7 @@ import stat
 from pathlib import Path
 
 from ollama_meter._paths import first_bytes
+from ollama_meter.ledger._mounts import mounted_alone
 from ollama_meter.ledger._why import kept_from
 
 
@@ -34,9 +35,26 @@ def make_folder(path: Path) -> None:
     while not os.path.lexists(at) and at.parent != at:
         missing.append(at)
         at = at.parent
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OSError(exc.errno, _in_the_way(path) or exc.strerror, exc.filename) from None
     for folder in reversed(missing):
         _shape(folder)
+
+
+def _in_the_way(path: Path) -> str | None:
+    """What stands where a folder of ``path`` is to be, in words: the system says "File exists"
+    of a link to a folder not there (one moved, or on a disk not mounted)."""
+    for at in (path, *path.parents):
+        if not os.path.lexists(at) or os.path.isdir(at):
+            continue
+        if not os.path.islink(at):
+            return f"{at} is a file, not a folder"
+        return (
+            f"{at} links to {os.readlink(at)}, not there (not made yet, or on a disk not mounted)"
+        )
+    return None
 
 
 def _shape(folder: Path) -> None:
@@ -85,6 +103,27 @@ def _is_wal_database(path: Path) -> bool:
     except OSError:
         return False
     return header.startswith(_SQLITE_WAL[0]) and header[18:20] == _SQLITE_WAL[1]
+
+
+def other_names(path: Path) -> str | None:
+    """Why the ledger file at ``path`` must not be opened, else None: it has more than one name
+    (a hard link), or is mounted on its own. SQLite keeps the ``-wal`` and ``-shm`` beside the
+    name it opened, so two
+    processes opening the file by two names each kept a WAL of their own, neither saw the
+    other's calls, and the last to checkpoint wrote its pages over the other's (calls gone,
+    and ``integrity_check`` said ok)."""
+    try:
+        names = os.stat(path).st_nlink
+    except OSError:
+        return None  # none yet: SQLite makes it (with one name)
+    if names < 2:
+        return mounted_alone(path)
+    return (
+        f"the file has {names} names (hard links, as `ln` without -s makes): SQLite keeps a "
+        "ledger's WAL beside the name it is opened by, so processes opening it by two names "
+        "miss each other's calls and write over them. Keep one name: remove the others "
+        f"(find / -xdev -samefile {path}), and link to it with `ln -s` instead"
+    )
 
 
 def reading_alone(path: Path) -> str | None:

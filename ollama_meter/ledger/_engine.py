@@ -35,11 +35,13 @@ from ollama_meter.errors import ConfigError, LedgerError
 from ollama_meter.ledger._beside import (
     give_to_folder,
     make_folder,
+    other_names,
     reading_alone,
     wal_files_like,
 )
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
 from ollama_meter.ledger._migrate import numbered_as_ours
+from ollama_meter.ledger._mounts import warn_network
 
 DEFAULT_WAIT = 5.0
 """Seconds a ledger operation waits for a busy database (``OMETER_LEDGER_WAIT``)."""
@@ -134,6 +136,7 @@ def make_private(path: Path) -> None:
     whenever the group could not write: an admin of the group, which 027 lets read, could
     not.) Its ``-wal`` and ``-shm`` files take its mode from SQLite. A file that is there, or
     one that cannot be made here, is left to SQLite as it was (it says what is wrong)."""
+    path = opened_by_sqlite(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o660)
     except OSError:
@@ -142,6 +145,16 @@ def make_private(path: Path) -> None:
         give_to_folder(fd, path.parent)
     finally:
         os.close(fd)
+
+
+def opened_by_sqlite(path: Path) -> Path:
+    """The file SQLite opens for ``path``: the one its links name, even one not made yet (SQLite
+    makes it there, and keeps its ``-wal`` and ``-shm`` beside it, not beside the link).
+    ``path`` itself for links that loop: SQLite says it cannot open the file."""
+    try:
+        return resolved(path)
+    except OSError:
+        return path
 
 
 _SMALLEST_DATABASE = 512
@@ -180,10 +193,6 @@ def _refuse_foreign_wal(dbapi_connection: Any, path: Path) -> None:
     file that is not SQLite's at all (another file renamed over a running gateway's ledger):
     SQLite read its pages from the old ledger's WAL, and wrote the calls there.
     """
-    try:
-        path = resolved(path)  # SQLite keeps the WAL beside the file a link names, not the link
-    except OSError:
-        return  # links that loop: SQLite says it cannot open the file
     wal = Path(f"{path}-wal")
     try:
         if os.stat(wal).st_size <= _WAL_HEADER:
@@ -212,11 +221,15 @@ def _refuse_foreign_wal(dbapi_connection: Any, path: Path) -> None:
 def _sqlite_connector(busy_timeout_ms: int, path: Path) -> Callable[[Any, Any], None]:
     def connect(dbapi_connection: Any, record: Any) -> None:
         _refuse_too_short(dbapi_connection, path)
-        _refuse_foreign_wal(dbapi_connection, path)
-        if alone := reading_alone(path):
+        real = opened_by_sqlite(path)  # the -wal and -shm are beside it, not beside a link
+        if named := other_names(real):
+            dbapi_connection.close()
+            raise LedgerError(f"cannot open the ledger at {path}: {named}")
+        _refuse_foreign_wal(dbapi_connection, real)
+        if alone := reading_alone(real):
             dbapi_connection.close()
             raise LedgerError(f"cannot read the ledger at {path}: {alone}")
-        wal_files_like(path)
+        wal_files_like(real)
         _sqlite_setup(dbapi_connection, busy_timeout_ms)
         # A file removed or replaced later keeps this connection on the old one: a write
         # there would vanish with the process. The database checks this before each use.
@@ -374,6 +387,8 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         # is made on every machine's first run, where a warning would be the first word.
         level = logging.INFO if path.parent == _data_dir() else logging.WARNING
         log.log(level, "created the folder %s for the ledger %s", path.parent, path.name)
+    if path is not None:
+        warn_network(opened_by_sqlite(path))
     options: dict[str, Any] = {}
     millis = max(int(wait * 1000), 1)
     bounded = parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg"

@@ -125,3 +125,16 @@ def test_tables_write_what_stdout_cannot_hold_as_escapes(
         text = done.stdout.decode(encoding)
         assert "\\u4e2d\\u6587" in text or "中文" in text, args
         assert "gemma:\\U0001f600" in text, args
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_a_table_with_escapes_keeps_its_grid(ometer: Any, ledger_url: str, encoding: str) -> None:
+    """The grid was laid out for the characters, then each written as its escape: a cell of
+    ``qwen2.5:中文`` (12 wide) took 22 columns, and ``log``'s own ``1→13`` in every row 11, so
+    no row's borders met the heading's (ISO-8859-1 holds no arrow)."""
+    for args in (["report", "--period", "2026-11", "--by", "model"], ["log"]):
+        done = ometer(encoding, *args, "--db", ledger_url)
+        assert done.returncode == 0, (args, done.stderr)
+        grid = [line for line in done.stdout.decode(encoding).splitlines() if line[:1] in "|+"]
+        assert len(grid) > 4, (args, done.stdout)
+        assert {len(line) for line in grid} == {len(grid[0])}, (args, "\n".join(grid))

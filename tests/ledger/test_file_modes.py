@@ -78,3 +78,36 @@ def test_a_backup_is_as_private_as_the_ledger_it_copies(tmp_path: Path, mask: in
         backup(ledger, folder / "copy.db")
     ledger.dispose()
     assert modes(folder / "copy.db") == {"copy.db": oct(0o600)}
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(mask=UMASKS, hops=st.integers(1, 3))
+def test_a_new_ledger_made_through_a_link_is_as_private_and_alone_beside_its_file(
+    tmp_path: Path, mask: int, hops: int
+) -> None:
+    """``/var/lib/ometer/ledger.db -> /data/ometer/ledger.db`` set up before the first call:
+    the file was made through the link by SQLite, 0644 under umask 022 (the making refused to
+    follow the link), and empty ``ledger.db-wal`` and ``-shm`` were left beside the link,
+    where SQLite keeps neither."""
+    base = tmp_path / uuid.uuid4().hex
+    (base / "var").mkdir(parents=True)
+    (base / "data").mkdir()
+    target = base / "data" / "ledger.db"
+    link = target
+    for hop in range(hops):  # a link to a link ... to a file not there yet
+        named, link = link, base / "var" / f"ledger{hop}.db"
+        link.symlink_to(named)
+    with umask_of(mask):
+        ledger = Ledger(f"sqlite:///{link}")
+        ledger.record([make_span()])
+    try:
+        files = [target, Path(f"{target}-wal"), Path(f"{target}-shm")]
+        assert modes(*files) == {p.name: expected(mask) for p in files if p.exists()}
+        assert sorted(p.name for p in (base / "var").iterdir()) == [
+            f"ledger{hop}.db" for hop in range(hops)
+        ]
+        assert all((base / "var" / f"ledger{hop}.db").is_symlink() for hop in range(hops))
+    finally:
+        ledger.dispose()

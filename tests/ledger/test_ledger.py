@@ -1048,12 +1048,32 @@ def test_a_new_price_rule_never_takes_the_id_of_one_removed_or_named_by_a_span(
     assert (ledger.add_price_rule(token_prices("phi*")).id or 0) > new.id
 
 
-def test_a_folder_that_cannot_be_made_says_why_and_what_to_do(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
+@pytest.mark.parametrize("below", ["", "/sub"])
+@pytest.mark.parametrize(
+    ("blocker", "why"),
+    [
+        ("file", "{blocker} is a file, not a folder"),
+        (
+            "link",
+            "{blocker} links to {tmp}/moved, not there (not made yet, or on a disk not mounted)",
+        ),
+    ],
+)
+def test_a_folder_that_cannot_be_made_says_why_and_what_to_do(
+    tmp_path: Path, blocker: str, why: str, below: str
+) -> None:
+    """A file, or a link to a folder moved away, where the ledger's folder is to be: the system
+    said "File exists" of the link (and of a file in the folder's own place), naming nothing."""
+    blocked = tmp_path / blocker
+    if blocker == "file":
+        blocked.write_text("x")
+    else:
+        blocked.symlink_to(tmp_path / "moved")
+    folder = f"{blocked}{below}"
     with pytest.raises(LedgerError) as caught:
-        Ledger(f"sqlite:///{blocker}/sub/ledger.db")
+        Ledger(f"sqlite:///{folder}/ledger.db")
+    said = why.format(blocker=blocked, tmp=tmp_path)
     assert str(caught.value) == (
-        f"cannot create the ledger folder {blocker}/sub: Not a directory; give a ledger in a "
-        "folder ometer may write (OMETER_DB_URL, or --db)"
+        f"cannot create the ledger folder {folder}: {said}; give a ledger in a folder ometer may "
+        "write (OMETER_DB_URL, or --db)"
     )
