@@ -98,7 +98,12 @@ class LeaseKeeper:
         written: list[tuple[Lease, int]] = []
         with self.ledger.budget_transaction() as store:
             found = recorded(store, leases)
+            ones = [le.row_id for le in leases if le.holder]  # a per-call row gone: taken over
+            there = store.lease_rows(ones) if ones else set()
             for lease in leases:
+                if lease.holder and lease.row_id not in there:
+                    lease.taken = True
+                    continue
                 gone = sum(cost for i, cost in lease.kept.items() if i in found)
                 if found.intersection(lease.kept) or lease.due(now, clock, ttl):
                     amount = max(0, lease.amount - gone)

@@ -94,6 +94,9 @@ class Lease:
     expires_at: datetime = NEVER_WRITTEN
     """When its row expires by this host's wall clock, which may step (see :meth:`due`); the
     row itself says so by the ledger's clock, which other processes judge it by."""
+    taken: bool = False
+    """A gateway took its row over (a per-call reservation's), the call its own: the row is not
+    written again (the call was held twice from then on)."""
 
     def __post_init__(self) -> None:
         if not self.row_id:
@@ -134,6 +137,8 @@ class Lease:
     def due(self, now: datetime, clock: float, ttl: timedelta) -> bool:
         """Time to write the row again: half its life gone by this process's clock (``clock``,
         monotonic), or by the wall clock (``now``), which may have stepped forward."""
+        if self.taken:
+            return False
         return clock - self.renewed > ttl.total_seconds() / 2 or now >= self.expires_at - ttl / 2
 
 

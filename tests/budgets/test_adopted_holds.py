@@ -177,3 +177,24 @@ def test_the_client_gives_back_a_hold_the_gateway_took_and_its_other_calls_stay_
     finally:
         client.close(give_back=False)
         gateway.close(give_back=False)
+
+
+def test_a_long_call_keeps_being_held_once(ledger: Ledger) -> None:
+    """A call runs past half a lease row's life (a long reply): the client's lease keeper
+    renews its rows. The row the gateway took over is the gateway's hold now: written again,
+    the call was held twice for the rest of its run (room for one more call refused)."""
+    mono = [0.0]
+    tenant, _, gateway = _gates(ledger, 2 * BOUND)
+    client = BudgetGate(ledger, tz=UTC, lease_share=0.0, clock=lambda: mono[0])
+    try:
+        call = _admit(client, tenant)
+        _admit(gateway, tenant, adopt=call.id)
+        later = NOW + timedelta(minutes=8)
+        mono[0] += 8 * 60
+        with client._lock:
+            client._maintain(later)
+        assert _held(ledger, tenant) == BOUND
+        _admit(client, tenant, now=later)  # the room left, exactly
+    finally:
+        client.close(give_back=False)
+        gateway.close(give_back=False)
