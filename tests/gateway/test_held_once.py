@@ -8,9 +8,13 @@ So a hard budget with room for the call admits it, and spend never passes the li
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -126,3 +130,46 @@ def test_room_for_n_calls_admits_n_at_once_through_the_gateway_and_no_more(
         if s.budget.department == "sales"
     ]
     assert status.held == 0 and status.spent == sum(s.cost_total for s in spans)
+
+
+@pytest.mark.slow
+def test_ometer_chat_processes_through_the_gateway_are_each_held_once(
+    emulator: OllamaEmulator, db_url: str, serve_on: Callable[..., Gateway]
+) -> None:
+    """Four ``ometer chat`` runs at once through a gateway on their ledger, room for two and a
+    half bounds: two are admitted (one was: each held twice, by its run and by the gateway;
+    the others refused, by their own gates or the gateway's 429), the others refused by their
+    own gates (exit code 3), and the spend stays within the limit."""
+    gw = serve_on(emulator.url, db_url)
+    gw.ledger.add_price_rule(token_prices())
+    bound = max(bounds(gw, db_url))
+    limit = 2 * bound + bound // 2
+    gw.ledger.save_budget(Budget("acme", "sales", "day", limit, "USD"))
+    env = {
+        **os.environ,
+        "OLLAMA_HOST": gw.url,
+        "OMETER_DB_URL": db_url,
+        "OMETER_RETRIES": "0",
+        "OMETER_LEDGER_WAIT": "60",
+    }
+    chat = [sys.executable, "-m", "ollama_meter", "chat", "--tenant", "acme", "--dept", "sales"]
+    chat += ["-m", "llama3.1:8b", "--no-stream", "-o", "num_predict=8", "hi"]
+
+    def run(_: int) -> int:
+        done = subprocess.run(chat, env=env, capture_output=True, timeout=180, check=False)
+        return done.returncode
+
+    emulator.token_latency = 1.0  # each call runs some 8 s: the four overlap
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            codes = sorted(pool.map(run, range(4)))
+    finally:
+        emulator.token_latency = 0.0
+    # Two at once; a run that started once one had ended may be admitted too (a slow start).
+    assert codes.count(0) >= 2 and set(codes) <= {0, 3}, codes
+    gw.settle()
+    spans = gw.ledger.latest(SpanFilter(department="sales"), 10)
+    assert sorted((s.source, s.status) for s in spans) == [("cli", "rejected")] * codes.count(3) + [
+        ("gateway", "ok")
+    ] * codes.count(0)
+    assert sum(s.cost_total for s in spans) <= limit
