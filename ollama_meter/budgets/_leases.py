@@ -40,14 +40,21 @@ def holder_of(call_id: str, department: str, model: str) -> str:
 
 
 def hold_id(holder: str, budget_id: int) -> str:
-    """The lease row that holds one call's bound alone (a per-call reservation) in one budget.
+    """What the lease rows that hold one call's bound alone (a per-call reservation) in one
+    budget begin with: a row is this and a random tail (:func:`hold_row`), so two processes
+    never write one row, even for calls of the same id.
 
     Made from the call's span id, which only the call's client knows while it runs and which
     it names to a gateway in front of Ollama (``X-Ometer-Client-Span``): a gateway on the same
-    ledger finds the row by it, for a call charged to the same department and model, and takes
-    the hold over (``BudgetGate.admit``'s ``adopt``). A hash: the row does not show the span id
-    to whoever reads the table."""
-    return "H" + hashlib.sha256(f"{holder}\x00{budget_id}".encode()).hexdigest()[:25]
+    ledger finds the rows by it, for a call charged to the same department and model, and
+    takes the hold over (``BudgetGate.admit``'s ``adopt``). A hash (64 bits): the row does not
+    show the span id to whoever reads the table."""
+    return "H" + hashlib.sha256(f"{holder}\x00{budget_id}".encode()).hexdigest()[:16]
+
+
+def hold_row(holder: str, budget_id: int) -> str:
+    """A new row of a per-call reservation: its :func:`hold_id` and 36 random bits."""
+    return hold_id(holder, budget_id) + os.urandom(5).hex()[:9]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +107,7 @@ class Lease:
 
     def __post_init__(self) -> None:
         if not self.row_id:
-            self.row_id = hold_id(self.holder, self.key.budget_id) if self.holder else lease_id()
+            self.row_id = hold_row(self.holder, self.key.budget_id) if self.holder else lease_id()
 
     @property
     def key(self) -> LeaseKey:

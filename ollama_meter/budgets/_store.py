@@ -69,9 +69,10 @@ class BudgetWrites(BudgetReads, Protocol):
 
     def drop_lease(self, lease_id: str) -> None: ...
 
-    def take_hold(self, lease_id: str, key: LeaseKey) -> int:
-        """Drop lease row ``lease_id`` if it holds money for ``key`` (a client's per-call hold,
-        its call now held by this transaction's writer); what its row held then, else 0."""
+    def take_hold(self, hold: str, key: LeaseKey) -> int:
+        """Drop the lease rows whose ids begin with ``hold`` (a client's per-call hold: its
+        ``hold_id``) that hold money for ``key``, the call now held by this transaction's
+        writer; what they held then."""
         ...
 
     def claim_alert(self, alert: Alert, fired_at: datetime) -> int | None:

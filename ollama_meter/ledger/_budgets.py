@@ -365,15 +365,15 @@ class BudgetTables:
     def drop_lease(self, lease_id: str) -> None:
         self._conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.id == lease_id))
 
-    def take_hold(self, lease_id: str, key: LeaseKey) -> int:
+    def take_hold(self, hold: str, key: LeaseKey) -> int:
         r = _RESERVATIONS.c
         held = (
-            r.id == lease_id,
+            r.id.startswith(hold, autoescape=True),
             r.budget_id == key.budget_id,
             r.tenant == key.tenant,
             r.period_start == key.period_start,
         )
-        amount = self._conn.execute(select(r.amount_micros).where(*held)).scalar()
+        amount = self._conn.execute(select(func.sum(r.amount_micros)).where(*held)).scalar()
         self._conn.execute(delete(_RESERVATIONS).where(*held))
         return int(amount or 0)
 
