@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -44,13 +43,16 @@ from ollama_meter._logging import Throttled
 from ollama_meter._reloaded import Reloaded, WouldBlock
 from ollama_meter.budgets._alerts import AlertDispatcher
 from ollama_meter.budgets._estimate import Estimate
+from ollama_meter.budgets._keeper import KEEPING, LeaseKeeper
 from ollama_meter.budgets._leases import (
     IDLE_RELEASE_SECONDS,
     RESERVATION_TTL,
     Lease,
     Reservation,
+    Slot,
     Watches,
-    recorded,
+    hold_id,
+    holder_of,
     settled,
 )
 from ollama_meter.budgets._refusals import Refusals, mismatch, refusal, refused_alerts
@@ -63,19 +65,17 @@ if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetStore, BudgetWrites
 
 log = logging.getLogger("ollama_meter.budgets")
-_KEEPING: weakref.WeakSet[BudgetGate] = weakref.WeakSet()
-"""Gates whose keeper thread runs: :func:`close_gates` ends them."""
 
 
 def close_gates(*, give_back: bool = True) -> None:
     """Close every gate of this process that keeps leases (a host shutting down; each test's
     end, whose gates would otherwise go on renewing in the next test's time, against a
     database it dropped). ``give_back=False`` leaves the leases' rows to expire."""
-    for gate in list(_KEEPING):
+    for gate in list(KEEPING):
         gate.close(give_back=give_back)
 
 
-class BudgetGate(ThresholdAlerts):
+class BudgetGate(ThresholdAlerts, LeaseKeeper):
     """Budgets from one store, the ledger (reloaded every ``ttl`` seconds), and this process's leases."""
 
     def __init__(
@@ -97,7 +97,7 @@ class BudgetGate(ThresholdAlerts):
         self._reservation_ttl = reservation_ttl
         self.lease_share = lease_share
         self._clock = clock
-        self._leases: dict[LeaseKey, Lease] = {}
+        self._leases: dict[Slot, Lease] = {}
         self._returning: set[str] = set()  # rows of leases taken out, being given back
         self._watch = Watches()
         self._refusals_said: set[tuple[LeaseKey, int, int]] = set()  # claimed in the ledger
@@ -161,6 +161,8 @@ class BudgetGate(ThresholdAlerts):
         estimate: Estimate,
         now: datetime,
         blocking: bool = True,
+        model: str = "",
+        adopt: str | None = None,
     ) -> Reservation | None:
         """Hold the call's bound in every hard budget covering it, or raise :class:`BudgetExceeded`.
 
@@ -168,6 +170,15 @@ class BudgetGate(ThresholdAlerts):
         is needed (budgets to load, a lease to renew or give back) it raises
         :class:`WouldBlock` having changed nothing that matters; ask again from a thread.
         So it does while another thread holds the leases for a ledger transaction.
+
+        ``adopt``: the span id an ometer client names its own record of this very call by (a
+        gateway on the client's ledger). The client held the call's bound before sending it,
+        in rows of its own (:func:`hold_id`); they are taken over in the transaction that
+        admits the call (dropped there, their money room for it), never held twice. Only rows
+        of this call's budgets, tenant and period are taken, and only the span id names
+        them: it is random, and only the client and the gateway it calls through know it.
+        A call charged to another department, or of another model, takes none (the client's
+        rows are named by its department and ``model`` too: :func:`holder_of`).
         """
         if blocking:
             covering = self.budgets_for(tenant, department)
@@ -182,7 +193,8 @@ class BudgetGate(ThresholdAlerts):
                 raise mismatch(budget, tenant, window, estimate, now)
         refused: list[Alert] | None = None  # set when refused: the alerts the refusal fires
         said: list[Alert] = []
-        if blocking:  # a refusal read a moment ago is said again, waiting for no lock
+        holder = "" if self.lease_share else holder_of(call_id, department, model)  # own rows
+        if blocking and adopt is None:  # a refusal read a moment ago is said again, no lock
             try:
                 self._refused.again(hard, tenant, estimate.amount, now, self.tz, said)
             except BudgetExceeded:
@@ -196,15 +208,17 @@ class BudgetGate(ThresholdAlerts):
             if not blocking and self._idle(now):
                 raise WouldBlock("idle budget leases are given back in the ledger")
             self._release_idle(now)
-            leases = [self._lease(b, tenant, now) for b in hard]
-            short = [le for le in leases if le.stale or le.free < estimate.amount]
+            leases = [self._lease(b, tenant, now, holder) for b in hard]
+            short = [le for le in leases if adopt or le.stale or le.free < estimate.amount]
             if short:
                 if not blocking:
                     raise WouldBlock("a budget lease is renewed in the ledger")
                 try:  # one read while this thread waited for the lock: not read again
-                    again = [le.budget for le in short]
-                    self._refused.again(again, tenant, estimate.amount, now, self.tz, said)
-                    self._renew(short, estimate.amount, now, said)
+                    if adopt is None:  # (the client's hold may be the room a refusal lacked)
+                        again = [le.budget for le in short]
+                        self._refused.again(again, tenant, estimate.amount, now, self.tz, said)
+                    adopted = None if adopt is None else holder_of(adopt, department, model)
+                    self._renew(short, estimate.amount, now, said, adopted)
                 except BaseException:
                     self._forget_empty(leases)
                     raise
@@ -221,24 +235,25 @@ class BudgetGate(ThresholdAlerts):
                 self._alert_refused(tenant, department, now, refused)
         keys = tuple(le.key for le in leases)
         rows = tuple(le.row_id for le in leases)
-        return Reservation(call_id, tuple(k.budget_id for k in keys), keys, estimate.amount, rows)
+        ids = tuple(k.budget_id for k in keys)
+        return Reservation(call_id, ids, keys, estimate.amount, rows, holder)
 
     def _forget_empty(self, leases: list[Lease]) -> None:
         """Drop the leases that hold nothing (new ones a refusal left unwritten; lock held):
         kept, they would look idle, and every admission would wait to give them back."""
         for lease in leases:
             if not (lease.amount or lease.in_flight or lease.kept):
-                key = lease.key
-                if self._leases.get(key) is lease:
-                    del self._leases[key]
+                slot = lease.slot
+                if self._leases.get(slot) is lease:
+                    del self._leases[slot]
 
-    def _lease(self, budget: Budget, tenant: str, now: datetime) -> Lease:
+    def _lease(self, budget: Budget, tenant: str, now: datetime, holder: str) -> Lease:
         window = current_period(budget.period, tz=self.tz, now=now)
         assert budget.id is not None
-        key = LeaseKey(budget.id, tenant, window.start)
-        lease = self._leases.get(key)
+        slot = (LeaseKey(budget.id, tenant, window.start), holder)
+        lease = self._leases.get(slot)
         if lease is None:
-            lease = self._leases[key] = Lease(budget, tenant, window)
+            lease = self._leases[slot] = Lease(budget, tenant, window, holder=holder)
         elif lease.budget != budget:
             # The budget was changed (a new limit, thresholds): the same lease row, with the
             # calls it holds, is renewed against it. A new row would strand the old one's
@@ -248,8 +263,16 @@ class BudgetGate(ThresholdAlerts):
             lease.stale = True  # renew well before its row expires in the ledger
         return lease
 
-    def _renew(self, leases: list[Lease], need: int, now: datetime, refused: list[Alert]) -> None:
-        """Read spend and others' holds, and take new slices, for ``leases`` in one transaction.
+    def _renew(
+        self,
+        leases: list[Lease],
+        need: int,
+        now: datetime,
+        refused: list[Alert],
+        adopt: str | None = None,
+    ) -> None:
+        """Read spend and others' holds, and take new slices, for ``leases`` in one transaction
+        (first taking over the per-call holds named by ``adopt``, the call's client's).
 
         Raises :class:`BudgetExceeded` (writing nothing) when ``need`` does not fit one of them;
         ``refused`` then has an alert per budget whose spend leaves no room for it.
@@ -258,10 +281,14 @@ class BudgetGate(ThresholdAlerts):
         with self.ledger.budget_transaction() as store:
             store.lock([le.budget.id for le in leases if le.budget.id is not None])
             at = store.clock(now)  # after the lock: a wait for it does not age the time
+            for lease in leases if adopt else ():  # this call's: not another's hold, nor twice
+                store.take_hold(hold_id(adopt or "", lease.key.budget_id), lease.key)
             sizes: list[tuple[Lease, int, int]] = []
             refusals: list[BudgetExceeded] = []
             # the spend counts the calls found; (a copy: a give-back ends without the lock)
-            found, reads = settled(store, leases, at, tuple(self._returning))
+            renewing, keys = set(map(id, leases)), {le.key for le in leases}
+            mates = [m for m in self._leases.values() if m.key in keys and id(m) not in renewing]
+            found, reads = settled(store, leases, at, tuple(self._returning), mates)
             for lease, spent, others in reads:
                 budget = lease.budget
                 mine = lease.holds(found)
@@ -296,7 +323,7 @@ class BudgetGate(ThresholdAlerts):
         """The call cost ``cost``: what it holds from now until it settles, not its bound.
         No lock (an event loop calls it): only its own settle, later, takes its entry out."""
         self._refused.forget(reservation.keys)  # room may have come back
-        for lease in filter(None, map(self._leases.get, reservation.keys)):
+        for lease in filter(None, map(self._leases.get, _slots(reservation))):
             if reservation.id in lease.in_flight:
                 lease.in_flight[reservation.id] = cost
 
@@ -311,8 +338,8 @@ class BudgetGate(ThresholdAlerts):
         give_back: list[Lease] = []
         with self._lock:
             self._refused.forget(reservation.keys)
-            for key in reservation.keys:
-                if (lease := self._leases.get(key)) is None:
+            for slot in _slots(reservation):
+                if (lease := self._leases.get(slot)) is None:
                     continue
                 held = lease.in_flight.pop(reservation.id, 0)  # its bound, or its cost (ended)
                 if recorded:
@@ -323,17 +350,17 @@ class BudgetGate(ThresholdAlerts):
                 if idle and (
                     self._closed or not self.lease_share or lease.free < reservation.amount
                 ):
-                    give_back.append(self._returned(key))
+                    give_back.append(self._returned(slot))
             if self._closed and not self._leases:
                 self._closing.set()  # the keeper's work is done: it ends now, not in a round
         if give_back:
             self._give_back(give_back)
 
-    def _idle(self, now: datetime) -> list[LeaseKey]:
+    def _idle(self, now: datetime) -> list[Slot]:
         """Leases no call has used for a while, or whose period is over (lock held)."""
         return [
-            key
-            for key, lease in self._leases.items()
+            slot
+            for slot, lease in self._leases.items()
             if not lease.in_flight
             and not lease.kept
             and (
@@ -347,12 +374,12 @@ class BudgetGate(ThresholdAlerts):
         """Give back the idle leases (lock held)."""
         idle = self._idle(now)
         if idle:
-            self._give_back([self._returned(key) for key in idle])
+            self._give_back([self._returned(slot) for slot in idle])
 
-    def _returned(self, key: LeaseKey) -> Lease:
+    def _returned(self, slot: Slot) -> Lease:
         """Take out a lease to give back (lock held; all its calls are in the ledger): its row,
         dropped after the lock is let go, is no other process's hold to a renewal meanwhile."""
-        lease = self._leases.pop(key)
+        lease = self._leases.pop(slot)
         self._returning.add(lease.row_id)
         return lease
 
@@ -367,74 +394,6 @@ class BudgetGate(ThresholdAlerts):
         finally:
             self._returning.difference_update(le.row_id for le in leases)
 
-    def _keep(self, now: datetime) -> None:
-        """Note the time, and have a thread look after this process's leases (lock held).
-
-        Leases are otherwise looked at only when a call is admitted: a call running longer
-        than a lease's row lives (a long reply on a slow server) would lose its hold, and
-        other processes could spend it; a process gone quiet would keep an idle lease.
-        """
-        self._seen = (now, self._clock())
-        if self._keeper is None:
-            self._keeper = threading.Thread(
-                target=self._keep_leases, name="ometer-budget-leases", daemon=True
-            )
-            self._keeper.start()
-            _KEEPING.add(self)
-
-    def _keep_leases(self) -> None:
-        every = min(self._idle_release, self._reservation_ttl.total_seconds() / 4)
-        while True:
-            self._closing.wait(every)
-            with self._lock:
-                closed = self._abandoned or (
-                    self._closed and not any(le.in_flight for le in self._leases.values())
-                )
-                # A ledger its owner disposed of (shutdown) is not reopened to renew: the
-                # rows expire as a crash's would.
-                if closed or not self._leases or self.ledger.disposed:
-                    self._keeper = None  # the next admission starts another
-                    _KEEPING.discard(self)
-                    return
-                self._closing.clear()  # calls still in flight: its next round in ``every``
-                seen, at = self._seen
-                self._maintain(seen + timedelta(seconds=self._clock() - at))
-
-    def _maintain(self, now: datetime) -> None:
-        """Renew the rows of leases that hold money (calls in flight, or spans not yet in the
-        ledger) before they expire, less the costs of kept spans now in the ledger; then give
-        back idle leases (lock held). A failure is logged: the rows then expire as a crash's
-        would."""
-        clock, ttl = self._clock(), self._reservation_ttl
-        holding = [le for le in self._leases.values() if le.in_flight or le.kept]
-        try:
-            if any(le.kept or le.due(now, clock, ttl) for le in holding):
-                self._rewrite(holding, now)
-        except Exception as exc:  # said once per kind every 10 s: the next round tries again
-            self._failures.failed("renewing %d budget lease(s) that hold money", exc, len(holding))
-        self._release_idle(now)
-
-    def _rewrite(self, leases: list[Lease], now: datetime) -> None:
-        """Write the rows of ``leases`` that are due, or whose kept spans are in the ledger now.
-
-        A kept span's cost leaves the row and the lease together, in the transaction that found
-        the span: from then on the spend counts it, so the room it leaves other processes is
-        theirs, and this one's free room does not change."""
-        clock, ttl = self._clock(), self._reservation_ttl
-        written: list[tuple[Lease, int]] = []
-        with self.ledger.budget_transaction() as store:
-            found = recorded(store, leases)
-            for lease in leases:
-                gone = sum(cost for i, cost in lease.kept.items() if i in found)
-                if found.intersection(lease.kept) or lease.due(now, clock, ttl):
-                    amount = max(0, lease.amount - gone)
-                    self._write_lease(store, lease, amount, now)
-                    written.append((lease, amount))
-        renewed = self._clock()
-        for lease, amount in written:
-            lease.amount, lease.renewed = amount, renewed  # else the next round tries again
-            lease.kept = {i: cost for i, cost in lease.kept.items() if i not in found}
-
     def close(self, *, give_back: bool = True) -> None:
         """Give back every lease with no call in flight (a gateway shutting down); the others
         go back as their calls settle. ``give_back=False``: none goes back (their rows
@@ -448,3 +407,8 @@ class BudgetGate(ThresholdAlerts):
             self._closing.set()  # the keeper ends once no call is in flight
         if leases and give_back:
             self._give_back(leases)
+
+
+def _slots(reservation: Reservation) -> list[Slot]:
+    """Where the leases that hold ``reservation`` are kept."""
+    return [(key, reservation.holder) for key in reservation.keys]

@@ -6,6 +6,7 @@ what a renewal reads of the ledger for them (:func:`settled`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -24,10 +25,36 @@ RESERVATION_TTL = timedelta(minutes=15)
 IDLE_RELEASE_SECONDS = 30.0
 """A lease with no call in flight for this long is given back."""
 NEVER_WRITTEN = datetime.min.replace(tzinfo=UTC)
+Slot = tuple[LeaseKey, str]
+"""A lease's place in its process: its key, and the call it holds for alone ("": shared)."""
 
 
 def lease_id() -> str:
     return "L" + os.urandom(12).hex()[:25]
+
+
+def holder_of(call_id: str, department: str, model: str) -> str:
+    """What a per-call reservation's rows are named by: the call, the department it is charged
+    to and its model (the tenant and budget are the row's own)."""
+    return f"{call_id}\x00{department}\x00{model}"
+
+
+def hold_id(holder: str, budget_id: int) -> str:
+    """What the lease rows that hold one call's bound alone (a per-call reservation) in one
+    budget begin with: a row is this and a random tail (:func:`hold_row`), so two processes
+    never write one row, even for calls of the same id.
+
+    Made from the call's span id, which only the call's client knows while it runs and which
+    it names to a gateway in front of Ollama (``X-Ometer-Client-Span``): a gateway on the same
+    ledger finds the rows by it, for a call charged to the same department and model, and
+    takes the hold over (``BudgetGate.admit``'s ``adopt``). A hash (64 bits): the row does not
+    show the span id to whoever reads the table."""
+    return "H" + hashlib.sha256(f"{holder}\x00{budget_id}".encode()).hexdigest()[:16]
+
+
+def hold_row(holder: str, budget_id: int) -> str:
+    """A new row of a per-call reservation: its :func:`hold_id` and 36 random bits."""
+    return hold_id(holder, budget_id) + os.urandom(5).hex()[:9]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +68,8 @@ class Reservation:
     rows: tuple[str, ...] = ()
     """The lease rows' ids in the ledger, which the call's journal line notes: were this
     process killed, whoever records the call frees them (else they held it for the TTL)."""
+    holder: str = ""
+    """The call its leases hold for alone (a per-call reservation), or "" (shared leases)."""
 
 
 @dataclass(slots=True)
@@ -50,7 +79,10 @@ class Lease:
     budget: Budget
     tenant: str
     window: Window
-    row_id: str = field(default_factory=lease_id)
+    holder: str = ""
+    """The one call this lease holds for (a per-call reservation: its row is the call's
+    :func:`hold_id`), or "": the process's calls share it."""
+    row_id: str = ""
     amount: int = 0
     """What the lease row holds in the ledger."""
     in_flight: dict[str, int] = field(default_factory=dict)
@@ -69,10 +101,22 @@ class Lease:
     expires_at: datetime = NEVER_WRITTEN
     """When its row expires by this host's wall clock, which may step (see :meth:`due`); the
     row itself says so by the ledger's clock, which other processes judge it by."""
+    taken: bool = False
+    """A gateway took its row over (a per-call reservation's), the call its own: the row is not
+    written again (the call was held twice from then on)."""
+
+    def __post_init__(self) -> None:
+        if not self.row_id:
+            self.row_id = hold_row(self.holder, self.key.budget_id) if self.holder else lease_id()
 
     @property
     def key(self) -> LeaseKey:
         return LeaseKey(self.budget.id or 0, self.tenant, self.window.start)
+
+    @property
+    def slot(self) -> Slot:
+        """Where the process keeps it: its budget, tenant and period, and its one call's id."""
+        return self.key, self.holder
 
     @property
     def free(self) -> int:
@@ -100,6 +144,8 @@ class Lease:
     def due(self, now: datetime, clock: float, ttl: timedelta) -> bool:
         """Time to write the row again: half its life gone by this process's clock (``clock``,
         monotonic), or by the wall clock (``now``), which may have stepped forward."""
+        if self.taken:
+            return False
         return clock - self.renewed > ttl.total_seconds() / 2 or now >= self.expires_at - ttl / 2
 
 
@@ -109,12 +155,20 @@ def recorded(store: BudgetReads, leases: list[Lease]) -> set[str]:
 
 
 def settled(
-    store: BudgetReads, leases: list[Lease], at: datetime, returning: Collection[str] = ()
+    store: BudgetReads,
+    leases: list[Lease],
+    at: datetime,
+    returning: Collection[str] = (),
+    mates: Collection[Lease] = (),
 ) -> tuple[set[str], list[tuple[Lease, int, int]]]:
     """The spans of ``leases``' calls in the ledger, and each lease's spend and what other
     processes hold (at ``at``; not ``returning``, this process's rows being given back, whose
     calls are all in the ledger), read so that every call is counted once, and no call twice
     but another process's between its commit and its next renewal (its lease holds it still).
+    ``mates``, this process's other leases of the same key (each call of a per-call
+    reservation has its own row), are counted as this process knows them (:meth:`Lease.holds`:
+    a call committed holds nothing more, one ended its cost), as a lease's own calls are,
+    unless their rows are gone: a gateway took the hold over, the call its own.
 
     A PostgreSQL write transaction reads each statement as the ledger is then (READ
     COMMITTED): commits land between them. The holds are read before the spend: a call
@@ -123,14 +177,19 @@ def settled(
     call of these leases was committed meanwhile (else the spend counted it and its lease
     held it too, and a call that fitted exactly was refused), all is read again. Only these
     leases' calls, settling, do that: each once."""
-    found = recorded(store, leases)
+    everyone = [*leases, *mates]
+    found = recorded(store, everyone)
     while True:
         reads = []
+        there = store.lease_rows([mate.row_id for mate in mates]) if mates else set()
         for lease in leases:
-            others = store.held(lease.key, at, exclude=(lease.row_id, *returning))
+            kin = [mate for mate in mates if mate.key == lease.key]
+            ours = (lease.row_id, *(mate.row_id for mate in kin), *returning)
+            others = store.held(lease.key, at, exclude=ours)
+            others += sum(mate.holds(found) for mate in kin if mate.row_id in there)
             start, end = lease.window.start, lease.window.end
             reads.append((lease, store.spent(lease.budget, lease.tenant, start, end), others))
-        again = recorded(store, leases)
+        again = recorded(store, everyone)
         if again == found:
             return found, reads
         found = again

@@ -37,6 +37,11 @@ class BudgetReads(Protocol):
         ``exclude``)."""
         ...
 
+    def lease_rows(self, lease_ids: Collection[str]) -> set[str]:
+        """Which of the lease rows ``lease_ids`` are in the ledger, live or expired (a client's
+        per-call row not there was taken over by a gateway, or given back)."""
+        ...
+
     def recorded(self, span_ids: Collection[str]) -> set[str]:
         """Which of ``span_ids`` are in the ledger: their costs are in :meth:`spent` from now
         on (a span and its rollups are committed together). Asked before it and after: on
@@ -63,6 +68,12 @@ class BudgetWrites(BudgetReads, Protocol):
         ...
 
     def drop_lease(self, lease_id: str) -> None: ...
+
+    def take_hold(self, hold: str, key: LeaseKey) -> int:
+        """Drop the lease rows whose ids begin with ``hold`` (a client's per-call hold: its
+        ``hold_id``) that hold money for ``key``, the call now held by this transaction's
+        writer; what they held then."""
+        ...
 
     def claim_alert(self, alert: Alert, fired_at: datetime) -> int | None:
         """Record ``alert`` unless its budget, tenant, period and threshold fired already."""

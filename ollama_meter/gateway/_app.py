@@ -64,7 +64,6 @@ from ollama_meter.meter import Attribution, Meter, Source, Status
 from ollama_meter.meter._behind import WriteBehind
 from ollama_meter.meter._wiring import transport_for
 from ollama_meter.upstream import OLLAMA, PooledUpstream
-from ollama_meter.upstream._recorded import SPAN_HEADER
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -226,7 +225,7 @@ class Gateway:
                 status=_REFUSAL_STATUS.get(bad.error_type, Status.ERROR),
             )
             span = await in_thread(refusal)
-            named = {**(bad.headers or {}), SPAN_HEADER: span.id}
+            named = {**(bad.headers or {}), **self.ledger_name.naming(span.id)}
             return error_response(wire, bad.status, bad.message, headers=named, kind=bad.error_type)
         spans: list[str] = []  # the call's, once it is open: named to the caller in a header
 
@@ -247,8 +246,7 @@ class Gateway:
             hangup=hangup_of(request),
             recheck=recheck,
         )
-        if spans:
-            self.ledger_name.stamp(answer.headers, spans[0])
+        self.ledger_name.stamp(answer.headers, spans[0] if spans else None)  # a refusal: its own
         return answer
 
     async def passthrough(self, request: Request) -> Response:

@@ -68,8 +68,17 @@ class LedgerName:
                 self._warned = False
                 log.info("the gateway names its ledger now: calls are counted once again")
 
-    def stamp(self, headers: MutableHeaders, span_id: str) -> None:
-        """Name the call's span, and the ledger it is in, on its answer."""
-        headers[SPAN_HEADER] = span_id
+    def stamp(self, headers: MutableHeaders, span_id: str | None = None) -> None:
+        """Name the call's span (or the one a refusal names already), and the ledger it is in,
+        on its answer."""
+        named = span_id or headers.get(SPAN_HEADER)
+        if named is not None:
+            headers.update(self.naming(named))
+
+    def naming(self, span_id: str) -> dict[str, str]:
+        """The headers that name a call's span and its ledger; on a refusal too (a ``rejected``
+        or ``error`` span): an ometer client on this ledger then records no second span."""
+        named = {SPAN_HEADER: span_id}
         if self.value is not None:
-            headers[LEDGER_HEADER] = self.value
+            named[LEDGER_HEADER] = self.value
+        return named

@@ -311,6 +311,16 @@ class BudgetTables:
             query = query.where(BUDGET_RESERVATIONS.c.id.not_in(sorted(exclude)))
         return int(self._conn.execute(query).scalar_one())
 
+    def lease_rows(self, lease_ids: Collection[str]) -> set[str]:
+        found: set[str] = set()
+        ids = sorted(lease_ids)
+        for start in range(0, len(ids), _IDS_A_QUERY):
+            query = select(_RESERVATIONS.c.id).where(
+                _RESERVATIONS.c.id.in_(ids[start : start + _IDS_A_QUERY])
+            )
+            found.update(self._conn.execute(query).scalars())
+        return found
+
     def recorded(self, span_ids: Collection[str]) -> set[str]:
         found: set[str] = set()
         ids = sorted(span_ids)
@@ -354,6 +364,18 @@ class BudgetTables:
 
     def drop_lease(self, lease_id: str) -> None:
         self._conn.execute(delete(_RESERVATIONS).where(_RESERVATIONS.c.id == lease_id))
+
+    def take_hold(self, hold: str, key: LeaseKey) -> int:
+        r = _RESERVATIONS.c
+        held = (
+            r.id.startswith(hold, autoescape=True),
+            r.budget_id == key.budget_id,
+            r.tenant == key.tenant,
+            r.period_start == key.period_start,
+        )
+        amount = self._conn.execute(select(func.sum(r.amount_micros)).where(*held)).scalar()
+        self._conn.execute(delete(_RESERVATIONS).where(*held))
+        return int(amount or 0)
 
     def claim_alert(self, alert: Alert, fired_at: datetime) -> int | None:
         """Record ``alert`` (its id is ignored) unless it fired already (its kind, at its

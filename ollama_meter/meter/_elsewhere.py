@@ -5,8 +5,8 @@ or ``ometer run``'s gateway writing to the same ledger wrote a second span of th
 charged to the client's department as well as to the gateway's: reports, budgets and
 chargeback counted it twice. The gateway names its ledger on its answer
 (``upstream._recorded``); when that is this meter's ledger the client writes no span of
-its own. Its budget reservation is given back (the gateway's own budget gate held the call),
-its journal entry closed, and its span, measured and priced as any, takes the id of the
+its own. Its budget reservation is given back (the gateway took its rows over as the hold of
+the call, :func:`clients_hold`, or held the call itself), its journal entry closed, and its span, measured and priced as any, takes the id of the
 gateway's span, so the caller finds the call's record by it. Telemetry ends the call's trace
 span with no cost, tokens or metrics (the gateway exports those); user hooks see the call
 end as any other (what they add to it is not stored: the gateway's span is the record).
@@ -23,10 +23,11 @@ import hmac
 import time
 from typing import TYPE_CHECKING
 
+from ollama_meter._names import CLIENT_SPAN_TAG
 from ollama_meter.meter._call import MeteredCall
 from ollama_meter.meter._ending import closed, mark_ended
 from ollama_meter.meter._observers import notify
-from ollama_meter.records import make_storable
+from ollama_meter.records import Source, SpanRecord, make_storable
 
 if TYPE_CHECKING:
     from ollama_meter.meter._meter import Meter
@@ -45,6 +46,19 @@ def gateways_span(meter: Meter, call: MeteredCall) -> str | None:
     except Exception:  # the ledger is away: the call is recorded here (spooled) as well
         return None
     return heard.span_id if ours and hmac.compare_digest(heard.ledger, ours) else None
+
+
+def clients_hold(meter: Meter, span: SpanRecord) -> str | None:
+    """The client span whose budget hold a gateway takes over for ``span``, its own call's.
+
+    An ometer client on this ledger held the call's bound before sending it (it cannot know
+    a gateway on its ledger will answer) and names its own span of the call
+    (``X-Ometer-Client-Span``): the gateway admits the call on that hold, not beside it (held
+    twice, a call with room for it was refused). Only while the gateway names its ledger on
+    its answers: a client not told so records the call again, and then keeps its own hold."""
+    if meter.source is not Source.GATEWAY or meter.ledger.known_identity is None:
+        return None
+    return span.tags.get(CLIENT_SPAN_TAG)
 
 
 def _give_back(meter: Meter, call: MeteredCall) -> None:

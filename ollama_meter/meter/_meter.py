@@ -25,7 +25,7 @@ from ollama_meter.errors import BudgetExceeded, LedgerError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._behind import WriteBehind, settle
 from ollama_meter.meter._call import MeteredCall
-from ollama_meter.meter._elsewhere import leave_to_gateway
+from ollama_meter.meter._elsewhere import clients_hold, leave_to_gateway
 from ollama_meter.meter._ending import closed, mark_ended
 from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.meter._recovery import recover_interrupted
@@ -213,9 +213,8 @@ class Meter:
     ) -> None:
         """Reserve the call's bound in every hard budget; a refusal is a ``rejected`` span, then raised.
 
-        A call under a hard budget is sent with the reply cap it was admitted on, written
-        in the field Ollama honours (:attr:`reply_cap` when the caller set none): so the
-        bound holds whatever field the caller named its cap in, and however Ollama reads it.
+        A call under a hard budget is sent with the reply cap it was admitted on (:attr:`reply_cap`
+        if the caller set none) in the field Ollama honours, whatever field the caller used.
         """
         span, admitting = call.span, time.perf_counter_ns()
         if blocking:
@@ -254,10 +253,11 @@ class Meter:
                 estimate=bound,
                 now=span.started_at,
                 blocking=blocking,
+                model=model,
+                adopt=clients_hold(self, span),
             )
-            # The admission (which may wait on a busy ledger, or on Ollama for the model's
-            # prompt) came before the call is sent: queue time, as a gateway's wait for a
-            # slot is, in its latency; not Ollama's, so neither priced nor run off its cap.
+            # The admission (a busy ledger, Ollama asked for the model's prompt) came before the
+            # call is sent: queue time, as a slot's wait is; not Ollama's, priced or capped.
             span.queue_ns = (span.queue_ns or 0) + time.perf_counter_ns() - admitting
         except LedgerError as exc:
             # A hard budget that cannot be checked is not waved through.

@@ -95,6 +95,9 @@ class Budgets(RuleBasedStateMachine):
         """What a budget's period held when its limit was lowered: the calls in flight then
         were admitted under the old limit, and no call admitted since may add to it."""
         self.ids = itertools.count()
+        self.handed: list[Call] = []
+        """Client calls a gateway admitted on their holds: the client gives its hold back once
+        the gateway's answer names the ledger (any time later)."""
 
     def teardown(self) -> None:
         for gate in getattr(self, "gates", []):
@@ -125,6 +128,48 @@ class Budgets(RuleBasedStateMachine):
         call = Call(gate, reservation, bound, department, self.now)
         self.running.append(call)
         return call
+
+    @rule(target=calls, call=consumes(calls), gate=st.integers(0, 3), forged=st.booleans())
+    def through_a_gateway(self, call: Call | None, gate: int, forged: bool) -> Call | None:
+        """A client's call (a CLI run's) reaches a gateway on the ledger, which admits it on the
+        client's own hold, taken over: the one call, held once. Or another caller names an id
+        close to the client's (``forged``): admitted, if at all, on room of its own, the
+        client's call still running on its hold."""
+        gate %= len(self.gates)
+        if call is None or call not in self.running or gate in self.dead:
+            return call
+        if self.gates[gate].lease_share == 0 or self.gates[call.gate].lease_share != 0:
+            return call
+        named = call.reservation.id
+        if forged:
+            named = named[:-1] + ("0" if named[-1] != "0" else "1")
+        try:
+            reservation = self.gates[gate].admit(
+                call_id=new_span_row_id(),
+                tenant=self.tenant,
+                department=call.department,
+                estimate=Estimate(call.bound, "USD"),
+                now=self.now,
+                adopt=named,
+            )
+        except BudgetExceeded:
+            return call
+        assert reservation is not None
+        admitted = Call(gate, reservation, call.bound, call.department, self.now)
+        self.running.append(admitted)
+        if not forged:
+            self.running.remove(call)
+            self.handed.append(call)
+        return admitted
+
+    @rule(first=st.booleans())
+    def hand_back(self, first: bool) -> None:
+        """The client gives back the hold of a call the gateway admitted on it."""
+        if self.handed:
+            call = self.handed.pop(0 if first else -1)
+            if call.gate not in self.dead:
+                self.gates[call.gate].ended(call.reservation, 0)
+                self.gates[call.gate].settle(call.reservation)
 
     def _span(self, call: Call, cost: int) -> SpanRecord:
         return make_span(
@@ -220,7 +265,7 @@ class Budgets(RuleBasedStateMachine):
         leave is admitted, by any live gate: nothing stays stranded (no wrong refusal). Its
         own calls committed but not settled yet count once, in the spend."""
         gate = self.committed[0].gate if self.committed else gate % len(self.gates)
-        if self.running or self.waiting or gate in self.dead:
+        if self.running or self.waiting or self.handed or gate in self.dead:
             return
         if any(c.gate != gate for c in self.committed):
             return  # another gate's lease holds a slice while its calls settle
