@@ -18,6 +18,7 @@
         │       └── InvalidRequestType   ... where the ollama client raised a TypeError
         ├── UpstreamServerError      Ollama answered 5xx                 (upstream_5xx)
         ├── RateLimited              Ollama answered 429                 (rate_limited)
+        │   └── GatewayBudgetExceeded    a gateway's hard budget refused it  (budget_exceeded, exit 3)
         ├── CircuitOpen              too many failures: failing fast     (circuit_open)
         ├── ServerBusy               every slot taken, the gateway's queue full (server_busy)
         └── StreamError              the stream broke after it started   (stream_error)
@@ -170,6 +171,15 @@ class OverCap(StreamError):
 
 class RateLimited(UpstreamError):
     error_type = "rate_limited"
+
+
+class GatewayBudgetExceeded(RateLimited):
+    """A hard budget of the gateway in front of Ollama (``ometer serve``) refused the call: to
+    the caller as :class:`BudgetExceeded` is (exit 3, never retried); Ollama was not reached."""
+
+    error_type = "budget_exceeded"
+    exit_code = 3
+    reached_upstream = False
 
 
 class CircuitOpen(UpstreamError):

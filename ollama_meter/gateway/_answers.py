@@ -6,9 +6,10 @@ import math
 
 from starlette.responses import JSONResponse, Response
 
-from ollama_meter.errors import CircuitOpen, KeyRefused, ServerBusy, UpstreamError
+from ollama_meter.errors import CircuitOpen, KeyRefused, LedgerError, ServerBusy, UpstreamError
 from ollama_meter.upstream import Refusal, WireFormat
 from ollama_meter.upstream._pooled import gateway_status
+from ollama_meter.upstream._recorded import REFUSED_HEADER, SPAN_HEADER
 
 
 def error_response(
@@ -20,8 +21,11 @@ def error_response(
     kind: str | None = None,
 ) -> Response:
     """An error in the route's wire format: Ollama's ``{"error": "..."}``, or OpenAI's object
-    (``kind``, the meter's error type, says which refusal it is in OpenAI's words)."""
+    (``kind``, the meter's error type, says which refusal it is in OpenAI's words). ``kind``
+    marks the gateway's own refusal of a call: named in :data:`REFUSED_HEADER` too."""
     body = wire.error_body(status, message, kind=kind)
+    if kind is not None:
+        headers = {**(headers or {}), REFUSED_HEADER: kind}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -51,3 +55,11 @@ def key_refused_response(wire: WireFormat, refused: KeyRefused) -> Response:
     status = refused.http_status
     why = {"WWW-Authenticate": "Bearer"} if status == 401 else {"Retry-After": "5"}
     return error_response(wire, status, str(refused), headers=why)
+
+
+def unchecked_response(wire: WireFormat, unchecked: LedgerError) -> Response:
+    """The answer for a call a covering budget could not be checked for, or that nothing can
+    record (503, retry in 5 s): the gateway's own refusal, naming its span if it has one."""
+    named = {SPAN_HEADER: unchecked.span_id} if unchecked.span_id else {}
+    wait = {"Retry-After": "5", **named}
+    return error_response(wire, 503, str(unchecked), headers=wait, kind="ledger_unavailable")

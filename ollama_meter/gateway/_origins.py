@@ -66,7 +66,7 @@ ALLOWED_HEADERS = ", ".join((
     # the gateway's own
     "X-Ometer-Key", "X-Ometer-Tenant", "X-Ometer-Department", "X-Ometer-User", "X-Ometer-Tags",
 )).encode()  # fmt: skip
-EXPOSED_HEADERS = b"X-Ometer-Span-Id, X-Ometer-Ledger, Retry-After"
+EXPOSED_HEADERS = b"X-Ometer-Span-Id, X-Ometer-Ledger, X-Ometer-Refused, Retry-After"
 MAX_AGE = b"43200"  # 12 h, as Ollama's
 OWN_PAGES = frozenset({"/dashboard", "/api/dash", "/metrics"})
 """The gateway's pages, not Ollama's: no other page reads them, allowed or not."""

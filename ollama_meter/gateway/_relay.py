@@ -45,6 +45,7 @@ from ollama_meter.gateway._answers import (
     failure_response,
     key_refused_response,
     refusal_response,
+    unchecked_response,
 )
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._rates import Admission
@@ -280,8 +281,7 @@ class Relay:
             return error_response(wire, 429, told, headers=wait, kind=refused.error_type)
         except LedgerError as unchecked:  # a covering budget unchecked, or nothing can record
             admission.refund()
-            named = {SPAN_HEADER: unchecked.span_id} if unchecked.span_id else {}
-            return error_response(wire, 503, str(unchecked), headers={"Retry-After": "5", **named})
+            return unchecked_response(wire, unchecked)
         if bind is not None:
             bind(call.span.id)
         content = request.upstream_body

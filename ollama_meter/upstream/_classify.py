@@ -26,6 +26,7 @@ from enum import StrEnum
 from typing import Any
 
 from ollama_meter.errors import (
+    GatewayBudgetExceeded,
     InvalidRequest,
     ModelNotFound,
     RateLimited,
@@ -250,6 +251,31 @@ def answer_error(
         f"Ollama at {host} answered HTTP {status}, which is not an answer: {detail or 'no body'}",
         status_code=status,
     )
+
+
+def gateway_refusal(
+    kind: str,
+    status: int,
+    detail: str,
+    *,
+    host: str,
+    model: str,
+    retry_after: float | None = None,
+) -> UpstreamError:
+    """The error for a call the gateway at ``host`` refused itself (``X-Ometer-Refused:
+    kind``: its hard budget, its rate limit, its keys): never sent to Ollama, so no server's
+    circuit counts it; a budget's refusal is :class:`GatewayBudgetExceeded`, never retried.
+    Any other kind is classified by its status, as Ollama's answer would be, in words that
+    say who refused it."""
+    said = f"the gateway at {host} refused the call (HTTP {status}): {_brief(detail, SAID_MOST)}"
+    error: UpstreamError
+    if kind == GatewayBudgetExceeded.error_type:
+        error = GatewayBudgetExceeded(said, status_code=status, retry_after=retry_after)
+    else:
+        error = answer_error(status, detail, host=host, model=model, retry_after=retry_after)
+        error.args = (said,)
+    error.reached_upstream = False
+    return error
 
 
 def reported_error(obj: Mapping[str, Any] | Any) -> UpstreamError | None:

@@ -28,6 +28,10 @@ TENANT_HEADER, DEPARTMENT_HEADER, USER_HEADER = (
     "X-Ometer-Department",
     "X-Ometer-User",
 )
+REFUSED_HEADER = "X-Ometer-Refused"
+"""The header a gateway's own refusal names its kind in (the meter's error type of it:
+``budget_exceeded``, ``rate_limited``, ``forbidden``...): the call never reached Ollama, so a
+client counts it against no server, and retries a budget's refusal no more than its own."""
 CLIENT_SPAN_HEADER = "X-Ometer-Client-Span"
 """The client's own span id of the call (journaled): a gateway notes it on its span
 (``CLIENT_SPAN_TAG``), so the client's journal entry is not recorded again if it dies."""

@@ -28,6 +28,7 @@ from ollama_meter.upstream._classify import (
     Failure,
     answer_error,
     error_text,
+    gateway_refusal,
     mid_stream_error,
     no_connection,
     not_an_answer,
@@ -36,7 +37,7 @@ from ollama_meter.upstream._classify import (
     unfinished_error,
     unreadable,
 )
-from ollama_meter.upstream._recorded import Heard
+from ollama_meter.upstream._recorded import REFUSED_HEADER, Heard
 from ollama_meter.upstream._resilience import (
     CircuitBreaker,
     Resilient,
@@ -328,6 +329,15 @@ class Upstream(Resilient):
             detail = error_text(exc.error)
             if exc.status_code == -1:  # an {"error": ...} line inside a 200 stream
                 return mid_stream_error(detail)
+            if refused := _header(exc, REFUSED_HEADER):  # the gateway's own refusal
+                return gateway_refusal(
+                    refused,
+                    exc.status_code,
+                    detail,
+                    host=self.host,
+                    model=model,
+                    retry_after=_retry_after(exc),
+                )
             return answer_error(
                 exc.status_code,
                 detail,
