@@ -381,6 +381,36 @@ def test_an_answer_that_trickles_a_byte_at_a_time_runs_out_of_time_on_every_rout
         server.server_close()
 
 
+HONEST = [(path, stream) for path in sorted(ROUTES) for stream in (False, True)]
+
+
+def _call(gw: Gateway, path: str, stream: bool, model: str) -> None:
+    body: dict[str, Any] = {"model": model, **ROUTES[path]}
+    if path in STREAMED:
+        body["stream"] = stream and path in STREAMED
+    gw.client.post(path, json=body, timeout=20)
+
+
+def _kept(span: Any) -> tuple[object, ...]:
+    return (span.status, span.input_tokens, span.output_tokens, span.token_source,
+            span.cost_total)  # fmt: skip
+
+
+@pytest.fixture
+def alone(hostile: tuple[Gateway, HostileProxy]) -> dict[tuple[str, bool], tuple[object, ...]]:
+    """What each honest call leaves alone on the test's gateway, made once for all its
+    examples (made again for each, its 16 calls one after another were most of the test's
+    time). A spoiled example that changed what an honest call leaves after it shows all the
+    same: the honest calls of every later example are held to these."""
+    gw, _ = hostile
+    kept = {}
+    for path, stream in HONEST:
+        _call(gw, path, stream, f"m{next(models)}")
+        (span,) = gw.ledger.latest(SpanFilter(), 1)
+        kept[path, stream] = _kept(span)
+    return kept
+
+
 @settings(
     max_examples=15,
     deadline=None,
@@ -393,46 +423,29 @@ def test_an_answer_that_trickles_a_byte_at_a_time_runs_out_of_time_on_every_rout
 )
 @example(bad=[("/v1/chat/completions", False, Spoil("figures", b"9223372036854775808"))] * 3)
 def test_spoiled_answers_cost_no_honest_caller_beside_them_its_span(
-    hostile: tuple[Gateway, HostileProxy], bad: list[tuple[str, bool, Spoil]]
+    hostile: tuple[Gateway, HostileProxy],
+    alone: dict[tuple[str, bool], tuple[object, ...]],
+    bad: list[tuple[str, bool, Spoil]],
 ) -> None:
     """Spoiled answers on every route at once with an honest call on each route, so their
     spans share the write-behind's batches: each honest call keeps the span an honest call
     alone leaves (its tokens, cost and source), and every call leaves one span."""
     gw, proxy = hostile
-
-    def call(path: str, stream: bool, model: str) -> None:
-        body: dict[str, Any] = {"model": model, **ROUTES[path]}
-        if path in STREAMED:
-            body["stream"] = stream and path in STREAMED
-        gw.client.post(path, json=body, timeout=20)
-
-    honest = [(path, stream) for path in sorted(ROUTES) for stream in (False, True)]
-    alone: dict[tuple[str, bool], tuple[object, ...]] = {}
-
-    def kept(span: Any) -> tuple[object, ...]:
-        return (span.status, span.input_tokens, span.output_tokens, span.token_source,
-                span.cost_total)  # fmt: skip
-
-    for path, stream in honest:  # each alone first
-        model = f"m{next(models)}"
-        call(path, stream, model)
-        (span,) = gw.ledger.latest(SpanFilter(), 1)
-        alone[path, stream] = kept(span)
     before = gw.ledger.count()
-    calls = [(path, stream, f"m{next(models)}") for path, stream in honest]
+    calls = [(path, stream, f"m{next(models)}") for path, stream in HONEST]
     named = {model: (path, stream) for path, stream, model in calls}
     for path, stream, spoil in bad:
         model = f"m{next(models)}"
         proxy.by_model[model] = spoil
         calls.append((path, stream, model))
     with ThreadPoolExecutor(len(calls)) as pool:
-        list(pool.map(lambda c: call(*c), calls))
+        list(pool.map(lambda c: _call(gw, *c), calls))
     assert gw.ledger.count() == before + len(calls)
     spans = gw.ledger.latest(SpanFilter(), len(calls))
     for span in spans:
         check_span(span)
         if span.request_model in named:
-            assert kept(span) == alone[named[span.request_model]], span
+            assert _kept(span) == alone[named[span.request_model]], span
     assert {s.request_model for s in spans} == {model for _, _, model in calls}
 
 
