@@ -160,7 +160,7 @@ class Gateway:
             return otherwise, exc
 
     async def metered(self, request: Request) -> Response:
-        path = request.url.path
+        path = request.scope["path"]  # request.url.path (matched exactly), no URL built
         wire = wire_of(path)
         options = self.options
         # Who a refusal is charged to: the caller when known, else what its key vouches for;
@@ -240,7 +240,7 @@ class Gateway:
             wire,
             request.headers,
             charged,
-            request.url.query,
+            request.url.query if request.scope.get("query_string") else "",
             admission,
             bind=bind,
             hangup=hangup_of(request),

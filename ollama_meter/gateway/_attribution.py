@@ -12,8 +12,11 @@ without: they are labels, not who pays. They follow the rules of tags given any 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import types
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -102,10 +105,17 @@ def vouched(key: ApiKey | None, settings: Settings, default_user: str | None = N
     name, a user the key does not allow): what the key vouches for, its fixed user too, else
     the defaults. A refusal of a call with a key fixed to a user is that user's call."""
     if key is None:
-        return Attribution(
-            tenant=settings.tenant, department=settings.department, user=default_user
-        )
+        return _unkeyed(settings.tenant, settings.department, default_user)
     return Attribution(tenant=key.tenant, department=key.department, user=key.user)
+
+
+@functools.lru_cache(maxsize=64)  # the defaults, at every call: their names checked once
+def _unkeyed(tenant: str, department: str, user: str | None) -> Attribution:
+    # Shared by every call charged to them: no tags, and none to add in place.
+    return Attribution(tenant=tenant, department=department, user=user, tags=_NO_TAGS)
+
+
+_NO_TAGS: Mapping[str, str] = types.MappingProxyType({})
 
 
 def _once(headers: Headers) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from typing import Any
 
 MAX_OBJECTS = 100_000
@@ -57,9 +58,7 @@ def read_json(raw: bytes) -> Any:
             "(each list of messages, inputs or token ids is one): send fewer"
         )
     try:
-        value = json.loads(
-            raw, parse_constant=_not_json, parse_float=_finite, object_pairs_hook=_Objects()
-        )
+        value = _decoded(raw)
     except RecursionError:
         raise NotJson(_TOO_DEEP) from None
     except _TooMany:
@@ -143,3 +142,26 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"the number {text[:40]} is too large for Ollama to read")
     return value
+
+
+class _Decoder(threading.local):
+    """One decoder a thread, its object count set anew for each body: ``json.loads`` given
+    hooks made a decoder and its scanner at every call (a body is read on the event loop, or
+    in a thread when large, never two at once in one thread)."""
+
+    def __init__(self) -> None:
+        self.objects = _Objects()
+        self.decoder = json.JSONDecoder(
+            parse_constant=_not_json, parse_float=_finite, object_pairs_hook=self.objects
+        )
+
+
+_DECODER = _Decoder()
+
+
+def _decoded(raw: bytes) -> Any:
+    """``json.loads(raw, ...)`` with this module's hooks: the bytes read as it reads them
+    (UTF-8, -16 or -32, by their first bytes), then decoded."""
+    mine = _DECODER
+    mine.objects.left = MAX_OBJECTS
+    return mine.decoder.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))

@@ -90,19 +90,24 @@ class _Places(Capacity):
     scope's concurrency limit in force now (read at each grant, so a new limit applies to
     calls already waiting). The table keeps a scope only while its count is above 0."""
 
-    __slots__ = ("_limits", "_running", "_scope")
+    __slots__ = ("_department", "_limits", "_running", "_scope", "_tenant")
 
     def __init__(
         self,
         running: dict[Scope, int],
         limits: Callable[[], dict[Scope, Limit]],
         scope: Scope,
-        name: str,
+        tenant: str,
+        department: str,
     ) -> None:
         self._running = running
         self._limits = limits
         self._scope = scope
-        self.name = name
+        self._tenant, self._department = tenant, department
+
+    @property
+    def name(self) -> str:  # type: ignore[override]  # named when shown, not at every call
+        return _named(self._scope, self._tenant, self._department)
 
     @property
     def in_use(self) -> int:
@@ -284,6 +289,8 @@ class RateLimits:
 
         Pictures count :data:`IMAGE_TOKENS_SEEN` each, but at most a whole minute: a model
         may count one as a few tokens, so they never make a call one no wait lets in."""
+        if not self._limits:  # none in force (the most common case): nothing to count
+            return Admission((tenant, department), 1, self._caps(tenant, department, key_id))
         tokens = max(tokens, 0)
         seen = tokens + max(images, 0) * IMAGE_TOKENS_SEEN
         with self._lock:
@@ -343,13 +350,16 @@ class RateLimits:
                 _give_back(counted)
                 _give_back(prompt)
 
+        taken = undo if counted or prompt else _nothing
+        caps = self._caps(tenant, department, key_id)
+        return Admission((tenant, department), weight or 1, caps, taken, prompt)
+
+    def _caps(self, tenant: str, department: str, key_id: int | None) -> tuple[_Places, ...]:
         # Every scope, limited or not: a limit set later counts the calls running now.
-        caps = tuple(
-            _Places(self._running, self._in_force, scope, _named(scope, tenant, department))
+        return tuple(
+            _Places(self._running, self._in_force, scope, tenant, department)
             for scope in _scopes(tenant, department, key_id)
         )
-        taken = undo if counted or prompt else _nothing
-        return Admission((tenant, department), weight or 1, caps, taken, prompt)
 
     def _in_force(self) -> dict[Scope, Limit]:
         return self._limits

@@ -41,9 +41,7 @@ from ollama_meter.records import (
     Status,
     Stored,
     make_storable,
-    new_otel_span_id,
-    new_span_row_id,
-    new_trace_id,
+    new_span_ids,
 )
 
 if TYPE_CHECKING:
@@ -185,10 +183,11 @@ class Meter:
     def _new_span(
         self, operation: str, model: str, stream: bool, who: Attribution, currency: str
     ) -> SpanRecord:
+        row_id, trace_id, span_id = new_span_ids()
         return SpanRecord(
-            id=new_span_row_id(),
-            trace_id=new_trace_id(),
-            span_id=new_otel_span_id(),
+            id=row_id,
+            trace_id=trace_id,
+            span_id=span_id,
             started_at=self.clock(),
             tenant=who.tenant,
             department=who.department,

@@ -297,3 +297,29 @@ def test_without_keys_required_a_key_that_cannot_be_checked_is_refused_as_the_he
     assert reply.status_code == 503, reply.text
     assert (span.tenant, span.department, span.user) == ("default", "ops", "bob")
     assert span.tags == UNVERIFIED
+
+
+@given(
+    tenant=st.sampled_from(["acme", "globex"]),
+    department=st.sampled_from(["sales", "unassigned"]),
+    user=st.sampled_from([None, "ana"]),
+)
+def test_the_defaults_a_call_is_charged_to_are_each_gateways_own_and_carry_no_tags(
+    tenant: str, department: str, user: str | None
+) -> None:
+    """The defaults' attribution is made once per set of names (checked once), not per call:
+    a gateway with other defaults gets its own, and the one shared takes no tag in place."""
+    from ollama_meter.config import Settings
+    from ollama_meter.gateway._attribution import vouched
+
+    given_ = Settings(tenant=tenant, department=department)
+    charged = vouched(None, given_, user)
+    assert (charged.tenant, charged.department, charged.user, dict(charged.tags)) == (
+        tenant,
+        department,
+        user,
+        {},
+    )
+    assert vouched(None, given_, user) is charged
+    with pytest.raises(TypeError):
+        charged.tags["x"] = "y"  # type: ignore[index]

@@ -4,6 +4,7 @@ then gets 503, where it used to take the machine's memory (and the OOM killer th
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import json
 import socket
@@ -486,3 +487,33 @@ def test_a_body_that_comes_in_small_pieces_holds_about_its_size_while_it_is_read
         tracemalloc.stop()
     assert body == b"".join(bytes([65 + n % 26]) * size for n, size in enumerate(sizes))
     assert held[0] < 2 * total + 4096, f"{held[0]:,} bytes held for a body of {total:,}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_JSON_VALUES, encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-32"]))
+def test_a_body_is_read_from_its_own_encoding_as_json_loads_reads_it(
+    value: Any, encoding: str
+) -> None:
+    """The decoder is made once a thread, not once a body: each body is still read as its
+    bytes' encoding says (UTF-8, with or without a BOM, -16, -32)."""
+    from ollama_meter.gateway._json import read_json
+
+    raw = json.dumps(value).encode(encoding)
+    assert read_json(raw) == json.loads(raw)
+
+
+def test_each_body_counts_its_own_objects_after_one_refused_for_its_count() -> None:
+    """The count of objects belongs to the body: a body refused partway through its objects
+    leaves nothing counted against the next one, read on the event loop or in a thread."""
+    from ollama_meter.gateway._json import MAX_OBJECTS, NotJson, read_json
+
+    def objects(count: int) -> bytes:
+        return b"[" + b",".join([b"{}"] * count) + b"]"
+
+    for _ in range(2):
+        with pytest.raises(NotJson, match="more than 100,000 objects"):
+            read_json(objects(MAX_OBJECTS + 1))
+        assert len(read_json(objects(MAX_OBJECTS))) == MAX_OBJECTS
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        sizes = pool.map(lambda _: len(read_json(objects(MAX_OBJECTS))), range(4))
+        assert list(sizes) == [MAX_OBJECTS] * 4

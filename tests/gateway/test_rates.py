@@ -143,6 +143,22 @@ def test_weight_and_concurrency_shape_the_queue() -> None:
     assert rates.running() == {}
 
 
+def test_calls_admitted_while_no_limit_is_in_force_count_once_one_is_set() -> None:
+    """With no limit anywhere a call is admitted without the windows' work, and still holds
+    its places: a concurrency limit set while it runs counts it, an rpm limit counts from then."""
+    rates = RateLimits()
+    early = rates.admit("acme", "sales", 3, tokens=10**9)
+    assert (early.flow, early.weight, early.prompt) == (("acme", "sales"), 1, [])
+    assert [c.name for c in early.caps] == ["acme (all)", "acme/sales", "key 3 (acme/sales)"]
+    early.refund()  # nothing was counted: nothing to give back
+    early.caps[1].in_use = 1
+    rates.load([Limit("acme", "sales", concurrency=1, rpm=1)])
+    later = rates.admit("acme", "sales")
+    assert later.caps[1] == early.caps[1] and not later.caps[1].free
+    with pytest.raises(OverLimit):
+        rates.admit("acme", "sales")
+
+
 def test_retry_after_rounds_up_to_whole_seconds() -> None:
     rates, clock = limits(Limit("acme", "sales", rpm=1))
     rates.admit("acme", "sales")
