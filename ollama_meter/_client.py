@@ -36,6 +36,7 @@ from ollama_meter._arguments import (
     tags_of,
 )
 from ollama_meter._hooks import Hook, Hooks, check_hook
+from ollama_meter._raised import raised_as_ollamas
 from ollama_meter.config import load_settings
 from ollama_meter.errors import ClientClosed, InvalidRequest
 from ollama_meter.meter import Attribution, Meter, Run, SpanRecord
@@ -298,15 +299,17 @@ class MeteredClient(
             raise self._unnamed(run)
         if run.stream:
             return self._streamed(run)
-        (answer,) = list(run)
+        with raised_as_ollamas():
+            (answer,) = list(run)
         return with_meter(answer, run)
 
     def _streamed(self, run: Run) -> Iterator[Any]:
         self._check_open()  # a stream's call starts when it is first read: maybe after close()
         parts = run.__iter__()
         try:
-            for part in parts:
-                yield _metered(part, run)
+            with raised_as_ollamas():
+                for part in parts:
+                    yield _metered(part, run)
         finally:  # left unread (break, dropped): the call ends now, not when it is collected
             parts.close()
 
@@ -343,7 +346,8 @@ class _Chunks:
         if self._parts is None:
             self._client._check_open()  # its call starts when it is first read: after close()?
             self._parts, self._loop = self._run.__aiter__(), asyncio.get_running_loop()
-        return _metered(await anext(self._parts), self._run)
+        with raised_as_ollamas():
+            return _metered(await anext(self._parts), self._run)
 
     async def aclose(self) -> None:
         if self._parts is not None:
@@ -396,7 +400,8 @@ class AsyncMeteredClient(
             raise await asyncio.to_thread(self._unnamed, run)
         if run.stream:
             return _Chunks(self, run)
-        answers = [part async for part in run]
+        with raised_as_ollamas():
+            answers = [part async for part in run]
         return with_meter(answers[-1], run)
 
     async def close(self) -> None:

@@ -1,0 +1,78 @@
+"""What the Python API raises, as the ``ollama`` client raises it: ometer's error, caught too by
+the ``except`` clauses written for that client.
+
+``errors`` stays free of the ``ollama`` package (the CLI imports it, and ``ollama`` is heavy),
+so the error a call raises is made its twin here, at the client's door: the same message,
+attributes (``span_id``) and traceback, now also an ``ollama.ResponseError`` with Ollama's
+``status_code`` and ``error``, or a built-in ``ConnectionError`` / ``TimeoutError`` where the
+``ollama`` client raises those (``httpx``'s timeouts are not ``TimeoutError``s; ours are both).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import ollama
+
+from ollama_meter.errors import (
+    InvalidRequest,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+_TWINS: dict[type[UpstreamError], type[UpstreamError]] = {}
+_MAKING = threading.Lock()
+
+
+def _builtin(cls: type[UpstreamError]) -> type[Exception]:
+    if issubclass(cls, UpstreamConnectionError):
+        return ConnectionError
+    if issubclass(cls, UpstreamTimeout):
+        return TimeoutError
+    return ollama.ResponseError
+
+
+def _twin(cls: type[UpstreamError]) -> type[UpstreamError]:
+    with _MAKING:
+        twin = _TWINS.get(cls)
+        if twin is None:
+            name = f"Ollamas{cls.__name__}"
+            # ``__str__`` stays ours: ResponseError's adds "(status code: ...)" to a line that says it
+            body = {"__module__": __name__, "__qualname__": name, "__str__": cls.__str__}
+            twin = _TWINS[cls] = type(name, (cls, _builtin(cls)), body)
+            globals()[name] = twin  # found by name, as pickle finds a class
+        return twin
+
+
+def as_ollamas(error: BaseException) -> BaseException:
+    """``error``, when Ollama's failure, as the twin of its class that the ``ollama`` client's
+    handlers catch (the same message, attributes and traceback); anything else as it is (a
+    refusal never sent is a ValueError already). Raise it ``from error.__cause__``."""
+    if not isinstance(error, UpstreamError) or isinstance(error, InvalidRequest):
+        return error
+    if type(error) in _TWINS.values():
+        return error
+    twin = _twin(type(error))
+    made = twin.__new__(twin, *error.args)
+    made.args = error.args  # OSError's __new__ leaves them to an __init__ we do not run
+    made.__dict__.update(error.__dict__)
+    if isinstance(made, ollama.ResponseError):
+        made.error = str(error)
+        if made.status_code is None:  # said inside a 200 stream: the ollama client's -1
+            made.status_code = -1
+    return made.with_traceback(error.__traceback__)
+
+
+@contextlib.contextmanager
+def raised_as_ollamas() -> Iterator[None]:
+    """Ollama's failures inside, raised as :func:`as_ollamas` makes them."""
+    try:
+        yield
+    except UpstreamError as exc:
+        made = as_ollamas(exc)
+        if made is exc:
+            raise
+        raise made from exc.__cause__

@@ -1,0 +1,90 @@
+"""Code written for the ``ollama`` client runs unchanged on ``MeteredClient``: the same
+arguments, and the same exceptions caught by the same ``except`` clauses."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ollama
+import pytest
+
+from ollama_meter import AsyncMeteredClient, MeteredClient, UpstreamError
+from ollama_meter.ledger import SpanFilter
+from ollama_meter.testing import Fault, OllamaEmulator, unreachable_url
+
+HI = [{"role": "user", "content": "say hi to the team"}]
+
+FAILURES: dict[str, tuple[Fault | None, str, bool, str]] = {
+    # name: (fault armed, model, streamed, the span's status)
+    "unknown model": (None, "nosuch:1b", False, "model_not_found"),
+    "unknown model, streamed": (None, "nosuch:1b", True, "model_not_found"),
+    "500": (Fault.HTTP_500, "llama3.1:8b", False, "upstream_5xx"),
+    "500, streamed": (Fault.HTTP_500, "llama3.1:8b", True, "upstream_5xx"),
+    "error inside a stream": (Fault.MIDSTREAM_ERROR, "llama3.1:8b", True, "stream_error"),
+}
+
+
+def _failure(client: Any, **arguments: Any) -> BaseException:
+    try:
+        answer = client.chat(**arguments)
+        for _ in answer if not isinstance(answer, ollama.ChatResponse) else ():
+            pass
+    except Exception as exc:  # what the caller's own ``except`` sees
+        return exc
+    raise AssertionError("the call did not fail")
+
+
+@pytest.mark.parametrize("name", sorted(FAILURES))
+def test_ollamas_failure_is_caught_as_the_ollama_client_raises_it(
+    sqlite_url: str, emulator: OllamaEmulator, name: str
+) -> None:
+    """``except ollama.ResponseError as e: e.status_code`` is how code for the ``ollama``
+    client handles a missing model (pull it) or a busy server; ``MeteredClient`` raised
+    ometer's own ``UpstreamError`` alone, which that ``except`` let through."""
+    fault, model, stream, status = FAILURES[name]
+    real = ollama.Client(host=emulator.url)
+    with MeteredClient(emulator.url, db_url=sqlite_url, retries=0) as metered:
+        seen = []
+        for client in (real, metered):
+            if fault is not None:
+                emulator.inject(fault)
+            seen.append(_failure(client, model=model, messages=HI, stream=stream))
+        (span,) = metered.meter.ledger.latest(SpanFilter(), 5)
+    expected, got = seen
+    assert isinstance(expected, ollama.ResponseError)
+    assert isinstance(got, ollama.ResponseError) and isinstance(got, UpstreamError)
+    assert (got.status_code, got.error) == (expected.status_code, str(got))
+    assert str(got).startswith(("Ollama", "model", "the stream")) and "status code" not in str(got)
+    assert (span.status, span.error_type) == ("error", status)
+
+
+def test_no_connection_is_a_connection_error_as_the_ollama_clients_is(sqlite_url: str) -> None:
+    """The ``ollama`` client raises the built-in ``ConnectionError`` when nothing answers."""
+    url = unreachable_url()
+    with pytest.raises(ConnectionError):
+        ollama.Client(host=url).chat(model="llama3.1:8b", messages=HI)
+    with MeteredClient(url, db_url=sqlite_url, retries=0) as metered:
+        with pytest.raises(ConnectionError) as raised:
+            metered.chat(model="llama3.1:8b", messages=HI)
+        (span,) = metered.meter.ledger.latest(SpanFilter(), 5)
+    assert isinstance(raised.value, UpstreamError) and url in str(raised.value)
+    assert (span.status, span.error_type) == ("error", "connection")
+
+
+def test_the_async_client_raises_as_ollamas_async_client_does(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    async def main() -> list[BaseException]:
+        raised = []
+        async with AsyncMeteredClient(emulator.url, db_url=sqlite_url, retries=0) as client:
+            for stream in (False, True):
+                try:
+                    answer = await client.chat(model="nosuch:1b", messages=HI, stream=stream)
+                    async for _ in answer:  # type: ignore[union-attr]
+                        pass
+                except ollama.ResponseError as exc:
+                    raised.append(exc)
+        return raised
+
+    assert [e.status_code for e in asyncio.run(main())] == [404, 404]
