@@ -172,6 +172,8 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         tools: Sequence[Any] | None = None,
         stream: bool = False,
         think: Any = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
         format: Any = None,
         options: Mapping[str, Any] | ollama.Options | None = None,
         keep_alive: float | str | None = None,
@@ -181,7 +183,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
     def generate(
         self,
         model: str = "",
-        prompt: str = "",
+        prompt: str | None = None,
         suffix: str | None = None,
         *,
         tenant: str | None = None,
@@ -193,11 +195,16 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         context: Sequence[int] | None = None,
         stream: bool = False,
         think: Any = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
         raw: bool | None = None,
         format: Any = None,
         images: Sequence[Any] | None = None,
         options: Mapping[str, Any] | ollama.Options | None = None,
         keep_alive: float | str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
     ) -> _Generate:
         return cast("_Generate", self._call("generate", locals()))
 

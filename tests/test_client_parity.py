@@ -4,6 +4,7 @@ arguments, and the same exceptions caught by the same ``except`` clauses."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 import ollama
@@ -88,3 +89,48 @@ def test_the_async_client_raises_as_ollamas_async_client_does(
         return raised
 
     assert [e.status_code for e in asyncio.run(main())] == [404, 404]
+
+
+@pytest.mark.parametrize("operation", ["chat", "generate", "embed"])
+@pytest.mark.parametrize("client", [MeteredClient, AsyncMeteredClient])
+def test_every_argument_of_the_ollama_clients_calls_is_taken(
+    operation: str, client: type[MeteredClient | AsyncMeteredClient]
+) -> None:
+    """``logprobs=``, ``top_logprobs=`` (chat, generate) and an image model's ``width=``,
+    ``height=``, ``steps=`` (generate) were a TypeError: code for the installed ``ollama``
+    client did not run on ours. Read from that client, so its next argument is caught too."""
+    ours = inspect.signature(getattr(client, operation)).parameters
+    theirs = inspect.signature(getattr(ollama.Client, operation)).parameters
+    assert [name for name in theirs if name not in ours] == []
+    for name, parameter in theirs.items():
+        assert (name, ours[name].default) == (name, parameter.default)
+        if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:  # model, messages...
+            assert list(ours).index(name) == list(theirs).index(name)
+
+
+SENT: dict[str, tuple[str, dict[str, Any]]] = {
+    "logprobs": ("chat", {"messages": HI, "logprobs": True, "top_logprobs": 3}),
+    "generate logprobs": ("generate", {"prompt": "hi", "logprobs": True, "top_logprobs": 0}),
+    "image size": ("generate", {"prompt": "a cat", "width": 64, "height": 32, "steps": 4}),
+    "a model loaded, no prompt": ("generate", {}),
+    "everything": (
+        "generate",
+        {"prompt": "hi", "suffix": "end", "system": "s", "raw": False, "keep_alive": 1.5},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SENT))
+def test_what_reaches_ollama_is_what_the_ollama_client_sends(
+    sqlite_url: str, emulator: OllamaEmulator, name: str
+) -> None:
+    """``generate(model=...)``, the ``ollama`` client's way to load a model, sent ``prompt: ""``."""
+    operation, arguments = SENT[name]
+    path = f"/api/{operation}"
+    getattr(ollama.Client(host=emulator.url), operation)(model="llama3.1:8b", **arguments)
+    with MeteredClient(emulator.url, db_url=sqlite_url) as metered:
+        answer = getattr(metered, operation)(model="llama3.1:8b", **arguments)
+        (span,) = metered.meter.ledger.latest(SpanFilter(), 5)
+    expected, got = (request.body for request in emulator.requests_to(path))
+    assert got == expected
+    assert answer.meter is not None and (span.status, span.id) == ("ok", answer.meter.id)
