@@ -51,6 +51,7 @@ LAYERS: tuple[frozenset[str], ...] = (
         {
             "__init__",
             "__main__",
+            "_answers",
             "_client",
             "_hooks",
             "_arguments",

@@ -91,7 +91,7 @@ def test_the_async_client_raises_as_ollamas_async_client_does(
     assert [e.status_code for e in asyncio.run(main())] == [404, 404]
 
 
-@pytest.mark.parametrize("operation", ["chat", "generate", "embed"])
+@pytest.mark.parametrize("operation", ["chat", "generate", "embed", "embeddings"])
 @pytest.mark.parametrize("client", [MeteredClient, AsyncMeteredClient])
 def test_every_argument_of_the_ollama_clients_calls_is_taken(
     operation: str, client: type[MeteredClient | AsyncMeteredClient]
