@@ -10,7 +10,7 @@ from typing import Any
 import ollama
 import pytest
 
-from ollama_meter import AsyncMeteredClient, MeteredClient, UpstreamError
+from ollama_meter import AsyncMeteredClient, InvalidRequest, MeteredClient, UpstreamError
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import Fault, OllamaEmulator, unreachable_url
 
@@ -134,3 +134,52 @@ def test_what_reaches_ollama_is_what_the_ollama_client_sends(
     expected, got = (request.body for request in emulator.requests_to(path))
     assert got == expected
     assert answer.meter is not None and (span.status, span.id) == ("ok", answer.meter.id)
+
+
+def _nested(depth: int) -> list[Any]:
+    deep: list[Any] = []
+    for _ in range(depth):
+        deep = [deep]
+    return deep
+
+
+TOO_DEEP = {
+    "an option": {"options": {"stop": _nested(3000)}},
+    "a format": {"format": {"type": "object", "enum": _nested(3000)}},
+    "a tool's schema": {
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "f",
+                    "parameters": {"type": "object", "properties": {"x": {"enum": _nested(3000)}}},
+                },
+            }
+        ]
+    },
+}
+
+
+@pytest.mark.parametrize("where", sorted(TOO_DEEP))
+def test_arguments_too_deep_to_send_are_the_callers_mistake_not_ollamas(
+    sqlite_url: str, emulator: OllamaEmulator, where: str
+) -> None:
+    """A value nested past what JSON encoding recurses through: the ``ollama`` client raises
+    RecursionError before sending. The meter took it for Ollama's failure (``upstream_error``),
+    tried it three times and counted it against the model's circuit."""
+    arguments = {"model": "llama3.1:8b", "messages": HI, **TOO_DEEP[where]}
+    with pytest.raises(RecursionError):
+        ollama.Client(host=emulator.url).chat(**arguments)
+    with MeteredClient(emulator.url, db_url=sqlite_url, breaker_failures=1) as metered:
+        for _ in range(2):
+            with pytest.raises(InvalidRequest) as refused:
+                metered.chat(**arguments)
+        answer = metered.chat(model="llama3.1:8b", messages=HI)  # no circuit opened
+        spans = metered.meter.ledger.latest(SpanFilter(), 5)
+    assert not isinstance(refused.value, ollama.ResponseError)
+    assert str(refused.value).startswith("the request is malformed, so it was not sent to Ollama")
+    assert answer.meter is not None and answer.meter.status == "ok"
+    assert [(s.status, s.error_type, s.input_tokens, s.output_tokens) for s in spans[1:]] == [
+        ("error", "bad_request", 0, 0)
+    ] * 2
+    assert len(emulator.requests_to("/api/chat")) == 1  # the good call; nothing tried again
