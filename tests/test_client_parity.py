@@ -9,8 +9,10 @@ from typing import Any
 
 import ollama
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter import AsyncMeteredClient, InvalidRequest, MeteredClient, UpstreamError
+from ollama_meter._text import one_line
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import Fault, OllamaEmulator, unreachable_url
 
@@ -183,3 +185,33 @@ def test_arguments_too_deep_to_send_are_the_callers_mistake_not_ollamas(
         ("error", "bad_request", 0, 0)
     ] * 2
     assert len(emulator.requests_to("/api/chat")) == 1  # the good call; nothing tried again
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=8),
+    control=st.sampled_from(["\n", "\r", "\x1b[31m", "\x07", "\u202e", "\x9b2J"]),
+)
+def test_a_model_name_with_control_characters_is_said_on_one_line(
+    sqlite_url: str, emulator: OllamaEmulator, name: str, control: str
+) -> None:
+    """Ollama's 404 repeats the name as given; the error said it raw in its ``ollama pull``
+    hint and Ollama's own words: a name with a newline or an escape sequence broke the line
+    an application logs it on, or recoloured the terminal it is read on."""
+    model = f"x{control}{name}"
+    with MeteredClient(emulator.url, db_url=sqlite_url) as metered:
+        with pytest.raises(ollama.ResponseError) as raised:
+            metered.chat(model=model, messages=HI)
+        (span,) = metered.meter.ledger.latest(SpanFilter(), 1)
+    said = str(raised.value)
+    assert one_line(said) == said and raised.value.error == said
+    assert said.startswith(f"model '{one_line(model)}' is not available on {emulator.url}")
+    assert f"`ollama pull {one_line(model)}`" in said
+    assert (span.status, span.error_type, span.input_tokens, span.output_tokens) == (
+        "error",
+        "model_not_found",
+        0,
+        0,
+    )
