@@ -93,4 +93,7 @@ def with_meter(response: Any, run: Run) -> Any:
     cls = _METERED[type(response)]
     values = {name: getattr(response, name) for name in type(response).model_fields}
     meter = MeterInfo.of(run.span, recorded_by=run.recorded_by)
-    return cls.model_construct(_fields_set=set(response.model_fields_set), meter=meter, **values)
+    # set, so read by key too (``r["meter"]``): the ollama client's answers read a field unset
+    # and None as absent; ``exclude`` keeps it out of model_dump all the same
+    fields = {*response.model_fields_set, "meter"}
+    return cls.model_construct(_fields_set=fields, meter=meter, **values)

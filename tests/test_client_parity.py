@@ -215,3 +215,25 @@ def test_a_model_name_with_control_characters_is_said_on_one_line(
         0,
         0,
     )
+
+
+def test_meter_is_read_by_key_as_every_field_of_an_ollama_answer_is(
+    sqlite_url: str, emulator: OllamaEmulator
+) -> None:
+    """The ``ollama`` client's answers are read by attribute or by key (``r["message"]``);
+    ``r["meter"]`` was a KeyError and ``"meter" in r`` False, though ``r.meter`` was set."""
+    with MeteredClient(emulator.url, db_url=sqlite_url) as metered:
+        answers = [
+            metered.chat(model="llama3.1:8b", messages=HI),
+            metered.generate(model="llama3.1:8b", prompt="hi"),
+            metered.embed(model="nomic-embed-text", input="hi"),
+            metered.embeddings(model="nomic-embed-text", prompt="hi"),
+            [*metered.chat(model="llama3.1:8b", messages=HI, stream=True)][-1],
+        ]
+        spans = metered.meter.ledger.latest(SpanFilter(), 10)
+    expected = ollama.Client(host=emulator.url).chat(model="llama3.1:8b", messages=HI)
+    for answer in answers:
+        assert "meter" in answer and answer["meter"] is answer.meter is not None
+        assert "meter" not in answer.model_dump() and "meter" not in answer.model_dump_json()
+    assert answers[0].model_dump().keys() == expected.model_dump().keys()
+    assert sorted(a["meter"].id for a in answers) == sorted(s.id for s in spans)
