@@ -237,3 +237,20 @@ def test_meter_is_read_by_key_as_every_field_of_an_ollama_answer_is(
         assert "meter" not in answer.model_dump() and "meter" not in answer.model_dump_json()
     assert answers[0].model_dump().keys() == expected.model_dump().keys()
     assert sorted(a["meter"].id for a in answers) == sorted(s.id for s in spans)
+
+
+def test_no_answer_in_time_is_a_timeout_error(sqlite_url: str, emulator: OllamaEmulator) -> None:
+    """The ``ollama`` client lets httpx's timeout through; ours is the built-in one."""
+    with MeteredClient(emulator.url, db_url=sqlite_url, retries=0, upstream_timeout=0.3) as m:
+        emulator.inject(Fault.HANG)
+        with pytest.raises(TimeoutError) as raised:
+            m.chat(model="llama3.1:8b", messages=HI)
+        (span,) = m.meter.ledger.latest(SpanFilter(), 1)
+    assert isinstance(raised.value, UpstreamError) and not isinstance(
+        raised.value, ollama.ResponseError
+    )
+    assert str(raised.value) == (
+        f"Ollama at {emulator.url} did not answer in time; "
+        "raise OMETER_UPSTREAM_TIMEOUT or check the server's load"
+    )
+    assert (span.status, span.error_type) == ("error", "timeout")
