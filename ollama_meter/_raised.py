@@ -2,8 +2,8 @@
 the ``except`` clauses written for that client.
 
 ``errors`` stays free of the ``ollama`` package (the CLI imports it, and ``ollama`` is heavy),
-so the error a call raises is made its twin here, at the client's door: the same message,
-attributes (``span_id``) and traceback, now also an ``ollama.ResponseError`` with Ollama's
+so the error a call raises is made its twin here, at the client's door: the same name,
+message, attributes (``span_id``) and traceback, now also an ``ollama.ResponseError`` with Ollama's
 ``status_code`` and ``error``, or a built-in ``ConnectionError`` / ``TimeoutError`` where the
 ``ollama`` client raises those (``httpx``'s timeouts are not ``TimeoutError``s; ours are both).
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import ollama
 
@@ -39,12 +40,29 @@ def _twin(cls: type[UpstreamError]) -> type[UpstreamError]:
     with _MAKING:
         twin = _TWINS.get(cls)
         if twin is None:
-            name = f"Ollamas{cls.__name__}"
-            # ``__str__`` stays ours: ResponseError's adds "(status code: ...)" to a line that says it
-            body = {"__module__": __name__, "__qualname__": name, "__str__": cls.__str__}
-            twin = _TWINS[cls] = type(name, (cls, _builtin(cls)), body)
-            globals()[name] = twin  # found by name, as pickle finds a class
+            # Named as ``cls`` (a traceback, a log, an error tracker's grouping say ModelNotFound
+            # as before); ``__str__`` stays ours, where ResponseError's adds "(status code: ...)"
+            body = {
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "__str__": cls.__str__,
+                "__reduce__": _reduce,
+            }
+            twin = _TWINS[cls] = type(cls.__name__, (cls, _builtin(cls)), body)
         return twin
+
+
+def _reduce(error: BaseException) -> tuple[Any, ...]:
+    """Pickled (to another process, say) as the original class's error, made its twin again."""
+    return (_made, (type(error).__mro__[1], error.args, dict(error.__dict__)))
+
+
+def _made(cls: type[UpstreamError], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    twin = _twin(cls)
+    made = twin.__new__(twin, *args)
+    made.args = args  # OSError's __new__ leaves them to an __init__ we do not run
+    made.__dict__.update(state)
+    return made
 
 
 def as_ollamas(error: BaseException) -> BaseException:
@@ -55,10 +73,7 @@ def as_ollamas(error: BaseException) -> BaseException:
         return error
     if type(error) in _TWINS.values():
         return error
-    twin = _twin(type(error))
-    made = twin.__new__(twin, *error.args)
-    made.args = error.args  # OSError's __new__ leaves them to an __init__ we do not run
-    made.__dict__.update(error.__dict__)
+    made = _made(type(error), error.args, error.__dict__)
     if isinstance(made, ollama.ResponseError):
         made.error = str(error)
         if made.status_code is None:  # said inside a 200 stream: the ollama client's -1

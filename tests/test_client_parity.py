@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import pickle
 from typing import Any
 
 import ollama
@@ -60,6 +61,23 @@ def test_ollamas_failure_is_caught_as_the_ollama_client_raises_it(
     assert (got.status_code, got.error) == (expected.status_code, str(got))
     assert str(got).startswith(("Ollama", "model", "the stream")) and "status code" not in str(got)
     assert (span.status, span.error_type) == ("error", status)
+    # said by its own name in a traceback, and sent to another process as it is
+    assert (
+        f"{type(got).__module__}.{type(got).__qualname__}"
+        == "ollama_meter.errors."
+        + {
+            "model_not_found": "ModelNotFound",
+            "upstream_5xx": "UpstreamServerError",
+            "stream_error": "StreamError",
+        }[status]
+    )
+    copied = pickle.loads(pickle.dumps(got))
+    assert (type(copied), copied.status_code, copied.error, str(copied)) == (
+        type(got),
+        got.status_code,
+        got.error,
+        str(got),
+    )
 
 
 def test_no_connection_is_a_connection_error_as_the_ollama_clients_is(sqlite_url: str) -> None:
