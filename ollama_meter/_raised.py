@@ -18,17 +18,22 @@ from typing import Any
 import ollama
 
 from ollama_meter.errors import (
+    BudgetExceeded,
     InvalidRequest,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamTimeout,
 )
 
-_TWINS: dict[type[UpstreamError], type[UpstreamError]] = {}
+Failure = UpstreamError | BudgetExceeded
+"""What the ``ollama`` client's callers catch as its own: Ollama's failures, and a hard
+budget's refusal (the gateway answers those clients 429, ``ollama.ResponseError``)."""
+
+_TWINS: dict[type[Failure], type[Failure]] = {}
 _MAKING = threading.Lock()
 
 
-def _builtin(cls: type[UpstreamError]) -> type[Exception]:
+def _builtin(cls: type[Failure]) -> type[Exception]:
     if issubclass(cls, UpstreamConnectionError):
         return ConnectionError
     if issubclass(cls, UpstreamTimeout):
@@ -36,7 +41,7 @@ def _builtin(cls: type[UpstreamError]) -> type[Exception]:
     return ollama.ResponseError
 
 
-def _twin(cls: type[UpstreamError]) -> type[UpstreamError]:
+def _twin(cls: type[Failure]) -> type[Failure]:
     with _MAKING:
         twin = _TWINS.get(cls)
         if twin is None:
@@ -57,7 +62,7 @@ def _reduce(error: BaseException) -> tuple[Any, ...]:
     return (_made, (type(error).__mro__[1], error.args, dict(error.__dict__)))
 
 
-def _made(cls: type[UpstreamError], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+def _made(cls: type[Failure], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
     twin = _twin(cls)
     made = twin.__new__(twin, *args)
     made.args = args  # OSError's __new__ leaves them to an __init__ we do not run
@@ -69,14 +74,16 @@ def as_ollamas(error: BaseException) -> BaseException:
     """``error``, when Ollama's failure, as the twin of its class that the ``ollama`` client's
     handlers catch (the same message, attributes and traceback); anything else as it is (a
     refusal never sent is a ValueError already). Raise it ``from error.__cause__``."""
-    if not isinstance(error, UpstreamError) or isinstance(error, InvalidRequest):
+    if not isinstance(error, Failure) or isinstance(error, InvalidRequest):
         return error
     if type(error) in _TWINS.values():
         return error
     made = _made(type(error), error.args, error.__dict__)
     if isinstance(made, ollama.ResponseError):
         made.error = str(error)
-        if made.status_code is None:  # said inside a 200 stream: the ollama client's -1
+        if isinstance(made, BudgetExceeded):
+            made.status_code = 429  # as the gateway answers it
+        elif made.status_code is None:  # said inside a 200 stream: the ollama client's -1
             made.status_code = -1
     return made.with_traceback(error.__traceback__)
 
@@ -86,7 +93,7 @@ def raised_as_ollamas() -> Iterator[None]:
     """Ollama's failures inside, raised as :func:`as_ollamas` makes them."""
     try:
         yield
-    except UpstreamError as exc:
+    except (UpstreamError, BudgetExceeded) as exc:
         made = as_ollamas(exc)
         if made is exc:
             raise

@@ -12,10 +12,18 @@ import ollama
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ollama_meter import AsyncMeteredClient, InvalidRequest, MeteredClient, UpstreamError
+from ollama_meter import (
+    AsyncMeteredClient,
+    BudgetExceeded,
+    InvalidRequest,
+    MeteredClient,
+    UpstreamError,
+)
 from ollama_meter._text import one_line
+from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import Fault, OllamaEmulator, unreachable_url
+from tests.factories import token_prices
 
 HI = [{"role": "user", "content": "say hi to the team"}]
 
@@ -272,3 +280,38 @@ def test_no_answer_in_time_is_a_timeout_error(sqlite_url: str, emulator: OllamaE
         "raise OMETER_UPSTREAM_TIMEOUT or check the server's load"
     )
     assert (span.status, span.error_type) == ("error", "timeout")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_budgets_refusal_is_caught_as_the_gateways_429_is(
+    sqlite_url: str, emulator: OllamaEmulator, stream: bool
+) -> None:
+    """Through the gateway an ``ollama`` client's code sees a hard budget's refusal as
+    ``ResponseError`` 429; through ``MeteredClient`` the same code let it through."""
+    with MeteredClient(emulator.url, tenant="acme", department="sales", db_url=sqlite_url) as m:
+        m.meter.ledger.add_price_rule(token_prices())
+        first = m.chat(model="llama3.1:8b", messages=HI)
+        assert first.meter is not None
+        m.meter.ledger.save_budget(
+            Budget(
+                tenant="acme",
+                department="sales",
+                period="month",
+                limit=int(first.meter.cost * 1_000_000),
+                currency="USD",
+            )
+        )
+        assert m.meter.budgets is not None
+        m.meter.budgets.reload_soon()
+        with pytest.raises(ollama.ResponseError) as refused:
+            for _ in m.chat(model="llama3.1:8b", messages=HI, stream=stream):  # type: ignore[union-attr]
+                pass
+        spans = m.meter.ledger.latest(SpanFilter(), 5)
+    assert isinstance(refused.value, BudgetExceeded) and refused.value.retry_after > 0
+    assert (refused.value.status_code, refused.value.error) == (429, str(refused.value))
+    assert type(refused.value).__qualname__ == "BudgetExceeded"
+    assert [(s.status, s.error_type, s.input_tokens, s.cost_total) for s in spans] == [
+        ("rejected", "budget_exceeded", 0, 0),
+        ("ok", None, first.meter.input_tokens, int(first.meter.cost * 1_000_000)),
+    ]
+    assert len(emulator.requests_to("/api/chat")) == 1
