@@ -15,13 +15,16 @@ from ollama_meter._lazy import lazy_names, names_in
 from ollama_meter._version import __version__ as __version__
 
 if TYPE_CHECKING:
-    from ollama_meter._client import (
-        AsyncMeteredClient as AsyncMeteredClient,
+    from ollama_meter._answers import (
         MeteredChatResponse as MeteredChatResponse,
-        MeteredClient as MeteredClient,
+        MeteredEmbeddingsResponse as MeteredEmbeddingsResponse,
         MeteredEmbedResponse as MeteredEmbedResponse,
         MeteredGenerateResponse as MeteredGenerateResponse,
         MeterInfo as MeterInfo,
+    )
+    from ollama_meter._client import (
+        AsyncMeteredClient as AsyncMeteredClient,
+        MeteredClient as MeteredClient,
     )
     from ollama_meter._logging import configure_logging as configure_logging
     from ollama_meter.config import Settings as Settings, load_settings as load_settings
@@ -49,8 +52,9 @@ if TYPE_CHECKING:
     from ollama_meter.records import SpanRecord as SpanRecord
 
 _NAMES = {
-    "ollama_meter._client": "AsyncMeteredClient MeteredChatResponse MeteredClient "
-    "MeteredEmbedResponse MeteredGenerateResponse MeterInfo",
+    "ollama_meter._answers": "MeteredChatResponse MeteredEmbedResponse MeteredEmbeddingsResponse "
+    "MeteredGenerateResponse MeterInfo",
+    "ollama_meter._client": "AsyncMeteredClient MeteredClient",
     "ollama_meter._logging": "configure_logging",
     "ollama_meter.config": "Settings load_settings",
     "ollama_meter.errors": "BudgetError BudgetExceeded CircuitOpen ClientClosed ConfigError "

@@ -71,7 +71,7 @@ NOT_NONE = {
         ).parameters.items()
         if parameter.default not in (None, inspect.Parameter.empty)
     )
-    for operation in ("chat", "generate", "embed")
+    for operation in ("chat", "generate", "embed", "embeddings")
 }
 """Parameters the ``ollama`` client defaults to something else than None: None given there is
 passed on (and refused by it), not left out for its default (``embed(input=None)`` is not ``''``)."""

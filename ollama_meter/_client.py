@@ -1,6 +1,6 @@
 """The Python API: ``MeteredClient`` and ``AsyncMeteredClient``, drop-ins for the ``ollama`` clients.
 
-Same ``chat``, ``generate`` and ``embed`` calls, plus who to charge. Every call
+Same ``chat``, ``generate``, ``embed`` and ``embeddings`` calls, plus who to charge. Every call
 goes through the one meter; answers are the ``ollama`` response objects with a
 ``meter`` attribute (on the last chunk of a stream).
 """
@@ -20,13 +20,17 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Generic, TypeVar, cast
 
 import ollama
-from pydantic import Field
 
+from ollama_meter._answers import (
+    MeteredChatResponse,
+    MeteredEmbeddingsResponse,
+    MeteredEmbedResponse,
+    MeteredGenerateResponse,
+    with_meter,
+)
 from ollama_meter._arguments import (
     NOT_NONE,
     WHO,
@@ -36,95 +40,18 @@ from ollama_meter._arguments import (
     tags_of,
 )
 from ollama_meter._hooks import Hook, Hooks, check_hook
+from ollama_meter._raised import raised_as_ollamas
 from ollama_meter.config import load_settings
 from ollama_meter.errors import ClientClosed, InvalidRequest
-from ollama_meter.meter import Attribution, Meter, Run, SpanRecord
-from ollama_meter.pricing import from_micros
-from ollama_meter.records import record_from
-
-
-@dataclass(frozen=True, slots=True)
-class MeterInfo:
-    """What the meter recorded for a call: ids, tokens, exact cost and its parts, timings."""
-
-    id: str
-    """The ledger's id of the call: what ``ometer log`` shows (also :attr:`span_id`)."""
-    trace_id: str
-    otel_span_id: str
-    """The OpenTelemetry span id, as exported; not the ledger's id."""
-    status: str
-    input_tokens: int
-    output_tokens: int
-    token_source: str
-    cost: Decimal
-    currency: str
-    unpriced: bool
-    cost_parts: dict[str, Decimal] = field(default_factory=dict)
-    durations_ns: dict[str, int | None] = field(default_factory=dict)
-    duration_source: str | None = None
-    """``reported`` (Ollama's own timing) or ``measured`` (the meter's clock, where Ollama gave none)."""
-    recorded_by: str | None = None
-    """The ``ometer`` gateway (its address) that recorded the call in this client's own ledger:
-    its span, :attr:`id`, is the call's one record, and this client wrote none. None when
-    the client recorded the call itself."""
-
-    @property
-    def span_id(self) -> str:
-        """The ledger's id of the call, as ``ometer chat --json`` names it: :attr:`id`.
-
-        Not ``SpanRecord.span_id``, which is the OpenTelemetry span id (:attr:`otel_span_id`).
-        """
-        return self.id
-
-    @classmethod
-    def of(cls, span: SpanRecord, *, recorded_by: str | None = None) -> MeterInfo:
-        return record_from(
-            cls,
-            span,
-            recorded_by=recorded_by,
-            otel_span_id=span.span_id,
-            cost=from_micros(span.cost_total),
-            cost_parts={
-                part: from_micros(getattr(span, f"cost_{part}"))
-                for part in ("tokens", "compute", "energy", "fee")
-            },
-            durations_ns=span.durations(),
-        )
-
-
-class MeteredChatResponse(ollama.ChatResponse):
-    meter: MeterInfo | None = Field(default=None, exclude=True)
-
-
-class MeteredGenerateResponse(ollama.GenerateResponse):
-    meter: MeterInfo | None = Field(default=None, exclude=True)
-
-
-class MeteredEmbedResponse(ollama.EmbedResponse):
-    meter: MeterInfo | None = Field(default=None, exclude=True)
-
-
-_METERED: dict[type, type[Any]] = {
-    ollama.ChatResponse: MeteredChatResponse,
-    ollama.GenerateResponse: MeteredGenerateResponse,
-    ollama.EmbedResponse: MeteredEmbedResponse,
-}
-
-
-def with_meter(response: Any, run: Run) -> Any:
-    """The same response, as its metered subclass carrying ``meter``."""
-    cls = _METERED[type(response)]
-    values = {name: getattr(response, name) for name in type(response).model_fields}
-    meter = MeterInfo.of(run.span, recorded_by=run.recorded_by)
-    return cls.model_construct(_fields_set=set(response.model_fields_set), meter=meter, **values)
-
+from ollama_meter.meter import Attribution, Meter, Run
 
 _Chat = TypeVar("_Chat")
 _Generate = TypeVar("_Generate")
 _Embed = TypeVar("_Embed")
+_Embeddings = TypeVar("_Embeddings")
 
 
-class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
+class _Base(ABC, Generic[_Chat, _Generate, _Embed, _Embeddings]):
     """The calls, once: each builds its request and who to charge, then hands it to ``_go``.
 
     The sync and async clients differ only in how they drive a :class:`Run`
@@ -171,6 +98,8 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         tools: Sequence[Any] | None = None,
         stream: bool = False,
         think: Any = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
         format: Any = None,
         options: Mapping[str, Any] | ollama.Options | None = None,
         keep_alive: float | str | None = None,
@@ -180,7 +109,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
     def generate(
         self,
         model: str = "",
-        prompt: str = "",
+        prompt: str | None = None,
         suffix: str | None = None,
         *,
         tenant: str | None = None,
@@ -192,11 +121,16 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         context: Sequence[int] | None = None,
         stream: bool = False,
         think: Any = None,
+        logprobs: bool | None = None,
+        top_logprobs: int | None = None,
         raw: bool | None = None,
         format: Any = None,
         images: Sequence[Any] | None = None,
         options: Mapping[str, Any] | ollama.Options | None = None,
         keep_alive: float | str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        steps: int | None = None,
     ) -> _Generate:
         return cast("_Generate", self._call("generate", locals()))
 
@@ -215,6 +149,21 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed]):
         tags: Mapping[str, str] | None = None,
     ) -> _Embed:
         return cast("_Embed", self._call("embed", locals()))
+
+    def embeddings(
+        self,
+        model: str = "",
+        prompt: str | None = None,
+        options: Mapping[str, Any] | ollama.Options | None = None,
+        keep_alive: float | str | None = None,
+        *,
+        tenant: str | None = None,
+        department: str | None = None,
+        user: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> _Embeddings:
+        """The ``ollama`` client's older call for one vector (``/api/embeddings``)."""
+        return cast("_Embeddings", self._call("embeddings", locals()))
 
     def _call(self, operation: str, arguments: dict[str, Any]) -> Any:
         """A call from its method's arguments, driven by ``_go`` (which reads them when it
@@ -287,6 +236,7 @@ class MeteredClient(
         MeteredChatResponse | Iterator[ollama.ChatResponse],
         MeteredGenerateResponse | Iterator[ollama.GenerateResponse],
         MeteredEmbedResponse,
+        MeteredEmbeddingsResponse,
     ]
 ):
     """``ollama.Client`` with metering: ``MeteredClient(department="sales").chat(...)``."""
@@ -298,15 +248,17 @@ class MeteredClient(
             raise self._unnamed(run)
         if run.stream:
             return self._streamed(run)
-        (answer,) = list(run)
+        with raised_as_ollamas():
+            (answer,) = list(run)
         return with_meter(answer, run)
 
     def _streamed(self, run: Run) -> Iterator[Any]:
         self._check_open()  # a stream's call starts when it is first read: maybe after close()
         parts = run.__iter__()
         try:
-            for part in parts:
-                yield _metered(part, run)
+            with raised_as_ollamas():
+                for part in parts:
+                    yield _metered(part, run)
         finally:  # left unread (break, dropped): the call ends now, not when it is collected
             parts.close()
 
@@ -343,7 +295,8 @@ class _Chunks:
         if self._parts is None:
             self._client._check_open()  # its call starts when it is first read: after close()?
             self._parts, self._loop = self._run.__aiter__(), asyncio.get_running_loop()
-        return _metered(await anext(self._parts), self._run)
+        with raised_as_ollamas():
+            return _metered(await anext(self._parts), self._run)
 
     async def aclose(self) -> None:
         if self._parts is not None:
@@ -382,6 +335,7 @@ class AsyncMeteredClient(
         Awaitable[MeteredChatResponse | AsyncIterator[ollama.ChatResponse]],
         Awaitable[MeteredGenerateResponse | AsyncIterator[ollama.GenerateResponse]],
         Awaitable[MeteredEmbedResponse],
+        Awaitable[MeteredEmbeddingsResponse],
     ]
 ):
     """``ollama.AsyncClient`` with metering; the ledger writes run off the event loop.
@@ -396,7 +350,8 @@ class AsyncMeteredClient(
             raise await asyncio.to_thread(self._unnamed, run)
         if run.stream:
             return _Chunks(self, run)
-        answers = [part async for part in run]
+        with raised_as_ollamas():
+            answers = [part async for part in run]
         return with_meter(answers[-1], run)
 
     async def close(self) -> None:

@@ -48,7 +48,18 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"meter"}),
     # entry points
     frozenset(
-        {"__init__", "__main__", "_client", "_hooks", "_arguments", "demo", "gateway", "cli"}
+        {
+            "__init__",
+            "__main__",
+            "_answers",
+            "_client",
+            "_hooks",
+            "_arguments",
+            "_raised",
+            "demo",
+            "gateway",
+            "cli",
+        }
     ),
 )
 """Lowest first. A part may import its own layer and the layers below, never one above."""

@@ -263,6 +263,7 @@ def test_public_surface_is_pinned() -> None:
             "MeteredChatResponse",
             "MeteredClient",
             "MeteredEmbedResponse",
+            "MeteredEmbeddingsResponse",
             "MeteredGenerateResponse",
             "ModelNotFound",
             "OmeterError",

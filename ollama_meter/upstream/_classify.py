@@ -25,6 +25,7 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
 
+from ollama_meter._text import one_line
 from ollama_meter.errors import (
     GatewayBudgetExceeded,
     InvalidRequest,
@@ -191,9 +192,11 @@ MODEL_SAID_MOST = 100
 
 
 def _brief(text: str, most: int) -> str:
+    """``text`` on one line (a model's name or Ollama's words may hold a newline or an escape
+    sequence), cut to ``most`` characters."""
     if len(text) <= most:
-        return text
-    return f"{text[:most]}... ({len(text):,} characters)"
+        return one_line(text)
+    return f"{one_line(text[:most])}... ({len(text):,} characters)"
 
 
 def answer_error(
@@ -213,7 +216,7 @@ def answer_error(
     detail, model = _brief(detail, SAID_MOST), _brief(model, MODEL_SAID_MOST)
     if status == 404 and "model" in lowered and "not found" in lowered:
         return ModelNotFound(
-            f"model {model!r} is not available on {host} ({detail}); "
+            f"model '{model}' is not available on {host} ({detail}); "
             f"pull it with `ollama pull {model}` or pick one from `ollama list`",
             status_code=status,
         )

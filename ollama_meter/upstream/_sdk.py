@@ -435,4 +435,4 @@ def _says_done(part: object) -> bool:
 
 
 def _no_stream(operation: str) -> dict[str, Any]:
-    return {} if operation == "embed" else {"stream": False}
+    return {} if operation in ("embed", "embeddings") else {"stream": False}

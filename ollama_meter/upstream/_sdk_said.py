@@ -22,7 +22,8 @@ def refused_by_client(exc: BaseException) -> bool:
     """
     if isinstance(exc, pydantic.ValidationError):
         return not exc.title.endswith("Response")
-    return isinstance(exc, ollama.RequestError | TypeError) or (
+    # a value nested too deep to encode: the ollama client raises RecursionError before sending
+    return isinstance(exc, ollama.RequestError | TypeError | RecursionError) or (
         isinstance(exc, ValueError) and not isinstance(exc, json.JSONDecodeError)
     )
 
