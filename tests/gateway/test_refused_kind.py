@@ -75,3 +75,22 @@ def test_a_gateway_rate_limits_refusals_do_not_open_the_models_circuit(
                 client.chat(MODEL, HI)
             assert refused.value.error_type == "rate_limited"
             assert "gateway" in str(refused.value) and "over its limit" in str(refused.value)
+
+
+def test_ometer_chat_exits_3_when_the_gateways_budget_refuses(  # type: ignore[no-untyped-def]
+    cli, emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], monkeypatch
+) -> None:
+    gw = serve_on(emulator.url, sqlite_url, config={"department": "ops"})
+    gw.ledger.add_price_rule(token_prices())
+    gw.ledger.save_budget(Budget("default", "ops", "month", 1, "USD"))
+    monkeypatch.setenv("OLLAMA_HOST", gw.url)
+    monkeypatch.setenv("OMETER_DB_URL", sqlite_url)
+    result = cli("chat", "-m", MODEL, "hi")
+    assert result.code == 3, result.stderr  # as a budget of its own refuses: not 1
+    assert f"the gateway at {gw.url} refused the call (HTTP 429): hard budget" in result.stderr
+    assert "Traceback" not in result.stderr
+    gw.settle()
+    spans = gw.ledger.latest(SpanFilter(), 10)  # the gateway's refusal, the call's one record
+    assert [(s.source, s.status, s.error_type) for s in spans] == [
+        ("gateway", "rejected", "budget_exceeded")
+    ]
