@@ -16,6 +16,7 @@ import functools
 import json
 from collections.abc import AsyncGenerator, AsyncIterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import aiohttp
 from aiohttp.http_exceptions import (
@@ -29,12 +30,14 @@ from ollama_meter.upstream._classify import (
     Failure,
     answer_error,
     detail_of,
+    gateway_refusal,
     no_connection,
     retry_after_seconds,
     transport_error,
 )
 from ollama_meter.upstream._frames import MAX_FRAME_BYTES, Frames
 from ollama_meter.upstream._kept import Connections, sending, stale
+from ollama_meter.upstream._recorded import REFUSED_HEADER
 from ollama_meter.upstream._resilience import (
     CallAttempts,
     CircuitBreaker,
@@ -237,7 +240,9 @@ class PooledUpstream(Resilient):
         else:
             self.finish(response, completed=True)
         header = header_of(response, b"retry-after")
-        failure = answer_error(
+        # A gateway in front of Ollama that refused the call itself: its words, no server's failure
+        refused = header_of(response, REFUSED_HEADER.lower().encode())
+        failure = (answer_error if refused is None else partial(gateway_refusal, refused))(
             response.status,
             detail_of(answer.decode(errors="replace")),
             host=self.host,

@@ -11,6 +11,7 @@ also once the budget was raised, and ``ometer chat`` exited 1.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,22 @@ def test_ometer_chat_exits_3_when_the_gateways_budget_refuses(  # type: ignore[n
     assert [(s.source, s.status, s.error_type) for s in spans] == [
         ("gateway", "rejected", "budget_exceeded")
     ]
+
+
+def test_a_gateway_behind_a_gateway_counts_its_budget_refusals_on_no_circuit(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    inner = serve_on(emulator.url, sqlite_url, config={"department": "ops"})
+    inner.ledger.add_price_rule(token_prices())
+    inner.ledger.save_budget(Budget("default", "ops", "month", 1, "USD"))
+    outer = serve_on(inner.url, f"sqlite:///{tmp_path / 'outer.db'}", config={"department": "ops"})
+    body = {"model": MODEL, "messages": HI, "stream": False}
+    for _ in range(4):  # past the outer gateway's three failures in a row
+        answer = outer.client.post("/api/chat", json=body)
+        assert answer.status_code == 429, answer.text
+        assert "hard budget" in answer.json()["error"]  # the inner gateway's words, not a circuit's
+    outer.settle()
+    spans = outer.ledger.latest(SpanFilter(), 10)
+    assert [(s.status, s.error_type, s.upstream_host) for s in spans] == [
+        ("error", "budget_exceeded", "")
+    ] * 4
