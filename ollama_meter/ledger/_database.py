@@ -269,10 +269,11 @@ class Database:
             and (full := full_disk(self._file))
         ):
             return f"{text}: {full}{meanwhile}"
-        if "statement timeout" in lowered:
-            return (
-                f"{text}: the server's statement_timeout for this user stopped it; raise it "
-                "(ALTER ROLE ... SET statement_timeout = '10min') or leave it unset for ometer"
+        if "statement timeout" in lowered or "due to user request" in lowered:  # ometer sends none:
+            return (  # a short statement_timeout running out between two statements says that
+                f"{text}: the server's statement_timeout for this user (or an admin's cancel) "
+                "stopped it; raise it (ALTER ROLE ... SET statement_timeout = '10min') or leave "
+                "it unset for ometer"
             )
         if any(said in lowered for said in AT_CONNECTION_LIMIT):
             return (

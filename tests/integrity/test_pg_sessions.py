@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -404,3 +405,21 @@ def test_a_database_whose_encoding_cannot_hold_every_name_is_not_made_a_ledger(
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE {make_url(url).database} WITH (FORCE)"))
         admin.dispose()
+
+
+@pytest.mark.parametrize("why", ["statement timeout", "user request"])
+def test_a_statement_the_server_cancelled_names_the_statement_timeout(
+    tmp_path: Path, why: str
+) -> None:
+    """PostgreSQL says "user request" for a short statement_timeout that ran out between two
+    statements (ci108, a 1 ms timeout on a loaded machine): ometer sends no cancel of its own,
+    so that too is the role's statement_timeout (or an admin), said with what to change."""
+    from psycopg.errors import QueryCanceled
+    from sqlalchemy.exc import DBAPIError
+
+    from ollama_meter.ledger._database import Database
+
+    cancelled = QueryCanceled(f"canceling statement due to {why}")
+    said = Database(f"sqlite:///{tmp_path / 'l.db'}").explain(DBAPIError("SELECT 1", {}, cancelled))
+    assert said.startswith(f"canceling statement due to {why}: the server's statement_timeout")
+    assert "raise it (ALTER ROLE ... SET statement_timeout = '10min')" in said
