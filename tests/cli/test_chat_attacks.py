@@ -604,3 +604,35 @@ def test_chat_json_stopped_by_a_signal_still_prints_its_one_object(
         if signum == signal.SIGINT
         else f"stopped by signal {signum} before the answer was complete"
     )
+
+
+@pytest.mark.parametrize(("signum", "code"), STOPPING)
+def test_a_whole_reply_stopped_by_a_signal_while_ollama_works_charges_the_prompt(
+    emulator: OllamaEmulator, sqlite_url: str, signum: int, code: int
+) -> None:
+    """``--no-stream`` stopped while Ollama evaluated the prompt (no byte of the answer yet):
+    its span charged 0 tokens, said to be ``reported``. Now the prompt, estimated."""
+    env = {**os.environ, "OMETER_DB_URL": sqlite_url, "OLLAMA_HOST": emulator.url}
+    emulator.latency = 5.0
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", FOREGROUND, "chat", "--no-stream", "-m", "llama3.1:8b", "hi"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 30
+        while not emulator.requests_to("/api/chat"):
+            assert time.monotonic() < deadline and proc.poll() is None, "no request came"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signum)
+        proc.communicate(timeout=30)
+        assert proc.returncode == code
+    finally:
+        emulator.hurry()
+    with MeteredClient(db_url=sqlite_url) as client:
+        (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.status, span.output_tokens, span.token_source) == ("client_abort", 0, "estimated")
+    assert span.input_tokens > 0
