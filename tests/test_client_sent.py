@@ -134,6 +134,14 @@ def calls(draw: st.DrawFn, where: Path) -> tuple[str, dict[str, Any]]:
     return operation, {"messages": messages, "tools": draw(TOOLS) or None, **common}
 
 
+def _drawn(data: st.DataObject, where: Path) -> tuple[str, str, dict[str, Any]]:
+    """A call: its operation, a model that takes it, and its arguments (streamed or not)."""
+    operation, arguments = data.draw(calls(where))
+    if operation != "embed":
+        arguments["stream"] = data.draw(st.booleans())
+    return operation, "nomic-embed-text" if operation == "embed" else "llama3.1:8b", arguments
+
+
 def _answers(answer: Any) -> Any:
     return answer if inspect.isgenerator(answer) else [answer]
 
@@ -171,10 +179,7 @@ def test_what_reaches_ollama_is_what_the_ollama_client_sends_for_any_argument_it
 def test_the_async_client_sends_what_ollamas_async_client_sends(
     sqlite_url: str, emulator: OllamaEmulator, tmp_path: Path, data: st.DataObject
 ) -> None:
-    operation, arguments = data.draw(calls(tmp_path))
-    model = "nomic-embed-text" if operation == "embed" else "llama3.1:8b"
-    if operation != "embed":
-        arguments["stream"] = data.draw(st.booleans())
+    operation, model, arguments = _drawn(data, tmp_path)
 
     async def called(client: Any) -> Any:
         answer = await getattr(client, operation)(model=model, **arguments)
