@@ -1,7 +1,8 @@
 """The Python API: ``MeteredClient`` and ``AsyncMeteredClient``, drop-ins for the ``ollama`` clients.
 
 Same ``chat``, ``generate``, ``embed`` and ``embeddings`` calls, plus who to charge. Every call
-goes through the one meter; answers are the ``ollama`` response objects with a
+goes through the one meter (the calls that run no model, ``list``, ``pull``... go as the
+``ollama`` client's do: ``_managing.py``); answers are the ``ollama`` response objects with a
 ``meter`` attribute (on the last chunk of a stream).
 """
 
@@ -40,6 +41,7 @@ from ollama_meter._arguments import (
     tags_of,
 )
 from ollama_meter._hooks import Hook, Hooks, check_hook
+from ollama_meter._managing import AsyncModelCalls, ModelCalls, Plain
 from ollama_meter._raised import raised_as_ollamas
 from ollama_meter.config import load_settings
 from ollama_meter.errors import ClientClosed, InvalidRequest
@@ -78,6 +80,7 @@ class _Base(ABC, Generic[_Chat, _Generate, _Embed, _Embeddings]):
         # ``is not None``: a hook object may be falsy (one with a __len__ of 0, say)
         hooks = [] if on_start is None and on_end is None else [Hooks(on_start, on_end)]
         self.meter = Meter.from_settings(cfg, source="sdk", observers=hooks)
+        self._plain = Plain(self.meter.upstream.host)  # for the calls that run no model
         self.attribution = Attribution(
             tenant=cfg.tenant if tenant is None else tenant,
             department=cfg.department if department is None else department,
@@ -237,7 +240,8 @@ class MeteredClient(
         MeteredGenerateResponse | Iterator[ollama.GenerateResponse],
         MeteredEmbedResponse,
         MeteredEmbeddingsResponse,
-    ]
+    ],
+    ModelCalls,
 ):
     """``ollama.Client`` with metering: ``MeteredClient(department="sales").chat(...)``."""
 
@@ -265,6 +269,7 @@ class MeteredClient(
     def close(self) -> None:
         self._closed = True
         self.meter.close_upstream()
+        self._plain.close()
 
     def __enter__(self) -> MeteredClient:
         return self
@@ -336,7 +341,8 @@ class AsyncMeteredClient(
         Awaitable[MeteredGenerateResponse | AsyncIterator[ollama.GenerateResponse]],
         Awaitable[MeteredEmbedResponse],
         Awaitable[MeteredEmbeddingsResponse],
-    ]
+    ],
+    AsyncModelCalls,
 ):
     """``ollama.AsyncClient`` with metering; the ledger writes run off the event loop.
 
@@ -358,6 +364,7 @@ class AsyncMeteredClient(
         """Close the connections to Ollama, as ``ollama.AsyncClient.close`` does."""
         self._closed = True
         await self.meter.aclose_upstream()
+        await self._plain.aclose()
 
     async def __aenter__(self) -> AsyncMeteredClient:
         return self

@@ -53,6 +53,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "__main__",
             "_answers",
             "_client",
+            "_managing",
             "_hooks",
             "_arguments",
             "_raised",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import socket
+import threading
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 
-from ollama_meter import MeteredClient, SpanRecord
+from ollama_meter import AsyncMeteredClient, MeteredClient, SpanRecord
 from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator, expected_reply
@@ -68,3 +71,85 @@ def test_ctrl_c_as_the_span_is_committed_still_records_the_call(
     assert [(s.status, s.output_tokens, s.token_source) for s in spans] == [
         ("ok", EXPECTED.output_tokens, "reported")
     ]
+
+
+def _stopped_at(seconds: float) -> None:
+    """Ctrl-C in this (the main) thread ``seconds`` from now, as a terminal sends it."""
+    threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_ctrl_c_while_ollama_works_on_the_call_charges_its_prompt(
+    sqlite_url: str, emulator: OllamaEmulator, stream: bool, request: pytest.FixtureRequest
+) -> None:
+    """Ctrl-C while Ollama evaluated a call it had whole (a whole answer not come yet, or a
+    stream before its first chunk) charged nothing, ``reported``: Ollama's work under-charged,
+    and said to be what it reported, although it reported nothing. Now its prompt is charged,
+    estimated, as a stream stopped after its first chunk charges it (and a call a dead
+    process left is charged when recovered)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    with MeteredClient(emulator.url, db_url=sqlite_url) as client:
+        client.meter.ledger.add_price_rule(token_prices())
+        emulator.latency = 5.0  # the prompt being evaluated: no byte of an answer yet
+        _stopped_at(0.5)
+        with pytest.raises(KeyboardInterrupt):
+            called(client, stream)
+        emulator.hurry()
+        (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+        # what a stream stopped after its first chunk is charged for the same prompt
+        emulator.token_latency = 5.0
+        _stopped_at(0.5)
+        with pytest.raises(KeyboardInterrupt):
+            for _ in client.chat(model="llama3.1:8b", messages=HI, stream=True):
+                pass
+        emulator.hurry()
+        later, _ = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.status, span.output_tokens, span.token_source) == ("client_abort", 0, "estimated")
+    assert span.input_tokens == later.input_tokens > 0
+    assert span.cost_total == span.input_tokens * 1000
+    assert span.eval_duration_ns is not None and span.eval_duration_ns > 0  # Ollama's busy time
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_an_async_call_cancelled_while_ollama_works_on_it_charges_its_prompt(
+    sqlite_url: str, emulator: OllamaEmulator, stream: bool
+) -> None:
+    async def main() -> None:
+        async with AsyncMeteredClient(emulator.url, db_url=sqlite_url) as client:
+
+            async def call() -> None:
+                answer = await client.chat(model="llama3.1:8b", messages=HI, stream=stream)
+                if stream:
+                    async for _ in answer:  # type: ignore[union-attr]
+                        pass
+
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(call(), 0.5)
+
+    emulator.latency = 5.0
+    asyncio.run(main())
+    emulator.hurry()
+    with MeteredClient(emulator.url, db_url=sqlite_url) as check:
+        (span,) = check.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.status, span.output_tokens, span.token_source) == ("client_abort", 0, "estimated")
+    assert span.input_tokens > 0
+
+
+def test_ctrl_c_before_ollama_has_the_whole_request_charges_nothing(
+    sqlite_url: str, request: pytest.FixtureRequest
+) -> None:
+    """A server that takes the connection but reads nothing: the request never reached it
+    whole (a prompt larger than the sockets hold), so the call consumed nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    with socket.create_server(("127.0.0.1", 0)) as deaf:
+        url = f"http://127.0.0.1:{deaf.getsockname()[1]}"
+        with MeteredClient(url, db_url=sqlite_url) as client:
+            _stopped_at(1.0)
+            with pytest.raises(KeyboardInterrupt):
+                client.chat(
+                    model="llama3.1:8b", messages=[{"role": "user", "content": "hi " * 4_000_000}]
+                )
+            (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.status, span.input_tokens, span.output_tokens) == ("client_abort", 0, 0)

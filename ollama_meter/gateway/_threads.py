@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ollama_meter._runtime import runtime
+from ollama_meter.meter._ending import stopped
+from ollama_meter.upstream._delivered import delivered
 
 if TYPE_CHECKING:
     from ollama_meter.meter import Meter, MeteredCall
@@ -63,6 +65,9 @@ async def in_thread(
 
 async def close_call(meter: Meter, call: MeteredCall, outcome: BaseException | None) -> None:
     """Close ``call`` on the event loop when its span can wait for its commit (whole in the
-    journal, a few dozen microseconds), else in a thread: the commit may wait."""
+    journal, a few dozen microseconds), else in a thread: the commit may wait. A call its
+    caller left once Ollama had its whole request consumed its prompt (``stopped``)."""
+    if outcome is not None:
+        stopped(call, outcome, delivered())
     if not meter.close_now(call, outcome):
         await in_thread(meter.close, call, outcome)

@@ -41,6 +41,18 @@ def mark_ended(span: SpanRecord, error: BaseException | None) -> None:
         span.fail(type(error).__name__, str(error))
 
 
+def stopped(call: MeteredCall, error: BaseException, delivered: bool | None = None) -> None:
+    """The call ends with ``error``: when its caller stopped it (Ctrl-C, a cancel) once
+    Ollama had the whole request (``Heard.delivered``), Ollama was evaluating its prompt,
+    which comes before any token of an answer, so the prompt is charged (estimated) with the
+    time the call ran, as a stream stopped after its first chunk, or a call a dead process
+    left, is charged: never a silent $0, nor counts said to be ``reported``."""
+    if delivered is None:  # the ollama client's, else the gateway's (``_delivered.py``)
+        delivered = call.heard is not None and call.heard.delivered
+    if isinstance(error, CALLER_STOPPED) and delivered:
+        call.answered()  # it consumed, as a 200 lost on the way did
+
+
 _OPEN: dict[int, tuple[Meter, MeteredCall]] = {}
 """The open calls of the ``ollama`` client's driver (:class:`Run`), with their meter, by id.
 Held until closed: an async stream collected once its event loop was closed never runs

@@ -18,7 +18,7 @@ from ollama_meter.errors import UpstreamError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._call import MeteredCall
 from ollama_meter.meter._elsewhere import streamed_from_gateway
-from ollama_meter.meter._ending import close_at_exit
+from ollama_meter.meter._ending import close_at_exit, stopped
 from ollama_meter.meter._request import Opening, facts_of, with_output_cap
 from ollama_meter.records import SpanRecord
 from ollama_meter.upstream import OLLAMA
@@ -180,6 +180,7 @@ class Run:
                 )
                 call.take(reader.read(last))  # a reported failure was raised by the call
         except BaseException as exc:
+            stopped(call, exc)
             meter.close(call, exc)
             raise
         meter.close(call)
@@ -233,6 +234,7 @@ class Run:
                 if parts is not None:  # stopped here (left at a chunk): Ollama's stream first
                     await parts.aclose()
             finally:
+                stopped(call, exc)
                 await asyncio.to_thread(meter.close, call, exc)
             raise
         await asyncio.to_thread(meter.close, call)

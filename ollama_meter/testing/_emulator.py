@@ -77,6 +77,7 @@ class OllamaEmulator:
         token_latency: float = 0.0,
     ) -> None:
         self.models: tuple[EmulatedModel, ...] = tuple(models)
+        self._pulled = self.models  # what reset() gives back after pulls, copies and deletes
         self.host = host
         self.latency = latency
         self.token_latency = token_latency
@@ -196,11 +197,13 @@ class OllamaEmulator:
         self._faults.clear()
 
     def reset(self) -> None:
-        """Forget requests, faults, hang-ups and blobs, and unload every model (the next call is cold)."""
+        """Forget requests, faults, hang-ups and blobs, have the models it started with again
+        (none pulled, created, copied or deleted), and unload every model (the next call is cold)."""
         self._faults.clear()
         with self._state.lock:
             self._state.requests.clear()
             self._state.blobs.clear()
+            self.models = self._pulled
             self._state.loaded.clear()
             self._state.hangups = 0
             self._state.most_in_flight = self._state.in_flight
@@ -250,6 +253,19 @@ class OllamaEmulator:
     def _record(self, request: RecordedRequest) -> None:
         with self._state.lock:
             self._state.requests.append(request)
+
+    def _add_model(self, model: EmulatedModel) -> None:
+        """Have ``model`` (pulled, created, copied), in place of one of the same name."""
+        with self._state.lock:
+            kept = [m for m in self.models if normalize_name(m.name) != normalize_name(model.name)]
+            self.models = (*kept, model)
+
+    def _remove_model(self, name: str) -> bool:
+        """Delete the model ``name`` resolves to; whether there was one."""
+        with self._state.lock:
+            kept = tuple(m for m in self.models if normalize_name(m.name) != normalize_name(name))
+            gone, self.models = len(kept) < len(self.models), kept
+            return gone
 
     def _keep_blob(self, digest: str, size: int) -> None:
         with self._state.lock:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ollama_meter.testing._manage import ManageRoutes
 from ollama_meter.testing._messages import MessagesRoutes
 from ollama_meter.testing._ollama import OllamaRoutes
 from ollama_meter.testing._wire import OLLAMA_VERSION
@@ -44,7 +45,7 @@ OPENAI_MODEL = "/v1/models/"
 """Where Ollama shows one model to OpenAI clients: ``GET /v1/models/{model}``."""
 
 
-class RoutingHandler(OllamaRoutes, MessagesRoutes):
+class RoutingHandler(OllamaRoutes, ManageRoutes, MessagesRoutes):
     _GET_PATHS: ClassVar[set[str]] = {"/", "/api/version", "/api/tags", "/api/ps", "/v1/models"}
     _HEAD_PATHS: ClassVar[set[str]] = {"/", "/api/version", "/api/tags"}
     _POST_PATHS: ClassVar[set[str]] = {
@@ -53,6 +54,10 @@ class RoutingHandler(OllamaRoutes, MessagesRoutes):
         "/api/embed",
         "/api/embeddings",
         "/api/show",
+        "/api/pull",
+        "/api/push",
+        "/api/create",
+        "/api/copy",
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/embeddings",
@@ -109,6 +114,11 @@ class RoutingHandler(OllamaRoutes, MessagesRoutes):
                 200, self.emulator._openai_models(), newline=True
             ),
             ("POST", "/api/show"): self._show,
+            ("POST", "/api/pull"): self._pull,
+            ("POST", "/api/push"): self._push,
+            ("POST", "/api/create"): self._create,
+            ("POST", "/api/copy"): self._copy,
+            ("DELETE", "/api/delete"): self._delete,
             ("POST", "/api/chat"): self._chat,
             ("POST", "/api/generate"): self._generate,
             ("POST", "/api/embed"): self._embed,
@@ -134,7 +144,7 @@ class RoutingHandler(OllamaRoutes, MessagesRoutes):
                 self._release()
         elif handler is not None:
             handler(raw)
-        elif path in self._GET_PATHS | self._HEAD_PATHS | self._POST_PATHS:
+        elif path in self._GET_PATHS | self._HEAD_PATHS | self._POST_PATHS | {"/api/delete"}:
             self._send_text(405, "405 method not allowed")
         else:
             self._send_text(404, "404 page not found")

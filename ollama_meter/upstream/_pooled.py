@@ -35,6 +35,7 @@ from ollama_meter.upstream._classify import (
     retry_after_seconds,
     transport_error,
 )
+from ollama_meter.upstream._delivered import TRACE, sending_body
 from ollama_meter.upstream._frames import MAX_FRAME_BYTES, Frames
 from ollama_meter.upstream._kept import Connections, sending, stale
 from ollama_meter.upstream._recorded import REFUSED_HEADER
@@ -106,6 +107,7 @@ class PooledUpstream(Resilient):
                 # No cookie kept: one an answer set (a proxy's session in front of Ollama)
                 # went with every later call to that server, whoever made it.
                 cookie_jar=aiohttp.DummyCookieJar(),
+                trace_configs=[TRACE],
             )
         return self._session
 
@@ -183,6 +185,7 @@ class PooledUpstream(Resilient):
             timeout=limits,
         )
         sending()
+        sending_body(body)
         try:
             return await request(self.session)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -193,7 +196,9 @@ class PooledUpstream(Resilient):
                 timeout=self._timeout,
                 connector=aiohttp.TCPConnector(force_close=True),
                 cookie_jar=aiohttp.DummyCookieJar(),
+                trace_configs=[TRACE],
             )
+        sending_body(body)  # the lost one's bytes reached no one
         return await request(self._once)
 
     async def send(

@@ -85,6 +85,9 @@ class Heard:
     """The gateway's span of the call in that ledger."""
     relied_on: bool = False
     """Set by the meter: the gateway's span is the call's record, the client wrote none."""
+    delivered: bool = False
+    """Ollama has the whole request of the attempt under way (its body was sent), and has
+    not refused it: it is working on the call, so a caller who stops now consumed its prompt."""
 
     def attempt(self) -> None:
         """A new attempt is sent: what an earlier answer said is not this one's."""

@@ -27,6 +27,14 @@ def attempting(heard: Heard | None) -> None:
     _HEARD.set(heard)
     if heard is not None:
         heard.attempt()
+        heard.delivered = False
+
+
+def delivered() -> None:
+    """The request of the attempt in this context was sent whole (httpcore's trace says so)."""
+    heard = _HEARD.get()
+    if heard is not None:
+        heard.delivered = True
 
 
 def _sends(request: httpx.Request) -> None:
@@ -52,6 +60,7 @@ def on_response(response: httpx.Response) -> None:
     said = _HEARD.get()
     if said is not None:
         said.heard(response.headers)
+        said.delivered = said.delivered and response.status_code < 400  # refused: no work
 
 
 async def aon_response(response: httpx.Response) -> None:

@@ -8,6 +8,9 @@ charged. One lost on a new connection is never sent again here: Ollama may have 
 nor one whose connection brought a byte of an answer first (part of a status line): httpcore
 says "disconnected without sending a response" of that too, so the bytes are counted here,
 as the connection's stream reads them.
+
+The same trace tells when a request's body was sent whole: Ollama has the call
+(``Heard.delivered``), and a caller who stops it from then on consumed its prompt.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import contextvars
 from typing import Any
 
 import httpx
+
+from ollama_meter.upstream._sdk_heard import delivered
 
 _ANSWERED: contextvars.ContextVar[bool] = contextvars.ContextVar("ometer_answered", default=False)
 """Whether a byte of an answer came since this thread or task last sent a request."""
@@ -37,14 +42,19 @@ class _Connections:
         self._theirs = theirs
 
     def heard(self, event: str, info: dict[str, Any]) -> None:
-        self.opened = self.opened or event.startswith("connection.connect_")
+        self._note(event)
         if self._theirs is not None:
             self._theirs(event, info)
 
     async def aheard(self, event: str, info: dict[str, Any]) -> None:
-        self.opened = self.opened or event.startswith("connection.connect_")
+        self._note(event)
         if self._theirs is not None:
             await self._theirs(event, info)
+
+    def _note(self, event: str) -> None:
+        self.opened = self.opened or event.startswith("connection.connect_")
+        if event.endswith(".send_request_body.complete"):  # http11. or http2.
+            delivered()
 
     def lost(self, exc: BaseException, request: httpx.Request) -> bool:
         """Whether ``exc`` lost ``request`` on a kept-alive connection, before any answer,

@@ -522,6 +522,30 @@ STOPPING = [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
 spot, its span left in the journal for some later ometer to find as ``interrupted``."""
 
 
+def _stopped_chat(
+    emulator: OllamaEmulator, url: str, arguments: list[str], signum: int, code: int, after: float
+) -> bytes:
+    """``ometer chat -m llama3.1:8b ARGUMENTS`` sent ``signum`` ``after`` seconds from its
+    request; its stdout, once it ended with ``code``."""
+    env = {**os.environ, "OMETER_DB_URL": url, "OLLAMA_HOST": emulator.url}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FOREGROUND, "chat", "-m", "llama3.1:8b", *arguments],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not emulator.requests_to("/api/chat"):
+        assert time.monotonic() < deadline and proc.poll() is None, "no request came"
+        time.sleep(0.05)
+    time.sleep(after)
+    proc.send_signal(signum)
+    stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == code
+    return stdout
+
+
 @pytest.mark.parametrize(("signum", "code"), STOPPING)
 def test_a_streamed_reply_stopped_by_a_signal_is_recorded_with_what_came(
     emulator: OllamaEmulator, sqlite_url: str, signum: int, code: int
@@ -573,24 +597,9 @@ def test_chat_json_stopped_by_a_signal_still_prints_its_one_object(
 ) -> None:
     """A script reading ``--json`` got nothing on stdout when the call was stopped: now the
     error object, with the span as recorded (client_abort)."""
-    env = {**os.environ, "OMETER_DB_URL": sqlite_url, "OLLAMA_HOST": emulator.url}
     emulator.token_latency = 0.3
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", FOREGROUND, "chat", "--json", "-m", "llama3.1:8b", "a story"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 30
-        while not emulator.requests_to("/api/chat"):
-            assert time.monotonic() < deadline and proc.poll() is None, "no request came"
-            time.sleep(0.05)
-        time.sleep(0.5)  # a chunk or two on their way
-        proc.send_signal(signum)
-        stdout, _ = proc.communicate(timeout=30)
-        assert proc.returncode == code
+    try:  # a chunk or two on their way
+        stdout = _stopped_chat(emulator, sqlite_url, ["--json", "a story"], signum, code, 0.5)
     finally:
         emulator.token_latency = 0.0
     (line,) = stdout.decode().splitlines()
@@ -604,3 +613,20 @@ def test_chat_json_stopped_by_a_signal_still_prints_its_one_object(
         if signum == signal.SIGINT
         else f"stopped by signal {signum} before the answer was complete"
     )
+
+
+@pytest.mark.parametrize(("signum", "code"), STOPPING)
+def test_a_whole_reply_stopped_by_a_signal_while_ollama_works_charges_the_prompt(
+    emulator: OllamaEmulator, sqlite_url: str, signum: int, code: int
+) -> None:
+    """``--no-stream`` stopped while Ollama evaluated the prompt (no byte of the answer yet):
+    its span charged 0 tokens, said to be ``reported``. Now the prompt, estimated."""
+    emulator.latency = 5.0
+    try:
+        _stopped_chat(emulator, sqlite_url, ["--no-stream", "hi"], signum, code, 0.3)
+    finally:
+        emulator.hurry()
+    with MeteredClient(db_url=sqlite_url) as client:
+        (span,) = client.meter.ledger.latest(SpanFilter(), 5)
+    assert (span.status, span.output_tokens, span.token_source) == ("client_abort", 0, "estimated")
+    assert span.input_tokens > 0
