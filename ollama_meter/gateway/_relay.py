@@ -48,6 +48,7 @@ from ollama_meter.gateway._answers import (
     unchecked_response,
 )
 from ollama_meter.gateway._fleet import Fleet
+from ollama_meter.gateway._forwarded import forward_headers
 from ollama_meter.gateway._rates import Admission
 from ollama_meter.gateway._requests import MeteredRequest
 from ollama_meter.gateway._slots import (
@@ -82,29 +83,11 @@ from ollama_meter.upstream._classify import unfinished_error, unreadable
 from ollama_meter.upstream._pooled import content_type_of, gateway_status
 from ollama_meter.upstream._recorded import SPAN_HEADER
 
-HOP_BY_HOP = frozenset({
-    "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
-    "upgrade", "proxy-authorization", "proxy-authenticate", "origin",  # _origins.py
-    # The caller's credentials are the gateway's to read, never Ollama's (nor its logs'):
-    # every header a key or the admin token may come in.
-    "authorization", "x-api-key", "x-ometer-key",
-    "x-ometer-tenant", "x-ometer-department", "x-ometer-user", "x-ometer-tags",
-    # How this hop's bodies travel, the gateway's own to say: it has the whole request body
-    # (a caller's "Expect: 100-continue" passed on had the client wait, with no timeout, for
-    # a "100 Continue" a server may never send), and it decodes the answer and relays it
-    # plain (a caller's "br" passed on got answers in a coding it cannot read).
-    "expect", "accept-encoding",
-})  # fmt: skip
-
 
 def wire_of(path: str) -> WireFormat:
     """The wire format a route's clients speak: Anthropic's on ``/v1/messages``, OpenAI's
     elsewhere under ``/v1/``, else Ollama's."""
     return wire_of_path(path)
-
-
-def forward_headers(headers: Any) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
 
 @dataclass(frozen=True, slots=True)
