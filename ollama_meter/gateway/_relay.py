@@ -40,6 +40,7 @@ from ollama_meter.errors import (
     ServerBusy,
     UpstreamError,
 )
+from ollama_meter.gateway._ahead import AheadBytes, ReadAhead
 from ollama_meter.gateway._answers import (
     error_response,
     failure_response,
@@ -48,6 +49,7 @@ from ollama_meter.gateway._answers import (
     unchecked_response,
 )
 from ollama_meter.gateway._fleet import Fleet
+from ollama_meter.gateway._forwarded import forward_headers
 from ollama_meter.gateway._rates import Admission
 from ollama_meter.gateway._requests import MeteredRequest
 from ollama_meter.gateway._slots import (
@@ -82,29 +84,11 @@ from ollama_meter.upstream._classify import unfinished_error, unreadable
 from ollama_meter.upstream._pooled import content_type_of, gateway_status
 from ollama_meter.upstream._recorded import SPAN_HEADER
 
-HOP_BY_HOP = frozenset({
-    "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
-    "upgrade", "proxy-authorization", "proxy-authenticate", "origin",  # _origins.py
-    # The caller's credentials are the gateway's to read, never Ollama's (nor its logs'):
-    # every header a key or the admin token may come in.
-    "authorization", "x-api-key", "x-ometer-key",
-    "x-ometer-tenant", "x-ometer-department", "x-ometer-user", "x-ometer-tags",
-    # How this hop's bodies travel, the gateway's own to say: it has the whole request body
-    # (a caller's "Expect: 100-continue" passed on had the client wait, with no timeout, for
-    # a "100 Continue" a server may never send), and it decodes the answer and relays it
-    # plain (a caller's "br" passed on got answers in a coding it cannot read).
-    "expect", "accept-encoding",
-})  # fmt: skip
-
 
 def wire_of(path: str) -> WireFormat:
     """The wire format a route's clients speak: Anthropic's on ``/v1/messages``, OpenAI's
     elsewhere under ``/v1/``, else Ollama's."""
     return wire_of_path(path)
-
-
-def forward_headers(headers: Any) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,10 +139,18 @@ class _Answered:
             return error_response(wire, 502, str(failure))
         return Whole(self, content, hangup, media_type=media_type)  # its span written as it goes
 
-    async def stream(self, hangup: Hangup | None = None) -> AsyncIterator[bytes]:
+    async def stream(
+        self,
+        hangup: Hangup | None = None,
+        ahead: AheadBytes | None = None,
+        all_read: Callable[[], None] = lambda: None,
+    ) -> AsyncIterator[bytes]:
         """The answer as it is read (one part a read), the last after the span is written.
         The client gets the answer its span describes: nothing after the answer's end, and
-        an item that is not one (a line that is not a JSON object) breaks the stream."""
+        an item that is not one (a line that is not a JSON object) breaks the stream.
+
+        Ollama's answer is read on ahead of a slow client within ``ahead``'s bounds, and
+        ``all_read`` called once it has all been read (:class:`~._ahead.ReadAhead`)."""
         call, request, wire = self.call, self.request, self.wire
         response, pool = self.response, self.pool
         separator = wire.separator
@@ -192,7 +184,7 @@ class _Answered:
             return frame + separator, False
 
         frames = Frames(separator, host=pool.host)
-        batches = pool.items(response, frames)
+        batches = ReadAhead(pool.items(response, frames), ahead or AheadBytes(), all_read)
         deadline = call.deadline()
         ready: list[bytes] = []  # the items of one read: one part, one write (not one each)
         try:
@@ -200,7 +192,7 @@ class _Answered:
             while not ended:
                 try:
                     async with call.in_time(deadline):  # a silent server runs out of time too
-                        batch = await anext(batches)
+                        batch = await batches.next()
                 except StopAsyncIteration:
                     batch, ended = frames.end(), True
                 for frame in batch:
@@ -232,9 +224,10 @@ class _Answered:
                 await self.end(exc)
             raise
         finally:
+            heard.close()
+            batches.stop()
             # Read to the end: the connection goes back to the pool. Cut short (the
             # client hung up, the stream broke): it is dropped, which stops Ollama.
-            heard.close()
             pool.finish(response, completed=response.content.at_eof())
             # Closed here, not left to the event loop's finalizer: that is a thread-safe
             # wake-up and a task of its own, each streamed call (the reader stops at the
@@ -249,6 +242,8 @@ class Relay:
         self.meter = meter
         self.fleet = fleet
         self.keyed = keyed
+        self.ahead = AheadBytes()
+        """Bytes of streamed answers read ahead of their callers (``_ahead``)."""
         """Keys required: a caller is one department, told no other's spend (``narrow``)."""
 
     async def metered(
@@ -326,15 +321,17 @@ class Relay:
                 whole = await until_gone(sent.whole(hangup), hangup)
                 # An answer relayed as it arrives gives the slot back when it has been sent.
                 return Holding(whole, slot.hand_over()) if isinstance(whole, Relayed) else whole
+            # The slot goes back when Ollama's answer has ended, read on ahead of a slow
+            # client (``_ahead``), or else once the answer has been sent, however it ends.
+            lease = slot.hand_over()
             stream = Streamed(
-                sent.stream(hangup),
+                sent.stream(hangup, self.ahead, lease.release),
                 media_type=wire.stream_media_type
                 or content_type_of(sent.response)
                 or "application/x-ndjson",
                 headers={"cache-control": "no-cache"} if wire.stream_media_type else None,
             )
-            # The answer gives the slot back when it has been sent, however it ends.
-            return Holding(stream, slot.hand_over())
+            return Holding(stream, lease)
         except CallerGone:
             return Response(status_code=499)  # nobody is there to read it
         finally:

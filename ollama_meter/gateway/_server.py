@@ -26,7 +26,8 @@ Two things have to happen where the bytes are parsed, before the app sees a requ
   Ollama's work for as long as it liked: a few such callers starve everyone. A connection
   whose caller has taken no byte of what is waiting for it in ``STALLED_S`` is hung up on;
   its call ends as ``client_abort``, its span written, its slot handed to the next caller.
-  A slow reader that is reading is never cut. (Ollama itself waits for ever.)
+  A slow reader that is reading is never cut: what the kernel holds for it unacknowledged
+  counts too (Linux). (Ollama itself waits for ever.)
 - **A bounded number of requests ahead.** uvicorn parses every request a read holds and
   queues those behind the one being answered: 256 KiB of small ones (14,000) held 18 MB,
   for a minute when the caller read no answer. Past ``PIPELINED`` queued, the rest is not
@@ -49,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import weakref
 from typing import Any
 
@@ -83,6 +85,14 @@ LET_GO = (
     "all arrived; send them at once"
 )
 
+try:  # Linux: how much a socket's kernel buffer still holds for its peer
+    import fcntl
+    import termios
+
+    _OUTQ: int | None = termios.TIOCOUTQ if sys.platform == "linux" else None
+except ImportError:  # not on this platform
+    _OUTQ = None
+
 HEAD_S = 60.0
 """Seconds a request's line and headers may take to arrive."""
 STALLED_S = 60.0
@@ -90,6 +100,18 @@ STALLED_S = 60.0
 
 PIPELINED = 32
 """Requests a connection may have queued behind the one being answered."""
+
+
+def _kernel_unread(transport: Any) -> int:
+    """Bytes the kernel holds unacknowledged on ``transport``'s socket (Linux's SIOCOUTQ);
+    0 where it cannot tell."""
+    sock = transport.get_extra_info("socket")
+    if _OUTQ is None or sock is None:
+        return 0
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), _OUTQ, bytes(4)), sys.byteorder)
+    except (OSError, ValueError):
+        return 0
 
 
 class _GuardedHttpTools(HttpToolsProtocol):
@@ -205,7 +227,14 @@ class _GuardedHttpTools(HttpToolsProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        self._watch_stall(self.transport.get_write_buffer_size())
+        self._watch_stall(self._unread())
+
+    def _unread(self) -> int:
+        """Bytes sent the caller's way that it has not taken: the transport's, and the kernel's
+        not yet acknowledged. The kernel takes more of the transport's only once much of its
+        own buffer (megabytes) is free, so a caller reading a few KB a second left the
+        transport's the same for many seconds, and was taken for one that read nothing."""
+        return self.transport.get_write_buffer_size() + _kernel_unread(self.transport)
 
     def resume_writing(self) -> None:
         self._unwatch_stall()
@@ -217,9 +246,9 @@ class _GuardedHttpTools(HttpToolsProtocol):
         send, below the mark that pauses writing, waits to send them on a caller that may read
         none of them: for ever. Watched as any wait on the caller (a closing connection takes
         no new request, so what waits can only go down)."""
-        left = self.transport.get_write_buffer_size()
-        if left and self._stall is None and self.transport.is_closing():
-            self._watch_stall(left)
+        transport = self.transport
+        if transport.get_write_buffer_size() and self._stall is None and transport.is_closing():
+            self._watch_stall(self._unread())
 
     def timeout_keep_alive_handler(self) -> None:
         super().timeout_keep_alive_handler()
@@ -247,9 +276,9 @@ class _GuardedHttpTools(HttpToolsProtocol):
         """Writes have waited on the caller ``STALLED_S``: if it took nothing of the ``waiting``
         bytes meanwhile (nothing more is written while they wait), it is hung up on."""
         self._stall = None
-        left = self.transport.get_write_buffer_size()  # closing or not: a close waits on it
-        if not left:
+        if not self.transport.get_write_buffer_size():  # closing or not: a close waits on it
             return
+        left = self._unread()
         if left < waiting:  # reading, however slowly
             self._watch_stall(left)
             return

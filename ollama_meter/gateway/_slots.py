@@ -5,7 +5,8 @@ when its client leaves (only reading or writing would tell), so while a call
 queues the gateway listens for the hang-up itself, and a caller that leaves is
 taken out of the queue (:class:`CallerGone`). A call is journaled as it leaves the
 queue, not before. A slot is held until the answer has been sent, or abandoned
-(:class:`Holding`).
+(:class:`Holding`); a stream's, until Ollama's answer has ended, read on ahead of a slow
+caller within bounds (``_ahead``).
 """
 
 from __future__ import annotations

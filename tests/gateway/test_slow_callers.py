@@ -274,3 +274,35 @@ def test_a_caller_gone_from_a_whole_answer_relayed_as_it_comes_is_an_abort_not_o
         upstream.close()
     (span,) = gateway.ledger.latest(SpanFilter(), 10)
     assert (span.status, span.error_type) == ("client_abort", "client_abort")
+
+
+def test_a_caller_reading_slowly_is_not_taken_for_one_that_stopped(
+    serve_on: Callable[..., Gateway], sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller reading some KB a second, slower than the kernel's send buffer moves on: the
+    kernel takes more from the gateway only once a good part of that buffer is free, so the
+    bytes the gateway still held for it stayed the same for many seconds though it read, and
+    it was hung up on as one that took no byte. What the kernel holds unsent counts too."""
+    monkeypatch.setattr(_server, "STALLED_S", 1.0)
+    model = dataclasses.replace(LONG, reply_tokens=40_000)  # some 5 MB: more than the sockets hold
+    with OllamaEmulator(models=[model]) as emu:
+        _read_slowly_then_at_once(serve_on(emu.url, sqlite_url), model.name, model.reply_tokens)
+
+
+def _read_slowly_then_at_once(gateway: Gateway, model: str, tokens: int) -> None:
+    chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    sock = _raw_request(gateway, chat)
+    received = bytearray()
+    with sock:
+        sock.settimeout(30)
+        for _ in range(60):  # 3 s at 20 KB/s, where the kernel's buffer holds megabytes
+            part = sock.recv(1024)
+            assert part, "the gateway hung up on a caller that was reading"
+            received += part
+            threading.Event().wait(0.05)
+        while not received.endswith(b"0\r\n\r\n"):  # the rest at once
+            part = sock.recv(1 << 20)
+            assert part, "the gateway hung up on a caller that was reading"
+            received += part
+    (span,) = gateway.ledger.latest(SpanFilter(), 10)
+    assert (span.status, span.output_tokens) == ("ok", tokens)

@@ -1,0 +1,57 @@
+"""No credential of the caller's travels on to Ollama, however its header name is spelled.
+
+A browser sends every cookie of the gateway's host name to it, whatever port set it (another
+local app's session), and the gateway passed the ``Cookie`` on to Ollama, a host elsewhere
+perhaps; every ``X-Ometer-*`` header is the gateway's own with its caller (a gateway behind
+this one would read them as this caller's word). Any other header still goes through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ollama_meter.testing import OllamaEmulator
+from tests.gateway.conftest import Gateway
+
+SECRET = "s3cretvalue42"
+CREDENTIALS = ["cookie", "proxy-authorization", "authorization", "x-api-key", "x-ometer-key"]
+OWN = st.from_regex(r"x-ometer-[a-z0-9]{1,12}(-[a-z0-9]{1,8})?", fullmatch=True)
+
+
+def _spelled(name: str, upper: list[bool]) -> str:
+    return "".join(
+        c.upper() if up else c for c, up in zip(name, upper + [False] * len(name), strict=False)
+    )
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.sampled_from(CREDENTIALS) | OWN,
+    upper=st.lists(st.booleans(), max_size=30),
+    path=st.sampled_from(["/api/chat", "/v1/chat/completions", "/api/show"]),
+)
+def test_no_credential_header_reaches_ollama_in_any_spelling(
+    app_on: Callable[..., Gateway],
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    name: str,
+    upper: list[bool],
+    path: str,
+) -> None:
+    gw = app_on(emulator.url, sqlite_url)
+    body: dict[str, object] = {"model": "llama3.1:8b"}
+    if path != "/api/show":
+        body |= {"messages": [{"role": "user", "content": "hi"}], "stream": False}
+    before = len(emulator.requests)
+    headers = {_spelled(name, upper): SECRET, "X-Request-Id": "r-1"}
+    reply = gw.client.post(path, json=body, headers=headers)
+    if reply.status_code != 200:  # refused at the door (a key not the gateway's): never sent
+        assert len(emulator.requests) == before
+        return
+    sent = emulator.requests[-1]
+    assert [k for k, v in sent.headers.items() if SECRET in v] == []
+    assert sent.headers.get("x-request-id") == "r-1"  # any other header goes through

@@ -1,0 +1,238 @@
+"""A caller slow to read its stream holds no slot once Ollama's answer has ended.
+
+The slot stands for Ollama's work. A caller that read its streamed answer slowly (a slow
+link, or on purpose, never still long enough to be hung up on) kept its slot until it had
+read the last byte, though Ollama had finished long before: every other department's call
+waited behind its reading, the fair queue's promise broken by a reader, not a flood. Now the
+gateway reads the answer on ahead of the caller, within a bound per call and one for the
+whole gateway, and gives the slot back when Ollama's answer has ended; past a bound it reads
+no further, as before, and the caller keeps its slot.
+
+The app runs in the test's own event loop (raw ASGI), so a caller's ``send`` can block for
+exactly as long as the test says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ollama_meter.config import load_settings
+from ollama_meter.gateway import GatewayOptions, _ahead, create_app
+from ollama_meter.ledger import SpanFilter, open_ledger
+from ollama_meter.meter import Meter
+from ollama_meter.testing import DEFAULT_MODELS, OllamaEmulator
+
+MODEL = dataclasses.replace(DEFAULT_MODELS[0], reply_tokens=5_000)
+"""An answer of some 650 KB streamed: many reads, within a call's read-ahead (1 MiB)."""
+READ = 256 * 1024
+"""More than one read of Ollama's answer takes (aiohttp's buffer, and a read past it)."""
+
+
+def _scope(body: bytes, state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/chat",
+        "raw_path": b"/api/chat",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"localhost"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 11434),
+        "state": dict(state),
+    }
+
+
+class Caller:
+    """One call to the app; its reading stops after its first part of the body until
+    :meth:`reads` (``slow``), else it reads everything at once."""
+
+    def __init__(self, app: Any, state: dict[str, Any], body: dict[str, Any], *, slow: bool):
+        self.parts: list[bytes] = []
+        self.reading = asyncio.Event()
+        if not slow:
+            self.reading.set()
+        self.task = asyncio.ensure_future(self._call(app, state, json.dumps(body).encode()))
+
+    async def _call(self, app: Any, state: dict[str, Any], body: bytes) -> None:
+        asked = False
+        done = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            nonlocal asked
+            if not asked:
+                asked = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] != "http.response.body":
+                return
+            if self.parts:  # its first part taken, it reads no more until told
+                await self.reading.wait()
+            self.parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                done.set()
+
+        await app(_scope(body, state), receive, send)
+
+    def reads(self) -> None:
+        self.reading.set()
+
+    def items(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in b"".join(self.parts).splitlines() if line]
+
+
+def _chat(**extra: Any) -> dict[str, Any]:
+    return {"model": MODEL.name, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+async def _one_slot(emulator_url: str, sqlite_url: str, scenario: Any) -> Any:
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator_url, slots=1)
+    meter = Meter.from_settings(settings, source="gateway")
+    app = create_app(settings, GatewayOptions(), meter=meter)
+    async with app.router.lifespan_context(app) as state:
+        return await scenario(app, dict(state))
+
+
+async def _until(condition: Any, what: str) -> None:
+    for _ in range(400):
+        if condition():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"still not {what} after 10 s")
+
+
+@pytest.fixture
+def emulator() -> Any:
+    with OllamaEmulator(models=[MODEL]) as emu:
+        yield emu
+
+
+def test_a_slow_reader_gives_its_slot_back_when_ollamas_answer_has_ended(
+    emulator: OllamaEmulator, sqlite_url: str
+) -> None:
+    async def scenario(app: Any, state: dict[str, Any]) -> None:
+        slow = Caller(app, state, _chat(stream=True), slow=True)
+        await _until(lambda: slow.parts, "streaming")
+        other = Caller(app, state, _chat(stream=False, options={"num_predict": 3}), slow=False)
+        # Served while the slow reader still reads its first part: Ollama has finished.
+        await asyncio.wait_for(asyncio.shield(other.task), 10)
+        assert not slow.task.done()
+        assert other.items()[0]["eval_count"] == 3
+        assert state["gateway"].relay.ahead.held > 0  # the rest of the slow one's answer
+        slow.reads()
+        await asyncio.wait_for(slow.task, 10)
+        items = slow.items()
+        assert items[-1]["done"] is True
+        assert items[-1]["eval_count"] == MODEL.reply_tokens
+        assert sum(1 for item in items if not item["done"]) == MODEL.reply_tokens
+        assert state["gateway"].relay.ahead.held == 0
+
+    asyncio.run(_one_slot(emulator.url, sqlite_url, scenario))
+    spans = open_ledger(sqlite_url).latest(SpanFilter(), 10)
+    assert sorted((s.stream, s.status, s.output_tokens) for s in spans) == [
+        (False, "ok", 3),
+        (True, "ok", MODEL.reply_tokens),
+    ]
+    (other,) = [s for s in spans if not s.stream]
+    assert other.queue_ns is not None and other.queue_ns < 5_000_000_000
+
+
+def test_past_its_bound_a_slow_reader_keeps_its_slot_and_memory_stays_bounded(
+    emulator: OllamaEmulator, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_ahead, "CALL_BYTES", 16 * 1024)
+
+    async def scenario(app: Any, state: dict[str, Any]) -> None:
+        ahead = state["gateway"].relay.ahead
+        slow = Caller(app, state, _chat(stream=True), slow=True)
+        await _until(lambda: slow.parts, "streaming")
+        other = Caller(app, state, _chat(stream=False, options={"num_predict": 3}), slow=False)
+        await asyncio.sleep(1)
+        assert not other.task.done()  # Ollama waits on the slow reader: the slot is its own
+        assert 0 < ahead.held <= 16 * 1024 + READ  # its bound and one read past it
+        slow.reads()
+        await asyncio.wait_for(asyncio.gather(slow.task, other.task), 10)
+        assert slow.items()[-1]["eval_count"] == MODEL.reply_tokens
+        assert other.items()[0]["eval_count"] == 3
+        assert ahead.held == 0
+
+    asyncio.run(_one_slot(emulator.url, sqlite_url, scenario))
+
+
+class Broke(Exception):
+    """What broke a source's read."""
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    answers=st.lists(
+        st.tuples(st.lists(st.integers(1, 900), max_size=12), st.booleans(), st.integers(0, 4)),
+        min_size=1,
+        max_size=4,
+    ),
+    call_bytes=st.integers(1, 3000),
+    gateway_bytes=st.integers(1, 5000),
+)
+def test_answers_read_ahead_arrive_whole_in_order_within_their_bounds(
+    answers: list[tuple[list[int], bool, int]], call_bytes: int, gateway_bytes: int
+) -> None:
+    """Several calls read ahead of slow consumers on one gateway's bytes: each consumer gets
+    its batches in order, then the end or what broke the read; each call holds at most its
+    bound and one read, all of them at most the gateway's bound and one read each; ``ended``
+    is told once, when the source has ended; every byte is given back."""
+    most = max((size for sizes, _, _ in answers for size in sizes), default=0)
+
+    async def main() -> None:
+        held = _ahead.AheadBytes(gateway_bytes)
+        seen_most = 0
+
+        async def source(sizes: list[int], broken: bool) -> AsyncGenerator[list[bytes], None]:
+            for n, size in enumerate(sizes):
+                yield [bytes([n % 256]) * size]
+                await asyncio.sleep(0)
+            if broken:
+                raise Broke("the stream broke")
+
+        async def consume(sizes: list[int], broken: bool, pause: int) -> None:
+            nonlocal seen_most
+            ended: list[None] = []
+            reader = _ahead.ReadAhead(source(sizes, broken), held, lambda: ended.append(None))
+            reader._limit = call_bytes
+            got: list[bytes] = []
+            try:
+                while True:
+                    for _ in range(pause):  # a slow caller: the reader runs on meanwhile
+                        await asyncio.sleep(0)
+                        assert reader._held <= call_bytes + most
+                        seen_most = max(seen_most, held.held)
+                    try:
+                        got += await reader.next()
+                    except StopAsyncIteration:
+                        assert not broken
+                        break
+                    except Broke:
+                        assert broken
+                        break
+            finally:
+                await reader.aclose()
+            assert got == [bytes([n % 256]) * size for n, size in enumerate(sizes)]
+            assert ended == [None]
+
+        await asyncio.gather(*(consume(*answer) for answer in answers))
+        assert seen_most <= gateway_bytes + len(answers) * most
+        assert held.held == 0
+
+    asyncio.run(main())
