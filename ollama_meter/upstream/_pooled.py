@@ -37,7 +37,7 @@ from ollama_meter.upstream._classify import (
 )
 from ollama_meter.upstream._frames import MAX_FRAME_BYTES, Frames
 from ollama_meter.upstream._kept import Connections, sending, stale
-from ollama_meter.upstream._recorded import REFUSED_HEADER
+from ollama_meter.upstream._recorded import REFUSED_HEADER, SPAN_HEADER
 from ollama_meter.upstream._resilience import (
     CallAttempts,
     CircuitBreaker,
@@ -249,6 +249,8 @@ class PooledUpstream(Resilient):
             model=model,
             retry_after=retry_after_seconds(header),
         )
+        # A gateway recorded the call: sent again, it would be a call again in its ledger.
+        failure.recorded = header_of(response, SPAN_HEADER.lower().encode()) is not None
         return Refusal(failure, response.status, answer, content_type_of(response), header)
 
     async def read(self, response: aiohttp.ClientResponse, *, most: int | None = None) -> bytes:

@@ -1,0 +1,135 @@
+"""A call through a metering gateway is one call in its ledger, however it fails.
+
+The gateway records every request it is sent as a call (DESIGN §10: every failure is a span
+too), and retries its own upstream within that one span. An ometer client in front of it
+(``ometer chat``, the Python API, another gateway) that sent the call again after an answer
+the gateway recorded (a rate limit's 429 with a short ``Retry-After``, Ollama's 503 relayed)
+made each attempt a call of its own in the gateway's ledger: one user call, three spans, and
+Ollama asked nine times. Now an answer that names a gateway's span of the call is final: the
+caller is told what the gateway said, and when to try again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ollama_meter import AsyncMeteredClient, MeteredClient
+from ollama_meter.errors import RateLimited, UpstreamServerError
+from ollama_meter.gateway import _app
+from ollama_meter.gateway._rates import RateLimits
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.records import Limit
+from ollama_meter.testing import Fault, OllamaEmulator
+from tests.gateway.conftest import Gateway
+
+HI = [{"role": "user", "content": "hi"}]
+MODEL = "llama3.1:8b"
+S = 10**9
+
+
+class _Minute:
+    """The gateways' clock for their rate limits: a minute goes by when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000 * S
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+def minute(monkeypatch: pytest.MonkeyPatch) -> _Minute:
+    clock = _Minute()
+    monkeypatch.setattr(_app, "RateLimits", lambda: RateLimits(clock=clock))
+    return clock
+
+
+def _over_the_limit_soon(client: MeteredClient, minute: _Minute) -> None:
+    """The limit's one call of the minute, then the minute all but over: the next call is
+    refused with ``Retry-After: 1``, which the client's retry policy would wait for."""
+    client.chat(MODEL, HI)
+    minute.now += 59 * S + S // 2
+
+
+def test_a_gateways_rate_limit_refusal_is_one_span_not_one_per_attempt(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], minute: _Minute
+) -> None:
+    Ledger(sqlite_url).set_limit(Limit("default", "sales", rpm=1))
+    gw = serve_on(emulator.url, sqlite_url)
+    with MeteredClient(gw.url, department="sales", db_url=sqlite_url) as client:
+        _over_the_limit_soon(client, minute)
+        with pytest.raises(RateLimited) as refused:
+            client.chat(MODEL, HI)
+    assert refused.value.retry_after == 1
+    assert str(refused.value) == (
+        f"the gateway at {gw.url} refused the call (HTTP 429): default/sales is over its "
+        "limit of 1 calls a minute; try again in 1 s (see `ometer limit list`)"
+    )
+    gw.settle()
+    spans = gw.ledger.latest(SpanFilter(), 10)
+    assert [(s.source, s.status, s.error_type) for s in reversed(spans)] == [
+        ("gateway", "ok", None),
+        ("gateway", "rejected", "rate_limited"),
+    ]
+
+
+def test_an_async_client_sends_a_refused_call_once(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], minute: _Minute
+) -> None:
+    Ledger(sqlite_url).set_limit(Limit("default", "sales", rpm=1))
+    gw = serve_on(emulator.url, sqlite_url)
+    client_ledger = f"{sqlite_url}-client"  # its own ledger: each ledger one span of the call
+
+    async def calls() -> None:
+        async with AsyncMeteredClient(gw.url, department="sales", db_url=client_ledger) as c:
+            await c.chat(MODEL, HI)
+            minute.now += 59 * S + S // 2
+            with pytest.raises(RateLimited):
+                await c.chat(MODEL, HI)
+
+    asyncio.run(calls())
+    gw.settle()
+    assert [s.status for s in gw.ledger.latest(SpanFilter(), 10)] == ["rejected", "ok"]
+    mine = Ledger(client_ledger).latest(SpanFilter(), 10)
+    assert [(s.status, s.error_type) for s in mine] == [("error", "rate_limited"), ("ok", None)]
+
+
+def test_ollamas_503_through_a_gateway_is_retried_by_the_gateway_alone(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway]
+) -> None:
+    gw = serve_on(emulator.url, sqlite_url, config={"retry_backoff": 0.01})
+    emulator.inject(Fault.HTTP_503, times=100)
+    with MeteredClient(gw.url, db_url=sqlite_url, retry_backoff=0.01) as client:
+        with pytest.raises(UpstreamServerError):
+            client.chat(MODEL, HI)
+    gw.settle()
+    (span,) = gw.ledger.latest(SpanFilter(), 10)
+    assert (span.source, span.error_type) == ("gateway", "upstream_5xx")
+    assert len(emulator.requests_to("/api/chat")) == 3  # the gateway's call and its two retries
+
+
+def test_a_gateway_behind_a_gateway_sends_a_refused_call_once(
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    serve_on: Callable[..., Gateway],
+    minute: _Minute,
+    tmp_path: Path,
+) -> None:
+    """Chained on two ledgers: each holds one span of the refused call."""
+    Ledger(sqlite_url).set_limit(Limit("default", "unassigned", rpm=1))  # the inner's default
+    inner = serve_on(emulator.url, sqlite_url)
+    outer = serve_on(inner.url, f"sqlite:///{tmp_path / 'outer.db'}")
+    body = {"model": MODEL, "messages": HI, "stream": False}
+    assert outer.client.post("/api/chat", json=body).status_code == 200
+    minute.now += 59 * S + S // 2
+    answer = outer.client.post("/api/chat", json=body)
+    assert answer.status_code == 429, answer.text
+    assert answer.headers["retry-after"] == "1"
+    inner.settle()
+    outer.settle()
+    assert [s.status for s in inner.ledger.latest(SpanFilter(), 10)] == ["rejected", "ok"]
+    assert [s.status for s in outer.ledger.latest(SpanFilter(), 10)] == ["error", "ok"]
