@@ -23,7 +23,7 @@ route of Ollama's that a browser app calls, and hold everyone's spend: an allowe
 request to them is passed on as before, with no CORS header, so no page but the dashboard
 itself reads them (a preflight is not answered either).
 
-The caller's ``Origin`` is never passed on to Ollama (``_relay.HOP_BY_HOP``): the gateway
+The caller's ``Origin`` is never passed on to Ollama (``_onward.HOP_BY_HOP``): the gateway
 made the decision, and Ollama's own check would read an origin of a page it never served.
 """
 

@@ -25,7 +25,8 @@ from ollama_meter.gateway._answers import error_response
 from ollama_meter.gateway._fleet import UNION, Fleet
 from ollama_meter.gateway._json import INLINE_PARSE_BYTES
 from ollama_meter.gateway._model_names import model_named
-from ollama_meter.gateway._relay import forward_headers, wire_of
+from ollama_meter.gateway._onward import forward_headers
+from ollama_meter.gateway._relay import wire_of
 from ollama_meter.gateway._slots import CallerGone, Heard, hangup_of, until_gone
 from ollama_meter.upstream import OLLAMA, gateway_status
 from ollama_meter.upstream._pooled import as_sent

@@ -48,6 +48,7 @@ from ollama_meter.gateway._answers import (
     unchecked_response,
 )
 from ollama_meter.gateway._fleet import Fleet
+from ollama_meter.gateway._onward import forward_headers, heard, onward
 from ollama_meter.gateway._rates import Admission
 from ollama_meter.gateway._requests import MeteredRequest
 from ollama_meter.gateway._slots import (
@@ -82,29 +83,11 @@ from ollama_meter.upstream._classify import unfinished_error, unreadable
 from ollama_meter.upstream._pooled import content_type_of, gateway_status
 from ollama_meter.upstream._recorded import SPAN_HEADER
 
-HOP_BY_HOP = frozenset({
-    "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "trailer",
-    "upgrade", "proxy-authorization", "proxy-authenticate", "origin",  # _origins.py
-    # The caller's credentials are the gateway's to read, never Ollama's (nor its logs'):
-    # every header a key or the admin token may come in.
-    "authorization", "x-api-key", "x-ometer-key",
-    "x-ometer-tenant", "x-ometer-department", "x-ometer-user", "x-ometer-tags",
-    # How this hop's bodies travel, the gateway's own to say: it has the whole request body
-    # (a caller's "Expect: 100-continue" passed on had the client wait, with no timeout, for
-    # a "100 Continue" a server may never send), and it decodes the answer and relays it
-    # plain (a caller's "br" passed on got answers in a coding it cannot read).
-    "expect", "accept-encoding",
-})  # fmt: skip
-
 
 def wire_of(path: str) -> WireFormat:
     """The wire format a route's clients speak: Anthropic's on ``/v1/messages``, OpenAI's
     elsewhere under ``/v1/``, else Ollama's."""
     return wire_of_path(path)
-
-
-def forward_headers(headers: Any) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,11 +296,12 @@ class Relay:
             call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - queued
             await close_call(self.meter, call, exc)
             raise
-        headers = {**forward_headers(raw_headers), "content-type": "application/json"}
+        sends = onward(call, attribution)  # whom it is charged to, to a gateway behind this one
+        headers = {**forward_headers(raw_headers), **sends, "content-type": "application/json"}
         try:
             # Until the answer starts, only listening tells that the caller left.
             sent = await until_gone(
-                self._send(call, slot, request, wire, content, headers, query, admission),
+                self._send(call, slot, request, wire, content, headers, query, admission, bind),
                 hangup,
             )
             if isinstance(sent, Response):
@@ -350,6 +334,7 @@ class Relay:
         headers: dict[str, str],
         query: str,
         admission: Admission,
+        bind: Callable[[str], None] | None = None,
     ) -> _Answered | Response:
         """Ollama's 200 response, or the answer for the client (the span is then closed).
 
@@ -367,6 +352,7 @@ class Relay:
             assert slot.lease is not None
             server = slot.lease.server
             call.span.upstream_host = server.url
+            heard(self.meter, call, None)  # nothing said of this attempt's record yet
             elsewhere = fleet.can_move(model, {*tried, server.url}, who)
             began = time.perf_counter_ns()
             try:
@@ -381,6 +367,9 @@ class Relay:
                 await close_call(self.meter, call, exc)
                 raise
             else:
+                said = sent.named if isinstance(sent, Refusal) else sent.headers
+                if (recorded := heard(self.meter, call, said)) and bind is not None:
+                    bind(recorded)  # a gateway behind this one recorded it here: its span
                 if not isinstance(sent, Refusal):
                     fleet.served(server, model)
                     return _Answered(self.meter, call, attempts, request, wire, sent, server.pool)

@@ -14,16 +14,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from ollama_meter import AsyncMeteredClient, MeteredClient
+from ollama_meter.budgets import Budget, budget_status
 from ollama_meter.errors import RateLimited, UpstreamServerError
 from ollama_meter.gateway import _app
 from ollama_meter.gateway._rates import RateLimits
 from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.meter import utc_now
 from ollama_meter.records import Limit
 from ollama_meter.testing import Fault, OllamaEmulator
+from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
 HI = [{"role": "user", "content": "hi"}]
@@ -133,3 +137,78 @@ def test_a_gateway_behind_a_gateway_sends_a_refused_call_once(
     outer.settle()
     assert [s.status for s in inner.ledger.latest(SpanFilter(), 10)] == ["rejected", "ok"]
     assert [s.status for s in outer.ledger.latest(SpanFilter(), 10)] == ["error", "ok"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_two_gateways_chained_on_one_ledger_record_a_call_once(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], stream: bool
+) -> None:
+    """``ometer run`` in front of ``ometer serve``, both on the company's ledger: the inner
+    gateway's span, charged to whom the outer one charges, is the call's one record (each
+    call was two spans, the inner one charged to its default department)."""
+    inner = serve_on(emulator.url, sqlite_url)
+    outer = serve_on(inner.url, sqlite_url)
+    body = {"model": MODEL, "messages": HI, "stream": stream}
+    who = {"X-Ometer-Department": "sales", "X-Ometer-User": "ann"}
+    answer = outer.client.post("/api/chat", json=body, headers=who)
+    assert answer.status_code == 200, answer.text
+    with MeteredClient(outer.url, department="sales", db_url=sqlite_url) as client:
+        reply = client.chat(MODEL, HI, stream=stream)
+        last = list(reply)[-1] if stream else reply
+    inner.settle()
+    outer.settle()
+    spans = inner.ledger.latest(SpanFilter(), 10)
+    assert [(s.source, s.department, s.user, s.status, s.upstream_host) for s in spans] == [
+        ("gateway", "sales", None, "ok", emulator.url),
+        ("gateway", "sales", "ann", "ok", emulator.url),
+    ]
+    assert spans[0].id == last.meter.id
+    assert spans[1].id == answer.headers["x-ometer-span-id"]
+    assert spans[0].output_tokens > 0 and spans[0].cost_total == spans[1].cost_total
+
+
+def test_a_refusal_behind_a_gateway_on_one_ledger_is_one_span(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], minute: _Minute
+) -> None:
+    Ledger(sqlite_url).set_limit(Limit("default", "sales", rpm=1))
+    inner = serve_on(emulator.url, sqlite_url)
+    outer = serve_on(inner.url, sqlite_url)
+    body = {"model": MODEL, "messages": HI, "stream": False}
+    who = {"X-Ometer-Department": "sales"}
+    assert outer.client.post("/api/chat", json=body, headers=who).status_code == 200
+    minute.now += 59 * S + S // 2
+    answer = outer.client.post("/api/chat", json=body, headers=who)
+    assert answer.status_code == 429, answer.text
+    inner.settle()
+    outer.settle()
+    spans = inner.ledger.latest(SpanFilter(), 10)
+    assert [(s.department, s.status, s.error_type) for s in spans] == [
+        ("sales", "rejected", "rate_limited"),
+        ("sales", "ok", None),
+    ]
+    assert answer.headers["x-ometer-span-id"] == spans[0].id
+
+
+def test_a_call_through_two_gateways_on_one_ledger_is_held_and_spent_once(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway]
+) -> None:
+    """The outer gateway holds the call's bound under the hard budget, the inner one takes that
+    hold over (the outer names its span as an ometer client does): nothing is left held, and
+    the budget is spent the call's one cost."""
+    ledger = Ledger(sqlite_url)
+    ledger.add_price_rule(token_prices())
+    ledger.save_budget(Budget("default", "sales", "month", 10**9, "USD"))
+    inner = serve_on(emulator.url, sqlite_url)
+    outer = serve_on(inner.url, sqlite_url)
+    body = {"model": MODEL, "messages": HI, "stream": False, "options": {"num_predict": 8}}
+    answer = outer.client.post("/api/chat", json=body, headers={"X-Ometer-Department": "sales"})
+    assert answer.status_code == 200, answer.text
+    inner.settle()
+    outer.settle()
+    (span,) = inner.ledger.latest(SpanFilter(), 10)
+    assert span.cost_total > 0
+    for gw in (outer, inner):
+        assert gw.meter.budgets is not None
+        gw.meter.budgets.close()  # their leases given back
+    (status,) = budget_status(ledger, tz=ZoneInfo("UTC"), now=utc_now())
+    assert (status.held, status.spent) == (0, span.cost_total)
