@@ -167,11 +167,23 @@ def test_two_gateways_chained_on_one_ledger_record_a_call_once(
     assert spans[0].output_tokens > 0 and spans[0].cost_total == spans[1].cost_total
 
 
+class _Unlimited(RateLimits):
+    """A gateway's rates that hold no limit of the ledger's: only the inner gateway refuses."""
+
+    def load(self, *_: object, **__: object) -> None:
+        pass
+
+
 def test_a_refusal_behind_a_gateway_on_one_ledger_is_one_span(
-    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], minute: _Minute
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    serve_on: Callable[..., Gateway],
+    minute: _Minute,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     Ledger(sqlite_url).set_limit(Limit("default", "sales", rpm=1))
     inner = serve_on(emulator.url, sqlite_url)
+    monkeypatch.setattr(_app, "RateLimits", _Unlimited)
     outer = serve_on(inner.url, sqlite_url)
     body = {"model": MODEL, "messages": HI, "stream": False}
     who = {"X-Ometer-Department": "sales"}
@@ -212,3 +224,25 @@ def test_a_call_through_two_gateways_on_one_ledger_is_held_and_spent_once(
         gw.meter.budgets.close()  # their leases given back
     (status,) = budget_status(ledger, tz=ZoneInfo("UTC"), now=utc_now())
     assert (status.held, status.spent) == (0, span.cost_total)
+
+
+def test_ometer_chat_says_when_to_try_again_and_leaves_one_span(  # type: ignore[no-untyped-def]
+    cli,
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    serve_on: Callable[..., Gateway],
+    minute,
+    monkeypatch,
+) -> None:
+    Ledger(sqlite_url).set_limit(Limit("default", "sales", rpm=1))
+    gw = serve_on(emulator.url, sqlite_url)
+    monkeypatch.setenv("OLLAMA_HOST", gw.url)
+    monkeypatch.setenv("OMETER_DB_URL", sqlite_url)
+    assert cli("chat", "--dept", "sales", "-m", MODEL, "hi").code == 0
+    minute.now += 59 * S + S // 2
+    result = cli("chat", "--dept", "sales", "-m", MODEL, "hi")
+    assert result.code == 1, result.stderr
+    assert "over its limit of 1 calls a minute; try again in 1 s" in result.stderr
+    assert "Traceback" not in result.stderr
+    gw.settle()
+    assert [s.status for s in gw.ledger.latest(SpanFilter(), 10)] == ["rejected", "ok"]
