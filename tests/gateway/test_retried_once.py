@@ -12,6 +12,7 @@ caller is told what the gateway said, and when to try again.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -24,11 +25,14 @@ from ollama_meter.errors import RateLimited, UpstreamServerError
 from ollama_meter.gateway import _app
 from ollama_meter.gateway._rates import RateLimits
 from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger._journal import Journal
 from ollama_meter.meter import utc_now
+from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.records import Limit
 from ollama_meter.testing import Fault, OllamaEmulator
-from tests.factories import token_prices
+from tests.factories import make_span, token_prices
 from tests.gateway.conftest import Gateway
+from tests.integrity.test_journal_lines import _no_prices
 
 HI = [{"role": "user", "content": "hi"}]
 MODEL = "llama3.1:8b"
@@ -246,3 +250,28 @@ def test_ometer_chat_says_when_to_try_again_and_leaves_one_span(  # type: ignore
     assert "Traceback" not in result.stderr
     gw.settle()
     assert [s.status for s in gw.ledger.latest(SpanFilter(), 10)] == ["rejected", "ok"]
+
+
+def test_a_gateway_killed_in_front_of_one_on_its_ledger_leaves_no_second_record(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """The outer gateway was killed (``kill -9``) with a call open in its journal, which the
+    inner gateway recorded, noting the outer one's span (``X-Ometer-Client-Span``): that span
+    is the call's record, and the next process on the ledger writes no interrupted copy. A
+    gateway's own open calls were always recorded again: it had no gateway behind it."""
+    inner = serve_on(emulator.url, sqlite_url)
+    left = make_span(source="gateway", tenant="default", started_at=utc_now())
+    writer = Journal(tmp_path / "outer-journal")
+    writer.opened(left, 3)
+    said = {"X-Ometer-Client-Span": left.id, "X-Ometer-Department": "sales"}
+    body = {"model": MODEL, "messages": HI, "stream": False}
+    assert inner.client.post("/api/chat", json=body, headers=said).status_code == 200
+    inner.settle()
+    ledger = Ledger(sqlite_url)
+    assert writer._path is not None
+    ledger.journal.directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(writer._path, ledger.journal.directory / "9-outer.journal")  # nobody holds it
+    writer.close()
+    assert recover_interrupted(ledger, _no_prices) == 0
+    (span,) = ledger.latest(SpanFilter(), 10)
+    assert span.tags == {"ometer.client_span": left.id}
