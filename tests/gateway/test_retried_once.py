@@ -20,8 +20,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from ollama_meter import AsyncMeteredClient, MeteredClient
-from ollama_meter.budgets import Budget, budget_status
-from ollama_meter.errors import RateLimited, UpstreamServerError
+from ollama_meter.budgets import Budget, BudgetGate, budget_status
+from ollama_meter.errors import LedgerError, RateLimited, UpstreamError, UpstreamServerError
 from ollama_meter.gateway import _app
 from ollama_meter.gateway._rates import RateLimits
 from ollama_meter.ledger import Ledger, SpanFilter
@@ -275,3 +275,31 @@ def test_a_gateway_killed_in_front_of_one_on_its_ledger_leaves_no_second_record(
     assert recover_interrupted(ledger, _no_prices) == 0
     (span,) = ledger.latest(SpanFilter(), 10)
     assert span.tags == {"ometer.client_span": left.id}
+
+
+def test_a_gateways_ledger_unavailable_refusal_is_sent_once(
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    serve_on: Callable[..., Gateway],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway cannot check the hard budget (its ledger away): 503 ``ledger_unavailable``
+    with ``Retry-After: 5`` and a span of the refusal. The client waited twice 5 s and sent it
+    twice more: three refusals, three spans, for one call."""
+    ledger = Ledger(sqlite_url)
+    ledger.add_price_rule(token_prices())
+    ledger.save_budget(Budget("default", "ops", "month", 10**9, "USD"))
+    gw = serve_on(emulator.url, sqlite_url, config={"department": "ops"})
+    checked: list[str] = []
+
+    def away(self: BudgetGate, **call: object) -> None:
+        checked.append(str(call["call_id"]))
+        raise LedgerError("the ledger at test is away")
+
+    monkeypatch.setattr(BudgetGate, "admit", away)
+    with MeteredClient(gw.url, db_url=f"{sqlite_url}-client") as client:
+        with pytest.raises(UpstreamError) as refused:
+            client.chat(MODEL, HI)
+    assert f"the gateway at {gw.url} refused the call (HTTP 503)" in str(refused.value)
+    assert "cannot be checked" in str(refused.value) and refused.value.retry_after == 5
+    assert len(checked) == 1  # one attempt: one refusal, one span
