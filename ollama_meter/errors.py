@@ -108,6 +108,10 @@ class UpstreamError(OmeterError):
     """The call failed after Ollama did its work: its whole answer had come (a success) and
     could not be taken, or the meter cut it while it was served (:class:`OverCap`). It is
     charged what it consumed (its prompt, estimated, and its time), never a silent $0."""
+    recorded: bool = False
+    """A metering gateway recorded the attempt as a call (its answer named its span): sent
+    again, the call would be another call in that gateway's ledger, so it is never retried.
+    The gateway retried its own upstream already; its caller is told when to come back."""
 
     def __init__(
         self, message: str, *, status_code: int | None = None, retry_after: float | None = None

@@ -47,7 +47,8 @@ from ollama_meter.gateway._ledger_name import LedgerName
 from ollama_meter.gateway._memory import Unread, body_memory, read_body
 from ollama_meter.gateway._origins import allowed_origins, origin_check
 from ollama_meter.gateway._passthrough import BLOBS, PASSTHROUGH, forward
-from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
+from ollama_meter.gateway._rates import OverLimit, RateLimits
+from ollama_meter.gateway._rates_kept import keep_limits, read_limits
 from ollama_meter.gateway._relay import Relay, wire_of
 from ollama_meter.gateway._requests import (
     OLLAMA_ROUTES,
@@ -229,9 +230,9 @@ class Gateway:
             return error_response(wire, bad.status, bad.message, headers=named, kind=bad.error_type)
         spans: list[str] = []  # the call's, once it is open: named to the caller in a header
 
-        def bind(span_id: str) -> None:
+        def bind(span_id: str) -> None:  # again: a gateway behind this one recorded the call
+            self.rates.bind(span_id, key_id, admission, was=spans[-1] if spans else None)
             spans.append(span_id)
-            self.rates.bind(span_id, key_id, admission)
 
         # A call that waits its turn is sent only if its key is still live when it comes.
         recheck = None if key is None else functools.partial(self.access.still_live, request, key)
@@ -246,7 +247,7 @@ class Gateway:
             hangup=hangup_of(request),
             recheck=recheck,
         )
-        self.ledger_name.stamp(answer.headers, spans[0] if spans else None)  # a refusal: its own
+        self.ledger_name.stamp(answer.headers, spans[-1] if spans else None)  # a refusal: its own
         return answer
 
     async def passthrough(self, request: Request) -> Response:

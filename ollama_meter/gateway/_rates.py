@@ -27,7 +27,6 @@ every limit that covers it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import threading
@@ -37,11 +36,9 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 from ollama_meter.budgets import IMAGE_TOKENS_SEEN
-from ollama_meter.errors import LedgerError
-from ollama_meter.gateway._queue import Capacity, FairQueue
+from ollama_meter.gateway._queue import Capacity
 from ollama_meter.gateway._requests import MeteredRequest
 from ollama_meter.gateway._threads import in_thread
-from ollama_meter.ledger import Ledger
 from ollama_meter.meter import Attribution
 from ollama_meter.records import Limit, SpanRecord
 
@@ -380,9 +377,24 @@ class RateLimits:
                     return limit.weight
         return 1
 
-    def bind(self, span_id: str, key_id: int | None, admission: Admission | None = None) -> None:
+    def bind(
+        self,
+        span_id: str,
+        key_id: int | None,
+        admission: Admission | None = None,
+        *,
+        was: str | None = None,
+    ) -> None:
         """The call ``span_id`` was made with key ``key_id`` (its tokens count there too) and
-        admitted as ``admission`` (its prompt's count is given back when it ends)."""
+        admitted as ``admission`` (its prompt's count is given back when it ends). ``was``: the
+        call bound so is recorded as ``span_id`` instead (by a gateway behind this one)."""
+        if was is not None:
+            with self._lock:
+                if (key := self._keys.pop(was, None)) is not None:
+                    self._keys[span_id] = key
+                if (prompt := self._prompts.pop(was, None)) is not None:
+                    self._prompts[span_id] = prompt
+            return
         keyed = key_id is not None and ("key", str(key_id)) in self._limits
         if keyed or (admission is not None and admission.prompt):
             with self._lock:
@@ -414,35 +426,4 @@ class RateLimits:
                     window.trim(now)
                     window.add(now, tokens)
 
-
-async def read_limits(ledger: Ledger, rates: RateLimits) -> bool:
-    """Put the ledger's limits in force; False (the last ones kept) when they cannot be read.
-
-    A row that cannot be read (edited by hand in SQL) keeps its scope's limits read before,
-    said in a warning at each read; every other row is put in force all the same.
-    """
-    try:
-        limits, broken = await in_thread(ledger.limits_in_force)
-    except LedgerError as exc:
-        log.warning("keeping the limits read before: %s", exc)
-        return False
-    if broken:  # one line a read, however many rows
-        others = len(broken) - 1
-        more = f" (and {others} other {'row' if others == 1 else 'rows'})" if others else ""
-        log.warning("%s; keeping the limits read before for them%s", broken[0][1], more)
-    rates.load(limits, keep=[scope for scope, _ in broken])
-    return True
-
-
-async def keep_limits(ledger: Ledger, rates: RateLimits, queue: FairQueue | None = None) -> None:
-    """Put the ledger's limits in force now and every few seconds (a failed read keeps the last).
-
-    After each read the waiting calls of ``queue`` get them too: the departments' new
-    weights, and a concurrency limit raised or removed lets calls waiting for it go now,
-    not when one of the scope's running calls ends.
-    """
-    while True:
-        if await read_limits(ledger, rates) and queue is not None:
-            queue.reweigh(rates.weight_of)
-            queue.kick()
-        await asyncio.sleep(LIMITS_SECONDS)
+    on_recorded_elsewhere = on_end  # a gateway behind this one recorded it: it counts here too

@@ -50,6 +50,7 @@ from ollama_meter.gateway._answers import (
 )
 from ollama_meter.gateway._fleet import Fleet
 from ollama_meter.gateway._forwarded import forward_headers
+from ollama_meter.gateway._onward import heard, onward
 from ollama_meter.gateway._rates import Admission
 from ollama_meter.gateway._requests import MeteredRequest
 from ollama_meter.gateway._slots import (
@@ -308,11 +309,12 @@ class Relay:
             call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - queued
             await close_call(self.meter, call, exc)
             raise
-        headers = {**forward_headers(raw_headers), "content-type": "application/json"}
+        sends = onward(call, attribution)  # whom it is charged to, to a gateway behind this one
+        headers = {**forward_headers(raw_headers), **sends, "content-type": "application/json"}
         try:
             # Until the answer starts, only listening tells that the caller left.
             sent = await until_gone(
-                self._send(call, slot, request, wire, content, headers, query, admission),
+                self._send(call, slot, request, wire, content, headers, query, admission, bind),
                 hangup,
             )
             if isinstance(sent, Response):
@@ -347,6 +349,7 @@ class Relay:
         headers: dict[str, str],
         query: str,
         admission: Admission,
+        bind: Callable[[str], None] | None = None,
     ) -> _Answered | Response:
         """Ollama's 200 response, or the answer for the client (the span is then closed).
 
@@ -364,6 +367,7 @@ class Relay:
             assert slot.lease is not None
             server = slot.lease.server
             call.span.upstream_host = server.url
+            heard(self.meter, call, None)  # nothing said of this attempt's record yet
             elsewhere = fleet.can_move(model, {*tried, server.url}, who)
             began = time.perf_counter_ns()
             try:
@@ -378,6 +382,9 @@ class Relay:
                 await close_call(self.meter, call, exc)
                 raise
             else:
+                said = sent.named if isinstance(sent, Refusal) else sent.headers
+                if (recorded := heard(self.meter, call, said)) and bind is not None:
+                    bind(recorded)  # a gateway behind this one recorded it here: its span
                 if not isinstance(sent, Refusal):
                     fleet.served(server, model)
                     return _Answered(self.meter, call, attempts, request, wire, sent, server.pool)

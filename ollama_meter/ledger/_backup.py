@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from ollama_meter._paths import discard, resolved, sync_folder, written_through
 from ollama_meter.errors import LedgerError, ValidationError
-from ollama_meter.ledger._meta import IDENTITY
+from ollama_meter.ledger._meta import IDENTITY, PLACE
 from ollama_meter.ledger._why import file_limit
 from ollama_meter.ledger.models import LEDGER_META
 
@@ -119,7 +119,7 @@ def _unnamed(copy: sqlite3.Connection) -> None:
     not be taken for one writing to this one, or a client here would leave its calls' records
     to the copy; a copy restored in the ledger's place is given an id anew when first asked."""
     with contextlib.suppress(sqlite3.OperationalError):  # a ledger from before ledger_meta
-        copy.execute(f"DELETE FROM {LEDGER_META.name} WHERE key = ?", (IDENTITY,))
+        copy.execute(f"DELETE FROM {LEDGER_META.name} WHERE key IN (?, ?)", (IDENTITY, PLACE))
         copy.commit()
 
 

@@ -3,7 +3,9 @@
 A client sends its own span id of each call to a gateway (``X-Ometer-Client-Span``); the
 gateway notes it on its span (``CLIENT_SPAN_TAG``). A client killed before any answer left
 its call open in its journal; where the gateway's span of that call is in the ledger, it is
-the call's one record, and recovery writes no interrupted copy beside it.
+the call's one record, and recovery writes no interrupted copy beside it. A gateway in front
+of another is such a client too (``gateway/_onward.py``): killed, its open calls were recorded
+again beside the inner gateway's spans of them.
 
 The note is the caller's word: anyone may name any id. So a gateway span only stands for a
 journal entry charged alike (tenant, department, requested model) and begun near it; where
@@ -31,8 +33,6 @@ def recorded_by_gateway(conn: Connection, opened: Sequence[SpanRecord]) -> set[s
     noted = SPANS.c.tags[CLIENT_SPAN_TAG].as_string()
     found: set[str] = set()
     for span in opened:
-        if span.source == Source.GATEWAY:
-            continue
         query = (
             select(SPANS.c.id)
             .where(

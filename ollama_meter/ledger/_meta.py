@@ -69,6 +69,33 @@ def ledger_identity(conn: Connection, *, make: bool) -> str | None:
     return get_meta(conn, IDENTITY)
 
 
+def identity_place(conn: Connection) -> str | None:
+    """The inode the ledger's id was placed in (:func:`placed_identity`); None: not placed."""
+    return get_meta(conn, PLACE)
+
+
+PLACE = "ledger_file"
+"""The inode of the SQLite file the ledger's id was made in (or first read in)."""
+
+
+def placed_identity(conn: Connection, place: str) -> str | None:
+    """The ledger's id, for a SQLite file whose inode is ``place`` (a write transaction).
+
+    ``cp`` copies ``ledger_meta`` with the rest: a copy (another file, another inode) had the
+    original's id, so an ometer client on the copy took a gateway's answer on the original
+    for its own ledger's and wrote no span of the call in the copy. A copy is named anew here,
+    once (the first process to read it), and the id noted as the copy's own; a ledger named
+    before ids were placed takes the file it is read in now as its own."""
+    found = get_meta(conn, IDENTITY)
+    placed = get_meta(conn, PLACE)
+    if found is not None and placed not in (None, place):
+        found = secrets.token_hex(16)
+        set_meta(conn, IDENTITY, found)
+    if found is not None and placed != place:
+        set_meta(conn, PLACE, place)
+    return found
+
+
 def ledger_zone(conn: Connection) -> tzinfo | None:
     """The zone whose midnights begin the ledger's day and month cells (None: UTC).
 

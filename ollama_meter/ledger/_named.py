@@ -11,6 +11,7 @@ import contextlib
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _meta
 from ollama_meter.ledger._database import Database
+from ollama_meter.ledger._engine import file_id
 
 
 class Named(Database):
@@ -20,13 +21,35 @@ class Named(Database):
 
     def identity(self, *, make: bool = True) -> str | None:
         """This ledger's id (``_meta.ledger_identity``), read once; ``make``: made if it has none."""
-        if self._identity is None:
-            with self.read() as conn:
-                self._identity = _meta.ledger_identity(conn, make=False)
+        if self._identity is not None:
+            return self._identity
+        place = self._place()
+        with self.read() as conn:
+            found = _meta.ledger_identity(conn, make=False)
+            placed = None if found is None else _meta.identity_place(conn)
+        if found is not None and place is not None and placed != place:
+            found = self._placed(place, trusted=found if placed is None else None)
+        self._identity = found
         if self._identity is None and make:
             with self.write() as conn:
-                self._identity = _meta.ledger_identity(conn, make=True)
+                found = _meta.ledger_identity(conn, make=True)
+                self._identity = found if place is None else _meta.placed_identity(conn, place)
         return self._identity
+
+    def _place(self) -> str | None:
+        """The inode of the ledger's SQLite file (None: not a file, or not there yet)."""
+        found = None if self._file is None else file_id(self._file)
+        return None if found is None else str(found[1])
+
+    def _placed(self, place: str, *, trusted: str | None) -> str | None:
+        """The id, the file's own (a copy named anew: ``_meta.placed_identity``); when it
+        cannot be written (a read-only file), ``trusted``: the id of a ledger named before
+        ids were placed, else none (the call recorded here too: twice, never not at all)."""
+        try:
+            with self.write() as conn:
+                return _meta.placed_identity(conn, place)
+        except LedgerError:
+            return trusted
 
     @property
     def known_identity(self) -> str | None:

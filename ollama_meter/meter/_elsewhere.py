@@ -48,6 +48,13 @@ def gateways_span(meter: Meter, call: MeteredCall) -> str | None:
     return heard.span_id if ours and hmac.compare_digest(heard.ledger, ours) else None
 
 
+def leaves_to_gateway(meter: Meter, call: MeteredCall) -> bool:
+    """Whether a gateway's answer named ``call``'s span in this ledger (read, not asked)."""
+    heard = call.heard
+    ours = meter.ledger.known_identity
+    return heard is not None and heard.ledger is not None and heard.ledger == ours
+
+
 def clients_hold(meter: Meter, span: SpanRecord) -> str | None:
     """The client span whose budget hold a gateway takes over for ``span``, its own call's.
 

@@ -25,7 +25,7 @@ from ollama_meter.errors import BudgetExceeded, LedgerError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._behind import WriteBehind, settle
 from ollama_meter.meter._call import MeteredCall
-from ollama_meter.meter._elsewhere import clients_hold, leave_to_gateway
+from ollama_meter.meter._elsewhere import clients_hold, leave_to_gateway, leaves_to_gateway
 from ollama_meter.meter._ending import closed, mark_ended
 from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.meter._recovery import recover_interrupted
@@ -329,7 +329,8 @@ class Meter:
     def close_now(self, call: MeteredCall, error: BaseException | None = None) -> bool:
         """:meth:`close` on an event loop if the span can wait for its commit; else False."""
         behind = self.behind
-        if behind is None or not behind.room(call):
+        # A call a gateway behind this one recorded gives its budget hold back: in a thread.
+        if behind is None or not behind.room(call) or leaves_to_gateway(self, call):
             return False
         self._close(call, error, behind=True, here=True)
         return True

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ollama_meter.pricing import PriceBook
-from ollama_meter.records import Source, SpanRecord, Status, Stored, TokenSource, make_storable
+from ollama_meter.records import SpanRecord, Status, Stored, TokenSource, make_storable
 
 if TYPE_CHECKING:
     from ollama_meter.ledger import Ledger
@@ -59,7 +59,7 @@ def recover_interrupted(ledger: Ledger, prices: Callable[[], PriceBook]) -> int:
 def _recorded_by_gateway(ledger: Ledger, opened: list[SpanRecord]) -> set[str]:
     """Which ``opened`` calls a gateway on the ledger recorded (none, if it cannot be read:
     then they are recorded as interrupted, counted twice rather than not at all)."""
-    if not any(span.source != Source.GATEWAY for span in opened):
+    if not opened:
         return set()
     from ollama_meter.ledger._client_spans import recorded_by_gateway
 

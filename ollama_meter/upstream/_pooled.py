@@ -15,7 +15,7 @@ import asyncio
 import functools
 import json
 from collections.abc import AsyncGenerator, AsyncIterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import aiohttp
@@ -38,7 +38,7 @@ from ollama_meter.upstream._classify import (
 from ollama_meter.upstream._delivered import TRACE, sending_body
 from ollama_meter.upstream._frames import MAX_FRAME_BYTES, Frames
 from ollama_meter.upstream._kept import Connections, sending, stale
-from ollama_meter.upstream._recorded import REFUSED_HEADER
+from ollama_meter.upstream._recorded import LEDGER_HEADER, REFUSED_HEADER, SPAN_HEADER
 from ollama_meter.upstream._resilience import (
     CallAttempts,
     CircuitBreaker,
@@ -67,6 +67,8 @@ class Refusal:
     content_type: str | None
     retry_after: str | None
     """The answer's ``Retry-After`` header, passed on as it came."""
+    named: dict[str, str] = field(default_factory=dict)
+    """What a metering gateway's answer named of its record of the call (its ledger, its span)."""
 
 
 class PooledUpstream(Resilient):
@@ -254,7 +256,14 @@ class PooledUpstream(Resilient):
             model=model,
             retry_after=retry_after_seconds(header),
         )
-        return Refusal(failure, response.status, answer, content_type_of(response), header)
+        named = {
+            name: value
+            for name in (SPAN_HEADER, LEDGER_HEADER)
+            if (value := header_of(response, name.lower().encode())) is not None
+        }
+        # A gateway recorded the call: sent again, it would be a call again in its ledger.
+        failure.recorded = SPAN_HEADER in named
+        return Refusal(failure, response.status, answer, content_type_of(response), header, named)
 
     async def read(self, response: aiohttp.ClientResponse, *, most: int | None = None) -> bytes:
         """The whole body; a transport failure, or more than ``most`` bytes (default

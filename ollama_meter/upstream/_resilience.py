@@ -8,7 +8,10 @@ backoff and jitter, and only while nothing has been streamed to the caller: a
 4xx is the caller's mistake and is never repeated. An upstream that says when
 to come back (``Retry-After`` on a 429 or 503) is waited for, unless that is
 longer than ``max_backoff``: then the call fails at once with that answer, and
-its caller learns when to retry.
+its caller learns when to retry. An answer a metering gateway recorded as a call
+(``UpstreamError.recorded``: its 429, Ollama's 503 it relayed) is never retried
+either: each attempt was a span in its ledger, one call counted three times, and
+the gateway had retried its own upstream already.
 
 Each upstream host has two kinds of circuit. The host's own counts connection
 failures (nothing answers there at all). One circuit per (host, model) counts
@@ -335,10 +338,12 @@ class CallAttempts:
         """Seconds to wait before the next attempt; None when the call ends with ``error``.
 
         A call is retried only on a transient failure, only while nothing has been
-        streamed (``started``), and at most ``retries`` times.
+        streamed (``started``), never once a metering gateway recorded it (each attempt
+        would be a call in its ledger), and at most ``retries`` times.
         """
         self.attempts += 1
-        if not started and is_transient(error) and self.attempts <= self._retry.retries:
+        again = not started and not error.recorded and is_transient(error)
+        if again and self.attempts <= self._retry.retries:
             wait = self._retry.wait(self.attempts, error.retry_after)
             if wait is not None:
                 return wait

@@ -37,7 +37,7 @@ from ollama_meter.upstream._classify import (
     unfinished_error,
     unreadable,
 )
-from ollama_meter.upstream._recorded import REFUSED_HEADER, Heard
+from ollama_meter.upstream._recorded import REFUSED_HEADER, SPAN_HEADER, Heard
 from ollama_meter.upstream._resilience import (
     CircuitBreaker,
     Resilient,
@@ -329,8 +329,8 @@ class Upstream(Resilient):
             detail = error_text(exc.error)
             if exc.status_code == -1:  # an {"error": ...} line inside a 200 stream
                 return mid_stream_error(detail)
-            if refused := _header(exc, REFUSED_HEADER):  # the gateway's own refusal
-                return gateway_refusal(
+            error = (
+                gateway_refusal(  # the gateway's own refusal
                     refused,
                     exc.status_code,
                     detail,
@@ -338,14 +338,18 @@ class Upstream(Resilient):
                     model=model,
                     retry_after=_retry_after(exc),
                 )
-            return answer_error(
-                exc.status_code,
-                detail,
-                host=self.host,
-                model=model,
-                retry_after=_retry_after(exc),
-                location=_header(exc, "location"),
+                if (refused := _header(exc, REFUSED_HEADER))
+                else answer_error(
+                    exc.status_code,
+                    detail,
+                    host=self.host,
+                    model=model,
+                    retry_after=_retry_after(exc),
+                    location=_header(exc, "location"),
+                )
             )
+            error.recorded = _header(exc, SPAN_HEADER) is not None  # a gateway's span of it
+            return error
         reason = _one_line(exc)
         answered = started or _ANSWERED.get()
         if not answered and _refused_by_client(exc):

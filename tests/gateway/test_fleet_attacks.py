@@ -27,7 +27,8 @@ from ollama_meter.config import load_settings
 from ollama_meter.gateway import GatewayOptions, create_app
 from ollama_meter.gateway._app import Gateway
 from ollama_meter.gateway._queue import Capacity, FairQueue
-from ollama_meter.gateway._rates import OverLimit, RateLimits, keep_limits, read_limits
+from ollama_meter.gateway._rates import OverLimit, RateLimits
+from ollama_meter.gateway._rates_kept import keep_limits, read_limits
 from ollama_meter.ledger import SpanFilter, open_ledger
 from ollama_meter.periods import Window
 from ollama_meter.records import Budget, Limit

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ollama_meter.gateway._rates import OverLimit, RateLimits, read_limits
+from ollama_meter.gateway._rates import OverLimit, RateLimits
+from ollama_meter.gateway._rates_kept import read_limits
 from ollama_meter.ledger import Ledger
 from ollama_meter.records import Limit
 

@@ -1,0 +1,44 @@
+"""What the gateway sends its upstream beside the caller's request, and what it hears back.
+
+The caller's own headers go on but for this hop's, its credentials and every ``X-Ometer-*``
+(``_forwarded``). In their place the gateway says, as an ometer client does
+(``upstream._recorded``), whom it charges the call to and its own span of it: so a metering
+gateway behind it (``ometer run`` in front of ``ometer serve``, one gateway in front of
+another) charges the call alike, and, on this gateway's own ledger, records it once. Its
+answer then names its span in this ledger, which is the call's record: this gateway writes
+none of its own (``meter._elsewhere``) and names that span to its caller. Before, two gateways
+chained on one ledger wrote two spans of every call, the inner one charged to its default
+department.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ollama_meter.meter import Attribution, Meter, MeteredCall
+from ollama_meter.meter._elsewhere import gateways_span
+from ollama_meter.upstream._recorded import Heard, who_headers
+
+
+def onward(call: MeteredCall, charged: Attribution) -> Mapping[str, str]:
+    """The headers that say whom ``call`` is charged to and its span; noted on the call, whose
+    answer's words of its record :func:`heard` keeps."""
+    sends = who_headers(
+        charged.tenant, charged.department, charged.user, charged.tags, span_id=call.span.id
+    )
+    call.heard = Heard(sends=sends)
+    return sends
+
+
+def heard(meter: Meter, call: MeteredCall, headers: Mapping[str, str] | None) -> str | None:
+    """Note what the upstream's answer (``headers``; None: none came) said of the call's
+    record; the span a metering gateway on this ledger recorded it as, if one did."""
+    if call.heard is None:
+        return None
+    if headers is None:
+        call.heard.attempt()
+        return None
+    call.heard.heard(headers)
+    if call.heard.ledger is None or meter.ledger.known_identity is None:
+        return None  # (not read on the event loop: the gateway reads it when it starts)
+    return gateways_span(meter, call)
