@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ollama_meter.gateway._forwarded import forward_headers
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._elsewhere import gateways_span
 from ollama_meter.upstream._recorded import Heard, who_headers
@@ -28,6 +29,15 @@ def onward(call: MeteredCall, charged: Attribution) -> Mapping[str, str]:
     )
     call.heard = Heard(sends=sends)
     return sends
+
+
+def upstream_headers(
+    call: MeteredCall, charged: Attribution, caller: Mapping[str, str]
+) -> dict[str, str]:
+    """The headers of ``call``'s request to Ollama: the ``caller``'s that travel
+    (``_forwarded``), then whom it is charged to and its span (:func:`onward`), for a gateway
+    behind this one."""
+    return {**forward_headers(caller), **onward(call, charged), "content-type": "application/json"}
 
 
 def heard(meter: Meter, call: MeteredCall, headers: Mapping[str, str] | None) -> str | None:

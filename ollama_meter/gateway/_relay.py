@@ -49,8 +49,7 @@ from ollama_meter.gateway._answers import (
     unchecked_response,
 )
 from ollama_meter.gateway._fleet import Fleet
-from ollama_meter.gateway._forwarded import forward_headers
-from ollama_meter.gateway._onward import heard, onward
+from ollama_meter.gateway._onward import heard, upstream_headers
 from ollama_meter.gateway._rates import Admission
 from ollama_meter.gateway._requests import MeteredRequest
 from ollama_meter.gateway._slots import (
@@ -85,11 +84,9 @@ from ollama_meter.upstream._classify import unfinished_error, unreadable
 from ollama_meter.upstream._pooled import content_type_of, gateway_status
 from ollama_meter.upstream._recorded import SPAN_HEADER
 
-
-def wire_of(path: str) -> WireFormat:
-    """The wire format a route's clients speak: Anthropic's on ``/v1/messages``, OpenAI's
-    elsewhere under ``/v1/``, else Ollama's."""
-    return wire_of_path(path)
+wire_of: Callable[[str], WireFormat] = wire_of_path
+"""The wire format a route's clients speak: Anthropic's on ``/v1/messages``, OpenAI's
+elsewhere under ``/v1/``, else Ollama's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,8 +306,7 @@ class Relay:
             call.span.queue_ns = (call.span.queue_ns or 0) + time.monotonic_ns() - queued
             await close_call(self.meter, call, exc)
             raise
-        sends = onward(call, attribution)  # whom it is charged to, to a gateway behind this one
-        headers = {**forward_headers(raw_headers), **sends, "content-type": "application/json"}
+        headers = upstream_headers(call, attribution, raw_headers)
         try:
             # Until the answer starts, only listening tells that the caller left.
             sent = await until_gone(
