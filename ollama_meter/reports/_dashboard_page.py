@@ -41,7 +41,6 @@ from ollama_meter.reports._html import (
     asset,
     cost_bar,
     isolate,
-    money,
     num,
     percent,
     render_template,
@@ -50,6 +49,7 @@ from ollama_meter.reports._html import (
     spend_series,
 )
 from ollama_meter.reports._rows import SpendRow
+from ollama_meter.reports._shown import money, rounded_parts
 
 SHOWN_DRILLS = 25
 """How many departments (the biggest) get a drill-down panel on the page; the others are one
@@ -110,6 +110,8 @@ class DepartmentPanel:
     share: Decimal | None
     chart: Chart
     filter_href: str
+    shown: int = 0
+    """Its cost as the page shows it: rounded with the other departments' (``rounded_parts``)."""
     models: list[SpendRow] = field(default_factory=list)
     """Its biggest models (:data:`TOP`); ``more_models`` the others, counted."""
     users: list[SpendRow] = field(default_factory=list)
@@ -131,6 +133,8 @@ class CurrencyPanel:
     more_departments: int = 0
     """Departments with no panel of their own (past :data:`SHOWN_DRILLS`)."""
     more_departments_cost: int = 0
+    more_departments_shown: int = 0
+    """``more_departments_cost`` as shown: the sum of its departments' rounded costs."""
     more_models: int = 0
     more_users: int = 0
 
@@ -256,6 +260,12 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
     colours = {key: series_class(i) for i, key in enumerate(d.department_keys)}
     departments = d.departments(currency)
     cost = sum(dept.cost for dept in departments)
+    # Rounded together, the departments drilled into and the others as one, so what the page
+    # shows of them adds up to the spend card, each within a minor unit of its exact amount.
+    drilled, others = departments[:SHOWN_DRILLS], departments[SHOWN_DRILLS:]
+    *rounded, rounded_others = rounded_parts(
+        [*(dept.cost for dept in drilled), sum(dept.cost for dept in others)], currency
+    )
     xs = d.buckets
     # Several tenants: a department is named with its tenant, and its link filters to it.
     several = d.several_tenants
@@ -289,6 +299,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
                 drill=dept,
                 share=share(dept.cost, cost),
                 chart=alone,
+                shown=rounded[index],
                 filter_href=(
                     links.href(tenant=tenant, dept=dept.name)
                     if tenant is not None
@@ -306,6 +317,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         "departments",
         xs,
         currency,
+        sum(rounded[SHOWN_SERIES:]) + rounded_others,  # (SHOWN_SERIES < SHOWN_DRILLS)
     )
     if folded:
         series.append(rest[0])
@@ -322,7 +334,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         LegendItem(
             name=p.label,
             css=p.css,
-            value=money(p.drill.cost, currency),
+            value=money(p.shown, currency),
             tip=f"{format_micros(p.drill.cost)} {currency}",
             href=f"#{p.anchor}",
         )
@@ -334,9 +346,15 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         f"Spend by model in {currency}",
         [
             cost_bar(
-                isolate(m.label("model")), m.cost, currency, links.href(model=m.label("model"))
+                isolate(m.label("model")),
+                m.cost,
+                currency,
+                links.href(model=m.label("model")),
+                shown=shown,
             )
-            for m in models
+            for m, shown in zip(
+                models, rounded_parts([m.cost for m in models], currency), strict=True
+            )
         ],
         unit=currency,
         limit=TOP,
@@ -358,6 +376,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         departments=panels,
         more_departments=len(departments) - len(panels),
         more_departments_cost=sum(dept.cost for dept in departments[SHOWN_DRILLS:]),
+        more_departments_shown=rounded_others,
         more_models=max(len(models) - TOP, 0),
         more_users=max(len(users) - TOP, 0),
     )
