@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.budgets._estimate import MAX_HIDDEN_PROMPT, MESSAGE_TOKENS, TEMPLATE_TOKENS
 from ollama_meter.ledger import SpanFilter
+from ollama_meter.meter import Attribution, Opening
 from ollama_meter.testing import Fault, OllamaEmulator
+from ollama_meter.upstream import Final
 from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 
@@ -92,3 +94,15 @@ def test_an_honest_count_is_charged_as_reported_however_long_the_prompt(
     span = _span(priced, who)
     assert span.input_tokens == answer.prompt_eval_count  # type: ignore[attr-defined]
     assert span.token_source == "reported"  # type: ignore[attr-defined]
+
+
+def test_a_call_opened_without_its_request_is_charged_as_reported(priced: Gateway) -> None:
+    """A call opened with no request's facts (a library caller's own ``Opening``) knows no
+    bound of its prompt: its count, however large, is charged as reported (a bound of an
+    empty request would have cut every such call to 32,800 tokens)."""
+    meter = priced.meter
+    opening = Opening("chat", "llama3.1:8b", False, Attribution("acme", "library"))
+    call = meter.open(opening)
+    call.observe(Final(input_tokens=100_000, output_tokens=3, done_reason="stop"))
+    span = meter.close(call)
+    assert (span.input_tokens, span.token_source) == (100_000, "reported")
