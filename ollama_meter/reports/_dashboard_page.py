@@ -125,7 +125,8 @@ class CurrencyPanel:
     cost: int
     spend_chart: Chart
     model_chart: Chart
-    top_models: list[tuple[SpendRow, Decimal | None]]
+    top_models: list[tuple[SpendRow, Decimal | None, int]]
+    """Each with its share of the spend and its cost as shown (as its bar in the chart)."""
     """The biggest models in this currency, each with its share of the spend."""
     top_users: list[tuple[SpendRow, str, Decimal | None]]
     """The biggest users in this currency, each with its label and its share of the spend."""
@@ -341,6 +342,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         for p in panels[:SHOWN_SERIES]
     ] + ([rest[1]] if folded else [])
     models = d.by_cost(d.in_currency(d.spend.rollup(["model"]), currency), "model")
+    shown_models = rounded_parts([m.cost for m in models], currency)  # add up to the card
     users = d.top_users(currency)
     model_chart = bars(
         f"Spend by model in {currency}",
@@ -352,9 +354,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
                 links.href(model=m.label("model")),
                 shown=shown,
             )
-            for m, shown in zip(
-                models, rounded_parts([m.cost for m in models], currency), strict=True
-            )
+            for m, shown in zip(models, shown_models, strict=True)
         ],
         unit=currency,
         limit=TOP,
@@ -364,7 +364,10 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         cost=cost,
         spend_chart=spend_chart,
         model_chart=model_chart,
-        top_models=[(m, share(m.cost, cost)) for m in models[:TOP]],
+        top_models=[
+            (m, share(m.cost, cost), shown)
+            for m, shown in zip(models[:TOP], shown_models, strict=False)
+        ],
         top_users=[
             (
                 u,

@@ -112,3 +112,37 @@ def test_the_reports_groups_add_up_to_its_total(db_url: str) -> None:
         else:
             ends = re.findall(r"</span>dept[0-9] <b>([^<]*)</b>", page)
         assert sorted(ends) == ["0", "0", "1"], page
+
+
+def test_the_dashboards_models_show_one_amount_each_adding_up_to_the_card(db_url: str) -> None:
+    """Three models at 0.004 USD: the chart's bars are rounded together (0.01, 0.00, 0.00);
+    the top models table, rounding each on its own, showed 0.00 for the model whose bar
+    said 0.01."""
+    ledger = Ledger(db_url)
+    ledger.record(
+        [
+            make_span(
+                started_at=datetime(2026, 11, 18, 10, n, tzinfo=UTC),
+                request_model=f"model{n}:7b",
+                response_model=f"model{n}:7b",
+                cost_total=4_000,
+                unpriced=False,
+            )
+            for n in range(3)
+        ]
+    )
+    dash = dashboard_report(ledger, DashQuery(), tz=ZoneInfo("UTC"), now=OFFICE_NOW)
+    page = render_dashboard(dash, links=Links("/dashboard", {}), zone="UTC")
+    start = page.index("<h2>Spend by model")
+    bars = re.findall(
+        r'class="name">(model[0-9]:7b)<title>[^\n]*\n<text [^>]*class="value">([^<]*)<',
+        page[start : page.index("</section>", start)],
+    )
+    start = page.index("<h2>Top models by cost")
+    table = page[start : page.index("</table>", start)]
+    rows = re.findall(
+        r'data-model="([^"]*)">.*?<td class="num" title="[^"]*" data-value="[^"]*">([^<]*)</td>',
+        table,
+    )
+    assert sorted(v for _, v in bars) == ["0.00", "0.00", "0.01"]
+    assert dict(rows) == dict(bars)
