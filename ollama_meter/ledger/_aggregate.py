@@ -14,7 +14,7 @@ import logging
 import operator
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
 from types import SimpleNamespace
 from typing import Any
@@ -66,6 +66,9 @@ class SpendSums:
     unpriced_requests: int
     cold_loads: int = 0
     cold_load_ns: int = 0
+    capped: bool = field(default=False, kw_only=True)
+    """A rollup cell of the group holds a sum stopped at :data:`MOST` and the spans behind it
+    were pruned: its sums are the cap, less than the calls spent (see ``_rollup``)."""
 
 
 class _Sums:
@@ -73,6 +76,7 @@ class _Sums:
 
     def __init__(self) -> None:
         self.rows: dict[tuple[Any, ...], list[int]] = {}
+        self.capped: set[tuple[Any, ...]] = set()
 
     def add(
         self, bucket: int, keys: tuple[str, ...], currency: str, sign: int, values: Sequence[Any]
@@ -85,10 +89,16 @@ class _Sums:
             row[:] = map(operator.add, row, signed)
 
     def result(self) -> list[SpendSums]:
-        return [
+        found = [
             SpendSums(keys, bucket, currency, *values)
             for (bucket, keys, currency), values in self.rows.items()
             if values[0]  # a group seen only in cells that were subtracted again
+        ]
+        if not self.capped:
+            return found
+        return [
+            replace(s, capped=True) if (s.bucket, s.keys, s.currency) in self.capped else s
+            for s in found
         ]
 
 
@@ -155,8 +165,11 @@ def _cube_sums(
     )
     width, exact = len(by), True
     for row in rows:
-        sums.add(row[0], tuple(row[1 : 1 + width]), row[1 + width], 1, row[2 + width : -1])
-        exact = exact and not row[-1]
+        bucket, keys, currency = row[0], tuple(row[1 : 1 + width]), row[1 + width]
+        sums.add(bucket, keys, currency, 1, row[2 + width : -1])
+        if row[-1]:
+            sums.capped.add((bucket, keys, currency))
+            exact = False
     return exact
 
 

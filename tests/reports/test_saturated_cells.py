@@ -78,8 +78,8 @@ def test_every_answer_past_a_capped_cell_is_the_exact_sum_of_its_spans(db_url: s
 def test_a_capped_cell_whose_spans_were_pruned_is_said_to_be_capped(
     db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """No exact sum is left once the spans are pruned: the figure is the cap, and the log
-    says so rather than pass it off as the month's spend."""
+    """No exact sum is left once the spans are pruned: the figure is the cap, and the log and
+    the bill say so rather than pass it off as the month's spend."""
     ledger = _saturated(db_url)
     prune(ledger, 1, now=NOW)
     month = SpanFilter(
@@ -89,3 +89,8 @@ def test_a_capped_cell_whose_spans_were_pruned_is_said_to_be_capped(
         found = {s.keys: s.cost for s in ledger.spend(month, by=["department"])}
     assert found == {("sales",): MOST, ("legal",): 5}
     assert "passed the largest 64-bit integer" in caplog.text and "pruned" in caplog.text
+    bill = chargeback(ledger, "2026-11", tz=BERLIN, now=NOW, currency="USD")
+    assert {r.department: r.usage_cost for r in bill.rows} == {"sales": MOST, "legal": 5}
+    [said] = [w for w in bill.warnings if "rollups hold" in w]
+    assert said.startswith("the usage of acme/sales (USD) passed the largest sum")
+    assert "less than was spent" in said
