@@ -102,7 +102,8 @@ class MeteredCall:
         self.bound: CallBound | None = None
         """The most tokens a hard budget admitted the call on, in and out."""
         self.prompt_most: Callable[[], int | None] = _unbounded
-        """The most prompt tokens an honest Ollama counts of the request (``RequestFacts``)."""
+        """The most prompt tokens an honest Ollama counts of the request (``RequestFacts``);
+        a call opened without its request's facts keeps this: no bound."""
         self.time_cap_ns: int | None = None
         """How long a hard budget lets the call run, when its price counts time: it is cut
         once it has run that long at Ollama (see :meth:`time_left_s`)."""
