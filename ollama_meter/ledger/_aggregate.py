@@ -10,19 +10,20 @@ the configured zone exactly.
 
 from __future__ import annotations
 
+import logging
 import operator
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, tzinfo
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, case, func, literal, literal_column, select
+from sqlalchemy import Connection, case, func, literal, literal_column, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from ollama_meter.ledger._cells import COLD_LOAD_NS, ERROR_STATUSES, Grain
-from ollama_meter.ledger._meta import ledger_zone
+from ollama_meter.ledger._meta import ledger_zone, pruned_before
 from ollama_meter.ledger._plan import (
     CUBE_GRAINS,
     GROUP_COLUMNS,
@@ -38,12 +39,15 @@ from ollama_meter.ledger._plan import (
     plan_cells,
     raw_spans,
     signed_sums,
+    stored,
 )
-from ollama_meter.ledger._rollup import ROLLUPS
+from ollama_meter.ledger._rollup import MOST, ROLLUPS
 from ollama_meter.ledger._spans import SpanFilter
 from ollama_meter.ledger._types import from_us, to_us
 from ollama_meter.ledger._unreadable import named_sums, whole
 from ollama_meter.ledger.models import SPANS
+
+log = logging.getLogger("ollama_meter.ledger")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,9 @@ class SpendSums:
     unpriced_requests: int
     cold_loads: int = 0
     cold_load_ns: int = 0
+    capped: bool = field(default=False, kw_only=True)
+    """A rollup cell of the group holds a sum stopped at :data:`MOST` and the spans behind it
+    were pruned: its sums are the cap, less than the calls spent (see ``_rollup``)."""
 
 
 class _Sums:
@@ -69,6 +76,7 @@ class _Sums:
 
     def __init__(self) -> None:
         self.rows: dict[tuple[Any, ...], list[int]] = {}
+        self.capped: set[tuple[Any, ...]] = set()
 
     def add(
         self, bucket: int, keys: tuple[str, ...], currency: str, sign: int, values: Sequence[Any]
@@ -81,10 +89,16 @@ class _Sums:
             row[:] = map(operator.add, row, signed)
 
     def result(self) -> list[SpendSums]:
-        return [
+        found = [
             SpendSums(keys, bucket, currency, *values)
             for (bucket, keys, currency), values in self.rows.items()
             if values[0]  # a group seen only in cells that were subtracted again
+        ]
+        if not self.capped:
+            return found
+        return [
+            replace(s, capped=True) if (s.bucket, s.keys, s.currency) in self.capped else s
+            for s in found
         ]
 
 
@@ -105,7 +119,18 @@ def aggregate_spend(
         return sums.result()
     zone = ledger_zone(conn)
     pieces = plan_cells(conn, where, buckets, CUBE_GRAINS, zone)
-    _cube_sums(conn, pieces, where, by, sums, zone)
+    if not _cube_sums(conn, pieces, where, by, sums, zone):
+        # A cell stopped at the cap holds less than its spans: they give the exact sums.
+        if _spans_kept(conn, where):
+            exact = _Sums()
+            _raw_sums(conn, where, by, buckets, exact, sign=1, bucket=None)
+            return exact.result()
+        log.warning(
+            "a sum in %s..%s passed the largest 64-bit integer in the rollups and the spans "
+            "behind it were pruned: it is shown as at most 9223372036854.775807",
+            where.since,
+            where.until,
+        )
     for piece in pieces:
         if piece.grain is None:
             edge = edge_filter(where, piece)
@@ -120,9 +145,14 @@ def _cube_sums(
     by: Sequence[str],
     sums: _Sums,
     zone: tzinfo | None,
-) -> None:
-    """Fold the rollup rows of the pieces' cells into ``sums`` (see ``signed_sums``)."""
+) -> bool:
+    """Fold the rollup rows of the pieces' cells into ``sums`` (see ``signed_sums``); False
+    when one of the cells holds a sum stopped at :data:`MOST` (a write's cap), which the
+    sums then hold in place of more."""
     c = ROLLUPS.c
+    capped = [
+        (value >= MOST) | (value <= -MOST) for value in (stored(conn, c[name]) for name in CAPPABLE)
+    ]
     rows = signed_sums(
         conn,
         ROLLUPS,
@@ -131,10 +161,27 @@ def _cube_sums(
         SUMMED,
         cube_filters(ROLLUPS, where, by),
         zone,
+        unsigned=[case((or_(*capped), 1), else_=0)],
     )
-    width = len(by)
+    width, exact = len(by), True
     for row in rows:
-        sums.add(row[0], tuple(row[1 : 1 + width]), row[1 + width], 1, row[2 + width :])
+        bucket, keys, currency = row[0], tuple(row[1 : 1 + width]), row[1 + width]
+        sums.add(bucket, keys, currency, 1, row[2 + width : -1])
+        if row[-1]:
+            sums.capped.add((bucket, keys, currency))
+            exact = False
+    return exact
+
+
+CAPPABLE = ("input_tokens", "output_tokens", "busy_ns", "cost_total", "cold_load_ns")
+"""Measures a cell may sum past :data:`MOST` (each call's are bounded; a cell's calls are not).
+A count of calls never gets there."""
+
+
+def _spans_kept(conn: Connection, where: SpanFilter) -> bool:
+    """Whether every raw span of the window ``where`` is still in the ledger (none pruned)."""
+    horizon = pruned_before(conn)
+    return horizon is None or (where.since is not None and to_us(where.since) >= horizon)
 
 
 SUMMED = (

@@ -269,8 +269,11 @@ def signed_sums(
     sums: Sequence[Any],
     filters: Sequence[Any],
     zone: tzinfo | None = None,
+    unsigned: Sequence[Any] = (),
 ) -> Iterator[Any]:
-    """Rows of (bucket, *groups, *sums), the sums folded over the pieces' cells, with signs.
+    """Rows of (bucket, *groups, *sums, *unsigned), the sums folded over the pieces' cells,
+    with signs; ``unsigned`` expressions summed without (a count of cells, never cancelled
+    by a cell subtracted).
 
     ``sums`` are column names or expressions over ``table``'s columns.
 
@@ -290,13 +293,19 @@ def signed_sums(
         yield from grouped_sums(
             conn,
             [cells.c.bucket, *groups],
-            [cells.c.sign * (_stored(conn, table.c[v]) if isinstance(v, str) else v) for v in sums],
+            [
+                *(
+                    cells.c.sign * (stored(conn, table.c[v]) if isinstance(v, str) else v)
+                    for v in sums
+                ),
+                *unsigned,
+            ],
             source=joined,
             filters=filters,
         )
 
 
-def _stored(conn: Connection, column: Any) -> Any:
+def stored(conn: Connection, column: Any) -> Any:
     """``column`` as a sum must see it. SQLite multiplies a text or blob in an integer column
     as 0, so a sum over ``'n/a'`` was an integer short of it: there it is a REAL, the sum
     one the reader refuses, naming the row (``_unreadable``). An integer, negative too,

@@ -29,7 +29,8 @@ them from raw spans. Money stays integer micro-units throughout.
 
 A sum stops at the largest 64-bit integer (:data:`MOST`) rather than fail the write:
 each span is bounded, but a cell holds any number (4,612 calls at the longest durations,
-1,001 at the most one call can cost, pass it).
+1,001 at the most one call can cost, pass it). Such a cell is wrong money: a read that meets
+it answers from the raw spans (``_aggregate``), or, where they were pruned, says so.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def aggregate_histograms(
         bins = result.groups.setdefault(group, {}).setdefault(metric, {})
         edges = slot_edges(metric is Metric.SPEED, decade)
         for edge, calls in zip(edges, row[3 + width :], strict=True):
-            if calls := whole(calls):  # a REAL 0.0 too: a bin of 'n/a' (``_plan._stored``)
+            if calls := whole(calls):  # a REAL 0.0 too: a bin of 'n/a' (``_plan.stored``)
                 bins[edge] = bins.get(edge, 0) + calls
     for piece in pieces:
         if piece.grain is None:

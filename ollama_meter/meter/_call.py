@@ -13,11 +13,12 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ollama_meter.errors import ClientClosed, OverCap, UpstreamError, ValidationError
+from ollama_meter.meter._honest import within_latency
 from ollama_meter.meter._passes import charge_unreported_pass
 from ollama_meter.meter._usage import count_tokens, estimate_tokens, tokens_in_chars
 from ollama_meter.records import DurationSource, SpanRecord, Stored
@@ -100,6 +101,9 @@ class MeteredCall:
         """The reply cap a hard budget admitted the call on: sent to Ollama in the field it honours."""
         self.bound: CallBound | None = None
         """The most tokens a hard budget admitted the call on, in and out."""
+        self.prompt_most: Callable[[], int | None] = _unbounded
+        """The most prompt tokens an honest Ollama counts of the request (``RequestFacts``);
+        a call opened without its request's facts keeps this: no bound."""
         self.time_cap_ns: int | None = None
         """How long a hard budget lets the call run, when its price counts time: it is cut
         once it has run that long at Ollama (see :meth:`time_left_s`)."""
@@ -342,42 +346,6 @@ class MeteredCall:
                 paid / 1e9,
             )
 
-    def _within_latency(self) -> None:
-        """The reported durations cut to the call's latency, which the meter timed around them.
-
-        Ollama times its work inside the request (load, then prompt evaluation, then
-        generation), so no honest figure, nor the three together, is longer than the call: a
-        10 ms call reported as 10^15 ns (11.6 days) was charged 11.6 days of GPU time. Time
-        runs out in that order: the load is kept up to the latency, prompt evaluation up to
-        what is left, generation up to the rest; ``total_duration`` up to the latency. A
-        ``WARNING`` names each figure cut, what was reported and what was kept.
-        """
-        span = self.span
-        latency = left = span.latency_ns or 0
-        cut: list[str] = []
-        for name in ("load", "prompt_eval", "eval"):
-            said = getattr(span, f"{name}_duration_ns")
-            if said is None:
-                continue
-            kept = min(said, left)
-            left -= kept
-            if kept != said:
-                setattr(span, f"{name}_duration_ns", kept)
-                cut.append(f"{name}_duration {said:,} ns (kept {kept:,})")
-        total = span.total_duration_ns
-        if total is not None and total > latency:
-            span.total_duration_ns = latency
-            cut.append(f"total_duration {total:,} ns (kept {latency:,})")
-        if cut:
-            log.warning(
-                "call %s to %s took %.6f s, and its answer reported longer at Ollama: %s; "
-                "no honest figure is longer than the call, so each is cut to it",
-                span.id,
-                span.request_model,
-                latency / 1e9,
-                ", ".join(cut),
-            )
-
     @property
     def reply(self) -> str:
         kept = "".join(self.reply_parts)
@@ -416,7 +384,7 @@ class MeteredCall:
             span.load_duration_ns = final.load_ns
             span.prompt_eval_duration_ns = final.prompt_eval_ns
             span.eval_duration_ns = final.eval_ns
-            self._within_latency()
+            within_latency(self.span)
         if final is None and self._first_ns is None and not (ok or self._consumed):
             return  # the upstream never answered: nothing was consumed
         if span.prompt_eval_duration_ns is None and span.eval_duration_ns is None:
@@ -448,3 +416,7 @@ class MeteredCall:
         if self.paid_ns is not None:
             self._charge_at_most(self.paid_ns)
         count_tokens(self, final)
+
+
+def _unbounded() -> None:
+    """No bound of the prompt is known (a call opened without a request's facts)."""

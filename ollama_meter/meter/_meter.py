@@ -160,7 +160,7 @@ class Meter:
             span, facts.prompt_text, prices, keep_reply=keep_reply, evaluates=facts.evaluates,
             input_estimate=facts.input_estimate(),  # its tools too, not only its texts
         )  # fmt: skip
-        call.passes = facts.passes  # its streamed thinking may be counted as its prompt
+        call.passes, call.prompt_most = facts.passes, (opening.facts or call).prompt_most
         if self.budgets is not None:
             self._admit(self.budgets, call, facts, prices, blocking=blocking)
         if not opening.queued:  # admitted, it goes to Ollama now; a queued one, with its slot

@@ -44,7 +44,7 @@ def unreported_pass_ns(call: MeteredCall) -> int:
 
 def charge_unreported_pass(call: MeteredCall) -> None:
     """Add the first pass's generation (:func:`unreported_pass_ns`) to the span's, within the
-    call's latency as Ollama's own figures are kept (``MeteredCall._within_latency``)."""
+    call's latency as Ollama's own figures are kept (``_honest.within_latency``)."""
     ran = unreported_pass_ns(call)
     span = call.span
     if ran <= 0 or span.latency_ns is None:

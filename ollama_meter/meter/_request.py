@@ -22,7 +22,7 @@ from ollama_meter.budgets import (
     TEMPLATE_TOKENS,
     CallBound,
 )
-from ollama_meter.budgets._estimate import SECOND_PASS_TOKENS
+from ollama_meter.budgets._estimate import MAX_HIDDEN_PROMPT, SECOND_PASS_TOKENS
 from ollama_meter.budgets._shown import PromptShape
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._compat import (
@@ -124,6 +124,21 @@ class RequestFacts:
         commonly counts of one (``IMAGE_TOKENS_SEEN``). Counted as nothing, a caller that hung
         up on the first token had twenty pictures' prompt evaluated for free."""
         return self.text_estimate() + self.images * IMAGE_TOKENS_SEEN
+
+    def prompt_most(self) -> int | None:
+        """The most prompt tokens an honest Ollama counts for the request, as its text tells
+        (see :func:`~._honest.prompt_at_most`); None where its text does not bound them: its
+        pictures (a model counts one as it likes, a video as frames), a chat Ollama may run
+        twice (the first pass's thinking, as long as it likes, is the second's prompt), a
+        request no bound holds, a sound whose length its header does not say."""
+        if self.images or self.passes > 1 or self.unbounded is not None:
+            return None
+        try:
+            heard = audio_tokens(self.media)
+        except NoBound:
+            return None
+        own = self.messages * MESSAGE_TOKENS + TEMPLATE_TOKENS + MAX_HIDDEN_PROMPT
+        return self.prompt_bytes + self.given_tokens + heard + own
 
     def bound(self, default_output: int, *, blocking: bool = True) -> CallBound:
         """The most tokens the call can count; ``default_output`` when the caller set no cap.

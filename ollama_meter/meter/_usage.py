@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ollama_meter._names import model_cache_key
 from ollama_meter._reloaded import WouldBlock
+from ollama_meter.meter._honest import prompt_at_most
 from ollama_meter.meter._written import bytes_of
 from ollama_meter.pricing import usage_of
 from ollama_meter.records import TokenSource
@@ -56,12 +57,15 @@ def count_tokens(call: MeteredCall, final: Final | None) -> None:
     the prompt's bound): a stream cut at its cap is charged the cap, what Ollama honouring
     ``num_predict`` would have billed (the piece past it is never relayed), and a server that
     lies cannot move a call's charge past its bound. Counts Ollama reports past the bound are
-    charged as reported (``HiddenPrompts.past_bound``): the tokens were processed.
+    charged as reported (``HiddenPrompts.past_bound``): the tokens were processed. A prompt
+    count no honest server gives for the request (2 billion tokens for 10 characters) is cut
+    to the most it could be (:func:`~._honest.prompt_at_most`), with or without a budget.
     """
     span = call.span
     said_in = final.input_tokens if final is not None else None
     said_out = final.output_tokens if final is not None else None
-    inputs = said_in if said_in is not None else call.input_estimate
+    counted = None if said_in is None else prompt_at_most(call, said_in)  # what may be true
+    inputs = counted if counted is not None else call.input_estimate
     if said_out is not None:
         outputs = said_out
     elif span.stream:
@@ -78,9 +82,9 @@ def count_tokens(call: MeteredCall, final: Final | None) -> None:
         inputs = min(inputs, max(bound.input_tokens, said_in or 0))
         if call.output_cap is not None:
             outputs = min(outputs, max(bound.output_tokens, said_out or 0))
-    if said_in is None or said_out is None:
+    if said_in is None or said_out is None or counted != said_in:
         span.token_source = TokenSource.ESTIMATED
-    elif (inputs, outputs) != (said_in, said_out):
+    if said_in is not None and said_out is not None and (inputs, outputs) != (counted, said_out):
         span.token_source = TokenSource.ESTIMATED
         log.warning(
             "call %s to %s streamed %d pieces of reply (%d of them thinking) and reported %d "
@@ -90,7 +94,7 @@ def count_tokens(call: MeteredCall, final: Final | None) -> None:
             span.request_model,
             call.content_chunks,
             call.thought_chunks,
-            said_in,
+            counted,
             said_out,
             inputs,
             outputs,

@@ -165,6 +165,12 @@ def chargeback(
         )
     if unpriced := _unpriced_warning(result.rows):
         result.warnings.append(unpriced)
+    if capped := sorted(f"{t}/{d} ({c})" for (t, d, c), sums in usage.items() if sums.capped):
+        result.warnings.append(
+            f"the usage of {', '.join(capped)} passed the largest sum the ledger's rollups hold "
+            "(9223372036854.775807) and the spans of those calls were pruned: its usage_cost "
+            "is that cap, less than was spent"
+        )
     if units and (other := _fixed_cost_apart(result.rows, currency)):
         result.warnings.append(other)
     return result

@@ -41,7 +41,6 @@ from ollama_meter.reports._html import (
     asset,
     cost_bar,
     isolate,
-    money,
     num,
     percent,
     render_template,
@@ -50,6 +49,7 @@ from ollama_meter.reports._html import (
     spend_series,
 )
 from ollama_meter.reports._rows import SpendRow
+from ollama_meter.reports._shown import money, rounded_parts
 
 SHOWN_DRILLS = 25
 """How many departments (the biggest) get a drill-down panel on the page; the others are one
@@ -110,6 +110,8 @@ class DepartmentPanel:
     share: Decimal | None
     chart: Chart
     filter_href: str
+    shown: int = 0
+    """Its cost as the page shows it: rounded with the other departments' (``rounded_parts``)."""
     models: list[SpendRow] = field(default_factory=list)
     """Its biggest models (:data:`TOP`); ``more_models`` the others, counted."""
     users: list[SpendRow] = field(default_factory=list)
@@ -123,7 +125,8 @@ class CurrencyPanel:
     cost: int
     spend_chart: Chart
     model_chart: Chart
-    top_models: list[tuple[SpendRow, Decimal | None]]
+    top_models: list[tuple[SpendRow, Decimal | None, int]]
+    """Each with its share of the spend and its cost as shown (as its bar in the chart)."""
     """The biggest models in this currency, each with its share of the spend."""
     top_users: list[tuple[SpendRow, str, Decimal | None]]
     """The biggest users in this currency, each with its label and its share of the spend."""
@@ -131,6 +134,8 @@ class CurrencyPanel:
     more_departments: int = 0
     """Departments with no panel of their own (past :data:`SHOWN_DRILLS`)."""
     more_departments_cost: int = 0
+    more_departments_shown: int = 0
+    """``more_departments_cost`` as shown: the sum of its departments' rounded costs."""
     more_models: int = 0
     more_users: int = 0
 
@@ -256,6 +261,12 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
     colours = {key: series_class(i) for i, key in enumerate(d.department_keys)}
     departments = d.departments(currency)
     cost = sum(dept.cost for dept in departments)
+    # Rounded together, the departments drilled into and the others as one, so what the page
+    # shows of them adds up to the spend card, each within a minor unit of its exact amount.
+    drilled, others = departments[:SHOWN_DRILLS], departments[SHOWN_DRILLS:]
+    *rounded, rounded_others = rounded_parts(
+        [*(dept.cost for dept in drilled), sum(dept.cost for dept in others)], currency
+    )
     xs = d.buckets
     # Several tenants: a department is named with its tenant, and its link filters to it.
     several = d.several_tenants
@@ -289,6 +300,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
                 drill=dept,
                 share=share(dept.cost, cost),
                 chart=alone,
+                shown=rounded[index],
                 filter_href=(
                     links.href(tenant=tenant, dept=dept.name)
                     if tenant is not None
@@ -306,6 +318,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         "departments",
         xs,
         currency,
+        sum(rounded[SHOWN_SERIES:]) + rounded_others,  # (SHOWN_SERIES < SHOWN_DRILLS)
     )
     if folded:
         series.append(rest[0])
@@ -322,21 +335,26 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         LegendItem(
             name=p.label,
             css=p.css,
-            value=money(p.drill.cost, currency),
+            value=money(p.shown, currency),
             tip=f"{format_micros(p.drill.cost)} {currency}",
             href=f"#{p.anchor}",
         )
         for p in panels[:SHOWN_SERIES]
     ] + ([rest[1]] if folded else [])
     models = d.by_cost(d.in_currency(d.spend.rollup(["model"]), currency), "model")
+    shown_models = rounded_parts([m.cost for m in models], currency)  # add up to the card
     users = d.top_users(currency)
     model_chart = bars(
         f"Spend by model in {currency}",
         [
             cost_bar(
-                isolate(m.label("model")), m.cost, currency, links.href(model=m.label("model"))
+                isolate(m.label("model")),
+                m.cost,
+                currency,
+                links.href(model=m.label("model")),
+                shown=shown,
             )
-            for m in models
+            for m, shown in zip(models, shown_models, strict=True)
         ],
         unit=currency,
         limit=TOP,
@@ -346,7 +364,10 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         cost=cost,
         spend_chart=spend_chart,
         model_chart=model_chart,
-        top_models=[(m, share(m.cost, cost)) for m in models[:TOP]],
+        top_models=[
+            (m, share(m.cost, cost), shown)
+            for m, shown in zip(models[:TOP], shown_models, strict=False)
+        ],
         top_users=[
             (
                 u,
@@ -358,6 +379,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         departments=panels,
         more_departments=len(departments) - len(panels),
         more_departments_cost=sum(dept.cost for dept in departments[SHOWN_DRILLS:]),
+        more_departments_shown=rounded_others,
         more_models=max(len(models) - TOP, 0),
         more_users=max(len(users) - TOP, 0),
     )

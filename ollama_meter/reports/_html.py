@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 import jinja2
 
 from ollama_meter.periods import TIME_UNITS
-from ollama_meter.records import MICRO_PLACES, Micros, format_micros, minor_places
+from ollama_meter.records import Micros, format_micros, minor_places
 from ollama_meter.reports._chargeback import COLUMNS as CHARGEBACK_COLUMNS, Chargeback
 from ollama_meter.reports._charts import (
     PALETTE_SIZE,
@@ -45,24 +45,8 @@ from ollama_meter.reports._dashboard import (
 )
 from ollama_meter.reports._render import cell_text
 from ollama_meter.reports._rows import SpendRow
+from ollama_meter.reports._shown import money, rounded_parts
 from ollama_meter.reports._spend import SpendReport, spend_axis
-
-
-def money(micros: int, currency: str) -> str:
-    """What the UI shows for an amount: rounded half up to ``currency``'s minor unit, with
-    thousands separators (exact in tooltips). ``1234567891`` is ``1,234.57`` USD, ``1,235``
-    JPY (no cents) and ``1,234.568`` KWD (fils).
-
-    In integers, exact at any size: through Decimal's 28 digits, 10^28 micro-units of gold
-    (a budget's projection from its first milliseconds) raised InvalidOperation."""
-    places = minor_places(currency)
-    unit = 10 ** (MICRO_PLACES - places)
-    units, rest = divmod(abs(micros), unit)
-    units += 2 * rest >= unit  # half up, away from zero, as ROUND_HALF_UP
-    whole, fraction = divmod(units, 10**places)
-    sign = "-" if micros < 0 and units else ""
-    return f"{sign}{whole:,}" + (f".{fraction:0{places}d}" if places else "")
-
 
 _DIRECTIONAL = frozenset({"R", "AL", "RLE", "LRE", "RLO", "LRO", "PDF", "RLI", "LRI", "FSI", "PDI"})
 
@@ -105,13 +89,16 @@ def to_decimal(micros: int) -> Decimal:
     return Decimal(micros).scaleb(-6)
 
 
-def cost_bar(label: str, amount: int, currency: str, href: str | None = None) -> Bar:
-    """One bar of a spend chart: rounded at its end, exact in its tooltip."""
+def cost_bar(
+    label: str, amount: int, currency: str, href: str | None = None, *, shown: int | None = None
+) -> Bar:
+    """One bar of a spend chart: rounded at its end (``shown``, rounded with the bars beside
+    it by :func:`rounded_parts`, so they add up to the total), exact in its tooltip."""
     exact = format_micros(amount)
     return Bar(
         label=label,
         segments=[Segment(to_decimal(amount), "accent", f"{label}: {exact} {currency}", exact)],
-        text=money(amount, currency),
+        text=money(amount if shown is None else shown, currency),
         href=href,
     )
 
@@ -145,17 +132,22 @@ def spend_series(
 
 
 def rest_of(
-    groups: Sequence[Mapping[str, int]], what: str, xs: Sequence[str], currency: str
+    groups: Sequence[Mapping[str, int]],
+    what: str,
+    xs: Sequence[str],
+    currency: str,
+    shown: int | None = None,
 ) -> tuple[Series, LegendItem]:
     """The groups a chart does not draw apart, as one series and its legend entry: per x, the
-    exact sum of theirs."""
+    exact sum of theirs; the legend shows ``shown`` (their amounts as :func:`rounded_parts`
+    rounds them, added) when given."""
     by_x = {x: sum(group.get(x, 0) for group in groups) for x in xs}
     total = sum(sum(group.values()) for group in groups)
     series = spend_series(f"{len(groups):,} more {what}".rstrip(), "rest", by_x, xs, currency)
     item = LegendItem(
         f"and {len(groups):,} more",
         "rest",
-        money(total, currency),
+        money(total if shown is None else shown, currency),
         f"{format_micros(total)} {currency}",
     )
     return series, item
@@ -267,10 +259,14 @@ def render_spend_html(
             charts.append(_spend_over_time(report, rows, groups, unit, currency, tz))
         elif groups:
             by_cost = sorted(rows, key=lambda r: (-r.cost, _key(r, groups)))
+            rounded = rounded_parts([r.cost for r in by_cost], currency)
             charts.append(
                 bars(
                     f"Spend by {' / '.join(groups)} in {currency}",
-                    [cost_bar(_key(r, groups), r.cost, currency) for r in by_cost],
+                    [
+                        cost_bar(_key(r, groups), r.cost, currency, shown=shown)
+                        for r, shown in zip(by_cost, rounded, strict=True)
+                    ],
                     unit=currency,
                     width=WIDE,
                     limit=CHART_ROWS,
@@ -316,6 +312,7 @@ def _spend_over_time(
         cells.setdefault(group, {})[row.label(unit)] = row.cost
     colours = {group: series_class(index) for index, group in enumerate(sorted(cells))}
     groups_by_cost = sorted(cells, key=lambda group: (-sum(cells[group].values()), group))
+    rounded = rounded_parts([sum(cells[group].values()) for group in groups_by_cost], currency)
     shown, rest = groups_by_cost[:SHOWN_SERIES], groups_by_cost[SHOWN_SERIES:]
     series = [
         spend_series(shown_as[group], colours[group], cells[group], xs, currency) for group in shown
@@ -324,13 +321,14 @@ def _spend_over_time(
         LegendItem(
             shown_as[group],
             colours[group],
-            money(sum(cells[group].values()), currency),
+            money(amount, currency),
             f"{format_micros(sum(cells[group].values()))} {currency}",
         )
-        for group in shown
+        for group, amount in zip(shown, rounded, strict=False)
     ]
     if rest:
-        folded, item = rest_of([cells[name] for name in rest], "", xs, currency)
+        left = sum(rounded[SHOWN_SERIES:])
+        folded, item = rest_of([cells[name] for name in rest], "", xs, currency, left)
         series.append(folded)
         legend.append(item)
     chart = columns(
@@ -376,6 +374,9 @@ def render_chargeback_html(
             key=lambda r: (-r.total_cost, r.tenant, r.department),
         )
         names = {id(r): f"{isolate(r.tenant)} / {isolate(r.department)}" for r in rows}
+        rounded = dict(
+            zip(map(id, rows), rounded_parts([r.total_cost for r in rows], currency), strict=True)
+        )
         charts.append(
             bars(
                 f"Bill per tenant and department in {currency}",
@@ -398,7 +399,7 @@ def render_chargeback_html(
                                 "fixed",
                             ),
                         ],
-                        text=money(r.total_cost, currency),
+                        text=money(rounded[id(r)], currency),
                     )
                     for r in rows
                 ],

@@ -29,6 +29,7 @@ from ollama_meter.budgets import (
     WebhookChannel,
     deliver,
 )
+from ollama_meter.budgets._estimate import MAX_HIDDEN_PROMPT
 from ollama_meter.budgets._shown import SPECIAL_TOKENS
 from ollama_meter.budgets._template import JOIN_BYTES
 from ollama_meter.config import load_settings
@@ -36,7 +37,7 @@ from ollama_meter.errors import BudgetExceeded, StreamError
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter import Attribution, Meter, MeteredCall, Opening, Run
 from ollama_meter.meter._request import facts_of
-from ollama_meter.records import MAX_TOKENS, LeaseKey
+from ollama_meter.records import LeaseKey
 from ollama_meter.testing import (
     DEFAULT_MODELS,
     EmulatedModel,
@@ -331,7 +332,11 @@ def test_one_wild_answer_does_not_raise_the_bounds_of_the_calls_after_it(
     # bound paid for when the price counts time.
     worked = (wild.latency_ns or 0) - (wild.load_duration_ns or 0)
     charged = worked if run.call.paid_ns is None else min(worked, run.call.paid_ns)
-    assert wild.input_tokens == MAX_TOKENS and wild.prompt_eval_duration_ns == charged
+    # Its prompt is charged the most its request could count (no honest server counts more):
+    # the prompt's bytes, a message's markers, the template, what the model may add itself.
+    most = max(run.call.prompt_most() or 0, run.call.bound.input_tokens if run.call.bound else 0)
+    assert most == len(HELLO[0]["content"]) + MESSAGE_TOKENS + TEMPLATE_TOKENS + MAX_HIDDEN_PROMPT
+    assert wild.input_tokens == most and wild.prompt_eval_duration_ns == charged
     assert meter.budgets is not None
     spent = wild.cost_total + sum(s.cost_total for s in honest)
     small = budget(meter, spent + 2 * max(s.cost_total for s in honest) + BOUND, department="sales")

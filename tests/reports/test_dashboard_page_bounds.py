@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -22,6 +23,7 @@ from ollama_meter.reports import DashQuery, Links, dashboard_report, render_dash
 from ollama_meter.reports._dashboard import TOP
 from ollama_meter.reports._dashboard_page import SHOWN_BUDGETS, SHOWN_DRILLS
 from ollama_meter.reports._html import SHOWN_SERIES, money
+from ollama_meter.reports._shown import rounded_parts
 from tests.factories import OFFICE_NOW, make_span
 
 DEPARTMENTS, MODELS = 1000, 500
@@ -73,11 +75,19 @@ def test_the_spend_chart_stacks_the_biggest_departments_and_folds_the_rest(page:
     assert [name for _, name, _ in legend[:-1]] == [f"dept{d:04d}" for d in biggest]
     rest = DEPARTMENTS - SHOWN_SERIES
     rest_cost = sum((d + 1) * 10**6 + d for d in range(rest))
+    # What the legend shows adds up to the spend card: the departments drilled into and the
+    # others are rounded together, and "and N more" adds what the page shows of those it folds.
+    biggest_first = [(d + 1) * 10**6 + d for d in reversed(range(DEPARTMENTS))]
+    *drilled, others = rounded_parts(
+        [*biggest_first[:SHOWN_DRILLS], sum(biggest_first[SHOWN_DRILLS:])], "USD"
+    )
     assert legend[-1] == (
         f"{format_micros(rest_cost)} USD",
         f"and {rest} more",
-        money(rest_cost, "USD"),
+        money(sum(drilled[SHOWN_SERIES:]) + others, "USD"),
     )
+    shown = sum(Decimal(value.replace(",", "")) for _, _, value in legend)
+    assert money(sum(biggest_first), "USD") == f"{shown:,}"
     on_18th = sum((d + 1) * 10**6 for d in range(rest))
     assert f'data-tip="{rest} more departments · 2026-11-18: {format_micros(on_18th)} USD"' in chart
     assert Counter(re.findall(r'<rect [^>]*data-at="([^"]*)"', chart)) == {
