@@ -347,7 +347,7 @@ class Database:
                 f"ALLOW_CONNECTIONS true), or give another in OMETER_DB_URL{meanwhile}"
             )
         if "password authentication failed" in lowered:
-            return f"{text}: fix the password in OMETER_DB_URL{meanwhile}"
+            return f"{text}: fix the password in OMETER_DB_URL (% as %25, @ as %40){meanwhile}"
         if is_lock_error(exc) and (why := glances()):
             return f"{text}: another process holds it, and this write did not wait for it: {why}"
         if is_lock_error(exc):

@@ -1,0 +1,138 @@
+"""PostgreSQL as a company's DBA sets it up, and changes it under a running ledger: a password
+only a URL's escaping can carry, a database restored into another encoding, a role's search
+path moved to another schema. None may lose a call out of sight or show the password."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import given, strategies as st
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from ollama_meter.errors import LedgerError
+from ollama_meter.ledger import Ledger
+from ollama_meter.records import Stored
+from tests.factories import make_span
+
+PART = st.from_regex(r"[A-Za-z0-9/:%#!]{6,12}", fullmatch=True)
+"""Passwords as a DBA makes them (a ``?`` after an unescaped ``@`` starts a query)."""
+
+
+@given(before=PART, after=PART, database=st.sampled_from(["ometer", "ometer/x"]))
+def test_a_password_with_an_unescaped_at_sign_is_refused_without_showing_any_of_it(
+    before: str, after: str, database: str
+) -> None:
+    """``user:S3cr@t/x@host/db``: SQLAlchemy ends the password at its first ``@`` and took the
+    rest (``t/x@host``) for the host, so each error ("failed to resolve host 't'") and the
+    URL ometer shows printed the password's tail, and the server was never reached."""
+    from ollama_meter._urls import database_url
+
+    url = f"postgresql+psycopg://meter:{before}@{after}@db.internal:5432/{database}"
+    with pytest.raises(LedgerError) as opened:
+        Ledger(url)
+    with pytest.raises(ValueError) as checked:
+        database_url(url)
+    for said in (str(opened.value), str(checked.value)):
+        assert before not in said and after not in said, said
+        assert "@ in the password must be written %40" in said, said
+
+
+def test_a_wrong_password_says_how_a_url_writes_one(tmp_path: Any) -> None:
+    from psycopg import OperationalError as PsycopgError
+    from sqlalchemy.exc import DBAPIError
+
+    from ollama_meter.ledger._database import Database
+
+    refused = PsycopgError('FATAL:  password authentication failed for user "meter"')
+    said = Database(f"sqlite:///{tmp_path / 'l.db'}").explain(DBAPIError("x", {}, refused))
+    assert "fix the password in OMETER_DB_URL (% as %25, @ as %40)" in said
+
+
+def _database(pg_server: str | None, encoding: str = "UTF8", owner: str = "ometer") -> str:
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    name = f"d_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        if owner != "ometer":
+            conn.execute(text(f"CREATE ROLE {owner} LOGIN"))
+        conn.execute(
+            text(
+                f"CREATE DATABASE {name} OWNER {owner} ENCODING '{encoding}' LC_COLLATE 'C' "
+                "LC_CTYPE 'C' TEMPLATE template0"
+            )
+        )
+    admin.dispose()
+    return make_url(f"{pg_server}/{name}").set(username=owner).render_as_string(False)
+
+
+def test_a_ledger_restored_into_a_latin1_database_is_refused_before_a_call_goes_astray(
+    pg_server: str | None, monkeypatch: pytest.MonkeyPatch, cli: Any
+) -> None:
+    """A new ledger is refused in LATIN1, but a ledger pg_restore'd into a LATIN1 database
+    (or made by an ometer before that check) opened: each call of a user, model or tag in
+    another script went to the quarantine, out of every report and budget, while the
+    gateway served on."""
+    from ollama_meter.ledger import _migrate
+
+    url = _database(pg_server, "LATIN1")
+    monkeypatch.setattr(_migrate, "_ENCODINGS", ("UTF8", "SQL_ASCII", "LATIN1"))
+    Ledger(url).dispose()  # as the restore leaves it: a ledger at the head, in LATIN1
+    monkeypatch.undo()
+    shown = make_url(url).render_as_string()
+    with pytest.raises(LedgerError) as refused:
+        Ledger(url)
+    assert str(refused.value) == (
+        f"cannot open the ledger at {shown}: its database is encoded in LATIN1, which cannot "
+        "hold every name a call may carry (a user, a model or a tag in any script), and such "
+        "a call would be kept out of the ledger; nothing was changed. Move it to a database "
+        "made with ENCODING 'UTF8' (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0; "
+        "pg_dump this one and restore it there) and give that one with --db / OMETER_DB_URL"
+    )
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    result = cli("db", "upgrade")
+    assert (result.code, result.stdout) == (1, "")
+    assert result.stderr == f"error: {refused.value}\n"
+
+
+def test_a_role_whose_search_path_moved_is_not_given_a_new_empty_ledger(
+    pg_server: str | None, tmp_path: Any
+) -> None:
+    """The DBA sets the role's search_path to another schema (ALTER ROLE ... SET search_path):
+    the next process found no ledger there and made a new, empty one, silently: its reports
+    showed nothing of the months in ``public``, and gateways started since wrote there while
+    those started before wrote to ``public``."""
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    url = _database(pg_server, owner=role)
+    first = Ledger(url, spool_dir=tmp_path / "spool")
+    span = make_span()
+    assert first.record([span]) == {span.id: Stored.COMMITTED}
+    first.dispose()
+    owner = create_engine(url, isolation_level="AUTOCOMMIT")
+    with owner.connect() as conn:
+        conn.execute(text("CREATE SCHEMA reporting"))
+        conn.execute(text(f"ALTER ROLE {role} SET search_path = reporting"))
+    with pytest.raises(LedgerError) as refused:
+        Ledger(url, spool_dir=tmp_path / "spool")
+    assert str(refused.value) == (
+        f"cannot open the ledger at {make_url(url).render_as_string()}: schema reporting (the "
+        "search path) holds no ledger, but schema public of this database holds one: the "
+        "role's or database's search_path was changed (ALTER ROLE ... SET search_path), "
+        "and a new, empty ledger would be made beside it; nothing was changed. Put the search "
+        "path back (ALTER ROLE ... RESET search_path), or name the ledger's schema in "
+        "OMETER_DB_URL (?options=-csearch_path%3Dpublic); to make a second ledger in "
+        "reporting on purpose, name that one there"
+    )
+    with owner.connect() as conn:
+        made = conn.execute(text("SELECT count(*) FROM pg_tables WHERE schemaname = 'reporting'"))
+        assert made.scalar() == 0  # nothing was changed
+    kept = Ledger(f"{url}?options=-csearch_path%3Dpublic", spool_dir=tmp_path / "spool")
+    assert kept.count() == 1
+    kept.dispose()
+    second = Ledger(f"{url}?options=-csearch_path%3Dreporting", spool_dir=tmp_path / "other")
+    assert second.count() == 0  # asked for by name: a second ledger
+    second.dispose()
+    owner.dispose()
