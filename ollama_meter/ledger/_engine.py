@@ -406,9 +406,9 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         )
         if bounded:
             options["connect_args"] = {
-                # A SQL_ASCII database declares no encoding: psycopg then hands back bytes
-                # where text was stored, and nothing could read the ledger. UTF-8 on our
-                # side; the server converts to its own encoding (or keeps the bytes).
+                # A SQL_ASCII database declares no encoding: psycopg then hands back bytes,
+                # and SQLAlchemy's first look failed before the ledger could say it refuses
+                # one. UTF-8 on our side whatever PGCLIENTENCODING says; the server converts.
                 "client_encoding": "UTF8",
                 "connect_timeout": connect_seconds(wait),
                 "options": _session_options(

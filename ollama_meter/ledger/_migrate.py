@@ -172,9 +172,10 @@ def _ours() -> set[str]:
     return set(METADATA.tables)
 
 
-_ENCODINGS = ("UTF8", "SQL_ASCII")
-"""PostgreSQL server encodings that hold every name a call may carry: UTF-8, and SQL_ASCII,
-which keeps bytes as they come (ometer's connections send UTF-8)."""
+_ENCODINGS = ("UTF8",)
+"""PostgreSQL server encodings that hold every name a call may carry. Not SQL_ASCII: it keeps
+the bytes it is sent, but its columns count bytes, so a name in another script was refused
+at a third or a quarter of its length in characters (a user of 50 Japanese characters)."""
 
 
 def _check_encoding(conn: Connection, url: str) -> None:

@@ -69,28 +69,33 @@ def _database(pg_server: str | None, encoding: str = "UTF8", owner: str = "omete
     return make_url(f"{pg_server}/{name}").set(username=owner).render_as_string(False)
 
 
-def test_a_ledger_restored_into_a_latin1_database_is_refused_before_a_call_goes_astray(
-    pg_server: str | None, monkeypatch: pytest.MonkeyPatch, cli: Any
+@pytest.mark.parametrize("encoding", ["LATIN1", "SQL_ASCII"])
+def test_a_ledger_in_a_database_not_in_utf8_is_refused_before_a_call_goes_astray(
+    pg_server: str | None, monkeypatch: pytest.MonkeyPatch, cli: Any, encoding: str
 ) -> None:
-    """A new ledger is refused in LATIN1, but a ledger pg_restore'd into a LATIN1 database
-    (or made by an ometer before that check) opened: each call of a user, model or tag in
-    another script went to the quarantine, out of every report and budget, while the
-    gateway served on."""
+    """A new ledger was refused in LATIN1, but one pg_restore'd into a LATIN1 database (or
+    made before that check) opened: each call of a user, model or tag in another script went
+    to the quarantine, out of every report and budget, while the gateway served on. SQL_ASCII
+    was taken as lossless, but its columns count bytes: a user of 50 Japanese characters
+    (150 bytes in a column of 128) or a model of 200 accented letters went the same way."""
     from ollama_meter.ledger import _migrate
 
-    url = _database(pg_server, "LATIN1")
-    monkeypatch.setattr(_migrate, "_ENCODINGS", ("UTF8", "SQL_ASCII", "LATIN1"))
-    Ledger(url).dispose()  # as the restore leaves it: a ledger at the head, in LATIN1
-    monkeypatch.undo()
+    url = _database(pg_server, encoding)
     shown = make_url(url).render_as_string()
+    with pytest.raises(LedgerError, match=f"encoded in {encoding}, which cannot hold every"):
+        Ledger(url)  # a new ledger
+    monkeypatch.setattr(_migrate, "_ENCODINGS", ("UTF8", encoding))
+    Ledger(url).dispose()  # as a restore leaves it: a ledger at the head
+    monkeypatch.undo()
     with pytest.raises(LedgerError) as refused:
         Ledger(url)
     assert str(refused.value) == (
-        f"cannot open the ledger at {shown}: its database is encoded in LATIN1, which cannot "
-        "hold every name a call may carry (a user, a model or a tag in any script), and such "
-        "a call would be kept out of the ledger; nothing was changed. Move it to a database "
-        "made with ENCODING 'UTF8' (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0; "
-        "pg_dump this one and restore it there) and give that one with --db / OMETER_DB_URL"
+        f"cannot open the ledger at {shown}: its database is encoded in {encoding}, which "
+        "cannot hold every name a call may carry (a user, a model or a tag in any script), "
+        "and such a call would be kept out of the ledger; nothing was changed. Move it to a "
+        "database made with ENCODING 'UTF8' (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE "
+        "template0; pg_dump this one and restore it there) and give that one with --db / "
+        "OMETER_DB_URL"
     )
     monkeypatch.setenv("OMETER_DB_URL", url)
     result = cli("db", "upgrade")
