@@ -40,6 +40,24 @@ def test_a_password_with_an_unescaped_at_sign_is_refused_without_showing_any_of_
         assert "@ in the password must be written %40" in said, said
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://meter:S3cr%40t@db.internal/ometer",
+        "postgresql+psycopg://meter@tenant:pa/ss:w#rd?@db.internal:5432/ometer",  # Azure's
+        "postgresql+psycopg://meter@tenant@db.internal:5432/ometer",
+        "postgresql+psycopg://meter:pw@db.internal/ometer?options=-c%20application_name%3Da@b",
+        "postgresql+psycopg:///ometer?host=/run/postgresql&user=meter&password=p@ss",
+        "sqlite:////srv/a:b@c@d/ledger.db",
+    ],
+)
+def test_an_at_sign_a_url_may_hold_is_taken(url: str) -> None:
+    from ollama_meter._urls import database_url, unescaped_at
+
+    assert not unescaped_at(url)
+    assert database_url(url) == url
+
+
 def test_a_wrong_password_says_how_a_url_writes_one(tmp_path: Any) -> None:
     from psycopg import OperationalError as PsycopgError
     from sqlalchemy.exc import DBAPIError
