@@ -159,3 +159,47 @@ def test_a_role_whose_search_path_moved_is_not_given_a_new_empty_ledger(
     assert second.count() == 0  # asked for by name: a second ledger
     second.dispose()
     owner.dispose()
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ("ALTER DATABASE {database} SET default_transaction_read_only = on", "hot standby"),
+        ("REVOKE INSERT ON spans FROM {role}", "permission denied for table spans"),
+    ],
+)
+def test_a_database_that_will_not_take_writes_is_one_error_and_its_spans_wait(
+    pg_server: str | None, tmp_path: Any, caplog: pytest.LogCaptureFixture, change: str, says: str
+) -> None:
+    """A DBA makes the database read-only (a standby put in the URL) or revokes INSERT under
+    a running gateway: every span went to the spool under a WARNING, as for a server
+    restarting that comes back by itself, when nothing would change until someone acts.
+    It is one ERROR now (then one per kind every 10 s), and the spans wait in the spool."""
+    import logging
+
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    url = _database(pg_server, owner=role)
+    ledger = Ledger(url, spool_dir=tmp_path / "spool")
+    owner_database = create_engine(
+        make_url(url).set(username="ometer").render_as_string(False), isolation_level="AUTOCOMMIT"
+    )
+    with owner_database.connect() as conn:
+        conn.execute(text("ALTER TABLE spans OWNER TO ometer"))  # the role keeps its grants
+        conn.execute(text(f"GRANT ALL ON spans TO {role}"))
+        conn.execute(text(change.format(database=make_url(url).database, role=role)))
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    owner_database.dispose()
+    caplog.set_level(logging.DEBUG, "ollama_meter.ledger")
+    spans = [make_span() for _ in range(3)]
+    for span in spans:
+        assert ledger.record([span]) == {span.id: Stored.SPOOLED}
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.levelname for r in said] == ["ERROR"], [r.getMessage() for r in said]
+    assert says in said[0].getMessage() and "kept them in" in said[0].getMessage()
+    assert len(ledger.spool.pending()) == 3
+    ledger.dispose()
