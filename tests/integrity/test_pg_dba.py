@@ -203,3 +203,34 @@ def test_a_database_that_will_not_take_writes_is_one_error_and_its_spans_wait(
     assert says in said[0].getMessage() and "kept them in" in said[0].getMessage()
     assert len(ledger.spool.pending()) == 3
     ledger.dispose()
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "DateStyle = 'German, DMY'",
+        "DateStyle = 'SQL, DMY'",
+        "DateStyle = 'Postgres, MDY'",
+        "IntervalStyle = 'sql_standard'",
+    ],
+)
+def test_a_role_or_database_that_writes_dates_its_own_way_changes_nothing(
+    pg_server: str | None, cli: Any, monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    """A German site's ``ALTER DATABASE ... SET DateStyle = 'German, DMY'``: the driver reads
+    only ISO dates, and ``ometer budget set`` and ``budget status`` failed as "unexpected
+    NotImplementedError: can't parse timestamptz with DateStyle ... This is a bug in ometer"."""
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    url = _database(pg_server, owner=role)
+    admin = create_engine(f"{pg_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"ALTER DATABASE {make_url(url).database} SET {setting}"))
+    admin.dispose()
+    monkeypatch.setenv("OMETER_DB_URL", url)
+    made = cli("budget", "set", "sales", "--monthly", "10")
+    assert made.code == 0, made.stderr
+    status = cli("budget", "status")
+    assert status.code == 0 and "sales" in status.stdout, status.stderr
+    with Ledger(url).read() as conn:
+        styles = conn.execute(text("SELECT current_setting('DateStyle'), now()::text")).one()
+    assert styles[0].startswith("ISO") and styles[1][:4].isdigit()
