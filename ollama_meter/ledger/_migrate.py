@@ -215,7 +215,7 @@ def check_ledger_encoding(engine: Engine, url: str) -> None:
 
 
 _LEDGERS_ELSEWHERE = text(
-    "SELECT n.nspname FROM pg_namespace n WHERE n.nspname <> current_schema() AND "
+    "SELECT n.nspname FROM pg_namespace n WHERE n.nspname IS DISTINCT FROM current_schema() AND "
     "EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'spans') "
     "AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid "
     "AND c.relname = 'alembic_version') ORDER BY n.nspname"
@@ -237,15 +237,16 @@ def _check_none_elsewhere(conn: Connection, url: str) -> None:
     others = list(conn.execute(_LEDGERS_ELSEWHERE).scalars())
     if not others:
         return
-    here = conn.execute(text("SELECT current_schema()")).scalar()
+    found = conn.execute(text("SELECT current_schema()")).scalar()
+    here = f"schema {found} (the search path)" if found else "the search path (naming no schema)"
     raise LedgerError(
-        f"cannot open the ledger at {url}: schema {here} (the search path) holds no ledger, "
+        f"cannot open the ledger at {url}: {here} holds no ledger, "
         f"but schema {', '.join(others)} of this database holds one: the role's or "
         "database's search_path was changed (ALTER ROLE ... SET search_path), and a new, "
         "empty ledger would be made beside it; nothing was changed. Put the search path back "
         "(ALTER ROLE ... RESET search_path), or name the ledger's schema in OMETER_DB_URL "
-        f"(?options=-csearch_path%3D{others[0]}); to make a second ledger in {here} on "
-        "purpose, name that one there"
+        f"(?options=-csearch_path%3D{others[0]}); to make a second ledger in another schema "
+        "on purpose, name that one there"
     )
 
 

@@ -146,12 +146,16 @@ def test_a_role_whose_search_path_moved_is_not_given_a_new_empty_ledger(
         "role's or database's search_path was changed (ALTER ROLE ... SET search_path), "
         "and a new, empty ledger would be made beside it; nothing was changed. Put the search "
         "path back (ALTER ROLE ... RESET search_path), or name the ledger's schema in "
-        "OMETER_DB_URL (?options=-csearch_path%3Dpublic); to make a second ledger in "
-        "reporting on purpose, name that one there"
+        "OMETER_DB_URL (?options=-csearch_path%3Dpublic); to make a second ledger in another "
+        "schema on purpose, name that one there"
     )
     with owner.connect() as conn:
         made = conn.execute(text("SELECT count(*) FROM pg_tables WHERE schemaname = 'reporting'"))
         assert made.scalar() == 0  # nothing was changed
+    with owner.connect() as conn:  # a hardened role's: no schema at all
+        conn.execute(text(f"ALTER ROLE {role} SET search_path = ''"))
+    with pytest.raises(LedgerError, match="the search path .naming no schema. holds no ledger, b"):
+        Ledger(url, spool_dir=tmp_path / "spool")
     kept = Ledger(f"{url}?options=-csearch_path%3Dpublic", spool_dir=tmp_path / "spool")
     assert kept.count() == 1
     kept.dispose()
