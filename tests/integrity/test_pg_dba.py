@@ -238,3 +238,28 @@ def test_a_role_or_database_that_writes_dates_its_own_way_changes_nothing(
     with Ledger(url).read() as conn:
         styles = conn.execute(text("SELECT current_setting('DateStyle'), now()::text")).one()
     assert styles[0].startswith("ISO") and styles[1][:4].isdigit()
+
+
+def test_a_pooler_that_refuses_ometers_session_settings_is_named() -> None:
+    """PgBouncer (a DBA's usual front) refuses libpq's ``options``, where ometer sends its lock
+    and idle timeouts: the bare "FATAL: unsupported startup parameter: options" named
+    neither the pooler nor what to change. (Seen against PgBouncer 1.18 in transaction mode.)"""
+    from psycopg import OperationalError as PsycopgError
+    from sqlalchemy.exc import DBAPIError
+
+    from ollama_meter.ledger._database import Database
+
+    refused = PsycopgError(
+        'connection failed: connection to server at "127.0.0.1", port 6432 failed: FATAL:  '
+        "unsupported startup parameter: options"
+    )
+    database = Database("postgresql+psycopg://meter@127.0.0.1:6432/ometer")
+    said = database.explain(DBAPIError("x", {}, refused))
+    database.dispose()
+    assert (
+        "unsupported startup parameter: options: a connection pooler (PgBouncer, say) answers "
+        "at that address and refuses the session settings ometer sends (its lock and idle "
+        "timeouts, ISO dates); point OMETER_DB_URL at PostgreSQL itself, or have the pooler "
+        "drop them (PgBouncer: ignore_startup_parameters = options), and the server's own "
+        "settings apply"
+    ) in said
