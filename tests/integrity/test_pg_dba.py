@@ -169,7 +169,13 @@ def test_a_role_whose_search_path_moved_is_not_given_a_new_empty_ledger(
     ("change", "says"),
     [
         ("ALTER DATABASE {database} SET default_transaction_read_only = on", "hot standby"),
-        ("REVOKE INSERT ON spans FROM {role}", "permission denied for table spans"),
+        (
+            "REVOKE INSERT ON spans FROM {role}",
+            "permission denied for table spans: the user {role} lacks a privilege on the "
+            "ledger's table spans (revoked, or made by another user); give it back (GRANT "
+            "SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ... TO {role}), or use the "
+            "tables' owner in OMETER_DB_URL",
+        ),
     ],
 )
 def test_a_database_that_will_not_take_writes_is_one_error_and_its_spans_wait(
@@ -204,7 +210,8 @@ def test_a_database_that_will_not_take_writes_is_one_error_and_its_spans_wait(
         assert ledger.record([span]) == {span.id: Stored.SPOOLED}
     said = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.levelname for r in said] == ["ERROR"], [r.getMessage() for r in said]
-    assert says in said[0].getMessage() and "kept them in" in said[0].getMessage()
+    assert says.format(role=role) in said[0].getMessage(), said[0].getMessage()
+    assert "kept them in" in said[0].getMessage()
     assert len(ledger.spool.pending()) == 3
     ledger.dispose()
 
