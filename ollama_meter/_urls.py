@@ -273,6 +273,26 @@ def hide_password(url: str) -> str:
     return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
 
 
+_ENDS_PASSWORD = re.compile(r"[^:/]*:[^@]*@")
+"""A URL's user and password, to the ``@`` that ends them, after ``scheme://``: as SQLAlchemy
+reads them (the password ends at its first ``@``)."""
+
+UNESCAPED_AT = (
+    "has an @ after the one that ends its password: @ in the password must be written %40 "
+    "(and % as %25); the URL was not used"
+)
+
+
+def unescaped_at(value: str) -> bool:
+    """Whether a server URL's password (or its database name) holds an ``@`` not written
+    ``%40``. SQLAlchemy ends the password at the first ``@`` and takes the rest for the
+    host: every error ("failed to resolve host") and the URL as shown printed the
+    password's tail, and the server was never asked."""
+    rest = value.partition("://")[2]
+    given = _ENDS_PASSWORD.match(rest)
+    return given is not None and "@" in rest[given.end() :].partition("?")[0]
+
+
 def database_url(value: str) -> str:
     """``OMETER_DB_URL`` (or ``--db``) checked: a URL SQLAlchemy reads, a SQLite one naming a
     file, a server's in UTF-8; ValueError saying which and what to give."""
@@ -282,6 +302,8 @@ def database_url(value: str) -> str:
     from ollama_meter._paths import sqlite_url_problem
 
     said = repr(hide_password(value))  # an error reaches logs too
+    if unescaped_at(value):
+        raise ValueError(f"{said} {UNESCAPED_AT}")
     try:
         url = make_url(value)
         port_ok = url.port is None or 0 < url.port < 65536

@@ -29,6 +29,7 @@ from sqlalchemy.exc import (
 from ollama_meter._forks import renew_after_fork
 from ollama_meter._urls import hide_password
 from ollama_meter.errors import LedgerError
+from ollama_meter.ledger import _why
 from ollama_meter.ledger._deadline import (
     AT_CONNECTION_LIMIT,
     SERVER_CHANGING,
@@ -335,10 +336,7 @@ class Database:
                 "database's owner, or correct the URL"
             )
         if getattr(exc.orig, "sqlstate", None) == NOT_ALLOWED:
-            return (
-                f"{text}: the user {make_url(self.url).username} may not do this; grant it "
-                "what it needs, or run `ometer db upgrade` once as the database's owner"
-            )
+            return f"{text}: {_why.not_allowed(text, make_url(self.url).username)}"
         if not self._sqlite and (missing := no_such(text)):
             return f"{text}: {missing}{meanwhile}"
         if "is not currently accepting connections" in lowered:
@@ -347,7 +345,7 @@ class Database:
                 f"ALLOW_CONNECTIONS true), or give another in OMETER_DB_URL{meanwhile}"
             )
         if "password authentication failed" in lowered:
-            return f"{text}: fix the password in OMETER_DB_URL{meanwhile}"
+            return f"{text}: fix the password in OMETER_DB_URL (% as %25, @ as %40){meanwhile}"
         if is_lock_error(exc) and (why := glances()):
             return f"{text}: another process holds it, and this write did not wait for it: {why}"
         if is_lock_error(exc):

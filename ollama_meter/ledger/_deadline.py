@@ -220,6 +220,13 @@ def not_there(said: str) -> str | None:
             "what answers at that address is not a PostgreSQL server (an HTTP server, say): "
             "correct the host and port in OMETER_DB_URL"
         )
+    if "unsupported startup parameter" in said:
+        return (
+            "a connection pooler (PgBouncer, say) answers at that address and refuses the "
+            "session settings ometer sends (its lock and idle timeouts, ISO dates); point "
+            "OMETER_DB_URL at PostgreSQL itself, or have the pooler drop them (PgBouncer: "
+            "ignore_startup_parameters = options), and the server's own settings apply"
+        )
     return None
 
 

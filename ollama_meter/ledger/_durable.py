@@ -31,7 +31,7 @@ from ollama_meter.ledger import _spans
 from ollama_meter.ledger._budgets import drop_reservations
 from ollama_meter.ledger._database import Database, is_content_error
 from ollama_meter.ledger._engine import DEFAULT_WAIT
-from ollama_meter.ledger._failing import Failing, passing
+from ollama_meter.ledger._failing import Failing, passing, spooled_level
 from ollama_meter.ledger._glance import OPENING, Spell, glancing
 from ollama_meter.ledger._journal import Journal, Orphan
 from ollama_meter.ledger._migrate import HEAD_REVISION, current_revision
@@ -357,7 +357,7 @@ class DurableLedger(Database):
         if more is None:
             log.debug(said, exc, where, "")
         else:
-            log.warning(said, exc, where, more)
+            log.log(spooled_level(exc), said, exc, where, more)
         self.journal.closed([s.id for s in spans])
         return dict.fromkeys((s.id for s in spans), Stored.SPOOLED)
 

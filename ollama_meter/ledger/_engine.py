@@ -30,7 +30,7 @@ from ollama_meter._paths import (
     sqlite_url_problem,
     unreachable_ledger,
 )
-from ollama_meter._urls import hide_password
+from ollama_meter._urls import UNESCAPED_AT, hide_password, unescaped_at
 from ollama_meter.errors import ConfigError, LedgerError
 from ollama_meter.ledger._beside import (
     give_to_folder,
@@ -339,10 +339,12 @@ def checked_url(url: str | URL) -> tuple[URL, Path | None]:
     """``url`` parsed, and the SQLite file it names (None for a server), once it is checked as
     a ledger's: SQLite or PostgreSQL, a file that is no device nor pipe. Makes nothing:
     :class:`LedgerError` saying what is wrong."""
+    said = hide_password(str(url))  # the Python API's URL, not checked by Settings
+    if isinstance(url, str) and unescaped_at(url):
+        raise LedgerError(f"OMETER_DB_URL {said!r} {UNESCAPED_AT}")
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        said = hide_password(str(url))  # the Python API's URL, not checked by Settings
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
         raise LedgerError(f"OMETER_DB_URL {said!r} is not a database URL") from exc
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):  # SQLAlchemy speaks more; the ledger does not
@@ -404,15 +406,18 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         )
         if bounded:
             options["connect_args"] = {
-                # A SQL_ASCII database declares no encoding: psycopg then hands back bytes
-                # where text was stored, and nothing could read the ledger. UTF-8 on our
-                # side; the server converts to its own encoding (or keeps the bytes).
+                # A SQL_ASCII database declares no encoding: psycopg then hands back bytes,
+                # and SQLAlchemy's first look failed before the ledger could say it refuses
+                # one. UTF-8 on our side whatever PGCLIENTENCODING says; the server converts.
                 "client_encoding": "UTF8",
                 "connect_timeout": connect_seconds(wait),
                 "options": _session_options(
                     parsed,
                     f"-c lock_timeout={max(int(lock_seconds(wait) * 1000), 1)} "
-                    f"-c idle_in_transaction_session_timeout={int(idle_seconds(wait) * 1000)}",
+                    f"-c idle_in_transaction_session_timeout={int(idle_seconds(wait) * 1000)} "
+                    # The driver reads only ISO dates: a role's DateStyle = 'German' crashed
+                    # every command that reads a time the server gives (budget status).
+                    "-c DateStyle=ISO -c IntervalStyle=postgres",
                 ),
             }
     try:

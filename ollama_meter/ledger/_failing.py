@@ -6,6 +6,7 @@ keeps what the last of them said, at no cost to a write that succeeds."""
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +14,13 @@ from pathlib import Path
 from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger._database import is_lock_error
+from ollama_meter.ledger._database import (
+    NO_SCHEMA,
+    NOT_ALLOWED,
+    SCHEMA_CHANGED,
+    is_lock_error,
+)
+from ollama_meter.ledger._engine import READ_ONLY
 
 
 class Failing:
@@ -55,3 +62,17 @@ def passing(exc: LedgerError) -> bool:
     if isinstance(cause, PoolTimeout):
         return True
     return isinstance(cause, DBAPIError) and is_lock_error(cause)
+
+
+UNTIL_CHANGED = frozenset({READ_ONLY, NOT_ALLOWED, NO_SCHEMA, "28P01", "28000", "3D000"})
+"""PostgreSQL's SQLSTATEs for a refusal nothing ends but a person: a read-only database (a
+standby), a privilege revoked, a wrong password or user, no such database or schema."""
+
+
+def spooled_level(exc: LedgerError) -> int:
+    """The level spans spooled for ``exc`` are said at: ERROR (a log alert's level) when the
+    writes stay failing until someone changes something, WARNING for a server restarting
+    and other failures that pass by themselves."""
+    state = getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None)
+    lasting = state in UNTIL_CHANGED or state in SCHEMA_CHANGED
+    return logging.ERROR if lasting else logging.WARNING

@@ -75,6 +75,7 @@ def check_is_ledger(conn: Connection, found: str | None, known: set[str]) -> Non
     tables = sorted({*seen.get_table_names(), *seen.get_view_names()} - {"alembic_version"})
     if found is None and not tables:  # a new ledger
         _check_encoding(conn, url)
+        _check_none_elsewhere(conn, url)
         return
     if found is not None and _MARK in tables:
         if found in known:
@@ -171,9 +172,10 @@ def _ours() -> set[str]:
     return set(METADATA.tables)
 
 
-_ENCODINGS = ("UTF8", "SQL_ASCII")
-"""PostgreSQL server encodings that hold every name a call may carry: UTF-8, and SQL_ASCII,
-which keeps bytes as they come (ometer's connections send UTF-8)."""
+_ENCODINGS = ("UTF8",)
+"""PostgreSQL server encodings that hold every name a call may carry. Not SQL_ASCII: it keeps
+the bytes it is sent, but its columns count bytes, so a name in another script was refused
+at a third or a quarter of its length in characters (a user of 50 Japanese characters)."""
 
 
 def _check_encoding(conn: Connection, url: str) -> None:
@@ -190,6 +192,62 @@ def _check_encoding(conn: Connection, url: str) -> None:
             f"Make one with ENCODING 'UTF8' (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE "
             "template0) and give it with --db / OMETER_DB_URL"
         )
+
+
+def check_ledger_encoding(engine: Engine, url: str) -> None:
+    """Refuse a ledger already in a PostgreSQL database whose encoding cannot hold every name
+    (restored by pg_restore into a LATIN1 database, or made before :func:`_check_encoding`):
+    it opened, and a gateway served on while each call of a user in another script went to
+    the quarantine. One ``SHOW`` a process, as it opens the ledger."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as conn:
+        encoding = str(conn.exec_driver_sql("SHOW server_encoding").scalar())
+    if encoding.upper() not in _ENCODINGS:
+        raise LedgerError(
+            f"cannot open the ledger at {url}: its database is encoded in {encoding}, which "
+            "cannot hold every name a call may carry (a user, a model or a tag in any "
+            "script), and such a call would be kept out of the ledger; nothing was changed. "
+            "Move it to a database made with ENCODING 'UTF8' (CREATE DATABASE ... ENCODING "
+            "'UTF8' TEMPLATE template0; pg_dump this one and restore it there) and give that "
+            "one with --db / OMETER_DB_URL"
+        )
+
+
+_LEDGERS_ELSEWHERE = text(
+    "SELECT n.nspname FROM pg_namespace n WHERE n.nspname IS DISTINCT FROM current_schema() AND "
+    "EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'spans') "
+    "AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid "
+    "AND c.relname = 'alembic_version') ORDER BY n.nspname"
+)
+
+
+def _check_none_elsewhere(conn: Connection, url: str) -> None:
+    """Refuse to make a new ledger in the schema a PostgreSQL role's search path names when
+    another schema of the database holds one, unless the URL names the schema itself.
+
+    A DBA moving the role's search path (``ALTER ROLE ... SET search_path``) had the next
+    process make a new, empty ledger there, silently: its reports lacked every month
+    before, and gateways started since wrote there while those started before wrote to
+    the old one. A URL's ``?options=-csearch_path=...`` is a choice, and is taken."""
+    from ollama_meter.ledger._spool_dir import search_path_in
+
+    if conn.dialect.name != "postgresql" or search_path_in(conn.engine.url):
+        return
+    others = list(conn.execute(_LEDGERS_ELSEWHERE).scalars())
+    if not others:
+        return
+    found = conn.execute(text("SELECT current_schema()")).scalar()
+    here = f"schema {found} (the search path)" if found else "the search path (naming no schema)"
+    raise LedgerError(
+        f"cannot open the ledger at {url}: {here} holds no ledger, "
+        f"but schema {', '.join(others)} of this database holds one: the role's or "
+        "database's search_path was changed (ALTER ROLE ... SET search_path), and a new, "
+        "empty ledger would be made beside it; nothing was changed. Put the search path back "
+        "(ALTER ROLE ... RESET search_path), or name the ledger's schema in OMETER_DB_URL "
+        f"(?options=-csearch_path%3D{others[0]}); to make a second ledger in another schema "
+        "on purpose, name that one there"
+    )
 
 
 _ALEMBIC = ChildLock()
@@ -345,6 +403,8 @@ def _has_revision(engine: Engine) -> bool:
 def ensure_current(engine: Engine) -> bool:
     """Make a new ledger, or migrate one that is behind; True when either ran."""
     found = current_revision(engine)
+    if found is not None:
+        check_ledger_encoding(engine, engine.url.render_as_string())
     if found == HEAD_REVISION:
         return False
     if found is None and create_at_head(engine):

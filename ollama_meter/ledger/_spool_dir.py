@@ -41,8 +41,7 @@ def default_spool_dir(url: str) -> Path:
     if path is not None:
         return _beside_file(path)
     query = {k: v for k, v in parsed.query.items() if k in _SERVER_KEYS}
-    given = parsed.query.get("options")
-    schema = _search_path(" ".join(given) if isinstance(given, tuple) else given or "")
+    schema = search_path_in(parsed)
     if schema is not None:  # which ledger of the database: two schemas are two ledgers
         query["search_path"] = schema
     database = URL.create(
@@ -128,6 +127,12 @@ def _bring_files(old: Path, folder: Path) -> None:
             old,
             folder,
         )
+
+
+def search_path_in(url: URL) -> str | None:
+    """The ``search_path`` a server URL's ``?options=`` sets, None when it sets none."""
+    given = url.query.get("options")
+    return _search_path(" ".join(given) if isinstance(given, tuple) else given or "")
 
 
 def _search_path(options: str) -> str | None:

@@ -234,3 +234,22 @@ def no_such(said: str) -> str | None:
         what, fix = _NAMED[missing[1]]
         return f"no {what} of that name on this server: {fix}"
     return None
+
+
+_DENIED_ON = re.compile(r"permission denied for (table|sequence) (\S+)")
+
+
+def not_allowed(said: str, user: str | None) -> str:
+    """What to do when PostgreSQL refused ``user`` a privilege (``said``: its words): on a
+    table of the ledger (a REVOKE under a running gateway, or tables another user made), the
+    GRANT that gives it back; else (CREATE on a schema, for a new ledger) who may make it."""
+    if found := _DENIED_ON.search(said):
+        return (
+            f"the user {user} lacks a privilege on the ledger's {found[1]} {found[2]} (revoked, "
+            f"or made by another user); give it back (GRANT SELECT, INSERT, UPDATE, DELETE ON "
+            f"ALL TABLES IN SCHEMA ... TO {user}), or use the tables' owner in OMETER_DB_URL"
+        )
+    return (
+        f"the user {user} may not do this; grant it what it needs, or run `ometer db upgrade` "
+        "once as the database's owner"
+    )

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from ollama_meter.errors import LedgerError
-from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger import Ledger
 from ollama_meter.ledger._aggregate import raw_spans
 from ollama_meter.periods import parse_period
 from ollama_meter.records import Stored
@@ -250,41 +250,6 @@ def _database_encoded(pg_server: str | None, encoding: str) -> str:
         )
     admin.dispose()
     return f"{pg_server}/{name}"
-
-
-@pytest.fixture(scope="module")
-def sql_ascii_ledger(pg_server: str | None) -> Iterator[Ledger]:
-    """A ledger in a database made ``ENCODING 'SQL_ASCII'`` (an old cluster's default):
-    the server then takes and gives back bytes, and declares no encoding of its own."""
-    ledger = Ledger(_database_encoded(pg_server, "SQL_ASCII"), zone="UTC")
-    yield ledger
-    ledger.dispose()
-
-
-STORABLE = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=40
-)
-
-
-@given(user=STORABLE, model=STORABLE, tag=STORABLE)
-def test_a_sql_ascii_database_keeps_every_name_as_it_was_given(
-    sql_ascii_ledger: Ledger, user: str, model: str, tag: str
-) -> None:
-    """psycopg hands back bytes, not text, on a connection whose encoding is SQL_ASCII:
-    SQLAlchemy's first look at the server (its version, a regex over a str) failed, and no
-    command could open such a ledger ("unexpected TypeError ... This is a bug in ometer")."""
-    from tests.factories import make_span
-
-    tenant = f"t{uuid.uuid4().hex}"
-    span = make_span(tenant=tenant, user=user, request_model=model, tags={"team": tag})
-    assert sql_ascii_ledger.record([span]) == {span.id: Stored.COMMITTED}
-    [back] = sql_ascii_ledger.latest(SpanFilter(tenant=tenant))
-    assert (back.id, back.user, back.request_model, back.tags) == (
-        span.id,
-        user,
-        model,
-        {"team": tag},
-    )
 
 
 def test_a_read_only_database_is_named_and_its_spans_wait_in_the_spool(
