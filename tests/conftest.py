@@ -28,6 +28,15 @@ from tests._pg import PgCluster, memory_folder, postgres_server
 from tests._schedule import long_first
 from tests._templates import LedgerTemplates, ledger_templates
 
+# The cyclic collector as a served ``ometer`` has it (``_runtime.serving``): new objects are
+# looked at every 10,000, not Python's 700, from here on (collecting imports every test module
+# and builds their strategies: 12.0 s of CPU a worker, 8.2 s so), and what collecting made is
+# frozen (``pytest_collection_finish``). At the default, the collector's looks at the old
+# objects walked every module, test and strategy again: 15 % of the CPU of
+# tests/integrity/test_cli_fuzz.py. Only when it runs changes: reference counting frees what
+# it frees as before.
+gc.set_threshold(SERVING, *gc.get_threshold()[1:])
+
 # No timing thresholds in tests: Hypothesis' default 200 ms deadline per example fails
 # tests on a busy machine (CI shares two cores) for being slow, not for being wrong.
 settings.register_profile("ometer", deadline=None)
@@ -58,14 +67,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_finish() -> None:
-    """The cyclic collector as a served ``ometer`` has it (``_runtime.serving``): what
-    collecting made (every module, test and strategy) is frozen, never walked again, and new
-    objects are looked at every 10,000, not 700. At Python's default each look at the old
-    objects walked all of them: 15 % of a worker's CPU in tests/integrity/test_cli_fuzz.py.
-    Only when the collector runs changes; reference counting frees what it frees as before."""
+    """What collecting made (every module, test and strategy) is frozen: never walked again."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(SERVING, *gc.get_threshold()[1:])
 
 
 _CLEAR_PREFIXES = ("OMETER_", "OLLAMA_", "OTEL_", "LANGFUSE_", "TRACELOOP_")
