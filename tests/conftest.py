@@ -24,7 +24,7 @@ from ollama_meter.cli import main
 from ollama_meter.ledger import close_ledgers
 from ollama_meter.testing import OllamaEmulator
 from ollama_meter.upstream import reset_breakers
-from tests._pg import PgCluster, memory_folder, postgres_server
+from tests._pg import PgCluster, create_database, memory_folder, postgres_server
 from tests._schedule import long_first
 from tests._templates import LedgerTemplates, ledger_templates
 
@@ -190,7 +190,7 @@ def _admin(server: str) -> Engine:
 def _fresh_pg_database(server: str) -> str:
     name = f"t_{uuid.uuid4().hex[:12]}"
     with _admin(server).connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        create_database(conn, name)
     return f"{server}/{name}"
 
 
