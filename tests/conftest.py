@@ -86,21 +86,38 @@ _KEEP = frozenset(
 
 
 _MADE: list[tuple[str, str]] = []
-"""(server, database) made for the running test alone (``db_url``): dropped when it ends. A
+"""(server, database) made for the running test alone (``db_url``): dropped after it ends. A
 module's or a test's own ``_fresh_pg_database`` is not: a module shares its database."""
+
+_ENDED: list[tuple[str, str]] = []
+"""The databases of the test that ended last, dropped when the next one ends."""
+
+
+def _drop(made: list[tuple[str, str]]) -> None:
+    while made:
+        server, name = made.pop()
+        # A private cluster the test has removed answers no more: nothing left to drop.
+        with contextlib.suppress(DBAPIError), _admin(server).connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(autouse=True)
 def _drop_pg_databases() -> Iterator[None]:
-    """Drop each PostgreSQL database a test made, after its ledgers closed (set up first,
-    so torn down last). Left in place they filled the server's disk: 7.5 MB each, about
-    600 per worker, and a minute to delete at the end of the run."""
+    """Drop the PostgreSQL databases a test made once the next test ends (set up first, so
+    torn down last). Left in place they filled the server's disk: 7.5 MB each, about 600 per
+    worker, and a minute to delete at the end of the run. Dropped as the test itself ended,
+    a database its ledgers had just closed still had their sessions ending, and DROP
+    DATABASE waits 100 ms for such a session to go before it looks again."""
     yield
-    while _MADE:
-        server, name = _MADE.pop()
-        # A private cluster the test has removed answers no more: nothing left to drop.
-        with contextlib.suppress(DBAPIError), _admin(server).connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _drop(_ENDED)
+    _ENDED.extend(_MADE)
+    _MADE.clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_the_last_pg_databases() -> Iterator[None]:
+    yield
+    _drop(_ENDED)
 
 
 @pytest.fixture(autouse=True)
