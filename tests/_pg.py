@@ -19,6 +19,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 
 def _bin(name: str) -> str | None:
@@ -41,6 +45,21 @@ def memory_folder() -> str | None:
     except OSError:
         return None
     return "/dev/shm" if found.f_bavail * found.f_frsize >= MEMORY_ROOM else None
+
+
+def create_database(conn: Connection, name: str, template: str | None = None) -> None:
+    """``CREATE DATABASE name`` (a copy of ``template``, else of template1), its files copied
+    where the server can (PostgreSQL 15 on: STRATEGY FILE_COPY). Its default there writes every
+    page of the template into the WAL: two test processes each making and dropping databases,
+    25 ms of the server's CPU and 0.12 s a database; copying the files, 18-23 ms and 0.08-0.10
+    s. Every PostgreSQL test makes one, and a recorded ledger's copy is bigger."""
+    from sqlalchemy import text
+
+    copied = f' TEMPLATE "{template}"' if template else ""
+    version = conn.dialect.server_version_info or ()
+    if version >= (15,):
+        copied += " STRATEGY FILE_COPY"
+    conn.execute(text(f'CREATE DATABASE "{name}"{copied}'))
 
 
 def _free_port() -> int:

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from ollama_meter.ledger import Ledger
+from tests._pg import create_database
 
 
 class LedgerTemplates:
@@ -44,7 +45,7 @@ class LedgerTemplates:
         template = self._template(what, server, make)
         with self._admin(server).connect() as conn:  # the same name, now a copy
             conn.execute(text(f'DROP DATABASE "{parsed.database}"'))
-            conn.execute(text(f'CREATE DATABASE "{parsed.database}" TEMPLATE "{template}"'))
+            create_database(conn, parsed.database, template)
 
     def _template(self, what: str, where: str, make: Callable[[str], Ledger]) -> str:
         if (what, where) in self._made:
@@ -57,7 +58,7 @@ class LedgerTemplates:
         else:
             made = f"template_{uuid.uuid4().hex[:12]}"
             with self._admin(where).connect() as conn:
-                conn.execute(text(f'CREATE DATABASE "{made}"'))
+                create_database(conn, made)
             make(f"{where}/{made}").dispose()  # a template is copied with no session on it
         self._made[(what, where)] = made
         return made

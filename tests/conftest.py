@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import io
 import os
 import sys
@@ -18,13 +19,23 @@ from hypothesis import settings
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
+from ollama_meter._runtime import SERVING
 from ollama_meter.cli import main
 from ollama_meter.ledger import close_ledgers
 from ollama_meter.testing import OllamaEmulator
 from ollama_meter.upstream import reset_breakers
-from tests._pg import PgCluster, memory_folder, postgres_server
+from tests._pg import PgCluster, create_database, memory_folder, postgres_server
 from tests._schedule import long_first
 from tests._templates import LedgerTemplates, ledger_templates
+
+# The cyclic collector as a served ``ometer`` has it (``_runtime.serving``): new objects are
+# looked at every 10,000, not Python's 700, from here on (collecting imports every test module
+# and builds their strategies: 12.0 s of CPU a worker, 8.2 s so), and what collecting made is
+# frozen (``pytest_collection_finish``). At the default, the collector's looks at the old
+# objects walked every module, test and strategy again: 15 % of the CPU of
+# tests/integrity/test_cli_fuzz.py. Only when it runs changes: reference counting frees what
+# it frees as before.
+gc.set_threshold(SERVING, *gc.get_threshold()[1:])
 
 # No timing thresholds in tests: Hypothesis' default 200 ms deadline per example fails
 # tests on a busy machine (CI shares two cores) for being slow, not for being wrong.
@@ -55,6 +66,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     long_first(items)
 
 
+def pytest_collection_finish() -> None:
+    """What collecting made (every module, test and strategy) is frozen: never walked again."""
+    gc.collect()
+    gc.freeze()
+
+
 _CLEAR_PREFIXES = ("OMETER_", "OLLAMA_", "OTEL_", "LANGFUSE_", "TRACELOOP_")
 # What CI sets for the test run itself: a server to use, and "fail, don't skip"; where
 # the browser tests save their screenshots.
@@ -69,21 +86,38 @@ _KEEP = frozenset(
 
 
 _MADE: list[tuple[str, str]] = []
-"""(server, database) made for the running test alone (``db_url``): dropped when it ends. A
+"""(server, database) made for the running test alone (``db_url``): dropped after it ends. A
 module's or a test's own ``_fresh_pg_database`` is not: a module shares its database."""
+
+_ENDED: list[tuple[str, str]] = []
+"""The databases of the test that ended last, dropped when the next one ends."""
+
+
+def _drop(made: list[tuple[str, str]]) -> None:
+    while made:
+        server, name = made.pop()
+        # A private cluster the test has removed answers no more: nothing left to drop.
+        with contextlib.suppress(DBAPIError), _admin(server).connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(autouse=True)
 def _drop_pg_databases() -> Iterator[None]:
-    """Drop each PostgreSQL database a test made, after its ledgers closed (set up first,
-    so torn down last). Left in place they filled the server's disk: 7.5 MB each, about
-    600 per worker, and a minute to delete at the end of the run."""
+    """Drop the PostgreSQL databases a test made once the next test ends (set up first, so
+    torn down last). Left in place they filled the server's disk: 7.5 MB each, about 600 per
+    worker, and a minute to delete at the end of the run. Dropped as the test itself ended,
+    a database its ledgers had just closed still had their sessions ending, and DROP
+    DATABASE waits 100 ms for such a session to go before it looks again."""
     yield
-    while _MADE:
-        server, name = _MADE.pop()
-        # A private cluster the test has removed answers no more: nothing left to drop.
-        with contextlib.suppress(DBAPIError), _admin(server).connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _drop(_ENDED)
+    _ENDED.extend(_MADE)
+    _MADE.clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_the_last_pg_databases() -> Iterator[None]:
+    yield
+    _drop(_ENDED)
 
 
 @pytest.fixture(autouse=True)
@@ -173,7 +207,7 @@ def _admin(server: str) -> Engine:
 def _fresh_pg_database(server: str) -> str:
     name = f"t_{uuid.uuid4().hex[:12]}"
     with _admin(server).connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        create_database(conn, name)
     return f"{server}/{name}"
 
 

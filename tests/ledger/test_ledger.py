@@ -914,16 +914,18 @@ def _everything(
     from sqlalchemy import text
 
     with ledger.read() as conn:
-        return {
-            t: sorted(
-                (
-                    tuple(sorted(r._mapping.items()))
-                    for r in conn.execute(text(f"SELECT * FROM {t}"))
-                ),
-                key=repr,
-            )
-            for t in tables
-        }
+        return {t: _rows(conn.execute(text(f"SELECT * FROM {t}"))) for t in tables}
+
+
+def _rows(result: Any) -> list[tuple[object, ...]]:
+    """Each row as its (column, value) pairs in the order of the columns' names, sorted by
+    their repr. The names are sorted once a table, not once a row: the upgrade tests compare
+    about 8,000 rows a ledger, and sorting each row's items took a third of their time."""
+    names = sorted(result.keys())
+    at = [list(result.keys()).index(name) for name in names]
+    return sorted(
+        (tuple(zip(names, (row[i] for i in at), strict=True)) for row in result), key=repr
+    )
 
 
 @pytest.mark.parametrize("revision", [f"{n:04d}" for n in range(1, int(HEAD_REVISION))])
