@@ -9,7 +9,6 @@ a real server shows (the official clients, streams, hang-ups, timeouts on the wi
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import threading
 import time
@@ -103,9 +102,6 @@ def left_mid_stream(gw: Gateway, emulator: OllamaEmulator) -> Any:
     return span
 
 
-_uvicorn_log = logging.getLogger("uvicorn.error")
-
-
 class _Server(uvicorn.Server):
     """uvicorn's server, looking whether it is asked to stop every 10 ms, not every 100 ms:
     each gateway a test started waited 50 ms on average to begin stopping (its date header
@@ -116,35 +112,6 @@ class _Server(uvicorn.Server):
         while not await self.on_tick(counter):
             counter = (counter + 1) % 864000
             await asyncio.sleep(0.01)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's, but for its one fixed wait of 0.1 s after asking its connections to
-        close, whether any was open: here it ends once none is (looked at every 10 ms), and
-        lasts 0.1 s at most as uvicorn's does. It was most of a gateway's stop: 110 ms of
-        the teardown of a test of a real-port gateway, 0.01 s now."""
-        _uvicorn_log.info("Shutting down")
-        for server in self.servers:
-            server.close()
-        for sock in sockets or []:
-            sock.close()
-        for connection in list(self.server_state.connections):
-            connection.shutdown()
-        for _ in range(10):
-            if not self.server_state.connections:
-                break
-            await asyncio.sleep(0.01)
-        try:
-            async with asyncio.timeout(self.config.timeout_graceful_shutdown):
-                await self._wait_tasks_to_complete()
-        except TimeoutError:
-            _uvicorn_log.error(
-                "Cancel %s running task(s), timeout graceful shutdown exceeded",
-                len(self.server_state.tasks),
-            )
-            for task in self.server_state.tasks:
-                task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
-        if not self.force_exit:
-            await self.lifespan.shutdown()
 
 
 @pytest.fixture
