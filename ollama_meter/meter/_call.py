@@ -18,9 +18,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ollama_meter.errors import ClientClosed, OverCap, UpstreamError, ValidationError
-from ollama_meter.meter._honest import within_latency
+from ollama_meter.meter._honest import UTF8_MOST, within_latency
 from ollama_meter.meter._passes import charge_unreported_pass
 from ollama_meter.meter._usage import count_tokens, estimate_tokens, tokens_in_chars
+from ollama_meter.meter._written import bytes_of
 from ollama_meter.records import DurationSource, SpanRecord, Stored
 from ollama_meter.upstream import Delta, Event, Final, caller_of
 
@@ -95,6 +96,9 @@ class MeteredCall:
         token a chunk), a tool call's from its length (it comes whole, in one)."""
         self.other_chars = 0
         """The characters of the reply's thinking and tool calls (not its text)."""
+        self.shown_bytes = 0
+        """The most bytes the answer showed: its text's, and :data:`~._honest.UTF8_MOST` a
+        character of its thinking and tool calls (what bounds an honest reply count)."""
         self.final: Final | None = None
         self.reservation: Reservation | None = None
         self.output_cap: int | None = None
@@ -143,6 +147,12 @@ class MeteredCall:
             return False
         return True
 
+    def reads_answer(self) -> bool:
+        """Whether the meter reads the call's whole answer: it opened it with its request's
+        facts (its own routes do); a library caller's own ``Opening`` may observe the usage
+        alone, so what it observed bounds nothing."""
+        return self.prompt_most is not _unbounded
+
     def read_here(self) -> None:
         """Refuse to read on in a forked child: the answer comes on the parent's connection,
         so each process would read part of it, and the parent's call hung for the rest."""
@@ -173,6 +183,7 @@ class MeteredCall:
             self.thought_chunks += thought
             self.streamed_tokens += max(1, tokens_in_chars(event.call_chars))
             self.other_chars += event.other_chars
+            self.shown_bytes += bytes_of(event.text) + UTF8_MOST * event.other_chars
             if event.text and self.keep_reply:
                 room = KEPT_REPLY_CHARS - self.reply_chars
                 if room > 0:

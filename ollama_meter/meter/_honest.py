@@ -4,8 +4,10 @@ Ollama's final chunk says how long the call took at Ollama and how many tokens i
 and the call is priced on them. An upstream that lies (or a proxy that garbles them) could
 charge a 10-character prompt two billion tokens, or a 10 ms call 11.6 days of GPU time. What
 the meter itself saw bounds both: the call's latency bounds every duration, and the request's
-own bytes (and the most a model may add to them) bound its prompt. A figure past its bound is
-cut to it, the span says ``estimated`` (for tokens), and a ``WARNING`` names what was cut.
+own bytes (and the most a model may add to them) bound its prompt, and what the answer shows
+(and the most a model generates and Ollama does not show) bounds its reply. A figure past its
+bound is cut to it, the span says ``estimated`` (for tokens), and a ``WARNING`` names what was
+cut.
 """
 
 from __future__ import annotations
@@ -20,6 +22,17 @@ if TYPE_CHECKING:
     from ollama_meter.records import SpanRecord
 
 log = logging.getLogger("ollama_meter.meter")
+
+MAX_HIDDEN_REPLY = MAX_HIDDEN_PROMPT
+"""The most reply tokens an honest Ollama generates and does not show: the end-of-sequence
+token, the markers a template's parser strips (a thinking block's tags, a tool call's
+wrapper, gpt-oss's channels), the stop sequence it cuts off. Each is a few tokens; a stop
+sequence is as long as the request sets it, so the room is the prompt's (32,768)."""
+
+UTF8_MOST = 4
+"""The most bytes UTF-8 writes a character in: what a character of thinking or of a tool
+call's JSON (as the meter reads them, in characters) may be at most as tokens. For a tool
+call it is room too for the spaces and newlines the model wrote and parsing dropped."""
 
 
 def prompt_at_most(call: MeteredCall, said: int) -> int:
@@ -52,6 +65,34 @@ def prompt_at_most(call: MeteredCall, said: int) -> int:
         said,
         most,
         MAX_HIDDEN_PROMPT,
+        most,
+    )
+    return most
+
+
+def reply_at_most(call: MeteredCall, said: int) -> int:
+    """The reply tokens ``call`` is charged when Ollama said ``said``: ``said``, unless no
+    honest server generates that many for what its answer showed, where it is that most.
+
+    An honest count is never cut: no tokenizer Ollama runs makes a token of less than a byte,
+    and what a model generates Ollama shows, as the reply's text, its thinking, or its tool
+    calls (each character of the last two :data:`UTF8_MOST` bytes at most), but for
+    :data:`MAX_HIDDEN_REPLY`. A call opened without its request (a library caller's own
+    ``Opening``, which may observe the usage alone) is charged what was said."""
+    if said <= MAX_HIDDEN_REPLY or not call.reads_answer():
+        return said
+    most = call.shown_bytes + MAX_HIDDEN_REPLY
+    if said <= most:
+        return said
+    log.warning(
+        "call %s to %s reported %d reply tokens for an answer that shows %d bytes of text, "
+        "thinking and tool calls; no honest server generates more than those and %d it does "
+        "not show, so it is charged %d",
+        call.span.id,
+        call.span.request_model,
+        said,
+        call.shown_bytes,
+        MAX_HIDDEN_REPLY,
         most,
     )
     return most

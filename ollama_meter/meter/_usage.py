@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ollama_meter._names import model_cache_key
 from ollama_meter._reloaded import WouldBlock
-from ollama_meter.meter._honest import prompt_at_most
+from ollama_meter.meter._honest import prompt_at_most, reply_at_most
 from ollama_meter.meter._written import bytes_of
 from ollama_meter.pricing import usage_of
 from ollama_meter.records import TokenSource
@@ -59,15 +59,18 @@ def count_tokens(call: MeteredCall, final: Final | None) -> None:
     lies cannot move a call's charge past its bound. Counts Ollama reports past the bound are
     charged as reported (``HiddenPrompts.past_bound``): the tokens were processed. A prompt
     count no honest server gives for the request (2 billion tokens for 10 characters) is cut
-    to the most it could be (:func:`~._honest.prompt_at_most`), with or without a budget.
+    to the most it could be (:func:`~._honest.prompt_at_most`), with or without a budget, and
+    a reply count no honest server gives for what the answer showed (2 billion tokens for 10
+    characters) to the most it could be (:func:`~._honest.reply_at_most`).
     """
     span = call.span
     said_in = final.input_tokens if final is not None else None
     said_out = final.output_tokens if final is not None else None
     counted = None if said_in is None else prompt_at_most(call, said_in)  # what may be true
+    told = None if said_out is None else reply_at_most(call, said_out)
     inputs = counted if counted is not None else call.input_estimate
-    if said_out is not None:
-        outputs = said_out
+    if told is not None:
+        outputs = told
     elif span.stream:
         outputs = call.streamed_tokens
     else:
@@ -81,10 +84,10 @@ def count_tokens(call: MeteredCall, final: Final | None) -> None:
     if bound is not None:  # one long tool call, or lying text, is no hard budget's overshoot
         inputs = min(inputs, max(bound.input_tokens, said_in or 0))
         if call.output_cap is not None:
-            outputs = min(outputs, max(bound.output_tokens, said_out or 0))
-    if said_in is None or said_out is None or counted != said_in:
+            outputs = min(outputs, max(bound.output_tokens, told or 0))
+    if said_in is None or said_out is None or (counted, told) != (said_in, said_out):
         span.token_source = TokenSource.ESTIMATED
-    if said_in is not None and said_out is not None and (inputs, outputs) != (counted, said_out):
+    if said_in is not None and said_out is not None and (inputs, outputs) != (counted, told):
         span.token_source = TokenSource.ESTIMATED
         log.warning(
             "call %s to %s streamed %d pieces of reply (%d of them thinking) and reported %d "
@@ -95,7 +98,7 @@ def count_tokens(call: MeteredCall, final: Final | None) -> None:
             call.content_chunks,
             call.thought_chunks,
             counted,
-            said_out,
+            told,
             inputs,
             outputs,
         )

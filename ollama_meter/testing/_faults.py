@@ -46,6 +46,9 @@ class Fault(StrEnum):
     """On ``/api/chat`` and ``/api/generate``: answer normally but report
     :data:`WILD_COUNT` prompt tokens, taking as many nanoseconds, as a server that
     lies (or overflows) would."""
+    INFLATE_REPLY = "inflate_reply"
+    """On generation routes: answer normally but report :data:`WILD_REPLY` reply tokens, as a
+    server that lies (or a proxy that garbles its counts) would."""
     IGNORE_CAP = "ignore_cap"
     """On generation routes: reply in full whatever ``num_predict`` (or ``max_tokens``)
     says, and report what was sent, as an Ollama-compatible server that does not honour
@@ -65,6 +68,8 @@ class Fault(StrEnum):
 
 WILD_COUNT = 10**18
 """What :attr:`Fault.INFLATE_COUNTS` reports."""
+WILD_REPLY = 2**31 - 1
+"""What :attr:`Fault.INFLATE_REPLY` reports."""
 SMALL_COUNT = 1
 """What :attr:`Fault.UNDERCOUNT` reports of each count."""
 

@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ollama_meter.testing._faults import SMALL_COUNT, WILD_COUNT, Armed, Fault, early
+from ollama_meter.testing._faults import (
+    SMALL_COUNT,
+    WILD_COUNT,
+    WILD_REPLY,
+    Armed,
+    Fault,
+    early,
+)
 from ollama_meter.testing._http import Handler
 from ollama_meter.testing._models import (
     EmulatedModel,
@@ -248,6 +255,8 @@ class OllamaRoutes(Handler):
             metrics.pop("eval_count", None)
         elif fault is Fault.INFLATE_COUNTS:
             metrics.update(prompt_eval_count=WILD_COUNT, prompt_eval_duration=WILD_COUNT)
+        elif fault is Fault.INFLATE_REPLY:
+            metrics.update(eval_count=WILD_REPLY)
         elif fault is Fault.UNDERCOUNT:
             metrics.update(prompt_eval_count=SMALL_COUNT, eval_count=SMALL_COUNT)
         if kind == "chat":

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.budgets._estimate import MAX_HIDDEN_PROMPT, MESSAGE_TOKENS, TEMPLATE_TOKENS
 from ollama_meter.ledger import SpanFilter, rebuild
+from ollama_meter.meter._honest import MAX_HIDDEN_REPLY
 from ollama_meter.records import MAX_CALL_COST, MAX_DURATION_NS, MAX_TOKENS
 from tests._raw_http import RawServer
 from tests.factories import token_prices
@@ -361,6 +362,9 @@ def check_hostile(gw: Gateway, bad: Hostile, department: str) -> None:
     cut = said_in is not None and said_in > PROMPT_MOST[bad.path]  # no honest count is more
     if said_in is not None:
         assert span.input_tokens == min(said_in, PROMPT_MOST[bad.path])
+    reply_most = (len("hi") if bad.stream else 0) + MAX_HIDDEN_REPLY  # what the answer shows
+    cut = cut or (said_out is not None and said_out > reply_most)
+    said_out = None if said_out is None else min(said_out, reply_most)
     raised = False
     if said_out is not None and bad.stream:  # its one piece ("hi") is a token at least
         raised, said_out = said_out < 1, max(said_out, 1)
