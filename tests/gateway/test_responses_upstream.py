@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.budgets._estimate import MAX_HIDDEN_PROMPT, MESSAGE_TOKENS, TEMPLATE_TOKENS
 from ollama_meter.ledger import SpanFilter
+from tests._counts import reply_charged
 from tests.gateway.conftest import Gateway
 
 ASKED = "hello from the crm bot"
@@ -89,6 +90,8 @@ def counted(count: object) -> int | None:
 @given(events=st.lists(items, max_size=6))
 @example(events=[delta("hi"), "[DONE]"])  # was "ok": the client stopped at [DONE], unended
 @example(events=[delta("hi"), "[DONE]", ending("response.completed", None)])
+@example(events=[delta("a"), delta("b"), ending("response.completed", {"input_tokens": 6, "output_tokens": 1})])  # fmt: skip
+@example(events=[delta("hi"), ending("response.completed", {"input_tokens": 6, "output_tokens": 900_000})])  # fmt: skip
 def test_a_lying_responses_stream_gives_the_client_what_its_span_says(
     upstream: tuple[Gateway, Any], events: list[Any]
 ) -> None:
@@ -113,9 +116,11 @@ def test_a_lying_responses_stream_gives_the_client_what_its_span_says(
         usage = last["response"]["usage"] or {}
         given = counted(usage.get("input_tokens")), counted(usage.get("output_tokens"))
         cut = given[0] is not None and given[0] > PROMPT_MOST  # no honest server counts more
-        assert span.token_source == ("estimated" if None in given or cut else "reported")
+        as_said = None not in given and not cut and span.output_tokens == given[1]
+        assert span.token_source == ("reported" if as_said else "estimated")
         assert span.input_tokens == min(given[0] or 6, PROMPT_MOST)
-        assert given[1] is None or span.output_tokens == given[1]
+        # As reported; more for a stream of more pieces; less past what the answer could hold.
+        assert reply_charged(given[1], span.output_tokens, len(events))
     else:
         assert (span.status, span.error_type) == ("error", "stream_error")
         assert last.get("error") or last.get("type") in ("error", "response.failed"), data
