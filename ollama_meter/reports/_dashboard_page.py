@@ -431,6 +431,7 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
         period=query.selected,
         as_of=d.now.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M"),
         cards=_cards(d),
+        capped_note=d.spend.capped_note(),
         counts=counts,
         unpriced_models=[isolate(model) for model in unpriced_models],
         more_unpriced_models=more_unpriced,
