@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from ollama_meter.ledger import capped_note
 from ollama_meter.periods import Window, current_period
 from ollama_meter.records import EACH_TENANT, Budget, LeaseKey, format_micros
 
@@ -39,8 +40,6 @@ class BudgetStatus:
         """What a capped :attr:`spent` is, said in a line; None when it is exact."""
         if not self.capped:
             return None
-        from ollama_meter.ledger import capped_note
-
         whose = f"the spend of budget {self.budget.id} ({self.budget.scope(self.tenant)})"
         return capped_note(whose, f"its spent in {self.budget.period} {self.window.label}")
 
