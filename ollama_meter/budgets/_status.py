@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from ollama_meter.ledger import capped_note
 from ollama_meter.periods import Window, current_period
 from ollama_meter.records import EACH_TENANT, Budget, LeaseKey, format_micros
 
@@ -31,6 +32,16 @@ class BudgetStatus:
     than its own, by currency: not in :attr:`spent` (amounts in two currencies are never
     added), and not capped by it. Calls its rules priced in another currency before they
     changed currency (the budget set again in the new one) are here."""
+    capped: bool = False
+    """:attr:`spent` is a lower bound: a sum in its scope passed the largest the ledger's
+    rollups hold and the spans behind it were pruned (see :meth:`capped_note`)."""
+
+    def capped_note(self) -> str | None:
+        """What a capped :attr:`spent` is, said in a line; None when it is exact."""
+        if not self.capped:
+            return None
+        whose = f"the spend of budget {self.budget.id} ({self.budget.scope(self.tenant)})"
+        return capped_note(whose, f"its spent in {self.budget.period} {self.window.label}")
 
     def uncounted_note(self) -> str | None:
         """What this budget does not count, said in a line; None when it counts everything."""
@@ -116,12 +127,14 @@ def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[B
                     if k.budget_id == budget.id and k.period_start == window.start
                 )
                 tenants = sorted(seen) or [EACH_TENANT]
+            capped_keys: frozenset[tuple[str, str, str]] = getattr(sums, "capped", frozenset())
             for tenant in tenants:
-                spent, uncounted = 0, Counter[str]()
+                spent, uncounted, capped = 0, Counter[str](), False
                 for (t, department, currency), cost in sums.items():
                     if t == tenant and budget.department in (None, department):
                         if currency == budget.currency:
                             spent += cost
+                            capped = capped or (t, department, currency) in capped_keys
                         elif cost:
                             uncounted[currency] += cost
                 key = LeaseKey(budget.id, tenant, window.start)
@@ -130,7 +143,15 @@ def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[B
                 others = tuple(sorted(uncounted.items()))
                 rows.append(
                     BudgetStatus(
-                        budget, tenant, window, spent, held, projected, refused.get(key), others
+                        budget,
+                        tenant,
+                        window,
+                        spent,
+                        held,
+                        projected,
+                        refused.get(key),
+                        others,
+                        capped,
                     )
                 )
     return rows

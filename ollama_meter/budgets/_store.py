@@ -24,7 +24,8 @@ class BudgetReads(Protocol):
         ...
 
     def spend_by_scope(self, start: datetime, end: datetime) -> dict[tuple[str, str, str], int]:
-        """Settled spend per (tenant, department, currency) in [start, end)."""
+        """Settled spend per (tenant, department, currency) in [start, end); the ledger's also
+        has ``capped``, the keys whose sum is a lower bound (the rollups' cap, spans pruned)."""
         ...
 
     def clock(self, now: datetime) -> datetime:

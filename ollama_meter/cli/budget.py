@@ -203,6 +203,7 @@ def status_to_dict(row: "BudgetStatus", undelivered: "Sequence[Alert]" = ()) -> 
         "projected": format_micros(row.projected),
         "state": row.state,
         "uncounted": {currency: format_micros(m) for currency, m in row.uncounted},
+        "capped": row.capped,
         "undelivered_alerts": [
             alert_to_dict(a)
             for a in undelivered
@@ -270,7 +271,8 @@ def status(as_json: JsonFlag = False, db: DbOption = None) -> None:
         for row in rows
     ]
     out.print(table(f"budgets now ({cfg.timezone})", columns, lines))
-    for note in filter(None, (row.uncounted_note() for row in rows)):
+    notes = (note for row in rows for note in (row.capped_note(), row.uncounted_note()))
+    for note in filter(None, notes):
         out.print(shown(note, "yellow"))
     for alert in undelivered:  # an admin sees what no channel got
         out.print(shown(_undelivered_line(alert), "yellow"))

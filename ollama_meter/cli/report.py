@@ -28,7 +28,7 @@ from ollama_meter.cli._common import (
     write_output,
     write_rows,
 )
-from ollama_meter.cli._console import out, shown
+from ollama_meter.cli._console import err, out, shown
 from ollama_meter.records import Micros
 from ollama_meter.reports import BY_CHOICES
 
@@ -70,6 +70,8 @@ def report(
     ledger = ledger_for(cfg, existing=True)
     where = {"tenant": tenant, "department": dept, "model": model}
     result = spend_report(ledger, window, columns, tz=cfg.tz, **where)
+    if note := result.capped_note():  # on stderr, whatever the format: the file stays data
+        err.print(shown("warning:", "yellow"), note)
     if fmt is ReportFormat.HTML:
         from ollama_meter.reports import render_spend_html
 

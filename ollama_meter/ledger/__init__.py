@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING
 from ollama_meter._lazy import lazy_names, names_in
 
 if TYPE_CHECKING:
-    from ollama_meter.ledger._aggregate import FailureCount as FailureCount, SpendSums as SpendSums
+    from ollama_meter.ledger._aggregate import (
+        FailureCount as FailureCount,
+        SpendSums as SpendSums,
+        capped_note as capped_note,
+    )
     from ollama_meter.ledger._backup import (
         backup as backup,
         ledger_file as ledger_file,
@@ -61,7 +65,7 @@ if TYPE_CHECKING:
     from ollama_meter.records import GROUPS as GROUPS
 
 _NAMES = {
-    "._aggregate": "FailureCount SpendSums",
+    "._aggregate": "FailureCount SpendSums capped_note",
     "._cells": "COLD_LOAD_NS Metric",
     "._deadline": "bulk unbounded",
     "._jsonl": "BATCH_BYTES ImportSummary export_lines import_lines iso_utc span_to_dict",

@@ -71,6 +71,16 @@ class SpendSums:
     were pruned: its sums are the cap, less than the calls spent (see ``_rollup``)."""
 
 
+def capped_note(whose: str, figure: str) -> str:
+    """What every output says of a sum that is the cap (:attr:`SpendSums.capped`): ``whose``
+    (``the spend of acme/sales (USD)``) and the ``figure`` shown for it (``its cost``)."""
+    return (
+        f"{whose} passed the largest sum the ledger's rollups hold (9223372036854.775807) and "
+        f"the spans of those calls were pruned: {figure} is that cap, a lower bound, less than "
+        "was spent"
+    )
+
+
 class _Sums:
     """Signed sums per (bucket, keys, currency), folded from rollup or raw rows alike."""
 

@@ -259,18 +259,23 @@ def _alert_values(alert: Alert, fired_at: datetime) -> dict[str, Any]:
     )
 
 
-def spend_by_scope(
-    conn: Connection, start: datetime, end: datetime
-) -> dict[tuple[str, str, str], int]:
+class ScopeSpend(dict[tuple[str, str, str], int]):
+    """Spend per (tenant, department, currency); ``capped``: the scopes whose sum is the
+    rollups' cap with the spans behind it pruned (a lower bound, see ``SpendSums.capped``)."""
+
+    capped: frozenset[tuple[str, str, str]] = frozenset()
+
+
+def spend_by_scope(conn: Connection, start: datetime, end: datetime) -> ScopeSpend:
     """Settled spend per (tenant, department, currency) in [start, end), from rollups."""
     from ollama_meter.ledger._aggregate import aggregate_spend
     from ollama_meter.ledger._spans import SpanFilter
 
     where = SpanFilter(since=start, until=end)
-    return {
-        (row.keys[0], row.keys[1], row.currency): row.cost
-        for row in aggregate_spend(conn, where, ["tenant", "department"])
-    }
+    rows = aggregate_spend(conn, where, ["tenant", "department"])
+    found = ScopeSpend(((row.keys[0], row.keys[1], row.currency), row.cost) for row in rows)
+    found.capped = frozenset((r.keys[0], r.keys[1], r.currency) for r in rows if r.capped)
+    return found
 
 
 class BudgetTables:
@@ -293,7 +298,7 @@ class BudgetTables:
     def spent(self, budget: Budget, tenant: str, start: datetime, end: datetime) -> int:
         return spent(self._conn, budget, tenant, start, end)
 
-    def spend_by_scope(self, start: datetime, end: datetime) -> dict[tuple[str, str, str], int]:
+    def spend_by_scope(self, start: datetime, end: datetime) -> ScopeSpend:
         return spend_by_scope(self._conn, start, end)
 
     def clock(self, now: datetime) -> datetime:

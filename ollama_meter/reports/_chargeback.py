@@ -18,7 +18,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import Ledger, SpanFilter, SpendSums
+from ollama_meter.ledger import Ledger, SpanFilter, SpendSums, capped_note
 from ollama_meter.periods import Window, parse_period
 from ollama_meter.records import (
     MAX_AMOUNT,
@@ -166,11 +166,7 @@ def chargeback(
     if unpriced := _unpriced_warning(result.rows):
         result.warnings.append(unpriced)
     if capped := sorted(f"{t}/{d} ({c})" for (t, d, c), sums in usage.items() if sums.capped):
-        result.warnings.append(
-            f"the usage of {', '.join(capped)} passed the largest sum the ledger's rollups hold "
-            "(9223372036854.775807) and the spans of those calls were pruned: its usage_cost "
-            "is that cap, less than was spent"
-        )
+        result.warnings.append(capped_note(f"the usage of {', '.join(capped)}", "its usage_cost"))
     if units and (other := _fixed_cost_apart(result.rows, currency)):
         result.warnings.append(other)
     return result

@@ -110,11 +110,13 @@ class Chart:
         return not (self.marks or self.dots)
 
 
-def nice_ticks(top: Decimal, count: int = 4) -> list[Decimal]:
-    """0, step, 2·step … up to at least ``top``, with a step of 1, 2 or 5 times a power of ten."""
+def nice_ticks(top: Decimal, count: int = 4, least: Decimal = Decimal(0)) -> list[Decimal]:
+    """0, step, 2·step … up to at least ``top``, with a step of 1, 2 or 5 times a power of ten,
+    and no finer than ``least`` (a power of ten: a money axis's is its currency's minor unit,
+    so it never ticks at a tenth of a yen or a tenth of a cent)."""
     if top <= 0:
-        top = Decimal(1)
-    raw = top / count
+        top = max(Decimal(1), least)
+    raw = max(top / count, least)
     magnitude = Decimal(1).scaleb(raw.adjusted())
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
     steps = math.ceil(top / step)
@@ -192,10 +194,11 @@ def _plot(
     x_text: Callable[[str], str],
     height: int,
     width: int,
+    least_step: Decimal,
 ) -> _Plot:
     chart = Chart(label=label, height=height, width=width)
     plot_w, plot_h = width - _LEFT - _RIGHT, height - _TOP - _BOTTOM
-    y = _y_axis(chart, nice_ticks(top), unit, plot_h)
+    y = _y_axis(chart, nice_ticks(top, least=least_step), unit, plot_h)
     plot = _Plot(chart, y, plot_w / max(len(xs), 1))
     _x_labels(chart, [x_text(x) for x in xs], plot.centre, _TOP + plot_h)
     return plot
@@ -210,11 +213,14 @@ def columns(
     x_text: Callable[[str], str] = str,
     height: int = 240,
     width: int = WIDTH,
+    least_step: Decimal = Decimal(0),
 ) -> Chart:
     """Stacked columns: one per ``xs`` position, the series stacked in order, with a y axis."""
     totals = [sum((s.values[i] or Decimal(0) for s in series), Decimal(0)) for i in range(len(xs))]
     top = max(totals, default=Decimal(0))
-    plot = _plot(label, xs, top, unit=unit, x_text=x_text, height=height, width=width)
+    plot = _plot(
+        label, xs, top, unit=unit, x_text=x_text, height=height, width=width, least_step=least_step
+    )
     column = max(min(plot.step * 0.72, 36.0), 1.5)
     for index, x in enumerate(xs):
         base = Decimal(0)
@@ -250,10 +256,13 @@ def lines(
     x_text: Callable[[str], str] = str,
     height: int = 240,
     width: int = WIDTH,
+    least_step: Decimal = Decimal(0),
 ) -> Chart:
     """Lines over ``xs`` with a dot per known value; a gap where a value is None."""
     top = max((v for s in series for v in s.values if v is not None), default=Decimal(0))
-    plot = _plot(label, xs, top, unit=unit, x_text=x_text, height=height, width=width)
+    plot = _plot(
+        label, xs, top, unit=unit, x_text=x_text, height=height, width=width, least_step=least_step
+    )
     chart = plot.chart
     for s in series:
         css = f"line {s.css}" + (" dashed" if s.dashed else "")
@@ -297,7 +306,13 @@ _MAX_LABEL = 20
 
 
 def bars(
-    label: str, rows: Sequence[Bar], *, unit: str, width: int = WIDTH, limit: int | None = None
+    label: str,
+    rows: Sequence[Bar],
+    *,
+    unit: str,
+    width: int = WIDTH,
+    limit: int | None = None,
+    least_step: Decimal = Decimal(0),
 ) -> Chart:
     """Horizontal bars in the order given, with a value axis at the bottom; the first ``limit``
     of them, and the number left out under the chart."""
@@ -309,7 +324,7 @@ def bars(
     )
     left, right = _LABEL_W, width - 100
     totals = [sum((s.value for s in r.segments), Decimal(0)) for r in rows]
-    ticks = nice_ticks(max(totals, default=Decimal(0)))
+    ticks = nice_ticks(max(totals, default=Decimal(0)), least=least_step)
     top = ticks[-1]
 
     def x(value: Decimal) -> float:

@@ -54,6 +54,7 @@ def dashboard_json(d: Dashboard) -> dict[str, Any]:
                 "change_percent": _text(change(total.cost, d.previous_cost(currency))),
                 "requests": total.requests,
                 "unpriced_requests": total.unpriced_requests,
+                "capped": total.capped,
             }
             for currency, total in zip(d.currencies, d.totals, strict=True)
         ],
@@ -84,6 +85,7 @@ def dashboard_json(d: Dashboard) -> dict[str, Any]:
             for dept in d.departments(currency)
         ],
         "budgets": [budget_json(b) for b in d.budgets],
+        "warnings": [note] if (note := d.spend.capped_note()) else [],
         f"timing_by_{unit}": [_plain(r) for r in d.timing_by_time.rows],
         "timing_by_model": [_plain(r) for r in d.timing_by_model.rows],
         "failures": [
@@ -110,6 +112,7 @@ def budget_json(status: BudgetStatus) -> dict[str, Any]:
         "projected_percent": _text(share(status.projected, budget.limit)),
         "state": status.state,
         "uncounted": {currency: format_micros(m) for currency, m in status.uncounted},
+        "capped": status.capped,
     }
 
 

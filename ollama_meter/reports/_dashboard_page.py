@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import zip_longest
 from typing import TypeVar
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -49,7 +50,7 @@ from ollama_meter.reports._html import (
     spend_series,
 )
 from ollama_meter.reports._rows import SpendRow
-from ollama_meter.reports._shown import money, rounded_parts
+from ollama_meter.reports._shown import minor_unit, money, shown_top
 
 SHOWN_DRILLS = 25
 """How many departments (the biggest) get a drill-down panel on the page; the others are one
@@ -112,9 +113,10 @@ class DepartmentPanel:
     filter_href: str
     shown: int = 0
     """Its cost as the page shows it: rounded with the other departments' (``rounded_parts``)."""
-    models: list[SpendRow] = field(default_factory=list)
-    """Its biggest models (:data:`TOP`); ``more_models`` the others, counted."""
-    users: list[SpendRow] = field(default_factory=list)
+    models: list[tuple[SpendRow, int]] = field(default_factory=list)
+    """Its biggest models (:data:`TOP`), each with its cost as shown (adding up to ``shown``
+    with the others); ``more_models`` the others, counted."""
+    users: list[tuple[SpendRow, int]] = field(default_factory=list)
     more_models: int = 0
     more_users: int = 0
 
@@ -126,10 +128,11 @@ class CurrencyPanel:
     spend_chart: Chart
     model_chart: Chart
     top_models: list[tuple[SpendRow, Decimal | None, int]]
-    """Each with its share of the spend and its cost as shown (as its bar in the chart)."""
-    """The biggest models in this currency, each with its share of the spend."""
-    top_users: list[tuple[SpendRow, str, Decimal | None]]
-    """The biggest users in this currency, each with its label and its share of the spend."""
+    """The biggest models in this currency, each with its share of the spend and its cost as
+    shown (as its bar in the chart)."""
+    top_users: list[tuple[SpendRow, str, Decimal | None, int]]
+    """The biggest users in this currency, each with its label, its share of the spend and its
+    cost as shown."""
     departments: list[DepartmentPanel] = field(default_factory=list)
     more_departments: int = 0
     """Departments with no panel of their own (past :data:`SHOWN_DRILLS`)."""
@@ -263,10 +266,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
     cost = sum(dept.cost for dept in departments)
     # Rounded together, the departments drilled into and the others as one, so what the page
     # shows of them adds up to the spend card, each within a minor unit of its exact amount.
-    drilled, others = departments[:SHOWN_DRILLS], departments[SHOWN_DRILLS:]
-    *rounded, rounded_others = rounded_parts(
-        [*(dept.cost for dept in drilled), sum(dept.cost for dept in others)], currency
-    )
+    rounded, rounded_others = shown_top([dept.cost for dept in departments], currency, SHOWN_DRILLS)
     xs = d.buckets
     # Several tenants: a department is named with its tenant, and its link filters to it.
     several = d.several_tenants
@@ -285,11 +285,13 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
             xs,
             [spend_series(name, css, by_time, xs, currency)],
             unit=currency,
+            least_step=minor_unit(currency),
             x_text=lambda x: short_label(x, d.unit),
             height=180,
         )
-        models, more_models = top(dept.models)
-        users, more_users = top(dept.users)
+        # Its models and its users each add up to its amount as shown.
+        its_models, more_models = _shown_rows(dept.models, currency, rounded[index])
+        its_users, more_users = _shown_rows(dept.users, currency, rounded[index])
         panels.append(
             DepartmentPanel(
                 name=dept.name,
@@ -306,8 +308,8 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
                     if tenant is not None
                     else links.href(dept=dept.name)
                 ),
-                models=models,
-                users=users,
+                models=its_models,
+                users=its_users,
                 more_models=more_models,
                 more_users=more_users,
             )
@@ -327,6 +329,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         xs,
         series,
         unit=currency,
+        least_step=minor_unit(currency),
         x_text=lambda x: short_label(x, d.unit),
         height=300,
         width=WIDE,
@@ -342,8 +345,9 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         for p in panels[:SHOWN_SERIES]
     ] + ([rest[1]] if folded else [])
     models = d.by_cost(d.in_currency(d.spend.rollup(["model"]), currency), "model")
-    shown_models = rounded_parts([m.cost for m in models], currency)  # add up to the card
+    shown_models, _ = shown_top([m.cost for m in models], currency, TOP)  # add up to the card
     users = d.top_users(currency)
+    shown_users, _ = shown_top([u.cost for u in users], currency, TOP)
     model_chart = bars(
         f"Spend by model in {currency}",
         [
@@ -354,9 +358,10 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
                 links.href(model=m.label("model")),
                 shown=shown,
             )
-            for m, shown in zip(models, shown_models, strict=True)
+            for m, shown in zip_longest(models, shown_models)  # not drawn past TOP
         ],
         unit=currency,
+        least_step=minor_unit(currency),
         limit=TOP,
     )
     return CurrencyPanel(
@@ -366,15 +371,16 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         model_chart=model_chart,
         top_models=[
             (m, share(m.cost, cost), shown)
-            for m, shown in zip(models[:TOP], shown_models, strict=False)
+            for m, shown in zip(models[:TOP], shown_models, strict=True)
         ],
         top_users=[
             (
                 u,
                 _user_label(u.label("user"), u.label("tenant") if several else None),
                 share(u.cost, cost),
+                shown,
             )
-            for u in users[:TOP]
+            for u, shown in zip(users[:TOP], shown_users, strict=True)
         ],
         departments=panels,
         more_departments=len(departments) - len(panels),
@@ -383,6 +389,16 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
         more_models=max(len(models) - TOP, 0),
         more_users=max(len(users) - TOP, 0),
     )
+
+
+def _shown_rows(
+    rows: Sequence[SpendRow], currency: str, total: int
+) -> tuple[list[tuple[SpendRow, int]], int]:
+    """The first :data:`TOP` of ``rows``, each with its cost as shown, and how many more: shown
+    with the others as one, adding up to ``total`` (their sum as the page shows it)."""
+    kept, more = top(rows)
+    shown, _ = shown_top([r.cost for r in rows], currency, TOP, total)
+    return list(zip(kept, shown, strict=True)), more
 
 
 def _user_label(user: str, tenant: str | None) -> str:
@@ -415,6 +431,7 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
         period=query.selected,
         as_of=d.now.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M"),
         cards=_cards(d),
+        capped_note=d.spend.capped_note(),
         counts=counts,
         unpriced_models=[isolate(model) for model in unpriced_models],
         more_unpriced_models=more_unpriced,

@@ -20,6 +20,7 @@ from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cache
 from importlib.resources import files
+from itertools import zip_longest
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -45,7 +46,7 @@ from ollama_meter.reports._dashboard import (
 )
 from ollama_meter.reports._render import cell_text
 from ollama_meter.reports._rows import SpendRow
-from ollama_meter.reports._shown import money, rounded_parts
+from ollama_meter.reports._shown import minor_unit, money, shown_top
 from ollama_meter.reports._spend import SpendReport, spend_axis
 
 _DIRECTIONAL = frozenset({"R", "AL", "RLE", "LRE", "RLO", "LRO", "PDF", "RLI", "LRI", "FSI", "PDI"})
@@ -259,15 +260,16 @@ def render_spend_html(
             charts.append(_spend_over_time(report, rows, groups, unit, currency, tz))
         elif groups:
             by_cost = sorted(rows, key=lambda r: (-r.cost, _key(r, groups)))
-            rounded = rounded_parts([r.cost for r in by_cost], currency)
+            rounded, _ = shown_top([r.cost for r in by_cost], currency, CHART_ROWS)
             charts.append(
                 bars(
                     f"Spend by {' / '.join(groups)} in {currency}",
                     [
                         cost_bar(_key(r, groups), r.cost, currency, shown=shown)
-                        for r, shown in zip(by_cost, rounded, strict=True)
+                        for r, shown in zip_longest(by_cost, rounded)  # not drawn past CHART_ROWS
                     ],
                     unit=currency,
+                    least_step=minor_unit(currency),
                     width=WIDE,
                     limit=CHART_ROWS,
                 )
@@ -312,7 +314,9 @@ def _spend_over_time(
         cells.setdefault(group, {})[row.label(unit)] = row.cost
     colours = {group: series_class(index) for index, group in enumerate(sorted(cells))}
     groups_by_cost = sorted(cells, key=lambda group: (-sum(cells[group].values()), group))
-    rounded = rounded_parts([sum(cells[group].values()) for group in groups_by_cost], currency)
+    rounded, left = shown_top(
+        [sum(cells[group].values()) for group in groups_by_cost], currency, SHOWN_SERIES
+    )
     shown, rest = groups_by_cost[:SHOWN_SERIES], groups_by_cost[SHOWN_SERIES:]
     series = [
         spend_series(shown_as[group], colours[group], cells[group], xs, currency) for group in shown
@@ -324,10 +328,9 @@ def _spend_over_time(
             money(amount, currency),
             f"{format_micros(sum(cells[group].values()))} {currency}",
         )
-        for group, amount in zip(shown, rounded, strict=False)
+        for group, amount in zip(shown, rounded, strict=True)
     ]
     if rest:
-        left = sum(rounded[SHOWN_SERIES:])
         folded, item = rest_of([cells[name] for name in rest], "", xs, currency, left)
         series.append(folded)
         legend.append(item)
@@ -336,6 +339,7 @@ def _spend_over_time(
         xs,
         series,
         unit=currency,
+        least_step=minor_unit(currency),
         x_text=lambda x: short_label(x, unit),
         height=300,
         width=WIDE,
@@ -374,9 +378,8 @@ def render_chargeback_html(
             key=lambda r: (-r.total_cost, r.tenant, r.department),
         )
         names = {id(r): f"{isolate(r.tenant)} / {isolate(r.department)}" for r in rows}
-        rounded = dict(
-            zip(map(id, rows), rounded_parts([r.total_cost for r in rows], currency), strict=True)
-        )
+        kept, _ = shown_top([r.total_cost for r in rows], currency, CHART_ROWS)
+        rounded = dict(zip(map(id, rows), kept, strict=False))
         charts.append(
             bars(
                 f"Bill per tenant and department in {currency}",
@@ -399,11 +402,14 @@ def render_chargeback_html(
                                 "fixed",
                             ),
                         ],
-                        text=money(rounded[id(r)], currency),
+                        text=money(
+                            rounded.get(id(r), r.total_cost), currency
+                        ),  # past CHART_ROWS: not drawn
                     )
                     for r in rows
                 ],
                 unit=currency,
+                least_step=minor_unit(currency),
                 width=WIDE,
                 limit=CHART_ROWS,
             )

@@ -73,6 +73,9 @@ class SpendRow(Row):
     currency: str
     unpriced_requests: int
     """Calls no price rule matched: counted as 0 in ``cost``."""
+    capped: bool = False
+    """``cost`` is a lower bound: a sum in it passed the largest the ledger's rollups hold and
+    the spans behind it were pruned (not a column: :meth:`SpendReport.capped_note` says it)."""
 
 
 PERF_FIGURES = (

@@ -9,7 +9,7 @@ from itertools import islice
 from zoneinfo import ZoneInfo
 
 from ollama_meter.errors import ValidationError
-from ollama_meter.ledger import GROUPS, Ledger, SpanFilter
+from ollama_meter.ledger import GROUPS, Ledger, SpanFilter, capped_note
 from ollama_meter.periods import TIME_UNITS, Bucket, Window, buckets_over, walk_buckets
 from ollama_meter.records import Micros
 from ollama_meter.reports._choices import BY_CHOICES
@@ -92,6 +92,18 @@ class SpendReport:
         """One total row per currency (sums of different currencies are meaningless)."""
         return self.rollup([])
 
+    def capped_note(self) -> str | None:
+        """Which rows' cost is a lower bound (:attr:`SpendRow.capped`), said in a line; None
+        when every figure is exact."""
+        capped = [
+            f"{' / '.join(value or '(none)' for _, value in r.labels) or 'the total'} ({r.currency})"
+            for r in self.rows
+            if r.capped
+        ]
+        if not capped:
+            return None
+        return capped_note(f"the spend of {', '.join(capped)}", "its cost")
+
     def rollup(self, by: Sequence[str]) -> list[SpendRow]:
         """The rows summed down to ``by`` (some of this report's columns), per currency.
 
@@ -130,8 +142,9 @@ def _rolled_up(rows: list[SpendRow], by: tuple[str, ...]) -> list[SpendRow]:
 def summed(labels: tuple[tuple[str, str], ...], rows: Sequence[SpendRow]) -> SpendRow:
     """``rows`` (one currency) added up into one row labelled ``labels``."""
     requests = errors = input_tokens = output_tokens = cost = unpriced = 0
-    gpu = Decimal(0)
+    gpu, capped = Decimal(0), False
     for r in rows:
+        capped = capped or r.capped
         requests += r.requests
         errors += r.errors
         input_tokens += r.input_tokens
@@ -149,6 +162,7 @@ def summed(labels: tuple[tuple[str, str], ...], rows: Sequence[SpendRow]) -> Spe
         cost=Micros(cost),
         currency=rows[0].currency,
         unpriced_requests=unpriced,
+        capped=capped,
     )
 
 
@@ -186,6 +200,7 @@ def spend_report(
             cost=Micros(agg.cost),
             currency=agg.currency,
             unpriced_requests=agg.unpriced_requests,
+            capped=agg.capped,
         )
         report.unpriced_requests += agg.unpriced_requests
         order = tuple(agg.bucket if name == unit else values[name] for name in by)

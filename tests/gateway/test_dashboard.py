@@ -97,8 +97,10 @@ def test_api_dash_matches_the_ledger(dash: Gateway) -> None:
             "change_percent": None,
             "requests": 3,
             "unpriced_requests": 0,
+            "capped": False,
         }
     ]
+    assert data["warnings"] == []
     assert [
         (r["department"], r["day"], r["cost"], r["currency"])
         for r in data["spend_by_department_by_day"]

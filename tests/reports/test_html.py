@@ -279,11 +279,16 @@ def test_cli_writes_html_files(cli, sqlite_url: str, tmp_path: Path) -> None:  #
     assert tables(page).body == list(csv.reader(io.StringIO(csv_out)))[1:]
 
 
-@given(st.decimals(min_value=0, max_value=10**15, places=6))
-def test_axis_ticks_are_round_and_cover_the_top(top: Decimal) -> None:
-    ticks = nice_ticks(top)
+@given(
+    st.decimals(min_value=0, max_value=10**15, places=6),
+    st.sampled_from([Decimal(0), *(Decimal(1).scaleb(-p) for p in (0, 2, 3, 6))]),
+)
+def test_axis_ticks_are_round_and_cover_the_top(top: Decimal, least: Decimal) -> None:
+    """``least``: none, or a currency's minor unit (a yen, a cent, a fils, a micro-unit)."""
+    ticks = nice_ticks(top, least=least)
     step = ticks[1]
     assert ticks[0] == 0 and ticks[-1] >= top and 2 <= len(ticks) <= 5
+    assert step >= least and (not least or step % least == 0)
     assert ticks == [step * i for i in range(len(ticks))]
     assert step.normalize().as_tuple().digits[0] in (1, 2, 5)
 

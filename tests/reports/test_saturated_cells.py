@@ -8,9 +8,11 @@ cell and showed 9,223,372,036,854.775807 as if it were the month's spend.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -27,7 +29,14 @@ from ollama_meter.ledger import (
 from ollama_meter.ledger._rollup import MOST
 from ollama_meter.periods import parse_period
 from ollama_meter.records import MAX_CALL_COST
-from ollama_meter.reports import chargeback, spend_report
+from ollama_meter.reports import (
+    DashQuery,
+    Links,
+    chargeback,
+    dashboard_report,
+    render_dashboard,
+    spend_report,
+)
 from tests.factories import make_span
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -94,3 +103,50 @@ def test_a_capped_cell_whose_spans_were_pruned_is_said_to_be_capped(
     [said] = [w for w in bill.warnings if "rollups hold" in w]
     assert said.startswith("the usage of acme/sales (USD) passed the largest sum")
     assert "less than was spent" in said
+
+
+def test_every_figure_of_a_pruned_capped_cell_is_said_to_be_a_lower_bound(
+    db_url: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only chargeback said so: ``ometer report``, the dashboard (its JSON and its page) and
+    ``ometer budget status`` showed the cap as the month's spend without a word."""
+    ledger = _saturated(db_url)
+    prune(ledger, 1, now=NOW)
+    ledger.save_budget(Budget("acme", "sales", "month", 10**18, "USD"))
+    ledger.save_budget(Budget("acme", "legal", "month", 10**18, "USD"))
+    said = "passed the largest sum the ledger's rollups hold"
+    month = ["--db", db_url, "--period", "2026-11"]
+    for args in (
+        ["report", "--by", "department"],
+        ["report", "--by", "tenant,department", "-f", "csv"],
+    ):
+        result = cli(*args, *month)
+        assert result.code == 0, result.stderr
+        [line] = [line for line in result.stderr.splitlines() if said in line]
+        assert "acme/sales (USD)" in line or "sales (USD)" in line, line
+        assert "legal" not in line and "lower bound" in line
+    dash = dashboard_report(ledger, DashQuery(period="2026-11"), tz=BERLIN, now=NOW)
+    data = dash.to_json()
+    assert [s["capped"] for s in data["spend"]] == [True]
+    assert {b["scope"]: b["capped"] for b in data["budgets"]} == {
+        "acme/sales": True,
+        "acme/legal": False,
+    }
+    [warning] = data["warnings"]
+    assert said in warning and "lower bound" in warning
+    page = html.unescape(
+        render_dashboard(dash, links=Links("/dashboard", {}), zone="Europe/Berlin")
+    )
+    assert 'id="capped-banner"' in page and said in page
+    assert page.count("a lower bound: the ledger's rollups") == 1  # sales's gauge, not legal's
+    [status] = [
+        s for s in budget_status(ledger, tz=BERLIN, now=NOW) if s.budget.department == "sales"
+    ]
+    assert status.capped and status.spent == MOST
+    monkeypatch.setattr("ollama_meter.cli.budget.utc_now", lambda: NOW)
+    result = cli("budget", "status", "--db", db_url)
+    assert result.code == 0, result.stderr
+    [line] = [
+        line for line in result.stdout.splitlines() + result.stderr.splitlines() if said in line
+    ]
+    assert "acme/sales" in line and "lower bound" in line

@@ -20,7 +20,7 @@ from ollama_meter.reports import (
     render_spend_html,
     spend_report,
 )
-from ollama_meter.reports._shown import money, rounded_parts
+from ollama_meter.reports._shown import money, rounded_parts, shown_top
 from tests.factories import OFFICE_NOW, make_span
 
 CURRENCIES = ["USD", "JPY", "KWD", "CLF", "XAU", "ISK"]
@@ -146,3 +146,99 @@ def test_the_dashboards_models_show_one_amount_each_adding_up_to_the_card(db_url
     )
     assert sorted(v for _, v in bars) == ["0.00", "0.00", "0.01"]
     assert dict(rows) == dict(bars)
+
+
+@given(
+    parts=st.lists(st.integers(0, 10**7) | st.integers(-(10**7), 10**7), max_size=12),
+    groups=st.integers(1, 4),
+    limit=st.integers(0, 5),
+    currency=st.sampled_from(CURRENCIES),
+)
+def test_a_parts_own_parts_add_up_to_it_as_shown(
+    parts: list[int], groups: int, limit: int, currency: str
+) -> None:
+    """A department is rounded with the other departments (so it may show a unit more or less
+    than its own sum rounded); its models, cut to the first ``limit`` and the rest as one,
+    add up to it as shown, each still within a minor unit of its amount."""
+    unit = 10 ** (6 - minor_places(currency))
+    slices = [parts[i::groups] for i in range(groups)]
+    outer = rounded_parts([sum(s) for s in slices], currency)
+    for inner, total in zip(slices, outer, strict=True):
+        kept, rest = shown_top(inner, currency, limit, total)
+        assert sum(kept) + rest == total
+        assert len(kept) == len(inner[:limit])
+        for part, shown in zip([*inner[:limit], sum(inner[limit:])], [*kept, rest], strict=True):
+            assert abs(shown - part) < unit and shown % unit == 0
+
+
+def test_the_dashboards_users_and_drill_downs_add_up_to_what_they_sit_beside(
+    db_url: str,
+) -> None:
+    """Three departments at 0.004 USD, each two users and two models at 0.002: the card says
+    0.01 and one department 0.01; the top users table, and that department's models and users,
+    rounded each row on its own and showed 0.00 for every one."""
+    ledger = Ledger(db_url)
+    ledger.record(
+        [
+            make_span(
+                started_at=datetime(2026, 11, 18, 10, 2 * d + n, tzinfo=UTC),
+                department=f"dept{d}",
+                user=f"user{d}{n}",
+                request_model=f"model{n}:7b",
+                response_model=f"model{n}:7b",
+                cost_total=2_000,
+                unpriced=False,
+            )
+            for d in range(3)
+            for n in range(2)
+        ]
+    )
+    dash = dashboard_report(ledger, DashQuery(), tz=ZoneInfo("UTC"), now=OFFICE_NOW)
+    page = render_dashboard(dash, links=Links("/dashboard", {}), zone="UTC")
+    cell = r'<td class="num" title="[^"]*" data-value="[^"]*">([^<]*)</td>'
+
+    def cents(texts: list[str]) -> int:
+        return sum(int(_value(t) * 100) for t in texts)
+
+    start = page.index("<h2>Top users by cost")
+    users = re.findall(cell, page[start : page.index("</table>", start)])
+    assert len(users) == 6 and cents(users) == 1  # beside the card's 0.01
+    drills = page.split('<details id="dept-USD-')[1:]
+    assert len(drills) == 3
+    for drill in drills:
+        summary = re.search(r'<span class="num" title="[^"]*">([^<]*)</span>', drill)
+        assert summary is not None
+        for table in ("drill-models", "drill-users"):
+            start = drill.index(f'class="data {table}"')
+            rows = re.findall(cell, drill[start : drill.index("</table>", start)])
+            assert len(rows) == 2 and cents(rows) == cents([summary.group(1)]), (table, drill)
+
+
+def test_money_axes_tick_in_whole_minor_units(db_url: str) -> None:
+    """0.4 yen per department: the report's axis ticked 0.1, 0.2 ... yen, a bill's too; ticks
+    are whole minor units of the currency (1 yen, 1 fils, 1 cent)."""
+    tz = ZoneInfo("UTC")
+    window = parse_period("2026-11", tz=tz, now=OFFICE_NOW)
+    for currency, micros in [("JPY", 400_000), ("ISK", 1_300_000), ("KWD", 400), ("USD", 4_000)]:
+        ledger = _three_departments(db_url, micros, currency)
+        unit = Decimal(1).scaleb(-minor_places(currency))
+        pages = [
+            render_spend_html(
+                spend_report(ledger, window, by, tz=tz),
+                tz=tz,
+                zone="UTC",
+                generated=OFFICE_NOW,
+                title="Spend",
+            )
+            for by in (["department"], ["department", "day"], ["day"])
+        ]
+        dash = dashboard_report(ledger, DashQuery(), tz=tz, now=OFFICE_NOW)
+        pages.append(render_dashboard(dash, links=Links("/dashboard", {}), zone="UTC"))
+        for page in pages:
+            charts = re.findall(rf'aria-label="[^"]* in {currency}">.*?</svg>', page, re.S)
+            assert charts
+            for chart in charts:
+                ticks = re.findall(r'class="tick">([0-9][0-9,.]*)<', chart)  # not the days
+                assert len(ticks) >= 2
+                for tick in ticks:
+                    assert _value(tick) % unit == 0, (currency, tick, chart[:200])
