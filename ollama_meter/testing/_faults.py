@@ -43,8 +43,8 @@ class Fault(StrEnum):
     """On ``/v1`` generation routes: leave the usage out of a whole answer, and
     send no usage chunk even when ``stream_options.include_usage`` asks for it."""
     INFLATE_COUNTS = "inflate_counts"
-    """On ``/api/chat`` and ``/api/generate``: answer normally but report
-    :data:`WILD_COUNT` prompt tokens, taking as many nanoseconds, as a server that
+    """On generation routes: answer normally but report :data:`WILD_COUNT` prompt tokens
+    (on ``/api/chat`` and ``/api/generate`` taking as many nanoseconds), as a server that
     lies (or overflows) would."""
     INFLATE_REPLY = "inflate_reply"
     """On generation routes: answer normally but report :data:`WILD_REPLY` reply tokens, as a

@@ -17,7 +17,7 @@ import binascii
 import json
 from typing import Any
 
-from ollama_meter.testing._faults import Fault, early
+from ollama_meter.testing._faults import WILD_COUNT, WILD_REPLY, Fault, early
 from ollama_meter.testing._models import reply_for_texts
 from ollama_meter.testing._responses import ResponsesRoutes
 from ollama_meter.testing._wire import Refusal, decode_body, go_json, model_field, unmarshal_error
@@ -127,6 +127,10 @@ class MessagesRoutes(ResponsesRoutes):
         counted = fault is not Fault.OMIT_COUNTS
         input_tokens = reply.prompt_tokens if counted else 0
         output_tokens = reply.output_tokens if counted else 0
+        if fault is Fault.INFLATE_COUNTS:
+            input_tokens = WILD_COUNT
+        elif fault is Fault.INFLATE_REPLY:
+            output_tokens = WILD_REPLY
         stop = "max_tokens" if reply.done_reason == "length" else "end_turn"
         message_id = f"msg_{emu._next_completion_id()}"
         if not stream:

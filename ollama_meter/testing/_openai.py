@@ -17,7 +17,7 @@ import json
 import time
 from typing import Any
 
-from ollama_meter.testing._faults import SMALL_COUNT, WILD_REPLY, Fault, early
+from ollama_meter.testing._faults import SMALL_COUNT, WILD_COUNT, WILD_REPLY, Fault, early
 from ollama_meter.testing._http import Handler
 from ollama_meter.testing._models import (
     EmulatedModel,
@@ -217,6 +217,8 @@ class OpenAIRoutes(Handler):
         output_tokens = reply.output_tokens if counted else 0
         if fault is Fault.UNDERCOUNT:
             prompt_tokens = output_tokens = SMALL_COUNT
+        elif fault is Fault.INFLATE_COUNTS:
+            prompt_tokens = WILD_COUNT
         elif fault is Fault.INFLATE_REPLY:
             output_tokens = WILD_REPLY
         usage = {

@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any
 
-from ollama_meter.testing._faults import Fault, early
+from ollama_meter.testing._faults import WILD_COUNT, WILD_REPLY, Fault, early
 from ollama_meter.testing._models import reply_for_texts
 from ollama_meter.testing._openai import OpenAIRoutes
 from ollama_meter.testing._wire import (
@@ -128,6 +128,10 @@ class ResponsesRoutes(OpenAIRoutes):
         counted = fault is not Fault.OMIT_COUNTS
         prompt_tokens = reply.prompt_tokens if counted else 0
         output_tokens = reply.output_tokens if counted else 0
+        if fault is Fault.INFLATE_COUNTS:
+            prompt_tokens = WILD_COUNT
+        elif fault is Fault.INFLATE_REPLY:
+            output_tokens = WILD_REPLY
         usage: dict[str, Any] | None = {
             "input_tokens": prompt_tokens,
             "output_tokens": output_tokens,

@@ -35,21 +35,62 @@ MESSAGES = [{"role": "user", "content": "hello from the crm bot"}]
 _departments = itertools.count()
 
 
+def _events(body: bytes) -> list[dict[str, Any]]:
+    """The data of a stream's server-sent events."""
+    lines = [line[6:] for line in body.split(b"\n") if line.startswith(b"data: {")]
+    return [json.loads(line) for line in lines]
+
+
 def _shown(route: str, stream: bool, body: bytes) -> int:
     """The bytes of reply text the client got (the emulated model neither thinks nor calls)."""
-    if route.startswith("/v1"):
-        lines = [line[6:] for line in body.split(b"\n") if line.startswith(b"data: {")]
-        objs = [json.loads(line) for line in lines] if stream else [json.loads(body)]
+    if route == "/v1/responses":
+        if stream:
+            texts = [e["delta"] for e in _events(body) if e["type"].endswith("text.delta")]
+        else:
+            texts = [p["text"] for o in json.loads(body)["output"] for p in o["content"]]
+    elif route == "/v1/messages":
+        if stream:
+            texts = [e["delta"]["text"] for e in _events(body) if "delta" in e and "text" in e["delta"]]  # fmt: skip
+        else:
+            texts = [block["text"] for block in json.loads(body)["content"] or []]
+    elif route.startswith("/v1"):
+        objs = _events(body) if stream else [json.loads(body)]
         key = "delta" if stream else "message"
-        texts = [c[key].get("content") or "" for o in objs for c in o["choices"]]
+        texts = [c.get("text") or c.get(key, {}).get("content") or "" for o in objs for c in o["choices"]]  # fmt: skip
     else:
         objs = [json.loads(line) for line in body.splitlines() if line.strip()]
         texts = [o["message"]["content"] if route == "/api/chat" else o["response"] for o in objs]
     return len("".join(texts).encode())
 
 
+ROUTES = [
+    "/api/chat",
+    "/api/generate",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/messages",
+]
+
+
+def _request(route: str, stream: bool) -> dict[str, Any]:
+    """A request for a short answer, in ``route``'s wire format."""
+    body: dict[str, Any] = {"model": "llama3.1:8b", "stream": stream}
+    if route in ("/api/generate", "/v1/completions"):
+        body["prompt"] = MESSAGES[0]["content"]
+    elif route == "/v1/responses":
+        body["input"] = MESSAGES[0]["content"]
+    else:
+        body["messages"] = MESSAGES
+    if route == "/v1/messages":
+        body["max_tokens"] = 1000  # the Messages API requires a cap
+    if route in ("/v1/chat/completions", "/v1/completions") and stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-@pytest.mark.parametrize("route", ["/api/chat", "/api/generate", "/v1/chat/completions"])
+@pytest.mark.parametrize("route", ROUTES)
 def test_a_wild_reply_count_through_the_gateway_is_charged_the_most_the_answer_shows(
     sqlite_app: Gateway,
     emulator: OllamaEmulator,
@@ -60,13 +101,7 @@ def test_a_wild_reply_count_through_the_gateway_is_charged_the_most_the_answer_s
     sqlite_app.ledger.add_price_rule(token_prices())  # 2,000 micro-USD a reply token
     emulator.inject(Fault.INFLATE_REPLY)  # reports 2**31 - 1 reply tokens
     department = f"d{next(_departments)}"
-    body: dict[str, Any] = {"model": "llama3.1:8b", "stream": stream}
-    if route == "/api/generate":
-        body["prompt"] = MESSAGES[0]["content"]
-    else:
-        body["messages"] = MESSAGES
-    if route.startswith("/v1") and stream:
-        body["stream_options"] = {"include_usage": True}
+    body = _request(route, stream)
     headers = {"X-Ometer-Tenant": "acme", "X-Ometer-Department": department}
     with caplog.at_level(logging.WARNING, logger="ollama_meter.meter"):
         answer = sqlite_app.client.post(route, json=body, headers=headers)
