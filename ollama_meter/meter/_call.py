@@ -61,8 +61,11 @@ class MeteredCall:
         keep_reply: bool = True,
         evaluates: bool | None = None,
         input_estimate: int | None = None,
+        pictures: int = 0,
     ) -> None:
         self.span = span
+        self.pictures = pictures
+        """The pictures the request carries (each bounds its prompt by what it may count)."""
         self.prompt_text = prompt_text
         self.input_estimate = (
             estimate_tokens(prompt_text) if input_estimate is None else input_estimate
@@ -105,9 +108,10 @@ class MeteredCall:
         """The reply cap a hard budget admitted the call on: sent to Ollama in the field it honours."""
         self.bound: CallBound | None = None
         """The most tokens a hard budget admitted the call on, in and out."""
-        self.prompt_most: Callable[[], int | None] = _unbounded
-        """The most prompt tokens an honest Ollama counts of the request (``RequestFacts``);
-        a call opened without its request's facts keeps this: no bound."""
+        self.prompt_most: Callable[[int], int | None] = _unbounded
+        """The most prompt tokens an honest Ollama counts of the request, asked of a count
+        (``RequestFacts.prompt_most``); a call opened without its request's facts keeps
+        this: no bound."""
         self.time_cap_ns: int | None = None
         """How long a hard budget lets the call run, when its price counts time: it is cut
         once it has run that long at Ollama (see :meth:`time_left_s`)."""
@@ -429,5 +433,5 @@ class MeteredCall:
         count_tokens(self, final)
 
 
-def _unbounded() -> None:
+def _unbounded(said: int | None = None) -> None:
     """No bound of the prompt is known (a call opened without a request's facts)."""

@@ -16,6 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ollama_meter.budgets._estimate import MAX_HIDDEN_PROMPT
+from ollama_meter.meter._media import PICTURE_TOKENS, PIXELS_A_TOKEN
 
 if TYPE_CHECKING:
     from ollama_meter.meter._call import MeteredCall
@@ -44,11 +45,13 @@ def prompt_at_most(call: MeteredCall, said: int) -> int:
     runs makes a token of less than a byte) and tokens sent as numbers, each message's role
     markers and the template's own text, plus :data:`MAX_HIDDEN_PROMPT` for what the model
     adds on its own (a Modelfile's ``SYSTEM`` and ``MESSAGE`` lines, a template's tool
-    instructions), or what its servers said they add, if more. A request whose text does not
-    bound its prompt (pictures, a chat Ollama runs twice) is charged what was said."""
+    instructions), or what its servers said they add, if more; and for each still picture
+    :data:`~._media.PICTURE_TOKENS` (twice what any vision model counts of one) and a token
+    a :data:`~._media.PIXELS_A_TOKEN` of its pixels past that. A request nothing bounds
+    (a video where a picture goes, a chat Ollama runs twice) is charged what was said."""
     if said <= MAX_HIDDEN_PROMPT:  # within every request's bound: nothing to read
         return said
-    most = call.prompt_most()
+    most = call.prompt_most(said)
     if most is None:
         return said
     if call.bound is not None:  # what its servers said the model adds (``/api/show``)
@@ -58,16 +61,28 @@ def prompt_at_most(call: MeteredCall, said: int) -> int:
     span = call.span
     log.warning(
         "call %s to %s reported %d prompt tokens for a request that can count at most %d "
-        "(its bytes, its messages' markers, and %d for what a model adds on its own); "
+        "(its bytes, its messages' markers, %sand %d for what a model adds on its own); "
         "no honest server counts more, so it is charged %d",
         span.id,
         span.request_model,
         said,
         most,
+        _pictures(call.pictures),
         MAX_HIDDEN_PROMPT,
         most,
     )
     return most
+
+
+def _pictures(count: int) -> str:
+    """What the prompt bound gives the request's pictures, in words."""
+    if not count:
+        return ""
+    plural = "s" if count > 1 else ""
+    return (
+        f"{count} picture{plural} at {PICTURE_TOKENS:,} tokens each and a token a "
+        f"{PIXELS_A_TOKEN} pixels past that, "
+    )
 
 
 def reply_at_most(call: MeteredCall, said: int) -> int:

@@ -18,6 +18,10 @@ a video or bytes that are no such picture have no bound (:class:`NoBound`). Only
 Ollama reads as pictures are looked at so (:func:`picture_items`): elsewhere (a message's text,
 a tool's arguments) bytes are text.
 
+What an answer may honestly count of a still picture is wider than what a hard budget
+reserves for one: :data:`PICTURE_TOKENS`, and past it a token a :data:`PIXELS_A_TOKEN` of
+its pixels as its header says (:func:`picture_tokens`); a count past that is a server's lie.
+
 Pure functions; no I/O but reading a file a Python caller names by path.
 """
 
@@ -27,7 +31,7 @@ import base64
 import binascii
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 AUDIO_RATE = 16_000
@@ -41,6 +45,17 @@ HEADER_BYTES = 65_536
 """How much of a WAV is read for its format: a ``fmt`` chunk later than that is no bound."""
 MEDIA_READ = 64 * 2**20
 """How much of a file a Python caller names is read to tell what it is (no body holds more)."""
+PICTURE_TOKENS = 32_768
+"""The most prompt tokens a still picture counts, whatever its size, twice what any vision
+model's own configuration gives one: Qwen2-VL and Qwen2.5-VL 16,384 (a token a 28-pixel
+square, of at most 12,845,056 pixels); Ollama runs fewer (Qwen2.5-VL and Qwen3-VL at most
+2,097,152 pixels, 2,675 and 2,048 tokens; Gemma 4 280; Gemma 3 256), Llama 3.2 Vision 4 tiles
+of 1,601, LLaVA-NeXT 5 pieces of 576."""
+PIXELS_A_TOKEN = 14 * 14
+"""The fewest pixels a vision model makes a token of (a 14-pixel patch, merged with none):
+past :data:`PICTURE_TOKENS`, a picture counts at most a token this many of its pixels. A model
+may stretch a thin picture to fill its budget (Gemma 4 keeps each side a 48-pixel square at
+least: a picture a pixel wide and 4 million tall is some 33,000 tokens)."""
 _RIFF = b"RIFF"
 _RIFF_B64 = "UklGR"  # "RIFF" in base64, whatever follows
 _DATA_URL = "data:"
@@ -131,6 +146,22 @@ def wav_tokens(head: bytes, size: int) -> int:
 def moving_tokens(body: object) -> int:
     """0 when every item Ollama reads as a picture in ``body`` is a still picture or a WAV
     (whose sound :func:`audio_tokens` bounds); else :class:`NoBound` (:func:`moving`)."""
+    for _ in _stills(body):
+        pass
+    return 0
+
+
+def picture_tokens(body: object, pictures: int) -> int:
+    """The most prompt tokens ``pictures`` pictures in ``body`` may count as an honest model
+    counts them: :data:`PICTURE_TOKENS` each, and a token a :data:`PIXELS_A_TOKEN` of each
+    still picture's pixels, as its header says. :class:`NoBound` for a moving one."""
+    pixels = sum(map(picture_pixels, _stills(body)))
+    return max(pictures, len(picture_items(body))) * PICTURE_TOKENS + pixels // PIXELS_A_TOKEN
+
+
+def _stills(body: object) -> Iterator[bytes]:
+    """The bytes of each still picture in ``body`` (not a WAV, not an item Ollama refuses);
+    :class:`NoBound` at the first that moves."""
     for item in picture_items(body):
         data = _picture_bytes(item)
         if not data or (data.startswith(_RIFF) and data[8:12] == b"WAVE"):
@@ -141,7 +172,43 @@ def moving_tokens(body: object) -> int:
                 "hands what is no picture to ffmpeg, a frame a second), whose tokens cannot be "
                 "known before the call; send still pictures (PNG, JPEG, GIF, WebP, BMP)"
             )
-    return 0
+        yield data
+
+
+def picture_pixels(data: bytes) -> int:
+    """The pixels a still picture's header says it has (0 where it says nothing readable)."""
+    try:
+        width, height = _dimensions(data)
+    except struct.error:  # cut short: no decoder reads it
+        return 0
+    return abs(width * height)
+
+
+def _dimensions(data: bytes) -> tuple[int, int]:
+    """A still picture's width and height (either way round) as its header says; 0 and 0
+    where it says nothing readable."""
+    if data.startswith(b"\x89PNG"):
+        return struct.unpack_from(">II", data, 16)  # IHDR, the first chunk
+    if data.startswith(b"GIF8"):
+        return struct.unpack_from("<HH", data, 6)  # the logical screen
+    if data.startswith(b"BM"):
+        return struct.unpack_from("<ii", data, 18)  # BITMAPINFOHEADER (and later)
+    if data.startswith(b"\xff\xd8\xff"):
+        frame = _jpeg_frame(data)
+        return (0, 0) if frame is None else struct.unpack_from(">HH", data, frame + 5)
+    kind = data[12:16]
+    if kind == b"VP8 ":
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    if kind == b"VP8L":
+        bits = int.from_bytes(struct.unpack_from("4s", data, 21)[0], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X":
+        width, height = (
+            int.from_bytes(s, "little") + 1 for s in struct.unpack_from("3s3s", data, 24)
+        )
+        return width, height
+    return 0, 0
 
 
 def picture_size(body: object) -> int:
@@ -278,6 +345,17 @@ def _jpeg(data: bytes) -> str | None:
     it as a frame (a motion JPEG)."""
     if data.count(b"\xff\xd8\xff") > _JPEG_PICTURES:
         return f"a JPEG holding more than {_JPEG_PICTURES} pictures (a motion JPEG)"
+    frame = _jpeg_frame(data)
+    if frame is None:
+        return "a JPEG with no frame Go's decoder reads"
+    precision = data[frame + 4] if frame + 4 < len(data) else 0
+    if data[frame + 1] in _JPEG_READ and precision == 8:
+        return None
+    return "a JPEG of a kind Go's decoder does not read (lossless, arithmetic or 12-bit)"
+
+
+def _jpeg_frame(data: bytes) -> int | None:
+    """Where a JPEG's first frame header (its SOF marker) is, before its first scan."""
     offset = 2
     while offset + 4 <= len(data) and data[offset] == 0xFF:
         marker = data[offset + 1]
@@ -288,14 +366,11 @@ def _jpeg(data: bytes) -> str | None:
             offset += 2
             continue
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            precision = data[offset + 4] if offset + 4 < len(data) else 0
-            if marker in _JPEG_READ and precision == 8:
-                return None
-            return "a JPEG of a kind Go's decoder does not read (lossless, arithmetic or 12-bit)"
+            return offset
         if marker == 0xDA:
             break
         offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
-    return "a JPEG with no frame Go's decoder reads"
+    return None
 
 
 def _gif(data: bytes) -> str | None:

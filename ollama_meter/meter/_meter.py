@@ -158,7 +158,7 @@ class Meter:
         keep_reply = self.capture_content or not opening.stream  # a whole reply: estimated
         call = MeteredCall(
             span, facts.prompt_text, prices, keep_reply=keep_reply, evaluates=facts.evaluates,
-            input_estimate=facts.input_estimate(),  # its tools too, not only its texts
+            input_estimate=facts.input_estimate(), pictures=facts.images,  # its tools too
         )  # fmt: skip
         call.passes, call.prompt_most = facts.passes, (opening.facts or call).prompt_most
         if self.budgets is not None:

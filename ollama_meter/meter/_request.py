@@ -34,7 +34,14 @@ from ollama_meter.meter._compat import (
     searched,
     text_of,
 )
-from ollama_meter.meter._media import NoBound, audio_tokens, moving_tokens, picture_size
+from ollama_meter.meter._media import (
+    PICTURE_TOKENS,
+    NoBound,
+    audio_tokens,
+    moving_tokens,
+    picture_size,
+    picture_tokens,
+)
 from ollama_meter.meter._templates import template_bound
 from ollama_meter.meter._usage import estimate_tokens, tokens_in_chars
 from ollama_meter.meter._written import (
@@ -125,20 +132,31 @@ class RequestFacts:
         up on the first token had twenty pictures' prompt evaluated for free."""
         return self.text_estimate() + self.images * IMAGE_TOKENS_SEEN
 
-    def prompt_most(self) -> int | None:
-        """The most prompt tokens an honest Ollama counts for the request, as its text tells
-        (see :func:`~._honest.prompt_at_most`); None where its text does not bound them: its
-        pictures (a model counts one as it likes, a video as frames), a chat Ollama may run
+    def prompt_most(self, said: int | None = None) -> int | None:
+        """The most prompt tokens an honest Ollama counts for the request, as its text and
+        its pictures tell (see :func:`~._honest.prompt_at_most`); None where they do not
+        bound them: a moving picture (a video, counted as frames), a chat Ollama may run
         twice (the first pass's thinking, as long as it likes, is the second's prompt), a
-        request no bound holds, a sound whose length its header does not say."""
-        if self.images or self.passes > 1 or self.unbounded is not None:
+        request no bound holds, a sound whose length its header does not say.
+
+        Asked of a count ``said`` within what the text and :data:`PICTURE_TOKENS` a picture
+        hold, that is the answer: no picture is decoded (an event loop may ask)."""
+        if self.passes > 1 or self.unbounded is not None:
             return None
         try:
             heard = audio_tokens(self.media)
         except NoBound:
             return None
         own = self.messages * MESSAGE_TOKENS + TEMPLATE_TOKENS + MAX_HIDDEN_PROMPT
-        return self.prompt_bytes + self.given_tokens + heard + own
+        text = self.prompt_bytes + self.given_tokens + heard + own
+        if not self.images:
+            return text
+        if said is not None and said <= text + self.images * PICTURE_TOKENS:
+            return text + self.images * PICTURE_TOKENS  # the pictures' sizes matter not
+        try:
+            return text + picture_tokens(self.media, self.images)
+        except NoBound:
+            return None
 
     def bound(self, default_output: int, *, blocking: bool = True) -> CallBound:
         """The most tokens the call can count; ``default_output`` when the caller set no cap.
