@@ -57,7 +57,8 @@ def count_tokens(call: MeteredCall, final: Final | None) -> None:
     the prompt's bound): a stream cut at its cap is charged the cap, what Ollama honouring
     ``num_predict`` would have billed (the piece past it is never relayed), and a server that
     lies cannot move a call's charge past its bound. Counts Ollama reports past the bound are
-    charged as reported (``HiddenPrompts.past_bound``): the tokens were processed. A prompt
+    charged as reported (``HiddenPrompts.past_bound``): the tokens were processed; a count
+    cut as no honest server's (below) is an estimate, charged no more than the bound. A prompt
     count no honest server gives for the request (2 billion tokens for 10 characters) is cut
     to the most it could be (:func:`~._honest.prompt_at_most`), with or without a budget, and
     a reply count no honest server gives for what the answer showed (2 billion tokens for 10
@@ -80,28 +81,44 @@ def count_tokens(call: MeteredCall, final: Final | None) -> None:
         outputs = max(outputs, call.content_chunks - thought)
         if call.passes > 1:
             inputs = max(inputs, call.content_chunks - outputs)
+    # A count cut as no honest server's is believed no more than an estimate is.
+    kept_in, kept_out = (said_in if counted == said_in else 0), (told if told == said_out else 0)
+    believed = (counted, told) == (said_in, said_out)
     bound = call.bound
     if bound is not None:  # one long tool call, or lying text, is no hard budget's overshoot
-        inputs = min(inputs, max(bound.input_tokens, said_in or 0))
+        inputs = min(inputs, max(bound.input_tokens, kept_in or 0))
         if call.output_cap is not None:
-            outputs = min(outputs, max(bound.output_tokens, told or 0))
-    if said_in is None or said_out is None or (counted, told) != (said_in, said_out):
+            outputs = min(outputs, max(bound.output_tokens, kept_out or 0))
+    if said_in is None or said_out is None or not believed:
         span.token_source = TokenSource.ESTIMATED
     if said_in is not None and said_out is not None and (inputs, outputs) != (counted, told):
         span.token_source = TokenSource.ESTIMATED
-        log.warning(
-            "call %s to %s streamed %d pieces of reply (%d of them thinking) and reported %d "
-            "prompt and %d reply tokens; Ollama streams about a token a piece, so it is "
-            "charged %d and %d",
-            span.id,
-            span.request_model,
-            call.content_chunks,
-            call.thought_chunks,
-            counted,
-            told,
-            inputs,
-            outputs,
-        )
+        if not believed and bound is not None:
+            log.warning(
+                "call %s to %s was admitted under a hard budget on %d prompt and %d reply "
+                "tokens, and its answer's counts were no honest server's: it is charged no "
+                "more than it was admitted on, %d and %d",
+                span.id,
+                span.request_model,
+                bound.input_tokens,
+                bound.output_tokens,
+                inputs,
+                outputs,
+            )
+        else:
+            log.warning(
+                "call %s to %s streamed %d pieces of reply (%d of them thinking) and reported "
+                "%d prompt and %d reply tokens; Ollama streams about a token a piece, so it is "
+                "charged %d and %d",
+                span.id,
+                span.request_model,
+                call.content_chunks,
+                call.thought_chunks,
+                counted,
+                told,
+                inputs,
+                outputs,
+            )
     span.input_tokens, span.output_tokens = inputs, outputs
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from ollama_meter.budgets import Budget
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.meter import Attribution, Opening
 from ollama_meter.meter._media import PICTURE_TOKENS, PIXELS_A_TOKEN, picture_pixels
@@ -217,3 +218,43 @@ _RIFF = b"RIFF\x00\x00\x00\x00WEBP"
 )
 def test_a_pictures_pixels_are_read_from_its_header(data: bytes, pixels: int) -> None:
     assert picture_pixels(data) == pixels
+
+
+LIMIT = 10_000_000
+"""A hard budget of 10 USD: room for one call's bound (a picture's 4,096 tokens at 1,000
+micro-USD each, 8 reply tokens at 2,000), not for a count cut to what no honest server
+passes (some 65,600 prompt tokens for a picture, 32,800 for text; 32,768 reply tokens)."""
+
+
+@pytest.mark.parametrize("fault", [Fault.INFLATE_COUNTS, Fault.INFLATE_REPLY])
+@pytest.mark.parametrize("pictures", [0, 1], ids=["text", "picture"])
+def test_a_lying_count_under_a_hard_budget_is_charged_no_more_than_its_admission(
+    sqlite_app: Gateway,
+    emulator: OllamaEmulator,
+    fault: Fault,
+    pictures: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A count cut as no honest server's is an estimate: a hard budget admitted the call on
+    its bound, and one lying answer does not carry its spend past the limit."""
+    gw = sqlite_app
+    gw.ledger.add_price_rule(token_prices())
+    department = f"h{next(_departments)}"
+    gw.ledger.save_budget(Budget("acme", department, "day", LIMIT, "USD"))
+    assert gw.meter.budgets is not None
+    gw.meter.budgets.reload_soon()
+    emulator.inject(fault)
+    headers = {"X-Ometer-Tenant": "acme", "X-Ometer-Department": department}
+    body = with_pictures("chat", [png(1, 1)] * pictures) if pictures else {
+        "model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}]
+    }  # fmt: skip
+    body |= {"stream": False, "options": {"num_predict": 8}}
+    with caplog.at_level(logging.WARNING, logger="ollama_meter.meter"):
+        answer = gw.client.post("/api/chat", json=body, headers=headers)
+        gw.settle()
+    assert answer.status_code == 200, answer.text
+    (span,) = gw.ledger.latest(SpanFilter(department=department), 5)
+    assert (span.status, span.token_source) == ("ok", "estimated")
+    assert span.cost_total <= LIMIT  # charged what it was admitted on, at most
+    assert span.output_tokens <= 8
+    assert "no more than it was admitted on" in caplog.text
