@@ -79,10 +79,8 @@ def _pictures(count: int) -> str:
     if not count:
         return ""
     plural = "s" if count > 1 else ""
-    return (
-        f"{count} picture{plural} at {PICTURE_TOKENS:,} tokens each and a token a "
-        f"{PIXELS_A_TOKEN} pixels past that, "
-    )
+    each = f"{PICTURE_TOKENS:,} tokens each, and past that a token per {PIXELS_A_TOKEN} pixels"
+    return f"{count} picture{plural} ({each}), "
 
 
 def reply_at_most(call: MeteredCall, said: int) -> int:
