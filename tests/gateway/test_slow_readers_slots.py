@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -342,3 +343,50 @@ def test_one_flows_slow_readers_leave_room_for_anothers() -> None:
         assert (pools.memory.held, pools.disk.held) == (0, 0)
 
     asyncio.run(main())
+
+
+def test_a_file_that_cannot_be_written_leaves_the_answer_whole_in_memory_bounds(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk full (or no descriptor left) as a call's file is written: the batch is not
+    half written, the answer arrives whole and in order, read on in memory within its bound
+    and then as the caller takes it; every byte is given back."""
+    writes = 0
+    pwrite = os.pwrite
+
+    def full(fd: int, data: Any, at: int) -> int:  # the 4th record: half of it, then full
+        nonlocal writes
+        writes += 1
+        if writes == 4:
+            return pwrite(fd, data[: len(data) // 2], at)
+        if writes > 4:
+            raise OSError(28, "No space left on device")
+        return pwrite(fd, data, at)
+
+    monkeypatch.setattr(_ahead.os, "pwrite", full)
+
+    async def main() -> None:
+        pools = _ahead.Pools(10_000, 10_000)
+
+        async def source() -> AsyncGenerator[list[bytes], None]:
+            for n in range(60):
+                yield [bytes([n]) * 300, bytes([n]) * 7]
+
+        reader = _ahead.ReadAhead(source(), pools.room(("t", "d")), lambda: None)
+        reader._limit = 1_000
+        got = [await reader.next()]
+        for _ in range(200):
+            await asyncio.sleep(0)
+        assert reader._held <= 1_000 + 307
+        assert pools.disk.held == 3 * (12 + 307)  # three records, none half written
+        assert reader._spill is not None and os.fstat(reader._spill._fd).st_size == 3 * 319
+        got += [await reader.next() for _ in range(59)]
+        with pytest.raises(StopAsyncIteration):
+            await reader.next()
+        await reader.aclose()
+        assert got == [[bytes([n]) * 300, bytes([n]) * 7] for n in range(60)]
+        assert (pools.memory.held, pools.disk.held) == (0, 0)
+
+    with caplog.at_level("WARNING", "ollama_meter.gateway"):
+        asyncio.run(main())
+    assert "No space left on device" in caplog.text
