@@ -23,7 +23,7 @@ from unittest.mock import ANY
 import aiohttp
 import pytest
 from aiohttp import web
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
 from starlette.datastructures import Headers
 
 from ollama_meter import MeteredClient
@@ -34,6 +34,7 @@ from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator
 from ollama_meter.upstream._recorded import who_headers
 from tests.gateway.conftest import Gateway
+from tests.gateway.test_tags_header import TAG_SETS
 
 HI = [{"role": "user", "content": "hi"}]
 NOTED = {"ometer.client_span": ANY}
@@ -132,16 +133,10 @@ def test_a_clients_longest_tags_reach_a_gateway_behind_a_proxy(
     assert (span.id, span.tags) == (answer.meter.id, {**LONGEST, **NOTED})
 
 
-_KEYS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}", fullmatch=True).filter(
-    lambda key: key != "user_verified"
-)
-_VALUES = st.text(st.characters(codec="utf-8").filter(str.isprintable), max_size=256)
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @example(tags=LONGEST)
 @example(tags={f"t{n:02}" + "k" * 61: "\U0001f600" * 256 for n in range(64)})
-@given(tags=st.dictionaries(_KEYS, _VALUES, max_size=64))
+@given(tags=TAG_SETS)
 def test_any_tags_go_in_lines_every_proxy_reads_and_come_back_exactly(
     tags: dict[str, str],
 ) -> None:
