@@ -109,8 +109,8 @@ def _chat(**extra: Any) -> dict[str, Any]:
     return {"model": MODEL.name, "messages": [{"role": "user", "content": "hi"}], **extra}
 
 
-async def _one_slot(emulator_url: str, sqlite_url: str, scenario: Any) -> Any:
-    settings = load_settings(db_url=sqlite_url, ollama_host=emulator_url, slots=1)
+async def _one_slot(emulator_url: str, sqlite_url: str, scenario: Any, slots: int = 1) -> Any:
+    settings = load_settings(db_url=sqlite_url, ollama_host=emulator_url, slots=slots)
     meter = Meter.from_settings(settings, source="gateway")
     app = create_app(settings, GatewayOptions(), meter=meter)
     async with app.router.lifespan_context(app) as state:
@@ -214,6 +214,46 @@ def test_past_its_memory_and_file_a_slow_reader_keeps_its_slot_and_both_stay_bou
         assert (ahead.memory.held, ahead.disk.held) == (0, 0)
 
     asyncio.run(_one_slot(emulator.url, sqlite_url, scenario))
+
+
+LONG = dataclasses.replace(DEFAULT_MODELS[1], reply_tokens=40_000)
+"""An answer of some 5 MB streamed."""
+
+
+def test_one_departments_slow_reader_leaves_read_ahead_for_anothers(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two slots. A department's slow reader of a long answer filled the gateway's one pool
+    (here 2 MB, no files): another department's slow reader could read only one read ahead
+    and kept the other slot, and that department's next call waited behind both readers.
+    Now a flow holds at most its part of the pool (alone, half): the other's answer is read
+    ahead whole, its slot given back, the next call served."""
+    monkeypatch.setattr(_ahead, "CALL_BYTES", 8 << 20)
+    monkeypatch.setattr(_ahead, "GATEWAY_BYTES", 2_000_000)
+    monkeypatch.setattr(_ahead, "SPILL_BYTES", 0)
+
+    async def scenario(app: Any, state: dict[str, Any]) -> None:
+        memory = state["gateway"].relay.ahead.memory
+        long = {**_chat(stream=True), "model": LONG.name}
+        hog = Caller(app, state, long, slow=True, department="hog")
+        await _until(lambda: hog.parts, "streaming")
+        await _until(lambda: memory.held >= 1_000_000, "read ahead")
+        slow = Caller(app, state, _chat(stream=True), slow=True, department="other")
+        await _until(lambda: slow.parts, "streaming")
+        after = _chat(stream=False, options={"num_predict": 3})
+        next_call = Caller(app, state, after, slow=False, department="other")
+        await asyncio.wait_for(asyncio.shield(next_call.task), 10)
+        assert next_call.items()[0]["eval_count"] == 3
+        assert memory.flows()[("default", "hog")] <= 1_000_000 + READ
+        hog.reads()
+        slow.reads()
+        await asyncio.wait_for(asyncio.gather(hog.task, slow.task), 20)
+        assert hog.items()[-1]["eval_count"] == LONG.reply_tokens
+        assert slow.items()[-1]["eval_count"] == MODEL.reply_tokens
+        assert memory.held == 0
+
+    with OllamaEmulator(models=[MODEL, LONG]) as emulator:
+        asyncio.run(_one_slot(emulator.url, sqlite_url, scenario, slots=2))
 
 
 class Broke(Exception):
