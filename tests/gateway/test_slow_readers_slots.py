@@ -286,8 +286,8 @@ def test_answers_read_ahead_arrive_whole_in_order_within_their_bounds(
 ) -> None:
     """Several calls of two flows read ahead of slow consumers on one gateway's pools: each
     consumer gets its batches in order, then the end or what broke the read; each call holds
-    at most its bounds and one read (in memory and in its file), each flow at most half of
-    each pool and one read a call, all of them at most the pool and one read each; ``ended``
+    at most its bounds and one read (in memory and in its file), each flow at most its
+    weight's part of each pool with a part of weight 1 left (w / (w + 1)) and one read a call, all of them at most the pool and one read each; ``ended``
     is told once, when the source has ended; every byte is given back, every flow forgotten."""
     most = max((size for sizes, _, _, _ in answers for size in sizes), default=0)
     record = most + 8  # in a file: the batch's frame count and its one frame's length
@@ -295,12 +295,14 @@ def test_answers_read_ahead_arrive_whole_in_order_within_their_bounds(
     async def main() -> None:
         pools = _ahead.Pools(gateway_bytes, disk_bytes)
         readers = {flow: sum(1 for *_, f in answers if f == flow) for flow in "ab"}
+        weights = {"a": 1, "b": 3}  # a flow's part of a pool: w / (w + 1) of it at most
 
         def bounded() -> None:
             for pool, one in ((pools.memory, most), (pools.disk, record)):
                 assert pool.held <= pool.limit + len(answers) * one
                 for flow, held in pool.flows().items():
-                    assert 2 * held <= pool.limit + 2 * readers[str(flow)] * one
+                    w = weights[str(flow)]
+                    assert (w + 1) * held <= w * pool.limit + (w + 1) * readers[str(flow)] * one
 
         async def source(sizes: list[int], broken: bool) -> AsyncGenerator[list[bytes], None]:
             for n, size in enumerate(sizes):
@@ -312,7 +314,7 @@ def test_answers_read_ahead_arrive_whole_in_order_within_their_bounds(
         async def consume(sizes: list[int], broken: bool, pause: int, flow: str) -> None:
             ended: list[None] = []
             reader = _ahead.ReadAhead(
-                source(sizes, broken), pools.room(flow), lambda: ended.append(None)
+                source(sizes, broken), pools.room(flow, weights[flow]), lambda: ended.append(None)
             )
             reader._limit, reader._spill_limit = call_bytes, spill_bytes
             got: list[bytes] = []
