@@ -34,6 +34,8 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Hashable
 from dataclasses import dataclass
 
+from ollama_meter._logging import Throttled
+
 CALL_BYTES = 1 << 20
 """Bytes one call may hold in memory ahead of its caller: an answer of a few thousand tokens."""
 GATEWAY_BYTES = 64 << 20
@@ -44,7 +46,8 @@ SPILL_BYTES = 1 << 30
 """Bytes all of a gateway's calls may hold in files."""
 
 Batch = list[bytes]
-log = logging.getLogger("ollama_meter.gateway")
+_unspilled = Throttled(logging.getLogger("ollama_meter.gateway"))
+"""A line every 10 s at most when files cannot be written (a full disk: every slow reader)."""
 
 
 class _Share:
@@ -280,7 +283,14 @@ class ReadAhead:
             self._spill.put(batch)
         except OSError as exc:  # a full disk, or none to write: reads as the caller takes them
             self._spillable = False
-            log.warning("streamed answers are read ahead of slow callers in memory only: %s", exc)
+            more = _unspilled.more(type(exc).__name__)
+            if more is not None:
+                _unspilled.log.warning(
+                    "a streamed answer is read ahead of its slow caller in memory only, its "
+                    "file not written: %s%s",
+                    exc,
+                    more,
+                )
             return False
         self._pools.disk.take(self._disk, self._spill.written - before)
         last = self._ready[-1] if self._ready else None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from ollama_meter._logging import Throttled
 from ollama_meter.config import load_settings
 from ollama_meter.gateway import GatewayOptions, _ahead, create_app
 from ollama_meter.ledger import SpanFilter, open_ledger
@@ -406,6 +408,7 @@ def test_a_file_that_cannot_be_written_leaves_the_answer_whole_in_memory_bounds(
         return pwrite(fd, data, at)
 
     monkeypatch.setattr(_ahead.os, "pwrite", full)
+    monkeypatch.setattr(_ahead, "_unspilled", Throttled(logging.getLogger("ollama_meter.gateway")))
 
     async def main() -> None:
         pools = _ahead.Pools(10_000, 10_000)
