@@ -27,19 +27,22 @@ from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import ApiKey
 from ollama_meter.meter import Attribution
 from ollama_meter.meter._attribution import shown_key, tags_problem
-from ollama_meter.upstream._recorded import CLIENT_SPAN_HEADER, TAGS_HEADER
+from ollama_meter.upstream._recorded import CLIENT_SPAN_HEADER, TAGS_HEADER, TAGS_PARTS, tags_part
 
 HEADER_TENANT = "x-ometer-tenant"
 HEADER_DEPARTMENT = "x-ometer-department"
 HEADER_USER = "x-ometer-user"
 HEADER_TAGS = TAGS_HEADER.lower()
+TAGS_PARTS_HEADERS = tuple(tags_part(n).lower() for n in range(1, TAGS_PARTS + 1))
+"""The tags' headers: ``X-Ometer-Tags``, then its parts (``X-Ometer-Tags-2``...)."""
+_ATTRIBUTION = (HEADER_TENANT, HEADER_DEPARTMENT, HEADER_USER, *TAGS_PARTS_HEADERS)
 HEADER_KEY = "x-ometer-key"
 _SPAN_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
 """A span id as ometer makes one (a ULID): ``X-Ometer-Client-Span`` naming anything else is
 not noted."""
 UNVERIFIED = {UNVERIFIED_TAG: "false"}
 MAX_TAGS_BYTES = 64 * 1024
-"""The longest ``X-Ometer-Tags`` read, as long as the server's default for all the headers
+"""The longest ``X-Ometer-Tags`` read (its parts together), as long as the server's default for all the headers
 (``--max-header-bytes``), parsed on the event loop in about a millisecond at worst: 64 tags
 of 256 ASCII characters take 21 KB (a character beyond ASCII, escaped, 6 bytes; 12 past
 U+FFFF). Past it the header is refused unread, whatever the server takes."""
@@ -68,7 +71,7 @@ def resolve(
             key.department if key else settings.department
         )
     named = headers.get(HEADER_USER) or None
-    labels = _tags(headers.get(HEADER_TAGS, ""))
+    labels = _tags([headers[name] for name in TAGS_PARTS_HEADERS if name in headers])
     tags: dict[str, str] = {}
     if key is not None and key.user is not None and (require_key or named is None):
         user: str | None = key.user
@@ -122,7 +125,10 @@ def _once(headers: Headers) -> dict[str, str]:
     """The attribution headers, each given at most once: two would charge the call to whichever
     one a proxy on the way reads, so ``ValidationError``."""
     found: dict[str, str] = {}
-    for name in (HEADER_TENANT, HEADER_DEPARTMENT, HEADER_USER, HEADER_TAGS):
+    given = {key for key, _ in headers.raw if key.startswith(b"x-ometer-")}  # one pass, not 19
+    for name in _ATTRIBUTION:
+        if name.encode() not in given:
+            continue
         values = headers.getlist(name)
         if len(values) > 1:
             raise ValidationError(
@@ -161,28 +167,22 @@ def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number"}
 
 
-def _tags(value: str) -> dict[str, str]:
-    """The tags ``X-Ometer-Tags`` gives (none when it is absent or blank); ``ValidationError``
-    naming the header when they are not a JSON object of tags a call may carry."""
-    if not value.strip():
+def _tags(parts: list[str]) -> dict[str, str]:
+    """The tags ``X-Ometer-Tags`` and its parts give (none when absent or blank);
+    ``ValidationError`` naming the header when they are not JSON objects of tags a call may
+    carry, each tag given once."""
+    parts = [part for part in parts if part.strip()]
+    if not parts:
         return {}
-    if len(value) > MAX_TAGS_BYTES:
+    size = sum(map(len, parts))
+    if size > MAX_TAGS_BYTES:
         raise ValidationError(
-            f"{TAGS_HEADER} is {len(value):,} bytes; the gateway reads at most "
+            f"{TAGS_HEADER} is {size:,} bytes; the gateway reads at most "
             f"{MAX_TAGS_BYTES:,}: send fewer or shorter tags"
         )
-    example = 'send a JSON object of text to text, e.g. {"job": "nightly"}'
-    try:
-        tags = json.loads(_as_sent(value), object_pairs_hook=_once_each)
-    except _Twice as twice:
-        raise ValidationError(
-            f"{TAGS_HEADER} gives {shown_key(twice.args[0])} twice; give each tag once"
-        ) from None
-    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
-        raise ValidationError(f"{TAGS_HEADER} is not JSON; {example}") from None
-    if not isinstance(tags, dict):
-        what = _JSON_TYPES.get(type(tags), json.dumps(tags))  # true, false, null
-        raise ValidationError(f"{TAGS_HEADER} is {what}, not a JSON object; {example}")
+    tags: dict[str, Any] = {}
+    for part in parts:
+        tags = _merged(tags, _object(part))
     if UNVERIFIED_TAG in tags:
         raise ValidationError(
             f"{TAGS_HEADER} sets {UNVERIFIED_TAG}, the gateway's own tag (whether a key vouches "
@@ -197,3 +197,30 @@ def _tags(value: str) -> dict[str, str]:
     if problem:
         raise ValidationError(f"{TAGS_HEADER}: {problem}")
     return tags
+
+
+def _object(value: str) -> dict[str, Any]:
+    """The JSON object one of the tags' headers gives, each key once."""
+    example = 'send a JSON object of text to text, e.g. {"job": "nightly"}'
+    try:
+        tags = json.loads(_as_sent(value), object_pairs_hook=_once_each)
+    except _Twice as twice:
+        raise ValidationError(
+            f"{TAGS_HEADER} gives {shown_key(twice.args[0])} twice; give each tag once"
+        ) from None
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
+        raise ValidationError(f"{TAGS_HEADER} is not JSON; {example}") from None
+    if not isinstance(tags, dict):
+        what = _JSON_TYPES.get(type(tags), json.dumps(tags))  # true, false, null
+        raise ValidationError(f"{TAGS_HEADER} is {what}, not a JSON object; {example}")
+    return tags
+
+
+def _merged(tags: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """``tags`` and ``more``, from two of the tags' headers: a tag in both is refused."""
+    if not tags:
+        return more
+    twice = next((key for key in more if key in tags), None)
+    if twice is not None:
+        raise ValidationError(f"{TAGS_HEADER} gives {shown_key(twice)} twice; give each tag once")
+    return {**tags, **more}

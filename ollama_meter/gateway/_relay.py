@@ -40,7 +40,7 @@ from ollama_meter.errors import (
     ServerBusy,
     UpstreamError,
 )
-from ollama_meter.gateway._ahead import AheadBytes, ReadAhead
+from ollama_meter.gateway._ahead import Pools, ReadAhead, Room
 from ollama_meter.gateway._answers import (
     error_response,
     failure_response,
@@ -140,7 +140,7 @@ class _Answered:
     async def stream(
         self,
         hangup: Hangup | None = None,
-        ahead: AheadBytes | None = None,
+        ahead: Room | None = None,
         all_read: Callable[[], None] = lambda: None,
     ) -> AsyncIterator[bytes]:
         """The answer as it is read (one part a read), the last after the span is written.
@@ -182,7 +182,7 @@ class _Answered:
             return frame + separator, False
 
         frames = Frames(separator, host=pool.host)
-        batches = ReadAhead(pool.items(response, frames), ahead or AheadBytes(), all_read)
+        batches = ReadAhead(pool.items(response, frames), ahead, all_read)
         deadline = call.deadline()
         ready: list[bytes] = []  # the items of one read: one part, one write (not one each)
         try:
@@ -240,9 +240,9 @@ class Relay:
         self.meter = meter
         self.fleet = fleet
         self.keyed = keyed
-        self.ahead = AheadBytes()
-        """Bytes of streamed answers read ahead of their callers (``_ahead``)."""
         """Keys required: a caller is one department, told no other's spend (``narrow``)."""
+        self.ahead = Pools()
+        """Bytes of streamed answers read ahead of their callers (``_ahead``)."""
 
     async def metered(
         self,
@@ -319,11 +319,11 @@ class Relay:
                 whole = await until_gone(sent.whole(hangup), hangup)
                 # An answer relayed as it arrives gives the slot back when it has been sent.
                 return Holding(whole, slot.hand_over()) if isinstance(whole, Relayed) else whole
-            # The slot goes back when Ollama's answer has ended, read on ahead of a slow
-            # client (``_ahead``), or else once the answer has been sent, however it ends.
-            lease = slot.hand_over()
+            # The slot goes back when Ollama's answer has ended, read on ahead of a slow client
+            # as its flow's (``_ahead``), or else once it has been sent, however it ends.
+            lease, room = slot.hand_over(), self.ahead.room(admission.flow, admission.weight)
             stream = Streamed(
-                sent.stream(hangup, self.ahead, lease.release),
+                sent.stream(hangup, room, lease.release),
                 media_type=wire.stream_media_type
                 or content_type_of(sent.response)
                 or "application/x-ndjson",

@@ -37,12 +37,21 @@ CLIENT_SPAN_HEADER = "X-Ometer-Client-Span"
 (``CLIENT_SPAN_TAG``), so the client's journal entry is not recorded again if it dies."""
 TAGS_HEADER = "X-Ometer-Tags"
 """The call's tags, a JSON object of text to text (ASCII: other characters as ``\\u`` escapes;
-past :data:`ASCII_TAGS_BYTES`, UTF-8)."""
-ASCII_TAGS_BYTES = 16 * 1024
-"""Tags up to this long go as ASCII, as any proxy passes a header; longer, as UTF-8, which the
-gateway reads as well. A character beyond ASCII is 6 bytes escaped (12 past U+FFFF), 2 to 4
-in UTF-8: 64 tags of 256 accented or CJK characters took 98 KB, past the gateway's 64 KiB of
-headers (every call refused, 431); in UTF-8 they take 54 KB."""
+when that is longer than a line, UTF-8); past a line (:data:`TAGS_LINE_BYTES`), in parts:
+this header, then :func:`tags_part` 2, 3... each an object of some of them."""
+TAGS_LINE_BYTES = 8_000
+"""The longest header line (name, ``": "``, value, CRLF) tags are sent in: what any proxy on
+the way reads of one (nginx's buffer for a line is 8 KiB, aiohttp's and Apache's limit 8,190
+bytes; Ollama's Go server and ``ometer serve`` read more). Tags went in one line of up to
+64 KiB (64 tags of 256 CJK characters: 54 KB), and a proxy refused every call carrying them."""
+TAGS_PARTS = 16
+"""The most headers tags are sent in: 64 tags at their longest take 10."""
+
+
+def tags_part(number: int) -> str:
+    """The header of part ``number`` (from 1) of a call's tags."""
+    return TAGS_HEADER if number == 1 else f"{TAGS_HEADER}-{number}"
+
 
 _WORD = re.compile(r"[0-9A-Za-z_-]{1,64}")
 """What a ledger's id or a span's id looks like: a header that says anything else names none."""
@@ -65,11 +74,28 @@ def who_headers(
         sends[CLIENT_SPAN_HEADER] = span_id
     labels = {key: value for key, value in (tags or {}).items() if key not in GATEWAY_TAGS}
     if labels:
-        text = json.dumps(labels, separators=(",", ":"))
-        if len(text) > ASCII_TAGS_BYTES:
-            text = json.dumps(labels, separators=(",", ":"), ensure_ascii=False)
-        sends[TAGS_HEADER] = text
+        sends.update(_tags_headers(labels))
     return sends
+
+
+def _tags_headers(tags: Mapping[str, str]) -> dict[str, str]:
+    """``tags`` in :data:`TAGS_HEADER`, as ASCII if its line is short enough, else as UTF-8 in
+    as many parts as lines of :data:`TAGS_LINE_BYTES` need (a tag is 1,094 bytes at most)."""
+    text = json.dumps(tags, separators=(",", ":"))
+    if len(f"{TAGS_HEADER}: {text}\r\n") <= TAGS_LINE_BYTES:
+        return {TAGS_HEADER: text}
+    room = TAGS_LINE_BYTES - len(f"{tags_part(TAGS_PARTS)}: {{}}\r\n")
+    parts: list[list[str]] = [[]]
+    size = -1  # the commas between a part's items
+    for key, value in tags.items():
+        item = json.dumps({key: value}, separators=(",", ":"), ensure_ascii=False)[1:-1]
+        length = len(item.encode()) + 1
+        if parts[-1] and size + length > room:
+            parts.append([])
+            size = -1
+        parts[-1].append(item)
+        size += length
+    return {tags_part(n): "{" + ",".join(items) + "}" for n, items in enumerate(parts, 1)}
 
 
 @dataclass(slots=True)

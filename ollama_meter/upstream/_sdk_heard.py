@@ -41,7 +41,7 @@ def _sends(request: httpx.Request) -> None:
     heard = _HEARD.get()
     if heard is not None and heard.sends:
         request.headers.update(httpx.Headers(heard.sends, encoding="utf-8"))
-        if not all(map(str.isascii, heard.sends.values())):  # long tags (ASCII_TAGS_BYTES)
+        if not all(map(str.isascii, heard.sends.values())):  # long tags (TAGS_LINE_BYTES)
             request.headers.encoding = "utf-8"  # read back as sent, not as ASCII
 
 
