@@ -1,0 +1,230 @@
+"""A PostgreSQL ledger behind a real PgBouncer, in session and in transaction pooling.
+
+PgBouncer refuses the session settings ometer sends in libpq's ``options`` (its lock and
+idle timeouts, ISO dates, a URL's own search path); a DBA has it drop them
+(``ignore_startup_parameters = options``), and it drops them without a word. Each of
+ometer's transactions must still run under them, however the connection was made.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection, make_url
+
+from ollama_meter.errors import LedgerError
+from ollama_meter.ledger import Ledger
+from ollama_meter.ledger._deadline import unbounded
+from ollama_meter.ledger._rollup import REBUILD_LOCK
+from ollama_meter.records import Stored
+from tests._pgbouncer import PGBOUNCER, pgbouncer
+from tests.factories import make_span
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _pgbouncer_installed() -> None:
+    if PGBOUNCER is not None:
+        return
+    if os.environ.get("OMETER_TEST_REQUIRE_PGBOUNCER"):  # CI installs it (.ci/run)
+        pytest.fail("OMETER_TEST_REQUIRE_PGBOUNCER is set but pgbouncer is not installed")
+    pytest.skip("PgBouncer is not installed (apt-get install pgbouncer)")
+
+
+@pytest.fixture(scope="module", params=["session", "transaction"])
+def pooler(request: pytest.FixtureRequest, pg_server: str | None) -> Iterator[str]:
+    """The test server's URL through a PgBouncer in each pool mode."""
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    with pgbouncer(pg_server, request.param) as url:
+        yield url
+
+
+@pytest.fixture
+def database(pg_server: str | None) -> str:
+    """A fresh database on the server (direct URL), dropped after the test."""
+    from tests.conftest import _MADE, _fresh_pg_database
+
+    assert pg_server is not None
+    made = _fresh_pg_database(pg_server)
+    _MADE.append((pg_server, made.rsplit("/", 1)[1]))
+    return made
+
+
+def _through(pooler: str, database: str) -> str:
+    return f"{pooler}/{make_url(database).database}"
+
+
+@pytest.fixture
+def holder(database: str) -> Iterator[Connection]:
+    """Another session on the database, straight to the server, in a transaction the test ends."""
+    engine = create_engine(database)
+    with engine.connect() as conn:
+        yield conn
+        conn.rollback()
+    engine.dispose()
+
+
+SETTINGS = text(
+    "SELECT current_setting('lock_timeout'), "
+    "current_setting('idle_in_transaction_session_timeout'), "
+    "current_setting('DateStyle'), current_setting('IntervalStyle')"
+)
+
+
+def test_ometers_session_settings_hold_in_every_transaction_behind_the_pooler(
+    pooler: str, database: str
+) -> None:
+    """Dropped by the pooler, none was in force: a lock another session held made a write wait
+    until the deadline on every answer took the server for frozen, a process stopped inside a
+    write held its locks for ever, and a database's own DateStyle reached the driver."""
+    admin = create_engine(database, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        name = make_url(database).database
+        conn.execute(text(f"ALTER DATABASE {name} SET DateStyle = 'German, DMY'"))
+        conn.execute(text(f"ALTER DATABASE {name} SET IntervalStyle = 'sql_standard'"))
+    admin.dispose()
+    ledger = Ledger(_through(pooler, database), wait=1.0)
+    for _ in range(3):  # each transaction, on whichever server session the pooler lends
+        assert ledger.record([make_span()]) != {}
+        with ledger.write() as conn:
+            assert conn.execute(SETTINGS).one() == ("800ms", "5s", "ISO, DMY", "postgres")
+    assert ledger.count() == 3
+    ledger.dispose()
+
+
+def test_a_lock_another_session_holds_ends_the_wait_with_the_servers_answer(
+    pooler: str, database: str, holder: Connection
+) -> None:
+    """Without ``lock_timeout`` the write waited until the deadline on every answer cut the
+    connection, took the server for silent and refused every connection for as long again:
+    the next write, the lock free by then, was spooled too. (Two seconds: the server's answer
+    has 0.4 s to come back through the pooler on a busy machine before that deadline.)"""
+    ledger = Ledger(_through(pooler, database), wait=2.0)
+    ledger.record([make_span()])
+    holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REBUILD_LOCK})
+    first, second = make_span(department="sales"), make_span(department="ops")
+    assert ledger.record([first]) == {first.id: Stored.SPOOLED}
+    holder.rollback()
+    assert ledger.record([second]) == {second.id: Stored.COMMITTED}  # and brings in the first
+    assert ledger.count() == 3
+    ledger.dispose()
+
+
+def test_bulk_work_behind_the_pooler_gives_up_on_a_held_lock(
+    pooler: str, database: str, holder: Connection
+) -> None:
+    """Upkeep (an import, a prune) is exempt from the deadline on every answer, not from
+    ``lock_timeout``: without it, a lock another session held made it wait for ever."""
+    ledger = Ledger(_through(pooler, database), wait=1.0)
+    holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REBUILD_LOCK})
+    span = make_span()
+    stored: dict[str, Stored] = {}
+
+    def bulk() -> None:
+        with unbounded():
+            stored.update(ledger.record([span]))
+
+    worker = threading.Thread(target=bulk, daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(10)
+    waited = time.monotonic() - started
+    holder.rollback()  # frees a worker still waiting
+    worker.join(10)
+    assert waited < 5, f"the write waited {waited:.1f} s for the lock"
+    assert stored == {span.id: Stored.SPOOLED}
+    ledger.dispose()
+
+
+def test_a_urls_own_search_path_holds_behind_the_pooler(pooler: str, database: str) -> None:
+    """``?options=-csearch_path=meter`` puts a ledger in a schema of its own; the pooler
+    dropped it with the rest, and the tables were made in ``public``."""
+    admin = create_engine(database, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("CREATE SCHEMA meter"))
+    url = f"{_through(pooler, database)}?options=-csearch_path%3Dmeter%20-capplication_name%3Db"
+    ledger = Ledger(url, wait=1.0)
+    ledger.record([make_span(), make_span()])
+    with ledger.write() as conn:
+        assert conn.execute(text("SELECT current_schema()")).scalar() == "meter"
+    ledger.dispose()
+    with admin.connect() as conn:
+        found = "to_regclass('meter.spans') IS NOT NULL, to_regclass('public.spans') IS NULL"
+        assert conn.execute(text(f"SELECT {found}")).one() == (True, True)
+        assert conn.execute(text("SELECT count(*) FROM meter.spans")).scalar() == 2
+    admin.dispose()
+
+
+def test_budget_commands_read_dates_behind_the_pooler(
+    pooler: str, database: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A German site's database default reached the driver, which reads only ISO dates:
+    ``budget status`` failed as "can't parse timestamptz with DateStyle"."""
+    admin = create_engine(database, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        name = make_url(database).database
+        conn.execute(text(f"ALTER DATABASE {name} SET DateStyle = 'German, DMY'"))
+    admin.dispose()
+    monkeypatch.setenv("OMETER_DB_URL", _through(pooler, database))
+    made = cli("budget", "set", "sales", "--monthly", "10")
+    assert made.code == 0, made.stderr
+    status = cli("budget", "status")
+    assert status.code == 0 and "sales" in status.stdout, status.stderr
+
+
+def test_the_server_sessions_the_pooler_lends_others_keep_none_of_ometers_settings(
+    pooler: str, database: str
+) -> None:
+    """Under transaction pooling, a session-wide ``SET`` would stay with the server session
+    for the next client the pooler lends it to: ometer's settings are the transaction's."""
+    ledger = Ledger(_through(pooler, database), wait=1.0)
+    ledger.record([make_span()])
+    ledger.dispose()
+    other = create_engine(_through(pooler, database))
+    with other.connect() as conn:
+        assert conn.execute(text("SHOW lock_timeout")).scalar() == "0"
+    other.dispose()
+
+
+def test_writes_go_on_when_the_pooler_lends_another_server_session(
+    pooler: str, database: str
+) -> None:
+    """The driver prepares a statement run five times on its session; under transaction pooling
+    the next transaction may run on another server session, which has not got it: each write
+    failed as "prepared statement does not exist" and spooled its spans."""
+    url = _through(pooler, database)
+    ledger = Ledger(url, wait=1.0)
+    for _ in range(8):
+        ledger.record([make_span()])
+    other = create_engine(url)
+    with other.connect() as busy:  # holds the server session the ledger's writes ran on
+        busy.execute(text("SELECT 1"))
+        span = make_span()
+        assert ledger.record([span]) == {span.id: Stored.COMMITTED}
+        busy.rollback()
+    other.dispose()
+    assert ledger.count() == 9
+    ledger.dispose()
+
+
+def test_a_pooler_that_refuses_ometers_session_settings_says_how_to_let_them_through(
+    pg_server: str | None, database: str
+) -> None:
+    """PgBouncer as installed refuses ``options``: its bare "unsupported startup parameter"
+    named neither the pooler nor what to change."""
+    assert pg_server is not None
+    with pgbouncer(pg_server, "transaction", ignore=False) as strict:
+        with pytest.raises(LedgerError) as refused:
+            Ledger(_through(strict, database), wait=1.0)
+    assert "unsupported startup parameter: options: a connection pooler (PgBouncer, say)" in (
+        str(refused.value)
+    )
+    assert "ignore_startup_parameters = options), and ometer sets them in each transaction" in (
+        str(refused.value)
+    )
