@@ -70,20 +70,43 @@ def ledger_identity(conn: Connection, *, make: bool) -> str | None:
 
 
 def identity_place(conn: Connection) -> str | None:
-    """The inode the ledger's id was placed in (:func:`placed_identity`); None: not placed."""
+    """The place the ledger's id was placed in (:func:`placed_identity`); None: not placed."""
     return get_meta(conn, PLACE)
 
 
 PLACE = "ledger_file"
-"""The inode of the SQLite file the ledger's id was made in (or first read in)."""
+"""Where the ledger's id was made (or first read): the inode of its SQLite file, or its
+PostgreSQL database's :func:`database_place`."""
+
+_DATABASE = text(
+    "SELECT oid::text, has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE') "
+    "FROM pg_catalog.pg_database WHERE datname = current_database()"
+)
+_CLUSTER = text("SELECT system_identifier::text FROM pg_catalog.pg_control_system()")
+
+
+def database_place(conn: Connection) -> str | None:
+    """The PostgreSQL database the ledger is in, as no copy of it is: its server's system
+    identifier (made by ``initdb``, kept by its standbys) and the database's OID.
+
+    ``pg_dump`` and ``pg_restore`` into another database (or ``CREATE DATABASE ... TEMPLATE``)
+    give another OID; into another server's, whose first database has the same OID as often as
+    not, another system identifier. Renaming the database, a failover to a standby, a restart
+    keep both. None where the role may not read the system identifier (some hosted servers):
+    the id is then kept wherever it is, as before."""
+    oid, readable = conn.execute(_DATABASE).one()
+    if not readable:
+        return None
+    return f"{conn.execute(_CLUSTER).scalar_one()}/{oid}"
 
 
 def placed_identity(conn: Connection, place: str) -> str | None:
-    """The ledger's id, for a SQLite file whose inode is ``place`` (a write transaction).
+    """The ledger's id, for a SQLite file whose inode is ``place``, or a PostgreSQL database
+    whose :func:`database_place` it is (a write transaction).
 
-    ``cp`` copies ``ledger_meta`` with the rest: a copy (another file, another inode) had the
-    original's id, so an ometer client on the copy took a gateway's answer on the original
-    for its own ledger's and wrote no span of the call in the copy. A copy is named anew here,
+    ``cp`` and ``pg_dump`` copy ``ledger_meta`` with the rest: a copy (another file, another
+    database) had the original's id, so an ometer client on the copy took a gateway's answer
+    on the original for its own ledger's and wrote no span of the call in the copy. A copy is named anew here,
     once (the first process to read it), and the id noted as the copy's own; a ledger named
     before ids were placed takes the file it is read in now as its own."""
     found = get_meta(conn, IDENTITY)
