@@ -79,25 +79,28 @@ PLACE = "ledger_file"
 PostgreSQL database's :func:`database_place`."""
 
 _DATABASE = text(
-    "SELECT oid::text, has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE') "
-    "FROM pg_catalog.pg_database WHERE datname = current_database()"
+    "SELECT d.oid::text, (SELECT c.relnamespace::text FROM pg_catalog.pg_class AS c "
+    f"WHERE c.oid = to_regclass('{META.name}')), "
+    "has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE') "
+    "FROM pg_catalog.pg_database AS d WHERE d.datname = current_database()"
 )
 _CLUSTER = text("SELECT system_identifier::text FROM pg_catalog.pg_control_system()")
 
 
 def database_place(conn: Connection) -> str | None:
-    """The PostgreSQL database the ledger is in, as no copy of it is: its server's system
-    identifier (made by ``initdb``, kept by its standbys) and the database's OID.
+    """Where in PostgreSQL the ledger is, as no copy of it is: its server's system identifier
+    (made by ``initdb``, kept by its standbys), its database's OID and its schema's.
 
     ``pg_dump`` and ``pg_restore`` into another database (or ``CREATE DATABASE ... TEMPLATE``)
-    give another OID; into another server's, whose first database has the same OID as often as
-    not, another system identifier. Renaming the database, a failover to a standby, a restart
-    keep both. None where the role may not read the system identifier (some hosted servers):
+    give another database OID; into another server's, whose first database has the same OID as
+    often as not, another system identifier; into another schema of the same database, another
+    schema OID. Renaming the database or the schema, a failover to a standby, a restart keep
+    all three. None where the role may not read the system identifier (some hosted servers):
     the id is then kept wherever it is, as before."""
-    oid, readable = conn.execute(_DATABASE).one()
+    database, schema, readable = conn.execute(_DATABASE).one()
     if not readable:
         return None
-    return f"{conn.execute(_CLUSTER).scalar_one()}/{oid}"
+    return f"{conn.execute(_CLUSTER).scalar_one()}/{database}/{schema}"
 
 
 def placed_identity(conn: Connection, place: str) -> str | None:

@@ -117,3 +117,39 @@ def test_a_client_on_a_pg_restored_copy_of_the_gateways_ledger_records_its_own_s
     assert (theirs.source, mine.source, mine.status) == ("gateway", "sdk", "ok")
     assert answer.meter.id == mine.id
     assert gw.ledger.identity() == named != Ledger(copy).identity()
+
+
+def test_a_copy_restored_into_another_schema_of_the_database_is_another_ledger(
+    pg_original: str, tmp_path: Path
+) -> None:
+    """Two ledgers may share a database, a schema each (``?options=-csearch_path=...``): one
+    restored beside the other from its dump kept its id. Renaming the original's schema to
+    make room keeps its id."""
+    from urllib.parse import quote
+
+    from sqlalchemy import create_engine, text
+
+    from tests._pg import run_client
+
+    def in_schema(schema: str) -> str:
+        return f"{pg_original}?options={quote(f'-csearch_path={schema}')}"
+
+    admin = create_engine(pg_original, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("CREATE SCHEMA meter"))
+    named = _named(in_schema("meter"))
+    dump = tmp_path / "ledger.dump"
+    plain = pg_original.replace("+psycopg", "")
+    dumped = run_client(["pg_dump", "-Fc", "-n", "meter", "-f", str(dump), plain])
+    if dumped is None:
+        pytest.skip("no pg_dump on this machine")
+    assert dumped.returncode == 0, dumped.stderr
+    with admin.connect() as conn:
+        conn.execute(text("ALTER SCHEMA meter RENAME TO meter_old"))
+    admin.dispose()
+    restored = run_client(["pg_restore", "--dbname", plain, str(dump)])
+    assert restored is not None and restored.returncode == 0, restored.stderr
+    copied = Ledger(in_schema("meter")).identity()
+    assert copied not in (None, named)
+    assert Ledger(in_schema("meter_old")).identity() == named
+    assert Ledger(in_schema("meter")).identity() == copied

@@ -111,6 +111,7 @@ def test_a_role_that_may_not_read_the_servers_identifier_places_no_pg_ledger(
 
     if not db_url.startswith("postgresql"):
         pytest.skip("a SQLite ledger is placed by its file (tests/gateway/test_copied_ledger.py)")
+    assert Ledger(db_url).identity() is not None
     role = f"r_{uuid.uuid4().hex[:10]}"
     owner = create_engine(db_url, isolation_level="AUTOCOMMIT")
     with owner.connect() as conn:
