@@ -183,13 +183,19 @@ def test_the_server_sessions_the_pooler_lends_others_keep_none_of_ometers_settin
 ) -> None:
     """Under transaction pooling, a session-wide ``SET`` would stay with the server session
     for the next client the pooler lends it to: ometer's settings are the transaction's."""
+    admin = create_engine(database, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"ALTER DATABASE {make_url(database).database} SET DateStyle = 'SQL'"))
+    admin.dispose()
     ledger = Ledger(_through(pooler, database), wait=1.0)
-    ledger.record([make_span()])
-    ledger.dispose()
+    for _ in range(3):
+        ledger.record([make_span()])
     other = create_engine(_through(pooler, database))
-    with other.connect() as conn:
-        assert conn.execute(text("SHOW lock_timeout")).scalar() == "0"
+    with other.connect() as conn:  # the session the ledger's writes ran on, once they end
+        shown = conn.execute(SETTINGS).one()
     other.dispose()
+    assert shown == ("0", "0", "SQL, MDY", "postgres")
+    ledger.dispose()
 
 
 def test_writes_go_on_when_the_pooler_lends_another_server_session(
