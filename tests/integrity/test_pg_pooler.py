@@ -45,29 +45,8 @@ def pooler(request: pytest.FixtureRequest, pg_server: str | None) -> Iterator[st
         yield url
 
 
-@pytest.fixture
-def database(pg_server: str | None) -> str:
-    """A fresh database on the server (direct URL), dropped after the test."""
-    from tests.conftest import _MADE, _fresh_pg_database
-
-    assert pg_server is not None
-    made = _fresh_pg_database(pg_server)
-    _MADE.append((pg_server, made.rsplit("/", 1)[1]))
-    return made
-
-
-def _through(pooler: str, database: str) -> str:
-    return f"{pooler}/{make_url(database).database}"
-
-
-@pytest.fixture
-def holder(database: str) -> Iterator[Connection]:
-    """Another session on the database, straight to the server, in a transaction the test ends."""
-    engine = create_engine(database)
-    with engine.connect() as conn:
-        yield conn
-        conn.rollback()
-    engine.dispose()
+def _through(pooler: str, pg_url: str) -> str:
+    return f"{pooler}/{make_url(pg_url).database}"
 
 
 SETTINGS = text(
@@ -78,18 +57,18 @@ SETTINGS = text(
 
 
 def test_ometers_session_settings_hold_in_every_transaction_behind_the_pooler(
-    pooler: str, database: str
+    pooler: str, pg_url: str
 ) -> None:
     """Dropped by the pooler, none was in force: a lock another session held made a write wait
     until the deadline on every answer took the server for frozen, a process stopped inside a
     write held its locks for ever, and a database's own DateStyle reached the driver."""
-    admin = create_engine(database, isolation_level="AUTOCOMMIT")
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        name = make_url(database).database
+        name = make_url(pg_url).database
         conn.execute(text(f"ALTER DATABASE {name} SET DateStyle = 'German, DMY'"))
         conn.execute(text(f"ALTER DATABASE {name} SET IntervalStyle = 'sql_standard'"))
     admin.dispose()
-    ledger = Ledger(_through(pooler, database), wait=1.0)
+    ledger = Ledger(_through(pooler, pg_url), wait=1.0)
     for _ in range(3):  # each transaction, on whichever server session the pooler lends
         assert ledger.record([make_span()]) != {}
         with ledger.write() as conn:
@@ -99,13 +78,13 @@ def test_ometers_session_settings_hold_in_every_transaction_behind_the_pooler(
 
 
 def test_a_lock_another_session_holds_ends_the_wait_with_the_servers_answer(
-    pooler: str, database: str, holder: Connection
+    pooler: str, pg_url: str, holder: Connection
 ) -> None:
     """Without ``lock_timeout`` the write waited until the deadline on every answer cut the
     connection, took the server for silent and refused every connection for as long again:
     the next write, the lock free by then, was spooled too. (Two seconds: the server's answer
     has 0.4 s to come back through the pooler on a busy machine before that deadline.)"""
-    ledger = Ledger(_through(pooler, database), wait=2.0)
+    ledger = Ledger(_through(pooler, pg_url), wait=2.0)
     ledger.record([make_span()])
     holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REBUILD_LOCK})
     first, second = make_span(department="sales"), make_span(department="ops")
@@ -117,11 +96,11 @@ def test_a_lock_another_session_holds_ends_the_wait_with_the_servers_answer(
 
 
 def test_bulk_work_behind_the_pooler_gives_up_on_a_held_lock(
-    pooler: str, database: str, holder: Connection
+    pooler: str, pg_url: str, holder: Connection
 ) -> None:
     """Upkeep (an import, a prune) is exempt from the deadline on every answer, not from
     ``lock_timeout``: without it, a lock another session held made it wait for ever."""
-    ledger = Ledger(_through(pooler, database), wait=1.0)
+    ledger = Ledger(_through(pooler, pg_url), wait=1.0)
     holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REBUILD_LOCK})
     span = make_span()
     stored: dict[str, Stored] = {}
@@ -142,13 +121,13 @@ def test_bulk_work_behind_the_pooler_gives_up_on_a_held_lock(
     ledger.dispose()
 
 
-def test_a_urls_own_search_path_holds_behind_the_pooler(pooler: str, database: str) -> None:
+def test_a_urls_own_search_path_holds_behind_the_pooler(pooler: str, pg_url: str) -> None:
     """``?options=-csearch_path=meter`` puts a ledger in a schema of its own; the pooler
     dropped it with the rest, and the tables were made in ``public``."""
-    admin = create_engine(database, isolation_level="AUTOCOMMIT")
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text("CREATE SCHEMA meter"))
-    url = f"{_through(pooler, database)}?options=-csearch_path%3Dmeter%20-capplication_name%3Db"
+    url = f"{_through(pooler, pg_url)}?options=-csearch_path%3Dmeter%20-capplication_name%3Db"
     ledger = Ledger(url, wait=1.0)
     ledger.record([make_span(), make_span()])
     with ledger.write() as conn:
@@ -162,16 +141,16 @@ def test_a_urls_own_search_path_holds_behind_the_pooler(pooler: str, database: s
 
 
 def test_budget_commands_read_dates_behind_the_pooler(
-    pooler: str, database: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+    pooler: str, pg_url: str, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A German site's database default reached the driver, which reads only ISO dates:
     ``budget status`` failed as "can't parse timestamptz with DateStyle"."""
-    admin = create_engine(database, isolation_level="AUTOCOMMIT")
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        name = make_url(database).database
+        name = make_url(pg_url).database
         conn.execute(text(f"ALTER DATABASE {name} SET DateStyle = 'German, DMY'"))
     admin.dispose()
-    monkeypatch.setenv("OMETER_DB_URL", _through(pooler, database))
+    monkeypatch.setenv("OMETER_DB_URL", _through(pooler, pg_url))
     made = cli("budget", "set", "sales", "--monthly", "10")
     assert made.code == 0, made.stderr
     status = cli("budget", "status")
@@ -179,18 +158,18 @@ def test_budget_commands_read_dates_behind_the_pooler(
 
 
 def test_the_server_sessions_the_pooler_lends_others_keep_none_of_ometers_settings(
-    pooler: str, database: str
+    pooler: str, pg_url: str
 ) -> None:
     """Under transaction pooling, a session-wide ``SET`` would stay with the server session
     for the next client the pooler lends it to: ometer's settings are the transaction's."""
-    admin = create_engine(database, isolation_level="AUTOCOMMIT")
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f"ALTER DATABASE {make_url(database).database} SET DateStyle = 'SQL'"))
+        conn.execute(text(f"ALTER DATABASE {make_url(pg_url).database} SET DateStyle = 'SQL'"))
     admin.dispose()
-    ledger = Ledger(_through(pooler, database), wait=1.0)
+    ledger = Ledger(_through(pooler, pg_url), wait=1.0)
     for _ in range(3):
         ledger.record([make_span()])
-    other = create_engine(_through(pooler, database))
+    other = create_engine(_through(pooler, pg_url))
     with other.connect() as conn:  # the session the ledger's writes ran on, once they end
         shown = conn.execute(SETTINGS).one()
     other.dispose()
@@ -199,12 +178,12 @@ def test_the_server_sessions_the_pooler_lends_others_keep_none_of_ometers_settin
 
 
 def test_writes_go_on_when_the_pooler_lends_another_server_session(
-    pooler: str, database: str
+    pooler: str, pg_url: str
 ) -> None:
     """The driver prepares a statement run five times on its session; under transaction pooling
     the next transaction may run on another server session, which has not got it: each write
     failed as "prepared statement does not exist" and spooled its spans."""
-    url = _through(pooler, database)
+    url = _through(pooler, pg_url)
     ledger = Ledger(url, wait=1.0)
     for _ in range(8):
         ledger.record([make_span()])
@@ -220,14 +199,14 @@ def test_writes_go_on_when_the_pooler_lends_another_server_session(
 
 
 def test_a_pooler_that_refuses_ometers_session_settings_says_how_to_let_them_through(
-    pg_server: str | None, database: str
+    pg_server: str | None, pg_url: str
 ) -> None:
     """PgBouncer as installed refuses ``options``: its bare "unsupported startup parameter"
     named neither the pooler nor what to change."""
     assert pg_server is not None
     with pgbouncer(pg_server, "transaction", ignore=False) as strict:
         with pytest.raises(LedgerError) as refused:
-            Ledger(_through(strict, database), wait=1.0)
+            Ledger(_through(strict, pg_url), wait=1.0)
     assert "unsupported startup parameter: options: a connection pooler (PgBouncer, say)" in (
         str(refused.value)
     )
