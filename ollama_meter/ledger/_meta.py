@@ -46,6 +46,7 @@ _UPSERT = text(
     'ON CONFLICT ("key") DO UPDATE SET "value" = excluded."value"'
 )
 """SQLite and PostgreSQL spell it alike."""
+_LOCK_IDENTITY = text(f'SELECT "value" FROM {META.name} WHERE "key" = :key FOR UPDATE')
 _ADD = text(
     f'INSERT INTO {META.name} ("key", "value") VALUES (:key, :value) ON CONFLICT ("key") DO NOTHING'
 )
@@ -111,7 +112,12 @@ def placed_identity(conn: Connection, place: str) -> str | None:
     database) had the original's id, so an ometer client on the copy took a gateway's answer
     on the original for its own ledger's and wrote no span of the call in the copy. A copy is named anew here,
     once (the first process to read it), and the id noted as the copy's own; a ledger named
-    before ids were placed takes the file it is read in now as its own."""
+    before ids were placed takes the file it is read in now as its own. On PostgreSQL the id's
+    row is locked first: processes reading a copy at once (READ COMMITTED) each named it, the
+    last one's id kept, and the others held one the ledger did not have. (SQLite's write
+    transaction has the file to itself.)"""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_LOCK_IDENTITY, {"key": IDENTITY})
     found = get_meta(conn, IDENTITY)
     placed = get_meta(conn, PLACE)
     if found is not None and placed not in (None, place):

@@ -153,3 +153,30 @@ def test_a_copy_restored_into_another_schema_of_the_database_is_another_ledger(
     assert copied not in (None, named)
     assert Ledger(in_schema("meter_old")).identity() == named
     assert Ledger(in_schema("meter")).identity() == copied
+
+
+def test_processes_reading_a_pg_restored_copy_at_once_name_it_once(
+    pg_server: str | None, pg_original: str, tmp_path: Path
+) -> None:
+    """Gateways started together on a restored copy each found it another's and named it; on
+    PostgreSQL (READ COMMITTED) each wrote its own new id, the last one kept: the others held
+    an id the ledger did not have, and their clients' calls were recorded twice."""
+    import threading
+
+    named = _named(pg_original)
+    copy = _restored_copy(pg_server, pg_original, tmp_path)
+    ledgers = [Ledger(copy) for _ in range(4)]
+    start = threading.Barrier(len(ledgers))
+    held: list[str | None] = []
+
+    def read(ledger: Ledger) -> None:
+        start.wait()
+        held.append(ledger.identity())
+
+    threads = [threading.Thread(target=read, args=(ledger,)) for ledger in ledgers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    kept = Ledger(copy).identity(make=False)
+    assert set(held) == {kept} and kept != named
