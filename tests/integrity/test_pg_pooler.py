@@ -27,21 +27,21 @@ from tests._pgbouncer import PGBOUNCER, pgbouncer
 from tests.factories import make_span
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _pgbouncer_installed() -> None:
-    if PGBOUNCER is not None:
-        return
-    if os.environ.get("OMETER_TEST_REQUIRE_PGBOUNCER"):  # CI installs it (.ci/run)
-        pytest.fail("OMETER_TEST_REQUIRE_PGBOUNCER is set but pgbouncer is not installed")
-    pytest.skip("PgBouncer is not installed (apt-get install pgbouncer)")
+def _need_pgbouncer(pg_server: str | None) -> str:
+    """The test server's URL, once PgBouncer is known to be installed (skipped if not)."""
+    if PGBOUNCER is None:
+        if os.environ.get("OMETER_TEST_REQUIRE_PGBOUNCER"):  # CI installs it (.ci/run)
+            pytest.fail("OMETER_TEST_REQUIRE_PGBOUNCER is set but pgbouncer is not installed")
+        pytest.skip("PgBouncer is not installed (apt-get install pgbouncer)")
+    if pg_server is None:
+        pytest.skip("no PostgreSQL server available")
+    return pg_server
 
 
 @pytest.fixture(scope="module", params=["session", "transaction"])
 def pooler(request: pytest.FixtureRequest, pg_server: str | None) -> Iterator[str]:
     """The test server's URL through a PgBouncer in each pool mode."""
-    if pg_server is None:
-        pytest.skip("no PostgreSQL server available")
-    with pgbouncer(pg_server, request.param) as url:
+    with pgbouncer(_need_pgbouncer(pg_server), request.param) as url:
         yield url
 
 
@@ -203,8 +203,7 @@ def test_a_pooler_that_refuses_ometers_session_settings_says_how_to_let_them_thr
 ) -> None:
     """PgBouncer as installed refuses ``options``: its bare "unsupported startup parameter"
     named neither the pooler nor what to change."""
-    assert pg_server is not None
-    with pgbouncer(pg_server, "transaction", ignore=False) as strict:
+    with pgbouncer(_need_pgbouncer(pg_server), "transaction", ignore=False) as strict:
         with pytest.raises(LedgerError) as refused:
             Ledger(_through(strict, pg_url), wait=1.0)
     assert "unsupported startup parameter: options: a connection pooler (PgBouncer, say)" in (
@@ -213,3 +212,18 @@ def test_a_pooler_that_refuses_ometers_session_settings_says_how_to_let_them_thr
     assert "ignore_startup_parameters = options), and ometer sets them in each transaction" in (
         str(refused.value)
     )
+
+
+def test_a_connection_straight_to_the_server_sets_nothing_per_transaction(pg_url: str) -> None:
+    """The server took the settings as the session began: a transaction asks nothing more of it
+    (a round trip each would slow every write for a pooler that is not there)."""
+    from sqlalchemy import event
+
+    ledger = Ledger(pg_url, wait=1.0)
+    seen: list[str] = []
+    event.listen(ledger.engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    ledger.record([make_span()])
+    with ledger.write() as conn:
+        assert conn.execute(SETTINGS).one() == ("800ms", "5s", "ISO, MDY", "postgres")
+    assert seen and not [statement for statement in seen if "set_config" in statement]
+    ledger.dispose()
