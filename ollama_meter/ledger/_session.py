@@ -20,7 +20,6 @@ it ("prepared statement does not exist"). A direct connection pays the one round
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -34,9 +33,9 @@ DROPPED = "ometer_session_settings"
 
 def settings_in(options: str) -> dict[str, str]:
     """The settings a libpq ``options`` string makes (``-c name=value``, ``-cname=value``,
-    ``--name=value``; ``\\`` escapes a space), by name as the server knows it (lower case,
-    ``_`` for ``-``); the last one wins, as on the server. Other switches are not settings."""
-    words = [w.replace("\\ ", " ") for w in re.split(r"(?<!\\) +", options.strip())]
+    ``--name=value``), by name as the server knows it (lower case, ``_`` for ``-``); the last
+    one wins, as on the server. Other switches are not settings."""
+    words = _split(options)
     found: dict[str, str] = {}
     for index, word in enumerate(words):
         if word == "-c" and index + 1 < len(words):
@@ -49,6 +48,33 @@ def settings_in(options: str) -> dict[str, str]:
         if equals and name.strip():
             found[name.strip().lower().replace("-", "_")] = value
     return found
+
+
+_SPACE = " \t\n\v\f\r"
+"""What ends a word of ``options`` for the server (C's ``isspace``)."""
+
+
+def _split(options: str) -> list[str]:
+    """``options`` in words as the server splits them (``pg_split_opts``): at white space,
+    except where a backslash escapes the next character (itself taken away)."""
+    words: list[str] = []
+    word: list[str] | None = None
+    escaped = False
+    for char in options:
+        if char in _SPACE and not escaped:
+            if word is not None:
+                words.append("".join(word))
+                word = None
+            continue
+        word = [] if word is None else word
+        if char == "\\" and not escaped:
+            escaped = True
+            continue
+        escaped = False
+        word.append(char)
+    if word is not None:
+        words.append("".join(word))
+    return words
 
 
 def url_options(url: URL) -> str:

@@ -9,12 +9,14 @@ ometer's transactions must still run under them, however the connection was made
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, strategies as st
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
 
@@ -227,3 +229,26 @@ def test_a_connection_straight_to_the_server_sets_nothing_per_transaction(pg_url
         assert conn.execute(SETTINGS).one() == ("800ms", "5s", "ISO, MDY", "postgres")
     assert seen and not [statement for statement in seen if "set_config" in statement]
     ledger.dispose()
+
+
+NAME = st.from_regex(r"[a-z][a-z_]{0,20}(\.[a-z_]{1,10})?", fullmatch=True)
+VALUE = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12)
+
+
+@given(
+    settings=st.lists(st.tuples(NAME, VALUE), max_size=5),
+    spellings=st.lists(st.sampled_from(["-c {}", "-c{}", "--{}"]), min_size=5, max_size=5),
+)
+def test_the_settings_a_url_gives_are_the_ones_each_transaction_sets(
+    settings: list[tuple[str, str]], spellings: list[str]
+) -> None:
+    """What a pooler dropped is set again from the ``options`` ometer sent: each ``-c``
+    spelling PostgreSQL takes, white space and backslashes escaped as the server reads them
+    (``pg_split_opts``), the last one winning."""
+    from ollama_meter.ledger._session import settings_in
+
+    written = " ".join(
+        spelling.format(re.sub(r"([ \t\n\v\f\r\\])", r"\\\1", f"{name}={value}"))
+        for (name, value), spelling in zip(settings, spellings, strict=False)
+    )
+    assert settings_in(written) == {name.replace("-", "_"): value for name, value in settings}
