@@ -161,22 +161,10 @@ def test_processes_reading_a_pg_restored_copy_at_once_name_it_once(
     """Gateways started together on a restored copy each found it another's and named it; on
     PostgreSQL (READ COMMITTED) each wrote its own new id, the last one kept: the others held
     an id the ledger did not have, and their clients' calls were recorded twice."""
-    import threading
+    from tests.ledger.test_identity import identities_at_once
 
     named = _named(pg_original)
     copy = _restored_copy(pg_server, pg_original, tmp_path)
-    ledgers = [Ledger(copy) for _ in range(4)]
-    start = threading.Barrier(len(ledgers))
-    held: list[str | None] = []
-
-    def read(ledger: Ledger) -> None:
-        start.wait()
-        held.append(ledger.identity())
-
-    threads = [threading.Thread(target=read, args=(ledger,)) for ledger in ledgers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    held = identities_at_once(copy)
     kept = Ledger(copy).identity(make=False)
     assert set(held) == {kept} and kept != named

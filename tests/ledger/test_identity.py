@@ -12,26 +12,31 @@ import pytest
 from ollama_meter.ledger import Ledger
 
 
+def identities_at_once(url: str, processes: int = 4) -> list[str | None]:
+    """The id each of ``processes`` ledgers on ``url`` reads, all asking at once."""
+    ledgers = [Ledger(url) for _ in range(processes)]
+    start = threading.Barrier(len(ledgers))
+    found: list[str | None] = []
+
+    def read(ledger: Ledger) -> None:
+        start.wait()
+        found.append(ledger.identity())
+
+    threads = [threading.Thread(target=read, args=(ledger,)) for ledger in ledgers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return found
+
+
 def test_every_process_on_a_ledger_reads_one_id_and_another_ledger_has_another(
     db_url: str, tmp_path: Path
 ) -> None:
     """Four writers name a new ledger at once (an insert-if-absent, on SQLite and
     PostgreSQL): all read the one id the first wrote. A reader asks without naming it."""
     assert Ledger(db_url).identity(make=False) is None
-    ledgers = [Ledger(db_url) for _ in range(4)]
-    start = threading.Barrier(len(ledgers))
-    named: list[str | None] = []
-
-    def name(ledger: Ledger) -> None:
-        start.wait()
-        named.append(ledger.identity())
-
-    threads = [threading.Thread(target=name, args=(ledger,)) for ledger in ledgers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    (one,) = set(named)
+    (one,) = set(identities_at_once(db_url))
     assert one is not None and len(one) == 32 and int(one, 16) >= 0  # 128 random bits
     assert Ledger(db_url).identity(make=False) == one
     other = Ledger(f"sqlite:///{tmp_path / 'other.db'}").identity()
