@@ -98,7 +98,7 @@ _CHECK = (
     "WHERE s.context = 'user' ORDER BY w.n"
 )
 """Each setting as the session has it, and as the ``options`` would make it (the server's own
-spelling both times: ``ISO, DMY``, ``800``); set for this transaction only, rolled back. Only
+spelling both times: ``ISO, DMY``, ``800``), set for the statement's own transaction only. Only
 what any role may set in a running session: the rest the server takes at the start or not at
 all, and a pooler cannot have dropped a difference a transaction could make up for."""
 
@@ -114,6 +114,7 @@ def hold_session_settings(engine: Engine, options: str) -> None:
     said: list[bool] = []
 
     def connect(dbapi_connection: Any, record: Any) -> None:
+        record.info.pop(DROPPED, None)  # a record reconnecting: this connection is asked anew
         autocommit, dbapi_connection.autocommit = dbapi_connection.autocommit, True
         try:  # a transaction of its own: the settings it sets end with it, in one round trip
             rows = dbapi_connection.execute(
@@ -121,7 +122,8 @@ def hold_session_settings(engine: Engine, options: str) -> None:
             ).fetchall()
         finally:
             dbapi_connection.autocommit = autocommit
-        if all(before == after for _, before, after in rows):
+        lacking = [name for name, before, after in rows if before != after]
+        if not lacking:
             return
         dbapi_connection.prepare_threshold = None
         names = [name for name, _, _ in rows]
@@ -134,7 +136,7 @@ def hold_session_settings(engine: Engine, options: str) -> None:
             log.info(
                 "the server's sessions lack the settings ometer sent as it connected (%s): a "
                 "connection pooler dropped them, so each transaction sets them",
-                ", ".join(names),
+                ", ".join(lacking),
             )
 
     def begin(conn: Connection) -> None:

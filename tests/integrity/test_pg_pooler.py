@@ -8,6 +8,7 @@ ometer's transactions must still run under them, however the connection was made
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -59,7 +60,7 @@ SETTINGS = text(
 
 
 def test_ometers_session_settings_hold_in_every_transaction_behind_the_pooler(
-    pooler: str, pg_url: str
+    pooler: str, pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Dropped by the pooler, none was in force: a lock another session held made a write wait
     until the deadline on every answer took the server for frozen, a process stopped inside a
@@ -70,12 +71,19 @@ def test_ometers_session_settings_hold_in_every_transaction_behind_the_pooler(
         conn.execute(text(f"ALTER DATABASE {name} SET DateStyle = 'German, DMY'"))
         conn.execute(text(f"ALTER DATABASE {name} SET IntervalStyle = 'sql_standard'"))
     admin.dispose()
+    caplog.set_level(logging.INFO, "ollama_meter.ledger")
     ledger = Ledger(_through(pooler, pg_url), wait=1.0)
     for _ in range(3):  # each transaction, on whichever server session the pooler lends
         assert ledger.record([make_span()]) != {}
         with ledger.write() as conn:
             assert conn.execute(SETTINGS).one() == ("800ms", "5s", "ISO, DMY", "postgres")
     assert ledger.count() == 3
+    said = [r.getMessage() for r in caplog.records if "pooler" in r.getMessage()]
+    assert said == [
+        "the server's sessions lack the settings ometer sent as it connected (lock_timeout, "
+        "idle_in_transaction_session_timeout, DateStyle, IntervalStyle): a connection pooler "
+        "dropped them, so each transaction sets them"
+    ]
     ledger.dispose()
 
 
