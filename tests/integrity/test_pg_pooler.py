@@ -13,7 +13,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -28,6 +28,7 @@ from ollama_meter.ledger._rollup import REBUILD_LOCK
 from ollama_meter.records import Stored
 from tests._pgbouncer import PGBOUNCER, pgbouncer
 from tests.factories import make_span
+from tests.integrity.test_pg_locked import MIGRATION_LOCK
 
 
 def _need_pgbouncer(pg_server: str | None) -> str:
@@ -105,6 +106,27 @@ def test_a_lock_another_session_holds_ends_the_wait_with_the_servers_answer(
     ledger.dispose()
 
 
+def _waited(work: Callable[[], object], holder: Connection) -> tuple[float, list[object]]:
+    """Seconds ``work`` waited (up to 10: then ``holder``'s locks are let go), and what it gave
+    or raised."""
+    ended: list[object] = []
+
+    def run() -> None:
+        try:
+            ended.append(work())
+        except Exception as exc:
+            ended.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(10)
+    waited = time.monotonic() - started
+    holder.rollback()  # frees a worker still waiting
+    worker.join(10)
+    return waited, ended
+
+
 def test_bulk_work_behind_the_pooler_gives_up_on_a_held_lock(
     pooler: str, pg_url: str, holder: Connection
 ) -> None:
@@ -113,22 +135,27 @@ def test_bulk_work_behind_the_pooler_gives_up_on_a_held_lock(
     ledger = Ledger(_through(pooler, pg_url), wait=1.0)
     holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REBUILD_LOCK})
     span = make_span()
-    stored: dict[str, Stored] = {}
 
-    def bulk() -> None:
+    def bulk() -> dict[str, Stored]:
         with unbounded():
-            stored.update(ledger.record([span]))
+            return ledger.record([span])
 
-    worker = threading.Thread(target=bulk, daemon=True)
-    started = time.monotonic()
-    worker.start()
-    worker.join(10)
-    waited = time.monotonic() - started
-    holder.rollback()  # frees a worker still waiting
-    worker.join(10)
+    waited, ended = _waited(bulk, holder)
     assert waited < 5, f"the write waited {waited:.1f} s for the lock"
-    assert stored == {span.id: Stored.SPOOLED}
+    assert ended == [{span.id: Stored.SPOOLED}]
     ledger.dispose()
+
+
+def test_opening_a_ledger_another_process_migrates_behind_the_pooler_fails_after_the_wait(
+    pooler: str, pg_url: str, holder: Connection
+) -> None:
+    """Every command opens the ledger, migrating it under the lock every ometer takes for that
+    (``ometer db upgrade`` on a big ledger holds it long): behind the pooler it waited for ever."""
+    holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+    waited, ended = _waited(lambda: Ledger(_through(pooler, pg_url), wait=1.0), holder)
+    assert waited < 5, f"opening the ledger waited {waited:.1f} s for the lock"
+    assert len(ended) == 1 and isinstance(ended[0], LedgerError), ended
+    assert "due to lock timeout: another process held it for longer than 0.8 s" in str(ended[0])
 
 
 def test_a_urls_own_search_path_holds_behind_the_pooler(pooler: str, pg_url: str) -> None:
