@@ -62,6 +62,17 @@ def create_database(conn: Connection, name: str, template: str | None = None) ->
     conn.execute(text(f'CREATE DATABASE "{name}"{copied}'))
 
 
+def run_client(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
+    """A PostgreSQL client program (``pg_dump``, ``pg_restore``) from the machine's install,
+    run; None when the machine has none."""
+    program = _bin(argv[0])
+    if program is None:
+        return None
+    return subprocess.run(
+        [program, *argv[1:]], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

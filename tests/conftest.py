@@ -79,6 +79,7 @@ _KEEP = frozenset(
     {
         "OMETER_TEST_PG_URL",
         "OMETER_TEST_REQUIRE_PG",
+        "OMETER_TEST_REQUIRE_PGBOUNCER",
         "OMETER_TEST_REQUIRE_BROWSER",
         "OMETER_TEST_SCREENSHOTS",
     }

@@ -223,9 +223,10 @@ def not_there(said: str) -> str | None:
     if "unsupported startup parameter" in said:
         return (
             "a connection pooler (PgBouncer, say) answers at that address and refuses the "
-            "session settings ometer sends (its lock and idle timeouts, ISO dates); point "
-            "OMETER_DB_URL at PostgreSQL itself, or have the pooler drop them (PgBouncer: "
-            "ignore_startup_parameters = options), and the server's own settings apply"
+            "session settings ometer sends as it connects (its lock and idle timeouts, ISO "
+            "dates); have the pooler drop them (PgBouncer: ignore_startup_parameters = "
+            "options), and ometer sets them in each transaction, or point OMETER_DB_URL at "
+            "PostgreSQL itself"
         )
     return None
 

@@ -42,6 +42,7 @@ from ollama_meter.ledger._beside import (
 from ollama_meter.ledger._deadline import bounded_connect, in_bulk
 from ollama_meter.ledger._migrate import numbered_as_ours
 from ollama_meter.ledger._mounts import warn_network
+from ollama_meter.ledger._session import hold_session_settings, session_options
 
 DEFAULT_WAIT = 5.0
 """Seconds a ledger operation waits for a busy database (``OMETER_LEDGER_WAIT``)."""
@@ -280,15 +281,6 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
 
-def _session_options(url: URL, ours: str) -> str:
-    """``ours`` and then the URL's own ``options`` (``-csearch_path=meter`` puts the ledger
-    in a schema): connect arguments replace the URL's, which were silently dropped. The
-    URL's come last, so a setting it names itself wins."""
-    given = url.query.get("options")
-    given = " ".join(given) if isinstance(given, tuple) else given
-    return f"{ours} {given}" if given else ours
-
-
 READ_ONLY = "25006"
 """PostgreSQL's SQLSTATE for a write in a read-only transaction (a standby, a read-only role)."""
 
@@ -411,7 +403,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
                 # one. UTF-8 on our side whatever PGCLIENTENCODING says; the server converts.
                 "client_encoding": "UTF8",
                 "connect_timeout": connect_seconds(wait),
-                "options": _session_options(
+                "options": session_options(
                     parsed,
                     f"-c lock_timeout={max(int(lock_seconds(wait) * 1000), 1)} "
                     f"-c idle_in_transaction_session_timeout={int(idle_seconds(wait) * 1000)} "
@@ -434,6 +426,7 @@ def create_ledger_engine(url: str | URL, *, wait: float = DEFAULT_WAIT) -> Engin
         event.listen(engine, "connect", _sqlite_connector(millis, path))
         event.listen(engine, "begin", _sqlite_begin)
     if bounded:
+        hold_session_settings(engine, options["connect_args"]["options"])
         connect = bounded_connect(wait)
 
         def do_connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:

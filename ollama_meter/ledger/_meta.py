@@ -46,6 +46,7 @@ _UPSERT = text(
     'ON CONFLICT ("key") DO UPDATE SET "value" = excluded."value"'
 )
 """SQLite and PostgreSQL spell it alike."""
+_LOCK_IDENTITY = text(f'SELECT "value" FROM {META.name} WHERE "key" = :key FOR UPDATE')
 _ADD = text(
     f'INSERT INTO {META.name} ("key", "value") VALUES (:key, :value) ON CONFLICT ("key") DO NOTHING'
 )
@@ -70,22 +71,53 @@ def ledger_identity(conn: Connection, *, make: bool) -> str | None:
 
 
 def identity_place(conn: Connection) -> str | None:
-    """The inode the ledger's id was placed in (:func:`placed_identity`); None: not placed."""
+    """The place the ledger's id was placed in (:func:`placed_identity`); None: not placed."""
     return get_meta(conn, PLACE)
 
 
 PLACE = "ledger_file"
-"""The inode of the SQLite file the ledger's id was made in (or first read in)."""
+"""Where the ledger's id was made (or first read): the inode of its SQLite file, or its
+PostgreSQL database's :func:`database_place`."""
+
+_DATABASE = text(
+    "SELECT d.oid::text, (SELECT c.relnamespace::text FROM pg_catalog.pg_class AS c "
+    f"WHERE c.oid = to_regclass('{META.name}')), "
+    "has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE') "
+    "FROM pg_catalog.pg_database AS d WHERE d.datname = current_database()"
+)
+_CLUSTER = text("SELECT system_identifier::text FROM pg_catalog.pg_control_system()")
+
+
+def database_place(conn: Connection) -> str | None:
+    """Where in PostgreSQL the ledger is, as no copy of it is: its server's system identifier
+    (made by ``initdb``, kept by its standbys), its database's OID and its schema's.
+
+    ``pg_dump`` and ``pg_restore`` into another database (or ``CREATE DATABASE ... TEMPLATE``)
+    give another database OID; into another server's, whose first database has the same OID as
+    often as not, another system identifier; into another schema of the same database, another
+    schema OID. Renaming the database or the schema, a failover to a standby, a restart keep
+    all three. None where the role may not read the system identifier (some hosted servers):
+    the id is then kept wherever it is, as before."""
+    database, schema, readable = conn.execute(_DATABASE).one()
+    if not readable:
+        return None
+    return f"{conn.execute(_CLUSTER).scalar_one()}/{database}/{schema}"
 
 
 def placed_identity(conn: Connection, place: str) -> str | None:
-    """The ledger's id, for a SQLite file whose inode is ``place`` (a write transaction).
+    """The ledger's id, for a SQLite file whose inode is ``place``, or a PostgreSQL database
+    whose :func:`database_place` it is (a write transaction).
 
-    ``cp`` copies ``ledger_meta`` with the rest: a copy (another file, another inode) had the
-    original's id, so an ometer client on the copy took a gateway's answer on the original
-    for its own ledger's and wrote no span of the call in the copy. A copy is named anew here,
+    ``cp`` and ``pg_dump`` copy ``ledger_meta`` with the rest: a copy (another file, another
+    database) had the original's id, so an ometer client on the copy took a gateway's answer
+    on the original for its own ledger's and wrote no span of the call in the copy. A copy is named anew here,
     once (the first process to read it), and the id noted as the copy's own; a ledger named
-    before ids were placed takes the file it is read in now as its own."""
+    before ids were placed takes the file it is read in now as its own. On PostgreSQL the id's
+    row is locked first: processes reading a copy at once (READ COMMITTED) each named it, the
+    last one's id kept, and the others held one the ledger did not have. (SQLite's write
+    transaction has the file to itself.)"""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_LOCK_IDENTITY, {"key": IDENTITY})
     found = get_meta(conn, IDENTITY)
     placed = get_meta(conn, PLACE)
     if found is not None and placed not in (None, place):

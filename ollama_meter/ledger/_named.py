@@ -1,4 +1,5 @@
-"""A ledger's own id as a process holds it: read once, named anew with a new file at the path.
+"""A ledger's own id as a process holds it: read once, named anew with a new file at the path,
+and in a copy (another file, another PostgreSQL database).
 
 The id itself (random, in ``ledger_meta``) is ``_meta.ledger_identity``'s; this keeps the
 process's copy of it true to the file the process writes to now.
@@ -7,6 +8,8 @@ process's copy of it true to the file the process writes to now.
 from __future__ import annotations
 
 import contextlib
+
+from sqlalchemy import Connection
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import _meta
@@ -23,8 +26,8 @@ class Named(Database):
         """This ledger's id (``_meta.ledger_identity``), read once; ``make``: made if it has none."""
         if self._identity is not None:
             return self._identity
-        place = self._place()
         with self.read() as conn:
+            place = self._place(conn)
             found = _meta.ledger_identity(conn, make=False)
             placed = None if found is None else _meta.identity_place(conn)
         if found is not None and place is not None and placed != place:
@@ -36,9 +39,12 @@ class Named(Database):
                 self._identity = found if place is None else _meta.placed_identity(conn, place)
         return self._identity
 
-    def _place(self) -> str | None:
-        """The inode of the ledger's SQLite file (None: not a file, or not there yet)."""
-        found = None if self._file is None else file_id(self._file)
+    def _place(self, conn: Connection) -> str | None:
+        """Where the ledger is, as a copy of it cannot be: the inode of its SQLite file, or its
+        PostgreSQL database's (``_meta.database_place``). None: not a file, or not known."""
+        if self._file is None:
+            return None if self._sqlite else _meta.database_place(conn)
+        found = file_id(self._file)
         return None if found is None else str(found[1])
 
     def _placed(self, place: str, *, trusted: str | None) -> str | None:

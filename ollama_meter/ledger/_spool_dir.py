@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
@@ -16,6 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from ollama_meter._paths import default_data_dir, resolved
 from ollama_meter.ledger._beside import make_folder
 from ollama_meter.ledger._engine import sqlite_path
+from ollama_meter.ledger._session import settings_in, url_options
 
 log = logging.getLogger("ollama_meter.ledger")
 
@@ -131,23 +131,4 @@ def _bring_files(old: Path, folder: Path) -> None:
 
 def search_path_in(url: URL) -> str | None:
     """The ``search_path`` a server URL's ``?options=`` sets, None when it sets none."""
-    given = url.query.get("options")
-    return _search_path(" ".join(given) if isinstance(given, tuple) else given or "")
-
-
-def _search_path(options: str) -> str | None:
-    """The ``search_path`` a libpq ``options`` string sets (``-c search_path=x``,
-    ``-csearch_path=x``, ``--search-path=x``; the last one wins, as on the server)."""
-    words = [w.replace("\\ ", " ") for w in re.split(r"(?<!\\) +", options.strip())]
-    found = None
-    for index, word in enumerate(words):
-        if word == "-c" and index + 1 < len(words):
-            setting = words[index + 1]
-        elif word.startswith(("-c", "--")) and len(word) > 2:
-            setting = word[2:]
-        else:
-            continue
-        name, equals, value = setting.partition("=")
-        if equals and name.strip().lower().replace("-", "_") == "search_path":
-            found = value
-    return found
+    return settings_in(url_options(url)).get("search_path")

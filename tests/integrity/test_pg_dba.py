@@ -265,8 +265,8 @@ def test_a_pooler_that_refuses_ometers_session_settings_is_named() -> None:
     database.dispose()
     assert (
         "unsupported startup parameter: options: a connection pooler (PgBouncer, say) answers "
-        "at that address and refuses the session settings ometer sends (its lock and idle "
-        "timeouts, ISO dates); point OMETER_DB_URL at PostgreSQL itself, or have the pooler "
-        "drop them (PgBouncer: ignore_startup_parameters = options), and the server's own "
-        "settings apply"
+        "at that address and refuses the session settings ometer sends as it connects (its "
+        "lock and idle timeouts, ISO dates); have the pooler drop them (PgBouncer: "
+        "ignore_startup_parameters = options), and ometer sets them in each transaction, or "
+        "point OMETER_DB_URL at PostgreSQL itself"
     ) in said

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from ollama_meter.errors import LedgerError
@@ -22,25 +22,6 @@ from tests.factories import make_span
 
 MIGRATION_LOCK = 0x6F6D6574
 """The advisory lock every ometer process takes to make or migrate a ledger."""
-
-
-@pytest.fixture
-def pg_url(pg_server: str | None) -> str:
-    if pg_server is None:
-        pytest.skip("no PostgreSQL server available")
-    from tests.conftest import _fresh_pg_database
-
-    return _fresh_pg_database(pg_server)
-
-
-@pytest.fixture
-def holder(pg_url: str) -> Iterator[Connection]:
-    """Another session on the ledger's database, in a transaction the test ends."""
-    engine = create_engine(pg_url)
-    with engine.connect() as conn:
-        yield conn
-        conn.rollback()
-    engine.dispose()
 
 
 def _waits_for(ledger: Ledger, lock: str) -> list[str]:

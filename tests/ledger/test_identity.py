@@ -7,7 +7,27 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ollama_meter.ledger import Ledger
+
+
+def identities_at_once(url: str, processes: int = 4) -> list[str | None]:
+    """The id each of ``processes`` ledgers on ``url`` reads, all asking at once."""
+    ledgers = [Ledger(url) for _ in range(processes)]
+    start = threading.Barrier(len(ledgers))
+    found: list[str | None] = []
+
+    def read(ledger: Ledger) -> None:
+        start.wait()
+        found.append(ledger.identity())
+
+    threads = [threading.Thread(target=read, args=(ledger,)) for ledger in ledgers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return found
 
 
 def test_every_process_on_a_ledger_reads_one_id_and_another_ledger_has_another(
@@ -16,20 +36,7 @@ def test_every_process_on_a_ledger_reads_one_id_and_another_ledger_has_another(
     """Four writers name a new ledger at once (an insert-if-absent, on SQLite and
     PostgreSQL): all read the one id the first wrote. A reader asks without naming it."""
     assert Ledger(db_url).identity(make=False) is None
-    ledgers = [Ledger(db_url) for _ in range(4)]
-    start = threading.Barrier(len(ledgers))
-    named: list[str | None] = []
-
-    def name(ledger: Ledger) -> None:
-        start.wait()
-        named.append(ledger.identity())
-
-    threads = [threading.Thread(target=name, args=(ledger,)) for ledger in ledgers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    (one,) = set(named)
+    (one,) = set(identities_at_once(db_url))
     assert one is not None and len(one) == 32 and int(one, 16) >= 0  # 128 random bits
     assert Ledger(db_url).identity(make=False) == one
     other = Ledger(f"sqlite:///{tmp_path / 'other.db'}").identity()
@@ -91,3 +98,39 @@ def test_ometer_db_upgrade_names_the_ledger(cli: Any, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'l.db'}"
     assert cli("db", "upgrade", "--db", url).code == 0
     assert Ledger(url).identity(make=False) is not None
+
+
+def test_a_role_that_may_not_read_the_servers_identifier_places_no_pg_ledger(
+    db_url: str,
+) -> None:
+    """A hosted server may keep ``pg_control_system()`` from its users: the ledger is then
+    placed nowhere (its id kept wherever it is, as before copies were told apart), rather
+    than each open failing, or a superuser and such a role placing it apart and renaming it
+    in turn."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from ollama_meter.ledger._meta import database_place
+
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a SQLite ledger is placed by its file (tests/gateway/test_copied_ledger.py)")
+    assert Ledger(db_url).identity() is not None
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    owner = create_engine(db_url, isolation_level="AUTOCOMMIT")
+    with owner.connect() as conn:
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        placed = database_place(conn)
+        conn.execute(text("REVOKE EXECUTE ON FUNCTION pg_catalog.pg_control_system() FROM PUBLIC"))
+    assert placed is not None and all(part.isdigit() for part in placed.split("/"))
+    lowly = create_engine(make_url(db_url).set(username=role))
+    try:
+        with lowly.connect() as conn:
+            assert database_place(conn) is None
+    finally:
+        lowly.dispose()
+        with owner.connect() as conn:
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
+        owner.dispose()

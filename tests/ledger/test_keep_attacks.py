@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, make_url, text
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger, backup, close_ledgers, export_lines, prune
-from tests._pg import _bin
+from tests._pg import run_client
 from tests.ledger.test_transfer import NOW, _spans
 
 ENDS = ["-wal", "-shm", "-journal"]
@@ -162,12 +162,10 @@ def test_a_file_to_write_that_is_links_in_a_loop_is_one_line_and_left_as_it_is(
 
 def _pg_run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     """A PostgreSQL client program (``pg_dump``, ``pg_restore``) from the machine's install."""
-    program = _bin(argv[0])
-    if program is None:
+    done = run_client(argv)
+    if done is None:
         pytest.skip(f"no {argv[0]} on this machine")
-    return subprocess.run(
-        [program, *argv[1:]], capture_output=True, text=True, timeout=120, check=False
-    )
+    return done
 
 
 def test_the_pg_dump_command_backs_up_a_ledger_in_a_schema_of_its_own_and_only_it(
