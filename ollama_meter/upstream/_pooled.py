@@ -35,7 +35,7 @@ from ollama_meter.upstream._classify import (
     retry_after_seconds,
     transport_error,
 )
-from ollama_meter.upstream._delivered import TRACE, sending_body
+from ollama_meter.upstream._delivered import answered, sending_body
 from ollama_meter.upstream._frames import MAX_FRAME_BYTES, Frames
 from ollama_meter.upstream._kept import Connections, sending, stale
 from ollama_meter.upstream._recorded import LEDGER_HEADER, REFUSED_HEADER, SPAN_HEADER
@@ -109,7 +109,6 @@ class PooledUpstream(Resilient):
                 # No cookie kept: one an answer set (a proxy's session in front of Ollama)
                 # went with every later call to that server, whoever made it.
                 cookie_jar=aiohttp.DummyCookieJar(),
-                trace_configs=[TRACE],
             )
         return self._session
 
@@ -181,27 +180,29 @@ class PooledUpstream(Resilient):
             aiohttp.ClientSession.request,
             method=method,
             url=url,
-            data=body,
             headers=headers,
             allow_redirects=False,
             timeout=limits,
         )
         sending()
-        sending_body(body)
         try:
-            return await request(self.session)
+            response = await request(self.session, data=sending_body(body))
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             if not stale(exc, body):
                 raise
+        else:
+            answered(response.status)
+            return response
         if self._once is None:  # a connection of its own, never kept: the pool's may be as old
             self._once = aiohttp.ClientSession(
                 timeout=self._timeout,
                 connector=aiohttp.TCPConnector(force_close=True),
                 cookie_jar=aiohttp.DummyCookieJar(),
-                trace_configs=[TRACE],
             )
-        sending_body(body)  # the lost one's bytes reached no one
-        return await request(self._once)
+        # The lost one's bytes reached no one: the body is noted again, as this one sends it.
+        response = await request(self._once, data=sending_body(body))
+        answered(response.status)
+        return response
 
     async def send(
         self,
