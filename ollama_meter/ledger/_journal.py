@@ -15,7 +15,9 @@ whose end is unknown. A line that says no call
 quarantine for a human, never dropped unsaid; a field a later version notes is left out.
 
 Cost: two small appends per call, no fsync (a crash of the process loses
-nothing; only a power cut could, and the ledger's own WAL is as exposed).
+nothing; only a power cut could, and the ledger's own WAL is as exposed). Lines are
+made by msgspec's encoder, loaded with the first (the standard library's took five times as
+long, about 2% of a gateway's call), and read back by ``json``.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +49,6 @@ _OPEN_FIELDS = (
 )  # fmt: skip
 """What is known of a call when it opens: enough to charge an interrupted span to its caller."""
 """A journal is rewritten with only its open calls once it grows past this."""
-_FINISHED = json.JSONEncoder(ensure_ascii=True, default=str)
-"""Made once: ``json.dumps`` with ``default`` makes an encoder each time."""
 _NOTED_ALWAYS = tuple(name for name in _OPEN_FIELDS if name not in ("user", "tags"))
 _PLACEHOLDERS: dict[str, Any] = dict.fromkeys(_NOTED_ALWAYS)
 _UNKNOWN_YET = {
@@ -56,6 +57,24 @@ _UNKNOWN_YET = {
     if name not in _OPEN_FIELDS
 }
 """The columns of a span nothing is known of yet but what its call's opening noted."""
+
+_ASCII = json.JSONEncoder(ensure_ascii=True, default=str)
+"""For what msgspec cannot write (a text UTF-8 cannot encode, which storable spans hold none of)."""
+
+
+@cache
+def _encoder() -> Callable[[Any], bytes]:
+    import msgspec  # loaded with the first call's line: ``ometer log`` and the like write none
+
+    return msgspec.json.Encoder(enc_hook=str).encode
+
+
+def _line(entry: dict[str, Any]) -> bytes:
+    """``entry`` as one line of the journal (JSON, as ``json`` reads it)."""
+    try:
+        return _encoder()(entry) + b"\n"
+    except Exception:  # a text UTF-8 cannot encode, a hook's own failure: escaped
+        return _ASCII.encode(entry).encode() + b"\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +128,7 @@ class Journal:
         if leases:
             entry["l"] = list(leases)
         with self._lock:
-            self._note(span.id, json.dumps(entry, ensure_ascii=True).encode() + b"\n")
+            self._note(span.id, _line(entry))
 
     def noted(self, span_id: str) -> bool:
         """Whether the call ``span_id`` was noted here as opened and not yet closed."""
@@ -118,9 +137,9 @@ class Journal:
     def finished(self, span: SpanRecord) -> bool:
         """Note a call's whole span before its commit (the gateway answers first); False
         when it could not be written (then commit the span before answering)."""
-        line = _FINISHED.encode({"f": span_json(span)}).encode()
+        line = _line({"f": span_json(span)})
         with self._lock:  # a call never opened here: nothing would recover it
-            return span.id in self._open and self._note(span.id, line + b"\n")
+            return span.id in self._open and self._note(span.id, line)
 
     def _note(self, span_id: str, line: bytes) -> bool:
         """Append ``line``, the one a rotation keeps of the open call ``span_id`` (lock held);

@@ -13,7 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger, SpanFilter
 from ollama_meter.ledger._journal import _OPEN_FIELDS
@@ -151,3 +151,36 @@ def test_what_is_not_a_journal_is_left_alone_unread(sqlite_url: str, kind: str) 
     assert recover_interrupted(ledger, _no_prices) == 1
     assert [s.id for s in ledger.latest(SpanFilter(), 5)] == [good["o"]["id"]]
     assert os.path.lexists(odd) and Path("/dev/zero").exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=hostile_text)
+@example(text="lone \ud800 surrogate, NUL \x00, été 🌙")
+def test_a_calls_own_lines_are_read_back_as_written_whatever_its_texts(
+    tmp_path_factory: pytest.TempPathFactory, text: str
+) -> None:
+    """The journal's lines say the call as it was, read back as a dead process's; a text
+    UTF-8 cannot encode (a lone surrogate, which a storable span never holds) is still
+    written, escaped."""
+    from ollama_meter.ledger._journal import Journal, _open_calls
+    from ollama_meter.records._span import make_storable
+
+    journal = Journal(tmp_path_factory.mktemp("journal"))
+    opened = make_span(tags={"job": "nuit 🌙"})
+    journal.opened(opened, 11, ("lease-1",))
+    raw = make_span(tags={"job": "nuit 🌙"}, error_message=text, reply=text)
+    raw.id = opened.id
+    assert journal.finished(raw)
+    assert journal._path is not None
+    *_, line = journal._path.read_bytes().splitlines()
+    assert json.loads(line)["f"]["reply"] == text
+    ended = make_storable(raw)
+    assert journal.finished(ended)
+    fd = os.open(journal._path, os.O_RDONLY)
+    try:
+        calls, _ = _open_calls(fd)
+    finally:
+        os.close(fd)
+    (orphan,) = calls.values()
+    assert orphan.final and orphan.leases == ("lease-1",)
+    assert orphan.span == ended
