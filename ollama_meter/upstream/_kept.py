@@ -36,6 +36,14 @@ class _Counted(ResponseHandler):
         self.received += len(data)
         super().data_received(data)
 
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        # aiohttp resumes reading after every read of a body below its low-water mark, paused
+        # or not: the parser fed nothing and the transport told to read again, each item of a
+        # stream. Not paused, there is nothing to resume: the parser holds nothing back (it
+        # stops only when paused) and the transport reads on.
+        if self._reading_paused:
+            super().resume_reading(resume_parser)
+
 
 _REUSED: contextvars.ContextVar[tuple[_Counted, int] | None] = contextvars.ContextVar(
     "ometer_reused", default=None
