@@ -94,7 +94,7 @@ class RollupDelta:
     upsert per distinct key.
     """
 
-    __slots__ = ("busy", "calls", "histograms", "quarters")
+    __slots__ = ("busy", "calls", "histograms", "quarters", "taken")
 
     def __init__(self) -> None:
         self.quarters: dict[tuple[Any, ...], list[int]] = {}
@@ -104,6 +104,8 @@ class RollupDelta:
         """(minute, host) → busy pieces; a key without pieces: the host served a call then."""
         self.calls: dict[tuple[int, str], int] = {}
         """(minute, host) → calls that started then."""
+        self.taken = False
+        """Whether a call was taken out (sign below 1): only then can a row come to nothing."""
 
     def add(self, span: SpanRecord, sign: int = 1, *, busy: bool = True) -> None:
         us = to_us(span.started_at)
@@ -121,11 +123,13 @@ class RollupDelta:
             span.error_type or "",
         )
         values = measures_of(span)
+        if sign != 1:
+            self.taken |= sign < 1
+            values = tuple(sign * v for v in values)
         current = self.quarters.get(key)
-        if current is None:
-            self.quarters[key] = [sign * v for v in values] if sign != 1 else list(values)
-        else:
-            self.quarters[key] = [a + sign * b for a, b in zip(current, values, strict=True)]
+        self.quarters[key] = (
+            list(values) if current is None else list(map(operator.add, current, values))
+        )
         slots = histogram_slots(span)
         if slots:
             self.histograms.add(quarter, (tenant, department, model), slots, sign)
@@ -144,6 +148,14 @@ class RollupDelta:
             for cell, piece in busy_pieces(span, start):
                 busy[(cell, host)].append(piece)
 
+    def _fits(self) -> bool:
+        """Whether every cube row's sums fit a 64-bit column (:data:`MOST`): a row sums some
+        of the quarter-hour cells, each once, so none is further from 0 than all of theirs
+        summed in magnitude (a third of the rows' values, summed in C, not each row's)."""
+        return all(
+            sum(map(abs, measure)) <= MOST for measure in zip(*self.quarters.values(), strict=True)
+        )
+
     def cube_rows(
         self, grains: Sequence[Grain] = tuple(Grain), zone: tzinfo | None = None
     ) -> dict[tuple[Any, ...], list[int]]:
@@ -161,6 +173,8 @@ class RollupDelta:
                 key = (level, seconds, tenant, department, ANYONE, model, currency, ANYONE, ANYONE)
                 current = rows.get(key)
                 rows[key] = values if current is None else list(map(operator.add, current, values))
+        if not self.taken:  # every row counts a call: none comes to nothing
+            return rows
         return {key: values for key, values in rows.items() if any(values)}
 
     def histogram_rows(
@@ -185,8 +199,9 @@ class RollupDelta:
         cube = self.cube_rows(tuple(Grain), zone)
         if cube:
             keys = sorted(cube)
-            run_rows(conn, statements.cube, _with_values(keys, cube))
-            _drop_emptied(conn, [key for key in keys if cube[key][_REQUESTS] < 0])
+            run_rows(conn, statements.cube, _with_values(keys, cube, fits=self._fits()))
+            if self.taken:
+                _drop_emptied(conn, [key for key in keys if cube[key][_REQUESTS] < 0])
         if self.histograms:
             write_bins(conn, statements, self.histograms.count(tuple(Grain), zone))
         if self.busy:
@@ -239,10 +254,13 @@ def within(values: Sequence[int]) -> Sequence[int]:
 
 
 def _with_values(
-    keys: Sequence[tuple[Any, ...]], rows: dict[tuple[Any, ...], list[int]]
+    keys: Sequence[tuple[Any, ...]], rows: dict[tuple[Any, ...], list[int]], *, fits: bool = False
 ) -> list[tuple[Any, ...]]:
-    """Each of ``keys`` followed by its values, as a 64-bit column takes them (:func:`within`)."""
-    values = [rows[key] for key in keys]
+    """Each of ``keys`` followed by its values, as a 64-bit column takes them (:func:`within`);
+    ``fits``: every value is known to be within 64 bits already."""
+    values = list(map(rows.__getitem__, keys))
+    if fits:
+        return list(map(operator.add, keys, map(tuple, values)))
     if values and min(map(min, values)) >= -MOST and max(map(max, values)) <= MOST:  # in C
         return list(map(operator.add, keys, map(tuple, values)))
     return [(*key, *within(counts)) for key, counts in zip(keys, values, strict=True)]

@@ -32,6 +32,7 @@ from ollama_meter.ledger._cells import (
     Grain,
     add_intervals,
     busy_interval,
+    by_grain,
     duration_bin,
     floor_cell,
     format_intervals,
@@ -49,8 +50,10 @@ from ollama_meter.ledger._rollup import (
     EACH_MODEL,
     EVERYONE,
     HISTOGRAMS,
+    MOST,
     ROLLUPS,
     RollupDelta,
+    _with_values,
 )
 from ollama_meter.ledger._timings import aggregate_histograms, busy_union
 from ollama_meter.ledger._types import from_us, to_us
@@ -777,3 +780,43 @@ def test_busy_intervals_added_a_batch_at_a_time_are_their_union(
         union = merge_intervals(seen)
         assert parse_intervals(text) == union
         assert grew == sum(b - a for a, b in union) - before
+
+
+def _cube_rows_one_by_one(delta: RollupDelta, zone: ZoneInfo) -> dict[tuple[Any, ...], list[int]]:
+    """The cube rows the plain way: each grain's cells, each for its user and again summed
+    over users, with every sum kept and no row of zeros."""
+    rows: dict[tuple[Any, ...], list[int]] = {}
+    for grain, cells in by_grain(delta.quarters, tuple(Grain), zone):
+        for (start, tenant, department, user, model, currency, *rest), values in cells.items():
+            lead = (int(grain), start // 10**6)
+            rows[(*lead, tenant, department, user, model, currency, *rest)] = values
+            key = (*lead, tenant, department, ANYONE, model, currency, ANYONE, ANYONE)
+            current = rows.get(key)
+            rows[key] = (
+                values if current is None else [a + b for a, b in zip(current, values, strict=True)]
+            )
+    return {key: values for key, values in rows.items() if any(values)}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(spans(), st.sampled_from([1, 1, 1, -1, 0, 2]), st.sampled_from([0, 0, 2**62])),
+        min_size=1,
+        max_size=30,
+    ),
+    st.sampled_from(["UTC", "Europe/Berlin", "Australia/Lord_Howe"]),
+)
+def test_a_deltas_cube_rows_are_each_cells_sums_within_64_bits(
+    added: list[tuple[SpanRecord, int, int]], zone: str
+) -> None:
+    """The rows a delta writes are each cell's sums, the overview's too, and every sum that
+    passes 64 bits is held at :data:`MOST` (or -MOST), whatever shortcut the write takes."""
+    delta = RollupDelta()
+    for span, sign, huge in added:
+        delta.add(replace(span, input_tokens=span.input_tokens + huge), sign)
+    cube = delta.cube_rows(tuple(Grain), ZoneInfo(zone))
+    assert cube == _cube_rows_one_by_one(delta, ZoneInfo(zone))
+    keys = sorted(cube)
+    written = _with_values(keys, cube, fits=delta._fits())
+    assert written == [(*key, *(min(max(v, -MOST), MOST) for v in cube[key])) for key in keys]
