@@ -1,7 +1,7 @@
 """The dashboard page stays a page with a thousand departments and five hundred models.
 
 Every chart and list draws its biggest entries and folds the rest into one "and N more",
-whose amounts are the exact sums of what it folds; the JSON keeps every row.
+whose amounts are the exact sums of what it folds; so does the JSON (test_dashboard_json_bounds).
 """
 
 from __future__ import annotations
@@ -114,6 +114,10 @@ def test_every_list_and_bar_chart_shows_its_top_and_says_how_many_more(page: str
         assert rows == TOP, heading
         assert f"and {more} more" in part, heading
     assert len(page) < 400_000  # a page, not the ledger: it was 5 MB
+    # /api/dash lists the biggest too: the command lists every one
+    assert "<code>ometer report --by model</code> lists every model" in section(
+        page, "Top models by cost"
+    )
 
 
 def test_calls_that_cost_nothing_are_not_called_no_calls(tmp_path: Path) -> None:
