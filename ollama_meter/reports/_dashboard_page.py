@@ -24,6 +24,7 @@ from ollama_meter.reports._charts import (
     LegendItem,
     bars,
     columns,
+    distinct_classes,
     gauge,
     series_class,
 )
@@ -261,8 +262,13 @@ def named(name: str, tenant: str | None) -> str:
 
 
 def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
-    colours = {key: series_class(i) for i, key in enumerate(d.department_keys)}
     departments = d.departments(currency)
+    homes = {key: i for i, key in enumerate(d.department_keys)}
+    home = [
+        homes.get((dept.name, dept.tenant), len(homes) + i) for i, dept in enumerate(departments)
+    ]
+    # The departments stacked in one chart each get their own colour; the others keep theirs.
+    stacked = distinct_classes(home[:SHOWN_SERIES])
     cost = sum(dept.cost for dept in departments)
     # Rounded together, the departments drilled into and the others as one, so what the page
     # shows of them adds up to the spend card, each within a minor unit of its exact amount.
@@ -275,7 +281,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
     for index, dept in enumerate(departments[:SHOWN_DRILLS]):
         tenant = dept.tenant if several else None
         name = named(dept.name, tenant)
-        css = colours.get((dept.name, dept.tenant), series_class(len(colours) + index))
+        css = stacked[index] if index < SHOWN_SERIES else series_class(home[index])
         anchor = f"dept-{currency}-{index}"
         by_time = {r.label(d.unit): r.cost for r in dept.days}
         if index < SHOWN_SERIES:

@@ -110,7 +110,7 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Ledger]:
     return lambda: Ledger(f"sqlite:///{folder / f'{next(made)}.db'}")
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(calls=_calls, listed=st.integers(0, 4), top=st.integers(0, 3))
 def test_every_list_adds_up_to_the_spend_whatever_is_folded(
     fresh: Callable[[], Ledger],
