@@ -63,6 +63,11 @@ tenants drew a thousand gauges (5 MB of page). Past this, the ones nearest or ov
 limit, and how many more under them (``ometer budget status`` and ``/api/dash`` list all)."""
 
 
+SHOWN_OPTIONS = 500
+"""How many names a filter lists. Past these it is a text field that takes any name and
+suggests these: every model asked for was an option (20,000 made-up names, megabytes of form)."""
+
+
 def top(rows: Sequence[_T], limit: int = TOP) -> tuple[list[_T], int]:
     """The first ``limit`` of ``rows`` (already in order), and how many more there are: what
     every list on the page shows, so no name in the ledger can make the page grow."""
@@ -449,4 +454,5 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
         timing_models=by_calls[:TOP],
         more_timing_models=len(by_calls[TOP:]),
         short=lambda x: short_label(x, d.unit),
+        shown_options=SHOWN_OPTIONS,
     )
