@@ -457,7 +457,8 @@ def test_a_right_to_left_name_cannot_move_the_numbers_beside_it(
     """A name with an unclosed right-to-left override (U+202E) drew the amount after it on its
     left (``1.23 (live) live`` for ``evil (evil)``), and into every tooltip and sentence that
     named it; a 255-character model name widened the filter form past the screen, and an
-    amount of a billion did not fit its card."""
+    amount of a billion did not fit its card. An unpriced model of 300 characters widened the
+    page to 2,820 px through the banner that names it."""
     gw = serve_on(emulator.url, sqlite_url, clock=lambda: OFFICE_NOW)
     at = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
     rtl, hebrew, long = "\u202eevil", "\u05de\u05d5\u05d3\u05dc", "m" * 255
@@ -467,8 +468,9 @@ def test_a_right_to_left_name_cannot_move_the_numbers_beside_it(
                                     request_model=hebrew, cost_total=1_234_567)),
             make_span(started_at=at, tenant="acme", department="sales", request_model=long,
                       cost_total=10**15, unpriced=False),
-            # no rule priced it: the banner names its model
+            # no rule priced them: the banner names their models, 300 characters and all
             make_span(started_at=at, tenant="acme", department="sales", request_model=hebrew),
+            make_span(started_at=at, tenant="acme", department="sales", request_model="u" * 300),
         ]
     )  # fmt: skip
     watched = open_page(
@@ -500,5 +502,5 @@ def test_a_right_to_left_name_cannot_move_the_numbers_beside_it(
     tip = f"\u2068{rtl}\u2069 (\u2068{rtl}\u2069) · 2026-11-18: 1.234567 USD"
     assert tips == [tip, tip]  # the stacked chart and the department's own
     banner = page.get_by_role("alert").text_content()
-    assert f"(models: \u2068{hebrew}\u2069)." in banner  # a model's name is a name too
+    assert f", \u2068{hebrew}\u2069)." in banner  # a model's name is a name too
     assert watched.problems == []
