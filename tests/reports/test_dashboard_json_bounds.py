@@ -8,7 +8,6 @@ list still adds up to the spend of its currency. 1,000 departments and 20,000 us
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections import defaultdict
 from collections.abc import Callable
@@ -17,8 +16,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ollama_meter.ledger import Ledger
 from ollama_meter.reports import DashQuery, dashboard_report
@@ -102,25 +100,19 @@ _calls = st.lists(
 )
 
 
-@pytest.fixture(scope="module")
-def fresh(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Ledger]:
-    """A new ledger each call (an example's own: a name is then only its calls')."""
-    folder = tmp_path_factory.mktemp("examples")
-    made = itertools.count()
-    return lambda: Ledger(f"sqlite:///{folder / f'{next(made)}.db'}")
-
-
-@settings(max_examples=20, deadline=None)
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(calls=_calls, listed=st.integers(0, 4), top=st.integers(0, 3))
 def test_every_list_adds_up_to_the_spend_whatever_is_folded(
-    fresh: Callable[[], Ledger],
+    new_url: Callable[[], str],
     calls: list[tuple[str, str, str, str, str, int, int, bool]],
     listed: int,
     top: int,
 ) -> None:
     """Names that differ by case or by Unicode normalisation, direction marks, zero-width
     characters, markup, 300 characters: each name its own row, each list adding up."""
-    ledger = fresh()
+    ledger = Ledger(new_url())
     ledger.record(
         [
             make_span(

@@ -8,26 +8,17 @@ them apart (1,000 departments: four of the ten biggest in one purple).
 
 from __future__ import annotations
 
-import itertools
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import example, given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from ollama_meter.ledger import Ledger
-from ollama_meter.periods import parse_period
-from ollama_meter.reports import (
-    DashQuery,
-    Links,
-    dashboard_report,
-    render_dashboard,
-    render_spend_html,
-    spend_report,
-)
-from tests.factories import OFFICE_NOW, make_span
+from ollama_meter.reports._charts import PALETTE_SIZE, distinct_classes, series_class
+from tests.factories import make_span
+from tests.reports.test_html_names import page_and_file
 
 UTC_ZONE = ZoneInfo("UTC")
 
@@ -50,20 +41,27 @@ def mark_colours(page: str, heading: str) -> dict[str, set[str]]:
     return drawn
 
 
-@pytest.fixture(scope="module")
-def fresh(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Ledger]:
-    folder = tmp_path_factory.mktemp("colours")
-    made = itertools.count()
-    return lambda: Ledger(f"sqlite:///{folder / f'{next(made)}.db'}")
+@given(homes=st.lists(st.integers(0, 10**4), max_size=PALETTE_SIZE))
+def test_series_drawn_together_keep_their_own_colour_or_take_a_free_one(homes: list[int]) -> None:
+    classes = distinct_classes(homes)
+    assert len(set(classes)) == len(homes)
+    for at, home in enumerate(homes):
+        if series_class(home) not in classes[:at]:
+            assert classes[at] == series_class(home)  # its own colour, when no bigger one has it
 
 
-@settings(max_examples=12, deadline=None)
-@given(costs=st.lists(st.integers(1, 10**9), min_size=1, max_size=30))
-@example(costs=[10**6 * (1 + (n in (0, 10))) for n in range(14)])  # dept00 and dept10 the biggest
+@pytest.mark.parametrize(
+    "costs",
+    [
+        [10**6 * (1 + (n in (0, 10))) for n in range(14)],  # dept00 and dept10 the biggest
+        [(n * 7919) % 1000 + 1 for n in range(30)],
+        [5],
+    ],
+)
 def test_the_departments_drawn_together_each_have_their_own_colour(
-    fresh: Callable[[], Ledger], costs: list[int]
+    sqlite_url: str, costs: list[int]
 ) -> None:
-    ledger = fresh()
+    ledger = Ledger(sqlite_url)
     at = datetime(2026, 11, 18, 10, tzinfo=UTC)
     ledger.record(
         [
@@ -71,11 +69,7 @@ def test_the_departments_drawn_together_each_have_their_own_colour(
             for n, cost in enumerate(costs)
         ]
     )
-    dash = dashboard_report(ledger, DashQuery(), tz=UTC_ZONE, now=OFFICE_NOW)
-    page = render_dashboard(dash, links=Links("/dashboard", {}), zone="UTC")
-    window = parse_period("2026-11", tz=UTC_ZONE, now=OFFICE_NOW)
-    report = spend_report(ledger, window, ["department", "day"], tz=UTC_ZONE)
-    html = render_spend_html(report, tz=UTC_ZONE, zone="UTC", generated=OFFICE_NOW, title="t")
+    page, html = page_and_file(ledger, "department")
     for text, heading in ((page, "<h2>Spend per department per day"), (html, "Spend per day")):
         colours = legend_colours(text, heading)
         assert len(colours) == min(len(costs), 10)
