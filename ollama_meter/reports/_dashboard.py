@@ -335,7 +335,10 @@ def change(now: int, before: int) -> Decimal | None:
 
 
 def budget_share(status: BudgetStatus) -> Decimal:
-    return share(status.spent, status.budget.limit) or Decimal(0)
+    """The share of its limit a budget spent, one decimal (a limit is never 0: 0.0 for none,
+    which ``or`` would have taken for no share at all)."""
+    used = share(status.spent, status.budget.limit)
+    return Decimal("0.0") if used is None else used
 
 
 def dashboard_report(
