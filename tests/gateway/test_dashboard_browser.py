@@ -30,6 +30,7 @@ from ollama_meter.reports._html import money
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import OFFICE_NOW, make_span, office_spans
 from tests.gateway.conftest import Gateway
+from tests.reports.test_html_names import page_and_file
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -504,3 +505,29 @@ def test_a_right_to_left_name_cannot_move_the_numbers_beside_it(
     banner = page.get_by_role("alert").text_content()
     assert f", \u2068{hebrew}\u2069)." in banner  # a model's name is a name too
     assert watched.problems == []
+
+
+def test_no_name_widens_the_page_or_the_file(browser: Any, sqlite_url: str, tmp_path: Path) -> None:
+    """Names of one unbroken word as long as they come (a model of 300 characters, a
+    department of 64, a user of 128), in the dashboard and the HTML file by model, on a
+    screen and a phone: the file's legend drew a 300-character model on one line, 2,413 px
+    wide at 1280."""
+    at = datetime(2026, 11, 18, 10, tzinfo=UTC)
+    ledger = Ledger(sqlite_url)
+    ledger.record(
+        [
+            make_span(started_at=at, department="d" * 64, user="u" * 128,
+                      request_model=f"{n}{'m' * 299}", cost_total=10**6 * n, unpriced=n == 0)
+            for n in range(3)
+        ]
+    )  # fmt: skip
+    for name, html in zip(("page", "file"), page_and_file(ledger, "model"), strict=True):
+        path = tmp_path / f"{name}.html"
+        path.write_text(html)
+        for width in (1280, 390):
+            watched = open_page(
+                browser, path.as_uri(), "file:", viewport={"width": width, "height": 900}
+            )
+            wide = watched.page.evaluate("document.documentElement.scrollWidth")
+            assert (name, wide) == (name, width)
+            watched.page.context.close()
