@@ -2,7 +2,8 @@
 
 Built from a :class:`~ollama_meter.reports._dashboard.Dashboard` (the numbers)
 and rendered with the HTML module's templates and filters, with the timing charts of
-:mod:`._dashboard_timing`; the page loads nothing from anywhere (see :mod:`._html`).
+:mod:`._dashboard_timing` and the gauges of :mod:`._dashboard_budgets`; the page loads nothing
+from anywhere (see :mod:`._html`).
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ from typing import TypeVar
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from ollama_meter.budgets import BudgetStatus
 from ollama_meter.records import format_micros
 from ollama_meter.reports._charts import (
     WIDE,
     Chart,
-    Gauge,
     LegendItem,
     bars,
     columns,
     distinct_classes,
-    gauge,
     series_class,
 )
 from ollama_meter.reports._dashboard import (
@@ -33,10 +31,10 @@ from ollama_meter.reports._dashboard import (
     TOP,
     Dashboard,
     DepartmentDrill,
-    budget_share,
     change,
     share,
 )
+from ollama_meter.reports._dashboard_budgets import budget_panels
 from ollama_meter.reports._dashboard_timing import timing_charts
 from ollama_meter.reports._html import (
     SHOWN_SERIES,
@@ -57,10 +55,6 @@ SHOWN_DRILLS = 25
 """How many departments (the biggest) get a drill-down panel on the page; the others are one
 line that points at the Department filter, which gives any of them its panel."""
 _T = TypeVar("_T")
-SHOWN_BUDGETS = 25
-"""How many budget gauges the page draws: a ``*`` budget has one per tenant, so a thousand
-tenants drew a thousand gauges (5 MB of page). Past this, the ones nearest or over their
-limit, and how many more under them (``ometer budget status`` and ``/api/dash`` list all)."""
 
 
 SHOWN_OPTIONS = 500
@@ -147,57 +141,6 @@ class CurrencyPanel:
     """``more_departments_cost`` as shown: the sum of its departments' rounded costs."""
     more_models: int = 0
     more_users: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetPanel:
-    status: BudgetStatus
-    used: Decimal
-    projected: Decimal | None
-    state: str
-    tone: str
-    note: str
-    gauge: Gauge
-
-
-_SEVERITY = {"exhausted": 3, "over": 3, "refusing": 2, "warning": 1}
-
-
-def budget_panels(statuses: Sequence[BudgetStatus]) -> tuple[list[BudgetPanel], int]:
-    """The gauges the page draws, in the ledger's order, and how many more there are: past
-    :data:`SHOWN_BUDGETS`, those over or nearest their limit (by state, then share used)."""
-    panels = [_budget_panel(status) for status in statuses]
-    if len(panels) <= SHOWN_BUDGETS:
-        return panels, 0
-    by_risk = sorted(
-        range(len(panels)),
-        key=lambda i: (-_SEVERITY.get(panels[i].state, 0), -panels[i].used, i),
-    )
-    kept = sorted(by_risk[:SHOWN_BUDGETS])
-    return [panels[i] for i in kept], len(panels) - len(kept)
-
-
-def _budget_panel(status: BudgetStatus) -> BudgetPanel:
-    used = budget_share(status)
-    projected = share(status.projected, status.budget.limit)
-    state = status.state
-    tone = {"ok": "ok", "warning": "warning"}.get(state, "over")
-    note = {
-        "exhausted": "limit reached: calls are refused",
-        "refusing": "refusing calls that may cost more than is left",
-        "over": "over the limit (soft budget: alerts only)",
-    }.get(state, "")
-    if not note and projected is not None and projected > 100:
-        note = "on pace to exceed the limit by period end"
-    return BudgetPanel(
-        status=status,
-        used=used,
-        projected=projected,
-        state=state,
-        tone=tone,
-        note=note,
-        gauge=gauge(used, projected, status.budget.thresholds),
-    )
 
 
 def _count_card(key: str, label: str, count: int, note: str, tone: str = "") -> Card:

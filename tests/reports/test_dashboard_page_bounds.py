@@ -21,7 +21,8 @@ from ollama_meter.meter import SpanRecord
 from ollama_meter.pricing import format_micros
 from ollama_meter.reports import DashQuery, Links, dashboard_report, render_dashboard
 from ollama_meter.reports._dashboard import TOP
-from ollama_meter.reports._dashboard_page import SHOWN_BUDGETS, SHOWN_DRILLS, SHOWN_OPTIONS
+from ollama_meter.reports._dashboard_budgets import SHOWN_BUDGETS
+from ollama_meter.reports._dashboard_page import SHOWN_DRILLS, SHOWN_OPTIONS
 from ollama_meter.reports._html import SHOWN_SERIES, money
 from ollama_meter.reports._shown import rounded_parts
 from tests.factories import OFFICE_NOW, make_span
