@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo
 
+from ollama_meter._urls import quoted
 from ollama_meter.errors import ValidationError
 
 TIME_UNITS = ("day", "week", "month")
@@ -108,14 +109,14 @@ def parse_period(
             first = date.fromisoformat(value + "-01")
         except ValueError:
             raise ValidationError(
-                f"{what} {text!r} is not a month of the calendar; use YYYY-MM, such as 2026-11"
+                f"{what} {quoted(text)} is not a month of the calendar; use YYYY-MM, such as 2026-11"
             ) from None
         _in_range(first, what)
         return _days(first, next_month(first), tz, value)
     if _DAY.fullmatch(value):
         day = parse_day(value, what=what)
         return _days(day, day + timedelta(days=1), tz, value)
-    raise ValidationError(f"{what} {text!r} is not one of: {choices}")
+    raise ValidationError(f"{what} {quoted(text)} is not one of: {choices}")
 
 
 def parse_day(text: str, *, what: str) -> date:
@@ -126,7 +127,7 @@ def parse_day(text: str, *, what: str) -> date:
             raise ValueError(text)
         day = date.fromisoformat(text.strip())
     except ValueError:
-        raise ValidationError(f"{what} {text!r} is not a date; use YYYY-MM-DD") from None
+        raise ValidationError(f"{what} {quoted(text)} is not a date; use YYYY-MM-DD") from None
     return _in_range(day, what)
 
 

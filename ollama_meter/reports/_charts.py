@@ -28,6 +28,23 @@ def series_class(index: int) -> str:
     return f"s{index % PALETTE_SIZE}"
 
 
+def distinct_classes(homes: Sequence[int]) -> list[str]:
+    """Palette classes for series drawn together, the biggest first: each at its home colour
+    (:func:`series_class` of ``home``, its place among the sorted names, so it keeps its colour
+    from one view to the next) unless a bigger one has it, then the next free one. Up to
+    :data:`PALETTE_SIZE` series never share a colour (the 1st and the 11th name both had
+    the first, stacked in one column)."""
+    taken: set[int] = set()
+    classes = []
+    for home in homes:
+        colour = home % PALETTE_SIZE
+        while colour in taken and len(taken) < PALETTE_SIZE:
+            colour = (colour + 1) % PALETTE_SIZE
+        taken.add(colour)
+        classes.append(f"s{colour}")
+    return classes
+
+
 @dataclass(frozen=True, slots=True)
 class Mark:
     """A bar or column segment. ``value`` is exact text; ``href`` makes it a link."""

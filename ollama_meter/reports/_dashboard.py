@@ -47,6 +47,9 @@ DASH_PERIOD_HELP = f"{', '.join(PERIOD_CHOICES)}, YYYY-MM or YYYY-MM-DD"
 
 TOP = 10
 """How many users and models the top lists show."""
+LISTED = 25
+"""How many departments and models ``/api/dash`` lists per currency, and models' timings; the
+others are one row, their sums (``ometer report`` and ``ometer perf`` list every one)."""
 
 
 class Filters(TypedDict):
@@ -227,6 +230,9 @@ class Dashboard:
     keeps its place (and so its colour) whatever is filtered."""
     totals: list[SpendRow] = field(init=False)
     _json: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _drills: dict[str, list[DepartmentDrill]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.totals = self.spend.totals()
@@ -273,7 +279,12 @@ class Dashboard:
         )
 
     def departments(self, currency: str) -> list[DepartmentDrill]:
-        """Per (tenant, department) in ``currency``, by cost: its sums, models, users and days."""
+        """Per (tenant, department) in ``currency``, by cost: its sums, models, users and days.
+
+        Built once per currency (the page, the JSON's departments and its series each read
+        them: 1.3 s a time for 1,000 departments of 20 users each)."""
+        if (known := self._drills.get(currency)) is not None:
+            return known
         # Each kind of row is split by department once: picking each department's rows out
         # of all of them made the work grow with the square of the departments.
         models = per_department(self.spend.rollup(["tenant", "department", "model"]), currency)
@@ -294,6 +305,7 @@ class Dashboard:
                     days=days.get(key, []),
                 )
             )
+        self._drills[currency] = drills
         return drills
 
     def to_json(self) -> dict[str, Any]:
@@ -323,7 +335,10 @@ def change(now: int, before: int) -> Decimal | None:
 
 
 def budget_share(status: BudgetStatus) -> Decimal:
-    return share(status.spent, status.budget.limit) or Decimal(0)
+    """The share of its limit a budget spent, one decimal (a limit is never 0: 0.0 for none,
+    which ``or`` would have taken for no share at all)."""
+    used = share(status.spent, status.budget.limit)
+    return Decimal("0.0") if used is None else used
 
 
 def dashboard_report(

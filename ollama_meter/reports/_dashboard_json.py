@@ -2,26 +2,34 @@
 
 Exact money as decimal strings, each next to its currency. Rows per department and
 per user carry their ``tenant``: a name alone is not a department or a user, since
-two tenants may both have a ``research`` or an ``alice``. Builds data; reads nothing.
+two tenants may both have a ``research`` or an ``alice``. Each list names its biggest
+(:data:`LISTED`, :data:`TOP` within a department) per currency and ends with one row for
+the others: their names null, ``others`` how many it folds, its figures their exact sums, so
+every list adds up to its currency's spend and the answer stays an answer however many
+names the window holds (1,000 departments of 20 users each made 10 MB of every row).
+Builds data; reads nothing.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ollama_meter.budgets import BudgetStatus
 from ollama_meter.records import format_micros
-from ollama_meter.reports._dashboard import TOP, budget_share, change, share
+from ollama_meter.reports._dashboard import LISTED, TOP, budget_share, change, share
 from ollama_meter.reports._render import iso_utc
-from ollama_meter.reports._rows import PerfRow, SpendRow
+from ollama_meter.reports._rows import SPEND_FIGURES, PerfRow, SpendRow
 
 if TYPE_CHECKING:
     from ollama_meter.reports._dashboard import Dashboard
 
 
-def dashboard_json(d: Dashboard) -> dict[str, Any]:
-    """The dashboard's figures for ``/api/dash``."""
+def dashboard_json(d: Dashboard, *, listed: int = LISTED, top: int = TOP) -> dict[str, Any]:
+    """The dashboard's figures for ``/api/dash``: ``listed`` departments and models per
+    currency, ``top`` users (and models and users within a department), then the others."""
     unit = d.unit
     counts = d.counts()
     previous = d.previous_counts()
@@ -58,36 +66,34 @@ def dashboard_json(d: Dashboard) -> dict[str, Any]:
             }
             for currency, total in zip(d.currencies, d.totals, strict=True)
         ],
-        f"spend_by_department_by_{unit}": _money_rows(
-            d.spend.rollup(["tenant", "department", unit]), ["tenant", "department", unit]
-        ),
+        f"spend_by_department_by_{unit}": [
+            row for currency in d.currencies for row in _series(d, currency, listed)
+        ],
         f"requests_by_{unit}": [
             {unit: label, "requests": r["requests"], "errors": r["errors"]}
             for label, r in d.requests_by_time().items()
         ],
-        "models": _money_rows(
-            d.by_cost(d.spend.rollup(["model"]), "model"),
-            ["model", "input_tokens", "output_tokens", "unpriced_requests"],
-        ),
+        "models": [
+            row
+            for currency in d.currencies
+            for row in _folded(
+                d.by_cost(d.in_currency(d.spend.rollup(["model"]), currency), "model"),
+                ["model", "input_tokens", "output_tokens", "unpriced_requests"],
+                listed,
+            )
+        ],
         "top_users": [
             row
             for currency in d.currencies
-            for row in _money_rows(d.top_users(currency)[:TOP], ["tenant", "user"])
+            for row in _folded(d.top_users(currency), ["tenant", "user"], top)
         ],
         "departments": [
-            {
-                **_money_rows([dept.row], ["tenant", "department"])[0],
-                "models": _money_rows(dept.models, ["model"]),
-                "users": _money_rows(dept.users, ["user"]),
-                unit: _money_rows(dept.days, [unit]),
-            }
-            for currency in d.currencies
-            for dept in d.departments(currency)
+            row for currency in d.currencies for row in _departments(d, currency, listed, top)
         ],
         "budgets": [budget_json(b) for b in d.budgets],
         "warnings": [note] if (note := d.spend.capped_note()) else [],
         f"timing_by_{unit}": [_plain(r) for r in d.timing_by_time.rows],
-        "timing_by_model": [_plain(r) for r in d.timing_by_model.rows],
+        "timing_by_model": _timings(d.timing_by_model.rows, listed),
         "failures": [
             {"status": f.status, "error_type": f.error_type, "requests": f.requests}
             for f in d.failures
@@ -136,3 +142,86 @@ def _money_rows(rows: list[SpendRow], keys: list[str]) -> list[dict[str, object]
         }
         for row in rows
     ]
+
+
+def _folded(rows: Sequence[SpendRow], keys: list[str], most: int) -> list[dict[str, object]]:
+    """The first ``most`` of ``rows`` (one currency's, in order), then the others as one row."""
+    shown = _money_rows(list(rows[:most]), keys)
+    if rest := rows[most:]:
+        shown.append({**_summed(rest, keys), "others": len(rest)})
+    return shown
+
+
+def _summed(rows: Sequence[SpendRow], keys: list[str], **labels: str) -> dict[str, object]:
+    """``rows`` (one currency's) as one: the figures of ``keys`` and the money summed exactly,
+    the names null but ``labels``."""
+    figures = ("requests", "errors", *(key for key in keys if key in SPEND_FIGURES))
+    return {
+        **{key: labels.get(key) for key in keys},
+        **{key: sum(int(row[key]) for row in rows) for key in figures},  # type: ignore[call-overload]
+        "cost": format_micros(sum(row.cost for row in rows)),
+        "currency": rows[0].currency,
+    }
+
+
+def _by_bucket(d: Dashboard, rows: Sequence[SpendRow], keys: list[str]) -> list[dict[str, object]]:
+    """``rows`` summed per time bucket, in time order, with how many rows each one sums."""
+    per: dict[str, list[SpendRow]] = defaultdict(list)
+    for row in rows:
+        per[row.label(d.unit)].append(row)
+    return [
+        {**_summed(per[label], keys, **{d.unit: label}), "others": len(per[label])}
+        for label in d.buckets
+        if label in per
+    ]
+
+
+def _departments(d: Dashboard, currency: str, listed: int, top: int) -> list[dict[str, Any]]:
+    """The ``listed`` biggest departments with their models and users (``top`` of each, then
+    their others) and their days; then the others, with their sums per day."""
+    drills = d.departments(currency)
+    shown: list[dict[str, Any]] = [
+        {
+            **_money_rows([dept.row], ["tenant", "department"])[0],
+            "models": _folded(dept.models, ["model"], top),
+            "users": _folded(dept.users, ["user"], top),
+            d.unit: _money_rows(dept.days, [d.unit]),
+        }
+        for dept in drills[:listed]
+    ]
+    if rest := drills[listed:]:
+        days = [
+            {key: value for key, value in row.items() if key != "others"}
+            for row in _by_bucket(d, [day for dept in rest for day in dept.days], [d.unit])
+        ]
+        rows = [dept.row for dept in rest]
+        shown.append({**_summed(rows, ["tenant", "department"]), "others": len(rest), d.unit: days})
+    return shown
+
+
+def _series(d: Dashboard, currency: str, listed: int) -> list[dict[str, object]]:
+    """Spend per department and time bucket: the ``listed`` biggest departments' (those
+    ``departments`` lists), then the others' sum in each bucket."""
+    keys = ["tenant", "department", d.unit]
+    kept = {(dept.tenant, dept.name) for dept in d.departments(currency)[:listed]}
+    rows = d.in_currency(d.spend.rollup(keys), currency)
+    mine = [r for r in rows if (r.label("tenant"), r.label("department")) in kept]
+    rest = [r for r in rows if (r.label("tenant"), r.label("department")) not in kept]
+    return _money_rows(mine, keys) + _by_bucket(d, rest, ["tenant", "department", d.unit])
+
+
+def _timings(rows: Sequence[PerfRow], listed: int) -> list[dict[str, object]]:
+    """The ``listed`` models with the most calls, then the others' calls and errors (timings
+    of several models are not a sum: ``ometer perf --by model`` has each one's)."""
+    ranked = sorted(rows, key=lambda r: (-r.requests, r.label("model")))
+    shown = [_plain(r) for r in ranked[:listed]]
+    if rest := ranked[listed:]:
+        shown.append(
+            {
+                "model": None,
+                "others": len(rest),
+                "requests": sum(r.requests for r in rest),
+                "errors": sum(r.errors for r in rest),
+            }
+        )
+    return shown

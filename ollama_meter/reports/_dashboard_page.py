@@ -2,7 +2,8 @@
 
 Built from a :class:`~ollama_meter.reports._dashboard.Dashboard` (the numbers)
 and rendered with the HTML module's templates and filters, with the timing charts of
-:mod:`._dashboard_timing`; the page loads nothing from anywhere (see :mod:`._html`).
+:mod:`._dashboard_timing` and the gauges of :mod:`._dashboard_budgets`; the page loads nothing
+from anywhere (see :mod:`._html`).
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ from typing import TypeVar
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from ollama_meter.budgets import BudgetStatus
 from ollama_meter.records import format_micros
 from ollama_meter.reports._charts import (
     WIDE,
     Chart,
-    Gauge,
     LegendItem,
     bars,
     columns,
-    gauge,
+    distinct_classes,
     series_class,
 )
 from ollama_meter.reports._dashboard import (
@@ -32,10 +31,10 @@ from ollama_meter.reports._dashboard import (
     TOP,
     Dashboard,
     DepartmentDrill,
-    budget_share,
     change,
     share,
 )
+from ollama_meter.reports._dashboard_budgets import budget_panels
 from ollama_meter.reports._dashboard_timing import timing_charts
 from ollama_meter.reports._html import (
     SHOWN_SERIES,
@@ -56,10 +55,11 @@ SHOWN_DRILLS = 25
 """How many departments (the biggest) get a drill-down panel on the page; the others are one
 line that points at the Department filter, which gives any of them its panel."""
 _T = TypeVar("_T")
-SHOWN_BUDGETS = 25
-"""How many budget gauges the page draws: a ``*`` budget has one per tenant, so a thousand
-tenants drew a thousand gauges (5 MB of page). Past this, the ones nearest or over their
-limit, and how many more under them (``ometer budget status`` and ``/api/dash`` list all)."""
+
+
+SHOWN_OPTIONS = 500
+"""How many names a filter lists. Past these it is a text field that takes any name and
+suggests these: every model asked for was an option (20,000 made-up names, megabytes of form)."""
 
 
 def top(rows: Sequence[_T], limit: int = TOP) -> tuple[list[_T], int]:
@@ -143,57 +143,6 @@ class CurrencyPanel:
     more_users: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class BudgetPanel:
-    status: BudgetStatus
-    used: Decimal
-    projected: Decimal | None
-    state: str
-    tone: str
-    note: str
-    gauge: Gauge
-
-
-_SEVERITY = {"exhausted": 3, "over": 3, "refusing": 2, "warning": 1}
-
-
-def budget_panels(statuses: Sequence[BudgetStatus]) -> tuple[list[BudgetPanel], int]:
-    """The gauges the page draws, in the ledger's order, and how many more there are: past
-    :data:`SHOWN_BUDGETS`, those over or nearest their limit (by state, then share used)."""
-    panels = [_budget_panel(status) for status in statuses]
-    if len(panels) <= SHOWN_BUDGETS:
-        return panels, 0
-    by_risk = sorted(
-        range(len(panels)),
-        key=lambda i: (-_SEVERITY.get(panels[i].state, 0), -panels[i].used, i),
-    )
-    kept = sorted(by_risk[:SHOWN_BUDGETS])
-    return [panels[i] for i in kept], len(panels) - len(kept)
-
-
-def _budget_panel(status: BudgetStatus) -> BudgetPanel:
-    used = budget_share(status)
-    projected = share(status.projected, status.budget.limit)
-    state = status.state
-    tone = {"ok": "ok", "warning": "warning"}.get(state, "over")
-    note = {
-        "exhausted": "limit reached: calls are refused",
-        "refusing": "refusing calls that may cost more than is left",
-        "over": "over the limit (soft budget: alerts only)",
-    }.get(state, "")
-    if not note and projected is not None and projected > 100:
-        note = "on pace to exceed the limit by period end"
-    return BudgetPanel(
-        status=status,
-        used=used,
-        projected=projected,
-        state=state,
-        tone=tone,
-        note=note,
-        gauge=gauge(used, projected, status.budget.thresholds),
-    )
-
-
 def _count_card(key: str, label: str, count: int, note: str, tone: str = "") -> Card:
     """A card that shows a count: grouped digits, the plain number as its exact value."""
     return Card(key, label, num(count), str(count), note, tone)
@@ -261,8 +210,13 @@ def named(name: str, tenant: str | None) -> str:
 
 
 def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
-    colours = {key: series_class(i) for i, key in enumerate(d.department_keys)}
     departments = d.departments(currency)
+    homes = {key: i for i, key in enumerate(d.department_keys)}
+    home = [
+        homes.get((dept.name, dept.tenant), len(homes) + i) for i, dept in enumerate(departments)
+    ]
+    # The departments stacked in one chart each get their own colour; the others keep theirs.
+    stacked = distinct_classes(home[:SHOWN_SERIES])
     cost = sum(dept.cost for dept in departments)
     # Rounded together, the departments drilled into and the others as one, so what the page
     # shows of them adds up to the spend card, each within a minor unit of its exact amount.
@@ -275,7 +229,7 @@ def _currency_panel(d: Dashboard, currency: str, links: Links) -> CurrencyPanel:
     for index, dept in enumerate(departments[:SHOWN_DRILLS]):
         tenant = dept.tenant if several else None
         name = named(dept.name, tenant)
-        css = colours.get((dept.name, dept.tenant), series_class(len(colours) + index))
+        css = stacked[index] if index < SHOWN_SERIES else series_class(home[index])
         anchor = f"dept-{currency}-{index}"
         by_time = {r.label(d.unit): r.cost for r in dept.days}
         if index < SHOWN_SERIES:
@@ -443,4 +397,5 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
         timing_models=by_calls[:TOP],
         more_timing_models=len(by_calls[TOP:]),
         short=lambda x: short_label(x, d.unit),
+        shown_options=SHOWN_OPTIONS,
     )

@@ -39,7 +39,7 @@ from ollama_meter.reports._charts import (
     Series,
     bars,
     columns,
-    series_class,
+    distinct_classes,
 )
 from ollama_meter.reports._dashboard import (
     share,
@@ -312,12 +312,13 @@ def _spend_over_time(
         group = tuple(row.label(g) for g in groups)
         shown_as[group] = _key(row, groups)
         cells.setdefault(group, {})[row.label(unit)] = row.cost
-    colours = {group: series_class(index) for index, group in enumerate(sorted(cells))}
+    homes = {group: index for index, group in enumerate(sorted(cells))}
     groups_by_cost = sorted(cells, key=lambda group: (-sum(cells[group].values()), group))
     rounded, left = shown_top(
         [sum(cells[group].values()) for group in groups_by_cost], currency, SHOWN_SERIES
     )
     shown, rest = groups_by_cost[:SHOWN_SERIES], groups_by_cost[SHOWN_SERIES:]
+    colours = dict(zip(shown, distinct_classes([homes[group] for group in shown]), strict=True))
     series = [
         spend_series(shown_as[group], colours[group], cells[group], xs, currency) for group in shown
     ]

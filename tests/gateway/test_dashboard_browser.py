@@ -30,6 +30,7 @@ from ollama_meter.reports._html import money
 from ollama_meter.testing import OllamaEmulator
 from tests.factories import OFFICE_NOW, make_span, office_spans
 from tests.gateway.conftest import Gateway
+from tests.reports.test_html_names import page_and_file
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -457,7 +458,8 @@ def test_a_right_to_left_name_cannot_move_the_numbers_beside_it(
     """A name with an unclosed right-to-left override (U+202E) drew the amount after it on its
     left (``1.23 (live) live`` for ``evil (evil)``), and into every tooltip and sentence that
     named it; a 255-character model name widened the filter form past the screen, and an
-    amount of a billion did not fit its card."""
+    amount of a billion did not fit its card. An unpriced model of 300 characters widened the
+    page to 2,820 px through the banner that names it."""
     gw = serve_on(emulator.url, sqlite_url, clock=lambda: OFFICE_NOW)
     at = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
     rtl, hebrew, long = "\u202eevil", "\u05de\u05d5\u05d3\u05dc", "m" * 255
@@ -467,8 +469,9 @@ def test_a_right_to_left_name_cannot_move_the_numbers_beside_it(
                                     request_model=hebrew, cost_total=1_234_567)),
             make_span(started_at=at, tenant="acme", department="sales", request_model=long,
                       cost_total=10**15, unpriced=False),
-            # no rule priced it: the banner names its model
+            # no rule priced them: the banner names their models, 300 characters and all
             make_span(started_at=at, tenant="acme", department="sales", request_model=hebrew),
+            make_span(started_at=at, tenant="acme", department="sales", request_model="u" * 300),
         ]
     )  # fmt: skip
     watched = open_page(
@@ -500,5 +503,31 @@ def test_a_right_to_left_name_cannot_move_the_numbers_beside_it(
     tip = f"\u2068{rtl}\u2069 (\u2068{rtl}\u2069) · 2026-11-18: 1.234567 USD"
     assert tips == [tip, tip]  # the stacked chart and the department's own
     banner = page.get_by_role("alert").text_content()
-    assert f"(models: \u2068{hebrew}\u2069)." in banner  # a model's name is a name too
+    assert f", \u2068{hebrew}\u2069)." in banner  # a model's name is a name too
     assert watched.problems == []
+
+
+def test_no_name_widens_the_page_or_the_file(browser: Any, sqlite_url: str, tmp_path: Path) -> None:
+    """Names of one unbroken word as long as they come (a model of 300 characters, a
+    department of 64, a user of 128), in the dashboard and the HTML file by model, on a
+    screen and a phone: the file's legend drew a 300-character model on one line, 2,413 px
+    wide at 1280."""
+    at = datetime(2026, 11, 18, 10, tzinfo=UTC)
+    ledger = Ledger(sqlite_url)
+    ledger.record(
+        [
+            make_span(started_at=at, department="d" * 64, user="u" * 128,
+                      request_model=f"{n}{'m' * 299}", cost_total=10**6 * n, unpriced=n == 0)
+            for n in range(3)
+        ]
+    )  # fmt: skip
+    for name, html in zip(("page", "file"), page_and_file(ledger, "model"), strict=True):
+        path = tmp_path / f"{name}.html"
+        path.write_text(html)
+        for width in (1280, 390):
+            watched = open_page(
+                browser, path.as_uri(), "file:", viewport={"width": width, "height": 900}
+            )
+            wide = watched.page.evaluate("document.documentElement.scrollWidth")
+            assert (name, wide) == (name, width)
+            watched.page.context.close()

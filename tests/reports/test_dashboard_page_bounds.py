@@ -1,7 +1,7 @@
 """The dashboard page stays a page with a thousand departments and five hundred models.
 
 Every chart and list draws its biggest entries and folds the rest into one "and N more",
-whose amounts are the exact sums of what it folds; the JSON keeps every row.
+whose amounts are the exact sums of what it folds; so does the JSON (test_dashboard_json_bounds).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from ollama_meter.meter import SpanRecord
 from ollama_meter.pricing import format_micros
 from ollama_meter.reports import DashQuery, Links, dashboard_report, render_dashboard
 from ollama_meter.reports._dashboard import TOP
-from ollama_meter.reports._dashboard_page import SHOWN_BUDGETS, SHOWN_DRILLS
+from ollama_meter.reports._dashboard_budgets import SHOWN_BUDGETS
+from ollama_meter.reports._dashboard_page import SHOWN_DRILLS, SHOWN_OPTIONS
 from ollama_meter.reports._html import SHOWN_SERIES, money
 from ollama_meter.reports._shown import rounded_parts
 from tests.factories import OFFICE_NOW, make_span
@@ -114,6 +115,10 @@ def test_every_list_and_bar_chart_shows_its_top_and_says_how_many_more(page: str
         assert rows == TOP, heading
         assert f"and {more} more" in part, heading
     assert len(page) < 400_000  # a page, not the ledger: it was 5 MB
+    # /api/dash lists the biggest too: the command lists every one
+    assert "<code>ometer report --by model</code> lists every model" in section(
+        page, "Top models by cost"
+    )
 
 
 def test_calls_that_cost_nothing_are_not_called_no_calls(tmp_path: Path) -> None:
@@ -188,3 +193,31 @@ def test_a_departments_models_users_unpriced_models_and_budgets_are_bounded_too(
     ]
     assert f"and {many - SHOWN_BUDGETS} more budgets" in section(page, "Budgets")
     assert len(page) < 400_000
+
+
+def test_a_filter_of_more_names_than_a_list_holds_takes_any_name_typed(tmp_path: Path) -> None:
+    """Every model with calls was an <option> of the Model filter, twice its name each: a
+    caller asking for 20,000 made-up models (each call a span) made the page megabytes of
+    filter. Past SHOWN_OPTIONS names a filter is a text field (any name typed is taken) that
+    suggests the first SHOWN_OPTIONS; fewer are a list to pick from, as before."""
+    many = SHOWN_OPTIONS + 200
+    at = datetime(2026, 11, 18, 10, tzinfo=UTC)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.record(
+        [
+            make_span(started_at=at, department=f"d{n % 3}", request_model=f"{'m' * 200}{n:05d}")
+            for n in range(many)
+        ]
+    )
+    chosen = f"{'m' * 200}{many - 1:05d}"  # past the suggestions: still what is shown
+    for query in (DashQuery(), DashQuery(model=chosen)):
+        dash = dashboard_report(ledger, query, tz=ZoneInfo("UTC"), now=OFFICE_NOW)
+        page = render_dashboard(dash, links=Links("/dashboard", {}), zone="UTC")
+        form = page[page.index('<form id="filters"') : page.index("</form>")]
+        field = re.search(r'<input type="search" name="model" id="f-model" list="l-model"'
+                          r' value="([^"]*)" placeholder="any of ([\d,]+)', form)  # fmt: skip
+        assert field is not None and field.groups() == (query.model or "", f"{many:,}")
+        listed = form[form.index('<datalist id="l-model">') :]
+        assert listed[: listed.index("</datalist>")].count("<option") == SHOWN_OPTIONS
+        assert re.findall(r'<select name="dept" id="f-dept">', form)  # three names: a list
+        assert len(page) < 200 * SHOWN_OPTIONS + 300_000  # was 2 * 205 * 1,200 in the form

@@ -13,11 +13,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from ollama_meter.budgets import Budget
+from ollama_meter.budgets import Budget, BudgetStatus
 from ollama_meter.errors import ValidationError
 from ollama_meter.ledger import Ledger
 from ollama_meter.ledger._cells import duration_bin
 from ollama_meter.meter import SpanRecord
+from ollama_meter.periods import Window
 from ollama_meter.pricing import format_micros
 from ollama_meter.reports import (
     DashQuery,
@@ -30,6 +31,7 @@ from ollama_meter.reports import (
     spend_report,
 )
 from ollama_meter.reports._dashboard import chart_unit, dash_window, previous_window
+from ollama_meter.reports._dashboard_json import budget_json
 from tests._templates import LedgerTemplates
 from tests.factories import OFFICE_NOW, make_span, office_spans, two_currencies
 
@@ -553,3 +555,18 @@ def test_a_department_or_user_is_a_tenants_whatever_the_names(
         assert label == (f"{dept} ({tenant})" if several else dept)
         shown[(currency, tenant or calls[0][0], dept)] = cost
     assert shown == expected
+
+
+@given(limit=st.integers(1, 10**15), spent=st.integers(0, 2 * 10**15))
+@example(limit=10**6, spent=0)
+def test_a_budgets_share_is_written_as_its_projection_is(limit: int, spent: int) -> None:
+    """Nothing spent was '0 %' beside 'projected 0.0 %' (and "0" in /api/dash's percent):
+    ``share() or 0`` took the share 0.0 for no share. Both have one decimal, always."""
+    budget = Budget("acme", "sales", "month", limit, "USD")
+    window = Window(NOVEMBER_START, datetime(2026, 12, 1, tzinfo=UTC), "2026-11")
+    status = BudgetStatus(budget, "acme", window, spent=spent, held=0, projected=spent)
+    shown = budget_json(status)
+    assert (
+        re.fullmatch(r"\d+\.\d", shown["percent"])
+        and shown["percent"] == shown["projected_percent"]
+    )

@@ -65,12 +65,18 @@ def pages(folder: Path, model: str, error: str) -> tuple[str, str]:
             ),
         ]
     )
+    page, file = page_and_file(ledger, "model")
+    ledger.dispose()
+    return page, file
+
+
+def page_and_file(ledger: Ledger, group: str) -> tuple[str, str]:
+    """November's dashboard page, and its HTML file by ``group`` and day."""
     dash = dashboard_report(ledger, DashQuery(), tz=UTC_ZONE, now=OFFICE_NOW)
     page = render_dashboard(dash, links=Links("/dashboard", {"token": "t"}), zone="UTC")
     window = parse_period("2026-11", tz=UTC_ZONE, now=OFFICE_NOW)
-    report = spend_report(ledger, window, ["model", "day"], tz=UTC_ZONE)
+    report = spend_report(ledger, window, [group, "day"], tz=UTC_ZONE)
     file = render_spend_html(report, tz=UTC_ZONE, zone="UTC", generated=OFFICE_NOW, title="t")
-    ledger.dispose()
     return page, file
 
 

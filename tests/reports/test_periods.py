@@ -147,3 +147,22 @@ def test_all_time_begins_where_the_ledger_does_in_every_zone(zone: str) -> None:
     first = datetime.combine(datetime(1970, 1, 1).date(), datetime.min.time(), tz)
     assert window.start == min(datetime(1970, 1, 1, tzinfo=UTC), first.astimezone(UTC))
     assert window.label == "start..2026-11-30"
+
+
+@given(text=st.text(min_size=201, max_size=400), grow=st.integers(1, 5_000))
+@example(text="x" * 201, grow=5_000)
+@example(text="2026-11-0" + "1" * 200, grow=1)
+def test_a_long_period_or_date_is_named_by_its_start(text: str, grow: int) -> None:
+    """A URL's ``period=`` of 15,000 characters was the dashboard's 400, quoted whole (15 KB
+    of error, in a log line or on a terminal too): the error quotes its start (each character
+    at most 10 as repr() escapes it) and its size."""
+    long = text * grow
+    for parse in (
+        lambda: parse_period(long, tz=BERLIN, now=NOW),
+        lambda: parse_day(long, what="since"),
+        lambda: window_between("2026-11-01", long, tz=BERLIN, now=NOW, names=("since", "until")),
+    ):
+        with pytest.raises(ValidationError) as raised:
+            parse()
+        said = str(raised.value)
+        assert len(said) < 1_500 and f"({len(long):,} characters)" in said, said
