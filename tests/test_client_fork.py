@@ -131,7 +131,7 @@ def test_a_child_forked_while_a_thread_commits_commits_its_own_spans(
         # The thread is inside its commit once it holds a connection: its writer says it
         # commits a moment before it takes one, and a fork in that moment (a loaded machine)
         # waited for no one, so the child inherited the blocker's lock (2 spans, not 4).
-        while not ledger._in_use:
+        while not (client.meter.writer._committing and ledger._in_use):
             parent.join(0.01)
         unblocker.start()
 
