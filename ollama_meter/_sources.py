@@ -33,21 +33,22 @@ def _remembered(source: PydanticBaseSettingsSource) -> PydanticBaseSettingsSourc
         str(getattr(source, "env_prefix", "")),
     )
     kept = _kept.setdefault(config, {})
+    own = {id(field) for field in source.settings_cls.model_fields.values()}
     for name in ("_extract_field_info", "_field_is_complex"):
         asked = getattr(source, name, None)
         if callable(asked):
-            setattr(source, name, _once(name, asked, kept))
+            setattr(source, name, _once(name, asked, kept, own))
     return source
 
 
-def _once(name: str, asked: Callable[..., Any], kept: _Kept) -> Callable[..., Any]:
+def _once(name: str, asked: Callable[..., Any], kept: _Kept, own: set[int]) -> Callable[..., Any]:
     def answer(field: FieldInfo, *rest: Any, **options: Any) -> Any:
-        if options or any(not isinstance(part, str) for part in rest):
+        if id(field) not in own or options or any(not isinstance(p, str) for p in rest):
             return asked(field, *rest, **options)  # a nested model's field: not kept
         key = (name, id(field), *rest)
         if key not in kept:
-            kept[key] = (field, asked(field, *rest))  # the field kept alive: its id stays its
-        return kept[key][1]
+            kept[key] = asked(field, *rest)
+        return kept[key]
 
     return answer
 
