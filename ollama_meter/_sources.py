@@ -6,7 +6,7 @@ field's annotation and alias: about 4 ms of a load's 5, for the environment and 
 each. Those answers depend only on the field and the source's own configuration, so
 they are kept, per settings class, the first time they are asked; every load still reads
 the environment and ``.env`` afresh. A missing or empty ``.env`` gives no value, so its
-source is not asked at all. Commands, gateways and Python clients each load once;
+source is not asked at all. A field answers to its documented name (its alias) only. Commands, gateways and Python clients each load once;
 a suite loads tens of thousands of times.
 """
 
@@ -48,9 +48,21 @@ def _once(name: str, asked: Callable[..., Any], kept: _Kept, own: set[int]) -> C
         key = (name, id(field), *rest)
         if key not in kept:
             kept[key] = asked(field, *rest)
+            if name == "_extract_field_info":
+                kept[key] = _documented(field, kept[key])
         return kept[key]
 
     return answer
+
+
+def _documented(field: FieldInfo, names: list[tuple[str, str, bool]]) -> list[Any]:
+    """Of the environment names pydantic-settings gives a field, its documented one (the
+    alias) alone: with ``populate_by_name`` (``Settings(db_url=...)``) it read the field's
+    own name as well, in any case, so an app's ``DB_URL`` or ``LOG_LEVEL`` set ometer's."""
+    alias = field.validation_alias
+    if not isinstance(alias, str):
+        return names
+    return [entry for entry in names if entry[0] == alias] or names
 
 
 class QuickSettings(BaseSettings):

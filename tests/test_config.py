@@ -999,3 +999,28 @@ def test_a_load_works_out_each_fields_environment_names_once_a_process() -> None
         for _ in range(5):
             assert load_settings(warn=False).tenant == "acme"
     assert asked <= 2 * fields  # the environment's source and .env's, once each at most
+
+
+@settings(max_examples=40)
+@given(
+    field=st.sampled_from(sorted(Settings.model_fields)),
+    spelled=st.sampled_from([str.upper, str.lower]),
+)
+def test_a_variable_named_as_a_settings_field_is_not_that_setting(field: str, spelled: Any) -> None:
+    """Only the names ometer documents are its settings. A field's own name was read too
+    (any case): ``DB_URL`` or ``LOG_LEVEL``, which many an app's environment holds for
+    itself, set ometer's ledger or log level (``ometer run -- app`` wrote the spans into
+    the app's own database)."""
+    documented = _environment_name(field)
+    if documented.lower() == field:
+        return  # OLLAMA_HOST is its field's name
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(Path(__file__).parent)  # no .env here
+        unset = load_settings(warn=False)
+        patch.setenv(spelled(field), "sqlite:////elsewhere/x.db" if field == "db_url" else "9")
+        assert load_settings(warn=False) == unset
+
+
+def _environment_name(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else field
