@@ -1,8 +1,7 @@
 """Settings: read once from flags, then the environment, then a ``.env`` file.
 
-Owns names, defaults and validation of every setting. Nothing here opens a
-database or a socket; a bad value becomes one :class:`ConfigError` line that
-names the setting the user has to fix.
+Owns names, defaults and validation of every setting. Nothing here opens a database or a
+socket; a bad value becomes one :class:`ConfigError` line naming the setting to fix.
 
 Annotations are objects here, not strings (no ``from __future__ import annotations``):
 pydantic evaluated each field's string again whenever a command started.
@@ -25,7 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from ollama_meter import _names
 from ollama_meter._environment import (
@@ -43,6 +42,7 @@ from ollama_meter._environment import (
 from ollama_meter._names import name_problem, system_timezone, zone_problem
 from ollama_meter._paths import default_data_dir, resolved
 from ollama_meter._said import Float, Int, Seconds
+from ollama_meter._sources import QuickSettings
 from ollama_meter._urls import (
     UpstreamSpec,
     absolute_sqlite,
@@ -66,7 +66,7 @@ DAY_SECONDS = 86_400
 """The longest a duration setting may be: every one of them is used as a timer."""
 
 
-class Settings(BaseSettings):
+class Settings(QuickSettings):
     """All of ometer's settings. Field aliases are the environment variable names."""
 
     model_config = SettingsConfigDict(

@@ -33,6 +33,7 @@ LAYERS: tuple[frozenset[str], ...] = (
             "_forks",
             "_runtime",
             "_said",
+            "_sources",
             "_urls",
             "_text",
             "errors",

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, example, given, settings, strategies
 from ollama_meter import _environment
 from ollama_meter._names import system_timezone
 from ollama_meter._urls import normalize_host, parse_upstreams
-from ollama_meter.config import known_env_names, load_settings
+from ollama_meter.config import Settings, known_env_names, load_settings
 from ollama_meter.errors import ConfigError
 
 
@@ -948,3 +948,79 @@ def test_a_value_in_quotes_is_told_they_are_part_of_it(
     assert said.endswith(
         "; the quotes are part of the value as given: remove them (docker's --env-file keeps them)"
     )
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    env=st.sampled_from([None, "env-t", "  "]),
+    dotenv=st.sampled_from([None, "", "OMETER_TENANT=file-t\nOMETER_DEPARTMENT=ops\n", "X=1\n"]),
+)
+def test_each_load_reads_the_environment_and_dotenv_as_they_are_then(
+    env: str | None, dotenv: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a load keeps from the last (each field's environment names) never keeps a value:
+    a variable or ``.env`` set, changed or removed since is read as it is now."""
+    if env is None:
+        monkeypatch.delenv("OMETER_TENANT", raising=False)
+    else:
+        monkeypatch.setenv("OMETER_TENANT", env)
+    if dotenv is None:
+        (tmp_path / ".env").unlink(missing_ok=True)
+    else:
+        (tmp_path / ".env").write_text(dotenv)
+    in_file = bool(dotenv and dotenv.startswith("OMETER_"))
+    if env is not None and not env.strip():
+        with pytest.raises(ConfigError, match="^OMETER_TENANT: "):
+            load_settings(warn=False)
+        return
+    cfg = load_settings(warn=False)
+    assert cfg.tenant == (env or ("file-t" if in_file else "default"))
+    assert cfg.department == ("ops" if in_file else "unassigned")
+
+
+def test_a_load_works_out_each_fields_environment_names_once_a_process() -> None:
+    """pydantic-settings worked out each field's names and kind from its annotation at every
+    load, for the environment and ``.env`` each: 4 ms of a load's 5, repeated at each
+    command a suite runs in-process, tens of thousands of times."""
+    from pydantic_settings import EnvSettingsSource
+
+    fields = len(Settings.model_fields)
+    asked = 0
+    real = EnvSettingsSource._field_is_complex
+
+    def counted(self: EnvSettingsSource, field: Any) -> tuple[bool, bool]:
+        nonlocal asked
+        asked += 1
+        return real(self, field)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EnvSettingsSource, "_field_is_complex", counted)
+        patch.setenv("OMETER_TENANT", "acme")
+        for _ in range(5):
+            assert load_settings(warn=False).tenant == "acme"
+    assert asked <= 2 * fields  # the environment's source and .env's, once each at most
+
+
+@settings(max_examples=40)
+@given(
+    field=st.sampled_from(sorted(Settings.model_fields)),
+    spelled=st.sampled_from([str.upper, str.lower]),
+)
+def test_a_variable_named_as_a_settings_field_is_not_that_setting(field: str, spelled: Any) -> None:
+    """Only the names ometer documents are its settings. A field's own name was read too
+    (any case): ``DB_URL`` or ``LOG_LEVEL``, which many an app's environment holds for
+    itself, set ometer's ledger or log level (``ometer run -- app`` wrote the spans into
+    the app's own database)."""
+    documented = _environment_name(field)
+    if documented.lower() == field:
+        return  # OLLAMA_HOST is its field's name
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(Path(__file__).parent)  # no .env here
+        unset = load_settings(warn=False)
+        patch.setenv(spelled(field), "sqlite:////elsewhere/x.db" if field == "db_url" else "9")
+        assert load_settings(warn=False) == unset
+
+
+def _environment_name(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else field
