@@ -116,6 +116,7 @@ class Gateway:
         # In force before the first call: a restarted gateway meets every retrying client at once.
         await read_limits(meter.ledger, gateway.rates)
         await fleet.start()
+        await gateway.ledger_name.ask(meter, [server.pool for server in fleet.servers])
         tasks = [
             asyncio.create_task(gateway._refresh_forever()),
             asyncio.create_task(keep_limits(meter.ledger, gateway.rates, fleet.queue)),
@@ -267,7 +268,7 @@ class Gateway:
             return error_response(
                 wire_of(request.url.path), exc.status, str(exc), headers=exc.headers
             )
-        return await forward(self.fleet, request, body=body)
+        return self.ledger_name.told(await forward(self.fleet, request, body=body))
 
     async def admin(self, request: Request) -> Response:
         if not self.options.allow_admin:

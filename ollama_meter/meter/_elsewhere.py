@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from ollama_meter._names import CLIENT_SPAN_TAG
 from ollama_meter.meter._call import MeteredCall
@@ -68,6 +68,36 @@ def clients_hold(meter: Meter, span: SpanRecord) -> str | None:
     return span.tags.get(CLIENT_SPAN_TAG)
 
 
+def heard_upstream(meter: Meter, call: MeteredCall) -> None:
+    """Note what ``call``'s upstream answered as, if it answered: ``Meter.chained`` says whether
+    it is a metering gateway on the meter's ledger (True), anything else (False), or not
+    known yet (None)."""
+    heard, ours = call.heard, meter.ledger.known_identity
+    if heard is not None and heard.answered and ours is not None:
+        meter.chained = heard.ledger is not None and hmac.compare_digest(heard.ledger, ours)
+
+
+def holds_alone(meter: Meter) -> bool:
+    """Whether a gateway holds a call's budget in rows of the call's own, which a gateway behind
+    it on its ledger takes over (``clients_hold``), not in its shared lease, which that gateway
+    cannot: held twice, a call near the limit was refused with room for it. So it does until
+    its upstream has answered as anything but such a gateway (Ollama itself)."""
+    return meter.source is Source.GATEWAY and meter.chained is not False
+
+
+class Holding(TypedDict):
+    """How a call's budget is held (``BudgetGate.admit``'s words)."""
+
+    adopt: str | None
+    alone: bool
+
+
+def holding(meter: Meter, span: SpanRecord) -> Holding:
+    """Whose hold ``span``'s call takes over (:func:`clients_hold`), and whether it is held in
+    rows of its own (:func:`holds_alone`)."""
+    return Holding(adopt=clients_hold(meter, span), alone=holds_alone(meter))
+
+
 def _give_back(meter: Meter, call: MeteredCall) -> None:
     """Give back the call's budget hold, once: the gateway's span is charged to the budgets."""
     reservation, call.reservation = call.reservation, None
@@ -93,6 +123,7 @@ def streamed_from_gateway(meter: Meter, call: MeteredCall) -> None:
 
 def leave_to_gateway(meter: Meter, call: MeteredCall, error: BaseException | None) -> bool:
     """End ``call`` with no span of its own if a gateway on this ledger recorded it (True)."""
+    heard_upstream(meter, call)
     if call.heard is None or (recorded := gateways_span(meter, call)) is None:
         return False
     closed(call)

@@ -173,3 +173,49 @@ def test_ometer_chat_processes_through_the_gateway_are_each_held_once(
         ("gateway", "ok")
     ] * codes.count(0)
     assert sum(s.cost_total for s in spans) <= limit
+
+
+@pytest.mark.parametrize("upstream_first", [False, True])
+def test_room_for_one_call_admits_it_through_two_gateways_on_one_ledger(
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    serve_on: Callable[..., Gateway],
+    upstream_first: bool,
+) -> None:
+    """``ometer run`` in front of ``ometer serve`` on one ledger, a hard budget with room for
+    exactly the call's bound: the outer gateway held it in its shared lease, which the inner
+    one could not take over, so the inner one had no room left and refused it (429). The
+    outer gateway now holds a call it may relay to a gateway on its ledger in rows of the
+    call's own, which the inner one takes over: held once, admitted, nothing left held.
+    ``upstream_first``: the outer gateway has relayed a call before (it knows what is behind it)."""
+    inner = serve_on(emulator.url, sqlite_url)
+    outer = serve_on(inner.url, sqlite_url)
+    inner.ledger.add_price_rule(token_prices())
+    bound = max(bounds(inner, sqlite_url))
+    body = {"model": "llama3.1:8b", "messages": HI, "stream": False, "options": CAP}
+    if upstream_first:
+        assert outer.client.post("/api/chat", json=body).status_code == 200
+    inner.ledger.save_budget(Budget("acme", "sales", "day", bound, "USD"))
+    for gw in (inner, outer):
+        assert gw.meter.budgets is not None
+        gw.meter.budgets.reload_soon()
+    who = {"X-Ometer-Tenant": "acme", "X-Ometer-Department": "sales"}
+    answer = outer.client.post("/api/chat", json=body, headers=who)
+    assert answer.status_code == 200, answer.text
+    inner.settle()
+    outer.settle()
+    (span,) = inner.ledger.latest(SpanFilter(department="sales"), 10)
+    assert (span.source, span.status, span.id) == (
+        "gateway",
+        "ok",
+        answer.headers["x-ometer-span-id"],
+    )
+    for gw in (outer, inner):
+        assert gw.meter.budgets is not None
+        gw.meter.budgets.close()
+    (status,) = [
+        s
+        for s in budget_status(inner.ledger, tz=ZoneInfo("UTC"), now=utc_now())
+        if s.budget.department == "sales"
+    ]
+    assert (status.held, status.spent) == (0, span.cost_total)
