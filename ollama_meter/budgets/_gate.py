@@ -163,7 +163,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         blocking: bool = True,
         model: str = "",
         adopt: str | None = None,
-        alone: bool = False,
+        alone: str | None = None,
     ) -> Reservation | None:
         """Hold the call's bound in every hard budget covering it, or raise :class:`BudgetExceeded`.
 
@@ -181,10 +181,11 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         A call charged to another department, or of another model, takes none (the client's
         rows are named by its department and ``model`` too: :func:`holder_of`).
 
-        ``alone``: hold this call in rows of its own, as a process with ``lease_share`` 0 does,
-        though this one shares its leases: a gateway that may relay the call to another on its
-        ledger, which takes such rows over (a shared lease it cannot: the call was held twice,
-        and refused where it had room).
+        ``alone``: hold this call in rows of its own, named by this id (the one the call goes by
+        along a chain of meters), as a process with ``lease_share`` 0 does, though this one
+        shares its leases: a gateway that may relay the call to another on its ledger, which
+        takes such rows over (a shared lease it cannot: the call was held twice, and refused
+        where it had room).
         """
         if blocking:
             covering = self.budgets_for(tenant, department)
@@ -199,8 +200,8 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
                 raise mismatch(budget, tenant, window, estimate, now)
         refused: list[Alert] | None = None  # set when refused: the alerts the refusal fires
         said: list[Alert] = []
-        own = alone or not self.lease_share
-        holder = holder_of(call_id, department, model) if own else ""  # rows of its own
+        own = alone is not None or not self.lease_share
+        holder = holder_of(alone or call_id, department, model) if own else ""  # rows of its own
         if blocking and adopt is None:  # a refusal read a moment ago is said again, no lock
             try:
                 self._refused.again(hard, tenant, estimate.amount, now, self.tz, said)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
 from starlette.responses import Response
 
 from ollama_meter.errors import LedgerError, UpstreamError
@@ -91,16 +92,17 @@ class LedgerName:
             named[LEDGER_HEADER] = self.value
         return named
 
-    def told(self, answer: Response) -> Response:
-        """``answer`` (a passed-through one) naming the ledger: a gateway in front of this one
-        learns as it starts that this one records its calls there (``_onward.ask_upstream``)."""
-        if self.value is not None:
+    def told(self, request: Request, answer: Response) -> Response:
+        """``answer``, passed through, naming the ledger if it is ``/api/version``'s: a gateway
+        in front of this one asks it as it starts (:meth:`ask`), to learn that this one
+        records its calls there."""
+        if request.url.path == "/api/version" and self.value is not None:
             answer.headers[LEDGER_HEADER] = self.value
         return answer
 
     async def ask(self, meter: Meter, pools: Sequence[PooledUpstream]) -> None:
         """Ask the servers behind the gateway, as it starts, whether one is a metering gateway
-        on its ledger (which names it on every answer, ``/api/version``'s too: :meth:`told`):
+        on its ledger (which names it on every metered answer, and ``/api/version``'s: :meth:`told`):
         then the gateway holds each call's budget in rows of the call's own, which that
         gateway takes over (``meter._elsewhere.holds_alone``); Ollama behind it, in its
         shared leases. Unanswered, it holds calls alone until a call's answer says

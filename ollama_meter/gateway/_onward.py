@@ -2,7 +2,8 @@
 
 The caller's own headers go on but for this hop's, its credentials and every ``X-Ometer-*``
 (``_forwarded``). In their place the gateway says, as an ometer client does
-(``upstream._recorded``), whom it charges the call to and its own span of it: so a metering
+(``upstream._recorded``), whom it charges the call to and the call's span (its caller's, if
+an ometer client named one, else its own: ``origin_of``): so a metering
 gateway behind it (``ometer run`` in front of ``ometer serve``, one gateway in front of
 another) charges the call alike, and, on this gateway's own ledger, records it once. Its
 answer then names its span in this ledger, which is the call's record: this gateway writes
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ollama_meter._names import origin_of
 from ollama_meter.gateway._forwarded import forward_headers
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._elsewhere import gateways_span
@@ -24,8 +26,13 @@ from ollama_meter.upstream._recorded import Heard, who_headers
 def onward(call: MeteredCall, charged: Attribution) -> Mapping[str, str]:
     """The headers that say whom ``call`` is charged to and its span; noted on the call, whose
     answer's words of its record :func:`heard` keeps."""
+    span = call.span  # a client's span it names goes on: the gateway behind notes the call's
     sends = who_headers(
-        charged.tenant, charged.department, charged.user, charged.tags, span_id=call.span.id
+        charged.tenant,
+        charged.department,
+        charged.user,
+        charged.tags,
+        span_id=origin_of(span.id, span.tags),
     )
     call.heard = Heard(sends=sends)
     return sends

@@ -11,6 +11,11 @@ gateway's span, so the caller finds the call's record by it. Telemetry ends the 
 span with no cost, tokens or metrics (the gateway exports those); user hooks see the call
 end as any other (what they add to it is not stored: the gateway's span is the record).
 
+A call that got no answer once its upstream had the whole request (the client's timeout, a
+gateway's caller gone) is recorded by a gateway behind it as well, its caller gone: the meter
+looks in its ledger for that span (:func:`recorded_behind`), found by the id the call goes by
+along the chain (``origin_of``), and leaves the call to it as to an answer that named it.
+
 The gateway never leaves a span out on a caller's word: only a client leaves its own out,
 and an answer naming another ledger (or none: a plain Ollama) changes nothing. An answer
 can only name this ledger by its id (random, unguessable; not a secret), and even then can
@@ -23,7 +28,7 @@ import hmac
 import time
 from typing import TYPE_CHECKING, TypedDict
 
-from ollama_meter._names import CLIENT_SPAN_TAG
+from ollama_meter._names import CLIENT_SPAN_TAG, origin_of
 from ollama_meter.meter._call import MeteredCall
 from ollama_meter.meter._ending import closed, mark_ended
 from ollama_meter.meter._observers import notify
@@ -49,10 +54,45 @@ def gateways_span(meter: Meter, call: MeteredCall) -> str | None:
 
 
 def leaves_to_gateway(meter: Meter, call: MeteredCall) -> bool:
-    """Whether a gateway's answer named ``call``'s span in this ledger (read, not asked)."""
+    """Whether a gateway's answer named ``call``'s span in this ledger (read, not asked), or
+    the ledger is to be asked for one (:func:`unanswered`)."""
     heard = call.heard
     ours = meter.ledger.known_identity
-    return heard is not None and heard.ledger is not None and heard.ledger == ours
+    named = heard is not None and heard.ledger is not None and heard.ledger == ours
+    return named or unanswered(meter, call)
+
+
+BEHIND_WAIT = 1.0
+"""Seconds a meter looks for a gateway's span of a call it gave up waiting for: the gateway
+records it (its caller gone) as soon as it notices, within milliseconds."""
+
+
+def unanswered(meter: Meter, call: MeteredCall) -> bool:
+    """Whether ``call`` ended with no answer once its upstream had its whole request (a
+    timeout, its caller gone), where that upstream may be a metering gateway on this ledger:
+    that gateway records the call too, its caller gone, noting the call's id."""
+    heard = call.heard
+    return (
+        heard is not None and heard.delivered and not heard.answered and meter.chained is not False
+    )
+
+
+def recorded_behind(meter: Meter, call: MeteredCall) -> str | None:
+    """The span a gateway on this ledger recorded :func:`unanswered` ``call`` as, looked for
+    over :data:`BEHIND_WAIT` (None: none; the call is recorded here, never not at all)."""
+    from ollama_meter.ledger._client_spans import gateway_span_of
+
+    deadline = time.monotonic() + BEHIND_WAIT
+    while True:
+        try:
+            with meter.ledger.read() as conn:
+                found = gateway_span_of(conn, call.span)
+        except Exception as exc:  # the ledger is away: recorded here (spooled) as well
+            meter.failures.failed("looking for a gateway's span of span %s", exc, call.span.id)
+            return None
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.02)
 
 
 def clients_hold(meter: Meter, span: SpanRecord) -> str | None:
@@ -89,13 +129,14 @@ class Holding(TypedDict):
     """How a call's budget is held (``BudgetGate.admit``'s words)."""
 
     adopt: str | None
-    alone: bool
+    alone: str | None
 
 
 def holding(meter: Meter, span: SpanRecord) -> Holding:
     """Whose hold ``span``'s call takes over (:func:`clients_hold`), and whether it is held in
     rows of its own (:func:`holds_alone`)."""
-    return Holding(adopt=clients_hold(meter, span), alone=holds_alone(meter))
+    alone = origin_of(span.id, span.tags) if holds_alone(meter) else None
+    return Holding(adopt=clients_hold(meter, span), alone=alone)
 
 
 def _give_back(meter: Meter, call: MeteredCall) -> None:
@@ -124,7 +165,12 @@ def streamed_from_gateway(meter: Meter, call: MeteredCall) -> None:
 def leave_to_gateway(meter: Meter, call: MeteredCall, error: BaseException | None) -> bool:
     """End ``call`` with no span of its own if a gateway on this ledger recorded it (True)."""
     heard_upstream(meter, call)
-    if call.heard is None or (recorded := gateways_span(meter, call)) is None:
+    if call.heard is None:
+        return False
+    recorded = gateways_span(meter, call)
+    if recorded is None and unanswered(meter, call):
+        recorded = recorded_behind(meter, call)
+    if recorded is None:
         return False
     closed(call)
     call.measure(time.perf_counter_ns(), ok=error is None or getattr(error, "consumed", False))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -21,7 +22,13 @@ import pytest
 
 from ollama_meter import AsyncMeteredClient, MeteredClient
 from ollama_meter.budgets import Budget, BudgetGate, budget_status
-from ollama_meter.errors import LedgerError, RateLimited, UpstreamError, UpstreamServerError
+from ollama_meter.errors import (
+    LedgerError,
+    RateLimited,
+    UpstreamError,
+    UpstreamServerError,
+    UpstreamTimeout,
+)
 from ollama_meter.gateway import _app
 from ollama_meter.gateway._rates import RateLimits
 from ollama_meter.ledger import Ledger, SpanFilter
@@ -303,3 +310,68 @@ def test_a_gateways_ledger_unavailable_refusal_is_sent_once(
     assert f"the gateway at {gw.url} refused the call (HTTP 503)" in str(refused.value)
     assert "cannot be checked" in str(refused.value) and refused.value.retry_after == 5
     assert len(checked) == 1  # one attempt: one refusal, one span
+
+
+@pytest.mark.parametrize("ledgers", ["one", "two"])
+def test_a_client_whose_timeout_runs_out_through_a_gateway_sends_the_call_once(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], ledgers: str
+) -> None:
+    """The client's own timeout ran out while the gateway's call was still under way: it hung
+    up and sent the call again, twice. The gateway recorded each attempt (its caller gone) as
+    a call, and a client on its ledger wrote its own timeout beside them: one call, four spans,
+    Ollama asked three times. The gateway had the call: it is not sent again, and on one
+    ledger the gateway's span is its one record (on two, each ledger holds one)."""
+    gw = serve_on(emulator.url, sqlite_url)
+    mine = sqlite_url if ledgers == "one" else f"{sqlite_url}-client"
+    emulator.latency = 2.0  # past the client's timeout
+    try:
+        with MeteredClient(gw.url, db_url=mine, upstream_timeout=0.3, retry_backoff=0.01) as c:
+            with pytest.raises(UpstreamTimeout):
+                c.chat(MODEL, HI)
+    finally:
+        emulator.latency = 0.0
+    assert len(emulator.requests_to("/api/chat")) == 1
+    deadline = time.monotonic() + 10
+    while not [s for s in gw.ledger.latest(SpanFilter(), 10) if s.source == "gateway"]:
+        assert time.monotonic() < deadline, "the gateway never noticed its caller leave"
+        time.sleep(0.02)
+    gw.settle()
+    spans = gw.ledger.latest(SpanFilter(), 10)
+    assert [(s.source, s.status) for s in spans] == [("gateway", "client_abort")]
+    if ledgers == "two":
+        (own,) = Ledger(mine).latest(SpanFilter(), 10)
+        assert (own.source, own.error_type) == ("sdk", "timeout")
+        assert spans[0].tags == {"ometer.client_span": own.id}
+
+
+def test_a_gateway_killed_between_a_client_and_a_gateway_leaves_no_second_record(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """A client, then a gateway, then a gateway, on one ledger: the middle one was killed with
+    the client's call open in its journal. It named the client's span onward, which the inner
+    gateway noted, so the next process on the ledger finds the inner span by it and writes no
+    interrupted copy of either meter's open call."""
+    inner = serve_on(emulator.url, sqlite_url)
+    client = make_span(source="sdk", tenant="default", department="sales", started_at=utc_now())
+    left = make_span(
+        source="gateway",
+        tenant="default",
+        department="sales",
+        started_at=utc_now(),
+        tags={"ometer.client_span": client.id},
+    )
+    writer = Journal(tmp_path / "journals")
+    writer.opened(client, 3)
+    writer.opened(left, 3)
+    said = {"X-Ometer-Client-Span": client.id, "X-Ometer-Department": "sales"}
+    body = {"model": MODEL, "messages": HI, "stream": False}
+    assert inner.client.post("/api/chat", json=body, headers=said).status_code == 200
+    inner.settle()
+    ledger = Ledger(sqlite_url)
+    assert writer._path is not None
+    ledger.journal.directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(writer._path, ledger.journal.directory / "9-dead.journal")  # nobody holds it
+    writer.close()
+    assert recover_interrupted(ledger, _no_prices) == 0
+    (span,) = ledger.latest(SpanFilter(), 10)
+    assert span.tags == {"ometer.client_span": client.id}
