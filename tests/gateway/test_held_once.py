@@ -219,3 +219,34 @@ def test_room_for_one_call_admits_it_through_two_gateways_on_one_ledger(
         if s.budget.department == "sales"
     ]
     assert (status.held, status.spent) == (0, span.cost_total)
+
+
+def test_room_for_one_call_admits_it_from_a_client_through_two_gateways_on_one_ledger(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway]
+) -> None:
+    """A client, then ``ometer run``'s gateway, then ``ometer serve``, all on one ledger: the
+    client's hold is taken over by the outer gateway, whose own is taken over by the inner one
+    (each names the client's span onward): the call is held once, and admitted."""
+    inner = serve_on(emulator.url, sqlite_url)
+    outer = serve_on(inner.url, sqlite_url)
+    inner.ledger.add_price_rule(token_prices())
+    limit = max(bounds(inner, sqlite_url))
+    inner.ledger.save_budget(Budget("acme", "sales", "day", limit, "USD"))
+    for gw in (inner, outer):
+        assert gw.meter.budgets is not None
+        gw.meter.budgets.reload_soon()
+    with MeteredClient(outer.url, tenant="acme", department="sales", db_url=sqlite_url) as client:
+        last = client.chat("llama3.1:8b", HI, options=CAP)
+    inner.settle()
+    outer.settle()
+    (span,) = inner.ledger.latest(SpanFilter(department="sales"), 10)
+    assert (span.source, span.status, span.id) == ("gateway", "ok", last.meter.id)
+    for gw in (outer, inner):
+        assert gw.meter.budgets is not None
+        gw.meter.budgets.close()
+    (status,) = [
+        s
+        for s in budget_status(inner.ledger, tz=ZoneInfo("UTC"), now=utc_now())
+        if s.budget.department == "sales"
+    ]
+    assert (status.held, status.spent) == (0, span.cost_total)
