@@ -116,7 +116,6 @@ class Gateway:
         # In force before the first call: a restarted gateway meets every retrying client at once.
         await read_limits(meter.ledger, gateway.rates)
         await fleet.start()
-        await gateway.ledger_name.ask(meter, [server.pool for server in fleet.servers])
         tasks = [
             asyncio.create_task(gateway._refresh_forever()),
             asyncio.create_task(keep_limits(meter.ledger, gateway.rates, fleet.queue)),

@@ -9,21 +9,14 @@ itself never takes a caller's word that a call is metered already: it records ev
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ollama_meter.errors import LedgerError, UpstreamError
+from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import Ledger
-from ollama_meter.upstream._pooled import header_of
 from ollama_meter.upstream._recorded import LEDGER_HEADER, SPAN_HEADER
-
-if TYPE_CHECKING:
-    from ollama_meter.meter import Meter
-    from ollama_meter.upstream._pooled import PooledUpstream
 
 log = logging.getLogger("ollama_meter.gateway")
 
@@ -94,27 +87,8 @@ class LedgerName:
 
     def told(self, request: Request, answer: Response) -> Response:
         """``answer``, passed through, naming the ledger if it is ``/api/version``'s: a gateway
-        in front of this one asks it as it starts (:meth:`ask`), to learn that this one
+        in front of this one asks it (``_onward.ask_upstream``), to learn that this one
         records its calls there."""
         if request.url.path == "/api/version" and self.value is not None:
             answer.headers[LEDGER_HEADER] = self.value
         return answer
-
-    async def ask(self, meter: Meter, pools: Sequence[PooledUpstream]) -> None:
-        """Ask the servers behind the gateway, as it starts, whether one is a metering gateway
-        on its ledger (which names it on every metered answer, and ``/api/version``'s: :meth:`told`):
-        then the gateway holds each call's budget in rows of the call's own, which that
-        gateway takes over (``meter._elsewhere.holds_alone``); Ollama behind it, in its
-        shared leases. Unanswered, it holds calls alone until a call's answer says
-        (``Meter.chained``)."""
-        ours, chained = self.value, False
-        for pool in pools:
-            try:
-                reply = await pool.request("GET", "/api/version", timeout=3.0)
-            except UpstreamError:
-                return
-            named = header_of(reply, LEDGER_HEADER.lower().encode())
-            pool.finish(reply, completed=False)
-            chained = chained or (ours is not None and named is not None and named == ours)
-        if ours is not None:
-            meter.chained = chained

@@ -14,13 +14,22 @@ department.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ollama_meter._names import origin_of
+from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._forwarded import forward_headers
+from ollama_meter.gateway._threads import in_thread
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._elsewhere import gateways_span
-from ollama_meter.upstream._recorded import Heard, who_headers
+from ollama_meter.upstream._pooled import header_of
+from ollama_meter.upstream._recorded import LEDGER_HEADER, Heard, who_headers
+
+if TYPE_CHECKING:
+    from ollama_meter.gateway._fleet import Fleet
 
 
 def onward(call: MeteredCall, charged: Attribution) -> Mapping[str, str]:
@@ -59,3 +68,44 @@ def heard(meter: Meter, call: MeteredCall, headers: Mapping[str, str] | None) ->
     if call.heard.ledger is None or meter.ledger.known_identity is None:
         return None  # (not read on the event loop: the gateway reads it when it starts)
     return gateways_span(meter, call)
+
+
+_ASKED: weakref.WeakKeyDictionary[Meter, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+async def ask_upstream(meter: Meter, fleet: Fleet, charged: Attribution) -> None:
+    """Before the first call a hard budget covers, ask the servers behind the gateway whether
+    one is a metering gateway on its ledger (which names it on ``/api/version``'s answer).
+    Then the gateway holds each call's budget in rows of the call's own, which that gateway
+    takes over (``meter._elsewhere.holds_alone``), and looks for that gateway's span of a call
+    whose caller left before its answer (``recorded_behind``); with Ollama behind it, it holds
+    calls in its shared leases. Asked once; unasked or unanswered, a call's answer says
+    (``Meter.chained``). Not while no hard budget covers a call: Ollama is not asked what it
+    need not be."""
+    gate, ours = meter.budgets, meter.ledger.known_identity
+    if meter.chained is not None or gate is None or ours is None:
+        return
+    who = (charged.tenant, charged.department)
+    covering = gate.cached_budgets_for(*who)
+    if covering is None:  # read again (as the call's admission would): off the event loop
+        try:
+            covering = await in_thread(gate.budgets_for, *who)
+        except Exception:  # the ledger is away: the call's admission says so, with its span
+            return
+    if not any(budget.hard for budget in covering):
+        return
+    if (asking := _ASKED.get(meter)) is not None:  # asked, or being asked: its answer is waited for
+        async with asking:
+            return
+    async with _ASKED.setdefault(meter, asyncio.Lock()):
+        chained = False
+        for server in fleet.servers:
+            try:
+                reply = await server.pool.request("GET", "/api/version", timeout=3.0)
+            except UpstreamError:
+                return
+            named = header_of(reply, LEDGER_HEADER.lower().encode())
+            server.pool.finish(reply, completed=False)
+            chained = chained or named == ours
+        if meter.chained is None:
+            meter.chained = chained

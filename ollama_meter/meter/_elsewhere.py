@@ -69,12 +69,14 @@ records it (its caller gone) as soon as it notices, within milliseconds."""
 
 def unanswered(meter: Meter, call: MeteredCall) -> bool:
     """Whether ``call`` ended with no answer once its upstream had its whole request (a
-    timeout, its caller gone), where that upstream may be a metering gateway on this ledger:
-    that gateway records the call too, its caller gone, noting the call's id."""
+    timeout, its caller gone), where that upstream may be (a client) or is (a gateway) a
+    metering gateway on this ledger: that gateway records the call too, its caller gone,
+    noting the call's id."""
     heard = call.heard
-    return (
-        heard is not None and heard.delivered and not heard.answered and meter.chained is not False
-    )
+    # A gateway asks only where it knows (``gateway._onward``): the innermost one, Ollama behind
+    # it, would write its span a wait late, past the wait of the meter in front looking for it.
+    behind = meter.chained or (meter.chained is None and meter.source is not Source.GATEWAY)
+    return heard is not None and heard.delivered and not heard.answered and behind
 
 
 def recorded_behind(meter: Meter, call: MeteredCall) -> str | None:
@@ -113,8 +115,12 @@ def heard_upstream(meter: Meter, call: MeteredCall) -> None:
     it is a metering gateway on the meter's ledger (True), anything else (False), or not
     known yet (None)."""
     heard, ours = call.heard, meter.ledger.known_identity
-    if heard is not None and heard.answered and ours is not None:
-        meter.chained = heard.ledger is not None and hmac.compare_digest(heard.ledger, ours)
+    if heard is None or not heard.answered:
+        return
+    if heard.ledger is None:  # no gateway recorded it: Ollama, or a proxy that names none
+        meter.chained = False
+    elif ours is not None:
+        meter.chained = hmac.compare_digest(heard.ledger, ours)
 
 
 def holds_alone(meter: Meter) -> bool:

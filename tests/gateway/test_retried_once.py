@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from ollama_meter import AsyncMeteredClient, MeteredClient
+from ollama_meter._names import origin_of
 from ollama_meter.budgets import Budget, BudgetGate, budget_status
 from ollama_meter.errors import (
     LedgerError,
@@ -259,29 +260,40 @@ def test_ometer_chat_says_when_to_try_again_and_leaves_one_span(  # type: ignore
     assert [s.status for s in gw.ledger.latest(SpanFilter(), 10)] == ["rejected", "ok"]
 
 
+@pytest.mark.parametrize("behind_a_client", [False, True])
 def test_a_gateway_killed_in_front_of_one_on_its_ledger_leaves_no_second_record(
-    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], tmp_path: Path
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    serve_on: Callable[..., Gateway],
+    tmp_path: Path,
+    behind_a_client: bool,
 ) -> None:
     """The outer gateway was killed (``kill -9``) with a call open in its journal, which the
     inner gateway recorded, noting the outer one's span (``X-Ometer-Client-Span``): that span
     is the call's record, and the next process on the ledger writes no interrupted copy. A
-    gateway's own open calls were always recorded again: it had no gateway behind it."""
+    gateway's own open calls were always recorded again: it had no gateway behind it.
+    ``behind_a_client``: an ometer client called the outer gateway (its call open in its
+    journal too, the outer one's noting it), which named the client's span onward; the inner
+    span, noting the client's, was found for neither open call (one interrupted copy)."""
     inner = serve_on(emulator.url, sqlite_url)
-    left = make_span(source="gateway", tenant="default", started_at=utc_now())
-    writer = Journal(tmp_path / "outer-journal")
-    writer.opened(left, 3)
-    said = {"X-Ometer-Client-Span": left.id, "X-Ometer-Department": "sales"}
+    writer = Journal(tmp_path / "journals")
+    client = make_span(source="sdk", tenant="default", started_at=utc_now())
+    tags = {"ometer.client_span": client.id} if behind_a_client else {}
+    left = make_span(source="gateway", tenant="default", started_at=utc_now(), tags=tags)
+    for opened in (client, left) if behind_a_client else (left,):
+        writer.opened(opened, 3)
+    said = {"X-Ometer-Client-Span": origin_of(left.id, tags), "X-Ometer-Department": "sales"}
     body = {"model": MODEL, "messages": HI, "stream": False}
     assert inner.client.post("/api/chat", json=body, headers=said).status_code == 200
     inner.settle()
     ledger = Ledger(sqlite_url)
     assert writer._path is not None
     ledger.journal.directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(writer._path, ledger.journal.directory / "9-outer.journal")  # nobody holds it
+    shutil.copy(writer._path, ledger.journal.directory / "9-dead.journal")  # nobody holds it
     writer.close()
     assert recover_interrupted(ledger, _no_prices) == 0
     (span,) = ledger.latest(SpanFilter(), 10)
-    assert span.tags == {"ometer.client_span": left.id}
+    assert span.tags == {"ometer.client_span": said["X-Ometer-Client-Span"]}
 
 
 def test_a_gateways_ledger_unavailable_refusal_is_sent_once(
@@ -342,36 +354,3 @@ def test_a_client_whose_timeout_runs_out_through_a_gateway_sends_the_call_once(
         (own,) = Ledger(mine).latest(SpanFilter(), 10)
         assert (own.source, own.error_type) == ("sdk", "timeout")
         assert spans[0].tags == {"ometer.client_span": own.id}
-
-
-def test_a_gateway_killed_between_a_client_and_a_gateway_leaves_no_second_record(
-    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], tmp_path: Path
-) -> None:
-    """A client, then a gateway, then a gateway, on one ledger: the middle one was killed with
-    the client's call open in its journal. It named the client's span onward, which the inner
-    gateway noted, so the next process on the ledger finds the inner span by it and writes no
-    interrupted copy of either meter's open call."""
-    inner = serve_on(emulator.url, sqlite_url)
-    client = make_span(source="sdk", tenant="default", department="sales", started_at=utc_now())
-    left = make_span(
-        source="gateway",
-        tenant="default",
-        department="sales",
-        started_at=utc_now(),
-        tags={"ometer.client_span": client.id},
-    )
-    writer = Journal(tmp_path / "journals")
-    writer.opened(client, 3)
-    writer.opened(left, 3)
-    said = {"X-Ometer-Client-Span": client.id, "X-Ometer-Department": "sales"}
-    body = {"model": MODEL, "messages": HI, "stream": False}
-    assert inner.client.post("/api/chat", json=body, headers=said).status_code == 200
-    inner.settle()
-    ledger = Ledger(sqlite_url)
-    assert writer._path is not None
-    ledger.journal.directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(writer._path, ledger.journal.directory / "9-dead.journal")  # nobody holds it
-    writer.close()
-    assert recover_interrupted(ledger, _no_prices) == 0
-    (span,) = ledger.latest(SpanFilter(), 10)
-    assert span.tags == {"ometer.client_span": client.id}
