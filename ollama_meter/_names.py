@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Mapping
 from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]*")
@@ -21,6 +22,15 @@ CLIENT_SPAN_TAG = "ometer.client_span"
 """The gateway's note on its span of the call an ometer client named its own span id for
 (``X-Ometer-Client-Span``): that client, killed before any answer, is not recorded again as
 interrupted (``meter/_recovery.py``). Like :data:`UNVERIFIED_TAG`, not one of a caller's tags."""
+
+
+def origin_of(span_id: str, tags: Mapping[str, str]) -> str:
+    """The id a call goes by along a chain of meters (an ometer client, then gateways): its
+    client's span, noted (:data:`CLIENT_SPAN_TAG`), else its own ``span_id``. A gateway names
+    it onward, so the last gateway's span notes the client's, and each meter finds it by it."""
+    return tags.get(CLIENT_SPAN_TAG) or span_id
+
+
 GATEWAY_TAGS = (UNVERIFIED_TAG, CLIENT_SPAN_TAG)
 """The tags only a gateway sets on its spans: never counted among a caller's, nor sent by one."""
 

@@ -112,6 +112,10 @@ class UpstreamError(OmeterError):
     """A metering gateway recorded the attempt as a call (its answer named its span): sent
     again, the call would be another call in that gateway's ledger, so it is never retried.
     The gateway retried its own upstream already; its caller is told when to come back."""
+    taken: bool = False
+    """The upstream had the attempt's whole request and did not answer in time: it has the
+    call (Ollama works on it; a metering gateway records it as a call, its caller gone), so
+    it is not sent again, a second call beside the first (DESIGN §10: a call counts once)."""
 
     def __init__(
         self, message: str, *, status_code: int | None = None, retry_after: float | None = None

@@ -163,6 +163,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         blocking: bool = True,
         model: str = "",
         adopt: str | None = None,
+        alone: str | None = None,
     ) -> Reservation | None:
         """Hold the call's bound in every hard budget covering it, or raise :class:`BudgetExceeded`.
 
@@ -179,6 +180,12 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         them: it is random, and only the client and the gateway it calls through know it.
         A call charged to another department, or of another model, takes none (the client's
         rows are named by its department and ``model`` too: :func:`holder_of`).
+
+        ``alone``: hold this call in rows of its own, named by this id (the one the call goes by
+        along a chain of meters), as a process with ``lease_share`` 0 does, though this one
+        shares its leases: a gateway that may relay the call to another on its ledger, which
+        takes such rows over (a shared lease it cannot: the call was held twice, and refused
+        where it had room).
         """
         if blocking:
             covering = self.budgets_for(tenant, department)
@@ -193,7 +200,8 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
                 raise mismatch(budget, tenant, window, estimate, now)
         refused: list[Alert] | None = None  # set when refused: the alerts the refusal fires
         said: list[Alert] = []
-        holder = "" if self.lease_share else holder_of(call_id, department, model)  # own rows
+        own = alone is not None or not self.lease_share
+        holder = holder_of(alone or call_id, department, model) if own else ""  # rows of its own
         if blocking and adopt is None:  # a refusal read a moment ago is said again, no lock
             try:
                 self._refused.again(hard, tenant, estimate.amount, now, self.tz, said)
@@ -300,7 +308,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
                     refused += refused_alerts(lease, spent, held, need)
                     self._refused.note(lease, spent, held, need, now)
                     continue
-                slice_ = max(need, int(room * self.lease_share))
+                slice_ = need if lease.holder else max(need, int(room * self.lease_share))
                 sizes.append((lease, mine + slice_, spent))
             if refusals:
                 # The budget that frees up last: a retry any sooner (a daily budget's calls in
@@ -347,9 +355,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
                 elif held:  # a call that cost nothing holds nothing while its span waits
                     lease.kept[reservation.id] = held
                 idle = not lease.in_flight and not lease.kept
-                if idle and (
-                    self._closed or not self.lease_share or lease.free < reservation.amount
-                ):
+                if idle and (self._closed or reservation.holder or lease.free < reservation.amount):
                     give_back.append(self._returned(slot))
             if self._closed and not self._leases:
                 self._closing.set()  # the keeper's work is done: it ends now, not in a round

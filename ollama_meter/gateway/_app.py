@@ -267,7 +267,7 @@ class Gateway:
             return error_response(
                 wire_of(request.url.path), exc.status, str(exc), headers=exc.headers
             )
-        return await forward(self.fleet, request, body=body)
+        return self.ledger_name.told(request, await forward(self.fleet, request, body=body))
 
     async def admin(self, request: Request) -> Response:
         if not self.options.allow_admin:

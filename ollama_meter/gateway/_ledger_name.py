@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import Response
 
 from ollama_meter.errors import LedgerError
 from ollama_meter.ledger import Ledger
@@ -82,3 +84,11 @@ class LedgerName:
         if self.value is not None:
             named[LEDGER_HEADER] = self.value
         return named
+
+    def told(self, request: Request, answer: Response) -> Response:
+        """``answer``, passed through, naming the ledger if it is ``/api/version``'s: a gateway
+        in front of this one asks it (``_onward.ask_upstream``), to learn that this one
+        records its calls there."""
+        if request.url.path == "/api/version" and self.value is not None:
+            answer.headers[LEDGER_HEADER] = self.value
+        return answer

@@ -2,7 +2,8 @@
 
 The caller's own headers go on but for this hop's, its credentials and every ``X-Ometer-*``
 (``_forwarded``). In their place the gateway says, as an ometer client does
-(``upstream._recorded``), whom it charges the call to and its own span of it: so a metering
+(``upstream._recorded``), whom it charges the call to and the call's span (its caller's, if
+an ometer client named one, else its own: ``origin_of``): so a metering
 gateway behind it (``ometer run`` in front of ``ometer serve``, one gateway in front of
 another) charges the call alike, and, on this gateway's own ledger, records it once. Its
 answer then names its span in this ledger, which is the call's record: this gateway writes
@@ -13,19 +14,34 @@ department.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
+from ollama_meter._names import origin_of
+from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._forwarded import forward_headers
+from ollama_meter.gateway._threads import in_thread
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._elsewhere import gateways_span
-from ollama_meter.upstream._recorded import Heard, who_headers
+from ollama_meter.upstream._pooled import header_of
+from ollama_meter.upstream._recorded import LEDGER_HEADER, Heard, who_headers
+
+if TYPE_CHECKING:
+    from ollama_meter.gateway._fleet import Fleet
 
 
 def onward(call: MeteredCall, charged: Attribution) -> Mapping[str, str]:
     """The headers that say whom ``call`` is charged to and its span; noted on the call, whose
     answer's words of its record :func:`heard` keeps."""
+    span = call.span  # a client's span it names goes on: the gateway behind notes the call's
     sends = who_headers(
-        charged.tenant, charged.department, charged.user, charged.tags, span_id=call.span.id
+        charged.tenant,
+        charged.department,
+        charged.user,
+        charged.tags,
+        span_id=origin_of(span.id, span.tags),
     )
     call.heard = Heard(sends=sends)
     return sends
@@ -52,3 +68,44 @@ def heard(meter: Meter, call: MeteredCall, headers: Mapping[str, str] | None) ->
     if call.heard.ledger is None or meter.ledger.known_identity is None:
         return None  # (not read on the event loop: the gateway reads it when it starts)
     return gateways_span(meter, call)
+
+
+_ASKED: weakref.WeakKeyDictionary[Meter, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+async def ask_upstream(meter: Meter, fleet: Fleet, charged: Attribution) -> None:
+    """Before the first call a hard budget covers, ask the servers behind the gateway whether
+    one is a metering gateway on its ledger (which names it on ``/api/version``'s answer).
+    Then the gateway holds each call's budget in rows of the call's own, which that gateway
+    takes over (``meter._elsewhere.holds_alone``), and looks for that gateway's span of a call
+    whose caller left before its answer (``recorded_behind``); with Ollama behind it, it holds
+    calls in its shared leases. Asked once; unasked or unanswered, a call's answer says
+    (``Meter.chained``). Not while no hard budget covers a call: Ollama is not asked what it
+    need not be."""
+    gate, ours = meter.budgets, meter.ledger.known_identity
+    if meter.chained is not None or gate is None or ours is None:
+        return
+    who = (charged.tenant, charged.department)
+    covering = gate.cached_budgets_for(*who)
+    if covering is None:  # read again (as the call's admission would): off the event loop
+        try:
+            covering = await in_thread(gate.budgets_for, *who)
+        except Exception:  # the ledger is away: the call's admission says so, with its span
+            return
+    if not any(budget.hard for budget in covering):
+        return
+    if (asking := _ASKED.get(meter)) is not None:  # asked, or being asked: its answer is waited for
+        async with asking:
+            return
+    async with _ASKED.setdefault(meter, asyncio.Lock()):
+        chained = False
+        for server in fleet.servers:
+            try:
+                reply = await server.pool.request("GET", "/api/version", timeout=3.0)
+            except UpstreamError:
+                return
+            named = header_of(reply, LEDGER_HEADER.lower().encode())
+            server.pool.finish(reply, completed=False)
+            chained = chained or named == ours
+        if meter.chained is None:
+            meter.chained = chained

@@ -49,7 +49,7 @@ from ollama_meter.gateway._answers import (
     unchecked_response,
 )
 from ollama_meter.gateway._fleet import Fleet
-from ollama_meter.gateway._onward import heard, upstream_headers
+from ollama_meter.gateway._onward import ask_upstream, heard, upstream_headers
 from ollama_meter.gateway._rates import Admission
 from ollama_meter.gateway._requests import MeteredRequest
 from ollama_meter.gateway._slots import (
@@ -422,14 +422,9 @@ class Relay:
 
     async def _open(self, request: MeteredRequest, attribution: Attribution) -> MeteredCall:
         """Admit and open the call: in place when memory can decide, else on a ledger thread."""
-        opening = Opening(
-            request.operation,
-            request.model,
-            request.stream,
-            attribution,
-            request.facts,
-            queued=True,
-        )
+        facts, stream = request.facts, request.stream
+        opening = Opening(request.operation, request.model, stream, attribution, facts, queued=True)
+        await ask_upstream(self.meter, self.fleet, attribution)  # a gateway behind it? (budgets)
         call = self.meter.try_open(opening)
         if call is not None:
             return call

@@ -68,6 +68,8 @@ async def close_call(meter: Meter, call: MeteredCall, outcome: BaseException | N
     journal, a few dozen microseconds), else in a thread: the commit may wait. A call its
     caller left once Ollama had its whole request consumed its prompt (``stopped``)."""
     if outcome is not None:
+        if call.heard is not None:  # what a gateway behind this one has: ``meter._elsewhere``
+            call.heard.delivered = delivered()
         stopped(call, outcome, delivered())
     if not meter.close_now(call, outcome):
         await in_thread(meter.close, call, outcome)

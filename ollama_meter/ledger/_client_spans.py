@@ -20,7 +20,7 @@ from datetime import timedelta
 
 from sqlalchemy import Connection, select
 
-from ollama_meter._names import CLIENT_SPAN_TAG
+from ollama_meter._names import CLIENT_SPAN_TAG, origin_of
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import Source, SpanRecord
 
@@ -30,21 +30,24 @@ NEAR = timedelta(hours=1)
 
 def recorded_by_gateway(conn: Connection, opened: Sequence[SpanRecord]) -> set[str]:
     """The ids of the ``opened`` client spans a gateway span in the ledger names, charged alike."""
+    return {span.id for span in opened if gateway_span_of(conn, span) is not None}
+
+
+def gateway_span_of(conn: Connection, span: SpanRecord) -> str | None:
+    """The id of a gateway span in the ledger that notes ``span``'s call (by the id it goes by
+    along a chain: ``origin_of``), charged alike and begun near it; None if there is none."""
     noted = SPANS.c.tags[CLIENT_SPAN_TAG].as_string()
-    found: set[str] = set()
-    for span in opened:
-        query = (
-            select(SPANS.c.id)
-            .where(
-                SPANS.c.started_at.between(span.started_at - NEAR, span.started_at + NEAR),
-                SPANS.c.source == Source.GATEWAY,
-                noted == span.id,
-                SPANS.c.tenant == span.tenant,
-                SPANS.c.department == span.department,
-                SPANS.c.request_model == span.request_model,
-            )
-            .limit(1)
+    query = (
+        select(SPANS.c.id)
+        .where(
+            SPANS.c.started_at.between(span.started_at - NEAR, span.started_at + NEAR),
+            SPANS.c.source == Source.GATEWAY,
+            noted == origin_of(span.id, span.tags),
+            SPANS.c.id != span.id,
+            SPANS.c.tenant == span.tenant,
+            SPANS.c.department == span.department,
+            SPANS.c.request_model == span.request_model,
         )
-        if conn.execute(query).first() is not None:
-            found.add(span.id)
-    return found
+        .limit(1)
+    )
+    return conn.execute(query).scalar()

@@ -11,6 +11,11 @@ gateway's span, so the caller finds the call's record by it. Telemetry ends the 
 span with no cost, tokens or metrics (the gateway exports those); user hooks see the call
 end as any other (what they add to it is not stored: the gateway's span is the record).
 
+A call that got no answer once its upstream had the whole request (the client's timeout, a
+gateway's caller gone) is recorded by a gateway behind it as well, its caller gone: the meter
+looks in its ledger for that span (:func:`recorded_behind`), found by the id the call goes by
+along the chain (``origin_of``), and leaves the call to it as to an answer that named it.
+
 The gateway never leaves a span out on a caller's word: only a client leaves its own out,
 and an answer naming another ledger (or none: a plain Ollama) changes nothing. An answer
 can only name this ledger by its id (random, unguessable; not a secret), and even then can
@@ -21,9 +26,9 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
-from ollama_meter._names import CLIENT_SPAN_TAG
+from ollama_meter._names import CLIENT_SPAN_TAG, origin_of
 from ollama_meter.meter._call import MeteredCall
 from ollama_meter.meter._ending import closed, mark_ended
 from ollama_meter.meter._observers import notify
@@ -49,10 +54,47 @@ def gateways_span(meter: Meter, call: MeteredCall) -> str | None:
 
 
 def leaves_to_gateway(meter: Meter, call: MeteredCall) -> bool:
-    """Whether a gateway's answer named ``call``'s span in this ledger (read, not asked)."""
+    """Whether a gateway's answer named ``call``'s span in this ledger (read, not asked), or
+    the ledger is to be asked for one (:func:`unanswered`)."""
     heard = call.heard
     ours = meter.ledger.known_identity
-    return heard is not None and heard.ledger is not None and heard.ledger == ours
+    named = heard is not None and heard.ledger is not None and heard.ledger == ours
+    return named or unanswered(meter, call)
+
+
+BEHIND_WAIT = 1.0
+"""Seconds a meter looks for a gateway's span of a call it gave up waiting for: the gateway
+records it (its caller gone) as soon as it notices, within milliseconds."""
+
+
+def unanswered(meter: Meter, call: MeteredCall) -> bool:
+    """Whether ``call`` ended with no answer once its upstream had its whole request (a
+    timeout, its caller gone), where that upstream may be (a client) or is (a gateway) a
+    metering gateway on this ledger: that gateway records the call too, its caller gone,
+    noting the call's id."""
+    heard = call.heard
+    # A gateway asks only where it knows (``gateway._onward``): the innermost one, Ollama behind
+    # it, would write its span a wait late, past the wait of the meter in front looking for it.
+    behind = meter.chained or (meter.chained is None and meter.source is not Source.GATEWAY)
+    return heard is not None and heard.delivered and not heard.answered and behind
+
+
+def recorded_behind(meter: Meter, call: MeteredCall) -> str | None:
+    """The span a gateway on this ledger recorded :func:`unanswered` ``call`` as, looked for
+    over :data:`BEHIND_WAIT` (None: none; the call is recorded here, never not at all)."""
+    from ollama_meter.ledger._client_spans import gateway_span_of
+
+    deadline = time.monotonic() + BEHIND_WAIT
+    while True:
+        try:
+            with meter.ledger.read() as conn:
+                found = gateway_span_of(conn, call.span)
+        except Exception as exc:  # the ledger is away: recorded here (spooled) as well
+            meter.failures.failed("looking for a gateway's span of span %s", exc, call.span.id)
+            return None
+        if found is not None or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.02)
 
 
 def clients_hold(meter: Meter, span: SpanRecord) -> str | None:
@@ -66,6 +108,41 @@ def clients_hold(meter: Meter, span: SpanRecord) -> str | None:
     if meter.source is not Source.GATEWAY or meter.ledger.known_identity is None:
         return None
     return span.tags.get(CLIENT_SPAN_TAG)
+
+
+def heard_upstream(meter: Meter, call: MeteredCall) -> None:
+    """Note what ``call``'s upstream answered as, if it answered: ``Meter.chained`` says whether
+    it is a metering gateway on the meter's ledger (True), anything else (False), or not
+    known yet (None)."""
+    heard, ours = call.heard, meter.ledger.known_identity
+    if heard is None or not heard.answered:
+        return
+    if heard.ledger is None:  # no gateway recorded it: Ollama, or a proxy that names none
+        meter.chained = False
+    elif ours is not None:
+        meter.chained = hmac.compare_digest(heard.ledger, ours)
+
+
+def holds_alone(meter: Meter) -> bool:
+    """Whether a gateway holds a call's budget in rows of the call's own, which a gateway behind
+    it on its ledger takes over (``clients_hold``), not in its shared lease, which that gateway
+    cannot: held twice, a call near the limit was refused with room for it. So it does until
+    its upstream has answered as anything but such a gateway (Ollama itself)."""
+    return meter.source is Source.GATEWAY and meter.chained is not False
+
+
+class Holding(TypedDict):
+    """How a call's budget is held (``BudgetGate.admit``'s words)."""
+
+    adopt: str | None
+    alone: str | None
+
+
+def holding(meter: Meter, span: SpanRecord) -> Holding:
+    """Whose hold ``span``'s call takes over (:func:`clients_hold`), and whether it is held in
+    rows of its own (:func:`holds_alone`)."""
+    alone = origin_of(span.id, span.tags) if holds_alone(meter) else None
+    return Holding(adopt=clients_hold(meter, span), alone=alone)
 
 
 def _give_back(meter: Meter, call: MeteredCall) -> None:
@@ -93,7 +170,13 @@ def streamed_from_gateway(meter: Meter, call: MeteredCall) -> None:
 
 def leave_to_gateway(meter: Meter, call: MeteredCall, error: BaseException | None) -> bool:
     """End ``call`` with no span of its own if a gateway on this ledger recorded it (True)."""
-    if call.heard is None or (recorded := gateways_span(meter, call)) is None:
+    heard_upstream(meter, call)
+    if call.heard is None:
+        return False
+    recorded = gateways_span(meter, call)
+    if recorded is None and unanswered(meter, call):
+        recorded = recorded_behind(meter, call)
+    if recorded is None:
         return False
     closed(call)
     call.measure(time.perf_counter_ns(), ok=error is None or getattr(error, "consumed", False))

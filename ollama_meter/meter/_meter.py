@@ -25,7 +25,7 @@ from ollama_meter.errors import BudgetExceeded, LedgerError, ValidationError
 from ollama_meter.meter._attribution import Attribution
 from ollama_meter.meter._behind import WriteBehind, settle
 from ollama_meter.meter._call import MeteredCall
-from ollama_meter.meter._elsewhere import clients_hold, leave_to_gateway, leaves_to_gateway
+from ollama_meter.meter._elsewhere import holding, leave_to_gateway, leaves_to_gateway
 from ollama_meter.meter._ending import closed, mark_ended
 from ollama_meter.meter._observers import SpanObserver, notify
 from ollama_meter.meter._recovery import recover_interrupted
@@ -101,9 +101,9 @@ class Meter:
         self.source = Source(source)
         self.clock = clock
         self.observers = list(observers)
-        self.writer = GroupCommitWriter(ledger)
-        self.failures = Throttled(log)
+        self.writer, self.failures = GroupCommitWriter(ledger), Throttled(log)
         self.behind: WriteBehind | None = None  # commits spans after their calls answer
+        self.chained: bool | None = None  # its upstream a gateway on its ledger? (_elsewhere)
 
     @classmethod
     def from_settings(
@@ -253,7 +253,7 @@ class Meter:
                 now=span.started_at,
                 blocking=blocking,
                 model=model,
-                adopt=clients_hold(self, span),
+                **holding(self, span),
             )
             # The admission (a busy ledger, Ollama asked for the model's prompt) came before the
             # call is sent: queue time, as a slot's wait is; not Ollama's, priced or capped.

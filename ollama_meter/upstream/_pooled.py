@@ -35,7 +35,7 @@ from ollama_meter.upstream._classify import (
     retry_after_seconds,
     transport_error,
 )
-from ollama_meter.upstream._delivered import answered, sending_body
+from ollama_meter.upstream._delivered import answered, delivered, sending_body
 from ollama_meter.upstream._frames import MAX_FRAME_BYTES, Frames
 from ollama_meter.upstream._kept import Connections, sending, stale
 from ollama_meter.upstream._recorded import LEDGER_HEADER, REFUSED_HEADER, SPAN_HEADER
@@ -133,7 +133,9 @@ class PooledUpstream(Resilient):
                 Failure.CONNECTION, host=self.host, started=False, reason=_reason(exc)
             ) from exc
         except TimeoutError as exc:
-            raise transport_error(Failure.TIMEOUT, host=self.host, started=False) from exc
+            silent = transport_error(Failure.TIMEOUT, host=self.host, started=False)
+            silent.taken = delivered()  # the upstream has the call: not sent again
+            raise silent from exc
         except aiohttp.ClientResponseError as exc:  # what came back could not be parsed
             reason = exc.message.splitlines()[0].rstrip(":") if exc.message else _reason(exc)
             raise transport_error(

@@ -109,6 +109,8 @@ class Heard:
     """The ledger the gateway that answered recorded the call in (None: no gateway said)."""
     span_id: str | None = None
     """The gateway's span of the call in that ledger."""
+    answered: bool = False
+    """An answer came to the attempt under way (whatever it said of the call's record)."""
     relied_on: bool = False
     """Set by the meter: the gateway's span is the call's record, the client wrote none."""
     delivered: bool = False
@@ -118,6 +120,7 @@ class Heard:
     def attempt(self) -> None:
         """A new attempt is sent: what an earlier answer said is not this one's."""
         self.ledger = self.span_id = None
+        self.answered = False
 
     def heard(self, headers: Mapping[str, str]) -> None:
         """An answer came with ``headers``: a gateway that recorded the call names both its
@@ -127,3 +130,4 @@ class Heard:
             self.ledger, self.span_id = ledger, span_id
         else:
             self.attempt()
+        self.answered = True

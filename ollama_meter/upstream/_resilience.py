@@ -339,10 +339,11 @@ class CallAttempts:
 
         A call is retried only on a transient failure, only while nothing has been
         streamed (``started``), never once a metering gateway recorded it (each attempt
-        would be a call in its ledger), and at most ``retries`` times.
+        would be a call in its ledger) or the upstream had it whole and went silent past
+        the timeout (``taken``: a gateway records it too), and at most ``retries`` times.
         """
         self.attempts += 1
-        again = not started and not error.recorded and is_transient(error)
+        again = not (started or error.recorded or error.taken) and is_transient(error)
         if again and self.attempts <= self._retry.retries:
             wait = self._retry.wait(self.attempts, error.retry_after)
             if wait is not None:

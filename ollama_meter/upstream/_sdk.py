@@ -52,6 +52,7 @@ from ollama_meter.upstream._sdk_heard import (
     attempting,
     on_request,
     on_response,
+    sent_whole,
 )
 from ollama_meter.upstream._sdk_kept import AsyncKeptTransport, KeptTransport
 from ollama_meter.upstream._sdk_said import (
@@ -372,7 +373,11 @@ class Upstream(Resilient):
                 f"its answer does not read as Ollama's API has it: {reason}",
             )
         elif isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
-            kind = Failure.TIMEOUT  # a connect nobody answered is an unreachable host, below
+            # A connect nobody answered is an unreachable host (below); a request sent whole
+            # and not answered in time, a call the upstream has: not sent again.
+            silent = transport_error(Failure.TIMEOUT, host=self.host, started=started)
+            silent.taken = sent_whole()
+            return silent
         elif answered and isinstance(exc, httpx.HTTPError):
             # Its headers came, then its body broke off (a whole answer too): the call was
             # taken, so it is not sent again, nor the server said to be unreachable.

@@ -37,6 +37,12 @@ def delivered() -> None:
         heard.delivered = True
 
 
+def sent_whole() -> bool:
+    """Whether the request of the attempt in this context was sent whole and not refused."""
+    heard = _HEARD.get()
+    return heard is not None and heard.delivered
+
+
 def _sends(request: httpx.Request) -> None:
     heard = _HEARD.get()
     if heard is not None and heard.sends:

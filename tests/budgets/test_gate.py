@@ -699,6 +699,7 @@ def test_try_open_admits_in_memory_or_hands_the_call_to_a_thread(
     """What an event loop may do in place (issue 11 item 8); None means nothing happened."""
     cfg = load_settings(db_url=db_url, timezone="Europe/Berlin", ollama_host=emulator.url)
     meter = Meter.from_settings(cfg, source="gateway", clock=Clock(NOV))  # leases a quarter
+    meter.chained = False  # Ollama behind it, as a gateway asks as it starts: shared leases
     meter.ledger.add_price_rule(token_prices("llama3.1:*"))
     budget(meter, BOUND * 8)
     meter.keep_fresh()  # a server: a background task reloads prices and budgets

@@ -173,3 +173,77 @@ def test_ometer_chat_processes_through_the_gateway_are_each_held_once(
         ("gateway", "ok")
     ] * codes.count(0)
     assert sum(s.cost_total for s in spans) <= limit
+
+
+def _chain(
+    emulator: OllamaEmulator, url: str, serve_on: Callable[..., Gateway]
+) -> tuple[Gateway, Gateway, int]:
+    """``ometer run``'s gateway (outer) in front of ``ometer serve`` (inner) on the ledger
+    ``url``, with prices: both, and the larger bound of the test's chat."""
+    inner = serve_on(emulator.url, url)
+    outer = serve_on(inner.url, url)
+    inner.ledger.add_price_rule(token_prices())
+    return inner, outer, max(bounds(inner, url))
+
+
+def _room_for(limit: int, *gateways: Gateway) -> None:
+    """A daily hard budget of ``limit`` for acme/sales, read by each of ``gateways`` now."""
+    gateways[0].ledger.save_budget(Budget("acme", "sales", "day", limit, "USD"))
+    for gw in gateways:
+        assert gw.meter.budgets is not None
+        gw.meter.budgets.reload_soon()
+
+
+def _spent_once(inner: Gateway, outer: Gateway, span_id: str) -> None:
+    """The call is the inner gateway's one span ``span_id``, and once the gateways give back
+    their leases the budget holds nothing and has spent its cost."""
+    inner.settle()
+    outer.settle()
+    (span,) = inner.ledger.latest(SpanFilter(department="sales"), 10)
+    assert (span.source, span.status, span.id) == ("gateway", "ok", span_id)
+    for gw in (outer, inner):
+        assert gw.meter.budgets is not None
+        gw.meter.budgets.close()
+    (status,) = [
+        s
+        for s in budget_status(inner.ledger, tz=ZoneInfo("UTC"), now=utc_now())
+        if s.budget.department == "sales"
+    ]
+    assert (status.held, status.spent) == (0, span.cost_total)
+
+
+@pytest.mark.parametrize("upstream_first", [False, True])
+def test_room_for_one_call_admits_it_through_two_gateways_on_one_ledger(
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    serve_on: Callable[..., Gateway],
+    upstream_first: bool,
+) -> None:
+    """``ometer run`` in front of ``ometer serve`` on one ledger, a hard budget with room for
+    exactly the call's bound: the outer gateway held it in its shared lease, which the inner
+    one could not take over, so the inner one had no room left and refused it (429). The
+    outer gateway now holds a call it may relay to a gateway on its ledger in rows of the
+    call's own, which the inner one takes over: held once, admitted, nothing left held.
+    ``upstream_first``: the outer gateway has relayed a call before (it knows what is behind it)."""
+    inner, outer, bound = _chain(emulator, sqlite_url, serve_on)
+    body = {"model": "llama3.1:8b", "messages": HI, "stream": False, "options": CAP}
+    if upstream_first:
+        assert outer.client.post("/api/chat", json=body).status_code == 200
+    _room_for(bound, inner, outer)
+    who = {"X-Ometer-Tenant": "acme", "X-Ometer-Department": "sales"}
+    answer = outer.client.post("/api/chat", json=body, headers=who)
+    assert answer.status_code == 200, answer.text
+    _spent_once(inner, outer, answer.headers["x-ometer-span-id"])
+
+
+def test_room_for_one_call_admits_it_from_a_client_through_two_gateways_on_one_ledger(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway]
+) -> None:
+    """A client, then ``ometer run``'s gateway, then ``ometer serve``, all on one ledger: the
+    client's hold is taken over by the outer gateway, whose own is taken over by the inner one
+    (each names the client's span onward): the call is held once, and admitted."""
+    inner, outer, bound = _chain(emulator, sqlite_url, serve_on)
+    _room_for(bound, inner, outer)
+    with MeteredClient(outer.url, tenant="acme", department="sales", db_url=sqlite_url) as client:
+        last = client.chat("llama3.1:8b", HI, options=CAP)
+    _spent_once(inner, outer, last.meter.id)

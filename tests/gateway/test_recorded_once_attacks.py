@@ -256,3 +256,31 @@ def test_a_caller_naming_anothers_span_spares_no_copy_charged_otherwise(
         "interrupted",
         "sales",
     )
+
+
+@pytest.mark.parametrize("how", ["whole", "stream"])
+def test_a_client_killed_before_the_answer_through_two_gateways_is_one_record(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], how: str
+) -> None:
+    """``kill -9`` of a client waiting for an answer through a gateway in front of another,
+    all three on one ledger (``ometer chat`` inside ``ometer run`` in front of ``ometer
+    serve``): the inner gateway's abort span is the call's one record. The outer gateway
+    named its own span onward, so nothing in the ledger named the client's: its journal entry
+    was recorded again as interrupted (or the outer wrote its abort beside the inner's)."""
+    inner = _budgeted(emulator, sqlite_url, serve_on)
+    outer = serve_on(inner.url, sqlite_url)
+    named = _killed_before_the_answer(emulator, outer.url, sqlite_url, how, inner)
+    outer.settle()
+    deadline = time.monotonic() + 10
+    while outer.meter.budgets is not None and outer.meter.budgets._leases:
+        assert time.monotonic() < deadline, "the outer gateway never ended the call"
+        time.sleep(0.05)
+    outer.settle()
+    spans = inner.ledger.latest(SpanFilter(), 10)
+    assert [(s.source, s.status, s.tags) for s in spans] == [
+        ("gateway", "client_abort", {"ometer.client_span": named})
+    ]
+    (span,) = spans
+    assert outer.meter.budgets is not None
+    outer.meter.budgets.close()
+    _the_one_record(inner, span)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,8 +21,15 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from ollama_meter import AsyncMeteredClient, MeteredClient
+from ollama_meter._names import origin_of
 from ollama_meter.budgets import Budget, BudgetGate, budget_status
-from ollama_meter.errors import LedgerError, RateLimited, UpstreamError, UpstreamServerError
+from ollama_meter.errors import (
+    LedgerError,
+    RateLimited,
+    UpstreamError,
+    UpstreamServerError,
+    UpstreamTimeout,
+)
 from ollama_meter.gateway import _app
 from ollama_meter.gateway._rates import RateLimits
 from ollama_meter.ledger import Ledger, SpanFilter
@@ -252,29 +260,40 @@ def test_ometer_chat_says_when_to_try_again_and_leaves_one_span(  # type: ignore
     assert [s.status for s in gw.ledger.latest(SpanFilter(), 10)] == ["rejected", "ok"]
 
 
+@pytest.mark.parametrize("behind_a_client", [False, True])
 def test_a_gateway_killed_in_front_of_one_on_its_ledger_leaves_no_second_record(
-    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], tmp_path: Path
+    emulator: OllamaEmulator,
+    sqlite_url: str,
+    serve_on: Callable[..., Gateway],
+    tmp_path: Path,
+    behind_a_client: bool,
 ) -> None:
     """The outer gateway was killed (``kill -9``) with a call open in its journal, which the
     inner gateway recorded, noting the outer one's span (``X-Ometer-Client-Span``): that span
     is the call's record, and the next process on the ledger writes no interrupted copy. A
-    gateway's own open calls were always recorded again: it had no gateway behind it."""
+    gateway's own open calls were always recorded again: it had no gateway behind it.
+    ``behind_a_client``: an ometer client called the outer gateway (its call open in its
+    journal too, the outer one's noting it), which named the client's span onward; the inner
+    span, noting the client's, was found for neither open call (one interrupted copy)."""
     inner = serve_on(emulator.url, sqlite_url)
-    left = make_span(source="gateway", tenant="default", started_at=utc_now())
-    writer = Journal(tmp_path / "outer-journal")
-    writer.opened(left, 3)
-    said = {"X-Ometer-Client-Span": left.id, "X-Ometer-Department": "sales"}
+    writer = Journal(tmp_path / "journals")
+    client = make_span(source="sdk", tenant="default", started_at=utc_now())
+    tags = {"ometer.client_span": client.id} if behind_a_client else {}
+    left = make_span(source="gateway", tenant="default", started_at=utc_now(), tags=tags)
+    for opened in (client, left) if behind_a_client else (left,):
+        writer.opened(opened, 3)
+    said = {"X-Ometer-Client-Span": origin_of(left.id, tags), "X-Ometer-Department": "sales"}
     body = {"model": MODEL, "messages": HI, "stream": False}
     assert inner.client.post("/api/chat", json=body, headers=said).status_code == 200
     inner.settle()
     ledger = Ledger(sqlite_url)
     assert writer._path is not None
     ledger.journal.directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(writer._path, ledger.journal.directory / "9-outer.journal")  # nobody holds it
+    shutil.copy(writer._path, ledger.journal.directory / "9-dead.journal")  # nobody holds it
     writer.close()
     assert recover_interrupted(ledger, _no_prices) == 0
     (span,) = ledger.latest(SpanFilter(), 10)
-    assert span.tags == {"ometer.client_span": left.id}
+    assert span.tags == {"ometer.client_span": said["X-Ometer-Client-Span"]}
 
 
 def test_a_gateways_ledger_unavailable_refusal_is_sent_once(
@@ -303,3 +322,35 @@ def test_a_gateways_ledger_unavailable_refusal_is_sent_once(
     assert f"the gateway at {gw.url} refused the call (HTTP 503)" in str(refused.value)
     assert "cannot be checked" in str(refused.value) and refused.value.retry_after == 5
     assert len(checked) == 1  # one attempt: one refusal, one span
+
+
+@pytest.mark.parametrize("ledgers", ["one", "two"])
+def test_a_client_whose_timeout_runs_out_through_a_gateway_sends_the_call_once(
+    emulator: OllamaEmulator, sqlite_url: str, serve_on: Callable[..., Gateway], ledgers: str
+) -> None:
+    """The client's own timeout ran out while the gateway's call was still under way: it hung
+    up and sent the call again, twice. The gateway recorded each attempt (its caller gone) as
+    a call, and a client on its ledger wrote its own timeout beside them: one call, four spans,
+    Ollama asked three times. The gateway had the call: it is not sent again, and on one
+    ledger the gateway's span is its one record (on two, each ledger holds one)."""
+    gw = serve_on(emulator.url, sqlite_url)
+    mine = sqlite_url if ledgers == "one" else f"{sqlite_url}-client"
+    emulator.latency = 2.0  # past the client's timeout
+    try:
+        with MeteredClient(gw.url, db_url=mine, upstream_timeout=0.3, retry_backoff=0.01) as c:
+            with pytest.raises(UpstreamTimeout):
+                c.chat(MODEL, HI)
+    finally:
+        emulator.latency = 0.0
+    assert len(emulator.requests_to("/api/chat")) == 1
+    deadline = time.monotonic() + 10
+    while not [s for s in gw.ledger.latest(SpanFilter(), 10) if s.source == "gateway"]:
+        assert time.monotonic() < deadline, "the gateway never noticed its caller leave"
+        time.sleep(0.02)
+    gw.settle()
+    spans = gw.ledger.latest(SpanFilter(), 10)
+    assert [(s.source, s.status) for s in spans] == [("gateway", "client_abort")]
+    if ledgers == "two":
+        (own,) = Ledger(mine).latest(SpanFilter(), 10)
+        assert (own.source, own.error_type) == ("sdk", "timeout")
+        assert spans[0].tags == {"ometer.client_span": own.id}

@@ -898,7 +898,9 @@ def test_each_embedding_input_counts_its_own_special_tokens_toward_the_bound(
         body = {"model": "nomic-embed-text", "input": inputs}
         reply = gw.client.post(path, json=body, headers=SALES)
         assert reply.status_code == 429, reply.text[:200]
-        assert not upstream.requests
+        # no call reached Ollama: only what a gateway under a hard budget asks once, whether
+        # a gateway on its ledger is behind it (``gateway._onward.ask_upstream``)
+        assert [r.path for r in upstream.requests] == ["/api/version"]
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
