@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
@@ -104,15 +104,16 @@ def run(
     env.update(
         OMETER_TENANT=who.tenant, OMETER_DEPARTMENT=who.department, OMETER_DB_URL=cfg.ledger_url
     )
-    try:
-        code = _foreground(command, env)
-    finally:
-        # Calls the program left running (work it put in the background) are drained as
-        # `ometer serve` drains them on SIGTERM: each finishes, or is stopped with a clear
-        # last answer when the drain ends, and its span is written before ometer exits.
-        # A bound here cut them with no answer, their spans only in the journal.
-        server.should_exit = True
-        _drained(server, thread)
+    with _Job(server.cut_drain) as job:
+        try:
+            code = job.foreground(command, env)
+        finally:
+            # Calls the program left running (work it put in the background) are drained as
+            # `ometer serve` drains them on SIGTERM: each finishes, or is stopped with a clear
+            # last answer when the drain ends, and its span is written before ometer exits.
+            # A bound here cut them with no answer, their spans only in the journal.
+            server.should_exit = True
+            _drained(server, thread)
     err.print(f"ometer: {tally.summary(f'{who.tenant}/{who.department}', cfg.currency)}")
     sys.exit(code)
 
@@ -183,71 +184,82 @@ def gateway_options(user: str | None, origins: str) -> "GatewayOptions":
 
 
 def _drained(server: "GatewayServer", thread: threading.Thread) -> None:
-    """Wait for the gateway to stop. A Ctrl-C, SIGTERM or SIGHUP meanwhile ends its drain
-    there and then (each call stopped with a clear last answer, its span written): it ended
-    ometer under them, each call cut with no answer and its span left in the journal."""
-
-    def cut(_sig: int, _frame: object) -> None:
-        server.cut_drain()
-
-    taken = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    before = {
-        sig: signal.signal(sig, cut) for sig in taken if signal.getsignal(sig) != signal.SIG_IGN
-    }
-    try:
-        if running := len(server.server_state.tasks):  # each leaves the set as it ends
-            err.print(
-                f"ometer: the program exited; {running} call(s) it left running have up to "
-                f"{server.drain_s:g} s to finish (Ctrl-C stops them now)"
-            )
-        thread.join()
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
+    """Wait for the gateway to stop (a signal meanwhile cuts its drain: see ``_Job``)."""
+    if running := len(server.server_state.tasks):  # each leaves the set as it ends
+        err.print(
+            f"ometer: the program exited; {running} call(s) it left running have up to "
+            f"{server.drain_s:g} s to finish (Ctrl-C stops them now)"
+        )
+    thread.join()
 
 
-def _nothing(_sig: int, _frame: object) -> None:
-    """A signal handler that does nothing."""
+class _Job:
+    """ometer's signals from before its program starts until its gateway has drained.
 
+    While the program runs, as a shell runs a foreground job: Ctrl-C reaches the program
+    from the terminal (the whole group gets it), so here it does nothing: the program
+    decides what it means, and its gateway meters what it still does. A SIGTERM or SIGHUP
+    sent to ``ometer`` is passed on (as ``timeout`` passes them): a hang-up killed ometer and
+    its gateway, and what the program did after it went unmetered.
 
-def _foreground(command: list[str], env: dict[str, str]) -> int:
-    """Run ``command`` as a shell runs a foreground job; its exit status, as a shell gives it.
+    Once the program has exited (or could not start), a Ctrl-C, SIGTERM or SIGHUP calls
+    ``cut``: the drain ends there and then, or as it begins (each call stopped with a clear
+    last answer, its span written); they ended ometer under it, each call cut with no answer
+    and its span left in the journal. One set of handlers for both: one that came between
+    the two (the program gone, the drain not yet begun) was lost, the drain ran its 10 s.
 
-    Ctrl-C reaches the program from the terminal (the whole group gets it), so here it is
-    ignored: the program decides what it means, and its gateway meters what it still does.
-    A SIGTERM or SIGHUP sent to ``ometer`` is passed on (as ``timeout`` passes them): a hang-up
-    killed ometer and its gateway, and what the program did after it went unmetered. A program
-    a signal ended gives 128 + it.
+    In place before the program starts: a SIGTERM in between ended ometer alone and left the
+    program running, unmetered. Ctrl-C gets a handler, not SIG_IGN, which the program would
+    inherit (unless ometer has it so: a shell's background job); a hang-up ometer ignores
+    (nohup) is left ignored for the program to inherit.
     """
-    program: subprocess.Popen[bytes] | None = None
-    early: list[int] = []  # signals that came while the program was being started
 
-    def pass_on(sig: int, _frame: object) -> None:
-        if program is None:
-            early.append(sig)
+    def __init__(self, cut: Callable[[], None] = lambda: None) -> None:
+        self.cut = cut
+        self.program: subprocess.Popen[bytes] | None = None
+        self.early: list[int] = []  # signals that came while the program was being started
+        self.ended = False
+        self._before: dict[int, object] = {}
+
+    def __enter__(self) -> "_Job":
+        taken = [signal.SIGTERM]
+        taken += [
+            s for s in (signal.SIGINT, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN
+        ]
+        self._before = {sig: signal.signal(sig, self._signalled) for sig in taken}
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _signalled(self, sig: int, _frame: object) -> None:
+        program = self.program
+        if self.ended or (program is not None and program.returncode is not None):
+            self.cut()
+        elif sig == signal.SIGINT:
+            pass  # the program's to decide
+        elif program is None:
+            self.early.append(sig)
         else:
             program.send_signal(sig)
 
-    # In place before the program starts: a SIGTERM in between ended ometer alone and left
-    # the program running, unmetered. Ctrl-C gets a handler that does nothing, not SIG_IGN,
-    # which the program would inherit (unless ometer has it so: a shell's background job).
-    # A hang-up ometer ignores (nohup) is left ignored for the program to inherit.
-    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
-    before = {
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else _nothing),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, pass_on),
-    }
-    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
-        before[signal.SIGHUP] = signal.signal(signal.SIGHUP, pass_on)
-    try:
-        program = _started(command, env)
-        for sig in early:
-            program.send_signal(sig)
-        code = program.wait()
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-    return 128 - code if code < 0 else code
+    def foreground(self, command: list[str], env: dict[str, str]) -> int:
+        """Run ``command``; its exit status, as a shell gives it (ended by a signal: 128 + it)."""
+        try:
+            self.program = _started(command, env)
+            for sig in self.early:
+                self.program.send_signal(sig)
+            code = self.program.wait()
+        finally:
+            self.ended = True
+        return 128 - code if code < 0 else code
+
+
+def _foreground(command: list[str], env: dict[str, str]) -> int:
+    """``command`` run as ``ometer run`` runs it, with no drain after it."""
+    with _Job() as job:
+        return job.foreground(command, env)
 
 
 def _started(command: list[str], env: dict[str, str]) -> "subprocess.Popen[bytes]":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,3 +126,49 @@ def test_the_run_gateways_own_pages_are_no_one_elses_window_on_the_ledger(
     assert gw.client.get("/healthz").status_code == 200
     (span,) = gw.ledger.latest(SpanFilter(), 10)
     assert (span.status, span.user) == ("ok", "dora")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_ctrl_c_as_the_program_exits_and_before_the_drain_starts_cuts_the_drain(
+    sig: signal.Signals,
+    cli: Callable[..., Any],
+    emulator: OllamaEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C that came after the program had exited but before ometer took Ctrl-C for its
+    drain was lost (the do-nothing handler the program's run had, then a gap with none): the
+    call the program left streaming ran the drain's whole 10 s; only a second Ctrl-C cut it.
+    Now it cuts the drain as one that came during it does; so does a SIGTERM (passed on to
+    the program gone, it too was lost). It is sent in that gap itself: the moment ometer has
+    seen its program end."""
+    from ollama_meter.cli import run
+
+    started, real_wait = [], subprocess.Popen.wait
+
+    def exited_then_ctrl_c(program: subprocess.Popen[bytes], timeout: float | None = None) -> int:
+        code = real_wait(program, timeout)
+        os.kill(os.getpid(), sig)  # to ometer alone, not to the call left in the background
+        started.append(time.monotonic())
+        return code
+
+    monkeypatch.setattr(run.subprocess.Popen, "wait", exited_then_ctrl_c)
+    out = tmp_path / "out"
+    body = json.dumps({"model": "llama3.1:8b", "messages": LONG, "stream": True})
+    script = (
+        f"curl -sN \"$OLLAMA_HOST/api/chat\" -d '{body}' > {out} &\n"
+        f"while [ ! -s {out} ]; do sleep 0.02; done\n"
+        "exit 5\n"
+    )
+    emulator.token_latency = 1.0  # 25 words: longer than the drain
+    result = cli(
+        "run", "--dept", "sales", "--db", f"sqlite:///{tmp_path / 'l.db'}", "--", "sh", "-c", script
+    )
+    assert time.monotonic() - started[0] < 5, result.stderr  # the drain (10 s) cut short
+    assert result.code == 5, result.stderr
+    assert "ometer: 1 call(s) metered for default/sales" in result.stderr
+    assert result.stderr.rstrip().endswith("1 failed"), result.stderr
+    deadline = time.monotonic() + 5  # curl writes the last line it was sent, and ends
+    while STOPPED not in out.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert STOPPED in out.read_text()
