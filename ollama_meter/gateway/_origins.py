@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway._answers import error_response
 from ollama_meter.gateway._relay import wire_of
+from ollama_meter.upstream._recorded import TAGS_PARTS, tags_part
 
 DEFAULT_ORIGINS = (
     *(
@@ -63,8 +64,10 @@ ALLOWED_HEADERS = ", ".join((
     "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-timeout",
     "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access",
     "x-api-key",
-    # the gateway's own
-    "X-Ometer-Key", "X-Ometer-Tenant", "X-Ometer-Department", "X-Ometer-User", "X-Ometer-Tags",
+    # the gateway's own, as it reads them: the tags' parts too (X-Ometer-Tags-2...), else a
+    # browser refused to send a page's call with long tags
+    "X-Ometer-Key", "X-Ometer-Tenant", "X-Ometer-Department", "X-Ometer-User",
+    *(tags_part(number) for number in range(1, TAGS_PARTS + 1)),
 )).encode()  # fmt: skip
 EXPOSED_HEADERS = b"X-Ometer-Span-Id, X-Ometer-Ledger, X-Ometer-Refused, Retry-After"
 MAX_AGE = b"43200"  # 12 h, as Ollama's

@@ -27,6 +27,13 @@ from starlette.testclient import TestClient
 
 from ollama_meter.errors import ValidationError
 from ollama_meter.gateway import GatewayOptions
+from ollama_meter.gateway._attribution import (
+    HEADER_DEPARTMENT,
+    HEADER_KEY,
+    HEADER_TENANT,
+    HEADER_USER,
+    TAGS_PARTS_HEADERS,
+)
 from ollama_meter.gateway._origins import allowed_origins, origin_check
 from ollama_meter.ledger import SpanFilter
 from ollama_meter.testing import OllamaEmulator, expected_reply
@@ -101,6 +108,23 @@ def test_an_allowed_page_is_answered_and_its_preflight_too(
     assert (span.status, answer.headers["x-ometer-span-id"]) == ("ok", span.id)
     (call,) = _calls(emulator)
     assert "origin" not in call.headers  # the gateway decided; Ollama's check never sees it
+
+
+def test_a_page_may_send_every_header_the_gateway_reads_a_call_by(
+    gateway_with: Callable[..., Gateway], emulator: OllamaEmulator
+) -> None:
+    """Long tags go in parts (``X-Ometer-Tags-2`` up to ``-16``), which the gateway reads,
+    but its preflight allowed ``X-Ometer-Tags`` alone: a browser refused to send a page's
+    call with long tags (the parts not allowed), and the gateway never saw it."""
+    gw = gateway_with()
+    read = [HEADER_KEY, HEADER_TENANT, HEADER_DEPARTMENT, HEADER_USER, *TAGS_PARTS_HEADERS]
+    asked = {**PREFLIGHT, "Access-Control-Request-Headers": ",".join(["content-type", *read])}
+    pre = gw.client.options("/api/chat", headers={"Origin": LOCAL_PAGE, **asked})
+    assert pre.status_code == 204
+    allowed = {h.strip().lower() for h in pre.headers["access-control-allow-headers"].split(",")}
+    assert {"x-ometer-tags-2", "x-ometer-tags-16"} <= set(read)
+    assert sorted(set(read) - allowed) == []
+    assert emulator.requests == []
 
 
 @pytest.mark.parametrize(
