@@ -10,7 +10,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Annotated
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
@@ -219,7 +220,7 @@ class _Job:
         self.program: subprocess.Popen[bytes] | None = None
         self.early: list[int] = []  # signals that came while the program was being started
         self.ended = False
-        self._before: dict[int, object] = {}
+        self._before: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def __enter__(self) -> "_Job":
         taken = [signal.SIGTERM]
@@ -231,7 +232,7 @@ class _Job:
 
     def __exit__(self, *_exc: object) -> None:
         for sig, handler in self._before.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
+            signal.signal(sig, handler)
 
     def _signalled(self, sig: int, _frame: object) -> None:
         program = self.program
