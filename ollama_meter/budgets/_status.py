@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -92,8 +93,13 @@ def project(spent: int, window: Window, now: datetime) -> int:
     return spent * total // elapsed
 
 
-def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[BudgetStatus]:
-    """One line per budget, and per tenant for budgets that give each tenant its own allowance."""
+def budget_status(
+    ledger: BudgetStore, *, tz: ZoneInfo, now: datetime, budgets: Sequence[Budget] | None = None
+) -> list[BudgetStatus]:
+    """One line per budget, and per tenant for budgets that give each tenant its own allowance.
+
+    ``budgets``: those to report, read already (the dashboard's, without the rows it cannot
+    read); by default every budget of the ledger, or its LedgerError naming a row it cannot."""
     rows = []
     # One aggregate per period (day, week, month) answers every budget of that period:
     # spend per (tenant, department, currency), summed as each budget's scope says.
@@ -101,7 +107,8 @@ def budget_status(ledger: BudgetStore, *, tz: ZoneInfo, now: datetime) -> list[B
     # Read before the snapshot's transaction, not inside it: a second connection while one
     # is held failed on a server with a single connection left for this process ("too many
     # clients"), and a pool of busy threads each holding one waited for another.
-    budgets = ledger.budgets()
+    if budgets is None:
+        budgets = ledger.budgets()
     starts = {current_period(p, tz=tz, now=now).start for p in {b.period for b in budgets}}
     with ledger.budget_snapshot() as store:
         at = store.clock(now)  # leases live by the ledger's clock, not this host's

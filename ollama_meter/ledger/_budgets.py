@@ -12,12 +12,20 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Table, Text, cast, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from ollama_meter.ledger._stored import read_records
+from ollama_meter.ledger._stored import read_records, readable_records
 from ollama_meter.ledger.models import BUDGET_ALERTS, BUDGET_RESERVATIONS, BUDGETS, SPANS
-from ollama_meter.records import Alert, Budget, LeaseKey, parse_thresholds, record_from, values_of
+from ollama_meter.records import (
+    Alert,
+    Budget,
+    LeaseKey,
+    UnreadableBudget,
+    parse_thresholds,
+    record_from,
+    values_of,
+)
 
 _BUDGETS: Table = BUDGETS
 _RESERVATIONS: Table = BUDGET_RESERVATIONS
@@ -40,15 +48,28 @@ def _values(budget: Budget) -> dict[str, Any]:
     )
 
 
+_NAMED: dict[str, Any] = {
+    "what": lambda row: f"budget {row.id}",
+    "fix": lambda row: f"fix the row in SQL, or remove it with `ometer budget rm {row.id}`",
+}
+
+
 def list_budgets(conn: Connection) -> list[Budget]:
     return read_records(
-        conn,
-        _BUDGETS,
-        select(BUDGETS).order_by(BUDGETS.c.id),
-        _to_budget,
-        what=lambda row: f"budget {row.id}",
-        fix=lambda row: f"fix the row in SQL, or remove it with `ometer budget rm {row.id}`",
+        conn, _BUDGETS, select(BUDGETS).order_by(BUDGETS.c.id), _to_budget, **_NAMED
     )
+
+
+def readable_budgets(conn: Connection) -> tuple[list[Budget], list[UnreadableBudget]]:
+    """Every budget that can be read, and each row that cannot: its scope as stored, and why."""
+    query = select(BUDGETS).order_by(BUDGETS.c.id)
+    budgets, broken = readable_records(conn, _BUDGETS, query, _to_budget, **_NAMED)
+    scope = select(cast(BUDGETS.c.tenant, Text), cast(BUDGETS.c.department, Text))
+    unreadable = []
+    for key, why in broken:  # in the same read: the rows just read
+        tenant, department = conn.execute(scope.where(BUDGETS.c.id == key.id)).one()
+        unreadable.append(UnreadableBudget(key.id, tenant, department, why))
+    return budgets, unreadable
 
 
 def save_budget(conn: Connection, budget: Budget) -> Budget:

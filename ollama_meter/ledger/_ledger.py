@@ -37,6 +37,7 @@ from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, Span
 if TYPE_CHECKING:
     from ollama_meter.ledger import _aggregate, _currencies, _keys, _limits, _timings
     from ollama_meter.ledger._keys import ApiKey
+    from ollama_meter.records import UnreadableBudget
 else:  # loaded when first used: a command that reads spans needs none of them
     lazy_modules(globals(), "ollama_meter.ledger", "_aggregate _currencies _keys _limits _timings")
 
@@ -280,6 +281,11 @@ class Ledger(DurableLedger, Named):
     def budgets(self) -> list[Budget]:
         with self.read() as conn:
             return _budgets.list_budgets(conn)
+
+    def readable_budgets(self) -> tuple[list[Budget], list[UnreadableBudget]]:
+        """Every budget that can be read, and each row that cannot (for the dashboard)."""
+        with self.read() as conn:
+            return _budgets.readable_budgets(conn)
 
     def save_budget(self, budget: Budget) -> Budget:
         """Insert or replace a budget; refused if it could not count calls (currency)."""

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, delete, insert, select, update
 
-from ollama_meter.errors import LedgerError, ValidationError
-from ollama_meter.ledger._stored import read_records
+from ollama_meter.errors import ValidationError
+from ollama_meter.ledger._stored import read_records, readable_records
 from ollama_meter.ledger.models import LIMITS
 from ollama_meter.records import Limit
 
@@ -73,42 +73,26 @@ def remove_limit(conn: Connection, tenant: str, department: str | None, key_id: 
 
 def list_limits(conn: Connection) -> list[Limit]:
     """Every limit; LedgerError naming the first row that cannot be read."""
-    c = _LIMITS.c
-    return _read(conn, select(_LIMITS).order_by(c.tenant, c.key_id, c.department))
+    return read_records(conn, _LIMITS, _IN_ORDER, _checked, **_NAMED)
 
 
 def limits_in_force(conn: Connection) -> tuple[list[Limit], list[tuple[Limit, str]]]:
     """Every limit that can be read, and the scope of each row that cannot with why: a
     gateway puts the others in force (one row edited by hand spoils no other scope)."""
-    try:
-        return list_limits(conn), []
-    except LedgerError:
-        pass  # one row or more cannot be read: each one on its own
-    c = _LIMITS.c
-    limits: list[Limit] = []
-    broken: list[tuple[Limit, str]] = []
-    keys = select(c.tenant, c.department, c.key_id).order_by(c.tenant, c.key_id, c.department)
-    for key in conn.execute(keys).all():
-        here = [c.tenant == key.tenant, c.department == key.department, c.key_id == key.key_id]
-        try:
-            limits += _read(conn, select(_LIMITS).where(*here))
-        except LedgerError as exc:
-            broken.append((Limit(key.tenant, key.department or None, key.key_id or None), str(exc)))
-    return limits, broken
+    limits, broken = readable_records(conn, _LIMITS, _IN_ORDER, _checked, **_NAMED)
+    return limits, [
+        (Limit(key.tenant, key.department or None, key.key_id or None), why) for key, why in broken
+    ]
 
 
-def _read(conn: Connection, query: Any) -> list[Limit]:
-    return read_records(
-        conn,
-        _LIMITS,
-        query,
-        _checked,
-        what=lambda row: (
-            "the limits of "
-            + (f"key {row.key_id}" if row.key_id else f"{row.tenant}/{row.department or '*'}")
-        ),
-        fix=lambda row: "fix or delete the row in SQL (`ometer limit set` sets it right)",
-    )
+_IN_ORDER = select(_LIMITS).order_by(_LIMITS.c.tenant, _LIMITS.c.key_id, _LIMITS.c.department)
+_NAMED: dict[str, Any] = {
+    "what": lambda row: (
+        "the limits of "
+        + (f"key {row.key_id}" if row.key_id else f"{row.tenant}/{row.department or '*'}")
+    ),
+    "fix": lambda row: "fix or delete the row in SQL (`ometer limit set` sets it right)",
+}
 
 
 def _checked(row: Any) -> Limit:

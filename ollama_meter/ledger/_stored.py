@@ -47,6 +47,34 @@ def read_records(
     return records
 
 
+def readable_records(
+    conn: Connection,
+    table: Table,
+    query: Select[Any],
+    convert: Callable[[Any], R],
+    *,
+    what: Callable[[Any], str],
+    fix: Callable[[Any], str],
+) -> tuple[list[R], list[tuple[Any, str]]]:
+    """What :func:`read_records` reads, but a row it cannot take is no error: each such row's
+    primary key with the LedgerError's words, for a caller that shows the others (one row
+    edited by hand spoils no other)."""
+    try:
+        return read_records(conn, table, query, convert, what=what, fix=fix), []
+    except LedgerError:
+        pass  # one row or more cannot be read: each one on its own
+    keys = list(table.primary_key.columns)
+    records: list[R] = []
+    broken: list[tuple[Any, str]] = []
+    for key in conn.execute(query.with_only_columns(*keys)).all():
+        here = [column == value for column, value in zip(keys, key, strict=True)]
+        try:
+            records += read_records(conn, table, query.where(*here), convert, what=what, fix=fix)
+        except LedgerError as exc:
+            broken.append((key, str(exc)))
+    return records, broken
+
+
 def _unreadable(
     conn: Connection,
     table: Table,

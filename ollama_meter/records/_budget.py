@@ -88,6 +88,20 @@ class Budget:
         return "hard" if self.hard else "soft"
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableBudget:
+    """A budget row edited by hand in SQL to what no :class:`Budget` can be (a limit of 0,
+    currency ``XX``): its id, its scope's stored text, and the ledger's words on what to do."""
+
+    id: int
+    tenant: str
+    department: str | None
+    problem: str
+
+    def scope(self) -> str:
+        return f"{self.tenant}/{self.department}" if self.department else self.tenant
+
+
 MOST_SPANNED = {
     ("day", "day"): 1, ("day", "week"): 1, ("day", "month"): 1,
     ("week", "day"): 7, ("week", "week"): 1, ("week", "month"): 2,

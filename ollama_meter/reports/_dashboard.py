@@ -30,7 +30,7 @@ from ollama_meter.periods import (
     parse_period,
     window_between,
 )
-from ollama_meter.records import Micros
+from ollama_meter.records import EACH_TENANT, Micros, UnreadableBudget
 from ollama_meter.reports._perf import PerfReport, perf_report
 from ollama_meter.reports._rows import SpendRow, per_department
 from ollama_meter.reports._spend import SpendReport, spend_report
@@ -225,6 +225,9 @@ class Dashboard:
     timing_by_model: PerfReport
     failures: list[FailureCount]
     budgets: list[BudgetStatus]
+    unreadable_budgets: list[UnreadableBudget] = field(default_factory=list)
+    """Budget rows in view the ledger cannot read (edited by hand in SQL): each is a gauge
+    saying what to fix, and a warning."""
     department_keys: list[tuple[str, str]] = field(default_factory=list)
     """(department, tenant) with calls in the window, whatever the filters, in order: each
     keeps its place (and so its colour) whatever is filtered."""
@@ -341,6 +344,17 @@ def budget_share(status: BudgetStatus) -> Decimal:
     return Decimal("0.0") if used is None else used
 
 
+def _shown(query: DashQuery, tenant: str | None, department: str | None) -> bool:
+    """A budget line of ``tenant`` (``*``'s, one per tenant) and ``department`` is in the view."""
+    return (
+        query.tenant in (None, tenant, "*")
+        and (query.department is None or department in (None, query.department))
+        # A key's view holds its department's budgets only: a tenant's or everyone's
+        # would show what the other departments spent.
+        and (query.scope is None or query.scope == (tenant, department))
+    )
+
+
 def dashboard_report(
     ledger: Ledger,
     query: DashQuery,
@@ -363,14 +377,13 @@ def dashboard_report(
         name: sorted({row.label(name) for row in everything.rows})
         for name in ("tenant", "department", "model")
     }
+    # A row edited by hand to what no budget can be is its own gauge saying what to fix,
+    # not a 503 for the whole dashboard (``ometer budget status`` names it and stops).
+    readable, unreadable = ledger.readable_budgets()
     budgets = [
         status
-        for status in budget_status(ledger, tz=budget_tz or tz, now=now)
-        if query.tenant in (None, status.tenant, "*")
-        and (query.department is None or status.budget.department in (None, query.department))
-        # A key's view holds its department's budgets only: a tenant's or everyone's
-        # would show what the other departments spent.
-        and (query.scope is None or query.scope == (status.tenant, status.budget.department))
+        for status in budget_status(ledger, tz=budget_tz or tz, now=now, budgets=readable)
+        if _shown(query, status.tenant, status.budget.department)
     ]
     return Dashboard(
         query=query,
@@ -389,6 +402,12 @@ def dashboard_report(
         timing_by_model=perf_report(ledger, window, ["model"], **filters),
         failures=failures_report(ledger, window, **filters),
         budgets=budgets,
+        unreadable_budgets=[
+            b
+            for b in unreadable
+            if _shown(query, b.tenant, b.department)
+            or (b.tenant == EACH_TENANT and _shown(query, query.tenant, b.department))
+        ],
         department_keys=sorted(
             {(row.label("department"), row.label("tenant")) for row in everything.rows}
         ),

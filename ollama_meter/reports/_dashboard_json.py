@@ -91,7 +91,10 @@ def dashboard_json(d: Dashboard, *, listed: int = LISTED, top: int = TOP) -> dic
             row for currency in d.currencies for row in _departments(d, currency, listed, top)
         ],
         "budgets": [budget_json(b) for b in d.budgets],
-        "warnings": [note] if (note := d.spend.capped_note()) else [],
+        "warnings": [
+            *([note] if (note := d.spend.capped_note()) else []),
+            *(b.problem for b in d.unreadable_budgets),
+        ],
         f"timing_by_{unit}": [_plain(r) for r in d.timing_by_time.rows],
         "timing_by_model": _timings(d.timing_by_model.rows, listed),
         "failures": [

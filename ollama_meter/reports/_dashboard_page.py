@@ -34,7 +34,7 @@ from ollama_meter.reports._dashboard import (
     change,
     share,
 )
-from ollama_meter.reports._dashboard_budgets import budget_panels
+from ollama_meter.reports._dashboard_budgets import SHOWN_BUDGETS, budget_panels
 from ollama_meter.reports._dashboard_timing import timing_charts
 from ollama_meter.reports._html import (
     SHOWN_SERIES,
@@ -373,6 +373,8 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
     # one into the banner (1 MB of it).
     unpriced_models, more_unpriced = top(sorted(unpriced, key=lambda m: (-unpriced[m], m)))
     budgets, more_budgets = budget_panels(d.budgets)
+    unreadable_budgets = d.unreadable_budgets[:SHOWN_BUDGETS]  # each one's warning is in /api/dash
+    more_budgets += len(d.unreadable_budgets) - len(unreadable_budgets)
     query = d.query
     by_calls = sorted(d.timing_by_model.rows, key=lambda r: (-r.requests, r.label("model")))
     return render_template(
@@ -392,6 +394,7 @@ def render_dashboard(d: Dashboard, *, links: Links, zone: str) -> str:
         panels=[_currency_panel(d, c, links) for c in d.currencies],
         several_tenants=d.several_tenants,
         budgets=budgets,
+        unreadable_budgets=unreadable_budgets,
         more_budgets=more_budgets,
         charts=timing_charts(d),
         timing_models=by_calls[:TOP],

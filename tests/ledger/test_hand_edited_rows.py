@@ -281,3 +281,51 @@ def test_another_keys_broken_row_never_stops_a_limit_on_this_key(tmp_path: Any) 
     with pytest.raises(LedgerError) as broken:
         ledger.set_limit(Limit("x", None, key_id=1, rpm=5))
     _one_line(broken.value, "key 1", KEY_FIX)
+
+
+@pytest.fixture(scope="module")
+def two_budgets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ledger, sa.Engine]]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('two') / 'l.db'}"
+    ledger = Ledger(url)
+    ledger.save_budget(Budget("acme", "sales", "day", 5_000_000, "USD"))
+    ledger.save_budget(Budget("globex", None, "month", 7_000_000, "EUR"))
+    engine = sa.create_engine(url)
+    yield ledger, engine
+    engine.dispose()
+
+
+@_SETTINGS
+@given(column=st.sampled_from(BUDGET_COLUMNS), value=HOSTILE)
+def test_readable_budgets_keep_every_other_row_and_name_the_one_it_cannot_read(
+    two_budgets: tuple[Ledger, sa.Engine], column: str, value: object
+) -> None:
+    """What the dashboard reads: the row ``ometer budget status`` stops at is set aside with
+    the same words, and the other budget is read as it was stored."""
+    ledger, engine = two_budgets
+    intact = ledger.budgets()[1]
+
+    def both() -> tuple[Any, Any]:
+        try:
+            whole: Any = ledger.budgets()
+        except LedgerError as exc:
+            whole = str(exc)
+        return whole, ledger.readable_budgets()
+
+    with engine.begin() as conn:  # edit only budget 1: _edited sets every row
+        before = conn.exec_driver_sql(f"SELECT {column} FROM budgets WHERE id = 1").scalar()
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql(f"UPDATE budgets SET {column} = ? WHERE id = 1", (value,))
+        except sa.exc.IntegrityError:
+            return
+    try:
+        whole, (budgets, unreadable) = both()
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE budgets SET {column} = ? WHERE id = 1", (before,))
+    if isinstance(whole, list):
+        assert (budgets, unreadable) == (whole, [])
+        return
+    assert budgets == [intact]
+    (broken,) = unreadable
+    assert (broken.id, broken.problem) == (1, whole)
