@@ -61,27 +61,43 @@ def note_unused_scope(ledger: Ledger, what: str, tenant: str, department: str | 
         err.print(f"note: {hint}: the {what} binds no call until one names it")
 
 
-def note_unreached_budgets(ledger: Ledger, saved: list[Budget]) -> None:
-    """After ``budget set``: on stderr, each budget whose limit can never be reached because
-    a hard one over the same spend (a daily cap above the monthly cap) refuses first, where
-    either is one just ``saved`` (:func:`~ollama_meter.records.unreached_notes`)."""
+def note_budgets(ledger: Ledger, saved: list[Budget], cfg: Settings, now: datetime) -> None:
+    """After ``budget set``: on stderr, each budget row the ledger cannot read (edited by hand
+    in SQL: the save worked, and its notes go on without that row), then
+    :func:`note_unreached_budgets` and :func:`note_uncounted_spend` of the rest."""
+    from ollama_meter.cli._console import err
+
+    readable, unreadable = ledger.readable_budgets()
+    for row in unreadable:
+        err.print(f"note: {row.problem}")
+    note_unreached_budgets(readable, saved)
+    note_uncounted_spend(ledger, readable, saved, cfg, now)
+
+
+def note_unreached_budgets(budgets: list[Budget], saved: list[Budget]) -> None:
+    """On stderr, each of ``budgets`` whose limit can never be reached because a hard one
+    over the same spend (a daily cap above the monthly cap) refuses first, where either is
+    one just ``saved`` (:func:`~ollama_meter.records.unreached_notes`)."""
     from ollama_meter.cli._console import err
     from ollama_meter.records import unreached_notes
 
-    for note in unreached_notes(ledger.budgets(), {budget.id for budget in saved}):
+    for note in unreached_notes(budgets, {budget.id for budget in saved}):
         err.print(f"note: {note}")
 
 
-def note_uncounted_spend(ledger: Ledger, saved: list[Budget], cfg: Settings, now: datetime) -> None:
-    """After ``budget set``: on stderr, what the scope of a budget just ``saved`` spent this
-    period in another currency, which it cannot count: set again in the currency its rules
-    changed to mid-month, it said 0 spent and capped the month afresh, without a word."""
+def note_uncounted_spend(
+    ledger: Ledger, budgets: list[Budget], saved: list[Budget], cfg: Settings, now: datetime
+) -> None:
+    """On stderr, what the scope of a budget just ``saved`` spent this period in another
+    currency, which it cannot count: set again in the currency its rules changed to
+    mid-month, it said 0 spent and capped the month afresh, without a word."""
     from ollama_meter.budgets import budget_status
     from ollama_meter.cli._console import err
     from ollama_meter.meter._prices import ledger_zone
 
     ids = {budget.id for budget in saved}
-    for status in budget_status(ledger, tz=ledger_zone(ledger, cfg), now=now):
+    zone = ledger_zone(ledger, cfg)
+    for status in budget_status(ledger, tz=zone, now=now, budgets=budgets):
         if status.budget.id in ids and (note := status.uncounted_note()):
             err.print(f"note: {note}")
 

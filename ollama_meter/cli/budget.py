@@ -109,8 +109,7 @@ def set_budget(
     from ollama_meter.cli import _hints
 
     _hints.note_unused_scope(ledger, "budget", cfg.tenant, department)
-    _hints.note_unreached_budgets(ledger, kept)
-    _hints.note_uncounted_spend(ledger, kept, cfg, utc_now())
+    _hints.note_budgets(ledger, kept, cfg, utc_now())
 
 
 def budget_to_dict(budget: Budget) -> dict[str, Any]:

@@ -208,3 +208,20 @@ def test_the_bar_is_blank_only_for_no_use(limit: int, share: Fraction) -> None:
     drawn = shown.get().strip()
     assert (drawn == "") == (spent == 0), (spent, limit, drawn)
     assert len(drawn) <= 10
+
+
+def test_budget_set_beside_a_row_edited_by_hand_saves_and_names_that_row(cli, db: str) -> None:  # type: ignore[no-untyped-def]
+    """Its notes read every budget: a row no budget can be made of (a limit edited to 0 in
+    SQL) ended a save that had worked with its `error:` line and exit 1."""
+    import sqlalchemy as sa
+
+    assert cli("budget", "set", "sales", "--tenant", "acme", "--daily", "5").code == 0
+    engine = sa.create_engine(db)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE budgets SET limit_micros = 0 WHERE id = 1")
+    engine.dispose()
+    saved = cli("budget", "set", "support", "--tenant", "acme", "--monthly", "3")
+    assert saved.code == 0, saved.stderr
+    assert "budget 2: acme/support monthly limit 3.000000 USD" in saved.stdout
+    assert "error:" not in saved.stderr
+    assert "note: budget 1 in the ledger cannot be read: a budget's limit must be" in saved.stderr
