@@ -257,12 +257,6 @@ class _Job:
         return 128 - code if code < 0 else code
 
 
-def _foreground(command: list[str], env: dict[str, str]) -> int:
-    """``command`` run as ``ometer run`` runs it, with no drain after it."""
-    with _Job() as job:
-        return job.foreground(command, env)
-
-
 def _started(command: list[str], env: dict[str, str]) -> "subprocess.Popen[bytes]":
     """``command`` started as a shell starts it: an executable text file with no ``#!`` line
     (a legacy shell script) is run by ``/bin/sh``, as POSIX ``execvp`` (and so ``nice``,

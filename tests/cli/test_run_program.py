@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from ollama_meter.cli.run import _foreground as foreground
+from ollama_meter.cli.run import _Job
 from ollama_meter.errors import ValidationError
+
+
+def foreground(command: list[str], env: dict[str, str]) -> int:
+    """``command`` run as ``ometer run`` runs it, with no drain after it."""
+    with _Job() as job:
+        return job.foreground(command, env)
 
 
 def refused(command: list[str]) -> tuple[int, str]:

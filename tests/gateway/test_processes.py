@@ -21,6 +21,7 @@ import ollama
 import pytest
 
 from ollama_meter.testing import OllamaEmulator
+from tests.cli.test_run_program import foreground
 
 OMETER = [sys.executable, "-m", "ollama_meter"]
 HEARING = [
@@ -310,7 +311,7 @@ def test_a_sigterm_that_comes_as_the_program_starts_is_passed_on_to_it(
     monkeypatch.setattr(run.subprocess, "Popen", start_then_terminate)
     before = signal.signal(signal.SIGTERM, _terminate)  # as `ometer` has it
     try:
-        code = run._foreground([sys.executable, "-c", "import time; time.sleep(60)"], {})
+        code = foreground([sys.executable, "-c", "import time; time.sleep(60)"], {})
     finally:
         signal.signal(signal.SIGTERM, before)
         for program in started:
@@ -389,21 +390,20 @@ def test_a_script_with_no_interpreter_line_is_run_by_the_shell_as_execvp_runs_it
     """A legacy shell script with no ``#!`` line: ``nice``, ``env`` and ``timeout`` run it (by
     ``/bin/sh``, as POSIX ``execvp`` does), ``ometer run`` refused it: 'Exec format error',
     126, the job unmetered. Found by name on PATH too; a file of no text still cannot run."""
-    from ollama_meter.cli import run
 
     script = tmp_path / "legacy-job"
     script.write_text('echo "$0 $1" > "$2"\nexit 4\n')
     script.chmod(0o755)
     said = tmp_path / "said"
-    assert run._foreground([str(script), "one", str(said)], {}) == 4
+    assert foreground([str(script), "one", str(said)], {}) == 4
     assert said.read_text() == f"{script} one\n"
     said.unlink()
     on_path = {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
-    assert run._foreground(["legacy-job", "two", str(said)], on_path) == 4
+    assert foreground(["legacy-job", "two", str(said)], on_path) == 4
     assert said.read_text() == f"{script} two\n"
     garbage = tmp_path / "garbage"
     garbage.write_bytes(b"\x7fELF\x00\x00broken")
     garbage.chmod(0o755)
     with pytest.raises(Exception, match="cannot run .*garbage: Exec format error") as raised:
-        run._foreground([str(garbage)], {})
+        foreground([str(garbage)], {})
     assert getattr(raised.value, "exit_code", None) == 126
