@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 from ollama_meter._names import origin_of
 from ollama_meter.errors import UpstreamError
 from ollama_meter.gateway._forwarded import forward_headers
-from ollama_meter.gateway._threads import in_thread
+from ollama_meter.gateway._threads import close_call, in_thread
 from ollama_meter.meter import Attribution, Meter, MeteredCall
 from ollama_meter.meter._elsewhere import gateways_span
+from ollama_meter.upstream._delivered import delivered
 from ollama_meter.upstream._pooled import header_of
 from ollama_meter.upstream._recorded import LEDGER_HEADER, Heard, who_headers
 
@@ -81,7 +82,7 @@ async def ask_upstream(meter: Meter, fleet: Fleet, charged: Attribution) -> None
     whose caller left before its answer (``recorded_behind``); with Ollama behind it, it holds
     calls in its shared leases. Asked once; unasked or unanswered, a call's answer says
     (``Meter.chained``). Not while no hard budget covers a call: Ollama is not asked what it
-    need not be."""
+    need not be (but for a call its caller left unanswered: :func:`close_asked`)."""
     gate, ours = meter.budgets, meter.ledger.known_identity
     if meter.chained is not None or gate is None or ours is None:
         return
@@ -92,8 +93,13 @@ async def ask_upstream(meter: Meter, fleet: Fleet, charged: Attribution) -> None
             covering = await in_thread(gate.budgets_for, *who)
         except Exception:  # the ledger is away: the call's admission says so, with its span
             return
-    if not any(budget.hard for budget in covering):
-        return
+    if any(budget.hard for budget in covering):
+        await _ask(meter, fleet)
+
+
+async def _ask(meter: Meter, fleet: Fleet) -> None:
+    """Ask the servers behind the gateway whether one is a metering gateway on its ledger, once
+    (:attr:`Meter.chained`; unanswered, a call's answer says)."""
     if (asking := _ASKED.get(meter)) is not None:  # asked, or being asked: its answer is waited for
         async with asking:
             return
@@ -106,6 +112,33 @@ async def ask_upstream(meter: Meter, fleet: Fleet, charged: Attribution) -> None
                 return
             named = header_of(reply, LEDGER_HEADER.lower().encode())
             server.pool.finish(reply, completed=False)
-            chained = chained or named == ours
+            chained = chained or named == meter.ledger.known_identity
         if meter.chained is None:
             meter.chained = chained
+
+
+ASK_WAIT = 1.0
+"""Seconds a gateway whose caller left waits for the answer to what is behind it."""
+
+_ASKING: set[asyncio.Task[None]] = set()
+
+
+async def close_asked(
+    meter: Meter, fleet: Fleet, call: MeteredCall, outcome: BaseException | None
+) -> None:
+    """Close ``call`` (``close_call``); one its upstream had whole and never answered (its
+    caller gone, its time up) once the gateway knows what is behind it. A gateway behind it
+    on its ledger records the call too (its caller gone) and its span is then the record
+    (``meter._elsewhere.unanswered``); Ollama behind it, this one's is. Not known (no call
+    answered yet, none held under a hard budget), a fresh ``ometer run`` in front of
+    ``ometer serve`` wrote an abort of its own beside the inner one's: one call, two spans."""
+    heard, unknown = call.heard, meter.chained is None and meter.ledger.known_identity is not None
+    try:
+        if unknown and outcome is not None and heard and not heard.answered and delivered():
+            # Its own task: its request's notes (``_delivered``) are not the call's.
+            asking = asyncio.ensure_future(_ask(meter, fleet))
+            _ASKING.add(asking)
+            asking.add_done_callback(_ASKING.discard)
+            await asyncio.wait((asking,), timeout=ASK_WAIT)
+    finally:
+        await close_call(meter, call, outcome)

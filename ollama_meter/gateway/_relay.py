@@ -49,7 +49,7 @@ from ollama_meter.gateway._answers import (
     unchecked_response,
 )
 from ollama_meter.gateway._fleet import Fleet
-from ollama_meter.gateway._onward import ask_upstream, heard, upstream_headers
+from ollama_meter.gateway._onward import ask_upstream, close_asked, heard, upstream_headers
 from ollama_meter.gateway._rates import Admission
 from ollama_meter.gateway._requests import MeteredRequest
 from ollama_meter.gateway._slots import (
@@ -375,7 +375,7 @@ class Relay:
             except UpstreamError as error:  # its circuit is open, or no answer came
                 failure = error
             except BaseException as exc:  # cancelled while waiting on Ollama: still one span
-                await close_call(self.meter, call, exc)
+                await close_asked(self.meter, fleet, call, exc)
                 raise
             else:
                 said = sent.named if isinstance(sent, Refusal) else sent.headers
@@ -403,7 +403,7 @@ class Relay:
                     admission.refund()  # here, as by a full queue; back when the first lets it
                     _, call.span.upstream_host, failure = soonest
                 call.span.http_status = failure.status_code or gateway_status(failure)  # 502, 504
-                await close_call(self.meter, call, failure)
+                await close_asked(self.meter, fleet, call, failure)
                 return failure_response(wire, failure)
             call.moved(time.perf_counter_ns() - began)  # not the next server's busy time
             moving = time.monotonic_ns()

@@ -1,0 +1,118 @@
+"""Two gateways chained on one ledger, the outer one fresh: a call cut short is one span.
+
+``ometer run``'s gateway (outer) in front of ``ometer serve`` (inner), both writing to the
+company's ledger, with no hard budget (so the outer one never asked what is behind it).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import pytest
+
+from ollama_meter import MeteredClient
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.meter._recovery import recover_interrupted
+from ollama_meter.testing import OllamaEmulator
+from tests.gateway.conftest import Gateway
+from tests.gateway.test_processes import start_gateway
+from tests.integrity.test_journal_lines import _no_prices
+
+BODY = b'{"model": "llama3.1:8b", "messages": [{"role": "user", "content": "hi"}], "stream": false}'
+
+
+def _hang_up_once_sent(url: str, headers: dict[str, str], after: float = 0.3) -> None:
+    """Send the whole request on a raw socket, then close it before any answer."""
+    parts = urlsplit(url)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (
+        f"POST /api/chat HTTP/1.1\r\nhost: {parts.netloc}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(BODY)}\r\n{head}\r\n"
+    ).encode() + BODY
+    with socket.create_connection((parts.hostname, parts.port)) as sock:
+        sock.sendall(request)
+        time.sleep(after)  # both gateways have it, Ollama is thinking
+
+
+@pytest.mark.parametrize("ending", ["caller gone", "outer timeout"])
+def test_a_call_a_fresh_outer_gateway_never_answered_is_one_span(
+    emulator: OllamaEmulator, db_url: str, serve_on: Callable[..., Gateway], ending: str
+) -> None:
+    """Its caller hung up once it had sent the whole request, or the outer gateway's own time
+    for Ollama's answer ran out: the outer gateway, not knowing what was behind it, wrote its
+    own abort (or timeout) beside the inner one's abort. It asks first: one span."""
+    inner = serve_on(emulator.url, db_url)
+    timeout = {"upstream_timeout": 0.5, "retries": 0} if ending == "outer timeout" else {}
+    outer = serve_on(inner.url, db_url, config=timeout)
+    emulator.latency = 3.0
+    try:
+        _hang_up_once_sent(outer.url, {"X-Ometer-Department": "sales"}, 0.3 + bool(timeout))
+        deadline = time.monotonic() + 10
+        while not inner.ledger.latest(SpanFilter(), 1):
+            assert time.monotonic() < deadline, "no gateway noticed its caller leave"
+            time.sleep(0.02)
+    finally:
+        emulator.latency = 0.0
+    time.sleep(1.5)  # past any wait for another's span
+    inner.settle()
+    outer.settle()
+    spans = inner.ledger.latest(SpanFilter(), 10)
+    assert [(s.source, s.department, s.status) for s in spans] == [
+        ("gateway", "sales", "client_abort")
+    ]
+
+
+@pytest.mark.parametrize("behind_a_client", [False, True])
+def test_a_fresh_outer_gateway_killed_mid_call_leaves_one_span(
+    emulator: OllamaEmulator,
+    db_url: str,
+    serve_on: Callable[..., Gateway],
+    behind_a_client: bool,
+) -> None:
+    """``kill -9`` of the outer gateway (a process of its own) while Ollama works on its first
+    call; then the next process on the ledger recovers what it left open."""
+    inner = serve_on(emulator.url, db_url)
+    env = {**os.environ, "OMETER_DB_URL": db_url, "OMETER_DEPARTMENT": "sales"}
+    proc, url = start_gateway(env, inner.url)
+    emulator.latency = 3.0
+    failed: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            with MeteredClient(url, department="sales", db_url=db_url, retries=0) as client:
+                client.chat("llama3.1:8b", [{"role": "user", "content": "hi"}])
+        except BaseException as exc:
+            failed.append(exc)
+
+    try:
+        caller = threading.Thread(target=call)
+        if behind_a_client:
+            caller.start()
+        else:
+            threading.Thread(target=_hang_up_once_sent, args=(url, {}), daemon=True).start()
+        deadline = time.monotonic() + 10
+        while emulator.in_flight < 1:
+            assert time.monotonic() < deadline, "the call never reached Ollama"
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait(timeout=10)
+        if behind_a_client:
+            caller.join(timeout=30)
+            assert len(failed) == 1
+        deadline = time.monotonic() + 10
+        while not inner.ledger.latest(SpanFilter(), 1):
+            assert time.monotonic() < deadline, "the inner gateway never noticed its caller leave"
+            time.sleep(0.02)
+    finally:
+        emulator.latency = 0.0
+    inner.settle()
+    recover_interrupted(Ledger(db_url), _no_prices)
+    spans = inner.ledger.latest(SpanFilter(), 10)
+    assert [(s.source, s.department, s.status) for s in spans] == [
+        ("gateway", "sales", "client_abort")
+    ]
