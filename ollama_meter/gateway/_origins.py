@@ -65,7 +65,8 @@ ALLOWED_HEADERS = ", ".join((
     "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access",
     "x-api-key",
     # the gateway's own, as it reads them: the tags' parts too (X-Ometer-Tags-2...), else a
-    # browser refused to send a page's call with long tags
+    # browser refused to send a page's call with long tags. Not X-Ometer-Client-Span: only an
+    # ometer client or gateway writing to a ledger has a span to name, and neither is a page
     "X-Ometer-Key", "X-Ometer-Tenant", "X-Ometer-Department", "X-Ometer-User",
     *(tags_part(number) for number in range(1, TAGS_PARTS + 1)),
 )).encode()  # fmt: skip
