@@ -15,10 +15,11 @@ counted twice, never not at all.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Engine, select, text
 
 from ollama_meter._names import CLIENT_SPAN_TAG, origin_of
 from ollama_meter.ledger.models import SPANS
@@ -51,3 +52,35 @@ def gateway_span_of(conn: Connection, span: SpanRecord) -> str | None:
         .limit(1)
     )
     return conn.execute(query).scalar()
+
+
+_LOCK_WAITERS = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND (database IS NULL OR database ="
+    " (SELECT oid FROM pg_database WHERE datname = current_database())))"
+)
+"""Any session of the ledger's database waiting for a lock (a wait on another transaction's
+row names no database). ``pg_locks``, not ``pg_stat_activity``: any role reads all of it."""
+
+
+def writes_wait(engine: Engine) -> bool:
+    """Whether a write to the ledger would wait now for a lock another holds (a gateway's span
+    of a call may be waiting behind it): SQLite's write lock taken, or any lock waited for on
+    PostgreSQL. Looked at, never waited for; False when it cannot be told."""
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name != "sqlite":
+                return bool(conn.execute(_LOCK_WAITERS).scalar())
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            wait = raw.execute("PRAGMA busy_timeout").fetchone()[0]
+            raw.execute("PRAGMA busy_timeout = 0")
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                raw.execute("ROLLBACK")
+            except sqlite3.OperationalError:  # "database is locked": another writer has it
+                return True
+            finally:
+                raw.execute(f"PRAGMA busy_timeout = {int(wait)}")  # a pooled connection
+            return False
+    except Exception:
+        return False

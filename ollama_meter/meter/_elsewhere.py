@@ -63,8 +63,13 @@ def leaves_to_gateway(meter: Meter, call: MeteredCall) -> bool:
 
 
 BEHIND_WAIT = 1.0
-"""Seconds a meter looks for a gateway's span of a call it gave up waiting for: the gateway
-records it (its caller gone) as soon as it notices, within milliseconds."""
+"""Seconds a meter looks for a gateway's span of a call it gave up waiting for, while the
+ledger takes writes: the gateway records it (its caller gone) as soon as it notices, within
+milliseconds."""
+
+BEHIND_LOCKED = 5.0
+"""Seconds more it looks while writes to the ledger wait for a lock another holds: a gateway's
+span waits as long (``OMETER_LEDGER_WAIT``'s default) before it goes to its spool."""
 
 
 def unanswered(meter: Meter, call: MeteredCall) -> bool:
@@ -81,10 +86,15 @@ def unanswered(meter: Meter, call: MeteredCall) -> bool:
 
 def recorded_behind(meter: Meter, call: MeteredCall) -> str | None:
     """The span a gateway on this ledger recorded :func:`unanswered` ``call`` as, looked for
-    over :data:`BEHIND_WAIT` (None: none; the call is recorded here, never not at all)."""
-    from ollama_meter.ledger._client_spans import gateway_span_of
+    over :data:`BEHIND_WAIT` of the ledger taking writes (:data:`BEHIND_LOCKED` more at most
+    while they wait for a lock: the gateway's may be waiting) (None: none; the call is
+    recorded here, never not at all)."""
+    from ollama_meter.ledger._client_spans import gateway_span_of, writes_wait
 
-    deadline = time.monotonic() + BEHIND_WAIT
+    # A second of the ledger taking writes, not of the clock: a gateway's span committed late
+    # behind another writer's lock (1.5 s) was missed, and the call recorded here again.
+    began = last = time.monotonic()
+    free = 0.0
     while True:
         try:
             with meter.ledger.read() as conn:
@@ -92,8 +102,14 @@ def recorded_behind(meter: Meter, call: MeteredCall) -> str | None:
         except Exception as exc:  # the ledger is away: recorded here (spooled) as well
             meter.failures.failed("looking for a gateway's span of span %s", exc, call.span.id)
             return None
-        if found is not None or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if found is not None:
             return found
+        if not writes_wait(meter.ledger.engine):
+            free += now - last
+        last = now
+        if free >= BEHIND_WAIT or now - began >= BEHIND_WAIT + BEHIND_LOCKED:
+            return None
         time.sleep(0.02)
 
 
