@@ -12,13 +12,17 @@ import threading
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from ollama_meter import MeteredClient
+from ollama_meter.budgets import Budget, budget_status
 from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.meter import utc_now
 from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.testing import OllamaEmulator
+from tests.factories import token_prices
 from tests.gateway.conftest import Gateway
 from tests.gateway.test_processes import start_gateway
 from tests.integrity.test_journal_lines import _no_prices
@@ -67,16 +71,24 @@ def test_a_call_a_fresh_outer_gateway_never_answered_is_one_span(
     ]
 
 
-@pytest.mark.parametrize("behind_a_client", [False, True])
+@pytest.mark.parametrize(
+    ("behind_a_client", "budgeted"), [(False, False), (True, False), (True, True)]
+)
 def test_a_fresh_outer_gateway_killed_mid_call_leaves_one_span(
     emulator: OllamaEmulator,
     db_url: str,
     serve_on: Callable[..., Gateway],
     behind_a_client: bool,
+    budgeted: bool,
 ) -> None:
     """``kill -9`` of the outer gateway (a process of its own) while Ollama works on its first
-    call; then the next process on the ledger recovers what it left open."""
+    call; then the next process on the ledger recovers what it left open. ``budgeted``: under
+    a hard budget, the call held by the client, the outer gateway and the inner one in turn,
+    nothing is left held."""
     inner = serve_on(emulator.url, db_url)
+    if budgeted:
+        inner.ledger.add_price_rule(token_prices())
+        inner.ledger.save_budget(Budget("default", "sales", "day", 10**9, "USD"))
     env = {**os.environ, "OMETER_DB_URL": db_url, "OMETER_DEPARTMENT": "sales"}
     proc, url = start_gateway(env, inner.url)
     emulator.latency = 3.0
@@ -116,3 +128,8 @@ def test_a_fresh_outer_gateway_killed_mid_call_leaves_one_span(
     assert [(s.source, s.department, s.status) for s in spans] == [
         ("gateway", "sales", "client_abort")
     ]
+    if budgeted:
+        assert inner.meter.budgets is not None
+        inner.meter.budgets.close()  # its lease given back
+        (status,) = budget_status(inner.ledger, tz=ZoneInfo("UTC"), now=utc_now())
+        assert (status.held, status.spent) == (0, spans[0].cost_total) and status.spent > 0
