@@ -16,14 +16,18 @@ counted twice, never not at all.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, select, text
 
 from ollama_meter._names import CLIENT_SPAN_TAG, origin_of
 from ollama_meter.ledger.models import SPANS
 from ollama_meter.records import Source, SpanRecord
+
+T = TypeVar("T")
 
 NEAR = timedelta(hours=1)
 """How far apart a client's and its gateway's clocks may put the call's start."""
@@ -84,3 +88,32 @@ def writes_wait(engine: Engine) -> bool:
             return False
     except Exception:
         return False
+
+
+LOOK_PAUSE_S = 0.02
+
+
+def looked_for(
+    engine: Engine,
+    look: Callable[[], T],
+    free_s: float,
+    locked_s: float,
+    done: Callable[[T], bool] = bool,
+) -> T:
+    """``look()`` again and again until what it finds is ``done`` or it has looked for
+    ``free_s`` seconds while the ledger takes writes, and ``locked_s`` more at most while they
+    wait for a lock (:func:`writes_wait`): a gateway's span committed late behind another
+    writer's lock is found. What it found last."""
+    began = last = time.monotonic()
+    free = 0.0
+    while True:
+        found = look()
+        now = time.monotonic()
+        if done(found):
+            return found
+        if not writes_wait(engine):
+            free += now - last
+        last = now
+        if free >= free_s or now - began >= free_s + locked_s:
+            return found
+        time.sleep(LOOK_PAUSE_S)

@@ -89,28 +89,17 @@ def recorded_behind(meter: Meter, call: MeteredCall) -> str | None:
     over :data:`BEHIND_WAIT` of the ledger taking writes (:data:`BEHIND_LOCKED` more at most
     while they wait for a lock: the gateway's may be waiting) (None: none; the call is
     recorded here, never not at all)."""
-    from ollama_meter.ledger._client_spans import gateway_span_of, writes_wait
+    from ollama_meter.ledger._client_spans import gateway_span_of, looked_for
 
-    # A second of the ledger taking writes, not of the clock: a gateway's span committed late
-    # behind another writer's lock (1.5 s) was missed, and the call recorded here again.
-    began = last = time.monotonic()
-    free = 0.0
-    while True:
-        try:
-            with meter.ledger.read() as conn:
-                found = gateway_span_of(conn, call.span)
-        except Exception as exc:  # the ledger is away: recorded here (spooled) as well
-            meter.failures.failed("looking for a gateway's span of span %s", exc, call.span.id)
-            return None
-        now = time.monotonic()
-        if found is not None:
-            return found
-        if not writes_wait(meter.ledger.engine):
-            free += now - last
-        last = now
-        if free >= BEHIND_WAIT or now - began >= BEHIND_WAIT + BEHIND_LOCKED:
-            return None
-        time.sleep(0.02)
+    def look() -> str | None:
+        with meter.ledger.read() as conn:
+            return gateway_span_of(conn, call.span)
+
+    try:  # a second of the ledger taking writes, not of the clock (a lock held 1.5 s hid it)
+        return looked_for(meter.ledger.engine, look, BEHIND_WAIT, BEHIND_LOCKED)
+    except Exception as exc:  # the ledger is away: recorded here (spooled) as well
+        meter.failures.failed("looking for a gateway's span of span %s", exc, call.span.id)
+        return None
 
 
 def clients_hold(meter: Meter, span: SpanRecord) -> str | None:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ollama_meter.meter._elsewhere import BEHIND_LOCKED
 from ollama_meter.pricing import PriceBook
 from ollama_meter.records import SpanRecord, Status, Stored, TokenSource, make_storable
 
@@ -13,6 +14,10 @@ if TYPE_CHECKING:
     from ollama_meter.ledger import Ledger
 
 log = logging.getLogger("ollama_meter.meter")
+
+LATE_GRACE = 0.5
+"""Seconds of the ledger taking writes that recovery found locked gives a gateway's span of a
+dead client's call to be committed (the writer it waited behind gone, it is within 0.1 s)."""
 
 INTERRUPTED_MESSAGE = (
     "the process that made this call ended before the call did (killed or crashed); "
@@ -61,11 +66,22 @@ def _recorded_by_gateway(ledger: Ledger, opened: list[SpanRecord]) -> set[str]:
     then they are recorded as interrupted, counted twice rather than not at all)."""
     if not opened:
         return set()
-    from ollama_meter.ledger._client_spans import recorded_by_gateway
+    from ollama_meter.ledger._client_spans import looked_for, recorded_by_gateway, writes_wait
 
-    try:
+    def look() -> set[str]:
         with ledger.read() as conn:
             return recorded_by_gateway(conn, opened)
+
+    def done(found: set[str]) -> bool:
+        return len(found) == len(opened)
+
+    try:
+        found = look()
+        if not done(found) and writes_wait(ledger.engine):
+            # A gateway's span of a call may be waiting behind the lock, as this process's
+            # write of the interrupted copy would: its commit, once the lock goes, is looked for.
+            found = looked_for(ledger.engine, look, LATE_GRACE, BEHIND_LOCKED, done)
+        return found
     except Exception as exc:
         log.warning("could not look for gateway spans of calls dead clients left open: %s", exc)
         return set()

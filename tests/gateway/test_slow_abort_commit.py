@@ -8,18 +8,26 @@ held the gateway's commit past it, and the client wrote its copy: one call, two 
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from ollama_meter import MeteredClient
 from ollama_meter.errors import UpstreamTimeout
-from ollama_meter.ledger import SpanFilter
+from ollama_meter.ledger import Ledger, SpanFilter
+from ollama_meter.ledger._journal import Journal
+from ollama_meter.meter import utc_now
+from ollama_meter.meter._recovery import recover_interrupted
 from ollama_meter.testing import OllamaEmulator
+from tests.factories import make_span
 from tests.gateway.conftest import Gateway
+from tests.gateway.test_chain_hangups import _hang_up_once_sent
+from tests.integrity.test_journal_lines import _no_prices
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -78,4 +86,49 @@ def test_a_gateways_abort_committed_after_a_long_lock_is_the_one_record(
     spans = gw.ledger.latest(SpanFilter(), 10)
     assert [(s.source, s.department, s.status) for s in spans] == [
         ("gateway", "sales", "client_abort")
+    ]
+
+
+def test_a_dead_clients_call_recorded_by_a_gateway_behind_a_lock_is_not_recovered_again(
+    emulator: OllamaEmulator, db_url: str, serve_on: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """An ometer client killed with its call open in its journal; the gateway records the call
+    (its caller gone) behind another writer's lock, and the next process on the ledger starts
+    meanwhile: it looked for the gateway's span before its own write (which waited out the
+    same lock), found none yet, and recorded the call again as interrupted."""
+    gw = serve_on(emulator.url, db_url)
+    writer = Journal(tmp_path / "journals")
+    client = make_span(
+        source="sdk",
+        tenant="default",
+        department="sales",
+        request_model="llama3.1:8b",
+        started_at=utc_now(),
+    )
+    writer.opened(client, 3)
+    ledger = Ledger(db_url)
+    assert writer._path is not None
+    ledger.journal.directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(writer._path, ledger.journal.directory / "9-dead.journal")  # nobody holds it
+    writer.close()
+    said = {"X-Ometer-Client-Span": client.id, "X-Ometer-Department": "sales"}
+    taken = threading.Event()
+    emulator.latency = 3.0
+    try:
+        sender = threading.Thread(target=_hang_up_once_sent, args=(gw.url, said, 0.3))
+        sender.start()
+        time.sleep(0.15)  # the gateway has the call
+        holder = threading.Thread(target=_locked_for, args=(db_url, 1.8, taken))
+        holder.start()
+        sender.join()
+        time.sleep(0.3)  # the gateway's abort waits for the lock
+        assert taken.is_set()
+        recover_interrupted(ledger, _no_prices)
+        holder.join()
+    finally:
+        emulator.latency = 0.0
+    gw.settle()
+    spans = gw.ledger.latest(SpanFilter(), 10)
+    assert [(s.source, s.status, s.tags) for s in spans] == [
+        ("gateway", "client_abort", {"ometer.client_span": client.id})
     ]
