@@ -58,7 +58,7 @@ def test_a_call_a_fresh_outer_gateway_never_answered_is_one_span(
     for Ollama's answer ran out: the outer gateway, not knowing what was behind it, wrote its
     own abort (or timeout) beside the inner one's abort. It asks first: one span."""
     inner = serve_on(emulator.url, db_url)
-    timeout = {"upstream_timeout": 0.5, "retries": 0} if ending == "outer timeout" else {}
+    timeout = {"upstream_timeout": 0.5} if ending == "outer timeout" else {}
     outer = serve_on(inner.url, db_url, config=timeout)
     emulator.latency = 3.0
     try:
@@ -73,6 +73,7 @@ def test_a_call_a_fresh_outer_gateway_never_answered_is_one_span(
     assert [(s.source, s.department, s.status) for s in spans] == [
         ("gateway", "sales", "client_abort")
     ]
+    assert len(emulator.requests_to("/api/chat")) == 1  # the outer one's retries not used
 
 
 @pytest.mark.parametrize(
