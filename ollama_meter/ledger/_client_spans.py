@@ -11,6 +11,11 @@ The note is the caller's word: anyone may name any id. So a gateway span only st
 journal entry charged alike (tenant, department, requested model) and begun near it; where
 they differ (a key that charges otherwise, a clock hours off) the copy is written, the call
 counted twice, never not at all.
+
+The gateway's span may come late: its commit waits behind another writer's lock (a rollup
+rebuild, an import, a reprice) as long as the lock is held. So a look for it (a client that
+gave up on its call, recovery) goes on while writes wait (:func:`looked_for`): looked for a
+second of the clock, a span committed behind a 1.5 s lock was missed, and the call counted twice.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ def writes_wait(engine: Engine) -> bool:
 
 
 LOOK_PAUSE_S = 0.02
+"""Seconds between two looks."""
 
 
 def looked_for(
