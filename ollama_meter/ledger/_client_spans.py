@@ -64,11 +64,12 @@ def gateway_span_of(conn: Connection, span: SpanRecord) -> str | None:
 
 
 _LOCK_WAITERS = text(
-    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND (database IS NULL OR database ="
-    " (SELECT oid FROM pg_database WHERE datname = current_database())))"
+    "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE NOT l.granted AND a.datid = (SELECT oid FROM pg_database"
+    " WHERE datname = current_database()))"
 )
-"""Any session of the ledger's database waiting for a lock (a wait on another transaction's
-row names no database). ``pg_locks``, not ``pg_stat_activity``: any role reads all of it."""
+"""Any session of the ledger's database waiting for a lock (a row's lock names no database:
+the session's does; any role sees every session's database and every lock)."""
 
 
 def writes_wait(engine: Engine) -> bool:
