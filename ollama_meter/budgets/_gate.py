@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -57,9 +58,9 @@ from ollama_meter.budgets._leases import (
 )
 from ollama_meter.budgets._refusals import Refusals, mismatch, refusal, refused_alerts
 from ollama_meter.budgets._thresholds import ThresholdAlerts
-from ollama_meter.errors import BudgetExceeded
+from ollama_meter.errors import BudgetExceeded, LedgerError
 from ollama_meter.periods import current_period
-from ollama_meter.records import Alert, Budget, LeaseKey
+from ollama_meter.records import Alert, Budget, LeaseKey, UnreadableBudget
 
 if TYPE_CHECKING:
     from ollama_meter.budgets._store import BudgetStore, BudgetWrites
@@ -73,6 +74,25 @@ def close_gates(*, give_back: bool = True) -> None:
     database it dropped). ``give_back=False`` leaves the leases' rows to expire."""
     for gate in list(KEEPING):
         gate.close(give_back=give_back)
+
+
+@dataclass(frozen=True)
+class Known:
+    """The budgets as read: those in force, and the rows edited by hand in SQL that cannot
+    be read. Such a row binds the callers it may be meant for (its scope as stored), who are
+    refused with its words; it spoils no other budget (every read of all of them failed: a
+    server started before kept what it had, so a hard budget set later never bound it)."""
+
+    budgets: list[Budget]
+    unreadable: list[UnreadableBudget]
+
+    def unreadable_for(self, tenant: str, department: str) -> UnreadableBudget | None:
+        return next((u for u in self.unreadable if u.covers(tenant, department)), None)
+
+    def covering(self, tenant: str, department: str) -> list[Budget]:
+        if (broken := self.unreadable_for(tenant, department)) is not None:
+            raise LedgerError(broken.problem)
+        return [b for b in self.budgets if b.covers(tenant, department)]
 
 
 class BudgetGate(ThresholdAlerts, LeaseKeeper):
@@ -117,11 +137,11 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         self._budgets = Reloaded(self._load_budgets, ttl=ttl, what="budgets")
         renew_after_fork(self)
 
-    def _load_budgets(self) -> list[Budget]:
+    def _load_budgets(self) -> Known:
         """The budgets, and the zone their periods begin in (``db rollup --zone`` moves it)."""
         if self._zone is not None:
             self.tz = self._zone()
-        return self.ledger.budgets()
+        return Known(*self.ledger.readable_budgets())
 
     def _after_fork(self) -> None:
         """A forked child's gate holds no lease: the parent's rows are the parent's (a child
@@ -133,20 +153,24 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         self._closing = threading.Event()
 
     def budgets_for(self, tenant: str, department: str) -> list[Budget]:
-        """The budgets covering a caller, reloaded from the ledger every ``ttl`` seconds."""
-        return [b for b in self._budgets.get() if b.covers(tenant, department)]
+        """The budgets covering a caller, reloaded from the ledger every ``ttl`` seconds;
+        LedgerError when a row that may cover it cannot be read."""
+        return self._budgets.get().covering(tenant, department)
 
     def cached_budgets_for(self, tenant: str, department: str) -> list[Budget] | None:
-        """What :meth:`budgets_for` would say, without touching the ledger; None when stale."""
+        """What :meth:`budgets_for` would say, without touching the ledger; None when stale
+        (or when only its LedgerError would say it)."""
         known = self._budgets.peek()
-        return None if known is None else [b for b in known if b.covers(tenant, department)]
+        if known is None or known.unreadable_for(tenant, department):
+            return None
+        return known.covering(tenant, department)
 
     def reload_soon(self) -> None:
         """Read the budgets again on the next call (after this process changed them)."""
         self._budgets.expire()
 
     @property
-    def cache(self) -> Reloaded[list[Budget]]:
+    def cache(self) -> Reloaded[Known]:
         """The budgets as loaded from the ledger (a server refreshes them in the background)."""
         return self._budgets
 
@@ -190,7 +214,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         if blocking:
             covering = self.budgets_for(tenant, department)
         else:
-            covering = [b for b in self._budgets.snapshot() if b.covers(tenant, department)]
+            covering = self._budgets.snapshot().covering(tenant, department)
         hard = [b for b in covering if b.hard]
         if not hard:
             return None
