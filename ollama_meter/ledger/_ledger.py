@@ -37,7 +37,7 @@ from ollama_meter.records import Alert, Budget, Limit, PastCall, PriceRule, Span
 if TYPE_CHECKING:
     from ollama_meter.ledger import _aggregate, _currencies, _keys, _limits, _timings
     from ollama_meter.ledger._keys import ApiKey
-    from ollama_meter.records import UnreadableBudget
+    from ollama_meter.records import UnreadableBudget, UnreadableRule
 else:  # loaded when first used: a command that reads spans needs none of them
     lazy_modules(globals(), "ollama_meter.ledger", "_aggregate _currencies _keys _limits _timings")
 
@@ -137,8 +137,7 @@ class Ledger(DurableLedger, Named):
         return None if horizon is None else from_us(horizon)
 
     def names(self, column: str) -> list[str]:
-        """Every tenant, department, user or model some span has, sorted: read from the
-        month rollups (a row per month and combination), whatever the ledger's size."""
+        """Every tenant, department, user or model some span has, sorted (month rollups)."""
         from ollama_meter.ledger._cells import ANYONE, Grain
         from ollama_meter.ledger.models import ROLLUPS
 
@@ -216,6 +215,10 @@ class Ledger(DurableLedger, Named):
         with self.read() as conn:
             return _prices.list_rules(conn)
 
+    def readable_price_rules(self) -> tuple[list[PriceRule], list[UnreadableRule]]:
+        with self.read() as conn:
+            return _prices.readable_rules(conn)
+
     def price_rules_version(self) -> tuple[object, ...]:
         """What changes whenever a rule is added or removed: one short read."""
         with self.read() as conn:
@@ -283,7 +286,6 @@ class Ledger(DurableLedger, Named):
             return _budgets.list_budgets(conn)
 
     def readable_budgets(self) -> tuple[list[Budget], list[UnreadableBudget]]:
-        """Every budget that can be read, and each row that cannot (for the dashboard)."""
         with self.read() as conn:
             return _budgets.readable_budgets(conn)
 
