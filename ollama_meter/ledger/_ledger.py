@@ -235,7 +235,7 @@ class Ledger(DurableLedger, Named):
         Refused as a whole if a rule would leave a budget unable to count its calls.
         """
         with self.write() as conn:
-            existing = _prices.RuleIndex(_prices.list_rules(conn))
+            existing = _prices.RuleIndex(_prices.readable_rules(conn)[0])
             result: list[tuple[PriceRule, bool]] = []
             for rule in rules:
                 same = existing.in_force_as(rule)
