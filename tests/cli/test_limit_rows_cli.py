@@ -39,3 +39,21 @@ def test_limit_set_and_list_beside_a_broken_row(cli, db: str) -> None:  # type: 
     assert listed.code == 0, listed.stderr
     assert [(row["department"], row["rpm"]) for row in json.loads(listed.stdout)] == [("hr", 3)]
     assert listed.stderr.strip() == ABC
+
+
+def test_keys_list_beside_a_broken_key_row(cli, db: str) -> None:  # type: ignore[no-untyped-def]
+    """A key row edited so (a department with a blank) was `keys list`'s one `error:` line:
+    every other key hidden from the admin who came to revoke one."""
+    assert cli("keys", "create", "--dept", "sales", "--name", "old").code == 0
+    assert cli("keys", "create", "--dept", "hr", "--name", "bot").code == 0
+    engine = sa.create_engine(db)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE api_keys SET department = 'a b' WHERE id = 1")
+    engine.dispose()
+    listed = cli("keys", "list", "--json")
+    assert listed.code == 0, listed.stderr
+    assert [(key["id"], key["name"]) for key in json.loads(listed.stdout)] == [(2, "bot")]
+    assert listed.stderr.startswith("note: key 1 in the ledger cannot be read: ")
+    assert listed.stderr.strip().endswith(
+        "fix or delete the row in SQL (`ometer keys create` makes a new key)"
+    )
