@@ -58,11 +58,23 @@ class PriceBook:
     def cost_of(self, span: SpanRecord) -> Cost:
         """What ``span`` costs: priced by the model Ollama answered with, or, when no rule
         prices that one, by the model the caller asked for, so a server that names a model
-        no rule knows (an alias, or a lie) cannot make a priced call free."""
+        no rule knows (an alias, or a lie) cannot make a priced call free.
+
+        Unpriced when a rule row that cannot be read may price either model (a call that got
+        past :meth:`check`: one recovered, an answer naming another model): not charged by
+        a rule less specific than its own, but flagged, and priced by a reprice once the row
+        is fixed."""
+        if any(b.covers(m) for b in self.unreadable for m in {span.model, span.request_model}):
+            return compute_cost(None, usage_of(span), currency=self.currency)
         rule = self.rule_for(span.model, span.started_at)
         if rule is None and span.request_model != span.model:
             rule = self.rule_for(span.request_model, span.started_at)
         return compute_cost(rule, usage_of(span), currency=self.currency)
+
+    def check_all(self) -> None:
+        """Raise LedgerError, with its words, when any rule row cannot be read (a reprice)."""
+        if self.unreadable:
+            raise LedgerError(self.unreadable[0].problem)
 
 
 def usage_of(span: SpanRecord) -> Usage:

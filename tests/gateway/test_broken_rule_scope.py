@@ -79,3 +79,38 @@ def test_chat_refuses_only_the_models_a_broken_rule_may_price(
     assert done.code == code, done.stderr
     if code:
         assert done.stderr.strip() == f"error: {ABC}"
+
+
+def test_a_span_a_broken_rule_may_price_is_unpriced_not_priced_by_another_rule() -> None:
+    """A call past the admission's check (recovered after a crash, or answered as another
+    model) was charged by ``*`` at 5 USD while its own rule, ``qwen2.5:*``, could not be read:
+    it is unpriced now, flagged in reports, until a reprice once the row is fixed."""
+    from datetime import UTC
+
+    from ollama_meter.pricing import PriceBook, PriceRule
+    from ollama_meter.records import UnreadableRule
+    from tests.factories import make_span
+
+    book = PriceBook(
+        [PriceRule("*", "USD", per_request=Decimal(5))],
+        tz=UTC,
+        currency="USD",
+        unreadable=[UnreadableRule(2, "qwen2.5:*", ABC)],
+    )
+    for asked, answered in [("qwen2.5:7b", None), ("llama3.1:8b", "qwen2.5:7b")]:
+        span = make_span(request_model=asked, response_model=answered, status="ok")
+        cost = book.cost_of(span)
+        assert (cost.total, cost.unpriced) == (0, True)
+    cost = book.cost_of(make_span(request_model="llama3.1:8b", status="ok"))
+    assert (cost.total, cost.unpriced) == (5_000_000, False)
+
+
+def test_reprice_refuses_while_a_rule_cannot_be_read(  # type: ignore[no-untyped-def]
+    cli, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It priced every span by the rules it could read: a qwen2.5 call its own rule (2 USD)
+    priced was moved to 0, unpriced, by a row broken in SQL."""
+    monkeypatch.setenv("OMETER_DB_URL", sqlite_url)
+    _priced_then_broken(sqlite_url, "per_request = 'abc'")
+    done = cli("reprice", "--since", "2026-01-01")
+    assert (done.code, done.stderr.strip()) == (1, f"error: {ABC}")
