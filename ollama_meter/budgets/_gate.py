@@ -228,7 +228,9 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         holder = holder_of(alone or call_id, department, model) if own else ""  # rows of its own
         if blocking and adopt is None:  # a refusal read a moment ago is said again, no lock
             try:
-                self._refused.again(hard, tenant, estimate.amount, now, self.tz, said)
+                self._refused.again(
+                    hard, tenant, estimate.amount, now, self.tz, said, estimate.replies
+                )
             except BudgetExceeded:
                 self._alert_refused(tenant, department, now, said)
                 raise
@@ -248,9 +250,11 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
                 try:  # one read while this thread waited for the lock: not read again
                     if adopt is None:  # (the client's hold may be the room a refusal lacked)
                         again = [le.budget for le in short]
-                        self._refused.again(again, tenant, estimate.amount, now, self.tz, said)
+                        self._refused.again(
+                            again, tenant, estimate.amount, now, self.tz, said, estimate.replies
+                        )
                     adopted = None if adopt is None else holder_of(adopt, department, model)
-                    self._renew(short, estimate.amount, now, said, adopted)
+                    self._renew(short, estimate.amount, now, said, adopted, estimate.replies)
                 except BaseException:
                     self._forget_empty(leases)
                     raise
@@ -302,6 +306,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
         now: datetime,
         refused: list[Alert],
         adopt: str | None = None,
+        replies: bool = True,
     ) -> None:
         """Read spend and others' holds, and take new slices, for ``leases`` in one transaction
         (first taking over the per-call holds named by ``adopt``, the call's client's).
@@ -328,7 +333,7 @@ class BudgetGate(ThresholdAlerts, LeaseKeeper):
                 over = spent >= budget.limit or spent + need > budget.limit
                 if over or need > room:  # held > 0: only calls in flight are in the way
                     held = 0 if over else others + mine
-                    refusals.append(refusal(lease, spent, held, need, now, self.tz))
+                    refusals.append(refusal(lease, spent, held, need, now, self.tz, replies))
                     refused += refused_alerts(lease, spent, held, need)
                     self._refused.note(lease, spent, held, need, now)
                     continue
